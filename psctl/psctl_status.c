@@ -131,15 +131,19 @@ static void psctl_status_workers(const Ps__ListWorkersReply *w, const char *why)
   }
   if (!w->n_workers) return;
   printf("\nworkers (coordinator shard %u, %u expected):\n", w->shard, w->world_size);
-  printf("%-4s %-20s %-7s %-5s %10s %10s %8s %8s %s\n", "RANK", "HOST", "PID", "STATE", "CLOCK",
-         "HEARTBEAT", "STEPS/S", "BLOCKED", "DEVICE");
+  printf("%-4s %-20s %-7s %-5s %10s %10s %8s %8s %-12s %s\n", "RANK", "HOST", "PID", "STATE",
+         "CLOCK", "HEARTBEAT", "STEPS/S", "BLOCKED", "PARTITIONS", "DEVICE");
   for (size_t i = 0; i < w->n_workers; i++) {
     const Ps__WorkerInfo *x = w->workers[i];
-    char age[24];
+    char age[24], parts[64] = "-";
     snprintf(age, sizeof age, "%.1fs ago", (double)x->heartbeat_age_ms / 1e3);
-    printf("%-4u %-20s %-7u %-5s %10llu %10s %8.2f %7.1f%% %s\n", x->rank, x->host, x->pid,
+    size_t off = 0;
+    for (size_t k = 0; k < x->n_partitions && off + 12 < sizeof parts; k++)
+      off += (size_t)snprintf(parts + off, sizeof parts - off, "%s%u", k ? "," : "",
+                              x->partitions[k]);
+    printf("%-4u %-20s %-7u %-5s %10llu %10s %8.2f %7.1f%% %-12s %s\n", x->rank, x->host, x->pid,
            x->state, (unsigned long long)x->clock, age, x->steps_per_s,
-           100.0 * x->blocked_share, x->device);
+           100.0 * x->blocked_share, parts, x->device);
   }
 }
 
@@ -234,7 +238,9 @@ static void psctl_status_json_workers(const Ps__ListWorkersReply *w) {
     psctl_json_str(x->device);
     printf(",\"model\":");
     psctl_json_str(x->model);
-    putchar('}');
+    printf(",\"partitions\":[");
+    for (size_t k = 0; k < x->n_partitions; k++) printf("%s%u", k ? "," : "", x->partitions[k]);
+    printf("]}");
   }
   putchar(']');
 }

@@ -33,6 +33,7 @@ typedef struct clock_worker {
   char *host, *device, *model;
   uint32_t pid;
   int registered, dead;
+  int left;                  /* dead because it said it was done */
   uint32_t nparked;
   uint64_t last_ms, clock;
   float steps_per_s, blocked_share;
@@ -146,7 +147,7 @@ static clock_worker *clock_worker_get(psd_clock *c, uint32_t id, uint64_t now_ms
     memset(w, 0, sizeof *w);
     w->id = id;
   }
-  w->dead = 0;
+  w->dead = w->left = 0;
   w->last_ms = now_ms;
   return w;
 }
@@ -398,7 +399,38 @@ int psd_clock_expired(const psd_clock *c, uint32_t worker) {
 /* psd_clock_leave: see psd_clock.h. */
 void psd_clock_leave(psd_clock *c, uint32_t worker, uint64_t now_ms) {
   clock_worker *w = clock_worker_find(c, worker);
-  if (w && !w->dead) clock_expire(c, w, now_ms);
+  if (w && !w->dead) {
+    clock_expire(c, w, now_ms);
+    w->left = 1;
+  }
+}
+
+/* clock_rank_failed says whether RANK's worker died (DEAD, not left). */
+static int clock_rank_failed(const psd_clock *c, uint32_t rank) {
+  const clock_worker *w = clock_worker_find(c, rank);
+  return w && w->dead && !w->left;
+}
+
+/* psd_clock_partitions: see psd_clock.h (invariant 7). */
+size_t psd_clock_partitions(const psd_clock *c, uint32_t rank, uint32_t nparts, uint32_t *out) {
+  uint32_t world = c->o.world_size, nlive = 0, mine = UINT32_MAX;
+  if (rank >= world) return 0;
+  for (uint32_t r = 0; r < world; r++) {
+    if (clock_rank_free(c, r)) continue;
+    if (r == rank) mine = nlive;
+    nlive++;
+  }
+  size_t n = 0;
+  uint32_t orphans = 0;
+  for (uint32_t p = 0; p < nparts; p++) {
+    uint32_t home = p % world;
+    if (!clock_rank_failed(c, home)) {
+      if (home == rank) out[n++] = p;
+    } else if (orphans++ % (nlive ? nlive : 1) == mine) {
+      out[n++] = p;
+    }
+  }
+  return n;
 }
 
 /* clock_timeout gives up on P (invariant 4). */
@@ -433,6 +465,7 @@ void psd_clock_tick(psd_clock *c, uint64_t now_ms) {
       if (w->dead || w->nparked || now_ms - w->last_ms < c->o.lease_ms || now_ms < w->last_ms)
         continue;
       clock_expire(c, w, now_ms);
+      if (c->o.on_expire) c->o.on_expire(c->o.arg, w->id, now_ms - w->last_ms);
       again = 1;
       break;
     }

@@ -24,6 +24,12 @@
  *     first.
  *  6. Recorded per model: the largest gap (pull clock - slowest live clock)
  *     at which a pull was served; never above s for bsp / ssp.
+ *  7. Data partitions: partition p belongs to rank p mod world_size.  The
+ *     partitions of a rank whose worker died (its lease expired; not one
+ *     that left saying it was done) go to the live ranks, the k-th such
+ *     partition to the (k mod live)-th live rank in rank order; they
+ *     return when a worker registers for the rank again.  A rank no worker
+ *     has registered for yet keeps its partitions.
  *
  * Not thread-safe: one thread (the shard's loop) calls everything. */
 #ifndef PSD_CLOCK_H
@@ -62,6 +68,10 @@ typedef struct psd_clock_opts {
   uint32_t lease_ms;         /* DEAD after this */
   uint32_t pull_timeout_ms;  /* parked pulls give up after this */
   uint32_t world_size;       /* ranks handed out by psd_clock_register */
+  /* Told of every lease that expires (not of a worker that leaves), after
+   * the worker left the tables; must not call into psd_clock.  May be NULL. */
+  void (*on_expire)(void *arg, uint32_t worker, uint64_t silent_ms);
+  void *arg;
 } psd_clock_opts;
 
 typedef enum psd_worker_state { PSD_WORKER_ALIVE, PSD_WORKER_LATE, PSD_WORKER_DEAD } psd_worker_state;
@@ -110,6 +120,11 @@ int psd_clock_expired(const psd_clock *c, uint32_t worker);
  * clock table and the pulls waiting on it are re-checked.  An unknown or
  * already dead worker is left alone. */
 void psd_clock_leave(psd_clock *c, uint32_t worker, uint64_t now_ms);
+
+/* psd_clock_partitions writes to OUT (NPARTS entries, caller-owned) the
+ * partitions RANK trains now (invariant 7), in increasing order; returns
+ * how many.  A rank whose worker died gets none. */
+size_t psd_clock_partitions(const psd_clock *c, uint32_t rank, uint32_t nparts, uint32_t *out);
 
 /* psd_clock_register hands out a rank (the worker id) for a new worker:
  * the same one to a live worker of the same HOST and PID (a retried

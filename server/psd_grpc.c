@@ -304,7 +304,9 @@ static int psd_grpc_heartbeat(psd_grpc_call *c, psd_shard *sh, const ProtobufCMe
   (void)c;
   Ps__HeartbeatReply rep = PS__HEARTBEAT_REPLY__INIT;
   int err = psd_shard_heartbeat(sh, (const Ps__HeartbeatRequest *)m, &rep, eb);
-  return err < 0 ? err : psd_grpc_pack(&rep.base, out, eb);
+  if (err == 0) err = psd_grpc_pack(&rep.base, out, eb);
+  free(rep.partitions);
+  return err;
 }
 
 /* ListWorkers: this shard's lease table. */

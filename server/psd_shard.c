@@ -79,13 +79,22 @@ static void psd_shard_on_clock_timer(uv_timer_t *t) {
   psd_shard_clock_arm(sh);
 }
 
+/* psd_shard_on_expire says that a worker's lease expired. */
+static void psd_shard_on_expire(void *arg, uint32_t worker, uint64_t silent_ms) {
+  psd_shard *sh = arg;
+  ps_warn("worker %u: lease expired (silent for %llu ms): it leaves the clock tables%s", worker,
+          (unsigned long long)silent_ms,
+          sh->coordinator ? "; its data partitions go to the live workers" : "");
+}
+
 /* psd_shard_clock_start: see psd_shard.h. */
 int psd_shard_clock_start(psd_shard *sh, ps_errbuf *eb) {
   const ps_config *cfg = sh->cfg;
   psd_clock_opts o = {.heartbeat_ms = cfg->workers.heartbeat_ms,
                       .lease_ms = cfg->workers.lease_ms,
                       .pull_timeout_ms = cfg->training.pull_timeout_ms,
-                      .world_size = cfg->workers.count};
+                      .world_size = cfg->workers.count, .on_expire = psd_shard_on_expire,
+                      .arg = sh};
   int err = psd_clock_new(&sh->clock, &o, eb);
   if (err < 0) return err;
   sh->coordinator = ps_config_coordinator(cfg) == sh->me;
@@ -119,6 +128,16 @@ int psd_shard_pull_admit(psd_shard *sh, const char *model, uint32_t worker, uint
   return psd_shard_done(sh, err);
 }
 
+/* shard_partitions sets *OUT (malloc'd) and *N to the data partitions
+ * RANK trains now (psd_clock invariant 7); PS_ENOMEM. */
+static int shard_partitions(psd_shard *sh, uint32_t rank, uint32_t **out, size_t *n) {
+  uint32_t nparts = sh->cfg->data.partitions;
+  *n = 0;
+  if (!(*out = malloc((nparts ? nparts : 1) * sizeof **out))) return PS_ENOMEM;
+  *n = psd_clock_partitions(sh->clock, rank, nparts, *out);
+  return 0;
+}
+
 /* psd_shard_register: see psd_shard.h. */
 int psd_shard_register(psd_shard *sh, const Ps__RegisterWorkerRequest *req,
                        Ps__RegisterWorkerReply *reply, ps_errbuf *eb) {
@@ -134,12 +153,10 @@ int psd_shard_register(psd_shard *sh, const Ps__RegisterWorkerRequest *req,
                            psd_shard_now_ms(sh), &rank, &start, eb);
   psd_shard_clock_arm(sh);
   if (err < 0) return psd_shard_done(sh, err);
-  uint32_t nparts = sh->cfg->data.partitions, world = sh->cfg->workers.count;
-  reply->partitions = calloc(nparts / world + 1, sizeof *reply->partitions);
-  if (!reply->partitions) return psd_shard_done(sh, ps_errf(eb, PS_ENOMEM, "out of memory"));
-  for (uint32_t q = rank; q < nparts; q += world) reply->partitions[reply->n_partitions++] = q;
+  if (shard_partitions(sh, rank, &reply->partitions, &reply->n_partitions) < 0)
+    return psd_shard_done(sh, ps_errf(eb, PS_ENOMEM, "out of memory"));
   reply->worker = reply->rank = rank;
-  reply->world_size = world;
+  reply->world_size = sh->cfg->workers.count;
   reply->heartbeat_ms = sh->cfg->workers.heartbeat_ms;
   reply->lease_ms = sh->cfg->workers.lease_ms;
   reply->start_clock = start;
@@ -170,6 +187,13 @@ int psd_shard_heartbeat(psd_shard *sh, const Ps__HeartbeatRequest *req,
   psd_shard_clock_arm(sh);
   if (err < 0) return psd_shard_done(sh, err);
   reply->lease_ms = sh->cfg->workers.lease_ms;
+  /* The coordinator tells a live worker its share of the data, which
+   * changes when a worker dies or a rank is taken again. */
+  if (sh->coordinator && !req->leaving && !reply->expired) {
+    if (shard_partitions(sh, req->worker, &reply->partitions, &reply->n_partitions) < 0)
+      return psd_shard_done(sh, ps_errf(eb, PS_ENOMEM, "out of memory"));
+    reply->assigned = 1;
+  }
   return 0;
 }
 
@@ -200,7 +224,8 @@ int psd_shard_list_workers(psd_shard *sh, Ps__ListWorkersReply *reply, ps_errbuf
     w->steps_per_s = in.steps_per_s;
     w->blocked_share = in.blocked_share;
     reply->workers[reply->n_workers++] = w;
-    if (!w->host || !w->device || !w->model) {
+    int err = sh->coordinator ? shard_partitions(sh, in.id, &w->partitions, &w->n_partitions) : 0;
+    if (err < 0 || !w->host || !w->device || !w->model) {
       psd_shard_list_workers_release(reply);
       return ps_errf(eb, PS_ENOMEM, "out of memory listing workers");
     }
@@ -214,6 +239,7 @@ void psd_shard_list_workers_release(Ps__ListWorkersReply *reply) {
     free(reply->workers[i]->host);
     free(reply->workers[i]->device);
     free(reply->workers[i]->model);
+    free(reply->workers[i]->partitions);
     free(reply->workers[i]);
   }
   free(reply->workers);

@@ -91,8 +91,9 @@ int psd_shard_pull_admit(psd_shard *sh, const char *model, uint32_t worker, uint
 
 /* Coordinator and leases.  psd_shard_register hands out a rank (PS_ENOTSUP
  * on a shard that is not the coordinator); REPLY's partitions array is
- * freed with free().  psd_shard_heartbeat refreshes a lease.
- * psd_shard_list_workers fills REPLY (release with
+ * freed with free().  psd_shard_heartbeat refreshes a lease; on the
+ * coordinator its REPLY also carries the worker's current partitions
+ * (freed with free()).  psd_shard_list_workers fills REPLY (release with
  * psd_shard_list_workers_release). */
 int psd_shard_register(psd_shard *sh, const Ps__RegisterWorkerRequest *req,
                        Ps__RegisterWorkerReply *reply, ps_errbuf *eb);

@@ -35,6 +35,9 @@ struct psw_coord {
   float steps_per_s, blocked_share;
   int lost;                      /* invariant 2 (under mu) */
   ps_errbuf lost_eb;
+  uint32_t *parts;               /* invariant 4 (under mu) */
+  size_t nparts;
+  uint64_t parts_gen;
 };
 
 /* coord_now_ms returns CLOCK_MONOTONIC milliseconds. */
@@ -83,6 +86,23 @@ int psw_coord_new(psw_coord **out, const psw_coord_conf *conf, ps_errbuf *eb) {
   return 0;
 }
 
+/* coord_set_parts makes PARTS[0..N) the worker's partitions, counting a
+ * change (invariant 4); out of memory keeps the old list. */
+static void coord_set_parts(psw_coord *c, const uint32_t *parts, size_t n) {
+  pthread_mutex_lock(&c->mu);
+  if (n != c->nparts || (n && memcmp(parts, c->parts, n * sizeof *parts) != 0)) {
+    uint32_t *copy = malloc((n ? n : 1) * sizeof *copy);
+    if (copy) {
+      if (n) memcpy(copy, parts, n * sizeof *parts);
+      free(c->parts);
+      c->parts = copy;
+      c->nparts = n;
+      c->parts_gen++;
+    }
+  }
+  pthread_mutex_unlock(&c->mu);
+}
+
 /* coord_register_once asks the coordinator for a rank; 0 with c->reg set. */
 static int coord_register_once(psw_coord *c, ps_errbuf *eb) {
   Ps__RegisterWorkerRequest req = PS__REGISTER_WORKER_REQUEST__INIT;
@@ -102,6 +122,7 @@ static int coord_register_once(psw_coord *c, ps_errbuf *eb) {
   }
   if (c->reg) protobuf_c_message_free_unpacked(&c->reg->base, NULL);
   c->reg = r;
+  coord_set_parts(c, r->partitions, r->n_partitions);
   return 0;
 }
 
@@ -132,9 +153,9 @@ int psw_coord_register(psw_coord *c, psw_coord_reg *reg, ps_errbuf *eb) {
     delay = delay * 2 > PSW_COORD_BACKOFF_MAX_MS ? PSW_COORD_BACKOFF_MAX_MS : delay * 2;
   }
   const Ps__RegisterWorkerReply *r = c->reg;
-  *reg = (psw_coord_reg){.rank = r->rank, .world_size = r->world_size, .parts = r->partitions,
-                         .nparts = r->n_partitions, .heartbeat_ms = r->heartbeat_ms,
-                         .lease_ms = r->lease_ms, .start_clock = r->start_clock};
+  *reg = (psw_coord_reg){.rank = r->rank, .world_size = r->world_size,
+                         .heartbeat_ms = r->heartbeat_ms, .lease_ms = r->lease_ms,
+                         .start_clock = r->start_clock};
   c->registered = 1;
   return 0;
 }
@@ -195,7 +216,9 @@ static int coord_heartbeat_all(psw_coord *c, int leaving) {
     if (ps_rpc_call(c->rpc[i], "/ps.Ps/Heartbeat", &req.base, &ps__heartbeat_reply__descriptor,
                     &resp, timeout, &eb) < 0)
       continue;
-    expired |= ((Ps__HeartbeatReply *)resp)->expired;
+    const Ps__HeartbeatReply *r = (const Ps__HeartbeatReply *)resp;
+    expired |= r->expired;
+    if (r->assigned && i == c->coord) coord_set_parts(c, r->partitions, r->n_partitions);
     protobuf_c_message_free_unpacked(resp, NULL);
   }
   return expired;
@@ -273,6 +296,16 @@ int psw_coord_lost(psw_coord *c, ps_errbuf *eb) {
   return lost ? PS_EEXIST : 0;
 }
 
+/* psw_coord_partitions: see psw_coord.h. */
+uint64_t psw_coord_partitions(psw_coord *c, uint32_t *out, size_t cap, size_t *n) {
+  pthread_mutex_lock(&c->mu);
+  *n = c->nparts < cap ? c->nparts : cap;
+  if (*n) memcpy(out, c->parts, *n * sizeof *out);
+  uint64_t gen = c->parts_gen;
+  pthread_mutex_unlock(&c->mu);
+  return gen;
+}
+
 /* psw_coord_free: see psw_coord.h. */
 void psw_coord_free(psw_coord *c, int leaving) {
   if (!c) return;
@@ -287,6 +320,7 @@ void psw_coord_free(psw_coord *c, int leaving) {
   for (size_t i = 0; c->rpc && i < c->cfg->nshards; i++) ps_rpc_close(c->rpc[i]);
   free(c->rpc);
   if (c->reg) protobuf_c_message_free_unpacked(&c->reg->base, NULL);
+  free(c->parts);
   pthread_mutex_destroy(&c->mu);
   pthread_cond_destroy(&c->cv);
   free(c->model);

@@ -16,9 +16,15 @@
  *  3. psw_coord_free with LEAVING sends one last heartbeat marked leaving
  *     to every shard, so a finished worker never holds bsp/ssp back for a
  *     lease time.
+ *  4. The worker's data partitions are the registration's, then whatever
+ *     the coordinator's latest heartbeat reply says (they change when a
+ *     worker dies and its partitions go to the living, and back when its
+ *     rank is taken again: psd_clock invariant 7).  Each change of the
+ *     list counts one generation.
  *
- * Thread-safety: psw_coord_update and psw_coord_lost may be called from
- * any thread while the heartbeat thread runs; the rest from one thread. */
+ * Thread-safety: psw_coord_update, psw_coord_lost and psw_coord_partitions
+ * may be called from any thread while the heartbeat thread runs; the rest
+ * from one thread. */
 #ifndef PSW_COORD_H
 #define PSW_COORD_H
 
@@ -41,8 +47,6 @@ typedef struct psw_coord_conf {
 /* What the coordinator handed out. */
 typedef struct psw_coord_reg {
   uint32_t rank, world_size;
-  const uint32_t *parts;       /* this rank's partitions, owned by the coord */
-  size_t nparts;
   uint32_t heartbeat_ms, lease_ms;
   uint64_t start_clock;        /* the slowest live worker's clock */
 } psw_coord_reg;
@@ -73,6 +77,11 @@ void psw_coord_update(psw_coord *c, uint64_t clock, float steps_per_s, float blo
  * another rank or none (its rank is held by another worker; message in
  * EB), else 0. */
 int psw_coord_lost(psw_coord *c, ps_errbuf *eb);
+
+/* psw_coord_partitions copies the worker's current data partitions
+ * (invariant 4; at most CAP) to OUT, sets *N and returns their generation
+ * (0: none known, as for a worker that did not register). */
+uint64_t psw_coord_partitions(psw_coord *c, uint32_t *out, size_t cap, size_t *n);
 
 /* psw_coord_free stops the thread, sends the leaving heartbeat when
  * LEAVING and the thread ran (invariant 3), closes the channels.  NULL is

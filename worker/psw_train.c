@@ -26,8 +26,9 @@ typedef struct psw_run {
   psw_client *cl;
   psw_coord *coord;     /* membership: registration, heartbeats */
   uint32_t rank, workers;
-  const uint32_t *parts;/* registered partitions (owned by coord), or NULL */
+  uint32_t *parts;      /* the data partitions loaded into train */
   size_t nparts;
+  uint64_t parts_gen;   /* psw_coord's generation of that list */
   double slowdown;      /* >= 1 */
   double blocked_ms;    /* waiting for parameters since t_train_ms */
   double t_train_ms;    /* when the first step's pull went out */
@@ -87,32 +88,6 @@ static int run_open_backend(psw_run *x, ps_errbuf *eb) {
   return 0;
 }
 
-/* run_load_data loads this rank's training partitions and the test set. */
-static int run_load_data(psw_run *x, ps_errbuf *eb) {
-  const ps_config *cfg = x->o->cfg;
-  uint32_t *parts = calloc(cfg->data.partitions, sizeof *parts);
-  if (!parts) return ps_errf(eb, PS_ENOMEM, "out of memory");
-  size_t n = 0;
-  if (x->parts)
-    for (size_t i = 0; i < x->nparts; i++)
-      if (x->parts[i] < cfg->data.partitions && n < cfg->data.partitions)
-        parts[n++] = x->parts[i];
-  if (!x->parts) n = psw_data_parts_for_rank(cfg->data.partitions, x->rank, x->workers, parts);
-  int err = n ? psw_data_load(&x->train, &cfg->data, 0, parts, n, eb)
-              : ps_errf(eb, PS_ECONFIG, "rank %u of %u workers gets none of the %u partitions",
-                        x->rank, x->workers, cfg->data.partitions);
-  free(parts);
-  if (err < 0) return run_bad(x, err);
-  if (!x->train.n)
-    return run_bad(x, ps_errf(eb, PS_ECONFIG, "rank %u: its partitions hold no samples",
-                              x->rank));
-  if (cfg->data.test_images) {
-    if ((err = psw_data_load(&x->test, &cfg->data, 1, NULL, 0, eb)) < 0) return run_bad(x, err);
-    x->have_test = x->test.n > 0;
-  }
-  return 0;
-}
-
 /* run_check_data checks the data against the graph's inputs. */
 static int run_check_data(psw_run *x, const psw_dataset *d, const char *what, ps_errbuf *eb) {
   uint32_t want = psw_graph_input_dim(x->g), k = psw_graph_classes(x->g);
@@ -124,6 +99,102 @@ static int run_check_data(psw_run *x, const psw_dataset *d, const char *what, ps
       return run_bad(x, ps_errf(eb, PS_EINVAL, "%s sample %llu has label %d, model '%s' has %u classes",
                                 what, (unsigned long long)i, d->y[i], x->o->model, k));
   return 0;
+}
+
+/* run_parts_text writes "0,3,6" for PARTS[0..N) into BUF. */
+static const char *run_parts_text(const uint32_t *parts, size_t n, char *buf, size_t cap) {
+  size_t len = 0;
+  buf[0] = 0;
+  for (size_t i = 0; i < n && len + 16 < cap; i++)
+    len += (size_t)snprintf(buf + len, cap - len, "%s%u", i ? "," : "", parts[i]);
+  return buf;
+}
+
+/* run_take_parts fetches the partitions psw_coord holds into a new array
+ * (*OUT, *N), dropping any this cluster file does not have, and their
+ * generation (*GEN); PS_ENOMEM. */
+static int run_take_parts(psw_run *x, uint32_t **out, size_t *n, uint64_t *gen,
+                          ps_errbuf *eb) {
+  uint32_t nparts = x->o->cfg->data.partitions;
+  if (!(*out = malloc((nparts ? nparts : 1) * sizeof **out)))
+    return ps_errf(eb, PS_ENOMEM, "out of memory");
+  size_t got, k = 0;
+  *gen = psw_coord_partitions(x->coord, *out, nparts, &got);
+  for (size_t i = 0; i < got; i++)
+    if ((*out)[i] < nparts) (*out)[k++] = (*out)[i];
+  *n = k;
+  return 0;
+}
+
+/* run_load_train loads partitions PARTS[0..N) as training set D. */
+static int run_load_train(psw_run *x, const uint32_t *parts, size_t n, psw_dataset *d,
+                          ps_errbuf *eb) {
+  const ps_config *cfg = x->o->cfg;
+  int err = n ? psw_data_load(d, &cfg->data, 0, parts, n, eb)
+              : ps_errf(eb, PS_ECONFIG, "rank %u of %u workers gets none of the %u partitions",
+                        x->rank, x->workers, cfg->data.partitions);
+  if (err == 0 && !d->n)
+    err = ps_errf(eb, PS_ECONFIG, "rank %u: its partitions hold no samples", x->rank);
+  if (err == 0) err = run_check_data(x, d, "training", eb);
+  if (err < 0) psw_data_release(d);
+  return err < 0 ? run_bad(x, err) : 0;
+}
+
+/* run_size_epoch sizes the epoch and the order array for the training set. */
+static int run_size_epoch(psw_run *x, ps_errbuf *eb) {
+  uint32_t *perm = realloc(x->perm, x->train.n * sizeof *perm);
+  if (!perm) return ps_errf(eb, PS_ENOMEM, "out of memory");
+  x->perm = perm;
+  x->steps_per_epoch = (x->train.n + x->o->batch - 1) / x->o->batch;
+  return 0;
+}
+
+/* run_load_data loads this rank's training partitions and the test set. */
+static int run_load_data(psw_run *x, ps_errbuf *eb) {
+  const ps_config *cfg = x->o->cfg;
+  int err = run_load_train(x, x->parts, x->nparts, &x->train, eb);
+  if (err < 0) return err;
+  if (cfg->data.test_images) {
+    if ((err = psw_data_load(&x->test, &cfg->data, 1, NULL, 0, eb)) < 0) return run_bad(x, err);
+    x->have_test = x->test.n > 0;
+    if (x->have_test && (err = run_check_data(x, &x->test, "test", eb)) < 0) return err;
+  }
+  x->dim = x->train.dim;
+  return run_size_epoch(x, eb);
+}
+
+/* run_follow_parts takes up, between epochs, a change of the partitions
+ * the coordinator gives this worker (psw_coord invariant 4): a dead
+ * worker's share joins the living's and goes back to a worker that takes
+ * its rank again. */
+static int run_follow_parts(psw_run *x, ps_errbuf *eb) {
+  if (!x->o->register_worker) return 0;
+  uint32_t *parts;
+  size_t n;
+  uint64_t gen;
+  int err = run_take_parts(x, &parts, &n, &gen, eb);
+  if (err < 0) return err;
+  if (gen == x->parts_gen || !n) { /* no change; none at all is a passing state */
+    free(parts);
+    return 0;
+  }
+  char was[256], now[256];
+  ps_info("worker %u: the coordinator moved partitions: now [%s], were [%s]", x->rank,
+          run_parts_text(parts, n, now, sizeof now),
+          run_parts_text(x->parts, x->nparts, was, sizeof was));
+  psw_dataset d = {0};
+  err = run_load_train(x, parts, n, &d, eb);
+  if (err < 0) {
+    free(parts);
+    return err;
+  }
+  psw_data_release(&x->train);
+  x->train = d;
+  free(x->parts);
+  x->parts = parts;
+  x->nparts = n;
+  x->parts_gen = gen;
+  return run_size_epoch(x, eb);
 }
 
 /* run_join registers with the coordinator (when asked to) for the rank,
@@ -139,15 +210,17 @@ static int run_join(psw_run *x, ps_errbuf *eb) {
     if ((err = psw_coord_register(x->coord, &reg, eb)) < 0) return err;
     x->rank = reg.rank;
     x->workers = reg.world_size;
-    x->parts = reg.parts;
-    x->nparts = reg.nparts;
     x->clock = x->clock0 = reg.start_clock;
-    char list[256] = "";
-    size_t len = 0;
-    for (size_t i = 0; i < x->nparts && len < sizeof list - 16; i++)
-      len += (size_t)snprintf(list + len, sizeof list - len, "%s%u", i ? "," : "", x->parts[i]);
+    if ((err = run_take_parts(x, &x->parts, &x->nparts, &x->parts_gen, eb)) < 0) return err;
+    char list[256];
     ps_info("registered as worker %u of %u: partitions [%s], start clock %llu", x->rank,
-            x->workers, list, (unsigned long long)reg.start_clock);
+            x->workers, run_parts_text(x->parts, x->nparts, list, sizeof list),
+            (unsigned long long)reg.start_clock);
+  } else {
+    uint32_t nparts = o->cfg->data.partitions;
+    if (!(x->parts = malloc((nparts ? nparts : 1) * sizeof *x->parts)))
+      return ps_errf(eb, PS_ENOMEM, "out of memory");
+    x->nparts = psw_data_parts_for_rank(nparts, x->rank, x->workers, x->parts);
   }
   const ps_worker_conf *w = &o->cfg->workers;
   x->slowdown = o->slowdown >= 1 ? o->slowdown : x->rank < w->nslowdown ? w->slowdown[x->rank] : 1;
@@ -191,14 +264,9 @@ static int run_setup(psw_run *x, ps_errbuf *eb) {
   uint32_t maxb = x->o->batch > PSW_EVAL_BATCH ? x->o->batch : PSW_EVAL_BATCH;
   if ((err = psw_exec_create(x->g, x->be, maxb, &x->ex, eb)) < 0) return err;
   if ((err = run_load_data(x, eb)) < 0) return err;
-  if ((err = run_check_data(x, &x->train, "training", eb)) < 0) return err;
-  if (x->have_test && (err = run_check_data(x, &x->test, "test", eb)) < 0) return err;
-  x->dim = x->train.dim;
-  x->steps_per_epoch = (x->train.n + x->o->batch - 1) / x->o->batch;
-  x->perm = calloc(x->train.n, sizeof *x->perm);
   x->xb = malloc((size_t)x->o->batch * x->dim * sizeof *x->xb);
   x->yb = malloc((size_t)x->o->batch * sizeof *x->yb);
-  if (!x->perm || !x->xb || !x->yb) return ps_errf(eb, PS_ENOMEM, "out of memory");
+  if (!x->xb || !x->yb) return ps_errf(eb, PS_ENOMEM, "out of memory");
   return 0;
 }
 
@@ -212,6 +280,7 @@ static void run_close(psw_run *x) {
   psw_data_release(&x->train);
   psw_data_release(&x->test);
   free(x->perm);
+  free(x->parts);
   free(x->xb);
   free(x->yb);
 }
@@ -410,6 +479,7 @@ static int run_train(psw_run *x, ps_errbuf *eb) {
   if (err < 0) return err;
   for (uint32_t e = 0; e < x->o->epochs && !run_stopping(x); e++) {
     psw_epoch_acc acc = {0};
+    if (e > 0 && (err = run_follow_parts(x, eb)) < 0) return err;
     err = run_epoch(x, e, &acc, eb);
     if (acc.samples) {
       r->samples += acc.samples;
@@ -458,6 +528,7 @@ int psw_train_run(const psw_train_opts *o, psw_train_result *r, ps_errbuf *eb) {
   int err = run_setup(&x, eb);
   if (err == 0) err = run_train(&x, eb);
   if (x.t_train_ms > 0) r->blocked_share = run_blocked_share(&x);
+  if (x.parts) run_parts_text(x.parts, x.nparts, r->partitions, sizeof r->partitions);
   psw_progress_end(&x.prog);
   run_close(&x);
   r->wall_s = (run_now_ms() - (double)x.t0_ms) / 1e3;
@@ -547,7 +618,8 @@ void psw_train_json(FILE *out, const char *model, uint32_t batch, const psw_trai
   json_num(out, "samples_per_sec", r->samples_per_sec, "%.1f");
   json_num(out, "wall_s", r->wall_s, "%.3f");
   json_num(out, "blocked_share", r->blocked_share, "%.4f");
-  fprintf(out, ",\"workers\":%u,\"slowdown\":%g", r->workers, r->slowdown);
+  fprintf(out, ",\"workers\":%u,\"slowdown\":%g,\"partitions\":[%s]", r->workers, r->slowdown,
+          r->partitions);
   fprintf(out, ",\"batch\":%u,\"overlap\":%s,\"stopped\":%s}\n", batch,
           r->overlap ? "true" : "false", r->stopped ? "true" : "false");
   fflush(out);

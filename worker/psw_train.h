@@ -69,6 +69,7 @@ typedef struct psw_train_result {
                                   for parameters (pulls, parked or not) */
   double slowdown;             /* the straggler factor applied */
   char device[160];            /* the backend's description */
+  char partitions[256];        /* the data partitions of the last epoch, "0,3,6" */
 } psw_train_result;
 
 /* psw_train_run trains as O says and fills *R (also on failure, with what

@@ -14,7 +14,8 @@
  *    blocked share below half (lock-step would be ~80 %), its training
  *    rate above the slow one's by a margin (lock-step: equal; measured
  *    over 2x in 4 idle runs, 1.6x with a build running beside it), and it finishes
- *    first.
+ *    first;
+ *  - failover: a killed worker's partitions go to the survivor.
  *
  * Skipped (visibly) without the dataset.  Every process is recorded
  * (ps_test_procs_setup) so the unchecked teardown stops it by PID even
@@ -241,6 +242,48 @@ START_TEST(test_consistency_asp_straggler) {
 }
 END_TEST
 
+/* Failover: of two bsp workers, one is killed (SIGKILL) after the first
+ * epoch; the survivor waits at most the lease (3 s), trains on alone and
+ * from a later epoch on trains the dead worker's partitions too
+ * (psd_clock invariant 7), so it ends with all 8. */
+START_TEST(test_consistency_failover_partitions) {
+  TC_NEED_DATA();
+  tc_ctx x = {0};
+  tc_start(&x, "784,256,10", "bsp", "0"); /* steps long enough for a heartbeat or two */
+  pid_t w[2];
+  for (int i = 0; i < 2; i++) {
+    snprintf(x.log[i], sizeof x.log[i], "%s/psw%d.log", x.dir, i);
+    char *argv[] = {(char *)ps_test_bin("psw"), "--config", x.yaml, "--quiet", "--epochs", "8",
+                    NULL};
+    w[i] = ps_test_spawn(argv, x.log[i], NULL);
+  }
+  /* both at work: one epoch of both (2 x 32 steps) in every shard's version */
+  uint64_t gap, parked, version = 0;
+  for (int64_t end = ps_test_now_ms() + TC_WAIT_MS; version < 2 * 32;) {
+    ck_assert_msg(ps_test_now_ms() < end, "training never got going; see %s", x.log[0]);
+    usleep(20000);
+    tc_status(&x, &gap, &parked, &version);
+  }
+  int st = ps_test_stop(w[1], SIGKILL, 5000);
+  ck_assert_msg(WIFSIGNALED(st), "worker 1 had ended before it was killed; see %s", x.log[1]);
+  st = ps_test_wait_pid(w[0], TC_WAIT_MS);
+  ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "the survivor failed; see %s",
+                x.log[0]);
+  x.out[0] = ps_test_read_file(x.log[0], NULL);
+  char *copy = strdup(x.out[0]);
+  x.json[0] = strdup(ps_test_last_line(copy));
+  free(copy);
+  ck_assert_msg(strstr(x.out[0], "the coordinator moved partitions"), "no takeover in %s",
+                x.log[0]);
+  ck_assert_msg(strstr(x.json[0], "\"partitions\":[0,1,2,3,4,5,6,7]") &&
+                    (int)ps_test_json_num(x.json[0], "epochs") == 8,
+                "the survivor's last line: %s", x.json[0]);
+  tc_status(&x, &gap, &parked, &version);
+  ck_assert_msg(gap == 0, "bsp served a pull %llu clocks ahead", (unsigned long long)gap);
+  tc_finish(&x);
+}
+END_TEST
+
 Suite *psw_consistency_suite(void) {
   Suite *s = suite_create("psw_consistency");
   TCase *tc = tcase_create("consistency");
@@ -249,6 +292,7 @@ Suite *psw_consistency_suite(void) {
   tcase_add_test(tc, test_consistency_bsp_and_registration);
   tcase_add_test(tc, test_consistency_ssp_bound);
   tcase_add_test(tc, test_consistency_asp_straggler);
+  tcase_add_test(tc, test_consistency_failover_partitions);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -27,9 +27,20 @@ static void tpark_init(tpark *t) {
   t->p.arg = t;
 }
 
+/* Leases seen expiring (on_expire), the last one's worker. */
+static int texpired;
+static uint32_t texpired_worker;
+static void texpire(void *arg, uint32_t worker, uint64_t silent_ms) {
+  (void)arg;
+  ck_assert_uint_ge(silent_ms, 1000);
+  texpired++;
+  texpired_worker = worker;
+}
+
 static psd_clock *tclock(uint32_t staleness) {
   psd_clock_opts o = {.heartbeat_ms = 100, .lease_ms = 1000, .pull_timeout_ms = 5000,
-                      .world_size = 3};
+                      .world_size = 3, .on_expire = texpire};
+  texpired = 0;
   psd_clock *c;
   ps_errbuf eb;
   ck_assert_int_eq(psd_clock_new(&c, &o, &eb), 0);
@@ -288,6 +299,59 @@ START_TEST(test_register_holds_leave_releases) {
 }
 END_TEST
 
+/* tparts returns RANK's partitions of 8 as "0,3,6". */
+static const char *tparts(const psd_clock *c, uint32_t rank, char *buf) {
+  uint32_t out[8];
+  size_t n = psd_clock_partitions(c, rank, 8, out), off = 0;
+  buf[0] = 0;
+  for (size_t i = 0; i < n; i++) off += (size_t)sprintf(buf + off, "%s%u", i ? "," : "", out[i]);
+  return buf;
+}
+
+/* Partitions (invariant 7): each rank has p mod 3 while none died; a dead
+ * rank's go to the living in turn and come back when the rank is taken
+ * again; a rank that left keeps them; an unregistered rank keeps its own. */
+START_TEST(test_partitions_follow_deaths) {
+  psd_clock *c = tclock(0);
+  ps_errbuf eb;
+  uint32_t r;
+  uint64_t sc;
+  char b[64];
+  ck_assert_str_eq(tparts(c, 0, b), "0,3,6"); /* nobody registered yet */
+  ck_assert_str_eq(tparts(c, 2, b), "2,5");
+  ck_assert_str_eq(tparts(c, 3, b), "");     /* not a rank */
+  for (int i = 0; i < 3; i++)
+    ck_assert_int_eq(psd_clock_register(c, "m", "h", 10 + i, "cpu", 0, &r, &sc, &eb), 0);
+  ck_assert_str_eq(tparts(c, 1, b), "1,4,7");
+  /* rank 1 falls silent: 1 -> rank 0, 4 -> rank 2, 7 -> rank 0 */
+  psd_clock_heartbeat(c, 0, "m", 0, 0, 0, NULL, NULL, 900, &eb);
+  psd_clock_heartbeat(c, 2, "m", 0, 0, 0, NULL, NULL, 900, &eb);
+  psd_clock_tick(c, 1500);
+  ck_assert_int_eq(psd_clock_expired(c, 1), 1);
+  ck_assert_int_eq(texpired, 1);
+  ck_assert_uint_eq(texpired_worker, 1);
+  ck_assert_str_eq(tparts(c, 0, b), "0,1,3,6,7");
+  ck_assert_str_eq(tparts(c, 2, b), "2,4,5");
+  ck_assert_str_eq(tparts(c, 1, b), "");
+  /* a new worker takes rank 1 and gets its partitions back */
+  ck_assert_int_eq(psd_clock_register(c, "m", "h", 20, "cpu", 1600, &r, &sc, &eb), 0);
+  ck_assert_uint_eq(r, 1);
+  ck_assert_str_eq(tparts(c, 0, b), "0,3,6");
+  ck_assert_str_eq(tparts(c, 1, b), "1,4,7");
+  /* rank 2 leaves (done): nobody takes its partitions */
+  psd_clock_leave(c, 2, 1700);
+  ck_assert_int_eq(texpired, 1); /* leaving is not expiring */
+  ck_assert_str_eq(tparts(c, 0, b), "0,3,6");
+  ck_assert_str_eq(tparts(c, 1, b), "1,4,7");
+  /* rank 0 dies too: rank 1 is the only one alive and gets rank 0's */
+  psd_clock_heartbeat(c, 1, "m", 0, 0, 0, NULL, NULL, 2500, &eb);
+  psd_clock_tick(c, 2700);
+  ck_assert_int_eq(texpired, 2);
+  ck_assert_str_eq(tparts(c, 1, b), "0,1,3,4,6,7");
+  psd_clock_free(c);
+}
+END_TEST
+
 Suite *psd_clock_suite(void) {
   Suite *s = suite_create("psd_clock");
   TCase *tc = tcase_create("core");
@@ -300,6 +364,7 @@ Suite *psd_clock_suite(void) {
   tcase_add_test(tc, test_register_ranks);
   tcase_add_test(tc, test_reentrant_release);
   tcase_add_test(tc, test_register_holds_leave_releases);
+  tcase_add_test(tc, test_partitions_follow_deaths);
   suite_add_tcase(s, tc);
   return s;
 }

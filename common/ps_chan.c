@@ -95,6 +95,7 @@ typedef struct chan_pending {
   uint64_t want_bytes;    /* pull: bytes expected into dst */
   int done, status;
   uint64_t version;
+  uint32_t parked_ms;     /* pull reply: time parked on the shard */
   char *msg;              /* error text (malloc'd) or NULL */
 } chan_pending;
 
@@ -123,6 +124,7 @@ struct ps_chan_client {
   size_t tx_meta_cap;
   struct iovec *iov;
   size_t iov_cap;
+  uint32_t last_parked_ms; /* of the last reply ps_chan_recv returned */
 };
 
 /* chan_break marks C unusable with ERR and a message; returns ERR. */
@@ -217,6 +219,7 @@ static int rx_after_meta(ps_chan_client *c, ps_errbuf *eb) {
   if (!m) return chan_break(c, eb, PS_EPROTO, "channel '%s': %s", "undecodable reply meta");
   uint64_t dlen = c->rx_h.data_len;
   e->version = m->version;
+  e->parked_ms = m->parked_ms;
   if ((int)m->op == PS__CHAN_OP__CHAN_ERROR) {
     e->status = m->status < 0 ? m->status : PS_EPROTO;
     e->msg = strdup(m->message && *m->message ? m->message : ps_strerror(e->status));
@@ -471,6 +474,7 @@ int ps_chan_recv(ps_chan_client *c, uint64_t *req_id, uint64_t *version, ps_errb
   int status = e->status;
   if (req_id) *req_id = e->id;
   if (version) *version = e->version;
+  c->last_parked_ms = e->parked_ms;
   if (status < 0) ps_errf(eb, status, "%s", e->msg ? e->msg : ps_strerror(status));
   free(e->msg);
   free(e->dst);
@@ -479,6 +483,9 @@ int ps_chan_recv(ps_chan_client *c, uint64_t *req_id, uint64_t *version, ps_errb
   c->ndone--;
   return status;
 }
+
+/* ps_chan_last_parked_ms: see ps_chan.h. */
+uint32_t ps_chan_last_parked_ms(const ps_chan_client *c) { return c->last_parked_ms; }
 
 size_t ps_chan_inflight(const ps_chan_client *c) { return c->qlen; }
 

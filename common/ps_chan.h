@@ -105,6 +105,10 @@ int ps_chan_send_pullv(ps_chan_client *c, const char *model, const uint32_t *ids
                        uint32_t worker, uint64_t clock, uint64_t *req_id, ps_errbuf *eb);
 int ps_chan_recv(ps_chan_client *c, uint64_t *req_id, uint64_t *version, ps_errbuf *eb);
 
+/* ps_chan_last_parked_ms: how long the shard kept the pull that the last
+ * ps_chan_recv answered parked (staleness bound; 0 for a push). */
+uint32_t ps_chan_last_parked_ms(const ps_chan_client *c);
+
 /* ps_chan_inflight returns the number of requests sent and not yet received. */
 size_t ps_chan_inflight(const ps_chan_client *c);
 

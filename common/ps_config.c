@@ -443,6 +443,10 @@ static const cfg_slot cfg_workers_slots[] = {
      .def = "5000", .min = 20, .max = 86400000},
     {.name = "slowdown", .type = &cfg_t_numlist, .offset = offsetof(ps_worker_conf, slowdown),
      .min = 0, .max = 4096, .dmin = 1, .dmax = 1000},
+    {.name = "jitter_prob", .type = &cfg_t_double, .offset = offsetof(ps_worker_conf, jitter_prob),
+     .def = "0", .dmin = 0, .dmax = 1},
+    {.name = "jitter_factor", .type = &cfg_t_double,
+     .offset = offsetof(ps_worker_conf, jitter_factor), .def = "1", .dmin = 1, .dmax = 1000},
 };
 
 _Static_assert(offsetof(ps_worker_conf, nslowdown) ==

@@ -59,6 +59,9 @@ typedef struct ps_worker_conf {
    * a worker sleeps (F - 1) x its compute time after each step. */
   double *slowdown;
   size_t nslowdown;
+  /* Transient stragglers: every worker's step is, with probability
+   * jitter_prob (default 0), slowed jitter_factor x (default 1). */
+  double jitter_prob, jitter_factor;
 } ps_worker_conf;
 
 typedef struct ps_config {

@@ -197,8 +197,9 @@ static int conn_hello(psd_conn *c, const Ps__ChanMeta *m) {
 }
 
 /* conn_pull_serve answers pull M now: allocate, fill, write (invariant
- * 3).  The request is already counted in sh->inflight. */
-static void conn_pull_serve(psd_conn *c, const Ps__ChanMeta *m) {
+ * 3); PARKED_MS: how long it waited parked.  The request is already
+ * counted in sh->inflight. */
+static void conn_pull_serve(psd_conn *c, const Ps__ChanMeta *m, uint32_t parked_ms) {
   psd_shard *sh = c->chan->sh;
   ps_errbuf eb;
   uint64_t n = 0, version = 0;
@@ -220,6 +221,7 @@ static void conn_pull_serve(psd_conn *c, const Ps__ChanMeta *m) {
   Ps__ChanMeta r = PS__CHAN_META__INIT;
   r.op = PS__CHAN_OP__CHAN_PULL;
   r.version = version;
+  r.parked_ms = parked_ms;
   conn_reply(c, &r, out, n, 1, 0);
 }
 
@@ -234,7 +236,7 @@ static void conn_unpark(psd_park *p, int status, const char *msg) {
   c->pmeta = NULL;
   c->h.req_id = c->preq_id; /* unchanged while parked (nothing is parsed) */
   if (status == 0) {
-    conn_pull_serve(c, m);
+    conn_pull_serve(c, m, psd_shard_parked_ms(c->chan->sh, p));
   } else {
     psd_shard_count_error(c->chan->sh);
     conn_reply_error(c, status, msg ? msg : ps_strerror(status), 1, 0);
@@ -271,7 +273,7 @@ static int conn_pull(psd_conn *c, Ps__ChanMeta *m) {
     uv_read_stop((uv_stream_t *)&c->tcp);
     return 1;
   }
-  conn_pull_serve(c, m);
+  conn_pull_serve(c, m, 0);
   return 0;
 }
 

@@ -117,6 +117,12 @@ void psd_shard_clock_stop(psd_shard *sh) {
   uv_timer_stop(&sh->clock_timer);
 }
 
+/* psd_shard_parked_ms: see psd_shard.h. */
+uint32_t psd_shard_parked_ms(psd_shard *sh, const psd_park *p) {
+  uint64_t now = psd_shard_now_ms(sh);
+  return now > p->since_ms ? (uint32_t)(now - p->since_ms) : 0;
+}
+
 /* psd_shard_pull_admit: see psd_shard.h. */
 int psd_shard_pull_admit(psd_shard *sh, const char *model, uint32_t worker, uint64_t clock,
                          psd_park *p, ps_errbuf *eb) {

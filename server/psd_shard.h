@@ -89,6 +89,9 @@ uint32_t psd_shard_staleness(const Ps__ModelSpec *spec);
 int psd_shard_pull_admit(psd_shard *sh, const char *model, uint32_t worker, uint64_t clock,
                          psd_park *p, ps_errbuf *eb);
 
+/* psd_shard_parked_ms: how long P has been parked (for the reply). */
+uint32_t psd_shard_parked_ms(psd_shard *sh, const psd_park *p);
+
 /* Coordinator and leases.  psd_shard_register hands out a rank (PS_ENOTSUP
  * on a shard that is not the coordinator); REPLY's partitions array is
  * freed with free().  psd_shard_heartbeat refreshes a lease; on the

@@ -66,6 +66,7 @@ struct psw_client {
   size_t nshards;
   psw_shard *shards;
   uint64_t reconnects;
+  uint64_t parked_ms;       /* pulls held parked by the shards, in total */
   psw_job job;
 };
 
@@ -332,17 +333,22 @@ static int psw_send(psw_client *c, psw_shard *s, int gbuf, uint64_t push_clock, 
 }
 
 /* psw_recv receives S's NSENT replies; the first error is returned, but
- * every reply is read unless the connection broke. */
+ * every reply is read unless the connection broke.  *PARKED_MS: how long
+ * the shard kept the pull parked. */
 static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, int nsent,
-                    ps_errbuf *eb) {
+                    uint32_t *parked_ms, ps_errbuf *eb) {
   int first = 0;
+  *parked_ms = 0;
   for (int i = 0; i < nsent; i++) {
     uint64_t version = 0;
     ps_errbuf reb;
     int err = ps_chan_recv(s->ch, NULL, &version, &reb);
     int is_push = gbuf >= 0 && i == 0;
     if (err == 0 && is_push) s->pushed_version = version;
-    if (err == 0 && !is_push) s->version[pbuf] = version;
+    if (err == 0 && !is_push) {
+      s->version[pbuf] = version;
+      *parked_ms = ps_chan_last_parked_ms(s->ch);
+    }
     if (err < 0 && !first) {
       first = err;
       ps_errf(eb, err, "%s failed: %s", is_push ? "push" : "pull", reb.msg);
@@ -375,16 +381,20 @@ static int psw_round(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
       fatal = ps_errf(eb, err, "shard %u: %s", s->conf->id, seb.msg);
     }
   }
+  uint32_t parked = 0; /* the shards park a pull at the same time: the longest */
   for (size_t k = 0; k < c->nshards; k++) {
     psw_shard *s = &c->shards[k];
     if (sent[k] < 0) continue;
     ps_errbuf reb;
-    int err = psw_recv(c, s, gbuf, pbuf, sent[k], &reb);
+    uint32_t ms;
+    int err = psw_recv(c, s, gbuf, pbuf, sent[k], &ms, &reb);
+    if (ms > parked) parked = ms;
     if (err < 0 && psw_retryable(err)) psw_shard_down(c, s, &reb);
     else if (err < 0 && !fatal) fatal = ps_errf(eb, err, "shard %u: %s", s->conf->id, reb.msg);
   }
   for (size_t k = 0; k < c->nshards; k++)
     if (c->shards[k].nids && !c->shards[k].ch) (*down)++;
+  c->parked_ms += parked;
   return fatal;
 }
 
@@ -594,6 +604,9 @@ uint64_t psw_client_nparams(const psw_client *c) { return c->layout.nparams; }
 float *psw_client_params(psw_client *c, int buf) { return c->params[buf]; }
 float *psw_client_grads(psw_client *c, int buf) { return c->grads[buf]; }
 uint64_t psw_client_reconnects(const psw_client *c) { return c->reconnects; }
+
+/* psw_client_parked_ms: see psw_client.h. */
+uint64_t psw_client_parked_ms(const psw_client *c) { return c->parked_ms; }
 
 /* psw_client_version: see psw_client.h. */
 uint64_t psw_client_version(const psw_client *c, int buf, uint32_t shard) {

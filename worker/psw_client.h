@@ -83,6 +83,11 @@ uint64_t psw_client_nparams(const psw_client *c);
 float *psw_client_params(psw_client *c, int buf);
 float *psw_client_grads(psw_client *c, int buf);
 
+/* psw_client_parked_ms returns how long, in all, the shards kept this
+ * client's pulls parked by the staleness bound (per round the longest
+ * over the shards).  Read it when no push/pull is in flight. */
+uint64_t psw_client_parked_ms(const psw_client *c);
+
 /* psw_client_version returns the version shard index SHARD reported for
  * parameter buffer BUF's last pull. */
 uint64_t psw_client_version(const psw_client *c, int buf, uint32_t shard);

@@ -30,6 +30,7 @@ typedef struct psw_run {
   size_t nparts;
   uint64_t parts_gen;   /* psw_coord's generation of that list */
   double slowdown;      /* >= 1 */
+  uint64_t jitter_rng;  /* run_straggle's random state */
   double blocked_ms;    /* waiting for parameters since t_train_ms */
   double t_train_ms;    /* when the first step's pull went out */
   psw_graph *g;
@@ -224,6 +225,7 @@ static int run_join(psw_run *x, ps_errbuf *eb) {
   }
   const ps_worker_conf *w = &o->cfg->workers;
   x->slowdown = o->slowdown >= 1 ? o->slowdown : x->rank < w->nslowdown ? w->slowdown[x->rank] : 1;
+  x->jitter_rng = o->cfg->training.seed ^ ((uint64_t)(x->rank + 1) * PSW_SEED_RANK_MIX);
   x->r->rank = x->rank;
   x->r->workers = x->workers;
   x->r->slowdown = x->slowdown;
@@ -344,9 +346,23 @@ static double run_blocked_share(const psw_run *x) {
   return wall > 0 ? x->blocked_ms / wall : 0;
 }
 
-/* run_straggle sleeps (slowdown - 1) x COMPUTE_MS: a slower machine. */
-static void run_straggle(const psw_run *x, double compute_ms) {
-  double ms = (x->slowdown - 1) * compute_ms;
+/* run_uniform returns a number in [0, 1) from the splitmix64 state *S. */
+static double run_uniform(uint64_t *s) {
+  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
+  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+  return (double)((z ^ (z >> 31)) >> 11) / 9007199254740992.0;
+}
+
+/* run_straggle sleeps (slowdown - 1) x COMPUTE_MS, a slower machine, and
+ * with probability workers.jitter_prob (jitter_factor - 1) x COMPUTE_MS
+ * more, a transient delay (a worker descheduled, a noisy neighbour). */
+static void run_straggle(psw_run *x, double compute_ms) {
+  const ps_worker_conf *w = &x->o->cfg->workers;
+  double f = x->slowdown;
+  if (w->jitter_prob > 0 && run_uniform(&x->jitter_rng) < w->jitter_prob)
+    f += w->jitter_factor - 1;
+  double ms = (f - 1) * compute_ms;
   if (ms <= 0 || run_stopping(x)) return;
   struct timespec ts = {(time_t)(ms / 1e3), (long)(fmod(ms, 1e3) * 1e6)};
   nanosleep(&ts, NULL); /* a stop signal cuts it short */
@@ -527,7 +543,11 @@ int psw_train_run(const psw_train_opts *o, psw_train_result *r, ps_errbuf *eb) {
   psw_progress_init(&x.prog, stderr, x.rank, o->quiet);
   int err = run_setup(&x, eb);
   if (err == 0) err = run_train(&x, eb);
-  if (x.t_train_ms > 0) r->blocked_share = run_blocked_share(&x);
+  if (x.t_train_ms > 0) {
+    r->blocked_share = run_blocked_share(&x);
+    double wall = run_now_ms() - x.t_train_ms;
+    if (x.cl && wall > 0) r->parked_share = (double)psw_client_parked_ms(x.cl) / wall;
+  }
   if (x.parts) run_parts_text(x.parts, x.nparts, r->partitions, sizeof r->partitions);
   psw_progress_end(&x.prog);
   run_close(&x);
@@ -618,6 +638,7 @@ void psw_train_json(FILE *out, const char *model, uint32_t batch, const psw_trai
   json_num(out, "samples_per_sec", r->samples_per_sec, "%.1f");
   json_num(out, "wall_s", r->wall_s, "%.3f");
   json_num(out, "blocked_share", r->blocked_share, "%.4f");
+  json_num(out, "parked_share", r->parked_share, "%.4f");
   fprintf(out, ",\"workers\":%u,\"slowdown\":%g,\"partitions\":[%s]", r->workers, r->slowdown,
           r->partitions);
   fprintf(out, ",\"batch\":%u,\"overlap\":%s,\"stopped\":%s}\n", batch,

@@ -67,6 +67,8 @@ typedef struct psw_train_result {
   uint32_t rank, workers;      /* the rank that ran (given or registered) */
   double blocked_share;        /* share of the training wall time spent waiting
                                   for parameters (pulls, parked or not) */
+  double parked_share;         /* part of blocked_share: the shards held the
+                                  pulls parked by the staleness bound */
   double slowdown;             /* the straggler factor applied */
   char device[160];            /* the backend's description */
   char partitions[256];        /* the data partitions of the last epoch, "0,3,6" */

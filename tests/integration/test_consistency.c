@@ -179,6 +179,8 @@ START_TEST(test_consistency_bsp_and_registration) {
     ck_assert_int_eq((int)ps_test_json_num(x.json[i], "workers"), 2);
     double b = ps_test_json_num(x.json[i], "blocked_share");
     ck_assert_msg(b > 0 && b < 1, "blocked share %f", b);
+    double p = ps_test_json_num(x.json[i], "parked_share");
+    ck_assert_msg(p >= 0 && p <= b, "parked share %f, blocked %f", p, b);
   }
   uint64_t gap, parked, version;
   tc_status(&x, &gap, &parked, &version);
@@ -214,6 +216,11 @@ START_TEST(test_consistency_ssp_bound) {
   ck_assert_msg(gap >= 1 && parked > 0,
                 "gap %llu, %llu parked: the fast worker never ran ahead into the bound",
                 (unsigned long long)gap, (unsigned long long)parked);
+  /* the fast worker waits for the 3x slower one, parked on the shards */
+  int fast = strstr(x.json[0], "\"slowdown\":1,") ? 0 : 1;
+  double p = ps_test_json_num(x.json[fast], "parked_share");
+  ck_assert_msg(p > 0.1 && p <= ps_test_json_num(x.json[fast], "blocked_share"), "%s",
+                x.json[fast]);
   tc_finish(&x);
 }
 END_TEST
@@ -238,6 +245,8 @@ START_TEST(test_consistency_asp_straggler) {
   uint64_t gap, parked, version;
   tc_status(&x, &gap, &parked, &version);
   ck_assert_msg(parked == 0, "asp parked %llu pulls", (unsigned long long)parked);
+  for (int i = 0; i < 2; i++)
+    ck_assert_msg(ps_test_json_num(x.json[i], "parked_share") == 0, "%s", x.json[i]);
   tc_finish(&x);
 }
 END_TEST

@@ -2,7 +2,8 @@
 # Source it; it keeps the PIDs it starts in PIDS and stops them on exit.
 #   BIN           programs (default build/bin, or $PS_BIN)
 #   ps_tmpdir N   LIB_TMP = a fresh temporary directory, removed on exit unless KEEP=1
-#   free_port     a TCP port on 127.0.0.1 that was free a moment ago
+#   free_port [N] N (default 1) distinct TCP ports on 127.0.0.1 that were
+#                 free a moment ago, one per line
 #   wait_port P S until something listens on 127.0.0.1:P (at most S seconds)
 #   start_cluster DIR N [EXTRA_YAML_FILE]
 #                 writes DIR/cluster.yaml for N shards on fresh ports (EXTRA
@@ -38,8 +39,12 @@ ps_tmpdir() { # sets LIB_TMP (not in a subshell: cleanup needs it)
   LIB_TMP=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
 }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+free_port() { # the sockets stay bound until all are picked: no repeats
+  python3 -c '
+import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print("\n".join(str(s.getsockname()[1]) for s in socks))' "${1:-1}"
 }
 
 wait_port() {
@@ -55,6 +60,8 @@ wait_port() {
 start_cluster() {
   local dir=$1 n=$2 extra=${3:-} i
   mkdir -p "$dir"
+  local ports
+  mapfile -t ports < <(free_port $((2 * n)))
   GPORT=(); CPORT=()
   {
     echo "cluster: bench"
@@ -64,7 +71,7 @@ start_cluster() {
     echo "  flush_interval_ms: 1000"
     echo "shards:"
     for ((i = 0; i < n; i++)); do
-      GPORT[$i]=$(free_port); CPORT[$i]=$(free_port)
+      GPORT[$i]=${ports[2 * i]}; CPORT[$i]=${ports[2 * i + 1]}
       echo "  - id: $i"
       echo "    grpc: 127.0.0.1:${GPORT[$i]}"
       echo "    channel: 127.0.0.1:${CPORT[$i]}"

@@ -112,9 +112,20 @@ const char *ps_test_cluster_yaml(const char *dir, int nshards, const char *extra
   FILE *m = open_memstream(&buf, &len);
   fprintf(m, "cluster: test\nchunk_elems: 1024\ndurability:\n  mode: periodic\n"
              "  flush_interval_ms: 200\nshards:\n");
+  int used[2 * 64], nused = 0; /* the kernel may hand out a port again */
+  ck_assert_int_le(nshards, 64);
   for (int i = 0; i < nshards; i++) {
-    int g = ps_test_free_port(), c = ps_test_free_port();
-    while (c == g) c = ps_test_free_port();
+    int pick[2];
+    for (int k = 0; k < 2; k++) {
+      int p, dup;
+      do {
+        p = ps_test_free_port();
+        dup = 0;
+        for (int j = 0; j < nused; j++) dup |= used[j] == p;
+      } while (dup);
+      pick[k] = used[nused++] = p;
+    }
+    int g = pick[0], c = pick[1];
     if (grpc_ports) grpc_ports[i] = g;
     if (chan_ports) chan_ports[i] = c;
     fprintf(m, "  - id: %d\n    grpc: 127.0.0.1:%d\n    channel: 127.0.0.1:%d\n"

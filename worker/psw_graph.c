@@ -74,6 +74,13 @@ struct psw_exec {
   const int32_t *labels;  /* this step's labels on the device */
   void *allocs[64];
   size_t nallocs;
+  /* Per parameter: the first node (forward order) that reads it, before
+   * which its upload must have landed, and the node whose backward writes
+   * its gradient last (the first live reader that back-propagates), after
+   * which it can be downloaded; -1: none. */
+  int *first_read, *last_grad;
+  const float *host_params; /* this step's host parameters (not unified) */
+  float *host_grads;        /* where this step's gradients go (not unified) */
 };
 
 /* ---- the op table -------------------------------------------------------- */
@@ -753,6 +760,22 @@ static int ex_buffers(psw_exec *ex) {
   return 0;
 }
 
+/* ex_param_order fills first_read and last_grad (see psw_exec). */
+static void ex_param_order(psw_exec *ex) {
+  const psw_graph *g = ex->g;
+  for (size_t p = 0; p < g->nparams; p++) ex->first_read[p] = ex->last_grad[p] = -1;
+  for (size_t i = g->nnodes; i-- > 0;) {
+    const gnode *n = &g->nodes[i];
+    int grads = n->live && g->vals[n->out].needs_grad;
+    for (int k = 0; k < n->op->nin; k++) {
+      int p = n->in[k];
+      if (p < 0 || (size_t)p >= g->nparams) continue;
+      ex->first_read[p] = (int)i;
+      if (grads) ex->last_grad[p] = (int)i;
+    }
+  }
+}
+
 int psw_exec_create(const psw_graph *g, ps_gpu_backend *be, uint32_t max_batch, psw_exec **out,
                     ps_errbuf *eb) {
   *out = NULL;
@@ -764,7 +787,10 @@ int psw_exec_create(const psw_graph *g, ps_gpu_backend *be, uint32_t max_batch, 
   ex->max_batch = max_batch;
   ex->data = calloc(g->nvals, sizeof *ex->data);
   ex->grad = calloc(g->nvals, sizeof *ex->grad);
-  int rc = ex->data && ex->grad ? ex_buffers(ex) : PS_ENOMEM;
+  ex->first_read = malloc((g->nparams ? g->nparams : 1) * sizeof *ex->first_read);
+  ex->last_grad = malloc((g->nparams ? g->nparams : 1) * sizeof *ex->last_grad);
+  int rc = ex->data && ex->grad && ex->first_read && ex->last_grad ? ex_buffers(ex) : PS_ENOMEM;
+  if (!rc) ex_param_order(ex);
   if (!rc && !be->unified) {
     uint32_t tcols = psw_graph_target_dim(g);
     rc = ex_alloc(ex, g->total * sizeof(float), &ex->params_dev);
@@ -787,6 +813,8 @@ void psw_exec_free(psw_exec *ex) {
   for (size_t i = 0; i < ex->nallocs; i++) ex->be->ops->free_buf(ex->be, ex->allocs[i]);
   free(ex->data);
   free(ex->grad);
+  free(ex->first_read);
+  free(ex->last_grad);
   free(ex);
 }
 
@@ -811,8 +839,10 @@ static int ex_bind(psw_exec *ex, const float *params, const psw_batch *b, float 
   ex->labels = b->labels;
   if (!be->unified) {
     size_t xb = (size_t)b->n * psw_graph_input_dim(g) * sizeof(float);
-    rc = be->ops->copy_h2d(be, ex->params_dev, params, g->total * sizeof(float), PS_GPU_STREAM_COMPUTE);
-    if (!rc) rc = be->ops->copy_h2d(be, ex->x_dev, b->x, xb, PS_GPU_STREAM_COMPUTE);
+    /* the parameters go up layer by layer on the copy stream (ex_forward) */
+    ex->host_params = params;
+    ex->host_grads = grads;
+    rc = be->ops->copy_h2d(be, ex->x_dev, b->x, xb, PS_GPU_STREAM_COMPUTE);
     if (!rc && b->labels) rc = be->ops->copy_h2d(be, ex->labels_dev, b->labels, b->n * sizeof(int32_t), PS_GPU_STREAM_COMPUTE);
     if (!rc && ex->t_dev)
       rc = be->ops->copy_h2d(be, ex->t_dev, b->targets, (size_t)b->n * psw_graph_target_dim(g) * sizeof(float), PS_GPU_STREAM_COMPUTE);
@@ -828,14 +858,72 @@ static int ex_bind(psw_exec *ex, const float *params, const psw_batch *b, float 
   return rc ? ps_errf(eb, rc, "copy to device '%s' failed", be->desc) : 0;
 }
 
-/* ex_forward runs every node, then reads loss and correct count back. */
+/* val_bytes returns the bytes of parameter V. */
+static size_t val_bytes(const val *v) { return (size_t)v->rows * v->cols * sizeof(float); }
+
+/* ex_param_copies queues, on the copy stream, the copies of the
+ * parameters whose upload must land before node I runs (DOWN = 0) or
+ * whose gradient is final once node I's backward ran (DOWN = 1), each
+ * ordered after the compute stream's work so far; then, for uploads, makes
+ * the compute stream wait for them.  A backend without separate memory
+ * needs none. */
+static int ex_param_copies(psw_exec *ex, int i, int down) {
+  const psw_graph *g = ex->g;
+  const gnode *n = &g->nodes[i];
+  ps_gpu_backend *be = ex->be;
+  int rc = 0, queued = 0;
+  if (be->unified) return 0;
+  for (int k = 0; k < n->op->nin && !rc; k++) {
+    int p = n->in[k];
+    if (p < 0 || (size_t)p >= g->nparams || (down ? ex->last_grad : ex->first_read)[p] != i)
+      continue;
+    size_t bytes = val_bytes(&g->vals[p]);
+    if (down) {
+      if (!queued) rc = be->ops->stream_wait(be, PS_GPU_STREAM_COPY, PS_GPU_STREAM_COMPUTE);
+      if (!rc) rc = be->ops->copy_d2h(be, ex->host_grads + g->vals[p].offset, ex->grad[p], bytes,
+                                      PS_GPU_STREAM_COPY);
+    } else {
+      rc = be->ops->copy_h2d(be, ex->data[p], ex->host_params + g->vals[p].offset, bytes,
+                             PS_GPU_STREAM_COPY);
+    }
+    queued = 1;
+  }
+  if (!rc && queued && !down) rc = be->ops->stream_wait(be, PS_GPU_STREAM_COMPUTE, PS_GPU_STREAM_COPY);
+  return rc;
+}
+
+/* ex_forward runs every node, each after its parameters' upload: the
+ * upload of layer k+1 overlaps layer k's compute. */
 static int ex_forward(psw_exec *ex) {
   const psw_graph *g = ex->g;
   for (size_t i = 0; i < g->nnodes; i++) {
-    int rc = g->nodes[i].op->fwd(ex, &g->nodes[i]);
+    int rc = ex_param_copies(ex, (int)i, 0);
+    if (!rc) rc = g->nodes[i].op->fwd(ex, &g->nodes[i]);
     if (rc) return rc;
   }
   return 0;
+}
+
+/* ex_backward runs the live nodes' backward in reverse; each gradient
+ * goes down as soon as it is final, overlapping the layers below. */
+static int ex_backward(psw_exec *ex) {
+  const psw_graph *g = ex->g;
+  int rc = 0;
+  for (size_t i = g->nnodes; !rc && i-- > 0;) {
+    if (!g->nodes[i].live || !g->vals[g->nodes[i].out].needs_grad) continue;
+    rc = g->nodes[i].op->bwd(ex, &g->nodes[i]);
+    if (!rc) rc = ex_param_copies(ex, (int)i, 1);
+  }
+  return rc;
+}
+
+/* ex_unwritten_grads zeroes the host gradient of every parameter no
+ * backward writes (the loss does not depend on it). */
+static void ex_unwritten_grads(psw_exec *ex, float *grads) {
+  const psw_graph *g = ex->g;
+  for (size_t p = 0; p < g->nparams; p++)
+    if (ex->last_grad[p] < 0)
+      memset(grads + g->vals[p].offset, 0, val_bytes(&g->vals[p]));
 }
 
 /* ex_results copies the loss and the correct count to the host. */
@@ -862,13 +950,11 @@ int psw_exec_step(psw_exec *ex, const float *params, const psw_batch *b, float *
   int rc = ex_bind(ex, params, b, grads, eb);
   if (rc) return rc;
   rc = ex_forward(ex);
-  for (size_t i = g->nnodes; !rc && i-- > 0;)
-    if (g->nodes[i].live && g->vals[g->nodes[i].out].needs_grad)
-      rc = g->nodes[i].op->bwd(ex, &g->nodes[i]);
-  if (!rc && !ex->be->unified)
-    rc = ex->be->ops->copy_d2h(ex->be, grads, ex->grads_dev, g->total * sizeof(float),
-                               PS_GPU_STREAM_COMPUTE);
+  if (!rc) rc = ex_backward(ex);
   if (!rc) rc = ex_results(ex, loss, correct);
+  /* the caller pushes GRADS next: every download must have landed */
+  if (!rc && !ex->be->unified) rc = ex->be->ops->sync(ex->be, PS_GPU_STREAM_COPY);
+  if (!rc) ex_unwritten_grads(ex, grads);
   return rc ? ps_errf(eb, rc, "graph '%s': step on '%s' failed: %s", g->pb->name, ex->be->name,
                       ps_strerror(rc))
             : 0;

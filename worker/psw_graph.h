@@ -111,7 +111,12 @@ int psw_exec_create(const psw_graph *g, ps_gpu_backend *be, uint32_t max_batch, 
  * the flat gradient of the mean loss to GRADS (host memory, same layout),
  * the loss to *LOSS and the number of rows whose argmax is the label to
  * *CORRECT (0 without a softmax_xent node).  PS_EINVAL for a bad batch
- * (size, label out of range), PS_EDEVICE from the backend. */
+ * (size, label out of range), PS_EDEVICE from the backend.  On a device
+ * with its own memory, each parameter goes up on the copy stream just
+ * before its first reader (the upload of layer k+1 overlaps layer k) and
+ * each gradient comes down as soon as it is final (overlapping the
+ * backward of the layers below); both are done when it returns.  The
+ * gradient of a parameter the loss does not depend on is 0. */
 int psw_exec_step(psw_exec *ex, const float *params, const psw_batch *b, float *grads,
                   float *loss, uint32_t *correct, ps_errbuf *eb);
 

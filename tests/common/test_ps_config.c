@@ -28,6 +28,8 @@ static const char good_yaml[] =
     "  device: cuda:1\n"
     "  retry_ms: 500\n"
     "  slowdown: [1, 2.5]\n"
+    "  jitter_prob: 0.25\n"
+    "  jitter_factor: 4\n"
     "training:\n"
     "  model: mlp\n"
     "  epochs: 3\n"
@@ -79,6 +81,7 @@ START_TEST(test_config_good_file) {
   ck_assert_uint_eq(c.workers.retry_ms, 500);
   ck_assert_uint_eq(c.workers.nslowdown, 2);
   ck_assert(c.workers.slowdown[0] == 1 && c.workers.slowdown[1] == 2.5);
+  ck_assert(c.workers.jitter_prob == 0.25 && c.workers.jitter_factor == 4);
   ck_assert_str_eq(c.training.model, "mlp");
   ck_assert_uint_eq(c.training.epochs, 3);
   ck_assert_uint_eq(c.training.batch_size, 256);
@@ -120,6 +123,7 @@ START_TEST(test_config_defaults) {
   ck_assert_str_eq(c.workers.device, "auto");
   ck_assert_uint_eq(c.workers.retry_ms, 30000);
   ck_assert_uint_eq(c.workers.nslowdown, 0);
+  ck_assert(c.workers.jitter_prob == 0 && c.workers.jitter_factor == 1);
   ck_assert_ptr_null(c.training.model);
   ck_assert_uint_eq(c.training.epochs, 10);
   ck_assert_uint_eq(c.training.batch_size, 64);
@@ -197,6 +201,8 @@ static const struct bad_case {
      "3:17: 'slowdown' is 0.5, outside 1..1000"},
     {"cluster: a\nworkers:\n  slowdown: 2\n" SHARD0, PS_ECONFIG,
      "3:13: expected a list of numbers for 'slowdown'"},
+    {"cluster: a\nworkers:\n  jitter_prob: 1.5\n" SHARD0, PS_ECONFIG,
+     "3:16: 'jitter_prob' is 1.5, outside 0..1"},
     {"chunk_elems: 8\n" SHARD0, PS_ECONFIG, "1:1: missing required key 'cluster' at the top level"},
     {"cluster: a\nshards:\n  - id: 0\n    grpc: h:1\n    data_dir: /d\n", PS_ECONFIG,
      "3:5: missing required key 'channel' in a 'shards' entry"},

@@ -305,6 +305,25 @@ static void grad_check(tgraph *t, uint32_t n, uint32_t in, uint32_t k, int targe
                   "param element %llu: finite difference %.7g, backward %.7g (seed %llu)",
                   (unsigned long long)i, fd, grads[i], (unsigned long long)ps_test_seed);
   }
+  /* The same step through the executor's separate-memory path (what a
+   * GPU takes: parameters uploaded layer by layer on the copy stream,
+   * gradients downloaded as each is final), on the CPU backend made to
+   * look non-unified: every gradient arrives, bit for bit. */
+  be->unified = 0;
+  psw_exec *ex2;
+  ck_assert_msg(psw_exec_create(g, be, n + 3, &ex2, &eb) == 0, "%s", eb.msg);
+  float *grads2 = malloc(np * sizeof(float));
+  for (uint64_t i = 0; i < np; i++) grads2[i] = NAN;
+  ck_assert_msg(psw_exec_step(ex2, c.params, &c.b, grads2, &loss2, &correct2, &eb) == 0, "%s",
+                eb.msg);
+  ck_assert_float_eq(loss, loss2);
+  ck_assert_uint_eq(correct, correct2);
+  ck_assert_int_eq(memcmp(grads, grads2, np * sizeof(float)), 0);
+  ck_assert_msg(psw_exec_eval(ex2, c.params, &c.b, &loss2, &correct2, &eb) == 0, "%s", eb.msg);
+  ck_assert_float_eq(loss, loss2);
+  psw_exec_free(ex2);
+  be->unified = 1;
+  free(grads2);
   free(c.params), free(grads), free(x), free(tg), free(y);
   psw_exec_free(c.ex);
   ps_gpu_close(be);

@@ -4,7 +4,9 @@
 #   ps_tmpdir N   LIB_TMP = a fresh temporary directory, removed on exit unless KEEP=1
 #   free_port [N] N (default 1) distinct TCP ports on 127.0.0.1 that were
 #                 free a moment ago, one per line
-#   wait_port P S until something listens on 127.0.0.1:P (at most S seconds)
+#   wait_port P S [PID]
+#                 until something listens on 127.0.0.1:P (at most S seconds;
+#                 fails at once when process PID is gone)
 #   start_cluster DIR N [EXTRA_YAML_FILE]
 #                 writes DIR/cluster.yaml for N shards on fresh ports (EXTRA
 #                 appended), starts them (PIDs in PIDS and SHARD_PIDS), waits
@@ -51,6 +53,10 @@ wait_port() {
   local end=$((SECONDS + $2))
   while [ $SECONDS -lt "$end" ]; do
     (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0
+    if [ -n "${3:-}" ] && ! kill -0 "$3" 2>/dev/null; then
+      echo "process $3 ended before listening on port $1" >&2
+      return 1
+    fi
     sleep 0.1
   done
   echo "nothing listens on port $1 after $2 s" >&2
@@ -85,7 +91,7 @@ start_cluster() {
     PIDS+=($!); SHARD_PIDS+=($!)
   done
   for ((i = 0; i < n; i++)); do
-    wait_port "${CPORT[$i]}" 30 && wait_port "${GPORT[$i]}" 10 ||
+    wait_port "${CPORT[$i]}" 30 "${SHARD_PIDS[$i]}" && wait_port "${GPORT[$i]}" 10 "${SHARD_PIDS[$i]}" ||
       { cat "$dir"/psd*.log >&2; exit 1; }
   done
 }

@@ -18,8 +18,11 @@ step, batch slicing); evaluation is excluded.  time_to_target_s is wall time
 since the start of training (evaluation included) at the end of the first
 epoch whose test accuracy reaches --target.
 
+--device cuda[:N] trains on a GPU (data and model on the device; the
+per-step loss.item() synchronises, as psw reads its loss every step).
 Progress goes to stderr; with --json one JSON object is the last stdout line.
-Must run under Debian's /usr/bin/python3 (python3-torch, python3-numpy).
+Runs under Debian's /usr/bin/python3 (python3-torch, python3-numpy), or any
+python3 with torch and numpy (the GPU machines' own).
 """
 import os
 
@@ -117,10 +120,20 @@ def main():
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--init", choices=("glorot", "pytorch"), default="glorot")
     ap.add_argument("--data", default=DEFAULT_DATA)
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     if a.batch < 1 or a.epochs < 1 or a.threads < 1:
         ap.error("--batch, --epochs and --threads must be >= 1")
+    try:
+        dev = torch.device(a.device)
+    except RuntimeError as e:
+        ap.error("--device %s: %s" % (a.device, e))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        ap.error("--device %s: torch sees no CUDA device" % a.device)
+    if dev.type not in ("cpu", "cuda"):
+        ap.error("--device must be cpu or cuda[:N]")
+    sync = (lambda: torch.cuda.synchronize(dev)) if dev.type == "cuda" else (lambda: None)
 
     torch.set_num_threads(a.threads)
     torch.manual_seed(a.seed)
@@ -128,11 +141,12 @@ def main():
 
     xtr, ytr = load(a.data, "train")
     xte, yte = load(a.data, "t10k")
-    log("torch %s, %d threads, train %s, test %s, batch %d, init %s"
-        % (torch.__version__, torch.get_num_threads(), tuple(xtr.shape),
-           tuple(xte.shape), a.batch, a.init))
+    xtr, ytr, xte, yte = (t.to(dev) for t in (xtr, ytr, xte, yte))
+    log("torch %s, %s, %d threads, train %s, test %s, batch %d, init %s"
+        % (torch.__version__, torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+           torch.get_num_threads(), tuple(xtr.shape), tuple(xte.shape), a.batch, a.init))
 
-    model = MLP([784, 256, 128, 10], a.init)
+    model = MLP([784, 256, 128, 10], a.init).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
     gen = torch.Generator().manual_seed(a.seed)
     n = xtr.shape[0]
@@ -146,7 +160,7 @@ def main():
     t0 = time.perf_counter()
     for epoch in range(1, a.epochs + 1):
         te = time.perf_counter()
-        perm = torch.randperm(n, generator=gen)
+        perm = torch.randperm(n, generator=gen).to(dev)
         xs, ys = xtr[perm], ytr[perm]  # shuffle (counted as training time)
         loss_sum = 0.0
         seen = 0
@@ -163,6 +177,7 @@ def main():
                     time.perf_counter() - t0 > a.max_seconds:
                 stopped = True
                 break
+        sync()
         train_time += time.perf_counter() - te
         samples += seen
         test_loss, acc = evaluate(model, xte, yte)
@@ -191,6 +206,7 @@ def main():
         print(json.dumps({
             "framework": "pytorch",
             "torch_version": torch.__version__,
+            "device": str(dev),
             "threads": a.threads,
             "init": a.init,
             "batch": a.batch,

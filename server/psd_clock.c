@@ -279,6 +279,18 @@ static int clock_rank_free(const psd_clock *c, uint32_t rank) {
   return !w || w->dead;
 }
 
+/* clock_rank_failed says whether RANK's worker died (DEAD, not left). */
+static int clock_rank_failed(const psd_clock *c, uint32_t rank) {
+  const clock_worker *w = clock_worker_find(c, rank);
+  return w && w->dead && !w->left;
+}
+
+/* clock_rank_tier orders free ranks for registration (invariant 7): 0 a
+ * died worker's, 1 never held, 2 a finished worker's. */
+static int clock_rank_tier(const psd_clock *c, uint32_t rank) {
+  return clock_rank_failed(c, rank) ? 0 : clock_worker_find(c, rank) ? 2 : 1;
+}
+
 /* psd_clock_register: see psd_clock.h. */
 int psd_clock_register(psd_clock *c, const char *model, const char *host, uint32_t pid,
                        const char *device, uint64_t now_ms, uint32_t *rank,
@@ -289,8 +301,9 @@ int psd_clock_register(psd_clock *c, const char *model, const char *host, uint32
     if (!c->w[i].dead && c->w[i].registered && c->w[i].pid == pid && c->w[i].host &&
         !strcmp(c->w[i].host, host) && c->w[i].id < c->o.world_size)
       r = c->w[i].id;
-  for (uint32_t i = 0; r == UINT32_MAX && i < c->o.world_size; i++)
-    if (clock_rank_free(c, i)) r = i;
+  for (int tier = 0; tier < 3 && r == UINT32_MAX; tier++)
+    for (uint32_t i = 0; r == UINT32_MAX && i < c->o.world_size; i++)
+      if (clock_rank_free(c, i) && clock_rank_tier(c, i) == tier) r = i;
   if (r == UINT32_MAX)
     return ps_errf(eb, PS_EEXIST, "all %" PRIu32 " worker ranks are held by live workers",
                    c->o.world_size);
@@ -397,24 +410,22 @@ int psd_clock_expired(const psd_clock *c, uint32_t worker) {
 }
 
 /* psd_clock_leave: see psd_clock.h. */
-void psd_clock_leave(psd_clock *c, uint32_t worker, uint64_t now_ms) {
+void psd_clock_leave(psd_clock *c, uint32_t worker, uint64_t now_ms, int done) {
   clock_worker *w = clock_worker_find(c, worker);
   if (w && !w->dead) {
+    w->left = done;
     clock_expire(c, w, now_ms);
-    w->left = 1;
   }
-}
-
-/* clock_rank_failed says whether RANK's worker died (DEAD, not left). */
-static int clock_rank_failed(const psd_clock *c, uint32_t rank) {
-  const clock_worker *w = clock_worker_find(c, rank);
-  return w && w->dead && !w->left;
 }
 
 /* psd_clock_partitions: see psd_clock.h (invariant 7). */
 size_t psd_clock_partitions(const psd_clock *c, uint32_t rank, uint32_t nparts, uint32_t *out) {
   uint32_t world = c->o.world_size, nlive = 0, mine = UINT32_MAX;
   if (rank >= world) return 0;
+  uint8_t *failed = calloc(world, 1); /* one look-up per rank, not per partition */
+  if (!failed) return 0;
+  for (size_t i = 0; i < c->nw; i++)
+    if (c->w[i].id < world) failed[c->w[i].id] = c->w[i].dead && !c->w[i].left;
   for (uint32_t r = 0; r < world; r++) {
     if (clock_rank_free(c, r)) continue;
     if (r == rank) mine = nlive;
@@ -424,12 +435,13 @@ size_t psd_clock_partitions(const psd_clock *c, uint32_t rank, uint32_t nparts, 
   uint32_t orphans = 0;
   for (uint32_t p = 0; p < nparts; p++) {
     uint32_t home = p % world;
-    if (!clock_rank_failed(c, home)) {
+    if (!failed[home]) {
       if (home == rank) out[n++] = p;
     } else if (orphans++ % (nlive ? nlive : 1) == mine) {
       out[n++] = p;
     }
   }
+  free(failed);
   return n;
 }
 
@@ -464,8 +476,11 @@ void psd_clock_tick(psd_clock *c, uint64_t now_ms) {
       clock_worker *w = &c->w[i];
       if (w->dead || w->nparked || now_ms - w->last_ms < c->o.lease_ms || now_ms < w->last_ms)
         continue;
+      /* clock_expire runs release callbacks, which may grow c->w */
+      uint32_t id = w->id;
+      uint64_t silent = now_ms - w->last_ms;
       clock_expire(c, w, now_ms);
-      if (c->o.on_expire) c->o.on_expire(c->o.arg, w->id, now_ms - w->last_ms);
+      if (c->o.on_expire) c->o.on_expire(c->o.arg, id, silent);
       again = 1;
       break;
     }

@@ -25,11 +25,13 @@
  *  6. Recorded per model: the largest gap (pull clock - slowest live clock)
  *     at which a pull was served; never above s for bsp / ssp.
  *  7. Data partitions: partition p belongs to rank p mod world_size.  The
- *     partitions of a rank whose worker died (its lease expired; not one
- *     that left saying it was done) go to the live ranks, the k-th such
- *     partition to the (k mod live)-th live rank in rank order; they
- *     return when a worker registers for the rank again.  A rank no worker
- *     has registered for yet keeps its partitions.
+ *     partitions of a rank whose worker died (its lease expired, or it
+ *     left without finishing; not one that left saying it was done) go to
+ *     the live ranks, the k-th such partition to the (k mod live)-th live
+ *     rank in rank order; they return when a worker registers for the rank
+ *     again.  A rank no worker has registered for yet keeps its
+ *     partitions.  Registration hands out a died rank first, then one never
+ *     held, then one whose worker finished.
  *
  * Not thread-safe: one thread (the shard's loop) calls everything. */
 #ifndef PSD_CLOCK_H
@@ -116,10 +118,11 @@ int psd_clock_heartbeat(psd_clock *c, uint32_t worker, const char *model, uint64
  * lease expired or it left); 0 for a live or unknown worker. */
 int psd_clock_expired(const psd_clock *c, uint32_t worker);
 
-/* psd_clock_leave makes WORKER DEAD at once (it is done): it leaves every
- * clock table and the pulls waiting on it are re-checked.  An unknown or
- * already dead worker is left alone. */
-void psd_clock_leave(psd_clock *c, uint32_t worker, uint64_t now_ms);
+/* psd_clock_leave makes WORKER DEAD at once (it stops): it leaves every
+ * clock table and the pulls waiting on it are re-checked.  DONE: it
+ * finished its training, so its partitions stay put (invariant 7); else it
+ * counts as died.  An unknown or already dead worker is left alone. */
+void psd_clock_leave(psd_clock *c, uint32_t worker, uint64_t now_ms, int done);
 
 /* psd_clock_partitions writes to OUT (NPARTS entries, caller-owned) the
  * partitions RANK trains now (invariant 7), in increasing order; returns
@@ -129,7 +132,7 @@ size_t psd_clock_partitions(const psd_clock *c, uint32_t rank, uint32_t nparts, 
 /* psd_clock_register hands out a rank (the worker id) for a new worker:
  * the same one to a live worker of the same HOST and PID (a retried
  * registration), else the lowest rank in [0, world_size) that no live
- * worker holds.  PS_EEXIST when every rank is held by a live worker.
+ * worker holds, by invariant 7's order.  PS_EEXIST when every rank is held by a live worker.
  * *START_CLOCK: the slowest live clock of MODEL here (0 when none); the
  * worker enters MODEL's clock table (when the model is declared) at it. */
 int psd_clock_register(psd_clock *c, const char *model, const char *host, uint32_t pid,

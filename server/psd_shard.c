@@ -187,8 +187,11 @@ int psd_shard_heartbeat(psd_shard *sh, const Ps__HeartbeatRequest *req,
   err = psd_clock_heartbeat(sh->clock, req->worker, req->model, req->clock, req->steps_per_s,
                             req->blocked_share, req->host, req->device, now, eb);
   if (err == 0 && req->leaving) {
-    psd_clock_leave(sh->clock, req->worker, now);
-    ps_info("worker %u left at clock %llu", req->worker, (unsigned long long)req->clock);
+    psd_clock_leave(sh->clock, req->worker, now, req->done);
+    ps_info("worker %u left at clock %llu%s", req->worker, (unsigned long long)req->clock,
+            req->done ? ", done"
+            : sh->coordinator ? " before it finished: its data partitions go to the live workers"
+                              : " before it finished");
   }
   psd_shard_clock_arm(sh);
   if (err < 0) return psd_shard_done(sh, err);

@@ -79,7 +79,7 @@ int psw_coord_new(psw_coord **out, const psw_coord_conf *conf, ps_errbuf *eb) {
     if (&conf->cfg->shards[i] == co) c->coord = i;
   }
   if (err < 0) {
-    psw_coord_free(c, 0);
+    psw_coord_free(c, 0, 0);
     return err;
   }
   *out = c;
@@ -122,7 +122,6 @@ static int coord_register_once(psw_coord *c, ps_errbuf *eb) {
   }
   if (c->reg) protobuf_c_message_free_unpacked(&c->reg->base, NULL);
   c->reg = r;
-  coord_set_parts(c, r->partitions, r->n_partitions);
   return 0;
 }
 
@@ -153,6 +152,7 @@ int psw_coord_register(psw_coord *c, psw_coord_reg *reg, ps_errbuf *eb) {
     delay = delay * 2 > PSW_COORD_BACKOFF_MAX_MS ? PSW_COORD_BACKOFF_MAX_MS : delay * 2;
   }
   const Ps__RegisterWorkerReply *r = c->reg;
+  coord_set_parts(c, r->partitions, r->n_partitions);
   *reg = (psw_coord_reg){.rank = r->rank, .world_size = r->world_size,
                          .heartbeat_ms = r->heartbeat_ms, .lease_ms = r->lease_ms,
                          .start_clock = r->start_clock};
@@ -161,7 +161,8 @@ int psw_coord_register(psw_coord *c, psw_coord_reg *reg, ps_errbuf *eb) {
 }
 
 /* coord_live_count counts the live workers the coordinator lists with a
- * rank below WORLD; a negative PS_E* code when it did not answer. */
+ * rank below WORLD, and takes this worker's partitions from the list
+ * (invariant 4); a negative PS_E* code when it did not answer. */
 static int coord_live_count(psw_coord *c, uint32_t world, ps_errbuf *eb) {
   Ps__ListWorkersRequest req = PS__LIST_WORKERS_REQUEST__INIT;
   ProtobufCMessage *resp = NULL;
@@ -170,9 +171,13 @@ static int coord_live_count(psw_coord *c, uint32_t world, ps_errbuf *eb) {
   if (err < 0) return err;
   const Ps__ListWorkersReply *r = (const Ps__ListWorkersReply *)resp;
   int n = 0;
-  for (size_t i = 0; i < r->n_workers; i++)
-    n += r->workers[i]->rank < world && r->workers[i]->state &&
-         strcmp(r->workers[i]->state, "DEAD") != 0;
+  for (size_t i = 0; i < r->n_workers; i++) {
+    const Ps__WorkerInfo *w = r->workers[i];
+    int live = w->state && strcmp(w->state, "DEAD") != 0;
+    n += w->rank < world && live;
+    if (live && c->registered && w->rank == c->worker)
+      coord_set_parts(c, w->partitions, w->n_partitions);
+  }
   protobuf_c_message_free_unpacked(resp, NULL);
   return n;
 }
@@ -192,12 +197,13 @@ int psw_coord_wait_world(psw_coord *c, uint32_t world, uint32_t timeout_ms, ps_e
   }
 }
 
-/* coord_heartbeat_all sends one heartbeat to every shard; returns 1 when a
- * shard said the worker had expired. */
-static int coord_heartbeat_all(psw_coord *c, int leaving) {
+/* coord_heartbeat_all sends one heartbeat for worker WORKER to every
+ * shard (LEAVING, DONE: see HeartbeatRequest); returns 1 when a shard said
+ * the worker had expired. */
+static int coord_heartbeat_all(psw_coord *c, uint32_t worker, int leaving, int done) {
   Ps__HeartbeatRequest req = PS__HEARTBEAT_REQUEST__INIT;
   pthread_mutex_lock(&c->mu);
-  req.worker = c->worker;
+  req.worker = worker;
   req.clock = c->clock;
   req.steps_per_s = c->steps_per_s;
   req.blocked_share = c->blocked_share;
@@ -206,6 +212,7 @@ static int coord_heartbeat_all(psw_coord *c, int leaving) {
   req.device = c->device;
   req.host = c->host;
   req.leaving = leaving;
+  req.done = done;
   int timeout = c->heartbeat_ms < PSW_COORD_CALL_MS ? (int)c->heartbeat_ms : PSW_COORD_CALL_MS;
   if (timeout < 200) timeout = 200;
   int expired = 0;
@@ -218,7 +225,8 @@ static int coord_heartbeat_all(psw_coord *c, int leaving) {
       continue;
     const Ps__HeartbeatReply *r = (const Ps__HeartbeatReply *)resp;
     expired |= r->expired;
-    if (r->assigned && i == c->coord) coord_set_parts(c, r->partitions, r->n_partitions);
+    if (r->assigned && i == c->coord && worker == c->worker)
+      coord_set_parts(c, r->partitions, r->n_partitions);
     protobuf_c_message_free_unpacked(resp, NULL);
   }
   return expired;
@@ -232,7 +240,13 @@ static void coord_reregister(psw_coord *c) {
   ps_warn("worker %u: a shard had declared this worker dead (lease expired); registering again",
           old);
   int err = coord_register_once(c, &eb);
-  if (err == 0 && c->reg->rank == old) return;
+  if (err == 0 && c->reg->rank == old) {
+    coord_set_parts(c, c->reg->partitions, c->reg->n_partitions);
+    return;
+  }
+  /* Not ours: give the rank we were offered back at once (as died, so
+   * that its partitions keep going to the living). */
+  if (err == 0) coord_heartbeat_all(c, c->reg->rank, 1, 0);
   pthread_mutex_lock(&c->mu);
   c->lost = 1;
   if (err < 0)
@@ -249,7 +263,7 @@ static void *coord_main(void *arg) {
   pthread_mutex_lock(&c->mu);
   while (!c->quit) {
     pthread_mutex_unlock(&c->mu);
-    int expired = coord_heartbeat_all(c, 0);
+    int expired = coord_heartbeat_all(c, c->worker, 0, 0);
     if (expired && c->registered) coord_reregister(c);
     pthread_mutex_lock(&c->mu);
     struct timespec until;
@@ -307,7 +321,7 @@ uint64_t psw_coord_partitions(psw_coord *c, uint32_t *out, size_t cap, size_t *n
 }
 
 /* psw_coord_free: see psw_coord.h. */
-void psw_coord_free(psw_coord *c, int leaving) {
+void psw_coord_free(psw_coord *c, int leaving, int done) {
   if (!c) return;
   if (c->started) {
     pthread_mutex_lock(&c->mu);
@@ -315,7 +329,7 @@ void psw_coord_free(psw_coord *c, int leaving) {
     pthread_cond_signal(&c->cv);
     pthread_mutex_unlock(&c->mu);
     pthread_join(c->thread, NULL);
-    if (leaving && !c->lost) coord_heartbeat_all(c, 1);
+    if (leaving && !c->lost) coord_heartbeat_all(c, c->worker, 1, done);
   }
   for (size_t i = 0; c->rpc && i < c->cfg->nshards; i++) ps_rpc_close(c->rpc[i]);
   free(c->rpc);

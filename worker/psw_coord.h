@@ -14,8 +14,9 @@
  *     (ours went to a newcomer), psw_coord_lost reports it and the worker
  *     must stop: two workers must never share a rank.
  *  3. psw_coord_free with LEAVING sends one last heartbeat marked leaving
- *     to every shard, so a finished worker never holds bsp/ssp back for a
- *     lease time.
+ *     to every shard, so a stopping worker never holds bsp/ssp back for a
+ *     lease time; DONE says it finished its training (else the
+ *     coordinator hands its partitions to the living at once).
  *  4. The worker's data partitions are the registration's, then whatever
  *     the coordinator's latest heartbeat reply says (they change when a
  *     worker dies and its partitions go to the living, and back when its
@@ -83,9 +84,9 @@ int psw_coord_lost(psw_coord *c, ps_errbuf *eb);
  * (0: none known, as for a worker that did not register). */
 uint64_t psw_coord_partitions(psw_coord *c, uint32_t *out, size_t cap, size_t *n);
 
-/* psw_coord_free stops the thread, sends the leaving heartbeat when
- * LEAVING and the thread ran (invariant 3), closes the channels.  NULL is
- * fine. */
-void psw_coord_free(psw_coord *c, int leaving);
+/* psw_coord_free stops the thread, sends the leaving heartbeat (marked
+ * DONE or not) when LEAVING and the thread ran (invariant 3), closes the
+ * channels.  NULL is fine. */
+void psw_coord_free(psw_coord *c, int leaving, int done);
 
 #endif

@@ -862,11 +862,12 @@ static int ex_bind(psw_exec *ex, const float *params, const psw_batch *b, float 
 static size_t val_bytes(const val *v) { return (size_t)v->rows * v->cols * sizeof(float); }
 
 /* ex_param_copies queues, on the copy stream, the copies of the
- * parameters whose upload must land before node I runs (DOWN = 0) or
- * whose gradient is final once node I's backward ran (DOWN = 1), each
- * ordered after the compute stream's work so far; then, for uploads, makes
- * the compute stream wait for them.  A backend without separate memory
- * needs none. */
+ * parameters whose upload must land before node I runs (DOWN = 0: the
+ * compute stream then waits for them; the previous step or evaluation has
+ * ended with a sync of the compute stream, so nothing still reads the
+ * parameter memory), or whose gradient is final once node I's backward
+ * ran (DOWN = 1: ordered after the compute stream's work so far).  A
+ * backend without separate memory needs none. */
 static int ex_param_copies(psw_exec *ex, int i, int down) {
   const psw_graph *g = ex->g;
   const gnode *n = &g->nodes[i];
@@ -917,14 +918,6 @@ static int ex_backward(psw_exec *ex) {
   return rc;
 }
 
-/* ex_unwritten_grads zeroes the host gradient of every parameter no
- * backward writes (the loss does not depend on it). */
-static void ex_unwritten_grads(psw_exec *ex, float *grads) {
-  const psw_graph *g = ex->g;
-  for (size_t p = 0; p < g->nparams; p++)
-    if (ex->last_grad[p] < 0)
-      memset(grads + g->vals[p].offset, 0, val_bytes(&g->vals[p]));
-}
 
 /* ex_results copies the loss and the correct count to the host. */
 static int ex_results(psw_exec *ex, float *loss, uint32_t *correct) {
@@ -944,6 +937,17 @@ static int ex_results(psw_exec *ex, float *loss, uint32_t *correct) {
   return rc;
 }
 
+/* ex_drain waits, on a device with its own memory, until both streams are
+ * idle; the first error goes to *RC unless it holds one. */
+static void ex_drain(psw_exec *ex, int *rc) {
+  ps_gpu_backend *be = ex->be;
+  if (be->unified) return;
+  for (int s = 0; s < PS_GPU_NSTREAMS; s++) {
+    int r = be->ops->sync(be, s);
+    if (!*rc) *rc = r;
+  }
+}
+
 int psw_exec_step(psw_exec *ex, const float *params, const psw_batch *b, float *grads,
                   float *loss, uint32_t *correct, ps_errbuf *eb) {
   const psw_graph *g = ex->g;
@@ -952,9 +956,9 @@ int psw_exec_step(psw_exec *ex, const float *params, const psw_batch *b, float *
   rc = ex_forward(ex);
   if (!rc) rc = ex_backward(ex);
   if (!rc) rc = ex_results(ex, loss, correct);
-  /* the caller pushes GRADS next: every download must have landed */
-  if (!rc && !ex->be->unified) rc = ex->be->ops->sync(ex->be, PS_GPU_STREAM_COPY);
-  if (!rc) ex_unwritten_grads(ex, grads);
+  /* the caller pushes GRADS next: every download must have landed (and
+   * after a failure nothing may still be writing to it) */
+  ex_drain(ex, &rc);
   return rc ? ps_errf(eb, rc, "graph '%s': step on '%s' failed: %s", g->pb->name, ex->be->name,
                       ps_strerror(rc))
             : 0;
@@ -966,6 +970,7 @@ int psw_exec_eval(psw_exec *ex, const float *params, const psw_batch *b, float *
   if (rc) return rc;
   rc = ex_forward(ex);
   if (!rc) rc = ex_results(ex, loss, correct);
+  ex_drain(ex, &rc);
   return rc ? ps_errf(eb, rc, "graph '%s': eval on '%s' failed: %s", ex->g->pb->name,
                       ex->be->name, ps_strerror(rc))
             : 0;

@@ -115,8 +115,7 @@ int psw_exec_create(const psw_graph *g, ps_gpu_backend *be, uint32_t max_batch, 
  * with its own memory, each parameter goes up on the copy stream just
  * before its first reader (the upload of layer k+1 overlaps layer k) and
  * each gradient comes down as soon as it is final (overlapping the
- * backward of the layers below); both are done when it returns.  The
- * gradient of a parameter the loss does not depend on is 0. */
+ * backward of the layers below); both are done when it returns. */
 int psw_exec_step(psw_exec *ex, const float *params, const psw_batch *b, float *grads,
                   float *loss, uint32_t *correct, ps_errbuf *eb);
 

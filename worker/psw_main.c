@@ -191,6 +191,7 @@ int main(int argc, char **argv) {
   if (err < 0 && !(psw_stop_signal && err == PS_ESHUTDOWN))
     ps_err("worker %u: %s (%s)", r.rank, eb.msg, ps_errname(err));
   psw_train_json(stdout, o.model, o.batch, &r);
+  psw_train_result_free(&r);
   rc = psw_stop_signal ? 128 + psw_stop_signal : err == 0 ? 0 : r.bad_input ? 2 : 1;
 release_config:
   ps_config_release(&cfg);

@@ -102,12 +102,14 @@ static int run_check_data(psw_run *x, const psw_dataset *d, const char *what, ps
   return 0;
 }
 
-/* run_parts_text writes "0,3,6" for PARTS[0..N) into BUF. */
+/* run_parts_text writes "0,3,6" for PARTS[0..N) into BUF, ending in
+ * ",..." when it does not fit. */
 static const char *run_parts_text(const uint32_t *parts, size_t n, char *buf, size_t cap) {
-  size_t len = 0;
+  size_t len = 0, i = 0;
   buf[0] = 0;
-  for (size_t i = 0; i < n && len + 16 < cap; i++)
+  for (; i < n && len + 16 < cap; i++)
     len += (size_t)snprintf(buf + len, cap - len, "%s%u", i ? "," : "", parts[i]);
+  if (i < n) snprintf(buf + len, cap - len, ",...");
   return buf;
 }
 
@@ -164,10 +166,11 @@ static int run_load_data(psw_run *x, ps_errbuf *eb) {
   return run_size_epoch(x, eb);
 }
 
-/* run_follow_parts takes up, between epochs, a change of the partitions
- * the coordinator gives this worker (psw_coord invariant 4): a dead
- * worker's share joins the living's and goes back to a worker that takes
- * its rank again. */
+/* run_follow_parts takes up, before each epoch, a change of the
+ * partitions the coordinator gives this worker (psw_coord invariant 4): a
+ * dead worker's share joins the living's and goes back to a worker that
+ * takes its rank again.  A set that fails to load is reported and the old
+ * one kept. */
 static int run_follow_parts(psw_run *x, ps_errbuf *eb) {
   if (!x->o->register_worker) return 0;
   uint32_t *parts;
@@ -175,7 +178,9 @@ static int run_follow_parts(psw_run *x, ps_errbuf *eb) {
   uint64_t gen;
   int err = run_take_parts(x, &parts, &n, &gen, eb);
   if (err < 0) return err;
-  if (gen == x->parts_gen || !n) { /* no change; none at all is a passing state */
+  int same = n == x->nparts && !memcmp(parts, x->parts, n * sizeof *parts);
+  if (gen == x->parts_gen || same || !n) { /* none at all is a passing state */
+    if (same) x->parts_gen = gen;
     free(parts);
     return 0;
   }
@@ -184,10 +189,13 @@ static int run_follow_parts(psw_run *x, ps_errbuf *eb) {
           run_parts_text(parts, n, now, sizeof now),
           run_parts_text(x->parts, x->nparts, was, sizeof was));
   psw_dataset d = {0};
-  err = run_load_train(x, parts, n, &d, eb);
-  if (err < 0) {
+  ps_errbuf leb;
+  if (run_load_train(x, parts, n, &d, &leb) < 0) {
+    x->r->bad_input = 0; /* run_load_train marked it; the run goes on */
+    ps_warn("worker %u: keeping partitions [%s]: %s", x->rank, was, leb.msg);
+    x->parts_gen = gen;
     free(parts);
-    return err;
+    return 0;
   }
   psw_data_release(&x->train);
   x->train = d;
@@ -272,9 +280,10 @@ static int run_setup(psw_run *x, ps_errbuf *eb) {
   return 0;
 }
 
-/* run_close releases everything run_setup made. */
-static void run_close(psw_run *x) {
-  psw_coord_free(x->coord, 1);
+/* run_close releases everything run_setup made; FINISHED: the training
+ * ran to its end (psw_coord invariant 3). */
+static void run_close(psw_run *x, int finished) {
+  psw_coord_free(x->coord, 1, finished);
   psw_client_close(x->cl);
   psw_exec_free(x->ex);
   psw_graph_free(x->g);
@@ -495,7 +504,7 @@ static int run_train(psw_run *x, ps_errbuf *eb) {
   if (err < 0) return err;
   for (uint32_t e = 0; e < x->o->epochs && !run_stopping(x); e++) {
     psw_epoch_acc acc = {0};
-    if (e > 0 && (err = run_follow_parts(x, eb)) < 0) return err;
+    if ((err = run_follow_parts(x, eb)) < 0) return err;
     err = run_epoch(x, e, &acc, eb);
     if (acc.samples) {
       r->samples += acc.samples;
@@ -548,9 +557,11 @@ int psw_train_run(const psw_train_opts *o, psw_train_result *r, ps_errbuf *eb) {
     double wall = run_now_ms() - x.t_train_ms;
     if (x.cl && wall > 0) r->parked_share = (double)psw_client_parked_ms(x.cl) / wall;
   }
-  if (x.parts) run_parts_text(x.parts, x.nparts, r->partitions, sizeof r->partitions);
+  r->partitions = x.parts; /* handed over */
+  r->npartitions = x.nparts;
+  x.parts = NULL;
   psw_progress_end(&x.prog);
-  run_close(&x);
+  run_close(&x, err == 0 && !r->stopped);
   r->wall_s = (run_now_ms() - (double)x.t0_ms) / 1e3;
   return err;
 }
@@ -593,9 +604,16 @@ int psw_train_evaluate(const psw_train_opts *o, psw_train_result *r, uint64_t *v
   if (err == 0)
     err = psw_client_export(x.cl, 0, (int)o->cfg->workers.retry_ms + 1000, version, eb);
   if (err == 0) err = run_eval(&x, &r->test_loss, &r->test_accuracy, eb);
-  run_close(&x);
+  run_close(&x, 0);
   r->wall_s = (run_now_ms() - (double)x.t0_ms) / 1e3;
   return err;
+}
+
+/* psw_train_result_free: see psw_train.h. */
+void psw_train_result_free(psw_train_result *r) {
+  free(r->partitions);
+  r->partitions = NULL;
+  r->npartitions = 0;
 }
 
 /* json_num writes V, or null when it is not finite. */
@@ -639,8 +657,9 @@ void psw_train_json(FILE *out, const char *model, uint32_t batch, const psw_trai
   json_num(out, "wall_s", r->wall_s, "%.3f");
   json_num(out, "blocked_share", r->blocked_share, "%.4f");
   json_num(out, "parked_share", r->parked_share, "%.4f");
-  fprintf(out, ",\"workers\":%u,\"slowdown\":%g,\"partitions\":[%s]", r->workers, r->slowdown,
-          r->partitions);
+  fprintf(out, ",\"workers\":%u,\"slowdown\":%g,\"partitions\":[", r->workers, r->slowdown);
+  for (size_t i = 0; i < r->npartitions; i++) fprintf(out, "%s%u", i ? "," : "", r->partitions[i]);
+  fputc(']', out);
   fprintf(out, ",\"batch\":%u,\"overlap\":%s,\"stopped\":%s}\n", batch,
           r->overlap ? "true" : "false", r->stopped ? "true" : "false");
   fflush(out);

@@ -67,12 +67,17 @@ typedef struct psw_train_result {
   uint32_t rank, workers;      /* the rank that ran (given or registered) */
   double blocked_share;        /* share of the training wall time spent waiting
                                   for parameters (pulls, parked or not) */
-  double parked_share;         /* part of blocked_share: the shards held the
-                                  pulls parked by the staleness bound */
+  double parked_share;         /* time the shards held the pulls parked by
+                                  the staleness bound / training wall time
+                                  (within blocked_share unless overlapping) */
   double slowdown;             /* the straggler factor applied */
   char device[160];            /* the backend's description */
-  char partitions[256];        /* the data partitions of the last epoch, "0,3,6" */
+  uint32_t *partitions;        /* the data partitions of the last epoch */
+  size_t npartitions;          /* (malloc'd: release with psw_train_result_free) */
 } psw_train_result;
+
+/* psw_train_result_free releases what R holds (not R). */
+void psw_train_result_free(psw_train_result *r);
 
 /* psw_train_run trains as O says and fills *R (also on failure, with what
  * was done).  Returns 0, or a negative PS_E* code with the message in EB:

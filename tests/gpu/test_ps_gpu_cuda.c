@@ -621,6 +621,19 @@ START_TEST(test_exec_step) {
                 (unsigned long long)ps_test_seed);
   ck_assert_msg(rel_err(&lg, &lc, 1) <= 1e-5, "exec loss %.8g want %.8g", lg, lc);
   ck_assert_uint_eq(cg, cc);
+  /* A second step on new parameters into a poisoned gradient buffer (the
+   * uploads and downloads of one step must not mix with the next), then
+   * an evaluation. */
+  fill_rnd(params, np, 0.3f);
+  for (size_t i = 0; i < np; i++) gg[i] = NAN;
+  ck_assert_msg(psw_exec_step(ec, params, &b, gc, &lc, &cc, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psw_exec_step(eg, params, &b, gg, &lg, &cg, &eb) == 0, "%s", eb.msg);
+  e = rel_err(gg, gc, np);
+  ck_assert_msg(e <= 1e-5, "second step's gradients: relative error %.3g", e);
+  ck_assert_msg(psw_exec_eval(ec, params, &b, &lc, &cc, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psw_exec_eval(eg, params, &b, &lg, &cg, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(rel_err(&lg, &lc, 1) <= 1e-5, "eval loss %.8g want %.8g", lg, lc);
+  ck_assert_uint_eq(cg, cc);
   psw_exec_free(eg);
   psw_exec_free(ec);
   psw_graph_free(g);

@@ -251,11 +251,13 @@ START_TEST(test_consistency_asp_straggler) {
 }
 END_TEST
 
-/* Failover: of two bsp workers, one is killed (SIGKILL) after the first
- * epoch; the survivor waits at most the lease (3 s), trains on alone and
- * from a later epoch on trains the dead worker's partitions too
+/* Failover: of two bsp workers, one is stopped after the first epoch —
+ * killed (SIGKILL: the survivor waits for its lease, 3 s, to expire) or
+ * sent SIGTERM (it leaves at once, not done) —; the survivor trains on
+ * alone and from a later epoch on trains the other's partitions too
  * (psd_clock invariant 7), so it ends with all 8. */
 START_TEST(test_consistency_failover_partitions) {
+  int sig = _i ? SIGTERM : SIGKILL;
   TC_NEED_DATA();
   tc_ctx x = {0};
   tc_start(&x, "784,256,10", "bsp", "0"); /* steps long enough for a heartbeat or two */
@@ -273,8 +275,9 @@ START_TEST(test_consistency_failover_partitions) {
     usleep(20000);
     tc_status(&x, &gap, &parked, &version);
   }
-  int st = ps_test_stop(w[1], SIGKILL, 5000);
-  ck_assert_msg(WIFSIGNALED(st), "worker 1 had ended before it was killed; see %s", x.log[1]);
+  int st = ps_test_stop(w[1], sig, 5000);
+  ck_assert_msg(sig == SIGKILL ? WIFSIGNALED(st) : WIFEXITED(st) && WEXITSTATUS(st) == 128 + SIGTERM,
+                "worker 1 had ended before it was stopped; see %s", x.log[1]);
   st = ps_test_wait_pid(w[0], TC_WAIT_MS);
   ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "the survivor failed; see %s",
                 x.log[0]);
@@ -289,6 +292,12 @@ START_TEST(test_consistency_failover_partitions) {
                 "the survivor's last line: %s", x.json[0]);
   tc_status(&x, &gap, &parked, &version);
   ck_assert_msg(gap == 0, "bsp served a pull %llu clocks ahead", (unsigned long long)gap);
+  char log[700];
+  snprintf(log, sizeof log, "%s/psd0.log", x.dir);
+  char *psd = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(psd, sig == SIGKILL ? "lease expired" : "before it finished: its data"),
+                "the coordinator did not say why the partitions moved; see %s", log);
+  free(psd);
   tc_finish(&x);
 }
 END_TEST
@@ -301,7 +310,7 @@ Suite *psw_consistency_suite(void) {
   tcase_add_test(tc, test_consistency_bsp_and_registration);
   tcase_add_test(tc, test_consistency_ssp_bound);
   tcase_add_test(tc, test_consistency_asp_straggler);
-  tcase_add_test(tc, test_consistency_failover_partitions);
+  tcase_add_loop_test(tc, test_consistency_failover_partitions, 0, 2);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -286,7 +286,7 @@ START_TEST(test_register_holds_leave_releases) {
   ck_assert_int_eq(psd_clock_pushed(c, "m", r0, 0, 20, &eb), 0);
   ck_assert_int_eq(psd_clock_pull(c, "m", r0, 1, 20, &a.p, &eb), 1); /* r1 never pulled */
   ck_assert_int_eq(psd_clock_expired(c, r1), 0);
-  psd_clock_leave(c, r1, 30);
+  psd_clock_leave(c, r1, 30, 1);
   ck_assert_int_eq(a.released, 1);
   ck_assert_int_eq(a.status, 0);
   ck_assert_int_eq(psd_clock_expired(c, r1), 1);
@@ -339,7 +339,7 @@ START_TEST(test_partitions_follow_deaths) {
   ck_assert_str_eq(tparts(c, 0, b), "0,3,6");
   ck_assert_str_eq(tparts(c, 1, b), "1,4,7");
   /* rank 2 leaves (done): nobody takes its partitions */
-  psd_clock_leave(c, 2, 1700);
+  psd_clock_leave(c, 2, 1700, 1);
   ck_assert_int_eq(texpired, 1); /* leaving is not expiring */
   ck_assert_str_eq(tparts(c, 0, b), "0,3,6");
   ck_assert_str_eq(tparts(c, 1, b), "1,4,7");
@@ -348,6 +348,14 @@ START_TEST(test_partitions_follow_deaths) {
   psd_clock_tick(c, 2700);
   ck_assert_int_eq(texpired, 2);
   ck_assert_str_eq(tparts(c, 1, b), "0,1,3,4,6,7");
+  /* registration takes the died rank 0 before rank 2, whose worker finished */
+  ck_assert_int_eq(psd_clock_register(c, "m", "h", 30, "cpu", 2800, &r, &sc, &eb), 0);
+  ck_assert_uint_eq(r, 0);
+  ck_assert_str_eq(tparts(c, 0, b), "0,3,6");
+  /* rank 1 stops before it finished (leaving, not done): it died */
+  psd_clock_leave(c, 1, 2900, 0);
+  ck_assert_int_eq(psd_clock_expired(c, 1), 1);
+  ck_assert_str_eq(tparts(c, 0, b), "0,1,3,4,6,7");
   psd_clock_free(c);
 }
 END_TEST

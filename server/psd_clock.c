@@ -48,11 +48,12 @@ struct psd_clock {
 };
 
 static const char *const psd_worker_state_names[] = {
-    [PSD_WORKER_ALIVE] = "ALIVE", [PSD_WORKER_LATE] = "LATE", [PSD_WORKER_DEAD] = "DEAD"};
+    [PSD_WORKER_ALIVE] = "ALIVE", [PSD_WORKER_LATE] = "LATE", [PSD_WORKER_DEAD] = "DEAD",
+    [PSD_WORKER_DONE] = "DONE"};
 
 /* psd_worker_state_name returns ST's static upper-case name. */
 const char *psd_worker_state_name(psd_worker_state st) {
-  if ((unsigned)st > PSD_WORKER_DEAD) return "UNKNOWN";
+  if ((unsigned)st > PSD_WORKER_DONE) return "UNKNOWN";
   return psd_worker_state_names[st];
 }
 
@@ -551,7 +552,9 @@ void psd_clock_worker(const psd_clock *c, size_t i, uint64_t now_ms, psd_worker_
   info->steps_per_s = w->steps_per_s;
   info->blocked_share = w->blocked_share;
   if (w->nparked) info->age_ms = 0;
-  if (w->dead || info->age_ms >= c->o.lease_ms)
+  if (w->dead && w->left)
+    info->state = PSD_WORKER_DONE;
+  else if (w->dead || info->age_ms >= c->o.lease_ms)
     info->state = PSD_WORKER_DEAD;
   else if (info->age_ms > 2ull * c->o.heartbeat_ms)
     info->state = PSD_WORKER_LATE;

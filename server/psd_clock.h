@@ -76,7 +76,14 @@ typedef struct psd_clock_opts {
   void *arg;
 } psd_clock_opts;
 
-typedef enum psd_worker_state { PSD_WORKER_ALIVE, PSD_WORKER_LATE, PSD_WORKER_DEAD } psd_worker_state;
+/* DONE: it left saying it finished; DEAD: it died (lease expired or left
+ * unfinished). */
+typedef enum psd_worker_state {
+  PSD_WORKER_ALIVE,
+  PSD_WORKER_LATE,
+  PSD_WORKER_DEAD,
+  PSD_WORKER_DONE
+} psd_worker_state;
 const char *psd_worker_state_name(psd_worker_state st);
 
 /* What psd_clock_worker reports about one worker (strings borrowed until

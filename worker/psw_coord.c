@@ -173,7 +173,7 @@ static int coord_live_count(psw_coord *c, uint32_t world, ps_errbuf *eb) {
   int n = 0;
   for (size_t i = 0; i < r->n_workers; i++) {
     const Ps__WorkerInfo *w = r->workers[i];
-    int live = w->state && strcmp(w->state, "DEAD") != 0;
+    int live = w->state && strcmp(w->state, "DEAD") != 0 && strcmp(w->state, "DONE") != 0;
     n += w->rank < world && live;
     if (live && c->registered && w->rank == c->worker)
       coord_set_parts(c, w->partitions, w->n_partitions);

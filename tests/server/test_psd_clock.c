@@ -287,6 +287,11 @@ START_TEST(test_register_holds_leave_releases) {
   ck_assert_int_eq(psd_clock_pull(c, "m", r0, 1, 20, &a.p, &eb), 1); /* r1 never pulled */
   ck_assert_int_eq(psd_clock_expired(c, r1), 0);
   psd_clock_leave(c, r1, 30, 1);
+  psd_worker_info in;
+  for (size_t i = 0; i < psd_clock_nworkers(c); i++) {
+    psd_clock_worker(c, i, 40, &in);
+    ck_assert_str_eq(psd_worker_state_name(in.state), in.id == r1 ? "DONE" : "ALIVE");
+  }
   ck_assert_int_eq(a.released, 1);
   ck_assert_int_eq(a.status, 0);
   ck_assert_int_eq(psd_clock_expired(c, r1), 1);

@@ -274,22 +274,19 @@ int psd_clock_heartbeat(psd_clock *c, uint32_t worker, const char *model, uint64
   return 0;
 }
 
-/* clock_rank_free says whether no live worker holds RANK. */
-static int clock_rank_free(const psd_clock *c, uint32_t rank) {
-  const clock_worker *w = clock_worker_find(c, rank);
-  return !w || w->dead;
+/* What holds a rank (invariant 7); the free ones in the order
+ * registration hands them out. */
+typedef enum clock_rank { RANK_DIED, RANK_NEVER, RANK_FINISHED, RANK_LIVE } clock_rank;
+
+/* clock_worker_rank says what W's record makes of its rank. */
+static clock_rank clock_worker_rank(const clock_worker *w) {
+  return !w->dead ? RANK_LIVE : w->left ? RANK_FINISHED : RANK_DIED;
 }
 
-/* clock_rank_failed says whether RANK's worker died (DEAD, not left). */
-static int clock_rank_failed(const psd_clock *c, uint32_t rank) {
+/* clock_rank_of says what holds RANK. */
+static clock_rank clock_rank_of(const psd_clock *c, uint32_t rank) {
   const clock_worker *w = clock_worker_find(c, rank);
-  return w && w->dead && !w->left;
-}
-
-/* clock_rank_tier orders free ranks for registration (invariant 7): 0 a
- * died worker's, 1 never held, 2 a finished worker's. */
-static int clock_rank_tier(const psd_clock *c, uint32_t rank) {
-  return clock_rank_failed(c, rank) ? 0 : clock_worker_find(c, rank) ? 2 : 1;
+  return w ? clock_worker_rank(w) : RANK_NEVER;
 }
 
 /* psd_clock_register: see psd_clock.h. */
@@ -302,9 +299,9 @@ int psd_clock_register(psd_clock *c, const char *model, const char *host, uint32
     if (!c->w[i].dead && c->w[i].registered && c->w[i].pid == pid && c->w[i].host &&
         !strcmp(c->w[i].host, host) && c->w[i].id < c->o.world_size)
       r = c->w[i].id;
-  for (int tier = 0; tier < 3 && r == UINT32_MAX; tier++)
+  for (int want = RANK_DIED; want < RANK_LIVE && r == UINT32_MAX; want++)
     for (uint32_t i = 0; r == UINT32_MAX && i < c->o.world_size; i++)
-      if (clock_rank_free(c, i) && clock_rank_tier(c, i) == tier) r = i;
+      if (clock_rank_of(c, i) == (clock_rank)want) r = i;
   if (r == UINT32_MAX)
     return ps_errf(eb, PS_EEXIST, "all %" PRIu32 " worker ranks are held by live workers",
                    c->o.world_size);
@@ -423,12 +420,13 @@ void psd_clock_leave(psd_clock *c, uint32_t worker, uint64_t now_ms, int done) {
 size_t psd_clock_partitions(const psd_clock *c, uint32_t rank, uint32_t nparts, uint32_t *out) {
   uint32_t world = c->o.world_size, nlive = 0, mine = UINT32_MAX;
   if (rank >= world) return 0;
-  uint8_t *failed = calloc(world, 1); /* one look-up per rank, not per partition */
-  if (!failed) return 0;
+  uint8_t *held = malloc(world); /* clock_rank of each rank, one pass over c->w */
+  if (!held) return 0;
+  memset(held, RANK_NEVER, world);
   for (size_t i = 0; i < c->nw; i++)
-    if (c->w[i].id < world) failed[c->w[i].id] = c->w[i].dead && !c->w[i].left;
+    if (c->w[i].id < world) held[c->w[i].id] = (uint8_t)clock_worker_rank(&c->w[i]);
   for (uint32_t r = 0; r < world; r++) {
-    if (clock_rank_free(c, r)) continue;
+    if (held[r] != RANK_LIVE) continue;
     if (r == rank) mine = nlive;
     nlive++;
   }
@@ -436,13 +434,13 @@ size_t psd_clock_partitions(const psd_clock *c, uint32_t rank, uint32_t nparts, 
   uint32_t orphans = 0;
   for (uint32_t p = 0; p < nparts; p++) {
     uint32_t home = p % world;
-    if (!failed[home]) {
+    if (held[home] != RANK_DIED) {
       if (home == rank) out[n++] = p;
     } else if (orphans++ % (nlive ? nlive : 1) == mine) {
       out[n++] = p;
     }
   }
-  free(failed);
+  free(held);
   return n;
 }
 
@@ -552,7 +550,7 @@ void psd_clock_worker(const psd_clock *c, size_t i, uint64_t now_ms, psd_worker_
   info->steps_per_s = w->steps_per_s;
   info->blocked_share = w->blocked_share;
   if (w->nparked) info->age_ms = 0;
-  if (w->dead && w->left)
+  if (clock_worker_rank(w) == RANK_FINISHED)
     info->state = PSD_WORKER_DONE;
   else if (w->dead || info->age_ms >= c->o.lease_ms)
     info->state = PSD_WORKER_DEAD;

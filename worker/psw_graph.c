@@ -760,13 +760,19 @@ static int ex_buffers(psw_exec *ex) {
   return 0;
 }
 
+/* node_backprops says whether a step runs N's backward: the loss depends
+ * on it and it depends on a parameter. */
+static int node_backprops(const psw_graph *g, const gnode *n) {
+  return n->live && g->vals[n->out].needs_grad;
+}
+
 /* ex_param_order fills first_read and last_grad (see psw_exec). */
 static void ex_param_order(psw_exec *ex) {
   const psw_graph *g = ex->g;
   for (size_t p = 0; p < g->nparams; p++) ex->first_read[p] = ex->last_grad[p] = -1;
   for (size_t i = g->nnodes; i-- > 0;) {
     const gnode *n = &g->nodes[i];
-    int grads = n->live && g->vals[n->out].needs_grad;
+    int grads = node_backprops(g, n);
     for (int k = 0; k < n->op->nin; k++) {
       int p = n->in[k];
       if (p < 0 || (size_t)p >= g->nparams) continue;
@@ -911,13 +917,12 @@ static int ex_backward(psw_exec *ex) {
   const psw_graph *g = ex->g;
   int rc = 0;
   for (size_t i = g->nnodes; !rc && i-- > 0;) {
-    if (!g->nodes[i].live || !g->vals[g->nodes[i].out].needs_grad) continue;
+    if (!node_backprops(g, &g->nodes[i])) continue;
     rc = g->nodes[i].op->bwd(ex, &g->nodes[i]);
     if (!rc) rc = ex_param_copies(ex, (int)i, 1);
   }
   return rc;
 }
-
 
 /* ex_results copies the loss and the correct count to the host. */
 static int ex_results(psw_exec *ex, float *loss, uint32_t *correct) {

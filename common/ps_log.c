@@ -51,3 +51,13 @@ void ps_log(int level, const char *fmt, ...) {
   ssize_t w = write(STDERR_FILENO, line, len);
   (void)w;
 }
+
+/* ps_log_u32s: see ps_log.h. */
+const char *ps_log_u32s(char *buf, size_t cap, const uint32_t *v, size_t n) {
+  size_t len = 0, i = 0;
+  buf[0] = 0;
+  for (; i < n && len + 16 < cap; i++)
+    len += (size_t)snprintf(buf + len, cap - len, "%s%u", i ? "," : "", v[i]);
+  if (i < n) snprintf(buf + len, cap - len, ",...");
+  return buf;
+}

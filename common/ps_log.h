@@ -7,6 +7,8 @@
 #ifndef PS_LOG_H
 #define PS_LOG_H
 
+#include <stddef.h>
+#include <stdint.h>
 #include <syslog.h>
 
 /* ps_log_init sets the program name shown in lines (borrowed: a string
@@ -20,5 +22,10 @@ void ps_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)
 #define ps_warn(...) ps_log(LOG_WARNING, __VA_ARGS__)
 #define ps_info(...) ps_log(LOG_INFO, __VA_ARGS__)
 #define ps_debug(...) ps_log(LOG_DEBUG, __VA_ARGS__)
+
+/* ps_log_u32s writes V[0..N) as "0,3,6" into BUF (CAP >= 20 bytes), ending
+ * in ",..." where the rest does not fit; returns BUF.  For log lines and
+ * table cells. */
+const char *ps_log_u32s(char *buf, size_t cap, const uint32_t *v, size_t n);
 
 #endif

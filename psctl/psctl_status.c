@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "ps.pb-c.h"
+#include "ps_log.h"
 #include "psctl.h"
 
 
@@ -137,11 +138,7 @@ static void psctl_status_workers(const Ps__ListWorkersReply *w, const char *why)
     const Ps__WorkerInfo *x = w->workers[i];
     char age[24], parts[64] = "-";
     snprintf(age, sizeof age, "%.1fs ago", (double)x->heartbeat_age_ms / 1e3);
-    size_t off = 0, k = 0;
-    for (; k < x->n_partitions && off + 16 < sizeof parts; k++)
-      off += (size_t)snprintf(parts + off, sizeof parts - off, "%s%u", k ? "," : "",
-                              x->partitions[k]);
-    if (k < x->n_partitions) snprintf(parts + off, sizeof parts - off, ",...");
+    if (x->n_partitions) ps_log_u32s(parts, sizeof parts, x->partitions, x->n_partitions);
     printf("%-4u %-20s %-7u %-5s %10llu %10s %8.2f %7.1f%% %-12s %s\n", x->rank, x->host, x->pid,
            x->state, (unsigned long long)x->clock, age, x->steps_per_s,
            100.0 * x->blocked_share, parts, x->device);

@@ -102,17 +102,6 @@ static int run_check_data(psw_run *x, const psw_dataset *d, const char *what, ps
   return 0;
 }
 
-/* run_parts_text writes "0,3,6" for PARTS[0..N) into BUF, ending in
- * ",..." when it does not fit. */
-static const char *run_parts_text(const uint32_t *parts, size_t n, char *buf, size_t cap) {
-  size_t len = 0, i = 0;
-  buf[0] = 0;
-  for (; i < n && len + 16 < cap; i++)
-    len += (size_t)snprintf(buf + len, cap - len, "%s%u", i ? "," : "", parts[i]);
-  if (i < n) snprintf(buf + len, cap - len, ",...");
-  return buf;
-}
-
 /* run_take_parts fetches the partitions psw_coord holds into a new array
  * (*OUT, *N), dropping any this cluster file does not have, and their
  * generation (*GEN); PS_ENOMEM. */
@@ -186,8 +175,8 @@ static int run_follow_parts(psw_run *x, ps_errbuf *eb) {
   }
   char was[256], now[256];
   ps_info("worker %u: the coordinator moved partitions: now [%s], were [%s]", x->rank,
-          run_parts_text(parts, n, now, sizeof now),
-          run_parts_text(x->parts, x->nparts, was, sizeof was));
+          ps_log_u32s(now, sizeof now, parts, n),
+          ps_log_u32s(was, sizeof was, x->parts, x->nparts));
   psw_dataset d = {0};
   ps_errbuf leb;
   if (run_load_train(x, parts, n, &d, &leb) < 0) {
@@ -223,7 +212,7 @@ static int run_join(psw_run *x, ps_errbuf *eb) {
     if ((err = run_take_parts(x, &x->parts, &x->nparts, &x->parts_gen, eb)) < 0) return err;
     char list[256];
     ps_info("registered as worker %u of %u: partitions [%s], start clock %llu", x->rank,
-            x->workers, run_parts_text(x->parts, x->nparts, list, sizeof list),
+            x->workers, ps_log_u32s(list, sizeof list, x->parts, x->nparts),
             (unsigned long long)reg.start_clock);
   } else {
     uint32_t nparts = o->cfg->data.partitions;

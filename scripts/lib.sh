@@ -11,6 +11,7 @@
 #                 writes DIR/cluster.yaml for N shards on fresh ports (EXTRA
 #                 appended), starts them (PIDs in PIDS and SHARD_PIDS), waits
 #   stop_pid PID  SIGTERM, wait at most 10 s, SIGKILL; drops PID from PIDS
+#   lib_usage     prints the calling script's header comment (its --help)
 
 BIN=${PS_BIN:-build/bin}
 PIDS=()
@@ -39,6 +40,10 @@ trap 'exit 143' TERM
 
 ps_tmpdir() { # sets LIB_TMP (not in a subshell: cleanup needs it)
   LIB_TMP=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
+}
+
+lib_usage() {
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
 }
 
 free_port() { # the sockets stay bound until all are picked: no repeats

@@ -66,13 +66,21 @@ static int psctl_model_args(int argc, char **argv, psctl_model_opts *o) {
   return 0;
 }
 
-/* psctl_model_write checks the packed graph BUF and writes it to PATH;
- * returns the exit code. */
-static int psctl_model_write(const char *cmd, const uint8_t *buf, size_t len, const char *path) {
-  psw_graph *g;
+/* psctl_model_build packs the MLP NAME of LAYERS[0..N) with ACT between
+ * layers, checks it and writes it to PATH; returns the exit code. */
+static int psctl_model_build(const char *cmd, const char *name, const uint32_t *layers, size_t n,
+                             ps_gpu_act act, const char *path) {
+  uint8_t *buf;
+  size_t len;
   ps_errbuf eb;
+  if (psw_graph_mlp_pack(name, layers, n, act, &buf, &len, &eb)) {
+    fprintf(stderr, "psctl model %s: %s\n", cmd, eb.msg);
+    return 2;
+  }
+  psw_graph *g;
   if (psw_graph_load(buf, len, &g, &eb)) {
     fprintf(stderr, "psctl model %s: built a bad graph: %s\n", cmd, eb.msg);
+    free(buf);
     return 1;
   }
   unsigned long long np = (unsigned long long)psw_graph_nparams(g);
@@ -80,8 +88,10 @@ static int psctl_model_write(const char *cmd, const uint8_t *buf, size_t len, co
   FILE *f = fopen(path, "wb");
   int ok = f && fwrite(buf, 1, len, f) == len;
   if (f && fclose(f)) ok = 0;
+  int e = errno;
+  free(buf);
   if (!ok) {
-    fprintf(stderr, "psctl model %s: cannot write '%s': %s\n", cmd, path, strerror(errno));
+    fprintf(stderr, "psctl model %s: cannot write '%s': %s\n", cmd, path, strerror(e));
     return 1;
   }
   printf("wrote %s: %llu parameters, %zu bytes\n", path, np, len);
@@ -118,16 +128,7 @@ static int psctl_model_mlp(int argc, char **argv) {
     fprintf(stderr, "psctl model mlp: unknown activation '%s' (expected relu, sigmoid or tanh)\n", o.act);
     return 2;
   }
-  uint8_t *buf;
-  size_t len;
-  ps_errbuf eb;
-  if (psw_graph_mlp_pack(o.name ? o.name : "mlp", layers, (size_t)n, act, &buf, &len, &eb)) {
-    fprintf(stderr, "psctl model mlp: %s\n", eb.msg);
-    return 2;
-  }
-  code = psctl_model_write("mlp", buf, len, o.out);
-  free(buf);
-  return code;
+  return psctl_model_build("mlp", o.name ? o.name : "mlp", layers, (size_t)n, act, o.out);
 }
 
 static int psctl_model_logreg(int argc, char **argv) {
@@ -139,16 +140,8 @@ static int psctl_model_logreg(int argc, char **argv) {
     return 2;
   }
   uint32_t layers[2] = {(uint32_t)o.inputs, (uint32_t)o.classes};
-  uint8_t *buf;
-  size_t len;
-  ps_errbuf eb;
-  if (psw_graph_mlp_pack(o.name ? o.name : "logreg", layers, 2, PS_GPU_ACT_NONE, &buf, &len, &eb)) {
-    fprintf(stderr, "psctl model logreg: %s\n", eb.msg);
-    return 2;
-  }
-  code = psctl_model_write("logreg", buf, len, o.out);
-  free(buf);
-  return code;
+  return psctl_model_build("logreg", o.name ? o.name : "logreg", layers, 2, PS_GPU_ACT_NONE,
+                           o.out);
 }
 
 static int psctl_model_show(int argc, char **argv) {

@@ -75,16 +75,36 @@ static void tc_start(tc_ctx *x, const char *layers, const char *consistency,
   ck_assert_msg(ps_test_run(submit, log, 30000) == 0, "psctl submit failed; see %s", log);
 }
 
+/* tc_spawn starts registering worker I (log in x->log[I]) with the
+ * option OPT VAL added (OPT NULL: none). */
+static pid_t tc_spawn(tc_ctx *x, int i, const char *opt, const char *val) {
+  char log[sizeof x->log[i]]; /* straight into x->log[i], gcc fears an overlap with x->dir */
+  snprintf(log, sizeof log, "%s/psw%d.log", x->dir, i);
+  memcpy(x->log[i], log, sizeof log);
+  char *argv[] = {(char *)ps_test_bin("psw"), "--config", x->yaml, "--quiet", (char *)opt,
+                  (char *)val, NULL};
+  return ps_test_spawn(argv, x->log[i], NULL);
+}
+
+/* tc_read reads worker I's log into x->out[I] and its JSON line (the last
+ * line, which must be model "m"'s) into x->json[I]. */
+static void tc_read(tc_ctx *x, int i) {
+  x->out[i] = ps_test_read_file(x->log[i], NULL);
+  char *copy = strdup(x->out[i]);
+  x->json[i] = strdup(ps_test_last_line(copy));
+  free(copy);
+  ck_assert_msg(x->json[i][0] == '{' && strstr(x->json[i], "\"model\":\"m\""),
+                "worker %d's last line: %s", i, x->json[i]);
+}
+
+/* tc_fast returns the worker that ran at full speed (slowdown 1). */
+static int tc_fast(const tc_ctx *x) { return strstr(x->json[0], "\"slowdown\":1,") ? 0 : 1; }
+
 /* tc_train runs two registering workers to the end, worker 1 with
  * --slowdown SLOW1 (NULL: none); their logs and JSON lines land in X. */
 static void tc_train(tc_ctx *x, const char *slow1) {
   pid_t w[2];
-  for (int i = 0; i < 2; i++) {
-    snprintf(x->log[i], sizeof x->log[i], "%s/psw%d.log", x->dir, i);
-    char *argv[] = {(char *)ps_test_bin("psw"), "--config", x->yaml, "--quiet",
-                    i == 1 && slow1 ? "--slowdown" : NULL, (char *)slow1, NULL};
-    w[i] = ps_test_spawn(argv, x->log[i], NULL);
-  }
+  for (int i = 0; i < 2; i++) w[i] = tc_spawn(x, i, i == 1 && slow1 ? "--slowdown" : NULL, slow1);
   for (int i = 0; i < 2; i++) {
     int st = ps_test_wait_pid(w[i], TC_WAIT_MS);
     ck_assert_msg(st >= 0, "worker %d did not finish within %d ms; see %s", i, TC_WAIT_MS,
@@ -92,14 +112,7 @@ static void tc_train(tc_ctx *x, const char *slow1) {
     ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "worker %d failed; see %s", i,
                   x->log[i]);
   }
-  for (int i = 0; i < 2; i++) {
-    x->out[i] = ps_test_read_file(x->log[i], NULL);
-    char *copy = strdup(x->out[i]);
-    x->json[i] = strdup(ps_test_last_line(copy));
-    free(copy);
-    ck_assert_msg(x->json[i][0] == '{' && strstr(x->json[i], "\"model\":\"m\""),
-                  "worker %d's last line: %s", i, x->json[i]);
-  }
+  for (int i = 0; i < 2; i++) tc_read(x, i);
 }
 
 /* tc_status returns the Status of model "m" on every shard, summed:
@@ -218,7 +231,7 @@ START_TEST(test_consistency_ssp_bound) {
                 "gap %llu, %llu parked: the fast worker never ran ahead into the bound",
                 (unsigned long long)gap, (unsigned long long)parked);
   /* the fast worker waits for the 3x slower one, parked on the shards */
-  int fast = strstr(x.json[0], "\"slowdown\":1,") ? 0 : 1;
+  int fast = tc_fast(&x);
   double p = ps_test_json_num(x.json[fast], "parked_share");
   ck_assert_msg(p > 0.1 && p <= ps_test_json_num(x.json[fast], "blocked_share"), "%s",
                 x.json[fast]);
@@ -231,7 +244,7 @@ START_TEST(test_consistency_asp_straggler) {
   tc_ctx x = {0};
   tc_start(&x, "784,256,128,10", "asp", "0");
   tc_train(&x, "5");
-  int fast = strstr(x.json[0], "\"slowdown\":1,") ? 0 : 1, slow = 1 - fast;
+  int fast = tc_fast(&x), slow = 1 - fast;
   ck_assert_msg(ps_test_json_num(x.json[slow], "slowdown") == 5, "%s", x.json[slow]);
   /* Lock-step with a 5x slower worker would park the fast one about 80 %
    * of its time and give both the same rate. */
@@ -259,12 +272,7 @@ START_TEST(test_consistency_failover_partitions) {
   tc_ctx x = {0};
   tc_start(&x, "784,256,10", "bsp", "0"); /* steps long enough for a heartbeat or two */
   pid_t w[2];
-  for (int i = 0; i < 2; i++) {
-    snprintf(x.log[i], sizeof x.log[i], "%s/psw%d.log", x.dir, i);
-    char *argv[] = {(char *)ps_test_bin("psw"), "--config", x.yaml, "--quiet", "--epochs", "8",
-                    NULL};
-    w[i] = ps_test_spawn(argv, x.log[i], NULL);
-  }
+  for (int i = 0; i < 2; i++) w[i] = tc_spawn(&x, i, "--epochs", "8");
   /* both at work: one epoch of both (2 x 32 steps) in every shard's version */
   uint64_t gap, parked, version = 0;
   for (int64_t end = ps_test_now_ms() + TC_WAIT_MS; version < 2 * 32;) {
@@ -278,10 +286,7 @@ START_TEST(test_consistency_failover_partitions) {
   st = ps_test_wait_pid(w[0], TC_WAIT_MS);
   ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "the survivor failed; see %s",
                 x.log[0]);
-  x.out[0] = ps_test_read_file(x.log[0], NULL);
-  char *copy = strdup(x.out[0]);
-  x.json[0] = strdup(ps_test_last_line(copy));
-  free(copy);
+  tc_read(&x, 0);
   ck_assert_msg(strstr(x.out[0], "the coordinator moved partitions"), "no takeover in %s",
                 x.log[0]);
   ck_assert_msg(strstr(x.json[0], "\"partitions\":[0,1,2,3,4,5,6,7]") &&

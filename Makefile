@@ -2,7 +2,8 @@
 #
 #   make                 build build/bin/{psd,psw,psctl} and the libraries
 #   make deps            install the missing Debian packages (idempotent)
-#   make test            deps + build + every Check suite; ends "N passed, N failed[, N skipped]"
+#   make test            deps + build + every Check suite, and the cuda suite on the host
+#                        emulator (tests/cuda_emu); ends "N passed, N failed[, N skipped]"
 #   make demo            deps + build + a real 2-shard, 2-worker Fashion-MNIST run
 #   make bench           deps + build + the benchmark table
 #   make SANITIZE=address,undefined test
@@ -39,6 +40,7 @@ CFLAGS += -std=c11 -D_GNU_SOURCE -Wall -Wextra -pthread -MMD -MP \
   -Icommon -Iserver -Iworker -Igpu -Ipsctl -Itests -I$(GEN) $(PKG_CFLAGS) $(SANFLAGS)
 LDFLAGS += -pthread $(SANFLAGS)
 LDLIBS := $(PKG_LIBS) -lrocksdb -lopenblas -lm
+HOST_LDLIBS := $(LDLIBS)
 
 # CUDA backend: built when nvcc and cuBLAS exist (gpu/*.cu), else left out.
 CUDA_HOME ?= /usr/local/cuda
@@ -57,6 +59,20 @@ CU_OBJS := $(CU_SRCS:%.cu=$(OBJ)/%.cu.o)
 else
 CU_OBJS :=
 endif
+
+# The cuda backend on the host emulator (tests/cuda_emu): gpu/ps_gpu_cuda.cu
+# rewritten line for line into C++ (each "kernel<<<cfg>>>(" becomes
+# "ps_emu_launch(ps_emu_cfg(cfg), kernel, "), built against the emulated
+# runtime and cuBLAS, and linked with the cuda test suite into its own test
+# program.  Needs only a C++ compiler: built and run everywhere.
+EMU_OBJ := $(OBJ)-emu
+EMU_GEN := $(GEN)/cuda-emu
+EMU_INC := -Itests/cuda_emu/include
+EMU_CFLAGS = $(EMU_INC) $(CFLAGS) -DPS_HAVE_CUDA=1 -DPS_HAVE_CUDA_BACKEND=1 -iquote $(EMU_GEN)
+EMU_CXXFLAGS := -std=c++17 $(OPT) -g -Wall -Wextra -pthread -MMD -MP $(EMU_INC) -Icommon -Igpu \
+  $(SANFLAGS)
+EMU_OBJS := $(EMU_OBJ)/tests/ps_tests.o $(EMU_OBJ)/tests/gpu/test_ps_gpu_cuda.o \
+  $(OBJ)/tests/ps_test.o $(EMU_OBJ)/gpu/ps_gpu.o $(EMU_OBJ)/ps_gpu_cuda.o $(EMU_OBJ)/cuda_emu.o
 
 PROTOS := $(wildcard proto/*.proto)
 PB_C := $(PROTOS:proto/%.proto=$(GEN)/%.pb-c.c)
@@ -80,7 +96,7 @@ FORCE:
 # Generated protobuf-c sources are kept, not deleted as intermediates.
 .SECONDARY: $(PB_C) $(PB_H)
 .DEFAULT_GOAL := all
-all: $(PROGS) $(BIN)/ps_tests $(BIN)/ps_bench_gpu
+all: $(PROGS) $(BIN)/ps_tests $(BIN)/ps_tests_cuda_emu $(BIN)/ps_bench_gpu
 
 deps:
 	@missing=$$(for p in $(DEB_PKGS) $(EXTRA_DEB_PKGS); do \
@@ -129,6 +145,28 @@ $(PROGS) $(BIN)/ps_tests $(BIN)/ps_bench_gpu:
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) -Wl,--start-group $(LIBS_A) -Wl,--end-group $(LDLIBS)
 
+$(EMU_GEN)/ps_gpu_cuda.cc: gpu/ps_gpu_cuda.cu
+	@mkdir -p $(dir $@)
+	{ echo '#line 1 "$<"'; sed -E 's/([A-Za-z_][A-Za-z_0-9]*(<[A-Za-z_0-9]+>)?)<<<(.*)>>>\(/ps_emu_launch(ps_emu_cfg(\3), \1, /' $<; } > $@.tmp
+	@! grep -n '<<<' $@.tmp || { echo "$<: a kernel launch the rewrite missed (one launch per line, config on that line)" >&2; rm -f $@.tmp; exit 1; }
+	mv $@.tmp $@
+$(EMU_GEN)/suites.inc:
+	@mkdir -p $(dir $@)
+	echo 'PS_SUITE(ps_gpu_cuda)' > $@
+$(EMU_OBJ)/tests/ps_tests.o: $(EMU_GEN)/suites.inc
+$(EMU_OBJ)/%.o: %.c $(PB_H)
+	@mkdir -p $(dir $@)
+	$(CC) $(EMU_CFLAGS) -c -o $@ $<
+$(EMU_OBJ)/ps_gpu_cuda.o: $(EMU_GEN)/ps_gpu_cuda.cc
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -c -o $@ $<
+$(EMU_OBJ)/cuda_emu.o: tests/cuda_emu/cuda_emu.cc
+	@mkdir -p $(dir $@)
+	$(CXX) $(EMU_CXXFLAGS) -c -o $@ $<
+$(BIN)/ps_tests_cuda_emu: $(EMU_OBJS) $(LIBS_A)
+	@mkdir -p $(dir $@)
+	$(CXX) $(LDFLAGS) -o $@ $(EMU_OBJS) -Wl,--start-group $(LIBS_A) -Wl,--end-group $(HOST_LDLIBS)
+
 # The test runner's suite list is generated from the test sources, so a new
 # suite needs no edit here: every "Suite *NAME_suite(void)" definition.
 $(GEN)/suites.inc: $(TEST_SRCS) FORCE
@@ -140,7 +178,7 @@ $(OBJ)/tests/ps_tests.o: $(GEN)/suites.inc
 # PS_TEST_FILTER=name runs the suites whose name contains it.
 test: deps
 	$(MAKE) --no-print-directory all
-	PS_BIN=$(BIN) $(BIN)/ps_tests
+	PS_BIN=$(BIN) scripts/run_tests $(BIN)/ps_tests $(BIN)/ps_tests_cuda_emu
 
 check: test
 

@@ -11,7 +11,9 @@
  * the one sum may cancel too.  Bounds: 1e-5 with fp32 math, 5e-3 for gemm
  * with TF32.  Without a device (or without a cuda build) every test that needs
  * one is reported as skipped ("no CUDA device: <CUDA's message>"); the
- * selection test runs everywhere. */
+ * selection test runs everywhere.  The same suite is also built against
+ * the host emulator (tests/cuda_emu, program ps_tests_cuda_emu), where a
+ * device "exists" and every test runs. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>

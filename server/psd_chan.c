@@ -11,8 +11,11 @@
  *     data is read into a scratch buffer and dropped, then answered with a
  *     CHAN_ERROR frame.  A data_len above cfg->max_request_bytes closes the
  *     connection (ps_chan_hdr_decode).
- *  3. A pull is answered from one malloc'd buffer filled by psd_shard_pull
- *     and written with header + meta in one uv_write.
+ *  3. A pull is answered from one buffer filled by psd_shard_pull and
+ *     written with header + meta in one uv_write.  The buffer of a written
+ *     reply stays with its connection as the spare and serves the next
+ *     pull that fits, so a worker's steady pulls allocate nothing (a fresh
+ *     allocation of that size is a page fault per 4 KiB on every pull).
  *  4. Replies are written in request order (requests are handled in the
  *     order read, synchronously).  Backpressure: while more than
  *     CHAN_MAX_QUEUED reply bytes wait in libuv, the connection stops
@@ -59,6 +62,8 @@ typedef struct psd_conn {
   ps_errbuf req_eb;
   float *data;                /* push data buffer */
   size_t data_cap;            /* bytes */
+  float *spare;               /* a written pull reply's buffer (invariant 3) */
+  size_t spare_cap;           /* bytes */
   size_t queued;              /* reply bytes handed to libuv, not yet written */
   uint8_t stage[CHAN_STAGE];
   size_t stage_off, stage_len;
@@ -85,6 +90,7 @@ typedef struct chan_wr {
   int close_after;
   size_t bytes;
   float *data;                /* pull reply data (owned) */
+  size_t data_bytes;
   uint8_t hdr[PS_CHAN_HDR_LEN];
   uint8_t meta[];
 } chan_wr;
@@ -102,6 +108,32 @@ static void chan_maybe_free(psd_chan *ch) {
 
 /* ---- replies ---------------------------------------------------------------- */
 
+/* conn_take_buf returns a pull reply buffer of BYTES: the connection's
+ * spare when it is large enough (invariant 3), else a new one (NULL: out
+ * of memory). */
+static float *conn_take_buf(psd_conn *c, size_t bytes) {
+  if (c->spare && c->spare_cap >= bytes) {
+    float *p = c->spare;
+    c->spare = NULL;
+    return p;
+  }
+  return malloc(bytes ? bytes : 1);
+}
+
+/* conn_give_buf takes back reply buffer P of (at least) BYTES as the
+ * connection's spare, keeping the larger of it and the spare held; frees
+ * the other, and P too once the connection is closing. */
+static void conn_give_buf(psd_conn *c, float *p, size_t bytes) {
+  if (!p) return;
+  if (c->closing || (c->spare && c->spare_cap >= bytes)) {
+    free(p);
+    return;
+  }
+  free(c->spare);
+  c->spare = p;
+  c->spare_cap = bytes;
+}
+
 /* wr_done finishes a reply write: counters, backpressure, deferred close. */
 static void wr_done(uv_write_t *req, int status) {
   chan_wr *w = (chan_wr *)req;
@@ -112,7 +144,7 @@ static void wr_done(uv_write_t *req, int status) {
   if (status < 0 && status != UV_ECANCELED) conn_close(c);
   else if (w->close_after) conn_close(c);
   else if (c->paused && !c->parked && c->queued <= CHAN_MAX_QUEUED) conn_resume(c);
-  free(w->data);
+  conn_give_buf(c, w->data, w->data_bytes);
   free(w);
 }
 
@@ -139,6 +171,7 @@ static int conn_reply(psd_conn *c, const Ps__ChanMeta *meta, float *data, uint64
   w->inflight = inflight;
   w->close_after = close_after;
   w->data = data;
+  w->data_bytes = (size_t)h.data_len;
   w->bytes = sizeof w->hdr + mlen + (size_t)h.data_len;
   uv_buf_t bufs[3] = {uv_buf_init((char *)w->hdr, sizeof w->hdr),
                       uv_buf_init((char *)w->meta, (unsigned)mlen),
@@ -208,13 +241,13 @@ static void conn_pull_serve(psd_conn *c, const Ps__ChanMeta *m, uint32_t parked_
   if (rc == 0 && n * sizeof(float) > sh->cfg->max_request_bytes)
     rc = ps_errf(&eb, PS_ETOOBIG, "pull of model '%s': %llu bytes exceed max_request_bytes",
                  m->model, (unsigned long long)(n * sizeof(float)));
-  if (rc == 0 && !(out = malloc(n ? n * sizeof(float) : 1)))
+  if (rc == 0 && !(out = conn_take_buf(c, n * sizeof(float))))
     rc = ps_errf(&eb, PS_ENOMEM, "pull of model '%s': out of memory", m->model);
   if (rc == 0)
     rc = psd_shard_pull(sh, m->model, m->chunk_ids, m->n_chunk_ids, out, n, m->worker,
                         m->clock, &version, &eb);
   if (rc < 0) {
-    free(out);
+    conn_give_buf(c, out, n * sizeof(float));
     conn_reply_error(c, rc, eb.msg, 1, 0);
     return;
   }
@@ -483,6 +516,7 @@ static void conn_closed(uv_handle_t *h) {
   }
   free(c->meta);
   free(c->data);
+  free(c->spare);
   free(c);
   ch->handles--;
   chan_maybe_free(ch);

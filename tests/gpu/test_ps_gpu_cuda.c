@@ -6,9 +6,10 @@
  *
  * Error measure: max |got - want| / max |want| over the tensor (relative
  * to the tensor's scale, so a sum that cancels to ~0 in one element does
- * not fail on rounding); for column sums (bias_grad) the scale is at
- * least the size of such a sum, sqrt(rows) x rms, since with one column
- * the one sum may cancel too.  Bounds: 1e-5 with fp32 math, 5e-3 for gemm
+ * not fail on rounding); where one element may be the whole tensor, the
+ * scale is at least the size a sum of random terms has, the root sum of
+ * their squares: for gemm over alpha a b and beta c, for column sums
+ * (bias_grad) sqrt(rows) x rms.  Bounds: 1e-5 with fp32 math, 5e-3 for gemm
  * with TF32.  Without a device (or without a cuda build) every test that needs
  * one is reported as skipped ("no CUDA device: <CUDA's message>"); the
  * selection test runs everywhere.  The same suite is also built against
@@ -219,6 +220,21 @@ static void gemm_case(uint32_t m, uint32_t k, uint32_t n, int ta, int tb, float 
   float *a = hrnd((size_t)m * k, 1), *b = hrnd((size_t)k * n, 1), *c = hrnd((size_t)m * n, 1);
   if (beta == 0)
     for (size_t i = 0; i < (size_t)m * n; i++) c[i] = NAN;
+  /* The size of the terms each element sums, as a root sum of squares of
+   * alpha a b and beta c (an element may cancel to ~0; its rounding, TF32's
+   * too, scales with the terms: expect_close_at). */
+  double scale = 0;
+  for (uint32_t i = 0; i < m; i++)
+    for (uint32_t j = 0; j < n; j++) {
+      double t = 0;
+      for (uint32_t l = 0; l < k; l++) {
+        double p = (double)alpha * (ta ? a[(size_t)l * m + i] : a[(size_t)i * k + l]) *
+                   (tb ? b[(size_t)j * k + l] : b[(size_t)l * n + j]);
+        t += p * p;
+      }
+      if (beta != 0) t += ((double)beta * c[(size_t)i * n + j]) * ((double)beta * c[(size_t)i * n + j]);
+      scale = fmax(scale, sqrt(t));
+    }
   float *da = dfrom(a, (size_t)m * k * 4), *db = dfrom(b, (size_t)k * n * 4),
         *dc = dfrom(c, (size_t)m * n * 4);
   ps_gpu_tensor A = ta ? HT(a, k, m) : HT(a, m, k), B = tb ? HT(b, n, k) : HT(b, k, n),
@@ -229,7 +245,7 @@ static void gemm_case(uint32_t m, uint32_t k, uint32_t n, int ta, int tb, float 
   ck_assert_int_eq(gpu->ops->gemm(gpu, ta, tb, alpha, &dA, &dB, beta, &dC), 0);
   char what[96];
   snprintf(what, sizeof what, "gemm m=%u k=%u n=%u ta=%d tb=%d beta=%g", m, k, n, ta, tb, beta);
-  expect_close(what, dc, c, (size_t)m * n, tol);
+  expect_close_at(what, dc, c, (size_t)m * n, tol, scale);
 }
 
 START_TEST(test_gemm) {

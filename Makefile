@@ -148,7 +148,7 @@ $(PROGS) $(BIN)/ps_tests $(BIN)/ps_bench_gpu:
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) -Wl,--start-group $(LIBS_A) -Wl,--end-group $(LDLIBS)
 
-$(EMU_GEN)/ps_gpu_cuda.cc: gpu/ps_gpu_cuda.cu
+$(EMU_GEN)/ps_gpu_cuda.cc: gpu/ps_gpu_cuda.cu Makefile
 	@mkdir -p $(dir $@)
 	{ echo '#line 1 "$<"'; sed -E 's/([A-Za-z_][A-Za-z_0-9]*(<[A-Za-z_0-9]+>)?)<<<(.*)>>>\(/ps_emu_launch(ps_emu_cfg(\3), \1, /' $<; } > $@.tmp
 	@! grep -n '<<<' $@.tmp || { echo "$<: a kernel launch the rewrite missed (one launch per line, config on that line)" >&2; rm -f $@.tmp; exit 1; }

@@ -23,6 +23,7 @@
 #include <sys/mman.h>
 #include <ucontext.h>
 
+#include <algorithm>
 #include <deque>
 #include <map>
 #include <memory>
@@ -97,13 +98,16 @@ namespace {
 
 std::recursive_mutex exec_mu;
 CUstream_st legacy_stream; /* stream 0 */
-std::set<CUstream_st *> streams{&legacy_stream};
+std::vector<CUstream_st *> streams{&legacy_stream}; /* in creation order: repeatable runs */
+std::set<CUevent_st *> events;
 std::map<uintptr_t, size_t> dev_mem, pinned_mem;
 size_t dev_used;
 
 CUstream_st *stream_of(cudaStream_t s) { return s ? s : &legacy_stream; }
 
-bool valid_stream(cudaStream_t s) { return streams.count(stream_of(s)) != 0; }
+bool valid_stream(cudaStream_t s) {
+  return std::find(streams.begin(), streams.end(), stream_of(s)) != streams.end();
+}
 
 uint64_t enqueue(CUstream_st *s, std::function<void()> run, CUstream_st *dep = nullptr,
                  uint64_t dep_seq = 0) {
@@ -153,14 +157,27 @@ bool within(const std::map<uintptr_t, size_t> &m, const void *p, size_t bytes) {
 }
 
 bool is_device(const void *p) { return alloc_of(dev_mem, p) != dev_mem.end(); }
+bool is_pinned(const void *p) { return alloc_of(pinned_mem, p) != pinned_mem.end(); }
 
 /* ---- blocks as fibers (invariant 3) -------------------------------------------- */
 
+/* Block-shared memory (cuda_runtime.h: every __shared__ variable is in
+ * section ps_emu_shared), poisoned before each block. */
+extern "C" char __start_ps_emu_shared[] __attribute__((weak));
+extern "C" char __stop_ps_emu_shared[] __attribute__((weak));
+
+/* poison_shared fills the shared section with 0xff (NaN); not checked by
+ * ASan, which puts no redzones into a named section anyway. */
+__attribute__((no_sanitize_address)) void poison_shared() {
+  for (volatile char *p = __start_ps_emu_shared; p && p < __stop_ps_emu_shared; p++) *p = (char)0xff;
+}
+
 /* block_runner runs a kernel's blocks one after another; a block's
  * threads are fibers (ucontext) on the calling thread, each run until it
- * ends or waits at a barrier, in index order on even blocks and reverse
- * order on odd ones (so a read of another thread's data that a barrier
- * does not order sees it unwritten in one of the two). */
+ * ends or waits at a barrier.  The order alternates, thread by thread
+ * within blocks and block by block within launches, between index order
+ * and reverse (by the parity of block and launch), so a read of data that
+ * no barrier orders after its write sees it unwritten in one of them. */
 class block_runner {
  public:
   ~block_runner() {
@@ -179,10 +196,13 @@ class block_runner {
       }
     body_ = &body;
     n_ = n;
-    uint64_t linear = 0;
-    for (unsigned z = 0; z < grid.z; z++)
-      for (unsigned y = 0; y < grid.y; y++)
-        for (unsigned x = 0; x < grid.x; x++, linear++) run_block(uint3{x, y, z}, grid, block, linear & 1);
+    const uint64_t nblocks = (uint64_t)grid.x * grid.y * grid.z, launch = launches_++;
+    for (uint64_t k = 0; k < nblocks; k++) {
+      const uint64_t b = launch & 1 ? nblocks - 1 - k : k;
+      const unsigned x = (unsigned)(b % grid.x), y = (unsigned)(b / grid.x % grid.y),
+                     z = (unsigned)(b / ((uint64_t)grid.x * grid.y));
+      run_block(uint3{x, y, z}, grid, block, (b + launch) & 1);
+    }
     body_ = nullptr;
   }
 
@@ -195,13 +215,18 @@ class block_runner {
     park(BLOCK, g);
   }
 
-  void syncwarp() { warp_barrier(cur_ / 32); }
+  void syncwarp(unsigned mask) {
+    check_mask(mask, "__syncwarp");
+    warp_barrier(cur_ / 32);
+  }
 
-  void shfl_xor(void *v, size_t size, int lane_mask) {
+  void shfl_xor(unsigned mask, void *v, size_t size, int lane_mask) {
+    check_mask(mask, "__shfl_xor_sync");
     const unsigned i = cur_, w = i / 32, src = 32 * w + ((i % 32) ^ ((unsigned)lane_mask & 31u));
+    if (src >= n_ || f_[src].done) die("__shfl_xor_sync reads a lane that does not exist or has returned");
     memcpy(slots_[i], v, size);
     warp_barrier(w);
-    if (src < n_) memcpy(v, slots_[src], size);
+    memcpy(v, slots_[src], size);
     warp_barrier(w);
   }
 
@@ -218,8 +243,22 @@ class block_runner {
 
   static void entry();
 
+  /* check_mask aborts unless MASK names exactly the live lanes of the
+   * calling thread's warp. */
+  void check_mask(unsigned mask, const char *what) {
+    const unsigned w = cur_ / 32, lanes = n_ - 32 * w < 32 ? n_ - 32 * w : 32;
+    unsigned live = 0;
+    for (unsigned l = 0; l < lanes; l++)
+      if (!f_[32 * w + l].done) live |= 1u << l;
+    if (mask != live) {
+      fprintf(stderr, "cuda_emu: %s: mask 0x%08x, live lanes of warp %u 0x%08x\n", what, mask, w, live);
+      die("a warp operation's mask names a lane that does not exist or has returned, or leaves a live one out");
+    }
+  }
+
   void run_block(uint3 bidx, dim3 grid, dim3 block, bool reverse) {
     const unsigned n = n_;
+    poison_shared();
     alive_ = n;
     arrived_ = 0;
     for (unsigned w = 0; w < (n + 31) / 32; w++) {
@@ -307,6 +346,7 @@ class block_runner {
   std::vector<fiber> f_;
   const std::function<void()> *body_ = nullptr;
   unsigned n_ = 0, cur_ = 0, alive_ = 0, arrived_ = 0;
+  uint64_t launches_ = 0;
   uint64_t bar_gen_ = 0;
   unsigned walive_[kMaxThreads / 32] = {}, warrived_[kMaxThreads / 32] = {};
   uint64_t wgen_[kMaxThreads / 32] = {};
@@ -325,8 +365,18 @@ void block_runner::entry() {
 }  // namespace
 
 void ps_emu_syncthreads(void) { runner.syncthreads(); }
-void ps_emu_syncwarp(void) { runner.syncwarp(); }
-void ps_emu_shfl_xor(void *v, size_t size, int lane_mask) { runner.shfl_xor(v, size, lane_mask); }
+void ps_emu_syncwarp(unsigned mask) { runner.syncwarp(mask); }
+void ps_emu_shfl_xor(unsigned mask, void *v, size_t size, int lane_mask) {
+  runner.shfl_xor(mask, v, size, lane_mask);
+}
+
+void ps_emu_check_arg(const void *p, unsigned index) {
+  std::lock_guard<std::recursive_mutex> lk(exec_mu);
+  if (p && !is_device(p) && !is_pinned(p)) {
+    fprintf(stderr, "cuda_emu: kernel argument %u (%p) is neither device nor pinned host memory\n", index, p);
+    die("a kernel was given a host pointer (a GPU faults on it)");
+  }
+}
 
 
 void ps_emu_enqueue(const ps_emu_cfg &cfg, std::function<void()> body) {
@@ -468,9 +518,10 @@ cudaError_t cudaMallocHost(void **ptr, size_t bytes) { return new_block(pinned_m
 cudaError_t cudaFreeHost(void *ptr) { return free_block(pinned_mem, ptr); }
 
 /* cudaMemcpyAsync with CUDA's host synchronisation: a pageable source is
- * staged at the call, a pageable destination is written when the call
- * returns, pinned memory and device-to-device copies run when the stream
- * gets there.  The kind must match where the pointers are. */
+ * staged at the call; a pageable destination, or any host-to-host copy,
+ * is written when the call returns; pinned memory and device-to-device
+ * copies run when the stream gets there.  The kind must match where the
+ * pointers are. */
 cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpyKind kind,
                             cudaStream_t stream) {
   std::lock_guard<std::recursive_mutex> lk(exec_mu);
@@ -492,16 +543,17 @@ cudaError_t cudaMemcpyAsync(void *dst, const void *src, size_t bytes, cudaMemcpy
   if (!ok) return fail(cudaErrorInvalidValue);
   CUstream_st *s = stream_of(stream);
   const bool src_pageable = !src_dev && !within(pinned_mem, src, bytes);
-  const bool dst_pageable = !dst_dev && !within(pinned_mem, dst, bytes);
+  /* done when the call returns: a copy to pageable memory, or host to host */
+  const bool sync = !dst_dev && (!src_dev || !within(pinned_mem, dst, bytes));
+  uint64_t seq;
   if (src_pageable) {
     auto staged = std::make_shared<std::vector<unsigned char>>((const unsigned char *)src,
                                                                (const unsigned char *)src + bytes);
-    const uint64_t seq = enqueue(s, [dst, staged] { memcpy(dst, staged->data(), staged->size()); });
-    if (dst_pageable) drain(s, seq);
-    return cudaSuccess;
+    seq = enqueue(s, [dst, staged] { memcpy(dst, staged->data(), staged->size()); });
+  } else {
+    seq = enqueue(s, [dst, src, bytes] { memcpy(dst, src, bytes); });
   }
-  const uint64_t seq = enqueue(s, [dst, src, bytes] { memcpy(dst, src, bytes); });
-  if (dst_pageable) drain(s, seq);
+  if (sync) drain(s, seq);
   return cudaSuccess;
 }
 
@@ -512,7 +564,7 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned flags) {
   if (!stream) return fail(cudaErrorInvalidValue);
   std::lock_guard<std::recursive_mutex> lk(exec_mu);
   *stream = new CUstream_st();
-  streams.insert(*stream);
+  streams.push_back(*stream);
   return cudaSuccess;
 }
 
@@ -520,9 +572,11 @@ cudaError_t cudaStreamCreateWithFlags(cudaStream_t *stream, unsigned flags) {
  * runs, so no other stream's queued wait can refer to it afterwards). */
 cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   std::lock_guard<std::recursive_mutex> lk(exec_mu);
-  if (!stream || !streams.count(stream)) return fail(cudaErrorInvalidResourceHandle);
+  if (!stream || !valid_stream(stream)) return fail(cudaErrorInvalidResourceHandle);
   drain_all();
-  streams.erase(stream);
+  streams.erase(std::find(streams.begin(), streams.end(), stream));
+  for (CUevent_st *e : events)
+    if (e->stream == stream) e->stream = nullptr; /* its work is done: nothing to wait for */
   delete stream;
   return cudaSuccess;
 }
@@ -543,19 +597,22 @@ cudaError_t cudaDeviceSynchronize(void) {
 cudaError_t cudaEventCreateWithFlags(cudaEvent_t *event, unsigned flags) {
   (void)flags;
   if (!event) return fail(cudaErrorInvalidValue);
+  std::lock_guard<std::recursive_mutex> lk(exec_mu);
   *event = new CUevent_st();
+  events.insert(*event);
   return cudaSuccess;
 }
 
 cudaError_t cudaEventDestroy(cudaEvent_t event) {
-  if (!event) return fail(cudaErrorInvalidResourceHandle);
+  std::lock_guard<std::recursive_mutex> lk(exec_mu);
+  if (!event || !events.erase(event)) return fail(cudaErrorInvalidResourceHandle);
   delete event;
   return cudaSuccess;
 }
 
 cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   std::lock_guard<std::recursive_mutex> lk(exec_mu);
-  if (!event || !valid_stream(stream)) return fail(cudaErrorInvalidResourceHandle);
+  if (!event || !events.count(event) || !valid_stream(stream)) return fail(cudaErrorInvalidResourceHandle);
   event->stream = stream_of(stream);
   event->seq = event->stream->last;
   return cudaSuccess;
@@ -565,7 +622,7 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
  * had queued at its last record (never recorded: nothing to wait for). */
 cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned flags) {
   std::lock_guard<std::recursive_mutex> lk(exec_mu);
-  if (!event || !valid_stream(stream)) return fail(cudaErrorInvalidResourceHandle);
+  if (!event || !events.count(event) || !valid_stream(stream)) return fail(cudaErrorInvalidResourceHandle);
   if (flags) return fail(cudaErrorInvalidValue);
   if (event->stream) enqueue(stream_of(stream), nullptr, event->stream, event->seq);
   return cudaSuccess;

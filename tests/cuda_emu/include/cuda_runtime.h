@@ -37,25 +37,26 @@ extern dim3 blockDim, gridDim;
 #define __host__
 #define __forceinline__ inline
 #define __launch_bounds__(...)
-/* One block runs at a time, so block-shared memory is a static. */
-#define __shared__ static
+/* One block runs at a time, so block-shared memory is a static; all of it
+ * sits in one section, which the emulator fills with NaN bytes (0xff)
+ * before every block, so nothing a block did not write is read as data. */
+#define __shared__ static __attribute__((section("ps_emu_shared")))
 
+/* Warp operations take a MASK of lanes, which must name exactly the
+ * warp's live lanes (the emulator aborts otherwise: a lane that returned
+ * or does not exist makes the operation undefined on a GPU). */
 void ps_emu_syncthreads(void);
-void ps_emu_syncwarp(void);
+void ps_emu_syncwarp(unsigned mask);
 /* ps_emu_shfl_xor replaces the SIZE bytes at V with lane (this lane ^
- * LANE_MASK)'s value (its own when that lane is past the warp's end). */
-void ps_emu_shfl_xor(void *v, size_t size, int lane_mask);
+ * LANE_MASK)'s value. */
+void ps_emu_shfl_xor(unsigned mask, void *v, size_t size, int lane_mask);
 
 #define __syncthreads() ps_emu_syncthreads()
-inline void __syncwarp(unsigned mask = 0xffffffffu) {
-  (void)mask;
-  ps_emu_syncwarp();
-}
+inline void __syncwarp(unsigned mask = 0xffffffffu) { ps_emu_syncwarp(mask); }
 template <typename T>
 inline T __shfl_xor_sync(unsigned mask, T v, int lane_mask) {
   static_assert(sizeof(T) <= 8, "shuffles move at most 8 bytes");
-  (void)mask;
-  ps_emu_shfl_xor(&v, sizeof v, lane_mask);
+  ps_emu_shfl_xor(mask, &v, sizeof v, lane_mask);
   return v;
 }
 template <typename T>
@@ -79,11 +80,27 @@ struct ps_emu_cfg {
  * CFG's stream. */
 void ps_emu_enqueue(const ps_emu_cfg &cfg, std::function<void()> body);
 
+/* ps_emu_check_arg aborts unless pointer argument INDEX of a kernel is
+ * NULL, device memory or pinned host memory (a GPU faults on any other). */
+void ps_emu_check_arg(const void *p, unsigned index);
+
+template <typename T>
+inline void ps_emu_check_one(const T &, unsigned) {}
+template <typename T>
+inline void ps_emu_check_one(T *const &p, unsigned index) {
+  ps_emu_check_arg((const void *)p, index);
+}
+template <typename Tuple, size_t... I>
+inline void ps_emu_check_args(const Tuple &t, std::index_sequence<I...>) {
+  (ps_emu_check_one(std::get<I>(t), (unsigned)I), ...);
+}
+
 /* ps_emu_launch: "KERNEL<<<CFG>>>(ARGS)".  The arguments are converted to
  * the kernel's parameter types and copied at the launch, as CUDA does. */
 template <typename... P, typename... A>
 void ps_emu_launch(const ps_emu_cfg &cfg, void (*kernel)(P...), A &&...args) {
   std::tuple<typename std::decay<P>::type...> t(std::forward<A>(args)...);
+  ps_emu_check_args(t, std::index_sequence_for<P...>{});
   ps_emu_enqueue(cfg, [kernel, t]() { std::apply(kernel, t); });
 }
 #endif

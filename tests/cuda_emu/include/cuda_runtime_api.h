@@ -8,18 +8,26 @@
  * What the emulation checks and what it cannot:
  *  - Streams run lazily: queued work executes only when something waits
  *    for it (cudaStreamSynchronize, a copy to pageable memory, an event
- *    another stream waits on, cudaFree).  Work that a stream uses before
- *    the stream that produces it was made to wait therefore reads stale
- *    data, as it may on a GPU.  Copies follow CUDA's documented host
+ *    another stream waits on, cudaFree), and what a stream's event waits
+ *    wait for runs before the stream's own work.  Work that a stream uses
+ *    before the stream that produces it was made to wait therefore reads
+ *    stale data, as it may on a GPU.  Copies follow CUDA's documented host
  *    synchronisation (pageable source: staged at the call; pageable
- *    destination: done when the call returns; pinned: asynchronous).
+ *    destination or host to host: done when the call returns; pinned:
+ *    asynchronous).  Streams are all non-blocking (the legacy stream's
+ *    implicit synchronisation is not emulated: the backend never uses
+ *    it); cudaStreamDestroy runs all queued work, stricter than CUDA.
  *  - Kernels run block after block; a block's threads are fibers, each
  *    run until it ends or waits at a barrier (__syncthreads, __syncwarp,
- *    __shfl_xor_sync), in index order on even blocks and reverse order on
- *    odd ones, so data a barrier does not order is read unwritten in one
- *    of the two; a barrier that not every live thread reaches aborts.
+ *    __shfl_xor_sync).  Thread order within a block and block order
+ *    within a launch alternate between index order and reverse, so data
+ *    a barrier does not order is read unwritten in one of them; shared
+ *    memory is NaN at the start of every block.  A barrier that not every
+ *    live thread reaches, a warp mask that is not exactly the live lanes,
+ *    and a kernel argument pointing at pageable host memory abort.
  *  - Device memory is host memory: a kernel that strays outside its
- *    buffer is caught only by the sanitizer build; new device and pinned
+ *    buffer is caught only by the sanitizer build, and host code reading
+ *    device memory directly is not caught at all; new device and pinned
  *    memory is filled with NaN bytes (0xff).
  *  - Not emulated: timing, races between threads that no barrier
  *    separates (fibers do not interleave), occupancy and launch-bound

@@ -90,7 +90,7 @@ typedef struct chan_wr {
   int close_after;
   size_t bytes;
   float *data;                /* pull reply data (owned) */
-  size_t data_bytes;
+  size_t data_cap;            /* its size in bytes */
   uint8_t hdr[PS_CHAN_HDR_LEN];
   uint8_t meta[];
 } chan_wr;
@@ -108,30 +108,32 @@ static void chan_maybe_free(psd_chan *ch) {
 
 /* ---- replies ---------------------------------------------------------------- */
 
-/* conn_take_buf returns a pull reply buffer of BYTES: the connection's
- * spare when it is large enough (invariant 3), else a new one (NULL: out
- * of memory). */
-static float *conn_take_buf(psd_conn *c, size_t bytes) {
+/* conn_take_buf returns a pull reply buffer of at least BYTES and its
+ * size in *CAP: the connection's spare when it is large enough (invariant
+ * 3), else a new one (NULL: out of memory). */
+static float *conn_take_buf(psd_conn *c, size_t bytes, size_t *cap) {
   if (c->spare && c->spare_cap >= bytes) {
     float *p = c->spare;
+    *cap = c->spare_cap;
     c->spare = NULL;
     return p;
   }
-  return malloc(bytes ? bytes : 1);
+  *cap = bytes ? bytes : 1;
+  return malloc(*cap);
 }
 
-/* conn_give_buf takes back reply buffer P of (at least) BYTES as the
+/* conn_give_buf takes back reply buffer P of CAP bytes as the
  * connection's spare, keeping the larger of it and the spare held; frees
  * the other, and P too once the connection is closing. */
-static void conn_give_buf(psd_conn *c, float *p, size_t bytes) {
+static void conn_give_buf(psd_conn *c, float *p, size_t cap) {
   if (!p) return;
-  if (c->closing || (c->spare && c->spare_cap >= bytes)) {
+  if (c->closing || (c->spare && c->spare_cap >= cap)) {
     free(p);
     return;
   }
   free(c->spare);
   c->spare = p;
-  c->spare_cap = bytes;
+  c->spare_cap = cap;
 }
 
 /* wr_done finishes a reply write: counters, backpressure, deferred close. */
@@ -141,19 +143,20 @@ static void wr_done(uv_write_t *req, int status) {
   psd_shard *sh = c->chan->sh;
   if (w->inflight && sh->inflight) sh->inflight--;
   c->queued -= w->bytes;
+  conn_give_buf(c, w->data, w->data_cap); /* before a resume serves the next pull */
   if (status < 0 && status != UV_ECANCELED) conn_close(c);
   else if (w->close_after) conn_close(c);
   else if (c->paused && !c->parked && c->queued <= CHAN_MAX_QUEUED) conn_resume(c);
-  conn_give_buf(c, w->data, w->data_bytes);
   free(w);
 }
 
 /* conn_reply writes one frame: META (packed here), then NELEMS floats of
- * DATA (ownership passes to the write; may be NULL).  INFLIGHT: the frame
+ * DATA, a buffer of DATA_CAP bytes (ownership passes to the write; may be
+ * NULL).  INFLIGHT: the frame
  * answers a request counted in sh->inflight.  Returns 0 or a PS_E* code
  * (the connection is then closed). */
-static int conn_reply(psd_conn *c, const Ps__ChanMeta *meta, float *data, uint64_t nelems,
-                      int inflight, int close_after) {
+static int conn_reply(psd_conn *c, const Ps__ChanMeta *meta, float *data, size_t data_cap,
+                      uint64_t nelems, int inflight, int close_after) {
   size_t mlen = ps__chan_meta__get_packed_size(meta);
   chan_wr *w = malloc(sizeof *w + mlen);
   if (!w) {
@@ -171,7 +174,7 @@ static int conn_reply(psd_conn *c, const Ps__ChanMeta *meta, float *data, uint64
   w->inflight = inflight;
   w->close_after = close_after;
   w->data = data;
-  w->data_bytes = (size_t)h.data_len;
+  w->data_cap = data_cap;
   w->bytes = sizeof w->hdr + mlen + (size_t)h.data_len;
   uv_buf_t bufs[3] = {uv_buf_init((char *)w->hdr, sizeof w->hdr),
                       uv_buf_init((char *)w->meta, (unsigned)mlen),
@@ -196,7 +199,7 @@ static int conn_reply_error(psd_conn *c, int status, const char *msg, int inflig
   m.op = PS__CHAN_OP__CHAN_ERROR;
   m.status = status;
   m.message = (char *)msg;
-  return conn_reply(c, &m, NULL, 0, inflight, close_after);
+  return conn_reply(c, &m, NULL, 0, 0, inflight, close_after);
 }
 
 /* ---- requests --------------------------------------------------------------- */
@@ -220,7 +223,7 @@ static int conn_hello(psd_conn *c, const Ps__ChanMeta *m) {
     r.proto_version = PS_CHAN_VERSION;
     r.cluster = cfg->cluster;
     c->hello_done = 1;
-    return conn_reply(c, &r, NULL, 0, 0, 0);
+    return conn_reply(c, &r, NULL, 0, 0, 0, 0);
   }
   psd_shard_count_error(c->chan->sh);
   c->paused = 1; /* read nothing more: the connection closes once the error is written */
@@ -238,16 +241,17 @@ static void conn_pull_serve(psd_conn *c, const Ps__ChanMeta *m, uint32_t parked_
   uint64_t n = 0, version = 0;
   int rc = psd_shard_payload_elems(sh, m->model, m->chunk_ids, m->n_chunk_ids, &n, &eb);
   float *out = NULL;
+  size_t cap = 0;
   if (rc == 0 && n * sizeof(float) > sh->cfg->max_request_bytes)
     rc = ps_errf(&eb, PS_ETOOBIG, "pull of model '%s': %llu bytes exceed max_request_bytes",
                  m->model, (unsigned long long)(n * sizeof(float)));
-  if (rc == 0 && !(out = conn_take_buf(c, n * sizeof(float))))
+  if (rc == 0 && !(out = conn_take_buf(c, n * sizeof(float), &cap)))
     rc = ps_errf(&eb, PS_ENOMEM, "pull of model '%s': out of memory", m->model);
   if (rc == 0)
     rc = psd_shard_pull(sh, m->model, m->chunk_ids, m->n_chunk_ids, out, n, m->worker,
                         m->clock, &version, &eb);
   if (rc < 0) {
-    conn_give_buf(c, out, n * sizeof(float));
+    conn_give_buf(c, out, cap);
     conn_reply_error(c, rc, eb.msg, 1, 0);
     return;
   }
@@ -255,7 +259,7 @@ static void conn_pull_serve(psd_conn *c, const Ps__ChanMeta *m, uint32_t parked_
   r.op = PS__CHAN_OP__CHAN_PULL;
   r.version = version;
   r.parked_ms = parked_ms;
-  conn_reply(c, &r, out, n, 1, 0);
+  conn_reply(c, &r, out, cap, n, 1, 0);
 }
 
 /* conn_unpark answers a parked pull the clock table released and asks
@@ -360,7 +364,7 @@ static void conn_push_end(psd_conn *c) {
     Ps__ChanMeta r = PS__CHAN_META__INIT;
     r.op = PS__CHAN_OP__CHAN_PUSH;
     r.version = version;
-    conn_reply(c, &r, NULL, 0, 1, 0);
+    conn_reply(c, &r, NULL, 0, 0, 1, 0);
   }
   ps__chan_meta__free_unpacked(m, NULL);
 }

@@ -86,6 +86,7 @@ static int run_open_backend(psw_run *x, ps_errbuf *eb) {
     if ((err = ps_gpu_cpu_open(x->o->blas_threads, &x->be, eb)) < 0) return err;
   }
   snprintf(x->r->device, sizeof x->r->device, "%s", x->be->desc);
+  ps_info("device %s", x->be->desc);
   return 0;
 }
 

@@ -102,7 +102,7 @@ FORCE:
 # Generated protobuf-c sources are kept, not deleted as intermediates.
 .SECONDARY: $(PB_C) $(PB_H)
 .DEFAULT_GOAL := all
-all: $(PROGS) $(BIN)/ps_tests $(BIN)/ps_tests_cuda_emu $(BIN)/ps_bench_gpu
+all: $(PROGS) $(BIN)/ps_tests $(BIN)/ps_tests_cuda_emu $(BIN)/psw_cuda_emu $(BIN)/ps_bench_gpu
 
 deps:
 	@missing=$$(for p in $(DEB_PKGS) $(EXTRA_DEB_PKGS); do \
@@ -166,9 +166,15 @@ $(EMU_OBJ)/ps_gpu_cuda.o: $(EMU_GEN)/ps_gpu_cuda.cc
 $(EMU_OBJ)/cuda_emu.o: tests/cuda_emu/cuda_emu.cc
 	@mkdir -p $(dir $@)
 	$(CXX) $(EMU_CXXFLAGS) -c -o $@ $<
+# psw with the emulated cuda backend, for the integration test that trains
+# on "cuda" in a real worker (tests/integration/test_train.c).
+EMU_PSW_OBJS := $(OBJ)/worker/psw_main.o $(EMU_OBJ)/gpu/ps_gpu.o $(EMU_OBJ)/ps_gpu_cuda.o \
+  $(EMU_OBJ)/cuda_emu.o
 $(BIN)/ps_tests_cuda_emu: $(EMU_OBJS) $(LIBS_A)
+$(BIN)/psw_cuda_emu: $(EMU_PSW_OBJS) $(LIBS_A)
+$(BIN)/ps_tests_cuda_emu $(BIN)/psw_cuda_emu:
 	@mkdir -p $(dir $@)
-	$(CXX) $(LDFLAGS) -o $@ $(EMU_OBJS) -Wl,--start-group $(LIBS_A) -Wl,--end-group $(HOST_LDLIBS)
+	$(CXX) $(LDFLAGS) -o $@ $(filter %.o,$^) -Wl,--start-group $(LIBS_A) -Wl,--end-group $(HOST_LDLIBS)
 
 # The test runner's suite list is generated from the test sources, so a new
 # suite needs no edit here: every "Suite *NAME_suite(void)" definition.

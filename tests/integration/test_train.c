@@ -12,6 +12,7 @@
  * Skipped (visibly) when the dataset package is not installed.  Every
  * process started is recorded in shared memory so the unchecked teardown
  * stops it by PID even when a test failed half-way. */
+#include <math.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -157,6 +158,93 @@ START_TEST(test_train_unknown_model_and_sigterm) {
 }
 END_TEST
 
+/* ---- the cuda backend in a real worker, on the host emulator ------------- */
+
+/* tt_blobs writes N samples of three noisy blobs in 16 dimensions to PATH
+ * as CSV (label first; class c is 1 on the features j with j % 3 == c, 0
+ * elsewhere, plus uniform noise in [-1.8, 1.8): the classes overlap, about
+ * 90 % can be told apart).  A fixed generator: every run sees the same
+ * data. */
+static void tt_blobs(const char *path, int n, uint64_t s) {
+  FILE *f = fopen(path, "w");
+  ck_assert_msg(f != NULL, "cannot write %s", path);
+  for (int i = 0; i < n; i++) {
+    const int c = i % 3;
+    fprintf(f, "%d", c);
+    for (int j = 0; j < 16; j++) {
+      s ^= s << 13, s ^= s >> 7, s ^= s << 17;
+      const double u = (double)(s >> 11) / 9007199254740992.0 - 0.5; /* [-0.5, 0.5) */
+      fprintf(f, ",%.6f", (j % 3 == c ? 1.0 : 0.0) + 3.6 * u);
+    }
+    fputc('\n', f);
+  }
+  ck_assert(fclose(f) == 0);
+}
+
+/* tt_blob_run trains a 16-32-3 ReLU MLP (Adam lr 0.01, 4 epochs of batch
+ * 32, seed 1) on a fresh 1-shard cluster with program PROG as the one
+ * worker on DEVICE, and returns its log (the caller frees it). */
+static char *tt_blob_run(const char *prog, const char *device, const char *train,
+                         const char *test) {
+  tt_ctx x = {0};
+  snprintf(x.dir, sizeof x.dir, "%s", ps_test_tmpdir());
+  char extra[2048];
+  snprintf(extra, sizeof extra,
+           "workers:\n  count: 1\n  device: %s\n  retry_ms: 10000\n"
+           "training:\n  model: m\n  epochs: 4\n  batch_size: 32\n  seed: 1\n"
+           "data:\n  format: csv\n  train_images: %s\n  test_images: %s\n  scale: 1\n"
+           "  partitions: 4\n",
+           device, train, test);
+  snprintf(x.yaml, sizeof x.yaml, "%s", ps_test_cluster_yaml(x.dir, 1, extra, x.gp, x.cp));
+  ps_test_start_shards(x.yaml, x.dir, 1, x.gp, x.cp, x.shard);
+  char pb[600], log[600];
+  snprintf(pb, sizeof pb, "%s/m.pb", x.dir);
+  snprintf(log, sizeof log, "%s/psctl.log", x.dir);
+  char *model[] = {(char *)ps_test_bin("psctl"), "model", "mlp", "--layers", "16,32,3", "-o", pb, NULL};
+  ck_assert_msg(ps_test_run(model, log, 20000) == 0, "psctl model failed; see %s", log);
+  char *submit[] = {(char *)ps_test_bin("psctl"), "submit", pb, "--name", "m", "--config", x.yaml,
+                    "--optimizer", "adam", "--lr", "0.01", NULL};
+  ck_assert_msg(ps_test_run(submit, log, 30000) == 0, "psctl submit failed; see %s", log);
+  snprintf(log, sizeof log, "%s/psw.log", x.dir);
+  char *argv[] = {(char *)ps_test_bin(prog), "--config", x.yaml, "--rank", "0", "--workers", "1", NULL};
+  pid_t w = ps_test_spawn(argv, log, NULL);
+  int st = ps_test_wait_pid(w, 120000);
+  ck_assert_msg(st >= 0, "%s did not finish within 120 s; see %s", prog, log);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s failed; see %s", prog, log);
+  tt_stop_shards(&x);
+  return ps_test_read_file(log, NULL);
+}
+
+/* The cuda backend inside a real worker: psw linked with the host
+ * emulator of CUDA (tests/cuda_emu) trains on "cuda" through pinned
+ * push/pull buffers and the two-stream executor, and must follow the CPU
+ * worker's run of the same model, data and seed (same initial weights,
+ * same batch order: only the backends' float rounding differs). */
+START_TEST(test_train_mlp_cuda_emulated) {
+  char dir[512], train[600], test[600];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  snprintf(train, sizeof train, "%s/train.csv", dir);
+  snprintf(test, sizeof test, "%s/test.csv", dir);
+  tt_blobs(train, 768, 0x9e3779b97f4a7c15ull);
+  tt_blobs(test, 300, 0xd1b54a32d192ed03ull);
+  char *cpu = tt_blob_run("psw", "cpu", train, test);
+  char *emu = tt_blob_run("psw_cuda_emu", "cuda", train, test);
+  ck_assert_msg(strstr(emu, "device cuda:0: cuda_emu") != NULL, "the emulated worker's log: %s", emu);
+  ck_assert_msg(strstr(cpu, "device cpu: ") != NULL, "the CPU worker's log: %s", cpu);
+  const char *lc = ps_test_last_line(cpu), *le = ps_test_last_line(emu);
+  ck_assert_int_eq((int)ps_test_json_num(le, "steps"), (int)ps_test_json_num(lc, "steps"));
+  const double ac = ps_test_json_num(lc, "test_accuracy"), ae = ps_test_json_num(le, "test_accuracy");
+  const double tc = ps_test_json_num(lc, "train_loss"), te = ps_test_json_num(le, "train_loss");
+  printf("test_train_mlp_cuda_emulated: cpu %.4f / loss %.6f, cuda (emulated) %.4f / loss %.6f\n",
+         ac, tc, ae, te);
+  ck_assert_msg(ac >= 0.85, "the CPU worker reached only %.4f (%s)", ac, lc);
+  ck_assert_msg(fabs(ae - ac) <= 0.01 && fabs(te - tc) <= 0.005 * tc + 1e-5,
+                "cuda (emulated) %.4f / loss %.6f against cpu %.4f / loss %.6f", ae, te, ac, tc);
+  free(cpu);
+  free(emu);
+}
+END_TEST
+
 Suite *psw_train_suite(void) {
   Suite *s = suite_create("psw_train");
   TCase *tc = tcase_create("logreg");
@@ -164,6 +252,7 @@ Suite *psw_train_suite(void) {
   tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_add_test(tc, test_train_logreg_two_workers);
   tcase_add_test(tc, test_train_unknown_model_and_sigterm);
+  tcase_add_test(tc, test_train_mlp_cuda_emulated);
   suite_add_tcase(s, tc);
   return s;
 }

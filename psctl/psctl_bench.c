@@ -27,6 +27,7 @@
 #include "ps.pb-c.h"
 #include "ps_chan.h"
 #include "ps_model.h"
+#include "ps_time.h"
 #include "psctl.h"
 
 #define BENCH_TIMEOUT_MS 60000
@@ -64,12 +65,6 @@ typedef struct bench_shard {
   int err;
   ps_errbuf eb;
 } bench_shard;
-
-static double bench_now(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
-}
 
 /* ---- the four transfer kinds -------------------------------------------------- */
 
@@ -165,9 +160,9 @@ static const struct bench_kind {
 static void *bench_thread(void *arg) {
   bench_shard *s = arg;
   pthread_barrier_wait(s->start);
-  s->t0 = bench_now();
+  s->t0 = ps_now_s();
   s->err = s->op(s, &s->eb);
-  s->t1 = bench_now();
+  s->t1 = ps_now_s();
   return NULL;
 }
 
@@ -369,14 +364,14 @@ static double bench_small(psctl_cluster *cl, bench_shard *sh0, const uint32_t *s
   const float *src[] = {g};
   uint32_t len[] = {256};
   uint64_t done = 0;
-  double t0 = bench_now(), end = t0 + secs, t1 = t0;
+  double t0 = ps_now_s(), end = t0 + secs, t1 = t0;
   for (int k = 0; k < 8; k++)
     if (ps_chan_send_pushv(sh0->chan, "bench_small", &id, 1, src, len, 1, 0, 0, 0, NULL, eb) < 0)
       return -1;
   while (ps_chan_inflight(sh0->chan)) {
     if (ps_chan_recv(sh0->chan, NULL, NULL, eb) < 0) return -1;
     done++;
-    t1 = bench_now();
+    t1 = ps_now_s();
     if (t1 < end &&
         ps_chan_send_pushv(sh0->chan, "bench_small", &id, 1, src, len, 1, 0, 0, 0, NULL, eb) < 0)
       return -1;
@@ -393,9 +388,9 @@ static int bench_wait_flush(psctl_cluster *cl, const char *model, int64_t since_
   psctl_reply *out = calloc(n, sizeof *out);
   Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
   const ProtobufCMessage *reqs[1] = {&req.base};
-  double end = bench_now() + 300;
+  double end = ps_now_s() + 300;
   int rc = PS_ETIMEDOUT;
-  while (rc == PS_ETIMEDOUT && bench_now() < end) {
+  while (rc == PS_ETIMEDOUT && ps_now_s() < end) {
     size_t flushed = 0;
     if (psctl_call_all(cl, "/ps.Ps/Status", reqs, 1, &ps__status_reply__descriptor, 5000, out) < 0)
       break;

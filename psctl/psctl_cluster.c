@@ -11,6 +11,7 @@
 #include <time.h>
 
 #include "psctl.h"
+#include "ps_time.h"
 
 /* psctl_cluster_open: see psctl.h. */
 int psctl_cluster_open(psctl_cluster *c, const char *path, ps_errbuf *eb) {
@@ -52,18 +53,12 @@ typedef struct psctl_job {
   psctl_reply *out;
 } psctl_job;
 
-static double psctl_now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return ts.tv_sec * 1e3 + ts.tv_nsec / 1e6;
-}
-
 static void *psctl_job_run(void *arg) {
   psctl_job *j = arg;
-  double t0 = psctl_now_ms();
+  double t0 = ps_now_s() * 1e3;
   j->out->err = ps_rpc_call(j->rpc, j->method, j->req, j->desc, &j->out->resp, j->timeout_ms,
                             &j->out->eb);
-  j->out->ms = psctl_now_ms() - t0;
+  j->out->ms = ps_now_s() * 1e3 - t0;
   return NULL;
 }
 

@@ -10,10 +10,9 @@
 
 #include "ps_chan.h"
 #include "ps_log.h"
+#include "ps_time.h"
 #include "ps_rpc.h"
 
-#define PSW_BACKOFF_FIRST_MS 100
-#define PSW_BACKOFF_MAX_MS 2000
 #define PSW_GETMODEL_TIMEOUT_MS 3000
 #define PSW_CONNECT_TIMEOUT_MS 2000
 
@@ -70,30 +69,6 @@ struct psw_client {
   psw_job job;
 };
 
-/* psw_now_ms returns CLOCK_MONOTONIC milliseconds. */
-static int64_t psw_now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* psw_stopped reports whether the caller asked retries to end. */
-static int psw_stopped(const psw_client *c) { return c->stop && *c->stop; }
-
-/* psw_sleep_ms sleeps MS milliseconds in slices, ending early (PS_ESHUTDOWN)
- * when *stop is set; 0 otherwise. */
-static int psw_sleep_ms(const psw_client *c, uint32_t ms) {
-  while (ms > 0) {
-    if (psw_stopped(c)) return PS_ESHUTDOWN;
-    uint32_t slice = ms < 50 ? ms : 50;
-    struct timespec ts = {0, (long)slice * 1000000L};
-    while (nanosleep(&ts, &ts) < 0 && errno == EINTR)
-      if (psw_stopped(c)) return PS_ESHUTDOWN;
-    ms -= slice;
-  }
-  return psw_stopped(c) ? PS_ESHUTDOWN : 0;
-}
-
 /* psw_retryable says whether ERR means "the shard is (momentarily) not
  * there": the connection is closed and reopened with backoff.  Anything
  * else from a shard is an answer and ends the call. */
@@ -134,8 +109,8 @@ static int psw_try_get_model(psw_client *c, size_t i, ps_errbuf *eb) {
  * for at most workers.retry_ms.  PS_ENOENT (and other answers) end it at
  * once: the cluster's shards hold the same models. */
 static int psw_fetch_spec(psw_client *c, ps_errbuf *eb) {
-  int64_t start = psw_now_ms();
-  uint32_t delay = PSW_BACKOFF_FIRST_MS;
+  int64_t start = ps_now_ms();
+  uint32_t delay = PS_BACKOFF_FIRST_MS;
   for (;;) {
     int err = 0;
     for (size_t i = 0; i < c->cfg->nshards; i++) {
@@ -146,11 +121,11 @@ static int psw_fetch_spec(psw_client *c, ps_errbuf *eb) {
                        c->cfg->shards[i].id, eb->msg);
       if (!psw_retryable(err)) return err;
     }
-    if (psw_now_ms() - start + delay > (int64_t)c->cfg->workers.retry_ms)
+    if (ps_now_ms() - start + delay > (int64_t)c->cfg->workers.retry_ms)
       return ps_errf(eb, err, "no shard answered GetModel '%s' within %u ms: %s", c->model,
                      c->cfg->workers.retry_ms, eb->msg);
-    if ((err = psw_sleep_ms(c, delay)) < 0) return ps_errf(eb, err, "stopped");
-    delay = delay * 2 > PSW_BACKOFF_MAX_MS ? PSW_BACKOFF_MAX_MS : delay * 2;
+    if ((err = ps_sleep_ms(delay, c->stop)) < 0) return ps_errf(eb, err, "stopped");
+    delay = ps_backoff_next(delay);
   }
 }
 
@@ -263,8 +238,8 @@ static void psw_shard_down(psw_client *c, psw_shard *s, const ps_errbuf *why) {
   ps_chan_close(s->ch);
   s->ch = NULL;
   if (s->down_since_ms) return;
-  s->down_since_ms = psw_now_ms();
-  s->delay_ms = PSW_BACKOFF_FIRST_MS;
+  s->down_since_ms = ps_now_ms();
+  s->delay_ms = PS_BACKOFF_FIRST_MS;
   s->down_eb = *why;
   ps_warn("worker %u: shard %u (%s): %s; reconnecting for up to %u ms", c->worker, s->conf->id,
           s->conf->channel_addr, why->msg, c->cfg->workers.retry_ms);
@@ -274,9 +249,9 @@ static void psw_shard_down(psw_client *c, psw_shard *s, const ps_errbuf *why) {
 static void psw_shard_up(psw_client *c, psw_shard *s) {
   if (!s->down_since_ms) return;
   ps_warn("worker %u: shard %u (%s) is back after %.1f s; parameters pulled again", c->worker,
-          s->conf->id, s->conf->channel_addr, (double)(psw_now_ms() - s->down_since_ms) / 1e3);
+          s->conf->id, s->conf->channel_addr, (double)(ps_now_ms() - s->down_since_ms) / 1e3);
   s->down_since_ms = 0;
-  s->delay_ms = PSW_BACKOFF_FIRST_MS;
+  s->delay_ms = PS_BACKOFF_FIRST_MS;
 }
 
 /* psw_connect opens S's connection once. */
@@ -295,16 +270,16 @@ static int psw_connect(psw_client *c, psw_shard *s, ps_errbuf *eb) {
  * between attempts, until it works or S has been down for retry_ms. */
 static int psw_reconnect(psw_client *c, psw_shard *s, ps_errbuf *eb) {
   for (;;) {
-    int err = psw_sleep_ms(c, s->delay_ms);
+    int err = ps_sleep_ms(s->delay_ms, c->stop);
     if (err < 0) return ps_errf(eb, err, "stopped while shard %u was down", s->conf->id);
-    s->delay_ms = s->delay_ms * 2 > PSW_BACKOFF_MAX_MS ? PSW_BACKOFF_MAX_MS : s->delay_ms * 2;
+    s->delay_ms = ps_backoff_next(s->delay_ms);
     err = psw_connect(c, s, eb);
     if (err == 0) {
       c->reconnects++;
       return 0;
     }
     if (!psw_retryable(err)) return err;
-    if (psw_now_ms() - s->down_since_ms >= (int64_t)c->cfg->workers.retry_ms)
+    if (ps_now_ms() - s->down_since_ms >= (int64_t)c->cfg->workers.retry_ms)
       return ps_errf(eb, PS_EUNAVAIL, "shard %u (%s) unreachable for %u ms: %s", s->conf->id,
                      s->conf->channel_addr, c->cfg->workers.retry_ms, eb->msg);
   }

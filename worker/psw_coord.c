@@ -12,9 +12,8 @@
 #include "ps.pb-c.h"
 #include "ps_log.h"
 #include "ps_rpc.h"
+#include "ps_time.h"
 
-#define PSW_COORD_BACKOFF_FIRST_MS 100
-#define PSW_COORD_BACKOFF_MAX_MS 2000
 #define PSW_COORD_CALL_MS 2000     /* one RegisterWorker / ListWorkers call */
 #define PSW_COORD_WORLD_POLL_MS 50
 
@@ -39,25 +38,6 @@ struct psw_coord {
   size_t nparts;
   uint64_t parts_gen;
 };
-
-/* coord_now_ms returns CLOCK_MONOTONIC milliseconds. */
-static int64_t coord_now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
-
-/* coord_sleep_ms sleeps MS in slices; PS_ESHUTDOWN as soon as *stop is set. */
-static int coord_sleep_ms(const psw_coord *c, uint32_t ms) {
-  while (ms > 0) {
-    if (c->stop && *c->stop) return PS_ESHUTDOWN;
-    uint32_t slice = ms < 50 ? ms : 50;
-    struct timespec ts = {0, (long)slice * 1000000L};
-    nanosleep(&ts, NULL);
-    ms -= slice;
-  }
-  return c->stop && *c->stop ? PS_ESHUTDOWN : 0;
-}
 
 /* psw_coord_new: see psw_coord.h. */
 int psw_coord_new(psw_coord **out, const psw_coord_conf *conf, ps_errbuf *eb) {
@@ -134,22 +114,22 @@ static int coord_retryable(int err) {
 /* psw_coord_register: see psw_coord.h. */
 int psw_coord_register(psw_coord *c, psw_coord_reg *reg, ps_errbuf *eb) {
   const ps_shard_conf *co = &c->cfg->shards[c->coord];
-  int64_t start = coord_now_ms();
-  uint32_t delay = PSW_COORD_BACKOFF_FIRST_MS;
+  int64_t start = ps_now_ms();
+  uint32_t delay = PS_BACKOFF_FIRST_MS;
   int said = 0, err;
   while ((err = coord_register_once(c, eb)) < 0) {
     ps_errbuf why = *eb;
     if (!coord_retryable(err))
       return ps_errf(eb, err, "registering with coordinator shard %u (%s): %s", co->id,
                      co->grpc_addr, why.msg);
-    if (coord_now_ms() - start + delay > (int64_t)c->cfg->workers.retry_ms)
+    if (ps_now_ms() - start + delay > (int64_t)c->cfg->workers.retry_ms)
       return ps_errf(eb, err, "coordinator shard %u (%s) did not answer within %u ms: %s",
                      co->id, co->grpc_addr, c->cfg->workers.retry_ms, why.msg);
     if (!said++)
       ps_warn("coordinator shard %u (%s): %s; retrying for up to %u ms", co->id, co->grpc_addr,
               eb->msg, c->cfg->workers.retry_ms);
-    if (coord_sleep_ms(c, delay) < 0) return ps_errf(eb, PS_ESHUTDOWN, "stopped");
-    delay = delay * 2 > PSW_COORD_BACKOFF_MAX_MS ? PSW_COORD_BACKOFF_MAX_MS : delay * 2;
+    if (ps_sleep_ms(delay, c->stop) < 0) return ps_errf(eb, PS_ESHUTDOWN, "stopped");
+    delay = ps_backoff_next(delay);
   }
   const Ps__RegisterWorkerReply *r = c->reg;
   coord_set_parts(c, r->partitions, r->n_partitions);
@@ -184,16 +164,16 @@ static int coord_live_count(psw_coord *c, uint32_t world, ps_errbuf *eb) {
 
 /* psw_coord_wait_world: see psw_coord.h. */
 int psw_coord_wait_world(psw_coord *c, uint32_t world, uint32_t timeout_ms, ps_errbuf *eb) {
-  int64_t end = coord_now_ms() + timeout_ms;
+  int64_t end = ps_now_ms() + timeout_ms;
   int seen = 0;
   for (;;) {
     int n = coord_live_count(c, world, eb);
     if (n >= (int)world) return 0;
     if (n > seen) seen = n;
-    if (coord_now_ms() >= end)
+    if (ps_now_ms() >= end)
       return ps_errf(eb, PS_ETIMEDOUT, "%d of %u workers registered after %u ms", seen, world,
                      timeout_ms);
-    if (coord_sleep_ms(c, PSW_COORD_WORLD_POLL_MS) < 0) return ps_errf(eb, PS_ESHUTDOWN, "stopped");
+    if (ps_sleep_ms(PSW_COORD_WORLD_POLL_MS, c->stop) < 0) return ps_errf(eb, PS_ESHUTDOWN, "stopped");
   }
 }
 

@@ -6,14 +6,9 @@
 #include <time.h>
 #include <unistd.h>
 
-#define PSW_PROGRESS_TTY_MS 200
+#include "ps_time.h"
 
-/* progress_now_ms returns CLOCK_MONOTONIC milliseconds. */
-static int64_t progress_now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
-}
+#define PSW_PROGRESS_TTY_MS 200
 
 /* progress_eta formats S seconds as "1h02m", "3m07s" or "12s" into BUF. */
 static const char *progress_eta(char *buf, size_t len, double s) {
@@ -36,7 +31,7 @@ void psw_progress_init(psw_progress *p, FILE *out, uint32_t rank, int quiet) {
 /* psw_progress_step: see psw_progress.h. */
 void psw_progress_step(psw_progress *p, const psw_progress_sample *s) {
   if (p->quiet) return;
-  int64_t now = progress_now_ms();
+  int64_t now = ps_now_ms();
   int64_t every = p->tty ? PSW_PROGRESS_TTY_MS : PSW_PROGRESS_PLAIN_MS;
   if (p->last_ms && now - p->last_ms < every && s->step != s->steps) return;
   if (!p->tty && s->step == s->steps) return; /* the epoch line follows */

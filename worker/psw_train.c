@@ -9,6 +9,7 @@
 
 #include "ps_gpu.h"
 #include "ps_log.h"
+#include "ps_time.h"
 #include "psw_client.h"
 #include "psw_coord.h"
 #include "psw_data.h"
@@ -58,11 +59,7 @@ typedef struct psw_epoch_acc {
 } psw_epoch_acc;
 
 /* run_now_ms returns CLOCK_MONOTONIC milliseconds (fractional). */
-static double run_now_ms(void) {
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  return (double)ts.tv_sec * 1e3 + (double)ts.tv_nsec / 1e6;
-}
+static double run_now_ms(void) { return ps_now_s() * 1e3; }
 
 /* run_stopping says whether the caller asked the run to stop. */
 static int run_stopping(const psw_run *x) { return x->o->stop && *x->o->stop; }

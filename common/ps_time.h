@@ -1,0 +1,29 @@
+/* ps_time: monotonic time, stop-aware sleeps and the retry backoff that
+ * the programs share. */
+#ifndef PS_TIME_H
+#define PS_TIME_H
+
+#include <signal.h>
+#include <stdint.h>
+
+/* Retries back off from PS_BACKOFF_FIRST_MS, doubling up to
+ * PS_BACKOFF_MAX_MS (ps_backoff_next). */
+#define PS_BACKOFF_FIRST_MS 100
+#define PS_BACKOFF_MAX_MS 2000
+
+/* ps_now_ms returns CLOCK_MONOTONIC in whole milliseconds. */
+int64_t ps_now_ms(void);
+
+/* ps_now_s returns CLOCK_MONOTONIC in seconds, with its full resolution. */
+double ps_now_s(void);
+
+/* ps_sleep_ms sleeps MS milliseconds in slices of at most 50 ms (signals
+ * do not cut it short) and returns 0, or PS_ESHUTDOWN as soon as *STOP
+ * (may be NULL) is set, before or during the sleep. */
+int ps_sleep_ms(uint32_t ms, volatile sig_atomic_t *stop);
+
+/* ps_backoff_next returns the delay after DELAY: twice it, at most
+ * PS_BACKOFF_MAX_MS. */
+uint32_t ps_backoff_next(uint32_t delay);
+
+#endif

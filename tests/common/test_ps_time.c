@@ -1,0 +1,42 @@
+/* Tests for ps_time: the clock, stop-aware sleeps, the retry backoff. */
+#include "ps_error.h"
+#include "ps_test.h"
+#include "ps_time.h"
+
+START_TEST(test_sleep_and_clock) {
+  int64_t t0 = ps_now_ms();
+  double s0 = ps_now_s();
+  ck_assert_int_eq(ps_sleep_ms(120, NULL), 0);
+  int64_t waited = ps_now_ms() - t0;
+  ck_assert_msg(waited >= 120 && waited < 5000, "slept %lld ms", (long long)waited);
+  ck_assert(ps_now_s() - s0 >= 0.12);
+  /* a set stop flag ends the sleep before it starts */
+  volatile sig_atomic_t stop = 1;
+  t0 = ps_now_ms();
+  ck_assert_int_eq(ps_sleep_ms(10000, &stop), PS_ESHUTDOWN);
+  ck_assert(ps_now_ms() - t0 < 1000);
+  stop = 0;
+  ck_assert_int_eq(ps_sleep_ms(1, &stop), 0);
+}
+END_TEST
+
+START_TEST(test_backoff) {
+  uint32_t d = PS_BACKOFF_FIRST_MS, seen[8];
+  for (int i = 0; i < 8; i++) seen[i] = d = ps_backoff_next(d);
+  ck_assert_uint_eq(seen[0], 2 * PS_BACKOFF_FIRST_MS);
+  ck_assert_uint_eq(seen[1], 4 * PS_BACKOFF_FIRST_MS);
+  ck_assert_uint_eq(seen[7], PS_BACKOFF_MAX_MS); /* capped, never past it */
+  for (int i = 1; i < 8; i++) ck_assert(seen[i] >= seen[i - 1] && seen[i] <= PS_BACKOFF_MAX_MS);
+  ck_assert_uint_eq(ps_backoff_next(PS_BACKOFF_MAX_MS), PS_BACKOFF_MAX_MS);
+  ck_assert_uint_eq(ps_backoff_next(UINT32_MAX), PS_BACKOFF_MAX_MS);
+}
+END_TEST
+
+Suite *ps_time_suite(void) {
+  Suite *s = suite_create("ps_time");
+  TCase *tc = tcase_create("core");
+  tcase_add_test(tc, test_sleep_and_clock);
+  tcase_add_test(tc, test_backoff);
+  suite_add_tcase(s, tc);
+  return s;
+}

@@ -6,11 +6,19 @@
 
 #include "ps_error.h"
 
+#define PS_GOLDEN64 0x9e3779b97f4a7c15ULL /* splitmix64's increment */
+
 uint64_t ps_mix64(uint64_t x) {
-  x += 0x9e3779b97f4a7c15ULL;
+  x += PS_GOLDEN64;
   x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
   x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
   return x ^ (x >> 31);
+}
+
+uint64_t ps_splitmix64(uint64_t *state) {
+  uint64_t r = ps_mix64(*state);
+  *state += PS_GOLDEN64;
+  return r;
 }
 
 uint64_t ps_hash64(const void *data, size_t len, uint64_t seed) {

@@ -18,6 +18,10 @@ uint64_t ps_hash64(const void *data, size_t len, uint64_t seed);
 /* ps_mix64 is the splitmix64 finaliser (a bijection on 64-bit values). */
 uint64_t ps_mix64(uint64_t x);
 
+/* ps_splitmix64 returns the next 64 random bits of the splitmix64
+ * sequence whose state is *STATE, and advances it. */
+uint64_t ps_splitmix64(uint64_t *state);
+
 /* ps_place_chunk returns the index into SHARD_IDS (NSHARDS > 0 entries) of
  * the shard that holds chunk (MODEL, TENSOR, INDEX). */
 size_t ps_place_chunk(const char *model, uint32_t tensor, uint32_t index,

@@ -17,6 +17,8 @@
 #include <string.h>
 #include <zlib.h>
 
+#include "ps_place.h"
+
 typedef struct data_range {
   uint64_t begin, end;
 } data_range;
@@ -487,21 +489,13 @@ void psw_data_release(psw_dataset *d) {
 
 /* ---- shuffling ----------------------------------------------------------- */
 
-/* data_splitmix64 advances *S and returns the next 64 random bits. */
-static uint64_t data_splitmix64(uint64_t *s) {
-  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return z ^ (z >> 31);
-}
-
 void psw_data_shuffle(uint32_t *idx, uint32_t n, uint64_t seed, uint32_t epoch) {
   uint64_t s = seed ^ ((uint64_t)epoch * 0xd1b54a32d192ed03ull);
-  s = data_splitmix64(&s);
+  s = ps_splitmix64(&s);
   for (uint32_t i = 0; i < n; i++) idx[i] = i;
   for (uint32_t i = n; i > 1; i--) {
     /* Multiply-shift maps 64 random bits to [0, i) without division. */
-    uint32_t j = (uint32_t)(((unsigned __int128)data_splitmix64(&s) * i) >> 64);
+    uint32_t j = (uint32_t)(((unsigned __int128)ps_splitmix64(&s) * i) >> 64);
     uint32_t t = idx[i - 1];
     idx[i - 1] = idx[j];
     idx[j] = t;

@@ -9,6 +9,7 @@
 
 #include "ps_gpu.h"
 #include "ps_log.h"
+#include "ps_place.h"
 #include "ps_time.h"
 #include "psw_client.h"
 #include "psw_coord.h"
@@ -343,12 +344,7 @@ static double run_blocked_share(const psw_run *x) {
 }
 
 /* run_uniform returns a number in [0, 1) from the splitmix64 state *S. */
-static double run_uniform(uint64_t *s) {
-  uint64_t z = (*s += 0x9e3779b97f4a7c15ull);
-  z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
-  z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
-  return (double)((z ^ (z >> 31)) >> 11) / 9007199254740992.0;
-}
+static double run_uniform(uint64_t *s) { return (double)(ps_splitmix64(s) >> 11) / 9007199254740992.0; }
 
 /* run_straggle sleeps (slowdown - 1) x COMPUTE_MS, a slower machine, and
  * with probability workers.jitter_prob (jitter_factor - 1) x COMPUTE_MS

@@ -1,6 +1,7 @@
 /* ps_model: chunk layouts of models. */
 #include "ps_model.h"
 
+#include <inttypes.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -107,6 +108,31 @@ long ps_layout_shard_chunks(const ps_layout *l, uint32_t shard, uint32_t **ids,
     }
   if (nelems) *nelems = e;
   return (long)n;
+}
+
+long ps_layout_place(const ps_layout *l, uint32_t shard, const uint32_t *ids, size_t n,
+                     const void *values, size_t len, float *out, int32_t *from, ps_errbuf *eb) {
+  uint64_t total = 0;
+  for (size_t k = 0; k < n; k++) {
+    const char *why = NULL;
+    if (ids[k] >= l->nchunks) why = "which the model does not have";
+    else if (from && from[ids[k]] >= 0) why = "a second time";
+    else if (l->chunks[ids[k]].shard != shard)
+      why = "which placement puts on another shard (does the config list the cluster's shards?)";
+    if (why) return ps_errf(eb, PS_EPROTO, "sent chunk %" PRIu32 " %s", ids[k], why);
+    if (from) from[ids[k]] = (int32_t)shard;
+    total += l->chunks[ids[k]].len;
+  }
+  if (len != total * sizeof(float))
+    return ps_errf(eb, PS_EPROTO, "sent %zu value bytes for chunks of %" PRIu64 " elements", len,
+                   total);
+  const float *v = values;
+  for (size_t k = 0; k < n; k++) {
+    const ps_chunk *ch = &l->chunks[ids[k]];
+    memcpy(out + l->tensors[ch->tensor].model_offset + ch->offset, v, ch->len * sizeof(float));
+    v += ch->len;
+  }
+  return (long)total;
 }
 
 int ps_modelspec_check(const Ps__ModelSpec *spec, ps_errbuf *eb) {

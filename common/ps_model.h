@@ -59,6 +59,17 @@ void ps_layout_release(ps_layout *l);
 long ps_layout_shard_chunks(const ps_layout *l, uint32_t shard, uint32_t **ids,
                             uint64_t *nelems);
 
+/* ps_layout_place copies what shard index SHARD sent (the values of chunk
+ * ids IDS[0..N), back to back in VALUES, LEN bytes) into OUT, the model's
+ * flat parameters (tensors at their model_offset).  Every chunk must exist,
+ * be placed on SHARD and come once: FROM (may be NULL), per chunk the
+ * shard it came from or -1, is checked and set; and LEN must be exactly
+ * the chunks' elements.  Nothing is copied unless all of that holds.
+ * Returns the elements copied, or PS_EPROTO with EB saying what the shard
+ * "sent ..." wrong. */
+long ps_layout_place(const ps_layout *l, uint32_t shard, const uint32_t *ids, size_t n,
+                     const void *values, size_t len, float *out, int32_t *from, ps_errbuf *eb);
+
 /* ps_modelspec_check validates optimizer settings of SPEC (known kind,
  * finite lr > 0, ...).  Returns 0 or PS_EINVAL with a message in EB. */
 int ps_modelspec_check(const Ps__ModelSpec *spec, ps_errbuf *eb);

@@ -112,33 +112,12 @@ typedef struct psctl_export_asm {
  * Returns 0, or 1 after printing what is inconsistent. */
 static int psctl_export_place(psctl_export_asm *a, const psctl_cluster *c, size_t i,
                               const Ps__ExportReply *r) {
-  const ps_layout *l = a->l;
-  uint32_t id = c->cfg.shards[i].id;
-  uint64_t at = 0, nvals = r->values.len / sizeof(float);
-  for (size_t k = 0; k < r->n_chunk_ids; k++) {
-    uint32_t ch = r->chunk_ids[k];
-    const char *why = NULL;
-    if (ch >= l->nchunks) why = "which the model does not have";
-    else if (a->from[ch] >= 0) why = "a second time";
-    else if (l->chunks[ch].shard != i)
-      why = "which placement puts on another shard (does the config list the cluster's shards?)";
-    if (why) {
-      fprintf(stderr, "psctl export: shard %" PRIu32 " sent chunk %" PRIu32 " %s\n", id, ch, why);
-      return 1;
-    }
-    const ps_chunk *cc = &l->chunks[ch];
-    if (at + cc->len > nvals) break;
-    memcpy(a->values + l->tensors[cc->tensor].model_offset + cc->offset,
-           (const float *)r->values.data + at, cc->len * sizeof(float));
-    a->from[ch] = (int32_t)i;
-    at += cc->len;
-  }
-  if (r->values.len % sizeof(float) || at != nvals) {
-    fprintf(stderr, "psctl export: shard %" PRIu32 " sent %zu value bytes for chunks of %" PRIu64
-            " elements\n", id, r->values.len, at);
-    return 1;
-  }
-  return 0;
+  ps_errbuf eb;
+  if (ps_layout_place(a->l, (uint32_t)i, r->chunk_ids, r->n_chunk_ids, r->values.data,
+                      r->values.len, a->values, a->from, &eb) >= 0)
+    return 0;
+  fprintf(stderr, "psctl export: shard %" PRIu32 " %s\n", c->cfg.shards[i].id, eb.msg);
+  return 1;
 }
 
 /* psctl_export_gather asks every shard for its chunks and fills A.

@@ -144,22 +144,15 @@ static int psw_export_shard(psw_client *c, psw_shard *s, int pbuf, int timeout_m
   ps_rpc_close(rpc);
   if (err < 0) return err;
   const Ps__ExportReply *r = (const Ps__ExportReply *)resp;
-  uint64_t at = 0, nvals = r->values.len / sizeof(float);
-  int ok = r->n_chunk_ids == s->nids && r->values.len % sizeof(float) == 0;
-  for (size_t k = 0; ok && k < r->n_chunk_ids; k++) {
-    uint32_t id = r->chunk_ids[k];
-    const ps_chunk *ch = id < c->layout.nchunks ? &c->layout.chunks[id] : NULL;
-    ok = ch && ch->shard == s->index && at + ch->len <= nvals;
-    if (ok)
-      memcpy(c->params[pbuf] + c->layout.tensors[ch->tensor].model_offset + ch->offset,
-             (const float *)r->values.data + at, ch->len * sizeof(float));
-    at += ch->len;
-  }
-  ok = ok && at == nvals && nvals == s->nelems;
+  ps_errbuf why;
+  long placed = ps_layout_place(&c->layout, s->index, r->chunk_ids, r->n_chunk_ids,
+                                r->values.data, r->values.len, c->params[pbuf], NULL, &why);
+  int all = r->n_chunk_ids == s->nids && placed >= 0 && (uint64_t)placed == s->nelems;
   *version = r->version;
   protobuf_c_message_free_unpacked(resp, NULL);
-  return ok ? 0 : ps_errf(eb, PS_EPROTO, "shard %u's export of '%s' is not the chunks placement "
-                          "gives it", s->conf->id, c->model);
+  if (placed < 0) return ps_errf(eb, PS_EPROTO, "shard %u %s", s->conf->id, why.msg);
+  return all ? 0 : ps_errf(eb, PS_EPROTO, "shard %u's export of '%s' is not the chunks placement "
+                           "gives it", s->conf->id, c->model);
 }
 
 /* psw_client_export: see psw_client.h. */

@@ -94,6 +94,38 @@ START_TEST(test_layout_chunks) {
   long c1 = ps_layout_shard_chunks(&l, 1, &ids1, &n1);
   ck_assert_int_eq(c0 + c1, 6);
   ck_assert_uint_eq(n0 + n1, 22);
+  /* ps_layout_place: each shard sends its chunks' values (here each
+   * value is its element's index in the model); every one lands there. */
+  float out[22], sent[2][22];
+  int32_t from[6];
+  for (int i = 0; i < 22; i++) out[i] = NAN;
+  for (int i = 0; i < 6; i++) from[i] = -1;
+  uint32_t *ids[2] = {ids0, ids1};
+  long cnt[2] = {c0, c1};
+  for (uint32_t sh = 0; sh < 2; sh++) {
+    size_t at = 0;
+    for (long k = 0; k < cnt[sh]; k++) {
+      const ps_chunk *ch = &l.chunks[ids[sh][k]];
+      for (uint32_t e = 0; e < ch->len; e++)
+        sent[sh][at++] = (float)(l.tensors[ch->tensor].model_offset + ch->offset + e);
+    }
+    ck_assert_int_eq(ps_layout_place(&l, sh, ids[sh], (size_t)cnt[sh], sent[sh], at * 4, out, from, &eb),
+                     (long)at);
+  }
+  for (int i = 0; i < 22; i++) ck_assert_float_eq(out[i], (float)i);
+  /* refused, and nothing copied: a chunk again, another shard's chunk, an
+   * unknown chunk, values that do not match the chunks */
+  for (int i = 0; i < 22; i++) out[i] = NAN;
+  ck_assert_int_eq(ps_layout_place(&l, 0, ids0, 1, sent[0], l.chunks[ids0[0]].len * 4, out, from, &eb), PS_EPROTO);
+  ck_assert_msg(strstr(eb.msg, "a second time") != NULL, "%s", eb.msg);
+  ck_assert_int_eq(ps_layout_place(&l, 1, ids0, 1, sent[0], l.chunks[ids0[0]].len * 4, out, NULL, &eb), PS_EPROTO);
+  ck_assert_msg(strstr(eb.msg, "another shard") != NULL, "%s", eb.msg);
+  uint32_t bad = 6;
+  ck_assert_int_eq(ps_layout_place(&l, 0, &bad, 1, sent[0], 4, out, NULL, &eb), PS_EPROTO);
+  ck_assert_str_eq(eb.msg, "sent chunk 6 which the model does not have");
+  ck_assert_int_eq(ps_layout_place(&l, 0, ids0, (size_t)c0, sent[0], n0 * 4 - 4, out, NULL, &eb), PS_EPROTO);
+  ck_assert_msg(strstr(eb.msg, "value bytes") != NULL, "%s", eb.msg);
+  for (int i = 0; i < 22; i++) ck_assert(isnan(out[i]));
   free(ids0);
   free(ids1);
   ps_layout_release(&l);

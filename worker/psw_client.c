@@ -82,18 +82,27 @@ static int psw_retryable(int err) {
 
 /* ---- spec and layout ------------------------------------------------------- */
 
+/* psw_call_once makes one gRPC call on a connection of its own to ADDR
+ * (ps_rpc_call's arguments and result). */
+static int psw_call_once(const char *addr, const char *method, const ProtobufCMessage *req,
+                         const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
+                         int timeout_ms, ps_errbuf *eb) {
+  ps_rpc *rpc = NULL;
+  int err = ps_rpc_open(&rpc, addr, eb);
+  if (err < 0) return err;
+  err = ps_rpc_call(rpc, method, req, resp_desc, resp, timeout_ms, eb);
+  ps_rpc_close(rpc);
+  return err;
+}
+
 /* psw_try_get_model asks shard I for the spec; 0 with c->reply set, or the
  * call's error. */
 static int psw_try_get_model(psw_client *c, size_t i, ps_errbuf *eb) {
-  ps_rpc *rpc = NULL;
-  int err = ps_rpc_open(&rpc, c->cfg->shards[i].grpc_addr, eb);
-  if (err < 0) return err;
   Ps__GetModelRequest req = PS__GET_MODEL_REQUEST__INIT;
   req.name = c->model;
   ProtobufCMessage *resp = NULL;
-  err = ps_rpc_call(rpc, "/ps.Ps/GetModel", &req.base, &ps__get_model_reply__descriptor, &resp,
-                    PSW_GETMODEL_TIMEOUT_MS, eb);
-  ps_rpc_close(rpc);
+  int err = psw_call_once(c->cfg->shards[i].grpc_addr, "/ps.Ps/GetModel", &req.base,
+                          &ps__get_model_reply__descriptor, &resp, PSW_GETMODEL_TIMEOUT_MS, eb);
   if (err < 0) return err;
   c->reply = (Ps__GetModelReply *)resp;
   if (!c->reply->model) {
@@ -133,15 +142,11 @@ static int psw_fetch_spec(psw_client *c, ps_errbuf *eb) {
  * buffer PBUF; it must send exactly the chunks placement gives it. */
 static int psw_export_shard(psw_client *c, psw_shard *s, int pbuf, int timeout_ms,
                             uint64_t *version, ps_errbuf *eb) {
-  ps_rpc *rpc = NULL;
-  int err = ps_rpc_open(&rpc, s->conf->grpc_addr, eb);
-  if (err < 0) return err;
   Ps__ExportRequest req = PS__EXPORT_REQUEST__INIT;
   req.model = c->model;
   ProtobufCMessage *resp = NULL;
-  err = ps_rpc_call(rpc, "/ps.Ps/Export", &req.base, &ps__export_reply__descriptor, &resp,
-                    timeout_ms, eb);
-  ps_rpc_close(rpc);
+  int err = psw_call_once(s->conf->grpc_addr, "/ps.Ps/Export", &req.base,
+                          &ps__export_reply__descriptor, &resp, timeout_ms, eb);
   if (err < 0) return err;
   const Ps__ExportReply *r = (const Ps__ExportReply *)resp;
   ps_errbuf why;

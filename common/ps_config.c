@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <yaml.h>
 
 #include "ps_addr.h"
@@ -409,6 +410,14 @@ static const cfg_slot cfg_limits_slots[] = {
      .max = 1073741824},
     {.name = "drain_timeout_ms", .type = &cfg_t_u32,
      .offset = offsetof(ps_config, drain_timeout_ms), .def = "5000", .min = 0, .max = 600000},
+    {.name = "max_connections", .type = &cfg_t_u32,
+     .offset = offsetof(ps_config, max_connections), .def = "1024", .min = 1, .max = 1000000},
+    {.name = "idle_timeout_ms", .type = &cfg_t_u32,
+     .offset = offsetof(ps_config, idle_timeout_ms), .def = "120000", .min = 1000,
+     .max = 86400000},
+    {.name = "max_shard_bytes", .type = &cfg_t_u64,
+     .offset = offsetof(ps_config, max_shard_bytes), .def = "0", .min = 0,
+     .max = UINT64_C(1) << 50},
 };
 
 static const cfg_slot cfg_shard_slots[] = {
@@ -608,7 +617,33 @@ static const cfg_slot cfg_top_slots[] = {
     {.name = "data", .type = &cfg_t_section, .offset = offsetof(ps_config, data),
      .arg = &cfg_data_table},
 };
-static const cfg_table cfg_top_table = CFG_TABLE("at the top level", cfg_top_slots, NULL);
+/* cfg_value_node returns the value node of KEY in mapping N, or NULL
+ * (also when N is NULL or not a mapping). */
+static yaml_node_t *cfg_value_node(cfg_ctx *x, yaml_node_t *n, const char *key) {
+  if (!n || n->type != YAML_MAPPING_NODE) return NULL;
+  for (yaml_node_pair_t *p = n->data.mapping.pairs.start; p < n->data.mapping.pairs.top; p++) {
+    yaml_node_t *k = cfg_node(x, p->key);
+    if (k->type == YAML_SCALAR_NODE && !strcmp((const char *)k->data.scalar.value, key))
+      return cfg_node(x, p->value);
+  }
+  return NULL;
+}
+
+/* cfg_top_post: a connection with a parked pull is busy, so an idle
+ * connection must be allowed to outwait the longest pull. */
+static int cfg_top_post(cfg_ctx *x, void *base, yaml_node_t *n, const yaml_mark_t *marks) {
+  const ps_config *c = base;
+  (void)marks;
+  if (c->idle_timeout_ms > c->training.pull_timeout_ms) return 0;
+  yaml_node_t *lim = cfg_value_node(x, n, "limits");
+  yaml_node_t *v = cfg_value_node(x, lim, "idle_timeout_ms");
+  yaml_node_t *at = v ? v : lim ? lim : n;
+  return cfg_err(x, at->start_mark,
+                 "'idle_timeout_ms' (%" PRIu32 ") must exceed training's 'pull_timeout_ms' (%" PRIu32
+                 ")", c->idle_timeout_ms, c->training.pull_timeout_ms);
+}
+
+static const cfg_table cfg_top_table = CFG_TABLE("at the top level", cfg_top_slots, cfg_top_post);
 
 /* ---- loading ----------------------------------------------------------- */
 
@@ -637,13 +672,47 @@ static int cfg_load_doc(cfg_ctx *x, ps_config *c) {
   return cfg_load_table(x, &cfg_top_table, root, c, NULL);
 }
 
-/* cfg_parse parses the open file F and loads it into C. */
-static int cfg_parse(cfg_ctx *x, FILE *f, ps_config *c) {
+/* cfg_check_depth scans BUF's tokens and refuses a nesting deeper than
+ * PS_CONFIG_MAX_DEPTH (block and flow collections together) at the token
+ * that passes it.  libyaml's scanner keeps one simple-key slot per flow
+ * level and walks them all for every token, so stopping at the bound
+ * keeps this pass linear; the loader then never sees a deep file.
+ * Syntax errors are left for the loader to report. */
+static int cfg_check_depth(cfg_ctx *x, const unsigned char *buf, size_t len) {
+  yaml_parser_t p;
+  if (!yaml_parser_initialize(&p)) return ps_errf(x->eb, PS_ENOMEM, "%s: out of memory", x->path);
+  yaml_parser_set_input_string(&p, buf, len);
+  int depth = 0, r = 0;
+  for (;;) {
+    yaml_token_t t;
+    if (!yaml_parser_scan(&p, &t)) break;
+    yaml_token_type_t type = t.type;
+    yaml_mark_t m = t.start_mark;
+    yaml_token_delete(&t);
+    if (type == YAML_STREAM_END_TOKEN) break;
+    if (type == YAML_BLOCK_SEQUENCE_START_TOKEN || type == YAML_BLOCK_MAPPING_START_TOKEN ||
+        type == YAML_FLOW_SEQUENCE_START_TOKEN || type == YAML_FLOW_MAPPING_START_TOKEN) {
+      if (++depth > PS_CONFIG_MAX_DEPTH) {
+        r = cfg_err(x, m, "nested deeper than %d levels", PS_CONFIG_MAX_DEPTH);
+        break;
+      }
+    } else if (type == YAML_BLOCK_END_TOKEN || type == YAML_FLOW_SEQUENCE_END_TOKEN ||
+               type == YAML_FLOW_MAPPING_END_TOKEN) {
+      if (depth > 0) depth--;
+    }
+  }
+  yaml_parser_delete(&p);
+  return r;
+}
+
+/* cfg_parse parses BUF (LEN bytes) and loads it into C. */
+static int cfg_parse(cfg_ctx *x, const unsigned char *buf, size_t len, ps_config *c) {
   yaml_parser_t parser;
   yaml_document_t doc, extra;
+  int r = cfg_check_depth(x, buf, len);
+  if (r < 0) return r;
   if (!yaml_parser_initialize(&parser)) return ps_errf(x->eb, PS_ENOMEM, "%s: out of memory", x->path);
-  yaml_parser_set_input_file(&parser, f);
-  int r;
+  yaml_parser_set_input_string(&parser, buf, len);
   if (!yaml_parser_load(&parser, &doc)) {
     r = cfg_yaml_error(x, &parser);
     goto out_parser;
@@ -666,27 +735,48 @@ out_parser:
   return r;
 }
 
+int ps_config_load_buf(ps_config *c, const char *name, const void *buf, size_t len,
+                       ps_errbuf *eb) {
+  memset(c, 0, sizeof *c);
+  cfg_ctx x = {.path = name, .doc = NULL, .eb = eb};
+  int r;
+  if (len > PS_CONFIG_MAX_BYTES)
+    r = ps_errf(eb, PS_ECONFIG, "%s: %zu bytes, more than the %u a configuration may have", name,
+                len, PS_CONFIG_MAX_BYTES);
+  else if (!(c->path = strdup(name)))
+    r = ps_errf(eb, PS_ENOMEM, "%s: out of memory", name);
+  else
+    r = cfg_parse(&x, buf, len, c);
+  if (r < 0) ps_config_release(c);
+  return r;
+}
+
 int ps_config_load(ps_config *c, const char *path, ps_errbuf *eb) {
   memset(c, 0, sizeof *c);
-  cfg_ctx x = {.path = path, .doc = NULL, .eb = eb};
   FILE *f = fopen(path, "rb");
   if (!f) return ps_errf(eb, PS_EIO, "%s: cannot open: %s", path, strerror(errno));
   struct stat st;
   int r = 0;
+  unsigned char *buf = NULL;
   if (fstat(fileno(f), &st) == 0 && S_ISDIR(st.st_mode)) {
     r = ps_errf(eb, PS_EIO, "%s: cannot read: %s", path, strerror(EISDIR));
     goto out_file;
   }
-  if (!(c->path = strdup(path))) {
+  /* One byte more than the cap tells an over-long file (or pipe) apart. */
+  if (!(buf = malloc(PS_CONFIG_MAX_BYTES + 1))) {
     r = ps_errf(eb, PS_ENOMEM, "%s: out of memory", path);
     goto out_file;
   }
-  r = cfg_parse(&x, f, c);
-  if (r == 0 && ferror(f))
+  size_t len = fread(buf, 1, PS_CONFIG_MAX_BYTES + 1, f);
+  if (ferror(f)) {
     r = ps_errf(eb, PS_EIO, "%s: cannot read: %s", path, strerror(errno));
+    goto out_file;
+  }
+  if (len > PS_CONFIG_MAX_BYTES && S_ISREG(st.st_mode)) len = (size_t)st.st_size;
+  r = ps_config_load_buf(c, path, buf, len, eb);
 out_file:
+  free(buf);
   fclose(f);
-  if (r < 0) ps_config_release(c);
   return r;
 }
 
@@ -710,4 +800,56 @@ void ps_config_shard_ids(const ps_config *c, uint32_t *ids) {
 const ps_shard_conf *ps_config_coordinator(const ps_config *c) {
   const ps_shard_conf *s = ps_config_shard(c, c->workers.coordinator);
   return s ? s : (c->nshards ? &c->shards[0] : NULL);
+}
+
+/* cfg_cgroup_max returns the smallest memory limit on this process's
+ * cgroup path (its own cgroup and every parent): memory.max under cgroup
+ * v2, memory.limit_in_bytes under v1's memory controller; UINT64_MAX when
+ * there is none ("max", or v1's huge "no limit" number, are above any). */
+static uint64_t cfg_cgroup_max(void) {
+  char line[4096], path[4300];
+  const char *base = NULL, *file = NULL;
+  char *rel = NULL;
+  uint64_t best = UINT64_MAX;
+  FILE *f = fopen("/proc/self/cgroup", "r");
+  if (!f) return best;
+  while (!rel && fgets(line, sizeof line, f)) {
+    line[strcspn(line, "\n")] = '\0';
+    char *ctl = strchr(line, ':'), *p = ctl ? strchr(ctl + 1, ':') : NULL;
+    if (!p) continue;
+    *p = '\0';
+    if (!strcmp(ctl + 1, "")) base = "/sys/fs/cgroup", file = "memory.max";
+    else if (!strcmp(ctl + 1, "memory")) base = "/sys/fs/cgroup/memory", file = "memory.limit_in_bytes";
+    else continue;
+    rel = p + 1;
+  }
+  fclose(f);
+  if (!rel) return best;
+  for (;;) {
+    snprintf(path, sizeof path, "%s%s/%s", base, strcmp(rel, "/") ? rel : "", file);
+    FILE *m = fopen(path, "r");
+    unsigned long long v;
+    if (m) {
+      if (fscanf(m, "%llu", &v) == 1 && v < best) best = v;
+      fclose(m);
+    }
+    char *slash = strrchr(rel, '/');
+    if (!slash) break;
+    if (slash == rel) {
+      if (!rel[1]) break;
+      rel[1] = '\0';
+    } else {
+      *slash = '\0';
+    }
+  }
+  return best;
+}
+
+uint64_t ps_config_shard_budget(const ps_config *c) {
+  if (c->max_shard_bytes) return c->max_shard_bytes;
+  long pages = sysconf(_SC_PHYS_PAGES), psz = sysconf(_SC_PAGESIZE);
+  uint64_t mem = pages > 0 && psz > 0 ? (uint64_t)pages * (uint64_t)psz : UINT64_MAX;
+  uint64_t cg = cfg_cgroup_max();
+  if (cg < mem) mem = cg;
+  return mem / 3;
 }

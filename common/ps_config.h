@@ -72,6 +72,9 @@ typedef struct ps_config {
   uint32_t flush_interval_ms; /* periodic mode, default 1000 */
   uint64_t max_request_bytes; /* largest push/pull payload, default 256 MiB */
   uint32_t drain_timeout_ms;  /* SIGTERM: wait for in-flight requests, default 5000 */
+  uint32_t max_connections;   /* tensor-channel connections at once, default 1024 */
+  uint32_t idle_timeout_ms;   /* close a silent connection, > pull_timeout_ms, default 120000 */
+  uint64_t max_shard_bytes;   /* memory budget of a shard's models; 0: ps_config_shard_budget */
   size_t nshards;
   ps_shard_conf *shards;      /* nshards entries, in file order */
   ps_worker_conf workers;
@@ -79,11 +82,23 @@ typedef struct ps_config {
   ps_data_conf data;
 } ps_config;
 
-/* ps_config_load parses PATH into *C (which it zeroes first).  On error it
- * returns PS_ECONFIG (or PS_EIO when the file cannot be read, PS_ENOMEM)
+/* Bounds checked before libyaml sees a file: its loader takes time
+ * quadratic in the nesting depth (100 KB of '[' took 36 s), and no real
+ * cluster file comes near either number. */
+#define PS_CONFIG_MAX_BYTES (1u << 20) /* 1 MiB */
+#define PS_CONFIG_MAX_DEPTH 32         /* nested '[' / '{' */
+
+/* ps_config_load parses PATH into *C (which it zeroes first).  A file of
+ * more than PS_CONFIG_MAX_BYTES, or nested deeper than PS_CONFIG_MAX_DEPTH,
+ * is refused before it is parsed.  On error it returns PS_ECONFIG (or PS_EIO when the file cannot be read, PS_ENOMEM)
  * with "PATH:LINE:COL: message" in EB and leaves nothing to release.
  * The caller releases a loaded config with ps_config_release. */
 int ps_config_load(ps_config *c, const char *path, ps_errbuf *eb);
+
+/* ps_config_load_buf is ps_config_load of LEN bytes at BUF (borrowed),
+ * reported under NAME; PS_ECONFIG for more than PS_CONFIG_MAX_BYTES. */
+int ps_config_load_buf(ps_config *c, const char *name, const void *buf, size_t len,
+                       ps_errbuf *eb);
 
 /* ps_config_release frees everything ps_config_load allocated; idempotent. */
 void ps_config_release(ps_config *c);
@@ -94,6 +109,13 @@ const ps_shard_conf *ps_config_shard(const ps_config *c, uint32_t id);
 /* ps_config_shard_ids writes the shard ids, in file order, to IDS
  * (caller-owned, c->nshards entries): the list placement hashes over. */
 void ps_config_shard_ids(const ps_config *c, uint32_t *ids);
+
+/* ps_config_shard_budget returns C's limits.max_shard_bytes, or when it
+ * is 0 (the default) a third of the memory this process may use: the
+ * cgroup's memory.max when one is set, else physical memory.  A third,
+ * because a shard's first full flush holds up to three copies of its
+ * chunks for a moment (BENCHMARKS.md; issue 15 lowers this). */
+uint64_t ps_config_shard_budget(const ps_config *c);
 
 /* ps_config_coordinator returns the coordinator shard: the one whose id is
  * workers.coordinator, or the first shard when no shard has that id (the

@@ -3,6 +3,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 #include "ps_config.h"
 #include "ps_test.h"
@@ -17,6 +19,9 @@ static const char good_yaml[] =
     "limits:\n"
     "  max_request_bytes: 1048576\n"
     "  drain_timeout_ms: 0\n"
+    "  max_connections: 64\n"
+    "  idle_timeout_ms: 40000\n"
+    "  max_shard_bytes: 1073741824\n"
     "shards:\n"
     "  - id: 3\n"
     "    grpc: 10.0.0.1:7000\n"
@@ -67,6 +72,10 @@ START_TEST(test_config_good_file) {
   ck_assert_uint_eq(c.flush_interval_ms, 250);
   ck_assert_uint_eq(c.max_request_bytes, 1048576);
   ck_assert_uint_eq(c.drain_timeout_ms, 0);
+  ck_assert_uint_eq(c.max_connections, 64);
+  ck_assert_uint_eq(c.idle_timeout_ms, 40000);
+  ck_assert_uint_eq(c.max_shard_bytes, 1u << 30);
+  ck_assert_uint_eq(ps_config_shard_budget(&c), 1u << 30);
   ck_assert_uint_eq(c.nshards, 2);
   ck_assert_uint_eq(c.shards[0].id, 3);
   ck_assert_str_eq(c.shards[0].grpc_addr, "10.0.0.1:7000");
@@ -119,6 +128,13 @@ START_TEST(test_config_defaults) {
   ck_assert_uint_eq(c.flush_interval_ms, 1000);
   ck_assert_uint_eq(c.max_request_bytes, 256u << 20);
   ck_assert_uint_eq(c.drain_timeout_ms, 5000);
+  ck_assert_uint_eq(c.max_connections, 1024);
+  ck_assert_uint_eq(c.idle_timeout_ms, 120000);
+  ck_assert_uint_eq(c.max_shard_bytes, 0);
+  /* The default budget is a third of what this process may use. */
+  uint64_t budget = ps_config_shard_budget(&c);
+  uint64_t phys = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE);
+  ck_assert(budget > 0 && budget <= phys / 3);
   ck_assert_uint_eq(c.workers.count, 1);
   ck_assert_str_eq(c.workers.device, "auto");
   ck_assert_uint_eq(c.workers.retry_ms, 30000);
@@ -235,6 +251,16 @@ static const struct bad_case {
      "4:17: 'train_labels' is for format 'idx' (csv files hold the label in column 1)"},
     {"cluster: a\ndata:\n  train_images: x\n" SHARD0, PS_ECONFIG,
      "3:3: 'train_images' and 'train_labels' go together in 'data'"},
+    {"cluster: a\nlimits:\n  max_connections: 0\n" SHARD0, PS_ECONFIG,
+     "3:20: 'max_connections' is 0, outside 1..1000000"},
+    {"cluster: a\nlimits:\n  idle_timeout_ms: 30000\n" SHARD0, PS_ECONFIG,
+     "3:20: 'idle_timeout_ms' (30000) must exceed training's 'pull_timeout_ms' (30000)"},
+    {"cluster: a\ntraining:\n  pull_timeout_ms: 200000\n" SHARD0, PS_ECONFIG,
+     "1:1: 'idle_timeout_ms' (120000) must exceed training's 'pull_timeout_ms' (200000)"},
+    {"cluster: a\nlimits:\n  max_shard_bytes: 1125899906842625\n" SHARD0, PS_ECONFIG,
+     "3:20: 'max_shard_bytes' is 1125899906842625, outside 0..1125899906842624"},
+    {"cluster: a\nx: [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]\n",
+     PS_ECONFIG, "2:35: nested deeper than 32 levels"},
 };
 
 START_TEST(test_config_bad_file) {
@@ -268,6 +294,36 @@ START_TEST(test_config_unreadable) {
 }
 END_TEST
 
+/* A file of '[' is refused at once, before libyaml's loader (quadratic
+ * in the depth: 100 KB of '[' took 36 s), and so is a file over the cap. */
+START_TEST(test_config_hostile_sizes) {
+  size_t n = 100 * 1000;
+  char *text = malloc(PS_CONFIG_MAX_BYTES + 2);
+  ck_assert_ptr_nonnull(text);
+  memset(text, '[', n);
+  text[n] = '\0';
+  ps_config c;
+  ps_errbuf eb = {""};
+  struct timespec t0, t1;
+  clock_gettime(CLOCK_MONOTONIC, &t0);
+  const char *path = write_yaml(text);
+  ck_assert_int_eq(ps_config_load(&c, path, &eb), PS_ECONFIG);
+  clock_gettime(CLOCK_MONOTONIC, &t1);
+  ck_assert_msg(strstr(eb.msg, ":1:33: nested deeper than 32 levels"), "%s", eb.msg);
+  /* Not a timing test: a bound 100x above what a linear scan takes. */
+  ck_assert_double_lt((double)(t1.tv_sec - t0.tv_sec) + (t1.tv_nsec - t0.tv_nsec) / 1e9, 3.0);
+  memset(text, '#', PS_CONFIG_MAX_BYTES + 1);
+  text[PS_CONFIG_MAX_BYTES + 1] = '\0';
+  path = write_yaml(text);
+  ck_assert_int_eq(ps_config_load(&c, path, &eb), PS_ECONFIG);
+  char want[700];
+  snprintf(want, sizeof want, "%s: 1048577 bytes, more than the 1048576 a configuration may have",
+           path);
+  ck_assert_str_eq(eb.msg, want);
+  free(text);
+}
+END_TEST
+
 Suite *ps_config_suite(void) {
   Suite *s = suite_create("ps_config");
   TCase *tc = tcase_create("core");
@@ -276,6 +332,7 @@ Suite *ps_config_suite(void) {
   tcase_add_test(tc, test_config_repo_examples);
   tcase_add_loop_test(tc, test_config_bad_file, 0, (int)(sizeof bad_cases / sizeof bad_cases[0]));
   tcase_add_test(tc, test_config_unreadable);
+  tcase_add_test(tc, test_config_hostile_sizes);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -129,18 +129,28 @@ static clock_worker *clock_worker_find(const psd_clock *c, uint32_t id) {
   return NULL;
 }
 
-/* clock_worker_get returns worker ID's slot (made when missing), alive
- * again and with its lease refreshed; NULL on out of memory. */
-static clock_worker *clock_worker_get(psd_clock *c, uint32_t id, uint64_t now_ms, ps_errbuf *eb) {
+/* psd_clock_check_worker: see psd_clock.h. */
+int psd_clock_check_worker(const psd_clock *c, uint32_t worker, ps_errbuf *eb) {
+  if (worker < c->o.world_size) return 0;
+  return ps_errf(eb, PS_EINVAL,
+                 "worker %" PRIu32 " is outside this cluster's %" PRIu32
+                 " workers (ids 0..%" PRIu32 ", workers.count)",
+                 worker, c->o.world_size, c->o.world_size - 1);
+}
+
+/* clock_worker_get sets *OUT to worker ID's slot (made when missing),
+ * alive again and with its lease refreshed.  PS_EINVAL for an id outside
+ * the world (invariant 8); PS_ENOMEM. */
+static int clock_worker_get(psd_clock *c, uint32_t id, uint64_t now_ms, clock_worker **out,
+                            ps_errbuf *eb) {
   clock_worker *w = clock_worker_find(c, id);
   if (!w) {
+    int err = psd_clock_check_worker(c, id, eb);
+    if (err < 0) return err;
     if (c->nw == c->wcap) {
       size_t cap = c->wcap ? 2 * c->wcap : 8;
       clock_worker *n = realloc(c->w, cap * sizeof *n);
-      if (!n) {
-        ps_errf(eb, PS_ENOMEM, "out of memory tracking worker %" PRIu32, id);
-        return NULL;
-      }
+      if (!n) return ps_errf(eb, PS_ENOMEM, "out of memory tracking worker %" PRIu32, id);
       c->w = n;
       c->wcap = cap;
     }
@@ -150,7 +160,8 @@ static clock_worker *clock_worker_get(psd_clock *c, uint32_t id, uint64_t now_ms
   }
   w->dead = w->left = 0;
   w->last_ms = now_ms;
-  return w;
+  if (out) *out = w;
+  return 0;
 }
 
 /* clock_entry_find returns WORKER's clock entry in M or NULL. */
@@ -247,7 +258,7 @@ int psd_clock_set_model(psd_clock *c, const char *model, uint32_t staleness, uin
 
 /* psd_clock_touch: see psd_clock.h. */
 int psd_clock_touch(psd_clock *c, uint32_t worker, uint64_t now_ms, ps_errbuf *eb) {
-  return clock_worker_get(c, worker, now_ms, eb) ? 0 : PS_ENOMEM;
+  return clock_worker_get(c, worker, now_ms, NULL, eb);
 }
 
 /* clock_setstr replaces *DST with a copy of SRC (NULL or "": unchanged). */
@@ -263,8 +274,9 @@ static void clock_setstr(char **dst, const char *src) {
 int psd_clock_heartbeat(psd_clock *c, uint32_t worker, const char *model, uint64_t clock,
                         float steps_per_s, float blocked_share, const char *host,
                         const char *device, uint64_t now_ms, ps_errbuf *eb) {
-  clock_worker *w = clock_worker_get(c, worker, now_ms, eb);
-  if (!w) return PS_ENOMEM;
+  clock_worker *w;
+  int err = clock_worker_get(c, worker, now_ms, &w, eb);
+  if (err < 0) return err;
   w->steps_per_s = steps_per_s;
   w->blocked_share = blocked_share;
   if (clock > w->clock) w->clock = clock;
@@ -305,8 +317,9 @@ int psd_clock_register(psd_clock *c, const char *model, const char *host, uint32
   if (r == UINT32_MAX)
     return ps_errf(eb, PS_EEXIST, "all %" PRIu32 " worker ranks are held by live workers",
                    c->o.world_size);
-  clock_worker *w = clock_worker_get(c, r, now_ms, eb);
-  if (!w) return PS_ENOMEM;
+  clock_worker *w;
+  int err = clock_worker_get(c, r, now_ms, &w, eb);
+  if (err < 0) return err;
   w->registered = 1;
   w->pid = pid;
   w->steps_per_s = w->blocked_share = 0;
@@ -327,11 +340,11 @@ int psd_clock_register(psd_clock *c, const char *model, const char *host, uint32
 /* psd_clock_pushed: see psd_clock.h. */
 int psd_clock_pushed(psd_clock *c, const char *model, uint32_t worker, uint64_t clock,
                      uint64_t now_ms, ps_errbuf *eb) {
-  if (!clock_worker_get(c, worker, now_ms, eb)) return PS_ENOMEM;
+  int err = clock_worker_get(c, worker, now_ms, NULL, eb);
+  if (err < 0) return err;
   psd_clock_model *m = clock_model_get(c, model, eb);
   if (!m) return PS_ENOMEM;
-  int err = clock_raise(c, m, worker, clock + 1, eb);
-  if (err < 0) return err;
+  if ((err = clock_raise(c, m, worker, clock + 1, eb)) < 0) return err;
   clock_serve_ready(c, m, now_ms);
   return 0;
 }
@@ -339,14 +352,15 @@ int psd_clock_pushed(psd_clock *c, const char *model, uint32_t worker, uint64_t 
 /* psd_clock_pull: see psd_clock.h. */
 int psd_clock_pull(psd_clock *c, const char *model, uint32_t worker, uint64_t clock,
                    uint64_t now_ms, psd_park *p, ps_errbuf *eb) {
-  clock_worker *w = clock_worker_get(c, worker, now_ms, eb);
-  if (!w) return PS_ENOMEM;
+  clock_worker *w;
+  int err = clock_worker_get(c, worker, now_ms, &w, eb);
+  if (err < 0) return err;
   psd_clock_model *m = clock_model_get(c, model, eb);
   if (!m) return PS_ENOMEM;
   /* A pull enters a worker new to the table at its clock but never raises
    * one already there: a worker pulling ahead for a later step (overlap)
    * has not done that step yet (invariant 1). */
-  int err = clock_entry_find(m, worker) ? 0 : clock_raise(c, m, worker, clock, eb);
+  err = clock_entry_find(m, worker) ? 0 : clock_raise(c, m, worker, clock, eb);
   if (err < 0) return err;
   uint64_t gap;
   if (clock_ready(m, clock, &gap)) {

@@ -32,6 +32,13 @@
  *     again.  A rank no worker has registered for yet keeps its
  *     partitions.  Registration hands out a died rank first, then one never
  *     held, then one whose worker finished.
+ *  8. Worker identity: a worker is its rank, an id in [0, world_size)
+ *     (workers.count: the world every shard knows from the cluster file,
+ *     and the ranks the coordinator hands out).  Every request naming a
+ *     worker outside the world is refused with PS_EINVAL before anything
+ *     is recorded, so the worker table never holds more than world_size
+ *     entries whatever clients send.  Later membership changes (elastic
+ *     workers, aggregators) change the world here and nowhere else.
  *
  * Not thread-safe: one thread (the shard's loop) calls everything. */
 #ifndef PSD_CLOCK_H
@@ -69,7 +76,7 @@ typedef struct psd_clock_opts {
   uint32_t heartbeat_ms;     /* LATE after 2 x this without a word */
   uint32_t lease_ms;         /* DEAD after this */
   uint32_t pull_timeout_ms;  /* parked pulls give up after this */
-  uint32_t world_size;       /* ranks handed out by psd_clock_register */
+  uint32_t world_size;       /* the world (invariant 8): ids 0..world_size-1 */
   /* Told of every lease that expires (not of a worker that leaves), after
    * the worker left the tables; must not call into psd_clock.  May be NULL. */
   void (*on_expire)(void *arg, uint32_t worker, uint64_t silent_ms);
@@ -111,6 +118,12 @@ void psd_clock_free(psd_clock *c);
  * changed bound re-checks the parked pulls. */
 int psd_clock_set_model(psd_clock *c, const char *model, uint32_t staleness, uint64_t now_ms,
                         ps_errbuf *eb);
+
+/* psd_clock_check_worker: 0 when WORKER belongs to the world (invariant
+ * 8), else PS_EINVAL naming the world.  Every call below that names a
+ * worker checks it too; a caller that changes other state first (a push)
+ * checks before. */
+int psd_clock_check_worker(const psd_clock *c, uint32_t worker, ps_errbuf *eb);
 
 /* psd_clock_touch refreshes WORKER's lease (any request of it). */
 int psd_clock_touch(psd_clock *c, uint32_t worker, uint64_t now_ms, ps_errbuf *eb);

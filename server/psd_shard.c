@@ -306,6 +306,8 @@ int psd_shard_push(psd_shard *sh, const char *model, const uint32_t *ids, size_t
                                       "push of %llu bytes exceeds max_request_bytes %llu",
                                       (unsigned long long)(nelems * sizeof(float)),
                                       (unsigned long long)sh->cfg->max_request_bytes));
+  if (sh->clock && (err = psd_clock_check_worker(sh->clock, worker, eb)) < 0)
+    return psd_shard_done(sh, err);
   err = psd_store_push(sh->store, model, ids, nids, grads, nelems, worker, clock, version_seen,
                        version, eb);
   if (err < 0) return psd_shard_done(sh, err);

@@ -365,6 +365,28 @@ START_TEST(test_partitions_follow_deaths) {
 }
 END_TEST
 
+/* Worker identity (invariant 8): 30,000 made-up ids leave the table at
+ * the world's size, and each request of one is refused naming the world. */
+START_TEST(test_world_bounds_table) {
+  psd_clock *c = tclock(PSD_CLOCK_ASP);
+  ps_errbuf eb;
+  tpark a;
+  tpark_init(&a);
+  for (uint32_t id = 0; id < 30000; id++) {
+    int want = id < 3 ? 0 : PS_EINVAL;
+    ck_assert_int_eq(psd_clock_pull(c, "m", id, 0, 10, &a.p, &eb), want);
+    ck_assert_int_eq(psd_clock_pushed(c, "m", id, 0, 10, &eb), want);
+    ck_assert_int_eq(psd_clock_touch(c, id, 10, &eb), want);
+    ck_assert_int_eq(psd_clock_heartbeat(c, id, "m", 1, 0, 0, "h", "cpu", 10, &eb), want);
+  }
+  ck_assert_str_eq(eb.msg, "worker 29999 is outside this cluster's 3 workers (ids 0..2, "
+                           "workers.count)");
+  ck_assert_uint_eq(psd_clock_nworkers(c), 3);
+  ck_assert_int_eq(psd_clock_model_clock(c, "m", 3), -1);
+  psd_clock_free(c);
+}
+END_TEST
+
 Suite *psd_clock_suite(void) {
   Suite *s = suite_create("psd_clock");
   TCase *tc = tcase_create("core");
@@ -378,6 +400,7 @@ Suite *psd_clock_suite(void) {
   tcase_add_test(tc, test_reentrant_release);
   tcase_add_test(tc, test_register_holds_leave_releases);
   tcase_add_test(tc, test_partitions_follow_deaths);
+  tcase_add_test(tc, test_world_bounds_table);
   suite_add_tcase(s, tc);
   return s;
 }

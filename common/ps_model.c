@@ -47,9 +47,16 @@ int ps_layout_build(ps_layout *l, const Ps__ModelSpec *spec, uint32_t chunk_elem
       n *= ts->shape[d];
     }
     const char *init = ts->init && ts->init[0] ? ts->init : "zeros";
-    if (!ps_init_known(init) || !isfinite(ts->scale)) {
+    if (!ps_init_known(init)) {
       ps_layout_release(l);
       return ps_errf(eb, PS_EINVAL, "tensor '%s': unknown initializer '%s'", ts->name, init);
+    }
+    /* Initial values must be finite: |scale| * 8.5 (the largest normal
+     * deviate the initializers draw) stays far below FLT_MAX. */
+    if (!isfinite(ts->scale) || fabsf(ts->scale) > 1e30f) {
+      ps_layout_release(l);
+      return ps_errf(eb, PS_EINVAL, "tensor '%s': initializer scale %g is not a finite number up to 1e30",
+                     ts->name, (double)ts->scale);
     }
     ti->name = ts->name;
     ti->nelems = n;

@@ -225,9 +225,12 @@ static int psd_model_new(psd_store *s, uint8_t *packed, size_t len, uint64_t gen
   if (m->slab_len) {
     void *p = mmap(NULL, m->slab_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) {
+      /* The message names the model: format it before the spec is freed. */
+      int rc = ps_errf(eb, PS_ENOMEM, "out of memory for the %zu bytes of model '%s' on this shard",
+                       m->slab_len, m->spec->name);
       m->slab_len = 0;
       psd_model_free(m);
-      return ps_errf(eb, PS_ENOMEM, "out of memory for the chunks of model '%s'", m->spec->name);
+      return rc;
     }
     m->slab = p;
   }

@@ -368,6 +368,53 @@ START_TEST(test_submit_semantics) {
 }
 END_TEST
 
+/* Hostile submits (issue 10, cases 1 and 10): a model too large to map
+ * fails with a message naming it (the error path used to free the spec
+ * and then read its name), a NaN initializer scale is named as such, and
+ * the store goes on serving. */
+START_TEST(test_submit_hostile) {
+  const char *tmp = ps_test_tmpdir();
+  spec_buf sb;
+  ps_errbuf eb;
+  int created;
+  psd_store *s = open_store(tmp, 0, 1);
+  /* 40 tensors of 2^40 floats with Adam: 480 TiB, more than the address
+   * space, so the mapping fails on any host. */
+  enum { NBIG = 40 };
+  static uint32_t big_shape[2] = {1u << 20, 1u << 20};
+  Ps__TensorSpec bt[NBIG], *btp[NBIG];
+  char names[NBIG][8];
+  Ps__ModelSpec *big = make_spec(&sb, "huge", 1, "adam");
+  for (int i = 0; i < NBIG; i++) {
+    bt[i] = sb.t[0];
+    snprintf(names[i], sizeof names[i], "w%d", i);
+    bt[i].name = names[i];
+    bt[i].n_shape = 2;
+    bt[i].shape = big_shape;
+    btp[i] = &bt[i];
+  }
+  big->n_tensors = NBIG;
+  big->tensors = btp;
+  big->chunk_elems = 1u << 26;
+  int rc = psd_store_submit(s, big, 0, &created, NULL, NULL, &eb);
+  ck_assert_msg(rc == PS_ENOMEM || rc == PS_ETOOBIG, "huge: %s", eb.msg);
+  ck_assert_msg(strstr(eb.msg, "model 'huge'"), "%s", eb.msg);
+  ck_assert_uint_eq(psd_store_nmodels(s), 0);
+  /* A NaN initializer scale. */
+  Ps__ModelSpec *nan_spec = make_spec(&sb, "m", 1, "sgd");
+  sb.t[1].scale = NAN;
+  ck_assert_int_eq(psd_store_submit(s, nan_spec, 0, &created, NULL, NULL, &eb), PS_EINVAL);
+  ck_assert_str_eq(eb.msg, "tensor 'b': initializer scale nan is not a finite number up to 1e30");
+  sb.t[1].scale = 1e35f;
+  ck_assert_int_eq(psd_store_submit(s, nan_spec, 0, &created, NULL, NULL, &eb), PS_EINVAL);
+  /* Still serving. */
+  submit(s, make_spec(&sb, "m", 1, "sgd"));
+  push_all(s, 1);
+  ck_assert_uint_eq(version_of(s), 1);
+  psd_store_close(s);
+}
+END_TEST
+
 START_TEST(test_two_shards_same_tensors) {
   const char *tmp = ps_test_tmpdir();
   spec_buf sb;
@@ -441,6 +488,7 @@ Suite *psd_store_suite(void) {
   tcase_add_test(tc, test_sigkill_keeps_flushed);
   tcase_add_test(tc, test_bad_input_changes_nothing);
   tcase_add_test(tc, test_submit_semantics);
+  tcase_add_test(tc, test_submit_hostile);
   tcase_add_test(tc, test_two_shards_same_tensors);
   tcase_add_test(tc, test_open_failures);
   suite_add_tcase(s, tc);

@@ -101,7 +101,7 @@ START_TEST(test_round_trip) {
   for (int i = 0; i < NELEMS; i++) g[i] = (float)(i % 7 - 3) * 0.25f;
   ps_errbuf eb;
   uint64_t ver = 0;
-  int rc = ps_chan_push(c, "rt", all_ids, NCHUNKS, g, NELEMS, 1, 0, 0, &ver, &eb);
+  int rc = ps_chan_push(c, "rt", all_ids, NCHUNKS, g, NELEMS, 0, 0, 0, &ver, &eb);
   ck_assert_msg(rc == 0, "push: %s", eb.msg);
   ck_assert_uint_eq(ver, 1);
   ck_assert_uint_eq(pull_all(c, "rt", v1), 1);

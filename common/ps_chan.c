@@ -30,6 +30,7 @@
 
 #include "ps.pb-c.h"
 #include "ps_addr.h"
+#include "ps_pb.h"
 
 #define CHAN_STAGE 8192              /* staging buffer for headers and metas */
 #define CHAN_CLIENT_MAX_DATA (1ull << 40)
@@ -215,8 +216,11 @@ static int rx_after_hdr(ps_chan_client *c, ps_errbuf *eb) {
  * chooses where its data goes; returns 0 or a PS_E* code (broken). */
 static int rx_after_meta(ps_chan_client *c, ps_errbuf *eb) {
   chan_pending *e = rx_entry(c);
-  Ps__ChanMeta *m = ps__chan_meta__unpack(NULL, c->rx_h.meta_len, c->rx_meta);
-  if (!m) return chan_break(c, eb, PS_EPROTO, "channel '%s': %s", "undecodable reply meta");
+  Ps__ChanMeta *m;
+  ps_errbuf ueb;
+  if (ps_pb_unpack(&ps__chan_meta__descriptor, c->rx_meta, c->rx_h.meta_len,
+                   (ProtobufCMessage **)&m, &ueb) < 0)
+    return chan_break(c, eb, PS_EPROTO, "channel '%s': %s", "undecodable reply meta");
   uint64_t dlen = c->rx_h.data_len;
   e->version = m->version;
   e->parked_ms = m->parked_ms;

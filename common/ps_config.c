@@ -26,6 +26,7 @@
 #include <yaml.h>
 
 #include "ps_addr.h"
+#include "ps_pb.h"
 
 typedef struct cfg_ctx {
   const char *path;
@@ -300,8 +301,7 @@ static int cfg_check_device(cfg_ctx *x, const cfg_slot *s, const char *t, yaml_m
 
 /* cfg_check_name: the cluster name travels in the channel hello. */
 static int cfg_check_name(cfg_ctx *x, const cfg_slot *s, const char *t, yaml_mark_t m) {
-  size_t len = strlen(t);
-  if (len > 63 || strspn(t, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-") != len)
+  if (!ps_name_valid(t))
     return cfg_err(x, m, "bad name '%s' for '%s' (1-63 letters, digits, '.', '_', '-')", t,
                    s->name);
   return 0;

@@ -6,13 +6,13 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ps_pb.h"
 #include "ps_place.h"
 
 int ps_layout_build(ps_layout *l, const Ps__ModelSpec *spec, uint32_t chunk_elems,
                     const uint32_t *shard_ids, size_t nshards, ps_errbuf *eb) {
   memset(l, 0, sizeof *l);
-  if (!spec->name || !spec->name[0] || strlen(spec->name) >= 128)
-    return ps_errf(eb, PS_EINVAL, "model name must have 1 to 127 bytes");
+  if (ps_name_check("model", spec->name, eb) < 0) return PS_EINVAL;
   if (spec->n_tensors == 0)
     return ps_errf(eb, PS_EINVAL, "model '%s' has no tensors", spec->name);
   if (nshards == 0) return ps_errf(eb, PS_EINVAL, "no shards");
@@ -144,6 +144,9 @@ long ps_layout_place(const ps_layout *l, uint32_t shard, const uint32_t *ids, si
 
 int ps_modelspec_check(const Ps__ModelSpec *spec, ps_errbuf *eb) {
   static const char *const kinds[] = {"sgd", "momentum", "nesterov", "adam", "adagrad"};
+  int err;
+  for (size_t t = 0; t < spec->n_tensors; t++)
+    if ((err = ps_text_check("tensor name", spec->tensors[t]->name, 255, eb)) < 0) return err;
   const Ps__OptimizerSpec *o = spec->optimizer;
   if (!o) return ps_errf(eb, PS_EINVAL, "model '%s' has no optimizer", spec->name);
   int known = 0;

@@ -70,8 +70,9 @@ long ps_layout_shard_chunks(const ps_layout *l, uint32_t shard, uint32_t **ids,
 long ps_layout_place(const ps_layout *l, uint32_t shard, const uint32_t *ids, size_t n,
                      const void *values, size_t len, float *out, int32_t *from, ps_errbuf *eb);
 
-/* ps_modelspec_check validates optimizer settings of SPEC (known kind,
- * finite lr > 0, ...).  Returns 0 or PS_EINVAL with a message in EB. */
+/* ps_modelspec_check validates SPEC's model name (ps_name_check), tensor
+ * names (no control characters, at most 255 bytes) and optimizer settings
+ * (known kind, finite lr > 0, ...).  Returns 0 or PS_EINVAL with a message in EB. */
 int ps_modelspec_check(const Ps__ModelSpec *spec, ps_errbuf *eb);
 
 #endif

@@ -5,6 +5,7 @@
  * are copied into one contiguous buffer because protobuf-c unpacks only
  * from one. */
 #include "ps_rpc.h"
+#include "ps_pb.h"
 
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
@@ -179,9 +180,10 @@ int ps_rpc_call(ps_rpc *r, const char *method, const ProtobufCMessage *req,
   size_t rlen = 0;
   int err = ps_rpc_invoke(r, method, s, &rbuf, &rlen, timeout_ms, eb);
   if (err < 0) return err;
-  *resp = protobuf_c_message_unpack(resp_desc, NULL, rlen, rbuf);
+  ps_errbuf ueb;
+  err = ps_pb_unpack(resp_desc, rbuf, rlen, resp, &ueb);
   free(rbuf);
-  if (!*resp) return ps_errf(eb, PS_EPROTO, "cannot parse the reply of '%s'", method);
+  if (err < 0) return ps_errf(eb, PS_EPROTO, "cannot parse the reply of '%s': %s", method, ueb.msg);
   return 0;
 }
 

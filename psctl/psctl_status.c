@@ -12,6 +12,7 @@
 
 #include "ps.pb-c.h"
 #include "ps_log.h"
+#include "ps_pb.h"
 #include "psctl.h"
 
 
@@ -145,17 +146,23 @@ static void psctl_status_workers(const Ps__ListWorkersReply *w, const char *why)
   }
 }
 
-/* psctl_json_str prints S as a JSON string. */
+/* psctl_json_str prints S as a JSON string, valid whatever S holds: a
+ * byte that does not start a valid UTF-8 sequence prints as U+FFFD (the
+ * shards refuse such strings, but psctl may talk to an older one). */
 static void psctl_json_str(const char *s) {
   putchar('"');
-  for (; s && *s; s++) {
+  while (s && *s) {
     unsigned char ch = (unsigned char)*s;
+    size_t k = ch < 0x80 ? 1 : ch >= 0xf0 ? 4 : ch >= 0xe0 ? 3 : 2;
     if (ch == '"' || ch == '\\')
       printf("\\%c", ch);
-    else if (ch < 0x20)
+    else if (ch < 0x20 || ch == 0x7f)
       printf("\\u%04x", ch);
+    else if (k > 1 && (strnlen(s, k) < k || !ps_utf8_valid(s, k)))
+      printf("\\ufffd"), k = 1;
     else
-      putchar(ch);
+      fwrite(s, 1, k, stdout);
+    s += k;
   }
   putchar('"');
 }

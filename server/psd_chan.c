@@ -39,6 +39,7 @@
 #include "ps_addr.h"
 #include "ps_chan.h"
 #include "ps_log.h"
+#include "ps_pb.h"
 
 #define CHAN_STAGE 16384
 #define CHAN_MAX_QUEUED (16u << 20)
@@ -372,8 +373,13 @@ static void conn_push_end(psd_conn *c) {
 /* conn_meta_done dispatches a frame whose meta is complete.  Returns 0 or
  * a PS_E* code: the connection must be closed. */
 static int conn_meta_done(psd_conn *c) {
-  Ps__ChanMeta *m = ps__chan_meta__unpack(NULL, c->h.meta_len, c->meta);
-  if (!m) return PS_EPROTO;
+  Ps__ChanMeta *m;
+  ps_errbuf eb;
+  if (ps_pb_unpack(&ps__chan_meta__descriptor, c->meta, c->h.meta_len, (ProtobufCMessage **)&m,
+                   &eb) < 0) {
+    ps_warn("channel: %s; closing the connection", eb.msg);
+    return PS_EPROTO;
+  }
   int rc = 0;
   c->got = 0;
   c->rx_state = RX_HDR;

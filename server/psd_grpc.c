@@ -35,6 +35,7 @@
 #include "health.pb-c.h"
 #include "ps_log.h"
 #include "psd_store.h"
+#include "ps_pb.h"
 
 #define PSD_GRPC_PENDING 8        /* grpc_server_request_call kept outstanding */
 #define PSD_GRPC_META_SLACK (1u << 20) /* bytes allowed beyond max_request_bytes */
@@ -400,18 +401,19 @@ static const struct psd_grpc_method *psd_grpc_method_find(const psd_grpc_call *c
 }
 
 /* psd_grpc_unpack copies the request's slices into one buffer and unpacks
- * it with DESC; returns the message or NULL (caller frees it with
- * protobuf_c_message_free_unpacked). */
-static ProtobufCMessage *psd_grpc_unpack(grpc_byte_buffer *bb,
-                                         const ProtobufCMessageDescriptor *desc) {
+ * it with DESC (ps_pb_unpack: strings checked) into *OUT (caller frees it
+ * with protobuf_c_message_free_unpacked); 0 or PS_EINVAL / PS_ENOMEM. */
+static int psd_grpc_unpack(grpc_byte_buffer *bb, const ProtobufCMessageDescriptor *desc,
+                           ProtobufCMessage **out, ps_errbuf *eb) {
   grpc_byte_buffer_reader rd;
-  if (!grpc_byte_buffer_reader_init(&rd, bb)) return NULL;
+  *out = NULL;
+  if (!grpc_byte_buffer_reader_init(&rd, bb))
+    return ps_errf(eb, PS_EINVAL, "unreadable %s message", desc->short_name);
   grpc_slice all = grpc_byte_buffer_reader_readall(&rd);
   grpc_byte_buffer_reader_destroy(&rd);
-  ProtobufCMessage *m =
-      protobuf_c_message_unpack(desc, NULL, GRPC_SLICE_LENGTH(all), GRPC_SLICE_START_PTR(all));
+  int err = ps_pb_unpack(desc, GRPC_SLICE_START_PTR(all), GRPC_SLICE_LENGTH(all), out, eb);
   grpc_slice_unref(all);
-  return m;
+  return err;
 }
 
 /* psd_grpc_handle runs C's handler; 0 with the reply in *OUT or a PS_E*
@@ -435,14 +437,16 @@ static int psd_grpc_handle(psd_shard *sh, psd_grpc_call *c, grpc_slice *out, ps_
     return ps_errf(eb, PS_ETOOBIG, "'%s' request of %zu bytes exceeds max_request_bytes %llu",
                    m->path, len, (unsigned long long)sh->cfg->max_request_bytes);
   }
-  ProtobufCMessage *req = psd_grpc_unpack(c->req, m->req_desc);
+  ProtobufCMessage *req;
+  ps_errbuf ueb;
+  int err = psd_grpc_unpack(c->req, m->req_desc, &req, &ueb);
   grpc_byte_buffer_destroy(c->req);
   c->req = NULL;
-  if (!req) {
+  if (err < 0) {
     psd_shard_count_error(sh);
-    return ps_errf(eb, PS_EINVAL, "cannot parse the '%s' request", m->path);
+    return ps_errf(eb, err, "cannot parse the '%s' request: %s", m->path, ueb.msg);
   }
-  int err = m->handle(c, sh, req, out, eb);
+  err = m->handle(c, sh, req, out, eb);
   if (err != PSD_GRPC_PARKED) protobuf_c_message_free_unpacked(req, NULL);
   return err;
 }

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "ps_log.h"
+#include "ps_pb.h"
 
 static const char *const psd_state_names[] = {
     [PSD_STARTING] = "STARTING", [PSD_RECOVERING] = "RECOVERING", [PSD_SERVING] = "SERVING",
@@ -144,6 +145,18 @@ static int shard_partitions(psd_shard *sh, uint32_t rank, uint32_t **out, size_t
   return 0;
 }
 
+/* psd_shard_check_worker_text checks what a worker says of itself before
+ * the shard keeps it (and psctl status prints it): MODEL empty or a model
+ * name, HOST at most 255 bytes and DEVICE at most 1024, neither with a
+ * control character (ps_pb_unpack already refused bad UTF-8). */
+static int psd_shard_check_worker_text(const char *model, const char *host, const char *device,
+                                       ps_errbuf *eb) {
+  int err = model && *model ? ps_name_check("model", model, eb) : 0;
+  if (err == 0) err = ps_text_check("worker host", host, 255, eb);
+  if (err == 0) err = ps_text_check("worker device", device, 1024, eb);
+  return err;
+}
+
 /* psd_shard_register: see psd_shard.h. */
 int psd_shard_register(psd_shard *sh, const Ps__RegisterWorkerRequest *req,
                        Ps__RegisterWorkerReply *reply, ps_errbuf *eb) {
@@ -153,6 +166,8 @@ int psd_shard_register(psd_shard *sh, const Ps__RegisterWorkerRequest *req,
     return psd_shard_done(sh, ps_errf(eb, PS_ENOTSUP,
                                       "shard %u is not the coordinator (shard %u is)",
                                       sh->me->id, ps_config_coordinator(sh->cfg)->id));
+  if ((err = psd_shard_check_worker_text(req->model, req->host, req->device, eb)) < 0)
+    return psd_shard_done(sh, err);
   uint32_t rank;
   uint64_t start;
   err = psd_clock_register(sh->clock, req->model, req->host, req->pid, req->device,
@@ -180,6 +195,8 @@ int psd_shard_heartbeat(psd_shard *sh, const Ps__HeartbeatRequest *req,
   int err = psd_shard_accepting(sh, eb);
   if (err < 0) return psd_shard_done(sh, err);
   if (!sh->clock) return 0;
+  if ((err = psd_shard_check_worker_text(req->model, req->host, req->device, eb)) < 0)
+    return psd_shard_done(sh, err);
   uint64_t now = psd_shard_now_ms(sh);
   /* A worker this shard declared DEAD learns it here (its rank may have
    * been handed out again): it registers anew. */

@@ -40,6 +40,7 @@
 
 #include "ps_log.h"
 #include "ps_model.h"
+#include "ps_pb.h"
 #include "ps_place.h"
 #include "psd_optim.h"
 
@@ -543,8 +544,7 @@ static int psd_store_pack(const psd_store *s, const Ps__ModelSpec *spec, uint8_t
                           size_t *len, ps_errbuf *eb) {
   Ps__ModelSpec copy = *spec;
   if (!copy.chunk_elems) copy.chunk_elems = s->chunk_elems;
-  if (!copy.name || !copy.name[0] || strlen(copy.name) >= 128)
-    return ps_errf(eb, PS_EINVAL, "model name must have 1 to 127 bytes");
+  if (ps_name_check("model", copy.name, eb) < 0) return PS_EINVAL;
   *len = ps__model_spec__get_packed_size(&copy);
   *out = malloc(*len ? *len : 1);
   if (!*out) return ps_errf(eb, PS_ENOMEM, "out of memory");

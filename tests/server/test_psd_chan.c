@@ -333,6 +333,23 @@ static void bad_before_hello(int fd) {
   raw_frame(fd, &m, 0, 0);
 }
 static void bad_cluster(int fd) { raw_hello(fd, "other"); }
+/* A cluster "test\0junk": protobuf-c would cut it at the NUL and match. */
+static void bad_cluster_nul(int fd) {
+  Ps__ChanMeta m = PS__CHAN_META__INIT;
+  m.op = PS__CHAN_OP__CHAN_HELLO;
+  m.proto_version = PS_CHAN_VERSION;
+  m.cluster = "testXjunk";
+  uint8_t meta[64], hdr[PS_CHAN_HDR_LEN];
+  size_t mlen = ps__chan_meta__pack(&m, meta);
+  uint8_t *x = memchr(meta, 'X', mlen);
+  ck_assert_ptr_nonnull(x);
+  *x = '\0';
+  ps_chan_hdr h = {.magic = PS_CHAN_MAGIC, .version = PS_CHAN_VERSION,
+                   .meta_len = (uint32_t)mlen, .req_id = 1};
+  ps_chan_hdr_encode(hdr, &h);
+  ck_assert_int_eq(write(fd, hdr, sizeof hdr), (ssize_t)sizeof hdr);
+  ck_assert_int_eq(write(fd, meta, mlen), (ssize_t)mlen);
+}
 static void bad_truncated(int fd) {
   raw_hello(fd, "test");
   Ps__ChanMeta m = PS__CHAN_META__INIT;
@@ -372,6 +389,7 @@ START_TEST(test_bad_frames_close_only_their_connection) {
       {"garbage", bad_garbage},         {"request before hello", bad_before_hello},
       {"wrong cluster", bad_cluster},   {"truncated frame", bad_truncated},
       {"oversize data", bad_oversize},  {"undecodable meta", bad_meta},
+      {"cluster with a NUL", bad_cluster_nul},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     int fd = raw_open();

@@ -93,9 +93,12 @@ static int rpc_submit(ps_rpc *r, const Ps__ModelSpec *spec, int replace, Ps__Sub
                      (ProtobufCMessage **)rep, 5000, eb);
 }
 
-static int rpc_push(ps_rpc *r, const char *model, const uint32_t *ids, size_t n, const void *grads,
-                    size_t nbytes, uint64_t *version, ps_errbuf *eb) {
+/* rpc_push_as pushes as WORKER; rpc_push as worker 0. */
+static int rpc_push_as(ps_rpc *r, const char *model, const uint32_t *ids, size_t n,
+                       const void *grads, size_t nbytes, uint32_t worker, uint64_t *version,
+                       ps_errbuf *eb) {
   Ps__PushRequest req = PS__PUSH_REQUEST__INIT;
+  req.worker = worker;
   req.model = (char *)model;
   req.chunk_ids = (uint32_t *)ids;
   req.n_chunk_ids = n;
@@ -109,6 +112,11 @@ static int rpc_push(ps_rpc *r, const char *model, const uint32_t *ids, size_t n,
     protobuf_c_message_free_unpacked(&rep->base, NULL);
   }
   return err;
+}
+
+static int rpc_push(ps_rpc *r, const char *model, const uint32_t *ids, size_t n, const void *grads,
+                    size_t nbytes, uint64_t *version, ps_errbuf *eb) {
+  return rpc_push_as(r, model, ids, n, grads, nbytes, 0, version, eb);
 }
 
 /* rpc_pull returns the values (caller frees) and their count in *N. */
@@ -299,6 +307,81 @@ START_TEST(test_rpc_bad_input) {
 }
 END_TEST
 
+/* rpc_register asks shard R for a rank as MODEL / HOST / DEVICE. */
+static int rpc_register(ps_rpc *r, const char *model, const char *host, const char *device,
+                        ps_errbuf *eb) {
+  Ps__RegisterWorkerRequest req = PS__REGISTER_WORKER_REQUEST__INIT;
+  req.model = (char *)model;
+  req.host = (char *)host;
+  req.device = (char *)device;
+  req.pid = 1;
+  Ps__RegisterWorkerReply *rep = NULL;
+  int err = ps_rpc_call(r, "/ps.Ps/RegisterWorker", &req.base,
+                        &ps__register_worker_reply__descriptor, (ProtobufCMessage **)&rep, 5000,
+                        eb);
+  if (rep) protobuf_c_message_free_unpacked(&rep->base, NULL);
+  return err;
+}
+
+/* What an attacker without credentials tried (issue 10, cases 5 and 8):
+ * made-up worker ids, and names that are not names or not UTF-8.  Each is
+ * refused with a clear message and changes nothing. */
+START_TEST(test_rpc_hostile_ids_and_names) {
+  rpc_model m;
+  rpc_model_init(&m, "hostile", 0.5f);
+  ps_layout l;
+  rpc_layout(&l, &m);
+  ps_errbuf eb;
+  ps_rpc *r = rpc_open(0);
+  Ps__SubmitModelReply *rep = NULL;
+  ck_assert_msg(rpc_submit(r, &m.spec, 0, &rep, &eb) == 0, "submit: %s", eb.msg);
+  protobuf_c_message_free_unpacked(&rep->base, NULL);
+  uint32_t *ids;
+  uint64_t nelems, ver0, ver;
+  size_t nv;
+  int err;
+  long n = ps_layout_shard_chunks(&l, 0, &ids, &nelems);
+  float *before = rpc_pull(r, "hostile", ids, (size_t)n, &nv, &ver0, &err, &eb);
+  float *g = calloc(nelems, sizeof(float));
+  g[0] = 1;
+  /* A worker outside the world (workers.count is 1 here). */
+  for (uint32_t w = 1; w < 200; w += 37) {
+    ck_assert_int_eq(rpc_push_as(r, "hostile", ids, (size_t)n, g, nelems * 4, w, &ver, &eb),
+                     PS_EINVAL);
+    ck_assert_msg(strstr(eb.msg, "is outside this cluster's 1 workers"), "%s", eb.msg);
+  }
+  /* Names. */
+  rpc_model bad;
+  static const char *const bad_names[] = {"bad name", "a/b", "\xff\xfe", "", "x\ny"};
+  for (size_t i = 0; i < sizeof bad_names / sizeof bad_names[0]; i++) {
+    rpc_model_init(&bad, bad_names[i], 0.5f);
+    ck_assert_int_eq(rpc_submit(r, &bad.spec, 0, &rep, &eb), PS_EINVAL);
+    ck_assert_msg(strstr(eb.msg, "bad model name") || strstr(eb.msg, "not valid UTF-8"), "%s",
+                  eb.msg);
+  }
+  ck_assert_int_eq(rpc_register(r, "hostile", "h\xff", "cpu", &eb), PS_EINVAL);
+  ck_assert_msg(strstr(eb.msg, "field 'host' of RegisterWorkerRequest is not valid UTF-8"), "%s",
+                eb.msg);
+  ck_assert_int_eq(rpc_register(r, "hostile", "h\033[2J", "cpu", &eb), PS_EINVAL);
+  ck_assert_str_eq(eb.msg, "worker host holds a control character (byte 1)");
+  ck_assert_int_eq(rpc_register(r, "a b", "h", "cpu", &eb), PS_EINVAL);
+  ck_assert_int_eq(rpc_register(r, "hostile", "h", "\xc0\x80", &eb), PS_EINVAL);
+  /* Nothing changed; the shard still serves. */
+  float *after = rpc_pull(r, "hostile", ids, (size_t)n, &nv, &ver, &err, &eb);
+  ck_assert_int_eq(err, 0);
+  ck_assert_uint_eq(ver, ver0);
+  ck_assert_int_eq(memcmp(before, after, nelems * sizeof(float)), 0);
+  ck_assert_int_eq(rpc_push(r, "hostile", ids, (size_t)n, g, nelems * 4, &ver, &eb), 0);
+  ck_assert_uint_eq(ver, ver0 + 1);
+  free(before);
+  free(after);
+  free(g);
+  free(ids);
+  ps_rpc_close(r);
+  ps_layout_release(&l);
+}
+END_TEST
+
 START_TEST(test_rpc_status_health) {
   ps_errbuf eb;
   for (int s = 0; s < 2; s++) {
@@ -419,6 +502,7 @@ Suite *psd_rpc_suite(void) {
   tcase_add_unchecked_fixture(tc, rpc_up, rpc_down);
   tcase_add_test(tc, test_rpc_submit_push_pull);
   tcase_add_test(tc, test_rpc_bad_input);
+  tcase_add_test(tc, test_rpc_hostile_ids_and_names);
   tcase_add_test(tc, test_rpc_status_health);
   tcase_add_test(tc, test_rpc_same_over_channel);
   suite_add_tcase(s, tc);

@@ -147,6 +147,9 @@ int ps_modelspec_check(const Ps__ModelSpec *spec, ps_errbuf *eb) {
   int err;
   for (size_t t = 0; t < spec->n_tensors; t++)
     if ((err = ps_text_check("tensor name", spec->tensors[t]->name, 255, eb)) < 0) return err;
+  if (!isfinite(spec->clip_norm) || spec->clip_norm < 0)
+    return ps_errf(eb, PS_EINVAL, "model '%s': clip_norm %g is not a finite number >= 0",
+                   spec->name, (double)spec->clip_norm);
   const Ps__OptimizerSpec *o = spec->optimizer;
   if (!o) return ps_errf(eb, PS_EINVAL, "model '%s' has no optimizer", spec->name);
   int known = 0;

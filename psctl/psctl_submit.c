@@ -24,11 +24,14 @@ static const char psctl_submit_usage[] =
     "         [--lr X] [--momentum X] [--beta1 X] [--beta2 X] [--eps X] [--weight-decay X]\n"
     "         [--lr-decay GAMMA --lr-decay-steps N] [--seed N] [--chunk-elems N] [--replace]\n"
     "         [--consistency bsp|ssp|asp] [--staleness S] [--staleness-weight none|inverse]\n"
+    "         [--clip-norm X]\n"
     "Checks the graph file, checks that every shard is up, then registers the model on every\n"
     "shard.  Defaults: sgd, lr 0.01, momentum 0.9, beta1 0.9, beta2 0.999, eps 1e-8, seed 1,\n"
     "the cluster's chunk size, constant lr (--lr-decay: lr * GAMMA^(t/N) after t updates of a\n"
     "chunk).  --replace replaces a model of that name with different settings.\n"
     "Consistency, staleness and staleness weight default to the cluster file's training section.\n"
+    "--clip-norm X: workers scale each step's whole gradient to an L2 norm of at most X before\n"
+    "they push, and shards refuse a chunk whose own gradient norm exceeds X (default 0: none).\n"
     "Exit status: 0, 1 when a shard is down or refuses (it says which shards have the model;\n"
     "run again to complete), 2 on bad usage or a bad file.\n";
 
@@ -40,6 +43,7 @@ typedef struct psctl_submit_opts {
   int replace;
   const char *consistency, *staleness_weight; /* NULL: the cluster file's */
   int64_t staleness;                          /* -1: the cluster file's */
+  double clip_norm;                           /* 0: no clipping */
 } psctl_submit_opts;
 
 /* A float option: its letter and where it goes. */
@@ -84,7 +88,7 @@ static int psctl_submit_args(int argc, char **argv, psctl_submit_opts *o) {
       {"chunk-elems", required_argument, 0, 'C'}, {"replace", no_argument, 0, 'r'},
       {"lr-decay", required_argument, 0, 'g'},  {"lr-decay-steps", required_argument, 0, 'G'},
       {"consistency", required_argument, 0, 'K'}, {"staleness", required_argument, 0, 'S'},
-      {"staleness-weight", required_argument, 0, 'W'},
+      {"staleness-weight", required_argument, 0, 'W'}, {"clip-norm", required_argument, 0, 'N'},
       {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
   memset(o, 0, sizeof *o);
   ps__optimizer_spec__init(&o->opt);
@@ -115,6 +119,9 @@ static int psctl_submit_args(int argc, char **argv, psctl_submit_opts *o) {
       case 'S':
         bad = psctl_parse_u64("submit", "staleness", optarg, 0, 1000000, &v);
         o->staleness = (int64_t)v;
+        break;
+      case 'N':
+        bad = psctl_parse_double("submit", "clip-norm", optarg, 0, FLT_MAX, &o->clip_norm);
         break;
       case 'h': fputs(psctl_submit_usage, stdout); return -1;
       case '?': bad = 1; break;
@@ -235,6 +242,7 @@ int psctl_submit_main(int argc, char **argv) {
     goto free_graph;
   }
   spec->seed = o.seed, spec->chunk_elems = o.chunk_elems, spec->optimizer = &o.opt;
+  spec->clip_norm = (float)o.clip_norm;
   if (ps_modelspec_check(spec, &eb)) {
     fprintf(stderr, "psctl submit: %s\n", eb.msg);
     goto free_spec;

@@ -5,17 +5,26 @@
  * branches, so the compiler vectorises them. */
 #include "psd_optim.h"
 
+#include <float.h>
 #include <math.h>
 #include <string.h>
 
 typedef void psd_optim_apply_fn(const psd_optim *o, float *restrict w, float *restrict s,
                                 const float *restrict g, uint32_t n, uint64_t step);
 
+/* What bounds an update: the current bounds B, |g| <= G (weight decay
+ * already folded in: G = gmax + wd * w), the step's learning rate LR.
+ * Writes the bounds after the update to *A and returns the largest value
+ * the update computes on the way (intermediates included). */
+typedef double psd_optim_predict_fn(const psd_optim *o, const psd_optim_bounds *b, double g,
+                                    double lr, uint64_t step, psd_optim_bounds *a);
+
 struct psd_optim_kind {
   const char *name;
   unsigned slots;
   float eps_default;
   psd_optim_apply_fn *apply;
+  psd_optim_predict_fn *predict;
 };
 
 /* psd_optim_sgd: w -= lr * (g + wd * w). */
@@ -79,12 +88,70 @@ static void psd_optim_adagrad(const psd_optim *o, float *restrict w, float *rest
   }
 }
 
+/* ---- bounds of one update (psd_optim_predict), kind by kind -------------- */
+
+static double psd_optim_max(double a, double b) { return a > b ? a : b; }
+
+/* The bound functions follow the loops above term by term in real
+ * arithmetic; float rounding stays far inside PSD_OPTIM_SAFE's margin.
+ * A result of INFINITY means "not certain" (a zero eps, say). */
+static double psd_optim_sgd_bound(const psd_optim *o, const psd_optim_bounds *b, double g,
+                                  double lr, uint64_t step, psd_optim_bounds *a) {
+  (void)o, (void)step;
+  a->w = (float)(b->w + lr * g);
+  return psd_optim_max(g, (double)b->w + lr * g);
+}
+
+static double psd_optim_momentum_bound(const psd_optim *o, const psd_optim_bounds *b, double g,
+                                       double lr, uint64_t step, psd_optim_bounds *a) {
+  (void)step;
+  double v = o->momentum * (double)b->s[0] + g;
+  a->s[0] = (float)v;
+  a->w = (float)(b->w + lr * v);
+  return psd_optim_max(psd_optim_max(g, v), (double)b->w + lr * v);
+}
+
+static double psd_optim_nesterov_bound(const psd_optim *o, const psd_optim_bounds *b, double g,
+                                       double lr, uint64_t step, psd_optim_bounds *a) {
+  (void)step;
+  double v = o->momentum * (double)b->s[0] + g, step_w = g + o->momentum * v;
+  a->s[0] = (float)v;
+  a->w = (float)(b->w + lr * step_w);
+  return psd_optim_max(psd_optim_max(step_w, v), (double)b->w + lr * step_w);
+}
+
+static double psd_optim_adam_bound(const psd_optim *o, const psd_optim_bounds *b, double g,
+                                   double lr, uint64_t step, psd_optim_bounds *a) {
+  double t = (double)(step ? step : 1);
+  double lr_t = lr * sqrt(1.0 - pow(o->beta2, t)) / (1.0 - pow(o->beta1, t));
+  double m = o->beta1 * (double)b->s[0] + (1.0 - o->beta1) * g;
+  double v = o->beta2 * (double)b->s[1] + (1.0 - o->beta2) * g * g;
+  if (!(o->eps >= FLT_MIN)) return INFINITY; /* a subnormal eps is flushed to 0 */
+  double w = b->w + lr_t * m / o->eps;
+  a->s[0] = (float)m;
+  a->s[1] = (float)v;
+  a->w = (float)w;
+  return psd_optim_max(psd_optim_max(g * g, v), psd_optim_max(lr_t * m, w));
+}
+
+static double psd_optim_adagrad_bound(const psd_optim *o, const psd_optim_bounds *b, double g,
+                                      double lr, uint64_t step, psd_optim_bounds *a) {
+  (void)step;
+  /* |g| / (sqrt(G + g^2) + eps) <= 1: the step moves w by at most lr
+   * (2 lr with rounding); with eps 0 a zero g would make 0 / 0. */
+  if (!(o->eps >= FLT_MIN)) return INFINITY;
+  double G = (double)b->s[0] + g * g;
+  a->s[0] = (float)G;
+  a->w = (float)(b->w + 2 * lr);
+  return psd_optim_max(G, (double)a->w + lr * g);
+}
+
 static const psd_optim_kind psd_optim_kinds[] = {
-    {"sgd", 0, 0.0f, psd_optim_sgd},
-    {"momentum", 1, 0.0f, psd_optim_momentum},
-    {"nesterov", 1, 0.0f, psd_optim_nesterov},
-    {"adam", 2, 1e-8f, psd_optim_adam},
-    {"adagrad", 1, 1e-10f, psd_optim_adagrad},
+    {"sgd", 0, 0.0f, psd_optim_sgd, psd_optim_sgd_bound},
+    {"momentum", 1, 0.0f, psd_optim_momentum, psd_optim_momentum_bound},
+    {"nesterov", 1, 0.0f, psd_optim_nesterov, psd_optim_nesterov_bound},
+    {"adam", 2, 1e-8f, psd_optim_adam, psd_optim_adam_bound},
+    {"adagrad", 1, 1e-10f, psd_optim_adagrad, psd_optim_adagrad_bound},
 };
 
 /* psd_optim_default returns V, or DEF when V is 0 (proto3: unset). */
@@ -127,6 +194,56 @@ void psd_optim_init_slots(const psd_optim *o, float *slots, uint32_t n) {
   if (o->kind->slots) memset(slots, 0, (size_t)n * o->kind->slots * sizeof *slots);
 }
 
+/* psd_optim_step_lr returns the learning rate of update STEP (decayed). */
+static double psd_optim_step_lr(const psd_optim *o, uint64_t step) {
+  if (o->lr_decay == 1.0f || step <= 1) return o->lr;
+  return (float)(o->lr * pow(o->lr_decay, (double)(step - 1) / o->lr_decay_steps));
+}
+
+/* psd_optim_predict: see psd_optim.h. */
+int psd_optim_predict(const psd_optim *o, const psd_optim_bounds *b, double gmax, uint64_t step,
+                      psd_optim_bounds *after) {
+  double g = gmax + (double)o->weight_decay * b->w;
+  *after = *b;
+  double top = o->kind->predict(o, b, g, psd_optim_step_lr(o, step), step, after);
+  return top < PSD_OPTIM_SAFE; /* false for NaN too */
+}
+
+/* psd_optim_absmax_bits returns max |x| over N floats as the bits of |x|
+ * (monotone in |x| for finite floats; >= 0x7f800000 when one is not
+ * finite): an integer reduction, so the loop vectorises. */
+static uint32_t psd_optim_absmax_bits(const float *x, size_t n) {
+  uint32_t top = 0;
+  for (size_t i = 0; i < n; i++) {
+    uint32_t u;
+    memcpy(&u, &x[i], 4);
+    u &= 0x7fffffffu;
+    top = u > top ? u : top;
+  }
+  return top;
+}
+
+/* psd_optim_absmax: see psd_optim.h. */
+float psd_optim_absmax(const float *x, size_t n) {
+  uint32_t bits = psd_optim_absmax_bits(x, n);
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+
+/* psd_optim_measure: see psd_optim.h. */
+int psd_optim_measure(const psd_optim *o, const float *w, uint32_t n, psd_optim_bounds *b) {
+  uint32_t bits[1 + PSD_OPTIM_MAX_SLOTS] = {0}, worst = 0;
+  for (unsigned k = 0; k <= o->kind->slots; k++) {
+    bits[k] = psd_optim_absmax_bits(w + (size_t)k * n, n);
+    worst = bits[k] > worst ? bits[k] : worst;
+  }
+  memset(b, 0, sizeof *b);
+  memcpy(&b->w, &bits[0], 4);
+  for (unsigned k = 0; k < o->kind->slots; k++) memcpy(&b->s[k], &bits[1 + k], 4);
+  return worst < 0x7f800000u ? 0 : -1;
+}
+
 /* psd_optim_apply: one update of one chunk through the kind's table entry. */
 void psd_optim_apply(const psd_optim *o, float *w, float *slots, const float *g, uint32_t n,
                      uint64_t step) {
@@ -135,6 +252,6 @@ void psd_optim_apply(const psd_optim *o, float *w, float *slots, const float *g,
     return;
   }
   psd_optim decayed = *o;
-  decayed.lr = (float)(o->lr * pow(o->lr_decay, (double)(step - 1) / o->lr_decay_steps));
+  decayed.lr = (float)psd_optim_step_lr(o, step);
   o->kind->apply(&decayed, w, slots, g, n, step);
 }

@@ -54,6 +54,37 @@ const char *psd_optim_name(const psd_optim *o);
  * values (zeros for every kind). */
 void psd_optim_init_slots(const psd_optim *o, float *slots, uint32_t n);
 
+/* Every parameter and optimizer slot stays finite (issue 10): a push is
+ * refused whole when any of its updates would leave one non-finite.  To
+ * keep that check off the hot path, each chunk carries bounds on the
+ * magnitudes it holds, and psd_optim_predict bounds an update from them:
+ * when every value the update computes stays below PSD_OPTIM_SAFE, the
+ * update is certainly finite and runs in place at full speed; only
+ * otherwise does the store try it on a copy first (psd_optim_measure). */
+#define PSD_OPTIM_MAX_SLOTS 2
+#define PSD_OPTIM_SAFE 1e37 /* FLT_MAX / 34: room for float rounding */
+
+typedef struct psd_optim_bounds {
+  float w;                        /* max |value| */
+  float s[PSD_OPTIM_MAX_SLOTS];   /* max |slot k| */
+} psd_optim_bounds;
+
+/* psd_optim_predict bounds one update at STEP (as psd_optim_apply's) of a
+ * chunk whose magnitudes are bounded by *B, with |gradient| <= GMAX.
+ * Returns 1 and the bounds after the update in *AFTER when every value it
+ * computes stays below PSD_OPTIM_SAFE; 0 when that is not certain. */
+int psd_optim_predict(const psd_optim *o, const psd_optim_bounds *b, double gmax, uint64_t step,
+                      psd_optim_bounds *after);
+
+/* psd_optim_absmax returns max |x| over the N floats at X, or a value
+ * that is not finite when one of them is not (one vectorised pass). */
+float psd_optim_absmax(const float *x, size_t n);
+
+/* psd_optim_measure writes to *B the exact bounds of the chunk at W (N
+ * values followed by its slots); returns 0 when every float is finite,
+ * else -1. */
+int psd_optim_measure(const psd_optim *o, const float *w, uint32_t n, psd_optim_bounds *b);
+
 /* psd_optim_apply applies gradient G (N floats) to weights W and SLOTS (N
  * * slots floats) of one chunk.  STEP is the chunk's update count including
  * this one (1 for the first update; Adam's bias correction uses it).  W,

@@ -49,6 +49,7 @@ typedef struct psd_cstate {
   uint64_t step; /* updates applied (Adam's t) */
   uint8_t dirty;
   uint8_t filled;/* data holds a restored or initialised state */
+  psd_optim_bounds bound; /* on the magnitudes in data (psd_optim.h) */
 } psd_cstate;
 
 typedef struct psd_model {
@@ -89,6 +90,10 @@ struct psd_store {
   uint64_t next_gen;
   float *scratch;        /* a weighted chunk gradient */
   size_t scratch_cap;    /* floats */
+  float *trial;          /* a chunk's state, to try an uncertain update on */
+  size_t trial_cap;      /* floats */
+  psd_optim_bounds *after; /* a push's chunk bounds once applied */
+  size_t after_cap;      /* entries */
 };
 
 typedef struct psd_flush_ref {
@@ -258,6 +263,8 @@ static int psd_model_fill(psd_model *m, ps_errbuf *eb) {
                           ch->len, ti->fan_in, ti->fan_out);
     if (rc < 0) return ps_errf(eb, rc, "tensor '%s': unknown initializer '%s'", ts->name, init);
     psd_optim_init_slots(&m->optim, c->data + ch->len, ch->len);
+    if (psd_optim_measure(&m->optim, c->data, ch->len, &c->bound) < 0)
+      return ps_errf(eb, PS_EINVAL, "tensor '%s': initial values are not finite", ts->name);
     c->step = 0;
     c->filled = 1;
   }
@@ -465,6 +472,9 @@ static int psd_store_visit_chunk(psd_store *s, const char *k, size_t klen, const
                    m->spec->name);
   psd_cstate *c = &m->chunks[id];
   memcpy(c->data, v + PSD_HDR, bytes);
+  /* A restored chunk that is not finite (written before updates were
+   * checked) keeps unbounded bounds: every push to it is tried first. */
+  psd_optim_measure(&m->optim, c->data, ch->len, &c->bound);
   c->step = psd_store_get64(v + 8);
   c->filled = 1;
   return 0;
@@ -533,6 +543,8 @@ void psd_store_close(psd_store *s) {
   free(s->shard_ids);
   free(s->dir);
   free(s->scratch);
+  free(s->trial);
+  free(s->after);
   free(s);
 }
 
@@ -674,18 +686,6 @@ int psd_store_payload_elems(const psd_store *s, const char *model, const uint32_
   return psd_store_check_ids(s, m, ids, nids, nelems, eb);
 }
 
-/* psd_store_finite says whether N floats at G are all finite (an integer
- * test on the exponent bits, so the loop vectorises). */
-static int psd_store_finite(const float *g, uint32_t n) {
-  uint32_t bad = 0;
-  for (uint32_t i = 0; i < n; i++) {
-    uint32_t u;
-    memcpy(&u, &g[i], 4);
-    bad |= (u & 0x7f800000u) == 0x7f800000u;
-  }
-  return !bad;
-}
-
 /* psd_tau_bucket returns the histogram bucket of TAU: 0, 1, 2, 3-4, 5-8,
  * 9-16, >16. */
 unsigned psd_tau_bucket(uint64_t tau) {
@@ -695,14 +695,14 @@ unsigned psd_tau_bucket(uint64_t tau) {
   return PSD_TAU_BUCKETS - 1;
 }
 
-/* psd_store_scratch makes the scratch buffer hold LEN floats; 0 or
- * PS_ENOMEM. */
-static int psd_store_scratch(psd_store *s, size_t len) {
-  if (len <= s->scratch_cap) return 0;
-  float *n = realloc(s->scratch, len * sizeof *n);
-  if (!n) return PS_ENOMEM;
-  s->scratch = n;
-  s->scratch_cap = len;
+/* psd_store_reserve makes *BUF (of *CAP elements of SIZE bytes) hold N;
+ * 0 or PS_ENOMEM. */
+static int psd_store_reserve(void **buf, size_t *cap, size_t n, size_t size) {
+  if (n <= *cap) return 0;
+  void *p = realloc(*buf, n * size);
+  if (!p) return PS_ENOMEM;
+  *buf = p;
+  *cap = n;
   return 0;
 }
 
@@ -712,6 +712,55 @@ static const float *psd_store_weighted(psd_store *s, const float *g, uint32_t le
   for (uint32_t i = 0; i < len; i++) s->scratch[i] = g[i] * w;
   return s->scratch;
 }
+
+/* psd_store_norm returns the L2 norm of N floats at G (in double, four
+ * sums so the adds overlap). */
+static double psd_store_norm(const float *g, uint32_t n) {
+  double a[4] = {0, 0, 0, 0};
+  uint32_t i = 0;
+  for (; i + 4 <= n; i += 4)
+    for (int k = 0; k < 4; k++) a[k] += (double)g[i + k] * g[i + k];
+  for (; i < n; i++) a[0] += (double)g[i] * g[i];
+  return sqrt(a[0] + a[1] + a[2] + a[3]);
+}
+
+/* psd_store_check_chunk checks the push of gradient G (weighted by W) to
+ * chunk ID of M before anything changes: finite, within the model's
+ * clip_norm, and an update that leaves every value finite (by the chunk's
+ * bounds, or else tried on a copy).  Writes the chunk's bounds after the
+ * update to *AFTER.  0 or PS_EINVAL / PS_ENOMEM with a message. */
+static int psd_store_check_chunk(psd_store *s, const psd_model *m, uint32_t id, const float *g,
+                                 float w, psd_optim_bounds *after, ps_errbuf *eb) {
+  const psd_cstate *c = &m->chunks[id];
+  uint32_t len = m->layout.chunks[id].len;
+  float gmax = psd_optim_absmax(g, len);
+  if (!isfinite(gmax))
+    return ps_errf(eb, PS_EINVAL, "gradient of chunk %" PRIu32 " of model '%s' is not finite", id,
+                   m->spec->name);
+  float clip = m->spec->clip_norm;
+  if (clip > 0) {
+    double norm = psd_store_norm(g, len);
+    if (norm > clip * (1 + 1e-3)) /* room for the worker's float rounding */
+      return ps_errf(eb, PS_EINVAL,
+                     "gradient of chunk %" PRIu32 " of model '%s' has norm %g, over its clip_norm %g",
+                     id, m->spec->name, norm, (double)clip);
+  }
+  if (psd_optim_predict(&m->optim, &c->bound, (double)gmax * w, c->step + 1, after)) return 0;
+  /* Not certain: try the update on a copy of the chunk. */
+  size_t n = (size_t)len * (1 + m->slots);
+  if (psd_store_reserve((void **)&s->trial, &s->trial_cap, n, sizeof(float)) < 0)
+    return ps_errf(eb, PS_ENOMEM, "out of memory checking a push to '%s'", m->spec->name);
+  memcpy(s->trial, c->data, n * sizeof(float));
+  const float *gw = w != 1.0f ? psd_store_weighted(s, g, len, w) : g;
+  psd_optim_apply(&m->optim, s->trial, s->trial + len, gw, len, c->step + 1);
+  if (psd_optim_measure(&m->optim, s->trial, len, after) < 0)
+    return ps_errf(eb, PS_EINVAL,
+                   "push to chunk %" PRIu32 " of model '%s' would make a parameter or optimizer "
+                   "state non-finite (largest |gradient| %g); refused, nothing changed",
+                   id, m->spec->name, (double)gmax);
+  return 0;
+}
+
 
 /* psd_store_push: see psd_store.h.  Everything is checked before the
  * first chunk changes (invariant 2). */
@@ -726,24 +775,20 @@ int psd_store_push(psd_store *s, const char *model, const uint32_t *ids, size_t 
   if (rc < 0) return rc;
   if (nelems != want || (nelems && !grads))
     return ps_errf(eb, PS_EINVAL, "push of %" PRIu64 " elements, chunks hold %" PRIu64, nelems, want);
-  const float *g = grads;
-  for (size_t i = 0; i < nids; i++) {
-    uint32_t len = m->layout.chunks[ids[i]].len;
-    if (!psd_store_finite(g, len))
-      return ps_errf(eb, PS_EINVAL, "gradient of chunk %" PRIu32 " of model '%s' is not finite",
-                     ids[i], m->spec->name);
-    g += len;
-  }
   /* tau: updates applied since the version the gradients were computed
    * on (a version from before a restore or replace counts as fresh). */
   uint64_t tau = version_seen <= m->version ? m->version - version_seen : 0;
   float w = m->inverse ? 1.0f / (1.0f + (float)tau) : 1.0f;
-  if (w != 1.0f) {
-    uint32_t maxlen = 0;
-    for (size_t i = 0; i < nids; i++)
-      if (m->layout.chunks[ids[i]].len > maxlen) maxlen = m->layout.chunks[ids[i]].len;
-    if (psd_store_scratch(s, maxlen) < 0)
-      return ps_errf(eb, PS_ENOMEM, "out of memory weighting a push to '%s'", model);
+  uint32_t maxlen = 0;
+  for (size_t i = 0; i < nids; i++)
+    if (m->layout.chunks[ids[i]].len > maxlen) maxlen = m->layout.chunks[ids[i]].len;
+  if (psd_store_reserve((void **)&s->scratch, &s->scratch_cap, maxlen, sizeof(float)) < 0 ||
+      psd_store_reserve((void **)&s->after, &s->after_cap, nids, sizeof *s->after) < 0)
+    return ps_errf(eb, PS_ENOMEM, "out of memory for a push to '%s'", model);
+  const float *g = grads;
+  for (size_t i = 0; i < nids; i++) {
+    if ((rc = psd_store_check_chunk(s, m, ids[i], g, w, &s->after[i], eb)) < 0) return rc;
+    g += m->layout.chunks[ids[i]].len;
   }
   m->tau_hist[psd_tau_bucket(tau)]++;
   g = grads;
@@ -751,6 +796,7 @@ int psd_store_push(psd_store *s, const char *model, const uint32_t *ids, size_t 
     uint32_t len = m->layout.chunks[ids[i]].len;
     psd_cstate *c = &m->chunks[ids[i]];
     c->step++;
+    c->bound = s->after[i];
     const float *gw = w != 1.0f ? psd_store_weighted(s, g, len, w) : g;
     psd_optim_apply(&m->optim, c->data, c->data + len, gw, len, c->step);
     if (!c->dirty) {

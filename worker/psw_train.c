@@ -299,8 +299,20 @@ static uint32_t run_gather(psw_run *x, uint64_t s) {
   return n;
 }
 
+/* run_clip scales the N gradients at G to an L2 norm of at most CLIP
+ * (the model's clip_norm; clipping by global norm needs the whole
+ * gradient, which only the worker sees). */
+static void run_clip(float *g, uint64_t n, float clip) {
+  double sum = 0;
+  for (uint64_t i = 0; i < n; i++) sum += (double)g[i] * g[i];
+  double norm = sqrt(sum);
+  if (!(norm > clip)) return;
+  float scale = (float)(clip / norm);
+  for (uint64_t i = 0; i < n; i++) g[i] *= scale;
+}
+
 /* run_compute runs forward/backward of batch S on parameter buffer B into
- * gradient buffer B and adds it to ACC. */
+ * gradient buffer B (clipped to the model's clip_norm) and adds it to ACC. */
 static int run_compute(psw_run *x, uint64_t s, int b, psw_epoch_acc *acc, ps_errbuf *eb) {
   psw_batch batch = {.n = run_gather(x, s), .x = x->xb, .labels = x->yb};
   float loss = 0;
@@ -311,6 +323,8 @@ static int run_compute(psw_run *x, uint64_t s, int b, psw_epoch_acc *acc, ps_err
   if (!isfinite(loss))
     return ps_errf(eb, PS_EINVAL, "step %llu: loss is %f; stopping rather than pushing it",
                    (unsigned long long)x->clock, (double)loss);
+  float clip = psw_client_spec(x->cl)->clip_norm;
+  if (clip > 0) run_clip(psw_client_grads(x->cl, b), psw_client_nparams(x->cl), clip);
   acc->loss_sum += (double)loss * batch.n;
   acc->correct += correct;
   acc->samples += batch.n;

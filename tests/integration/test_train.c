@@ -182,10 +182,11 @@ static void tt_blobs(const char *path, int n, uint64_t s) {
 }
 
 /* tt_blob_run trains a 16-32-3 ReLU MLP (Adam lr 0.01, 4 epochs of batch
- * 32, seed 1) on a fresh 1-shard cluster with program PROG as the one
- * worker on DEVICE, and returns its log (the caller frees it). */
+ * 32, seed 1; submitted with --clip-norm CLIP unless it is NULL) on a
+ * fresh 1-shard cluster with program PROG as the one worker on DEVICE,
+ * and returns its log (the caller frees it). */
 static char *tt_blob_run(const char *prog, const char *device, const char *train,
-                         const char *test) {
+                         const char *test, const char *clip) {
   tt_ctx x = {0};
   snprintf(x.dir, sizeof x.dir, "%s", ps_test_tmpdir());
   char extra[2048];
@@ -203,7 +204,8 @@ static char *tt_blob_run(const char *prog, const char *device, const char *train
   char *model[] = {(char *)ps_test_bin("psctl"), "model", "mlp", "--layers", "16,32,3", "-o", pb, NULL};
   ck_assert_msg(ps_test_run(model, log, 20000) == 0, "psctl model failed; see %s", log);
   char *submit[] = {(char *)ps_test_bin("psctl"), "submit", pb, "--name", "m", "--config", x.yaml,
-                    "--optimizer", "adam", "--lr", "0.01", NULL};
+                    "--optimizer", "adam", "--lr", "0.01", clip ? "--clip-norm" : NULL,
+                    (char *)clip, NULL};
   ck_assert_msg(ps_test_run(submit, log, 30000) == 0, "psctl submit failed; see %s", log);
   snprintf(log, sizeof log, "%s/psw.log", x.dir);
   char *argv[] = {(char *)ps_test_bin(prog), "--config", x.yaml, "--rank", "0", "--workers", "1", NULL};
@@ -227,8 +229,8 @@ START_TEST(test_train_mlp_cuda_emulated) {
   snprintf(test, sizeof test, "%s/test.csv", dir);
   tt_blobs(train, 768, 0x9e3779b97f4a7c15ull);
   tt_blobs(test, 300, 0xd1b54a32d192ed03ull);
-  char *cpu = tt_blob_run("psw", "cpu", train, test);
-  char *emu = tt_blob_run("psw_cuda_emu", "cuda", train, test);
+  char *cpu = tt_blob_run("psw", "cpu", train, test, NULL);
+  char *emu = tt_blob_run("psw_cuda_emu", "cuda", train, test, NULL);
   ck_assert_msg(strstr(emu, "device cuda:0: cuda_emu") != NULL, "the emulated worker's log: %s", emu);
   ck_assert_msg(strstr(cpu, "device cpu: ") != NULL, "the CPU worker's log: %s", cpu);
   const char *lc = ps_test_last_line(cpu), *le = ps_test_last_line(emu);
@@ -245,6 +247,24 @@ START_TEST(test_train_mlp_cuda_emulated) {
 }
 END_TEST
 
+/* --clip-norm: the shards refuse any chunk whose gradient norm exceeds
+ * it, so a worker that did not clip its whole gradient first would fail
+ * at its first push; psw clips, trains to the end, and Adam (invariant
+ * to the gradient's scale) still learns the blobs. */
+START_TEST(test_train_clip_norm) {
+  char dir[512], train[600], test[600];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  snprintf(train, sizeof train, "%s/train.csv", dir);
+  snprintf(test, sizeof test, "%s/test.csv", dir);
+  tt_blobs(train, 768, 0x9e3779b97f4a7c15ull);
+  tt_blobs(test, 300, 0xd1b54a32d192ed03ull);
+  char *log = tt_blob_run("psw", "cpu", train, test, "0.01");
+  double acc = ps_test_json_num(ps_test_last_line(log), "test_accuracy");
+  ck_assert_msg(acc >= 0.8, "with --clip-norm 0.01 the worker reached only %.4f", acc);
+  free(log);
+}
+END_TEST
+
 Suite *psw_train_suite(void) {
   Suite *s = suite_create("psw_train");
   TCase *tc = tcase_create("logreg");
@@ -253,6 +273,7 @@ Suite *psw_train_suite(void) {
   tcase_add_test(tc, test_train_logreg_two_workers);
   tcase_add_test(tc, test_train_unknown_model_and_sigterm);
   tcase_add_test(tc, test_train_mlp_cuda_emulated);
+  tcase_add_test(tc, test_train_clip_norm);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -212,6 +212,64 @@ START_TEST(test_loops_match_reference) {
 }
 END_TEST
 
+/* psd_optim_predict's bounds hold: over random chunks and gradients of
+ * magnitudes from 1e-3 to 1e36, for every kind (weight decay and lr decay
+ * on), whenever it says an update is certain, every value after it is
+ * finite and within the bounds it gave; and it says so for ordinary
+ * training magnitudes, so the fast path is the common one. */
+START_TEST(test_predict_bounds_hold) {
+  static const char *const kinds[] = {"sgd", "momentum", "nesterov", "adam", "adagrad"};
+  enum { N = 64 };
+  uint64_t seed = 12345;
+  for (size_t k = 0; k < 5; k++) {
+    Ps__OptimizerSpec spec = PS__OPTIMIZER_SPEC__INIT;
+    spec.kind = (char *)kinds[k];
+    spec.lr = 0.5f;
+    spec.weight_decay = 0.01f;
+    spec.lr_decay = 0.9f;
+    spec.lr_decay_steps = 3;
+    psd_optim o;
+    ps_errbuf eb;
+    ck_assert_int_eq(psd_optim_init(&o, &spec, &eb), 0);
+    unsigned slots = psd_optim_slots(&o);
+    int certain = 0, ordinary_certain = 0, ordinary = 0;
+    for (int trial = 0; trial < 400; trial++) {
+      float st[N * 3], g[N];
+      double gscale = pow(10, -3 + (trial % 40)), wscale = pow(10, -2 + (trial / 40) * 4);
+      for (int i = 0; i < N * (1 + (int)slots); i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        double u = (double)(seed >> 11) / 9007199254740992.0 - 0.5;
+        st[i] = (float)(u * wscale);
+        if (i >= N && (k == 4 || i >= 2 * N)) st[i] = st[i] * st[i]; /* Adam's v, AdaGrad's G */
+      }
+      for (int i = 0; i < N; i++) {
+        seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+        g[i] = (float)(((double)(seed >> 11) / 9007199254740992.0 - 0.5) * gscale);
+      }
+      psd_optim_bounds b, after, got;
+      if (psd_optim_measure(&o, st, N, &b) < 0) continue;
+      uint64_t step = 1 + (uint64_t)(trial % 7);
+      int sure = psd_optim_predict(&o, &b, psd_optim_absmax(g, N), step, &after);
+      int plain = gscale <= 1e3 && wscale <= 1e2;
+      ordinary += plain;
+      ordinary_certain += plain && sure;
+      if (!sure) continue;
+      certain++;
+      psd_optim_apply(&o, st, st + N, g, N, step);
+      ck_assert_msg(psd_optim_measure(&o, st, N, &got) == 0, "%s: certain update not finite",
+                    kinds[k]);
+      ck_assert_msg(got.w <= after.w * 1.0001f, "%s: |w| %g over its bound %g", kinds[k],
+                    (double)got.w, (double)after.w);
+      for (unsigned j = 0; j < slots; j++)
+        ck_assert_msg(got.s[j] <= after.s[j] * 1.0001f, "%s: |slot %u| %g over its bound %g",
+                      kinds[k], j, (double)got.s[j], (double)after.s[j]);
+    }
+    ck_assert_msg(certain > 0 && ordinary_certain == ordinary, "%s: %d of %d ordinary updates certain",
+                  kinds[k], ordinary_certain, ordinary);
+  }
+}
+END_TEST
+
 Suite *psd_optim_suite(void) {
   Suite *s = suite_create("psd_optim");
   TCase *tc = tcase_create("core");
@@ -223,6 +281,7 @@ Suite *psd_optim_suite(void) {
   tcase_add_test(tc, test_adagrad);
   tcase_add_test(tc, test_bad_specs);
   tcase_add_test(tc, test_loops_match_reference);
+  tcase_add_test(tc, test_predict_bounds_hold);
   suite_add_tcase(s, tc);
   return s;
 }

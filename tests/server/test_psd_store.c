@@ -126,6 +126,16 @@ static uint64_t version_of(psd_store *s) {
   return info.version;
 }
 
+static uint64_t version_of_model(psd_store *s, const char *name) {
+  for (size_t i = 0; i < psd_store_nmodels(s); i++) {
+    psd_model_info info;
+    psd_store_model_info(s, i, &info);
+    if (!strcmp(info.name, name)) return info.version;
+  }
+  ck_abort_msg("no model '%s'", name);
+  return 0;
+}
+
 static char *path_in(const char *dir, const char *leaf) {
   static char buf[4][600];
   static int k;
@@ -415,6 +425,90 @@ START_TEST(test_submit_hostile) {
 }
 END_TEST
 
+/* chunk_bytes copies chunk ID of model NAME (values and slots). */
+static float *chunk_bytes(psd_store *s, const char *name, uint32_t id, size_t *n) {
+  const float *d;
+  uint32_t len;
+  unsigned slots;
+  ck_assert_int_eq(psd_store_chunk_state(s, name, id, &d, &len, &slots, NULL), 0);
+  *n = (size_t)len * (1 + slots);
+  float *c = malloc(*n * sizeof *c);
+  memcpy(c, d, *n * sizeof *c);
+  return c;
+}
+
+/* Huge but finite gradients (issue 10, case 6): an update that would
+ * leave a value or a slot non-finite is refused whole with every chunk
+ * unchanged (SGD lr 1 and two pushes of 3e38 made -inf then NaN; Adam
+ * with one push of 1e30 froze its chunk), and clip_norm bounds a
+ * chunk's gradient. */
+START_TEST(test_push_never_poisons) {
+  const char *tmp = ps_test_tmpdir();
+  spec_buf sb;
+  ps_errbuf eb;
+  uint64_t version;
+  psd_store *s = open_store(tmp, 0, 1);
+  static const char *const kinds[] = {"sgd", "adam"};
+  static const float huge[] = {3e38f, 1e30f};
+  for (int k = 0; k < 2; k++) {
+    Ps__ModelSpec *spec = make_spec(&sb, kinds[k], 1, kinds[k]);
+    sb.opt.lr = 1;
+    submit(s, spec);
+    const uint32_t *held;
+    size_t n;
+    uint64_t elems;
+    ck_assert_int_eq(psd_store_held(s, kinds[k], &held, &n, &elems), 0);
+    ck_assert_uint_ge(n, 2);
+    float *g = calloc(elems, sizeof *g);
+    for (uint64_t i = 0; i < elems; i++) g[i] = 0.01f;
+    uint32_t last = held[n - 1];
+    uint64_t at = elems - 1; /* the last chunk's last element */
+    g[at] = huge[k];
+    /* SGD's first push stays finite (-3e38); its second would not. */
+    int pushes_ok = k == 0 ? 1 : 0;
+    for (int p = 0; p < pushes_ok; p++)
+      ck_assert_msg(psd_store_push(s, kinds[k], held, n, g, elems, 0, 0, 0, &version, &eb) == 0,
+                    "%s", eb.msg);
+    size_t nb, nf;
+    float *first = chunk_bytes(s, kinds[k], held[0], &nf);
+    float *before = chunk_bytes(s, kinds[k], last, &nb);
+    uint64_t v0 = version_of_model(s, kinds[k]);
+    ck_assert_int_eq(psd_store_push(s, kinds[k], held, n, g, elems, 0, 1, 0, &version, &eb),
+                     PS_EINVAL);
+    ck_assert_msg(strstr(eb.msg, "would make a parameter or optimizer state non-finite"), "%s",
+                  eb.msg);
+    float *first2 = chunk_bytes(s, kinds[k], held[0], &nf);
+    float *after = chunk_bytes(s, kinds[k], last, &nb);
+    ck_assert_int_eq(memcmp(before, after, nb * sizeof(float)), 0);
+    ck_assert_int_eq(memcmp(first, first2, nf * sizeof(float)), 0); /* refused whole */
+    ck_assert_uint_eq(version_of_model(s, kinds[k]), v0);
+    /* Ordinary pushes go on. */
+    g[at] = 0.01f;
+    ck_assert_msg(psd_store_push(s, kinds[k], held, n, g, elems, 0, 1, 0, &version, &eb) == 0,
+                  "%s", eb.msg);
+    free(first), free(first2), free(before), free(after), free(g);
+  }
+  /* clip_norm: a chunk whose own gradient norm exceeds it is refused. */
+  Ps__ModelSpec *spec = make_spec(&sb, "clipped", 1, "sgd");
+  spec->clip_norm = 1;
+  submit(s, spec);
+  const uint32_t *held;
+  size_t n;
+  uint64_t elems;
+  ck_assert_int_eq(psd_store_held(s, "clipped", &held, &n, &elems), 0);
+  float *g = calloc(elems, sizeof *g);
+  g[0] = 0.6f, g[1] = 0.8f; /* norm 1 */
+  ck_assert_msg(psd_store_push(s, "clipped", held, n, g, elems, 0, 0, 0, &version, &eb) == 0, "%s",
+                eb.msg);
+  g[1] = 0.9f;
+  ck_assert_int_eq(psd_store_push(s, "clipped", held, n, g, elems, 0, 1, 0, &version, &eb),
+                   PS_EINVAL);
+  ck_assert_msg(strstr(eb.msg, "over its clip_norm 1"), "%s", eb.msg);
+  free(g);
+  psd_store_close(s);
+}
+END_TEST
+
 START_TEST(test_two_shards_same_tensors) {
   const char *tmp = ps_test_tmpdir();
   spec_buf sb;
@@ -489,6 +583,7 @@ Suite *psd_store_suite(void) {
   tcase_add_test(tc, test_bad_input_changes_nothing);
   tcase_add_test(tc, test_submit_semantics);
   tcase_add_test(tc, test_submit_hostile);
+  tcase_add_test(tc, test_push_never_poisons);
   tcase_add_test(tc, test_two_shards_same_tensors);
   tcase_add_test(tc, test_open_failures);
   suite_add_tcase(s, tc);

@@ -212,6 +212,7 @@ int psd_optim_predict(const psd_optim *o, const psd_optim_bounds *b, double gmax
 /* psd_optim_absmax_bits returns max |x| over N floats as the bits of |x|
  * (monotone in |x| for finite floats; >= 0x7f800000 when one is not
  * finite): an integer reduction, so the loop vectorises. */
+__attribute__((target_clones("avx2", "default")))
 static uint32_t psd_optim_absmax_bits(const float *x, size_t n) {
   uint32_t top = 0;
   for (size_t i = 0; i < n; i++) {

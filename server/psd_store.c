@@ -22,7 +22,17 @@
  *     without a record start from their initializer, so a fresh model
  *     costs one small synced write.
  *  7. The stored spec has chunk_elems resolved (never 0), so a change of
- *     the cluster's default does not change an existing model's layout. */
+ *     the cluster's default does not change an existing model's layout.
+ *  8. A RocksDB handle that failed a write is never written through again
+ *     (a full disk leaves RocksDB 7.8's writers in error states that end
+ *     the process when reused): psd_flush_finish closes it after a failed
+ *     flush, psd_flush_prepare after a failed submit (db_failed: a flush
+ *     may be using it until then), leaving s->db NULL; the next flush
+ *     reopens the directory on its writing thread, checks it is still
+ *     this shard's, and writes the batch; only then is the new handle
+ *     installed.  Reopening reads nothing into memory: the models in
+ *     memory are newer than the directory, which only catches up.  While
+ *     s->db is NULL or failed, submit is refused (it would write). */
 #include "psd_store.h"
 
 #include <dirent.h>
@@ -83,6 +93,7 @@ struct psd_store {
   uint32_t *shard_ids;
   size_t nshards;
   uint32_t chunk_elems;
+  int db_failed;         /* a submit's write failed: close db at the next flush */
   psd_model **models;
   size_t nmodels;
   uint64_t next_gen;
@@ -96,7 +107,11 @@ typedef struct psd_flush_ref {
 } psd_flush_ref;
 
 struct psd_flush {
-  rocksdb_t *db;                /* borrowed from the store */
+  rocksdb_t *db;                /* the store's (borrowed), or the one reopen made */
+  int reopen;                   /* the store was closed: psd_flush_write reopens it */
+  const rocksdb_options_t *opts;/* borrowed from the store, for the reopen */
+  const rocksdb_readoptions_t *ro;
+  uint32_t shard_id;
   rocksdb_writeoptions_t *wsync;
   const char *dir;
   rocksdb_writebatch_t *batch;
@@ -340,12 +355,41 @@ static int psd_store_open_db(psd_store *s, ps_errbuf *eb) {
   rocksdb_options_set_arena_block_size(s->opts, 8u << 20);
   rocksdb_options_set_max_total_wal_size(s->opts, 256u << 20);
   rocksdb_options_set_keep_log_file_num(s->opts, 2);
-  rocksdb_options_set_info_log_level(s->opts, 2 /* WARN */);
+  /* RocksDB's own LOG file only gets FATAL lines: its logger writes on
+   * through a file writer that failed, which RocksDB 7.8 (as Debian builds
+   * it, with assertions) answers by aborting the process: on a full disk
+   * the background error recovery logged twice and the shard died
+   * ("Assertion `sync_without_flush_called_' failed").  Errors that
+   * matter come back from the calls and reach psd's own log. */
+  rocksdb_options_set_info_log_level(s->opts, 4 /* FATAL */);
   rocksdb_writeoptions_set_sync(s->wsync, 1);
   rocksdb_readoptions_set_fill_cache(s->ro, 0);
   char *err = NULL;
   s->db = rocksdb_open(s->opts, s->dir, &err);
   if (err) return psd_store_rdb_err(eb, err, "cannot open store", s->dir);
+  /* A reopen (invariant 8) must find this store, not make an empty one. */
+  rocksdb_options_set_create_if_missing(s->opts, 0);
+  return 0;
+}
+
+/* psd_store_read_meta reads the shard id record of DB (directory DIR):
+ * 0 when it names SHARD_ID, 1 when there is none (a fresh directory),
+ * PS_ECONFIG for another shard's directory, PS_EIO for a foreign or
+ * unreadable one.  Thread-safe (RocksDB is). */
+static int psd_store_read_meta(rocksdb_t *db, const rocksdb_readoptions_t *ro, const char *dir,
+                               uint32_t shard_id, ps_errbuf *eb) {
+  char *err = NULL;
+  size_t len = 0;
+  char *v = rocksdb_get(db, ro, "m", 1, &len, &err);
+  if (err) return psd_store_rdb_err(eb, err, "cannot read store", dir);
+  if (!v) return 1;
+  int ok = len == 8 && memcmp(v, "psd1", 4) == 0;
+  uint32_t id = ok ? psd_store_get32(v + 4) : 0;
+  rocksdb_free(v);
+  if (!ok) return ps_errf(eb, PS_EIO, "'%s' is not a psd store", dir);
+  if (id != shard_id)
+    return ps_errf(eb, PS_ECONFIG, "directory '%s' holds shard %" PRIu32 ", not shard %" PRIu32,
+                   dir, id, shard_id);
   return 0;
 }
 
@@ -353,20 +397,9 @@ static int psd_store_open_db(psd_store *s, ps_errbuf *eb) {
  * claims a fresh one.  0, PS_ECONFIG for another shard's directory,
  * PS_EIO for a foreign or unreadable one. */
 static int psd_store_meta(psd_store *s, ps_errbuf *eb) {
+  int rc = psd_store_read_meta(s->db, s->ro, s->dir, s->shard_id, eb);
+  if (rc <= 0) return rc;
   char *err = NULL;
-  size_t len = 0;
-  char *v = rocksdb_get(s->db, s->ro, "m", 1, &len, &err);
-  if (err) return psd_store_rdb_err(eb, err, "cannot read store", s->dir);
-  if (v) {
-    int ok = len == 8 && memcmp(v, "psd1", 4) == 0;
-    uint32_t id = ok ? psd_store_get32(v + 4) : 0;
-    rocksdb_free(v);
-    if (!ok) return ps_errf(eb, PS_EIO, "'%s' is not a psd store", s->dir);
-    if (id != s->shard_id)
-      return ps_errf(eb, PS_ECONFIG, "directory '%s' holds shard %" PRIu32 ", not shard %" PRIu32,
-                     s->dir, id, s->shard_id);
-    return 0;
-  }
   char meta[8] = {'p', 's', 'd', '1'};
   memcpy(meta + 4, &s->shard_id, 4);
   rocksdb_put(s->db, s->wsync, "m", 1, meta, sizeof meta, &err);
@@ -574,8 +607,9 @@ static int psd_store_write_registry(psd_store *s, const psd_model *m, int replac
   char *err = NULL;
   rocksdb_write(s->db, s->wsync, b, &err);
   rocksdb_writebatch_destroy(b);
-  if (err) return psd_store_rdb_err(eb, err, "cannot write store", s->dir);
-  return 0;
+  if (!err) return 0;
+  s->db_failed = 1; /* invariant 8; a flush may be using the handle now */
+  return psd_store_rdb_err(eb, err, "cannot write store", s->dir);
 }
 
 /* psd_store_counts writes what M holds here to the optional outputs. */
@@ -603,6 +637,11 @@ int psd_store_submit(psd_store *s, const Ps__ModelSpec *spec, int replace, int *
   if (old && !replace) {
     free(packed);
     return ps_errf(eb, PS_EEXIST, "model '%s' exists with a different spec", spec->name);
+  }
+  if (!s->db || s->db_failed) {
+    free(packed);
+    return ps_errf(eb, PS_EDEGRADED, "store '%s' is closed after a failed write: model '%s' can "
+                   "be registered once a flush succeeds", s->dir, spec->name);
   }
   psd_model *m;
   if ((rc = psd_model_new(s, packed, len, s->next_gen, &m, eb)) < 0) return rc;
@@ -878,9 +917,17 @@ static void psd_flush_model(psd_flush *f, psd_model *m) {
 /* psd_flush_prepare: see psd_store.h. */
 int psd_flush_prepare(psd_store *s, psd_flush **out, ps_errbuf *eb) {
   *out = NULL;
+  if (s->db_failed) { /* no flush is in flight now: close what a submit failed on */
+    rocksdb_close(s->db);
+    s->db = NULL;
+    s->db_failed = 0;
+    ps_warn("store '%s' closed after a failed write; this flush reopens it", s->dir);
+  }
   size_t nchunks = 0;
   for (size_t i = 0; i < s->nmodels; i++) nchunks += s->models[i]->ndirty;
-  if (nchunks == 0 && !psd_store_dirty(s)) return 0;
+  /* A closed store flushes even with nothing dirty: reopening it is what
+   * says that the directory is writable again. */
+  if (s->db && nchunks == 0 && !psd_store_dirty(s)) return 0;
   psd_flush *f = calloc(1, sizeof *f);
   if (f) {
     f->chunks = malloc((nchunks ? nchunks : 1) * sizeof *f->chunks);
@@ -891,6 +938,10 @@ int psd_flush_prepare(psd_store *s, psd_flush **out, ps_errbuf *eb) {
     return ps_errf(eb, PS_ENOMEM, "out of memory");
   }
   f->db = s->db;
+  f->reopen = s->db == NULL;
+  f->opts = s->opts;
+  f->ro = s->ro;
+  f->shard_id = s->shard_id;
   f->wsync = s->wsync;
   f->dir = s->dir;
   f->batch = rocksdb_writebatch_create();
@@ -899,10 +950,30 @@ int psd_flush_prepare(psd_store *s, psd_flush **out, ps_errbuf *eb) {
   return 0;
 }
 
+/* psd_flush_reopen opens the closed store's directory into F->db and
+ * checks that it still holds this shard (invariant 8); on error F->db
+ * stays NULL. */
+static int psd_flush_reopen(psd_flush *f, ps_errbuf *eb) {
+  char *err = NULL;
+  rocksdb_t *db = rocksdb_open(f->opts, f->dir, &err);
+  if (err) return psd_store_rdb_err(eb, err, "cannot reopen store", f->dir);
+  int rc = psd_store_read_meta(db, f->ro, f->dir, f->shard_id, eb);
+  if (rc > 0) rc = ps_errf(eb, PS_EIO, "'%s' no longer holds shard %" PRIu32 "'s store", f->dir,
+                           f->shard_id);
+  if (rc < 0) {
+    rocksdb_close(db);
+    return rc;
+  }
+  f->db = db;
+  return 0;
+}
+
 /* psd_flush_write: see psd_store.h.  Touches only F and RocksDB (which is
  * thread-safe), so it may run beside the loop thread. */
 int psd_flush_write(psd_flush *f, ps_errbuf *eb) {
   char *err = NULL;
+  int rc = f->reopen ? psd_flush_reopen(f, eb) : 0;
+  if (rc < 0) return rc;
   rocksdb_write(f->db, f->wsync, f->batch, &err);
   if (err) return psd_store_rdb_err(eb, err, "cannot flush store", f->dir);
   /* A big batch leaves a memtable as large as itself.  Flush it to SST now
@@ -936,9 +1007,19 @@ int psd_flush_write(psd_flush *f, ps_errbuf *eb) {
 }
 
 /* psd_flush_finish: see psd_store.h.  On failure, chunks and versions of
- * models still present (same gen) are marked dirty again. */
+ * models still present (same gen) are marked dirty again, and the handle
+ * the write used is closed (invariant 8); on success a reopened handle
+ * becomes the store's. */
 void psd_flush_finish(psd_store *s, psd_flush *f, int status) {
   if (!f) return;
+  if (status < 0 && f->db) {
+    if (!f->reopen) s->db = NULL;
+    rocksdb_close(f->db);
+    ps_warn("store '%s' closed after a failed flush; the next flush reopens it", s->dir);
+  } else if (status == 0 && f->reopen) {
+    s->db = f->db;
+    ps_info("store '%s' reopened", s->dir);
+  }
   for (size_t i = 0; status < 0 && i < f->nchunks; i++)
     for (size_t j = 0; j < s->nmodels; j++) {
       psd_model *m = s->models[j];

@@ -48,8 +48,9 @@ void psd_store_close(psd_store *s);
 /* psd_store_submit registers SPEC (copied) and creates this shard's chunks
  * from their initializers.  The same spec again: 0 with *CREATED = 0.  A
  * different spec under a taken name: PS_EEXIST unless REPLACE, which drops
- * the old model's state.  Bad specs: PS_EINVAL.  *NCHUNKS / *NPARAMS
- * (may be NULL) receive what this shard holds. */
+ * the old model's state.  Bad specs: PS_EINVAL.  PS_EDEGRADED while the
+ * store is closed after a failed write.  *NCHUNKS / *NPARAMS (may be
+ * NULL) receive what this shard holds. */
 int psd_store_submit(psd_store *s, const Ps__ModelSpec *spec, int replace, int *created,
                      uint32_t *nchunks, uint64_t *nparams, ps_errbuf *eb);
 
@@ -118,10 +119,14 @@ int psd_store_dirty(const psd_store *s);           /* anything to flush? */
 /* Flushing, in three steps so the write can leave the loop thread:
  * psd_flush_prepare (loop thread) snapshots every dirty chunk, its
  * optimizer slots, versions and the registry into one WriteBatch and
- * marks them clean; *F is NULL when nothing is dirty.  psd_flush_write
- * (any thread) writes the batch (synced).  psd_flush_finish (loop thread)
- * frees F; when STATUS < 0 it marks the snapshot's chunks dirty again so
- * nothing is lost.  psd_store_flush does all three in a row. */
+ * marks them clean; *F is NULL when nothing is dirty and the store is
+ * open.  psd_flush_write (any thread) writes the batch (synced), first
+ * reopening RocksDB when a failed flush closed it.  psd_flush_finish
+ * (loop thread) frees F; when STATUS < 0 it marks the snapshot's chunks
+ * dirty again so nothing is lost, and closes RocksDB (a handle that
+ * failed a write is not used again); the next flush reopens it.
+ * psd_store_flush does all three in a row.  Write errors: PS_ENOSPC,
+ * PS_EIO, PS_ECONFIG (the reopened directory holds another shard). */
 int psd_flush_prepare(psd_store *s, psd_flush **f, ps_errbuf *eb);
 int psd_flush_write(psd_flush *f, ps_errbuf *eb);
 void psd_flush_finish(psd_store *s, psd_flush *f, int status);

@@ -1,6 +1,7 @@
 /* Tests for psd_store: push/flush/reopen bit for bit, SIGKILL after a flush,
  * bad input changes nothing, submit semantics, shard-count independence
- * of initial values, and RocksDB failures at open. */
+ * of initial values, RocksDB failures at open, and the store closed after
+ * a failed flush and reopened by the next. */
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -433,6 +434,95 @@ START_TEST(test_open_failures) {
 }
 END_TEST
 
+/* push_first pushes gradients f(step) to the first held chunk of "m" only. */
+static void push_first(psd_store *s, int step) {
+  const uint32_t *ids;
+  size_t n;
+  ck_assert_int_eq(psd_store_held(s, "m", &ids, &n, NULL), 0);
+  uint32_t len;
+  ck_assert_int_eq(psd_store_chunk_state(s, "m", ids[0], NULL, &len, NULL, NULL), 0);
+  float *g = malloc(len * sizeof *g);
+  for (uint32_t i = 0; i < len; i++) g[i] = (float)cos((double)(i + (uint32_t)step * 3)) * 0.25f;
+  ps_errbuf eb;
+  uint64_t version;
+  ck_assert_msg(psd_store_push(s, "m", ids, 1, g, len, 0, 0, 0, &version, &eb) == 0, "push: %s",
+                eb.msg);
+  free(g);
+}
+
+/* A failed flush closes RocksDB (psd_store.c invariant 8): the store goes
+ * on serving from memory and refuses submits; the next flush reopens the
+ * directory without touching memory and writes what the failed one held
+ * plus what came after; a reopen that fails leaves it closed and dirty. */
+START_TEST(test_failed_flush_reopens) {
+  const char *tmp = ps_test_tmpdir();
+  char *da = strdup(path_in(tmp, "a")), *dr = strdup(path_in(tmp, "ref"));
+  char *moved = strdup(path_in(tmp, "moved"));
+  spec_buf sb, sb2;
+  ps_errbuf eb;
+  psd_store *a = open_store(da, 0, 1), *ref = open_store(dr, 0, 1);
+  submit(a, make_spec(&sb, "m", 9, "adam"));
+  submit(ref, make_spec(&sb, "m", 9, "adam"));
+  push_all(a, 1);
+  push_all(ref, 1);
+  ck_assert_int_eq(psd_store_flush(a, &eb), 0);
+
+  /* Every chunk dirty, then the write fails. */
+  push_all(a, 2);
+  push_all(ref, 2);
+  psd_flush *f;
+  ck_assert_int_eq(psd_flush_prepare(a, &f, &eb), 0);
+  ck_assert_ptr_nonnull(f);
+  psd_flush_finish(a, f, PS_ENOSPC);
+  ck_assert(psd_store_dirty(a));
+  int created = -1;
+  ck_assert_int_eq(psd_store_submit(a, make_spec(&sb2, "n", 1, "sgd"), 0, &created, NULL, NULL,
+                                    &eb), PS_EDEGRADED);
+  ck_assert_msg(strstr(eb.msg, "closed after a failed write") && strstr(eb.msg, "'n'"), "%s",
+                eb.msg);
+  ck_assert_int_eq(created, 0);
+  ck_assert_uint_eq(psd_store_nmodels(a), 1);
+  /* The same spec again writes nothing: still answered. */
+  ck_assert_int_eq(psd_store_submit(a, make_spec(&sb, "m", 9, "adam"), 0, &created, NULL, NULL,
+                                    &eb), 0);
+
+  /* Memory serves; one chunk more changes. */
+  push_first(a, 3);
+  push_first(ref, 3);
+  same_state(a, ref);
+
+  /* The directory gone: the reopen fails (no empty store is made in its
+   * place; RocksDB leaves a directory with its LOG), nothing is lost. */
+  ck_assert_int_eq(rename(da, moved), 0);
+  ck_assert_int_lt(psd_store_flush(a, &eb), 0);
+  ck_assert_msg(strstr(eb.msg, "cannot reopen store"), "%s", eb.msg);
+  ck_assert(psd_store_dirty(a));
+  char cmd[1400];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s' && mv '%s' '%s'", da, moved, da);
+  ck_assert_int_eq(system(cmd), 0);
+
+  /* Back: the flush reopens and writes; memory is untouched by it. */
+  ck_assert_msg(psd_store_flush(a, &eb) == 0, "%s", eb.msg);
+  ck_assert(!psd_store_dirty(a));
+  same_state(a, ref);
+  ck_assert_uint_eq(version_of(a), 3);
+  ck_assert_msg(psd_store_submit(a, make_spec(&sb2, "n", 1, "sgd"), 0, &created, NULL, NULL,
+                                 &eb) == 0, "%s", eb.msg);
+  psd_store_close(a);
+
+  /* On disk: steps 1-3, including the chunks of the failed flush. */
+  a = open_store(da, 0, 1);
+  ck_assert_uint_eq(version_of(a), 3);
+  ck_assert_ptr_nonnull(psd_store_spec(a, "n"));
+  same_state(a, ref);
+  psd_store_close(a);
+  psd_store_close(ref);
+  free(da);
+  free(dr);
+  free(moved);
+}
+END_TEST
+
 Suite *psd_store_suite(void) {
   Suite *s = suite_create("psd_store");
   TCase *tc = tcase_create("core");
@@ -443,6 +533,7 @@ Suite *psd_store_suite(void) {
   tcase_add_test(tc, test_submit_semantics);
   tcase_add_test(tc, test_two_shards_same_tensors);
   tcase_add_test(tc, test_open_failures);
+  tcase_add_test(tc, test_failed_flush_reopens);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -231,7 +231,8 @@ static int psd_main_open(psd_main *m) {
   if (!ids) return 1;
   for (size_t i = 0; i < cfg->nshards; i++) ids[i] = cfg->shards[i].id;
   psd_store_opts o = {.dir = sh->me->data_dir, .shard_index = sh->index, .shard_ids = ids,
-                      .nshards = cfg->nshards, .chunk_elems = cfg->chunk_elems};
+                      .nshards = cfg->nshards, .chunk_elems = cfg->chunk_elems,
+                      .max_bytes = ps_config_shard_budget(cfg)};
   ps_errbuf eb = {{0}};
   sd_notify(0, "STATUS=opening store");
   psd_shard_set_state(sh, PSD_RECOVERING, NULL);

@@ -41,6 +41,7 @@
 #include <inttypes.h>
 #include <malloc.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -93,6 +94,7 @@ struct psd_store {
   uint32_t *shard_ids;
   size_t nshards;
   uint32_t chunk_elems;
+  uint64_t max_bytes;    /* budget of psd_store_bytes; 0: none */
   int db_failed;         /* a submit's write failed: close db at the next flush */
   psd_model **models;
   size_t nmodels;
@@ -302,6 +304,110 @@ static int psd_store_add(psd_store *s, psd_model *m, ps_errbuf *eb) {
   s->models = v;
   s->models[s->nmodels++] = m;
   return 0;
+}
+
+/* ---- memory budget --------------------------------------------------------- */
+
+/* Bookkeeping of every chunk of a model, held here or not: its layout
+ * entry and its state. */
+#define PSD_CHUNK_META ((uint64_t)(sizeof(ps_chunk) + sizeof(psd_cstate)))
+
+/* psd_store_need returns the bytes a model holding HELD elements in NHELD
+ * of its NCHUNKS chunks takes here with SLOTS optimizer slots (saturated
+ * at UINT64_MAX). */
+static uint64_t psd_store_need(uint64_t held, unsigned slots, uint64_t nchunks, uint64_t nheld) {
+  uint64_t per = (1 + (uint64_t)slots) * sizeof(float);
+  if (held > (UINT64_MAX - nchunks * PSD_CHUNK_META - nheld * 4) / per) return UINT64_MAX;
+  return held * per + nchunks * PSD_CHUNK_META + nheld * 4;
+}
+
+static uint64_t psd_model_bytes(const psd_model *m) {
+  return psd_store_need(m->held_elems, m->slots, m->layout.nchunks, m->nheld);
+}
+
+/* psd_store_bytes: see psd_store.h. */
+uint64_t psd_store_bytes(const psd_store *s) {
+  uint64_t total = 0;
+  for (size_t i = 0; i < s->nmodels; i++) {
+    uint64_t b = psd_model_bytes(s->models[i]);
+    total = b > UINT64_MAX - total ? UINT64_MAX : total + b;
+  }
+  return total;
+}
+
+/* psd_store_size formats B bytes for a message ("7.45 GiB") into BUF. */
+static const char *psd_store_size(char buf[32], uint64_t b) {
+  static const char *const units[] = {"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  if (b < 1024) {
+    snprintf(buf, 32, "%" PRIu64 " bytes", b);
+    return buf;
+  }
+  double v = (double)b / 1024;
+  size_t u = 0;
+  while (v >= 1024 && u + 1 < sizeof units / sizeof units[0]) v /= 1024, u++;
+  snprintf(buf, 32, "%.2f %s", v, units[u]);
+  return buf;
+}
+
+/* psd_store_spec_need sizes SPEC (not validated yet) on this shard
+ * without allocating: it counts the chunks as ps_layout_build cuts them
+ * and places them as it does.  Writes the bytes to *NEED and returns 1,
+ * or 0 with a lower bound when the bookkeeping alone is over LIMIT (a
+ * hostile spec of tiny chunks is refused without walking them), or -1
+ * when SPEC cannot be sized (its validation later says why). */
+static int psd_store_spec_need(const psd_store *s, const Ps__ModelSpec *spec, uint64_t limit,
+                               uint64_t *need) {
+  uint64_t ce = spec->chunk_elems ? spec->chunk_elems : s->chunk_elems, nchunks = 0;
+  psd_optim o;
+  ps_errbuf ignored;
+  if (!ce || !spec->n_tensors || psd_optim_init(&o, spec->optimizer, &ignored) < 0) return -1;
+  for (size_t t = 0; t < spec->n_tensors; t++) {
+    const Ps__TensorSpec *ts = spec->tensors[t];
+    uint64_t n = 1;
+    for (size_t d = 0; d < ts->n_shape; d++) {
+      if (ts->shape[d] == 0 || n > (UINT64_C(1) << 40) / ts->shape[d]) return -1;
+      n *= ts->shape[d];
+    }
+    if (!ts->n_shape || (nchunks += (n + ce - 1) / ce) >= UINT32_MAX) return -1;
+  }
+  if ((*need = nchunks * PSD_CHUNK_META) > limit) return 0;
+  uint64_t held = 0, nheld = 0;
+  for (size_t t = 0; t < spec->n_tensors; t++) {
+    const Ps__TensorSpec *ts = spec->tensors[t];
+    uint64_t n = 1;
+    for (size_t d = 0; d < ts->n_shape; d++) n *= ts->shape[d];
+    for (uint64_t i = 0; i * ce < n; i++)
+      if (ps_place_chunk(spec->name, (uint32_t)t, (uint32_t)i, s->shard_ids, s->nshards) ==
+          s->shard_index) {
+        held += n - i * ce < ce ? n - i * ce : ce;
+        nheld++;
+      }
+  }
+  *need = psd_store_need(held, psd_optim_slots(&o), nchunks, nheld);
+  return 1;
+}
+
+/* psd_store_budget checks that SPEC fits this shard's budget beside the
+ * models it holds, OLD (being replaced, may be NULL) not counted: 0, or
+ * PS_ETOOBIG naming the model, its size here and the budget. */
+static int psd_store_budget(const psd_store *s, const Ps__ModelSpec *spec, const psd_model *old,
+                            ps_errbuf *eb) {
+  if (!s->max_bytes) return 0;
+  uint64_t others = psd_store_bytes(s) - (old ? psd_model_bytes(old) : 0);
+  uint64_t room = others < s->max_bytes ? s->max_bytes - others : 0, need;
+  int exact = psd_store_spec_need(s, spec, s->max_bytes, &need);
+  if (exact < 0 || need <= room) return 0;
+  char n[32], h[32], b[32];
+  if (!others)
+    return ps_errf(eb, PS_ETOOBIG,
+                   "model '%s' needs %s%s on shard %" PRIu32 ", over its budget of %s "
+                   "(limits.max_shard_bytes)", spec->name, exact ? "" : "at least ",
+                   psd_store_size(n, need), s->shard_id, psd_store_size(b, s->max_bytes));
+  return ps_errf(eb, PS_ETOOBIG,
+                 "model '%s' needs %s%s on shard %" PRIu32 ", which holds %s of other models: "
+                 "over its budget of %s (limits.max_shard_bytes)", spec->name,
+                 exact ? "" : "at least ", psd_store_size(n, need), s->shard_id,
+                 psd_store_size(h, others), psd_store_size(b, s->max_bytes));
 }
 
 /* ---- open, restore, close ------------------------------------------------- */
@@ -535,6 +641,7 @@ int psd_store_open(psd_store **out, const psd_store_opts *o, ps_errbuf *eb) {
   s->shard_index = o->shard_index;
   s->shard_id = o->shard_ids[o->shard_index];
   s->chunk_elems = o->chunk_elems;
+  s->max_bytes = o->max_bytes;
   s->next_gen = 1;
   int rc = psd_store_mkdirs(s->dir, eb);
   if (rc == 0) rc = psd_store_open_db(s, eb);
@@ -543,6 +650,14 @@ int psd_store_open(psd_store **out, const psd_store_opts *o, ps_errbuf *eb) {
   if (rc < 0) {
     psd_store_close(s);
     return rc;
+  }
+  /* What was accepted before stays (the budget may have shrunk since). */
+  uint64_t held = psd_store_bytes(s);
+  if (s->max_bytes && held > s->max_bytes) {
+    char h[32], b[32];
+    ps_warn("store '%s': its models hold %s, over shard %" PRIu32 "'s budget of %s "
+            "(limits.max_shard_bytes): they are kept, new models are refused", s->dir,
+            psd_store_size(h, held), s->shard_id, psd_store_size(b, s->max_bytes));
   }
   *out = s;
   return 0;
@@ -642,6 +757,10 @@ int psd_store_submit(psd_store *s, const Ps__ModelSpec *spec, int replace, int *
     free(packed);
     return ps_errf(eb, PS_EDEGRADED, "store '%s' is closed after a failed write: model '%s' can "
                    "be registered once a flush succeeds", s->dir, spec->name);
+  }
+  if ((rc = psd_store_budget(s, spec, old, eb)) < 0) {
+    free(packed);
+    return rc;
   }
   psd_model *m;
   if ((rc = psd_model_new(s, packed, len, s->next_gen, &m, eb)) < 0) return rc;

@@ -1,7 +1,7 @@
 /* Tests for psd_store: push/flush/reopen bit for bit, SIGKILL after a flush,
  * bad input changes nothing, submit semantics, shard-count independence
- * of initial values, RocksDB failures at open, and the store closed after
- * a failed flush and reopened by the next. */
+ * of initial values, RocksDB failures at open, the store closed after a
+ * failed flush and reopened by the next, and the memory budget at submit. */
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -434,6 +434,16 @@ START_TEST(test_open_failures) {
 }
 END_TEST
 
+/* open_budget opens DIR as the only shard with memory budget MAX. */
+static psd_store *open_budget(const char *dir, uint64_t max) {
+  psd_store_opts o = {.dir = dir, .shard_index = 0, .shard_ids = ids2, .nshards = 1,
+                      .chunk_elems = 1000, .max_bytes = max};
+  psd_store *s;
+  ps_errbuf eb;
+  ck_assert_msg(psd_store_open(&s, &o, &eb) == 0, "open '%s': %s", dir, eb.msg);
+  return s;
+}
+
 /* push_first pushes gradients f(step) to the first held chunk of "m" only. */
 static void push_first(psd_store *s, int step) {
   const uint32_t *ids;
@@ -523,6 +533,98 @@ START_TEST(test_failed_flush_reopens) {
 }
 END_TEST
 
+/* size_str formats B as psd_store's messages do. */
+static const char *size_str(char *buf, uint64_t b) {
+  static const char *const units[] = {"KiB", "MiB", "GiB", "TiB"};
+  double v = (double)b / 1024;
+  int u = 0;
+  while (v >= 1024 && u < 3) v /= 1024, u++;
+  snprintf(buf, 32, "%.2f %s", v, units[u]);
+  return buf;
+}
+
+/* limits.max_shard_bytes at submit: refused before anything is made,
+ * with the model, its size and the budget named; other models count, the
+ * replaced one does not; a restored store over budget opens. */
+START_TEST(test_submit_budget) {
+  const char *tmp = ps_test_tmpdir();
+  spec_buf sb, sb2, sb3;
+  ps_errbuf eb;
+  int created;
+  char want[600], n1[32], n2[32], n3[32];
+  /* What "m" (Adam) and "s" (SGD) take, from an unlimited store. */
+  psd_store *u = open_store(path_in(tmp, "u"), 0, 1);
+  submit(u, make_spec(&sb, "m", 1, "adam"));
+  uint64_t need_m = psd_store_bytes(u);
+  /* 620 values and 2 Adam slots each, 11 chunks of bookkeeping. */
+  ck_assert_uint_ge(need_m, 620 * 3 * 4);
+  ck_assert_uint_le(need_m, 620 * 3 * 4 + 11 * 64);
+  submit(u, make_spec(&sb2, "s", 1, "sgd"));
+  uint64_t need_s = psd_store_bytes(u) - need_m;
+  ck_assert_uint_lt(need_s, need_m);
+  psd_store_close(u);
+
+  char *d = strdup(path_in(tmp, "b"));
+  psd_store *s = open_budget(d, need_m - 1);
+  ck_assert_int_eq(psd_store_submit(s, make_spec(&sb, "m", 1, "adam"), 0, &created, NULL, NULL,
+                                    &eb), PS_ETOOBIG);
+  snprintf(want, sizeof want,
+           "model 'm' needs %s on shard 0, over its budget of %s (limits.max_shard_bytes)",
+           size_str(n1, need_m), size_str(n2, need_m - 1));
+  ck_assert_str_eq(eb.msg, want);
+  ck_assert_uint_eq(psd_store_nmodels(s), 0);
+  ck_assert_uint_eq(psd_store_bytes(s), 0);
+  psd_store_close(s);
+
+  /* Exactly the budget fits; a second model does not. */
+  s = open_budget(d, need_m);
+  submit(s, make_spec(&sb, "m", 1, "adam"));
+  ck_assert_uint_eq(psd_store_bytes(s), need_m);
+  ck_assert_int_eq(psd_store_submit(s, make_spec(&sb2, "s", 1, "sgd"), 0, &created, NULL, NULL,
+                                    &eb), PS_ETOOBIG);
+  snprintf(want, sizeof want,
+           "model 's' needs %s on shard 0, which holds %s of other models: over its budget of "
+           "%s (limits.max_shard_bytes)",
+           size_str(n1, need_s), size_str(n2, need_m), size_str(n3, need_m));
+  ck_assert_str_eq(eb.msg, want);
+  ck_assert_uint_eq(psd_store_nmodels(s), 1);
+  /* Replacing "m" with as big a model: the old one is not counted. */
+  ck_assert_int_eq(psd_store_submit(s, make_spec(&sb3, "m", 2, "adam"), 1, &created, NULL, NULL,
+                                    &eb), 0);
+  ck_assert_int_eq(created, 1);
+  ck_assert_uint_eq(psd_store_spec(s, "m")->seed, 2);
+  psd_store_close(s);
+
+  /* The budget shrank: the store opens with its model, new ones wait. */
+  s = open_budget(d, need_m / 2);
+  ck_assert_ptr_nonnull(psd_store_spec(s, "m"));
+  ck_assert_int_eq(psd_store_submit(s, make_spec(&sb2, "s", 1, "sgd"), 0, &created, NULL, NULL,
+                                    &eb), PS_ETOOBIG);
+  psd_store_close(s);
+
+  /* GiB-sized: a [32768, 32768] Adam tensor, 12 GiB of values. */
+  static uint32_t big_shape[] = {32768, 32768};
+  sb3.t[0].shape = big_shape;
+  sb3.spec.n_tensors = 1;
+  sb3.spec.name = "big";
+  sb3.spec.chunk_elems = 65536;
+  s = open_budget(path_in(tmp, "g"), UINT64_C(2) << 30);
+  ck_assert_int_eq(psd_store_submit(s, &sb3.spec, 0, &created, NULL, NULL, &eb), PS_ETOOBIG);
+  ck_assert_str_eq(eb.msg, "model 'big' needs 12.00 GiB on shard 0, over its budget of 2.00 GiB "
+                           "(limits.max_shard_bytes)");
+  /* A hostile spec of 2^30 one-element chunks: its bookkeeping alone is
+   * over, refused without walking (or making) them. */
+  sb3.spec.chunk_elems = 1;
+  int64_t t0 = ps_test_now_ms();
+  ck_assert_int_eq(psd_store_submit(s, &sb3.spec, 0, &created, NULL, NULL, &eb), PS_ETOOBIG);
+  ck_assert_int_lt(ps_test_now_ms() - t0, 1000);
+  ck_assert_msg(strstr(eb.msg, "model 'big' needs at least ") != NULL, "%s", eb.msg);
+  ck_assert_uint_eq(psd_store_nmodels(s), 0);
+  psd_store_close(s);
+  free(d);
+}
+END_TEST
+
 Suite *psd_store_suite(void) {
   Suite *s = suite_create("psd_store");
   TCase *tc = tcase_create("core");
@@ -534,6 +636,7 @@ Suite *psd_store_suite(void) {
   tcase_add_test(tc, test_two_shards_same_tensors);
   tcase_add_test(tc, test_open_failures);
   tcase_add_test(tc, test_failed_flush_reopens);
+  tcase_add_test(tc, test_submit_budget);
   suite_add_tcase(s, tc);
   return s;
 }

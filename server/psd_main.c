@@ -40,6 +40,8 @@ typedef struct psd_main {
   int flush_status;
   int64_t flush_snap_ms; /* when the flush in progress snapshotted the store */
   ps_errbuf flush_eb;
+  unsigned flush_failures;   /* failed flushes in a row */
+  char flush_fail_msg[sizeof(ps_errbuf)]; /* the last one's message */
   uint64_t drain_deadline_ms;
   int exit_code;
 } psd_main;
@@ -52,25 +54,37 @@ static int64_t psd_main_unix_ms(void) {
 }
 
 /* psd_main_flushed records the outcome of a flush of the state as of
- * SNAP_MS: a failure turns a serving shard DEGRADED (pushes are refused), a
- * success after one turns it back to SERVING.  last_flush_unix_ms is the
- * time up to which every accepted update is on disk. */
+ * SNAP_MS: a failure turns a serving shard DEGRADED (it serves from
+ * memory, refuses submits; the store closed RocksDB and the flush timer
+ * retries, reopening it), a success after one turns it back to SERVING.
+ * last_flush_unix_ms is the time up to which every accepted update is on
+ * disk.  Failures in a row are logged when their message changes and
+ * every 60th time, not at every tick. */
 static void psd_main_flushed(psd_main *m, int status, const ps_errbuf *eb, int64_t snap_ms) {
   psd_shard *sh = &m->sh;
   if (status < 0) {
+    int changed = strcmp(m->flush_fail_msg, eb->msg) != 0;
     if (sh->state == PSD_SERVING) {
-      sh->state = PSD_DEGRADED;
+      psd_shard_set_state(sh, PSD_DEGRADED, eb->msg);
       sd_notifyf(0, "STATUS=degraded: flush failed: %s", eb->msg);
     }
-    ps_err("flush failed, shard %u degraded: %s", sh->me->id, eb->msg);
+    if (changed || m->flush_failures % 60 == 0)
+      ps_err("flush failed (%u in a row), shard %u degraded: serving from memory, refusing "
+             "submits, retrying every %u ms: %s", m->flush_failures + 1, sh->me->id,
+             sh->cfg->flush_interval_ms, eb->msg);
+    snprintf(m->flush_fail_msg, sizeof m->flush_fail_msg, "%s", eb->msg);
+    m->flush_failures++;
     return;
   }
   sh->last_flush_unix_ms = snap_ms;
   if (sh->state == PSD_DEGRADED) {
-    sh->state = PSD_SERVING;
+    psd_shard_set_state(sh, PSD_SERVING, NULL);
     sd_notifyf(0, "STATUS=serving shard %u", sh->me->id);
-    ps_info("flush succeeded, shard %u serving again", sh->me->id);
+    ps_info("flush succeeded after %u failed, shard %u serving again", m->flush_failures,
+            sh->me->id);
   }
+  m->flush_failures = 0;
+  m->flush_fail_msg[0] = '\0';
 }
 
 static void psd_main_flush_work(uv_work_t *w) {
@@ -167,7 +181,7 @@ static void psd_main_drain(psd_main *m, int signum) {
   if (sh->state == PSD_DRAINING) return;
   ps_info("%s: draining shard %u", strsignal(signum), sh->me->id);
   sd_notify(0, "STOPPING=1\nSTATUS=draining");
-  sh->state = PSD_DRAINING;
+  psd_shard_set_state(sh, PSD_DRAINING, NULL);
   psd_shard_clock_stop(sh); /* parked pulls are answered: shutting down */
   uv_timer_stop(&m->flush_timer);
   uv_timer_stop(&m->watchdog_timer);
@@ -217,10 +231,11 @@ static int psd_main_open(psd_main *m) {
   if (!ids) return 1;
   for (size_t i = 0; i < cfg->nshards; i++) ids[i] = cfg->shards[i].id;
   psd_store_opts o = {.dir = sh->me->data_dir, .shard_index = sh->index, .shard_ids = ids,
-                      .nshards = cfg->nshards, .chunk_elems = cfg->chunk_elems};
+                      .nshards = cfg->nshards, .chunk_elems = cfg->chunk_elems,
+                      .max_bytes = ps_config_shard_budget(cfg)};
   ps_errbuf eb = {{0}};
   sd_notify(0, "STATUS=opening store");
-  sh->state = PSD_RECOVERING;
+  psd_shard_set_state(sh, PSD_RECOVERING, NULL);
   int err = psd_store_open(&sh->store, &o, &eb);
   free(ids);
   if (err < 0) {
@@ -298,7 +313,7 @@ static int psd_main_serve(psd_main *m, const ps_config *cfg, const ps_shard_conf
     code = 1;
   }
   if (code == 0) {
-    sh->state = PSD_SERVING;
+    psd_shard_set_state(sh, PSD_SERVING, NULL);
     ps_info("shard %u serving: grpc %s, channel %s", me->id, me->grpc_addr, me->channel_addr);
     sd_notifyf(0, "READY=1\nSTATUS=serving shard %u", me->id);
     uv_run(&m->loop, UV_RUN_DEFAULT);

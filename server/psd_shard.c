@@ -2,6 +2,8 @@
  * both transports.  Loop thread only (see psd_shard.h). */
 #include "psd_shard.h"
 
+#include <assert.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -19,18 +21,68 @@ const char *psd_state_name(psd_state st) {
   return psd_state_names[st];
 }
 
-/* psd_shard_accepting returns 0 when the shard takes requests now, else
- * the code that refuses them: PS_EDEGRADED after a failed flush,
- * PS_ESHUTDOWN while draining, PS_EUNAVAIL before it serves. */
-static int psd_shard_accepting(const psd_shard *sh, ps_errbuf *eb) {
-  switch (sh->state) {
-    case PSD_SERVING: return 0;
-    case PSD_DEGRADED:
-      return ps_errf(eb, PS_EDEGRADED, "shard %u is degraded: its last flush failed", sh->me->id);
-    case PSD_DRAINING:
+/* The transitions of psd_shard.h's list, as a bit set of target states
+ * per source state. */
+#define PSD_TO(st) (1u << (st))
+static const unsigned psd_state_next[] = {
+    [PSD_STARTING] = PSD_TO(PSD_RECOVERING),
+    [PSD_RECOVERING] = PSD_TO(PSD_SERVING),
+    [PSD_SERVING] = PSD_TO(PSD_DEGRADED) | PSD_TO(PSD_DRAINING),
+    [PSD_DEGRADED] = PSD_TO(PSD_SERVING) | PSD_TO(PSD_DRAINING),
+    [PSD_DRAINING] = 0,
+};
+
+/* psd_shard_set_state: see psd_shard.h. */
+void psd_shard_set_state(psd_shard *sh, psd_state to, const char *why) {
+  assert((unsigned)sh->state < sizeof psd_state_next / sizeof psd_state_next[0]);
+  assert(psd_state_next[sh->state] & PSD_TO(to));
+  sh->state = to;
+  snprintf(sh->degraded_why, sizeof sh->degraded_why, "%s",
+           to == PSD_DEGRADED && why ? why : "");
+}
+
+/* What a request asks of the shard, for the state table below. */
+typedef enum psd_req {
+  PSD_REQ_READ,   /* pulls, payload checks, exports: memory only */
+  PSD_REQ_PUSH,   /* changes memory; durable at the next flush */
+  PSD_REQ_WORKER, /* register, heartbeat: clock tables, memory only */
+  PSD_REQ_SUBMIT, /* writes the registry to RocksDB before answering */
+  PSD_REQ_N
+} psd_req;
+
+/* PSD_IF_SYNC: refused only under durability `sync`, where an answer
+ * promises the update is on disk. */
+enum { PSD_IF_SYNC = 1 };
+
+/* psd_state_refuses[state][req]: 0 accepted, else the code refusing it.
+ * DEGRADED keeps serving from memory what `periodic` acknowledges before
+ * it is durable anyway; a submit must write, so it waits for the disk. */
+static const int psd_state_refuses[][PSD_REQ_N] = {
+    /*                 READ          PUSH          WORKER        SUBMIT */
+    [PSD_STARTING] = {PS_EUNAVAIL, PS_EUNAVAIL, PS_EUNAVAIL, PS_EUNAVAIL},
+    [PSD_RECOVERING] = {PS_EUNAVAIL, PS_EUNAVAIL, PS_EUNAVAIL, PS_EUNAVAIL},
+    [PSD_SERVING] = {0, 0, 0, 0},
+    [PSD_DRAINING] = {PS_ESHUTDOWN, PS_ESHUTDOWN, PS_ESHUTDOWN, PS_ESHUTDOWN},
+    [PSD_DEGRADED] = {0, PSD_IF_SYNC, 0, PS_EDEGRADED},
+};
+
+/* psd_shard_accepting returns 0 when the shard takes a request of kind REQ
+ * now, else the code refusing it (psd_state_refuses) with a message
+ * saying why. */
+static int psd_shard_accepting(const psd_shard *sh, psd_req req, ps_errbuf *eb) {
+  int code = psd_state_refuses[sh->state][req];
+  if (code == PSD_IF_SYNC) code = sh->cfg->durability == PS_DUR_SYNC ? PS_EDEGRADED : 0;
+  switch (code) {
+    case 0: return 0;
+    case PS_EDEGRADED:
+      return ps_errf(eb, PS_EDEGRADED,
+                     "shard %u is degraded (its last flush failed: %s): %s are refused until a "
+                     "flush succeeds", sh->me->id, sh->degraded_why,
+                     req == PSD_REQ_SUBMIT ? "models" : "pushes");
+    case PS_ESHUTDOWN:
       return ps_errf(eb, PS_ESHUTDOWN, "shard %u is shutting down", sh->me->id);
     default:
-      return ps_errf(eb, PS_EUNAVAIL, "shard %u is not serving yet (%s)", sh->me->id,
+      return ps_errf(eb, code, "shard %u is not serving yet (%s)", sh->me->id,
                      psd_state_name(sh->state));
   }
 }
@@ -128,7 +180,7 @@ uint32_t psd_shard_parked_ms(psd_shard *sh, const psd_park *p) {
 int psd_shard_pull_admit(psd_shard *sh, const char *model, uint32_t worker, uint64_t clock,
                          psd_park *p, ps_errbuf *eb) {
   if (!sh->clock) return 0;
-  int err = psd_shard_accepting(sh, eb);
+  int err = psd_shard_accepting(sh, PSD_REQ_READ, eb);
   if (err < 0) return psd_shard_done(sh, err);
   err = psd_clock_pull(sh->clock, model, worker, clock, psd_shard_now_ms(sh), p, eb);
   psd_shard_clock_arm(sh);
@@ -160,7 +212,7 @@ static int psd_shard_check_worker_text(const char *model, const char *host, cons
 /* psd_shard_register: see psd_shard.h. */
 int psd_shard_register(psd_shard *sh, const Ps__RegisterWorkerRequest *req,
                        Ps__RegisterWorkerReply *reply, ps_errbuf *eb) {
-  int err = psd_shard_accepting(sh, eb);
+  int err = psd_shard_accepting(sh, PSD_REQ_WORKER, eb);
   if (err < 0) return psd_shard_done(sh, err);
   if (!sh->coordinator || !sh->clock)
     return psd_shard_done(sh, ps_errf(eb, PS_ENOTSUP,
@@ -192,7 +244,7 @@ int psd_shard_register(psd_shard *sh, const Ps__RegisterWorkerRequest *req,
 /* psd_shard_heartbeat: see psd_shard.h. */
 int psd_shard_heartbeat(psd_shard *sh, const Ps__HeartbeatRequest *req,
                         Ps__HeartbeatReply *reply, ps_errbuf *eb) {
-  int err = psd_shard_accepting(sh, eb);
+  int err = psd_shard_accepting(sh, PSD_REQ_WORKER, eb);
   if (err < 0) return psd_shard_done(sh, err);
   if (!sh->clock) return 0;
   if ((err = psd_shard_check_worker_text(req->model, req->host, req->device, eb)) < 0)
@@ -276,7 +328,7 @@ void psd_shard_list_workers_release(Ps__ListWorkersReply *reply) {
 /* psd_shard_submit registers SPEC on this shard and fills REPLY's counts. */
 int psd_shard_submit(psd_shard *sh, const Ps__ModelSpec *spec, int replace,
                      Ps__SubmitModelReply *reply, ps_errbuf *eb) {
-  int err = psd_shard_accepting(sh, eb);
+  int err = psd_shard_accepting(sh, PSD_REQ_SUBMIT, eb);
   if (err < 0) return psd_shard_done(sh, err);
   if (!spec) return psd_shard_done(sh, ps_errf(eb, PS_EINVAL, "submit without a model"));
   int created = 0;
@@ -300,7 +352,7 @@ int psd_shard_submit(psd_shard *sh, const Ps__ModelSpec *spec, int replace,
 /* psd_shard_payload_elems validates a push or pull request's model and ids. */
 int psd_shard_payload_elems(psd_shard *sh, const char *model, const uint32_t *ids,
                             size_t nids, uint64_t *nelems, ps_errbuf *eb) {
-  int err = psd_shard_accepting(sh, eb);
+  int err = psd_shard_accepting(sh, PSD_REQ_READ, eb);
   if (err < 0) return psd_shard_done(sh, err);
   err = psd_store_payload_elems(sh->store, model, ids, nids, nelems, eb);
   if (err < 0) return psd_shard_done(sh, err);
@@ -316,7 +368,7 @@ int psd_shard_payload_elems(psd_shard *sh, const char *model, const uint32_t *id
 int psd_shard_push(psd_shard *sh, const char *model, const uint32_t *ids, size_t nids,
                    const float *grads, uint64_t nelems, uint32_t worker, uint64_t clock,
                    uint64_t version_seen, uint64_t *version, ps_errbuf *eb) {
-  int err = psd_shard_accepting(sh, eb);
+  int err = psd_shard_accepting(sh, PSD_REQ_PUSH, eb);
   if (err < 0) return psd_shard_done(sh, err);
   if (nelems * sizeof(float) > sh->cfg->max_request_bytes)
     return psd_shard_done(sh, ps_errf(eb, PS_ETOOBIG,
@@ -345,7 +397,7 @@ int psd_shard_pull(psd_shard *sh, const char *model, const uint32_t *ids, size_t
                    uint64_t *version, ps_errbuf *eb) {
   (void)worker;
   (void)clock; /* admitted by psd_shard_pull_admit first */
-  int err = psd_shard_accepting(sh, eb);
+  int err = psd_shard_accepting(sh, PSD_REQ_READ, eb);
   if (err < 0) return psd_shard_done(sh, err);
   err = psd_store_pull(sh->store, model, ids, nids, out, nelems, version, eb);
   if (err < 0) return psd_shard_done(sh, err);

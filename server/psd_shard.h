@@ -3,10 +3,23 @@
  *
  * Every handler runs on the shard's libuv loop thread; transports on other
  * threads hand requests to the loop first.  A handler checks the shard's
- * state (only SERVING accepts pushes and pulls; DEGRADED answers
- * PS_EDEGRADED), calls the store, and counts the request, its bytes and
- * its errors.  It returns 0 or a negative PS_E* code with a message in EB,
- * and never changes state on error. */
+ * state (the table in psd_shard.c: SERVING accepts everything; DEGRADED
+ * serves pushes, pulls and workers from memory under `periodic` and
+ * refuses SubmitModel with PS_EDEGRADED; the others refuse everything),
+ * calls the store, and counts the request, its bytes and its errors.  It
+ * returns 0 or a negative PS_E* code with a message in EB, and never
+ * changes state on error.
+ *
+ * States and their transitions (psd_shard_set_state asserts the list):
+ *   STARTING   -> RECOVERING  psd_main_open: the store opens
+ *   RECOVERING -> SERVING     psd_main_serve: store open, listeners bound
+ *   SERVING    -> DEGRADED    psd_main_flushed: a flush failed (full disk,
+ *                             i/o error); RocksDB is closed, the flush
+ *                             timer retries, reopening it
+ *   DEGRADED   -> SERVING     psd_main_flushed: a retry reopened RocksDB and
+ *                             wrote everything dirty
+ *   SERVING    -> DRAINING    psd_main_drain: SIGTERM or SIGINT
+ *   DEGRADED   -> DRAINING    psd_main_drain (the final flush retries once) */
 #ifndef PSD_SHARD_H
 #define PSD_SHARD_H
 
@@ -28,6 +41,13 @@ typedef enum psd_state {
 
 const char *psd_state_name(psd_state st);
 
+struct psd_shard;
+
+/* psd_shard_set_state moves SH to state TO, asserting that the transition
+ * is in the list above; WHY (may be NULL) says why a shard is DEGRADED
+ * and is quoted when a request is refused. */
+void psd_shard_set_state(struct psd_shard *sh, psd_state to, const char *why);
+
 typedef struct psd_counters {
   uint64_t pushes, pulls, bytes_in, bytes_out, errors;
 } psd_counters;
@@ -42,6 +62,7 @@ typedef struct psd_shard {
   uv_loop_t *loop;
   psd_store *store;
   psd_state state;
+  char degraded_why[256];     /* the failed flush's message while DEGRADED */
   uint64_t start_ms;          /* uv_hrtime-based, for uptime */
   int64_t last_flush_unix_ms; /* 0: never */
   psd_counters ctr;

@@ -22,7 +22,17 @@
  *     without a record start from their initializer, so a fresh model
  *     costs one small synced write.
  *  7. The stored spec has chunk_elems resolved (never 0), so a change of
- *     the cluster's default does not change an existing model's layout. */
+ *     the cluster's default does not change an existing model's layout.
+ *  8. A RocksDB handle that failed a write is never written through again
+ *     (a full disk leaves RocksDB 7.8's writers in error states that end
+ *     the process when reused): psd_flush_finish closes it after a failed
+ *     flush, psd_flush_prepare after a failed submit (db_failed: a flush
+ *     may be using it until then), leaving s->db NULL; the next flush
+ *     reopens the directory on its writing thread, checks it is still
+ *     this shard's, and writes the batch; only then is the new handle
+ *     installed.  Reopening reads nothing into memory: the models in
+ *     memory are newer than the directory, which only catches up.  While
+ *     s->db is NULL or failed, submit is refused (it would write). */
 #include "psd_store.h"
 
 #include <dirent.h>
@@ -31,6 +41,7 @@
 #include <inttypes.h>
 #include <malloc.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
@@ -85,6 +96,8 @@ struct psd_store {
   uint32_t *shard_ids;
   size_t nshards;
   uint32_t chunk_elems;
+  uint64_t max_bytes;    /* budget of psd_store_bytes; 0: none */
+  int db_failed;         /* a submit's write failed: close db at the next flush */
   psd_model **models;
   size_t nmodels;
   uint64_t next_gen;
@@ -102,7 +115,11 @@ typedef struct psd_flush_ref {
 } psd_flush_ref;
 
 struct psd_flush {
-  rocksdb_t *db;                /* borrowed from the store */
+  rocksdb_t *db;                /* the store's (borrowed), or the one reopen made */
+  int reopen;                   /* the store was closed: psd_flush_write reopens it */
+  const rocksdb_options_t *opts;/* borrowed from the store, for the reopen */
+  const rocksdb_readoptions_t *ro;
+  uint32_t shard_id;
   rocksdb_writeoptions_t *wsync;
   const char *dir;
   rocksdb_writebatch_t *batch;
@@ -300,6 +317,110 @@ static int psd_store_add(psd_store *s, psd_model *m, ps_errbuf *eb) {
   return 0;
 }
 
+/* ---- memory budget --------------------------------------------------------- */
+
+/* Bookkeeping of every chunk of a model, held here or not: its layout
+ * entry and its state. */
+#define PSD_CHUNK_META ((uint64_t)(sizeof(ps_chunk) + sizeof(psd_cstate)))
+
+/* psd_store_need returns the bytes a model holding HELD elements in NHELD
+ * of its NCHUNKS chunks takes here with SLOTS optimizer slots (saturated
+ * at UINT64_MAX). */
+static uint64_t psd_store_need(uint64_t held, unsigned slots, uint64_t nchunks, uint64_t nheld) {
+  uint64_t per = (1 + (uint64_t)slots) * sizeof(float);
+  if (held > (UINT64_MAX - nchunks * PSD_CHUNK_META - nheld * 4) / per) return UINT64_MAX;
+  return held * per + nchunks * PSD_CHUNK_META + nheld * 4;
+}
+
+static uint64_t psd_model_bytes(const psd_model *m) {
+  return psd_store_need(m->held_elems, m->slots, m->layout.nchunks, m->nheld);
+}
+
+/* psd_store_bytes: see psd_store.h. */
+uint64_t psd_store_bytes(const psd_store *s) {
+  uint64_t total = 0;
+  for (size_t i = 0; i < s->nmodels; i++) {
+    uint64_t b = psd_model_bytes(s->models[i]);
+    total = b > UINT64_MAX - total ? UINT64_MAX : total + b;
+  }
+  return total;
+}
+
+/* psd_store_size formats B bytes for a message ("7.45 GiB") into BUF. */
+static const char *psd_store_size(char buf[32], uint64_t b) {
+  static const char *const units[] = {"KiB", "MiB", "GiB", "TiB", "PiB", "EiB"};
+  if (b < 1024) {
+    snprintf(buf, 32, "%" PRIu64 " bytes", b);
+    return buf;
+  }
+  double v = (double)b / 1024;
+  size_t u = 0;
+  while (v >= 1024 && u + 1 < sizeof units / sizeof units[0]) v /= 1024, u++;
+  snprintf(buf, 32, "%.2f %s", v, units[u]);
+  return buf;
+}
+
+/* psd_store_spec_need sizes SPEC (not validated yet) on this shard
+ * without allocating: it counts the chunks as ps_layout_build cuts them
+ * and places them as it does.  Writes the bytes to *NEED and returns 1,
+ * or 0 with a lower bound when the bookkeeping alone is over LIMIT (a
+ * hostile spec of tiny chunks is refused without walking them), or -1
+ * when SPEC cannot be sized (its validation later says why). */
+static int psd_store_spec_need(const psd_store *s, const Ps__ModelSpec *spec, uint64_t limit,
+                               uint64_t *need) {
+  uint64_t ce = spec->chunk_elems ? spec->chunk_elems : s->chunk_elems, nchunks = 0;
+  psd_optim o;
+  ps_errbuf ignored;
+  if (!ce || !spec->n_tensors || psd_optim_init(&o, spec->optimizer, &ignored) < 0) return -1;
+  for (size_t t = 0; t < spec->n_tensors; t++) {
+    const Ps__TensorSpec *ts = spec->tensors[t];
+    uint64_t n = 1;
+    for (size_t d = 0; d < ts->n_shape; d++) {
+      if (ts->shape[d] == 0 || n > (UINT64_C(1) << 40) / ts->shape[d]) return -1;
+      n *= ts->shape[d];
+    }
+    if (!ts->n_shape || (nchunks += (n + ce - 1) / ce) >= UINT32_MAX) return -1;
+  }
+  if ((*need = nchunks * PSD_CHUNK_META) > limit) return 0;
+  uint64_t held = 0, nheld = 0;
+  for (size_t t = 0; t < spec->n_tensors; t++) {
+    const Ps__TensorSpec *ts = spec->tensors[t];
+    uint64_t n = 1;
+    for (size_t d = 0; d < ts->n_shape; d++) n *= ts->shape[d];
+    for (uint64_t i = 0; i * ce < n; i++)
+      if (ps_place_chunk(spec->name, (uint32_t)t, (uint32_t)i, s->shard_ids, s->nshards) ==
+          s->shard_index) {
+        held += n - i * ce < ce ? n - i * ce : ce;
+        nheld++;
+      }
+  }
+  *need = psd_store_need(held, psd_optim_slots(&o), nchunks, nheld);
+  return 1;
+}
+
+/* psd_store_budget checks that SPEC fits this shard's budget beside the
+ * models it holds, OLD (being replaced, may be NULL) not counted: 0, or
+ * PS_ETOOBIG naming the model, its size here and the budget. */
+static int psd_store_budget(const psd_store *s, const Ps__ModelSpec *spec, const psd_model *old,
+                            ps_errbuf *eb) {
+  if (!s->max_bytes) return 0;
+  uint64_t others = psd_store_bytes(s) - (old ? psd_model_bytes(old) : 0);
+  uint64_t room = others < s->max_bytes ? s->max_bytes - others : 0, need;
+  int exact = psd_store_spec_need(s, spec, s->max_bytes, &need);
+  if (exact < 0 || need <= room) return 0;
+  char n[32], h[32], b[32];
+  if (!others)
+    return ps_errf(eb, PS_ETOOBIG,
+                   "model '%s' needs %s%s on shard %" PRIu32 ", over its budget of %s "
+                   "(limits.max_shard_bytes)", spec->name, exact ? "" : "at least ",
+                   psd_store_size(n, need), s->shard_id, psd_store_size(b, s->max_bytes));
+  return ps_errf(eb, PS_ETOOBIG,
+                 "model '%s' needs %s%s on shard %" PRIu32 ", which holds %s of other models: "
+                 "over its budget of %s (limits.max_shard_bytes)", spec->name,
+                 exact ? "" : "at least ", psd_store_size(n, need), s->shard_id,
+                 psd_store_size(h, others), psd_store_size(b, s->max_bytes));
+}
+
 /* ---- open, restore, close ------------------------------------------------- */
 
 /* psd_store_mkdirs creates DIR and its missing parents (mode 0755); 0 or
@@ -351,12 +472,41 @@ static int psd_store_open_db(psd_store *s, ps_errbuf *eb) {
   rocksdb_options_set_arena_block_size(s->opts, 8u << 20);
   rocksdb_options_set_max_total_wal_size(s->opts, 256u << 20);
   rocksdb_options_set_keep_log_file_num(s->opts, 2);
-  rocksdb_options_set_info_log_level(s->opts, 2 /* WARN */);
+  /* RocksDB's own LOG file only gets FATAL lines: its logger writes on
+   * through a file writer that failed, which RocksDB 7.8 (as Debian builds
+   * it, with assertions) answers by aborting the process: on a full disk
+   * the background error recovery logged twice and the shard died
+   * ("Assertion `sync_without_flush_called_' failed").  Errors that
+   * matter come back from the calls and reach psd's own log. */
+  rocksdb_options_set_info_log_level(s->opts, 4 /* FATAL */);
   rocksdb_writeoptions_set_sync(s->wsync, 1);
   rocksdb_readoptions_set_fill_cache(s->ro, 0);
   char *err = NULL;
   s->db = rocksdb_open(s->opts, s->dir, &err);
   if (err) return psd_store_rdb_err(eb, err, "cannot open store", s->dir);
+  /* A reopen (invariant 8) must find this store, not make an empty one. */
+  rocksdb_options_set_create_if_missing(s->opts, 0);
+  return 0;
+}
+
+/* psd_store_read_meta reads the shard id record of DB (directory DIR):
+ * 0 when it names SHARD_ID, 1 when there is none (a fresh directory),
+ * PS_ECONFIG for another shard's directory, PS_EIO for a foreign or
+ * unreadable one.  Thread-safe (RocksDB is). */
+static int psd_store_read_meta(rocksdb_t *db, const rocksdb_readoptions_t *ro, const char *dir,
+                               uint32_t shard_id, ps_errbuf *eb) {
+  char *err = NULL;
+  size_t len = 0;
+  char *v = rocksdb_get(db, ro, "m", 1, &len, &err);
+  if (err) return psd_store_rdb_err(eb, err, "cannot read store", dir);
+  if (!v) return 1;
+  int ok = len == 8 && memcmp(v, "psd1", 4) == 0;
+  uint32_t id = ok ? psd_store_get32(v + 4) : 0;
+  rocksdb_free(v);
+  if (!ok) return ps_errf(eb, PS_EIO, "'%s' is not a psd store", dir);
+  if (id != shard_id)
+    return ps_errf(eb, PS_ECONFIG, "directory '%s' holds shard %" PRIu32 ", not shard %" PRIu32,
+                   dir, id, shard_id);
   return 0;
 }
 
@@ -364,20 +514,9 @@ static int psd_store_open_db(psd_store *s, ps_errbuf *eb) {
  * claims a fresh one.  0, PS_ECONFIG for another shard's directory,
  * PS_EIO for a foreign or unreadable one. */
 static int psd_store_meta(psd_store *s, ps_errbuf *eb) {
+  int rc = psd_store_read_meta(s->db, s->ro, s->dir, s->shard_id, eb);
+  if (rc <= 0) return rc;
   char *err = NULL;
-  size_t len = 0;
-  char *v = rocksdb_get(s->db, s->ro, "m", 1, &len, &err);
-  if (err) return psd_store_rdb_err(eb, err, "cannot read store", s->dir);
-  if (v) {
-    int ok = len == 8 && memcmp(v, "psd1", 4) == 0;
-    uint32_t id = ok ? psd_store_get32(v + 4) : 0;
-    rocksdb_free(v);
-    if (!ok) return ps_errf(eb, PS_EIO, "'%s' is not a psd store", s->dir);
-    if (id != s->shard_id)
-      return ps_errf(eb, PS_ECONFIG, "directory '%s' holds shard %" PRIu32 ", not shard %" PRIu32,
-                     s->dir, id, s->shard_id);
-    return 0;
-  }
   char meta[8] = {'p', 's', 'd', '1'};
   memcpy(meta + 4, &s->shard_id, 4);
   rocksdb_put(s->db, s->wsync, "m", 1, meta, sizeof meta, &err);
@@ -516,6 +655,7 @@ int psd_store_open(psd_store **out, const psd_store_opts *o, ps_errbuf *eb) {
   s->shard_index = o->shard_index;
   s->shard_id = o->shard_ids[o->shard_index];
   s->chunk_elems = o->chunk_elems;
+  s->max_bytes = o->max_bytes;
   s->next_gen = 1;
   int rc = psd_store_mkdirs(s->dir, eb);
   if (rc == 0) rc = psd_store_open_db(s, eb);
@@ -524,6 +664,14 @@ int psd_store_open(psd_store **out, const psd_store_opts *o, ps_errbuf *eb) {
   if (rc < 0) {
     psd_store_close(s);
     return rc;
+  }
+  /* What was accepted before stays (the budget may have shrunk since). */
+  uint64_t held = psd_store_bytes(s);
+  if (s->max_bytes && held > s->max_bytes) {
+    char h[32], b[32];
+    ps_warn("store '%s': its models hold %s, over shard %" PRIu32 "'s budget of %s "
+            "(limits.max_shard_bytes): they are kept, new models are refused", s->dir,
+            psd_store_size(h, held), s->shard_id, psd_store_size(b, s->max_bytes));
   }
   *out = s;
   return 0;
@@ -589,8 +737,9 @@ static int psd_store_write_registry(psd_store *s, const psd_model *m, int replac
   char *err = NULL;
   rocksdb_write(s->db, s->wsync, b, &err);
   rocksdb_writebatch_destroy(b);
-  if (err) return psd_store_rdb_err(eb, err, "cannot write store", s->dir);
-  return 0;
+  if (!err) return 0;
+  s->db_failed = 1; /* invariant 8; a flush may be using the handle now */
+  return psd_store_rdb_err(eb, err, "cannot write store", s->dir);
 }
 
 /* psd_store_counts writes what M holds here to the optional outputs. */
@@ -618,6 +767,15 @@ int psd_store_submit(psd_store *s, const Ps__ModelSpec *spec, int replace, int *
   if (old && !replace) {
     free(packed);
     return ps_errf(eb, PS_EEXIST, "model '%s' exists with a different spec", spec->name);
+  }
+  if (!s->db || s->db_failed) {
+    free(packed);
+    return ps_errf(eb, PS_EDEGRADED, "store '%s' is closed after a failed write: model '%s' can "
+                   "be registered once a flush succeeds", s->dir, spec->name);
+  }
+  if ((rc = psd_store_budget(s, spec, old, eb)) < 0) {
+    free(packed);
+    return rc;
   }
   psd_model *m;
   if ((rc = psd_model_new(s, packed, len, s->next_gen, &m, eb)) < 0) return rc;
@@ -927,9 +1085,17 @@ static void psd_flush_model(psd_flush *f, psd_model *m) {
 /* psd_flush_prepare: see psd_store.h. */
 int psd_flush_prepare(psd_store *s, psd_flush **out, ps_errbuf *eb) {
   *out = NULL;
+  if (s->db_failed) { /* no flush is in flight now: close what a submit failed on */
+    rocksdb_close(s->db);
+    s->db = NULL;
+    s->db_failed = 0;
+    ps_warn("store '%s' closed after a failed write; this flush reopens it", s->dir);
+  }
   size_t nchunks = 0;
   for (size_t i = 0; i < s->nmodels; i++) nchunks += s->models[i]->ndirty;
-  if (nchunks == 0 && !psd_store_dirty(s)) return 0;
+  /* A closed store flushes even with nothing dirty: reopening it is what
+   * says that the directory is writable again. */
+  if (s->db && nchunks == 0 && !psd_store_dirty(s)) return 0;
   psd_flush *f = calloc(1, sizeof *f);
   if (f) {
     f->chunks = malloc((nchunks ? nchunks : 1) * sizeof *f->chunks);
@@ -940,6 +1106,10 @@ int psd_flush_prepare(psd_store *s, psd_flush **out, ps_errbuf *eb) {
     return ps_errf(eb, PS_ENOMEM, "out of memory");
   }
   f->db = s->db;
+  f->reopen = s->db == NULL;
+  f->opts = s->opts;
+  f->ro = s->ro;
+  f->shard_id = s->shard_id;
   f->wsync = s->wsync;
   f->dir = s->dir;
   f->batch = rocksdb_writebatch_create();
@@ -948,10 +1118,30 @@ int psd_flush_prepare(psd_store *s, psd_flush **out, ps_errbuf *eb) {
   return 0;
 }
 
+/* psd_flush_reopen opens the closed store's directory into F->db and
+ * checks that it still holds this shard (invariant 8); on error F->db
+ * stays NULL. */
+static int psd_flush_reopen(psd_flush *f, ps_errbuf *eb) {
+  char *err = NULL;
+  rocksdb_t *db = rocksdb_open(f->opts, f->dir, &err);
+  if (err) return psd_store_rdb_err(eb, err, "cannot reopen store", f->dir);
+  int rc = psd_store_read_meta(db, f->ro, f->dir, f->shard_id, eb);
+  if (rc > 0) rc = ps_errf(eb, PS_EIO, "'%s' no longer holds shard %" PRIu32 "'s store", f->dir,
+                           f->shard_id);
+  if (rc < 0) {
+    rocksdb_close(db);
+    return rc;
+  }
+  f->db = db;
+  return 0;
+}
+
 /* psd_flush_write: see psd_store.h.  Touches only F and RocksDB (which is
  * thread-safe), so it may run beside the loop thread. */
 int psd_flush_write(psd_flush *f, ps_errbuf *eb) {
   char *err = NULL;
+  int rc = f->reopen ? psd_flush_reopen(f, eb) : 0;
+  if (rc < 0) return rc;
   rocksdb_write(f->db, f->wsync, f->batch, &err);
   if (err) return psd_store_rdb_err(eb, err, "cannot flush store", f->dir);
   /* A big batch leaves a memtable as large as itself.  Flush it to SST now
@@ -985,9 +1175,19 @@ int psd_flush_write(psd_flush *f, ps_errbuf *eb) {
 }
 
 /* psd_flush_finish: see psd_store.h.  On failure, chunks and versions of
- * models still present (same gen) are marked dirty again. */
+ * models still present (same gen) are marked dirty again, and the handle
+ * the write used is closed (invariant 8); on success a reopened handle
+ * becomes the store's. */
 void psd_flush_finish(psd_store *s, psd_flush *f, int status) {
   if (!f) return;
+  if (status < 0 && f->db) {
+    if (!f->reopen) s->db = NULL;
+    rocksdb_close(f->db);
+    ps_warn("store '%s' closed after a failed flush; the next flush reopens it", s->dir);
+  } else if (status == 0 && f->reopen) {
+    s->db = f->db;
+    ps_info("store '%s' reopened", s->dir);
+  }
   for (size_t i = 0; status < 0 && i < f->nchunks; i++)
     for (size_t j = 0; j < s->nmodels; j++) {
       psd_model *m = s->models[j];

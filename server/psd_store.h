@@ -31,10 +31,12 @@ typedef struct psd_store_opts {
   const uint32_t *shard_ids;/* the cluster's shard ids, file order (copied) */
   size_t nshards;
   uint32_t chunk_elems;     /* default for specs with chunk_elems 0 */
+  uint64_t max_bytes;       /* memory budget of the models (psd_store_bytes); 0: none */
 } psd_store_opts;
 
 /* psd_store_open opens (or creates, parents included) the RocksDB at
- * o->dir and restores every model flushed there.  Errors: PS_ELOCKED
+ * o->dir and restores every model flushed there, whatever their size (a
+ * warning says when they exceed o->max_bytes).  Errors: PS_ELOCKED
  * (another process or store holds the directory), PS_ECONFIG (the
  * directory belongs to another shard id), PS_EIO (permission, corruption,
  * ...), PS_ENOSPC, PS_EINVAL (bad options); EB carries RocksDB's message
@@ -48,8 +50,12 @@ void psd_store_close(psd_store *s);
 /* psd_store_submit registers SPEC (copied) and creates this shard's chunks
  * from their initializers.  The same spec again: 0 with *CREATED = 0.  A
  * different spec under a taken name: PS_EEXIST unless REPLACE, which drops
- * the old model's state.  Bad specs: PS_EINVAL.  *NCHUNKS / *NPARAMS
- * (may be NULL) receive what this shard holds. */
+ * the old model's state.  Bad specs: PS_EINVAL.  PS_ETOOBIG, before
+ * anything is allocated, when the store's models would then hold more
+ * than max_bytes (the replaced model not counted), naming the model, what
+ * it needs here and the budget.  PS_EDEGRADED while the store is closed
+ * after a failed write.  *NCHUNKS / *NPARAMS (may be NULL) receive what
+ * this shard holds. */
 int psd_store_submit(psd_store *s, const Ps__ModelSpec *spec, int replace, int *created,
                      uint32_t *nchunks, uint64_t *nparams, ps_errbuf *eb);
 
@@ -115,13 +121,23 @@ void psd_store_model_info(const psd_store *s, size_t i, psd_model_info *info);
 uint64_t psd_store_disk_bytes(const psd_store *s); /* RocksDB's live files */
 int psd_store_dirty(const psd_store *s);           /* anything to flush? */
 
+/* psd_store_bytes returns the memory the store's models hold: for each,
+ * held elements x (1 + optimizer slots) x 4 bytes, plus 48 bytes of
+ * bookkeeping per chunk of the whole model and 4 per chunk held.  What
+ * max_bytes limits. */
+uint64_t psd_store_bytes(const psd_store *s);
+
 /* Flushing, in three steps so the write can leave the loop thread:
  * psd_flush_prepare (loop thread) snapshots every dirty chunk, its
  * optimizer slots, versions and the registry into one WriteBatch and
- * marks them clean; *F is NULL when nothing is dirty.  psd_flush_write
- * (any thread) writes the batch (synced).  psd_flush_finish (loop thread)
- * frees F; when STATUS < 0 it marks the snapshot's chunks dirty again so
- * nothing is lost.  psd_store_flush does all three in a row. */
+ * marks them clean; *F is NULL when nothing is dirty and the store is
+ * open.  psd_flush_write (any thread) writes the batch (synced), first
+ * reopening RocksDB when a failed flush closed it.  psd_flush_finish
+ * (loop thread) frees F; when STATUS < 0 it marks the snapshot's chunks
+ * dirty again so nothing is lost, and closes RocksDB (a handle that
+ * failed a write is not used again); the next flush reopens it.
+ * psd_store_flush does all three in a row.  Write errors: PS_ENOSPC,
+ * PS_EIO, PS_ECONFIG (the reopened directory holds another shard). */
 int psd_flush_prepare(psd_store *s, psd_flush **f, ps_errbuf *eb);
 int psd_flush_write(psd_flush *f, ps_errbuf *eb);
 void psd_flush_finish(psd_store *s, psd_flush *f, int status);

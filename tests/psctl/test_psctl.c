@@ -451,6 +451,34 @@ START_TEST(test_psctl_submit) {
 }
 END_TEST
 
+/* limits.max_shard_bytes: a model over a shard's budget is refused at
+ * submit, the error naming the model and the budget; nothing registered. */
+START_TEST(test_psctl_submit_budget) {
+  pt_ctx x;
+  memset(&x, 0, sizeof x);
+  snprintf(x.dir, sizeof x.dir, "%s", ps_test_tmpdir());
+  snprintf(x.log, sizeof x.log, "%s/psd.log", x.dir);
+  snprintf(x.out, sizeof x.out, "%s/psctl.out", x.dir);
+  snprintf(x.err, sizeof x.err, "%s/psctl.err", x.dir);
+  snprintf(x.yaml, sizeof x.yaml, "%s",
+           ps_test_cluster_yaml(x.dir, PT_NSHARDS, "limits:\n  max_shard_bytes: 400\n", x.gp,
+                                NULL));
+  /* 7850 parameters with Adam: 92 KiB over 2 shards; the smaller share
+   * (a few of its 9 chunks) still takes over 400 bytes. */
+  ck_assert_int_eq(pt_psctl(&x, "model logreg --inputs 784 --classes 10 -o lr.pb"), 0);
+  pt_start(&x, 0);
+  pt_start(&x, 1);
+  ck_assert_int_eq(pt_psctl(&x, "submit lr.pb --name big --optimizer adam --config '%s'", x.yaml),
+                   1);
+  ck_assert_msg(pt_contains(x.err, "model 'big' needs ") &&
+                    pt_contains(x.err, "over its budget of 400 bytes (limits.max_shard_bytes)"),
+                "the error does not name the model and the budget, see %s", x.err);
+  for (int s = 0; s < PT_NSHARDS; s++) ck_assert_uint_eq(pt_status_nmodels(&x, s), 0);
+  pt_stop_all(&x);
+  pt_cleanup(&x);
+}
+END_TEST
+
 Suite *psctl_suite(void) {
   Suite *s = suite_create("psctl");
   struct {
@@ -458,7 +486,8 @@ Suite *psctl_suite(void) {
     const TTest *test;
   } cases[] = {{"export", test_psctl_export},
                {"model_show", test_psctl_model_show},
-               {"submit", test_psctl_submit}};
+               {"submit", test_psctl_submit},
+               {"submit_budget", test_psctl_submit_budget}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     TCase *tc = tcase_create(cases[i].name);
     tcase_set_timeout(tc, 180);

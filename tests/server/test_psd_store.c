@@ -1,6 +1,7 @@
 /* Tests for psd_store: push/flush/reopen bit for bit, SIGKILL after a flush,
  * bad input changes nothing, submit semantics, shard-count independence
- * of initial values, and RocksDB failures at open. */
+ * of initial values, RocksDB failures at open, the store closed after a
+ * failed flush and reopened by the next, and the memory budget at submit. */
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -574,6 +575,197 @@ START_TEST(test_open_failures) {
 }
 END_TEST
 
+/* open_budget opens DIR as the only shard with memory budget MAX. */
+static psd_store *open_budget(const char *dir, uint64_t max) {
+  psd_store_opts o = {.dir = dir, .shard_index = 0, .shard_ids = ids2, .nshards = 1,
+                      .chunk_elems = 1000, .max_bytes = max};
+  psd_store *s;
+  ps_errbuf eb;
+  ck_assert_msg(psd_store_open(&s, &o, &eb) == 0, "open '%s': %s", dir, eb.msg);
+  return s;
+}
+
+/* push_first pushes gradients f(step) to the first held chunk of "m" only. */
+static void push_first(psd_store *s, int step) {
+  const uint32_t *ids;
+  size_t n;
+  ck_assert_int_eq(psd_store_held(s, "m", &ids, &n, NULL), 0);
+  uint32_t len;
+  ck_assert_int_eq(psd_store_chunk_state(s, "m", ids[0], NULL, &len, NULL, NULL), 0);
+  float *g = malloc(len * sizeof *g);
+  for (uint32_t i = 0; i < len; i++) g[i] = (float)cos((double)(i + (uint32_t)step * 3)) * 0.25f;
+  ps_errbuf eb;
+  uint64_t version;
+  ck_assert_msg(psd_store_push(s, "m", ids, 1, g, len, 0, 0, 0, &version, &eb) == 0, "push: %s",
+                eb.msg);
+  free(g);
+}
+
+/* A failed flush closes RocksDB (psd_store.c invariant 8): the store goes
+ * on serving from memory and refuses submits; the next flush reopens the
+ * directory without touching memory and writes what the failed one held
+ * plus what came after; a reopen that fails leaves it closed and dirty. */
+START_TEST(test_failed_flush_reopens) {
+  const char *tmp = ps_test_tmpdir();
+  char *da = strdup(path_in(tmp, "a")), *dr = strdup(path_in(tmp, "ref"));
+  char *moved = strdup(path_in(tmp, "moved"));
+  spec_buf sb, sb2;
+  ps_errbuf eb;
+  psd_store *a = open_store(da, 0, 1), *ref = open_store(dr, 0, 1);
+  submit(a, make_spec(&sb, "m", 9, "adam"));
+  submit(ref, make_spec(&sb, "m", 9, "adam"));
+  push_all(a, 1);
+  push_all(ref, 1);
+  ck_assert_int_eq(psd_store_flush(a, &eb), 0);
+
+  /* Every chunk dirty, then the write fails. */
+  push_all(a, 2);
+  push_all(ref, 2);
+  psd_flush *f;
+  ck_assert_int_eq(psd_flush_prepare(a, &f, &eb), 0);
+  ck_assert_ptr_nonnull(f);
+  psd_flush_finish(a, f, PS_ENOSPC);
+  ck_assert(psd_store_dirty(a));
+  int created = -1;
+  ck_assert_int_eq(psd_store_submit(a, make_spec(&sb2, "n", 1, "sgd"), 0, &created, NULL, NULL,
+                                    &eb), PS_EDEGRADED);
+  ck_assert_msg(strstr(eb.msg, "closed after a failed write") && strstr(eb.msg, "'n'"), "%s",
+                eb.msg);
+  ck_assert_int_eq(created, 0);
+  ck_assert_uint_eq(psd_store_nmodels(a), 1);
+  /* The same spec again writes nothing: still answered. */
+  ck_assert_int_eq(psd_store_submit(a, make_spec(&sb, "m", 9, "adam"), 0, &created, NULL, NULL,
+                                    &eb), 0);
+
+  /* Memory serves; one chunk more changes. */
+  push_first(a, 3);
+  push_first(ref, 3);
+  same_state(a, ref);
+
+  /* The directory gone: the reopen fails (no empty store is made in its
+   * place; RocksDB leaves a directory with its LOG), nothing is lost. */
+  ck_assert_int_eq(rename(da, moved), 0);
+  ck_assert_int_lt(psd_store_flush(a, &eb), 0);
+  ck_assert_msg(strstr(eb.msg, "cannot reopen store"), "%s", eb.msg);
+  ck_assert(psd_store_dirty(a));
+  char cmd[1400];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s' && mv '%s' '%s'", da, moved, da);
+  ck_assert_int_eq(system(cmd), 0);
+
+  /* Back: the flush reopens and writes; memory is untouched by it. */
+  ck_assert_msg(psd_store_flush(a, &eb) == 0, "%s", eb.msg);
+  ck_assert(!psd_store_dirty(a));
+  same_state(a, ref);
+  ck_assert_uint_eq(version_of(a), 3);
+  ck_assert_msg(psd_store_submit(a, make_spec(&sb2, "n", 1, "sgd"), 0, &created, NULL, NULL,
+                                 &eb) == 0, "%s", eb.msg);
+  psd_store_close(a);
+
+  /* On disk: steps 1-3, including the chunks of the failed flush. */
+  a = open_store(da, 0, 1);
+  ck_assert_uint_eq(version_of(a), 3);
+  ck_assert_ptr_nonnull(psd_store_spec(a, "n"));
+  same_state(a, ref);
+  psd_store_close(a);
+  psd_store_close(ref);
+  free(da);
+  free(dr);
+  free(moved);
+}
+END_TEST
+
+/* size_str formats B as psd_store's messages do. */
+static const char *size_str(char *buf, uint64_t b) {
+  static const char *const units[] = {"KiB", "MiB", "GiB", "TiB"};
+  double v = (double)b / 1024;
+  int u = 0;
+  while (v >= 1024 && u < 3) v /= 1024, u++;
+  snprintf(buf, 32, "%.2f %s", v, units[u]);
+  return buf;
+}
+
+/* limits.max_shard_bytes at submit: refused before anything is made,
+ * with the model, its size and the budget named; other models count, the
+ * replaced one does not; a restored store over budget opens. */
+START_TEST(test_submit_budget) {
+  const char *tmp = ps_test_tmpdir();
+  spec_buf sb, sb2, sb3;
+  ps_errbuf eb;
+  int created;
+  char want[600], n1[32], n2[32], n3[32];
+  /* What "m" (Adam) and "s" (SGD) take, from an unlimited store. */
+  psd_store *u = open_store(path_in(tmp, "u"), 0, 1);
+  submit(u, make_spec(&sb, "m", 1, "adam"));
+  uint64_t need_m = psd_store_bytes(u);
+  /* 620 values and 2 Adam slots each, 11 chunks of bookkeeping. */
+  ck_assert_uint_ge(need_m, 620 * 3 * 4);
+  ck_assert_uint_le(need_m, 620 * 3 * 4 + 11 * 64);
+  submit(u, make_spec(&sb2, "s", 1, "sgd"));
+  uint64_t need_s = psd_store_bytes(u) - need_m;
+  ck_assert_uint_lt(need_s, need_m);
+  psd_store_close(u);
+
+  char *d = strdup(path_in(tmp, "b"));
+  psd_store *s = open_budget(d, need_m - 1);
+  ck_assert_int_eq(psd_store_submit(s, make_spec(&sb, "m", 1, "adam"), 0, &created, NULL, NULL,
+                                    &eb), PS_ETOOBIG);
+  snprintf(want, sizeof want,
+           "model 'm' needs %s on shard 0, over its budget of %s (limits.max_shard_bytes)",
+           size_str(n1, need_m), size_str(n2, need_m - 1));
+  ck_assert_str_eq(eb.msg, want);
+  ck_assert_uint_eq(psd_store_nmodels(s), 0);
+  ck_assert_uint_eq(psd_store_bytes(s), 0);
+  psd_store_close(s);
+
+  /* Exactly the budget fits; a second model does not. */
+  s = open_budget(d, need_m);
+  submit(s, make_spec(&sb, "m", 1, "adam"));
+  ck_assert_uint_eq(psd_store_bytes(s), need_m);
+  ck_assert_int_eq(psd_store_submit(s, make_spec(&sb2, "s", 1, "sgd"), 0, &created, NULL, NULL,
+                                    &eb), PS_ETOOBIG);
+  snprintf(want, sizeof want,
+           "model 's' needs %s on shard 0, which holds %s of other models: over its budget of "
+           "%s (limits.max_shard_bytes)",
+           size_str(n1, need_s), size_str(n2, need_m), size_str(n3, need_m));
+  ck_assert_str_eq(eb.msg, want);
+  ck_assert_uint_eq(psd_store_nmodels(s), 1);
+  /* Replacing "m" with as big a model: the old one is not counted. */
+  ck_assert_int_eq(psd_store_submit(s, make_spec(&sb3, "m", 2, "adam"), 1, &created, NULL, NULL,
+                                    &eb), 0);
+  ck_assert_int_eq(created, 1);
+  ck_assert_uint_eq(psd_store_spec(s, "m")->seed, 2);
+  psd_store_close(s);
+
+  /* The budget shrank: the store opens with its model, new ones wait. */
+  s = open_budget(d, need_m / 2);
+  ck_assert_ptr_nonnull(psd_store_spec(s, "m"));
+  ck_assert_int_eq(psd_store_submit(s, make_spec(&sb2, "s", 1, "sgd"), 0, &created, NULL, NULL,
+                                    &eb), PS_ETOOBIG);
+  psd_store_close(s);
+
+  /* GiB-sized: a [32768, 32768] Adam tensor, 12 GiB of values. */
+  static uint32_t big_shape[] = {32768, 32768};
+  sb3.t[0].shape = big_shape;
+  sb3.spec.n_tensors = 1;
+  sb3.spec.name = "big";
+  sb3.spec.chunk_elems = 65536;
+  s = open_budget(path_in(tmp, "g"), UINT64_C(2) << 30);
+  ck_assert_int_eq(psd_store_submit(s, &sb3.spec, 0, &created, NULL, NULL, &eb), PS_ETOOBIG);
+  ck_assert_str_eq(eb.msg, "model 'big' needs 12.00 GiB on shard 0, over its budget of 2.00 GiB "
+                           "(limits.max_shard_bytes)");
+  /* A hostile spec of 2^30 one-element chunks: its bookkeeping alone is
+   * over, refused without walking (or making) them. */
+  sb3.spec.chunk_elems = 1;
+  int64_t t0 = ps_test_now_ms();
+  ck_assert_int_eq(psd_store_submit(s, &sb3.spec, 0, &created, NULL, NULL, &eb), PS_ETOOBIG);
+  ck_assert_int_lt(ps_test_now_ms() - t0, 1000);
+  ck_assert_msg(strstr(eb.msg, "model 'big' needs at least ") != NULL, "%s", eb.msg);
+  ck_assert_uint_eq(psd_store_nmodels(s), 0);
+  psd_store_close(s);
+  free(d);
+}
+END_TEST
+
 Suite *psd_store_suite(void) {
   Suite *s = suite_create("psd_store");
   TCase *tc = tcase_create("core");
@@ -586,6 +778,8 @@ Suite *psd_store_suite(void) {
   tcase_add_test(tc, test_push_never_poisons);
   tcase_add_test(tc, test_two_shards_same_tensors);
   tcase_add_test(tc, test_open_failures);
+  tcase_add_test(tc, test_failed_flush_reopens);
+  tcase_add_test(tc, test_submit_budget);
   suite_add_tcase(s, tc);
   return s;
 }

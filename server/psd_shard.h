@@ -30,6 +30,9 @@ const char *psd_state_name(psd_state st);
 
 typedef struct psd_counters {
   uint64_t pushes, pulls, bytes_in, bytes_out, errors;
+  uint64_t chan_refused;     /* channel connections closed at accept (psd_chan.h) */
+  uint64_t chan_idle_closed; /* channel connections closed as idle */
+  uint64_t grpc_restarts;    /* gRPC servers rebuilt by the self-probe (psd_probe.h) */
 } psd_counters;
 
 struct psd_grpc;
@@ -46,6 +49,7 @@ typedef struct psd_shard {
   int64_t last_flush_unix_ms; /* 0: never */
   psd_counters ctr;
   uint32_t inflight;          /* requests accepted and not yet answered */
+  uint32_t chan_conns;        /* tensor-channel connections open now */
   struct psd_grpc *grpc;
   struct psd_chan *chan;
   psd_clock *clock;           /* leases, clocks, parked pulls (psd_shard_clock_start) */

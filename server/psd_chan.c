@@ -30,7 +30,10 @@
  *     resumes reading from the channel's wake-up handle on the next loop
  *     turn (never inside the release, which may run within another
  *     connection's parse).  A connection closed while its pull is parked
- *     cancels the park. */
+ *     cancels the park.
+ *  8. Before its HELLO a connection may announce at most
+ *     PS_CHAN_HELLO_META_MAX bytes of meta and no data: checked on the
+ *     header, before the meta buffer grows. */
 #include "psd_chan.h"
 
 #include <stdlib.h>
@@ -397,6 +400,8 @@ static int conn_meta_done(psd_conn *c) {
 static int conn_hdr_done(psd_conn *c) {
   int rc = ps_chan_hdr_decode(&c->h, c->hdrbuf, c->chan->sh->cfg->max_request_bytes);
   if (rc < 0 || c->h.meta_len == 0) return rc < 0 ? rc : PS_EPROTO;
+  if (!c->hello_done && (c->h.meta_len > PS_CHAN_HELLO_META_MAX || c->h.data_len))
+    return PS_EPROTO; /* no big buffer for a peer that has not said hello */
   if (c->h.meta_len > c->meta_cap) {
     uint8_t *m = realloc(c->meta, c->h.meta_len);
     if (!m) return PS_ENOMEM;

@@ -7,7 +7,9 @@
  * HELLO, a HELLO with another cluster name) closes that connection only and
  * counts an error; a request the handler refuses is answered with a
  * CHAN_ERROR frame and the connection stays open.  Every request counts in
- * sh->inflight from the moment it is read until its reply is written. */
+ * sh->inflight from the moment it is read until its reply is written.
+ * A header before the HELLO may announce at most PS_CHAN_HELLO_META_MAX
+ * bytes of meta and no data. */
 #ifndef PSD_CHAN_H
 #define PSD_CHAN_H
 

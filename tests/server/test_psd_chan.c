@@ -11,6 +11,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "ps.pb-c.h"
@@ -426,6 +427,68 @@ START_TEST(test_peer_gone_with_replies_queued) {
 }
 END_TEST
 
+/* psd_rss_kb returns PID's resident set in KiB (VmRSS), or -1. */
+static long psd_rss_kb(pid_t pid) {
+  char path[64], line[256];
+  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+  FILE *f = fopen(path, "r");
+  long kb = -1;
+  while (f && fgets(line, sizeof line, f))
+    if (sscanf(line, "VmRSS: %ld kB", &kb) == 1) break;
+  if (f) fclose(f);
+  return kb;
+}
+
+/* raw_send_all sends N bytes of BYTE, ignoring a peer that closed (the
+ * server may refuse mid-way); returns the bytes it got out. */
+static size_t raw_send_all(int fd, uint8_t byte, size_t n) {
+  static uint8_t buf[65536];
+  memset(buf, byte, sizeof buf);
+  size_t sent = 0;
+  while (sent < n) {
+    size_t k = n - sent < sizeof buf ? n - sent : sizeof buf;
+    ssize_t r = send(fd, buf, k, MSG_NOSIGNAL);
+    if (r <= 0) break;
+    sent += (size_t)r;
+  }
+  return sent;
+}
+
+/* A connection that has not said hello may announce a meta of only
+ * PS_CHAN_HELLO_META_MAX bytes: one announcing 16 MiB is closed at its
+ * header, before the shard buffers what follows.  Eight such peers each
+ * sending 2 MiB of meta must leave the shard's memory where it was (they
+ * cost 2 MiB each, 16 MiB announced each, when the header was believed). */
+START_TEST(test_prehello_meta_capped) {
+  ck_assert_msg(started, "psd is not running");
+  enum { PEERS = 8, SEND = 2 << 20 };
+  long rss0 = psd_rss_kb(psd_pid);
+  ck_assert_int_gt(rss0, 0);
+  int fds[PEERS];
+  for (int i = 0; i < PEERS; i++) {
+    fds[i] = raw_open();
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fds[i], SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    uint8_t hdr[PS_CHAN_HDR_LEN];
+    ps_chan_hdr h = {.magic = PS_CHAN_MAGIC, .version = PS_CHAN_VERSION,
+                     .meta_len = PS_CHAN_MAX_META, .req_id = 1};
+    ps_chan_hdr_encode(hdr, &h);
+    ck_assert_int_eq(write(fds[i], hdr, sizeof hdr), (ssize_t)sizeof hdr);
+    raw_send_all(fds[i], 0x0a, SEND);
+  }
+  usleep(200000);
+  long rss1 = psd_rss_kb(psd_pid);
+  for (int i = 0; i < PEERS; i++) {
+    ck_assert_msg(raw_closed(fds[i]), "peer %d announcing a 16 MiB meta before hello left open", i);
+    close(fds[i]);
+  }
+  ck_assert_msg(rss1 - rss0 < 4096, "the shard grew by %ld KiB for %d peers that never said hello",
+                rss1 - rss0, PEERS);
+  /* A hello of ordinary size still works. */
+  ps_chan_close(chan_open());
+}
+END_TEST
+
 Suite *psd_chan_suite(void) {
   Suite *s = suite_create("psd_chan");
   TCase *tc = tcase_create("psd");
@@ -438,6 +501,7 @@ Suite *psd_chan_suite(void) {
   tcase_add_test(tc, test_errors_keep_connection);
   tcase_add_test(tc, test_bad_frames_close_only_their_connection);
   tcase_add_test(tc, test_peer_gone_with_replies_queued);
+  tcase_add_test(tc, test_prehello_meta_capped);
   suite_add_tcase(s, tc);
   return s;
 }

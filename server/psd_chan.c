@@ -31,9 +31,13 @@
  *     turn (never inside the release, which may run within another
  *     connection's parse).  A connection closed while its pull is parked
  *     cancels the park.
- *  8. Before its HELLO a connection may announce at most
- *     PS_CHAN_HELLO_META_MAX bytes of meta and no data: checked on the
- *     header, before the meta buffer grows. */
+ *  8. Limits (psd_chan.h): the pre-HELLO meta cap is checked on the
+ *     header, before the meta buffer grows; a connection over
+ *     max_connections is accepted, answered with an error frame and closed
+ *     without reading; a sweep timer (CHAN_SWEEP_MS, at most a quarter of
+ *     the idle timeout) closes connections that moved no byte, in or out,
+ *     for idle_timeout_ms and have no pull parked.  Progress of a long
+ *     reply counts: libuv's write queue shrinking is activity. */
 #include "psd_chan.h"
 
 #include <stdlib.h>
@@ -45,6 +49,8 @@
 
 #define CHAN_STAGE 16384
 #define CHAN_MAX_QUEUED (16u << 20)
+#define CHAN_SWEEP_MS 5000u      /* longest period of the idle sweep (invariant 8) */
+#define CHAN_REFUSE_LOG_MS 10000 /* at most one log line about refusals this often */
 
 enum { RX_HDR, RX_META, RX_DATA, RX_DISCARD };
 
@@ -74,6 +80,9 @@ typedef struct psd_conn {
   Ps__ChanMeta *pmeta;        /* the parked pull's meta */
   uint64_t preq_id;           /* and its request id */
   psd_park park;
+  int counted;                /* counts in sh->chan_conns (not a refused one) */
+  uint64_t last_ms;           /* uv_now of its last byte moved (invariant 8) */
+  size_t last_wq;             /* libuv's write queue size at the last sweep */
 } psd_conn;
 
 typedef struct psd_chan {
@@ -81,9 +90,12 @@ typedef struct psd_chan {
   uv_tcp_t listener;
   int listening;
   psd_conn *conns;
-  int handles;                /* open libuv handles (listener + conns + wake) */
+  int handles;                /* open libuv handles (listener + conns + wake + sweep) */
   int closing;
   uv_async_t wake;            /* resumes released connections (invariant 7) */
+  uv_timer_t sweep;           /* closes idle connections (invariant 8) */
+  uint64_t refused_logged;    /* sh->ctr.chan_refused at the last log line */
+  uint64_t refused_log_ms;    /* uv_now of that line */
 } psd_chan;
 
 typedef struct chan_wr {
@@ -146,6 +158,7 @@ static void wr_done(uv_write_t *req, int status) {
   psd_shard *sh = c->chan->sh;
   if (w->inflight && sh->inflight) sh->inflight--;
   c->queued -= w->bytes;
+  if (status == 0) c->last_ms = uv_now(c->chan->sh->loop);
   conn_give_buf(c, w->data, w->data_cap); /* before a resume serves the next pull */
   if (status < 0 && status != UV_ECANCELED) conn_close(c);
   else if (w->close_after) conn_close(c);
@@ -401,7 +414,7 @@ static int conn_hdr_done(psd_conn *c) {
   int rc = ps_chan_hdr_decode(&c->h, c->hdrbuf, c->chan->sh->cfg->max_request_bytes);
   if (rc < 0 || c->h.meta_len == 0) return rc < 0 ? rc : PS_EPROTO;
   if (!c->hello_done && (c->h.meta_len > PS_CHAN_HELLO_META_MAX || c->h.data_len))
-    return PS_EPROTO; /* no big buffer for a peer that has not said hello */
+    return PS_EPROTO; /* invariant 8: no big buffer for a peer that has not said hello */
   if (c->h.meta_len > c->meta_cap) {
     uint8_t *m = realloc(c->meta, c->h.meta_len);
     if (!m) return PS_ENOMEM;
@@ -486,6 +499,7 @@ static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   if (nread == 0) return;
+  c->last_ms = uv_now(c->chan->sh->loop);
   int rc = 0;
   if (c->direct) {
     c->got += (uint64_t)nread;
@@ -544,6 +558,10 @@ static void conn_close(psd_conn *c) {
     c->pmeta = NULL;
     c->parked = 0;
   }
+  if (c->counted) {
+    c->counted = 0;
+    c->chan->sh->chan_conns--;
+  }
   if (c->prev) c->prev->next = c->next;
   else c->chan->conns = c->next;
   if (c->next) c->next->prev = c->prev;
@@ -562,24 +580,75 @@ static void chan_on_wake(uv_async_t *a) {
   }
 }
 
-/* chan_accept: a new connection on the listener. */
+/* chan_sweep closes the connections idle for idle_timeout_ms (invariant
+ * 8). */
+static void chan_sweep(uv_timer_t *t) {
+  psd_chan *ch = t->data;
+  psd_shard *sh = ch->sh;
+  uint64_t now = uv_now(sh->loop);
+  for (psd_conn *c = ch->conns, *next; c; c = next) {
+    next = c->next;
+    size_t wq = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+    if (wq != c->last_wq) { /* a long reply is still moving */
+      c->last_wq = wq;
+      c->last_ms = now;
+    }
+    if (c->closing || c->parked || now - c->last_ms < sh->cfg->idle_timeout_ms) continue;
+    sh->ctr.chan_idle_closed++;
+    ps_debug("channel: closing a connection silent for %llu ms",
+             (unsigned long long)(now - c->last_ms));
+    conn_close(c);
+  }
+}
+
+/* chan_refuse answers connection C, which the limits do not admit, with an
+ * error frame and closes it; nothing is read from it.  Counted, and
+ * logged at most every CHAN_REFUSE_LOG_MS. */
+static void chan_refuse(psd_conn *c, const char *why) {
+  psd_chan *ch = c->chan;
+  psd_shard *sh = ch->sh;
+  sh->ctr.chan_refused++;
+  uint64_t now = uv_now(sh->loop);
+  if (ch->refused_logged == 0 || now - ch->refused_log_ms >= CHAN_REFUSE_LOG_MS) {
+    ps_warn("channel: refused %llu connection(s) since the last report: %s",
+            (unsigned long long)(sh->ctr.chan_refused - ch->refused_logged), why);
+    ch->refused_logged = sh->ctr.chan_refused;
+    ch->refused_log_ms = now;
+  }
+  c->paused = 1;
+  conn_reply_error(c, PS_EUNAVAIL, why, 0, 1);
+}
+
+/* chan_accept: a new connection on the listener; admitted, or refused
+ * when the shard holds max_connections (invariant 8). */
 static void chan_accept(uv_stream_t *server, int status) {
   psd_chan *ch = server->data;
+  psd_shard *sh = ch->sh;
   if (status < 0 || ch->closing) return;
   psd_conn *c = calloc(1, sizeof *c);
   if (!c) return;
   c->chan = ch;
-  uv_tcp_init(ch->sh->loop, &c->tcp);
+  uv_tcp_init(sh->loop, &c->tcp);
   c->tcp.data = c;
   ch->handles++;
   c->next = ch->conns;
   if (ch->conns) ch->conns->prev = c;
   ch->conns = c;
+  c->last_ms = uv_now(sh->loop);
   if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
     conn_close(c);
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
+  if (sh->chan_conns >= sh->cfg->max_connections) {
+    char why[160];
+    snprintf(why, sizeof why, "shard %u holds its limit of %u channel connections "
+             "(limits.max_connections)", sh->me->id, sh->cfg->max_connections);
+    chan_refuse(c, why);
+    return;
+  }
+  c->counted = 1;
+  sh->chan_conns++;
   uv_read_start((uv_stream_t *)&c->tcp, conn_alloc, conn_read);
 }
 
@@ -629,6 +698,13 @@ int psd_chan_start(psd_shard *sh, ps_errbuf *eb) {
   uv_async_init(sh->loop, &ch->wake, chan_on_wake);
   ch->wake.data = ch;
   ch->handles++;
+  uint64_t sweep_ms = sh->cfg->idle_timeout_ms / 4;
+  if (sweep_ms > CHAN_SWEEP_MS) sweep_ms = CHAN_SWEEP_MS;
+  if (sweep_ms == 0) sweep_ms = 1;
+  uv_timer_init(sh->loop, &ch->sweep);
+  ch->sweep.data = ch;
+  ch->handles++;
+  uv_timer_start(&ch->sweep, chan_sweep, sweep_ms, sweep_ms);
   ch->listening = 1;
   sh->chan = ch;
   return 0;
@@ -650,5 +726,6 @@ void psd_chan_close(psd_shard *sh) {
   ch->closing = 1;
   while (ch->conns) conn_close(ch->conns);
   uv_close((uv_handle_t *)&ch->wake, chan_listener_closed);
+  uv_close((uv_handle_t *)&ch->sweep, chan_listener_closed);
   chan_maybe_free(ch);
 }

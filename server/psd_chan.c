@@ -33,8 +33,9 @@
  *     cancels the park.
  *  8. Limits (psd_chan.h): the pre-HELLO meta cap is checked on the
  *     header, before the meta buffer grows; a connection over
- *     max_connections is accepted, answered with an error frame and closed
- *     without reading; a sweep timer (CHAN_SWEEP_MS, at most a quarter of
+ *     max_connections, or when fewer than psd_fd_reserve descriptors would
+ *     be left free (psd_fd.h: gRPC and RocksDB cannot wait for one), is
+ *     accepted, answered with an error frame and closed without reading; a sweep timer (CHAN_SWEEP_MS, at most a quarter of
  *     the idle timeout) closes connections that moved no byte, in or out,
  *     for idle_timeout_ms and have no pull parked.  Progress of a long
  *     reply counts: libuv's write queue shrinking is activity. */
@@ -46,11 +47,14 @@
 #include "ps_addr.h"
 #include "ps_chan.h"
 #include "ps_log.h"
+#include "psd_fd.h"
 
 #define CHAN_STAGE 16384
 #define CHAN_MAX_QUEUED (16u << 20)
 #define CHAN_SWEEP_MS 5000u      /* longest period of the idle sweep (invariant 8) */
 #define CHAN_REFUSE_LOG_MS 10000 /* at most one log line about refusals this often */
+#define CHAN_FD_SAMPLE_MS 1000   /* descriptors counted at most this often ... */
+#define CHAN_FD_SAMPLE_NEAR_MS 100 /* ... or this often near the reserve */
 
 enum { RX_HDR, RX_META, RX_DATA, RX_DISCARD };
 
@@ -96,6 +100,9 @@ typedef struct psd_chan {
   uv_timer_t sweep;           /* closes idle connections (invariant 8) */
   uint64_t refused_logged;    /* sh->ctr.chan_refused at the last log line */
   uint64_t refused_log_ms;    /* uv_now of that line */
+  uint64_t fd_other;          /* open descriptors not the channel's, when last counted */
+  uint64_t fd_sample_ms;      /* uv_now of that count */
+  int fd_sampled;
 } psd_chan;
 
 typedef struct chan_wr {
@@ -619,8 +626,33 @@ static void chan_refuse(psd_conn *c, const char *why) {
   conn_reply_error(c, PS_EUNAVAIL, why, 0, 1);
 }
 
+/* chan_fds_free returns how many descriptors the process has free, the
+ * connection just accepted counted as open (invariant 8).  Counting them
+ * (/proc/self/fd) is O(n), so the descriptors that are not the channel's
+ * are counted at most every CHAN_FD_SAMPLE_MS (CHAN_FD_SAMPLE_NEAR_MS
+ * within twice RESERVE of LIMIT) and the channel's own connections are
+ * added exactly. */
+static uint64_t chan_fds_free(psd_chan *ch, uint64_t limit, uint64_t reserve) {
+  psd_shard *sh = ch->sh;
+  uint64_t now = uv_now(sh->loop), age = now - ch->fd_sample_ms;
+  uint64_t mine = (uint64_t)sh->chan_conns + 1, open = ch->fd_other + mine;
+  uint64_t left = open < limit ? limit - open : 0;
+  if (!ch->fd_sampled || age >= CHAN_FD_SAMPLE_MS ||
+      (left < 2 * reserve && age >= CHAN_FD_SAMPLE_NEAR_MS)) {
+    uint64_t n;
+    if (psd_fd_count(&n) == 0) {
+      ch->fd_other = n > mine ? n - mine : 0;
+      ch->fd_sample_ms = now;
+      ch->fd_sampled = 1;
+      left = n < limit ? limit - n : 0;
+    }
+  }
+  return left;
+}
+
 /* chan_accept: a new connection on the listener; admitted, or refused
- * when the shard holds max_connections (invariant 8). */
+ * when the shard holds max_connections or is short of descriptors
+ * (invariant 8). */
 static void chan_accept(uv_stream_t *server, int status) {
   psd_chan *ch = server->data;
   psd_shard *sh = ch->sh;
@@ -640,10 +672,18 @@ static void chan_accept(uv_stream_t *server, int status) {
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
+  char why[200];
+  uint64_t limit = psd_fd_limit(), reserve = psd_fd_reserve(limit), left;
   if (sh->chan_conns >= sh->cfg->max_connections) {
-    char why[160];
     snprintf(why, sizeof why, "shard %u holds its limit of %u channel connections "
              "(limits.max_connections)", sh->me->id, sh->cfg->max_connections);
+    chan_refuse(c, why);
+    return;
+  }
+  if (limit != UINT64_MAX && (left = chan_fds_free(ch, limit, reserve)) < reserve) {
+    snprintf(why, sizeof why, "shard %u is short of file descriptors: %llu of %llu free, "
+             "%llu kept for gRPC and RocksDB", sh->me->id, (unsigned long long)left,
+             (unsigned long long)limit, (unsigned long long)reserve);
     chan_refuse(c, why);
     return;
   }

@@ -26,6 +26,7 @@
 #include "ps_config.h"
 #include "ps_log.h"
 #include "psd_chan.h"
+#include "psd_fd.h"
 #include "psd_grpc.h"
 #include "psd_shard.h"
 #include "psd_store.h"
@@ -351,6 +352,14 @@ int main(int argc, char **argv) {
     ps_config_release(&cfg);
     return 0;
   }
+  /* Every descriptor the hard limit allows: gRPC core stops accepting for
+   * good after one accept fails with EMFILE (psd_fd.h). */
+  uint64_t before, after;
+  if (psd_fd_raise_limit(&before, &after, &eb) < 0)
+    ps_warn("cannot raise the open-files limit: %s", eb.msg);
+  else if (after != before)
+    ps_info("open-files limit raised from %llu to %llu", (unsigned long long)before,
+            (unsigned long long)after);
   static psd_main m; /* static: zeroed, and large handles stay off the stack */
   code = psd_main_serve(&m, &cfg, me);
   ps_config_release(&cfg);

@@ -8,12 +8,15 @@
  * files" and never accepts on that listener again, so after the flood has
  * gone the shard must notice (its self-probe) and rebuild its gRPC server:
  * psctl status says SERVING again within a bounded wait, and the channel
- * still serves a pull.  A second test checks that psd raises its soft
+ * still serves a pull, and a gRPC pull that was parked (bsp, waiting for
+ * a slower worker) when the server was rebuilt is answered UNAVAILABLE,
+ * not left to a server that is gone.  A second test checks that psd raises its soft
  * RLIMIT_NOFILE to the hard limit at start. */
 #include <errno.h>
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,13 +39,15 @@ typedef struct fd_ctx {
   pid_t pid;
 } fd_ctx;
 
-/* fd_start starts psd under prlimit with the open-files limit SOFT:HARD
- * and waits for both ports. */
+/* fd_start starts psd under prlimit with the open-files limit LIMIT
+ * ("SOFT[:HARD]") and waits for both ports.  Leases and parked pulls last
+ * a minute: a parked pull must still be parked when gRPC is rebuilt. */
 static void fd_start(fd_ctx *x, const char *limit) {
-  if (access("/usr/bin/prlimit", X_OK) != 0) return;
   snprintf(x->dir, sizeof x->dir, "%s", ps_test_tmpdir());
   snprintf(x->yaml, sizeof x->yaml, "%s",
-           ps_test_cluster_yaml(x->dir, 1, NULL, &x->gp, &x->cp));
+           ps_test_cluster_yaml(x->dir, 1,
+                                "workers:\n  count: 2\n  lease_ms: 60000\n"
+                                "training:\n  pull_timeout_ms: 60000\n", &x->gp, &x->cp));
   snprintf(x->log, sizeof x->log, "%s/psd.log", x->dir);
   snprintf(x->out, sizeof x->out, "%s/psctl.out", x->dir);
   char nofile[64];
@@ -106,7 +111,7 @@ static void fd_close_all(int *fds, int n) {
   for (int i = 0; i < n; i++) close(fds[i]);
 }
 
-/* fd_submit registers model "fd" (FD_ELEMS ones, one chunk). */
+/* fd_submit registers model "fd" (FD_ELEMS ones, one chunk, bsp). */
 static void fd_submit(fd_ctx *x) {
   char addr[64];
   snprintf(addr, sizeof addr, "127.0.0.1:%d", x->gp);
@@ -126,6 +131,7 @@ static void fd_submit(fd_ctx *x) {
   spec.n_tensors = 1;
   spec.tensors = ts;
   spec.optimizer = &opt;
+  spec.consistency = "bsp";
   ps_rpc *r;
   ps_errbuf eb;
   ck_assert_int_eq(ps_rpc_open(&r, addr, &eb), 0);
@@ -149,6 +155,69 @@ static int fd_pull(fd_ctx *x, ps_errbuf *eb) {
   return rc;
 }
 
+/* A gRPC pull of WORKER at CLOCK, in a thread when started with
+ * fd_pull_start. */
+typedef struct fd_grpc_pull {
+  char addr[64];
+  uint32_t worker;
+  uint64_t clock;
+  int err;
+  ps_errbuf eb;
+  pthread_t th;
+} fd_grpc_pull;
+
+static void *fd_grpc_pull_run(void *arg) {
+  fd_grpc_pull *p = arg;
+  ps_rpc *r;
+  p->err = ps_rpc_open(&r, p->addr, &p->eb);
+  if (p->err < 0) return NULL;
+  uint32_t id = 0;
+  Ps__PullRequest req = PS__PULL_REQUEST__INIT;
+  req.model = "fd";
+  req.n_chunk_ids = 1;
+  req.chunk_ids = &id;
+  req.worker = p->worker;
+  req.clock = p->clock;
+  ProtobufCMessage *rep = NULL;
+  p->err = ps_rpc_call(r, "/ps.Ps/Pull", &req.base, &ps__pull_reply__descriptor, &rep, 90000,
+                       &p->eb);
+  if (rep) protobuf_c_message_free_unpacked(rep, NULL);
+  ps_rpc_close(r);
+  return NULL;
+}
+
+/* fd_park leaves a gRPC pull of worker 0 parked on model "fd": both
+ * workers pulled at clock 0, worker 0 pushed clock 0 and pulls at clock 1
+ * (bsp), in thread P. */
+static void fd_park(fd_ctx *x, fd_grpc_pull *p) {
+  memset(p, 0, sizeof *p);
+  snprintf(p->addr, sizeof p->addr, "127.0.0.1:%d", x->gp);
+  for (uint32_t w = 0; w < 2; w++) {
+    fd_grpc_pull now = *p;
+    now.worker = w;
+    fd_grpc_pull_run(&now);
+    ck_assert_msg(now.err == 0, "pull of worker %u: %s", w, now.eb.msg);
+  }
+  ps_rpc *r;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_rpc_open(&r, p->addr, &eb), 0);
+  float g[FD_ELEMS] = {0};
+  uint32_t id = 0;
+  Ps__PushRequest req = PS__PUSH_REQUEST__INIT;
+  req.model = "fd";
+  req.n_chunk_ids = 1;
+  req.chunk_ids = &id;
+  req.grads.data = (uint8_t *)g;
+  req.grads.len = sizeof g;
+  ProtobufCMessage *rep = NULL;
+  int err = ps_rpc_call(r, "/ps.Ps/Push", &req.base, &ps__push_reply__descriptor, &rep, 5000, &eb);
+  ck_assert_msg(err == 0, "push: %s", eb.msg);
+  protobuf_c_message_free_unpacked(rep, NULL);
+  ps_rpc_close(r);
+  p->clock = 1;
+  ck_assert_int_eq(pthread_create(&p->th, NULL, fd_grpc_pull_run, p), 0);
+}
+
 START_TEST(test_fd_exhaustion_recovers) {
   fd_ctx x;
   memset(&x, 0, sizeof x);
@@ -157,6 +226,8 @@ START_TEST(test_fd_exhaustion_recovers) {
   fd_submit(&x);
   ps_errbuf eb;
   ck_assert_msg(fd_pull(&x, &eb) == 0, "pull before the floods: %s", eb.msg);
+  fd_grpc_pull parked;
+  fd_park(&x, &parked);
   static int fds[FD_FLOOD];
 
   /* 1. The channel keeps a reserve: gRPC answers while its flood is held. */
@@ -178,6 +249,9 @@ START_TEST(test_fd_exhaustion_recovers) {
   ck_assert_msg(rc == 0, "psctl status still fails %lld ms after a flood of %d gRPC connections "
                 "ended; see %s and %s", (long long)(ps_test_now_ms() - t0), n, x.out, x.log);
   ck_assert_msg(fd_pull(&x, &eb) == 0, "pull after the floods: %s", eb.msg);
+  pthread_join(parked.th, NULL);
+  ck_assert_msg(parked.err == PS_EUNAVAIL, "the pull parked across the rebuild: %s (%s)",
+                ps_errname(parked.err), parked.eb.msg);
   /* psctl status tells what happened. */
   char *json = ps_test_read_file(x.out, NULL);
   double restarts = ps_test_json_num(json, "grpc_restarts");

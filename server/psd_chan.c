@@ -32,13 +32,15 @@
  *     connection's parse).  A connection closed while its pull is parked
  *     cancels the park.
  *  8. Limits (psd_chan.h): the pre-HELLO meta cap is checked on the
- *     header, before the meta buffer grows; a connection over
- *     max_connections, or when fewer than psd_fd_reserve descriptors would
- *     be left free (psd_fd.h: gRPC and RocksDB cannot wait for one), is
- *     accepted, answered with an error frame and closed without reading; a sweep timer (CHAN_SWEEP_MS, at most a quarter of
- *     the idle timeout) closes connections that moved no byte, in or out,
- *     for idle_timeout_ms and have no pull parked.  Progress of a long
- *     reply counts: libuv's write queue shrinking is activity. */
+ *     header, before the meta buffer grows.  A new connection is accepted
+ *     and closed without being read when fewer than psd_fd_reserve
+ *     descriptors would be left free (psd_fd.h: gRPC and RocksDB cannot
+ *     wait for one), at once; or when max_connections are open, after an
+ *     error frame that says so (also at once when descriptors are short).
+ *     A sweep timer (CHAN_SWEEP_MS, at most a quarter of the idle timeout)
+ *     closes connections that moved no byte, in or out, for
+ *     idle_timeout_ms and have no pull parked; a long reply still draining
+ *     (libuv's write queue shrinking) is activity. */
 #include "psd_chan.h"
 
 #include <stdlib.h>
@@ -593,6 +595,16 @@ static void chan_sweep(uv_timer_t *t) {
   psd_chan *ch = t->data;
   psd_shard *sh = ch->sh;
   uint64_t now = uv_now(sh->loop);
+  if (sh->ctr.chan_refused > ch->refused_logged && now - ch->refused_log_ms >= CHAN_REFUSE_LOG_MS) {
+    /* the tail of a burst that chan_refuse did not log */
+    ps_warn("channel: refused %llu more connection(s) in the last %llu s "
+            "(limits.max_connections %u, %u open, or short of file descriptors)",
+            (unsigned long long)(sh->ctr.chan_refused - ch->refused_logged),
+            (unsigned long long)(now - ch->refused_log_ms) / 1000, sh->cfg->max_connections,
+            sh->chan_conns);
+    ch->refused_logged = sh->ctr.chan_refused;
+    ch->refused_log_ms = now;
+  }
   for (psd_conn *c = ch->conns, *next; c; c = next) {
     next = c->next;
     size_t wq = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
@@ -608,10 +620,12 @@ static void chan_sweep(uv_timer_t *t) {
   }
 }
 
-/* chan_refuse answers connection C, which the limits do not admit, with an
- * error frame and closes it; nothing is read from it.  Counted, and
- * logged at most every CHAN_REFUSE_LOG_MS. */
-static void chan_refuse(psd_conn *c, const char *why) {
+/* chan_refuse closes connection C, which the limits do not admit, without
+ * reading from it: with an error frame saying WHY when ANSWER, else at
+ * once (the frame's write would hold the descriptor until the next loop
+ * turn, and a burst of refusals would eat the reserve it protects).
+ * Counted, and logged at most every CHAN_REFUSE_LOG_MS. */
+static void chan_refuse(psd_conn *c, const char *why, int answer) {
   psd_chan *ch = c->chan;
   psd_shard *sh = ch->sh;
   sh->ctr.chan_refused++;
@@ -623,7 +637,10 @@ static void chan_refuse(psd_conn *c, const char *why) {
     ch->refused_log_ms = now;
   }
   c->paused = 1;
-  conn_reply_error(c, PS_EUNAVAIL, why, 0, 1);
+  if (answer)
+    conn_reply_error(c, PS_EUNAVAIL, why, 0, 1);
+  else
+    conn_close(c);
 }
 
 /* chan_fds_free returns how many descriptors the process has free, the
@@ -673,18 +690,19 @@ static void chan_accept(uv_stream_t *server, int status) {
   }
   uv_tcp_nodelay(&c->tcp, 1);
   char why[200];
-  uint64_t limit = psd_fd_limit(), reserve = psd_fd_reserve(limit), left;
-  if (sh->chan_conns >= sh->cfg->max_connections) {
-    snprintf(why, sizeof why, "shard %u holds its limit of %u channel connections "
-             "(limits.max_connections)", sh->me->id, sh->cfg->max_connections);
-    chan_refuse(c, why);
-    return;
-  }
-  if (limit != UINT64_MAX && (left = chan_fds_free(ch, limit, reserve)) < reserve) {
+  uint64_t limit = psd_fd_limit(), reserve = psd_fd_reserve(limit);
+  uint64_t left = limit == UINT64_MAX ? UINT64_MAX : chan_fds_free(ch, limit, reserve);
+  if (left < reserve) {
     snprintf(why, sizeof why, "shard %u is short of file descriptors: %llu of %llu free, "
              "%llu kept for gRPC and RocksDB", sh->me->id, (unsigned long long)left,
              (unsigned long long)limit, (unsigned long long)reserve);
-    chan_refuse(c, why);
+    chan_refuse(c, why, 0);
+    return;
+  }
+  if (sh->chan_conns >= sh->cfg->max_connections) {
+    snprintf(why, sizeof why, "shard %u holds its limit of %u channel connections "
+             "(limits.max_connections)", sh->me->id, sh->cfg->max_connections);
+    chan_refuse(c, why, left / 2 >= reserve);
     return;
   }
   c->counted = 1;

@@ -595,7 +595,8 @@ static void chan_sweep(uv_timer_t *t) {
   psd_chan *ch = t->data;
   psd_shard *sh = ch->sh;
   uint64_t now = uv_now(sh->loop);
-  if (sh->ctr.chan_refused > ch->refused_logged && now - ch->refused_log_ms >= CHAN_REFUSE_LOG_MS) {
+  if (sh->ctr.chan_refused > ch->refused_logged &&
+      now - ch->refused_log_ms >= CHAN_REFUSE_LOG_MS) {
     /* the tail of a burst that chan_refuse did not log */
     ps_warn("channel: refused %llu more connection(s) in the last %llu s "
             "(limits.max_connections %u, %u open, or short of file descriptors)",

@@ -81,7 +81,8 @@ static void probe_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     return;
   }
   p->got += (size_t)n;
-  if (p->got == sizeof p->frame) probe_judge(p, probe_frame_ok(p), "its first frame is not SETTINGS");
+  if (p->got == sizeof p->frame)
+    probe_judge(p, probe_frame_ok(p), "its first frame is not SETTINGS");
 }
 
 static void probe_connected(uv_connect_t *req, int status) {

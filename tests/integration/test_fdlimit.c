@@ -63,7 +63,8 @@ static void fd_start(fd_ctx *x, const char *limit) {
  * exit code (0: every shard SERVING). */
 static int fd_psctl(fd_ctx *x) {
   char cmd[2048];
-  snprintf(cmd, sizeof cmd, "timeout 20 '%s' status --config '%s' --json --timeout 2000 > '%s' 2>>'%s'",
+  snprintf(cmd, sizeof cmd,
+           "timeout 20 '%s' status --config '%s' --json --timeout 2000 > '%s' 2>>'%s'",
            ps_test_bin("psctl"), x->yaml, x->out, x->log);
   int st = system(cmd);
   return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
@@ -260,8 +261,8 @@ START_TEST(test_fd_exhaustion_recovers) {
   ck_assert_msg(restarts >= 1, "grpc_restarts %g after the listener was rebuilt", restarts);
   ck_assert_msg(chan_refused >= 1, "chan_refused %g after the channel flood", chan_refused);
   int st = ps_test_stop(x.pid, SIGTERM, 15000);
-  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd did not stop cleanly (status %d); see %s",
-                st, x.log);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                "psd did not stop cleanly (status %d); see %s", st, x.log);
 }
 END_TEST
 

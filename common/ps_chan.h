@@ -23,6 +23,10 @@
 #define PS_CHAN_VERSION 1
 #define PS_CHAN_HDR_LEN 32
 #define PS_CHAN_MAX_META (1u << 24)
+/* A server takes at most this much meta before the peer's HELLO (a hello
+ * is tens of bytes; its auth proof will add tens more): a peer that has
+ * not said who it is must not make the server buffer PS_CHAN_MAX_META. */
+#define PS_CHAN_HELLO_META_MAX 4096u
 
 typedef struct ps_chan_hdr {
   uint32_t magic;

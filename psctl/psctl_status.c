@@ -95,6 +95,20 @@ static void psctl_status_table(const psctl_row *rows, size_t n) {
   }
 }
 
+/* psctl_status_conns prints, for the shards that refused or dropped
+ * connections or rebuilt their gRPC server, those counts (nothing when
+ * none did: the table stays as it was for a healthy cluster). */
+static void psctl_status_conns(const psctl_row *rows, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    const Ps__StatusReply *s = rows[i].st;
+    if (!s || !(s->chan_refused || s->chan_idle_closed || s->grpc_restarts)) continue;
+    printf("shard %u: channel %u open, %llu refused at accept, %llu closed idle; "
+           "grpc server rebuilt %llu times\n",
+           s->shard, s->chan_connections, (unsigned long long)s->chan_refused,
+           (unsigned long long)s->chan_idle_closed, (unsigned long long)s->grpc_restarts);
+  }
+}
+
 /* psctl_status_models prints each shard's models with their consistency:
  * tau histogram (buckets 0, 1, 2, 3-4, 5-8, 9-16, >16), the largest clock
  * gap a pull was served at, pulls parked now / ever / timed out. */
@@ -218,7 +232,11 @@ static void psctl_status_json_row(const psctl_row *r) {
          (unsigned long long)s->bytes_in, (unsigned long long)s->bytes_out,
          (unsigned long long)s->errors, (long long)s->last_flush_unix_ms);
   psctl_json_num(r->flush_age_s);
-  printf(",\"disk_bytes\":%llu}", (unsigned long long)s->disk_bytes);
+  printf(",\"disk_bytes\":%llu,\"chan_connections\":%u,\"chan_refused\":%llu,"
+         "\"chan_idle_closed\":%llu,\"grpc_restarts\":%llu}",
+         (unsigned long long)s->disk_bytes, s->chan_connections,
+         (unsigned long long)s->chan_refused, (unsigned long long)s->chan_idle_closed,
+         (unsigned long long)s->grpc_restarts);
 }
 
 /* psctl_status_json_workers prints the "workers" member: the
@@ -347,6 +365,7 @@ int psctl_status_main(int argc, char **argv) {
     printf("}\n");
   } else {
     psctl_status_table(rows, n);
+    psctl_status_conns(rows, n);
     psctl_status_models(rows, n);
     psctl_status_workers(workers, leb.msg);
   }

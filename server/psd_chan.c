@@ -30,7 +30,17 @@
  *     resumes reading from the channel's wake-up handle on the next loop
  *     turn (never inside the release, which may run within another
  *     connection's parse).  A connection closed while its pull is parked
- *     cancels the park. */
+ *     cancels the park.
+ *  8. Limits (psd_chan.h): the pre-HELLO meta cap is checked on the
+ *     header, before the meta buffer grows.  A new connection is accepted
+ *     and closed without being read when fewer than psd_fd_reserve
+ *     descriptors would be left free (psd_fd.h: gRPC and RocksDB cannot
+ *     wait for one), at once; or when max_connections are open, after an
+ *     error frame that says so (also at once when descriptors are short).
+ *     A sweep timer (CHAN_SWEEP_MS, at most a quarter of the idle timeout)
+ *     closes connections that moved no byte, in or out, for
+ *     idle_timeout_ms and have no pull parked; a long reply still draining
+ *     (libuv's write queue shrinking) is activity. */
 #include "psd_chan.h"
 
 #include <stdlib.h>
@@ -40,9 +50,14 @@
 #include "ps_chan.h"
 #include "ps_log.h"
 #include "ps_pb.h"
+#include "psd_fd.h"
 
 #define CHAN_STAGE 16384
 #define CHAN_MAX_QUEUED (16u << 20)
+#define CHAN_SWEEP_MS 5000u      /* longest period of the idle sweep (invariant 8) */
+#define CHAN_REFUSE_LOG_MS 10000 /* at most one log line about refusals this often */
+#define CHAN_FD_SAMPLE_MS 1000   /* descriptors counted at most this often ... */
+#define CHAN_FD_SAMPLE_NEAR_MS 100 /* ... or this often near the reserve */
 
 enum { RX_HDR, RX_META, RX_DATA, RX_DISCARD };
 
@@ -72,6 +87,9 @@ typedef struct psd_conn {
   Ps__ChanMeta *pmeta;        /* the parked pull's meta */
   uint64_t preq_id;           /* and its request id */
   psd_park park;
+  int counted;                /* counts in sh->chan_conns (not a refused one) */
+  uint64_t last_ms;           /* uv_now of its last byte moved (invariant 8) */
+  size_t last_wq;             /* libuv's write queue size at the last sweep */
 } psd_conn;
 
 typedef struct psd_chan {
@@ -79,9 +97,15 @@ typedef struct psd_chan {
   uv_tcp_t listener;
   int listening;
   psd_conn *conns;
-  int handles;                /* open libuv handles (listener + conns + wake) */
+  int handles;                /* open libuv handles (listener + conns + wake + sweep) */
   int closing;
   uv_async_t wake;            /* resumes released connections (invariant 7) */
+  uv_timer_t sweep;           /* closes idle connections (invariant 8) */
+  uint64_t refused_logged;    /* sh->ctr.chan_refused at the last log line */
+  uint64_t refused_log_ms;    /* uv_now of that line */
+  uint64_t fd_other;          /* open descriptors not the channel's, when last counted */
+  uint64_t fd_sample_ms;      /* uv_now of that count */
+  int fd_sampled;
 } psd_chan;
 
 typedef struct chan_wr {
@@ -144,6 +168,7 @@ static void wr_done(uv_write_t *req, int status) {
   psd_shard *sh = c->chan->sh;
   if (w->inflight && sh->inflight) sh->inflight--;
   c->queued -= w->bytes;
+  if (status == 0) c->last_ms = uv_now(c->chan->sh->loop);
   conn_give_buf(c, w->data, w->data_cap); /* before a resume serves the next pull */
   if (status < 0 && status != UV_ECANCELED) conn_close(c);
   else if (w->close_after) conn_close(c);
@@ -403,6 +428,8 @@ static int conn_meta_done(psd_conn *c) {
 static int conn_hdr_done(psd_conn *c) {
   int rc = ps_chan_hdr_decode(&c->h, c->hdrbuf, c->chan->sh->cfg->max_request_bytes);
   if (rc < 0 || c->h.meta_len == 0) return rc < 0 ? rc : PS_EPROTO;
+  if (!c->hello_done && (c->h.meta_len > PS_CHAN_HELLO_META_MAX || c->h.data_len))
+    return PS_EPROTO; /* invariant 8: no big buffer for a peer that has not said hello */
   if (c->h.meta_len > c->meta_cap) {
     uint8_t *m = realloc(c->meta, c->h.meta_len);
     if (!m) return PS_ENOMEM;
@@ -487,6 +514,7 @@ static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
     return;
   }
   if (nread == 0) return;
+  c->last_ms = uv_now(c->chan->sh->loop);
   int rc = 0;
   if (c->direct) {
     c->got += (uint64_t)nread;
@@ -545,6 +573,10 @@ static void conn_close(psd_conn *c) {
     c->pmeta = NULL;
     c->parked = 0;
   }
+  if (c->counted) {
+    c->counted = 0;
+    c->chan->sh->chan_conns--;
+  }
   if (c->prev) c->prev->next = c->next;
   else c->chan->conns = c->next;
   if (c->next) c->next->prev = c->prev;
@@ -563,24 +595,125 @@ static void chan_on_wake(uv_async_t *a) {
   }
 }
 
-/* chan_accept: a new connection on the listener. */
+/* chan_sweep closes the connections idle for idle_timeout_ms (invariant
+ * 8). */
+static void chan_sweep(uv_timer_t *t) {
+  psd_chan *ch = t->data;
+  psd_shard *sh = ch->sh;
+  uint64_t now = uv_now(sh->loop);
+  if (sh->ctr.chan_refused > ch->refused_logged &&
+      now - ch->refused_log_ms >= CHAN_REFUSE_LOG_MS) {
+    /* the tail of a burst that chan_refuse did not log */
+    ps_warn("channel: refused %llu more connection(s) in the last %llu s "
+            "(limits.max_connections %u, %u open, or short of file descriptors)",
+            (unsigned long long)(sh->ctr.chan_refused - ch->refused_logged),
+            (unsigned long long)(now - ch->refused_log_ms) / 1000, sh->cfg->max_connections,
+            sh->chan_conns);
+    ch->refused_logged = sh->ctr.chan_refused;
+    ch->refused_log_ms = now;
+  }
+  for (psd_conn *c = ch->conns, *next; c; c = next) {
+    next = c->next;
+    size_t wq = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+    if (wq != c->last_wq) { /* a long reply is still moving */
+      c->last_wq = wq;
+      c->last_ms = now;
+    }
+    if (c->closing || c->parked || now - c->last_ms < sh->cfg->idle_timeout_ms) continue;
+    sh->ctr.chan_idle_closed++;
+    ps_debug("channel: closing a connection silent for %llu ms",
+             (unsigned long long)(now - c->last_ms));
+    conn_close(c);
+  }
+}
+
+/* chan_refuse closes connection C, which the limits do not admit, without
+ * reading from it: with an error frame saying WHY when ANSWER, else at
+ * once (the frame's write would hold the descriptor until the next loop
+ * turn, and a burst of refusals would eat the reserve it protects).
+ * Counted, and logged at most every CHAN_REFUSE_LOG_MS. */
+static void chan_refuse(psd_conn *c, const char *why, int answer) {
+  psd_chan *ch = c->chan;
+  psd_shard *sh = ch->sh;
+  sh->ctr.chan_refused++;
+  uint64_t now = uv_now(sh->loop);
+  if (ch->refused_logged == 0 || now - ch->refused_log_ms >= CHAN_REFUSE_LOG_MS) {
+    ps_warn("channel: refused %llu connection(s) since the last report: %s",
+            (unsigned long long)(sh->ctr.chan_refused - ch->refused_logged), why);
+    ch->refused_logged = sh->ctr.chan_refused;
+    ch->refused_log_ms = now;
+  }
+  c->paused = 1;
+  if (answer)
+    conn_reply_error(c, PS_EUNAVAIL, why, 0, 1);
+  else
+    conn_close(c);
+}
+
+/* chan_fds_free returns how many descriptors the process has free, the
+ * connection just accepted counted as open (invariant 8).  Counting them
+ * (/proc/self/fd) is O(n), so the descriptors that are not the channel's
+ * are counted at most every CHAN_FD_SAMPLE_MS (CHAN_FD_SAMPLE_NEAR_MS
+ * within twice RESERVE of LIMIT) and the channel's own connections are
+ * added exactly. */
+static uint64_t chan_fds_free(psd_chan *ch, uint64_t limit, uint64_t reserve) {
+  psd_shard *sh = ch->sh;
+  uint64_t now = uv_now(sh->loop), age = now - ch->fd_sample_ms;
+  uint64_t mine = (uint64_t)sh->chan_conns + 1, open = ch->fd_other + mine;
+  uint64_t left = open < limit ? limit - open : 0;
+  if (!ch->fd_sampled || age >= CHAN_FD_SAMPLE_MS ||
+      (left < 2 * reserve && age >= CHAN_FD_SAMPLE_NEAR_MS)) {
+    uint64_t n;
+    if (psd_fd_count(&n) == 0) {
+      ch->fd_other = n > mine ? n - mine : 0;
+      ch->fd_sample_ms = now;
+      ch->fd_sampled = 1;
+      left = n < limit ? limit - n : 0;
+    }
+  }
+  return left;
+}
+
+/* chan_accept: a new connection on the listener; admitted, or refused
+ * when the shard holds max_connections or is short of descriptors
+ * (invariant 8). */
 static void chan_accept(uv_stream_t *server, int status) {
   psd_chan *ch = server->data;
+  psd_shard *sh = ch->sh;
   if (status < 0 || ch->closing) return;
   psd_conn *c = calloc(1, sizeof *c);
   if (!c) return;
   c->chan = ch;
-  uv_tcp_init(ch->sh->loop, &c->tcp);
+  uv_tcp_init(sh->loop, &c->tcp);
   c->tcp.data = c;
   ch->handles++;
   c->next = ch->conns;
   if (ch->conns) ch->conns->prev = c;
   ch->conns = c;
+  c->last_ms = uv_now(sh->loop);
   if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
     conn_close(c);
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
+  char why[200];
+  uint64_t limit = psd_fd_limit(), reserve = psd_fd_reserve(limit);
+  uint64_t left = limit == UINT64_MAX ? UINT64_MAX : chan_fds_free(ch, limit, reserve);
+  if (left < reserve) {
+    snprintf(why, sizeof why, "shard %u is short of file descriptors: %llu of %llu free, "
+             "%llu kept for gRPC and RocksDB", sh->me->id, (unsigned long long)left,
+             (unsigned long long)limit, (unsigned long long)reserve);
+    chan_refuse(c, why, 0);
+    return;
+  }
+  if (sh->chan_conns >= sh->cfg->max_connections) {
+    snprintf(why, sizeof why, "shard %u holds its limit of %u channel connections "
+             "(limits.max_connections)", sh->me->id, sh->cfg->max_connections);
+    chan_refuse(c, why, left / 2 >= reserve);
+    return;
+  }
+  c->counted = 1;
+  sh->chan_conns++;
   uv_read_start((uv_stream_t *)&c->tcp, conn_alloc, conn_read);
 }
 
@@ -630,6 +763,13 @@ int psd_chan_start(psd_shard *sh, ps_errbuf *eb) {
   uv_async_init(sh->loop, &ch->wake, chan_on_wake);
   ch->wake.data = ch;
   ch->handles++;
+  uint64_t sweep_ms = sh->cfg->idle_timeout_ms / 4;
+  if (sweep_ms > CHAN_SWEEP_MS) sweep_ms = CHAN_SWEEP_MS;
+  if (sweep_ms == 0) sweep_ms = 1;
+  uv_timer_init(sh->loop, &ch->sweep);
+  ch->sweep.data = ch;
+  ch->handles++;
+  uv_timer_start(&ch->sweep, chan_sweep, sweep_ms, sweep_ms);
   ch->listening = 1;
   sh->chan = ch;
   return 0;
@@ -651,5 +791,6 @@ void psd_chan_close(psd_shard *sh) {
   ch->closing = 1;
   while (ch->conns) conn_close(ch->conns);
   uv_close((uv_handle_t *)&ch->wake, chan_listener_closed);
+  uv_close((uv_handle_t *)&ch->sweep, chan_listener_closed);
   chan_maybe_free(ch);
 }

@@ -7,7 +7,17 @@
  * HELLO, a HELLO with another cluster name) closes that connection only and
  * counts an error; a request the handler refuses is answered with a
  * CHAN_ERROR frame and the connection stays open.  Every request counts in
- * sh->inflight from the moment it is read until its reply is written. */
+ * sh->inflight from the moment it is read until its reply is written.
+ *
+ * Limits on what a peer may hold (README "limits"): a header before the
+ * HELLO may announce at most PS_CHAN_HELLO_META_MAX bytes of meta and no
+ * data; at most cfg->max_connections connections are open at once (one
+ * more is answered with a PS_EUNAVAIL error frame and closed at accept);
+ * none is kept that would leave fewer than psd_fd_reserve descriptors
+ * free (closed at accept, psd_fd.h); both refusals count in
+ * sh->ctr.chan_refused.  A connection that moves no byte for
+ * cfg->idle_timeout_ms, unless a pull of it is parked, is closed (counted
+ * in sh->ctr.chan_idle_closed).  sh->chan_conns is the number open. */
 #ifndef PSD_CHAN_H
 #define PSD_CHAN_H
 

@@ -10,9 +10,11 @@
  *  2. Handlers run on the loop thread and never block; uv_async_send
  *     coalesces, so the async callback drains the whole FIFO.
  *  3. A pull that must wait for slower workers (psd_shard_pull_admit) is
- *     parked: the loop keeps the call and its request (c->held) and
- *     answers it from the park's callback; until then it counts in
- *     sh->inflight.  The shard releases parked pulls before it drains.
+ *     parked: the loop keeps the call and its request (c->held), links it
+ *     in g->parked and answers it from the park's callback; until then it
+ *     counts in sh->inflight.  The shard releases parked pulls before it
+ *     drains; a stop finds none parked unless it rebuilds the server
+ *     (psd_grpc_restart), and then answers them PS_EUNAVAIL itself.
  *  4. Shutdown: grpc_server_shutdown_and_notify (no new calls), answer
  *     what was handed over, grpc_server_cancel_all_calls, wait for the
  *     notification, shut the queue down, join the thread (it stops at
@@ -55,6 +57,7 @@ typedef struct psd_grpc_call {
   struct psd_grpc *g;
   ProtobufCMessage *held;         /* a parked pull's request (invariant 3) */
   psd_park park;
+  struct psd_grpc_call *pprev, *pnext; /* in g->parked while held */
 } psd_grpc_call;
 
 typedef struct psd_grpc {
@@ -70,6 +73,7 @@ typedef struct psd_grpc {
   atomic_int shutdown_notified;   /* the server's shutdown tag completed */
   int shutdown_started;
   char shutdown_tag;              /* its address is the tag */
+  psd_grpc_call *parked;          /* parked pulls (invariant 3; loop thread) */
 } psd_grpc;
 
 /* ---- call structs -------------------------------------------------- */
@@ -283,6 +287,10 @@ static int psd_grpc_pull(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessage
   if (err < 0) return err;
   if (err == 1) {
     c->held = (ProtobufCMessage *)m;
+    c->pprev = NULL;
+    c->pnext = c->g->parked;
+    if (c->pnext) c->pnext->pprev = c;
+    c->g->parked = c;
     return PSD_GRPC_PARKED;
   }
   return psd_grpc_pull_serve(sh, r, out, eb);
@@ -484,6 +492,9 @@ static void psd_grpc_reply(psd_grpc_call *c, int err, grpc_slice out, const ps_e
 static void psd_grpc_unpark(psd_park *p, int status, const char *msg) {
   psd_grpc_call *c = p->arg;
   psd_shard *sh = c->g->sh;
+  if (c->pprev) c->pprev->pnext = c->pnext;
+  else c->g->parked = c->pnext;
+  if (c->pnext) c->pnext->pprev = c->pprev;
   ps_errbuf eb = {{0}};
   grpc_slice out = grpc_empty_slice();
   int err = status;
@@ -629,6 +640,11 @@ static int psd_grpc_wait(psd_grpc *g, uint64_t deadline_ns) {
 void psd_grpc_stop(psd_shard *sh, int drain_ms) {
   psd_grpc *g = (psd_grpc *)sh->grpc;
   if (!g) return;
+  while (g->parked) { /* invariant 3: only when the server is rebuilt */
+    psd_grpc_call *c = g->parked;
+    psd_clock_cancel(sh->clock, &c->park);
+    psd_grpc_unpark(&c->park, PS_EUNAVAIL, "the shard's gRPC server is restarting; retry");
+  }
   psd_grpc_stop_accepting(sh);
   uint64_t now = uv_hrtime();
   if (!psd_grpc_wait(g, now + (uint64_t)drain_ms * 1000000)) {
@@ -644,4 +660,14 @@ void psd_grpc_stop(psd_shard *sh, int drain_ms) {
   grpc_shutdown();
   sh->grpc = NULL;
   uv_close((uv_handle_t *)&g->async, psd_grpc_on_closed);
+}
+
+/* psd_grpc_restart: see psd_grpc.h. */
+int psd_grpc_restart(psd_shard *sh, int drain_ms, ps_errbuf *eb) {
+  grpc_init(); /* the library stays up between the old server and the new */
+  psd_grpc_stop(sh, drain_ms);
+  int err = psd_grpc_start(sh, eb);
+  grpc_shutdown();
+  if (err == 0) sh->ctr.grpc_restarts++;
+  return err;
 }

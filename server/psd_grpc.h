@@ -29,4 +29,14 @@ void psd_grpc_stop_accepting(psd_shard *sh);
  * at most about DRAIN_MS. */
 void psd_grpc_stop(psd_shard *sh, int drain_ms);
 
+/* psd_grpc_restart replaces the server with a new one on the same
+ * address: psd_grpc_stop (pulls still parked are answered PS_EUNAVAIL,
+ * open connections are closed: clients reconnect), then psd_grpc_start;
+ * counted in sh->ctr.grpc_restarts.  For a listener that stopped
+ * accepting (psd_probe.h).  Works with no server (sh->grpc NULL: a
+ * restart that failed before).  Returns 0 or psd_grpc_start's error, with
+ * sh->grpc then NULL.  Loop thread; blocks about DRAIN_MS at most, and
+ * 2 s more when calls must be cancelled. */
+int psd_grpc_restart(psd_shard *sh, int drain_ms, ps_errbuf *eb);
+
 #endif

@@ -26,7 +26,9 @@
 #include "ps_config.h"
 #include "ps_log.h"
 #include "psd_chan.h"
+#include "psd_fd.h"
 #include "psd_grpc.h"
+#include "psd_probe.h"
 #include "psd_shard.h"
 #include "psd_store.h"
 
@@ -36,6 +38,7 @@ typedef struct psd_main {
   uv_signal_t sig[3];
   uv_timer_t flush_timer, watchdog_timer, drain_timer;
   uv_work_t flush_work;
+  psd_probe probe;           /* rebuilds a gRPC server that stopped accepting */
   psd_flush *flush;          /* the flush being written, or NULL */
   int flush_status;
   int64_t flush_snap_ms; /* when the flush in progress snapshotted the store */
@@ -185,6 +188,7 @@ static void psd_main_drain(psd_main *m, int signum) {
   psd_shard_clock_stop(sh); /* parked pulls are answered: shutting down */
   uv_timer_stop(&m->flush_timer);
   uv_timer_stop(&m->watchdog_timer);
+  psd_probe_stop(&m->probe); /* gRPC stops on purpose now */
   psd_grpc_stop_accepting(sh);
   psd_chan_stop_accepting(sh);
   m->drain_deadline_ms = uv_now(&m->loop) + sh->cfg->drain_timeout_ms;
@@ -312,6 +316,9 @@ static int psd_main_serve(psd_main *m, const ps_config *cfg, const ps_shard_conf
     ps_err("cannot install signal handlers");
     code = 1;
   }
+  ps_errbuf eb = {{0}};
+  if (code == 0 && psd_probe_start(&m->probe, sh, &eb) < 0)
+    ps_warn("%s; a gRPC listener that stops accepting will not be rebuilt", eb.msg);
   if (code == 0) {
     psd_shard_set_state(sh, PSD_SERVING, NULL);
     ps_info("shard %u serving: grpc %s, channel %s", me->id, me->grpc_addr, me->channel_addr);
@@ -366,6 +373,14 @@ int main(int argc, char **argv) {
     ps_config_release(&cfg);
     return 0;
   }
+  /* Every descriptor the hard limit allows: gRPC core stops accepting for
+   * good after one accept fails with EMFILE (psd_fd.h). */
+  uint64_t before, after;
+  if (psd_fd_raise_limit(&before, &after, &eb) < 0)
+    ps_warn("cannot raise the open-files limit: %s", eb.msg);
+  else if (after != before)
+    ps_info("open-files limit raised from %llu to %llu", (unsigned long long)before,
+            (unsigned long long)after);
   static psd_main m; /* static: zeroed, and large handles stay off the stack */
   code = psd_main_serve(&m, &cfg, me);
   ps_config_release(&cfg);

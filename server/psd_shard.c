@@ -422,6 +422,10 @@ void psd_shard_status(psd_shard *sh, Ps__StatusReply *reply) {
   reply->grpc_addr = sh->me->grpc_addr;
   reply->channel_addr = sh->me->channel_addr;
   reply->coordinator = sh->coordinator;
+  reply->chan_connections = sh->chan_conns;
+  reply->chan_refused = sh->ctr.chan_refused;
+  reply->chan_idle_closed = sh->ctr.chan_idle_closed;
+  reply->grpc_restarts = sh->ctr.grpc_restarts;
   if (!sh->store) return;
   reply->disk_bytes = psd_store_disk_bytes(sh->store);
   size_t n = psd_store_nmodels(sh->store);

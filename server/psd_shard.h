@@ -50,6 +50,9 @@ void psd_shard_set_state(struct psd_shard *sh, psd_state to, const char *why);
 
 typedef struct psd_counters {
   uint64_t pushes, pulls, bytes_in, bytes_out, errors;
+  uint64_t chan_refused;     /* channel connections closed at accept (psd_chan.h) */
+  uint64_t chan_idle_closed; /* channel connections closed as idle */
+  uint64_t grpc_restarts;    /* gRPC servers rebuilt by the self-probe (psd_probe.h) */
 } psd_counters;
 
 struct psd_grpc;
@@ -67,6 +70,7 @@ typedef struct psd_shard {
   int64_t last_flush_unix_ms; /* 0: never */
   psd_counters ctr;
   uint32_t inflight;          /* requests accepted and not yet answered */
+  uint32_t chan_conns;        /* tensor-channel connections open now */
   struct psd_grpc *grpc;
   struct psd_chan *chan;
   psd_clock *clock;           /* leases, clocks, parked pulls (psd_shard_clock_start) */

@@ -1,7 +1,11 @@
 /* Tests for the tensor channel against one real psd on loopback: round
  * trips (contiguous, scattered, pipelined), errors answered with the
  * connection still usable, and bad frames that close only their own
- * connection while the values stay unchanged. */
+ * connection while the values stay unchanged.  A second psd with small
+ * limits (max_connections, idle_timeout_ms) checks what a hostile or
+ * forgetful client may hold: connections beyond the cap, silent ones, and
+ * a huge meta announced before the hello. */
+#include <errno.h>
 #include <math.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -11,6 +15,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "ps.pb-c.h"
@@ -444,6 +449,228 @@ START_TEST(test_peer_gone_with_replies_queued) {
 }
 END_TEST
 
+/* psd_rss_kb returns PID's resident set in KiB (VmRSS), or -1. */
+static long psd_rss_kb(pid_t pid) {
+  char path[64], line[256];
+  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+  FILE *f = fopen(path, "r");
+  long kb = -1;
+  while (f && fgets(line, sizeof line, f))
+    if (sscanf(line, "VmRSS: %ld kB", &kb) == 1) break;
+  if (f) fclose(f);
+  return kb;
+}
+
+/* raw_send_all sends N bytes of BYTE, ignoring a peer that closed (the
+ * server may refuse mid-way); returns the bytes it got out. */
+static size_t raw_send_all(int fd, uint8_t byte, size_t n) {
+  static uint8_t buf[65536];
+  memset(buf, byte, sizeof buf);
+  size_t sent = 0;
+  while (sent < n) {
+    size_t k = n - sent < sizeof buf ? n - sent : sizeof buf;
+    ssize_t r = send(fd, buf, k, MSG_NOSIGNAL);
+    if (r <= 0) break;
+    sent += (size_t)r;
+  }
+  return sent;
+}
+
+/* A connection that has not said hello may announce a meta of only
+ * PS_CHAN_HELLO_META_MAX bytes: one announcing 16 MiB is closed at its
+ * header, before the shard buffers what follows.  Eight such peers each
+ * sending 2 MiB of meta must leave the shard's memory where it was (they
+ * cost 2 MiB each, 16 MiB announced each, when the header was believed). */
+START_TEST(test_prehello_meta_capped) {
+  ck_assert_msg(started, "psd is not running");
+  enum { PEERS = 8, SEND = 2 << 20 };
+  long rss0 = psd_rss_kb(psd_pid);
+  ck_assert_int_gt(rss0, 0);
+  int fds[PEERS];
+  for (int i = 0; i < PEERS; i++) {
+    fds[i] = raw_open();
+    struct timeval tv = {.tv_sec = 5};
+    setsockopt(fds[i], SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof tv);
+    uint8_t hdr[PS_CHAN_HDR_LEN];
+    ps_chan_hdr h = {.magic = PS_CHAN_MAGIC, .version = PS_CHAN_VERSION,
+                     .meta_len = PS_CHAN_MAX_META, .req_id = 1};
+    ps_chan_hdr_encode(hdr, &h);
+    ck_assert_int_eq(write(fds[i], hdr, sizeof hdr), (ssize_t)sizeof hdr);
+    raw_send_all(fds[i], 0x0a, SEND);
+  }
+  usleep(200000);
+  long rss1 = psd_rss_kb(psd_pid);
+  for (int i = 0; i < PEERS; i++) {
+    ck_assert_msg(raw_closed(fds[i]), "peer %d announcing a 16 MiB meta before hello left open", i);
+    close(fds[i]);
+  }
+  ck_assert_msg(rss1 - rss0 < 4096, "the shard grew by %ld KiB for %d peers that never said hello",
+                rss1 - rss0, PEERS);
+  /* A hello of ordinary size still works. */
+  ps_chan_close(chan_open());
+}
+END_TEST
+
+/* ---- limits: a second psd with a cap of LIM_CONNS connections and an idle
+ * timeout of LIM_IDLE_MS ------------------------------------------------- */
+
+#define LIM_CONNS 4
+#define LIM_IDLE_MS 2000
+
+static pid_t lim_pid;
+static char lim_grpc[64], lim_chan[64];
+static int lim_started;
+
+static void lim_up(void) {
+  const char *dir = ps_test_tmpdir();
+  char extra[160], log[600];
+  int gp, cp;
+  snprintf(extra, sizeof extra,
+           "limits:\n  max_connections: %d\n  idle_timeout_ms: %d\n"
+           "training:\n  pull_timeout_ms: 1000\n", LIM_CONNS, LIM_IDLE_MS);
+  const char *yaml = ps_test_cluster_yaml(dir, 1, extra, &gp, &cp);
+  snprintf(log, sizeof log, "%s/psd.log", dir);
+  snprintf(lim_grpc, sizeof lim_grpc, "127.0.0.1:%d", gp);
+  snprintf(lim_chan, sizeof lim_chan, "127.0.0.1:%d", cp);
+  lim_pid = ps_test_psd(yaml, 0, log, NULL);
+  lim_started = ps_test_wait_port(cp, 15000) == 0 && ps_test_wait_port(gp, 5000) == 0;
+  if (!lim_started) fprintf(stderr, "psd (limits) did not start; see %s\n", log);
+}
+
+static void lim_down(void) {
+  if (lim_pid > 0) ps_test_stop(lim_pid, SIGTERM, 10000);
+  lim_pid = 0;
+}
+
+static int lim_raw_open(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                          .sin_port = htons((uint16_t)atoi(strrchr(lim_chan, ':') + 1))};
+  ck_assert_int_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+  return fd;
+}
+
+/* lim_status returns the limits psd's Status (caller frees). */
+static Ps__StatusReply *lim_status(void) {
+  ps_rpc *r;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_rpc_open(&r, lim_grpc, &eb), 0);
+  Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
+  Ps__StatusReply *rep = NULL;
+  int rc = ps_rpc_call(r, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,
+                       (ProtobufCMessage **)&rep, 5000, &eb);
+  ps_rpc_close(r);
+  ck_assert_msg(rc == 0, "status: %s", eb.msg);
+  return rep;
+}
+
+/* lim_submit registers the small model NAME on the limits psd. */
+static void lim_submit(const char *name) {
+  ck_assert_msg(lim_started, "psd (limits) is not running");
+  uint32_t ws[] = {B_ELEMS};
+  Ps__TensorSpec w = PS__TENSOR_SPEC__INIT;
+  w.name = "w"; w.n_shape = 1; w.shape = ws; w.init = "ones";
+  Ps__TensorSpec *ts[] = {&w};
+  Ps__OptimizerSpec opt = PS__OPTIMIZER_SPEC__INIT;
+  opt.kind = "sgd"; opt.lr = 0.5f;
+  Ps__ModelSpec spec = PS__MODEL_SPEC__INIT;
+  spec.name = (char *)name; spec.seed = 7; spec.n_tensors = 1; spec.tensors = ts;
+  spec.optimizer = &opt;
+  ps_rpc *r;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_rpc_open(&r, lim_grpc, &eb), 0);
+  ps_test_submit(r, &spec, 1, 10000);
+  ps_rpc_close(r);
+}
+
+static int lim_pull(ps_chan_client *c, const char *model, ps_errbuf *eb) {
+  static float out[B_ELEMS];
+  uint64_t v;
+  return ps_chan_pull(c, model, all_ids, 1, out, B_ELEMS, 0, 0, &v, eb);
+}
+
+/* The (LIM_CONNS+1)th connection is closed at accept and counted; once
+ * one of the others goes, a new one is served again. */
+START_TEST(test_max_connections) {
+  lim_submit("mc");
+  ps_chan_client *c[LIM_CONNS];
+  ps_errbuf eb;
+  for (int i = 0; i < LIM_CONNS; i++) {
+    int rc = ps_chan_connect(&c[i], lim_chan, "test", 5000, &eb);
+    ck_assert_msg(rc == 0, "connection %d of %d: %s", i + 1, LIM_CONNS, eb.msg);
+  }
+  int fd = lim_raw_open();
+  ck_assert_msg(raw_closed(fd), "connection %d of a cap of %d left open", LIM_CONNS + 1, LIM_CONNS);
+  close(fd);
+  ps_chan_client *extra = NULL;
+  ck_assert_int_lt(ps_chan_connect(&extra, lim_chan, "test", 5000, &eb), 0);
+  Ps__StatusReply *st = lim_status();
+  ck_assert_uint_eq(st->chan_connections, LIM_CONNS);
+  ck_assert_uint_ge(st->chan_refused, 2);
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  for (int i = 1; i < LIM_CONNS; i++)
+    ck_assert_msg(lim_pull(c[i], "mc", &eb) == 0, "pull on connection %d: %s", i, eb.msg);
+  ps_chan_close(c[0]);
+  /* The server notices the close on its next loop turn. */
+  int64_t end = ps_test_now_ms() + 3000;
+  int rc;
+  while ((rc = ps_chan_connect(&extra, lim_chan, "test", 5000, &eb)) < 0 &&
+         ps_test_now_ms() < end)
+    usleep(20000);
+  ck_assert_msg(rc == 0, "no connection after one of %d closed: %s", LIM_CONNS, eb.msg);
+  ck_assert_msg(lim_pull(extra, "mc", &eb) == 0, "pull: %s", eb.msg);
+  ps_chan_close(extra);
+  for (int i = 1; i < LIM_CONNS; i++) ps_chan_close(c[i]);
+}
+END_TEST
+
+/* raw_open_now: FD has not been closed by the server (whatever it sent
+ * is read and dropped). */
+static int raw_open_now(int fd) {
+  uint8_t buf[4096];
+  ssize_t r;
+  while ((r = recv(fd, buf, sizeof buf, MSG_DONTWAIT)) > 0) {
+  }
+  return r < 0 && (errno == EAGAIN || errno == EWOULDBLOCK);
+}
+
+/* A connection silent for idle_timeout_ms is closed, with or without a
+ * hello, and counted, but not before; one that keeps talking (a pull
+ * every 400 ms for longer than the timeout) is not. */
+START_TEST(test_idle_closed) {
+  lim_submit("id");
+  Ps__StatusReply *st = lim_status();
+  uint64_t idle0 = st->chan_idle_closed;
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  ps_errbuf eb;
+  ps_chan_client *busy;
+  ck_assert_msg(ps_chan_connect(&busy, lim_chan, "test", 5000, &eb) == 0, "%s", eb.msg);
+  int quiet = lim_raw_open();
+  raw_hello(quiet, "test");
+  int mute = lim_raw_open(); /* never says hello */
+  int64_t t0 = ps_test_now_ms();
+  while (ps_test_now_ms() - t0 < LIM_IDLE_MS + 1000) {
+    ck_assert_msg(lim_pull(busy, "id", &eb) == 0, "a busy connection failed after %lld ms: %s",
+                  (long long)(ps_test_now_ms() - t0), eb.msg);
+    int64_t t = ps_test_now_ms() - t0;
+    if (t < LIM_IDLE_MS - 300)
+      ck_assert_msg(raw_open_now(quiet) && raw_open_now(mute),
+                    "a connection closed %lld ms into an idle timeout of %d ms", (long long)t,
+                    LIM_IDLE_MS);
+    usleep(400000);
+  }
+  ck_assert_msg(raw_closed(quiet), "an idle connection (after hello) left open");
+  ck_assert_msg(raw_closed(mute), "an idle connection (no hello) left open");
+  close(quiet);
+  close(mute);
+  ck_assert_msg(lim_pull(busy, "id", &eb) == 0, "%s", eb.msg);
+  ps_chan_close(busy);
+  st = lim_status();
+  ck_assert_uint_ge(st->chan_idle_closed, idle0 + 2);
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+}
+END_TEST
+
 Suite *psd_chan_suite(void) {
   Suite *s = suite_create("psd_chan");
   TCase *tc = tcase_create("psd");
@@ -456,6 +683,13 @@ Suite *psd_chan_suite(void) {
   tcase_add_test(tc, test_errors_keep_connection);
   tcase_add_test(tc, test_bad_frames_close_only_their_connection);
   tcase_add_test(tc, test_peer_gone_with_replies_queued);
+  tcase_add_test(tc, test_prehello_meta_capped);
   suite_add_tcase(s, tc);
+  TCase *lim = tcase_create("limits");
+  tcase_add_unchecked_fixture(lim, lim_up, lim_down);
+  tcase_set_timeout(lim, 60);
+  tcase_add_test(lim, test_max_connections);
+  tcase_add_test(lim, test_idle_closed);
+  suite_add_tcase(s, lim);
   return s;
 }

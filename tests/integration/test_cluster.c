@@ -239,6 +239,22 @@ START_TEST(test_cluster_two_shards) {
                                    "sum(s[\"params\"] for s in d[\"shards\"])==6*65536 and "
                                    "d[\"shards\"][1][\"version\"]==2 and d[\"shards\"][1][\"last_flush_age_s\"] is not None") == 0,
                 "psctl status --json does not describe the cluster, see %s", out);
+  /* What a worker says of itself reaches the JSON escaped: quotes,
+   * backslashes and UTF-8 (control characters and bad UTF-8 are refused
+   * at the shard, test_psd_rpc). */
+  Ps__RegisterWorkerRequest rw = PS__REGISTER_WORKER_REQUEST__INIT;
+  rw.host = "n\xc5\x93ud \"q\" \\ \xc3\xa9";
+  rw.device = "cpu: {\"x\": 1}";
+  rw.pid = 42;
+  Ps__RegisterWorkerReply *rwr;
+  ck_assert_msg(ps_rpc_call(x.rpc[0], "/ps.Ps/RegisterWorker", &rw.base,
+                            &ps__register_worker_reply__descriptor, (ProtobufCMessage **)&rwr,
+                            5000, &eb) == 0, "register: %s", eb.msg);
+  protobuf_c_message_free_unpacked(&rwr->base, NULL);
+  ck_assert_int_eq(cl_psctl(&x, 1, out), 0);
+  ck_assert_msg(cl_json_check(out, "d[\"workers\"][1][\"host\"]==\"n\\u0153ud \\\"q\\\" \\\\ \\u00e9\" and "
+                                   "d[\"workers\"][1][\"device\"]==\"cpu: {\\\"x\\\": 1}\"") == 0,
+                "psctl status --json does not carry the worker's host, see %s", out);
 
   /* SIGKILL shard 1 after its flush: it comes back with the flushed state. */
   ps_rpc_close(x.rpc[1]);

@@ -172,8 +172,9 @@ int ps_gpu_blas_reexec(const char *exe, char *const argv[], const char *kernel,
   if (!e) e = EINVAL;
   unsetenv(ENV_CORETYPE);
   unsetenv(PS_GPU_BLAS_GUARD);
-  int err = ps_errf(eb, ps_err_from_errno(e), "cannot execute '%s' again with " ENV_CORETYPE "=%s: %s",
-                    exe, kernel, strerror(e));
+  int err = ps_errf(eb, ps_err_from_errno(e),
+                    "cannot execute '%s' again with " ENV_CORETYPE "=%s: %s", exe, kernel,
+                    strerror(e));
   errno = e;
   return err;
 }

@@ -24,8 +24,9 @@
  *     that can run AVX2 or AVX-512 kernels.  An AVX2 core (Haswell, Zen)
  *     on a CPU with AVX-512 is kept: OpenBLAS picks one there only for a
  *     model it knows (or when the OS hides zmm state, which invariant 1
- *     also sees); it runs within 2x of the best, not 7x; and a deliberate
- *     choice of the library is not second-guessed.
+ *     also sees); its vectors are half as wide, not the 7x loss of a
+ *     generic core; and a deliberate choice of the library is not
+ *     second-guessed.
  *  4. On a CPU with AVX-512 the forced core is "SkylakeX", also when the
  *     CPU has AVX512-BF16: 0.3.21's OPENBLAS_CORETYPE parser does not
  *     accept "Cooperlake" (its name search stops one entry short), and

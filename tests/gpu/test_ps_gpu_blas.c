@@ -316,7 +316,8 @@ START_TEST(test_blas_reexec_fails) {
   int err = ps_gpu_blas_reexec("/nonexistent/psw", argv, "SkylakeX", "Prescott", &eb);
   ck_assert_int_eq(err, PS_ENOENT);
   ck_assert_int_eq(errno, ENOENT);
-  ck_assert_msg(strstr(eb.msg, "'/nonexistent/psw'") && strstr(eb.msg, "OPENBLAS_CORETYPE=SkylakeX"),
+  ck_assert_msg(strstr(eb.msg, "'/nonexistent/psw'") &&
+                    strstr(eb.msg, "OPENBLAS_CORETYPE=SkylakeX"),
                 "%s", eb.msg);
   ck_assert_ptr_null(getenv("OPENBLAS_CORETYPE"));
   ck_assert_ptr_null(getenv(PS_GPU_BLAS_GUARD));
@@ -340,7 +341,8 @@ START_TEST(test_blas_reexec_env) {
   ck_assert_int_eq(waitpid(pid, &st, 0), pid);
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "env(1) did not run: status %d", st);
   char *text = ps_test_read_file(out, NULL);
-  ck_assert_msg(strstr(text, "\nOPENBLAS_CORETYPE=Haswell\n") || !strncmp(text, "OPENBLAS_CORETYPE=Haswell\n", 26),
+  ck_assert_msg(strstr(text, "\nOPENBLAS_CORETYPE=Haswell\n") ||
+                    !strncmp(text, "OPENBLAS_CORETYPE=Haswell\n", 26),
                 "%s", text);
   ck_assert_msg(strstr(text, "PS_GPU_BLAS_REEXEC=Core2\n") != NULL, "%s", text);
   free(text);

@@ -278,7 +278,8 @@ START_TEST(test_train_mlp_cuda_emulated) {
   ck_assert_msg(strstr(cpu, "device cpu: ") != NULL, "the CPU worker's log: %s", cpu);
   char kernel[32], line[160];
   tt_blas_expect(NULL, kernel, sizeof kernel, line, sizeof line);
-  ck_assert_msg(strstr(cpu, line) != NULL, "the CPU worker's device line lacks '%s': %s", line, cpu);
+  ck_assert_msg(strstr(cpu, line) != NULL, "the CPU worker's device line lacks '%s': %s", line,
+                cpu);
   const char *lc = ps_test_last_line(cpu), *le = ps_test_last_line(emu);
   ck_assert_int_eq((int)ps_test_json_num(le, "steps"), (int)ps_test_json_num(lc, "steps"));
   const double ac = ps_test_json_num(lc, "test_accuracy"), ae = ps_test_json_num(le, "test_accuracy");

@@ -94,7 +94,8 @@ PSCTL_OBJS := $(patsubst %.c,$(OBJ)/%.o,$(call lib_srcs,psctl))
 LIBS_A := $(OBJ)/libpsctl.a $(OBJ)/libpsw.a $(OBJ)/libpsd.a $(OBJ)/libps_gpu.a $(OBJ)/libps_common.a
 
 PROGS := $(BIN)/psd $(BIN)/psw $(BIN)/psctl
-TEST_SRCS ?= $(filter-out tests/gpu/bench_gpu.c,$(shell find tests -name '*.c' 2>/dev/null | sort))
+# Not Check suites: the GPU benchmark and a test-only preload library.
+TEST_SRCS ?= $(filter-out tests/gpu/bench_gpu.c tests/gpu/blas_shim.c,$(shell find tests -name '*.c' 2>/dev/null | sort))
 TEST_OBJS := $(patsubst %.c,$(OBJ)/%.o,$(TEST_SRCS))
 
 .PHONY: all deps test check demo bench install clean FORCE
@@ -102,7 +103,8 @@ FORCE:
 # Generated protobuf-c sources are kept, not deleted as intermediates.
 .SECONDARY: $(PB_C) $(PB_H)
 .DEFAULT_GOAL := all
-all: $(PROGS) $(BIN)/ps_tests $(BIN)/ps_tests_cuda_emu $(BIN)/psw_cuda_emu $(BIN)/ps_bench_gpu
+all: $(PROGS) $(BIN)/ps_tests $(BIN)/ps_tests_cuda_emu $(BIN)/psw_cuda_emu $(BIN)/ps_bench_gpu \
+  $(BIN)/ps_test_blas_shim.so
 
 deps:
 	@missing=$$(for p in $(DEB_PKGS) $(EXTRA_DEB_PKGS); do \
@@ -147,6 +149,13 @@ $(BIN)/ps_bench_gpu: $(OBJ)/tests/gpu/bench_gpu.o $(LIBS_A)
 $(PROGS) $(BIN)/ps_tests $(BIN)/ps_bench_gpu:
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) -Wl,--start-group $(LIBS_A) -Wl,--end-group $(LDLIBS)
+
+# Test-only: LD_PRELOADed into psw to make OpenBLAS's kernel look generic,
+# so the integration test sees psw's re-execution (tests/gpu/blas_shim.c).
+# Never sanitized: it is loaded into programs that may not be.
+$(BIN)/ps_test_blas_shim.so: tests/gpu/blas_shim.c
+	@mkdir -p $(dir $@)
+	$(CC) $(OPT) -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -fPIC -shared -o $@ $< -ldl
 
 $(EMU_GEN)/ps_gpu_cuda.cc: gpu/ps_gpu_cuda.cu Makefile
 	@mkdir -p $(dir $@)

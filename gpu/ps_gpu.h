@@ -131,8 +131,9 @@ typedef struct ps_gpu_ops {
 struct ps_gpu_backend {
   const ps_gpu_ops *ops;
   const char *name;     /* "cpu" | "cuda" (static) */
-  char desc[160];       /* device description for status, e.g.
-                           "cpu: OpenBLAS 0.3.21, 1 thread" */
+  char desc[256];       /* device description for status, e.g. "cpu: OpenBLAS
+                           (OpenBLAS 0.3.21 ... SkylakeX ...), 1 thread, kernel
+                           SkylakeX (OpenBLAS's choice)" */
   int device;           /* tag of this backend's tensors */
   int unified;          /* 1: device memory is host memory */
   void *impl;           /* backend's private state */

@@ -9,6 +9,7 @@
 #include <string.h>
 
 #include "ps_gpu.h"
+#include "ps_gpu_blas.h"
 
 /* cpu_check fails with PS_EDEVICE when T is not host memory, PS_EINVAL
  * when it has no data. */
@@ -327,7 +328,8 @@ static const ps_gpu_ops cpu_ops = {
 };
 
 /* ps_gpu_cpu_open: see ps_gpu.h.  Sets OpenBLAS's (process-wide) thread
- * count to THREADS (0: 1). */
+ * count to THREADS (0: 1).  The description names the kernel OpenBLAS
+ * runs and who chose it (ps_gpu_blas_describe). */
 int ps_gpu_cpu_open(int threads, ps_gpu_backend **be, ps_errbuf *eb) {
   if (threads < 0 || threads > 1024)
     return ps_errf(eb, PS_EINVAL, "cpu backend: bad thread count '%d'", threads);
@@ -339,8 +341,9 @@ int ps_gpu_cpu_open(int threads, ps_gpu_backend **be, ps_errbuf *eb) {
   b->name = "cpu";
   b->device = PS_GPU_HOST;
   b->unified = 1;
-  snprintf(b->desc, sizeof b->desc, "cpu: OpenBLAS (%s), %d thread%s", openblas_get_config(),
-           threads, threads == 1 ? "" : "s");
+  char kernel[128];
+  snprintf(b->desc, sizeof b->desc, "cpu: OpenBLAS (%s), %d thread%s, %s", openblas_get_config(),
+           threads, threads == 1 ? "" : "s", ps_gpu_blas_describe(kernel, sizeof kernel));
   *be = b;
   return 0;
 }

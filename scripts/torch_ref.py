@@ -13,6 +13,15 @@ as psd's C implementation; `--init pytorch` uses nn.Linear's defaults
 Threads: OPENBLAS_NUM_THREADS=1 is set before torch is imported, and
 torch.set_num_threads(--threads, default 2).
 
+OpenBLAS kernel: PyTorch from Debian links the same OpenBLAS as psw, which
+picks its kernel once, when it loads, and picks a slow generic one on CPUs
+it does not know (issue 11).  Unless OPENBLAS_CORETYPE is set, the
+reference asks `psw --blas-kernel` ($PS_BIN/psw, default build/bin/psw next
+to this script) which kernel psw runs here and sets OPENBLAS_CORETYPE to it
+before torch is imported, so both sides run the same kernel.  The kernel
+that runs (openblas_get_corename of the loaded library) and who chose it
+are printed, and in the JSON as blas_kernel and blas_kernel_source.
+
 samples_per_sec counts training time only (forward, backward, optimizer
 step, batch slicing); evaluation is excluded.  time_to_target_s is wall time
 since the start of training (evaluation included) at the end of the first
@@ -25,10 +34,40 @@ Runs under Debian's /usr/bin/python3 (python3-torch, python3-numpy), or any
 python3 with torch and numpy (the GPU machines' own).
 """
 import os
+import subprocess
 
 os.environ["OPENBLAS_NUM_THREADS"] = "1"  # before numpy/torch are imported
 
+
+def psw_blas_kernel():
+    """Return what `psw --blas-kernel` prints (a kernel name, or "" when
+    OpenBLAS's own choice stands), or None when psw cannot be run."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    psw = os.path.join(os.environ.get("PS_BIN") or os.path.join(here, "..", "build", "bin"),
+                       "psw")
+    try:
+        return subprocess.run([psw, "--blas-kernel"], capture_output=True, text=True,
+                              timeout=30, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+# The OpenBLAS kernel, set before numpy/torch load OpenBLAS (it reads
+# OPENBLAS_CORETYPE only then): the user's choice, or the one psw runs.
+if "OPENBLAS_CORETYPE" in os.environ:
+    BLAS_SOURCE = "OPENBLAS_CORETYPE=%s" % os.environ["OPENBLAS_CORETYPE"]
+else:
+    _kernel = psw_blas_kernel()
+    if _kernel:
+        os.environ["OPENBLAS_CORETYPE"] = _kernel
+        BLAS_SOURCE = "chosen by psw --blas-kernel"
+    elif _kernel == "":
+        BLAS_SOURCE = "OpenBLAS's choice"
+    else:
+        BLAS_SOURCE = "OpenBLAS's choice; psw --blas-kernel could not run"
+
 import argparse
+import ctypes
 import gzip
 import json
 import struct
@@ -41,6 +80,34 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 DEFAULT_DATA = "/usr/share/datasets/fashion-mnist"
+
+
+def openblas_kernel():
+    """Return the kernel the OpenBLAS loaded in this process runs, or None
+    when none is loaded: threadpoolctl's answer when it is installed, else
+    openblas_get_corename() of the library found in /proc/self/maps."""
+    try:
+        import threadpoolctl
+        for lib in threadpoolctl.threadpool_info():
+            if lib.get("internal_api") == "openblas" and lib.get("architecture"):
+                return lib["architecture"]
+    except Exception:  # not installed, or an older API: read the library
+        pass
+    try:
+        with open("/proc/self/maps") as f:
+            paths = sorted({l.split()[-1] for l in f
+                            if "openblas" in l.lower() and l.split()[-1].startswith("/")})
+    except OSError:
+        return None
+    for path in paths:
+        try:
+            fn = ctypes.CDLL(path).openblas_get_corename
+        except (OSError, AttributeError):
+            continue
+        fn.restype = ctypes.c_char_p
+        name = fn()
+        return name.decode(errors="replace") if name else None
+    return None
 
 
 def read_idx(path):
@@ -108,7 +175,11 @@ def evaluate(model, x, y, batch=2000):
 
 
 def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog="Unless OPENBLAS_CORETYPE is set, OpenBLAS runs the kernel `psw "
+               "--blas-kernel` names ($PS_BIN/psw, default build/bin/psw), as psw "
+               "does; the kernel that runs is printed.")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--epochs", type=int, default=10)
     ap.add_argument("--lr", type=float, default=1e-3)
@@ -142,9 +213,12 @@ def main():
     xtr, ytr = load(a.data, "train")
     xte, yte = load(a.data, "t10k")
     xtr, ytr, xte, yte = (t.to(dev) for t in (xtr, ytr, xte, yte))
-    log("torch %s, %s, %d threads, train %s, test %s, batch %d, init %s"
+    kernel = openblas_kernel()
+    log("torch %s, %s, %d threads, OpenBLAS kernel %s (%s), train %s, test %s, batch %d, "
+        "init %s"
         % (torch.__version__, torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-           torch.get_num_threads(), tuple(xtr.shape), tuple(xte.shape), a.batch, a.init))
+           torch.get_num_threads(), kernel or "unknown (no OpenBLAS loaded)", BLAS_SOURCE,
+           tuple(xtr.shape), tuple(xte.shape), a.batch, a.init))
 
     model = MLP([784, 256, 128, 10], a.init).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
@@ -208,6 +282,8 @@ def main():
             "torch_version": torch.__version__,
             "device": str(dev),
             "threads": a.threads,
+            "blas_kernel": kernel,
+            "blas_kernel_source": BLAS_SOURCE,
             "init": a.init,
             "batch": a.batch,
             "epochs": len(per_epoch),          # epochs run (last may be partial)

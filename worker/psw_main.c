@@ -4,6 +4,7 @@
  *       [--epochs N] [--batch N] [--metrics-csv FILE] [--overlap|--no-overlap]
  *       [--blas-threads N] [--slowdown F] [--quiet]
  *   psw --config FILE [--model NAME] --evaluate
+ *   psw --blas-kernel
  *
  * Defaults come from the YAML file's training and workers sections.  The
  * model graph is fetched from the cluster.  Without --rank the worker
@@ -12,6 +13,13 @@
  * line on stdout is one JSON object with the run's results.  --evaluate
  * reads the model's current parameters once, evaluates the test set and
  * prints {"model","test_loss","test_accuracy","version","wall_s"}.
+ *
+ * The OpenBLAS kernel: before anything else psw may execute itself again
+ * with OPENBLAS_CORETYPE set, when OpenBLAS picked a generic kernel on a
+ * CPU with AVX2 or AVX-512 (gpu/ps_gpu_blas.h); a user-set
+ * OPENBLAS_CORETYPE always stands.  The device line names the kernel.
+ * --blas-kernel prints the kernel psw forces on this machine (the value
+ * for OPENBLAS_CORETYPE; nothing when OpenBLAS's choice stands) and exits.
  *
  * Exit codes: 0 success, 1 runtime failure (a shard down past
  * workers.retry_ms, ...), 2 bad usage, configuration, data or graph,
@@ -25,6 +33,7 @@
 
 #include "ps_fpu.h"
 #include "ps_config.h"
+#include "ps_gpu_blas.h"
 #include "ps_log.h"
 #include "psw_train.h"
 
@@ -45,7 +54,7 @@ typedef struct psw_args {
   const char *config, *model, *device, *metrics_csv;
   long rank, workers, epochs, batch, blas_threads;
   double slowdown;  /* 0: from the YAML file */
-  int overlap, quiet, evaluate; /* overlap: -1 = the YAML's */
+  int overlap, quiet, evaluate, blas_kernel; /* overlap: -1 = the YAML's */
 } psw_args;
 
 static const char psw_usage[] =
@@ -53,12 +62,19 @@ static const char psw_usage[] =
     "           [--epochs N] [--batch N] [--metrics-csv FILE] [--overlap|--no-overlap]\n"
     "           [--blas-threads N] [--slowdown F] [--quiet]\n"
     "       psw --config FILE [--model NAME] --evaluate\n"
+    "       psw --blas-kernel\n"
     "Trains model NAME (default training.model); the graph is fetched from the cluster.\n"
     "Without --rank the worker registers with the coordinator shard for its rank, the\n"
     "world size and its data partitions; --rank R runs as rank R among W workers (default\n"
     "workers.count) without registering.  --slowdown F (>= 1) sleeps (F-1) x the compute\n"
     "time after each step (default workers.slowdown[rank]).  --evaluate evaluates the\n"
-    "model's current parameters on the test set once and prints one JSON line.\n";
+    "model's current parameters on the test set once and prints one JSON line.\n"
+    "OpenBLAS kernel: where OpenBLAS picks a generic kernel on a CPU with AVX2 or\n"
+    "AVX-512, psw runs Haswell or SkylakeX instead (it executes itself again with\n"
+    "OPENBLAS_CORETYPE set); a user-set OPENBLAS_CORETYPE always stands.  The device\n"
+    "line of the log and of psctl status names the kernel that runs and who chose it.\n"
+    "--blas-kernel prints the kernel psw picks on this machine (a value for\n"
+    "OPENBLAS_CORETYPE; nothing when OpenBLAS's own choice stands) and exits 0.\n";
 
 /* psw_num parses a non-negative integer option into *OUT; 0 or -1. */
 static int psw_num(const char *name, const char *s, long max, long *out) {
@@ -84,14 +100,16 @@ static int psw_factor(const char *s, double *out) {
   return 0;
 }
 
-/* psw_parse parses argv into *A; 0, or the exit code (-1: --help). */
+/* psw_parse parses argv into *A; 0, or the exit code (-1: done, exit 0:
+ * --help, --blas-kernel). */
 static int psw_parse(int argc, char **argv, psw_args *a) {
   static const struct option opts[] = {
       {"config", 1, 0, 'c'},  {"model", 1, 0, 'm'},       {"rank", 1, 0, 'r'},
       {"workers", 1, 0, 'w'}, {"device", 1, 0, 'd'},      {"epochs", 1, 0, 'e'},
       {"batch", 1, 0, 'b'},   {"metrics-csv", 1, 0, 'M'}, {"no-overlap", 0, 0, 'N'}, {"overlap", 0, 0, 'O'},
       {"blas-threads", 1, 0, 'T'}, {"quiet", 0, 0, 'q'},  {"help", 0, 0, 'h'},
-      {"slowdown", 1, 0, 'S'},     {"evaluate", 0, 0, 'E'}, {0, 0, 0, 0}};
+      {"slowdown", 1, 0, 'S'},     {"evaluate", 0, 0, 'E'}, {"blas-kernel", 0, 0, 'K'},
+      {0, 0, 0, 0}};
   *a = (psw_args){.rank = -1, .workers = -1, .epochs = -1, .batch = -1, .blas_threads = -1, .overlap = -1};
   int ch, bad = 0;
   while ((ch = getopt_long(argc, argv, "c:m:r:w:d:e:b:M:NOT:qhS:E", opts, NULL)) != -1) {
@@ -104,6 +122,7 @@ static int psw_parse(int argc, char **argv, psw_args *a) {
       case 'O': a->overlap = 1; break;
       case 'q': a->quiet = 1; break;
       case 'E': a->evaluate = 1; break;
+      case 'K': a->blas_kernel = 1; break;
       case 'S': bad |= psw_factor(optarg, &a->slowdown); break;
       case 'r': bad |= psw_num("rank", optarg, 4095, &a->rank); break;
       case 'w': bad |= psw_num("workers", optarg, 4096, &a->workers); break;
@@ -113,6 +132,11 @@ static int psw_parse(int argc, char **argv, psw_args *a) {
       case 'h': fputs(psw_usage, stdout); return -1;
       default: bad = 1;
     }
+  }
+  if (!bad && a->blas_kernel && optind == argc) {
+    const char *k = ps_gpu_blas_kernel();
+    if (k) puts(k);
+    return -1;
   }
   const char *why = optind < argc ? "unexpected argument"
                     : !a->config ? "--config is required"
@@ -165,12 +189,15 @@ static void psw_signals(void) {
 /* main: see the top of this file for the exit codes. */
 int main(int argc, char **argv) {
   ps_log_init("psw", LOG_INFO);
+  ps_errbuf eb = {{0}};
+  /* First: it may execute psw again (nothing else done yet is lost). */
+  if (ps_gpu_blas_select(argv, &eb) < 0)
+    ps_warn("%s; going on with OpenBLAS's own kernel (slower)", eb.msg);
   ps_fpu_flush_subnormals(); /* before any thread: they inherit it */
   psw_args a;
   int rc = psw_parse(argc, argv, &a);
   if (rc) return rc < 0 ? 0 : rc;
   ps_config cfg;
-  ps_errbuf eb = {{0}};
   if (ps_config_load(&cfg, a.config, &eb) < 0) {
     fprintf(stderr, "psw: %s\n", eb.msg);
     return 2;

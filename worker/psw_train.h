@@ -71,7 +71,7 @@ typedef struct psw_train_result {
                                   the staleness bound / training wall time
                                   (within blocked_share unless overlapping) */
   double slowdown;             /* the straggler factor applied */
-  char device[160];            /* the backend's description */
+  char device[256];            /* the backend's description */
   uint32_t *partitions;        /* the data partitions of the last epoch */
   size_t npartitions;          /* (malloc'd: release with psw_train_result_free) */
 } psw_train_result;

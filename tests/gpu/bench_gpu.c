@@ -13,7 +13,9 @@
  * of the compute stream.  Prints the device's description first.  Exits 0
  * with "no CUDA device: ..." when there is none (or this build has no cuda
  * backend), 1 on any other failure.  The last line is machine-readable:
- * "result sgemm_tflops=... mlp_ms=... mlp_tflops=... fraction=...". */
+ * "result sgemm_tflops=... mlp_ms=... mlp_tflops=... fraction=...".
+ * Like psw, it first makes OpenBLAS run the best kernel the CPU has
+ * (ps_gpu_blas_select: it may execute itself again). */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -21,6 +23,7 @@
 #include <time.h>
 
 #include "ps_gpu.h"
+#include "ps_gpu_blas.h"
 #ifdef PS_HAVE_CUDA_BACKEND
 #include "ps_gpu_cuda.h"
 #endif
@@ -179,6 +182,9 @@ static double bench_wide(ps_gpu_backend *be, int iters, double *ms) {
 }
 
 int main(int argc, char **argv) {
+  ps_errbuf beb;
+  if (ps_gpu_blas_select(argv, &beb) < 0)
+    fprintf(stderr, "ps_bench_gpu: %s; going on with OpenBLAS's own kernel\n", beb.msg);
   const char *device = "cuda";
   int iters = 20, tf32 = 0;
   for (int i = 1; i < argc; i++) {

@@ -7,11 +7,15 @@
  * logistic regression oscillating around 0.80); rank 0 writes the metrics
  * CSV.  Also: psw exits 2 for a model the
  * cluster does not have, and on SIGTERM stops after the current step,
- * prints its JSON line and exits 143.
+ * prints its JSON line and exits 143.  The OpenBLAS kernel (issue 11):
+ * psw's device line and psctl status name it, also after psw executed
+ * itself again to replace a generic one (tests/gpu/blas_shim.c).
  *
  * Skipped (visibly) when the dataset package is not installed.  Every
  * process started is recorded in shared memory so the unchecked teardown
  * stops it by PID even when a test failed half-way. */
+#include <cblas.h>
+#include <limits.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -20,6 +24,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "ps_gpu_blas.h"
 #include "ps_test.h"
 
 #define TT_DATA "/usr/share/datasets/fashion-mnist"
@@ -181,12 +186,19 @@ static void tt_blobs(const char *path, int n, uint64_t s) {
   ck_assert(fclose(f) == 0);
 }
 
+/* One worker run on the blobs (tt_blob_run). */
+typedef struct tt_blob {
+  const char *prog, *device, *train, *test;
+  const char *clip;       /* submitted with --clip-norm CLIP; NULL: none */
+  char *const *env;       /* added to the worker's environment; NULL: none */
+  char **status;          /* NULL, or receives `psctl status` after the run
+                             (the caller frees it) */
+} tt_blob;
+
 /* tt_blob_run trains a 16-32-3 ReLU MLP (Adam lr 0.01, 4 epochs of batch
- * 32, seed 1; submitted with --clip-norm CLIP unless it is NULL) on a
- * fresh 1-shard cluster with program PROG as the one worker on DEVICE,
- * and returns its log (the caller frees it). */
-static char *tt_blob_run(const char *prog, const char *device, const char *train,
-                         const char *test, const char *clip) {
+ * 32, seed 1) on a fresh 1-shard cluster with program B->prog as the one
+ * worker on B->device, and returns its log (the caller frees it). */
+static char *tt_blob_run(const tt_blob *b) {
   tt_ctx x = {0};
   snprintf(x.dir, sizeof x.dir, "%s", ps_test_tmpdir());
   char extra[2048];
@@ -195,7 +207,7 @@ static char *tt_blob_run(const char *prog, const char *device, const char *train
            "training:\n  model: m\n  epochs: 4\n  batch_size: 32\n  seed: 1\n"
            "data:\n  format: csv\n  train_images: %s\n  test_images: %s\n  scale: 1\n"
            "  partitions: 4\n",
-           device, train, test);
+           b->device, b->train, b->test);
   snprintf(x.yaml, sizeof x.yaml, "%s", ps_test_cluster_yaml(x.dir, 1, extra, x.gp, x.cp));
   ps_test_start_shards(x.yaml, x.dir, 1, x.gp, x.cp, x.shard);
   char pb[600], log[600];
@@ -204,17 +216,47 @@ static char *tt_blob_run(const char *prog, const char *device, const char *train
   char *model[] = {(char *)ps_test_bin("psctl"), "model", "mlp", "--layers", "16,32,3", "-o", pb, NULL};
   ck_assert_msg(ps_test_run(model, log, 20000) == 0, "psctl model failed; see %s", log);
   char *submit[] = {(char *)ps_test_bin("psctl"), "submit", pb, "--name", "m", "--config", x.yaml,
-                    "--optimizer", "adam", "--lr", "0.01", clip ? "--clip-norm" : NULL,
-                    (char *)clip, NULL};
+                    "--optimizer", "adam", "--lr", "0.01", b->clip ? "--clip-norm" : NULL,
+                    (char *)b->clip, NULL};
   ck_assert_msg(ps_test_run(submit, log, 30000) == 0, "psctl submit failed; see %s", log);
   snprintf(log, sizeof log, "%s/psw.log", x.dir);
-  char *argv[] = {(char *)ps_test_bin(prog), "--config", x.yaml, "--rank", "0", "--workers", "1", NULL};
-  pid_t w = ps_test_spawn(argv, log, NULL);
+  char *argv[] = {(char *)ps_test_bin(b->prog), "--config", x.yaml, "--rank", "0", "--workers", "1", NULL};
+  pid_t w = ps_test_spawn(argv, log, b->env);
   int st = ps_test_wait_pid(w, 120000);
-  ck_assert_msg(st >= 0, "%s did not finish within 120 s; see %s", prog, log);
-  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s failed; see %s", prog, log);
+  ck_assert_msg(st >= 0, "%s did not finish within 120 s; see %s", b->prog, log);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "%s failed; see %s", b->prog, log);
+  if (b->status) {
+    /* The worker has left (DONE); the coordinator still shows its row. */
+    char out[600];
+    snprintf(out, sizeof out, "%s/status.txt", x.dir);
+    char *status[] = {(char *)ps_test_bin("psctl"), "status", "--config", x.yaml, NULL};
+    ck_assert_msg(ps_test_run(status, out, 20000) == 0, "psctl status failed; see %s", out);
+    *b->status = ps_test_read_file(out, NULL);
+  }
   tt_stop_shards(&x);
   return ps_test_read_file(log, NULL);
+}
+
+/* tt_blas_expect writes to KERNEL what `psw --blas-kernel` prints here
+ * ("" for nothing) and to LINE how the CPU worker's device description
+ * ends, when psw sees OpenBLAS pick CORE (NULL: what this process's
+ * OpenBLAS picked, under the same environment; a user-set
+ * OPENBLAS_CORETYPE wins over CORE, as in tests/gpu/blas_shim.c). */
+static void tt_blas_expect(const char *core, char *kernel, size_t kcap, char *line, size_t lcap) {
+  const char *real = openblas_get_corename(), *env = getenv("OPENBLAS_CORETYPE");
+  ps_gpu_blas_in in = {.core = core && !env ? core : real, .env = env,
+                       .dynamic_arch = strstr(openblas_get_config(), "DYNAMIC_ARCH") != NULL};
+  ps_gpu_blas_choice c;
+  ps_gpu_blas_read_cpu(&in.cpu);
+  ck_assert_int_eq(ps_gpu_blas_choose(&in, &c), 0);
+  snprintf(kernel, kcap, "%s", c.kernel ? c.kernel : "");
+  if (c.kernel)
+    snprintf(line, lcap, ", kernel %s (chosen by psw: OpenBLAS picked %s on this CPU)", c.kernel,
+             in.core);
+  else if (env)
+    snprintf(line, lcap, ", kernel %s (OPENBLAS_CORETYPE=%s)", real, env);
+  else
+    snprintf(line, lcap, ", kernel %s (OpenBLAS's choice)", in.core);
 }
 
 /* The cuda backend inside a real worker: psw linked with the host
@@ -229,10 +271,15 @@ START_TEST(test_train_mlp_cuda_emulated) {
   snprintf(test, sizeof test, "%s/test.csv", dir);
   tt_blobs(train, 768, 0x9e3779b97f4a7c15ull);
   tt_blobs(test, 300, 0xd1b54a32d192ed03ull);
-  char *cpu = tt_blob_run("psw", "cpu", train, test, NULL);
-  char *emu = tt_blob_run("psw_cuda_emu", "cuda", train, test, NULL);
+  char *cpu = tt_blob_run(&(tt_blob){.prog = "psw", .device = "cpu", .train = train, .test = test});
+  char *emu = tt_blob_run(
+      &(tt_blob){.prog = "psw_cuda_emu", .device = "cuda", .train = train, .test = test});
   ck_assert_msg(strstr(emu, "device cuda:0: cuda_emu") != NULL, "the emulated worker's log: %s", emu);
   ck_assert_msg(strstr(cpu, "device cpu: ") != NULL, "the CPU worker's log: %s", cpu);
+  char kernel[32], line[160];
+  tt_blas_expect(NULL, kernel, sizeof kernel, line, sizeof line);
+  ck_assert_msg(strstr(cpu, line) != NULL, "the CPU worker's device line lacks '%s': %s", line,
+                cpu);
   const char *lc = ps_test_last_line(cpu), *le = ps_test_last_line(emu);
   ck_assert_int_eq((int)ps_test_json_num(le, "steps"), (int)ps_test_json_num(lc, "steps"));
   const double ac = ps_test_json_num(lc, "test_accuracy"), ae = ps_test_json_num(le, "test_accuracy");
@@ -258,9 +305,76 @@ START_TEST(test_train_clip_norm) {
   snprintf(test, sizeof test, "%s/test.csv", dir);
   tt_blobs(train, 768, 0x9e3779b97f4a7c15ull);
   tt_blobs(test, 300, 0xd1b54a32d192ed03ull);
-  char *log = tt_blob_run("psw", "cpu", train, test, "0.01");
+  char *log = tt_blob_run(
+      &(tt_blob){.prog = "psw", .device = "cpu", .train = train, .test = test, .clip = "0.01"});
   double acc = ps_test_json_num(ps_test_last_line(log), "test_accuracy");
   ck_assert_msg(acc >= 0.8, "with --clip-norm 0.01 the worker reached only %.4f", acc);
+  free(log);
+}
+END_TEST
+
+/* tt_blas_kernel_out runs `psw --blas-kernel` with ENV added and returns
+ * what it printed (the caller frees it). */
+static char *tt_blas_kernel_out(char *const *env) {
+  char out[600];
+  snprintf(out, sizeof out, "%s/kernel.txt", ps_test_tmpdir());
+  char *argv[] = {(char *)ps_test_bin("psw"), "--blas-kernel", NULL};
+  int st = ps_test_wait_pid(ps_test_spawn(argv, out, env), 20000);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psw --blas-kernel: status %d, see %s", st,
+                out);
+  return ps_test_read_file(out, NULL);
+}
+
+/* The OpenBLAS kernel (issue 11).  psw --blas-kernel prints what the
+ * choice gives on this machine.  With tests/gpu/blas_shim.c preloaded psw
+ * sees OpenBLAS pick the generic Prescott, as 0.3.21 does on CPUs it does
+ * not know: on a CPU with AVX2 or AVX-512 psw executes itself again with
+ * OPENBLAS_CORETYPE set, trains, and its device line and its cell in
+ * psctl status say "kernel SkylakeX (chosen by psw: OpenBLAS picked
+ * Prescott on this CPU)" (Haswell on AVX2 alone); elsewhere they say that
+ * OpenBLAS's choice stands. */
+START_TEST(test_train_blas_kernel) {
+  char kernel[32], line[160];
+  tt_blas_expect(NULL, kernel, sizeof kernel, line, sizeof line);
+  char *text = tt_blas_kernel_out(NULL);
+  ck_assert_msg(strcmp(text, kernel) == 0 || (strlen(text) == strlen(kernel) + 1 &&
+                                              text[strlen(kernel)] == '\n'),
+                "psw --blas-kernel printed '%s', expected '%s'", text, kernel);
+  free(text);
+
+  char *so = realpath(ps_test_bin("ps_test_blas_shim.so"), NULL);
+  ck_assert_msg(so != NULL, "%s is not built", ps_test_bin("ps_test_blas_shim.so"));
+  char preload[PATH_MAX + 16], asan[1024];
+  const char *ao = getenv("ASAN_OPTIONS");
+  snprintf(preload, sizeof preload, "LD_PRELOAD=%s", so);
+  /* A sanitized psw accepts a preloaded library that comes before ASan's. */
+  snprintf(asan, sizeof asan, "ASAN_OPTIONS=%s%sverify_asan_link_order=0", ao ? ao : "",
+           ao && *ao ? ":" : "");
+  free(so);
+  char *env[] = {preload, asan, NULL};
+  tt_blas_expect("Prescott", kernel, sizeof kernel, line, sizeof line);
+  text = tt_blas_kernel_out(env);
+  ck_assert_msg(strcmp(text, kernel) == 0 || (strlen(text) == strlen(kernel) + 1 &&
+                                              text[strlen(kernel)] == '\n'),
+                "psw --blas-kernel under the shim printed '%s', expected '%s'", text, kernel);
+  free(text);
+
+  char dir[512], train[600], test[600], *status = NULL;
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  snprintf(train, sizeof train, "%s/train.csv", dir);
+  snprintf(test, sizeof test, "%s/test.csv", dir);
+  tt_blobs(train, 768, 0x9e3779b97f4a7c15ull);
+  tt_blobs(test, 300, 0xd1b54a32d192ed03ull);
+  char *log = tt_blob_run(&(tt_blob){.prog = "psw", .device = "cpu", .train = train, .test = test,
+                                     .env = env, .status = &status});
+  const char *dev = strstr(log, "device cpu: ");
+  ck_assert_msg(dev != NULL, "no device line in the worker's log: %s", log);
+  ck_assert_msg(strstr(dev, line) != NULL, "the device line lacks '%s': %s", line, log);
+  ck_assert_msg(strstr(status, line) != NULL, "psctl status lacks '%s':\n%s", line, status);
+  printf("test_train_blas_kernel: %.*s\n", (int)strcspn(dev, "\n"), dev);
+  double acc = ps_test_json_num(ps_test_last_line(log), "test_accuracy");
+  ck_assert_msg(acc >= 0.85, "the worker on psw's kernel reached only %.4f", acc);
+  free(status);
   free(log);
 }
 END_TEST
@@ -274,6 +388,7 @@ Suite *psw_train_suite(void) {
   tcase_add_test(tc, test_train_unknown_model_and_sigterm);
   tcase_add_test(tc, test_train_mlp_cuda_emulated);
   tcase_add_test(tc, test_train_clip_norm);
+  tcase_add_test(tc, test_train_blas_kernel);
   suite_add_tcase(s, tc);
   return s;
 }

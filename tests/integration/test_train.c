@@ -259,18 +259,24 @@ static void tt_blas_expect(const char *core, char *kernel, size_t kcap, char *li
     snprintf(line, lcap, ", kernel %s (OpenBLAS's choice)", in.core);
 }
 
+/* tt_blob_files writes the blobs' training (768 rows) and test (300
+ * rows) CSV files into the test's directory; TRAIN and TEST (600 bytes
+ * each) receive their paths. */
+static void tt_blob_files(char *train, char *test) {
+  snprintf(train, 600, "%s/train.csv", ps_test_tmpdir());
+  snprintf(test, 600, "%s/test.csv", ps_test_tmpdir());
+  tt_blobs(train, 768, 0x9e3779b97f4a7c15ull);
+  tt_blobs(test, 300, 0xd1b54a32d192ed03ull);
+}
+
 /* The cuda backend inside a real worker: psw linked with the host
  * emulator of CUDA (tests/cuda_emu) trains on "cuda" through pinned
  * push/pull buffers and the two-stream executor, and must follow the CPU
  * worker's run of the same model, data and seed (same initial weights,
  * same batch order: only the backends' float rounding differs). */
 START_TEST(test_train_mlp_cuda_emulated) {
-  char dir[512], train[600], test[600];
-  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
-  snprintf(train, sizeof train, "%s/train.csv", dir);
-  snprintf(test, sizeof test, "%s/test.csv", dir);
-  tt_blobs(train, 768, 0x9e3779b97f4a7c15ull);
-  tt_blobs(test, 300, 0xd1b54a32d192ed03ull);
+  char train[600], test[600];
+  tt_blob_files(train, test);
   char *cpu = tt_blob_run(&(tt_blob){.prog = "psw", .device = "cpu", .train = train, .test = test});
   char *emu = tt_blob_run(
       &(tt_blob){.prog = "psw_cuda_emu", .device = "cuda", .train = train, .test = test});
@@ -299,12 +305,8 @@ END_TEST
  * at its first push; psw clips, trains to the end, and Adam (invariant
  * to the gradient's scale) still learns the blobs. */
 START_TEST(test_train_clip_norm) {
-  char dir[512], train[600], test[600];
-  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
-  snprintf(train, sizeof train, "%s/train.csv", dir);
-  snprintf(test, sizeof test, "%s/test.csv", dir);
-  tt_blobs(train, 768, 0x9e3779b97f4a7c15ull);
-  tt_blobs(test, 300, 0xd1b54a32d192ed03ull);
+  char train[600], test[600];
+  tt_blob_files(train, test);
   char *log = tt_blob_run(
       &(tt_blob){.prog = "psw", .device = "cpu", .train = train, .test = test, .clip = "0.01"});
   double acc = ps_test_json_num(ps_test_last_line(log), "test_accuracy");

@@ -242,16 +242,24 @@ END_TEST
     ck_assert(eb_.msg[0]);                                                              \
   } while (0)
 
-START_TEST(test_rpc_bad_input) {
-  rpc_model m;
-  rpc_model_init(&m, "bad", 0.5f);
-  ps_layout l;
-  rpc_layout(&l, &m);
+/* rpc_fresh makes model NAME (lr 0.5) in *M with its layout in *L and
+ * submits it through shard 0, whose handle it returns. */
+static ps_rpc *rpc_fresh(rpc_model *m, const char *name, ps_layout *l) {
+  rpc_model_init(m, name, 0.5f);
+  rpc_layout(l, m);
   ps_errbuf eb;
   ps_rpc *r = rpc_open(0);
   Ps__SubmitModelReply *rep = NULL;
-  ck_assert_msg(rpc_submit(r, &m.spec, 0, &rep, &eb) == 0, "submit: %s", eb.msg);
+  ck_assert_msg(rpc_submit(r, &m->spec, 0, &rep, &eb) == 0, "submit: %s", eb.msg);
   protobuf_c_message_free_unpacked(&rep->base, NULL);
+  return r;
+}
+
+START_TEST(test_rpc_bad_input) {
+  rpc_model m;
+  ps_layout l;
+  ps_rpc *r = rpc_fresh(&m, "bad", &l);
+  ps_errbuf eb;
   uint32_t *ids, *other;
   uint64_t nelems, nother;
   long n = ps_layout_shard_chunks(&l, 0, &ids, &nelems);
@@ -328,14 +336,10 @@ static int rpc_register(ps_rpc *r, const char *model, const char *host, const ch
  * refused with a clear message and changes nothing. */
 START_TEST(test_rpc_hostile_ids_and_names) {
   rpc_model m;
-  rpc_model_init(&m, "hostile", 0.5f);
   ps_layout l;
-  rpc_layout(&l, &m);
+  ps_rpc *r = rpc_fresh(&m, "hostile", &l);
   ps_errbuf eb;
-  ps_rpc *r = rpc_open(0);
   Ps__SubmitModelReply *rep = NULL;
-  ck_assert_msg(rpc_submit(r, &m.spec, 0, &rep, &eb) == 0, "submit: %s", eb.msg);
-  protobuf_c_message_free_unpacked(&rep->base, NULL);
   uint32_t *ids;
   uint64_t nelems, ver0, ver;
   size_t nv;

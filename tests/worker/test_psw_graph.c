@@ -224,9 +224,9 @@ START_TEST(test_errors_field_zero) {
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     uint8_t buf[1024];
     size_t n = 0;
-    memcpy(buf + n, cases[i].pre, cases[i].npre), n += cases[i].npre;
+    if (cases[i].npre) memcpy(buf + n, cases[i].pre, cases[i].npre), n += cases[i].npre;
     memcpy(buf + n, mlp, len), n += len;
-    memcpy(buf + n, cases[i].post, cases[i].npost), n += cases[i].npost;
+    if (cases[i].npost) memcpy(buf + n, cases[i].post, cases[i].npost), n += cases[i].npost;
     psw_graph *g = NULL;
     ck_assert_int_eq(psw_graph_load(buf, n, &g, &eb), PS_EFORMAT);
     ck_assert_str_eq(eb.msg, cases[i].want);

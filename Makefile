@@ -7,6 +7,8 @@
 #   make demo            deps + build + a real 2-shard, 2-worker Fashion-MNIST run
 #   make bench           deps + build + the benchmark table
 #   make SANITIZE=address,undefined test
+#   make fuzz            the libFuzzer targets (tests/fuzz), FUZZ_SECONDS (600) each
+#   make test-long       make fuzz and the other long tests
 #
 # Objects go to build/obj (build/obj-san-* with SANITIZE), generated code to
 # build/gen, programs to build/bin.
@@ -18,6 +20,9 @@ DEB_PKGS := build-essential pkg-config libgrpc-dev libprotobuf-c-dev protobuf-c-
   libuv1-dev librocksdb-dev check libyaml-dev libopenblas-dev zlib1g-dev libsystemd-dev \
   systemd dataset-fashion-mnist iperf3 gnuplot-nox python3-numpy
 BENCH_PKGS := python3-torch
+# clang's fuzzer and sanitizer runtime is only a recommendation of clang,
+# and deps installs without recommendations: both are named.
+FUZZ_PKGS := clang libclang-rt-14-dev
 
 comma := ,
 B := build
@@ -94,11 +99,11 @@ PSCTL_OBJS := $(patsubst %.c,$(OBJ)/%.o,$(call lib_srcs,psctl))
 LIBS_A := $(OBJ)/libpsctl.a $(OBJ)/libpsw.a $(OBJ)/libpsd.a $(OBJ)/libps_gpu.a $(OBJ)/libps_common.a
 
 PROGS := $(BIN)/psd $(BIN)/psw $(BIN)/psctl
-# Not Check suites: the GPU benchmark and a test-only preload library.
-TEST_SRCS ?= $(filter-out tests/gpu/bench_gpu.c tests/gpu/blas_shim.c,$(shell find tests -name '*.c' 2>/dev/null | sort))
+# Not Check suites: the GPU benchmark, a test-only preload library, the fuzz targets.
+TEST_SRCS ?= $(filter-out tests/gpu/bench_gpu.c tests/gpu/blas_shim.c tests/fuzz/%,$(shell find tests -name '*.c' 2>/dev/null | sort))
 TEST_OBJS := $(patsubst %.c,$(OBJ)/%.o,$(TEST_SRCS))
 
-.PHONY: all deps test check demo bench install clean FORCE
+.PHONY: all deps test test-long check demo bench install clean fuzz fuzz-build FORCE
 FORCE:
 # Generated protobuf-c sources are kept, not deleted as intermediates.
 .SECONDARY: $(PB_C) $(PB_H)
@@ -107,7 +112,7 @@ all: $(PROGS) $(BIN)/ps_tests $(BIN)/ps_tests_cuda_emu $(BIN)/psw_cuda_emu $(BIN
   $(BIN)/ps_test_blas_shim.so
 
 deps:
-	@missing=$$(for p in $(DEB_PKGS) $(EXTRA_DEB_PKGS); do \
+	@missing=$$(for p in $(DEB_PKGS) $(FUZZ_PKGS) $(EXTRA_DEB_PKGS); do \
 	  dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 	  echo "deps: installing $$missing"; \
@@ -193,10 +198,57 @@ $(GEN)/suites.inc: $(TEST_SRCS) FORCE
 	@cmp -s $@.tmp $@ || mv $@.tmp $@; rm -f $@.tmp
 $(OBJ)/tests/ps_tests.o: $(GEN)/suites.inc
 
-# PS_TEST_FILTER=name runs the suites whose name contains it.
+# PS_TEST_FILTER=name runs the suites whose name contains it.  The fuzz
+# targets run a few seconds each (scripts/fuzz_smoke), skipped where clang
+# cannot build them.
 test: deps
 	$(MAKE) --no-print-directory all
-	PS_BIN=$(BIN) scripts/run_tests $(BIN)/ps_tests $(BIN)/ps_tests_cuda_emu
+	@if FUZZ_CC=$(FUZZ_CC) scripts/fuzz probe 2>/dev/null; then $(MAKE) --no-print-directory fuzz-build; fi
+	PS_BIN=$(BIN) FUZZ_BIN=$(FUZZ_BIN) FUZZ_CC=$(FUZZ_CC) scripts/run_tests $(BIN)/ps_tests $(BIN)/ps_tests_cuda_emu \
+	  scripts/fuzz_smoke
+
+# Long runs: every fuzz target for FUZZ_SECONDS (and longer fault tests).
+test-long: fuzz
+
+# ---- fuzzing ---------------------------------------------------------------
+# One libFuzzer program per tests/fuzz/fuzz_NAME.c.  The project's code is
+# compiled again by clang with coverage (fuzzer-no-link) and ASan+UBSan
+# into build/obj-fuzz; gRPC, RocksDB and the other system libraries are
+# linked as they are.  `make fuzz` runs each target for FUZZ_SECONDS on a
+# copy of its seed corpus tests/fuzz/corpus/NAME (scripts/fuzz; work files
+# in build/fuzz) and fails when one crashes.  FUZZ_TARGETS=npz,csv picks
+# targets; FUZZ_JOBS=2 runs two at a time.
+FUZZ_CC ?= clang
+FUZZ_SECONDS ?= 600
+FUZZ_OBJ := $(B)/obj-fuzz
+FUZZ_BIN := $(B)/bin-fuzz
+FUZZ_SAN := -fsanitize=address,undefined -fno-sanitize-recover=undefined -fno-omit-frame-pointer
+FUZZ_CFLAGS := -O1 -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -pthread -MMD -MP \
+  -Icommon -Iserver -Iworker -Igpu -Itests/fuzz -I$(GEN) $(PKG_CFLAGS) \
+  $(FUZZ_SAN) -fsanitize=fuzzer-no-link
+FUZZ_NAMES := $(patsubst tests/fuzz/fuzz_%.c,%,$(wildcard tests/fuzz/fuzz_*.c))
+FUZZ_PROGS := $(FUZZ_NAMES:%=$(FUZZ_BIN)/fuzz_%)
+FUZZ_LIB_OBJS := $(PB_C:$(GEN)/%.c=$(FUZZ_OBJ)/gen/%.o) \
+  $(patsubst %.c,$(FUZZ_OBJ)/%.o,$(foreach d,common server worker gpu,$(call lib_srcs,$(d))))
+FUZZ_TARGETS ?= $(FUZZ_NAMES)
+
+fuzz-build: $(FUZZ_PROGS)
+.SECONDARY: $(FUZZ_NAMES:%=$(FUZZ_OBJ)/tests/fuzz/fuzz_%.o)
+fuzz: deps
+	$(MAKE) --no-print-directory fuzz-build
+	FUZZ_BIN=$(FUZZ_BIN) FUZZ_CC=$(FUZZ_CC) scripts/fuzz run $(FUZZ_SECONDS) $(subst $(comma), ,$(FUZZ_TARGETS))
+
+$(FUZZ_OBJ)/gen/%.o: $(GEN)/%.c $(PB_H)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -w -c -o $@ $<
+$(FUZZ_OBJ)/%.o: %.c $(PB_H)
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) $(FUZZ_CFLAGS) -c -o $@ $<
+$(FUZZ_OBJ)/libps_fuzz.a: $(FUZZ_LIB_OBJS)
+	rm -f $@ && ar rcs $@ $^
+$(FUZZ_BIN)/fuzz_%: $(FUZZ_OBJ)/tests/fuzz/fuzz_%.o $(FUZZ_OBJ)/libps_fuzz.a
+	@mkdir -p $(dir $@)
+	$(FUZZ_CC) -fsanitize=fuzzer $(FUZZ_SAN) -pthread -o $@ $< $(FUZZ_OBJ)/libps_fuzz.a $(HOST_LDLIBS)
 
 check: test
 

@@ -286,7 +286,10 @@ static int npz_parse_npy(const char *path, const char *name, const unsigned char
                    descr);
   if (strncmp(fortran, "False", 5))
     return NPZ_BAD(PS_ENOTSUP, "fortran order is not supported", path, name);
-  e->nelems = 1;
+  /* The element count must not wrap: a wrapped count can match the data
+   * length (shape (2**62,) "needs" 0 bytes) while nelems promises more. */
+  uint64_t count = 1;
+  int zero = 0, over = 0;
   const char *s = shape + 1;
   for (;;) {
     s += strspn(s, " ,");
@@ -296,9 +299,14 @@ static int npz_parse_npy(const char *path, const char *name, const unsigned char
     if (end == s || e->ndim == PS_NPZ_MAX_DIMS)
       return NPZ_BAD(PS_EFORMAT, "bad shape in the NPY header", path, name);
     e->shape[e->ndim++] = d;
-    e->nelems *= d;
+    zero |= d == 0;
+    over |= __builtin_mul_overflow(count, (uint64_t)d, &count);
     s = end;
   }
+  if (!zero && (over || count > (len - ho - hl) / 4))
+    return NPZ_BAD(PS_EFORMAT, "%zu data bytes, the shape needs more", path, name,
+                   len - ho - hl);
+  e->nelems = zero ? 0 : count;
   if (len - ho - hl != e->nelems * 4)
     return NPZ_BAD(PS_EFORMAT, "%zu data bytes, the shape needs %" PRIu64, path, name,
                    len - ho - hl, e->nelems * 4);
@@ -363,12 +371,16 @@ static int npz_read_directory(ps_npz *z, const char *path, const unsigned char *
     return ps_errf(eb, PS_ENOMEM, "%s: out of memory", path);
   const unsigned char *ch = b + cd;
   for (size_t i = 0; i < n; i++) {
-    if (ch + 46 > end || npz_get32(ch) != NPZ_CENTRAL_SIG)
+    /* The whole entry, variable part (name, extra, comment) included,
+     * lies before the end record: the name is copied from it. */
+    size_t room = (size_t)(end - ch), elen = 0;
+    if (room >= 46) elen = 46 + npz_get16(ch + 28) + npz_get16(ch + 30) + npz_get16(ch + 32);
+    if (room < 46 || elen > room || npz_get32(ch) != NPZ_CENTRAL_SIG)
       return ps_errf(eb, PS_EFORMAT, "%s: bad central directory entry %zu", path, i);
     z->n = i + 1;
     int r = npz_read_member(path, b, len, ch, &z->entries[i], eb);
     if (r < 0) return r;
-    ch += 46 + npz_get16(ch + 28) + npz_get16(ch + 30) + npz_get16(ch + 32);
+    ch += elen;
   }
   return 0;
 }

@@ -230,20 +230,31 @@ static int conn_reply_error(psd_conn *c, int status, const char *msg, int inflig
 
 /* ---- requests --------------------------------------------------------------- */
 
-/* conn_hello checks the first frame; answers HELLO, or an error frame and
- * a close. */
+/* psd_chan_hello_check: see psd_chan.h. */
+int psd_chan_hello_check(const ps_config *cfg, const ps_chan_hdr *h, const Ps__ChanMeta *m,
+                         int *answer, ps_errbuf *eb) {
+  const char *cluster = cfg->cluster ? cfg->cluster : "";
+  *answer = 0;
+  if ((int)m->op != PS__CHAN_OP__CHAN_HELLO || h->data_len)
+    return ps_errf(eb, PS_EPROTO, "first frame is not a hello");
+  *answer = 1;
+  if (m->proto_version != PS_CHAN_VERSION)
+    return ps_errf(eb, PS_EPROTO, "protocol version %u not supported (want %d)",
+                   m->proto_version, PS_CHAN_VERSION);
+  if (!m->cluster || strcmp(m->cluster, cluster) != 0)
+    return ps_errf(eb, PS_EPROTO, "wrong cluster '%s' (this is '%s')",
+                   m->cluster ? m->cluster : "", cluster);
+  return 0;
+}
+
+/* conn_hello checks the first frame (psd_chan_hello_check); answers
+ * HELLO, or an error frame and a close, or returns PS_EPROTO (close
+ * without an answer) when the frame is no hello at all. */
 static int conn_hello(psd_conn *c, const Ps__ChanMeta *m) {
   const ps_config *cfg = c->chan->sh->cfg;
   ps_errbuf eb;
-  if ((int)m->op != PS__CHAN_OP__CHAN_HELLO || c->h.data_len)
-    return ps_errf(&eb, PS_EPROTO, "first frame is not a hello");
-  if (m->proto_version != PS_CHAN_VERSION) {
-    ps_errf(&eb, PS_EPROTO, "protocol version %u not supported (want %d)",
-            m->proto_version, PS_CHAN_VERSION);
-  } else if (!m->cluster || strcmp(m->cluster, cfg->cluster ? cfg->cluster : "") != 0) {
-    ps_errf(&eb, PS_EPROTO, "wrong cluster '%s' (this is '%s')", m->cluster ? m->cluster : "",
-            cfg->cluster ? cfg->cluster : "");
-  } else {
+  int answer, rc = psd_chan_hello_check(cfg, &c->h, m, &answer, &eb);
+  if (rc == 0) {
     Ps__ChanMeta r = PS__CHAN_META__INIT;
     r.op = PS__CHAN_OP__CHAN_HELLO;
     r.proto_version = PS_CHAN_VERSION;
@@ -251,6 +262,7 @@ static int conn_hello(psd_conn *c, const Ps__ChanMeta *m) {
     c->hello_done = 1;
     return conn_reply(c, &r, NULL, 0, 0, 0, 0);
   }
+  if (!answer) return rc;
   psd_shard_count_error(c->chan->sh);
   c->paused = 1; /* read nothing more: the connection closes once the error is written */
   uv_read_stop((uv_stream_t *)&c->tcp);

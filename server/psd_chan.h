@@ -21,6 +21,7 @@
 #ifndef PSD_CHAN_H
 #define PSD_CHAN_H
 
+#include "ps_chan.h"
 #include "ps_error.h"
 #include "psd_shard.h"
 
@@ -37,5 +38,15 @@ void psd_chan_stop_accepting(psd_shard *sh);
 /* psd_chan_close closes every connection and the listener and frees
  * sh->chan once libuv has closed the handles (run the loop afterwards). */
 void psd_chan_close(psd_shard *sh);
+
+/* psd_chan_hello_check checks a connection's first frame, header H and
+ * decoded meta M, against CFG: a HELLO without data, of protocol version
+ * PS_CHAN_VERSION, naming CFG's cluster.  Returns 0 when the shard
+ * accepts it, else PS_EPROTO with the reason in EB and *ANSWER = 1 when
+ * the peer is told the reason in an error frame before the close (a HELLO
+ * of another version or cluster), 0 when the connection just closes (not
+ * a hello).  Pure: reads its arguments only; any thread. */
+int psd_chan_hello_check(const ps_config *cfg, const ps_chan_hdr *h, const Ps__ChanMeta *m,
+                         int *answer, ps_errbuf *eb);
 
 #endif

@@ -463,6 +463,32 @@ static int wire_diagnose(const uint8_t *buf, size_t len, ps_errbuf *eb) {
   return ps_errf(eb, PS_EFORMAT, "not a valid ps.graph.Graph protobuf (%zu bytes)", len);
 }
 
+/* pb_tag0 returns the name of the message type in M's tree (M and the
+ * messages in its message fields) that holds an unknown field numbered 0,
+ * or NULL.  protobuf-c's unpack takes such a key when it is spelled in
+ * two or more bytes (80 00) but refuses it in its one-byte form (00),
+ * which is how pack writes it back, so a message holding one does not
+ * survive a pack and unpack (psw_graph_to_spec, then the workers). */
+static const char *pb_tag0(const ProtobufCMessage *m) {
+  for (unsigned i = 0; i < m->n_unknown_fields; i++)
+    if (m->unknown_fields[i].tag == 0) return m->descriptor->name;
+  for (unsigned f = 0; f < m->descriptor->n_fields; f++) {
+    const ProtobufCFieldDescriptor *fd = &m->descriptor->fields[f];
+    if (fd->type != PROTOBUF_C_TYPE_MESSAGE) continue;
+    const char *at = (const char *)m + fd->offset;
+    size_t n = fd->label == PROTOBUF_C_LABEL_REPEATED
+                   ? *(const size_t *)((const char *)m + fd->quantifier_offset) : 1;
+    const ProtobufCMessage *const *sub = fd->label == PROTOBUF_C_LABEL_REPEATED
+                                             ? *(const ProtobufCMessage *const *const *)at
+                                             : (const ProtobufCMessage *const *)at;
+    for (size_t k = 0; k < n; k++) {
+      const char *bad = sub[k] ? pb_tag0(sub[k]) : NULL;
+      if (bad) return bad;
+    }
+  }
+  return NULL;
+}
+
 int psw_graph_load(const void *buf, size_t len, psw_graph **out, ps_errbuf *eb) {
   *out = NULL;
   psw_graph *g = calloc(1, sizeof *g);
@@ -472,7 +498,10 @@ int psw_graph_load(const void *buf, size_t len, psw_graph **out, ps_errbuf *eb) 
     free(g);
     return wire_diagnose(buf, len, eb);
   }
-  int rc = check_graph(g, eb);
+  const char *tag0 = pb_tag0(&g->pb->base);
+  int rc = tag0 ? ps_errf(eb, PS_EFORMAT, "a '%s' has a field numbered 0 (not valid protobuf)",
+                          tag0)
+                : check_graph(g, eb);
   if (rc) {
     psw_graph_free(g);
     return rc;

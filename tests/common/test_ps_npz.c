@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include "ps_npz.h"
 #include "ps_test.h"
@@ -233,6 +234,68 @@ START_TEST(test_npz_bad_archives) {
 }
 END_TEST
 
+static void put16(unsigned char *p, uint32_t v) { p[0] = (unsigned char)v, p[1] = (unsigned char)(v >> 8); }
+static void put32(unsigned char *p, uint32_t v) { put16(p, v), put16(p + 2, v >> 16); }
+
+/* write_zip1 writes to PATH a zip of one stored member NAME holding
+ * DATA[0..LEN), whose central header claims a name of NLEN_CD bytes
+ * (the real length when 0). */
+static void write_zip1(const char *path, const char *name, const void *data, size_t len,
+                       uint32_t nlen_cd) {
+  size_t nlen = strlen(name);
+  unsigned char lh[30] = {0}, ch[46] = {0}, end[22] = {0};
+  uint32_t crc = (uint32_t)crc32(crc32(0, Z_NULL, 0), data, (uInt)len);
+  put32(lh, 0x04034b50u), put16(lh + 4, 20), put32(lh + 14, crc);
+  put32(lh + 18, (uint32_t)len), put32(lh + 22, (uint32_t)len), put16(lh + 26, (uint32_t)nlen);
+  put32(ch, 0x02014b50u), put16(ch + 4, 20), put16(ch + 6, 20), put32(ch + 16, crc);
+  put32(ch + 20, (uint32_t)len), put32(ch + 24, (uint32_t)len);
+  put16(ch + 28, nlen_cd ? nlen_cd : (uint32_t)nlen);
+  put32(end, 0x06054b50u), put16(end + 8, 1), put16(end + 10, 1);
+  put32(end + 12, (uint32_t)(46 + nlen)), put32(end + 16, (uint32_t)(30 + nlen + len));
+  FILE *f = fopen(path, "wb");
+  ck_assert_ptr_nonnull(f);
+  ck_assert(fwrite(lh, 30, 1, f) == 1 && fputs(name, f) >= 0 && fwrite(data, 1, len, f) == len &&
+            fwrite(ch, 46, 1, f) == 1 && fputs(name, f) >= 0 && fwrite(end, 22, 1, f) == 1);
+  ck_assert_int_eq(fclose(f), 0);
+}
+
+/* Found by tests/fuzz/fuzz_npz: a central directory entry whose name runs
+ * past the end record was copied from beyond the file's buffer (a heap
+ * overflow under ASan); and a shape whose element count wraps modulo 2^64
+ * (2^62 elements "need" 0 bytes) was accepted with nelems 2^62 and no
+ * data. */
+START_TEST(test_npz_refuses_lying_sizes) {
+  char path[600];
+  snprintf(path, sizeof path, "%s/lie.npz", ps_test_tmpdir());
+  ps_npz z;
+  ps_errbuf eb = {""};
+  char want[800];
+  static const char npy[] = /* NPY 1.0: 10 bytes, a header of 118 (0x76), no data */
+      "\x93NUMPY\x01\x00\x76\x00{'descr': '<f4', 'fortran_order': False, 'shape': "
+      "(4611686018427387904,), }" "                                          " "\n";
+  ck_assert_uint_eq(sizeof npy - 1, 128);
+  write_zip1(path, "w.npy", npy, sizeof npy - 1, 0);
+  ck_assert_int_eq(ps_npz_read(&z, path, &eb), PS_EFORMAT);
+  snprintf(want, sizeof want, "%s: member 'w.npy': 0 data bytes, the shape needs more", path);
+  ck_assert_str_eq(eb.msg, want);
+  ck_assert_ptr_null(z.entries);
+  /* The same with a shape of 0 elements is fine. */
+  char ok[sizeof npy];
+  memcpy(ok, npy, sizeof npy);
+  memcpy(memmem(ok, sizeof ok, "4611686018427387904", 19), "0                  ", 19);
+  write_zip1(path, "w.npy", ok, sizeof ok - 1, 0);
+  ck_assert_msg(ps_npz_read(&z, path, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(z.entries[0].nelems, 0);
+  ps_npz_release(&z);
+  /* A name of 40 bytes where the directory holds 5 and the end record 22. */
+  write_zip1(path, "w.npy", ok, sizeof ok - 1, 40);
+  ck_assert_int_eq(ps_npz_read(&z, path, &eb), PS_EFORMAT);
+  snprintf(want, sizeof want, "%s: bad central directory entry 0", path);
+  ck_assert_str_eq(eb.msg, want);
+  ck_assert_ptr_null(z.entries);
+}
+END_TEST
+
 START_TEST(test_npz_replaces_atomically) {
   const char *path = write_test_npz();
   ps_npz_array one = {"only", 1, b_shape, bvec};
@@ -260,6 +323,7 @@ Suite *ps_npz_suite(void) {
   tcase_add_test(tc, test_npz_we_read_numpy);
   tcase_add_test(tc, test_npz_refuses);
   tcase_add_test(tc, test_npz_bad_archives);
+  tcase_add_test(tc, test_npz_refuses_lying_sizes);
   tcase_add_test(tc, test_npz_replaces_atomically);
   suite_add_tcase(s, tc);
   return s;

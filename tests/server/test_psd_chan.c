@@ -20,9 +20,11 @@
 
 #include "ps.pb-c.h"
 #include "ps_chan.h"
+#include "ps_config.h"
 #include "ps_place.h"
 #include "ps_rpc.h"
 #include "ps_test.h"
+#include "psd_chan.h"
 
 #define W_ELEMS 4096       /* tensor "w": 16 chunks of 256 */
 #define B_ELEMS 100        /* tensor "b": chunk 16, 100 elements */
@@ -668,6 +670,41 @@ START_TEST(test_idle_closed) {
   st = lim_status();
   ck_assert_uint_ge(st->chan_idle_closed, idle0 + 2);
   protobuf_c_message_free_unpacked(&st->base, NULL);
+
+/* psd_chan_hello_check alone: what a first frame must be, and which
+ * refusals the peer hears about. */
+START_TEST(test_hello_check) {
+  static const char yaml[] = "cluster: c1\nshards:\n  - {id: 0, grpc: 127.0.0.1:1,"
+                             " channel: 127.0.0.1:2, data_dir: /nonexistent}\n";
+  ps_config cfg;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_config_load_buf(&cfg, "t.yaml", yaml, sizeof yaml - 1, &eb), 0);
+  ps_chan_hdr h = {.magic = PS_CHAN_MAGIC, .version = PS_CHAN_VERSION, .meta_len = 8};
+  Ps__ChanMeta m = PS__CHAN_META__INIT;
+  m.op = PS__CHAN_OP__CHAN_HELLO;
+  m.proto_version = PS_CHAN_VERSION;
+  m.cluster = "c1";
+  int answer = -1;
+  ck_assert_int_eq(psd_chan_hello_check(&cfg, &h, &m, &answer, &eb), 0);
+  m.cluster = "c2";
+  ck_assert_int_eq(psd_chan_hello_check(&cfg, &h, &m, &answer, &eb), PS_EPROTO);
+  ck_assert_int_eq(answer, 1);
+  ck_assert_str_eq(eb.msg, "wrong cluster 'c2' (this is 'c1')");
+  m.cluster = "c1";
+  m.proto_version = 2;
+  ck_assert_int_eq(psd_chan_hello_check(&cfg, &h, &m, &answer, &eb), PS_EPROTO);
+  ck_assert_int_eq(answer, 1);
+  ck_assert_str_eq(eb.msg, "protocol version 2 not supported (want 1)");
+  m.proto_version = PS_CHAN_VERSION;
+  h.data_len = 4; /* a hello carries no data */
+  ck_assert_int_eq(psd_chan_hello_check(&cfg, &h, &m, &answer, &eb), PS_EPROTO);
+  ck_assert_int_eq(answer, 0);
+  h.data_len = 0;
+  m.op = PS__CHAN_OP__CHAN_PULL;
+  ck_assert_int_eq(psd_chan_hello_check(&cfg, &h, &m, &answer, &eb), PS_EPROTO);
+  ck_assert_int_eq(answer, 0);
+  ck_assert_str_eq(eb.msg, "first frame is not a hello");
+  ps_config_release(&cfg);
 }
 END_TEST
 
@@ -691,5 +728,8 @@ Suite *psd_chan_suite(void) {
   tcase_add_test(lim, test_max_connections);
   tcase_add_test(lim, test_idle_closed);
   suite_add_tcase(s, lim);
+  tc = tcase_create("hello");
+  tcase_add_test(tc, test_hello_check);
+  suite_add_tcase(s, tc);
   return s;
 }

@@ -204,6 +204,49 @@ START_TEST(test_errors_params_and_loss) {
 }
 END_TEST
 
+/* Found by tests/fuzz/fuzz_graph: a field numbered 0, spelled 80 00,
+ * passed protobuf-c's unpack and the graph checks, but the graph that
+ * psw_graph_to_spec packs from it (00 00) no longer unpacks, so workers
+ * could not load the submitted model.  Refused at load, at any depth. */
+START_TEST(test_errors_field_zero) {
+  uint32_t layers[] = {4, 3, 2};
+  uint8_t *mlp;
+  size_t len;
+  ps_errbuf eb;
+  ck_assert_int_eq(psw_graph_mlp_pack("m", layers, 3, PS_GPU_ACT_RELU, &mlp, &len, &eb), 0);
+  /* At the top, and inside a Param appended as field 2 (params). */
+  static const uint8_t top[] = {0x80, 0x00, 0x00};
+  static const uint8_t param[] = {0x12, 0x09, 0x0a, 0x01, 'Z', 0x12, 0x01, 0x01, 0x80, 0x00, 0x00};
+  const struct { const uint8_t *pre, *post; size_t npre, npost; const char *want; } cases[] = {
+      {top, NULL, sizeof top, 0, "a 'ps.graph.Graph' has a field numbered 0 (not valid protobuf)"},
+      {NULL, param, 0, sizeof param, "a 'ps.graph.Param' has a field numbered 0 (not valid protobuf)"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    uint8_t buf[1024];
+    size_t n = 0;
+    if (cases[i].npre) memcpy(buf + n, cases[i].pre, cases[i].npre), n += cases[i].npre;
+    memcpy(buf + n, mlp, len), n += len;
+    if (cases[i].npost) memcpy(buf + n, cases[i].post, cases[i].npost), n += cases[i].npost;
+    psw_graph *g = NULL;
+    ck_assert_int_eq(psw_graph_load(buf, n, &g, &eb), PS_EFORMAT);
+    ck_assert_str_eq(eb.msg, cases[i].want);
+    ck_assert_ptr_null(g);
+  }
+  /* An unknown field of another number is ignored and survives to_spec. */
+  uint8_t buf[1024] = {0x40, 0x05};
+  memcpy(buf + 2, mlp, len);
+  psw_graph *g, *g2;
+  Ps__ModelSpec *spec;
+  ck_assert_msg(psw_graph_load(buf, len + 2, &g, &eb) == 0, "%s", eb.msg);
+  ck_assert_int_eq(psw_graph_to_spec(g, "m", &spec, &eb), 0);
+  ck_assert_msg(psw_graph_from_spec(spec, &g2, &eb) == 0, "%s", eb.msg);
+  psw_graph_free(g2);
+  psw_graph_spec_free(spec);
+  psw_graph_free(g);
+  free(mlp);
+}
+END_TEST
+
 START_TEST(test_errors_truncated_file) {
   tgraph t;
   tg_mlp(&t, 6, 5, 3);
@@ -408,6 +451,7 @@ Suite *psw_graph_suite(void) {
   tcase_add_test(tc, test_errors_ops_and_shapes);
   tcase_add_test(tc, test_errors_params_and_loss);
   tcase_add_test(tc, test_errors_truncated_file);
+  tcase_add_test(tc, test_errors_field_zero);
   tcase_add_test(tc, test_graph_gradient_xent);
   tcase_add_test(tc, test_graph_gradient_shared_weights_mse);
   tcase_add_test(tc, test_exec_batches_and_spec);

@@ -670,6 +670,8 @@ START_TEST(test_idle_closed) {
   st = lim_status();
   ck_assert_uint_ge(st->chan_idle_closed, idle0 + 2);
   protobuf_c_message_free_unpacked(&st->base, NULL);
+}
+END_TEST
 
 /* psd_chan_hello_check alone: what a first frame must be, and which
  * refusals the peer hears about. */

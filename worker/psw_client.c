@@ -31,6 +31,9 @@ typedef struct psw_shard {
   const float **gseg[PSW_CLIENT_MAX_BUFS]; /* ... and into grads[b] */
   uint64_t version[PSW_CLIENT_MAX_BUFS];   /* version of the last pull into b */
   uint64_t pushed_version;   /* version answered by the last push */
+  uint64_t pushes_acked;     /* pushes this shard answered with success */
+  uint64_t pushes_unanswered;/* pushes sent (or begun) whose answer never came:
+                                applied or not, nobody knows (invariant 4) */
   int64_t down_since_ms;     /* 0 while healthy */
   uint32_t delay_ms;         /* next backoff sleep */
   ps_errbuf down_eb;         /* why it went down */
@@ -293,12 +296,16 @@ static int psw_send(psw_client *c, psw_shard *s, int gbuf, uint64_t push_clock, 
   if (gbuf >= 0) {
     int err = ps_chan_send_pushv(s->ch, c->model, s->ids, s->nids, s->gseg[gbuf], s->seg_len,
                                  s->nseg, c->worker, push_clock, s->version[gbuf], NULL, eb);
-    if (err < 0) return err;
+    if (err < 0) {
+      s->pushes_unanswered++; /* part of it may have gone out */
+      return err;
+    }
     (*nsent)++;
   }
   if (pbuf >= 0) {
     int err = ps_chan_send_pullv(s->ch, c->model, s->ids, s->nids, s->pseg[pbuf], s->seg_len,
                                  s->nseg, c->worker, pull_clock, NULL, eb);
+    if (err < 0 && gbuf >= 0) s->pushes_unanswered++; /* its reply is never read */
     if (err < 0) return err;
     (*nsent)++;
   }
@@ -317,7 +324,11 @@ static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, int nsent,
     ps_errbuf reb;
     int err = ps_chan_recv(s->ch, NULL, &version, &reb);
     int is_push = gbuf >= 0 && i == 0;
-    if (err == 0 && is_push) s->pushed_version = version;
+    if (err == 0 && is_push) {
+      s->pushed_version = version;
+      s->pushes_acked++;
+    }
+    if (err < 0 && is_push && psw_retryable(err)) s->pushes_unanswered++;
     if (err == 0 && !is_push) {
       s->version[pbuf] = version;
       *parked_ms = ps_chan_last_parked_ms(s->ch);
@@ -577,6 +588,16 @@ uint64_t psw_client_nparams(const psw_client *c) { return c->layout.nparams; }
 float *psw_client_params(psw_client *c, int buf) { return c->params[buf]; }
 float *psw_client_grads(psw_client *c, int buf) { return c->grads[buf]; }
 uint64_t psw_client_reconnects(const psw_client *c) { return c->reconnects; }
+
+/* psw_client_push_counts: see psw_client.h. */
+size_t psw_client_push_counts(const psw_client *c, uint64_t *acked, uint64_t *unanswered,
+                              size_t max) {
+  for (size_t k = 0; k < c->nshards && k < max; k++) {
+    acked[k] = c->shards[k].pushes_acked;
+    unanswered[k] = c->shards[k].pushes_unanswered;
+  }
+  return c->nshards;
+}
 
 /* psw_client_parked_ms: see psw_client.h. */
 uint64_t psw_client_parked_ms(const psw_client *c) { return c->parked_ms; }

@@ -92,6 +92,15 @@ uint64_t psw_client_parked_ms(const psw_client *c);
  * parameter buffer BUF's last pull. */
 uint64_t psw_client_version(const psw_client *c, int buf, uint32_t shard);
 
+/* psw_client_push_counts copies, for the first MAX shards in the config's
+ * order, the pushes each shard acknowledged to ACKED[k] and those whose
+ * answer never came (the connection broke first: applied or not, the worker
+ * cannot know; they are not sent again) to UNANSWERED[k]; returns the
+ * number of shards.  A push refused with an answer is in neither.  Read it
+ * when no push/pull is in flight. */
+size_t psw_client_push_counts(const psw_client *c, uint64_t *acked, uint64_t *unanswered,
+                              size_t max);
+
 /* psw_client_reconnects counts the connections reopened so far. */
 uint64_t psw_client_reconnects(const psw_client *c);
 

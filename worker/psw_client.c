@@ -69,6 +69,8 @@ struct psw_client {
   psw_shard *shards;
   uint64_t reconnects;
   uint64_t parked_ms;       /* pulls held parked by the shards, in total */
+  int (*rejoin)(void *arg, ps_errbuf *eb); /* invariant 5 */
+  void *rejoin_arg;
   psw_job job;
 };
 
@@ -344,13 +346,15 @@ static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, int nsent,
 }
 
 /* psw_round runs one push/pull round over every shard that has chunks.
- * Shards that fail retryably are marked down (*DOWN counts them); any
- * other failure is returned. */
+ * Shards that fail retryably are marked down (*DOWN counts them); those
+ * that refused the worker as expired are counted in *EXPIRED (message in
+ * XEB; invariant 5); any other failure is returned. */
 static int psw_round(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
-                     uint64_t pull_clock, size_t *down, ps_errbuf *eb) {
+                     uint64_t pull_clock, size_t *down, size_t *expired, ps_errbuf *xeb,
+                     ps_errbuf *eb) {
   int sent[c->nshards > 0 ? c->nshards : 1];
   int fatal = 0;
-  *down = 0;
+  *down = *expired = 0;
   for (size_t k = 0; k < c->nshards; k++) {
     psw_shard *s = &c->shards[k];
     sent[k] = -1;
@@ -374,12 +378,39 @@ static int psw_round(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
     int err = psw_recv(c, s, gbuf, pbuf, sent[k], &ms, &reb);
     if (ms > parked) parked = ms;
     if (err < 0 && psw_retryable(err)) psw_shard_down(c, s, &reb);
-    else if (err < 0 && !fatal) fatal = ps_errf(eb, err, "shard %u: %s", s->conf->id, reb.msg);
+    else if (err == PS_EEXPIRED && (*expired)++ == 0)
+      ps_errf(xeb, err, "shard %u: %s", s->conf->id, reb.msg);
+    else if (err < 0 && err != PS_EEXPIRED && !fatal)
+      fatal = ps_errf(eb, err, "shard %u: %s", s->conf->id, reb.msg);
   }
   for (size_t k = 0; k < c->nshards; k++)
     if (c->shards[k].nids && !c->shards[k].ch) (*down)++;
   c->parked_ms += parked;
   return fatal;
+}
+
+/* psw_rejoin handles a round some shard refused as expired (invariant 5):
+ * the rejoin hook, after a backoff sleep when the shards refused again,
+ * for at most retry_ms since *SINCE (set at the first refusal).  XEB: the
+ * refusal. */
+static int psw_rejoin(psw_client *c, int64_t *since, uint32_t *delay, const ps_errbuf *xeb,
+                      ps_errbuf *eb) {
+  if (!c->rejoin) return ps_errf(eb, PS_EEXPIRED, "%s", xeb->msg);
+  int64_t now = ps_now_ms();
+  if (!*since) {
+    *since = now;
+    ps_warn("worker %u: %s; rejoining", c->worker, xeb->msg);
+  } else {
+    if (now - *since >= (int64_t)c->cfg->workers.retry_ms)
+      return ps_errf(eb, PS_EEXPIRED, "still refused after rejoining for %u ms: %s",
+                     c->cfg->workers.retry_ms, xeb->msg);
+    int err = ps_sleep_ms(*delay, c->stop);
+    if (err < 0) return ps_errf(eb, err, "stopped while rejoining");
+    *delay = ps_backoff_next(*delay);
+  }
+  int err = c->rejoin(c->rejoin_arg, eb);
+  if (err == 0) ps_warn("worker %u: rejoined; parameters pulled again", c->worker);
+  return err;
 }
 
 /* psw_client_push_pull: see psw_client.h.  After any shard went down and
@@ -389,14 +420,18 @@ int psw_client_push_pull(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
                          uint64_t pull_clock, ps_errbuf *eb) {
   if (gbuf >= c->nbufs || pbuf >= c->nbufs)
     return ps_errf(eb, PS_EINVAL, "buffer %d/%d out of range", gbuf, pbuf);
+  int64_t expired_since = 0;
+  uint32_t delay = PS_BACKOFF_FIRST_MS;
   for (;;) {
-    size_t down = 0;
-    int err = psw_round(c, gbuf, push_clock, pbuf, pull_clock, &down, eb);
+    size_t down = 0, expired = 0;
+    ps_errbuf xeb = {""};
+    int err = psw_round(c, gbuf, push_clock, pbuf, pull_clock, &down, &expired, &xeb, eb);
     if (err < 0) return err;
-    if (!down) {
+    if (!down && !expired) {
       for (size_t k = 0; k < c->nshards; k++) psw_shard_up(c, &c->shards[k]);
       return 0;
     }
+    if (expired && (err = psw_rejoin(c, &expired_since, &delay, &xeb, eb)) < 0) return err;
     for (size_t k = 0; k < c->nshards; k++) {
       psw_shard *s = &c->shards[k];
       if (s->nids && !s->ch && (err = psw_reconnect(c, s, eb)) < 0) return err;
@@ -523,6 +558,8 @@ int psw_client_open(psw_client **out, const psw_client_conf *conf, ps_errbuf *eb
   c->nbufs = conf->nbufs;
   c->io_timeout_ms = conf->io_timeout_ms > 0 ? conf->io_timeout_ms : 10000;
   c->stop = conf->stop;
+  c->rejoin = conf->rejoin;
+  c->rejoin_arg = conf->rejoin_arg;
   pthread_mutex_init(&c->job.mu, NULL);
   pthread_cond_init(&c->job.cv, NULL);
   int err = PS_ENOMEM;

@@ -229,6 +229,10 @@ static int run_join(psw_run *x, ps_errbuf *eb) {
   return psw_coord_start(x->coord, x->rank, o->register_worker, eb);
 }
 
+/* run_rejoin is the client's rejoin hook (psw_client invariant 5): the
+ * worker registers again and rejoins every shard (psw_coord invariant 5). */
+static int run_rejoin(void *coord, ps_errbuf *eb) { return psw_coord_rejoin(coord, eb); }
+
 /* run_setup opens the backend, the client (which fetches the spec and its
  * graph from the cluster), the executor, the data and the batch buffers. */
 static int run_setup(psw_run *x, ps_errbuf *eb) {
@@ -238,7 +242,8 @@ static int run_setup(psw_run *x, ps_errbuf *eb) {
   psw_client_conf cc = {.cfg = x->o->cfg, .model = x->o->model, .worker = x->rank,
                         .be = x->be, .nbufs = x->r->overlap ? 2 : 1, .stop = x->o->stop,
                         /* a pull may wait parked on a shard up to pull_timeout_ms */
-                        .io_timeout_ms = (int)x->o->cfg->training.pull_timeout_ms + 5000};
+                        .io_timeout_ms = (int)x->o->cfg->training.pull_timeout_ms + 5000,
+                        .rejoin = run_rejoin, .rejoin_arg = x->coord};
   if ((err = psw_client_open(&x->cl, &cc, eb)) < 0)
     return err == PS_ENOENT || err == PS_EINVAL ? run_bad(x, err) : err;
   /* The shards enforce the model's consistency, which may be stricter

@@ -14,6 +14,8 @@
  *    shard's version is at least the pushes it acknowledged and at most
  *    those plus the pushes whose answer was lost in the cut (pushes are
  *    never sent twice: psw_client invariant 4).
+ *  - stale_lab: a lab whose owner is gone is removed by the next `netlab
+ *    up`; one whose owner lives is left alone.
  *  - lease_outlived: a worker host cut off for longer than lease_ms is
  *    declared dead; the other trains on; the cut worker's first word after
  *    the heal is answered "expired" (a push or pull refused: psd_clock
@@ -486,6 +488,51 @@ START_TEST(test_netlab_lease_outlived) {
 }
 END_TEST
 
+/* nl_lab_exists says whether lab NAME has namespaces. */
+static int nl_lab_exists(const char *name) {
+  char cmd[128];
+  snprintf(cmd, sizeof cmd, "ip netns list | grep -q '^%s-'", name);
+  return system(cmd) == 0;
+}
+
+/* Stale labs: a lab whose owner is gone is removed by the next `netlab up`
+ * (whoever runs it); a lab whose owner lives is left alone. */
+START_TEST(test_netlab_stale_lab) {
+  NL_NEED();
+  char dir[512], log[700], live[32], stale[32], owner[2][16];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  snprintf(log, sizeof log, "%s/netlab.log", dir);
+  char *sleeper[] = {"/bin/sleep", "60", NULL};
+  pid_t keep = ps_test_spawn(sleeper, log, NULL), gone = ps_test_spawn(sleeper, log, NULL);
+  snprintf(owner[0], sizeof owner[0], "%d", (int)keep);
+  snprintf(owner[1], sizeof owner[1], "%d", (int)gone);
+  snprintf(live, sizeof live, "nl%d", (int)keep);
+  snprintf(stale, sizeof stale, "nl%d", (int)gone);
+  for (int i = 0; i < 2; i++) {
+    char *up[] = {NL_SCRIPT, "up", "--owner", owner[i], "--hosts", "1", "--check-secs", "0", NULL};
+    ck_assert_msg(nl_run(up, log, 30000) == 0, "netlab up failed; see %s", log);
+  }
+  ck_assert(nl_lab_exists(live) && nl_lab_exists(stale));
+  ps_test_stop(gone, SIGKILL, 5000); /* its lab is stale now */
+  char self[16];
+  snprintf(self, sizeof self, "%d", (int)getpid());
+  char *up[] = {NL_SCRIPT, "up", "--owner", self, "--hosts", "1", "--check-secs", "0", NULL};
+  ck_assert_msg(nl_run(up, log, 30000) == 0, "netlab up failed; see %s", log);
+  char *text = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(text, "removing stale lab") && !nl_lab_exists(stale),
+                "the stale lab %s is still there: %s", stale, text);
+  ck_assert_msg(nl_lab_exists(live), "the live lab %s was removed: %s", live, text);
+  free(text);
+  char *down_live[] = {NL_SCRIPT, "down", "--lab", live, NULL};
+  ck_assert_int_eq(nl_run(down_live, log, 30000), 0);
+  snprintf(self, sizeof self, "nl%d", (int)getpid());
+  char *down_self[] = {NL_SCRIPT, "down", "--lab", self, NULL};
+  ck_assert_int_eq(nl_run(down_self, log, 30000), 0);
+  ck_assert(!nl_lab_exists(live) && !nl_lab_exists(self));
+  ps_test_stop(keep, SIGKILL, 5000);
+}
+END_TEST
+
 /* nl_teardown (unchecked, in the runner) removes labs whose test process
  * is gone: what a test that failed half-way left. */
 static void nl_teardown(void) {
@@ -500,6 +547,7 @@ Suite *netlab_suite(void) {
   tcase_set_timeout(tc, 120);
   tcase_add_unchecked_fixture(tc, ps_test_procs_setup, nl_teardown);
   tcase_add_test(tc, test_netlab_train);
+  tcase_add_test(tc, test_netlab_stale_lab);
   tcase_add_test(tc, test_netlab_cut_shard);
   tcase_add_test(tc, test_netlab_lease_outlived);
   suite_add_tcase(s, tc);

@@ -45,7 +45,7 @@ int ps_err_from_errno(int e) {
 /* grpc_status_code values, from grpc/impl/codegen/status.h. */
 enum { G_OK = 0, G_INVALID_ARGUMENT = 3, G_DEADLINE_EXCEEDED = 4,
        G_NOT_FOUND = 5, G_ALREADY_EXISTS = 6, G_RESOURCE_EXHAUSTED = 8,
-       G_FAILED_PRECONDITION = 9, G_UNIMPLEMENTED = 12, G_INTERNAL = 13,
+       G_FAILED_PRECONDITION = 9, G_ABORTED = 10, G_UNIMPLEMENTED = 12, G_INTERNAL = 13,
        G_UNAVAILABLE = 14, G_DATA_LOSS = 15 };
 
 int ps_err_to_grpc(int err) {
@@ -59,6 +59,7 @@ int ps_err_to_grpc(int err) {
     case PS_EUNAVAIL: case PS_ESHUTDOWN: case PS_EDEGRADED: return G_UNAVAILABLE;
     case PS_ENOTSUP: return G_UNIMPLEMENTED;
     case PS_ELOCKED: case PS_ECONFIG: return G_FAILED_PRECONDITION;
+    case PS_EEXPIRED: return G_ABORTED;
     case PS_EIO: return G_DATA_LOSS;
     default: return G_INTERNAL;
   }
@@ -75,6 +76,7 @@ int ps_err_from_grpc(int status) {
     case G_UNAVAILABLE: return PS_EUNAVAIL;
     case G_UNIMPLEMENTED: return PS_ENOTSUP;
     case G_FAILED_PRECONDITION: return PS_ECONFIG;
+    case G_ABORTED: return PS_EEXPIRED;
     case G_DATA_LOSS: return PS_EIO;
     default: return PS_EINTERNAL;
   }

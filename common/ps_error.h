@@ -26,7 +26,8 @@
   X(EDEGRADED,-15, "shard degraded")                                      \
   X(ENOTSUP, -16, "not supported")                                        \
   X(EFORMAT, -17, "bad file format")                                      \
-  X(EINTERNAL,-18, "internal error")
+  X(EINTERNAL,-18, "internal error")                                      \
+  X(EEXPIRED,-19, "lease expired")
 
 enum {
 #define PS_ERR_ENUM(name, code, msg) PS_##name = (code),

@@ -33,6 +33,7 @@ typedef struct clock_worker {
   char *host, *device, *model;
   uint32_t pid;
   int registered, dead;
+  int leased;                /* it registered or sent a heartbeat (invariant 9) */
   int left;                  /* dead because it said it was done */
   uint32_t nparked;
   uint64_t last_ms, clock;
@@ -138,12 +139,28 @@ int psd_clock_check_worker(const psd_clock *c, uint32_t worker, ps_errbuf *eb) {
                  worker, c->o.world_size, c->o.world_size - 1);
 }
 
+/* clock_worker_expired says whether W may only come back by registering
+ * or rejoining (invariant 9): dead, and not because it finished. */
+static int clock_worker_expired(const clock_worker *w) {
+  return w && w->dead && !w->left && w->leased;
+}
+
+/* clock_expired_err fills EB for a request of expired worker ID. */
+static int clock_expired_err(uint32_t id, ps_errbuf *eb) {
+  return ps_errf(eb, PS_EEXPIRED,
+                 "worker %" PRIu32 " was declared dead (its lease expired): it must register "
+                 "again before it pushes or pulls",
+                 id);
+}
+
 /* clock_worker_get sets *OUT to worker ID's slot (made when missing),
  * alive again and with its lease refreshed.  PS_EINVAL for an id outside
- * the world (invariant 8); PS_ENOMEM. */
-static int clock_worker_get(psd_clock *c, uint32_t id, uint64_t now_ms, clock_worker **out,
-                            ps_errbuf *eb) {
+ * the world (invariant 8); PS_EEXPIRED, unless REVIVE, for an expired
+ * worker (invariant 9); PS_ENOMEM. */
+static int clock_worker_get(psd_clock *c, uint32_t id, uint64_t now_ms, int revive,
+                            clock_worker **out, ps_errbuf *eb) {
   clock_worker *w = clock_worker_find(c, id);
+  if (!revive && clock_worker_expired(w)) return clock_expired_err(id, eb);
   if (!w) {
     int err = psd_clock_check_worker(c, id, eb);
     if (err < 0) return err;
@@ -256,9 +273,24 @@ int psd_clock_set_model(psd_clock *c, const char *model, uint32_t staleness, uin
   return 0;
 }
 
+/* psd_clock_check_live: see psd_clock.h. */
+int psd_clock_check_live(const psd_clock *c, uint32_t worker, ps_errbuf *eb) {
+  int err = psd_clock_check_worker(c, worker, eb);
+  if (err < 0) return err;
+  return clock_worker_expired(clock_worker_find(c, worker)) ? clock_expired_err(worker, eb) : 0;
+}
+
+/* psd_clock_rejoin: see psd_clock.h. */
+int psd_clock_rejoin(psd_clock *c, uint32_t worker, uint64_t now_ms, ps_errbuf *eb) {
+  clock_worker *w;
+  int err = clock_worker_get(c, worker, now_ms, 1, &w, eb);
+  if (err == 0) w->leased = 1;
+  return err;
+}
+
 /* psd_clock_touch: see psd_clock.h. */
 int psd_clock_touch(psd_clock *c, uint32_t worker, uint64_t now_ms, ps_errbuf *eb) {
-  return clock_worker_get(c, worker, now_ms, NULL, eb);
+  return clock_worker_get(c, worker, now_ms, 0, NULL, eb);
 }
 
 /* clock_setstr replaces *DST with a copy of SRC (NULL or "": unchanged). */
@@ -275,8 +307,9 @@ int psd_clock_heartbeat(psd_clock *c, uint32_t worker, const char *model, uint64
                         float steps_per_s, float blocked_share, const char *host,
                         const char *device, uint64_t now_ms, ps_errbuf *eb) {
   clock_worker *w;
-  int err = clock_worker_get(c, worker, now_ms, &w, eb);
+  int err = clock_worker_get(c, worker, now_ms, 0, &w, eb);
   if (err < 0) return err;
+  w->leased = 1;
   w->steps_per_s = steps_per_s;
   w->blocked_share = blocked_share;
   if (clock > w->clock) w->clock = clock;
@@ -318,9 +351,9 @@ int psd_clock_register(psd_clock *c, const char *model, const char *host, uint32
     return ps_errf(eb, PS_EEXIST, "all %" PRIu32 " worker ranks are held by live workers",
                    c->o.world_size);
   clock_worker *w;
-  int err = clock_worker_get(c, r, now_ms, &w, eb);
+  int err = clock_worker_get(c, r, now_ms, 1, &w, eb);
   if (err < 0) return err;
-  w->registered = 1;
+  w->registered = w->leased = 1;
   w->pid = pid;
   w->steps_per_s = w->blocked_share = 0;
   clock_setstr(&w->host, host);
@@ -340,7 +373,7 @@ int psd_clock_register(psd_clock *c, const char *model, const char *host, uint32
 /* psd_clock_pushed: see psd_clock.h. */
 int psd_clock_pushed(psd_clock *c, const char *model, uint32_t worker, uint64_t clock,
                      uint64_t now_ms, ps_errbuf *eb) {
-  int err = clock_worker_get(c, worker, now_ms, NULL, eb);
+  int err = clock_worker_get(c, worker, now_ms, 0, NULL, eb);
   if (err < 0) return err;
   psd_clock_model *m = clock_model_get(c, model, eb);
   if (!m) return PS_ENOMEM;
@@ -353,7 +386,7 @@ int psd_clock_pushed(psd_clock *c, const char *model, uint32_t worker, uint64_t 
 int psd_clock_pull(psd_clock *c, const char *model, uint32_t worker, uint64_t clock,
                    uint64_t now_ms, psd_park *p, ps_errbuf *eb) {
   clock_worker *w;
-  int err = clock_worker_get(c, worker, now_ms, &w, eb);
+  int err = clock_worker_get(c, worker, now_ms, 0, &w, eb);
   if (err < 0) return err;
   psd_clock_model *m = clock_model_get(c, model, eb);
   if (!m) return PS_ENOMEM;

@@ -39,6 +39,17 @@
  *     is recorded, so the worker table never holds more than world_size
  *     entries whatever clients send.  Later membership changes (elastic
  *     workers, aggregators) change the world here and nowhere else.
+ *  9. Expiry is final for a worker that held a lease (it registered or
+ *     sent a heartbeat): DEAD by its lease, or by leaving before it
+ *     finished, it is not brought back by its pushes, pulls or plain
+ *     heartbeats (refused with PS_EEXPIRED, nothing recorded: it may have
+ *     been partitioned away while the others went on without it, and its
+ *     rank and data may be another's now).  Only psd_clock_register or
+ *     psd_clock_rejoin (the worker registered again with the coordinator,
+ *     or a new process of a fixed rank starts) brings it back.  A rank
+ *     whose worker left done is taken by any request (the next run), and
+ *     so is one that never held a lease (a bare client that pushes and
+ *     pulls without heartbeats: it could not rejoin).
  *
  * Not thread-safe: one thread (the shard's loop) calls everything. */
 #ifndef PSD_CLOCK_H
@@ -125,11 +136,21 @@ int psd_clock_set_model(psd_clock *c, const char *model, uint32_t staleness, uin
  * checks before. */
 int psd_clock_check_worker(const psd_clock *c, uint32_t worker, ps_errbuf *eb);
 
-/* psd_clock_touch refreshes WORKER's lease (any request of it). */
+/* psd_clock_check_live: 0 when WORKER may push (invariant 9), else
+ * PS_EEXPIRED; checks the world too (psd_clock_check_worker). */
+int psd_clock_check_live(const psd_clock *c, uint32_t worker, ps_errbuf *eb);
+
+/* psd_clock_rejoin brings WORKER back (invariant 9): alive, lease
+ * refreshed, clock tables entered again at its next pull or push. */
+int psd_clock_rejoin(psd_clock *c, uint32_t worker, uint64_t now_ms, ps_errbuf *eb);
+
+/* psd_clock_touch refreshes WORKER's lease (any request of it); PS_EEXPIRED
+ * for a worker that expired (invariant 9). */
 int psd_clock_touch(psd_clock *c, uint32_t worker, uint64_t now_ms, ps_errbuf *eb);
 
 /* psd_clock_heartbeat refreshes the lease and records what the worker
- * says of itself (HOST, DEVICE, MODEL copied; NULL keeps the old). */
+ * says of itself (HOST, DEVICE, MODEL copied; NULL keeps the old);
+ * PS_EEXPIRED, recording nothing, for a worker that expired (invariant 9). */
 int psd_clock_heartbeat(psd_clock *c, uint32_t worker, const char *model, uint64_t clock,
                         float steps_per_s, float blocked_share, const char *host,
                         const char *device, uint64_t now_ms, ps_errbuf *eb);

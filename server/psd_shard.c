@@ -251,10 +251,22 @@ int psd_shard_heartbeat(psd_shard *sh, const Ps__HeartbeatRequest *req,
     return psd_shard_done(sh, err);
   uint64_t now = psd_shard_now_ms(sh);
   /* A worker this shard declared DEAD learns it here (its rank may have
-   * been handed out again): it registers anew. */
+   * been handed out again): it registers anew, then rejoins (psd_clock
+   * invariant 9); until then its beats change nothing. */
+  if (req->rejoin && !req->leaving && psd_clock_expired(sh->clock, req->worker)) {
+    int was_dead = psd_clock_check_live(sh->clock, req->worker, NULL) == PS_EEXPIRED;
+    if ((err = psd_clock_rejoin(sh->clock, req->worker, now, eb)) < 0)
+      return psd_shard_done(sh, err);
+    if (was_dead) ps_info("worker %u rejoined after it was declared dead", req->worker);
+  }
   reply->expired = !req->leaving && psd_clock_expired(sh->clock, req->worker);
   err = psd_clock_heartbeat(sh->clock, req->worker, req->model, req->clock, req->steps_per_s,
                             req->blocked_share, req->host, req->device, now, eb);
+  if (err == PS_EEXPIRED) {
+    psd_shard_clock_arm(sh);
+    reply->lease_ms = sh->cfg->workers.lease_ms;
+    return 0; /* answered: reply->expired says it (a leaving one is gone already) */
+  }
   if (err == 0 && req->leaving) {
     psd_clock_leave(sh->clock, req->worker, now, req->done);
     ps_info("worker %u left at clock %llu%s", req->worker, (unsigned long long)req->clock,
@@ -375,7 +387,8 @@ int psd_shard_push(psd_shard *sh, const char *model, const uint32_t *ids, size_t
                                       "push of %llu bytes exceeds max_request_bytes %llu",
                                       (unsigned long long)(nelems * sizeof(float)),
                                       (unsigned long long)sh->cfg->max_request_bytes));
-  if (sh->clock && (err = psd_clock_check_worker(sh->clock, worker, eb)) < 0)
+  /* a worker declared dead is refused before anything is applied (psd_clock invariant 9) */
+  if (sh->clock && (err = psd_clock_check_live(sh->clock, worker, eb)) < 0)
     return psd_shard_done(sh, err);
   err = psd_store_push(sh->store, model, ids, nids, grads, nelems, worker, clock, version_seen,
                        version, eb);

@@ -31,6 +31,9 @@ typedef struct psw_shard {
   const float **gseg[PSW_CLIENT_MAX_BUFS]; /* ... and into grads[b] */
   uint64_t version[PSW_CLIENT_MAX_BUFS];   /* version of the last pull into b */
   uint64_t pushed_version;   /* version answered by the last push */
+  uint64_t pushes_acked;     /* pushes this shard answered with success */
+  uint64_t pushes_unanswered;/* pushes sent (or begun) whose answer never came:
+                                applied or not, nobody knows (invariant 4) */
   int64_t down_since_ms;     /* 0 while healthy */
   uint32_t delay_ms;         /* next backoff sleep */
   ps_errbuf down_eb;         /* why it went down */
@@ -66,6 +69,8 @@ struct psw_client {
   psw_shard *shards;
   uint64_t reconnects;
   uint64_t parked_ms;       /* pulls held parked by the shards, in total */
+  int (*rejoin)(void *arg, ps_errbuf *eb); /* invariant 5 */
+  void *rejoin_arg;
   psw_job job;
 };
 
@@ -293,12 +298,16 @@ static int psw_send(psw_client *c, psw_shard *s, int gbuf, uint64_t push_clock, 
   if (gbuf >= 0) {
     int err = ps_chan_send_pushv(s->ch, c->model, s->ids, s->nids, s->gseg[gbuf], s->seg_len,
                                  s->nseg, c->worker, push_clock, s->version[gbuf], NULL, eb);
-    if (err < 0) return err;
+    if (err < 0) {
+      s->pushes_unanswered++; /* part of it may have gone out */
+      return err;
+    }
     (*nsent)++;
   }
   if (pbuf >= 0) {
     int err = ps_chan_send_pullv(s->ch, c->model, s->ids, s->nids, s->pseg[pbuf], s->seg_len,
                                  s->nseg, c->worker, pull_clock, NULL, eb);
+    if (err < 0 && gbuf >= 0) s->pushes_unanswered++; /* its reply is never read */
     if (err < 0) return err;
     (*nsent)++;
   }
@@ -317,7 +326,11 @@ static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, int nsent,
     ps_errbuf reb;
     int err = ps_chan_recv(s->ch, NULL, &version, &reb);
     int is_push = gbuf >= 0 && i == 0;
-    if (err == 0 && is_push) s->pushed_version = version;
+    if (err == 0 && is_push) {
+      s->pushed_version = version;
+      s->pushes_acked++;
+    }
+    if (err < 0 && is_push && psw_retryable(err)) s->pushes_unanswered++;
     if (err == 0 && !is_push) {
       s->version[pbuf] = version;
       *parked_ms = ps_chan_last_parked_ms(s->ch);
@@ -333,13 +346,15 @@ static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, int nsent,
 }
 
 /* psw_round runs one push/pull round over every shard that has chunks.
- * Shards that fail retryably are marked down (*DOWN counts them); any
- * other failure is returned. */
+ * Shards that fail retryably are marked down (*DOWN counts them); those
+ * that refused the worker as expired are counted in *EXPIRED (message in
+ * XEB; invariant 5); any other failure is returned. */
 static int psw_round(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
-                     uint64_t pull_clock, size_t *down, ps_errbuf *eb) {
+                     uint64_t pull_clock, size_t *down, size_t *expired, ps_errbuf *xeb,
+                     ps_errbuf *eb) {
   int sent[c->nshards > 0 ? c->nshards : 1];
   int fatal = 0;
-  *down = 0;
+  *down = *expired = 0;
   for (size_t k = 0; k < c->nshards; k++) {
     psw_shard *s = &c->shards[k];
     sent[k] = -1;
@@ -363,12 +378,39 @@ static int psw_round(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
     int err = psw_recv(c, s, gbuf, pbuf, sent[k], &ms, &reb);
     if (ms > parked) parked = ms;
     if (err < 0 && psw_retryable(err)) psw_shard_down(c, s, &reb);
-    else if (err < 0 && !fatal) fatal = ps_errf(eb, err, "shard %u: %s", s->conf->id, reb.msg);
+    else if (err == PS_EEXPIRED && (*expired)++ == 0)
+      ps_errf(xeb, err, "shard %u: %s", s->conf->id, reb.msg);
+    else if (err < 0 && err != PS_EEXPIRED && !fatal)
+      fatal = ps_errf(eb, err, "shard %u: %s", s->conf->id, reb.msg);
   }
   for (size_t k = 0; k < c->nshards; k++)
     if (c->shards[k].nids && !c->shards[k].ch) (*down)++;
   c->parked_ms += parked;
   return fatal;
+}
+
+/* psw_rejoin handles a round some shard refused as expired (invariant 5):
+ * the rejoin hook, after a backoff sleep when the shards refused again,
+ * for at most retry_ms since *SINCE (set at the first refusal).  XEB: the
+ * refusal. */
+static int psw_rejoin(psw_client *c, int64_t *since, uint32_t *delay, const ps_errbuf *xeb,
+                      ps_errbuf *eb) {
+  if (!c->rejoin) return ps_errf(eb, PS_EEXPIRED, "%s", xeb->msg);
+  int64_t now = ps_now_ms();
+  if (!*since) {
+    *since = now;
+    ps_warn("worker %u: %s; rejoining", c->worker, xeb->msg);
+  } else {
+    if (now - *since >= (int64_t)c->cfg->workers.retry_ms)
+      return ps_errf(eb, PS_EEXPIRED, "still refused after rejoining for %u ms: %s",
+                     c->cfg->workers.retry_ms, xeb->msg);
+    int err = ps_sleep_ms(*delay, c->stop);
+    if (err < 0) return ps_errf(eb, err, "stopped while rejoining");
+    *delay = ps_backoff_next(*delay);
+  }
+  int err = c->rejoin(c->rejoin_arg, eb);
+  if (err == 0) ps_warn("worker %u: rejoined; parameters pulled again", c->worker);
+  return err;
 }
 
 /* psw_client_push_pull: see psw_client.h.  After any shard went down and
@@ -378,14 +420,18 @@ int psw_client_push_pull(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
                          uint64_t pull_clock, ps_errbuf *eb) {
   if (gbuf >= c->nbufs || pbuf >= c->nbufs)
     return ps_errf(eb, PS_EINVAL, "buffer %d/%d out of range", gbuf, pbuf);
+  int64_t expired_since = 0;
+  uint32_t delay = PS_BACKOFF_FIRST_MS;
   for (;;) {
-    size_t down = 0;
-    int err = psw_round(c, gbuf, push_clock, pbuf, pull_clock, &down, eb);
+    size_t down = 0, expired = 0;
+    ps_errbuf xeb = {""};
+    int err = psw_round(c, gbuf, push_clock, pbuf, pull_clock, &down, &expired, &xeb, eb);
     if (err < 0) return err;
-    if (!down) {
+    if (!down && !expired) {
       for (size_t k = 0; k < c->nshards; k++) psw_shard_up(c, &c->shards[k]);
       return 0;
     }
+    if (expired && (err = psw_rejoin(c, &expired_since, &delay, &xeb, eb)) < 0) return err;
     for (size_t k = 0; k < c->nshards; k++) {
       psw_shard *s = &c->shards[k];
       if (s->nids && !s->ch && (err = psw_reconnect(c, s, eb)) < 0) return err;
@@ -512,6 +558,8 @@ int psw_client_open(psw_client **out, const psw_client_conf *conf, ps_errbuf *eb
   c->nbufs = conf->nbufs;
   c->io_timeout_ms = conf->io_timeout_ms > 0 ? conf->io_timeout_ms : 10000;
   c->stop = conf->stop;
+  c->rejoin = conf->rejoin;
+  c->rejoin_arg = conf->rejoin_arg;
   pthread_mutex_init(&c->job.mu, NULL);
   pthread_cond_init(&c->job.cv, NULL);
   int err = PS_ENOMEM;
@@ -577,6 +625,16 @@ uint64_t psw_client_nparams(const psw_client *c) { return c->layout.nparams; }
 float *psw_client_params(psw_client *c, int buf) { return c->params[buf]; }
 float *psw_client_grads(psw_client *c, int buf) { return c->grads[buf]; }
 uint64_t psw_client_reconnects(const psw_client *c) { return c->reconnects; }
+
+/* psw_client_push_counts: see psw_client.h. */
+size_t psw_client_push_counts(const psw_client *c, uint64_t *acked, uint64_t *unanswered,
+                              size_t max) {
+  for (size_t k = 0; k < c->nshards && k < max; k++) {
+    acked[k] = c->shards[k].pushes_acked;
+    unanswered[k] = c->shards[k].pushes_unanswered;
+  }
+  return c->nshards;
+}
 
 /* psw_client_parked_ms: see psw_client.h. */
 uint64_t psw_client_parked_ms(const psw_client *c) { return c->parked_ms; }

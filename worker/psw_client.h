@@ -27,6 +27,12 @@
  *     on stderr says when it is lost and when it is back.  A push that was
  *     in flight on a broken connection is not resent (it may or may not
  *     have been applied; sending it twice could apply it twice).
+ *  5. A shard that refuses a push or pull with PS_EEXPIRED (it declared
+ *     the worker dead: psd_clock invariant 9) applied nothing: the client
+ *     calls conf->rejoin (register again, rejoin every shard) and pulls
+ *     again from every shard; the refused push is dropped, like one lost
+ *     with a connection (invariant 4), and retried for at most
+ *     workers.retry_ms while the shards still refuse.
  *
  * Thread-safety: a client is used by one thread at a time, except that
  * psw_client_start hands one push/pull to the client's own communication
@@ -59,6 +65,11 @@ typedef struct psw_client_conf {
   /* Set non-zero (by a signal handler) to cut retries short: waits and
    * backoffs then end with PS_ESHUTDOWN.  May be NULL. */
   volatile sig_atomic_t *stop;
+  /* Invariant 5: called from the thread that runs the push/pull when a
+   * shard refused it as expired; 0 once the worker may go on, else a
+   * PS_E* code that ends the call.  NULL: the refusal ends the call. */
+  int (*rejoin)(void *arg, ps_errbuf *eb);
+  void *rejoin_arg;
 } psw_client_conf;
 
 /* psw_client_open fetches the spec of CONF->model (retrying unreachable
@@ -91,6 +102,15 @@ uint64_t psw_client_parked_ms(const psw_client *c);
 /* psw_client_version returns the version shard index SHARD reported for
  * parameter buffer BUF's last pull. */
 uint64_t psw_client_version(const psw_client *c, int buf, uint32_t shard);
+
+/* psw_client_push_counts copies, for the first MAX shards in the config's
+ * order, the pushes each shard acknowledged to ACKED[k] and those whose
+ * answer never came (the connection broke first: applied or not, the worker
+ * cannot know; they are not sent again) to UNANSWERED[k]; returns the
+ * number of shards.  A push refused with an answer is in neither.  Read it
+ * when no push/pull is in flight. */
+size_t psw_client_push_counts(const psw_client *c, uint64_t *acked, uint64_t *unanswered,
+                              size_t max);
 
 /* psw_client_reconnects counts the connections reopened so far. */
 uint64_t psw_client_reconnects(const psw_client *c);

@@ -33,6 +33,9 @@ struct psw_coord {
   uint64_t clock;                /* figures for the heartbeat (under mu) */
   float steps_per_s, blocked_share;
   int lost;                      /* invariant 2 (under mu) */
+  int rejoin_next;               /* the next beats carry rejoin (invariant 5; under mu) */
+  pthread_mutex_t rejoin_mu;     /* one rejoin at a time (heartbeat or data thread) */
+  uint64_t rejoins;              /* rejoins done (under mu) */
   ps_errbuf lost_eb;
   uint32_t *parts;               /* invariant 4 (under mu) */
   size_t nparts;
@@ -49,6 +52,7 @@ int psw_coord_new(psw_coord **out, const psw_coord_conf *conf, ps_errbuf *eb) {
   c->device = strdup(conf->device ? conf->device : "");
   c->rpc = calloc(conf->cfg->nshards, sizeof *c->rpc);
   pthread_mutex_init(&c->mu, NULL);
+  pthread_mutex_init(&c->rejoin_mu, NULL);
   pthread_cond_init(&c->cv, NULL);
   if (gethostname(c->host, sizeof c->host - 1) < 0) strcpy(c->host, "?");
   int err = 0;
@@ -178,10 +182,12 @@ int psw_coord_wait_world(psw_coord *c, uint32_t world, uint32_t timeout_ms, ps_e
 }
 
 /* coord_heartbeat_all sends one heartbeat for worker WORKER to every
- * shard (LEAVING, DONE: see HeartbeatRequest); returns 1 when a shard said
- * the worker had expired. */
-static int coord_heartbeat_all(psw_coord *c, uint32_t worker, int leaving, int done) {
+ * shard (LEAVING, DONE, REJOIN: see HeartbeatRequest); returns 1 when a
+ * shard said the worker had expired. */
+static int coord_heartbeat_all(psw_coord *c, uint32_t worker, int leaving, int done,
+                               int rejoin) {
   Ps__HeartbeatRequest req = PS__HEARTBEAT_REQUEST__INIT;
+  req.rejoin = rejoin;
   pthread_mutex_lock(&c->mu);
   req.worker = worker;
   req.clock = c->clock;
@@ -213,20 +219,38 @@ static int coord_heartbeat_all(psw_coord *c, uint32_t worker, int leaving, int d
 }
 
 /* coord_reregister registers again after a shard declared the worker
- * DEAD; a different rank (or none) marks the worker lost. */
-static void coord_reregister(psw_coord *c) {
+ * DEAD, then rejoins every shard (invariant 5); a different rank (or
+ * none) marks the worker lost.  Returns 0 or PS_EEXIST (lost); a worker
+ * that did not register (a fixed rank) only rejoins.  SEEN: the rejoin
+ * count when the expiry was seen; a rejoin done since (by the other
+ * thread) makes this one needless (UINT64_MAX: always rejoin). */
+static int coord_reregister(psw_coord *c, uint64_t seen) {
   ps_errbuf eb = {""};
   uint32_t old = c->worker;
-  ps_warn("worker %u: a shard had declared this worker dead (lease expired); registering again",
-          old);
-  int err = coord_register_once(c, &eb);
-  if (err == 0 && c->reg->rank == old) {
-    coord_set_parts(c, c->reg->partitions, c->reg->n_partitions);
-    return;
+  pthread_mutex_lock(&c->rejoin_mu);
+  pthread_mutex_lock(&c->mu);
+  int lost = c->lost, done_since = seen != UINT64_MAX && c->rejoins != seen;
+  pthread_mutex_unlock(&c->mu);
+  if (lost || done_since) {
+    pthread_mutex_unlock(&c->rejoin_mu);
+    return lost ? PS_EEXIST : 0;
+  }
+  ps_warn("worker %u: a shard had declared this worker dead (lease expired); %s", old,
+          c->registered ? "registering again" : "rejoining with its fixed rank");
+  int err = c->registered ? coord_register_once(c, &eb) : 0;
+  if (err == 0 && (!c->registered || c->reg->rank == old)) {
+    if (c->registered) coord_set_parts(c, c->reg->partitions, c->reg->n_partitions);
+    int still = coord_heartbeat_all(c, old, 0, 0, 1);
+    pthread_mutex_lock(&c->mu);
+    c->rejoins++;
+    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_unlock(&c->rejoin_mu);
+    if (still) ps_warn("worker %u: a shard missed the rejoin; it is tried again", old);
+    return 0;
   }
   /* Not ours: give the rank we were offered back at once (as died, so
    * that its partitions keep going to the living). */
-  if (err == 0) coord_heartbeat_all(c, c->reg->rank, 1, 0);
+  if (err == 0) coord_heartbeat_all(c, c->reg->rank, 1, 0, 0);
   pthread_mutex_lock(&c->mu);
   c->lost = 1;
   if (err < 0)
@@ -235,6 +259,16 @@ static void coord_reregister(psw_coord *c) {
     ps_errf(&c->lost_eb, PS_EEXIST, "lease expired and rank %u went to another worker (the "
             "coordinator offered rank %u)", old, c->reg->rank);
   pthread_mutex_unlock(&c->mu);
+  pthread_mutex_unlock(&c->rejoin_mu);
+  return PS_EEXIST;
+}
+
+/* psw_coord_rejoin: see psw_coord.h. */
+int psw_coord_rejoin(psw_coord *c, ps_errbuf *eb) {
+  if (!c) return ps_errf(eb, PS_EEXPIRED, "declared dead and no coordinator to rejoin");
+  int err = coord_reregister(c, UINT64_MAX);
+  if (err < 0) return psw_coord_lost(c, eb);
+  return 0;
 }
 
 /* coord_main: the heartbeat thread (invariant 2). */
@@ -242,9 +276,12 @@ static void *coord_main(void *arg) {
   psw_coord *c = arg;
   pthread_mutex_lock(&c->mu);
   while (!c->quit) {
+    int rejoin = c->rejoin_next;
+    uint64_t seen = c->rejoins;
+    c->rejoin_next = 0;
     pthread_mutex_unlock(&c->mu);
-    int expired = coord_heartbeat_all(c, c->worker, 0, 0);
-    if (expired && c->registered) coord_reregister(c);
+    int expired = coord_heartbeat_all(c, c->worker, 0, 0, rejoin);
+    if (expired) coord_reregister(c, seen);
     pthread_mutex_lock(&c->mu);
     struct timespec until;
     clock_gettime(CLOCK_REALTIME, &until);
@@ -262,6 +299,7 @@ static void *coord_main(void *arg) {
 int psw_coord_start(psw_coord *c, uint32_t worker, int registered, ps_errbuf *eb) {
   c->worker = worker;
   c->registered = registered;
+  c->rejoin_next = 1; /* a new process takes its rank back on every shard (invariant 5) */
   c->heartbeat_ms = registered && c->reg && c->reg->heartbeat_ms ? c->reg->heartbeat_ms
                                                                  : c->cfg->workers.heartbeat_ms;
   if (pthread_create(&c->thread, NULL, coord_main, c) != 0)
@@ -309,13 +347,14 @@ void psw_coord_free(psw_coord *c, int leaving, int done) {
     pthread_cond_signal(&c->cv);
     pthread_mutex_unlock(&c->mu);
     pthread_join(c->thread, NULL);
-    if (leaving && !c->lost) coord_heartbeat_all(c, c->worker, 1, done);
+    if (leaving && !c->lost) coord_heartbeat_all(c, c->worker, 1, done, 0);
   }
   for (size_t i = 0; c->rpc && i < c->cfg->nshards; i++) ps_rpc_close(c->rpc[i]);
   free(c->rpc);
   if (c->reg) protobuf_c_message_free_unpacked(&c->reg->base, NULL);
   free(c->parts);
   pthread_mutex_destroy(&c->mu);
+  pthread_mutex_destroy(&c->rejoin_mu);
   pthread_cond_destroy(&c->cv);
   free(c->model);
   free(c->device);

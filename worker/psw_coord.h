@@ -22,9 +22,17 @@
  *     worker dies and its partitions go to the living, and back when its
  *     rank is taken again: psd_clock invariant 7).  Each change of the
  *     list counts one generation.
+ *  5. Rejoining (psd_clock invariant 9): a shard that declared the worker
+ *     DEAD refuses its pushes and pulls with PS_EEXPIRED and ignores its
+ *     plain heartbeats.  The worker then registers again (when it
+ *     registered; invariant 2) and sends every shard a heartbeat marked
+ *     rejoin, which brings it back there; psw_coord_rejoin does this for
+ *     the data path, the heartbeat thread when a beat is answered
+ *     "expired".  The first beats of a new process are marked rejoin too:
+ *     it takes its rank, whatever an earlier process of it left behind.
  *
- * Thread-safety: psw_coord_update, psw_coord_lost and psw_coord_partitions
- * may be called from any thread while the heartbeat thread runs; the rest
+ * Thread-safety: psw_coord_update, psw_coord_lost, psw_coord_rejoin and
+ * psw_coord_partitions may be called from any thread while the heartbeat thread runs; the rest
  * from one thread. */
 #ifndef PSW_COORD_H
 #define PSW_COORD_H
@@ -70,6 +78,12 @@ int psw_coord_wait_world(psw_coord *c, uint32_t world, uint32_t timeout_ms, ps_e
 /* psw_coord_start starts the heartbeat thread for worker id WORKER
  * (invariant 2).  REGISTERED: re-register when a shard says expired. */
 int psw_coord_start(psw_coord *c, uint32_t worker, int registered, ps_errbuf *eb);
+
+/* psw_coord_rejoin registers again and rejoins every shard after a shard
+ * refused a push or pull as expired (invariant 5); thread-safe (one rejoin
+ * at a time).  Returns 0, or PS_EEXIST when the rank went to another
+ * worker (as psw_coord_lost; message in EB). */
+int psw_coord_rejoin(psw_coord *c, ps_errbuf *eb);
 
 /* psw_coord_update sets the figures the next heartbeats carry. */
 void psw_coord_update(psw_coord *c, uint64_t clock, float steps_per_s, float blocked_share);

@@ -229,6 +229,10 @@ static int run_join(psw_run *x, ps_errbuf *eb) {
   return psw_coord_start(x->coord, x->rank, o->register_worker, eb);
 }
 
+/* run_rejoin is the client's rejoin hook (psw_client invariant 5): the
+ * worker registers again and rejoins every shard (psw_coord invariant 5). */
+static int run_rejoin(void *coord, ps_errbuf *eb) { return psw_coord_rejoin(coord, eb); }
+
 /* run_setup opens the backend, the client (which fetches the spec and its
  * graph from the cluster), the executor, the data and the batch buffers. */
 static int run_setup(psw_run *x, ps_errbuf *eb) {
@@ -238,7 +242,8 @@ static int run_setup(psw_run *x, ps_errbuf *eb) {
   psw_client_conf cc = {.cfg = x->o->cfg, .model = x->o->model, .worker = x->rank,
                         .be = x->be, .nbufs = x->r->overlap ? 2 : 1, .stop = x->o->stop,
                         /* a pull may wait parked on a shard up to pull_timeout_ms */
-                        .io_timeout_ms = (int)x->o->cfg->training.pull_timeout_ms + 5000};
+                        .io_timeout_ms = (int)x->o->cfg->training.pull_timeout_ms + 5000,
+                        .rejoin = run_rejoin, .rejoin_arg = x->coord};
   if ((err = psw_client_open(&x->cl, &cc, eb)) < 0)
     return err == PS_ENOENT || err == PS_EINVAL ? run_bad(x, err) : err;
   /* The shards enforce the model's consistency, which may be stricter
@@ -532,6 +537,21 @@ static int run_pick_overlap(const psw_train_opts *o) {
   return 1;
 }
 
+/* run_push_counts copies the client's per-shard push counts into R
+ * (left empty when out of memory: the JSON line then shows none). */
+static void run_push_counts(psw_run *x, psw_train_result *r) {
+  size_t n = psw_client_push_counts(x->cl, NULL, NULL, 0);
+  r->pushes_acked = calloc(n ? n : 1, sizeof *r->pushes_acked);
+  r->pushes_unanswered = calloc(n ? n : 1, sizeof *r->pushes_unanswered);
+  if (!r->pushes_acked || !r->pushes_unanswered) {
+    free(r->pushes_acked);
+    free(r->pushes_unanswered);
+    r->pushes_acked = r->pushes_unanswered = NULL;
+    return;
+  }
+  r->nshards = psw_client_push_counts(x->cl, r->pushes_acked, r->pushes_unanswered, n);
+}
+
 /* psw_train_run: see psw_train.h. */
 int psw_train_run(const psw_train_opts *o, psw_train_result *r, ps_errbuf *eb) {
   memset(r, 0, sizeof *r);
@@ -553,6 +573,10 @@ int psw_train_run(const psw_train_opts *o, psw_train_result *r, ps_errbuf *eb) {
     r->blocked_share = run_blocked_share(&x);
     double wall = run_now_ms() - x.t_train_ms;
     if (x.cl && wall > 0) r->parked_share = (double)psw_client_parked_ms(x.cl) / wall;
+  }
+  if (x.cl) {
+    psw_client_wait(x.cl, NULL); /* nothing in flight while the counts are read */
+    run_push_counts(&x, r);
   }
   r->partitions = x.parts; /* handed over */
   r->npartitions = x.nparts;
@@ -611,6 +635,10 @@ void psw_train_result_free(psw_train_result *r) {
   free(r->partitions);
   r->partitions = NULL;
   r->npartitions = 0;
+  free(r->pushes_acked);
+  free(r->pushes_unanswered);
+  r->pushes_acked = r->pushes_unanswered = NULL;
+  r->nshards = 0;
 }
 
 /* json_num writes V, or null when it is not finite. */
@@ -656,6 +684,12 @@ void psw_train_json(FILE *out, const char *model, uint32_t batch, const psw_trai
   json_num(out, "parked_share", r->parked_share, "%.4f");
   fprintf(out, ",\"workers\":%u,\"slowdown\":%g,\"partitions\":[", r->workers, r->slowdown);
   for (size_t i = 0; i < r->npartitions; i++) fprintf(out, "%s%u", i ? "," : "", r->partitions[i]);
+  fputs("],\"pushes_acked\":[", out);
+  for (size_t k = 0; k < r->nshards; k++)
+    fprintf(out, "%s%llu", k ? "," : "", (unsigned long long)r->pushes_acked[k]);
+  fputs("],\"pushes_unanswered\":[", out);
+  for (size_t k = 0; k < r->nshards; k++)
+    fprintf(out, "%s%llu", k ? "," : "", (unsigned long long)r->pushes_unanswered[k]);
   fputc(']', out);
   fprintf(out, ",\"batch\":%u,\"overlap\":%s,\"stopped\":%s}\n", batch,
           r->overlap ? "true" : "false", r->stopped ? "true" : "false");

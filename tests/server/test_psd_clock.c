@@ -387,10 +387,77 @@ START_TEST(test_world_bounds_table) {
 }
 END_TEST
 
+/* Expiry is final (invariant 9): a worker declared dead by its lease is
+ * refused with PS_EEXPIRED on pushes, pulls, touches and plain heartbeats,
+ * none of which brings it back or enters a clock; a rejoin or a
+ * registration does.  A worker that left done is taken by any request; one
+ * that left unfinished is refused like an expired one; a bare client that
+ * never held a lease (no registration, no heartbeat) is taken back too. */
+START_TEST(test_expired_refused_until_rejoin) {
+  psd_clock *c = tclock(0);
+  ps_errbuf eb;
+  tpark a;
+  tpark_init(&a);
+  uint32_t r;
+  uint64_t sc;
+  for (int i = 0; i < 3; i++)
+    ck_assert_int_eq(psd_clock_register(c, "m", "h", 10 + i, "cpu", 0, &r, &sc, &eb), 0);
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 0, 0, 900, &eb), 0);
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 2, 0, 900, &eb), 0);
+  psd_clock_tick(c, 1500); /* rank 1 silent since 0: dead */
+  ck_assert_int_eq(psd_clock_expired(c, 1), 1);
+  ck_assert_int_eq(psd_clock_check_live(c, 0, &eb), 0);
+  ck_assert_int_eq(psd_clock_check_live(c, 1, &eb), PS_EEXPIRED);
+  ck_assert_ptr_nonnull(strstr(eb.msg, "worker 1 was declared dead"));
+  ck_assert_int_eq(psd_clock_check_live(c, 3, &eb), PS_EINVAL); /* the world first */
+  ck_assert_int_eq(psd_clock_pull(c, "m", 1, 1, 1600, &a.p, &eb), PS_EEXPIRED);
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 1, 0, 1600, &eb), PS_EEXPIRED);
+  ck_assert_int_eq(psd_clock_touch(c, 1, 1600, &eb), PS_EEXPIRED);
+  ck_assert_int_eq(psd_clock_heartbeat(c, 1, "m", 1, 0, 0, "h", "cpu", 1600, &eb), PS_EEXPIRED);
+  ck_assert_int_eq(psd_clock_expired(c, 1), 1);
+  ck_assert_int_eq(psd_clock_model_clock(c, "m", 1), -1); /* nothing entered */
+  /* bsp went on without it: rank 0's pull at clock 1 is served */
+  ck_assert_int_eq(psd_clock_pull(c, "m", 0, 1, 1600, &a.p, &eb), 0);
+  /* rejoin: alive, and its next pull enters it at its clock */
+  ck_assert_int_eq(psd_clock_rejoin(c, 1, 1700, &eb), 0);
+  ck_assert_int_eq(psd_clock_expired(c, 1), 0);
+  ck_assert_int_eq(psd_clock_pull(c, "m", 1, 1, 1700, &a.p, &eb), 0);
+  ck_assert_int_eq(psd_clock_model_clock(c, "m", 1), 1);
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 1, 1, 1700, &eb), 0);
+  /* registration brings an expired rank back too */
+  psd_clock_pushed(c, "m", 0, 1, 2600, &eb);
+  psd_clock_pushed(c, "m", 1, 2, 2600, &eb);
+  psd_clock_tick(c, 3000); /* rank 2 silent since 900 */
+  ck_assert_int_eq(psd_clock_check_live(c, 2, &eb), PS_EEXPIRED);
+  ck_assert_int_eq(psd_clock_register(c, "m", "h", 40, "cpu", 3000, &r, &sc, &eb), 0);
+  ck_assert_uint_eq(r, 2);
+  ck_assert_int_eq(psd_clock_check_live(c, 2, &eb), 0);
+  /* left done: the next run's first request takes the rank */
+  psd_clock_leave(c, 0, 3100, 1);
+  ck_assert_int_eq(psd_clock_check_live(c, 0, &eb), 0);
+  ck_assert_int_eq(psd_clock_pull(c, "m", 0, 0, 3100, &a.p, &eb), 0);
+  ck_assert_int_eq(psd_clock_expired(c, 0), 0);
+  /* left unfinished: refused like an expired one */
+  psd_clock_leave(c, 0, 3200, 0);
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 0, 0, 3200, &eb), PS_EEXPIRED);
+  psd_clock_free(c);
+  /* a bare client: expires, and its next push takes the rank back */
+  c = tclock(PSD_CLOCK_ASP);
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 0, 0, 0, &eb), 0);
+  psd_clock_tick(c, 1500);
+  ck_assert_int_eq(psd_clock_expired(c, 0), 1);
+  ck_assert_int_eq(psd_clock_check_live(c, 0, &eb), 0);
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 0, 1, 1600, &eb), 0);
+  ck_assert_int_eq(psd_clock_expired(c, 0), 0);
+  psd_clock_free(c);
+}
+END_TEST
+
 Suite *psd_clock_suite(void) {
   Suite *s = suite_create("psd_clock");
   TCase *tc = tcase_create("core");
   tcase_add_test(tc, test_bsp_parks_until_push);
+  tcase_add_test(tc, test_expired_refused_until_rejoin);
   tcase_add_test(tc, test_ssp_bound);
   tcase_add_test(tc, test_asp_never_parks);
   tcase_add_test(tc, test_lease_expiry_releases);

@@ -95,7 +95,7 @@ int ps_gpu_blas_read_cpu(ps_gpu_blas_cpu *cpu) {
     __cpuid_count(7, 0, a, b, c, d);
     cpu->l7_ebx = b;
   }
-  if (__get_cpuid_max(0x80000000u, NULL) >= 0x80000001u) {
+  if ((unsigned)__get_cpuid_max(0x80000000u, NULL) >= 0x80000001u) {
     __cpuid(0x80000001u, a, b, c, d);
     cpu->ext_ecx = c;
   }

@@ -10,8 +10,12 @@ Initialisation: by default Glorot-uniform weights and zero biases, the same
 as psd's C implementation; `--init pytorch` uses nn.Linear's defaults
 (Kaiming-uniform(a=sqrt(5)) weights, uniform biases) instead.
 
-Threads: OPENBLAS_NUM_THREADS=1 is set before torch is imported, and
-torch.set_num_threads(--threads, default 2).
+Threads: OPENBLAS_NUM_THREADS=--blas-threads (default 1) is set before
+torch is imported (OpenBLAS reads it once, when it loads; torch's CPU
+matrix products are OpenBLAS sgemm calls), and torch.set_num_threads(
+--threads, default 2) sets the threads of torch's own ops.  The defaults
+are the fastest of 1x2, 2x1 and 2x2 measured on the 2-core benchmark
+machine (BENCHMARKS.md, section 2).
 
 samples_per_sec counts training time only (forward, backward, optimizer
 step, batch slicing); evaluation is excluded.  time_to_target_s is wall time
@@ -24,23 +28,50 @@ Progress goes to stderr; with --json one JSON object is the last stdout line.
 Runs under Debian's /usr/bin/python3 (python3-torch, python3-numpy), or any
 python3 with torch and numpy (the GPU machines' own).
 """
-import os
-
-os.environ["OPENBLAS_NUM_THREADS"] = "1"  # before numpy/torch are imported
-
 import argparse
 import gzip
 import json
+import os
 import struct
 import sys
 import time
 
-import numpy as np
+DEFAULT_DATA = "/usr/share/datasets/fashion-mnist"
+
+
+def parse_args():
+    """The command line (parsed before torch is imported: see --blas-threads)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--target", type=float, default=0.88)
+    ap.add_argument("--max-seconds", type=float, default=None,
+                    help="stop once S seconds of wall time have passed (checked "
+                         "after every batch; the partial epoch is evaluated)")
+    ap.add_argument("--threads", type=int, default=2,
+                    help="torch.set_num_threads (default 2)")
+    ap.add_argument("--blas-threads", type=int, default=1,
+                    help="OPENBLAS_NUM_THREADS, set before torch loads (default 1)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--init", choices=("glorot", "pytorch"), default="glorot")
+    ap.add_argument("--data", default=DEFAULT_DATA)
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    if a.batch < 1 or a.epochs < 1 or a.threads < 1 or a.blas_threads < 1:
+        ap.error("--batch, --epochs, --threads and --blas-threads must be >= 1")
+    return ap, a
+
+
+if __name__ == "__main__":
+    AP, ARGS = parse_args()
+    os.environ["OPENBLAS_NUM_THREADS"] = str(ARGS.blas_threads)
+
+import numpy as np  # noqa: E402 (after OPENBLAS_NUM_THREADS is set)
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-DEFAULT_DATA = "/usr/share/datasets/fashion-mnist"
 
 
 def read_idx(path):
@@ -107,24 +138,7 @@ def evaluate(model, x, y, batch=2000):
     return loss / x.shape[0], correct / x.shape[0]
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--target", type=float, default=0.88)
-    ap.add_argument("--max-seconds", type=float, default=None,
-                    help="stop once S seconds of wall time have passed (checked "
-                         "after every batch; the partial epoch is evaluated)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--init", choices=("glorot", "pytorch"), default="glorot")
-    ap.add_argument("--data", default=DEFAULT_DATA)
-    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
-    ap.add_argument("--json", action="store_true")
-    a = ap.parse_args()
-    if a.batch < 1 or a.epochs < 1 or a.threads < 1:
-        ap.error("--batch, --epochs and --threads must be >= 1")
+def main(ap, a):
     try:
         dev = torch.device(a.device)
     except RuntimeError as e:
@@ -142,9 +156,10 @@ def main():
     xtr, ytr = load(a.data, "train")
     xte, yte = load(a.data, "t10k")
     xtr, ytr, xte, yte = (t.to(dev) for t in (xtr, ytr, xte, yte))
-    log("torch %s, %s, %d threads, train %s, test %s, batch %d, init %s"
+    log("torch %s, %s, %d threads, OPENBLAS_NUM_THREADS=%s, train %s, test %s, batch %d, init %s"
         % (torch.__version__, torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-           torch.get_num_threads(), tuple(xtr.shape), tuple(xte.shape), a.batch, a.init))
+           torch.get_num_threads(), os.environ.get("OPENBLAS_NUM_THREADS"), tuple(xtr.shape),
+           tuple(xte.shape), a.batch, a.init))
 
     model = MLP([784, 256, 128, 10], a.init).to(dev)
     opt = torch.optim.Adam(model.parameters(), lr=a.lr)
@@ -208,6 +223,7 @@ def main():
             "torch_version": torch.__version__,
             "device": str(dev),
             "threads": a.threads,
+            "blas_threads": a.blas_threads,
             "init": a.init,
             "batch": a.batch,
             "epochs": len(per_epoch),          # epochs run (last may be partial)
@@ -225,4 +241,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(AP, ARGS)

@@ -10,12 +10,13 @@ Initialisation: by default Glorot-uniform weights and zero biases, the same
 as psd's C implementation; `--init pytorch` uses nn.Linear's defaults
 (Kaiming-uniform(a=sqrt(5)) weights, uniform biases) instead.
 
-Threads: OPENBLAS_NUM_THREADS=--blas-threads (default 1) is set before
+Threads: OPENBLAS_NUM_THREADS=--blas-threads (default 2) is set before
 torch is imported (OpenBLAS reads it once, when it loads; torch's CPU
 matrix products are OpenBLAS sgemm calls), and torch.set_num_threads(
---threads, default 2) sets the threads of torch's own ops.  The defaults
-are the fastest of 1x2, 2x1 and 2x2 measured on the 2-core benchmark
-machine (BENCHMARKS.md, section 2).
+--threads, default 1) sets the threads of torch's own ops.  2 x 1 was the
+fastest of 1x2, 2x1 and 2x2 (BLAS x torch threads) on the 2-core
+benchmark machine (BENCHMARKS.md, section 2), and it is psw's own setting
+with one worker: 2 OpenBLAS threads, the other ops on one thread.
 
 samples_per_sec counts training time only (forward, backward, optimizer
 step, batch slicing); evaluation is excluded.  time_to_target_s is wall time
@@ -49,10 +50,10 @@ def parse_args():
     ap.add_argument("--max-seconds", type=float, default=None,
                     help="stop once S seconds of wall time have passed (checked "
                          "after every batch; the partial epoch is evaluated)")
-    ap.add_argument("--threads", type=int, default=2,
-                    help="torch.set_num_threads (default 2)")
-    ap.add_argument("--blas-threads", type=int, default=1,
-                    help="OPENBLAS_NUM_THREADS, set before torch loads (default 1)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch.set_num_threads (default 1)")
+    ap.add_argument("--blas-threads", type=int, default=2,
+                    help="OPENBLAS_NUM_THREADS, set before torch loads (default 2)")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--init", choices=("glorot", "pytorch"), default="glorot")
     ap.add_argument("--data", default=DEFAULT_DATA)

@@ -5,7 +5,8 @@
 #   make test            deps + build + every Check suite, and the cuda suite on the host
 #                        emulator (tests/cuda_emu); ends "N passed, N failed[, N skipped]"
 #   make demo            deps + build + a real 2-shard, 2-worker Fashion-MNIST run
-#   make bench           deps + build + the benchmark table
+#   make bench           deps + build + the benchmark table (BENCH_ARGS='--only train':
+#                        one section; scripts/bench --list names them)
 #   make SANITIZE=address,undefined test
 #   make fuzz            the libFuzzer targets (tests/fuzz), FUZZ_SECONDS (600) each
 #   make test-long       make fuzz and the other long tests
@@ -259,7 +260,7 @@ demo: deps
 bench: deps
 	@for p in $(BENCH_PKGS); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q 'install ok installed' || $(MAKE) --no-print-directory deps DEB_PKGS=$$p; done
 	$(MAKE) --no-print-directory all
-	PS_BIN=$(BIN) scripts/bench
+	PS_BIN=$(BIN) scripts/bench $(BENCH_ARGS)
 
 PREFIX ?= /usr/local
 install: all

@@ -10,8 +10,13 @@ Initialisation: by default Glorot-uniform weights and zero biases, the same
 as psd's C implementation; `--init pytorch` uses nn.Linear's defaults
 (Kaiming-uniform(a=sqrt(5)) weights, uniform biases) instead.
 
-Threads: OPENBLAS_NUM_THREADS=1 is set before torch is imported, and
-torch.set_num_threads(--threads, default 2).
+Threads: OPENBLAS_NUM_THREADS=--blas-threads (default 2) is set before
+torch is imported (OpenBLAS reads it once, when it loads; torch's CPU
+matrix products are OpenBLAS sgemm calls), and torch.set_num_threads(
+--threads, default 1) sets the threads of torch's own ops.  2 x 1 was the
+fastest of 1x2, 2x1 and 2x2 (BLAS x torch threads) on the 2-core
+benchmark machine (BENCHMARKS.md, section 2), and it is psw's own setting
+with one worker: 2 OpenBLAS threads, the other ops on one thread.
 
 OpenBLAS kernel: PyTorch from Debian links the same OpenBLAS as psw, which
 picks its kernel once, when it loads, and picks a slow generic one on CPUs
@@ -33,10 +38,46 @@ Progress goes to stderr; with --json one JSON object is the last stdout line.
 Runs under Debian's /usr/bin/python3 (python3-torch, python3-numpy), or any
 python3 with torch and numpy (the GPU machines' own).
 """
+import argparse
+import ctypes
+import gzip
+import json
 import os
+import struct
 import subprocess
+import sys
+import time
 
-os.environ["OPENBLAS_NUM_THREADS"] = "1"  # before numpy/torch are imported
+DEFAULT_DATA = "/usr/share/datasets/fashion-mnist"
+
+
+def parse_args():
+    """The command line (parsed before torch is imported: see --blas-threads)."""
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n")[0],
+        epilog="Unless OPENBLAS_CORETYPE is set, OpenBLAS runs the kernel `psw "
+               "--blas-kernel` names ($PS_BIN/psw, default build/bin/psw), as psw "
+               "does; the kernel that runs is printed.")
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--epochs", type=int, default=10)
+    ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--target", type=float, default=0.88)
+    ap.add_argument("--max-seconds", type=float, default=None,
+                    help="stop once S seconds of wall time have passed (checked "
+                         "after every batch; the partial epoch is evaluated)")
+    ap.add_argument("--threads", type=int, default=1,
+                    help="torch.set_num_threads (default 1)")
+    ap.add_argument("--blas-threads", type=int, default=2,
+                    help="OPENBLAS_NUM_THREADS, set before torch loads (default 2)")
+    ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--init", choices=("glorot", "pytorch"), default="glorot")
+    ap.add_argument("--data", default=DEFAULT_DATA)
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    if a.batch < 1 or a.epochs < 1 or a.threads < 1 or a.blas_threads < 1:
+        ap.error("--batch, --epochs, --threads and --blas-threads must be >= 1")
+    return ap, a
 
 
 def psw_blas_kernel():
@@ -66,20 +107,14 @@ else:
     else:
         BLAS_SOURCE = "OpenBLAS's choice; psw --blas-kernel could not run"
 
-import argparse
-import ctypes
-import gzip
-import json
-import struct
-import sys
-import time
+if __name__ == "__main__":
+    AP, ARGS = parse_args()
+    os.environ["OPENBLAS_NUM_THREADS"] = str(ARGS.blas_threads)
 
-import numpy as np
+import numpy as np  # noqa: E402 (after OPENBLAS_NUM_THREADS is set)
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-DEFAULT_DATA = "/usr/share/datasets/fashion-mnist"
 
 
 def openblas_kernel():
@@ -174,28 +209,7 @@ def evaluate(model, x, y, batch=2000):
     return loss / x.shape[0], correct / x.shape[0]
 
 
-def main():
-    ap = argparse.ArgumentParser(
-        description=__doc__.split("\n")[0],
-        epilog="Unless OPENBLAS_CORETYPE is set, OpenBLAS runs the kernel `psw "
-               "--blas-kernel` names ($PS_BIN/psw, default build/bin/psw), as psw "
-               "does; the kernel that runs is printed.")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--epochs", type=int, default=10)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--target", type=float, default=0.88)
-    ap.add_argument("--max-seconds", type=float, default=None,
-                    help="stop once S seconds of wall time have passed (checked "
-                         "after every batch; the partial epoch is evaluated)")
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--seed", type=int, default=1)
-    ap.add_argument("--init", choices=("glorot", "pytorch"), default="glorot")
-    ap.add_argument("--data", default=DEFAULT_DATA)
-    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
-    ap.add_argument("--json", action="store_true")
-    a = ap.parse_args()
-    if a.batch < 1 or a.epochs < 1 or a.threads < 1:
-        ap.error("--batch, --epochs and --threads must be >= 1")
+def main(ap, a):
     try:
         dev = torch.device(a.device)
     except RuntimeError as e:
@@ -214,10 +228,11 @@ def main():
     xte, yte = load(a.data, "t10k")
     xtr, ytr, xte, yte = (t.to(dev) for t in (xtr, ytr, xte, yte))
     kernel = openblas_kernel()
-    log("torch %s, %s, %d threads, OpenBLAS kernel %s (%s), train %s, test %s, batch %d, "
-        "init %s"
+    log("torch %s, %s, %d threads, OPENBLAS_NUM_THREADS=%s, OpenBLAS kernel %s (%s), train %s, "
+        "test %s, batch %d, init %s"
         % (torch.__version__, torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
-           torch.get_num_threads(), kernel or "unknown (no OpenBLAS loaded)", BLAS_SOURCE,
+           torch.get_num_threads(), os.environ.get("OPENBLAS_NUM_THREADS"),
+           kernel or "unknown (no OpenBLAS loaded)", BLAS_SOURCE,
            tuple(xtr.shape), tuple(xte.shape), a.batch, a.init))
 
     model = MLP([784, 256, 128, 10], a.init).to(dev)
@@ -284,6 +299,7 @@ def main():
             "threads": a.threads,
             "blas_kernel": kernel,
             "blas_kernel_source": BLAS_SOURCE,
+            "blas_threads": a.blas_threads,
             "init": a.init,
             "batch": a.batch,
             "epochs": len(per_epoch),          # epochs run (last may be partial)
@@ -301,4 +317,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(AP, ARGS)

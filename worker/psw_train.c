@@ -317,17 +317,22 @@ static void run_clip(float *g, uint64_t n, float clip) {
 }
 
 /* run_compute runs forward/backward of batch S on parameter buffer B into
- * gradient buffer B (clipped to the model's clip_norm) and adds it to ACC. */
+ * gradient buffer B (clipped to the model's clip_norm) and adds it to ACC;
+ * the step alone (psw_exec_step) is timed into the result's compute_s. */
 static int run_compute(psw_run *x, uint64_t s, int b, psw_epoch_acc *acc, ps_errbuf *eb) {
   psw_batch batch = {.n = run_gather(x, s), .x = x->xb, .labels = x->yb};
   float loss = 0;
   uint32_t correct = 0;
+  double t = run_now_ms();
   int err = psw_exec_step(x->ex, psw_client_params(x->cl, b), &batch,
                           psw_client_grads(x->cl, b), &loss, &correct, eb);
+  double step_s = (run_now_ms() - t) / 1e3;
   if (err < 0) return err;
   if (!isfinite(loss))
     return ps_errf(eb, PS_EINVAL, "step %llu: loss is %f; stopping rather than pushing it",
                    (unsigned long long)x->clock, (double)loss);
+  x->r->compute_s += step_s; /* a step r->steps counts */
+  x->r->compute_samples += batch.n;
   float clip = psw_client_spec(x->cl)->clip_norm;
   if (clip > 0) run_clip(psw_client_grads(x->cl, b), psw_client_nparams(x->cl), clip);
   acc->loss_sum += (double)loss * batch.n;
@@ -682,6 +687,10 @@ void psw_train_json(FILE *out, const char *model, uint32_t batch, const psw_trai
   json_num(out, "wall_s", r->wall_s, "%.3f");
   json_num(out, "blocked_share", r->blocked_share, "%.4f");
   json_num(out, "parked_share", r->parked_share, "%.4f");
+  json_num(out, "compute_ms_per_step", r->steps ? r->compute_s * 1e3 / (double)r->steps : NAN,
+           "%.4f");
+  json_num(out, "compute_samples_per_sec",
+           r->compute_s > 0 ? (double)r->compute_samples / r->compute_s : NAN, "%.1f");
   fprintf(out, ",\"workers\":%u,\"slowdown\":%g,\"partitions\":[", r->workers, r->slowdown);
   for (size_t i = 0; i < r->npartitions; i++) fprintf(out, "%s%u", i ? "," : "", r->partitions[i]);
   fputs("],\"pushes_acked\":[", out);

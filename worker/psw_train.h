@@ -71,6 +71,10 @@ typedef struct psw_train_result {
                                   the staleness bound / training wall time
                                   (within blocked_share unless overlapping) */
   double slowdown;             /* the straggler factor applied */
+  double compute_s;            /* wall seconds inside psw_exec_step (forward +
+                                  backward of the training steps alone: no
+                                  gather, clip, push, pull or wait) */
+  uint64_t compute_samples;    /* rows those steps computed */
   char device[256];            /* the backend's description */
   uint32_t *partitions;        /* the data partitions of the last epoch */
   size_t npartitions;          /* (malloc'd: release with psw_train_result_free) */

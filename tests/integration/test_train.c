@@ -107,7 +107,12 @@ START_TEST(test_train_logreg_two_workers) {
     ck_assert_int_eq((int)ps_test_json_num(line, "steps"), TT_EPOCHS * 79);
     double acc = ps_test_json_num(line, "test_accuracy");
     ck_assert_msg(acc >= 0.80, "worker %d: test accuracy %.4f < 0.80", r, acc);
-    ck_assert(ps_test_json_num(line, "samples_per_sec") > 0);
+    double sps = ps_test_json_num(line, "samples_per_sec");
+    ck_assert(sps > 0);
+    /* the step alone is timed: never slower than the whole training loop */
+    double csps = ps_test_json_num(line, "compute_samples_per_sec"),
+           cms = ps_test_json_num(line, "compute_ms_per_step");
+    ck_assert_msg(csps >= sps && cms > 0, "%s", line);
     free(text);
   }
   char *rows = ps_test_read_file(csv, NULL);

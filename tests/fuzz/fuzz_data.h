@@ -33,4 +33,13 @@ static inline void fuzz_data_check(const psw_dataset *d, const psw_data_sel *sel
     fuzz_check(!d->rows || (d->y[i] >= 0 && d->y[i] < 256), "IDX label %d", d->y[i]);
 }
 
+/* fuzz_data_failed checks a failed load of a reader: a code a reader may
+ * return, with a message, and nothing left in D. */
+static inline void fuzz_data_failed(int rc, const ps_errbuf *eb, const psw_dataset *d) {
+  fuzz_check_error(rc, *eb);
+  fuzz_check(rc == PS_EIO || rc == PS_EFORMAT || rc == PS_EINVAL || rc == PS_ENOMEM,
+             "rc %s (%s)", ps_errname(rc), eb->msg);
+  fuzz_check(!d->x && !d->y, "a failed load left data");
+}
+
 #endif

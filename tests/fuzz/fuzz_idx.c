@@ -24,10 +24,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   int rc = psw_data_load_idx(&d, images.path, labels.path, 1.0f / 255, s, &eb);
   fuzz_note("idx", rc, &eb);
   if (rc < 0) {
-    fuzz_check_error(rc, eb);
-    fuzz_check(rc == PS_EIO || rc == PS_EFORMAT || rc == PS_EINVAL || rc == PS_ENOMEM,
-               "rc %s (%s)", ps_errname(rc), eb.msg);
-    fuzz_check(!d.x && !d.y, "a failed load left data");
+    fuzz_data_failed(rc, &eb, &d);
     return 0;
   }
   fuzz_data_check(&d, s);

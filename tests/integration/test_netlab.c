@@ -246,6 +246,17 @@ static void nl_down(nl_ctx *x) {
   ck_assert_msg(access(cmd, F_OK) != 0, "%s is left after netlab down", cmd);
 }
 
+/* nl_end frees a training test's status ST and worker outputs OUT and
+ * JSON, then takes the lab down (nl_down). */
+static void nl_end(nl_ctx *x, char *st, char *out[2], const char *json[2]) {
+  free(st);
+  for (int r = 0; r < 2; r++) {
+    free(out[r]);
+    free((char *)json[r]);
+  }
+  nl_down(x);
+}
+
 /* nl_count returns the number of lines CMD prints. */
 static int nl_count(const char *cmd) {
   FILE *p = popen(cmd, "r");
@@ -317,12 +328,7 @@ START_TEST(test_netlab_train) {
   /* no push was lost on a healthy lab: every one acknowledged and applied */
   for (int s = 0; s < 2; s++)
     ck_assert_uint_eq(nl_shard_version(st, s), 2 * 469);
-  free(st);
-  for (int r = 0; r < 2; r++) {
-    free(out[r]);
-    free((char *)json[r]);
-  }
-  nl_down(&x);
+  nl_end(&x, st, out, json);
   ck_assert_int_eq(nl_count(NL_ROOT_VETHS), veths);
   ck_assert_int_eq(nl_count(NL_ROOT_TBFS), tbfs);
 }
@@ -398,12 +404,7 @@ START_TEST(test_netlab_cut_shard) {
   }
   char *st = nl_status(&x);
   nl_check_pushes(st, json);
-  free(st);
-  for (int r = 0; r < 2; r++) {
-    free(out[r]);
-    free((char *)json[r]);
-  }
-  nl_down(&x);
+  nl_end(&x, st, out, json);
 }
 END_TEST
 
@@ -479,12 +480,7 @@ START_TEST(test_netlab_lease_outlived) {
     ck_assert_msg(!strcmp(nl_worker_state(st, r, state, sizeof state), "DONE"),
                   "worker %d is %s at the end: %s", r, state, st);
   nl_check_pushes(st, json);
-  free(st);
-  for (int r = 0; r < 2; r++) {
-    free(out[r]);
-    free((char *)json[r]);
-  }
-  nl_down(&x);
+  nl_end(&x, st, out, json);
 }
 END_TEST
 

@@ -853,15 +853,15 @@ unsigned psd_tau_bucket(uint64_t tau) {
   return PSD_TAU_BUCKETS - 1;
 }
 
-/* psd_store_reserve makes *BUF (of *CAP elements of SIZE bytes) hold N;
- * 0 or PS_ENOMEM. */
-static int psd_store_reserve(void **buf, size_t *cap, size_t n, size_t size) {
-  if (n <= *cap) return 0;
-  void *p = realloc(*buf, n * size);
-  if (!p) return PS_ENOMEM;
-  *buf = p;
-  *cap = n;
-  return 0;
+/* psd_store_grow returns BUF (of *CAP elements of SIZE bytes) grown to
+ * hold N, updating *CAP; NULL when out of memory (BUF is then kept).
+ * Callers store the result back: `if (!(p = grow(b, ...))) fail; b = p`. */
+static void *psd_store_grow(void *buf, size_t *cap, size_t n, size_t size) {
+  if (buf && n <= *cap) return buf;
+  if (n == 0) n = 1; /* NULL means out of memory, never "empty" */
+  void *p = realloc(buf, n * size);
+  if (p) *cap = n;
+  return p;
 }
 
 /* psd_store_weighted returns G (LEN floats, LEN <= scratch_cap) scaled by
@@ -906,8 +906,10 @@ static int psd_store_check_chunk(psd_store *s, const psd_model *m, uint32_t id, 
   if (psd_optim_predict(&m->optim, &c->bound, (double)gmax * w, c->step + 1, after)) return 0;
   /* Not certain: try the update on a copy of the chunk. */
   size_t n = (size_t)len * (1 + m->slots);
-  if (psd_store_reserve((void **)&s->trial, &s->trial_cap, n, sizeof(float)) < 0)
+  float *trial = psd_store_grow(s->trial, &s->trial_cap, n, sizeof(float));
+  if (!trial)
     return ps_errf(eb, PS_ENOMEM, "out of memory checking a push to '%s'", m->spec->name);
+  s->trial = trial;
   memcpy(s->trial, c->data, n * sizeof(float));
   const float *gw = w != 1.0f ? psd_store_weighted(s, g, len, w) : g;
   psd_optim_apply(&m->optim, s->trial, s->trial + len, gw, len, c->step + 1);
@@ -918,7 +920,6 @@ static int psd_store_check_chunk(psd_store *s, const psd_model *m, uint32_t id, 
                    id, m->spec->name, (double)gmax);
   return 0;
 }
-
 
 /* psd_store_push: see psd_store.h.  Everything is checked before the
  * first chunk changes (invariant 2). */
@@ -940,9 +941,11 @@ int psd_store_push(psd_store *s, const char *model, const uint32_t *ids, size_t 
   uint32_t maxlen = 0;
   for (size_t i = 0; i < nids; i++)
     if (m->layout.chunks[ids[i]].len > maxlen) maxlen = m->layout.chunks[ids[i]].len;
-  if (psd_store_reserve((void **)&s->scratch, &s->scratch_cap, maxlen, sizeof(float)) < 0 ||
-      psd_store_reserve((void **)&s->after, &s->after_cap, nids, sizeof *s->after) < 0)
-    return ps_errf(eb, PS_ENOMEM, "out of memory for a push to '%s'", model);
+  float *scratch = psd_store_grow(s->scratch, &s->scratch_cap, maxlen, sizeof(float));
+  if (scratch) s->scratch = scratch;
+  psd_optim_bounds *after = psd_store_grow(s->after, &s->after_cap, nids, sizeof *after);
+  if (after) s->after = after;
+  if (!scratch || !after) return ps_errf(eb, PS_ENOMEM, "out of memory for a push to '%s'", model);
   const float *g = grads;
   for (size_t i = 0; i < nids; i++) {
     if ((rc = psd_store_check_chunk(s, m, ids[i], g, w, &s->after[i], eb)) < 0) return rc;

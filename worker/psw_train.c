@@ -653,6 +653,13 @@ static void json_num(FILE *out, const char *key, double v, const char *fmt) {
   else fputs("null", out);
 }
 
+/* json_u64s writes ,"KEY":[V0,V1,...] (N values). */
+static void json_u64s(FILE *out, const char *key, const uint64_t *v, size_t n) {
+  fprintf(out, ",\"%s\":[", key);
+  for (size_t k = 0; k < n; k++) fprintf(out, "%s%llu", k ? "," : "", (unsigned long long)v[k]);
+  fputc(']', out);
+}
+
 /* json_model opens the object with the escaped model name. */
 static void json_model(FILE *out, const char *model) {
   fputs("{\"model\":\"", out);
@@ -693,13 +700,9 @@ void psw_train_json(FILE *out, const char *model, uint32_t batch, const psw_trai
            r->compute_s > 0 ? (double)r->compute_samples / r->compute_s : NAN, "%.1f");
   fprintf(out, ",\"workers\":%u,\"slowdown\":%g,\"partitions\":[", r->workers, r->slowdown);
   for (size_t i = 0; i < r->npartitions; i++) fprintf(out, "%s%u", i ? "," : "", r->partitions[i]);
-  fputs("],\"pushes_acked\":[", out);
-  for (size_t k = 0; k < r->nshards; k++)
-    fprintf(out, "%s%llu", k ? "," : "", (unsigned long long)r->pushes_acked[k]);
-  fputs("],\"pushes_unanswered\":[", out);
-  for (size_t k = 0; k < r->nshards; k++)
-    fprintf(out, "%s%llu", k ? "," : "", (unsigned long long)r->pushes_unanswered[k]);
   fputc(']', out);
+  json_u64s(out, "pushes_acked", r->pushes_acked, r->nshards);
+  json_u64s(out, "pushes_unanswered", r->pushes_unanswered, r->nshards);
   fprintf(out, ",\"batch\":%u,\"overlap\":%s,\"stopped\":%s}\n", batch,
           r->overlap ? "true" : "false", r->stopped ? "true" : "false");
   fflush(out);

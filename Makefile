@@ -16,10 +16,11 @@
 
 SHELL := /bin/bash
 CC ?= cc
-PKGS := grpc libprotobuf-c libuv yaml-0.1 check zlib libsystemd
+PKGS := grpc libprotobuf-c libuv yaml-0.1 check zlib libsystemd libcrypto
 DEB_PKGS := build-essential pkg-config libgrpc-dev libprotobuf-c-dev protobuf-c-compiler \
   libuv1-dev librocksdb-dev check libyaml-dev libopenblas-dev zlib1g-dev libsystemd-dev \
-  systemd dataset-fashion-mnist iperf3 gnuplot-nox python3-numpy iproute2
+  systemd dataset-fashion-mnist iperf3 gnuplot-nox python3-numpy iproute2 libssl-dev openssl \
+  python3-grpcio
 BENCH_PKGS := python3-torch
 # clang's fuzzer and sanitizer runtime is only a recommendation of clang,
 # and deps installs without recommendations: both are named.

@@ -30,6 +30,7 @@
 
 #include "ps.pb-c.h"
 #include "ps_addr.h"
+#include "ps_auth.h"
 #include "ps_pb.h"
 
 #define CHAN_STAGE 8192              /* staging buffer for headers and metas */
@@ -98,6 +99,9 @@ typedef struct chan_pending {
   uint64_t version;
   uint32_t parked_ms;     /* pull reply: time parked on the shard */
   char *msg;              /* error text (malloc'd) or NULL */
+  /* HELLO reply: the shard's nonce and proof (ps_auth.h), when given */
+  uint8_t nonce[PS_AUTH_NONCE], auth[PS_AUTH_MAC];
+  size_t nonce_len, auth_len;
 } chan_pending;
 
 enum { RX_HDR, RX_META, RX_DATA, RX_DISCARD };
@@ -224,6 +228,12 @@ static int rx_after_meta(ps_chan_client *c, ps_errbuf *eb) {
   uint64_t dlen = c->rx_h.data_len;
   e->version = m->version;
   e->parked_ms = m->parked_ms;
+  if ((int)m->op == PS__CHAN_OP__CHAN_HELLO && e->op == PS__CHAN_OP__CHAN_HELLO) {
+    e->nonce_len = m->nonce.len <= PS_AUTH_NONCE ? m->nonce.len : 0;
+    if (e->nonce_len) memcpy(e->nonce, m->nonce.data, e->nonce_len);
+    e->auth_len = m->auth.len <= PS_AUTH_MAC ? m->auth.len : 0;
+    if (e->auth_len) memcpy(e->auth, m->auth.data, e->auth_len);
+  }
   if ((int)m->op == PS__CHAN_OP__CHAN_ERROR) {
     e->status = m->status < 0 ? m->status : PS_EPROTO;
     e->msg = strdup(m->message && *m->message ? m->message : ps_strerror(e->status));
@@ -597,23 +607,64 @@ static int chan_dial(ps_chan_client *c, ps_errbuf *eb) {
   return 0;
 }
 
-/* chan_hello sends HELLO with CLUSTER and waits for the server's HELLO. */
-static int chan_hello(ps_chan_client *c, const char *cluster, ps_errbuf *eb) {
-  Ps__ChanMeta meta;
-  chan_meta_init(&meta, PS__CHAN_OP__CHAN_HELLO, "", NULL, 0, 0, 0);
-  meta.proto_version = PS_CHAN_VERSION;
-  meta.cluster = (char *)cluster;
+/* chan_hello_frame sends one HELLO frame META and waits for its reply,
+ * whose nonce and proof (when given) go to NONCE / AUTH (NULL: ignored);
+ * *NONCE_LEN / *AUTH_LEN receive their lengths. */
+static int chan_hello_frame(ps_chan_client *c, Ps__ChanMeta *meta, uint8_t *nonce,
+                            size_t *nonce_len, uint8_t *auth, size_t *auth_len, ps_errbuf *eb) {
   chan_pending *e = chan_reserve(c);
   if (!e) return ps_errf(eb, PS_ENOMEM, "channel '%s': out of memory", c->addr);
   e->op = PS__CHAN_OP__CHAN_HELLO;
-  int rc = chan_send_frame(c, &meta, NULL, NULL, 0, e, NULL, eb);
-  if (rc == 0) rc = ps_chan_recv(c, NULL, NULL, eb);
-  return rc;
+  int rc = chan_send_frame(c, meta, NULL, NULL, 0, e, NULL, eb);
+  if (rc < 0) return rc;
+  chan_pending *head = &c->q[c->qhead]; /* the only request in flight: this one */
+  while (!head->done) {
+    int ev = chan_wait(c, POLLIN, eb);
+    if (ev < 0) return ev;
+    if ((rc = rx_progress(c, eb)) < 0 && !head->done) return rc;
+  }
+  if (nonce) memcpy(nonce, head->nonce, head->nonce_len);
+  if (auth) memcpy(auth, head->auth, head->auth_len);
+  if (nonce_len) *nonce_len = head->nonce_len;
+  if (auth_len) *auth_len = head->auth_len;
+  return ps_chan_recv(c, NULL, NULL, eb);
 }
 
-/* ps_chan_connect: see ps_chan.h. */
-int ps_chan_connect(ps_chan_client **out, const char *addr, const char *cluster,
-                    int timeout_ms, ps_errbuf *eb) {
+/* chan_hello: HELLO with CLUSTER; with KEY, the challenge-response of
+ * ps_auth.h (the shard must prove KEY first, then this client does). */
+static int chan_hello(ps_chan_client *c, const char *cluster, const ps_auth_key *key,
+                      ps_errbuf *eb) {
+  Ps__ChanMeta meta;
+  uint8_t nc[PS_AUTH_NONCE], ns[PS_AUTH_NONCE], proof[PS_AUTH_MAC];
+  size_t ns_len = 0, proof_len = 0;
+  chan_meta_init(&meta, PS__CHAN_OP__CHAN_HELLO, "", NULL, 0, 0, 0);
+  meta.proto_version = PS_CHAN_VERSION;
+  meta.cluster = (char *)cluster;
+  if (key) {
+    int rc = ps_auth_nonce(nc, eb);
+    if (rc < 0) return rc;
+    meta.key_id = (char *)key->id;
+    meta.nonce.data = nc;
+    meta.nonce.len = sizeof nc;
+  }
+  int rc = chan_hello_frame(c, &meta, ns, &ns_len, proof, &proof_len, eb);
+  if (rc < 0 || !key) return rc;
+  if (ns_len != PS_AUTH_NONCE)
+    return ps_errf(eb, PS_EPROTO, "channel '%s': the shard does not authenticate the channel "
+                   "(no security.secret_file there?)", c->addr);
+  if (!ps_auth_check(key, 1, cluster, nc, ns, proof, proof_len))
+    return ps_errf(eb, PS_EPROTO, "channel '%s': the shard's proof of key '%s' is wrong "
+                   "(another secret file?)", c->addr, key->id);
+  ps_auth_proof(key, 0, cluster, nc, ns, proof);
+  chan_meta_init(&meta, PS__CHAN_OP__CHAN_HELLO, "", NULL, 0, 0, 0);
+  meta.auth.data = proof;
+  meta.auth.len = sizeof proof;
+  return chan_hello_frame(c, &meta, NULL, NULL, NULL, NULL, eb);
+}
+
+/* ps_chan_connect_auth: see ps_chan.h. */
+int ps_chan_connect_auth(ps_chan_client **out, const char *addr, const char *cluster,
+                         const ps_auth_key *key, int timeout_ms, ps_errbuf *eb) {
   *out = NULL;
   ps_chan_client *c = calloc(1, sizeof *c);
   if (!c) return ps_errf(eb, PS_ENOMEM, "out of memory");
@@ -621,13 +672,19 @@ int ps_chan_connect(ps_chan_client **out, const char *addr, const char *cluster,
   c->timeout_ms = timeout_ms > 0 ? timeout_ms : 1;
   snprintf(c->addr, sizeof c->addr, "%s", addr);
   int rc = chan_dial(c, eb);
-  if (rc == 0) rc = chan_hello(c, cluster, eb);
+  if (rc == 0) rc = chan_hello(c, cluster, key, eb);
   if (rc < 0) {
     ps_chan_close(c);
     return rc;
   }
   *out = c;
   return 0;
+}
+
+/* ps_chan_connect: see ps_chan.h. */
+int ps_chan_connect(ps_chan_client **out, const char *addr, const char *cluster,
+                    int timeout_ms, ps_errbuf *eb) {
+  return ps_chan_connect_auth(out, addr, cluster, NULL, timeout_ms, eb);
 }
 
 void ps_chan_set_timeout(ps_chan_client *c, int timeout_ms) {

@@ -7,7 +7,9 @@
  * then meta_len bytes of a ps.ChanMeta message, then data_len bytes of
  * raw float32 little-endian tensor data, read straight into its final
  * memory.  A connection starts with a HELLO frame (protocol version,
- * cluster name, auth proof) answered by HELLO; anything else first, or a
+ * cluster name, and with a cluster secret a key id and nonce) answered by
+ * HELLO (with a secret: the shard's nonce and proof, then the client's
+ * proof in a second HELLO, answered by HELLO; ps_auth.h); anything else first, or a
  * bad magic/version/length, closes the connection.  Replies carry the
  * request id of their request; a server answers one connection's requests
  * in order.  Errors come back as CHAN_ERROR frames with status + message. */
@@ -54,6 +56,16 @@ typedef struct ps_chan_client ps_chan_client;
  * a time (different clients are independent). */
 int ps_chan_connect(ps_chan_client **out, const char *addr, const char *cluster,
                     int timeout_ms, ps_errbuf *eb);
+
+/* ps_chan_connect_auth is ps_chan_connect with the hello's
+ * challenge-response (ps_auth.h) over KEY (borrowed for the call; NULL:
+ * none, for shards without security.secret_file).  The shard proves KEY
+ * first: a shard that does not, or proves it wrong, fails the connect
+ * with PS_EPROTO; a shard that refuses this client's proof answers an
+ * error (PS_EPROTO) and closes. */
+struct ps_auth_key;
+int ps_chan_connect_auth(ps_chan_client **out, const char *addr, const char *cluster,
+                         const struct ps_auth_key *key, int timeout_ms, ps_errbuf *eb);
 
 /* ps_chan_set_timeout changes the I/O timeout (milliseconds, > 0). */
 void ps_chan_set_timeout(ps_chan_client *c, int timeout_ms);

@@ -525,6 +525,74 @@ static int cfg_data_post(cfg_ctx *x, void *base, yaml_node_t *n, const yaml_mark
   return 0;
 }
 
+static yaml_node_t *cfg_value_node(cfg_ctx *x, yaml_node_t *n, const char *key);
+
+/* ---- security ------------------------------------------------------------ */
+
+static const char *const cfg_sec_modes[] = {"none", "tls", NULL};
+
+static const cfg_slot cfg_tls_slots[] = {
+    {.name = "ca", .type = &cfg_t_str, .offset = offsetof(ps_tls_conf, ca)},
+    {.name = "cert", .type = &cfg_t_str, .offset = offsetof(ps_tls_conf, cert)},
+    {.name = "key", .type = &cfg_t_str, .offset = offsetof(ps_tls_conf, key)},
+    {.name = "worker_cert", .type = &cfg_t_str, .offset = offsetof(ps_tls_conf, worker_cert)},
+    {.name = "worker_key", .type = &cfg_t_str, .offset = offsetof(ps_tls_conf, worker_key)},
+    {.name = "operator_cert", .type = &cfg_t_str, .offset = offsetof(ps_tls_conf, operator_cert)},
+    {.name = "operator_key", .type = &cfg_t_str, .offset = offsetof(ps_tls_conf, operator_key)},
+};
+enum { CFG_TLS_CA, CFG_TLS_CERT, CFG_TLS_KEY, CFG_TLS_WCERT, CFG_TLS_WKEY, CFG_TLS_OCERT,
+       CFG_TLS_OKEY };
+
+/* cfg_tls_post: the shard's own pair is needed by psd; a client pair
+ * comes whole or not at all. */
+static int cfg_tls_post(cfg_ctx *x, void *base, yaml_node_t *n, const yaml_mark_t *marks) {
+  ps_tls_conf *t = base;
+  if (!n) return 0; /* absent: cfg_security_post decides */
+  yaml_mark_t at = n->start_mark;
+  static const int need[] = {CFG_TLS_CA, CFG_TLS_CERT, CFG_TLS_KEY};
+  char *const *have[] = {&t->ca, &t->cert, &t->key};
+  for (size_t i = 0; i < 3; i++)
+    if (!*have[i])
+      return cfg_err(x, at, "missing required key '%s' in 'security.tls'",
+                     cfg_tls_slots[need[i]].name);
+  if (!t->worker_cert != !t->worker_key)
+    return cfg_err(x, marks[t->worker_cert ? CFG_TLS_WCERT : CFG_TLS_WKEY],
+                   "'worker_cert' and 'worker_key' go together in 'security.tls'");
+  if (!t->operator_cert != !t->operator_key)
+    return cfg_err(x, marks[t->operator_cert ? CFG_TLS_OCERT : CFG_TLS_OKEY],
+                   "'operator_cert' and 'operator_key' go together in 'security.tls'");
+  return 0;
+}
+static const cfg_table cfg_tls_table = CFG_TABLE("in 'security.tls'", cfg_tls_slots, cfg_tls_post);
+
+static const cfg_slot cfg_security_slots[] = {
+    {.name = "mode", .type = &cfg_t_enum, .offset = offsetof(ps_security_conf, mode),
+     .required = 1, .arg = cfg_sec_modes},
+    {.name = "tls", .type = &cfg_t_section, .offset = offsetof(ps_security_conf, tls),
+     .arg = &cfg_tls_table},
+    {.name = "require_client_cert", .type = &cfg_t_enum,
+     .offset = offsetof(ps_security_conf, require_client_cert), .def = "true",
+     .arg = cfg_bools},
+    {.name = "secret_file", .type = &cfg_t_str, .offset = offsetof(ps_security_conf, secret_file)},
+};
+enum { CFG_SEC_MODE, CFG_SEC_TLS };
+
+/* cfg_security_post: 'tls' belongs to mode tls and is required there.  An
+ * absent 'tls' section was loaded with defaults (all NULL) without its
+ * post check, so mode tls finds its keys missing here. */
+static int cfg_security_post(cfg_ctx *x, void *base, yaml_node_t *n, const yaml_mark_t *marks) {
+  ps_security_conf *s = base;
+  int given = cfg_value_node(x, n, "tls") != NULL;
+  if (s->mode == PS_SEC_NONE && given)
+    return cfg_err(x, marks[CFG_SEC_TLS], "'tls' is set but 'mode' is none (plaintext)");
+  if (s->mode == PS_SEC_TLS && !given)
+    return cfg_err(x, marks[CFG_SEC_MODE],
+                   "'mode' is tls but 'security.tls' (ca, cert, key) is missing");
+  return 0;
+}
+static const cfg_table cfg_security_table =
+    CFG_TABLE("in 'security'", cfg_security_slots, cfg_security_post);
+
 static const cfg_table cfg_durability_table = CFG_TABLE("in 'durability'", cfg_durability_slots, NULL);
 static const cfg_table cfg_limits_table = CFG_TABLE("in 'limits'", cfg_limits_slots, NULL);
 static const cfg_table cfg_workers_table = CFG_TABLE("in 'workers'", cfg_workers_slots, NULL);
@@ -616,6 +684,8 @@ static const cfg_slot cfg_top_slots[] = {
      .arg = &cfg_training_table},
     {.name = "data", .type = &cfg_t_section, .offset = offsetof(ps_config, data),
      .arg = &cfg_data_table},
+    {.name = "security", .type = &cfg_t_section, .offset = offsetof(ps_config, security),
+     .required = 1, .arg = &cfg_security_table},
 };
 /* cfg_value_node returns the value node of KEY in mapping N, or NULL
  * (also when N is NULL or not a mapping). */

@@ -64,6 +64,25 @@ typedef struct ps_worker_conf {
   double jitter_prob, jitter_factor;
 } ps_worker_conf;
 
+/* security (README "security"): how the control plane and the tensor
+ * channel authenticate.  mode is required: plaintext only where the file
+ * says 'none'.  Paths are borrowed strings of the config. */
+enum ps_sec_mode { PS_SEC_NONE = 0, PS_SEC_TLS = 1 };
+
+typedef struct ps_tls_conf {
+  char *ca;             /* PEM CA bundle: verifies servers and client certificates */
+  char *cert, *key;     /* psd's own certificate (IP SANs) and private key */
+  char *worker_cert, *worker_key;     /* what psw presents (role in the subject's OU) */
+  char *operator_cert, *operator_key; /* what psctl presents */
+} ps_tls_conf;
+
+typedef struct ps_security_conf {
+  int mode;                 /* enum ps_sec_mode */
+  ps_tls_conf tls;
+  int require_client_cert;  /* tls: a client without a certificate is refused (default true) */
+  char *secret_file;        /* channel keys (ps_auth.h); NULL: the channel is unauthenticated */
+} ps_security_conf;
+
 typedef struct ps_config {
   char *path;                 /* the file loaded */
   char *cluster;              /* cluster name, sent in the channel hello */
@@ -80,6 +99,7 @@ typedef struct ps_config {
   ps_worker_conf workers;
   ps_train_conf training;
   ps_data_conf data;
+  ps_security_conf security;
 } ps_config;
 
 /* Bounds checked before libyaml sees a file: its loader takes time

@@ -43,7 +43,7 @@ int ps_err_from_errno(int e) {
 }
 
 /* grpc_status_code values, from grpc/impl/codegen/status.h. */
-enum { G_OK = 0, G_INVALID_ARGUMENT = 3, G_DEADLINE_EXCEEDED = 4,
+enum { G_OK = 0, G_INVALID_ARGUMENT = 3, G_PERMISSION_DENIED = 7, G_UNAUTHENTICATED = 16, G_DEADLINE_EXCEEDED = 4,
        G_NOT_FOUND = 5, G_ALREADY_EXISTS = 6, G_RESOURCE_EXHAUSTED = 8,
        G_FAILED_PRECONDITION = 9, G_ABORTED = 10, G_UNIMPLEMENTED = 12, G_INTERNAL = 13,
        G_UNAVAILABLE = 14, G_DATA_LOSS = 15 };
@@ -61,6 +61,7 @@ int ps_err_to_grpc(int err) {
     case PS_ELOCKED: case PS_ECONFIG: return G_FAILED_PRECONDITION;
     case PS_EEXPIRED: return G_ABORTED;
     case PS_EIO: return G_DATA_LOSS;
+    case PS_EPERM: return G_PERMISSION_DENIED;
     default: return G_INTERNAL;
   }
 }
@@ -78,6 +79,7 @@ int ps_err_from_grpc(int status) {
     case G_FAILED_PRECONDITION: return PS_ECONFIG;
     case G_ABORTED: return PS_EEXPIRED;
     case G_DATA_LOSS: return PS_EIO;
+    case G_PERMISSION_DENIED: case G_UNAUTHENTICATED: return PS_EPERM;
     default: return PS_EINTERNAL;
   }
 }

@@ -27,7 +27,8 @@
   X(ENOTSUP, -16, "not supported")                                        \
   X(EFORMAT, -17, "bad file format")                                      \
   X(EINTERNAL,-18, "internal error")                                      \
-  X(EEXPIRED,-19, "lease expired")
+  X(EEXPIRED,-19, "lease expired")                                       \
+  X(EPERM,   -20, "permission denied")
 
 enum {
 #define PS_ERR_ENUM(name, code, msg) PS_##name = (code),

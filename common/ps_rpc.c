@@ -6,6 +6,7 @@
  * from one. */
 #include "ps_rpc.h"
 #include "ps_pb.h"
+#include "ps_tls.h"
 
 #include <grpc/byte_buffer_reader.h>
 #include <grpc/grpc.h>
@@ -19,12 +20,15 @@ struct ps_rpc {
   grpc_channel *ch;
 };
 
-/* ps_rpc_open creates the channel with raised message limits; 0 or
- * PS_ENOMEM / PS_EUNAVAIL. */
-int ps_rpc_open(ps_rpc **out, const char *addr, ps_errbuf *eb) {
+/* rpc_open_creds creates the channel over CR (released here) with raised
+ * message limits; 0 or PS_ENOMEM / PS_EUNAVAIL. */
+static int rpc_open_creds(ps_rpc **out, const char *addr, grpc_channel_credentials *cr,
+                          ps_errbuf *eb) {
   ps_rpc *r = calloc(1, sizeof *r);
-  if (!r) return ps_errf(eb, PS_ENOMEM, "out of memory opening '%s'", addr);
-  grpc_init();
+  if (!r) {
+    grpc_channel_credentials_release(cr);
+    return ps_errf(eb, PS_ENOMEM, "out of memory opening '%s'", addr);
+  }
   grpc_arg args[2];
   memset(args, 0, sizeof args);
   args[0].type = GRPC_ARG_INTEGER;
@@ -33,7 +37,6 @@ int ps_rpc_open(ps_rpc **out, const char *addr, ps_errbuf *eb) {
   args[1] = args[0];
   args[1].key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
   grpc_channel_args ca = {2, args};
-  grpc_channel_credentials *cr = grpc_insecure_credentials_create();
   r->ch = grpc_channel_create(addr, cr, &ca);
   grpc_channel_credentials_release(cr);
   if (!r->ch) {
@@ -43,6 +46,25 @@ int ps_rpc_open(ps_rpc **out, const char *addr, ps_errbuf *eb) {
   }
   *out = r;
   return 0;
+}
+
+/* ps_rpc_open: an insecure channel; see ps_rpc.h. */
+int ps_rpc_open(ps_rpc **out, const char *addr, ps_errbuf *eb) {
+  grpc_init();
+  return rpc_open_creds(out, addr, grpc_insecure_credentials_create(), eb);
+}
+
+/* ps_rpc_open_cfg: the channel CFG's security asks for; see ps_rpc.h. */
+int ps_rpc_open_cfg(ps_rpc **out, const char *addr, const ps_config *cfg, int role,
+                    ps_errbuf *eb) {
+  grpc_init();
+  grpc_channel_credentials *cr;
+  int err = ps_tls_channel_creds(cfg, role, &cr, eb);
+  if (err < 0) {
+    grpc_shutdown();
+    return err;
+  }
+  return rpc_open_creds(out, addr, cr, eb);
 }
 
 /* ps_rpc_read_bb copies byte buffer BB into a new malloc'd buffer; 0 or

@@ -9,6 +9,7 @@
 
 #include <protobuf-c/protobuf-c.h>
 
+#include "ps_config.h"
 #include "ps_error.h"
 
 #define PS_RPC_MAX_MSG (1 << 30)
@@ -18,6 +19,13 @@ typedef struct ps_rpc ps_rpc;
 /* ps_rpc_open creates an insecure channel to ADDR ("host:port"); it does
  * not connect yet.  Calls grpc_init (balanced by ps_rpc_close). */
 int ps_rpc_open(ps_rpc **out, const char *addr, ps_errbuf *eb);
+
+/* ps_rpc_open_cfg is ps_rpc_open with the credentials CFG's 'security'
+ * section asks for (ps_tls.h): plaintext for mode none, else TLS with
+ * ROLE's client certificate (ps_auth.h PS_ROLE_*).  PS_ECONFIG when a
+ * certificate or key cannot be read (or a key is not owner-only). */
+int ps_rpc_open_cfg(ps_rpc **out, const char *addr, const ps_config *cfg, int role,
+                    ps_errbuf *eb);
 
 /* ps_rpc_call calls METHOD ("/ps.Ps/Status") with REQ and waits at most
  * TIMEOUT_MS.  On success *RESP is a new message of RESP_DESC (caller frees

@@ -29,6 +29,7 @@
 #include "ps_model.h"
 #include "ps_time.h"
 #include "psctl.h"
+#include "ps_auth.h"
 
 #define BENCH_TIMEOUT_MS 60000
 
@@ -318,17 +319,20 @@ static void bench_spec(Ps__ModelSpec *spec, Ps__TensorSpec *t, Ps__TensorSpec **
  * gives it its rpc handle and a scratch buffer of REQ_ELEMS floats. */
 static int bench_connect(psctl_cluster *cl, bench_shard *sh, uint64_t req_elems, int grpc,
                          int sockbuf, ps_errbuf *eb) {
-  for (size_t i = 0; i < cl->cfg.nshards; i++) {
+  ps_auth_keys keys;
+  const ps_auth_key *key;
+  int rc = ps_auth_client_key(cl->cfg.security.secret_file, PS_ROLE_OPERATOR, &keys, &key, eb);
+  for (size_t i = 0; rc == 0 && i < cl->cfg.nshards; i++) {
     sh[i].conf = &cl->cfg.shards[i];
     sh[i].rpc = cl->rpc[i];
-    int rc = ps_chan_connect(&sh[i].chan, sh[i].conf->channel_addr, cl->cfg.cluster,
-                             BENCH_TIMEOUT_MS, eb);
-    if (rc < 0) return rc;
-    if (sockbuf && (rc = ps_chan_set_bufsize(sh[i].chan, sockbuf, sockbuf, eb)) < 0) return rc;
-    if (grpc && !(sh[i].scratch = malloc(req_elems * sizeof(float))))
-      return ps_errf(eb, PS_ENOMEM, "out of memory");
+    rc = ps_chan_connect_auth(&sh[i].chan, sh[i].conf->channel_addr, cl->cfg.cluster, key,
+                              BENCH_TIMEOUT_MS, eb);
+    if (rc == 0 && sockbuf) rc = ps_chan_set_bufsize(sh[i].chan, sockbuf, sockbuf, eb);
+    if (rc == 0 && grpc && !(sh[i].scratch = malloc(req_elems * sizeof(float))))
+      rc = ps_errf(eb, PS_ENOMEM, "out of memory");
   }
-  return 0;
+  ps_auth_release(&keys);
+  return rc;
 }
 
 static void bench_disconnect(bench_shard *sh, size_t n) {

@@ -11,6 +11,8 @@
 #include <time.h>
 
 #include "psctl.h"
+
+#include "ps_auth.h"
 #include "ps_time.h"
 
 /* psctl_cluster_open: see psctl.h. */
@@ -24,7 +26,9 @@ int psctl_cluster_open(psctl_cluster *c, const char *path, ps_errbuf *eb) {
     goto undo_config;
   }
   for (size_t i = 0; i < c->cfg.nshards; i++)
-    if ((err = ps_rpc_open(&c->rpc[i], c->cfg.shards[i].grpc_addr, eb)) < 0) goto undo_rpc;
+    if ((err = ps_rpc_open_cfg(&c->rpc[i], c->cfg.shards[i].grpc_addr, &c->cfg, PS_ROLE_OPERATOR,
+                               eb)) < 0)
+      goto undo_rpc;
   return 0;
 undo_rpc:
   for (size_t i = 0; i < c->cfg.nshards; i++) ps_rpc_close(c->rpc[i]);

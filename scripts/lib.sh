@@ -9,7 +9,9 @@
 #                 fails at once when process PID is gone)
 #   start_cluster DIR N [EXTRA_YAML_FILE]
 #                 writes DIR/cluster.yaml for N shards on fresh ports (EXTRA
-#                 appended), starts them (PIDs in PIDS and SHARD_PIDS), waits
+#                 appended), starts them (PIDs in PIDS and SHARD_PIDS), waits;
+#                 its security section is $LIB_SECURITY (printf %b; default
+#                 "security:\n  mode: none")
 #   stop_pid PID  SIGTERM, wait at most 10 s, SIGKILL; drops PID from PIDS
 #   lib_usage     prints the calling script's header comment (its --help)
 
@@ -80,6 +82,7 @@ start_cluster() {
     echo "durability:"
     echo "  mode: periodic"
     echo "  flush_interval_ms: 1000"
+    printf '%b\n' "${LIB_SECURITY:-security:\n  mode: none}"
     echo "shards:"
     for ((i = 0; i < n; i++)); do
       GPORT[$i]=${ports[2 * i]}; CPORT[$i]=${ports[2 * i + 1]}

@@ -40,13 +40,22 @@
  *     A sweep timer (CHAN_SWEEP_MS, at most a quarter of the idle timeout)
  *     closes connections that moved no byte, in or out, for
  *     idle_timeout_ms and have no pull parked; a long reply still draining
- *     (libuv's write queue shrinking) is activity. */
+ *     (libuv's write queue shrinking) is activity.
+ *  9. With security.secret_file the hello is a challenge-response
+ *     (ps_auth.h): HELLO(key id, Nc) -> HELLO(Ns, shard's proof) ->
+ *     HELLO(client's proof) -> HELLO.  Until the proof checks out the
+ *     connection stays pre-hello (invariant 8's meta cap, nothing else
+ *     served); a missing, unknown or wrong proof gets one error frame and
+ *     a close, and counts in chan_auth_refused.  A replayed hello meets a
+ *     fresh Ns, so its old proof is wrong. */
 #include "psd_chan.h"
 
+#include <openssl/crypto.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "ps_addr.h"
+#include "ps_auth.h"
 #include "ps_chan.h"
 #include "ps_log.h"
 #include "ps_pb.h"
@@ -66,6 +75,10 @@ typedef struct psd_conn {
   uv_tcp_t tcp;
   struct psd_conn *prev, *next;
   int hello_done, closing, paused;
+  int hello_proving;          /* challenge sent, the client's proof is due (invariant 9) */
+  int role;                   /* ps_auth.h role of the proven key (none without keys) */
+  uint8_t nc[PS_AUTH_NONCE], ns[PS_AUTH_NONCE];
+  ps_auth_key key;            /* a copy: a SIGHUP may replace the key set meanwhile */
   int direct;                 /* the last alloc_cb bypassed the stage */
   int rx_state;
   uint8_t hdrbuf[PS_CHAN_HDR_LEN];
@@ -106,6 +119,9 @@ typedef struct psd_chan {
   uint64_t fd_other;          /* open descriptors not the channel's, when last counted */
   uint64_t fd_sample_ms;      /* uv_now of that count */
   int fd_sampled;
+  ps_auth_keys keys;          /* security.secret_file (invariant 9); none: no auth */
+  uint64_t auth_logged;       /* sh->ctr.chan_auth_refused at the last log line */
+  uint64_t auth_log_ms;       /* uv_now of that line */
 } psd_chan;
 
 typedef struct chan_wr {
@@ -127,6 +143,7 @@ static void conn_resume(psd_conn *c);
 static void chan_maybe_free(psd_chan *ch) {
   if (ch->closing && ch->handles == 0) {
     if (ch->sh->chan == ch) ch->sh->chan = NULL;
+    ps_auth_release(&ch->keys);
     free(ch);
   }
 }
@@ -247,27 +264,100 @@ int psd_chan_hello_check(const ps_config *cfg, const ps_chan_hdr *h, const Ps__C
   return 0;
 }
 
-/* conn_hello checks the first frame (psd_chan_hello_check); answers
- * HELLO, or an error frame and a close, or returns PS_EPROTO (close
- * without an answer) when the frame is no hello at all. */
+/* conn_hello_refuse answers the hello with error STATUS / MSG and closes
+ * once it is written; an authentication failure (AUTH) is counted and
+ * logged at most every CHAN_REFUSE_LOG_MS. */
+static int conn_hello_refuse(psd_conn *c, int status, const char *msg, int auth) {
+  psd_chan *ch = c->chan;
+  psd_shard *sh = ch->sh;
+  psd_shard_count_error(sh);
+  if (auth) {
+    sh->ctr.chan_auth_refused++;
+    uint64_t now = uv_now(sh->loop);
+    if (ch->auth_logged == 0 || now - ch->auth_log_ms >= CHAN_REFUSE_LOG_MS) {
+      ps_warn("channel: refused %llu unauthenticated connection(s) since the last report: %s",
+              (unsigned long long)(sh->ctr.chan_auth_refused - ch->auth_logged), msg);
+      ch->auth_logged = sh->ctr.chan_auth_refused;
+      ch->auth_log_ms = now;
+    }
+  }
+  c->paused = 1; /* read nothing more: the connection closes once the error is written */
+  uv_read_stop((uv_stream_t *)&c->tcp);
+  conn_reply_error(c, status, msg, 0, 1);
+  return 0;
+}
+
+/* conn_hello_ok ends the hello: HELLO answered, requests served. */
+static int conn_hello_ok(psd_conn *c) {
+  Ps__ChanMeta r = PS__CHAN_META__INIT;
+  r.op = PS__CHAN_OP__CHAN_HELLO;
+  r.proto_version = PS_CHAN_VERSION;
+  r.cluster = c->chan->sh->cfg->cluster;
+  c->hello_done = 1;
+  c->hello_proving = 0;
+  OPENSSL_cleanse(&c->key, sizeof c->key);
+  return conn_reply(c, &r, NULL, 0, 0, 0, 0);
+}
+
+/* conn_hello_challenge answers a first HELLO when the shard has keys
+ * (invariant 9): the key it names, the shard's nonce and proof. */
+static int conn_hello_challenge(psd_conn *c, const Ps__ChanMeta *m) {
+  psd_chan *ch = c->chan;
+  char why[160];
+  const ps_auth_key *k = ps_auth_find(&ch->keys, m->key_id && *m->key_id ? m->key_id : NULL);
+  if (!m->key_id || !*m->key_id || m->nonce.len != PS_AUTH_NONCE)
+    return conn_hello_refuse(c, PS_EPROTO, "channel authentication required: this shard has "
+                             "security.secret_file and the hello names no key", 1);
+  if (!k) {
+    snprintf(why, sizeof why, "channel authentication failed: unknown key id '%.32s'", m->key_id);
+    return conn_hello_refuse(c, PS_EPROTO, why, 1);
+  }
+  ps_errbuf eb;
+  if (ps_auth_nonce(c->ns, &eb) < 0) return conn_hello_refuse(c, PS_EINTERNAL, eb.msg, 0);
+  c->key = *k;
+  memcpy(c->nc, m->nonce.data, PS_AUTH_NONCE);
+  uint8_t proof[PS_AUTH_MAC];
+  ps_auth_proof(&c->key, 1, ch->sh->cfg->cluster, c->nc, c->ns, proof);
+  Ps__ChanMeta r = PS__CHAN_META__INIT;
+  r.op = PS__CHAN_OP__CHAN_HELLO;
+  r.proto_version = PS_CHAN_VERSION;
+  r.cluster = ch->sh->cfg->cluster;
+  r.nonce.data = c->ns;
+  r.nonce.len = PS_AUTH_NONCE;
+  r.auth.data = proof;
+  r.auth.len = sizeof proof;
+  c->hello_proving = 1;
+  return conn_reply(c, &r, NULL, 0, 0, 0, 0);
+}
+
+/* conn_hello_proof checks the client's proof (invariant 9). */
+static int conn_hello_proof(psd_conn *c, const Ps__ChanMeta *m) {
+  if ((int)m->op != PS__CHAN_OP__CHAN_HELLO || c->h.data_len)
+    return conn_hello_refuse(c, PS_EPROTO, "channel authentication: expected the hello's proof", 1);
+  if (!ps_auth_check(&c->key, 0, c->chan->sh->cfg->cluster, c->nc, c->ns, m->auth.data,
+                     m->auth.len)) {
+    char why[160];
+    snprintf(why, sizeof why, "channel authentication failed: wrong proof of key '%s'",
+             c->key.id);
+    OPENSSL_cleanse(&c->key, sizeof c->key);
+    return conn_hello_refuse(c, PS_EPROTO, why, 1);
+  }
+  c->role = c->key.role;
+  return conn_hello_ok(c);
+}
+
+/* conn_hello checks the first frame (psd_chan_hello_check) and, with
+ * keys, runs the challenge-response (invariant 9); answers HELLO, or an
+ * error frame and a close, or returns PS_EPROTO (close without an answer)
+ * when the frame is no hello at all. */
 static int conn_hello(psd_conn *c, const Ps__ChanMeta *m) {
+  if (c->hello_proving) return conn_hello_proof(c, m);
   const ps_config *cfg = c->chan->sh->cfg;
   ps_errbuf eb;
   int answer, rc = psd_chan_hello_check(cfg, &c->h, m, &answer, &eb);
-  if (rc == 0) {
-    Ps__ChanMeta r = PS__CHAN_META__INIT;
-    r.op = PS__CHAN_OP__CHAN_HELLO;
-    r.proto_version = PS_CHAN_VERSION;
-    r.cluster = cfg->cluster;
-    c->hello_done = 1;
-    return conn_reply(c, &r, NULL, 0, 0, 0, 0);
-  }
+  if (rc == 0) return c->chan->keys.n ? conn_hello_challenge(c, m) : conn_hello_ok(c);
   if (!answer) return rc;
-  psd_shard_count_error(c->chan->sh);
-  c->paused = 1; /* read nothing more: the connection closes once the error is written */
-  uv_read_stop((uv_stream_t *)&c->tcp);
-  conn_reply_error(c, PS_EPROTO, eb.msg, 0, 1);
-  return 0;
+  return conn_hello_refuse(c, PS_EPROTO, eb.msg, 0);
 }
 
 /* conn_pull_serve answers pull M now: allocate, fill, write (invariant
@@ -567,6 +657,7 @@ static void conn_closed(uv_handle_t *h) {
   free(c->meta);
   free(c->data);
   free(c->spare);
+  OPENSSL_cleanse(&c->key, sizeof c->key);
   free(c);
   ch->handles--;
   chan_maybe_free(ch);
@@ -757,6 +848,11 @@ int psd_chan_start(psd_shard *sh, ps_errbuf *eb) {
   if (rc < 0) return rc;
   psd_chan *ch = calloc(1, sizeof *ch);
   if (!ch) return ps_errf(eb, PS_ENOMEM, "out of memory");
+  if (sh->cfg->security.secret_file &&
+      (rc = ps_auth_load(&ch->keys, sh->cfg->security.secret_file, eb)) < 0) {
+    free(ch);
+    return rc;
+  }
   ch->sh = sh;
   uv_tcp_init(sh->loop, &ch->listener);
   ch->listener.data = ch;
@@ -806,3 +902,20 @@ void psd_chan_close(psd_shard *sh) {
   uv_close((uv_handle_t *)&ch->sweep, chan_listener_closed);
   chan_maybe_free(ch);
 }
+
+/* psd_chan_reload_keys: see psd_chan.h. */
+int psd_chan_reload_keys(psd_shard *sh, size_t *nkeys, ps_errbuf *eb) {
+  psd_chan *ch = sh->chan;
+  if (!ch || !sh->cfg->security.secret_file)
+    return ps_errf(eb, PS_ENOTSUP, "no security.secret_file to reload");
+  ps_auth_keys k;
+  int rc = ps_auth_load(&k, sh->cfg->security.secret_file, eb);
+  if (rc < 0) return rc;
+  ps_auth_release(&ch->keys); /* connections mid-hello hold copies (invariant 9) */
+  ch->keys = k;
+  *nkeys = k.n;
+  return 0;
+}
+
+/* psd_chan_secured: see psd_chan.h. */
+int psd_chan_secured(const psd_shard *sh) { return sh->chan && sh->chan->keys.n > 0; }

@@ -39,6 +39,14 @@ void psd_chan_stop_accepting(psd_shard *sh);
  * sh->chan once libuv has closed the handles (run the loop afterwards). */
 void psd_chan_close(psd_shard *sh);
 
+/* psd_chan_reload_keys reads security.secret_file again (SIGHUP: a key
+ * added or retired without a restart; connections keep the key they
+ * proved).  On error the old keys stay.  *NKEYS: keys now accepted. */
+int psd_chan_reload_keys(psd_shard *sh, size_t *nkeys, ps_errbuf *eb);
+
+/* psd_chan_secured says whether the channel asks for the hello's proof. */
+int psd_chan_secured(const psd_shard *sh);
+
 /* psd_chan_hello_check checks a connection's first frame, header H and
  * decoded meta M, against CFG: a HELLO without data, of protocol version
  * PS_CHAN_VERSION, naming CFG's cluster.  Returns 0 when the shard

@@ -35,7 +35,9 @@
 #include <string.h>
 
 #include "health.pb-c.h"
+#include "ps_auth.h"
 #include "ps_log.h"
+#include "ps_tls.h"
 #include "psd_store.h"
 #include "ps_pb.h"
 
@@ -382,23 +384,68 @@ static int psd_grpc_health(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessa
   return psd_grpc_pack(&rep.base, out, eb);
 }
 
+/* The methods and the roles (ps_auth.h) that may call them under TLS:
+ * only an operator changes models; workers (and aggregators) push, pull,
+ * register, heartbeat and read (Export serves psw --evaluate); anyone,
+ * even without a certificate, may ask Health/Check. */
 static const struct psd_grpc_method {
   const char *path;
   const ProtobufCMessageDescriptor *req_desc;
   psd_grpc_handler handle;
+  unsigned roles;
 } psd_grpc_methods[] = {
-    {"/ps.Ps/SubmitModel", &ps__submit_model_request__descriptor, psd_grpc_submit},
-    {"/ps.Ps/GetModel", &ps__get_model_request__descriptor, psd_grpc_get_model},
-    {"/ps.Ps/Push", &ps__push_request__descriptor, psd_grpc_push},
-    {"/ps.Ps/Pull", &ps__pull_request__descriptor, psd_grpc_pull},
-    {"/ps.Ps/Status", &ps__status_request__descriptor, psd_grpc_status},
-    {"/ps.Ps/Export", &ps__export_request__descriptor, psd_grpc_export},
-    {"/ps.Ps/RegisterWorker", &ps__register_worker_request__descriptor, psd_grpc_register},
-    {"/ps.Ps/Heartbeat", &ps__heartbeat_request__descriptor, psd_grpc_heartbeat},
-    {"/ps.Ps/ListWorkers", &ps__list_workers_request__descriptor, psd_grpc_list_workers},
+    {"/ps.Ps/SubmitModel", &ps__submit_model_request__descriptor, psd_grpc_submit,
+     PS_ROLES_OPERATOR},
+    {"/ps.Ps/GetModel", &ps__get_model_request__descriptor, psd_grpc_get_model, PS_ROLES_CLIENT},
+    {"/ps.Ps/Push", &ps__push_request__descriptor, psd_grpc_push, PS_ROLES_CLIENT},
+    {"/ps.Ps/Pull", &ps__pull_request__descriptor, psd_grpc_pull, PS_ROLES_CLIENT},
+    {"/ps.Ps/Status", &ps__status_request__descriptor, psd_grpc_status, PS_ROLES_CLIENT},
+    {"/ps.Ps/Export", &ps__export_request__descriptor, psd_grpc_export, PS_ROLES_CLIENT},
+    {"/ps.Ps/RegisterWorker", &ps__register_worker_request__descriptor, psd_grpc_register,
+     PS_ROLES_CLIENT},
+    {"/ps.Ps/Heartbeat", &ps__heartbeat_request__descriptor, psd_grpc_heartbeat,
+     PS_ROLES_CLIENT},
+    {"/ps.Ps/ListWorkers", &ps__list_workers_request__descriptor, psd_grpc_list_workers,
+     PS_ROLES_CLIENT},
     {"/grpc.health.v1.Health/Check", &grpc__health__v1__health_check_request__descriptor,
-     psd_grpc_health},
+     psd_grpc_health, PS_ROLES_ANY},
 };
+
+/* psd_grpc_role returns the caller's role: the OU of its verified client
+ * certificate's subject (gRPC auth context), PS_ROLE_NONE without one;
+ * -1 when the control plane is plaintext (no identities: every role). */
+static int psd_grpc_role(const psd_shard *sh, grpc_call *call) {
+  if (sh->cfg->security.mode != PS_SEC_TLS) return -1;
+  grpc_auth_context *ctx = grpc_call_auth_context(call);
+  if (!ctx) return PS_ROLE_NONE;
+  int role = PS_ROLE_NONE;
+  grpc_auth_property_iterator it =
+      grpc_auth_context_find_properties_by_name(ctx, GRPC_X509_SUBJECT_PROPERTY_NAME);
+  const grpc_auth_property *p = grpc_auth_property_iterator_next(&it);
+  if (p && p->value) {
+    char subject[512];
+    size_t n = p->value_length < sizeof subject - 1 ? p->value_length : sizeof subject - 1;
+    memcpy(subject, p->value, n);
+    subject[n] = '\0';
+    role = ps_role_from_subject(subject);
+  }
+  grpc_auth_context_release(ctx);
+  return role;
+}
+
+/* psd_grpc_allow checks C's caller may call M; 0 or PS_EPERM (counted). */
+static int psd_grpc_allow(psd_shard *sh, psd_grpc_call *c, const struct psd_grpc_method *m,
+                          ps_errbuf *eb) {
+  if (m->roles == PS_ROLES_ANY) return 0;
+  int role = psd_grpc_role(sh, c->call);
+  if (role < 0 || (m->roles & PS_ROLE_BIT(role))) return 0;
+  sh->ctr.auth_refused++;
+  psd_shard_count_error(sh);
+  return ps_errf(eb, PS_EPERM, "'%s' is not allowed for role '%s'%s", m->path,
+                 ps_role_name(role),
+                 role == PS_ROLE_NONE ? " (no client certificate with OU=worker, aggregator or "
+                                        "operator)" : "");
+}
 
 /* psd_grpc_method_find returns the table entry for C's method, or NULL. */
 static const struct psd_grpc_method *psd_grpc_method_find(const psd_grpc_call *c) {
@@ -435,6 +482,8 @@ static int psd_grpc_handle(psd_shard *sh, psd_grpc_call *c, grpc_slice *out, ps_
     psd_shard_count_error(sh);
     return PS_ENOTSUP;
   }
+  int err = psd_grpc_allow(sh, c, m, eb);
+  if (err < 0) return err;
   if (!c->req) {
     psd_shard_count_error(sh);
     return ps_errf(eb, PS_EINVAL, "'%s' call without a request message", m->path);
@@ -447,7 +496,7 @@ static int psd_grpc_handle(psd_shard *sh, psd_grpc_call *c, grpc_slice *out, ps_
   }
   ProtobufCMessage *req;
   ps_errbuf ueb;
-  int err = psd_grpc_unpack(c->req, m->req_desc, &req, &ueb);
+  err = psd_grpc_unpack(c->req, m->req_desc, &req, &ueb);
   grpc_byte_buffer_destroy(c->req);
   c->req = NULL;
   if (err < 0) {
@@ -566,10 +615,11 @@ int psd_grpc_start(psd_shard *sh, ps_errbuf *eb) {
   g->server = grpc_server_create(&ca, NULL);
   g->cq = grpc_completion_queue_create_for_next(NULL);
   grpc_server_register_completion_queue(g->server, g->cq, NULL);
-  grpc_server_credentials *cr = grpc_insecure_server_credentials_create();
+  grpc_server_credentials *cr;
+  int err = ps_tls_server_creds(sh->cfg, &cr, eb);
+  if (err < 0) goto undo_server;
   int port = grpc_server_add_http2_port(g->server, sh->me->grpc_addr, cr);
   grpc_server_credentials_release(cr);
-  int err = 0;
   if (port <= 0) {
     err = ps_errf(eb, PS_EUNAVAIL, "cannot listen on grpc address '%s' (taken or invalid)",
                   sh->me->grpc_addr);

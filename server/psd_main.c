@@ -22,9 +22,12 @@
 #include <systemd/sd-daemon.h>
 #include <uv.h>
 
+#include "ps_addr.h"
+#include "ps_auth.h"
 #include "ps_fpu.h"
 #include "ps_config.h"
 #include "ps_log.h"
+#include "ps_tls.h"
 #include "psd_chan.h"
 #include "psd_fd.h"
 #include "psd_grpc.h"
@@ -198,7 +201,14 @@ static void psd_main_drain(psd_main *m, int signum) {
 static void psd_main_on_signal(uv_signal_t *s, int signum) {
   psd_main *m = s->data;
   if (signum == SIGHUP) {
-    ps_info("sighup: nothing is reloadable yet, configuration unchanged");
+    ps_errbuf eb;
+    size_t n;
+    if (!m->sh.cfg->security.secret_file)
+      ps_info("sighup: nothing to reload (no security.secret_file); configuration unchanged");
+    else if (psd_chan_reload_keys(&m->sh, &n, &eb) < 0)
+      ps_err("sighup: channel keys not reloaded, the old ones stay: %s", eb.msg);
+    else
+      ps_info("sighup: channel keys reloaded: %zu accepted", n);
     return;
   }
   psd_main_drain(m, signum);
@@ -302,6 +312,46 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
 }
 
 /* psd_main_serve runs shard ME of CFG until it has drained; the exit code. */
+/* psd_main_check_security reads what the shard's security section names
+ * (certificates, owner-only key and secret files) the way serving will;
+ * 0 or PS_ECONFIG / PS_EIO with the path in EB. */
+static int psd_main_check_security(const ps_config *cfg, ps_errbuf *eb) {
+  const ps_security_conf *s = &cfg->security;
+  int rc = 0;
+  if (s->mode == PS_SEC_TLS) {
+    const char *files[] = {s->tls.ca, s->tls.cert, s->tls.key};
+    for (int i = 0; rc == 0 && i < 3; i++) {
+      char *pem;
+      rc = ps_tls_read(files[i], i == 2, &pem, eb);
+      if (rc == 0) ps_tls_free_secret(pem);
+    }
+  }
+  if (rc == 0 && s->secret_file) {
+    ps_auth_keys k;
+    rc = ps_auth_load(&k, s->secret_file, eb);
+    ps_auth_release(&k);
+  }
+  return rc;
+}
+
+/* psd_main_warn_plaintext warns when ME serves gRPC without TLS on an
+ * address other hosts can reach, or an unauthenticated channel there. */
+static void psd_main_warn_plaintext(const ps_config *cfg, const ps_shard_conf *me) {
+  const char *addrs[2] = {me->grpc_addr, me->channel_addr};
+  int open[2] = {cfg->security.mode != PS_SEC_TLS, !cfg->security.secret_file};
+  const char *what[2] = {"gRPC control plane in plaintext (security.mode: none)",
+                         "tensor channel without authentication (no security.secret_file)"};
+  for (int i = 0; i < 2; i++) {
+    char host[256];
+    int port;
+    ps_errbuf eb;
+    if (!open[i] || ps_addr_split(addrs[i], host, sizeof host, &port, &eb) < 0) continue;
+    if (!strncmp(host, "127.", 4) || !strcmp(host, "::1") || !strcmp(host, "localhost")) continue;
+    ps_warn("serving the %s on the non-loopback address '%s': anyone who reaches it may "
+            "change the models", what[i], addrs[i]);
+  }
+}
+
 static int psd_main_serve(psd_main *m, const ps_config *cfg, const ps_shard_conf *me) {
   psd_shard *sh = &m->sh;
   uv_loop_init(&m->loop);
@@ -321,7 +371,9 @@ static int psd_main_serve(psd_main *m, const ps_config *cfg, const ps_shard_conf
     ps_warn("%s; a gRPC listener that stops accepting will not be rebuilt", eb.msg);
   if (code == 0) {
     psd_shard_set_state(sh, PSD_SERVING, NULL);
-    ps_info("shard %u serving: grpc %s, channel %s", me->id, me->grpc_addr, me->channel_addr);
+    ps_info("shard %u serving: grpc %s, channel %s, security %s", me->id, me->grpc_addr,
+            me->channel_addr, psd_shard_security_name(sh));
+    psd_main_warn_plaintext(cfg, me);
     sd_notifyf(0, "READY=1\nSTATUS=serving shard %u", me->id);
     uv_run(&m->loop, UV_RUN_DEFAULT);
     code = m->exit_code;
@@ -365,6 +417,11 @@ int main(int argc, char **argv) {
      * silently give periodic durability to someone who asked for more. */
     fprintf(stderr, "%s: durability mode 'sync' is not implemented yet; use 'periodic'\n",
             a.config);
+    ps_config_release(&cfg);
+    return 2;
+  }
+  if (psd_main_check_security(&cfg, &eb) < 0) {
+    fprintf(stderr, "%s: security: %s\n", a.config, eb.msg);
     ps_config_release(&cfg);
     return 2;
   }

@@ -3,7 +3,9 @@
 #include "psd_probe.h"
 
 #include <netdb.h>
+#include <openssl/ssl.h>
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 
@@ -13,6 +15,7 @@
 #include "psd_grpc.h"
 
 #define PSD_PROBE_SETTINGS 4 /* HTTP/2 frame type of SETTINGS (RFC 9113 6.5) */
+#define PSD_PROBE_TLS_HANDSHAKE 22 /* TLS record type of a handshake (RFC 8446 5.1) */
 
 static void probe_closed(uv_handle_t *h) {
   psd_probe *p = h->data;
@@ -61,15 +64,52 @@ static void probe_judge(psd_probe *p, int ok, const char *why) {
   if (p->fails >= PSD_PROBE_FAILS) probe_rebuild(p);
 }
 
-/* probe_frame_ok: the first frame header arrived and is a SETTINGS frame. */
+/* probe_frame_ok: the first frame header arrived and is a SETTINGS frame
+ * (TLS: the first record header is a handshake record of TLS 1.x). */
 static int probe_frame_ok(const psd_probe *p) {
-  return p->got == sizeof p->frame && p->frame[3] == PSD_PROBE_SETTINGS;
+  if (p->got != p->want) return 0;
+  if (p->hello) return p->frame[0] == PSD_PROBE_TLS_HANDSHAKE && p->frame[1] == 3;
+  return p->frame[3] == PSD_PROBE_SETTINGS;
 }
 
 static void probe_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   psd_probe *p = h->data;
   (void)hint;
-  *buf = uv_buf_init((char *)p->frame + p->got, (unsigned)(sizeof p->frame - p->got));
+  *buf = uv_buf_init((char *)p->frame + p->got, (unsigned)(p->want - p->got));
+}
+
+/* probe_client_hello makes the bytes of a TLS ClientHello (ALPN h2) in
+ * P->hello with OpenSSL over memory BIOs; 0 or PS_EINTERNAL. */
+static int probe_client_hello(psd_probe *p, ps_errbuf *eb) {
+  SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+  SSL *ssl = ctx ? SSL_new(ctx) : NULL;
+  BIO *rb = BIO_new(BIO_s_mem()), *wb = BIO_new(BIO_s_mem());
+  int rc = PS_EINTERNAL;
+  if (ssl && rb && wb) {
+    static const unsigned char alpn[] = {2, 'h', '2'};
+    SSL_set_alpn_protos(ssl, alpn, sizeof alpn);
+    SSL_set_connect_state(ssl);
+    SSL_set_bio(ssl, rb, wb); /* SSL owns them now */
+    rb = wb = NULL;
+    SSL_do_handshake(ssl); /* wants to read: the ClientHello is in the write BIO */
+    char *data;
+    long n = BIO_get_mem_data(SSL_get_wbio(ssl), &data);
+    if (n > 0 && (p->hello = malloc((size_t)n))) {
+      memcpy(p->hello, data, (size_t)n);
+      p->hello_len = (size_t)n;
+      rc = 0;
+    }
+  }
+  BIO_free(rb);
+  BIO_free(wb);
+  SSL_free(ssl);
+  SSL_CTX_free(ctx);
+  return rc < 0 ? ps_errf(eb, rc, "cannot make a TLS ClientHello for the gRPC self-probe") : 0;
+}
+
+static void probe_written(uv_write_t *w, int status) {
+  psd_probe *p = w->data;
+  if (status < 0 && status != UV_ECANCELED) probe_judge(p, 0, uv_strerror(status));
 }
 
 static void probe_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
@@ -81,8 +121,9 @@ static void probe_read(uv_stream_t *s, ssize_t n, const uv_buf_t *buf) {
     return;
   }
   p->got += (size_t)n;
-  if (p->got == sizeof p->frame)
-    probe_judge(p, probe_frame_ok(p), "its first frame is not SETTINGS");
+  if (p->got == p->want)
+    probe_judge(p, probe_frame_ok(p), p->hello ? "its first record is not a TLS handshake"
+                                               : "its first frame is not SETTINGS");
 }
 
 static void probe_connected(uv_connect_t *req, int status) {
@@ -92,7 +133,13 @@ static void probe_connected(uv_connect_t *req, int status) {
     probe_judge(p, 0, uv_strerror(status));
     return;
   }
-  int r = uv_read_start((uv_stream_t *)&p->tcp, probe_alloc, probe_read);
+  int r = 0;
+  if (p->hello) {
+    uv_buf_t b = uv_buf_init((char *)p->hello, (unsigned)p->hello_len);
+    p->wr.data = p;
+    r = uv_write(&p->wr, (uv_stream_t *)&p->tcp, &b, 1, probe_written);
+  }
+  if (r == 0) r = uv_read_start((uv_stream_t *)&p->tcp, probe_alloc, probe_read);
   if (r < 0) probe_judge(p, 0, uv_strerror(r));
 }
 
@@ -103,11 +150,12 @@ static void probe_deadline(uv_timer_t *t) {
   uv_os_fd_t fd;
   if (uv_fileno((uv_handle_t *)&p->tcp, &fd) == 0) {
     ssize_t n;
-    while (p->got < sizeof p->frame &&
-           (n = recv(fd, p->frame + p->got, sizeof p->frame - p->got, MSG_DONTWAIT)) > 0)
+    while (p->got < p->want &&
+           (n = recv(fd, p->frame + p->got, p->want - p->got, MSG_DONTWAIT)) > 0)
       p->got += (size_t)n;
   }
-  probe_judge(p, probe_frame_ok(p), "no HTTP/2 SETTINGS within the deadline");
+  probe_judge(p, probe_frame_ok(p), p->hello ? "no TLS ServerHello within the deadline"
+                                             : "no HTTP/2 SETTINGS within the deadline");
 }
 
 /* probe_tick starts a probe (invariants 1, 2, 4), or retries a rebuild
@@ -157,6 +205,12 @@ int psd_probe_start(psd_probe *p, psd_shard *sh, ps_errbuf *eb) {
                    gai_strerror(g));
   memcpy(&p->addr, ai->ai_addr, ai->ai_addrlen);
   freeaddrinfo(ai);
+  p->want = sizeof p->frame;
+  if (sh->cfg->security.mode == PS_SEC_TLS) {
+    int rc = probe_client_hello(p, eb);
+    if (rc < 0) return rc;
+    p->want = 5; /* a TLS record header */
+  }
   uv_timer_init(sh->loop, &p->tick);
   uv_timer_init(sh->loop, &p->deadline);
   p->tick.data = p->deadline.data = p;
@@ -174,4 +228,6 @@ void psd_probe_stop(psd_probe *p) {
   uv_close((uv_handle_t *)&p->deadline, NULL);
   if (p->busy && !uv_is_closing((uv_handle_t *)&p->tcp))
     uv_close((uv_handle_t *)&p->tcp, probe_closed);
+  /* A write still queued on the closing socket is cancelled by the close,
+   * before the loop ends: the hello may go once the loop has run. */
 }

@@ -13,8 +13,11 @@
  *     the first HTTP/2 frame, the server's SETTINGS, which gRPC's own
  *     threads send as soon as they accepted: the handlers on the loop
  *     play no part, so a busy loop cannot fail the probe (at the deadline
- *     the socket is read directly, in case the loop was late).  Insecure
- *     credentials only: with TLS the server speaks after the client.
+ *     the socket is read directly, in case the loop was late).  With TLS
+ *     (security.mode: tls) the server speaks after the client: the probe
+ *     sends a TLS ClientHello (made once by OpenSSL at start, ALPN h2) and
+ *     waits for the first record header of the answer, a handshake record
+ *     (the ServerHello), which gRPC's handshaker threads send as well.
  *  2. A probe that cannot even open its socket (no descriptor free) does
  *     not count: the listener is not known to be at fault.
  *  3. After PSD_PROBE_FAILS failures in a row, and only while the process
@@ -49,8 +52,11 @@ typedef struct psd_probe {
   int running;                  /* timers started, not stopped */
   int busy;                     /* a probe's socket is open (or closing) */
   int done;                     /* that probe was judged */
-  uint8_t frame[9];             /* the first HTTP/2 frame header */
-  size_t got;
+  uint8_t frame[9];             /* the first HTTP/2 frame header (TLS: record header) */
+  size_t got, want;             /* bytes of frame received, expected */
+  uint8_t *hello;               /* TLS: the ClientHello sent first (NULL: plaintext) */
+  size_t hello_len;
+  uv_write_t wr;
   int fails;                    /* failed probes in a row */
 } psd_probe;
 

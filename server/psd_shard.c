@@ -419,6 +419,15 @@ int psd_shard_pull(psd_shard *sh, const char *model, const uint32_t *ids, size_t
   return 0;
 }
 
+/* psd_shard_security_name says how the shard authenticates (static). */
+const char *psd_shard_security_name(const psd_shard *sh) {
+  const ps_security_conf *s = &sh->cfg->security;
+  int chan = s->secret_file != NULL;
+  if (s->mode != PS_SEC_TLS) return chan ? "none+chan-hmac" : "none";
+  if (s->require_client_cert) return chan ? "mtls+chan-hmac" : "mtls";
+  return chan ? "tls+chan-hmac" : "tls";
+}
+
 /* psd_shard_status fills REPLY; model names are copied, the state and
  * addresses are borrowed (static / from the config). */
 void psd_shard_status(psd_shard *sh, Ps__StatusReply *reply) {
@@ -439,6 +448,9 @@ void psd_shard_status(psd_shard *sh, Ps__StatusReply *reply) {
   reply->chan_refused = sh->ctr.chan_refused;
   reply->chan_idle_closed = sh->ctr.chan_idle_closed;
   reply->grpc_restarts = sh->ctr.grpc_restarts;
+  reply->auth_refused = sh->ctr.auth_refused;
+  reply->chan_auth_refused = sh->ctr.chan_auth_refused;
+  reply->security = (char *)psd_shard_security_name(sh);
   if (!sh->store) return;
   reply->disk_bytes = psd_store_disk_bytes(sh->store);
   size_t n = psd_store_nmodels(sh->store);

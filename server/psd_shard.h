@@ -53,6 +53,8 @@ typedef struct psd_counters {
   uint64_t chan_refused;     /* channel connections closed at accept (psd_chan.h) */
   uint64_t chan_idle_closed; /* channel connections closed as idle */
   uint64_t grpc_restarts;    /* gRPC servers rebuilt by the self-probe (psd_probe.h) */
+  uint64_t auth_refused;     /* gRPC calls refused for the caller's role (psd_grpc.c) */
+  uint64_t chan_auth_refused;/* channel hellos refused: no, unknown or wrong proof */
 } psd_counters;
 
 struct psd_grpc;
@@ -138,5 +140,9 @@ void psd_shard_status_release(Ps__StatusReply *reply);
 /* psd_shard_count_error counts one failed request (transport-level errors
  * such as malformed frames, which never reach a handler). */
 void psd_shard_count_error(psd_shard *sh);
+
+/* psd_shard_security_name: "none", "tls" or "mtls" (control plane), with
+ * "+chan-hmac" when the channel asks for the hello's proof; static. */
+const char *psd_shard_security_name(const psd_shard *sh);
 
 #endif

@@ -104,6 +104,8 @@ double ps_test_json_num(const char *line, const char *key) {
   return v;
 }
 
+const char *ps_test_security_yaml = "security:\n  mode: none\n";
+
 const char *ps_test_cluster_yaml(const char *dir, int nshards, const char *extra,
                                  int *grpc_ports, int *chan_ports) {
   static char path[600];
@@ -111,7 +113,7 @@ const char *ps_test_cluster_yaml(const char *dir, int nshards, const char *extra
   size_t len = 0;
   FILE *m = open_memstream(&buf, &len);
   fprintf(m, "cluster: test\nchunk_elems: 1024\ndurability:\n  mode: periodic\n"
-             "  flush_interval_ms: 200\nshards:\n");
+             "  flush_interval_ms: 200\n%sshards:\n", ps_test_security_yaml);
   int used[2 * 64], nused = 0; /* the kernel may hand out a port again */
   ck_assert_int_le(nshards, 64);
   for (int i = 0; i < nshards; i++) {

@@ -58,6 +58,10 @@ double ps_test_json_num(const char *line, const char *key);
  * and returns its path (static storage).  EXTRA is appended verbatim (top
  * level YAML, may be NULL).  Ports are returned in grpc_ports /
  * chan_ports when not NULL. */
+/* ps_test_security_yaml is the 'security' section ps_test_cluster_yaml
+ * writes: plaintext ("security:\n  mode: none\n") unless a test points it
+ * at another (tests/common/test_ps_security.c) before it writes a file. */
+extern const char *ps_test_security_yaml;
 const char *ps_test_cluster_yaml(const char *dir, int nshards, const char *extra,
                                  int *grpc_ports, int *chan_ports);
 

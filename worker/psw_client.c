@@ -2,6 +2,8 @@
  * (see psw_client.h for the invariants). */
 #include "psw_client.h"
 
+#include "ps_auth.h"
+
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -72,6 +74,8 @@ struct psw_client {
   int (*rejoin)(void *arg, ps_errbuf *eb); /* invariant 5 */
   void *rejoin_arg;
   psw_job job;
+  ps_auth_keys keys;        /* security.secret_file: the channel key it proves */
+  const ps_auth_key *key;   /* in keys, or NULL */
 };
 
 /* psw_retryable says whether ERR means "the shard is (momentarily) not
@@ -89,11 +93,12 @@ static int psw_retryable(int err) {
 
 /* psw_call_once makes one gRPC call on a connection of its own to ADDR
  * (ps_rpc_call's arguments and result). */
-static int psw_call_once(const char *addr, const char *method, const ProtobufCMessage *req,
+static int psw_call_once(const ps_config *cfg, const char *addr, const char *method,
+                         const ProtobufCMessage *req,
                          const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
                          int timeout_ms, ps_errbuf *eb) {
   ps_rpc *rpc = NULL;
-  int err = ps_rpc_open(&rpc, addr, eb);
+  int err = ps_rpc_open_cfg(&rpc, addr, cfg, PS_ROLE_WORKER, eb);
   if (err < 0) return err;
   err = ps_rpc_call(rpc, method, req, resp_desc, resp, timeout_ms, eb);
   ps_rpc_close(rpc);
@@ -106,7 +111,7 @@ static int psw_try_get_model(psw_client *c, size_t i, ps_errbuf *eb) {
   Ps__GetModelRequest req = PS__GET_MODEL_REQUEST__INIT;
   req.name = c->model;
   ProtobufCMessage *resp = NULL;
-  int err = psw_call_once(c->cfg->shards[i].grpc_addr, "/ps.Ps/GetModel", &req.base,
+  int err = psw_call_once(c->cfg, c->cfg->shards[i].grpc_addr, "/ps.Ps/GetModel", &req.base,
                           &ps__get_model_reply__descriptor, &resp, PSW_GETMODEL_TIMEOUT_MS, eb);
   if (err < 0) return err;
   c->reply = (Ps__GetModelReply *)resp;
@@ -150,7 +155,7 @@ static int psw_export_shard(psw_client *c, psw_shard *s, int pbuf, int timeout_m
   Ps__ExportRequest req = PS__EXPORT_REQUEST__INIT;
   req.model = c->model;
   ProtobufCMessage *resp = NULL;
-  int err = psw_call_once(s->conf->grpc_addr, "/ps.Ps/Export", &req.base,
+  int err = psw_call_once(c->cfg, s->conf->grpc_addr, "/ps.Ps/Export", &req.base,
                           &ps__export_reply__descriptor, &resp, timeout_ms, eb);
   if (err < 0) return err;
   const Ps__ExportReply *r = (const Ps__ExportReply *)resp;
@@ -259,8 +264,8 @@ static void psw_shard_up(psw_client *c, psw_shard *s) {
 
 /* psw_connect opens S's connection once. */
 static int psw_connect(psw_client *c, psw_shard *s, ps_errbuf *eb) {
-  int err = ps_chan_connect(&s->ch, s->conf->channel_addr, c->cfg->cluster,
-                            PSW_CONNECT_TIMEOUT_MS, eb);
+  int err = ps_chan_connect_auth(&s->ch, s->conf->channel_addr, c->cfg->cluster, c->key,
+                                 PSW_CONNECT_TIMEOUT_MS, eb);
   if (err < 0) {
     s->ch = NULL;
     return err;
@@ -515,6 +520,8 @@ int psw_client_wait(psw_client *c, ps_errbuf *eb) {
  * that hold chunks (a shard that is down now is retried at the first
  * pull). */
 static int psw_open_shards(psw_client *c, ps_errbuf *eb) {
+  int rc = ps_auth_client_key(c->cfg->security.secret_file, PS_ROLE_WORKER, &c->keys, &c->key, eb);
+  if (rc < 0) return rc;
   c->nshards = c->cfg->nshards;
   c->shards = calloc(c->nshards, sizeof *c->shards);
   if (!c->shards) return ps_errf(eb, PS_ENOMEM, "out of memory");
@@ -595,6 +602,7 @@ void psw_client_close(psw_client *c) {
   }
   pthread_mutex_destroy(&c->job.mu);
   pthread_cond_destroy(&c->job.cv);
+  ps_auth_release(&c->keys);
   for (size_t k = 0; c->shards && k < c->nshards; k++) {
     psw_shard *s = &c->shards[k];
     ps_chan_close(s->ch);

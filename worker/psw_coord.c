@@ -2,6 +2,8 @@
  * invariants). */
 #include "psw_coord.h"
 
+#include "ps_auth.h"
+
 #include <errno.h>
 #include <pthread.h>
 #include <stdlib.h>
@@ -59,7 +61,8 @@ int psw_coord_new(psw_coord **out, const psw_coord_conf *conf, ps_errbuf *eb) {
   if (!c->model || !c->device || !c->rpc) err = ps_errf(eb, PS_ENOMEM, "out of memory");
   const ps_shard_conf *co = ps_config_coordinator(conf->cfg);
   for (size_t i = 0; err == 0 && i < conf->cfg->nshards; i++) {
-    err = ps_rpc_open(&c->rpc[i], conf->cfg->shards[i].grpc_addr, eb);
+    err = ps_rpc_open_cfg(&c->rpc[i], conf->cfg->shards[i].grpc_addr, conf->cfg, PS_ROLE_WORKER,
+                          eb);
     if (&conf->cfg->shards[i] == co) c->coord = i;
   }
   if (err < 0) {

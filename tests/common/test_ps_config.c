@@ -50,7 +50,19 @@ static const char good_yaml[] =
     "  test_labels: d.gz\n"
     "  scale: 0.5\n"
     "  partitions: 8\n"
-    "  limit: 1000\n";
+    "  limit: 1000\n"
+    "security:\n"
+    "  mode: tls\n"
+    "  tls:\n"
+    "    ca: certs/ca.pem\n"
+    "    cert: certs/shard.pem\n"
+    "    key: certs/shard.key\n"
+    "    worker_cert: certs/worker.pem\n"
+    "    worker_key: certs/worker.key\n"
+    "    operator_cert: certs/operator.pem\n"
+    "    operator_key: certs/operator.key\n"
+    "  require_client_cert: false\n"
+    "  secret_file: certs/cluster.secret\n";
 
 /* write_yaml writes TEXT to a fresh file and returns its path (static). */
 static const char *write_yaml(const char *text) {
@@ -105,6 +117,16 @@ START_TEST(test_config_good_file) {
   ck_assert(c.data.scale == 0.5);
   ck_assert_uint_eq(c.data.partitions, 8);
   ck_assert_uint_eq(c.data.limit, 1000);
+  ck_assert_int_eq(c.security.mode, PS_SEC_TLS);
+  ck_assert_str_eq(c.security.tls.ca, "certs/ca.pem");
+  ck_assert_str_eq(c.security.tls.cert, "certs/shard.pem");
+  ck_assert_str_eq(c.security.tls.key, "certs/shard.key");
+  ck_assert_str_eq(c.security.tls.worker_cert, "certs/worker.pem");
+  ck_assert_str_eq(c.security.tls.worker_key, "certs/worker.key");
+  ck_assert_str_eq(c.security.tls.operator_cert, "certs/operator.pem");
+  ck_assert_str_eq(c.security.tls.operator_key, "certs/operator.key");
+  ck_assert_int_eq(c.security.require_client_cert, 0);
+  ck_assert_str_eq(c.security.secret_file, "certs/cluster.secret");
   ck_assert_ptr_eq(ps_config_shard(&c, 8), &c.shards[1]);
   ck_assert_ptr_null(ps_config_shard(&c, 4));
   uint32_t ids[2];
@@ -120,8 +142,8 @@ END_TEST
 START_TEST(test_config_defaults) {
   ps_config c;
   ps_errbuf eb = {""};
-  const char *path = write_yaml("cluster: t\nshards:\n  - id: 0\n    grpc: h:1\n"
-                                "    channel: h:2\n    data_dir: /d\n");
+  const char *path = write_yaml("cluster: t\nsecurity: {mode: none}\nshards:\n  - id: 0\n"
+                                "    grpc: h:1\n    channel: h:2\n    data_dir: /d\n");
   ck_assert_msg(ps_config_load(&c, path, &eb) == 0, "%s", eb.msg);
   ck_assert_uint_eq(c.chunk_elems, 65536);
   ck_assert_int_eq(c.durability, PS_DUR_PERIODIC);
@@ -151,6 +173,10 @@ START_TEST(test_config_defaults) {
   ck_assert(c.data.scale == 1.0 / 255);
   ck_assert_uint_eq(c.data.partitions, 16);
   ck_assert_uint_eq(c.data.limit, 0);
+  ck_assert_int_eq(c.security.mode, PS_SEC_NONE);
+  ck_assert_int_eq(c.security.require_client_cert, 1);
+  ck_assert_ptr_null(c.security.tls.ca);
+  ck_assert_ptr_null(c.security.secret_file);
   ps_config_release(&c);
 }
 END_TEST
@@ -178,6 +204,11 @@ END_TEST
 
 /* A shards list with one good entry, for the cases below. */
 #define SHARD0 "shards:\n  - id: 0\n    grpc: h:1\n    channel: h:2\n    data_dir: /d\n"
+/* A security section that loads (plaintext), for cases past the required keys. */
+#define SEC0 "security: {mode: none}\n"
+/* The start of a tls security section (lines 7..10 after "cluster" and
+ * SHARD0; the tls mapping starts at 10:5). */
+#define TLS0 "security:\n  mode: tls\n  tls:\n    ca: a.pem\n"
 
 static const struct bad_case {
   const char *yaml;
@@ -244,7 +275,7 @@ static const struct bad_case {
     {"- a\n- b\n", PS_ECONFIG, "1:1: expected a mapping at the top level"},
     {"# nothing\n", PS_ECONFIG,
      "1:1: empty configuration (expected a mapping with 'cluster' and 'shards')"},
-    {"cluster: a\n" SHARD0 "---\ncluster: b\n", PS_ECONFIG, "8:1: more than one yaml document"},
+    {"cluster: a\n" SHARD0 SEC0 "---\ncluster: b\n", PS_ECONFIG, "9:1: more than one yaml document"},
     {"cluster: a b\n" SHARD0, PS_ECONFIG,
      "1:10: bad name 'a b' for 'cluster' (1-63 letters, digits, '.', '_', '-')"},
     {"cluster: a\ndata:\n  format: csv\n  train_labels: x\n" SHARD0, PS_ECONFIG,
@@ -253,12 +284,33 @@ static const struct bad_case {
      "3:3: 'train_images' and 'train_labels' go together in 'data'"},
     {"cluster: a\nlimits:\n  max_connections: 0\n" SHARD0, PS_ECONFIG,
      "3:20: 'max_connections' is 0, outside 1..1000000"},
-    {"cluster: a\nlimits:\n  idle_timeout_ms: 30000\n" SHARD0, PS_ECONFIG,
+    {"cluster: a\nlimits:\n  idle_timeout_ms: 30000\n" SHARD0 SEC0, PS_ECONFIG,
      "3:20: 'idle_timeout_ms' (30000) must exceed training's 'pull_timeout_ms' (30000)"},
-    {"cluster: a\ntraining:\n  pull_timeout_ms: 200000\n" SHARD0, PS_ECONFIG,
+    {"cluster: a\ntraining:\n  pull_timeout_ms: 200000\n" SHARD0 SEC0, PS_ECONFIG,
      "1:1: 'idle_timeout_ms' (120000) must exceed training's 'pull_timeout_ms' (200000)"},
     {"cluster: a\nlimits:\n  max_shard_bytes: 1125899906842625\n" SHARD0, PS_ECONFIG,
      "3:20: 'max_shard_bytes' is 1125899906842625, outside 0..1125899906842624"},
+    {"cluster: a\n" SHARD0, PS_ECONFIG, "1:1: missing required key 'security' at the top level"},
+    {"cluster: a\n" SHARD0 "security: {}\n", PS_ECONFIG,
+     "7:11: missing required key 'mode' in 'security'"},
+    {"cluster: a\n" SHARD0 "security: {mode: plain}\n", PS_ECONFIG,
+     "7:18: unknown value 'plain' for 'mode' (expected none or tls)"},
+    {"cluster: a\n" SHARD0 "security: {mode: tls}\n", PS_ECONFIG,
+     "7:18: 'mode' is tls but 'security.tls' (ca, cert, key) is missing"},
+    {"cluster: a\n" SHARD0 "security: {mode: none, tls: {ca: a, cert: b, key: c}}\n", PS_ECONFIG,
+     "7:29: 'tls' is set but 'mode' is none (plaintext)"},
+    {"cluster: a\n" SHARD0 TLS0 "    cert: b.pem\n", PS_ECONFIG,
+     "10:5: missing required key 'key' in 'security.tls'"},
+    {"cluster: a\n" SHARD0 TLS0 "    cert: b.pem\n    key: b.key\n    worker_key: w.key\n",
+     PS_ECONFIG, "13:17: 'worker_cert' and 'worker_key' go together in 'security.tls'"},
+    {"cluster: a\n" SHARD0 TLS0 "    cert: b.pem\n    key: b.key\n    operator_cert: o.pem\n",
+     PS_ECONFIG, "13:20: 'operator_cert' and 'operator_key' go together in 'security.tls'"},
+    {"cluster: a\n" SHARD0 TLS0 "    pem: b.pem\n", PS_ECONFIG,
+     "11:5: unknown key 'pem' in 'security.tls'"},
+    {"cluster: a\n" SHARD0 "security: {mode: none, require_client_cert: maybe}\n", PS_ECONFIG,
+     "7:45: unknown value 'maybe' for 'require_client_cert' (expected false or true)"},
+    {"cluster: a\n" SHARD0 "security: {mode: none, secret_file: ''}\n", PS_ECONFIG,
+     "7:37: empty string for 'secret_file'"},
     {"cluster: a\nx: [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]\n",
      PS_ECONFIG, "2:35: nested deeper than 32 levels"},
 };

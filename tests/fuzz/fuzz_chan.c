@@ -18,6 +18,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
 static const char fuzz_chan_yaml[] =
     "cluster: fuzz\n"
+    "security: {mode: none}\n"
     "shards:\n"
     "  - id: 0\n"
     "    grpc: 127.0.0.1:7000\n"

@@ -73,6 +73,7 @@ static void fuzz_shard_open(void) {
            "chunk_elems: 16\n"
            "limits:\n  max_request_bytes: 1048576\n"
            "workers:\n  count: 2\n"
+           "security: {mode: none}\n"
            "shards:\n"
            "  - id: 0\n"
            "    grpc: 127.0.0.1:7000\n"

@@ -676,7 +676,7 @@ END_TEST
 /* psd_chan_hello_check alone: what a first frame must be, and which
  * refusals the peer hears about. */
 START_TEST(test_hello_check) {
-  static const char yaml[] = "cluster: c1\nshards:\n  - {id: 0, grpc: 127.0.0.1:1,"
+  static const char yaml[] = "cluster: c1\nsecurity: {mode: none}\nshards:\n  - {id: 0, grpc: 127.0.0.1:1,"
                              " channel: 127.0.0.1:2, data_dir: /nonexistent}\n";
   ps_config cfg;
   ps_errbuf eb;

@@ -1,0 +1,211 @@
+/* ps_auth: roles, the secret file and the channel hello's proofs (see
+ * ps_auth.h).  Secrets never reach an error message or a log line. */
+#include "ps_auth.h"
+
+#include <errno.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <openssl/hmac.h>
+#include <openssl/rand.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static const char *const ps_role_names[PS_ROLE_COUNT] = {"none", "worker", "aggregator",
+                                                         "operator"};
+
+const char *ps_role_name(int role) {
+  return role >= 0 && role < PS_ROLE_COUNT ? ps_role_names[role] : "none";
+}
+
+int ps_role_parse(const char *s, size_t len) {
+  for (int r = PS_ROLE_WORKER; r < PS_ROLE_COUNT; r++)
+    if (strlen(ps_role_names[r]) == len && !memcmp(ps_role_names[r], s, len)) return r;
+  return -1;
+}
+
+/* ps_role_from_subject: the first OU=ROLE attribute of SUBJECT, split at
+ * commas (gRPC writes the subject RFC 2253 style; an escaped comma inside
+ * a value cannot form "OU=worker" on its own). */
+int ps_role_from_subject(const char *subject) {
+  if (!subject) return PS_ROLE_NONE;
+  const char *p = subject;
+  while (*p) {
+    while (*p == ' ' || *p == ',' || *p == '/') p++;
+    size_t n = strcspn(p, ",/");
+    if (n > 3 && !strncmp(p, "OU=", 3)) {
+      int r = ps_role_parse(p + 3, n - 3);
+      if (r > 0) return r;
+    }
+    p += n;
+  }
+  return PS_ROLE_NONE;
+}
+
+int ps_auth_private_file(const char *path, ps_errbuf *eb) {
+  struct stat st;
+  if (stat(path, &st) < 0)
+    return ps_errf(eb, errno == ENOENT ? PS_ECONFIG : PS_EIO, "'%s': cannot open: %s", path,
+                   strerror(errno));
+  if (!S_ISREG(st.st_mode)) return ps_errf(eb, PS_ECONFIG, "'%s': not a regular file", path);
+  if (st.st_mode & (S_IRWXG | S_IRWXO))
+    return ps_errf(eb, PS_ECONFIG,
+                   "'%s' is readable or writable by others (mode %03o): it holds a secret; "
+                   "chmod 600 it", path, (unsigned)(st.st_mode & 0777));
+  return 0;
+}
+
+/* auth_hex returns the value of hex digit C, or -1. */
+static int auth_hex(int c) {
+  if (c >= '0' && c <= '9') return c - '0';
+  if (c >= 'a' && c <= 'f') return c - 'a' + 10;
+  if (c >= 'A' && c <= 'F') return c - 'A' + 10;
+  return -1;
+}
+
+/* auth_parse_line parses one non-comment line into K; returns NULL or a
+ * static message about what is wrong (never the secret). */
+static const char *auth_parse_line(char *line, ps_auth_key *k) {
+  char *save = NULL, *id = strtok_r(line, " \t", &save), *role = strtok_r(NULL, " \t", &save);
+  char *hex = strtok_r(NULL, " \t", &save);
+  if (!id || !role || !hex) return "expected 'KEY_ID ROLE HEX_SECRET'";
+  if (strtok_r(NULL, " \t", &save)) return "more than three fields";
+  size_t il = strlen(id);
+  if (il > PS_AUTH_ID_MAX || strspn(id, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                        "0123456789._-") != il)
+    return "bad key id (1-32 letters, digits, '.', '_', '-')";
+  k->role = ps_role_parse(role, strlen(role));
+  if (k->role < 0) return "unknown role (expected worker, aggregator or operator)";
+  size_t hl = strlen(hex);
+  if (hl % 2 || hl / 2 < PS_AUTH_SECRET_MIN || hl / 2 > PS_AUTH_SECRET_MAX)
+    return "the secret must be 32..128 bytes written as 64..256 hex digits";
+  for (size_t i = 0; i < hl / 2; i++) {
+    int hi = auth_hex(hex[2 * i]), lo = auth_hex(hex[2 * i + 1]);
+    if (hi < 0 || lo < 0) return "the secret is not hex";
+    k->secret[i] = (uint8_t)(hi << 4 | lo);
+  }
+  k->len = hl / 2;
+  memcpy(k->id, id, il + 1);
+  OPENSSL_cleanse(hex, hl);
+  return NULL;
+}
+
+/* auth_add appends K to KS (ids unique); NULL or a message. */
+static const char *auth_add(ps_auth_keys *ks, const ps_auth_key *k) {
+  if (ps_auth_find(ks, k->id)) return "duplicate key id";
+  ps_auth_key *n = malloc((ks->n + 1) * sizeof *n);
+  if (!n) return "out of memory";
+  if (ks->n) memcpy(n, ks->keys, ks->n * sizeof *n);
+  n[ks->n] = *k;
+  if (ks->keys) OPENSSL_cleanse(ks->keys, ks->n * sizeof *ks->keys);
+  free(ks->keys);
+  ks->keys = n;
+  ks->n++;
+  return NULL;
+}
+
+int ps_auth_load(ps_auth_keys *ks, const char *path, ps_errbuf *eb) {
+  memset(ks, 0, sizeof *ks);
+  int rc = ps_auth_private_file(path, eb);
+  if (rc < 0) return rc;
+  FILE *f = fopen(path, "r");
+  if (!f) return ps_errf(eb, PS_EIO, "'%s': cannot open: %s", path, strerror(errno));
+  char line[1024];
+  size_t lineno = 0;
+  while (rc == 0 && fgets(line, sizeof line, f)) {
+    lineno++;
+    size_t len = strlen(line);
+    if (len == sizeof line - 1 && line[len - 1] != '\n') {
+      rc = ps_errf(eb, PS_ECONFIG, "%s:%zu: line too long", path, lineno);
+      break;
+    }
+    line[strcspn(line, "#\r\n")] = '\0';
+    if (line[strspn(line, " \t")] == '\0') continue;
+    ps_auth_key k;
+    memset(&k, 0, sizeof k);
+    const char *why = auth_parse_line(line, &k);
+    if (!why) why = auth_add(ks, &k);
+    OPENSSL_cleanse(&k, sizeof k);
+    if (why) rc = ps_errf(eb, PS_ECONFIG, "%s:%zu: %s", path, lineno, why);
+  }
+  OPENSSL_cleanse(line, sizeof line);
+  fclose(f);
+  if (rc == 0 && ks->n == 0) rc = ps_errf(eb, PS_ECONFIG, "%s: no key in the secret file", path);
+  if (rc < 0) ps_auth_release(ks);
+  return rc;
+}
+
+void ps_auth_release(ps_auth_keys *ks) {
+  if (!ks) return;
+  if (ks->keys) OPENSSL_cleanse(ks->keys, ks->n * sizeof *ks->keys);
+  free(ks->keys);
+  ks->keys = NULL;
+  ks->n = 0;
+}
+
+const ps_auth_key *ps_auth_find(const ps_auth_keys *ks, const char *id) {
+  for (size_t i = 0; id && i < ks->n; i++)
+    if (!strcmp(ks->keys[i].id, id)) return &ks->keys[i];
+  return NULL;
+}
+
+const ps_auth_key *ps_auth_pick(const ps_auth_keys *ks, int role) {
+  for (size_t i = ks->n; i-- > 0;)
+    if (ks->keys[i].role == role) return &ks->keys[i];
+  return NULL;
+}
+
+int ps_auth_client_key(const char *secret_file, int role, ps_auth_keys *ks,
+                       const ps_auth_key **key, ps_errbuf *eb) {
+  memset(ks, 0, sizeof *ks);
+  *key = NULL;
+  if (!secret_file) return 0;
+  int rc = ps_auth_load(ks, secret_file, eb);
+  if (rc < 0) return rc;
+  if (!(*key = ps_auth_pick(ks, role))) {
+    ps_auth_release(ks);
+    return ps_errf(eb, PS_ECONFIG, "'%s' has no key of role '%s'", secret_file,
+                   ps_role_name(role));
+  }
+  return 0;
+}
+
+int ps_auth_nonce(uint8_t out[PS_AUTH_NONCE], ps_errbuf *eb) {
+  if (RAND_bytes(out, PS_AUTH_NONCE) != 1)
+    return ps_errf(eb, PS_EINTERNAL, "no random bytes for a nonce");
+  return 0;
+}
+
+void ps_auth_proof(const ps_auth_key *k, int server, const char *cluster,
+                   const uint8_t nc[PS_AUTH_NONCE], const uint8_t ns[PS_AUTH_NONCE],
+                   uint8_t out[PS_AUTH_MAC]) {
+  /* label \0 cluster \0 id \0 Nc Ns: the NULs keep the fields apart. */
+  uint8_t msg[32 + 64 + PS_AUTH_ID_MAX + 3 + 2 * PS_AUTH_NONCE];
+  size_t n = 0;
+  const char *label = server ? "psd-chan-v1 server" : "psd-chan-v1 client";
+  size_t cl = cluster ? strnlen(cluster, 63) : 0;
+  memcpy(msg + n, label, strlen(label) + 1);
+  n += strlen(label) + 1;
+  if (cl) memcpy(msg + n, cluster, cl);
+  n += cl;
+  msg[n++] = 0;
+  memcpy(msg + n, k->id, strlen(k->id) + 1);
+  n += strlen(k->id) + 1;
+  memcpy(msg + n, nc, PS_AUTH_NONCE);
+  n += PS_AUTH_NONCE;
+  memcpy(msg + n, ns, PS_AUTH_NONCE);
+  n += PS_AUTH_NONCE;
+  unsigned int len = PS_AUTH_MAC;
+  HMAC(EVP_sha256(), k->secret, (int)k->len, msg, n, out, &len);
+}
+
+int ps_auth_check(const ps_auth_key *k, int server, const char *cluster,
+                  const uint8_t nc[PS_AUTH_NONCE], const uint8_t ns[PS_AUTH_NONCE],
+                  const uint8_t *got, size_t got_len) {
+  uint8_t want[PS_AUTH_MAC];
+  ps_auth_proof(k, server, cluster, nc, ns, want);
+  int ok = got_len == PS_AUTH_MAC && CRYPTO_memcmp(want, got, PS_AUTH_MAC) == 0;
+  OPENSSL_cleanse(want, sizeof want);
+  return ok;
+}

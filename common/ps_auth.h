@@ -1,0 +1,111 @@
+/* ps_auth: identities and the tensor channel's authentication.
+ *
+ * Roles (README "security"): a worker may push, pull, register, heartbeat
+ * and read (GetModel, Export, Status); an aggregator may also forward
+ * sums; an operator may do everything, and only an operator may submit or
+ * replace a model.  On the control plane the role is the OU of the client
+ * certificate's subject (gRPC auth context, psd_grpc); on the channel it
+ * is the role of the key the peer proved it holds.
+ *
+ * The secret file holds the cluster's channel keys, one per line:
+ *     KEY_ID ROLE HEX_SECRET       # comment
+ * KEY_ID: 1-32 letters, digits, '.', '_', '-'; ROLE: worker | aggregator
+ * | operator; the secret is 32..128 bytes written as hex.  A shard accepts
+ * every key of its file (so a key can be rotated without stopping the
+ * cluster: add the new key to the shards, move the clients, remove the
+ * old); a client proves the last key of its own role.  The file must be
+ * a regular file readable by its owner only.
+ *
+ * The hello (ps_chan.h): client nonce Nc -> server nonce Ns and the
+ * server's proof -> client's proof -> ok.  Both proofs are
+ * HMAC-SHA256(secret, label | cluster | key id | Nc | Ns) with a label per
+ * side, so neither can be replayed on another connection (fresh nonces)
+ * or reflected to the other side; proofs are compared in constant time
+ * (CRYPTO_memcmp).  Thread-safe; a loaded key set is read-only. */
+#ifndef PS_AUTH_H
+#define PS_AUTH_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ps_error.h"
+
+enum ps_role { PS_ROLE_NONE = 0, PS_ROLE_WORKER, PS_ROLE_AGGREGATOR, PS_ROLE_OPERATOR,
+               PS_ROLE_COUNT };
+#define PS_ROLE_BIT(r) (1u << (r))
+/* Sets of roles allowed to do something. */
+#define PS_ROLES_ANY (PS_ROLE_BIT(PS_ROLE_NONE) | PS_ROLES_CLIENT)
+#define PS_ROLES_CLIENT \
+  (PS_ROLE_BIT(PS_ROLE_WORKER) | PS_ROLE_BIT(PS_ROLE_AGGREGATOR) | PS_ROLE_BIT(PS_ROLE_OPERATOR))
+#define PS_ROLES_OPERATOR PS_ROLE_BIT(PS_ROLE_OPERATOR)
+
+/* ps_role_name returns "worker", ... ("none" for PS_ROLE_NONE); static. */
+const char *ps_role_name(int role);
+
+/* ps_role_parse returns the role named by the LEN bytes at S, or -1. */
+int ps_role_parse(const char *s, size_t len);
+
+/* ps_role_from_subject returns the role in the OU of an RFC 2253 subject
+ * ("CN=w1,OU=worker,O=psd"), or PS_ROLE_NONE. */
+int ps_role_from_subject(const char *subject);
+
+/* ps_auth_private_file checks that PATH is a regular file that neither
+ * its group nor others may read or write; 0, or PS_ECONFIG / PS_EIO with
+ * the path in EB. */
+int ps_auth_private_file(const char *path, ps_errbuf *eb);
+
+#define PS_AUTH_ID_MAX 32
+#define PS_AUTH_SECRET_MIN 32
+#define PS_AUTH_SECRET_MAX 128
+#define PS_AUTH_NONCE 32
+#define PS_AUTH_MAC 32
+
+typedef struct ps_auth_key {
+  char id[PS_AUTH_ID_MAX + 1];
+  int role;
+  size_t len;
+  uint8_t secret[PS_AUTH_SECRET_MAX];
+} ps_auth_key;
+
+typedef struct ps_auth_keys {
+  ps_auth_key *keys;
+  size_t n;
+} ps_auth_keys;
+
+/* ps_auth_load reads the secret file PATH into *K (zeroed first; released
+ * with ps_auth_release).  PS_ECONFIG with "PATH:LINE: message" for a bad
+ * line (never quoting a secret), a file others may read, or no key. */
+int ps_auth_load(ps_auth_keys *k, const char *path, ps_errbuf *eb);
+
+/* ps_auth_release wipes and frees K's keys; idempotent. */
+void ps_auth_release(ps_auth_keys *k);
+
+/* ps_auth_find returns the key with id ID, or NULL (borrowed from K). */
+const ps_auth_key *ps_auth_find(const ps_auth_keys *k, const char *id);
+
+/* ps_auth_pick returns the last key of ROLE in K, or NULL. */
+const ps_auth_key *ps_auth_pick(const ps_auth_keys *k, int role);
+
+/* ps_auth_client_key loads SECRET_FILE (NULL: no channel auth; *KEY =
+ * NULL, 0) into *KS and points *KEY at the key a client of ROLE proves
+ * (ps_auth_pick); PS_ECONFIG when the file has none of that role.  The
+ * caller releases *KS with ps_auth_release. */
+int ps_auth_client_key(const char *secret_file, int role, ps_auth_keys *ks,
+                       const ps_auth_key **key, ps_errbuf *eb);
+
+/* ps_auth_nonce fills OUT with random bytes (RAND_bytes); 0 or PS_EINTERNAL. */
+int ps_auth_nonce(uint8_t out[PS_AUTH_NONCE], ps_errbuf *eb);
+
+/* ps_auth_proof computes a side's proof (SERVER: 1 for the shard's, 0 for
+ * the client's) over CLUSTER, K's id and the two nonces into OUT. */
+void ps_auth_proof(const ps_auth_key *k, int server, const char *cluster,
+                   const uint8_t nc[PS_AUTH_NONCE], const uint8_t ns[PS_AUTH_NONCE],
+                   uint8_t out[PS_AUTH_MAC]);
+
+/* ps_auth_check recomputes the proof and compares it with GOT (GOT_LEN
+ * bytes) in constant time; 1 when it matches, else 0. */
+int ps_auth_check(const ps_auth_key *k, int server, const char *cluster,
+                  const uint8_t nc[PS_AUTH_NONCE], const uint8_t ns[PS_AUTH_NONCE],
+                  const uint8_t *got, size_t got_len);
+
+#endif

@@ -1,0 +1,37 @@
+/* ps_tls: gRPC credentials from the cluster file's 'security' section.
+ *
+ * mode none: insecure credentials (plaintext).  mode tls: gRPC core's SSL
+ * credentials: the shard presents tls.cert (with IP SANs: clients check
+ * the address they dial against them) and verifies client certificates
+ * against tls.ca, requiring one when security.require_client_cert; a
+ * client verifies the shard against tls.ca and presents its role's pair
+ * (psw: worker_cert, psctl: operator_cert).  Private keys must be readable
+ * by their owner only (ps_auth_private_file).  Thread-safe. */
+#ifndef PS_TLS_H
+#define PS_TLS_H
+
+#include <grpc/grpc_security.h>
+
+#include "ps_config.h"
+#include "ps_error.h"
+
+/* ps_tls_read reads PATH whole into a NUL-terminated buffer (caller frees
+ * with ps_tls_free_secret when PRIVATE, else free); a PRIVATE file is
+ * first checked with ps_auth_private_file.  0, PS_ECONFIG or PS_EIO. */
+int ps_tls_read(const char *path, int private_, char **out, ps_errbuf *eb);
+
+/* ps_tls_free_secret wipes and frees a buffer of ps_tls_read. */
+void ps_tls_free_secret(char *p);
+
+/* ps_tls_server_creds makes the shard's server credentials in *OUT
+ * (caller releases with grpc_server_credentials_release). */
+int ps_tls_server_creds(const ps_config *cfg, grpc_server_credentials **out, ps_errbuf *eb);
+
+/* ps_tls_channel_creds makes a client's credentials for ROLE (ps_auth.h:
+ * PS_ROLE_WORKER uses the worker pair, PS_ROLE_OPERATOR the operator pair,
+ * PS_ROLE_NONE presents no certificate) in *OUT (caller releases with
+ * grpc_channel_credentials_release).  CFG NULL: insecure. */
+int ps_tls_channel_creds(const ps_config *cfg, int role, grpc_channel_credentials **out,
+                         ps_errbuf *eb);
+
+#endif

@@ -1,0 +1,566 @@
+/* Tests for issue 17's security: one psd with mutual TLS (certificates from
+ * scripts/mkcerts) and an authenticated tensor channel.  Each refusal is
+ * checked to leave the shard's state unchanged and to show in its
+ * counters (auth_refused, chan_auth_refused). */
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "ps.pb-c.h"
+#include "ps_auth.h"
+#include "ps_chan.h"
+#include "ps_config.h"
+#include "ps_rpc.h"
+#include "ps_test.h"
+
+#define SEC_ELEMS 1000 /* model "m": one tensor of 1000 floats, chunks of 256 */
+#define SEC_CHUNKS 4
+
+static pid_t sec_pid;
+static int sec_gp, sec_cp, sec_up_ok;
+static char sec_dir[512], sec_yaml[700], sec_grpc[64], sec_chan[64];
+static ps_config sec_cfg;
+
+/* sec_mkcerts runs scripts/mkcerts for a cluster on 127.0.0.1 into
+ * DIR/NAME; its 'security' section goes to DIR/NAME.yaml.  0 or -1. */
+static int sec_mkcerts(const char *dir, const char *name) {
+  char pre[700], cmd[2400];
+  snprintf(pre, sizeof pre, "%s/%s-pre.yaml", dir, name);
+  FILE *f = fopen(pre, "w");
+  if (!f) return -1;
+  fprintf(f, "cluster: test\nshards:\n  - {id: 0, grpc: 127.0.0.1:1, channel: 127.0.0.1:2, "
+             "data_dir: /x}\n");
+  fclose(f);
+  snprintf(cmd, sizeof cmd, "scripts/mkcerts --config '%s' --out '%s/%s' > '%s/%s.yaml'", pre,
+           dir, name, dir, name);
+  return system(cmd) == 0 ? 0 : -1;
+}
+
+/* Starts the secured psd once for the suite (unchecked fixture). */
+static void sec_up(void) {
+  snprintf(sec_dir, sizeof sec_dir, "%s", ps_test_tmpdir());
+  if (sec_mkcerts(sec_dir, "tls") < 0 || sec_mkcerts(sec_dir, "other") < 0) {
+    fprintf(stderr, "security: scripts/mkcerts failed\n");
+    return;
+  }
+  char path[700], log[700];
+  snprintf(path, sizeof path, "%s/tls.yaml", sec_dir);
+  FILE *f = fopen(path, "r");
+  static char sec[4096];
+  size_t n = f ? fread(sec, 1, sizeof sec - 1, f) : 0;
+  if (f) fclose(f);
+  sec[n] = '\0';
+  const char *saved = ps_test_security_yaml;
+  ps_test_security_yaml = sec;
+  int cp;
+  snprintf(sec_yaml, sizeof sec_yaml, "%s",
+           ps_test_cluster_yaml(sec_dir, 1, "workers:\n  count: 2\n", &sec_gp, &cp));
+  ps_test_security_yaml = saved;
+  sec_cp = cp;
+  ps_errbuf eb;
+  if (ps_config_load(&sec_cfg, sec_yaml, &eb) < 0) {
+    fprintf(stderr, "security: %s\n", eb.msg);
+    return;
+  }
+  snprintf(sec_grpc, sizeof sec_grpc, "127.0.0.1:%d", sec_gp);
+  snprintf(sec_chan, sizeof sec_chan, "127.0.0.1:%d", sec_cp);
+  snprintf(log, sizeof log, "%s/psd.log", sec_dir);
+  sec_pid = ps_test_psd(sec_yaml, 0, log, NULL);
+  sec_up_ok = ps_test_wait_port(sec_cp, 15000) == 0 && ps_test_wait_port(sec_gp, 5000) == 0;
+  if (!sec_up_ok) fprintf(stderr, "security: psd did not start; see %s\n", log);
+}
+
+static void sec_down(void) {
+  if (sec_pid > 0) ps_test_stop(sec_pid, SIGTERM, 10000);
+  sec_pid = 0;
+  ps_config_release(&sec_cfg);
+}
+
+/* sec_rpc opens a control-plane channel as ROLE (its certificate). */
+static ps_rpc *sec_rpc(const ps_config *cfg, int role) {
+  ck_assert_msg(sec_up_ok, "psd is not running");
+  ps_rpc *r;
+  ps_errbuf eb;
+  int rc = ps_rpc_open_cfg(&r, sec_grpc, cfg, role, &eb);
+  ck_assert_msg(rc == 0, "%s", eb.msg);
+  return r;
+}
+
+/* sec_status: the shard's status, asked as the operator. */
+static Ps__StatusReply *sec_status(void) {
+  ps_rpc *r = sec_rpc(&sec_cfg, PS_ROLE_OPERATOR);
+  Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
+  Ps__StatusReply *rep;
+  ps_errbuf eb;
+  int rc = ps_rpc_call(r, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,
+                       (ProtobufCMessage **)&rep, 5000, &eb);
+  ps_rpc_close(r);
+  ck_assert_msg(rc == 0, "status: %s", eb.msg);
+  return rep;
+}
+
+/* sec_spec fills SPEC for model NAME: one tensor of N floats. */
+static void sec_spec(Ps__ModelSpec *spec, Ps__TensorSpec *t, Ps__TensorSpec **tp,
+                     Ps__OptimizerSpec *opt, uint32_t *shape, const char *name, uint32_t n) {
+  ps__tensor_spec__init(t);
+  *shape = n;
+  t->name = "w";
+  t->n_shape = 1;
+  t->shape = shape;
+  t->init = "ones";
+  ps__optimizer_spec__init(opt);
+  opt->kind = "sgd";
+  opt->lr = 1;
+  ps__model_spec__init(spec);
+  spec->name = (char *)name;
+  spec->seed = 1;
+  tp[0] = t;
+  spec->n_tensors = 1;
+  spec->tensors = tp;
+  spec->optimizer = opt;
+  spec->chunk_elems = 256;
+}
+
+/* sec_submit submits model NAME of N floats as ROLE; the call's result. */
+static int sec_submit(int role, const char *name, uint32_t n, int replace, ps_errbuf *eb) {
+  Ps__ModelSpec spec;
+  Ps__TensorSpec t, *tp[1];
+  Ps__OptimizerSpec opt;
+  uint32_t shape;
+  sec_spec(&spec, &t, tp, &opt, &shape, name, n);
+  Ps__SubmitModelRequest req = PS__SUBMIT_MODEL_REQUEST__INIT;
+  req.model = &spec;
+  req.replace = replace;
+  ps_rpc *r = sec_rpc(&sec_cfg, role);
+  Ps__SubmitModelReply *rep = NULL;
+  int rc = ps_rpc_call(r, "/ps.Ps/SubmitModel", &req.base, &ps__submit_model_reply__descriptor,
+                       (ProtobufCMessage **)&rep, 10000, eb);
+  if (rep) ps__submit_model_reply__free_unpacked(rep, NULL);
+  ps_rpc_close(r);
+  return rc;
+}
+
+/* sec_model_params: how many parameters model NAME has on the shard. */
+static uint64_t sec_model_params(const char *name) {
+  Ps__StatusReply *st = sec_status();
+  uint64_t n = 0;
+  for (size_t i = 0; i < st->n_models; i++)
+    if (!strcmp(st->models[i]->name, name)) n = st->models[i]->params;
+  ps__status_reply__free_unpacked(st, NULL);
+  return n;
+}
+
+/* sec_ensure_model submits model "m" (1000 floats) as the operator. */
+static void sec_ensure_model(void) {
+  ps_errbuf eb;
+  int rc = sec_submit(PS_ROLE_OPERATOR, "m", SEC_ELEMS, 0, &eb);
+  ck_assert_msg(rc == 0, "submit as operator: %s", eb.msg);
+}
+
+/* sec_pull reads model "m" over the channel with KEY; the connect's result. */
+static int sec_pull(const ps_auth_key *key, float *out, ps_errbuf *eb) {
+  static const uint32_t ids[SEC_CHUNKS] = {0, 1, 2, 3};
+  ps_chan_client *c;
+  int rc = ps_chan_connect_auth(&c, sec_chan, "test", key, 5000, eb);
+  if (rc < 0) return rc;
+  uint64_t v;
+  rc = ps_chan_pull(c, "m", ids, SEC_CHUNKS, out, SEC_ELEMS, 0, 0, &v, eb);
+  ps_chan_close(c);
+  return rc;
+}
+
+/* Without credentials: plaintext gRPC, TLS without a client certificate,
+ * a channel hello without a key: all refused, the model unchanged. */
+START_TEST(test_sec_no_credentials) {
+  sec_ensure_model();
+  Ps__StatusReply *st = sec_status();
+  uint64_t chan0 = st->chan_auth_refused;
+  ck_assert_str_eq(st->security, "mtls+chan-hmac");
+  ps__status_reply__free_unpacked(st, NULL);
+  ps_errbuf eb;
+  ps_rpc *r;
+  ck_assert_int_eq(ps_rpc_open(&r, sec_grpc, &eb), 0); /* plaintext */
+  Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
+  ProtobufCMessage *rep = NULL;
+  ck_assert_int_lt(ps_rpc_call(r, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,
+                               &rep, 3000, &eb), 0);
+  ps_rpc_close(r);
+  r = sec_rpc(&sec_cfg, PS_ROLE_NONE); /* TLS, the right CA, no certificate */
+  ck_assert_int_lt(sec_submit(PS_ROLE_NONE, "m", 10, 1, &eb), 0);
+  ck_assert_int_lt(ps_rpc_call(r, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,
+                               &rep, 3000, &eb), 0);
+  ps_rpc_close(r);
+  float out[SEC_ELEMS];
+  ck_assert_int_eq(sec_pull(NULL, out, &eb), PS_EPROTO);
+  ck_assert_msg(strstr(eb.msg, "authentication required"), "%s", eb.msg);
+  ck_assert_uint_eq(sec_model_params("m"), SEC_ELEMS);
+  st = sec_status();
+  ck_assert_uint_eq(st->chan_auth_refused, chan0 + 1);
+  ps__status_reply__free_unpacked(st, NULL);
+}
+END_TEST
+
+/* A certificate of another CA is refused; so is a shard this client's CA
+ * did not sign. */
+START_TEST(test_sec_wrong_certificate) {
+  sec_ensure_model();
+  char path[700];
+  snprintf(path, sizeof path, "%s/other.yaml", sec_dir);
+  char *other_sec = ps_test_read_file(path, NULL);
+  char yaml[8192];
+  snprintf(yaml, sizeof yaml, "cluster: test\n%sshards:\n  - {id: 0, grpc: '%s', channel: '%s',"
+           " data_dir: /x}\n", other_sec, sec_grpc, sec_chan);
+  free(other_sec);
+  ps_config other;
+  ps_errbuf eb;
+  ck_assert_msg(ps_config_load_buf(&other, "other.yaml", yaml, strlen(yaml), &eb) == 0, "%s",
+                eb.msg);
+  ps_rpc *r = sec_rpc(&other, PS_ROLE_OPERATOR); /* other CA: neither side trusts the other */
+  Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
+  ProtobufCMessage *rep = NULL;
+  ck_assert_int_lt(ps_rpc_call(r, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,
+                               &rep, 3000, &eb), 0);
+  ps_rpc_close(r);
+  /* This cluster's CA for the shard, the other CA's operator certificate. */
+  free(other.security.tls.ca);
+  other.security.tls.ca = strdup(sec_cfg.security.tls.ca);
+  r = sec_rpc(&other, PS_ROLE_OPERATOR);
+  ck_assert_int_lt(ps_rpc_call(r, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,
+                               &rep, 3000, &eb), 0);
+  ps_rpc_close(r);
+  /* The other cluster's channel secret: same key ids, other secrets. */
+  ps_auth_keys keys;
+  const ps_auth_key *key;
+  ck_assert_int_eq(ps_auth_client_key(other.security.secret_file, PS_ROLE_WORKER, &keys, &key,
+                                      &eb), 0);
+  Ps__StatusReply *st = sec_status();
+  uint64_t chan0 = st->chan_auth_refused;
+  ps__status_reply__free_unpacked(st, NULL);
+  float out[SEC_ELEMS];
+  /* The shard proves its key first: this client sees the shard's proof fail. */
+  ck_assert_int_eq(sec_pull(key, out, &eb), PS_EPROTO);
+  ck_assert_msg(strstr(eb.msg, "proof of key 'worker-1' is wrong"), "%s", eb.msg);
+  ps_auth_release(&keys);
+  ps_config_release(&other);
+  ck_assert_uint_eq(sec_model_params("m"), SEC_ELEMS);
+  st = sec_status();
+  ck_assert_uint_eq(st->chan_auth_refused, chan0); /* refused by the client, not the shard */
+  ps__status_reply__free_unpacked(st, NULL);
+}
+END_TEST
+
+/* Roles: a worker may read (GetModel, Export, Status) but not submit or
+ * replace; the operator may. */
+START_TEST(test_sec_roles) {
+  sec_ensure_model();
+  Ps__StatusReply *st = sec_status();
+  uint64_t refused0 = st->auth_refused;
+  ps__status_reply__free_unpacked(st, NULL);
+  ps_errbuf eb;
+  ck_assert_int_eq(sec_submit(PS_ROLE_WORKER, "m", 10, 1, &eb), PS_EPERM);
+  ck_assert_msg(strstr(eb.msg, "not allowed for role 'worker'"), "%s", eb.msg);
+  ck_assert_int_eq(sec_submit(PS_ROLE_WORKER, "w2", 10, 0, &eb), PS_EPERM);
+  ck_assert_uint_eq(sec_model_params("m"), SEC_ELEMS);
+  ck_assert_uint_eq(sec_model_params("w2"), 0);
+  ps_rpc *r = sec_rpc(&sec_cfg, PS_ROLE_WORKER);
+  Ps__ExportRequest ex = PS__EXPORT_REQUEST__INIT;
+  ex.model = "m";
+  Ps__ExportReply *exr;
+  ck_assert_int_eq(ps_rpc_call(r, "/ps.Ps/Export", &ex.base, &ps__export_reply__descriptor,
+                               (ProtobufCMessage **)&exr, 5000, &eb), 0);
+  ck_assert_uint_eq(exr->values.len, SEC_ELEMS * sizeof(float));
+  ps__export_reply__free_unpacked(exr, NULL);
+  ps_rpc_close(r);
+  st = sec_status();
+  ck_assert_uint_eq(st->auth_refused, refused0 + 2);
+  ps__status_reply__free_unpacked(st, NULL);
+  ck_assert_int_eq(sec_submit(PS_ROLE_OPERATOR, "w2", 10, 0, &eb), 0);
+  ck_assert_uint_eq(sec_model_params("w2"), 10);
+}
+END_TEST
+
+/* ---- the channel hello, by hand ------------------------------------------- */
+
+static int raw_connect(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)sec_cp),
+                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  ck_assert_int_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+  return fd;
+}
+
+static void raw_send(int fd, const Ps__ChanMeta *m, uint64_t id) {
+  uint8_t buf[4096];
+  size_t n = ps__chan_meta__get_packed_size(m);
+  ck_assert_uint_le(n, sizeof buf - PS_CHAN_HDR_LEN);
+  ps_chan_hdr h = {.magic = PS_CHAN_MAGIC, .version = PS_CHAN_VERSION, .meta_len = (uint32_t)n,
+                   .req_id = id};
+  ps_chan_hdr_encode(buf, &h);
+  ps__chan_meta__pack(m, buf + PS_CHAN_HDR_LEN);
+  ck_assert_int_eq(write(fd, buf, PS_CHAN_HDR_LEN + n), (ssize_t)(PS_CHAN_HDR_LEN + n));
+}
+
+/* raw_read reads N bytes within 5 s; 0, or -1 at EOF. */
+static int raw_read(int fd, uint8_t *p, size_t n) {
+  while (n) {
+    struct pollfd pf = {.fd = fd, .events = POLLIN};
+    ck_assert_int_eq(poll(&pf, 1, 5000), 1);
+    ssize_t r = read(fd, p, n);
+    if (r <= 0) return -1;
+    p += r;
+    n -= (size_t)r;
+  }
+  return 0;
+}
+
+/* raw_recv reads one reply frame's meta (NULL at EOF). */
+static Ps__ChanMeta *raw_recv(int fd) {
+  uint8_t hdr[PS_CHAN_HDR_LEN], meta[4096];
+  ps_chan_hdr h;
+  if (raw_read(fd, hdr, sizeof hdr) < 0) return NULL;
+  ck_assert_int_eq(ps_chan_hdr_decode(&h, hdr, 0), 0);
+  ck_assert_uint_le(h.meta_len, sizeof meta);
+  ck_assert_int_eq(raw_read(fd, meta, h.meta_len), 0);
+  return ps__chan_meta__unpack(NULL, h.meta_len, meta);
+}
+
+/* A recorded hello and proof, replayed on a new connection, meet a fresh
+ * shard nonce and are refused; an unknown key id too. */
+START_TEST(test_sec_replayed_hello) {
+  sec_ensure_model();
+  ps_auth_keys keys;
+  const ps_auth_key *key;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_auth_client_key(sec_cfg.security.secret_file, PS_ROLE_WORKER, &keys, &key,
+                                      &eb), 0);
+  Ps__StatusReply *st = sec_status();
+  uint64_t chan0 = st->chan_auth_refused;
+  ps__status_reply__free_unpacked(st, NULL);
+  uint8_t nc[PS_AUTH_NONCE], proof[PS_AUTH_MAC];
+  memset(nc, 7, sizeof nc);
+  Ps__ChanMeta hello = PS__CHAN_META__INIT, pm = PS__CHAN_META__INIT;
+  hello.op = PS__CHAN_OP__CHAN_HELLO;
+  hello.proto_version = PS_CHAN_VERSION;
+  hello.cluster = "test";
+  hello.key_id = (char *)key->id;
+  hello.nonce.data = nc;
+  hello.nonce.len = sizeof nc;
+  pm.op = PS__CHAN_OP__CHAN_HELLO;
+  pm.auth.data = proof;
+  pm.auth.len = sizeof proof;
+  /* The genuine exchange, recorded. */
+  int fd = raw_connect();
+  raw_send(fd, &hello, 1);
+  Ps__ChanMeta *ch = raw_recv(fd);
+  ck_assert_ptr_nonnull(ch);
+  ck_assert_int_eq(ch->op, PS__CHAN_OP__CHAN_HELLO);
+  ck_assert_uint_eq(ch->nonce.len, PS_AUTH_NONCE);
+  ck_assert(ps_auth_check(key, 1, "test", nc, ch->nonce.data, ch->auth.data, ch->auth.len));
+  ps_auth_proof(key, 0, "test", nc, ch->nonce.data, proof);
+  ps__chan_meta__free_unpacked(ch, NULL);
+  raw_send(fd, &pm, 2);
+  ch = raw_recv(fd);
+  ck_assert_ptr_nonnull(ch);
+  ck_assert_int_eq(ch->op, PS__CHAN_OP__CHAN_HELLO); /* accepted */
+  ps__chan_meta__free_unpacked(ch, NULL);
+  close(fd);
+  /* The replay: same hello, same proof, new connection. */
+  fd = raw_connect();
+  raw_send(fd, &hello, 1);
+  ch = raw_recv(fd);
+  ck_assert_ptr_nonnull(ch);
+  ck_assert_int_eq(ch->op, PS__CHAN_OP__CHAN_HELLO);
+  ps__chan_meta__free_unpacked(ch, NULL);
+  raw_send(fd, &pm, 2);
+  ch = raw_recv(fd);
+  ck_assert_ptr_nonnull(ch);
+  ck_assert_int_eq(ch->op, PS__CHAN_OP__CHAN_ERROR);
+  ck_assert_msg(strstr(ch->message, "wrong proof"), "%s", ch->message);
+  ps__chan_meta__free_unpacked(ch, NULL);
+  ck_assert_ptr_null(raw_recv(fd)); /* closed after the one error frame */
+  close(fd);
+  /* An unknown key id. */
+  fd = raw_connect();
+  hello.key_id = "nobody";
+  raw_send(fd, &hello, 1);
+  ch = raw_recv(fd);
+  ck_assert_ptr_nonnull(ch);
+  ck_assert_int_eq(ch->op, PS__CHAN_OP__CHAN_ERROR);
+  ck_assert_msg(strstr(ch->message, "unknown key id"), "%s", ch->message);
+  ps__chan_meta__free_unpacked(ch, NULL);
+  ck_assert_ptr_null(raw_recv(fd));
+  close(fd);
+  /* The genuine client still gets in, and reads what was submitted. */
+  float out[SEC_ELEMS];
+  ck_assert_msg(sec_pull(key, out, &eb) == 0, "%s", eb.msg);
+  ck_assert(out[0] == 1.0f && out[SEC_ELEMS - 1] == 1.0f);
+  ps_auth_release(&keys);
+  st = sec_status();
+  ck_assert_uint_eq(st->chan_auth_refused, chan0 + 2);
+  ps__status_reply__free_unpacked(st, NULL);
+}
+END_TEST
+
+/* A wrong secret under a known key id: the shard proves its key, the
+ * client's proof is wrong, the shard refuses and counts it. */
+START_TEST(test_sec_wrong_secret) {
+  sec_ensure_model();
+  ps_auth_keys keys;
+  const ps_auth_key *key;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_auth_client_key(sec_cfg.security.secret_file, PS_ROLE_WORKER, &keys, &key,
+                                      &eb), 0);
+  Ps__StatusReply *st = sec_status();
+  uint64_t chan0 = st->chan_auth_refused, pulls0 = st->pulls;
+  ps__status_reply__free_unpacked(st, NULL);
+  /* The client cannot check the shard's proof without the secret either,
+   * so this goes by hand: hello, then a proof made with another secret. */
+  ps_auth_key wrong = *key;
+  wrong.secret[0] ^= 1;
+  uint8_t nc[PS_AUTH_NONCE], proof[PS_AUTH_MAC];
+  memset(nc, 9, sizeof nc);
+  Ps__ChanMeta hello = PS__CHAN_META__INIT, pm = PS__CHAN_META__INIT;
+  hello.op = PS__CHAN_OP__CHAN_HELLO;
+  hello.proto_version = PS_CHAN_VERSION;
+  hello.cluster = "test";
+  hello.key_id = (char *)key->id;
+  hello.nonce.data = nc;
+  hello.nonce.len = sizeof nc;
+  int fd = raw_connect();
+  raw_send(fd, &hello, 1);
+  Ps__ChanMeta *ch = raw_recv(fd);
+  ck_assert_ptr_nonnull(ch);
+  ck_assert(!ps_auth_check(&wrong, 1, "test", nc, ch->nonce.data, ch->auth.data, ch->auth.len));
+  ps_auth_proof(&wrong, 0, "test", nc, ch->nonce.data, proof);
+  ps__chan_meta__free_unpacked(ch, NULL);
+  pm.op = PS__CHAN_OP__CHAN_HELLO;
+  pm.auth.data = proof;
+  pm.auth.len = sizeof proof;
+  raw_send(fd, &pm, 2);
+  ch = raw_recv(fd);
+  ck_assert_ptr_nonnull(ch);
+  ck_assert_int_eq(ch->op, PS__CHAN_OP__CHAN_ERROR);
+  ps__chan_meta__free_unpacked(ch, NULL);
+  ck_assert_ptr_null(raw_recv(fd));
+  close(fd);
+  ps_auth_release(&keys);
+  ck_assert_uint_eq(sec_model_params("m"), SEC_ELEMS);
+  st = sec_status();
+  ck_assert_uint_eq(st->chan_auth_refused, chan0 + 1);
+  ck_assert_uint_eq(st->pulls, pulls0);
+  ps__status_reply__free_unpacked(st, NULL);
+}
+END_TEST
+
+/* A stock gRPC client (Debian python3-grpcio) calls Health/Check over TLS
+ * with the right certificate, and cannot without one or in plaintext. */
+START_TEST(test_sec_python_health) {
+  ck_assert_msg(sec_up_ok, "psd is not running");
+  if (system("/usr/bin/python3 -c 'import grpc' 2>/dev/null") != 0)
+    PS_SKIP("python3-grpcio is not installed (make deps installs it)");
+  const ps_tls_conf *t = &sec_cfg.security.tls;
+  char log[700];
+  snprintf(log, sizeof log, "%s/health.log", sec_dir);
+  char *ok[] = {"/usr/bin/python3", "tests/integration/health_check.py", sec_grpc, "--ca", t->ca,
+                "--cert", t->worker_cert, "--key", t->worker_key, NULL};
+  char *nocert[] = {"/usr/bin/python3", "tests/integration/health_check.py", sec_grpc, "--ca",
+                    t->ca, NULL};
+  char *plain[] = {"/usr/bin/python3", "tests/integration/health_check.py", sec_grpc, NULL};
+  ck_assert_int_eq(ps_test_run(ok, log, 20000), 0);
+  ck_assert_int_eq(ps_test_run(nocert, log, 20000), 1);
+  ck_assert_int_eq(ps_test_run(plain, log, 20000), 1);
+  char *out = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(out, "status 1\n"), "%s", out);
+  free(out);
+}
+END_TEST
+
+/* Secret and key files others may read are refused, with their path. */
+START_TEST(test_sec_file_modes) {
+  const char *dir = ps_test_tmpdir();
+  char path[700];
+  snprintf(path, sizeof path, "%s/s.secret", dir);
+  ps_test_write_file(path, "k1 worker 00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n");
+  ps_auth_keys k;
+  ps_errbuf eb;
+  ck_assert_int_eq(chmod(path, 0644), 0);
+  ck_assert_int_eq(ps_auth_load(&k, path, &eb), PS_ECONFIG);
+  ck_assert_msg(strstr(eb.msg, path) && strstr(eb.msg, "mode 644"), "%s", eb.msg);
+  ck_assert_int_eq(chmod(path, 0640), 0);
+  ck_assert_int_eq(ps_auth_load(&k, path, &eb), PS_ECONFIG);
+  ck_assert_int_eq(chmod(path, 0600), 0);
+  ck_assert_msg(ps_auth_load(&k, path, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(k.n, 1);
+  ck_assert_int_eq(k.keys[0].role, PS_ROLE_WORKER);
+  ps_auth_release(&k);
+  static const struct { const char *text, *msg; } bad[] = {
+      {"k1 worker 0011\n", ":1: the secret must be 32..128 bytes"},
+      {"k1 boss 00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
+       ":1: unknown role"},
+      {"# c\n\nk1 worker 00112233445566778899aabbccddeeff00112233445566778899aabbccddeezz\n",
+       ":3: the secret is not hex"},
+      {"k1 worker 00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n"
+       "k1 operator 00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
+       ":2: duplicate key id"},
+      {"# only a comment\n", ": no key in the secret file"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    ps_test_write_file(path, bad[i].text);
+    ck_assert_int_eq(chmod(path, 0600), 0);
+    ck_assert_int_eq(ps_auth_load(&k, path, &eb), PS_ECONFIG);
+    ck_assert_msg(strstr(eb.msg, bad[i].msg), "case %zu: %s", i, eb.msg);
+    ck_assert_msg(!strstr(eb.msg, "00112233"), "a secret in a message: %s", eb.msg);
+  }
+  /* psd -t refuses a world-readable private key, naming it. */
+  ck_assert_msg(sec_up_ok, "psd is not running");
+  ck_assert_int_eq(chmod(sec_cfg.security.tls.key, 0644), 0);
+  char log[700];
+  snprintf(log, sizeof log, "%s/t.log", dir);
+  char *argv[] = {(char *)ps_test_bin("psd"), "-t", "--config", sec_yaml, NULL};
+  int rc = ps_test_run(argv, log, 20000);
+  ck_assert_int_eq(chmod(sec_cfg.security.tls.key, 0600), 0);
+  ck_assert_int_eq(rc, 2);
+  char *out = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(out, sec_cfg.security.tls.key) && strstr(out, "readable"), "%s", out);
+  free(out);
+  ck_assert_int_eq(ps_test_run(argv, log, 20000), 0);
+}
+END_TEST
+
+/* Roles from certificate subjects, as gRPC writes them. */
+START_TEST(test_sec_role_subject) {
+  ck_assert_int_eq(ps_role_from_subject("CN=t-worker,OU=worker,O=psd"), PS_ROLE_WORKER);
+  ck_assert_int_eq(ps_role_from_subject("O=psd, OU=operator, CN=x"), PS_ROLE_OPERATOR);
+  ck_assert_int_eq(ps_role_from_subject("/O=psd/OU=aggregator/CN=x"), PS_ROLE_AGGREGATOR);
+  ck_assert_int_eq(ps_role_from_subject("CN=OU=operator"), PS_ROLE_NONE);
+  ck_assert_int_eq(ps_role_from_subject("CN=x,OU=shard"), PS_ROLE_NONE);
+  ck_assert_int_eq(ps_role_from_subject("OU=workers"), PS_ROLE_NONE);
+  ck_assert_int_eq(ps_role_from_subject(NULL), PS_ROLE_NONE);
+}
+END_TEST
+
+Suite *security_suite(void) {
+  Suite *s = suite_create("security");
+  TCase *tc = tcase_create("mtls");
+  tcase_add_unchecked_fixture(tc, sec_up, sec_down);
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, test_sec_no_credentials);
+  tcase_add_test(tc, test_sec_wrong_certificate);
+  tcase_add_test(tc, test_sec_roles);
+  tcase_add_test(tc, test_sec_replayed_hello);
+  tcase_add_test(tc, test_sec_wrong_secret);
+  tcase_add_test(tc, test_sec_python_health);
+  tcase_add_test(tc, test_sec_file_modes);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("unit");
+  tcase_add_test(tc, test_sec_role_subject);
+  suite_add_tcase(s, tc);
+  return s;
+}

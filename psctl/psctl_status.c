@@ -96,8 +96,9 @@ static void psctl_status_table(const psctl_row *rows, size_t n) {
 }
 
 /* psctl_status_conns prints, for the shards that refused or dropped
- * connections or rebuilt their gRPC server, those counts (nothing when
- * none did: the table stays as it was for a healthy cluster). */
+ * connections, rebuilt their gRPC server or refused callers who failed
+ * authentication, those counts (nothing when none did: the table stays
+ * as it was for a healthy cluster). */
 static void psctl_status_conns(const psctl_row *rows, size_t n) {
   for (size_t i = 0; i < n; i++) {
     const Ps__StatusReply *s = rows[i].st;
@@ -106,6 +107,13 @@ static void psctl_status_conns(const psctl_row *rows, size_t n) {
            "grpc server rebuilt %llu times\n",
            s->shard, s->chan_connections, (unsigned long long)s->chan_refused,
            (unsigned long long)s->chan_idle_closed, (unsigned long long)s->grpc_restarts);
+  }
+  for (size_t i = 0; i < n; i++) {
+    const Ps__StatusReply *s = rows[i].st;
+    if (!s || !(s->auth_refused || s->chan_auth_refused)) continue;
+    printf("shard %u (security %s): %llu gRPC calls refused for their role, "
+           "%llu channel hellos refused\n", s->shard, s->security ? s->security : "?",
+           (unsigned long long)s->auth_refused, (unsigned long long)s->chan_auth_refused);
   }
 }
 
@@ -233,10 +241,12 @@ static void psctl_status_json_row(const psctl_row *r) {
          (unsigned long long)s->errors, (long long)s->last_flush_unix_ms);
   psctl_json_num(r->flush_age_s);
   printf(",\"disk_bytes\":%llu,\"chan_connections\":%u,\"chan_refused\":%llu,"
-         "\"chan_idle_closed\":%llu,\"grpc_restarts\":%llu}",
+         "\"chan_idle_closed\":%llu,\"grpc_restarts\":%llu,\"security\":\"%s\","
+         "\"auth_refused\":%llu,\"chan_auth_refused\":%llu}",
          (unsigned long long)s->disk_bytes, s->chan_connections,
          (unsigned long long)s->chan_refused, (unsigned long long)s->chan_idle_closed,
-         (unsigned long long)s->grpc_restarts);
+         (unsigned long long)s->grpc_restarts, s->security ? s->security : "",
+         (unsigned long long)s->auth_refused, (unsigned long long)s->chan_auth_refused);
 }
 
 /* psctl_status_json_workers prints the "workers" member: the

@@ -1,4 +1,5 @@
 /* ps_test: helpers shared by the Check suites (see ps_test.h). */
+#include "ps_auth.h"
 #include "ps_test.h"
 
 #include <arpa/inet.h>
@@ -106,6 +107,64 @@ double ps_test_json_num(const char *line, const char *key) {
 
 const char *ps_test_security_yaml = "security:\n  mode: none\n";
 
+/* The security section of the last cluster file written (PS_TEST_SECURITY). */
+static char ps_test_sec_last[4096];
+
+/* ps_test_env_security returns the 'security' section for a cluster file
+ * in DIR: PS_TEST_SECURITY=tls makes certificates and a channel secret
+ * there with scripts/mkcerts; else ps_test_security_yaml. */
+static const char *ps_test_env_security(const char *dir) {
+  const char *env = getenv("PS_TEST_SECURITY");
+  if (!env || strcmp(env, "tls") || strcmp(ps_test_security_yaml, "security:\n  mode: none\n"))
+    return ps_test_security_yaml;
+  char pre[700], cmd[2400], out[700];
+  snprintf(pre, sizeof pre, "%s/mkcerts-pre.yaml", dir);
+  snprintf(out, sizeof out, "%s/tls.yaml", dir);
+  ps_test_write_file(pre, "cluster: test\nshards:\n  - {id: 0, grpc: 127.0.0.1:1, channel: "
+                          "127.0.0.1:2, data_dir: /x}\n");
+  snprintf(cmd, sizeof cmd, "scripts/mkcerts --force --config '%s' --out '%s/tls' > '%s'", pre,
+           dir, out);
+  ck_assert_msg(system(cmd) == 0, "scripts/mkcerts failed");
+  size_t len;
+  char *text = ps_test_read_file(out, &len);
+  ck_assert_uint_lt(len, sizeof ps_test_sec_last);
+  memcpy(ps_test_sec_last, text, len + 1);
+  free(text);
+  return ps_test_sec_last;
+}
+
+/* ps_test_client_config loads a one-shard config holding the security
+ * section of the last cluster file written (plaintext when none). */
+static int ps_test_client_config(ps_config *cfg, ps_errbuf *eb) {
+  char yaml[8192];
+  snprintf(yaml, sizeof yaml, "cluster: test\n%sshards:\n  - {id: 0, grpc: 127.0.0.1:1, "
+           "channel: 127.0.0.1:2, data_dir: /x}\n",
+           *ps_test_sec_last ? ps_test_sec_last : ps_test_security_yaml);
+  return ps_config_load_buf(cfg, "ps_test", yaml, strlen(yaml), eb);
+}
+
+int ps_test_rpc_open(ps_rpc **r, const char *addr, ps_errbuf *eb) {
+  ps_config cfg;
+  int rc = ps_test_client_config(&cfg, eb);
+  if (rc == 0) rc = ps_rpc_open_cfg(r, addr, &cfg, PS_ROLE_OPERATOR, eb);
+  ps_config_release(&cfg);
+  return rc;
+}
+
+int ps_test_chan_connect(ps_chan_client **c, const char *addr, const char *cluster,
+                         int timeout_ms, ps_errbuf *eb) {
+  ps_config cfg;
+  ps_auth_keys keys = {0};
+  const ps_auth_key *key = NULL;
+  int rc = ps_test_client_config(&cfg, eb);
+  if (rc == 0)
+    rc = ps_auth_client_key(cfg.security.secret_file, PS_ROLE_WORKER, &keys, &key, eb);
+  if (rc == 0) rc = ps_chan_connect_auth(c, addr, cluster, key, timeout_ms, eb);
+  ps_auth_release(&keys);
+  ps_config_release(&cfg);
+  return rc;
+}
+
 const char *ps_test_cluster_yaml(const char *dir, int nshards, const char *extra,
                                  int *grpc_ports, int *chan_ports) {
   static char path[600];
@@ -113,7 +172,7 @@ const char *ps_test_cluster_yaml(const char *dir, int nshards, const char *extra
   size_t len = 0;
   FILE *m = open_memstream(&buf, &len);
   fprintf(m, "cluster: test\nchunk_elems: 1024\ndurability:\n  mode: periodic\n"
-             "  flush_interval_ms: 200\n%sshards:\n", ps_test_security_yaml);
+             "  flush_interval_ms: 200\n%sshards:\n", ps_test_env_security(dir));
   int used[2 * 64], nused = 0; /* the kernel may hand out a port again */
   ck_assert_int_le(nshards, 64);
   for (int i = 0; i < nshards; i++) {

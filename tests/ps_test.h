@@ -13,6 +13,7 @@
 #include <sys/types.h>
 
 #include "ps.pb-c.h"
+#include "ps_chan.h"
 #include "ps_rpc.h"
 
 /* PS_SKIP marks the running test as skipped (counted and reported by the
@@ -60,7 +61,12 @@ double ps_test_json_num(const char *line, const char *key);
  * chan_ports when not NULL. */
 /* ps_test_security_yaml is the 'security' section ps_test_cluster_yaml
  * writes: plaintext ("security:\n  mode: none\n") unless a test points it
- * at another (tests/common/test_ps_security.c) before it writes a file. */
+ * at another (tests/integration/test_security.c) before it writes a file.
+ * With PS_TEST_SECURITY=tls in the environment, ps_test_cluster_yaml
+ * instead makes certificates and a channel secret in its DIR
+ * (scripts/mkcerts) and writes mode tls with them: the suites that talk
+ * to shards through ps_test_rpc_open / ps_test_chan_connect and the
+ * programs then run over mutual TLS and the authenticated channel. */
 extern const char *ps_test_security_yaml;
 const char *ps_test_cluster_yaml(const char *dir, int nshards, const char *extra,
                                  int *grpc_ports, int *chan_ports);
@@ -118,6 +124,14 @@ int ps_test_run(char *const argv[], const char *log, int timeout_ms);
 /* ps_test_wait_port waits up to TIMEOUT_MS for a TCP listener on
  * 127.0.0.1:PORT; returns 0 or -1. */
 int ps_test_wait_port(int port, int timeout_ms);
+
+/* ps_test_rpc_open / ps_test_chan_connect are ps_rpc_open /
+ * ps_chan_connect with the security of the last cluster file written
+ * (ps_test_cluster_yaml): the operator's certificate, the worker's
+ * channel key; plaintext when it says mode: none. */
+int ps_test_rpc_open(ps_rpc **r, const char *addr, ps_errbuf *eb);
+int ps_test_chan_connect(ps_chan_client **c, const char *addr, const char *cluster,
+                         int timeout_ms, ps_errbuf *eb);
 
 /* ps_test_submit registers SPEC on the shard behind R (SubmitModel with
  * REPLACE) within TIMEOUT_MS; fails the test with the model's name and the

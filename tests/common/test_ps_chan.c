@@ -84,11 +84,11 @@ START_TEST(test_connect_refused) {
   ps_chan_client *c = (ps_chan_client *)1;
   ps_errbuf eb;
   int64_t t0 = ps_test_now_ms();
-  ck_assert_int_eq(ps_chan_connect(&c, addr, "test", 2000, &eb), PS_EUNAVAIL);
+  ck_assert_int_eq(ps_test_chan_connect(&c, addr, "test", 2000, &eb), PS_EUNAVAIL);
   ck_assert_ptr_null(c);
   ck_assert_msg(strstr(eb.msg, addr) != NULL, "message '%s' names no address", eb.msg);
   ck_assert_int_lt(ps_test_now_ms() - t0, 2000);
-  ck_assert_int_eq(ps_chan_connect(&c, "no-port", "test", 100, &eb), PS_EINVAL);
+  ck_assert_int_eq(ps_test_chan_connect(&c, "no-port", "test", 100, &eb), PS_EINVAL);
 }
 END_TEST
 

@@ -17,6 +17,8 @@
 
 #include "ps.pb-c.h"
 #include "ps_model.h"
+#include "ps_auth.h"
+#include "ps_config.h"
 #include "ps_rpc.h"
 #include "ps_test.h"
 
@@ -28,7 +30,8 @@ typedef struct cl_ctx {
 } cl_ctx;
 
 /* cl_yaml rewrites config/local-2shards.yaml into X->yaml: each shard's
- * grpc/channel port and data_dir replaced, everything else kept. */
+ * grpc/channel port and data_dir replaced, its TLS files made under
+ * X->dir/tls by scripts/mkcerts, everything else kept. */
 static void cl_yaml(cl_ctx *x) {
   FILE *in = fopen("config/local-2shards.yaml", "r");
   ck_assert_msg(in != NULL, "cannot read config/local-2shards.yaml");
@@ -47,12 +50,19 @@ static void cl_yaml(cl_ctx *x) {
       fprintf(out, "%.*schannel: 127.0.0.1:%d\n", indent, line, x->cp[shard]);
     else if (shard >= 0 && shard < 2 && !strncmp(key, "data_dir:", 9))
       fprintf(out, "%.*sdata_dir: %s/shard%d\n", indent, line, x->dir, shard);
-    else
+    else if (strstr(line, "/etc/psd/tls/")) {
+      char *p = strstr(line, "/etc/psd/tls/");
+      fprintf(out, "%.*s%s/tls/%s", (int)(p - line), line, x->dir, p + strlen("/etc/psd/tls/"));
+    } else
       fputs(line, out);
   }
   fclose(in);
   fclose(out);
   ck_assert_int_eq(shard, 1);
+  char cmd[1200];
+  snprintf(cmd, sizeof cmd, "scripts/mkcerts --force --config config/local-2shards.yaml --out '%s/tls' "
+           ">/dev/null", x->dir);
+  ck_assert_int_eq(system(cmd), 0);
   snprintf(x->yaml, sizeof x->yaml, "%s/cluster.yaml", x->dir);
   ps_test_write_file(x->yaml, buf);
   free(buf);
@@ -104,7 +114,10 @@ static void cl_connect(cl_ctx *x, int s) {
   char addr[64];
   ps_errbuf eb;
   snprintf(addr, sizeof addr, "127.0.0.1:%d", x->gp[s]);
-  ck_assert_int_eq(ps_rpc_open(&x->rpc[s], addr, &eb), 0);
+  ps_config cfg; /* the operator's certificate of the cluster file */
+  ck_assert_msg(ps_config_load(&cfg, x->yaml, &eb) == 0, "%s", eb.msg);
+  ck_assert_int_eq(ps_rpc_open_cfg(&x->rpc[s], addr, &cfg, PS_ROLE_OPERATOR, &eb), 0);
+  ps_config_release(&cfg);
 }
 
 /* cl_pull returns shard S's values of IDS (caller frees) and its version. */

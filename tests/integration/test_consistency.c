@@ -126,7 +126,7 @@ static void tc_status(tc_ctx *x, uint64_t *max_gap, uint64_t *parked, uint64_t *
     ps_errbuf eb = {""};
     char addr[64];
     snprintf(addr, sizeof addr, "127.0.0.1:%d", x->gp[s]);
-    ck_assert_int_eq(ps_rpc_open(&rpc, addr, &eb), 0);
+    ck_assert_int_eq(ps_test_rpc_open(&rpc, addr, &eb), 0);
     Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
     ProtobufCMessage *resp = NULL;
     ck_assert_msg(ps_rpc_call(rpc, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,

@@ -95,7 +95,7 @@ static void df_start(df_ctx *x) {
   char addr[64];
   ps_errbuf eb;
   snprintf(addr, sizeof addr, "127.0.0.1:%d", x->gp);
-  ck_assert_int_eq(ps_rpc_open(&x->rpc, addr, &eb), 0);
+  ck_assert_int_eq(ps_test_rpc_open(&x->rpc, addr, &eb), 0);
 }
 
 /* df_alive fails the test when psd has exited, saying how. */

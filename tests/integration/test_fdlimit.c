@@ -135,7 +135,7 @@ static void fd_submit(fd_ctx *x) {
   spec.consistency = "bsp";
   ps_rpc *r;
   ps_errbuf eb;
-  ck_assert_int_eq(ps_rpc_open(&r, addr, &eb), 0);
+  ck_assert_int_eq(ps_test_rpc_open(&r, addr, &eb), 0);
   ps_test_submit(r, &spec, 1, 10000);
   ps_rpc_close(r);
 }
@@ -145,7 +145,7 @@ static int fd_pull(fd_ctx *x, ps_errbuf *eb) {
   char addr[64];
   snprintf(addr, sizeof addr, "127.0.0.1:%d", x->cp);
   ps_chan_client *c;
-  int rc = ps_chan_connect(&c, addr, "test", 5000, eb);
+  int rc = ps_test_chan_connect(&c, addr, "test", 5000, eb);
   if (rc < 0) return rc;
   float out[FD_ELEMS];
   uint32_t id = 0;
@@ -170,7 +170,7 @@ typedef struct fd_grpc_pull {
 static void *fd_grpc_pull_run(void *arg) {
   fd_grpc_pull *p = arg;
   ps_rpc *r;
-  p->err = ps_rpc_open(&r, p->addr, &p->eb);
+  p->err = ps_test_rpc_open(&r, p->addr, &p->eb);
   if (p->err < 0) return NULL;
   uint32_t id = 0;
   Ps__PullRequest req = PS__PULL_REQUEST__INIT;
@@ -201,7 +201,7 @@ static void fd_park(fd_ctx *x, fd_grpc_pull *p) {
   }
   ps_rpc *r;
   ps_errbuf eb;
-  ck_assert_int_eq(ps_rpc_open(&r, p->addr, &eb), 0);
+  ck_assert_int_eq(ps_test_rpc_open(&r, p->addr, &eb), 0);
   float g[FD_ELEMS] = {0};
   uint32_t id = 0;
   Ps__PushRequest req = PS__PUSH_REQUEST__INIT;

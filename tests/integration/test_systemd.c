@@ -46,7 +46,7 @@ static ps_rpc *sd_rpc(int port) {
   snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
   ps_rpc *r;
   ps_errbuf eb;
-  ck_assert_int_eq(ps_rpc_open(&r, addr, &eb), 0);
+  ck_assert_int_eq(ps_test_rpc_open(&r, addr, &eb), 0);
   return r;
 }
 

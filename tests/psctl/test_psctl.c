@@ -62,7 +62,7 @@ static void pt_start(pt_ctx *x, int s) {
                 x->log);
   ps_errbuf eb;
   snprintf(addr, sizeof addr, "127.0.0.1:%d", x->gp[s]);
-  ck_assert_int_eq(ps_rpc_open(&x->rpc[s], addr, &eb), 0);
+  ck_assert_int_eq(ps_test_rpc_open(&x->rpc[s], addr, &eb), 0);
 }
 
 /* pt_kill SIGKILLs shard S and closes its client. */

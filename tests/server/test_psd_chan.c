@@ -73,7 +73,7 @@ static void submit_model(const char *name, uint32_t wn, uint32_t chunk) {
   spec.optimizer = &opt; spec.chunk_elems = chunk;
   ps_rpc *r;
   ps_errbuf eb;
-  ck_assert_int_eq(ps_rpc_open(&r, grpc_addr, &eb), 0);
+  ck_assert_int_eq(ps_test_rpc_open(&r, grpc_addr, &eb), 0);
   ps_test_submit(r, &spec, 1, 10000);
   ps_rpc_close(r);
 }
@@ -81,7 +81,7 @@ static void submit_model(const char *name, uint32_t wn, uint32_t chunk) {
 static ps_chan_client *chan_open(void) {
   ps_chan_client *c;
   ps_errbuf eb;
-  int rc = ps_chan_connect(&c, chan_addr, "test", 5000, &eb);
+  int rc = ps_test_chan_connect(&c, chan_addr, "test", 5000, &eb);
   ck_assert_msg(rc == 0, "connect: %s", eb.msg);
   return c;
 }
@@ -409,7 +409,7 @@ START_TEST(test_bad_frames_close_only_their_connection) {
   /* The client reports a wrong cluster with the server's reason. */
   ps_chan_client *c = NULL;
   ps_errbuf eb;
-  ck_assert_int_eq(ps_chan_connect(&c, chan_addr, "other", 5000, &eb), PS_EPROTO);
+  ck_assert_int_eq(ps_test_chan_connect(&c, chan_addr, "other", 5000, &eb), PS_EPROTO);
   ck_assert_msg(strstr(eb.msg, "wrong cluster 'other'") != NULL, "message: %s", eb.msg);
   ps_chan_close(good);
 }
@@ -556,7 +556,7 @@ static int lim_raw_open(void) {
 static Ps__StatusReply *lim_status(void) {
   ps_rpc *r;
   ps_errbuf eb;
-  ck_assert_int_eq(ps_rpc_open(&r, lim_grpc, &eb), 0);
+  ck_assert_int_eq(ps_test_rpc_open(&r, lim_grpc, &eb), 0);
   Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
   Ps__StatusReply *rep = NULL;
   int rc = ps_rpc_call(r, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,
@@ -580,7 +580,7 @@ static void lim_submit(const char *name) {
   spec.optimizer = &opt;
   ps_rpc *r;
   ps_errbuf eb;
-  ck_assert_int_eq(ps_rpc_open(&r, lim_grpc, &eb), 0);
+  ck_assert_int_eq(ps_test_rpc_open(&r, lim_grpc, &eb), 0);
   ps_test_submit(r, &spec, 1, 10000);
   ps_rpc_close(r);
 }
@@ -598,14 +598,14 @@ START_TEST(test_max_connections) {
   ps_chan_client *c[LIM_CONNS];
   ps_errbuf eb;
   for (int i = 0; i < LIM_CONNS; i++) {
-    int rc = ps_chan_connect(&c[i], lim_chan, "test", 5000, &eb);
+    int rc = ps_test_chan_connect(&c[i], lim_chan, "test", 5000, &eb);
     ck_assert_msg(rc == 0, "connection %d of %d: %s", i + 1, LIM_CONNS, eb.msg);
   }
   int fd = lim_raw_open();
   ck_assert_msg(raw_closed(fd), "connection %d of a cap of %d left open", LIM_CONNS + 1, LIM_CONNS);
   close(fd);
   ps_chan_client *extra = NULL;
-  ck_assert_int_lt(ps_chan_connect(&extra, lim_chan, "test", 5000, &eb), 0);
+  ck_assert_int_lt(ps_test_chan_connect(&extra, lim_chan, "test", 5000, &eb), 0);
   Ps__StatusReply *st = lim_status();
   ck_assert_uint_eq(st->chan_connections, LIM_CONNS);
   ck_assert_uint_ge(st->chan_refused, 2);
@@ -616,7 +616,7 @@ START_TEST(test_max_connections) {
   /* The server notices the close on its next loop turn. */
   int64_t end = ps_test_now_ms() + 3000;
   int rc;
-  while ((rc = ps_chan_connect(&extra, lim_chan, "test", 5000, &eb)) < 0 &&
+  while ((rc = ps_test_chan_connect(&extra, lim_chan, "test", 5000, &eb)) < 0 &&
          ps_test_now_ms() < end)
     usleep(20000);
   ck_assert_msg(rc == 0, "no connection after one of %d closed: %s", LIM_CONNS, eb.msg);
@@ -646,7 +646,7 @@ START_TEST(test_idle_closed) {
   protobuf_c_message_free_unpacked(&st->base, NULL);
   ps_errbuf eb;
   ps_chan_client *busy;
-  ck_assert_msg(ps_chan_connect(&busy, lim_chan, "test", 5000, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(ps_test_chan_connect(&busy, lim_chan, "test", 5000, &eb) == 0, "%s", eb.msg);
   int quiet = lim_raw_open();
   raw_hello(quiet, "test");
   int mute = lim_raw_open(); /* never says hello */

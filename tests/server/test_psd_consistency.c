@@ -185,7 +185,7 @@ static const Ps__ModelStatus *cons_model_status(ps_rpc *r, const char *model,
 START_TEST(test_register_heartbeat_list) {
   ps_rpc *r;
   ps_errbuf eb;
-  ck_assert_int_eq(ps_rpc_open(&r, cons_addr, &eb), 0);
+  ck_assert_int_eq(ps_test_rpc_open(&r, cons_addr, &eb), 0);
   cons_submit(r, "reg", "bsp", 0, NULL);
   uint32_t ranks[2];
   for (int i = 0; i < 3; i++) {
@@ -268,7 +268,7 @@ END_TEST
 START_TEST(test_grpc_pull_parked_until_push) {
   ps_rpc *r;
   ps_errbuf eb;
-  ck_assert_int_eq(ps_rpc_open(&r, cons_addr, &eb), 0);
+  ck_assert_int_eq(ps_test_rpc_open(&r, cons_addr, &eb), 0);
   cons_submit(r, "bspg", "bsp", 0, NULL);
   ck_assert_int_eq(cons_pull_now(r, "bspg", 0, 0), 0);
   ck_assert_int_eq(cons_pull_now(r, "bspg", 1, 0), 0);
@@ -302,12 +302,12 @@ END_TEST
 START_TEST(test_chan_pull_parked_until_push) {
   ps_rpc *r;
   ps_errbuf eb;
-  ck_assert_int_eq(ps_rpc_open(&r, cons_addr, &eb), 0);
+  ck_assert_int_eq(ps_test_rpc_open(&r, cons_addr, &eb), 0);
   cons_submit(r, "bspc", "ssp", 1, NULL);
   ck_assert_int_eq(cons_pull_now(r, "bspc", 1, 0), 0);
   for (uint64_t k = 0; k < 2; k++) ck_assert_int_eq(cons_push(r, "bspc", 0, k, 0, 1, &eb), 0);
   ps_chan_client *ch;
-  ck_assert_msg(ps_chan_connect(&ch, cons_chan, "test", 5000, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(ps_test_chan_connect(&ch, cons_chan, "test", 5000, &eb) == 0, "%s", eb.msg);
   cons_pull p = {.chan = ch, .model = "bspc", .worker = 0, .clock = 2};
   cons_pull_start(&p);
   ck_assert_msg(!cons_wait(&p, 400), "an ssp pull 2 clocks ahead (s=1) was served");
@@ -350,13 +350,13 @@ END_TEST
 START_TEST(test_chan_parked_peer_gone) {
   ps_rpc *r;
   ps_errbuf eb;
-  ck_assert_int_eq(ps_rpc_open(&r, cons_addr, &eb), 0);
+  ck_assert_int_eq(ps_test_rpc_open(&r, cons_addr, &eb), 0);
   cons_submit(r, "gone", "ssp", 1, NULL);
   ck_assert_int_eq(cons_pull_now(r, "gone", 1, 0), 0);
   for (uint64_t k = 0; k < 2; k++) ck_assert_int_eq(cons_push(r, "gone", 0, k, 0, 1, &eb), 0);
   for (int round = 0; round < 2; round++) {
     ps_chan_client *ch;
-    ck_assert_msg(ps_chan_connect(&ch, cons_chan, "test", 5000, &eb) == 0, "%s", eb.msg);
+    ck_assert_msg(ps_test_chan_connect(&ch, cons_chan, "test", 5000, &eb) == 0, "%s", eb.msg);
     float out[8], *dst[1] = {out};
     uint32_t lens[1] = {8};
     uint64_t id1, id2;
@@ -391,7 +391,7 @@ END_TEST
 START_TEST(test_lease_expiry_releases_parked) {
   ps_rpc *r;
   ps_errbuf eb;
-  ck_assert_int_eq(ps_rpc_open(&r, cons_addr, &eb), 0);
+  ck_assert_int_eq(ps_test_rpc_open(&r, cons_addr, &eb), 0);
   cons_submit(r, "dead", "bsp", 0, NULL);
   ck_assert_int_eq(cons_pull_now(r, "dead", 1, 0), 0);
   ck_assert_int_eq(cons_push(r, "dead", 0, 0, 0, 1.0f, &eb), 0);
@@ -410,7 +410,7 @@ END_TEST
 START_TEST(test_parked_pull_times_out) {
   ps_rpc *r;
   ps_errbuf eb;
-  ck_assert_int_eq(ps_rpc_open(&r, cons_addr, &eb), 0);
+  ck_assert_int_eq(ps_test_rpc_open(&r, cons_addr, &eb), 0);
   cons_rejoin(r);
   cons_submit(r, "slow", "bsp", 0, NULL);
   ck_assert_int_eq(cons_pull_now(r, "slow", 1, 0), 0);
@@ -440,7 +440,7 @@ END_TEST
 START_TEST(test_inverse_weight) {
   ps_rpc *r;
   ps_errbuf eb;
-  ck_assert_int_eq(ps_rpc_open(&r, cons_addr, &eb), 0);
+  ck_assert_int_eq(ps_test_rpc_open(&r, cons_addr, &eb), 0);
   cons_rejoin(r);
   cons_submit(r, "inv", "asp", 0, "inverse");
   ck_assert_int_eq(cons_push(r, "inv", 0, 0, 0, 1.0f, &eb), 0); /* tau 0: w = -1 */

@@ -80,7 +80,7 @@ static void rpc_model_init(rpc_model *m, const char *name, float lr) {
 static ps_rpc *rpc_open(int shard) {
   ps_rpc *r;
   ps_errbuf eb;
-  ck_assert_int_eq(ps_rpc_open(&r, rpc_addr[shard], &eb), 0);
+  ck_assert_int_eq(ps_test_rpc_open(&r, rpc_addr[shard], &eb), 0);
   return r;
 }
 
@@ -412,7 +412,7 @@ START_TEST(test_rpc_status_health) {
   ps_rpc *r;
   char addr[64];
   snprintf(addr, sizeof addr, "127.0.0.1:%d", ps_test_free_port());
-  ck_assert_int_eq(ps_rpc_open(&r, addr, &eb), 0);
+  ck_assert_int_eq(ps_test_rpc_open(&r, addr, &eb), 0);
   Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
   Ps__StatusReply *st = NULL;
   int err = ps_rpc_call(r, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,
@@ -471,7 +471,7 @@ START_TEST(test_rpc_same_over_channel) {
 
   rpc_reset(r, &m);
   ps_chan_client *c;
-  ck_assert_msg(ps_chan_connect(&c, rpc_chan_addr[1], "test", 5000, &eb) == 0, "connect: %s", eb.msg);
+  ck_assert_msg(ps_test_chan_connect(&c, rpc_chan_addr[1], "test", 5000, &eb) == 0, "connect: %s", eb.msg);
   for (int step = 0; step < 3; step++) {
     rpc_grads(g, nelems, step);
     ck_assert_msg(ps_chan_push(c, "both", ids, (size_t)n, g, nelems, 0, (uint64_t)step, vc, &vc,

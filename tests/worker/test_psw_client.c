@@ -81,7 +81,7 @@ static void pc_submit(pc_ctx *x, const char *name) {
   ps_rpc *r;
   char addr[64];
   snprintf(addr, sizeof addr, "127.0.0.1:%d", x->gp);
-  ck_assert_int_eq(ps_rpc_open(&r, addr, &eb), 0);
+  ck_assert_int_eq(ps_test_rpc_open(&r, addr, &eb), 0);
   ps_test_submit(r, spec, 0, 10000);
   ps_rpc_close(r);
   spec->optimizer = NULL;
@@ -109,7 +109,7 @@ static float *pc_direct(pc_ctx *x, const char *model, const ps_layout *l) {
   snprintf(addr, sizeof addr, "127.0.0.1:%d", x->cp);
   ps_chan_client *ch;
   ps_errbuf eb;
-  ck_assert_msg(ps_chan_connect(&ch, addr, x->cfg.cluster, 5000, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(ps_test_chan_connect(&ch, addr, x->cfg.cluster, 5000, &eb) == 0, "%s", eb.msg);
   uint32_t *ids = calloc(l->nchunks, sizeof *ids);
   float *out = calloc(l->nparams, sizeof *out);
   for (uint32_t i = 0; i < l->nchunks; i++) ids[i] = i;

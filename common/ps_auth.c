@@ -4,7 +4,9 @@
 
 #include <errno.h>
 #include <openssl/crypto.h>
+#include <openssl/core_names.h>
 #include <openssl/evp.h>
+#include <openssl/params.h>
 #include <openssl/hmac.h>
 #include <openssl/rand.h>
 #include <stdio.h>
@@ -177,16 +179,16 @@ int ps_auth_nonce(uint8_t out[PS_AUTH_NONCE], ps_errbuf *eb) {
   return 0;
 }
 
-void ps_auth_proof(const ps_auth_key *k, int server, const char *cluster,
-                   const uint8_t nc[PS_AUTH_NONCE], const uint8_t ns[PS_AUTH_NONCE],
-                   uint8_t out[PS_AUTH_MAC]) {
-  /* label \0 cluster \0 id \0 Nc Ns: the NULs keep the fields apart. */
-  uint8_t msg[32 + 64 + PS_AUTH_ID_MAX + 3 + 2 * PS_AUTH_NONCE];
-  size_t n = 0;
-  const char *label = server ? "psd-chan-v1 server" : "psd-chan-v1 client";
-  size_t cl = cluster ? strnlen(cluster, 63) : 0;
-  memcpy(msg + n, label, strlen(label) + 1);
-  n += strlen(label) + 1;
+/* auth_hmac_msg writes LABEL \0 CLUSTER \0 ID \0 NC NS [MAC] into MSG
+ * (room for AUTH_MSG_MAX bytes) and returns its length; the NULs keep the
+ * fields apart. */
+#define AUTH_MSG_MAX (40 + 64 + PS_AUTH_ID_MAX + 3 + 2 * PS_AUTH_NONCE + 1)
+static size_t auth_hmac_msg(uint8_t *msg, const char *label, const char *cluster,
+                            const ps_auth_key *k, const uint8_t *nc, const uint8_t *ns,
+                            int mac) {
+  size_t n = 0, cl = cluster ? strnlen(cluster, 63) : 0, ll = strlen(label);
+  memcpy(msg + n, label, ll + 1);
+  n += ll + 1;
   if (cl) memcpy(msg + n, cluster, cl);
   n += cl;
   msg[n++] = 0;
@@ -196,16 +198,89 @@ void ps_auth_proof(const ps_auth_key *k, int server, const char *cluster,
   n += PS_AUTH_NONCE;
   memcpy(msg + n, ns, PS_AUTH_NONCE);
   n += PS_AUTH_NONCE;
+  if (mac >= 0) msg[n++] = (uint8_t)mac;
+  return n;
+}
+
+void ps_auth_proof(const ps_auth_key *k, int server, const char *cluster,
+                   const uint8_t nc[PS_AUTH_NONCE], const uint8_t ns[PS_AUTH_NONCE], int mac,
+                   uint8_t out[PS_AUTH_MAC]) {
+  uint8_t msg[AUTH_MSG_MAX];
+  size_t n = auth_hmac_msg(msg, server ? "psd-chan-v1 server" : "psd-chan-v1 client", cluster,
+                           k, nc, ns, mac ? 1 : 0);
   unsigned int len = PS_AUTH_MAC;
   HMAC(EVP_sha256(), k->secret, (int)k->len, msg, n, out, &len);
 }
 
 int ps_auth_check(const ps_auth_key *k, int server, const char *cluster,
-                  const uint8_t nc[PS_AUTH_NONCE], const uint8_t ns[PS_AUTH_NONCE],
+                  const uint8_t nc[PS_AUTH_NONCE], const uint8_t ns[PS_AUTH_NONCE], int mac,
                   const uint8_t *got, size_t got_len) {
   uint8_t want[PS_AUTH_MAC];
-  ps_auth_proof(k, server, cluster, nc, ns, want);
+  ps_auth_proof(k, server, cluster, nc, ns, mac, want);
   int ok = got_len == PS_AUTH_MAC && CRYPTO_memcmp(want, got, PS_AUTH_MAC) == 0;
   OPENSSL_cleanse(want, sizeof want);
   return ok;
+}
+
+/* ---- the payload MAC -------------------------------------------------------- */
+
+struct ps_auth_mac {
+  EVP_MAC *mac;
+  EVP_MAC_CTX *ctx;
+  uint8_t key[PS_AUTH_MAC];   /* the session key */
+  uint64_t seq[2];            /* frames MACed per direction: [0] 'C', [1] 'S' */
+};
+
+int ps_auth_mac_new(ps_auth_mac **out, const ps_auth_key *k, const char *cluster,
+                    const uint8_t nc[PS_AUTH_NONCE], const uint8_t ns[PS_AUTH_NONCE]) {
+  *out = NULL;
+  ps_auth_mac *m = calloc(1, sizeof *m);
+  if (!m) return PS_ENOMEM;
+  uint8_t msg[AUTH_MSG_MAX];
+  size_t n = auth_hmac_msg(msg, "psd-chan-v1 session", cluster, k, nc, ns, -1);
+  unsigned int len = PS_AUTH_MAC;
+  HMAC(EVP_sha256(), k->secret, (int)k->len, msg, n, m->key, &len);
+  m->mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+  m->ctx = m->mac ? EVP_MAC_CTX_new(m->mac) : NULL;
+  if (!m->ctx) {
+    ps_auth_mac_free(m);
+    return PS_ENOMEM;
+  }
+  *out = m;
+  return 0;
+}
+
+void ps_auth_mac_begin(ps_auth_mac *m, char dir) {
+  OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", "SHA256", 0),
+                         OSSL_PARAM_construct_end()};
+  EVP_MAC_init(m->ctx, m->key, sizeof m->key, params);
+  uint64_t *seq = &m->seq[dir == 'S'];
+  uint8_t head[9];
+  head[0] = (uint8_t)dir;
+  for (int i = 0; i < 8; i++) head[1 + i] = (uint8_t)(*seq >> (8 * i));
+  (*seq)++;
+  EVP_MAC_update(m->ctx, head, sizeof head);
+}
+
+void ps_auth_mac_update(ps_auth_mac *m, const void *p, size_t n) {
+  if (n) EVP_MAC_update(m->ctx, p, n);
+}
+
+void ps_auth_mac_end(ps_auth_mac *m, uint8_t out[PS_AUTH_MAC]) {
+  size_t len = 0;
+  EVP_MAC_final(m->ctx, out, &len, PS_AUTH_MAC);
+}
+
+int ps_auth_mac_verify(ps_auth_mac *m, const uint8_t got[PS_AUTH_MAC]) {
+  uint8_t want[PS_AUTH_MAC];
+  ps_auth_mac_end(m, want);
+  return CRYPTO_memcmp(want, got, PS_AUTH_MAC) == 0;
+}
+
+void ps_auth_mac_free(ps_auth_mac *m) {
+  if (!m) return;
+  EVP_MAC_CTX_free(m->ctx);
+  EVP_MAC_free(m->mac);
+  OPENSSL_cleanse(m, sizeof *m);
+  free(m);
 }

@@ -97,15 +97,48 @@ int ps_auth_client_key(const char *secret_file, int role, ps_auth_keys *ks,
 int ps_auth_nonce(uint8_t out[PS_AUTH_NONCE], ps_errbuf *eb);
 
 /* ps_auth_proof computes a side's proof (SERVER: 1 for the shard's, 0 for
- * the client's) over CLUSTER, K's id and the two nonces into OUT. */
+ * the client's) over CLUSTER, K's id, the two nonces and the shard's
+ * payload-MAC decision MAC (0 or 1: bound into both proofs, so it cannot
+ * be turned off on the way) into OUT. */
 void ps_auth_proof(const ps_auth_key *k, int server, const char *cluster,
-                   const uint8_t nc[PS_AUTH_NONCE], const uint8_t ns[PS_AUTH_NONCE],
+                   const uint8_t nc[PS_AUTH_NONCE], const uint8_t ns[PS_AUTH_NONCE], int mac,
                    uint8_t out[PS_AUTH_MAC]);
 
 /* ps_auth_check recomputes the proof and compares it with GOT (GOT_LEN
  * bytes) in constant time; 1 when it matches, else 0. */
 int ps_auth_check(const ps_auth_key *k, int server, const char *cluster,
-                  const uint8_t nc[PS_AUTH_NONCE], const uint8_t ns[PS_AUTH_NONCE],
+                  const uint8_t nc[PS_AUTH_NONCE], const uint8_t ns[PS_AUTH_NONCE], int mac,
                   const uint8_t *got, size_t got_len);
+
+/* ---- the payload MAC (security.payload_mac) ------------------------------
+ * After the hello both sides derive a session key, HMAC(secret, "psd-chan-v1
+ * session" | cluster | key id | Nc | Ns), and every frame then ends in a
+ * 32-byte HMAC-SHA256 of (direction byte 'C' client->shard or 'S'
+ * shard->client | the direction's frame count, u64 LE | header | meta |
+ * data) (ps_chan.h PS_CHAN_FLAG_MAC): a changed, dropped, replayed or
+ * reordered frame fails its check. */
+typedef struct ps_auth_mac ps_auth_mac;
+
+/* ps_auth_mac_new derives the session key of K and the nonces into a new
+ * MAC state *OUT (freed with ps_auth_mac_free); 0 or PS_ENOMEM. */
+int ps_auth_mac_new(ps_auth_mac **out, const ps_auth_key *k, const char *cluster,
+                    const uint8_t nc[PS_AUTH_NONCE], const uint8_t ns[PS_AUTH_NONCE]);
+
+/* ps_auth_mac_begin starts the MAC of the next frame in direction DIR
+ * ('C' or 'S'; each direction counts its own frames). */
+void ps_auth_mac_begin(ps_auth_mac *m, char dir);
+
+/* ps_auth_mac_update adds N bytes at P to the frame's MAC. */
+void ps_auth_mac_update(ps_auth_mac *m, const void *p, size_t n);
+
+/* ps_auth_mac_end writes the frame's MAC to OUT. */
+void ps_auth_mac_end(ps_auth_mac *m, uint8_t out[PS_AUTH_MAC]);
+
+/* ps_auth_mac_verify ends the frame's MAC and compares it with GOT in
+ * constant time; 1 when it matches. */
+int ps_auth_mac_verify(ps_auth_mac *m, const uint8_t got[PS_AUTH_MAC]);
+
+/* ps_auth_mac_free wipes and frees M (NULL is fine). */
+void ps_auth_mac_free(ps_auth_mac *m);
 
 #endif

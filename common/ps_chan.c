@@ -12,7 +12,12 @@
  *  4. While a send waits for POLLOUT it also drains replies (POLLIN), so a
  *     pipeline can never deadlock on two full socket buffers.
  *  5. Any framing or I/O failure marks the client broken; later calls
- *     answer PS_EUNAVAIL with the first failure's message. */
+ *     answer PS_EUNAVAIL with the first failure's message.
+ *  6. With the payload MAC (the shard said so in the hello) every frame
+ *     after the hello ends in a MAC (ps_auth.h): sends append it; a reply
+ *     is complete only once its MAC checked out (RX_MAC), else the client
+ *     is broken.  A pull's data is MACed from the destination segments
+ *     once all of it arrived, discarded data as it goes by. */
 #include "ps_chan.h"
 
 #include <errno.h>
@@ -79,7 +84,7 @@ int ps_chan_hdr_decode(ps_chan_hdr *h, const uint8_t in[PS_CHAN_HDR_LEN], uint64
   h->reserved = get32(in + 12);
   h->data_len = get64(in + 16);
   h->req_id = get64(in + 24);
-  if (h->magic != PS_CHAN_MAGIC || h->version != PS_CHAN_VERSION || h->flags != 0 ||
+  if (h->magic != PS_CHAN_MAGIC || h->version != PS_CHAN_VERSION || (h->flags & ~PS_CHAN_FLAG_MAC) ||
       h->reserved != 0 || h->meta_len > PS_CHAN_MAX_META)
     return PS_EPROTO;
   if (h->data_len > max_data) return PS_ETOOBIG;
@@ -102,9 +107,10 @@ typedef struct chan_pending {
   /* HELLO reply: the shard's nonce and proof (ps_auth.h), when given */
   uint8_t nonce[PS_AUTH_NONCE], auth[PS_AUTH_MAC];
   size_t nonce_len, auth_len;
+  int payload_mac;
 } chan_pending;
 
-enum { RX_HDR, RX_META, RX_DATA, RX_DISCARD };
+enum { RX_HDR, RX_META, RX_DATA, RX_DISCARD, RX_MAC };
 
 struct ps_chan_client {
   int fd;
@@ -130,6 +136,8 @@ struct ps_chan_client {
   struct iovec *iov;
   size_t iov_cap;
   uint32_t last_parked_ms; /* of the last reply ps_chan_recv returned */
+  ps_auth_mac *mac;        /* frames after the hello carry MACs (invariant 6) */
+  uint8_t rx_tag[PS_AUTH_MAC], tx_tag[PS_AUTH_MAC];
 };
 
 /* chan_break marks C unusable with ERR and a message; returns ERR. */
@@ -197,6 +205,22 @@ static void rx_finish(ps_chan_client *c) {
   c->rx_got = 0;
 }
 
+/* rx_data_done: the current reply's data is complete: finished, or its
+ * MAC is due (invariant 6). */
+static void rx_data_done(ps_chan_client *c) {
+  if (!c->mac) {
+    rx_finish(c);
+    return;
+  }
+  if (c->rx_state == RX_DATA) {
+    const chan_pending *e = rx_entry(c);
+    for (size_t i = 0; i < e->nseg; i++)
+      ps_auth_mac_update(c->mac, e->dst[i], (size_t)e->lens[i] * sizeof(float));
+  }
+  c->rx_state = RX_MAC;
+  c->rx_got = 0;
+}
+
 /* rx_after_hdr checks a complete reply header; returns 0 or a PS_E* code
  * (the client is then broken). */
 static int rx_after_hdr(ps_chan_client *c, ps_errbuf *eb) {
@@ -205,6 +229,9 @@ static int rx_after_hdr(ps_chan_client *c, ps_errbuf *eb) {
   chan_pending *e = rx_entry(c);
   if (!e || c->rx_h.req_id != e->id || c->rx_h.meta_len == 0)
     return chan_break(c, eb, PS_EPROTO, "channel '%s': %s", "unexpected reply");
+  if (!!(c->rx_h.flags & PS_CHAN_FLAG_MAC) != !!c->mac)
+    return chan_break(c, eb, PS_EPROTO, "channel '%s': %s",
+                      c->mac ? "a reply without its MAC" : "a MAC the hello did not agree on");
   if (c->rx_h.meta_len > c->rx_meta_cap) {
     uint8_t *m = realloc(c->rx_meta, c->rx_h.meta_len);
     if (!m) return chan_break(c, eb, PS_ENOMEM, "channel '%s': %s", "out of memory");
@@ -233,6 +260,7 @@ static int rx_after_meta(ps_chan_client *c, ps_errbuf *eb) {
     if (e->nonce_len) memcpy(e->nonce, m->nonce.data, e->nonce_len);
     e->auth_len = m->auth.len <= PS_AUTH_MAC ? m->auth.len : 0;
     if (e->auth_len) memcpy(e->auth, m->auth.data, e->auth_len);
+    e->payload_mac = m->payload_mac != 0;
   }
   if ((int)m->op == PS__CHAN_OP__CHAN_ERROR) {
     e->status = m->status < 0 ? m->status : PS_EPROTO;
@@ -250,11 +278,13 @@ static int rx_after_meta(ps_chan_client *c, ps_errbuf *eb) {
   }
   ps__chan_meta__free_unpacked(m, NULL);
   c->rx_got = 0;
-  if (dlen == 0) {
-    rx_finish(c);
-    return 0;
+  if (c->mac) {
+    ps_auth_mac_begin(c->mac, 'S');
+    ps_auth_mac_update(c->mac, c->rx_hdrbuf, sizeof c->rx_hdrbuf);
+    ps_auth_mac_update(c->mac, c->rx_meta, c->rx_h.meta_len);
   }
   c->rx_state = (e->op == PS__CHAN_OP__CHAN_PULL && e->status == 0) ? RX_DATA : RX_DISCARD;
+  if (dlen == 0) rx_data_done(c);
   return 0;
 }
 
@@ -277,6 +307,16 @@ static long rx_feed(ps_chan_client *c, const uint8_t *p, size_t n, ps_errbuf *eb
         memcpy(c->rx_meta + c->rx_got, p + used, take);
         if ((c->rx_got += take) == c->rx_h.meta_len) rc = rx_after_meta(c, eb);
         break;
+      case RX_MAC:
+        take = PS_AUTH_MAC - c->rx_got < avail ? PS_AUTH_MAC - c->rx_got : avail;
+        memcpy(c->rx_tag + c->rx_got, p + used, take);
+        if ((c->rx_got += take) == PS_AUTH_MAC) {
+          if (!ps_auth_mac_verify(c->mac, c->rx_tag))
+            return chan_break(c, eb, PS_EPROTO, "channel '%s': %s",
+                              "a reply's MAC is wrong (changed on the way?)");
+          rx_finish(c);
+        }
+        break;
       default: { /* RX_DATA, RX_DISCARD: small tails of a frame */
         uint64_t left = c->rx_h.data_len - c->rx_got;
         take = left < avail ? (size_t)left : avail;
@@ -293,7 +333,9 @@ static long rx_feed(ps_chan_client *c, const uint8_t *p, size_t n, ps_errbuf *eb
             }
           }
         }
-        if ((c->rx_got += take) == c->rx_h.data_len) rx_finish(c);
+        else if (c->mac)
+          ps_auth_mac_update(c->mac, p + used, take);
+        if ((c->rx_got += take) == c->rx_h.data_len) rx_data_done(c);
       }
     }
     if (rc < 0) return rc;
@@ -311,7 +353,7 @@ static int rx_progress(ps_chan_client *c, ps_errbuf *eb) {
       struct iovec iov[IOV_MAX];
       int k = seg_iov(rx_entry(c), c->rx_got, iov, IOV_MAX);
       r = readv(c->fd, iov, k);
-      if (r > 0 && (c->rx_got += (uint64_t)r) == c->rx_h.data_len) rx_finish(c);
+      if (r > 0 && (c->rx_got += (uint64_t)r) == c->rx_h.data_len) rx_data_done(c);
     } else {
       r = read(c->fd, c->stage, CHAN_STAGE);
       if (r > 0) {
@@ -393,11 +435,11 @@ static int chan_send_frame(ps_chan_client *c, Ps__ChanMeta *meta, const float *c
     c->tx_meta_cap = mlen;
   }
   ps__chan_meta__pack(meta, c->tx_meta);
-  if (nseg + 2 > c->iov_cap) {
-    struct iovec *v = realloc(c->iov, (nseg + 2) * sizeof *v);
+  if (nseg + 3 > c->iov_cap) { /* header, meta, segments, MAC */
+    struct iovec *v = realloc(c->iov, (nseg + 3) * sizeof *v);
     if (!v) return ps_errf(eb, PS_ENOMEM, "channel '%s': out of memory", c->addr);
     c->iov = v;
-    c->iov_cap = nseg + 2;
+    c->iov_cap = nseg + 3;
   }
   uint8_t hdr[PS_CHAN_HDR_LEN];
   ps_chan_hdr h = {.magic = PS_CHAN_MAGIC, .version = PS_CHAN_VERSION,
@@ -409,9 +451,16 @@ static int chan_send_frame(ps_chan_client *c, Ps__ChanMeta *meta, const float *c
     c->iov[n++].iov_len = (size_t)lens[i] * sizeof(float);
     h.data_len += (uint64_t)lens[i] * sizeof(float);
   }
+  if (c->mac) h.flags = PS_CHAN_FLAG_MAC;
   ps_chan_hdr_encode(hdr, &h);
   c->iov[0] = (struct iovec){hdr, sizeof hdr};
   c->iov[1] = (struct iovec){c->tx_meta, mlen};
+  if (c->mac) { /* invariant 6 */
+    ps_auth_mac_begin(c->mac, 'C');
+    for (size_t i = 0; i < n; i++) ps_auth_mac_update(c->mac, c->iov[i].iov_base, c->iov[i].iov_len);
+    ps_auth_mac_end(c->mac, c->tx_tag);
+    c->iov[n++] = (struct iovec){c->tx_tag, sizeof c->tx_tag};
+  }
   e->id = h.req_id;
   c->qlen++; /* queued first: replies may arrive while we still write */
   int rc = chan_writev(c, c->iov, n, eb);
@@ -609,9 +658,10 @@ static int chan_dial(ps_chan_client *c, ps_errbuf *eb) {
 
 /* chan_hello_frame sends one HELLO frame META and waits for its reply,
  * whose nonce and proof (when given) go to NONCE / AUTH (NULL: ignored);
- * *NONCE_LEN / *AUTH_LEN receive their lengths. */
+ * *NONCE_LEN / *AUTH_LEN receive their lengths, *MAC its payload_mac. */
 static int chan_hello_frame(ps_chan_client *c, Ps__ChanMeta *meta, uint8_t *nonce,
-                            size_t *nonce_len, uint8_t *auth, size_t *auth_len, ps_errbuf *eb) {
+                            size_t *nonce_len, uint8_t *auth, size_t *auth_len, int *mac,
+                            ps_errbuf *eb) {
   chan_pending *e = chan_reserve(c);
   if (!e) return ps_errf(eb, PS_ENOMEM, "channel '%s': out of memory", c->addr);
   e->op = PS__CHAN_OP__CHAN_HELLO;
@@ -627,13 +677,14 @@ static int chan_hello_frame(ps_chan_client *c, Ps__ChanMeta *meta, uint8_t *nonc
   if (auth) memcpy(auth, head->auth, head->auth_len);
   if (nonce_len) *nonce_len = head->nonce_len;
   if (auth_len) *auth_len = head->auth_len;
+  if (mac) *mac = head->payload_mac;
   return ps_chan_recv(c, NULL, NULL, eb);
 }
 
 /* chan_hello: HELLO with CLUSTER; with KEY, the challenge-response of
  * ps_auth.h (the shard must prove KEY first, then this client does). */
 static int chan_hello(ps_chan_client *c, const char *cluster, const ps_auth_key *key,
-                      ps_errbuf *eb) {
+                      int want_mac, ps_errbuf *eb) {
   Ps__ChanMeta meta;
   uint8_t nc[PS_AUTH_NONCE], ns[PS_AUTH_NONCE], proof[PS_AUTH_MAC];
   size_t ns_len = 0, proof_len = 0;
@@ -646,25 +697,33 @@ static int chan_hello(ps_chan_client *c, const char *cluster, const ps_auth_key 
     meta.key_id = (char *)key->id;
     meta.nonce.data = nc;
     meta.nonce.len = sizeof nc;
+    meta.payload_mac = want_mac ? 1 : 0;
   }
-  int rc = chan_hello_frame(c, &meta, ns, &ns_len, proof, &proof_len, eb);
+  int mac = 0;
+  int rc = chan_hello_frame(c, &meta, ns, &ns_len, proof, &proof_len, &mac, eb);
   if (rc < 0 || !key) return rc;
   if (ns_len != PS_AUTH_NONCE)
     return ps_errf(eb, PS_EPROTO, "channel '%s': the shard does not authenticate the channel "
                    "(no security.secret_file there?)", c->addr);
-  if (!ps_auth_check(key, 1, cluster, nc, ns, proof, proof_len))
+  if (!ps_auth_check(key, 1, cluster, nc, ns, mac, proof, proof_len))
     return ps_errf(eb, PS_EPROTO, "channel '%s': the shard's proof of key '%s' is wrong "
                    "(another secret file?)", c->addr, key->id);
-  ps_auth_proof(key, 0, cluster, nc, ns, proof);
+  if (want_mac && !mac)
+    return ps_errf(eb, PS_EPROTO, "channel '%s': the shard does not MAC frames "
+                   "(security.payload_mac is false there)", c->addr);
+  ps_auth_proof(key, 0, cluster, nc, ns, mac, proof);
   chan_meta_init(&meta, PS__CHAN_OP__CHAN_HELLO, "", NULL, 0, 0, 0);
   meta.auth.data = proof;
   meta.auth.len = sizeof proof;
-  return chan_hello_frame(c, &meta, NULL, NULL, NULL, NULL, eb);
+  rc = chan_hello_frame(c, &meta, NULL, NULL, NULL, NULL, NULL, eb);
+  if (rc == 0 && mac && ps_auth_mac_new(&c->mac, key, cluster, nc, ns) < 0)
+    rc = ps_errf(eb, PS_ENOMEM, "channel '%s': out of memory", c->addr);
+  return rc;
 }
 
 /* ps_chan_connect_auth: see ps_chan.h. */
 int ps_chan_connect_auth(ps_chan_client **out, const char *addr, const char *cluster,
-                         const ps_auth_key *key, int timeout_ms, ps_errbuf *eb) {
+                         const ps_auth_key *key, int flags, int timeout_ms, ps_errbuf *eb) {
   *out = NULL;
   ps_chan_client *c = calloc(1, sizeof *c);
   if (!c) return ps_errf(eb, PS_ENOMEM, "out of memory");
@@ -672,7 +731,7 @@ int ps_chan_connect_auth(ps_chan_client **out, const char *addr, const char *clu
   c->timeout_ms = timeout_ms > 0 ? timeout_ms : 1;
   snprintf(c->addr, sizeof c->addr, "%s", addr);
   int rc = chan_dial(c, eb);
-  if (rc == 0) rc = chan_hello(c, cluster, key, eb);
+  if (rc == 0) rc = chan_hello(c, cluster, key, flags & PS_CHAN_AUTH_MAC, eb);
   if (rc < 0) {
     ps_chan_close(c);
     return rc;
@@ -684,7 +743,7 @@ int ps_chan_connect_auth(ps_chan_client **out, const char *addr, const char *clu
 /* ps_chan_connect: see ps_chan.h. */
 int ps_chan_connect(ps_chan_client **out, const char *addr, const char *cluster,
                     int timeout_ms, ps_errbuf *eb) {
-  return ps_chan_connect_auth(out, addr, cluster, NULL, timeout_ms, eb);
+  return ps_chan_connect_auth(out, addr, cluster, NULL, 0, timeout_ms, eb);
 }
 
 void ps_chan_set_timeout(ps_chan_client *c, int timeout_ms) {
@@ -709,6 +768,7 @@ void ps_chan_close(ps_chan_client *c) {
     free(e->dst);
   }
   if (c->fd >= 0) close(c->fd);
+  ps_auth_mac_free(c->mac);
   free(c->q);
   free(c->rx_meta);
   free(c->tx_meta);

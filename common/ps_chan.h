@@ -24,6 +24,9 @@
 #define PS_CHAN_MAGIC 0x31435350u
 #define PS_CHAN_VERSION 1
 #define PS_CHAN_HDR_LEN 32
+/* Header flag: the frame ends in a PS_AUTH_MAC-byte MAC after its data
+ * (security.payload_mac; ps_auth.h), not counted in data_len. */
+#define PS_CHAN_FLAG_MAC 1u
 #define PS_CHAN_MAX_META (1u << 24)
 /* A server takes at most this much meta before the peer's HELLO (a hello
  * is tens of bytes; its auth proof will add tens more): a peer that has
@@ -43,8 +46,8 @@ typedef struct ps_chan_hdr {
 void ps_chan_hdr_encode(uint8_t out[PS_CHAN_HDR_LEN], const ps_chan_hdr *h);
 
 /* ps_chan_hdr_decode parses IN; PS_EPROTO for a bad magic, version,
- * reserved field or meta_len > PS_CHAN_MAX_META, PS_ETOOBIG for data_len >
- * MAX_DATA. */
+ * unknown flag, reserved field or meta_len > PS_CHAN_MAX_META, PS_ETOOBIG
+ * for data_len > MAX_DATA. */
 int ps_chan_hdr_decode(ps_chan_hdr *h, const uint8_t in[PS_CHAN_HDR_LEN], uint64_t max_data);
 
 typedef struct ps_chan_client ps_chan_client;
@@ -62,10 +65,15 @@ int ps_chan_connect(ps_chan_client **out, const char *addr, const char *cluster,
  * none, for shards without security.secret_file).  The shard proves KEY
  * first: a shard that does not, or proves it wrong, fails the connect
  * with PS_EPROTO; a shard that refuses this client's proof answers an
- * error (PS_EPROTO) and closes. */
+ * error (PS_EPROTO) and closes.  When the shard asks for the payload MAC
+ * the client MACs every later frame and checks every reply's MAC (a
+ * wrong one breaks the client, PS_EPROTO); FLAGS PS_CHAN_AUTH_MAC
+ * (security.payload_mac) refuses a shard that does not ask for it. */
+#define PS_CHAN_AUTH_MAC 1
 struct ps_auth_key;
 int ps_chan_connect_auth(ps_chan_client **out, const char *addr, const char *cluster,
-                         const struct ps_auth_key *key, int timeout_ms, ps_errbuf *eb);
+                         const struct ps_auth_key *key, int flags, int timeout_ms,
+                         ps_errbuf *eb);
 
 /* ps_chan_set_timeout changes the I/O timeout (milliseconds, > 0). */
 void ps_chan_set_timeout(ps_chan_client *c, int timeout_ms);

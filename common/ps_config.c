@@ -574,8 +574,10 @@ static const cfg_slot cfg_security_slots[] = {
      .offset = offsetof(ps_security_conf, require_client_cert), .def = "true",
      .arg = cfg_bools},
     {.name = "secret_file", .type = &cfg_t_str, .offset = offsetof(ps_security_conf, secret_file)},
+    {.name = "payload_mac", .type = &cfg_t_enum, .offset = offsetof(ps_security_conf, payload_mac),
+     .def = "false", .arg = cfg_bools},
 };
-enum { CFG_SEC_MODE, CFG_SEC_TLS };
+enum { CFG_SEC_MODE, CFG_SEC_TLS, CFG_SEC_REQUIRE, CFG_SEC_SECRET, CFG_SEC_PAYLOAD_MAC };
 
 /* cfg_security_post: 'tls' belongs to mode tls and is required there.  An
  * absent 'tls' section was loaded with defaults (all NULL) without its
@@ -588,6 +590,9 @@ static int cfg_security_post(cfg_ctx *x, void *base, yaml_node_t *n, const yaml_
   if (s->mode == PS_SEC_TLS && !given)
     return cfg_err(x, marks[CFG_SEC_MODE],
                    "'mode' is tls but 'security.tls' (ca, cert, key) is missing");
+  if (s->payload_mac && !s->secret_file)
+    return cfg_err(x, marks[CFG_SEC_PAYLOAD_MAC],
+                   "'payload_mac' needs 'secret_file' (the MAC key comes from the hello)");
   return 0;
 }
 static const cfg_table cfg_security_table =

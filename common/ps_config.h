@@ -81,6 +81,7 @@ typedef struct ps_security_conf {
   ps_tls_conf tls;
   int require_client_cert;  /* tls: a client without a certificate is refused (default true) */
   char *secret_file;        /* channel keys (ps_auth.h); NULL: the channel is unauthenticated */
+  int payload_mac;          /* every channel frame ends in a MAC (needs secret_file), default 0 */
 } ps_security_conf;
 
 typedef struct ps_config {

@@ -326,6 +326,7 @@ static int bench_connect(psctl_cluster *cl, bench_shard *sh, uint64_t req_elems,
     sh[i].conf = &cl->cfg.shards[i];
     sh[i].rpc = cl->rpc[i];
     rc = ps_chan_connect_auth(&sh[i].chan, sh[i].conf->channel_addr, cl->cfg.cluster, key,
+                              cl->cfg.security.payload_mac ? PS_CHAN_AUTH_MAC : 0,
                               BENCH_TIMEOUT_MS, eb);
     if (rc == 0 && sockbuf) rc = ps_chan_set_bufsize(sh[i].chan, sockbuf, sockbuf, eb);
     if (rc == 0 && grpc && !(sh[i].scratch = malloc(req_elems * sizeof(float))))

@@ -47,7 +47,14 @@
  *     connection stays pre-hello (invariant 8's meta cap, nothing else
  *     served); a missing, unknown or wrong proof gets one error frame and
  *     a close, and counts in chan_auth_refused.  A replayed hello meets a
- *     fresh Ns, so its old proof is wrong. */
+ *     fresh Ns, so its old proof is wrong.
+ * 10. With security.payload_mac the shard says so in its challenge (bound
+ *     into both proofs) and every frame after the hello, both ways, ends in
+ *     a MAC (ps_auth.h).  A request is acted on only once its MAC checked
+ *     out: a push's data is read (and MACed) in full first, a pull waits in
+ *     c->req for its MAC (RX_MAC).  A wrong or missing MAC closes the
+ *     connection and counts in chan_auth_refused; a reply's MAC is made
+ *     when the reply is queued (replies are queued in wire order). */
 #include "psd_chan.h"
 
 #include <openssl/crypto.h>
@@ -68,7 +75,7 @@
 #define CHAN_FD_SAMPLE_MS 1000   /* descriptors counted at most this often ... */
 #define CHAN_FD_SAMPLE_NEAR_MS 100 /* ... or this often near the reserve */
 
-enum { RX_HDR, RX_META, RX_DATA, RX_DISCARD };
+enum { RX_HDR, RX_META, RX_DATA, RX_DISCARD, RX_MAC };
 
 typedef struct psd_conn {
   struct psd_chan *chan;
@@ -79,6 +86,9 @@ typedef struct psd_conn {
   int role;                   /* ps_auth.h role of the proven key (none without keys) */
   uint8_t nc[PS_AUTH_NONCE], ns[PS_AUTH_NONCE];
   ps_auth_key key;            /* a copy: a SIGHUP may replace the key set meanwhile */
+  ps_auth_mac *mac;           /* frames after the hello carry MACs (invariant 10) */
+  int req_is_pull;            /* c->req is a pull waiting for its MAC (not in flight) */
+  uint8_t tag[PS_AUTH_MAC];   /* the MAC being received */
   int direct;                 /* the last alloc_cb bypassed the stage */
   int rx_state;
   uint8_t hdrbuf[PS_CHAN_HDR_LEN];
@@ -132,12 +142,14 @@ typedef struct chan_wr {
   size_t bytes;
   float *data;                /* pull reply data (owned) */
   size_t data_cap;            /* its size in bytes */
+  uint8_t tag[PS_AUTH_MAC];   /* the reply's MAC (invariant 10) */
   uint8_t hdr[PS_CHAN_HDR_LEN];
   uint8_t meta[];
 } chan_wr;
 
 static void conn_close(psd_conn *c);
 static void conn_resume(psd_conn *c);
+static void conn_data_done(psd_conn *c);
 
 /* chan_maybe_free frees the channel once every handle is closed. */
 static void chan_maybe_free(psd_chan *ch) {
@@ -211,7 +223,8 @@ static int conn_reply(psd_conn *c, const Ps__ChanMeta *meta, float *data, size_t
   ps__chan_meta__pack(meta, w->meta);
   ps_chan_hdr h = {.magic = PS_CHAN_MAGIC, .version = PS_CHAN_VERSION,
                    .meta_len = (uint32_t)mlen, .data_len = nelems * sizeof(float),
-                   .req_id = c->parked ? c->preq_id : c->h.req_id};
+                   .req_id = c->parked ? c->preq_id : c->h.req_id,
+                   .flags = c->mac ? PS_CHAN_FLAG_MAC : 0};
   ps_chan_hdr_encode(w->hdr, &h);
   w->conn = c;
   w->inflight = inflight;
@@ -219,11 +232,19 @@ static int conn_reply(psd_conn *c, const Ps__ChanMeta *meta, float *data, size_t
   w->data = data;
   w->data_cap = data_cap;
   w->bytes = sizeof w->hdr + mlen + (size_t)h.data_len;
-  uv_buf_t bufs[3] = {uv_buf_init((char *)w->hdr, sizeof w->hdr),
+  uv_buf_t bufs[4] = {uv_buf_init((char *)w->hdr, sizeof w->hdr),
                       uv_buf_init((char *)w->meta, (unsigned)mlen),
                       uv_buf_init((char *)data, (unsigned)h.data_len)};
+  unsigned nbufs = data ? 3 : 2;
+  if (c->mac) { /* invariant 10 */
+    ps_auth_mac_begin(c->mac, 'S');
+    for (unsigned i = 0; i < nbufs; i++) ps_auth_mac_update(c->mac, bufs[i].base, bufs[i].len);
+    ps_auth_mac_end(c->mac, w->tag);
+    bufs[nbufs++] = uv_buf_init((char *)w->tag, sizeof w->tag);
+    w->bytes += sizeof w->tag;
+  }
   c->queued += w->bytes;
-  int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, data ? 3 : 2, wr_done);
+  int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, nbufs, wr_done);
   if (r < 0) {
     c->queued -= w->bytes;
     if (inflight && c->chan->sh->inflight) c->chan->sh->inflight--;
@@ -295,8 +316,16 @@ static int conn_hello_ok(psd_conn *c) {
   r.cluster = c->chan->sh->cfg->cluster;
   c->hello_done = 1;
   c->hello_proving = 0;
+  ps_auth_mac *mac = NULL;
+  int rc = 0;
+  if (c->chan->keys.n && c->chan->sh->cfg->security.payload_mac &&
+      ps_auth_mac_new(&mac, &c->key, c->chan->sh->cfg->cluster, c->nc, c->ns) < 0)
+    rc = PS_ENOMEM;
   OPENSSL_cleanse(&c->key, sizeof c->key);
-  return conn_reply(c, &r, NULL, 0, 0, 0, 0);
+  if (rc < 0) return rc;
+  rc = conn_reply(c, &r, NULL, 0, 0, 0, 0); /* the last frame without a MAC */
+  c->mac = mac;
+  return rc;
 }
 
 /* conn_hello_challenge answers a first HELLO when the shard has keys
@@ -317,7 +346,8 @@ static int conn_hello_challenge(psd_conn *c, const Ps__ChanMeta *m) {
   c->key = *k;
   memcpy(c->nc, m->nonce.data, PS_AUTH_NONCE);
   uint8_t proof[PS_AUTH_MAC];
-  ps_auth_proof(&c->key, 1, ch->sh->cfg->cluster, c->nc, c->ns, proof);
+  int mac = ch->sh->cfg->security.payload_mac;
+  ps_auth_proof(&c->key, 1, ch->sh->cfg->cluster, c->nc, c->ns, mac, proof);
   Ps__ChanMeta r = PS__CHAN_META__INIT;
   r.op = PS__CHAN_OP__CHAN_HELLO;
   r.proto_version = PS_CHAN_VERSION;
@@ -326,6 +356,7 @@ static int conn_hello_challenge(psd_conn *c, const Ps__ChanMeta *m) {
   r.nonce.len = PS_AUTH_NONCE;
   r.auth.data = proof;
   r.auth.len = sizeof proof;
+  r.payload_mac = mac ? 1 : 0;
   c->hello_proving = 1;
   return conn_reply(c, &r, NULL, 0, 0, 0, 0);
 }
@@ -334,8 +365,8 @@ static int conn_hello_challenge(psd_conn *c, const Ps__ChanMeta *m) {
 static int conn_hello_proof(psd_conn *c, const Ps__ChanMeta *m) {
   if ((int)m->op != PS__CHAN_OP__CHAN_HELLO || c->h.data_len)
     return conn_hello_refuse(c, PS_EPROTO, "channel authentication: expected the hello's proof", 1);
-  if (!ps_auth_check(&c->key, 0, c->chan->sh->cfg->cluster, c->nc, c->ns, m->auth.data,
-                     m->auth.len)) {
+  if (!ps_auth_check(&c->key, 0, c->chan->sh->cfg->cluster, c->nc, c->ns,
+                     c->chan->sh->cfg->security.payload_mac, m->auth.data, m->auth.len)) {
     char why[160];
     snprintf(why, sizeof why, "channel authentication failed: wrong proof of key '%s'",
              c->key.id);
@@ -497,6 +528,39 @@ static void conn_push_end(psd_conn *c) {
   ps__chan_meta__free_unpacked(m, NULL);
 }
 
+/* conn_data_done: the current push's data is complete: applied now, or
+ * once its MAC arrived and checked out (invariant 10). */
+static void conn_data_done(psd_conn *c) {
+  if (!c->mac) {
+    conn_push_end(c);
+    return;
+  }
+  if (c->rx_state == RX_DATA) ps_auth_mac_update(c->mac, c->data, c->h.data_len);
+  c->rx_state = RX_MAC;
+  c->got = 0;
+}
+
+/* conn_mac_done checks a request's MAC and acts on the request; 0 or
+ * PS_EPROTO (close: counted in chan_auth_refused). */
+static int conn_mac_done(psd_conn *c) {
+  if (!ps_auth_mac_verify(c->mac, c->tag)) {
+    c->chan->sh->ctr.chan_auth_refused++;
+    ps_warn("channel: a frame's MAC is wrong (changed on the way?); closing the connection");
+    return PS_EPROTO;
+  }
+  if (!c->req_is_pull) {
+    conn_push_end(c);
+    return 0;
+  }
+  Ps__ChanMeta *m = c->req;
+  c->req = NULL;
+  c->req_is_pull = 0;
+  c->rx_state = RX_HDR;
+  c->got = 0;
+  if (conn_pull(c, m) != 1) ps__chan_meta__free_unpacked(m, NULL);
+  return 0;
+}
+
 /* conn_meta_done dispatches a frame whose meta is complete.  Returns 0 or
  * a PS_E* code: the connection must be closed. */
 static int conn_meta_done(psd_conn *c) {
@@ -510,14 +574,26 @@ static int conn_meta_done(psd_conn *c) {
   int rc = 0;
   c->got = 0;
   c->rx_state = RX_HDR;
+  if (c->mac && c->hello_done) { /* invariant 10 */
+    ps_auth_mac_begin(c->mac, 'C');
+    ps_auth_mac_update(c->mac, c->hdrbuf, sizeof c->hdrbuf);
+    ps_auth_mac_update(c->mac, c->meta, c->h.meta_len);
+  }
   if (!c->hello_done) {
     rc = conn_hello(c, m);
   } else if ((int)m->op == PS__CHAN_OP__CHAN_PUSH && m->model) {
     c->req = m;
     conn_push_begin(c);
-    if (c->h.data_len == 0) conn_push_end(c);
+    if (c->h.data_len == 0) conn_data_done(c);
     return 0;
   } else if ((int)m->op == PS__CHAN_OP__CHAN_PULL && m->model && c->h.data_len == 0) {
+    if (c->mac) { /* served once its MAC checked out */
+      c->req = m;
+      c->req_is_pull = 1;
+      c->rx_state = RX_DISCARD;
+      conn_data_done(c);
+      return 0;
+    }
     if (conn_pull(c, m) == 1) return 0; /* parked: M is kept */
   } else {
     rc = PS_EPROTO;
@@ -530,6 +606,7 @@ static int conn_meta_done(psd_conn *c) {
 static int conn_hdr_done(psd_conn *c) {
   int rc = ps_chan_hdr_decode(&c->h, c->hdrbuf, c->chan->sh->cfg->max_request_bytes);
   if (rc < 0 || c->h.meta_len == 0) return rc < 0 ? rc : PS_EPROTO;
+  if (!!(c->h.flags & PS_CHAN_FLAG_MAC) != !!c->mac) return PS_EPROTO; /* invariant 10 */
   if (!c->hello_done && (c->h.meta_len > PS_CHAN_HELLO_META_MAX || c->h.data_len))
     return PS_EPROTO; /* invariant 8: no big buffer for a peer that has not said hello */
   if (c->h.meta_len > c->meta_cap) {
@@ -568,14 +645,24 @@ static int conn_feed(psd_conn *c) {
           rc = conn_meta_done(c);
         }
         break;
+      case RX_MAC:
+        take = PS_AUTH_MAC - c->got < avail ? PS_AUTH_MAC - c->got : avail;
+        memcpy(c->tag + c->got, p, take);
+        if ((c->got += take) == PS_AUTH_MAC) {
+          c->stage_off += take;
+          take = 0;
+          rc = conn_mac_done(c);
+        }
+        break;
       default:
         left = c->h.data_len - c->got;
         take = left < avail ? (size_t)left : avail;
         if (c->rx_state == RX_DATA) memcpy((uint8_t *)c->data + c->got, p, take);
+        else if (c->mac) ps_auth_mac_update(c->mac, p, take);
         if ((c->got += take) == c->h.data_len) {
           c->stage_off += take;
           take = 0;
-          conn_push_end(c);
+          conn_data_done(c);
         }
     }
     if (rc < 0) return rc;
@@ -619,8 +706,9 @@ static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   c->last_ms = uv_now(c->chan->sh->loop);
   int rc = 0;
   if (c->direct) {
+    if (c->rx_state == RX_DISCARD && c->mac) ps_auth_mac_update(c->mac, c->stage, (size_t)nread);
     c->got += (uint64_t)nread;
-    if (c->got == c->h.data_len) conn_push_end(c);
+    if (c->got == c->h.data_len) conn_data_done(c);
   } else {
     c->stage_len = (size_t)nread;
     rc = conn_feed(c);
@@ -652,8 +740,10 @@ static void conn_closed(uv_handle_t *h) {
   psd_chan *ch = c->chan;
   if (c->req) {
     ps__chan_meta__free_unpacked(c->req, NULL);
-    if (ch->sh->inflight) ch->sh->inflight--; /* a push whose data never came */
+    /* a push whose data never came (a pull waiting for its MAC is not in flight) */
+    if (!c->req_is_pull && ch->sh->inflight) ch->sh->inflight--;
   }
+  ps_auth_mac_free(c->mac);
   free(c->meta);
   free(c->data);
   free(c->spare);

@@ -115,7 +115,9 @@ static char ps_test_sec_last[4096];
  * there with scripts/mkcerts; else ps_test_security_yaml. */
 static const char *ps_test_env_security(const char *dir) {
   const char *env = getenv("PS_TEST_SECURITY");
-  if (!env || strcmp(env, "tls") || strcmp(ps_test_security_yaml, "security:\n  mode: none\n"))
+  int mac = env && !strcmp(env, "tls-mac");
+  if (!env || (strcmp(env, "tls") && !mac) ||
+      strcmp(ps_test_security_yaml, "security:\n  mode: none\n"))
     return ps_test_security_yaml;
   char pre[700], cmd[2400], out[700];
   snprintf(pre, sizeof pre, "%s/mkcerts-pre.yaml", dir);
@@ -127,8 +129,9 @@ static const char *ps_test_env_security(const char *dir) {
   ck_assert_msg(system(cmd) == 0, "scripts/mkcerts failed");
   size_t len;
   char *text = ps_test_read_file(out, &len);
-  ck_assert_uint_lt(len, sizeof ps_test_sec_last);
+  ck_assert_uint_lt(len + 32, sizeof ps_test_sec_last);
   memcpy(ps_test_sec_last, text, len + 1);
+  if (mac) strcat(ps_test_sec_last, "  payload_mac: true\n");
   free(text);
   return ps_test_sec_last;
 }
@@ -159,7 +162,9 @@ int ps_test_chan_connect(ps_chan_client **c, const char *addr, const char *clust
   int rc = ps_test_client_config(&cfg, eb);
   if (rc == 0)
     rc = ps_auth_client_key(cfg.security.secret_file, PS_ROLE_WORKER, &keys, &key, eb);
-  if (rc == 0) rc = ps_chan_connect_auth(c, addr, cluster, key, timeout_ms, eb);
+  if (rc == 0)
+    rc = ps_chan_connect_auth(c, addr, cluster, key,
+                              cfg.security.payload_mac ? PS_CHAN_AUTH_MAC : 0, timeout_ms, eb);
   ps_auth_release(&keys);
   ps_config_release(&cfg);
   return rc;

@@ -66,7 +66,8 @@ double ps_test_json_num(const char *line, const char *key);
  * instead makes certificates and a channel secret in its DIR
  * (scripts/mkcerts) and writes mode tls with them: the suites that talk
  * to shards through ps_test_rpc_open / ps_test_chan_connect and the
- * programs then run over mutual TLS and the authenticated channel. */
+ * programs then run over mutual TLS and the authenticated channel
+ * (PS_TEST_SECURITY=tls-mac: with the payload MAC too). */
 extern const char *ps_test_security_yaml;
 const char *ps_test_cluster_yaml(const char *dir, int nshards, const char *extra,
                                  int *grpc_ports, int *chan_ports);

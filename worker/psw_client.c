@@ -265,6 +265,7 @@ static void psw_shard_up(psw_client *c, psw_shard *s) {
 /* psw_connect opens S's connection once. */
 static int psw_connect(psw_client *c, psw_shard *s, ps_errbuf *eb) {
   int err = ps_chan_connect_auth(&s->ch, s->conf->channel_addr, c->cfg->cluster, c->key,
+                                 c->cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0,
                                  PSW_CONNECT_TIMEOUT_MS, eb);
   if (err < 0) {
     s->ch = NULL;

@@ -168,7 +168,7 @@ static void sec_ensure_model(void) {
 static int sec_pull(const ps_auth_key *key, float *out, ps_errbuf *eb) {
   static const uint32_t ids[SEC_CHUNKS] = {0, 1, 2, 3};
   ps_chan_client *c;
-  int rc = ps_chan_connect_auth(&c, sec_chan, "test", key, 5000, eb);
+  int rc = ps_chan_connect_auth(&c, sec_chan, "test", key, 0, 5000, eb);
   if (rc < 0) return rc;
   uint64_t v;
   rc = ps_chan_pull(c, "m", ids, SEC_CHUNKS, out, SEC_ELEMS, 0, 0, &v, eb);
@@ -362,8 +362,8 @@ START_TEST(test_sec_replayed_hello) {
   ck_assert_ptr_nonnull(ch);
   ck_assert_int_eq(ch->op, PS__CHAN_OP__CHAN_HELLO);
   ck_assert_uint_eq(ch->nonce.len, PS_AUTH_NONCE);
-  ck_assert(ps_auth_check(key, 1, "test", nc, ch->nonce.data, ch->auth.data, ch->auth.len));
-  ps_auth_proof(key, 0, "test", nc, ch->nonce.data, proof);
+  ck_assert(ps_auth_check(key, 1, "test", nc, ch->nonce.data, 0, ch->auth.data, ch->auth.len));
+  ps_auth_proof(key, 0, "test", nc, ch->nonce.data, 0, proof);
   ps__chan_meta__free_unpacked(ch, NULL);
   raw_send(fd, &pm, 2);
   ch = raw_recv(fd);
@@ -437,8 +437,8 @@ START_TEST(test_sec_wrong_secret) {
   raw_send(fd, &hello, 1);
   Ps__ChanMeta *ch = raw_recv(fd);
   ck_assert_ptr_nonnull(ch);
-  ck_assert(!ps_auth_check(&wrong, 1, "test", nc, ch->nonce.data, ch->auth.data, ch->auth.len));
-  ps_auth_proof(&wrong, 0, "test", nc, ch->nonce.data, proof);
+  ck_assert(!ps_auth_check(&wrong, 1, "test", nc, ch->nonce.data, 0, ch->auth.data, ch->auth.len));
+  ps_auth_proof(&wrong, 0, "test", nc, ch->nonce.data, 0, proof);
   ps__chan_meta__free_unpacked(ch, NULL);
   pm.op = PS__CHAN_OP__CHAN_HELLO;
   pm.auth.data = proof;
@@ -546,6 +546,200 @@ START_TEST(test_sec_role_subject) {
 }
 END_TEST
 
+/* ---- the payload MAC ------------------------------------------------------ */
+
+static pid_t mac_pid;
+static int mac_cp, mac_up_ok;
+static char mac_chan[64];
+
+/* Starts a second shard whose channel MACs every frame (unchecked
+ * fixture; after sec_up, whose certificates and secret it shares). */
+static void mac_up(void) {
+  sec_up();
+  if (!sec_up_ok) return;
+  char path[700], log[700];
+  snprintf(path, sizeof path, "%s/tls.yaml", sec_dir);
+  static char sec[4200];
+  FILE *f = fopen(path, "r");
+  size_t n = f ? fread(sec, 1, 4000, f) : 0;
+  if (f) fclose(f);
+  sec[n] = '\0';
+  strcat(sec, "  payload_mac: true\n");
+  const char *saved = ps_test_security_yaml;
+  ps_test_security_yaml = sec;
+  char dir[600];
+  snprintf(dir, sizeof dir, "%s/mac", sec_dir);
+  mkdir(dir, 0700);
+  int gp;
+  const char *yaml = ps_test_cluster_yaml(dir, 1, NULL, &gp, &mac_cp);
+  ps_test_security_yaml = saved;
+  snprintf(mac_chan, sizeof mac_chan, "127.0.0.1:%d", mac_cp);
+  snprintf(log, sizeof log, "%s/psd.log", dir);
+  mac_pid = ps_test_psd(yaml, 0, log, NULL);
+  mac_up_ok = ps_test_wait_port(mac_cp, 15000) == 0 && ps_test_wait_port(gp, 5000) == 0;
+  if (!mac_up_ok) {
+    fprintf(stderr, "security: the payload-MAC psd did not start; see %s\n", log);
+    return;
+  }
+  /* Its model, submitted as the operator. */
+  ps_config cfg;
+  ps_errbuf eb;
+  char addr[64];
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", gp);
+  if (ps_config_load(&cfg, yaml, &eb) < 0) return;
+  ps_rpc *r;
+  if (ps_rpc_open_cfg(&r, addr, &cfg, PS_ROLE_OPERATOR, &eb) == 0) {
+    Ps__ModelSpec spec;
+    Ps__TensorSpec t, *tp[1];
+    Ps__OptimizerSpec opt;
+    uint32_t shape;
+    sec_spec(&spec, &t, tp, &opt, &shape, "m", SEC_ELEMS);
+    Ps__SubmitModelRequest req = PS__SUBMIT_MODEL_REQUEST__INIT;
+    req.model = &spec;
+    ProtobufCMessage *rep = NULL;
+    mac_up_ok = ps_rpc_call(r, "/ps.Ps/SubmitModel", &req.base,
+                            &ps__submit_model_reply__descriptor, &rep, 10000, &eb) == 0;
+    if (rep) protobuf_c_message_free_unpacked(rep, NULL);
+    ps_rpc_close(r);
+  }
+  ps_config_release(&cfg);
+}
+
+static void mac_down(void) {
+  if (mac_pid > 0) ps_test_stop(mac_pid, SIGTERM, 10000);
+  mac_pid = 0;
+  sec_down();
+}
+
+/* With the payload MAC, pushes and pulls work through the client, and a
+ * client that wants it refuses a shard that does not MAC frames. */
+START_TEST(test_sec_mac_round_trip) {
+  ck_assert_msg(mac_up_ok, "the payload-MAC psd is not running");
+  static const uint32_t ids[SEC_CHUNKS] = {0, 1, 2, 3};
+  ps_auth_keys keys;
+  const ps_auth_key *key;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_auth_client_key(sec_cfg.security.secret_file, PS_ROLE_WORKER, &keys, &key,
+                                      &eb), 0);
+  ps_chan_client *c;
+  ck_assert_msg(ps_chan_connect_auth(&c, mac_chan, "test", key, PS_CHAN_AUTH_MAC, 5000, &eb) == 0,
+                "%s", eb.msg);
+  float g[SEC_ELEMS], out[SEC_ELEMS];
+  for (int i = 0; i < SEC_ELEMS; i++) g[i] = 0.25f;
+  uint64_t v;
+  for (int k = 0; k < 3; k++) { /* frame counts advance on both sides */
+    ck_assert_msg(ps_chan_push(c, "m", ids, SEC_CHUNKS, g, SEC_ELEMS, 0, 0, 0, &v, &eb) == 0,
+                  "push: %s", eb.msg);
+    ck_assert_msg(ps_chan_pull(c, "m", ids, SEC_CHUNKS, out, SEC_ELEMS, 0, 0, &v, &eb) == 0,
+                  "pull: %s", eb.msg);
+  }
+  ck_assert_float_eq(out[0], 1.0f - 3 * 0.25f); /* sgd, lr 1, from ones */
+  ck_assert_float_eq(out[SEC_ELEMS - 1], 1.0f - 3 * 0.25f);
+  /* An error reply carries its MAC too; the connection stays usable. */
+  ck_assert_int_eq(ps_chan_pull(c, "nope", ids, 1, out, 256, 0, 0, &v, &eb), PS_ENOENT);
+  ck_assert_int_eq(ps_chan_pull(c, "m", ids, SEC_CHUNKS, out, SEC_ELEMS, 0, 0, &v, &eb), 0);
+  ps_chan_close(c);
+  /* Downgrade: the plain shard does not MAC; a client that wants it refuses. */
+  ck_assert_int_eq(ps_chan_connect_auth(&c, sec_chan, "test", key, PS_CHAN_AUTH_MAC, 5000, &eb),
+                   PS_EPROTO);
+  ck_assert_msg(strstr(eb.msg, "does not MAC frames"), "%s", eb.msg);
+  ps_auth_release(&keys);
+}
+END_TEST
+
+/* raw_hello_mac does the MAC shard's hello by hand and returns the socket
+ * with *M the frame MAC state (the caller frees it). */
+static int raw_hello_mac(const ps_auth_key *key, ps_auth_mac **m) {
+  uint8_t nc[PS_AUTH_NONCE], proof[PS_AUTH_MAC], ns[PS_AUTH_NONCE];
+  memset(nc, 5, sizeof nc);
+  Ps__ChanMeta hello = PS__CHAN_META__INIT, pm = PS__CHAN_META__INIT;
+  hello.op = PS__CHAN_OP__CHAN_HELLO;
+  hello.proto_version = PS_CHAN_VERSION;
+  hello.cluster = "test";
+  hello.key_id = (char *)key->id;
+  hello.nonce.data = nc;
+  hello.nonce.len = sizeof nc;
+  int saved = sec_cp;
+  sec_cp = mac_cp;
+  int fd = raw_connect();
+  sec_cp = saved;
+  raw_send(fd, &hello, 1);
+  Ps__ChanMeta *ch = raw_recv(fd);
+  ck_assert_ptr_nonnull(ch);
+  ck_assert_uint_eq(ch->payload_mac, 1);
+  memcpy(ns, ch->nonce.data, sizeof ns);
+  ck_assert(ps_auth_check(key, 1, "test", nc, ns, 1, ch->auth.data, ch->auth.len));
+  ps__chan_meta__free_unpacked(ch, NULL);
+  ps_auth_proof(key, 0, "test", nc, ns, 1, proof);
+  pm.op = PS__CHAN_OP__CHAN_HELLO;
+  pm.auth.data = proof;
+  pm.auth.len = sizeof proof;
+  raw_send(fd, &pm, 2);
+  ch = raw_recv(fd);
+  ck_assert_ptr_nonnull(ch);
+  ck_assert_int_eq(ch->op, PS__CHAN_OP__CHAN_HELLO);
+  ps__chan_meta__free_unpacked(ch, NULL);
+  ck_assert_int_eq(ps_auth_mac_new(m, key, "test", nc, ns), 0);
+  return fd;
+}
+
+/* A push whose data was changed after its MAC was made, and a frame
+ * without its MAC, each close the connection unapplied and are counted. */
+START_TEST(test_sec_mac_tampered) {
+  ck_assert_msg(mac_up_ok, "the payload-MAC psd is not running");
+  ps_auth_keys keys;
+  const ps_auth_key *key;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_auth_client_key(sec_cfg.security.secret_file, PS_ROLE_WORKER, &keys, &key,
+                                      &eb), 0);
+  static const uint32_t ids[SEC_CHUNKS] = {0, 1, 2, 3};
+  float before[SEC_ELEMS], after[SEC_ELEMS];
+  ps_chan_client *c;
+  ck_assert_int_eq(ps_chan_connect_auth(&c, mac_chan, "test", key, 0, 5000, &eb), 0);
+  uint64_t v;
+  ck_assert_int_eq(ps_chan_pull(c, "m", ids, SEC_CHUNKS, before, SEC_ELEMS, 0, 0, &v, &eb), 0);
+  ps_chan_close(c);
+  /* The push: header, meta, data, then a MAC over other data. */
+  ps_auth_mac *m;
+  int fd = raw_hello_mac(key, &m);
+  Ps__ChanMeta pm = PS__CHAN_META__INIT;
+  pm.op = PS__CHAN_OP__CHAN_PUSH;
+  pm.model = "m";
+  pm.chunk_ids = (uint32_t *)ids;
+  pm.n_chunk_ids = SEC_CHUNKS;
+  static float g[SEC_ELEMS];
+  uint8_t hdr[PS_CHAN_HDR_LEN], meta[256], tag[PS_AUTH_MAC];
+  size_t mlen = ps__chan_meta__pack(&pm, meta);
+  ps_chan_hdr h = {.magic = PS_CHAN_MAGIC, .version = PS_CHAN_VERSION, .flags = PS_CHAN_FLAG_MAC,
+                   .meta_len = (uint32_t)mlen, .data_len = sizeof g, .req_id = 3};
+  ps_chan_hdr_encode(hdr, &h);
+  ps_auth_mac_begin(m, 'C');
+  ps_auth_mac_update(m, hdr, sizeof hdr);
+  ps_auth_mac_update(m, meta, mlen);
+  ps_auth_mac_update(m, g, sizeof g);
+  ps_auth_mac_end(m, tag);
+  g[7] = 1000.0f; /* changed on the way */
+  ck_assert_int_eq(write(fd, hdr, sizeof hdr), (ssize_t)sizeof hdr);
+  ck_assert_int_eq(write(fd, meta, mlen), (ssize_t)mlen);
+  ck_assert_int_eq(write(fd, g, sizeof g), (ssize_t)sizeof g);
+  ck_assert_int_eq(write(fd, tag, sizeof tag), (ssize_t)sizeof tag);
+  ck_assert_ptr_null(raw_recv(fd)); /* closed, nothing answered */
+  close(fd);
+  ps_auth_mac_free(m);
+  /* A frame without the MAC flag after a MAC hello. */
+  fd = raw_hello_mac(key, &m);
+  raw_send(fd, &pm, 4);
+  ck_assert_ptr_null(raw_recv(fd));
+  close(fd);
+  ps_auth_mac_free(m);
+  ck_assert_int_eq(ps_chan_connect_auth(&c, mac_chan, "test", key, 0, 5000, &eb), 0);
+  ck_assert_int_eq(ps_chan_pull(c, "m", ids, SEC_CHUNKS, after, SEC_ELEMS, 0, 0, &v, &eb), 0);
+  ps_chan_close(c);
+  ck_assert_int_eq(memcmp(before, after, sizeof before), 0);
+  ps_auth_release(&keys);
+}
+END_TEST
+
 Suite *security_suite(void) {
   Suite *s = suite_create("security");
   TCase *tc = tcase_create("mtls");
@@ -558,6 +752,12 @@ Suite *security_suite(void) {
   tcase_add_test(tc, test_sec_wrong_secret);
   tcase_add_test(tc, test_sec_python_health);
   tcase_add_test(tc, test_sec_file_modes);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("payload_mac");
+  tcase_add_unchecked_fixture(tc, mac_up, mac_down);
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, test_sec_mac_round_trip);
+  tcase_add_test(tc, test_sec_mac_tampered);
   suite_add_tcase(s, tc);
   tc = tcase_create("unit");
   tcase_add_test(tc, test_sec_role_subject);

@@ -226,9 +226,10 @@ int ps_auth_check(const ps_auth_key *k, int server, const char *cluster,
 
 struct ps_auth_mac {
   EVP_MAC *mac;
-  EVP_MAC_CTX *ctx;
+  EVP_MAC_CTX *ctx[2];        /* per direction: [0] 'C', [1] 'S' (a reply may be
+                                 received while a request is being MACed) */
   uint8_t key[PS_AUTH_MAC];   /* the session key */
-  uint64_t seq[2];            /* frames MACed per direction: [0] 'C', [1] 'S' */
+  uint64_t seq[2];            /* frames MACed per direction */
 };
 
 int ps_auth_mac_new(ps_auth_mac **out, const ps_auth_key *k, const char *cluster,
@@ -241,8 +242,8 @@ int ps_auth_mac_new(ps_auth_mac **out, const ps_auth_key *k, const char *cluster
   unsigned int len = PS_AUTH_MAC;
   HMAC(EVP_sha256(), k->secret, (int)k->len, msg, n, m->key, &len);
   m->mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
-  m->ctx = m->mac ? EVP_MAC_CTX_new(m->mac) : NULL;
-  if (!m->ctx) {
+  for (int i = 0; i < 2 && m->mac; i++) m->ctx[i] = EVP_MAC_CTX_new(m->mac);
+  if (!m->ctx[0] || !m->ctx[1]) {
     ps_auth_mac_free(m);
     return PS_ENOMEM;
   }
@@ -253,33 +254,34 @@ int ps_auth_mac_new(ps_auth_mac **out, const ps_auth_key *k, const char *cluster
 void ps_auth_mac_begin(ps_auth_mac *m, char dir) {
   OSSL_PARAM params[] = {OSSL_PARAM_construct_utf8_string("digest", "SHA256", 0),
                          OSSL_PARAM_construct_end()};
-  EVP_MAC_init(m->ctx, m->key, sizeof m->key, params);
-  uint64_t *seq = &m->seq[dir == 'S'];
+  int d = dir == 'S';
+  EVP_MAC_init(m->ctx[d], m->key, sizeof m->key, params);
   uint8_t head[9];
   head[0] = (uint8_t)dir;
-  for (int i = 0; i < 8; i++) head[1 + i] = (uint8_t)(*seq >> (8 * i));
-  (*seq)++;
-  EVP_MAC_update(m->ctx, head, sizeof head);
+  for (int i = 0; i < 8; i++) head[1 + i] = (uint8_t)(m->seq[d] >> (8 * i));
+  m->seq[d]++;
+  EVP_MAC_update(m->ctx[d], head, sizeof head);
 }
 
-void ps_auth_mac_update(ps_auth_mac *m, const void *p, size_t n) {
-  if (n) EVP_MAC_update(m->ctx, p, n);
+void ps_auth_mac_update(ps_auth_mac *m, char dir, const void *p, size_t n) {
+  if (n) EVP_MAC_update(m->ctx[dir == 'S'], p, n);
 }
 
-void ps_auth_mac_end(ps_auth_mac *m, uint8_t out[PS_AUTH_MAC]) {
+void ps_auth_mac_end(ps_auth_mac *m, char dir, uint8_t out[PS_AUTH_MAC]) {
   size_t len = 0;
-  EVP_MAC_final(m->ctx, out, &len, PS_AUTH_MAC);
+  EVP_MAC_final(m->ctx[dir == 'S'], out, &len, PS_AUTH_MAC);
 }
 
-int ps_auth_mac_verify(ps_auth_mac *m, const uint8_t got[PS_AUTH_MAC]) {
+int ps_auth_mac_verify(ps_auth_mac *m, char dir, const uint8_t got[PS_AUTH_MAC]) {
   uint8_t want[PS_AUTH_MAC];
-  ps_auth_mac_end(m, want);
+  ps_auth_mac_end(m, dir, want);
   return CRYPTO_memcmp(want, got, PS_AUTH_MAC) == 0;
 }
 
 void ps_auth_mac_free(ps_auth_mac *m) {
   if (!m) return;
-  EVP_MAC_CTX_free(m->ctx);
+  EVP_MAC_CTX_free(m->ctx[0]);
+  EVP_MAC_CTX_free(m->ctx[1]);
   EVP_MAC_free(m->mac);
   OPENSSL_cleanse(m, sizeof *m);
   free(m);

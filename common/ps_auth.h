@@ -125,18 +125,19 @@ int ps_auth_mac_new(ps_auth_mac **out, const ps_auth_key *k, const char *cluster
                     const uint8_t nc[PS_AUTH_NONCE], const uint8_t ns[PS_AUTH_NONCE]);
 
 /* ps_auth_mac_begin starts the MAC of the next frame in direction DIR
- * ('C' or 'S'; each direction counts its own frames). */
+ * ('C' or 'S'; each direction counts its own frames and has its own
+ * state, so a frame of each direction may be in progress at once). */
 void ps_auth_mac_begin(ps_auth_mac *m, char dir);
 
-/* ps_auth_mac_update adds N bytes at P to the frame's MAC. */
-void ps_auth_mac_update(ps_auth_mac *m, const void *p, size_t n);
+/* ps_auth_mac_update adds N bytes at P to DIR's frame MAC. */
+void ps_auth_mac_update(ps_auth_mac *m, char dir, const void *p, size_t n);
 
-/* ps_auth_mac_end writes the frame's MAC to OUT. */
-void ps_auth_mac_end(ps_auth_mac *m, uint8_t out[PS_AUTH_MAC]);
+/* ps_auth_mac_end writes DIR's frame MAC to OUT. */
+void ps_auth_mac_end(ps_auth_mac *m, char dir, uint8_t out[PS_AUTH_MAC]);
 
-/* ps_auth_mac_verify ends the frame's MAC and compares it with GOT in
+/* ps_auth_mac_verify ends DIR's frame MAC and compares it with GOT in
  * constant time; 1 when it matches. */
-int ps_auth_mac_verify(ps_auth_mac *m, const uint8_t got[PS_AUTH_MAC]);
+int ps_auth_mac_verify(ps_auth_mac *m, char dir, const uint8_t got[PS_AUTH_MAC]);
 
 /* ps_auth_mac_free wipes and frees M (NULL is fine). */
 void ps_auth_mac_free(ps_auth_mac *m);

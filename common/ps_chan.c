@@ -215,7 +215,7 @@ static void rx_data_done(ps_chan_client *c) {
   if (c->rx_state == RX_DATA) {
     const chan_pending *e = rx_entry(c);
     for (size_t i = 0; i < e->nseg; i++)
-      ps_auth_mac_update(c->mac, e->dst[i], (size_t)e->lens[i] * sizeof(float));
+      ps_auth_mac_update(c->mac, 'S', e->dst[i], (size_t)e->lens[i] * sizeof(float));
   }
   c->rx_state = RX_MAC;
   c->rx_got = 0;
@@ -280,8 +280,8 @@ static int rx_after_meta(ps_chan_client *c, ps_errbuf *eb) {
   c->rx_got = 0;
   if (c->mac) {
     ps_auth_mac_begin(c->mac, 'S');
-    ps_auth_mac_update(c->mac, c->rx_hdrbuf, sizeof c->rx_hdrbuf);
-    ps_auth_mac_update(c->mac, c->rx_meta, c->rx_h.meta_len);
+    ps_auth_mac_update(c->mac, 'S', c->rx_hdrbuf, sizeof c->rx_hdrbuf);
+    ps_auth_mac_update(c->mac, 'S', c->rx_meta, c->rx_h.meta_len);
   }
   c->rx_state = (e->op == PS__CHAN_OP__CHAN_PULL && e->status == 0) ? RX_DATA : RX_DISCARD;
   if (dlen == 0) rx_data_done(c);
@@ -311,7 +311,7 @@ static long rx_feed(ps_chan_client *c, const uint8_t *p, size_t n, ps_errbuf *eb
         take = PS_AUTH_MAC - c->rx_got < avail ? PS_AUTH_MAC - c->rx_got : avail;
         memcpy(c->rx_tag + c->rx_got, p + used, take);
         if ((c->rx_got += take) == PS_AUTH_MAC) {
-          if (!ps_auth_mac_verify(c->mac, c->rx_tag))
+          if (!ps_auth_mac_verify(c->mac, 'S', c->rx_tag))
             return chan_break(c, eb, PS_EPROTO, "channel '%s': %s",
                               "a reply's MAC is wrong (changed on the way?)");
           rx_finish(c);
@@ -334,7 +334,7 @@ static long rx_feed(ps_chan_client *c, const uint8_t *p, size_t n, ps_errbuf *eb
           }
         }
         else if (c->mac)
-          ps_auth_mac_update(c->mac, p + used, take);
+          ps_auth_mac_update(c->mac, 'S', p + used, take);
         if ((c->rx_got += take) == c->rx_h.data_len) rx_data_done(c);
       }
     }
@@ -457,8 +457,8 @@ static int chan_send_frame(ps_chan_client *c, Ps__ChanMeta *meta, const float *c
   c->iov[1] = (struct iovec){c->tx_meta, mlen};
   if (c->mac) { /* invariant 6 */
     ps_auth_mac_begin(c->mac, 'C');
-    for (size_t i = 0; i < n; i++) ps_auth_mac_update(c->mac, c->iov[i].iov_base, c->iov[i].iov_len);
-    ps_auth_mac_end(c->mac, c->tx_tag);
+    for (size_t i = 0; i < n; i++) ps_auth_mac_update(c->mac, 'C', c->iov[i].iov_base, c->iov[i].iov_len);
+    ps_auth_mac_end(c->mac, 'C', c->tx_tag);
     c->iov[n++] = (struct iovec){c->tx_tag, sizeof c->tx_tag};
   }
   e->id = h.req_id;

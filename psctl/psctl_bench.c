@@ -13,7 +13,9 @@
  * thread's start to the last thread's end; the figure is the median over
  * --rounds rounds (after one warm-up round), in MB/s (10^6 bytes).
  * Small requests: pushes/s of one 256-float (1 KiB) chunk to shard 0 with
- * 8 requests in flight on one channel connection, for --small-secs. */
+ * 8 requests in flight on one channel connection, for --small-secs; then
+ * (unless --skip-grpc) unary gRPC Push calls/s of the same chunk, one at a
+ * time, as long again (a call's cost on the control plane, TLS or not). */
 #include <float.h>
 #include <getopt.h>
 #include <limits.h>
@@ -346,10 +348,36 @@ static void bench_disconnect(bench_shard *sh, size_t n) {
 
 /* ---- the three measurements ------------------------------------------------------ */
 
+/* bench_small_grpc measures unary gRPC calls/s: Push of chunk ID (256
+ * floats at G) of "bench_small" to shard 0, one call at a time, for SECS
+ * seconds (the control plane's per-call cost: TLS or plaintext). */
+static double bench_small_grpc(bench_shard *sh0, uint32_t id, const float *g, double secs,
+                               ps_errbuf *eb) {
+  Ps__PushRequest req = PS__PUSH_REQUEST__INIT;
+  req.model = "bench_small";
+  req.chunk_ids = &id;
+  req.n_chunk_ids = 1;
+  req.grads.data = (uint8_t *)g;
+  req.grads.len = 256 * sizeof(float);
+  uint64_t done = 0;
+  double t0 = ps_now_s(), t1 = t0;
+  while (t1 - t0 < secs) {
+    ProtobufCMessage *resp;
+    if (ps_rpc_call(sh0->rpc, "/ps.Ps/Push", &req.base, &ps__push_reply__descriptor, &resp,
+                    BENCH_TIMEOUT_MS, eb) < 0)
+      return -1;
+    protobuf_c_message_free_unpacked(resp, NULL);
+    done++;
+    t1 = ps_now_s();
+  }
+  return (double)done / (t1 - t0);
+}
+
 /* bench_small measures pushes/s of one 1 KiB chunk held by shard 0 with 8
- * requests in flight on one connection for SECS seconds. */
+ * requests in flight on one channel connection for SECS seconds, and
+ * (GRPC) then unary gRPC calls/s of the same push into *GRPC_RATE. */
 static double bench_small(psctl_cluster *cl, bench_shard *sh0, const uint32_t *shard_ids,
-                          double secs, ps_errbuf *eb) {
+                          double secs, int grpc, double *grpc_rate, ps_errbuf *eb) {
   Ps__ModelSpec spec;
   Ps__TensorSpec t, *tp[1];
   Ps__OptimizerSpec opt;
@@ -381,7 +409,9 @@ static double bench_small(psctl_cluster *cl, bench_shard *sh0, const uint32_t *s
         ps_chan_send_pushv(sh0->chan, "bench_small", &id, 1, src, len, 1, 0, 0, 0, NULL, eb) < 0)
       return -1;
   }
-  return (double)done / (t1 - t0);
+  double rate = (double)done / (t1 - t0);
+  if (grpc && (*grpc_rate = bench_small_grpc(sh0, id, g, secs, eb)) < 0) return -1;
+  return rate;
 }
 
 /* bench_wait_flush polls Status until every shard's last flush is at or
@@ -467,7 +497,8 @@ free_flat:
 }
 
 /* bench_throughput measures every transfer kind and the small-request
- * rate; RESULTS receives MB/s per kind (-1: skipped) and *SMALL pushes/s. */
+ * rates; RESULTS receives MB/s per kind (-1: skipped), SMALL[0] channel
+ * pushes/s, SMALL[1] gRPC calls/s (-1: skipped). */
 static int bench_throughput(psctl_cluster *cl, bench_shard *sh, const uint32_t *shard_ids,
                             const bench_opts *o, double *results, double *small, ps_errbuf *eb) {
   size_t n = cl->cfg.nshards;
@@ -499,8 +530,8 @@ static int bench_throughput(psctl_cluster *cl, bench_shard *sh, const uint32_t *
     if (results[k] < 0) rc = PS_EIO;
   }
   if (rc == 0 && o->small_secs > 0) {
-    *small = bench_small(cl, &sh[0], shard_ids, o->small_secs, eb);
-    if (*small < 0) rc = PS_EIO;
+    small[0] = bench_small(cl, &sh[0], shard_ids, o->small_secs, !o->skip_grpc, &small[1], eb);
+    if (small[0] < 0) rc = PS_EIO;
   }
 free_flat:
   free(flat);
@@ -509,7 +540,7 @@ free_flat:
 
 /* bench_print writes the table or the JSON object. */
 static void bench_print(const psctl_cluster *cl, const bench_opts *o, const double *results,
-                        double small) {
+                        const double *small) {
   if (o->json) {
     printf("{\"model_bytes\":%.0f,\"shards\":%zu,\"request_bytes\":%.0f,\"rounds\":%d,"
            "\"depth\":%d",
@@ -517,7 +548,12 @@ static void bench_print(const psctl_cluster *cl, const bench_opts *o, const doub
            o->depth);
     for (size_t k = 0; k < BENCH_NKINDS; k++)
       if (results[k] >= 0) printf(",\"%s\":%.1f", bench_kinds[k].key, results[k]);
-    if (small >= 0) printf(",\"small_push_per_sec\":%.0f", small);
+    if (small[0] >= 0) printf(",\"small_push_per_sec\":%.0f", small[0]);
+    if (small[1] >= 0) printf(",\"small_grpc_calls_per_sec\":%.0f", small[1]);
+    if (cl->cfg.security.mode == PS_SEC_TLS || cl->cfg.security.secret_file)
+      printf(",\"security\":\"%s%s%s\"", cl->cfg.security.mode == PS_SEC_TLS ? "tls" : "none",
+             cl->cfg.security.secret_file ? "+chan-hmac" : "",
+             cl->cfg.security.payload_mac ? "+payload-mac" : "");
     printf("}\n");
     return;
   }
@@ -528,7 +564,10 @@ static void bench_print(const psctl_cluster *cl, const bench_opts *o, const doub
   for (size_t k = 0; k < BENCH_NKINDS; k++)
     if (results[k] >= 0)
       printf("%-9s %-5s %10.1f\n", bench_kinds[k].transport, bench_kinds[k].op, results[k]);
-  if (small >= 0) printf("small: %.0f pushes/s of one 1 KiB chunk, 8 in flight (channel)\n", small);
+  if (small[0] >= 0)
+    printf("small: %.0f pushes/s of one 1 KiB chunk, 8 in flight (channel)\n", small[0]);
+  if (small[1] >= 0)
+    printf("small: %.0f gRPC Push calls/s of one 1 KiB chunk, one at a time\n", small[1]);
 }
 
 static const char bench_usage[] =
@@ -540,7 +579,8 @@ static const char bench_usage[] =
     "prints the median over N rounds (default 5) of push and pull MB/s over the tensor\n"
     "channel and over gRPC, with R MiB requests (default 4), one thread per shard, D\n"
     "requests in flight per channel (default 2); then 1 KiB pushes/s with 8 in flight\n"
-    "for S seconds (default 2; 0 skips).  --memory-params submits an Adam model of N\n"
+    "for S seconds (default 2; 0 skips), and as long gRPC Push calls/s of 1 KiB, one at a\n"
+    "time (unless --skip-grpc).  --memory-params submits an Adam model of N\n"
     "parameters, pushes every chunk once, waits for a flush and prints each shard's\n"
     "parameter count as JSON (scripts/bench_net measures the shards' memory).\n"
     "--sockbuf sets the channel clients' SO_SNDBUF/SO_RCVBUF (default: kernel autotuning).\n";
@@ -611,7 +651,7 @@ int psctl_bench_main(int argc, char **argv) {
   size_t n = cl.cfg.nshards;
   bench_shard *sh = calloc(n, sizeof *sh);
   uint32_t *ids = calloc(n, sizeof *ids);
-  double results[BENCH_NKINDS], small = -1;
+  double results[BENCH_NKINDS], small[2] = {-1, -1};
   int rc = sh && ids ? 0 : ps_errf(&eb, PS_ENOMEM, "out of memory");
   for (size_t i = 0; i < n && rc == 0; i++) ids[i] = cl.cfg.shards[i].id;
   if (rc == 0)
@@ -619,7 +659,7 @@ int psctl_bench_main(int argc, char **argv) {
                        &eb);
   if (rc == 0 && o.memory_params)
     rc = bench_memory(&cl, sh, ids, &o, &eb);
-  else if (rc == 0 && (rc = bench_throughput(&cl, sh, ids, &o, results, &small, &eb)) == 0)
+  else if (rc == 0 && (rc = bench_throughput(&cl, sh, ids, &o, results, small, &eb)) == 0)
     bench_print(&cl, &o, results, small);
   if (rc < 0) fprintf(stderr, "psctl bench: %s\n", eb.msg);
   if (sh) bench_disconnect(sh, n);

@@ -238,8 +238,8 @@ static int conn_reply(psd_conn *c, const Ps__ChanMeta *meta, float *data, size_t
   unsigned nbufs = data ? 3 : 2;
   if (c->mac) { /* invariant 10 */
     ps_auth_mac_begin(c->mac, 'S');
-    for (unsigned i = 0; i < nbufs; i++) ps_auth_mac_update(c->mac, bufs[i].base, bufs[i].len);
-    ps_auth_mac_end(c->mac, w->tag);
+    for (unsigned i = 0; i < nbufs; i++) ps_auth_mac_update(c->mac, 'S', bufs[i].base, bufs[i].len);
+    ps_auth_mac_end(c->mac, 'S', w->tag);
     bufs[nbufs++] = uv_buf_init((char *)w->tag, sizeof w->tag);
     w->bytes += sizeof w->tag;
   }
@@ -535,7 +535,7 @@ static void conn_data_done(psd_conn *c) {
     conn_push_end(c);
     return;
   }
-  if (c->rx_state == RX_DATA) ps_auth_mac_update(c->mac, c->data, c->h.data_len);
+  if (c->rx_state == RX_DATA) ps_auth_mac_update(c->mac, 'C', c->data, c->h.data_len);
   c->rx_state = RX_MAC;
   c->got = 0;
 }
@@ -543,7 +543,7 @@ static void conn_data_done(psd_conn *c) {
 /* conn_mac_done checks a request's MAC and acts on the request; 0 or
  * PS_EPROTO (close: counted in chan_auth_refused). */
 static int conn_mac_done(psd_conn *c) {
-  if (!ps_auth_mac_verify(c->mac, c->tag)) {
+  if (!ps_auth_mac_verify(c->mac, 'C', c->tag)) {
     c->chan->sh->ctr.chan_auth_refused++;
     ps_warn("channel: a frame's MAC is wrong (changed on the way?); closing the connection");
     return PS_EPROTO;
@@ -576,8 +576,8 @@ static int conn_meta_done(psd_conn *c) {
   c->rx_state = RX_HDR;
   if (c->mac && c->hello_done) { /* invariant 10 */
     ps_auth_mac_begin(c->mac, 'C');
-    ps_auth_mac_update(c->mac, c->hdrbuf, sizeof c->hdrbuf);
-    ps_auth_mac_update(c->mac, c->meta, c->h.meta_len);
+    ps_auth_mac_update(c->mac, 'C', c->hdrbuf, sizeof c->hdrbuf);
+    ps_auth_mac_update(c->mac, 'C', c->meta, c->h.meta_len);
   }
   if (!c->hello_done) {
     rc = conn_hello(c, m);
@@ -658,7 +658,7 @@ static int conn_feed(psd_conn *c) {
         left = c->h.data_len - c->got;
         take = left < avail ? (size_t)left : avail;
         if (c->rx_state == RX_DATA) memcpy((uint8_t *)c->data + c->got, p, take);
-        else if (c->mac) ps_auth_mac_update(c->mac, p, take);
+        else if (c->mac) ps_auth_mac_update(c->mac, 'C', p, take);
         if ((c->got += take) == c->h.data_len) {
           c->stage_off += take;
           take = 0;
@@ -706,7 +706,7 @@ static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   c->last_ms = uv_now(c->chan->sh->loop);
   int rc = 0;
   if (c->direct) {
-    if (c->rx_state == RX_DISCARD && c->mac) ps_auth_mac_update(c->mac, c->stage, (size_t)nread);
+    if (c->rx_state == RX_DISCARD && c->mac) ps_auth_mac_update(c->mac, 'C', c->stage, (size_t)nread);
     c->got += (uint64_t)nread;
     if (c->got == c->h.data_len) conn_data_done(c);
   } else {

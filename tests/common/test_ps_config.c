@@ -62,7 +62,8 @@ static const char good_yaml[] =
     "    operator_cert: certs/operator.pem\n"
     "    operator_key: certs/operator.key\n"
     "  require_client_cert: false\n"
-    "  secret_file: certs/cluster.secret\n";
+    "  secret_file: certs/cluster.secret\n"
+    "  payload_mac: true\n";
 
 /* write_yaml writes TEXT to a fresh file and returns its path (static). */
 static const char *write_yaml(const char *text) {
@@ -127,6 +128,7 @@ START_TEST(test_config_good_file) {
   ck_assert_str_eq(c.security.tls.operator_key, "certs/operator.key");
   ck_assert_int_eq(c.security.require_client_cert, 0);
   ck_assert_str_eq(c.security.secret_file, "certs/cluster.secret");
+  ck_assert_int_eq(c.security.payload_mac, 1);
   ck_assert_ptr_eq(ps_config_shard(&c, 8), &c.shards[1]);
   ck_assert_ptr_null(ps_config_shard(&c, 4));
   uint32_t ids[2];
@@ -177,6 +179,7 @@ START_TEST(test_config_defaults) {
   ck_assert_int_eq(c.security.require_client_cert, 1);
   ck_assert_ptr_null(c.security.tls.ca);
   ck_assert_ptr_null(c.security.secret_file);
+  ck_assert_int_eq(c.security.payload_mac, 0);
   ps_config_release(&c);
 }
 END_TEST
@@ -311,6 +314,8 @@ static const struct bad_case {
      "7:45: unknown value 'maybe' for 'require_client_cert' (expected false or true)"},
     {"cluster: a\n" SHARD0 "security: {mode: none, secret_file: ''}\n", PS_ECONFIG,
      "7:37: empty string for 'secret_file'"},
+    {"cluster: a\n" SHARD0 "security: {mode: none, payload_mac: true}\n", PS_ECONFIG,
+     "7:37: 'payload_mac' needs 'secret_file' (the MAC key comes from the hello)"},
     {"cluster: a\nx: [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]\n",
      PS_ECONFIG, "2:35: nested deeper than 32 levels"},
 };

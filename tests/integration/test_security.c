@@ -714,10 +714,10 @@ START_TEST(test_sec_mac_tampered) {
                    .meta_len = (uint32_t)mlen, .data_len = sizeof g, .req_id = 3};
   ps_chan_hdr_encode(hdr, &h);
   ps_auth_mac_begin(m, 'C');
-  ps_auth_mac_update(m, hdr, sizeof hdr);
-  ps_auth_mac_update(m, meta, mlen);
-  ps_auth_mac_update(m, g, sizeof g);
-  ps_auth_mac_end(m, tag);
+  ps_auth_mac_update(m, 'C', hdr, sizeof hdr);
+  ps_auth_mac_update(m, 'C', meta, mlen);
+  ps_auth_mac_update(m, 'C', g, sizeof g);
+  ps_auth_mac_end(m, 'C', tag);
   g[7] = 1000.0f; /* changed on the way */
   ck_assert_int_eq(write(fd, hdr, sizeof hdr), (ssize_t)sizeof hdr);
   ck_assert_int_eq(write(fd, meta, mlen), (ssize_t)mlen);

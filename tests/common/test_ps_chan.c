@@ -59,7 +59,7 @@ START_TEST(test_hdr_bad) {
     switch (i) { /* test table: one spoiled field per row */
       case 0: h.magic = 0x31435351; break;
       case 1: h.version = 2; break;
-      case 2: h.flags = 1; break;
+      case 2: h.flags = 2; break; /* PS_CHAN_FLAG_MAC is the only flag */
       case 3: h.reserved = 5; break;
       case 4: h.meta_len = PS_CHAN_MAX_META + 1; break;
       case 5: h.data_len = (4ull << 20) + 4; break;
@@ -69,6 +69,13 @@ START_TEST(test_hdr_bad) {
     ck_assert_msg(ps_chan_hdr_decode(&d, buf, 4ull << 20) == cases[i].want,
                   "bad %s accepted or wrong code", cases[i].what);
   }
+  /* The payload-MAC flag is a known one. */
+  ps_chan_hdr h = good_hdr(), d0;
+  h.flags = PS_CHAN_FLAG_MAC;
+  uint8_t buf0[PS_CHAN_HDR_LEN];
+  ps_chan_hdr_encode(buf0, &h);
+  ck_assert_int_eq(ps_chan_hdr_decode(&d0, buf0, 4ull << 20), 0);
+  ck_assert_uint_eq(d0.flags, PS_CHAN_FLAG_MAC);
   /* Garbage bytes are not a header. */
   uint8_t junk[PS_CHAN_HDR_LEN];
   memcpy(junk, "GET / HTTP/1.1\r\nHost: x\r\n\r\n.....", PS_CHAN_HDR_LEN);

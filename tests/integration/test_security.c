@@ -106,6 +106,25 @@ static Ps__StatusReply *sec_status(void) {
   return rep;
 }
 
+/* sec_counter returns the shard's chan_auth_refused (CHAN) or
+ * auth_refused counter, asked as the operator. */
+static uint64_t sec_counter(int chan) {
+  Ps__StatusReply *st = sec_status();
+  uint64_t v = chan ? st->chan_auth_refused : st->auth_refused;
+  ps__status_reply__free_unpacked(st, NULL);
+  return v;
+}
+
+/* sec_worker_key loads the suite's secret file into *KEYS and returns its
+ * worker key (the caller releases KEYS). */
+static const ps_auth_key *sec_worker_key(ps_auth_keys *keys) {
+  const ps_auth_key *key;
+  ps_errbuf eb;
+  int rc = ps_auth_client_key(sec_cfg.security.secret_file, PS_ROLE_WORKER, keys, &key, &eb);
+  ck_assert_msg(rc == 0, "%s", eb.msg);
+  return key;
+}
+
 /* sec_spec fills SPEC for model NAME: one tensor of N floats. */
 static void sec_spec(Ps__ModelSpec *spec, Ps__TensorSpec *t, Ps__TensorSpec **tp,
                      Ps__OptimizerSpec *opt, uint32_t *shape, const char *name, uint32_t n) {
@@ -201,9 +220,7 @@ START_TEST(test_sec_no_credentials) {
   ck_assert_int_eq(sec_pull(NULL, out, &eb), PS_EPROTO);
   ck_assert_msg(strstr(eb.msg, "authentication required"), "%s", eb.msg);
   ck_assert_uint_eq(sec_model_params("m"), SEC_ELEMS);
-  st = sec_status();
-  ck_assert_uint_eq(st->chan_auth_refused, chan0 + 1);
-  ps__status_reply__free_unpacked(st, NULL);
+  ck_assert_uint_eq(sec_counter(1), chan0 + 1);
 }
 END_TEST
 
@@ -240,9 +257,7 @@ START_TEST(test_sec_wrong_certificate) {
   const ps_auth_key *key;
   ck_assert_int_eq(ps_auth_client_key(other.security.secret_file, PS_ROLE_WORKER, &keys, &key,
                                       &eb), 0);
-  Ps__StatusReply *st = sec_status();
-  uint64_t chan0 = st->chan_auth_refused;
-  ps__status_reply__free_unpacked(st, NULL);
+  uint64_t chan0 = sec_counter(1);
   float out[SEC_ELEMS];
   /* The shard proves its key first: this client sees the shard's proof fail. */
   ck_assert_int_eq(sec_pull(key, out, &eb), PS_EPROTO);
@@ -250,9 +265,7 @@ START_TEST(test_sec_wrong_certificate) {
   ps_auth_release(&keys);
   ps_config_release(&other);
   ck_assert_uint_eq(sec_model_params("m"), SEC_ELEMS);
-  st = sec_status();
-  ck_assert_uint_eq(st->chan_auth_refused, chan0); /* refused by the client, not the shard */
-  ps__status_reply__free_unpacked(st, NULL);
+  ck_assert_uint_eq(sec_counter(1), chan0); /* refused by the client, not the shard */
 }
 END_TEST
 
@@ -260,9 +273,7 @@ END_TEST
  * replace; the operator may. */
 START_TEST(test_sec_roles) {
   sec_ensure_model();
-  Ps__StatusReply *st = sec_status();
-  uint64_t refused0 = st->auth_refused;
-  ps__status_reply__free_unpacked(st, NULL);
+  uint64_t refused0 = sec_counter(0);
   ps_errbuf eb;
   ck_assert_int_eq(sec_submit(PS_ROLE_WORKER, "m", 10, 1, &eb), PS_EPERM);
   ck_assert_msg(strstr(eb.msg, "not allowed for role 'worker'"), "%s", eb.msg);
@@ -278,9 +289,7 @@ START_TEST(test_sec_roles) {
   ck_assert_uint_eq(exr->values.len, SEC_ELEMS * sizeof(float));
   ps__export_reply__free_unpacked(exr, NULL);
   ps_rpc_close(r);
-  st = sec_status();
-  ck_assert_uint_eq(st->auth_refused, refused0 + 2);
-  ps__status_reply__free_unpacked(st, NULL);
+  ck_assert_uint_eq(sec_counter(0), refused0 + 2);
   ck_assert_int_eq(sec_submit(PS_ROLE_OPERATOR, "w2", 10, 0, &eb), 0);
   ck_assert_uint_eq(sec_model_params("w2"), 10);
 }
@@ -331,27 +340,31 @@ static Ps__ChanMeta *raw_recv(int fd) {
   return ps__chan_meta__unpack(NULL, h.meta_len, meta);
 }
 
+/* raw_hello fills HELLO, the first frame naming KEY, with nonce NC all
+ * FILL bytes. */
+static void raw_hello(Ps__ChanMeta *hello, const ps_auth_key *key, uint8_t nc[PS_AUTH_NONCE],
+                      int fill) {
+  memset(nc, fill, PS_AUTH_NONCE);
+  ps__chan_meta__init(hello);
+  hello->op = PS__CHAN_OP__CHAN_HELLO;
+  hello->proto_version = PS_CHAN_VERSION;
+  hello->cluster = "test";
+  hello->key_id = (char *)key->id;
+  hello->nonce.data = nc;
+  hello->nonce.len = PS_AUTH_NONCE;
+}
+
 /* A recorded hello and proof, replayed on a new connection, meet a fresh
  * shard nonce and are refused; an unknown key id too. */
 START_TEST(test_sec_replayed_hello) {
   sec_ensure_model();
   ps_auth_keys keys;
-  const ps_auth_key *key;
+  const ps_auth_key *key = sec_worker_key(&keys);
   ps_errbuf eb;
-  ck_assert_int_eq(ps_auth_client_key(sec_cfg.security.secret_file, PS_ROLE_WORKER, &keys, &key,
-                                      &eb), 0);
-  Ps__StatusReply *st = sec_status();
-  uint64_t chan0 = st->chan_auth_refused;
-  ps__status_reply__free_unpacked(st, NULL);
+  uint64_t chan0 = sec_counter(1);
   uint8_t nc[PS_AUTH_NONCE], proof[PS_AUTH_MAC];
-  memset(nc, 7, sizeof nc);
-  Ps__ChanMeta hello = PS__CHAN_META__INIT, pm = PS__CHAN_META__INIT;
-  hello.op = PS__CHAN_OP__CHAN_HELLO;
-  hello.proto_version = PS_CHAN_VERSION;
-  hello.cluster = "test";
-  hello.key_id = (char *)key->id;
-  hello.nonce.data = nc;
-  hello.nonce.len = sizeof nc;
+  Ps__ChanMeta hello, pm = PS__CHAN_META__INIT;
+  raw_hello(&hello, key, nc, 7);
   pm.op = PS__CHAN_OP__CHAN_HELLO;
   pm.auth.data = proof;
   pm.auth.len = sizeof proof;
@@ -402,9 +415,7 @@ START_TEST(test_sec_replayed_hello) {
   ck_assert_msg(sec_pull(key, out, &eb) == 0, "%s", eb.msg);
   ck_assert(out[0] == 1.0f && out[SEC_ELEMS - 1] == 1.0f);
   ps_auth_release(&keys);
-  st = sec_status();
-  ck_assert_uint_eq(st->chan_auth_refused, chan0 + 2);
-  ps__status_reply__free_unpacked(st, NULL);
+  ck_assert_uint_eq(sec_counter(1), chan0 + 2);
 }
 END_TEST
 
@@ -413,10 +424,7 @@ END_TEST
 START_TEST(test_sec_wrong_secret) {
   sec_ensure_model();
   ps_auth_keys keys;
-  const ps_auth_key *key;
-  ps_errbuf eb;
-  ck_assert_int_eq(ps_auth_client_key(sec_cfg.security.secret_file, PS_ROLE_WORKER, &keys, &key,
-                                      &eb), 0);
+  const ps_auth_key *key = sec_worker_key(&keys);
   Ps__StatusReply *st = sec_status();
   uint64_t chan0 = st->chan_auth_refused, pulls0 = st->pulls;
   ps__status_reply__free_unpacked(st, NULL);
@@ -425,14 +433,8 @@ START_TEST(test_sec_wrong_secret) {
   ps_auth_key wrong = *key;
   wrong.secret[0] ^= 1;
   uint8_t nc[PS_AUTH_NONCE], proof[PS_AUTH_MAC];
-  memset(nc, 9, sizeof nc);
-  Ps__ChanMeta hello = PS__CHAN_META__INIT, pm = PS__CHAN_META__INIT;
-  hello.op = PS__CHAN_OP__CHAN_HELLO;
-  hello.proto_version = PS_CHAN_VERSION;
-  hello.cluster = "test";
-  hello.key_id = (char *)key->id;
-  hello.nonce.data = nc;
-  hello.nonce.len = sizeof nc;
+  Ps__ChanMeta hello, pm = PS__CHAN_META__INIT;
+  raw_hello(&hello, key, nc, 9);
   int fd = raw_connect();
   raw_send(fd, &hello, 1);
   Ps__ChanMeta *ch = raw_recv(fd);
@@ -546,6 +548,59 @@ START_TEST(test_sec_role_subject) {
 }
 END_TEST
 
+/* Rotation: a key added to the shard's secret file is accepted after a
+ * SIGHUP, beside the old one; an unreadable file leaves the keys as they
+ * were. */
+START_TEST(test_sec_key_rotation) {
+  sec_ensure_model();
+  const char *path = sec_cfg.security.secret_file;
+  size_t len;
+  char *old = ps_test_read_file(path, &len);
+  static const char rot_hex[] =
+      "a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf";
+  ps_auth_key rot;
+  memset(&rot, 0, sizeof rot);
+  snprintf(rot.id, sizeof rot.id, "rot-2");
+  rot.role = PS_ROLE_WORKER;
+  rot.len = 32;
+  for (int i = 0; i < 32; i++) rot.secret[i] = (uint8_t)(0xa0 + i);
+  float out[SEC_ELEMS];
+  ps_errbuf eb;
+  ck_assert_int_eq(sec_pull(&rot, out, &eb), PS_EPROTO); /* not yet known */
+  /* The new key first: clients of the old file still prove worker-1 (the last). */
+  char *text = malloc(len + 200);
+  snprintf(text, len + 200, "rot-2 worker %s\n%s", rot_hex, old);
+  ps_test_write_file(path, text);
+  ck_assert_int_eq(chmod(path, 0600), 0);
+  ck_assert_int_eq(kill(sec_pid, SIGHUP), 0);
+  int64_t end = ps_test_now_ms() + 10000;
+  int rc;
+  while ((rc = sec_pull(&rot, out, &eb)) != 0 && ps_test_now_ms() < end) usleep(50000);
+  ck_assert_msg(rc == 0, "the new key after SIGHUP: %s", eb.msg);
+  ps_auth_keys keys;
+  const ps_auth_key *key;
+  ck_assert_int_eq(ps_auth_client_key(path, PS_ROLE_WORKER, &keys, &key, &eb), 0);
+  ck_assert_str_eq(key->id, "worker-1");
+  ck_assert_msg(sec_pull(key, out, &eb) == 0, "the old key: %s", eb.msg);
+  /* A file others may read is not reloaded: both keys stay. */
+  ck_assert_int_eq(chmod(path, 0644), 0);
+  ck_assert_int_eq(kill(sec_pid, SIGHUP), 0);
+  usleep(300000);
+  ck_assert_msg(sec_pull(&rot, out, &eb) == 0, "%s", eb.msg);
+  /* Back to the old file: the rotated key is gone again. */
+  ps_test_write_file(path, old);
+  ck_assert_int_eq(chmod(path, 0600), 0);
+  ck_assert_int_eq(kill(sec_pid, SIGHUP), 0);
+  end = ps_test_now_ms() + 10000;
+  while ((rc = sec_pull(&rot, out, &eb)) == 0 && ps_test_now_ms() < end) usleep(50000);
+  ck_assert_int_eq(rc, PS_EPROTO);
+  ck_assert_msg(sec_pull(key, out, &eb) == 0, "the old key: %s", eb.msg);
+  ps_auth_release(&keys);
+  free(text);
+  free(old);
+}
+END_TEST
+
 /* ---- the payload MAC ------------------------------------------------------ */
 
 static pid_t mac_pid;
@@ -617,10 +672,8 @@ START_TEST(test_sec_mac_round_trip) {
   ck_assert_msg(mac_up_ok, "the payload-MAC psd is not running");
   static const uint32_t ids[SEC_CHUNKS] = {0, 1, 2, 3};
   ps_auth_keys keys;
-  const ps_auth_key *key;
+  const ps_auth_key *key = sec_worker_key(&keys);
   ps_errbuf eb;
-  ck_assert_int_eq(ps_auth_client_key(sec_cfg.security.secret_file, PS_ROLE_WORKER, &keys, &key,
-                                      &eb), 0);
   ps_chan_client *c;
   ck_assert_msg(ps_chan_connect_auth(&c, mac_chan, "test", key, PS_CHAN_AUTH_MAC, 5000, &eb) == 0,
                 "%s", eb.msg);
@@ -651,14 +704,8 @@ END_TEST
  * with *M the frame MAC state (the caller frees it). */
 static int raw_hello_mac(const ps_auth_key *key, ps_auth_mac **m) {
   uint8_t nc[PS_AUTH_NONCE], proof[PS_AUTH_MAC], ns[PS_AUTH_NONCE];
-  memset(nc, 5, sizeof nc);
-  Ps__ChanMeta hello = PS__CHAN_META__INIT, pm = PS__CHAN_META__INIT;
-  hello.op = PS__CHAN_OP__CHAN_HELLO;
-  hello.proto_version = PS_CHAN_VERSION;
-  hello.cluster = "test";
-  hello.key_id = (char *)key->id;
-  hello.nonce.data = nc;
-  hello.nonce.len = sizeof nc;
+  Ps__ChanMeta hello, pm = PS__CHAN_META__INIT;
+  raw_hello(&hello, key, nc, 5);
   int saved = sec_cp;
   sec_cp = mac_cp;
   int fd = raw_connect();
@@ -688,10 +735,8 @@ static int raw_hello_mac(const ps_auth_key *key, ps_auth_mac **m) {
 START_TEST(test_sec_mac_tampered) {
   ck_assert_msg(mac_up_ok, "the payload-MAC psd is not running");
   ps_auth_keys keys;
-  const ps_auth_key *key;
+  const ps_auth_key *key = sec_worker_key(&keys);
   ps_errbuf eb;
-  ck_assert_int_eq(ps_auth_client_key(sec_cfg.security.secret_file, PS_ROLE_WORKER, &keys, &key,
-                                      &eb), 0);
   static const uint32_t ids[SEC_CHUNKS] = {0, 1, 2, 3};
   float before[SEC_ELEMS], after[SEC_ELEMS];
   ps_chan_client *c;
@@ -752,6 +797,7 @@ Suite *security_suite(void) {
   tcase_add_test(tc, test_sec_wrong_secret);
   tcase_add_test(tc, test_sec_python_health);
   tcase_add_test(tc, test_sec_file_modes);
+  tcase_add_test(tc, test_sec_key_rotation);
   suite_add_tcase(s, tc);
   tc = tcase_create("payload_mac");
   tcase_add_unchecked_fixture(tc, mac_up, mac_down);

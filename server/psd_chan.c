@@ -336,7 +336,8 @@ static int conn_hello_challenge(psd_conn *c, const Ps__ChanMeta *m) {
   const ps_auth_key *k = ps_auth_find(&ch->keys, m->key_id && *m->key_id ? m->key_id : NULL);
   if (!m->key_id || !*m->key_id || m->nonce.len != PS_AUTH_NONCE)
     return conn_hello_refuse(c, PS_EPROTO, "channel authentication required: this shard has "
-                             "security.secret_file and the hello names no key", 1);
+                             "security.secret_file and the hello names no key (or no 32-byte "
+                             "nonce)", 1);
   if (!k) {
     snprintf(why, sizeof why, "channel authentication failed: unknown key id '%.32s'", m->key_id);
     return conn_hello_refuse(c, PS_EPROTO, why, 1);

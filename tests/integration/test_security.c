@@ -340,6 +340,22 @@ static Ps__ChanMeta *raw_recv(int fd) {
   return ps__chan_meta__unpack(NULL, h.meta_len, meta);
 }
 
+/* raw_proof sends PROOF in the hello's second frame and returns the op of
+ * the shard's answer (its error message, if any, into WHY, 200 bytes). */
+static int raw_proof(int fd, const uint8_t proof[PS_AUTH_MAC], char *why) {
+  Ps__ChanMeta pm = PS__CHAN_META__INIT;
+  pm.op = PS__CHAN_OP__CHAN_HELLO;
+  pm.auth.data = (uint8_t *)proof;
+  pm.auth.len = PS_AUTH_MAC;
+  raw_send(fd, &pm, 2);
+  Ps__ChanMeta *ch = raw_recv(fd);
+  ck_assert_ptr_nonnull(ch);
+  int op = ch->op;
+  snprintf(why, 200, "%s", ch->message ? ch->message : "");
+  ps__chan_meta__free_unpacked(ch, NULL);
+  return op;
+}
+
 /* raw_hello fills HELLO, the first frame naming KEY, with nonce NC all
  * FILL bytes. */
 static void raw_hello(Ps__ChanMeta *hello, const ps_auth_key *key, uint8_t nc[PS_AUTH_NONCE],
@@ -363,11 +379,9 @@ START_TEST(test_sec_replayed_hello) {
   ps_errbuf eb;
   uint64_t chan0 = sec_counter(1);
   uint8_t nc[PS_AUTH_NONCE], proof[PS_AUTH_MAC];
-  Ps__ChanMeta hello, pm = PS__CHAN_META__INIT;
+  char why[200];
+  Ps__ChanMeta hello;
   raw_hello(&hello, key, nc, 7);
-  pm.op = PS__CHAN_OP__CHAN_HELLO;
-  pm.auth.data = proof;
-  pm.auth.len = sizeof proof;
   /* The genuine exchange, recorded. */
   int fd = raw_connect();
   raw_send(fd, &hello, 1);
@@ -378,11 +392,7 @@ START_TEST(test_sec_replayed_hello) {
   ck_assert(ps_auth_check(key, 1, "test", nc, ch->nonce.data, 0, ch->auth.data, ch->auth.len));
   ps_auth_proof(key, 0, "test", nc, ch->nonce.data, 0, proof);
   ps__chan_meta__free_unpacked(ch, NULL);
-  raw_send(fd, &pm, 2);
-  ch = raw_recv(fd);
-  ck_assert_ptr_nonnull(ch);
-  ck_assert_int_eq(ch->op, PS__CHAN_OP__CHAN_HELLO); /* accepted */
-  ps__chan_meta__free_unpacked(ch, NULL);
+  ck_assert_int_eq(raw_proof(fd, proof, why), PS__CHAN_OP__CHAN_HELLO); /* accepted */
   close(fd);
   /* The replay: same hello, same proof, new connection. */
   fd = raw_connect();
@@ -391,12 +401,8 @@ START_TEST(test_sec_replayed_hello) {
   ck_assert_ptr_nonnull(ch);
   ck_assert_int_eq(ch->op, PS__CHAN_OP__CHAN_HELLO);
   ps__chan_meta__free_unpacked(ch, NULL);
-  raw_send(fd, &pm, 2);
-  ch = raw_recv(fd);
-  ck_assert_ptr_nonnull(ch);
-  ck_assert_int_eq(ch->op, PS__CHAN_OP__CHAN_ERROR);
-  ck_assert_msg(strstr(ch->message, "wrong proof"), "%s", ch->message);
-  ps__chan_meta__free_unpacked(ch, NULL);
+  ck_assert_int_eq(raw_proof(fd, proof, why), PS__CHAN_OP__CHAN_ERROR);
+  ck_assert_msg(strstr(why, "wrong proof"), "%s", why);
   ck_assert_ptr_null(raw_recv(fd)); /* closed after the one error frame */
   close(fd);
   /* An unknown key id. */
@@ -433,7 +439,7 @@ START_TEST(test_sec_wrong_secret) {
   ps_auth_key wrong = *key;
   wrong.secret[0] ^= 1;
   uint8_t nc[PS_AUTH_NONCE], proof[PS_AUTH_MAC];
-  Ps__ChanMeta hello, pm = PS__CHAN_META__INIT;
+  Ps__ChanMeta hello;
   raw_hello(&hello, key, nc, 9);
   int fd = raw_connect();
   raw_send(fd, &hello, 1);
@@ -442,14 +448,8 @@ START_TEST(test_sec_wrong_secret) {
   ck_assert(!ps_auth_check(&wrong, 1, "test", nc, ch->nonce.data, 0, ch->auth.data, ch->auth.len));
   ps_auth_proof(&wrong, 0, "test", nc, ch->nonce.data, 0, proof);
   ps__chan_meta__free_unpacked(ch, NULL);
-  pm.op = PS__CHAN_OP__CHAN_HELLO;
-  pm.auth.data = proof;
-  pm.auth.len = sizeof proof;
-  raw_send(fd, &pm, 2);
-  ch = raw_recv(fd);
-  ck_assert_ptr_nonnull(ch);
-  ck_assert_int_eq(ch->op, PS__CHAN_OP__CHAN_ERROR);
-  ps__chan_meta__free_unpacked(ch, NULL);
+  char why[200];
+  ck_assert_int_eq(raw_proof(fd, proof, why), PS__CHAN_OP__CHAN_ERROR);
   ck_assert_ptr_null(raw_recv(fd));
   close(fd);
   ps_auth_release(&keys);
@@ -704,7 +704,7 @@ END_TEST
  * with *M the frame MAC state (the caller frees it). */
 static int raw_hello_mac(const ps_auth_key *key, ps_auth_mac **m) {
   uint8_t nc[PS_AUTH_NONCE], proof[PS_AUTH_MAC], ns[PS_AUTH_NONCE];
-  Ps__ChanMeta hello, pm = PS__CHAN_META__INIT;
+  Ps__ChanMeta hello;
   raw_hello(&hello, key, nc, 5);
   int saved = sec_cp;
   sec_cp = mac_cp;
@@ -718,14 +718,8 @@ static int raw_hello_mac(const ps_auth_key *key, ps_auth_mac **m) {
   ck_assert(ps_auth_check(key, 1, "test", nc, ns, 1, ch->auth.data, ch->auth.len));
   ps__chan_meta__free_unpacked(ch, NULL);
   ps_auth_proof(key, 0, "test", nc, ns, 1, proof);
-  pm.op = PS__CHAN_OP__CHAN_HELLO;
-  pm.auth.data = proof;
-  pm.auth.len = sizeof proof;
-  raw_send(fd, &pm, 2);
-  ch = raw_recv(fd);
-  ck_assert_ptr_nonnull(ch);
-  ck_assert_int_eq(ch->op, PS__CHAN_OP__CHAN_HELLO);
-  ps__chan_meta__free_unpacked(ch, NULL);
+  char why[200];
+  ck_assert_int_eq(raw_proof(fd, proof, why), PS__CHAN_OP__CHAN_HELLO);
   ck_assert_int_eq(ps_auth_mac_new(m, key, "test", nc, ns), 0);
   return fd;
 }

@@ -53,8 +53,9 @@
  *     a MAC (ps_auth.h).  A request is acted on only once its MAC checked
  *     out: a push's data is read (and MACed) in full first, a pull waits in
  *     c->req for its MAC (RX_MAC).  A wrong or missing MAC closes the
- *     connection and counts in chan_auth_refused; a reply's MAC is made
- *     when the reply is queued (replies are queued in wire order). */
+ *     connection and counts in chan_auth_refused (and errors); a reply's
+ *     MAC is made when the reply is queued (replies are queued in wire
+ *     order). */
 #include "psd_chan.h"
 
 #include <openssl/crypto.h>
@@ -607,7 +608,10 @@ static int conn_meta_done(psd_conn *c) {
 static int conn_hdr_done(psd_conn *c) {
   int rc = ps_chan_hdr_decode(&c->h, c->hdrbuf, c->chan->sh->cfg->max_request_bytes);
   if (rc < 0 || c->h.meta_len == 0) return rc < 0 ? rc : PS_EPROTO;
-  if (!!(c->h.flags & PS_CHAN_FLAG_MAC) != !!c->mac) return PS_EPROTO; /* invariant 10 */
+  if (!!(c->h.flags & PS_CHAN_FLAG_MAC) != !!c->mac) { /* invariant 10 */
+    if (c->mac) c->chan->sh->ctr.chan_auth_refused++; /* a frame without its MAC */
+    return PS_EPROTO;
+  }
   if (!c->hello_done && (c->h.meta_len > PS_CHAN_HELLO_META_MAX || c->h.data_len))
     return PS_EPROTO; /* invariant 8: no big buffer for a peer that has not said hello */
   if (c->h.meta_len > c->meta_cap) {

@@ -83,19 +83,23 @@ static void sec_down(void) {
   ps_config_release(&sec_cfg);
 }
 
-/* sec_rpc opens a control-plane channel as ROLE (its certificate). */
-static ps_rpc *sec_rpc(const ps_config *cfg, int role) {
+/* sec_rpc_at opens a control-plane channel to ADDR as ROLE (its
+ * certificate in CFG); sec_rpc to the suite's shard. */
+static ps_rpc *sec_rpc_at(const char *addr, const ps_config *cfg, int role) {
   ck_assert_msg(sec_up_ok, "psd is not running");
   ps_rpc *r;
   ps_errbuf eb;
-  int rc = ps_rpc_open_cfg(&r, sec_grpc, cfg, role, &eb);
+  int rc = ps_rpc_open_cfg(&r, addr, cfg, role, &eb);
   ck_assert_msg(rc == 0, "%s", eb.msg);
   return r;
 }
 
-/* sec_status: the shard's status, asked as the operator. */
-static Ps__StatusReply *sec_status(void) {
-  ps_rpc *r = sec_rpc(&sec_cfg, PS_ROLE_OPERATOR);
+static ps_rpc *sec_rpc(const ps_config *cfg, int role) { return sec_rpc_at(sec_grpc, cfg, role); }
+
+/* sec_status_at: the status of the shard at ADDR, asked as the operator;
+ * sec_status: of the suite's shard. */
+static Ps__StatusReply *sec_status_at(const char *addr) {
+  ps_rpc *r = sec_rpc_at(addr, &sec_cfg, PS_ROLE_OPERATOR);
   Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
   Ps__StatusReply *rep;
   ps_errbuf eb;
@@ -105,6 +109,8 @@ static Ps__StatusReply *sec_status(void) {
   ck_assert_msg(rc == 0, "status: %s", eb.msg);
   return rep;
 }
+
+static Ps__StatusReply *sec_status(void) { return sec_status_at(sec_grpc); }
 
 /* sec_counter returns the shard's chan_auth_refused (CHAN) or
  * auth_refused counter, asked as the operator. */
@@ -605,7 +611,7 @@ END_TEST
 
 static pid_t mac_pid;
 static int mac_cp, mac_up_ok;
-static char mac_chan[64];
+static char mac_chan[64], mac_grpc[64];
 
 /* Starts a second shard whose channel MACs every frame (unchecked
  * fixture; after sec_up, whose certificates and secret it shares). */
@@ -641,6 +647,7 @@ static void mac_up(void) {
   ps_errbuf eb;
   char addr[64];
   snprintf(addr, sizeof addr, "127.0.0.1:%d", gp);
+  snprintf(mac_grpc, sizeof mac_grpc, "%s", addr);
   if (ps_config_load(&cfg, yaml, &eb) < 0) return;
   ps_rpc *r;
   if (ps_rpc_open_cfg(&r, addr, &cfg, PS_ROLE_OPERATOR, &eb) == 0) {
@@ -738,6 +745,9 @@ START_TEST(test_sec_mac_tampered) {
   uint64_t v;
   ck_assert_int_eq(ps_chan_pull(c, "m", ids, SEC_CHUNKS, before, SEC_ELEMS, 0, 0, &v, &eb), 0);
   ps_chan_close(c);
+  Ps__StatusReply *st = sec_status_at(mac_grpc);
+  uint64_t chan0 = st->chan_auth_refused, pushes0 = st->pushes;
+  ps__status_reply__free_unpacked(st, NULL);
   /* The push: header, meta, data, then a MAC over other data. */
   ps_auth_mac *m;
   int fd = raw_hello_mac(key, &m);
@@ -775,6 +785,10 @@ START_TEST(test_sec_mac_tampered) {
   ck_assert_int_eq(ps_chan_pull(c, "m", ids, SEC_CHUNKS, after, SEC_ELEMS, 0, 0, &v, &eb), 0);
   ps_chan_close(c);
   ck_assert_int_eq(memcmp(before, after, sizeof before), 0);
+  st = sec_status_at(mac_grpc);
+  ck_assert_uint_eq(st->chan_auth_refused, chan0 + 2); /* the wrong MAC, the missing one */
+  ck_assert_uint_eq(st->pushes, pushes0);
+  ps__status_reply__free_unpacked(st, NULL);
   ps_auth_release(&keys);
 }
 END_TEST

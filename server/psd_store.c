@@ -11,6 +11,12 @@
  *   "v/" name                        u64 gen, u64 version
  *   "c/" name "\0" u64be gen u32be id u32 len, u32 slots, u64 step,
  *                                    float values[len], float slots[len*slots]
+ *   "w"                              u64 redo log seq the snapshot holds
+ *                                    (durability sync; written by every flush)
+ *
+ * Redo log records of pushes (psd_store_log_push, psd_store_replay):
+ *   u8 kind 1, u8 name length, name, u64 gen, u32 worker, u64 clock,
+ *   u64 version_seen, u32 nids, u64 nelems, u32 ids[nids], float grads[nelems]
  *
  * Invariants (beyond the header's):
  *  5. gen is unique to one incarnation of a model in this directory.  A
@@ -107,6 +113,9 @@ struct psd_store {
   size_t trial_cap;      /* floats */
   psd_optim_bounds *after; /* a push's chunk bounds once applied */
   size_t after_cap;      /* entries */
+  psd_store_log_fn *log_fn; /* redo log (durability sync); NULL: none */
+  void *log_arg;
+  uint64_t log_seq;      /* seq of the last logged push applied (or restored) */
 };
 
 typedef struct psd_flush_ref {
@@ -127,6 +136,7 @@ struct psd_flush {
   size_t nchunks;
   uint64_t *vgens;              /* models whose version record is in the batch */
   size_t nvgens;
+  uint64_t log_seq;             /* the redo log position the snapshot holds */
 };
 
 enum { PSD_HDR = 16, PSD_KEY_MAX = 2 + 128 + 1 + 12 };
@@ -619,11 +629,24 @@ static int psd_store_visit_chunk(psd_store *s, const char *k, size_t klen, const
   return 0;
 }
 
+/* psd_store_read_log_seq reads the "w" record (absent: 0). */
+static int psd_store_read_log_seq(psd_store *s, ps_errbuf *eb) {
+  char *err = NULL;
+  size_t len = 0;
+  char *v = rocksdb_get(s->db, s->ro, "w", 1, &len, &err);
+  if (err) return psd_store_rdb_err(eb, err, "cannot read store", s->dir);
+  int ok = !v || len == 8;
+  if (v && ok) s->log_seq = psd_store_get64(v);
+  rocksdb_free(v);
+  return ok ? 0 : ps_errf(eb, PS_EIO, "'%s': corrupt redo log position", s->dir);
+}
+
 /* psd_store_restore loads the registry, versions and chunk records, fills
  * chunks never flushed from their initializers, and deletes junk. */
 static int psd_store_restore(psd_store *s, ps_errbuf *eb) {
   rocksdb_writebatch_t *junk = rocksdb_writebatch_create();
-  int rc = psd_store_scan(s, "r/", psd_store_visit_registry, junk, eb);
+  int rc = psd_store_read_log_seq(s, eb);
+  if (rc == 0) rc = psd_store_scan(s, "r/", psd_store_visit_registry, junk, eb);
   if (rc == 0) rc = psd_store_scan(s, "v/", psd_store_visit_version, junk, eb);
   if (rc == 0) rc = psd_store_scan(s, "c/", psd_store_visit_chunk, junk, eb);
   for (size_t i = 0; rc == 0 && i < s->nmodels; i++) rc = psd_model_fill(s->models[i], eb);
@@ -921,12 +944,94 @@ static int psd_store_check_chunk(psd_store *s, const psd_model *m, uint32_t id, 
   return 0;
 }
 
+/* ---- redo log ------------------------------------------------------------ */
+
+enum { PSD_LOG_PUSH = 1, PSD_LOG_FIXED = 2 + 8 + 4 + 8 + 8 + 4 + 8 };
+
+/* psd_store_log_push hands the record of a checked push to the log hook
+ * (the ids and gradients are not copied here) and records its seq. */
+static int psd_store_log_push(psd_store *s, const psd_model *m, const uint32_t *ids, size_t nids,
+                              const float *grads, uint64_t nelems, uint32_t worker,
+                              uint64_t clock, uint64_t version_seen, ps_errbuf *eb) {
+  uint8_t h[PSD_LOG_FIXED + 256];
+  size_t nl = strlen(m->spec->name), n = 0;
+  uint32_t n32 = (uint32_t)nids;
+  h[n++] = PSD_LOG_PUSH;
+  h[n++] = (uint8_t)nl;
+  memcpy(h + n, m->spec->name, nl);
+  n += nl;
+  psd_store_put64(h + n, m->gen);
+  memcpy(h + n + 8, &worker, 4);
+  psd_store_put64(h + n + 12, clock);
+  psd_store_put64(h + n + 20, version_seen);
+  memcpy(h + n + 28, &n32, 4);
+  psd_store_put64(h + n + 32, nelems);
+  n += 40;
+  struct iovec iov[3] = {{h, n}, {(void *)ids, nids * 4}, {(void *)grads, nelems * 4}};
+  uint64_t seq;
+  int rc = s->log_fn(s->log_arg, iov, 3, &seq, eb);
+  if (rc == 0) s->log_seq = seq;
+  return rc;
+}
+
+/* psd_store_set_log: see psd_store.h. */
+void psd_store_set_log(psd_store *s, psd_store_log_fn *fn, void *arg) {
+  s->log_fn = fn;
+  s->log_arg = arg;
+}
+
+/* psd_store_log_seq: see psd_store.h. */
+uint64_t psd_store_log_seq(const psd_store *s) { return s->log_seq; }
+
+/* psd_store_replay: see psd_store.h.  Ids and gradients are copied out
+ * of the record (it is not aligned for floats). */
+int psd_store_replay(psd_store *s, uint64_t seq, const uint8_t *rec, size_t len, ps_errbuf *eb) {
+  if (len < PSD_LOG_FIXED || rec[0] != PSD_LOG_PUSH || len < (size_t)PSD_LOG_FIXED + rec[1])
+    return ps_errf(eb, PS_EIO, "redo log record %" PRIu64 " does not decode", seq);
+  size_t nl = rec[1];
+  const uint8_t *p = rec + 2 + nl;
+  uint64_t gen = psd_store_get64(p), clock = psd_store_get64(p + 12);
+  uint64_t seen = psd_store_get64(p + 20), nelems = psd_store_get64(p + 32);
+  uint32_t worker = psd_store_get32(p + 8), nids = psd_store_get32(p + 28);
+  if ((uint64_t)nids * 4 + nelems * 4 != len - PSD_LOG_FIXED - nl)
+    return ps_errf(eb, PS_EIO, "redo log record %" PRIu64 " does not decode", seq);
+  psd_model *m = psd_store_find(s, (const char *)rec + 2, nl, NULL);
+  if (!m || gen > m->gen)
+    return ps_errf(eb, PS_EIO, "redo log record %" PRIu64 " is a push to model '%.*s'%s, which "
+                   "store '%s' does not hold: its snapshot is missing or from elsewhere; "
+                   "refusing to start", seq, (int)nl, (const char *)rec + 2,
+                   m ? " (a newer incarnation)" : "", s->dir);
+  s->log_seq = seq;
+  if (gen < m->gen) return 0; /* the model was replaced after this push */
+  uint32_t *ids = malloc(nids ? (size_t)nids * 4 : 1);
+  float *g = malloc(nelems ? nelems * 4 : 1);
+  int rc = ids && g ? 0 : ps_errf(eb, PS_ENOMEM, "out of memory replaying the redo log");
+  if (rc == 0) {
+    memcpy(ids, p + 40, (size_t)nids * 4);
+    memcpy(g, p + 40 + (size_t)nids * 4, nelems * 4);
+    char name[256];
+    memcpy(name, rec + 2, nl);
+    name[nl] = '\0';
+    psd_store_log_fn *fn = s->log_fn;
+    s->log_fn = NULL;
+    rc = psd_store_push(s, name, ids, nids, g, nelems, worker, clock, seen, NULL, eb);
+    s->log_fn = fn;
+    if (rc < 0) {
+      char why[sizeof eb->msg];
+      memcpy(why, eb->msg, sizeof why);
+      rc = ps_errf(eb, PS_EIO, "redo log record %" PRIu64 " does not apply: %s", seq, why);
+    }
+  }
+  free(ids);
+  free(g);
+  return rc;
+}
+
 /* psd_store_push: see psd_store.h.  Everything is checked before the
  * first chunk changes (invariant 2). */
 int psd_store_push(psd_store *s, const char *model, const uint32_t *ids, size_t nids,
                    const float *grads, uint64_t nelems, uint32_t worker, uint64_t clock,
                    uint64_t version_seen, uint64_t *version, ps_errbuf *eb) {
-  (void)worker, (void)clock;
   psd_model *m = psd_store_model(s, model, eb);
   if (!m) return PS_ENOENT;
   uint64_t want;
@@ -951,6 +1056,9 @@ int psd_store_push(psd_store *s, const char *model, const uint32_t *ids, size_t 
     if ((rc = psd_store_check_chunk(s, m, ids[i], g, w, &s->after[i], eb)) < 0) return rc;
     g += m->layout.chunks[ids[i]].len;
   }
+  if (s->log_fn && (rc = psd_store_log_push(s, m, ids, nids, grads, nelems, worker, clock,
+                                            version_seen, eb)) < 0)
+    return rc;
   m->tau_hist[psd_tau_bucket(tau)]++;
   g = grads;
   for (size_t i = 0; i < nids; i++) {
@@ -1117,9 +1225,18 @@ int psd_flush_prepare(psd_store *s, psd_flush **out, ps_errbuf *eb) {
   f->dir = s->dir;
   f->batch = rocksdb_writebatch_create();
   for (size_t i = 0; i < s->nmodels; i++) psd_flush_model(f, s->models[i]);
+  /* The snapshot holds every push applied so far: the log position goes
+   * into the same batch, so replay starts right after it. */
+  uint8_t ls[8];
+  f->log_seq = s->log_seq;
+  psd_store_put64(ls, s->log_seq);
+  rocksdb_writebatch_put(f->batch, "w", 1, (const char *)ls, sizeof ls);
   *out = f;
   return 0;
 }
+
+/* psd_flush_log_seq: see psd_store.h. */
+uint64_t psd_flush_log_seq(const psd_flush *f) { return f->log_seq; }
 
 /* psd_flush_reopen opens the closed store's directory into F->db and
  * checks that it still holds this shard (invariant 8); on error F->db

@@ -18,6 +18,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include "ps_error.h"
 #include "ps.pb-c.h"
@@ -139,8 +140,28 @@ uint64_t psd_store_bytes(const psd_store *s);
  * psd_store_flush does all three in a row.  Write errors: PS_ENOSPC,
  * PS_EIO, PS_ECONFIG (the reopened directory holds another shard). */
 int psd_flush_prepare(psd_store *s, psd_flush **f, ps_errbuf *eb);
+/* psd_flush_log_seq: the redo log position the snapshot F holds (every
+ * logged push up to it; psd_store_log_seq when it was prepared). */
+uint64_t psd_flush_log_seq(const psd_flush *f);
 int psd_flush_write(psd_flush *f, ps_errbuf *eb);
 void psd_flush_finish(psd_store *s, psd_flush *f, int status);
 int psd_store_flush(psd_store *s, ps_errbuf *eb);
+
+/* Redo log (durability sync, psd_wal.h).  psd_store_set_log installs FN:
+ * psd_store_push hands it each push's record (the pieces of IOV) after
+ * every check and before the first chunk changes, and fails the push
+ * unchanged when FN fails; FN writes the record's seq to *SEQ, which
+ * becomes psd_store_log_seq.  Snapshots (flushes) store the log seq they
+ * hold, read back by psd_store_open.  psd_store_replay applies record REC
+ * (LEN bytes) of seq SEQ as the push it logged, through the same code
+ * (records of a replaced model's older incarnation are skipped); PS_EIO
+ * when the record names a model the store does not hold or a newer
+ * incarnation of it (the snapshot is missing or from elsewhere) or does
+ * not decode. */
+typedef int psd_store_log_fn(void *arg, const struct iovec *iov, int niov, uint64_t *seq,
+                             ps_errbuf *eb);
+void psd_store_set_log(psd_store *s, psd_store_log_fn *fn, void *arg);
+uint64_t psd_store_log_seq(const psd_store *s);
+int psd_store_replay(psd_store *s, uint64_t seq, const uint8_t *rec, size_t len, ps_errbuf *eb);
 
 #endif

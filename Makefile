@@ -9,7 +9,8 @@
 #                        one section; scripts/bench --list names them)
 #   make SANITIZE=address,undefined test
 #   make fuzz            the libFuzzer targets (tests/fuzz), FUZZ_SECONDS (600) each
-#   make test-long       make fuzz and the other long tests
+#   make test-long       make fuzz and the other long tests (the durability crash loop,
+#                        CRASH_ITERS=60 kill-restart iterations)
 #
 # Objects go to build/obj (build/obj-san-* with SANITIZE), generated code to
 # build/gen, programs to build/bin.
@@ -101,16 +102,16 @@ LIBS_A := $(OBJ)/libpsctl.a $(OBJ)/libpsw.a $(OBJ)/libpsd.a $(OBJ)/libps_gpu.a $
 
 PROGS := $(BIN)/psd $(BIN)/psw $(BIN)/psctl
 # Not Check suites: the GPU benchmark, a test-only preload library, the fuzz targets.
-TEST_SRCS ?= $(filter-out tests/gpu/bench_gpu.c tests/gpu/blas_shim.c tests/fuzz/%,$(shell find tests -name '*.c' 2>/dev/null | sort))
+TEST_SRCS ?= $(filter-out tests/gpu/bench_gpu.c tests/gpu/blas_shim.c tests/fuzz/% tests/long/%,$(shell find tests -name '*.c' 2>/dev/null | sort))
 TEST_OBJS := $(patsubst %.c,$(OBJ)/%.o,$(TEST_SRCS))
 
-.PHONY: all deps test test-long check demo bench install clean fuzz fuzz-build FORCE
+.PHONY: all deps test test-long crash-loop check demo bench install clean fuzz fuzz-build FORCE
 FORCE:
 # Generated protobuf-c sources are kept, not deleted as intermediates.
 .SECONDARY: $(PB_C) $(PB_H)
 .DEFAULT_GOAL := all
 all: $(PROGS) $(BIN)/ps_tests $(BIN)/ps_tests_cuda_emu $(BIN)/psw_cuda_emu $(BIN)/ps_bench_gpu \
-  $(BIN)/ps_test_blas_shim.so
+  $(BIN)/ps_test_blas_shim.so $(BIN)/ps_test_crash_loop
 
 deps:
 	@missing=$$(for p in $(DEB_PKGS) $(FUZZ_PKGS) $(EXTRA_DEB_PKGS); do \
@@ -152,7 +153,9 @@ $(BIN)/psw: $(OBJ)/worker/psw_main.o $(LIBS_A)
 $(BIN)/psctl: $(OBJ)/psctl/psctl_main.o $(LIBS_A)
 $(BIN)/ps_tests: $(TEST_OBJS) $(LIBS_A)
 $(BIN)/ps_bench_gpu: $(OBJ)/tests/gpu/bench_gpu.o $(LIBS_A)
-$(PROGS) $(BIN)/ps_tests $(BIN)/ps_bench_gpu:
+$(BIN)/ps_test_crash_loop: $(OBJ)/tests/long/crash_loop.o $(OBJ)/tests/integration/test_durability.o \
+  $(OBJ)/tests/ps_test.o $(LIBS_A)
+$(PROGS) $(BIN)/ps_tests $(BIN)/ps_bench_gpu $(BIN)/ps_test_crash_loop:
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) -Wl,--start-group $(LIBS_A) -Wl,--end-group $(LDLIBS)
 
@@ -208,8 +211,13 @@ test: deps
 	PS_BIN=$(BIN) FUZZ_BIN=$(FUZZ_BIN) FUZZ_CC=$(FUZZ_CC) scripts/run_tests $(BIN)/ps_tests $(BIN)/ps_tests_cuda_emu \
 	  scripts/fuzz_smoke
 
-# Long runs: every fuzz target for FUZZ_SECONDS (and longer fault tests).
-test-long: fuzz
+# Long runs: the durability crash loop (CRASH_ITERS kill-restart
+# iterations), then every fuzz target for FUZZ_SECONDS.
+CRASH_ITERS ?= 60
+test-long: crash-loop fuzz
+crash-loop: deps
+	$(MAKE) --no-print-directory all
+	PS_BIN=$(BIN) PS_CRASH_ITERS=$(CRASH_ITERS) scripts/run_tests $(BIN)/ps_test_crash_loop
 
 # ---- fuzzing ---------------------------------------------------------------
 # One libFuzzer program per tests/fuzz/fuzz_NAME.c.  The project's code is

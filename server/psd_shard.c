@@ -448,6 +448,17 @@ void psd_shard_status(psd_shard *sh, Ps__StatusReply *reply) {
   reply->chan_refused = sh->ctr.chan_refused;
   reply->chan_idle_closed = sh->ctr.chan_idle_closed;
   reply->grpc_restarts = sh->ctr.grpc_restarts;
+  if (sh->wal) {
+    psd_wal_stats ws;
+    psd_wal_stats_get(sh->wal, &ws);
+    reply->wal = 1;
+    reply->wal_bytes = ws.bytes;
+    reply->wal_syncs = ws.syncs;
+    reply->wal_records = ws.records;
+    reply->wal_replayed = ws.replayed;
+    reply->wal_replay_dropped = ws.replay_dropped;
+    reply->wal_replay_ms = ws.replay_ms;
+  }
   if (!sh->store) return;
   reply->disk_bytes = psd_store_disk_bytes(sh->store);
   size_t n = psd_store_nmodels(sh->store);

@@ -141,6 +141,33 @@ static uint64_t cl_replayed(const char *log) {
   return n;
 }
 
+/* cl_last_replayed returns the count of LOG's last "redo log replayed" line. */
+static long long cl_last_replayed(const char *log) {
+  size_t len;
+  char *s = ps_test_read_file(log, &len), *last = NULL;
+  for (char *p = s; (p = strstr(p, "redo log replayed: ")) != NULL; p++) last = p;
+  long long n = last ? strtoll(last + strlen("redo log replayed: "), NULL, 10) : -1;
+  free(s);
+  return n;
+}
+
+/* cl_status_replayed returns what `psctl status --json` says shard 0's
+ * start replayed (-1: no redo log shown). */
+static long long cl_status_replayed(const char *yaml, const char *dir) {
+  char cmd[4096], p[700];
+  snprintf(p, sizeof p, "%s/replayed", dir);
+  snprintf(cmd, sizeof cmd,
+           "timeout 20 '%s' status --config '%s' --json 2>/dev/null | python3 -c 'import json,sys; "
+           "w=json.load(sys.stdin)[\"shards\"][0][\"redo_log\"]; print(-1 if w is None else "
+           "w[\"replayed\"])' > '%s'", ps_test_bin("psctl"), yaml, p);
+  if (system(cmd) != 0) return -2;
+  size_t len;
+  char *s = ps_test_read_file(p, &len);
+  long long n = strtoll(s, NULL, 10);
+  free(s);
+  return n;
+}
+
 /* cl_start starts shard 0 and waits for both its ports. */
 static pid_t cl_start(const char *yaml, const char *log, int gp, int cp) {
   pid_t pid = ps_test_psd(yaml, 0, log, NULL);
@@ -247,6 +274,9 @@ void ps_test_crash_loop(int iters) {
     atomic_store(&t->maybe_pushes, 0);
   }
   ck_assert_msg(cl_replayed(log) > 0, "no restart replayed a record from the log; see %s", log);
+  long long want = cl_last_replayed(log), shown = cl_status_replayed(yaml, dir);
+  ck_assert_msg(shown == want, "psctl status shows %lld records replayed, the log %lld; see %s",
+                shown, want, log);
   int st = ps_test_stop(pid, SIGTERM, 15000);
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd ended with status %d; see %s", st, log);
   free(got);

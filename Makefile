@@ -102,7 +102,7 @@ LIBS_A := $(OBJ)/libpsctl.a $(OBJ)/libpsw.a $(OBJ)/libpsd.a $(OBJ)/libps_gpu.a $
 
 PROGS := $(BIN)/psd $(BIN)/psw $(BIN)/psctl
 # Not Check suites: the GPU and durability benchmarks, the long crash loop, a test-only preload library, the fuzz targets.
-TEST_SRCS ?= $(filter-out tests/gpu/bench_gpu.c tests/gpu/blas_shim.c tests/fuzz/% tests/long/% tests/server/bench_durability.c,$(shell find tests -name '*.c' 2>/dev/null | sort))
+TEST_SRCS ?= $(filter-out tests/gpu/bench_gpu.c tests/gpu/blas_shim.c tests/fuzz/% tests/long/% tests/server/bench_durability.c tests/server/fsync_shim.c,$(shell find tests -name '*.c' 2>/dev/null | sort))
 TEST_OBJS := $(patsubst %.c,$(OBJ)/%.o,$(TEST_SRCS))
 
 .PHONY: all deps test test-long crash-loop check demo bench install clean fuzz fuzz-build FORCE
@@ -111,7 +111,8 @@ FORCE:
 .SECONDARY: $(PB_C) $(PB_H)
 .DEFAULT_GOAL := all
 all: $(PROGS) $(BIN)/ps_tests $(BIN)/ps_tests_cuda_emu $(BIN)/psw_cuda_emu $(BIN)/ps_bench_gpu \
-  $(BIN)/ps_test_blas_shim.so $(BIN)/ps_test_crash_loop $(BIN)/ps_bench_durability
+  $(BIN)/ps_test_blas_shim.so $(BIN)/ps_test_crash_loop $(BIN)/ps_bench_durability \
+  $(BIN)/ps_test_fsync_shim.so
 
 deps:
 	@missing=$$(for p in $(DEB_PKGS) $(FUZZ_PKGS) $(EXTRA_DEB_PKGS); do \
@@ -164,6 +165,11 @@ $(PROGS) $(BIN)/ps_tests $(BIN)/ps_bench_gpu $(BIN)/ps_test_crash_loop $(BIN)/ps
 # so the integration test sees psw's re-execution (tests/gpu/blas_shim.c).
 # Never sanitized: it is loaded into programs that may not be.
 $(BIN)/ps_test_blas_shim.so: tests/gpu/blas_shim.c
+	@mkdir -p $(dir $@)
+	$(CC) $(OPT) -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -fPIC -shared -o $@ $< -ldl
+# Test-only: LD_PRELOADed into psd by the durability crash loop to record
+# what fdatasync made durable (tests/server/fsync_shim.c).
+$(BIN)/ps_test_fsync_shim.so: tests/server/fsync_shim.c
 	@mkdir -p $(dir $@)
 	$(CC) $(OPT) -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -fPIC -shared -o $@ $< -ldl
 

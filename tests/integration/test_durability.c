@@ -12,15 +12,23 @@
  *    every element, and the model version likewise between the pushes
  *    acknowledged and those plus the ones in flight.  The shard must have
  *    replayed records from its log in at least one restart (otherwise the
- *    test proves nothing about the log).  `make test` runs a few
+ *    test proves nothing about the log).  Every other restart follows a
+ *    simulated power cut: psd runs with tests/server/fsync_shim.c
+ *    preloaded, which records the size of each redo log segment at every
+ *    fdatasync, and the test cuts the segments back to those sizes before
+ *    the restart (a SIGKILL alone keeps the page cache), so an
+ *    acknowledgement sent before the sync that covered its record would
+ *    show up as a lost push.  `make test` runs a few
  *    iterations; build/bin/ps_test_crash_loop (make test-long) runs 60.
  *  - Disk full under sync: the shard's data_dir on a small tmpfs that the
  *    test fills; pushes are then refused with a message naming the redo
  *    log, the shard is DEGRADED (psctl status), nothing unsynced is
  *    acknowledged; with space again it is SERVING, and after SIGKILL every
  *    acknowledged push is there. */
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
@@ -168,12 +176,74 @@ static long long cl_status_replayed(const char *yaml, const char *dir) {
   return n;
 }
 
+/* cl_env fills ENV (3 entries + NULL) to preload the fsync shim with its
+ * record in FSYNC_LOG. */
+typedef struct cl_env {
+  char preload[PATH_MAX + 16], log[PATH_MAX + 16], asan[1024];
+  char *env[4];
+} cl_env;
+
+static void cl_env_init(cl_env *e, const char *fsync_log) {
+  char *so = realpath(ps_test_bin("ps_test_fsync_shim.so"), NULL);
+  ck_assert_msg(so != NULL, "%s is not built", ps_test_bin("ps_test_fsync_shim.so"));
+  const char *ao = getenv("ASAN_OPTIONS");
+  snprintf(e->preload, sizeof e->preload, "LD_PRELOAD=%s", so);
+  snprintf(e->log, sizeof e->log, "PS_FSYNC_LOG=%s", fsync_log);
+  /* A sanitized psd accepts a preloaded library that comes before ASan's. */
+  snprintf(e->asan, sizeof e->asan, "ASAN_OPTIONS=%s%sverify_asan_link_order=0", ao ? ao : "",
+           ao && *ao ? ":" : "");
+  free(so);
+  e->env[0] = e->preload;
+  e->env[1] = e->log;
+  e->env[2] = e->asan;
+  e->env[3] = NULL;
+}
+
+/* cl_power_cut cuts every segment in REDO back to the size its last
+ * recorded fdatasync saw (FSYNC_LOG), or to nothing when none was
+ * recorded: what a power cut would leave.  Returns the bytes dropped. */
+static uint64_t cl_power_cut(const char *fsync_log, const char *redo) {
+  size_t len;
+  char *rec = access(fsync_log, R_OK) == 0 ? ps_test_read_file(fsync_log, &len) : strdup("");
+  DIR *d = opendir(redo);
+  ck_assert_msg(d != NULL, "no redo log directory '%s'", redo);
+  struct dirent *e;
+  uint64_t dropped = 0;
+  while ((e = readdir(d)) != NULL) {
+    if (!strstr(e->d_name, ".log")) continue;
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", redo, e->d_name);
+    long long synced = 0; /* the last line naming PATH */
+    for (char *line = rec; *line;) {
+      char *nl = strchr(line, '\n');
+      char *sp = strchr(line, ' ');
+      if (!nl || !sp || sp > nl) break;
+      if ((size_t)(nl - sp - 1) == strlen(path) && !memcmp(sp + 1, path, strlen(path)))
+        synced = atoll(line);
+      line = nl + 1;
+    }
+    struct stat st;
+    ck_assert_int_eq(stat(path, &st), 0);
+    if (st.st_size > synced) {
+      dropped += (uint64_t)(st.st_size - synced);
+      ck_assert_int_eq(truncate(path, synced), 0);
+    }
+  }
+  closedir(d);
+  free(rec);
+  return dropped;
+}
+
 /* cl_start starts shard 0 and waits for both its ports. */
-static pid_t cl_start(const char *yaml, const char *log, int gp, int cp) {
-  pid_t pid = ps_test_psd(yaml, 0, log, NULL);
+static pid_t cl_start_env(const char *yaml, const char *log, int gp, int cp, char **env) {
+  pid_t pid = ps_test_psd(yaml, 0, log, env);
   ck_assert_msg(ps_test_wait_port(cp, 30000) == 0 && ps_test_wait_port(gp, 10000) == 0,
                 "psd did not start; see %s", log);
   return pid;
+}
+
+static pid_t cl_start(const char *yaml, const char *log, int gp, int cp) {
+  return cl_start_env(yaml, log, gp, cp, NULL);
 }
 
 /* cl_sync_yaml writes a one-shard cluster file under DIR with durability
@@ -226,10 +296,16 @@ void ps_test_crash_loop(int iters) {
   char yaml[700], log[700];
   snprintf(yaml, sizeof yaml, "%s", cl_sync_yaml(dir, NULL, &gp, &cp));
   snprintf(log, sizeof log, "%s/psd0.log", dir);
+  char fsync_log[700], redo[700];
+  snprintf(fsync_log, sizeof fsync_log, "%s/fsync.log", dir);
+  snprintf(redo, sizeof redo, "%s/shard0/redo", dir);
+  cl_env env;
+  cl_env_init(&env, fsync_log);
   cl_tally *t = calloc(1, sizeof *t);
   snprintf(t->chan_addr, sizeof t->chan_addr, "127.0.0.1:%d", cp);
   snprintf(t->grpc_addr, sizeof t->grpc_addr, "127.0.0.1:%d", gp);
-  pid_t pid = cl_start(yaml, log, gp, cp);
+  pid_t pid = cl_start_env(yaml, log, gp, cp, env.env);
+  uint64_t cut = 0;
   cl_submit(gp);
   uint64_t seed = ps_test_seed | 1;
   float *got = malloc(CL_CHUNKS * CL_ELEMS * sizeof(float));
@@ -249,7 +325,8 @@ void ps_test_crash_loop(int iters) {
     ck_assert_msg(WIFSIGNALED(st), "psd was not running at iteration %d; see %s", it, log);
     atomic_store(&t->stop, 1);
     for (int i = 0; i < CL_PUSHERS; i++) pthread_join(ps[i].th, NULL);
-    pid = cl_start(yaml, log, gp, cp);
+    if (it % 2) cut += cl_power_cut(fsync_log, redo);
+    pid = cl_start_env(yaml, log, gp, cp, env.env);
     uint64_t v;
     cl_pull(t, got, &v, log);
     for (int c = 0; c < CL_CHUNKS; c++) {
@@ -274,6 +351,8 @@ void ps_test_crash_loop(int iters) {
     atomic_store(&t->maybe_pushes, 0);
   }
   ck_assert_msg(cl_replayed(log) > 0, "no restart replayed a record from the log; see %s", log);
+  if (cut) fprintf(stderr, "crash loop: the power cuts dropped %llu unsynced log bytes\n",
+                   (unsigned long long)cut);
   long long want = cl_last_replayed(log), shown = cl_status_replayed(yaml, dir);
   ck_assert_msg(shown == want, "psctl status shows %lld records replayed, the log %lld; see %s",
                 shown, want, log);

@@ -515,9 +515,8 @@ static void *wal_thread(void *arg) {
       wal_wait_more(w);
       if (w->pend_len) wal_take(w);
     }
-    int trunc = w->trunc_pending && !w->failed;
-    uint64_t upto = w->trunc_seq;
-    if (trunc) w->trunc_pending = 0;
+    uint64_t upto = w->trunc_seq; /* a request made during the write waits for the next turn */
+    int trunc = w->trunc_pending;
     pthread_mutex_unlock(&w->mu);
     int rc = w->wlen ? wal_write(w, why, sizeof why) : 0;
     int e = errno;
@@ -546,6 +545,7 @@ static void *wal_thread(void *arg) {
       wal_sleep(w);
       continue;
     }
+    if (trunc && w->trunc_seq == upto) w->trunc_pending = 0;
     if (trunc || w->segs[w->nsegs - 1].bytes >= w->o.segment_bytes) {
       pthread_mutex_unlock(&w->mu);
       if (trunc) wal_trim(w, upto);

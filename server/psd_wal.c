@@ -140,7 +140,7 @@ static int wal_scan(psd_wal *w, ps_errbuf *eb) {
       rc = ps_errf(eb, PS_ENOMEM, "out of memory");
   }
   closedir(d);
-  if (rc == 0) qsort(w->segs, w->nsegs, sizeof *w->segs, wal_seg_cmp);
+  if (rc == 0 && w->nsegs) qsort(w->segs, w->nsegs, sizeof *w->segs, wal_seg_cmp);
   return rc;
 }
 
@@ -263,6 +263,22 @@ static int wal_cut(psd_wal *w, size_t i, size_t len, ps_errbuf *eb) {
   return 0;
 }
 
+/* wal_sync_seg fdatasyncs segment I: a replayed record may be only in
+ * the page cache (the crash came between its write and its sync), and
+ * the records appended after the replay build on it, so it must reach
+ * the disk before they do. */
+static int wal_sync_seg(psd_wal *w, size_t i, ps_errbuf *eb) {
+  char name[32];
+  wal_seg_name(name, sizeof name, w->segs[i].first);
+  int fd = openat(w->dirfd, name, O_WRONLY | O_CLOEXEC);
+  int rc = fd < 0 || fdatasync(fd) < 0 ? -1 : 0;
+  int e = errno;
+  if (fd >= 0) close(fd);
+  if (rc < 0)
+    return ps_errf(eb, wal_code(e), "cannot sync '%s/%s': %s", w->dir, name, strerror(e));
+  return 0;
+}
+
 /* psd_wal_replay: see psd_wal.h. */
 int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, ps_errbuf *eb) {
   uint64_t t0 = uv_hrtime(), last = 0, applied = 0, dropped = 0;
@@ -310,6 +326,7 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
       off += WAL_HDR + len;
     }
     free(buf);
+    if (rc == 0 && off == n && n > 0) rc = wal_sync_seg(w, i, eb); /* a cut one is synced */
   }
   /* Empty segments (a start that wrote nothing) are just removed. */
   for (size_t i = 0; rc == 0 && i < w->nsegs; i++)

@@ -32,6 +32,10 @@
  *     they are counted, logged and cut off.  A bad record in an earlier
  *     segment, a gap in the sequence after FROM, or a log that starts
  *     after FROM + 1 is refused (PS_EIO) with a message saying which.
+ *     Every replayed segment is fdatasync'ed before new records follow:
+ *     a crash between a group's write and its sync leaves records that
+ *     only the page cache holds, which the replay applies and the new
+ *     records build on (the crash loop's simulated power cut found this).
  *
  * Threads: psd_wal_append, _wait, _cancel, _truncate, _stats, _stop run
  * on the loop thread; waiters are called there (from a uv_async). */

@@ -87,23 +87,6 @@ static void wal_seg_name(char *buf, size_t n, uint64_t first) {
   snprintf(buf, n, "%016" PRIx64 ".log", first);
 }
 
-/* wal_mkdirs creates DIR and its parents. */
-static int wal_mkdirs(const char *dir, ps_errbuf *eb) {
-  char path[4096];
-  size_t n = strlen(dir);
-  if (n == 0 || n >= sizeof path) return ps_errf(eb, PS_EINVAL, "bad log directory '%s'", dir);
-  memcpy(path, dir, n + 1);
-  for (char *p = path + 1;; p++) {
-    if (*p != '/' && *p != '\0') continue;
-    char c = *p;
-    *p = '\0';
-    if (mkdir(path, 0755) < 0 && errno != EEXIST)
-      return ps_errf(eb, wal_code(errno), "cannot create '%s': %s", path, strerror(errno));
-    *p = c;
-    if (c == '\0') return 0;
-  }
-}
-
 /* wal_seg_add appends a segment entry; 0 or PS_ENOMEM. */
 static int wal_seg_add(psd_wal *w, uint64_t first, uint64_t last, uint64_t bytes) {
   if (w->nsegs == w->segcap) {
@@ -161,7 +144,10 @@ int psd_wal_open(psd_wal **out, const psd_wal_opts *o, ps_errbuf *eb) {
   w->next_seq = 1;
   pthread_mutex_init(&w->mu, NULL);
   pthread_cond_init(&w->cv, NULL);
-  int rc = wal_mkdirs(o->dir, eb);
+  /* One level: the log lives inside the store's directory, which exists. */
+  int rc = 0;
+  if (mkdir(o->dir, 0755) < 0 && errno != EEXIST)
+    rc = ps_errf(eb, wal_code(errno), "cannot create '%s': %s", o->dir, strerror(errno));
   if (rc == 0 && (w->dirfd = open(o->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
     rc = ps_errf(eb, PS_EIO, "cannot open '%s': %s", o->dir, strerror(errno));
   if (rc == 0) rc = wal_scan(w, eb);

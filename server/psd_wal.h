@@ -59,7 +59,7 @@ typedef int psd_wal_sync_fn(int fd, void *arg);
 typedef void psd_wal_state_fn(void *arg, int err, const char *msg);
 
 typedef struct psd_wal_opts {
-  const char *dir;            /* created (parents too) when missing */
+  const char *dir;            /* created when missing (its parent must exist) */
   uint64_t max_batch_bytes;   /* group_commit_max_bytes */
   uint32_t max_wait_us;       /* group_commit_max_wait_us */
   uint32_t retry_ms;          /* between attempts after a failure; 0: 1000 */

@@ -367,35 +367,16 @@ END_TEST
 
 /* ---- disk full under sync ------------------------------------------------------ */
 
-static char du_dir[512], du_mnt[600], du_why[1024];
-static int du_mounted;
+static ps_test_tmpfs du; /* du.mnt: shard 0's data_dir */
 
 static void du_setup(void) {
   ps_test_procs_setup();
-  du_mounted = 0;
-  const char *t = getenv("TMPDIR");
-  snprintf(du_dir, sizeof du_dir, "%s/ps_test_dur.XXXXXX", t && *t ? t : "/tmp");
-  if (!mkdtemp(du_dir)) {
-    snprintf(du_why, sizeof du_why, "mkdtemp: %s", strerror(errno));
-    return;
-  }
-  snprintf(du_mnt, sizeof du_mnt, "%s/shard0", du_dir);
-  if (mkdir(du_mnt, 0755) < 0) {
-    snprintf(du_why, sizeof du_why, "mkdir '%s': %s", du_mnt, strerror(errno));
-    return;
-  }
-  if (mount("tmpfs", du_mnt, "tmpfs", MS_NOSUID | MS_NODEV, "size=96m") < 0) {
-    snprintf(du_why, sizeof du_why, "cannot mount a tmpfs on '%s': %s", du_mnt, strerror(errno));
-    return;
-  }
-  du_mounted = 1;
+  ps_test_tmpfs_make(&du, "ps_test_dur", "size=96m");
 }
 
 static void du_teardown(void) {
   ps_test_procs_teardown();
-  if (du_mounted && umount(du_mnt) < 0) umount2(du_mnt, MNT_DETACH);
-  du_mounted = 0;
-  rmdir(du_mnt);
+  ps_test_tmpfs_remove(&du);
 }
 
 /* du_fill writes PATH until the filesystem is full. */
@@ -428,12 +409,12 @@ static void du_state(const char *yaml, const char *dir, char *out, size_t n) {
 }
 
 START_TEST(test_disk_full_sync) {
-  if (!du_mounted) PS_SKIP("%s", du_why);
+  if (!du.mounted) PS_SKIP("%s", du.why);
   int gp, cp;
   char yaml[700], log[700], filler[700], state[64];
-  snprintf(yaml, sizeof yaml, "%s", cl_sync_yaml(du_dir, NULL, &gp, &cp));
-  snprintf(log, sizeof log, "%s/psd0.log", du_dir);
-  snprintf(filler, sizeof filler, "%s/filler", du_mnt);
+  snprintf(yaml, sizeof yaml, "%s", cl_sync_yaml(du.dir, NULL, &gp, &cp));
+  snprintf(log, sizeof log, "%s/psd0.log", du.dir);
+  snprintf(filler, sizeof filler, "%s/filler", du.mnt);
   pid_t pid = cl_start(yaml, log, gp, cp);
   cl_submit(gp);
   ps_chan_client *c;
@@ -463,7 +444,7 @@ START_TEST(test_disk_full_sync) {
   ck_assert_msg(err == PS_EDEGRADED, "pushes still acknowledged on a full disk; see %s", log);
   int64_t end = ps_test_now_ms() + 10000;
   do {
-    du_state(yaml, du_dir, state, sizeof state);
+    du_state(yaml, du.dir, state, sizeof state);
   } while (strcmp(state, "DEGRADED") && ps_test_now_ms() < end && usleep(100000) == 0);
   ck_assert_msg(!strcmp(state, "DEGRADED"), "state %s, want DEGRADED; see %s", state, log);
   /* refused before it applies while degraded */
@@ -473,7 +454,7 @@ START_TEST(test_disk_full_sync) {
   ck_assert_int_eq(unlink(filler), 0);
   end = ps_test_now_ms() + 15000;
   do {
-    du_state(yaml, du_dir, state, sizeof state);
+    du_state(yaml, du.dir, state, sizeof state);
   } while (strcmp(state, "SERVING") && ps_test_now_ms() < end && usleep(100000) == 0);
   ck_assert_msg(!strcmp(state, "SERVING"), "state %s, want SERVING; see %s", state, log);
   for (int i = 0; i < 3; i++, acked++)

@@ -6,7 +6,9 @@
  * The main thread runs a libuv loop: signals, the flush timer, systemd
  * watchdog pings, the tensor channel and the handlers of gRPC requests
  * (handed over by psd_grpc's thread).  Start order: open the store
- * (RECOVERING), bind both listeners, SERVING, READY=1.  SIGTERM/SIGINT:
+ * (RECOVERING), replay the redo log after its snapshot and start the log's
+ * writer (durability sync; psd_wal.h), bind both listeners, SERVING,
+ * READY=1.  SIGTERM/SIGINT:
  * STOPPING=1, DRAINING, stop accepting, wait for in-flight requests
  * (bounded by drain_timeout_ms), a final synchronous flush, close, exit 0
  * (1 when the final flush failed).  Exit codes: 0 clean, 1 runtime failure

@@ -20,6 +20,9 @@
  *    acknowledgement sent before the sync that covered its record would
  *    show up as a lost push.  `make test` runs a few
  *    iterations; build/bin/ps_test_crash_loop (make test-long) runs 60.
+ *  - A log left by a sync run, started under periodic: replayed, written
+ *    into a snapshot and removed (the shard must not lose what sync
+ *    acknowledged when the operator switches modes).
  *  - Disk full under sync: the shard's data_dir on a small tmpfs that the
  *    test fills; pushes are then refused with a message naming the redo
  *    log, the shard is DEGRADED (psctl status), nothing unsynced is
@@ -234,6 +237,22 @@ static uint64_t cl_power_cut(const char *fsync_log, const char *redo) {
   return dropped;
 }
 
+/* psd_wal_has_records_test: 1 when DIR holds a non-empty .log file. */
+static int psd_wal_has_records_test(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) return 0;
+  struct dirent *e;
+  int found = 0;
+  while (!found && (e = readdir(d)) != NULL) {
+    char p[PATH_MAX];
+    struct stat st;
+    snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+    found = strstr(e->d_name, ".log") && stat(p, &st) == 0 && st.st_size > 0;
+  }
+  closedir(d);
+  return found;
+}
+
 /* cl_start starts shard 0 and waits for both its ports. */
 static pid_t cl_start_env(const char *yaml, const char *log, int gp, int cp, char **env) {
   pid_t pid = ps_test_psd(yaml, 0, log, env);
@@ -365,6 +384,54 @@ void ps_test_crash_loop(int iters) {
 START_TEST(test_crash_loop_short) { ps_test_crash_loop(4); }
 END_TEST
 
+START_TEST(test_sync_log_then_periodic) {
+  const char *dir = ps_test_tmpdir();
+  int gp, cp;
+  char yaml[700], log[700], redo[700], addr[64];
+  snprintf(yaml, sizeof yaml, "%s", cl_sync_yaml(dir, NULL, &gp, &cp));
+  snprintf(log, sizeof log, "%s/psd0.log", dir);
+  snprintf(redo, sizeof redo, "%s/shard0/redo", dir);
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", cp);
+  pid_t pid = cl_start(yaml, log, gp, cp);
+  cl_submit(gp);
+  ps_chan_client *c;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_chan_connect(&c, addr, "test", 10000, &eb), 0);
+  float g[CL_ELEMS];
+  for (int i = 0; i < CL_ELEMS; i++) g[i] = -1.0f;
+  uint64_t v;
+  for (uint32_t i = 0; i < 200; i++) {
+    uint32_t id = i % CL_CHUNKS;
+    ck_assert_int_eq(ps_chan_push(c, "cl", &id, 1, g, CL_ELEMS, 0, 0, 0, &v, &eb), 0);
+  }
+  ps_chan_close(c);
+  ps_test_stop(pid, SIGKILL, 5000);
+  /* the same cluster under periodic */
+  size_t len;
+  char *y = ps_test_read_file(yaml, &len), *at = strstr(y, "  mode: sync\n");
+  ck_assert_ptr_nonnull(at);
+  char *out = malloc(len + 16);
+  snprintf(out, len + 16, "%.*s  mode: periodic\n%s", (int)(at - y), y, at + strlen("  mode: sync\n"));
+  ps_test_write_file(yaml, out);
+  free(y);
+  free(out);
+  pid = cl_start(yaml, log, gp, cp);
+  cl_tally t;
+  snprintf(t.chan_addr, sizeof t.chan_addr, "%s", addr);
+  float *got = malloc(CL_CHUNKS * CL_ELEMS * sizeof(float));
+  cl_pull(&t, got, &v, log);
+  ck_assert_uint_eq(v, 200);
+  for (int k = 0; k < CL_CHUNKS; k++)
+    ck_assert_msg(got[(size_t)k * CL_ELEMS] == (float)(200 / CL_CHUNKS + (k < 200 % CL_CHUNKS)),
+                  "chunk %d: %g; see %s", k, (double)got[(size_t)k * CL_ELEMS], log);
+  free(got);
+  ck_assert_msg(cl_last_replayed(log) > 0, "the periodic start replayed nothing; see %s", log);
+  ck_assert_msg(!psd_wal_has_records_test(redo), "the log in '%s' was not removed", redo);
+  int st = ps_test_stop(pid, SIGTERM, 15000);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd ended with status %d", st);
+}
+END_TEST
+
 /* ---- disk full under sync ------------------------------------------------------ */
 
 static ps_test_tmpfs du; /* du.mnt: shard 0's data_dir */
@@ -483,6 +550,7 @@ Suite *psd_durability_suite(void) {
   tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, test_crash_loop_short);
+  tcase_add_test(tc, test_sync_log_then_periodic);
   suite_add_tcase(s, tc);
   tc = tcase_create("disk_full");
   tcase_add_unchecked_fixture(tc, du_setup, du_teardown);

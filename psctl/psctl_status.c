@@ -311,7 +311,9 @@ static const char psctl_status_usage[] =
     "shard: id, address, state, models, parameters held, highest model version, pushes/s\n"
     "and pulls/s (from two Status samples taken %d ms apart, by the shard's own uptime\n"
     "clock), bytes in/out (tensor data since start), last flush age and RocksDB size on\n"
-    "disk.  An unreachable shard shows DOWN.  --json prints the same as one JSON object.\n"
+    "disk.  Under durability sync a line per shard adds the redo log's size, syncs/s and\n"
+    "pushes per sync (same samples) and what the shard's start replayed from it.  An\n"
+    "unreachable shard shows DOWN.  --json prints the same as one JSON object.\n"
     "Exit status: 0 when every shard is SERVING, 1 otherwise, 2 for usage/config errors.\n";
 
 typedef struct psctl_status_opts {

@@ -4,7 +4,8 @@
  * Invariants:
  *  1. Memory is what serves; RocksDB holds the last flushed state of every
  *     model: its spec (registry), each chunk's values and optimizer slots,
- *     and the model version, written together in one WriteBatch per flush.
+ *     and the model version, written together in one WriteBatch per flush
+ *     with the redo log position (psd_store_log_seq) that state holds.
  *  2. A request that fails validation changes nothing (all checks happen
  *     before the first write to a chunk).
  *  3. Opening a store restores exactly the last flushed state.

@@ -11,8 +11,10 @@
  *       one writer (a file in DIR, removed after).  One JSON line.
  *   ps_bench_durability --rocksdb-ref DIR [--secs S]
  *       RocksDB's synced puts of 1 KiB (WAL + fsync per write group) with 1
- *       and 8 writer threads: the alternative to psd's own log file.
- *       One JSON line. */
+ *       and 8 writer threads: the alternative to psd's own log file; and
+ *       one thread's synced puts (rate, p99 latency) while another writes
+ *       64 MiB synced batches back to back, as psd's snapshots would go
+ *       through the same WAL.  One JSON line. */
 #include <fcntl.h>
 #include <getopt.h>
 #include <pthread.h>
@@ -215,8 +217,36 @@ typedef struct bd_rdb {
   double end;
   uint64_t n;
   int id;
+  double maxlat;
+  double *lat;        /* thread 0's latencies (seconds), when not NULL */
+  size_t nlat, cap;
   pthread_t th;
 } bd_rdb;
+
+/* bd_rdb_big writes 64 MiB synced batches until the deadline. */
+static void *bd_rdb_big(void *arg) {
+  bd_rdb *t = arg;
+  enum { REC = 1 << 20, NREC = 64 };
+  char *val = calloc(1, REC);
+  while (now_s() < t->end) {
+    rocksdb_writebatch_t *b = rocksdb_writebatch_create();
+    for (int i = 0; i < NREC; i++) {
+      char key[32];
+      int kl = snprintf(key, sizeof key, "big%d", i);
+      rocksdb_writebatch_put(b, key, (size_t)kl, val, REC);
+    }
+    char *err = NULL;
+    rocksdb_write(t->db, t->wo, b, &err);
+    rocksdb_writebatch_destroy(b);
+    if (err) {
+      rocksdb_free(err);
+      break;
+    }
+    t->n++;
+  }
+  free(val);
+  return NULL;
+}
 
 static void *bd_rdb_main(void *arg) {
   bd_rdb *t = arg;
@@ -224,7 +254,15 @@ static void *bd_rdb_main(void *arg) {
   while (now_s() < t->end) {
     int kl = snprintf(key, sizeof key, "k%d-%llu", t->id, (unsigned long long)t->n);
     char *err = NULL;
+    double t0 = now_s();
     rocksdb_put(t->db, t->wo, key, (size_t)kl, val, sizeof val, &err);
+    if (t->lat) {
+      if (t->nlat == t->cap) {
+        t->cap = t->cap ? 2 * t->cap : 1024;
+        t->lat = realloc(t->lat, t->cap * sizeof *t->lat);
+      }
+      t->lat[t->nlat++] = now_s() - t0;
+    }
     if (err) {
       fprintf(stderr, "rocksdb: %s\n", err);
       rocksdb_free(err);
@@ -264,6 +302,22 @@ static int bd_rocksdb_ref(const char *dir, double secs) {
     }
     printf("%s\"sync_puts_per_s_%dthreads\":%.1f", k ? "," : "", threads[k],
            (double)n / (now_s() - t0));
+  }
+  /* one putter beside back-to-back 64 MiB batches, and alone, for its p99 */
+  for (int k = 0; k < 2; k++) {
+    double t0 = now_s();
+    bd_rdb put = {.db = db, .wo = wo, .end = t0 + secs, .lat = malloc(sizeof(double)), .cap = 1};
+    bd_rdb big = {.db = db, .wo = wo, .end = t0 + secs};
+    pthread_create(&put.th, NULL, bd_rdb_main, &put);
+    if (k) pthread_create(&big.th, NULL, bd_rdb_big, &big);
+    pthread_join(put.th, NULL);
+    if (k) pthread_join(big.th, NULL);
+    qsort(put.lat, put.nlat, sizeof *put.lat, cmp_d);
+    double p99 = put.nlat ? put.lat[(size_t)((double)put.nlat * 0.99)] : 0;
+    printf(",\"%s_puts_per_s\":%.1f,\"%s_put_p99_us\":%.0f", k ? "beside_64mib_batches" : "alone",
+           (double)put.n / (now_s() - t0), k ? "beside_64mib_batches" : "alone", p99 * 1e6);
+    if (k) printf(",\"batches_64mib\":%llu", (unsigned long long)big.n);
+    free(put.lat);
   }
   printf(",\"value\":1024}\n");
   rocksdb_writeoptions_destroy(wo);

@@ -3,9 +3,10 @@
  *
  * Invariants:
  *  1. Memory is what serves; RocksDB holds the last flushed state of every
- *     model: its spec (registry), each chunk's values and optimizer slots,
- *     and the model version, written together in one WriteBatch per flush
- *     with the redo log position (psd_store_log_seq) that state holds.
+ *     model: its spec (registry), each chunk's values and optimizer slots
+ *     with the redo log seq of the last push it holds, and the model
+ *     version with the redo log position (psd_store_log_seq) of the last
+ *     finished flush: every chunk holds at least every push up to it.
  *  2. A request that fails validation changes nothing (all checks happen
  *     before the first write to a chunk).
  *  3. Opening a store restores exactly the last flushed state.
@@ -13,7 +14,8 @@
  *     on any shard count (ps_init_fill).
  *
  * Not thread-safe: one thread (psd's loop) calls everything except
- * psd_flush_write, which may run on any thread while the loop goes on. */
+ * psd_flush_write, which may run on any thread while the loop goes on
+ * (it reads chunks under the store's own mutex). */
 #ifndef PSD_STORE_H
 #define PSD_STORE_H
 
@@ -130,11 +132,16 @@ int psd_store_dirty(const psd_store *s);           /* anything to flush? */
 uint64_t psd_store_bytes(const psd_store *s);
 
 /* Flushing, in three steps so the write can leave the loop thread:
- * psd_flush_prepare (loop thread) snapshots every dirty chunk, its
- * optimizer slots, versions and the registry into one WriteBatch and
- * marks them clean; *F is NULL when nothing is dirty and the store is
- * open.  psd_flush_write (any thread) writes the batch (synced), first
- * reopening RocksDB when a failed flush closed it.  psd_flush_finish
+ * psd_flush_prepare (loop thread) lists every dirty chunk, takes the
+ * versions and the log position, and marks them clean, copying no chunk
+ * data; *F is NULL when nothing is dirty and the store is open.
+ * psd_flush_write (any thread, while the loop goes on) first reopens
+ * RocksDB when a failed flush closed it, then copies each listed chunk as
+ * it is then (under the store's mutex: a push waits at most for one
+ * chunk's copy) into batches of about 16 MiB written without RocksDB's
+ * WAL, flushes the memtable to SST, and writes the versions and log
+ * position synced last (chunks of a model replaced meanwhile are
+ * skipped).  psd_flush_finish
  * (loop thread) frees F; when STATUS < 0 it marks the snapshot's chunks
  * dirty again so nothing is lost, and closes RocksDB (a handle that
  * failed a write is not used again); the next flush reopens it.

@@ -9,7 +9,8 @@
 #                        one section; scripts/bench --list names them)
 #   make SANITIZE=address,undefined test
 #   make fuzz            the libFuzzer targets (tests/fuzz), FUZZ_SECONDS (600) each
-#   make test-long       make fuzz and the other long tests
+#   make test-long       make fuzz and the other long tests (the durability crash loop,
+#                        CRASH_ITERS=60 kill-restart iterations)
 #
 # Objects go to build/obj (build/obj-san-* with SANITIZE), generated code to
 # build/gen, programs to build/bin.
@@ -101,17 +102,18 @@ PSCTL_OBJS := $(patsubst %.c,$(OBJ)/%.o,$(call lib_srcs,psctl))
 LIBS_A := $(OBJ)/libpsctl.a $(OBJ)/libpsw.a $(OBJ)/libpsd.a $(OBJ)/libps_gpu.a $(OBJ)/libps_common.a
 
 PROGS := $(BIN)/psd $(BIN)/psw $(BIN)/psctl
-# Not Check suites: the GPU benchmark, a test-only preload library, the fuzz targets.
-TEST_SRCS ?= $(filter-out tests/gpu/bench_gpu.c tests/gpu/blas_shim.c tests/fuzz/%,$(shell find tests -name '*.c' 2>/dev/null | sort))
+# Not Check suites: the GPU and durability benchmarks, the long crash loop, a test-only preload library, the fuzz targets.
+TEST_SRCS ?= $(filter-out tests/gpu/bench_gpu.c tests/gpu/blas_shim.c tests/fuzz/% tests/long/% tests/server/bench_durability.c tests/server/fsync_shim.c,$(shell find tests -name '*.c' 2>/dev/null | sort))
 TEST_OBJS := $(patsubst %.c,$(OBJ)/%.o,$(TEST_SRCS))
 
-.PHONY: all deps test test-long check demo bench install clean fuzz fuzz-build FORCE
+.PHONY: all deps test test-long crash-loop check demo bench install clean fuzz fuzz-build FORCE
 FORCE:
 # Generated protobuf-c sources are kept, not deleted as intermediates.
 .SECONDARY: $(PB_C) $(PB_H)
 .DEFAULT_GOAL := all
 all: $(PROGS) $(BIN)/ps_tests $(BIN)/ps_tests_cuda_emu $(BIN)/psw_cuda_emu $(BIN)/ps_bench_gpu \
-  $(BIN)/ps_test_blas_shim.so
+  $(BIN)/ps_test_blas_shim.so $(BIN)/ps_test_crash_loop $(BIN)/ps_bench_durability \
+  $(BIN)/ps_test_fsync_shim.so
 
 deps:
 	@missing=$$(for p in $(DEB_PKGS) $(FUZZ_PKGS) $(EXTRA_DEB_PKGS); do \
@@ -153,7 +155,10 @@ $(BIN)/psw: $(OBJ)/worker/psw_main.o $(LIBS_A)
 $(BIN)/psctl: $(OBJ)/psctl/psctl_main.o $(LIBS_A)
 $(BIN)/ps_tests: $(TEST_OBJS) $(LIBS_A)
 $(BIN)/ps_bench_gpu: $(OBJ)/tests/gpu/bench_gpu.o $(LIBS_A)
-$(PROGS) $(BIN)/ps_tests $(BIN)/ps_bench_gpu:
+$(BIN)/ps_test_crash_loop: $(OBJ)/tests/long/crash_loop.o $(OBJ)/tests/integration/test_durability.o \
+  $(OBJ)/tests/ps_test.o $(LIBS_A)
+$(BIN)/ps_bench_durability: $(OBJ)/tests/server/bench_durability.o $(LIBS_A)
+$(PROGS) $(BIN)/ps_tests $(BIN)/ps_bench_gpu $(BIN)/ps_test_crash_loop $(BIN)/ps_bench_durability:
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) -Wl,--start-group $(LIBS_A) -Wl,--end-group $(LDLIBS)
 
@@ -161,6 +166,11 @@ $(PROGS) $(BIN)/ps_tests $(BIN)/ps_bench_gpu:
 # so the integration test sees psw's re-execution (tests/gpu/blas_shim.c).
 # Never sanitized: it is loaded into programs that may not be.
 $(BIN)/ps_test_blas_shim.so: tests/gpu/blas_shim.c
+	@mkdir -p $(dir $@)
+	$(CC) $(OPT) -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -fPIC -shared -o $@ $< -ldl
+# Test-only: LD_PRELOADed into psd by the durability crash loop to record
+# what fdatasync made durable (tests/server/fsync_shim.c).
+$(BIN)/ps_test_fsync_shim.so: tests/server/fsync_shim.c
 	@mkdir -p $(dir $@)
 	$(CC) $(OPT) -g -std=c11 -D_GNU_SOURCE -Wall -Wextra -fPIC -shared -o $@ $< -ldl
 
@@ -209,8 +219,13 @@ test: deps
 	PS_BIN=$(BIN) FUZZ_BIN=$(FUZZ_BIN) FUZZ_CC=$(FUZZ_CC) scripts/run_tests $(BIN)/ps_tests $(BIN)/ps_tests_cuda_emu \
 	  scripts/fuzz_smoke
 
-# Long runs: every fuzz target for FUZZ_SECONDS (and longer fault tests).
-test-long: fuzz
+# Long runs: the durability crash loop (CRASH_ITERS kill-restart
+# iterations), then every fuzz target for FUZZ_SECONDS.
+CRASH_ITERS ?= 60
+test-long: crash-loop fuzz
+crash-loop: deps
+	$(MAKE) --no-print-directory all
+	PS_BIN=$(BIN) PS_CRASH_ITERS=$(CRASH_ITERS) scripts/run_tests $(BIN)/ps_test_crash_loop
 
 # ---- fuzzing ---------------------------------------------------------------
 # One libFuzzer program per tests/fuzz/fuzz_NAME.c.  The project's code is

@@ -27,6 +27,7 @@ typedef struct psctl_row {
   uint64_t params, version;
   double push_rate, pull_rate; /* < 0: unknown */
   double flush_age_s;          /* < 0: never flushed */
+  double sync_rate, per_sync;  /* redo log: syncs/s, pushes per sync; < 0: unknown */
 } psctl_row;
 
 /* psctl_status_row combines the two samples A (may have failed) and B of
@@ -35,7 +36,7 @@ static void psctl_status_row(psctl_row *row, const ps_shard_conf *sc, const psct
                              const psctl_reply *b, int64_t now_unix_ms) {
   memset(row, 0, sizeof *row);
   row->sc = sc;
-  row->push_rate = row->pull_rate = row->flush_age_s = -1;
+  row->push_rate = row->pull_rate = row->flush_age_s = row->sync_rate = row->per_sync = -1;
   if (b->err < 0) {
     row->why = b->eb.msg;
     return;
@@ -52,6 +53,11 @@ static void psctl_status_row(psctl_row *row, const ps_shard_conf *sc, const psct
     if (dt > 0 && s->uptime_ms >= p->uptime_ms && s->pushes >= p->pushes) {
       row->push_rate = (double)(s->pushes - p->pushes) / dt;
       row->pull_rate = (double)(s->pulls - p->pulls) / dt;
+    }
+    if (dt > 0 && s->wal && s->wal_syncs >= p->wal_syncs && s->wal_records >= p->wal_records) {
+      row->sync_rate = (double)(s->wal_syncs - p->wal_syncs) / dt;
+      if (s->wal_syncs > p->wal_syncs)
+        row->per_sync = (double)(s->wal_records - p->wal_records) / (double)(s->wal_syncs - p->wal_syncs);
     }
   }
   if (s->last_flush_unix_ms > 0)
@@ -114,6 +120,24 @@ static void psctl_status_conns(const psctl_row *rows, size_t n) {
     printf("shard %u (security %s): %llu gRPC calls refused for their role, "
            "%llu channel hellos refused\n", s->shard, s->security ? s->security : "?",
            (unsigned long long)s->auth_refused, (unsigned long long)s->chan_auth_refused);
+  }
+}
+
+/* psctl_status_wal prints, for the shards with a redo log (durability
+ * sync), its size, syncs per second and pushes per sync over the sampling
+ * gap, and what the start's replay did. */
+static void psctl_status_wal(const psctl_row *rows, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    const Ps__StatusReply *s = rows[i].st;
+    if (!s || !s->wal) continue;
+    char size[16], sr[16], ps[16];
+    snprintf(sr, sizeof sr, rows[i].sync_rate < 0 ? "-" : "%.1f", rows[i].sync_rate);
+    snprintf(ps, sizeof ps, rows[i].per_sync < 0 ? "-" : "%.1f", rows[i].per_sync);
+    printf("shard %u: redo log %s, %s syncs/s, %s pushes per sync; start replayed %llu records "
+           "in %llu ms (%llu torn-tail records dropped)\n", s->shard,
+           psctl_human(size, sizeof size, (double)s->wal_bytes), sr, ps,
+           (unsigned long long)s->wal_replayed, (unsigned long long)s->wal_replay_ms,
+           (unsigned long long)s->wal_replay_dropped);
   }
 }
 
@@ -242,11 +266,24 @@ static void psctl_status_json_row(const psctl_row *r) {
   psctl_json_num(r->flush_age_s);
   printf(",\"disk_bytes\":%llu,\"chan_connections\":%u,\"chan_refused\":%llu,"
          "\"chan_idle_closed\":%llu,\"grpc_restarts\":%llu,\"security\":\"%s\","
-         "\"auth_refused\":%llu,\"chan_auth_refused\":%llu}",
+         "\"auth_refused\":%llu,\"chan_auth_refused\":%llu,\"redo_log\":",
          (unsigned long long)s->disk_bytes, s->chan_connections,
          (unsigned long long)s->chan_refused, (unsigned long long)s->chan_idle_closed,
          (unsigned long long)s->grpc_restarts, s->security ? s->security : "",
          (unsigned long long)s->auth_refused, (unsigned long long)s->chan_auth_refused);
+  if (!s->wal) {
+    printf("null}");
+    return;
+  }
+  printf("{\"bytes\":%llu,\"syncs\":%llu,\"records\":%llu,\"syncs_per_s\":",
+         (unsigned long long)s->wal_bytes, (unsigned long long)s->wal_syncs,
+         (unsigned long long)s->wal_records);
+  psctl_json_num(r->sync_rate);
+  printf(",\"pushes_per_sync\":");
+  psctl_json_num(r->per_sync);
+  printf(",\"replayed\":%llu,\"replay_dropped\":%llu,\"replay_ms\":%llu}}",
+         (unsigned long long)s->wal_replayed, (unsigned long long)s->wal_replay_dropped,
+         (unsigned long long)s->wal_replay_ms);
 }
 
 /* psctl_status_json_workers prints the "workers" member: the
@@ -284,7 +321,9 @@ static const char psctl_status_usage[] =
     "shard: id, address, state, models, parameters held, highest model version, pushes/s\n"
     "and pulls/s (from two Status samples taken %d ms apart, by the shard's own uptime\n"
     "clock), bytes in/out (tensor data since start), last flush age and RocksDB size on\n"
-    "disk.  An unreachable shard shows DOWN.  --json prints the same as one JSON object.\n"
+    "disk.  Under durability sync a line per shard adds the redo log's size, syncs/s and\n"
+    "pushes per sync (same samples) and what the shard's start replayed from it.  An\n"
+    "unreachable shard shows DOWN.  --json prints the same as one JSON object.\n"
     "Exit status: 0 when every shard is SERVING, 1 otherwise, 2 for usage/config errors.\n";
 
 typedef struct psctl_status_opts {
@@ -376,6 +415,7 @@ int psctl_status_main(int argc, char **argv) {
   } else {
     psctl_status_table(rows, n);
     psctl_status_conns(rows, n);
+    psctl_status_wal(rows, n);
     psctl_status_models(rows, n);
     psctl_status_workers(workers, leb.msg);
   }

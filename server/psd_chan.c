@@ -31,6 +31,11 @@
  *     turn (never inside the release, which may run within another
  *     connection's parse).  A connection closed while its pull is parked
  *     cancels the park.
+ *  7a. Under durability `sync` an applied push is answered only once its
+ *     redo log record is synced (psd_shard_push_durable): until then the
+ *     connection waits like a parked pull (stops reading; the reply keeps
+ *     request order) and the push stays in flight; a close cancels the
+ *     wait.
  *  8. Limits (psd_chan.h): the pre-HELLO meta cap is checked on the
  *     header, before the meta buffer grows.  A new connection is accepted
  *     and closed without being read when fewer than psd_fd_reserve
@@ -68,6 +73,7 @@
 #include "ps_log.h"
 #include "ps_pb.h"
 #include "psd_fd.h"
+#include "psd_wal.h"
 
 #define CHAN_STAGE 16384
 #define CHAN_MAX_QUEUED (16u << 20)
@@ -111,6 +117,9 @@ typedef struct psd_conn {
   Ps__ChanMeta *pmeta;        /* the parked pull's meta */
   uint64_t preq_id;           /* and its request id */
   psd_park park;
+  int syncing;                /* a push waits for its log sync (invariant 7a) */
+  uint64_t sversion;          /* its version, for the answer */
+  psd_wal_waiter swt;
   int counted;                /* counts in sh->chan_conns (not a refused one) */
   uint64_t last_ms;           /* uv_now of its last byte moved (invariant 8) */
   size_t last_wq;             /* libuv's write queue size at the last sweep */
@@ -202,7 +211,8 @@ static void wr_done(uv_write_t *req, int status) {
   conn_give_buf(c, w->data, w->data_cap); /* before a resume serves the next pull */
   if (status < 0 && status != UV_ECANCELED) conn_close(c);
   else if (w->close_after) conn_close(c);
-  else if (c->paused && !c->parked && c->queued <= CHAN_MAX_QUEUED) conn_resume(c);
+  else if (c->paused && !c->parked && !c->syncing && c->queued <= CHAN_MAX_QUEUED)
+    conn_resume(c);
   free(w);
 }
 
@@ -504,6 +514,31 @@ static void conn_push_begin(psd_conn *c) {
   c->got = 0;
 }
 
+/* conn_push_ack answers an applied push. */
+static void conn_push_ack(psd_conn *c, uint64_t version) {
+  Ps__ChanMeta r = PS__CHAN_META__INIT;
+  r.op = PS__CHAN_OP__CHAN_PUSH;
+  r.version = version;
+  conn_reply(c, &r, NULL, 0, 0, 1, 0);
+}
+
+/* conn_push_synced answers a push once its log record is synced, or the
+ * log's error, and resumes the connection (invariant 7a). */
+static void conn_push_synced(psd_wal_waiter *wt, int status, const char *msg) {
+  psd_conn *c = wt->arg;
+  c->syncing = 0;
+  if (status == 0) {
+    conn_push_ack(c, c->sversion);
+  } else {
+    psd_shard_count_error(c->chan->sh);
+    conn_reply_error(c, status, msg, 1, 0);
+  }
+  if (!c->closing) {
+    c->resume_pending = 1;
+    uv_async_send(&c->chan->wake);
+  }
+}
+
 /* conn_push_end applies a push whose data is complete, or answers its
  * error. */
 static void conn_push_end(psd_conn *c) {
@@ -519,13 +554,20 @@ static void conn_push_end(psd_conn *c) {
   c->got = 0;
   c->req = NULL;
   c->req_err = 0;
+  if (rc == 0) {
+    c->swt.fn = conn_push_synced;
+    c->swt.arg = c;
+    rc = psd_shard_push_durable(sh, &c->swt, &c->req_eb);
+  }
   if (rc < 0) {
     conn_reply_error(c, rc, c->req_eb.msg, 1, 0);
+  } else if (rc == 1) { /* invariant 7a */
+    c->syncing = 1;
+    c->sversion = version;
+    c->paused = 1;
+    uv_read_stop((uv_stream_t *)&c->tcp);
   } else {
-    Ps__ChanMeta r = PS__CHAN_META__INIT;
-    r.op = PS__CHAN_OP__CHAN_PUSH;
-    r.version = version;
-    conn_reply(c, &r, NULL, 0, 0, 1, 0);
+    conn_push_ack(c, version);
   }
   ps__chan_meta__free_unpacked(m, NULL);
 }
@@ -771,6 +813,12 @@ static void conn_close(psd_conn *c) {
     c->pmeta = NULL;
     c->parked = 0;
   }
+  if (c->syncing) {
+    psd_shard *sh = c->chan->sh;
+    psd_wal_cancel(sh->wal, &c->swt);
+    if (sh->inflight) sh->inflight--;
+    c->syncing = 0;
+  }
   if (c->counted) {
     c->counted = 0;
     c->chan->sh->chan_conns--;
@@ -789,7 +837,8 @@ static void chan_on_wake(uv_async_t *a) {
     next = c->next;
     if (!c->resume_pending) continue;
     c->resume_pending = 0;
-    if (!c->closing && !c->parked && c->paused && c->queued <= CHAN_MAX_QUEUED) conn_resume(c);
+    if (!c->closing && !c->parked && !c->syncing && c->paused && c->queued <= CHAN_MAX_QUEUED)
+      conn_resume(c);
   }
 }
 

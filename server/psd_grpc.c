@@ -15,6 +15,11 @@
  *     counts in sh->inflight.  The shard releases parked pulls before it
  *     drains; a stop finds none parked unless it rebuilds the server
  *     (psd_grpc_restart), and then answers them PS_EUNAVAIL itself.
+ *  3a. Under durability `sync` an applied Push is answered only once its
+ *     redo log record is synced (psd_shard_push_durable): the call keeps
+ *     its packed reply (c->sout), is linked in g->parked with c->syncing
+ *     set, and is answered from the log's callback; a rebuild answers it
+ *     PS_EUNAVAIL.
  *  4. Shutdown: grpc_server_shutdown_and_notify (no new calls), answer
  *     what was handed over, grpc_server_cancel_all_calls, wait for the
  *     notification, shut the queue down, join the thread (it stops at
@@ -39,6 +44,7 @@
 #include "ps_log.h"
 #include "ps_tls.h"
 #include "psd_store.h"
+#include "psd_wal.h"
 #include "ps_pb.h"
 
 #define PSD_GRPC_PENDING 8        /* grpc_server_request_call kept outstanding */
@@ -59,7 +65,10 @@ typedef struct psd_grpc_call {
   struct psd_grpc *g;
   ProtobufCMessage *held;         /* a parked pull's request (invariant 3) */
   psd_park park;
-  struct psd_grpc_call *pprev, *pnext; /* in g->parked while held */
+  struct psd_grpc_call *pprev, *pnext; /* in g->parked while held or syncing */
+  int syncing;                    /* a push waits for its log sync (invariant 3a) */
+  grpc_slice sout;                /* its packed reply */
+  psd_wal_waiter swt;
 } psd_grpc_call;
 
 typedef struct psd_grpc {
@@ -214,10 +223,47 @@ static int psd_grpc_get_model(psd_grpc_call *c, psd_shard *sh, const ProtobufCMe
   return psd_grpc_pack(&rep.base, out, eb);
 }
 
+static void psd_grpc_synced(psd_wal_waiter *wt, int status, const char *msg);
+
+/* psd_grpc_link puts C in g->parked (invariants 3, 3a). */
+static void psd_grpc_link(psd_grpc_call *c) {
+  c->pprev = NULL;
+  c->pnext = c->g->parked;
+  if (c->pnext) c->pnext->pprev = c;
+  c->g->parked = c;
+}
+
+/* psd_grpc_unlink takes C out of g->parked. */
+static void psd_grpc_unlink(psd_grpc_call *c) {
+  if (c->pprev) c->pprev->pnext = c->pnext;
+  else c->g->parked = c->pnext;
+  if (c->pnext) c->pnext->pprev = c->pprev;
+  c->pprev = c->pnext = NULL;
+}
+
+/* psd_grpc_push_durable holds an applied push's reply OUT until its log
+ * record is synced (invariant 3a): PSD_GRPC_PARKED (M freed here), 0
+ * (answer now) or an error (OUT released). */
+static int psd_grpc_push_durable(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessage *m,
+                                 grpc_slice *out, ps_errbuf *eb) {
+  c->swt.fn = psd_grpc_synced;
+  c->swt.arg = c;
+  int d = psd_shard_push_durable(sh, &c->swt, eb);
+  if (d <= 0) {
+    if (d < 0) grpc_slice_unref(*out);
+    return d;
+  }
+  c->sout = *out;
+  *out = grpc_empty_slice();
+  c->syncing = 1;
+  psd_grpc_link(c);
+  protobuf_c_message_free_unpacked((ProtobufCMessage *)m, NULL);
+  return PSD_GRPC_PARKED;
+}
+
 /* Push: gradients of some chunks. */
 static int psd_grpc_push(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessage *m,
                          grpc_slice *out, ps_errbuf *eb) {
-  (void)c;
   const Ps__PushRequest *r = (const Ps__PushRequest *)m;
   if (r->grads.len % sizeof(float)) {
     psd_shard_count_error(sh);
@@ -228,7 +274,8 @@ static int psd_grpc_push(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessage
   int err = psd_shard_push(sh, r->model, r->chunk_ids, r->n_chunk_ids,
                            (const float *)r->grads.data, r->grads.len / sizeof(float), r->worker,
                            r->clock, r->version, &rep.version, eb);
-  return err < 0 ? err : psd_grpc_pack(&rep.base, out, eb);
+  if (err == 0) err = psd_grpc_pack(&rep.base, out, eb);
+  return err < 0 ? err : psd_grpc_push_durable(c, sh, m, out, eb);
 }
 
 /* psd_grpc_varint writes V as a protobuf varint at P; returns its length. */
@@ -289,10 +336,7 @@ static int psd_grpc_pull(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessage
   if (err < 0) return err;
   if (err == 1) {
     c->held = (ProtobufCMessage *)m;
-    c->pprev = NULL;
-    c->pnext = c->g->parked;
-    if (c->pnext) c->pnext->pprev = c;
-    c->g->parked = c;
+    psd_grpc_link(c);
     return PSD_GRPC_PARKED;
   }
   return psd_grpc_pull_serve(sh, r, out, eb);
@@ -541,9 +585,7 @@ static void psd_grpc_reply(psd_grpc_call *c, int err, grpc_slice out, const ps_e
 static void psd_grpc_unpark(psd_park *p, int status, const char *msg) {
   psd_grpc_call *c = p->arg;
   psd_shard *sh = c->g->sh;
-  if (c->pprev) c->pprev->pnext = c->pnext;
-  else c->g->parked = c->pnext;
-  if (c->pnext) c->pnext->pprev = c->pprev;
+  psd_grpc_unlink(c);
   ps_errbuf eb = {{0}};
   grpc_slice out = grpc_empty_slice();
   int err = status;
@@ -556,6 +598,26 @@ static void psd_grpc_unpark(psd_park *p, int status, const char *msg) {
   protobuf_c_message_free_unpacked(c->held, NULL);
   c->held = NULL;
   psd_grpc_reply(c, err, out, &eb);
+  if (sh->inflight) sh->inflight--;
+}
+
+/* psd_grpc_synced answers a push once its log record is synced, or the
+ * log's error (invariant 3a). */
+static void psd_grpc_synced(psd_wal_waiter *wt, int status, const char *msg) {
+  psd_grpc_call *c = wt->arg;
+  psd_shard *sh = c->g->sh;
+  psd_grpc_unlink(c);
+  c->syncing = 0;
+  ps_errbuf eb = {{0}};
+  grpc_slice out = c->sout;
+  c->sout = grpc_empty_slice();
+  if (status < 0) {
+    grpc_slice_unref(out);
+    out = grpc_empty_slice();
+    psd_shard_count_error(sh);
+    snprintf(eb.msg, sizeof eb.msg, "%s", msg ? msg : ps_strerror(status));
+  }
+  psd_grpc_reply(c, status, out, &eb);
   if (sh->inflight) sh->inflight--;
 }
 
@@ -690,8 +752,14 @@ static int psd_grpc_wait(psd_grpc *g, uint64_t deadline_ns) {
 void psd_grpc_stop(psd_shard *sh, int drain_ms) {
   psd_grpc *g = (psd_grpc *)sh->grpc;
   if (!g) return;
-  while (g->parked) { /* invariant 3: only when the server is rebuilt */
+  while (g->parked) { /* invariants 3, 3a: only when the server is rebuilt */
     psd_grpc_call *c = g->parked;
+    if (c->syncing) {
+      psd_wal_cancel(sh->wal, &c->swt);
+      psd_grpc_synced(&c->swt, PS_EUNAVAIL, "the shard's gRPC server is restarting before this "
+                      "push was confirmed durable (it is applied and logged)");
+      continue;
+    }
     psd_clock_cancel(sh->clock, &c->park);
     psd_grpc_unpark(&c->park, PS_EUNAVAIL, "the shard's gRPC server is restarting; retry");
   }

@@ -6,7 +6,9 @@
  * The main thread runs a libuv loop: signals, the flush timer, systemd
  * watchdog pings, the tensor channel and the handlers of gRPC requests
  * (handed over by psd_grpc's thread).  Start order: open the store
- * (RECOVERING), bind both listeners, SERVING, READY=1.  SIGTERM/SIGINT:
+ * (RECOVERING), replay the redo log after its snapshot and start the log's
+ * writer (durability sync; psd_wal.h), bind both listeners, SERVING,
+ * READY=1.  SIGTERM/SIGINT:
  * STOPPING=1, DRAINING, stop accepting, wait for in-flight requests
  * (bounded by drain_timeout_ms), a final synchronous flush, close, exit 0
  * (1 when the final flush failed).  Exit codes: 0 clean, 1 runtime failure
@@ -34,6 +36,7 @@
 #include "psd_probe.h"
 #include "psd_shard.h"
 #include "psd_store.h"
+#include "psd_wal.h"
 
 typedef struct psd_main {
   psd_shard sh;
@@ -50,6 +53,7 @@ typedef struct psd_main {
   char flush_fail_msg[sizeof(ps_errbuf)]; /* the last one's message */
   uint64_t drain_deadline_ms;
   int exit_code;
+  int wal_failed;            /* the redo log's writer is failing (sync) */
 } psd_main;
 
 /* psd_main_unix_ms returns the wall clock in milliseconds. */
@@ -71,7 +75,9 @@ static void psd_main_flushed(psd_main *m, int status, const ps_errbuf *eb, int64
   if (status < 0) {
     int changed = strcmp(m->flush_fail_msg, eb->msg) != 0;
     if (sh->state == PSD_SERVING) {
-      psd_shard_set_state(sh, PSD_DEGRADED, eb->msg);
+      char why[sizeof eb->msg + 32];
+      snprintf(why, sizeof why, "its last flush failed: %s", eb->msg);
+      psd_shard_set_state(sh, PSD_DEGRADED, why);
       sd_notifyf(0, "STATUS=degraded: flush failed: %s", eb->msg);
     }
     if (changed || m->flush_failures % 60 == 0)
@@ -83,7 +89,7 @@ static void psd_main_flushed(psd_main *m, int status, const ps_errbuf *eb, int64
     return;
   }
   sh->last_flush_unix_ms = snap_ms;
-  if (sh->state == PSD_DEGRADED) {
+  if (sh->state == PSD_DEGRADED && !m->wal_failed) {
     psd_shard_set_state(sh, PSD_SERVING, NULL);
     sd_notifyf(0, "STATUS=serving shard %u", sh->me->id);
     ps_info("flush succeeded after %u failed, shard %u serving again", m->flush_failures,
@@ -91,6 +97,91 @@ static void psd_main_flushed(psd_main *m, int status, const ps_errbuf *eb, int64
   }
   m->flush_failures = 0;
   m->flush_fail_msg[0] = '\0';
+}
+
+/* psd_main_wal_state is the redo log's state callback (psd_wal.h): a
+ * failing log turns a serving shard DEGRADED (it stops acknowledging
+ * pushes: refused before they apply); a log that works again makes it
+ * SERVING unless a flush is failing too. */
+static void psd_main_wal_state(void *arg, int err, const char *msg) {
+  psd_main *m = arg;
+  psd_shard *sh = &m->sh;
+  m->wal_failed = err < 0;
+  if (err < 0) {
+    ps_err("shard %u degraded: the redo log fails (%s), pushes are refused; retrying every "
+           "%u ms", sh->me->id, msg, sh->cfg->flush_interval_ms);
+    if (sh->state == PSD_SERVING) {
+      psd_shard_set_state(sh, PSD_DEGRADED, msg);
+      sd_notifyf(0, "STATUS=degraded: %s", msg);
+    }
+    return;
+  }
+  ps_info("shard %u: the redo log is written again", sh->me->id);
+  if (sh->state == PSD_DEGRADED && m->flush_failures == 0) {
+    psd_shard_set_state(sh, PSD_SERVING, NULL);
+    sd_notifyf(0, "STATUS=serving shard %u", sh->me->id);
+  }
+}
+
+/* psd_main_log_append is the store's log hook (psd_store_set_log). */
+static int psd_main_log_append(void *arg, const struct iovec *iov, int niov, uint64_t *seq,
+                               ps_errbuf *eb) {
+  return psd_wal_append(arg, iov, niov, seq, eb);
+}
+
+/* psd_main_replay_one applies one redo log record (psd_wal_replay_fn). */
+static int psd_main_replay_one(void *arg, uint64_t seq, const uint8_t *p, size_t len,
+                               ps_errbuf *eb) {
+  return psd_store_replay(arg, seq, p, len, eb);
+}
+
+/* psd_main_recover replays the redo log in DATA_DIR/redo after the
+ * store's snapshot (durability sync, or a log left by a sync run) and,
+ * under sync, starts it; under periodic a replayed log is flushed into
+ * a snapshot and removed.  0, or 1 after one clear log line. */
+static int psd_main_recover(psd_main *m) {
+  psd_shard *sh = &m->sh;
+  const ps_config *cfg = sh->cfg;
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s/redo", sh->me->data_dir);
+  int sync = cfg->durability == PS_DUR_SYNC;
+  if (!sync && !psd_wal_has_records(dir)) return 0;
+  sd_notify(0, "STATUS=replaying the redo log");
+  psd_wal_opts o = {.dir = dir, .max_batch_bytes = cfg->group_commit_max_bytes,
+                    .max_wait_us = cfg->group_commit_max_wait_us,
+                    .retry_ms = cfg->flush_interval_ms, .on_state = psd_main_wal_state, .arg = m};
+  psd_wal *w = NULL;
+  ps_errbuf eb = {{0}};
+  uint64_t from = psd_store_log_seq(sh->store);
+  int err = psd_wal_open(&w, &o, &eb);
+  if (err == 0) err = psd_wal_replay(w, from, psd_main_replay_one, sh->store, &eb);
+  if (err == 0) {
+    psd_wal_stats st;
+    psd_wal_stats_get(w, &st);
+    ps_info("shard %u: redo log replayed: %llu records after the snapshot's %llu in %llu ms "
+            "(%llu torn-tail records dropped)", sh->me->id, (unsigned long long)st.replayed,
+            (unsigned long long)from, (unsigned long long)st.replay_ms,
+            (unsigned long long)st.replay_dropped);
+  }
+  if (err == 0 && !sync) { /* periodic: the replayed state goes into a snapshot */
+    err = psd_store_flush(sh->store, &eb);
+    if (err == 0) err = psd_wal_discard(w, &eb);
+    psd_wal_free(w);
+    w = NULL;
+  }
+  if (err == 0 && sync) {
+    psd_store_set_log(sh->store, psd_main_log_append, w);
+    err = psd_wal_start(w, sh->loop, &eb);
+    if (err == 0) sh->wal = w;
+  }
+  if (err < 0) {
+    psd_store_set_log(sh->store, NULL, NULL);
+    psd_wal_free(w);
+    ps_err("shard %u: cannot recover from the redo log: %s (%s)", sh->me->id, eb.msg,
+           ps_strerror(err));
+    return 1;
+  }
+  return 0;
 }
 
 static void psd_main_flush_work(uv_work_t *w) {
@@ -101,6 +192,7 @@ static void psd_main_flush_work(uv_work_t *w) {
 static void psd_main_flush_after(uv_work_t *w, int status) {
   psd_main *m = w->data;
   if (status < 0) m->flush_status = ps_errf(&m->flush_eb, PS_EINTERNAL, "flush work cancelled");
+  if (m->flush_status == 0 && m->sh.wal) psd_wal_truncate(m->sh.wal, psd_flush_log_seq(m->flush));
   psd_flush_finish(m->sh.store, m->flush, m->flush_status);
   m->flush = NULL;
   psd_main_flushed(m, m->flush_status, &m->flush_eb, m->flush_snap_ms);
@@ -165,6 +257,7 @@ static void psd_main_finish(psd_main *m) {
     sh->last_flush_unix_ms = psd_main_unix_ms();
     ps_info("shard %u flushed, stopping", sh->me->id);
   }
+  psd_wal_stop(sh->wal); /* nothing waits on it now: gRPC and the channel are done */
   psd_chan_close(sh);
   uv_walk(&m->loop, psd_main_close_walk, NULL);
 }
@@ -256,6 +349,7 @@ static int psd_main_open(psd_main *m) {
     ps_err("shard %u: cannot open the store: %s (%s)", sh->me->id, eb.msg, ps_strerror(err));
     return 1;
   }
+  if (psd_main_recover(m)) return 1;
   if ((err = psd_shard_clock_start(sh, &eb)) < 0) {
     ps_err("shard %u: cannot make the clock table: %s", sh->me->id, eb.msg);
     return 1;
@@ -379,12 +473,15 @@ static int psd_main_serve(psd_main *m, const ps_config *cfg, const ps_shard_conf
     code = m->exit_code;
   } else {
     psd_grpc_stop(sh, 0);
+    psd_wal_stop(sh->wal);
     if (sh->chan) psd_chan_close(sh);
     uv_walk(&m->loop, psd_main_close_walk, NULL);
     uv_run(&m->loop, UV_RUN_DEFAULT);
   }
   psd_clock_free(sh->clock);
   sh->clock = NULL;
+  psd_wal_free(sh->wal);
+  sh->wal = NULL;
   psd_store_close(sh->store);
   uv_loop_close(&m->loop);
   return code;
@@ -409,14 +506,6 @@ int main(int argc, char **argv) {
   const ps_shard_conf *me = a.shard >= 0 ? ps_config_shard(&cfg, (uint32_t)a.shard) : NULL;
   if (a.shard >= 0 && !me) {
     fprintf(stderr, "%s: no shard with id %ld\n", a.config, a.shard);
-    ps_config_release(&cfg);
-    return 2;
-  }
-  if (cfg.durability == PS_DUR_SYNC) {
-    /* The redo log behind 'sync' is not built yet: refuse rather than
-     * silently give periodic durability to someone who asked for more. */
-    fprintf(stderr, "%s: durability mode 'sync' is not implemented yet; use 'periodic'\n",
-            a.config);
     ps_config_release(&cfg);
     return 2;
   }

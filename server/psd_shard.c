@@ -9,6 +9,7 @@
 
 #include "ps_log.h"
 #include "ps_pb.h"
+#include "psd_wal.h"
 
 static const char *const psd_state_names[] = {
     [PSD_STARTING] = "STARTING", [PSD_RECOVERING] = "RECOVERING", [PSD_SERVING] = "SERVING",
@@ -76,8 +77,8 @@ static int psd_shard_accepting(const psd_shard *sh, psd_req req, ps_errbuf *eb) 
     case 0: return 0;
     case PS_EDEGRADED:
       return ps_errf(eb, PS_EDEGRADED,
-                     "shard %u is degraded (its last flush failed: %s): %s are refused until a "
-                     "flush succeeds", sh->me->id, sh->degraded_why,
+                     "shard %u is degraded (%s): %s are refused until the disk works again",
+                     sh->me->id, sh->degraded_why,
                      req == PSD_REQ_SUBMIT ? "models" : "pushes");
     case PS_ESHUTDOWN:
       return ps_errf(eb, PS_ESHUTDOWN, "shard %u is shutting down", sh->me->id);
@@ -404,6 +405,14 @@ int psd_shard_push(psd_shard *sh, const char *model, const uint32_t *ids, size_t
   return 0;
 }
 
+/* psd_shard_push_durable: see psd_shard.h. */
+int psd_shard_push_durable(psd_shard *sh, struct psd_wal_waiter *wt, ps_errbuf *eb) {
+  if (!sh->wal) return 0;
+  wt->seq = psd_store_log_seq(sh->store);
+  int err = psd_wal_wait(sh->wal, wt, eb);
+  return err < 0 ? psd_shard_done(sh, err) : err;
+}
+
 /* psd_shard_pull copies values out; counts bytes out on success. */
 int psd_shard_pull(psd_shard *sh, const char *model, const uint32_t *ids, size_t nids,
                    float *out, uint64_t nelems, uint32_t worker, uint64_t clock,
@@ -451,6 +460,17 @@ void psd_shard_status(psd_shard *sh, Ps__StatusReply *reply) {
   reply->auth_refused = sh->ctr.auth_refused;
   reply->chan_auth_refused = sh->ctr.chan_auth_refused;
   reply->security = (char *)psd_shard_security_name(sh);
+  if (sh->wal) {
+    psd_wal_stats ws;
+    psd_wal_stats_get(sh->wal, &ws);
+    reply->wal = 1;
+    reply->wal_bytes = ws.bytes;
+    reply->wal_syncs = ws.syncs;
+    reply->wal_records = ws.records;
+    reply->wal_replayed = ws.replayed;
+    reply->wal_replay_dropped = ws.replay_dropped;
+    reply->wal_replay_ms = ws.replay_ms;
+  }
   if (!sh->store) return;
   reply->disk_bytes = psd_store_disk_bytes(sh->store);
   size_t n = psd_store_nmodels(sh->store);

@@ -19,7 +19,10 @@
  *   DEGRADED   -> SERVING     psd_main_flushed: a retry reopened RocksDB and
  *                             wrote everything dirty
  *   SERVING    -> DRAINING    psd_main_drain: SIGTERM or SIGINT
- *   DEGRADED   -> DRAINING    psd_main_drain (the final flush retries once) */
+ *   DEGRADED   -> DRAINING    psd_main_drain (the final flush retries once)
+ * Under durability `sync` the redo log's writer moves SERVING <-> DEGRADED
+ * too (psd_main_wal_state: a log write or fdatasync failed / works
+ * again); the shard is SERVING only when both the flush and the log work. */
 #ifndef PSD_SHARD_H
 #define PSD_SHARD_H
 
@@ -59,6 +62,8 @@ typedef struct psd_counters {
 
 struct psd_grpc;
 struct psd_chan;
+struct psd_wal;
+struct psd_wal_waiter;
 
 typedef struct psd_shard {
   const ps_config *cfg;       /* borrowed for the shard's life */
@@ -78,6 +83,7 @@ typedef struct psd_shard {
   psd_clock *clock;           /* leases, clocks, parked pulls (psd_shard_clock_start) */
   uv_timer_t clock_timer;     /* fires at psd_clock_next_ms */
   int coordinator;            /* this shard registers workers */
+  struct psd_wal *wal;        /* the redo log (durability sync), else NULL */
 } psd_shard;
 
 /* Control plane. */
@@ -92,6 +98,14 @@ int psd_shard_payload_elems(psd_shard *sh, const char *model, const uint32_t *id
 int psd_shard_push(psd_shard *sh, const char *model, const uint32_t *ids, size_t nids,
                    const float *grads, uint64_t nelems, uint32_t worker, uint64_t clock,
                    uint64_t version_seen, uint64_t *version, ps_errbuf *eb);
+/* psd_shard_push_durable is called by a transport right after a
+ * psd_shard_push that succeeded, before it acknowledges: 0 acknowledge
+ * now (durability periodic, or the record is synced already); 1 WT is
+ * queued on the redo log and WT->fn (set by the caller, with WT->arg)
+ * runs later on the loop, once, with 0 (acknowledge now) or an error to
+ * answer instead; or PS_EDEGRADED with a message (the log is failing:
+ * answer the error). */
+int psd_shard_push_durable(psd_shard *sh, struct psd_wal_waiter *wt, ps_errbuf *eb);
 int psd_shard_pull(psd_shard *sh, const char *model, const uint32_t *ids, size_t nids,
                    float *out, uint64_t nelems, uint32_t worker, uint64_t clock,
                    uint64_t *version, ps_errbuf *eb);

@@ -2,15 +2,23 @@
  * server-side optimizer, backed by RocksDB (see psd_store.h).
  *
  * Memory: each held chunk is ONE allocation of len * (1 + slots) floats
- * (values, then the optimizer's slots) plus a 24-byte psd_cstate, so a
+ * (values, then the optimizer's slots) plus a 32-byte psd_cstate, so a
  * model costs params * (1 + slots) * 4 bytes and little else.
  *
  * RocksDB keys (values little-endian, chunk ids big-endian so they sort):
  *   "m"                              "psd1" u32 shard id
  *   "r/" name                        u64 gen, packed ModelSpec (registry)
  *   "v/" name                        u64 gen, u64 version
- *   "c/" name "\0" u64be gen u32be id u32 len, u32 slots, u64 step,
+ *   "c/" name "\0" u64be gen u32be id u32 len, u32 slots, u64 step, u64 seq,
  *                                    float values[len], float slots[len*slots]
+ *                                    (records without seq, from before
+ *                                    invariant 9, are read as seq 0)
+ *   "w"                              u64 redo log seq the snapshot holds
+ *                                    (durability sync; written by every flush)
+ *
+ * Redo log records of pushes (psd_store_log_push, psd_store_replay):
+ *   u8 kind 1, u8 name length, name, u64 gen, u32 worker, u64 clock,
+ *   u64 version_seen, u32 nids, u64 nelems, u32 ids[nids], float grads[nelems]
  *
  * Invariants (beyond the header's):
  *  5. gen is unique to one incarnation of a model in this directory.  A
@@ -32,7 +40,23 @@
  *     this shard's, and writes the batch; only then is the new handle
  *     installed.  Reopening reads nothing into memory: the models in
  *     memory are newer than the directory, which only catches up.  While
- *     s->db is NULL or failed, submit is refused (it would write). */
+ *     s->db is NULL or failed, submit is refused (it would write).
+ *  9. A snapshot is not one instant: psd_flush_prepare (loop) takes the
+ *     dirty chunk list, the versions and the log position L; the writing
+ *     thread then reads each chunk as it is when it gets there, so a chunk
+ *     may hold pushes after L.  Each chunk record carries the seq of the
+ *     last push applied to it (pushes apply in seq order), and replay
+ *     applies a record to a chunk only when the record is newer than the
+ *     chunk, so the log after L gives back the exact state; the model's
+ *     version (taken at L) counts every record replayed.  Chunk records are
+ *     written without RocksDB's WAL in bounded batches, then the memtable
+ *     is flushed to SST, and only then are "v/" and "w" (L) written,
+ *     synced: a crash before that leaves the previous L, from which replay
+ *     is still exact.  No copy of the chunks is made but a batch's.
+ * 10. The writing thread reads chunk data, steps and seqs, and finds
+ *     models in s->models, only under s->mu; the loop holds s->mu while a
+ *     push changes chunks and while submit changes the model list.  The
+ *     loop waits at most for the copy of one chunk. */
 #include "psd_store.h"
 
 #include <dirent.h>
@@ -41,6 +65,7 @@
 #include <inttypes.h>
 #include <malloc.h>
 #include <math.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -58,6 +83,7 @@
 typedef struct psd_cstate {
   float *data;   /* len * (1 + slots) floats in the model's slab; NULL: not held here */
   uint64_t step; /* updates applied (Adam's t) */
+  uint64_t seq;  /* redo log seq of the last push applied (invariant 9) */
   uint8_t dirty;
   uint8_t filled;/* data holds a restored or initialised state */
   psd_optim_bounds bound; /* on the magnitudes in data (psd_optim.h) */
@@ -107,6 +133,12 @@ struct psd_store {
   size_t trial_cap;      /* floats */
   psd_optim_bounds *after; /* a push's chunk bounds once applied */
   size_t after_cap;      /* entries */
+  psd_store_log_fn *log_fn; /* redo log (durability sync); NULL: none */
+  void *log_arg;
+  uint64_t log_seq;      /* seq of the last logged push applied (or restored) */
+  /* Held by the loop while it changes chunk data or the model list, by a
+   * flush's writing thread while it reads one chunk (invariant 10). */
+  pthread_mutex_t mu;
 };
 
 typedef struct psd_flush_ref {
@@ -115,6 +147,7 @@ typedef struct psd_flush_ref {
 } psd_flush_ref;
 
 struct psd_flush {
+  psd_store *store;             /* whose chunks psd_flush_write reads, under store->mu */
   rocksdb_t *db;                /* the store's (borrowed), or the one reopen made */
   int reopen;                   /* the store was closed: psd_flush_write reopens it */
   const rocksdb_options_t *opts;/* borrowed from the store, for the reopen */
@@ -122,14 +155,20 @@ struct psd_flush {
   uint32_t shard_id;
   rocksdb_writeoptions_t *wsync;
   const char *dir;
-  rocksdb_writebatch_t *batch;
-  psd_flush_ref *chunks;        /* what to mark dirty again on failure */
+  rocksdb_writebatch_t *tail;   /* versions and the log position, written last */
+  uint64_t chunk_bytes;         /* the snapshot's chunk records, for the memtable flush */
+  psd_flush_ref *chunks;        /* what to write; what to mark dirty again on failure */
   size_t nchunks;
   uint64_t *vgens;              /* models whose version record is in the batch */
   size_t nvgens;
+  uint64_t log_seq;             /* the redo log position the snapshot holds */
 };
 
-enum { PSD_HDR = 16, PSD_KEY_MAX = 2 + 128 + 1 + 12 };
+/* Chunk record headers: PSD_HDR_V1 (len, slots, step) as written before
+ * invariant 9, PSD_HDR with the chunk's log seq after them. */
+enum { PSD_HDR_V1 = 16, PSD_HDR = 24, PSD_KEY_MAX = 2 + 128 + 1 + 12 };
+/* A flush writes its chunk records in batches of about this many bytes. */
+#define PSD_FLUSH_SLICE (16u << 20)
 
 /* ---- encoding ------------------------------------------------------------ */
 
@@ -606,11 +645,13 @@ static int psd_store_visit_chunk(psd_store *s, const char *k, size_t klen, const
   const ps_chunk *ch = &m->layout.chunks[id];
   if (ch->shard != s->shard_index) return 0;
   size_t bytes = (size_t)ch->len * (1 + m->slots) * sizeof(float);
-  if (vlen != PSD_HDR + bytes || psd_store_get32(v) != ch->len || psd_store_get32(v + 4) != m->slots)
+  size_t hdr = vlen == PSD_HDR_V1 + bytes ? PSD_HDR_V1 : PSD_HDR;
+  if (vlen != hdr + bytes || psd_store_get32(v) != ch->len || psd_store_get32(v + 4) != m->slots)
     return ps_errf(eb, PS_EIO, "'%s': corrupt record of chunk %" PRIu32 " of model '%s'", s->dir, id,
                    m->spec->name);
   psd_cstate *c = &m->chunks[id];
-  memcpy(c->data, v + PSD_HDR, bytes);
+  memcpy(c->data, v + hdr, bytes);
+  c->seq = hdr == PSD_HDR ? psd_store_get64(v + 16) : 0;
   /* A restored chunk that is not finite (written before updates were
    * checked) keeps unbounded bounds: every push to it is tried first. */
   psd_optim_measure(&m->optim, c->data, ch->len, &c->bound);
@@ -619,11 +660,24 @@ static int psd_store_visit_chunk(psd_store *s, const char *k, size_t klen, const
   return 0;
 }
 
+/* psd_store_read_log_seq reads the "w" record (absent: 0). */
+static int psd_store_read_log_seq(psd_store *s, ps_errbuf *eb) {
+  char *err = NULL;
+  size_t len = 0;
+  char *v = rocksdb_get(s->db, s->ro, "w", 1, &len, &err);
+  if (err) return psd_store_rdb_err(eb, err, "cannot read store", s->dir);
+  int ok = !v || len == 8;
+  if (v && ok) s->log_seq = psd_store_get64(v);
+  rocksdb_free(v);
+  return ok ? 0 : ps_errf(eb, PS_EIO, "'%s': corrupt redo log position", s->dir);
+}
+
 /* psd_store_restore loads the registry, versions and chunk records, fills
  * chunks never flushed from their initializers, and deletes junk. */
 static int psd_store_restore(psd_store *s, ps_errbuf *eb) {
   rocksdb_writebatch_t *junk = rocksdb_writebatch_create();
-  int rc = psd_store_scan(s, "r/", psd_store_visit_registry, junk, eb);
+  int rc = psd_store_read_log_seq(s, eb);
+  if (rc == 0) rc = psd_store_scan(s, "r/", psd_store_visit_registry, junk, eb);
   if (rc == 0) rc = psd_store_scan(s, "v/", psd_store_visit_version, junk, eb);
   if (rc == 0) rc = psd_store_scan(s, "c/", psd_store_visit_chunk, junk, eb);
   for (size_t i = 0; rc == 0 && i < s->nmodels; i++) rc = psd_model_fill(s->models[i], eb);
@@ -644,6 +698,7 @@ int psd_store_open(psd_store **out, const psd_store_opts *o, ps_errbuf *eb) {
                    o->shard_index, o->nshards);
   psd_store *s = calloc(1, sizeof *s);
   if (!s) return ps_errf(eb, PS_ENOMEM, "out of memory");
+  pthread_mutex_init(&s->mu, NULL);
   s->dir = strdup(o->dir);
   s->shard_ids = malloc(o->nshards * sizeof *s->shard_ids);
   if (!s->dir || !s->shard_ids) {
@@ -693,6 +748,7 @@ void psd_store_close(psd_store *s) {
   free(s->scratch);
   free(s->trial);
   free(s->after);
+  pthread_mutex_destroy(&s->mu);
   free(s);
 }
 
@@ -785,13 +841,15 @@ int psd_store_submit(psd_store *s, const Ps__ModelSpec *spec, int replace, int *
     return rc;
   }
   s->next_gen++;
+  pthread_mutex_lock(&s->mu); /* a flush's thread may be looking for models */
   if (old) {
     psd_model_free(old);
     s->models[idx] = m;
   } else if ((rc = psd_store_add(s, m, eb)) < 0) {
     psd_model_free(m); /* registered on disk; restored at the next open */
-    return rc;
   }
+  pthread_mutex_unlock(&s->mu);
+  if (rc < 0) return rc;
   if (created) *created = 1;
   psd_store_counts(m, nchunks, nparams);
   return 0;
@@ -921,12 +979,107 @@ static int psd_store_check_chunk(psd_store *s, const psd_model *m, uint32_t id, 
   return 0;
 }
 
-/* psd_store_push: see psd_store.h.  Everything is checked before the
- * first chunk changes (invariant 2). */
+/* ---- redo log ------------------------------------------------------------ */
+
+enum { PSD_LOG_PUSH = 1, PSD_LOG_FIXED = 2 + 8 + 4 + 8 + 8 + 4 + 8 };
+
+/* psd_store_log_push hands the record of a checked push to the log hook
+ * (the ids and gradients are not copied here) and records its seq. */
+static int psd_store_log_push(psd_store *s, const psd_model *m, const uint32_t *ids, size_t nids,
+                              const float *grads, uint64_t nelems, uint32_t worker,
+                              uint64_t clock, uint64_t version_seen, ps_errbuf *eb) {
+  uint8_t h[PSD_LOG_FIXED + 256];
+  size_t nl = strlen(m->spec->name), n = 0;
+  uint32_t n32 = (uint32_t)nids;
+  h[n++] = PSD_LOG_PUSH;
+  h[n++] = (uint8_t)nl;
+  memcpy(h + n, m->spec->name, nl);
+  n += nl;
+  psd_store_put64(h + n, m->gen);
+  memcpy(h + n + 8, &worker, 4);
+  psd_store_put64(h + n + 12, clock);
+  psd_store_put64(h + n + 20, version_seen);
+  memcpy(h + n + 28, &n32, 4);
+  psd_store_put64(h + n + 32, nelems);
+  n += 40;
+  struct iovec iov[3] = {{h, n}, {(void *)ids, nids * 4}, {(void *)grads, nelems * 4}};
+  uint64_t seq;
+  int rc = s->log_fn(s->log_arg, iov, 3, &seq, eb);
+  if (rc == 0) s->log_seq = seq;
+  return rc;
+}
+
+/* psd_store_set_log: see psd_store.h. */
+void psd_store_set_log(psd_store *s, psd_store_log_fn *fn, void *arg) {
+  s->log_fn = fn;
+  s->log_arg = arg;
+}
+
+/* psd_store_log_seq: see psd_store.h. */
+uint64_t psd_store_log_seq(const psd_store *s) { return s->log_seq; }
+
+static int psd_store_push_at(psd_store *s, const char *model, const uint32_t *ids, size_t nids,
+                             const float *grads, uint64_t nelems, uint32_t worker,
+                             uint64_t clock, uint64_t version_seen, uint64_t replay,
+                             uint64_t *version, ps_errbuf *eb);
+
+/* psd_store_replay: see psd_store.h.  Ids and gradients are copied out
+ * of the record (it is not aligned for floats). */
+int psd_store_replay(psd_store *s, uint64_t seq, const uint8_t *rec, size_t len, ps_errbuf *eb) {
+  if (len < PSD_LOG_FIXED || rec[0] != PSD_LOG_PUSH || len < (size_t)PSD_LOG_FIXED + rec[1])
+    return ps_errf(eb, PS_EIO, "redo log record %" PRIu64 " does not decode", seq);
+  size_t nl = rec[1];
+  const uint8_t *p = rec + 2 + nl;
+  uint64_t gen = psd_store_get64(p), clock = psd_store_get64(p + 12);
+  uint64_t seen = psd_store_get64(p + 20), nelems = psd_store_get64(p + 32);
+  uint32_t worker = psd_store_get32(p + 8), nids = psd_store_get32(p + 28);
+  if ((uint64_t)nids * 4 + nelems * 4 != len - PSD_LOG_FIXED - nl)
+    return ps_errf(eb, PS_EIO, "redo log record %" PRIu64 " does not decode", seq);
+  psd_model *m = psd_store_find(s, (const char *)rec + 2, nl, NULL);
+  if (!m || gen > m->gen)
+    return ps_errf(eb, PS_EIO, "redo log record %" PRIu64 " is a push to model '%.*s'%s, which "
+                   "store '%s' does not hold: its snapshot is missing or from elsewhere; "
+                   "refusing to start", seq, (int)nl, (const char *)rec + 2,
+                   m ? " (a newer incarnation)" : "", s->dir);
+  s->log_seq = seq;
+  if (gen < m->gen) return 0; /* the model was replaced after this push */
+  uint32_t *ids = malloc(nids ? (size_t)nids * 4 : 1);
+  float *g = malloc(nelems ? nelems * 4 : 1);
+  int rc = ids && g ? 0 : ps_errf(eb, PS_ENOMEM, "out of memory replaying the redo log");
+  if (rc == 0) {
+    memcpy(ids, p + 40, (size_t)nids * 4);
+    memcpy(g, p + 40 + (size_t)nids * 4, nelems * 4);
+    char name[256];
+    memcpy(name, rec + 2, nl);
+    name[nl] = '\0';
+    rc = psd_store_push_at(s, name, ids, nids, g, nelems, worker, clock, seen, seq, NULL, eb);
+    if (rc < 0) {
+      char why[sizeof eb->msg];
+      memcpy(why, eb->msg, sizeof why);
+      rc = ps_errf(eb, PS_EIO, "redo log record %" PRIu64 " does not apply: %s", seq, why);
+    }
+  }
+  free(ids);
+  free(g);
+  return rc;
+}
+
+/* psd_store_push: see psd_store.h. */
 int psd_store_push(psd_store *s, const char *model, const uint32_t *ids, size_t nids,
                    const float *grads, uint64_t nelems, uint32_t worker, uint64_t clock,
                    uint64_t version_seen, uint64_t *version, ps_errbuf *eb) {
-  (void)worker, (void)clock;
+  return psd_store_push_at(s, model, ids, nids, grads, nelems, worker, clock, version_seen, 0,
+                           version, eb);
+}
+
+/* psd_store_push_at applies a push: a new one when REPLAY is 0 (logged
+ * when the store has a log), else the replay of log record REPLAY, which
+ * leaves alone the chunks whose snapshot holds it already (invariant 9).
+ * Everything is checked before the first chunk changes (invariant 2). */
+static int psd_store_push_at(psd_store *s, const char *model, const uint32_t *ids, size_t nids,
+                             const float *grads, uint64_t nelems, uint32_t worker,
+                             uint64_t clock, uint64_t version_seen, uint64_t replay,
+                             uint64_t *version, ps_errbuf *eb) {
   psd_model *m = psd_store_model(s, model, eb);
   if (!m) return PS_ENOENT;
   uint64_t want;
@@ -948,15 +1101,28 @@ int psd_store_push(psd_store *s, const char *model, const uint32_t *ids, size_t 
   if (!scratch || !after) return ps_errf(eb, PS_ENOMEM, "out of memory for a push to '%s'", model);
   const float *g = grads;
   for (size_t i = 0; i < nids; i++) {
-    if ((rc = psd_store_check_chunk(s, m, ids[i], g, w, &s->after[i], eb)) < 0) return rc;
+    if ((!replay || m->chunks[ids[i]].seq < replay) &&
+        (rc = psd_store_check_chunk(s, m, ids[i], g, w, &s->after[i], eb)) < 0)
+      return rc;
     g += m->layout.chunks[ids[i]].len;
   }
+  if (!replay && s->log_fn &&
+      (rc = psd_store_log_push(s, m, ids, nids, grads, nelems, worker, clock, version_seen,
+                               eb)) < 0)
+    return rc;
+  uint64_t seq = replay ? replay : s->log_seq;
   m->tau_hist[psd_tau_bucket(tau)]++;
   g = grads;
+  pthread_mutex_lock(&s->mu); /* a flush's thread may be reading a chunk */
   for (size_t i = 0; i < nids; i++) {
     uint32_t len = m->layout.chunks[ids[i]].len;
     psd_cstate *c = &m->chunks[ids[i]];
+    if (replay && c->seq >= replay) { /* the snapshot holds this push here */
+      g += len;
+      continue;
+    }
     c->step++;
+    c->seq = seq;
     c->bound = s->after[i];
     const float *gw = w != 1.0f ? psd_store_weighted(s, g, len, w) : g;
     psd_optim_apply(&m->optim, c->data, c->data + len, gw, len, c->step);
@@ -966,6 +1132,7 @@ int psd_store_push(psd_store *s, const char *model, const uint32_t *ids, size_t 
     }
     g += len;
   }
+  pthread_mutex_unlock(&s->mu);
   m->version++;
   m->version_dirty = 1;
   if (version) *version = m->version;
@@ -1042,44 +1209,34 @@ int psd_store_dirty(const psd_store *s) {
 
 /* ---- flush ---------------------------------------------------------------- */
 
-/* psd_flush_free frees F (batch included).  NULL is fine. */
+/* psd_flush_free frees F.  NULL is fine. */
 static void psd_flush_free(psd_flush *f) {
   if (!f) return;
-  if (f->batch) rocksdb_writebatch_destroy(f->batch);
+  if (f->tail) rocksdb_writebatch_destroy(f->tail);
   free(f->chunks);
   free(f->vgens);
   free(f);
 }
 
-/* psd_flush_model adds M's dirty chunks and version to F's batch and marks
- * them clean. */
+/* psd_flush_model lists M's dirty chunks in F and puts its version into
+ * F's tail, marking them clean; nothing is copied (invariant 9). */
 static void psd_flush_model(psd_flush *f, psd_model *m) {
-  char k[PSD_KEY_MAX];
   for (size_t i = 0; i < m->nheld && m->ndirty; i++) {
     uint32_t id = m->held[i];
     psd_cstate *c = &m->chunks[id];
     if (!c->dirty) continue;
-    uint32_t len = m->layout.chunks[id].len;
-    uint8_t hdr[PSD_HDR];
-    uint32_t slots = m->slots;
-    memcpy(hdr, &len, 4);
-    memcpy(hdr + 4, &slots, 4);
-    psd_store_put64(hdr + 8, c->step);
-    size_t klen = psd_store_chunk_key(k, m->spec->name, m->gen, id);
-    const char *keys[] = {k};
-    const char *vals[] = {(const char *)hdr, (const char *)c->data};
-    size_t lens[] = {PSD_HDR, (size_t)len * (1 + slots) * sizeof(float)};
-    rocksdb_writebatch_putv(f->batch, 1, keys, &klen, 2, vals, lens);
     f->chunks[f->nchunks++] = (psd_flush_ref){m->gen, id};
+    f->chunk_bytes += PSD_HDR + (uint64_t)m->layout.chunks[id].len * (1 + m->slots) * sizeof(float);
     c->dirty = 0;
     m->ndirty--;
   }
   if (m->version_dirty) {
+    char k[PSD_KEY_MAX];
     uint8_t gv[16];
     psd_store_put64(gv, m->gen);
     psd_store_put64(gv + 8, m->version);
     size_t klen = psd_store_key(k, 'v', m->spec->name);
-    rocksdb_writebatch_put(f->batch, k, klen, (const char *)gv, sizeof gv);
+    rocksdb_writebatch_put(f->tail, k, klen, (const char *)gv, sizeof gv);
     f->vgens[f->nvgens++] = m->gen;
     m->version_dirty = 0;
   }
@@ -1108,6 +1265,7 @@ int psd_flush_prepare(psd_store *s, psd_flush **out, ps_errbuf *eb) {
     psd_flush_free(f);
     return ps_errf(eb, PS_ENOMEM, "out of memory");
   }
+  f->store = s;
   f->db = s->db;
   f->reopen = s->db == NULL;
   f->opts = s->opts;
@@ -1115,11 +1273,20 @@ int psd_flush_prepare(psd_store *s, psd_flush **out, ps_errbuf *eb) {
   f->shard_id = s->shard_id;
   f->wsync = s->wsync;
   f->dir = s->dir;
-  f->batch = rocksdb_writebatch_create();
+  f->tail = rocksdb_writebatch_create();
   for (size_t i = 0; i < s->nmodels; i++) psd_flush_model(f, s->models[i]);
+  /* The snapshot holds every push applied so far (its chunks may hold
+   * later ones too, each saying so): replay starts right after this. */
+  uint8_t ls[8];
+  f->log_seq = s->log_seq;
+  psd_store_put64(ls, s->log_seq);
+  rocksdb_writebatch_put(f->tail, "w", 1, (const char *)ls, sizeof ls);
   *out = f;
   return 0;
 }
+
+/* psd_flush_log_seq: see psd_store.h. */
+uint64_t psd_flush_log_seq(const psd_flush *f) { return f->log_seq; }
 
 /* psd_flush_reopen opens the closed store's directory into F->db and
  * checks that it still holds this shard (invariant 8); on error F->db
@@ -1139,33 +1306,76 @@ static int psd_flush_reopen(psd_flush *f, ps_errbuf *eb) {
   return 0;
 }
 
-/* psd_flush_write: see psd_store.h.  Touches only F and RocksDB (which is
- * thread-safe), so it may run beside the loop thread. */
-int psd_flush_write(psd_flush *f, ps_errbuf *eb) {
+/* psd_flush_take adds chunk REF's record, as the chunk is now, to BATCH
+ * (the copy happens under the store's mutex, invariant 10); a chunk whose
+ * model was replaced or dropped since the prepare is skipped. */
+static void psd_flush_take(psd_store *s, const psd_flush_ref *ref, rocksdb_writebatch_t *batch) {
+  pthread_mutex_lock(&s->mu);
+  psd_model *m = NULL;
+  for (size_t i = 0; i < s->nmodels && !m; i++)
+    if (s->models[i]->gen == ref->gen) m = s->models[i];
+  const psd_cstate *c = m ? &m->chunks[ref->id] : NULL;
+  if (c && c->data) {
+    char k[PSD_KEY_MAX];
+    uint32_t len = m->layout.chunks[ref->id].len, slots = m->slots;
+    uint8_t hdr[PSD_HDR];
+    memcpy(hdr, &len, 4);
+    memcpy(hdr + 4, &slots, 4);
+    psd_store_put64(hdr + 8, c->step);
+    psd_store_put64(hdr + 16, c->seq);
+    size_t klen = psd_store_chunk_key(k, m->spec->name, m->gen, ref->id);
+    const char *keys[] = {k};
+    const char *vals[] = {(const char *)hdr, (const char *)c->data};
+    size_t lens[] = {PSD_HDR, (size_t)len * (1 + slots) * sizeof(float)};
+    rocksdb_writebatch_putv(batch, 1, keys, &klen, 2, vals, lens);
+  }
+  pthread_mutex_unlock(&s->mu);
+}
+
+/* psd_flush_chunks writes F's chunk records without RocksDB's WAL, in
+ * batches of about PSD_FLUSH_SLICE bytes, then flushes the memtable so
+ * they are on disk (invariant 9).  0 or the write's error. */
+static int psd_flush_chunks(psd_flush *f, ps_errbuf *eb) {
+  if (f->nchunks == 0) return 0;
+  rocksdb_writeoptions_t *wo = rocksdb_writeoptions_create();
+  rocksdb_writeoptions_disable_WAL(wo, 1);
+  rocksdb_writebatch_t *b = rocksdb_writebatch_create();
   char *err = NULL;
-  int rc = f->reopen ? psd_flush_reopen(f, eb) : 0;
-  if (rc < 0) return rc;
-  rocksdb_write(f->db, f->wsync, f->batch, &err);
-  if (err) return psd_store_rdb_err(eb, err, "cannot flush store", f->dir);
-  /* A big batch leaves a memtable as large as itself.  Flush it to SST now
-   * (this thread is not the loop's, so it may wait); then read once on this
-   * thread: the write pinned a SuperVersion in this thread's cache, which
-   * keeps the flushed memtable alive until the thread next reads (measured:
-   * a 100M-parameter Adam shard stayed at 1.8-2.3 GiB after its first flush,
-   * 1.14 GiB with the read); then trim the malloc heap.  The data is
-   * already durable in the synced WAL, so a failure is only logged. */
-  size_t size = 0;
-  rocksdb_writebatch_data(f->batch, &size);
-  if (size > (32u << 20)) {
+  for (size_t i = 0; i < f->nchunks && !err; i++) {
+    psd_flush_take(f->store, &f->chunks[i], b);
+    size_t size = 0;
+    rocksdb_writebatch_data(b, &size);
+    if (size < PSD_FLUSH_SLICE && i + 1 < f->nchunks) continue;
+    rocksdb_write(f->db, wo, b, &err);
+    rocksdb_writebatch_clear(b);
+  }
+  rocksdb_writebatch_destroy(b);
+  rocksdb_writeoptions_destroy(wo);
+  if (!err) {
     rocksdb_flushoptions_t *fo = rocksdb_flushoptions_create();
     rocksdb_flushoptions_set_wait(fo, 1);
     rocksdb_flush(f->db, fo, &err);
     rocksdb_flushoptions_destroy(fo);
-    if (err) {
-      ps_warn("store '%s': memtable flush: %s", f->dir, err);
-      rocksdb_free(err);
-      err = NULL;
-    }
+  }
+  return err ? psd_store_rdb_err(eb, err, "cannot flush store", f->dir) : 0;
+}
+
+/* psd_flush_write: see psd_store.h.  Touches F, RocksDB (which is
+ * thread-safe) and, under the store's mutex, the chunks (invariant 10),
+ * so it may run beside the loop thread. */
+int psd_flush_write(psd_flush *f, ps_errbuf *eb) {
+  char *err = NULL;
+  int rc = f->reopen ? psd_flush_reopen(f, eb) : 0;
+  if (rc == 0) rc = psd_flush_chunks(f, eb);
+  if (rc < 0) return rc;
+  rocksdb_write(f->db, f->wsync, f->tail, &err);
+  if (err) return psd_store_rdb_err(eb, err, "cannot flush store", f->dir);
+  /* After a big flush, read once on this thread: the writes pinned a
+   * SuperVersion in this thread's cache, which keeps the flushed memtable
+   * alive until the thread next reads (measured: a 100M-parameter Adam
+   * shard stayed at 1.8-2.3 GiB after its first flush, 1.14 GiB with the
+   * read); then trim the malloc heap. */
+  if (f->chunk_bytes > (32u << 20)) {
     rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
     size_t vlen;
     char *v = rocksdb_get(f->db, ro, "m", 1, &vlen, &err);

@@ -3,8 +3,10 @@
  *
  * Invariants:
  *  1. Memory is what serves; RocksDB holds the last flushed state of every
- *     model: its spec (registry), each chunk's values and optimizer slots,
- *     and the model version, written together in one WriteBatch per flush.
+ *     model: its spec (registry), each chunk's values and optimizer slots
+ *     with the redo log seq of the last push it holds, and the model
+ *     version with the redo log position (psd_store_log_seq) of the last
+ *     finished flush: every chunk holds at least every push up to it.
  *  2. A request that fails validation changes nothing (all checks happen
  *     before the first write to a chunk).
  *  3. Opening a store restores exactly the last flushed state.
@@ -12,12 +14,14 @@
  *     on any shard count (ps_init_fill).
  *
  * Not thread-safe: one thread (psd's loop) calls everything except
- * psd_flush_write, which may run on any thread while the loop goes on. */
+ * psd_flush_write, which may run on any thread while the loop goes on
+ * (it reads chunks under the store's own mutex). */
 #ifndef PSD_STORE_H
 #define PSD_STORE_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include "ps_error.h"
 #include "ps.pb-c.h"
@@ -128,19 +132,44 @@ int psd_store_dirty(const psd_store *s);           /* anything to flush? */
 uint64_t psd_store_bytes(const psd_store *s);
 
 /* Flushing, in three steps so the write can leave the loop thread:
- * psd_flush_prepare (loop thread) snapshots every dirty chunk, its
- * optimizer slots, versions and the registry into one WriteBatch and
- * marks them clean; *F is NULL when nothing is dirty and the store is
- * open.  psd_flush_write (any thread) writes the batch (synced), first
- * reopening RocksDB when a failed flush closed it.  psd_flush_finish
+ * psd_flush_prepare (loop thread) lists every dirty chunk, takes the
+ * versions and the log position, and marks them clean, copying no chunk
+ * data; *F is NULL when nothing is dirty and the store is open.
+ * psd_flush_write (any thread, while the loop goes on) first reopens
+ * RocksDB when a failed flush closed it, then copies each listed chunk as
+ * it is then (under the store's mutex: a push waits at most for one
+ * chunk's copy) into batches of about 16 MiB written without RocksDB's
+ * WAL, flushes the memtable to SST, and writes the versions and log
+ * position synced last (chunks of a model replaced meanwhile are
+ * skipped).  psd_flush_finish
  * (loop thread) frees F; when STATUS < 0 it marks the snapshot's chunks
  * dirty again so nothing is lost, and closes RocksDB (a handle that
  * failed a write is not used again); the next flush reopens it.
  * psd_store_flush does all three in a row.  Write errors: PS_ENOSPC,
  * PS_EIO, PS_ECONFIG (the reopened directory holds another shard). */
 int psd_flush_prepare(psd_store *s, psd_flush **f, ps_errbuf *eb);
+/* psd_flush_log_seq: the redo log position the snapshot F holds (every
+ * logged push up to it; psd_store_log_seq when it was prepared). */
+uint64_t psd_flush_log_seq(const psd_flush *f);
 int psd_flush_write(psd_flush *f, ps_errbuf *eb);
 void psd_flush_finish(psd_store *s, psd_flush *f, int status);
 int psd_store_flush(psd_store *s, ps_errbuf *eb);
+
+/* Redo log (durability sync, psd_wal.h).  psd_store_set_log installs FN:
+ * psd_store_push hands it each push's record (the pieces of IOV) after
+ * every check and before the first chunk changes, and fails the push
+ * unchanged when FN fails; FN writes the record's seq to *SEQ, which
+ * becomes psd_store_log_seq.  Snapshots (flushes) store the log seq they
+ * hold, read back by psd_store_open.  psd_store_replay applies record REC
+ * (LEN bytes) of seq SEQ as the push it logged, through the same code
+ * (records of a replaced model's older incarnation are skipped); PS_EIO
+ * when the record names a model the store does not hold or a newer
+ * incarnation of it (the snapshot is missing or from elsewhere) or does
+ * not decode. */
+typedef int psd_store_log_fn(void *arg, const struct iovec *iov, int niov, uint64_t *seq,
+                             ps_errbuf *eb);
+void psd_store_set_log(psd_store *s, psd_store_log_fn *fn, void *arg);
+uint64_t psd_store_log_seq(const psd_store *s);
+int psd_store_replay(psd_store *s, uint64_t seq, const uint8_t *rec, size_t len, ps_errbuf *eb);
 
 #endif

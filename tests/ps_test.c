@@ -12,6 +12,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/wait.h>
@@ -352,4 +353,33 @@ void ps_test_submit(ps_rpc *r, const Ps__ModelSpec *spec, int replace, int timeo
                         &rep, timeout_ms, &eb);
   ck_assert_msg(err == 0, "submit '%s': %s", spec->name, eb.msg);
   protobuf_c_message_free_unpacked(rep, NULL);
+}
+
+/* ps_test_tmpfs_make: see ps_test.h. */
+void ps_test_tmpfs_make(ps_test_tmpfs *t, const char *prefix, const char *opts) {
+  memset(t, 0, sizeof *t);
+  const char *tmp = getenv("TMPDIR");
+  snprintf(t->dir, sizeof t->dir, "%s/%s.XXXXXX", tmp && *tmp ? tmp : "/tmp", prefix);
+  if (!mkdtemp(t->dir)) {
+    snprintf(t->why, sizeof t->why, "mkdtemp: %s", strerror(errno));
+    return;
+  }
+  snprintf(t->mnt, sizeof t->mnt, "%s/shard0", t->dir);
+  if (mkdir(t->mnt, 0755) < 0) {
+    snprintf(t->why, sizeof t->why, "mkdir '%s': %s", t->mnt, strerror(errno));
+    return;
+  }
+  if (mount("tmpfs", t->mnt, "tmpfs", MS_NOSUID | MS_NODEV, opts) < 0) {
+    snprintf(t->why, sizeof t->why, "cannot mount a tmpfs on '%s': %s", t->mnt, strerror(errno));
+    return;
+  }
+  t->mounted = 1;
+}
+
+/* ps_test_tmpfs_remove: see ps_test.h. */
+void ps_test_tmpfs_remove(ps_test_tmpfs *t) {
+  if (t->mounted && umount(t->mnt) < 0) umount2(t->mnt, MNT_DETACH);
+  t->mounted = 0;
+  if (t->mnt[0]) rmdir(t->mnt);
+  if (t->dir[0]) rmdir(t->dir); /* when the test skipped: nothing in it */
 }

@@ -139,6 +139,21 @@ int ps_test_chan_connect(ps_chan_client **c, const char *addr, const char *clust
  * shard's message when the call fails. */
 void ps_test_submit(ps_rpc *r, const Ps__ModelSpec *spec, int replace, int timeout_ms);
 
+/* A test fixture's small filesystem: ps_test_tmpfs_make makes a fresh
+ * directory T->dir under $TMPDIR (or /tmp) named PREFIX.XXXXXX and
+ * mounts a tmpfs with OPTS ("size=128m") on T->mnt = T->dir/shard0 (shard
+ * 0's data_dir in ps_test_cluster_yaml's files).  T->mounted says whether
+ * that worked, T->why why not (mounting needs privileges: skip then).
+ * ps_test_tmpfs_remove unmounts (lazily when busy) and removes T->mnt and
+ * T->dir when empty.  Call both from the runner's unchecked fixture, so
+ * the mount is undone however the test ends. */
+typedef struct ps_test_tmpfs {
+  char dir[512], mnt[600], why[1024];
+  int mounted;
+} ps_test_tmpfs;
+void ps_test_tmpfs_make(ps_test_tmpfs *t, const char *prefix, const char *opts);
+void ps_test_tmpfs_remove(ps_test_tmpfs *t);
+
 /* ps_test_now_ms: CLOCK_MONOTONIC milliseconds. */
 int64_t ps_test_now_ms(void);
 

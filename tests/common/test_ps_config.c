@@ -16,6 +16,8 @@ static const char good_yaml[] =
     "durability:\n"
     "  mode: sync\n"
     "  flush_interval_ms: 250\n"
+    "  group_commit_max_bytes: 65536\n"
+    "  group_commit_max_wait_us: 200\n"
     "limits:\n"
     "  max_request_bytes: 1048576\n"
     "  drain_timeout_ms: 0\n"
@@ -83,6 +85,8 @@ START_TEST(test_config_good_file) {
   ck_assert_uint_eq(c.chunk_elems, 4096);
   ck_assert_int_eq(c.durability, PS_DUR_SYNC);
   ck_assert_uint_eq(c.flush_interval_ms, 250);
+  ck_assert_uint_eq(c.group_commit_max_bytes, 65536);
+  ck_assert_uint_eq(c.group_commit_max_wait_us, 200);
   ck_assert_uint_eq(c.max_request_bytes, 1048576);
   ck_assert_uint_eq(c.drain_timeout_ms, 0);
   ck_assert_uint_eq(c.max_connections, 64);
@@ -150,6 +154,8 @@ START_TEST(test_config_defaults) {
   ck_assert_uint_eq(c.chunk_elems, 65536);
   ck_assert_int_eq(c.durability, PS_DUR_PERIODIC);
   ck_assert_uint_eq(c.flush_interval_ms, 1000);
+  ck_assert_uint_eq(c.group_commit_max_bytes, 4194304);
+  ck_assert_uint_eq(c.group_commit_max_wait_us, 0);
   ck_assert_uint_eq(c.max_request_bytes, 256u << 20);
   ck_assert_uint_eq(c.drain_timeout_ms, 5000);
   ck_assert_uint_eq(c.max_connections, 1024);
@@ -229,6 +235,12 @@ static const struct bad_case {
      "3:22: expected an integer for 'flush_interval_ms'"},
     {"cluster: a\ndurability:\n  flush_interval_ms: [1]\n" SHARD0, PS_ECONFIG,
      "3:22: expected an integer for 'flush_interval_ms'"},
+    {"cluster: a\ndurability:\n  group_commit_max_bytes: 100\n" SHARD0, PS_ECONFIG,
+     "3:27: 'group_commit_max_bytes' is 100, outside 4096..1073741824"},
+    {"cluster: a\ndurability:\n  group_commit_max_wait_us: 2000000\n" SHARD0, PS_ECONFIG,
+     "3:29: 'group_commit_max_wait_us' is 2000000, outside 0..1000000"},
+    {"cluster: a\ndurability:\n  group_commit_max_wait_us: soon\n" SHARD0, PS_ECONFIG,
+     "3:29: expected an integer for 'group_commit_max_wait_us'"},
     {"cluster: a\ndurability: periodic\n" SHARD0, PS_ECONFIG,
      "2:13: expected a mapping for 'durability'"},
     {"cluster:\n" SHARD0, PS_ECONFIG, "1:9: expected a string for 'cluster'"},

@@ -44,41 +44,21 @@
 #define DF_ELEMS 1024
 #define DF_FS "size=128m"
 
-/* The fixture's state, made in the runner and inherited by the test. */
-static char df_dir[512];   /* logs, cluster file */
-static char df_mnt[600];   /* the tmpfs: shard 0's data_dir */
-static int df_mounted;
-static char df_why[1024];  /* why not mounted */
+/* The fixture's state, made in the runner and inherited by the test:
+ * df.dir holds logs and the cluster file, df.mnt (the tmpfs) is shard 0's
+ * data_dir. */
+static ps_test_tmpfs df;
 
 static void df_setup(void) {
   ps_test_procs_setup();
-  df_mounted = 0;
-  const char *t = getenv("TMPDIR");
-  snprintf(df_dir, sizeof df_dir, "%s/ps_test_disk.XXXXXX", t && *t ? t : "/tmp");
-  if (!mkdtemp(df_dir)) {
-    snprintf(df_why, sizeof df_why, "mkdtemp: %s", strerror(errno));
-    return;
-  }
-  snprintf(df_mnt, sizeof df_mnt, "%s/shard0", df_dir);
-  if (mkdir(df_mnt, 0755) < 0) {
-    snprintf(df_why, sizeof df_why, "mkdir '%s': %s", df_mnt, strerror(errno));
-    return;
-  }
-  if (mount("tmpfs", df_mnt, "tmpfs", MS_NOSUID | MS_NODEV, DF_FS) < 0) {
-    snprintf(df_why, sizeof df_why, "cannot mount a tmpfs on '%s': %s", df_mnt, strerror(errno));
-    return;
-  }
-  df_mounted = 1;
+  ps_test_tmpfs_make(&df, "ps_test_disk", DF_FS);
 }
 
 /* df_teardown stops what the test started (psd holds files on the tmpfs)
- * and unmounts; the logs stay in df_dir, as other tests' do. */
+ * and unmounts; the logs stay in df.dir, as other tests' do. */
 static void df_teardown(void) {
   ps_test_procs_teardown();
-  if (df_mounted && umount(df_mnt) < 0) umount2(df_mnt, MNT_DETACH);
-  df_mounted = 0;
-  rmdir(df_mnt);
-  rmdir(df_dir); /* when the test skipped: nothing in it */
+  ps_test_tmpfs_remove(&df);
 }
 
 typedef struct df_ctx {
@@ -243,14 +223,14 @@ static void df_psctl_state(df_ctx *x, const char *dir, const char *want, int cod
 }
 
 START_TEST(test_disk_full_degraded) {
-  if (!df_mounted) PS_SKIP("%s", df_why);
+  if (!df.mounted) PS_SKIP("%s", df.why);
   df_ctx x;
   memset(&x, 0, sizeof x);
-  snprintf(x.log, sizeof x.log, "%s/psd0.log", df_dir);
-  snprintf(x.filler, sizeof x.filler, "%s/filler", df_mnt);
+  snprintf(x.log, sizeof x.log, "%s/psd0.log", df.dir);
+  snprintf(x.filler, sizeof x.filler, "%s/filler", df.mnt);
   /* ps_test_cluster_yaml puts shard 0's data_dir at DIR/shard0: the tmpfs. */
   snprintf(x.yaml, sizeof x.yaml, "%s",
-           ps_test_cluster_yaml(df_dir, 1, NULL, &x.gp, &x.cp));
+           ps_test_cluster_yaml(df.dir, 1, NULL, &x.gp, &x.cp));
   df_start(&x);
   uint32_t shape[2];
   Ps__TensorSpec t, *ts[1];
@@ -307,13 +287,13 @@ START_TEST(test_disk_full_degraded) {
   if (srep) protobuf_c_message_free_unpacked(srep, NULL);
   ck_assert_msg(err < 0 && strstr(eb.msg, "degraded"),
                 "submit while degraded: %d '%s', want a refusal saying 'degraded'", err, eb.msg);
-  df_psctl_state(&x, df_dir, "DEGRADED", 1);
+  df_psctl_state(&x, df.dir, "DEGRADED", 1);
   df_alive(&x, "while degraded");
 
   /* 4: space again: SERVING, with a flush of everything pushed. */
   ck_assert_int_eq(unlink(x.filler), 0);
   df_wait(&x, "SERVING", t_last);
-  df_psctl_state(&x, df_dir, "SERVING", 0);
+  df_psctl_state(&x, df.dir, "SERVING", 0);
 
   /* 5: the flushed state is the pulled one, after a kill and after a
    * clean stop. */

@@ -1,0 +1,746 @@
+/* psd_wal: the redo log of `durability: sync` (see psd_wal.h).
+ *
+ * Buffers: the loop appends records to `pend` under the mutex; the writer
+ * takes a group out of it into `wbuf` (swapping the two buffers when all
+ * of `pend` fits in one group, so the usual case copies nothing more),
+ * writes it at the synced end of the current segment with pwrite, and
+ * fdatasyncs.  Only the writer thread touches the files after
+ * psd_wal_start; only the loop touches the waiter list. */
+#include "psd_wal.h"
+
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include "ps_log.h"
+
+#define WAL_HDR 16
+#define WAL_MAX_RECORD (UINT32_MAX - 64)
+
+typedef struct wal_seg {
+  uint64_t first;  /* seq of its first record (its name) */
+  uint64_t last;   /* seq of its last record; 0: empty */
+  uint64_t bytes;
+} wal_seg;
+
+struct psd_wal {
+  psd_wal_opts o;
+  char *dir;
+  int dirfd;
+  wal_seg *segs;           /* oldest first; the last is the current one */
+  size_t nsegs, segcap;
+  int fd;                  /* the current segment (writer thread after start) */
+  /* shared with the writer, under mu */
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  uint8_t *pend;
+  size_t pend_len, pend_cap;
+  uint64_t pend_nrec;
+  uint64_t synced_seq;
+  uint64_t trunc_seq;      /* a finished snapshot holds records up to here */
+  int trunc_pending;
+  int stop;
+  int failed, err_code, changed;
+  char err_msg[300];
+  uint64_t syncs, records, bytes;
+  /* writer thread */
+  uint8_t *wbuf;
+  size_t wlen, wcap;
+  uint64_t wlast, wnrec;
+  int retrying;
+  pthread_t thread;
+  /* loop thread */
+  uint64_t next_seq;
+  uv_async_t async;
+  int started, stopped;
+  psd_wal_waiter *head, *tail;
+  int loop_failed;
+  uint64_t replayed, dropped, replay_ms;
+};
+
+/* ---- encoding and files ---------------------------------------------------- */
+
+static uint32_t wal_get32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+static uint64_t wal_get64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
+
+/* wal_crc returns the checksum of a record: its len and seq fields (HDR)
+ * and its payload P. */
+static uint32_t wal_crc(const uint8_t *hdr, const uint8_t *p, size_t len) {
+  uLong c = crc32(0L, Z_NULL, 0);
+  c = crc32(c, hdr, 4);
+  c = crc32(c, hdr + 8, 8);
+  return (uint32_t)crc32_z(c, p, len);
+}
+
+static int wal_code(int e) { return e == ENOSPC || e == EDQUOT ? PS_ENOSPC : PS_EIO; }
+
+static void wal_seg_name(char *buf, size_t n, uint64_t first) {
+  snprintf(buf, n, "%016" PRIx64 ".log", first);
+}
+
+/* wal_seg_add appends a segment entry; 0 or PS_ENOMEM. */
+static int wal_seg_add(psd_wal *w, uint64_t first, uint64_t last, uint64_t bytes) {
+  if (w->nsegs == w->segcap) {
+    size_t cap = w->segcap ? 2 * w->segcap : 8;
+    wal_seg *v = realloc(w->segs, cap * sizeof *v);
+    if (!v) return PS_ENOMEM;
+    w->segs = v;
+    w->segcap = cap;
+  }
+  w->segs[w->nsegs++] = (wal_seg){first, last, bytes};
+  return 0;
+}
+
+static int wal_seg_cmp(const void *a, const void *b) {
+  uint64_t x = ((const wal_seg *)a)->first, y = ((const wal_seg *)b)->first;
+  return x < y ? -1 : x > y;
+}
+
+/* wal_scan lists DIR's segments, oldest first. */
+static int wal_scan(psd_wal *w, ps_errbuf *eb) {
+  DIR *d = fdopendir(dup(w->dirfd));
+  if (!d) return ps_errf(eb, PS_EIO, "cannot list '%s': %s", w->dir, strerror(errno));
+  struct dirent *e;
+  int rc = 0;
+  while (rc == 0 && (e = readdir(d)) != NULL) {
+    char *end;
+    if (strlen(e->d_name) != 20 || strcmp(e->d_name + 16, ".log") != 0) continue;
+    uint64_t first = strtoull(e->d_name, &end, 16);
+    if (end != e->d_name + 16) continue;
+    struct stat st;
+    if (fstatat(w->dirfd, e->d_name, &st, 0) < 0)
+      rc = ps_errf(eb, PS_EIO, "cannot stat '%s/%s': %s", w->dir, e->d_name, strerror(errno));
+    else if (wal_seg_add(w, first, 0, (uint64_t)st.st_size) < 0)
+      rc = ps_errf(eb, PS_ENOMEM, "out of memory");
+  }
+  closedir(d);
+  if (rc == 0 && w->nsegs) qsort(w->segs, w->nsegs, sizeof *w->segs, wal_seg_cmp);
+  return rc;
+}
+
+/* psd_wal_open: see psd_wal.h. */
+int psd_wal_open(psd_wal **out, const psd_wal_opts *o, ps_errbuf *eb) {
+  *out = NULL;
+  if (!o->dir || !o->max_batch_bytes) return ps_errf(eb, PS_EINVAL, "bad log options");
+  psd_wal *w = calloc(1, sizeof *w);
+  if (!w || !(w->dir = strdup(o->dir))) {
+    free(w);
+    return ps_errf(eb, PS_ENOMEM, "out of memory");
+  }
+  w->o = *o;
+  w->o.dir = w->dir;
+  if (!w->o.retry_ms) w->o.retry_ms = 1000;
+  if (!w->o.segment_bytes) w->o.segment_bytes = 64u << 20;
+  w->fd = w->dirfd = -1;
+  w->next_seq = 1;
+  pthread_mutex_init(&w->mu, NULL);
+  pthread_cond_init(&w->cv, NULL);
+  /* One level: the log lives inside the store's directory, which exists. */
+  int rc = 0;
+  if (mkdir(o->dir, 0755) < 0 && errno != EEXIST)
+    rc = ps_errf(eb, wal_code(errno), "cannot create '%s': %s", o->dir, strerror(errno));
+  if (rc == 0 && (w->dirfd = open(o->dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) < 0)
+    rc = ps_errf(eb, PS_EIO, "cannot open '%s': %s", o->dir, strerror(errno));
+  if (rc == 0) rc = wal_scan(w, eb);
+  if (rc < 0) {
+    psd_wal_free(w);
+    return rc;
+  }
+  *out = w;
+  return 0;
+}
+
+/* psd_wal_has_records: see psd_wal.h. */
+int psd_wal_has_records(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) return 0;
+  struct dirent *e;
+  int found = 0;
+  while (!found && (e = readdir(d)) != NULL) {
+    struct stat st;
+    if (strlen(e->d_name) == 20 && !strcmp(e->d_name + 16, ".log") &&
+        fstatat(dirfd(d), e->d_name, &st, 0) == 0 && st.st_size > 0)
+      found = 1;
+  }
+  closedir(d);
+  return found;
+}
+
+/* ---- replay ------------------------------------------------------------------ */
+
+/* wal_read_seg reads segment I whole into *BUF (caller frees). */
+static int wal_read_seg(psd_wal *w, size_t i, uint8_t **buf, size_t *len, ps_errbuf *eb) {
+  char name[32];
+  wal_seg_name(name, sizeof name, w->segs[i].first);
+  int fd = openat(w->dirfd, name, O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return ps_errf(eb, PS_EIO, "cannot open '%s/%s': %s", w->dir, name, strerror(errno));
+  struct stat st;
+  int rc = fstat(fd, &st) < 0 ? ps_errf(eb, PS_EIO, "cannot stat '%s/%s'", w->dir, name) : 0;
+  size_t n = rc == 0 ? (size_t)st.st_size : 0, got = 0;
+  *buf = rc == 0 ? malloc(n ? n : 1) : NULL;
+  if (rc == 0 && !*buf) rc = ps_errf(eb, PS_ENOMEM, "out of memory reading '%s/%s'", w->dir, name);
+  while (rc == 0 && got < n) {
+    ssize_t r = read(fd, *buf + got, n - got);
+    if (r <= 0) rc = ps_errf(eb, PS_EIO, "cannot read '%s/%s': %s", w->dir, name,
+                             r < 0 ? strerror(errno) : "short file");
+    else got += (size_t)r;
+  }
+  close(fd);
+  if (rc < 0) {
+    free(*buf);
+    *buf = NULL;
+  }
+  *len = n;
+  return rc;
+}
+
+/* wal_check returns NULL when a whole, intact record starts at P (N bytes
+ * left), else why not. */
+static const char *wal_check(const uint8_t *p, size_t n) {
+  if (n < WAL_HDR) return "short header";
+  uint32_t len = wal_get32(p);
+  if (len > n - WAL_HDR) return "short record";
+  if (wal_crc(p, p + WAL_HDR, len) != wal_get32(p + 4)) return "checksum mismatch";
+  return NULL;
+}
+
+/* wal_count_after counts the intact records found after a torn one at P
+ * (they belong to the same unsynced group; a walk that loses the record
+ * boundaries stops). */
+static uint64_t wal_count_after(const uint8_t *p, size_t n) {
+  uint64_t k = 0;
+  if (n < WAL_HDR || wal_get32(p) > n - WAL_HDR) return 0;
+  size_t off = WAL_HDR + wal_get32(p);
+  while (off < n && !wal_check(p + off, n - off)) {
+    k++;
+    off += WAL_HDR + wal_get32(p + off);
+  }
+  return k;
+}
+
+/* wal_cut truncates segment I to LEN bytes (removing it when empty) and
+ * syncs; a failure is an error (the next appends would follow garbage). */
+static int wal_cut(psd_wal *w, size_t i, size_t len, ps_errbuf *eb) {
+  char name[32];
+  wal_seg_name(name, sizeof name, w->segs[i].first);
+  int rc = 0;
+  if (len == 0) {
+    if (unlinkat(w->dirfd, name, 0) < 0 && errno != ENOENT) rc = -1;
+    w->segs[i].bytes = 0;
+  } else {
+    int fd = openat(w->dirfd, name, O_WRONLY | O_CLOEXEC);
+    if (fd < 0 || ftruncate(fd, (off_t)len) < 0 || fdatasync(fd) < 0) rc = -1;
+    if (fd >= 0) close(fd);
+    w->segs[i].bytes = len;
+  }
+  if (rc == 0 && fsync(w->dirfd) < 0) rc = -1;
+  if (rc < 0)
+    return ps_errf(eb, wal_code(errno), "cannot cut the torn tail of '%s/%s': %s", w->dir, name,
+                   strerror(errno));
+  return 0;
+}
+
+/* wal_sync_seg fdatasyncs segment I: a replayed record may be only in
+ * the page cache (the crash came between its write and its sync), and
+ * the records appended after the replay build on it, so it must reach
+ * the disk before they do. */
+static int wal_sync_seg(psd_wal *w, size_t i, ps_errbuf *eb) {
+  char name[32];
+  wal_seg_name(name, sizeof name, w->segs[i].first);
+  int fd = openat(w->dirfd, name, O_WRONLY | O_CLOEXEC);
+  int rc = fd < 0 || fdatasync(fd) < 0 ? -1 : 0;
+  int e = errno;
+  if (fd >= 0) close(fd);
+  if (rc < 0)
+    return ps_errf(eb, wal_code(e), "cannot sync '%s/%s': %s", w->dir, name, strerror(e));
+  return 0;
+}
+
+/* psd_wal_replay: see psd_wal.h. */
+int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, ps_errbuf *eb) {
+  uint64_t t0 = uv_hrtime(), last = 0, applied = 0, dropped = 0;
+  int rc = 0;
+  for (size_t i = 0; rc == 0 && i < w->nsegs; i++) {
+    uint8_t *buf = NULL;
+    size_t n = 0, off = 0;
+    if ((rc = wal_read_seg(w, i, &buf, &n, eb)) < 0) break;
+    char name[32];
+    wal_seg_name(name, sizeof name, w->segs[i].first);
+    while (rc == 0 && off < n) {
+      const char *bad = wal_check(buf + off, n - off);
+      uint64_t seq = bad ? 0 : wal_get64(buf + off + 8);
+      if (!bad && off == 0 && seq != w->segs[i].first) bad = "first record does not match the name";
+      if (!bad && seq <= last) bad = "sequence number goes back";
+      if (bad && i + 1 < w->nsegs) {
+        rc = ps_errf(eb, PS_EIO, "redo log '%s/%s' is corrupt at offset %zu (%s) and later "
+                     "segments follow it: refusing to replay past acknowledged records", w->dir,
+                     name, off, bad);
+        break;
+      }
+      if (bad) { /* the torn tail of the last group (invariant 5) */
+        dropped = 1 + wal_count_after(buf + off, n - off);
+        ps_warn("redo log '%s/%s': torn tail at offset %zu (%s): %" PRIu64 " record%s (%zu "
+                "bytes) dropped; they were never acknowledged", w->dir, name, off, bad, dropped,
+                dropped == 1 ? "" : "s", n - off);
+        rc = wal_cut(w, i, off, eb);
+        break;
+      }
+      uint32_t len = wal_get32(buf + off);
+      if (seq > from) {
+        uint64_t want = (last > from ? last : from) + 1;
+        if (seq != want) {
+          rc = ps_errf(eb, PS_EIO, "redo log '%s' holds record %" PRIu64 " next, but the store's "
+                       "snapshot ends at record %" PRIu64 " and record %" PRIu64 " is missing "
+                       "(is the snapshot missing or from another store?): refusing to start",
+                       w->dir, seq, from, want);
+          break;
+        }
+        if ((rc = fn(arg, seq, buf + off + WAL_HDR, len, eb)) < 0) break;
+        applied++;
+      }
+      last = seq;
+      w->segs[i].last = seq;
+      off += WAL_HDR + len;
+    }
+    free(buf);
+    if (rc == 0 && off == n && n > 0) rc = wal_sync_seg(w, i, eb); /* a cut one is synced */
+  }
+  /* Empty segments (a start that wrote nothing) are just removed. */
+  for (size_t i = 0; rc == 0 && i < w->nsegs; i++)
+    if (w->segs[i].last == 0) {
+      char name[32];
+      wal_seg_name(name, sizeof name, w->segs[i].first);
+      unlinkat(w->dirfd, name, 0);
+      memmove(w->segs + i, w->segs + i + 1, (w->nsegs - i - 1) * sizeof *w->segs);
+      w->nsegs--;
+      i--;
+    }
+  if (rc < 0) return rc;
+  w->next_seq = (last > from ? last : from) + 1;
+  w->synced_seq = w->next_seq - 1;
+  w->replayed = applied;
+  w->dropped = dropped;
+  w->replay_ms = (uv_hrtime() - t0) / 1000000;
+  for (size_t i = 0; i < w->nsegs; i++) w->bytes += w->segs[i].bytes;
+  return 0;
+}
+
+/* psd_wal_discard: see psd_wal.h. */
+int psd_wal_discard(psd_wal *w, ps_errbuf *eb) {
+  for (size_t i = 0; i < w->nsegs; i++) {
+    char name[32];
+    wal_seg_name(name, sizeof name, w->segs[i].first);
+    if (unlinkat(w->dirfd, name, 0) < 0 && errno != ENOENT)
+      return ps_errf(eb, PS_EIO, "cannot remove '%s/%s': %s", w->dir, name, strerror(errno));
+  }
+  w->nsegs = 0;
+  w->bytes = 0;
+  (void)fsync(w->dirfd);
+  return 0;
+}
+
+/* ---- the writer thread ---------------------------------------------------------- */
+
+/* wal_open_seg creates the segment starting at FIRST (empty) as the
+ * current one and syncs the directory; the old current fd is closed only
+ * once the new one exists.  Writer thread (or before it starts). */
+static int wal_open_seg(psd_wal *w, uint64_t first, char *why, size_t whylen) {
+  char name[32];
+  wal_seg_name(name, sizeof name, first);
+  int fd = openat(w->dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0 || fsync(w->dirfd) < 0) {
+    int e = errno;
+    snprintf(why, whylen, "cannot create redo log segment '%s/%s': %s", w->dir, name, strerror(e));
+    if (fd >= 0) close(fd);
+    errno = e;
+    return -1;
+  }
+  pthread_mutex_lock(&w->mu);
+  int rc = wal_seg_add(w, first, 0, 0);
+  pthread_mutex_unlock(&w->mu);
+  if (rc < 0) {
+    close(fd);
+    unlinkat(w->dirfd, name, 0);
+    snprintf(why, whylen, "out of memory for a redo log segment");
+    errno = ENOMEM;
+    return -1;
+  }
+  if (w->fd >= 0) close(w->fd);
+  w->fd = fd;
+  return 0;
+}
+
+/* wal_take moves the next group out of pend into wbuf (invariant 2).
+ * Under mu. */
+static void wal_take(psd_wal *w) {
+  uint64_t max = w->o.max_batch_bytes;
+  if (w->pend_len <= max) {
+    uint8_t *b = w->wbuf;
+    size_t cap = w->wcap;
+    w->wbuf = w->pend;
+    w->wcap = w->pend_cap;
+    w->wlen = w->pend_len;
+    w->wnrec = w->pend_nrec;
+    w->pend = b;
+    w->pend_cap = cap;
+    w->pend_len = 0;
+    w->pend_nrec = 0;
+  } else {
+    size_t off = 0;
+    uint64_t k = 0;
+    while (off < w->pend_len) {
+      size_t rl = WAL_HDR + wal_get32(w->pend + off);
+      if (off > 0 && off + rl > max) break;
+      off += rl;
+      k++;
+    }
+    if (off > w->wcap) { /* on failure a group of one record at a time */
+      uint8_t *p = realloc(w->wbuf, off);
+      if (!p) {
+        off = WAL_HDR + wal_get32(w->pend);
+        k = 1;
+        p = off <= w->wcap ? w->wbuf : realloc(w->wbuf, off);
+      }
+      if (!p) return; /* retried at the next turn */
+      w->wbuf = p;
+      w->wcap = off;
+    }
+    memcpy(w->wbuf, w->pend, off);
+    memmove(w->pend, w->pend + off, w->pend_len - off);
+    w->pend_len -= off;
+    w->pend_nrec -= k;
+    w->wlen = off;
+    w->wnrec = k;
+  }
+  /* the last record's seq */
+  size_t off = 0, lastoff = 0;
+  while (off < w->wlen) {
+    lastoff = off;
+    off += WAL_HDR + wal_get32(w->wbuf + off);
+  }
+  w->wlast = w->wlen ? wal_get64(w->wbuf + lastoff + 8) : 0;
+}
+
+/* wal_write writes wbuf at the synced end of the current segment and
+ * syncs it (invariants 1, 3).  0, or -1 with WHY. */
+static int wal_write(psd_wal *w, char *why, size_t whylen) {
+  wal_seg *cur = &w->segs[w->nsegs - 1];
+  if (w->retrying) (void)ftruncate(w->fd, (off_t)cur->bytes);
+  size_t done = 0;
+  while (done < w->wlen) {
+    ssize_t r = pwrite(w->fd, w->wbuf + done, w->wlen - done, (off_t)(cur->bytes + done));
+    if (r < 0 && errno == EINTR) continue;
+    if (r <= 0) {
+      if (r == 0) errno = EIO;
+      snprintf(why, whylen, "cannot write the redo log '%s': %s", w->dir, strerror(errno));
+      return -1;
+    }
+    done += (size_t)r;
+  }
+  int r = w->o.sync ? w->o.sync(w->fd, w->o.sync_arg) : fdatasync(w->fd);
+  if (r < 0) {
+    snprintf(why, whylen, "cannot sync the redo log '%s': %s", w->dir, strerror(errno));
+    return -1;
+  }
+  return 0;
+}
+
+/* wal_trim deletes the segments before the current one whose records a
+ * snapshot holds, and rolls the current one when it holds records
+ * (invariant 4).  Writer thread, nothing unsynced. */
+static void wal_trim(psd_wal *w, uint64_t upto) {
+  char why[300];
+  wal_seg *cur = &w->segs[w->nsegs - 1];
+  if (cur->last && wal_open_seg(w, cur->last + 1, why, sizeof why) < 0)
+    ps_warn("%s; the log grows until a roll succeeds", why);
+  size_t keep = 0;
+  int removed = 0;
+  for (size_t i = 0; i < w->nsegs; i++) {
+    wal_seg *s = &w->segs[i];
+    char name[32];
+    wal_seg_name(name, sizeof name, s->first);
+    if (i + 1 < w->nsegs && s->last <= upto && unlinkat(w->dirfd, name, 0) == 0) {
+      pthread_mutex_lock(&w->mu);
+      w->bytes -= s->bytes;
+      pthread_mutex_unlock(&w->mu);
+      removed = 1;
+      continue;
+    }
+    w->segs[keep++] = *s;
+  }
+  pthread_mutex_lock(&w->mu);
+  w->nsegs = keep;
+  pthread_mutex_unlock(&w->mu);
+  if (removed) (void)fsync(w->dirfd);
+}
+
+/* wal_wait_more waits up to max_wait_us for the group to fill (invariant
+ * 2).  Under mu. */
+static void wal_wait_more(psd_wal *w) {
+  if (!w->o.max_wait_us || w->pend_len >= w->o.max_batch_bytes) return;
+  struct timespec dl;
+  clock_gettime(CLOCK_MONOTONIC, &dl);
+  uint64_t ns = (uint64_t)dl.tv_nsec + (uint64_t)w->o.max_wait_us * 1000;
+  dl.tv_sec += (time_t)(ns / 1000000000);
+  dl.tv_nsec = (long)(ns % 1000000000);
+  while (!w->stop && w->pend_len < w->o.max_batch_bytes)
+    if (pthread_cond_timedwait(&w->cv, &w->mu, &dl) == ETIMEDOUT) break;
+}
+
+/* wal_sleep waits retry_ms or until stop.  Under mu. */
+static void wal_sleep(psd_wal *w) {
+  struct timespec dl;
+  clock_gettime(CLOCK_MONOTONIC, &dl);
+  uint64_t ns = (uint64_t)dl.tv_nsec + (uint64_t)w->o.retry_ms * 1000000;
+  dl.tv_sec += (time_t)(ns / 1000000000);
+  dl.tv_nsec = (long)(ns % 1000000000);
+  while (!w->stop)
+    if (pthread_cond_timedwait(&w->cv, &w->mu, &dl) == ETIMEDOUT) break;
+}
+
+static void *wal_thread(void *arg) {
+  psd_wal *w = arg;
+  char why[300];
+  pthread_mutex_lock(&w->mu);
+  for (;;) {
+    if (!w->wlen) {
+      while (!w->stop && !w->pend_len && !w->trunc_pending) pthread_cond_wait(&w->cv, &w->mu);
+      if (w->stop && !w->pend_len) break;
+      wal_wait_more(w);
+      if (w->pend_len) wal_take(w);
+    }
+    uint64_t upto = w->trunc_seq; /* a request made during the write waits for the next turn */
+    int trunc = w->trunc_pending;
+    pthread_mutex_unlock(&w->mu);
+    int rc = w->wlen ? wal_write(w, why, sizeof why) : 0;
+    int e = errno;
+    pthread_mutex_lock(&w->mu);
+    if (w->wlen && rc == 0) {
+      wal_seg *cur = &w->segs[w->nsegs - 1];
+      cur->bytes += w->wlen;
+      cur->last = w->wlast;
+      w->bytes += w->wlen;
+      w->synced_seq = w->wlast;
+      w->syncs++;
+      w->records += w->wnrec;
+      w->wlen = 0;
+      w->retrying = 0;
+      if (w->failed) w->failed = 0, w->changed = 1;
+    } else if (rc < 0) {
+      if (!w->failed) w->changed = 1;
+      w->failed = 1;
+      w->err_code = wal_code(e);
+      snprintf(w->err_msg, sizeof w->err_msg, "%s", why);
+      w->retrying = 1;
+    }
+    if (w->started) uv_async_send(&w->async);
+    if (rc < 0) {
+      if (w->stop) break;
+      wal_sleep(w);
+      continue;
+    }
+    if (trunc && w->trunc_seq == upto) w->trunc_pending = 0;
+    if (trunc || w->segs[w->nsegs - 1].bytes >= w->o.segment_bytes) {
+      pthread_mutex_unlock(&w->mu);
+      if (trunc) wal_trim(w, upto);
+      else if (wal_open_seg(w, w->segs[w->nsegs - 1].last + 1, why, sizeof why) < 0)
+        ps_warn("%s", why);
+      pthread_mutex_lock(&w->mu);
+    }
+  }
+  pthread_mutex_unlock(&w->mu);
+  return NULL;
+}
+
+/* ---- the loop side ----------------------------------------------------------- */
+
+/* wal_unlink removes WT from the waiter list. */
+static void wal_unlink(psd_wal *w, psd_wal_waiter *wt) {
+  if (wt->prev) wt->prev->next = wt->next;
+  else w->head = wt->next;
+  if (wt->next) wt->next->prev = wt->prev;
+  else w->tail = wt->prev;
+  wt->prev = wt->next = NULL;
+}
+
+/* wal_complete answers the waiters the writer's progress decides: synced
+ * ones with 0, all others with END (when not 0) or with PS_EDEGRADED while
+ * the log fails; then reports a change of state. */
+static void wal_complete(psd_wal *w, int end) {
+  pthread_mutex_lock(&w->mu);
+  uint64_t synced = w->synced_seq;
+  int failed = w->failed, changed = w->changed, code = w->err_code;
+  char msg[sizeof w->err_msg + 160];
+  snprintf(msg, sizeof msg, "%s", w->err_msg);
+  w->changed = 0;
+  pthread_mutex_unlock(&w->mu);
+  while (w->head && w->head->seq <= synced) {
+    psd_wal_waiter *wt = w->head;
+    wal_unlink(w, wt);
+    wt->fn(wt, 0, NULL);
+  }
+  if (failed || end) {
+    char m2[sizeof msg + 200];
+    if (end) snprintf(m2, sizeof m2, "the shard stopped before the redo log was synced");
+    else snprintf(m2, sizeof m2, "shard degraded: %s: this push is applied in memory but not on "
+                  "disk (it is logged once the disk works again); do not resend it", msg);
+    while (w->head) {
+      psd_wal_waiter *wt = w->head;
+      wal_unlink(w, wt);
+      wt->fn(wt, end ? end : PS_EDEGRADED, m2);
+    }
+  }
+  if (changed && failed != w->loop_failed) {
+    w->loop_failed = failed;
+    if (w->o.on_state) w->o.on_state(w->o.arg, failed ? code : 0, failed ? msg : NULL);
+  }
+}
+
+static void wal_on_async(uv_async_t *a) { wal_complete(a->data, 0); }
+
+/* psd_wal_start: see psd_wal.h. */
+int psd_wal_start(psd_wal *w, uv_loop_t *loop, ps_errbuf *eb) {
+  char why[300];
+  if (wal_open_seg(w, w->next_seq, why, sizeof why) < 0)
+    return ps_errf(eb, wal_code(errno), "%s", why);
+  uv_async_init(loop, &w->async, wal_on_async);
+  w->async.data = w;
+  w->started = 1;
+  if (pthread_create(&w->thread, NULL, wal_thread, w) != 0) {
+    w->started = 0;
+    uv_close((uv_handle_t *)&w->async, NULL);
+    w->stopped = 1;
+    return ps_errf(eb, PS_EIO, "cannot start the redo log's writer thread");
+  }
+  return 0;
+}
+
+/* psd_wal_append: see psd_wal.h. */
+int psd_wal_append(psd_wal *w, const struct iovec *iov, int niov, uint64_t *seq, ps_errbuf *eb) {
+  if (!w->started || w->stopped) return ps_errf(eb, PS_ESHUTDOWN, "the redo log is closed");
+  size_t len = 0;
+  for (int i = 0; i < niov; i++) len += iov[i].iov_len;
+  if (len > WAL_MAX_RECORD)
+    return ps_errf(eb, PS_ETOOBIG, "a redo log record of %zu bytes is too large", len);
+  pthread_mutex_lock(&w->mu);
+  size_t need = w->pend_len + WAL_HDR + len;
+  if (need > w->pend_cap) {
+    size_t cap = w->pend_cap ? w->pend_cap : 65536;
+    while (cap < need) cap *= 2;
+    uint8_t *p = realloc(w->pend, cap);
+    if (!p) {
+      pthread_mutex_unlock(&w->mu);
+      return ps_errf(eb, PS_ENOMEM, "out of memory for a redo log record of %zu bytes", len);
+    }
+    w->pend = p;
+    w->pend_cap = cap;
+  }
+  uint8_t *h = w->pend + w->pend_len, *p = h + WAL_HDR;
+  uint32_t l32 = (uint32_t)len;
+  uint64_t s = w->next_seq++;
+  memcpy(h, &l32, 4);
+  memcpy(h + 8, &s, 8);
+  for (int i = 0; i < niov; i++) {
+    if (iov[i].iov_len) memcpy(p, iov[i].iov_base, iov[i].iov_len);
+    p += iov[i].iov_len;
+  }
+  uint32_t crc = wal_crc(h, h + WAL_HDR, len);
+  memcpy(h + 4, &crc, 4);
+  w->pend_len = need;
+  w->pend_nrec++;
+  /* Wake the writer when it sleeps for work, or when a group is full. */
+  if (w->pend_nrec == 1 || w->pend_len >= w->o.max_batch_bytes) pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+  *seq = s;
+  return 0;
+}
+
+/* psd_wal_wait: see psd_wal.h. */
+int psd_wal_wait(psd_wal *w, psd_wal_waiter *wt, ps_errbuf *eb) {
+  pthread_mutex_lock(&w->mu);
+  uint64_t synced = w->synced_seq;
+  int failed = w->failed;
+  char msg[sizeof w->err_msg];
+  snprintf(msg, sizeof msg, "%s", w->err_msg);
+  pthread_mutex_unlock(&w->mu);
+  if (wt->seq <= synced) return 0;
+  if (failed)
+    return ps_errf(eb, PS_EDEGRADED, "shard degraded: %s: this push is applied in memory but not "
+                   "on disk (it is logged once the disk works again); do not resend it", msg);
+  if (w->stopped) return ps_errf(eb, PS_ESHUTDOWN, "the redo log is closed");
+  wt->next = NULL;
+  wt->prev = w->tail;
+  if (w->tail) w->tail->next = wt;
+  else w->head = wt;
+  w->tail = wt;
+  return 1;
+}
+
+/* psd_wal_cancel: see psd_wal.h. */
+void psd_wal_cancel(psd_wal *w, psd_wal_waiter *wt) {
+  if (wt->prev || wt->next || w->head == wt) wal_unlink(w, wt);
+}
+
+/* psd_wal_truncate: see psd_wal.h. */
+void psd_wal_truncate(psd_wal *w, uint64_t seq) {
+  if (!w->started || w->stopped) return;
+  pthread_mutex_lock(&w->mu);
+  if (seq > w->trunc_seq) {
+    w->trunc_seq = seq;
+    w->trunc_pending = 1;
+    pthread_cond_signal(&w->cv);
+  }
+  pthread_mutex_unlock(&w->mu);
+}
+
+/* psd_wal_stats_get: see psd_wal.h. */
+void psd_wal_stats_get(psd_wal *w, psd_wal_stats *st) {
+  pthread_mutex_lock(&w->mu);
+  st->bytes = w->bytes;
+  st->syncs = w->syncs;
+  st->records = w->records;
+  st->synced_seq = w->synced_seq;
+  st->failed = w->failed;
+  pthread_mutex_unlock(&w->mu);
+  st->last_seq = w->next_seq - 1;
+  st->replayed = w->replayed;
+  st->replay_dropped = w->dropped;
+  st->replay_ms = w->replay_ms;
+}
+
+/* psd_wal_stop: see psd_wal.h. */
+void psd_wal_stop(psd_wal *w) {
+  if (!w || !w->started || w->stopped) return;
+  pthread_mutex_lock(&w->mu);
+  w->stop = 1;
+  pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+  pthread_join(w->thread, NULL);
+  w->stopped = 1;
+  wal_complete(w, PS_ESHUTDOWN);
+  if (!uv_is_closing((uv_handle_t *)&w->async)) uv_close((uv_handle_t *)&w->async, NULL);
+}
+
+/* psd_wal_free: see psd_wal.h. */
+void psd_wal_free(psd_wal *w) {
+  if (!w) return;
+  if (w->started && !w->stopped) psd_wal_stop(w);
+  if (w->fd >= 0) close(w->fd);
+  if (w->dirfd >= 0) close(w->dirfd);
+  pthread_mutex_destroy(&w->mu);
+  pthread_cond_destroy(&w->cv);
+  free(w->pend);
+  free(w->wbuf);
+  free(w->segs);
+  free(w->dir);
+  free(w);
+}

@@ -1,0 +1,150 @@
+/* psd_wal: the redo log behind `durability: mode: sync` — checksummed
+ * records appended by the loop thread, written and fdatasync'ed in groups
+ * by one writer thread, replayed at start after the last snapshot.
+ *
+ * Files: DIR/<first seq, 16 hex digits>.log, "segments"; each a sequence
+ * of records, each record
+ *     u32 len | u32 crc | u64 seq | len payload bytes      (little-endian)
+ * where crc is zlib's CRC-32 of len, seq and the payload.  Sequence
+ * numbers start at 1 and grow by 1 per record, across segments.
+ *
+ * Invariants:
+ *  1. Records are written in seq order at the end of the current segment,
+ *     and a record's waiters run only after an fdatasync that covered it
+ *     returned 0 (psd_wal_opts.sync is the seam tests use to check it).
+ *  2. Group commit: the writer takes every record appended while it was
+ *     writing or syncing (at most group_commit_max_bytes, at least one
+ *     record), after waiting up to group_commit_max_wait_us for more when
+ *     fewer bytes are there; one write and one fdatasync per group.
+ *  3. A failed write or sync keeps the group: the writer retries it (from
+ *     the last synced offset, cutting off whatever the failed attempt left)
+ *     every retry_ms until it succeeds or the log is stopped.  Meanwhile
+ *     psd_wal_waiting waiters are answered with the error (their records
+ *     stay queued and are written by a later retry: the log always holds
+ *     every record appended, so it matches what the caller applied).
+ *  4. Segments before the current one are fully synced.  A segment is
+ *     deleted only when psd_wal_truncate said that a finished snapshot
+ *     holds all its records; each truncate request also rolls the current
+ *     segment (when it holds records), so the log stays about two snapshot
+ *     intervals long.
+ *  5. Replay: records of the last segment after the first one that is
+ *     short or fails its checksum are a torn tail (never acknowledged):
+ *     they are counted, logged and cut off.  A bad record in an earlier
+ *     segment, a gap in the sequence after FROM, or a log that starts
+ *     after FROM + 1 is refused (PS_EIO) with a message saying which.
+ *     Every replayed segment is fdatasync'ed before new records follow:
+ *     a crash between a group's write and its sync leaves records that
+ *     only the page cache holds, which the replay applies and the new
+ *     records build on (the crash loop's simulated power cut found this).
+ *
+ * Threads: psd_wal_append, _wait, _cancel, _truncate, _stats, _stop run
+ * on the loop thread; waiters are called there (from a uv_async). */
+#ifndef PSD_WAL_H
+#define PSD_WAL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/uio.h>
+#include <uv.h>
+
+#include "ps_error.h"
+
+typedef struct psd_wal psd_wal;
+
+/* The fdatasync seam: returns 0 or -1 with errno.  ARG is opts.sync_arg. */
+typedef int psd_wal_sync_fn(int fd, void *arg);
+
+/* psd_wal_state_fn: the log failed (ERR < 0, MSG says why) or works again
+ * (ERR 0).  Loop thread. */
+typedef void psd_wal_state_fn(void *arg, int err, const char *msg);
+
+typedef struct psd_wal_opts {
+  const char *dir;            /* created when missing (its parent must exist) */
+  uint64_t max_batch_bytes;   /* group_commit_max_bytes */
+  uint32_t max_wait_us;       /* group_commit_max_wait_us */
+  uint32_t retry_ms;          /* between attempts after a failure; 0: 1000 */
+  uint64_t segment_bytes;     /* roll at this size; 0: 64 MiB */
+  psd_wal_state_fn *on_state; /* may be NULL */
+  void *arg;
+  psd_wal_sync_fn *sync;      /* NULL: fdatasync */
+  void *sync_arg;
+} psd_wal_opts;
+
+/* A push waiting for its record's sync; the caller owns the struct and
+ * keeps it alive until FN ran or psd_wal_cancel.  FN runs once, on the
+ * loop thread, with 0 (synced) or a PS_E* code and a message. */
+typedef struct psd_wal_waiter {
+  uint64_t seq;
+  void (*fn)(struct psd_wal_waiter *w, int status, const char *msg);
+  void *arg;
+  struct psd_wal_waiter *prev, *next; /* the log's list (psd_wal's own) */
+} psd_wal_waiter;
+
+typedef struct psd_wal_stats {
+  uint64_t bytes;          /* on disk, every segment */
+  uint64_t syncs;          /* fdatasyncs that succeeded */
+  uint64_t records;        /* records synced */
+  uint64_t last_seq;       /* last appended */
+  uint64_t synced_seq;     /* last synced */
+  uint64_t replayed;       /* records the last replay applied */
+  uint64_t replay_dropped; /* torn-tail records it cut off */
+  uint64_t replay_ms;      /* how long it took */
+  int failed;              /* a write or sync is failing now */
+} psd_wal_stats;
+
+/* psd_wal_open reads DIR's segments (no thread yet).  0, or PS_EIO /
+ * PS_ENOSPC / PS_ENOMEM / PS_EINVAL with a message naming DIR; the caller
+ * frees *OUT with psd_wal_free. */
+int psd_wal_open(psd_wal **out, const psd_wal_opts *o, ps_errbuf *eb);
+
+/* psd_wal_replay_fn applies one record; 0 or a PS_E* code (replay stops). */
+typedef int psd_wal_replay_fn(void *arg, uint64_t seq, const uint8_t *p, size_t len,
+                              ps_errbuf *eb);
+
+/* psd_wal_replay calls FN for every record after FROM (the seq the last
+ * snapshot holds), in order, then cuts a torn tail off (invariant 5) and
+ * sets the next seq to after max(FROM, the last record).  Returns 0 or the
+ * refusal / FN's error. */
+int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, ps_errbuf *eb);
+
+/* psd_wal_discard removes every segment of a log that is not started
+ * (after a snapshot took in what it held).  0 or PS_EIO. */
+int psd_wal_discard(psd_wal *w, ps_errbuf *eb);
+
+/* psd_wal_start opens a fresh segment and starts the writer thread and
+ * the loop's wake-up handle.  0 or PS_EIO/PS_ENOSPC with a message. */
+int psd_wal_start(psd_wal *w, uv_loop_t *loop, ps_errbuf *eb);
+
+/* psd_wal_append queues one record of the bytes of IOV (NIOV pieces, copied)
+ * and writes its seq to *SEQ.  0, or PS_ENOMEM / PS_ETOOBIG (over 2 GiB)
+ * / PS_ESHUTDOWN (stopped); nothing is queued on error. */
+int psd_wal_append(psd_wal *w, const struct iovec *iov, int niov, uint64_t *seq, ps_errbuf *eb);
+
+/* psd_wal_wait: 0 when record WT->seq is synced already (WT unused), 1
+ * when WT is queued (its fn runs later), or PS_EDEGRADED with a message
+ * while the log is failing. */
+int psd_wal_wait(psd_wal *w, psd_wal_waiter *wt, ps_errbuf *eb);
+
+/* psd_wal_cancel unlinks a queued WT; its fn will not run. */
+void psd_wal_cancel(psd_wal *w, psd_wal_waiter *wt);
+
+/* psd_wal_truncate: a finished snapshot holds every record up to SEQ
+ * (invariant 4); the writer deletes what it can. */
+void psd_wal_truncate(psd_wal *w, uint64_t seq);
+
+void psd_wal_stats_get(psd_wal *w, psd_wal_stats *st);
+
+/* psd_wal_stop writes and syncs what is queued (unless failing), stops
+ * the writer, answers waiters still queued with PS_ESHUTDOWN and closes
+ * the wake-up handle (the loop must run once more before psd_wal_free).
+ * Safe to call twice or before psd_wal_start. */
+void psd_wal_stop(psd_wal *w);
+
+/* psd_wal_free closes the files and frees W.  NULL is fine. */
+void psd_wal_free(psd_wal *w);
+
+/* psd_wal_has_records: 1 when DIR holds a non-empty segment (a log to
+ * replay), 0 when not or when DIR does not exist. */
+int psd_wal_has_records(const char *dir);
+
+#endif

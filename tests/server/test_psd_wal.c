@@ -1,0 +1,631 @@
+/* Tests for psd_wal (the redo log of durability sync) and the store's
+ * replay through it:
+ *  - every waiter runs after an fdatasync that covered its record (the
+ *    sync seam records the file's size at each sync), groups stay within
+ *    group_commit_max_bytes and share syncs;
+ *  - a simulated power cut (the file cut back to what the last sync
+ *    covered, plus garbage) loses no acknowledged record;
+ *  - torn tail, corrupt tail, empty log, a log that starts after the
+ *    snapshot, a corrupt record in an earlier segment: recovered or
+ *    refused with a clear message;
+ *  - the store: pushes (Adam, staleness weighting) logged, a snapshot in
+ *    the middle, the log truncated, a crash (no final flush), replay: the
+ *    state is bit for bit the pre-crash one; a log whose snapshot is gone
+ *    is refused. */
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include "psd_store.h"
+#include "psd_wal.h"
+#include "ps_test.h"
+
+/* ---- the sync seam ------------------------------------------------------------ */
+
+typedef struct seam {
+  uint64_t synced_size;   /* file size at the last sync */
+  uint64_t prev_size;
+  uint64_t max_group;     /* largest growth between two syncs */
+  uint64_t syncs;
+  int fail;               /* > 0: fail this many syncs with EIO */
+} seam;
+
+static int seam_sync(int fd, void *arg) {
+  seam *s = arg;
+  struct stat st;
+  if (s->fail > 0) {
+    s->fail--;
+    errno = EIO;
+    return -1;
+  }
+  usleep(1000); /* a slow disk: appends pile up behind the sync */
+  if (fdatasync(fd) < 0 || fstat(fd, &st) < 0) return -1;
+  /* the seam runs on the writer thread; the waiters read it on the loop
+   * after the writer published the sync under its mutex */
+  uint64_t size = (uint64_t)st.st_size;
+  if (size < s->prev_size) s->prev_size = 0; /* a new segment */
+  if (size - s->prev_size > s->max_group) s->max_group = size - s->prev_size;
+  s->prev_size = size;
+  __atomic_store_n(&s->synced_size, size, __ATOMIC_RELEASE);
+  s->syncs++;
+  return 0;
+}
+
+typedef struct waiter {
+  psd_wal_waiter wt;
+  uint64_t end;           /* the record's end offset in the segment */
+  seam *sm;
+  int status, done, covered;
+} waiter;
+
+static void waiter_done(psd_wal_waiter *wt, int status, const char *msg) {
+  (void)msg;
+  waiter *w = (waiter *)wt;
+  w->status = status;
+  w->done = 1;
+  w->covered = __atomic_load_n(&w->sm->synced_size, __ATOMIC_ACQUIRE) >= w->end;
+}
+
+static psd_wal *wal_open(const char *dir, uint64_t max_bytes, seam *sm) {
+  psd_wal_opts o = {.dir = dir, .max_batch_bytes = max_bytes, .retry_ms = 20,
+                    .sync = sm ? seam_sync : NULL, .sync_arg = sm};
+  psd_wal *w;
+  ps_errbuf eb;
+  int rc = psd_wal_open(&w, &o, &eb);
+  ck_assert_msg(rc == 0, "%s", eb.msg);
+  return w;
+}
+
+/* run_until runs LOOP until every one of N waiters is done (bounded). */
+static void run_until(uv_loop_t *loop, waiter *ws, size_t n) {
+  int64_t end = ps_test_now_ms() + 20000;
+  for (;;) {
+    size_t done = 0;
+    for (size_t i = 0; i < n; i++) done += ws[i].done;
+    if (done == n) return;
+    ck_assert_msg(ps_test_now_ms() < end, "waiters not done: %zu of %zu", done, n);
+    uv_run(loop, UV_RUN_NOWAIT);
+    usleep(200);
+  }
+}
+
+typedef struct replayed {
+  uint64_t n, first, last;
+  int bad;
+} replayed;
+
+/* count_rec checks record payloads: byte i of record seq is (seq + i) & 0xff. */
+static int count_rec(void *arg, uint64_t seq, const uint8_t *p, size_t len, ps_errbuf *eb) {
+  (void)eb;
+  replayed *r = arg;
+  for (size_t i = 0; i < len; i++)
+    if (p[i] != (uint8_t)(seq + i)) r->bad = 1;
+  if (!r->n) r->first = seq;
+  r->last = seq;
+  r->n++;
+  return 0;
+}
+
+static void fill(uint8_t *b, size_t len, uint64_t seq) {
+  for (size_t i = 0; i < len; i++) b[i] = (uint8_t)(seq + i);
+}
+
+/* append_n appends N records of LEN bytes and queues waiters for them. */
+static void append_n(psd_wal *w, waiter *ws, size_t n, size_t len, seam *sm, uint64_t *off) {
+  uint8_t *b = malloc(len);
+  for (size_t i = 0; i < n; i++) {
+    uint64_t seq;
+    ps_errbuf eb;
+    /* the seq is known only after the append: fill with the next one */
+    psd_wal_stats st;
+    psd_wal_stats_get(w, &st);
+    fill(b, len, st.last_seq + 1);
+    struct iovec iov = {b, len};
+    ck_assert_int_eq(psd_wal_append(w, &iov, 1, &seq, &eb), 0);
+    ck_assert_uint_eq(seq, st.last_seq + 1);
+    *off += 16 + len;
+    ws[i] = (waiter){.wt = {.seq = seq, .fn = waiter_done}, .end = *off, .sm = sm};
+    int rc = psd_wal_wait(w, &ws[i].wt, &eb);
+    ck_assert_int_ge(rc, 0);
+    if (rc == 0) waiter_done(&ws[i].wt, 0, NULL);
+  }
+  free(b);
+}
+
+static uint64_t replay_count(const char *dir, uint64_t from, replayed *r, int expect_rc,
+                             ps_errbuf *eb) {
+  psd_wal *w = wal_open(dir, 1 << 20, NULL);
+  memset(r, 0, sizeof *r);
+  int rc = psd_wal_replay(w, from, count_rec, r, eb);
+  ck_assert_msg(rc == expect_rc, "replay: %d (%s), want %d", rc, rc ? eb->msg : "", expect_rc);
+  psd_wal_stats st;
+  psd_wal_stats_get(w, &st);
+  psd_wal_free(w);
+  ck_assert_int_eq(r->bad, 0);
+  return st.replay_dropped;
+}
+
+/* only_segment returns the path of DIR's newest non-empty segment. */
+static char *newest_segment(const char *dir) {
+  DIR *d = opendir(dir);
+  ck_assert_ptr_nonnull(d);
+  struct dirent *e;
+  char best[300] = "";
+  while ((e = readdir(d)) != NULL) {
+    struct stat st;
+    char p[1024];
+    snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
+    if (strstr(e->d_name, ".log") && stat(p, &st) == 0 && st.st_size > 0 &&
+        strcmp(e->d_name, best) > 0)
+      snprintf(best, sizeof best, "%s", e->d_name);
+  }
+  closedir(d);
+  ck_assert_msg(best[0], "no segment in '%s'", dir);
+  char *out = malloc(1100);
+  snprintf(out, 1100, "%s/%s", dir, best);
+  return out;
+}
+
+/* write_log writes N records of LEN bytes into a fresh log at DIR, all
+ * synced; returns the stats. */
+static void write_log(const char *dir, size_t n, size_t len, uint64_t from, seam *sm) {
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  psd_wal *w = wal_open(dir, 1 << 20, sm);
+  ps_errbuf eb;
+  replayed r = {0};
+  ck_assert_int_eq(psd_wal_replay(w, from, count_rec, &r, &eb), 0);
+  ck_assert_int_eq(psd_wal_start(w, &loop, &eb), 0);
+  waiter *ws = calloc(n, sizeof *ws);
+  uint64_t off = 0;
+  seam dummy = {0};
+  append_n(w, ws, n, len, sm ? sm : &dummy, &off);
+  run_until(&loop, ws, n);
+  psd_wal_stop(w);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  psd_wal_free(w);
+  uv_loop_close(&loop);
+  free(ws);
+}
+
+/* ---- tests ------------------------------------------------------------------------ */
+
+START_TEST(test_ack_follows_sync) {
+  const char *dir = ps_test_tmpdir();
+  seam sm = {0};
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  enum { N = 200, LEN = 1000 };
+  psd_wal *w = wal_open(dir, 4096, &sm); /* at most 4 records of 1016 bytes per group */
+  ps_errbuf eb;
+  replayed r;
+  ck_assert_int_eq(psd_wal_replay(w, 0, count_rec, &r, &eb), 0);
+  ck_assert_int_eq(psd_wal_start(w, &loop, &eb), 0);
+  waiter ws[N];
+  uint64_t off = 0;
+  append_n(w, ws, N, LEN, &sm, &off);
+  run_until(&loop, ws, N);
+  for (int i = 0; i < N; i++) {
+    ck_assert_int_eq(ws[i].status, 0);
+    ck_assert_msg(ws[i].covered, "record %d acknowledged before a sync covered it", i);
+  }
+  psd_wal_stats st;
+  psd_wal_stats_get(w, &st);
+  ck_assert_uint_eq(st.records, N);
+  ck_assert_uint_le(sm.max_group, 4096);
+  ck_assert_uint_lt(st.syncs, N); /* groups shared syncs */
+  ck_assert_uint_eq(st.syncs, sm.syncs);
+  psd_wal_stop(w);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  psd_wal_free(w);
+  uv_loop_close(&loop);
+  replay_count(dir, 0, &r, 0, &eb);
+  ck_assert_uint_eq(r.n, N);
+  ck_assert_uint_eq(r.first, 1);
+  ck_assert_uint_eq(r.last, N);
+}
+END_TEST
+
+/* A failing sync: waiters get PS_EDEGRADED, the state callback says so,
+ * the retry writes the records (nothing lost) and says it works again. */
+static int state_calls, state_last;
+static void on_state(void *arg, int err, const char *msg) {
+  (void)arg, (void)msg;
+  state_calls++;
+  state_last = err;
+}
+
+START_TEST(test_sync_failure_retried) {
+  const char *dir = ps_test_tmpdir();
+  seam sm = {.fail = 3};
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 10,
+                    .sync = seam_sync, .sync_arg = &sm, .on_state = on_state};
+  psd_wal *w;
+  ps_errbuf eb;
+  replayed r;
+  state_calls = 0;
+  ck_assert_int_eq(psd_wal_open(&w, &o, &eb), 0);
+  ck_assert_int_eq(psd_wal_replay(w, 0, count_rec, &r, &eb), 0);
+  ck_assert_int_eq(psd_wal_start(w, &loop, &eb), 0);
+  waiter ws[5];
+  uint64_t off = 0;
+  append_n(w, ws, 5, 100, &sm, &off);
+  run_until(&loop, ws, 5);
+  ck_assert_int_eq(ws[0].status, PS_EDEGRADED);
+  /* wait for the retries to succeed */
+  int64_t end = ps_test_now_ms() + 10000;
+  while (state_calls < 2 && ps_test_now_ms() < end) {
+    uv_run(&loop, UV_RUN_NOWAIT);
+    usleep(1000);
+  }
+  ck_assert_int_eq(state_calls, 2);
+  ck_assert_int_eq(state_last, 0);
+  psd_wal_stop(w);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  psd_wal_free(w);
+  uv_loop_close(&loop);
+  replay_count(dir, 0, &r, 0, &eb);
+  ck_assert_uint_eq(r.n, 5); /* the failed group was written by the retry */
+}
+END_TEST
+
+START_TEST(test_power_cut) {
+  const char *dir = ps_test_tmpdir();
+  seam sm = {0};
+  write_log(dir, 50, 300, 0, &sm);
+  /* unsynced bytes lost, garbage in their place (a torn group) */
+  char *seg = newest_segment(dir);
+  ck_assert_int_eq(truncate(seg, (off_t)sm.synced_size), 0);
+  int fd = open(seg, O_WRONLY | O_APPEND);
+  char junk[700];
+  memset(junk, 0x5a, sizeof junk);
+  ck_assert_int_eq(write(fd, junk, sizeof junk), (ssize_t)sizeof junk);
+  close(fd);
+  replayed r;
+  ps_errbuf eb;
+  uint64_t dropped = replay_count(dir, 0, &r, 0, &eb);
+  ck_assert_uint_eq(r.n, 50); /* every acknowledged record */
+  ck_assert_uint_eq(dropped, 1);
+  free(seg);
+}
+END_TEST
+
+START_TEST(test_torn_and_corrupt_tail) {
+  const char *dir = ps_test_tmpdir();
+  write_log(dir, 10, 200, 0, NULL);
+  char *seg = newest_segment(dir);
+  struct stat st;
+  ck_assert_int_eq(stat(seg, &st), 0);
+  /* truncated: the last record loses 5 bytes */
+  ck_assert_int_eq(truncate(seg, st.st_size - 5), 0);
+  replayed r;
+  ps_errbuf eb;
+  ck_assert_uint_eq(replay_count(dir, 0, &r, 0, &eb), 1);
+  ck_assert_uint_eq(r.n, 9);
+  /* the tail was cut: a second replay finds nothing torn */
+  ck_assert_uint_eq(replay_count(dir, 0, &r, 0, &eb), 0);
+  ck_assert_uint_eq(r.n, 9);
+  /* corrupt: a byte of the 8th record's payload flipped */
+  ck_assert_int_eq(stat(seg, &st), 0);
+  int fd = open(seg, O_RDWR);
+  off_t at = 7 * (16 + 200) + 16 + 50;
+  uint8_t b;
+  ck_assert_int_eq(pread(fd, &b, 1, at), 1);
+  b ^= 0x40;
+  ck_assert_int_eq(pwrite(fd, &b, 1, at), 1);
+  close(fd);
+  ck_assert_uint_eq(replay_count(dir, 0, &r, 0, &eb), 2); /* the 8th and the 9th after it */
+  ck_assert_uint_eq(r.n, 7);
+  free(seg);
+}
+END_TEST
+
+START_TEST(test_empty_log) {
+  const char *dir = ps_test_tmpdir();
+  replayed r;
+  ps_errbuf eb;
+  ck_assert_uint_eq(replay_count(dir, 0, &r, 0, &eb), 0);
+  ck_assert_uint_eq(r.n, 0);
+  ck_assert_int_eq(psd_wal_has_records(dir), 0);
+  /* an empty segment (a start that wrote nothing) is fine too */
+  char p[1024];
+  snprintf(p, sizeof p, "%s/0000000000000001.log", dir);
+  ps_test_write_file(p, "");
+  ck_assert_uint_eq(replay_count(dir, 7, &r, 0, &eb), 0);
+  ck_assert_uint_eq(r.n, 0);
+  /* a snapshot ahead of the log: records continue after it */
+  write_log(dir, 3, 10, 7, NULL);
+  ck_assert_uint_eq(replay_count(dir, 7, &r, 0, &eb), 0);
+  ck_assert_uint_eq(r.first, 8);
+  ck_assert_uint_eq(r.n, 3);
+}
+END_TEST
+
+START_TEST(test_log_after_missing_snapshot) {
+  const char *dir = ps_test_tmpdir();
+  write_log(dir, 3, 10, 20, NULL); /* records 21..23, written after a snapshot of 20 */
+  replayed r;
+  ps_errbuf eb;
+  replay_count(dir, 0, &r, PS_EIO, &eb); /* that snapshot is gone */
+  ck_assert_msg(strstr(eb.msg, "missing"), "%s", eb.msg);
+  ck_assert_uint_eq(r.n, 0);
+}
+END_TEST
+
+START_TEST(test_corrupt_earlier_segment_refused) {
+  const char *dir = ps_test_tmpdir();
+  write_log(dir, 4, 10, 0, NULL);  /* segment 1: records 1..4 */
+  write_log(dir, 4, 10, 0, NULL);  /* reopened: segment 5: records 5..8 */
+  char p[1024];
+  snprintf(p, sizeof p, "%s/0000000000000001.log", dir);
+  ck_assert_int_eq(truncate(p, 20), 0);
+  replayed r;
+  ps_errbuf eb;
+  replay_count(dir, 0, &r, PS_EIO, &eb);
+  ck_assert_msg(strstr(eb.msg, "corrupt") && strstr(eb.msg, "later segments"), "%s", eb.msg);
+}
+END_TEST
+
+/* ---- the store through the log ------------------------------------------------------ */
+
+static uint32_t shape_w[] = {40, 25};
+static const uint32_t wal_ids1[] = {0};
+
+typedef struct store_spec {
+  Ps__TensorSpec t;
+  Ps__TensorSpec *tp;
+  Ps__OptimizerSpec opt;
+  Ps__ModelSpec spec;
+} store_spec;
+
+static Ps__ModelSpec *adam_spec(store_spec *b) {
+  ps__tensor_spec__init(&b->t);
+  b->t.name = "w";
+  b->t.n_shape = 2;
+  b->t.shape = shape_w;
+  b->t.init = "glorot";
+  b->t.scale = 1;
+  b->tp = &b->t;
+  ps__optimizer_spec__init(&b->opt);
+  b->opt.kind = "adam";
+  b->opt.lr = 0.01f;
+  ps__model_spec__init(&b->spec);
+  b->spec.name = "m";
+  b->spec.seed = 3;
+  b->spec.n_tensors = 1;
+  b->spec.tensors = &b->tp;
+  b->spec.optimizer = &b->opt;
+  b->spec.chunk_elems = 128;
+  b->spec.staleness_weight = "inverse";
+  return &b->spec;
+}
+
+static psd_store *store_open(const char *dir) {
+  psd_store_opts o = {.dir = dir, .shard_index = 0, .shard_ids = wal_ids1, .nshards = 1,
+                      .chunk_elems = 128};
+  psd_store *s;
+  ps_errbuf eb;
+  ck_assert_msg(psd_store_open(&s, &o, &eb) == 0, "%s", eb.msg);
+  return s;
+}
+
+static int log_hook(void *arg, const struct iovec *iov, int niov, uint64_t *seq, ps_errbuf *eb) {
+  return psd_wal_append(arg, iov, niov, seq, eb);
+}
+
+static int replay_hook(void *arg, uint64_t seq, const uint8_t *p, size_t len, ps_errbuf *eb) {
+  return psd_store_replay(arg, seq, p, len, eb);
+}
+
+/* state_copy returns every held chunk's values, slots and step, and the
+ * version, as one buffer. */
+static uint8_t *state_copy(psd_store *s, size_t *n) {
+  const uint32_t *ids;
+  size_t nids;
+  ck_assert_int_eq(psd_store_held(s, "m", &ids, &nids, NULL), 0);
+  uint8_t *out = NULL;
+  *n = 0;
+  for (size_t i = 0; i < nids; i++) {
+    const float *d;
+    uint32_t len;
+    unsigned slots;
+    uint64_t step;
+    ck_assert_int_eq(psd_store_chunk_state(s, "m", ids[i], &d, &len, &slots, &step), 0);
+    size_t b = (size_t)len * (1 + slots) * 4;
+    out = realloc(out, *n + b + 8);
+    memcpy(out + *n, d, b);
+    memcpy(out + *n + b, &step, 8);
+    *n += b + 8;
+  }
+  psd_model_info info;
+  psd_store_model_info(s, 0, &info);
+  out = realloc(out, *n + 8);
+  memcpy(out + *n, &info.version, 8);
+  *n += 8;
+  return out;
+}
+
+/* rnd01 returns a uniform number in [0, 1). */
+static float rnd01(void) { return (ps_test_rnd() + 1) * 0.4999f; }
+
+/* push_random pushes K random gradients to random chunk sets. */
+static void push_random(psd_store *s, int k) {
+  const uint32_t *held;
+  size_t nheld;
+  ck_assert_int_eq(psd_store_held(s, "m", &held, &nheld, NULL), 0);
+  float g[1000];
+  for (int i = 0; i < k; i++) {
+    uint32_t ids[8];
+    size_t n = 1 + (size_t)(rnd01() * 3);
+    uint32_t first = (uint32_t)(rnd01() * (float)(nheld - n));
+    uint64_t elems = 0;
+    for (size_t j = 0; j < n; j++) ids[j] = held[first + j];
+    ps_errbuf eb;
+    ck_assert_int_eq(psd_store_payload_elems(s, "m", ids, n, &elems, &eb), 0);
+    for (uint64_t j = 0; j < elems; j++) g[j] = ps_test_rnd() * 0.5f;
+    psd_model_info info;
+    psd_store_model_info(s, 0, &info);
+    uint64_t seen = info.version > 3 ? info.version - (uint64_t)(rnd01() * 3) : 0;
+    ck_assert_int_eq(psd_store_push(s, "m", ids, n, g, elems, 1, 0, seen, NULL, &eb), 0);
+  }
+}
+
+START_TEST(test_store_replay_exact) {
+  ps_test_rng_init();
+  const char *tmp = ps_test_tmpdir();
+  char dir[1024], logdir[1100];
+  snprintf(dir, sizeof dir, "%s/store", tmp);
+  snprintf(logdir, sizeof logdir, "%s/redo", dir);
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  psd_store *s = store_open(dir);
+  store_spec sb;
+  ps_errbuf eb;
+  int created;
+  ck_assert_int_eq(psd_store_submit(s, adam_spec(&sb), 0, &created, NULL, NULL, &eb), 0);
+  psd_wal *w = wal_open(logdir, 1 << 20, NULL);
+  replayed r;
+  ck_assert_int_eq(psd_wal_replay(w, psd_store_log_seq(s), count_rec, &r, &eb), 0);
+  ck_assert_int_eq(psd_wal_start(w, &loop, &eb), 0);
+  psd_store_set_log(s, log_hook, w);
+  push_random(s, 40);
+  ck_assert_int_eq(psd_store_flush(s, &eb), 0); /* a snapshot in the middle */
+  psd_wal_truncate(w, psd_store_log_seq(s));
+  push_random(s, 60);
+  size_t n1;
+  uint8_t *before = state_copy(s, &n1);
+  uint64_t last = psd_store_log_seq(s);
+  ck_assert_uint_eq(last, 100);
+  psd_wal_stop(w); /* writes what is queued: the pushes were acknowledged */
+  uv_run(&loop, UV_RUN_DEFAULT);
+  psd_wal_free(w);
+  psd_store_close(s); /* a crash: no final flush */
+  s = store_open(dir);
+  ck_assert_uint_eq(psd_store_log_seq(s), 40);
+  w = wal_open(logdir, 1 << 20, NULL);
+  ck_assert_msg(psd_wal_replay(w, psd_store_log_seq(s), replay_hook, s, &eb) == 0, "%s", eb.msg);
+  psd_wal_stats st;
+  psd_wal_stats_get(w, &st);
+  ck_assert_uint_eq(st.replayed, 60);
+  ck_assert_uint_eq(psd_store_log_seq(s), 100);
+  size_t n2;
+  uint8_t *after = state_copy(s, &n2);
+  ck_assert_uint_eq(n1, n2);
+  ck_assert_msg(memcmp(before, after, n1) == 0, "replayed state differs from the pre-crash one");
+  psd_wal_free(w);
+  psd_store_close(s);
+  /* the store's directory lost (the log kept): refused, naming the model */
+  char cmd[2300];
+  snprintf(cmd, sizeof cmd, "cd '%s' && find . -maxdepth 1 -type f -delete", dir);
+  ck_assert_int_eq(system(cmd), 0);
+  s = store_open(dir);
+  w = wal_open(logdir, 1 << 20, NULL);
+  ck_assert_int_eq(psd_wal_replay(w, psd_store_log_seq(s), replay_hook, s, &eb), PS_EIO);
+  ck_assert_msg(strstr(eb.msg, "snapshot is missing") || strstr(eb.msg, "missing"), "%s", eb.msg);
+  psd_wal_free(w);
+  psd_store_close(s);
+  free(before);
+  free(after);
+  uv_loop_close(&loop);
+}
+END_TEST
+
+typedef struct flush_job {
+  psd_flush *f;
+  int rc;
+  ps_errbuf eb;
+} flush_job;
+
+static void *flush_thread(void *arg) {
+  flush_job *j = arg;
+  j->rc = psd_flush_write(j->f, &j->eb);
+  return NULL;
+}
+
+/* A snapshot is written while pushes go on (its writing thread beside
+ * them, as psd's flush runs): its chunks may hold pushes after its log
+ * position, each saying which, and replay after that position gives back
+ * the exact pre-crash state (a push applied twice would differ). */
+START_TEST(test_store_replay_fuzzy_snapshot) {
+  ps_test_rng_init();
+  const char *tmp = ps_test_tmpdir();
+  char dir[1024], logdir[1100];
+  snprintf(dir, sizeof dir, "%s/store", tmp);
+  snprintf(logdir, sizeof logdir, "%s/redo", dir);
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  psd_store *s = store_open(dir);
+  store_spec sb;
+  ps_errbuf eb;
+  int created;
+  ck_assert_int_eq(psd_store_submit(s, adam_spec(&sb), 0, &created, NULL, NULL, &eb), 0);
+  psd_wal *w = wal_open(logdir, 1 << 20, NULL);
+  replayed r;
+  ck_assert_int_eq(psd_wal_replay(w, psd_store_log_seq(s), count_rec, &r, &eb), 0);
+  ck_assert_int_eq(psd_wal_start(w, &loop, &eb), 0);
+  psd_store_set_log(s, log_hook, w);
+  push_random(s, 30);
+  for (int round = 0; round < 3; round++) {
+    psd_flush *f = NULL;
+    ck_assert_int_eq(psd_flush_prepare(s, &f, &eb), 0);
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(psd_flush_log_seq(f), 30 + 40 * (uint64_t)round);
+    push_random(s, 15); /* before the write: its chunks hold these */
+    flush_job j = {.f = f};
+    pthread_t t;
+    ck_assert_int_eq(pthread_create(&t, NULL, flush_thread, &j), 0);
+    push_random(s, 15); /* beside the write: some chunks may hold these */
+    pthread_join(t, NULL);
+    ck_assert_msg(j.rc == 0, "%s", j.eb.msg);
+    psd_flush_finish(s, f, 0);
+    psd_wal_truncate(w, psd_flush_log_seq(f));
+    push_random(s, 10);
+  }
+  size_t n1;
+  uint8_t *before = state_copy(s, &n1);
+  ck_assert_uint_eq(psd_store_log_seq(s), 150);
+  psd_wal_stop(w);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  psd_wal_free(w);
+  psd_store_close(s); /* a crash: no final flush */
+  s = store_open(dir);
+  ck_assert_uint_eq(psd_store_log_seq(s), 110);
+  w = wal_open(logdir, 1 << 20, NULL);
+  ck_assert_msg(psd_wal_replay(w, psd_store_log_seq(s), replay_hook, s, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(psd_store_log_seq(s), 150);
+  size_t n2;
+  uint8_t *after = state_copy(s, &n2);
+  ck_assert_uint_eq(n1, n2);
+  ck_assert_msg(memcmp(before, after, n1) == 0, "replayed state differs from the pre-crash one");
+  psd_wal_free(w);
+  psd_store_close(s);
+  free(before);
+  free(after);
+  uv_loop_close(&loop);
+}
+END_TEST
+
+Suite *psd_wal_suite(void) {
+  Suite *s = suite_create("psd_wal");
+  TCase *tc = tcase_create("core");
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, test_ack_follows_sync);
+  tcase_add_test(tc, test_sync_failure_retried);
+  tcase_add_test(tc, test_power_cut);
+  tcase_add_test(tc, test_torn_and_corrupt_tail);
+  tcase_add_test(tc, test_empty_log);
+  tcase_add_test(tc, test_log_after_missing_snapshot);
+  tcase_add_test(tc, test_corrupt_earlier_segment_refused);
+  tcase_add_test(tc, test_store_replay_exact);
+  tcase_add_test(tc, test_store_replay_fuzzy_snapshot);
+  suite_add_tcase(s, tc);
+  return s;
+}

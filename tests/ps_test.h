@@ -13,6 +13,7 @@
 #include <sys/types.h>
 
 #include "ps.pb-c.h"
+#include "ps_chan.h"
 #include "ps_rpc.h"
 
 /* PS_SKIP marks the running test as skipped (counted and reported by the
@@ -122,5 +123,15 @@ void ps_test_submit(ps_rpc *r, const Ps__ModelSpec *spec, int replace, int timeo
 
 /* ps_test_now_ms: CLOCK_MONOTONIC milliseconds. */
 int64_t ps_test_now_ms(void);
+
+/* ps_test_push / ps_test_pull: fp32 ps_chan_push / ps_chan_pull of
+ * NELEMS floats at G / OUT for the chunks IDS of MODEL (the form most
+ * tests want). */
+int ps_test_push(ps_chan_client *c, const char *model, const uint32_t *ids, size_t nids,
+                 const float *g, uint64_t nelems, uint32_t worker, uint64_t clock,
+                 uint64_t version_seen, uint64_t *version, ps_errbuf *eb);
+int ps_test_pull(ps_chan_client *c, const char *model, const uint32_t *ids, size_t nids,
+                 float *out, uint64_t nelems, uint32_t worker, uint64_t clock,
+                 uint64_t *version, ps_errbuf *eb);
 
 #endif

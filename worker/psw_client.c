@@ -27,8 +27,8 @@ typedef struct psw_shard {
   size_t nseg;               /* runs of chunks contiguous in the flat vectors */
   uint64_t *seg_off;
   uint32_t *seg_len;
-  float **pseg[PSW_CLIENT_MAX_BUFS];       /* segment pointers into params[b] */
-  const float **gseg[PSW_CLIENT_MAX_BUFS]; /* ... and into grads[b] */
+  struct iovec *pseg[PSW_CLIENT_MAX_BUFS]; /* segments of params[b] (bytes) */
+  struct iovec *gseg[PSW_CLIENT_MAX_BUFS]; /* ... and of grads[b] */
   uint64_t version[PSW_CLIENT_MAX_BUFS];   /* version of the last pull into b */
   uint64_t pushed_version;   /* version answered by the last push */
   uint64_t pushes_acked;     /* pushes this shard answered with success */
@@ -210,8 +210,9 @@ static int psw_shard_segments(psw_client *c, psw_shard *s, ps_errbuf *eb) {
     s->gseg[b] = calloc(s->nseg + 1, sizeof *s->gseg[b]);
     if (!s->pseg[b] || !s->gseg[b]) return ps_errf(eb, PS_ENOMEM, "out of memory");
     for (size_t k = 0; k < s->nseg; k++) {
-      s->pseg[b][k] = c->params[b] + s->seg_off[k];
-      s->gseg[b][k] = c->grads[b] + s->seg_off[k];
+      size_t len = (size_t)s->seg_len[k] * sizeof(float);
+      s->pseg[b][k] = (struct iovec){c->params[b] + s->seg_off[k], len};
+      s->gseg[b][k] = (struct iovec){c->grads[b] + s->seg_off[k], len};
     }
   }
   return 0;
@@ -296,8 +297,9 @@ static int psw_send(psw_client *c, psw_shard *s, int gbuf, uint64_t push_clock, 
                     uint64_t pull_clock, int *nsent, ps_errbuf *eb) {
   *nsent = 0;
   if (gbuf >= 0) {
-    int err = ps_chan_send_pushv(s->ch, c->model, s->ids, s->nids, s->gseg[gbuf], s->seg_len,
-                                 s->nseg, c->worker, push_clock, s->version[gbuf], NULL, eb);
+    ps_req r = {.model = c->model, .ids = s->ids, .nids = s->nids, .worker = c->worker,
+                .clock = push_clock, .version = s->version[gbuf]};
+    int err = ps_chan_send_pushv(s->ch, &r, s->gseg[gbuf], s->nseg, NULL, eb);
     if (err < 0) {
       s->pushes_unanswered++; /* part of it may have gone out */
       return err;
@@ -305,8 +307,9 @@ static int psw_send(psw_client *c, psw_shard *s, int gbuf, uint64_t push_clock, 
     (*nsent)++;
   }
   if (pbuf >= 0) {
-    int err = ps_chan_send_pullv(s->ch, c->model, s->ids, s->nids, s->pseg[pbuf], s->seg_len,
-                                 s->nseg, c->worker, pull_clock, NULL, eb);
+    ps_req r = {.model = c->model, .ids = s->ids, .nids = s->nids, .worker = c->worker,
+                .clock = pull_clock};
+    int err = ps_chan_send_pullv(s->ch, &r, s->pseg[pbuf], s->nseg, NULL, eb);
     if (err < 0 && gbuf >= 0) s->pushes_unanswered++; /* its reply is never read */
     if (err < 0) return err;
     (*nsent)++;
@@ -603,7 +606,7 @@ void psw_client_close(psw_client *c) {
     free(s->seg_len);
     for (int b = 0; b < PSW_CLIENT_MAX_BUFS; b++) {
       free(s->pseg[b]);
-      free((void *)s->gseg[b]);
+      free(s->gseg[b]);
     }
   }
   free(c->shards);

@@ -474,12 +474,12 @@ START_TEST(test_rpc_same_over_channel) {
   ck_assert_msg(ps_chan_connect(&c, rpc_chan_addr[1], "test", 5000, &eb) == 0, "connect: %s", eb.msg);
   for (int step = 0; step < 3; step++) {
     rpc_grads(g, nelems, step);
-    ck_assert_msg(ps_chan_push(c, "both", ids, (size_t)n, g, nelems, 0, (uint64_t)step, vc, &vc,
+    ck_assert_msg(ps_test_push(c, "both", ids, (size_t)n, g, nelems, 0, (uint64_t)step, vc, &vc,
                                &eb) == 0, "chan push: %s", eb.msg);
     ck_assert_uint_eq(vc, (uint64_t)step + 1);
   }
   float *b = malloc(nelems * sizeof(float));
-  ck_assert_msg(ps_chan_pull(c, "both", ids, (size_t)n, b, nelems, 0, 3, &vc, &eb) == 0,
+  ck_assert_msg(ps_test_pull(c, "both", ids, (size_t)n, b, nelems, 0, 3, &vc, &eb) == 0,
                 "chan pull: %s", eb.msg);
   ck_assert_uint_eq(vc, 3);
   ck_assert_int_eq(memcmp(a, b, nelems * sizeof(float)), 0);

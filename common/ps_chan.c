@@ -125,6 +125,7 @@ struct ps_chan_client {
   struct iovec *iov;
   size_t iov_cap;
   uint32_t last_parked_ms; /* of the last reply ps_chan_recv returned */
+  uint64_t tx_bytes, rx_bytes; /* every byte written / read on the socket */
 };
 
 /* chan_break marks C unusable with ERR and a message; returns ERR. */
@@ -300,10 +301,12 @@ static int rx_progress(ps_chan_client *c, ps_errbuf *eb) {
       struct iovec iov[IOV_MAX];
       int k = seg_iov(rx_entry(c), c->rx_got, iov, IOV_MAX);
       r = readv(c->fd, iov, k);
+      if (r > 0) c->rx_bytes += (uint64_t)r;
       if (r > 0 && (c->rx_got += (uint64_t)r) == c->rx_h.data_len) rx_finish(c);
     } else {
       r = read(c->fd, c->stage, CHAN_STAGE);
       if (r > 0) {
+        c->rx_bytes += (uint64_t)r;
         long u = rx_feed(c, c->stage, (size_t)r, eb);
         if (u < 0) return (int)u;
       }
@@ -329,6 +332,7 @@ static int chan_writev(ps_chan_client *c, struct iovec *iov, size_t n, ps_errbuf
      * return, never a SIGPIPE that kills a caller who did not ignore it. */
     struct msghdr mh = {.msg_iov = iov + i, .msg_iovlen = (size_t)cnt};
     ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+    if (w > 0) c->tx_bytes += (uint64_t)w;
     if (w < 0) {
       if (errno == EINTR) continue;
       if (errno != EAGAIN && errno != EWOULDBLOCK)
@@ -487,6 +491,12 @@ int ps_chan_recv(ps_chan_client *c, uint64_t *req_id, uint64_t *version, ps_errb
 uint32_t ps_chan_last_parked_ms(const ps_chan_client *c) { return c->last_parked_ms; }
 
 size_t ps_chan_inflight(const ps_chan_client *c) { return c->qlen; }
+
+/* ps_chan_bytes: see ps_chan.h. */
+void ps_chan_bytes(const ps_chan_client *c, uint64_t *sent, uint64_t *received) {
+  *sent = c ? c->tx_bytes : 0;
+  *received = c ? c->rx_bytes : 0;
+}
 
 /* chan_idle returns PS_EINVAL unless C has nothing in flight (the blocking
  * calls would otherwise take another request's reply). */

@@ -111,6 +111,10 @@ uint32_t ps_chan_last_parked_ms(const ps_chan_client *c);
 /* ps_chan_inflight returns the number of requests sent and not yet received. */
 size_t ps_chan_inflight(const ps_chan_client *c);
 
+/* ps_chan_bytes writes the bytes C wrote to and read from its socket
+ * (frames whole: headers, metas, payloads; hello included).  C NULL: 0. */
+void ps_chan_bytes(const ps_chan_client *c, uint64_t *sent, uint64_t *received);
+
 /* ps_chan_set_bufsize sets the socket's SO_SNDBUF / SO_RCVBUF in bytes
  * (0 leaves that one to the kernel's autotuning, the default). */
 int ps_chan_set_bufsize(ps_chan_client *c, int sndbuf, int rcvbuf, ps_errbuf *eb);

@@ -112,8 +112,8 @@ int ps_layout_build(ps_layout *l, const Ps__ModelSpec *spec, uint32_t chunk_elem
       return PS_EINVAL;
     }
     int small = n < l->codec_min_elems;
-    ti->push_codec = ts->codec && *ts->codec ? tc : small ? PS_CODEC_FP32 : l->push_codec;
-    ti->pull_codec = small ? PS_CODEC_FP32 : l->pull_codec;
+    ti->push_codec = ts->codec && *ts->codec ? tc : small ? PS_CODEC_FP32 : PS_CODEC_N;
+    ti->pull_codec = small ? PS_CODEC_FP32 : PS_CODEC_N;
     ti->name = ts->name;
     ti->nelems = n;
     ti->model_offset = l->nparams;
@@ -159,9 +159,7 @@ ps_codec_id ps_layout_chunk_codec(const ps_layout *l, uint32_t id, ps_codec_id c
   if (c == PS_CODEC_FP32) return c;
   const ps_tensor_info *ti = &l->tensors[l->chunks[id].tensor];
   ps_codec_id t = push ? ti->push_codec : ti->pull_codec;
-  /* the tensor's rule picks fp32 or its override; otherwise the request's codec */
-  if (t == PS_CODEC_FP32 || (push && t != l->push_codec)) return t;
-  return c;
+  return t == PS_CODEC_N ? c : t;
 }
 
 uint64_t ps_layout_payload_bytes(const ps_layout *l, const uint32_t *ids, size_t n,

@@ -43,8 +43,10 @@ typedef struct ps_tensor_info {
   uint32_t first_chunk; /* model-wide id of chunk 0 */
   uint32_t nchunks;
   uint64_t fan_in, fan_out;
-  ps_codec_id push_codec; /* codec of its chunks in a compressed push */
-  ps_codec_id pull_codec; /* ... in a compressed pull: fp32 when small */
+  /* Its chunks' codec in a compressed push / pull: fp32 for a small
+   * tensor, TensorSpec.codec for a push when set, else PS_CODEC_N (the
+   * request's codec). */
+  ps_codec_id push_codec, pull_codec;
 } ps_tensor_info;
 
 typedef struct ps_layout {

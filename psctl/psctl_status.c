@@ -138,6 +138,28 @@ static void psctl_status_models(const psctl_row *rows, size_t n) {
   }
 }
 
+/* psctl_status_codecs prints each shard's models with their push and
+ * pull codecs and the tensor bytes pushed + pulled since the shard
+ * started: as fp32 (RAW), as sent (WIRE), and RAW / WIRE. */
+static void psctl_status_codecs(const psctl_row *rows, size_t n) {
+  int any = 0;
+  for (size_t i = 0; i < n; i++) {
+    const Ps__StatusReply *s = rows[i].st;
+    for (size_t j = 0; s && j < s->n_models; j++) {
+      const Ps__ModelStatus *m = s->models[j];
+      if (!any++)
+        printf("\n%-16s %-5s %-7s %-5s %14s %14s %7s\n", "MODEL", "SHARD", "CODEC", "PULL",
+               "RAW_BYTES", "WIRE_BYTES", "SAVED");
+      char saved[32] = "-";
+      if (m->bytes_wire)
+        snprintf(saved, sizeof saved, "%.2fx", (double)m->bytes_raw / (double)m->bytes_wire);
+      printf("%-16s %-5u %-7s %-5s %14llu %14llu %7s\n", m->name, s->shard,
+             *m->codec ? m->codec : "fp32", *m->pull_codec ? m->pull_codec : "fp32",
+             (unsigned long long)m->bytes_raw, (unsigned long long)m->bytes_wire, saved);
+    }
+  }
+}
+
 /* psctl_status_workers prints the coordinator's worker table W (NULL:
  * the coordinator did not answer, WHY says why). */
 static void psctl_status_workers(const Ps__ListWorkersReply *w, const char *why) {
@@ -217,9 +239,15 @@ static void psctl_status_json_row(const psctl_row *r) {
     printf(",\"tau_hist\":[");
     for (size_t k = 0; k < m->n_tau_hist; k++)
       printf("%s%llu", k ? "," : "", (unsigned long long)m->tau_hist[k]);
-    printf("],\"max_gap\":%llu,\"parked\":%u,\"pulls_parked\":%llu,\"pull_timeouts\":%llu}",
+    printf("],\"max_gap\":%llu,\"parked\":%u,\"pulls_parked\":%llu,\"pull_timeouts\":%llu",
            (unsigned long long)m->max_gap, m->parked, (unsigned long long)m->pulls_parked,
            (unsigned long long)m->pull_timeouts);
+    printf(",\"codec\":");
+    psctl_json_str(*m->codec ? m->codec : "fp32");
+    printf(",\"pull_codec\":");
+    psctl_json_str(*m->pull_codec ? m->pull_codec : "fp32");
+    printf(",\"bytes_raw\":%llu,\"bytes_wire\":%llu}", (unsigned long long)m->bytes_raw,
+           (unsigned long long)m->bytes_wire);
   }
   printf("],\"params\":%llu,\"version\":%llu,\"pushes\":%llu,\"pulls\":%llu,\"pushes_per_s\":",
          (unsigned long long)r->params, (unsigned long long)r->version,
@@ -367,6 +395,7 @@ int psctl_status_main(int argc, char **argv) {
     psctl_status_table(rows, n);
     psctl_status_conns(rows, n);
     psctl_status_models(rows, n);
+    psctl_status_codecs(rows, n);
     psctl_status_workers(workers, leb.msg);
   }
   if (workers) protobuf_c_message_free_unpacked(&workers->base, NULL);

@@ -33,11 +33,12 @@ static const char psctl_submit_usage[] =
     "Consistency, staleness and staleness weight default to the cluster file's training section.\n"
     "--clip-norm X: workers scale each step's whole gradient to an L2 norm of at most X before\n"
     "they push, and shards refuse a chunk whose own gradient norm exceeds X (default 0: none).\n"
-    "--codec: how workers encode gradients on the wire (with error feedback; default fp32);\n"
-    "--pull-codec: how shards encode the parameters workers pull (default fp32); --topk F: the\n"
-    "fraction of each chunk topk sends (default 0.01); the first --codec-warmup-steps N steps\n"
-    "of each worker go uncompressed (default 0); tensors under --codec-min-elems N elements\n"
-    "(default 1024) stay fp32; --tensor-codec NAME=CODEC (repeatable) sets one tensor's push codec.\n"
+    "--codec: how workers encode gradients on the wire (with error feedback); --pull-codec: how\n"
+    "shards encode the parameters workers pull; --topk F: the fraction of each chunk topk\n"
+    "sends; the first --codec-warmup-steps N steps of each worker go uncompressed; tensors\n"
+    "under --codec-min-elems N elements stay fp32.  These default to the cluster file's training\n"
+    "section (fp32, fp32, 0.01, 0, 1024).  --tensor-codec NAME=CODEC (repeatable) sets one\n"
+    "tensor's push codec.\n"
     "Exit status: 0, 1 when a shard is down or refuses (it says which shards have the model;\n"
     "run again to complete), 2 on bad usage or a bad file.\n";
 
@@ -50,9 +51,9 @@ typedef struct psctl_submit_opts {
   const char *consistency, *staleness_weight; /* NULL: the cluster file's */
   int64_t staleness;                          /* -1: the cluster file's */
   double clip_norm;                           /* 0: no clipping */
-  const char *codec, *pull_codec;             /* NULL: fp32 */
-  double topk;                                /* 0: the default */
-  uint32_t codec_warmup, codec_min_elems;
+  const char *codec, *pull_codec;             /* NULL: the cluster file's */
+  double topk;                                /* 0: the cluster file's */
+  int64_t codec_warmup, codec_min_elems;      /* -1: the cluster file's */
   char *tensor_codec[64];                     /* "NAME=CODEC" from argv */
   size_t ntensor_codec;
 } psctl_submit_opts;
@@ -111,6 +112,7 @@ static int psctl_submit_args(int argc, char **argv, psctl_submit_opts *o) {
   o->opt.beta1 = 0.9f, o->opt.beta2 = 0.999f, o->opt.eps = 1e-8f;
   o->seed = 1;
   o->staleness = -1;
+  o->codec_warmup = o->codec_min_elems = -1;
   optind = 1;
   int c, bad = 0;
   uint64_t v;
@@ -143,11 +145,11 @@ static int psctl_submit_args(int argc, char **argv, psctl_submit_opts *o) {
       case 'k': bad = psctl_parse_double("submit", "topk", optarg, 1e-6, 1, &o->topk); break;
       case 'U':
         bad = psctl_parse_u64("submit", "codec-warmup-steps", optarg, 0, UINT32_MAX, &v);
-        o->codec_warmup = (uint32_t)v;
+        o->codec_warmup = (int64_t)v;
         break;
       case 'M':
-        bad = psctl_parse_u64("submit", "codec-min-elems", optarg, 0, UINT32_MAX, &v);
-        o->codec_min_elems = (uint32_t)v;
+        bad = psctl_parse_u64("submit", "codec-min-elems", optarg, 1, UINT32_MAX, &v);
+        o->codec_min_elems = (int64_t)v;
         break;
       case 'T':
         if (o->ntensor_codec == sizeof o->tensor_codec / sizeof o->tensor_codec[0] ||
@@ -203,15 +205,17 @@ static int psctl_submit_consistency(const psctl_submit_opts *o, const ps_config 
   return 0;
 }
 
-/* psctl_submit_codecs fills SPEC's codec settings from O (strings
- * borrowed from argv; the '=' of each --tensor-codec is cut) and checks
- * them as a shard will (ps_layout_build); 0 or 2 (said on stderr). */
-static int psctl_submit_codecs(psctl_submit_opts *o, Ps__ModelSpec *spec) {
-  spec->codec = (char *)(o->codec ? o->codec : "");
-  spec->pull_codec = (char *)(o->pull_codec ? o->pull_codec : "");
-  spec->topk = (float)o->topk;
-  spec->codec_warmup_steps = o->codec_warmup;
-  spec->codec_min_elems = o->codec_min_elems;
+/* psctl_submit_codecs fills SPEC's codec settings from O, else from
+ * CFG's training section (strings borrowed from argv or CFG; the '=' of
+ * each --tensor-codec is cut) and checks them as a shard will
+ * (ps_layout_build); 0 or 2 (said on stderr). */
+static int psctl_submit_codecs(psctl_submit_opts *o, const ps_config *cfg, Ps__ModelSpec *spec) {
+  const ps_train_conf *t = &cfg->training;
+  spec->codec = (char *)(o->codec ? o->codec : t->codec);
+  spec->pull_codec = (char *)(o->pull_codec ? o->pull_codec : t->pull_codec);
+  spec->topk = (float)(o->topk > 0 ? o->topk : t->topk);
+  spec->codec_warmup_steps = o->codec_warmup >= 0 ? (uint32_t)o->codec_warmup : t->codec_warmup_steps;
+  spec->codec_min_elems = o->codec_min_elems >= 0 ? (uint32_t)o->codec_min_elems : t->codec_min_elems;
   for (size_t i = 0; i < o->ntensor_codec; i++) {
     char *eq = strchr(o->tensor_codec[i], '=');
     *eq = 0;
@@ -310,7 +314,6 @@ int psctl_submit_main(int argc, char **argv) {
   }
   spec->seed = o.seed, spec->chunk_elems = o.chunk_elems, spec->optimizer = &o.opt;
   spec->clip_norm = (float)o.clip_norm;
-  if (psctl_submit_codecs(&o, spec)) goto free_spec;
   if (ps_modelspec_check(spec, &eb)) {
     fprintf(stderr, "psctl submit: %s\n", eb.msg);
     goto free_spec;
@@ -319,7 +322,8 @@ int psctl_submit_main(int argc, char **argv) {
     fprintf(stderr, "psctl submit: %s\n", eb.msg);
     goto free_spec;
   }
-  if (psctl_submit_consistency(&o, &c.cfg, spec)) goto close_cluster;
+  if (psctl_submit_consistency(&o, &c.cfg, spec) || psctl_submit_codecs(&o, &c.cfg, spec))
+    goto close_cluster;
   code = 1;
   r = calloc(c.cfg.nshards, sizeof *r);
   if (!r || psctl_submit_check_up(&c, r)) goto close_cluster;

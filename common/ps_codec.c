@@ -76,10 +76,57 @@ static void fp32_decode_acc(const uint8_t *in, uint32_t n, float topk, float alp
   for (uint32_t i = 0; i < n; i++) out[i] += alpha * get_f32(in + 4 * (size_t)i);
 }
 
-/* fp16 */
+/* fp16: with the CPU's F16C conversions where it has them (the same
+ * results: both round to nearest even; a value is clamped to +-65504
+ * first, which is what saturation means, and NaN stays NaN). */
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define PS_CODEC_F16C 1
+__attribute__((target("avx,f16c"))) static void fp16_encode_f16c(const float *x, uint32_t n,
+                                                                   uint8_t *out) {
+  const __m256 lim = _mm256_set1_ps(65504.0f), nlim = _mm256_set1_ps(-65504.0f);
+  uint32_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 x8 = _mm256_loadu_ps(x + i);
+    __m256 v = _mm256_max_ps(_mm256_min_ps(x8, lim), nlim);
+    v = _mm256_blendv_ps(v, x8, _mm256_cmp_ps(x8, x8, _CMP_UNORD_Q)); /* min/max clamp NaN: undo */
+    _mm_storeu_si128((__m128i *)(out + 2 * (size_t)i), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+  }
+  for (; i < n; i++) {
+    uint16_t h = ps_codec_f2h(x[i]);
+    memcpy(out + 2 * (size_t)i, &h, 2);
+  }
+}
+__attribute__((target("avx,f16c"))) static void fp16_decode_f16c(const uint8_t *in, uint32_t n,
+                                                                   float alpha, float *out) {
+  const __m256 a = _mm256_set1_ps(alpha);
+  uint32_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 v = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(in + 2 * (size_t)i)));
+    _mm256_storeu_ps(out + i, _mm256_add_ps(_mm256_loadu_ps(out + i), _mm256_mul_ps(a, v)));
+  }
+  for (; i < n; i++) {
+    uint16_t h;
+    memcpy(&h, in + 2 * (size_t)i, 2);
+    out[i] += alpha * ps_codec_h2f(h);
+  }
+}
+static int codec_have_f16c(void) {
+  static int have = -1;
+  if (have < 0) have = __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
+  return have;
+}
+#endif
+
 static uint64_t fp16_size(uint32_t n, float topk) { (void)topk; return (uint64_t)n * 2; }
 static void fp16_encode(const float *x, uint32_t n, float topk, uint8_t *out) {
   (void)topk;
+#ifdef PS_CODEC_F16C
+  if (codec_have_f16c()) {
+    fp16_encode_f16c(x, n, out);
+    return;
+  }
+#endif
   for (uint32_t i = 0; i < n; i++) {
     uint16_t h = ps_codec_f2h(x[i]);
     memcpy(out + 2 * (size_t)i, &h, 2);
@@ -87,6 +134,12 @@ static void fp16_encode(const float *x, uint32_t n, float topk, uint8_t *out) {
 }
 static void fp16_decode_acc(const uint8_t *in, uint32_t n, float topk, float alpha, float *out) {
   (void)topk;
+#ifdef PS_CODEC_F16C
+  if (codec_have_f16c()) {
+    fp16_decode_f16c(in, n, alpha, out);
+    return;
+  }
+#endif
   for (uint32_t i = 0; i < n; i++) {
     uint16_t h;
     memcpy(&h, in + 2 * (size_t)i, 2);
@@ -94,55 +147,100 @@ static void fp16_decode_acc(const uint8_t *in, uint32_t n, float topk, float alp
   }
 }
 
-/* absmax of N floats */
+/* absmax of N finite floats, as the integer maximum of their magnitude
+ * bits (which orders them, and vectorizes) */
 static float codec_absmax(const float *x, uint32_t n) {
-  float m = 0;
-  for (uint32_t i = 0; i < n; i++) m = fabsf(x[i]) > m ? fabsf(x[i]) : m;
-  return m;
+  uint32_t m = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    uint32_t b;
+    memcpy(&b, &x[i], 4);
+    b &= 0x7fffffffu;
+    m = b > m ? b : m;
+  }
+  float f;
+  memcpy(&f, &m, 4);
+  return f;
 }
+
+/* 1.5 * 2^23: adding and subtracting it rounds a float of magnitude
+ * below 2^22 to an integer, to nearest even (the default rounding mode;
+ * no -ffast-math here, so the compiler keeps both operations). */
+#define CODEC_RNE_MAGIC 0x1.8p23f
 
 /* int8 */
 static uint64_t int8_size(uint32_t n, float topk) { (void)topk; return 4 + (uint64_t)n; }
-static void int8_encode(const float *x, uint32_t n, float topk, uint8_t *out) {
+static void int8_encode(const float *restrict x, uint32_t n, float topk, uint8_t *restrict out) {
   (void)topk;
   float m = codec_absmax(x, n), s = m / 127.0f, inv = m > 0 ? 127.0f / m : 0;
   memcpy(out, &s, 4);
-  for (uint32_t i = 0; i < n; i++) {
-    float q = roundf(x[i] * inv);
-    q = q > 127 ? 127 : q < -127 ? -127 : q;
-    out[4 + i] = (uint8_t)(int8_t)q;
-  }
+  int8_t *restrict q = (int8_t *)(out + 4);
+  /* |x * inv| <= 127 (plus an ulp, which rounds to 127): no clamp needed */
+  for (uint32_t i = 0; i < n; i++) q[i] = (int8_t)(int)((x[i] * inv + CODEC_RNE_MAGIC) - CODEC_RNE_MAGIC);
 }
 static int int8_check(const uint8_t *in, uint32_t n, float topk, const char *what, ps_errbuf *eb) {
   (void)n, (void)topk;
   return codec_check_scale("int8", in, what, eb);
 }
-static void int8_decode_acc(const uint8_t *in, uint32_t n, float topk, float alpha, float *out) {
+static void int8_decode_acc(const uint8_t *restrict in, uint32_t n, float topk, float alpha,
+                            float *restrict out) {
   (void)topk;
   float s = get_f32(in) * alpha;
-  for (uint32_t i = 0; i < n; i++) out[i] += (float)(int8_t)in[4 + i] * s;
+  const int8_t *restrict q = (const int8_t *)(in + 4);
+  for (uint32_t i = 0; i < n; i++) out[i] += (float)q[i] * s;
 }
 
 /* onebit */
 static uint64_t onebit_size(uint32_t n, float topk) { (void)topk; return 4 + ((uint64_t)n + 7) / 8; }
-static void onebit_encode(const float *x, uint32_t n, float topk, uint8_t *out) {
+static void onebit_encode(const float *restrict x, uint32_t n, float topk, uint8_t *restrict out) {
   (void)topk;
+  /* mean |x|: 8 float lanes (vectorized) per block of 256, added in double */
   double sum = 0;
-  for (uint32_t i = 0; i < n; i++) sum += fabsf(x[i]);
+  uint32_t i = 0;
+  for (; i + 256 <= n; i += 256) {
+    float lane[8] = {0};
+    for (uint32_t j = 0; j < 256; j += 8)
+      for (uint32_t k = 0; k < 8; k++) lane[k] += fabsf(x[i + j + k]);
+    for (uint32_t k = 0; k < 8; k++) sum += lane[k];
+  }
+  for (; i < n; i++) sum += fabsf(x[i]);
   float s = n ? (float)(sum / n) : 0;
   memcpy(out, &s, 4);
-  memset(out + 4, 0, (n + 7) / 8);
-  for (uint32_t i = 0; i < n; i++)
-    if (signbit(x[i])) out[4 + i / 8] |= (uint8_t)(1u << (i % 8));
+  uint8_t *restrict bits = out + 4;
+  for (i = 0; i + 8 <= n; i += 8) {
+    uint32_t byte = 0;
+    for (uint32_t k = 0; k < 8; k++) {
+      uint32_t b;
+      memcpy(&b, &x[i + k], 4);
+      byte |= (b >> 31) << k;
+    }
+    bits[i / 8] = (uint8_t)byte;
+  }
+  if (i < n) bits[i / 8] = 0;
+  for (; i < n; i++)
+    if (signbit(x[i])) bits[i / 8] |= (uint8_t)(1u << (i % 8));
 }
 static int onebit_check(const uint8_t *in, uint32_t n, float topk, const char *what, ps_errbuf *eb) {
   (void)n, (void)topk;
   return codec_check_scale("onebit", in, what, eb);
 }
-static void onebit_decode_acc(const uint8_t *in, uint32_t n, float topk, float alpha, float *out) {
+static void onebit_decode_acc(const uint8_t *restrict in, uint32_t n, float topk, float alpha,
+                              float *restrict out) {
   (void)topk;
+  static float sign[256][8]; /* sign[byte][k]: -1 when bit k of byte is set, else 1 */
+  static int ready;
+  if (!__atomic_load_n(&ready, __ATOMIC_ACQUIRE)) { /* racing fillers write the same values */
+    for (int v = 0; v < 256; v++)
+      for (int k = 0; k < 8; k++) sign[v][k] = (v >> k) & 1 ? -1.0f : 1.0f;
+    __atomic_store_n(&ready, 1, __ATOMIC_RELEASE);
+  }
   float s = get_f32(in) * alpha;
-  for (uint32_t i = 0; i < n; i++) out[i] += (in[4 + i / 8] >> (i % 8)) & 1u ? -s : s;
+  const uint8_t *restrict bits = in + 4;
+  uint32_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const float *sg = sign[bits[i / 8]];
+    for (uint32_t k = 0; k < 8; k++) out[i + k] += s * sg[k];
+  }
+  for (; i < n; i++) out[i] += ((bits[i / 8] >> (i % 8)) & 1u) ? -s : s;
 }
 
 /* topk */
@@ -160,27 +258,33 @@ static uint32_t abs_bits(float f) {
   return b & 0x7fffffffu; /* orders non-negative floats as integers */
 }
 
-/* topk_encode keeps the K largest magnitudes, found exactly without
- * memory by a radix select over their bits (four passes of 8 bits); ties
- * at the threshold go to the lowest indices.  Indices come out sorted. */
+/* topk_encode keeps the K largest magnitudes, found exactly without heap
+ * memory by a radix select over their 31 magnitude bits (at most three
+ * passes of 11, 11 and 9 bits, fewer when a bucket holds exactly the
+ * elements still wanted); ties at the threshold go to the lowest indices.
+ * Indices come out sorted. */
 static void topk_encode(const float *x, uint32_t n, float topk, uint8_t *out) {
+  static const int shift[3] = {20, 9, 0}, width[3] = {11, 11, 9};
   uint32_t k = ps_codec_topk_k(n, topk), prefix = 0, mask = 0, need = k;
-  for (int shift = 24; shift >= 0 && k; shift -= 8) {
-    uint32_t count[256] = {0};
+  uint32_t count[2048];
+  for (int p = 0; p < 3 && k; p++) {
+    uint32_t nb = 1u << width[p], bm = nb - 1;
+    memset(count, 0, nb * sizeof count[0]);
     for (uint32_t i = 0; i < n; i++) {
       uint32_t b = abs_bits(x[i]);
-      if ((b & mask) == prefix) count[(b >> shift) & 255u]++;
+      if ((b & mask) == prefix) count[(b >> shift[p]) & bm]++;
     }
-    int d = 255;
+    uint32_t d = bm;
     for (; d > 0 && count[d] < need; d--) need -= count[d];
-    prefix |= (uint32_t)d << shift;
-    mask |= 255u << shift;
+    prefix |= d << shift[p];
+    mask |= bm << shift[p];
+    if (count[d] == need) break; /* the whole bucket is kept */
   }
-  /* PREFIX is the k-th largest magnitude; NEED of those equal to it are kept. */
+  /* Kept: magnitude bits above PREFIX under MASK, and the first NEED equal. */
   uint8_t *idx = out, *val = out + 4 * (size_t)k;
   uint32_t j = 0;
   for (uint32_t i = 0; i < n && j < k; i++) {
-    uint32_t b = abs_bits(x[i]);
+    uint32_t b = abs_bits(x[i]) & mask;
     if (b > prefix || (b == prefix && need && need--)) {
       memcpy(idx + 4 * (size_t)j, &i, 4);
       memcpy(val + 4 * (size_t)j, &x[i], 4);

@@ -13,7 +13,7 @@
  *   fp16    n binary16, round to nearest even; a magnitude above 65504
  *           saturates to +-65504 (never Inf)
  *   int8    float32 scale s = max|x| / 127, then n int8 q = round(x / s)
- *           (nearest, ties away from zero); x' = q * s
+ *           (nearest, ties to even); x' = q * s
  *   onebit  float32 scale s = mean|x|, then ceil(n / 8) bytes of sign bits
  *           (bit i%8 of byte i/8 set: element i negative); x' = +-s
  *   topk    k = ps_codec_topk_k(n, frac) uint32 indices, strictly

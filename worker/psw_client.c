@@ -43,6 +43,7 @@ typedef struct psw_shard {
   uint64_t penc_len, genc_len;
   ps_codec_id pull_codec;    /* of the pull in flight */
   uint64_t tx_closed, rx_closed; /* bytes moved by connections closed since */
+  uint64_t push_tx;          /* bytes of push frames written (headers included) */
   int64_t down_since_ms;     /* 0 while healthy */
   uint32_t delay_ms;         /* next backoff sleep */
   ps_errbuf down_eb;         /* why it went down */
@@ -382,7 +383,11 @@ static int psw_send(psw_client *c, psw_shard *s, int gbuf, uint64_t push_clock, 
       seg = &one;
       nseg = 1;
     }
+    uint64_t tx0, tx1, rx;
+    ps_chan_bytes(s->ch, &tx0, &rx);
     if (err == 0) err = ps_chan_send_pushv(s->ch, &r, seg, nseg, NULL, eb);
+    ps_chan_bytes(s->ch, &tx1, &rx);
+    s->push_tx += tx1 - tx0; /* a send writes its own frame only */
     if (err < 0) {
       s->pushes_unanswered++; /* part of it may have gone out */
       return err;
@@ -739,9 +744,11 @@ size_t psw_client_push_counts(const psw_client *c, uint64_t *acked, uint64_t *un
 }
 
 /* psw_client_bytes: see psw_client.h. */
-void psw_client_bytes(const psw_client *c, uint64_t *sent, uint64_t *received) {
-  *sent = *received = 0;
+void psw_client_bytes(const psw_client *c, uint64_t *sent, uint64_t *received,
+                      uint64_t *push_sent) {
+  *sent = *received = *push_sent = 0;
   for (size_t k = 0; k < c->nshards; k++) {
+    *push_sent += c->shards[k].push_tx;
     uint64_t tx, rx;
     ps_chan_bytes(c->shards[k].ch, &tx, &rx);
     *sent += c->shards[k].tx_closed + tx;

@@ -119,8 +119,10 @@ size_t psw_client_push_counts(const psw_client *c, uint64_t *acked, uint64_t *un
 
 /* psw_client_bytes writes the bytes this client's tensor-channel
  * connections sent and received in all (frame headers included; closed
- * connections too).  Read it when no push/pull is in flight. */
-void psw_client_bytes(const psw_client *c, uint64_t *sent, uint64_t *received);
+ * connections too), and of those sent the push frames' (*PUSH_SENT).
+ * Read it when no push/pull is in flight. */
+void psw_client_bytes(const psw_client *c, uint64_t *sent, uint64_t *received,
+                      uint64_t *push_sent);
 
 /* psw_client_reconnects counts the connections reopened so far. */
 uint64_t psw_client_reconnects(const psw_client *c);

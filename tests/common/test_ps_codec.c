@@ -91,6 +91,25 @@ START_TEST(test_round_trip) {
 }
 END_TEST
 
+/* topk with ties at the threshold: exactly k kept, the lowest indices of
+ * the tied ones, in increasing order. */
+START_TEST(test_topk_ties) {
+  static float x[N];
+  static uint8_t buf[8 * N];
+  for (int i = 0; i < N; i++) x[i] = (i % 2) ? -0.5f : 0.5f;
+  x[100] = 3.0f, x[4000] = -2.0f;
+  ps_codec_encode(PS_CODEC_TOPK, x, N, 0.01f, buf); /* k = 41 */
+  uint32_t idx[41];
+  memcpy(idx, buf, sizeof idx);
+  ck_assert_uint_eq(idx[0], 0);
+  for (int j = 1; j < 41; j++) ck_assert_uint_gt(idx[j], idx[j - 1]);
+  /* 100 and 4000 are kept, and 39 of the ties: 0..38 (100 in between) */
+  ck_assert_uint_eq(idx[38], 38);
+  ck_assert_uint_eq(idx[39], 100);
+  ck_assert_uint_eq(idx[40], 4000);
+}
+END_TEST
+
 START_TEST(test_fp16) {
   ck_assert_uint_eq(ps_codec_f2h(1.0f), 0x3c00);
   ck_assert_uint_eq(ps_codec_f2h(-2.0f), 0xc000);
@@ -105,6 +124,18 @@ START_TEST(test_fp16) {
   ck_assert_uint_eq(ps_codec_f2h(1.0f + 3 * 0x1p-11f), 0x3c02);
   for (uint32_t h = 0; h < 0x7c00; h++) /* every finite half round-trips */
     ck_assert_uint_eq(ps_codec_f2h(ps_codec_h2f((uint16_t)h)), h);
+  /* the vector path (F16C where the CPU has it) encodes as ps_codec_f2h */
+  static float v[N];
+  static uint16_t h[N];
+  fill_random(v, N, 3);
+  float special[] = {1e9f, -1e9f, 65519.0f, 65520.0f, 0x1p-25f, 0x1.8p-24f, -0.0f, 1.0f + 0x1p-11f,
+                     NAN, INFINITY, -INFINITY, 0x1p-20f};
+  for (size_t i = 0; i < sizeof special / sizeof special[0]; i++) v[i * 7] = special[i];
+  for (int i = 0; i < N; i += 3) v[i] *= 1e-4f; /* many subnormal halves */
+  ps_codec_encode(PS_CODEC_FP16, v, N, 0, h);
+  for (int i = 0; i < N; i++)
+    ck_assert_msg(h[i] == ps_codec_f2h(v[i]) || (isnan(v[i]) && (h[i] & 0x7fff) > 0x7c00),
+                  "element %d (%g): %04x, want %04x", i, (double)v[i], h[i], ps_codec_f2h(v[i]));
 }
 END_TEST
 
@@ -179,6 +210,7 @@ Suite *ps_codec_suite(void) {
   TCase *tc = tcase_create("core");
   tcase_add_test(tc, test_sizes);
   tcase_add_test(tc, test_round_trip);
+  tcase_add_test(tc, test_topk_ties);
   tcase_add_test(tc, test_fp16);
   tcase_add_test(tc, test_error_feedback);
   tcase_add_test(tc, test_bad_input);

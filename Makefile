@@ -101,7 +101,7 @@ LIBS_A := $(OBJ)/libpsctl.a $(OBJ)/libpsw.a $(OBJ)/libpsd.a $(OBJ)/libps_gpu.a $
 
 PROGS := $(BIN)/psd $(BIN)/psw $(BIN)/psctl
 # Not Check suites: the GPU benchmark, a test-only preload library, the fuzz targets.
-TEST_SRCS ?= $(filter-out tests/gpu/bench_gpu.c tests/gpu/blas_shim.c tests/fuzz/%,$(shell find tests -name '*.c' 2>/dev/null | sort))
+TEST_SRCS ?= $(filter-out tests/gpu/bench_gpu.c tests/common/bench_codec.c tests/gpu/blas_shim.c tests/fuzz/%,$(shell find tests -name '*.c' 2>/dev/null | sort))
 TEST_OBJS := $(patsubst %.c,$(OBJ)/%.o,$(TEST_SRCS))
 
 .PHONY: all deps test test-long check demo bench install clean fuzz fuzz-build FORCE
@@ -110,6 +110,7 @@ FORCE:
 .SECONDARY: $(PB_C) $(PB_H)
 .DEFAULT_GOAL := all
 all: $(PROGS) $(BIN)/ps_tests $(BIN)/ps_tests_cuda_emu $(BIN)/psw_cuda_emu $(BIN)/ps_bench_gpu \
+  $(BIN)/ps_bench_codec \
   $(BIN)/ps_test_blas_shim.so
 
 deps:
@@ -152,7 +153,8 @@ $(BIN)/psw: $(OBJ)/worker/psw_main.o $(LIBS_A)
 $(BIN)/psctl: $(OBJ)/psctl/psctl_main.o $(LIBS_A)
 $(BIN)/ps_tests: $(TEST_OBJS) $(LIBS_A)
 $(BIN)/ps_bench_gpu: $(OBJ)/tests/gpu/bench_gpu.o $(LIBS_A)
-$(PROGS) $(BIN)/ps_tests $(BIN)/ps_bench_gpu:
+$(BIN)/ps_bench_codec: $(OBJ)/tests/common/bench_codec.o $(LIBS_A)
+$(PROGS) $(BIN)/ps_tests $(BIN)/ps_bench_gpu $(BIN)/ps_bench_codec:
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) -Wl,--start-group $(LIBS_A) -Wl,--end-group $(LDLIBS)
 

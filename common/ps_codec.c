@@ -80,6 +80,7 @@ static void fp32_decode_acc(const uint8_t *in, uint32_t n, float topk, float alp
  * results: both round to nearest even; a value is clamped to +-65504
  * first, which is what saturation means, and NaN stays NaN). */
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define PS_CODEC_F16C 1
 __attribute__((target("avx,f16c"))) static void fp16_encode_f16c(const float *x, uint32_t n,
@@ -112,9 +113,22 @@ __attribute__((target("avx,f16c"))) static void fp16_decode_f16c(const uint8_t *
   }
 }
 static int codec_have_f16c(void) {
-  static int have = -1;
-  if (have < 0) have = __builtin_cpu_supports("avx") && __builtin_cpu_supports("f16c");
-  return have;
+  static int have = -1; /* racing first callers store the same answer */
+  int h = __atomic_load_n(&have, __ATOMIC_RELAXED);
+  if (h < 0) {
+    /* CPUID.1:ECX bits 27 (OSXSAVE), 28 (AVX), 29 (F16C), and the OS saving
+     * the AVX registers (XCR0 bits 1-2); clang 14 has no "f16c" for
+     * __builtin_cpu_supports. */
+    unsigned a, b, c, d;
+    h = 0;
+    if (__get_cpuid(1, &a, &b, &c, &d) && ((c >> 27) & 7u) == 7u) {
+      unsigned lo, hi;
+      __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+      h = (lo & 6u) == 6u;
+    }
+    __atomic_store_n(&have, h, __ATOMIC_RELAXED);
+  }
+  return h;
 }
 #endif
 

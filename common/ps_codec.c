@@ -161,16 +161,22 @@ static void fp16_decode_acc(const uint8_t *in, uint32_t n, float topk, float alp
   }
 }
 
-/* absmax of N finite floats, as the integer maximum of their magnitude
- * bits (which orders them, and vectorizes) */
-static float codec_absmax(const float *x, uint32_t n) {
-  uint32_t m = 0;
-  for (uint32_t i = 0; i < n; i++) {
-    uint32_t b;
-    memcpy(&b, &x[i], 4);
-    b &= 0x7fffffffu;
-    m = b > m ? b : m;
+/* ps_absmax_bits: see ps_codec.h. */
+__attribute__((target_clones("avx2", "default")))
+uint32_t ps_absmax_bits(const float *x, size_t n) {
+  uint32_t top = 0;
+  for (size_t i = 0; i < n; i++) {
+    uint32_t u;
+    memcpy(&u, &x[i], 4);
+    u &= 0x7fffffffu;
+    top = u > top ? u : top;
   }
+  return top;
+}
+
+/* absmax of N finite floats */
+static float codec_absmax(const float *x, uint32_t n) {
+  uint32_t m = ps_absmax_bits(x, n);
   float f;
   memcpy(&f, &m, 4);
   return f;

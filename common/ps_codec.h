@@ -100,6 +100,12 @@ void ps_codec_decode(ps_codec_id id, const void *in, uint32_t n, float topk, flo
 void ps_codec_encode_ef(ps_codec_id id, const float *g, uint32_t n, float topk, float *residual,
                         void *out);
 
+/* ps_absmax_bits returns max |x| over N floats as the bits of |x|
+ * (monotone in |x| for finite floats; >= 0x7f800000 when one is not
+ * finite): an integer reduction, so the loop vectorises.  The int8
+ * codec's scale and the shard's gradient checks (psd_optim) use it. */
+uint32_t ps_absmax_bits(const float *x, size_t n);
+
 /* fp16 conversions, exposed for tests and pull decoding. */
 uint16_t ps_codec_f2h(float f);
 float ps_codec_h2f(uint16_t h);

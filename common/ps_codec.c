@@ -161,9 +161,11 @@ static void fp16_decode_acc(const uint8_t *in, uint32_t n, float topk, float alp
   }
 }
 
-/* ps_absmax_bits: see ps_codec.h. */
+/* codec_absmax_bits: ps_absmax_bits's loop, compiled for AVX2 too
+ * (static: clang 14 names an exported target_clones function's symbols
+ * so that other files cannot link to it). */
 __attribute__((target_clones("avx2", "default")))
-uint32_t ps_absmax_bits(const float *x, size_t n) {
+static uint32_t codec_absmax_bits(const float *x, size_t n) {
   uint32_t top = 0;
   for (size_t i = 0; i < n; i++) {
     uint32_t u;
@@ -173,6 +175,9 @@ uint32_t ps_absmax_bits(const float *x, size_t n) {
   }
   return top;
 }
+
+/* ps_absmax_bits: see ps_codec.h. */
+uint32_t ps_absmax_bits(const float *x, size_t n) { return codec_absmax_bits(x, n); }
 
 /* absmax of N finite floats */
 static float codec_absmax(const float *x, uint32_t n) {

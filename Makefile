@@ -102,8 +102,8 @@ PSCTL_OBJS := $(patsubst %.c,$(OBJ)/%.o,$(call lib_srcs,psctl))
 LIBS_A := $(OBJ)/libpsctl.a $(OBJ)/libpsw.a $(OBJ)/libpsd.a $(OBJ)/libps_gpu.a $(OBJ)/libps_common.a
 
 PROGS := $(BIN)/psd $(BIN)/psw $(BIN)/psctl
-# Not Check suites: the GPU and durability benchmarks, the long crash loop, a test-only preload library, the fuzz targets.
-TEST_SRCS ?= $(filter-out tests/gpu/bench_gpu.c tests/gpu/blas_shim.c tests/fuzz/% tests/long/% tests/server/bench_durability.c tests/server/fsync_shim.c,$(shell find tests -name '*.c' 2>/dev/null | sort))
+# Not Check suites: the GPU, codec and durability benchmarks, the long crash loop, the test-only preload libraries, the fuzz targets.
+TEST_SRCS ?= $(filter-out tests/gpu/bench_gpu.c tests/common/bench_codec.c tests/gpu/blas_shim.c tests/fuzz/% tests/long/% tests/server/bench_durability.c tests/server/fsync_shim.c,$(shell find tests -name '*.c' 2>/dev/null | sort))
 TEST_OBJS := $(patsubst %.c,$(OBJ)/%.o,$(TEST_SRCS))
 
 .PHONY: all deps test test-long crash-loop check demo bench install clean fuzz fuzz-build FORCE
@@ -112,8 +112,8 @@ FORCE:
 .SECONDARY: $(PB_C) $(PB_H)
 .DEFAULT_GOAL := all
 all: $(PROGS) $(BIN)/ps_tests $(BIN)/ps_tests_cuda_emu $(BIN)/psw_cuda_emu $(BIN)/ps_bench_gpu \
-  $(BIN)/ps_test_blas_shim.so $(BIN)/ps_test_crash_loop $(BIN)/ps_bench_durability \
-  $(BIN)/ps_test_fsync_shim.so
+  $(BIN)/ps_bench_codec $(BIN)/ps_test_blas_shim.so $(BIN)/ps_test_crash_loop \
+  $(BIN)/ps_bench_durability $(BIN)/ps_test_fsync_shim.so
 
 deps:
 	@missing=$$(for p in $(DEB_PKGS) $(FUZZ_PKGS) $(EXTRA_DEB_PKGS); do \
@@ -158,7 +158,9 @@ $(BIN)/ps_bench_gpu: $(OBJ)/tests/gpu/bench_gpu.o $(LIBS_A)
 $(BIN)/ps_test_crash_loop: $(OBJ)/tests/long/crash_loop.o $(OBJ)/tests/integration/test_durability.o \
   $(OBJ)/tests/ps_test.o $(LIBS_A)
 $(BIN)/ps_bench_durability: $(OBJ)/tests/server/bench_durability.o $(LIBS_A)
-$(PROGS) $(BIN)/ps_tests $(BIN)/ps_bench_gpu $(BIN)/ps_test_crash_loop $(BIN)/ps_bench_durability:
+$(BIN)/ps_bench_codec: $(OBJ)/tests/common/bench_codec.o $(LIBS_A)
+$(PROGS) $(BIN)/ps_tests $(BIN)/ps_bench_gpu $(BIN)/ps_test_crash_loop $(BIN)/ps_bench_durability \
+  $(BIN)/ps_bench_codec:
 	@mkdir -p $(dir $@)
 	$(CC) $(LDFLAGS) -o $@ $(filter %.o,$^) -Wl,--start-group $(LIBS_A) -Wl,--end-group $(LDLIBS)
 

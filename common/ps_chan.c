@@ -96,8 +96,7 @@ int ps_chan_hdr_decode(ps_chan_hdr *h, const uint8_t in[PS_CHAN_HDR_LEN], uint64
 typedef struct chan_pending {
   uint64_t id;
   int op;                 /* PS__CHAN_OP__* of the request */
-  float **dst;            /* pull: copied pointer array (malloc'd with lens) */
-  uint32_t *lens;
+  struct iovec *dst;      /* pull: copied segment array (malloc'd) */
   size_t nseg;
   uint64_t want_bytes;    /* pull: bytes expected into dst */
   int done, status;
@@ -138,6 +137,7 @@ struct ps_chan_client {
   uint32_t last_parked_ms; /* of the last reply ps_chan_recv returned */
   ps_auth_mac *mac;        /* frames after the hello carry MACs (invariant 6) */
   uint8_t rx_tag[PS_AUTH_MAC], tx_tag[PS_AUTH_MAC];
+  uint64_t tx_bytes, rx_bytes; /* every byte written / read on the socket */
 };
 
 /* chan_break marks C unusable with ERR and a message; returns ERR. */
@@ -177,12 +177,12 @@ static int chan_wait(ps_chan_client *c, short events, ps_errbuf *eb) {
 static int seg_iov(const chan_pending *e, uint64_t off, struct iovec *iov, int max) {
   int n = 0;
   for (size_t i = 0; i < e->nseg && n < max; i++) {
-    uint64_t len = (uint64_t)e->lens[i] * sizeof(float);
+    uint64_t len = e->dst[i].iov_len;
     if (off >= len) {
       off -= len;
       continue;
     }
-    iov[n].iov_base = (uint8_t *)e->dst[i] + off;
+    iov[n].iov_base = (uint8_t *)e->dst[i].iov_base + off;
     iov[n].iov_len = (size_t)(len - off);
     off = 0;
     n++;
@@ -215,7 +215,7 @@ static void rx_data_done(ps_chan_client *c) {
   if (c->rx_state == RX_DATA) {
     const chan_pending *e = rx_entry(c);
     for (size_t i = 0; i < e->nseg; i++)
-      ps_auth_mac_update(c->mac, 'S', e->dst[i], (size_t)e->lens[i] * sizeof(float));
+      ps_auth_mac_update(c->mac, 'S', e->dst[i].iov_base, e->dst[i].iov_len);
   }
   c->rx_state = RX_MAC;
   c->rx_got = 0;
@@ -270,9 +270,9 @@ static int rx_after_meta(ps_chan_client *c, ps_errbuf *eb) {
     return chan_break(c, eb, PS_EPROTO, "channel '%s': %s", "reply of the wrong kind");
   } else if (e->op == PS__CHAN_OP__CHAN_PULL && dlen != e->want_bytes) {
     char buf[200];
-    snprintf(buf, sizeof buf, "pull of model '%s': the server has %llu elements, %llu asked for",
-             m->model ? m->model : "", (unsigned long long)(dlen / 4),
-             (unsigned long long)(e->want_bytes / 4));
+    snprintf(buf, sizeof buf, "pull of model '%s': the server sent %llu bytes, %llu asked for",
+             m->model ? m->model : "", (unsigned long long)dlen,
+             (unsigned long long)e->want_bytes);
     e->status = PS_EINVAL;
     e->msg = strdup(buf);
   }
@@ -353,10 +353,12 @@ static int rx_progress(ps_chan_client *c, ps_errbuf *eb) {
       struct iovec iov[IOV_MAX];
       int k = seg_iov(rx_entry(c), c->rx_got, iov, IOV_MAX);
       r = readv(c->fd, iov, k);
+      if (r > 0) c->rx_bytes += (uint64_t)r;
       if (r > 0 && (c->rx_got += (uint64_t)r) == c->rx_h.data_len) rx_data_done(c);
     } else {
       r = read(c->fd, c->stage, CHAN_STAGE);
       if (r > 0) {
+        c->rx_bytes += (uint64_t)r;
         long u = rx_feed(c, c->stage, (size_t)r, eb);
         if (u < 0) return (int)u;
       }
@@ -382,6 +384,7 @@ static int chan_writev(ps_chan_client *c, struct iovec *iov, size_t n, ps_errbuf
      * return, never a SIGPIPE that kills a caller who did not ignore it. */
     struct msghdr mh = {.msg_iov = iov + i, .msg_iovlen = (size_t)cnt};
     ssize_t w = sendmsg(c->fd, &mh, MSG_NOSIGNAL);
+    if (w > 0) c->tx_bytes += (uint64_t)w;
     if (w < 0) {
       if (errno == EINTR) continue;
       if (errno != EAGAIN && errno != EWOULDBLOCK)
@@ -421,12 +424,11 @@ static chan_pending *chan_reserve(ps_chan_client *c) {
   return e;
 }
 
-/* chan_send_frame sends one frame of META and the segments SEG/LENS
- * (NSEG, may be 0) and queues its pending entry E (already filled but for
- * id); *REQ_ID receives the id.  0 or a PS_E* code. */
-static int chan_send_frame(ps_chan_client *c, Ps__ChanMeta *meta, const float *const *seg,
-                           const uint32_t *lens, size_t nseg, chan_pending *e,
-                           uint64_t *req_id, ps_errbuf *eb) {
+/* chan_send_frame sends one frame of META and the segments SEG (NSEG,
+ * may be 0) and queues its pending entry E (already filled but for id);
+ * *REQ_ID receives the id.  0 or a PS_E* code. */
+static int chan_send_frame(ps_chan_client *c, Ps__ChanMeta *meta, const struct iovec *seg,
+                           size_t nseg, chan_pending *e, uint64_t *req_id, ps_errbuf *eb) {
   size_t mlen = ps__chan_meta__get_packed_size(meta);
   if (mlen > c->tx_meta_cap) {
     uint8_t *m = realloc(c->tx_meta, mlen);
@@ -446,10 +448,9 @@ static int chan_send_frame(ps_chan_client *c, Ps__ChanMeta *meta, const float *c
                    .meta_len = (uint32_t)mlen, .req_id = ++c->next_id};
   size_t n = 2;
   for (size_t i = 0; i < nseg; i++) {
-    if (!lens[i]) continue;
-    c->iov[n].iov_base = (void *)seg[i];
-    c->iov[n++].iov_len = (size_t)lens[i] * sizeof(float);
-    h.data_len += (uint64_t)lens[i] * sizeof(float);
+    if (!seg[i].iov_len) continue;
+    c->iov[n++] = seg[i];
+    h.data_len += seg[i].iov_len;
   }
   if (c->mac) h.flags = PS_CHAN_FLAG_MAC;
   ps_chan_hdr_encode(hdr, &h);
@@ -471,55 +472,53 @@ static int chan_send_frame(ps_chan_client *c, Ps__ChanMeta *meta, const float *c
 
 /* ---- public calls ----------------------------------------------------------- */
 
-/* chan_meta_init fills META for a request of OP. */
-static void chan_meta_init(Ps__ChanMeta *meta, int op, const char *model, const uint32_t *ids,
-                           size_t nids, uint32_t worker, uint64_t clock) {
+/* chan_meta_init fills META for request R (may be NULL) of OP. */
+static void chan_meta_init(Ps__ChanMeta *meta, int op, const ps_req *r) {
   ps__chan_meta__init(meta);
   meta->op = (Ps__ChanOp)op;
-  meta->model = (char *)model;
-  meta->chunk_ids = (uint32_t *)ids;
-  meta->n_chunk_ids = nids;
-  meta->worker = worker;
-  meta->clock = clock;
+  meta->model = "";
+  if (!r) return;
+  meta->model = (char *)r->model;
+  meta->chunk_ids = (uint32_t *)r->ids;
+  meta->n_chunk_ids = r->nids;
+  meta->worker = r->worker;
+  meta->clock = r->clock;
+  meta->version = r->version;
+  meta->codec = r->codec;
 }
 
 /* ps_chan_send_pushv: see ps_chan.h. */
-int ps_chan_send_pushv(ps_chan_client *c, const char *model, const uint32_t *ids,
-                       size_t nids, const float *const *src, const uint32_t *lens,
-                       size_t nseg, uint32_t worker, uint64_t clock, uint64_t version_seen,
+int ps_chan_send_pushv(ps_chan_client *c, const ps_req *r, const struct iovec *src, size_t nseg,
                        uint64_t *req_id, ps_errbuf *eb) {
   int rc = chan_check_usable(c, eb);
   if (rc < 0) return rc;
   Ps__ChanMeta meta;
-  chan_meta_init(&meta, PS__CHAN_OP__CHAN_PUSH, model, ids, nids, worker, clock);
-  meta.version = version_seen;
+  chan_meta_init(&meta, PS__CHAN_OP__CHAN_PUSH, r);
   chan_pending *e = chan_reserve(c);
   if (!e) return ps_errf(eb, PS_ENOMEM, "channel '%s': out of memory", c->addr);
   e->op = PS__CHAN_OP__CHAN_PUSH;
-  return chan_send_frame(c, &meta, src, lens, nseg, e, req_id, eb);
+  return chan_send_frame(c, &meta, src, nseg, e, req_id, eb);
 }
 
 /* ps_chan_send_pullv: see ps_chan.h. */
-int ps_chan_send_pullv(ps_chan_client *c, const char *model, const uint32_t *ids,
-                       size_t nids, float *const *dst, const uint32_t *lens, size_t nseg,
-                       uint32_t worker, uint64_t clock, uint64_t *req_id, ps_errbuf *eb) {
+int ps_chan_send_pullv(ps_chan_client *c, const ps_req *r, const struct iovec *dst, size_t nseg,
+                       uint64_t *req_id, ps_errbuf *eb) {
   int rc = chan_check_usable(c, eb);
   if (rc < 0) return rc;
   Ps__ChanMeta meta;
-  chan_meta_init(&meta, PS__CHAN_OP__CHAN_PULL, model, ids, nids, worker, clock);
+  chan_meta_init(&meta, PS__CHAN_OP__CHAN_PULL, r);
+  meta.version = 0;
   chan_pending *e = chan_reserve(c);
   if (!e) return ps_errf(eb, PS_ENOMEM, "channel '%s': out of memory", c->addr);
   e->op = PS__CHAN_OP__CHAN_PULL;
   e->nseg = nseg;
-  e->dst = malloc(nseg * (sizeof *e->dst + sizeof *e->lens) + 1);
+  e->dst = malloc(nseg * sizeof *e->dst + 1);
   if (!e->dst) return ps_errf(eb, PS_ENOMEM, "channel '%s': out of memory", c->addr);
-  e->lens = (uint32_t *)(e->dst + nseg);
   for (size_t i = 0; i < nseg; i++) {
     e->dst[i] = dst[i];
-    e->lens[i] = lens[i];
-    e->want_bytes += (uint64_t)lens[i] * sizeof(float);
+    e->want_bytes += dst[i].iov_len;
   }
-  return chan_send_frame(c, &meta, NULL, NULL, 0, e, req_id, eb);
+  return chan_send_frame(c, &meta, NULL, 0, e, req_id, eb);
 }
 
 /* ps_chan_recv: see ps_chan.h. */
@@ -552,6 +551,12 @@ uint32_t ps_chan_last_parked_ms(const ps_chan_client *c) { return c->last_parked
 
 size_t ps_chan_inflight(const ps_chan_client *c) { return c->qlen; }
 
+/* ps_chan_bytes: see ps_chan.h. */
+void ps_chan_bytes(const ps_chan_client *c, uint64_t *sent, uint64_t *received) {
+  *sent = c ? c->tx_bytes : 0;
+  *received = c ? c->rx_bytes : 0;
+}
+
 /* chan_idle returns PS_EINVAL unless C has nothing in flight (the blocking
  * calls would otherwise take another request's reply). */
 static int chan_idle(ps_chan_client *c, ps_errbuf *eb) {
@@ -562,63 +567,51 @@ static int chan_idle(ps_chan_client *c, ps_errbuf *eb) {
 }
 
 /* ps_chan_pushv: see ps_chan.h. */
-int ps_chan_pushv(ps_chan_client *c, const char *model, const uint32_t *ids, size_t nids,
-                  const float *const *src, const uint32_t *lens, size_t nseg,
-                  uint32_t worker, uint64_t clock, uint64_t version_seen,
+int ps_chan_pushv(ps_chan_client *c, const ps_req *r, const struct iovec *src, size_t nseg,
                   uint64_t *version, ps_errbuf *eb) {
   int rc = chan_idle(c, eb);
-  if (rc == 0)
-    rc = ps_chan_send_pushv(c, model, ids, nids, src, lens, nseg, worker, clock,
-                            version_seen, NULL, eb);
+  if (rc == 0) rc = ps_chan_send_pushv(c, r, src, nseg, NULL, eb);
   return rc < 0 ? rc : ps_chan_recv(c, NULL, version, eb);
 }
 
 /* ps_chan_pullv: see ps_chan.h. */
-int ps_chan_pullv(ps_chan_client *c, const char *model, const uint32_t *ids, size_t nids,
-                  float *const *dst, const uint32_t *lens, size_t nseg, uint32_t worker,
-                  uint64_t clock, uint64_t *version, ps_errbuf *eb) {
+int ps_chan_pullv(ps_chan_client *c, const ps_req *r, const struct iovec *dst, size_t nseg,
+                  uint64_t *version, ps_errbuf *eb) {
   int rc = chan_idle(c, eb);
-  if (rc == 0)
-    rc = ps_chan_send_pullv(c, model, ids, nids, dst, lens, nseg, worker, clock, NULL, eb);
+  if (rc == 0) rc = ps_chan_send_pullv(c, r, dst, nseg, NULL, eb);
   return rc < 0 ? rc : ps_chan_recv(c, NULL, version, eb);
 }
 
-/* chan_split describes NELEMS floats at P as segments of at most
- * CHAN_SEG_MAX; returns the count written to SEG/LENS (room for 64), or 0
- * when the payload is too large for that. */
-static size_t chan_split(float *p, uint64_t nelems, float **seg, uint32_t *lens) {
+/* chan_split describes NBYTES at P as segments of at most CHAN_SEG_MAX;
+ * returns the count written to SEG (room for 64), or 0 when the payload
+ * is too large for that. */
+static size_t chan_split(const void *p, uint64_t nbytes, struct iovec *seg) {
   size_t n = 0;
-  while (nelems && n < 64) {
-    uint32_t l = nelems > CHAN_SEG_MAX ? CHAN_SEG_MAX : (uint32_t)nelems;
-    seg[n] = p;
-    lens[n++] = l;
-    p += l;
-    nelems -= l;
+  while (nbytes && n < 64) {
+    size_t l = nbytes > CHAN_SEG_MAX ? CHAN_SEG_MAX : (size_t)nbytes;
+    seg[n++] = (struct iovec){(void *)p, l};
+    p = (const uint8_t *)p + l;
+    nbytes -= l;
   }
-  return nelems ? 0 : n;
+  return nbytes ? 0 : n;
 }
 
-/* ps_chan_push: the contiguous form of ps_chan_pushv. */
-int ps_chan_push(ps_chan_client *c, const char *model, const uint32_t *ids, size_t nids,
-                 const float *grads, uint64_t nelems, uint32_t worker, uint64_t clock,
-                 uint64_t version_seen, uint64_t *version, ps_errbuf *eb) {
-  float *seg[64];
-  uint32_t lens[64];
-  size_t n = chan_split((float *)grads, nelems, seg, lens);
-  if (nelems && !n) return ps_errf(eb, PS_ETOOBIG, "push of %llu elements", (unsigned long long)nelems);
-  return ps_chan_pushv(c, model, ids, nids, (const float *const *)seg, lens, n, worker, clock,
-                       version_seen, version, eb);
+/* ps_chan_push: the contiguous form of ps_chan_pushv (R->grads, R->nbytes). */
+int ps_chan_push(ps_chan_client *c, const ps_req *r, uint64_t *version, ps_errbuf *eb) {
+  struct iovec seg[64];
+  size_t n = chan_split(r->grads, r->nbytes, seg);
+  if (r->nbytes && !n)
+    return ps_errf(eb, PS_ETOOBIG, "push of %llu bytes", (unsigned long long)r->nbytes);
+  return ps_chan_pushv(c, r, seg, n, version, eb);
 }
 
-/* ps_chan_pull: the contiguous form of ps_chan_pullv. */
-int ps_chan_pull(ps_chan_client *c, const char *model, const uint32_t *ids, size_t nids,
-                 float *out, uint64_t nelems, uint32_t worker, uint64_t clock,
-                 uint64_t *version, ps_errbuf *eb) {
-  float *seg[64];
-  uint32_t lens[64];
-  size_t n = chan_split(out, nelems, seg, lens);
-  if (nelems && !n) return ps_errf(eb, PS_ETOOBIG, "pull of %llu elements", (unsigned long long)nelems);
-  return ps_chan_pullv(c, model, ids, nids, seg, lens, n, worker, clock, version, eb);
+/* ps_chan_pull: the contiguous form of ps_chan_pullv (R->out, R->nbytes). */
+int ps_chan_pull(ps_chan_client *c, const ps_req *r, uint64_t *version, ps_errbuf *eb) {
+  struct iovec seg[64];
+  size_t n = chan_split(r->out, r->nbytes, seg);
+  if (r->nbytes && !n)
+    return ps_errf(eb, PS_ETOOBIG, "pull of %llu bytes", (unsigned long long)r->nbytes);
+  return ps_chan_pullv(c, r, seg, n, version, eb);
 }
 
 /* ---- connection ------------------------------------------------------------- */
@@ -665,7 +658,7 @@ static int chan_hello_frame(ps_chan_client *c, Ps__ChanMeta *meta, uint8_t *nonc
   chan_pending *e = chan_reserve(c);
   if (!e) return ps_errf(eb, PS_ENOMEM, "channel '%s': out of memory", c->addr);
   e->op = PS__CHAN_OP__CHAN_HELLO;
-  int rc = chan_send_frame(c, meta, NULL, NULL, 0, e, NULL, eb);
+  int rc = chan_send_frame(c, meta, NULL, 0, e, NULL, eb);
   if (rc < 0) return rc;
   chan_pending *head = &c->q[c->qhead]; /* the only request in flight: this one */
   while (!head->done) {
@@ -688,7 +681,7 @@ static int chan_hello(ps_chan_client *c, const char *cluster, const ps_auth_key 
   Ps__ChanMeta meta;
   uint8_t nc[PS_AUTH_NONCE], ns[PS_AUTH_NONCE], proof[PS_AUTH_MAC];
   size_t ns_len = 0, proof_len = 0;
-  chan_meta_init(&meta, PS__CHAN_OP__CHAN_HELLO, "", NULL, 0, 0, 0);
+  chan_meta_init(&meta, PS__CHAN_OP__CHAN_HELLO, NULL);
   meta.proto_version = PS_CHAN_VERSION;
   meta.cluster = (char *)cluster;
   if (key) {
@@ -712,7 +705,7 @@ static int chan_hello(ps_chan_client *c, const char *cluster, const ps_auth_key 
     return ps_errf(eb, PS_EPROTO, "channel '%s': the shard does not MAC frames "
                    "(security.payload_mac is false there)", c->addr);
   ps_auth_proof(key, 0, cluster, nc, ns, mac, proof);
-  chan_meta_init(&meta, PS__CHAN_OP__CHAN_HELLO, "", NULL, 0, 0, 0);
+  chan_meta_init(&meta, PS__CHAN_OP__CHAN_HELLO, NULL);
   meta.auth.data = proof;
   meta.auth.len = sizeof proof;
   rc = chan_hello_frame(c, &meta, NULL, NULL, NULL, NULL, NULL, eb);

@@ -5,11 +5,12 @@
  *   u32 magic 'PSC1' (0x31435350) | u16 version (1) | u16 flags (0)
  *   u32 meta_len | u32 reserved (0) | u64 data_len | u64 request id
  * then meta_len bytes of a ps.ChanMeta message, then data_len bytes of
- * raw float32 little-endian tensor data, read straight into its final
- * memory.  A connection starts with a HELLO frame (protocol version,
- * cluster name, and with a cluster secret a key id and nonce) answered by
- * HELLO (with a secret: the shard's nonce and proof, then the client's
- * proof in a second HELLO, answered by HELLO; ps_auth.h); anything else first, or a
+ * tensor data in the meta's codec (ps_codec.h; 0: raw float32
+ * little-endian), read straight into its final memory.  A connection
+ * starts with a HELLO frame (protocol version, cluster name, and with a
+ * cluster secret a key id and nonce) answered by HELLO (with a secret: the
+ * shard's nonce and proof, then the client's proof in a second HELLO,
+ * answered by HELLO; ps_auth.h); anything else first, or a
  * bad magic/version/length, closes the connection.  Replies carry the
  * request id of their request; a server answers one connection's requests
  * in order.  Errors come back as CHAN_ERROR frames with status + message. */
@@ -19,7 +20,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <sys/uio.h>
+
 #include "ps_error.h"
+#include "ps_req.h"
 
 #define PS_CHAN_MAGIC 0x31435350u
 #define PS_CHAN_VERSION 1
@@ -78,55 +82,47 @@ int ps_chan_connect_auth(ps_chan_client **out, const char *addr, const char *clu
 /* ps_chan_set_timeout changes the I/O timeout (milliseconds, > 0). */
 void ps_chan_set_timeout(ps_chan_client *c, int timeout_ms);
 
-/* Blocking push / pull of the chunks IDS of MODEL.  Pull reads the values
- * straight into OUT (NELEMS floats).  Errors: the server's status code
- * with its message (the connection stays usable), PS_EUNAVAIL / PS_EIO
- * when the connection breaks (the client is then unusable: every later
- * call answers PS_EUNAVAIL), PS_ETIMEDOUT after the client's timeout (also
- * unusable).  A pull whose element count differs from the server's answer
- * is PS_EINVAL and OUT is left untouched.  These need no request in flight
- * (PS_EINVAL otherwise). */
-int ps_chan_push(ps_chan_client *c, const char *model, const uint32_t *ids, size_t nids,
-                 const float *grads, uint64_t nelems, uint32_t worker, uint64_t clock,
-                 uint64_t version_seen, uint64_t *version, ps_errbuf *eb);
-int ps_chan_pull(ps_chan_client *c, const char *model, const uint32_t *ids, size_t nids,
-                 float *out, uint64_t nelems, uint32_t worker, uint64_t clock,
-                 uint64_t *version, ps_errbuf *eb);
+/* Blocking push / pull of request R (ps_req.h: model, chunk ids, worker,
+ * clock, version, codec; a push's ChanMeta carries them all).  Push sends
+ * R->nbytes at R->grads (encoded in R->codec); pull asks for the values
+ * in R->codec and reads them straight into R->out (R->nbytes).  Errors:
+ * the server's status code with its message (the connection stays
+ * usable), PS_EUNAVAIL / PS_EIO when the connection breaks (the client is
+ * then unusable: every later call answers PS_EUNAVAIL), PS_ETIMEDOUT after
+ * the client's timeout (also unusable).  A pull whose byte count differs
+ * from the server's answer is PS_EINVAL and R->out is left untouched.
+ * These need no request in flight (PS_EINVAL otherwise). */
+int ps_chan_push(ps_chan_client *c, const ps_req *r, uint64_t *version, ps_errbuf *eb);
+int ps_chan_pull(ps_chan_client *c, const ps_req *r, uint64_t *version, ps_errbuf *eb);
 
-/* Scatter/gather variants: the payload is NSEG segments, segment i being
- * LENS[i] floats at SRC[i] / DST[i] (typically one segment per chunk, as a
- * shard's chunks lie scattered in a worker's flat parameter vector; the
- * segments need not match chunks, only their total must match the chunks'
- * element count).  Data goes from and to these segments directly (writev /
- * readv, no intermediate copy).  All arrays are borrowed for the call. */
-int ps_chan_pushv(ps_chan_client *c, const char *model, const uint32_t *ids, size_t nids,
-                  const float *const *src, const uint32_t *lens, size_t nseg,
-                  uint32_t worker, uint64_t clock, uint64_t version_seen,
+/* Scatter/gather variants: the payload is NSEG byte segments SRC / DST
+ * (typically one per run of chunks, as a shard's chunks lie scattered in
+ * a worker's flat parameter vector; only their total must match the
+ * payload); R's grads / out are not used.  Data goes from and to these
+ * segments directly (writev / readv, no intermediate copy).  All arrays
+ * are borrowed for the call. */
+int ps_chan_pushv(ps_chan_client *c, const ps_req *r, const struct iovec *src, size_t nseg,
                   uint64_t *version, ps_errbuf *eb);
-int ps_chan_pullv(ps_chan_client *c, const char *model, const uint32_t *ids, size_t nids,
-                  float *const *dst, const uint32_t *lens, size_t nseg, uint32_t worker,
-                  uint64_t clock, uint64_t *version, ps_errbuf *eb);
+int ps_chan_pullv(ps_chan_client *c, const ps_req *r, const struct iovec *dst, size_t nseg,
+                  uint64_t *version, ps_errbuf *eb);
 
 /* Pipelining: ps_chan_send_pushv / ps_chan_send_pullv send one request and
  * return its id in *REQ_ID without waiting for the reply; ps_chan_recv
  * waits for the oldest request in flight and returns its id, its version
  * and its status (0 or the server's error with its message in EB).
  *
- * Ownership: push segments SRC are borrowed only until send returns (the
- * whole frame is written by then).  Pull destinations DST (the pointer
- * array and LENS are copied; the float memory is not) are borrowed until
- * ps_chan_recv has returned that request's id or the client is closed:
- * the client may fill them during any later call on it, since while it
- * sends it also drains the replies that arrive, so a pipeline of large
- * pushes and pulls never deadlocks on full socket buffers.  Any number of
- * requests may be in flight. */
-int ps_chan_send_pushv(ps_chan_client *c, const char *model, const uint32_t *ids,
-                       size_t nids, const float *const *src, const uint32_t *lens,
-                       size_t nseg, uint32_t worker, uint64_t clock, uint64_t version_seen,
+ * Ownership: R and push segments SRC are borrowed only until send
+ * returns (the whole frame is written by then).  Pull destinations DST
+ * (the segment array is copied; the memory it points at is not) are
+ * borrowed until ps_chan_recv has returned that request's id or the
+ * client is closed: the client may fill them during any later call on it,
+ * since while it sends it also drains the replies that arrive, so a
+ * pipeline of large pushes and pulls never deadlocks on full socket
+ * buffers.  Any number of requests may be in flight. */
+int ps_chan_send_pushv(ps_chan_client *c, const ps_req *r, const struct iovec *src, size_t nseg,
                        uint64_t *req_id, ps_errbuf *eb);
-int ps_chan_send_pullv(ps_chan_client *c, const char *model, const uint32_t *ids,
-                       size_t nids, float *const *dst, const uint32_t *lens, size_t nseg,
-                       uint32_t worker, uint64_t clock, uint64_t *req_id, ps_errbuf *eb);
+int ps_chan_send_pullv(ps_chan_client *c, const ps_req *r, const struct iovec *dst, size_t nseg,
+                       uint64_t *req_id, ps_errbuf *eb);
 int ps_chan_recv(ps_chan_client *c, uint64_t *req_id, uint64_t *version, ps_errbuf *eb);
 
 /* ps_chan_last_parked_ms: how long the shard kept the pull that the last
@@ -135,6 +131,10 @@ uint32_t ps_chan_last_parked_ms(const ps_chan_client *c);
 
 /* ps_chan_inflight returns the number of requests sent and not yet received. */
 size_t ps_chan_inflight(const ps_chan_client *c);
+
+/* ps_chan_bytes writes the bytes C wrote to and read from its socket
+ * (frames whole: headers, metas, payloads; hello included).  C NULL: 0. */
+void ps_chan_bytes(const ps_chan_client *c, uint64_t *sent, uint64_t *received);
 
 /* ps_chan_set_bufsize sets the socket's SO_SNDBUF / SO_RCVBUF in bytes
  * (0 leaves that one to the kernel's autotuning, the default). */

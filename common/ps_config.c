@@ -395,6 +395,9 @@ static const char *const cfg_durability_modes[] = {"periodic", "sync", NULL};
 static const char *const cfg_consistencies[] = {"bsp", "ssp", "asp", NULL};
 static const char *const cfg_staleness_weights[] = {"none", "inverse", NULL};
 static const char *const cfg_formats[] = {"idx", "csv", NULL};
+/* ps_codec.h's names (push: any; pull: values only) */
+static const char *const cfg_push_codecs[] = {"fp32", "fp16", "int8", "onebit", "topk", NULL};
+static const char *const cfg_pull_codecs[] = {"fp32", "fp16", "int8", NULL};
 static const char *const cfg_bools[] = {"false", "true", NULL};
 
 static const cfg_slot cfg_durability_slots[] = {
@@ -487,6 +490,18 @@ static const cfg_slot cfg_training_slots[] = {
     {.name = "pull_timeout_ms", .type = &cfg_t_u32,
      .offset = offsetof(ps_train_conf, pull_timeout_ms), .def = "30000", .min = 1,
      .max = 86400000},
+    {.name = "codec", .type = &cfg_t_str, .offset = offsetof(ps_train_conf, codec),
+     .def = "fp32", .arg = cfg_push_codecs, .check = cfg_check_oneof},
+    {.name = "pull_codec", .type = &cfg_t_str, .offset = offsetof(ps_train_conf, pull_codec),
+     .def = "fp32", .arg = cfg_pull_codecs, .check = cfg_check_oneof},
+    {.name = "topk", .type = &cfg_t_double, .offset = offsetof(ps_train_conf, topk),
+     .def = "0.01", .dmin = 1e-6, .dmax = 1},
+    {.name = "codec_warmup_steps", .type = &cfg_t_u32,
+     .offset = offsetof(ps_train_conf, codec_warmup_steps), .def = "0", .min = 0,
+     .max = UINT32_MAX},
+    {.name = "codec_min_elems", .type = &cfg_t_u32,
+     .offset = offsetof(ps_train_conf, codec_min_elems), .def = "1024", .min = 1,
+     .max = UINT32_MAX},
 };
 
 static const cfg_slot cfg_data_slots[] = {

@@ -44,6 +44,12 @@ typedef struct ps_train_conf {
   uint32_t staleness;   /* ssp bound, default 0 */
   char *staleness_weight; /* "none" | "inverse" (default "none") */
   uint32_t pull_timeout_ms; /* a parked pull gives up after this, default 30000 */
+  /* Wire codecs (ps_codec.h), the defaults of psctl submit. */
+  char *codec;          /* push: fp32 | fp16 | int8 | onebit | topk (default fp32) */
+  char *pull_codec;     /* fp32 | fp16 | int8 (default fp32) */
+  double topk;          /* fraction topk keeps, (0, 1], default 0.01 */
+  uint32_t codec_warmup_steps; /* steps sent fp32 first, default 0 */
+  uint32_t codec_min_elems;    /* smaller tensors stay fp32, default 1024 */
 } ps_train_conf;
 
 typedef struct ps_worker_conf {

@@ -9,6 +9,40 @@
 #include "ps_pb.h"
 #include "ps_place.h"
 
+static const char *const ps_consistency_names[] = {[PS_ASP] = "asp", [PS_BSP] = "bsp",
+                                                   [PS_SSP] = "ssp"};
+static const char *const ps_stale_weight_names[] = {[PS_WEIGHT_NONE] = "none",
+                                                    [PS_WEIGHT_INVERSE] = "inverse"};
+
+/* ps_enum_parse finds S ("" or NULL: entry 0) in NAMES[0..N). */
+static int ps_enum_parse(const char *s, const char *const *names, int n) {
+  if (!s || !*s) return 0;
+  for (int i = 0; i < n; i++)
+    if (!strcmp(s, names[i])) return i;
+  return -1;
+}
+
+int ps_consistency_parse(const char *model, const char *s, ps_consistency *out, ps_errbuf *eb) {
+  int i = ps_enum_parse(s, ps_consistency_names, 3);
+  if (i < 0)
+    return ps_errf(eb, PS_EINVAL, "model '%s': unknown consistency '%s' (bsp, ssp or asp)", model, s);
+  *out = (ps_consistency)i;
+  return 0;
+}
+
+int ps_stale_weight_parse(const char *model, const char *s, ps_stale_weight *out, ps_errbuf *eb) {
+  int i = ps_enum_parse(s, ps_stale_weight_names, 2);
+  if (i < 0)
+    return ps_errf(eb, PS_EINVAL, "model '%s': unknown staleness_weight '%s' (none or inverse)",
+                   model, s);
+  *out = (ps_stale_weight)i;
+  return 0;
+}
+
+const char *ps_consistency_name(ps_consistency c) {
+  return (unsigned)c < 3 ? ps_consistency_names[c] : "unknown";
+}
+
 int ps_layout_build(ps_layout *l, const Ps__ModelSpec *spec, uint32_t chunk_elems,
                     const uint32_t *shard_ids, size_t nshards, ps_errbuf *eb) {
   memset(l, 0, sizeof *l);
@@ -18,6 +52,20 @@ int ps_layout_build(ps_layout *l, const Ps__ModelSpec *spec, uint32_t chunk_elem
   if (nshards == 0) return ps_errf(eb, PS_EINVAL, "no shards");
   l->chunk_elems = spec->chunk_elems ? spec->chunk_elems : chunk_elems;
   if (l->chunk_elems == 0) return ps_errf(eb, PS_EINVAL, "chunk_elems is 0");
+  int rc = ps_consistency_parse(spec->name, spec->consistency, &l->consistency, eb);
+  if (rc == 0) rc = ps_stale_weight_parse(spec->name, spec->staleness_weight, &l->stale_weight, eb);
+  if (rc == 0) rc = ps_codec_parse(spec->codec, "codec", &l->push_codec, eb);
+  if (rc == 0) rc = ps_codec_parse(spec->pull_codec, "pull codec", &l->pull_codec, eb);
+  if (rc < 0) return rc;
+  if (l->pull_codec > PS_CODEC_INT8)
+    return ps_errf(eb, PS_EINVAL, "model '%s': pull codec '%s' is not one of fp32, fp16, int8",
+                   spec->name, spec->pull_codec);
+  if (!isfinite(spec->topk) || spec->topk < 0 || spec->topk > 1)
+    return ps_errf(eb, PS_EINVAL, "model '%s': topk %g is not a fraction in (0, 1]", spec->name,
+                   (double)spec->topk);
+  l->topk = spec->topk > 0 ? spec->topk : PS_CODEC_TOPK_DEFAULT;
+  l->codec_warmup = spec->codec_warmup_steps;
+  l->codec_min_elems = spec->codec_min_elems ? spec->codec_min_elems : 1024;
   l->ntensors = spec->n_tensors;
   l->tensors = calloc(l->ntensors, sizeof *l->tensors);
   if (!l->tensors) return ps_errf(eb, PS_ENOMEM, "out of memory");
@@ -58,6 +106,14 @@ int ps_layout_build(ps_layout *l, const Ps__ModelSpec *spec, uint32_t chunk_elem
       return ps_errf(eb, PS_EINVAL, "tensor '%s': initializer scale %g is not a finite number up to 1e30",
                      ts->name, (double)ts->scale);
     }
+    ps_codec_id tc = l->push_codec;
+    if (ts->codec && *ts->codec && ps_codec_parse(ts->codec, "tensor codec", &tc, eb) < 0) {
+      ps_layout_release(l);
+      return PS_EINVAL;
+    }
+    int small = n < l->codec_min_elems;
+    ti->push_codec = ts->codec && *ts->codec ? tc : small ? PS_CODEC_FP32 : PS_CODEC_N;
+    ti->pull_codec = small ? PS_CODEC_FP32 : PS_CODEC_N;
     ti->name = ts->name;
     ti->nelems = n;
     ti->model_offset = l->nparams;
@@ -97,6 +153,21 @@ void ps_layout_release(ps_layout *l) {
   free(l->tensors);
   free(l->chunks);
   memset(l, 0, sizeof *l);
+}
+
+ps_codec_id ps_layout_chunk_codec(const ps_layout *l, uint32_t id, ps_codec_id c, int push) {
+  if (c == PS_CODEC_FP32) return c;
+  const ps_tensor_info *ti = &l->tensors[l->chunks[id].tensor];
+  ps_codec_id t = push ? ti->push_codec : ti->pull_codec;
+  return t == PS_CODEC_N ? c : t;
+}
+
+uint64_t ps_layout_payload_bytes(const ps_layout *l, const uint32_t *ids, size_t n,
+                                 ps_codec_id c, int push) {
+  uint64_t b = 0;
+  for (size_t i = 0; i < n; i++)
+    b += ps_codec_size(ps_layout_chunk_codec(l, ids[i], c, push), l->chunks[ids[i]].len, l->topk);
+  return b;
 }
 
 long ps_layout_shard_chunks(const ps_layout *l, uint32_t shard, uint32_t **ids,

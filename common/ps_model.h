@@ -12,8 +12,21 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ps_codec.h"
 #include "ps_error.h"
 #include "ps.pb-c.h"
+
+/* Consistency models and staleness weights (psd_clock.h, DESIGN.md
+ * "Consistency"), converted from their spec and config strings once. */
+typedef enum ps_consistency { PS_ASP = 0, PS_BSP, PS_SSP } ps_consistency;
+typedef enum ps_stale_weight { PS_WEIGHT_NONE = 0, PS_WEIGHT_INVERSE } ps_stale_weight;
+
+/* ps_consistency_parse / ps_stale_weight_parse convert S ("" or NULL:
+ * asp / none) for model MODEL (named in the message); PS_EINVAL saying
+ * what is known.  ps_consistency_name returns the static name. */
+int ps_consistency_parse(const char *model, const char *s, ps_consistency *out, ps_errbuf *eb);
+int ps_stale_weight_parse(const char *model, const char *s, ps_stale_weight *out, ps_errbuf *eb);
+const char *ps_consistency_name(ps_consistency c);
 
 typedef struct ps_chunk {
   uint32_t tensor;      /* index into the spec's tensors */
@@ -30,6 +43,10 @@ typedef struct ps_tensor_info {
   uint32_t first_chunk; /* model-wide id of chunk 0 */
   uint32_t nchunks;
   uint64_t fan_in, fan_out;
+  /* Its chunks' codec in a compressed push / pull: fp32 for a small
+   * tensor, TensorSpec.codec for a push when set, else PS_CODEC_N (the
+   * request's codec). */
+  ps_codec_id push_codec, pull_codec;
 } ps_tensor_info;
 
 typedef struct ps_layout {
@@ -39,6 +56,13 @@ typedef struct ps_layout {
   ps_tensor_info *tensors;
   size_t nchunks;
   ps_chunk *chunks;
+  ps_consistency consistency;   /* the spec's, parsed once */
+  ps_stale_weight stale_weight;
+  /* The spec's codecs, parsed once (ps_codec.h, ModelSpec.codec...). */
+  ps_codec_id push_codec, pull_codec;
+  float topk;             /* fraction topk keeps */
+  uint32_t codec_warmup;  /* steps each worker sends uncompressed */
+  uint32_t codec_min_elems;
 } ps_layout;
 
 /* ps_layout_build fills *L for SPEC (borrowed for L's lifetime, since
@@ -51,6 +75,18 @@ int ps_layout_build(ps_layout *l, const Ps__ModelSpec *spec, uint32_t chunk_elem
                     const uint32_t *shard_ids, size_t nshards, ps_errbuf *eb);
 
 void ps_layout_release(ps_layout *l);
+
+/* ps_layout_chunk_codec returns the codec chunk ID travels in within a
+ * push (PUSH non-zero) or pull whose codec is C: fp32 when C is, else the
+ * tensor's codec for that direction (a small tensor stays fp32, a
+ * TensorSpec.codec overrides the push codec). */
+ps_codec_id ps_layout_chunk_codec(const ps_layout *l, uint32_t id, ps_codec_id c, int push);
+
+/* ps_layout_payload_bytes returns the payload bytes of the chunks IDS
+ * (existing ids) in a push or pull of codec C: the one function every
+ * payload size comes from. */
+uint64_t ps_layout_payload_bytes(const ps_layout *l, const uint32_t *ids, size_t n,
+                                 ps_codec_id c, int push);
 
 /* ps_layout_shard_chunks writes the ids of the chunks on shard index SHARD
  * (in increasing order) to a new array *IDS (caller frees with free()) and

@@ -46,8 +46,7 @@ typedef struct bench_opts {
 typedef struct bench_req {
   uint32_t *ids;
   size_t nids;
-  float **seg;
-  uint32_t *lens;
+  struct iovec *seg;      /* bytes of the flat vector */
   size_t nseg;
   uint64_t nelems;
 } bench_req;
@@ -78,11 +77,9 @@ static int bench_chan_run(bench_shard *s, int push, ps_errbuf *eb) {
   while (got < s->nreq) {
     while (sent < s->nreq && sent - got < (size_t)s->depth) {
       bench_req *r = &s->req[sent++];
-      int rc = push ? ps_chan_send_pushv(s->chan, s->model, r->ids, r->nids,
-                                         (const float *const *)r->seg, r->lens, r->nseg, 0, 0,
-                                         0, NULL, eb)
-                    : ps_chan_send_pullv(s->chan, s->model, r->ids, r->nids, r->seg, r->lens,
-                                         r->nseg, 0, 0, NULL, eb);
+      ps_req q = {.model = s->model, .ids = r->ids, .nids = r->nids};
+      int rc = push ? ps_chan_send_pushv(s->chan, &q, r->seg, r->nseg, NULL, eb)
+                    : ps_chan_send_pullv(s->chan, &q, r->seg, r->nseg, NULL, eb);
       if (rc < 0) return rc;
     }
     int rc = ps_chan_recv(s->chan, NULL, NULL, eb);
@@ -98,10 +95,10 @@ static int bench_chan_pull(bench_shard *s, ps_errbuf *eb) { return bench_chan_ru
 static int bench_grpc_push(bench_shard *s, ps_errbuf *eb) {
   for (size_t i = 0; i < s->nreq; i++) {
     bench_req *r = &s->req[i];
-    float *p = s->scratch;
+    uint8_t *p = (uint8_t *)s->scratch;
     for (size_t k = 0; k < r->nseg; k++) {
-      memcpy(p, r->seg[k], (size_t)r->lens[k] * sizeof(float));
-      p += r->lens[k];
+      memcpy(p, r->seg[k].iov_base, r->seg[k].iov_len);
+      p += r->seg[k].iov_len;
     }
     Ps__PushRequest req = PS__PUSH_REQUEST__INIT;
     req.model = (char *)s->model;
@@ -138,8 +135,8 @@ static int bench_grpc_pull(bench_shard *s, ps_errbuf *eb) {
     }
     const uint8_t *p = rep->values.data;
     for (size_t k = 0; k < r->nseg; k++) {
-      memcpy(r->seg[k], p, (size_t)r->lens[k] * sizeof(float));
-      p += (size_t)r->lens[k] * sizeof(float);
+      memcpy(r->seg[k].iov_base, p, r->seg[k].iov_len);
+      p += r->seg[k].iov_len;
     }
     protobuf_c_message_free_unpacked(resp, NULL);
   }
@@ -264,15 +261,15 @@ static int bench_plan(bench_shard *s, const ps_layout *l, uint32_t shard, float 
     bench_req *r = &s->req[s->nreq++];
     r->ids = ids + i; /* ids stay owned by the first request */
     r->seg = calloc((size_t)(nids - i), sizeof *r->seg);
-    r->lens = calloc((size_t)(nids - i), sizeof *r->lens);
     for (; i < nids; i++) {
       const ps_chunk *ch = &l->chunks[ids[i]];
       if (r->nelems && r->nelems + ch->len > req_elems) break;
       float *p = flat + l->tensors[ch->tensor].model_offset + ch->offset;
-      if (r->nseg && r->seg[r->nseg - 1] + r->lens[r->nseg - 1] == p)
-        r->lens[r->nseg - 1] += ch->len;
+      struct iovec *last = r->nseg ? &r->seg[r->nseg - 1] : NULL;
+      if (last && (uint8_t *)last->iov_base + last->iov_len == (uint8_t *)p)
+        last->iov_len += (size_t)ch->len * sizeof(float);
       else
-        r->seg[r->nseg] = p, r->lens[r->nseg++] = ch->len;
+        r->seg[r->nseg++] = (struct iovec){p, (size_t)ch->len * sizeof(float)};
       r->nids++;
       r->nelems += ch->len;
     }
@@ -284,7 +281,6 @@ static void bench_unplan(bench_shard *s) {
   for (size_t i = 0; i < s->nreq; i++) {
     if (i == 0) free(s->req[i].ids);
     free(s->req[i].seg);
-    free(s->req[i].lens);
   }
   free(s->req);
   s->req = NULL;
@@ -394,20 +390,17 @@ static double bench_small(psctl_cluster *cl, bench_shard *sh0, const uint32_t *s
   if (id == UINT32_MAX) return ps_errf(eb, PS_ENOENT, "no chunk of 'bench_small' on shard 0");
   float g[256];
   for (int i = 0; i < 256; i++) g[i] = 1e-3f;
-  const float *src[] = {g};
-  uint32_t len[] = {256};
+  struct iovec src[] = {{g, sizeof g}};
+  ps_req q = {.model = "bench_small", .ids = &id, .nids = 1};
   uint64_t done = 0;
   double t0 = ps_now_s(), end = t0 + secs, t1 = t0;
   for (int k = 0; k < 8; k++)
-    if (ps_chan_send_pushv(sh0->chan, "bench_small", &id, 1, src, len, 1, 0, 0, 0, NULL, eb) < 0)
-      return -1;
+    if (ps_chan_send_pushv(sh0->chan, &q, src, 1, NULL, eb) < 0) return -1;
   while (ps_chan_inflight(sh0->chan)) {
     if (ps_chan_recv(sh0->chan, NULL, NULL, eb) < 0) return -1;
     done++;
     t1 = ps_now_s();
-    if (t1 < end &&
-        ps_chan_send_pushv(sh0->chan, "bench_small", &id, 1, src, len, 1, 0, 0, 0, NULL, eb) < 0)
-      return -1;
+    if (t1 < end && ps_chan_send_pushv(sh0->chan, &q, src, 1, NULL, eb) < 0) return -1;
   }
   double rate = (double)done / (t1 - t0);
   if (grpc && (*grpc_rate = bench_small_grpc(sh0, id, g, secs, eb)) < 0) return -1;

@@ -141,33 +141,54 @@ static void psctl_status_wal(const psctl_row *rows, size_t n) {
   }
 }
 
-/* psctl_status_models prints each shard's models with their consistency:
- * tau histogram (buckets 0, 1, 2, 3-4, 5-8, 9-16, >16), the largest clock
- * gap a pull was served at, pulls parked now / ever / timed out. */
-static void psctl_status_models(const psctl_row *rows, size_t n) {
+/* A printer of one model row of shard S; HEADER: print the table's header first. */
+typedef void psctl_model_row_fn(const Ps__StatusReply *s, const Ps__ModelStatus *m, int header);
+
+/* psctl_status_each_model calls FN for every model of every shard that
+ * answered, HEADER set for the first. */
+static void psctl_status_each_model(const psctl_row *rows, size_t n, psctl_model_row_fn *fn) {
   int any = 0;
   for (size_t i = 0; i < n; i++) {
     const Ps__StatusReply *s = rows[i].st;
-    for (size_t j = 0; s && j < s->n_models; j++) {
-      const Ps__ModelStatus *m = s->models[j];
-      if (!any++)
-        printf("\n%-16s %-5s %-7s %-8s %-44s %6s %s\n", "MODEL", "SHARD", "CONSIST", "WEIGHT",
-               "TAU 0/1/2/3-4/5-8/9-16/>16", "MAXGAP", "PARKED NOW/EVER/TIMEOUT");
-      char mode[16], hist[128] = "-";
-      if (!strcmp(m->consistency, "ssp"))
-        snprintf(mode, sizeof mode, "ssp(%u)", m->staleness);
-      else
-        snprintf(mode, sizeof mode, "%s", m->consistency);
-      size_t off = 0;
-      for (size_t k = 0; k < m->n_tau_hist && off < sizeof hist; k++)
-        off += (size_t)snprintf(hist + off, sizeof hist - off, "%s%llu", k ? "/" : "",
-                                (unsigned long long)m->tau_hist[k]);
-      printf("%-16s %-5u %-7s %-8s %-44s %6llu %llu/%llu/%llu\n", m->name, s->shard, mode,
-             m->staleness_weight, hist, (unsigned long long)m->max_gap,
-             (unsigned long long)m->parked, (unsigned long long)m->pulls_parked,
-             (unsigned long long)m->pull_timeouts);
-    }
+    for (size_t j = 0; s && j < s->n_models; j++) fn(s, s->models[j], !any++);
   }
+}
+
+/* psctl_status_model_row prints a model with its consistency: tau
+ * histogram (buckets 0, 1, 2, 3-4, 5-8, 9-16, >16), the largest clock gap
+ * a pull was served at, pulls parked now / ever / timed out. */
+static void psctl_status_model_row(const Ps__StatusReply *s, const Ps__ModelStatus *m, int header) {
+  if (header)
+    printf("\n%-16s %-5s %-7s %-8s %-44s %6s %s\n", "MODEL", "SHARD", "CONSIST", "WEIGHT",
+           "TAU 0/1/2/3-4/5-8/9-16/>16", "MAXGAP", "PARKED NOW/EVER/TIMEOUT");
+  char mode[16], hist[128] = "-";
+  if (!strcmp(m->consistency, "ssp"))
+    snprintf(mode, sizeof mode, "ssp(%u)", m->staleness);
+  else
+    snprintf(mode, sizeof mode, "%s", m->consistency);
+  size_t off = 0;
+  for (size_t k = 0; k < m->n_tau_hist && off < sizeof hist; k++)
+    off += (size_t)snprintf(hist + off, sizeof hist - off, "%s%llu", k ? "/" : "",
+                            (unsigned long long)m->tau_hist[k]);
+  printf("%-16s %-5u %-7s %-8s %-44s %6llu %llu/%llu/%llu\n", m->name, s->shard, mode,
+         m->staleness_weight, hist, (unsigned long long)m->max_gap,
+         (unsigned long long)m->parked, (unsigned long long)m->pulls_parked,
+         (unsigned long long)m->pull_timeouts);
+}
+
+/* psctl_status_codec_row prints a model with its push and pull codecs
+ * and the tensor bytes pushed + pulled since the shard started: as fp32
+ * (RAW), as sent (WIRE), and RAW / WIRE. */
+static void psctl_status_codec_row(const Ps__StatusReply *s, const Ps__ModelStatus *m, int header) {
+  if (header)
+    printf("\n%-16s %-5s %-7s %-5s %14s %14s %7s\n", "MODEL", "SHARD", "CODEC", "PULL",
+           "RAW_BYTES", "WIRE_BYTES", "SAVED");
+  char saved[32] = "-";
+  if (m->bytes_wire)
+    snprintf(saved, sizeof saved, "%.2fx", (double)m->bytes_raw / (double)m->bytes_wire);
+  printf("%-16s %-5u %-7s %-5s %14llu %14llu %7s\n", m->name, s->shard,
+         *m->codec ? m->codec : "fp32", *m->pull_codec ? m->pull_codec : "fp32",
+         (unsigned long long)m->bytes_raw, (unsigned long long)m->bytes_wire, saved);
 }
 
 /* psctl_status_workers prints the coordinator's worker table W (NULL:
@@ -249,9 +270,15 @@ static void psctl_status_json_row(const psctl_row *r) {
     printf(",\"tau_hist\":[");
     for (size_t k = 0; k < m->n_tau_hist; k++)
       printf("%s%llu", k ? "," : "", (unsigned long long)m->tau_hist[k]);
-    printf("],\"max_gap\":%llu,\"parked\":%u,\"pulls_parked\":%llu,\"pull_timeouts\":%llu}",
+    printf("],\"max_gap\":%llu,\"parked\":%u,\"pulls_parked\":%llu,\"pull_timeouts\":%llu",
            (unsigned long long)m->max_gap, m->parked, (unsigned long long)m->pulls_parked,
            (unsigned long long)m->pull_timeouts);
+    printf(",\"codec\":");
+    psctl_json_str(*m->codec ? m->codec : "fp32");
+    printf(",\"pull_codec\":");
+    psctl_json_str(*m->pull_codec ? m->pull_codec : "fp32");
+    printf(",\"bytes_raw\":%llu,\"bytes_wire\":%llu}", (unsigned long long)m->bytes_raw,
+           (unsigned long long)m->bytes_wire);
   }
   printf("],\"params\":%llu,\"version\":%llu,\"pushes\":%llu,\"pulls\":%llu,\"pushes_per_s\":",
          (unsigned long long)r->params, (unsigned long long)r->version,
@@ -416,7 +443,8 @@ int psctl_status_main(int argc, char **argv) {
     psctl_status_table(rows, n);
     psctl_status_conns(rows, n);
     psctl_status_wal(rows, n);
-    psctl_status_models(rows, n);
+    psctl_status_each_model(rows, n, psctl_status_model_row);
+    psctl_status_each_model(rows, n, psctl_status_codec_row);
     psctl_status_workers(workers, leb.msg);
   }
   if (workers) protobuf_c_message_free_unpacked(&workers->base, NULL);

@@ -24,7 +24,8 @@ static const char psctl_submit_usage[] =
     "         [--lr X] [--momentum X] [--beta1 X] [--beta2 X] [--eps X] [--weight-decay X]\n"
     "         [--lr-decay GAMMA --lr-decay-steps N] [--seed N] [--chunk-elems N] [--replace]\n"
     "         [--consistency bsp|ssp|asp] [--staleness S] [--staleness-weight none|inverse]\n"
-    "         [--clip-norm X]\n"
+    "         [--clip-norm X] [--codec fp32|fp16|int8|onebit|topk] [--pull-codec fp32|fp16|int8]\n"
+    "         [--topk F] [--codec-warmup-steps N] [--codec-min-elems N] [--tensor-codec NAME=CODEC]\n"
     "Checks the graph file, checks that every shard is up, then registers the model on every\n"
     "shard.  Defaults: sgd, lr 0.01, momentum 0.9, beta1 0.9, beta2 0.999, eps 1e-8, seed 1,\n"
     "the cluster's chunk size, constant lr (--lr-decay: lr * GAMMA^(t/N) after t updates of a\n"
@@ -32,6 +33,12 @@ static const char psctl_submit_usage[] =
     "Consistency, staleness and staleness weight default to the cluster file's training section.\n"
     "--clip-norm X: workers scale each step's whole gradient to an L2 norm of at most X before\n"
     "they push, and shards refuse a chunk whose own gradient norm exceeds X (default 0: none).\n"
+    "--codec: how workers encode gradients on the wire (with error feedback); --pull-codec: how\n"
+    "shards encode the parameters workers pull; --topk F: the fraction of each chunk topk\n"
+    "sends; the first --codec-warmup-steps N steps of each worker go uncompressed; tensors\n"
+    "under --codec-min-elems N elements stay fp32.  These default to the cluster file's training\n"
+    "section (fp32, fp32, 0.01, 0, 1024).  --tensor-codec NAME=CODEC (repeatable) sets one\n"
+    "tensor's push codec.\n"
     "Exit status: 0, 1 when a shard is down or refuses (it says which shards have the model;\n"
     "run again to complete), 2 on bad usage or a bad file.\n";
 
@@ -44,6 +51,11 @@ typedef struct psctl_submit_opts {
   const char *consistency, *staleness_weight; /* NULL: the cluster file's */
   int64_t staleness;                          /* -1: the cluster file's */
   double clip_norm;                           /* 0: no clipping */
+  const char *codec, *pull_codec;             /* NULL: the cluster file's */
+  double topk;                                /* 0: the cluster file's */
+  int64_t codec_warmup, codec_min_elems;      /* -1: the cluster file's */
+  char *tensor_codec[64];                     /* "NAME=CODEC" from argv */
+  size_t ntensor_codec;
 } psctl_submit_opts;
 
 /* A float option: its letter and where it goes. */
@@ -89,6 +101,10 @@ static int psctl_submit_args(int argc, char **argv, psctl_submit_opts *o) {
       {"lr-decay", required_argument, 0, 'g'},  {"lr-decay-steps", required_argument, 0, 'G'},
       {"consistency", required_argument, 0, 'K'}, {"staleness", required_argument, 0, 'S'},
       {"staleness-weight", required_argument, 0, 'W'}, {"clip-norm", required_argument, 0, 'N'},
+      {"codec", required_argument, 0, 'X'},     {"pull-codec", required_argument, 0, 'P'},
+      {"topk", required_argument, 0, 'k'},      {"codec-warmup-steps", required_argument, 0, 'U'},
+      {"codec-min-elems", required_argument, 0, 'M'},
+      {"tensor-codec", required_argument, 0, 'T'},
       {"help", no_argument, 0, 'h'},            {0, 0, 0, 0}};
   memset(o, 0, sizeof *o);
   ps__optimizer_spec__init(&o->opt);
@@ -96,6 +112,7 @@ static int psctl_submit_args(int argc, char **argv, psctl_submit_opts *o) {
   o->opt.beta1 = 0.9f, o->opt.beta2 = 0.999f, o->opt.eps = 1e-8f;
   o->seed = 1;
   o->staleness = -1;
+  o->codec_warmup = o->codec_min_elems = -1;
   optind = 1;
   int c, bad = 0;
   uint64_t v;
@@ -122,6 +139,26 @@ static int psctl_submit_args(int argc, char **argv, psctl_submit_opts *o) {
         break;
       case 'N':
         bad = psctl_parse_double("submit", "clip-norm", optarg, 0, FLT_MAX, &o->clip_norm);
+        break;
+      case 'X': o->codec = optarg; break;
+      case 'P': o->pull_codec = optarg; break;
+      case 'k': bad = psctl_parse_double("submit", "topk", optarg, 1e-6, 1, &o->topk); break;
+      case 'U':
+        bad = psctl_parse_u64("submit", "codec-warmup-steps", optarg, 0, UINT32_MAX, &v);
+        o->codec_warmup = (int64_t)v;
+        break;
+      case 'M':
+        bad = psctl_parse_u64("submit", "codec-min-elems", optarg, 1, UINT32_MAX, &v);
+        o->codec_min_elems = (int64_t)v;
+        break;
+      case 'T':
+        if (o->ntensor_codec == sizeof o->tensor_codec / sizeof o->tensor_codec[0] ||
+            !strchr(optarg, '=')) {
+          fprintf(stderr, "psctl submit: --tensor-codec '%s' (want NAME=CODEC, at most 64)\n", optarg);
+          bad = 1;
+        } else {
+          o->tensor_codec[o->ntensor_codec++] = optarg;
+        }
         break;
       case 'h': fputs(psctl_submit_usage, stdout); return -1;
       case '?': bad = 1; break;
@@ -165,6 +202,40 @@ static int psctl_submit_consistency(const psctl_submit_opts *o, const ps_config 
   spec->consistency = (char *)c;
   spec->staleness = !strcmp(c, "asp") ? 0 : s;
   spec->staleness_weight = (char *)w;
+  return 0;
+}
+
+/* psctl_submit_codecs fills SPEC's codec settings from O, else from
+ * CFG's training section (strings borrowed from argv or CFG; the '=' of
+ * each --tensor-codec is cut) and checks them as a shard will
+ * (ps_layout_build); 0 or 2 (said on stderr). */
+static int psctl_submit_codecs(psctl_submit_opts *o, const ps_config *cfg, Ps__ModelSpec *spec) {
+  const ps_train_conf *t = &cfg->training;
+  spec->codec = (char *)(o->codec ? o->codec : t->codec);
+  spec->pull_codec = (char *)(o->pull_codec ? o->pull_codec : t->pull_codec);
+  spec->topk = (float)(o->topk > 0 ? o->topk : t->topk);
+  spec->codec_warmup_steps = o->codec_warmup >= 0 ? (uint32_t)o->codec_warmup : t->codec_warmup_steps;
+  spec->codec_min_elems = o->codec_min_elems >= 0 ? (uint32_t)o->codec_min_elems : t->codec_min_elems;
+  for (size_t i = 0; i < o->ntensor_codec; i++) {
+    char *eq = strchr(o->tensor_codec[i], '=');
+    *eq = 0;
+    size_t t = 0;
+    while (t < spec->n_tensors && strcmp(spec->tensors[t]->name, o->tensor_codec[i])) t++;
+    if (t == spec->n_tensors) {
+      fprintf(stderr, "psctl submit: --tensor-codec: the model has no tensor '%s'\n",
+              o->tensor_codec[i]);
+      return 2;
+    }
+    spec->tensors[t]->codec = eq + 1;
+  }
+  uint32_t one = 0;
+  ps_layout l;
+  ps_errbuf eb;
+  if (ps_layout_build(&l, spec, 1 << 16, &one, 1, &eb) < 0) {
+    fprintf(stderr, "psctl submit: %s\n", eb.msg);
+    return 2;
+  }
+  ps_layout_release(&l);
   return 0;
 }
 
@@ -251,7 +322,8 @@ int psctl_submit_main(int argc, char **argv) {
     fprintf(stderr, "psctl submit: %s\n", eb.msg);
     goto free_spec;
   }
-  if (psctl_submit_consistency(&o, &c.cfg, spec)) goto close_cluster;
+  if (psctl_submit_consistency(&o, &c.cfg, spec) || psctl_submit_codecs(&o, &c.cfg, spec))
+    goto close_cluster;
   code = 1;
   r = calloc(c.cfg.nshards, sizeof *r);
   if (!r || psctl_submit_check_up(&c, r)) goto close_cluster;

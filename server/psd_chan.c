@@ -6,7 +6,7 @@
  *     is staged, alloc_cb hands libuv the remaining span of the
  *     connection's data buffer, so gradient bytes land in place (one copy:
  *     the kernel's).
- *  2. A push is validated (psd_shard_payload_elems and its byte count)
+ *  2. A push is validated (psd_shard_payload and its byte count)
  *     when its meta is complete, before any data is read; a refused push's
  *     data is read into a scratch buffer and dropped, then answered with a
  *     CHAN_ERROR frame.  A data_len above cfg->max_request_bytes closes the
@@ -106,9 +106,9 @@ typedef struct psd_conn {
   Ps__ChanMeta *req;          /* decoded meta of the push being received */
   int req_err;                /* push refused: the error to answer */
   ps_errbuf req_eb;
-  float *data;                /* push data buffer */
+  void *data;                 /* push data buffer (encoded) */
   size_t data_cap;            /* bytes */
-  float *spare;               /* a written pull reply's buffer (invariant 3) */
+  void *spare;                /* a written pull reply's buffer (invariant 3) */
   size_t spare_cap;           /* bytes */
   size_t queued;              /* reply bytes handed to libuv, not yet written */
   uint8_t stage[CHAN_STAGE];
@@ -150,7 +150,7 @@ typedef struct chan_wr {
   int inflight;               /* counts in sh->inflight */
   int close_after;
   size_t bytes;
-  float *data;                /* pull reply data (owned) */
+  void *data;                 /* pull reply data (owned) */
   size_t data_cap;            /* its size in bytes */
   uint8_t tag[PS_AUTH_MAC];   /* the reply's MAC (invariant 10) */
   uint8_t hdr[PS_CHAN_HDR_LEN];
@@ -175,9 +175,9 @@ static void chan_maybe_free(psd_chan *ch) {
 /* conn_take_buf returns a pull reply buffer of at least BYTES and its
  * size in *CAP: the connection's spare when it is large enough (invariant
  * 3), else a new one (NULL: out of memory). */
-static float *conn_take_buf(psd_conn *c, size_t bytes, size_t *cap) {
+static void *conn_take_buf(psd_conn *c, size_t bytes, size_t *cap) {
   if (c->spare && c->spare_cap >= bytes) {
-    float *p = c->spare;
+    void *p = c->spare;
     *cap = c->spare_cap;
     c->spare = NULL;
     return p;
@@ -189,7 +189,7 @@ static float *conn_take_buf(psd_conn *c, size_t bytes, size_t *cap) {
 /* conn_give_buf takes back reply buffer P of CAP bytes as the
  * connection's spare, keeping the larger of it and the spare held; frees
  * the other, and P too once the connection is closing. */
-static void conn_give_buf(psd_conn *c, float *p, size_t cap) {
+static void conn_give_buf(psd_conn *c, void *p, size_t cap) {
   if (!p) return;
   if (c->closing || (c->spare && c->spare_cap >= cap)) {
     free(p);
@@ -216,13 +216,13 @@ static void wr_done(uv_write_t *req, int status) {
   free(w);
 }
 
-/* conn_reply writes one frame: META (packed here), then NELEMS floats of
- * DATA, a buffer of DATA_CAP bytes (ownership passes to the write; may be
+/* conn_reply writes one frame: META (packed here), then NBYTES of DATA,
+ * a buffer of DATA_CAP bytes (ownership passes to the write; may be
  * NULL).  INFLIGHT: the frame
  * answers a request counted in sh->inflight.  Returns 0 or a PS_E* code
  * (the connection is then closed). */
-static int conn_reply(psd_conn *c, const Ps__ChanMeta *meta, float *data, size_t data_cap,
-                      uint64_t nelems, int inflight, int close_after) {
+static int conn_reply(psd_conn *c, const Ps__ChanMeta *meta, void *data, size_t data_cap,
+                      uint64_t nbytes, int inflight, int close_after) {
   size_t mlen = ps__chan_meta__get_packed_size(meta);
   chan_wr *w = malloc(sizeof *w + mlen);
   if (!w) {
@@ -233,7 +233,7 @@ static int conn_reply(psd_conn *c, const Ps__ChanMeta *meta, float *data, size_t
   }
   ps__chan_meta__pack(meta, w->meta);
   ps_chan_hdr h = {.magic = PS_CHAN_MAGIC, .version = PS_CHAN_VERSION,
-                   .meta_len = (uint32_t)mlen, .data_len = nelems * sizeof(float),
+                   .meta_len = (uint32_t)mlen, .data_len = nbytes,
                    .req_id = c->parked ? c->preq_id : c->h.req_id,
                    .flags = c->mac ? PS_CHAN_FLAG_MAC : 0};
   ps_chan_hdr_encode(w->hdr, &h);
@@ -403,34 +403,37 @@ static int conn_hello(psd_conn *c, const Ps__ChanMeta *m) {
   return conn_hello_refuse(c, PS_EPROTO, eb.msg, 0);
 }
 
+/* conn_req describes the push or pull of meta M (borrowed) as a request. */
+static ps_req conn_req(const Ps__ChanMeta *m) {
+  return (ps_req){.model = m->model, .ids = m->chunk_ids, .nids = m->n_chunk_ids,
+                  .worker = m->worker, .clock = m->clock, .version = m->version,
+                  .codec = (ps_codec_id)m->codec};
+}
+
 /* conn_pull_serve answers pull M now: allocate, fill, write (invariant
  * 3); PARKED_MS: how long it waited parked.  The request is already
  * counted in sh->inflight. */
 static void conn_pull_serve(psd_conn *c, const Ps__ChanMeta *m, uint32_t parked_ms) {
   psd_shard *sh = c->chan->sh;
   ps_errbuf eb;
+  ps_req r = conn_req(m);
   uint64_t n = 0, version = 0;
-  int rc = psd_shard_payload_elems(sh, m->model, m->chunk_ids, m->n_chunk_ids, &n, &eb);
-  float *out = NULL;
+  int rc = psd_shard_payload(sh, &r, 0, &n, &r.nbytes, &eb);
   size_t cap = 0;
-  if (rc == 0 && n * sizeof(float) > sh->cfg->max_request_bytes)
-    rc = ps_errf(&eb, PS_ETOOBIG, "pull of model '%s': %llu bytes exceed max_request_bytes",
-                 m->model, (unsigned long long)(n * sizeof(float)));
-  if (rc == 0 && !(out = conn_take_buf(c, n * sizeof(float), &cap)))
+  if (rc == 0 && !(r.out = conn_take_buf(c, r.nbytes, &cap)))
     rc = ps_errf(&eb, PS_ENOMEM, "pull of model '%s': out of memory", m->model);
-  if (rc == 0)
-    rc = psd_shard_pull(sh, m->model, m->chunk_ids, m->n_chunk_ids, out, n, m->worker,
-                        m->clock, &version, &eb);
+  if (rc == 0) rc = psd_shard_pull(sh, &r, &version, &eb);
   if (rc < 0) {
-    conn_give_buf(c, out, cap);
+    conn_give_buf(c, r.out, cap);
     conn_reply_error(c, rc, eb.msg, 1, 0);
     return;
   }
-  Ps__ChanMeta r = PS__CHAN_META__INIT;
-  r.op = PS__CHAN_OP__CHAN_PULL;
-  r.version = version;
-  r.parked_ms = parked_ms;
-  conn_reply(c, &r, out, cap, n, 1, 0);
+  Ps__ChanMeta rm = PS__CHAN_META__INIT;
+  rm.op = PS__CHAN_OP__CHAN_PULL;
+  rm.version = version;
+  rm.parked_ms = parked_ms;
+  rm.codec = m->codec;
+  conn_reply(c, &rm, r.out, cap, r.nbytes, 1, 0);
 }
 
 /* conn_unpark answers a parked pull the clock table released and asks
@@ -461,9 +464,10 @@ static void conn_unpark(psd_park *p, int status, const char *msg) {
 static int conn_pull(psd_conn *c, Ps__ChanMeta *m) {
   psd_shard *sh = c->chan->sh;
   ps_errbuf eb;
-  uint64_t n = 0;
+  uint64_t n = 0, nbytes = 0;
+  ps_req r = conn_req(m);
   sh->inflight++;
-  int rc = psd_shard_payload_elems(sh, m->model, m->chunk_ids, m->n_chunk_ids, &n, &eb);
+  int rc = psd_shard_payload(sh, &r, 0, &n, &nbytes, &eb);
   if (rc == 0) {
     c->park.fn = conn_unpark;
     c->park.arg = c;
@@ -490,16 +494,16 @@ static int conn_pull(psd_conn *c, Ps__ChanMeta *m) {
 static void conn_push_begin(psd_conn *c) {
   psd_shard *sh = c->chan->sh;
   const Ps__ChanMeta *m = c->req;
-  uint64_t n = 0;
+  uint64_t n = 0, nbytes = 0;
+  ps_req r = conn_req(m);
   sh->inflight++;
-  c->req_err = psd_shard_payload_elems(sh, m->model, m->chunk_ids, m->n_chunk_ids, &n,
-                                       &c->req_eb);
-  if (c->req_err == 0 && n * sizeof(float) != c->h.data_len) {
+  c->req_err = psd_shard_payload(sh, &r, 1, &n, &nbytes, &c->req_eb);
+  if (c->req_err == 0 && nbytes != c->h.data_len) {
     psd_shard_count_error(sh);
     c->req_err = ps_errf(&c->req_eb, PS_EINVAL,
-                         "push to model '%s': %llu elements sent, the chunks hold %llu",
-                         m->model, (unsigned long long)(c->h.data_len / sizeof(float)),
-                         (unsigned long long)n);
+                         "push to model '%s': %llu bytes of %s sent, its %llu elements need %llu",
+                         m->model, (unsigned long long)c->h.data_len, ps_codec_name(r.codec),
+                         (unsigned long long)n, (unsigned long long)nbytes);
   }
   if (c->req_err == 0 && c->h.data_len > c->data_cap) {
     free(c->data);
@@ -546,10 +550,12 @@ static void conn_push_end(psd_conn *c) {
   Ps__ChanMeta *m = c->req;
   int rc = c->req_err;
   uint64_t version = 0;
-  if (rc == 0)
-    rc = psd_shard_push(sh, m->model, m->chunk_ids, m->n_chunk_ids, c->data,
-                        c->h.data_len / sizeof(float), m->worker, m->clock, m->version,
-                        &version, &c->req_eb);
+  if (rc == 0) {
+    ps_req r = conn_req(m);
+    r.grads = c->data;
+    r.nbytes = c->h.data_len;
+    rc = psd_shard_push(sh, &r, &version, &c->req_eb);
+  }
   c->rx_state = RX_HDR;
   c->got = 0;
   c->req = NULL;

@@ -265,15 +265,11 @@ static int psd_grpc_push_durable(psd_grpc_call *c, psd_shard *sh, const Protobuf
 static int psd_grpc_push(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessage *m,
                          grpc_slice *out, ps_errbuf *eb) {
   const Ps__PushRequest *r = (const Ps__PushRequest *)m;
-  if (r->grads.len % sizeof(float)) {
-    psd_shard_count_error(sh);
-    return ps_errf(eb, PS_EINVAL, "push to '%s': %zu gradient bytes are not whole floats",
-                   r->model, r->grads.len);
-  }
+  ps_req q = {.model = r->model, .ids = r->chunk_ids, .nids = r->n_chunk_ids,
+              .worker = r->worker, .clock = r->clock, .version = r->version,
+              .codec = (ps_codec_id)r->codec, .grads = r->grads.data, .nbytes = r->grads.len};
   Ps__PushReply rep = PS__PUSH_REPLY__INIT;
-  int err = psd_shard_push(sh, r->model, r->chunk_ids, r->n_chunk_ids,
-                           (const float *)r->grads.data, r->grads.len / sizeof(float), r->worker,
-                           r->clock, r->version, &rep.version, eb);
+  int err = psd_shard_push(sh, &q, &rep.version, eb);
   if (err == 0) err = psd_grpc_pack(&rep.base, out, eb);
   return err < 0 ? err : psd_grpc_push_durable(c, sh, m, out, eb);
 }
@@ -289,22 +285,28 @@ static size_t psd_grpc_varint(uint8_t *p, uint64_t v) {
   return n;
 }
 
+/* psd_grpc_pull_req describes pull R (borrowed) as a request. */
+static ps_req psd_grpc_pull_req(const Ps__PullRequest *r) {
+  return (ps_req){.model = r->model, .ids = r->chunk_ids, .nids = r->n_chunk_ids,
+                  .worker = r->worker, .clock = r->clock, .codec = (ps_codec_id)r->codec};
+}
+
 /* psd_grpc_pull_serve answers pull R now.  The PullReply is encoded by
- * hand so that the store copies the values straight into the reply
- * buffer: [08 version][12 len][values]. */
+ * hand so that the store writes the values straight into the reply
+ * buffer: [08 version][18 codec, when not fp32][12 len][values]. */
 static int psd_grpc_pull_serve(psd_shard *sh, const Ps__PullRequest *r, grpc_slice *out,
                                ps_errbuf *eb) {
+  ps_req q = psd_grpc_pull_req(r);
   uint64_t nelems;
-  int err = psd_shard_payload_elems(sh, r->model, r->chunk_ids, r->n_chunk_ids, &nelems, eb);
+  int err = psd_shard_payload(sh, &q, 0, &nelems, &q.nbytes, eb);
   if (err < 0) return err;
-  enum { HDR_MAX = 1 + 10 + 1 + 10, DATA_OFF = 24 };
-  uint64_t nbytes = nelems * sizeof(float);
-  uint8_t *buf = malloc(DATA_OFF + nbytes);
+  enum { HDR_MAX = 1 + 10 + 1 + 5 + 1 + 10, DATA_OFF = 32 };
+  uint8_t *buf = malloc(DATA_OFF + q.nbytes);
   if (!buf) return ps_errf(eb, PS_ENOMEM, "out of memory for a pull of %llu bytes",
-                           (unsigned long long)nbytes);
+                           (unsigned long long)q.nbytes);
+  q.out = buf + DATA_OFF;
   uint64_t version = 0;
-  err = psd_shard_pull(sh, r->model, r->chunk_ids, r->n_chunk_ids, (float *)(buf + DATA_OFF),
-                       nelems, r->worker, r->clock, &version, eb);
+  err = psd_shard_pull(sh, &q, &version, eb);
   if (err < 0) {
     free(buf);
     return err;
@@ -313,10 +315,14 @@ static int psd_grpc_pull_serve(psd_shard *sh, const Ps__PullRequest *r, grpc_sli
   size_t h = 0;
   hdr[h++] = 0x08;
   h += psd_grpc_varint(hdr + h, version);
+  if (q.codec != PS_CODEC_FP32) {
+    hdr[h++] = 0x18;
+    h += psd_grpc_varint(hdr + h, q.codec);
+  }
   hdr[h++] = 0x12;
-  h += psd_grpc_varint(hdr + h, nbytes);
+  h += psd_grpc_varint(hdr + h, q.nbytes);
   memcpy(buf + DATA_OFF - h, hdr, h);
-  *out = grpc_slice_new_with_user_data(buf + DATA_OFF - h, h + nbytes, free, buf);
+  *out = grpc_slice_new_with_user_data(buf + DATA_OFF - h, h + q.nbytes, free, buf);
   return 0;
 }
 
@@ -327,8 +333,9 @@ static void psd_grpc_unpark(psd_park *p, int status, const char *msg);
 static int psd_grpc_pull(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessage *m,
                          grpc_slice *out, ps_errbuf *eb) {
   const Ps__PullRequest *r = (const Ps__PullRequest *)m;
-  uint64_t nelems;
-  int err = psd_shard_payload_elems(sh, r->model, r->chunk_ids, r->n_chunk_ids, &nelems, eb);
+  ps_req q = psd_grpc_pull_req(r);
+  uint64_t nelems, nbytes;
+  int err = psd_shard_payload(sh, &q, 0, &nelems, &nbytes, eb);
   if (err < 0) return err;
   c->park.fn = psd_grpc_unpark;
   c->park.arg = c;
@@ -406,9 +413,9 @@ static int psd_grpc_export(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessa
   rep.values.data = malloc(rep.values.len ? rep.values.len : 1);
   if (!rep.values.data) return ps_errf(eb, PS_ENOMEM, "out of memory exporting '%s'", r->model);
   int err = 0;
-  if (nids)
-    err = psd_shard_pull(sh, r->model, ids, nids, (float *)rep.values.data, nelems, 0, 0,
-                         &rep.version, eb);
+  ps_req q = {.model = r->model, .ids = ids, .nids = nids, .out = rep.values.data,
+              .nbytes = rep.values.len}; /* fp32 */
+  if (nids) err = psd_shard_pull(sh, &q, &rep.version, eb);
   if (err == 0) err = psd_grpc_pack(&rep.base, out, eb);
   free(rep.values.data);
   return err;

@@ -9,6 +9,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "ps_codec.h"
+
 typedef void psd_optim_apply_fn(const psd_optim *o, float *restrict w, float *restrict s,
                                 const float *restrict g, uint32_t n, uint64_t step);
 
@@ -209,24 +211,9 @@ int psd_optim_predict(const psd_optim *o, const psd_optim_bounds *b, double gmax
   return top < PSD_OPTIM_SAFE; /* false for NaN too */
 }
 
-/* psd_optim_absmax_bits returns max |x| over N floats as the bits of |x|
- * (monotone in |x| for finite floats; >= 0x7f800000 when one is not
- * finite): an integer reduction, so the loop vectorises. */
-__attribute__((target_clones("avx2", "default")))
-static uint32_t psd_optim_absmax_bits(const float *x, size_t n) {
-  uint32_t top = 0;
-  for (size_t i = 0; i < n; i++) {
-    uint32_t u;
-    memcpy(&u, &x[i], 4);
-    u &= 0x7fffffffu;
-    top = u > top ? u : top;
-  }
-  return top;
-}
-
 /* psd_optim_absmax: see psd_optim.h. */
 float psd_optim_absmax(const float *x, size_t n) {
-  uint32_t bits = psd_optim_absmax_bits(x, n);
+  uint32_t bits = ps_absmax_bits(x, n);
   float f;
   memcpy(&f, &bits, 4);
   return f;
@@ -236,7 +223,7 @@ float psd_optim_absmax(const float *x, size_t n) {
 int psd_optim_measure(const psd_optim *o, const float *w, uint32_t n, psd_optim_bounds *b) {
   uint32_t bits[1 + PSD_OPTIM_MAX_SLOTS] = {0}, worst = 0;
   for (unsigned k = 0; k <= o->kind->slots; k++) {
-    bits[k] = psd_optim_absmax_bits(w + (size_t)k * n, n);
+    bits[k] = ps_absmax_bits(w + (size_t)k * n, n);
     worst = bits[k] > worst ? bits[k] : worst;
   }
   memset(b, 0, sizeof *b);

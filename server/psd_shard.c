@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "ps_log.h"
+#include "ps_model.h"
 #include "ps_pb.h"
 #include "psd_wal.h"
 
@@ -107,10 +108,10 @@ static uint64_t psd_shard_now_ms(psd_shard *sh) {
 
 /* psd_shard_staleness: see psd_shard.h. */
 uint32_t psd_shard_staleness(const Ps__ModelSpec *spec) {
-  const char *c = spec && spec->consistency ? spec->consistency : "";
-  if (!strcmp(c, "bsp")) return 0;
-  if (!strcmp(c, "ssp")) return spec->staleness;
-  return PSD_CLOCK_ASP;
+  ps_consistency c = PS_ASP;
+  ps_errbuf eb;
+  if (spec && ps_consistency_parse(spec->name, spec->consistency, &c, &eb) < 0) c = PS_ASP;
+  return c == PS_BSP ? 0 : c == PS_SSP ? spec->staleness : PSD_CLOCK_ASP;
 }
 
 static void psd_shard_on_clock_timer(uv_timer_t *t);
@@ -362,44 +363,40 @@ int psd_shard_submit(psd_shard *sh, const Ps__ModelSpec *spec, int replace,
   return 0;
 }
 
-/* psd_shard_payload_elems validates a push or pull request's model and ids. */
-int psd_shard_payload_elems(psd_shard *sh, const char *model, const uint32_t *ids,
-                            size_t nids, uint64_t *nelems, ps_errbuf *eb) {
+/* psd_shard_too_big refuses a payload of NBYTES over max_request_bytes. */
+static int psd_shard_too_big(psd_shard *sh, const ps_req *r, uint64_t nbytes, ps_errbuf *eb) {
+  if (nbytes <= sh->cfg->max_request_bytes) return 0;
+  return ps_errf(eb, PS_ETOOBIG, "payload of %llu bytes for model '%s' exceeds max_request_bytes %llu",
+                 (unsigned long long)nbytes, r->model,
+                 (unsigned long long)sh->cfg->max_request_bytes);
+}
+
+/* psd_shard_payload validates a push or pull request's model, ids and
+ * codec and sizes its payload. */
+int psd_shard_payload(psd_shard *sh, const ps_req *r, int push, uint64_t *nelems,
+                      uint64_t *nbytes, ps_errbuf *eb) {
   int err = psd_shard_accepting(sh, PSD_REQ_READ, eb);
-  if (err < 0) return psd_shard_done(sh, err);
-  err = psd_store_payload_elems(sh->store, model, ids, nids, nelems, eb);
-  if (err < 0) return psd_shard_done(sh, err);
-  if (*nelems * sizeof(float) > sh->cfg->max_request_bytes)
-    return psd_shard_done(sh, ps_errf(eb, PS_ETOOBIG,
-                                      "payload of %llu bytes exceeds max_request_bytes %llu",
-                                      (unsigned long long)(*nelems * sizeof(float)),
-                                      (unsigned long long)sh->cfg->max_request_bytes));
-  return 0;
+  if (err == 0) err = psd_store_payload(sh->store, r, push, nelems, nbytes, eb);
+  if (err == 0) err = psd_shard_too_big(sh, r, *nbytes, eb);
+  return psd_shard_done(sh, err);
 }
 
 /* psd_shard_push applies gradients; counts bytes in on success. */
-int psd_shard_push(psd_shard *sh, const char *model, const uint32_t *ids, size_t nids,
-                   const float *grads, uint64_t nelems, uint32_t worker, uint64_t clock,
-                   uint64_t version_seen, uint64_t *version, ps_errbuf *eb) {
+int psd_shard_push(psd_shard *sh, const ps_req *r, uint64_t *version, ps_errbuf *eb) {
   int err = psd_shard_accepting(sh, PSD_REQ_PUSH, eb);
+  if (err == 0) err = psd_shard_too_big(sh, r, r->nbytes, eb);
   if (err < 0) return psd_shard_done(sh, err);
-  if (nelems * sizeof(float) > sh->cfg->max_request_bytes)
-    return psd_shard_done(sh, ps_errf(eb, PS_ETOOBIG,
-                                      "push of %llu bytes exceeds max_request_bytes %llu",
-                                      (unsigned long long)(nelems * sizeof(float)),
-                                      (unsigned long long)sh->cfg->max_request_bytes));
   /* a worker declared dead is refused before anything is applied (psd_clock invariant 9) */
-  if (sh->clock && (err = psd_clock_check_live(sh->clock, worker, eb)) < 0)
+  if (sh->clock && (err = psd_clock_check_live(sh->clock, r->worker, eb)) < 0)
     return psd_shard_done(sh, err);
-  err = psd_store_push(sh->store, model, ids, nids, grads, nelems, worker, clock, version_seen,
-                       version, eb);
+  err = psd_store_push(sh->store, r, version, eb);
   if (err < 0) return psd_shard_done(sh, err);
   sh->ctr.pushes++;
-  sh->ctr.bytes_in += nelems * sizeof(float);
+  sh->ctr.bytes_in += r->nbytes;
   if (sh->clock) { /* releases the pulls this push makes servable */
     ps_errbuf ceb;
-    if (psd_clock_pushed(sh->clock, model, worker, clock, psd_shard_now_ms(sh), &ceb) < 0)
-      ps_warn("clock of worker %u not advanced: %s", worker, ceb.msg);
+    if (psd_clock_pushed(sh->clock, r->model, r->worker, r->clock, psd_shard_now_ms(sh), &ceb) < 0)
+      ps_warn("clock of worker %u not advanced: %s", r->worker, ceb.msg);
     psd_shard_clock_arm(sh);
   }
   return 0;
@@ -413,18 +410,15 @@ int psd_shard_push_durable(psd_shard *sh, struct psd_wal_waiter *wt, ps_errbuf *
   return err < 0 ? psd_shard_done(sh, err) : err;
 }
 
-/* psd_shard_pull copies values out; counts bytes out on success. */
-int psd_shard_pull(psd_shard *sh, const char *model, const uint32_t *ids, size_t nids,
-                   float *out, uint64_t nelems, uint32_t worker, uint64_t clock,
-                   uint64_t *version, ps_errbuf *eb) {
-  (void)worker;
-  (void)clock; /* admitted by psd_shard_pull_admit first */
+/* psd_shard_pull copies values out (admitted by psd_shard_pull_admit
+ * first); counts bytes out on success. */
+int psd_shard_pull(psd_shard *sh, const ps_req *r, uint64_t *version, ps_errbuf *eb) {
   int err = psd_shard_accepting(sh, PSD_REQ_READ, eb);
   if (err < 0) return psd_shard_done(sh, err);
-  err = psd_store_pull(sh->store, model, ids, nids, out, nelems, version, eb);
+  err = psd_store_pull(sh->store, r, version, eb);
   if (err < 0) return psd_shard_done(sh, err);
   sh->ctr.pulls++;
-  sh->ctr.bytes_out += nelems * sizeof(float);
+  sh->ctr.bytes_out += r->nbytes;
   return 0;
 }
 
@@ -501,6 +495,12 @@ void psd_shard_status(psd_shard *sh, Ps__StatusReply *reply) {
     m->staleness = info.spec->staleness;
     c = info.spec->staleness_weight;
     m->staleness_weight = (char *)(c && *c ? c : "none");
+    c = info.spec->codec;
+    m->codec = (char *)(c && *c ? c : "fp32"); /* borrowed from the spec */
+    c = info.spec->pull_codec;
+    m->pull_codec = (char *)(c && *c ? c : "fp32");
+    m->bytes_raw = info.bytes_raw;
+    m->bytes_wire = info.bytes_wire;
     psd_clock_stats st;
     if (sh->clock && psd_clock_stats_of(sh->clock, info.name, &st) == 0) {
       m->max_gap = st.max_gap;

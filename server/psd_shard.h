@@ -90,14 +90,18 @@ typedef struct psd_shard {
 int psd_shard_submit(psd_shard *sh, const Ps__ModelSpec *spec, int replace,
                      Ps__SubmitModelReply *reply, ps_errbuf *eb);
 
-/* Data plane.  psd_shard_payload_elems validates a push or pull and sizes
- * its payload; transports call it before reading/allocating tensor bytes.
- * Counters count bytes of tensor data. */
-int psd_shard_payload_elems(psd_shard *sh, const char *model, const uint32_t *ids,
-                            size_t nids, uint64_t *nelems, ps_errbuf *eb);
-int psd_shard_push(psd_shard *sh, const char *model, const uint32_t *ids, size_t nids,
-                   const float *grads, uint64_t nelems, uint32_t worker, uint64_t clock,
-                   uint64_t version_seen, uint64_t *version, ps_errbuf *eb);
+/* Data plane: one request struct (ps_req.h) from either transport.
+ * psd_shard_payload validates a push (PUSH non-zero) or pull and sizes
+ * its payload: *NELEMS floats, *NBYTES bytes in R->codec (PS_ETOOBIG over
+ * max_request_bytes); transports call it before reading/allocating
+ * tensor bytes.  psd_shard_push applies R (psd_store_push) and
+ * psd_shard_pull fills R->out (psd_store_pull, after
+ * psd_shard_pull_admit); *VERSION receives the model's version.
+ * Counters count payload bytes as they travel (encoded). */
+int psd_shard_payload(psd_shard *sh, const ps_req *r, int push, uint64_t *nelems,
+                      uint64_t *nbytes, ps_errbuf *eb);
+int psd_shard_push(psd_shard *sh, const ps_req *r, uint64_t *version, ps_errbuf *eb);
+int psd_shard_pull(psd_shard *sh, const ps_req *r, uint64_t *version, ps_errbuf *eb);
 /* psd_shard_push_durable is called by a transport right after a
  * psd_shard_push that succeeded, before it acknowledges: 0 acknowledge
  * now (durability periodic, or the record is synced already); 1 WT is
@@ -106,9 +110,6 @@ int psd_shard_push(psd_shard *sh, const char *model, const uint32_t *ids, size_t
  * answer instead; or PS_EDEGRADED with a message (the log is failing:
  * answer the error). */
 int psd_shard_push_durable(psd_shard *sh, struct psd_wal_waiter *wt, ps_errbuf *eb);
-int psd_shard_pull(psd_shard *sh, const char *model, const uint32_t *ids, size_t nids,
-                   float *out, uint64_t nelems, uint32_t worker, uint64_t clock,
-                   uint64_t *version, ps_errbuf *eb);
 
 /* Consistency (psd_clock.h).  psd_shard_clock_start makes the clock
  * table (workers.* and training.pull_timeout_ms of the config), declares
@@ -122,7 +123,7 @@ void psd_shard_clock_stop(psd_shard *sh);
  * PSD_CLOCK_ASP (asp, or none given). */
 uint32_t psd_shard_staleness(const Ps__ModelSpec *spec);
 
-/* psd_shard_pull_admit admits a pull (after psd_shard_payload_elems) of
+/* psd_shard_pull_admit admits a pull (after psd_shard_payload) of
  * WORKER at CLOCK: 0 serve it now (psd_shard_pull), 1 parked in P (whose
  * fn and arg the caller set: fn runs later, exactly once, with 0 = serve
  * now or an error to answer, unless psd_clock_cancel(sh->clock, P)), or a

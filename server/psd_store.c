@@ -108,6 +108,7 @@ typedef struct psd_model {
   size_t slab_len;
   int inverse;           /* staleness_weight inverse: scale by 1/(1+tau) */
   uint64_t tau_hist[PSD_TAU_BUCKETS]; /* pushes by tau since start (not persisted) */
+  uint64_t bytes_raw, bytes_wire; /* psd_model_info's (not persisted) */
 } psd_model;
 
 struct psd_store {
@@ -129,6 +130,8 @@ struct psd_store {
   uint64_t next_gen;
   float *scratch;        /* a weighted chunk gradient */
   size_t scratch_cap;    /* floats */
+  float *decoded;        /* a compressed push's gradients, decoded */
+  size_t decoded_cap;    /* floats */
   float *trial;          /* a chunk's state, to try an uncertain update on */
   size_t trial_cap;      /* floats */
   psd_optim_bounds *after; /* a push's chunk bounds once applied */
@@ -223,25 +226,12 @@ static void psd_model_free(psd_model *m) {
   free(m);
 }
 
-/* psd_store_check_consistency checks SPEC's consistency fields: 0 or
- * PS_EINVAL naming the bad value. */
-static int psd_store_check_consistency(const Ps__ModelSpec *spec, ps_errbuf *eb) {
-  static const char *const modes[] = {"", "bsp", "ssp", "asp"};
-  static const char *const weights[] = {"", "none", "inverse"};
-  const char *c = spec->consistency ? spec->consistency : "";
-  const char *w = spec->staleness_weight ? spec->staleness_weight : "";
-  int okc = 0, okw = 0;
-  for (size_t i = 0; i < sizeof modes / sizeof modes[0]; i++) okc |= !strcmp(c, modes[i]);
-  for (size_t i = 0; i < sizeof weights / sizeof weights[0]; i++) okw |= !strcmp(w, weights[i]);
-  if (!okc)
-    return ps_errf(eb, PS_EINVAL, "model '%s': unknown consistency '%s' (bsp, ssp or asp)",
-                   spec->name, c);
-  if (!okw)
-    return ps_errf(eb, PS_EINVAL, "model '%s': unknown staleness_weight '%s' (none or inverse)",
-                   spec->name, w);
-  if (!strcmp(c, "bsp") && spec->staleness)
-    return ps_errf(eb, PS_EINVAL, "model '%s': bsp has staleness 0, not %u", spec->name,
-                   spec->staleness);
+/* psd_store_check_consistency checks M's consistency fields (parsed by
+ * ps_layout_build): 0 or PS_EINVAL. */
+static int psd_store_check_consistency(const psd_model *m, ps_errbuf *eb) {
+  if (m->layout.consistency == PS_BSP && m->spec->staleness)
+    return ps_errf(eb, PS_EINVAL, "model '%s': bsp has staleness 0, not %u", m->spec->name,
+                   m->spec->staleness);
   return 0;
 }
 
@@ -265,9 +255,9 @@ static int psd_model_new(psd_store *s, uint8_t *packed, size_t len, uint64_t gen
   }
   int rc = ps_layout_build(&m->layout, m->spec, s->chunk_elems, s->shard_ids, s->nshards, eb);
   if (rc == 0) rc = ps_modelspec_check(m->spec, eb);
-  if (rc == 0) rc = psd_store_check_consistency(m->spec, eb);
+  if (rc == 0) rc = psd_store_check_consistency(m, eb);
   if (rc == 0) rc = psd_optim_init(&m->optim, m->spec->optimizer, eb);
-  m->inverse = m->spec->staleness_weight && !strcmp(m->spec->staleness_weight, "inverse");
+  m->inverse = m->layout.stale_weight == PS_WEIGHT_INVERSE;
   if (rc < 0) {
     psd_model_free(m);
     return rc;
@@ -746,6 +736,7 @@ void psd_store_close(psd_store *s) {
   free(s->shard_ids);
   free(s->dir);
   free(s->scratch);
+  free(s->decoded);
   free(s->trial);
   free(s->after);
   pthread_mutex_destroy(&s->mu);
@@ -894,12 +885,27 @@ static int psd_store_check_ids(const psd_store *s, const psd_model *m, const uin
   return rc;
 }
 
-/* psd_store_payload_elems: see psd_store.h. */
-int psd_store_payload_elems(const psd_store *s, const char *model, const uint32_t *ids,
-                            size_t nids, uint64_t *nelems, ps_errbuf *eb) {
-  const psd_model *m = psd_store_model(s, model, eb);
+/* psd_store_codec_check refuses an unknown codec, and for a pull one
+ * that is not fp32, fp16 or int8. */
+static int psd_store_codec_check(const psd_model *m, ps_codec_id c, int push, ps_errbuf *eb) {
+  if (!ps_codec_valid(c))
+    return ps_errf(eb, PS_EINVAL, "%s to model '%s': unknown codec %u", push ? "push" : "pull",
+                   m->spec->name, (unsigned)c);
+  if (!push && c > PS_CODEC_INT8)
+    return ps_errf(eb, PS_EINVAL, "pull of model '%s': codec '%s' is for gradients (fp32, fp16 "
+                   "or int8 for values)", m->spec->name, ps_codec_name(c));
+  return 0;
+}
+
+/* psd_store_payload: see psd_store.h. */
+int psd_store_payload(const psd_store *s, const ps_req *r, int push, uint64_t *nelems,
+                      uint64_t *nbytes, ps_errbuf *eb) {
+  const psd_model *m = psd_store_model(s, r->model, eb);
   if (!m) return PS_ENOENT;
-  return psd_store_check_ids(s, m, ids, nids, nelems, eb);
+  int rc = psd_store_codec_check(m, r->codec, push, eb);
+  if (rc == 0) rc = psd_store_check_ids(s, m, r->ids, r->nids, nelems, eb);
+  if (rc == 0) *nbytes = ps_layout_payload_bytes(&m->layout, r->ids, r->nids, r->codec, push);
+  return rc;
 }
 
 /* psd_tau_bucket returns the histogram bucket of TAU: 0, 1, 2, 3-4, 5-8,
@@ -1018,10 +1024,8 @@ void psd_store_set_log(psd_store *s, psd_store_log_fn *fn, void *arg) {
 /* psd_store_log_seq: see psd_store.h. */
 uint64_t psd_store_log_seq(const psd_store *s) { return s->log_seq; }
 
-static int psd_store_push_at(psd_store *s, const char *model, const uint32_t *ids, size_t nids,
-                             const float *grads, uint64_t nelems, uint32_t worker,
-                             uint64_t clock, uint64_t version_seen, uint64_t replay,
-                             uint64_t *version, ps_errbuf *eb);
+static int psd_store_push_at(psd_store *s, const ps_req *r, uint64_t replay, uint64_t *version,
+                             ps_errbuf *eb);
 
 /* psd_store_replay: see psd_store.h.  Ids and gradients are copied out
  * of the record (it is not aligned for floats). */
@@ -1052,7 +1056,10 @@ int psd_store_replay(psd_store *s, uint64_t seq, const uint8_t *rec, size_t len,
     char name[256];
     memcpy(name, rec + 2, nl);
     name[nl] = '\0';
-    rc = psd_store_push_at(s, name, ids, nids, g, nelems, worker, clock, seen, seq, NULL, eb);
+    /* the record holds the decoded (float32) gradients */
+    ps_req r = {.model = name, .ids = ids, .nids = nids, .worker = worker, .clock = clock,
+                .version = seen, .codec = PS_CODEC_FP32, .grads = g, .nbytes = nelems * 4};
+    rc = psd_store_push_at(s, &r, seq, NULL, eb);
     if (rc < 0) {
       char why[sizeof eb->msg];
       memcpy(why, eb->msg, sizeof why);
@@ -1064,32 +1071,68 @@ int psd_store_replay(psd_store *s, uint64_t seq, const uint8_t *rec, size_t len,
   return rc;
 }
 
-/* psd_store_push: see psd_store.h. */
-int psd_store_push(psd_store *s, const char *model, const uint32_t *ids, size_t nids,
-                   const float *grads, uint64_t nelems, uint32_t worker, uint64_t clock,
-                   uint64_t version_seen, uint64_t *version, ps_errbuf *eb) {
-  return psd_store_push_at(s, model, ids, nids, grads, nelems, worker, clock, version_seen, 0,
-                           version, eb);
+/* psd_store_decode checks every encoded chunk of push R to M (IDS
+ * checked, R->nbytes matching) and points *OUT at the gradients as
+ * floats: R's own bytes when all of it is fp32, else decoded into
+ * s->decoded.  0, PS_EINVAL (a bad encoding), PS_ENOMEM. */
+static int psd_store_decode(psd_store *s, const psd_model *m, const ps_req *r, uint64_t nelems,
+                            const float **out, ps_errbuf *eb) {
+  *out = r->grads;
+  if (r->codec == PS_CODEC_FP32) return 0;
+  const uint8_t *in = r->grads;
+  char what[160];
+  for (size_t i = 0; i < r->nids; i++) {
+    uint32_t id = r->ids[i], len = m->layout.chunks[id].len;
+    ps_codec_id c = ps_layout_chunk_codec(&m->layout, id, r->codec, 1);
+    uint64_t sz = ps_codec_size(c, len, m->layout.topk);
+    snprintf(what, sizeof what, "push to chunk %" PRIu32 " of model '%s'", id, m->spec->name);
+    int rc = ps_codec_check(c, in, sz, len, m->layout.topk, what, eb);
+    if (rc < 0) return rc;
+    in += sz;
+  }
+  float *d = psd_store_grow(s->decoded, &s->decoded_cap, nelems, sizeof(float));
+  if (!d) return ps_errf(eb, PS_ENOMEM, "out of memory decoding a push to '%s'", m->spec->name);
+  s->decoded = d;
+  in = r->grads;
+  for (size_t i = 0; i < r->nids; i++) {
+    uint32_t id = r->ids[i], len = m->layout.chunks[id].len;
+    ps_codec_id c = ps_layout_chunk_codec(&m->layout, id, r->codec, 1);
+    ps_codec_decode(c, in, len, m->layout.topk, d);
+    in += ps_codec_size(c, len, m->layout.topk);
+    d += len;
+  }
+  *out = s->decoded;
+  return 0;
 }
 
-/* psd_store_push_at applies a push: a new one when REPLAY is 0 (logged
- * when the store has a log), else the replay of log record REPLAY, which
- * leaves alone the chunks whose snapshot holds it already (invariant 9).
- * Everything is checked before the first chunk changes (invariant 2). */
-static int psd_store_push_at(psd_store *s, const char *model, const uint32_t *ids, size_t nids,
-                             const float *grads, uint64_t nelems, uint32_t worker,
-                             uint64_t clock, uint64_t version_seen, uint64_t replay,
-                             uint64_t *version, ps_errbuf *eb) {
-  psd_model *m = psd_store_model(s, model, eb);
+/* psd_store_push: see psd_store.h. */
+int psd_store_push(psd_store *s, const ps_req *r, uint64_t *version, ps_errbuf *eb) {
+  return psd_store_push_at(s, r, 0, version, eb);
+}
+
+/* psd_store_push_at applies a push: a new one when REPLAY is 0 (logged,
+ * decoded to float32, when the store has a log), else the replay of log
+ * record REPLAY, which leaves alone the chunks whose snapshot holds it
+ * already (invariant 9).  Everything is checked before the first chunk
+ * changes (invariant 2). */
+static int psd_store_push_at(psd_store *s, const ps_req *r, uint64_t replay, uint64_t *version,
+                             ps_errbuf *eb) {
+  psd_model *m = psd_store_model(s, r->model, eb);
   if (!m) return PS_ENOENT;
-  uint64_t want;
-  int rc = psd_store_check_ids(s, m, ids, nids, &want, eb);
+  const uint32_t *ids = r->ids;
+  size_t nids = r->nids;
+  uint64_t nelems, want;
+  int rc = psd_store_payload(s, r, 1, &nelems, &want, eb);
   if (rc < 0) return rc;
-  if (nelems != want || (nelems && !grads))
-    return ps_errf(eb, PS_EINVAL, "push of %" PRIu64 " elements, chunks hold %" PRIu64, nelems, want);
+  if (r->nbytes != want || (want && !r->grads))
+    return ps_errf(eb, PS_EINVAL,
+                   "push to model '%s': %" PRIu64 " bytes of %s, its %" PRIu64 " elements need %" PRIu64,
+                   r->model, r->nbytes, ps_codec_name(r->codec), nelems, want);
+  const float *grads;
+  if ((rc = psd_store_decode(s, m, r, nelems, &grads, eb)) < 0) return rc;
   /* tau: updates applied since the version the gradients were computed
    * on (a version from before a restore or replace counts as fresh). */
-  uint64_t tau = version_seen <= m->version ? m->version - version_seen : 0;
+  uint64_t tau = r->version <= m->version ? m->version - r->version : 0;
   float w = m->inverse ? 1.0f / (1.0f + (float)tau) : 1.0f;
   uint32_t maxlen = 0;
   for (size_t i = 0; i < nids; i++)
@@ -1098,7 +1141,7 @@ static int psd_store_push_at(psd_store *s, const char *model, const uint32_t *id
   if (scratch) s->scratch = scratch;
   psd_optim_bounds *after = psd_store_grow(s->after, &s->after_cap, nids, sizeof *after);
   if (after) s->after = after;
-  if (!scratch || !after) return ps_errf(eb, PS_ENOMEM, "out of memory for a push to '%s'", model);
+  if (!scratch || !after) return ps_errf(eb, PS_ENOMEM, "out of memory for a push to '%s'", r->model);
   const float *g = grads;
   for (size_t i = 0; i < nids; i++) {
     if ((!replay || m->chunks[ids[i]].seq < replay) &&
@@ -1107,7 +1150,7 @@ static int psd_store_push_at(psd_store *s, const char *model, const uint32_t *id
     g += m->layout.chunks[ids[i]].len;
   }
   if (!replay && s->log_fn &&
-      (rc = psd_store_log_push(s, m, ids, nids, grads, nelems, worker, clock, version_seen,
+      (rc = psd_store_log_push(s, m, ids, nids, grads, nelems, r->worker, r->clock, r->version,
                                eb)) < 0)
     return rc;
   uint64_t seq = replay ? replay : s->log_seq;
@@ -1135,25 +1178,33 @@ static int psd_store_push_at(psd_store *s, const char *model, const uint32_t *id
   pthread_mutex_unlock(&s->mu);
   m->version++;
   m->version_dirty = 1;
+  if (!replay) { /* what travelled, not what the log gave back */
+    m->bytes_raw += nelems * sizeof(float);
+    m->bytes_wire += r->nbytes;
+  }
   if (version) *version = m->version;
   return 0;
 }
 
 /* psd_store_pull: see psd_store.h. */
-int psd_store_pull(psd_store *s, const char *model, const uint32_t *ids, size_t nids,
-                   float *out, uint64_t nelems, uint64_t *version, ps_errbuf *eb) {
-  psd_model *m = psd_store_model(s, model, eb);
+int psd_store_pull(psd_store *s, const ps_req *r, uint64_t *version, ps_errbuf *eb) {
+  psd_model *m = psd_store_model(s, r->model, eb);
   if (!m) return PS_ENOENT;
-  uint64_t want;
-  int rc = psd_store_check_ids(s, m, ids, nids, &want, eb);
+  uint64_t nelems, want;
+  int rc = psd_store_payload(s, r, 0, &nelems, &want, eb);
   if (rc < 0) return rc;
-  if (nelems != want || (nelems && !out))
-    return ps_errf(eb, PS_EINVAL, "pull of %" PRIu64 " elements, chunks hold %" PRIu64, nelems, want);
-  for (size_t i = 0; i < nids; i++) {
-    uint32_t len = m->layout.chunks[ids[i]].len;
-    memcpy(out, m->chunks[ids[i]].data, (size_t)len * sizeof *out);
-    out += len;
+  if (r->nbytes != want || (want && !r->out))
+    return ps_errf(eb, PS_EINVAL, "pull of model '%s': room for %" PRIu64 " bytes, %" PRIu64
+                   " needed", r->model, r->nbytes, want);
+  uint8_t *out = r->out;
+  for (size_t i = 0; i < r->nids; i++) {
+    uint32_t id = r->ids[i], len = m->layout.chunks[id].len;
+    ps_codec_id c = ps_layout_chunk_codec(&m->layout, id, r->codec, 0);
+    ps_codec_encode(c, m->chunks[id].data, len, m->layout.topk, out);
+    out += ps_codec_size(c, len, m->layout.topk);
   }
+  m->bytes_raw += nelems * sizeof(float);
+  m->bytes_wire += r->nbytes;
   if (version) *version = m->version;
   return 0;
 }
@@ -1182,6 +1233,8 @@ void psd_store_model_info(const psd_store *s, size_t i, psd_model_info *info) {
   info->version = m->version;
   info->spec = m->spec;
   memcpy(info->tau_hist, m->tau_hist, sizeof info->tau_hist);
+  info->bytes_raw = m->bytes_raw;
+  info->bytes_wire = m->bytes_wire;
 }
 
 /* psd_store_disk_bytes returns the total size of the regular files in the

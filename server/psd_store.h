@@ -24,6 +24,7 @@
 #include <sys/uio.h>
 
 #include "ps_error.h"
+#include "ps_req.h"
 #include "ps.pb-c.h"
 
 typedef struct psd_store psd_store;
@@ -67,29 +68,33 @@ int psd_store_submit(psd_store *s, const Ps__ModelSpec *spec, int replace, int *
  * model is replaced or the store closed), or NULL. */
 const Ps__ModelSpec *psd_store_spec(const psd_store *s, const char *model);
 
-/* psd_store_payload_elems checks that MODEL exists and every one of the
- * NIDS chunk ids is held by this shard, and writes the total element count
- * of those chunks to *NELEMS.  PS_ENOENT for an unknown model or a chunk
- * not held here; PS_EINVAL for an empty or duplicate id list. */
-int psd_store_payload_elems(const psd_store *s, const char *model, const uint32_t *ids,
-                            size_t nids, uint64_t *nelems, ps_errbuf *eb);
+/* psd_store_payload checks that R's model exists and every one of its
+ * chunk ids is held by this shard, and writes the total element count of
+ * those chunks to *NELEMS and the payload bytes in R->codec (push when
+ * PUSH, else pull; ps_layout_payload_bytes) to *NBYTES.  PS_ENOENT for an
+ * unknown model or a chunk not held here; PS_EINVAL for an empty or
+ * duplicate id list, an unknown codec, or a pull codec other than fp32,
+ * fp16, int8. */
+int psd_store_payload(const psd_store *s, const ps_req *r, int push, uint64_t *nelems,
+                      uint64_t *nbytes, ps_errbuf *eb);
 
-/* psd_store_push applies gradients GRADS (NELEMS floats: the chunks of IDS
- * concatenated) with the model's optimizer and increments the model's
- * version (written to *VERSION).  VERSION_SEEN is the version the worker
- * computed on (staleness tau = version - version_seen; a model whose
+/* psd_store_push decodes R's gradients (R->nbytes in R->codec: the chunks
+ * of R->ids, each encoded on its own) into the store's scratch and applies
+ * them with the model's optimizer, which never sees a codec; increments the
+ * model's version (written to *VERSION).  R->version is the version the
+ * worker computed on (staleness tau = version - R->version; a model whose
  * staleness_weight is "inverse" scales the gradients by 1/(1+tau) before
  * its optimizer; every push counts in the tau histogram).  Errors as
- * psd_store_payload_elems, plus PS_EINVAL for a wrong element count or a
- * NaN/Inf gradient; nothing changes on error. */
-int psd_store_push(psd_store *s, const char *model, const uint32_t *ids, size_t nids,
-                   const float *grads, uint64_t nelems, uint32_t worker, uint64_t clock,
-                   uint64_t version_seen, uint64_t *version, ps_errbuf *eb);
+ * psd_store_payload, plus PS_EINVAL for a payload whose length does not
+ * match its codec and chunks, a bad encoding (ps_codec_check: NaN/Inf
+ * scale, topk index out of range or repeated) or a NaN/Inf gradient;
+ * nothing changes on error. */
+int psd_store_push(psd_store *s, const ps_req *r, uint64_t *version, ps_errbuf *eb);
 
-/* psd_store_pull copies the values of the chunks IDS into OUT (NELEMS
- * floats) and writes the model's version to *VERSION. */
-int psd_store_pull(psd_store *s, const char *model, const uint32_t *ids, size_t nids,
-                   float *out, uint64_t nelems, uint64_t *version, ps_errbuf *eb);
+/* psd_store_pull encodes the values of the chunks R->ids in R->codec into
+ * R->out (R->nbytes, as psd_store_payload sized it) and writes the
+ * model's version to *VERSION. */
+int psd_store_pull(psd_store *s, const ps_req *r, uint64_t *version, ps_errbuf *eb);
 
 /* psd_store_held returns the ids of every chunk of MODEL held here, in
  * increasing order (borrowed until the model changes), with their count
@@ -116,6 +121,7 @@ typedef struct psd_model_info {
   uint64_t version;
   const Ps__ModelSpec *spec; /* borrowed */
   uint64_t tau_hist[PSD_TAU_BUCKETS];
+  uint64_t bytes_raw, bytes_wire; /* pushed + pulled, as fp32 and as sent (not persisted) */
 } psd_model_info;
 
 /* psd_tau_bucket returns TAU's bucket: 0, 1, 2, 3-4, 5-8, 9-16, >16. */

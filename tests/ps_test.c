@@ -383,3 +383,21 @@ void ps_test_tmpfs_remove(ps_test_tmpfs *t) {
   if (t->mnt[0]) rmdir(t->mnt);
   if (t->dir[0]) rmdir(t->dir); /* when the test skipped: nothing in it */
 }
+
+/* ps_test_push: see ps_test.h. */
+int ps_test_push(ps_chan_client *c, const char *model, const uint32_t *ids, size_t nids,
+                 const float *g, uint64_t nelems, uint32_t worker, uint64_t clock,
+                 uint64_t version_seen, uint64_t *version, ps_errbuf *eb) {
+  ps_req r = {.model = model, .ids = ids, .nids = nids, .worker = worker, .clock = clock,
+              .version = version_seen, .grads = g, .nbytes = nelems * sizeof(float)};
+  return ps_chan_push(c, &r, version, eb);
+}
+
+/* ps_test_pull: see ps_test.h. */
+int ps_test_pull(ps_chan_client *c, const char *model, const uint32_t *ids, size_t nids,
+                 float *out, uint64_t nelems, uint32_t worker, uint64_t clock,
+                 uint64_t *version, ps_errbuf *eb) {
+  ps_req r = {.model = model, .ids = ids, .nids = nids, .worker = worker, .clock = clock,
+              .out = out, .nbytes = nelems * sizeof(float)};
+  return ps_chan_pull(c, &r, version, eb);
+}

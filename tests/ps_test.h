@@ -157,4 +157,14 @@ void ps_test_tmpfs_remove(ps_test_tmpfs *t);
 /* ps_test_now_ms: CLOCK_MONOTONIC milliseconds. */
 int64_t ps_test_now_ms(void);
 
+/* ps_test_push / ps_test_pull: fp32 ps_chan_push / ps_chan_pull of
+ * NELEMS floats at G / OUT for the chunks IDS of MODEL (the form most
+ * tests want). */
+int ps_test_push(ps_chan_client *c, const char *model, const uint32_t *ids, size_t nids,
+                 const float *g, uint64_t nelems, uint32_t worker, uint64_t clock,
+                 uint64_t version_seen, uint64_t *version, ps_errbuf *eb);
+int ps_test_pull(ps_chan_client *c, const char *model, const uint32_t *ids, size_t nids,
+                 float *out, uint64_t nelems, uint32_t worker, uint64_t clock,
+                 uint64_t *version, ps_errbuf *eb);
+
 #endif

@@ -29,13 +29,23 @@ typedef struct psw_shard {
   size_t nseg;               /* runs of chunks contiguous in the flat vectors */
   uint64_t *seg_off;
   uint32_t *seg_len;
-  float **pseg[PSW_CLIENT_MAX_BUFS];       /* segment pointers into params[b] */
-  const float **gseg[PSW_CLIENT_MAX_BUFS]; /* ... and into grads[b] */
+  struct iovec *pseg[PSW_CLIENT_MAX_BUFS]; /* segments of params[b] (bytes) */
+  struct iovec *gseg[PSW_CLIENT_MAX_BUFS]; /* ... and of grads[b] */
   uint64_t version[PSW_CLIENT_MAX_BUFS];   /* version of the last pull into b */
   uint64_t pushed_version;   /* version answered by the last push */
   uint64_t pushes_acked;     /* pushes this shard answered with success */
   uint64_t pushes_unanswered;/* pushes sent (or begun) whose answer never came:
                                 applied or not, nobody knows (invariant 4) */
+  /* Codecs (ps_codec.h).  The error-feedback residual of every chunk of
+   * this shard (its chunks' elements back to back, in ids order) lives
+   * here for the client's life: it survives a reconnect, and a worker that
+   * restarts starts again from zero (what it had not yet sent is lost). */
+  float *residual;           /* nelems floats, allocated at the first compressed push */
+  uint8_t *penc, *genc;      /* encoded pull reply / push payload */
+  uint64_t penc_len, genc_len;
+  ps_codec_id pull_codec;    /* of the pull in flight */
+  uint64_t tx_closed, rx_closed; /* bytes moved by connections closed since */
+  uint64_t push_tx;          /* bytes of push frames written (headers included) */
   int64_t down_since_ms;     /* 0 while healthy */
   uint32_t delay_ms;         /* next backoff sleep */
   ps_errbuf down_eb;         /* why it went down */
@@ -215,8 +225,9 @@ static int psw_shard_segments(psw_client *c, psw_shard *s, ps_errbuf *eb) {
     s->gseg[b] = calloc(s->nseg + 1, sizeof *s->gseg[b]);
     if (!s->pseg[b] || !s->gseg[b]) return ps_errf(eb, PS_ENOMEM, "out of memory");
     for (size_t k = 0; k < s->nseg; k++) {
-      s->pseg[b][k] = c->params[b] + s->seg_off[k];
-      s->gseg[b][k] = c->grads[b] + s->seg_off[k];
+      size_t len = (size_t)s->seg_len[k] * sizeof(float);
+      s->pseg[b][k] = (struct iovec){c->params[b] + s->seg_off[k], len};
+      s->gseg[b][k] = (struct iovec){c->grads[b] + s->seg_off[k], len};
     }
   }
   return 0;
@@ -243,6 +254,10 @@ static int psw_alloc_vectors(psw_client *c, ps_errbuf *eb) {
 
 /* psw_shard_down closes S's connection and, the first time, says so. */
 static void psw_shard_down(psw_client *c, psw_shard *s, const ps_errbuf *why) {
+  uint64_t tx, rx;
+  ps_chan_bytes(s->ch, &tx, &rx);
+  s->tx_closed += tx;
+  s->rx_closed += rx;
   ps_chan_close(s->ch);
   s->ch = NULL;
   if (s->down_since_ms) return;
@@ -296,14 +311,89 @@ static int psw_reconnect(psw_client *c, psw_shard *s, ps_errbuf *eb) {
 
 /* ---- one round: send to every shard, then receive every reply -------------- */
 
+/* psw_codecs returns the push (PUSH) or pull codec of a step at CLOCK:
+ * fp32 during the model's warm-up steps, else the model's. */
+static ps_codec_id psw_codec(const psw_client *c, uint64_t clock, int push) {
+  if (clock < c->layout.codec_warmup) return PS_CODEC_FP32;
+  return push ? c->layout.push_codec : c->layout.pull_codec;
+}
+
+/* psw_chunk_at returns the flat-vector offset of chunk ID. */
+static uint64_t psw_chunk_at(const psw_client *c, uint32_t id) {
+  const ps_chunk *ch = &c->layout.chunks[id];
+  return c->layout.tensors[ch->tensor].model_offset + ch->offset;
+}
+
+/* psw_grow makes *BUF hold N bytes (*LEN its size); 0 or PS_ENOMEM. */
+static int psw_grow(uint8_t **buf, uint64_t *len, uint64_t n) {
+  if (*buf && *len >= n) return 0;
+  uint8_t *p = realloc(*buf, n ? n : 1);
+  if (!p) return PS_ENOMEM;
+  *buf = p;
+  *len = n;
+  return 0;
+}
+
+/* psw_encode encodes S's chunks of gradient buffer GBUF in CODEC, with
+ * error feedback, into s->genc; *NBYTES: the payload size.  0 or
+ * PS_ENOMEM. */
+static int psw_encode(psw_client *c, psw_shard *s, int gbuf, ps_codec_id codec, uint64_t *nbytes,
+                      ps_errbuf *eb) {
+  const ps_layout *l = &c->layout;
+  *nbytes = ps_layout_payload_bytes(l, s->ids, s->nids, codec, 1);
+  if (!s->residual && !(s->residual = calloc(s->nelems ? s->nelems : 1, sizeof(float))))
+    return ps_errf(eb, PS_ENOMEM, "out of memory for the error-feedback residual");
+  if (psw_grow(&s->genc, &s->genc_len, *nbytes) < 0)
+    return ps_errf(eb, PS_ENOMEM, "out of memory for an encoded push");
+  uint8_t *out = s->genc;
+  float *res = s->residual;
+  for (size_t i = 0; i < s->nids; i++) {
+    uint32_t id = s->ids[i], len = l->chunks[id].len;
+    ps_codec_id cc = ps_layout_chunk_codec(l, id, codec, 1);
+    ps_codec_encode_ef(cc, c->grads[gbuf] + psw_chunk_at(c, id), len, l->topk, res, out);
+    out += ps_codec_size(cc, len, l->topk);
+    res += len;
+  }
+  return 0;
+}
+
+/* psw_decode_pull decodes S's compressed pull reply (s->penc, in
+ * s->pull_codec) into parameter buffer PBUF. */
+static void psw_decode_pull(psw_client *c, psw_shard *s, int pbuf) {
+  const ps_layout *l = &c->layout;
+  const uint8_t *in = s->penc;
+  for (size_t i = 0; i < s->nids; i++) {
+    uint32_t id = s->ids[i], len = l->chunks[id].len;
+    ps_codec_id cc = ps_layout_chunk_codec(l, id, s->pull_codec, 0);
+    ps_codec_decode(cc, in, len, l->topk, c->params[pbuf] + psw_chunk_at(c, id));
+    in += ps_codec_size(cc, len, l->topk);
+  }
+}
+
 /* psw_send sends S's push (GBUF >= 0) and pull (PBUF >= 0); *NSENT counts
- * the requests queued. */
+ * the requests queued.  A compressed push is encoded first (its payload is
+ * one segment); an fp32 one goes straight from the gradient buffer. */
 static int psw_send(psw_client *c, psw_shard *s, int gbuf, uint64_t push_clock, int pbuf,
                     uint64_t pull_clock, int *nsent, ps_errbuf *eb) {
   *nsent = 0;
   if (gbuf >= 0) {
-    int err = ps_chan_send_pushv(s->ch, c->model, s->ids, s->nids, s->gseg[gbuf], s->seg_len,
-                                 s->nseg, c->worker, push_clock, s->version[gbuf], NULL, eb);
+    ps_req r = {.model = c->model, .ids = s->ids, .nids = s->nids, .worker = c->worker,
+                .clock = push_clock, .version = s->version[gbuf],
+                .codec = psw_codec(c, push_clock, 1)};
+    struct iovec one;
+    const struct iovec *seg = s->gseg[gbuf];
+    size_t nseg = s->nseg;
+    int err = 0;
+    if (r.codec != PS_CODEC_FP32 && (err = psw_encode(c, s, gbuf, r.codec, &r.nbytes, eb)) == 0) {
+      one = (struct iovec){s->genc, r.nbytes};
+      seg = &one;
+      nseg = 1;
+    }
+    uint64_t tx0, tx1, rx;
+    ps_chan_bytes(s->ch, &tx0, &rx);
+    if (err == 0) err = ps_chan_send_pushv(s->ch, &r, seg, nseg, NULL, eb);
+    ps_chan_bytes(s->ch, &tx1, &rx);
+    s->push_tx += tx1 - tx0; /* a send writes its own frame only */
     if (err < 0) {
       s->pushes_unanswered++; /* part of it may have gone out */
       return err;
@@ -311,8 +401,22 @@ static int psw_send(psw_client *c, psw_shard *s, int gbuf, uint64_t push_clock, 
     (*nsent)++;
   }
   if (pbuf >= 0) {
-    int err = ps_chan_send_pullv(s->ch, c->model, s->ids, s->nids, s->pseg[pbuf], s->seg_len,
-                                 s->nseg, c->worker, pull_clock, NULL, eb);
+    ps_req r = {.model = c->model, .ids = s->ids, .nids = s->nids, .worker = c->worker,
+                .clock = pull_clock, .codec = psw_codec(c, pull_clock, 0)};
+    struct iovec one;
+    const struct iovec *seg = s->pseg[pbuf];
+    size_t nseg = s->nseg;
+    int err = 0;
+    s->pull_codec = r.codec;
+    if (r.codec != PS_CODEC_FP32) {
+      r.nbytes = ps_layout_payload_bytes(&c->layout, s->ids, s->nids, r.codec, 0);
+      if (psw_grow(&s->penc, &s->penc_len, r.nbytes) < 0)
+        err = ps_errf(eb, PS_ENOMEM, "out of memory for an encoded pull");
+      one = (struct iovec){s->penc, r.nbytes};
+      seg = &one;
+      nseg = 1;
+    }
+    if (err == 0) err = ps_chan_send_pullv(s->ch, &r, seg, nseg, NULL, eb);
     if (err < 0 && gbuf >= 0) s->pushes_unanswered++; /* its reply is never read */
     if (err < 0) return err;
     (*nsent)++;
@@ -338,6 +442,7 @@ static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, int nsent,
     }
     if (err < 0 && is_push && psw_retryable(err)) s->pushes_unanswered++;
     if (err == 0 && !is_push) {
+      if (s->pull_codec != PS_CODEC_FP32) psw_decode_pull(c, s, pbuf);
       s->version[pbuf] = version;
       *parked_ms = ps_chan_last_parked_ms(s->ch);
     }
@@ -347,7 +452,6 @@ static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, int nsent,
     }
     if (err < 0 && psw_retryable(err)) break;
   }
-  (void)c;
   return first;
 }
 
@@ -610,9 +714,12 @@ void psw_client_close(psw_client *c) {
     free(s->ids);
     free(s->seg_off);
     free(s->seg_len);
+    free(s->residual);
+    free(s->penc);
+    free(s->genc);
     for (int b = 0; b < PSW_CLIENT_MAX_BUFS; b++) {
       free(s->pseg[b]);
-      free((void *)s->gseg[b]);
+      free(s->gseg[b]);
     }
   }
   free(c->shards);
@@ -643,6 +750,19 @@ size_t psw_client_push_counts(const psw_client *c, uint64_t *acked, uint64_t *un
     unanswered[k] = c->shards[k].pushes_unanswered;
   }
   return c->nshards;
+}
+
+/* psw_client_bytes: see psw_client.h. */
+void psw_client_bytes(const psw_client *c, uint64_t *sent, uint64_t *received,
+                      uint64_t *push_sent) {
+  *sent = *received = *push_sent = 0;
+  for (size_t k = 0; k < c->nshards; k++) {
+    *push_sent += c->shards[k].push_tx;
+    uint64_t tx, rx;
+    ps_chan_bytes(c->shards[k].ch, &tx, &rx);
+    *sent += c->shards[k].tx_closed + tx;
+    *received += c->shards[k].rx_closed + rx;
+  }
 }
 
 /* psw_client_parked_ms: see psw_client.h. */

@@ -33,6 +33,11 @@
  *     again from every shard; the refused push is dropped, like one lost
  *     with a connection (invariant 4), and retried for at most
  *     workers.retry_ms while the shards still refuse.
+ *  6. Codecs: from clock codec_warmup_steps on, a push is encoded in the
+ *     model's codec per chunk with error feedback (ps_codec_encode_ef;
+ *     the residual per chunk stays with the client across reconnects and
+ *     is lost when the worker restarts) and a pull asks for the model's
+ *     pull codec and is decoded into the fp32 parameter buffer.
  *
  * Thread-safety: a client is used by one thread at a time, except that
  * psw_client_start hands one push/pull to the client's own communication
@@ -111,6 +116,13 @@ uint64_t psw_client_version(const psw_client *c, int buf, uint32_t shard);
  * when no push/pull is in flight. */
 size_t psw_client_push_counts(const psw_client *c, uint64_t *acked, uint64_t *unanswered,
                               size_t max);
+
+/* psw_client_bytes writes the bytes this client's tensor-channel
+ * connections sent and received in all (frame headers included; closed
+ * connections too), and of those sent the push frames' (*PUSH_SENT).
+ * Read it when no push/pull is in flight. */
+void psw_client_bytes(const psw_client *c, uint64_t *sent, uint64_t *received,
+                      uint64_t *push_sent);
 
 /* psw_client_reconnects counts the connections reopened so far. */
 uint64_t psw_client_reconnects(const psw_client *c);

@@ -250,10 +250,10 @@ static int run_setup(psw_run *x, ps_errbuf *eb) {
    * than the cluster file's: overlap pulls one step ahead and would wait
    * on its own push under bsp (or ssp with staleness 0). */
   const Ps__ModelSpec *sp = psw_client_spec(x->cl);
-  const char *mode = sp->consistency && *sp->consistency ? sp->consistency : "asp";
-  if (x->r->overlap && (!strcmp(mode, "bsp") || (!strcmp(mode, "ssp") && sp->staleness < 1))) {
-    ps_info("model '%s' is %s (staleness %u): steps run sequentially", x->o->model, mode,
-            sp->staleness);
+  ps_consistency mode = psw_client_layout(x->cl)->consistency;
+  if (x->r->overlap && (mode == PS_BSP || (mode == PS_SSP && sp->staleness < 1))) {
+    ps_info("model '%s' is %s (staleness %u): steps run sequentially", x->o->model,
+            ps_consistency_name(mode), sp->staleness);
     x->r->overlap = 0;
   }
   if ((err = psw_graph_from_spec(psw_client_spec(x->cl), &x->g, eb)) < 0) {
@@ -533,7 +533,10 @@ static int run_train(psw_run *x, ps_errbuf *eb) {
 static int run_pick_overlap(const psw_train_opts *o) {
   const ps_train_conf *t = &o->cfg->training;
   if (!o->overlap) return 0;
-  if (!strcmp(t->consistency, "bsp") || (!strcmp(t->consistency, "ssp") && t->staleness < 1)) {
+  ps_consistency c = PS_ASP;
+  ps_errbuf eb;
+  if (ps_consistency_parse(o->model, t->consistency, &c, &eb) < 0) c = PS_ASP; /* psd -t refuses it */
+  if (c == PS_BSP || (c == PS_SSP && t->staleness < 1)) {
     if (!o->quiet)
       ps_info("consistency '%s' (staleness %u) allows no overlap: steps run sequentially",
               t->consistency, t->staleness);
@@ -545,6 +548,7 @@ static int run_pick_overlap(const psw_train_opts *o) {
 /* run_push_counts copies the client's per-shard push counts into R
  * (left empty when out of memory: the JSON line then shows none). */
 static void run_push_counts(psw_run *x, psw_train_result *r) {
+  psw_client_bytes(x->cl, &r->bytes_sent, &r->bytes_received, &r->push_bytes);
   size_t n = psw_client_push_counts(x->cl, NULL, NULL, 0);
   r->pushes_acked = calloc(n ? n : 1, sizeof *r->pushes_acked);
   r->pushes_unanswered = calloc(n ? n : 1, sizeof *r->pushes_unanswered);
@@ -703,6 +707,9 @@ void psw_train_json(FILE *out, const char *model, uint32_t batch, const psw_trai
   fputc(']', out);
   json_u64s(out, "pushes_acked", r->pushes_acked, r->nshards);
   json_u64s(out, "pushes_unanswered", r->pushes_unanswered, r->nshards);
+  fprintf(out, ",\"bytes_sent\":%llu,\"bytes_received\":%llu,\"push_bytes\":%llu",
+          (unsigned long long)r->bytes_sent, (unsigned long long)r->bytes_received,
+          (unsigned long long)r->push_bytes);
   fprintf(out, ",\"batch\":%u,\"overlap\":%s,\"stopped\":%s}\n", batch,
           r->overlap ? "true" : "false", r->stopped ? "true" : "false");
   fflush(out);

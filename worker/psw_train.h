@@ -78,6 +78,8 @@ typedef struct psw_train_result {
   char device[256];            /* the backend's description */
   uint32_t *partitions;        /* the data partitions of the last epoch */
   size_t npartitions;          /* (malloc'd: release with psw_train_result_free) */
+  uint64_t bytes_sent, bytes_received; /* on the tensor channels, frames whole */
+  uint64_t push_bytes;         /* of bytes_sent, the push frames' */
   uint64_t *pushes_acked;      /* per shard (config order): pushes it acknowledged, */
   uint64_t *pushes_unanswered; /* and pushes whose answer never came (psw_client_push_counts) */
   size_t nshards;              /* (both malloc'd: psw_train_result_free) */

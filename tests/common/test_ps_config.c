@@ -176,6 +176,11 @@ START_TEST(test_config_defaults) {
   ck_assert(c.training.seed == 1);
   ck_assert_str_eq(c.training.consistency, "asp");
   ck_assert_uint_eq(c.training.staleness, 0);
+  ck_assert_str_eq(c.training.codec, "fp32");
+  ck_assert_str_eq(c.training.pull_codec, "fp32");
+  ck_assert(c.training.topk == 0.01);
+  ck_assert_uint_eq(c.training.codec_warmup_steps, 0);
+  ck_assert_uint_eq(c.training.codec_min_elems, 1024);
   ck_assert_str_eq(c.data.format, "idx");
   ck_assert_ptr_null(c.data.train_images);
   ck_assert(c.data.scale == 1.0 / 255);
@@ -257,6 +262,13 @@ static const struct bad_case {
      "3:9: unknown value 'fast' for 'mode' (expected periodic or sync)"},
     {"cluster: a\ntraining:\n  consistency: bs\n" SHARD0, PS_ECONFIG,
      "3:16: unknown value 'bs' for 'consistency' (expected bsp, ssp or asp)"},
+    {"cluster: a\ntraining:\n  codec: fp8\n" SHARD0, PS_ECONFIG,
+     "3:10: unknown value 'fp8' for 'codec' (expected fp32, fp16, int8, onebit or topk)"},
+    {"cluster: a\ntraining:\n  pull_codec: onebit\n" SHARD0, PS_ECONFIG,
+     "3:15: unknown value 'onebit' for 'pull_codec' (expected fp32, fp16 or int8)"},
+    {"cluster: a\ntraining:\n  topk: 0\n" SHARD0, PS_ECONFIG, "3:9: 'topk' is 0, outside 1e-06..1"},
+    {"cluster: a\ntraining:\n  codec_min_elems: 0\n" SHARD0, PS_ECONFIG,
+     "3:20: 'codec_min_elems' is 0, outside 1..4294967295"},
     {"cluster: a\nworkers:\n  device: gpu\n" SHARD0, PS_ECONFIG,
      "3:11: unknown value 'gpu' for 'device' (expected auto, cpu, cuda or cuda:N)"},
     {"cluster: a\nworkers:\n  slowdown: [1, 0.5]\n" SHARD0, PS_ECONFIG,

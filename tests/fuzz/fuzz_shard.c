@@ -142,16 +142,14 @@ static int fuzz_shard_submit(const uint8_t *data, size_t size) {
 static int fuzz_shard_push(const uint8_t *data, size_t size) {
   Ps__PushRequest *r = ps__push_request__unpack(NULL, size, data);
   if (!r) return 0;
-  int rc = 0;
-  if (r->grads.len % sizeof(float) == 0) {
-    uint64_t version = 0;
-    ps_errbuf eb;
-    psd_counters before = fz.sh.ctr;
-    rc = psd_shard_push(&fz.sh, r->model, r->chunk_ids, r->n_chunk_ids,
-                        (const float *)r->grads.data, r->grads.len / sizeof(float), r->worker,
-                        r->clock, r->version, &version, &eb);
-    fuzz_shard_done(rc, &eb, &before);
-  }
+  uint64_t version = 0;
+  ps_errbuf eb;
+  psd_counters before = fz.sh.ctr;
+  ps_req q = {.model = r->model, .ids = r->chunk_ids, .nids = r->n_chunk_ids,
+              .worker = r->worker, .clock = r->clock, .version = r->version,
+              .codec = (ps_codec_id)r->codec, .grads = r->grads.data, .nbytes = r->grads.len};
+  int rc = psd_shard_push(&fz.sh, &q, &version, &eb);
+  fuzz_shard_done(rc, &eb, &before);
   ps__push_request__free_unpacked(r, NULL);
   return rc == 0;
 }
@@ -169,22 +167,23 @@ static void fuzz_shard_pull(const uint8_t *data, size_t size) {
   uint64_t n = 0, version = 0;
   ps_errbuf eb;
   psd_counters before = fz.sh.ctr;
-  int rc = psd_shard_payload_elems(&fz.sh, r->model, r->chunk_ids, r->n_chunk_ids, &n, &eb);
+  ps_req q = {.model = r->model, .ids = r->chunk_ids, .nids = r->n_chunk_ids,
+              .worker = r->worker, .clock = r->clock, .codec = (ps_codec_id)r->codec};
+  int rc = psd_shard_payload(&fz.sh, &q, 0, &n, &q.nbytes, &eb);
   psd_park park = {.fn = fuzz_shard_unpark};
   if (rc == 0) {
-    fuzz_check(n * sizeof(float) <= fz.cfg.max_request_bytes, "%llu elements admitted",
-               (unsigned long long)n);
+    fuzz_check(q.nbytes <= fz.cfg.max_request_bytes, "%llu bytes admitted",
+               (unsigned long long)q.nbytes);
     rc = psd_shard_pull_admit(&fz.sh, r->model, r->worker, r->clock, &park, &eb);
   }
   if (rc == 1) {
     psd_clock_cancel(fz.sh.clock, &park);
     rc = 0;
   } else if (rc == 0) {
-    float *out = malloc(n ? n * sizeof *out : 1);
-    fuzz_check(out != NULL, "out of memory");
-    rc = psd_shard_pull(&fz.sh, r->model, r->chunk_ids, r->n_chunk_ids, out, n, r->worker,
-                        r->clock, &version, &eb);
-    free(out);
+    q.out = malloc(q.nbytes ? q.nbytes : 1);
+    fuzz_check(q.out != NULL, "out of memory");
+    rc = psd_shard_pull(&fz.sh, &q, &version, &eb);
+    free(q.out);
   }
   fuzz_shard_done(rc, &eb, &before);
   ps__pull_request__free_unpacked(r, NULL);

@@ -114,7 +114,7 @@ static void *cl_pusher_main(void *arg) {
     for (size_t i = 0; i < n; i++) ids[i] = (first + (uint32_t)i * 5) % CL_CHUNKS;
     uint64_t v;
     err = p->grpc ? cl_push_grpc(r, ids, n, g)
-                  : ps_chan_push(c, "cl", ids, n, g, n * CL_ELEMS, 0, 0, 0, &v, &eb);
+                  : ps_test_push(c, "cl", ids, n, g, n * CL_ELEMS, 0, 0, 0, &v, &eb);
     cl_count(t, ids, n, err == 0);
   }
   ps_chan_close(c);
@@ -134,7 +134,7 @@ static void cl_pull(cl_tally *t, float *out, uint64_t *v, const char *log) {
   do {
     ps_chan_client *c;
     err = ps_chan_connect(&c, t->chan_addr, "test", 10000, &eb);
-    if (err == 0) err = ps_chan_pull(c, "cl", ids, CL_CHUNKS, out, CL_CHUNKS * CL_ELEMS, 0, 0, v, &eb);
+    if (err == 0) err = ps_test_pull(c, "cl", ids, CL_CHUNKS, out, CL_CHUNKS * CL_ELEMS, 0, 0, v, &eb);
     ps_chan_close(c);
     if (err) usleep(20000);
   } while (err && ps_test_now_ms() < end);
@@ -402,7 +402,7 @@ START_TEST(test_sync_log_then_periodic) {
   uint64_t v;
   for (uint32_t i = 0; i < 200; i++) {
     uint32_t id = i % CL_CHUNKS;
-    ck_assert_int_eq(ps_chan_push(c, "cl", &id, 1, g, CL_ELEMS, 0, 0, 0, &v, &eb), 0);
+    ck_assert_int_eq(ps_test_push(c, "cl", &id, 1, g, CL_ELEMS, 0, 0, 0, &v, &eb), 0);
   }
   ps_chan_close(c);
   ps_test_stop(pid, SIGKILL, 5000);
@@ -495,14 +495,14 @@ START_TEST(test_disk_full_sync) {
   for (uint32_t i = 0; i < CL_CHUNKS; i++) ids[i] = i;
   uint64_t v, acked = 0;
   for (int i = 0; i < 5; i++, acked++)
-    ck_assert_int_eq(ps_chan_push(c, "cl", ids, CL_CHUNKS, g, CL_CHUNKS * CL_ELEMS, 0, 0, 0, &v,
+    ck_assert_int_eq(ps_test_push(c, "cl", ids, CL_CHUNKS, g, CL_CHUNKS * CL_ELEMS, 0, 0, 0, &v,
                                   &eb), 0);
   /* full: pushes (64 KiB records) until one is refused; none may be acknowledged
    * unless on disk, and the refusal names the log */
   du_fill(filler);
   int err = 0;
   for (int i = 0; i < 200 && err == 0; i++) {
-    err = ps_chan_push(c, "cl", ids, CL_CHUNKS, g, CL_CHUNKS * CL_ELEMS, 0, 0, 0, &v, &eb);
+    err = ps_test_push(c, "cl", ids, CL_CHUNKS, g, CL_CHUNKS * CL_ELEMS, 0, 0, 0, &v, &eb);
     if (err == 0) acked++;
     else ck_assert_msg(err == PS_EDEGRADED && strstr(eb.msg, "redo log"),
                        "refusal: %d '%s', want PS_EDEGRADED naming the redo log", err, eb.msg);
@@ -515,12 +515,12 @@ START_TEST(test_disk_full_sync) {
      * take the space it freed: fill it again and push to the last chunk
      * (the tally reads chunk 0) so the shard writes to a full disk. */
     du_fill(filler);
-    ps_chan_push(c, "cl", ids + CL_CHUNKS - 1, 1, g, CL_ELEMS, 0, 0, 0, &v, &eb);
+    ps_test_push(c, "cl", ids + CL_CHUNKS - 1, 1, g, CL_ELEMS, 0, 0, 0, &v, &eb);
     du_state(yaml, du.dir, state, sizeof state);
   } while (strcmp(state, "DEGRADED") && ps_test_now_ms() < end && usleep(100000) == 0);
   ck_assert_msg(!strcmp(state, "DEGRADED"), "state %s, want DEGRADED; see %s", state, log);
   /* refused before it applies while degraded */
-  err = ps_chan_push(c, "cl", ids, 1, g, CL_ELEMS, 0, 0, 0, &v, &eb);
+  err = ps_test_push(c, "cl", ids, 1, g, CL_ELEMS, 0, 0, 0, &v, &eb);
   ck_assert_msg(err == PS_EDEGRADED && strstr(eb.msg, "degraded"), "%d %s", err, eb.msg);
   /* space again: the retry writes the log, SERVING */
   ck_assert_int_eq(unlink(filler), 0);
@@ -530,7 +530,7 @@ START_TEST(test_disk_full_sync) {
   } while (strcmp(state, "SERVING") && ps_test_now_ms() < end && usleep(100000) == 0);
   ck_assert_msg(!strcmp(state, "SERVING"), "state %s, want SERVING; see %s", state, log);
   for (int i = 0; i < 3; i++, acked++)
-    ck_assert_int_eq(ps_chan_push(c, "cl", ids, CL_CHUNKS, g, CL_CHUNKS * CL_ELEMS, 0, 0, 0, &v,
+    ck_assert_int_eq(ps_test_push(c, "cl", ids, CL_CHUNKS, g, CL_CHUNKS * CL_ELEMS, 0, 0, 0, &v,
                                   &eb), 0);
   ps_chan_close(c);
   ps_test_stop(pid, SIGKILL, 5000);

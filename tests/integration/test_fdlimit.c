@@ -150,7 +150,7 @@ static int fd_pull(fd_ctx *x, ps_errbuf *eb) {
   float out[FD_ELEMS];
   uint32_t id = 0;
   uint64_t v;
-  rc = ps_chan_pull(c, "fd", &id, 1, out, FD_ELEMS, 0, 0, &v, eb);
+  rc = ps_test_pull(c, "fd", &id, 1, out, FD_ELEMS, 0, 0, &v, eb);
   ps_chan_close(c);
   if (rc == 0 && out[0] != 1.0f) rc = ps_errf(eb, PS_EINTERNAL, "pulled %g, want 1", out[0]);
   return rc;

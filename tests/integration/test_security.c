@@ -196,7 +196,7 @@ static int sec_pull(const ps_auth_key *key, float *out, ps_errbuf *eb) {
   int rc = ps_chan_connect_auth(&c, sec_chan, "test", key, 0, 5000, eb);
   if (rc < 0) return rc;
   uint64_t v;
-  rc = ps_chan_pull(c, "m", ids, SEC_CHUNKS, out, SEC_ELEMS, 0, 0, &v, eb);
+  rc = ps_test_pull(c, "m", ids, SEC_CHUNKS, out, SEC_ELEMS, 0, 0, &v, eb);
   ps_chan_close(c);
   return rc;
 }
@@ -688,16 +688,16 @@ START_TEST(test_sec_mac_round_trip) {
   for (int i = 0; i < SEC_ELEMS; i++) g[i] = 0.25f;
   uint64_t v;
   for (int k = 0; k < 3; k++) { /* frame counts advance on both sides */
-    ck_assert_msg(ps_chan_push(c, "m", ids, SEC_CHUNKS, g, SEC_ELEMS, 0, 0, 0, &v, &eb) == 0,
+    ck_assert_msg(ps_test_push(c, "m", ids, SEC_CHUNKS, g, SEC_ELEMS, 0, 0, 0, &v, &eb) == 0,
                   "push: %s", eb.msg);
-    ck_assert_msg(ps_chan_pull(c, "m", ids, SEC_CHUNKS, out, SEC_ELEMS, 0, 0, &v, &eb) == 0,
+    ck_assert_msg(ps_test_pull(c, "m", ids, SEC_CHUNKS, out, SEC_ELEMS, 0, 0, &v, &eb) == 0,
                   "pull: %s", eb.msg);
   }
   ck_assert_float_eq(out[0], 1.0f - 3 * 0.25f); /* sgd, lr 1, from ones */
   ck_assert_float_eq(out[SEC_ELEMS - 1], 1.0f - 3 * 0.25f);
   /* An error reply carries its MAC too; the connection stays usable. */
-  ck_assert_int_eq(ps_chan_pull(c, "nope", ids, 1, out, 256, 0, 0, &v, &eb), PS_ENOENT);
-  ck_assert_int_eq(ps_chan_pull(c, "m", ids, SEC_CHUNKS, out, SEC_ELEMS, 0, 0, &v, &eb), 0);
+  ck_assert_int_eq(ps_test_pull(c, "nope", ids, 1, out, 256, 0, 0, &v, &eb), PS_ENOENT);
+  ck_assert_int_eq(ps_test_pull(c, "m", ids, SEC_CHUNKS, out, SEC_ELEMS, 0, 0, &v, &eb), 0);
   ps_chan_close(c);
   /* Downgrade: the plain shard does not MAC; a client that wants it refuses. */
   ck_assert_int_eq(ps_chan_connect_auth(&c, sec_chan, "test", key, PS_CHAN_AUTH_MAC, 5000, &eb),
@@ -743,7 +743,7 @@ START_TEST(test_sec_mac_tampered) {
   ps_chan_client *c;
   ck_assert_int_eq(ps_chan_connect_auth(&c, mac_chan, "test", key, 0, 5000, &eb), 0);
   uint64_t v;
-  ck_assert_int_eq(ps_chan_pull(c, "m", ids, SEC_CHUNKS, before, SEC_ELEMS, 0, 0, &v, &eb), 0);
+  ck_assert_int_eq(ps_test_pull(c, "m", ids, SEC_CHUNKS, before, SEC_ELEMS, 0, 0, &v, &eb), 0);
   ps_chan_close(c);
   Ps__StatusReply *st = sec_status_at(mac_grpc);
   uint64_t chan0 = st->chan_auth_refused, pushes0 = st->pushes;
@@ -782,7 +782,7 @@ START_TEST(test_sec_mac_tampered) {
   close(fd);
   ps_auth_mac_free(m);
   ck_assert_int_eq(ps_chan_connect_auth(&c, mac_chan, "test", key, 0, 5000, &eb), 0);
-  ck_assert_int_eq(ps_chan_pull(c, "m", ids, SEC_CHUNKS, after, SEC_ELEMS, 0, 0, &v, &eb), 0);
+  ck_assert_int_eq(ps_test_pull(c, "m", ids, SEC_CHUNKS, after, SEC_ELEMS, 0, 0, &v, &eb), 0);
   ps_chan_close(c);
   ck_assert_int_eq(memcmp(before, after, sizeof before), 0);
   st = sec_status_at(mac_grpc);

@@ -439,10 +439,39 @@ START_TEST(test_psctl_submit) {
     ck_assert_float_eq(pt_lr(&x, s, "m"), 0.02f);
   }
 
+  /* Codecs: bad values are refused before anything is sent (2); good
+   * ones land in the model's spec on every shard. */
+  static const char *const bad[][2] = {
+      {"--codec fp8", "unknown codec 'fp8'"},
+      {"--pull-codec onebit", "pull codec 'onebit' is not one of fp32, fp16, int8"},
+      {"--topk 2", "topk"},
+      {"--tensor-codec W9=int8", "no tensor 'W9'"},
+      {"--tensor-codec W1=int4", "unknown tensor codec 'int4'"},
+      {"--tensor-codec W1", "want NAME=CODEC"},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    ck_assert_int_eq(pt_psctl(&x, "submit lr.pb --name mc %s --config '%s'", bad[i][0], x.yaml), 2);
+    ck_assert_msg(pt_contains(x.err, bad[i][1]), "%s: no '%s' in %s", bad[i][0], bad[i][1], x.err);
+  }
+  ck_assert_msg(pt_psctl(&x, "submit lr.pb --name mc --codec onebit --pull-codec int8 --topk 0.05 "
+                             "--codec-warmup-steps 10 --codec-min-elems 5 --tensor-codec b1=fp16 "
+                             "--config '%s'", x.yaml) == 0, "codec submit failed, see %s", x.err);
+  for (int s = 0; s < PT_NSHARDS; s++) {
+    ck_assert_ptr_nonnull(pt_get_model(&x, s, "mc", &rep));
+    const Ps__ModelSpec *sp = rep->model;
+    ck_assert_str_eq(sp->codec, "onebit");
+    ck_assert_str_eq(sp->pull_codec, "int8");
+    ck_assert_float_eq(sp->topk, 0.05f);
+    ck_assert_uint_eq(sp->codec_warmup_steps, 10);
+    ck_assert_uint_eq(sp->codec_min_elems, 5);
+    ck_assert_str_eq(sp->tensors[1]->codec, "fp16");
+    protobuf_c_message_free_unpacked(&rep->base, NULL);
+  }
+
   /* A shard SIGKILLed: a new model goes nowhere. */
   pt_kill(&x, 1);
   ck_assert_int_eq(pt_psctl(&x, "submit lr.pb --name m2 --config '%s'", x.yaml), 1);
-  ck_assert_uint_eq(pt_status_nmodels(&x, 0), 1);
+  ck_assert_uint_eq(pt_status_nmodels(&x, 0), 2);
   ck_assert_ptr_null(pt_get_model(&x, 0, "m2", &rep));
   if (rep) protobuf_c_message_free_unpacked(&rep->base, NULL);
 

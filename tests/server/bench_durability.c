@@ -63,7 +63,9 @@ static void *bd_pusher(void *arg) {
     double t0 = now_s();
     if (t0 >= t->t_end) break;
     uint64_t v;
-    if ((t->err = ps_chan_push(c, t->model, &t->chunk, 1, g, t->elems, 0, 0, 0, &v, &eb)) < 0) {
+    ps_req r = {.model = t->model, .ids = &t->chunk, .nids = 1, .grads = g,
+                .nbytes = t->elems * sizeof(float)};
+    if ((t->err = ps_chan_push(c, &r, &v, &eb)) < 0) {
       snprintf(t->msg, sizeof t->msg, "%s", eb.msg);
       break;
     }

@@ -92,7 +92,7 @@ static const uint32_t all_ids[NCHUNKS] = {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 
 static uint64_t pull_all(ps_chan_client *c, const char *model, float *out) {
   ps_errbuf eb;
   uint64_t v = 0;
-  int rc = ps_chan_pull(c, model, all_ids, NCHUNKS, out, NELEMS, 0, 0, &v, &eb);
+  int rc = ps_test_pull(c, model, all_ids, NCHUNKS, out, NELEMS, 0, 0, &v, &eb);
   ck_assert_msg(rc == 0, "pull: %s", eb.msg);
   return v;
 }
@@ -108,7 +108,7 @@ START_TEST(test_round_trip) {
   for (int i = 0; i < NELEMS; i++) g[i] = (float)(i % 7 - 3) * 0.25f;
   ps_errbuf eb;
   uint64_t ver = 0;
-  int rc = ps_chan_push(c, "rt", all_ids, NCHUNKS, g, NELEMS, 0, 0, 0, &ver, &eb);
+  int rc = ps_test_push(c, "rt", all_ids, NCHUNKS, g, NELEMS, 0, 0, 0, &ver, &eb);
   ck_assert_msg(rc == 0, "push: %s", eb.msg);
   ck_assert_uint_eq(ver, 1);
   ck_assert_uint_eq(pull_all(c, "rt", v1), 1);
@@ -130,11 +130,16 @@ START_TEST(test_scattered) {
   size_t off[] = {1000, 3, 5000};
   size_t src_off[] = {5 * 256, 0, W_ELEMS};
   float *dst[3];
-  for (int i = 0; i < 3; i++) dst[i] = buf + off[i];
+  struct iovec iov[3];
+  for (int i = 0; i < 3; i++) {
+    dst[i] = buf + off[i];
+    iov[i] = (struct iovec){dst[i], lens[i] * sizeof(float)};
+  }
   for (size_t i = 0; i < 8192; i++) buf[i] = -99.0f;
   ps_errbuf eb;
   uint64_t ver;
-  int rc = ps_chan_pullv(c, "sc", ids, 3, dst, lens, 3, 0, 0, &ver, &eb);
+  ps_req q = {.model = "sc", .ids = ids, .nids = 3};
+  int rc = ps_chan_pullv(c, &q, iov, 3, &ver, &eb);
   ck_assert_msg(rc == 0, "pullv: %s", eb.msg);
   for (int i = 0; i < 3; i++)
     ck_assert_int_eq(memcmp(dst[i], all + src_off[i], lens[i] * sizeof(float)), 0);
@@ -142,7 +147,7 @@ START_TEST(test_scattered) {
   /* Gradients from scattered segments: chunk i's gradient is i+1. */
   for (int i = 0; i < 3; i++)
     for (uint32_t j = 0; j < lens[i]; j++) dst[i][j] = (float)(i + 1);
-  rc = ps_chan_pushv(c, "sc", ids, 3, (const float *const *)dst, lens, 3, 0, 0, 0, &ver, &eb);
+  rc = ps_chan_pushv(c, &q, iov, 3, &ver, &eb);
   ck_assert_msg(rc == 0, "pushv: %s", eb.msg);
   pull_all(c, "sc", after);
   for (int i = 0; i < NELEMS; i++) {
@@ -162,19 +167,18 @@ START_TEST(test_pipelined) {
   pull_all(c, "pl", v0);
   float ones[256];
   for (int i = 0; i < 256; i++) ones[i] = 1.0f;
-  const float *src[] = {ones};
-  uint32_t len[] = {256};
+  struct iovec src[] = {{ones, sizeof ones}};
   uint64_t ids[16];
   ps_errbuf eb;
   /* 8 pushes in flight (chunks 0..7), then 8 pulls in flight. */
   for (uint32_t k = 0; k < 8; k++)
-    ck_assert_int_eq(ps_chan_send_pushv(c, "pl", &all_ids[k], 1, src, len, 1, 0, 0, 0,
-                                        &ids[k], &eb), 0);
+    ck_assert_int_eq(ps_chan_send_pushv(c, &(ps_req){.model = "pl", .ids = &all_ids[k], .nids = 1},
+                                        src, 1, &ids[k], &eb), 0);
   ck_assert_uint_eq(ps_chan_inflight(c), 8);
   for (uint32_t k = 0; k < 8; k++) {
-    float *dst[] = {outs[k]};
-    ck_assert_int_eq(ps_chan_send_pullv(c, "pl", &all_ids[k], 1, dst, len, 1, 0, 0,
-                                        &ids[8 + k], &eb), 0);
+    struct iovec dst[] = {{outs[k], 256 * sizeof(float)}};
+    ck_assert_int_eq(ps_chan_send_pullv(c, &(ps_req){.model = "pl", .ids = &all_ids[k], .nids = 1},
+                                        dst, 1, &ids[8 + k], &eb), 0);
   }
   for (int k = 0; k < 16; k++) {
     uint64_t id, ver;
@@ -204,13 +208,13 @@ START_TEST(test_pipelined_large) {
   float *g = malloc((size_t)wn * sizeof *g), *out[8];
   for (uint32_t i = 0; i < wn; i++) g[i] = 0.125f;
   for (int k = 0; k < 8; k++) out[k] = malloc((size_t)wn * sizeof(float));
-  const float *src[] = {g};
-  uint32_t len[] = {wn};
+  struct iovec src[] = {{g, (size_t)wn * sizeof(float)}};
+  ps_req q = {.model = "big", .ids = ids, .nids = nch};
   ps_errbuf eb;
   for (int k = 0; k < 8; k++) {
-    ck_assert_int_eq(ps_chan_send_pushv(c, "big", ids, nch, src, len, 1, 0, 0, 0, NULL, &eb), 0);
-    float *dst[] = {out[k]};
-    ck_assert_msg(ps_chan_send_pullv(c, "big", ids, nch, dst, len, 1, 0, 0, NULL, &eb) == 0,
+    ck_assert_int_eq(ps_chan_send_pushv(c, &q, src, 1, NULL, &eb), 0);
+    struct iovec dst[] = {{out[k], (size_t)wn * sizeof(float)}};
+    ck_assert_msg(ps_chan_send_pullv(c, &q, dst, 1, NULL, &eb) == 0,
                   "send pull %d: %s", k, eb.msg);
   }
   for (int k = 0; k < 16; k++) {
@@ -263,9 +267,9 @@ START_TEST(test_errors_keep_connection) {
     g[NELEMS - 1] = cases[i].poison ? cases[i].poison : 1.0f;
     memset(&eb, 0, sizeof eb);
     int rc = cases[i].push
-                 ? ps_chan_push(c, cases[i].model, cases[i].ids, cases[i].nids, g,
+                 ? ps_test_push(c, cases[i].model, cases[i].ids, cases[i].nids, g,
                                 cases[i].nelems, 0, 0, 0, &ver, &eb)
-                 : ps_chan_pull(c, cases[i].model, cases[i].ids, cases[i].nids, g,
+                 : ps_test_pull(c, cases[i].model, cases[i].ids, cases[i].nids, g,
                                 cases[i].nelems, 0, 0, &ver, &eb);
     ck_assert_msg(rc == cases[i].want, "%s: got %s (%s)", cases[i].what, ps_errname(rc), eb.msg);
     ck_assert_msg(eb.msg[0] != 0, "%s: no message", cases[i].what);
@@ -426,7 +430,7 @@ START_TEST(test_peer_gone_with_replies_queued) {
   uint32_t b_id[] = {1};
   ps_errbuf eb;
   uint64_t v = 0;
-  ck_assert_int_eq(ps_chan_pull(good, "pg", b_id, 1, before, B_ELEMS, 0, 0, &v, &eb), 0);
+  ck_assert_int_eq(ps_test_pull(good, "pg", b_id, 1, before, B_ELEMS, 0, 0, &v, &eb), 0);
   for (int round = 0; round < 3; round++) {
     int fd = raw_open();
     raw_hello(fd, "test");
@@ -445,7 +449,7 @@ START_TEST(test_peer_gone_with_replies_queued) {
     usleep(200000);
   }
   ck_assert_msg(kill(psd_pid, 0) == 0, "psd died");
-  int rc = ps_chan_pull(good, "pg", b_id, 1, before, B_ELEMS, 0, 0, &v, &eb);
+  int rc = ps_test_pull(good, "pg", b_id, 1, before, B_ELEMS, 0, 0, &v, &eb);
   ck_assert_msg(rc == 0, "pull after the peer left: %s", eb.msg);
   ps_chan_close(good);
 }
@@ -588,7 +592,7 @@ static void lim_submit(const char *name) {
 static int lim_pull(ps_chan_client *c, const char *model, ps_errbuf *eb) {
   static float out[B_ELEMS];
   uint64_t v;
-  return ps_chan_pull(c, model, all_ids, 1, out, B_ELEMS, 0, 0, &v, eb);
+  return ps_test_pull(c, model, all_ids, 1, out, B_ELEMS, 0, 0, &v, eb);
 }
 
 /* The (LIM_CONNS+1)th connection is closed at accept and counted; once

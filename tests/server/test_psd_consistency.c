@@ -111,7 +111,7 @@ static void *cons_pull_thread(void *arg) {
   if (p->chan) {
     float out[8];
     uint64_t v;
-    p->err = ps_chan_pull(p->chan, p->model, cons_ids, 1, out, 8, p->worker, p->clock, &v,
+    p->err = ps_test_pull(p->chan, p->model, cons_ids, 1, out, 8, p->worker, p->clock, &v,
                           &p->eb);
   } else {
     Ps__PullRequest req = PS__PULL_REQUEST__INIT;
@@ -316,15 +316,14 @@ START_TEST(test_chan_pull_parked_until_push) {
   ck_assert_msg(p.err == 0, "released pull: %s", p.eb.msg);
   /* the connection goes on serving in order: a push, then a parked pull
    * and a pull behind it on the same connection */
-  float g[8] = {0}, out[8], *dst[1] = {out};
-  const float *src[1] = {g};
-  uint32_t lens[1] = {8};
+  float out[8];
+  struct iovec dst[1] = {{out, sizeof out}};
   uint64_t id_pull, id_pull2, id, v;
-  ck_assert_int_eq(ps_chan_send_pullv(ch, "bspc", cons_ids, 1, dst, lens, 1, 0, 3, &id_pull, &eb),
+  ps_req q3 = {.model = "bspc", .ids = cons_ids, .nids = 1, .clock = 3};
+  ps_req q0 = {.model = "bspc", .ids = cons_ids, .nids = 1, .clock = 0};
+  ck_assert_int_eq(ps_chan_send_pullv(ch, &q3, dst, 1, &id_pull, &eb),
                    0); /* slowest (w1) at 1: 3 - 1 > 1, parks */
-  ck_assert_int_eq(ps_chan_send_pullv(ch, "bspc", cons_ids, 1, dst, lens, 1, 0, 0, &id_pull2, &eb),
-                   0);
-  (void)src;
+  ck_assert_int_eq(ps_chan_send_pullv(ch, &q0, dst, 1, &id_pull2, &eb), 0);
   usleep(300000);
   Ps__StatusReply *st;
   const Ps__ModelStatus *ms = cons_model_status(r, "bspc", &st);
@@ -357,13 +356,13 @@ START_TEST(test_chan_parked_peer_gone) {
   for (int round = 0; round < 2; round++) {
     ps_chan_client *ch;
     ck_assert_msg(ps_test_chan_connect(&ch, cons_chan, "test", 5000, &eb) == 0, "%s", eb.msg);
-    float out[8], *dst[1] = {out};
-    uint32_t lens[1] = {8};
+    float out[8];
+    struct iovec dst[1] = {{out, sizeof out}};
     uint64_t id1, id2;
-    ck_assert_int_eq(ps_chan_send_pullv(ch, "gone", cons_ids, 1, dst, lens, 1, 0, 3 + round,
-                                        &id1, &eb), 0); /* parks */
-    ck_assert_int_eq(ps_chan_send_pullv(ch, "gone", cons_ids, 1, dst, lens, 1, 0, 0, &id2, &eb),
-                     0);
+    ps_req qp = {.model = "gone", .ids = cons_ids, .nids = 1, .clock = 3 + (uint64_t)round};
+    ps_req q0 = {.model = "gone", .ids = cons_ids, .nids = 1, .clock = 0};
+    ck_assert_int_eq(ps_chan_send_pullv(ch, &qp, dst, 1, &id1, &eb), 0); /* parks */
+    ck_assert_int_eq(ps_chan_send_pullv(ch, &q0, dst, 1, &id2, &eb), 0);
     usleep(200000);
     Ps__StatusReply *st;
     const Ps__ModelStatus *ms = cons_model_status(r, "gone", &st);

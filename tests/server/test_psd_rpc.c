@@ -474,12 +474,12 @@ START_TEST(test_rpc_same_over_channel) {
   ck_assert_msg(ps_test_chan_connect(&c, rpc_chan_addr[1], "test", 5000, &eb) == 0, "connect: %s", eb.msg);
   for (int step = 0; step < 3; step++) {
     rpc_grads(g, nelems, step);
-    ck_assert_msg(ps_chan_push(c, "both", ids, (size_t)n, g, nelems, 0, (uint64_t)step, vc, &vc,
+    ck_assert_msg(ps_test_push(c, "both", ids, (size_t)n, g, nelems, 0, (uint64_t)step, vc, &vc,
                                &eb) == 0, "chan push: %s", eb.msg);
     ck_assert_uint_eq(vc, (uint64_t)step + 1);
   }
   float *b = malloc(nelems * sizeof(float));
-  ck_assert_msg(ps_chan_pull(c, "both", ids, (size_t)n, b, nelems, 0, 3, &vc, &eb) == 0,
+  ck_assert_msg(ps_test_pull(c, "both", ids, (size_t)n, b, nelems, 0, 3, &vc, &eb) == 0,
                 "chan pull: %s", eb.msg);
   ck_assert_uint_eq(vc, 3);
   ck_assert_int_eq(memcmp(a, b, nelems * sizeof(float)), 0);
@@ -499,6 +499,226 @@ START_TEST(test_rpc_same_over_channel) {
 }
 END_TEST
 
+
+/* rpc_encode encodes gradients G of the chunks IDS of L as a push in
+ * CODEC (each chunk on its own, in its chunk codec); returns the payload
+ * (caller frees) and its size in *NBYTES. */
+static uint8_t *rpc_encode(const ps_layout *l, const uint32_t *ids, size_t n, const float *g,
+                           ps_codec_id codec, uint64_t *nbytes) {
+  *nbytes = ps_layout_payload_bytes(l, ids, n, codec, 1);
+  uint8_t *buf = malloc(*nbytes + 1), *p = buf;
+  for (size_t i = 0; i < n; i++) {
+    uint32_t len = l->chunks[ids[i]].len;
+    ps_codec_id c = ps_layout_chunk_codec(l, ids[i], codec, 1);
+    ps_codec_encode(c, g, len, l->topk, p);
+    p += ps_codec_size(c, len, l->topk);
+    g += len;
+  }
+  return buf;
+}
+
+/* rpc_push_codec pushes encoded gradients over gRPC. */
+static int rpc_push_codec(ps_rpc *r, const char *model, const uint32_t *ids, size_t n,
+                          const void *buf, size_t nbytes, ps_codec_id codec, ps_errbuf *eb) {
+  Ps__PushRequest req = PS__PUSH_REQUEST__INIT;
+  req.model = (char *)model;
+  req.chunk_ids = (uint32_t *)ids;
+  req.n_chunk_ids = n;
+  req.grads.data = (uint8_t *)buf;
+  req.grads.len = nbytes;
+  req.codec = codec;
+  Ps__PushReply *rep = NULL;
+  int err = ps_rpc_call(r, "/ps.Ps/Push", &req.base, &ps__push_reply__descriptor,
+                        (ProtobufCMessage **)&rep, 5000, eb);
+  if (err == 0) protobuf_c_message_free_unpacked(&rep->base, NULL);
+  return err;
+}
+
+/* rpc_pull_codec pulls over gRPC in CODEC; returns the payload (caller
+ * frees) and its size in *NBYTES, or NULL with *ERR. */
+static uint8_t *rpc_pull_codec(ps_rpc *r, const char *model, const uint32_t *ids, size_t n,
+                               ps_codec_id codec, size_t *nbytes, int *err, ps_errbuf *eb) {
+  Ps__PullRequest req = PS__PULL_REQUEST__INIT;
+  req.model = (char *)model;
+  req.chunk_ids = (uint32_t *)ids;
+  req.n_chunk_ids = n;
+  req.codec = codec;
+  Ps__PullReply *rep = NULL;
+  *err = ps_rpc_call(r, "/ps.Ps/Pull", &req.base, &ps__pull_reply__descriptor,
+                     (ProtobufCMessage **)&rep, 5000, eb);
+  if (*err < 0) return NULL;
+  ck_assert_uint_eq(rep->codec, codec);
+  uint8_t *v = malloc(rep->values.len + 1);
+  memcpy(v, rep->values.data, rep->values.len);
+  *nbytes = rep->values.len;
+  protobuf_c_message_free_unpacked(&rep->base, NULL);
+  return v;
+}
+
+/* Every codec: the same encoded pushes over gRPC and over the channel
+ * give the same bytes, and a compressed pull (fp16, int8) gives the same
+ * bytes on both planes, of the size ps_layout_payload_bytes says. */
+START_TEST(test_rpc_codec_same_over_channel) {
+  ps_codec_id codec = (ps_codec_id)_i;
+  rpc_model m;
+  rpc_model_init(&m, "codec", 0.1f);
+  m.spec.topk = 0.1f;
+  ps_layout l;
+  rpc_layout(&l, &m);
+  ps_errbuf eb;
+  ps_rpc *r = rpc_open(1);
+  uint32_t *ids;
+  uint64_t nelems, nbytes;
+  long n = ps_layout_shard_chunks(&l, 1, &ids, &nelems);
+  ck_assert_int_gt(n, 0);
+  float *g = malloc(nelems * sizeof(float));
+  ps_codec_id pull = codec == PS_CODEC_FP16 ? PS_CODEC_FP16 : PS_CODEC_INT8;
+  uint64_t pbytes = ps_layout_payload_bytes(&l, ids, (size_t)n, pull, 0);
+  size_t na, nv;
+  int err;
+  rpc_reset(r, &m);
+  for (int step = 0; step < 3; step++) {
+    rpc_grads(g, nelems, step);
+    uint8_t *buf = rpc_encode(&l, ids, (size_t)n, g, codec, &nbytes);
+    ck_assert_msg(rpc_push_codec(r, "codec", ids, (size_t)n, buf, nbytes, codec, &eb) == 0,
+                  "grpc push %s: %s", ps_codec_name(codec), eb.msg);
+    free(buf);
+  }
+  uint64_t vg;
+  float *a = rpc_pull(r, "codec", ids, (size_t)n, &nv, &vg, &err, &eb);
+  ck_assert_int_eq(err, 0);
+  uint8_t *pa = rpc_pull_codec(r, "codec", ids, (size_t)n, pull, &na, &err, &eb);
+  ck_assert_int_eq(err, 0);
+  ck_assert_uint_eq(na, pbytes);
+
+  rpc_reset(r, &m);
+  ps_chan_client *c;
+  ck_assert_msg(ps_chan_connect(&c, rpc_chan_addr[1], "test", 5000, &eb) == 0, "connect: %s", eb.msg);
+  uint64_t vc = 0;
+  for (int step = 0; step < 3; step++) {
+    rpc_grads(g, nelems, step);
+    uint8_t *buf = rpc_encode(&l, ids, (size_t)n, g, codec, &nbytes);
+    ps_req q = {.model = "codec", .ids = ids, .nids = (size_t)n, .clock = (uint64_t)step,
+                .codec = codec, .grads = buf, .nbytes = nbytes};
+    ck_assert_msg(ps_chan_push(c, &q, &vc, &eb) == 0, "chan push %s: %s", ps_codec_name(codec),
+                  eb.msg);
+    free(buf);
+  }
+  float *b = malloc(nelems * sizeof(float));
+  ck_assert_int_eq(ps_test_pull(c, "codec", ids, (size_t)n, b, nelems, 0, 3, &vc, &eb), 0);
+  ck_assert_int_eq(memcmp(a, b, nelems * sizeof(float)), 0);
+  uint8_t *pb = malloc(pbytes);
+  ps_req q = {.model = "codec", .ids = ids, .nids = (size_t)n, .codec = pull, .out = pb,
+              .nbytes = pbytes};
+  ck_assert_msg(ps_chan_pull(c, &q, &vc, &eb) == 0, "chan pull: %s", eb.msg);
+  ck_assert_int_eq(memcmp(pa, pb, pbytes), 0);
+  /* the compressed pull decodes to the values within the codec's error */
+  float *d = malloc(nelems * sizeof(float)), *dp = d, *bp = b;
+  const uint8_t *in = pb;
+  for (long i = 0; i < n; i++) {
+    uint32_t len = l.chunks[ids[i]].len;
+    ps_codec_id cc = ps_layout_chunk_codec(&l, ids[i], pull, 0);
+    ps_codec_decode(cc, in, len, l.topk, dp);
+    float amax = 0;
+    for (uint32_t k = 0; k < len; k++) amax = fabsf(bp[k]) > amax ? fabsf(bp[k]) : amax;
+    for (uint32_t k = 0; k < len; k++)
+      ck_assert(fabsf(dp[k] - bp[k]) <= (cc == PS_CODEC_INT8 ? amax / 254 * 1.001f
+                                                             : fabsf(bp[k]) * 0x1p-11f + 1e-7f));
+    in += ps_codec_size(cc, len, l.topk);
+    dp += len, bp += len;
+  }
+  ps_chan_close(c);
+  free(d);
+  free(a);
+  free(b);
+  free(pa);
+  free(pb);
+  free(g);
+  free(ids);
+  ps_rpc_close(r);
+  ps_layout_release(&l);
+}
+END_TEST
+
+/* rpc_codec_refused pushes BUF (NBYTES in CODEC) over both planes and
+ * checks that each refuses it with PS_EINVAL and a message containing
+ * WANT, that nothing changed and that the shard still serves. */
+static void rpc_codec_refused(ps_rpc *r, ps_chan_client *c, const uint32_t *ids, size_t n,
+                              const void *buf, uint64_t nbytes, uint32_t codec, const float *before,
+                              uint64_t nelems, const char *want) {
+  ps_errbuf eb;
+  int err = rpc_push_codec(r, "bad", ids, n, buf, nbytes, (ps_codec_id)codec, &eb);
+  ck_assert_msg(err == PS_EINVAL && strstr(eb.msg, want), "grpc: %d %s (want '%s')", err, eb.msg,
+                want);
+  ps_req q = {.model = "bad", .ids = ids, .nids = n, .codec = (ps_codec_id)codec, .grads = buf,
+              .nbytes = nbytes};
+  uint64_t v;
+  err = ps_chan_push(c, &q, &v, &eb);
+  ck_assert_msg(err == PS_EINVAL && strstr(eb.msg, want), "chan: %d %s (want '%s')", err, eb.msg,
+                want);
+  float *after = malloc(nelems * sizeof(float));
+  ck_assert_int_eq(ps_test_pull(c, "bad", ids, n, after, nelems, 0, 0, &v, &eb), 0);
+  ck_assert_int_eq(memcmp(before, after, nelems * sizeof(float)), 0);
+  ck_assert_uint_eq(v, 0);
+  free(after);
+}
+
+/* Bad encoded input on both planes: a length that does not match the
+ * codec and chunks, an unknown codec, a NaN or Inf scale, topk indices out
+ * of range or repeated, and a pull codec meant for gradients: each is a
+ * clear error, nothing changes, the shard keeps serving. */
+START_TEST(test_rpc_codec_bad_input) {
+  rpc_model m;
+  rpc_model_init(&m, "bad", 0.1f);
+  ps_layout l;
+  rpc_layout(&l, &m);
+  ps_errbuf eb;
+  ps_rpc *r = rpc_open(1);
+  rpc_reset(r, &m);
+  /* one chunk of w: 1024 elements */
+  uint32_t id = 0;
+  while (l.chunks[id].shard != 1 || l.chunks[id].tensor != 0 || l.chunks[id].len != 1024) id++;
+  float g[1024], before[1024];
+  rpc_grads(g, 1024, 0);
+  ps_chan_client *c;
+  ck_assert_msg(ps_chan_connect(&c, rpc_chan_addr[1], "test", 5000, &eb) == 0, "connect: %s", eb.msg);
+  uint64_t v;
+  ck_assert_int_eq(ps_test_pull(c, "bad", &id, 1, before, 1024, 0, 0, &v, &eb), 0);
+  uint8_t buf[8192];
+  ps_codec_encode(PS_CODEC_INT8, g, 1024, 0, buf);
+  rpc_codec_refused(r, c, &id, 1, buf, 1027, PS_CODEC_INT8, before, 1024, "its 1024 elements need 1028");
+  rpc_codec_refused(r, c, &id, 1, buf, 1028, 9, before, 1024, "unknown codec 9");
+  float nan = NAN, inf = INFINITY;
+  memcpy(buf, &nan, 4);
+  rpc_codec_refused(r, c, &id, 1, buf, 1028, PS_CODEC_INT8, before, 1024, "int8 scale nan");
+  ps_codec_encode(PS_CODEC_ONEBIT, g, 1024, 0, buf);
+  memcpy(buf, &inf, 4);
+  rpc_codec_refused(r, c, &id, 1, buf, 132, PS_CODEC_ONEBIT, before, 1024, "onebit scale inf");
+  ps_codec_encode(PS_CODEC_TOPK, g, 1024, l.topk, buf); /* k = 11 */
+  uint32_t idx = 1024;
+  memcpy(buf + 4, &idx, 4);
+  rpc_codec_refused(r, c, &id, 1, buf, 88, PS_CODEC_TOPK, before, 1024, "out of range");
+  memcpy(buf + 4, buf, 4);
+  rpc_codec_refused(r, c, &id, 1, buf, 88, PS_CODEC_TOPK, before, 1024, "repeated");
+  /* a pull in a gradient codec */
+  uint8_t out[1024];
+  ps_req q = {.model = "bad", .ids = &id, .nids = 1, .codec = PS_CODEC_ONEBIT, .out = out,
+              .nbytes = 132};
+  ck_assert_int_eq(ps_chan_pull(c, &q, &v, &eb), PS_EINVAL);
+  ck_assert_msg(strstr(eb.msg, "is for gradients"), "%s", eb.msg);
+  size_t nb;
+  int err;
+  ck_assert_ptr_null(rpc_pull_codec(r, "bad", &id, 1, PS_CODEC_TOPK, &nb, &err, &eb));
+  ck_assert_int_eq(err, PS_EINVAL);
+  /* still serving: a good compressed push applies */
+  ps_codec_encode(PS_CODEC_INT8, g, 1024, 0, buf);
+  ck_assert_int_eq(rpc_push_codec(r, "bad", &id, 1, buf, 1028, PS_CODEC_INT8, &eb), 0);
+  ps_chan_close(c);
+  ps_rpc_close(r);
+  ps_layout_release(&l);
+}
+END_TEST
+
 Suite *psd_rpc_suite(void) {
   Suite *s = suite_create("psd_rpc");
   TCase *tc = tcase_create("grpc");
@@ -509,6 +729,8 @@ Suite *psd_rpc_suite(void) {
   tcase_add_test(tc, test_rpc_hostile_ids_and_names);
   tcase_add_test(tc, test_rpc_status_health);
   tcase_add_test(tc, test_rpc_same_over_channel);
+  tcase_add_loop_test(tc, test_rpc_codec_same_over_channel, PS_CODEC_FP16, PS_CODEC_N);
+  tcase_add_test(tc, test_rpc_codec_bad_input);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -19,6 +19,28 @@
 
 static const uint32_t ids2[] = {0, 1};
 
+/* store_push / store_pull: fp32 psd_store_push / psd_store_pull of NELEMS
+ * floats (the form these tests want). */
+static int store_push(psd_store *s, const char *model, const uint32_t *ids, size_t nids,
+                      const float *g, uint64_t nelems, uint32_t worker, uint64_t clock,
+                      uint64_t version_seen, uint64_t *version, ps_errbuf *eb) {
+  ps_req r = {.model = model, .ids = ids, .nids = nids, .worker = worker, .clock = clock,
+              .version = version_seen, .grads = g, .nbytes = nelems * sizeof(float)};
+  return psd_store_push(s, &r, version, eb);
+}
+static int store_pull(psd_store *s, const char *model, const uint32_t *ids, size_t nids,
+                      float *out, uint64_t nelems, uint64_t *version, ps_errbuf *eb) {
+  ps_req r = {.model = model, .ids = ids, .nids = nids, .out = out,
+              .nbytes = nelems * sizeof(float)};
+  return psd_store_pull(s, &r, version, eb);
+}
+static int store_payload_elems(psd_store *s, const char *model, const uint32_t *ids, size_t nids,
+                               uint64_t *nelems, ps_errbuf *eb) {
+  ps_req r = {.model = model, .ids = ids, .nids = nids};
+  uint64_t nbytes;
+  return psd_store_payload(s, &r, 1, nelems, &nbytes, eb);
+}
+
 /* A model: w [30, 20] glorot, b [20] uniform, chunks of 64 elements. */
 static uint32_t shape_w[] = {30, 20}, shape_b[] = {20};
 
@@ -95,7 +117,7 @@ static uint64_t push_all(psd_store *s, int step) {
   float *g = malloc(elems * sizeof *g);
   for (uint64_t i = 0; i < elems; i++) g[i] = (float)sin((double)(i * 7 + (uint64_t)step * 13)) * 0.5f;
   ps_errbuf eb;
-  int rc = psd_store_push(s, "m", ids, n, g, elems, 0, (uint64_t)step, 0, &version, &eb);
+  int rc = store_push(s, "m", ids, n, g, elems, 0, (uint64_t)step, 0, &version, &eb);
   free(g);
   ck_assert_msg(rc == 0, "push: %s", eb.msg);
   return version;
@@ -279,7 +301,7 @@ static float *snapshot(psd_store *s, uint64_t *n) {
   ps_errbuf eb;
   ck_assert_int_eq(psd_store_held(s, "m", &ids, &nids, n), 0);
   float *out = malloc(*n * sizeof *out);
-  ck_assert_int_eq(psd_store_pull(s, "m", ids, nids, out, *n, &v, &eb), 0);
+  ck_assert_int_eq(store_pull(s, "m", ids, nids, out, *n, &v, &eb), 0);
   return out;
 }
 
@@ -314,32 +336,33 @@ START_TEST(test_bad_input_changes_nothing) {
   uint64_t v = 99, ne;
   char want[200];
 
-  ck_assert_int_eq(psd_store_push(s, "x", held, 1, g, len0, 0, 0, 0, &v, &eb), PS_ENOENT);
+  ck_assert_int_eq(store_push(s, "x", held, 1, g, len0, 0, 0, 0, &v, &eb), PS_ENOENT);
   ck_assert_str_eq(eb.msg, "unknown model 'x'");
   uint32_t bad[2] = {held[0], nchunks};
-  ck_assert_int_eq(psd_store_push(s, "m", bad, 2, g, len0 + 64, 0, 0, 0, &v, &eb), PS_ENOENT);
+  ck_assert_int_eq(store_push(s, "m", bad, 2, g, len0 + 64, 0, 0, 0, &v, &eb), PS_ENOENT);
   snprintf(want, sizeof want, "model 'm' has no chunk %u (shard 0)", nchunks);
   ck_assert_str_eq(eb.msg, want);
   bad[1] = other;
-  ck_assert_int_eq(psd_store_push(s, "m", bad, 2, g, len0 + 64, 0, 0, 0, &v, &eb), PS_ENOENT);
+  ck_assert_int_eq(store_push(s, "m", bad, 2, g, len0 + 64, 0, 0, 0, &v, &eb), PS_ENOENT);
   snprintf(want, sizeof want, "chunk %u of model 'm' is not on shard 0", other);
   ck_assert_str_eq(eb.msg, want);
-  ck_assert_int_eq(psd_store_payload_elems(s, "m", bad, 2, &ne, &eb), PS_ENOENT);
-  ck_assert_int_eq(psd_store_push(s, "m", held, 0, g, 0, 0, 0, 0, &v, &eb), PS_EINVAL);
+  ck_assert_int_eq(store_payload_elems(s, "m", bad, 2, &ne, &eb), PS_ENOENT);
+  ck_assert_int_eq(store_push(s, "m", held, 0, g, 0, 0, 0, 0, &v, &eb), PS_EINVAL);
   bad[1] = held[0];
-  ck_assert_int_eq(psd_store_push(s, "m", bad, 2, g, 2 * len0, 0, 0, 0, &v, &eb), PS_EINVAL);
-  ck_assert_int_eq(psd_store_payload_elems(s, "m", bad, 2, &ne, &eb), PS_EINVAL);
-  ck_assert_int_eq(psd_store_push(s, "m", held, 2, g, len0 + len1 - 1, 0, 0, 0, &v, &eb), PS_EINVAL);
-  snprintf(want, sizeof want, "push of %u elements, chunks hold %u", len0 + len1 - 1, len0 + len1);
+  ck_assert_int_eq(store_push(s, "m", bad, 2, g, 2 * len0, 0, 0, 0, &v, &eb), PS_EINVAL);
+  ck_assert_int_eq(store_payload_elems(s, "m", bad, 2, &ne, &eb), PS_EINVAL);
+  ck_assert_int_eq(store_push(s, "m", held, 2, g, len0 + len1 - 1, 0, 0, 0, &v, &eb), PS_EINVAL);
+  snprintf(want, sizeof want, "push to model 'm': %u bytes of fp32, its %u elements need %u",
+           4 * (len0 + len1 - 1), len0 + len1, 4 * (len0 + len1));
   ck_assert_str_eq(eb.msg, want);
-  ck_assert_int_eq(psd_store_pull(s, "m", held, 2, before, len0 + len1 + 1, &v, &eb), PS_EINVAL);
+  ck_assert_int_eq(store_pull(s, "m", held, 2, before, len0 + len1 + 1, &v, &eb), PS_EINVAL);
   /* Non-finite values in the second chunk: the first must stay untouched. */
   g[len0 + 3] = NAN;
-  ck_assert_int_eq(psd_store_push(s, "m", held, 2, g, len0 + len1, 0, 0, 0, &v, &eb), PS_EINVAL);
+  ck_assert_int_eq(store_push(s, "m", held, 2, g, len0 + len1, 0, 0, 0, &v, &eb), PS_EINVAL);
   snprintf(want, sizeof want, "gradient of chunk %u of model 'm' is not finite", held[1]);
   ck_assert_str_eq(eb.msg, want);
   g[len0 + 3] = -INFINITY;
-  ck_assert_int_eq(psd_store_push(s, "m", held, 2, g, len0 + len1, 0, 0, 0, &v, &eb), PS_EINVAL);
+  ck_assert_int_eq(store_push(s, "m", held, 2, g, len0 + len1, 0, 0, 0, &v, &eb), PS_EINVAL);
   ck_assert_uint_eq(v, 99);
 
   /* Bad specs. */
@@ -366,7 +389,7 @@ START_TEST(test_bad_input_changes_nothing) {
   ck_assert(!psd_store_dirty(s));
   /* And a good push still works. */
   g[len0 + 3] = 0;
-  ck_assert_int_eq(psd_store_push(s, "m", held, 2, g, len0 + len1, 0, 0, 0, &v, &eb), 0);
+  ck_assert_int_eq(store_push(s, "m", held, 2, g, len0 + len1, 0, 0, 0, &v, &eb), 0);
   ck_assert_uint_eq(v, 2);
   free(before);
   free(after);
@@ -526,13 +549,13 @@ START_TEST(test_push_never_poisons) {
     /* SGD's first push stays finite (-3e38); its second would not. */
     int pushes_ok = k == 0 ? 1 : 0;
     for (int p = 0; p < pushes_ok; p++)
-      ck_assert_msg(psd_store_push(s, kinds[k], held, n, g, elems, 0, 0, 0, &version, &eb) == 0,
+      ck_assert_msg(store_push(s, kinds[k], held, n, g, elems, 0, 0, 0, &version, &eb) == 0,
                     "%s", eb.msg);
     size_t nb, nf;
     float *first = chunk_bytes(s, kinds[k], held[0], &nf);
     float *before = chunk_bytes(s, kinds[k], last, &nb);
     uint64_t v0 = version_of_model(s, kinds[k]);
-    ck_assert_int_eq(psd_store_push(s, kinds[k], held, n, g, elems, 0, 1, 0, &version, &eb),
+    ck_assert_int_eq(store_push(s, kinds[k], held, n, g, elems, 0, 1, 0, &version, &eb),
                      PS_EINVAL);
     ck_assert_msg(strstr(eb.msg, "would make a parameter or optimizer state non-finite"), "%s",
                   eb.msg);
@@ -543,7 +566,7 @@ START_TEST(test_push_never_poisons) {
     ck_assert_uint_eq(version_of_model(s, kinds[k]), v0);
     /* Ordinary pushes go on. */
     g[at] = 0.01f;
-    ck_assert_msg(psd_store_push(s, kinds[k], held, n, g, elems, 0, 1, 0, &version, &eb) == 0,
+    ck_assert_msg(store_push(s, kinds[k], held, n, g, elems, 0, 1, 0, &version, &eb) == 0,
                   "%s", eb.msg);
     free(first), free(first2), free(before), free(after), free(g);
   }
@@ -557,10 +580,10 @@ START_TEST(test_push_never_poisons) {
   ck_assert_int_eq(psd_store_held(s, "clipped", &held, &n, &elems), 0);
   float *g = calloc(elems, sizeof *g);
   g[0] = 0.6f, g[1] = 0.8f; /* norm 1 */
-  ck_assert_msg(psd_store_push(s, "clipped", held, n, g, elems, 0, 0, 0, &version, &eb) == 0, "%s",
+  ck_assert_msg(store_push(s, "clipped", held, n, g, elems, 0, 0, 0, &version, &eb) == 0, "%s",
                 eb.msg);
   g[1] = 0.9f;
-  ck_assert_int_eq(psd_store_push(s, "clipped", held, n, g, elems, 0, 1, 0, &version, &eb),
+  ck_assert_int_eq(store_push(s, "clipped", held, n, g, elems, 0, 1, 0, &version, &eb),
                    PS_EINVAL);
   ck_assert_msg(strstr(eb.msg, "over its clip_norm 1"), "%s", eb.msg);
   free(g);
@@ -654,7 +677,7 @@ static void push_first(psd_store *s, int step) {
   for (uint32_t i = 0; i < len; i++) g[i] = (float)cos((double)(i + (uint32_t)step * 3)) * 0.25f;
   ps_errbuf eb;
   uint64_t version;
-  ck_assert_msg(psd_store_push(s, "m", ids, 1, g, len, 0, 0, 0, &version, &eb) == 0, "push: %s",
+  ck_assert_msg(store_push(s, "m", ids, 1, g, len, 0, 0, 0, &version, &eb) == 0, "push: %s",
                 eb.msg);
   free(g);
 }

@@ -466,15 +466,18 @@ static void push_random(psd_store *s, int k) {
     uint32_t ids[8];
     size_t n = 1 + (size_t)(rnd01() * 3);
     uint32_t first = (uint32_t)(rnd01() * (float)(nheld - n));
-    uint64_t elems = 0;
+    uint64_t elems = 0, nbytes = 0;
     for (size_t j = 0; j < n; j++) ids[j] = held[first + j];
     ps_errbuf eb;
-    ck_assert_int_eq(psd_store_payload_elems(s, "m", ids, n, &elems, &eb), 0);
+    ps_req q = {.model = "m", .ids = ids, .nids = n};
+    ck_assert_int_eq(psd_store_payload(s, &q, 1, &elems, &nbytes, &eb), 0);
     for (uint64_t j = 0; j < elems; j++) g[j] = ps_test_rnd() * 0.5f;
     psd_model_info info;
     psd_store_model_info(s, 0, &info);
     uint64_t seen = info.version > 3 ? info.version - (uint64_t)(rnd01() * 3) : 0;
-    ck_assert_int_eq(psd_store_push(s, "m", ids, n, g, elems, 1, 0, seen, NULL, &eb), 0);
+    ps_req r = {.model = "m", .ids = ids, .nids = n, .worker = 1, .version = seen, .grads = g,
+                .nbytes = elems * sizeof(float)};
+    ck_assert_int_eq(psd_store_push(s, &r, NULL, &eb), 0);
   }
 }
 

@@ -1,0 +1,409 @@
+/* ps_codec: the codec table (see ps_codec.h). */
+#include "ps_codec.h"
+
+#include <math.h>
+#include <string.h>
+
+/* ---- fp16 ------------------------------------------------------------------- */
+
+/* ps_codec_f2h converts F to binary16, rounding to nearest even; finite
+ * values beyond the largest half (65504) saturate to it, NaN stays NaN. */
+uint16_t ps_codec_f2h(float f) {
+  uint32_t x;
+  memcpy(&x, &f, 4);
+  uint16_t sign = (uint16_t)((x >> 16) & 0x8000u);
+  uint32_t ax = x & 0x7fffffffu;
+  if (ax > 0x7f800000u) return sign | 0x7e00u;            /* NaN */
+  if (ax >= 0x477ff000u) return sign | 0x7bffu;           /* rounds past 65504: saturate */
+  if (ax < 0x38800000u) {                                 /* below 2^-14: a subnormal half */
+    float a;
+    memcpy(&a, &ax, 4);
+    return sign | (uint16_t)rintf(a * 0x1p24f);           /* rintf: nearest even; 1024 is 2^-14 */
+  }
+  uint32_t r = ax + 0x0fffu + ((ax >> 13) & 1u);          /* nearest even on the 13 dropped bits */
+  return sign | (uint16_t)((r - 0x38000000u) >> 13);
+}
+
+/* ps_codec_h2f converts binary16 H to float exactly. */
+float ps_codec_h2f(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000u) << 16, e = (h >> 10) & 0x1fu, m = h & 0x3ffu, x;
+  if (e == 0) {
+    float f = (float)m * 0x1p-24f;
+    return sign ? -f : f;
+  }
+  x = e == 31 ? sign | 0x7f800000u | (m << 13) : sign | ((e + 112) << 23) | (m << 13);
+  float f;
+  memcpy(&f, &x, 4);
+  return f;
+}
+
+/* ---- the codecs ------------------------------------------------------------- */
+
+typedef struct ps_codec_ops {
+  const char *name;
+  uint64_t (*size)(uint32_t n, float topk);
+  void (*encode)(const float *x, uint32_t n, float topk, uint8_t *out);
+  int (*check)(const uint8_t *in, uint32_t n, float topk, const char *what, ps_errbuf *eb);
+  void (*decode_acc)(const uint8_t *in, uint32_t n, float topk, float alpha, float *out);
+} ps_codec_ops;
+
+static float get_f32(const uint8_t *p) { float f; memcpy(&f, p, 4); return f; }
+static uint32_t get_u32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
+
+/* codec_check_scale: a scale must be finite and not negative. */
+static int codec_check_scale(const char *codec, const uint8_t *in, const char *what,
+                             ps_errbuf *eb) {
+  float s = get_f32(in);
+  if (!isfinite(s) || s < 0)
+    return ps_errf(eb, PS_EINVAL, "%s: %s scale %g is not a finite non-negative number", what,
+                   codec, (double)s);
+  return 0;
+}
+
+static int check_none(const uint8_t *in, uint32_t n, float topk, const char *what, ps_errbuf *eb) {
+  (void)in, (void)n, (void)topk, (void)what, (void)eb;
+  return 0;
+}
+
+/* fp32 */
+static uint64_t fp32_size(uint32_t n, float topk) { (void)topk; return (uint64_t)n * 4; }
+static void fp32_encode(const float *x, uint32_t n, float topk, uint8_t *out) {
+  (void)topk;
+  memcpy(out, x, (size_t)n * 4);
+}
+static void fp32_decode_acc(const uint8_t *in, uint32_t n, float topk, float alpha, float *out) {
+  (void)topk;
+  for (uint32_t i = 0; i < n; i++) out[i] += alpha * get_f32(in + 4 * (size_t)i);
+}
+
+/* fp16: with the CPU's F16C conversions where it has them (the same
+ * results: both round to nearest even; a value is clamped to +-65504
+ * first, which is what saturation means, and NaN stays NaN). */
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#include <immintrin.h>
+#define PS_CODEC_F16C 1
+__attribute__((target("avx,f16c"))) static void fp16_encode_f16c(const float *x, uint32_t n,
+                                                                   uint8_t *out) {
+  const __m256 lim = _mm256_set1_ps(65504.0f), nlim = _mm256_set1_ps(-65504.0f);
+  uint32_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 x8 = _mm256_loadu_ps(x + i);
+    __m256 v = _mm256_max_ps(_mm256_min_ps(x8, lim), nlim);
+    v = _mm256_blendv_ps(v, x8, _mm256_cmp_ps(x8, x8, _CMP_UNORD_Q)); /* min/max clamp NaN: undo */
+    _mm_storeu_si128((__m128i *)(out + 2 * (size_t)i), _mm256_cvtps_ph(v, _MM_FROUND_TO_NEAREST_INT));
+  }
+  for (; i < n; i++) {
+    uint16_t h = ps_codec_f2h(x[i]);
+    memcpy(out + 2 * (size_t)i, &h, 2);
+  }
+}
+__attribute__((target("avx,f16c"))) static void fp16_decode_f16c(const uint8_t *in, uint32_t n,
+                                                                   float alpha, float *out) {
+  const __m256 a = _mm256_set1_ps(alpha);
+  uint32_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    __m256 v = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(in + 2 * (size_t)i)));
+    _mm256_storeu_ps(out + i, _mm256_add_ps(_mm256_loadu_ps(out + i), _mm256_mul_ps(a, v)));
+  }
+  for (; i < n; i++) {
+    uint16_t h;
+    memcpy(&h, in + 2 * (size_t)i, 2);
+    out[i] += alpha * ps_codec_h2f(h);
+  }
+}
+static int codec_have_f16c(void) {
+  static int have = -1; /* racing first callers store the same answer */
+  int h = __atomic_load_n(&have, __ATOMIC_RELAXED);
+  if (h < 0) {
+    /* CPUID.1:ECX bits 27 (OSXSAVE), 28 (AVX), 29 (F16C), and the OS saving
+     * the AVX registers (XCR0 bits 1-2); clang 14 has no "f16c" for
+     * __builtin_cpu_supports. */
+    unsigned a, b, c, d;
+    h = 0;
+    if (__get_cpuid(1, &a, &b, &c, &d) && ((c >> 27) & 7u) == 7u) {
+      unsigned lo, hi;
+      __asm__("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+      h = (lo & 6u) == 6u;
+    }
+    __atomic_store_n(&have, h, __ATOMIC_RELAXED);
+  }
+  return h;
+}
+#endif
+
+static uint64_t fp16_size(uint32_t n, float topk) { (void)topk; return (uint64_t)n * 2; }
+static void fp16_encode(const float *x, uint32_t n, float topk, uint8_t *out) {
+  (void)topk;
+#ifdef PS_CODEC_F16C
+  if (codec_have_f16c()) {
+    fp16_encode_f16c(x, n, out);
+    return;
+  }
+#endif
+  for (uint32_t i = 0; i < n; i++) {
+    uint16_t h = ps_codec_f2h(x[i]);
+    memcpy(out + 2 * (size_t)i, &h, 2);
+  }
+}
+static void fp16_decode_acc(const uint8_t *in, uint32_t n, float topk, float alpha, float *out) {
+  (void)topk;
+#ifdef PS_CODEC_F16C
+  if (codec_have_f16c()) {
+    fp16_decode_f16c(in, n, alpha, out);
+    return;
+  }
+#endif
+  for (uint32_t i = 0; i < n; i++) {
+    uint16_t h;
+    memcpy(&h, in + 2 * (size_t)i, 2);
+    out[i] += alpha * ps_codec_h2f(h);
+  }
+}
+
+/* codec_absmax_bits: ps_absmax_bits's loop, compiled for AVX2 too
+ * (static: clang 14 names an exported target_clones function's symbols
+ * so that other files cannot link to it). */
+__attribute__((target_clones("avx2", "default")))
+static uint32_t codec_absmax_bits(const float *x, size_t n) {
+  uint32_t top = 0;
+  for (size_t i = 0; i < n; i++) {
+    uint32_t u;
+    memcpy(&u, &x[i], 4);
+    u &= 0x7fffffffu;
+    top = u > top ? u : top;
+  }
+  return top;
+}
+
+/* ps_absmax_bits: see ps_codec.h. */
+uint32_t ps_absmax_bits(const float *x, size_t n) { return codec_absmax_bits(x, n); }
+
+/* absmax of N finite floats */
+static float codec_absmax(const float *x, uint32_t n) {
+  uint32_t m = ps_absmax_bits(x, n);
+  float f;
+  memcpy(&f, &m, 4);
+  return f;
+}
+
+/* 1.5 * 2^23: adding and subtracting it rounds a float of magnitude
+ * below 2^22 to an integer, to nearest even (the default rounding mode;
+ * no -ffast-math here, so the compiler keeps both operations). */
+#define CODEC_RNE_MAGIC 0x1.8p23f
+
+/* int8 */
+static uint64_t int8_size(uint32_t n, float topk) { (void)topk; return 4 + (uint64_t)n; }
+static void int8_encode(const float *restrict x, uint32_t n, float topk, uint8_t *restrict out) {
+  (void)topk;
+  float m = codec_absmax(x, n), s = m / 127.0f, inv = m > 0 ? 127.0f / m : 0;
+  memcpy(out, &s, 4);
+  int8_t *restrict q = (int8_t *)(out + 4);
+  /* |x * inv| <= 127 (plus an ulp, which rounds to 127): no clamp needed */
+  for (uint32_t i = 0; i < n; i++) q[i] = (int8_t)(int)((x[i] * inv + CODEC_RNE_MAGIC) - CODEC_RNE_MAGIC);
+}
+static int int8_check(const uint8_t *in, uint32_t n, float topk, const char *what, ps_errbuf *eb) {
+  (void)n, (void)topk;
+  return codec_check_scale("int8", in, what, eb);
+}
+static void int8_decode_acc(const uint8_t *restrict in, uint32_t n, float topk, float alpha,
+                            float *restrict out) {
+  (void)topk;
+  float s = get_f32(in) * alpha;
+  const int8_t *restrict q = (const int8_t *)(in + 4);
+  for (uint32_t i = 0; i < n; i++) out[i] += (float)q[i] * s;
+}
+
+/* onebit */
+static uint64_t onebit_size(uint32_t n, float topk) { (void)topk; return 4 + ((uint64_t)n + 7) / 8; }
+static void onebit_encode(const float *restrict x, uint32_t n, float topk, uint8_t *restrict out) {
+  (void)topk;
+  /* mean |x|: 8 float lanes (vectorized) per block of 256, added in double */
+  double sum = 0;
+  uint32_t i = 0;
+  for (; i + 256 <= n; i += 256) {
+    float lane[8] = {0};
+    for (uint32_t j = 0; j < 256; j += 8)
+      for (uint32_t k = 0; k < 8; k++) lane[k] += fabsf(x[i + j + k]);
+    for (uint32_t k = 0; k < 8; k++) sum += lane[k];
+  }
+  for (; i < n; i++) sum += fabsf(x[i]);
+  float s = n ? (float)(sum / n) : 0;
+  memcpy(out, &s, 4);
+  uint8_t *restrict bits = out + 4;
+  for (i = 0; i + 8 <= n; i += 8) {
+    uint32_t byte = 0;
+    for (uint32_t k = 0; k < 8; k++) {
+      uint32_t b;
+      memcpy(&b, &x[i + k], 4);
+      byte |= (b >> 31) << k;
+    }
+    bits[i / 8] = (uint8_t)byte;
+  }
+  if (i < n) bits[i / 8] = 0;
+  for (; i < n; i++)
+    if (signbit(x[i])) bits[i / 8] |= (uint8_t)(1u << (i % 8));
+}
+static int onebit_check(const uint8_t *in, uint32_t n, float topk, const char *what, ps_errbuf *eb) {
+  (void)n, (void)topk;
+  return codec_check_scale("onebit", in, what, eb);
+}
+static void onebit_decode_acc(const uint8_t *restrict in, uint32_t n, float topk, float alpha,
+                              float *restrict out) {
+  (void)topk;
+  static float sign[256][8]; /* sign[byte][k]: -1 when bit k of byte is set, else 1 */
+  static int ready;
+  if (!__atomic_load_n(&ready, __ATOMIC_ACQUIRE)) { /* racing fillers write the same values */
+    for (int v = 0; v < 256; v++)
+      for (int k = 0; k < 8; k++) sign[v][k] = (v >> k) & 1 ? -1.0f : 1.0f;
+    __atomic_store_n(&ready, 1, __ATOMIC_RELEASE);
+  }
+  float s = get_f32(in) * alpha;
+  const uint8_t *restrict bits = in + 4;
+  uint32_t i = 0;
+  for (; i + 8 <= n; i += 8) {
+    const float *sg = sign[bits[i / 8]];
+    for (uint32_t k = 0; k < 8; k++) out[i + k] += s * sg[k];
+  }
+  for (; i < n; i++) out[i] += ((bits[i / 8] >> (i % 8)) & 1u) ? -s : s;
+}
+
+/* topk */
+uint32_t ps_codec_topk_k(uint32_t n, float frac) {
+  if (n == 0) return 0;
+  if (!(frac > 0 && frac <= 1)) frac = PS_CODEC_TOPK_DEFAULT;
+  double k = ceil((double)n * frac);
+  return k < 1 ? 1 : k > n ? n : (uint32_t)k;
+}
+static uint64_t topk_size(uint32_t n, float topk) { return (uint64_t)ps_codec_topk_k(n, topk) * 8; }
+
+static uint32_t abs_bits(float f) {
+  uint32_t b;
+  memcpy(&b, &f, 4);
+  return b & 0x7fffffffu; /* orders non-negative floats as integers */
+}
+
+/* topk_encode keeps the K largest magnitudes, found exactly without heap
+ * memory by a radix select over their 31 magnitude bits (at most three
+ * passes of 11, 11 and 9 bits, fewer when a bucket holds exactly the
+ * elements still wanted); ties at the threshold go to the lowest indices.
+ * Indices come out sorted. */
+static void topk_encode(const float *x, uint32_t n, float topk, uint8_t *out) {
+  static const int shift[3] = {20, 9, 0}, width[3] = {11, 11, 9};
+  uint32_t k = ps_codec_topk_k(n, topk), prefix = 0, mask = 0, need = k;
+  uint32_t count[2048];
+  for (int p = 0; p < 3 && k; p++) {
+    uint32_t nb = 1u << width[p], bm = nb - 1;
+    memset(count, 0, nb * sizeof count[0]);
+    for (uint32_t i = 0; i < n; i++) {
+      uint32_t b = abs_bits(x[i]);
+      if ((b & mask) == prefix) count[(b >> shift[p]) & bm]++;
+    }
+    uint32_t d = bm;
+    for (; d > 0 && count[d] < need; d--) need -= count[d];
+    prefix |= d << shift[p];
+    mask |= bm << shift[p];
+    if (count[d] == need) break; /* the whole bucket is kept */
+  }
+  /* Kept: magnitude bits above PREFIX under MASK, and the first NEED equal. */
+  uint8_t *idx = out, *val = out + 4 * (size_t)k;
+  uint32_t j = 0;
+  for (uint32_t i = 0; i < n && j < k; i++) {
+    uint32_t b = abs_bits(x[i]) & mask;
+    if (b > prefix || (b == prefix && need && need--)) {
+      memcpy(idx + 4 * (size_t)j, &i, 4);
+      memcpy(val + 4 * (size_t)j, &x[i], 4);
+      j++;
+    }
+  }
+}
+static int topk_check(const uint8_t *in, uint32_t n, float topk, const char *what, ps_errbuf *eb) {
+  uint32_t k = ps_codec_topk_k(n, topk);
+  for (uint32_t j = 0; j < k; j++) {
+    uint32_t i = get_u32(in + 4 * (size_t)j);
+    if (i >= n)
+      return ps_errf(eb, PS_EINVAL, "%s: topk index %u out of range (%u elements)", what, i, n);
+    if (j && i <= get_u32(in + 4 * (size_t)(j - 1)))
+      return ps_errf(eb, PS_EINVAL, "%s: topk index %u repeated or out of order", what, i);
+  }
+  return 0;
+}
+static void topk_decode_acc(const uint8_t *in, uint32_t n, float topk, float alpha, float *out) {
+  uint32_t k = ps_codec_topk_k(n, topk);
+  const uint8_t *val = in + 4 * (size_t)k;
+  for (uint32_t j = 0; j < k; j++) out[get_u32(in + 4 * (size_t)j)] += alpha * get_f32(val + 4 * (size_t)j);
+}
+
+static const ps_codec_ops ps_codecs[PS_CODEC_N] = {
+    [PS_CODEC_FP32] = {"fp32", fp32_size, fp32_encode, check_none, fp32_decode_acc},
+    [PS_CODEC_FP16] = {"fp16", fp16_size, fp16_encode, check_none, fp16_decode_acc},
+    [PS_CODEC_INT8] = {"int8", int8_size, int8_encode, int8_check, int8_decode_acc},
+    [PS_CODEC_ONEBIT] = {"onebit", onebit_size, onebit_encode, onebit_check, onebit_decode_acc},
+    [PS_CODEC_TOPK] = {"topk", topk_size, topk_encode, topk_check, topk_decode_acc},
+};
+
+/* ---- public ------------------------------------------------------------------- */
+
+const char *ps_codec_name(ps_codec_id id) {
+  return (unsigned)id < PS_CODEC_N ? ps_codecs[id].name : "unknown";
+}
+
+int ps_codec_valid(uint32_t v) { return v < PS_CODEC_N; }
+
+int ps_codec_parse(const char *name, const char *what, ps_codec_id *id, ps_errbuf *eb) {
+  if (!name || !*name) {
+    *id = PS_CODEC_FP32;
+    return 0;
+  }
+  for (unsigned i = 0; i < PS_CODEC_N; i++)
+    if (!strcmp(name, ps_codecs[i].name)) {
+      *id = (ps_codec_id)i;
+      return 0;
+    }
+  return ps_errf(eb, PS_EINVAL, "unknown %s '%s' (fp32, fp16, int8, onebit or topk)",
+                 what ? what : "codec", name);
+}
+
+uint64_t ps_codec_size(ps_codec_id id, uint32_t n, float topk) {
+  return ps_codecs[id].size(n, topk);
+}
+
+void ps_codec_encode(ps_codec_id id, const float *x, uint32_t n, float topk, void *out) {
+  ps_codecs[id].encode(x, n, topk, out);
+}
+
+int ps_codec_check(ps_codec_id id, const void *in, uint64_t len, uint32_t n, float topk,
+                   const char *what, ps_errbuf *eb) {
+  if ((unsigned)id >= PS_CODEC_N)
+    return ps_errf(eb, PS_EINVAL, "%s: unknown codec %u", what, (unsigned)id);
+  uint64_t want = ps_codec_size(id, n, topk);
+  if (len != want)
+    return ps_errf(eb, PS_EINVAL, "%s: %llu bytes of %s, %u elements need %llu", what,
+                   (unsigned long long)len, ps_codecs[id].name, n, (unsigned long long)want);
+  return ps_codecs[id].check(in, n, topk, what, eb);
+}
+
+void ps_codec_decode_acc(ps_codec_id id, const void *in, uint32_t n, float topk, float alpha,
+                         float *out) {
+  ps_codecs[id].decode_acc(in, n, topk, alpha, out);
+}
+
+void ps_codec_decode(ps_codec_id id, const void *in, uint32_t n, float topk, float *out) {
+  if (id == PS_CODEC_FP32) {
+    memcpy(out, in, (size_t)n * 4);
+    return;
+  }
+  memset(out, 0, (size_t)n * sizeof *out);
+  ps_codecs[id].decode_acc(in, n, topk, 1.0f, out);
+}
+
+void ps_codec_encode_ef(ps_codec_id id, const float *g, uint32_t n, float topk, float *residual,
+                        void *out) {
+  if (id == PS_CODEC_FP32) {
+    ps_codec_encode(id, g, n, topk, out);
+    return;
+  }
+  for (uint32_t i = 0; i < n; i++) residual[i] += g[i];
+  ps_codec_encode(id, residual, n, topk, out);
+  ps_codec_decode_acc(id, out, n, topk, -1.0f, residual);
+}

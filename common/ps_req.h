@@ -1,0 +1,27 @@
+/* ps_req: one push or pull request as it travels transport -> shard ->
+ * store (and client -> transport on the worker side): what ps-lite's
+ * KVMeta and KVPairs carry, instead of a dozen positional arguments.
+ *
+ * Pointers are borrowed for the call that receives the request. */
+#ifndef PS_REQ_H
+#define PS_REQ_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ps_codec.h"
+
+typedef struct ps_req {
+  const char *model;
+  const uint32_t *ids;  /* chunk ids; the payload is their chunks in this order */
+  size_t nids;
+  uint32_t worker;
+  uint64_t clock;       /* the worker's clock (completed steps) */
+  uint64_t version;     /* push: the shard version the gradients were computed on */
+  ps_codec_id codec;    /* encoding of the payload (ps_layout_payload_bytes) */
+  const void *grads;    /* push: the encoded gradients */
+  void *out;            /* pull: where the encoded values go */
+  uint64_t nbytes;      /* payload bytes at grads / out */
+} ps_req;
+
+#endif

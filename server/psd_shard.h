@@ -76,6 +76,8 @@ typedef struct psd_shard {
   psd_clock *clock;           /* leases, clocks, parked pulls (psd_shard_clock_start) */
   uv_timer_t clock_timer;     /* fires at psd_clock_next_ms */
   int coordinator;            /* this shard registers workers */
+  uv_timer_t save_timer;      /* saves the coordinator's table (psd_coord.h) */
+  int save_timer_on;
 } psd_shard;
 
 /* Control plane. */

@@ -338,6 +338,93 @@ uint64_t psw_coord_partitions(psw_coord *c, uint32_t *out, size_t cap, size_t *n
   return gen;
 }
 
+/* coord_progress_call sends the coordinator one heartbeat of the training
+ * thread carrying POS (may be NULL) and, with CLAIM, a claim; retries an
+ * unreachable coordinator for workers.retry_ms.  *OUT: the reply (caller
+ * frees with protobuf_c_message_free_unpacked). */
+static int coord_progress_call(psw_coord *c, const psw_coord_part *pos, int claim,
+                               uint32_t epochs, uint64_t data_size, Ps__HeartbeatReply **out,
+                               ps_errbuf *eb) {
+  Ps__HeartbeatRequest req = PS__HEARTBEAT_REQUEST__INIT;
+  Ps__PartProgress pp = PS__PART_PROGRESS__INIT, *ppp = &pp;
+  req.worker = c->worker;
+  req.model = c->model;
+  req.host = c->host;
+  req.device = c->device;
+  pthread_mutex_lock(&c->mu);
+  req.clock = c->clock;
+  req.steps_per_s = c->steps_per_s;
+  req.blocked_share = c->blocked_share;
+  pthread_mutex_unlock(&c->mu);
+  if (pos) {
+    pp.partition = pos->part;
+    pp.epoch = pos->epoch;
+    pp.offset = pos->offset;
+    pp.started = pos->started;
+    pp.size = pos->size;
+    req.progress = &ppp;
+    req.n_progress = 1;
+  }
+  req.claim = claim;
+  req.epochs = epochs;
+  req.data_size = data_size;
+  int64_t start = ps_now_ms();
+  uint32_t delay = PS_BACKOFF_FIRST_MS;
+  for (;;) {
+    ProtobufCMessage *resp = NULL;
+    int err = ps_rpc_call(c->rpc[c->coord], "/ps.Ps/Heartbeat", &req.base,
+                          &ps__heartbeat_reply__descriptor, &resp, PSW_COORD_CALL_MS, eb);
+    if (err == 0) {
+      *out = (Ps__HeartbeatReply *)resp;
+      return 0;
+    }
+    if (!coord_retryable(err) || ps_now_ms() - start + delay > (int64_t)c->cfg->workers.retry_ms)
+      return err;
+    if (ps_sleep_ms(delay, c->stop) < 0) return ps_errf(eb, PS_ESHUTDOWN, "stopped");
+    delay = ps_backoff_next(delay);
+  }
+}
+
+/* coord_progress_answer turns a reply to a progress beat into 0,
+ * PS_EEXPIRED or PS_ENOENT (refused). */
+static int coord_progress_answer(const Ps__HeartbeatReply *r, const psw_coord_part *pos,
+                                 ps_errbuf *eb) {
+  if (r->expired)
+    return ps_errf(eb, PS_EEXPIRED, "the coordinator declared worker dead (lease expired)");
+  if (pos && r->n_refused)
+    return ps_errf(eb, PS_ENOENT, "partition %u is no longer this worker's", pos->part);
+  return 0;
+}
+
+/* psw_coord_claim: see psw_coord.h. */
+int psw_coord_claim(psw_coord *c, const psw_coord_part *fin, uint32_t epochs, uint64_t data_size,
+                    psw_coord_part *out, int *job_done, ps_errbuf *eb) {
+  Ps__HeartbeatReply *r;
+  int err = coord_progress_call(c, fin, 1, epochs, data_size, &r, eb);
+  if (err < 0) return err;
+  err = coord_progress_answer(r, NULL, eb);
+  *job_done = r->job_done;
+  if (err == 0 && r->granted) {
+    const Ps__PartProgress *g = r->granted;
+    *out = (psw_coord_part){.part = g->partition, .epoch = g->epoch, .offset = g->offset,
+                            .started = g->offset, .size = g->size};
+    err = 1;
+  }
+  if (err >= 0 && r->assigned) coord_set_parts(c, r->partitions, r->n_partitions);
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  return err;
+}
+
+/* psw_coord_report: see psw_coord.h. */
+int psw_coord_report(psw_coord *c, const psw_coord_part *pos, ps_errbuf *eb) {
+  Ps__HeartbeatReply *r;
+  int err = coord_progress_call(c, pos, 0, 0, 0, &r, eb);
+  if (err < 0) return err;
+  err = coord_progress_answer(r, pos, eb);
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  return err;
+}
+
 /* psw_coord_free: see psw_coord.h. */
 void psw_coord_free(psw_coord *c, int leaving, int done) {
   if (!c) return;

@@ -99,7 +99,9 @@ static int coord_register_once(psw_coord *c, ps_errbuf *eb) {
                         &ps__register_worker_reply__descriptor, &resp, PSW_COORD_CALL_MS, eb);
   if (err < 0) return err;
   Ps__RegisterWorkerReply *r = (Ps__RegisterWorkerReply *)resp;
-  if (!r->world_size || r->rank >= r->world_size) {
+  /* ranks past world_size are workers beyond the expected count (elastic;
+   * psd_clock invariant 8 bounds them at 2 x world_size + 2) */
+  if (!r->world_size || r->rank >= 2 * (uint64_t)r->world_size + 2) {
     protobuf_c_message_free_unpacked(resp, NULL);
     return ps_errf(eb, PS_EPROTO, "the coordinator answered rank %u of %u workers", r->rank,
                    r->world_size);
@@ -144,10 +146,10 @@ int psw_coord_register(psw_coord *c, psw_coord_reg *reg, ps_errbuf *eb) {
   return 0;
 }
 
-/* coord_live_count counts the live workers the coordinator lists with a
- * rank below WORLD, and takes this worker's partitions from the list
+/* coord_live_count counts the live workers the coordinator lists (any
+ * rank), and takes this worker's partitions from the list
  * (invariant 4); a negative PS_E* code when it did not answer. */
-static int coord_live_count(psw_coord *c, uint32_t world, ps_errbuf *eb) {
+static int coord_live_count(psw_coord *c, ps_errbuf *eb) {
   Ps__ListWorkersRequest req = PS__LIST_WORKERS_REQUEST__INIT;
   ProtobufCMessage *resp = NULL;
   int err = ps_rpc_call(c->rpc[c->coord], "/ps.Ps/ListWorkers", &req.base,
@@ -158,7 +160,7 @@ static int coord_live_count(psw_coord *c, uint32_t world, ps_errbuf *eb) {
   for (size_t i = 0; i < r->n_workers; i++) {
     const Ps__WorkerInfo *w = r->workers[i];
     int live = w->state && strcmp(w->state, "DEAD") != 0 && strcmp(w->state, "DONE") != 0;
-    n += w->rank < world && live;
+    n += live; /* any rank: past workers.count too (elastic) */
     if (live && c->registered && w->rank == c->worker)
       coord_set_parts(c, w->partitions, w->n_partitions);
   }
@@ -171,7 +173,7 @@ int psw_coord_wait_world(psw_coord *c, uint32_t world, uint32_t timeout_ms, ps_e
   int64_t end = ps_now_ms() + timeout_ms;
   int seen = 0;
   for (;;) {
-    int n = coord_live_count(c, world, eb);
+    int n = coord_live_count(c, eb);
     if (n >= (int)world) return 0;
     if (n > seen) seen = n;
     if (ps_now_ms() >= end)

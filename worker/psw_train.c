@@ -506,8 +506,9 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
     run_report(x, pos->epoch, (*step)++, acc, t0);
     if (last) break;
   }
+  pos->started = pos->offset; /* every push is in: nothing in flight */
   if (off == v->n) return 0;
-  pos->started = pos->offset; /* a stop: nothing in flight, handed over exactly */
+  /* a stop: reported with nothing in flight, handed over exactly */
   return (err = run_tell(x, pos, eb)) < 0 && err != PS_ENOENT ? err : 1;
 }
 
@@ -552,12 +553,15 @@ static int run_finish_epoch(psw_run *x, uint32_t epoch, const psw_epoch_acc *acc
 }
 
 /* run_wait_world waits (at most workers.retry_ms) until the coordinator
- * lists the whole world, so that the first steps are not run alone; past
- * that it trains with whoever is there. */
+ * lists workers.min live workers, so that the first steps are not run
+ * alone; past that it trains with whoever is there.  Workers that come
+ * later join the running job (psd_clock invariant 7). */
 static int run_wait_world(psw_run *x, ps_errbuf *eb) {
-  if (!x->o->register_worker || x->workers < 2) return 0;
+  const ps_worker_conf *wc = &x->o->cfg->workers;
+  uint32_t need = wc->min ? wc->min : wc->count;
+  if (!x->o->register_worker || need < 2) return 0;
   ps_errbuf w = {""};
-  int err = psw_coord_wait_world(x->coord, x->workers, x->o->cfg->workers.retry_ms, &w);
+  int err = psw_coord_wait_world(x->coord, need, wc->retry_ms, &w);
   if (err == PS_ESHUTDOWN) return ps_errf(eb, err, "stopped");
   if (err < 0) ps_warn("worker %u: %s; training anyway", x->rank, w.msg);
   return 0;

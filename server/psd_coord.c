@@ -128,6 +128,7 @@ void psd_coord_stop(psd_shard *sh) {
   if (!sh->save_timer_on) return;
   psd_coord_save(sh, 0);
   uv_timer_stop(&sh->save_timer);
+  uv_close((uv_handle_t *)&sh->save_timer, NULL); /* closed with the loop's next run */
   sh->save_timer_on = 0;
 }
 

@@ -29,7 +29,8 @@ int psd_coord_restore(psd_shard *sh, ps_errbuf *eb);
  * when not); failures are logged (the next save retries). */
 void psd_coord_save(psd_shard *sh, int force);
 
-/* psd_coord_stop stops the save timer after a last save. */
+/* psd_coord_stop saves a last time and closes the save timer (the handle
+ * is closed by the loop's next run). */
 void psd_coord_stop(psd_shard *sh);
 
 /* psd_coord_heartbeat handles the coordinator fields of REQ (progress,

@@ -40,6 +40,13 @@ struct psw_coord {
   uint32_t *parts;               /* invariant 4 (under mu) */
   size_t nparts;
   uint64_t parts_gen;
+  /* The report thread (psw_coord_report_start), all under rmu: */
+  pthread_t rthread;
+  pthread_mutex_t rmu;
+  pthread_cond_t rcv;
+  int rstarted, rquit, rhave, rdone, rerr;
+  psw_coord_part rpos;
+  ps_errbuf reb;
 };
 
 /* psw_coord_new: see psw_coord.h. */
@@ -54,6 +61,8 @@ int psw_coord_new(psw_coord **out, const psw_coord_conf *conf, ps_errbuf *eb) {
   pthread_mutex_init(&c->mu, NULL);
   pthread_mutex_init(&c->rejoin_mu, NULL);
   pthread_cond_init(&c->cv, NULL);
+  pthread_mutex_init(&c->rmu, NULL);
+  pthread_cond_init(&c->rcv, NULL);
   if (gethostname(c->host, sizeof c->host - 1) < 0) strcpy(c->host, "?");
   int err = 0;
   if (!c->model || !c->device || !c->rpc) err = ps_errf(eb, PS_ENOMEM, "out of memory");
@@ -427,9 +436,67 @@ int psw_coord_report(psw_coord *c, const psw_coord_part *pos, ps_errbuf *eb) {
   return err;
 }
 
+/* coord_report_main: the report thread — sends each report handed over
+ * by psw_coord_report_start and posts its answer. */
+static void *coord_report_main(void *arg) {
+  psw_coord *c = arg;
+  pthread_mutex_lock(&c->rmu);
+  for (;;) {
+    while (!c->rhave && !c->rquit) pthread_cond_wait(&c->rcv, &c->rmu);
+    if (c->rquit) break;
+    psw_coord_part pos = c->rpos;
+    c->rhave = 0;
+    pthread_mutex_unlock(&c->rmu);
+    ps_errbuf eb = {""};
+    int err = psw_coord_report(c, &pos, &eb);
+    pthread_mutex_lock(&c->rmu);
+    c->rerr = err;
+    c->reb = eb;
+    c->rdone = 1;
+    pthread_cond_broadcast(&c->rcv);
+  }
+  pthread_mutex_unlock(&c->rmu);
+  return NULL;
+}
+
+/* psw_coord_report_start: see psw_coord.h. */
+int psw_coord_report_start(psw_coord *c, const psw_coord_part *pos, ps_errbuf *eb) {
+  pthread_mutex_lock(&c->rmu);
+  if (!c->rstarted) {
+    if (pthread_create(&c->rthread, NULL, coord_report_main, c) != 0) {
+      pthread_mutex_unlock(&c->rmu);
+      return ps_errf(eb, PS_ENOMEM, "cannot start the report thread");
+    }
+    c->rstarted = 1;
+  }
+  c->rpos = *pos;
+  c->rhave = 1;
+  c->rdone = 0;
+  pthread_cond_broadcast(&c->rcv);
+  pthread_mutex_unlock(&c->rmu);
+  return 0;
+}
+
+/* psw_coord_report_wait: see psw_coord.h. */
+int psw_coord_report_wait(psw_coord *c, ps_errbuf *eb) {
+  pthread_mutex_lock(&c->rmu);
+  while (!c->rdone) pthread_cond_wait(&c->rcv, &c->rmu);
+  int err = c->rerr;
+  if (err < 0 && eb) *eb = c->reb;
+  pthread_mutex_unlock(&c->rmu);
+  return err;
+}
+
 /* psw_coord_free: see psw_coord.h. */
 void psw_coord_free(psw_coord *c, int leaving, int done) {
   if (!c) return;
+  if (c->rstarted) {
+    pthread_mutex_lock(&c->rmu);
+    c->rquit = 1;
+    pthread_cond_broadcast(&c->rcv);
+    pthread_mutex_unlock(&c->rmu);
+    pthread_join(c->rthread, NULL);
+  }
   if (c->started) {
     pthread_mutex_lock(&c->mu);
     c->quit = 1;
@@ -445,6 +512,8 @@ void psw_coord_free(psw_coord *c, int leaving, int done) {
   pthread_mutex_destroy(&c->mu);
   pthread_mutex_destroy(&c->rejoin_mu);
   pthread_cond_destroy(&c->cv);
+  pthread_mutex_destroy(&c->rmu);
+  pthread_cond_destroy(&c->rcv);
   free(c->model);
   free(c->device);
   free(c);

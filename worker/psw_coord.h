@@ -33,7 +33,8 @@
  *  6. Partition progress (psd_clock invariant 7): the training thread
  *     claims each partition it trains from the coordinator
  *     (psw_coord_claim) and reports its place before each push
- *     (psw_coord_report), waiting for the answer: so the coordinator
+ *     (psw_coord_report, or psw_coord_report_start while it computes the
+ *     batch), waiting for the answer before it pushes: so the coordinator
  *     always knows how far a worker may have got (offset: pushes
  *     acknowledged by every shard; started: the end of the batch being
  *     pushed).  An unreachable coordinator is retried like registration.
@@ -123,6 +124,13 @@ int psw_coord_claim(psw_coord *c, const psw_coord_part *fin, uint32_t epochs, ui
 /* psw_coord_report reports POS (invariant 6): 0, PS_ENOENT when the
  * partition is no longer this worker's (drop it), or a PS_E* code. */
 int psw_coord_report(psw_coord *c, const psw_coord_part *pos, ps_errbuf *eb);
+
+/* psw_coord_report_start hands POS to the report thread, which sends it
+ * as psw_coord_report does while the caller computes the batch;
+ * psw_coord_report_wait waits for its answer (returns as
+ * psw_coord_report).  One report at a time, from one thread. */
+int psw_coord_report_start(psw_coord *c, const psw_coord_part *pos, ps_errbuf *eb);
+int psw_coord_report_wait(psw_coord *c, ps_errbuf *eb);
 
 /* psw_coord_free stops the thread, sends the leaving heartbeat (marked
  * DONE or not) when LEAVING and the thread ran (invariant 3), closes the

@@ -414,17 +414,29 @@ static void run_report(psw_run *x, uint32_t epoch, uint64_t s, const psw_epoch_a
   psw_progress_step(&x->prog, &st);
 }
 
-/* run_tell reports POS to the coordinator (psw_coord invariant 6) when
- * the worker registered; a worker declared dead rejoins first (its
- * partition is then another's: PS_ENOENT). */
-static int run_tell(psw_run *x, const psw_coord_part *pos, ps_errbuf *eb) {
+/* run_tell_wait waits for the report run_tell_start sent (psw_coord
+ * invariant 6); a worker declared dead rejoins first (its partition is
+ * then another's: PS_ENOENT). */
+static int run_tell_wait(psw_run *x, uint32_t part, ps_errbuf *eb) {
   if (!x->o->register_worker) return 0;
-  int err = psw_coord_report(x->coord, pos, eb);
+  int err = psw_coord_report_wait(x->coord, eb);
   if (err == PS_EEXPIRED) {
     if ((err = psw_coord_rejoin(x->coord, eb)) < 0) return err;
-    return ps_errf(eb, PS_ENOENT, "declared dead: partition %u went to another worker", pos->part);
+    return ps_errf(eb, PS_ENOENT, "declared dead: partition %u went to another worker", part);
   }
   return err;
+}
+
+/* run_tell_start starts reporting POS to the coordinator when the worker
+ * registered (run_tell_wait takes the answer). */
+static int run_tell_start(psw_run *x, const psw_coord_part *pos, ps_errbuf *eb) {
+  return x->o->register_worker ? psw_coord_report_start(x->coord, pos, eb) : 0;
+}
+
+/* run_tell reports POS and waits for the answer. */
+static int run_tell(psw_run *x, const psw_coord_part *pos, ps_errbuf *eb) {
+  int err = run_tell_start(x, pos, eb);
+  return err < 0 ? err : run_tell_wait(x, pos->part, eb);
 }
 
 /* run_order sizes the order array for N samples and fills it with
@@ -473,12 +485,15 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
     psw_coord_part tell = *pos;
     tell.offset = acked;
     tell.started = off + rows;
-    if ((err = run_tell(x, &tell, eb)) < 0) {
+    /* the report travels while the batch computes; the push waits for it */
+    if ((err = run_tell_start(x, &tell, eb)) < 0) {
       if (ov) psw_client_wait(x->cl, NULL);
       return err;
     }
     double tc = run_now_ms();
     err = run_compute(x, v, off, rows, cur, acc, eb);
+    int terr = run_tell_wait(x, pos->part, err < 0 ? NULL : eb);
+    if (err == 0) err = terr;
     if (err < 0) {
       if (ov) psw_client_wait(x->cl, NULL);
       return err;

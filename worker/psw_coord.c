@@ -3,6 +3,7 @@
 #include "psw_coord.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -156,7 +157,8 @@ int psw_coord_register(psw_coord *c, psw_coord_reg *reg, ps_errbuf *eb) {
 }
 
 /* coord_live_count counts the live workers the coordinator lists (any
- * rank), and takes this worker's partitions from the list
+ * rank; INT_MAX when the job has begun: a partition is being trained or
+ * was, so a joining worker does not wait), and takes this worker's partitions from the list
  * (invariant 4); a negative PS_E* code when it did not answer. */
 static int coord_live_count(psw_coord *c, ps_errbuf *eb) {
   Ps__ListWorkersRequest req = PS__LIST_WORKERS_REQUEST__INIT;
@@ -172,6 +174,10 @@ static int coord_live_count(psw_coord *c, ps_errbuf *eb) {
     n += live; /* any rank: past workers.count too (elastic) */
     if (live && c->registered && w->rank == c->worker)
       coord_set_parts(c, w->partitions, w->n_partitions);
+  }
+  for (size_t i = 0; i < r->n_partitions; i++) {
+    const Ps__PartProgress *q = r->partitions[i]->pos;
+    if (r->partitions[i]->active || (q && (q->epoch || q->offset))) n = INT_MAX;
   }
   protobuf_c_message_free_unpacked(resp, NULL);
   return n;

@@ -79,7 +79,8 @@ int psw_coord_new(psw_coord **out, const psw_coord_conf *conf, ps_errbuf *eb);
 int psw_coord_register(psw_coord *c, psw_coord_reg *reg, ps_errbuf *eb);
 
 /* psw_coord_wait_world waits until the coordinator lists WORLD live
- * workers, polling, for at most TIMEOUT_MS.  Returns 0, PS_ETIMEDOUT
+ * workers or the job has begun (a worker joining a running job does not
+ * wait), polling, for at most TIMEOUT_MS.  Returns 0, PS_ETIMEDOUT
  * (the count seen is in EB's message) or PS_ESHUTDOWN. */
 int psw_coord_wait_world(psw_coord *c, uint32_t world, uint32_t timeout_ms, ps_errbuf *eb);
 

@@ -9,7 +9,7 @@
 #                        one section; scripts/bench --list names them)
 #   make SANITIZE=address,undefined test
 #   make fuzz            the libFuzzer targets (tests/fuzz), FUZZ_SECONDS (600) each
-#   make test-long       make fuzz and the other long tests
+#   make test-long       make fuzz and the other long tests (PS_TEST_LONG=1 suites)
 #
 # Objects go to build/obj (build/obj-san-* with SANITIZE), generated code to
 # build/gen, programs to build/bin.
@@ -208,8 +208,10 @@ test: deps
 	PS_BIN=$(BIN) FUZZ_BIN=$(FUZZ_BIN) FUZZ_CC=$(FUZZ_CC) scripts/run_tests $(BIN)/ps_tests $(BIN)/ps_tests_cuda_emu \
 	  scripts/fuzz_smoke
 
-# Long runs: every fuzz target for FUZZ_SECONDS (and longer fault tests).
+# Long runs: every fuzz target for FUZZ_SECONDS, and the longer fault
+# tests (PS_TEST_LONG=1: the failover suite's MLP run with a kill every 10 s).
 test-long: fuzz
+	PS_TEST_LONG=1 PS_TEST_FILTER=psw_failover PS_BIN=$(BIN) scripts/run_tests $(BIN)/ps_tests
 
 # ---- fuzzing ---------------------------------------------------------------
 # One libFuzzer program per tests/fuzz/fuzz_NAME.c.  The project's code is

@@ -287,3 +287,22 @@ void ps_test_submit(ps_rpc *r, const Ps__ModelSpec *spec, int replace, int timeo
   ck_assert_msg(err == 0, "submit '%s': %s", spec->name, eb.msg);
   protobuf_c_message_free_unpacked(rep, NULL);
 }
+
+/* ps_test_submit_mlp: see ps_test.h. */
+void ps_test_submit_mlp(const char *dir, const char *yaml, const char *layers, const char *lr,
+                        const char *consistency, const char *staleness) {
+  char pb[600], log[600];
+  snprintf(pb, sizeof pb, "%s/m.pb", dir);
+  snprintf(log, sizeof log, "%s/psctl.log", dir);
+  char *lrm[] = {(char *)ps_test_bin("psctl"), "model", "logreg", "--inputs", "784", "--classes",
+                 "10", "-o", pb, NULL};
+  char *mlp[] = {(char *)ps_test_bin("psctl"), "model", "mlp", "--layers", (char *)layers, "-o",
+                 pb, NULL};
+  ck_assert_msg(ps_test_run(strcmp(layers, "logreg") ? mlp : lrm, log, 20000) == 0,
+                "psctl model failed; see %s", log);
+  char *submit[] = {(char *)ps_test_bin("psctl"), "submit", pb, "--name", "m", "--config",
+                    (char *)yaml, "--optimizer", "adam", "--lr", (char *)lr, "--consistency",
+                    (char *)consistency, staleness ? "--staleness" : NULL, (char *)staleness,
+                    NULL};
+  ck_assert_msg(ps_test_run(submit, log, 30000) == 0, "psctl submit failed; see %s", log);
+}

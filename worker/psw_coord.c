@@ -198,22 +198,29 @@ int psw_coord_wait_world(psw_coord *c, uint32_t world, uint32_t timeout_ms, ps_e
   }
 }
 
+/* coord_beat_init fills REQ with what every heartbeat of WORKER says:
+ * who it is and the figures last given to psw_coord_update. */
+static void coord_beat_init(psw_coord *c, Ps__HeartbeatRequest *req, uint32_t worker) {
+  ps__heartbeat_request__init(req);
+  req->worker = worker;
+  req->model = c->model;
+  req->device = c->device;
+  req->host = c->host;
+  pthread_mutex_lock(&c->mu);
+  req->clock = c->clock;
+  req->steps_per_s = c->steps_per_s;
+  req->blocked_share = c->blocked_share;
+  pthread_mutex_unlock(&c->mu);
+}
+
 /* coord_heartbeat_all sends one heartbeat for worker WORKER to every
  * shard (LEAVING, DONE, REJOIN: see HeartbeatRequest); returns 1 when a
  * shard said the worker had expired. */
 static int coord_heartbeat_all(psw_coord *c, uint32_t worker, int leaving, int done,
                                int rejoin) {
-  Ps__HeartbeatRequest req = PS__HEARTBEAT_REQUEST__INIT;
+  Ps__HeartbeatRequest req;
+  coord_beat_init(c, &req, worker);
   req.rejoin = rejoin;
-  pthread_mutex_lock(&c->mu);
-  req.worker = worker;
-  req.clock = c->clock;
-  req.steps_per_s = c->steps_per_s;
-  req.blocked_share = c->blocked_share;
-  pthread_mutex_unlock(&c->mu);
-  req.model = c->model;
-  req.device = c->device;
-  req.host = c->host;
   req.leaving = leaving;
   req.done = done;
   int timeout = c->heartbeat_ms < PSW_COORD_CALL_MS ? (int)c->heartbeat_ms : PSW_COORD_CALL_MS;
@@ -362,17 +369,9 @@ uint64_t psw_coord_partitions(psw_coord *c, uint32_t *out, size_t cap, size_t *n
 static int coord_progress_call(psw_coord *c, const psw_coord_part *pos, int claim,
                                uint32_t epochs, uint64_t data_size, Ps__HeartbeatReply **out,
                                ps_errbuf *eb) {
-  Ps__HeartbeatRequest req = PS__HEARTBEAT_REQUEST__INIT;
+  Ps__HeartbeatRequest req;
   Ps__PartProgress pp = PS__PART_PROGRESS__INIT, *ppp = &pp;
-  req.worker = c->worker;
-  req.model = c->model;
-  req.host = c->host;
-  req.device = c->device;
-  pthread_mutex_lock(&c->mu);
-  req.clock = c->clock;
-  req.steps_per_s = c->steps_per_s;
-  req.blocked_share = c->blocked_share;
-  pthread_mutex_unlock(&c->mu);
+  coord_beat_init(c, &req, c->worker);
   if (pos) {
     pp.partition = pos->part;
     pp.epoch = pos->epoch;

@@ -61,19 +61,7 @@ static void tc_start(tc_ctx *x, const char *layers, const char *consistency,
       "  scale: 1/255\n  partitions: 8\n  limit: 4000\n";
   snprintf(x->yaml, sizeof x->yaml, "%s", ps_test_cluster_yaml(x->dir, 2, extra, x->gp, x->cp));
   ps_test_start_shards(x->yaml, x->dir, 2, x->gp, x->cp, x->shard);
-  char pb[600], log[600];
-  snprintf(pb, sizeof pb, "%s/m.pb", x->dir);
-  snprintf(log, sizeof log, "%s/psctl.log", x->dir);
-  char *lr[] = {(char *)ps_test_bin("psctl"), "model", "logreg", "--inputs", "784", "--classes",
-                "10", "-o", pb, NULL};
-  char *mlp[] = {(char *)ps_test_bin("psctl"), "model", "mlp", "--layers", (char *)layers, "-o",
-                 pb, NULL};
-  ck_assert_msg(ps_test_run(strcmp(layers, "logreg") ? mlp : lr, log, 20000) == 0,
-                "psctl model failed; see %s", log);
-  char *submit[] = {(char *)ps_test_bin("psctl"), "submit", pb, "--name", "m", "--config",
-                    x->yaml, "--optimizer", "adam", "--lr", "0.001", "--consistency",
-                    (char *)consistency, "--staleness", (char *)staleness, NULL};
-  ck_assert_msg(ps_test_run(submit, log, 30000) == 0, "psctl submit failed; see %s", log);
+  ps_test_submit_mlp(x->dir, x->yaml, layers, "0.001", consistency, staleness);
 }
 
 /* tc_spawn starts registering worker I (log in x->log[I]) with the

@@ -64,19 +64,7 @@ static void tf_start(tf_ctx *x, int count, int min, int epochs, const char *laye
            count, min, epochs, TF_BATCH, TF_PARTS, limit);
   snprintf(x->yaml, sizeof x->yaml, "%s", ps_test_cluster_yaml(x->dir, 2, extra, x->gp, x->cp));
   ps_test_start_shards(x->yaml, x->dir, 2, x->gp, x->cp, x->shard);
-  char pb[600], log[600];
-  snprintf(pb, sizeof pb, "%s/m.pb", x->dir);
-  snprintf(log, sizeof log, "%s/psctl.log", x->dir);
-  char *lrm[] = {(char *)ps_test_bin("psctl"), "model", "logreg", "--inputs", "784", "--classes",
-                 "10", "-o", pb, NULL};
-  char *mlp[] = {(char *)ps_test_bin("psctl"), "model", "mlp", "--layers", (char *)layers, "-o",
-                 pb, NULL};
-  ck_assert_msg(ps_test_run(strcmp(layers, "logreg") ? mlp : lrm, log, 20000) == 0,
-                "psctl model failed; see %s", log);
-  char *submit[] = {(char *)ps_test_bin("psctl"), "submit", pb, "--name", "m", "--config",
-                    x->yaml, "--optimizer", "adam", "--lr", (char *)lr, "--consistency", "bsp",
-                    NULL};
-  ck_assert_msg(ps_test_run(submit, log, 30000) == 0, "psctl submit failed; see %s", log);
+  ps_test_submit_mlp(x->dir, x->yaml, layers, lr, "bsp", NULL);
 }
 
 /* tf_log writes worker I's log path to BUF. */
@@ -261,22 +249,31 @@ static int tf_kill_loop(tf_ctx *x, int nw, int every_ms, int restart_ms) {
   return kills;
 }
 
+/* tf_kill_run: the kill scenario on a cluster tf_start made: NW
+ * workers, kills every EVERY_MS, restarts RESTART_MS later; checks the
+ * accounting (every epoch exactly once, at most one batch retrained per
+ * handover), the bsp bound and a test accuracy of at least MIN_ACC. */
+static void tf_kill_run(tf_ctx *x, uint64_t samples, int nw, int every_ms, int restart_ms,
+                        double min_acc) {
+  int kills = tf_kill_loop(x, nw, every_ms, restart_ms);
+  ck_assert_msg(kills >= 2, "only %d kills: the run was too short to test failover; see %s",
+                kills, x->dir);
+  uint64_t retrained;
+  uint32_t handovers = tf_check_accounting(x, samples, TF_BATCH, &retrained);
+  ck_assert_uint_eq(tf_max_gap(x), 0);
+  double acc = tf_evaluate(x);
+  ck_assert_msg(acc >= min_acc, "test accuracy %.4f < %.2f after %d kills", acc, min_acc, kills);
+  fprintf(stderr, "failover: %d kills, %u handovers, %llu samples retrained, accuracy %.4f\n",
+          kills, handovers, (unsigned long long)retrained, acc);
+  tf_finish(x);
+}
+
 /* Kill every 2 s and restart at once (see the top). */
 START_TEST(test_failover_kill_restart) {
   TF_NEED_DATA();
   tf_ctx x = {0};
   tf_start(&x, 3, 2, 60, "logreg", "0.002", TF_SAMPLES);
-  int kills = tf_kill_loop(&x, 3, 2000, 0);
-  ck_assert_msg(kills >= 2, "only %d kills: the run was too short to test failover; see %s",
-                kills, x.dir);
-  uint64_t retrained;
-  uint32_t handovers = tf_check_accounting(&x, TF_SAMPLES, TF_BATCH, &retrained);
-  ck_assert_uint_eq(tf_max_gap(&x), 0);
-  double acc = tf_evaluate(&x);
-  ck_assert_msg(acc >= 0.80, "test accuracy %.4f < 0.80 after %d kills", acc, kills);
-  fprintf(stderr, "failover kill test: %d kills, %u handovers, %llu samples retrained, "
-          "accuracy %.4f\n", kills, handovers, (unsigned long long)retrained, acc);
-  tf_finish(&x);
+  tf_kill_run(&x, TF_SAMPLES, 3, 2000, 0, 0.80);
 }
 END_TEST
 
@@ -331,15 +328,7 @@ START_TEST(test_failover_long_mlp) {
   TF_NEED_DATA();
   tf_ctx x = {0};
   tf_start(&x, 4, 4, 6, "784,256,10", "0.001", 60000);
-  int kills = tf_kill_loop(&x, 4, 10000, 2000);
-  uint64_t retrained;
-  uint32_t handovers = tf_check_accounting(&x, 60000, TF_BATCH, &retrained);
-  ck_assert_uint_eq(tf_max_gap(&x), 0);
-  double acc = tf_evaluate(&x);
-  ck_assert_msg(acc >= 0.85, "test accuracy %.4f < 0.85 after %d kills", acc, kills);
-  fprintf(stderr, "failover long test: %d kills, %u handovers, %llu samples retrained, "
-          "accuracy %.4f\n", kills, handovers, (unsigned long long)retrained, acc);
-  tf_finish(&x);
+  tf_kill_run(&x, 60000, 4, 10000, 2000, 0.85);
 }
 END_TEST
 

@@ -60,6 +60,7 @@ struct psd_clock {
   psd_epoch_info *ep;        /* per epoch seen, nep of them */
   size_t nep;
   uint32_t job_epochs;       /* the largest epoch count claimed */
+  char *job_model;           /* the model the partition table trains (NULL: none yet) */
   uint64_t data_size;
   int dirty;                 /* invariant 10 */
 };
@@ -113,6 +114,7 @@ void psd_clock_free(psd_clock *c) {
   free(c->w);
   free(c->part);
   free(c->ep);
+  free(c->job_model);
   free(c);
 }
 
@@ -635,15 +637,47 @@ static void clock_part_pos(const psd_clock *c, uint32_t i, psd_part_pos *pos) {
                         .started = p->started, .size = p->size};
 }
 
+/* psd_clock_job_reset: see psd_clock.h. */
+int psd_clock_job_reset(psd_clock *c, const char *model, ps_errbuf *eb) {
+  char *m = model ? strdup(model) : NULL;
+  if (model && !m) return ps_errf(eb, PS_ENOMEM, "out of memory");
+  free(c->job_model);
+  c->job_model = m;
+  for (uint32_t i = 0; i < c->o.nparts; i++) /* owners stay: live workers */
+    c->part[i] = (clock_part){.owner = c->part[i].owner};
+  free(c->ep);
+  c->ep = NULL;
+  c->nep = 0;
+  c->job_epochs = 0;
+  clock_part_balance(c);
+  c->dirty = 1;
+  return 0;
+}
+
+/* psd_clock_job_model: see psd_clock.h. */
+const char *psd_clock_job_model(const psd_clock *c) { return c->job_model; }
+
+/* clock_job_for makes MODEL the table's job (invariant 7): kept when it is
+ * already, a new job when no partition is being trained, else PS_EEXIST. */
+static int clock_job_for(psd_clock *c, const char *model, ps_errbuf *eb) {
+  if (c->job_model && !strcmp(c->job_model, model)) return 0;
+  for (uint32_t i = 0; c->job_model && i < c->o.nparts; i++)
+    if (c->part[i].active)
+      return ps_errf(eb, PS_EEXIST, "the data partitions are being trained for model '%s' "
+                     "(one job at a time): model '%s' must wait", c->job_model, model);
+  return psd_clock_job_reset(c, model, eb);
+}
+
 /* psd_clock_claim: see psd_clock.h. */
-int psd_clock_claim(psd_clock *c, uint32_t worker, uint32_t epochs, uint64_t now_ms,
-                    psd_part_pos *pos, int *done, ps_errbuf *eb) {
+int psd_clock_claim(psd_clock *c, uint32_t worker, const char *model, uint32_t epochs,
+                    uint64_t now_ms, psd_part_pos *pos, int *done, ps_errbuf *eb) {
   clock_worker *w;
   int err = clock_worker_get(c, worker, now_ms, 0, &w, eb);
   if (err < 0) return err;
   if (!w->registered)
     return ps_errf(eb, PS_EINVAL, "worker %" PRIu32 " did not register: it has no partitions",
                    worker);
+  if ((err = clock_job_for(c, model ? model : "", eb)) < 0) return err;
   *done = 0;
   if (epochs > c->job_epochs) c->job_epochs = epochs;
   uint32_t i = clock_part_pick(c, worker, 0);
@@ -895,6 +929,7 @@ int psd_clock_save(psd_clock *c, char **buf, size_t *len, ps_errbuf *eb) {
   size_t n = 0, cap = 0;
   int bad = clock_appendf(&b, &n, &cap, CLOCK_SAVE_MAGIC "\njob %" PRIu32 " data %" PRIu64
                           " parts %" PRIu32 "\n", c->job_epochs, c->data_size, c->o.nparts);
+  if (!bad && c->job_model) bad = clock_appendf(&b, &n, &cap, "model %s\n", c->job_model);
   for (uint32_t i = 0; !bad && i < c->o.nparts; i++) {
     const clock_part *p = &c->part[i];
     bad = clock_appendf(&b, &n, &cap, "part %" PRIu32 " %" PRIu32 " %" PRIu64 " %" PRIu64
@@ -937,6 +972,13 @@ static int clock_load_line(psd_clock *c, const char *l, uint64_t now_ms, ps_errb
                      e, c->o.nparts);
     c->job_epochs = a;
     c->data_size = x;
+    return 0;
+  }
+  if (sscanf(l, "model %255s%n", name, &k) == 1 && !l[k]) {
+    char *m = strdup(name);
+    if (!m) return ps_errf(eb, PS_ENOMEM, "out of memory");
+    free(c->job_model);
+    c->job_model = m;
     return 0;
   }
   if (sscanf(l, "part %" SCNu32 " %" SCNu32 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNd64

@@ -223,16 +223,25 @@ typedef struct psd_epoch_info {
   uint32_t done_parts;       /* partitions that finished this epoch */
 } psd_epoch_info;
 
+/* The partition table trains one model at a time, its job: a claim for
+ * another model starts a new job (every partition at epoch 0, the counts
+ * cleared) when no partition is being trained, else is refused with
+ * PS_EEXIST.  psd_clock_job_reset starts a new job for MODEL (NULL: none)
+ * at once (a model submitted again); psd_clock_job_model returns the
+ * job's model (NULL: none; borrowed). */
+int psd_clock_job_reset(psd_clock *c, const char *model, ps_errbuf *eb);
+const char *psd_clock_job_model(const psd_clock *c);
+
 /* psd_clock_claim hands WORKER (a live, registered worker) the partition
  * it trains next (invariant 7): the one it is already training, else its
  * own unfinished one of the lowest (epoch, id), else one taken from the
- * most loaded worker.  EPOCHS: its run's epoch count (a partition at that
+ * most loaded worker, for MODEL's job (above).  EPOCHS: its run's epoch count (a partition at that
  * epoch is finished; the job's count is the largest claimed).  Returns 1
  * with *POS (resume at pos->offset), 0 when nothing is left for it (*DONE
  * set when every partition finished), or a PS_E* code (PS_EEXPIRED,
  * PS_EINVAL for a worker that did not register). */
-int psd_clock_claim(psd_clock *c, uint32_t worker, uint32_t epochs, uint64_t now_ms,
-                    psd_part_pos *pos, int *done, ps_errbuf *eb);
+int psd_clock_claim(psd_clock *c, uint32_t worker, const char *model, uint32_t epochs,
+                    uint64_t now_ms, psd_part_pos *pos, int *done, ps_errbuf *eb);
 
 /* psd_clock_progress records POS reported by WORKER (invariant 7): 0, or
  * PS_ENOENT when the partition is not WORKER's active one at that epoch

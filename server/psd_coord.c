@@ -159,7 +159,8 @@ int psd_coord_heartbeat(psd_shard *sh, const Ps__HeartbeatRequest *req,
   }
   if (!req->claim) return 0;
   psd_part_pos pos;
-  int done = 0, got = psd_clock_claim(sh->clock, req->worker, req->epochs, now_ms, &pos, &done, eb);
+  int done = 0, got = psd_clock_claim(sh->clock, req->worker, req->model, req->epochs, now_ms, &pos,
+                            &done, eb);
   if (got < 0) return got;
   reply->job_done = done;
   if (got == 1) {

@@ -359,6 +359,10 @@ int psd_shard_submit(psd_shard *sh, const Ps__ModelSpec *spec, int replace,
     const Ps__ModelSpec *now_spec = psd_store_spec(sh->store, spec->name);
     err = psd_clock_set_model(sh->clock, spec->name, psd_shard_staleness(now_spec),
                               psd_shard_now_ms(sh), eb);
+    /* a model submitted anew (or replaced) trains from the first epoch */
+    const char *job = psd_clock_job_model(sh->clock);
+    if (err == 0 && created && job && !strcmp(job, spec->name))
+      err = psd_clock_job_reset(sh->clock, spec->name, eb);
     psd_shard_clock_arm(sh);
     if (err < 0) return psd_shard_done(sh, err);
   }

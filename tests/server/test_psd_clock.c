@@ -323,7 +323,7 @@ static const char *tparts(const psd_clock *c, uint32_t rank, char *buf) {
  * none (*DONE set). */
 static int tclaim(psd_clock *c, uint32_t worker, uint64_t now, psd_part_pos *pos, int *done) {
   ps_errbuf eb;
-  int got = psd_clock_claim(c, worker, 2, now, pos, done, &eb);
+  int got = psd_clock_claim(c, worker, "m", 2, now, pos, done, &eb);
   ck_assert_int_ge(got, 0);
   return got ? (int)pos->part : -1;
 }
@@ -420,6 +420,14 @@ START_TEST(test_partitions_progress_and_failover) {
     ck_assert_uint_eq(ei.trained, 80);
     ck_assert_uint_eq(ei.done_parts, 8);
   }
+  /* another model: a new job (nothing is being trained); while it
+   * trains, a claim for the first one is refused */
+  ck_assert_int_eq(psd_clock_claim(c, own, "m2", 1, 1400, &g, &done, &eb), 1);
+  ck_assert_str_eq(psd_clock_job_model(c), "m2");
+  ck_assert_uint_eq(g.epoch, 0);
+  ck_assert_uint_eq(psd_clock_nepochs(c), 0);
+  ck_assert_int_eq(psd_clock_claim(c, own, "m", 1, 1400, &g, &done, &eb), PS_EEXIST);
+  ck_assert_ptr_nonnull(strstr(eb.msg, "model 'm2'"));
   psd_clock_free(c);
 }
 END_TEST
@@ -454,6 +462,7 @@ START_TEST(test_save_load) {
   ck_assert_uint_eq(in.pos.offset, 3);
   ck_assert_uint_eq(in.pos.started, 6);
   ck_assert_uint_eq(psd_clock_data_size(d), 80);
+  ck_assert_str_eq(psd_clock_job_model(d), "m");
   ck_assert_int_eq(psd_clock_model_clock(d, "m", 1), 7);
   ck_assert_int_eq(tprog(d, 1, pos, 6, 8, 5100), 0); /* it goes on where it was */
   psd_clock_tick(d, 6100);                             /* nobody came back: handed on */

@@ -281,7 +281,9 @@ END_TEST
 START_TEST(test_failover_join) {
   TF_NEED_DATA();
   tf_ctx x = {0};
-  tf_start(&x, 3, 2, 3, "logreg", "0.002", TF_SAMPLES);
+  /* 30 epochs: the job outlasts the third worker's start-up (under the
+   * sanitizers too), so that it finds partitions left to take */
+  tf_start(&x, 3, 2, 30, "logreg", "0.002", TF_SAMPLES);
   tf_spawn(&x);
   tf_spawn(&x);
   tf_wait_trained(&x, 0, TF_SAMPLES / 4);

@@ -471,12 +471,20 @@ START_TEST(test_netlab_lease_outlived) {
                 "worker 1 did not register again; see %s", x.wlog[1]);
   ck_assert_msg(!strstr(out[0], "declared this worker dead"), "worker 0 expired too; see %s",
                 x.wlog[0]);
+  /* worker 0 took worker 1's partitions over at once (psd_clock invariant
+   * 7) and trained on; worker 1, back, found less left (no sample is
+   * trained twice), so it may have evaluated fewer epochs; the last epoch
+   * was evaluated by one of them */
+  int last = 0;
   for (int r = 0; r < 2; r++) {
     ck_assert_int_eq((int)ps_test_json_num(json[r], "rank"), r);
-    ck_assert_int_eq((int)ps_test_json_num(json[r], "epochs"), 12);
+    int epochs = (int)ps_test_json_num(json[r], "epochs");
+    ck_assert_msg(epochs >= 1 && epochs <= 12, "worker %d: %s", r, json[r]);
+    if (epochs > last) last = epochs;
     double acc = ps_test_json_num(json[r], "test_accuracy");
     ck_assert_msg(acc >= 0.75, "worker %d: test accuracy %.4f < 0.75", r, acc);
   }
+  ck_assert_int_eq(last, 12);
   char *st = nl_status(&x), state[16];
   for (int r = 0; r < 2; r++)
     ck_assert_msg(!strcmp(nl_worker_state(st, r, state, sizeof state), "DONE"),

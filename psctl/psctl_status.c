@@ -175,7 +175,8 @@ static void psctl_status_parts(const Ps__ListWorkersReply *w) {
     char owner[16] = "-";
     if (p->owned) snprintf(owner, sizeof owner, "%u", p->owner);
     int finished = w->job_epochs && q->epoch >= w->job_epochs;
-    printf("%-9u %-6s %-6u %10llu %10llu %10llu %s\n", q->partition, owner, q->epoch + 1,
+    printf("%-9u %-6s %-6u %10llu %10llu %10llu %s\n", q->partition, owner,
+           finished ? w->job_epochs : q->epoch + 1,
            (unsigned long long)q->offset, (unsigned long long)(q->started - q->offset),
            (unsigned long long)q->size,
            finished ? "finished" : p->active ? "training" : p->owned ? "queued" : "waiting");

@@ -394,7 +394,11 @@ static int coord_progress_call(psw_coord *c, const psw_coord_part *pos, int clai
       *out = (Ps__HeartbeatReply *)resp;
       return 0;
     }
-    if (!coord_retryable(err) || ps_now_ms() - start + delay > (int64_t)c->cfg->workers.retry_ms)
+    /* a call cut short by a coordinator going down (gRPC CANCELLED, seen
+     * as PS_EINTERNAL) is retried too: a report or claim sent twice
+     * records the same thing */
+    if ((!coord_retryable(err) && err != PS_EINTERNAL) ||
+        ps_now_ms() - start + delay > (int64_t)c->cfg->workers.retry_ms)
       return err;
     if (ps_sleep_ms(delay, c->stop) < 0) return ps_errf(eb, PS_ESHUTDOWN, "stopped");
     delay = ps_backoff_next(delay);

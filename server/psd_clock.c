@@ -17,6 +17,9 @@
 typedef struct clock_entry {
   uint32_t worker;
   uint64_t clock;
+  int restored;              /* provisional: loaded from a save (invariant 10)
+                                or entered at registration; the worker's next
+                                push or pull sets it, up or down */
 } clock_entry;
 
 typedef struct psd_clock_model {
@@ -237,8 +240,10 @@ static int clock_raise(psd_clock *c, psd_clock_model *m, uint32_t worker, uint64
     e = &m->ent[m->nent++];
     e->worker = worker;
     e->clock = clock;
-  } else if (clock > e->clock) {
+    e->restored = 0;
+  } else if (clock > e->clock || e->restored) {
     e->clock = clock;
+    e->restored = 0;
   }
   clock_worker *w = clock_worker_find(c, worker);
   if (w && clock > w->clock) w->clock = clock;
@@ -407,7 +412,12 @@ int psd_clock_register(psd_clock *c, const char *model, const char *host, uint32
   /* The new worker holds the others back from its registration on (not
    * from its first pull, which may come seconds later, after its data is
    * loaded): under bsp nobody steps ahead of a worker still starting. */
-  return m && !clock_entry_find(m, r) ? clock_raise(c, m, r, *start_clock, eb) : 0;
+  if (!m || clock_entry_find(m, r)) return 0;
+  int err2 = clock_raise(c, m, r, *start_clock, eb);
+  /* provisional: a worker registering again after an expiry (a restart of
+   * this shard, a partition) is further on, and its first pull says where */
+  if (err2 == 0) clock_entry_find(m, r)->restored = 1;
+  return err2;
 }
 
 /* psd_clock_pushed: see psd_clock.h. */
@@ -433,7 +443,8 @@ int psd_clock_pull(psd_clock *c, const char *model, uint32_t worker, uint64_t cl
   /* A pull enters a worker new to the table at its clock but never raises
    * one already there: a worker pulling ahead for a later step (overlap)
    * has not done that step yet (invariant 1). */
-  err = clock_entry_find(m, worker) ? 0 : clock_raise(c, m, worker, clock, eb);
+  const clock_entry *e = clock_entry_find(m, worker);
+  err = e && !e->restored ? 0 : clock_raise(c, m, worker, clock, eb);
   if (err < 0) return err;
   uint64_t gap;
   if (clock_ready(m, clock, &gap)) {
@@ -1015,7 +1026,9 @@ static int clock_load_line(psd_clock *c, const char *l, uint64_t now_ms, ps_errb
     const clock_worker *w = clock_worker_find(c, a);
     if (!w || w->dead) return 0; /* expired since: not in the table */
     psd_clock_model *m = clock_model_get(c, name, eb);
-    return m ? clock_raise(c, m, a, x, eb) : PS_ENOMEM;
+    int err = m ? clock_raise(c, m, a, x, eb) : PS_ENOMEM;
+    if (err == 0) clock_entry_find(m, a)->restored = 1;
+    return err;
   }
   return ps_errf(eb, PS_EFORMAT, "unknown entry");
 }

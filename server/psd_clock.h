@@ -72,7 +72,10 @@
  *     counts, the workers and every model's clock table as text;
  *     psd_clock_load restores them into a new table, the workers alive
  *     with a fresh lease (they have lease_ms to reach the restarted
- *     coordinator before they expire as usual).  psd_clock_dirty says
+ *     coordinator before they expire as usual).  A restored clock holds
+ *     the others back as before, until the worker's first push or pull
+ *     sets it to where the worker is (up, or down when a push was lost
+ *     with the restart: else its own pull would wait for it forever).  psd_clock_dirty says
  *     whether anything persisted changed since the last save.
  *
  * Not thread-safe: one thread (the shard's loop) calls everything. */
@@ -288,7 +291,9 @@ int psd_clock_dirty(const psd_clock *c);
  * order; the partitions are then balanced (invariant 7).  PS_EEXIST when
  * every rank below the cap is held by a live worker.
  * *START_CLOCK: the slowest live clock of MODEL here (0 when none); the
- * worker enters MODEL's clock table (when the model is declared) at it. */
+ * worker enters MODEL's clock table (when the model is declared) at it,
+ * provisionally: its first pull or push sets its clock, down too (a
+ * worker registering again after an expiry may be behind it). */
 int psd_clock_register(psd_clock *c, const char *model, const char *host, uint32_t pid,
                        const char *device, uint64_t now_ms, uint32_t *rank,
                        uint64_t *start_clock, ps_errbuf *eb);

@@ -14,6 +14,9 @@
  *  - drain: SIGTERM to one of 3 workers mid-run: it reports its offset
  *    with nothing in flight and leaves; the others finish its partition
  *    from there (no sample retrained, none skipped).
+ *  - coordinator restart: shard 0 stopped and started again mid-run
+ *    restores the partition and clock tables (coordinator.state); the
+ *    job completes with the same exact accounting.
  * The longer variant (MLP, 4 workers, a kill every 10 s) runs under
  * `make test-long` (PS_TEST_LONG=1).
  *
@@ -272,7 +275,8 @@ static void tf_kill_run(tf_ctx *x, uint64_t samples, int nw, int every_ms, int r
 START_TEST(test_failover_kill_restart) {
   TF_NEED_DATA();
   tf_ctx x = {0};
-  tf_start(&x, 3, 2, 60, "logreg", "0.002", TF_SAMPLES);
+  /* Adam at 5e-4: logistic regression at 2e-3 oscillates around 0.80 */
+  tf_start(&x, 3, 2, 60, "logreg", "0.0005", TF_SAMPLES);
   tf_kill_run(&x, TF_SAMPLES, 3, 2000, 0, 0.80);
 }
 END_TEST
@@ -323,6 +327,34 @@ START_TEST(test_failover_sigterm_drain) {
 }
 END_TEST
 
+/* Coordinator restart: shard 0 is stopped (SIGTERM) mid-run and started
+ * again; it restores the partition table and the clock table from
+ * coordinator.state, the workers go on (one whose lease ran out while the
+ * shard was away registers again: at most one batch retrained per
+ * handover) and the accounting is exact. */
+START_TEST(test_failover_coordinator_restart) {
+  TF_NEED_DATA();
+  tf_ctx x = {0};
+  tf_start(&x, 2, 2, 30, "logreg", "0.002", TF_SAMPLES);
+  tf_spawn(&x);
+  tf_spawn(&x);
+  tf_wait_trained(&x, 1, TF_SAMPLES / 2);
+  ps_test_stop(x.shard[0], SIGTERM, 10000);
+  char log[700];
+  snprintf(log, sizeof log, "%s/psd0-again.log", x.dir);
+  x.shard[0] = ps_test_psd(x.yaml, 0, log, NULL);
+  ck_assert_msg(ps_test_wait_port(x.gp[0], 20000) == 0, "shard 0 did not come back; see %s",
+                log);
+  tf_wait_all(&x, NULL);
+  uint64_t retrained;
+  tf_check_accounting(&x, TF_SAMPLES, TF_BATCH, &retrained);
+  char *text = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(text, "coordinator state restored"), "no restore in %s", log);
+  free(text);
+  tf_finish(&x);
+}
+END_TEST
+
 /* The long variant: an MLP, 4 workers, one killed every 10 s and
  * restarted 2 s later (make test-long). */
 START_TEST(test_failover_long_mlp) {
@@ -342,6 +374,7 @@ Suite *psw_failover_suite(void) {
   tcase_add_test(tc, test_failover_kill_restart);
   tcase_add_test(tc, test_failover_join);
   tcase_add_test(tc, test_failover_sigterm_drain);
+  tcase_add_test(tc, test_failover_coordinator_restart);
   tcase_add_test(tc, test_failover_long_mlp);
   suite_add_tcase(s, tc);
   return s;

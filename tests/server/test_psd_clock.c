@@ -464,6 +464,12 @@ START_TEST(test_save_load) {
   ck_assert_uint_eq(psd_clock_data_size(d), 80);
   ck_assert_str_eq(psd_clock_job_model(d), "m");
   ck_assert_int_eq(psd_clock_model_clock(d, "m", 1), 7);
+  /* a restored clock is set by the worker's next pull, down too (pushes
+   * lost with the restart); worker 0, restored at 0, holds bsp at 0 */
+  tpark a;
+  tpark_init(&a);
+  ck_assert_int_eq(psd_clock_pull(d, "m", 1, 0, 5000, &a.p, &eb), 0);
+  ck_assert_int_eq(psd_clock_model_clock(d, "m", 1), 0);
   ck_assert_int_eq(tprog(d, 1, pos, 6, 8, 5100), 0); /* it goes on where it was */
   psd_clock_tick(d, 6100);                             /* nobody came back: handed on */
   psd_clock_part_info(d, 4, &in);

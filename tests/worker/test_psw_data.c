@@ -308,6 +308,29 @@ START_TEST(test_shuffle) {
 }
 END_TEST
 
+/* A partition's order (issue 16): a function of (seed, epoch, partition)
+ * alone, so an offset names the same samples on every worker; partitions
+ * of the same size get different orders. */
+START_TEST(test_part_order) {
+  enum { N = 500 };
+  static uint32_t a[N], b[N], c[N];
+  psw_data_part_order(a, N, 7, 2, 3);
+  psw_data_part_order(b, N, 7, 2, 3);
+  ck_assert_int_eq(memcmp(a, b, sizeof a), 0);
+  static uint8_t seen[N];
+  memset(seen, 0, sizeof seen);
+  for (int i = 0; i < N; i++) {
+    ck_assert_uint_lt(a[i], N);
+    ck_assert(!seen[a[i]]);
+    seen[a[i]] = 1;
+  }
+  psw_data_part_order(c, N, 7, 2, 4);
+  ck_assert_int_ne(memcmp(a, c, sizeof a), 0);
+  psw_data_part_order(c, N, 7, 3, 3);
+  ck_assert_int_ne(memcmp(a, c, sizeof a), 0);
+}
+END_TEST
+
 #define FMNIST "/usr/share/datasets/fashion-mnist/"
 
 START_TEST(test_fashion_mnist_test_set) {
@@ -376,6 +399,7 @@ Suite *psw_data_suite(void) {
   tcase_add_test(tc, test_load_by_config);
   tcase_add_test(tc, test_partitions_cover);
   tcase_add_test(tc, test_shuffle);
+  tcase_add_test(tc, test_part_order);
   tcase_add_test(tc, test_fashion_mnist_test_set);
   tcase_add_test(tc, test_fashion_mnist_train_partition);
   suite_add_tcase(s, tc);

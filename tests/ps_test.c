@@ -306,3 +306,18 @@ void ps_test_submit_mlp(const char *dir, const char *yaml, const char *layers, c
                     NULL};
   ck_assert_msg(ps_test_run(submit, log, 30000) == 0, "psctl submit failed; see %s", log);
 }
+
+/* ps_test_status: see ps_test.h. */
+Ps__StatusReply *ps_test_status(int port) {
+  ps_rpc *rpc;
+  ps_errbuf eb = {""};
+  char addr[64];
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+  ck_assert_int_eq(ps_rpc_open(&rpc, addr, &eb), 0);
+  Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
+  ProtobufCMessage *resp = NULL;
+  ck_assert_msg(ps_rpc_call(rpc, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor, &resp,
+                            5000, &eb) == 0, "status of the shard at port %d: %s", port, eb.msg);
+  ps_rpc_close(rpc);
+  return (Ps__StatusReply *)resp;
+}

@@ -119,6 +119,11 @@ int ps_test_run(char *const argv[], const char *log, int timeout_ms);
 void ps_test_submit_mlp(const char *dir, const char *yaml, const char *layers, const char *lr,
                         const char *consistency, const char *staleness);
 
+/* ps_test_status returns the Status of the shard whose gRPC port is
+ * PORT (the caller frees with protobuf_c_message_free_unpacked); fails
+ * the test when it does not answer within 5 s. */
+Ps__StatusReply *ps_test_status(int port);
+
 /* ps_test_wait_port waits up to TIMEOUT_MS for a TCP listener on
  * 127.0.0.1:PORT; returns 0 or -1. */
 int ps_test_wait_port(int port, int timeout_ms);

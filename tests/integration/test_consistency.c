@@ -111,24 +111,14 @@ static void tc_status(tc_ctx *x, uint64_t *max_gap, uint64_t *parked, uint64_t *
   *max_gap = *parked = 0;
   *version = UINT64_MAX;
   for (int s = 0; s < 2; s++) {
-    ps_rpc *rpc;
-    ps_errbuf eb = {""};
-    char addr[64];
-    snprintf(addr, sizeof addr, "127.0.0.1:%d", x->gp[s]);
-    ck_assert_int_eq(ps_rpc_open(&rpc, addr, &eb), 0);
-    Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
-    ProtobufCMessage *resp = NULL;
-    ck_assert_msg(ps_rpc_call(rpc, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,
-                              &resp, 5000, &eb) == 0, "status of shard %d: %s", s, eb.msg);
-    const Ps__StatusReply *st = (const Ps__StatusReply *)resp;
+    Ps__StatusReply *st = ps_test_status(x->gp[s]);
     ck_assert_uint_eq(st->n_models, 1);
     const Ps__ModelStatus *m = st->models[0];
     if (m->max_gap > *max_gap) *max_gap = m->max_gap;
     *parked += m->pulls_parked;
     if (m->version < *version) *version = m->version;
     ck_assert_uint_eq(m->pull_timeouts, 0);
-    protobuf_c_message_free_unpacked(resp, NULL);
-    ps_rpc_close(rpc);
+    protobuf_c_message_free_unpacked(&st->base, NULL);
   }
 }
 

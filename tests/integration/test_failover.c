@@ -157,20 +157,10 @@ static uint32_t tf_check_accounting(tf_ctx *x, uint64_t samples, uint64_t max_pe
 static uint64_t tf_max_gap(tf_ctx *x) {
   uint64_t gap = 0;
   for (int s = 0; s < 2; s++) {
-    ps_rpc *rpc;
-    ps_errbuf eb = {""};
-    char addr[64];
-    snprintf(addr, sizeof addr, "127.0.0.1:%d", x->gp[s]);
-    ck_assert_int_eq(ps_rpc_open(&rpc, addr, &eb), 0);
-    Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
-    ProtobufCMessage *resp = NULL;
-    ck_assert_int_eq(ps_rpc_call(rpc, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,
-                                 &resp, 5000, &eb), 0);
-    const Ps__StatusReply *st = (const Ps__StatusReply *)resp;
+    Ps__StatusReply *st = ps_test_status(x->gp[s]);
     for (size_t m = 0; m < st->n_models; m++)
       if (st->models[m]->max_gap > gap) gap = st->models[m]->max_gap;
-    protobuf_c_message_free_unpacked(resp, NULL);
-    ps_rpc_close(rpc);
+    protobuf_c_message_free_unpacked(&st->base, NULL);
   }
   return gap;
 }

@@ -540,7 +540,7 @@ static uint32_t clock_load(const psd_clock *c, uint32_t rank) {
  * (the counts are for status: training goes on). */
 static psd_epoch_info *clock_epoch(psd_clock *c, uint32_t epoch) {
   if (epoch >= c->nep) {
-    if (epoch > 1000000) return NULL;
+    if (epoch >= 100000) return NULL; /* training.epochs is at most 100000 */
     psd_epoch_info *n = realloc(c->ep, (epoch + 1) * sizeof *n);
     if (!n) return NULL;
     for (size_t e = c->nep; e <= epoch; e++) n[e] = (psd_epoch_info){.epoch = (uint32_t)e};

@@ -10,7 +10,7 @@
 #   make SANITIZE=address,undefined test
 #   make fuzz            the libFuzzer targets (tests/fuzz), FUZZ_SECONDS (600) each
 #   make test-long       make fuzz and the other long tests (the durability crash loop,
-#                        CRASH_ITERS=60 kill-restart iterations)
+#                        CRASH_ITERS=60 kill-restart iterations; PS_TEST_LONG=1 suites)
 #
 # Objects go to build/obj (build/obj-san-* with SANITIZE), generated code to
 # build/gen, programs to build/bin.
@@ -106,7 +106,7 @@ PROGS := $(BIN)/psd $(BIN)/psw $(BIN)/psctl
 TEST_SRCS ?= $(filter-out tests/gpu/bench_gpu.c tests/common/bench_codec.c tests/gpu/blas_shim.c tests/fuzz/% tests/long/% tests/server/bench_durability.c tests/server/fsync_shim.c,$(shell find tests -name '*.c' 2>/dev/null | sort))
 TEST_OBJS := $(patsubst %.c,$(OBJ)/%.o,$(TEST_SRCS))
 
-.PHONY: all deps test test-long crash-loop check demo bench install clean fuzz fuzz-build FORCE
+.PHONY: all deps test test-long crash-loop failover-long check demo bench install clean fuzz fuzz-build FORCE
 FORCE:
 # Generated protobuf-c sources are kept, not deleted as intermediates.
 .SECONDARY: $(PB_C) $(PB_H)
@@ -222,12 +222,17 @@ test: deps
 	  scripts/fuzz_smoke
 
 # Long runs: the durability crash loop (CRASH_ITERS kill-restart
-# iterations), then every fuzz target for FUZZ_SECONDS.
+# iterations), the longer fault tests (PS_TEST_LONG=1: the failover
+# suite's MLP run with a kill every 10 s), then every fuzz target for
+# FUZZ_SECONDS.
 CRASH_ITERS ?= 60
-test-long: crash-loop fuzz
+test-long: crash-loop failover-long fuzz
 crash-loop: deps
 	$(MAKE) --no-print-directory all
 	PS_BIN=$(BIN) PS_CRASH_ITERS=$(CRASH_ITERS) scripts/run_tests $(BIN)/ps_test_crash_loop
+failover-long: deps
+	$(MAKE) --no-print-directory all
+	PS_TEST_LONG=1 PS_TEST_FILTER=psw_failover PS_BIN=$(BIN) scripts/run_tests $(BIN)/ps_tests
 
 # ---- fuzzing ---------------------------------------------------------------
 # One libFuzzer program per tests/fuzz/fuzz_NAME.c.  The project's code is

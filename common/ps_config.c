@@ -445,6 +445,8 @@ static const cfg_table cfg_shard_table = CFG_TABLE("in a 'shards' entry", cfg_sh
 static const cfg_slot cfg_workers_slots[] = {
     {.name = "count", .type = &cfg_t_u32, .offset = offsetof(ps_worker_conf, count),
      .def = "1", .min = 1, .max = 4096},
+    {.name = "min", .type = &cfg_t_u32, .offset = offsetof(ps_worker_conf, min),
+     .def = "0", .min = 0, .max = 4096},
     {.name = "device", .type = &cfg_t_str, .offset = offsetof(ps_worker_conf, device),
      .def = "auto", .check = cfg_check_device},
     {.name = "retry_ms", .type = &cfg_t_u32, .offset = offsetof(ps_worker_conf, retry_ms),
@@ -621,7 +623,22 @@ static const cfg_table cfg_security_table =
 
 static const cfg_table cfg_durability_table = CFG_TABLE("in 'durability'", cfg_durability_slots, NULL);
 static const cfg_table cfg_limits_table = CFG_TABLE("in 'limits'", cfg_limits_slots, NULL);
-static const cfg_table cfg_workers_table = CFG_TABLE("in 'workers'", cfg_workers_slots, NULL);
+static yaml_node_t *cfg_value_node(cfg_ctx *x, yaml_node_t *n, const char *key);
+
+/* cfg_workers_post: workers.min (0: workers.count) is at most the count
+ * expected. */
+static int cfg_workers_post(cfg_ctx *x, void *base, yaml_node_t *n, const yaml_mark_t *marks) {
+  ps_worker_conf *w = base;
+  (void)marks;
+  if (!w->min) w->min = w->count;
+  if (w->min <= w->count) return 0;
+  yaml_node_t *v = cfg_value_node(x, n, "min");
+  return cfg_err(x, (v ? v : n)->start_mark,
+                 "'min' (%" PRIu32 ") must not exceed 'count' (%" PRIu32 ")", w->min, w->count);
+}
+
+static const cfg_table cfg_workers_table =
+    CFG_TABLE("in 'workers'", cfg_workers_slots, cfg_workers_post);
 static const cfg_table cfg_training_table = CFG_TABLE("in 'training'", cfg_training_slots, NULL);
 static const cfg_table cfg_data_table = CFG_TABLE("in 'data'", cfg_data_slots, cfg_data_post);
 

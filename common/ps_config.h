@@ -53,7 +53,9 @@ typedef struct ps_train_conf {
 } ps_train_conf;
 
 typedef struct ps_worker_conf {
-  uint32_t count;       /* number of workers, default 1 */
+  uint32_t count;       /* number of workers expected, default 1 */
+  uint32_t min;         /* workers that must be there before training starts
+                           (1..count; 0 in the file: count) */
   char *device;         /* "auto" | "cpu" | "cuda" | "cuda:N" (default "auto") */
   uint32_t retry_ms;    /* total time a worker retries a shard, default 30000 */
   int overlap;          /* 1: push/pull overlap compute (staleness 1), default 0 */

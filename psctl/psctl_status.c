@@ -213,6 +213,38 @@ static void psctl_status_workers(const Ps__ListWorkersReply *w, const char *why)
   }
 }
 
+/* psctl_status_parts prints the coordinator's partition table and the
+ * samples trained per epoch against the data set's size (psd_clock.h
+ * invariant 7). */
+static void psctl_status_parts(const Ps__ListWorkersReply *w) {
+  if (!w || !w->n_partitions) return;
+  printf("\npartitions (%u epochs claimed, data set %llu samples):\n", w->job_epochs,
+         (unsigned long long)w->data_size);
+  printf("%-9s %-6s %-6s %10s %10s %10s %s\n", "PARTITION", "OWNER", "EPOCH", "OFFSET",
+         "IN FLIGHT", "SIZE", "STATE");
+  for (size_t i = 0; i < w->n_partitions; i++) {
+    const Ps__PartitionInfo *p = w->partitions[i];
+    const Ps__PartProgress *q = p->pos;
+    char owner[16] = "-";
+    if (p->owned) snprintf(owner, sizeof owner, "%u", p->owner);
+    int finished = w->job_epochs && q->epoch >= w->job_epochs;
+    printf("%-9u %-6s %-6u %10llu %10llu %10llu %s\n", q->partition, owner,
+           finished ? w->job_epochs : q->epoch + 1,
+           (unsigned long long)q->offset, (unsigned long long)(q->started - q->offset),
+           (unsigned long long)q->size,
+           finished ? "finished" : p->active ? "training" : p->owned ? "queued" : "waiting");
+  }
+  if (!w->n_epochs) return;
+  printf("\n%-6s %12s %12s %10s %10s %s\n", "EPOCH", "TRAINED", "OF", "RETRAINED", "HANDOVERS",
+         "PARTITIONS DONE");
+  for (size_t i = 0; i < w->n_epochs; i++) {
+    const Ps__EpochInfo *e = w->epochs[i];
+    printf("%-6u %12llu %12llu %10llu %10u %u/%zu\n", e->epoch + 1,
+           (unsigned long long)e->trained, (unsigned long long)w->data_size,
+           (unsigned long long)e->retrained, e->handovers, e->done_parts, w->n_partitions);
+  }
+}
+
 /* psctl_json_str prints S as a JSON string, valid whatever S holds: a
  * byte that does not start a valid UTF-8 sequence prints as U+FFFD (the
  * shards refuse such strings, but psctl may talk to an older one). */
@@ -340,6 +372,27 @@ static void psctl_status_json_workers(const Ps__ListWorkersReply *w) {
     printf("]}");
   }
   putchar(']');
+  if (!w->n_partitions) return;
+  printf(",\"job\":{\"epochs\":%u,\"data_size\":%llu,\"partitions\":[", w->job_epochs,
+         (unsigned long long)w->data_size);
+  for (size_t i = 0; i < w->n_partitions; i++) {
+    const Ps__PartitionInfo *p = w->partitions[i];
+    printf("%s{\"partition\":%u,\"owner\":", i ? "," : "", p->pos->partition);
+    if (p->owned) printf("%u", p->owner);
+    else printf("null");
+    printf(",\"epoch\":%u,\"offset\":%llu,\"started\":%llu,\"size\":%llu,\"active\":%s}",
+           p->pos->epoch, (unsigned long long)p->pos->offset,
+           (unsigned long long)p->pos->started, (unsigned long long)p->pos->size,
+           p->active ? "true" : "false");
+  }
+  printf("],\"epochs\":[");
+  for (size_t i = 0; i < w->n_epochs; i++) {
+    const Ps__EpochInfo *e = w->epochs[i];
+    printf("%s{\"epoch\":%u,\"trained\":%llu,\"retrained\":%llu,\"handovers\":%u,"
+           "\"done_partitions\":%u}", i ? "," : "", e->epoch, (unsigned long long)e->trained,
+           (unsigned long long)e->retrained, e->handovers, e->done_parts);
+  }
+  printf("]}");
 }
 
 static const char psctl_status_usage[] =
@@ -446,6 +499,7 @@ int psctl_status_main(int argc, char **argv) {
     psctl_status_each_model(rows, n, psctl_status_model_row);
     psctl_status_each_model(rows, n, psctl_status_codec_row);
     psctl_status_workers(workers, leb.msg);
+    psctl_status_parts(workers);
   }
   if (workers) protobuf_c_message_free_unpacked(&workers->base, NULL);
   code = serving == n ? 0 : 1;

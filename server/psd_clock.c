@@ -9,6 +9,7 @@
 #include "psd_clock.h"
 
 #include <inttypes.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -16,6 +17,9 @@
 typedef struct clock_entry {
   uint32_t worker;
   uint64_t clock;
+  int restored;              /* provisional: loaded from a save (invariant 10)
+                                or entered at registration; the worker's next
+                                push or pull sets it, up or down */
 } clock_entry;
 
 typedef struct psd_clock_model {
@@ -40,13 +44,32 @@ typedef struct clock_worker {
   float steps_per_s, blocked_share;
 } clock_worker;
 
+/* A data partition (invariant 7). */
+typedef struct clock_part {
+  uint32_t epoch;
+  uint64_t offset, started, size;
+  uint32_t owner;            /* rank or PSD_CLOCK_NOBODY */
+  int active;
+} clock_part;
+
 struct psd_clock {
   psd_clock_opts o;
+  uint32_t cap;              /* worker ids below it (invariant 8) */
   clock_worker *w;
   size_t nw, wcap;
   psd_clock_model **m;
   size_t nm, mcap;
+  clock_part *part;          /* o.nparts of them */
+  psd_epoch_info *ep;        /* per epoch seen, nep of them */
+  size_t nep;
+  uint32_t job_epochs;       /* the largest epoch count claimed */
+  char *job_model;           /* the model the partition table trains (NULL: none yet) */
+  uint64_t data_size;
+  int dirty;                 /* invariant 10 */
 };
+
+static void clock_part_orphan(psd_clock *c, uint32_t rank);
+static void clock_part_balance(psd_clock *c);
 
 static const char *const psd_worker_state_names[] = {
     [PSD_WORKER_ALIVE] = "ALIVE", [PSD_WORKER_LATE] = "LATE", [PSD_WORKER_DEAD] = "DEAD",
@@ -66,6 +89,12 @@ int psd_clock_new(psd_clock **out, const psd_clock_opts *o, ps_errbuf *eb) {
   if (!c->o.lease_ms) c->o.lease_ms = 5000;
   if (!c->o.heartbeat_ms) c->o.heartbeat_ms = 1000;
   if (!c->o.pull_timeout_ms) c->o.pull_timeout_ms = 30000;
+  c->cap = psd_clock_rank_cap(c->o.world_size);
+  if (c->o.nparts && !(c->part = calloc(c->o.nparts, sizeof *c->part))) {
+    free(c);
+    return ps_errf(eb, PS_ENOMEM, "out of memory for %u partitions", o->nparts);
+  }
+  for (uint32_t p = 0; p < c->o.nparts; p++) c->part[p].owner = PSD_CLOCK_NOBODY;
   *out = c;
   return 0;
 }
@@ -86,7 +115,15 @@ void psd_clock_free(psd_clock *c) {
   }
   free(c->m);
   free(c->w);
+  free(c->part);
+  free(c->ep);
+  free(c->job_model);
   free(c);
+}
+
+/* psd_clock_rank_cap: see psd_clock.h. */
+uint32_t psd_clock_rank_cap(uint32_t world_size) {
+  return world_size > (UINT32_MAX - 2) / 2 ? UINT32_MAX - 1 : 2 * world_size + 2;
 }
 
 /* ---- lookups ------------------------------------------------------------ */
@@ -132,11 +169,11 @@ static clock_worker *clock_worker_find(const psd_clock *c, uint32_t id) {
 
 /* psd_clock_check_worker: see psd_clock.h. */
 int psd_clock_check_worker(const psd_clock *c, uint32_t worker, ps_errbuf *eb) {
-  if (worker < c->o.world_size) return 0;
+  if (worker < c->cap) return 0;
   return ps_errf(eb, PS_EINVAL,
-                 "worker %" PRIu32 " is outside this cluster's %" PRIu32
-                 " workers (ids 0..%" PRIu32 ", workers.count)",
-                 worker, c->o.world_size, c->o.world_size - 1);
+                 "worker %" PRIu32 " is outside this cluster's worker ids (0..%" PRIu32
+                 ": 2 x workers.count %" PRIu32 " + 2)",
+                 worker, c->cap - 1, c->o.world_size);
 }
 
 /* clock_worker_expired says whether W may only come back by registering
@@ -203,11 +240,14 @@ static int clock_raise(psd_clock *c, psd_clock_model *m, uint32_t worker, uint64
     e = &m->ent[m->nent++];
     e->worker = worker;
     e->clock = clock;
-  } else if (clock > e->clock) {
+    e->restored = 0;
+  } else if (clock > e->clock || e->restored) {
     e->clock = clock;
+    e->restored = 0;
   }
   clock_worker *w = clock_worker_find(c, worker);
   if (w && clock > w->clock) w->clock = clock;
+  c->dirty = 1;
   return 0;
 }
 
@@ -344,12 +384,15 @@ int psd_clock_register(psd_clock *c, const char *model, const char *host, uint32
     if (!c->w[i].dead && c->w[i].registered && c->w[i].pid == pid && c->w[i].host &&
         !strcmp(c->w[i].host, host) && c->w[i].id < c->o.world_size)
       r = c->w[i].id;
-  for (int want = RANK_DIED; want < RANK_LIVE && r == UINT32_MAX; want++)
-    for (uint32_t i = 0; r == UINT32_MAX && i < c->o.world_size; i++)
-      if (clock_rank_of(c, i) == (clock_rank)want) r = i;
+  /* invariant 8: within the expected world first, then past it */
+  uint32_t lo[2] = {0, c->o.world_size}, hi[2] = {c->o.world_size, c->cap};
+  for (int half = 0; half < 2 && r == UINT32_MAX; half++)
+    for (int want = RANK_DIED; want < RANK_LIVE && r == UINT32_MAX; want++)
+      for (uint32_t i = lo[half]; r == UINT32_MAX && i < hi[half]; i++)
+        if (clock_rank_of(c, i) == (clock_rank)want) r = i;
   if (r == UINT32_MAX)
-    return ps_errf(eb, PS_EEXIST, "all %" PRIu32 " worker ranks are held by live workers",
-                   c->o.world_size);
+    return ps_errf(eb, PS_EEXIST, "all %" PRIu32 " worker ids are held by live workers",
+                   c->cap);
   clock_worker *w;
   int err = clock_worker_get(c, r, now_ms, 1, &w, eb);
   if (err < 0) return err;
@@ -364,10 +407,17 @@ int psd_clock_register(psd_clock *c, const char *model, const char *host, uint32
   *start_clock = s ? s->clock : 0;
   w->clock = *start_clock;
   *rank = r;
+  clock_part_balance(c); /* it takes unfinished partitions from the most loaded */
+  c->dirty = 1;
   /* The new worker holds the others back from its registration on (not
    * from its first pull, which may come seconds later, after its data is
    * loaded): under bsp nobody steps ahead of a worker still starting. */
-  return m && !clock_entry_find(m, r) ? clock_raise(c, m, r, *start_clock, eb) : 0;
+  if (!m || clock_entry_find(m, r)) return 0;
+  int err2 = clock_raise(c, m, r, *start_clock, eb);
+  /* provisional: a worker registering again after an expiry (a restart of
+   * this shard, a partition) is further on, and its first pull says where */
+  if (err2 == 0) clock_entry_find(m, r)->restored = 1;
+  return err2;
 }
 
 /* psd_clock_pushed: see psd_clock.h. */
@@ -393,7 +443,8 @@ int psd_clock_pull(psd_clock *c, const char *model, uint32_t worker, uint64_t cl
   /* A pull enters a worker new to the table at its clock but never raises
    * one already there: a worker pulling ahead for a later step (overlap)
    * has not done that step yet (invariant 1). */
-  err = clock_entry_find(m, worker) ? 0 : clock_raise(c, m, worker, clock, eb);
+  const clock_entry *e = clock_entry_find(m, worker);
+  err = e && !e->restored ? 0 : clock_raise(c, m, worker, clock, eb);
   if (err < 0) return err;
   uint64_t gap;
   if (clock_ready(m, clock, &gap)) {
@@ -439,6 +490,9 @@ void psd_clock_release_all(psd_clock *c, int status, const char *msg) {
 static void clock_expire(psd_clock *c, clock_worker *w, uint64_t now_ms) {
   uint32_t id = w->id;
   w->dead = 1;
+  clock_part_orphan(c, id);
+  clock_part_balance(c);
+  c->dirty = 1;
   for (size_t i = 0; i < c->nm; i++) {
     psd_clock_model *m = c->m[i];
     clock_entry *e = clock_entry_find(m, id);
@@ -463,32 +517,274 @@ void psd_clock_leave(psd_clock *c, uint32_t worker, uint64_t now_ms, int done) {
   }
 }
 
-/* psd_clock_partitions: see psd_clock.h (invariant 7). */
-size_t psd_clock_partitions(const psd_clock *c, uint32_t rank, uint32_t nparts, uint32_t *out) {
-  uint32_t world = c->o.world_size, nlive = 0, mine = UINT32_MAX;
-  if (rank >= world) return 0;
-  uint8_t *held = malloc(world); /* clock_rank of each rank, one pass over c->w */
-  if (!held) return 0;
-  memset(held, RANK_NEVER, world);
-  for (size_t i = 0; i < c->nw; i++)
-    if (c->w[i].id < world) held[c->w[i].id] = (uint8_t)clock_worker_rank(&c->w[i]);
-  for (uint32_t r = 0; r < world; r++) {
-    if (held[r] != RANK_LIVE) continue;
-    if (r == rank) mine = nlive;
-    nlive++;
+/* ---- data partitions (invariant 7) ---------------------------------------- */
+
+/* clock_claimant says whether W may own partitions: alive and registered
+ * (fixed ranks and bare clients keep their own data). */
+static int clock_claimant(const clock_worker *w) { return !w->dead && w->registered; }
+
+/* clock_part_unfinished says whether partition P has epochs left. */
+static int clock_part_unfinished(const psd_clock *c, const clock_part *p) {
+  return !c->job_epochs || p->epoch < c->job_epochs;
+}
+
+/* clock_load returns how many unfinished partitions RANK owns. */
+static uint32_t clock_load(const psd_clock *c, uint32_t rank) {
+  uint32_t n = 0;
+  for (uint32_t p = 0; p < c->o.nparts; p++)
+    n += c->part[p].owner == rank && clock_part_unfinished(c, &c->part[p]);
+  return n;
+}
+
+/* clock_epoch grows the accounting to hold EPOCH; NULL when out of memory
+ * (the counts are for status: training goes on). */
+static psd_epoch_info *clock_epoch(psd_clock *c, uint32_t epoch) {
+  if (epoch >= c->nep) {
+    if (epoch >= 100000) return NULL; /* training.epochs is at most 100000 */
+    psd_epoch_info *n = realloc(c->ep, (epoch + 1) * sizeof *n);
+    if (!n) return NULL;
+    for (size_t e = c->nep; e <= epoch; e++) n[e] = (psd_epoch_info){.epoch = (uint32_t)e};
+    c->ep = n;
+    c->nep = epoch + 1;
   }
-  size_t n = 0;
-  uint32_t orphans = 0;
-  for (uint32_t p = 0; p < nparts; p++) {
-    uint32_t home = p % world;
-    if (held[home] != RANK_DIED) {
-      if (home == rank) out[n++] = p;
-    } else if (orphans++ % (nlive ? nlive : 1) == mine) {
-      out[n++] = p;
+  return &c->ep[epoch];
+}
+
+/* clock_part_orphan takes RANK's partitions from it: an active one resumes
+ * at its last reported offset, its samples in flight counted retrained. */
+static void clock_part_orphan(psd_clock *c, uint32_t rank) {
+  for (uint32_t i = 0; i < c->o.nparts; i++) {
+    clock_part *p = &c->part[i];
+    if (p->owner != rank) continue;
+    if (p->active) {
+      psd_epoch_info *e = clock_epoch(c, p->epoch);
+      if (e) {
+        e->retrained += p->started - p->offset;
+        e->handovers++;
+      }
+    }
+    p->started = p->offset;
+    p->active = 0;
+    p->owner = PSD_CLOCK_NOBODY;
+  }
+}
+
+/* clock_extreme returns the live claimant with the least (MOST = 0) or
+ * most (MOST = 1) load, lowest rank first; UINT32_MAX when none.  MOST
+ * only counts workers with an inactive unfinished partition to give. */
+static uint32_t clock_extreme(const psd_clock *c, int most, uint32_t *load) {
+  uint32_t best = UINT32_MAX, bl = 0;
+  for (size_t i = 0; i < c->nw; i++) {
+    const clock_worker *w = &c->w[i];
+    if (!clock_claimant(w)) continue;
+    uint32_t l = clock_load(c, w->id);
+    if (most) {
+      int movable = 0;
+      for (uint32_t p = 0; p < c->o.nparts && !movable; p++)
+        movable = c->part[p].owner == w->id && !c->part[p].active &&
+                  clock_part_unfinished(c, &c->part[p]);
+      if (!movable) continue;
+    }
+    if (best == UINT32_MAX || (most ? l > bl : l < bl) || (l == bl && w->id < best)) {
+      best = w->id;
+      bl = l;
     }
   }
-  free(held);
+  *load = bl;
+  return best;
+}
+
+/* clock_part_last returns RANK's inactive unfinished partition that it
+ * would train last (highest epoch, then id), or UINT32_MAX. */
+static uint32_t clock_part_last(const psd_clock *c, uint32_t rank) {
+  uint32_t best = UINT32_MAX;
+  for (uint32_t i = 0; i < c->o.nparts; i++) {
+    const clock_part *p = &c->part[i];
+    if (p->owner != rank || p->active || !clock_part_unfinished(c, p)) continue;
+    if (best == UINT32_MAX || p->epoch >= c->part[best].epoch) best = i;
+  }
+  return best;
+}
+
+/* clock_part_balance gives every partition without an owner to the least
+ * loaded live claimant, then moves inactive unfinished partitions from
+ * the most to the least loaded while they differ by two or more. */
+static void clock_part_balance(psd_clock *c) {
+  uint32_t l;
+  for (uint32_t i = 0; i < c->o.nparts; i++) {
+    if (c->part[i].owner != PSD_CLOCK_NOBODY) continue;
+    uint32_t to = clock_extreme(c, 0, &l);
+    if (to == UINT32_MAX) return; /* nobody alive: they wait */
+    c->part[i].owner = to;
+  }
+  for (uint32_t guard = 0; guard < c->o.nparts; guard++) {
+    uint32_t lmin, lmax, to = clock_extreme(c, 0, &lmin), from = clock_extreme(c, 1, &lmax);
+    if (to == UINT32_MAX || from == UINT32_MAX || lmax < lmin + 2) return;
+    uint32_t p = clock_part_last(c, from);
+    if (p == UINT32_MAX) return;
+    c->part[p].owner = to;
+  }
+}
+
+/* clock_part_pick returns RANK's next partition: its active one (unless
+ * STEAL: another takes it), else its inactive unfinished one of the
+ * lowest (epoch, id); UINT32_MAX. */
+static uint32_t clock_part_pick(const psd_clock *c, uint32_t rank, int steal) {
+  uint32_t best = UINT32_MAX;
+  for (uint32_t i = 0; i < c->o.nparts; i++) {
+    const clock_part *p = &c->part[i];
+    if (p->owner != rank || (steal && p->active)) continue;
+    if (p->active) return i;
+    if (!clock_part_unfinished(c, p)) continue;
+    if (best == UINT32_MAX || p->epoch < c->part[best].epoch) best = i;
+  }
+  return best;
+}
+
+/* clock_part_pos fills POS with partition I's place. */
+static void clock_part_pos(const psd_clock *c, uint32_t i, psd_part_pos *pos) {
+  const clock_part *p = &c->part[i];
+  *pos = (psd_part_pos){.part = i, .epoch = p->epoch, .offset = p->offset,
+                        .started = p->started, .size = p->size};
+}
+
+/* psd_clock_job_reset: see psd_clock.h. */
+int psd_clock_job_reset(psd_clock *c, const char *model, ps_errbuf *eb) {
+  char *m = model ? strdup(model) : NULL;
+  if (model && !m) return ps_errf(eb, PS_ENOMEM, "out of memory");
+  free(c->job_model);
+  c->job_model = m;
+  for (uint32_t i = 0; i < c->o.nparts; i++) /* owners stay: live workers */
+    c->part[i] = (clock_part){.owner = c->part[i].owner};
+  free(c->ep);
+  c->ep = NULL;
+  c->nep = 0;
+  c->job_epochs = 0;
+  clock_part_balance(c);
+  c->dirty = 1;
+  return 0;
+}
+
+/* psd_clock_job_model: see psd_clock.h. */
+const char *psd_clock_job_model(const psd_clock *c) { return c->job_model; }
+
+/* clock_job_for makes MODEL the table's job (invariant 7): kept when it is
+ * already, a new job when no partition is being trained, else PS_EEXIST. */
+static int clock_job_for(psd_clock *c, const char *model, ps_errbuf *eb) {
+  if (c->job_model && !strcmp(c->job_model, model)) return 0;
+  for (uint32_t i = 0; c->job_model && i < c->o.nparts; i++)
+    if (c->part[i].active)
+      return ps_errf(eb, PS_EEXIST, "the data partitions are being trained for model '%s' "
+                     "(one job at a time): model '%s' must wait", c->job_model, model);
+  return psd_clock_job_reset(c, model, eb);
+}
+
+/* psd_clock_claim: see psd_clock.h. */
+int psd_clock_claim(psd_clock *c, uint32_t worker, const char *model, uint32_t epochs,
+                    uint64_t now_ms, psd_part_pos *pos, int *done, ps_errbuf *eb) {
+  clock_worker *w;
+  int err = clock_worker_get(c, worker, now_ms, 0, &w, eb);
+  if (err < 0) return err;
+  if (!w->registered)
+    return ps_errf(eb, PS_EINVAL, "worker %" PRIu32 " did not register: it has no partitions",
+                   worker);
+  if ((err = clock_job_for(c, model ? model : "", eb)) < 0) return err;
+  *done = 0;
+  if (epochs > c->job_epochs) c->job_epochs = epochs;
+  uint32_t i = clock_part_pick(c, worker, 0);
+  if (i == UINT32_MAX) {
+    /* nothing of its own left: one from the most loaded worker, or one
+     * nobody holds (invariant 7) */
+    uint32_t l, from = clock_extreme(c, 1, &l);
+    if (from != UINT32_MAX) i = clock_part_pick(c, from, 1);
+    for (uint32_t k = 0; i == UINT32_MAX && k < c->o.nparts; k++)
+      if (c->part[k].owner == PSD_CLOCK_NOBODY && clock_part_unfinished(c, &c->part[k])) i = k;
+  }
+  if (i == UINT32_MAX) {
+    *done = 1;
+    for (uint32_t k = 0; k < c->o.nparts; k++)
+      if (clock_part_unfinished(c, &c->part[k])) *done = 0;
+    return 0;
+  }
+  clock_part *p = &c->part[i];
+  p->owner = worker;
+  p->active = 1;
+  p->started = p->offset;
+  c->dirty = 1;
+  clock_part_pos(c, i, pos);
+  return 1;
+}
+
+/* psd_clock_progress: see psd_clock.h. */
+int psd_clock_progress(psd_clock *c, uint32_t worker, const psd_part_pos *pos, uint64_t now_ms,
+                       ps_errbuf *eb) {
+  int err = clock_worker_get(c, worker, now_ms, 0, NULL, eb);
+  if (err < 0) return err;
+  if (pos->part >= c->o.nparts)
+    return ps_errf(eb, PS_EINVAL, "partition %" PRIu32 " out of range (%" PRIu32 " partitions)",
+                   pos->part, c->o.nparts);
+  clock_part *p = &c->part[pos->part];
+  if (p->owner != worker || !p->active || p->epoch != pos->epoch)
+    return ps_errf(eb, PS_ENOENT,
+                   "partition %" PRIu32 " epoch %" PRIu32 " is not worker %" PRIu32
+                   "'s to train (owner %" PRId64 ", epoch %" PRIu32 "%s)",
+                   pos->part, pos->epoch, worker,
+                   p->owner == PSD_CLOCK_NOBODY ? (int64_t)-1 : (int64_t)p->owner, p->epoch,
+                   p->active ? ", active" : "");
+  if (!pos->size || (p->size && p->size != pos->size) || pos->offset < p->offset ||
+      pos->offset > pos->size || pos->started < pos->offset || pos->started > pos->size)
+    return ps_errf(eb, PS_EINVAL,
+                   "partition %" PRIu32 ": bad progress offset %" PRIu64 " started %" PRIu64
+                   " size %" PRIu64 " (recorded offset %" PRIu64 ", size %" PRIu64 ")",
+                   pos->part, pos->offset, pos->started, pos->size, p->offset, p->size);
+  psd_epoch_info *e = clock_epoch(c, p->epoch);
+  if (e) e->trained += pos->offset - p->offset;
+  p->size = pos->size;
+  p->offset = pos->offset;
+  p->started = pos->started;
+  if (p->offset == p->size) {
+    if (e) e->done_parts++;
+    p->epoch++;
+    p->offset = p->started = 0;
+    p->active = 0;
+  }
+  c->dirty = 1;
+  return 0;
+}
+
+/* psd_clock_partitions: see psd_clock.h (invariant 7). */
+size_t psd_clock_partitions(const psd_clock *c, uint32_t rank, uint32_t nparts, uint32_t *out) {
+  size_t n = 0;
+  for (uint32_t p = 0; p < c->o.nparts && p < nparts; p++)
+    if (c->part[p].owner == rank) out[n++] = p;
   return n;
+}
+
+void psd_clock_set_data_size(psd_clock *c, uint64_t samples) {
+  if (samples && samples != c->data_size) {
+    c->data_size = samples;
+    c->dirty = 1;
+  }
+}
+uint32_t psd_clock_nparts(const psd_clock *c) { return c->o.nparts; }
+size_t psd_clock_nepochs(const psd_clock *c) { return c->nep; }
+uint32_t psd_clock_job_epochs(const psd_clock *c) { return c->job_epochs; }
+uint64_t psd_clock_data_size(const psd_clock *c) { return c->data_size; }
+int psd_clock_dirty(const psd_clock *c) { return c->dirty; }
+
+/* psd_clock_part_info: see psd_clock.h. */
+void psd_clock_part_info(const psd_clock *c, uint32_t part, psd_part_info *info) {
+  memset(info, 0, sizeof *info);
+  if (part >= c->o.nparts) return;
+  clock_part_pos(c, part, &info->pos);
+  info->owner = c->part[part].owner;
+  info->active = c->part[part].active;
+}
+
+/* psd_clock_epoch_info: see psd_clock.h. */
+void psd_clock_epoch_info(const psd_clock *c, size_t epoch, psd_epoch_info *info) {
+  if (epoch < c->nep) *info = c->ep[epoch];
+  else *info = (psd_epoch_info){.epoch = (uint32_t)epoch};
 }
 
 /* clock_timeout gives up on P (invariant 4). */
@@ -605,4 +901,171 @@ void psd_clock_worker(const psd_clock *c, size_t i, uint64_t now_ms, psd_worker_
     info->state = PSD_WORKER_LATE;
   else
     info->state = PSD_WORKER_ALIVE;
+}
+
+/* ---- persistence (invariant 10) ------------------------------------------- */
+
+#define CLOCK_SAVE_MAGIC "psd-clock 1"
+
+/* clock_appendf appends to the growing buffer *B (*LEN used, *CAP held);
+ * -1 when out of memory (*B freed). */
+static int clock_appendf(char **b, size_t *len, size_t *cap, const char *fmt, ...)
+    __attribute__((format(printf, 4, 5)));
+static int clock_appendf(char **b, size_t *len, size_t *cap, const char *fmt, ...) {
+  for (;;) {
+    va_list ap;
+    va_start(ap, fmt);
+    int k = vsnprintf(*b ? *b + *len : NULL, *b ? *cap - *len : 0, fmt, ap);
+    va_end(ap);
+    if (k < 0) return -1;
+    if (*b && *len + (size_t)k < *cap) {
+      *len += (size_t)k;
+      return 0;
+    }
+    size_t ncap = (*cap ? *cap : 4096) * 2 + (size_t)k;
+    char *n = realloc(*b, ncap);
+    if (!n) {
+      free(*b);
+      *b = NULL;
+      return -1;
+    }
+    *b = n;
+    *cap = ncap;
+  }
+}
+
+/* psd_clock_save: see psd_clock.h. */
+int psd_clock_save(psd_clock *c, char **buf, size_t *len, ps_errbuf *eb) {
+  char *b = NULL;
+  size_t n = 0, cap = 0;
+  int bad = clock_appendf(&b, &n, &cap, CLOCK_SAVE_MAGIC "\njob %" PRIu32 " data %" PRIu64
+                          " parts %" PRIu32 "\n", c->job_epochs, c->data_size, c->o.nparts);
+  if (!bad && c->job_model) bad = clock_appendf(&b, &n, &cap, "model %s\n", c->job_model);
+  for (uint32_t i = 0; !bad && i < c->o.nparts; i++) {
+    const clock_part *p = &c->part[i];
+    bad = clock_appendf(&b, &n, &cap, "part %" PRIu32 " %" PRIu32 " %" PRIu64 " %" PRIu64
+                        " %" PRIu64 " %" PRId64 " %d\n", i, p->epoch, p->offset, p->started,
+                        p->size, p->owner == PSD_CLOCK_NOBODY ? (int64_t)-1 : (int64_t)p->owner,
+                        p->active);
+  }
+  for (size_t e = 0; !bad && e < c->nep; e++)
+    bad = clock_appendf(&b, &n, &cap, "epoch %zu %" PRIu64 " %" PRIu64 " %" PRIu32 " %" PRIu32
+                        "\n", e, c->ep[e].trained, c->ep[e].retrained, c->ep[e].handovers,
+                        c->ep[e].done_parts);
+  for (size_t i = 0; !bad && i < c->nw; i++) {
+    const clock_worker *w = &c->w[i];
+    bad = clock_appendf(&b, &n, &cap, "worker %" PRIu32 " %d %d %d %d %" PRIu32 " %" PRIu64 "\n",
+                        w->id, w->registered, w->leased, w->dead, w->left, w->pid, w->clock);
+  }
+  for (size_t i = 0; !bad && i < c->nm; i++)
+    for (size_t k = 0; !bad && k < c->m[i]->nent; k++)
+      bad = clock_appendf(&b, &n, &cap, "clock %s %" PRIu32 " %" PRIu64 "\n", c->m[i]->name,
+                          c->m[i]->ent[k].worker, c->m[i]->ent[k].clock);
+  if (!bad) bad = clock_appendf(&b, &n, &cap, "end\n");
+  if (bad) return ps_errf(eb, PS_ENOMEM, "out of memory saving the clock table");
+  *buf = b;
+  *len = n;
+  c->dirty = 0;
+  return 0;
+}
+
+/* clock_load_line restores one line L (NUL-terminated) of a save. */
+static int clock_load_line(psd_clock *c, const char *l, uint64_t now_ms, ps_errbuf *eb) {
+  uint32_t a, e, d, h;
+  uint64_t x, y, z;
+  int64_t o;
+  int f1, f2, f3, f4, k = 0;
+  char name[256];
+  if (sscanf(l, "job %" SCNu32 " data %" SCNu64 " parts %" SCNu32 "%n", &a, &x, &e, &k) == 3 &&
+      !l[k]) {
+    if (e != c->o.nparts)
+      return ps_errf(eb, PS_EFORMAT, "%" PRIu32 " partitions saved, data.partitions is %" PRIu32,
+                     e, c->o.nparts);
+    c->job_epochs = a;
+    c->data_size = x;
+    return 0;
+  }
+  if (sscanf(l, "model %255s%n", name, &k) == 1 && !l[k]) {
+    char *m = strdup(name);
+    if (!m) return ps_errf(eb, PS_ENOMEM, "out of memory");
+    free(c->job_model);
+    c->job_model = m;
+    return 0;
+  }
+  if (sscanf(l, "part %" SCNu32 " %" SCNu32 " %" SCNu64 " %" SCNu64 " %" SCNu64 " %" SCNd64
+             " %d%n", &a, &e, &x, &y, &z, &o, &f1, &k) == 7 && !l[k]) {
+    if (a >= c->o.nparts || x > y || (z && y > z) || o < -1 || o >= (int64_t)c->cap ||
+        (f1 != 0 && f1 != 1))
+      return ps_errf(eb, PS_EFORMAT, "bad partition entry");
+    c->part[a] = (clock_part){.epoch = e, .offset = x, .started = y, .size = z,
+                              .owner = o < 0 ? PSD_CLOCK_NOBODY : (uint32_t)o, .active = f1};
+    return 0;
+  }
+  if (sscanf(l, "epoch %" SCNu32 " %" SCNu64 " %" SCNu64 " %" SCNu32 " %" SCNu32 "%n", &e, &x,
+             &y, &h, &d, &k) == 5 && !l[k]) {
+    psd_epoch_info *ep = clock_epoch(c, e);
+    if (!ep) return ps_errf(eb, PS_EFORMAT, "epoch %" PRIu32 " out of range", e);
+    *ep = (psd_epoch_info){.epoch = e, .trained = x, .retrained = y, .handovers = h,
+                           .done_parts = d};
+    return 0;
+  }
+  if (sscanf(l, "worker %" SCNu32 " %d %d %d %d %" SCNu32 " %" SCNu64 "%n", &a, &f1, &f2, &f3,
+             &f4, &h, &x, &k) == 7 && !l[k]) {
+    clock_worker *w;
+    int err = clock_worker_get(c, a, now_ms, 1, &w, eb);
+    if (err < 0) return err;
+    w->registered = f1 != 0;
+    w->leased = f2 != 0;
+    w->dead = f3 != 0;
+    w->left = f4 != 0;
+    w->pid = h;
+    w->clock = x;
+    return 0;
+  }
+  if (sscanf(l, "clock %255s %" SCNu32 " %" SCNu64 "%n", name, &a, &x, &k) == 3 && !l[k]) {
+    const clock_worker *w = clock_worker_find(c, a);
+    if (!w || w->dead) return 0; /* expired since: not in the table */
+    psd_clock_model *m = clock_model_get(c, name, eb);
+    int err = m ? clock_raise(c, m, a, x, eb) : PS_ENOMEM;
+    if (err == 0) clock_entry_find(m, a)->restored = 1;
+    return err;
+  }
+  return ps_errf(eb, PS_EFORMAT, "unknown entry");
+}
+
+/* psd_clock_load: see psd_clock.h. */
+int psd_clock_load(psd_clock *c, const char *text, uint64_t now_ms, ps_errbuf *eb) {
+  size_t lineno = 0;
+  int ended = 0;
+  for (const char *p = text; *p && !ended;) {
+    const char *nl = strchr(p, '\n');
+    size_t n = nl ? (size_t)(nl - p) : strlen(p);
+    char line[512];
+    lineno++;
+    if (n >= sizeof line) return ps_errf(eb, PS_EFORMAT, "line %zu: too long", lineno);
+    memcpy(line, p, n);
+    line[n] = 0;
+    p += n + (nl != NULL);
+    int err = 0;
+    if (lineno == 1) {
+      if (strcmp(line, CLOCK_SAVE_MAGIC))
+        return ps_errf(eb, PS_EFORMAT, "line 1: not a clock table ('" CLOCK_SAVE_MAGIC "')");
+    } else if (!strcmp(line, "end")) {
+      ended = 1;
+    } else if ((err = clock_load_line(c, line, now_ms, eb)) < 0) {
+      ps_errbuf why = *eb;
+      return ps_errf(eb, err == PS_ENOMEM ? err : PS_EFORMAT, "line %zu: %s", lineno, why.msg);
+    }
+  }
+  if (!ended) return ps_errf(eb, PS_EFORMAT, "line %zu: truncated (no 'end')", lineno);
+  /* an active partition whose owner is gone resumes with another */
+  for (uint32_t i = 0; i < c->o.nparts; i++) {
+    const clock_worker *w = c->part[i].owner == PSD_CLOCK_NOBODY
+                                ? NULL : clock_worker_find(c, c->part[i].owner);
+    if (c->part[i].owner != PSD_CLOCK_NOBODY && (!w || !clock_claimant(w)))
+      clock_part_orphan(c, c->part[i].owner);
+  }
+  clock_part_balance(c);
+  c->dirty = 0;
+  return 0;
 }

@@ -24,21 +24,38 @@
  *     first.
  *  6. Recorded per model: the largest gap (pull clock - slowest live clock)
  *     at which a pull was served; never above s for bsp / ssp.
- *  7. Data partitions: partition p belongs to rank p mod world_size.  The
- *     partitions of a rank whose worker died (its lease expired, or it
- *     left without finishing; not one that left saying it was done) go to
- *     the live ranks, the k-th such partition to the (k mod live)-th live
- *     rank in rank order; they return when a worker registers for the rank
- *     again.  A rank no worker has registered for yet keeps its
- *     partitions.  Registration hands out a died rank first, then one never
- *     held, then one whose worker finished.
- *  8. Worker identity: a worker is its rank, an id in [0, world_size)
- *     (workers.count: the world every shard knows from the cluster file,
- *     and the ranks the coordinator hands out).  Every request naming a
- *     worker outside the world is refused with PS_EINVAL before anything
- *     is recorded, so the worker table never holds more than world_size
- *     entries whatever clients send.  Later membership changes (elastic
- *     workers, aggregators) change the world here and nowhere else.
+ *  7. Data partitions (DESIGN.md "Fault tolerance"): the coordinator
+ *     keeps, per partition, its epoch, the offset trained up to in that
+ *     epoch (in the partition's own sample order, a function of (seed,
+ *     epoch, partition)), the end of what was started (offset <= started:
+ *     the samples in flight) and its owner (a live registered rank, or
+ *     nobody).  A worker trains only a partition it claimed
+ *     (psd_clock_claim), which makes it ACTIVE; it reports each step
+ *     (psd_clock_progress) before pushing it: offset = samples whose
+ *     pushes every shard acknowledged, started = the end of the batch it
+ *     is about to push.  Reaching the partition's size ends its epoch
+ *     (epoch + 1, offset 0, no longer active).  Only an inactive
+ *     partition moves between live workers (a partition boundary): to
+ *     balance the unfinished ones at registration, when a worker claims
+ *     with nothing of its own left (it takes one of the most loaded
+ *     worker's), and when a worker dies or leaves: its partitions go to
+ *     the live workers at once, resuming at the last reported offset; the
+ *     samples in [offset, started) of its active one are counted as
+ *     retrained (at most the batches in flight).  A sample is thus
+ *     trained at least once per epoch, and twice only when it was in
+ *     flight at a death.  Per epoch the table counts the samples trained
+ *     (offset advances: every partition's size exactly, once the epoch is
+ *     complete), those retrained and the handovers.
+ *  8. Worker identity: a worker is its rank, an id below the rank cap
+ *     (psd_clock_rank_cap: 2 x world_size + 2, world_size = workers.count,
+ *     the expected size; every shard computes the same cap from the
+ *     cluster file).  Every request naming a worker at or above the cap is
+ *     refused with PS_EINVAL before anything is recorded, so the worker
+ *     table never holds more than the cap whatever clients send.
+ *     Registration hands out a died rank first, then one never held, then
+ *     one whose worker finished, among [0, world_size) and then among
+ *     [world_size, cap): a worker restarted while its old lease still
+ *     lives gets a new rank at once (elastic membership).
  *  9. Expiry is final for a worker that held a lease (it registered or
  *     sent a heartbeat): DEAD by its lease, or by leaving before it
  *     finished, it is not brought back by its pushes, pulls or plain
@@ -46,10 +63,20 @@
  *     been partitioned away while the others went on without it, and its
  *     rank and data may be another's now).  Only psd_clock_register or
  *     psd_clock_rejoin (the worker registered again with the coordinator,
- *     or a new process of a fixed rank starts) brings it back.  A rank
- *     whose worker left done is taken by any request (the next run), and
- *     so is one that never held a lease (a bare client that pushes and
- *     pulls without heartbeats: it could not rejoin).
+ *     or a new process of a fixed rank starts) brings it back; its
+ *     partitions stay with whoever took them.  A rank whose worker left
+ *     done is taken by any request (the next run), and so is one that
+ *     never held a lease (a bare client that pushes and pulls without
+ *     heartbeats: it could not rejoin).
+ * 10. Persistence: psd_clock_save writes the partition table, the epoch
+ *     counts, the workers and every model's clock table as text;
+ *     psd_clock_load restores them into a new table, the workers alive
+ *     with a fresh lease (they have lease_ms to reach the restarted
+ *     coordinator before they expire as usual).  A restored clock holds
+ *     the others back as before, until the worker's first push or pull
+ *     sets it to where the worker is (up, or down when a push was lost
+ *     with the restart: else its own pull would wait for it forever).  psd_clock_dirty says
+ *     whether anything persisted changed since the last save.
  *
  * Not thread-safe: one thread (the shard's loop) calls everything. */
 #ifndef PSD_CLOCK_H
@@ -87,7 +114,8 @@ typedef struct psd_clock_opts {
   uint32_t heartbeat_ms;     /* LATE after 2 x this without a word */
   uint32_t lease_ms;         /* DEAD after this */
   uint32_t pull_timeout_ms;  /* parked pulls give up after this */
-  uint32_t world_size;       /* the world (invariant 8): ids 0..world_size-1 */
+  uint32_t world_size;       /* workers.count, the expected size (invariant 8) */
+  uint32_t nparts;           /* data partitions (invariant 7; 0: none tracked) */
   /* Told of every lease that expires (not of a worker that leaves), after
    * the worker left the tables; must not call into psd_clock.  May be NULL. */
   void (*on_expire)(void *arg, uint32_t worker, uint64_t silent_ms);
@@ -160,22 +188,112 @@ int psd_clock_heartbeat(psd_clock *c, uint32_t worker, const char *model, uint64
 int psd_clock_expired(const psd_clock *c, uint32_t worker);
 
 /* psd_clock_leave makes WORKER DEAD at once (it stops): it leaves every
- * clock table and the pulls waiting on it are re-checked.  DONE: it
- * finished its training, so its partitions stay put (invariant 7); else it
- * counts as died.  An unknown or already dead worker is left alone. */
+ * clock table and the pulls waiting on it are re-checked; its partitions
+ * go to the live workers (invariant 7; a drained worker reported its last
+ * offset with nothing in flight, so nothing is retrained).  DONE: it
+ * finished its training (its rank is then taken last); else it counts as
+ * died.  An unknown or already dead worker is left alone. */
 void psd_clock_leave(psd_clock *c, uint32_t worker, uint64_t now_ms, int done);
 
 /* psd_clock_partitions writes to OUT (NPARTS entries, caller-owned) the
- * partitions RANK trains now (invariant 7), in increasing order; returns
- * how many.  A rank whose worker died gets none. */
+ * partitions RANK owns now (invariant 7), in increasing order; returns
+ * how many.  A rank whose worker died owns none. */
 size_t psd_clock_partitions(const psd_clock *c, uint32_t rank, uint32_t nparts, uint32_t *out);
+
+/* One partition's place in its epoch (invariant 7). */
+typedef struct psd_part_pos {
+  uint32_t part, epoch;
+  uint64_t offset;           /* samples trained (pushes acknowledged everywhere) */
+  uint64_t started;          /* end of the samples pushed or being pushed */
+  uint64_t size;             /* samples in it; 0 while no worker said */
+} psd_part_pos;
+
+#define PSD_CLOCK_NOBODY UINT32_MAX /* owner of a partition no live worker holds */
+
+/* What psd_clock_part_info reports of one partition. */
+typedef struct psd_part_info {
+  psd_part_pos pos;
+  uint32_t owner;            /* a rank or PSD_CLOCK_NOBODY */
+  int active;                /* its owner claimed it and trains it */
+} psd_part_info;
+
+/* Per-epoch accounting (invariant 7). */
+typedef struct psd_epoch_info {
+  uint32_t epoch;
+  uint64_t trained;          /* samples whose offset advanced past them */
+  uint64_t retrained;        /* samples in flight at a death, handed over */
+  uint32_t handovers;        /* active partitions taken from a dead worker */
+  uint32_t done_parts;       /* partitions that finished this epoch */
+} psd_epoch_info;
+
+/* The partition table trains one model at a time, its job: a claim for
+ * another model starts a new job (every partition at epoch 0, the counts
+ * cleared) when no partition is being trained, else is refused with
+ * PS_EEXIST.  psd_clock_job_reset starts a new job for MODEL (NULL: none)
+ * at once (a model submitted again); psd_clock_job_model returns the
+ * job's model (NULL: none; borrowed). */
+int psd_clock_job_reset(psd_clock *c, const char *model, ps_errbuf *eb);
+const char *psd_clock_job_model(const psd_clock *c);
+
+/* psd_clock_claim hands WORKER (a live, registered worker) the partition
+ * it trains next (invariant 7): the one it is already training, else its
+ * own unfinished one of the lowest (epoch, id), else one taken from the
+ * most loaded worker, for MODEL's job (above).  EPOCHS: its run's epoch count (a partition at that
+ * epoch is finished; the job's count is the largest claimed).  Returns 1
+ * with *POS (resume at pos->offset), 0 when nothing is left for it (*DONE
+ * set when every partition finished), or a PS_E* code (PS_EEXPIRED,
+ * PS_EINVAL for a worker that did not register). */
+int psd_clock_claim(psd_clock *c, uint32_t worker, const char *model, uint32_t epochs,
+                    uint64_t now_ms, psd_part_pos *pos, int *done, ps_errbuf *eb);
+
+/* psd_clock_progress records POS reported by WORKER (invariant 7): 0, or
+ * PS_ENOENT when the partition is not WORKER's active one at that epoch
+ * (it was taken away: the worker drops it), PS_EINVAL for an offset that
+ * goes back or past the size, or a size that disagrees with an earlier
+ * report. */
+int psd_clock_progress(psd_clock *c, uint32_t worker, const psd_part_pos *pos, uint64_t now_ms,
+                       ps_errbuf *eb);
+
+/* psd_clock_set_data_size records the training set's size as a worker
+ * loaded it (for status). */
+void psd_clock_set_data_size(psd_clock *c, uint64_t samples);
+
+/* Partition table and epoch accounting for status: psd_clock_nparts
+ * partitions, psd_clock_nepochs epochs (0..n-1) seen. */
+uint32_t psd_clock_nparts(const psd_clock *c);
+void psd_clock_part_info(const psd_clock *c, uint32_t part, psd_part_info *info);
+size_t psd_clock_nepochs(const psd_clock *c);
+void psd_clock_epoch_info(const psd_clock *c, size_t epoch, psd_epoch_info *info);
+uint32_t psd_clock_job_epochs(const psd_clock *c);
+uint64_t psd_clock_data_size(const psd_clock *c);
+
+/* psd_clock_rank_cap returns the number of worker ids the table accepts
+ * (invariant 8) for a world of WORLD_SIZE. */
+uint32_t psd_clock_rank_cap(uint32_t world_size);
+
+/* psd_clock_save writes the table (invariant 10) into *BUF (malloc'd,
+ * caller frees; *LEN bytes, NUL-terminated) and clears the dirty mark. */
+int psd_clock_save(psd_clock *c, char **buf, size_t *len, ps_errbuf *eb);
+
+/* psd_clock_load restores what psd_clock_save wrote (TEXT, NUL-terminated)
+ * into C, fresh from psd_clock_new, as of NOW_MS.  PS_EFORMAT with "line
+ * N: ..." for a malformed text (C is then left as it was loaded so far:
+ * free it). */
+int psd_clock_load(psd_clock *c, const char *text, uint64_t now_ms, ps_errbuf *eb);
+
+/* psd_clock_dirty says whether anything psd_clock_save writes changed
+ * since the last save. */
+int psd_clock_dirty(const psd_clock *c);
 
 /* psd_clock_register hands out a rank (the worker id) for a new worker:
  * the same one to a live worker of the same HOST and PID (a retried
- * registration), else the lowest rank in [0, world_size) that no live
- * worker holds, by invariant 7's order.  PS_EEXIST when every rank is held by a live worker.
+ * registration), else a rank no live worker holds, by invariant 8's
+ * order; the partitions are then balanced (invariant 7).  PS_EEXIST when
+ * every rank below the cap is held by a live worker.
  * *START_CLOCK: the slowest live clock of MODEL here (0 when none); the
- * worker enters MODEL's clock table (when the model is declared) at it. */
+ * worker enters MODEL's clock table (when the model is declared) at it,
+ * provisionally: its first pull or push sets its clock, down too (a
+ * worker registering again after an expiry may be behind it). */
 int psd_clock_register(psd_clock *c, const char *model, const char *host, uint32_t pid,
                        const char *device, uint64_t now_ms, uint32_t *rank,
                        uint64_t *start_clock, ps_errbuf *eb);

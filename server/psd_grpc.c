@@ -43,6 +43,7 @@
 #include "ps_auth.h"
 #include "ps_log.h"
 #include "ps_tls.h"
+#include "psd_coord.h"
 #include "psd_store.h"
 #include "psd_wal.h"
 #include "ps_pb.h"
@@ -368,6 +369,7 @@ static int psd_grpc_heartbeat(psd_grpc_call *c, psd_shard *sh, const ProtobufCMe
   int err = psd_shard_heartbeat(sh, (const Ps__HeartbeatRequest *)m, &rep, eb);
   if (err == 0) err = psd_grpc_pack(&rep.base, out, eb);
   free(rep.partitions);
+  psd_coord_heartbeat_release(&rep);
   return err;
 }
 

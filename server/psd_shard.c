@@ -11,6 +11,7 @@
 #include "ps_model.h"
 #include "ps_pb.h"
 #include "psd_wal.h"
+#include "psd_coord.h"
 
 static const char *const psd_state_names[] = {
     [PSD_STARTING] = "STARTING", [PSD_RECOVERING] = "RECOVERING", [PSD_SERVING] = "SERVING",
@@ -148,8 +149,8 @@ int psd_shard_clock_start(psd_shard *sh, ps_errbuf *eb) {
   psd_clock_opts o = {.heartbeat_ms = cfg->workers.heartbeat_ms,
                       .lease_ms = cfg->workers.lease_ms,
                       .pull_timeout_ms = cfg->training.pull_timeout_ms,
-                      .world_size = cfg->workers.count, .on_expire = psd_shard_on_expire,
-                      .arg = sh};
+                      .world_size = cfg->workers.count, .nparts = cfg->data.partitions,
+                      .on_expire = psd_shard_on_expire, .arg = sh};
   int err = psd_clock_new(&sh->clock, &o, eb);
   if (err < 0) return err;
   sh->coordinator = ps_config_coordinator(cfg) == sh->me;
@@ -162,6 +163,7 @@ int psd_shard_clock_start(psd_shard *sh, ps_errbuf *eb) {
     psd_store_model_info(sh->store, i, &info);
     err = psd_clock_set_model(sh->clock, info.name, psd_shard_staleness(info.spec), now, eb);
   }
+  if (err == 0) err = psd_coord_restore(sh, eb);
   return err;
 }
 
@@ -170,6 +172,7 @@ void psd_shard_clock_stop(psd_shard *sh) {
   if (!sh->clock) return;
   psd_clock_release_all(sh->clock, PS_ESHUTDOWN, "shard is shutting down");
   uv_timer_stop(&sh->clock_timer);
+  psd_coord_stop(sh);
 }
 
 /* psd_shard_parked_ms: see psd_shard.h. */
@@ -282,6 +285,7 @@ int psd_shard_heartbeat(psd_shard *sh, const Ps__HeartbeatRequest *req,
   /* The coordinator tells a live worker its share of the data, which
    * changes when a worker dies or a rank is taken again. */
   if (sh->coordinator && !req->leaving && !reply->expired) {
+    if ((err = psd_coord_heartbeat(sh, req, reply, now, eb)) < 0) return psd_shard_done(sh, err);
     if (shard_partitions(sh, req->worker, &reply->partitions, &reply->n_partitions) < 0)
       return psd_shard_done(sh, ps_errf(eb, PS_ENOMEM, "out of memory"));
     reply->assigned = 1;
@@ -294,6 +298,8 @@ int psd_shard_list_workers(psd_shard *sh, Ps__ListWorkersReply *reply, ps_errbuf
   reply->shard = sh->me->id;
   reply->coordinator = sh->coordinator;
   reply->world_size = sh->cfg->workers.count;
+  int cerr = psd_coord_list(sh, reply, eb);
+  if (cerr < 0) return cerr;
   size_t n = sh->clock ? psd_clock_nworkers(sh->clock) : 0;
   if (!n) return 0;
   reply->workers = calloc(n, sizeof *reply->workers);
@@ -337,6 +343,7 @@ void psd_shard_list_workers_release(Ps__ListWorkersReply *reply) {
   free(reply->workers);
   reply->workers = NULL;
   reply->n_workers = 0;
+  psd_coord_list_release(reply);
 }
 
 /* psd_shard_submit registers SPEC on this shard and fills REPLY's counts. */
@@ -354,6 +361,10 @@ int psd_shard_submit(psd_shard *sh, const Ps__ModelSpec *spec, int replace,
     const Ps__ModelSpec *now_spec = psd_store_spec(sh->store, spec->name);
     err = psd_clock_set_model(sh->clock, spec->name, psd_shard_staleness(now_spec),
                               psd_shard_now_ms(sh), eb);
+    /* a model submitted anew (or replaced) trains from the first epoch */
+    const char *job = psd_clock_job_model(sh->clock);
+    if (err == 0 && created && job && !strcmp(job, spec->name))
+      err = psd_clock_job_reset(sh->clock, spec->name, eb);
     psd_shard_clock_arm(sh);
     if (err < 0) return psd_shard_done(sh, err);
   }

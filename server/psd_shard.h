@@ -84,6 +84,8 @@ typedef struct psd_shard {
   uv_timer_t clock_timer;     /* fires at psd_clock_next_ms */
   int coordinator;            /* this shard registers workers */
   struct psd_wal *wal;        /* the redo log (durability sync), else NULL */
+  uv_timer_t save_timer;      /* saves the coordinator's table (psd_coord.h) */
+  int save_timer_on;
 } psd_shard;
 
 /* Control plane. */

@@ -401,3 +401,37 @@ int ps_test_pull(ps_chan_client *c, const char *model, const uint32_t *ids, size
               .out = out, .nbytes = nelems * sizeof(float)};
   return ps_chan_pull(c, &r, version, eb);
 }
+
+/* ps_test_submit_mlp: see ps_test.h. */
+void ps_test_submit_mlp(const char *dir, const char *yaml, const char *layers, const char *lr,
+                        const char *consistency, const char *staleness) {
+  char pb[600], log[600];
+  snprintf(pb, sizeof pb, "%s/m.pb", dir);
+  snprintf(log, sizeof log, "%s/psctl.log", dir);
+  char *lrm[] = {(char *)ps_test_bin("psctl"), "model", "logreg", "--inputs", "784", "--classes",
+                 "10", "-o", pb, NULL};
+  char *mlp[] = {(char *)ps_test_bin("psctl"), "model", "mlp", "--layers", (char *)layers, "-o",
+                 pb, NULL};
+  ck_assert_msg(ps_test_run(strcmp(layers, "logreg") ? mlp : lrm, log, 20000) == 0,
+                "psctl model failed; see %s", log);
+  char *submit[] = {(char *)ps_test_bin("psctl"), "submit", pb, "--name", "m", "--config",
+                    (char *)yaml, "--optimizer", "adam", "--lr", (char *)lr, "--consistency",
+                    (char *)consistency, staleness ? "--staleness" : NULL, (char *)staleness,
+                    NULL};
+  ck_assert_msg(ps_test_run(submit, log, 30000) == 0, "psctl submit failed; see %s", log);
+}
+
+/* ps_test_status: see ps_test.h. */
+Ps__StatusReply *ps_test_status(int port) {
+  ps_rpc *rpc;
+  ps_errbuf eb = {""};
+  char addr[64];
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+  ck_assert_int_eq(ps_test_rpc_open(&rpc, addr, &eb), 0);
+  Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
+  ProtobufCMessage *resp = NULL;
+  ck_assert_msg(ps_rpc_call(rpc, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor, &resp,
+                            5000, &eb) == 0, "status of the shard at port %d: %s", port, eb.msg);
+  ps_rpc_close(rpc);
+  return (Ps__StatusReply *)resp;
+}

@@ -122,6 +122,19 @@ int ps_test_stop(pid_t pid, int sig, int timeout_ms);
  * kills it, when it does not finish in time. */
 int ps_test_run(char *const argv[], const char *log, int timeout_ms);
 
+/* ps_test_submit_mlp builds model "m" with psctl into DIR/m.pb (LAYERS:
+ * "logreg", 784 inputs and 10 classes, or an MLP layer list such as
+ * "784,256,10") and submits it to the cluster of YAML with Adam at LR and
+ * CONSISTENCY (STALENESS: its bound, or NULL); fails the test naming
+ * DIR/psctl.log when psctl does. */
+void ps_test_submit_mlp(const char *dir, const char *yaml, const char *layers, const char *lr,
+                        const char *consistency, const char *staleness);
+
+/* ps_test_status returns the Status of the shard whose gRPC port is
+ * PORT (the caller frees with protobuf_c_message_free_unpacked); fails
+ * the test when it does not answer within 5 s. */
+Ps__StatusReply *ps_test_status(int port);
+
 /* ps_test_wait_port waits up to TIMEOUT_MS for a TCP listener on
  * 127.0.0.1:PORT; returns 0 or -1. */
 int ps_test_wait_port(int port, int timeout_ms);

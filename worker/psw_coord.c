@@ -5,6 +5,7 @@
 #include "ps_auth.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -42,6 +43,13 @@ struct psw_coord {
   uint32_t *parts;               /* invariant 4 (under mu) */
   size_t nparts;
   uint64_t parts_gen;
+  /* The report thread (psw_coord_report_start), all under rmu: */
+  pthread_t rthread;
+  pthread_mutex_t rmu;
+  pthread_cond_t rcv;
+  int rstarted, rquit, rhave, rdone, rerr;
+  psw_coord_part rpos;
+  ps_errbuf reb;
 };
 
 /* psw_coord_new: see psw_coord.h. */
@@ -56,6 +64,8 @@ int psw_coord_new(psw_coord **out, const psw_coord_conf *conf, ps_errbuf *eb) {
   pthread_mutex_init(&c->mu, NULL);
   pthread_mutex_init(&c->rejoin_mu, NULL);
   pthread_cond_init(&c->cv, NULL);
+  pthread_mutex_init(&c->rmu, NULL);
+  pthread_cond_init(&c->rcv, NULL);
   if (gethostname(c->host, sizeof c->host - 1) < 0) strcpy(c->host, "?");
   int err = 0;
   if (!c->model || !c->device || !c->rpc) err = ps_errf(eb, PS_ENOMEM, "out of memory");
@@ -102,7 +112,9 @@ static int coord_register_once(psw_coord *c, ps_errbuf *eb) {
                         &ps__register_worker_reply__descriptor, &resp, PSW_COORD_CALL_MS, eb);
   if (err < 0) return err;
   Ps__RegisterWorkerReply *r = (Ps__RegisterWorkerReply *)resp;
-  if (!r->world_size || r->rank >= r->world_size) {
+  /* ranks past world_size are workers beyond the expected count (elastic;
+   * psd_clock invariant 8 bounds them at 2 x world_size + 2) */
+  if (!r->world_size || r->rank >= 2 * (uint64_t)r->world_size + 2) {
     protobuf_c_message_free_unpacked(resp, NULL);
     return ps_errf(eb, PS_EPROTO, "the coordinator answered rank %u of %u workers", r->rank,
                    r->world_size);
@@ -147,10 +159,11 @@ int psw_coord_register(psw_coord *c, psw_coord_reg *reg, ps_errbuf *eb) {
   return 0;
 }
 
-/* coord_live_count counts the live workers the coordinator lists with a
- * rank below WORLD, and takes this worker's partitions from the list
+/* coord_live_count counts the live workers the coordinator lists (any
+ * rank; INT_MAX when the job has begun: a partition is being trained or
+ * was, so a joining worker does not wait), and takes this worker's partitions from the list
  * (invariant 4); a negative PS_E* code when it did not answer. */
-static int coord_live_count(psw_coord *c, uint32_t world, ps_errbuf *eb) {
+static int coord_live_count(psw_coord *c, ps_errbuf *eb) {
   Ps__ListWorkersRequest req = PS__LIST_WORKERS_REQUEST__INIT;
   ProtobufCMessage *resp = NULL;
   int err = ps_rpc_call(c->rpc[c->coord], "/ps.Ps/ListWorkers", &req.base,
@@ -161,9 +174,13 @@ static int coord_live_count(psw_coord *c, uint32_t world, ps_errbuf *eb) {
   for (size_t i = 0; i < r->n_workers; i++) {
     const Ps__WorkerInfo *w = r->workers[i];
     int live = w->state && strcmp(w->state, "DEAD") != 0 && strcmp(w->state, "DONE") != 0;
-    n += w->rank < world && live;
+    n += live; /* any rank: past workers.count too (elastic) */
     if (live && c->registered && w->rank == c->worker)
       coord_set_parts(c, w->partitions, w->n_partitions);
+  }
+  for (size_t i = 0; i < r->n_partitions; i++) {
+    const Ps__PartProgress *q = r->partitions[i]->pos;
+    if (r->partitions[i]->active || (q && (q->epoch || q->offset))) n = INT_MAX;
   }
   protobuf_c_message_free_unpacked(resp, NULL);
   return n;
@@ -174,7 +191,7 @@ int psw_coord_wait_world(psw_coord *c, uint32_t world, uint32_t timeout_ms, ps_e
   int64_t end = ps_now_ms() + timeout_ms;
   int seen = 0;
   for (;;) {
-    int n = coord_live_count(c, world, eb);
+    int n = coord_live_count(c, eb);
     if (n >= (int)world) return 0;
     if (n > seen) seen = n;
     if (ps_now_ms() >= end)
@@ -184,22 +201,29 @@ int psw_coord_wait_world(psw_coord *c, uint32_t world, uint32_t timeout_ms, ps_e
   }
 }
 
+/* coord_beat_init fills REQ with what every heartbeat of WORKER says:
+ * who it is and the figures last given to psw_coord_update. */
+static void coord_beat_init(psw_coord *c, Ps__HeartbeatRequest *req, uint32_t worker) {
+  ps__heartbeat_request__init(req);
+  req->worker = worker;
+  req->model = c->model;
+  req->device = c->device;
+  req->host = c->host;
+  pthread_mutex_lock(&c->mu);
+  req->clock = c->clock;
+  req->steps_per_s = c->steps_per_s;
+  req->blocked_share = c->blocked_share;
+  pthread_mutex_unlock(&c->mu);
+}
+
 /* coord_heartbeat_all sends one heartbeat for worker WORKER to every
  * shard (LEAVING, DONE, REJOIN: see HeartbeatRequest); returns 1 when a
  * shard said the worker had expired. */
 static int coord_heartbeat_all(psw_coord *c, uint32_t worker, int leaving, int done,
                                int rejoin) {
-  Ps__HeartbeatRequest req = PS__HEARTBEAT_REQUEST__INIT;
+  Ps__HeartbeatRequest req;
+  coord_beat_init(c, &req, worker);
   req.rejoin = rejoin;
-  pthread_mutex_lock(&c->mu);
-  req.worker = worker;
-  req.clock = c->clock;
-  req.steps_per_s = c->steps_per_s;
-  req.blocked_share = c->blocked_share;
-  pthread_mutex_unlock(&c->mu);
-  req.model = c->model;
-  req.device = c->device;
-  req.host = c->host;
   req.leaving = leaving;
   req.done = done;
   int timeout = c->heartbeat_ms < PSW_COORD_CALL_MS ? (int)c->heartbeat_ms : PSW_COORD_CALL_MS;
@@ -341,9 +365,150 @@ uint64_t psw_coord_partitions(psw_coord *c, uint32_t *out, size_t cap, size_t *n
   return gen;
 }
 
+/* coord_progress_call sends the coordinator one heartbeat of the training
+ * thread carrying POS (may be NULL) and, with CLAIM, a claim; retries an
+ * unreachable coordinator for workers.retry_ms.  *OUT: the reply (caller
+ * frees with protobuf_c_message_free_unpacked). */
+static int coord_progress_call(psw_coord *c, const psw_coord_part *pos, int claim,
+                               uint32_t epochs, uint64_t data_size, Ps__HeartbeatReply **out,
+                               ps_errbuf *eb) {
+  Ps__HeartbeatRequest req;
+  Ps__PartProgress pp = PS__PART_PROGRESS__INIT, *ppp = &pp;
+  coord_beat_init(c, &req, c->worker);
+  if (pos) {
+    pp.partition = pos->part;
+    pp.epoch = pos->epoch;
+    pp.offset = pos->offset;
+    pp.started = pos->started;
+    pp.size = pos->size;
+    req.progress = &ppp;
+    req.n_progress = 1;
+  }
+  req.claim = claim;
+  req.epochs = epochs;
+  req.data_size = data_size;
+  int64_t start = ps_now_ms();
+  uint32_t delay = PS_BACKOFF_FIRST_MS;
+  for (;;) {
+    ProtobufCMessage *resp = NULL;
+    int err = ps_rpc_call(c->rpc[c->coord], "/ps.Ps/Heartbeat", &req.base,
+                          &ps__heartbeat_reply__descriptor, &resp, PSW_COORD_CALL_MS, eb);
+    if (err == 0) {
+      *out = (Ps__HeartbeatReply *)resp;
+      return 0;
+    }
+    /* a call cut short by a coordinator going down (gRPC CANCELLED, seen
+     * as PS_EINTERNAL) is retried too: a report or claim sent twice
+     * records the same thing */
+    if ((!coord_retryable(err) && err != PS_EINTERNAL) ||
+        ps_now_ms() - start + delay > (int64_t)c->cfg->workers.retry_ms)
+      return err;
+    if (ps_sleep_ms(delay, c->stop) < 0) return ps_errf(eb, PS_ESHUTDOWN, "stopped");
+    delay = ps_backoff_next(delay);
+  }
+}
+
+/* coord_progress_answer turns a reply to a progress beat into 0,
+ * PS_EEXPIRED or PS_ENOENT (refused). */
+static int coord_progress_answer(const Ps__HeartbeatReply *r, const psw_coord_part *pos,
+                                 ps_errbuf *eb) {
+  if (r->expired)
+    return ps_errf(eb, PS_EEXPIRED, "the coordinator declared worker dead (lease expired)");
+  if (pos && r->n_refused)
+    return ps_errf(eb, PS_ENOENT, "partition %u is no longer this worker's", pos->part);
+  return 0;
+}
+
+/* psw_coord_claim: see psw_coord.h. */
+int psw_coord_claim(psw_coord *c, const psw_coord_part *fin, uint32_t epochs, uint64_t data_size,
+                    psw_coord_part *out, int *job_done, ps_errbuf *eb) {
+  Ps__HeartbeatReply *r;
+  int err = coord_progress_call(c, fin, 1, epochs, data_size, &r, eb);
+  if (err < 0) return err;
+  err = coord_progress_answer(r, NULL, eb);
+  *job_done = r->job_done;
+  if (err == 0 && r->granted) {
+    const Ps__PartProgress *g = r->granted;
+    *out = (psw_coord_part){.part = g->partition, .epoch = g->epoch, .offset = g->offset,
+                            .started = g->offset, .size = g->size};
+    err = 1;
+  }
+  if (err >= 0 && r->assigned) coord_set_parts(c, r->partitions, r->n_partitions);
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  return err;
+}
+
+/* psw_coord_report: see psw_coord.h. */
+int psw_coord_report(psw_coord *c, const psw_coord_part *pos, ps_errbuf *eb) {
+  Ps__HeartbeatReply *r;
+  int err = coord_progress_call(c, pos, 0, 0, 0, &r, eb);
+  if (err < 0) return err;
+  err = coord_progress_answer(r, pos, eb);
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  return err;
+}
+
+/* coord_report_main: the report thread — sends each report handed over
+ * by psw_coord_report_start and posts its answer. */
+static void *coord_report_main(void *arg) {
+  psw_coord *c = arg;
+  pthread_mutex_lock(&c->rmu);
+  for (;;) {
+    while (!c->rhave && !c->rquit) pthread_cond_wait(&c->rcv, &c->rmu);
+    if (c->rquit) break;
+    psw_coord_part pos = c->rpos;
+    c->rhave = 0;
+    pthread_mutex_unlock(&c->rmu);
+    ps_errbuf eb = {""};
+    int err = psw_coord_report(c, &pos, &eb);
+    pthread_mutex_lock(&c->rmu);
+    c->rerr = err;
+    c->reb = eb;
+    c->rdone = 1;
+    pthread_cond_broadcast(&c->rcv);
+  }
+  pthread_mutex_unlock(&c->rmu);
+  return NULL;
+}
+
+/* psw_coord_report_start: see psw_coord.h. */
+int psw_coord_report_start(psw_coord *c, const psw_coord_part *pos, ps_errbuf *eb) {
+  pthread_mutex_lock(&c->rmu);
+  if (!c->rstarted) {
+    if (pthread_create(&c->rthread, NULL, coord_report_main, c) != 0) {
+      pthread_mutex_unlock(&c->rmu);
+      return ps_errf(eb, PS_ENOMEM, "cannot start the report thread");
+    }
+    c->rstarted = 1;
+  }
+  c->rpos = *pos;
+  c->rhave = 1;
+  c->rdone = 0;
+  pthread_cond_broadcast(&c->rcv);
+  pthread_mutex_unlock(&c->rmu);
+  return 0;
+}
+
+/* psw_coord_report_wait: see psw_coord.h. */
+int psw_coord_report_wait(psw_coord *c, ps_errbuf *eb) {
+  pthread_mutex_lock(&c->rmu);
+  while (!c->rdone) pthread_cond_wait(&c->rcv, &c->rmu);
+  int err = c->rerr;
+  if (err < 0 && eb) *eb = c->reb;
+  pthread_mutex_unlock(&c->rmu);
+  return err;
+}
+
 /* psw_coord_free: see psw_coord.h. */
 void psw_coord_free(psw_coord *c, int leaving, int done) {
   if (!c) return;
+  if (c->rstarted) {
+    pthread_mutex_lock(&c->rmu);
+    c->rquit = 1;
+    pthread_cond_broadcast(&c->rcv);
+    pthread_mutex_unlock(&c->rmu);
+    pthread_join(c->rthread, NULL);
+  }
   if (c->started) {
     pthread_mutex_lock(&c->mu);
     c->quit = 1;
@@ -359,6 +524,8 @@ void psw_coord_free(psw_coord *c, int leaving, int done) {
   pthread_mutex_destroy(&c->mu);
   pthread_mutex_destroy(&c->rejoin_mu);
   pthread_cond_destroy(&c->cv);
+  pthread_mutex_destroy(&c->rmu);
+  pthread_cond_destroy(&c->rcv);
   free(c->model);
   free(c->device);
   free(c);

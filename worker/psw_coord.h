@@ -30,6 +30,14 @@
  *     the data path, the heartbeat thread when a beat is answered
  *     "expired".  The first beats of a new process are marked rejoin too:
  *     it takes its rank, whatever an earlier process of it left behind.
+ *  6. Partition progress (psd_clock invariant 7): the training thread
+ *     claims each partition it trains from the coordinator
+ *     (psw_coord_claim) and reports its place before each push
+ *     (psw_coord_report, or psw_coord_report_start while it computes the
+ *     batch), waiting for the answer before it pushes: so the coordinator
+ *     always knows how far a worker may have got (offset: pushes
+ *     acknowledged by every shard; started: the end of the batch being
+ *     pushed).  An unreachable coordinator is retried like registration.
  *
  * Thread-safety: psw_coord_update, psw_coord_lost, psw_coord_rejoin and
  * psw_coord_partitions may be called from any thread while the heartbeat thread runs; the rest
@@ -71,7 +79,8 @@ int psw_coord_new(psw_coord **out, const psw_coord_conf *conf, ps_errbuf *eb);
 int psw_coord_register(psw_coord *c, psw_coord_reg *reg, ps_errbuf *eb);
 
 /* psw_coord_wait_world waits until the coordinator lists WORLD live
- * workers, polling, for at most TIMEOUT_MS.  Returns 0, PS_ETIMEDOUT
+ * workers or the job has begun (a worker joining a running job does not
+ * wait), polling, for at most TIMEOUT_MS.  Returns 0, PS_ETIMEDOUT
  * (the count seen is in EB's message) or PS_ESHUTDOWN. */
 int psw_coord_wait_world(psw_coord *c, uint32_t world, uint32_t timeout_ms, ps_errbuf *eb);
 
@@ -97,6 +106,32 @@ int psw_coord_lost(psw_coord *c, ps_errbuf *eb);
  * (invariant 4; at most CAP) to OUT, sets *N and returns their generation
  * (0: none known, as for a worker that did not register). */
 uint64_t psw_coord_partitions(psw_coord *c, uint32_t *out, size_t cap, size_t *n);
+
+/* A partition's place (psd_clock invariant 7). */
+typedef struct psw_coord_part {
+  uint32_t part, epoch;
+  uint64_t offset, started, size;
+} psw_coord_part;
+
+/* psw_coord_claim reports FIN (may be NULL: a partition it just finished
+ * or, on a stop, where it stopped) and asks for the partition to train
+ * next (invariant 6; EPOCHS: the run's epoch count, DATA_SIZE: the
+ * training set's samples).  Returns 1 with *OUT (resume at out->offset),
+ * 0 when nothing is left for this worker (*JOB_DONE: every partition
+ * finished), or a PS_E* code (PS_EEXPIRED: declared dead). */
+int psw_coord_claim(psw_coord *c, const psw_coord_part *fin, uint32_t epochs, uint64_t data_size,
+                    psw_coord_part *out, int *job_done, ps_errbuf *eb);
+
+/* psw_coord_report reports POS (invariant 6): 0, PS_ENOENT when the
+ * partition is no longer this worker's (drop it), or a PS_E* code. */
+int psw_coord_report(psw_coord *c, const psw_coord_part *pos, ps_errbuf *eb);
+
+/* psw_coord_report_start hands POS to the report thread, which sends it
+ * as psw_coord_report does while the caller computes the batch;
+ * psw_coord_report_wait waits for its answer (returns as
+ * psw_coord_report).  One report at a time, from one thread. */
+int psw_coord_report_start(psw_coord *c, const psw_coord_part *pos, ps_errbuf *eb);
+int psw_coord_report_wait(psw_coord *c, ps_errbuf *eb);
 
 /* psw_coord_free stops the thread, sends the leaving heartbeat (marked
  * DONE or not) when LEAVING and the thread ran (invariant 3), closes the

@@ -501,3 +501,8 @@ void psw_data_shuffle(uint32_t *idx, uint32_t n, uint64_t seed, uint32_t epoch) 
     idx[j] = t;
   }
 }
+
+void psw_data_part_order(uint32_t *idx, uint32_t n, uint64_t seed, uint32_t epoch,
+                         uint32_t part) {
+  psw_data_shuffle(idx, n, seed ^ ps_mix64(0x70617274ull + part), epoch);
+}

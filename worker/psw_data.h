@@ -87,4 +87,11 @@ void psw_data_release(psw_dataset *d);
  * platform gives the same order. */
 void psw_data_shuffle(uint32_t *idx, uint32_t n, uint64_t seed, uint32_t epoch);
 
+/* psw_data_part_order writes to IDX (N entries) partition PART's sample
+ * order in EPOCH: a permutation of 0..N-1 that depends only on (SEED,
+ * EPOCH, PART), so that an offset into it names the same samples in every
+ * worker (a partition handed over mid-epoch resumes where it was). */
+void psw_data_part_order(uint32_t *idx, uint32_t n, uint64_t seed, uint32_t epoch,
+                         uint32_t part);
+
 #endif

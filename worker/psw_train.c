@@ -20,6 +20,14 @@
 #define PSW_EVAL_BATCH 1024
 #define PSW_SEED_RANK_MIX 0x9e3779b97f4a7c15ull
 
+/* One partition's samples inside a loaded block. */
+typedef struct run_view {
+  const float *x;
+  const int32_t *y;
+  uint64_t n;
+  int loaded;
+} run_view;
+
 /* Everything one run holds; released by run_close. */
 typedef struct psw_run {
   const psw_train_opts *o;
@@ -28,18 +36,25 @@ typedef struct psw_run {
   psw_client *cl;
   psw_coord *coord;     /* membership: registration, heartbeats */
   uint32_t rank, workers;
-  uint32_t *parts;      /* the data partitions loaded into train */
+  uint32_t *parts;      /* the partitions trained in the current local epoch */
   size_t nparts;
-  uint64_t parts_gen;   /* psw_coord's generation of that list */
+  psw_dataset *blocks;  /* training data loaded so far, one block per load */
+  size_t nblocks;
+  struct run_view *views; /* per partition (data.partitions): its samples */
+  uint64_t data_total;  /* samples in the (limited) training set */
+  uint32_t *local;      /* fixed rank: its partitions, */
+  size_t nlocal;
+  uint32_t local_epoch, local_next; /* the next to train */
   double slowdown;      /* >= 1 */
   uint64_t jitter_rng;  /* run_straggle's random state */
   double blocked_ms;    /* waiting for parameters since t_train_ms */
   double t_train_ms;    /* when the first step's pull went out */
   psw_graph *g;
   psw_exec *ex;
-  psw_dataset train, test;
+  psw_dataset test;
   int have_test;
-  uint32_t *perm;       /* this epoch's sample order */
+  uint32_t *perm;       /* the current partition's sample order this epoch */
+  size_t perm_cap;
   float *xb;            /* one gathered batch of features */
   int32_t *yb;          /* ... and its labels */
   uint32_t dim;
@@ -101,97 +116,77 @@ static int run_check_data(psw_run *x, const psw_dataset *d, const char *what, ps
   return 0;
 }
 
-/* run_take_parts fetches the partitions psw_coord holds into a new array
- * (*OUT, *N), dropping any this cluster file does not have, and their
- * generation (*GEN); PS_ENOMEM. */
-static int run_take_parts(psw_run *x, uint32_t **out, size_t *n, uint64_t *gen,
-                          ps_errbuf *eb) {
-  uint32_t nparts = x->o->cfg->data.partitions;
-  if (!(*out = malloc((nparts ? nparts : 1) * sizeof **out)))
-    return ps_errf(eb, PS_ENOMEM, "out of memory");
-  size_t got, k = 0;
-  *gen = psw_coord_partitions(x->coord, *out, nparts, &got);
-  for (size_t i = 0; i < got; i++)
-    if ((*out)[i] < nparts) (*out)[k++] = (*out)[i];
-  *n = k;
-  return 0;
-}
-
-/* run_load_train loads partitions PARTS[0..N) as training set D. */
-static int run_load_train(psw_run *x, const uint32_t *parts, size_t n, psw_dataset *d,
-                          ps_errbuf *eb) {
+/* run_add_block loads partitions PARTS[0..N) (ascending) as one more
+ * block and points their views into it. */
+static int run_add_block(psw_run *x, const uint32_t *parts, size_t n, ps_errbuf *eb) {
   const ps_config *cfg = x->o->cfg;
-  int err = n ? psw_data_load(d, &cfg->data, 0, parts, n, eb)
-              : ps_errf(eb, PS_ECONFIG, "rank %u of %u workers gets none of the %u partitions",
-                        x->rank, x->workers, cfg->data.partitions);
-  if (err == 0 && !d->n)
-    err = ps_errf(eb, PS_ECONFIG, "rank %u: its partitions hold no samples", x->rank);
-  if (err == 0) err = run_check_data(x, d, "training", eb);
-  if (err < 0) psw_data_release(d);
-  return err < 0 ? run_bad(x, err) : 0;
-}
-
-/* run_size_epoch sizes the epoch and the order array for the training set. */
-static int run_size_epoch(psw_run *x, ps_errbuf *eb) {
-  uint32_t *perm = realloc(x->perm, x->train.n * sizeof *perm);
-  if (!perm) return ps_errf(eb, PS_ENOMEM, "out of memory");
-  x->perm = perm;
-  x->steps_per_epoch = (x->train.n + x->o->batch - 1) / x->o->batch;
+  psw_dataset *nb = realloc(x->blocks, (x->nblocks + 1) * sizeof *nb);
+  if (!nb) return ps_errf(eb, PS_ENOMEM, "out of memory");
+  x->blocks = nb;
+  psw_dataset *d = &x->blocks[x->nblocks];
+  int err = psw_data_load(d, &cfg->data, 0, parts, n, eb);
+  if (err < 0) return run_bad(x, err);
+  x->nblocks++;
+  if ((err = run_check_data(x, d, "training", eb)) < 0) return err;
+  if (x->dim && d->dim != x->dim)
+    return run_bad(x, ps_errf(eb, PS_EFORMAT, "training partitions differ in features"));
+  x->dim = d->dim;
+  x->data_total = d->total;
+  uint64_t at = 0, b, e;
+  for (size_t i = 0; i < n; i++) {
+    psw_data_partition(d->total, cfg->data.partitions, parts[i], &b, &e);
+    x->views[parts[i]] = (run_view){.x = d->x + (size_t)at * d->dim, .y = d->y + at,
+                                   .n = e - b, .loaded = 1};
+    at += e - b;
+  }
   return 0;
 }
 
-/* run_load_data loads this rank's training partitions and the test set. */
+/* run_view_of returns partition P's samples, loading them when needed;
+ * NULL with EB set on failure. */
+static const run_view *run_view_of(psw_run *x, uint32_t p, ps_errbuf *eb) {
+  if (p >= x->o->cfg->data.partitions) {
+    ps_errf(eb, PS_EPROTO, "the coordinator granted partition %u of %u", p,
+            x->o->cfg->data.partitions);
+    return NULL;
+  }
+  if (!x->views[p].loaded && run_add_block(x, &p, 1, eb) < 0) return NULL;
+  return &x->views[p];
+}
+
+/* run_load_data loads the partitions this rank starts with (one block;
+ * others are loaded when first claimed), or partition 0 when it starts
+ * with none (the features per sample size the batch buffers), and the
+ * test set. */
 static int run_load_data(psw_run *x, ps_errbuf *eb) {
   const ps_config *cfg = x->o->cfg;
-  int err = run_load_train(x, x->parts, x->nparts, &x->train, eb);
+  uint32_t nparts = cfg->data.partitions ? cfg->data.partitions : 1, zero = 0;
+  if (!(x->views = calloc(nparts, sizeof *x->views)))
+    return ps_errf(eb, PS_ENOMEM, "out of memory");
+  int err = x->nparts ? run_add_block(x, x->parts, x->nparts, eb) : run_add_block(x, &zero, 1, eb);
   if (err < 0) return err;
   if (cfg->data.test_images) {
     if ((err = psw_data_load(&x->test, &cfg->data, 1, NULL, 0, eb)) < 0) return run_bad(x, err);
     x->have_test = x->test.n > 0;
     if (x->have_test && (err = run_check_data(x, &x->test, "test", eb)) < 0) return err;
   }
-  x->dim = x->train.dim;
-  return run_size_epoch(x, eb);
+  uint32_t w = x->workers ? x->workers : 1;
+  x->steps_per_epoch = (x->data_total / w + x->o->batch - 1) / x->o->batch;
+  return 0;
 }
 
-/* run_follow_parts takes up, before each epoch, a change of the
- * partitions the coordinator gives this worker (psw_coord invariant 4): a
- * dead worker's share joins the living's and goes back to a worker that
- * takes its rank again.  A set that fails to load is reported and the old
- * one kept. */
-static int run_follow_parts(psw_run *x, ps_errbuf *eb) {
-  if (!x->o->register_worker) return 0;
-  uint32_t *parts;
-  size_t n;
-  uint64_t gen;
-  int err = run_take_parts(x, &parts, &n, &gen, eb);
-  if (err < 0) return err;
-  int same = n == x->nparts && !memcmp(parts, x->parts, n * sizeof *parts);
-  if (gen == x->parts_gen || same || !n) { /* none at all is a passing state */
-    if (same) x->parts_gen = gen;
-    free(parts);
-    return 0;
-  }
-  char was[256], now[256];
-  ps_info("worker %u: the coordinator moved partitions: now [%s], were [%s]", x->rank,
-          ps_log_u32s(now, sizeof now, parts, n),
-          ps_log_u32s(was, sizeof was, x->parts, x->nparts));
-  psw_dataset d = {0};
-  ps_errbuf leb;
-  if (run_load_train(x, parts, n, &d, &leb) < 0) {
-    x->r->bad_input = 0; /* run_load_train marked it; the run goes on */
-    ps_warn("worker %u: keeping partitions [%s]: %s", x->rank, was, leb.msg);
-    x->parts_gen = gen;
-    free(parts);
-    return 0;
-  }
-  psw_data_release(&x->train);
-  x->train = d;
-  free(x->parts);
-  x->parts = parts;
-  x->nparts = n;
-  x->parts_gen = gen;
-  return run_size_epoch(x, eb);
+/* run_note_part adds P to the partitions of this local epoch (for the
+ * result's list). */
+static void run_note_part(psw_run *x, uint32_t p) {
+  for (size_t i = 0; i < x->nparts; i++)
+    if (x->parts[i] == p) return;
+  uint32_t *n = realloc(x->parts, (x->nparts + 1) * sizeof *n);
+  if (!n) return; /* the list is informative */
+  size_t i = x->nparts;
+  for (; i > 0 && n[i - 1] > p; i--) n[i] = n[i - 1];
+  n[i] = p;
+  x->parts = n;
+  x->nparts++;
 }
 
 /* run_join registers with the coordinator (when asked to) for the rank,
@@ -208,7 +203,10 @@ static int run_join(psw_run *x, ps_errbuf *eb) {
     x->rank = reg.rank;
     x->workers = reg.world_size;
     x->clock = x->clock0 = reg.start_clock;
-    if ((err = run_take_parts(x, &x->parts, &x->nparts, &x->parts_gen, eb)) < 0) return err;
+    uint32_t np = o->cfg->data.partitions;
+    if (!(x->parts = malloc((np ? np : 1) * sizeof *x->parts)))
+      return ps_errf(eb, PS_ENOMEM, "out of memory");
+    psw_coord_partitions(x->coord, x->parts, np, &x->nparts);
     char list[256];
     ps_info("registered as worker %u of %u: partitions [%s], start clock %llu", x->rank,
             x->workers, ps_log_u32s(list, sizeof list, x->parts, x->nparts),
@@ -218,6 +216,10 @@ static int run_join(psw_run *x, ps_errbuf *eb) {
     if (!(x->parts = malloc((nparts ? nparts : 1) * sizeof *x->parts)))
       return ps_errf(eb, PS_ENOMEM, "out of memory");
     x->nparts = psw_data_parts_for_rank(nparts, x->rank, x->workers, x->parts);
+    if (!(x->local = malloc((x->nparts ? x->nparts : 1) * sizeof *x->local)))
+      return ps_errf(eb, PS_ENOMEM, "out of memory");
+    memcpy(x->local, x->parts, x->nparts * sizeof *x->local);
+    x->nlocal = x->nparts;
   }
   const ps_worker_conf *w = &o->cfg->workers;
   x->slowdown = o->slowdown >= 1 ? o->slowdown : x->rank < w->nslowdown ? w->slowdown[x->rank] : 1;
@@ -281,25 +283,27 @@ static void run_close(psw_run *x, int finished) {
   psw_exec_free(x->ex);
   psw_graph_free(x->g);
   ps_gpu_close(x->be);
-  psw_data_release(&x->train);
+  for (size_t i = 0; i < x->nblocks; i++) psw_data_release(&x->blocks[i]);
+  free(x->blocks);
+  free(x->views);
   psw_data_release(&x->test);
   free(x->perm);
   free(x->parts);
+  free(x->local);
   free(x->xb);
   free(x->yb);
 }
 
 /* ---- steps ------------------------------------------------------------------- */
 
-/* run_gather copies batch S of the epoch's order into xb/yb; returns its rows. */
-static uint32_t run_gather(psw_run *x, uint64_t s) {
-  uint64_t first = s * x->o->batch;
-  uint32_t n = (uint32_t)(x->train.n - first < x->o->batch ? x->train.n - first : x->o->batch);
+/* run_gather copies samples [FIRST, FIRST + N) of the current
+ * partition's order (V: its samples) into xb/yb; returns N. */
+static uint32_t run_gather(psw_run *x, const run_view *v, uint64_t first, uint32_t n) {
   size_t row = (size_t)x->dim * sizeof(float);
   for (uint32_t i = 0; i < n; i++) {
     uint32_t k = x->perm[first + i];
-    memcpy(x->xb + (size_t)i * x->dim, x->train.x + (size_t)k * x->dim, row);
-    x->yb[i] = x->train.y[k];
+    memcpy(x->xb + (size_t)i * x->dim, v->x + (size_t)k * x->dim, row);
+    x->yb[i] = v->y[k];
   }
   return n;
 }
@@ -319,8 +323,9 @@ static void run_clip(float *g, uint64_t n, float clip) {
 /* run_compute runs forward/backward of batch S on parameter buffer B into
  * gradient buffer B (clipped to the model's clip_norm) and adds it to ACC;
  * the step alone (psw_exec_step) is timed into the result's compute_s. */
-static int run_compute(psw_run *x, uint64_t s, int b, psw_epoch_acc *acc, ps_errbuf *eb) {
-  psw_batch batch = {.n = run_gather(x, s), .x = x->xb, .labels = x->yb};
+static int run_compute(psw_run *x, const run_view *v, uint64_t first, uint32_t rows, int b,
+                       psw_epoch_acc *acc, ps_errbuf *eb) {
+  psw_batch batch = {.n = run_gather(x, v, first, rows), .x = x->xb, .labels = x->yb};
   float loss = 0;
   uint32_t correct = 0;
   double t = run_now_ms();
@@ -393,13 +398,15 @@ static int run_after_step(psw_run *x, ps_errbuf *eb) {
   return psw_coord_lost(x->coord, eb);
 }
 
-/* run_report draws the progress line after step S of EPOCH. */
+/* run_report draws the progress line after step S (of this local epoch)
+ * of EPOCH. */
 static void run_report(psw_run *x, uint32_t epoch, uint64_t s, const psw_epoch_acc *acc,
                        double t_epoch_ms) {
   double spent = x->train_s + (run_now_ms() - t_epoch_ms) / 1e3;
-  uint64_t done = x->clock - x->clock0, total = x->steps_per_epoch * x->o->epochs;
+  uint64_t steps = x->steps_per_epoch > s + 1 ? x->steps_per_epoch : s + 1;
+  uint64_t done = x->clock - x->clock0, total = steps * x->o->epochs;
   psw_progress_sample st = {
-      .epoch = epoch + 1, .epochs = x->o->epochs, .step = s + 1, .steps = x->steps_per_epoch,
+      .epoch = epoch + 1, .epochs = x->o->epochs, .step = s + 1, .steps = steps,
       .loss = acc->loss_sum / (double)acc->samples,
       .accuracy = (double)acc->correct / (double)acc->samples,
       .samples_per_sec = spent > 0 ? (double)(x->r->samples + acc->samples) / spent : 0,
@@ -407,44 +414,117 @@ static void run_report(psw_run *x, uint32_t epoch, uint64_t s, const psw_epoch_a
   psw_progress_step(&x->prog, &st);
 }
 
-/* run_epoch trains one epoch.  On entry and on return, parameter buffer 0
- * holds a complete pull taken after every push of this worker. */
-static int run_epoch(psw_run *x, uint32_t epoch, psw_epoch_acc *acc, ps_errbuf *eb) {
-  uint64_t seed = x->o->cfg->training.seed + (uint64_t)x->rank * PSW_SEED_RANK_MIX;
-  psw_data_shuffle(x->perm, (uint32_t)x->train.n, seed, epoch);
-  double t0 = run_now_ms();
-  int ov = x->r->overlap, cur = 0, err = 0;
+/* run_tell_wait waits for the report run_tell_start sent (psw_coord
+ * invariant 6); a worker declared dead rejoins first (its partition is
+ * then another's: PS_ENOENT). */
+static int run_tell_wait(psw_run *x, uint32_t part, ps_errbuf *eb) {
+  if (!x->o->register_worker) return 0;
+  int err = psw_coord_report_wait(x->coord, eb);
+  if (err == PS_EEXPIRED) {
+    if ((err = psw_coord_rejoin(x->coord, eb)) < 0) return err;
+    return ps_errf(eb, PS_ENOENT, "declared dead: partition %u went to another worker", part);
+  }
+  return err;
+}
+
+/* run_tell_start starts reporting POS to the coordinator when the worker
+ * registered (run_tell_wait takes the answer). */
+static int run_tell_start(psw_run *x, const psw_coord_part *pos, ps_errbuf *eb) {
+  return x->o->register_worker ? psw_coord_report_start(x->coord, pos, eb) : 0;
+}
+
+/* run_tell reports POS and waits for the answer. */
+static int run_tell(psw_run *x, const psw_coord_part *pos, ps_errbuf *eb) {
+  int err = run_tell_start(x, pos, eb);
+  return err < 0 ? err : run_tell_wait(x, pos->part, eb);
+}
+
+/* run_order sizes the order array for N samples and fills it with
+ * partition P's order in EPOCH. */
+static int run_order(psw_run *x, uint32_t p, uint32_t epoch, uint64_t n, ps_errbuf *eb) {
+  if (n > x->perm_cap) {
+    uint32_t *perm = realloc(x->perm, n * sizeof *perm);
+    if (!perm) return ps_errf(eb, PS_ENOMEM, "out of memory");
+    x->perm = perm;
+    x->perm_cap = n;
+  }
+  psw_data_part_order(x->perm, (uint32_t)n, x->o->cfg->training.seed, epoch, p);
+  return 0;
+}
+
+/* run_part trains partition POS from pos->offset to its end (or a stop).
+ * Before each batch is pushed the coordinator learns how far the worker
+ * may have got (psw_coord invariant 6); after it, pos->offset counts the
+ * samples whose pushes every shard acknowledged.  Returns 0 (finished:
+ * offset = size, reported with the next claim), 1 (stopped: reported
+ * with nothing in flight), PS_ENOENT (the partition was taken away: drop
+ * it) or an error.  On entry and on return, parameter buffer 0 holds a
+ * complete pull taken after every push of this worker. */
+static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_t *step,
+                    double t0, ps_errbuf *eb) {
+  const run_view *v = run_view_of(x, pos->part, eb);
+  if (!v) return eb->msg[0] ? PS_EFORMAT : PS_ENOMEM;
+  if (pos->size && pos->size != v->n)
+    return run_bad(x, ps_errf(eb, PS_EINVAL, "partition %u holds %llu samples here, %llu for "
+                              "the coordinator: do the workers read the same data?", pos->part,
+                              (unsigned long long)v->n, (unsigned long long)pos->size));
+  pos->size = v->n;
+  if (pos->offset > v->n) return ps_errf(eb, PS_EPROTO, "offset past partition %u", pos->part);
+  int err = run_order(x, pos->part, pos->epoch, v->n, eb);
+  if (err < 0) return err;
+  run_note_part(x, pos->part);
+  int ov = x->r->overlap, cur = 0;
+  uint64_t acked = pos->offset, off = pos->offset, prev_end = pos->offset;
   /* Pulls carry the clock of the step that computes on them (the shard
    * parks them until the slowest worker is within the staleness bound of
    * that step); with overlap that is one step ahead of the worker's own. */
-  if (ov && (err = psw_client_start(x->cl, -1, 0, 1, x->clock + 1)) < 0)
+  if (ov && off < v->n && (err = psw_client_start(x->cl, -1, 0, 1, x->clock + 1)) < 0)
     return ps_errf(eb, err, "communication thread busy");
-  for (uint64_t s = 0; s < x->steps_per_epoch; s++) {
+  while (off < v->n) {
+    uint32_t rows = (uint32_t)(v->n - off < x->o->batch ? v->n - off : x->o->batch);
+    psw_coord_part tell = *pos;
+    tell.offset = acked;
+    tell.started = off + rows;
+    /* the report travels while the batch computes; the push waits for it */
+    if ((err = run_tell_start(x, &tell, eb)) < 0) {
+      if (ov) psw_client_wait(x->cl, NULL);
+      return err;
+    }
     double tc = run_now_ms();
-    err = run_compute(x, s, cur, acc, eb);
+    err = run_compute(x, v, off, rows, cur, acc, eb);
+    int terr = run_tell_wait(x, pos->part, err < 0 ? NULL : eb);
+    if (err == 0) err = terr;
     if (err < 0) {
       if (ov) psw_client_wait(x->cl, NULL);
       return err;
     }
     run_straggle(x, run_now_ms() - tc);
     x->clock++;
-    int last = s + 1 == x->steps_per_epoch || run_stopping(x);
+    off += rows;
+    int last = off == v->n || run_stopping(x);
     if (ov && (err = run_wait_job(x, eb)) < 0) return err;
+    if (ov) acked = prev_end; /* the previous step's push is in */
     if (ov && !last) {
       psw_client_start(x->cl, cur, x->clock - 1, cur, x->clock + 1);
       cur = 1 - cur;
     } else if ((err = run_push_pull(x, cur, x->clock - 1, 0, x->clock, eb)) < 0) {
       return err;
+    } else {
+      acked = off;
     }
+    prev_end = off;
+    pos->offset = acked;
     if ((err = run_after_step(x, eb)) < 0) {
       if (ov && !last) psw_client_wait(x->cl, NULL);
       return err;
     }
-    run_report(x, epoch, s, acc, t0);
+    run_report(x, pos->epoch, (*step)++, acc, t0);
     if (last) break;
   }
-  acc->train_s = (run_now_ms() - t0) / 1e3;
-  return 0;
+  pos->started = pos->offset; /* every push is in: nothing in flight */
+  if (off == v->n) return 0;
+  /* a stop: reported with nothing in flight, handed over exactly */
+  return (err = run_tell(x, pos, eb)) < 0 && err != PS_ENOENT ? err : 1;
 }
 
 /* run_eval evaluates the test set on parameter buffer 0. */
@@ -488,20 +568,63 @@ static int run_finish_epoch(psw_run *x, uint32_t epoch, const psw_epoch_acc *acc
 }
 
 /* run_wait_world waits (at most workers.retry_ms) until the coordinator
- * lists the whole world, so that the first steps are not run alone; past
- * that it trains with whoever is there. */
+ * lists workers.min live workers, so that the first steps are not run
+ * alone; past that it trains with whoever is there.  Workers that come
+ * later join the running job (psd_clock invariant 7). */
 static int run_wait_world(psw_run *x, ps_errbuf *eb) {
-  if (!x->o->register_worker || x->workers < 2) return 0;
+  const ps_worker_conf *wc = &x->o->cfg->workers;
+  uint32_t need = wc->min ? wc->min : wc->count;
+  if (!x->o->register_worker || need < 2) return 0;
   ps_errbuf w = {""};
-  int err = psw_coord_wait_world(x->coord, x->workers, x->o->cfg->workers.retry_ms, &w);
+  int err = psw_coord_wait_world(x->coord, need, wc->retry_ms, &w);
   if (err == PS_ESHUTDOWN) return ps_errf(eb, err, "stopped");
   if (err < 0) ps_warn("worker %u: %s; training anyway", x->rank, w.msg);
   return 0;
 }
 
-/* run_train pulls the starting point and runs the epochs. */
-static int run_train(psw_run *x, ps_errbuf *eb) {
+/* run_claim sets *POS to the partition to train next: the coordinator's
+ * grant (reporting FIN, may be NULL, with it) or, for a fixed rank, its
+ * own partitions epoch after epoch from their start.  Returns 1, 0 when
+ * nothing is left, or a PS_E* code. */
+static int run_claim(psw_run *x, const psw_coord_part *fin, psw_coord_part *pos,
+                     ps_errbuf *eb) {
+  if (x->o->register_worker) {
+    int done = 0;
+    int err = psw_coord_claim(x->coord, fin, x->o->epochs, x->data_total, pos, &done, eb);
+    if (err == PS_EEXPIRED && (err = psw_coord_rejoin(x->coord, eb)) == 0)
+      err = psw_coord_claim(x->coord, NULL, x->o->epochs, x->data_total, pos, &done, eb);
+    return err;
+  }
+  if (x->local_next == x->nlocal) {
+    x->local_next = 0;
+    x->local_epoch++;
+  }
+  if (!x->nlocal || x->local_epoch >= x->o->epochs) return 0;
+  *pos = (psw_coord_part){.part = x->local[x->local_next++], .epoch = x->local_epoch};
+  return 1;
+}
+
+/* run_epoch_done folds the local epoch's sums ACC (begun at T0) into the
+ * result; EVALUATE: it ended (not stopped), so the test set is evaluated
+ * and the metrics row written. */
+static int run_epoch_done(psw_run *x, uint32_t epoch, psw_epoch_acc *acc, double t0,
+                          int evaluate, ps_errbuf *eb) {
   psw_train_result *r = x->r;
+  acc->train_s = (run_now_ms() - t0) / 1e3;
+  if (acc->samples) {
+    r->samples += acc->samples;
+    r->train_loss = acc->loss_sum / (double)acc->samples;
+  }
+  r->steps = x->clock - x->clock0;
+  x->train_s += acc->train_s;
+  r->samples_per_sec = x->train_s > 0 ? (double)r->samples / x->train_s : 0;
+  return evaluate && acc->samples ? run_finish_epoch(x, epoch, acc, eb) : 0;
+}
+
+/* run_train pulls the starting point and trains claimed partitions until
+ * none is left: a local epoch ends when a claim brings a later epoch (or
+ * the last), and is evaluated then. */
+static int run_train(psw_run *x, ps_errbuf *eb) {
   int err = run_wait_world(x, eb);
   if (err < 0) return err;
   x->t_train_ms = run_now_ms();
@@ -509,23 +632,45 @@ static int run_train(psw_run *x, ps_errbuf *eb) {
   err = psw_client_pull_all(x->cl, 0, x->clock, eb);
   x->blocked_ms += run_now_ms() - t;
   if (err < 0) return err;
-  for (uint32_t e = 0; e < x->o->epochs && !run_stopping(x); e++) {
-    psw_epoch_acc acc = {0};
-    if ((err = run_follow_parts(x, eb)) < 0) return err;
-    err = run_epoch(x, e, &acc, eb);
-    if (acc.samples) {
-      r->samples += acc.samples;
-      r->train_loss = acc.loss_sum / (double)acc.samples;
+  psw_epoch_acc acc = {0};
+  uint32_t epoch = 0;
+  uint64_t step = 0;
+  x->nparts = 0; /* from now on: the partitions trained this local epoch */
+  double t0 = run_now_ms();
+  psw_coord_part fin, pos;
+  const psw_coord_part *finp = NULL;
+  while (!run_stopping(x)) {
+    int got = run_claim(x, finp, &pos, eb);
+    finp = NULL;
+    if (got < 0) return err = got;
+    if (got == 0) break;
+    if (pos.epoch > epoch && (acc.samples || step)) {
+      if ((err = run_epoch_done(x, epoch, &acc, t0, 1, eb)) < 0) return err;
+      acc = (psw_epoch_acc){0};
+      step = 0;
+      t0 = run_now_ms();
+      x->nparts = 0;
     }
-    r->steps = x->clock - x->clock0;
-    x->train_s += acc.train_s;
-    r->samples_per_sec = x->train_s > 0 ? (double)r->samples / x->train_s : 0;
-    if (err < 0) return err;
-    if (run_stopping(x)) break;
-    if ((err = run_finish_epoch(x, e, &acc, eb)) < 0) return err;
+    if (pos.epoch > epoch) epoch = pos.epoch;
+    err = run_part(x, &pos, &acc, &step, t0, eb);
+    if (err == PS_ENOENT) {
+      ps_info("worker %u: %s; claiming another", x->rank, eb->msg);
+      continue;
+    }
+    if (err < 0) {
+      run_epoch_done(x, epoch, &acc, t0, 0, NULL);
+      return err;
+    }
+    if (err == 0) {
+      fin = pos;
+      finp = &fin;
+    }
   }
-  r->stopped = run_stopping(x);
-  return 0;
+  if (finp && run_tell(x, finp, eb) < 0) /* stopped right after finishing it */
+    ps_warn("worker %u: the end of partition %u was not reported: %s", x->rank, finp->part,
+            eb->msg);
+  x->r->stopped = run_stopping(x);
+  return run_epoch_done(x, epoch, &acc, t0, !x->r->stopped, eb);
 }
 
 /* run_pick_overlap says whether the consistency model allows the

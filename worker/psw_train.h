@@ -14,8 +14,15 @@
  *     allows it (asp, or ssp with staleness >= 1); with bsp (or ssp with
  *     staleness 0) the run is sequential whatever was asked.
  *
- * Each epoch ends with every gradient pushed and a fresh pull, on which
- * the test set is evaluated.  Thread-safety: one run per process (the
+ * Data: the worker trains one partition at a time, in the partition's
+ * own order for its epoch (psw_data_part_order), batches never spanning
+ * two.  A registered worker claims each partition from the coordinator
+ * and reports its offset before each push (psw_coord invariant 6), so a
+ * partition it cannot finish resumes with another worker where it
+ * stopped; a fixed rank trains its partitions (p % workers == rank) every
+ * epoch.  A partition ends with every gradient pushed and a fresh pull;
+ * a (local) epoch ends when the next claim is of a later epoch or none is
+ * left, and the test set is evaluated then.  Thread-safety: one run per process (the
  * OpenBLAS thread count is process-wide). */
 #ifndef PSW_TRAIN_H
 #define PSW_TRAIN_H

@@ -32,6 +32,7 @@ static const char good_yaml[] =
     "  - {id: 8, grpc: '[::1]:7001', channel: host-b:7101, data_dir: d8}\n"
     "workers:\n"
     "  count: 4\n"
+    "  min: 3\n"
     "  device: cuda:1\n"
     "  retry_ms: 500\n"
     "  slowdown: [1, 2.5]\n"
@@ -103,6 +104,7 @@ START_TEST(test_config_good_file) {
   ck_assert_str_eq(c.shards[1].channel_addr, "host-b:7101");
   ck_assert_str_eq(c.shards[1].data_dir, "d8");
   ck_assert_uint_eq(c.workers.count, 4);
+  ck_assert_uint_eq(c.workers.min, 3);
   ck_assert_str_eq(c.workers.device, "cuda:1");
   ck_assert_uint_eq(c.workers.retry_ms, 500);
   ck_assert_uint_eq(c.workers.nslowdown, 2);
@@ -166,6 +168,7 @@ START_TEST(test_config_defaults) {
   uint64_t phys = (uint64_t)sysconf(_SC_PHYS_PAGES) * (uint64_t)sysconf(_SC_PAGESIZE);
   ck_assert(budget > 0 && budget <= phys / 3);
   ck_assert_uint_eq(c.workers.count, 1);
+  ck_assert_uint_eq(c.workers.min, 1); /* = count */
   ck_assert_str_eq(c.workers.device, "auto");
   ck_assert_uint_eq(c.workers.retry_ms, 30000);
   ck_assert_uint_eq(c.workers.nslowdown, 0);
@@ -277,6 +280,10 @@ static const struct bad_case {
      "3:13: expected a list of numbers for 'slowdown'"},
     {"cluster: a\nworkers:\n  jitter_prob: 1.5\n" SHARD0, PS_ECONFIG,
      "3:16: 'jitter_prob' is 1.5, outside 0..1"},
+    {"cluster: a\nworkers:\n  count: 2\n  min: 3\n" SHARD0, PS_ECONFIG,
+     "4:8: 'min' (3) must not exceed 'count' (2)"},
+    {"cluster: a\nworkers:\n  min: -1\n" SHARD0, PS_ECONFIG,
+     "3:8: 'min' is -1, outside 0..4096"},
     {"chunk_elems: 8\n" SHARD0, PS_ECONFIG, "1:1: missing required key 'cluster' at the top level"},
     {"cluster: a\nshards:\n  - id: 0\n    grpc: h:1\n    data_dir: /d\n", PS_ECONFIG,
      "3:5: missing required key 'channel' in a 'shards' entry"},

@@ -2,12 +2,12 @@
  * real psd shards and 2 psw workers that register with the coordinator
  * (no --rank) on a 4000-sample Fashion-MNIST subset:
  *
- *  - registration: the workers get ranks 0 and 1 and disjoint partitions
- *    that cover the training set;
+ *  - registration: the workers get ranks 0 and 1; every step of the 3
+ *    epochs over the 8 partitions is pushed once (the versions);
  *  - bsp: no pull is ever served with a clock gap above 0 on either shard
  *    (Status max_gap), while pulls were parked (so the bound was at work);
- *    psw --evaluate afterwards reports the final model: rank 0's last
- *    evaluation (after a bsp pull that waited for every push) and every
+ *    psw --evaluate afterwards reports the final model: the last worker's
+ *    last evaluation (after a bsp pull that waited for every push) and every
  *    push counted in the version;
  *  - ssp with s = 2 and one worker slowed 3x: gaps of 1..2, never above;
  *  - asp with one worker slowed 5x: no pull parked on any shard and
@@ -16,7 +16,8 @@
  *    sanitizers it passed half), the fast worker's training rate above the
  *    slow one's by a margin (lock-step: equal; measured over 2x in 4 idle
  *    runs, 1.6x with a build running beside it), and it finishes first;
- *  - failover: a killed worker's partitions go to the survivor.
+ *  - failover: a killed worker's partitions go to the survivor (the
+ *    accounting of it: tests/integration/test_failover.c).
  *
  * Skipped (visibly) without the dataset.  Every process is recorded
  * (ps_test_procs_setup) so the unchecked teardown stops it by PID even
@@ -60,19 +61,7 @@ static void tc_start(tc_ctx *x, const char *layers, const char *consistency,
       "  scale: 1/255\n  partitions: 8\n  limit: 4000\n";
   snprintf(x->yaml, sizeof x->yaml, "%s", ps_test_cluster_yaml(x->dir, 2, extra, x->gp, x->cp));
   ps_test_start_shards(x->yaml, x->dir, 2, x->gp, x->cp, x->shard);
-  char pb[600], log[600];
-  snprintf(pb, sizeof pb, "%s/m.pb", x->dir);
-  snprintf(log, sizeof log, "%s/psctl.log", x->dir);
-  char *lr[] = {(char *)ps_test_bin("psctl"), "model", "logreg", "--inputs", "784", "--classes",
-                "10", "-o", pb, NULL};
-  char *mlp[] = {(char *)ps_test_bin("psctl"), "model", "mlp", "--layers", (char *)layers, "-o",
-                 pb, NULL};
-  ck_assert_msg(ps_test_run(strcmp(layers, "logreg") ? mlp : lr, log, 20000) == 0,
-                "psctl model failed; see %s", log);
-  char *submit[] = {(char *)ps_test_bin("psctl"), "submit", pb, "--name", "m", "--config",
-                    x->yaml, "--optimizer", "adam", "--lr", "0.001", "--consistency",
-                    (char *)consistency, "--staleness", (char *)staleness, NULL};
-  ck_assert_msg(ps_test_run(submit, log, 30000) == 0, "psctl submit failed; see %s", log);
+  ps_test_submit_mlp(x->dir, x->yaml, layers, "0.001", consistency, staleness);
 }
 
 /* tc_spawn starts registering worker I (log in x->log[I]) with the
@@ -122,29 +111,20 @@ static void tc_status(tc_ctx *x, uint64_t *max_gap, uint64_t *parked, uint64_t *
   *max_gap = *parked = 0;
   *version = UINT64_MAX;
   for (int s = 0; s < 2; s++) {
-    ps_rpc *rpc;
-    ps_errbuf eb = {""};
-    char addr[64];
-    snprintf(addr, sizeof addr, "127.0.0.1:%d", x->gp[s]);
-    ck_assert_int_eq(ps_test_rpc_open(&rpc, addr, &eb), 0);
-    Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
-    ProtobufCMessage *resp = NULL;
-    ck_assert_msg(ps_rpc_call(rpc, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,
-                              &resp, 5000, &eb) == 0, "status of shard %d: %s", s, eb.msg);
-    const Ps__StatusReply *st = (const Ps__StatusReply *)resp;
+    Ps__StatusReply *st = ps_test_status(x->gp[s]);
     ck_assert_uint_eq(st->n_models, 1);
     const Ps__ModelStatus *m = st->models[0];
     if (m->max_gap > *max_gap) *max_gap = m->max_gap;
     *parked += m->pulls_parked;
     if (m->version < *version) *version = m->version;
     ck_assert_uint_eq(m->pull_timeouts, 0);
-    protobuf_c_message_free_unpacked(resp, NULL);
-    ps_rpc_close(rpc);
+    protobuf_c_message_free_unpacked(&st->base, NULL);
   }
 }
 
-/* tc_parts parses "partitions [a,b,...]" from a worker's log into SEEN
- * (counts per partition, 8 entries); returns the worker's rank. */
+/* tc_parts parses "partitions [a,b,...]" (those it owned when it
+ * registered) from a worker's log into SEEN (counts per partition, 8
+ * entries); returns the worker's rank. */
 static int tc_parts(const char *log, int *seen) {
   const char *p = strstr(log, "registered as worker ");
   ck_assert_msg(p != NULL, "no registration line in: %s", log);
@@ -182,26 +162,28 @@ START_TEST(test_consistency_bsp_and_registration) {
   tc_ctx x = {0};
   tc_start(&x, "logreg", "bsp", "0");
   tc_train(&x, NULL);
-  /* registration: ranks 0 and 1, disjoint partitions covering all 8 */
-  int seen[8] = {0}, ranks = 0;
+  /* registration: ranks 0 and 1 (the partitions are claimed one at a
+   * time since issue 16: tests/integration/test_failover.c checks them) */
+  int seen[8] = {0}, ranks = 0, steps = 0;
   for (int i = 0; i < 2; i++) ranks |= 1 << tc_parts(x.out[i], seen);
   ck_assert_int_eq(ranks, 3);
-  for (int q = 0; q < 8; q++) ck_assert_msg(seen[q] == 1, "partition %d went to %d workers", q, seen[q]);
   for (int i = 0; i < 2; i++) {
-    /* 2000 samples each, batch 64: 32 steps an epoch */
-    ck_assert_int_eq((int)ps_test_json_num(x.json[i], "steps"), 3 * 32);
+    /* 8 partitions of 500 samples, batch 64: 8 steps each, 64 an epoch */
+    steps += (int)ps_test_json_num(x.json[i], "steps");
     ck_assert_int_eq((int)ps_test_json_num(x.json[i], "workers"), 2);
     double b = ps_test_json_num(x.json[i], "blocked_share");
     ck_assert_msg(b > 0 && b < 1, "blocked share %f", b);
     double p = ps_test_json_num(x.json[i], "parked_share");
     ck_assert_msg(p >= 0 && p <= b, "parked share %f, blocked %f", p, b);
   }
+  ck_assert_int_eq(steps, 3 * 64);
   uint64_t gap, parked, version;
   tc_status(&x, &gap, &parked, &version);
   ck_assert_msg(gap == 0, "bsp served a pull %llu clocks ahead", (unsigned long long)gap);
   ck_assert_msg(parked > 0, "no pull was ever parked: the bound was never tested");
-  ck_assert_uint_eq(version, 2 * 3 * 32);
-  /* --evaluate reads the final model: what rank 0 saw after its last pull */
+  ck_assert_uint_eq(version, 3 * 64);
+  /* --evaluate reads the final model: what the worker that finished last
+   * saw after its last pull */
   char log[600];
   snprintf(log, sizeof log, "%s/eval.log", x.dir);
   char *ev[] = {(char *)ps_test_bin("psw"), "--config", x.yaml, "--evaluate", NULL};
@@ -210,10 +192,10 @@ START_TEST(test_consistency_bsp_and_registration) {
   const char *line = ps_test_last_line(text);
   ck_assert_msg(line[0] == '{' && strstr(line, "\"model\":\"m\""), "evaluate printed: %s", line);
   ck_assert_uint_eq((uint64_t)ps_test_json_num(line, "version"), version);
-  int r0 = strstr(x.json[0], "\"rank\":0") ? 0 : 1;
   double acc = ps_test_json_num(line, "test_accuracy");
-  ck_assert_msg(acc == ps_test_json_num(x.json[r0], "test_accuracy") && acc > 0.5,
-                "evaluate: %s; rank 0: %s", line, x.json[r0]);
+  ck_assert_msg((acc == ps_test_json_num(x.json[0], "test_accuracy") ||
+                 acc == ps_test_json_num(x.json[1], "test_accuracy")) && acc > 0.5,
+                "evaluate: %s; workers: %s %s", line, x.json[0], x.json[1]);
   free(text);
   tc_finish(&x);
 }
@@ -264,8 +246,8 @@ END_TEST
 /* Failover: of two bsp workers, one is stopped after the first epoch —
  * killed (SIGKILL: the survivor waits for its lease, 3 s, to expire) or
  * sent SIGTERM (it leaves at once, not done) —; the survivor trains on
- * alone and from a later epoch on trains the other's partitions too
- * (psd_clock invariant 7), so it ends with all 8. */
+ * alone and takes the other's partitions over at once (psd_clock
+ * invariant 7), so it ends with all 8. */
 START_TEST(test_consistency_failover_partitions) {
   int sig = _i ? SIGTERM : SIGKILL;
   TC_NEED_DATA();
@@ -287,8 +269,6 @@ START_TEST(test_consistency_failover_partitions) {
   ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "the survivor failed; see %s",
                 x.log[0]);
   tc_read(&x, 0);
-  ck_assert_msg(strstr(x.out[0], "the coordinator moved partitions"), "no takeover in %s",
-                x.log[0]);
   ck_assert_msg(strstr(x.json[0], "\"partitions\":[0,1,2,3,4,5,6,7]") &&
                     (int)ps_test_json_num(x.json[0], "epochs") == 8,
                 "the survivor's last line: %s", x.json[0]);

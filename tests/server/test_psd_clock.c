@@ -39,7 +39,7 @@ static void texpire(void *arg, uint32_t worker, uint64_t silent_ms) {
 
 static psd_clock *tclock(uint32_t staleness) {
   psd_clock_opts o = {.heartbeat_ms = 100, .lease_ms = 1000, .pull_timeout_ms = 5000,
-                      .world_size = 3, .on_expire = texpire};
+                      .world_size = 3, .nparts = 8, .on_expire = texpire};
   texpired = 0;
   psd_clock *c;
   ps_errbuf eb;
@@ -205,8 +205,9 @@ START_TEST(test_cancel_and_release_all) {
 }
 END_TEST
 
-/* Ranks: in registration order, the same one for a retry, none beyond the
- * world size, and a dead worker's rank for a newcomer. */
+/* Ranks: in registration order, the same one for a retry, past the world
+ * size up to the cap (2 x 3 + 2) for a worker restarted while its old
+ * lease lives, none beyond, and a dead worker's rank for a newcomer. */
 START_TEST(test_register_ranks) {
   psd_clock *c = tclock(0);
   ps_errbuf eb;
@@ -220,8 +221,13 @@ START_TEST(test_register_ranks) {
   ck_assert_uint_eq(r, 0);
   ck_assert_int_eq(psd_clock_register(c, "m", "c", 12, "cpu", 0, &r, &sc, &eb), 0);
   ck_assert_uint_eq(r, 2);
-  ck_assert_int_eq(psd_clock_register(c, "m", "d", 13, "cpu", 0, &r, &sc, &eb), PS_EEXIST);
-  ck_assert_ptr_nonnull(strstr(eb.msg, "all 3 worker ranks"));
+  for (uint32_t k = 3; k < 8; k++) {
+    ck_assert_int_eq(psd_clock_register(c, "m", "d", 10 + k, "cpu", 0, &r, &sc, &eb), 0);
+    ck_assert_uint_eq(r, k);
+  }
+  ck_assert_int_eq(psd_clock_register(c, "m", "e", 99, "cpu", 0, &r, &sc, &eb), PS_EEXIST);
+  ck_assert_ptr_nonnull(strstr(eb.msg, "all 8 worker ids"));
+  for (uint32_t k = 3; k < 8; k++) psd_clock_leave(c, k, 10, 1);
   /* ranks 0 and 2 keep pushing; rank 1 falls silent and expires */
   psd_clock_pushed(c, "m", 0, 6, 900, &eb);
   psd_clock_pushed(c, "m", 2, 4, 900, &eb);
@@ -313,54 +319,176 @@ static const char *tparts(const psd_clock *c, uint32_t rank, char *buf) {
   return buf;
 }
 
-/* Partitions (invariant 7): each rank has p mod 3 while none died; a dead
- * rank's go to the living in turn and come back when the rank is taken
- * again; a rank that left keeps them; an unregistered rank keeps its own. */
-START_TEST(test_partitions_follow_deaths) {
+/* tclaim claims for WORKER (epochs 2) and returns the partition, -1 for
+ * none (*DONE set). */
+static int tclaim(psd_clock *c, uint32_t worker, uint64_t now, psd_part_pos *pos, int *done) {
+  ps_errbuf eb;
+  int got = psd_clock_claim(c, worker, "m", 2, now, pos, done, &eb);
+  ck_assert_int_ge(got, 0);
+  return got ? (int)pos->part : -1;
+}
+
+/* tprog reports WORKER at OFFSET (STARTED) of POS (size 10). */
+static int tprog(psd_clock *c, uint32_t worker, psd_part_pos pos, uint64_t offset,
+                 uint64_t started, uint64_t now) {
+  ps_errbuf eb;
+  pos.offset = offset;
+  pos.started = started;
+  pos.size = 10;
+  return psd_clock_progress(c, worker, &pos, now, &eb);
+}
+
+/* Partitions (invariant 7): balanced over the registered workers; a
+ * claim makes one active and only its owner's progress counts; a death
+ * hands the active one over at its last offset, counting what was in
+ * flight as retrained; a finished partition moves to the next epoch; a
+ * worker with nothing of its own takes one from the most loaded. */
+START_TEST(test_partitions_progress_and_failover) {
   psd_clock *c = tclock(0);
   ps_errbuf eb;
   uint32_t r;
   uint64_t sc;
   char b[64];
-  ck_assert_str_eq(tparts(c, 0, b), "0,3,6"); /* nobody registered yet */
-  ck_assert_str_eq(tparts(c, 2, b), "2,5");
-  ck_assert_str_eq(tparts(c, 3, b), "");     /* not a rank */
-  for (int i = 0; i < 3; i++)
+  int done;
+  psd_part_pos pos, p1;
+  ck_assert_str_eq(tparts(c, 0, b), ""); /* nobody registered yet */
+  for (int i = 0; i < 2; i++)
     ck_assert_int_eq(psd_clock_register(c, "m", "h", 10 + i, "cpu", 0, &r, &sc, &eb), 0);
-  ck_assert_str_eq(tparts(c, 1, b), "1,4,7");
-  /* rank 1 falls silent: 1 -> rank 0, 4 -> rank 2, 7 -> rank 0 */
-  psd_clock_heartbeat(c, 0, "m", 0, 0, 0, NULL, NULL, 900, &eb);
+  ck_assert_str_eq(tparts(c, 0, b), "0,1,2,3");
+  ck_assert_str_eq(tparts(c, 1, b), "4,5,6,7");
+  ck_assert_int_eq(tclaim(c, 0, 10, &pos, &done), 0);
+  ck_assert_int_eq(tclaim(c, 1, 10, &p1, &done), 4);
+  /* a third worker joins: it gets inactive partitions of the most loaded */
+  ck_assert_int_eq(psd_clock_register(c, "m", "h", 12, "cpu", 10, &r, &sc, &eb), 0);
+  ck_assert_str_eq(tparts(c, 2, b), "3,7");
+  ck_assert_str_eq(tparts(c, 0, b), "0,1,2");
+  /* progress: only the owner of an active partition, offsets forward */
+  ck_assert_int_eq(tprog(c, 0, pos, 0, 4, 20), 0);
+  ck_assert_int_eq(tprog(c, 0, pos, 4, 8, 30), 0);
+  ck_assert_int_eq(tprog(c, 1, pos, 8, 8, 30), PS_ENOENT);
+  ck_assert_int_eq(tprog(c, 0, pos, 2, 8, 30), PS_EINVAL);
+  ck_assert_int_eq(tprog(c, 1, p1, 0, 4, 30), 0);
+  /* worker 0 falls silent: partition 0 resumes at 4 with the least loaded
+   * (4 in flight, retrained), its others are spread too */
+  psd_clock_heartbeat(c, 1, "m", 0, 0, 0, NULL, NULL, 900, &eb);
   psd_clock_heartbeat(c, 2, "m", 0, 0, 0, NULL, NULL, 900, &eb);
-  psd_clock_tick(c, 1500);
-  ck_assert_int_eq(psd_clock_expired(c, 1), 1);
-  ck_assert_int_eq(texpired, 1);
-  ck_assert_uint_eq(texpired_worker, 1);
-  ck_assert_str_eq(tparts(c, 0, b), "0,1,3,6,7");
-  ck_assert_str_eq(tparts(c, 2, b), "2,4,5");
-  ck_assert_str_eq(tparts(c, 1, b), "");
-  /* a new worker takes rank 1 and gets its partitions back */
-  ck_assert_int_eq(psd_clock_register(c, "m", "h", 20, "cpu", 1600, &r, &sc, &eb), 0);
-  ck_assert_uint_eq(r, 1);
-  ck_assert_str_eq(tparts(c, 0, b), "0,3,6");
-  ck_assert_str_eq(tparts(c, 1, b), "1,4,7");
-  /* rank 2 leaves (done): nobody takes its partitions */
-  psd_clock_leave(c, 2, 1700, 1);
-  ck_assert_int_eq(texpired, 1); /* leaving is not expiring */
-  ck_assert_str_eq(tparts(c, 0, b), "0,3,6");
-  ck_assert_str_eq(tparts(c, 1, b), "1,4,7");
-  /* rank 0 dies too: rank 1 is the only one alive and gets rank 0's */
-  psd_clock_heartbeat(c, 1, "m", 0, 0, 0, NULL, NULL, 2500, &eb);
-  psd_clock_tick(c, 2700);
-  ck_assert_int_eq(texpired, 2);
-  ck_assert_str_eq(tparts(c, 1, b), "0,1,3,4,6,7");
-  /* registration takes the died rank 0 before rank 2, whose worker finished */
-  ck_assert_int_eq(psd_clock_register(c, "m", "h", 30, "cpu", 2800, &r, &sc, &eb), 0);
-  ck_assert_uint_eq(r, 0);
-  ck_assert_str_eq(tparts(c, 0, b), "0,3,6");
-  /* rank 1 stops before it finished (leaving, not done): it died */
-  psd_clock_leave(c, 1, 2900, 0);
-  ck_assert_int_eq(psd_clock_expired(c, 1), 1);
-  ck_assert_str_eq(tparts(c, 0, b), "0,1,3,4,6,7");
+  psd_clock_tick(c, 1100);
+  ck_assert_int_eq(psd_clock_expired(c, 0), 1);
+  ck_assert_str_eq(tparts(c, 0, b), "");
+  psd_part_info in;
+  psd_clock_part_info(c, 0, &in);
+  ck_assert_uint_eq(in.pos.offset, 4);
+  ck_assert_uint_eq(in.pos.started, 4);
+  ck_assert_int_eq(in.active, 0);
+  ck_assert_uint_ne(in.owner, PSD_CLOCK_NOBODY);
+  psd_epoch_info ei;
+  psd_clock_epoch_info(c, 0, &ei);
+  ck_assert_uint_eq(ei.trained, 4);
+  ck_assert_uint_eq(ei.retrained, 4);
+  ck_assert_uint_eq(ei.handovers, 1);
+  ck_assert_int_eq(tprog(c, 0, pos, 8, 8, 1200), PS_EEXPIRED);
+  /* worker 2 claims: the lowest (epoch, id) of its own, partition 0 at 4 */
+  uint32_t own = in.owner;
+  psd_part_pos g;
+  ck_assert_int_eq(tclaim(c, own, 1200, &g, &done), 0);
+  ck_assert_uint_eq(g.offset, 4);
+  ck_assert_int_eq(tprog(c, own, g, 10, 10, 1210), 0); /* finished: epoch 1 */
+  psd_clock_part_info(c, 0, &in);
+  ck_assert_uint_eq(in.pos.epoch, 1);
+  ck_assert_uint_eq(in.pos.offset, 0);
+  ck_assert_int_eq(in.active, 0);
+  psd_clock_epoch_info(c, 0, &ei);
+  ck_assert_uint_eq(ei.trained, 10);
+  ck_assert_uint_eq(ei.done_parts, 1);
+  /* a leaving worker hands its active partition over exactly */
+  ck_assert_int_eq(tprog(c, 1, p1, 6, 6, 1220), 0);
+  psd_clock_leave(c, 1, 1230, 0);
+  psd_clock_part_info(c, 4, &in);
+  ck_assert_uint_eq(in.pos.offset, 6);
+  ck_assert_uint_eq(in.owner, own);
+  psd_clock_epoch_info(c, 0, &ei);
+  ck_assert_uint_eq(ei.retrained, 4);
+  /* the survivor trains everything: 8 partitions x 2 epochs x 10 */
+  int n = 0;
+  while (tclaim(c, own, 1300, &g, &done) >= 0) {
+    ck_assert_int_eq(tprog(c, own, g, 10, 10, 1300), 0);
+    ck_assert_int_lt(++n, 100);
+  }
+  ck_assert_int_eq(done, 1);
+  for (int e = 0; e < 2; e++) {
+    psd_clock_epoch_info(c, (size_t)e, &ei);
+    ck_assert_uint_eq(ei.trained, 80);
+    ck_assert_uint_eq(ei.done_parts, 8);
+  }
+  /* another model: a new job (nothing is being trained); while it
+   * trains, a claim for the first one is refused */
+  ck_assert_int_eq(psd_clock_claim(c, own, "m2", 1, 1400, &g, &done, &eb), 1);
+  ck_assert_str_eq(psd_clock_job_model(c), "m2");
+  ck_assert_uint_eq(g.epoch, 0);
+  ck_assert_uint_eq(psd_clock_nepochs(c), 0);
+  ck_assert_int_eq(psd_clock_claim(c, own, "m", 1, 1400, &g, &done, &eb), PS_EEXIST);
+  ck_assert_ptr_nonnull(strstr(eb.msg, "model 'm2'"));
+  psd_clock_free(c);
+}
+END_TEST
+
+/* Persistence (invariant 10): a saved table loads into a fresh one with
+ * the same partitions, counts, workers and clocks; a damaged text is
+ * refused naming its line. */
+START_TEST(test_save_load) {
+  psd_clock *c = tclock(0);
+  ps_errbuf eb;
+  uint32_t r;
+  uint64_t sc;
+  int done;
+  psd_part_pos pos;
+  for (int i = 0; i < 2; i++)
+    ck_assert_int_eq(psd_clock_register(c, "m", "h", 10 + i, "cpu", 0, &r, &sc, &eb), 0);
+  ck_assert_int_eq(tclaim(c, 1, 10, &pos, &done), 4);
+  ck_assert_int_eq(tprog(c, 1, pos, 3, 6, 20), 0);
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 1, 6, 20, &eb), 0);
+  psd_clock_set_data_size(c, 80);
+  ck_assert_int_eq(psd_clock_dirty(c), 1);
+  char *text;
+  size_t len;
+  ck_assert_int_eq(psd_clock_save(c, &text, &len, &eb), 0);
+  ck_assert_int_eq(psd_clock_dirty(c), 0);
+  psd_clock *d = tclock(0);
+  ck_assert_int_eq(psd_clock_load(d, text, 5000, &eb), 0);
+  psd_part_info in;
+  psd_clock_part_info(d, 4, &in);
+  ck_assert_uint_eq(in.owner, 1);
+  ck_assert_int_eq(in.active, 1);
+  ck_assert_uint_eq(in.pos.offset, 3);
+  ck_assert_uint_eq(in.pos.started, 6);
+  ck_assert_uint_eq(psd_clock_data_size(d), 80);
+  ck_assert_str_eq(psd_clock_job_model(d), "m");
+  ck_assert_int_eq(psd_clock_model_clock(d, "m", 1), 7);
+  /* a restored clock is set by the worker's next pull, down too (pushes
+   * lost with the restart); worker 0, restored at 0, holds bsp at 0 */
+  tpark a;
+  tpark_init(&a);
+  ck_assert_int_eq(psd_clock_pull(d, "m", 1, 0, 5000, &a.p, &eb), 0);
+  ck_assert_int_eq(psd_clock_model_clock(d, "m", 1), 0);
+  ck_assert_int_eq(tprog(d, 1, pos, 6, 8, 5100), 0); /* it goes on where it was */
+  psd_clock_tick(d, 6100);                             /* nobody came back: handed on */
+  psd_clock_part_info(d, 4, &in);
+  ck_assert_uint_eq(in.owner, PSD_CLOCK_NOBODY);
+  psd_clock_free(d);
+  char *bad = strdup(text);
+  char *at = strstr(bad, "part 4");
+  ck_assert_ptr_nonnull(at);
+  at[5] = 'x';
+  d = tclock(0);
+  ck_assert_int_eq(psd_clock_load(d, bad, 0, &eb), PS_EFORMAT);
+  ck_assert_ptr_nonnull(strstr(eb.msg, "line "));
+  psd_clock_free(d);
+  text[len - 4] = 0; /* no "end" */
+  d = tclock(0);
+  ck_assert_int_eq(psd_clock_load(d, text, 0, &eb), PS_EFORMAT);
+  psd_clock_free(d);
+  free(bad);
+  free(text);
   psd_clock_free(c);
 }
 END_TEST
@@ -373,16 +501,16 @@ START_TEST(test_world_bounds_table) {
   tpark a;
   tpark_init(&a);
   for (uint32_t id = 0; id < 30000; id++) {
-    int want = id < 3 ? 0 : PS_EINVAL;
+    int want = id < 8 ? 0 : PS_EINVAL;
     ck_assert_int_eq(psd_clock_pull(c, "m", id, 0, 10, &a.p, &eb), want);
     ck_assert_int_eq(psd_clock_pushed(c, "m", id, 0, 10, &eb), want);
     ck_assert_int_eq(psd_clock_touch(c, id, 10, &eb), want);
     ck_assert_int_eq(psd_clock_heartbeat(c, id, "m", 1, 0, 0, "h", "cpu", 10, &eb), want);
   }
-  ck_assert_str_eq(eb.msg, "worker 29999 is outside this cluster's 3 workers (ids 0..2, "
-                           "workers.count)");
-  ck_assert_uint_eq(psd_clock_nworkers(c), 3);
-  ck_assert_int_eq(psd_clock_model_clock(c, "m", 3), -1);
+  ck_assert_str_eq(eb.msg, "worker 29999 is outside this cluster's worker ids (0..7: 2 x "
+                           "workers.count 3 + 2)");
+  ck_assert_uint_eq(psd_clock_nworkers(c), 8);
+  ck_assert_int_eq(psd_clock_model_clock(c, "m", 8), -1);
   psd_clock_free(c);
 }
 END_TEST
@@ -409,7 +537,7 @@ START_TEST(test_expired_refused_until_rejoin) {
   ck_assert_int_eq(psd_clock_check_live(c, 0, &eb), 0);
   ck_assert_int_eq(psd_clock_check_live(c, 1, &eb), PS_EEXPIRED);
   ck_assert_ptr_nonnull(strstr(eb.msg, "worker 1 was declared dead"));
-  ck_assert_int_eq(psd_clock_check_live(c, 3, &eb), PS_EINVAL); /* the world first */
+  ck_assert_int_eq(psd_clock_check_live(c, 8, &eb), PS_EINVAL); /* the world first */
   ck_assert_int_eq(psd_clock_pull(c, "m", 1, 1, 1600, &a.p, &eb), PS_EEXPIRED);
   ck_assert_int_eq(psd_clock_pushed(c, "m", 1, 0, 1600, &eb), PS_EEXPIRED);
   ck_assert_int_eq(psd_clock_touch(c, 1, 1600, &eb), PS_EEXPIRED);
@@ -466,7 +594,8 @@ Suite *psd_clock_suite(void) {
   tcase_add_test(tc, test_register_ranks);
   tcase_add_test(tc, test_reentrant_release);
   tcase_add_test(tc, test_register_holds_leave_releases);
-  tcase_add_test(tc, test_partitions_follow_deaths);
+  tcase_add_test(tc, test_partitions_progress_and_failover);
+  tcase_add_test(tc, test_save_load);
   tcase_add_test(tc, test_world_bounds_table);
   suite_add_tcase(s, tc);
   return s;

@@ -278,20 +278,25 @@ START_TEST(test_partitions_cover) {
 }
 END_TEST
 
+/* tcheck_perm checks that IDX holds a permutation of 0..N-1. */
+static void tcheck_perm(const uint32_t *idx, uint32_t n) {
+  uint8_t *seen = calloc(n, 1);
+  ck_assert_ptr_nonnull(seen);
+  for (uint32_t i = 0; i < n; i++) {
+    ck_assert_uint_lt(idx[i], n);
+    ck_assert(!seen[idx[i]]);
+    seen[idx[i]] = 1;
+  }
+  free(seen);
+}
+
 START_TEST(test_shuffle) {
   enum { N = 1000 };
   static uint32_t a[N], b[N], c[N];
   psw_data_shuffle(a, N, 42, 3);
   psw_data_shuffle(b, N, 42, 3);
   ck_assert_int_eq(memcmp(a, b, sizeof a), 0);
-  /* A permutation. */
-  static uint8_t seen[N];
-  memset(seen, 0, sizeof seen);
-  for (int i = 0; i < N; i++) {
-    ck_assert_uint_lt(a[i], N);
-    ck_assert(!seen[a[i]]);
-    seen[a[i]] = 1;
-  }
+  tcheck_perm(a, N);
   /* Another epoch or seed gives another order; not the identity. */
   psw_data_shuffle(c, N, 42, 4);
   ck_assert_int_ne(memcmp(a, c, sizeof a), 0);
@@ -305,6 +310,23 @@ START_TEST(test_shuffle) {
   psw_data_shuffle(k, 8, 1, 0);
   static const uint32_t want[8] = {4, 1, 7, 5, 3, 0, 6, 2};
   for (int i = 0; i < 8; i++) ck_assert_msg(k[i] == want[i], "k[%d] = %u", i, k[i]);
+}
+END_TEST
+
+/* A partition's order (issue 16): a function of (seed, epoch, partition)
+ * alone, so an offset names the same samples on every worker; partitions
+ * of the same size get different orders. */
+START_TEST(test_part_order) {
+  enum { N = 500 };
+  static uint32_t a[N], b[N], c[N];
+  psw_data_part_order(a, N, 7, 2, 3);
+  psw_data_part_order(b, N, 7, 2, 3);
+  ck_assert_int_eq(memcmp(a, b, sizeof a), 0);
+  tcheck_perm(a, N);
+  psw_data_part_order(c, N, 7, 2, 4);
+  ck_assert_int_ne(memcmp(a, c, sizeof a), 0);
+  psw_data_part_order(c, N, 7, 3, 3);
+  ck_assert_int_ne(memcmp(a, c, sizeof a), 0);
 }
 END_TEST
 
@@ -376,6 +398,7 @@ Suite *psw_data_suite(void) {
   tcase_add_test(tc, test_load_by_config);
   tcase_add_test(tc, test_partitions_cover);
   tcase_add_test(tc, test_shuffle);
+  tcase_add_test(tc, test_part_order);
   tcase_add_test(tc, test_fashion_mnist_test_set);
   tcase_add_test(tc, test_fashion_mnist_train_partition);
   suite_add_tcase(s, tc);

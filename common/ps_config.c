@@ -525,11 +525,19 @@ static int cfg_data_post(cfg_ctx *x, void *base, yaml_node_t *n, const yaml_mark
   return 0;
 }
 
+static const cfg_slot cfg_sparse_slots[] = {
+    {.name = "memory_rows", .type = &cfg_t_u64, .offset = offsetof(ps_sparse_conf, memory_rows),
+     .def = "0", .min = 0, .max = UINT64_C(1) << 40},
+    {.name = "admit_after", .type = &cfg_t_u32, .offset = offsetof(ps_sparse_conf, admit_after),
+     .def = "0", .min = 0, .max = 1000000},
+};
+
 static const cfg_table cfg_durability_table = CFG_TABLE("in 'durability'", cfg_durability_slots, NULL);
 static const cfg_table cfg_limits_table = CFG_TABLE("in 'limits'", cfg_limits_slots, NULL);
 static const cfg_table cfg_workers_table = CFG_TABLE("in 'workers'", cfg_workers_slots, NULL);
 static const cfg_table cfg_training_table = CFG_TABLE("in 'training'", cfg_training_slots, NULL);
 static const cfg_table cfg_data_table = CFG_TABLE("in 'data'", cfg_data_slots, cfg_data_post);
+static const cfg_table cfg_sparse_table = CFG_TABLE("in 'sparse'", cfg_sparse_slots, NULL);
 
 /* ---- the shard list ---------------------------------------------------- */
 
@@ -616,6 +624,8 @@ static const cfg_slot cfg_top_slots[] = {
      .arg = &cfg_training_table},
     {.name = "data", .type = &cfg_t_section, .offset = offsetof(ps_config, data),
      .arg = &cfg_data_table},
+    {.name = "sparse", .type = &cfg_t_section, .offset = offsetof(ps_config, sparse),
+     .arg = &cfg_sparse_table},
 };
 /* cfg_value_node returns the value node of KEY in mapping N, or NULL
  * (also when N is NULL or not a mapping). */

@@ -64,6 +64,12 @@ typedef struct ps_worker_conf {
   double jitter_prob, jitter_factor;
 } ps_worker_conf;
 
+/* Sparse (embedding) tables on the shards (server/psd_sparse.h). */
+typedef struct ps_sparse_conf {
+  uint64_t memory_rows; /* rows per table and shard kept in memory; 0: no limit (default) */
+  uint32_t admit_after; /* pulls before a key gets a row; 0 (default) and 1: at once */
+} ps_sparse_conf;
+
 typedef struct ps_config {
   char *path;                 /* the file loaded */
   char *cluster;              /* cluster name, sent in the channel hello */
@@ -80,6 +86,7 @@ typedef struct ps_config {
   ps_worker_conf workers;
   ps_train_conf training;
   ps_data_conf data;
+  ps_sparse_conf sparse;
 } ps_config;
 
 /* Bounds checked before libyaml sees a file: its loader takes time

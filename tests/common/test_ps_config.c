@@ -50,7 +50,10 @@ static const char good_yaml[] =
     "  test_labels: d.gz\n"
     "  scale: 0.5\n"
     "  partitions: 8\n"
-    "  limit: 1000\n";
+    "  limit: 1000\n"
+    "sparse:\n"
+    "  memory_rows: 1000000\n"
+    "  admit_after: 2\n";
 
 /* write_yaml writes TEXT to a fresh file and returns its path (static). */
 static const char *write_yaml(const char *text) {
@@ -105,6 +108,8 @@ START_TEST(test_config_good_file) {
   ck_assert(c.data.scale == 0.5);
   ck_assert_uint_eq(c.data.partitions, 8);
   ck_assert_uint_eq(c.data.limit, 1000);
+  ck_assert_uint_eq(c.sparse.memory_rows, 1000000);
+  ck_assert_uint_eq(c.sparse.admit_after, 2);
   ck_assert_ptr_eq(ps_config_shard(&c, 8), &c.shards[1]);
   ck_assert_ptr_null(ps_config_shard(&c, 4));
   uint32_t ids[2];
@@ -151,6 +156,8 @@ START_TEST(test_config_defaults) {
   ck_assert(c.data.scale == 1.0 / 255);
   ck_assert_uint_eq(c.data.partitions, 16);
   ck_assert_uint_eq(c.data.limit, 0);
+  ck_assert_uint_eq(c.sparse.memory_rows, 0);
+  ck_assert_uint_eq(c.sparse.admit_after, 0);
   ps_config_release(&c);
 }
 END_TEST
@@ -184,6 +191,14 @@ static const struct bad_case {
   int err;
   const char *msg; /* after "PATH:" */
 } bad_cases[] = {
+    {"cluster: a\nsparse:\n  memory_rows: -5\n" SHARD0, PS_ECONFIG,
+     "3:16: 'memory_rows' is -5, outside 0..1099511627776"},
+    {"cluster: a\nsparse:\n  memory_rows: 1099511627777\n" SHARD0, PS_ECONFIG,
+     "3:16: 'memory_rows' is 1099511627777, outside 0..1099511627776"},
+    {"cluster: a\nsparse:\n  admit_after: 1000001\n" SHARD0, PS_ECONFIG,
+     "3:16: 'admit_after' is 1000001, outside 0..1000000"},
+    {"cluster: a\nsparse:\n  rows: 5\n" SHARD0, PS_ECONFIG, "3:3: unknown key 'rows' in 'sparse'"},
+    {"cluster: a\nsparse: 100\n" SHARD0, PS_ECONFIG, "2:9: expected a mapping for 'sparse'"},
     {"cluster: a\nbogus: 1\n" SHARD0, PS_ECONFIG, "2:1: unknown key 'bogus' at the top level"},
     {"cluster: a\ndurability:\n  mode: sync\n  flush: 5\n" SHARD0, PS_ECONFIG,
      "4:3: unknown key 'flush' in 'durability'"},

@@ -674,6 +674,70 @@ START_TEST(test_exec_step) {
 }
 END_TEST
 
+/* The click-through model of psw_graph_ctr_pack through the executor on
+ * both backends: the embedding rows and index go up, the row gradients
+ * come down, and loss, probabilities, dense and row gradients agree. */
+START_TEST(test_exec_ctr) {
+  NEED_GPU();
+  enum { N = 33, F = 26, D = 8, X = 13 };
+  static const uint32_t layers[] = {32};
+  psw_ctr_shape sh = {F, D, X, layers, 1, 0, 1};
+  ps_errbuf eb;
+  uint8_t *buf;
+  size_t len;
+  psw_graph *g;
+  ck_assert_msg(psw_graph_ctr_pack("c", &sh, &buf, &len, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psw_graph_load(buf, len, &g, &eb) == 0, "%s", eb.msg);
+  free(buf);
+  uint32_t *off = (uint32_t *)hnew(N * F + 1);
+  uint64_t *keys = (uint64_t *)hnew(2 * N * F * 2);
+  off[0] = 0;
+  for (uint32_t b = 0; b < N * F; b++) {
+    off[b + 1] = off[b] + 1 + b % 2; /* one or two ids per field */
+    for (uint32_t k = off[b]; k < off[b + 1]; k++) keys[k] = (uint64_t)(b % F) << 32 | (k * 7 % 50);
+  }
+  psw_embed *pe;
+  ck_assert_int_eq(psw_embed_create(&pe), 0);
+  ck_assert_msg(psw_embed_build(pe, N * F, off, keys, 1, &eb) == 0, "%s", eb.msg);
+  psw_sparse_batch sc, sg;
+  psw_embed_bags(pe, &sc.bags);
+  uint32_t nr;
+  psw_embed_keys(pe, &nr);
+  sc.rows = hrnd((size_t)nr * D, 0.5f);
+  sc.row_grads = hnew((size_t)nr * D);
+  sg = sc;
+  sg.row_grads = hnew((size_t)nr * D);
+  for (size_t i = 0; i < (size_t)nr * D; i++) sg.row_grads[i] = NAN;
+  const size_t np = psw_graph_nparams(g);
+  float *params = hrnd(np, 0.3f), *x = hrnd((size_t)N * X, 1), *gc = hnew(np), *gg = hnew(np);
+  int32_t *y = (int32_t *)hnew(N);
+  for (int i = 0; i < N; i++) y[i] = rnd_label(2);
+  psw_batch bc = {N, x, y, NULL, &sc}, bg = {N, x, y, NULL, &sg};
+  psw_exec *ec, *eg;
+  float lc, lg, pc[N], pg[N];
+  uint32_t cc, cg;
+  ck_assert_msg(psw_exec_create(g, cpu, N, &ec, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psw_exec_create(g, gpu, N, &eg, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psw_exec_step(ec, params, &bc, gc, &lc, &cc, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psw_exec_step(eg, params, &bg, gg, &lg, &cg, &eb) == 0, "%s", eb.msg);
+  ck_assert_int_eq(psw_exec_probs(ec, pc), 0);
+  ck_assert_int_eq(psw_exec_probs(eg, pg), 0);
+  ck_assert_msg(rel_err(&lg, &lc, 1, 0) <= 1e-5, "ctr loss %.8g want %.8g", lg, lc);
+  double e = rel_err(pg, pc, N, 0);
+  ck_assert_msg(e <= 1e-5, "ctr probabilities: relative error %.3g", e);
+  e = rel_err(gg, gc, np, 0);
+  ck_assert_msg(e <= 1e-5, "ctr dense gradients: relative error %.3g (seed %llu)", e,
+                (unsigned long long)ps_test_seed);
+  e = rel_err(sg.row_grads, sc.row_grads, (size_t)nr * D, 0);
+  ck_assert_msg(e <= 1e-5, "ctr row gradients: relative error %.3g (seed %llu)", e,
+                (unsigned long long)ps_test_seed);
+  psw_exec_free(eg);
+  psw_exec_free(ec);
+  psw_embed_free(pe);
+  psw_graph_free(g);
+}
+END_TEST
+
 /* ---- sigmoid cross-entropy, embedding bags, column blocks ------------------ */
 
 START_TEST(test_sigmoid_xent) {
@@ -800,6 +864,7 @@ Suite *ps_gpu_cuda_suite(void) {
   tcase_add_test(tc, test_sigmoid_xent);
   tcase_add_test(tc, test_embed);
   tcase_add_test(tc, test_cols);
+  tcase_add_test(tc, test_exec_ctr);
   suite_add_tcase(s, tc);
   return s;
 }

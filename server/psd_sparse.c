@@ -14,6 +14,7 @@
 #include <errno.h>
 #include <math.h>
 #include <rocksdb/c.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -538,6 +539,9 @@ static int request_check(psd_sparse *s, const char *model, uint32_t table, const
   sp_table *t = table_find(s, model, table);
   if (!t) return ps_errf(eb, PS_ENOENT, "sparse %s: model '%s' has no sparse table %u", what, model, table);
   if (n && !keys) return ps_errf(eb, PS_EINVAL, "sparse %s: no keys", what);
+  if (n > (SIZE_MAX / 2) / ((size_t)t->dim * (1 + t->nslots) * sizeof(float)))
+    return ps_errf(eb, PS_EINVAL, "sparse %s '%s'/%u: %zu keys in one request is too many", what,
+                   model, table, n);
   if (nfloats != n * t->dim)
     return ps_errf(eb, PS_EINVAL, "sparse %s '%s'/%u: %zu keys need %zu floats of rows (dim %u), got %zu",
                    what, model, table, n, n * t->dim, t->dim, nfloats);

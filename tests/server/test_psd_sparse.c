@@ -146,7 +146,7 @@ START_TEST(test_evict_read_back_bit_identical) {
   enum { N = 200 };
   static row_state before[N];
   uint64_t keys[10];
-  float rows[10 * D], g[10 * D];
+  float rows[16 * D], g[10 * D]; /* up to 16 rows pulled at once */
   for (int b = 0; b < N / 10; b++) {
     for (int i = 0; i < 10; i++) keys[i] = 1000 + (uint64_t)(b * 10 + i) * 7919;
     pull(s, keys, 10, rows);

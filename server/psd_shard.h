@@ -57,6 +57,7 @@ typedef struct psd_counters {
 
 struct psd_grpc;
 struct psd_chan;
+struct psd_shard_sparse;
 
 typedef struct psd_shard {
   const ps_config *cfg;       /* borrowed for the shard's life */
@@ -76,7 +77,13 @@ typedef struct psd_shard {
   psd_clock *clock;           /* leases, clocks, parked pulls (psd_shard_clock_start) */
   uv_timer_t clock_timer;     /* fires at psd_clock_next_ms */
   int coordinator;            /* this shard registers workers */
+  struct psd_shard_sparse *sparse; /* sparse tables (psd_shard_sparse.h), or NULL */
 } psd_shard;
+
+/* psd_shard_admit: 0 when SH takes a read (PUSH = 0) or a push (PUSH = 1)
+ * now, else the code refusing it with why in EB (not counted).  For
+ * handlers outside this file (psd_shard_sparse.c). */
+int psd_shard_admit(psd_shard *sh, int push, ps_errbuf *eb);
 
 /* Control plane. */
 int psd_shard_submit(psd_shard *sh, const Ps__ModelSpec *spec, int replace,

@@ -1,0 +1,167 @@
+/* Tests for sparse tables on the gRPC plane (psd_shard_sparse, SparsePull
+ * and SparsePush): two real shards with a memory budget of 8 rows per
+ * table, the click-through model of psw_graph_ctr_pack submitted to both;
+ * rows of keys routed by ps_place_row_map come back as the deterministic
+ * initializer made them, an SGD push moves them, bad requests (a key of
+ * the other shard, an unknown table, rows that disagree with the keys, a
+ * NaN gradient, a worker outside the cluster) are refused with no row
+ * changed, and a shard stopped with SIGTERM and started again serves the
+ * same rows (flushed at shutdown, most of them evicted to RocksDB). */
+#include <math.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ps_place.h"
+#include "ps_rpc.h"
+#include "ps_test.h"
+#include "psw_graph.h"
+
+enum { DIM = 4, NKEYS = 40 };
+
+typedef struct sp_cluster {
+  char dir[512], log[600];
+  const char *yaml;
+  int gp[2], cp[2];
+  pid_t pids[2];
+  ps_rpc *r[2];
+  uint64_t seed;
+} sp_cluster;
+
+static void sp_open(sp_cluster *c, int s) {
+  char addr[64];
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", c->gp[s]);
+  ps_errbuf eb;
+  ck_assert_msg(ps_rpc_open(&c->r[s], addr, &eb) == 0, "%s", eb.msg);
+}
+
+/* sp_pull pulls KEYS (N) of table 0 from shard S into ROWS; returns the
+ * call's code (message in EB). */
+static int sp_pull(sp_cluster *c, int s, const uint64_t *keys, size_t n, float *rows, ps_errbuf *eb) {
+  Ps__SparsePullRequest q = PS__SPARSE_PULL_REQUEST__INIT;
+  q.model = "ctr", q.table = 0, q.keys = (uint64_t *)keys, q.n_keys = n, q.worker = 1;
+  Ps__SparsePullReply *rep = NULL;
+  int rc = ps_rpc_call(c->r[s], "/ps.Ps/SparsePull", &q.base, &ps__sparse_pull_reply__descriptor,
+                       (ProtobufCMessage **)&rep, 10000, eb);
+  if (rc) return rc;
+  ck_assert_uint_eq(rep->rows.len, n * DIM * sizeof(float));
+  memcpy(rows, rep->rows.data, rep->rows.len);
+  protobuf_c_message_free_unpacked(&rep->base, NULL);
+  return 0;
+}
+
+static int sp_push(sp_cluster *c, int s, uint32_t table, const uint64_t *keys, size_t n,
+                   const float *g, size_t nbytes, uint32_t worker, ps_errbuf *eb) {
+  Ps__SparsePushRequest q = PS__SPARSE_PUSH_REQUEST__INIT;
+  q.model = "ctr", q.table = table, q.keys = (uint64_t *)keys, q.n_keys = n, q.worker = worker;
+  q.rows.data = (uint8_t *)g, q.rows.len = nbytes;
+  Ps__SparsePushReply *rep = NULL;
+  int rc = ps_rpc_call(c->r[s], "/ps.Ps/SparsePush", &q.base, &ps__sparse_push_reply__descriptor,
+                       (ProtobufCMessage **)&rep, 10000, eb);
+  if (!rc) protobuf_c_message_free_unpacked(&rep->base, NULL);
+  return rc;
+}
+
+static void sp_wait_up(sp_cluster *c, int s) {
+  ck_assert_msg(ps_test_wait_port(c->gp[s], 15000) == 0, "shard %d did not start, see %s", s, c->log);
+}
+
+START_TEST(test_sparse_rpc) {
+  sp_cluster c;
+  memset(&c, 0, sizeof c);
+  snprintf(c.dir, sizeof c.dir, "%s", ps_test_tmpdir());
+  snprintf(c.log, sizeof c.log, "%s/psd.log", c.dir);
+  c.yaml = ps_test_cluster_yaml(c.dir, 2, "workers:\n  count: 2\nsparse:\n  memory_rows: 8\n", c.gp, c.cp);
+  for (int s = 0; s < 2; s++) c.pids[s] = ps_test_psd(c.yaml, s, c.log, NULL);
+  for (int s = 0; s < 2; s++) sp_wait_up(&c, s), sp_open(&c, s);
+  /* the model: psctl model ctr --fields 2 --dim 4 --dense 1, SGD lr 0.5 */
+  psw_ctr_shape sh = {2, DIM, 1, NULL, 0, 0, 0};
+  uint8_t *buf;
+  size_t len;
+  ps_errbuf eb;
+  psw_graph *g;
+  ck_assert_msg(psw_graph_ctr_pack("ctr", &sh, &buf, &len, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psw_graph_load(buf, len, &g, &eb) == 0, "%s", eb.msg);
+  free(buf);
+  Ps__ModelSpec *spec;
+  ck_assert_int_eq(psw_graph_to_spec(g, "ctr", &spec, &eb), 0);
+  Ps__OptimizerSpec opt = PS__OPTIMIZER_SPEC__INIT;
+  opt.kind = "sgd", opt.lr = 0.5f;
+  spec->optimizer = &opt;
+  spec->seed = c.seed = 77;
+  for (int s = 0; s < 2; s++) ps_test_submit(c.r[s], spec, 0, 10000);
+  /* keys by shard, as a worker routes them */
+  static uint16_t map[PS_PLACE_ROW_BUCKETS];
+  const uint32_t ids[2] = {0, 1};
+  ps_place_row_map("ctr", 0, ids, 2, map);
+  uint64_t rseed = ps_place_row_seed("ctr", 0), keys[2][NKEYS];
+  size_t nk[2] = {0, 0};
+  for (uint64_t k = 1; nk[0] < NKEYS / 2 || nk[1] < NKEYS / 2; k++) {
+    int s = map[ps_place_row_bucket(rseed, k * 0x9e3779b97f4a7c15ull)];
+    if (nk[s] < NKEYS / 2) keys[s][nk[s]++] = k * 0x9e3779b97f4a7c15ull;
+  }
+  float rows[NKEYS * DIM], want[NKEYS / 2][DIM], grad[NKEYS * DIM], before[2][NKEYS / 2][DIM];
+  for (int s = 0; s < 2; s++) {
+    ck_assert_msg(sp_pull(&c, s, keys[s], nk[s], rows, &eb) == 0, "pull: %s", eb.msg);
+    for (size_t i = 0; i < nk[s]; i++) {
+      ck_assert_int_eq(ps_init_row(want[i], "uniform", 0.05f, 77, 0, keys[s][i], DIM), 0);
+      ck_assert_int_eq(memcmp(rows + i * DIM, want[i], sizeof want[i]), 0);
+    }
+    for (size_t i = 0; i < nk[s] * DIM; i++) grad[i] = 0.25f * (float)(i % 7) - 0.5f;
+    ck_assert_msg(sp_push(&c, s, 0, keys[s], nk[s], grad, nk[s] * DIM * 4, 0, &eb) == 0, "push: %s", eb.msg);
+    ck_assert_msg(sp_pull(&c, s, keys[s], nk[s], rows, &eb) == 0, "pull: %s", eb.msg);
+    for (size_t i = 0; i < nk[s]; i++)
+      for (int j = 0; j < DIM; j++) {
+        ck_assert_float_eq_tol(rows[i * DIM + j], want[i][j] - 0.5f * grad[i * DIM + j], 1e-6);
+        before[s][i][j] = rows[i * DIM + j];
+      }
+  }
+  /* bad requests: refused by name, nothing changed */
+  ck_assert_int_eq(sp_pull(&c, 0, keys[1], 1, rows, &eb), PS_EINVAL);
+  ck_assert_msg(strstr(eb.msg, "belongs to shard 1, not 0") != NULL, "%s", eb.msg);
+  ck_assert_int_eq(sp_push(&c, 0, 5, keys[0], 1, grad, DIM * 4, 0, &eb), PS_ENOENT);
+  ck_assert_msg(strstr(eb.msg, "has no sparse table 5") != NULL, "%s", eb.msg);
+  ck_assert_int_eq(sp_push(&c, 0, 0, keys[0], 2, grad, DIM * 4, 0, &eb), PS_EINVAL);
+  ck_assert_msg(strstr(eb.msg, "2 keys of dim 4 need 32 bytes of rows, got 16") != NULL, "%s", eb.msg);
+  grad[5] = NAN;
+  ck_assert_int_eq(sp_push(&c, 0, 0, keys[0], 3, grad, 3 * DIM * 4, 0, &eb), PS_EINVAL);
+  ck_assert_msg(strstr(eb.msg, "is not finite") != NULL, "%s", eb.msg);
+  grad[5] = 0;
+  ck_assert_int_eq(sp_push(&c, 0, 0, keys[0], 1, grad, DIM * 4, 9, &eb), PS_EINVAL);
+  ck_assert_msg(strstr(eb.msg, "worker 9 is not one of the cluster's 2") != NULL, "%s", eb.msg);
+  uint64_t dup[2] = {keys[0][0], keys[0][0]};
+  ck_assert_int_eq(sp_pull(&c, 0, dup, 2, rows, &eb), PS_EINVAL);
+  ck_assert_msg(sp_pull(&c, 0, keys[0], nk[0], rows, &eb) == 0, "pull: %s", eb.msg);
+  ck_assert_int_eq(memcmp(rows, before[0], nk[0] * DIM * sizeof(float)), 0);
+  /* a restart (SIGTERM: drain, flush) keeps every row, evicted or not */
+  ps_rpc_close(c.r[0]);
+  ck_assert_int_eq(ps_test_stop(c.pids[0], SIGTERM, 15000), 0);
+  c.pids[0] = ps_test_psd(c.yaml, 0, c.log, NULL);
+  sp_wait_up(&c, 0);
+  sp_open(&c, 0);
+  int rc = -1;
+  for (int tries = 0; tries < 100 && rc; tries++) { /* READY follows the port by a moment */
+    rc = sp_pull(&c, 0, keys[0], nk[0], rows, &eb);
+    if (rc) usleep(100000);
+  }
+  ck_assert_msg(rc == 0, "pull after restart: %s", eb.msg);
+  ck_assert_int_eq(memcmp(rows, before[0], nk[0] * DIM * sizeof(float)), 0);
+  for (int s = 0; s < 2; s++) ps_rpc_close(c.r[s]);
+  for (int s = 0; s < 2; s++) ck_assert_int_eq(ps_test_stop(c.pids[s], SIGTERM, 15000), 0);
+  spec->optimizer = NULL;
+  psw_graph_spec_free(spec);
+  psw_graph_free(g);
+}
+END_TEST
+
+Suite *psd_sparse_rpc_suite(void) {
+  Suite *s = suite_create("psd_sparse_rpc");
+  TCase *tc = tcase_create("grpc");
+  tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
+  tcase_set_timeout(tc, 90);
+  tcase_add_test(tc, test_sparse_rpc);
+  suite_add_tcase(s, tc);
+  return s;
+}

@@ -138,6 +138,30 @@ static void psctl_status_models(const psctl_row *rows, size_t n) {
   }
 }
 
+/* psctl_status_sparse prints each shard's sparse tables: rows in memory,
+ * the hit rate of the keys asked for, rows evicted and read back, bytes
+ * on disk (the shard's sparse RocksDB). */
+static void psctl_status_sparse(const psctl_row *rows, size_t n) {
+  int any = 0;
+  char b[16];
+  for (size_t i = 0; i < n; i++) {
+    const Ps__StatusReply *s = rows[i].st;
+    for (size_t j = 0; s && j < s->n_sparse_tables; j++) {
+      const Ps__SparseTableStatus *t = s->sparse_tables[j];
+      if (!any++)
+        printf("\n%-16s %-5s %-5s %4s %10s %7s %10s %10s %10s %8s\n", "SPARSE TABLE", "INDEX",
+               "SHARD", "DIM", "ROWS MEM", "HIT %", "EVICTED", "READ BACK", "CREATED", "DISK");
+      uint64_t asked = t->hits + t->misses;
+      char hit[16] = "-";
+      if (asked) snprintf(hit, sizeof hit, "%.1f", 100.0 * (double)t->hits / (double)asked);
+      printf("%-16s %-5u %-5u %4u %10llu %7s %10llu %10llu %10llu %8s\n", t->model, t->table,
+             s->shard, t->dim, (unsigned long long)t->rows_mem, hit,
+             (unsigned long long)t->evictions, (unsigned long long)t->disk_reads,
+             (unsigned long long)t->created, psctl_human(b, sizeof b, (double)t->disk_bytes));
+    }
+  }
+}
+
 /* psctl_status_workers prints the coordinator's worker table W (NULL:
  * the coordinator did not answer, WHY says why). */
 static void psctl_status_workers(const Ps__ListWorkersReply *w, const char *why) {
@@ -233,10 +257,25 @@ static void psctl_status_json_row(const psctl_row *r) {
          (unsigned long long)s->errors, (long long)s->last_flush_unix_ms);
   psctl_json_num(r->flush_age_s);
   printf(",\"disk_bytes\":%llu,\"chan_connections\":%u,\"chan_refused\":%llu,"
-         "\"chan_idle_closed\":%llu,\"grpc_restarts\":%llu}",
+         "\"chan_idle_closed\":%llu,\"grpc_restarts\":%llu,\"sparse_tables\":[",
          (unsigned long long)s->disk_bytes, s->chan_connections,
          (unsigned long long)s->chan_refused, (unsigned long long)s->chan_idle_closed,
          (unsigned long long)s->grpc_restarts);
+  for (size_t j = 0; j < s->n_sparse_tables; j++) {
+    const Ps__SparseTableStatus *t = s->sparse_tables[j];
+    printf("%s{\"model\":", j ? "," : "");
+    psctl_json_str(t->model);
+    printf(",\"table\":%u,\"dim\":%u,\"rows_mem\":%llu,\"hits\":%llu,\"misses\":%llu,"
+           "\"disk_reads\":%llu,\"disk_read_bytes\":%llu,\"created\":%llu,\"evictions\":%llu,"
+           "\"disk_writes\":%llu,\"pending\":%llu,\"dropped_grads\":%llu,\"disk_bytes\":%llu}",
+           t->table, t->dim, (unsigned long long)t->rows_mem, (unsigned long long)t->hits,
+           (unsigned long long)t->misses, (unsigned long long)t->disk_reads,
+           (unsigned long long)t->disk_read_bytes, (unsigned long long)t->created,
+           (unsigned long long)t->evictions, (unsigned long long)t->disk_writes,
+           (unsigned long long)t->pending, (unsigned long long)t->dropped_grads,
+           (unsigned long long)t->disk_bytes);
+  }
+  printf("]}");
 }
 
 /* psctl_status_json_workers prints the "workers" member: the
@@ -367,6 +406,7 @@ int psctl_status_main(int argc, char **argv) {
     psctl_status_table(rows, n);
     psctl_status_conns(rows, n);
     psctl_status_models(rows, n);
+    psctl_status_sparse(rows, n);
     psctl_status_workers(workers, leb.msg);
   }
   if (workers) protobuf_c_message_free_unpacked(&workers->base, NULL);

@@ -487,6 +487,7 @@ void psd_shard_status(psd_shard *sh, Ps__StatusReply *reply) {
     ms[reply->n_models++] = m;
   }
   reply->models = ms;
+  psd_shard_sparse_status(sh, reply);
 }
 
 /* psd_shard_status_release frees what psd_shard_status allocated. */
@@ -499,4 +500,5 @@ void psd_shard_status_release(Ps__StatusReply *reply) {
   free(reply->models);
   reply->models = NULL;
   reply->n_models = 0;
+  psd_shard_sparse_status_release(reply);
 }

@@ -137,6 +137,42 @@ void psd_shard_sparse_close(psd_shard *sh) {
   sh->sparse = NULL;
 }
 
+void psd_shard_sparse_status(psd_shard *sh, Ps__StatusReply *reply) {
+  size_t n = sh->sparse ? psd_sparse_ntables(sh->sparse->rows) : 0;
+  Ps__SparseTableStatus **v = n ? calloc(n, sizeof *v) : NULL;
+  Ps__SparseTableStatus *t = n ? calloc(n, sizeof *t) : NULL;
+  if (!v || !t) { /* status goes on without them */
+    free(v);
+    free(t);
+    return;
+  }
+  for (size_t i = 0; i < n; i++) {
+    const char *model;
+    uint32_t table, dim = 0;
+    psd_sparse_stats st;
+    psd_sparse_table_at(sh->sparse->rows, i, &model, &table);
+    psd_sparse_stats_get(sh->sparse->rows, model, table, &st);
+    psd_sparse_dim(sh->sparse->rows, model, table, &dim, NULL);
+    ps__sparse_table_status__init(&t[i]);
+    t[i].model = (char *)model, t[i].table = table, t[i].dim = dim;
+    t[i].rows_mem = st.rows_mem, t[i].hits = st.hits, t[i].misses = st.misses;
+    t[i].disk_reads = st.disk_reads, t[i].disk_read_bytes = st.disk_read_bytes;
+    t[i].created = st.created, t[i].evictions = st.evictions, t[i].disk_writes = st.disk_writes;
+    t[i].pending = st.pending, t[i].dropped_grads = st.dropped_grads;
+    t[i].disk_bytes = st.disk_bytes;
+    v[i] = &t[i];
+  }
+  reply->n_sparse_tables = n;
+  reply->sparse_tables = v;
+}
+
+void psd_shard_sparse_status_release(Ps__StatusReply *reply) {
+  if (reply->n_sparse_tables) free(reply->sparse_tables[0]);
+  free(reply->sparse_tables);
+  reply->sparse_tables = NULL;
+  reply->n_sparse_tables = 0;
+}
+
 int psd_shard_sparse_flush(psd_shard *sh, ps_errbuf *eb) {
   return sh->sparse ? psd_sparse_flush(sh->sparse->rows, eb) : 0;
 }

@@ -42,6 +42,12 @@ int psd_shard_sparse_pull(psd_shard *sh, const Ps__SparsePullRequest *r, float *
                           size_t *nbytes, ps_errbuf *eb);
 int psd_shard_sparse_push(psd_shard *sh, const Ps__SparsePushRequest *r, ps_errbuf *eb);
 
+/* psd_shard_sparse_status adds every table's counters to REPLY (model
+ * names borrowed from the tables); psd_shard_sparse_status_release frees
+ * what it allocated. */
+void psd_shard_sparse_status(psd_shard *sh, Ps__StatusReply *reply);
+void psd_shard_sparse_status_release(Ps__StatusReply *reply);
+
 /* psd_shard_sparse_flush writes every changed row (psd_sparse_flush). */
 int psd_shard_sparse_flush(psd_shard *sh, ps_errbuf *eb);
 

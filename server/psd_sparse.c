@@ -717,6 +717,13 @@ int psd_sparse_row(psd_sparse *s, const char *model, uint32_t table, uint64_t ke
   return 0;
 }
 
+size_t psd_sparse_ntables(const psd_sparse *s) { return s->ntables; }
+
+void psd_sparse_table_at(const psd_sparse *s, size_t i, const char **model, uint32_t *table) {
+  *model = s->tables[i]->model;
+  *table = s->tables[i]->id;
+}
+
 int psd_sparse_stats_get(psd_sparse *s, const char *model, uint32_t table, psd_sparse_stats *st) {
   sp_table *t = table_find(s, model, table);
   if (!t) return PS_ENOENT;

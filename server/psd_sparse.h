@@ -133,6 +133,11 @@ int psd_sparse_row(psd_sparse *s, const char *model, uint32_t table, uint64_t ke
 int psd_sparse_dim(const psd_sparse *s, const char *model, uint32_t table, uint32_t *dim,
                    unsigned *slots);
 
+/* psd_sparse_ntables returns how many tables S has; psd_sparse_table_at
+ * names table I (*MODEL borrowed until S closes). */
+size_t psd_sparse_ntables(const psd_sparse *s);
+void psd_sparse_table_at(const psd_sparse *s, size_t i, const char **model, uint32_t *table);
+
 /* psd_sparse_stats fills *ST for a table; PS_ENOENT when unknown. */
 int psd_sparse_stats_get(psd_sparse *s, const char *model, uint32_t table, psd_sparse_stats *st);
 

@@ -135,6 +135,35 @@ START_TEST(test_sparse_rpc) {
   ck_assert_int_eq(sp_pull(&c, 0, dup, 2, rows, &eb), PS_EINVAL);
   ck_assert_msg(sp_pull(&c, 0, keys[0], nk[0], rows, &eb) == 0, "pull: %s", eb.msg);
   ck_assert_int_eq(memcmp(rows, before[0], nk[0] * DIM * sizeof(float)), 0);
+  /* the counters in Status and in psctl status */
+  Ps__StatusRequest sq = PS__STATUS_REQUEST__INIT;
+  Ps__StatusReply *st = NULL;
+  ck_assert_msg(ps_rpc_call(c.r[1], "/ps.Ps/Status", &sq.base, &ps__status_reply__descriptor,
+                            (ProtobufCMessage **)&st, 10000, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(st->n_sparse_tables, 1);
+  const Ps__SparseTableStatus *ts = st->sparse_tables[0];
+  ck_assert_str_eq(ts->model, "ctr");
+  ck_assert_uint_eq(ts->dim, DIM);
+  ck_assert_uint_eq(ts->created, NKEYS / 2);
+  ck_assert_uint_le(ts->rows_mem, 8);
+  ck_assert_uint_ge(ts->evictions, NKEYS / 2 - 8);
+  ck_assert_uint_ge(ts->disk_reads, NKEYS / 2 - 8);
+  ck_assert_uint_eq(ts->hits + ts->misses, 3 * NKEYS / 2); /* pull, push, pull */
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  char out[700], err[700];
+  snprintf(out, sizeof out, "%s/status.out", c.dir);
+  snprintf(err, sizeof err, "%s/status.err", c.dir);
+  char *argv[] = {(char *)ps_test_bin("psctl"), "status", "--config", (char *)c.yaml, "--json", NULL};
+  ck_assert_int_eq(ps_test_run(argv, out, 20000), 0);
+  char *json = ps_test_read_file(out, NULL);
+  ck_assert_msg(strstr(json, "\"sparse_tables\":[{\"model\":\"ctr\",\"table\":0,\"dim\":4,") != NULL,
+                "psctl status --json: %s", json);
+  free(json);
+  argv[4] = NULL;
+  ck_assert_int_eq(ps_test_run(argv, err, 20000), 0);
+  char *text = ps_test_read_file(err, NULL);
+  ck_assert_msg(strstr(text, "SPARSE TABLE") != NULL, "psctl status: %s", text);
+  free(text);
   /* a restart (SIGTERM: drain, flush) keeps every row, evicted or not */
   ps_rpc_close(c.r[0]);
   ck_assert_int_eq(ps_test_stop(c.pids[0], SIGTERM, 15000), 0);

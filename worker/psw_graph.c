@@ -661,12 +661,14 @@ int psw_graph_from_spec(const Ps__ModelSpec *spec, psw_graph **g, ps_errbuf *eb)
        : ps_errf(eb, PS_ENOTSUP, "model '%s': embedding table '%s': workers cannot train sparse "
                  "models yet (sparse pull and push are not built)", spec->name,
                  (*g)->vals[(*g)->table].name);
-  if (!rc) rc = spec->n_tensors == pb->n_params ? 0
-       : ps_errf(eb, PS_EINVAL, "model '%s': %zu tensors but the graph has %zu parameters",
-                 spec->name, spec->n_tensors, pb->n_params);
-  for (size_t i = 0; !rc && i < pb->n_params; i++) {
-    const Ps__TensorSpec *t = spec->tensors[i];
+  size_t ndense = pb->n_params - ((*g)->table >= 0);
+  if (!rc) rc = spec->n_tensors == ndense ? 0
+       : ps_errf(eb, PS_EINVAL, "model '%s': %zu tensors but the graph has %zu dense parameters",
+                 spec->name, spec->n_tensors, ndense);
+  for (size_t i = 0, k = 0; !rc && i < pb->n_params; i++) {
     const Ps__Graph__Param *p = pb->params[i];
+    if (p->sparse) continue;
+    const Ps__TensorSpec *t = spec->tensors[k++];
     if (strcmp(t->name, p->name) || t->n_shape != p->n_shape ||
         memcmp(t->shape, p->shape, p->n_shape * sizeof *p->shape))
       rc = ps_errf(eb, PS_EINVAL, "model '%s': tensor %zu '%s' does not match graph parameter '%s'",
@@ -728,9 +730,10 @@ int psw_graph_init_params(const psw_graph *g, uint64_t seed, float *params) {
   return 0;
 }
 
-/* The spec and its arrays are one allocation, plus the packed graph. */
+/* The spec and its arrays are one allocation, plus the packed graph.  An
+ * embedding table is no tensor: the shards find it in the graph. */
 int psw_graph_to_spec(const psw_graph *g, const char *name, Ps__ModelSpec **out, ps_errbuf *eb) {
-  size_t n = g->nparams, nlen = strlen(name) + 1;
+  size_t n = g->nparams - (g->table >= 0), nlen = strlen(name) + 1;
   size_t size = sizeof(Ps__ModelSpec) + n * (sizeof(Ps__TensorSpec *) + sizeof(Ps__TensorSpec)) + nlen;
   Ps__ModelSpec *s = calloc(1, size);
   size_t glen = ps__graph__graph__get_packed_size(g->pb);
@@ -744,8 +747,9 @@ int psw_graph_to_spec(const psw_graph *g, const char *name, Ps__ModelSpec **out,
   Ps__TensorSpec **ptrs = (Ps__TensorSpec **)(s + 1);
   Ps__TensorSpec *ts = (Ps__TensorSpec *)(ptrs + n);
   s->name = memcpy((char *)(ts + n), name, nlen);
-  for (size_t i = 0; i < n; i++) {
-    const Ps__Graph__Param *p = g->pb->params[i];
+  for (size_t i = 0, k = 0; i < n; i++, k++) {
+    if ((int)k == g->table) k++;
+    const Ps__Graph__Param *p = g->pb->params[k];
     ps__tensor_spec__init(&ts[i]);
     ts[i].name = p->name;
     ts[i].n_shape = p->n_shape;

@@ -41,8 +41,8 @@ int psw_graph_load(const void *buf, size_t len, psw_graph **g, ps_errbuf *eb);
 int psw_graph_load_file(const char *path, psw_graph **g, ps_errbuf *eb);
 
 /* psw_graph_from_spec loads the graph in SPEC->graph (as fetched with
- * GetModel) and checks that SPEC's tensors are the graph's parameters
- * (same names, shapes and order).  SPEC is not kept.  PS_ENOTSUP for a
+ * GetModel) and checks that SPEC's tensors are the graph's dense
+ * parameters (same names, shapes and order).  SPEC is not kept.  PS_ENOTSUP for a
  * graph with an embedding table (the sparse wire is not built yet). */
 int psw_graph_from_spec(const Ps__ModelSpec *spec, psw_graph **g, ps_errbuf *eb);
 
@@ -75,7 +75,9 @@ int psw_graph_embedding(const psw_graph *g, uint32_t *param, uint32_t *fields, u
 int psw_graph_init_params(const psw_graph *g, uint64_t seed, float *params);
 
 /* psw_graph_to_spec makes a ModelSpec named NAME for submission: one
- * tensor per parameter (name, shape, init, scale) and the serialized graph
+ * tensor per dense parameter (name, shape, init, scale; an embedding
+ * table is not a tensor: the shards read it from the graph, psd_shard_sparse.h)
+ * and the serialized graph
  * in spec->graph.  seed, chunk_elems and optimizer are left 0/NULL for the
  * caller to set (the caller keeps ownership of what it sets there).  The
  * spec borrows shape arrays from G: free it with psw_graph_spec_free

@@ -67,43 +67,59 @@ static int sps_add_map(psd_shard *sh, const char *model, uint32_t t) {
   return 0;
 }
 
-int psd_shard_sparse_check(psd_shard *sh, const Ps__ModelSpec *spec, ps_errbuf *eb) {
+/* sps_table_fn: what psd_shard_sparse_check and _add do to the
+ * embedding parameter I of G. */
+typedef int (*sps_table_fn)(psd_shard *sh, const Ps__ModelSpec *spec, const Ps__Graph__Graph *g,
+                            size_t i, ps_errbuf *eb);
+
+/* sps_each_table runs FN on every embedding parameter of SPEC's graph
+ * until one fails. */
+static int sps_each_table(psd_shard *sh, const Ps__ModelSpec *spec, sps_table_fn fn,
+                          ps_errbuf *eb) {
   if (!sh->sparse || !spec->graph.len) return 0;
   Ps__Graph__Graph *g = sps_graph(spec);
   if (!g) return ps_errf(eb, PS_EINVAL, "model '%s': its graph does not parse", spec->name);
   int rc = 0;
-  for (size_t i = 0; i < g->n_params && !rc; i++) {
-    if (!g->params[i]->sparse) continue;
-    psd_sparse_table_opts t = sps_table_opts(spec, g, i);
-    uint32_t dim;
-    if (psd_sparse_dim(sh->sparse->rows, spec->name, (uint32_t)i, &dim, NULL) == 0 && dim != t.dim)
-      rc = ps_errf(eb, PS_EEXIST, "model '%s': sparse table %zu exists with dim %u (replacing "
-                   "a model's tables is not supported)", spec->name, i, dim);
-    else if (!t.dim || t.dim > 65536 || g->params[i]->n_shape != 1)
-      rc = ps_errf(eb, PS_EINVAL, "model '%s': embedding table '%s' must have shape [dim], dim 1..65536",
-                   spec->name, g->params[i]->name);
-    else if (*g->params[i]->init && !ps_init_known(g->params[i]->init))
-      rc = ps_errf(eb, PS_EINVAL, "model '%s': table '%s': unknown initializer '%s'", spec->name,
-                   g->params[i]->name, g->params[i]->init);
-  }
+  for (size_t i = 0; i < g->n_params && !rc; i++)
+    if (g->params[i]->sparse) rc = fn(sh, spec, g, i, eb);
   ps__graph__graph__free_unpacked(g, NULL);
   return rc;
 }
 
-int psd_shard_sparse_add(psd_shard *sh, const Ps__ModelSpec *spec, ps_errbuf *eb) {
-  if (!sh->sparse || !spec->graph.len) return 0;
-  Ps__Graph__Graph *g = sps_graph(spec);
-  if (!g) return ps_errf(eb, PS_EINVAL, "model '%s': its graph does not parse", spec->name);
-  int rc = 0;
-  for (size_t i = 0; i < g->n_params && !rc; i++) {
-    if (!g->params[i]->sparse) continue;
-    psd_sparse_table_opts t = sps_table_opts(spec, g, i);
-    rc = psd_sparse_add_table(sh->sparse->rows, &t, eb);
-    if (!rc && sps_add_map(sh, spec->name, (uint32_t)i))
-      rc = ps_errf(eb, PS_ENOMEM, "model '%s': out of memory", spec->name);
-  }
-  ps__graph__graph__free_unpacked(g, NULL);
+/* sps_check_table: a table that exists must keep its dim; a new one
+ * needs a good shape and initializer. */
+static int sps_check_table(psd_shard *sh, const Ps__ModelSpec *spec, const Ps__Graph__Graph *g,
+                           size_t i, ps_errbuf *eb) {
+  psd_sparse_table_opts t = sps_table_opts(spec, g, i);
+  uint32_t dim;
+  if (psd_sparse_dim(sh->sparse->rows, spec->name, (uint32_t)i, &dim, NULL) == 0 && dim != t.dim)
+    return ps_errf(eb, PS_EEXIST, "model '%s': sparse table %zu exists with dim %u (replacing "
+                   "a model's tables is not supported)", spec->name, i, dim);
+  if (!t.dim || t.dim > 65536 || g->params[i]->n_shape != 1)
+    return ps_errf(eb, PS_EINVAL, "model '%s': embedding table '%s' must have shape [dim], dim 1..65536",
+                   spec->name, g->params[i]->name);
+  if (*g->params[i]->init && !ps_init_known(g->params[i]->init))
+    return ps_errf(eb, PS_EINVAL, "model '%s': table '%s': unknown initializer '%s'", spec->name,
+                   g->params[i]->name, g->params[i]->init);
+  return 0;
+}
+
+/* sps_add_table registers the table and its placement. */
+static int sps_add_table(psd_shard *sh, const Ps__ModelSpec *spec, const Ps__Graph__Graph *g,
+                         size_t i, ps_errbuf *eb) {
+  psd_sparse_table_opts t = sps_table_opts(spec, g, i);
+  int rc = psd_sparse_add_table(sh->sparse->rows, &t, eb);
+  if (!rc && sps_add_map(sh, spec->name, (uint32_t)i))
+    rc = ps_errf(eb, PS_ENOMEM, "model '%s': out of memory", spec->name);
   return rc;
+}
+
+int psd_shard_sparse_check(psd_shard *sh, const Ps__ModelSpec *spec, ps_errbuf *eb) {
+  return sps_each_table(sh, spec, sps_check_table, eb);
+}
+
+int psd_shard_sparse_add(psd_shard *sh, const Ps__ModelSpec *spec, ps_errbuf *eb) {
+  return sps_each_table(sh, spec, sps_add_table, eb);
 }
 
 int psd_shard_sparse_open(psd_shard *sh, ps_errbuf *eb) {

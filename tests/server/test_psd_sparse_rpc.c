@@ -96,6 +96,30 @@ START_TEST(test_sparse_rpc) {
   spec->optimizer = &opt;
   spec->seed = c.seed = 77;
   for (int s = 0; s < 2; s++) ps_test_submit(c.r[s], spec, 0, 10000);
+  /* the same model with a wider table is refused before the store changes */
+  {
+    psw_ctr_shape wide = {2, 2 * DIM, 1, NULL, 0, 0, 0};
+    psw_graph *g2;
+    Ps__ModelSpec *spec2;
+    ck_assert_msg(psw_graph_ctr_pack("ctr", &wide, &buf, &len, &eb) == 0, "%s", eb.msg);
+    ck_assert_msg(psw_graph_load(buf, len, &g2, &eb) == 0, "%s", eb.msg);
+    free(buf);
+    ck_assert_int_eq(psw_graph_to_spec(g2, "ctr", &spec2, &eb), 0);
+    Ps__OptimizerSpec opt2 = PS__OPTIMIZER_SPEC__INIT;
+    opt2.kind = "sgd", opt2.lr = 0.5f;
+    spec2->optimizer = &opt2;
+    spec2->seed = 77;
+    Ps__SubmitModelRequest q = PS__SUBMIT_MODEL_REQUEST__INIT;
+    q.model = spec2, q.replace = 1;
+    Ps__SubmitModelReply *rep = NULL;
+    ck_assert_int_eq(ps_rpc_call(c.r[0], "/ps.Ps/SubmitModel", &q.base,
+                                 &ps__submit_model_reply__descriptor, (ProtobufCMessage **)&rep,
+                                 10000, &eb), PS_EEXIST);
+    ck_assert_msg(strstr(eb.msg, "sparse table 0 exists with dim 4") != NULL, "%s", eb.msg);
+    spec2->optimizer = NULL;
+    psw_graph_spec_free(spec2);
+    psw_graph_free(g2);
+  }
   /* keys by shard, as a worker routes them */
   static uint16_t map[PS_PLACE_ROW_BUCKETS];
   const uint32_t ids[2] = {0, 1};

@@ -394,7 +394,7 @@ static const cfg_type cfg_t_section = {"a mapping", cfg_load_section, cfg_releas
 static const char *const cfg_durability_modes[] = {"periodic", "sync", NULL};
 static const char *const cfg_consistencies[] = {"bsp", "ssp", "asp", NULL};
 static const char *const cfg_staleness_weights[] = {"none", "inverse", NULL};
-static const char *const cfg_formats[] = {"idx", "csv", NULL};
+static const char *const cfg_formats[] = {"idx", "csv", "criteo", NULL};
 static const char *const cfg_bools[] = {"false", "true", NULL};
 
 static const cfg_slot cfg_durability_slots[] = {
@@ -500,8 +500,8 @@ static const cfg_slot cfg_data_slots[] = {
 enum { CFG_DATA_FORMAT, CFG_DATA_TRAIN_IMAGES, CFG_DATA_TRAIN_LABELS, CFG_DATA_TEST_IMAGES,
        CFG_DATA_TEST_LABELS };
 
-/* cfg_data_post: idx data sets come as image/label file pairs; csv files
- * hold their labels in the first column. */
+/* cfg_data_post: idx data sets come as image/label file pairs; csv and
+ * criteo files hold their labels in the first column. */
 static int cfg_data_post(cfg_ctx *x, void *base, yaml_node_t *n, const yaml_mark_t *marks) {
   ps_data_conf *d = base;
   static const struct { int images, labels; } pairs[] = {
@@ -511,13 +511,14 @@ static int cfg_data_post(cfg_ctx *x, void *base, yaml_node_t *n, const yaml_mark
                     [CFG_DATA_TRAIN_LABELS] = &d->train_labels,
                     [CFG_DATA_TEST_IMAGES] = &d->test_images,
                     [CFG_DATA_TEST_LABELS] = &d->test_labels};
-  int csv = !strcmp(d->format, "csv");
+  int csv = strcmp(d->format, "idx") != 0; /* csv or criteo: one file per set */
   for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
     const char *img = cfg_data_slots[pairs[i].images].name;
     const char *lab = cfg_data_slots[pairs[i].labels].name;
     if (csv && *field[pairs[i].labels])
       return cfg_err(x, marks[pairs[i].labels],
-                     "'%s' is for format 'idx' (csv files hold the label in column 1)", lab);
+                     "'%s' is for format 'idx' (%s files hold the label in column 1)", lab,
+                     d->format);
     if (!csv && (!*field[pairs[i].images]) != (!*field[pairs[i].labels]))
       return cfg_err(x, n ? n->start_mark : marks[0], "'%s' and '%s' go together in 'data'",
                      img, lab);

@@ -25,7 +25,7 @@ typedef struct ps_shard_conf {
 } ps_shard_conf;
 
 typedef struct ps_data_conf {
-  char *format;         /* "idx" | "csv" (default "idx") */
+  char *format;         /* "idx" | "csv" | "criteo" (default "idx") */
   char *train_images;   /* idx: images file; csv: the training CSV */
   char *train_labels;   /* idx only */
   char *test_images;    /* idx: images file; csv: the test CSV */

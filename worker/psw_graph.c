@@ -655,14 +655,8 @@ int psw_graph_from_spec(const Ps__ModelSpec *spec, psw_graph **g, ps_errbuf *eb)
     return ps_errf(eb, rc, "model '%s': graph: %s", spec->name, inner.msg);
   }
   const Ps__Graph__Graph *pb = (*g)->pb;
-  /* A table's rows travel as (keys, rows), which the client does not
-   * speak yet: refuse here, by name, rather than mid-run. */
-  rc = (*g)->table < 0 ? 0
-       : ps_errf(eb, PS_ENOTSUP, "model '%s': embedding table '%s': workers cannot train sparse "
-                 "models yet (sparse pull and push are not built)", spec->name,
-                 (*g)->vals[(*g)->table].name);
   size_t ndense = pb->n_params - ((*g)->table >= 0);
-  if (!rc) rc = spec->n_tensors == ndense ? 0
+  rc = spec->n_tensors == ndense ? 0
        : ps_errf(eb, PS_EINVAL, "model '%s': %zu tensors but the graph has %zu dense parameters",
                  spec->name, spec->n_tensors, ndense);
   for (size_t i = 0, k = 0; !rc && i < pb->n_params; i++) {
@@ -699,6 +693,8 @@ uint32_t psw_graph_classes(const psw_graph *g) {
   if (g->acc_node < 0) return g->sig_node < 0 ? 0 : 2;
   return g->vals[g->nodes[g->acc_node].in[0]].cols;
 }
+
+int psw_graph_binary(const psw_graph *g) { return g->sig_node >= 0; }
 
 int psw_graph_embedding(const psw_graph *g, uint32_t *param, uint32_t *fields, uint32_t *dim,
                         uint64_t *hash_buckets) {

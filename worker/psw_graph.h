@@ -42,8 +42,8 @@ int psw_graph_load_file(const char *path, psw_graph **g, ps_errbuf *eb);
 
 /* psw_graph_from_spec loads the graph in SPEC->graph (as fetched with
  * GetModel) and checks that SPEC's tensors are the graph's dense
- * parameters (same names, shapes and order).  SPEC is not kept.  PS_ENOTSUP for a
- * graph with an embedding table (the sparse wire is not built yet). */
+ * parameters (same names, shapes and order; an embedding table is no
+ * tensor of the spec).  SPEC is not kept. */
 int psw_graph_from_spec(const Ps__ModelSpec *spec, psw_graph **g, ps_errbuf *eb);
 
 /* psw_graph_free releases G (NULL is a no-op). */
@@ -60,6 +60,10 @@ uint64_t psw_graph_nparams(const psw_graph *g);
 uint32_t psw_graph_input_dim(const psw_graph *g);
 uint32_t psw_graph_target_dim(const psw_graph *g);
 uint32_t psw_graph_classes(const psw_graph *g);
+
+/* psw_graph_binary says whether G has a sigmoid_xent node (a binary
+ * classifier: psw_exec_probs gives its probabilities). */
+int psw_graph_binary(const psw_graph *g);
 
 /* psw_graph_embedding describes the graph's embedding table: its
  * parameter index, the columns F of the ids input, the row width and the

@@ -59,6 +59,8 @@ typedef struct psw_train_result {
   double train_loss;           /* mean loss of the last epoch (or of the partial one) */
   double test_loss;            /* NAN before the first evaluation */
   double test_accuracy;        /* NAN before the first evaluation */
+  double test_auc;             /* binary classifiers (a sigmoid_xent node): AUC */
+  double test_logloss;         /* and logloss of the last evaluation; else NAN */
   double samples_per_sec;      /* training only, evaluation excluded */
   double wall_s;               /* the whole run */
   int overlap;                 /* the schedule that ran */
@@ -101,7 +103,8 @@ int psw_train_evaluate(const psw_train_opts *o, psw_train_result *r, uint64_t *v
                        ps_errbuf *eb);
 
 /* psw_train_eval_json writes the evaluation's JSON line:
- * {"model":…,"test_loss":…,"test_accuracy":…,"version":…,"wall_s":…}. */
+ * {"model":…,"test_loss":…,"test_accuracy":…,"test_auc":…,"test_logloss":…,
+ * "version":…,"wall_s":…} (auc and logloss null but for binary classifiers). */
 void psw_train_eval_json(FILE *out, const char *model, const psw_train_result *r,
                          uint64_t version);
 

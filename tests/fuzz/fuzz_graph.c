@@ -7,8 +7,7 @@
  * accept it: same parameter count), ps_layout_build of that spec, and
  * when small (parameters, input and target columns) one forward/backward
  * step of 2 rows on the CPU backend (one id per field, zero rows, for a
- * graph with an embedding table), which a checked graph must pass; the
- * spec of a graph with an embedding table may be refused (PS_ENOTSUP).
+ * graph with an embedding table), which a checked graph must pass.
  * (2) As a ModelSpec from GetModel (psw_graph_from_spec, as psw does with
  * what a shard sends) and ps_layout_build of it.
  * Checks: failures are PS_E* codes with a message, of the kinds
@@ -131,9 +130,7 @@ static void fuzz_graph_file(const uint8_t *data, size_t size) {
   rc = psw_graph_to_spec(g, "fuzz", &spec, &eb);
   fuzz_check(rc == 0, "psw_graph_to_spec: %s", eb.msg);
   rc = psw_graph_from_spec(spec, &g2, &eb);
-  int sparse = psw_graph_embedding(g, NULL, NULL, NULL, NULL) == 0;
-  fuzz_check(rc == 0 || (sparse && rc == PS_ENOTSUP), "a spec made from a checked graph is refused: %s",
-             eb.msg);
+  fuzz_check(rc == 0, "a spec made from a checked graph is refused: %s", eb.msg);
   fuzz_check(!g2 || psw_graph_nparams(g2) == psw_graph_nparams(g), "parameter counts differ");
   fuzz_graph_layout(spec);
   psw_graph_free(g2);

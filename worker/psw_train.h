@@ -14,6 +14,12 @@
  *     allows it (asp, or ssp with staleness >= 1); with bsp (or ssp with
  *     staleness 0) the run is sequential whatever was asked.
  *
+ * A model with an embedding table (psw_graph_embedding) also pulls, per
+ * step and on the training thread, the rows of the batch's distinct keys
+ * (psw_sparse, after the step's dense pull is in) and pushes their
+ * gradients before the step's dense push: another worker that the
+ * staleness bound lets go on has seen them too.
+ *
  * Each epoch ends with every gradient pushed and a fresh pull, on which
  * the test set is evaluated.  Thread-safety: one run per process (the
  * OpenBLAS thread count is process-wide). */

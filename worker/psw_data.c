@@ -451,26 +451,29 @@ static int data_conf_idx(psw_dataset *d, const ps_data_conf *c, int test,
   return psw_data_load_idx(d, im, lb, (float)c->scale, sel, eb);
 }
 
+/* data_conf_file returns in *F the one file of the training or test set
+ * (csv, criteo); PS_ECONFIG when C names none. */
+static int data_conf_file(const ps_data_conf *c, int test, const char **f, ps_errbuf *eb) {
+  *f = test ? c->test_images : c->train_images;
+  return *f ? 0 : ps_errf(eb, PS_ECONFIG, "no %s set in 'data' (%s_images)",
+                          test ? "test" : "training", test ? "test" : "train");
+}
+
 static int data_conf_csv(psw_dataset *d, const ps_data_conf *c, int test,
                          const psw_data_sel *sel, ps_errbuf *eb) {
-  const char *f = test ? c->test_images : c->train_images;
-  if (!f)
-    return ps_errf(eb, PS_ECONFIG, "no %s set in 'data' (%s_images)", test ? "test" : "training",
-                   test ? "test" : "train");
-  return psw_data_load_csv(d, f, (float)c->scale, sel, eb);
+  const char *f;
+  int r = data_conf_file(c, test, &f, eb);
+  return r < 0 ? r : psw_data_load_csv(d, f, (float)c->scale, sel, eb);
 }
 
 /* data_conf_criteo loads a Criteo log (psw_ctr_load, the first LIMIT
  * samples) and keeps the selected partitions, moved down in place. */
 static int data_conf_criteo(psw_dataset *d, const ps_data_conf *c, int test,
                             const psw_data_sel *sel, ps_errbuf *eb) {
-  const char *f = test ? c->test_images : c->train_images;
-  if (!f)
-    return ps_errf(eb, PS_ECONFIG, "no %s set in 'data' (%s_images)", test ? "test" : "training",
-                   test ? "test" : "train");
+  const char *f;
   psw_ctr log;
-  int r = psw_ctr_load(&log, f, sel ? sel->limit : 0, eb);
-  if (r < 0) return r;
+  int r = data_conf_file(c, test, &f, eb);
+  if (r < 0 || (r = psw_ctr_load(&log, f, sel ? sel->limit : 0, eb)) < 0) return r;
   if (!log.n) {
     psw_ctr_release(&log);
     return ps_errf(eb, PS_EFORMAT, "%s: no samples", f);

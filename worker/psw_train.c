@@ -315,9 +315,8 @@ static int run_sparse_push(psw_run *x, uint64_t clock, ps_errbuf *eb) {
 
 /* run_correct counts the N rows whose sigmoid output, thresholded at
  * 0.5, is label Y (a graph with a sigmoid_xent node has no argmax). */
-static uint32_t run_correct(psw_run *x, const int32_t *y, uint32_t n, const float *p) {
+static uint32_t run_correct(const int32_t *y, uint32_t n, const float *p) {
   uint32_t c = 0;
-  (void)x;
   for (uint32_t i = 0; i < n; i++) c += (p[i] > 0.5f) == (y[i] != 0);
   return c;
 }
@@ -434,7 +433,7 @@ static int run_compute(psw_run *x, uint64_t s, int b, psw_epoch_acc *acc, ps_err
   double step_s = (run_now_ms() - t) / 1e3;
   if (err < 0) return err;
   if (x->probs && (err = psw_exec_probs(x->ex, x->probs)) == 0)
-    correct = run_correct(x, batch.labels, batch.n, x->probs);
+    correct = run_correct(batch.labels, batch.n, x->probs);
   if (err < 0) return ps_errf(eb, err, "reading the step's probabilities failed");
   if (!isfinite(loss))
     return ps_errf(eb, PS_EINVAL, "step %llu: loss is %f; stopping rather than pushing it",
@@ -586,7 +585,7 @@ static int run_eval_batch(psw_run *x, uint64_t i, uint32_t n, double *lsum, uint
   if (probs) {
     if ((err = psw_exec_probs(x->ex, probs + i)) < 0)
       return ps_errf(eb, err, "reading the probabilities failed");
-    c = run_correct(x, b.labels, n, probs + i);
+    c = run_correct(b.labels, n, probs + i);
   }
   *lsum += (double)l * n;
   *correct += c;

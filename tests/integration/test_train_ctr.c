@@ -161,7 +161,8 @@ START_TEST(test_train_ctr_bad_line) {
   char *text = ps_test_read_file(x.train, NULL);
   size_t n = strlen(text);
   text = realloc(text, 2 * n + 1);
-  memcpy(text + n, text, n + 1);
+  memcpy(text + n, text, n); /* the two lines again, the first without its label */
+  text[2 * n] = 0;
   text[n] = 'x';
   text[n + 1] = '\t';
   ps_test_write_file(x.train, text);

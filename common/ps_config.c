@@ -394,7 +394,7 @@ static const cfg_type cfg_t_section = {"a mapping", cfg_load_section, cfg_releas
 static const char *const cfg_durability_modes[] = {"periodic", "sync", NULL};
 static const char *const cfg_consistencies[] = {"bsp", "ssp", "asp", NULL};
 static const char *const cfg_staleness_weights[] = {"none", "inverse", NULL};
-static const char *const cfg_formats[] = {"idx", "csv", NULL};
+static const char *const cfg_formats[] = {"idx", "csv", "criteo", NULL};
 /* ps_codec.h's names (push: any; pull: values only) */
 static const char *const cfg_push_codecs[] = {"fp32", "fp16", "int8", "onebit", "topk", NULL};
 static const char *const cfg_pull_codecs[] = {"fp32", "fp16", "int8", NULL};
@@ -523,8 +523,8 @@ static const cfg_slot cfg_data_slots[] = {
 enum { CFG_DATA_FORMAT, CFG_DATA_TRAIN_IMAGES, CFG_DATA_TRAIN_LABELS, CFG_DATA_TEST_IMAGES,
        CFG_DATA_TEST_LABELS };
 
-/* cfg_data_post: idx data sets come as image/label file pairs; csv files
- * hold their labels in the first column. */
+/* cfg_data_post: idx data sets come as image/label file pairs; csv and
+ * criteo files hold their labels in the first column. */
 static int cfg_data_post(cfg_ctx *x, void *base, yaml_node_t *n, const yaml_mark_t *marks) {
   ps_data_conf *d = base;
   static const struct { int images, labels; } pairs[] = {
@@ -534,13 +534,14 @@ static int cfg_data_post(cfg_ctx *x, void *base, yaml_node_t *n, const yaml_mark
                     [CFG_DATA_TRAIN_LABELS] = &d->train_labels,
                     [CFG_DATA_TEST_IMAGES] = &d->test_images,
                     [CFG_DATA_TEST_LABELS] = &d->test_labels};
-  int csv = !strcmp(d->format, "csv");
+  int csv = strcmp(d->format, "idx") != 0; /* csv or criteo: one file per set */
   for (size_t i = 0; i < sizeof pairs / sizeof pairs[0]; i++) {
     const char *img = cfg_data_slots[pairs[i].images].name;
     const char *lab = cfg_data_slots[pairs[i].labels].name;
     if (csv && *field[pairs[i].labels])
       return cfg_err(x, marks[pairs[i].labels],
-                     "'%s' is for format 'idx' (csv files hold the label in column 1)", lab);
+                     "'%s' is for format 'idx' (%s files hold the label in column 1)", lab,
+                     d->format);
     if (!csv && (!*field[pairs[i].images]) != (!*field[pairs[i].labels]))
       return cfg_err(x, n ? n->start_mark : marks[0], "'%s' and '%s' go together in 'data'",
                      img, lab);
@@ -620,6 +621,12 @@ static int cfg_security_post(cfg_ctx *x, void *base, yaml_node_t *n, const yaml_
 }
 static const cfg_table cfg_security_table =
     CFG_TABLE("in 'security'", cfg_security_slots, cfg_security_post);
+static const cfg_slot cfg_sparse_slots[] = {
+    {.name = "memory_rows", .type = &cfg_t_u64, .offset = offsetof(ps_sparse_conf, memory_rows),
+     .def = "0", .min = 0, .max = UINT64_C(1) << 40},
+    {.name = "admit_after", .type = &cfg_t_u32, .offset = offsetof(ps_sparse_conf, admit_after),
+     .def = "0", .min = 0, .max = 1000000},
+};
 
 static const cfg_table cfg_durability_table = CFG_TABLE("in 'durability'", cfg_durability_slots, NULL);
 static const cfg_table cfg_limits_table = CFG_TABLE("in 'limits'", cfg_limits_slots, NULL);
@@ -641,6 +648,7 @@ static const cfg_table cfg_workers_table =
     CFG_TABLE("in 'workers'", cfg_workers_slots, cfg_workers_post);
 static const cfg_table cfg_training_table = CFG_TABLE("in 'training'", cfg_training_slots, NULL);
 static const cfg_table cfg_data_table = CFG_TABLE("in 'data'", cfg_data_slots, cfg_data_post);
+static const cfg_table cfg_sparse_table = CFG_TABLE("in 'sparse'", cfg_sparse_slots, NULL);
 
 /* ---- the shard list ---------------------------------------------------- */
 
@@ -729,6 +737,8 @@ static const cfg_slot cfg_top_slots[] = {
      .arg = &cfg_data_table},
     {.name = "security", .type = &cfg_t_section, .offset = offsetof(ps_config, security),
      .required = 1, .arg = &cfg_security_table},
+    {.name = "sparse", .type = &cfg_t_section, .offset = offsetof(ps_config, sparse),
+     .arg = &cfg_sparse_table},
 };
 /* cfg_value_node returns the value node of KEY in mapping N, or NULL
  * (also when N is NULL or not a mapping). */

@@ -25,7 +25,7 @@ typedef struct ps_shard_conf {
 } ps_shard_conf;
 
 typedef struct ps_data_conf {
-  char *format;         /* "idx" | "csv" (default "idx") */
+  char *format;         /* "idx" | "csv" | "criteo" (default "idx") */
   char *train_images;   /* idx: images file; csv: the training CSV */
   char *train_labels;   /* idx only */
   char *test_images;    /* idx: images file; csv: the test CSV */
@@ -91,6 +91,11 @@ typedef struct ps_security_conf {
   char *secret_file;        /* channel keys (ps_auth.h); NULL: the channel is unauthenticated */
   int payload_mac;          /* every channel frame ends in a MAC (needs secret_file), default 0 */
 } ps_security_conf;
+/* Sparse (embedding) tables on the shards (server/psd_sparse.h). */
+typedef struct ps_sparse_conf {
+  uint64_t memory_rows; /* rows per table and shard kept in memory; 0: no limit (default) */
+  uint32_t admit_after; /* pulls before a key gets a row; 0 (default) and 1: at once */
+} ps_sparse_conf;
 
 typedef struct ps_config {
   char *path;                 /* the file loaded */
@@ -111,6 +116,7 @@ typedef struct ps_config {
   ps_train_conf training;
   ps_data_conf data;
   ps_security_conf security;
+  ps_sparse_conf sparse;
 } ps_config;
 
 /* Bounds checked before libyaml sees a file: its loader takes time

@@ -88,3 +88,25 @@ int ps_init_fill(float *dst, const char *kind, float scale, uint64_t seed,
     dst[i] = (float)(a * (2.0 * init_u01(seed, tensor, first + i, 0) - 1.0));
   return 0;
 }
+
+/* ---- embedding rows (ps_place.h) ---------------------------------------- */
+
+uint64_t ps_place_row_seed(const char *model, uint32_t table) {
+  return ps_mix64(ps_hash64(model, strlen(model), 0x726f7773 /* "rows" */) ^ table);
+}
+
+void ps_place_row_map(const char *model, uint32_t table, const uint32_t *shard_ids,
+                      size_t nshards, uint16_t *map) {
+  for (uint32_t b = 0; b < PS_PLACE_ROW_BUCKETS; b++)
+    map[b] = (uint16_t)ps_place_chunk(model, table, b, shard_ids, nshards);
+}
+
+uint64_t ps_place_row_key(uint64_t id, uint64_t buckets) {
+  return buckets ? ps_mix64(id ^ 0x6b657973 /* "keys" */) % buckets : id;
+}
+
+int ps_init_row(float *dst, const char *kind, float scale, uint64_t seed, uint32_t table,
+                uint64_t key, uint32_t dim) {
+  if (!dim || dim > 65536) return PS_EINVAL;
+  return ps_init_fill(dst, kind, scale, seed, table, ps_mix64(key) << 16, dim, dim, 1);
+}

@@ -41,4 +41,38 @@ int ps_init_fill(float *dst, const char *kind, float scale, uint64_t seed,
 /* ps_init_known says whether KIND names an initializer (1) or not (0). */
 int ps_init_known(const char *kind);
 
+/* Embedding rows (sparse tables).  Keys are 64-bit ids; a table whose
+ * graph parameter has hash_buckets = B > 0 first maps a raw id to
+ * ps_place_row_key(id, B) (the hashing trick: at most B rows), else uses
+ * it as it is.  A row (model, table, key) lives in bucket
+ * ps_place_row_bucket(seed, key), seed = ps_place_row_seed(model, table)
+ * computed once per table, and a bucket lives on the shard that
+ * ps_place_chunk picks for (model, table, bucket): rendezvous hashing as
+ * for dense chunks (adding a shard moves about 1/(n+1) of the buckets),
+ * yet one ps_mix64 and a table lookup (ps_place_row_map) per row. */
+#define PS_PLACE_ROW_BUCKETS 4096u
+
+uint64_t ps_place_row_seed(const char *model, uint32_t table);
+
+static inline uint32_t ps_place_row_bucket(uint64_t seed, uint64_t key) {
+  return (uint32_t)(ps_mix64(key ^ seed) & (PS_PLACE_ROW_BUCKETS - 1));
+}
+
+/* ps_place_row_map writes to MAP[PS_PLACE_ROW_BUCKETS] the index into
+ * SHARD_IDS (NSHARDS > 0, at most 65536) of each bucket's shard. */
+void ps_place_row_map(const char *model, uint32_t table, const uint32_t *shard_ids,
+                      size_t nshards, uint16_t *map);
+
+/* ps_place_row_key maps raw id ID into [0, BUCKETS) by hash (BUCKETS >
+ * 0), or returns ID (BUCKETS = 0). */
+uint64_t ps_place_row_key(uint64_t id, uint64_t buckets);
+
+/* ps_init_row writes the DIM (1..65536) initial values of row KEY of
+ * table TABLE: ps_init_fill's KIND and SCALE over elements
+ * mix(key) * 2^16 .. + DIM - 1 of tensor TABLE (glorot with fan_in DIM,
+ * fan_out 1), so the row depends only on (SEED, TABLE, KEY).  0 or
+ * PS_EINVAL. */
+int ps_init_row(float *dst, const char *kind, float scale, uint64_t seed, uint32_t table,
+                uint64_t key, uint32_t dim);
+
 #endif

@@ -2,6 +2,7 @@
 #include "ps_gpu.h"
 
 #include <errno.h>
+#include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -66,4 +67,38 @@ int ps_gpu_open(const char *device, ps_gpu_backend **be, ps_errbuf *eb) {
 /* ps_gpu_close releases BE through its own table. */
 void ps_gpu_close(ps_gpu_backend *be) {
   if (be) be->ops->close(be);
+}
+
+/* offsets_ok: OFF[0..n] starts at 0, never decreases and ends at NNZ. */
+static int offsets_ok(const int32_t *off, uint32_t n, uint32_t nnz) {
+  if (!off || off[0] != 0 || (uint32_t)off[n] != nnz) return 0;
+  for (uint32_t i = 0; i < n; i++)
+    if (off[i + 1] < off[i]) return 0;
+  return 1;
+}
+
+/* ps_gpu_bags_check: see ps_gpu.h.  The transpose is checked by counting:
+ * walking the bags in order, each (bag, slot) pair must be the next
+ * unread entry of its slot's list, which holds exactly when row_bag lists
+ * every occurrence in increasing bag order. */
+int ps_gpu_bags_check(const ps_gpu_bags *g) {
+  if (!g || g->nnz > INT32_MAX || g->nbags > INT32_MAX || g->nrows > INT32_MAX) return PS_EINVAL;
+  if (!offsets_ok(g->bag_off, g->nbags, g->nnz) || !offsets_ok(g->row_off, g->nrows, g->nnz))
+    return PS_EINVAL;
+  if (g->nnz && (!g->bag_slot || !g->row_bag)) return PS_EINVAL;
+  int32_t *next = malloc(((size_t)g->nrows + 1) * sizeof *next);
+  if (!next) return PS_ENOMEM;
+  memcpy(next, g->row_off, (size_t)g->nrows * sizeof *next);
+  int rc = 0;
+  for (uint32_t b = 0; b < g->nbags && !rc; b++)
+    for (int32_t k = g->bag_off[b]; k < g->bag_off[b + 1] && !rc; k++) {
+      int32_t r = g->bag_slot[k];
+      if (r < 0 || (uint32_t)r >= g->nrows || next[r] >= g->row_off[r + 1] ||
+          g->row_bag[next[r]] != (int32_t)b)
+        rc = PS_EINVAL;
+      else
+        next[r]++;
+    }
+  free(next);
+  return rc;
 }

@@ -57,6 +57,33 @@ typedef struct ps_gpu_tensor {
 
 typedef struct ps_gpu_backend ps_gpu_backend;
 
+/* Embedding bags: NBAGS bags, each a multiset of rows of a table slice
+ * [nrows, d] (the distinct rows a batch touches, pulled from the shards).
+ * Bag b holds the slots bag_slot[bag_off[b] .. bag_off[b+1]); its pooled
+ * row (the sum, or the mean when MEAN; an empty bag pools to zeros) is
+ * row b of the output [nbags, d], so the bags of sample i and fields
+ * 0..F-1 (b = i F + f) give that sample's row of F d columns.  The
+ * transposed index row_off / row_bag lists, for every slot r, the bags
+ * that hold it (a bag twice when it holds r twice), in increasing bag
+ * order: the backward pass gathers into each row in that fixed order, so
+ * it is deterministic and needs no atomics.  All four arrays are int32 in
+ * the backend's device memory (borrowed for the call).  Ops trust the
+ * index (like labels, invariant 3): psw_embed builds it and
+ * ps_gpu_bags_check checks a host copy. */
+typedef struct ps_gpu_bags {
+  uint32_t nbags, nrows, nnz;
+  const int32_t *bag_off;   /* nbags + 1, bag_off[0] = 0, bag_off[nbags] = nnz */
+  const int32_t *bag_slot;  /* nnz slots in [0, nrows) */
+  const int32_t *row_off;   /* nrows + 1, row_off[nrows] = nnz */
+  const int32_t *row_bag;   /* nnz bag ids, increasing within each row */
+  int mean;                 /* 1: mean pooling; 0: sum */
+} ps_gpu_bags;
+
+/* ps_gpu_bags_check checks a host copy of an index (every offset list
+ * non-decreasing and ending at nnz, every slot and bag in range, row_bag
+ * the exact transpose of bag_slot); 0 or PS_EINVAL. */
+int ps_gpu_bags_check(const ps_gpu_bags *bags);
+
 /* The op table.  BE is always the backend the table belongs to. */
 typedef struct ps_gpu_ops {
   /* Memory.  alloc: *PTR receives BYTES of device memory (caller frees
@@ -115,6 +142,30 @@ typedef struct ps_gpu_ops {
    * label (as a float; exact below 2^24). */
   int (*accuracy)(ps_gpu_backend *be, const ps_gpu_tensor *logits, const int32_t *labels,
                   ps_gpu_tensor *count);
+
+  /* Sigmoid cross-entropy over LOGITS [n, 1] with labels LABELS (n int32,
+   * 0 or 1): LOSS [1, 1] = mean of log(1 + e^z) - y z (computed as
+   * max(z, 0) - y z + log1p(e^-|z|)); DLOGITS (may be NULL) = (sigmoid(z)
+   * - y) / n.  PROB (may be NULL) [n, 1] = sigmoid(z), for AUC and
+   * logloss. */
+  int (*sigmoid_xent)(ps_gpu_backend *be, const ps_gpu_tensor *logits, const int32_t *labels,
+                      ps_gpu_tensor *loss, ps_gpu_tensor *dlogits, ps_gpu_tensor *prob);
+
+  /* Embedding lookup (see ps_gpu_bags): Y [nbags, d] = the pooled rows of
+   * TABLE [nrows, d].  embed_bwd: DTABLE [nrows, d] = beta DTABLE + the
+   * scatter-add of DY [nbags, d] into the rows each bag reads (weighted
+   * 1/|bag| under mean pooling); beta = 0 ignores DTABLE's contents. */
+  int (*embed_fwd)(ps_gpu_backend *be, const ps_gpu_tensor *table, const ps_gpu_bags *bags,
+                   ps_gpu_tensor *y);
+  int (*embed_bwd)(ps_gpu_backend *be, const ps_gpu_tensor *dy, const ps_gpu_bags *bags,
+                   float beta, ps_gpu_tensor *dtable);
+
+  /* Column blocks (concatenation): cols_put writes X [n, a] into columns
+   * OFF .. OFF+a of Y [n, b]; cols_get sets X = beta X + those columns of
+   * Y.  PS_EINVAL when the rows differ or OFF + a > b. */
+  int (*cols_put)(ps_gpu_backend *be, const ps_gpu_tensor *x, ps_gpu_tensor *y, uint32_t off);
+  int (*cols_get)(ps_gpu_backend *be, const ps_gpu_tensor *y, uint32_t off, float beta,
+                  ps_gpu_tensor *x);
 
   /* Y += alpha X;  X *= alpha;  X = value  (same shapes). */
   int (*axpy)(ps_gpu_backend *be, float alpha, const ps_gpu_tensor *x, ps_gpu_tensor *y);

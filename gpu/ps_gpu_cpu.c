@@ -275,6 +275,120 @@ static int cpu_accuracy(ps_gpu_backend *be, const ps_gpu_tensor *logits, const i
   return 0;
 }
 
+/* cpu_sigmoid_xent: mean sigmoid cross-entropy, gradient, probabilities. */
+static int cpu_sigmoid_xent(ps_gpu_backend *be, const ps_gpu_tensor *logits,
+                            const int32_t *labels, ps_gpu_tensor *loss, ps_gpu_tensor *dlogits,
+                            ps_gpu_tensor *prob) {
+  (void)be;
+  int rc = cpu_check(logits);
+  if (!rc) rc = cpu_check(loss);
+  if (!rc && dlogits) rc = same_shape(logits, dlogits);
+  if (!rc && prob) rc = same_shape(logits, prob);
+  if (rc) return rc;
+  if (numel(loss) != 1 || !logits->rows || logits->cols != 1 || !labels) return PS_EINVAL;
+  const uint32_t n = logits->rows;
+  const float inv_n = 1.0f / (float)n;
+  double total = 0;
+  for (uint32_t i = 0; i < n; i++) {
+    if (labels[i] != 0 && labels[i] != 1) return PS_EINVAL;
+    const float z = logits->data[i], y = (float)labels[i];
+    total += (double)((z > 0 ? z : 0) - y * z + log1pf(expf(-fabsf(z))));
+    const float p = sigmoidf(z);
+    if (dlogits) dlogits->data[i] = (p - y) * inv_n;
+    if (prob) prob->data[i] = p;
+  }
+  loss->data[0] = (float)(total / n);
+  return 0;
+}
+
+/* bags_shape: 0 when the table slice T [nrows, d] and the pooled rows Y
+ * [nbags, d] fit BAGS. */
+static int bags_shape(const ps_gpu_tensor *t, const ps_gpu_bags *bags, const ps_gpu_tensor *y) {
+  int rc = cpu_check(t);
+  if (!rc) rc = cpu_check(y);
+  if (rc) return rc;
+  if (!bags || t->rows != bags->nrows || y->rows != bags->nbags || t->cols != y->cols)
+    return PS_EINVAL;
+  return 0;
+}
+
+/* cpu_embed_fwd: each bag's rows summed in bag order, then scaled. */
+static int cpu_embed_fwd(ps_gpu_backend *be, const ps_gpu_tensor *table, const ps_gpu_bags *bags,
+                         ps_gpu_tensor *y) {
+  (void)be;
+  int rc = bags_shape(table, bags, y);
+  if (rc) return rc;
+  const size_t d = y->cols;
+  for (uint32_t b = 0; b < bags->nbags; b++) {
+    float *restrict out = y->data + b * d;
+    const int32_t k0 = bags->bag_off[b], k1 = bags->bag_off[b + 1];
+    for (size_t j = 0; j < d; j++) out[j] = 0;
+    for (int32_t k = k0; k < k1; k++) {
+      const float *restrict row = table->data + (size_t)bags->bag_slot[k] * d;
+      for (size_t j = 0; j < d; j++) out[j] += row[j];
+    }
+    if (bags->mean && k1 > k0) {
+      const float w = 1.0f / (float)(k1 - k0);
+      for (size_t j = 0; j < d; j++) out[j] *= w;
+    }
+  }
+  return 0;
+}
+
+/* cpu_embed_bwd: each row gathers its bags' gradients in bag order (the
+ * order the cuda kernel sums in). */
+static int cpu_embed_bwd(ps_gpu_backend *be, const ps_gpu_tensor *dy, const ps_gpu_bags *bags,
+                         float beta, ps_gpu_tensor *dtable) {
+  (void)be;
+  int rc = bags_shape(dtable, bags, dy);
+  if (rc) return rc;
+  const size_t d = dy->cols;
+  for (uint32_t r = 0; r < bags->nrows; r++) {
+    float *restrict out = dtable->data + r * d;
+    for (size_t j = 0; j < d; j++) out[j] = beta == 0 ? 0 : beta * out[j];
+    for (int32_t k = bags->row_off[r]; k < bags->row_off[r + 1]; k++) {
+      const int32_t b = bags->row_bag[k], len = bags->bag_off[b + 1] - bags->bag_off[b];
+      const float w = bags->mean ? 1.0f / (float)len : 1.0f;
+      const float *restrict g = dy->data + (size_t)b * d;
+      for (size_t j = 0; j < d; j++) out[j] += w * g[j];
+    }
+  }
+  return 0;
+}
+
+/* cols_shape: 0 when X [n, a] fits columns OFF.. of Y [n, b]. */
+static int cols_shape(const ps_gpu_tensor *x, const ps_gpu_tensor *y, uint32_t off) {
+  int rc = cpu_check(x);
+  if (!rc) rc = cpu_check(y);
+  if (rc) return rc;
+  return x->rows == y->rows && (uint64_t)off + x->cols <= y->cols ? 0 : PS_EINVAL;
+}
+
+static int cpu_cols_put(ps_gpu_backend *be, const ps_gpu_tensor *x, ps_gpu_tensor *y,
+                        uint32_t off) {
+  (void)be;
+  int rc = cols_shape(x, y, off);
+  if (rc) return rc;
+  for (uint32_t i = 0; i < x->rows && x->cols; i++)
+    memcpy(y->data + (size_t)i * y->cols + off, x->data + (size_t)i * x->cols,
+           x->cols * sizeof(float));
+  return 0;
+}
+
+static int cpu_cols_get(ps_gpu_backend *be, const ps_gpu_tensor *y, uint32_t off, float beta,
+                        ps_gpu_tensor *x) {
+  (void)be;
+  int rc = cols_shape(x, y, off);
+  if (rc) return rc;
+  const size_t a = x->cols;
+  for (uint32_t i = 0; i < x->rows; i++) {
+    float *restrict out = x->data + (size_t)i * a;
+    const float *restrict in = y->data + (size_t)i * y->cols + off;
+    for (size_t j = 0; j < a; j++) out[j] = (beta == 0 ? 0 : beta * out[j]) + in[j];
+  }
+  return 0;
+}
+
 static int cpu_axpy(ps_gpu_backend *be, float alpha, const ps_gpu_tensor *x, ps_gpu_tensor *y) {
   (void)be;
   int rc = same_shape(x, y);
@@ -321,6 +435,11 @@ static const ps_gpu_ops cpu_ops = {
     .softmax_xent = cpu_softmax_xent,
     .mse = cpu_mse,
     .accuracy = cpu_accuracy,
+    .sigmoid_xent = cpu_sigmoid_xent,
+    .embed_fwd = cpu_embed_fwd,
+    .embed_bwd = cpu_embed_bwd,
+    .cols_put = cpu_cols_put,
+    .cols_get = cpu_cols_get,
     .axpy = cpu_axpy,
     .scale = cpu_scale,
     .fill = cpu_fill,

@@ -253,6 +253,79 @@ k_mse(const float *p, const float *t, size_t n, float g, float *d, double *part)
   if (threadIdx.x == 0) part[blockIdx.x] = acc;
 }
 
+/* Sigmoid cross-entropy, one thread per row of [n, 1] logits: D (may be
+ * NULL) = (sigmoid(z) - y) inv_n, P (may be NULL) = sigmoid(z);
+ * PART[blockIdx.x] = the block's loss sum in double (NaN for a label that
+ * is neither 0 nor 1). */
+__global__ void __launch_bounds__(THREADS)
+k_sigmoid_xent(const float *z, const int32_t *labels, uint32_t n, float inv_n, float *d, float *p,
+               double *part) {
+  double acc = 0;
+  for (size_t i = (size_t)blockIdx.x * THREADS + threadIdx.x; i < n; i += (size_t)gridDim.x * THREADS) {
+    const float zi = z[i];
+    const int32_t l = labels[i];
+    const float y = l == 1 ? 1.0f : 0.0f;
+    const float pr = 1.0f / (1.0f + expf(-zi));
+    if (d) d[i] = (pr - y) * inv_n;
+    if (p) p[i] = pr;
+    acc += (l == 0 || l == 1) ? (double)(fmaxf(zi, 0.0f) - y * zi + log1pf(expf(-fabsf(zi)))) : NAN;
+  }
+  acc = block_sum(acc);
+  if (threadIdx.x == 0) part[blockIdx.x] = acc;
+}
+
+/* Embedding lookup, one thread per output element (bag b, column j): the
+ * bag's rows summed in bag order (the CPU backend's order), then scaled
+ * by 1/|bag| under mean pooling. */
+__global__ void __launch_bounds__(THREADS)
+k_embed_fwd(const float *t, const int32_t *off, const int32_t *slot, uint32_t nbags, uint32_t d,
+            int mean, float *y) {
+  const size_t n = (size_t)nbags * d;
+  for (size_t i = (size_t)blockIdx.x * THREADS + threadIdx.x; i < n; i += (size_t)gridDim.x * THREADS) {
+    const size_t b = i / d, j = i % d;
+    const int32_t k0 = off[b], k1 = off[b + 1];
+    float s = 0;
+    for (int32_t k = k0; k < k1; k++) s += t[(size_t)slot[k] * d + j];
+    if (mean && k1 > k0) s *= 1.0f / (float)(k1 - k0);
+    y[i] = s;
+  }
+}
+
+/* Its backward, one thread per table element (row r, column j): the
+ * gradients of the bags that read row r gathered in bag order through the
+ * transposed index, so no two threads write one element (no atomics,
+ * deterministic: invariant 4). */
+__global__ void __launch_bounds__(THREADS)
+k_embed_bwd(const float *dy, const int32_t *bag_off, const int32_t *row_off,
+            const int32_t *row_bag, uint32_t nrows, uint32_t d, int mean, float beta, float *dt) {
+  const size_t n = (size_t)nrows * d;
+  for (size_t i = (size_t)blockIdx.x * THREADS + threadIdx.x; i < n; i += (size_t)gridDim.x * THREADS) {
+    const size_t r = i / d, j = i % d;
+    float s = beta == 0 ? 0.0f : beta * dt[i];
+    for (int32_t k = row_off[r]; k < row_off[r + 1]; k++) {
+      const int32_t b = row_bag[k];
+      const float w = mean ? 1.0f / (float)(bag_off[b + 1] - bag_off[b]) : 1.0f;
+      s += w * dy[(size_t)b * d + j];
+    }
+    dt[i] = s;
+  }
+}
+
+/* Column blocks: GET = 0 writes X [n, a] into columns OFF.. of Y [n, b];
+ * GET = 1 sets X = beta X + those columns. */
+__global__ void __launch_bounds__(THREADS)
+k_cols(float *x, uint32_t a, float *y, uint32_t b, uint32_t off, uint32_t rows, int get,
+       float beta) {
+  const size_t n = (size_t)rows * a;
+  for (size_t i = (size_t)blockIdx.x * THREADS + threadIdx.x; i < n; i += (size_t)gridDim.x * THREADS) {
+    const size_t yi = i / a * b + off + i % a;
+    if (get)
+      x[i] = (beta == 0 ? 0.0f : beta * x[i]) + y[yi];
+    else
+      y[yi] = x[i];
+  }
+}
+
 __global__ void __launch_bounds__(THREADS)
 k_axpy(float alpha, const float *x, float *y, size_t n) {
   for (size_t i = (size_t)blockIdx.x * THREADS + threadIdx.x; i < n; i += (size_t)gridDim.x * THREADS)
@@ -675,6 +748,85 @@ static int cuda_accuracy(ps_gpu_backend *be, const ps_gpu_tensor *logits, const 
   return finish(be, part, g, 1.0, count->data);
 }
 
+/* cuda_sigmoid_xent: per-block loss sums, then LOSS = their sum / n. */
+static int cuda_sigmoid_xent(ps_gpu_backend *be, const ps_gpu_tensor *logits,
+                             const int32_t *labels, ps_gpu_tensor *loss, ps_gpu_tensor *dlogits,
+                             ps_gpu_tensor *prob) {
+  int rc = check(be, logits);
+  if (!rc) rc = check(be, loss);
+  if (!rc && dlogits) rc = same_shape(be, logits, dlogits);
+  if (!rc && prob) rc = same_shape(be, logits, prob);
+  if (rc) return rc;
+  if (numel(loss) != 1 || !logits->rows || logits->cols != 1 || !labels) return PS_EINVAL;
+  if ((rc = enter(be))) return rc;
+  const uint32_t n = logits->rows;
+  const unsigned g = grid1(be, n);
+  double *part;
+  if ((rc = scratch(be, g * sizeof(double), (void **)&part))) return rc;
+  k_sigmoid_xent<<<g, THREADS, 0, compute(be)>>>(logits->data, labels, n, 1.0f / (float)n, dlogits ? dlogits->data : NULL, prob ? prob->data : NULL, part);
+  if ((rc = launched(be, "sigmoid_xent kernel"))) return rc;
+  return finish(be, part, g, 1.0 / n, loss->data);
+}
+
+/* bags_shape: 0 when the table slice T [nrows, d] and the pooled rows Y
+ * [nbags, d] of BE fit BAGS. */
+static int bags_shape(const ps_gpu_backend *be, const ps_gpu_tensor *t, const ps_gpu_bags *bags,
+                      const ps_gpu_tensor *y) {
+  int rc = check(be, t);
+  if (!rc) rc = check(be, y);
+  if (rc) return rc;
+  if (!bags || t->rows != bags->nrows || y->rows != bags->nbags || t->cols != y->cols ||
+      !bags->bag_off || !bags->row_off)
+    return PS_EINVAL;
+  return 0;
+}
+
+static int cuda_embed_fwd(ps_gpu_backend *be, const ps_gpu_tensor *table, const ps_gpu_bags *bags,
+                          ps_gpu_tensor *y) {
+  int rc = bags_shape(be, table, bags, y);
+  if (rc) return rc;
+  const size_t n = numel(y);
+  if (!n) return 0;
+  if ((rc = enter(be))) return rc;
+  k_embed_fwd<<<grid1(be, n), THREADS, 0, compute(be)>>>(table->data, bags->bag_off, bags->bag_slot, bags->nbags, y->cols, bags->mean, y->data);
+  return launched(be, "embed_fwd kernel");
+}
+
+static int cuda_embed_bwd(ps_gpu_backend *be, const ps_gpu_tensor *dy, const ps_gpu_bags *bags,
+                          float beta, ps_gpu_tensor *dtable) {
+  int rc = bags_shape(be, dtable, bags, dy);
+  if (rc) return rc;
+  const size_t n = numel(dtable);
+  if (!n) return 0;
+  if ((rc = enter(be))) return rc;
+  k_embed_bwd<<<grid1(be, n), THREADS, 0, compute(be)>>>(dy->data, bags->bag_off, bags->row_off, bags->row_bag, bags->nrows, dy->cols, bags->mean, beta, dtable->data);
+  return launched(be, "embed_bwd kernel");
+}
+
+/* cols: the checks and launch of cols_put (GET 0) and cols_get (GET 1). */
+static int cols(ps_gpu_backend *be, const ps_gpu_tensor *x, const ps_gpu_tensor *y, uint32_t off,
+                int get, float beta) {
+  int rc = check(be, x);
+  if (!rc) rc = check(be, y);
+  if (rc) return rc;
+  if (x->rows != y->rows || (uint64_t)off + x->cols > y->cols) return PS_EINVAL;
+  const size_t n = numel(x);
+  if (!n) return 0;
+  if ((rc = enter(be))) return rc;
+  k_cols<<<grid1(be, n), THREADS, 0, compute(be)>>>(x->data, x->cols, y->data, y->cols, off, x->rows, get, beta);
+  return launched(be, get ? "cols_get kernel" : "cols_put kernel");
+}
+
+static int cuda_cols_put(ps_gpu_backend *be, const ps_gpu_tensor *x, ps_gpu_tensor *y,
+                         uint32_t off) {
+  return cols(be, x, y, off, 0, 0);
+}
+
+static int cuda_cols_get(ps_gpu_backend *be, const ps_gpu_tensor *y, uint32_t off, float beta,
+                         ps_gpu_tensor *x) {
+  return cols(be, x, y, off, 1, beta);
+}
+
 static int cuda_axpy(ps_gpu_backend *be, float alpha, const ps_gpu_tensor *x, ps_gpu_tensor *y) {
   int rc = same_shape(be, x, y);
   if (rc) return rc;
@@ -749,6 +901,11 @@ static const ps_gpu_ops cuda_ops = {
     /* .softmax_xent = */ cuda_softmax_xent,
     /* .mse = */ cuda_mse,
     /* .accuracy = */ cuda_accuracy,
+    /* .sigmoid_xent = */ cuda_sigmoid_xent,
+    /* .embed_fwd = */ cuda_embed_fwd,
+    /* .embed_bwd = */ cuda_embed_bwd,
+    /* .cols_put = */ cuda_cols_put,
+    /* .cols_get = */ cuda_cols_get,
     /* .axpy = */ cuda_axpy,
     /* .scale = */ cuda_scale,
     /* .fill = */ cuda_fill,

@@ -1,4 +1,4 @@
-/* psctl model: build common model graph files (mlp, logreg) and show any
+/* psctl model: build common model graph files (mlp, logreg, ctr) and show any
  * graph file.  Subcommands are a table; every graph written is loaded and
  * checked (psw_graph) before it reaches the disk. */
 #include <errno.h>
@@ -13,16 +13,24 @@
 static const char psctl_model_usage[] =
     "usage: psctl model mlp --layers N,N,...,N [--activation relu|sigmoid|tanh] [--name NAME] -o FILE\n"
     "       psctl model logreg --inputs N --classes K [--name NAME] -o FILE\n"
+    "       psctl model ctr --fields F --dim D --dense N [--layers N,N,...] [--hash-buckets B]\n"
+    "                       [--pooling sum|mean] [--name NAME] -o FILE\n"
     "       psctl model show FILE\n"
     "mlp: dense layers of the given widths (inputs first, classes last) with the activation\n"
     "(default relu) between them and softmax cross-entropy; weights glorot (gain 1), biases 0.\n"
-    "logreg: one dense layer and softmax cross-entropy.  show: inputs, parameters, nodes with\n"
+    "logreg: one dense layer and softmax cross-entropy.  ctr: a click-through model: an\n"
+    "embedding table of dimension D (rows created when first touched; ids hashed into B rows\n"
+    "with --hash-buckets, else raw 64-bit ids) looked up for F fields (each field's ids pooled,\n"
+    "default sum), concatenated after N dense features, relu layers of the given widths (none\n"
+    "by default) down to one logit, sigmoid cross-entropy; metrics auc and logloss.\n"
+    "show: inputs, parameters, nodes with\n"
     "their shapes, loss and parameter count.  Exit status: 0, 1 on i/o failure, 2 on bad usage\n"
     "or a bad graph file.\n";
 
 typedef struct psctl_model_opts {
-  const char *out, *name, *layers, *act;
-  long inputs, classes;
+  const char *out, *name, *layers, *act, *pooling;
+  long inputs, classes, fields, dim, dense;
+  uint64_t hash_buckets;
 } psctl_model_opts;
 
 /* psctl_model_args parses the options of mlp/logreg; 0, or an exit code
@@ -32,11 +40,16 @@ static int psctl_model_args(int argc, char **argv, psctl_model_opts *o) {
                                        {"activation", required_argument, 0, 'a'},
                                        {"inputs", required_argument, 0, 'i'},
                                        {"classes", required_argument, 0, 'k'},
+                                       {"fields", required_argument, 0, 'f'},
+                                       {"dim", required_argument, 0, 'd'},
+                                       {"dense", required_argument, 0, 'e'},
+                                       {"hash-buckets", required_argument, 0, 'b'},
+                                       {"pooling", required_argument, 0, 'p'},
                                        {"name", required_argument, 0, 'n'},
                                        {"output", required_argument, 0, 'o'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
-  *o = (psctl_model_opts){NULL, NULL, NULL, "relu", 0, 0};
+  *o = (psctl_model_opts){NULL, NULL, NULL, "relu", "sum", 0, 0, 0, 0, 0, 0};
   optind = 1;
   int c;
   char cmd[64];
@@ -52,6 +65,20 @@ static int psctl_model_args(int argc, char **argv, psctl_model_opts *o) {
           return 2;
         *(c == 'i' ? &o->inputs : &o->classes) = (long)v;
         break;
+      case 'f':
+      case 'd':
+      case 'e':
+        snprintf(cmd, sizeof cmd, "model %s", argv[0]);
+        if (psctl_parse_u64(cmd, c == 'f' ? "fields" : c == 'd' ? "dim" : "dense", optarg, 1,
+                            c == 'd' ? 65536 : 1L << 20, &v) < 0)
+          return 2;
+        *(c == 'f' ? &o->fields : c == 'd' ? &o->dim : &o->dense) = (long)v;
+        break;
+      case 'b':
+        snprintf(cmd, sizeof cmd, "model %s", argv[0]);
+        if (psctl_parse_u64(cmd, "hash-buckets", optarg, 0, UINT64_MAX, &o->hash_buckets) < 0) return 2;
+        break;
+      case 'p': o->pooling = optarg; break;
       case 'n': o->name = optarg; break;
       case 'o': o->out = optarg; break;
       case 'h': fputs(psctl_model_usage, stdout); return -1;
@@ -66,17 +93,10 @@ static int psctl_model_args(int argc, char **argv, psctl_model_opts *o) {
   return 0;
 }
 
-/* psctl_model_build packs the MLP NAME of LAYERS[0..N) with ACT between
- * layers, checks it and writes it to PATH; returns the exit code. */
-static int psctl_model_build(const char *cmd, const char *name, const uint32_t *layers, size_t n,
-                             ps_gpu_act act, const char *path) {
-  uint8_t *buf;
-  size_t len;
+/* psctl_model_write checks the packed graph BUF (LEN bytes, freed here)
+ * and writes it to PATH; returns the exit code. */
+static int psctl_model_write(const char *cmd, uint8_t *buf, size_t len, const char *path) {
   ps_errbuf eb;
-  if (psw_graph_mlp_pack(name, layers, n, act, &buf, &len, &eb)) {
-    fprintf(stderr, "psctl model %s: %s\n", cmd, eb.msg);
-    return 2;
-  }
   psw_graph *g;
   if (psw_graph_load(buf, len, &g, &eb)) {
     fprintf(stderr, "psctl model %s: built a bad graph: %s\n", cmd, eb.msg);
@@ -96,6 +116,20 @@ static int psctl_model_build(const char *cmd, const char *name, const uint32_t *
   }
   printf("wrote %s: %llu parameters, %zu bytes\n", path, np, len);
   return 0;
+}
+
+/* psctl_model_build packs the MLP NAME of LAYERS[0..N) with ACT between
+ * layers, checks it and writes it to PATH; returns the exit code. */
+static int psctl_model_build(const char *cmd, const char *name, const uint32_t *layers, size_t n,
+                             ps_gpu_act act, const char *path) {
+  uint8_t *buf;
+  size_t len;
+  ps_errbuf eb;
+  if (psw_graph_mlp_pack(name, layers, n, act, &buf, &len, &eb)) {
+    fprintf(stderr, "psctl model %s: %s\n", cmd, eb.msg);
+    return 2;
+  }
+  return psctl_model_write(cmd, buf, len, path);
 }
 
 /* parse_layers reads "784,256,10" into LAYERS (at most MAX); the count or -1. */
@@ -144,6 +178,37 @@ static int psctl_model_logreg(int argc, char **argv) {
                            o.out);
 }
 
+static int psctl_model_ctr(int argc, char **argv) {
+  psctl_model_opts o;
+  int code = psctl_model_args(argc, argv, &o);
+  if (code) return code < 0 ? 0 : code;
+  if (!o.fields || !o.dim || !o.dense) {
+    fprintf(stderr, "psctl model ctr: --fields F, --dim D and --dense N are required\n");
+    return 2;
+  }
+  uint32_t layers[62];
+  int n = o.layers ? parse_layers(o.layers, layers, 62) : 0;
+  if (n < 0) {
+    fprintf(stderr, "psctl model ctr: --layers wants up to 62 positive widths like 256,128, got '%s'\n",
+            o.layers);
+    return 2;
+  }
+  if (strcmp(o.pooling, "sum") && strcmp(o.pooling, "mean")) {
+    fprintf(stderr, "psctl model ctr: unknown pooling '%s' (expected sum or mean)\n", o.pooling);
+    return 2;
+  }
+  psw_ctr_shape c = {(uint32_t)o.fields, (uint32_t)o.dim, (uint32_t)o.dense, layers, (size_t)n,
+                     o.hash_buckets, !strcmp(o.pooling, "mean")};
+  uint8_t *buf;
+  size_t len;
+  ps_errbuf eb;
+  if (psw_graph_ctr_pack(o.name ? o.name : "ctr", &c, &buf, &len, &eb)) {
+    fprintf(stderr, "psctl model ctr: %s\n", eb.msg);
+    return 2;
+  }
+  return psctl_model_write("ctr", buf, len, o.out);
+}
+
 static int psctl_model_show(int argc, char **argv) {
   if (argc == 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
     fputs(psctl_model_usage, stdout);
@@ -172,6 +237,7 @@ static const struct {
 } psctl_model_cmds[] = {
     {"mlp", psctl_model_mlp},
     {"logreg", psctl_model_logreg},
+    {"ctr", psctl_model_ctr},
     {"show", psctl_model_show},
 };
 

@@ -191,6 +191,30 @@ static void psctl_status_codec_row(const Ps__StatusReply *s, const Ps__ModelStat
          (unsigned long long)m->bytes_raw, (unsigned long long)m->bytes_wire, saved);
 }
 
+/* psctl_status_sparse prints each shard's sparse tables: rows in memory,
+ * the hit rate of the keys asked for, rows evicted and read back, bytes
+ * on disk (the shard's sparse RocksDB). */
+static void psctl_status_sparse(const psctl_row *rows, size_t n) {
+  int any = 0;
+  char b[16];
+  for (size_t i = 0; i < n; i++) {
+    const Ps__StatusReply *s = rows[i].st;
+    for (size_t j = 0; s && j < s->n_sparse_tables; j++) {
+      const Ps__SparseTableStatus *t = s->sparse_tables[j];
+      if (!any++)
+        printf("\n%-16s %-5s %-5s %4s %10s %7s %10s %10s %10s %8s\n", "SPARSE TABLE", "INDEX",
+               "SHARD", "DIM", "ROWS MEM", "HIT %", "EVICTED", "READ BACK", "CREATED", "DISK");
+      uint64_t asked = t->hits + t->misses;
+      char hit[16] = "-";
+      if (asked) snprintf(hit, sizeof hit, "%.1f", 100.0 * (double)t->hits / (double)asked);
+      printf("%-16s %-5u %-5u %4u %10llu %7s %10llu %10llu %10llu %8s\n", t->model, t->table,
+             s->shard, t->dim, (unsigned long long)t->rows_mem, hit,
+             (unsigned long long)t->evictions, (unsigned long long)t->disk_reads,
+             (unsigned long long)t->created, psctl_human(b, sizeof b, (double)t->disk_bytes));
+    }
+  }
+}
+
 /* psctl_status_workers prints the coordinator's worker table W (NULL:
  * the coordinator did not answer, WHY says why). */
 static void psctl_status_workers(const Ps__ListWorkersReply *w, const char *why) {
@@ -331,18 +355,34 @@ static void psctl_status_json_row(const psctl_row *r) {
          (unsigned long long)s->grpc_restarts, s->security ? s->security : "",
          (unsigned long long)s->auth_refused, (unsigned long long)s->chan_auth_refused);
   if (!s->wal) {
-    printf("null}");
-    return;
+    printf("null");
+  } else {
+    printf("{\"bytes\":%llu,\"syncs\":%llu,\"records\":%llu,\"syncs_per_s\":",
+           (unsigned long long)s->wal_bytes, (unsigned long long)s->wal_syncs,
+           (unsigned long long)s->wal_records);
+    psctl_json_num(r->sync_rate);
+    printf(",\"pushes_per_sync\":");
+    psctl_json_num(r->per_sync);
+    printf(",\"replayed\":%llu,\"replay_dropped\":%llu,\"replay_ms\":%llu}",
+           (unsigned long long)s->wal_replayed, (unsigned long long)s->wal_replay_dropped,
+           (unsigned long long)s->wal_replay_ms);
   }
-  printf("{\"bytes\":%llu,\"syncs\":%llu,\"records\":%llu,\"syncs_per_s\":",
-         (unsigned long long)s->wal_bytes, (unsigned long long)s->wal_syncs,
-         (unsigned long long)s->wal_records);
-  psctl_json_num(r->sync_rate);
-  printf(",\"pushes_per_sync\":");
-  psctl_json_num(r->per_sync);
-  printf(",\"replayed\":%llu,\"replay_dropped\":%llu,\"replay_ms\":%llu}}",
-         (unsigned long long)s->wal_replayed, (unsigned long long)s->wal_replay_dropped,
-         (unsigned long long)s->wal_replay_ms);
+  printf(",\"sparse_tables\":[");
+  for (size_t j = 0; j < s->n_sparse_tables; j++) {
+    const Ps__SparseTableStatus *t = s->sparse_tables[j];
+    printf("%s{\"model\":", j ? "," : "");
+    psctl_json_str(t->model);
+    printf(",\"table\":%u,\"dim\":%u,\"rows_mem\":%llu,\"hits\":%llu,\"misses\":%llu,"
+           "\"disk_reads\":%llu,\"disk_read_bytes\":%llu,\"created\":%llu,\"evictions\":%llu,"
+           "\"disk_writes\":%llu,\"pending\":%llu,\"dropped_grads\":%llu,\"disk_bytes\":%llu}",
+           t->table, t->dim, (unsigned long long)t->rows_mem, (unsigned long long)t->hits,
+           (unsigned long long)t->misses, (unsigned long long)t->disk_reads,
+           (unsigned long long)t->disk_read_bytes, (unsigned long long)t->created,
+           (unsigned long long)t->evictions, (unsigned long long)t->disk_writes,
+           (unsigned long long)t->pending, (unsigned long long)t->dropped_grads,
+           (unsigned long long)t->disk_bytes);
+  }
+  printf("]}");
 }
 
 /* psctl_status_json_workers prints the "workers" member: the
@@ -498,6 +538,7 @@ int psctl_status_main(int argc, char **argv) {
     psctl_status_wal(rows, n);
     psctl_status_each_model(rows, n, psctl_status_model_row);
     psctl_status_each_model(rows, n, psctl_status_codec_row);
+    psctl_status_sparse(rows, n);
     psctl_status_workers(workers, leb.msg);
     psctl_status_parts(workers);
   }

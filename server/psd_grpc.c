@@ -44,6 +44,7 @@
 #include "ps_log.h"
 #include "ps_tls.h"
 #include "psd_coord.h"
+#include "psd_shard_sparse.h"
 #include "psd_store.h"
 #include "psd_wal.h"
 #include "ps_pb.h"
@@ -423,6 +424,29 @@ static int psd_grpc_export(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessa
   return err;
 }
 
+/* SparsePull: rows of distinct keys of one table (psd_shard_sparse.h). */
+static int psd_grpc_sparse_pull(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessage *m,
+                                grpc_slice *out, ps_errbuf *eb) {
+  (void)c;
+  Ps__SparsePullReply rep = PS__SPARSE_PULL_REPLY__INIT;
+  float *rows;
+  int err = psd_shard_sparse_pull(sh, (const Ps__SparsePullRequest *)m, &rows, &rep.rows.len, eb);
+  if (err < 0) return err;
+  rep.rows.data = (uint8_t *)rows;
+  err = psd_grpc_pack(&rep.base, out, eb);
+  free(rows);
+  return err;
+}
+
+/* SparsePush: gradients of distinct keys of one table. */
+static int psd_grpc_sparse_push(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessage *m,
+                                grpc_slice *out, ps_errbuf *eb) {
+  (void)c;
+  Ps__SparsePushReply rep = PS__SPARSE_PUSH_REPLY__INIT;
+  int err = psd_shard_sparse_push(sh, (const Ps__SparsePushRequest *)m, eb);
+  return err < 0 ? err : psd_grpc_pack(&rep.base, out, eb);
+}
+
 /* grpc.health.v1.Health/Check: SERVING only while the shard serves. */
 static int psd_grpc_health(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessage *m,
                            grpc_slice *out, ps_errbuf *eb) {
@@ -459,6 +483,10 @@ static const struct psd_grpc_method {
     {"/ps.Ps/Heartbeat", &ps__heartbeat_request__descriptor, psd_grpc_heartbeat,
      PS_ROLES_CLIENT},
     {"/ps.Ps/ListWorkers", &ps__list_workers_request__descriptor, psd_grpc_list_workers,
+     PS_ROLES_CLIENT},
+    {"/ps.Ps/SparsePull", &ps__sparse_pull_request__descriptor, psd_grpc_sparse_pull,
+     PS_ROLES_CLIENT},
+    {"/ps.Ps/SparsePush", &ps__sparse_push_request__descriptor, psd_grpc_sparse_push,
      PS_ROLES_CLIENT},
     {"/grpc.health.v1.Health/Check", &grpc__health__v1__health_check_request__descriptor,
      psd_grpc_health, PS_ROLES_ANY},

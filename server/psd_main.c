@@ -35,6 +35,7 @@
 #include "psd_grpc.h"
 #include "psd_probe.h"
 #include "psd_shard.h"
+#include "psd_shard_sparse.h"
 #include "psd_store.h"
 #include "psd_wal.h"
 
@@ -250,6 +251,8 @@ static void psd_main_finish(psd_main *m) {
   sd_notify(0, "STATUS=final flush");
   ps_errbuf eb = {{0}};
   int err = psd_store_flush(sh->store, &eb);
+  if (err >= 0 && (err = psd_shard_sparse_flush(sh, &eb)) < 0)
+    ps_err("final flush of shard %u's sparse rows failed: %s", sh->me->id, eb.msg);
   if (err < 0) {
     ps_err("final flush of shard %u failed: %s", sh->me->id, eb.msg);
     m->exit_code = 1;
@@ -350,6 +353,10 @@ static int psd_main_open(psd_main *m) {
     return 1;
   }
   if (psd_main_recover(m)) return 1;
+  if ((err = psd_shard_sparse_open(sh, &eb)) < 0) {
+    ps_err("shard %u: cannot open the sparse tables: %s (%s)", sh->me->id, eb.msg, ps_strerror(err));
+    return 1;
+  }
   if ((err = psd_shard_clock_start(sh, &eb)) < 0) {
     ps_err("shard %u: cannot make the clock table: %s", sh->me->id, eb.msg);
     return 1;
@@ -482,6 +489,7 @@ static int psd_main_serve(psd_main *m, const ps_config *cfg, const ps_shard_conf
   sh->clock = NULL;
   psd_wal_free(sh->wal);
   sh->wal = NULL;
+  psd_shard_sparse_close(sh);
   psd_store_close(sh->store);
   uv_loop_close(&m->loop);
   return code;

@@ -1,6 +1,7 @@
 /* psd_shard: state checks, counters and the request handlers shared by
  * both transports.  Loop thread only (see psd_shard.h). */
 #include "psd_shard.h"
+#include "psd_shard_sparse.h"
 
 #include <assert.h>
 #include <stdio.h>
@@ -88,6 +89,10 @@ static int psd_shard_accepting(const psd_shard *sh, psd_req req, ps_errbuf *eb) 
       return ps_errf(eb, code, "shard %u is not serving yet (%s)", sh->me->id,
                      psd_state_name(sh->state));
   }
+}
+
+int psd_shard_admit(psd_shard *sh, int push, ps_errbuf *eb) {
+  return psd_shard_accepting(sh, push ? PSD_REQ_PUSH : PSD_REQ_READ, eb);
 }
 
 /* psd_shard_count_error counts one failed request. */
@@ -355,8 +360,11 @@ int psd_shard_submit(psd_shard *sh, const Ps__ModelSpec *spec, int replace,
   int created = 0;
   uint32_t nchunks = 0;
   uint64_t nparams = 0;
+  /* embedding tables: checked before the store takes the spec, added after */
+  if ((err = psd_shard_sparse_check(sh, spec, eb)) < 0) return psd_shard_done(sh, err);
   err = psd_store_submit(sh->store, spec, replace, &created, &nchunks, &nparams, eb);
   if (err < 0) return psd_shard_done(sh, err);
+  if ((err = psd_shard_sparse_add(sh, spec, eb)) < 0) return psd_shard_done(sh, err);
   if (sh->clock) {
     const Ps__ModelSpec *now_spec = psd_store_spec(sh->store, spec->name);
     err = psd_clock_set_model(sh->clock, spec->name, psd_shard_staleness(now_spec),
@@ -522,6 +530,7 @@ void psd_shard_status(psd_shard *sh, Ps__StatusReply *reply) {
     ms[reply->n_models++] = m;
   }
   reply->models = ms;
+  psd_shard_sparse_status(sh, reply);
 }
 
 /* psd_shard_status_release frees what psd_shard_status allocated. */
@@ -534,4 +543,5 @@ void psd_shard_status_release(Ps__StatusReply *reply) {
   free(reply->models);
   reply->models = NULL;
   reply->n_models = 0;
+  psd_shard_sparse_status_release(reply);
 }

@@ -64,6 +64,7 @@ struct psd_grpc;
 struct psd_chan;
 struct psd_wal;
 struct psd_wal_waiter;
+struct psd_shard_sparse;
 
 typedef struct psd_shard {
   const ps_config *cfg;       /* borrowed for the shard's life */
@@ -86,7 +87,13 @@ typedef struct psd_shard {
   struct psd_wal *wal;        /* the redo log (durability sync), else NULL */
   uv_timer_t save_timer;      /* saves the coordinator's table (psd_coord.h) */
   int save_timer_on;
+  struct psd_shard_sparse *sparse; /* sparse tables (psd_shard_sparse.h), or NULL */
 } psd_shard;
+
+/* psd_shard_admit: 0 when SH takes a read (PUSH = 0) or a push (PUSH = 1)
+ * now, else the code refusing it with why in EB (not counted).  For
+ * handlers outside this file (psd_shard_sparse.c). */
+int psd_shard_admit(psd_shard *sh, int push, ps_errbuf *eb);
 
 /* Control plane. */
 int psd_shard_submit(psd_shard *sh, const Ps__ModelSpec *spec, int replace,

@@ -18,6 +18,7 @@
 #include <zlib.h>
 
 #include "ps_place.h"
+#include "psw_ctr.h"
 
 typedef struct data_range {
   uint64_t begin, end;
@@ -450,13 +451,53 @@ static int data_conf_idx(psw_dataset *d, const ps_data_conf *c, int test,
   return psw_data_load_idx(d, im, lb, (float)c->scale, sel, eb);
 }
 
+/* data_conf_file returns in *F the one file of the training or test set
+ * (csv, criteo); PS_ECONFIG when C names none. */
+static int data_conf_file(const ps_data_conf *c, int test, const char **f, ps_errbuf *eb) {
+  *f = test ? c->test_images : c->train_images;
+  return *f ? 0 : ps_errf(eb, PS_ECONFIG, "no %s set in 'data' (%s_images)",
+                          test ? "test" : "training", test ? "test" : "train");
+}
+
 static int data_conf_csv(psw_dataset *d, const ps_data_conf *c, int test,
                          const psw_data_sel *sel, ps_errbuf *eb) {
-  const char *f = test ? c->test_images : c->train_images;
-  if (!f)
-    return ps_errf(eb, PS_ECONFIG, "no %s set in 'data' (%s_images)", test ? "test" : "training",
-                   test ? "test" : "train");
-  return psw_data_load_csv(d, f, (float)c->scale, sel, eb);
+  const char *f;
+  int r = data_conf_file(c, test, &f, eb);
+  return r < 0 ? r : psw_data_load_csv(d, f, (float)c->scale, sel, eb);
+}
+
+/* data_conf_criteo loads a Criteo log (psw_ctr_load, the first LIMIT
+ * samples) and keeps the selected partitions, moved down in place. */
+static int data_conf_criteo(psw_dataset *d, const ps_data_conf *c, int test,
+                            const psw_data_sel *sel, ps_errbuf *eb) {
+  const char *f;
+  psw_ctr log;
+  int r = data_conf_file(c, test, &f, eb);
+  if (r < 0 || (r = psw_ctr_load(&log, f, sel ? sel->limit : 0, eb)) < 0) return r;
+  if (!log.n) {
+    psw_ctr_release(&log);
+    return ps_errf(eb, PS_EFORMAT, "%s: no samples", f);
+  }
+  data_range *rg;
+  size_t nrg;
+  uint64_t n, at = 0;
+  if ((r = data_ranges(log.n, sel, &rg, &nrg, &n, eb)) < 0) {
+    psw_ctr_release(&log);
+    return r;
+  }
+  for (size_t i = 0; i < nrg; i++) { /* ascending ranges: moving down is safe */
+    uint64_t k = rg[i].end - rg[i].begin, b = rg[i].begin;
+    memmove(log.label + at, log.label + b, k * sizeof *log.label);
+    memmove(log.dense + at * PSW_CTR_DENSE, log.dense + b * PSW_CTR_DENSE,
+            k * PSW_CTR_DENSE * sizeof *log.dense);
+    memmove(log.keys + at * PSW_CTR_FIELDS, log.keys + b * PSW_CTR_FIELDS,
+            k * PSW_CTR_FIELDS * sizeof *log.keys);
+    at += k;
+  }
+  free(rg);
+  *d = (psw_dataset){.n = n, .dim = PSW_CTR_DENSE, .total = log.n, .x = log.dense,
+                     .y = log.label, .fields = PSW_CTR_FIELDS, .keys = log.keys};
+  return 0;
 }
 
 static const struct data_format {
@@ -466,6 +507,7 @@ static const struct data_format {
 } data_formats[] = {
     {"idx", data_conf_idx},
     {"csv", data_conf_csv},
+    {"criteo", data_conf_criteo},
 };
 
 int psw_data_load(psw_dataset *d, const ps_data_conf *conf, int test, const uint32_t *parts,
@@ -484,6 +526,7 @@ void psw_data_release(psw_dataset *d) {
   if (!d) return;
   free(d->x);
   free(d->y);
+  free(d->keys);
   memset(d, 0, sizeof *d);
 }
 

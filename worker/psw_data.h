@@ -9,6 +9,9 @@
  *   CSV, gzipped or not: one sample per line, the integer label first, then
  *   the features; an optional header line (its first field not a number);
  *   blank lines are skipped.
+ *   Criteo click logs (psw_ctr.h): the 13 integer features become the
+ *   features (log-transformed, not scaled), the 26 categorical ids the
+ *   keys of an embedding table (psw_dataset.keys).
  * Features are float32 multiplied by the configured scale; labels int32.
  *
  * Partitions: the (optionally limited) sample set of N samples is cut into
@@ -39,6 +42,8 @@ typedef struct psw_dataset {
   uint64_t total;   /* samples in the (limited) file, before partitioning */
   float *x;         /* n * dim features, row-major, scaled; owned */
   int32_t *y;       /* n labels; owned */
+  uint32_t fields;  /* criteo: categorical fields per sample (0 otherwise) */
+  uint64_t *keys;   /* criteo: n * fields table keys (psw_ctr_key); owned */
 } psw_dataset;
 
 /* Which samples to load.  A NULL selection loads every sample. */

@@ -25,7 +25,7 @@
 #include "ps_place.h"
 
 enum { V_PARAM, V_INPUT, V_NODE };
-enum { IN_FEATURES = 1, IN_LABELS, IN_TARGETS };
+enum { IN_FEATURES = 1, IN_LABELS, IN_TARGETS, IN_IDS };
 
 typedef struct val {
   const char *name;       /* borrowed from the protobuf */
@@ -38,6 +38,7 @@ typedef struct val {
   int producer;           /* node index for V_NODE, else -1 */
   int nconsumers;
   int needs_grad;         /* depends on a parameter */
+  int sparse;             /* params: an embedding table (rows per step, not in the flat vector) */
 } val;
 
 typedef struct op_def op_def;
@@ -51,6 +52,7 @@ typedef struct gnode {
   int acc[3];             /* backward accumulates into in[i]'s gradient */
   ps_gpu_act act;         /* activation of an act node, or fused into dense */
   int fused;              /* act node whose work the dense before it does */
+  int mean;               /* embedding_lookup: mean pooling */
 } gnode;
 
 struct psw_graph {
@@ -59,9 +61,11 @@ struct psw_graph {
   val *vals;
   gnode *nodes;
   uint64_t total;         /* floats in the flat parameter vector */
-  int features, labels, targets; /* value ids or -1 */
+  int features, labels, targets, ids; /* value ids or -1 */
+  int table;              /* the embedding table's value id, or -1 */
   int loss;               /* value id */
   int acc_node;           /* softmax_xent node used for accuracy, or -1 */
+  int sig_node;           /* sigmoid_xent node used for auc and logloss, or -1 */
 };
 
 struct psw_exec {
@@ -81,6 +85,15 @@ struct psw_exec {
   int *first_read, *last_grad;
   const float *host_params; /* this step's host parameters (not unified) */
   float *host_grads;        /* where this step's gradients go (not unified) */
+  /* The embedding table's slice of this step (psw_sparse_batch): index
+   * and rows on the device (views of the host's on a unified backend;
+   * else buffers grown as batches need, freed by psw_exec_free). */
+  ps_gpu_bags bags;
+  float *sp_rows, *sp_grads;
+  float *host_sp_grads;
+  void *sp_buf;             /* device: rows, grads, index (not unified) */
+  size_t sp_cap;            /* its bytes */
+  float *probs;             /* sigmoid_xent probabilities of the last batch (max_batch) */
 };
 
 /* ---- the op table -------------------------------------------------------- */
@@ -110,6 +123,15 @@ static int fwd_xent(psw_exec *ex, const gnode *n);
 static int bwd_xent(psw_exec *ex, const gnode *n);
 static int fwd_mse(psw_exec *ex, const gnode *n);
 static int bwd_mse(psw_exec *ex, const gnode *n);
+static int chk_sigxent(psw_graph *g, gnode *n, val *out, ps_errbuf *eb);
+static int chk_embed(psw_graph *g, gnode *n, val *out, ps_errbuf *eb);
+static int chk_concat(psw_graph *g, gnode *n, val *out, ps_errbuf *eb);
+static int fwd_sigxent(psw_exec *ex, const gnode *n);
+static int bwd_sigxent(psw_exec *ex, const gnode *n);
+static int fwd_embed(psw_exec *ex, const gnode *n);
+static int bwd_embed(psw_exec *ex, const gnode *n);
+static int fwd_concat(psw_exec *ex, const gnode *n);
+static int bwd_concat(psw_exec *ex, const gnode *n);
 
 static const op_def ops[] = {
     {"dense", 3, "x, W, b", chk_dense, fwd_dense, bwd_dense, PS_GPU_ACT_NONE, 0},
@@ -118,6 +140,9 @@ static const op_def ops[] = {
     {"tanh", 1, "x", chk_act, fwd_act, bwd_act, PS_GPU_ACT_TANH, 0},
     {"softmax_xent", 2, "logits, labels", chk_xent, fwd_xent, bwd_xent, PS_GPU_ACT_NONE, 1},
     {"mse", 2, "pred, targets", chk_mse, fwd_mse, bwd_mse, PS_GPU_ACT_NONE, 1},
+    {"sigmoid_xent", 2, "logits, labels", chk_sigxent, fwd_sigxent, bwd_sigxent, PS_GPU_ACT_NONE, 1},
+    {"embedding_lookup", 2, "ids, table", chk_embed, fwd_embed, bwd_embed, PS_GPU_ACT_NONE, 0},
+    {"concat", 2, "a, b", chk_concat, fwd_concat, bwd_concat, PS_GPU_ACT_NONE, 0},
     {"embedding", -1, NULL, NULL, NULL, NULL, PS_GPU_ACT_NONE, 0}, /* reserved */
 };
 
@@ -143,9 +168,10 @@ static const char *shape_str(const val *v, char *buf, size_t len) {
 static int need_matrix(const psw_graph *g, const gnode *n, int v, ps_errbuf *eb) {
   const val *x = &g->vals[v];
   char s[48];
-  if (!x->batch || x->scalar || x->input_kind == IN_LABELS)
+  if (!x->batch || x->scalar || x->input_kind == IN_LABELS || x->input_kind == IN_IDS)
     return ps_errf(eb, PS_EINVAL, "node '%s': input '%s' must be a batch of rows, not %s%s",
-                   n->name, x->name, x->input_kind == IN_LABELS ? "labels " : "",
+                   n->name, x->name,
+                   x->input_kind == IN_LABELS ? "labels " : x->input_kind == IN_IDS ? "ids " : "",
                    shape_str(x, s, sizeof s));
   return 0;
 }
@@ -154,8 +180,8 @@ static int chk_dense(psw_graph *g, gnode *n, val *out, ps_errbuf *eb) {
   int rc = need_matrix(g, n, n->in[0], eb);
   if (rc) return rc;
   const val *x = &g->vals[n->in[0]], *w = &g->vals[n->in[1]], *b = &g->vals[n->in[2]];
-  if (w->kind != V_PARAM || b->kind != V_PARAM)
-    return ps_errf(eb, PS_EINVAL, "node '%s': weight '%s' and bias '%s' must be parameters",
+  if (w->kind != V_PARAM || b->kind != V_PARAM || w->sparse || b->sparse)
+    return ps_errf(eb, PS_EINVAL, "node '%s': weight '%s' and bias '%s' must be dense parameters",
                    n->name, w->name, b->name);
   if (w->rows != x->cols)
     return ps_errf(eb, PS_EINVAL, "node '%s': input '%s' has %u columns but weight '%s' has %u rows",
@@ -207,6 +233,63 @@ static int chk_mse(psw_graph *g, gnode *n, val *out, ps_errbuf *eb) {
   return 0;
 }
 
+static int chk_sigxent(psw_graph *g, gnode *n, val *out, ps_errbuf *eb) {
+  int rc = need_matrix(g, n, n->in[0], eb);
+  if (rc) return rc;
+  const val *x = &g->vals[n->in[0]], *l = &g->vals[n->in[1]];
+  if (l->input_kind != IN_LABELS)
+    return ps_errf(eb, PS_EINVAL, "node '%s': second input '%s' must be a labels input", n->name,
+                   l->name);
+  if (x->cols != 1)
+    return ps_errf(eb, PS_EINVAL, "node '%s': logits '%s' must have 1 column, not %u", n->name,
+                   x->name, x->cols);
+  out->scalar = 1;
+  out->rows = out->cols = 1;
+  return 0;
+}
+
+/* chk_embed: ids [-1, F] and a table of dim d give [-1, F d]; the
+ * "pooling" attribute says how a field's bag is pooled. */
+static int chk_embed(psw_graph *g, gnode *n, val *out, ps_errbuf *eb) {
+  const val *ids = &g->vals[n->in[0]], *t = &g->vals[n->in[1]];
+  if (ids->input_kind != IN_IDS)
+    return ps_errf(eb, PS_EINVAL, "node '%s': first input '%s' must be an ids input", n->name,
+                   ids->name);
+  if (t->kind != V_PARAM || !t->sparse)
+    return ps_errf(eb, PS_EINVAL, "node '%s': second input '%s' must be an embedding table", n->name,
+                   t->name);
+  const Ps__Graph__Node *pn = g->pb->nodes[n - g->nodes];
+  for (size_t a = 0; a < pn->n_attrs; a++) {
+    const Ps__Graph__Attr *at = pn->attrs[a];
+    if (strcmp(at->name, "pooling") != 0)
+      return ps_errf(eb, PS_EINVAL, "node '%s': unknown attribute '%s' (expected pooling)", n->name,
+                     at->name);
+    if (strcmp(at->s, "sum") && strcmp(at->s, "mean"))
+      return ps_errf(eb, PS_EINVAL, "node '%s': pooling '%s' (expected sum or mean)", n->name, at->s);
+    n->mean = strcmp(at->s, "mean") == 0;
+  }
+  if ((uint64_t)ids->cols * t->cols > UINT32_MAX)
+    return ps_errf(eb, PS_EINVAL, "node '%s': %u fields of %u columns is too wide", n->name,
+                   ids->cols, t->cols);
+  out->batch = 1;
+  out->cols = ids->cols * t->cols;
+  return 0;
+}
+
+static int chk_concat(psw_graph *g, gnode *n, val *out, ps_errbuf *eb) {
+  int rc = need_matrix(g, n, n->in[0], eb);
+  if (!rc) rc = need_matrix(g, n, n->in[1], eb);
+  if (rc) return rc;
+  if (n->in[0] == n->in[1])
+    return ps_errf(eb, PS_EINVAL, "node '%s': concatenates '%s' with itself", n->name,
+                   g->vals[n->in[0]].name);
+  uint64_t cols = (uint64_t)g->vals[n->in[0]].cols + g->vals[n->in[1]].cols;
+  if (cols > UINT32_MAX) return ps_errf(eb, PS_EINVAL, "node '%s': too wide", n->name);
+  out->batch = 1;
+  out->cols = (uint32_t)cols;
+  return 0;
+}
+
 /* ---- checking -------------------------------------------------------------- */
 
 /* find_val returns the id of the value named NAME among the first LIMIT
@@ -238,8 +321,24 @@ static int check_params(psw_graph *g, ps_errbuf *eb) {
     val *v;
     int rc = add_val(g, what, p->name, &v, eb);
     if (rc) return rc;
-    if (p->sparse)
-      return ps_errf(eb, PS_ENOTSUP, "parameter '%s': sparse parameters are not supported yet", p->name);
+    if (p->sparse) {
+      if (p->n_shape != 1 || !p->shape[0] || p->shape[0] > 65536)
+        return ps_errf(eb, PS_EINVAL, "embedding table '%s': shape must be [dim] with dim 1..65536",
+                       p->name);
+      if (*p->init && !ps_init_known(p->init))
+        return ps_errf(eb, PS_EINVAL, "parameter '%s': unknown initializer '%s'", p->name, p->init);
+      if (g->table >= 0)
+        return ps_errf(eb, PS_EINVAL, "embedding table '%s': a second table (only one is supported)",
+                       p->name);
+      v->kind = V_PARAM;
+      v->sparse = 1;
+      v->cols = p->shape[0];
+      v->needs_grad = 1;
+      g->table = (int)i;
+      continue;
+    }
+    if (p->hash_buckets)
+      return ps_errf(eb, PS_EINVAL, "parameter '%s': hash_buckets is for embedding tables", p->name);
     if (p->n_shape < 1 || p->n_shape > 2)
       return ps_errf(eb, PS_EINVAL, "parameter '%s': shape must have 1 or 2 dimensions, has %zu",
                      p->name, p->n_shape);
@@ -259,7 +358,7 @@ static int check_params(psw_graph *g, ps_errbuf *eb) {
 }
 
 static const struct { const char *name; int kind; } input_kinds[] = {
-    {"features", IN_FEATURES}, {"labels", IN_LABELS}, {"targets", IN_TARGETS}};
+    {"features", IN_FEATURES}, {"labels", IN_LABELS}, {"targets", IN_TARGETS}, {"ids", IN_IDS}};
 
 /* check_input_shape sets V's columns from input P's shape ([-1, d, ...]
  * for features/targets, [-1] or [-1, 1] for labels). */
@@ -291,10 +390,12 @@ static int check_inputs(psw_graph *g, ps_errbuf *eb) {
     for (size_t k = 0; k < sizeof input_kinds / sizeof input_kinds[0]; k++)
       if (strcmp(p->kind, input_kinds[k].name) == 0) v->input_kind = input_kinds[k].kind;
     if (!v->input_kind)
-      return ps_errf(eb, PS_EINVAL, "input '%s': unknown kind '%s' (expected features, labels or targets)",
+      return ps_errf(eb, PS_EINVAL, "input '%s': unknown kind '%s' (expected features, labels, targets or ids)",
                      p->name, p->kind);
     int *slot = v->input_kind == IN_FEATURES ? &g->features
-                : v->input_kind == IN_LABELS ? &g->labels : &g->targets;
+                : v->input_kind == IN_LABELS ? &g->labels
+                : v->input_kind == IN_IDS    ? &g->ids
+                                             : &g->targets;
     if (*slot >= 0)
       return ps_errf(eb, PS_EINVAL, "input '%s': a second %s input (only one is supported)", p->name, p->kind);
     *slot = (int)(v - g->vals);
@@ -375,11 +476,19 @@ static int check_loss(psw_graph *g, ps_errbuf *eb) {
   for (size_t i = 0; i < g->nnodes; i++)
     if (strcmp(g->nodes[i].op->name, "softmax_xent") == 0 && (g->acc_node < 0 || g->nodes[i].live))
       g->acc_node = (int)i;
+  g->sig_node = -1;
+  for (size_t i = 0; i < g->nnodes; i++)
+    if (strcmp(g->nodes[i].op->name, "sigmoid_xent") == 0 && (g->sig_node < 0 || g->nodes[i].live))
+      g->sig_node = (int)i;
   for (size_t m = 0; m < g->pb->n_metrics; m++) {
-    if (strcmp(g->pb->metrics[m], "accuracy") != 0)
-      return ps_errf(eb, PS_EINVAL, "unknown metric '%s' (expected accuracy)", g->pb->metrics[m]);
-    if (g->acc_node < 0)
+    const char *name = g->pb->metrics[m];
+    int acc = strcmp(name, "accuracy") == 0, bin = !strcmp(name, "auc") || !strcmp(name, "logloss");
+    if (!acc && !bin)
+      return ps_errf(eb, PS_EINVAL, "unknown metric '%s' (expected accuracy, auc or logloss)", name);
+    if (acc && g->acc_node < 0)
       return ps_errf(eb, PS_EINVAL, "metric 'accuracy' needs a softmax_xent node");
+    if (bin && g->sig_node < 0)
+      return ps_errf(eb, PS_EINVAL, "metric '%s' needs a sigmoid_xent node", name);
   }
   return 0;
 }
@@ -414,12 +523,16 @@ static int check_graph(psw_graph *g, ps_errbuf *eb) {
   g->nodes = calloc(pb->n_nodes ? pb->n_nodes : 1, sizeof *g->nodes);
   if (!g->vals || !g->nodes) return ps_errf(eb, PS_ENOMEM, "graph: out of memory");
   g->nnodes = pb->n_nodes;
-  g->features = g->labels = g->targets = -1;
+  g->features = g->labels = g->targets = g->ids = g->table = -1;
   int rc = check_params(g, eb);
   if (!rc) rc = check_inputs(g, eb);
   for (size_t i = 0; !rc && i < pb->n_nodes; i++) rc = check_node(g, i, eb);
   if (rc) return rc;
   if (!pb->n_nodes) return ps_errf(eb, PS_EINVAL, "graph has no nodes");
+  if ((g->ids < 0) != (g->table < 0))
+    return ps_errf(eb, PS_EINVAL, g->ids < 0 ? "embedding table '%s' but no ids input"
+                                             : "ids input '%s' but no embedding table",
+                   g->vals[g->ids < 0 ? g->table : g->ids].name);
   for (size_t i = 0; i < g->nparams; i++)
     if (!g->vals[i].nconsumers)
       return ps_errf(eb, PS_EINVAL, "parameter '%s' is not used by any node", g->vals[i].name);
@@ -542,12 +655,14 @@ int psw_graph_from_spec(const Ps__ModelSpec *spec, psw_graph **g, ps_errbuf *eb)
     return ps_errf(eb, rc, "model '%s': graph: %s", spec->name, inner.msg);
   }
   const Ps__Graph__Graph *pb = (*g)->pb;
-  rc = spec->n_tensors == pb->n_params ? 0
-       : ps_errf(eb, PS_EINVAL, "model '%s': %zu tensors but the graph has %zu parameters",
-                 spec->name, spec->n_tensors, pb->n_params);
-  for (size_t i = 0; !rc && i < pb->n_params; i++) {
-    const Ps__TensorSpec *t = spec->tensors[i];
+  size_t ndense = pb->n_params - ((*g)->table >= 0);
+  rc = spec->n_tensors == ndense ? 0
+       : ps_errf(eb, PS_EINVAL, "model '%s': %zu tensors but the graph has %zu dense parameters",
+                 spec->name, spec->n_tensors, ndense);
+  for (size_t i = 0, k = 0; !rc && i < pb->n_params; i++) {
     const Ps__Graph__Param *p = pb->params[i];
+    if (p->sparse) continue;
+    const Ps__TensorSpec *t = spec->tensors[k++];
     if (strcmp(t->name, p->name) || t->n_shape != p->n_shape ||
         memcmp(t->shape, p->shape, p->n_shape * sizeof *p->shape))
       rc = ps_errf(eb, PS_EINVAL, "model '%s': tensor %zu '%s' does not match graph parameter '%s'",
@@ -575,13 +690,34 @@ uint32_t psw_graph_target_dim(const psw_graph *g) {
   return g->targets < 0 ? 0 : g->vals[g->targets].cols;
 }
 uint32_t psw_graph_classes(const psw_graph *g) {
-  return g->acc_node < 0 ? 0 : g->vals[g->nodes[g->acc_node].in[0]].cols;
+  if (g->acc_node < 0) return g->sig_node < 0 ? 0 : 2;
+  return g->vals[g->nodes[g->acc_node].in[0]].cols;
+}
+
+int psw_graph_binary(const psw_graph *g) { return g->sig_node >= 0; }
+
+int psw_graph_embedding(const psw_graph *g, uint32_t *param, uint32_t *fields, uint32_t *dim,
+                        uint64_t *hash_buckets) {
+  if (g->table < 0) return PS_ENOENT;
+  if (param) *param = (uint32_t)g->table;
+  if (fields) *fields = g->vals[g->ids].cols;
+  if (dim) *dim = g->vals[g->table].cols;
+  if (hash_buckets) *hash_buckets = g->pb->params[g->table]->hash_buckets;
+  return 0;
+}
+
+int psw_exec_probs(psw_exec *ex, float *probs) {
+  if (ex->g->sig_node < 0) return PS_ENOENT;
+  ps_gpu_backend *be = ex->be;
+  int rc = be->ops->copy_d2h(be, probs, ex->probs, (size_t)ex->n * sizeof(float), PS_GPU_STREAM_COMPUTE);
+  return rc ? rc : be->ops->sync(be, PS_GPU_STREAM_COMPUTE);
 }
 
 int psw_graph_init_params(const psw_graph *g, uint64_t seed, float *params) {
   for (size_t i = 0; i < g->nparams; i++) {
     const Ps__Graph__Param *p = g->pb->params[i];
     const val *v = &g->vals[i];
+    if (v->sparse) continue; /* rows come from the shards' initializer (ps_init_row) */
     uint64_t n = (uint64_t)v->rows * v->cols;
     int rc = ps_init_fill(params + v->offset, *p->init ? p->init : "zeros", p->scale, seed,
                           (uint32_t)i, 0, n, p->shape[0], p->n_shape == 2 ? p->shape[1] : 1);
@@ -590,9 +726,10 @@ int psw_graph_init_params(const psw_graph *g, uint64_t seed, float *params) {
   return 0;
 }
 
-/* The spec and its arrays are one allocation, plus the packed graph. */
+/* The spec and its arrays are one allocation, plus the packed graph.  An
+ * embedding table is no tensor: the shards find it in the graph. */
 int psw_graph_to_spec(const psw_graph *g, const char *name, Ps__ModelSpec **out, ps_errbuf *eb) {
-  size_t n = g->nparams, nlen = strlen(name) + 1;
+  size_t n = g->nparams - (g->table >= 0), nlen = strlen(name) + 1;
   size_t size = sizeof(Ps__ModelSpec) + n * (sizeof(Ps__TensorSpec *) + sizeof(Ps__TensorSpec)) + nlen;
   Ps__ModelSpec *s = calloc(1, size);
   size_t glen = ps__graph__graph__get_packed_size(g->pb);
@@ -606,8 +743,9 @@ int psw_graph_to_spec(const psw_graph *g, const char *name, Ps__ModelSpec **out,
   Ps__TensorSpec **ptrs = (Ps__TensorSpec **)(s + 1);
   Ps__TensorSpec *ts = (Ps__TensorSpec *)(ptrs + n);
   s->name = memcpy((char *)(ts + n), name, nlen);
-  for (size_t i = 0; i < n; i++) {
-    const Ps__Graph__Param *p = g->pb->params[i];
+  for (size_t i = 0, k = 0; i < n; i++, k++) {
+    if ((int)k == g->table) k++;
+    const Ps__Graph__Param *p = g->pb->params[k];
     ps__tensor_spec__init(&ts[i]);
     ts[i].name = p->name;
     ts[i].n_shape = p->n_shape;
@@ -643,10 +781,16 @@ void psw_graph_print(const psw_graph *g, FILE *out) {
   fprintf(out, "parameters:\n");
   for (size_t i = 0; i < g->nparams; i++) {
     const Ps__Graph__Param *p = g->pb->params[i];
-    fprintf(out, "  %-12s %-12s %s %g\n", p->name,
-            p->n_shape == 1 ? (snprintf(s, sizeof s, "[%u]", p->shape[0]), s)
-                            : shape_str(&g->vals[i], s, sizeof s),
+    fprintf(out, "  %-12s %-12s %s %g", p->name,
+            p->sparse ? (snprintf(s, sizeof s, "[*, %u]", p->shape[0]), s)
+            : p->n_shape == 1 ? (snprintf(s, sizeof s, "[%u]", p->shape[0]), s)
+                              : shape_str(&g->vals[i], s, sizeof s),
             *p->init ? p->init : "zeros", p->scale);
+    if (p->sparse && p->hash_buckets)
+      fprintf(out, " embedding, ids hashed into %llu rows", (unsigned long long)p->hash_buckets);
+    else if (p->sparse)
+      fprintf(out, " embedding, raw 64-bit ids");
+    fputc('\n', out);
   }
   fprintf(out, "nodes:\n");
   for (size_t i = 0; i < g->nnodes; i++) {
@@ -745,6 +889,69 @@ static int bwd_mse(psw_exec *ex, const gnode *n) {
   return rc ? rc : finish_grad(ex, n, 0, &dp);
 }
 
+static int fwd_sigxent(psw_exec *ex, const gnode *n) {
+  ps_gpu_tensor x = tv(ex, n->in[0]), l = tv(ex, n->out);
+  ps_gpu_tensor p = ps_gpu_tensor_make(ex->be, ex->probs, ex->n, 1);
+  return ex->be->ops->sigmoid_xent(ex->be, &x, ex->labels, &l, NULL, &p);
+}
+
+static int bwd_sigxent(psw_exec *ex, const gnode *n) {
+  ps_gpu_tensor x = tv(ex, n->in[0]), l = tv(ex, n->out), dx = grad_target(ex, n, 0);
+  ps_gpu_tensor p = ps_gpu_tensor_make(ex->be, ex->probs, ex->n, 1);
+  int rc = ex->be->ops->sigmoid_xent(ex->be, &x, ex->labels, &l, &dx, &p);
+  return rc ? rc : finish_grad(ex, n, 0, &dx);
+}
+
+/* embed_views: this step's bags with N's pooling, the table slice at
+ * DATA, and the pooled rows at OUT ([n F, d]: the node's [n, F d]). */
+static void embed_views(const psw_exec *ex, const gnode *n, float *data, float *out,
+                        ps_gpu_bags *b, ps_gpu_tensor *t, ps_gpu_tensor *y) {
+  const uint32_t d = ex->g->vals[ex->g->table].cols;
+  *b = ex->bags;
+  b->mean = n->mean;
+  *t = ps_gpu_tensor_make(ex->be, data, b->nrows, d);
+  *y = ps_gpu_tensor_make(ex->be, out, b->nbags, d);
+}
+
+static int fwd_embed(psw_exec *ex, const gnode *n) {
+  ps_gpu_bags b;
+  ps_gpu_tensor t, y;
+  embed_views(ex, n, ex->data[n->in[1]], ex->data[n->out], &b, &t, &y);
+  return ex->be->ops->embed_fwd(ex->be, &t, &b, &y);
+}
+
+/* bwd_embed scatters into the table slice's gradient directly (beta 1
+ * when another node reads the table too: invariant 3). */
+static int bwd_embed(psw_exec *ex, const gnode *n) {
+  ps_gpu_bags b;
+  ps_gpu_tensor dt, dy;
+  embed_views(ex, n, ex->grad[n->in[1]], ex->grad[n->out], &b, &dt, &dy);
+  return ex->be->ops->embed_bwd(ex->be, &dy, &b, n->acc[1] ? 1.0f : 0.0f, &dt);
+}
+
+static int fwd_concat(psw_exec *ex, const gnode *n) {
+  ps_gpu_tensor a = tv(ex, n->in[0]), b = tv(ex, n->in[1]), y = tv(ex, n->out);
+  int rc = ex->be->ops->cols_put(ex->be, &a, &y, 0);
+  return rc ? rc : ex->be->ops->cols_put(ex->be, &b, &y, a.cols);
+}
+
+/* bwd_concat hands each input that needs one its columns of the output's
+ * gradient (accumulated when another node reads it too). */
+static int bwd_concat(psw_exec *ex, const gnode *n) {
+  ps_gpu_tensor dy = tg(ex, n->out);
+  uint32_t off = 0;
+  for (int k = 0; k < 2; k++) {
+    const val *v = &ex->g->vals[n->in[k]];
+    if (v->needs_grad) {
+      ps_gpu_tensor dx = tg(ex, n->in[k]);
+      int rc = ex->be->ops->cols_get(ex->be, &dy, off, n->acc[k] ? 1.0f : 0.0f, &dx);
+      if (rc) return rc;
+    }
+    off += v->cols;
+  }
+  return 0;
+}
+
 /* ex_alloc allocates BYTES of device memory recorded for psw_exec_free. */
 static int ex_alloc(psw_exec *ex, size_t bytes, void *out) {
   void **p = out;
@@ -766,12 +973,15 @@ static int ex_buffers(psw_exec *ex) {
     maxv = n > maxv ? n : maxv;
   }
   float *block;
-  int rc = ex_alloc(ex, (total + maxv + 16) * sizeof(float), &block);
+  const size_t probs = ((size_t)ex->max_batch + 15) & ~(size_t)15;
+  int rc = ex_alloc(ex, (total + maxv + 16 + 16 + probs) * sizeof(float), &block);
   if (rc) return rc;
   ex->scratch = block;
   block += (maxv + 15) & ~(size_t)15;
   ex->count = block;
   block += 16;
+  ex->probs = block;
+  block += probs;
   for (size_t i = 0; i < g->nnodes; i++) {
     const gnode *n = &g->nodes[i];
     int v = n->out;
@@ -846,11 +1056,77 @@ int psw_exec_create(const psw_graph *g, ps_gpu_backend *be, uint32_t max_batch, 
 void psw_exec_free(psw_exec *ex) {
   if (!ex) return;
   for (size_t i = 0; i < ex->nallocs; i++) ex->be->ops->free_buf(ex->be, ex->allocs[i]);
+  if (ex->sp_buf) ex->be->ops->free_buf(ex->be, ex->sp_buf);
   free(ex->data);
   free(ex->grad);
   free(ex->first_read);
   free(ex->last_grad);
   free(ex);
+}
+
+/* ex_sparse_upload copies the table slice and the index of SP to the
+ * device (compute stream), growing the device buffer when needed. */
+static int ex_sparse_upload(psw_exec *ex, const psw_sparse_batch *sp, uint32_t d) {
+  ps_gpu_backend *be = ex->be;
+  const ps_gpu_bags *h = &sp->bags;
+  size_t nf = (size_t)h->nrows * d;
+  size_t nint = (size_t)h->nbags + 1 + h->nnz + h->nrows + 1 + h->nnz;
+  size_t bytes = 2 * ((nf + 15) & ~(size_t)15) * sizeof(float) + nint * sizeof(int32_t);
+  int rc = 0;
+  if (bytes > ex->sp_cap) {
+    size_t want = ex->sp_cap ? ex->sp_cap : 1 << 20;
+    while (want < bytes) want *= 2;
+    if (ex->sp_buf) be->ops->free_buf(be, ex->sp_buf);
+    ex->sp_buf = NULL;
+    ex->sp_cap = 0;
+    if ((rc = be->ops->alloc(be, want, &ex->sp_buf))) return rc;
+    ex->sp_cap = want;
+  }
+  ex->sp_rows = ex->sp_buf;
+  ex->sp_grads = ex->sp_rows + ((nf + 15) & ~(size_t)15);
+  int32_t *ix = (int32_t *)(ex->sp_grads + ((nf + 15) & ~(size_t)15));
+  const struct { const int32_t *src; size_t n; const int32_t **dst; } parts[] = {
+      {h->bag_off, (size_t)h->nbags + 1, &ex->bags.bag_off},
+      {h->bag_slot, h->nnz, &ex->bags.bag_slot},
+      {h->row_off, (size_t)h->nrows + 1, &ex->bags.row_off},
+      {h->row_bag, h->nnz, &ex->bags.row_bag}};
+  rc = be->ops->copy_h2d(be, ex->sp_rows, sp->rows, nf * sizeof(float), PS_GPU_STREAM_COMPUTE);
+  for (size_t i = 0; i < 4 && !rc; i++) {
+    rc = be->ops->copy_h2d(be, ix, parts[i].src, parts[i].n * sizeof(int32_t), PS_GPU_STREAM_COMPUTE);
+    *parts[i].dst = ix;
+    ix += parts[i].n;
+  }
+  return rc;
+}
+
+/* ex_bind_sparse checks this step's embedding slice SP against the batch
+ * (bags = rows x fields, a consistent index, rows and, when GRADS, a
+ * gradient buffer) and binds it: views on a unified backend, copies
+ * otherwise. */
+static int ex_bind_sparse(psw_exec *ex, const psw_sparse_batch *sp, int grads, ps_errbuf *eb) {
+  const psw_graph *g = ex->g;
+  const uint32_t fields = g->vals[g->ids].cols, d = g->vals[g->table].cols;
+  if (!sp) return ps_errf(eb, PS_EINVAL, "batch lacks the ids of input '%s'", g->vals[g->ids].name);
+  if ((uint64_t)sp->bags.nbags != (uint64_t)ex->n * fields)
+    return ps_errf(eb, PS_EINVAL, "batch of %u rows has %u bags of ids (expected %u fields per row)",
+                   ex->n, sp->bags.nbags, fields);
+  if (ps_gpu_bags_check(&sp->bags))
+    return ps_errf(eb, PS_EINVAL, "batch: inconsistent embedding index (see ps_gpu_bags)");
+  if ((sp->bags.nrows && !sp->rows) || (grads && sp->bags.nrows && !sp->row_grads))
+    return ps_errf(eb, PS_EINVAL, "batch lacks the rows (or row gradients) of table '%s'",
+                   g->vals[g->table].name);
+  ex->bags = sp->bags;
+  ex->host_sp_grads = grads ? sp->row_grads : NULL;
+  if (ex->be->unified) {
+    ex->sp_rows = (float *)sp->rows;
+    ex->sp_grads = grads ? sp->row_grads : NULL;
+  } else {
+    int rc = ex_sparse_upload(ex, sp, d);
+    if (rc) return ps_errf(eb, rc, "copy to device '%s' failed", ex->be->desc);
+  }
+  ex->data[g->table] = ex->sp_rows;
+  ex->grad[g->table] = grads ? ex->sp_grads : NULL;
+  return 0;
 }
 
 /* ex_bind checks batch B and points the parameter, gradient and input
@@ -890,7 +1166,8 @@ static int ex_bind(psw_exec *ex, const float *params, const psw_batch *b, float 
   }
   ex->data[g->features] = xd;
   if (g->targets >= 0) ex->data[g->targets] = td;
-  return rc ? ps_errf(eb, rc, "copy to device '%s' failed", be->desc) : 0;
+  if (rc) return ps_errf(eb, rc, "copy to device '%s' failed", be->desc);
+  return g->table >= 0 ? ex_bind_sparse(ex, b->sparse, grads != NULL, eb) : 0;
 }
 
 /* val_bytes returns the bytes of parameter V. */
@@ -911,7 +1188,8 @@ static int ex_param_copies(psw_exec *ex, int i, int down) {
   if (be->unified) return 0;
   for (int k = 0; k < n->op->nin && !rc; k++) {
     int p = n->in[k];
-    if (p < 0 || (size_t)p >= g->nparams || (down ? ex->last_grad : ex->first_read)[p] != i)
+    if (p < 0 || (size_t)p >= g->nparams || g->vals[p].sparse ||
+        (down ? ex->last_grad : ex->first_read)[p] != i)
       continue;
     size_t bytes = val_bytes(&g->vals[p]);
     if (down) {
@@ -950,6 +1228,11 @@ static int ex_backward(psw_exec *ex) {
     rc = g->nodes[i].op->bwd(ex, &g->nodes[i]);
     if (!rc) rc = ex_param_copies(ex, (int)i, 1);
   }
+  /* the table slice's gradient is final once every node ran */
+  if (!rc && g->table >= 0 && !ex->be->unified && ex->bags.nrows)
+    rc = ex->be->ops->copy_d2h(ex->be, ex->host_sp_grads, ex->sp_grads,
+                               (size_t)ex->bags.nrows * g->vals[g->table].cols * sizeof(float),
+                               PS_GPU_STREAM_COMPUTE);
   return rc;
 }
 
@@ -1088,6 +1371,83 @@ int psw_graph_mlp_pack(const char *name, const uint32_t *layers, size_t n, ps_gp
   *len = ps__graph__graph__get_packed_size(&g);
   *buf = malloc(*len ? *len : 1);
   if (!*buf) rc = ps_errf(eb, PS_ENOMEM, "mlp '%s': out of memory", name);
+  else ps__graph__graph__pack(&g, *buf);
+free_parts:
+  free(L);
+  free(params);
+  free(nodes);
+  return rc;
+}
+
+/* psw_graph_ctr_pack: see psw_graph.h.  The MLP's layers come from
+ * mlp_fill_layer (its input is the concatenation "h0"). */
+int psw_graph_ctr_pack(const char *name, const psw_ctr_shape *c, uint8_t **buf, size_t *len,
+                       ps_errbuf *eb) {
+  if (!c->fields || !c->dim || c->dim > 65536 || !c->dense || c->nlayers > 62)
+    return ps_errf(eb, PS_EINVAL, "ctr '%s': need fields >= 1, dim 1..65536, dense >= 1, at most 62 layers",
+                   name);
+  uint64_t in = (uint64_t)c->fields * c->dim + c->dense;
+  if (in > (1u << 24)) return ps_errf(eb, PS_EINVAL, "ctr '%s': %llu MLP inputs is too many", name,
+                                      (unsigned long long)in);
+  for (size_t i = 0; i < c->nlayers; i++)
+    if (!c->layers[i]) return ps_errf(eb, PS_EINVAL, "ctr '%s': layer %zu has width 0", name, i + 1);
+  size_t nl = c->nlayers + 1;
+  mlp_layer *L = calloc(nl, sizeof *L);
+  Ps__Graph__Param **params = calloc(2 * nl + 1, sizeof *params);
+  Ps__Graph__Node **nodes = calloc(2 * nl + 3, sizeof *nodes);
+  int rc = 0;
+  if (!L || !params || !nodes) {
+    rc = ps_errf(eb, PS_ENOMEM, "ctr '%s': out of memory", name);
+    goto free_parts;
+  }
+  Ps__Graph__Param emb = PS__GRAPH__PARAM__INIT;
+  uint32_t eshape[1] = {c->dim};
+  emb.name = "emb", emb.n_shape = 1, emb.shape = eshape, emb.init = "uniform", emb.scale = 0.05f;
+  emb.sparse = 1, emb.hash_buckets = c->hash_buckets;
+  params[0] = &emb;
+  Ps__Graph__Attr pool = PS__GRAPH__ATTR__INIT, *pools[1] = {&pool};
+  pool.name = "pooling", pool.s = c->mean ? "mean" : "sum";
+  char *ein[2] = {"ids", "emb"}, *eout[1] = {"e"}, *cin[2] = {"x", "e"}, *cout[1] = {"h0"};
+  Ps__Graph__Node embed = PS__GRAPH__NODE__INIT, cat = PS__GRAPH__NODE__INIT;
+  embed.name = "embed", embed.op = "embedding_lookup", embed.n_inputs = 2, embed.inputs = ein;
+  embed.n_outputs = 1, embed.outputs = eout, embed.n_attrs = 1, embed.attrs = pools;
+  cat.name = "concat", cat.op = "concat", cat.n_inputs = 2, cat.inputs = cin;
+  cat.n_outputs = 1, cat.outputs = cout;
+  size_t nn = 0;
+  nodes[nn++] = &embed;
+  nodes[nn++] = &cat;
+  const char *x = "h0";
+  uint32_t width = (uint32_t)in;
+  for (size_t i = 0; i < nl; i++) {
+    int last = i + 1 == nl;
+    uint32_t out = last ? 1 : c->layers[i];
+    mlp_fill_layer(&L[i], (int)i + 1, width, out, x, PS_GPU_ACT_RELU, last);
+    L[i].w.init = "glorot";
+    params[1 + 2 * i] = &L[i].w, params[2 + 2 * i] = &L[i].b;
+    nodes[nn++] = &L[i].dense;
+    if (!last) nodes[nn++] = &L[i].act;
+    x = L[i].hn;
+    width = out;
+  }
+  int32_t xshape[2] = {-1, (int32_t)c->dense}, ishape[2] = {-1, (int32_t)c->fields}, yshape[1] = {-1};
+  Ps__Graph__Input in_x = PS__GRAPH__INPUT__INIT, in_i = PS__GRAPH__INPUT__INIT,
+                   in_y = PS__GRAPH__INPUT__INIT;
+  in_x.name = "x", in_x.n_shape = 2, in_x.shape = xshape, in_x.kind = "features";
+  in_i.name = "ids", in_i.n_shape = 2, in_i.shape = ishape, in_i.kind = "ids";
+  in_y.name = "y", in_y.n_shape = 1, in_y.shape = yshape, in_y.kind = "labels";
+  Ps__Graph__Input *inputs[3] = {&in_x, &in_i, &in_y};
+  char *xin[2] = {"logits", "y"}, *xout[1] = {"loss"}, *metrics[2] = {"auc", "logloss"};
+  Ps__Graph__Node xent = PS__GRAPH__NODE__INIT;
+  xent.name = "xent", xent.op = "sigmoid_xent", xent.n_inputs = 2, xent.inputs = xin;
+  xent.n_outputs = 1, xent.outputs = xout;
+  nodes[nn++] = &xent;
+  Ps__Graph__Graph g = PS__GRAPH__GRAPH__INIT;
+  g.name = (char *)name, g.n_params = 2 * nl + 1, g.params = params, g.n_inputs = 3;
+  g.inputs = inputs, g.n_nodes = nn, g.nodes = nodes, g.loss = "loss", g.n_metrics = 2;
+  g.metrics = metrics;
+  *len = ps__graph__graph__get_packed_size(&g);
+  *buf = malloc(*len ? *len : 1);
+  if (!*buf) rc = ps_errf(eb, PS_ENOMEM, "ctr '%s': out of memory", name);
   else ps__graph__graph__pack(&g, *buf);
 free_parts:
   free(L);

@@ -41,8 +41,9 @@ int psw_graph_load(const void *buf, size_t len, psw_graph **g, ps_errbuf *eb);
 int psw_graph_load_file(const char *path, psw_graph **g, ps_errbuf *eb);
 
 /* psw_graph_from_spec loads the graph in SPEC->graph (as fetched with
- * GetModel) and checks that SPEC's tensors are the graph's parameters
- * (same names, shapes and order).  SPEC is not kept. */
+ * GetModel) and checks that SPEC's tensors are the graph's dense
+ * parameters (same names, shapes and order; an embedding table is no
+ * tensor of the spec).  SPEC is not kept. */
 int psw_graph_from_spec(const Ps__ModelSpec *spec, psw_graph **g, ps_errbuf *eb);
 
 /* psw_graph_free releases G (NULL is a no-op). */
@@ -60,13 +61,27 @@ uint32_t psw_graph_input_dim(const psw_graph *g);
 uint32_t psw_graph_target_dim(const psw_graph *g);
 uint32_t psw_graph_classes(const psw_graph *g);
 
+/* psw_graph_binary says whether G has a sigmoid_xent node (a binary
+ * classifier: psw_exec_probs gives its probabilities). */
+int psw_graph_binary(const psw_graph *g);
+
+/* psw_graph_embedding describes the graph's embedding table: its
+ * parameter index, the columns F of the ids input, the row width and the
+ * parameter's hash_buckets (outputs may be NULL).  PS_ENOENT without one.
+ * The table is not part of the flat parameter vector: a step gets its
+ * rows in psw_batch.sparse. */
+int psw_graph_embedding(const psw_graph *g, uint32_t *param, uint32_t *fields, uint32_t *dim,
+                        uint64_t *hash_buckets);
+
 /* psw_graph_init_params fills PARAMS (psw_graph_nparams floats) with the
  * initial values the shards give a model with SEED (ps_init_fill, tensor
  * index = parameter index).  Returns 0 or PS_EINVAL. */
 int psw_graph_init_params(const psw_graph *g, uint64_t seed, float *params);
 
 /* psw_graph_to_spec makes a ModelSpec named NAME for submission: one
- * tensor per parameter (name, shape, init, scale) and the serialized graph
+ * tensor per dense parameter (name, shape, init, scale; an embedding
+ * table is not a tensor: the shards read it from the graph, psd_shard_sparse.h)
+ * and the serialized graph
  * in spec->graph.  seed, chunk_elems and optimizer are left 0/NULL for the
  * caller to set (the caller keeps ownership of what it sets there).  The
  * spec borrows shape arrays from G: free it with psw_graph_spec_free
@@ -85,19 +100,55 @@ void psw_graph_spec_free(Ps__ModelSpec *spec);
 int psw_graph_mlp_pack(const char *name, const uint32_t *layers, size_t n, ps_gpu_act act,
                        uint8_t **buf, size_t *len, ps_errbuf *eb);
 
+/* The shape of a click-through model (psw_graph_ctr_pack). */
+typedef struct psw_ctr_shape {
+  uint32_t fields;          /* categorical fields F (columns of the ids input) */
+  uint32_t dim;             /* embedding dimension d */
+  uint32_t dense;           /* dense features (columns of the features input), >= 1 */
+  const uint32_t *layers;   /* hidden layer widths (borrowed), NLAYERS of them */
+  size_t nlayers;
+  uint64_t hash_buckets;    /* the table's hash_buckets (0: raw ids) */
+  int mean;                 /* mean pooling of multi-valued fields (else sum) */
+} psw_ctr_shape;
+
+/* psw_graph_ctr_pack builds the click-through model NAME: the embedding
+ * table "emb" ([*, d], uniform 0.05) looked up for the F fields of input
+ * "ids" (node "embed": each field's bag pooled), concatenated after the
+ * dense features "x" ("concat" -> [-1, dense + F d]), dense layers "W1",
+ * "b1", ... with relu between them down to one logit, and a sigmoid
+ * cross-entropy with labels "y" (0/1); loss "loss"; metrics auc and
+ * logloss.  *BUF (caller frees with free()) receives the serialized
+ * graph, *LEN its size; PS_EINVAL for a bad shape. */
+int psw_graph_ctr_pack(const char *name, const psw_ctr_shape *c, uint8_t **buf, size_t *len,
+                       ps_errbuf *eb);
+
 /* psw_graph_print writes a human description (inputs, parameters with
  * shapes, nodes with output shapes, loss, metrics, parameter count). */
 void psw_graph_print(const psw_graph *g, FILE *out);
 
+/* A batch's slice of the embedding table (host memory, borrowed for the
+ * call): the bags of its ids input (n x fields bags, sample-major:
+ * psw_embed_build and psw_embed_bags), the rows of the distinct keys
+ * ([bags.nrows, dim], as pulled) and, for a step, where their gradients
+ * go ([bags.nrows, dim]; the pushed (keys, rows)).  bags.mean is ignored:
+ * each embedding_lookup node pools as its attribute says. */
+typedef struct psw_sparse_batch {
+  ps_gpu_bags bags;
+  const float *rows;
+  float *row_grads;
+} psw_sparse_batch;
+
 /* One batch in host memory (borrowed for the call): N rows of features X
  * (float32 [n, input_dim] row-major), class ids LABELS (n int32, in
- * [0, classes); NULL when the graph has no labels input) and TARGETS
- * (float32 [n, target_dim]; NULL when it has no targets input). */
+ * [0, classes); NULL when the graph has no labels input), TARGETS
+ * (float32 [n, target_dim]; NULL when it has no targets input) and SPARSE
+ * (NULL when it has no ids input). */
 typedef struct psw_batch {
   uint32_t n;
   const float *x;
   const int32_t *labels;
   const float *targets;
+  const psw_sparse_batch *sparse;
 } psw_batch;
 
 /* psw_exec_create prepares G (borrowed; must outlive *EX) on BE
@@ -122,6 +173,11 @@ int psw_exec_step(psw_exec *ex, const float *params, const psw_batch *b, float *
 /* psw_exec_eval is the forward pass only: *LOSS and *CORRECT. */
 int psw_exec_eval(psw_exec *ex, const float *params, const psw_batch *b, float *loss,
                   uint32_t *correct, ps_errbuf *eb);
+
+/* psw_exec_probs copies the sigmoid_xent probabilities of the last step
+ * or evaluation (its n rows) to PROBS (host).  PS_ENOENT without a
+ * sigmoid_xent node. */
+int psw_exec_probs(psw_exec *ex, float *probs);
 
 /* psw_exec_free releases EX's buffers (NULL is a no-op). */
 void psw_exec_free(psw_exec *ex);

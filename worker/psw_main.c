@@ -12,7 +12,9 @@
  * world size and its data partitions.  Progress goes to stderr; the last
  * line on stdout is one JSON object with the run's results.  --evaluate
  * reads the model's current parameters once, evaluates the test set and
- * prints {"model","test_loss","test_accuracy","version","wall_s"}.
+ * prints {"model","test_loss","test_accuracy","test_auc","test_logloss",
+ * "version","wall_s"}.  A model with an embedding table trains on
+ * data.format criteo: its rows are pulled and pushed per step by key.
  *
  * The OpenBLAS kernel: before anything else psw may execute itself again
  * with OPENBLAS_CORETYPE set, when OpenBLAS picked a generic kernel on a
@@ -69,6 +71,9 @@ static const char psw_usage[] =
     "workers.count) without registering.  --slowdown F (>= 1) sleeps (F-1) x the compute\n"
     "time after each step (default workers.slowdown[rank]).  --evaluate evaluates the\n"
     "model's current parameters on the test set once and prints one JSON line.\n"
+    "A model with an embedding table (psctl model ctr) reads data.format criteo;\n"
+    "each step pulls the rows of the batch's distinct ids and pushes their\n"
+    "gradients; its JSON lines add test_auc and test_logloss.\n"
     "OpenBLAS kernel: where OpenBLAS picks a generic kernel on a CPU with AVX2 or\n"
     "AVX-512, psw runs Haswell or SkylakeX instead (it executes itself again with\n"
     "OPENBLAS_CORETYPE set); a user-set OPENBLAS_CORETYPE always stands.  The device\n"

@@ -14,8 +14,11 @@
 #include "psw_client.h"
 #include "psw_coord.h"
 #include "psw_data.h"
+#include "psw_embed.h"
 #include "psw_graph.h"
+#include "psw_metric.h"
 #include "psw_progress.h"
+#include "psw_sparse.h"
 
 #define PSW_EVAL_BATCH 1024
 #define PSW_SEED_RANK_MIX 0x9e3779b97f4a7c15ull
@@ -24,6 +27,7 @@
 typedef struct run_view {
   const float *x;
   const int32_t *y;
+  const uint64_t *keys; /* criteo: the categorical keys, fields per sample; else NULL */
   uint64_t n;
   int loaded;
 } run_view;
@@ -65,6 +69,17 @@ typedef struct psw_run {
   double train_s;       /* seconds spent training (evaluation excluded) */
   int64_t t0_ms;
   psw_progress prog;
+  /* A model with an embedding table (run_sparse_open): each batch's
+   * distinct keys are pulled from the shards and their row gradients
+   * pushed back, beside the dense push/pull. */
+  psw_sparse *sp;       /* NULL for a dense model */
+  psw_embed *pe;        /* the batch's distinct keys and bag index */
+  uint32_t fields, tdim;  /* ids columns, row width */
+  uint64_t hash_buckets;  /* the table's hashing trick (0: raw keys) */
+  uint32_t *off;        /* identity bag offsets: one id per bag */
+  uint64_t *kb;         /* one batch's keys, hashed: [batch, fields] */
+  float *rows, *rgrads; /* the batch's slice of the table and its gradient */
+  float *probs;         /* a batch's sigmoid outputs (psw_graph_binary), else NULL */
 } psw_run;
 
 /* Running sums of one epoch. */
@@ -106,6 +121,10 @@ static int run_open_backend(psw_run *x, ps_errbuf *eb) {
 /* run_check_data checks the data against the graph's inputs. */
 static int run_check_data(psw_run *x, const psw_dataset *d, const char *what, ps_errbuf *eb) {
   uint32_t want = psw_graph_input_dim(x->g), k = psw_graph_classes(x->g);
+  if (x->sp && d->fields != x->fields)
+    return run_bad(x, ps_errf(eb, PS_EINVAL, "%s set has %u categorical fields per sample, model "
+                              "'%s' wants %u (its embedding table reads data.format 'criteo')",
+                              what, d->fields, x->o->model, x->fields));
   if (d->dim != want)
     return run_bad(x, ps_errf(eb, PS_EINVAL, "%s set has %u features per sample, model '%s' wants %u",
                               what, d->dim, x->o->model, want));
@@ -136,6 +155,7 @@ static int run_add_block(psw_run *x, const uint32_t *parts, size_t n, ps_errbuf 
   for (size_t i = 0; i < n; i++) {
     psw_data_partition(d->total, cfg->data.partitions, parts[i], &b, &e);
     x->views[parts[i]] = (run_view){.x = d->x + (size_t)at * d->dim, .y = d->y + at,
+                                   .keys = d->keys ? d->keys + (size_t)at * d->fields : NULL,
                                    .n = e - b, .loaded = 1};
     at += e - b;
   }
@@ -231,6 +251,80 @@ static int run_join(psw_run *x, ps_errbuf *eb) {
   return psw_coord_start(x->coord, x->rank, o->register_worker, eb);
 }
 
+/* run_sparse_open prepares the sparse side of a model with an embedding
+ * table, for batches of up to MAXB rows: the table's client (as worker
+ * rank), the key index and the row buffers.  A dense model needs none.
+ * A binary classifier also gets a batch of probabilities (x->probs). */
+static int run_sparse_open(psw_run *x, uint32_t maxb, ps_errbuf *eb) {
+  uint32_t table;
+  if (psw_graph_binary(x->g) && !(x->probs = malloc((size_t)maxb * sizeof *x->probs)))
+    return ps_errf(eb, PS_ENOMEM, "out of memory");
+  if (psw_graph_embedding(x->g, &table, &x->fields, &x->tdim, &x->hash_buckets) < 0) return 0;
+  int err = psw_sparse_open(&x->sp, x->o->cfg, x->o->model, table, x->tdim, x->rank, eb);
+  if (err < 0) return err;
+  size_t nb = (size_t)maxb * x->fields, nr = nb * x->tdim;
+  if (psw_embed_create(&x->pe) < 0 || !(x->off = malloc((nb + 1) * sizeof *x->off)) ||
+      !(x->kb = malloc(nb * sizeof *x->kb)) || !(x->rows = malloc(nr * sizeof *x->rows)) ||
+      !(x->rgrads = malloc(nr * sizeof *x->rgrads)))
+    return ps_errf(eb, PS_ENOMEM, "out of memory for the embedding rows of %u samples", maxb);
+  for (size_t i = 0; i <= nb; i++) x->off[i] = (uint32_t)i; /* one id per field */
+  return 0;
+}
+
+/* run_sparse_close releases what run_sparse_open made. */
+static void run_sparse_close(psw_run *x) {
+  psw_sparse_close(x->sp);
+  psw_embed_free(x->pe);
+  free(x->off);
+  free(x->kb);
+  free(x->rows);
+  free(x->rgrads);
+  free(x->probs);
+  x->sp = NULL, x->pe = NULL, x->off = NULL, x->kb = NULL;
+  x->rows = x->rgrads = x->probs = NULL;
+}
+
+/* run_sparse_keys copies the keys of sample K of KEYS into row I of the
+ * batch's keys, through the table's hashing trick. */
+static void run_sparse_keys(psw_run *x, const uint64_t *keys, uint64_t k, uint32_t i) {
+  const uint64_t *src = keys + k * x->fields;
+  uint64_t *dst = x->kb + (size_t)i * x->fields;
+  for (uint32_t f = 0; f < x->fields; f++) dst[f] = ps_place_row_key(src[f], x->hash_buckets);
+}
+
+/* run_sparse_pull indexes the N rows of keys in x->kb (their distinct
+ * keys, psw_embed) and pulls those keys' rows into x->rows at CLOCK;
+ * fills *SB for the step.  The wait counts as blocked. */
+static int run_sparse_pull(psw_run *x, uint32_t n, uint64_t clock, psw_sparse_batch *sb,
+                           ps_errbuf *eb) {
+  int err = psw_embed_build(x->pe, n * x->fields, x->off, x->kb, 0, eb);
+  if (err < 0) return err;
+  uint32_t nk;
+  const uint64_t *keys = psw_embed_keys(x->pe, &nk);
+  double t = run_now_ms();
+  err = psw_sparse_pull(x->sp, keys, nk, x->rows, clock, eb);
+  x->blocked_ms += run_now_ms() - t;
+  if (err < 0) return err;
+  *sb = (psw_sparse_batch){.rows = x->rows, .row_grads = x->rgrads};
+  psw_embed_bags(x->pe, &sb->bags);
+  return 0;
+}
+
+/* run_sparse_push pushes the gradients of the last pulled keys at CLOCK. */
+static int run_sparse_push(psw_run *x, uint64_t clock, ps_errbuf *eb) {
+  uint32_t nk;
+  const uint64_t *keys = psw_embed_keys(x->pe, &nk);
+  return psw_sparse_push(x->sp, keys, nk, x->rgrads, clock, eb);
+}
+
+/* run_correct counts the N rows whose sigmoid output, thresholded at
+ * 0.5, is label Y (a graph with a sigmoid_xent node has no argmax). */
+static uint32_t run_correct(const int32_t *y, uint32_t n, const float *p) {
+  uint32_t c = 0;
+  for (uint32_t i = 0; i < n; i++) c += (p[i] > 0.5f) == (y[i] != 0);
+  return c;
+}
+
 /* run_rejoin is the client's rejoin hook (psw_client invariant 5): the
  * worker registers again and rejoins every shard (psw_coord invariant 5). */
 static int run_rejoin(void *coord, ps_errbuf *eb) { return psw_coord_rejoin(coord, eb); }
@@ -268,6 +362,7 @@ static int run_setup(psw_run *x, ps_errbuf *eb) {
                               (unsigned long long)psw_client_nparams(x->cl)));
   uint32_t maxb = x->o->batch > PSW_EVAL_BATCH ? x->o->batch : PSW_EVAL_BATCH;
   if ((err = psw_exec_create(x->g, x->be, maxb, &x->ex, eb)) < 0) return err;
+  if ((err = run_sparse_open(x, maxb, eb)) < 0) return err;
   if ((err = run_load_data(x, eb)) < 0) return err;
   x->xb = malloc((size_t)x->o->batch * x->dim * sizeof *x->xb);
   x->yb = malloc((size_t)x->o->batch * sizeof *x->yb);
@@ -279,6 +374,7 @@ static int run_setup(psw_run *x, ps_errbuf *eb) {
  * ran to its end (psw_coord invariant 3). */
 static void run_close(psw_run *x, int finished) {
   psw_coord_free(x->coord, 1, finished);
+  run_sparse_close(x);
   psw_client_close(x->cl);
   psw_exec_free(x->ex);
   psw_graph_free(x->g);
@@ -304,20 +400,23 @@ static uint32_t run_gather(psw_run *x, const run_view *v, uint64_t first, uint32
     uint32_t k = x->perm[first + i];
     memcpy(x->xb + (size_t)i * x->dim, v->x + (size_t)k * x->dim, row);
     x->yb[i] = v->y[k];
+    if (x->sp) run_sparse_keys(x, v->keys, k, i);
   }
   return n;
 }
 
-/* run_clip scales the N gradients at G to an L2 norm of at most CLIP
- * (the model's clip_norm; clipping by global norm needs the whole
- * gradient, which only the worker sees). */
-static void run_clip(float *g, uint64_t n, float clip) {
+/* run_clip scales the N gradients at G and the R row gradients at RG to
+ * an L2 norm of at most CLIP together (the model's clip_norm; clipping by
+ * global norm needs the whole gradient, which only the worker sees). */
+static void run_clip(float *g, uint64_t n, float *rg, uint64_t r, float clip) {
   double sum = 0;
   for (uint64_t i = 0; i < n; i++) sum += (double)g[i] * g[i];
+  for (uint64_t i = 0; i < r; i++) sum += (double)rg[i] * rg[i];
   double norm = sqrt(sum);
   if (!(norm > clip)) return;
   float scale = (float)(clip / norm);
   for (uint64_t i = 0; i < n; i++) g[i] *= scale;
+  for (uint64_t i = 0; i < r; i++) rg[i] *= scale;
 }
 
 /* run_compute runs forward/backward of batch S on parameter buffer B into
@@ -326,20 +425,36 @@ static void run_clip(float *g, uint64_t n, float clip) {
 static int run_compute(psw_run *x, const run_view *v, uint64_t first, uint32_t rows, int b,
                        psw_epoch_acc *acc, ps_errbuf *eb) {
   psw_batch batch = {.n = run_gather(x, v, first, rows), .x = x->xb, .labels = x->yb};
+  psw_sparse_batch sb;
   float loss = 0;
-  uint32_t correct = 0;
+  uint32_t correct = 0, nk = 0;
+  int err;
+  if (x->sp) {
+    if ((err = run_sparse_pull(x, batch.n, x->clock, &sb, eb)) < 0) return err;
+    batch.sparse = &sb;
+    psw_embed_keys(x->pe, &nk);
+  }
   double t = run_now_ms();
-  int err = psw_exec_step(x->ex, psw_client_params(x->cl, b), &batch,
-                          psw_client_grads(x->cl, b), &loss, &correct, eb);
+  err = psw_exec_step(x->ex, psw_client_params(x->cl, b), &batch,
+                      psw_client_grads(x->cl, b), &loss, &correct, eb);
   double step_s = (run_now_ms() - t) / 1e3;
   if (err < 0) return err;
+  if (x->probs && (err = psw_exec_probs(x->ex, x->probs)) == 0)
+    correct = run_correct(batch.labels, batch.n, x->probs);
+  if (err < 0) return ps_errf(eb, err, "reading the step's probabilities failed");
   if (!isfinite(loss))
     return ps_errf(eb, PS_EINVAL, "step %llu: loss is %f; stopping rather than pushing it",
                    (unsigned long long)x->clock, (double)loss);
   x->r->compute_s += step_s; /* a step r->steps counts */
   x->r->compute_samples += batch.n;
   float clip = psw_client_spec(x->cl)->clip_norm;
-  if (clip > 0) run_clip(psw_client_grads(x->cl, b), psw_client_nparams(x->cl), clip);
+  if (clip > 0)
+    run_clip(psw_client_grads(x->cl, b), psw_client_nparams(x->cl), x->rgrads,
+             (uint64_t)nk * x->tdim, clip);
+  /* Pushed before the dense push of this step, so that a worker whose
+   * pull waits for this worker's clock (the staleness bound) also sees
+   * these rows: sparse rows keep the dense tensors' consistency. */
+  if (x->sp && (err = run_sparse_push(x, x->clock, eb)) < 0) return err;
   acc->loss_sum += (double)loss * batch.n;
   acc->correct += correct;
   acc->samples += batch.n;
@@ -527,23 +642,57 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
   return (err = run_tell(x, pos, eb)) < 0 && err != PS_ENOENT ? err : 1;
 }
 
-/* run_eval evaluates the test set on parameter buffer 0. */
-static int run_eval(psw_run *x, double *loss, double *accuracy, ps_errbuf *eb) {
+/* Test-set figures of one evaluation. */
+typedef struct psw_eval {
+  double loss, accuracy;
+  double auc, logloss;  /* binary classifiers (psw_graph_binary), else NAN */
+} psw_eval;
+
+/* run_eval_batch evaluates test samples [I, I + N) on parameter buffer
+ * 0 (a sparse model's rows pulled at the worker's clock), adding to
+ * *LSUM and *CORRECT and writing the probabilities to PROBS + I. */
+static int run_eval_batch(psw_run *x, uint64_t i, uint32_t n, double *lsum, uint64_t *correct,
+                          float *probs, ps_errbuf *eb) {
+  psw_batch b = {.n = n, .x = x->test.x + (size_t)i * x->test.dim, .labels = x->test.y + i};
+  psw_sparse_batch sb;
+  int err;
+  if (x->sp) {
+    for (uint32_t k = 0; k < n; k++) run_sparse_keys(x, x->test.keys, i + k, k);
+    if ((err = run_sparse_pull(x, n, x->clock, &sb, eb)) < 0) return err;
+    b.sparse = &sb;
+  }
+  float l = 0;
+  uint32_t c = 0;
+  if ((err = psw_exec_eval(x->ex, psw_client_params(x->cl, 0), &b, &l, &c, eb)) < 0) return err;
+  if (probs) {
+    if ((err = psw_exec_probs(x->ex, probs + i)) < 0)
+      return ps_errf(eb, err, "reading the probabilities failed");
+    c = run_correct(b.labels, n, probs + i);
+  }
+  *lsum += (double)l * n;
+  *correct += c;
+  return 0;
+}
+
+/* run_eval evaluates the test set on parameter buffer 0 into *EV. */
+static int run_eval(psw_run *x, psw_eval *ev, ps_errbuf *eb) {
   double lsum = 0;
   uint64_t correct = 0;
-  for (uint64_t i = 0; i < x->test.n; i += PSW_EVAL_BATCH) {
+  float *probs = x->probs ? malloc(x->test.n * sizeof *probs) : NULL;
+  if (x->probs && !probs) return ps_errf(eb, PS_ENOMEM, "out of memory");
+  int err = 0;
+  for (uint64_t i = 0; i < x->test.n && !err; i += PSW_EVAL_BATCH) {
     uint32_t n = (uint32_t)(x->test.n - i < PSW_EVAL_BATCH ? x->test.n - i : PSW_EVAL_BATCH);
-    psw_batch b = {.n = n, .x = x->test.x + (size_t)i * x->test.dim, .labels = x->test.y + i};
-    float l = 0;
-    uint32_t c = 0;
-    int err = psw_exec_eval(x->ex, psw_client_params(x->cl, 0), &b, &l, &c, eb);
-    if (err < 0) return err;
-    lsum += (double)l * n;
-    correct += c;
+    err = run_eval_batch(x, i, n, &lsum, &correct, probs, eb);
   }
-  *loss = lsum / (double)x->test.n;
-  *accuracy = (double)correct / (double)x->test.n;
-  return 0;
+  if (!err) {
+    ev->loss = lsum / (double)x->test.n;
+    ev->accuracy = (double)correct / (double)x->test.n;
+    ev->auc = probs ? psw_metric_auc(probs, x->test.y, x->test.n) : NAN;
+    ev->logloss = probs ? psw_metric_logloss(probs, x->test.y, x->test.n) : NAN;
+  }
+  free(probs);
+  return err;
 }
 
 /* run_finish_epoch evaluates, reports and appends the metrics row. */
@@ -555,10 +704,16 @@ static int run_finish_epoch(psw_run *x, uint32_t epoch, const psw_epoch_acc *acc
                         .train_accuracy = (double)acc->correct / (double)acc->samples,
                         .test_loss = NAN, .test_accuracy = NAN,
                         .samples_per_sec = acc->train_s > 0 ? (double)acc->samples / acc->train_s : 0};
-  int err = x->have_test ? run_eval(x, &st.test_loss, &st.test_accuracy, eb) : 0;
+  psw_eval ev = {NAN, NAN, NAN, NAN};
+  int err = x->have_test ? run_eval(x, &ev, eb) : 0;
   if (err < 0) return err;
-  r->test_loss = st.test_loss;
-  r->test_accuracy = st.test_accuracy;
+  r->test_loss = st.test_loss = ev.loss;
+  r->test_accuracy = st.test_accuracy = ev.accuracy;
+  r->test_auc = ev.auc;
+  r->test_logloss = ev.logloss;
+  if (isfinite(ev.auc) && !x->o->quiet)
+    ps_info("worker %u: epoch %u: test auc %.4f, logloss %.4f", x->rank, epoch + 1, ev.auc,
+            ev.logloss);
   r->epochs = epoch + 1;
   st.wall_s = (run_now_ms() - (double)x->t0_ms) / 1e3;
   psw_progress_epoch(&x->prog, &st);
@@ -709,7 +864,7 @@ static void run_push_counts(psw_run *x, psw_train_result *r) {
 /* psw_train_run: see psw_train.h. */
 int psw_train_run(const psw_train_opts *o, psw_train_result *r, ps_errbuf *eb) {
   memset(r, 0, sizeof *r);
-  r->test_loss = r->test_accuracy = r->train_loss = NAN;
+  r->test_loss = r->test_accuracy = r->train_loss = r->test_auc = r->test_logloss = NAN;
   psw_run x = {.o = o, .r = r};
   x.t0_ms = (int64_t)run_now_ms();
   if (!o->epochs || !o->batch || (!o->register_worker && o->rank >= o->workers)) {
@@ -757,6 +912,7 @@ static int run_eval_setup(psw_run *x, ps_errbuf *eb) {
   if (psw_graph_nparams(x->g) != psw_client_nparams(x->cl))
     return run_bad(x, ps_errf(eb, PS_EINVAL, "model '%s': graph and spec disagree", x->o->model));
   if ((err = psw_exec_create(x->g, x->be, PSW_EVAL_BATCH, &x->ex, eb)) < 0) return err;
+  if ((err = run_sparse_open(x, PSW_EVAL_BATCH, eb)) < 0) return err;
   const ps_data_conf *d = &x->o->cfg->data;
   if (!d->test_images)
     return run_bad(x, ps_errf(eb, PS_ECONFIG, "%s: no test set (data.test_images)",
@@ -771,14 +927,17 @@ static int run_eval_setup(psw_run *x, ps_errbuf *eb) {
 int psw_train_evaluate(const psw_train_opts *o, psw_train_result *r, uint64_t *version,
                        ps_errbuf *eb) {
   memset(r, 0, sizeof *r);
-  r->test_loss = r->test_accuracy = r->train_loss = NAN;
+  r->test_loss = r->test_accuracy = r->train_loss = r->test_auc = r->test_logloss = NAN;
   *version = 0;
   psw_run x = {.o = o, .r = r};
   x.t0_ms = (int64_t)run_now_ms();
   int err = run_eval_setup(&x, eb);
   if (err == 0)
     err = psw_client_export(x.cl, 0, (int)o->cfg->workers.retry_ms + 1000, version, eb);
-  if (err == 0) err = run_eval(&x, &r->test_loss, &r->test_accuracy, eb);
+  psw_eval ev = {NAN, NAN, NAN, NAN};
+  if (err == 0) err = run_eval(&x, &ev, eb);
+  r->test_loss = ev.loss, r->test_accuracy = ev.accuracy;
+  r->test_auc = ev.auc, r->test_logloss = ev.logloss;
   run_close(&x, 0);
   r->wall_s = (run_now_ms() - (double)x.t0_ms) / 1e3;
   return err;
@@ -825,6 +984,8 @@ void psw_train_eval_json(FILE *out, const char *model, const psw_train_result *r
   json_model(out, model);
   json_num(out, "test_loss", r->test_loss, "%.6f");
   json_num(out, "test_accuracy", r->test_accuracy, "%.4f");
+  json_num(out, "test_auc", r->test_auc, "%.4f");
+  json_num(out, "test_logloss", r->test_logloss, "%.6f");
   fprintf(out, ",\"version\":%llu", (unsigned long long)version);
   json_num(out, "wall_s", r->wall_s, "%.3f");
   fputs("}\n", out);
@@ -839,6 +1000,8 @@ void psw_train_json(FILE *out, const char *model, uint32_t batch, const psw_trai
   json_num(out, "train_loss", r->train_loss, "%.6f");
   json_num(out, "test_loss", r->test_loss, "%.6f");
   json_num(out, "test_accuracy", r->test_accuracy, "%.4f");
+  json_num(out, "test_auc", r->test_auc, "%.4f");
+  json_num(out, "test_logloss", r->test_logloss, "%.6f");
   json_num(out, "samples_per_sec", r->samples_per_sec, "%.1f");
   json_num(out, "wall_s", r->wall_s, "%.3f");
   json_num(out, "blocked_share", r->blocked_share, "%.4f");

@@ -14,6 +14,12 @@
  *     allows it (asp, or ssp with staleness >= 1); with bsp (or ssp with
  *     staleness 0) the run is sequential whatever was asked.
  *
+ * A model with an embedding table (psw_graph_embedding) also pulls, per
+ * step and on the training thread, the rows of the batch's distinct keys
+ * (psw_sparse, after the step's dense pull is in) and pushes their
+ * gradients before the step's dense push: another worker that the
+ * staleness bound lets go on has seen them too.
+ *
  * Data: the worker trains one partition at a time, in the partition's
  * own order for its epoch (psw_data_part_order), batches never spanning
  * two.  A registered worker claims each partition from the coordinator
@@ -66,6 +72,8 @@ typedef struct psw_train_result {
   double train_loss;           /* mean loss of the last epoch (or of the partial one) */
   double test_loss;            /* NAN before the first evaluation */
   double test_accuracy;        /* NAN before the first evaluation */
+  double test_auc;             /* binary classifiers (a sigmoid_xent node): AUC */
+  double test_logloss;         /* and logloss of the last evaluation; else NAN */
   double samples_per_sec;      /* training only, evaluation excluded */
   double wall_s;               /* the whole run */
   int overlap;                 /* the schedule that ran */
@@ -110,7 +118,8 @@ int psw_train_evaluate(const psw_train_opts *o, psw_train_result *r, uint64_t *v
                        ps_errbuf *eb);
 
 /* psw_train_eval_json writes the evaluation's JSON line:
- * {"model":…,"test_loss":…,"test_accuracy":…,"version":…,"wall_s":…}. */
+ * {"model":…,"test_loss":…,"test_accuracy":…,"test_auc":…,"test_logloss":…,
+ * "version":…,"wall_s":…} (auc and logloss null but for binary classifiers). */
 void psw_train_eval_json(FILE *out, const char *model, const psw_train_result *r,
                          uint64_t version);
 

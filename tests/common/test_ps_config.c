@@ -54,6 +54,9 @@ static const char good_yaml[] =
     "  scale: 0.5\n"
     "  partitions: 8\n"
     "  limit: 1000\n"
+    "sparse:\n"
+    "  memory_rows: 1000000\n"
+    "  admit_after: 2\n"
     "security:\n"
     "  mode: tls\n"
     "  tls:\n"
@@ -135,6 +138,8 @@ START_TEST(test_config_good_file) {
   ck_assert_int_eq(c.security.require_client_cert, 0);
   ck_assert_str_eq(c.security.secret_file, "certs/cluster.secret");
   ck_assert_int_eq(c.security.payload_mac, 1);
+  ck_assert_uint_eq(c.sparse.memory_rows, 1000000);
+  ck_assert_uint_eq(c.sparse.admit_after, 2);
   ck_assert_ptr_eq(ps_config_shard(&c, 8), &c.shards[1]);
   ck_assert_ptr_null(ps_config_shard(&c, 4));
   uint32_t ids[2];
@@ -194,6 +199,8 @@ START_TEST(test_config_defaults) {
   ck_assert_ptr_null(c.security.tls.ca);
   ck_assert_ptr_null(c.security.secret_file);
   ck_assert_int_eq(c.security.payload_mac, 0);
+  ck_assert_uint_eq(c.sparse.memory_rows, 0);
+  ck_assert_uint_eq(c.sparse.admit_after, 0);
   ps_config_release(&c);
 }
 END_TEST
@@ -232,6 +239,14 @@ static const struct bad_case {
   int err;
   const char *msg; /* after "PATH:" */
 } bad_cases[] = {
+    {"cluster: a\nsparse:\n  memory_rows: -5\n" SHARD0, PS_ECONFIG,
+     "3:16: 'memory_rows' is -5, outside 0..1099511627776"},
+    {"cluster: a\nsparse:\n  memory_rows: 1099511627777\n" SHARD0, PS_ECONFIG,
+     "3:16: 'memory_rows' is 1099511627777, outside 0..1099511627776"},
+    {"cluster: a\nsparse:\n  admit_after: 1000001\n" SHARD0, PS_ECONFIG,
+     "3:16: 'admit_after' is 1000001, outside 0..1000000"},
+    {"cluster: a\nsparse:\n  rows: 5\n" SHARD0, PS_ECONFIG, "3:3: unknown key 'rows' in 'sparse'"},
+    {"cluster: a\nsparse: 100\n" SHARD0, PS_ECONFIG, "2:9: expected a mapping for 'sparse'"},
     {"cluster: a\nbogus: 1\n" SHARD0, PS_ECONFIG, "2:1: unknown key 'bogus' at the top level"},
     {"cluster: a\ndurability:\n  mode: sync\n  flush: 5\n" SHARD0, PS_ECONFIG,
      "4:3: unknown key 'flush' in 'durability'"},
@@ -314,6 +329,10 @@ static const struct bad_case {
      "1:10: bad name 'a b' for 'cluster' (1-63 letters, digits, '.', '_', '-')"},
     {"cluster: a\ndata:\n  format: csv\n  train_labels: x\n" SHARD0, PS_ECONFIG,
      "4:17: 'train_labels' is for format 'idx' (csv files hold the label in column 1)"},
+    {"cluster: a\ndata:\n  format: criteo\n  test_labels: x\n" SHARD0, PS_ECONFIG,
+     "4:16: 'test_labels' is for format 'idx' (criteo files hold the label in column 1)"},
+    {"cluster: a\ndata:\n  format: tsv\n" SHARD0, PS_ECONFIG,
+     "3:11: unknown value 'tsv' for 'format' (expected idx, csv or criteo)"},
     {"cluster: a\ndata:\n  train_images: x\n" SHARD0, PS_ECONFIG,
      "3:3: 'train_images' and 'train_labels' go together in 'data'"},
     {"cluster: a\nlimits:\n  max_connections: 0\n" SHARD0, PS_ECONFIG,

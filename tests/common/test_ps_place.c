@@ -48,6 +48,44 @@ START_TEST(test_place_add_shard_moves_few) {
 }
 END_TEST
 
+/* Rows: the bucket map is the chunk rendezvous over buckets (so adding a
+ * shard moves only buckets that go to it, about 1/5), buckets spread
+ * evenly, hashed keys stay in range, and a row's initial values depend
+ * on (seed, table, key) only. */
+START_TEST(test_place_rows) {
+  static uint16_t m4[PS_PLACE_ROW_BUCKETS], m5[PS_PLACE_ROW_BUCKETS];
+  const uint32_t ids5[] = {0, 1, 2, 3, 4};
+  ps_place_row_map("ctr", 0, ids4, 4, m4);
+  ps_place_row_map("ctr", 0, ids5, 5, m5);
+  size_t count[4] = {0}, moved = 0;
+  for (uint32_t b = 0; b < PS_PLACE_ROW_BUCKETS; b++) {
+    ck_assert_uint_eq(m4[b], ps_place_chunk("ctr", 0, b, ids4, 4));
+    if (m4[b] != m5[b]) {
+      ck_assert_uint_eq(m5[b], 4);
+      moved++;
+    }
+  }
+  ck_assert_msg(moved > 600 && moved < 1050, "%zu of 4096 buckets moved", moved);
+  uint64_t seed = ps_place_row_seed("ctr", 0);
+  ck_assert(seed != ps_place_row_seed("ctr", 1) && seed != ps_place_row_seed("ctx", 0));
+  for (uint64_t k = 0; k < 40000; k++) count[m4[ps_place_row_bucket(seed, k)]]++;
+  for (int s = 0; s < 4; s++)
+    ck_assert_msg(count[s] > 9000 && count[s] < 11000, "shard %d holds %zu of 40000 rows", s, count[s]);
+  for (uint64_t k = 0; k < 1000; k++) ck_assert(ps_place_row_key(k * 0x123456789ull, 1000) < 1000);
+  ck_assert(ps_place_row_key(77, 0) == 77);
+  float a[16], b[16], c[16];
+  ck_assert_int_eq(ps_init_row(a, "normal", 0.1f, 5, 2, 1ull << 63, 16), 0);
+  ck_assert_int_eq(ps_init_row(b, "normal", 0.1f, 5, 2, 1ull << 63, 16), 0);
+  ck_assert_int_eq(memcmp(a, b, sizeof a), 0);
+  ck_assert_int_eq(ps_init_row(c, "normal", 0.1f, 5, 2, (1ull << 63) + 1, 16), 0);
+  ck_assert(memcmp(a, c, sizeof a) != 0);
+  ck_assert_int_eq(ps_init_row(c, "normal", 0.1f, 5, 3, 1ull << 63, 16), 0);
+  ck_assert(memcmp(a, c, sizeof a) != 0);
+  ck_assert_int_eq(ps_init_row(c, "bogus", 0.1f, 5, 3, 1, 16), PS_EINVAL);
+  ck_assert_int_eq(ps_init_row(c, "zeros", 0.1f, 5, 3, 1, 0), PS_EINVAL);
+}
+END_TEST
+
 START_TEST(test_init_independent_of_chunking) {
   float whole[1000], part[1000];
   ck_assert_int_eq(ps_init_fill(whole, "glorot", 1, 42, 2, 0, 1000, 100, 10), 0);
@@ -141,6 +179,7 @@ Suite *ps_place_suite(void) {
   tcase_add_test(tc, test_place_deterministic);
   tcase_add_test(tc, test_place_balanced);
   tcase_add_test(tc, test_place_add_shard_moves_few);
+  tcase_add_test(tc, test_place_rows);
   tcase_add_test(tc, test_init_independent_of_chunking);
   tcase_add_test(tc, test_layout_chunks);
   suite_add_tcase(s, tc);

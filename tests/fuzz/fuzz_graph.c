@@ -6,7 +6,8 @@
  * psw_graph_to_spec and back through psw_graph_from_spec (which must
  * accept it: same parameter count), ps_layout_build of that spec, and
  * when small (parameters, input and target columns) one forward/backward
- * step of 2 rows on the CPU backend, which a checked graph must pass.
+ * step of 2 rows on the CPU backend (one id per field, zero rows, for a
+ * graph with an embedding table), which a checked graph must pass.
  * (2) As a ModelSpec from GetModel (psw_graph_from_spec, as psw does with
  * what a shard sends) and ps_layout_build of it.
  * Checks: failures are PS_E* codes with a message, of the kinds
@@ -14,6 +15,7 @@
 #include "fuzz.h"
 #include "ps_gpu.h"
 #include "ps_model.h"
+#include "psw_embed.h"
 #include "psw_graph.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
@@ -76,6 +78,30 @@ static void fuzz_graph_run(const psw_graph *g) {
   fuzz_check(rc == 0, "a checked graph does not prepare: %s", eb.msg);
   psw_batch b = {.n = 2, .x = x, .labels = psw_graph_classes(g) ? labels : NULL,
                  .targets = tg ? t : NULL};
+  uint32_t fields = 0, dim = 0, nrows = 0;
+  psw_embed *pe = NULL;
+  psw_sparse_batch sp = {{0}, NULL, NULL};
+  uint32_t *off = NULL;
+  uint64_t *keys = NULL;
+  if (psw_graph_embedding(g, NULL, &fields, &dim, NULL) == 0) {
+    if ((uint64_t)fields * dim > FUZZ_GRAPH_MAX_COLS) {
+      free(params), free(grads), free(x), free(t);
+      psw_exec_free(ex);
+      return;
+    }
+    off = malloc((2 * (size_t)fields + 1) * sizeof *off);
+    keys = malloc((2 * (size_t)fields + 1) * sizeof *keys);
+    fuzz_check(off && keys && psw_embed_create(&pe) == 0, "out of memory");
+    for (uint32_t i = 0; i <= 2 * fields; i++) off[i] = i, keys[i] = i % 3;
+    rc = psw_embed_build(pe, 2 * fields, off, keys, 0, &eb);
+    fuzz_check(rc == 0, "psw_embed_build: %s", eb.msg);
+    psw_embed_bags(pe, &sp.bags);
+    psw_embed_keys(pe, &nrows);
+    sp.rows = calloc((size_t)nrows * dim + 1, sizeof(float));
+    sp.row_grads = calloc((size_t)nrows * dim + 1, sizeof(float));
+    fuzz_check(sp.rows && sp.row_grads, "out of memory");
+    b.sparse = &sp;
+  }
   float loss;
   uint32_t correct;
   rc = psw_exec_step(ex, params, &b, grads, &loss, &correct, &eb);
@@ -83,6 +109,8 @@ static void fuzz_graph_run(const psw_graph *g) {
   fuzz_check(correct <= 2, "%u of 2 rows correct", correct);
   psw_exec_free(ex);
   free(params), free(grads), free(x), free(t);
+  free(off), free(keys), free((float *)sp.rows), free(sp.row_grads);
+  psw_embed_free(pe);
 }
 
 /* fuzz_graph_file: the input as a graph file. */
@@ -103,7 +131,7 @@ static void fuzz_graph_file(const uint8_t *data, size_t size) {
   fuzz_check(rc == 0, "psw_graph_to_spec: %s", eb.msg);
   rc = psw_graph_from_spec(spec, &g2, &eb);
   fuzz_check(rc == 0, "a spec made from a checked graph is refused: %s", eb.msg);
-  fuzz_check(psw_graph_nparams(g2) == psw_graph_nparams(g), "parameter counts differ");
+  fuzz_check(!g2 || psw_graph_nparams(g2) == psw_graph_nparams(g), "parameter counts differ");
   fuzz_graph_layout(spec);
   psw_graph_free(g2);
   psw_graph_spec_free(spec);

@@ -11,6 +11,7 @@
 
 #include "ps_gpu.h"
 #include "ps_test.h"
+#include "psw_embed.h"
 
 
 /* rnd_away: random values at least 0.05 away from 0 (relu's kink), so a
@@ -347,6 +348,134 @@ START_TEST(test_open_devices) {
 }
 END_TEST
 
+/* ---- sigmoid cross-entropy, embedding bags, column blocks ------------------ */
+
+enum { GN = 9 };
+struct sig_ctx {
+  float z[GN], loss;
+  int32_t y[GN];
+};
+
+static double sig_loss(void *ctx) {
+  struct sig_ctx *c = ctx;
+  ps_gpu_tensor Z = T(c->z, GN, 1), L = T(&c->loss, 1, 1);
+  ck_assert_int_eq(be->ops->sigmoid_xent(be, &Z, c->y, &L, NULL, NULL), 0);
+  return c->loss;
+}
+
+START_TEST(test_sigmoid_xent) {
+  struct sig_ctx c;
+  fill_rnd(c.z, GN, 4, 0);
+  for (int i = 0; i < GN; i++) c.y[i] = i % 3 == 0;
+  float d[GN], p[GN];
+  ps_gpu_tensor Z = T(c.z, GN, 1), L = T(&c.loss, 1, 1), D = T(d, GN, 1), P = T(p, GN, 1);
+  ck_assert_int_eq(be->ops->sigmoid_xent(be, &Z, c.y, &L, &D, &P), 0);
+  double want = 0;
+  for (int i = 0; i < GN; i++) {
+    double q = 1 / (1 + exp(-(double)c.z[i]));
+    want -= c.y[i] ? log(q) : log(1 - q);
+    ck_assert_msg(fabs(p[i] - q) < 1e-6, "prob %d: %g want %g", i, p[i], q);
+  }
+  want /= GN;
+  ck_assert_msg(fabs(c.loss - want) < 1e-5 * (1 + want), "loss %g want %g", c.loss, want);
+  fd_check("sigmoid_xent", c.z, GN, sig_loss, &c, d, 1e-2f, 2e-3);
+  /* stable for huge logits: the loss of a confident mistake is |z| */
+  c.z[0] = -1e4f, c.z[1] = 1e4f, c.y[0] = 1, c.y[1] = 1;
+  ck_assert_int_eq(be->ops->sigmoid_xent(be, &Z, c.y, &L, &D, NULL), 0);
+  ck_assert(isfinite(c.loss) && c.loss > 1e4f / GN * 0.99f);
+  c.y[3] = 2;
+  ck_assert_int_eq(be->ops->sigmoid_xent(be, &Z, c.y, &L, &D, NULL), PS_EINVAL);
+  ps_gpu_tensor Z2 = T(c.z, 3, 3);
+  ck_assert_int_eq(be->ops->sigmoid_xent(be, &Z2, c.y, &L, NULL, NULL), PS_EINVAL);
+}
+END_TEST
+
+/* Bags of 3 samples x 2 fields over keys with repeats, one empty bag and
+ * a key twice in one bag; the loss is sum(C .* Y) for a random C. */
+enum { EB_BAGS = 6, EB_D = 5 };
+static const uint32_t eb_off[EB_BAGS + 1] = {0, 3, 4, 4, 7, 9, 10};
+static const uint64_t eb_keys[10] = {7, 1ull << 40, 7, 99, 3, 99, 99, 1ull << 40, 5, 3};
+
+struct emb_ctx {
+  ps_gpu_bags bags;
+  float *table, *c, y[EB_BAGS * EB_D];
+};
+
+static double emb_loss(void *ctx) {
+  struct emb_ctx *e = ctx;
+  ps_gpu_tensor Tb = T(e->table, e->bags.nrows, EB_D), Y = T(e->y, EB_BAGS, EB_D);
+  ck_assert_int_eq(be->ops->embed_fwd(be, &Tb, &e->bags, &Y), 0);
+  double l = 0;
+  for (int i = 0; i < EB_BAGS * EB_D; i++) l += (double)e->c[i] * e->y[i];
+  return l;
+}
+
+START_TEST(test_embed_backward) {
+  psw_embed *pe;
+  ps_errbuf eb;
+  ck_assert_int_eq(psw_embed_create(&pe), 0);
+  for (int mean = 0; mean < 2; mean++) {
+    ck_assert_msg(psw_embed_build(pe, EB_BAGS, eb_off, eb_keys, mean, &eb) == 0, "%s", eb.msg);
+    struct emb_ctx e;
+    psw_embed_bags(pe, &e.bags);
+    ck_assert_uint_eq(e.bags.nrows, 5);
+    ck_assert_int_eq(ps_gpu_bags_check(&e.bags), 0);
+    float table[5 * EB_D], c[EB_BAGS * EB_D], dt[5 * EB_D];
+    fill_rnd(table, 5 * EB_D, 1, 0);
+    fill_rnd(c, EB_BAGS * EB_D, 1, 0);
+    e.table = table, e.c = c;
+    emb_loss(&e);
+    /* forward against a direct reference over the keys */
+    uint32_t nk;
+    const uint64_t *keys = psw_embed_keys(pe, &nk);
+    for (int b = 0; b < EB_BAGS; b++)
+      for (int j = 0; j < EB_D; j++) {
+        double s = 0;
+        for (uint32_t k = eb_off[b]; k < eb_off[b + 1]; k++) {
+          uint32_t r = 0;
+          while (keys[r] != eb_keys[k]) r++;
+          s += table[r * EB_D + j];
+        }
+        uint32_t len = eb_off[b + 1] - eb_off[b];
+        if (mean && len) s /= len;
+        ck_assert_msg(fabs(e.y[b * EB_D + j] - s) < 1e-6, "bag %d col %d: %g want %g", b, j,
+                      e.y[b * EB_D + j], s);
+      }
+    ps_gpu_tensor DY = T(c, EB_BAGS, EB_D), DT = T(dt, 5, EB_D);
+    ck_assert_int_eq(be->ops->embed_bwd(be, &DY, &e.bags, 0, &DT), 0);
+    fd_check(mean ? "embed mean" : "embed sum", table, 5 * EB_D, emb_loss, &e, dt, 1e-2f, 1e-3);
+    /* beta = 1 accumulates: twice the gradient */
+    float dt2[5 * EB_D];
+    memcpy(dt2, dt, sizeof dt);
+    ps_gpu_tensor DT2 = T(dt2, 5, EB_D);
+    ck_assert_int_eq(be->ops->embed_bwd(be, &DY, &e.bags, 1, &DT2), 0);
+    for (int i = 0; i < 5 * EB_D; i++) ck_assert_float_eq_tol(dt2[i], 2 * dt[i], 1e-6);
+    /* shapes that disagree with the index are refused */
+    ps_gpu_tensor bad = T(dt, 4, EB_D);
+    ck_assert_int_eq(be->ops->embed_bwd(be, &DY, &e.bags, 0, &bad), PS_EINVAL);
+  }
+  psw_embed_free(pe);
+}
+END_TEST
+
+START_TEST(test_cols) {
+  float x[3 * 2], y[3 * 5], g[3 * 2];
+  fill_rnd(x, 6, 1, 0);
+  fill_rnd(y, 15, 1, 0);
+  ps_gpu_tensor X = T(x, 3, 2), Y = T(y, 3, 5), G = T(g, 3, 2);
+  ck_assert_int_eq(be->ops->cols_put(be, &X, &Y, 3), 0);
+  for (int i = 0; i < 3; i++)
+    for (int j = 0; j < 2; j++) ck_assert_float_eq(y[i * 5 + 3 + j], x[i * 2 + j]);
+  ck_assert_int_eq(be->ops->cols_get(be, &Y, 3, 0, &G), 0);
+  ck_assert_int_eq(memcmp(g, x, sizeof x), 0);
+  ck_assert_int_eq(be->ops->cols_get(be, &Y, 3, 1, &G), 0);
+  for (int i = 0; i < 6; i++) ck_assert_float_eq(g[i], 2 * x[i]);
+  ck_assert_int_eq(be->ops->cols_put(be, &X, &Y, 4), PS_EINVAL);
+  ps_gpu_tensor X2 = T(x, 2, 3);
+  ck_assert_int_eq(be->ops->cols_get(be, &Y, 0, 0, &X2), PS_EINVAL);
+}
+END_TEST
+
 Suite *ps_gpu_cpu_suite(void) {
   Suite *s = suite_create("ps_gpu_cpu");
   TCase *tc = tcase_create("ops");
@@ -360,6 +489,9 @@ Suite *ps_gpu_cpu_suite(void) {
   tcase_add_test(tc, test_blas1_and_bias_grad);
   tcase_add_test(tc, test_memory_and_copies);
   tcase_add_test(tc, test_open_devices);
+  tcase_add_test(tc, test_sigmoid_xent);
+  tcase_add_test(tc, test_embed_backward);
+  tcase_add_test(tc, test_cols);
   suite_add_tcase(s, tc);
   return s;
 }

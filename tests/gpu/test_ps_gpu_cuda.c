@@ -24,6 +24,7 @@
 
 #include "ps_gpu.h"
 #include "ps_test.h"
+#include "psw_embed.h"
 #include "psw_graph.h"
 #ifdef PS_HAVE_CUDA_BACKEND
 #include <cuda_runtime_api.h>
@@ -673,6 +674,176 @@ START_TEST(test_exec_step) {
 }
 END_TEST
 
+/* The click-through model of psw_graph_ctr_pack through the executor on
+ * both backends: the embedding rows and index go up, the row gradients
+ * come down, and loss, probabilities, dense and row gradients agree. */
+START_TEST(test_exec_ctr) {
+  NEED_GPU();
+  enum { N = 33, F = 26, D = 8, X = 13 };
+  static const uint32_t layers[] = {32};
+  psw_ctr_shape sh = {F, D, X, layers, 1, 0, 1};
+  ps_errbuf eb;
+  uint8_t *buf;
+  size_t len;
+  psw_graph *g;
+  ck_assert_msg(psw_graph_ctr_pack("c", &sh, &buf, &len, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psw_graph_load(buf, len, &g, &eb) == 0, "%s", eb.msg);
+  free(buf);
+  uint32_t *off = (uint32_t *)hnew(N * F + 1);
+  uint64_t *keys = (uint64_t *)hnew(2 * N * F * 2);
+  off[0] = 0;
+  for (uint32_t b = 0; b < N * F; b++) {
+    off[b + 1] = off[b] + 1 + b % 2; /* one or two ids per field */
+    for (uint32_t k = off[b]; k < off[b + 1]; k++) keys[k] = (uint64_t)(b % F) << 32 | (k * 7 % 50);
+  }
+  psw_embed *pe;
+  ck_assert_int_eq(psw_embed_create(&pe), 0);
+  ck_assert_msg(psw_embed_build(pe, N * F, off, keys, 1, &eb) == 0, "%s", eb.msg);
+  psw_sparse_batch sc, sg;
+  psw_embed_bags(pe, &sc.bags);
+  uint32_t nr;
+  psw_embed_keys(pe, &nr);
+  sc.rows = hrnd((size_t)nr * D, 0.5f);
+  sc.row_grads = hnew((size_t)nr * D);
+  sg = sc;
+  sg.row_grads = hnew((size_t)nr * D);
+  for (size_t i = 0; i < (size_t)nr * D; i++) sg.row_grads[i] = NAN;
+  const size_t np = psw_graph_nparams(g);
+  float *params = hrnd(np, 0.3f), *x = hrnd((size_t)N * X, 1), *gc = hnew(np), *gg = hnew(np);
+  int32_t *y = (int32_t *)hnew(N);
+  for (int i = 0; i < N; i++) y[i] = rnd_label(2);
+  psw_batch bc = {N, x, y, NULL, &sc}, bg = {N, x, y, NULL, &sg};
+  psw_exec *ec, *eg;
+  float lc, lg, pc[N], pg[N];
+  uint32_t cc, cg;
+  ck_assert_msg(psw_exec_create(g, cpu, N, &ec, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psw_exec_create(g, gpu, N, &eg, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psw_exec_step(ec, params, &bc, gc, &lc, &cc, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psw_exec_step(eg, params, &bg, gg, &lg, &cg, &eb) == 0, "%s", eb.msg);
+  ck_assert_int_eq(psw_exec_probs(ec, pc), 0);
+  ck_assert_int_eq(psw_exec_probs(eg, pg), 0);
+  ck_assert_msg(rel_err(&lg, &lc, 1, 0) <= 1e-5, "ctr loss %.8g want %.8g", lg, lc);
+  double e = rel_err(pg, pc, N, 0);
+  ck_assert_msg(e <= 1e-5, "ctr probabilities: relative error %.3g", e);
+  e = rel_err(gg, gc, np, 0);
+  ck_assert_msg(e <= 1e-5, "ctr dense gradients: relative error %.3g (seed %llu)", e,
+                (unsigned long long)ps_test_seed);
+  e = rel_err(sg.row_grads, sc.row_grads, (size_t)nr * D, 0);
+  ck_assert_msg(e <= 1e-5, "ctr row gradients: relative error %.3g (seed %llu)", e,
+                (unsigned long long)ps_test_seed);
+  psw_exec_free(eg);
+  psw_exec_free(ec);
+  psw_embed_free(pe);
+  psw_graph_free(g);
+}
+END_TEST
+
+/* ---- sigmoid cross-entropy, embedding bags, column blocks ------------------ */
+
+START_TEST(test_sigmoid_xent) {
+  NEED_GPU();
+  static const uint32_t sizes[] = {1, 7, 512, 5000};
+  for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; s++) {
+    const uint32_t n = sizes[s];
+    float *z = hrnd(n, 6), loss, *d = hnew(n), *p = hnew(n);
+    int32_t *lh, *ld = labels_dev(n, 2, &lh);
+    float *dz = dfrom(z, n * 4), *dl = dnew(4), *dd = dnew(n * 4), *dp = dnew(n * 4);
+    ps_gpu_tensor Z = HT(z, n, 1), L = HT(&loss, 1, 1), D = HT(d, n, 1), P = HT(p, n, 1);
+    ps_gpu_tensor gZ = DT(dz, n, 1), gL = DT(dl, 1, 1), gD = DT(dd, n, 1), gP = DT(dp, n, 1);
+    ck_assert_int_eq(cpu->ops->sigmoid_xent(cpu, &Z, lh, &L, &D, &P), 0);
+    ck_assert_int_eq(gpu->ops->sigmoid_xent(gpu, &gZ, ld, &gL, &gD, &gP), 0);
+    char what[64];
+    snprintf(what, sizeof what, "sigmoid_xent [%u, 1]", n);
+    expect_close(what, dl, &loss, 1, 1e-5);
+    expect_close(what, dd, d, n, 1e-5);
+    expect_close(what, dp, p, n, 1e-5);
+  }
+  float *d = dnew(64);
+  ps_gpu_tensor X = DT(d, 2, 4), L = DT(d, 1, 1);
+  ck_assert_int_eq(gpu->ops->sigmoid_xent(gpu, &X, (int32_t *)d, &L, NULL, NULL), PS_EINVAL);
+}
+END_TEST
+
+/* embed_case: NBAGS bags of 0..MAXLEN Zipf-ish keys out of VOCAB, rows of D
+ * columns, through the CPU and cuda backends (forward, and backward with
+ * beta 0 and 0.5); the index goes to the device as four int32 arrays. */
+static void embed_case(uint32_t nbags, uint32_t maxlen, uint32_t vocab, uint32_t d, int mean) {
+  uint32_t *off = (uint32_t *)hnew(nbags + 1);
+  off[0] = 0;
+  for (uint32_t b = 0; b < nbags; b++)
+    off[b + 1] = off[b] + (uint32_t)((ps_test_rnd() + 1) * 0.5f * (maxlen + 1)) % (maxlen + 1);
+  uint64_t *keys = (uint64_t *)hnew(2 * (size_t)off[nbags] + 2);
+  for (uint32_t k = 0; k < off[nbags]; k++) {
+    float u = (ps_test_rnd() + 1) * 0.5f;
+    keys[k] = (uint64_t)(u * u * u * vocab) * 0x9e3779b97f4a7c15ULL; /* spread over 64 bits */
+  }
+  psw_embed *pe;
+  ps_errbuf eb;
+  ck_assert_int_eq(psw_embed_create(&pe), 0);
+  ck_assert_msg(psw_embed_build(pe, nbags, off, keys, mean, &eb) == 0, "%s", eb.msg);
+  ps_gpu_bags hb, db;
+  psw_embed_bags(pe, &hb);
+  ck_assert_int_eq(ps_gpu_bags_check(&hb), 0);
+  db = hb;
+  db.bag_off = dfrom(hb.bag_off, (nbags + 1) * 4);
+  db.bag_slot = dfrom(hb.bag_slot, hb.nnz * 4 + 4);
+  db.row_off = dfrom(hb.row_off, (hb.nrows + 1) * 4);
+  db.row_bag = dfrom(hb.row_bag, hb.nnz * 4 + 4);
+  const uint32_t u = hb.nrows;
+  float *t = hrnd((size_t)u * d, 1), *y = hnew((size_t)nbags * d), *g = hrnd((size_t)nbags * d, 1);
+  float *dt = hrnd((size_t)u * d, 1);
+  float *gt = dfrom(t, (size_t)u * d * 4), *gy = dnew((size_t)nbags * d * 4 + 4),
+        *gg = dfrom(g, (size_t)nbags * d * 4), *gdt = dfrom(dt, (size_t)u * d * 4);
+  ps_gpu_tensor Tt = HT(t, u, d), Y = HT(y, nbags, d), G = HT(g, nbags, d), DTt = HT(dt, u, d);
+  ps_gpu_tensor gT = DT(gt, u, d), gY = DT(gy, nbags, d), gG = DT(gg, nbags, d), gDT = DT(gdt, u, d);
+  char what[96];
+  ck_assert_int_eq(cpu->ops->embed_fwd(cpu, &Tt, &hb, &Y), 0);
+  ck_assert_int_eq(gpu->ops->embed_fwd(gpu, &gT, &db, &gY), 0);
+  snprintf(what, sizeof what, "embed_fwd bags=%u d=%u rows=%u %s", nbags, d, u, mean ? "mean" : "sum");
+  expect_close(what, gy, y, (size_t)nbags * d, 1e-6);
+  for (int beta = 0; beta < 2; beta++) {
+    ck_assert_int_eq(cpu->ops->embed_bwd(cpu, &G, &hb, beta * 0.5f, &DTt), 0);
+    ck_assert_int_eq(gpu->ops->embed_bwd(gpu, &gG, &db, beta * 0.5f, &gDT), 0);
+    snprintf(what, sizeof what, "embed_bwd bags=%u d=%u rows=%u %s beta=%g", nbags, d, u,
+             mean ? "mean" : "sum", beta * 0.5);
+    expect_close(what, gdt, dt, (size_t)u * d, 1e-6);
+  }
+  psw_embed_free(pe);
+}
+
+START_TEST(test_embed) {
+  NEED_GPU();
+  for (int mean = 0; mean < 2; mean++) {
+    embed_case(1, 1, 1, 1, mean);
+    embed_case(26 * 33, 1, 1000, 16, mean);   /* one key per field: the CTR shape */
+    embed_case(300, 7, 50, 9, mean);          /* multi-valued fields, heavy repeats */
+    embed_case(64, 3, 1u << 30, 130, mean);   /* distinct keys, wide rows */
+  }
+  ps_gpu_bags none = {0};
+  float *d = dnew(64);
+  ps_gpu_tensor A = DT(d, 0, 4), B = DT(d, 1, 4);
+  ck_assert_int_eq(gpu->ops->embed_fwd(gpu, &A, &none, &B), PS_EINVAL);
+}
+END_TEST
+
+START_TEST(test_cols) {
+  NEED_GPU();
+  const uint32_t n = 37, a = 13, b = 429, off = 400;
+  float *x = hrnd((size_t)n * a, 1), *y = hrnd((size_t)n * b, 1), *g = hrnd((size_t)n * a, 1);
+  float *dx = dfrom(x, (size_t)n * a * 4), *dy = dfrom(y, (size_t)n * b * 4),
+        *dg = dfrom(g, (size_t)n * a * 4);
+  ps_gpu_tensor X = HT(x, n, a), Y = HT(y, n, b), G = HT(g, n, a);
+  ps_gpu_tensor gX = DT(dx, n, a), gY = DT(dy, n, b), gG = DT(dg, n, a);
+  ck_assert_int_eq(cpu->ops->cols_put(cpu, &X, &Y, off), 0);
+  ck_assert_int_eq(gpu->ops->cols_put(gpu, &gX, &gY, off), 0);
+  expect_close("cols_put", dy, y, (size_t)n * b, 0);
+  ck_assert_int_eq(cpu->ops->cols_get(cpu, &Y, off - 7, 0.5f, &G), 0);
+  ck_assert_int_eq(gpu->ops->cols_get(gpu, &gY, off - 7, 0.5f, &gG), 0);
+  expect_close("cols_get", dg, g, (size_t)n * a, 1e-7);
+  ck_assert_int_eq(gpu->ops->cols_put(gpu, &gX, &gY, b - a + 1), PS_EINVAL);
+}
+END_TEST
+
 Suite *ps_gpu_cuda_suite(void) {
   Suite *s = suite_create("ps_gpu_cuda");
   TCase *tc = tcase_create("ops");
@@ -690,6 +861,10 @@ Suite *ps_gpu_cuda_suite(void) {
   tcase_add_test(tc, test_copies_and_streams);
   tcase_add_test(tc, test_mlp_step);
   tcase_add_test(tc, test_exec_step);
+  tcase_add_test(tc, test_sigmoid_xent);
+  tcase_add_test(tc, test_embed);
+  tcase_add_test(tc, test_cols);
+  tcase_add_test(tc, test_exec_ctr);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -385,6 +385,22 @@ START_TEST(test_psctl_model_show) {
   ck_assert_int_eq(pt_psctl(&x, "model logreg --inputs 784 --classes 10 -o lr.pb"), 0);
   ck_assert_msg(pt_psctl(&x, "model show lr.pb") == 0, "show lr.pb failed, see %s", x.err);
   ck_assert_msg(pt_contains(x.out, "7850 parameters"), "show lr.pb: wrong count, see %s", x.out);
+
+  /* ctr: the issue's click-through model; 429 x 256 + 256 + 256 x 128 + 128 + 128 + 1
+   * dense parameters beside the embedding table. */
+  ck_assert_int_eq(pt_psctl(&x, "model ctr --fields 26 --dim 16 --dense 13 --layers 256,128 -o ctr.pb"), 0);
+  ck_assert_msg(pt_psctl(&x, "model show ctr.pb") == 0, "show ctr.pb failed, see %s", x.err);
+  ck_assert_msg(pt_contains(x.out, "143105 parameters") && pt_contains(x.out, "emb          [*, 16]") &&
+                    pt_contains(x.out, "embedding_lookup(ids, emb) -> e [-1, 416]") &&
+                    pt_contains(x.out, "metric: auc") && pt_contains(x.out, "metric: logloss"),
+                "show ctr.pb: not the ctr model, see %s", x.out);
+  ck_assert_int_eq(pt_psctl(&x, "model ctr --fields 26 --dim 16 --dense 13 --hash-buckets 1000 --pooling mean -o c2.pb"), 0);
+  ck_assert_int_eq(pt_psctl(&x, "model show c2.pb"), 0);
+  ck_assert_msg(pt_contains(x.out, "ids hashed into 1000 rows"), "show c2.pb, see %s", x.out);
+  ck_assert_int_eq(pt_psctl(&x, "model ctr --fields 26 --dense 13 -o c3.pb"), 2);
+  ck_assert_msg(pt_contains(x.err, "--fields F, --dim D and --dense N are required"), "see %s", x.err);
+  ck_assert_int_eq(pt_psctl(&x, "model ctr --fields 2 --dim 4 --dense 1 --pooling max -o c3.pb"), 2);
+  ck_assert_msg(pt_contains(x.err, "unknown pooling 'max'"), "see %s", x.err);
   pt_cleanup(&x);
 }
 END_TEST

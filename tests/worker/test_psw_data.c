@@ -1,12 +1,14 @@
 /* Tests for psw_data: IDX (plain and gzipped) and CSV readers on good and
  * bad files made here, partitions, shuffling, and the real Fashion-MNIST
  * files when the Debian package is installed. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <zlib.h>
 
+#include "psw_ctr.h"
 #include "psw_data.h"
 #include "ps_test.h"
 
@@ -259,6 +261,53 @@ START_TEST(test_load_by_config) {
 }
 END_TEST
 
+/* criteo_line writes sample I (label i % 2, integer I1 = i, categorical
+ * C1 = i in hex, the rest missing) to BUF. */
+static size_t criteo_line(char *buf, int i) {
+  size_t n = (size_t)sprintf(buf, "%d\t%d", i % 2, i);
+  for (int j = 1; j < PSW_CTR_DENSE; j++) buf[n++] = '\t';
+  n += (size_t)sprintf(buf + n, "\t%x", i);
+  for (int f = 1; f < PSW_CTR_FIELDS; f++) buf[n++] = '\t';
+  buf[n++] = '\n';
+  return n;
+}
+
+START_TEST(test_load_criteo) {
+  char path[600], text[4096];
+  sprintf(path, "%s/t.tsv", ps_test_tmpdir());
+  size_t len = 0;
+  for (int i = 0; i < 8; i++) len += criteo_line(text + len, i);
+  write_bytes(path, text, len, 1);
+  ps_data_conf c = {.format = "criteo", .train_images = path, .test_images = path, .scale = 2,
+                    .partitions = 4, .limit = 6};
+  psw_dataset d;
+  ps_errbuf eb = {""};
+  uint32_t parts[] = {3, 1}; /* of 6 samples: 1..2 and 4..5 */
+  ck_assert_msg(psw_data_load(&d, &c, 0, parts, 2, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(d.n, 4);
+  ck_assert_uint_eq(d.dim, PSW_CTR_DENSE);
+  ck_assert_uint_eq(d.fields, PSW_CTR_FIELDS);
+  static const int want[] = {1, 2, 4, 5};
+  for (int k = 0; k < 4; k++) {
+    int i = want[k];
+    ck_assert_int_eq(d.y[k], i % 2);
+    ck_assert(d.x[k * PSW_CTR_DENSE] == (float)log1p(i)); /* not scaled */
+    ck_assert_uint_eq(d.keys[k * PSW_CTR_FIELDS], psw_ctr_key(0, (uint64_t)i));
+    ck_assert_uint_eq(d.keys[k * PSW_CTR_FIELDS + 1], psw_ctr_key(1, UINT64_MAX));
+  }
+  psw_data_release(&d);
+  ck_assert_msg(psw_data_load(&d, &c, 1, NULL, 0, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(d.n, 8);
+  psw_data_release(&d);
+  write_bytes(path, "1\t2\n", 4, 0);
+  ck_assert_int_eq(psw_data_load(&d, &c, 1, NULL, 0, &eb), PS_EFORMAT);
+  ck_assert_msg(strstr(eb.msg, "t.tsv:1: 2 tab-separated fields, expected 40"), "%s", eb.msg);
+  write_bytes(path, "", 0, 0);
+  ck_assert_int_eq(psw_data_load(&d, &c, 1, NULL, 0, &eb), PS_EFORMAT);
+  ck_assert_msg(strstr(eb.msg, "t.tsv: no samples"), "%s", eb.msg);
+}
+END_TEST
+
 START_TEST(test_partitions_cover) {
   for (uint32_t P = 1; P < 20; P++) {
     uint64_t next = 0;
@@ -396,6 +445,7 @@ Suite *psw_data_suite(void) {
   tcase_add_loop_test(tc, test_csv_good, 0, 2);
   tcase_add_loop_test(tc, test_csv_bad, 0, (int)(sizeof csv_bad_cases / sizeof csv_bad_cases[0]));
   tcase_add_test(tc, test_load_by_config);
+  tcase_add_test(tc, test_load_criteo);
   tcase_add_test(tc, test_partitions_cover);
   tcase_add_test(tc, test_shuffle);
   tcase_add_test(tc, test_part_order);

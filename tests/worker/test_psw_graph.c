@@ -195,12 +195,12 @@ START_TEST(test_errors_params_and_loss) {
   expect_error(&t, PS_EINVAL, "params[3]: duplicate name 'W1'");
   tg_mlp(&t, 6, 5, 3);
   t.I[1].kind = "images";
-  expect_error(&t, PS_EINVAL, "input 'y': unknown kind 'images' (expected features, labels or targets)");
+  expect_error(&t, PS_EINVAL, "input 'y': unknown kind 'images' (expected features, labels, targets or ids)");
   tg_mlp(&t, 6, 5, 3);
   t.metrics[0] = "f1";
   t.g.metrics = t.metrics;
   t.g.n_metrics = 1;
-  expect_error(&t, PS_EINVAL, "unknown metric 'f1' (expected accuracy)");
+  expect_error(&t, PS_EINVAL, "unknown metric 'f1' (expected accuracy, auc or logloss)");
 }
 END_TEST
 
@@ -326,7 +326,7 @@ static void grad_check(tgraph *t, uint32_t n, uint32_t in, uint32_t k, int targe
   for (uint32_t i = 0; i < n * in; i++) x[i] = ps_test_rnd();
   for (uint32_t i = 0; i < n * k; i++) tg[i] = ps_test_rnd();
   for (uint32_t i = 0; i < n; i++) y[i] = (int32_t)((ps_test_rnd() + 1) / 2 * k) % (int32_t)k;
-  c.b = (psw_batch){n, x, targets ? NULL : y, targets ? tg : NULL};
+  c.b = (psw_batch){n, x, targets ? NULL : y, targets ? tg : NULL, NULL};
   float loss, loss2;
   uint32_t correct, correct2;
   for (uint64_t i = 0; i < np; i++) grads[i] = NAN;
@@ -416,7 +416,7 @@ START_TEST(test_exec_batches_and_spec) {
   uint32_t correct;
   int32_t y[5] = {0, 1, 2, 1, 0};
   ck_assert_int_eq(psw_graph_init_params(g, 1, params), 0);
-  psw_batch b = {5, x, y, NULL};
+  psw_batch b = {5, x, y, NULL, NULL};
   ck_assert_int_eq(psw_exec_step(ex, params, &b, grads, &loss, &correct, &eb), PS_EINVAL);
   ck_assert_str_eq(eb.msg, "batch of 5 rows (expected 1..4)");
   b.n = 4;

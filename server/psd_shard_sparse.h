@@ -1,0 +1,54 @@
+/* psd_shard_sparse: a shard's sparse tables behind its request handlers
+ * (the store of rows is psd_sparse.h; this is the shard's side of it).
+ *
+ * The shard opens one psd_sparse in DATA_DIR/sparse (sparse.memory_rows
+ * and sparse.admit_after of the config) and, for every model whose graph
+ * has an embedding table (ps.graph.Param.sparse), one table per such
+ * parameter: at submit and, after a restart, for every model the store
+ * restored.  A table's rows are the ones whose bucket is placed on this
+ * shard (ps_place_row_map); a request naming another shard's key is
+ * refused.  Sparse requests are served at once: no staleness bound, no
+ * clock advance (asynchronous, as the issue's first step; the dense
+ * tensors of the same model keep their consistency model).
+ *
+ * Every function runs on the shard's loop thread, returns 0 or a negative
+ * PS_E* code with a message in EB, and changes nothing on error. */
+#ifndef PSD_SHARD_SPARSE_H
+#define PSD_SHARD_SPARSE_H
+
+#include "ps.pb-c.h"
+#include "psd_shard.h"
+
+/* psd_shard_sparse_open opens SH's rows and registers the tables of every
+ * model its store holds.  psd_shard_sparse_close (NULL-safe) frees them
+ * without flushing. */
+int psd_shard_sparse_open(psd_shard *sh, ps_errbuf *eb);
+void psd_shard_sparse_close(psd_shard *sh);
+
+/* psd_shard_sparse_check checks SPEC's embedding tables before the store
+ * takes SPEC (a graph that does not parse, a bad dim or initializer, a
+ * table that exists with another dim or optimizer); psd_shard_sparse_add
+ * then registers them.  Both are no-ops for models without tables. */
+int psd_shard_sparse_check(psd_shard *sh, const Ps__ModelSpec *spec, ps_errbuf *eb);
+int psd_shard_sparse_add(psd_shard *sh, const Ps__ModelSpec *spec, ps_errbuf *eb);
+
+/* psd_shard_sparse_pull: *ROWS (caller frees with free()) receives
+ * nkeys x dim floats, *NBYTES their size.  psd_shard_sparse_push applies
+ * R's rows as gradients.  Errors: the shard's state, PS_ENOENT (unknown
+ * model or table), PS_EINVAL (keys and rows that disagree, a duplicate or
+ * misplaced key, a NaN gradient, a worker id outside the cluster),
+ * PS_ETOOBIG (over limits.max_request_bytes), PS_EIO from RocksDB. */
+int psd_shard_sparse_pull(psd_shard *sh, const Ps__SparsePullRequest *r, float **rows,
+                          size_t *nbytes, ps_errbuf *eb);
+int psd_shard_sparse_push(psd_shard *sh, const Ps__SparsePushRequest *r, ps_errbuf *eb);
+
+/* psd_shard_sparse_status adds every table's counters to REPLY (model
+ * names borrowed from the tables); psd_shard_sparse_status_release frees
+ * what it allocated. */
+void psd_shard_sparse_status(psd_shard *sh, Ps__StatusReply *reply);
+void psd_shard_sparse_status_release(Ps__StatusReply *reply);
+
+/* psd_shard_sparse_flush writes every changed row (psd_sparse_flush). */
+int psd_shard_sparse_flush(psd_shard *sh, ps_errbuf *eb);
+
+#endif

@@ -1,0 +1,747 @@
+/* psd_sparse: sparse tables in memory with RocksDB behind them (see
+ * psd_sparse.h for the invariants).
+ *
+ * Memory layout of a table: rows live in a dense slab (row i at data + i
+ * * rowf, rowf = dim x (1 + slots)) with parallel arrays of keys, update
+ * counts, clocks and flags; an open-addressing index (linear probing on
+ * ps_mix64(key), load <= 1/2) maps a key to its row + 1.  Eviction
+ * compacts the slab and rebuilds the index, once per batch of evictions.
+ * Admission counts live in a second open-addressing map (key -> pulls
+ * seen), which only grows: 16 bytes per key pulled and not yet admitted
+ * or admitted (the cost of admission). */
+#include "psd_sparse.h"
+
+#include <errno.h>
+#include <math.h>
+#include <rocksdb/c.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+#include "ps_place.h"
+#include "psd_optim.h"
+
+enum { ROW_DIRTY = 1, ROW_ON_DISK = 2 };
+#define KEY_MAX_LEN (1 + 64 + 1 + 4 + 8)
+#define VAL_HDR 16 /* update count, clock */
+
+typedef struct sp_table {
+  char *model;
+  uint32_t id, dim;
+  unsigned nslots;
+  size_t rowf;               /* floats per row */
+  char *init;
+  float scale;
+  uint64_t seed;
+  psd_optim optim;
+  /* rows in memory */
+  size_t nrows, cap;
+  uint64_t *keys, *count, *clock;
+  uint8_t *flags;
+  float *data;
+  uint32_t *index;           /* row + 1, 0 = empty */
+  size_t icap;
+  /* admission: key -> pulls seen */
+  uint64_t *akeys;
+  uint32_t *aseen;
+  size_t an, acap;
+  uint64_t tick;
+  int any_on_disk;           /* the table may have rows in RocksDB */
+  psd_sparse_stats st;
+} sp_table;
+
+struct psd_sparse {
+  char *dir;
+  uint64_t memory_rows;
+  uint32_t admit_after;
+  rocksdb_t *db;
+  rocksdb_options_t *opts;
+  rocksdb_block_based_table_options_t *bbto;
+  rocksdb_cache_t *cache;
+  rocksdb_writeoptions_t *wo;   /* WAL off */
+  rocksdb_readoptions_t *ro;
+  rocksdb_flushoptions_t *fo;
+  sp_table **tables;
+  size_t ntables;
+  /* per-request scratch, grown as needed */
+  uint64_t *set;                /* duplicate check: key + 1... as open addressing of keys */
+  uint8_t *set_used;
+  size_t set_cap;
+  int64_t *rowof;               /* request key i -> row, -1: none */
+  size_t rowof_cap;
+  float *upd;                   /* updated rows before commit */
+  size_t upd_cap;
+};
+
+/* ---- small helpers -------------------------------------------------------- */
+
+/* rdb_err converts RocksDB's ERR (freed) into a PS_E* code with WHAT and
+ * the directory in EB. */
+static int rdb_err(const psd_sparse *s, char *err, const char *what, ps_errbuf *eb) {
+  int code = strstr(err, "No space left") ? PS_ENOSPC
+             : strstr(err, "lock")        ? PS_ELOCKED
+                                          : PS_EIO;
+  ps_errf(eb, code, "sparse rows '%s': %s: %s", s->dir, what, err);
+  rocksdb_free(err);
+  return code;
+}
+
+/* grow_to makes *P (elements of SIZE bytes, capacity *CAP) hold N; 0 or
+ * PS_ENOMEM with *P unchanged. */
+static int grow_to(void *p, size_t *cap, size_t n, size_t size) {
+  if (n <= *cap) return 0;
+  size_t c = *cap ? *cap : 16;
+  while (c < n) c *= 2;
+  void *np = realloc(*(void **)p, c * size);
+  if (!np) return PS_ENOMEM;
+  *(void **)p = np;
+  *cap = c;
+  return 0;
+}
+
+/* row_key writes T's RocksDB key of KEY into K and returns its length. */
+static size_t row_key(const sp_table *t, uint64_t key, char *k) {
+  size_t n = strlen(t->model);
+  k[0] = 'r';
+  memcpy(k + 1, t->model, n + 1);
+  n += 2;
+  for (int i = 3; i >= 0; i--) k[n++] = (char)(t->id >> (8 * i));
+  for (int i = 7; i >= 0; i--) k[n++] = (char)(key >> (8 * i));
+  return n;
+}
+
+static float *row_data(const sp_table *t, size_t r) { return t->data + r * t->rowf; }
+
+static size_t val_len(const sp_table *t) { return VAL_HDR + t->rowf * sizeof(float); }
+
+/* ---- the key index -------------------------------------------------------- */
+
+/* index_find returns the row of KEY in memory, or -1. */
+static int64_t index_find(const sp_table *t, uint64_t key) {
+  if (!t->icap) return -1;
+  size_t mask = t->icap - 1;
+  for (size_t h = ps_mix64(key) & mask;; h = (h + 1) & mask) {
+    uint32_t v = t->index[h];
+    if (!v) return -1;
+    if (t->keys[v - 1] == key) return v - 1;
+  }
+}
+
+/* index_put records row R (its key in t->keys) in an index with room. */
+static void index_put(sp_table *t, size_t r) {
+  size_t mask = t->icap - 1, h = ps_mix64(t->keys[r]) & mask;
+  while (t->index[h]) h = (h + 1) & mask;
+  t->index[h] = (uint32_t)(r + 1);
+}
+
+/* index_rebuild sizes the index for CAP rows (load <= 1/2) and refills it. */
+static int index_rebuild(sp_table *t, size_t cap) {
+  size_t c = 64;
+  while (c < cap * 2) c *= 2;
+  uint32_t *ix = calloc(c, sizeof *ix);
+  if (!ix) return PS_ENOMEM;
+  free(t->index);
+  t->index = ix;
+  t->icap = c;
+  for (size_t r = 0; r < t->nrows; r++) index_put(t, r);
+  return 0;
+}
+
+/* row_new appends a row for KEY (contents to be set by the caller) and
+ * returns its index in *R; PS_ENOMEM leaves the table as it was. */
+static int row_new(sp_table *t, uint64_t key, size_t *r) {
+  if (t->nrows == t->cap) {
+    size_t c = t->cap ? t->cap * 2 : 64;
+    if (c > UINT32_MAX - 1) return PS_ENOMEM;
+    uint64_t *k = realloc(t->keys, c * sizeof *k);
+    if (k) t->keys = k;
+    uint64_t *n = k ? realloc(t->count, c * sizeof *n) : NULL;
+    if (n) t->count = n;
+    uint64_t *cl = n ? realloc(t->clock, c * sizeof *cl) : NULL;
+    if (cl) t->clock = cl;
+    uint8_t *f = cl ? realloc(t->flags, c) : NULL;
+    if (f) t->flags = f;
+    float *d = f ? realloc(t->data, c * t->rowf * sizeof *d) : NULL;
+    if (!d) return PS_ENOMEM;
+    t->data = d;
+    t->cap = c;
+  }
+  if ((t->nrows + 1) * 2 > t->icap && index_rebuild(t, t->cap)) return PS_ENOMEM;
+  *r = t->nrows++;
+  t->keys[*r] = key;
+  index_put(t, *r);
+  t->st.rows_mem = t->nrows;
+  return 0;
+}
+
+/* ---- admission -------------------------------------------------------------- */
+
+/* admit_seen counts one pull of KEY and returns how many there were. */
+static int admit_seen(sp_table *t, uint64_t key, uint32_t *seen) {
+  if ((t->an + 1) * 2 > t->acap) {
+    size_t c = t->acap ? t->acap * 2 : 1024;
+    uint64_t *k = calloc(c, sizeof *k);
+    uint32_t *n = calloc(c, sizeof *n);
+    if (!k || !n) {
+      free(k);
+      free(n);
+      return PS_ENOMEM;
+    }
+    for (size_t i = 0; i < t->acap; i++) {
+      if (!t->aseen[i]) continue;
+      size_t h = ps_mix64(t->akeys[i]) & (c - 1);
+      while (n[h]) h = (h + 1) & (c - 1);
+      k[h] = t->akeys[i];
+      n[h] = t->aseen[i];
+    }
+    free(t->akeys);
+    free(t->aseen);
+    t->akeys = k;
+    t->aseen = n;
+    t->acap = c;
+  }
+  size_t mask = t->acap - 1, h = ps_mix64(key) & mask;
+  while (t->aseen[h] && t->akeys[h] != key) h = (h + 1) & mask;
+  if (!t->aseen[h]) {
+    t->akeys[h] = key;
+    t->an++;
+    t->st.pending++;
+  }
+  if (t->aseen[h] < UINT32_MAX) t->aseen[h]++;
+  *seen = t->aseen[h];
+  return 0;
+}
+
+/* admitted says whether KEY has been pulled often enough for a row. */
+static int admitted(const psd_sparse *s, const sp_table *t, uint64_t key) {
+  if (s->admit_after <= 1) return 1;
+  if (!t->acap) return 0;
+  size_t mask = t->acap - 1, h = ps_mix64(key) & mask;
+  while (t->aseen[h] && t->akeys[h] != key) h = (h + 1) & mask;
+  return t->aseen[h] >= s->admit_after;
+}
+
+/* ---- tables ------------------------------------------------------------------- */
+
+static void table_free(sp_table *t) {
+  if (!t) return;
+  free(t->model);
+  free(t->init);
+  free(t->keys);
+  free(t->count);
+  free(t->clock);
+  free(t->flags);
+  free(t->data);
+  free(t->index);
+  free(t->akeys);
+  free(t->aseen);
+  free(t);
+}
+
+static sp_table *table_find(const psd_sparse *s, const char *model, uint32_t table) {
+  for (size_t i = 0; i < s->ntables; i++)
+    if (s->tables[i]->id == table && strcmp(s->tables[i]->model, model) == 0) return s->tables[i];
+  return NULL;
+}
+
+/* table_on_disk says whether RocksDB holds any row of T. */
+static int table_on_disk(const psd_sparse *s, const sp_table *t) {
+  char k[KEY_MAX_LEN];
+  size_t n = row_key(t, 0, k) - 8;
+  rocksdb_iterator_t *it = rocksdb_create_iterator(s->db, s->ro);
+  rocksdb_iter_seek(it, k, n);
+  int found = 0;
+  if (rocksdb_iter_valid(it)) {
+    size_t klen;
+    const char *ik = rocksdb_iter_key(it, &klen);
+    found = klen == n + 8 && memcmp(ik, k, n) == 0;
+  }
+  rocksdb_iter_destroy(it);
+  return found;
+}
+
+int psd_sparse_add_table(psd_sparse *s, const psd_sparse_table_opts *o, ps_errbuf *eb) {
+  const char *init = o->init && *o->init ? o->init : "zeros";
+  if (!o->model || !*o->model || strlen(o->model) > 63)
+    return ps_errf(eb, PS_EINVAL, "sparse table: bad model name");
+  if (!o->dim || o->dim > 65536)
+    return ps_errf(eb, PS_EINVAL, "sparse table '%s'/%u: dim %u is not in 1..65536", o->model,
+                   o->table, o->dim);
+  if (!ps_init_known(init))
+    return ps_errf(eb, PS_EINVAL, "sparse table '%s'/%u: unknown initializer '%s'", o->model,
+                   o->table, init);
+  psd_optim optim;
+  int rc = psd_optim_init(&optim, o->optim, eb);
+  if (rc) return rc;
+  sp_table *old = table_find(s, o->model, o->table);
+  if (old) {
+    if (old->dim == o->dim && old->optim.kind == optim.kind) return 0;
+    return ps_errf(eb, PS_EEXIST, "sparse table '%s'/%u exists with dim %u and optimizer %s",
+                   o->model, o->table, old->dim, psd_optim_name(&old->optim));
+  }
+  sp_table *t = calloc(1, sizeof *t);
+  sp_table **ts = realloc(s->tables, (s->ntables + 1) * sizeof *ts);
+  if (ts) s->tables = ts;
+  if (t) {
+    t->model = strdup(o->model);
+    t->init = strdup(init);
+  }
+  if (!t || !ts || !t->model || !t->init) {
+    table_free(t);
+    return ps_errf(eb, PS_ENOMEM, "sparse table '%s'/%u: out of memory", o->model, o->table);
+  }
+  t->id = o->table;
+  t->dim = o->dim;
+  t->optim = optim;
+  t->nslots = psd_optim_slots(&optim);
+  t->rowf = (size_t)o->dim * (1 + t->nslots);
+  t->scale = o->scale;
+  t->seed = o->seed;
+  t->any_on_disk = table_on_disk(s, t);
+  s->tables[s->ntables++] = t;
+  return 0;
+}
+
+int psd_sparse_dim(const psd_sparse *s, const char *model, uint32_t table, uint32_t *dim,
+                   unsigned *slots) {
+  const sp_table *t = table_find(s, model, table);
+  if (!t) return PS_ENOENT;
+  *dim = t->dim;
+  if (slots) *slots = t->nslots;
+  return 0;
+}
+
+/* ---- open, close ------------------------------------------------------------- */
+
+int psd_sparse_open(psd_sparse **out, const psd_sparse_opts *o, ps_errbuf *eb) {
+  *out = NULL;
+  if (!o || !o->dir || !*o->dir) return ps_errf(eb, PS_EINVAL, "sparse rows: no directory");
+  if (mkdir(o->dir, 0755) < 0 && errno != EEXIST)
+    return ps_errf(eb, errno == ENOSPC ? PS_ENOSPC : PS_EIO, "cannot create '%s': %s", o->dir,
+                   strerror(errno));
+  psd_sparse *s = calloc(1, sizeof *s);
+  if (!s || !(s->dir = strdup(o->dir))) {
+    free(s);
+    return ps_errf(eb, PS_ENOMEM, "sparse rows: out of memory");
+  }
+  s->memory_rows = o->memory_rows;
+  s->admit_after = o->admit_after;
+  s->opts = rocksdb_options_create();
+  s->bbto = rocksdb_block_based_options_create();
+  s->cache = rocksdb_cache_create_lru(8u << 20);
+  s->wo = rocksdb_writeoptions_create();
+  s->ro = rocksdb_readoptions_create();
+  s->fo = rocksdb_flushoptions_create();
+  rocksdb_block_based_options_set_block_cache(s->bbto, s->cache);
+  rocksdb_block_based_options_set_filter_policy(s->bbto, rocksdb_filterpolicy_create_bloom(10));
+  rocksdb_options_set_block_based_table_factory(s->opts, s->bbto);
+  rocksdb_options_set_create_if_missing(s->opts, 1);
+  rocksdb_options_set_compression(s->opts, rocksdb_no_compression);
+  rocksdb_options_set_write_buffer_size(s->opts, 16u << 20);
+  rocksdb_options_set_max_write_buffer_number(s->opts, 2);
+  rocksdb_options_set_keep_log_file_num(s->opts, 2);
+  rocksdb_options_set_info_log_level(s->opts, 4 /* FATAL */);
+  rocksdb_writeoptions_disable_WAL(s->wo, 1);
+  rocksdb_flushoptions_set_wait(s->fo, 1);
+  char *err = NULL;
+  s->db = rocksdb_open(s->opts, s->dir, &err);
+  if (err) {
+    int rc = rdb_err(s, err, "open", eb);
+    psd_sparse_close(s);
+    return rc;
+  }
+  *out = s;
+  return 0;
+}
+
+void psd_sparse_close(psd_sparse *s) {
+  if (!s) return;
+  for (size_t i = 0; i < s->ntables; i++) table_free(s->tables[i]);
+  free(s->tables);
+  if (s->db) rocksdb_close(s->db);
+  if (s->fo) rocksdb_flushoptions_destroy(s->fo);
+  if (s->ro) rocksdb_readoptions_destroy(s->ro);
+  if (s->wo) rocksdb_writeoptions_destroy(s->wo);
+  if (s->opts) rocksdb_options_destroy(s->opts);
+  if (s->bbto) rocksdb_block_based_options_destroy(s->bbto);
+  if (s->cache) rocksdb_cache_destroy(s->cache);
+  free(s->set);
+  free(s->set_used);
+  free(s->rowof);
+  free(s->upd);
+  free(s->dir);
+  free(s);
+}
+
+/* ---- writing and reading rows ------------------------------------------------ */
+
+/* put_row adds row R of T to batch B. */
+static void put_row(const sp_table *t, size_t r, rocksdb_writebatch_t *b, char *val) {
+  char k[KEY_MAX_LEN];
+  size_t kn = row_key(t, t->keys[r], k);
+  memcpy(val, &t->count[r], 8);
+  memcpy(val + 8, &t->clock[r], 8);
+  memcpy(val + VAL_HDR, row_data(t, r), t->rowf * sizeof(float));
+  rocksdb_writebatch_put(b, k, kn, val, val_len(t));
+}
+
+/* write_rows writes the rows of T whose MARK[r] is set and that changed
+ * since they were last written (or were never written), in one batch
+ * without the WAL; on success they are clean and on disk. */
+static int write_rows(psd_sparse *s, sp_table *t, const uint8_t *mark, ps_errbuf *eb) {
+  rocksdb_writebatch_t *b = rocksdb_writebatch_create();
+  char *val = malloc(val_len(t));
+  if (!val) {
+    rocksdb_writebatch_destroy(b);
+    return ps_errf(eb, PS_ENOMEM, "sparse rows: out of memory");
+  }
+  uint64_t n = 0;
+  for (size_t r = 0; r < t->nrows; r++)
+    if ((!mark || mark[r]) && (t->flags[r] & ROW_DIRTY || !(t->flags[r] & ROW_ON_DISK))) {
+      put_row(t, r, b, val);
+      n++;
+    }
+  free(val);
+  char *err = NULL;
+  if (n) rocksdb_write(s->db, s->wo, b, &err);
+  rocksdb_writebatch_destroy(b);
+  if (err) return rdb_err(s, err, "write", eb);
+  for (size_t r = 0; r < t->nrows; r++)
+    if (!mark || mark[r]) t->flags[r] = ROW_ON_DISK;
+  t->st.disk_writes += n;
+  if (n) t->any_on_disk = 1;
+  return 0;
+}
+
+/* load_row copies the RocksDB value V into a new row for KEY. */
+static int load_row(sp_table *t, uint64_t key, const char *v, size_t *r) {
+  int rc = row_new(t, key, r);
+  if (rc) return rc;
+  memcpy(&t->count[*r], v, 8);
+  memcpy(&t->clock[*r], v + 8, 8);
+  memcpy(row_data(t, *r), v + VAL_HDR, t->rowf * sizeof(float));
+  t->flags[*r] = ROW_ON_DISK;
+  t->st.disk_reads++;
+  t->st.disk_read_bytes += t->rowf * sizeof(float);
+  return 0;
+}
+
+/* read_back reads the keys of KEYS whose s->rowof entry is -1 from
+ * RocksDB with one MultiGet and loads those found (rowof set). */
+static int read_back(psd_sparse *s, sp_table *t, const uint64_t *keys, size_t n, ps_errbuf *eb) {
+  size_t m = 0;
+  for (size_t i = 0; i < n; i++) m += s->rowof[i] < 0;
+  if (!m || !t->any_on_disk) return 0;
+  char *kbuf = malloc(m * KEY_MAX_LEN);
+  const char **kl = malloc(m * sizeof *kl);
+  size_t *ks = malloc(m * sizeof *ks), *vs = malloc(m * sizeof *vs), *at = malloc(m * sizeof *at);
+  char **vl = calloc(m, sizeof *vl), **errs = calloc(m, sizeof *errs);
+  int rc = kbuf && kl && ks && vs && at && vl && errs ? 0
+           : ps_errf(eb, PS_ENOMEM, "sparse rows: out of memory");
+  for (size_t i = 0, j = 0; !rc && i < n; i++)
+    if (s->rowof[i] < 0) {
+      kl[j] = kbuf + j * KEY_MAX_LEN;
+      ks[j] = row_key(t, keys[i], kbuf + j * KEY_MAX_LEN);
+      at[j++] = i;
+    }
+  if (!rc) rocksdb_multi_get(s->db, s->ro, m, kl, ks, vl, vs, errs);
+  for (size_t j = 0; !rc && j < m; j++) {
+    if (errs[j]) {
+      rc = rdb_err(s, errs[j], "read", eb);
+      errs[j] = NULL;
+    } else if (vl[j] && vs[j] != val_len(t)) {
+      rc = ps_errf(eb, PS_EIO, "sparse rows '%s': row %llu of '%s'/%u has %zu bytes, expected %zu",
+                   s->dir, (unsigned long long)keys[at[j]], t->model, t->id, vs[j], val_len(t));
+    } else if (vl[j]) {
+      size_t r;
+      if ((rc = load_row(t, keys[at[j]], vl[j], &r)))
+        ps_errf(eb, rc, "sparse rows: out of memory");
+      else
+        s->rowof[at[j]] = (int64_t)r;
+    }
+  }
+  for (size_t j = 0; vl && errs && j < m; j++) {
+    rocksdb_free(vl[j]);
+    if (errs[j]) rocksdb_free(errs[j]);
+  }
+  free(kbuf);
+  free(kl);
+  free(ks);
+  free(vs);
+  free(at);
+  free(vl);
+  free(errs);
+  return rc;
+}
+
+/* ---- eviction -------------------------------------------------------------------- */
+
+static int cmp_u64(const void *a, const void *b) {
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* evict brings T back to at most memory_rows rows (invariant 3): the
+ * rows touched longest ago go, the changed ones written first. */
+static int evict(psd_sparse *s, sp_table *t, ps_errbuf *eb) {
+  if (!s->memory_rows || t->nrows <= s->memory_rows) return 0;
+  size_t keep = s->memory_rows - s->memory_rows / 8, drop = t->nrows - keep;
+  uint64_t *clocks = malloc(t->nrows * sizeof *clocks);
+  uint8_t *mark = calloc(t->nrows, 1);
+  if (!clocks || !mark) {
+    free(clocks);
+    free(mark);
+    return ps_errf(eb, PS_ENOMEM, "sparse rows: out of memory");
+  }
+  memcpy(clocks, t->clock, t->nrows * sizeof *clocks);
+  qsort(clocks, t->nrows, sizeof *clocks, cmp_u64);
+  uint64_t thr = clocks[drop - 1];
+  size_t below = 0;
+  for (size_t r = 0; r < t->nrows; r++) below += t->clock[r] < thr;
+  size_t at_thr = drop - below; /* rows with clock == thr to drop, lowest index first */
+  for (size_t r = 0; r < t->nrows; r++)
+    if (t->clock[r] < thr || (t->clock[r] == thr && at_thr && at_thr--)) mark[r] = 1;
+  free(clocks);
+  int rc = write_rows(s, t, mark, eb);
+  if (rc) {
+    free(mark);
+    return rc;
+  }
+  size_t w = 0;
+  for (size_t r = 0; r < t->nrows; r++) {
+    if (mark[r]) continue;
+    if (w != r) {
+      t->keys[w] = t->keys[r];
+      t->count[w] = t->count[r];
+      t->clock[w] = t->clock[r];
+      t->flags[w] = t->flags[r];
+      memcpy(row_data(t, w), row_data(t, r), t->rowf * sizeof(float));
+    }
+    w++;
+  }
+  free(mark);
+  t->st.evictions += t->nrows - w;
+  t->nrows = w;
+  t->st.rows_mem = w;
+  memset(t->index, 0, t->icap * sizeof *t->index);
+  for (size_t r = 0; r < t->nrows; r++) index_put(t, r);
+  return 0;
+}
+
+/* ---- requests ---------------------------------------------------------------------- */
+
+/* request_check finds the table, checks the payload size and that no key
+ * is given twice, and sizes the scratch for N keys. */
+static int request_check(psd_sparse *s, const char *model, uint32_t table, const uint64_t *keys,
+                         size_t n, size_t nfloats, const char *what, sp_table **tp,
+                         ps_errbuf *eb) {
+  sp_table *t = table_find(s, model, table);
+  if (!t) return ps_errf(eb, PS_ENOENT, "sparse %s: model '%s' has no sparse table %u", what, model, table);
+  if (n && !keys) return ps_errf(eb, PS_EINVAL, "sparse %s: no keys", what);
+  if (n > (SIZE_MAX / 2) / ((size_t)t->dim * (1 + t->nslots) * sizeof(float)))
+    return ps_errf(eb, PS_EINVAL, "sparse %s '%s'/%u: %zu keys in one request is too many", what,
+                   model, table, n);
+  if (nfloats != n * t->dim)
+    return ps_errf(eb, PS_EINVAL, "sparse %s '%s'/%u: %zu keys need %zu floats of rows (dim %u), got %zu",
+                   what, model, table, n, n * t->dim, t->dim, nfloats);
+  size_t c = 64;
+  while (c < n * 2) c *= 2;
+  if (c > s->set_cap) {
+    uint64_t *k = realloc(s->set, c * sizeof *k);
+    if (k) s->set = k;
+    uint8_t *u = k ? realloc(s->set_used, c) : NULL;
+    if (!u) return ps_errf(eb, PS_ENOMEM, "sparse %s: out of memory", what);
+    s->set_used = u;
+    s->set_cap = c;
+  }
+  if (grow_to(&s->rowof, &s->rowof_cap, n, sizeof *s->rowof))
+    return ps_errf(eb, PS_ENOMEM, "sparse %s: out of memory", what);
+  memset(s->set_used, 0, c);
+  for (size_t i = 0; i < n; i++) {
+    size_t h = ps_mix64(keys[i]) & (c - 1);
+    for (; s->set_used[h]; h = (h + 1) & (c - 1))
+      if (s->set[h] == keys[i])
+        return ps_errf(eb, PS_EINVAL, "sparse %s '%s'/%u: key %llu is given twice", what, model,
+                       table, (unsigned long long)keys[i]);
+    s->set_used[h] = 1;
+    s->set[h] = keys[i];
+  }
+  *tp = t;
+  return 0;
+}
+
+/* find_rows sets s->rowof for the N keys: rows in memory (hits), then
+ * rows read back from RocksDB; -1 for keys without a row. */
+static int find_rows(psd_sparse *s, sp_table *t, const uint64_t *keys, size_t n, ps_errbuf *eb) {
+  for (size_t i = 0; i < n; i++) {
+    s->rowof[i] = index_find(t, keys[i]);
+    if (s->rowof[i] >= 0) {
+      t->st.hits++;
+    } else {
+      t->st.misses++;
+    }
+  }
+  return read_back(s, t, keys, n, eb);
+}
+
+/* create_row materialises KEY from the initializer into a new row. */
+static int create_row(sp_table *t, uint64_t key, int64_t *out, ps_errbuf *eb) {
+  size_t r;
+  if (row_new(t, key, &r)) return ps_errf(eb, PS_ENOMEM, "sparse rows: out of memory");
+  float *d = row_data(t, r);
+  ps_init_row(d, t->init, t->scale, t->seed, t->id, key, t->dim);
+  psd_optim_init_slots(&t->optim, d + t->dim, t->dim);
+  t->count[r] = 0;
+  t->clock[r] = t->tick;
+  t->flags[r] = ROW_DIRTY;
+  t->st.created++;
+  *out = (int64_t)r;
+  return 0;
+}
+
+int psd_sparse_pull(psd_sparse *s, const char *model, uint32_t table, const uint64_t *keys,
+                    size_t nkeys, float *rows, size_t nfloats, ps_errbuf *eb) {
+  sp_table *t;
+  int rc = request_check(s, model, table, keys, nkeys, nfloats, "pull", &t, eb);
+  if (rc) return rc;
+  t->tick++;
+  if ((rc = find_rows(s, t, keys, nkeys, eb))) return rc;
+  for (size_t i = 0; i < nkeys && !rc; i++) {
+    if (s->rowof[i] >= 0) continue;
+    uint32_t seen = 1;
+    if (s->admit_after > 1 && (rc = admit_seen(t, keys[i], &seen)))
+      return ps_errf(eb, rc, "sparse pull: out of memory");
+    if (seen >= s->admit_after) {
+      if (s->admit_after > 1) t->st.pending--;
+      rc = create_row(t, keys[i], &s->rowof[i], eb);
+    }
+  }
+  for (size_t i = 0; i < nkeys && !rc; i++) {
+    float *out = rows + i * t->dim;
+    if (s->rowof[i] < 0) {
+      ps_init_row(out, t->init, t->scale, t->seed, t->id, keys[i], t->dim);
+      continue;
+    }
+    memcpy(out, row_data(t, (size_t)s->rowof[i]), t->dim * sizeof(float));
+    t->clock[s->rowof[i]] = t->tick;
+  }
+  return rc ? rc : evict(s, t, eb);
+}
+
+/* grads_finite checks the N floats of G; 0, or PS_EINVAL naming the key. */
+static int grads_finite(const sp_table *t, const uint64_t *keys, const float *g, size_t n,
+                        ps_errbuf *eb) {
+  for (size_t i = 0; i < n; i++)
+    if (!isfinite(psd_optim_absmax(g + i * t->dim, t->dim)))
+      return ps_errf(eb, PS_EINVAL, "sparse push '%s'/%u: the gradient of key %llu is not finite",
+                     t->model, t->id, (unsigned long long)keys[i]);
+  return 0;
+}
+
+int psd_sparse_push(psd_sparse *s, const char *model, uint32_t table, const uint64_t *keys,
+                    size_t nkeys, const float *grads, size_t nfloats, ps_errbuf *eb) {
+  sp_table *t;
+  int rc = request_check(s, model, table, keys, nkeys, nfloats, "push", &t, eb);
+  if (!rc) rc = grads_finite(t, keys, grads, nkeys, eb);
+  if (!rc && grow_to(&s->upd, &s->upd_cap, nkeys * t->rowf, sizeof *s->upd))
+    rc = ps_errf(eb, PS_ENOMEM, "sparse push: out of memory");
+  if (rc) return rc;
+  t->tick++;
+  if ((rc = find_rows(s, t, keys, nkeys, eb))) return rc;
+  for (size_t i = 0; i < nkeys && !rc; i++)
+    if (s->rowof[i] < 0 && admitted(s, t, keys[i])) rc = create_row(t, keys[i], &s->rowof[i], eb);
+  if (rc) return rc;
+  /* every update on a copy first: a row that would turn non-finite
+   * refuses the whole push with no row changed (invariant 4) */
+  for (size_t i = 0; i < nkeys; i++) {
+    if (s->rowof[i] < 0) continue;
+    size_t r = (size_t)s->rowof[i];
+    float *u = s->upd + i * t->rowf;
+    memcpy(u, row_data(t, r), t->rowf * sizeof(float));
+    psd_optim_apply(&t->optim, u, u + t->dim, grads + i * t->dim, t->dim, t->count[r] + 1);
+    if (!isfinite(psd_optim_absmax(u, t->rowf)))
+      return ps_errf(eb, PS_EINVAL, "sparse push '%s'/%u: the update would make row %llu non-finite",
+                     model, table, (unsigned long long)keys[i]);
+  }
+  for (size_t i = 0; i < nkeys; i++) {
+    if (s->rowof[i] < 0) {
+      t->st.dropped_grads++;
+      continue;
+    }
+    size_t r = (size_t)s->rowof[i];
+    memcpy(row_data(t, r), s->upd + i * t->rowf, t->rowf * sizeof(float));
+    t->count[r]++;
+    t->clock[r] = t->tick;
+    t->flags[r] |= ROW_DIRTY;
+  }
+  return evict(s, t, eb);
+}
+
+int psd_sparse_row(psd_sparse *s, const char *model, uint32_t table, uint64_t key, float *value,
+                   float *slots, uint64_t *count, uint64_t *clock, int *in_memory, ps_errbuf *eb) {
+  sp_table *t = table_find(s, model, table);
+  if (!t) return ps_errf(eb, PS_ENOENT, "model '%s' has no sparse table %u", model, table);
+  int64_t r = index_find(t, key);
+  const char *v = NULL;
+  char *got = NULL;
+  if (r < 0) {
+    char k[KEY_MAX_LEN], *err = NULL;
+    size_t vlen = 0;
+    got = rocksdb_get(s->db, s->ro, k, row_key(t, key, k), &vlen, &err);
+    if (err) return rdb_err(s, err, "read", eb);
+    if (!got) return ps_errf(eb, PS_ENOENT, "sparse table '%s'/%u has no row %llu", model, table,
+                             (unsigned long long)key);
+    if (vlen != val_len(t)) {
+      rocksdb_free(got);
+      return ps_errf(eb, PS_EIO, "sparse rows '%s': row %llu has %zu bytes", s->dir,
+                     (unsigned long long)key, vlen);
+    }
+    v = got;
+  }
+  const float *d = r >= 0 ? row_data(t, (size_t)r) : NULL;
+  if (value) memcpy(value, d ? d : (const float *)(v + VAL_HDR), t->dim * sizeof(float));
+  if (slots && t->nslots)
+    memcpy(slots, d ? d + t->dim : (const float *)(v + VAL_HDR) + t->dim,
+           (size_t)t->dim * t->nslots * sizeof(float));
+  if (count) {
+    if (d) *count = t->count[r];
+    else memcpy(count, v, 8);
+  }
+  if (clock) {
+    if (d) *clock = t->clock[r];
+    else memcpy(clock, v + 8, 8);
+  }
+  if (in_memory) *in_memory = d != NULL;
+  rocksdb_free(got);
+  return 0;
+}
+
+size_t psd_sparse_ntables(const psd_sparse *s) { return s->ntables; }
+
+void psd_sparse_table_at(const psd_sparse *s, size_t i, const char **model, uint32_t *table) {
+  *model = s->tables[i]->model;
+  *table = s->tables[i]->id;
+}
+
+int psd_sparse_stats_get(psd_sparse *s, const char *model, uint32_t table, psd_sparse_stats *st) {
+  sp_table *t = table_find(s, model, table);
+  if (!t) return PS_ENOENT;
+  *st = t->st;
+  uint64_t v = 0;
+  if (rocksdb_property_int(s->db, "rocksdb.total-sst-files-size", &v) == 0) st->disk_bytes = v;
+  return 0;
+}
+
+int psd_sparse_flush(psd_sparse *s, ps_errbuf *eb) {
+  for (size_t i = 0; i < s->ntables; i++) {
+    sp_table *t = s->tables[i];
+    int rc = 0;
+    for (size_t r = 0; r < t->nrows && !rc; r++)
+      if (t->flags[r] & ROW_DIRTY) rc = 1;
+    if (rc && (rc = write_rows(s, t, NULL, eb))) return rc;
+  }
+  char *err = NULL;
+  rocksdb_flush(s->db, s->fo, &err);
+  return err ? rdb_err(s, err, "flush", eb) : 0;
+}

@@ -1,0 +1,323 @@
+/* Tests for psd_sparse: rows created from the deterministic initializer,
+ * per-row optimizers with per-row step counts (against psd_optim on a
+ * copy), eviction under a memory budget and a bit-identical read back
+ * (values, optimizer slots, update count, clock), bad input refused with
+ * no row changed, admission after k pulls, flush and reopen. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ps_place.h"
+#include "ps_test.h"
+#include "psd_optim.h"
+#include "psd_sparse.h"
+
+enum { D = 8 };
+
+static psd_sparse *open_sparse(const char *dir, uint64_t memory_rows, uint32_t admit) {
+  psd_sparse_opts o = {.dir = dir, .memory_rows = memory_rows, .admit_after = admit};
+  psd_sparse *s;
+  ps_errbuf eb;
+  ck_assert_msg(psd_sparse_open(&s, &o, &eb) == 0, "%s", eb.msg);
+  return s;
+}
+
+static void add_table(psd_sparse *s, const char *kind, float lr) {
+  Ps__OptimizerSpec spec = PS__OPTIMIZER_SPEC__INIT;
+  spec.kind = (char *)kind;
+  spec.lr = lr;
+  psd_sparse_table_opts t = {.model = "ctr", .table = 2, .dim = D, .init = "normal",
+                             .scale = 0.1f, .seed = 9, .optim = &spec};
+  ps_errbuf eb;
+  ck_assert_msg(psd_sparse_add_table(s, &t, &eb) == 0, "%s", eb.msg);
+}
+
+/* A row's whole state as psd_sparse_row reports it. */
+typedef struct row_state {
+  float v[D], sl[2 * D];
+  uint64_t count, clock;
+  int in_mem;
+} row_state;
+
+static row_state get_row(psd_sparse *s, uint64_t key) {
+  row_state r;
+  memset(&r, 0, sizeof r);
+  ps_errbuf eb;
+  ck_assert_msg(psd_sparse_row(s, "ctr", 2, key, r.v, r.sl, &r.count, &r.clock, &r.in_mem, &eb) == 0,
+                "%s", eb.msg);
+  return r;
+}
+
+static int same_row(const row_state *a, const row_state *b) {
+  return memcmp(a->v, b->v, sizeof a->v) == 0 && memcmp(a->sl, b->sl, sizeof a->sl) == 0 &&
+         a->count == b->count && a->clock == b->clock;
+}
+
+static void pull(psd_sparse *s, const uint64_t *keys, size_t n, float *rows) {
+  ps_errbuf eb;
+  ck_assert_msg(psd_sparse_pull(s, "ctr", 2, keys, n, rows, n * D, &eb) == 0, "%s", eb.msg);
+}
+
+static void push(psd_sparse *s, const uint64_t *keys, size_t n, const float *g) {
+  ps_errbuf eb;
+  ck_assert_msg(psd_sparse_push(s, "ctr", 2, keys, n, g, n * D, &eb) == 0, "%s", eb.msg);
+}
+
+START_TEST(test_pull_creates_from_initializer) {
+  psd_sparse *s = open_sparse(ps_test_tmpdir(), 0, 0);
+  add_table(s, "sgd", 0.1f);
+  uint64_t keys[3] = {5, UINT64_MAX, 1ull << 40};
+  float rows[3 * D], want[D];
+  pull(s, keys, 3, rows);
+  for (int i = 0; i < 3; i++) {
+    ck_assert_int_eq(ps_init_row(want, "normal", 0.1f, 9, 2, keys[i], D), 0);
+    ck_assert_int_eq(memcmp(rows + i * D, want, sizeof want), 0);
+  }
+  psd_sparse_stats st;
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.created, 3);
+  ck_assert_uint_eq(st.misses, 3);
+  ck_assert_uint_eq(st.rows_mem, 3);
+  pull(s, keys, 2, rows);
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.hits, 2);
+  /* the same table again is fine, another dim or optimizer is not */
+  add_table(s, "sgd", 0.5f);
+  Ps__OptimizerSpec spec = PS__OPTIMIZER_SPEC__INIT;
+  spec.kind = "adam";
+  spec.lr = 0.1f;
+  psd_sparse_table_opts t = {.model = "ctr", .table = 2, .dim = D, .init = "normal", .optim = &spec};
+  ps_errbuf eb;
+  ck_assert_int_eq(psd_sparse_add_table(s, &t, &eb), PS_EEXIST);
+  t.table = 3, t.dim = 0;
+  ck_assert_int_eq(psd_sparse_add_table(s, &t, &eb), PS_EINVAL);
+  t.dim = 4, t.init = "bogus";
+  ck_assert_int_eq(psd_sparse_add_table(s, &t, &eb), PS_EINVAL);
+  ck_assert(strstr(eb.msg, "'bogus'") != NULL);
+  psd_sparse_close(s);
+}
+END_TEST
+
+/* Per-row optimizers: key A is pushed 3 times and key B once, and each
+ * row follows psd_optim_apply on a copy with its own step count (lazy
+ * Adam: B's one update gets the bias correction of t = 1). */
+START_TEST(test_push_per_row_optimizers) {
+  static const char *const kinds[] = {"sgd", "adagrad", "adam", "momentum"};
+  for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
+    psd_sparse *s = open_sparse(ps_test_tmpdir(), 0, 0);
+    add_table(s, kinds[k], 0.05f);
+    Ps__OptimizerSpec spec = PS__OPTIMIZER_SPEC__INIT;
+    spec.kind = (char *)kinds[k];
+    spec.lr = 0.05f;
+    psd_optim o;
+    ps_errbuf eb;
+    ck_assert_int_eq(psd_optim_init(&o, &spec, &eb), 0);
+    float ref[2][3 * D] = {{0}}, rows[2 * D], g[2 * D];
+    uint64_t keys[2] = {11, 12};
+    pull(s, keys, 2, rows);
+    for (int r = 0; r < 2; r++) memcpy(ref[r], rows + r * D, D * sizeof(float));
+    for (int step = 1; step <= 3; step++) {
+      for (int i = 0; i < 2 * D; i++) g[i] = ps_test_rnd();
+      size_t n = step == 2 ? 2 : 1; /* key 12 is pushed at step 2 only */
+      uint64_t ks[2] = {11, 12};
+      push(s, ks, n, g);
+      psd_optim_apply(&o, ref[0], ref[0] + D, g, D, (uint64_t)step);
+      if (n == 2) psd_optim_apply(&o, ref[1], ref[1] + D, g + D, D, 1);
+    }
+    row_state a = get_row(s, 11), b = get_row(s, 12);
+    ck_assert_uint_eq(a.count, 3);
+    ck_assert_uint_eq(b.count, 1);
+    ck_assert_msg(memcmp(a.v, ref[0], sizeof a.v) == 0, "%s: row 11 differs from psd_optim", kinds[k]);
+    ck_assert_msg(memcmp(b.v, ref[1], sizeof b.v) == 0, "%s: row 12 differs from psd_optim", kinds[k]);
+    unsigned ns = psd_optim_slots(&o);
+    ck_assert_int_eq(memcmp(a.sl, ref[0] + D, ns * D * sizeof(float)), 0);
+    psd_sparse_close(s);
+  }
+}
+END_TEST
+
+/* A budget of 16 rows, 200 rows with Adam state: the evicted rows are on
+ * disk bit for bit, a pull reads them back (one MultiGet per batch) with
+ * the same values, and memory never holds more than the budget. */
+START_TEST(test_evict_read_back_bit_identical) {
+  psd_sparse *s = open_sparse(ps_test_tmpdir(), 16, 0);
+  add_table(s, "adam", 0.01f);
+  enum { N = 200 };
+  static row_state before[N];
+  uint64_t keys[10];
+  float rows[16 * D], g[10 * D]; /* up to 16 rows pulled at once */
+  for (int b = 0; b < N / 10; b++) {
+    for (int i = 0; i < 10; i++) keys[i] = 1000 + (uint64_t)(b * 10 + i) * 7919;
+    pull(s, keys, 10, rows);
+    for (int rep = 0; rep < 1 + b % 3; rep++) {
+      for (int i = 0; i < 10 * D; i++) g[i] = ps_test_rnd();
+      push(s, keys, 10, g);
+    }
+    psd_sparse_stats st;
+    ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+    ck_assert_uint_le(st.rows_mem, 16);
+  }
+  for (int k = 0; k < N; k++) before[k] = get_row(s, 1000 + (uint64_t)k * 7919);
+  int on_disk = 0;
+  for (int k = 0; k < N; k++) on_disk += !before[k].in_mem;
+  ck_assert_int_ge(on_disk, N - 16);
+  /* read every row back in batches of 10: the values pulled are the
+   * values evicted, and the read-back rows hold the same slots and count */
+  for (int b = 0; b < N / 10; b++) {
+    for (int i = 0; i < 10; i++) keys[i] = 1000 + (uint64_t)(b * 10 + i) * 7919;
+    pull(s, keys, 10, rows);
+    for (int i = 0; i < 10; i++) {
+      const row_state *w = &before[b * 10 + i];
+      ck_assert_int_eq(memcmp(rows + i * D, w->v, sizeof w->v), 0);
+      row_state now = get_row(s, keys[i]);
+      ck_assert(now.in_mem);
+      ck_assert_int_eq(memcmp(now.sl, w->sl, sizeof now.sl), 0);
+      ck_assert_uint_eq(now.count, w->count);
+    }
+  }
+  /* and a row evicted twice is still the same: evict all, compare whole state */
+  uint64_t other[16];
+  for (int i = 0; i < 16; i++) other[i] = 5 + (uint64_t)i;
+  pull(s, other, 16, rows);
+  pull(s, other, 16, rows);
+  for (int k = 0; k < N; k++) {
+    row_state now = get_row(s, 1000 + (uint64_t)k * 7919);
+    ck_assert(!now.in_mem);
+    ck_assert_int_eq(memcmp(now.v, before[k].v, sizeof now.v), 0);
+    ck_assert_int_eq(memcmp(now.sl, before[k].sl, sizeof now.sl), 0);
+    ck_assert_uint_eq(now.count, before[k].count);
+  }
+  psd_sparse_stats st;
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_ge(st.evictions, 2 * (N - 16));
+  ck_assert_uint_ge(st.disk_reads, N - 16);
+  ck_assert_uint_eq(st.disk_read_bytes, st.disk_reads * 3 * D * sizeof(float));
+  ck_assert_uint_eq(st.created, N + 16);
+  psd_sparse_close(s);
+}
+END_TEST
+
+/* Bad requests: clear errors, and every row (in memory and on disk) as
+ * it was. */
+START_TEST(test_bad_input_changes_nothing) {
+  psd_sparse *s = open_sparse(ps_test_tmpdir(), 4, 0);
+  add_table(s, "sgd", 10.0f);
+  uint64_t keys[6] = {1, 2, 3, 4, 5, 6};
+  float rows[6 * D], g[6 * D];
+  pull(s, keys, 6, rows); /* 6 rows over a budget of 4: some on disk */
+  for (int i = 0; i < 6 * D; i++) g[i] = 0.01f * (float)i;
+  push(s, keys, 6, g);
+  row_state before[6];
+  for (int i = 0; i < 6; i++) before[i] = get_row(s, keys[i]);
+  ps_errbuf eb;
+  ck_assert_int_eq(psd_sparse_push(s, "ctr", 9, keys, 6, g, 6 * D, &eb), PS_ENOENT);
+  ck_assert_str_eq(eb.msg, "sparse push: model 'ctr' has no sparse table 9");
+  ck_assert_int_eq(psd_sparse_pull(s, "ctx", 2, keys, 6, rows, 6 * D, &eb), PS_ENOENT);
+  ck_assert_int_eq(psd_sparse_push(s, "ctr", 2, keys, 6, g, 5 * D, &eb), PS_EINVAL);
+  ck_assert_str_eq(eb.msg, "sparse push 'ctr'/2: 6 keys need 48 floats of rows (dim 8), got 40");
+  ck_assert_int_eq(psd_sparse_pull(s, "ctr", 2, keys, 6, rows, 6 * D + 1, &eb), PS_EINVAL);
+  uint64_t dup[3] = {1, 2, 1};
+  ck_assert_int_eq(psd_sparse_push(s, "ctr", 2, dup, 3, g, 3 * D, &eb), PS_EINVAL);
+  ck_assert_str_eq(eb.msg, "sparse push 'ctr'/2: key 1 is given twice");
+  g[3 * D + 2] = NAN;
+  ck_assert_int_eq(psd_sparse_push(s, "ctr", 2, keys, 6, g, 6 * D, &eb), PS_EINVAL);
+  ck_assert_str_eq(eb.msg, "sparse push 'ctr'/2: the gradient of key 4 is not finite");
+  /* finite gradients whose update overflows (lr 10 x 1e38) in the last row only */
+  g[3 * D + 2] = 0;
+  g[5 * D] = 1e38f;
+  ck_assert_int_eq(psd_sparse_push(s, "ctr", 2, keys, 6, g, 6 * D, &eb), PS_EINVAL);
+  ck_assert_str_eq(eb.msg, "sparse push 'ctr'/2: the update would make row 6 non-finite");
+  for (int i = 0; i < 6; i++) {
+    row_state now = get_row(s, keys[i]);
+    ck_assert_msg(memcmp(now.v, before[i].v, sizeof now.v) == 0 && now.count == before[i].count,
+                  "row %d changed by a refused request", i);
+  }
+  psd_sparse_close(s);
+}
+END_TEST
+
+/* Admission after 3 pulls: until then the key reads as its initial value,
+ * has no row, and its gradients are counted, not stored. */
+START_TEST(test_admission) {
+  psd_sparse *s = open_sparse(ps_test_tmpdir(), 0, 3);
+  add_table(s, "sgd", 0.5f);
+  uint64_t key = 77;
+  float row[D], init[D], g[D];
+  for (int i = 0; i < D; i++) g[i] = 1;
+  ck_assert_int_eq(ps_init_row(init, "normal", 0.1f, 9, 2, key, D), 0);
+  ps_errbuf eb;
+  for (int seen = 1; seen <= 2; seen++) {
+    pull(s, &key, 1, row);
+    ck_assert_int_eq(memcmp(row, init, sizeof row), 0);
+    push(s, &key, 1, g);
+    ck_assert_int_eq(psd_sparse_row(s, "ctr", 2, key, NULL, NULL, NULL, NULL, NULL, &eb), PS_ENOENT);
+  }
+  psd_sparse_stats st;
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.pending, 1);
+  ck_assert_uint_eq(st.dropped_grads, 2);
+  ck_assert_uint_eq(st.created, 0);
+  pull(s, &key, 1, row); /* the third pull admits it */
+  ck_assert_int_eq(memcmp(row, init, sizeof row), 0);
+  push(s, &key, 1, g);
+  row_state r = get_row(s, key);
+  ck_assert_uint_eq(r.count, 1);
+  ck_assert_float_eq(r.v[0], init[0] - 0.5f);
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.pending, 0);
+  ck_assert_uint_eq(st.created, 1);
+  psd_sparse_close(s);
+}
+END_TEST
+
+/* Flush, close, reopen: every row reads back as it was, whether it was
+ * in memory or evicted at the flush. */
+START_TEST(test_flush_and_reopen) {
+  char dir[512];
+  snprintf(dir, sizeof dir, "%s/sparse", ps_test_tmpdir());
+  psd_sparse *s = open_sparse(dir, 8, 0);
+  add_table(s, "adagrad", 0.1f);
+  uint64_t keys[20];
+  float rows[20 * D], g[20 * D];
+  for (int i = 0; i < 20; i++) keys[i] = (uint64_t)i * 1000003;
+  for (int i = 0; i < 20 * D; i++) g[i] = ps_test_rnd();
+  pull(s, keys, 20, rows);
+  push(s, keys + 12, 8, g);
+  row_state before[20];
+  for (int i = 0; i < 20; i++) before[i] = get_row(s, keys[i]);
+  ps_errbuf eb;
+  ck_assert_msg(psd_sparse_flush(s, &eb) == 0, "%s", eb.msg);
+  psd_sparse_stats st;
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_gt(st.disk_bytes, 0);
+  psd_sparse_close(s);
+  s = open_sparse(dir, 8, 0);
+  add_table(s, "adagrad", 0.1f);
+  for (int i = 0; i < 20; i++) {
+    row_state now = get_row(s, keys[i]);
+    ck_assert(!now.in_mem);
+    ck_assert_msg(same_row(&now, &before[i]), "row %d differs after reopen", i);
+  }
+  pull(s, keys, 8, rows);
+  for (int i = 0; i < 8; i++) ck_assert_int_eq(memcmp(rows + i * D, before[i].v, sizeof before[i].v), 0);
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.disk_reads, 8);
+  ck_assert_uint_eq(st.created, 0);
+  psd_sparse_close(s);
+}
+END_TEST
+
+Suite *psd_sparse_suite(void) {
+  Suite *s = suite_create("psd_sparse");
+  TCase *tc = tcase_create("tables");
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, test_pull_creates_from_initializer);
+  tcase_add_test(tc, test_push_per_row_optimizers);
+  tcase_add_test(tc, test_evict_read_back_bit_identical);
+  tcase_add_test(tc, test_bad_input_changes_nothing);
+  tcase_add_test(tc, test_admission);
+  tcase_add_test(tc, test_flush_and_reopen);
+  suite_add_tcase(s, tc);
+  return s;
+}

@@ -1,0 +1,147 @@
+/* Tests for psw_ctr (the Criteo TSV reader) and scripts/gen_ctr: values
+ * of a hand-written log (missing values, negative integers, upper-case
+ * hex, CRLF, blank lines, gzip, limit), bad lines with path, line and
+ * field in the error, and a generated log read back whole. */
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#include "ps_test.h"
+#include "psw_ctr.h"
+
+/* line builds a log line: LABEL, 13 integers (I, or "" where I is NULL),
+ * 26 categoricals (C) joined by tabs into BUF. */
+static const char *good_log =
+    "1\t5\t-3\t\t0\t1\t2\t3\t4\t5\t6\t7\t8\t1000000\t"
+    "68fd1e64\t\t0A\tffffffffffffffff\t1\t2\t3\t4\t5\t6\t7\t8\t9\t10\t11\t12\t13\t14\t15\t16\t17\t18\t19\t20\t21\t22\r\n"
+    "\n"
+    "0\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n";
+
+static char *write_tmp(const char *name, const char *text, int gz) {
+  static char path[512];
+  snprintf(path, sizeof path, "%s/%s", ps_test_tmpdir(), name);
+  if (gz) {
+    gzFile f = gzopen(path, "wb");
+    ck_assert(f != NULL);
+    ck_assert_int_eq(gzputs(f, text), (int)strlen(text));
+    gzclose(f);
+  } else {
+    ps_test_write_file(path, text);
+  }
+  return path;
+}
+
+START_TEST(test_ctr_values) {
+  for (int gz = 0; gz < 2; gz++) {
+    const char *path = write_tmp(gz ? "a.tsv.gz" : "a.tsv", good_log, gz);
+    psw_ctr c;
+    ps_errbuf eb;
+    ck_assert_msg(psw_ctr_load(&c, path, 0, &eb) == 0, "%s", eb.msg);
+    ck_assert_uint_eq(c.n, 2);
+    ck_assert_int_eq(c.label[0], 1);
+    ck_assert_int_eq(c.label[1], 0);
+    ck_assert_float_eq_tol(c.dense[0], log1pf(5), 1e-6);
+    ck_assert_float_eq_tol(c.dense[1], -log1pf(3), 1e-6);
+    ck_assert_float_eq(c.dense[2], 0);
+    ck_assert_float_eq_tol(c.dense[12], log1pf(1e6f), 1e-5);
+    ck_assert(c.keys[0] == psw_ctr_key(0, 0x68fd1e64));
+    ck_assert(c.keys[1] == psw_ctr_key(1, UINT64_MAX));
+    ck_assert(c.keys[2] == psw_ctr_key(2, 10));
+    ck_assert(c.keys[3] == psw_ctr_key(3, UINT64_MAX - 0)); /* all ones: as "missing" by design */
+    ck_assert(c.keys[4] == psw_ctr_key(4, 1));
+    ck_assert(c.keys[4] != psw_ctr_key(5, 1)); /* fields never share keys */
+    for (int j = 0; j < PSW_CTR_DENSE; j++) ck_assert_float_eq(c.dense[PSW_CTR_DENSE + j], 0);
+    for (int f = 0; f < PSW_CTR_FIELDS; f++)
+      ck_assert(c.keys[PSW_CTR_FIELDS + f] == psw_ctr_key((uint32_t)f, UINT64_MAX));
+    psw_ctr_release(&c);
+    ck_assert_msg(psw_ctr_load(&c, path, 1, &eb) == 0, "%s", eb.msg);
+    ck_assert_uint_eq(c.n, 1);
+    psw_ctr_release(&c);
+    psw_ctr_release(&c); /* idempotent */
+  }
+}
+END_TEST
+
+static const struct bad_line {
+  const char *line;
+  const char *msg; /* after "PATH:" */
+} bad_lines[] = {
+    {"2\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n",
+     "2: field 1 (label): expected 0 or 1, got '2'"},
+    {"1\t1.5\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n",
+     "2: field 2 (integer I1): expected an integer, got '1.5'"},
+    {"1\t\t\t\t\t\t\t\t\t\t\t\t\t99999999999999999999\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n",
+     "2: field 14 (integer I13): expected an integer, got '99999999999999999999'"},
+    {"1\t\t\t\t\t\t\t\t\t\t\t\t\t\tzz\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n",
+     "2: field 15 (categorical C1): expected 1-16 hex digits, got 'zz'"},
+    {"1\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t00000000000000001\n",
+     "2: field 40 (categorical C26): expected 1-16 hex digits, got '00000000000000001'"},
+    {"1\t2\t3\n", "2: 3 tab-separated fields, expected 40 (label, 13 integer, 26 categorical)"},
+    {"1\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n",
+     "2: more than 40 tab-separated fields"},
+};
+
+START_TEST(test_ctr_bad_line) {
+  const struct bad_line *b = &bad_lines[_i];
+  char text[512];
+  snprintf(text, sizeof text, "0\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n%s", b->line);
+  const char *path = write_tmp("bad.tsv", text, 0);
+  psw_ctr c;
+  ps_errbuf eb;
+  ck_assert_int_eq(psw_ctr_load(&c, path, 0, &eb), PS_EFORMAT);
+  char want[1024];
+  snprintf(want, sizeof want, "%s:%s", path, b->msg);
+  ck_assert_str_eq(eb.msg, want);
+  ck_assert_ptr_null(c.label);
+  ck_assert_int_eq(psw_ctr_load(&c, "/nonexistent/x.tsv", 0, &eb), PS_EIO);
+  ck_assert(strstr(eb.msg, "/nonexistent/x.tsv: cannot open") == eb.msg);
+}
+END_TEST
+
+/* scripts/gen_ctr writes what psw_ctr reads: 3000 lines, gzipped, with
+ * Zipf ids (a few ids cover many lines) and its summary line. */
+START_TEST(test_gen_ctr_round_trip) {
+  const char *dir = ps_test_tmpdir();
+  char out[512], log[512];
+  snprintf(out, sizeof out, "%s/gen.tsv.gz", dir);
+  snprintf(log, sizeof log, "%s/gen.log", dir);
+  char *argv[] = {"scripts/gen_ctr", "-o", out, "--lines", "3000", "--ids", "100000", "--gzip", NULL};
+  ck_assert_int_eq(ps_test_run(argv, log, 120000), 0);
+  char *summary = ps_test_read_file(log, NULL);
+  const char *line = ps_test_last_line(summary);
+  ck_assert_int_eq((int)ps_test_json_num(line, "lines"), 3000);
+  double bayes = ps_test_json_num(line, "bayes_logloss"), share = ps_test_json_num(line, "positive_share");
+  ck_assert(bayes > 0.05 && bayes < 0.69);
+  psw_ctr c;
+  ps_errbuf eb;
+  ck_assert_msg(psw_ctr_load(&c, out, 0, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(c.n, 3000);
+  uint64_t pos = 0;
+  for (uint64_t i = 0; i < c.n; i++) pos += (uint64_t)c.label[i];
+  ck_assert(fabs((double)pos / 3000 - share) < 1e-3);
+  /* Zipf: field 0's most frequent key covers many lines */
+  uint64_t best = 0;
+  for (uint64_t i = 0; i < 200; i++) {
+    uint64_t k = c.keys[i * PSW_CTR_FIELDS], cnt = 0;
+    for (uint64_t j = 0; j < c.n; j++) cnt += c.keys[j * PSW_CTR_FIELDS] == k;
+    best = cnt > best ? cnt : best;
+  }
+  ck_assert_msg(best > 30, "the most frequent id of field 0 is on %llu of 3000 lines",
+                (unsigned long long)best);
+  psw_ctr_release(&c);
+  free(summary);
+}
+END_TEST
+
+Suite *psw_ctr_suite(void) {
+  Suite *s = suite_create("psw_ctr");
+  TCase *tc = tcase_create("reader");
+  tcase_set_timeout(tc, 150);
+  tcase_add_test(tc, test_ctr_values);
+  tcase_add_loop_test(tc, test_ctr_bad_line, 0, (int)(sizeof bad_lines / sizeof bad_lines[0]));
+  tcase_add_test(tc, test_gen_ctr_round_trip);
+  suite_add_tcase(s, tc);
+  return s;
+}

@@ -1,0 +1,156 @@
+/* psw_sparse: keys split by shard with a counting sort, one gRPC call per
+ * shard, rows scattered back to the caller's order. */
+#include "psw_sparse.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "ps.pb-c.h"
+#include "ps_place.h"
+#include "ps_rpc.h"
+
+#define PSW_SPARSE_TIMEOUT_MS 30000
+
+struct psw_sparse {
+  const ps_config *cfg;
+  char model[64];
+  uint32_t table, dim, worker;
+  uint64_t seed;
+  uint16_t shard_of[PS_PLACE_ROW_BUCKETS];
+  size_t nshards;
+  ps_rpc **rpc;             /* per shard, opened on first use */
+  /* per request: keys grouped by shard (start[s] .. start[s + 1]) */
+  uint32_t *start, *pos;    /* nshards + 1; nkeys: original index of grouped key i */
+  uint64_t *keys;
+  float *buf;
+  size_t cap, bufcap;
+};
+
+int psw_sparse_open(psw_sparse **out, const ps_config *cfg, const char *model, uint32_t table,
+                    uint32_t dim, uint32_t worker, ps_errbuf *eb) {
+  *out = NULL;
+  if (!dim || strlen(model) >= 64 || cfg->nshards > 65536)
+    return ps_errf(eb, PS_EINVAL, "sparse client: bad table '%s'/%u (dim %u)", model, table, dim);
+  psw_sparse *s = calloc(1, sizeof *s);
+  uint32_t *ids = calloc(cfg->nshards, sizeof *ids);
+  if (s) {
+    s->rpc = calloc(cfg->nshards, sizeof *s->rpc);
+    s->start = calloc(cfg->nshards + 1, sizeof *s->start);
+  }
+  if (!s || !ids || !s->rpc || !s->start) {
+    free(ids);
+    psw_sparse_close(s);
+    return ps_errf(eb, PS_ENOMEM, "sparse client: out of memory");
+  }
+  s->cfg = cfg;
+  snprintf(s->model, sizeof s->model, "%s", model);
+  s->table = table, s->dim = dim, s->worker = worker, s->nshards = cfg->nshards;
+  for (size_t i = 0; i < cfg->nshards; i++) ids[i] = cfg->shards[i].id;
+  s->seed = ps_place_row_seed(model, table);
+  ps_place_row_map(model, table, ids, cfg->nshards, s->shard_of);
+  free(ids);
+  *out = s;
+  return 0;
+}
+
+void psw_sparse_close(psw_sparse *s) {
+  if (!s) return;
+  for (size_t i = 0; s->rpc && i < s->nshards; i++)
+    if (s->rpc[i]) ps_rpc_close(s->rpc[i]);
+  free(s->rpc);
+  free(s->start);
+  free(s->pos);
+  free(s->keys);
+  free(s->buf);
+  free(s);
+}
+
+/* group sorts the N keys by shard into s->keys (s->pos: where each came
+ * from) and sizes the row buffer. */
+static int group(psw_sparse *s, const uint64_t *keys, uint32_t n, ps_errbuf *eb) {
+  if (n > s->cap) {
+    uint32_t *p = realloc(s->pos, n * sizeof *p);
+    if (p) s->pos = p;
+    uint64_t *k = p ? realloc(s->keys, n * sizeof *k) : NULL;
+    if (!k) return ps_errf(eb, PS_ENOMEM, "sparse client: out of memory");
+    s->keys = k;
+    s->cap = n;
+  }
+  if ((size_t)n * s->dim > s->bufcap) {
+    float *b = realloc(s->buf, (size_t)n * s->dim * sizeof *b);
+    if (!b) return ps_errf(eb, PS_ENOMEM, "sparse client: out of memory");
+    s->buf = b;
+    s->bufcap = (size_t)n * s->dim;
+  }
+  memset(s->start, 0, (s->nshards + 1) * sizeof *s->start);
+  for (uint32_t i = 0; i < n; i++) s->start[s->shard_of[ps_place_row_bucket(s->seed, keys[i])] + 1]++;
+  for (size_t k = 0; k < s->nshards; k++) s->start[k + 1] += s->start[k];
+  for (uint32_t i = 0; i < n; i++) {
+    uint16_t sh = s->shard_of[ps_place_row_bucket(s->seed, keys[i])];
+    uint32_t at = s->start[sh]++;
+    s->keys[at] = keys[i];
+    s->pos[at] = i;
+  }
+  for (size_t k = s->nshards; k > 0; k--) s->start[k] = s->start[k - 1];
+  s->start[0] = 0;
+  return 0;
+}
+
+/* call makes call METHOD on shard K, opening its channel first. */
+static int call(psw_sparse *s, size_t k, const char *method, const ProtobufCMessage *req,
+                const ProtobufCMessageDescriptor *desc, ProtobufCMessage **rep, ps_errbuf *eb) {
+  int rc = 0;
+  if (!s->rpc[k]) rc = ps_rpc_open(&s->rpc[k], s->cfg->shards[k].grpc_addr, eb);
+  if (!rc) rc = ps_rpc_call(s->rpc[k], method, req, desc, rep, PSW_SPARSE_TIMEOUT_MS, eb);
+  if (rc) {
+    ps_errbuf inner = *eb;
+    ps_errf(eb, rc, "shard %u: %s", s->cfg->shards[k].id, inner.msg);
+  }
+  return rc;
+}
+
+int psw_sparse_pull(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, float *rows,
+                    uint64_t clock, ps_errbuf *eb) {
+  int rc = group(s, keys, nkeys, eb);
+  const size_t rb = s->dim * sizeof(float);
+  for (size_t k = 0; k < s->nshards && !rc; k++) {
+    uint32_t a = s->start[k], b = s->start[k + 1];
+    if (a == b) continue;
+    Ps__SparsePullRequest q = PS__SPARSE_PULL_REQUEST__INIT;
+    q.model = s->model, q.table = s->table, q.keys = s->keys + a, q.n_keys = b - a;
+    q.worker = s->worker, q.clock = clock;
+    Ps__SparsePullReply *rep = NULL;
+    rc = call(s, k, "/ps.Ps/SparsePull", &q.base, &ps__sparse_pull_reply__descriptor,
+              (ProtobufCMessage **)&rep, eb);
+    if (rc) break;
+    if (rep->rows.len != (size_t)(b - a) * rb)
+      rc = ps_errf(eb, PS_EFORMAT, "shard %u: %zu bytes of rows for %u keys of dim %u",
+                   s->cfg->shards[k].id, rep->rows.len, b - a, s->dim);
+    for (uint32_t i = a; !rc && i < b; i++)
+      memcpy(rows + (size_t)s->pos[i] * s->dim, rep->rows.data + (size_t)(i - a) * rb, rb);
+    protobuf_c_message_free_unpacked(&rep->base, NULL);
+  }
+  return rc;
+}
+
+int psw_sparse_push(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, const float *grads,
+                    uint64_t clock, ps_errbuf *eb) {
+  int rc = group(s, keys, nkeys, eb);
+  const size_t rb = s->dim * sizeof(float);
+  for (size_t k = 0; k < s->nshards && !rc; k++) {
+    uint32_t a = s->start[k], b = s->start[k + 1];
+    if (a == b) continue;
+    for (uint32_t i = a; i < b; i++)
+      memcpy(s->buf + (size_t)(i - a) * s->dim, grads + (size_t)s->pos[i] * s->dim, rb);
+    Ps__SparsePushRequest q = PS__SPARSE_PUSH_REQUEST__INIT;
+    q.model = s->model, q.table = s->table, q.keys = s->keys + a, q.n_keys = b - a;
+    q.rows.data = (uint8_t *)s->buf, q.rows.len = (size_t)(b - a) * rb;
+    q.worker = s->worker, q.clock = clock;
+    Ps__SparsePushReply *rep = NULL;
+    rc = call(s, k, "/ps.Ps/SparsePush", &q.base, &ps__sparse_push_reply__descriptor,
+              (ProtobufCMessage **)&rep, eb);
+    if (!rc) protobuf_c_message_free_unpacked(&rep->base, NULL);
+  }
+  return rc;
+}

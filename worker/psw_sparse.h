@@ -1,0 +1,43 @@
+/* psw_sparse: a worker's client of one sparse table on the shards
+ * (SparsePull / SparsePush over gRPC, psd_shard_sparse.h).
+ *
+ * Keys are table keys (for a table with hash_buckets, map ids with
+ * ps_place_row_key first, before deduplication).  A pull or push splits
+ * its distinct keys by shard (ps_place_row_map: one hash per key) and
+ * makes one call per shard that holds any, in turn; rows come back in the
+ * caller's key order.  Sparse traffic goes to the root shards directly
+ * (never through an aggregator), in fp32, without the staleness bound.
+ * No retries: a shard that fails the call fails the request (nothing of a
+ * failed pull is returned; a push may have reached the shards before the
+ * failing one).
+ *
+ * Not thread-safe: one per worker thread. */
+#ifndef PSW_SPARSE_H
+#define PSW_SPARSE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "ps_config.h"
+#include "ps_error.h"
+
+typedef struct psw_sparse psw_sparse;
+
+/* psw_sparse_open prepares the client of table TABLE (the embedding
+ * parameter's index) of MODEL with rows of DIM floats, for worker WORKER,
+ * on the shards of CFG (borrowed for the client's life).  It does not
+ * connect yet.  Close with psw_sparse_close. */
+int psw_sparse_open(psw_sparse **out, const ps_config *cfg, const char *model, uint32_t table,
+                    uint32_t dim, uint32_t worker, ps_errbuf *eb);
+void psw_sparse_close(psw_sparse *s);
+
+/* psw_sparse_pull writes the rows of the NKEYS distinct KEYS to ROWS
+ * ([nkeys, dim]).  psw_sparse_push sends GRADS ([nkeys, dim]) as their
+ * gradients.  CLOCK is the worker's clock.  Errors as the shards say
+ * (ps_err_from_grpc), with the shard's id in EB. */
+int psw_sparse_pull(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, float *rows,
+                    uint64_t clock, ps_errbuf *eb);
+int psw_sparse_push(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, const float *grads,
+                    uint64_t clock, ps_errbuf *eb);
+
+#endif

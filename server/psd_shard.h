@@ -28,6 +28,7 @@
 
 #include "ps_config.h"
 #include "ps_error.h"
+#include "psd_agg.h"
 #include "psd_clock.h"
 #include "psd_store.h"
 
@@ -53,6 +54,8 @@ typedef struct psd_counters {
   uint64_t chan_refused;     /* channel connections closed at accept (psd_chan.h) */
   uint64_t chan_idle_closed; /* channel connections closed as idle */
   uint64_t grpc_restarts;    /* gRPC servers rebuilt by the self-probe (psd_probe.h) */
+  uint64_t agg_pushes;       /* pushes that summed an aggregator's workers (ps_req.summed) */
+  uint64_t agg_summed;       /* the worker gradients those pushes summed */
 } psd_counters;
 
 struct psd_grpc;
@@ -76,6 +79,10 @@ typedef struct psd_shard {
   psd_clock *clock;           /* leases, clocks, parked pulls (psd_shard_clock_start) */
   uv_timer_t clock_timer;     /* fires at psd_clock_next_ms */
   int coordinator;            /* this shard registers workers */
+  /* The backend: the store (a root shard) or, on an aggregator (psd
+   * --aggregator; store and clock NULL), the forward backend. */
+  psd_agg *agg;
+  const ps_agg_conf *agg_me;  /* this aggregator's entry in cfg */
 } psd_shard;
 
 /* Control plane. */
@@ -94,6 +101,20 @@ int psd_shard_payload(psd_shard *sh, const ps_req *r, int push, uint64_t *nelems
                       uint64_t *nbytes, ps_errbuf *eb);
 int psd_shard_push(psd_shard *sh, const ps_req *r, uint64_t *version, ps_errbuf *eb);
 int psd_shard_pull(psd_shard *sh, const ps_req *r, uint64_t *version, ps_errbuf *eb);
+
+/* The forward backend (an aggregator, sh->agg; psd_agg.h): push R and
+ * pull R complete through OP (1), or now (a pull: 0, OP's data set), or
+ * fail with a PS_E* code; counted like the store's. */
+int psd_shard_forward_push(psd_shard *sh, const ps_req *r, psd_op *op, ps_errbuf *eb);
+int psd_shard_forward_pull(psd_shard *sh, const ps_req *r, psd_op *op, ps_errbuf *eb);
+
+/* psd_shard_spec returns MODEL's registered spec (borrowed from the
+ * store until the next submit), or NULL: unknown, or SH is an aggregator.
+ * psd_shard_held sets the ids (borrowed likewise) and element count of
+ * MODEL's chunks on SH; PS_ENOENT, or PS_ENOTSUP on an aggregator. */
+const Ps__ModelSpec *psd_shard_spec(psd_shard *sh, const char *model);
+int psd_shard_held(psd_shard *sh, const char *model, const uint32_t **ids, size_t *nids,
+                   uint64_t *nelems, ps_errbuf *eb);
 
 /* Consistency (psd_clock.h).  psd_shard_clock_start makes the clock
  * table (workers.* and training.pull_timeout_ms of the config), declares

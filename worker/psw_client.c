@@ -80,6 +80,10 @@ struct psw_client {
   uint64_t reconnects;
   uint64_t parked_ms;       /* pulls held parked by the shards, in total */
   int (*rejoin)(void *arg, ps_errbuf *eb); /* invariant 5 */
+  /* workers.aggregator (DESIGN.md "Hierarchy"): every shard's connection
+   * goes to it until one fails; from then on to the root shards. */
+  const ps_agg_conf *agg;
+  int agg_down;
   void *rejoin_arg;
   psw_job job;
 };
@@ -249,6 +253,11 @@ static int psw_alloc_vectors(psw_client *c, ps_errbuf *eb) {
 
 /* psw_shard_down closes S's connection and, the first time, says so. */
 static void psw_shard_down(psw_client *c, psw_shard *s, const ps_errbuf *why) {
+  if (c->agg && !c->agg_down) { /* reconnects go to the roots from now on */
+    c->agg_down = 1;
+    ps_warn("worker %u: aggregator %s (%s): %s; going to the root shards directly", c->worker,
+            c->agg->name, c->agg->channel_addr, why->msg);
+  }
   uint64_t tx, rx;
   ps_chan_bytes(s->ch, &tx, &rx);
   s->tx_closed += tx;
@@ -274,8 +283,8 @@ static void psw_shard_up(psw_client *c, psw_shard *s) {
 
 /* psw_connect opens S's connection once. */
 static int psw_connect(psw_client *c, psw_shard *s, ps_errbuf *eb) {
-  int err = ps_chan_connect(&s->ch, s->conf->channel_addr, c->cfg->cluster,
-                            PSW_CONNECT_TIMEOUT_MS, eb);
+  const char *addr = c->agg && !c->agg_down ? c->agg->channel_addr : s->conf->channel_addr;
+  int err = ps_chan_connect(&s->ch, addr, c->cfg->cluster, PSW_CONNECT_TIMEOUT_MS, eb);
   if (err < 0) {
     s->ch = NULL;
     return err;
@@ -658,6 +667,7 @@ int psw_client_open(psw_client **out, const psw_client_conf *conf, ps_errbuf *eb
   if (!c) return ps_errf(eb, PS_ENOMEM, "out of memory");
   c->cfg = conf->cfg;
   c->worker = conf->worker;
+  c->agg = ps_config_agg(conf->cfg, conf->cfg->workers.aggregator);
   c->be = conf->be;
   c->nbufs = conf->nbufs;
   c->io_timeout_ms = conf->io_timeout_ms > 0 ? conf->io_timeout_ms : 10000;

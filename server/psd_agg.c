@@ -99,6 +99,7 @@ struct psd_agg {
   agg_link *links;
   int stopped;
   psd_agg_stats st;
+  uint64_t *seen_ms;        /* per worker id (< workers.count): uv_now of its last push, 0 never */
 };
 
 /* ---- models ------------------------------------------------------------------ */
@@ -469,6 +470,7 @@ int psd_agg_push(psd_agg *a, const ps_req *r, psd_op *op, ps_errbuf *eb) {
   if (r->version < g->version) g->version = r->version;
   agg_op_add(&g->waiters, op);
   a->st.pushes_in++;
+  if (r->worker < a->cfg->workers.count) a->seen_ms[r->worker] = uv_now(a->loop) + 1;
   if (g->nworkers >= a->me->workers || a->me->max_delay_ms == 0) agg_forward(a, g);
   agg_timer_arm(a);
   return 1;
@@ -641,9 +643,11 @@ int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_a
   a->nlinks = cfg->nshards * a->per_shard;
   a->shard_ids = calloc(cfg->nshards, sizeof *a->shard_ids);
   a->links = calloc(a->nlinks, sizeof *a->links);
-  if (!a->shard_ids || !a->links) {
+  a->seen_ms = calloc(cfg->workers.count, sizeof *a->seen_ms);
+  if (!a->shard_ids || !a->links || !a->seen_ms) {
     free(a->shard_ids);
     free(a->links);
+    free(a->seen_ms);
     free(a);
     return ps_errf(eb, PS_ENOMEM, "out of memory");
   }
@@ -724,7 +728,17 @@ void psd_agg_free(psd_agg *a) {
     free(m);
   }
   free(a->shard_ids);
+  free(a->seen_ms);
 }
 
 /* psd_agg_stats_get: see psd_agg.h. */
 void psd_agg_stats_get(const psd_agg *a, psd_agg_stats *st) { *st = a->st; }
+
+/* psd_agg_workers: see psd_agg.h. */
+size_t psd_agg_workers(psd_agg *a, uint32_t *ids) {
+  uint64_t now = uv_now(a->loop) + 1;
+  size_t n = 0;
+  for (uint32_t w = 0; w < a->cfg->workers.count; w++)
+    if (a->seen_ms[w] && now - a->seen_ms[w] <= a->cfg->workers.lease_ms) ids[n++] = w;
+  return n;
+}

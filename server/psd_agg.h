@@ -110,4 +110,9 @@ void psd_agg_cancel(psd_agg *a, psd_op *op);
 
 void psd_agg_stats_get(const psd_agg *a, psd_agg_stats *st);
 
+/* psd_agg_workers writes to IDS (room for cfg->workers.count) the workers
+ * that pushed through A within the last workers.lease_ms, in rank order;
+ * returns how many. */
+size_t psd_agg_workers(psd_agg *a, uint32_t *ids);
+
 #endif

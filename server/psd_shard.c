@@ -501,6 +501,8 @@ void psd_shard_status(psd_shard *sh, Ps__StatusReply *reply) {
     reply->agg_pulls_in = st.pulls_in;
     reply->agg_pull_hits = st.pull_hits;
     reply->agg_fetches = st.fetches;
+    reply->agg_workers = malloc((sh->cfg->workers.count + 1) * sizeof *reply->agg_workers);
+    if (reply->agg_workers) reply->n_agg_workers = psd_agg_workers(sh->agg, reply->agg_workers);
   }
   if (!sh->store) return;
   reply->disk_bytes = psd_store_disk_bytes(sh->store);
@@ -552,6 +554,9 @@ void psd_shard_status(psd_shard *sh, Ps__StatusReply *reply) {
 
 /* psd_shard_status_release frees what psd_shard_status allocated. */
 void psd_shard_status_release(Ps__StatusReply *reply) {
+  free(reply->agg_workers);
+  reply->agg_workers = NULL;
+  reply->n_agg_workers = 0;
   for (size_t i = 0; i < reply->n_models; i++) {
     free(reply->models[i]->tau_hist);
     free(reply->models[i]->name);

@@ -280,6 +280,15 @@ START_TEST(test_hier_bsp_sums) {
   th_ctx x = {0};
   th_start(&x, 1, "bsp", "0", 10000, 2);
   th_train(&x, 1, NULL);
+  /* psctl status shows the tree's middle tier */
+  char slog[700];
+  snprintf(slog, sizeof slog, "%s/status.log", x.dir);
+  char *status[] = {(char *)ps_test_bin("psctl"), "status", "--config", x.yaml, "--json", NULL};
+  ck_assert_int_eq(ps_test_run(status, slog, 20000), 0);
+  char *so = ps_test_read_file(slog, NULL);
+  ck_assert_msg(strstr(so, "\"aggregators\":[{\"name\":\"h0\""), "%s", so);
+  ck_assert_msg(strstr(so, "\"hit_rate\":0.667,\"workers\":[0,1,2]"), "%s", so);
+  free(so);
   /* 1000 samples each, batch 64: 16 steps an epoch, 32 in all */
   int steps = (int)ps_test_json_num(x.json[0], "steps");
   ck_assert_int_eq(steps, 32);
@@ -363,11 +372,43 @@ START_TEST(test_hier_failover) {
 }
 END_TEST
 
+/* psd -t and psw check the aggregator named on the command line. */
+START_TEST(test_hier_flags) {
+  th_ctx x = {0};
+  snprintf(x.dir, sizeof x.dir, "%s", ps_test_tmpdir());
+  snprintf(x.yaml, sizeof x.yaml, "%s", ps_test_cluster_yaml(x.dir, 1,
+           "aggregators:\n  - {name: h0, grpc: '127.0.0.1:1', channel: '127.0.0.1:2', "
+           "workers: 2}\n", NULL, NULL));
+  char log[700];
+  snprintf(log, sizeof log, "%s/t.log", x.dir);
+  char *ok[] = {(char *)ps_test_bin("psd"), "-t", "--config", x.yaml, "--aggregator", "h0", NULL};
+  ck_assert_int_eq(ps_test_run(ok, log, 10000), 0);
+  char *out = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(out, "configuration ok (1 shards, 1 aggregators)"), "%s", out);
+  free(out);
+  char *bad[] = {(char *)ps_test_bin("psd"), "-t", "--config", x.yaml, "--aggregator", "h9", NULL};
+  ck_assert_int_eq(ps_test_run(bad, log, 10000), 2);
+  out = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(out, "no aggregator named 'h9' in the 'aggregators' list"), "%s", out);
+  free(out);
+  char *both[] = {(char *)ps_test_bin("psd"), "--config", x.yaml, "--shard", "0", "--aggregator",
+                  "h0", NULL};
+  ck_assert_int_eq(ps_test_run(both, log, 10000), 2);
+  char *w[] = {(char *)ps_test_bin("psw"), "--config", x.yaml, "--model", "m", "--aggregator",
+               "h9", NULL};
+  ck_assert_int_eq(ps_test_run(w, log, 10000), 2);
+  out = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(out, "no aggregator named 'h9'"), "%s", out);
+  free(out);
+}
+END_TEST
+
 Suite *hier_suite(void) {
   Suite *s = suite_create("hier");
   TCase *tc = tcase_create("hier");
   tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_set_timeout(tc, 240);
+  tcase_add_test(tc, test_hier_flags);
   tcase_add_test(tc, test_hier_sum_is_one_update);
   tcase_add_test(tc, test_hier_bsp_sums);
   tcase_add_test(tc, test_hier_ssp_bound);

@@ -29,6 +29,7 @@
 
 #include "ps.pb-c.h"
 #include "ps_chan.h"
+#include "ps_codec.h"
 #include "ps_rpc.h"
 #include "ps_test.h"
 
@@ -191,27 +192,44 @@ static void th_spec(Ps__ModelSpec *spec, Ps__TensorSpec *t, Ps__TensorSpec **ts,
   spec->consistency = "bsp";
 }
 
-START_TEST(test_hier_sum_is_one_update) {
-  th_ctx x = {0};
-  snprintf(x.dir, sizeof x.dir, "%s", ps_test_tmpdir());
-  x.agg_gp = ps_test_free_port();
-  do x.agg_cp = ps_test_free_port();
-  while (x.agg_cp == x.agg_gp);
+/* th_bare starts one root shard and aggregator h0 (3 workers, sums wait
+ * up to 10 s for all of them) and opens *RPC to the root. */
+static void th_bare(th_ctx *x, ps_rpc **rpc) {
+  snprintf(x->dir, sizeof x->dir, "%s", ps_test_tmpdir());
+  x->agg_gp = ps_test_free_port();
+  do x->agg_cp = ps_test_free_port();
+  while (x->agg_cp == x->agg_gp);
   char extra[512];
   snprintf(extra, sizeof extra,
            "aggregators:\n  - {name: h0, grpc: \"127.0.0.1:%d\", channel: \"127.0.0.1:%d\", "
-           "workers: 3, max_delay_ms: 10000}\nworkers:\n  count: 3\n", x.agg_gp, x.agg_cp);
-  snprintf(x.yaml, sizeof x.yaml, "%s", ps_test_cluster_yaml(x.dir, 1, extra, x.gp, x.cp));
-  ps_test_start_shards(x.yaml, x.dir, 1, x.gp, x.cp, x.shard);
-  snprintf(x.agg_log, sizeof x.agg_log, "%s/agg.log", x.dir);
-  char *argv[] = {(char *)ps_test_bin("psd"), "--config", x.yaml, "--aggregator", "h0", NULL};
-  x.agg = ps_test_spawn(argv, x.agg_log, NULL);
-  ck_assert_int_eq(ps_test_wait_port(x.agg_cp, 10000), 0);
-  ps_rpc *rpc;
+           "workers: 3, max_delay_ms: 10000}\nworkers:\n  count: 3\n", x->agg_gp, x->agg_cp);
+  snprintf(x->yaml, sizeof x->yaml, "%s", ps_test_cluster_yaml(x->dir, 1, extra, x->gp, x->cp));
+  ps_test_start_shards(x->yaml, x->dir, 1, x->gp, x->cp, x->shard);
+  snprintf(x->agg_log, sizeof x->agg_log, "%s/agg.log", x->dir);
+  char *argv[] = {(char *)ps_test_bin("psd"), "--config", x->yaml, "--aggregator", "h0", NULL};
+  x->agg = ps_test_spawn(argv, x->agg_log, NULL);
+  ck_assert_int_eq(ps_test_wait_port(x->agg_cp, 10000), 0);
   ps_errbuf eb = {""};
   char addr[64];
-  snprintf(addr, sizeof addr, "127.0.0.1:%d", x.gp[0]);
-  ck_assert_int_eq(ps_rpc_open(&rpc, addr, &eb), 0);
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", x->gp[0]);
+  ck_assert_int_eq(ps_rpc_open(rpc, addr, &eb), 0);
+}
+
+/* th_chan connects to PORT on 127.0.0.1. */
+static ps_chan_client *th_chan(int port) {
+  char addr[64];
+  ps_errbuf eb = {""};
+  ps_chan_client *c;
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+  ck_assert_msg(ps_chan_connect(&c, addr, "test", 10000, &eb) == 0, "%s", eb.msg);
+  return c;
+}
+
+START_TEST(test_hier_sum_is_one_update) {
+  th_ctx x = {0};
+  ps_rpc *rpc;
+  ps_errbuf eb = {""};
+  th_bare(&x, &rpc);
   Ps__ModelSpec spec;
   Ps__TensorSpec t, *ts;
   Ps__OptimizerSpec opt;
@@ -227,11 +245,7 @@ START_TEST(test_hier_sum_is_one_update) {
   for (int w = 0; w < 3; w++)
     for (int i = 0; i < TH_ELEMS; i++) g[w][i] = ps_test_rnd();
   const uint32_t ids[3] = {0, 1, 2};
-  ps_chan_client *root, *agg[3];
-  char root_addr[64], agg_addr[64];
-  snprintf(root_addr, sizeof root_addr, "127.0.0.1:%d", x.cp[0]);
-  snprintf(agg_addr, sizeof agg_addr, "127.0.0.1:%d", x.agg_cp);
-  ck_assert_int_eq(ps_chan_connect(&root, root_addr, "test", 5000, &eb), 0);
+  ps_chan_client *root = th_chan(x.cp[0]), *agg[3];
   uint64_t v0, v;
   ck_assert_int_eq(ps_test_pull(root, "flat", ids, 3, p0, TH_ELEMS, 0, 0, &v0, &eb), 0);
   for (uint32_t w = 0; w < 3; w++)
@@ -241,7 +255,7 @@ START_TEST(test_hier_sum_is_one_update) {
   ck_assert_uint_eq(v, v0 + 3);
   /* the twin through the aggregator: 3 workers' pushes of clock 0 in flight at once */
   for (uint32_t w = 0; w < 3; w++) {
-    ck_assert_int_eq(ps_chan_connect(&agg[w], agg_addr, "test", 10000, &eb), 0);
+    agg[w] = th_chan(x.agg_cp);
     ps_req r = {.model = "hier", .ids = ids, .nids = 3, .worker = w, .clock = 0, .version = v0};
     struct iovec seg = {g[w], sizeof g[w]};
     ck_assert_msg(ps_chan_send_pushv(agg[w], &r, &seg, 1, NULL, &eb) == 0, "%s", eb.msg);
@@ -269,6 +283,68 @@ START_TEST(test_hier_sum_is_one_update) {
   const uint32_t bad[1] = {7};
   ck_assert_int_eq(ps_test_push(agg[0], "hier", bad, 1, g[0], 1024, 0, 1, v, &v, &eb), PS_EINVAL);
   ck_assert_msg(strstr(eb.msg, "no chunk 7"), "%s", eb.msg);
+  for (int w = 0; w < 3; w++) ps_chan_close(agg[w]);
+  ps_chan_close(root);
+  th_finish(&x);
+}
+END_TEST
+
+/* Codecs compose: int8 pushes from 3 workers into the aggregator, int8
+ * from it to the root (re-encoded with its residual, zero at first). */
+START_TEST(test_hier_codec) {
+  th_ctx x = {0};
+  ps_rpc *rpc;
+  ps_errbuf eb = {""};
+  th_bare(&x, &rpc);
+  Ps__ModelSpec spec;
+  Ps__TensorSpec t, *ts;
+  Ps__OptimizerSpec opt;
+  uint32_t shape;
+  th_spec(&spec, &t, &ts, &opt, &shape, "q");
+  spec.codec = "int8";
+  ps_test_submit(rpc, &spec, 0, 10000);
+  ps_rpc_close(rpc);
+  static const uint32_t len[3] = {1024, 1024, TH_ELEMS - 2048};
+  static float g[TH_ELEMS], sum[TH_ELEMS], fwd[TH_ELEMS], p0[TH_ELEMS], p1[TH_ELEMS];
+  static uint8_t enc[3][TH_ELEMS + 16], fenc[TH_ELEMS + 16];
+  uint64_t nbytes = 0, v0, v;
+  ps_test_rng_init();
+  for (int w = 0; w < 3; w++) {
+    for (int i = 0; i < TH_ELEMS; i++) g[i] = ps_test_rnd() * (float)(w + 1);
+    uint8_t *o = enc[w];
+    for (int k = 0, off = 0; k < 3; off += len[k++]) {
+      ps_codec_encode(PS_CODEC_INT8, g + off, len[k], 0, o);
+      ps_codec_decode_acc(PS_CODEC_INT8, o, len[k], 0, 1.0f, sum + off);
+      o += ps_codec_size(PS_CODEC_INT8, len[k], 0);
+    }
+    nbytes = (uint64_t)(o - enc[w]);
+  }
+  for (int k = 0, off = 0; k < 3; off += len[k++]) { /* what the aggregator sends */
+    ps_codec_encode(PS_CODEC_INT8, sum + off, len[k], 0, fenc);
+    ps_codec_decode(PS_CODEC_INT8, fenc, len[k], 0, fwd + off);
+  }
+  const uint32_t ids[3] = {0, 1, 2};
+  ps_chan_client *root = th_chan(x.cp[0]), *agg[3];
+  ck_assert_int_eq(ps_test_pull(root, "q", ids, 3, p0, TH_ELEMS, 0, 0, &v0, &eb), 0);
+  for (uint32_t w = 0; w < 3; w++) {
+    agg[w] = th_chan(x.agg_cp);
+    ps_req r = {.model = "q", .ids = ids, .nids = 3, .worker = w, .version = v0,
+                .codec = PS_CODEC_INT8};
+    struct iovec seg = {enc[w], nbytes};
+    ck_assert_msg(ps_chan_send_pushv(agg[w], &r, &seg, 1, NULL, &eb) == 0, "%s", eb.msg);
+  }
+  for (int w = 0; w < 3; w++) ck_assert_msg(ps_chan_recv(agg[w], NULL, &v, &eb) == 0, "%s", eb.msg);
+  ck_assert_int_eq(ps_test_pull(root, "q", ids, 3, p1, TH_ELEMS, 0, 1, &v, &eb), 0);
+  ck_assert_uint_eq(v, v0 + 1);
+  for (int i = 0; i < TH_ELEMS; i++) {
+    float want = p0[i] - 0.1f * fwd[i], tol = 0.1f * 6.0f / 127; /* one int8 step of the sum */
+    ck_assert_msg(p1[i] - want <= tol && want - p1[i] <= tol, "[%d] %g, want %g (seed %llu)", i,
+                  p1[i], want, (unsigned long long)ps_test_seed);
+  }
+  Ps__StatusReply *st = th_status_at(x.gp[0]);
+  ck_assert_uint_eq(st->sum_pushes, 1);
+  ck_assert_uint_eq(st->bytes_in, nbytes); /* int8 on the root's wire too */
+  protobuf_c_message_free_unpacked(&st->base, NULL);
   for (int w = 0; w < 3; w++) ps_chan_close(agg[w]);
   ps_chan_close(root);
   th_finish(&x);
@@ -410,6 +486,7 @@ Suite *hier_suite(void) {
   tcase_set_timeout(tc, 240);
   tcase_add_test(tc, test_hier_flags);
   tcase_add_test(tc, test_hier_sum_is_one_update);
+  tcase_add_test(tc, test_hier_codec);
   tcase_add_test(tc, test_hier_bsp_sums);
   tcase_add_test(tc, test_hier_ssp_bound);
   tcase_add_test(tc, test_hier_failover);

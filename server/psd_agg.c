@@ -170,13 +170,21 @@ static int agg_route(const agg_model *m, const ps_req *r, uint32_t *shard, ps_er
   return 0;
 }
 
+/* agg_resolve finds R's model (*M) and root shard (*SHARD); PS_ESHUTDOWN
+ * once the aggregator stops. */
+static int agg_resolve(psd_agg *a, const ps_req *r, agg_model **m, uint32_t *shard,
+                       ps_errbuf *eb) {
+  if (a->stopped) return ps_errf(eb, PS_ESHUTDOWN, "aggregator %s is shutting down", a->me->name);
+  int err = agg_model_get(a, r->model, m, eb);
+  return err < 0 ? err : agg_route(*m, r, shard, eb);
+}
+
 /* psd_agg_payload: see psd_agg.h. */
 int psd_agg_payload(psd_agg *a, const ps_req *r, int push, uint64_t *nelems, uint64_t *nbytes,
                     ps_errbuf *eb) {
   agg_model *m;
   uint32_t shard;
-  int err = agg_model_get(a, r->model, &m, eb);
-  if (err == 0) err = agg_route(m, r, &shard, eb);
+  int err = agg_resolve(a, r, &m, &shard, eb);
   if (err < 0) return err;
   if (!ps_codec_valid(r->codec) || (!push && r->codec != PS_CODEC_FP32 &&
                                     r->codec != PS_CODEC_FP16 && r->codec != PS_CODEC_INT8))
@@ -445,11 +453,9 @@ static int agg_decode_add(agg_group *g, const ps_req *r, ps_errbuf *eb) {
 
 /* psd_agg_push: see psd_agg.h. */
 int psd_agg_push(psd_agg *a, const ps_req *r, psd_op *op, ps_errbuf *eb) {
-  if (a->stopped) return ps_errf(eb, PS_ESHUTDOWN, "aggregator %s is shutting down", a->me->name);
   agg_model *m;
   uint32_t shard;
-  int err = agg_model_get(a, r->model, &m, eb);
-  if (err == 0) err = agg_route(m, r, &shard, eb);
+  int err = agg_resolve(a, r, &m, &shard, eb);
   if (err < 0) return err;
   if (r->nbytes != ps_layout_payload_bytes(&m->layout, r->ids, r->nids, r->codec, 1))
     return ps_errf(eb, PS_EINVAL, "push of model '%s': wrong payload size", r->model);
@@ -549,11 +555,9 @@ static int agg_fetching(const agg_copy *c, uint64_t clock, const psd_op *except)
 
 /* psd_agg_pull: see psd_agg.h. */
 int psd_agg_pull(psd_agg *a, const ps_req *r, psd_op *op, ps_errbuf *eb) {
-  if (a->stopped) return ps_errf(eb, PS_ESHUTDOWN, "aggregator %s is shutting down", a->me->name);
   agg_model *m;
   uint32_t shard;
-  int err = agg_model_get(a, r->model, &m, eb);
-  if (err == 0) err = agg_route(m, r, &shard, eb);
+  int err = agg_resolve(a, r, &m, &shard, eb);
   if (err < 0) return err;
   agg_copy *c = agg_copy_get(a, m, shard, r);
   if (!c) return ps_errf(eb, PS_ENOMEM, "aggregator out of memory");

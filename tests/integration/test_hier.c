@@ -168,8 +168,21 @@ static void th_finish(th_ctx *x) {
 
 #define TH_ELEMS 3000 /* 3 chunks of 1024 */
 
-/* th_spec fills SPEC: model NAME, one tensor of TH_ELEMS, plain SGD,
- * bsp, seed 7 (twins start equal). */
+static void th_spec(Ps__ModelSpec *spec, Ps__TensorSpec *t, Ps__TensorSpec **ts,
+                    Ps__OptimizerSpec *opt, uint32_t *shape, const char *name);
+
+/* th_submit submits model NAME through RPC: one tensor of TH_ELEMS, plain
+ * SGD, bsp, push codec CODEC (NULL: fp32), seed 7 (twins start equal). */
+static void th_submit(ps_rpc *rpc, const char *name, const char *codec) {
+  Ps__ModelSpec spec;
+  Ps__TensorSpec t, *ts;
+  Ps__OptimizerSpec opt;
+  uint32_t shape;
+  th_spec(&spec, &t, &ts, &opt, &shape, name);
+  if (codec) spec.codec = (char *)codec;
+  ps_test_submit(rpc, &spec, 0, 10000);
+}
+
 static void th_spec(Ps__ModelSpec *spec, Ps__TensorSpec *t, Ps__TensorSpec **ts,
                     Ps__OptimizerSpec *opt, uint32_t *shape, const char *name) {
   ps__tensor_spec__init(t);
@@ -230,14 +243,8 @@ START_TEST(test_hier_sum_is_one_update) {
   ps_rpc *rpc;
   ps_errbuf eb = {""};
   th_bare(&x, &rpc);
-  Ps__ModelSpec spec;
-  Ps__TensorSpec t, *ts;
-  Ps__OptimizerSpec opt;
-  uint32_t shape;
-  th_spec(&spec, &t, &ts, &opt, &shape, "flat");
-  ps_test_submit(rpc, &spec, 0, 10000);
-  th_spec(&spec, &t, &ts, &opt, &shape, "hier");
-  ps_test_submit(rpc, &spec, 0, 10000);
+  th_submit(rpc, "flat", NULL);
+  th_submit(rpc, "hier", NULL);
   ps_rpc_close(rpc);
 
   static float g[3][TH_ELEMS], p0[TH_ELEMS], pf[TH_ELEMS], ph[TH_ELEMS], pr[TH_ELEMS];
@@ -296,13 +303,7 @@ START_TEST(test_hier_codec) {
   ps_rpc *rpc;
   ps_errbuf eb = {""};
   th_bare(&x, &rpc);
-  Ps__ModelSpec spec;
-  Ps__TensorSpec t, *ts;
-  Ps__OptimizerSpec opt;
-  uint32_t shape;
-  th_spec(&spec, &t, &ts, &opt, &shape, "q");
-  spec.codec = "int8";
-  ps_test_submit(rpc, &spec, 0, 10000);
+  th_submit(rpc, "q", "int8");
   ps_rpc_close(rpc);
   static const uint32_t len[3] = {1024, 1024, TH_ELEMS - 2048};
   static float g[TH_ELEMS], sum[TH_ELEMS], fwd[TH_ELEMS], p0[TH_ELEMS], p1[TH_ELEMS];

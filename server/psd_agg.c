@@ -5,6 +5,7 @@
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 #include "ps_chan.h"
 #include "ps_log.h"
@@ -78,6 +79,7 @@ typedef struct agg_link {
   pthread_t thread;
   agg_job *head, *tail;     /* under a->mu */
   int busy;                 /* jobs queued or running */
+  int exited;               /* under a->mu: the thread is done */
   ps_chan_client *ch;       /* the thread's */
 } agg_link;
 
@@ -95,6 +97,7 @@ struct psd_agg {
   pthread_cond_t cv;
   agg_job *done;            /* finished jobs, under mu */
   int quit;                 /* under mu */
+  size_t nexited;           /* under mu: link threads done */
   size_t nlinks, per_shard; /* per_shard links per root: [0] pushes, the rest pulls */
   agg_link *links;
   int stopped;
@@ -245,6 +248,12 @@ static void *agg_link_main(void *arg) {
   }
   pthread_mutex_unlock(&a->mu);
   ps_chan_close(l->ch);
+  l->ch = NULL;
+  pthread_mutex_lock(&a->mu);
+  l->exited = 1;
+  a->nexited++;
+  pthread_cond_broadcast(&a->cv);
+  pthread_mutex_unlock(&a->mu);
   return NULL;
 }
 
@@ -691,8 +700,8 @@ static void agg_fail_all(psd_agg *a, int code, const char *msg) {
     while (c->waiters) agg_op_done_pop(&c->waiters, code, msg);
 }
 
-/* psd_agg_stop: see psd_agg.h.  Link threads blocked on a root are left
- * to end by themselves (their sockets time out); they are detached. */
+/* psd_agg_stop: see psd_agg.h.  Link threads are told to quit; psd_agg_free
+ * waits for them. */
 void psd_agg_stop(psd_agg *a) {
   if (!a || a->stopped) return;
   a->stopped = 1;
@@ -701,16 +710,31 @@ void psd_agg_stop(psd_agg *a) {
   a->quit = 1;
   pthread_cond_broadcast(&a->cv);
   pthread_mutex_unlock(&a->mu);
-  for (size_t i = 0; i < a->nlinks; i++) pthread_detach(a->links[i].thread);
   if (!uv_is_closing((uv_handle_t *)&a->timer)) uv_close((uv_handle_t *)&a->timer, NULL);
   if (!uv_is_closing((uv_handle_t *)&a->done_async))
     uv_close((uv_handle_t *)&a->done_async, NULL);
 }
 
-/* psd_agg_free frees the loop-side state; the link array and the lock
- * stay while a detached thread may still use them (process exit). */
+#define AGG_JOIN_MS 2000 /* psd_agg_free's wait for the link threads */
+
+/* psd_agg_free waits up to AGG_JOIN_MS for the link threads (a thread
+ * still blocked on a root then, a pull parked there, is detached and the
+ * link array, the lock and A itself are left to it: the process is
+ * exiting) and frees everything else. */
 void psd_agg_free(psd_agg *a) {
   if (!a) return;
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += AGG_JOIN_MS / 1000;
+  pthread_mutex_lock(&a->mu);
+  while (a->nexited < a->nlinks && pthread_cond_timedwait(&a->cv, &a->mu, &until) == 0) {
+  }
+  int all = a->nexited == a->nlinks;
+  pthread_mutex_unlock(&a->mu);
+  for (size_t i = 0; i < a->nlinks; i++) {
+    if (all) pthread_join(a->links[i].thread, NULL);
+    else pthread_detach(a->links[i].thread);
+  }
   while (a->groups) {
     agg_group *g = a->groups;
     a->groups = g->next;
@@ -733,6 +757,24 @@ void psd_agg_free(psd_agg *a) {
   }
   free(a->shard_ids);
   free(a->seen_ms);
+  if (!all) return;
+  for (agg_job *j = a->done, *next; j; j = next) { /* finished after the loop stopped */
+    next = j->next;
+    if (j->push) agg_group_free(j->g);
+    free(j->data);
+    free(j);
+  }
+  for (size_t i = 0; i < a->nlinks; i++)
+    for (agg_job *j = a->links[i].head, *next; j; j = next) { /* never run */
+      next = j->next;
+      if (j->push) agg_group_free(j->g);
+      free(j->data);
+      free(j);
+    }
+  pthread_mutex_destroy(&a->mu);
+  pthread_cond_destroy(&a->cv);
+  free(a->links);
+  free(a);
 }
 
 /* psd_agg_stats_get: see psd_agg.h. */

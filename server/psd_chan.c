@@ -344,6 +344,7 @@ static void conn_pull_reply(psd_conn *c, const void *data, uint64_t nbytes, uint
     return;
   }
   memcpy(buf, data, nbytes);
+  c->chan->sh->ctr.bytes_out += nbytes;
   Ps__ChanMeta rm = PS__CHAN_META__INIT;
   rm.op = PS__CHAN_OP__CHAN_PULL;
   rm.version = version;

@@ -439,10 +439,20 @@ START_TEST(test_hier_failover) {
     free(out);
     ck_assert_int_eq((int)ps_test_json_num(x.json[i], "steps"), 6 * 16);
   }
+  /* nothing acknowledged is lost: every push a worker saw acknowledged by
+   * shard 0 (directly or in a sum) is among the gradients it applied */
+  long acked = 0;
+  for (int i = 0; i < TH_N; i++) {
+    const char *p = strstr(x.json[i], "\"pushes_acked\":[");
+    ck_assert_ptr_nonnull(p);
+    acked += strtol(p + strlen("\"pushes_acked\":["), NULL, 10);
+  }
   Ps__StatusReply *st = th_status_at(x.gp[0]);
-  uint64_t plain = st->pushes - st->sum_pushes;
+  uint64_t plain = st->pushes - st->sum_pushes, applied = plain + st->sum_grads;
   protobuf_c_message_free_unpacked(&st->base, NULL);
   ck_assert_msg(plain > 0, "no worker pushed to the roots directly");
+  ck_assert_msg((uint64_t)acked <= applied, "workers saw %ld pushes acknowledged, shard 0 applied "
+                "%llu gradients", acked, (unsigned long long)applied);
   double acc = ps_test_json_num(x.json[0], "test_accuracy");
   ck_assert_msg(acc > 0.6, "test accuracy %f after failover", acc);
   th_finish(&x);

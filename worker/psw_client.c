@@ -535,11 +535,18 @@ int psw_client_push_pull(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
     return ps_errf(eb, PS_EINVAL, "buffer %d/%d out of range", gbuf, pbuf);
   int64_t expired_since = 0;
   uint32_t delay = PS_BACKOFF_FIRST_MS;
+  int via_agg = c->agg && !c->agg_down;
   for (;;) {
     size_t down = 0, expired = 0;
     ps_errbuf xeb = {""};
     int err = psw_round(c, gbuf, push_clock, pbuf, pull_clock, &down, &expired, &xeb, eb);
     if (err < 0) return err;
+    /* The aggregator died with this push unanswered: the sum holding it
+     * may never have reached the roots, so they may hold this worker (and
+     * its neighbours) at PUSH_CLOCK.  The repeated pull asks for that clock,
+     * not one a lost push would make the roots wait for forever (BSP):
+     * one step of staleness at most, once, at failover. */
+    if (via_agg && c->agg_down && gbuf >= 0 && pull_clock > push_clock) pull_clock = push_clock;
     if (!down && !expired) {
       for (size_t k = 0; k < c->nshards; k++) psw_shard_up(c, &c->shards[k]);
       return 0;

@@ -163,7 +163,8 @@ static void psd_main_finish(psd_main *m) {
     m->exit_code = 1;
   } else {
     sh->last_flush_unix_ms = psd_main_unix_ms();
-    ps_info("shard %u flushed, stopping", sh->me->id);
+    if (sh->agg_me) ps_info("aggregator %s stopping", sh->agg_me->name);
+    else ps_info("shard %u flushed, stopping", sh->me->id);
   }
   psd_chan_close(sh);
   uv_walk(&m->loop, psd_main_close_walk, NULL);
@@ -185,7 +186,8 @@ static void psd_main_on_drain_timer(uv_timer_t *t) {
 static void psd_main_drain(psd_main *m, int signum) {
   psd_shard *sh = &m->sh;
   if (sh->state == PSD_DRAINING) return;
-  ps_info("%s: draining shard %u", strsignal(signum), sh->me->id);
+  if (sh->agg_me) ps_info("%s: draining aggregator %s", strsignal(signum), sh->agg_me->name);
+  else ps_info("%s: draining shard %u", strsignal(signum), sh->me->id);
   sd_notify(0, "STOPPING=1\nSTATUS=draining");
   psd_shard_set_state(sh, PSD_DRAINING, NULL);
   psd_shard_clock_stop(sh); /* parked pulls are answered: shutting down */

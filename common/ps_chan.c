@@ -485,6 +485,8 @@ static void chan_meta_init(Ps__ChanMeta *meta, int op, const ps_req *r) {
   meta->clock = r->clock;
   meta->version = r->version;
   meta->codec = r->codec;
+  meta->summed = (uint32_t *)r->summed;
+  meta->n_summed = r->nsummed;
 }
 
 /* ps_chan_send_pushv: see ps_chan.h. */

@@ -442,6 +442,23 @@ static const cfg_slot cfg_shard_slots[] = {
 enum { CFG_SHARD_ID, CFG_SHARD_GRPC, CFG_SHARD_CHANNEL, CFG_SHARD_NSLOTS };
 static const cfg_table cfg_shard_table = CFG_TABLE("in a 'shards' entry", cfg_shard_slots, NULL);
 
+
+/* An aggregator (DESIGN.md "Hierarchy"): psd --aggregator NAME. */
+static const cfg_slot cfg_agg_slots[] = {
+    {.name = "name", .type = &cfg_t_str, .offset = offsetof(ps_agg_conf, name), .required = 1,
+     .check = cfg_check_name},
+    {.name = "grpc", .type = &cfg_t_str, .offset = offsetof(ps_agg_conf, grpc_addr),
+     .required = 1, .check = cfg_check_hostport},
+    {.name = "channel", .type = &cfg_t_str, .offset = offsetof(ps_agg_conf, channel_addr),
+     .required = 1, .check = cfg_check_hostport},
+    {.name = "workers", .type = &cfg_t_u32, .offset = offsetof(ps_agg_conf, workers),
+     .required = 1, .min = 1, .max = 4096},
+    {.name = "max_delay_ms", .type = &cfg_t_u32, .offset = offsetof(ps_agg_conf, max_delay_ms),
+     .def = "20", .min = 0, .max = 60000},
+};
+enum { CFG_AGG_NAME, CFG_AGG_GRPC, CFG_AGG_CHANNEL };
+static const cfg_table cfg_agg_table = CFG_TABLE("in an 'aggregators' entry", cfg_agg_slots, NULL);
+
 static const cfg_slot cfg_workers_slots[] = {
     {.name = "count", .type = &cfg_t_u32, .offset = offsetof(ps_worker_conf, count),
      .def = "1", .min = 1, .max = 4096},
@@ -467,6 +484,8 @@ static const cfg_slot cfg_workers_slots[] = {
      .def = "0", .dmin = 0, .dmax = 1},
     {.name = "jitter_factor", .type = &cfg_t_double,
      .offset = offsetof(ps_worker_conf, jitter_factor), .def = "1", .dmin = 1, .dmax = 1000},
+    {.name = "aggregator", .type = &cfg_t_str, .offset = offsetof(ps_worker_conf, aggregator),
+     .check = cfg_check_name},
 };
 
 _Static_assert(offsetof(ps_worker_conf, nslowdown) ==
@@ -655,7 +674,7 @@ static const cfg_table cfg_sparse_table = CFG_TABLE("in 'sparse'", cfg_sparse_sl
 /* cfg_shard_dups checks shard I against shards 0..I (ids and addresses are
  * unique across the cluster); MARKS holds each shard's value marks. */
 static int cfg_shard_dups(cfg_ctx *x, const ps_config *c, size_t i,
-                          yaml_mark_t (*marks)[CFG_SHARD_NSLOTS]) {
+                          yaml_mark_t (*marks)[CFG_MAX_SLOTS]) {
   const ps_shard_conf *s = &c->shards[i];
   for (size_t j = 0; j < i; j++)
     if (c->shards[j].id == s->id)
@@ -675,48 +694,84 @@ static int cfg_shard_dups(cfg_ctx *x, const ps_config *c, size_t i,
   return 0;
 }
 
-/* cfg_load_shards loads the 'shards' list; FIELD is the whole ps_config. */
-static int cfg_load_shards(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, void *field) {
-  ps_config *c = field;
-  if (!n) return 0; /* required: only reached with a node */
+/* cfg_agg_dups checks aggregator I against aggregators 0..I: names and
+ * addresses are unique (against the shards: cfg_top_post). */
+static int cfg_agg_dups(cfg_ctx *x, const ps_config *c, size_t i,
+                        yaml_mark_t (*marks)[CFG_MAX_SLOTS]) {
+  const ps_agg_conf *g = &c->aggs[i];
+  const char *mine[2] = {g->grpc_addr, g->channel_addr};
+  for (size_t j = 0; j <= i; j++) {
+    if (j < i && !strcmp(c->aggs[j].name, g->name))
+      return cfg_err(x, marks[i][CFG_AGG_NAME], "duplicate aggregator name '%s' (first at line %zu)",
+                     g->name, marks[j][CFG_AGG_NAME].line + 1);
+    const char *other[2] = {c->aggs[j].grpc_addr, c->aggs[j].channel_addr};
+    for (int a = 0; a < 2; a++)
+      for (int b = 0; b < 2; b++) {
+        if ((j == i && b >= a) || strcmp(mine[a], other[b])) continue;
+        return cfg_err(x, marks[i][CFG_AGG_GRPC + a], "duplicate address '%s' (first at line %zu)",
+                       mine[a], marks[j][CFG_AGG_GRPC + b].line + 1);
+      }
+  }
+  return 0;
+}
+
+/* A list of mappings loaded by one table into an array of ps_config
+ * (the 'shards' and 'aggregators' lists): the slot's arg. */
+typedef struct cfg_list {
+  const cfg_table *table;
+  size_t elem;            /* bytes per entry */
+  size_t arr_off, n_off;  /* offsets of the array pointer and its count in ps_config */
+  int (*dups)(cfg_ctx *x, const ps_config *c, size_t i, yaml_mark_t (*marks)[CFG_MAX_SLOTS]);
+} cfg_list;
+
+/* cfg_load_list loads a list S->arg describes; FIELD is the whole ps_config. */
+static int cfg_load_list(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, void *field) {
+  const cfg_list *l = s->arg;
+  void **arr = (void **)((char *)field + l->arr_off);
+  size_t *np = (size_t *)((char *)field + l->n_off);
+  if (!n) return 0; /* absent: an empty list (a required one never gets here) */
   if (n->type != YAML_SEQUENCE_NODE || cfg_is_null(n))
     return cfg_err(x, n->start_mark, "expected a list for '%s'", s->name);
   size_t count = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
   if (count < s->min || count > s->max)
     return cfg_err(x, n->start_mark, "'%s' has %zu entries, expected %" PRIu64 "..%" PRIu64,
                    s->name, count, s->min, s->max);
-  c->shards = calloc(count, sizeof *c->shards);
-  yaml_mark_t (*marks)[CFG_SHARD_NSLOTS] = calloc(count, sizeof *marks);
-  if (!c->shards || !marks) {
+  *arr = calloc(count ? count : 1, l->elem);
+  yaml_mark_t (*marks)[CFG_MAX_SLOTS] = calloc(count ? count : 1, sizeof *marks);
+  if (!*arr || !marks) {
     free(marks);
     return ps_errf(x->eb, PS_ENOMEM, "%s: out of memory", x->path);
   }
-  c->nshards = count;
+  *np = count;
   int r = 0;
   for (size_t i = 0; i < count && r == 0; i++) {
     yaml_node_t *e = cfg_node(x, n->data.sequence.items.start[i]);
-    yaml_mark_t all[CFG_MAX_SLOTS];
     if (e->type != YAML_MAPPING_NODE)
       r = cfg_err(x, e->start_mark, "expected a mapping for a '%s' entry", s->name);
-    else if ((r = cfg_load_table(x, &cfg_shard_table, e, &c->shards[i], all)) == 0) {
-      memcpy(marks[i], all, sizeof marks[i]);
-      r = cfg_shard_dups(x, c, i, marks);
-    }
+    else if ((r = cfg_load_table(x, l->table, e, (char *)*arr + i * l->elem, marks[i])) == 0)
+      r = l->dups(x, field, i, marks);
   }
   free(marks);
   return r;
 }
 
-static void cfg_release_shards(const cfg_slot *s, void *field) {
-  (void)s;
-  ps_config *c = field;
-  for (size_t i = 0; i < c->nshards; i++) cfg_release_table(&cfg_shard_table, &c->shards[i]);
-  free(c->shards);
-  c->shards = NULL;
-  c->nshards = 0;
+static void cfg_release_list(const cfg_slot *s, void *field) {
+  const cfg_list *l = s->arg;
+  void **arr = (void **)((char *)field + l->arr_off);
+  size_t *np = (size_t *)((char *)field + l->n_off);
+  for (size_t i = 0; i < *np; i++) cfg_release_table(l->table, (char *)*arr + i * l->elem);
+  free(*arr);
+  *arr = NULL;
+  *np = 0;
 }
 
-static const cfg_type cfg_t_shards = {"a list", cfg_load_shards, cfg_release_shards};
+static const cfg_type cfg_t_list = {"a list", cfg_load_list, cfg_release_list};
+static const cfg_list cfg_shard_list = {&cfg_shard_table, sizeof(ps_shard_conf),
+                                        offsetof(ps_config, shards), offsetof(ps_config, nshards),
+                                        cfg_shard_dups};
+static const cfg_list cfg_agg_list = {&cfg_agg_table, sizeof(ps_agg_conf),
+                                      offsetof(ps_config, aggs), offsetof(ps_config, naggs),
+                                      cfg_agg_dups};
 
 /* ---- the top level ----------------------------------------------------- */
 
@@ -727,8 +782,10 @@ static const cfg_slot cfg_top_slots[] = {
      .def = "65536", .min = 1, .max = 67108864},
     {.name = "durability", .type = &cfg_t_section, .offset = 0, .arg = &cfg_durability_table},
     {.name = "limits", .type = &cfg_t_section, .offset = 0, .arg = &cfg_limits_table},
-    {.name = "shards", .type = &cfg_t_shards, .offset = 0, .required = 1, .min = 1,
-     .max = 1024},
+    {.name = "shards", .type = &cfg_t_list, .offset = 0, .required = 1, .min = 1,
+     .max = 1024, .arg = &cfg_shard_list},
+    {.name = "aggregators", .type = &cfg_t_list, .offset = 0, .min = 0, .max = 1024,
+     .arg = &cfg_agg_list},
     {.name = "workers", .type = &cfg_t_section, .offset = offsetof(ps_config, workers),
      .arg = &cfg_workers_table},
     {.name = "training", .type = &cfg_t_section, .offset = offsetof(ps_config, training),
@@ -752,10 +809,34 @@ static yaml_node_t *cfg_value_node(cfg_ctx *x, yaml_node_t *n, const char *key) 
   return NULL;
 }
 
+/* cfg_aggs_post checks the aggregators against the shards (no address
+ * twice) and workers.aggregator against the aggregators (a known name). */
+static int cfg_aggs_post(cfg_ctx *x, const ps_config *c, yaml_node_t *n) {
+  yaml_node_t *list = cfg_value_node(x, n, "aggregators");
+  for (size_t i = 0; i < c->naggs; i++) {
+    const ps_agg_conf *g = &c->aggs[i];
+    const char *mine[2] = {g->grpc_addr, g->channel_addr};
+    yaml_node_t *e = list && list->type == YAML_SEQUENCE_NODE
+                         ? cfg_node(x, list->data.sequence.items.start[i]) : n;
+    for (size_t j = 0; j < c->nshards; j++)
+      for (int a = 0; a < 2; a++)
+        if (!strcmp(mine[a], c->shards[j].grpc_addr) || !strcmp(mine[a], c->shards[j].channel_addr))
+          return cfg_err(x, e->start_mark, "aggregator '%s': address '%s' is shard %" PRIu32 "'s",
+                         g->name, mine[a], c->shards[j].id);
+  }
+  const char *want = c->workers.aggregator;
+  if (!want || ps_config_agg(c, want)) return 0;
+  yaml_node_t *v = cfg_value_node(x, cfg_value_node(x, n, "workers"), "aggregator");
+  return cfg_err(x, v ? v->start_mark : n->start_mark,
+                 "workers' 'aggregator' '%s' is not in the 'aggregators' list", want);
+}
+
 /* cfg_top_post: a connection with a parked pull is busy, so an idle
  * connection must be allowed to outwait the longest pull. */
 static int cfg_top_post(cfg_ctx *x, void *base, yaml_node_t *n, const yaml_mark_t *marks) {
   const ps_config *c = base;
+  int r = cfg_aggs_post(x, c, n);
+  if (r < 0) return r;
   (void)marks;
   if (c->idle_timeout_ms > c->training.pull_timeout_ms) return 0;
   yaml_node_t *lim = cfg_value_node(x, n, "limits");
@@ -975,4 +1056,11 @@ uint64_t ps_config_shard_budget(const ps_config *c) {
   uint64_t cg = cfg_cgroup_max();
   if (cg < mem) mem = cg;
   return mem / 3;
+}
+
+/* ps_config_agg: see ps_config.h. */
+const ps_agg_conf *ps_config_agg(const ps_config *c, const char *name) {
+  for (size_t i = 0; name && i < c->naggs; i++)
+    if (!strcmp(c->aggs[i].name, name)) return &c->aggs[i];
+  return NULL;
 }

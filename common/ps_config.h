@@ -24,6 +24,17 @@ typedef struct ps_shard_conf {
   char *data_dir;       /* RocksDB directory of this shard */
 } ps_shard_conf;
 
+/* An aggregator (DESIGN.md "Hierarchy"): a psd that sums its local
+ * workers' pushes and serves their pulls (psd --aggregator NAME). */
+typedef struct ps_agg_conf {
+  char *name;           /* unique; workers name it (workers.aggregator, psw --aggregator) */
+  char *grpc_addr;      /* "host:port" for the gRPC control plane */
+  char *channel_addr;   /* "host:port" for the tensor channel (workers connect here) */
+  uint32_t workers;     /* local workers it expects per clock: a sum is forwarded when
+                           all of them pushed ... */
+  uint32_t max_delay_ms;/* ... or this long after the first push of it, default 20 */
+} ps_agg_conf;
+
 typedef struct ps_data_conf {
   char *format;         /* "idx" | "csv" | "criteo" (default "idx") */
   char *train_images;   /* idx: images file; csv: the training CSV */
@@ -70,6 +81,7 @@ typedef struct ps_worker_conf {
   /* Transient stragglers: every worker's step is, with probability
    * jitter_prob (default 0), slowed jitter_factor x (default 1). */
   double jitter_prob, jitter_factor;
+  char *aggregator;     /* name of this host's aggregator (NULL: straight to the shards) */
 } ps_worker_conf;
 
 /* security (README "security"): how the control plane and the tensor
@@ -112,6 +124,8 @@ typedef struct ps_config {
   uint64_t max_shard_bytes;   /* memory budget of a shard's models; 0: ps_config_shard_budget */
   size_t nshards;
   ps_shard_conf *shards;      /* nshards entries, in file order */
+  size_t naggs;
+  ps_agg_conf *aggs;          /* naggs entries (the 'aggregators' list), in file order */
   ps_worker_conf workers;
   ps_train_conf training;
   ps_data_conf data;
@@ -153,6 +167,10 @@ void ps_config_shard_ids(const ps_config *c, uint32_t *ids);
  * because a shard's first full flush holds up to three copies of its
  * chunks for a moment (BENCHMARKS.md; issue 15 lowers this). */
 uint64_t ps_config_shard_budget(const ps_config *c);
+
+/* ps_config_agg returns the aggregator named NAME, or NULL (NAME NULL
+ * too); borrowed from C. */
+const ps_agg_conf *ps_config_agg(const ps_config *c, const char *name);
 
 /* ps_config_coordinator returns the coordinator shard: the one whose id is
  * workers.coordinator, or the first shard when no shard has that id (the

@@ -22,6 +22,10 @@ typedef struct ps_req {
   const void *grads;    /* push: the encoded gradients */
   void *out;            /* pull: where the encoded values go */
   uint64_t nbytes;      /* payload bytes at grads / out */
+  /* push from an aggregator: the workers whose gradients it sums (their
+   * clocks advance; `worker` is one of them); NULL / 0: `worker` alone */
+  const uint32_t *summed;
+  size_t nsummed;
 } ps_req;
 
 #endif

@@ -13,6 +13,7 @@
 #include "ps.pb-c.h"
 #include "ps_log.h"
 #include "ps_pb.h"
+#include "ps_rpc.h"
 #include "psctl.h"
 
 
@@ -435,6 +436,98 @@ static void psctl_status_json_workers(const Ps__ListWorkersReply *w) {
   printf("]}");
 }
 
+/* ---- aggregators (DESIGN.md "Hierarchy") -------------------------------- */
+
+/* One aggregator's two Status samples (NULL: it did not answer, WHY). */
+typedef struct psctl_agg {
+  const ps_agg_conf *g;
+  Ps__StatusReply *a, *b;
+  ps_errbuf why;
+} psctl_agg;
+
+/* psctl_agg_sample asks aggregator X->g for its Status into *OUT (left
+ * NULL when it does not answer within TIMEOUT_MS). */
+static void psctl_agg_sample(psctl_agg *x, Ps__StatusReply **out, int timeout_ms) {
+  ps_rpc *rpc = NULL;
+  Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
+  *out = NULL;
+  if (ps_rpc_open(&rpc, x->g->grpc_addr, &x->why) < 0) return;
+  if (ps_rpc_call(rpc, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,
+                  (ProtobufCMessage **)out, timeout_ms, &x->why) < 0)
+    *out = NULL;
+  ps_rpc_close(rpc);
+}
+
+/* psctl_agg_rates sets *FWD (sums forwarded per second, -1 unknown) and
+ * *HIT (share of pulls answered without a fetch of their own, -1 none). */
+static void psctl_agg_rates(const psctl_agg *x, double *fwd, double *hit) {
+  const Ps__StatusReply *a = x->a, *b = x->b;
+  *fwd = *hit = -1;
+  if (!b) return;
+  if (b->agg_pulls_in) *hit = (double)b->agg_pull_hits / (double)b->agg_pulls_in;
+  if (a && b->uptime_ms > a->uptime_ms && b->agg_forwarded >= a->agg_forwarded)
+    *fwd = (double)(b->agg_forwarded - a->agg_forwarded) * 1e3 / (double)(b->uptime_ms - a->uptime_ms);
+}
+
+/* psctl_status_aggs prints the tree's middle tier: each aggregator, its
+ * counters and the workers that pushed through it within a lease. */
+static void psctl_status_aggs(const psctl_agg *x, size_t n) {
+  if (!n) return;
+  printf("\naggregators:\n%-16s %-21s %-10s %8s %10s %10s %8s %8s %6s  %s\n", "NAME", "ADDRESS",
+         "STATE", "FWD/S", "PUSHES_IN", "FORWARDED", "PULLS", "FETCHES", "HIT", "WORKERS");
+  for (size_t i = 0; i < n; i++) {
+    const Ps__StatusReply *b = x[i].b;
+    if (!b) {
+      printf("%-16s %-21s %-10s %s\n", x[i].g->name, x[i].g->grpc_addr, "DOWN", x[i].why.msg);
+      continue;
+    }
+    double fwd, hit;
+    psctl_agg_rates(&x[i], &fwd, &hit);
+    char f[24] = "-", h[24] = "-", ws[256] = "-";
+    if (fwd >= 0) snprintf(f, sizeof f, "%.1f", fwd);
+    if (hit >= 0) snprintf(h, sizeof h, "%.0f%%", 100 * hit);
+    if (b->n_agg_workers) ps_log_u32s(ws, sizeof ws, b->agg_workers, b->n_agg_workers);
+    printf("%-16s %-21s %-10s %8s %10llu %10llu %8llu %8llu %6s  %s\n", x[i].g->name,
+           x[i].g->grpc_addr, b->state, f, (unsigned long long)b->agg_pushes_in,
+           (unsigned long long)b->agg_forwarded, (unsigned long long)b->agg_pulls_in,
+           (unsigned long long)b->agg_fetches, h, ws);
+  }
+}
+
+/* psctl_status_json_aggs prints the "aggregators" member. */
+static void psctl_status_json_aggs(const psctl_agg *x, size_t n) {
+  printf(",\"aggregators\":[");
+  for (size_t i = 0; i < n; i++) {
+    printf("%s{\"name\":", i ? "," : "");
+    psctl_json_str(x[i].g->name);
+    printf(",\"address\":");
+    psctl_json_str(x[i].g->grpc_addr);
+    const Ps__StatusReply *b = x[i].b;
+    if (!b) {
+      printf(",\"state\":\"DOWN\",\"error\":");
+      psctl_json_str(x[i].why.msg);
+      putchar('}');
+      continue;
+    }
+    double fwd, hit;
+    psctl_agg_rates(&x[i], &fwd, &hit);
+    printf(",\"state\":");
+    psctl_json_str(b->state);
+    printf(",\"pushes_in\":%llu,\"forwarded\":%llu,\"pulls\":%llu,\"pull_hits\":%llu,"
+           "\"fetches\":%llu,\"forwarded_per_s\":",
+           (unsigned long long)b->agg_pushes_in, (unsigned long long)b->agg_forwarded,
+           (unsigned long long)b->agg_pulls_in, (unsigned long long)b->agg_pull_hits,
+           (unsigned long long)b->agg_fetches);
+    psctl_json_num(fwd);
+    printf(",\"hit_rate\":");
+    psctl_json_num(hit);
+    printf(",\"workers\":[");
+    for (size_t k = 0; k < b->n_agg_workers; k++) printf("%s%u", k ? "," : "", b->agg_workers[k]);
+    printf("]}");
+  }
+  putchar(']');
+}
+
 static const char psctl_status_usage[] =
     "usage: psctl status [--config FILE] [--json] [--timeout MS]\n"
     "Asks every shard at once (deadline --timeout, default 2000 ms) and prints one row per\n"
@@ -443,7 +536,11 @@ static const char psctl_status_usage[] =
     "clock), bytes in/out (tensor data since start), last flush age and RocksDB size on\n"
     "disk.  Under durability sync a line per shard adds the redo log's size, syncs/s and\n"
     "pushes per sync (same samples) and what the shard's start replayed from it.  An\n"
-    "unreachable shard shows DOWN.  --json prints the same as one JSON object.\n"
+    "unreachable shard shows DOWN.  Aggregators of the file (its 'aggregators'\n"
+    "list) follow: sums forwarded per second, worker pushes summed, sums forwarded, pulls,\n"
+    "root fetches, the share of pulls answered without a fetch of their own, and the\n"
+    "workers that pushed through each within a lease.  --json prints the same as one\n"
+    "JSON object.\n"
     "Exit status: 0 when every shard is SERVING, 1 otherwise, 2 for usage/config errors.\n";
 
 typedef struct psctl_status_opts {
@@ -495,16 +592,23 @@ int psctl_status_main(int argc, char **argv) {
   size_t n = c.cfg.nshards;
   psctl_reply *a = calloc(n, sizeof *a), *b = calloc(n, sizeof *b);
   psctl_row *rows = calloc(n, sizeof *rows);
+  size_t naggs = c.cfg.naggs;
+  psctl_agg *aggs = calloc(naggs + 1, sizeof *aggs);
   Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
   const ProtobufCMessage *reqs[1] = {&req.base};
   code = 1;
-  if (!a || !b || !rows) goto out;
+  if (!a || !b || !rows || !aggs) goto out;
   if (psctl_call_all(&c, "/ps.Ps/Status", reqs, 1, &ps__status_reply__descriptor, o.timeout_ms, a) < 0)
     goto out;
+  for (size_t i = 0; i < naggs; i++) {
+    aggs[i].g = &c.cfg.aggs[i];
+    psctl_agg_sample(&aggs[i], &aggs[i].a, o.timeout_ms);
+  }
   struct timespec gap = {0, PSCTL_STATUS_GAP_MS * 1000000L};
   nanosleep(&gap, NULL);
   if (psctl_call_all(&c, "/ps.Ps/Status", reqs, 1, &ps__status_reply__descriptor, o.timeout_ms, b) < 0)
     goto out;
+  for (size_t i = 0; i < naggs; i++) psctl_agg_sample(&aggs[i], &aggs[i].b, o.timeout_ms);
   struct timeval tv;
   gettimeofday(&tv, NULL);
   int64_t now = (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
@@ -531,6 +635,7 @@ int psctl_status_main(int argc, char **argv) {
     }
     putchar(']');
     psctl_status_json_workers(workers);
+    psctl_status_json_aggs(aggs, naggs);
     printf("}\n");
   } else {
     psctl_status_table(rows, n);
@@ -541,12 +646,18 @@ int psctl_status_main(int argc, char **argv) {
     psctl_status_sparse(rows, n);
     psctl_status_workers(workers, leb.msg);
     psctl_status_parts(workers);
+    psctl_status_aggs(aggs, naggs);
   }
   if (workers) protobuf_c_message_free_unpacked(&workers->base, NULL);
   code = serving == n ? 0 : 1;
 out:
   if (a) psctl_replies_free(a, n);
   if (b) psctl_replies_free(b, n);
+  for (size_t i = 0; aggs && i < naggs; i++) {
+    if (aggs[i].a) protobuf_c_message_free_unpacked(&aggs[i].a->base, NULL);
+    if (aggs[i].b) protobuf_c_message_free_unpacked(&aggs[i].b->base, NULL);
+  }
+  free(aggs);
   free(a);
   free(b);
   free(rows);

@@ -120,6 +120,9 @@ typedef struct psd_conn {
   int syncing;                /* a push waits for its log sync (invariant 7a) */
   uint64_t sversion;          /* its version, for the answer */
   psd_wal_waiter swt;
+  psd_op op;                  /* a forwarded push or pull (aggregator) ... */
+  int op_pending, op_push;    /* ... waiting for the root; the connection is paused */
+  uint32_t op_codec;          /* the pull's codec */
   int counted;                /* counts in sh->chan_conns (not a refused one) */
   uint64_t last_ms;           /* uv_now of its last byte moved (invariant 8) */
   size_t last_wq;             /* libuv's write queue size at the last sweep */
@@ -160,6 +163,8 @@ typedef struct chan_wr {
 static void conn_close(psd_conn *c);
 static void conn_resume(psd_conn *c);
 static void conn_data_done(psd_conn *c);
+static void conn_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf);
+static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf);
 
 /* chan_maybe_free frees the channel once every handle is closed. */
 static void chan_maybe_free(psd_chan *ch) {
@@ -211,7 +216,7 @@ static void wr_done(uv_write_t *req, int status) {
   conn_give_buf(c, w->data, w->data_cap); /* before a resume serves the next pull */
   if (status < 0 && status != UV_ECANCELED) conn_close(c);
   else if (w->close_after) conn_close(c);
-  else if (c->paused && !c->parked && !c->syncing && c->queued <= CHAN_MAX_QUEUED)
+  else if (c->paused && !c->parked && !c->syncing && !c->op_pending && c->queued <= CHAN_MAX_QUEUED)
     conn_resume(c);
   free(w);
 }
@@ -234,7 +239,7 @@ static int conn_reply(psd_conn *c, const Ps__ChanMeta *meta, void *data, size_t 
   ps__chan_meta__pack(meta, w->meta);
   ps_chan_hdr h = {.magic = PS_CHAN_MAGIC, .version = PS_CHAN_VERSION,
                    .meta_len = (uint32_t)mlen, .data_len = nbytes,
-                   .req_id = c->parked ? c->preq_id : c->h.req_id,
+                   .req_id = c->parked || c->op_pending ? c->preq_id : c->h.req_id,
                    .flags = c->mac ? PS_CHAN_FLAG_MAC : 0};
   ps_chan_hdr_encode(w->hdr, &h);
   w->conn = c;
@@ -407,7 +412,8 @@ static int conn_hello(psd_conn *c, const Ps__ChanMeta *m) {
 static ps_req conn_req(const Ps__ChanMeta *m) {
   return (ps_req){.model = m->model, .ids = m->chunk_ids, .nids = m->n_chunk_ids,
                   .worker = m->worker, .clock = m->clock, .version = m->version,
-                  .codec = (ps_codec_id)m->codec};
+                  .codec = (ps_codec_id)m->codec, .summed = m->summed,
+                  .nsummed = m->n_summed};
 }
 
 /* conn_pull_serve answers pull M now: allocate, fill, write (invariant
@@ -459,6 +465,74 @@ static void conn_unpark(psd_park *p, int status, const char *msg) {
   }
 }
 
+/* conn_pull_reply writes a pull's answer: NBYTES of DATA (copied into a
+ * reply buffer) at VERSION in CODEC. */
+static void conn_pull_reply(psd_conn *c, const void *data, uint64_t nbytes, uint64_t version,
+                            uint32_t codec) {
+  size_t cap = 0;
+  void *buf = conn_take_buf(c, nbytes, &cap);
+  if (!buf) {
+    conn_reply_error(c, PS_ENOMEM, "pull: out of memory", 1, 0);
+    return;
+  }
+  memcpy(buf, data, nbytes);
+  c->chan->sh->ctr.bytes_out += nbytes;
+  Ps__ChanMeta rm = PS__CHAN_META__INIT;
+  rm.op = PS__CHAN_OP__CHAN_PULL;
+  rm.version = version;
+  rm.codec = codec;
+  conn_reply(c, &rm, buf, cap, nbytes, 1, 0);
+}
+
+/* conn_op_done answers a forwarded push or pull the aggregator completed
+ * and asks for the connection to resume (as conn_unpark). */
+static void conn_op_done(psd_op *op, int status, const char *msg) {
+  psd_conn *c = op->arg;
+  int push = c->op_push;
+  if (!c->op_pending) return;
+  c->h.req_id = c->preq_id;
+  if (status < 0) {
+    c->op_pending = 0;
+    conn_reply_error(c, status, msg ? msg : ps_strerror(status), 1, 0);
+  } else if (push) {
+    c->op_pending = 0;
+    Ps__ChanMeta r = PS__CHAN_META__INIT;
+    r.op = PS__CHAN_OP__CHAN_PUSH;
+    r.version = op->version;
+    conn_reply(c, &r, NULL, 0, 0, 1, 0);
+  } else {
+    c->op_pending = 0;
+    conn_pull_reply(c, op->data, op->nbytes, op->version, c->op_codec);
+  }
+  if (!c->closing) {
+    c->resume_pending = 1;
+    uv_async_send(&c->chan->wake);
+  }
+}
+
+/* conn_forward hands a push (PUSH) or pull R to the aggregator: answered
+ * now, or later by conn_op_done with the connection paused meanwhile. */
+static void conn_forward(psd_conn *c, const ps_req *r, int push, uint32_t codec) {
+  psd_shard *sh = c->chan->sh;
+  ps_errbuf eb;
+  c->op = (psd_op){.fn = conn_op_done, .arg = c};
+  c->op_pending = 1;
+  c->op_push = push;
+  c->op_codec = codec;
+  c->preq_id = c->h.req_id;
+  c->paused = 1;
+  uv_read_stop((uv_stream_t *)&c->tcp);
+  int rc = push ? psd_shard_forward_push(sh, r, &c->op, &eb)
+                : psd_shard_forward_pull(sh, r, &c->op, &eb);
+  if (rc == 1) return; /* pending (or already answered) */
+  c->op_pending = 0;
+  if (rc < 0) conn_reply_error(c, rc, eb.msg, 1, 0);
+  else conn_pull_reply(c, c->op.data, c->op.nbytes, c->op.version, codec);
+  if (c->closing || c->queued > CHAN_MAX_QUEUED) return; /* wr_done resumes */
+  c->paused = 0; /* conn_feed goes on with what is staged */
+  uv_read_start((uv_stream_t *)&c->tcp, conn_alloc, conn_read);
+}
+
 /* conn_pull admits a pull: served now, or parked (then M is kept: returns
  * 1, the caller must not free it; invariant 7). */
 static int conn_pull(psd_conn *c, Ps__ChanMeta *m) {
@@ -468,6 +542,10 @@ static int conn_pull(psd_conn *c, Ps__ChanMeta *m) {
   ps_req r = conn_req(m);
   sh->inflight++;
   int rc = psd_shard_payload(sh, &r, 0, &n, &nbytes, &eb);
+  if (rc == 0 && sh->agg) {
+    conn_forward(c, &r, 0, m->codec);
+    return 0;
+  }
   if (rc == 0) {
     c->park.fn = conn_unpark;
     c->park.arg = c;
@@ -554,7 +632,22 @@ static void conn_push_end(psd_conn *c) {
     ps_req r = conn_req(m);
     r.grads = c->data;
     r.nbytes = c->h.data_len;
-    rc = psd_shard_push(sh, &r, &version, &c->req_eb);
+    if (sh->agg) {
+      conn_forward(c, &r, 1, 0);
+      c->rx_state = RX_HDR;
+      c->got = 0;
+      c->req = NULL;
+      ps__chan_meta__free_unpacked(m, NULL);
+      return;
+    }
+    if (r.nsummed && c->chan->keys.n && c->role != PS_ROLE_AGGREGATOR) {
+      /* only an aggregator's key forwards sums (README "Security", roles) */
+      sh->ctr.auth_refused++;
+      rc = ps_errf(&c->req_eb, PS_EPERM, "a push that sums %zu workers needs an aggregator's "
+                   "key; this connection proved a %s key", r.nsummed, ps_role_name(c->role));
+    } else {
+      rc = psd_shard_push(sh, &r, &version, &c->req_eb);
+    }
   }
   c->rx_state = RX_HDR;
   c->got = 0;
@@ -825,6 +918,12 @@ static void conn_close(psd_conn *c) {
     if (sh->inflight) sh->inflight--;
     c->syncing = 0;
   }
+  if (c->op_pending) {
+    psd_shard *sh = c->chan->sh;
+    psd_agg_cancel(sh->agg, &c->op);
+    if (sh->inflight) sh->inflight--;
+    c->op_pending = 0;
+  }
   if (c->counted) {
     c->counted = 0;
     c->chan->sh->chan_conns--;
@@ -843,7 +942,8 @@ static void chan_on_wake(uv_async_t *a) {
     next = c->next;
     if (!c->resume_pending) continue;
     c->resume_pending = 0;
-    if (!c->closing && !c->parked && !c->syncing && c->paused && c->queued <= CHAN_MAX_QUEUED)
+    if (!c->closing && !c->parked && !c->syncing && !c->op_pending && c->paused &&
+        c->queued <= CHAN_MAX_QUEUED)
       conn_resume(c);
   }
 }
@@ -872,7 +972,7 @@ static void chan_sweep(uv_timer_t *t) {
       c->last_wq = wq;
       c->last_ms = now;
     }
-    if (c->closing || c->parked || now - c->last_ms < sh->cfg->idle_timeout_ms) continue;
+    if (c->closing || c->parked || c->op_pending || now - c->last_ms < sh->cfg->idle_timeout_ms) continue;
     sh->ctr.chan_idle_closed++;
     ps_debug("channel: closing a connection silent for %llu ms",
              (unsigned long long)(now - c->last_ms));

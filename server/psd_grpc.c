@@ -215,10 +215,11 @@ static int psd_grpc_get_model(psd_grpc_call *c, psd_shard *sh, const ProtobufCMe
                               grpc_slice *out, ps_errbuf *eb) {
   (void)c;
   const Ps__GetModelRequest *r = (const Ps__GetModelRequest *)m;
-  const Ps__ModelSpec *spec = psd_store_spec(sh->store, r->name);
+  const Ps__ModelSpec *spec = psd_shard_spec(sh, r->name);
   if (!spec) {
     psd_shard_count_error(sh);
-    return ps_errf(eb, PS_ENOENT, "unknown model '%s'", r->name);
+    return ps_errf(eb, sh->store ? PS_ENOENT : PS_ENOTSUP, "unknown model '%s'%s", r->name,
+                   sh->store ? "" : " (an aggregator holds no model: ask a root shard)");
   }
   Ps__GetModelReply rep = PS__GET_MODEL_REPLY__INIT;
   rep.model = (Ps__ModelSpec *)spec;
@@ -405,10 +406,8 @@ static int psd_grpc_export(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessa
   const uint32_t *ids;
   size_t nids;
   uint64_t nelems;
-  if (psd_store_held(sh->store, r->model, &ids, &nids, &nelems) < 0) {
-    psd_shard_count_error(sh);
-    return ps_errf(eb, PS_ENOENT, "unknown model '%s'", r->model);
-  }
+  int held = psd_shard_held(sh, r->model, &ids, &nids, &nelems, eb);
+  if (held < 0) return held;
   Ps__ExportReply rep = PS__EXPORT_REPLY__INIT;
   rep.n_chunk_ids = nids;
   rep.chunk_ids = (uint32_t *)ids;

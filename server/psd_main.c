@@ -1,7 +1,8 @@
 /* psd: the parameter-server daemon, one process per shard.
  *
  *   psd --config FILE --shard N     serve shard N
- *   psd -t --config FILE [--shard N] check the configuration and exit
+ *   psd --config FILE --aggregator NAME  run as aggregator NAME (psd_agg.h)
+ *   psd -t --config FILE [--shard N | --aggregator NAME] check the configuration and exit
  *
  * The main thread runs a libuv loop: signals, the flush timer, systemd
  * watchdog pings, the tensor channel and the handlers of gRPC requests
@@ -30,6 +31,7 @@
 #include "ps_config.h"
 #include "ps_log.h"
 #include "ps_tls.h"
+#include "psd_agg.h"
 #include "psd_chan.h"
 #include "psd_fd.h"
 #include "psd_grpc.h"
@@ -250,7 +252,8 @@ static void psd_main_finish(psd_main *m) {
   psd_grpc_stop(sh, left < 200 ? 200 : (int)(left > 5000 ? 5000 : left));
   sd_notify(0, "STATUS=final flush");
   ps_errbuf eb = {{0}};
-  int err = psd_store_flush(sh->store, &eb);
+  psd_agg_stop(sh->agg); /* sums still waiting for workers are answered: shutting down */
+  int err = sh->store ? psd_store_flush(sh->store, &eb) : 0;
   if (err >= 0 && (err = psd_shard_sparse_flush(sh, &eb)) < 0)
     ps_err("final flush of shard %u's sparse rows failed: %s", sh->me->id, eb.msg);
   if (err < 0) {
@@ -258,7 +261,8 @@ static void psd_main_finish(psd_main *m) {
     m->exit_code = 1;
   } else {
     sh->last_flush_unix_ms = psd_main_unix_ms();
-    ps_info("shard %u flushed, stopping", sh->me->id);
+    if (sh->agg_me) ps_info("aggregator %s stopping", sh->agg_me->name);
+    else ps_info("shard %u flushed, stopping", sh->me->id);
   }
   psd_wal_stop(sh->wal); /* nothing waits on it now: gRPC and the channel are done */
   psd_chan_close(sh);
@@ -281,7 +285,8 @@ static void psd_main_on_drain_timer(uv_timer_t *t) {
 static void psd_main_drain(psd_main *m, int signum) {
   psd_shard *sh = &m->sh;
   if (sh->state == PSD_DRAINING) return;
-  ps_info("%s: draining shard %u", strsignal(signum), sh->me->id);
+  if (sh->agg_me) ps_info("%s: draining aggregator %s", strsignal(signum), sh->agg_me->name);
+  else ps_info("%s: draining shard %u", strsignal(signum), sh->me->id);
   sd_notify(0, "STOPPING=1\nSTATUS=draining");
   psd_shard_set_state(sh, PSD_DRAINING, NULL);
   psd_shard_clock_stop(sh); /* parked pulls are answered: shutting down */
@@ -323,7 +328,7 @@ static int psd_main_handles(psd_main *m) {
   uv_timer_init(&m->loop, &m->drain_timer);
   m->flush_timer.data = m->watchdog_timer.data = m->drain_timer.data = m;
   uint64_t iv = m->sh.cfg->flush_interval_ms ? m->sh.cfg->flush_interval_ms : 1000;
-  uv_timer_start(&m->flush_timer, psd_main_on_flush_timer, iv, iv);
+  if (m->sh.store) uv_timer_start(&m->flush_timer, psd_main_on_flush_timer, iv, iv);
   uint64_t usec = 0;
   if (sd_watchdog_enabled(0, &usec) > 0 && usec >= 2000) {
     uint64_t ms = usec / 2000; /* ping at half the watchdog period */
@@ -369,8 +374,25 @@ static int psd_main_open(psd_main *m) {
   return 0;
 }
 
+/* psd_main_open_agg starts the forward backend and both listeners of an
+ * aggregator (no store, no clock table); 0, or 1 after one log line. */
+static int psd_main_open_agg(psd_main *m) {
+  psd_shard *sh = &m->sh;
+  ps_errbuf eb = {{0}};
+  psd_shard_set_state(sh, PSD_RECOVERING, NULL);
+  int err = psd_agg_new(&sh->agg, sh->loop, sh->cfg, sh->agg_me, &eb);
+  if (err == 0) err = psd_grpc_start(sh, &eb);
+  if (err == 0) err = psd_chan_start(sh, &eb);
+  if (err < 0) {
+    ps_err("aggregator %s: %s", sh->agg_me->name, eb.msg);
+    return 1;
+  }
+  return 0;
+}
+
 typedef struct psd_args {
   const char *config;
+  const char *aggregator; /* NULL: a shard */
   long shard; /* -1: none given */
   int test;
 } psd_args;
@@ -379,17 +401,23 @@ typedef struct psd_args {
 static int psd_main_args(int argc, char **argv, psd_args *a) {
   static const struct option opts[] = {{"config", required_argument, 0, 'c'},
                                        {"shard", required_argument, 0, 's'},
+                                       {"aggregator", required_argument, 0, 'a'},
                                        {"test", no_argument, 0, 't'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
   static const char usage[] =
       "usage: psd --config FILE --shard N    serve shard N of the cluster file\n"
-      "       psd -t --config FILE [--shard N]  check the configuration and exit\n";
+      "       psd --config FILE --aggregator NAME\n"
+      "                                      run as aggregator NAME (the 'aggregators' list):\n"
+      "                                      sum local workers' pushes, serve their pulls\n"
+      "       psd -t --config FILE [--shard N | --aggregator NAME]\n"
+      "                                      check the configuration and exit\n";
   a->config = NULL;
   a->shard = -1;
+  a->aggregator = NULL;
   a->test = 0;
   int c;
-  while ((c = getopt_long(argc, argv, "c:s:th", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "c:s:a:th", opts, NULL)) != -1) {
     char *end;
     switch (c) {
       case 'c': a->config = optarg; break;
@@ -400,19 +428,20 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
           return 2;
         }
         break;
+      case 'a': a->aggregator = optarg; break;
       case 't': a->test = 1; break;
       case 'h': fputs(usage, stdout); return -1;
       default: fputs(usage, stderr); return 2;
     }
   }
-  if (optind < argc || !a->config || (!a->test && a->shard < 0)) {
+  if (optind < argc || !a->config || (!a->test && a->shard < 0 && !a->aggregator) ||
+      (a->shard >= 0 && a->aggregator)) {
     fputs(usage, stderr);
     return 2;
   }
   return 0;
 }
 
-/* psd_main_serve runs shard ME of CFG until it has drained; the exit code. */
 /* psd_main_check_security reads what the shard's security section names
  * (certificates, owner-only key and secret files) the way serving will;
  * 0 or PS_ECONFIG / PS_EIO with the path in EB. */
@@ -453,16 +482,20 @@ static void psd_main_warn_plaintext(const ps_config *cfg, const ps_shard_conf *m
   }
 }
 
-static int psd_main_serve(psd_main *m, const ps_config *cfg, const ps_shard_conf *me) {
+/* psd_main_serve runs shard ME of CFG (or, with AGG, aggregator AGG on
+ * addresses ME) until it has drained; the exit code. */
+static int psd_main_serve(psd_main *m, const ps_config *cfg, const ps_shard_conf *me,
+                          const ps_agg_conf *agg) {
   psd_shard *sh = &m->sh;
   uv_loop_init(&m->loop);
+  sh->agg_me = agg;
   sh->cfg = cfg;
   sh->me = me;
   sh->index = (uint32_t)(me - cfg->shards);
   sh->loop = &m->loop;
   sh->state = PSD_STARTING;
   sh->start_ms = uv_hrtime() / 1000000;
-  int code = psd_main_open(m);
+  int code = sh->agg_me ? psd_main_open_agg(m) : psd_main_open(m);
   if (code == 0 && psd_main_handles(m) < 0) {
     ps_err("cannot install signal handlers");
     code = 1;
@@ -472,10 +505,17 @@ static int psd_main_serve(psd_main *m, const ps_config *cfg, const ps_shard_conf
     ps_warn("%s; a gRPC listener that stops accepting will not be rebuilt", eb.msg);
   if (code == 0) {
     psd_shard_set_state(sh, PSD_SERVING, NULL);
-    ps_info("shard %u serving: grpc %s, channel %s, security %s", me->id, me->grpc_addr,
-            me->channel_addr, psd_shard_security_name(sh));
+    if (sh->agg_me) {
+      ps_info("aggregator %s serving %u local workers: grpc %s, channel %s, security %s",
+              sh->agg_me->name, sh->agg_me->workers, me->grpc_addr, me->channel_addr,
+              psd_shard_security_name(sh));
+      sd_notifyf(0, "READY=1\nSTATUS=aggregator %s", sh->agg_me->name);
+    } else {
+      ps_info("shard %u serving: grpc %s, channel %s, security %s", me->id, me->grpc_addr,
+              me->channel_addr, psd_shard_security_name(sh));
+      sd_notifyf(0, "READY=1\nSTATUS=serving shard %u", me->id);
+    }
     psd_main_warn_plaintext(cfg, me);
-    sd_notifyf(0, "READY=1\nSTATUS=serving shard %u", me->id);
     uv_run(&m->loop, UV_RUN_DEFAULT);
     code = m->exit_code;
   } else {
@@ -490,6 +530,9 @@ static int psd_main_serve(psd_main *m, const ps_config *cfg, const ps_shard_conf
   psd_wal_free(sh->wal);
   sh->wal = NULL;
   psd_shard_sparse_close(sh);
+  psd_agg_stop(sh->agg);
+  psd_agg_free(sh->agg);
+  sh->agg = NULL;
   psd_store_close(sh->store);
   uv_loop_close(&m->loop);
   return code;
@@ -522,8 +565,20 @@ int main(int argc, char **argv) {
     ps_config_release(&cfg);
     return 2;
   }
+  const ps_agg_conf *agg = a.aggregator ? ps_config_agg(&cfg, a.aggregator) : NULL;
+  if (a.aggregator && !agg) {
+    fprintf(stderr, "%s: no aggregator named '%s' in the 'aggregators' list\n", a.config,
+            a.aggregator);
+    ps_config_release(&cfg);
+    return 2;
+  }
+  /* an aggregator serves on its own addresses, under an id no shard has */
+  ps_shard_conf agg_addrs = {.id = UINT32_MAX, .grpc_addr = agg ? agg->grpc_addr : NULL,
+                             .channel_addr = agg ? agg->channel_addr : NULL};
+  if (agg) me = &agg_addrs;
   if (a.test) {
-    printf("%s: configuration ok (%zu shards)\n", a.config, cfg.nshards);
+    printf("%s: configuration ok (%zu shards, %zu aggregators)\n", a.config, cfg.nshards,
+           cfg.naggs);
     ps_config_release(&cfg);
     return 0;
   }
@@ -536,7 +591,7 @@ int main(int argc, char **argv) {
     ps_info("open-files limit raised from %llu to %llu", (unsigned long long)before,
             (unsigned long long)after);
   static psd_main m; /* static: zeroed, and large handles stay off the stack */
-  code = psd_main_serve(&m, &cfg, me);
+  code = psd_main_serve(&m, &cfg, me, agg);
   ps_config_release(&cfg);
   return code;
 }

@@ -104,6 +104,30 @@ static int psd_shard_done(psd_shard *sh, int err) {
   return err;
 }
 
+/* psd_shard_stored returns 0 when SH holds a store (a root shard), else
+ * PS_ENOTSUP: an aggregator answers pushes and pulls on the channel only. */
+static int psd_shard_stored(const psd_shard *sh, ps_errbuf *eb) {
+  if (sh->store) return 0;
+  return ps_errf(eb, PS_ENOTSUP, "aggregator '%s' holds no model: it sums pushes and serves "
+                 "pulls on the tensor channel only (ask a root shard)",
+                 sh->agg_me ? sh->agg_me->name : "?");
+}
+
+/* psd_shard_spec returns MODEL's spec (borrowed from the store), or NULL
+ * (unknown, or an aggregator: see psd_shard_stored). */
+const Ps__ModelSpec *psd_shard_spec(psd_shard *sh, const char *model) {
+  return sh->store ? psd_store_spec(sh->store, model) : NULL;
+}
+
+/* psd_shard_held: see psd_shard.h. */
+int psd_shard_held(psd_shard *sh, const char *model, const uint32_t **ids, size_t *nids,
+                   uint64_t *nelems, ps_errbuf *eb) {
+  int err = psd_shard_stored(sh, eb);
+  if (err == 0 && psd_store_held(sh->store, model, ids, nids, nelems) < 0)
+    err = ps_errf(eb, PS_ENOENT, "unknown model '%s'", model);
+  return psd_shard_done(sh, err);
+}
+
 /* ---- consistency ----------------------------------------------------------- */
 
 /* psd_shard_now_ms: the loop's millisecond clock (the timer's base). */
@@ -355,6 +379,7 @@ void psd_shard_list_workers_release(Ps__ListWorkersReply *reply) {
 int psd_shard_submit(psd_shard *sh, const Ps__ModelSpec *spec, int replace,
                      Ps__SubmitModelReply *reply, ps_errbuf *eb) {
   int err = psd_shard_accepting(sh, PSD_REQ_SUBMIT, eb);
+  if (err == 0) err = psd_shard_stored(sh, eb);
   if (err < 0) return psd_shard_done(sh, err);
   if (!spec) return psd_shard_done(sh, ps_errf(eb, PS_EINVAL, "submit without a model"));
   int created = 0;
@@ -395,7 +420,9 @@ static int psd_shard_too_big(psd_shard *sh, const ps_req *r, uint64_t nbytes, ps
 int psd_shard_payload(psd_shard *sh, const ps_req *r, int push, uint64_t *nelems,
                       uint64_t *nbytes, ps_errbuf *eb) {
   int err = psd_shard_accepting(sh, PSD_REQ_READ, eb);
-  if (err == 0) err = psd_store_payload(sh->store, r, push, nelems, nbytes, eb);
+  if (err == 0)
+    err = sh->agg ? psd_agg_payload(sh->agg, r, push, nelems, nbytes, eb)
+                  : psd_store_payload(sh->store, r, push, nelems, nbytes, eb);
   if (err == 0) err = psd_shard_too_big(sh, r, *nbytes, eb);
   return psd_shard_done(sh, err);
 }
@@ -403,21 +430,31 @@ int psd_shard_payload(psd_shard *sh, const ps_req *r, int push, uint64_t *nelems
 /* psd_shard_push applies gradients; counts bytes in on success. */
 int psd_shard_push(psd_shard *sh, const ps_req *r, uint64_t *version, ps_errbuf *eb) {
   int err = psd_shard_accepting(sh, PSD_REQ_PUSH, eb);
+  if (err == 0) err = psd_shard_stored(sh, eb);
   if (err == 0) err = psd_shard_too_big(sh, r, r->nbytes, eb);
   if (err < 0) return psd_shard_done(sh, err);
-  /* a worker declared dead is refused before anything is applied (psd_clock invariant 9) */
-  if (sh->clock && (err = psd_clock_check_live(sh->clock, r->worker, eb)) < 0)
-    return psd_shard_done(sh, err);
+  /* An aggregator's push sums the gradients of R->summed (DESIGN.md
+   * "Hierarchy"); a plain push is its worker's alone. */
+  const uint32_t *who = r->nsummed ? r->summed : &r->worker;
+  size_t nwho = r->nsummed ? r->nsummed : 1;
+  /* a worker declared dead is refused before anything is applied (psd_clock
+   * invariant 9): one dead worker in a sum refuses the whole sum */
+  for (size_t i = 0; sh->clock && i < nwho; i++)
+    if ((err = psd_clock_check_live(sh->clock, who[i], eb)) < 0) return psd_shard_done(sh, err);
   err = psd_store_push(sh->store, r, version, eb);
   if (err < 0) return psd_shard_done(sh, err);
   sh->ctr.pushes++;
   sh->ctr.bytes_in += r->nbytes;
-  if (sh->clock) { /* releases the pulls this push makes servable */
-    ps_errbuf ceb;
-    if (psd_clock_pushed(sh->clock, r->model, r->worker, r->clock, psd_shard_now_ms(sh), &ceb) < 0)
-      ps_warn("clock of worker %u not advanced: %s", r->worker, ceb.msg);
-    psd_shard_clock_arm(sh);
+  if (r->nsummed) {
+    sh->ctr.agg_pushes++;
+    sh->ctr.agg_summed += r->nsummed;
   }
+  for (size_t i = 0; sh->clock && i < nwho; i++) { /* releases the pulls this push makes servable */
+    ps_errbuf ceb;
+    if (psd_clock_pushed(sh->clock, r->model, who[i], r->clock, psd_shard_now_ms(sh), &ceb) < 0)
+      ps_warn("clock of worker %u not advanced: %s", who[i], ceb.msg);
+  }
+  psd_shard_clock_arm(sh);
   return 0;
 }
 
@@ -429,10 +466,30 @@ int psd_shard_push_durable(psd_shard *sh, struct psd_wal_waiter *wt, ps_errbuf *
   return err < 0 ? psd_shard_done(sh, err) : err;
 }
 
+/* psd_shard_forward_push: see psd_shard.h. */
+int psd_shard_forward_push(psd_shard *sh, const ps_req *r, psd_op *op, ps_errbuf *eb) {
+  int err = psd_shard_accepting(sh, PSD_REQ_PUSH, eb);
+  if (err == 0) err = psd_agg_push(sh->agg, r, op, eb);
+  if (err < 0) return psd_shard_done(sh, err);
+  sh->ctr.pushes++;
+  sh->ctr.bytes_in += r->nbytes;
+  return err;
+}
+
+/* psd_shard_forward_pull: see psd_shard.h. */
+int psd_shard_forward_pull(psd_shard *sh, const ps_req *r, psd_op *op, ps_errbuf *eb) {
+  int err = psd_shard_accepting(sh, PSD_REQ_READ, eb);
+  if (err == 0) err = psd_agg_pull(sh->agg, r, op, eb);
+  if (err < 0) return psd_shard_done(sh, err);
+  sh->ctr.pulls++;
+  return err;
+}
+
 /* psd_shard_pull copies values out (admitted by psd_shard_pull_admit
  * first); counts bytes out on success. */
 int psd_shard_pull(psd_shard *sh, const ps_req *r, uint64_t *version, ps_errbuf *eb) {
   int err = psd_shard_accepting(sh, PSD_REQ_READ, eb);
+  if (err == 0) err = psd_shard_stored(sh, eb);
   if (err < 0) return psd_shard_done(sh, err);
   err = psd_store_pull(sh->store, r, version, eb);
   if (err < 0) return psd_shard_done(sh, err);
@@ -483,6 +540,21 @@ void psd_shard_status(psd_shard *sh, Ps__StatusReply *reply) {
     reply->wal_replayed = ws.replayed;
     reply->wal_replay_dropped = ws.replay_dropped;
     reply->wal_replay_ms = ws.replay_ms;
+  }
+  reply->sum_pushes = sh->ctr.agg_pushes;
+  reply->sum_grads = sh->ctr.agg_summed;
+  if (sh->agg) {
+    psd_agg_stats st;
+    psd_agg_stats_get(sh->agg, &st);
+    reply->aggregator = sh->agg_me->name;
+    reply->agg_pushes_in = st.pushes_in;
+    reply->agg_forwarded = st.forwarded;
+    reply->agg_pulls_in = st.pulls_in;
+    reply->agg_pull_hits = st.pull_hits;
+    reply->agg_fetches = st.fetches;
+    reply->agg_workers =
+        malloc(psd_clock_rank_cap(sh->cfg->workers.count) * sizeof *reply->agg_workers);
+    if (reply->agg_workers) reply->n_agg_workers = psd_agg_workers(sh->agg, reply->agg_workers);
   }
   if (!sh->store) return;
   reply->disk_bytes = psd_store_disk_bytes(sh->store);
@@ -535,6 +607,9 @@ void psd_shard_status(psd_shard *sh, Ps__StatusReply *reply) {
 
 /* psd_shard_status_release frees what psd_shard_status allocated. */
 void psd_shard_status_release(Ps__StatusReply *reply) {
+  free(reply->agg_workers);
+  reply->agg_workers = NULL;
+  reply->n_agg_workers = 0;
   for (size_t i = 0; i < reply->n_models; i++) {
     free(reply->models[i]->tau_hist);
     free(reply->models[i]->name);

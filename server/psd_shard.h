@@ -31,6 +31,7 @@
 
 #include "ps_config.h"
 #include "ps_error.h"
+#include "psd_agg.h"
 #include "psd_clock.h"
 #include "psd_store.h"
 
@@ -58,6 +59,8 @@ typedef struct psd_counters {
   uint64_t grpc_restarts;    /* gRPC servers rebuilt by the self-probe (psd_probe.h) */
   uint64_t auth_refused;     /* gRPC calls refused for the caller's role (psd_grpc.c) */
   uint64_t chan_auth_refused;/* channel hellos refused: no, unknown or wrong proof */
+  uint64_t agg_pushes;       /* pushes that summed an aggregator's workers (ps_req.summed) */
+  uint64_t agg_summed;       /* the worker gradients those pushes summed */
 } psd_counters;
 
 struct psd_grpc;
@@ -88,6 +91,10 @@ typedef struct psd_shard {
   uv_timer_t save_timer;      /* saves the coordinator's table (psd_coord.h) */
   int save_timer_on;
   struct psd_shard_sparse *sparse; /* sparse tables (psd_shard_sparse.h), or NULL */
+  /* The backend: the store (a root shard) or, on an aggregator (psd
+   * --aggregator; store and clock NULL), the forward backend. */
+  psd_agg *agg;
+  const ps_agg_conf *agg_me;  /* this aggregator's entry in cfg */
 } psd_shard;
 
 /* psd_shard_admit: 0 when SH takes a read (PUSH = 0) or a push (PUSH = 1)
@@ -119,6 +126,20 @@ int psd_shard_pull(psd_shard *sh, const ps_req *r, uint64_t *version, ps_errbuf 
  * answer instead; or PS_EDEGRADED with a message (the log is failing:
  * answer the error). */
 int psd_shard_push_durable(psd_shard *sh, struct psd_wal_waiter *wt, ps_errbuf *eb);
+
+/* The forward backend (an aggregator, sh->agg; psd_agg.h): push R and
+ * pull R complete through OP (1), or now (a pull: 0, OP's data set), or
+ * fail with a PS_E* code; counted like the store's. */
+int psd_shard_forward_push(psd_shard *sh, const ps_req *r, psd_op *op, ps_errbuf *eb);
+int psd_shard_forward_pull(psd_shard *sh, const ps_req *r, psd_op *op, ps_errbuf *eb);
+
+/* psd_shard_spec returns MODEL's registered spec (borrowed from the
+ * store until the next submit), or NULL: unknown, or SH is an aggregator.
+ * psd_shard_held sets the ids (borrowed likewise) and element count of
+ * MODEL's chunks on SH; PS_ENOENT, or PS_ENOTSUP on an aggregator. */
+const Ps__ModelSpec *psd_shard_spec(psd_shard *sh, const char *model);
+int psd_shard_held(psd_shard *sh, const char *model, const uint32_t **ids, size_t *nids,
+                   uint64_t *nelems, ps_errbuf *eb);
 
 /* Consistency (psd_clock.h).  psd_shard_clock_start makes the clock
  * table (workers.* and training.pull_timeout_ms of the config), declares

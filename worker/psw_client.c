@@ -82,6 +82,10 @@ struct psw_client {
   uint64_t reconnects;
   uint64_t parked_ms;       /* pulls held parked by the shards, in total */
   int (*rejoin)(void *arg, ps_errbuf *eb); /* invariant 5 */
+  /* workers.aggregator (DESIGN.md "Hierarchy"): every shard's connection
+   * goes to it until one fails; from then on to the root shards. */
+  const ps_agg_conf *agg;
+  int agg_down;
   void *rejoin_arg;
   psw_job job;
   ps_auth_keys keys;        /* security.secret_file: the channel key it proves */
@@ -254,6 +258,11 @@ static int psw_alloc_vectors(psw_client *c, ps_errbuf *eb) {
 
 /* psw_shard_down closes S's connection and, the first time, says so. */
 static void psw_shard_down(psw_client *c, psw_shard *s, const ps_errbuf *why) {
+  if (c->agg && !c->agg_down) { /* reconnects go to the roots from now on */
+    c->agg_down = 1;
+    ps_warn("worker %u: aggregator %s (%s): %s; going to the root shards directly", c->worker,
+            c->agg->name, c->agg->channel_addr, why->msg);
+  }
   uint64_t tx, rx;
   ps_chan_bytes(s->ch, &tx, &rx);
   s->tx_closed += tx;
@@ -279,7 +288,8 @@ static void psw_shard_up(psw_client *c, psw_shard *s) {
 
 /* psw_connect opens S's connection once. */
 static int psw_connect(psw_client *c, psw_shard *s, ps_errbuf *eb) {
-  int err = ps_chan_connect_auth(&s->ch, s->conf->channel_addr, c->cfg->cluster, c->key,
+  const char *addr = c->agg && !c->agg_down ? c->agg->channel_addr : s->conf->channel_addr;
+  int err = ps_chan_connect_auth(&s->ch, addr, c->cfg->cluster, c->key,
                                  c->cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0,
                                  PSW_CONNECT_TIMEOUT_MS, eb);
   if (err < 0) {
@@ -532,11 +542,18 @@ int psw_client_push_pull(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
     return ps_errf(eb, PS_EINVAL, "buffer %d/%d out of range", gbuf, pbuf);
   int64_t expired_since = 0;
   uint32_t delay = PS_BACKOFF_FIRST_MS;
+  int via_agg = c->agg && !c->agg_down;
   for (;;) {
     size_t down = 0, expired = 0;
     ps_errbuf xeb = {""};
     int err = psw_round(c, gbuf, push_clock, pbuf, pull_clock, &down, &expired, &xeb, eb);
     if (err < 0) return err;
+    /* The aggregator died with this push unanswered: the sum holding it
+     * may never have reached the roots, so they may hold this worker (and
+     * its neighbours) at PUSH_CLOCK.  The repeated pull asks for that clock,
+     * not one a lost push would make the roots wait for forever (BSP):
+     * one step of staleness at most, once, at failover. */
+    if (via_agg && c->agg_down && gbuf >= 0 && pull_clock > push_clock) pull_clock = push_clock;
     if (!down && !expired) {
       for (size_t k = 0; k < c->nshards; k++) psw_shard_up(c, &c->shards[k]);
       return 0;
@@ -666,6 +683,7 @@ int psw_client_open(psw_client **out, const psw_client_conf *conf, ps_errbuf *eb
   if (!c) return ps_errf(eb, PS_ENOMEM, "out of memory");
   c->cfg = conf->cfg;
   c->worker = conf->worker;
+  c->agg = ps_config_agg(conf->cfg, conf->cfg->workers.aggregator);
   c->be = conf->be;
   c->nbufs = conf->nbufs;
   c->io_timeout_ms = conf->io_timeout_ms > 0 ? conf->io_timeout_ms : 10000;

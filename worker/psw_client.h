@@ -38,6 +38,15 @@
  *     the residual per chunk stays with the client across reconnects and
  *     is lost when the worker restarts) and a pull asks for the model's
  *     pull codec and is decoded into the fp32 parameter buffer.
+ *  7. Aggregator (workers.aggregator, DESIGN.md "Hierarchy"): every
+ *     shard's connection goes to the aggregator's channel address, which
+ *     forwards each request to the shard whose chunks it names.  The first
+ *     connection that breaks switches the client to the shards' own
+ *     addresses for the rest of its life (the reconnects of invariant 4
+ *     go there); a push left unanswered by the dead aggregator is not
+ *     resent, and the pull repeated behind it asks for the push's clock
+ *     (the roots may never have seen that push: they must not wait for
+ *     it).
  *
  * Thread-safety: a client is used by one thread at a time, except that
  * psw_client_start hands one push/pull to the client's own communication

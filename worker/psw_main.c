@@ -53,7 +53,7 @@ static void psw_on_signal(int sig) {
 
 /* Command-line values; NULL / -1 means "from the YAML file". */
 typedef struct psw_args {
-  const char *config, *model, *device, *metrics_csv;
+  const char *config, *model, *device, *metrics_csv, *aggregator;
   long rank, workers, epochs, batch, blas_threads;
   double slowdown;  /* 0: from the YAML file */
   int overlap, quiet, evaluate, blas_kernel; /* overlap: -1 = the YAML's */
@@ -62,14 +62,16 @@ typedef struct psw_args {
 static const char psw_usage[] =
     "usage: psw --config FILE [--model NAME] [--rank R [--workers W]] [--device auto|cpu|cuda[:N]]\n"
     "           [--epochs N] [--batch N] [--metrics-csv FILE] [--overlap|--no-overlap]\n"
-    "           [--blas-threads N] [--slowdown F] [--quiet]\n"
+    "           [--blas-threads N] [--slowdown F] [--aggregator NAME] [--quiet]\n"
     "       psw --config FILE [--model NAME] --evaluate\n"
     "       psw --blas-kernel\n"
     "Trains model NAME (default training.model); the graph is fetched from the cluster.\n"
     "Without --rank the worker registers with the coordinator shard for its rank, the\n"
     "world size and its data partitions; --rank R runs as rank R among W workers (default\n"
     "workers.count) without registering.  --slowdown F (>= 1) sleeps (F-1) x the compute\n"
-    "time after each step (default workers.slowdown[rank]).  --evaluate evaluates the\n"
+    "time after each step (default workers.slowdown[rank]).  --aggregator NAME pushes\n"
+    "and pulls through aggregator NAME of the 'aggregators' list (default\n"
+    "workers.aggregator), and straight to the root shards once it fails.  --evaluate evaluates the\n"
     "model's current parameters on the test set once and prints one JSON line.\n"
     "A model with an embedding table (psctl model ctr) reads data.format criteo;\n"
     "each step pulls the rows of the batch's distinct ids and pushes their\n"
@@ -114,15 +116,17 @@ static int psw_parse(int argc, char **argv, psw_args *a) {
       {"batch", 1, 0, 'b'},   {"metrics-csv", 1, 0, 'M'}, {"no-overlap", 0, 0, 'N'}, {"overlap", 0, 0, 'O'},
       {"blas-threads", 1, 0, 'T'}, {"quiet", 0, 0, 'q'},  {"help", 0, 0, 'h'},
       {"slowdown", 1, 0, 'S'},     {"evaluate", 0, 0, 'E'}, {"blas-kernel", 0, 0, 'K'},
+      {"aggregator", 1, 0, 'A'},
       {0, 0, 0, 0}};
   *a = (psw_args){.rank = -1, .workers = -1, .epochs = -1, .batch = -1, .blas_threads = -1, .overlap = -1};
   int ch, bad = 0;
-  while ((ch = getopt_long(argc, argv, "c:m:r:w:d:e:b:M:NOT:qhS:E", opts, NULL)) != -1) {
+  while ((ch = getopt_long(argc, argv, "c:m:r:w:d:e:b:M:NOT:qhS:EA:", opts, NULL)) != -1) {
     switch (ch) {
       case 'c': a->config = optarg; break;
       case 'm': a->model = optarg; break;
       case 'd': a->device = optarg; break;
       case 'M': a->metrics_csv = optarg; break;
+      case 'A': a->aggregator = optarg; break;
       case 'N': a->overlap = 0; break;
       case 'O': a->overlap = 1; break;
       case 'q': a->quiet = 1; break;
@@ -206,6 +210,21 @@ int main(int argc, char **argv) {
   if (ps_config_load(&cfg, a.config, &eb) < 0) {
     fprintf(stderr, "psw: %s\n", eb.msg);
     return 2;
+  }
+  if (a.aggregator) { /* the flag overrides workers.aggregator */
+    if (!ps_config_agg(&cfg, a.aggregator)) {
+      fprintf(stderr, "psw: %s: no aggregator named '%s' in the 'aggregators' list\n", a.config,
+              a.aggregator);
+      rc = 2;
+      goto release_config;
+    }
+    char *name = strdup(a.aggregator);
+    if (!name) {
+      rc = 1;
+      goto release_config;
+    }
+    free(cfg.workers.aggregator);
+    cfg.workers.aggregator = name;
   }
   psw_train_opts o;
   if ((rc = psw_opts(&a, &cfg, &o)) != 0) goto release_config;

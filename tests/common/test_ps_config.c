@@ -366,6 +366,26 @@ static const struct bad_case {
      "7:37: empty string for 'secret_file'"},
     {"cluster: a\n" SHARD0 "security: {mode: none, payload_mac: true}\n", PS_ECONFIG,
      "7:37: 'payload_mac' needs 'secret_file' (the MAC key comes from the hello)"},
+    {"cluster: a\n" SHARD0 "aggregators:\n  - {name: g, grpc: 'h:5', channel: 'h:6'}\n",
+     PS_ECONFIG, "8:5: missing required key 'workers' in an 'aggregators' entry"},
+    {"cluster: a\n" SHARD0 "aggregators:\n  - {name: g, grpc: 'h:5', channel: 'h:6', workers: 0}\n",
+     PS_ECONFIG, "8:53: 'workers' is 0, outside 1..4096"},
+    {"cluster: a\n" SHARD0 "aggregators:\n  - {name: 'g h', grpc: 'h:5', channel: 'h:6', workers: 2}\n",
+     PS_ECONFIG, "8:12: bad name 'g h' for 'name' (1-63 letters, digits, '.', '_', '-')"},
+    {"cluster: a\n" SHARD0 "aggregators:\n  - {name: g, grpc: 'h:5', channel: 'h:6', workers: 2}\n"
+     "  - {name: g, grpc: 'h:7', channel: 'h:8', workers: 2}\n",
+     PS_ECONFIG, "9:12: duplicate aggregator name 'g' (first at line 8)"},
+    {"cluster: a\n" SHARD0 "aggregators:\n  - {name: g, grpc: 'h:5', channel: 'h:6', workers: 2}\n"
+     "  - {name: k, grpc: 'h:6', channel: 'h:8', workers: 2}\n",
+     PS_ECONFIG, "9:21: duplicate address 'h:6' (first at line 8)"},
+    {"cluster: a\n" SHARD0 "aggregators:\n  - {name: g, grpc: 'h:2', channel: 'h:6', workers: 2}\n" SEC0,
+     PS_ECONFIG, "8:5: aggregator 'g': address 'h:2' is shard 0's"},
+    {"cluster: a\n" SHARD0 "aggregators:\n  - {name: g, grpc: 'h:5', channel: 'h:6', workers: 2,"
+     " max_delay_ms: -1}\n", PS_ECONFIG, "8:70: 'max_delay_ms' is -1, outside 0..60000"},
+    {"cluster: a\n" SHARD0 "aggregators: {name: g}\n", PS_ECONFIG,
+     "7:14: expected a list for 'aggregators'"},
+    {"cluster: a\nworkers:\n  aggregator: g\n" SHARD0 SEC0, PS_ECONFIG,
+     "3:15: workers' 'aggregator' 'g' is not in the 'aggregators' list"},
     {"cluster: a\nx: [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]\n",
      PS_ECONFIG, "2:35: nested deeper than 32 levels"},
 };

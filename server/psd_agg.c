@@ -1,0 +1,804 @@
+/* psd_agg: the aggregator's forward backend (see psd_agg.h for the
+ * invariants). */
+#include "psd_agg.h"
+
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "ps_auth.h"
+#include "ps_chan.h"
+#include "ps_log.h"
+#include "ps_model.h"
+#include "ps_pb.h"
+#include "ps_rpc.h"
+#include "ps_time.h"
+#include "psd_clock.h"
+
+#define AGG_GETMODEL_TIMEOUT_MS 3000
+#define AGG_CONNECT_TIMEOUT_MS 2000
+
+/* A model as the aggregator knows it: its layout and the error-feedback
+ * residual of the forwarded pushes (nparams floats, by model offset). */
+typedef struct agg_model {
+  struct agg_model *next;
+  Ps__GetModelReply *reply; /* owns the spec the layout points into */
+  ps_layout layout;
+  float *residual;
+} agg_model;
+
+/* A sum being collected (invariant 1). */
+typedef struct agg_group {
+  struct agg_group *next;
+  agg_model *m;
+  uint32_t shard;           /* index into cfg->shards */
+  uint32_t *ids;
+  size_t nids;
+  uint64_t clock, version;  /* version: the oldest */
+  ps_codec_id codec;
+  float *sum;               /* nelems floats */
+  uint64_t nelems;
+  uint32_t *workers;
+  size_t nworkers;
+  uint64_t first_ms;
+  psd_op *waiters;
+} agg_group;
+
+/* The aggregator's copy of some chunks (invariant 3). */
+typedef struct agg_copy {
+  struct agg_copy *next;
+  agg_model *m;
+  uint32_t shard;
+  uint32_t *ids;
+  size_t nids;
+  ps_codec_id codec;
+  void *data;
+  uint64_t nbytes, version, clock; /* the clock it was fetched for */
+  int have, dirty;          /* dirty: a sum of these chunks was applied since */
+  psd_op *waiters;
+} agg_copy;
+
+/* One request to a root, run by a link thread. */
+typedef struct agg_job {
+  struct agg_job *next;
+  int push;
+  struct agg_link *link;    /* the link that runs it */
+  agg_group *g;             /* push: the group it forwards (owned) */
+  agg_copy *c;              /* pull: the copy it fills */
+  ps_req r;                 /* model, ids borrowed from g / c */
+  void *data;               /* push payload (owned) / pull destination (owned) */
+  uint64_t nbytes;
+  int status;
+  uint64_t version;
+  ps_errbuf eb;
+} agg_job;
+
+/* One connection to a root shard and the thread that uses it. */
+typedef struct agg_link {
+  psd_agg *a;
+  const ps_shard_conf *root;
+  pthread_t thread;
+  agg_job *head, *tail;     /* under a->mu */
+  int busy;                 /* jobs queued or running */
+  int exited;               /* under a->mu: the thread is done */
+  ps_chan_client *ch;       /* the thread's */
+} agg_link;
+
+struct psd_agg {
+  uv_loop_t *loop;
+  const ps_config *cfg;
+  const ps_agg_conf *me;
+  uint32_t *shard_ids;
+  agg_model *models;
+  agg_group *groups;
+  agg_copy *copies;
+  uv_timer_t timer;         /* forwards groups at their deadline */
+  uv_async_t done_async;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  agg_job *done;            /* finished jobs, under mu */
+  int quit;                 /* under mu */
+  size_t nexited;           /* under mu: link threads done */
+  size_t nlinks, per_shard; /* per_shard links per root: [0] pushes, the rest pulls */
+  agg_link *links;
+  int stopped;
+  psd_agg_stats st;
+  uint64_t *seen_ms;        /* per worker id (< nseen): uv_now of its last push, 0 never */
+  uint32_t nseen;           /* psd_clock_rank_cap(workers.count): the ids a worker may have */
+  ps_auth_keys keys;        /* security.secret_file: the aggregator's channel key */
+  const ps_auth_key *key;   /* in keys, or NULL (an unauthenticated channel) */
+};
+
+/* ---- models ------------------------------------------------------------------ */
+
+/* agg_model_fetch asks the roots for MODEL's spec and builds its layout. */
+static int agg_model_fetch(psd_agg *a, const char *model, agg_model **out, ps_errbuf *eb) {
+  Ps__GetModelRequest req = PS__GET_MODEL_REQUEST__INIT;
+  req.name = (char *)model;
+  int err = PS_EUNAVAIL;
+  ProtobufCMessage *resp = NULL;
+  for (size_t i = 0; i < a->cfg->nshards; i++) {
+    ps_rpc *rpc = NULL;
+    /* GetModel is a worker's right: the worker certificate under TLS */
+    if ((err = ps_rpc_open_cfg(&rpc, a->cfg->shards[i].grpc_addr, a->cfg, PS_ROLE_WORKER, eb)) < 0)
+      continue;
+    err = ps_rpc_call(rpc, "/ps.Ps/GetModel", &req.base, &ps__get_model_reply__descriptor, &resp,
+                      AGG_GETMODEL_TIMEOUT_MS, eb);
+    ps_rpc_close(rpc);
+    if (err == 0 || err == PS_ENOENT) break;
+  }
+  if (err < 0) return ps_errf(eb, err, "model '%s': no root shard answered: %s", model, eb->msg);
+  agg_model *m = calloc(1, sizeof *m);
+  if (!m) {
+    protobuf_c_message_free_unpacked(resp, NULL);
+    return ps_errf(eb, PS_ENOMEM, "out of memory");
+  }
+  m->reply = (Ps__GetModelReply *)resp;
+  if (!m->reply->model) err = ps_errf(eb, PS_EPROTO, "GetModel '%s' without a model", model);
+  else
+    err = ps_layout_build(&m->layout, m->reply->model, a->cfg->chunk_elems, a->shard_ids,
+                          a->cfg->nshards, eb);
+  if (err == 0 && !(m->residual = calloc(m->layout.nparams ? m->layout.nparams : 1,
+                                         sizeof(float))))
+    err = ps_errf(eb, PS_ENOMEM, "out of memory for the residual of '%s'", model);
+  if (err < 0) {
+    if (m->reply->model) ps_layout_release(&m->layout);
+    protobuf_c_message_free_unpacked(resp, NULL);
+    free(m);
+    return err;
+  }
+  m->next = a->models;
+  a->models = m;
+  ps_info("aggregator %s: model '%s' (%llu parameters, %zu chunks)", a->me->name, model,
+          (unsigned long long)m->layout.nparams, m->layout.nchunks);
+  *out = m;
+  return 0;
+}
+
+/* agg_model_get returns MODEL's entry, fetching it the first time. */
+static int agg_model_get(psd_agg *a, const char *model, agg_model **out, ps_errbuf *eb) {
+  for (agg_model *m = a->models; m; m = m->next)
+    if (!strcmp(m->reply->model->name, model)) return *out = m, 0;
+  return agg_model_fetch(a, model, out, eb);
+}
+
+/* agg_route checks R's ids (known, all on one root shard) and returns that
+ * shard's index in *SHARD. */
+static int agg_route(const agg_model *m, const ps_req *r, uint32_t *shard, ps_errbuf *eb) {
+  if (!r->nids) return ps_errf(eb, PS_EINVAL, "request for model '%s' names no chunk", r->model);
+  for (size_t i = 0; i < r->nids; i++) {
+    if (r->ids[i] >= m->layout.nchunks)
+      return ps_errf(eb, PS_EINVAL, "model '%s' has no chunk %u", r->model, r->ids[i]);
+    uint32_t s = m->layout.chunks[r->ids[i]].shard;
+    if (i == 0) *shard = s;
+    else if (s != *shard)
+      return ps_errf(eb, PS_EINVAL, "request for model '%s' names chunks of two shards "
+                     "(%u and %u): an aggregator forwards one shard's chunks per request",
+                     r->model, *shard, s);
+  }
+  return 0;
+}
+
+/* agg_resolve finds R's model (*M) and root shard (*SHARD); PS_ESHUTDOWN
+ * once the aggregator stops. */
+static int agg_resolve(psd_agg *a, const ps_req *r, agg_model **m, uint32_t *shard,
+                       ps_errbuf *eb) {
+  if (a->stopped) return ps_errf(eb, PS_ESHUTDOWN, "aggregator %s is shutting down", a->me->name);
+  int err = agg_model_get(a, r->model, m, eb);
+  return err < 0 ? err : agg_route(*m, r, shard, eb);
+}
+
+/* psd_agg_payload: see psd_agg.h. */
+int psd_agg_payload(psd_agg *a, const ps_req *r, int push, uint64_t *nelems, uint64_t *nbytes,
+                    ps_errbuf *eb) {
+  agg_model *m;
+  uint32_t shard;
+  int err = agg_resolve(a, r, &m, &shard, eb);
+  if (err < 0) return err;
+  if (!ps_codec_valid(r->codec) || (!push && r->codec != PS_CODEC_FP32 &&
+                                    r->codec != PS_CODEC_FP16 && r->codec != PS_CODEC_INT8))
+    return ps_errf(eb, PS_EINVAL, "%s of model '%s': unknown codec %u", push ? "push" : "pull",
+                   r->model, (unsigned)r->codec);
+  *nelems = 0;
+  for (size_t i = 0; i < r->nids; i++) *nelems += m->layout.chunks[r->ids[i]].len;
+  *nbytes = ps_layout_payload_bytes(&m->layout, r->ids, r->nids, r->codec, push);
+  return 0;
+}
+
+/* ---- links (invariant 4) ------------------------------------------------------ */
+
+/* agg_link_run sends job J to the link's root and waits for the answer
+ * (link thread). */
+static void agg_link_run(agg_link *l, agg_job *j) {
+  if (!l->ch) {
+    j->status = ps_chan_connect_auth(&l->ch, l->root->channel_addr, l->a->cfg->cluster, l->a->key,
+                                     l->a->cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0,
+                                     AGG_CONNECT_TIMEOUT_MS, &j->eb);
+    if (j->status < 0) {
+      l->ch = NULL;
+      return;
+    }
+    /* a pull may stay parked on the root up to pull_timeout_ms */
+    ps_chan_set_timeout(l->ch, (int)l->a->cfg->training.pull_timeout_ms + 5000);
+  }
+  j->r.nbytes = j->nbytes;
+  if (j->push) {
+    j->r.grads = j->data;
+    j->status = ps_chan_push(l->ch, &j->r, &j->version, &j->eb);
+  } else {
+    j->r.out = j->data;
+    j->status = ps_chan_pull(l->ch, &j->r, &j->version, &j->eb);
+  }
+  if (j->status == PS_EUNAVAIL || j->status == PS_EIO || j->status == PS_ETIMEDOUT ||
+      j->status == PS_EPROTO) {
+    ps_chan_close(l->ch); /* unusable now; the next job reconnects */
+    l->ch = NULL;
+  }
+}
+
+/* agg_link_main runs the link's jobs until told to quit. */
+static void *agg_link_main(void *arg) {
+  agg_link *l = arg;
+  psd_agg *a = l->a;
+  pthread_mutex_lock(&a->mu);
+  for (;;) {
+    while (!l->head && !a->quit) pthread_cond_wait(&a->cv, &a->mu);
+    if (a->quit) break;
+    agg_job *j = l->head;
+    if (!(l->head = j->next)) l->tail = NULL;
+    pthread_mutex_unlock(&a->mu);
+    agg_link_run(l, j);
+    pthread_mutex_lock(&a->mu);
+    j->next = a->done;
+    a->done = j;
+    uv_async_send(&a->done_async);
+  }
+  pthread_mutex_unlock(&a->mu);
+  ps_chan_close(l->ch);
+  l->ch = NULL;
+  pthread_mutex_lock(&a->mu);
+  l->exited = 1;
+  a->nexited++;
+  pthread_cond_broadcast(&a->cv);
+  pthread_mutex_unlock(&a->mu);
+  return NULL;
+}
+
+/* agg_submit queues J on a link of root SHARD: the push link, or the pull
+ * link with the fewest jobs. */
+static void agg_submit(psd_agg *a, uint32_t shard, agg_job *j) {
+  agg_link *l = &a->links[shard * a->per_shard];
+  if (!j->push) {
+    l++;
+    for (size_t k = 2; k < a->per_shard; k++)
+      if (a->links[shard * a->per_shard + k].busy < l->busy) l = &a->links[shard * a->per_shard + k];
+  }
+  l->busy++;
+  j->link = l;
+  j->next = NULL;
+  pthread_mutex_lock(&a->mu);
+  if (l->tail) l->tail->next = j;
+  else l->head = j;
+  l->tail = j;
+  pthread_cond_broadcast(&a->cv);
+  pthread_mutex_unlock(&a->mu);
+}
+
+/* ---- waiters ------------------------------------------------------------------ */
+
+static void agg_op_add(psd_op **list, psd_op *op) {
+  op->next = *list;
+  op->list = list;
+  *list = op;
+}
+
+/* psd_agg_cancel: see psd_agg.h. */
+void psd_agg_cancel(psd_agg *a, psd_op *op) {
+  (void)a;
+  if (!op->list) return;
+  for (psd_op **p = op->list; *p; p = &(*p)->next)
+    if (*p == op) {
+      *p = op->next;
+      break;
+    }
+  op->list = NULL;
+}
+
+/* agg_op_done unlinks OP (from the list being walked by the caller) and
+ * runs its fn. */
+static void agg_op_done(psd_op *op, int status, const char *msg) {
+  op->list = NULL;
+  op->next = NULL;
+  op->fn(op, status, msg);
+}
+
+/* ---- pushes (invariants 1, 2) --------------------------------------------------- */
+
+static void agg_group_free(agg_group *g) {
+  free(g->ids);
+  free(g->sum);
+  free(g->workers);
+  free(g);
+}
+
+/* agg_forward takes G out of the open groups and queues its sum for the
+ * root: encoded in the group's codec with the model's residual. */
+static void agg_forward(psd_agg *a, agg_group *g) {
+  for (agg_group **p = &a->groups; *p; p = &(*p)->next)
+    if (*p == g) {
+      *p = g->next;
+      break;
+    }
+  const ps_layout *l = &g->m->layout;
+  agg_job *j = calloc(1, sizeof *j);
+  uint64_t nbytes = ps_layout_payload_bytes(l, g->ids, g->nids, g->codec, 1);
+  void *out = g->codec == PS_CODEC_FP32 ? NULL : malloc(nbytes ? nbytes : 1);
+  if (!j || (g->codec != PS_CODEC_FP32 && !out)) {
+    free(j);
+    free(out);
+    for (psd_op *op = g->waiters, *next; op; op = next) {
+      next = op->next;
+      agg_op_done(op, PS_ENOMEM, "aggregator out of memory");
+    }
+    agg_group_free(g);
+    return;
+  }
+  if (g->codec == PS_CODEC_FP32) { /* the sum is the payload */
+    out = g->sum;
+    g->sum = NULL;
+  } else {
+    uint8_t *o = out;
+    const float *s = g->sum;
+    for (size_t i = 0; i < g->nids; i++) {
+      const ps_chunk *c = &l->chunks[g->ids[i]];
+      ps_codec_id cc = ps_layout_chunk_codec(l, g->ids[i], g->codec, 1);
+      float *res = g->m->residual + l->tensors[c->tensor].model_offset + c->offset;
+      ps_codec_encode_ef(cc, s, c->len, l->topk, res, o);
+      o += ps_codec_size(cc, c->len, l->topk);
+      s += c->len;
+    }
+  }
+  j->push = 1;
+  j->g = g;
+  j->data = out;
+  j->nbytes = nbytes;
+  j->r = (ps_req){.model = g->m->reply->model->name, .ids = g->ids, .nids = g->nids,
+                  .worker = g->workers[0], .clock = g->clock, .version = g->version,
+                  .codec = g->codec, .summed = g->workers, .nsummed = g->nworkers};
+  a->st.forwarded++;
+  agg_submit(a, g->shard, j);
+}
+
+static void agg_on_timer(uv_timer_t *t);
+
+/* agg_timer_arm starts the timer for the earliest group deadline. */
+static void agg_timer_arm(psd_agg *a) {
+  uint64_t now = uv_now(a->loop), next = UINT64_MAX;
+  for (agg_group *g = a->groups; g; g = g->next)
+    if (g->first_ms + a->me->max_delay_ms < next) next = g->first_ms + a->me->max_delay_ms;
+  if (next == UINT64_MAX) uv_timer_stop(&a->timer);
+  else uv_timer_start(&a->timer, agg_on_timer, next > now ? next - now : 0, 0);
+}
+
+/* agg_on_timer forwards the groups whose delay is over (invariant 1). */
+static void agg_on_timer(uv_timer_t *t) {
+  psd_agg *a = t->data;
+  uv_update_time(a->loop);
+  uint64_t now = uv_now(a->loop);
+  for (agg_group *g = a->groups, *next; g; g = next) {
+    next = g->next;
+    if (g->first_ms + a->me->max_delay_ms <= now) agg_forward(a, g);
+  }
+  agg_timer_arm(a);
+}
+
+/* agg_same_ids: whether IDS[0..N) are exactly R's. */
+static int agg_same_ids(const uint32_t *ids, size_t n, const ps_req *r) {
+  return n == r->nids && !memcmp(ids, r->ids, n * sizeof *ids);
+}
+
+/* agg_group_open returns the open group of R (a new one when none is
+ * open, or when R's worker is in it already: that one goes first). */
+static agg_group *agg_group_open(psd_agg *a, agg_model *m, uint32_t shard, const ps_req *r,
+                                 ps_errbuf *eb) {
+  for (agg_group *g = a->groups; g; g = g->next) {
+    if (g->m != m || g->shard != shard || g->clock != r->clock || g->codec != r->codec ||
+        !agg_same_ids(g->ids, g->nids, r))
+      continue;
+    size_t k = 0;
+    while (k < g->nworkers && g->workers[k] != r->worker) k++;
+    if (k == g->nworkers) return g;
+    agg_forward(a, g); /* a worker's second push of one clock: a sum of its own */
+    break;
+  }
+  agg_group *g = calloc(1, sizeof *g);
+  uint64_t nelems = 0;
+  for (size_t i = 0; i < r->nids; i++) nelems += m->layout.chunks[r->ids[i]].len;
+  if (g) {
+    g->ids = malloc(r->nids * sizeof *g->ids);
+    g->sum = calloc(nelems ? nelems : 1, sizeof(float));
+    g->workers = malloc(a->me->workers * sizeof *g->workers + sizeof *g->workers);
+  }
+  if (!g || !g->ids || !g->sum || !g->workers) {
+    if (g) agg_group_free(g);
+    ps_errf(eb, PS_ENOMEM, "aggregator out of memory for a push of %llu elements",
+            (unsigned long long)nelems);
+    return NULL;
+  }
+  memcpy(g->ids, r->ids, r->nids * sizeof *g->ids);
+  g->nids = r->nids;
+  g->m = m;
+  g->shard = shard;
+  g->clock = r->clock;
+  g->codec = r->codec;
+  g->version = r->version;
+  g->nelems = nelems;
+  uv_update_time(a->loop);
+  g->first_ms = uv_now(a->loop);
+  g->next = a->groups;
+  a->groups = g;
+  return g;
+}
+
+/* agg_decode_add adds push R's decoded payload (checked chunk by chunk)
+ * to G's sum. */
+static int agg_decode_add(agg_group *g, const ps_req *r, ps_errbuf *eb) {
+  const ps_layout *l = &g->m->layout;
+  const uint8_t *in = r->grads;
+  float *s = g->sum;
+  for (size_t i = 0; i < r->nids; i++) {
+    uint32_t len = l->chunks[r->ids[i]].len;
+    ps_codec_id cc = ps_layout_chunk_codec(l, r->ids[i], r->codec, 1);
+    uint64_t n = ps_codec_size(cc, len, l->topk);
+    char what[96];
+    snprintf(what, sizeof what, "chunk %u of model '%s'", r->ids[i], r->model);
+    int err = ps_codec_check(cc, in, n, len, l->topk, what, eb);
+    if (err < 0) return err;
+    in += n;
+  }
+  in = r->grads;
+  for (size_t i = 0; i < r->nids; i++) {
+    uint32_t len = l->chunks[r->ids[i]].len;
+    ps_codec_id cc = ps_layout_chunk_codec(l, r->ids[i], r->codec, 1);
+    ps_codec_decode_acc(cc, in, len, l->topk, 1.0f, s);
+    in += ps_codec_size(cc, len, l->topk);
+    s += len;
+  }
+  return 0;
+}
+
+/* psd_agg_push: see psd_agg.h. */
+int psd_agg_push(psd_agg *a, const ps_req *r, psd_op *op, ps_errbuf *eb) {
+  agg_model *m;
+  uint32_t shard;
+  int err = agg_resolve(a, r, &m, &shard, eb);
+  if (err < 0) return err;
+  if (r->nbytes != ps_layout_payload_bytes(&m->layout, r->ids, r->nids, r->codec, 1))
+    return ps_errf(eb, PS_EINVAL, "push of model '%s': wrong payload size", r->model);
+  agg_group *g = agg_group_open(a, m, shard, r, eb);
+  if (!g) return PS_ENOMEM;
+  if ((err = agg_decode_add(g, r, eb)) < 0) {
+    if (!g->nworkers) { /* nobody else in it: drop it */
+      for (agg_group **p = &a->groups; *p; p = &(*p)->next)
+        if (*p == g) {
+          *p = g->next;
+          break;
+        }
+      agg_group_free(g);
+    }
+    return err;
+  }
+  g->workers[g->nworkers++] = r->worker;
+  if (r->version < g->version) g->version = r->version;
+  agg_op_add(&g->waiters, op);
+  a->st.pushes_in++;
+  if (r->worker < a->nseen) a->seen_ms[r->worker] = uv_now(a->loop) + 1;
+  if (g->nworkers >= a->me->workers || a->me->max_delay_ms == 0) agg_forward(a, g);
+  agg_timer_arm(a);
+  return 1;
+}
+
+/* agg_push_done answers the workers of a forwarded sum (invariant 2) and
+ * marks the copies of its chunks dirty. */
+static void agg_push_done(psd_agg *a, agg_job *j) {
+  agg_group *g = j->g;
+  for (agg_copy *c = a->copies; c; c = c->next)
+    if (c->m == g->m && c->shard == g->shard) c->dirty = 1;
+  for (psd_op *op = g->waiters, *next; op; op = next) {
+    next = op->next;
+    op->version = j->version;
+    agg_op_done(op, j->status, j->status < 0 ? j->eb.msg : NULL);
+  }
+  agg_group_free(g);
+}
+
+/* ---- pulls (invariant 3) -------------------------------------------------------- */
+
+/* agg_copy_get returns the copy of R's chunks (a new, empty one the first
+ * time); NULL when out of memory. */
+static agg_copy *agg_copy_get(psd_agg *a, agg_model *m, uint32_t shard, const ps_req *r) {
+  for (agg_copy *c = a->copies; c; c = c->next)
+    if (c->m == m && c->codec == r->codec && agg_same_ids(c->ids, c->nids, r)) return c;
+  agg_copy *c = calloc(1, sizeof *c);
+  if (!c || !(c->ids = malloc(r->nids * sizeof *c->ids))) {
+    free(c);
+    return NULL;
+  }
+  memcpy(c->ids, r->ids, r->nids * sizeof *c->ids);
+  c->nids = r->nids;
+  c->m = m;
+  c->shard = shard;
+  c->codec = r->codec;
+  c->next = a->copies;
+  a->copies = c;
+  return c;
+}
+
+/* agg_copy_fresh: whether C may answer a pull at CLOCK (invariant 3). */
+static int agg_copy_fresh(const agg_copy *c, uint64_t clock) {
+  if (!c->have) return 0;
+  if (c->clock >= clock) return 1;
+  return c->m->layout.consistency == PS_ASP && !c->dirty;
+}
+
+/* agg_fetch queues a fetch of C's chunks at CLOCK on behalf of WORKER. */
+static int agg_fetch(psd_agg *a, agg_copy *c, uint32_t worker, uint64_t clock, ps_errbuf *eb) {
+  agg_job *j = calloc(1, sizeof *j);
+  uint64_t nbytes = ps_layout_payload_bytes(&c->m->layout, c->ids, c->nids, c->codec, 0);
+  void *data = malloc(nbytes ? nbytes : 1);
+  if (!j || !data) {
+    free(j);
+    free(data);
+    return ps_errf(eb, PS_ENOMEM, "aggregator out of memory for a pull of %llu bytes",
+                   (unsigned long long)nbytes);
+  }
+  j->c = c;
+  j->data = data;
+  j->nbytes = nbytes;
+  j->r = (ps_req){.model = c->m->reply->model->name, .ids = c->ids, .nids = c->nids,
+                  .worker = worker, .clock = clock, .codec = c->codec};
+  a->st.fetches++;
+  agg_submit(a, c->shard, j);
+  return 0;
+}
+
+/* agg_fetching: whether a waiter of C at CLOCK has a fetch on the way. */
+static int agg_fetching(const agg_copy *c, uint64_t clock, const psd_op *except) {
+  for (const psd_op *op = c->waiters; op; op = op->next)
+    if (op != except && op->clock == clock) return 1;
+  return 0;
+}
+
+/* psd_agg_pull: see psd_agg.h. */
+int psd_agg_pull(psd_agg *a, const ps_req *r, psd_op *op, ps_errbuf *eb) {
+  agg_model *m;
+  uint32_t shard;
+  int err = agg_resolve(a, r, &m, &shard, eb);
+  if (err < 0) return err;
+  agg_copy *c = agg_copy_get(a, m, shard, r);
+  if (!c) return ps_errf(eb, PS_ENOMEM, "aggregator out of memory");
+  a->st.pulls_in++;
+  if (agg_copy_fresh(c, r->clock)) {
+    a->st.pull_hits++;
+    op->data = c->data;
+    op->nbytes = c->nbytes;
+    op->version = c->version;
+    return 0;
+  }
+  /* one fetch per clock: the waiters at that clock share it */
+  if (agg_fetching(c, r->clock, NULL)) a->st.pull_hits++;
+  else if ((err = agg_fetch(a, c, r->worker, r->clock, eb)) < 0) return err;
+  op->clock = r->clock;
+  agg_op_add(&c->waiters, op);
+  return 1;
+}
+
+/* agg_pull_done keeps a fetched copy (when newer) and answers the
+ * waiters it is fresh enough for; a failed fetch fails its clock's
+ * waiters. */
+static void agg_pull_done(psd_agg *a, agg_job *j) {
+  agg_copy *c = j->c;
+  (void)a;
+  if (j->status == 0 && (!c->have || j->r.clock >= c->clock)) {
+    free(c->data);
+    c->data = j->data;
+    j->data = NULL;
+    c->nbytes = j->nbytes;
+    c->version = j->version;
+    c->clock = j->r.clock;
+    c->have = 1;
+    c->dirty = 0;
+  }
+  for (psd_op *op = c->waiters, *next; op; op = next) {
+    next = op->next;
+    int serve = agg_copy_fresh(c, op->clock);
+    if (!serve && !(j->status < 0 && op->clock == j->r.clock)) continue;
+    psd_agg_cancel(a, op);
+    op->data = c->data;
+    op->nbytes = c->nbytes;
+    op->version = c->version;
+    op->fn(op, serve ? 0 : j->status, serve ? NULL : j->eb.msg);
+  }
+}
+
+/* agg_on_done runs the finished jobs' completions on the loop. */
+static void agg_on_done(uv_async_t *h) {
+  psd_agg *a = h->data;
+  pthread_mutex_lock(&a->mu);
+  agg_job *list = a->done;
+  a->done = NULL;
+  pthread_mutex_unlock(&a->mu);
+  agg_job *rev = NULL; /* oldest first */
+  while (list) {
+    agg_job *n = list->next;
+    list->next = rev;
+    rev = list;
+    list = n;
+  }
+  for (agg_job *j = rev, *next; j; j = next) {
+    next = j->next;
+    uint32_t shard = j->push ? j->g->shard : j->c->shard;
+    j->link->busy--;
+    if (j->status < 0)
+      ps_warn("aggregator %s: %s to shard %u failed: %s", a->me->name, j->push ? "push" : "pull",
+              a->cfg->shards[shard].id, j->eb.msg);
+    if (j->push) agg_push_done(a, j);
+    else agg_pull_done(a, j);
+    free(j->data);
+    free(j);
+  }
+}
+
+/* ---- life --------------------------------------------------------------------- */
+
+/* psd_agg_new: see psd_agg.h. */
+int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_agg_conf *me,
+                ps_errbuf *eb) {
+  psd_agg *a = calloc(1, sizeof *a);
+  if (!a) return ps_errf(eb, PS_ENOMEM, "out of memory");
+  a->loop = loop;
+  a->cfg = cfg;
+  a->me = me;
+  a->per_shard = 1 + me->workers;
+  a->nlinks = cfg->nshards * a->per_shard;
+  a->shard_ids = calloc(cfg->nshards, sizeof *a->shard_ids);
+  a->links = calloc(a->nlinks, sizeof *a->links);
+  a->nseen = psd_clock_rank_cap(cfg->workers.count);
+  a->seen_ms = calloc(a->nseen, sizeof *a->seen_ms);
+  int rc = a->shard_ids && a->links && a->seen_ms ? 0 : ps_errf(eb, PS_ENOMEM, "out of memory");
+  if (rc == 0)
+    rc = ps_auth_client_key(cfg->security.secret_file, PS_ROLE_AGGREGATOR, &a->keys, &a->key, eb);
+  if (rc < 0) {
+    ps_auth_release(&a->keys);
+    free(a->shard_ids);
+    free(a->links);
+    free(a->seen_ms);
+    free(a);
+    return rc;
+  }
+  ps_config_shard_ids(cfg, a->shard_ids);
+  pthread_mutex_init(&a->mu, NULL);
+  pthread_cond_init(&a->cv, NULL);
+  uv_timer_init(loop, &a->timer);
+  a->timer.data = a;
+  uv_async_init(loop, &a->done_async, agg_on_done);
+  a->done_async.data = a;
+  for (size_t i = 0; i < a->nlinks; i++) {
+    agg_link *l = &a->links[i];
+    l->a = a;
+    l->root = &cfg->shards[i / a->per_shard];
+    if (pthread_create(&l->thread, NULL, agg_link_main, l) != 0) {
+      a->nlinks = i;
+      psd_agg_stop(a);
+      return ps_errf(eb, PS_ENOMEM, "cannot start the aggregator's threads");
+    }
+  }
+  *out = a;
+  return 0;
+}
+
+/* agg_op_done_pop answers the first op of *LIST with CODE. */
+static void agg_op_done_pop(psd_op **list, int code, const char *msg) {
+  psd_op *op = *list;
+  *list = op->next;
+  agg_op_done(op, code, msg);
+}
+
+/* agg_fail_all answers every waiter of every group and copy with CODE. */
+static void agg_fail_all(psd_agg *a, int code, const char *msg) {
+  for (agg_group *g = a->groups; g; g = g->next)
+    while (g->waiters) agg_op_done_pop(&g->waiters, code, msg);
+  for (agg_copy *c = a->copies; c; c = c->next)
+    while (c->waiters) agg_op_done_pop(&c->waiters, code, msg);
+}
+
+/* psd_agg_stop: see psd_agg.h.  Link threads are told to quit; psd_agg_free
+ * waits for them. */
+void psd_agg_stop(psd_agg *a) {
+  if (!a || a->stopped) return;
+  a->stopped = 1;
+  agg_fail_all(a, PS_ESHUTDOWN, "aggregator is shutting down");
+  pthread_mutex_lock(&a->mu);
+  a->quit = 1;
+  pthread_cond_broadcast(&a->cv);
+  pthread_mutex_unlock(&a->mu);
+  if (!uv_is_closing((uv_handle_t *)&a->timer)) uv_close((uv_handle_t *)&a->timer, NULL);
+  if (!uv_is_closing((uv_handle_t *)&a->done_async))
+    uv_close((uv_handle_t *)&a->done_async, NULL);
+}
+
+#define AGG_JOIN_MS 2000 /* psd_agg_free's wait for the link threads */
+
+/* psd_agg_free waits up to AGG_JOIN_MS for the link threads (a thread
+ * still blocked on a root then, a pull parked there, is detached and the
+ * link array, the lock and A itself are left to it: the process is
+ * exiting) and frees everything else. */
+void psd_agg_free(psd_agg *a) {
+  if (!a) return;
+  struct timespec until;
+  clock_gettime(CLOCK_REALTIME, &until);
+  until.tv_sec += AGG_JOIN_MS / 1000;
+  pthread_mutex_lock(&a->mu);
+  while (a->nexited < a->nlinks && pthread_cond_timedwait(&a->cv, &a->mu, &until) == 0) {
+  }
+  int all = a->nexited == a->nlinks;
+  pthread_mutex_unlock(&a->mu);
+  for (size_t i = 0; i < a->nlinks; i++) {
+    if (all) pthread_join(a->links[i].thread, NULL);
+    else pthread_detach(a->links[i].thread);
+  }
+  while (a->groups) {
+    agg_group *g = a->groups;
+    a->groups = g->next;
+    agg_group_free(g);
+  }
+  while (a->copies) {
+    agg_copy *c = a->copies;
+    a->copies = c->next;
+    free(c->ids);
+    free(c->data);
+    free(c);
+  }
+  while (a->models) {
+    agg_model *m = a->models;
+    a->models = m->next;
+    ps_layout_release(&m->layout);
+    protobuf_c_message_free_unpacked(&m->reply->base, NULL);
+    free(m->residual);
+    free(m);
+  }
+  free(a->shard_ids);
+  ps_auth_release(&a->keys);
+  free(a->seen_ms);
+  if (!all) return;
+  for (agg_job *j = a->done, *next; j; j = next) { /* finished after the loop stopped */
+    next = j->next;
+    if (j->push) agg_group_free(j->g);
+    free(j->data);
+    free(j);
+  }
+  for (size_t i = 0; i < a->nlinks; i++)
+    for (agg_job *j = a->links[i].head, *next; j; j = next) { /* never run */
+      next = j->next;
+      if (j->push) agg_group_free(j->g);
+      free(j->data);
+      free(j);
+    }
+  pthread_mutex_destroy(&a->mu);
+  pthread_cond_destroy(&a->cv);
+  free(a->links);
+  free(a);
+}
+
+/* psd_agg_stats_get: see psd_agg.h. */
+void psd_agg_stats_get(const psd_agg *a, psd_agg_stats *st) { *st = a->st; }
+
+/* psd_agg_workers: see psd_agg.h. */
+size_t psd_agg_workers(psd_agg *a, uint32_t *ids) {
+  uint64_t now = uv_now(a->loop) + 1;
+  size_t n = 0;
+  for (uint32_t w = 0; w < a->nseen; w++)
+    if (a->seen_ms[w] && now - a->seen_ms[w] <= a->cfg->workers.lease_ms) ids[n++] = w;
+  return n;
+}

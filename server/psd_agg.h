@@ -1,0 +1,118 @@
+/* psd_agg: the `forward` backend of a psd that runs as an aggregator
+ * (psd --aggregator NAME; DESIGN.md "Hierarchy").
+ *
+ * Workers on the aggregator's host talk to it over the tensor channel as
+ * they would to a shard: one connection per root shard, each push and
+ * pull carrying that shard's chunks.  The aggregator learns a model's
+ * layout once (GetModel from a root shard) and so knows each request's
+ * root shard and payload size.
+ *
+ * Invariants:
+ *  1. Pushes are summed per (model, root shard, chunk ids, clock): a
+ *     group.  The worker's payload is decoded (any codec) and added to the
+ *     group's fp32 sum.  A group is forwarded as one push when
+ *     ps_agg_conf.workers workers have pushed into it, or max_delay_ms
+ *     after its first push, whichever is first (also at once when a worker
+ *     pushes twice into one group).  The forwarded push carries the sum,
+ *     the workers summed (ChanMeta.summed), the oldest version among them
+ *     and the group's clock, in the codec the workers pushed in (the
+ *     model's after its warm-up), re-encoded with the aggregator's own
+ *     error-feedback residual per chunk.
+ *  2. A worker's push is answered only once the root has answered the
+ *     forwarded sum that contains it, with the root's answer: nothing an
+ *     aggregator acknowledged is lost with it.
+ *  3. Pulls are served from the aggregator's copy of the chunks (per
+ *     model, chunk ids and pull codec) when that copy was fetched for a
+ *     clock at least the worker's (the root then held the bound for it);
+ *     under ASP also when no forwarded push of these chunks was answered
+ *     since the copy was fetched.  Otherwise the pull waits for a root
+ *     fetch at exactly its clock: one fetch serves every local worker
+ *     that waits at that clock, and a fetch never asks for a clock above a
+ *     waiting worker's (that could wait for the worker itself).
+ *  4. The root is reached through blocking channel clients on threads of
+ *     the aggregator (one for pushes and `workers` for pulls per root
+ *     shard, so a parked pull never holds up a push or another worker's
+ *     pull); their results come back to the loop through one uv_async.
+ *     Everything else runs on the loop thread.
+ *  5. A root that fails a forwarded request fails the workers' requests
+ *     it carried with the root's error (PS_EUNAVAIL when unreachable):
+ *     workers retry or fail over to the root shards directly (psw). */
+#ifndef PSD_AGG_H
+#define PSD_AGG_H
+
+#include <stdint.h>
+#include <uv.h>
+
+#include "ps_config.h"
+#include "ps_error.h"
+#include "ps_req.h"
+
+typedef struct psd_agg psd_agg;
+typedef struct psd_op psd_op;
+
+/* An asynchronous request's completion: STATUS 0 or a PS_E* code with MSG
+ * (borrowed for the call).  Runs on the loop thread, exactly once, unless
+ * psd_agg_cancel took the op back first. */
+typedef void psd_op_fn(psd_op *op, int status, const char *msg);
+
+/* One pending request, owned by the caller (a transport's connection). */
+struct psd_op {
+  psd_op_fn *fn;
+  void *arg;
+  /* results, valid during fn: */
+  uint64_t version;
+  const void *data;       /* pull: the values (encoded), borrowed until fn returns */
+  uint64_t nbytes;
+  /* psd_agg's: */
+  psd_op *next;
+  psd_op **list;
+  uint64_t clock;
+};
+
+typedef struct psd_agg_stats {
+  uint64_t pushes_in;      /* worker pushes summed */
+  uint64_t forwarded;      /* sums forwarded to the roots */
+  uint64_t pulls_in;       /* worker pulls */
+  uint64_t pull_hits;      /* served from the copy or from a fetch another worker started */
+  uint64_t fetches;        /* pulls forwarded to the roots */
+} psd_agg_stats;
+
+/* psd_agg_new makes the aggregator ME of CFG (both borrowed for its life)
+ * on LOOP and starts its root links.  0 or a PS_E* code. */
+int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_agg_conf *me,
+                ps_errbuf *eb);
+
+/* psd_agg_stop answers every pending op with PS_ESHUTDOWN, tells the links
+ * to stop and closes the loop handles (run the loop afterwards); free
+ * with psd_agg_free once the loop has run.  Idempotent. */
+void psd_agg_stop(psd_agg *a);
+void psd_agg_free(psd_agg *a);
+
+/* psd_agg_payload validates a push (PUSH non-zero) or pull of R against
+ * its model's layout (fetched from a root the first time, blocking the
+ * loop for at most a few seconds) and sizes its payload in R->codec. */
+int psd_agg_payload(psd_agg *a, const ps_req *r, int push, uint64_t *nelems, uint64_t *nbytes,
+                    ps_errbuf *eb);
+
+/* psd_agg_push adds push R (validated by psd_agg_payload; R->grads is
+ * read during the call only) to its group: 1, OP completes later with the
+ * root's version (invariant 2); or a PS_E* code (OP unused). */
+int psd_agg_push(psd_agg *a, const ps_req *r, psd_op *op, ps_errbuf *eb);
+
+/* psd_agg_pull answers pull R: 0 now (OP's data, nbytes and version set,
+ * borrowed until the next call into the aggregator), 1 later through OP,
+ * or a PS_E* code. */
+int psd_agg_pull(psd_agg *a, const ps_req *r, psd_op *op, ps_errbuf *eb);
+
+/* psd_agg_cancel takes back a pending OP (its connection closed): its fn
+ * will not run.  A push already summed is still forwarded. */
+void psd_agg_cancel(psd_agg *a, psd_op *op);
+
+void psd_agg_stats_get(const psd_agg *a, psd_agg_stats *st);
+
+/* psd_agg_workers writes to IDS (room for psd_clock_rank_cap(workers.count)) the workers
+ * that pushed through A within the last workers.lease_ms, in rank order;
+ * returns how many. */
+size_t psd_agg_workers(psd_agg *a, uint32_t *ids);
+
+#endif

@@ -1,0 +1,508 @@
+/* Integration: hierarchy (issue 14, DESIGN.md "Hierarchy") with 2 real
+ * root shards, one aggregator (psd --aggregator h0, 3 local workers) and 3
+ * psw workers that register with the coordinator on a 3000-sample
+ * Fashion-MNIST subset, logistic regression:
+ *
+ *  - one update: 3 bare channel clients push g0, g1, g2 at clock 0 to a
+ *    model straight on the root and to its twin through the aggregator;
+ *    the root applies the aggregator's one push of the sum (SGD) and both
+ *    models then hold p0 - lr (g0 + g1 + g2) to rounding;
+ *  - sum: under BSP with plain SGD, each root shard sees exactly one push
+ *    per clock, every one the sum of the 3 workers (Status sum_pushes,
+ *    sum_grads, version), its recorded gap stays 0, and the aggregator
+ *    fetched once per clock per shard.  (A whole flat training run is not
+ *    compared: its workers start as they register, the first ones alone,
+ *    so even two flat runs differ; the one-update test above is the exact
+ *    comparison.)
+ *  - ssp s = 2 with one worker slowed 3x: the roots' recorded gap stays
+ *    within 2;
+ *  - failover: kill -9 the aggregator mid-training under BSP: every worker
+ *    goes to the roots directly and finishes (a sum lost with the
+ *    aggregator must not hold the roots' BSP clocks), every push a worker
+ *    saw acknowledged was applied, and the model learned.
+ *
+ * Skipped (visibly) without the dataset. */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "ps.pb-c.h"
+#include "ps_chan.h"
+#include "ps_codec.h"
+#include "ps_rpc.h"
+#include "ps_test.h"
+
+#define TH_DATA "/usr/share/datasets/fashion-mnist"
+#define TH_WAIT_MS 90000
+#define TH_N 3
+
+typedef struct th_ctx {
+  char dir[512], yaml[600], log[TH_N][640], agg_log[640];
+  int gp[2], cp[2], agg_gp, agg_cp;
+  pid_t shard[2], agg;
+  char *json[TH_N];
+} th_ctx;
+
+/* th_start writes the cluster file (aggregator h0 for 3 workers; sums
+ * wait up to DELAY ms for all of them), starts both roots and, when AGG,
+ * the aggregator, and submits model "m" (logreg) with CONSISTENCY,
+ * STALENESS and plain SGD. */
+static void th_start(th_ctx *x, int agg, const char *consistency, const char *staleness,
+                     int delay_ms, int epochs) {
+  snprintf(x->dir, sizeof x->dir, "%s", ps_test_tmpdir());
+  x->agg_gp = ps_test_free_port();
+  do x->agg_cp = ps_test_free_port();
+  while (x->agg_cp == x->agg_gp);
+  char extra[2048];
+  snprintf(extra, sizeof extra,
+           "aggregators:\n  - name: h0\n    grpc: 127.0.0.1:%d\n    channel: 127.0.0.1:%d\n"
+           "    workers: %d\n    max_delay_ms: %d\n"
+           "workers:\n  count: %d\n  device: cpu\n  retry_ms: 10000\n"
+           "  heartbeat_ms: 200\n  lease_ms: 3000\n"
+           "training:\n  model: m\n  epochs: %d\n  batch_size: 64\n  seed: 1\n"
+           "data:\n  format: idx\n"
+           "  train_images: " TH_DATA "/train-images-idx3-ubyte.gz\n"
+           "  train_labels: " TH_DATA "/train-labels-idx1-ubyte.gz\n"
+           "  test_images: " TH_DATA "/t10k-images-idx3-ubyte.gz\n"
+           "  test_labels: " TH_DATA "/t10k-labels-idx1-ubyte.gz\n"
+           "  scale: 1/255\n  partitions: 6\n  limit: 3000\n",
+           x->agg_gp, x->agg_cp, TH_N, delay_ms, TH_N, epochs);
+  snprintf(x->yaml, sizeof x->yaml, "%s", ps_test_cluster_yaml(x->dir, 2, extra, x->gp, x->cp));
+  ps_test_start_shards(x->yaml, x->dir, 2, x->gp, x->cp, x->shard);
+  if (agg) {
+    snprintf(x->agg_log, sizeof x->agg_log, "%s/agg.log", x->dir);
+    char *argv[] = {(char *)ps_test_bin("psd"), "--config", x->yaml, "--aggregator", "h0", NULL};
+    x->agg = ps_test_spawn(argv, x->agg_log, NULL);
+    ck_assert_msg(ps_test_wait_port(x->agg_cp, 10000) == 0, "aggregator not up; see %s",
+                  x->agg_log);
+  }
+  char pb[600], log[600];
+  snprintf(pb, sizeof pb, "%s/m.pb", x->dir);
+  snprintf(log, sizeof log, "%s/psctl.log", x->dir);
+  char *lr[] = {(char *)ps_test_bin("psctl"), "model", "logreg", "--inputs", "784", "--classes",
+                "10", "-o", pb, NULL};
+  ck_assert_msg(ps_test_run(lr, log, 20000) == 0, "psctl model failed; see %s", log);
+  char *submit[] = {(char *)ps_test_bin("psctl"), "submit", pb, "--name", "m", "--config",
+                    x->yaml, "--optimizer", "sgd", "--lr", "0.05", "--consistency",
+                    (char *)consistency, "--staleness", (char *)staleness, NULL};
+  ck_assert_msg(ps_test_run(submit, log, 30000) == 0, "psctl submit failed; see %s", log);
+}
+
+/* th_spawn starts registering worker I, through h0 when AGG, worker 1
+ * slowed by SLOW1 (NULL: not). */
+static pid_t th_spawn(th_ctx *x, int i, int agg, const char *slow1) {
+  char log[sizeof x->log[i]];
+  snprintf(log, sizeof log, "%s/psw%d.log", x->dir, i);
+  memcpy(x->log[i], log, sizeof log);
+  char *argv[10] = {(char *)ps_test_bin("psw"), "--config", x->yaml, "--quiet"};
+  int n = 4;
+  if (agg) argv[n++] = "--aggregator", argv[n++] = "h0";
+  if (i == 1 && slow1) argv[n++] = "--slowdown", argv[n++] = (char *)slow1;
+  argv[n] = NULL;
+  return ps_test_spawn(argv, x->log[i], NULL);
+}
+
+/* th_wait waits for the workers W and keeps their JSON lines. */
+static void th_wait(th_ctx *x, const pid_t *w) {
+  for (int i = 0; i < TH_N; i++) {
+    int st = ps_test_wait_pid(w[i], TH_WAIT_MS);
+    ck_assert_msg(st >= 0, "worker %d did not finish within %d ms; see %s", i, TH_WAIT_MS,
+                  x->log[i]);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "worker %d failed; see %s", i,
+                  x->log[i]);
+    char *out = ps_test_read_file(x->log[i], NULL);
+    x->json[i] = strdup(ps_test_last_line(out));
+    free(out);
+    ck_assert_msg(x->json[i][0] == '{', "worker %d's last line: %s", i, x->json[i]);
+  }
+}
+
+/* th_train runs the 3 workers to the end. */
+static void th_train(th_ctx *x, int agg, const char *slow1) {
+  pid_t w[TH_N];
+  for (int i = 0; i < TH_N; i++) w[i] = th_spawn(x, i, agg, slow1);
+  th_wait(x, w);
+}
+
+/* th_status returns root S's Status (free with protobuf_c_message_free_unpacked). */
+static Ps__StatusReply *th_status_at(int port) {
+  ps_rpc *rpc;
+  ps_errbuf eb = {""};
+  char addr[64];
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+  ck_assert_int_eq(ps_rpc_open(&rpc, addr, &eb), 0);
+  Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
+  ProtobufCMessage *resp = NULL;
+  ck_assert_msg(ps_rpc_call(rpc, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,
+                            &resp, 5000, &eb) == 0, "status of %s: %s", addr, eb.msg);
+  ps_rpc_close(rpc);
+  return (Ps__StatusReply *)resp;
+}
+
+/* th_evaluate returns the test loss psw --evaluate reports for "m". */
+static double th_evaluate(th_ctx *x) {
+  char log[700];
+  snprintf(log, sizeof log, "%s/eval.log", x->dir);
+  char *argv[] = {(char *)ps_test_bin("psw"), "--config", x->yaml, "--evaluate", NULL};
+  ck_assert_msg(ps_test_run(argv, log, 30000) == 0, "evaluate failed; see %s", log);
+  char *out = ps_test_read_file(log, NULL);
+  double loss = ps_test_json_num(ps_test_last_line(out), "test_loss");
+  free(out);
+  return loss;
+}
+
+static void th_finish(th_ctx *x) {
+  if (x->agg > 0) ps_test_stop(x->agg, SIGTERM, 10000);
+  for (int s = 0; s < 2; s++)
+    if (x->shard[s] > 0) ps_test_stop(x->shard[s], SIGTERM, 10000);
+  for (int i = 0; i < TH_N; i++) free(x->json[i]);
+  memset(x, 0, sizeof *x);
+}
+
+#define TH_NEED_DATA()                                          \
+  do {                                                          \
+    if (access(TH_DATA "/train-images-idx3-ubyte.gz", R_OK) != 0) \
+      PS_SKIP("dataset-fashion-mnist is not installed (%s)", TH_DATA); \
+  } while (0)
+
+#define TH_ELEMS 3000 /* 3 chunks of 1024 */
+
+static void th_spec(Ps__ModelSpec *spec, Ps__TensorSpec *t, Ps__TensorSpec **ts,
+                    Ps__OptimizerSpec *opt, uint32_t *shape, const char *name);
+
+/* th_submit submits model NAME through RPC: one tensor of TH_ELEMS, plain
+ * SGD, bsp, push codec CODEC (NULL: fp32), seed 7 (twins start equal). */
+static void th_submit(ps_rpc *rpc, const char *name, const char *codec) {
+  Ps__ModelSpec spec;
+  Ps__TensorSpec t, *ts;
+  Ps__OptimizerSpec opt;
+  uint32_t shape;
+  th_spec(&spec, &t, &ts, &opt, &shape, name);
+  if (codec) spec.codec = (char *)codec;
+  ps_test_submit(rpc, &spec, 0, 10000);
+}
+
+static void th_spec(Ps__ModelSpec *spec, Ps__TensorSpec *t, Ps__TensorSpec **ts,
+                    Ps__OptimizerSpec *opt, uint32_t *shape, const char *name) {
+  ps__tensor_spec__init(t);
+  t->name = "w";
+  *shape = TH_ELEMS;
+  t->n_shape = 1;
+  t->shape = shape;
+  t->init = "uniform";
+  t->scale = 0.5f;
+  *ts = t;
+  ps__optimizer_spec__init(opt);
+  opt->kind = "sgd";
+  opt->lr = 0.1f;
+  ps__model_spec__init(spec);
+  spec->name = (char *)name;
+  spec->seed = 7;
+  spec->n_tensors = 1;
+  spec->tensors = ts;
+  spec->optimizer = opt;
+  spec->consistency = "bsp";
+}
+
+/* th_bare starts one root shard and aggregator h0 (3 workers, sums wait
+ * up to 10 s for all of them) and opens *RPC to the root. */
+static void th_bare(th_ctx *x, ps_rpc **rpc) {
+  snprintf(x->dir, sizeof x->dir, "%s", ps_test_tmpdir());
+  x->agg_gp = ps_test_free_port();
+  do x->agg_cp = ps_test_free_port();
+  while (x->agg_cp == x->agg_gp);
+  char extra[512];
+  snprintf(extra, sizeof extra,
+           "aggregators:\n  - {name: h0, grpc: \"127.0.0.1:%d\", channel: \"127.0.0.1:%d\", "
+           "workers: 3, max_delay_ms: 10000}\nworkers:\n  count: 3\n", x->agg_gp, x->agg_cp);
+  snprintf(x->yaml, sizeof x->yaml, "%s", ps_test_cluster_yaml(x->dir, 1, extra, x->gp, x->cp));
+  ps_test_start_shards(x->yaml, x->dir, 1, x->gp, x->cp, x->shard);
+  snprintf(x->agg_log, sizeof x->agg_log, "%s/agg.log", x->dir);
+  char *argv[] = {(char *)ps_test_bin("psd"), "--config", x->yaml, "--aggregator", "h0", NULL};
+  x->agg = ps_test_spawn(argv, x->agg_log, NULL);
+  ck_assert_int_eq(ps_test_wait_port(x->agg_cp, 10000), 0);
+  ps_errbuf eb = {""};
+  char addr[64];
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", x->gp[0]);
+  ck_assert_int_eq(ps_rpc_open(rpc, addr, &eb), 0);
+}
+
+/* th_chan connects to PORT on 127.0.0.1. */
+static ps_chan_client *th_chan(int port) {
+  char addr[64];
+  ps_errbuf eb = {""};
+  ps_chan_client *c;
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+  ck_assert_msg(ps_chan_connect(&c, addr, "test", 10000, &eb) == 0, "%s", eb.msg);
+  return c;
+}
+
+START_TEST(test_hier_sum_is_one_update) {
+  th_ctx x = {0};
+  ps_rpc *rpc;
+  ps_errbuf eb = {""};
+  th_bare(&x, &rpc);
+  th_submit(rpc, "flat", NULL);
+  th_submit(rpc, "hier", NULL);
+  ps_rpc_close(rpc);
+
+  static float g[3][TH_ELEMS], p0[TH_ELEMS], pf[TH_ELEMS], ph[TH_ELEMS], pr[TH_ELEMS];
+  ps_test_rng_init();
+  for (int w = 0; w < 3; w++)
+    for (int i = 0; i < TH_ELEMS; i++) g[w][i] = ps_test_rnd();
+  const uint32_t ids[3] = {0, 1, 2};
+  ps_chan_client *root = th_chan(x.cp[0]), *agg[3];
+  uint64_t v0, v;
+  ck_assert_int_eq(ps_test_pull(root, "flat", ids, 3, p0, TH_ELEMS, 0, 0, &v0, &eb), 0);
+  for (uint32_t w = 0; w < 3; w++)
+    ck_assert_msg(ps_test_push(root, "flat", ids, 3, g[w], TH_ELEMS, w, 0, v0, &v, &eb) == 0,
+                  "%s", eb.msg);
+  ck_assert_int_eq(ps_test_pull(root, "flat", ids, 3, pf, TH_ELEMS, 0, 1, &v, &eb), 0);
+  ck_assert_uint_eq(v, v0 + 3);
+  /* the twin through the aggregator: 3 workers' pushes of clock 0 in flight at once */
+  for (uint32_t w = 0; w < 3; w++) {
+    agg[w] = th_chan(x.agg_cp);
+    ps_req r = {.model = "hier", .ids = ids, .nids = 3, .worker = w, .clock = 0, .version = v0};
+    struct iovec seg = {g[w], sizeof g[w]};
+    ck_assert_msg(ps_chan_send_pushv(agg[w], &r, &seg, 1, NULL, &eb) == 0, "%s", eb.msg);
+  }
+  for (int w = 0; w < 3; w++) {
+    ck_assert_msg(ps_chan_recv(agg[w], NULL, &v, &eb) == 0, "worker %d: %s", w, eb.msg);
+    ck_assert_uint_eq(v, v0 + 1); /* one update */
+  }
+  ck_assert_int_eq(ps_test_pull(agg[1], "hier", ids, 3, ph, TH_ELEMS, 1, 1, &v, &eb), 0);
+  ck_assert_int_eq(ps_test_pull(root, "hier", ids, 3, pr, TH_ELEMS, 0, 1, &v, &eb), 0);
+  for (int i = 0; i < TH_ELEMS; i++) {
+    float want = p0[i] - 0.1f * (g[0][i] + g[1][i] + g[2][i]);
+    float tol = 1e-5f * (1 + (want < 0 ? -want : want));
+    ck_assert_msg(pf[i] - want <= tol && want - pf[i] <= tol, "flat [%d] %g, want %g", i, pf[i], want);
+    ck_assert_msg(ph[i] - pf[i] <= tol && pf[i] - ph[i] <= tol, "[%d] through the aggregator %g, "
+                  "flat %g (seed %llu)", i, ph[i], pf[i], (unsigned long long)ps_test_seed);
+    ck_assert_msg(pr[i] == ph[i], "[%d]: the aggregator's copy %g, the root's %g", i, ph[i], pr[i]);
+  }
+  Ps__StatusReply *st = th_status_at(x.gp[0]);
+  ck_assert_uint_eq(st->pushes, 4);
+  ck_assert_uint_eq(st->sum_pushes, 1);
+  ck_assert_uint_eq(st->sum_grads, 3);
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  /* a push of chunks the model does not have is refused with the reason */
+  const uint32_t bad[1] = {7};
+  ck_assert_int_eq(ps_test_push(agg[0], "hier", bad, 1, g[0], 1024, 0, 1, v, &v, &eb), PS_EINVAL);
+  ck_assert_msg(strstr(eb.msg, "no chunk 7"), "%s", eb.msg);
+  for (int w = 0; w < 3; w++) ps_chan_close(agg[w]);
+  ps_chan_close(root);
+  th_finish(&x);
+}
+END_TEST
+
+/* Codecs compose: int8 pushes from 3 workers into the aggregator, int8
+ * from it to the root (re-encoded with its residual, zero at first). */
+START_TEST(test_hier_codec) {
+  th_ctx x = {0};
+  ps_rpc *rpc;
+  ps_errbuf eb = {""};
+  th_bare(&x, &rpc);
+  th_submit(rpc, "q", "int8");
+  ps_rpc_close(rpc);
+  static const uint32_t len[3] = {1024, 1024, TH_ELEMS - 2048};
+  static float g[TH_ELEMS], sum[TH_ELEMS], fwd[TH_ELEMS], p0[TH_ELEMS], p1[TH_ELEMS];
+  static uint8_t enc[3][TH_ELEMS + 16], fenc[TH_ELEMS + 16];
+  uint64_t nbytes = 0, v0, v;
+  ps_test_rng_init();
+  for (int w = 0; w < 3; w++) {
+    for (int i = 0; i < TH_ELEMS; i++) g[i] = ps_test_rnd() * (float)(w + 1);
+    uint8_t *o = enc[w];
+    for (int k = 0, off = 0; k < 3; off += len[k++]) {
+      ps_codec_encode(PS_CODEC_INT8, g + off, len[k], 0, o);
+      ps_codec_decode_acc(PS_CODEC_INT8, o, len[k], 0, 1.0f, sum + off);
+      o += ps_codec_size(PS_CODEC_INT8, len[k], 0);
+    }
+    nbytes = (uint64_t)(o - enc[w]);
+  }
+  for (int k = 0, off = 0; k < 3; off += len[k++]) { /* what the aggregator sends */
+    ps_codec_encode(PS_CODEC_INT8, sum + off, len[k], 0, fenc);
+    ps_codec_decode(PS_CODEC_INT8, fenc, len[k], 0, fwd + off);
+  }
+  const uint32_t ids[3] = {0, 1, 2};
+  ps_chan_client *root = th_chan(x.cp[0]), *agg[3];
+  ck_assert_int_eq(ps_test_pull(root, "q", ids, 3, p0, TH_ELEMS, 0, 0, &v0, &eb), 0);
+  for (uint32_t w = 0; w < 3; w++) {
+    agg[w] = th_chan(x.agg_cp);
+    ps_req r = {.model = "q", .ids = ids, .nids = 3, .worker = w, .version = v0,
+                .codec = PS_CODEC_INT8};
+    struct iovec seg = {enc[w], nbytes};
+    ck_assert_msg(ps_chan_send_pushv(agg[w], &r, &seg, 1, NULL, &eb) == 0, "%s", eb.msg);
+  }
+  for (int w = 0; w < 3; w++) ck_assert_msg(ps_chan_recv(agg[w], NULL, &v, &eb) == 0, "%s", eb.msg);
+  ck_assert_int_eq(ps_test_pull(root, "q", ids, 3, p1, TH_ELEMS, 0, 1, &v, &eb), 0);
+  ck_assert_uint_eq(v, v0 + 1);
+  for (int i = 0; i < TH_ELEMS; i++) {
+    float want = p0[i] - 0.1f * fwd[i], tol = 0.1f * 6.0f / 127; /* one int8 step of the sum */
+    ck_assert_msg(p1[i] - want <= tol && want - p1[i] <= tol, "[%d] %g, want %g (seed %llu)", i,
+                  p1[i], want, (unsigned long long)ps_test_seed);
+  }
+  Ps__StatusReply *st = th_status_at(x.gp[0]);
+  ck_assert_uint_eq(st->sum_pushes, 1);
+  ck_assert_uint_eq(st->bytes_in, nbytes); /* int8 on the root's wire too */
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  for (int w = 0; w < 3; w++) ps_chan_close(agg[w]);
+  ps_chan_close(root);
+  th_finish(&x);
+}
+END_TEST
+
+START_TEST(test_hier_bsp_sums) {
+  TH_NEED_DATA();
+  th_ctx x = {0};
+  th_start(&x, 1, "bsp", "0", 10000, 2);
+  th_train(&x, 1, NULL);
+  /* psctl status shows the tree's middle tier */
+  char slog[700];
+  snprintf(slog, sizeof slog, "%s/status.log", x.dir);
+  char *status[] = {(char *)ps_test_bin("psctl"), "status", "--config", x.yaml, "--json", NULL};
+  ck_assert_int_eq(ps_test_run(status, slog, 20000), 0);
+  char *so = ps_test_read_file(slog, NULL);
+  ck_assert_msg(strstr(so, "\"aggregators\":[{\"name\":\"h0\""), "%s", so);
+  ck_assert_msg(strstr(so, "\"hit_rate\":0.667,\"workers\":[0,1,2]"), "%s", so);
+  free(so);
+  /* 1000 samples each, batch 64: 16 steps an epoch, 32 in all */
+  int steps = (int)ps_test_json_num(x.json[0], "steps");
+  ck_assert_int_eq(steps, 32);
+  for (int s = 0; s < 2; s++) {
+    Ps__StatusReply *st = th_status_at(x.gp[s]);
+    ck_assert_uint_eq(st->n_models, 1);
+    /* one push per clock, each the sum of all 3 workers */
+    ck_assert_uint_eq(st->pushes, (uint64_t)steps);
+    ck_assert_uint_eq(st->sum_pushes, (uint64_t)steps);
+    ck_assert_uint_eq(st->sum_grads, (uint64_t)(TH_N * steps));
+    ck_assert_uint_eq(st->models[0]->version, (uint64_t)steps);
+    ck_assert_uint_eq(st->models[0]->max_gap, 0);
+    ck_assert_uint_eq(st->models[0]->pull_timeouts, 0);
+    protobuf_c_message_free_unpacked(&st->base, NULL);
+  }
+  Ps__StatusReply *ag = th_status_at(x.agg_gp);
+  ck_assert_str_eq(ag->aggregator, "h0");
+  ck_assert_uint_eq(ag->agg_pushes_in, (uint64_t)(2 * TH_N * steps));
+  ck_assert_uint_eq(ag->agg_forwarded, (uint64_t)(2 * steps));
+  /* 3 pulls per clock per shard, one fetch each (the initial pull too) */
+  ck_assert_uint_eq(ag->agg_fetches, (uint64_t)(2 * (steps + 1)));
+  ck_assert_uint_eq(ag->agg_pull_hits + ag->agg_fetches, ag->agg_pulls_in);
+  protobuf_c_message_free_unpacked(&ag->base, NULL);
+  double loss = th_evaluate(&x);
+  ck_assert_msg(loss > 0 && loss < 1.5, "test loss %f after 2 epochs", loss);
+  th_finish(&x);
+}
+END_TEST
+
+START_TEST(test_hier_ssp_bound) {
+  TH_NEED_DATA();
+  th_ctx x = {0};
+  th_start(&x, 1, "ssp", "2", 20, 2);
+  th_train(&x, 1, "3");
+  for (int s = 0; s < 2; s++) {
+    Ps__StatusReply *st = th_status_at(x.gp[s]);
+    ck_assert_uint_le(st->models[0]->max_gap, 2);
+    ck_assert_uint_eq(st->models[0]->pull_timeouts, 0);
+    ck_assert_uint_gt(st->sum_pushes, 0);
+    protobuf_c_message_free_unpacked(&st->base, NULL);
+  }
+  th_finish(&x);
+}
+END_TEST
+
+START_TEST(test_hier_failover) {
+  TH_NEED_DATA();
+  th_ctx x = {0};
+  th_start(&x, 1, "bsp", "0", 20, 6);
+  pid_t w[TH_N];
+  for (int i = 0; i < TH_N; i++) w[i] = th_spawn(&x, i, 1, NULL);
+  /* mid-training: once the roots applied some sums */
+  int64_t deadline = ps_test_now_ms() + 30000;
+  uint64_t sums = 0;
+  while (ps_test_now_ms() < deadline) {
+    Ps__StatusReply *st = th_status_at(x.gp[0]);
+    sums = st->sum_pushes;
+    protobuf_c_message_free_unpacked(&st->base, NULL);
+    if (sums >= 10) break;
+    usleep(20000);
+  }
+  ck_assert_msg(sums >= 10, "the roots saw %llu sums", (unsigned long long)sums);
+  ck_assert_int_eq(kill(x.agg, SIGKILL), 0);
+  ck_assert_int_ge(ps_test_wait_pid(x.agg, 5000), 0);
+  x.agg = 0;
+  th_wait(&x, w);
+  for (int i = 0; i < TH_N; i++) {
+    char *out = ps_test_read_file(x.log[i], NULL);
+    ck_assert_msg(strstr(out, "going to the root shards directly"), "worker %d did not fail over; "
+                  "see %s", i, x.log[i]);
+    free(out);
+    ck_assert_int_eq((int)ps_test_json_num(x.json[i], "steps"), 6 * 16);
+  }
+  /* nothing acknowledged is lost: every push a worker saw acknowledged by
+   * shard 0 (directly or in a sum) is among the gradients it applied */
+  long acked = 0;
+  for (int i = 0; i < TH_N; i++) {
+    const char *p = strstr(x.json[i], "\"pushes_acked\":[");
+    ck_assert_ptr_nonnull(p);
+    acked += strtol(p + strlen("\"pushes_acked\":["), NULL, 10);
+  }
+  Ps__StatusReply *st = th_status_at(x.gp[0]);
+  uint64_t plain = st->pushes - st->sum_pushes, applied = plain + st->sum_grads;
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  ck_assert_msg(plain > 0, "no worker pushed to the roots directly");
+  ck_assert_msg((uint64_t)acked <= applied, "workers saw %ld pushes acknowledged, shard 0 applied "
+                "%llu gradients", acked, (unsigned long long)applied);
+  double acc = ps_test_json_num(x.json[0], "test_accuracy");
+  ck_assert_msg(acc > 0.6, "test accuracy %f after failover", acc);
+  th_finish(&x);
+}
+END_TEST
+
+/* psd -t and psw check the aggregator named on the command line. */
+START_TEST(test_hier_flags) {
+  th_ctx x = {0};
+  snprintf(x.dir, sizeof x.dir, "%s", ps_test_tmpdir());
+  snprintf(x.yaml, sizeof x.yaml, "%s", ps_test_cluster_yaml(x.dir, 1,
+           "aggregators:\n  - {name: h0, grpc: '127.0.0.1:1', channel: '127.0.0.1:2', "
+           "workers: 2}\n", NULL, NULL));
+  char log[700];
+  snprintf(log, sizeof log, "%s/t.log", x.dir);
+  char *ok[] = {(char *)ps_test_bin("psd"), "-t", "--config", x.yaml, "--aggregator", "h0", NULL};
+  ck_assert_int_eq(ps_test_run(ok, log, 10000), 0);
+  char *out = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(out, "configuration ok (1 shards, 1 aggregators)"), "%s", out);
+  free(out);
+  char *bad[] = {(char *)ps_test_bin("psd"), "-t", "--config", x.yaml, "--aggregator", "h9", NULL};
+  ck_assert_int_eq(ps_test_run(bad, log, 10000), 2);
+  out = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(out, "no aggregator named 'h9' in the 'aggregators' list"), "%s", out);
+  free(out);
+  char *both[] = {(char *)ps_test_bin("psd"), "--config", x.yaml, "--shard", "0", "--aggregator",
+                  "h0", NULL};
+  ck_assert_int_eq(ps_test_run(both, log, 10000), 2);
+  char *w[] = {(char *)ps_test_bin("psw"), "--config", x.yaml, "--model", "m", "--aggregator",
+               "h9", NULL};
+  ck_assert_int_eq(ps_test_run(w, log, 10000), 2);
+  out = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(out, "no aggregator named 'h9'"), "%s", out);
+  free(out);
+}
+END_TEST
+
+Suite *hier_suite(void) {
+  Suite *s = suite_create("hier");
+  TCase *tc = tcase_create("hier");
+  tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
+  tcase_set_timeout(tc, 240);
+  tcase_add_test(tc, test_hier_flags);
+  tcase_add_test(tc, test_hier_sum_is_one_update);
+  tcase_add_test(tc, test_hier_codec);
+  tcase_add_test(tc, test_hier_bsp_sums);
+  tcase_add_test(tc, test_hier_ssp_bound);
+  tcase_add_test(tc, test_hier_failover);
+  suite_add_tcase(s, tc);
+  return s;
+}

@@ -118,6 +118,7 @@ struct psd_store {
   rocksdb_options_t *opts;
   rocksdb_block_based_table_options_t *bbto;
   rocksdb_cache_t *cache;
+  rocksdb_env_t *env;
   rocksdb_writeoptions_t *wsync;
   rocksdb_readoptions_t *ro;
   char *dir;
@@ -494,6 +495,11 @@ static int psd_store_open_db(psd_store *s, ps_errbuf *eb) {
   s->opts = rocksdb_options_create();
   s->bbto = rocksdb_block_based_options_create();
   s->cache = rocksdb_cache_create_lru(8u << 20);
+  /* Compactions (every snapshot rewrites the chunks it holds) run at the
+   * lowest CPU priority, so they take what the loop leaves. */
+  s->env = rocksdb_create_default_env();
+  rocksdb_env_lower_thread_pool_cpu_priority(s->env);
+  rocksdb_options_set_env(s->opts, s->env);
   s->wsync = rocksdb_writeoptions_create();
   s->ro = rocksdb_readoptions_create();
   rocksdb_block_based_options_set_block_cache(s->bbto, s->cache);
@@ -750,6 +756,7 @@ void psd_store_close(psd_store *s) {
   if (s->opts) rocksdb_options_destroy(s->opts);
   if (s->bbto) rocksdb_block_based_options_destroy(s->bbto);
   if (s->cache) rocksdb_cache_destroy(s->cache);
+  if (s->env) rocksdb_env_destroy(s->env);
   free(s->shard_ids);
   free(s->dir);
   free(s->scratch);

@@ -499,6 +499,36 @@ static psd_store *logged_store(const char *dir, const char *logdir, uv_loop_t *l
   return s;
 }
 
+/* crash_replay stops W (its queued records written: they were
+ * acknowledged) and closes *S without a final flush (a crash), reopens
+ * the store at DIR, checks it holds log position FROM, replays the log
+ * in LOGDIR and checks that the state is BEFORE (N bytes of state_copy)
+ * at log position LAST.  Returns the number of records replayed; the
+ * reopened store is left in *S. */
+static uint64_t crash_replay(psd_store **s, psd_wal *w, uv_loop_t *loop, const char *dir,
+                             const char *logdir, uint64_t from, uint64_t last,
+                             const uint8_t *before, size_t n) {
+  ps_errbuf eb;
+  psd_wal_stop(w);
+  uv_run(loop, UV_RUN_DEFAULT);
+  psd_wal_free(w);
+  psd_store_close(*s);
+  *s = store_open(dir);
+  ck_assert_uint_eq(psd_store_log_seq(*s), from);
+  w = wal_open(logdir, 1 << 20, NULL);
+  ck_assert_msg(psd_wal_replay(w, psd_store_log_seq(*s), replay_hook, *s, &eb) == 0, "%s", eb.msg);
+  psd_wal_stats st;
+  psd_wal_stats_get(w, &st);
+  ck_assert_uint_eq(psd_store_log_seq(*s), last);
+  size_t n2;
+  uint8_t *after = state_copy(*s, &n2);
+  ck_assert_uint_eq(n, n2);
+  ck_assert_msg(memcmp(before, after, n) == 0, "replayed state differs from the pre-crash one");
+  free(after);
+  psd_wal_free(w);
+  return st.replayed;
+}
+
 START_TEST(test_store_replay_exact) {
   ps_test_rng_init();
   const char *tmp = ps_test_tmpdir();
@@ -517,25 +547,8 @@ START_TEST(test_store_replay_exact) {
   push_random(s, 60);
   size_t n1;
   uint8_t *before = state_copy(s, &n1);
-  uint64_t last = psd_store_log_seq(s);
-  ck_assert_uint_eq(last, 100);
-  psd_wal_stop(w); /* writes what is queued: the pushes were acknowledged */
-  uv_run(&loop, UV_RUN_DEFAULT);
-  psd_wal_free(w);
-  psd_store_close(s); /* a crash: no final flush */
-  s = store_open(dir);
-  ck_assert_uint_eq(psd_store_log_seq(s), 40);
-  w = wal_open(logdir, 1 << 20, NULL);
-  ck_assert_msg(psd_wal_replay(w, psd_store_log_seq(s), replay_hook, s, &eb) == 0, "%s", eb.msg);
-  psd_wal_stats st;
-  psd_wal_stats_get(w, &st);
-  ck_assert_uint_eq(st.replayed, 60);
   ck_assert_uint_eq(psd_store_log_seq(s), 100);
-  size_t n2;
-  uint8_t *after = state_copy(s, &n2);
-  ck_assert_uint_eq(n1, n2);
-  ck_assert_msg(memcmp(before, after, n1) == 0, "replayed state differs from the pre-crash one");
-  psd_wal_free(w);
+  ck_assert_uint_eq(crash_replay(&s, w, &loop, dir, logdir, 40, 100, before, n1), 60);
   psd_store_close(s);
   /* the store's directory lost (the log kept): refused, naming the model */
   char cmd[2300];
@@ -548,7 +561,6 @@ START_TEST(test_store_replay_exact) {
   psd_wal_free(w);
   psd_store_close(s);
   free(before);
-  free(after);
   uv_loop_close(&loop);
 }
 END_TEST
@@ -601,23 +613,9 @@ START_TEST(test_store_replay_fuzzy_snapshot) {
   size_t n1;
   uint8_t *before = state_copy(s, &n1);
   ck_assert_uint_eq(psd_store_log_seq(s), 150);
-  psd_wal_stop(w);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  psd_wal_free(w);
-  psd_store_close(s); /* a crash: no final flush */
-  s = store_open(dir);
-  ck_assert_uint_eq(psd_store_log_seq(s), 110);
-  w = wal_open(logdir, 1 << 20, NULL);
-  ck_assert_msg(psd_wal_replay(w, psd_store_log_seq(s), replay_hook, s, &eb) == 0, "%s", eb.msg);
-  ck_assert_uint_eq(psd_store_log_seq(s), 150);
-  size_t n2;
-  uint8_t *after = state_copy(s, &n2);
-  ck_assert_uint_eq(n1, n2);
-  ck_assert_msg(memcmp(before, after, n1) == 0, "replayed state differs from the pre-crash one");
-  psd_wal_free(w);
+  crash_replay(&s, w, &loop, dir, logdir, 110, 150, before, n1);
   psd_store_close(s);
   free(before);
-  free(after);
   uv_loop_close(&loop);
 }
 END_TEST

@@ -606,8 +606,9 @@ START_TEST(test_store_replay_fuzzy_snapshot) {
     push_random(s, 15); /* beside the write: some chunks may hold these */
     pthread_join(t, NULL);
     ck_assert_msg(j.rc == 0, "%s", j.eb.msg);
-    psd_flush_finish(s, f, 0);
-    psd_wal_truncate(w, psd_flush_log_seq(f));
+    uint64_t held = psd_flush_log_seq(f);
+    psd_flush_finish(s, f, 0); /* frees F */
+    psd_wal_truncate(w, held);
     push_random(s, 10);
   }
   size_t n1;

@@ -48,11 +48,13 @@
  *     last push applied to it (pushes apply in seq order), and replay
  *     applies a record to a chunk only when the record is newer than the
  *     chunk, so the log after L gives back the exact state; the model's
- *     version (taken at L) counts every record replayed.  Chunk records are
- *     written without RocksDB's WAL in bounded batches, then the memtable
- *     is flushed to SST, and only then are "v/" and "w" (L) written,
- *     synced: a crash before that leaves the previous L, from which replay
- *     is still exact.  No copy of the chunks is made but a batch's.
+ *     version (taken at L) counts every record replayed.  The writing
+ *     thread puts the chunk records, then "v/" and "w" (L), into one SST
+ *     file (PSD_SNAP_TMP, synced), copying one chunk at a time, and
+ *     ingests it into RocksDB (a link: no WAL, no memtable), so a snapshot
+ *     lands whole or not at all; a crash before leaves the previous L and
+ *     its chunks, from which replay is exact too.  No copy of the chunks
+ *     is held but one chunk's.
  * 10. The writing thread reads chunk data, steps and seqs, and finds
  *     models in s->models, only under s->mu; the loop holds s->mu while a
  *     push changes chunks and while submit changes the model list.  The
@@ -71,6 +73,7 @@
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <rocksdb/c.h>
 
@@ -116,6 +119,7 @@ struct psd_store {
   rocksdb_options_t *opts;
   rocksdb_block_based_table_options_t *bbto;
   rocksdb_cache_t *cache;
+  rocksdb_env_t *env;
   rocksdb_writeoptions_t *wsync;
   rocksdb_readoptions_t *ro;
   char *dir;
@@ -159,7 +163,6 @@ struct psd_flush {
   rocksdb_writeoptions_t *wsync;
   const char *dir;
   rocksdb_writebatch_t *tail;   /* versions and the log position, written last */
-  uint64_t chunk_bytes;         /* the snapshot's chunk records, for the memtable flush */
   psd_flush_ref *chunks;        /* what to write; what to mark dirty again on failure */
   size_t nchunks;
   uint64_t *vgens;              /* models whose version record is in the batch */
@@ -170,8 +173,8 @@ struct psd_flush {
 /* Chunk record headers: PSD_HDR_V1 (len, slots, step) as written before
  * invariant 9, PSD_HDR with the chunk's log seq after them. */
 enum { PSD_HDR_V1 = 16, PSD_HDR = 24, PSD_KEY_MAX = 2 + 128 + 1 + 12 };
-/* A flush writes its chunk records in batches of about this many bytes. */
-#define PSD_FLUSH_SLICE (16u << 20)
+/* A flush writes its snapshot here, then moves it into RocksDB. */
+#define PSD_SNAP_TMP "psd-snapshot.sst.tmp"
 
 /* ---- encoding ------------------------------------------------------------ */
 
@@ -482,6 +485,11 @@ static int psd_store_open_db(psd_store *s, ps_errbuf *eb) {
   s->opts = rocksdb_options_create();
   s->bbto = rocksdb_block_based_options_create();
   s->cache = rocksdb_cache_create_lru(8u << 20);
+  /* Compactions (every snapshot rewrites the chunks it holds) run at the
+   * lowest CPU priority, so they take what the loop leaves. */
+  s->env = rocksdb_create_default_env();
+  rocksdb_env_lower_thread_pool_cpu_priority(s->env);
+  rocksdb_options_set_env(s->opts, s->env);
   s->wsync = rocksdb_writeoptions_create();
   s->ro = rocksdb_readoptions_create();
   rocksdb_block_based_options_set_block_cache(s->bbto, s->cache);
@@ -704,6 +712,11 @@ int psd_store_open(psd_store **out, const psd_store_opts *o, ps_errbuf *eb) {
   s->next_gen = 1;
   int rc = psd_store_mkdirs(s->dir, eb);
   if (rc == 0) rc = psd_store_open_db(s, eb);
+  if (rc == 0) { /* a snapshot file a crash left before it was moved in */
+    char path[4200];
+    snprintf(path, sizeof path, "%s/" PSD_SNAP_TMP, s->dir);
+    unlink(path);
+  }
   if (rc == 0) rc = psd_store_meta(s, eb);
   if (rc == 0) rc = psd_store_restore(s, eb);
   if (rc < 0) {
@@ -733,6 +746,7 @@ void psd_store_close(psd_store *s) {
   if (s->opts) rocksdb_options_destroy(s->opts);
   if (s->bbto) rocksdb_block_based_options_destroy(s->bbto);
   if (s->cache) rocksdb_cache_destroy(s->cache);
+  if (s->env) rocksdb_env_destroy(s->env);
   free(s->shard_ids);
   free(s->dir);
   free(s->scratch);
@@ -1279,7 +1293,6 @@ static void psd_flush_model(psd_flush *f, psd_model *m) {
     psd_cstate *c = &m->chunks[id];
     if (!c->dirty) continue;
     f->chunks[f->nchunks++] = (psd_flush_ref){m->gen, id};
-    f->chunk_bytes += PSD_HDR + (uint64_t)m->layout.chunks[id].len * (1 + m->slots) * sizeof(float);
     c->dirty = 0;
     m->ndirty--;
   }
@@ -1293,6 +1306,10 @@ static void psd_flush_model(psd_flush *f, psd_model *m) {
     f->vgens[f->nvgens++] = m->gen;
     m->version_dirty = 0;
   }
+}
+
+static int psd_model_name_cmp(const void *a, const void *b) {
+  return strcmp((*(psd_model *const *)a)->spec->name, (*(psd_model *const *)b)->spec->name);
 }
 
 /* psd_flush_prepare: see psd_store.h. */
@@ -1327,7 +1344,17 @@ int psd_flush_prepare(psd_store *s, psd_flush **out, ps_errbuf *eb) {
   f->wsync = s->wsync;
   f->dir = s->dir;
   f->tail = rocksdb_writebatch_create();
-  for (size_t i = 0; i < s->nmodels; i++) psd_flush_model(f, s->models[i]);
+  /* The SST file takes keys in order: models by name ("c/" and "v/" keys
+   * start with it), each model's chunks by id (held is increasing). */
+  psd_model **byname = malloc((s->nmodels ? s->nmodels : 1) * sizeof *byname);
+  if (!byname) {
+    psd_flush_free(f);
+    return ps_errf(eb, PS_ENOMEM, "out of memory");
+  }
+  memcpy(byname, s->models, s->nmodels * sizeof *byname);
+  if (s->nmodels > 1) qsort(byname, s->nmodels, sizeof *byname, psd_model_name_cmp);
+  for (size_t i = 0; i < s->nmodels; i++) psd_flush_model(f, byname[i]);
+  free(byname);
   /* The snapshot holds every push applied so far (its chunks may hold
    * later ones too, each saying so): replay starts right after this. */
   uint8_t ls[8];
@@ -1359,85 +1386,105 @@ static int psd_flush_reopen(psd_flush *f, ps_errbuf *eb) {
   return 0;
 }
 
-/* psd_flush_take adds chunk REF's record, as the chunk is now, to BATCH
- * (the copy happens under the store's mutex, invariant 10); a chunk whose
- * model was replaced or dropped since the prepare is skipped. */
-static void psd_flush_take(psd_store *s, const psd_flush_ref *ref, rocksdb_writebatch_t *batch) {
+/* psd_flush_take copies chunk REF's record, as the chunk is now, into
+ * *BUF (grown as needed; under the store's mutex, invariant 10) and
+ * writes its key to K; returns the record's length, or 0 for a chunk
+ * whose model was replaced or dropped since the prepare (skipped) or when
+ * out of memory (*NOMEM set). */
+static size_t psd_flush_take(psd_store *s, const psd_flush_ref *ref, char *k, size_t *klen,
+                             uint8_t **buf, size_t *cap, int *nomem) {
+  size_t n = 0;
   pthread_mutex_lock(&s->mu);
   psd_model *m = NULL;
   for (size_t i = 0; i < s->nmodels && !m; i++)
     if (s->models[i]->gen == ref->gen) m = s->models[i];
   const psd_cstate *c = m ? &m->chunks[ref->id] : NULL;
   if (c && c->data) {
-    char k[PSD_KEY_MAX];
     uint32_t len = m->layout.chunks[ref->id].len, slots = m->slots;
-    uint8_t hdr[PSD_HDR];
-    memcpy(hdr, &len, 4);
-    memcpy(hdr + 4, &slots, 4);
-    psd_store_put64(hdr + 8, c->step);
-    psd_store_put64(hdr + 16, c->seq);
-    size_t klen = psd_store_chunk_key(k, m->spec->name, m->gen, ref->id);
-    const char *keys[] = {k};
-    const char *vals[] = {(const char *)hdr, (const char *)c->data};
-    size_t lens[] = {PSD_HDR, (size_t)len * (1 + slots) * sizeof(float)};
-    rocksdb_writebatch_putv(batch, 1, keys, &klen, 2, vals, lens);
+    size_t bytes = (size_t)len * (1 + slots) * sizeof(float);
+    uint8_t *b = psd_store_grow(*buf, cap, PSD_HDR + bytes, 1);
+    if (b) {
+      *buf = b;
+      memcpy(b, &len, 4);
+      memcpy(b + 4, &slots, 4);
+      psd_store_put64(b + 8, c->step);
+      psd_store_put64(b + 16, c->seq);
+      memcpy(b + PSD_HDR, c->data, bytes);
+      *klen = psd_store_chunk_key(k, m->spec->name, m->gen, ref->id);
+      n = PSD_HDR + bytes;
+    } else {
+      *nomem = 1;
+    }
   }
   pthread_mutex_unlock(&s->mu);
+  return n;
 }
 
-/* psd_flush_chunks writes F's chunk records without RocksDB's WAL, in
- * batches of about PSD_FLUSH_SLICE bytes, then flushes the memtable so
- * they are on disk (invariant 9).  0 or the write's error. */
-static int psd_flush_chunks(psd_flush *f, ps_errbuf *eb) {
-  if (f->nchunks == 0) return 0;
-  rocksdb_writeoptions_t *wo = rocksdb_writeoptions_create();
-  rocksdb_writeoptions_disable_WAL(wo, 1);
-  rocksdb_writebatch_t *b = rocksdb_writebatch_create();
+typedef struct psd_flush_tail {
+  rocksdb_sstfilewriter_t *w;
+  char *err;
+} psd_flush_tail;
+
+/* psd_flush_tail_put adds one record of a flush's tail to its SST file. */
+static void psd_flush_tail_put(void *arg, const char *k, size_t klen, const char *v, size_t vlen) {
+  psd_flush_tail *t = arg;
+  if (!t->err) rocksdb_sstfilewriter_put(t->w, k, klen, v, vlen, &t->err);
+}
+
+static void psd_flush_tail_delete(void *arg, const char *k, size_t klen) {
+  (void)arg, (void)k, (void)klen; /* a tail holds puts only */
+}
+
+/* psd_flush_sst writes the snapshot F into the SST file PATH: every chunk
+ * record (in key order: the prepare sorted them), then the tail (versions
+ * and "w", also in key order).  0 or an error naming the store. */
+static int psd_flush_sst(psd_flush *f, const char *path, ps_errbuf *eb) {
+  rocksdb_envoptions_t *env = rocksdb_envoptions_create();
+  rocksdb_sstfilewriter_t *w = rocksdb_sstfilewriter_create(env, f->opts);
   char *err = NULL;
-  for (size_t i = 0; i < f->nchunks && !err; i++) {
-    psd_flush_take(f->store, &f->chunks[i], b);
-    size_t size = 0;
-    rocksdb_writebatch_data(b, &size);
-    if (size < PSD_FLUSH_SLICE && i + 1 < f->nchunks) continue;
-    rocksdb_write(f->db, wo, b, &err);
-    rocksdb_writebatch_clear(b);
+  rocksdb_sstfilewriter_open(w, path, &err);
+  uint8_t *buf = NULL;
+  size_t cap = 0;
+  int nomem = 0;
+  for (size_t i = 0; i < f->nchunks && !err && !nomem; i++) {
+    char k[PSD_KEY_MAX];
+    size_t klen = 0;
+    size_t n = psd_flush_take(f->store, &f->chunks[i], k, &klen, &buf, &cap, &nomem);
+    if (n) rocksdb_sstfilewriter_put(w, k, klen, (const char *)buf, n, &err);
   }
-  rocksdb_writebatch_destroy(b);
-  rocksdb_writeoptions_destroy(wo);
-  if (!err) {
-    rocksdb_flushoptions_t *fo = rocksdb_flushoptions_create();
-    rocksdb_flushoptions_set_wait(fo, 1);
-    rocksdb_flush(f->db, fo, &err);
-    rocksdb_flushoptions_destroy(fo);
+  free(buf);
+  psd_flush_tail t = {w, NULL};
+  if (!err && !nomem) {
+    rocksdb_writebatch_iterate(f->tail, &t, psd_flush_tail_put, psd_flush_tail_delete);
+    err = t.err;
   }
+  if (!err && !nomem) rocksdb_sstfilewriter_finish(w, &err); /* synced */
+  rocksdb_sstfilewriter_destroy(w);
+  rocksdb_envoptions_destroy(env);
+  if (nomem) return ps_errf(eb, PS_ENOMEM, "out of memory flushing store '%s'", f->dir);
   return err ? psd_store_rdb_err(eb, err, "cannot flush store", f->dir) : 0;
 }
 
 /* psd_flush_write: see psd_store.h.  Touches F, RocksDB (which is
- * thread-safe) and, under the store's mutex, the chunks (invariant 10),
- * so it may run beside the loop thread. */
+ * thread-safe), its own file and, under the store's mutex, the chunks
+ * (invariant 10), so it may run beside the loop thread. */
 int psd_flush_write(psd_flush *f, ps_errbuf *eb) {
-  char *err = NULL;
   int rc = f->reopen ? psd_flush_reopen(f, eb) : 0;
-  if (rc == 0) rc = psd_flush_chunks(f, eb);
   if (rc < 0) return rc;
-  rocksdb_write(f->db, f->wsync, f->tail, &err);
-  if (err) return psd_store_rdb_err(eb, err, "cannot flush store", f->dir);
-  /* After a big flush, read once on this thread: the writes pinned a
-   * SuperVersion in this thread's cache, which keeps the flushed memtable
-   * alive until the thread next reads (measured: a 100M-parameter Adam
-   * shard stayed at 1.8-2.3 GiB after its first flush, 1.14 GiB with the
-   * read); then trim the malloc heap. */
-  if (f->chunk_bytes > (32u << 20)) {
-    rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
-    size_t vlen;
-    char *v = rocksdb_get(f->db, ro, "m", 1, &vlen, &err);
-    rocksdb_free(v);
-    if (err) rocksdb_free(err);
-    rocksdb_readoptions_destroy(ro);
-    malloc_trim(0);
+  char path[4200];
+  snprintf(path, sizeof path, "%s/" PSD_SNAP_TMP, f->dir);
+  rc = psd_flush_sst(f, path, eb);
+  if (rc == 0) {
+    char *err = NULL;
+    const char *files[] = {path};
+    rocksdb_ingestexternalfileoptions_t *io = rocksdb_ingestexternalfileoptions_create();
+    rocksdb_ingestexternalfileoptions_set_move_files(io, 1);
+    rocksdb_ingest_external_file(f->db, files, 1, io, &err);
+    rocksdb_ingestexternalfileoptions_destroy(io);
+    if (err) rc = psd_store_rdb_err(eb, err, "cannot flush store", f->dir);
   }
-  return 0;
+  unlink(path); /* moved in on success (a link, removed here), or a partial file */
+  return rc;
 }
 
 /* psd_flush_finish: see psd_store.h.  On failure, chunks and versions of

@@ -144,10 +144,9 @@ uint64_t psd_store_bytes(const psd_store *s);
  * psd_flush_write (any thread, while the loop goes on) first reopens
  * RocksDB when a failed flush closed it, then copies each listed chunk as
  * it is then (under the store's mutex: a push waits at most for one
- * chunk's copy) into batches of about 16 MiB written without RocksDB's
- * WAL, flushes the memtable to SST, and writes the versions and log
- * position synced last (chunks of a model replaced meanwhile are
- * skipped).  psd_flush_finish
+ * chunk's copy) into one SST file followed by the versions and the log
+ * position, syncs it and ingests it into RocksDB (chunks of a model
+ * replaced meanwhile are skipped).  psd_flush_finish
  * (loop thread) frees F; when STATUS < 0 it marks the snapshot's chunks
  * dirty again so nothing is lost, and closes RocksDB (a handle that
  * failed a write is not used again); the next flush reopens it.

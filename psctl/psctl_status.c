@@ -13,6 +13,7 @@
 #include "ps.pb-c.h"
 #include "ps_log.h"
 #include "ps_pb.h"
+#include "ps_auth.h"
 #include "ps_rpc.h"
 #include "psctl.h"
 
@@ -440,6 +441,7 @@ static void psctl_status_json_workers(const Ps__ListWorkersReply *w) {
 
 /* One aggregator's two Status samples (NULL: it did not answer, WHY). */
 typedef struct psctl_agg {
+  const ps_config *cfg;
   const ps_agg_conf *g;
   Ps__StatusReply *a, *b;
   ps_errbuf why;
@@ -451,7 +453,7 @@ static void psctl_agg_sample(psctl_agg *x, Ps__StatusReply **out, int timeout_ms
   ps_rpc *rpc = NULL;
   Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
   *out = NULL;
-  if (ps_rpc_open(&rpc, x->g->grpc_addr, &x->why) < 0) return;
+  if (ps_rpc_open_cfg(&rpc, x->g->grpc_addr, x->cfg, PS_ROLE_OPERATOR, &x->why) < 0) return;
   if (ps_rpc_call(rpc, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,
                   (ProtobufCMessage **)out, timeout_ms, &x->why) < 0)
     *out = NULL;
@@ -601,6 +603,7 @@ int psctl_status_main(int argc, char **argv) {
   if (psctl_call_all(&c, "/ps.Ps/Status", reqs, 1, &ps__status_reply__descriptor, o.timeout_ms, a) < 0)
     goto out;
   for (size_t i = 0; i < naggs; i++) {
+    aggs[i].cfg = &c.cfg;
     aggs[i].g = &c.cfg.aggs[i];
     psctl_agg_sample(&aggs[i], &aggs[i].a, o.timeout_ms);
   }

@@ -8,6 +8,7 @@
 
 #include "ps.pb-c.h"
 #include "ps_place.h"
+#include "ps_auth.h"
 #include "ps_rpc.h"
 
 #define PSW_SPARSE_TIMEOUT_MS 30000
@@ -101,7 +102,8 @@ static int group(psw_sparse *s, const uint64_t *keys, uint32_t n, ps_errbuf *eb)
 static int call(psw_sparse *s, size_t k, const char *method, const ProtobufCMessage *req,
                 const ProtobufCMessageDescriptor *desc, ProtobufCMessage **rep, ps_errbuf *eb) {
   int rc = 0;
-  if (!s->rpc[k]) rc = ps_rpc_open(&s->rpc[k], s->cfg->shards[k].grpc_addr, eb);
+  if (!s->rpc[k])
+    rc = ps_rpc_open_cfg(&s->rpc[k], s->cfg->shards[k].grpc_addr, s->cfg, PS_ROLE_WORKER, eb);
   if (!rc) rc = ps_rpc_call(s->rpc[k], method, req, desc, rep, PSW_SPARSE_TIMEOUT_MS, eb);
   if (rc) {
     ps_errbuf inner = *eb;

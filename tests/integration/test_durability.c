@@ -105,8 +105,8 @@ static void *cl_pusher_main(void *arg) {
   ps_chan_client *c = NULL;
   ps_rpc *r = NULL;
   ps_errbuf eb;
-  int err = p->grpc ? ps_rpc_open(&r, t->grpc_addr, &eb)
-                    : ps_chan_connect(&c, t->chan_addr, "test", 10000, &eb);
+  int err = p->grpc ? ps_test_rpc_open(&r, t->grpc_addr, &eb)
+                    : ps_test_chan_connect(&c, t->chan_addr, "test", 10000, &eb);
   while (err == 0 && !atomic_load(&t->stop)) {
     uint32_t ids[3];
     size_t n = 1 + cl_rand(&p->rng) % 3;
@@ -133,7 +133,7 @@ static void cl_pull(cl_tally *t, float *out, uint64_t *v, const char *log) {
   ps_errbuf eb;
   do {
     ps_chan_client *c;
-    err = ps_chan_connect(&c, t->chan_addr, "test", 10000, &eb);
+    err = ps_test_chan_connect(&c, t->chan_addr, "test", 10000, &eb);
     if (err == 0) err = ps_test_pull(c, "cl", ids, CL_CHUNKS, out, CL_CHUNKS * CL_ELEMS, 0, 0, v, &eb);
     ps_chan_close(c);
     if (err) usleep(20000);
@@ -302,7 +302,7 @@ static void cl_submit(int gp) {
   snprintf(addr, sizeof addr, "127.0.0.1:%d", gp);
   ps_rpc *r;
   ps_errbuf eb;
-  ck_assert_int_eq(ps_rpc_open(&r, addr, &eb), 0);
+  ck_assert_int_eq(ps_test_rpc_open(&r, addr, &eb), 0);
   ps_test_submit(r, &spec, 0, 10000);
   ps_rpc_close(r);
 }
@@ -396,7 +396,7 @@ START_TEST(test_sync_log_then_periodic) {
   cl_submit(gp);
   ps_chan_client *c;
   ps_errbuf eb;
-  ck_assert_int_eq(ps_chan_connect(&c, addr, "test", 10000, &eb), 0);
+  ck_assert_int_eq(ps_test_chan_connect(&c, addr, "test", 10000, &eb), 0);
   float g[CL_ELEMS];
   for (int i = 0; i < CL_ELEMS; i++) g[i] = -1.0f;
   uint64_t v;
@@ -488,7 +488,7 @@ START_TEST(test_disk_full_sync) {
   ps_errbuf eb;
   char addr[64];
   snprintf(addr, sizeof addr, "127.0.0.1:%d", cp);
-  ck_assert_int_eq(ps_chan_connect(&c, addr, "test", 10000, &eb), 0);
+  ck_assert_int_eq(ps_test_chan_connect(&c, addr, "test", 10000, &eb), 0);
   float *g = malloc(CL_CHUNKS * CL_ELEMS * sizeof(float));
   for (size_t i = 0; i < CL_CHUNKS * CL_ELEMS; i++) g[i] = -1.0f;
   uint32_t ids[CL_CHUNKS];

@@ -133,7 +133,7 @@ static Ps__StatusReply *th_status_at(int port) {
   ps_errbuf eb = {""};
   char addr[64];
   snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
-  ck_assert_int_eq(ps_rpc_open(&rpc, addr, &eb), 0);
+  ck_assert_int_eq(ps_test_rpc_open(&rpc, addr, &eb), 0);
   Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
   ProtobufCMessage *resp = NULL;
   ck_assert_msg(ps_rpc_call(rpc, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,
@@ -227,7 +227,7 @@ static void th_bare(th_ctx *x, ps_rpc **rpc) {
   ps_errbuf eb = {""};
   char addr[64];
   snprintf(addr, sizeof addr, "127.0.0.1:%d", x->gp[0]);
-  ck_assert_int_eq(ps_rpc_open(rpc, addr, &eb), 0);
+  ck_assert_int_eq(ps_test_rpc_open(rpc, addr, &eb), 0);
 }
 
 /* th_chan connects to PORT on 127.0.0.1. */
@@ -236,7 +236,7 @@ static ps_chan_client *th_chan(int port) {
   ps_errbuf eb = {""};
   ps_chan_client *c;
   snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
-  ck_assert_msg(ps_chan_connect(&c, addr, "test", 10000, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(ps_test_chan_connect(&c, addr, "test", 10000, &eb) == 0, "%s", eb.msg);
   return c;
 }
 

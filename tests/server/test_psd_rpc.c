@@ -593,7 +593,7 @@ START_TEST(test_rpc_codec_same_over_channel) {
 
   rpc_reset(r, &m);
   ps_chan_client *c;
-  ck_assert_msg(ps_chan_connect(&c, rpc_chan_addr[1], "test", 5000, &eb) == 0, "connect: %s", eb.msg);
+  ck_assert_msg(ps_test_chan_connect(&c, rpc_chan_addr[1], "test", 5000, &eb) == 0, "connect: %s", eb.msg);
   uint64_t vc = 0;
   for (int step = 0; step < 3; step++) {
     rpc_grads(g, nelems, step);
@@ -681,7 +681,7 @@ START_TEST(test_rpc_codec_bad_input) {
   float g[1024], before[1024];
   rpc_grads(g, 1024, 0);
   ps_chan_client *c;
-  ck_assert_msg(ps_chan_connect(&c, rpc_chan_addr[1], "test", 5000, &eb) == 0, "connect: %s", eb.msg);
+  ck_assert_msg(ps_test_chan_connect(&c, rpc_chan_addr[1], "test", 5000, &eb) == 0, "connect: %s", eb.msg);
   uint64_t v;
   ck_assert_int_eq(ps_test_pull(c, "bad", &id, 1, before, 1024, 0, 0, &v, &eb), 0);
   uint8_t buf[8192];

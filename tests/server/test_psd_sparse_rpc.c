@@ -38,7 +38,7 @@ static void sp_open(sp_cluster *c, int s) {
   char addr[64];
   snprintf(addr, sizeof addr, "127.0.0.1:%d", c->gp[s]);
   ps_errbuf eb;
-  ck_assert_msg(ps_rpc_open(&c->r[s], addr, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(ps_test_rpc_open(&c->r[s], addr, &eb) == 0, "%s", eb.msg);
 }
 
 /* sp_pull pulls KEYS (N) of table 0 from shard S into ROWS; returns the

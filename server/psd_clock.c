@@ -1023,20 +1023,44 @@ static int clock_load_line(psd_clock *c, const char *l, uint64_t now_ms, ps_errb
     return 0;
   }
   if (sscanf(l, "clock %255s %" SCNu32 " %" SCNu64 "%n", name, &a, &x, &k) == 3 && !l[k]) {
-    const clock_worker *w = clock_worker_find(c, a);
+    clock_worker *w = clock_worker_find(c, a);
     if (!w || w->dead) return 0; /* expired since: not in the table */
+    /* the worker's own clock is its "worker" line's, which came first
+     * (clock_load_order): restoring an entry must not raise it */
+    uint64_t own = w->clock;
     psd_clock_model *m = clock_model_get(c, name, eb);
     int err = m ? clock_raise(c, m, a, x, eb) : PS_ENOMEM;
     if (err == 0) clock_entry_find(m, a)->restored = 1;
+    w->clock = own;
     return err;
   }
   return ps_errf(eb, PS_EFORMAT, "unknown entry");
 }
 
+/* clock_load_order checks that line L's kind does not come before the
+ * kind of the line before it (*RANK) in psd_clock_save's order: a "clock"
+ * line raises its worker's clock, which a later "worker" line would set
+ * back, so a table whose lines are out of order would not load into what
+ * it saves (a round trip must be stable). */
+static int clock_load_order(const char *l, int *rank, ps_errbuf *eb) {
+  static const char *const kinds[] = {"job ", "model ", "part ", "epoch ", "worker ", "clock "};
+  for (int i = 0; i < (int)(sizeof kinds / sizeof kinds[0]); i++) {
+    if (strncmp(l, kinds[i], strlen(kinds[i]))) continue;
+    if (i < *rank)
+      return ps_errf(eb, PS_EFORMAT, "a '%.*s' entry after a '%.*s' entry (a saved table keeps "
+                     "the order job, model, part, epoch, worker, clock)",
+                     (int)strlen(kinds[i]) - 1, kinds[i], (int)strlen(kinds[*rank]) - 1,
+                     kinds[*rank]);
+    *rank = i;
+    return 0;
+  }
+  return 0; /* clock_load_line refuses it */
+}
+
 /* psd_clock_load: see psd_clock.h. */
 int psd_clock_load(psd_clock *c, const char *text, uint64_t now_ms, ps_errbuf *eb) {
   size_t lineno = 0;
-  int ended = 0;
+  int ended = 0, rank = 0;
   for (const char *p = text; *p && !ended;) {
     const char *nl = strchr(p, '\n');
     size_t n = nl ? (size_t)(nl - p) : strlen(p);
@@ -1052,7 +1076,8 @@ int psd_clock_load(psd_clock *c, const char *text, uint64_t now_ms, ps_errbuf *e
         return ps_errf(eb, PS_EFORMAT, "line 1: not a clock table ('" CLOCK_SAVE_MAGIC "')");
     } else if (!strcmp(line, "end")) {
       ended = 1;
-    } else if ((err = clock_load_line(c, line, now_ms, eb)) < 0) {
+    } else if ((err = clock_load_order(line, &rank, eb)) < 0 ||
+               (err = clock_load_line(c, line, now_ms, eb)) < 0) {
       ps_errbuf why = *eb;
       return ps_errf(eb, err == PS_ENOMEM ? err : PS_EFORMAT, "line %zu: %s", lineno, why.msg);
     }

@@ -40,6 +40,7 @@
 
 #define CHAN_STAGE 8192              /* staging buffer for headers and metas */
 #define CHAN_CLIENT_MAX_DATA (1ull << 40)
+#define CHAN_BEAT_MAX (1u << 20) /* a beat reply larger than this breaks the client */
 #define CHAN_SEG_MAX (1u << 30)      /* contiguous wrappers split at this */
 
 /* ---- header ------------------------------------------------------------ */
@@ -96,13 +97,15 @@ int ps_chan_hdr_decode(ps_chan_hdr *h, const uint8_t in[PS_CHAN_HDR_LEN], uint64
 typedef struct chan_pending {
   uint64_t id;
   int op;                 /* PS__CHAN_OP__* of the request */
-  struct iovec *dst;      /* pull: copied segment array (malloc'd) */
+  struct iovec *dst;      /* pull: copied segment array (malloc'd); beat: one
+                             segment over reply */
   size_t nseg;
   uint64_t want_bytes;    /* pull: bytes expected into dst */
   int done, status;
   uint64_t version;
   uint32_t parked_ms;     /* pull reply: time parked on the shard */
   char *msg;              /* error text (malloc'd) or NULL */
+  uint8_t *reply;         /* beat: the reply's data (malloc'd), want_bytes long */
   /* HELLO reply: the shard's nonce and proof (ps_auth.h), when given */
   uint8_t nonce[PS_AUTH_NONCE], auth[PS_AUTH_MAC];
   size_t nonce_len, auth_len;
@@ -138,6 +141,8 @@ struct ps_chan_client {
   ps_auth_mac *mac;        /* frames after the hello carry MACs (invariant 6) */
   uint8_t rx_tag[PS_AUTH_MAC], tx_tag[PS_AUTH_MAC];
   uint64_t tx_bytes, rx_bytes; /* every byte written / read on the socket */
+  uint8_t *reply;          /* the data of the last beat reply ps_chan_recv returned */
+  size_t reply_len;
 };
 
 /* chan_break marks C unusable with ERR and a message; returns ERR. */
@@ -268,6 +273,14 @@ static int rx_after_meta(ps_chan_client *c, ps_errbuf *eb) {
   } else if ((int)m->op != e->op) {
     ps__chan_meta__free_unpacked(m, NULL);
     return chan_break(c, eb, PS_EPROTO, "channel '%s': %s", "reply of the wrong kind");
+  } else if (e->op == PS__CHAN_OP__CHAN_BEAT && (dlen > CHAN_BEAT_MAX ||
+                                                 !(e->reply = malloc(dlen ? dlen : 1)))) {
+    ps__chan_meta__free_unpacked(m, NULL);
+    return chan_break(c, eb, PS_ENOMEM, "channel '%s': %s", "no room for a beat reply");
+  } else if (e->op == PS__CHAN_OP__CHAN_BEAT) {
+    e->dst[0] = (struct iovec){e->reply, dlen};
+    e->nseg = 1;
+    e->want_bytes = dlen;
   } else if (e->op == PS__CHAN_OP__CHAN_PULL && dlen != e->want_bytes) {
     char buf[200];
     snprintf(buf, sizeof buf, "pull of model '%s': the server sent %llu bytes, %llu asked for",
@@ -283,7 +296,8 @@ static int rx_after_meta(ps_chan_client *c, ps_errbuf *eb) {
     ps_auth_mac_update(c->mac, 'S', c->rx_hdrbuf, sizeof c->rx_hdrbuf);
     ps_auth_mac_update(c->mac, 'S', c->rx_meta, c->rx_h.meta_len);
   }
-  c->rx_state = (e->op == PS__CHAN_OP__CHAN_PULL && e->status == 0) ? RX_DATA : RX_DISCARD;
+  c->rx_state = (e->op == PS__CHAN_OP__CHAN_PULL || e->op == PS__CHAN_OP__CHAN_BEAT) &&
+                e->status == 0 ? RX_DATA : RX_DISCARD;
   if (dlen == 0) rx_data_done(c);
   return 0;
 }
@@ -539,6 +553,9 @@ int ps_chan_recv(ps_chan_client *c, uint64_t *req_id, uint64_t *version, ps_errb
   if (req_id) *req_id = e->id;
   if (version) *version = e->version;
   c->last_parked_ms = e->parked_ms;
+  free(c->reply);
+  c->reply = e->reply;
+  c->reply_len = e->reply ? e->want_bytes : 0;
   if (status < 0) ps_errf(eb, status, "%s", e->msg ? e->msg : ps_strerror(status));
   free(e->msg);
   free(e->dst);
@@ -582,6 +599,29 @@ int ps_chan_pullv(ps_chan_client *c, const ps_req *r, const struct iovec *dst, s
   int rc = chan_idle(c, eb);
   if (rc == 0) rc = ps_chan_send_pullv(c, r, dst, nseg, NULL, eb);
   return rc < 0 ? rc : ps_chan_recv(c, NULL, version, eb);
+}
+
+/* ps_chan_beat: see ps_chan.h. */
+int ps_chan_beat(ps_chan_client *c, const void *req, size_t len, void **reply, size_t *reply_len,
+                 ps_errbuf *eb) {
+  int rc = chan_idle(c, eb);
+  if (rc == 0) rc = chan_check_usable(c, eb);
+  if (rc < 0) return rc;
+  Ps__ChanMeta meta;
+  chan_meta_init(&meta, PS__CHAN_OP__CHAN_BEAT, NULL);
+  chan_pending *e = chan_reserve(c);
+  if (!e) return ps_errf(eb, PS_ENOMEM, "channel '%s': out of memory", c->addr);
+  e->op = PS__CHAN_OP__CHAN_BEAT;
+  if (!(e->dst = malloc(sizeof *e->dst)))
+    return ps_errf(eb, PS_ENOMEM, "channel '%s': out of memory", c->addr);
+  struct iovec seg = {(void *)req, len};
+  if ((rc = chan_send_frame(c, &meta, &seg, 1, e, NULL, eb)) < 0) return rc;
+  if ((rc = ps_chan_recv(c, NULL, NULL, eb)) < 0) return rc;
+  *reply = c->reply;
+  *reply_len = c->reply_len;
+  c->reply = NULL;
+  c->reply_len = 0;
+  return 0;
 }
 
 /* chan_split describes NBYTES at P as segments of at most CHAN_SEG_MAX;
@@ -761,7 +801,9 @@ void ps_chan_close(ps_chan_client *c) {
     chan_pending *e = &c->q[(c->qhead + i) % c->qcap];
     free(e->msg);
     free(e->dst);
+    free(e->reply);
   }
+  free(c->reply);
   if (c->fd >= 0) close(c->fd);
   ps_auth_mac_free(c->mac);
   free(c->q);

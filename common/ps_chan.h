@@ -79,6 +79,15 @@ int ps_chan_connect_auth(ps_chan_client **out, const char *addr, const char *clu
                          const struct ps_auth_key *key, int flags, int timeout_ms,
                          ps_errbuf *eb);
 
+/* ps_chan_beat sends a control-plane request on the channel (op
+ * CHAN_BEAT: LEN bytes at REQ, a packed HeartbeatRequest) and waits for
+ * its reply's data, a packed HeartbeatReply: *REPLY (malloc'd, the caller
+ * frees it) of *REPLY_LEN bytes.  Errors as ps_chan_push's; a shard that
+ * does not know the op closes the connection (PS_EUNAVAIL).  Needs no
+ * request in flight. */
+int ps_chan_beat(ps_chan_client *c, const void *req, size_t len, void **reply, size_t *reply_len,
+                 ps_errbuf *eb);
+
 /* ps_chan_set_timeout changes the I/O timeout (milliseconds, > 0). */
 void ps_chan_set_timeout(ps_chan_client *c, int timeout_ms);
 

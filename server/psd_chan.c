@@ -11,6 +11,9 @@
  *     data is read into a scratch buffer and dropped, then answered with a
  *     CHAN_ERROR frame.  A data_len above cfg->max_request_bytes closes the
  *     connection (ps_chan_hdr_decode).
+ *  2a. A beat (CHAN_BEAT: a packed HeartbeatRequest of at most
+ *     CHAN_BEAT_MAX bytes) is read like a push's data and answered with
+ *     psd_shard_heartbeat's reply, packed, as gRPC's Heartbeat is.
  *  3. A pull is answered from one buffer filled by psd_shard_pull and
  *     written with header + meta in one uv_write.  The buffer of a written
  *     reply stays with its connection as the spare and serves the next
@@ -72,11 +75,13 @@
 #include "ps_chan.h"
 #include "ps_log.h"
 #include "ps_pb.h"
+#include "psd_coord.h"
 #include "psd_fd.h"
 #include "psd_wal.h"
 
 #define CHAN_STAGE 16384
 #define CHAN_MAX_QUEUED (16u << 20)
+#define CHAN_BEAT_MAX (1u << 20)
 #define CHAN_SWEEP_MS 5000u      /* longest period of the idle sweep (invariant 8) */
 #define CHAN_REFUSE_LOG_MS 10000 /* at most one log line about refusals this often */
 #define CHAN_FD_SAMPLE_MS 1000   /* descriptors counted at most this often ... */
@@ -671,11 +676,75 @@ static void conn_push_end(psd_conn *c) {
   ps__chan_meta__free_unpacked(m, NULL);
 }
 
-/* conn_data_done: the current push's data is complete: applied now, or
- * once its MAC arrived and checked out (invariant 10). */
+/* conn_beat_begin readies the data buffer for beat C->req (invariant
+ * 2a); one that is too large is read into scratch and refused. */
+static void conn_beat_begin(psd_conn *c) {
+  c->chan->sh->inflight++;
+  c->req_err = 0;
+  if (c->h.data_len > CHAN_BEAT_MAX)
+    c->req_err = ps_errf(&c->req_eb, PS_EINVAL, "a beat of %llu bytes; at most %u",
+                         (unsigned long long)c->h.data_len, CHAN_BEAT_MAX);
+  if (c->req_err == 0 && c->h.data_len > c->data_cap) {
+    free(c->data);
+    c->data_cap = 0;
+    if (!(c->data = malloc(c->h.data_len)))
+      c->req_err = ps_errf(&c->req_eb, PS_ENOMEM, "beat: out of memory");
+    else
+      c->data_cap = c->h.data_len;
+  }
+  c->rx_state = c->req_err ? RX_DISCARD : RX_DATA;
+  c->got = 0;
+}
+
+/* conn_beat_end answers a beat whose data is complete (invariant 2a). */
+static void conn_beat_end(psd_conn *c) {
+  psd_shard *sh = c->chan->sh;
+  Ps__ChanMeta *m = c->req;
+  int rc = c->req_err;
+  ps_errbuf eb = c->req_eb;
+  c->rx_state = RX_HDR;
+  c->got = 0;
+  c->req = NULL;
+  c->req_err = 0;
+  Ps__HeartbeatRequest *req = NULL;
+  Ps__HeartbeatReply rep = PS__HEARTBEAT_REPLY__INIT;
+  if (rc == 0)
+    rc = ps_pb_unpack(&ps__heartbeat_request__descriptor, c->data, c->h.data_len,
+                      (ProtobufCMessage **)&req, &eb);
+  if (rc == 0) rc = psd_shard_heartbeat(sh, req, &rep, &eb);
+  if (rc == 0) {
+    size_t n = ps__heartbeat_reply__get_packed_size(&rep);
+    uint8_t *buf = malloc(n ? n : 1);
+    if (buf) {
+      ps__heartbeat_reply__pack(&rep, buf);
+      Ps__ChanMeta r = PS__CHAN_META__INIT;
+      r.op = PS__CHAN_OP__CHAN_BEAT;
+      conn_reply(c, &r, buf, n ? n : 1, n, 1, 0);
+    } else {
+      rc = ps_errf(&eb, PS_ENOMEM, "beat: out of memory");
+    }
+    free(rep.partitions);
+    psd_coord_heartbeat_release(&rep);
+  }
+  if (rc < 0) {
+    psd_shard_count_error(sh);
+    conn_reply_error(c, rc, eb.msg, 1, 0);
+  }
+  if (req) protobuf_c_message_free_unpacked(&req->base, NULL);
+  ps__chan_meta__free_unpacked(m, NULL);
+}
+
+/* conn_req_end acts on the current push or beat, whose data is complete. */
+static void conn_req_end(psd_conn *c) {
+  if ((int)c->req->op == PS__CHAN_OP__CHAN_BEAT) conn_beat_end(c);
+  else conn_push_end(c);
+}
+
+/* conn_data_done: the current push's or beat's data is complete: acted
+ * on now, or once its MAC arrived and checked out (invariant 10). */
 static void conn_data_done(psd_conn *c) {
   if (!c->mac) {
-    conn_push_end(c);
+    conn_req_end(c);
     return;
   }
   if (c->rx_state == RX_DATA) ps_auth_mac_update(c->mac, 'C', c->data, c->h.data_len);
@@ -692,7 +761,7 @@ static int conn_mac_done(psd_conn *c) {
     return PS_EPROTO;
   }
   if (!c->req_is_pull) {
-    conn_push_end(c);
+    conn_req_end(c);
     return 0;
   }
   Ps__ChanMeta *m = c->req;
@@ -738,6 +807,11 @@ static int conn_meta_done(psd_conn *c) {
       return 0;
     }
     if (conn_pull(c, m) == 1) return 0; /* parked: M is kept */
+  } else if ((int)m->op == PS__CHAN_OP__CHAN_BEAT) {
+    c->req = m;
+    conn_beat_begin(c);
+    if (c->h.data_len == 0) conn_data_done(c);
+    return 0;
   } else {
     rc = PS_EPROTO;
   }

@@ -13,12 +13,15 @@
 #include <unistd.h>
 
 #include "ps.pb-c.h"
+#include "ps_chan.h"
 #include "ps_log.h"
+#include "ps_pb.h"
 #include "ps_rpc.h"
 #include "ps_time.h"
 
 #define PSW_COORD_CALL_MS 2000     /* one RegisterWorker / ListWorkers call */
 #define PSW_COORD_WORLD_POLL_MS 50
+#define PSW_COORD_CHAN_RETRY_MS 1000 /* after a failed report on the channel */
 
 struct psw_coord {
   const ps_config *cfg;
@@ -50,6 +53,12 @@ struct psw_coord {
   int rstarted, rquit, rhave, rdone, rerr;
   psw_coord_part rpos;
   ps_errbuf reb;
+  /* The report thread's tensor-channel connection to the coordinator
+   * (invariant 7): */
+  ps_chan_client *bch;
+  int64_t bch_retry_ms;          /* no new connection before this time */
+  ps_auth_keys keys;             /* security.secret_file's worker key */
+  const ps_auth_key *key;
 };
 
 /* psw_coord_new: see psw_coord.h. */
@@ -69,6 +78,9 @@ int psw_coord_new(psw_coord **out, const psw_coord_conf *conf, ps_errbuf *eb) {
   if (gethostname(c->host, sizeof c->host - 1) < 0) strcpy(c->host, "?");
   int err = 0;
   if (!c->model || !c->device || !c->rpc) err = ps_errf(eb, PS_ENOMEM, "out of memory");
+  if (err == 0)
+    err = ps_auth_client_key(conf->cfg->security.secret_file, PS_ROLE_WORKER, &c->keys, &c->key,
+                             eb);
   const ps_shard_conf *co = ps_config_coordinator(conf->cfg);
   for (size_t i = 0; err == 0 && i < conf->cfg->nshards; i++) {
     err = ps_rpc_open_cfg(&c->rpc[i], conf->cfg->shards[i].grpc_addr, conf->cfg, PS_ROLE_WORKER,
@@ -365,6 +377,43 @@ uint64_t psw_coord_partitions(psw_coord *c, uint32_t *out, size_t cap, size_t *n
   return gen;
 }
 
+/* coord_beat_chan sends progress beat REQ to the coordinator over the
+ * tensor channel (invariant 7): 0 with its reply in *OUT, or an error (the
+ * caller then sends it by gRPC; a failed connection is closed and not
+ * tried again for PSW_COORD_CHAN_RETRY_MS). */
+static int coord_beat_chan(psw_coord *c, const Ps__HeartbeatRequest *req,
+                           Ps__HeartbeatReply **out, ps_errbuf *eb) {
+  int64_t now = ps_now_ms();
+  int err = 0;
+  if (!c->bch) {
+    if (now < c->bch_retry_ms) return PS_EUNAVAIL;
+    const ps_shard_conf *co = &c->cfg->shards[c->coord];
+    err = ps_chan_connect_auth(&c->bch, co->channel_addr, c->cfg->cluster, c->key,
+                               c->cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0,
+                               PSW_COORD_CALL_MS, eb);
+  }
+  size_t n = ps__heartbeat_request__get_packed_size(req);
+  uint8_t *buf = err == 0 ? malloc(n ? n : 1) : NULL;
+  if (err == 0 && !buf) err = ps_errf(eb, PS_ENOMEM, "out of memory");
+  void *rb = NULL;
+  size_t rn = 0;
+  if (err == 0) {
+    ps__heartbeat_request__pack(req, buf);
+    err = ps_chan_beat(c->bch, buf, n, &rb, &rn, eb);
+  }
+  free(buf);
+  if (err == 0) {
+    err = ps_pb_unpack(&ps__heartbeat_reply__descriptor, rb, rn, (ProtobufCMessage **)out, eb);
+    free(rb);
+  }
+  if (err < 0) {
+    ps_chan_close(c->bch);
+    c->bch = NULL;
+    c->bch_retry_ms = now + PSW_COORD_CHAN_RETRY_MS;
+  }
+  return err;
+}
+
 /* coord_progress_call sends the coordinator one heartbeat of the training
  * thread carrying POS (may be NULL) and, with CLAIM, a claim; retries an
  * unreachable coordinator for workers.retry_ms.  *OUT: the reply (caller
@@ -387,6 +436,8 @@ static int coord_progress_call(psw_coord *c, const psw_coord_part *pos, int clai
   req.claim = claim;
   req.epochs = epochs;
   req.data_size = data_size;
+  ps_errbuf ceb;
+  if (pos && !claim && coord_beat_chan(c, &req, out, &ceb) == 0) return 0;
   int64_t start = ps_now_ms();
   uint32_t delay = PS_BACKOFF_FIRST_MS;
   for (;;) {
@@ -519,6 +570,8 @@ void psw_coord_free(psw_coord *c, int leaving, int done) {
   }
   for (size_t i = 0; c->rpc && i < c->cfg->nshards; i++) ps_rpc_close(c->rpc[i]);
   free(c->rpc);
+  ps_chan_close(c->bch);
+  ps_auth_release(&c->keys);
   if (c->reg) protobuf_c_message_free_unpacked(&c->reg->base, NULL);
   free(c->parts);
   pthread_mutex_destroy(&c->mu);

@@ -38,6 +38,16 @@
  *     always knows how far a worker may have got (offset: pushes
  *     acknowledged by every shard; started: the end of the batch being
  *     pushed).  An unreachable coordinator is retried like registration.
+ *  7. A progress report (claims and lease beats stay on gRPC) goes as a
+ *     CHAN_BEAT frame on a tensor-channel connection of the report's own
+ *     to the coordinator (ps_chan_beat: the same HeartbeatRequest and
+ *     reply, authenticated like the data path's connections), which
+ *     answers on its loop thread without gRPC's thread hand-overs and
+ *     HTTP/2 framing: once per step, that wait is on the step's critical
+ *     path.  Any failure there closes that connection and sends the same
+ *     report by gRPC; the channel is tried again after
+ *     PSW_COORD_CHAN_RETRY_MS (a shard that predates CHAN_BEAT closes
+ *     the connection, so an old coordinator costs one try a second).
  *
  * Thread-safety: psw_coord_update, psw_coord_lost, psw_coord_rejoin and
  * psw_coord_partitions may be called from any thread while the heartbeat thread runs; the rest

@@ -52,6 +52,7 @@ typedef struct psw_run {
   double slowdown;      /* >= 1 */
   uint64_t jitter_rng;  /* run_straggle's random state */
   double blocked_ms;    /* waiting for parameters since t_train_ms */
+  double report_wait_ms; /* waiting for progress reports' answers since t_train_ms */
   double t_train_ms;    /* when the first step's pull went out */
   psw_graph *g;
   psw_exec *ex;
@@ -607,7 +608,9 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
     }
     double tc = run_now_ms();
     err = run_compute(x, v, off, rows, cur, acc, eb);
+    double tw = run_now_ms();
     int terr = run_tell_wait(x, pos->part, err < 0 ? NULL : eb);
+    x->report_wait_ms += run_now_ms() - tw;
     if (err == 0) err = terr;
     if (err < 0) {
       if (ov) psw_client_wait(x->cl, NULL);
@@ -881,6 +884,7 @@ int psw_train_run(const psw_train_opts *o, psw_train_result *r, ps_errbuf *eb) {
   if (x.t_train_ms > 0) {
     r->blocked_share = run_blocked_share(&x);
     double wall = run_now_ms() - x.t_train_ms;
+    if (wall > 0) r->report_wait_share = x.report_wait_ms / wall;
     if (x.cl && wall > 0) r->parked_share = (double)psw_client_parked_ms(x.cl) / wall;
   }
   if (x.cl) {
@@ -1006,6 +1010,7 @@ void psw_train_json(FILE *out, const char *model, uint32_t batch, const psw_trai
   json_num(out, "wall_s", r->wall_s, "%.3f");
   json_num(out, "blocked_share", r->blocked_share, "%.4f");
   json_num(out, "parked_share", r->parked_share, "%.4f");
+  json_num(out, "report_wait_share", r->report_wait_share, "%.4f");
   json_num(out, "compute_ms_per_step", r->steps ? r->compute_s * 1e3 / (double)r->steps : NAN,
            "%.4f");
   json_num(out, "compute_samples_per_sec",

@@ -85,6 +85,10 @@ typedef struct psw_train_result {
   double parked_share;         /* time the shards held the pulls parked by
                                   the staleness bound / training wall time
                                   (within blocked_share unless overlapping) */
+  double report_wait_share;    /* time spent after computing a batch waiting for
+                                  the coordinator to answer its progress report
+                                  (psw_coord invariant 6) / training wall time;
+                                  not within blocked_share */
   double slowdown;             /* the straggler factor applied */
   double compute_s;            /* wall seconds inside psw_exec_step (forward +
                                   backward of the training steps alone: no

@@ -5,7 +5,8 @@
  * ps.ChanMeta (ps__chan_meta__unpack), data_len bytes of tensor data;
  * the first frame must pass psd_chan_hello_check, the later ones the
  * dispatch rules of conn_meta_done (push or pull naming a model; a pull
- * without data).  The first frame that fails ends the "connection", as
+ * without data; a beat, whose data must decode as a HeartbeatRequest to
+ * be answered).  The first frame that fails ends the "connection", as
  * there.  Checks: a decoded header encodes back to the same 32 bytes; a
  * refused hello carries a message. */
 #include "fuzz.h"
@@ -43,7 +44,7 @@ static const ps_config *fuzz_chan_cfg(void) {
  * it is the connection's first.  Returns 0 when the shard would go on
  * reading the connection. */
 static int fuzz_chan_frame(const ps_config *cfg, const ps_chan_hdr *h, const Ps__ChanMeta *m,
-                           int first) {
+                           const uint8_t *data, size_t avail, int first) {
   if (first) {
     ps_errbuf eb;
     int answer = -1, rc = psd_chan_hello_check(cfg, h, m, &answer, &eb);
@@ -56,7 +57,14 @@ static int fuzz_chan_frame(const ps_config *cfg, const ps_chan_hdr *h, const Ps_
   int rc = PS_EPROTO;
   if ((int)m->op == PS__CHAN_OP__CHAN_PUSH && m->model) rc = 0;
   if ((int)m->op == PS__CHAN_OP__CHAN_PULL && m->model && h->data_len == 0) rc = 0;
-  ps_errbuf eb = {"not a push or pull"};
+  if ((int)m->op == PS__CHAN_OP__CHAN_BEAT) {
+    rc = 0; /* answered, with an error when the data does not decode */
+    if (h->data_len <= avail) {
+      Ps__HeartbeatRequest *b = ps__heartbeat_request__unpack(NULL, (size_t)h->data_len, data);
+      if (b) ps__heartbeat_request__free_unpacked(b, NULL);
+    }
+  }
+  ps_errbuf eb = {"not a push, pull or beat"};
   fuzz_note("frame", rc, &eb);
   return rc;
 }
@@ -84,7 +92,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     Ps__ChanMeta *m = ps__chan_meta__unpack(NULL, h.meta_len, data + off);
     if (!m) return 0;
     off += h.meta_len;
-    rc = fuzz_chan_frame(cfg, &h, m, first);
+    rc = fuzz_chan_frame(cfg, &h, m, data + off, size - off, first);
     ps__chan_meta__free_unpacked(m, NULL);
     if (rc < 0 || size - off < h.data_len) return 0;
     off += (size_t)h.data_len;

@@ -499,6 +499,72 @@ START_TEST(test_rpc_same_over_channel) {
 }
 END_TEST
 
+/* rpc_beat_chan sends heartbeat REQ over channel C; 0 with *OUT or the
+ * error. */
+static int rpc_beat_chan(ps_chan_client *c, const Ps__HeartbeatRequest *req,
+                         Ps__HeartbeatReply **out, ps_errbuf *eb) {
+  size_t n = ps__heartbeat_request__get_packed_size(req);
+  uint8_t *buf = malloc(n + 1);
+  ps__heartbeat_request__pack(req, buf);
+  void *rb = NULL;
+  size_t rn = 0;
+  int err = ps_chan_beat(c, buf, n, &rb, &rn, eb);
+  free(buf);
+  if (err == 0) {
+    *out = ps__heartbeat_reply__unpack(NULL, rn, rb);
+    ck_assert_ptr_nonnull(*out);
+  }
+  free(rb);
+  return err;
+}
+
+/* A heartbeat over the channel (CHAN_BEAT, psw's per-step progress
+ * reports) is answered as the gRPC call is: a lease, the same reply for
+ * the same state; one the shard cannot decode, or one naming a worker at
+ * or above the rank cap, is refused with an error and the connection
+ * keeps serving. */
+START_TEST(test_rpc_beat_over_channel) {
+  ps_errbuf eb;
+  ps_rpc *r = rpc_open(1);
+  ps_chan_client *c;
+  ck_assert_msg(ps_test_chan_connect(&c, rpc_chan_addr[1], "test", 5000, &eb) == 0, "connect: %s",
+                eb.msg);
+  Ps__HeartbeatRequest req = PS__HEARTBEAT_REQUEST__INIT;
+  req.worker = 1;
+  req.model = "";
+  req.host = "beat-test";
+  req.clock = 4;
+  Ps__HeartbeatReply *g = NULL, *b = NULL;
+  ck_assert_msg(ps_rpc_call(r, "/ps.Ps/Heartbeat", &req.base, &ps__heartbeat_reply__descriptor,
+                            (ProtobufCMessage **)&g, 5000, &eb) == 0, "grpc beat: %s", eb.msg);
+  ck_assert_msg(rpc_beat_chan(c, &req, &b, &eb) == 0, "chan beat: %s", eb.msg);
+  ck_assert_uint_gt(b->lease_ms, 0);
+  ck_assert_uint_eq(b->lease_ms, g->lease_ms);
+  ck_assert_int_eq(b->expired, g->expired);
+  ck_assert_int_eq(b->assigned, g->assigned);
+  ck_assert_uint_eq(b->n_partitions, g->n_partitions);
+  protobuf_c_message_free_unpacked(&g->base, NULL);
+  protobuf_c_message_free_unpacked(&b->base, NULL);
+  /* undecodable bytes: refused, the connection still serves */
+  static const uint8_t junk[] = {0xff, 0xff, 0xff, 0xff, 0x0f};
+  void *rb = NULL;
+  size_t rn = 0;
+  int err = ps_chan_beat(c, junk, sizeof junk, &rb, &rn, &eb);
+  ck_assert_int_lt(err, 0);
+  ck_assert_ptr_null(rb);
+  /* a worker id past the rank cap: refused before anything is recorded */
+  req.worker = 1u << 30;
+  err = rpc_beat_chan(c, &req, &b, &eb);
+  ck_assert_int_eq(err, PS_EINVAL);
+  ck_assert_msg(strstr(eb.msg, "1073741824") != NULL, "message: %s", eb.msg);
+  req.worker = 1;
+  ck_assert_msg(rpc_beat_chan(c, &req, &b, &eb) == 0, "chan beat after refusals: %s", eb.msg);
+  ck_assert_int_eq(b->expired, 0);
+  protobuf_c_message_free_unpacked(&b->base, NULL);
+  ps_chan_close(c);
+  ps_rpc_close(r);
+}
+END_TEST
 
 /* rpc_encode encodes gradients G of the chunks IDS of L as a push in
  * CODEC (each chunk on its own, in its chunk codec); returns the payload
@@ -729,6 +795,7 @@ Suite *psd_rpc_suite(void) {
   tcase_add_test(tc, test_rpc_hostile_ids_and_names);
   tcase_add_test(tc, test_rpc_status_health);
   tcase_add_test(tc, test_rpc_same_over_channel);
+  tcase_add_test(tc, test_rpc_beat_over_channel);
   tcase_add_loop_test(tc, test_rpc_codec_same_over_channel, PS_CODEC_FP16, PS_CODEC_N);
   tcase_add_test(tc, test_rpc_codec_bad_input);
   suite_add_tcase(s, tc);

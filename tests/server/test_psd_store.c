@@ -206,6 +206,31 @@ START_TEST(test_flush_reopen_identical) {
 }
 END_TEST
 
+/* A store's RocksDB opened directly, to write records in older layouts. */
+typedef struct raw_db {
+  rocksdb_options_t *o;
+  rocksdb_t *db;
+  rocksdb_readoptions_t *ro;
+  rocksdb_writeoptions_t *wo;
+} raw_db;
+
+static raw_db raw_db_open(const char *dir) {
+  raw_db r = {.o = rocksdb_options_create()};
+  char *err = NULL;
+  r.db = rocksdb_open(r.o, dir, &err);
+  ck_assert_msg(!err, "%s", err);
+  r.ro = rocksdb_readoptions_create();
+  r.wo = rocksdb_writeoptions_create();
+  return r;
+}
+
+static void raw_db_close(raw_db *r) {
+  rocksdb_writeoptions_destroy(r->wo);
+  rocksdb_readoptions_destroy(r->ro);
+  rocksdb_close(r->db);
+  rocksdb_options_destroy(r->o);
+}
+
 /* A store written before chunk records carried their log seq (16-byte
  * header: len, slots, step) opens with the same state. */
 START_TEST(test_open_chunk_records_without_seq) {
@@ -221,14 +246,10 @@ START_TEST(test_open_chunk_records_without_seq) {
   ck_assert_msg(psd_store_flush(a, &eb) == 0, "%s", eb.msg);
   psd_store_close(a);
   /* rewrite every "c/" record in the old layout */
-  rocksdb_options_t *o = rocksdb_options_create();
+  raw_db r = raw_db_open(da);
   char *err = NULL;
-  rocksdb_t *db = rocksdb_open(o, da, &err);
-  ck_assert_msg(!err, "%s", err);
-  rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
-  rocksdb_writeoptions_t *wo = rocksdb_writeoptions_create();
   rocksdb_writebatch_t *b = rocksdb_writebatch_create();
-  rocksdb_iterator_t *it = rocksdb_create_iterator(db, ro);
+  rocksdb_iterator_t *it = rocksdb_create_iterator(r.db, r.ro);
   int n = 0;
   for (rocksdb_iter_seek(it, "c/", 2); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
     size_t kl, vl;
@@ -242,13 +263,10 @@ START_TEST(test_open_chunk_records_without_seq) {
   }
   rocksdb_iter_destroy(it);
   ck_assert_int_gt(n, 0);
-  rocksdb_write(db, wo, b, &err);
+  rocksdb_write(r.db, r.wo, b, &err);
   ck_assert_msg(!err, "%s", err);
   rocksdb_writebatch_destroy(b);
-  rocksdb_writeoptions_destroy(wo);
-  rocksdb_readoptions_destroy(ro);
-  rocksdb_close(db);
-  rocksdb_options_destroy(o);
+  raw_db_close(&r);
   a = open_store(da, 0, 1);
   same_state(a, ref);
   push_all(a, 2);
@@ -301,23 +319,16 @@ START_TEST(test_version_record_counters) {
   ck_assert_uint_eq(version_of(a), 1);
   psd_store_close(a);
   /* cut the "v/" records to the old 16 bytes (gen, version) */
-  rocksdb_options_t *o = rocksdb_options_create();
+  raw_db r = raw_db_open(da);
   char *err = NULL;
-  rocksdb_t *db = rocksdb_open(o, da, &err);
-  ck_assert_msg(!err, "%s", err);
-  rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
-  rocksdb_writeoptions_t *wo = rocksdb_writeoptions_create();
   size_t vl;
-  char *val = rocksdb_get(db, ro, "v/m", 3, &vl, &err);
+  char *val = rocksdb_get(r.db, r.ro, "v/m", 3, &vl, &err);
   ck_assert_msg(!err && val, "no v/m record");
   ck_assert_uint_eq(vl, 32);
-  rocksdb_put(db, wo, "v/m", 3, val, 16, &err);
+  rocksdb_put(r.db, r.wo, "v/m", 3, val, 16, &err);
   ck_assert_msg(!err, "%s", err);
   rocksdb_free(val);
-  rocksdb_writeoptions_destroy(wo);
-  rocksdb_readoptions_destroy(ro);
-  rocksdb_close(db);
-  rocksdb_options_destroy(o);
+  raw_db_close(&r);
   a = open_store(da, 0, 1);
   bytes_of(a, &raw2, &wire2);
   ck_assert_uint_eq(raw2, 0);

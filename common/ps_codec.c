@@ -4,6 +4,8 @@
 #include <math.h>
 #include <string.h>
 
+#include "ps_place.h" /* ps_mix64 */
+
 /* ---- fp16 ------------------------------------------------------------------- */
 
 /* ps_codec_f2h converts F to binary16, rounding to nearest even; finite
@@ -283,39 +285,170 @@ static uint32_t abs_bits(float f) {
   return b & 0x7fffffffu; /* orders non-negative floats as integers */
 }
 
-/* topk_encode keeps the K largest magnitudes, found exactly without heap
- * memory by a radix select over their 31 magnitude bits (at most three
- * passes of 11, 11 and 9 bits, fewer when a bucket holds exactly the
- * elements still wanted); ties at the threshold go to the lowest indices.
- * Indices come out sorted. */
-static void topk_encode(const float *x, uint32_t n, float topk, uint8_t *out) {
+/* The K largest magnitudes of a set of elements, found exactly without
+ * heap memory by a radix select over their 31 magnitude bits (at most
+ * three passes of 11, 11 and 9 bits, fewer when a bucket holds exactly the
+ * elements still wanted).  Kept: the elements whose magnitude bits under
+ * MASK exceed PREFIX, and the first NEED of those equal to it (ties at the
+ * threshold go to the lowest indices).  An element's magnitude bits are at
+ * least PREFIX when it is kept (PREFIX has zeros below MASK). */
+typedef struct topk_cut {
+  uint32_t prefix, mask, need;
+} topk_cut;
+
+/* topk_radix: the cut of the K largest of the N elements of X, or of the
+ * elements X[SEL[j]] for j < N when SEL is set (SEL unaligned: the
+ * candidates are kept in the output buffer). */
+static topk_cut topk_radix(const float *x, const uint8_t *sel, uint32_t n, uint32_t k) {
   static const int shift[3] = {20, 9, 0}, width[3] = {11, 11, 9};
-  uint32_t k = ps_codec_topk_k(n, topk), prefix = 0, mask = 0, need = k;
+  topk_cut c = {0, 0, k};
   uint32_t count[2048];
   for (int p = 0; p < 3 && k; p++) {
     uint32_t nb = 1u << width[p], bm = nb - 1;
     memset(count, 0, nb * sizeof count[0]);
-    for (uint32_t i = 0; i < n; i++) {
-      uint32_t b = abs_bits(x[i]);
-      if ((b & mask) == prefix) count[(b >> shift[p]) & bm]++;
+    if (sel) {
+      for (uint32_t j = 0; j < n; j++) {
+        uint32_t b = abs_bits(x[get_u32(sel + 4 * (size_t)j)]);
+        if ((b & c.mask) == c.prefix) count[(b >> shift[p]) & bm]++;
+      }
+    } else {
+      for (uint32_t i = 0; i < n; i++) {
+        uint32_t b = abs_bits(x[i]);
+        if ((b & c.mask) == c.prefix) count[(b >> shift[p]) & bm]++;
+      }
     }
     uint32_t d = bm;
-    for (; d > 0 && count[d] < need; d--) need -= count[d];
-    prefix |= d << shift[p];
-    mask |= bm << shift[p];
-    if (count[d] == need) break; /* the whole bucket is kept */
+    for (; d > 0 && count[d] < c.need; d--) c.need -= count[d];
+    c.prefix |= d << shift[p];
+    c.mask |= bm << shift[p];
+    if (count[d] == c.need) break; /* the whole bucket is kept */
   }
-  /* Kept: magnitude bits above PREFIX under MASK, and the first NEED equal. */
+  return c;
+}
+
+/* topk_kept: whether magnitude bits B are kept under cut C (consumes one
+ * of C's ties when B is one). */
+static int topk_kept(uint32_t b, topk_cut *c) {
+  b &= c->mask;
+  return b > c->prefix || (b == c->prefix && c->need && c->need--);
+}
+
+/* topk_exact: the K largest of X by a radix select over the whole chunk
+ * (4 passes over it); indices come out sorted. */
+static void topk_exact(const float *x, uint32_t n, uint32_t k, uint8_t *out) {
+  topk_cut c = topk_radix(x, NULL, n, k);
   uint8_t *idx = out, *val = out + 4 * (size_t)k;
   uint32_t j = 0;
-  for (uint32_t i = 0; i < n && j < k; i++) {
-    uint32_t b = abs_bits(x[i]) & mask;
-    if (b > prefix || (b == prefix && need && need--)) {
+  for (uint32_t i = 0; i < n && j < k; i++)
+    if (topk_kept(abs_bits(x[i]), &c)) {
       memcpy(idx + 4 * (size_t)j, &i, 4);
       memcpy(val + 4 * (size_t)j, &x[i], 4);
       j++;
     }
+}
+
+/* The sampled threshold (DGC's, made exact): the magnitude that a sample
+ * of the chunk puts at TOPK_SAMPLE_OVER times the fraction kept, so that
+ * about 1.5 k elements pass it; one pass over the chunk collects those
+ * that do (as candidates, in the output buffer: room for 2 k indices);
+ * a radix select over the candidates trims them to exactly the k largest.
+ * Every element at least as large as the k-th largest is a candidate, so
+ * the result is the exact one, byte for byte.  When fewer than k or more
+ * than 2 k pass (a bad estimate, or many equal magnitudes), the exact
+ * select over the whole chunk runs instead.  The sample is stratified:
+ * one element from each of m equal strata, at an offset that a hash of
+ * the stratum picks (deterministic, and blind to periodic structure such
+ * as a matrix's rows).  A chunk that would need a sample above a quarter
+ * of its elements (or above TOPK_SAMPLE_MAX) is selected exactly. */
+#define TOPK_SAMPLE_RANK 64   /* sample elements expected above the threshold */
+#define TOPK_SAMPLE_OVER 1.5  /* candidates expected, in units of k */
+#define TOPK_SAMPLE_MAX 8192  /* sample elements at most (32 KiB of stack) */
+
+/* topk_candidates writes to OUT the indices of the elements of X (N)
+ * whose magnitude bits are at least THR, in increasing order, and returns
+ * how many, or stops at CAP + 1.  Blocks of 16 with none (most of them)
+ * are skipped after one vector comparison (GCC's vector extensions; the
+ * AVX2 clone does a block in two instructions). */
+typedef int32_t topk_v8 __attribute__((vector_size(32)));
+__attribute__((target_clones("avx2", "default")))
+static uint32_t topk_candidates(const float *x, uint32_t n, uint32_t thr, uint32_t cap,
+                                uint8_t *out) {
+  const topk_v8 mag = {0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff,
+                       0x7fffffff, 0x7fffffff, 0x7fffffff, 0x7fffffff};
+  const int32_t t1 = (int32_t)thr - 1; /* thr <= 0x7f800000: no overflow */
+  uint32_t c = 0, i = 0;
+  for (; i + 16 <= n; i += 16) {
+    topk_v8 a, b;
+    memcpy(&a, x + i, sizeof a);
+    memcpy(&b, x + i + 8, sizeof b);
+    a = (a & mag) > t1, b = (b & mag) > t1; /* -1 where a candidate */
+    topk_v8 any = a | b;
+    uint64_t h[4];
+    memcpy(h, &any, sizeof h);
+    if (!(h[0] | h[1] | h[2] | h[3])) continue;
+    uint32_t bits = 0;
+    for (int j = 0; j < 8; j++) bits |= ((uint32_t)a[j] & 1u) << j | ((uint32_t)b[j] & 1u) << (8 + j);
+    for (; bits; bits &= bits - 1) {
+      if (c == cap) return cap + 1;
+      uint32_t j = i + (uint32_t)__builtin_ctz(bits);
+      memcpy(out + 4 * (size_t)c++, &j, 4);
+    }
   }
+  for (; i < n; i++)
+    if (abs_bits(x[i]) >= thr) {
+      if (c == cap) return cap + 1;
+      memcpy(out + 4 * (size_t)c++, &i, 4);
+    }
+  return c;
+}
+
+static ps_codec_topk_path topk_encode_path(const float *x, uint32_t n, float topk, int exact,
+                                           uint8_t *out) {
+  uint32_t k = ps_codec_topk_k(n, topk);
+  double q = TOPK_SAMPLE_OVER * k / (n ? n : 1);
+  double mw = ceil(TOPK_SAMPLE_RANK / q);
+  if (exact || q >= 0.5 || mw > TOPK_SAMPLE_MAX || mw * 4 > n) {
+    topk_exact(x, n, k, out);
+    return exact ? PS_TOPK_EXACT : PS_TOPK_SMALL;
+  }
+  uint32_t m = (uint32_t)mw, r = (uint32_t)ceil(m * q);
+  float sample[TOPK_SAMPLE_MAX];
+  uint64_t sw = n / m; /* strata of sw elements (the last n % m are not sampled) */
+  for (uint32_t s = 0; s < m; s++)
+    sample[s] = x[s * sw + (((ps_mix64(s) >> 32) * sw) >> 32)];
+  uint32_t thr = topk_radix(sample, NULL, m, r).prefix;
+  uint32_t c = topk_candidates(x, n, thr, 2 * k, out);
+  if (c > 2 * k) {
+    topk_exact(x, n, k, out);
+    return PS_TOPK_OVER;
+  }
+  if (c < k) {
+    topk_exact(x, n, k, out);
+    return PS_TOPK_UNDER;
+  }
+  if (c > k) {
+    /* trim to the k largest: compact the indices in place (a kept one
+     * moves down, never over one not yet read); the values go after
+     * (over candidate slots k.. once all were read) */
+    topk_cut cut = topk_radix(x, out, c, k);
+    uint32_t w = 0;
+    for (uint32_t j = 0; j < c && w < k; j++) {
+      uint32_t i = get_u32(out + 4 * (size_t)j);
+      if (topk_kept(abs_bits(x[i]), &cut)) memcpy(out + 4 * (size_t)w++, &i, 4);
+    }
+  }
+  for (uint32_t w = 0; w < k; w++)
+    memcpy(out + 4 * ((size_t)k + w), &x[get_u32(out + 4 * (size_t)w)], 4);
+  return PS_TOPK_SAMPLED;
+}
+
+static void topk_encode(const float *x, uint32_t n, float topk, uint8_t *out) {
+  topk_encode_path(x, n, topk, 0, out);
+}
+
+ps_codec_topk_path ps_codec_topk_encode(const float *x, uint32_t n, float topk, int exact,
+                                        void *out) {
+  return topk_encode_path(x, n, topk, exact, out);
 }
 static int topk_check(const uint8_t *in, uint32_t n, float topk, const char *what, ps_errbuf *eb) {
   uint32_t k = ps_codec_topk_k(n, topk);

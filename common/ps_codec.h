@@ -17,7 +17,9 @@
  *   onebit  float32 scale s = mean|x|, then ceil(n / 8) bytes of sign bits
  *           (bit i%8 of byte i/8 set: element i negative); x' = +-s
  *   topk    k = ps_codec_topk_k(n, frac) uint32 indices, strictly
- *           increasing, < n, then k float32 values; the rest are 0
+ *           increasing, < n, then k float32 values; the rest are 0.
+ *           The k largest magnitudes (ties: the lowest indices), found
+ *           by a sampled threshold and checked exact (ps_codec_topk_encode)
  *
  * int8 rounds to nearest, not stochastically: the encoding is then a
  * function of its input (reruns, both planes and tests see the same
@@ -77,6 +79,24 @@ uint64_t ps_codec_size(ps_codec_id id, uint32_t n, float topk);
 /* ps_codec_encode writes the encoding of X (N floats, finite) to OUT
  * (ps_codec_size bytes).  Encoding never fails. */
 void ps_codec_encode(ps_codec_id id, const float *x, uint32_t n, float topk, void *out);
+
+/* How ps_codec_topk_encode found its k elements; every path gives the
+ * same bytes (the k largest magnitudes, ties to the lowest indices). */
+typedef enum ps_codec_topk_path {
+  PS_TOPK_SAMPLED, /* a sampled threshold passed k..2k candidates, trimmed to k */
+  PS_TOPK_SMALL,   /* chunk too small to sample: exact radix select */
+  PS_TOPK_UNDER,   /* fewer than k passed the threshold: exact radix select */
+  PS_TOPK_OVER,    /* more than 2k passed: exact radix select */
+  PS_TOPK_EXACT    /* EXACT was asked: exact radix select */
+} ps_codec_topk_path;
+
+/* ps_codec_topk_encode is ps_codec_encode for topk (which calls it with
+ * EXACT 0): with EXACT set, a radix select over the whole chunk (4 passes
+ * over it); else the sampled threshold (1 pass, plus a sample of up to
+ * 8,192 elements), falling back to the radix select when it misses.
+ * Returns the path taken (tests and ps_bench_codec). */
+ps_codec_topk_path ps_codec_topk_encode(const float *x, uint32_t n, float topk, int exact,
+                                        void *out);
 
 /* ps_codec_check validates an encoded chunk IN of LEN bytes before it is
  * decoded: LEN equal to ps_codec_size, a finite scale, topk indices in

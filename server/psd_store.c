@@ -8,7 +8,9 @@
  * RocksDB keys (values little-endian, chunk ids big-endian so they sort):
  *   "m"                              "psd1" u32 shard id
  *   "r/" name                        u64 gen, packed ModelSpec (registry)
- *   "v/" name                        u64 gen, u64 version
+ *   "v/" name                        u64 gen, u64 version, u64 bytes_raw,
+ *                                    u64 bytes_wire (records of 16 bytes,
+ *                                    from before the counters, read as 0)
  *   "c/" name "\0" u64be gen u32be id u32 len, u32 slots, u64 step, u64 seq,
  *                                    float values[len], float slots[len*slots]
  *                                    (records without seq, from before
@@ -111,7 +113,8 @@ typedef struct psd_model {
   size_t slab_len;
   int inverse;           /* staleness_weight inverse: scale by 1/(1+tau) */
   uint64_t tau_hist[PSD_TAU_BUCKETS]; /* pushes by tau since start (not persisted) */
-  uint64_t bytes_raw, bytes_wire; /* psd_model_info's (not persisted) */
+  uint64_t bytes_raw, bytes_wire; /* psd_model_info's, as of the last "v/" record after a restart */
+  int bytes_dirty;       /* a pull moved the counters since "v/" was last written */
 } psd_model;
 
 struct psd_store {
@@ -608,16 +611,33 @@ static int psd_store_visit_registry(psd_store *s, const char *k, size_t klen, co
   return rc;
 }
 
+/* A "v/" record: gen, version and the byte counters (psd_store_vrec). */
+#define PSD_VREC_LEN 32
+
+/* psd_store_vrec writes M's "v/" value into V (PSD_VREC_LEN bytes). */
+static void psd_store_vrec(const psd_model *m, uint8_t *v) {
+  psd_store_put64(v, m->gen);
+  psd_store_put64(v + 8, m->version);
+  psd_store_put64(v + 16, m->bytes_raw);
+  psd_store_put64(v + 24, m->bytes_wire);
+}
+
 /* psd_store_visit_version restores one "v/" record (stale gens ignored). */
 static int psd_store_visit_version(psd_store *s, const char *k, size_t klen, const char *v,
                                    size_t vlen, rocksdb_writebatch_t *junk, ps_errbuf *eb) {
   psd_model *m = psd_store_find(s, k + 2, klen - 2, NULL);
-  if (vlen != 16) return ps_errf(eb, PS_EIO, "'%s': corrupt version of '%.*s'", s->dir, (int)klen - 2, k + 2);
+  if (vlen != 16 && vlen != PSD_VREC_LEN)
+    return ps_errf(eb, PS_EIO, "'%s': corrupt version of '%.*s'", s->dir, (int)klen - 2, k + 2);
   if (!m) {
     rocksdb_writebatch_delete(junk, k, klen);
     return 0;
   }
-  if (psd_store_get64(v) == m->gen) m->version = psd_store_get64(v + 8);
+  if (psd_store_get64(v) != m->gen) return 0;
+  m->version = psd_store_get64(v + 8);
+  if (vlen == PSD_VREC_LEN) {
+    m->bytes_raw = psd_store_get64(v + 16);
+    m->bytes_wire = psd_store_get64(v + 24);
+  }
   return 0;
 }
 
@@ -785,9 +805,8 @@ static int psd_store_write_registry(psd_store *s, const psd_model *m, int replac
     k2[n] = '\1';
     rocksdb_writebatch_delete_range(b, k, n + 1, k2, n + 1);
   }
-  uint8_t gv[16];
-  psd_store_put64(gv, m->gen);
-  psd_store_put64(gv + 8, m->version);
+  uint8_t gv[PSD_VREC_LEN];
+  psd_store_vrec(m, gv);
   size_t n = psd_store_key(k, 'r', m->spec->name);
   const char *vals[] = {(const char *)gv, (const char *)m->packed};
   size_t lens[] = {8, m->packed_len};
@@ -1219,6 +1238,7 @@ int psd_store_pull(psd_store *s, const ps_req *r, uint64_t *version, ps_errbuf *
   }
   m->bytes_raw += nelems * sizeof(float);
   m->bytes_wire += r->nbytes;
+  m->bytes_dirty = 1;
   if (version) *version = m->version;
   return 0;
 }
@@ -1296,15 +1316,14 @@ static void psd_flush_model(psd_flush *f, psd_model *m) {
     c->dirty = 0;
     m->ndirty--;
   }
-  if (m->version_dirty) {
+  if (m->version_dirty || m->bytes_dirty) { /* pulls alone do not make a flush */
     char k[PSD_KEY_MAX];
-    uint8_t gv[16];
-    psd_store_put64(gv, m->gen);
-    psd_store_put64(gv + 8, m->version);
+    uint8_t gv[PSD_VREC_LEN];
+    psd_store_vrec(m, gv);
     size_t klen = psd_store_key(k, 'v', m->spec->name);
     rocksdb_writebatch_put(f->tail, k, klen, (const char *)gv, sizeof gv);
     f->vgens[f->nvgens++] = m->gen;
-    m->version_dirty = 0;
+    m->version_dirty = m->bytes_dirty = 0;
   }
 }
 
@@ -1518,8 +1537,12 @@ void psd_flush_finish(psd_store *s, psd_flush *f, int status) {
 }
 
 /* psd_store_flush: prepare, write and finish in a row; 0 or the write's
- * error (the snapshot stays dirty then). */
+ * error (the snapshot stays dirty then).  This flush (the final one, and
+ * the one after a replay) also writes byte counters that only pulls
+ * moved, which the periodic flushes leave for the next push. */
 int psd_store_flush(psd_store *s, ps_errbuf *eb) {
+  for (size_t i = 0; i < s->nmodels; i++)
+    if (s->models[i]->bytes_dirty) s->models[i]->version_dirty = 1;
   psd_flush *f;
   int rc = psd_flush_prepare(s, &f, eb);
   if (rc < 0 || !f) return rc;

@@ -121,7 +121,11 @@ typedef struct psd_model_info {
   uint64_t version;
   const Ps__ModelSpec *spec; /* borrowed */
   uint64_t tau_hist[PSD_TAU_BUCKETS];
-  uint64_t bytes_raw, bytes_wire; /* pushed + pulled, as fp32 and as sent (not persisted) */
+  /* pushed + pulled tensor bytes, as fp32 and as sent, since the model was
+   * submitted: persisted with the version (a shard restart keeps them;
+   * after a crash they are those of the last snapshot, the replayed
+   * pushes not counted: the log holds them decoded) */
+  uint64_t bytes_raw, bytes_wire;
 } psd_model_info;
 
 /* psd_tau_bucket returns TAU's bucket: 0, 1, 2, 3-4, 5-8, 9-16, >16. */

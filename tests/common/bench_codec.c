@@ -2,6 +2,12 @@
  * nanoseconds per element of a worker's encode with error feedback and a
  * shard's decode, on chunks of 65,536 elements (the bench cluster's
  * chunk_elems), topk keeping 1 %.  Median of 5 rounds of 200 chunks.
+ * The gradient is pseudo-random, normal-like (the sum of 4 uniforms),
+ * with 1 % of its elements 10 times larger (a heavy tail); only topk's
+ * cost depends on the values.  topk is measured twice: with the sampled
+ * threshold (the codec as workers run it) and with the exact radix select
+ * over the whole chunk, both with error feedback, and the paths the
+ * sampled one took over all its chunks are counted.
  *
  *   ps_bench_codec [--elems N]   N: elements per chunk (default 65536) */
 #include <stdio.h>
@@ -10,6 +16,10 @@
 #include <time.h>
 
 #include "ps_codec.h"
+#include "ps_place.h"
+
+#define ROUNDS 5
+#define REPS 200
 
 static double bench_now(void) {
   struct timespec t;
@@ -22,6 +32,20 @@ static int bench_cmp(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
+static double bench_median(double *v) {
+  qsort(v, ROUNDS, sizeof v[0], bench_cmp);
+  return v[ROUNDS / 2];
+}
+
+/* bench_topk_ef: ps_codec_encode_ef for topk with the selection asked:
+ * RES += G, encode RES, RES -= the decoding; counts the path in PATHS. */
+static void bench_topk_ef(const float *g, uint32_t n, int exact, float *res, uint8_t *buf,
+                          unsigned *paths) {
+  for (uint32_t i = 0; i < n; i++) res[i] += g[i];
+  paths[ps_codec_topk_encode(res, n, 0.01f, exact, buf)]++;
+  ps_codec_decode_acc(PS_CODEC_TOPK, buf, n, 0.01f, -1.0f, res);
+}
+
 int main(int argc, char **argv) {
   uint32_t n = 65536;
   if (argc == 3 && !strcmp(argv[1], "--elems")) n = (uint32_t)strtoul(argv[2], NULL, 10);
@@ -31,26 +55,39 @@ int main(int argc, char **argv) {
   }
   if (n == 0) return 2;
   float *g = malloc(n * sizeof *g), *res = calloc(n, sizeof *res), *out = malloc(n * sizeof *out);
-  uint8_t *buf = malloc((size_t)n * 4);
+  uint8_t *buf = malloc((size_t)n * 8);
   if (!g || !res || !out || !buf) return 1;
-  for (uint32_t i = 0; i < n; i++) g[i] = (float)((i * 7919u) % 1000u) / 1000.0f - 0.5f;
-  printf("%-7s %18s %14s   (ns per element, %u-element chunks, median of 5)\n", "codec",
-         "encode+feedback", "decode", n);
-  for (int id = 0; id < PS_CODEC_N; id++) {
-    double enc[5], dec[5];
-    for (int k = 0; k < 5; k++) {
-      double t0 = bench_now();
-      for (int r = 0; r < 200; r++) ps_codec_encode_ef(id, g, n, 0.01f, res, buf);
-      double t1 = bench_now();
-      for (int r = 0; r < 200; r++) ps_codec_decode(id, buf, n, 0.01f, out);
-      double t2 = bench_now();
-      enc[k] = (t1 - t0) / 200 / n * 1e9;
-      dec[k] = (t2 - t1) / 200 / n * 1e9;
-    }
-    qsort(enc, 5, sizeof enc[0], bench_cmp);
-    qsort(dec, 5, sizeof dec[0], bench_cmp);
-    printf("%-7s %18.2f %14.2f\n", ps_codec_name(id), enc[2], dec[2]);
+  for (uint32_t i = 0; i < n; i++) {
+    uint64_t r = ps_mix64(i);
+    float v = -2.0f;
+    for (int k = 0; k < 4; k++) v += (float)((r >> (16 * k)) & 0xffff) / 65536.0f;
+    g[i] = (ps_mix64(r) % 100 == 0 ? 10.0f : 1.0f) * v * 1e-3f;
   }
+  printf("%-11s %18s %14s   (ns per element, %u-element chunks, median of %d)\n", "codec",
+         "encode+feedback", "decode", n, ROUNDS);
+  unsigned paths[2][PS_TOPK_EXACT + 1] = {{0}};
+  for (int row = 0; row <= PS_CODEC_N; row++) {
+    int id = row < PS_CODEC_N ? row : PS_CODEC_TOPK, exact = row == PS_CODEC_N;
+    double enc[ROUNDS], dec[ROUNDS];
+    memset(res, 0, n * sizeof *res);
+    for (int k = 0; k < ROUNDS; k++) {
+      double t0 = bench_now();
+      for (int r = 0; r < REPS; r++) {
+        if (id == PS_CODEC_TOPK) bench_topk_ef(g, n, exact, res, buf, paths[exact]);
+        else ps_codec_encode_ef(id, g, n, 0.01f, res, buf);
+      }
+      double t1 = bench_now();
+      for (int r = 0; r < REPS; r++) ps_codec_decode(id, buf, n, 0.01f, out);
+      double t2 = bench_now();
+      enc[k] = (t1 - t0) / REPS / n * 1e9;
+      dec[k] = (t2 - t1) / REPS / n * 1e9;
+    }
+    printf("%-11s %18.2f %14.2f\n", exact ? "topk-exact" : ps_codec_name(id), bench_median(enc),
+           bench_median(dec));
+  }
+  printf("topk's paths over %d chunks: sampled %u, small %u, under k %u, over 2k %u\n",
+         ROUNDS * REPS, paths[0][PS_TOPK_SAMPLED], paths[0][PS_TOPK_SMALL],
+         paths[0][PS_TOPK_UNDER], paths[0][PS_TOPK_OVER]);
   free(g), free(res), free(out), free(buf);
   return 0;
 }

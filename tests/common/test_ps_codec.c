@@ -2,6 +2,7 @@
  * encoded sizes, the error-feedback invariant, fp16 rounding and
  * saturation, and the validation of bad encoded input. */
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -110,6 +111,84 @@ START_TEST(test_topk_ties) {
 }
 END_TEST
 
+/* fill_gauss fills X with normal-like values (the sum of 4 uniforms, in
+ * (-2, 2)), a different draw for every SEED. */
+static void fill_gauss(float *x, uint32_t n, uint64_t seed) {
+  for (uint32_t i = 0; i < n; i++) {
+    uint64_t r = ps_mix64(seed * 0x9e3779b97f4a7c15ull + i);
+    float v = -2.0f;
+    for (int k = 0; k < 4; k++) v += (float)((r >> (16 * k)) & 0xffff) / 65536.0f;
+    x[i] = v;
+  }
+}
+
+/* topk_same encodes X (N) with the sampled threshold and with the exact
+ * radix select: the bytes must be the same; returns the sampled path. */
+static ps_codec_topk_path topk_same(const float *x, uint32_t n, float frac, const char *what) {
+  static uint8_t a[8 * 70000], b[8 * 70000];
+  uint64_t sz = ps_codec_size(PS_CODEC_TOPK, n, frac);
+  ck_assert_uint_le(sz, sizeof a);
+  memset(a, 0x5A, sizeof a), memset(b, 0xA5, sizeof b);
+  ps_codec_topk_path p = ps_codec_topk_encode(x, n, frac, 0, a);
+  ck_assert_int_eq(ps_codec_topk_encode(x, n, frac, 1, b), PS_TOPK_EXACT);
+  ck_assert_msg(!memcmp(a, b, sz), "%s: the sampled topk (path %d) differs from the exact one",
+                what, (int)p);
+  ck_assert_uint_eq(a[sz], 0x5A); /* nothing written past the encoding */
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_codec_check(PS_CODEC_TOPK, a, sz, n, frac, what, &eb), 0);
+  return p;
+}
+
+/* The sampled top-k threshold gives the exact top-k's bytes on every path:
+ * the threshold's candidates trimmed to k (the usual path), more than 2k
+ * candidates (all magnitudes equal, or mostly zeros: exact select), fewer
+ * than k (an unlucky sample: exact select), a chunk too small to sample;
+ * and on chunks of many shapes and fractions, ties included. */
+START_TEST(test_topk_sampled) {
+  enum { n = 65536 };
+  static float x[n + 7];
+  unsigned seen[PS_TOPK_EXACT + 1] = {0};
+  char what[64];
+  /* random chunks: sizes around the bench's 65,536, fractions 0.1 % .. 10 % */
+  static const uint32_t sizes[] = {65536, 65543, 40000, 20011};
+  static const float fracs[] = {0.01f, 0.001f, 0.05f, 0.1f};
+  for (int s = 0; s < 4; s++)
+    for (int f = 0; f < 4; f++)
+      for (int seed = 0; seed < 4; seed++) {
+        fill_gauss(x, sizes[s], (uint64_t)(s * 100 + f * 10 + seed));
+        snprintf(what, sizeof what, "n %u frac %g seed %d", sizes[s], (double)fracs[f], seed);
+        seen[topk_same(x, sizes[s], fracs[f], what)]++;
+      }
+  ck_assert_uint_gt(seen[PS_TOPK_SAMPLED], 0);
+  ck_assert_uint_gt(seen[PS_TOPK_SMALL], 0); /* 20,011 at 0.1 % needs a sample above n/4 */
+  /* ties: magnitudes from 16 levels only, so the k-th is tied many times */
+  fill_gauss(x, n, 77);
+  for (uint32_t i = 0; i < n; i++) x[i] = roundf(x[i] * 4) / 4;
+  ck_assert_int_eq(topk_same(x, n, 0.01f, "16 levels"), PS_TOPK_OVER);
+  for (uint32_t i = 0; i < n; i++) x[i] = (float)(i % 500) * (i % 2 ? -1e-3f : 1e-3f);
+  topk_same(x, n, 0.01f, "500 levels");
+  /* all equal: every element is a candidate */
+  for (uint32_t i = 0; i < n; i++) x[i] = i % 3 ? 0.5f : -0.5f;
+  ck_assert_int_eq(topk_same(x, n, 0.01f, "all equal"), PS_TOPK_OVER);
+  /* mostly zeros (a sparse gradient): the threshold is 0 */
+  memset(x, 0, sizeof x);
+  for (uint32_t i = 0; i < n; i += 1000) x[i] = (float)i;
+  ck_assert_int_eq(topk_same(x, n, 0.01f, "mostly zeros"), PS_TOPK_OVER);
+  /* an unlucky sample: this draw's sample overestimates the threshold
+   * (found by trying seeds; if the sampling changes, find another) */
+  fill_gauss(x, n, 2595);
+  ck_assert_int_eq(topk_same(x, n, 0.01f, "seed 2595"), PS_TOPK_UNDER);
+  /* a random draw that overshoots 2k (likewise) */
+  fill_gauss(x, n, 240);
+  ck_assert_int_eq(topk_same(x, n, 0.01f, "seed 240"), PS_TOPK_OVER);
+  /* small chunks, and the ones the other tests use */
+  fill_gauss(x, 4099, 5);
+  ck_assert_int_eq(topk_same(x, 4099, 0.01f, "4099"), PS_TOPK_SMALL);
+  ck_assert_int_eq(topk_same(x, 1, 0.01f, "1"), PS_TOPK_SMALL);
+  ck_assert_int_eq(topk_same(x, 64, 1.0f, "64 all"), PS_TOPK_SMALL);
+}
+END_TEST
+
 START_TEST(test_fp16) {
   ck_assert_uint_eq(ps_codec_f2h(1.0f), 0x3c00);
   ck_assert_uint_eq(ps_codec_f2h(-2.0f), 0xc000);
@@ -211,6 +290,7 @@ Suite *ps_codec_suite(void) {
   tcase_add_test(tc, test_sizes);
   tcase_add_test(tc, test_round_trip);
   tcase_add_test(tc, test_topk_ties);
+  tcase_add_test(tc, test_topk_sampled);
   tcase_add_test(tc, test_fp16);
   tcase_add_test(tc, test_error_feedback);
   tcase_add_test(tc, test_bad_input);

@@ -1,8 +1,9 @@
 /* Tests for psd_store: push/flush/reopen bit for bit, SIGKILL after a flush,
  * bad input changes nothing, submit semantics, shard-count independence
  * of initial values, RocksDB failures at open, the store closed after a
- * failed flush and reopened by the next, the memory budget at submit, and
- * chunk records written before they carried a log seq. */
+ * failed flush and reopened by the next, the memory budget at submit,
+ * chunk records written before they carried a log seq, and the byte
+ * counters in the version record (and version records without them). */
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -205,6 +206,31 @@ START_TEST(test_flush_reopen_identical) {
 }
 END_TEST
 
+/* A store's RocksDB opened directly, to write records in older layouts. */
+typedef struct raw_db {
+  rocksdb_options_t *o;
+  rocksdb_t *db;
+  rocksdb_readoptions_t *ro;
+  rocksdb_writeoptions_t *wo;
+} raw_db;
+
+static raw_db raw_db_open(const char *dir) {
+  raw_db r = {.o = rocksdb_options_create()};
+  char *err = NULL;
+  r.db = rocksdb_open(r.o, dir, &err);
+  ck_assert_msg(!err, "%s", err);
+  r.ro = rocksdb_readoptions_create();
+  r.wo = rocksdb_writeoptions_create();
+  return r;
+}
+
+static void raw_db_close(raw_db *r) {
+  rocksdb_writeoptions_destroy(r->wo);
+  rocksdb_readoptions_destroy(r->ro);
+  rocksdb_close(r->db);
+  rocksdb_options_destroy(r->o);
+}
+
 /* A store written before chunk records carried their log seq (16-byte
  * header: len, slots, step) opens with the same state. */
 START_TEST(test_open_chunk_records_without_seq) {
@@ -220,14 +246,10 @@ START_TEST(test_open_chunk_records_without_seq) {
   ck_assert_msg(psd_store_flush(a, &eb) == 0, "%s", eb.msg);
   psd_store_close(a);
   /* rewrite every "c/" record in the old layout */
-  rocksdb_options_t *o = rocksdb_options_create();
+  raw_db r = raw_db_open(da);
   char *err = NULL;
-  rocksdb_t *db = rocksdb_open(o, da, &err);
-  ck_assert_msg(!err, "%s", err);
-  rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
-  rocksdb_writeoptions_t *wo = rocksdb_writeoptions_create();
   rocksdb_writebatch_t *b = rocksdb_writebatch_create();
-  rocksdb_iterator_t *it = rocksdb_create_iterator(db, ro);
+  rocksdb_iterator_t *it = rocksdb_create_iterator(r.db, r.ro);
   int n = 0;
   for (rocksdb_iter_seek(it, "c/", 2); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
     size_t kl, vl;
@@ -241,13 +263,10 @@ START_TEST(test_open_chunk_records_without_seq) {
   }
   rocksdb_iter_destroy(it);
   ck_assert_int_gt(n, 0);
-  rocksdb_write(db, wo, b, &err);
+  rocksdb_write(r.db, r.wo, b, &err);
   ck_assert_msg(!err, "%s", err);
   rocksdb_writebatch_destroy(b);
-  rocksdb_writeoptions_destroy(wo);
-  rocksdb_readoptions_destroy(ro);
-  rocksdb_close(db);
-  rocksdb_options_destroy(o);
+  raw_db_close(&r);
   a = open_store(da, 0, 1);
   same_state(a, ref);
   push_all(a, 2);
@@ -257,6 +276,67 @@ START_TEST(test_open_chunk_records_without_seq) {
   psd_store_close(ref);
   free(da);
   free(dr);
+}
+END_TEST
+
+/* bytes_of reads model 0's raw and wire byte counters. */
+static void bytes_of(psd_store *s, uint64_t *raw, uint64_t *wire) {
+  psd_model_info info;
+  ck_assert_uint_ge(psd_store_nmodels(s), 1);
+  psd_store_model_info(s, 0, &info);
+  *raw = info.bytes_raw, *wire = info.bytes_wire;
+}
+
+/* The raw/wire byte counters live in the "v/" record: a flush and reopen
+ * keeps them, a pull alone reaches disk at psd_store_flush (the final
+ * flush), and a "v/" record of 16 bytes (written before the counters)
+ * opens with its version and counters of 0. */
+START_TEST(test_version_record_counters) {
+  char *da = strdup(path_in(ps_test_tmpdir(), "a"));
+  spec_buf sb;
+  psd_store *a = open_store(da, 0, 1);
+  submit(a, make_spec(&sb, "m", 42, "adam"));
+  push_all(a, 1);
+  uint64_t elems, raw, wire, raw2, wire2, v;
+  const uint32_t *ids;
+  size_t n;
+  ck_assert_int_eq(psd_store_held(a, "m", &ids, &n, &elems), 0);
+  float *out = malloc(elems * sizeof *out);
+  ps_errbuf eb;
+  ck_assert_msg(store_pull(a, "m", ids, n, out, elems, &v, &eb) == 0, "%s", eb.msg);
+  bytes_of(a, &raw, &wire);
+  ck_assert_uint_eq(raw, 2 * 4 * elems); /* a push and a pull, fp32 */
+  ck_assert_uint_eq(wire, raw);
+  ck_assert_msg(psd_store_flush(a, &eb) == 0, "%s", eb.msg);
+  /* a pull alone: the next flush that psd_store_flush makes writes it */
+  ck_assert_msg(store_pull(a, "m", ids, n, out, elems, &v, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psd_store_flush(a, &eb) == 0, "%s", eb.msg);
+  psd_store_close(a);
+  a = open_store(da, 0, 1);
+  bytes_of(a, &raw2, &wire2);
+  ck_assert_uint_eq(raw2, raw + 4 * elems);
+  ck_assert_uint_eq(wire2, wire + 4 * elems);
+  ck_assert_uint_eq(version_of(a), 1);
+  psd_store_close(a);
+  /* cut the "v/" records to the old 16 bytes (gen, version) */
+  raw_db r = raw_db_open(da);
+  char *err = NULL;
+  size_t vl;
+  char *val = rocksdb_get(r.db, r.ro, "v/m", 3, &vl, &err);
+  ck_assert_msg(!err && val, "no v/m record");
+  ck_assert_uint_eq(vl, 32);
+  rocksdb_put(r.db, r.wo, "v/m", 3, val, 16, &err);
+  ck_assert_msg(!err, "%s", err);
+  rocksdb_free(val);
+  raw_db_close(&r);
+  a = open_store(da, 0, 1);
+  bytes_of(a, &raw2, &wire2);
+  ck_assert_uint_eq(raw2, 0);
+  ck_assert_uint_eq(wire2, 0);
+  ck_assert_uint_eq(version_of(a), 1);
+  psd_store_close(a);
+  free(out);
+  free(da);
 }
 END_TEST
 
@@ -862,6 +942,7 @@ Suite *psd_store_suite(void) {
   tcase_add_test(tc, test_failed_flush_reopens);
   tcase_add_test(tc, test_submit_budget);
   tcase_add_test(tc, test_open_chunk_records_without_seq);
+  tcase_add_test(tc, test_version_record_counters);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -3,7 +3,8 @@
  * and on the communication thread), versions are recorded; a shard
  * SIGKILLed and restarted while the client pulls is reported on stderr,
  * retried and resumed; a shard that stays down ends the pull within the
- * retry budget.
+ * retry budget; a codec warm-up goes fp32 first, and the byte counters
+ * survive a restart.
  *
  * Every psd started is recorded in shared memory so the unchecked
  * teardown stops it by PID even when a test failed half-way. */
@@ -13,11 +14,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "ps.pb-c.h"
 #include "ps_chan.h"
 #include "ps_gpu.h"
+#include "ps_model.h"
 #include "ps_rpc.h"
 #include "ps_test.h"
 #include "psw_client.h"
@@ -61,9 +64,10 @@ static void pc_fini(pc_ctx *x) {
   ps_config_release(&x->cfg);
 }
 
-/* pc_submit registers model NAME: a 40-30-10 MLP graph (1570 parameters,
- * several 1024-element chunks), SGD with PC_LR. */
-static void pc_submit(pc_ctx *x, const char *name) {
+/* pc_submit_codec registers model NAME: a 40-30-10 MLP graph (1570
+ * parameters, several 1024-element chunks), SGD with PC_LR, pushes in
+ * CODEC (NULL: fp32) after WARMUP steps. */
+static void pc_submit_codec(pc_ctx *x, const char *name, const char *codec, uint32_t warmup) {
   static const uint32_t layers[] = {40, 30, 10};
   ps_errbuf eb;
   uint8_t *buf;
@@ -78,6 +82,9 @@ static void pc_submit(pc_ctx *x, const char *name) {
   opt.lr = PC_LR;
   spec->optimizer = &opt;
   spec->seed = 3;
+  char *had = spec->codec;
+  if (codec) spec->codec = (char *)codec;
+  spec->codec_warmup_steps = warmup;
   ps_rpc *r;
   char addr[64];
   snprintf(addr, sizeof addr, "127.0.0.1:%d", x->gp);
@@ -85,10 +92,13 @@ static void pc_submit(pc_ctx *x, const char *name) {
   ps_test_submit(r, spec, 0, 10000);
   ps_rpc_close(r);
   spec->optimizer = NULL;
+  spec->codec = had;
   psw_graph_spec_free(spec);
   psw_graph_free(g);
   free(buf);
 }
+
+static void pc_submit(pc_ctx *x, const char *name) { pc_submit_codec(x, name, NULL, 0); }
 
 /* pc_open opens a client of MODEL with NBUFS buffers. */
 static psw_client *pc_open(pc_ctx *x, const char *model, int nbufs) {
@@ -240,6 +250,90 @@ START_TEST(test_client_shard_restart) {
 }
 END_TEST
 
+/* pc_bytes reads the shard's raw and wire byte counters of MODEL. */
+static void pc_bytes(pc_ctx *x, const char *model, uint64_t *raw, uint64_t *wire) {
+  Ps__StatusReply *st = ps_test_status(x->gp);
+  int found = 0;
+  for (size_t i = 0; i < st->n_models; i++)
+    if (!strcmp(st->models[i]->name, model)) {
+      *raw = st->models[i]->bytes_raw, *wire = st->models[i]->bytes_wire;
+      found = 1;
+    }
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  ck_assert_msg(found, "status has no model '%s'", model);
+}
+
+/* The codec warm-up: a model submitted with int8 pushes and 3 warm-up
+ * steps gets the pushes of clocks 0-2 in fp32 and those from clock 3 on
+ * in int8: per push, the shard's wire bytes grow by 4 bytes per parameter
+ * (raw = wire) and then by int8's payload, and the client's push frames
+ * shrink with them.  Then the byte counters survive a SIGTERM restart,
+ * pull bytes after the last push included (the final flush writes them). */
+START_TEST(test_client_codec_warmup) {
+  pc_ctx x = {0};
+  pc_init(&x, 20000);
+  pc_submit_codec(&x, "pcw", "int8", 3);
+  psw_client *c = pc_open(&x, "pcw", 1);
+  const ps_layout *l = psw_client_layout(c);
+  uint64_t n = psw_client_nparams(c);
+  uint32_t *ids = calloc(l->nchunks, sizeof *ids);
+  for (uint32_t i = 0; i < l->nchunks; i++) ids[i] = i;
+  uint64_t int8_bytes = ps_layout_payload_bytes(l, ids, l->nchunks, PS_CODEC_INT8, 1);
+  free(ids);
+  ck_assert_uint_lt(int8_bytes, 4 * n / 2); /* the 1200-weight tensor goes int8 */
+  ps_errbuf eb;
+  ck_assert_msg(psw_client_pull_all(c, 0, 0, &eb) == 0, "%s", eb.msg);
+  float *g = psw_client_grads(c, 0);
+  uint64_t raw0, wire0, raw, wire, sent, recv, push0, push;
+  pc_bytes(&x, "pcw", &raw0, &wire0);
+  ck_assert_uint_eq(raw0, 4 * n); /* the pull */
+  ck_assert_uint_eq(wire0, 4 * n);
+  for (uint64_t t = 0; t < 6; t++) {
+    for (uint64_t i = 0; i < n; i++) g[i] = 0.01f * (float)((i + t) % 7) - 0.03f;
+    psw_client_bytes(c, &sent, &recv, &push0);
+    ck_assert_msg(psw_client_push_all(c, 0, t, &eb) == 0, "push %llu: %s", (unsigned long long)t,
+                  eb.msg);
+    psw_client_bytes(c, &sent, &recv, &push);
+    pc_bytes(&x, "pcw", &raw, &wire);
+    ck_assert_uint_eq(raw - raw0, 4 * n);
+    if (t < 3) {
+      ck_assert_msg(wire - wire0 == 4 * n, "push %llu (warm-up) sent %llu payload bytes, not fp32's %llu",
+                    (unsigned long long)t, (unsigned long long)(wire - wire0), (unsigned long long)(4 * n));
+      ck_assert_uint_gt(push - push0, 4 * n);
+    } else {
+      ck_assert_msg(wire - wire0 == int8_bytes, "push %llu sent %llu payload bytes, not int8's %llu",
+                    (unsigned long long)t, (unsigned long long)(wire - wire0),
+                    (unsigned long long)int8_bytes);
+      ck_assert_uint_lt(push - push0, 4 * n / 2);
+    }
+    raw0 = raw, wire0 = wire;
+  }
+  /* a periodic flush writes the pushes' state; the pull after it moves
+   * only the counters, which no periodic flush writes: the final one must */
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  int64_t pushed_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000, flushed_ms = 0;
+  for (int64_t t0 = ps_test_now_ms(); flushed_ms <= pushed_ms && ps_test_now_ms() - t0 < 10000;) {
+    Ps__StatusReply *st = ps_test_status(x.gp);
+    flushed_ms = st->last_flush_unix_ms;
+    protobuf_c_message_free_unpacked(&st->base, NULL);
+    usleep(50 * 1000);
+  }
+  ck_assert_msg(flushed_ms > pushed_ms, "no flush within 10 s of the last push");
+  ck_assert_msg(psw_client_pull_all(c, 0, 6, &eb) == 0, "%s", eb.msg);
+  pc_bytes(&x, "pcw", &raw0, &wire0);
+  ck_assert_uint_eq(raw0, raw + 4 * n);
+  psw_client_close(c);
+  ck_assert_msg(WIFEXITED(ps_test_stop(x.pid, SIGTERM, 10000)), "psd did not stop on SIGTERM");
+  pc_start(&x);
+  pc_bytes(&x, "pcw", &raw, &wire);
+  ck_assert_msg(raw == raw0 && wire == wire0, "after a restart: raw %llu wire %llu, before %llu %llu",
+                (unsigned long long)raw, (unsigned long long)wire, (unsigned long long)raw0,
+                (unsigned long long)wire0);
+  pc_fini(&x);
+}
+END_TEST
+
 START_TEST(test_client_gives_up_in_budget) {
   pc_ctx x = {0};
   pc_init(&x, 1500);
@@ -267,6 +361,7 @@ Suite *psw_client_suite(void) {
   tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_add_test(tc, test_client_matches_direct_pull);
   tcase_add_test(tc, test_client_shard_restart);
+  tcase_add_test(tc, test_client_codec_warmup);
   tcase_add_test(tc, test_client_gives_up_in_budget);
   suite_add_tcase(s, tc);
   return s;

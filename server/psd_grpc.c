@@ -15,7 +15,7 @@
  *     counts in sh->inflight.  The shard releases parked pulls before it
  *     drains; a stop finds none parked unless it rebuilds the server
  *     (psd_grpc_restart), and then answers them PS_EUNAVAIL itself.
- *  3a. Under durability `sync` an applied Push is answered only once its
+ *  3a. Under durability `sync` an applied Push or SparsePush is answered only once its
  *     redo log record is synced (psd_shard_push_durable): the call keeps
  *     its packed reply (c->sout), is linked in g->parked with c->syncing
  *     set, and is answered from the log's callback; a rebuild answers it
@@ -440,10 +440,10 @@ static int psd_grpc_sparse_pull(psd_grpc_call *c, psd_shard *sh, const ProtobufC
 /* SparsePush: gradients of distinct keys of one table. */
 static int psd_grpc_sparse_push(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessage *m,
                                 grpc_slice *out, ps_errbuf *eb) {
-  (void)c;
   Ps__SparsePushReply rep = PS__SPARSE_PUSH_REPLY__INIT;
   int err = psd_shard_sparse_push(sh, (const Ps__SparsePushRequest *)m, eb);
-  return err < 0 ? err : psd_grpc_pack(&rep.base, out, eb);
+  if (err == 0) err = psd_grpc_pack(&rep.base, out, eb);
+  return err < 0 ? err : psd_grpc_push_durable(c, sh, m, out, eb); /* under sync: its record synced */
 }
 
 /* grpc.health.v1.Health/Check: SERVING only while the shard serves. */

@@ -9,6 +9,7 @@
 #include "graph.pb-c.h"
 #include "ps_place.h"
 #include "psd_sparse.h"
+#include "psd_store.h"
 
 /* One table's placement: which buckets are this shard's. */
 typedef struct sps_map {
@@ -20,6 +21,7 @@ typedef struct sps_map {
 
 struct psd_shard_sparse {
   psd_sparse *rows;
+  uint64_t log_from;                   /* the log position the rows on disk hold */
   sps_map *maps;
   size_t nmaps;
 };
@@ -141,6 +143,8 @@ int psd_shard_sparse_open(psd_shard *sh, ps_errbuf *eb) {
     psd_store_model_info(sh->store, i, &mi);
     rc = psd_shard_sparse_add(sh, mi.spec, eb);
   }
+  /* before the redo log's replay: the store's position is its snapshot's */
+  if (!rc) rc = psd_sparse_log_start(sp->rows, psd_store_log_seq(sh->store), &sp->log_from, eb);
   if (rc) psd_shard_sparse_close(sh);
   return rc;
 }
@@ -190,7 +194,39 @@ void psd_shard_sparse_status_release(Ps__StatusReply *reply) {
 }
 
 int psd_shard_sparse_flush(psd_shard *sh, ps_errbuf *eb) {
-  return sh->sparse ? psd_sparse_flush(sh->sparse->rows, eb) : 0;
+  return sh->sparse ? psd_sparse_flush(sh->sparse->rows, psd_store_log_seq(sh->store), eb) : 0;
+}
+
+uint64_t psd_shard_sparse_log_from(const psd_shard *sh) {
+  return sh->sparse ? sh->sparse->log_from : UINT64_MAX;
+}
+
+void psd_shard_sparse_set_log(psd_shard *sh, psd_sparse_log_fn *fn, void *arg) {
+  if (sh->sparse) psd_sparse_set_log(sh->sparse->rows, fn, arg);
+}
+
+int psd_shard_sparse_replay(psd_shard *sh, uint64_t seq, const uint8_t *rec, size_t len,
+                            ps_errbuf *eb) {
+  if (!sh->sparse)
+    return ps_errf(eb, PS_EIO, "redo log record %llu is a sparse push, but shard %u has no "
+                   "sparse tables open", (unsigned long long)seq, sh->me->id);
+  int rc = psd_sparse_replay(sh->sparse->rows, seq, rec, len, eb);
+  if (!rc) psd_store_log_note(sh->store, seq);
+  return rc;
+}
+
+int psd_shard_sparse_snapshot(psd_shard *sh, int *persist, uint64_t *seq, ps_errbuf *eb) {
+  *persist = 0;
+  *seq = psd_store_log_seq(sh->store);
+  return sh->sparse ? psd_sparse_snapshot(sh->sparse->rows, *seq, persist, eb) : 0;
+}
+
+int psd_shard_sparse_persist(psd_shard *sh, ps_errbuf *eb) {
+  return sh->sparse ? psd_sparse_persist(sh->sparse->rows, eb) : 0;
+}
+
+void psd_shard_sparse_persist_failed(psd_shard *sh) {
+  if (sh->sparse) psd_sparse_persist_failed(sh->sparse->rows);
 }
 
 /* sps_request checks what pulls and pushes share: the shard takes it,

@@ -18,6 +18,7 @@
 
 #include "ps.pb-c.h"
 #include "psd_shard.h"
+#include "psd_sparse.h"
 
 /* psd_shard_sparse_open opens SH's rows and registers the tables of every
  * model its store holds.  psd_shard_sparse_close (NULL-safe) frees them
@@ -48,7 +49,28 @@ int psd_shard_sparse_push(psd_shard *sh, const Ps__SparsePushRequest *r, ps_errb
 void psd_shard_sparse_status(psd_shard *sh, Ps__StatusReply *reply);
 void psd_shard_sparse_status_release(Ps__StatusReply *reply);
 
-/* psd_shard_sparse_flush writes every changed row (psd_sparse_flush). */
+/* psd_shard_sparse_flush writes every changed row and the store's log
+ * position (psd_sparse_flush); synchronous. */
 int psd_shard_sparse_flush(psd_shard *sh, ps_errbuf *eb);
+
+/* Durability (psd_sparse.h invariant 6; psd_main drives it beside the
+ * dense store's snapshots and redo log).
+ *
+ * psd_shard_sparse_log_from: the redo log position the rows on disk hold
+ * (read at open, before the replay; UINT64_MAX without sparse tables).
+ * psd_shard_sparse_set_log installs the redo log hook of sparse pushes.
+ * psd_shard_sparse_replay applies a record of kind PSD_SPARSE_LOG_PUSH
+ * and notes its seq in the store (psd_store_log_note).
+ * psd_shard_sparse_snapshot (loop) writes changed rows and the store's
+ * log position, *SEQ, into RocksDB's memtable; when *PERSIST, call
+ * psd_shard_sparse_persist (any thread) and, if it fails,
+ * psd_shard_sparse_persist_failed (loop). */
+uint64_t psd_shard_sparse_log_from(const psd_shard *sh);
+void psd_shard_sparse_set_log(psd_shard *sh, psd_sparse_log_fn *fn, void *arg);
+int psd_shard_sparse_replay(psd_shard *sh, uint64_t seq, const uint8_t *rec, size_t len,
+                            ps_errbuf *eb);
+int psd_shard_sparse_snapshot(psd_shard *sh, int *persist, uint64_t *seq, ps_errbuf *eb);
+int psd_shard_sparse_persist(psd_shard *sh, ps_errbuf *eb);
+void psd_shard_sparse_persist_failed(psd_shard *sh);
 
 #endif

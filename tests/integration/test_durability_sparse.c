@@ -1,0 +1,335 @@
+/* Sparse rows under the shard's durability mode (issue 19): one real psd
+ * with the click-through model's embedding table (dim 4, SGD lr 1) and a
+ * memory budget of 8 rows for 48 keys, so most rows live in RocksDB.
+ * Every gradient is -1, so a row's value minus its initial value is the
+ * number of pushes applied to it, in every element.
+ *
+ *  - sync: pushers on 3 gRPC connections send SparsePush of 1..6 random
+ *    keys each; the shard is SIGKILLed at a random moment, restarted (every
+ *    other time after a simulated power cut of the redo log, as in the
+ *    dense crash loop) and pulled.  Every row must hold acknowledged <=
+ *    pushes <= acknowledged + in flight (none lost, none applied twice),
+ *    the same count in every element, and some restart must have replayed
+ *    records.
+ *  - periodic: pushes, a wait until `last_flush` (Status) is past the last
+ *    acknowledgement, more pushes, SIGKILL: every row holds at least the
+ *    pushes before that flush and at most all of them. */
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ps_place.h"
+#include "ps_rpc.h"
+#include "ps_test.h"
+#include "psw_ctr.h"
+#include "psw_graph.h"
+
+enum { SD_DIM = 4, SD_KEYS = 48, SD_PUSHERS = 3 };
+
+typedef struct sd_tally {
+  uint64_t keys[SD_KEYS];
+  atomic_uint_fast64_t acked[SD_KEYS], maybe[SD_KEYS], pushes;
+  atomic_int stop;
+  char addr[64];
+} sd_tally;
+
+typedef struct sd_pusher {
+  sd_tally *t;
+  uint64_t rng;
+  pthread_t th;
+} sd_pusher;
+
+static uint64_t sd_rand(uint64_t *s) {
+  *s ^= *s << 13;
+  *s ^= *s >> 7;
+  *s ^= *s << 17;
+  return *s;
+}
+
+/* sd_push sends one SparsePush of the keys IDX (N) with gradient -1. */
+static int sd_push(ps_rpc *r, const sd_tally *t, const int *idx, size_t n, ps_errbuf *eb) {
+  uint64_t keys[SD_KEYS];
+  float g[SD_KEYS * SD_DIM];
+  for (size_t i = 0; i < n; i++) keys[i] = t->keys[idx[i]];
+  for (size_t i = 0; i < n * SD_DIM; i++) g[i] = -1.0f;
+  Ps__SparsePushRequest q = PS__SPARSE_PUSH_REQUEST__INIT;
+  q.model = "ctr", q.table = 0, q.keys = keys, q.n_keys = n, q.worker = 0;
+  q.rows.data = (uint8_t *)g, q.rows.len = n * SD_DIM * sizeof(float);
+  ProtobufCMessage *rep = NULL;
+  int rc = ps_rpc_call(r, "/ps.Ps/SparsePush", &q.base, &ps__sparse_push_reply__descriptor, &rep,
+                       10000, eb);
+  if (rep) protobuf_c_message_free_unpacked(rep, NULL);
+  return rc;
+}
+
+/* sd_pick chooses 1..6 distinct keys. */
+static size_t sd_pick(uint64_t *rng, int *idx) {
+  size_t n = 1 + sd_rand(rng) % 6;
+  int first = (int)(sd_rand(rng) % SD_KEYS);
+  for (size_t i = 0; i < n; i++) idx[i] = (first + (int)i * 7) % SD_KEYS;
+  return n;
+}
+
+static void sd_count(sd_tally *t, const int *idx, size_t n, int acked) {
+  for (size_t i = 0; i < n; i++) atomic_fetch_add(acked ? &t->acked[idx[i]] : &t->maybe[idx[i]], 1);
+  if (acked) atomic_fetch_add(&t->pushes, 1);
+}
+
+/* sd_pusher_main pushes until told to stop or a push fails (the shard
+ * died): that push counts as in flight. */
+static void *sd_pusher_main(void *arg) {
+  sd_pusher *p = arg;
+  ps_rpc *r = NULL;
+  ps_errbuf eb;
+  int err = ps_test_rpc_open(&r, p->t->addr, &eb);
+  while (err == 0 && !atomic_load(&p->t->stop)) {
+    int idx[6];
+    size_t n = sd_pick(&p->rng, idx);
+    err = sd_push(r, p->t, idx, n, &eb);
+    sd_count(p->t, idx, n, err == 0);
+  }
+  if (r) ps_rpc_close(r);
+  return NULL;
+}
+
+/* sd_model submits the click-through model (1 field, dim 4, 1 dense
+ * feature) with SGD lr 1 and seed 11 through R. */
+static void sd_submit(ps_rpc *r) {
+  psw_ctr_shape sh = {1, SD_DIM, 1, NULL, 0, 0, 0};
+  uint8_t *buf;
+  size_t len;
+  ps_errbuf eb;
+  psw_graph *g;
+  ck_assert_msg(psw_graph_ctr_pack("ctr", &sh, &buf, &len, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psw_graph_load(buf, len, &g, &eb) == 0, "%s", eb.msg);
+  free(buf);
+  Ps__ModelSpec *spec;
+  ck_assert_int_eq(psw_graph_to_spec(g, "ctr", &spec, &eb), 0);
+  Ps__OptimizerSpec opt = PS__OPTIMIZER_SPEC__INIT;
+  opt.kind = "sgd", opt.lr = 1.0f;
+  spec->optimizer = &opt;
+  spec->seed = 11;
+  ps_test_submit(r, spec, 0, 10000);
+  spec->optimizer = NULL;
+  psw_graph_spec_free(spec);
+  psw_graph_free(g);
+}
+
+/* sd_init fills T's keys (all on the one shard) and its address. */
+static void sd_init(sd_tally *t, int gp) {
+  memset(t, 0, sizeof *t);
+  for (int i = 0; i < SD_KEYS; i++) t->keys[i] = (uint64_t)(i + 1) * 0x9e3779b97f4a7c15ull;
+  snprintf(t->addr, sizeof t->addr, "127.0.0.1:%d", gp);
+}
+
+/* sd_counts pulls every key (retrying while the shard starts) and writes
+ * each row's push count to N, checking that every element agrees. */
+static void sd_counts(const sd_tally *t, long long *n, const char *log) {
+  float rows[SD_KEYS * SD_DIM], init[SD_DIM];
+  Ps__SparsePullRequest q = PS__SPARSE_PULL_REQUEST__INIT;
+  q.model = "ctr", q.table = 0, q.keys = (uint64_t *)t->keys, q.n_keys = SD_KEYS, q.worker = 0;
+  int64_t end = ps_test_now_ms() + 20000;
+  ps_errbuf eb;
+  int err;
+  do {
+    ps_rpc *r = NULL;
+    Ps__SparsePullReply *rep = NULL;
+    err = ps_test_rpc_open(&r, t->addr, &eb);
+    if (err == 0)
+      err = ps_rpc_call(r, "/ps.Ps/SparsePull", &q.base, &ps__sparse_pull_reply__descriptor,
+                        (ProtobufCMessage **)&rep, 10000, &eb);
+    if (err == 0) {
+      ck_assert_uint_eq(rep->rows.len, sizeof rows);
+      memcpy(rows, rep->rows.data, sizeof rows);
+      protobuf_c_message_free_unpacked(&rep->base, NULL);
+    }
+    if (r) ps_rpc_close(r);
+    if (err) usleep(50000);
+  } while (err && ps_test_now_ms() < end);
+  ck_assert_msg(err == 0, "pull after the restart: %s; see %s", eb.msg, log);
+  for (int k = 0; k < SD_KEYS; k++) {
+    ck_assert_int_eq(ps_init_row(init, "uniform", 0.05f, 11, 0, t->keys[k], SD_DIM), 0);
+    n[k] = llroundf(rows[k * SD_DIM] - init[0]);
+    for (int d = 0; d < SD_DIM; d++) {
+      float x = rows[k * SD_DIM + d] - init[d];
+      ck_assert_msg(fabsf(x - (float)n[k]) < 1e-3f, "key %d: element %d holds %g pushes, element "
+                    "0 %lld; see %s", k, d, (double)x, n[k], log);
+    }
+  }
+}
+
+/* sd_yaml writes the one-shard cluster file with MODE, a budget of 8 rows. */
+static const char *sd_yaml(const char *dir, const char *mode, int *gp, int *cp) {
+  const char *path = ps_test_cluster_yaml(dir, 1, "sparse:\n  memory_rows: 8\n", gp, cp);
+  size_t len;
+  char *y = ps_test_read_file(path, &len);
+  char *at = strstr(y, "  mode: periodic\n");
+  ck_assert_ptr_nonnull(at);
+  char *out = malloc(len + 64);
+  snprintf(out, len + 64, "%.*s  mode: %s\n%s", (int)(at - y), y, mode,
+           at + strlen("  mode: periodic\n"));
+  ps_test_write_file(path, out);
+  free(y);
+  free(out);
+  return path;
+}
+
+static pid_t sd_start(const char *yaml, const char *log, int gp, int cp, char **env) {
+  pid_t pid = ps_test_psd(yaml, 0, log, env);
+  ck_assert_msg(ps_test_wait_port(cp, 30000) == 0 && ps_test_wait_port(gp, 10000) == 0,
+                "psd did not start; see %s", log);
+  return pid;
+}
+
+/* sd_replayed sums the records LOG says were replayed. */
+static uint64_t sd_replayed(const char *log) {
+  size_t len;
+  char *s = ps_test_read_file(log, &len);
+  uint64_t n = 0;
+  for (char *p = s; (p = strstr(p, "redo log replayed: ")) != NULL; p++)
+    n += strtoull(p + strlen("redo log replayed: "), NULL, 10);
+  free(s);
+  return n;
+}
+
+START_TEST(test_sparse_sync_kill) {
+  ps_test_rng_init();
+  const char *dir = ps_test_tmpdir();
+  int gp, cp;
+  char yaml[700], log[700];
+  snprintf(yaml, sizeof yaml, "%s", sd_yaml(dir, "sync", &gp, &cp));
+  snprintf(log, sizeof log, "%s/psd0.log", dir);
+  sd_tally *t = malloc(sizeof *t);
+  sd_init(t, gp);
+  pid_t pid = sd_start(yaml, log, gp, cp, NULL);
+  {
+    ps_rpc *r;
+    ps_errbuf eb;
+    ck_assert_int_eq(ps_test_rpc_open(&r, t->addr, &eb), 0);
+    sd_submit(r);
+    ps_rpc_close(r);
+  }
+  uint64_t seed = ps_test_seed | 1;
+  long long n[SD_KEYS];
+  for (int it = 0; it < 3; it++) {
+    sd_pusher ps[SD_PUSHERS];
+    atomic_store(&t->stop, 0);
+    uint64_t p0 = atomic_load(&t->pushes);
+    for (int i = 0; i < SD_PUSHERS; i++) {
+      ps[i] = (sd_pusher){.t = t, .rng = sd_rand(&seed) | 1};
+      ck_assert_int_eq(pthread_create(&ps[i].th, NULL, sd_pusher_main, &ps[i]), 0);
+    }
+    int64_t end = ps_test_now_ms() + 15000;
+    while (atomic_load(&t->pushes) < p0 + 20 && ps_test_now_ms() < end) usleep(2000);
+    usleep((useconds_t)(sd_rand(&seed) % 700) * 1000);
+    int st = ps_test_stop(pid, SIGKILL, 5000);
+    ck_assert_msg(WIFSIGNALED(st), "psd was not running at iteration %d; see %s", it, log);
+    atomic_store(&t->stop, 1);
+    for (int i = 0; i < SD_PUSHERS; i++) pthread_join(ps[i].th, NULL);
+    ck_assert_msg(atomic_load(&t->pushes) > p0, "no push was acknowledged at iteration %d; see %s",
+                  it, log);
+    pid = sd_start(yaml, log, gp, cp, NULL);
+    sd_counts(t, n, log);
+    for (int k = 0; k < SD_KEYS; k++) {
+      long long a = (long long)atomic_load(&t->acked[k]), m = (long long)atomic_load(&t->maybe[k]);
+      ck_assert_msg(n[k] >= a && n[k] <= a + m, "iteration %d, key %d: %lld pushes applied, but "
+                    "%lld were acknowledged and %lld in flight (seed %llu); see %s", it, k, n[k],
+                    a, m, (unsigned long long)ps_test_seed, log);
+      atomic_store(&t->acked[k], (uint64_t)n[k]); /* the in-flight ones are decided now */
+      atomic_store(&t->maybe[k], 0);
+    }
+  }
+  ck_assert_msg(sd_replayed(log) > 0, "no restart replayed a record from the log; see %s", log);
+  int st = ps_test_stop(pid, SIGTERM, 15000);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd ended with status %d; see %s", st, log);
+  /* and a clean stop keeps them all */
+  pid = sd_start(yaml, log, gp, cp, NULL);
+  long long after[SD_KEYS];
+  sd_counts(t, after, log);
+  ck_assert_int_eq(memcmp(after, n, sizeof n), 0);
+  ck_assert_int_eq(ps_test_stop(pid, SIGTERM, 15000), 0);
+  free(t);
+}
+END_TEST
+
+/* sd_last_flush returns the shard's last_flush_unix_ms (Status). */
+static int64_t sd_last_flush(const char *addr) {
+  ps_rpc *r;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_test_rpc_open(&r, addr, &eb), 0);
+  Ps__StatusRequest q = PS__STATUS_REQUEST__INIT;
+  Ps__StatusReply *st = NULL;
+  ck_assert_msg(ps_rpc_call(r, "/ps.Ps/Status", &q.base, &ps__status_reply__descriptor,
+                            (ProtobufCMessage **)&st, 10000, &eb) == 0, "%s", eb.msg);
+  int64_t v = (int64_t)st->last_flush_unix_ms;
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  ps_rpc_close(r);
+  return v;
+}
+
+/* sd_push_rounds pushes ROUNDS pushes of every key in groups of 6 over R,
+ * counting them in T. */
+static void sd_push_rounds(ps_rpc *r, sd_tally *t, int rounds) {
+  ps_errbuf eb;
+  for (int round = 0; round < rounds; round++)
+    for (int k = 0; k < SD_KEYS; k += 6) {
+      int idx[6];
+      for (int i = 0; i < 6; i++) idx[i] = k + i;
+      ck_assert_msg(sd_push(r, t, idx, 6, &eb) == 0, "push: %s", eb.msg);
+      sd_count(t, idx, 6, 1);
+    }
+}
+
+START_TEST(test_sparse_periodic_kill) {
+  const char *dir = ps_test_tmpdir();
+  int gp, cp;
+  char yaml[700], log[700];
+  snprintf(yaml, sizeof yaml, "%s", sd_yaml(dir, "periodic", &gp, &cp));
+  snprintf(log, sizeof log, "%s/psd0.log", dir);
+  sd_tally *t = malloc(sizeof *t);
+  sd_init(t, gp);
+  pid_t pid = sd_start(yaml, log, gp, cp, NULL);
+  ps_rpc *r;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_test_rpc_open(&r, t->addr, &eb), 0);
+  sd_submit(r);
+  sd_push_rounds(r, t, 5);
+  /* a flush (every 200 ms) that began after the last acknowledgement */
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  int64_t acked_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  int64_t end = ps_test_now_ms() + 15000;
+  while (sd_last_flush(t->addr) <= acked_ms && ps_test_now_ms() < end) usleep(50000);
+  ck_assert_msg(sd_last_flush(t->addr) > acked_ms, "no flush after the pushes; see %s", log);
+  sd_push_rounds(r, t, 3);
+  ps_rpc_close(r);
+  int st = ps_test_stop(pid, SIGKILL, 5000);
+  ck_assert(WIFSIGNALED(st));
+  pid = sd_start(yaml, log, gp, cp, NULL);
+  long long n[SD_KEYS];
+  sd_counts(t, n, log);
+  for (int k = 0; k < SD_KEYS; k++)
+    ck_assert_msg(n[k] >= 5 && n[k] <= 8, "key %d: %lld pushes after the kill; 5 were on disk, "
+                  "8 acknowledged; see %s", k, n[k], log);
+  ck_assert_int_eq(ps_test_stop(pid, SIGTERM, 15000), 0);
+  free(t);
+}
+END_TEST
+
+Suite *psd_durability_sparse_suite(void) {
+  Suite *s = suite_create("psd_durability_sparse");
+  TCase *tc = tcase_create("kill");
+  tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
+  tcase_set_timeout(tc, 150);
+  tcase_add_test(tc, test_sparse_sync_kill);
+  tcase_add_test(tc, test_sparse_periodic_kill);
+  suite_add_tcase(s, tc);
+  return s;
+}

@@ -10,6 +10,8 @@
 #include "ps_place.h"
 #include "ps_auth.h"
 #include "ps_rpc.h"
+#include "ps_time.h"
+#include "psw_client.h"
 
 #define PSW_SPARSE_TIMEOUT_MS 30000
 
@@ -26,7 +28,13 @@ struct psw_sparse {
   uint64_t *keys;
   float *buf;
   size_t cap, bufcap;
+  volatile sig_atomic_t *stop; /* psw_sparse_set_stop; may be NULL */
+  uint64_t lost_pushes;        /* shard calls of pushes lost with a connection */
 };
+
+void psw_sparse_set_stop(psw_sparse *s, volatile sig_atomic_t *stop) { s->stop = stop; }
+
+uint64_t psw_sparse_lost_pushes(const psw_sparse *s) { return s->lost_pushes; }
 
 int psw_sparse_open(psw_sparse **out, const ps_config *cfg, const char *model, uint32_t table,
                     uint32_t dim, uint32_t worker, ps_errbuf *eb) {
@@ -98,18 +106,53 @@ static int group(psw_sparse *s, const uint64_t *keys, uint32_t n, ps_errbuf *eb)
   return 0;
 }
 
-/* call makes call METHOD on shard K, opening its channel first. */
-static int call(psw_sparse *s, size_t k, const char *method, const ProtobufCMessage *req,
-                const ProtobufCMessageDescriptor *desc, ProtobufCMessage **rep, ps_errbuf *eb) {
+/* call_once makes call METHOD on shard K, opening its channel first; a
+ * channel whose call failed as if the shard were not there is closed
+ * (the next call opens a new one). */
+static int call_once(psw_sparse *s, size_t k, const char *method, const ProtobufCMessage *req,
+                     const ProtobufCMessageDescriptor *desc, ProtobufCMessage **rep,
+                     ps_errbuf *eb) {
   int rc = 0;
   if (!s->rpc[k])
     rc = ps_rpc_open_cfg(&s->rpc[k], s->cfg->shards[k].grpc_addr, s->cfg, PS_ROLE_WORKER, eb);
   if (!rc) rc = ps_rpc_call(s->rpc[k], method, req, desc, rep, PSW_SPARSE_TIMEOUT_MS, eb);
+  if (rc && psw_retryable(rc) && s->rpc[k]) {
+    ps_rpc_close(s->rpc[k]);
+    s->rpc[k] = NULL;
+  }
   if (rc) {
     ps_errbuf inner = *eb;
     ps_errf(eb, rc, "shard %u: %s", s->cfg->shards[k].id, inner.msg);
   }
   return rc;
+}
+
+/* call makes a pull's call on shard K, again with backoff (100 ms doubling
+ * to 2 s) while the shard is not there, for at most workers.retry_ms,
+ * saying on stderr when it is lost and when it is back (psw_client.h
+ * invariant 4; a pull changes nothing a second one would not). */
+static int call(psw_sparse *s, size_t k, const char *method, const ProtobufCMessage *req,
+                const ProtobufCMessageDescriptor *desc, ProtobufCMessage **rep, ps_errbuf *eb) {
+  int64_t start = 0;
+  uint32_t delay = PS_BACKOFF_FIRST_MS;
+  for (;;) {
+    int rc = call_once(s, k, method, req, desc, rep, eb);
+    if (rc == 0 && start)
+      fprintf(stderr, "psw: sparse table '%s'/%u: shard %u is back\n", s->model, s->table,
+              s->cfg->shards[k].id);
+    if (rc == 0 || !psw_retryable(rc)) return rc;
+    if (!start) {
+      start = ps_now_ms();
+      fprintf(stderr, "psw: sparse table '%s'/%u: %s; retrying for up to %u ms\n", s->model,
+              s->table, eb->msg, s->cfg->workers.retry_ms);
+    }
+    if (ps_now_ms() - start + delay > (int64_t)s->cfg->workers.retry_ms) {
+      ps_errbuf inner = *eb;
+      return ps_errf(eb, rc, "%s (unreachable for %u ms)", inner.msg, s->cfg->workers.retry_ms);
+    }
+    if (ps_sleep_ms(delay, s->stop) < 0) return ps_errf(eb, PS_ESHUTDOWN, "stopped");
+    delay = ps_backoff_next(delay);
+  }
 }
 
 int psw_sparse_pull(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, float *rows,
@@ -150,9 +193,15 @@ int psw_sparse_push(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, const f
     q.rows.data = (uint8_t *)s->buf, q.rows.len = (size_t)(b - a) * rb;
     q.worker = s->worker, q.clock = clock;
     Ps__SparsePushReply *rep = NULL;
-    rc = call(s, k, "/ps.Ps/SparsePush", &q.base, &ps__sparse_push_reply__descriptor,
-              (ProtobufCMessage **)&rep, eb);
+    rc = call_once(s, k, "/ps.Ps/SparsePush", &q.base, &ps__sparse_push_reply__descriptor,
+                   (ProtobufCMessage **)&rep, eb);
     if (!rc) protobuf_c_message_free_unpacked(&rep->base, NULL);
+    if (rc && psw_retryable(rc)) { /* lost with the connection: not resent */
+      fprintf(stderr, "psw: sparse table '%s'/%u: a push of %u rows is lost (%s); not resent\n",
+              s->model, s->table, b - a, eb->msg);
+      s->lost_pushes++;
+      rc = 0;
+    }
   }
   return rc;
 }

@@ -7,14 +7,22 @@
  * makes one call per shard that holds any, in turn; rows come back in the
  * caller's key order.  Sparse traffic goes to the root shards directly
  * (never through an aggregator), in fp32, without the staleness bound.
- * No retries: a shard that fails the call fails the request (nothing of a
- * failed pull is returned; a push may have reached the shards before the
- * failing one).
+ * A shard that is not there (the errors psw_retryable names: down,
+ * restarting, draining, degraded) is waited for as psw_client.h's
+ * invariant 4 says: a pull's call is made again with backoff for at most
+ * workers.retry_ms (a pull may then have counted toward a key's admission
+ * twice); a push's call is not resent (it may have been applied: sending
+ * it again could apply it twice), it is dropped with a line on stderr and
+ * counted (psw_sparse_lost_pushes), and the push goes on to the other
+ * shards; the next pull waits for the shard.  Any other refusal fails the
+ * request (nothing of a failed pull is returned; a push may have reached
+ * the shards before the failing one).
  *
  * Not thread-safe: one per worker thread. */
 #ifndef PSW_SPARSE_H
 #define PSW_SPARSE_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -30,6 +38,12 @@ typedef struct psw_sparse psw_sparse;
 int psw_sparse_open(psw_sparse **out, const ps_config *cfg, const char *model, uint32_t table,
                     uint32_t dim, uint32_t worker, ps_errbuf *eb);
 void psw_sparse_close(psw_sparse *s);
+
+/* psw_sparse_set_stop: a set *STOP (a signal handler's flag) ends a
+ * pull's wait for a shard with PS_ESHUTDOWN.  psw_sparse_lost_pushes
+ * counts the shard calls of pushes lost with a connection. */
+void psw_sparse_set_stop(psw_sparse *s, volatile sig_atomic_t *stop);
+uint64_t psw_sparse_lost_pushes(const psw_sparse *s);
 
 /* psw_sparse_pull writes the rows of the NKEYS distinct KEYS to ROWS
  * ([nkeys, dim]).  psw_sparse_push sends GRADS ([nkeys, dim]) as their

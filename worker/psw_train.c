@@ -262,6 +262,7 @@ static int run_sparse_open(psw_run *x, uint32_t maxb, ps_errbuf *eb) {
   if (psw_graph_embedding(x->g, &table, &x->fields, &x->tdim, &x->hash_buckets) < 0) return 0;
   int err = psw_sparse_open(&x->sp, x->o->cfg, x->o->model, table, x->tdim, x->rank, eb);
   if (err < 0) return err;
+  psw_sparse_set_stop(x->sp, x->o->stop);
   size_t nb = (size_t)maxb * x->fields, nr = nb * x->tdim;
   if (psw_embed_create(&x->pe) < 0 || !(x->off = malloc((nb + 1) * sizeof *x->off)) ||
       !(x->kb = malloc(nb * sizeof *x->kb)) || !(x->rows = malloc(nr * sizeof *x->rows)) ||

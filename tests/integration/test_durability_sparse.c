@@ -13,7 +13,9 @@
  *    records.
  *  - periodic: pushes, a wait until `last_flush` (Status) is past the last
  *    acknowledgement, more pushes, SIGKILL: every row holds at least the
- *    pushes before that flush and at most all of them. */
+ *    pushes before that flush and at most all of them.
+ *  - the worker's client (psw_sparse) across a restart: a pull waits for
+ *    the shard, a push to a dead shard is dropped and counted. */
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -30,6 +32,7 @@
 #include "ps_test.h"
 #include "psw_ctr.h"
 #include "psw_graph.h"
+#include "psw_sparse.h"
 
 enum { SD_DIM = 4, SD_KEYS = 48, SD_PUSHERS = 3 };
 
@@ -323,6 +326,81 @@ START_TEST(test_sparse_periodic_kill) {
 }
 END_TEST
 
+/* sd_restarter restarts the shard after a pause (a thread, while the
+ * client waits for it). */
+typedef struct sd_restart {
+  const char *yaml, *log;
+  int gp, cp, pause_ms;
+  pid_t pid;
+  pthread_t th;
+} sd_restart;
+
+static void *sd_restart_main(void *arg) {
+  sd_restart *r = arg;
+  usleep((useconds_t)r->pause_ms * 1000);
+  r->pid = ps_test_psd(r->yaml, 0, r->log, NULL);
+  return NULL;
+}
+
+/* The worker's client of the table (psw_sparse) across a shard restart
+ * under sync: a pull while the shard is down waits for it and returns the
+ * rows it held; a push while it is down is dropped (not resent), counted
+ * and said, and the request goes on. */
+START_TEST(test_sparse_client_restart) {
+  const char *dir = ps_test_tmpdir();
+  int gp, cp;
+  char yaml[700], log[700];
+  snprintf(yaml, sizeof yaml, "%s", sd_yaml(dir, "sync", &gp, &cp));
+  snprintf(log, sizeof log, "%s/psd0.log", dir);
+  sd_tally *t = malloc(sizeof *t);
+  sd_init(t, gp);
+  pid_t pid = sd_start(yaml, log, gp, cp, NULL);
+  ps_rpc *r;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_test_rpc_open(&r, t->addr, &eb), 0);
+  sd_submit(r);
+  ps_rpc_close(r);
+  ps_config cfg;
+  ck_assert_msg(ps_config_load(&cfg, yaml, &eb) == 0, "%s", eb.msg);
+  psw_sparse *sp;
+  ck_assert_msg(psw_sparse_open(&sp, &cfg, "ctr", 0, SD_DIM, 0, &eb) == 0, "%s", eb.msg);
+  float rows[SD_KEYS * SD_DIM], g[SD_KEYS * SD_DIM], init[SD_DIM];
+  for (int i = 0; i < SD_KEYS * SD_DIM; i++) g[i] = -1.0f;
+  ck_assert_msg(psw_sparse_pull(sp, t->keys, SD_KEYS, rows, 0, &eb) == 0, "%s", eb.msg);
+  for (int i = 0; i < 3; i++)
+    ck_assert_msg(psw_sparse_push(sp, t->keys, SD_KEYS, g, 0, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(psw_sparse_lost_pushes(sp), 0);
+  int st = ps_test_stop(pid, SIGKILL, 5000);
+  ck_assert(WIFSIGNALED(st));
+  /* a push to the dead shard: dropped, the call goes on */
+  ck_assert_msg(psw_sparse_push(sp, t->keys, SD_KEYS, g, 1, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(psw_sparse_lost_pushes(sp), 1);
+  /* a pull waits for the restart */
+  sd_restart rs = {.yaml = yaml, .log = log, .gp = gp, .cp = cp, .pause_ms = 1500};
+  ck_assert_int_eq(pthread_create(&rs.th, NULL, sd_restart_main, &rs), 0);
+  int rc = psw_sparse_pull(sp, t->keys, SD_KEYS, rows, 1, &eb);
+  pthread_join(rs.th, NULL);
+  ck_assert_msg(rc == 0, "the pull across the restart: %s; see %s", eb.msg, log);
+  for (int k = 0; k < SD_KEYS; k++) {
+    ck_assert_int_eq(ps_init_row(init, "uniform", 0.05f, 11, 0, t->keys[k], SD_DIM), 0);
+    for (int d = 0; d < SD_DIM; d++)
+      ck_assert_msg(fabsf(rows[k * SD_DIM + d] - init[d] - 3.0f) < 1e-3f,
+                    "key %d holds %g pushes, 3 were acknowledged", k,
+                    (double)(rows[k * SD_DIM + d] - init[d]));
+  }
+  /* and pushes reach the restarted shard */
+  ck_assert_msg(psw_sparse_push(sp, t->keys, SD_KEYS, g, 2, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(psw_sparse_lost_pushes(sp), 1);
+  ck_assert_msg(psw_sparse_pull(sp, t->keys, 1, rows, 2, &eb) == 0, "%s", eb.msg);
+  ck_assert_int_eq(ps_init_row(init, "uniform", 0.05f, 11, 0, t->keys[0], SD_DIM), 0);
+  ck_assert(fabsf(rows[0] - init[0] - 4.0f) < 1e-3f);
+  psw_sparse_close(sp);
+  ps_config_release(&cfg);
+  ck_assert_int_eq(ps_test_stop(rs.pid, SIGTERM, 15000), 0);
+  free(t);
+}
+END_TEST
+
 Suite *psd_durability_sparse_suite(void) {
   Suite *s = suite_create("psd_durability_sparse");
   TCase *tc = tcase_create("kill");
@@ -330,6 +408,7 @@ Suite *psd_durability_sparse_suite(void) {
   tcase_set_timeout(tc, 150);
   tcase_add_test(tc, test_sparse_sync_kill);
   tcase_add_test(tc, test_sparse_periodic_kill);
+  tcase_add_test(tc, test_sparse_client_restart);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -428,10 +428,11 @@ static int psd_grpc_sparse_pull(psd_grpc_call *c, psd_shard *sh, const ProtobufC
                                 grpc_slice *out, ps_errbuf *eb) {
   (void)c;
   Ps__SparsePullReply rep = PS__SPARSE_PULL_REPLY__INIT;
-  float *rows;
+  uint8_t *rows;
   int err = psd_shard_sparse_pull(sh, (const Ps__SparsePullRequest *)m, &rows, &rep.rows.len, eb);
   if (err < 0) return err;
-  rep.rows.data = (uint8_t *)rows;
+  rep.rows.data = rows;
+  rep.codec = ((const Ps__SparsePullRequest *)m)->codec;
   err = psd_grpc_pack(&rep.base, out, eb);
   free(rows);
   return err;

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "graph.pb-c.h"
+#include "ps_codec.h"
 #include "ps_place.h"
 #include "psd_sparse.h"
 #include "psd_store.h"
@@ -258,23 +259,40 @@ static int sps_request(psd_shard *sh, int push, const char *model, uint32_t tabl
   return rc;
 }
 
-int psd_shard_sparse_pull(psd_shard *sh, const Ps__SparsePullRequest *r, float **rows,
+/* sps_codec checks a request's row codec (fp32, fp16, int8). */
+static int sps_codec(psd_shard *sh, const char *what, uint32_t codec, ps_errbuf *eb) {
+  if (codec == PS_CODEC_FP32 || codec == PS_CODEC_FP16 || codec == PS_CODEC_INT8) return 0;
+  psd_shard_count_error(sh);
+  return ps_errf(eb, PS_EINVAL, "sparse %s: codec %u (%s) is not a row codec (fp32, fp16, int8)",
+                 what, codec, ps_codec_name(codec < PS_CODEC_N ? (ps_codec_id)codec : PS_CODEC_N));
+}
+
+int psd_shard_sparse_pull(psd_shard *sh, const Ps__SparsePullRequest *r, uint8_t **rows,
                           size_t *nbytes, ps_errbuf *eb) {
   uint32_t dim = 0;
   *rows = NULL;
-  int rc = sps_request(sh, 0, r->model, r->table, r->keys, r->n_keys, r->worker, &dim, eb);
+  int rc = sps_codec(sh, "pull", r->codec, eb);
+  if (!rc) rc = sps_request(sh, 0, r->model, r->table, r->keys, r->n_keys, r->worker, &dim, eb);
   if (rc) return rc;
-  size_t n = r->n_keys * dim;
-  *rows = malloc((n ? n : 1) * sizeof(float));
-  if (!*rows) rc = ps_errf(eb, PS_ENOMEM, "out of memory for %zu rows", r->n_keys);
-  if (!rc) rc = psd_sparse_pull(sh->sparse->rows, r->model, r->table, r->keys, r->n_keys, *rows, n, eb);
+  size_t n = r->n_keys * dim, rb = ps_codec_size((ps_codec_id)r->codec, dim, 0);
+  float *v = malloc((n ? n : 1) * sizeof(float));
+  if (!v) rc = ps_errf(eb, PS_ENOMEM, "out of memory for %zu rows", r->n_keys);
+  if (!rc) rc = psd_sparse_pull(sh->sparse->rows, r->model, r->table, r->keys, r->n_keys, v, n, eb);
+  if (!rc && r->codec != PS_CODEC_FP32) { /* rows are finite: every codec encodes them */
+    uint8_t *e = malloc(r->n_keys * rb + 1);
+    if (!e) rc = ps_errf(eb, PS_ENOMEM, "out of memory for %zu rows", r->n_keys);
+    for (size_t i = 0; e && i < r->n_keys; i++)
+      ps_codec_encode((ps_codec_id)r->codec, v + i * dim, dim, 0, e + i * rb);
+    free(v);
+    v = (float *)e;
+  }
   if (rc) {
-    free(*rows);
-    *rows = NULL;
+    free(v);
     psd_shard_count_error(sh);
     return rc;
   }
-  *nbytes = n * sizeof(float);
+  *rows = (uint8_t *)v;
+  *nbytes = r->n_keys * rb;
   sh->ctr.pulls++;
   sh->ctr.bytes_out += *nbytes;
   return 0;
@@ -282,22 +300,37 @@ int psd_shard_sparse_pull(psd_shard *sh, const Ps__SparsePullRequest *r, float *
 
 int psd_shard_sparse_push(psd_shard *sh, const Ps__SparsePushRequest *r, ps_errbuf *eb) {
   uint32_t dim = 0;
-  int rc = sps_request(sh, 1, r->model, r->table, r->keys, r->n_keys, r->worker, &dim, eb);
+  int rc = sps_codec(sh, "push", r->codec, eb);
+  if (!rc) rc = sps_request(sh, 1, r->model, r->table, r->keys, r->n_keys, r->worker, &dim, eb);
   if (rc) return rc;
-  if (r->rows.len != (size_t)r->n_keys * dim * sizeof(float) || r->rows.len % sizeof(float))
-    rc = ps_errf(eb, PS_EINVAL, "sparse push '%s'/%u: %zu keys of dim %u need %zu bytes of rows, got %zu",
-                 r->model, r->table, r->n_keys, dim, (size_t)r->n_keys * dim * sizeof(float),
-                 r->rows.len);
+  ps_codec_id codec = (ps_codec_id)r->codec;
+  size_t rb = ps_codec_size(codec, dim, 0), n = r->n_keys * dim;
+  if (r->rows.len != r->n_keys * rb)
+    rc = ps_errf(eb, PS_EINVAL, "sparse push '%s'/%u: %zu keys of dim %u need %zu bytes of rows, "
+                 "got %zu (%s)", r->model, r->table, r->n_keys, dim, r->n_keys * rb,
+                 r->rows.len, ps_codec_name(codec));
+  /* decoded before anything changes: a bad row (an int8 scale that is not
+   * finite; NaN or Inf values are psd_sparse_push's to refuse) fails the
+   * whole push.  protobuf-c's bytes need not be float-aligned: copied. */
   float *g = NULL;
-  if (!rc && r->rows.len) {
-    /* protobuf-c's bytes need not be float-aligned */
-    g = malloc(r->rows.len);
-    if (!g) rc = ps_errf(eb, PS_ENOMEM, "out of memory");
-    else memcpy(g, r->rows.data, r->rows.len);
+  uint8_t *in = NULL;
+  if (!rc && n) {
+    g = malloc(n * sizeof *g);
+    in = codec == PS_CODEC_FP32 ? NULL : malloc(r->rows.len);
+    if (!g || (codec != PS_CODEC_FP32 && !in)) rc = ps_errf(eb, PS_ENOMEM, "out of memory");
+    else if (codec == PS_CODEC_FP32) memcpy(g, r->rows.data, r->rows.len);
+    else memcpy(in, r->rows.data, r->rows.len);
   }
+  for (size_t i = 0; in && !rc && i < r->n_keys; i++) {
+    char what[96];
+    snprintf(what, sizeof what, "sparse push '%.40s'/%u: row of key %llu", r->model, r->table,
+             (unsigned long long)r->keys[i]);
+    rc = ps_codec_check(codec, in + i * rb, rb, dim, 0, what, eb);
+    if (!rc) ps_codec_decode(codec, in + i * rb, dim, 0, g + i * dim);
+  }
+  free(in);
   if (!rc)
-    rc = psd_sparse_push(sh->sparse->rows, r->model, r->table, r->keys, r->n_keys, g,
-                         r->rows.len / sizeof(float), eb);
+    rc = psd_sparse_push(sh->sparse->rows, r->model, r->table, r->keys, r->n_keys, g, n, eb);
   free(g);
   if (rc) {
     psd_shard_count_error(sh);

@@ -34,12 +34,15 @@ int psd_shard_sparse_check(psd_shard *sh, const Ps__ModelSpec *spec, ps_errbuf *
 int psd_shard_sparse_add(psd_shard *sh, const Ps__ModelSpec *spec, ps_errbuf *eb);
 
 /* psd_shard_sparse_pull: *ROWS (caller frees with free()) receives
- * nkeys x dim floats, *NBYTES their size.  psd_shard_sparse_push applies
- * R's rows as gradients.  Errors: the shard's state, PS_ENOENT (unknown
- * model or table), PS_EINVAL (keys and rows that disagree, a duplicate or
- * misplaced key, a NaN gradient, a worker id outside the cluster),
+ * nkeys rows encoded in R->codec (fp32, fp16 or int8, each row on its
+ * own), *NBYTES their size.  psd_shard_sparse_push decodes R's rows (in
+ * R->codec) and applies them as gradients.  Errors: the shard's state,
+ * PS_ENOENT (unknown model or table), PS_EINVAL (keys and rows that
+ * disagree, a duplicate or misplaced key, a NaN gradient, a row codec
+ * other than fp32/fp16/int8, an int8 scale that is not finite, a worker
+ * id outside the cluster),
  * PS_ETOOBIG (over limits.max_request_bytes), PS_EIO from RocksDB. */
-int psd_shard_sparse_pull(psd_shard *sh, const Ps__SparsePullRequest *r, float **rows,
+int psd_shard_sparse_pull(psd_shard *sh, const Ps__SparsePullRequest *r, uint8_t **rows,
                           size_t *nbytes, ps_errbuf *eb);
 int psd_shard_sparse_push(psd_shard *sh, const Ps__SparsePushRequest *r, ps_errbuf *eb);
 

@@ -7,6 +7,7 @@
 #include <string.h>
 
 #include "ps.pb-c.h"
+#include "ps_codec.h"
 #include "ps_place.h"
 #include "ps_auth.h"
 #include "ps_rpc.h"
@@ -29,10 +30,25 @@ struct psw_sparse {
   float *buf;
   size_t cap, bufcap;
   volatile sig_atomic_t *stop; /* psw_sparse_set_stop; may be NULL */
+  ps_codec_id push_codec, pull_codec;
+  uint64_t warmup;             /* clocks before the codecs apply */
+  uint8_t *enc;                /* a push's encoded rows */
+  size_t enccap;
   uint64_t lost_pushes;        /* shard calls of pushes lost with a connection */
 };
 
 void psw_sparse_set_stop(psw_sparse *s, volatile sig_atomic_t *stop) { s->stop = stop; }
+
+ps_codec_id psw_sparse_row_codec(ps_codec_id model_codec) {
+  return model_codec == PS_CODEC_FP32 || model_codec == PS_CODEC_FP16 ? model_codec
+                                                                      : PS_CODEC_INT8;
+}
+
+void psw_sparse_set_codecs(psw_sparse *s, ps_codec_id push, ps_codec_id pull, uint64_t warmup) {
+  s->push_codec = psw_sparse_row_codec(push);
+  s->pull_codec = psw_sparse_row_codec(pull);
+  s->warmup = warmup;
+}
 
 uint64_t psw_sparse_lost_pushes(const psw_sparse *s) { return s->lost_pushes; }
 
@@ -72,6 +88,7 @@ void psw_sparse_close(psw_sparse *s) {
   free(s->pos);
   free(s->keys);
   free(s->buf);
+  free(s->enc);
   free(s);
 }
 
@@ -91,6 +108,13 @@ static int group(psw_sparse *s, const uint64_t *keys, uint32_t n, ps_errbuf *eb)
     if (!b) return ps_errf(eb, PS_ENOMEM, "sparse client: out of memory");
     s->buf = b;
     s->bufcap = (size_t)n * s->dim;
+  }
+  size_t eb_need = ((size_t)n + 1) * (4 + (size_t)s->dim * 4); /* any row codec's rows */
+  if (eb_need > s->enccap) {
+    uint8_t *e = realloc(s->enc, eb_need);
+    if (!e) return ps_errf(eb, PS_ENOMEM, "sparse client: out of memory");
+    s->enc = e;
+    s->enccap = eb_need;
   }
   memset(s->start, 0, (s->nshards + 1) * sizeof *s->start);
   for (uint32_t i = 0; i < n; i++) s->start[s->shard_of[ps_place_row_bucket(s->seed, keys[i])] + 1]++;
@@ -158,22 +182,34 @@ static int call(psw_sparse *s, size_t k, const char *method, const ProtobufCMess
 int psw_sparse_pull(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, float *rows,
                     uint64_t clock, ps_errbuf *eb) {
   int rc = group(s, keys, nkeys, eb);
-  const size_t rb = s->dim * sizeof(float);
+  ps_codec_id codec = clock < s->warmup ? PS_CODEC_FP32 : s->pull_codec;
+  const size_t rb = ps_codec_size(codec, s->dim, 0);
   for (size_t k = 0; k < s->nshards && !rc; k++) {
     uint32_t a = s->start[k], b = s->start[k + 1];
     if (a == b) continue;
     Ps__SparsePullRequest q = PS__SPARSE_PULL_REQUEST__INIT;
     q.model = s->model, q.table = s->table, q.keys = s->keys + a, q.n_keys = b - a;
-    q.worker = s->worker, q.clock = clock;
+    q.worker = s->worker, q.clock = clock, q.codec = codec;
     Ps__SparsePullReply *rep = NULL;
     rc = call(s, k, "/ps.Ps/SparsePull", &q.base, &ps__sparse_pull_reply__descriptor,
               (ProtobufCMessage **)&rep, eb);
     if (rc) break;
-    if (rep->rows.len != (size_t)(b - a) * rb)
-      rc = ps_errf(eb, PS_EFORMAT, "shard %u: %zu bytes of rows for %u keys of dim %u",
-                   s->cfg->shards[k].id, rep->rows.len, b - a, s->dim);
-    for (uint32_t i = a; !rc && i < b; i++)
-      memcpy(rows + (size_t)s->pos[i] * s->dim, rep->rows.data + (size_t)(i - a) * rb, rb);
+    if (rep->codec != (uint32_t)codec || rep->rows.len != (size_t)(b - a) * rb)
+      rc = ps_errf(eb, PS_EFORMAT, "shard %u: %zu bytes of %s rows for %u keys of dim %u in %s",
+                   s->cfg->shards[k].id, rep->rows.len,
+                   ps_codec_name(rep->codec < PS_CODEC_N ? (ps_codec_id)rep->codec : PS_CODEC_N),
+                   b - a, s->dim, ps_codec_name(codec));
+    for (uint32_t i = a; !rc && i < b; i++) {
+      const uint8_t *in = rep->rows.data + (size_t)(i - a) * rb;
+      float *out = rows + (size_t)s->pos[i] * s->dim;
+      if (codec == PS_CODEC_FP32) {
+        memcpy(out, in, rb);
+        continue;
+      }
+      memcpy(s->enc, in, rb); /* aligned for the decoder */
+      rc = ps_codec_check(codec, s->enc, rb, s->dim, 0, "a pulled row", eb);
+      if (!rc) ps_codec_decode(codec, s->enc, s->dim, 0, out);
+    }
     protobuf_c_message_free_unpacked(&rep->base, NULL);
   }
   return rc;
@@ -182,16 +218,20 @@ int psw_sparse_pull(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, float *
 int psw_sparse_push(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, const float *grads,
                     uint64_t clock, ps_errbuf *eb) {
   int rc = group(s, keys, nkeys, eb);
-  const size_t rb = s->dim * sizeof(float);
+  ps_codec_id codec = clock < s->warmup ? PS_CODEC_FP32 : s->push_codec;
+  const size_t rb = ps_codec_size(codec, s->dim, 0);
   for (size_t k = 0; k < s->nshards && !rc; k++) {
     uint32_t a = s->start[k], b = s->start[k + 1];
     if (a == b) continue;
+    uint8_t *out = (uint8_t *)s->buf;
+    if (codec != PS_CODEC_FP32) out = s->enc; /* no error feedback: see psw_sparse.h */
     for (uint32_t i = a; i < b; i++)
-      memcpy(s->buf + (size_t)(i - a) * s->dim, grads + (size_t)s->pos[i] * s->dim, rb);
+      ps_codec_encode(codec, grads + (size_t)s->pos[i] * s->dim, s->dim, 0,
+                      out + (size_t)(i - a) * rb);
     Ps__SparsePushRequest q = PS__SPARSE_PUSH_REQUEST__INIT;
     q.model = s->model, q.table = s->table, q.keys = s->keys + a, q.n_keys = b - a;
-    q.rows.data = (uint8_t *)s->buf, q.rows.len = (size_t)(b - a) * rb;
-    q.worker = s->worker, q.clock = clock;
+    q.rows.data = out, q.rows.len = (size_t)(b - a) * rb;
+    q.worker = s->worker, q.clock = clock, q.codec = codec;
     Ps__SparsePushReply *rep = NULL;
     rc = call_once(s, k, "/ps.Ps/SparsePush", &q.base, &ps__sparse_push_reply__descriptor,
                    (ProtobufCMessage **)&rep, eb);

@@ -1,4 +1,5 @@
-/* Sparse rows under the shard's durability mode (issue 19): one real psd
+/* Sparse rows end to end (issue 19): durability, the worker's client
+ * across a restart, row codecs.  One real psd
  * with the click-through model's embedding table (dim 4, SGD lr 1) and a
  * memory budget of 8 rows for 48 keys, so most rows live in RocksDB.
  * Every gradient is -1, so a row's value minus its initial value is the
@@ -15,7 +16,12 @@
  *    acknowledgement, more pushes, SIGKILL: every row holds at least the
  *    pushes before that flush and at most all of them.
  *  - the worker's client (psw_sparse) across a restart: a pull waits for
- *    the shard, a push to a dead shard is dropped and counted. */
+ *    the shard, a push to a dead shard is dropped and counted.
+ *  - row codecs: fp16 and int8 pulls decode to the fp32 rows within the
+ *    codec's rounding, an int8 or fp16 push moves the rows by exactly its
+ *    decoding, the client (psw_sparse_set_codecs) round-trips both ways;
+ *    bad rows (a length that disagrees, a NaN int8 scale, an fp16 Inf, a
+ *    dense-only codec) are refused with every row unchanged. */
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -27,6 +33,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "ps_codec.h"
 #include "ps_place.h"
 #include "ps_rpc.h"
 #include "ps_test.h"
@@ -401,14 +408,148 @@ START_TEST(test_sparse_client_restart) {
 }
 END_TEST
 
-Suite *psd_durability_sparse_suite(void) {
-  Suite *s = suite_create("psd_durability_sparse");
+/* sd_pull_codec pulls KEYS (N) in CODEC over R into OUT (decoded). */
+static int sd_pull_codec(ps_rpc *r, const uint64_t *keys, size_t n, ps_codec_id codec, float *out,
+                         ps_errbuf *eb) {
+  Ps__SparsePullRequest q = PS__SPARSE_PULL_REQUEST__INIT;
+  q.model = "ctr", q.table = 0, q.keys = (uint64_t *)keys, q.n_keys = n, q.codec = codec;
+  Ps__SparsePullReply *rep = NULL;
+  int rc = ps_rpc_call(r, "/ps.Ps/SparsePull", &q.base, &ps__sparse_pull_reply__descriptor,
+                       (ProtobufCMessage **)&rep, 10000, eb);
+  if (rc) return rc;
+  size_t rb = ps_codec_size(codec, SD_DIM, 0);
+  ck_assert_uint_eq(rep->codec, codec);
+  ck_assert_uint_eq(rep->rows.len, n * rb);
+  uint8_t tmp[4 + SD_DIM * 4];
+  for (size_t i = 0; i < n; i++) {
+    memcpy(tmp, rep->rows.data + i * rb, rb);
+    ck_assert_int_eq(ps_codec_check(codec, tmp, rb, SD_DIM, 0, "row", eb), 0);
+    ps_codec_decode(codec, tmp, SD_DIM, 0, out + i * SD_DIM);
+  }
+  protobuf_c_message_free_unpacked(&rep->base, NULL);
+  return 0;
+}
+
+/* sd_push_raw pushes LEN bytes of rows P in CODEC for KEYS (N). */
+static int sd_push_raw(ps_rpc *r, const uint64_t *keys, size_t n, uint32_t codec, const void *p,
+                       size_t len, ps_errbuf *eb) {
+  Ps__SparsePushRequest q = PS__SPARSE_PUSH_REQUEST__INIT;
+  q.model = "ctr", q.table = 0, q.keys = (uint64_t *)keys, q.n_keys = n, q.codec = codec;
+  q.rows.data = (uint8_t *)p, q.rows.len = len;
+  ProtobufCMessage *rep = NULL;
+  int rc = ps_rpc_call(r, "/ps.Ps/SparsePush", &q.base, &ps__sparse_push_reply__descriptor, &rep,
+                       10000, eb);
+  if (rep) protobuf_c_message_free_unpacked(rep, NULL);
+  return rc;
+}
+
+START_TEST(test_sparse_row_codecs) {
+  const char *dir = ps_test_tmpdir();
+  int gp, cp;
+  char yaml[700], log[700];
+  snprintf(yaml, sizeof yaml, "%s", sd_yaml(dir, "periodic", &gp, &cp));
+  snprintf(log, sizeof log, "%s/psd0.log", dir);
+  sd_tally *t = malloc(sizeof *t);
+  sd_init(t, gp);
+  pid_t pid = sd_start(yaml, log, gp, cp, NULL);
+  ps_rpc *r;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_test_rpc_open(&r, t->addr, &eb), 0);
+  sd_submit(r);
+  enum { N = 10 };
+  float ref[N * SD_DIM], got[N * SD_DIM], g[N * SD_DIM], dec[N * SD_DIM];
+  /* pulls: fp16 and int8 within their rounding of the fp32 rows */
+  ck_assert_msg(sd_pull_codec(r, t->keys, N, PS_CODEC_FP32, ref, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(sd_pull_codec(r, t->keys, N, PS_CODEC_FP16, got, &eb) == 0, "%s", eb.msg);
+  for (int i = 0; i < N * SD_DIM; i++)
+    ck_assert_float_eq(got[i], ps_codec_h2f(ps_codec_f2h(ref[i])));
+  ck_assert_msg(sd_pull_codec(r, t->keys, N, PS_CODEC_INT8, got, &eb) == 0, "%s", eb.msg);
+  for (int k = 0; k < N; k++) {
+    float m = 0;
+    for (int d = 0; d < SD_DIM; d++) m = fmaxf(m, fabsf(ref[k * SD_DIM + d]));
+    for (int d = 0; d < SD_DIM; d++)
+      ck_assert_msg(fabsf(got[k * SD_DIM + d] - ref[k * SD_DIM + d]) <= m / 127 / 2 * 1.001f,
+                    "key %d: int8 row element %d is %g, fp32 %g", k, d,
+                    (double)got[k * SD_DIM + d], (double)ref[k * SD_DIM + d]);
+  }
+  /* pushes: an int8 and an fp16 push move each row by exactly its decoding (SGD lr 1) */
+  uint8_t enc[N * (4 + SD_DIM * 4)];
+  for (int c = 0; c < 2; c++) {
+    ps_codec_id codec = c ? PS_CODEC_FP16 : PS_CODEC_INT8;
+    size_t rb = ps_codec_size(codec, SD_DIM, 0);
+    for (int i = 0; i < N * SD_DIM; i++) g[i] = 0.01f * (float)((i * 7) % 13) - 0.06f;
+    for (int k = 0; k < N; k++) {
+      ps_codec_encode(codec, g + k * SD_DIM, SD_DIM, 0, enc + k * rb);
+      ps_codec_decode(codec, enc + k * rb, SD_DIM, 0, dec + k * SD_DIM);
+    }
+    ck_assert_msg(sd_push_raw(r, t->keys, N, codec, enc, N * rb, &eb) == 0, "%s", eb.msg);
+    ck_assert_int_eq(sd_pull_codec(r, t->keys, N, PS_CODEC_FP32, got, &eb), 0);
+    for (int i = 0; i < N * SD_DIM; i++) {
+      ck_assert_float_eq(got[i], ref[i] - dec[i]);
+      ref[i] = got[i];
+    }
+  }
+  /* bad rows change nothing */
+  size_t rb = ps_codec_size(PS_CODEC_INT8, SD_DIM, 0);
+  for (int k = 0; k < N; k++) ps_codec_encode(PS_CODEC_INT8, g + k * SD_DIM, SD_DIM, 0, enc + k * rb);
+  ck_assert_int_eq(sd_push_raw(r, t->keys, N, PS_CODEC_INT8, enc, N * rb - 1, &eb), PS_EINVAL);
+  ck_assert_msg(strstr(eb.msg, "need") != NULL, "%s", eb.msg);
+  ck_assert_int_eq(sd_push_raw(r, t->keys, N, PS_CODEC_FP32, enc, N * rb, &eb), PS_EINVAL);
+  float nan = NAN;
+  memcpy(enc + 3 * rb, &nan, 4); /* row 3's scale */
+  ck_assert_int_eq(sd_push_raw(r, t->keys, N, PS_CODEC_INT8, enc, N * rb, &eb), PS_EINVAL);
+  ck_assert_msg(strstr(eb.msg, "scale") != NULL, "%s", eb.msg);
+  uint16_t h[N * SD_DIM];
+  for (int i = 0; i < N * SD_DIM; i++) h[i] = ps_codec_f2h(g[i]);
+  h[5 * SD_DIM + 1] = 0x7c00; /* +Inf */
+  ck_assert_int_eq(sd_push_raw(r, t->keys, N, PS_CODEC_FP16, h, sizeof h, &eb), PS_EINVAL);
+  ck_assert_int_eq(sd_push_raw(r, t->keys, N, PS_CODEC_ONEBIT, enc, N * rb, &eb), PS_EINVAL);
+  ck_assert_msg(strstr(eb.msg, "not a row codec") != NULL, "%s", eb.msg);
+  ck_assert_int_eq(sd_push_raw(r, t->keys, N, 77, enc, N * rb, &eb), PS_EINVAL);
+  Ps__SparsePullRequest q = PS__SPARSE_PULL_REQUEST__INIT;
+  q.model = "ctr", q.table = 0, q.keys = t->keys, q.n_keys = N, q.codec = PS_CODEC_TOPK;
+  ProtobufCMessage *rep = NULL;
+  ck_assert_int_eq(ps_rpc_call(r, "/ps.Ps/SparsePull", &q.base, &ps__sparse_pull_reply__descriptor,
+                               &rep, 10000, &eb), PS_EINVAL);
+  ck_assert_int_eq(sd_pull_codec(r, t->keys, N, PS_CODEC_FP32, got, &eb), 0);
+  ck_assert_int_eq(memcmp(got, ref, sizeof got), 0);
+  /* the worker's client with int8 pushes and fp16 pulls (after 1 warm-up clock) */
+  ps_config cfg;
+  ck_assert_msg(ps_config_load(&cfg, yaml, &eb) == 0, "%s", eb.msg);
+  psw_sparse *sp;
+  ck_assert_msg(psw_sparse_open(&sp, &cfg, "ctr", 0, SD_DIM, 0, &eb) == 0, "%s", eb.msg);
+  ck_assert_int_eq(psw_sparse_row_codec(PS_CODEC_TOPK), PS_CODEC_INT8);
+  ck_assert_int_eq(psw_sparse_row_codec(PS_CODEC_ONEBIT), PS_CODEC_INT8);
+  ck_assert_int_eq(psw_sparse_row_codec(PS_CODEC_FP16), PS_CODEC_FP16);
+  psw_sparse_set_codecs(sp, PS_CODEC_INT8, PS_CODEC_FP16, 1);
+  ck_assert_int_eq(psw_sparse_pull(sp, t->keys, N, got, 0, &eb), 0); /* warm-up: fp32 */
+  ck_assert_int_eq(memcmp(got, ref, sizeof got), 0);
+  ck_assert_int_eq(psw_sparse_pull(sp, t->keys, N, got, 1, &eb), 0);
+  for (int i = 0; i < N * SD_DIM; i++) ck_assert_float_eq(got[i], ps_codec_h2f(ps_codec_f2h(ref[i])));
+  ck_assert_int_eq(psw_sparse_push(sp, t->keys, N, g, 1, &eb), 0);
+  for (int k = 0; k < N; k++) {
+    ps_codec_encode(PS_CODEC_INT8, g + k * SD_DIM, SD_DIM, 0, enc);
+    ps_codec_decode(PS_CODEC_INT8, enc, SD_DIM, 0, dec + k * SD_DIM);
+  }
+  ck_assert_int_eq(sd_pull_codec(r, t->keys, N, PS_CODEC_FP32, got, &eb), 0);
+  for (int i = 0; i < N * SD_DIM; i++) ck_assert_float_eq(got[i], ref[i] - dec[i]);
+  psw_sparse_close(sp);
+  ps_config_release(&cfg);
+  ps_rpc_close(r);
+  ck_assert_int_eq(ps_test_stop(pid, SIGTERM, 15000), 0);
+  free(t);
+}
+END_TEST
+
+Suite *psd_sparse_rows_suite(void) {
+  Suite *s = suite_create("psd_sparse_rows");
   TCase *tc = tcase_create("kill");
   tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_set_timeout(tc, 150);
   tcase_add_test(tc, test_sparse_sync_kill);
   tcase_add_test(tc, test_sparse_periodic_kill);
   tcase_add_test(tc, test_sparse_client_restart);
+  tcase_add_test(tc, test_sparse_row_codecs);
   suite_add_tcase(s, tc);
   return s;
 }

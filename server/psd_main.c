@@ -53,6 +53,7 @@ typedef struct psd_main {
   int flush_status;
   int sp_persist;            /* the flush persists the sparse rows' memtable */
   int sp_status;
+  int sp_snap_err;           /* the sparse snapshot of this flush failed (message in sp_eb) */
   uint64_t sp_seq;           /* the log position that sparse snapshot holds */
   ps_errbuf sp_eb;
   uint64_t replay_from_d;    /* the log positions the dense snapshot and the rows on disk */
@@ -246,6 +247,7 @@ static void psd_main_flush_end(psd_main *m) {
   m->sp_persist = 0;
   m->flush_busy = 0;
   psd_main_truncate(m);
+  if (m->sp_status == 0) m->sp_status = m->sp_snap_err;
   if (m->flush_status == 0 && m->sp_status < 0) {
     m->flush_status = m->sp_status;
     m->flush_eb = m->sp_eb;
@@ -270,18 +272,21 @@ static void psd_main_on_flush_timer(uv_timer_t *t) {
   if (m->flush_busy || m->sh.state == PSD_DRAINING) return;
   psd_flush *f = NULL;
   m->flush_snap_ms = psd_main_unix_ms();
+  /* a failing sparse snapshot does not hold the dense one back: both are
+   * tried, and either failing makes the flush a failure */
   int persist = 0;
-  int err = psd_shard_sparse_snapshot(&m->sh, &persist, &m->sp_seq, &m->flush_eb);
-  if (err == 0) err = psd_flush_prepare(m->sh.store, &f, &m->flush_eb);
+  m->sp_snap_err = psd_shard_sparse_snapshot(&m->sh, &persist, &m->sp_seq, &m->sp_eb);
+  int err = psd_flush_prepare(m->sh.store, &f, &m->flush_eb);
   if (err < 0) {
     if (persist) psd_shard_sparse_persist_failed(&m->sh);
     psd_main_flushed(m, err, &m->flush_eb, 0);
     return;
   }
-  if (!persist) m->dur_sp = m->sp_seq;                    /* on disk already */
+  if (!m->sp_snap_err && !persist) m->dur_sp = m->sp_seq; /* on disk already */
   if (!f) m->dur_d = psd_store_log_seq(m->sh.store);       /* likewise */
   if (!f && !persist) { /* nothing dirty: everything accepted so far is on disk */
-    psd_main_flushed(m, 0, NULL, m->flush_snap_ms);
+    if (m->sp_snap_err < 0) psd_main_flushed(m, m->sp_snap_err, &m->sp_eb, 0);
+    else psd_main_flushed(m, 0, NULL, m->flush_snap_ms);
     return;
   }
   m->flush = f;

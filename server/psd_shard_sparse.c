@@ -218,8 +218,10 @@ int psd_shard_sparse_replay(psd_shard *sh, uint64_t seq, const uint8_t *rec, siz
 
 int psd_shard_sparse_snapshot(psd_shard *sh, int *persist, uint64_t *seq, ps_errbuf *eb) {
   *persist = 0;
+  *seq = UINT64_MAX;
+  if (!sh->sparse) return 0;
   *seq = psd_store_log_seq(sh->store);
-  return sh->sparse ? psd_sparse_snapshot(sh->sparse->rows, *seq, persist, eb) : 0;
+  return psd_sparse_snapshot(sh->sparse->rows, *seq, persist, eb);
 }
 
 int psd_shard_sparse_persist(psd_shard *sh, ps_errbuf *eb) {

@@ -37,6 +37,7 @@
 #include "ps_place.h"
 #include "ps_rpc.h"
 #include "ps_test.h"
+#include "test_durability.h"
 #include "psw_ctr.h"
 #include "psw_graph.h"
 #include "psw_sparse.h"
@@ -63,20 +64,26 @@ static uint64_t sd_rand(uint64_t *s) {
   return *s;
 }
 
+/* sd_push_raw pushes LEN bytes of rows P in CODEC for KEYS (N). */
+static int sd_push_raw(ps_rpc *r, const uint64_t *keys, size_t n, uint32_t codec, const void *p,
+                       size_t len, ps_errbuf *eb) {
+  Ps__SparsePushRequest q = PS__SPARSE_PUSH_REQUEST__INIT;
+  q.model = "ctr", q.table = 0, q.keys = (uint64_t *)keys, q.n_keys = n, q.codec = codec;
+  q.rows.data = (uint8_t *)p, q.rows.len = len;
+  ProtobufCMessage *rep = NULL;
+  int rc = ps_rpc_call(r, "/ps.Ps/SparsePush", &q.base, &ps__sparse_push_reply__descriptor, &rep,
+                       10000, eb);
+  if (rep) protobuf_c_message_free_unpacked(rep, NULL);
+  return rc;
+}
+
 /* sd_push sends one SparsePush of the keys IDX (N) with gradient -1. */
 static int sd_push(ps_rpc *r, const sd_tally *t, const int *idx, size_t n, ps_errbuf *eb) {
   uint64_t keys[SD_KEYS];
   float g[SD_KEYS * SD_DIM];
   for (size_t i = 0; i < n; i++) keys[i] = t->keys[idx[i]];
   for (size_t i = 0; i < n * SD_DIM; i++) g[i] = -1.0f;
-  Ps__SparsePushRequest q = PS__SPARSE_PUSH_REQUEST__INIT;
-  q.model = "ctr", q.table = 0, q.keys = keys, q.n_keys = n, q.worker = 0;
-  q.rows.data = (uint8_t *)g, q.rows.len = n * SD_DIM * sizeof(float);
-  ProtobufCMessage *rep = NULL;
-  int rc = ps_rpc_call(r, "/ps.Ps/SparsePush", &q.base, &ps__sparse_push_reply__descriptor, &rep,
-                       10000, eb);
-  if (rep) protobuf_c_message_free_unpacked(rep, NULL);
-  return rc;
+  return sd_push_raw(r, keys, n, PS_CODEC_FP32, g, n * SD_DIM * sizeof(float), eb);
 }
 
 /* sd_pick chooses 1..6 distinct keys. */
@@ -191,41 +198,37 @@ static const char *sd_yaml(const char *dir, const char *mode, int *gp, int *cp) 
   return path;
 }
 
-static pid_t sd_start(const char *yaml, const char *log, int gp, int cp, char **env) {
-  pid_t pid = ps_test_psd(yaml, 0, log, env);
-  ck_assert_msg(ps_test_wait_port(cp, 30000) == 0 && ps_test_wait_port(gp, 10000) == 0,
-                "psd did not start; see %s", log);
-  return pid;
-}
+/* One shard with the model submitted: its cluster file, log, ports,
+ * process and the tally of the test's keys. */
+typedef struct sd_env {
+  char yaml[700], log[700];
+  int gp, cp;
+  pid_t pid;
+  sd_tally *t;
+} sd_env;
 
-/* sd_replayed sums the records LOG says were replayed. */
-static uint64_t sd_replayed(const char *log) {
-  size_t len;
-  char *s = ps_test_read_file(log, &len);
-  uint64_t n = 0;
-  for (char *p = s; (p = strstr(p, "redo log replayed: ")) != NULL; p++)
-    n += strtoull(p + strlen("redo log replayed: "), NULL, 10);
-  free(s);
-  return n;
+/* sd_setup starts shard 0 under durability MODE and submits the model. */
+static void sd_setup(sd_env *e, const char *mode) {
+  const char *dir = ps_test_tmpdir();
+  snprintf(e->yaml, sizeof e->yaml, "%s", sd_yaml(dir, mode, &e->gp, &e->cp));
+  snprintf(e->log, sizeof e->log, "%s/psd0.log", dir);
+  e->t = malloc(sizeof *e->t);
+  sd_init(e->t, e->gp);
+  e->pid = ps_test_dur_start(e->yaml, e->log, e->gp, e->cp, NULL);
+  ps_rpc *r;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_test_rpc_open(&r, e->t->addr, &eb), 0);
+  sd_submit(r);
+  ps_rpc_close(r);
 }
 
 START_TEST(test_sparse_sync_kill) {
   ps_test_rng_init();
-  const char *dir = ps_test_tmpdir();
-  int gp, cp;
-  char yaml[700], log[700];
-  snprintf(yaml, sizeof yaml, "%s", sd_yaml(dir, "sync", &gp, &cp));
-  snprintf(log, sizeof log, "%s/psd0.log", dir);
-  sd_tally *t = malloc(sizeof *t);
-  sd_init(t, gp);
-  pid_t pid = sd_start(yaml, log, gp, cp, NULL);
-  {
-    ps_rpc *r;
-    ps_errbuf eb;
-    ck_assert_int_eq(ps_test_rpc_open(&r, t->addr, &eb), 0);
-    sd_submit(r);
-    ps_rpc_close(r);
-  }
+  sd_env e;
+  sd_setup(&e, "sync");
+  sd_tally *t = e.t;
+  const char *yaml = e.yaml, *log = e.log;
+  pid_t pid = e.pid;
   uint64_t seed = ps_test_seed | 1;
   long long n[SD_KEYS];
   for (int it = 0; it < 3; it++) {
@@ -245,7 +248,7 @@ START_TEST(test_sparse_sync_kill) {
     for (int i = 0; i < SD_PUSHERS; i++) pthread_join(ps[i].th, NULL);
     ck_assert_msg(atomic_load(&t->pushes) > p0, "no push was acknowledged at iteration %d; see %s",
                   it, log);
-    pid = sd_start(yaml, log, gp, cp, NULL);
+    pid = ps_test_dur_start(yaml, log, e.gp, e.cp, NULL);
     sd_counts(t, n, log);
     for (int k = 0; k < SD_KEYS; k++) {
       long long a = (long long)atomic_load(&t->acked[k]), m = (long long)atomic_load(&t->maybe[k]);
@@ -256,11 +259,11 @@ START_TEST(test_sparse_sync_kill) {
       atomic_store(&t->maybe[k], 0);
     }
   }
-  ck_assert_msg(sd_replayed(log) > 0, "no restart replayed a record from the log; see %s", log);
+  ck_assert_msg(ps_test_dur_replayed(log) > 0, "no restart replayed a record from the log; see %s", log);
   int st = ps_test_stop(pid, SIGTERM, 15000);
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd ended with status %d; see %s", st, log);
   /* and a clean stop keeps them all */
-  pid = sd_start(yaml, log, gp, cp, NULL);
+  pid = ps_test_dur_start(yaml, log, e.gp, e.cp, NULL);
   long long after[SD_KEYS];
   sd_counts(t, after, log);
   ck_assert_int_eq(memcmp(after, n, sizeof n), 0);
@@ -298,18 +301,14 @@ static void sd_push_rounds(ps_rpc *r, sd_tally *t, int rounds) {
 }
 
 START_TEST(test_sparse_periodic_kill) {
-  const char *dir = ps_test_tmpdir();
-  int gp, cp;
-  char yaml[700], log[700];
-  snprintf(yaml, sizeof yaml, "%s", sd_yaml(dir, "periodic", &gp, &cp));
-  snprintf(log, sizeof log, "%s/psd0.log", dir);
-  sd_tally *t = malloc(sizeof *t);
-  sd_init(t, gp);
-  pid_t pid = sd_start(yaml, log, gp, cp, NULL);
+  sd_env e;
+  sd_setup(&e, "periodic");
+  sd_tally *t = e.t;
+  const char *yaml = e.yaml, *log = e.log;
+  pid_t pid = e.pid;
   ps_rpc *r;
   ps_errbuf eb;
   ck_assert_int_eq(ps_test_rpc_open(&r, t->addr, &eb), 0);
-  sd_submit(r);
   sd_push_rounds(r, t, 5);
   /* a flush (every 200 ms) that began after the last acknowledgement */
   struct timespec ts;
@@ -322,7 +321,7 @@ START_TEST(test_sparse_periodic_kill) {
   ps_rpc_close(r);
   int st = ps_test_stop(pid, SIGKILL, 5000);
   ck_assert(WIFSIGNALED(st));
-  pid = sd_start(yaml, log, gp, cp, NULL);
+  pid = ps_test_dur_start(yaml, log, e.gp, e.cp, NULL);
   long long n[SD_KEYS];
   sd_counts(t, n, log);
   for (int k = 0; k < SD_KEYS; k++)
@@ -337,7 +336,7 @@ END_TEST
  * client waits for it). */
 typedef struct sd_restart {
   const char *yaml, *log;
-  int gp, cp, pause_ms;
+  int pause_ms;
   pid_t pid;
   pthread_t th;
 } sd_restart;
@@ -354,19 +353,12 @@ static void *sd_restart_main(void *arg) {
  * rows it held; a push while it is down is dropped (not resent), counted
  * and said, and the request goes on. */
 START_TEST(test_sparse_client_restart) {
-  const char *dir = ps_test_tmpdir();
-  int gp, cp;
-  char yaml[700], log[700];
-  snprintf(yaml, sizeof yaml, "%s", sd_yaml(dir, "sync", &gp, &cp));
-  snprintf(log, sizeof log, "%s/psd0.log", dir);
-  sd_tally *t = malloc(sizeof *t);
-  sd_init(t, gp);
-  pid_t pid = sd_start(yaml, log, gp, cp, NULL);
-  ps_rpc *r;
+  sd_env e;
+  sd_setup(&e, "sync");
+  sd_tally *t = e.t;
+  const char *yaml = e.yaml, *log = e.log;
+  pid_t pid = e.pid;
   ps_errbuf eb;
-  ck_assert_int_eq(ps_test_rpc_open(&r, t->addr, &eb), 0);
-  sd_submit(r);
-  ps_rpc_close(r);
   ps_config cfg;
   ck_assert_msg(ps_config_load(&cfg, yaml, &eb) == 0, "%s", eb.msg);
   psw_sparse *sp;
@@ -383,7 +375,7 @@ START_TEST(test_sparse_client_restart) {
   ck_assert_msg(psw_sparse_push(sp, t->keys, SD_KEYS, g, 1, &eb) == 0, "%s", eb.msg);
   ck_assert_uint_eq(psw_sparse_lost_pushes(sp), 1);
   /* a pull waits for the restart */
-  sd_restart rs = {.yaml = yaml, .log = log, .gp = gp, .cp = cp, .pause_ms = 1500};
+  sd_restart rs = {.yaml = yaml, .log = log, .pause_ms = 1500};
   ck_assert_int_eq(pthread_create(&rs.th, NULL, sd_restart_main, &rs), 0);
   int rc = psw_sparse_pull(sp, t->keys, SD_KEYS, rows, 1, &eb);
   pthread_join(rs.th, NULL);
@@ -430,32 +422,15 @@ static int sd_pull_codec(ps_rpc *r, const uint64_t *keys, size_t n, ps_codec_id 
   return 0;
 }
 
-/* sd_push_raw pushes LEN bytes of rows P in CODEC for KEYS (N). */
-static int sd_push_raw(ps_rpc *r, const uint64_t *keys, size_t n, uint32_t codec, const void *p,
-                       size_t len, ps_errbuf *eb) {
-  Ps__SparsePushRequest q = PS__SPARSE_PUSH_REQUEST__INIT;
-  q.model = "ctr", q.table = 0, q.keys = (uint64_t *)keys, q.n_keys = n, q.codec = codec;
-  q.rows.data = (uint8_t *)p, q.rows.len = len;
-  ProtobufCMessage *rep = NULL;
-  int rc = ps_rpc_call(r, "/ps.Ps/SparsePush", &q.base, &ps__sparse_push_reply__descriptor, &rep,
-                       10000, eb);
-  if (rep) protobuf_c_message_free_unpacked(rep, NULL);
-  return rc;
-}
-
 START_TEST(test_sparse_row_codecs) {
-  const char *dir = ps_test_tmpdir();
-  int gp, cp;
-  char yaml[700], log[700];
-  snprintf(yaml, sizeof yaml, "%s", sd_yaml(dir, "periodic", &gp, &cp));
-  snprintf(log, sizeof log, "%s/psd0.log", dir);
-  sd_tally *t = malloc(sizeof *t);
-  sd_init(t, gp);
-  pid_t pid = sd_start(yaml, log, gp, cp, NULL);
+  sd_env e;
+  sd_setup(&e, "periodic");
+  sd_tally *t = e.t;
+  const char *yaml = e.yaml;
+  pid_t pid = e.pid;
   ps_rpc *r;
   ps_errbuf eb;
   ck_assert_int_eq(ps_test_rpc_open(&r, t->addr, &eb), 0);
-  sd_submit(r);
   enum { N = 10 };
   float ref[N * SD_DIM], got[N * SD_DIM], g[N * SD_DIM], dec[N * SD_DIM];
   /* pulls: fp16 and int8 within their rounding of the fp32 rows */

@@ -118,8 +118,8 @@ int ps_npz_stream_begin(ps_npz_stream *z, const char *name, ps_npz_dtype dtype, 
   size_t nlen = name ? strlen(name) : 0;
   if (z->open) return ps_errf(eb, PS_EINVAL, "member '%s' begins while another is open", name);
   if (!nlen || nlen > ZS_MAX_NAME) return ps_errf(eb, PS_EINVAL, "member name must be 1..%d bytes", ZS_MAX_NAME);
-  if (!ndim || ndim > PS_NPZ_MAX_DIMS)
-    return ps_errf(eb, PS_EINVAL, "member '%s': %u dimensions, 1..%d", name, ndim, PS_NPZ_MAX_DIMS);
+  if (ndim > PS_NPZ_MAX_DIMS)
+    return ps_errf(eb, PS_EINVAL, "member '%s': %u dimensions, at most %d", name, ndim, PS_NPZ_MAX_DIMS);
   for (size_t i = 0; i < z->n; i++)
     if (strlen(z->m[i].name) == nlen + 4 && !strncmp(z->m[i].name, name, nlen))
       return ps_errf(eb, PS_EINVAL, "duplicate member '%s'", name);
@@ -181,6 +181,8 @@ int ps_npz_stream_end(ps_npz_stream *z, ps_errbuf *eb) {
   zs_member *m = &z->m[z->n - 1];
   if (!z->open) return ps_errf(eb, PS_EINVAL, "no member is open");
   z->open = 0;
+  if (z->ndim == 0 && z->elems != 1)
+    return ps_errf(eb, PS_EINVAL, "member '%s': a scalar of %" PRIu64 " elements", m->name, z->elems);
   if (z->elems % z->inner)
     return ps_errf(eb, PS_EINVAL, "member '%s': %" PRIu64 " elements are not whole rows of %" PRIu64,
                    m->name, z->elems, z->inner);

@@ -48,9 +48,9 @@ int ps_npz_stream_open(ps_npz_stream **out, const char *path, ps_errbuf *eb);
 void ps_npz_stream_set_zip64_at(ps_npz_stream *z, uint64_t at);
 
 /* ps_npz_stream_begin starts member NAME (1..1019 bytes, unique) of
- * DTYPE with NDIM (1..PS_NPZ_MAX_DIMS) dimensions SHAPE; SHAPE[0] is
+ * DTYPE with NDIM (0..PS_NPZ_MAX_DIMS) dimensions SHAPE; SHAPE[0] is
  * decided by ps_npz_stream_end (the elements written over the product of
- * the others).  PS_EINVAL (bad name, shape, a member still open), PS_EIO
+ * the others; a scalar takes one element).  PS_EINVAL (bad name, shape, a member still open), PS_EIO
  * / PS_ENOSPC. */
 int ps_npz_stream_begin(ps_npz_stream *z, const char *name, ps_npz_dtype dtype, uint32_t ndim,
                         const uint64_t *shape, ps_errbuf *eb);

@@ -447,6 +447,18 @@ static int psd_grpc_sparse_push(psd_grpc_call *c, psd_shard *sh, const ProtobufC
   return err < 0 ? err : psd_grpc_push_durable(c, sh, m, out, eb); /* under sync: its record synced */
 }
 
+/* ExportRows: a page of a sparse table's rows (psd_shard_sparse.h). */
+static int psd_grpc_export_rows(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessage *m,
+                                grpc_slice *out, ps_errbuf *eb) {
+  (void)c;
+  Ps__ExportRowsReply rep = PS__EXPORT_ROWS_REPLY__INIT;
+  int err = psd_shard_sparse_export(sh, (const Ps__ExportRowsRequest *)m, &rep, eb);
+  if (err < 0) return err;
+  err = psd_grpc_pack(&rep.base, out, eb);
+  psd_shard_sparse_export_release(&rep);
+  return err;
+}
+
 /* grpc.health.v1.Health/Check: SERVING only while the shard serves. */
 static int psd_grpc_health(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessage *m,
                            grpc_slice *out, ps_errbuf *eb) {
@@ -487,6 +499,8 @@ static const struct psd_grpc_method {
     {"/ps.Ps/SparsePull", &ps__sparse_pull_request__descriptor, psd_grpc_sparse_pull,
      PS_ROLES_CLIENT},
     {"/ps.Ps/SparsePush", &ps__sparse_push_request__descriptor, psd_grpc_sparse_push,
+     PS_ROLES_CLIENT},
+    {"/ps.Ps/ExportRows", &ps__export_rows_request__descriptor, psd_grpc_export_rows,
      PS_ROLES_CLIENT},
     {"/grpc.health.v1.Health/Check", &grpc__health__v1__health_check_request__descriptor,
      psd_grpc_health, PS_ROLES_ANY},

@@ -342,3 +342,48 @@ int psd_shard_sparse_push(psd_shard *sh, const Ps__SparsePushRequest *r, ps_errb
   sh->ctr.bytes_in += r->rows.len;
   return 0;
 }
+
+int psd_shard_sparse_export(psd_shard *sh, const Ps__ExportRowsRequest *r,
+                            Ps__ExportRowsReply *rep, ps_errbuf *eb) {
+  uint32_t dim = 0;
+  int rc = psd_shard_admit(sh, 0, eb);
+  if (!rc && !sh->sparse)
+    rc = ps_errf(eb, PS_EUNAVAIL, "shard %u has no sparse tables open", sh->me->id);
+  else if (!rc && psd_sparse_dim(sh->sparse->rows, r->model, r->table, &dim, NULL))
+    rc = ps_errf(eb, PS_ENOENT, "model '%s' has no sparse table %u here", r->model, r->table);
+  if (rc) {
+    psd_shard_count_error(sh);
+    return rc;
+  }
+  size_t cap = sh->cfg->max_request_bytes / ((size_t)dim * sizeof(float) + 8);
+  size_t limit = r->limit && r->limit < cap ? r->limit : cap;
+  if (!limit) limit = 1;
+  rep->keys = malloc(limit * sizeof *rep->keys);
+  rep->rows.data = malloc(limit * dim * sizeof(float));
+  size_t n = 0;
+  int done = 1;
+  if (!rep->keys || !rep->rows.data)
+    rc = ps_errf(eb, PS_ENOMEM, "out of memory for %zu rows", limit);
+  else
+    rc = psd_sparse_export(sh->sparse->rows, r->model, r->table, r->resume, r->after, limit,
+                           rep->keys, (float *)rep->rows.data, &n, &done, eb);
+  if (rc) {
+    psd_shard_sparse_export_release(rep);
+    psd_shard_count_error(sh);
+    return rc;
+  }
+  rep->n_keys = n;
+  rep->rows.len = n * dim * sizeof(float);
+  rep->done = done;
+  rep->dim = dim;
+  sh->ctr.bytes_out += rep->rows.len;
+  return 0;
+}
+
+void psd_shard_sparse_export_release(Ps__ExportRowsReply *rep) {
+  free(rep->keys);
+  free(rep->rows.data);
+  rep->keys = NULL;
+  rep->rows.data = NULL;
+  rep->n_keys = rep->rows.len = 0;
+}

@@ -46,6 +46,14 @@ int psd_shard_sparse_pull(psd_shard *sh, const Ps__SparsePullRequest *r, uint8_t
                           size_t *nbytes, ps_errbuf *eb);
 int psd_shard_sparse_push(psd_shard *sh, const Ps__SparsePushRequest *r, ps_errbuf *eb);
 
+/* psd_shard_sparse_export fills REP with a page of R's table (see
+ * ExportRowsRequest in ps.proto and psd_sparse_export): at most
+ * R->limit rows, and no more than limits.max_request_bytes holds.
+ * psd_shard_sparse_export_release frees what it allocated in REP. */
+int psd_shard_sparse_export(psd_shard *sh, const Ps__ExportRowsRequest *r,
+                            Ps__ExportRowsReply *rep, ps_errbuf *eb);
+void psd_shard_sparse_export_release(Ps__ExportRowsReply *rep);
+
 /* psd_shard_sparse_status adds every table's counters to REPLY (model
  * names borrowed from the tables); psd_shard_sparse_status_release frees
  * what it allocated. */

@@ -911,6 +911,47 @@ int psd_sparse_row(psd_sparse *s, const char *model, uint32_t table, uint64_t ke
   return 0;
 }
 
+int psd_sparse_export(psd_sparse *s, const char *model, uint32_t table, int resume, uint64_t after,
+                      size_t limit, uint64_t *keys, float *rows, size_t *n, int *done,
+                      ps_errbuf *eb) {
+  *n = 0;
+  *done = 1;
+  sp_table *t = table_find(s, model, table);
+  if (!t) return ps_errf(eb, PS_ENOENT, "model '%s' has no sparse table %u", model, table);
+  if (resume && after == UINT64_MAX) return 0;
+  int rc = write_rows(s, t, NULL, eb); /* rows not on disk yet, and changed ones */
+  if (rc) return rc;
+  char k[KEY_MAX_LEN];
+  size_t kn = row_key(t, resume ? after + 1 : 0, k), pre = kn - 8;
+  rocksdb_iterator_t *it = rocksdb_create_iterator(s->db, s->ro);
+  for (rocksdb_iter_seek(it, k, kn); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+    size_t klen, vlen;
+    const char *ik = rocksdb_iter_key(it, &klen);
+    if (klen != kn || memcmp(ik, k, pre)) break; /* past the table */
+    if (*n == limit) {
+      *done = 0;
+      break;
+    }
+    const char *v = rocksdb_iter_value(it, &vlen);
+    if (!val_ok(t, vlen)) {
+      rc = ps_errf(eb, PS_EIO, "sparse rows '%s': a row of '%s'/%u has %zu bytes", s->dir,
+                   t->model, t->id, vlen);
+      break;
+    }
+    uint64_t key = 0;
+    for (int i = 0; i < 8; i++) key = key << 8 | (unsigned char)ik[pre + i];
+    keys[*n] = key;
+    memcpy(rows + *n * t->dim, v + VAL_HDR, t->dim * sizeof(float));
+    (*n)++;
+  }
+  char *err = NULL;
+  rocksdb_iter_get_error(it, &err);
+  rocksdb_iter_destroy(it);
+  if (err && !rc) rc = rdb_err(s, err, "read", eb);
+  else if (err) rocksdb_free(err);
+  return rc;
+}
+
 size_t psd_sparse_ntables(const psd_sparse *s) { return s->ntables; }
 
 void psd_sparse_table_at(const psd_sparse *s, size_t i, const char **model, uint32_t *table) {

@@ -161,6 +161,16 @@ int psd_sparse_dim(const psd_sparse *s, const char *model, uint32_t table, uint3
 size_t psd_sparse_ntables(const psd_sparse *s);
 void psd_sparse_table_at(const psd_sparse *s, size_t i, const char **model, uint32_t *table);
 
+/* psd_sparse_export writes the rows of a table changed in memory to
+ * RocksDB (as an eviction would) and reads up to LIMIT rows in key order
+ * after key AFTER (from the first when !RESUME): their keys to KEYS and
+ * values (dim floats each, no slots) to ROWS, the count to *N; *DONE
+ * says no row follows.  PS_ENOENT for an unknown table, PS_EIO from
+ * RocksDB (a stored row of the wrong size included). */
+int psd_sparse_export(psd_sparse *s, const char *model, uint32_t table, int resume, uint64_t after,
+                      size_t limit, uint64_t *keys, float *rows, size_t *n, int *done,
+                      ps_errbuf *eb);
+
 /* psd_sparse_stats fills *ST for a table; PS_ENOENT when unknown. */
 int psd_sparse_stats_get(psd_sparse *s, const char *model, uint32_t table, psd_sparse_stats *st);
 

@@ -13,6 +13,7 @@
 
 #include "ps_npz.h"
 #include "ps_npz_stream.h"
+#include "npz_check.h"
 #include "ps_test.h"
 
 /* The checker prints "NAME DESCR SHAPE v0 v1 ..." per member, in order. */
@@ -33,10 +34,10 @@ static const char npz_check_py[] =
     "    p = 1\n"
     "    for s in h['shape']: p *= s\n"
     "    assert p == n, (h, n)\n"
-    "    print(i.filename, h['descr'], h['shape'], ' '.join('%g' % x for x in v))\n";
+    "    print(i.filename, h['descr'], h['shape'], ' '.join(('%d' if f == 'Q' else '%g') % x for x in v))\n";
 
-/* npz_py runs the checker on PATH and returns its output (caller frees). */
-static char *npz_py(const char *dir, const char *path) {
+/* ps_test_npz_py: see npz_check.h. */
+char *ps_test_npz_py(const char *dir, const char *path) {
   char py[700], out[700], cmd[2200];
   snprintf(py, sizeof py, "%s/check.py", dir);
   snprintf(out, sizeof out, "%s/check.out", dir);
@@ -70,7 +71,7 @@ static void npz_two(const char *path, uint64_t zip64_at) {
 }
 
 static const char npz_two_want[] =
-    "emb.keys.npy <u8 (5,) 7 1.09951e+12 3 0 1.23457e+10\n"
+    "emb.keys.npy <u8 (5,) 7 1099511627776 3 0 12345678901\n"
     "emb.rows.npy <f4 (5, 3) -2 -1.5 -1 -0.5 0 0.5 1 1.5 2 2.5 3 3.5 4 4.5 5\n";
 
 START_TEST(test_npz_stream_members) {
@@ -78,12 +79,12 @@ START_TEST(test_npz_stream_members) {
   char path[700];
   snprintf(path, sizeof path, "%s/t.npz", dir);
   npz_two(path, 0);
-  char *out = npz_py(dir, path);
+  char *out = ps_test_npz_py(dir, path);
   ck_assert_str_eq(out, npz_two_want);
   free(out);
   /* zip64 forced for every size and offset: the same content */
   npz_two(path, 1);
-  out = npz_py(dir, path);
+  out = ps_test_npz_py(dir, path);
   ck_assert_str_eq(out, npz_two_want);
   free(out);
   size_t len;

@@ -21,7 +21,8 @@
  *    codec's rounding, an int8 or fp16 push moves the rows by exactly its
  *    decoding, the client (psw_sparse_set_codecs) round-trips both ways;
  *    bad rows (a length that disagrees, a NaN int8 scale, an fp16 Inf, a
- *    dense-only codec) are refused with every row unchanged. */
+ *    dense-only codec) are refused with every row unchanged.
+ *  - psctl export: the table as .rows and .keys members of the .npz. */
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -36,6 +37,7 @@
 #include "ps_codec.h"
 #include "ps_place.h"
 #include "ps_rpc.h"
+#include "common/npz_check.h"
 #include "ps_test.h"
 #include "test_durability.h"
 #include "psw_ctr.h"
@@ -182,16 +184,18 @@ static void sd_counts(const sd_tally *t, long long *n, const char *log) {
   }
 }
 
-/* sd_yaml writes the one-shard cluster file with MODE, a budget of 8 rows. */
-static const char *sd_yaml(const char *dir, const char *mode, int *gp, int *cp) {
+/* sd_yaml writes the one-shard cluster file with MODE and FLUSH_MS, a
+ * budget of 8 rows. */
+static const char *sd_yaml(const char *dir, const char *mode, unsigned flush_ms, int *gp, int *cp) {
+  static const char was[] = "  mode: periodic\n  flush_interval_ms: 200\n";
   const char *path = ps_test_cluster_yaml(dir, 1, "sparse:\n  memory_rows: 8\n", gp, cp);
   size_t len;
   char *y = ps_test_read_file(path, &len);
-  char *at = strstr(y, "  mode: periodic\n");
+  char *at = strstr(y, was);
   ck_assert_ptr_nonnull(at);
-  char *out = malloc(len + 64);
-  snprintf(out, len + 64, "%.*s  mode: %s\n%s", (int)(at - y), y, mode,
-           at + strlen("  mode: periodic\n"));
+  char *out = malloc(len + 96);
+  snprintf(out, len + 96, "%.*s  mode: %s\n  flush_interval_ms: %u\n%s", (int)(at - y), y, mode,
+           flush_ms, at + strlen(was));
   ps_test_write_file(path, out);
   free(y);
   free(out);
@@ -207,10 +211,11 @@ typedef struct sd_env {
   sd_tally *t;
 } sd_env;
 
-/* sd_setup starts shard 0 under durability MODE and submits the model. */
-static void sd_setup(sd_env *e, const char *mode) {
+/* sd_setup starts shard 0 under durability MODE (snapshots every
+ * FLUSH_MS) and submits the model. */
+static void sd_setup(sd_env *e, const char *mode, unsigned flush_ms) {
   const char *dir = ps_test_tmpdir();
-  snprintf(e->yaml, sizeof e->yaml, "%s", sd_yaml(dir, mode, &e->gp, &e->cp));
+  snprintf(e->yaml, sizeof e->yaml, "%s", sd_yaml(dir, mode, flush_ms, &e->gp, &e->cp));
   snprintf(e->log, sizeof e->log, "%s/psd0.log", dir);
   e->t = malloc(sizeof *e->t);
   sd_init(e->t, e->gp);
@@ -225,7 +230,7 @@ static void sd_setup(sd_env *e, const char *mode) {
 START_TEST(test_sparse_sync_kill) {
   ps_test_rng_init();
   sd_env e;
-  sd_setup(&e, "sync");
+  sd_setup(&e, "sync", 200);
   sd_tally *t = e.t;
   const char *yaml = e.yaml, *log = e.log;
   pid_t pid = e.pid;
@@ -302,7 +307,7 @@ static void sd_push_rounds(ps_rpc *r, sd_tally *t, int rounds) {
 
 START_TEST(test_sparse_periodic_kill) {
   sd_env e;
-  sd_setup(&e, "periodic");
+  sd_setup(&e, "periodic", 200);
   sd_tally *t = e.t;
   const char *yaml = e.yaml, *log = e.log;
   pid_t pid = e.pid;
@@ -354,7 +359,7 @@ static void *sd_restart_main(void *arg) {
  * and said, and the request goes on. */
 START_TEST(test_sparse_client_restart) {
   sd_env e;
-  sd_setup(&e, "sync");
+  sd_setup(&e, "sync", 200);
   sd_tally *t = e.t;
   const char *yaml = e.yaml, *log = e.log;
   pid_t pid = e.pid;
@@ -424,7 +429,7 @@ static int sd_pull_codec(ps_rpc *r, const uint64_t *keys, size_t n, ps_codec_id 
 
 START_TEST(test_sparse_row_codecs) {
   sd_env e;
-  sd_setup(&e, "periodic");
+  sd_setup(&e, "periodic", 200);
   sd_tally *t = e.t;
   const char *yaml = e.yaml;
   pid_t pid = e.pid;
@@ -516,6 +521,79 @@ START_TEST(test_sparse_row_codecs) {
 }
 END_TEST
 
+static int sd_cmp_u64(const void *a, const void *b) {
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* psctl export of the table: rows mostly evicted to RocksDB, some changed
+ * in memory since; the .npz holds every row once, keys in order, each
+ * row as a pull reads it (checked by Python's zipfile and an NPY parse). */
+START_TEST(test_sparse_export) {
+  sd_env e;
+  sd_setup(&e, "periodic", 3600000); /* no snapshot: rows only in memory stay there */
+  sd_tally *t = e.t;
+  ps_rpc *r;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_test_rpc_open(&r, t->addr, &eb), 0);
+  sd_push_rounds(r, t, 2);
+  uint64_t keys[SD_KEYS];
+  memcpy(keys, t->keys, sizeof keys);
+  qsort(keys, SD_KEYS, sizeof *keys, sd_cmp_u64);
+  float rows[SD_KEYS * SD_DIM];
+  ck_assert_int_eq(sd_pull_codec(r, keys, SD_KEYS, PS_CODEC_FP32, rows, &eb), 0);
+  /* the last 6 rows touched stay in memory, changed since RocksDB got them */
+  int idx[6] = {0, 1, 2, 3, 4, 5};
+  ck_assert_int_eq(sd_push(r, t, idx, 6, &eb), 0);
+  for (int k = 0; k < SD_KEYS; k++)
+    for (int i = 0; i < 6; i++)
+      if (keys[k] == t->keys[i])
+        for (int j = 0; j < SD_DIM; j++) rows[k * SD_DIM + j] -= -1.0f; /* SGD lr 1, gradient -1 */
+  /* ExportRows of a table the shard does not have */
+  Ps__ExportRowsRequest xq = PS__EXPORT_ROWS_REQUEST__INIT;
+  xq.model = "ctr", xq.table = 5;
+  ProtobufCMessage *xr = NULL;
+  ck_assert_int_eq(ps_rpc_call(r, "/ps.Ps/ExportRows", &xq.base, &ps__export_rows_reply__descriptor,
+                               &xr, 10000, &eb), PS_ENOENT);
+  ps_rpc_close(r);
+  const char *dir = strrchr(e.log, '/') ? e.log : NULL;
+  char d[700], npz[800];
+  snprintf(d, sizeof d, "%.*s", (int)(strrchr(dir, '/') - dir), dir);
+  snprintf(npz, sizeof npz, "%s/ctr.npz", d);
+  char plog[800];
+  snprintf(plog, sizeof plog, "%s/psctl.log", d);
+  char *argv[] = {(char *)ps_test_bin("psctl"), "export", "--config", e.yaml, "--model", "ctr",
+                  "-o", npz, NULL};
+  int st = ps_test_run(argv, plog, 60000);
+  char *pl = ps_test_read_file(plog, NULL);
+  ck_assert_msg(st == 0 && strstr(pl, "1 embedding tables, 48 rows"), "psctl export: %s", pl);
+  free(pl);
+  char *out = ps_test_npz_py(d, npz);
+  /* the expected members, as the checker prints them */
+  size_t cap = 64 * SD_KEYS * SD_DIM + 64 * SD_KEYS, n = 0;
+  char *wk = malloc(cap), *wr = malloc(cap);
+  n = (size_t)snprintf(wk, cap, ".keys.npy <u8 (%d,)", SD_KEYS);
+  for (int k = 0; k < SD_KEYS; k++)
+    n += (size_t)snprintf(wk + n, cap - n, " %llu", (unsigned long long)keys[k]);
+  snprintf(wk + n, cap - n, "\n");
+  n = (size_t)snprintf(wr, cap, ".rows.npy <f4 (%d, %d)", SD_KEYS, SD_DIM);
+  for (int i = 0; i < SD_KEYS * SD_DIM; i++) n += (size_t)snprintf(wr + n, cap - n, " %g", (double)rows[i]);
+  snprintf(wr + n, cap - n, "\n");
+  ck_assert_msg(strstr(out, wk) != NULL, "no keys member as expected in:\n%s\nwanted:%s", out, wk);
+  ck_assert_msg(strstr(out, wr) != NULL, "no rows member as expected in:\n%s\nwanted:%s", out, wr);
+  free(wk), free(wr), free(out);
+  /* an unknown model writes nothing */
+  char bad[800];
+  snprintf(bad, sizeof bad, "%s/none.npz", d);
+  char *argv2[] = {(char *)ps_test_bin("psctl"), "export", "--config", e.yaml, "--model", "nope",
+                   "-o", bad, NULL};
+  ck_assert_int_eq(ps_test_run(argv2, plog, 60000), 1);
+  ck_assert_int_ne(access(bad, F_OK), 0);
+  ck_assert_int_eq(ps_test_stop(e.pid, SIGTERM, 15000), 0);
+  free(t);
+}
+END_TEST
+
 Suite *psd_sparse_rows_suite(void) {
   Suite *s = suite_create("psd_sparse_rows");
   TCase *tc = tcase_create("kill");
@@ -525,6 +603,7 @@ Suite *psd_sparse_rows_suite(void) {
   tcase_add_test(tc, test_sparse_periodic_kill);
   tcase_add_test(tc, test_sparse_client_restart);
   tcase_add_test(tc, test_sparse_row_codecs);
+  tcase_add_test(tc, test_sparse_export);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -15,6 +15,8 @@
  *  - periodic: pushes, a wait until `last_flush` (Status) is past the last
  *    acknowledgement, more pushes, SIGKILL: every row holds at least the
  *    pushes before that flush and at most all of them.
+ *  - a log of sparse pushes left by sync, started under periodic: the
+ *    rows hold every logged push, and keep them through another kill.
  *  - the worker's client (psw_sparse) across a restart: a pull waits for
  *    the shard, a push to a dead shard is dropped and counted.
  *  - row codecs: fp16 and int8 pulls decode to the fp32 rows within the
@@ -594,6 +596,44 @@ START_TEST(test_sparse_export) {
 }
 END_TEST
 
+/* A log of sparse pushes left by a sync run, started under periodic:
+ * replayed into the rows, written and removed (as the dense test in
+ * test_durability.c does for chunks). */
+START_TEST(test_sparse_sync_log_then_periodic) {
+  sd_env e;
+  sd_setup(&e, "sync", 3600000); /* no snapshot: everything is in the log */
+  ps_rpc *r;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_test_rpc_open(&r, e.t->addr, &eb), 0);
+  sd_push_rounds(r, e.t, 3);
+  ps_rpc_close(r);
+  ck_assert(WIFSIGNALED(ps_test_stop(e.pid, SIGKILL, 5000)));
+  size_t len;
+  char *y = ps_test_read_file(e.yaml, &len), *at = strstr(y, "  mode: sync\n");
+  ck_assert_ptr_nonnull(at);
+  char *out = malloc(len + 16);
+  snprintf(out, len + 16, "%.*s  mode: periodic\n%s", (int)(at - y), y, at + strlen("  mode: sync\n"));
+  ps_test_write_file(e.yaml, out);
+  free(y);
+  free(out);
+  pid_t pid = ps_test_dur_start(e.yaml, e.log, e.gp, e.cp, NULL);
+  long long n[SD_KEYS];
+  sd_counts(e.t, n, e.log);
+  for (int k = 0; k < SD_KEYS; k++)
+    ck_assert_msg(n[k] == 3, "key %d: %lld pushes after the periodic start, 3 logged; see %s", k,
+                  n[k], e.log);
+  ck_assert_msg(ps_test_dur_replayed(e.log) >= 24, "the periodic start replayed too little; see %s",
+                e.log);
+  /* and a kill now loses nothing of it: the replay was written */
+  ck_assert(WIFSIGNALED(ps_test_stop(pid, SIGKILL, 5000)));
+  pid = ps_test_dur_start(e.yaml, e.log, e.gp, e.cp, NULL);
+  sd_counts(e.t, n, e.log);
+  for (int k = 0; k < SD_KEYS; k++) ck_assert_int_eq(n[k], 3);
+  ck_assert_int_eq(ps_test_stop(pid, SIGTERM, 15000), 0);
+  free(e.t);
+}
+END_TEST
+
 Suite *psd_sparse_rows_suite(void) {
   Suite *s = suite_create("psd_sparse_rows");
   TCase *tc = tcase_create("kill");
@@ -601,6 +641,7 @@ Suite *psd_sparse_rows_suite(void) {
   tcase_set_timeout(tc, 150);
   tcase_add_test(tc, test_sparse_sync_kill);
   tcase_add_test(tc, test_sparse_periodic_kill);
+  tcase_add_test(tc, test_sparse_sync_log_then_periodic);
   tcase_add_test(tc, test_sparse_client_restart);
   tcase_add_test(tc, test_sparse_row_codecs);
   tcase_add_test(tc, test_sparse_export);

@@ -8,7 +8,10 @@
  *   1. every chunk arrives exactly once, from the shard that holds it;
  *   2. each reply's values are exactly its chunks' elements.
  * The file is written atomically (ps_npz_write), one float32 member per
- * tensor with the tensor's shape, so it loads in NumPy and PyTorch. */
+ * tensor with the tensor's shape, so it loads in NumPy and PyTorch.  A
+ * model with embedding tables is streamed instead (ps_npz_stream,
+ * psctl_export_rows.c): the tensors, then per table "NAME.rows" and
+ * "NAME.keys". */
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
@@ -20,14 +23,18 @@
 #include "ps_model.h"
 #include "ps_npz.h"
 #include "psctl.h"
+#include "psctl_export_rows.h"
 
 #define PSCTL_EXPORT_SPEC_TIMEOUT_MS 3000
 
 static const char psctl_export_usage[] =
     "usage: psctl export --model NAME -o FILE.npz [--config FILE] [--timeout-ms N]\n"
     "Reads every parameter of model NAME from all shards and writes them to FILE.npz, one\n"
-    "float32 array per tensor with its shape (numpy.load reads it).  The file is replaced\n"
-    "atomically.  --timeout-ms bounds each shard's export (default 60000).\n"
+    "float32 array per tensor with its shape (numpy.load reads it), and for each embedding\n"
+    "table NAME.rows (float32, [rows, dim]) and NAME.keys (uint64, [rows]): every row the\n"
+    "shards hold, read page by page (not one instant while training runs; zip64 past 4 GiB).\n"
+    "The file is replaced atomically.  --timeout-ms bounds each shard's export and each\n"
+    "page of rows (default 60000).\n"
     "Exit status: 0, 1 when a shard is down, the model is unknown or the export is\n"
     "inconsistent (nothing is written then), 2 on bad usage or a bad configuration.\n";
 
@@ -158,10 +165,51 @@ static int psctl_export_gather(psctl_export_asm *a, psctl_cluster *c, const char
   return code;
 }
 
-/* psctl_export_write writes the assembled tensors of SPEC to PATH.
- * Returns the exit code. */
-static int psctl_export_write(const psctl_export_asm *a, const Ps__ModelSpec *spec,
-                              const char *path) {
+/* psctl_export_stream writes the tensors ARR (of layout L) and then the
+ * embedding tables of SPEC, from the shards of C, to PATH member by
+ * member (ps_npz_stream: tables need not fit in memory, zip64 past 4
+ * GiB).  Returns the exit code. */
+static int psctl_export_stream(psctl_cluster *c, const ps_npz_array *arr, const ps_layout *l,
+                               const Ps__ModelSpec *spec, const char *path, int timeout_ms) {
+  ps_npz_stream *z;
+  ps_errbuf eb = {""};
+  if (ps_npz_stream_open(&z, path, &eb) < 0) {
+    fprintf(stderr, "psctl export: %s\n", eb.msg);
+    return 1;
+  }
+  int rc = 0;
+  for (size_t t = 0; rc == 0 && t < l->ntensors; t++) {
+    uint64_t ne = 1;
+    for (uint32_t d = 0; d < arr[t].ndim; d++) ne *= arr[t].shape[d];
+    rc = ps_npz_stream_begin(z, arr[t].name, PS_NPZ_F4, arr[t].ndim, arr[t].shape, &eb);
+    if (rc == 0) rc = ps_npz_stream_write(z, arr[t].data, ne, &eb);
+    if (rc == 0) rc = ps_npz_stream_end(z, &eb);
+  }
+  if (rc < 0) {
+    fprintf(stderr, "psctl export: %s\n", eb.msg);
+    ps_npz_stream_abort(z);
+    return 1;
+  }
+  size_t ntables;
+  uint64_t nrows;
+  if (psctl_export_rows(c, spec, z, path, timeout_ms, &ntables, &nrows)) {
+    ps_npz_stream_abort(z);
+    fprintf(stderr, "psctl export: nothing written\n");
+    return 1;
+  }
+  if (ps_npz_stream_close(z, &eb) < 0) {
+    fprintf(stderr, "psctl export: %s\n", eb.msg);
+    return 1;
+  }
+  printf("wrote model '%s' to %s: %zu tensors, %" PRIu64 " parameters, %zu embedding tables, "
+         "%" PRIu64 " rows\n", spec->name, path, l->ntensors, l->nparams, ntables, nrows);
+  return 0;
+}
+
+/* psctl_export_write writes the assembled tensors of SPEC to PATH, and
+ * its embedding tables from the shards of C.  Returns the exit code. */
+static int psctl_export_write(psctl_cluster *c, const psctl_export_asm *a,
+                              const Ps__ModelSpec *spec, const char *path, int timeout_ms) {
   const ps_layout *l = a->l;
   ps_npz_array *arr = calloc(l->ntensors, sizeof *arr);
   uint64_t *shapes = calloc(l->ntensors * PS_NPZ_MAX_DIMS, sizeof *shapes);
@@ -181,6 +229,10 @@ static int psctl_export_write(const psctl_export_asm *a, const Ps__ModelSpec *sp
     for (size_t d = 0; d < ts->n_shape; d++) shapes[t * PS_NPZ_MAX_DIMS + d] = ts->shape[d];
     arr[t] = (ps_npz_array){ts->name, (uint32_t)ts->n_shape, &shapes[t * PS_NPZ_MAX_DIMS],
                             a->values + l->tensors[t].model_offset};
+  }
+  if (c && psctl_export_has_rows(spec)) {
+    code = psctl_export_stream(c, arr, l, spec, path, timeout_ms);
+    goto out_free;
   }
   if (ps_npz_write(path, arr, l->ntensors, &eb) < 0) {
     fprintf(stderr, "psctl export: %s\n", eb.msg);
@@ -219,7 +271,7 @@ static int psctl_export_model(psctl_cluster *c, const Ps__ModelSpec *spec, const
   }
   for (size_t ch = 0; ch < l.nchunks; ch++) a.from[ch] = -1;
   code = psctl_export_gather(&a, c, spec->name, timeout_ms);
-  if (code == 0) code = psctl_export_write(&a, spec, path);
+  if (code == 0) code = psctl_export_write(c, &a, spec, path, timeout_ms);
 out_asm:
   free(a.values);
   free(a.from);

@@ -15,7 +15,7 @@
  *     counts in sh->inflight.  The shard releases parked pulls before it
  *     drains; a stop finds none parked unless it rebuilds the server
  *     (psd_grpc_restart), and then answers them PS_EUNAVAIL itself.
- *  3a. Under durability `sync` an applied Push is answered only once its
+ *  3a. Under durability `sync` an applied Push or SparsePush is answered only once its
  *     redo log record is synced (psd_shard_push_durable): the call keeps
  *     its packed reply (c->sout), is linked in g->parked with c->syncing
  *     set, and is answered from the log's callback; a rebuild answers it
@@ -428,10 +428,11 @@ static int psd_grpc_sparse_pull(psd_grpc_call *c, psd_shard *sh, const ProtobufC
                                 grpc_slice *out, ps_errbuf *eb) {
   (void)c;
   Ps__SparsePullReply rep = PS__SPARSE_PULL_REPLY__INIT;
-  float *rows;
+  uint8_t *rows;
   int err = psd_shard_sparse_pull(sh, (const Ps__SparsePullRequest *)m, &rows, &rep.rows.len, eb);
   if (err < 0) return err;
-  rep.rows.data = (uint8_t *)rows;
+  rep.rows.data = rows;
+  rep.codec = ((const Ps__SparsePullRequest *)m)->codec;
   err = psd_grpc_pack(&rep.base, out, eb);
   free(rows);
   return err;
@@ -440,10 +441,22 @@ static int psd_grpc_sparse_pull(psd_grpc_call *c, psd_shard *sh, const ProtobufC
 /* SparsePush: gradients of distinct keys of one table. */
 static int psd_grpc_sparse_push(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessage *m,
                                 grpc_slice *out, ps_errbuf *eb) {
-  (void)c;
   Ps__SparsePushReply rep = PS__SPARSE_PUSH_REPLY__INIT;
   int err = psd_shard_sparse_push(sh, (const Ps__SparsePushRequest *)m, eb);
-  return err < 0 ? err : psd_grpc_pack(&rep.base, out, eb);
+  if (err == 0) err = psd_grpc_pack(&rep.base, out, eb);
+  return err < 0 ? err : psd_grpc_push_durable(c, sh, m, out, eb); /* under sync: its record synced */
+}
+
+/* ExportRows: a page of a sparse table's rows (psd_shard_sparse.h). */
+static int psd_grpc_export_rows(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessage *m,
+                                grpc_slice *out, ps_errbuf *eb) {
+  (void)c;
+  Ps__ExportRowsReply rep = PS__EXPORT_ROWS_REPLY__INIT;
+  int err = psd_shard_sparse_export(sh, (const Ps__ExportRowsRequest *)m, &rep, eb);
+  if (err < 0) return err;
+  err = psd_grpc_pack(&rep.base, out, eb);
+  psd_shard_sparse_export_release(&rep);
+  return err;
 }
 
 /* grpc.health.v1.Health/Check: SERVING only while the shard serves. */
@@ -486,6 +499,8 @@ static const struct psd_grpc_method {
     {"/ps.Ps/SparsePull", &ps__sparse_pull_request__descriptor, psd_grpc_sparse_pull,
      PS_ROLES_CLIENT},
     {"/ps.Ps/SparsePush", &ps__sparse_push_request__descriptor, psd_grpc_sparse_push,
+     PS_ROLES_CLIENT},
+    {"/ps.Ps/ExportRows", &ps__export_rows_request__descriptor, psd_grpc_export_rows,
      PS_ROLES_CLIENT},
     {"/grpc.health.v1.Health/Check", &grpc__health__v1__health_check_request__descriptor,
      psd_grpc_health, PS_ROLES_ANY},

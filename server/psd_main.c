@@ -49,7 +49,16 @@ typedef struct psd_main {
   uv_work_t flush_work;
   psd_probe probe;           /* rebuilds a gRPC server that stopped accepting */
   psd_flush *flush;          /* the flush being written, or NULL */
+  int flush_busy;            /* a flush (dense, sparse or both) is being written */
   int flush_status;
+  int sp_persist;            /* the flush persists the sparse rows' memtable */
+  int sp_status;
+  int sp_snap_err;           /* the sparse snapshot of this flush failed (message in sp_eb) */
+  uint64_t sp_seq;           /* the log position that sparse snapshot holds */
+  ps_errbuf sp_eb;
+  uint64_t replay_from_d;    /* the log positions the dense snapshot and the rows on disk */
+  uint64_t replay_from_sp;   /*   held at start (replay skips what they hold) */
+  uint64_t dur_d, dur_sp;    /* what the last finished snapshots hold (the log keeps the rest) */
   int64_t flush_snap_ms; /* when the flush in progress snapshotted the store */
   ps_errbuf flush_eb;
   unsigned flush_failures;   /* failed flushes in a row */
@@ -132,10 +141,31 @@ static int psd_main_log_append(void *arg, const struct iovec *iov, int niov, uin
   return psd_wal_append(arg, iov, niov, seq, eb);
 }
 
-/* psd_main_replay_one applies one redo log record (psd_wal_replay_fn). */
+/* psd_main_sparse_log_append is the sparse rows' log hook: the record's
+ * seq also moves the store's log position (psd_store_log_note), which is
+ * what a push's acknowledgement waits for (psd_shard_push_durable). */
+static int psd_main_sparse_log_append(void *arg, const struct iovec *iov, int niov,
+                                      uint64_t *seq, ps_errbuf *eb) {
+  psd_main *m = arg;
+  int err = psd_wal_append(m->sh.wal, iov, niov, seq, eb);
+  if (err == 0) psd_store_log_note(m->sh.store, *seq);
+  return err;
+}
+
+/* psd_main_replay_one applies one redo log record (psd_wal_replay_fn):
+ * a sparse push to the rows, a dense one to the store, each unless the
+ * snapshot that replay started from for it holds it already. */
 static int psd_main_replay_one(void *arg, uint64_t seq, const uint8_t *p, size_t len,
                                ps_errbuf *eb) {
-  return psd_store_replay(arg, seq, p, len, eb);
+  psd_main *m = arg;
+  if (len && p[0] == PSD_SPARSE_LOG_PUSH)
+    return seq <= m->replay_from_sp ? 0 : psd_shard_sparse_replay(&m->sh, seq, p, len, eb);
+  return seq <= m->replay_from_d ? 0 : psd_store_replay(m->sh.store, seq, p, len, eb);
+}
+
+/* psd_main_truncate lets the redo log drop what both snapshots hold. */
+static void psd_main_truncate(psd_main *m) {
+  if (m->sh.wal) psd_wal_truncate(m->sh.wal, m->dur_d < m->dur_sp ? m->dur_d : m->dur_sp);
 }
 
 /* psd_main_recover replays the redo log in DATA_DIR/redo after the
@@ -155,9 +185,13 @@ static int psd_main_recover(psd_main *m) {
                     .retry_ms = cfg->flush_interval_ms, .on_state = psd_main_wal_state, .arg = m};
   psd_wal *w = NULL;
   ps_errbuf eb = {{0}};
-  uint64_t from = psd_store_log_seq(sh->store);
+  /* the dense snapshot and the sparse rows may hold different positions:
+   * replay starts at the older, each skipping what it holds */
+  m->replay_from_d = m->dur_d = psd_store_log_seq(sh->store);
+  m->replay_from_sp = m->dur_sp = psd_shard_sparse_log_from(sh);
+  uint64_t from = m->replay_from_d < m->replay_from_sp ? m->replay_from_d : m->replay_from_sp;
   int err = psd_wal_open(&w, &o, &eb);
-  if (err == 0) err = psd_wal_replay(w, from, psd_main_replay_one, sh->store, &eb);
+  if (err == 0) err = psd_wal_replay(w, from, psd_main_replay_one, m, &eb);
   if (err == 0) {
     psd_wal_stats st;
     psd_wal_stats_get(w, &st);
@@ -168,17 +202,20 @@ static int psd_main_recover(psd_main *m) {
   }
   if (err == 0 && !sync) { /* periodic: the replayed state goes into a snapshot */
     err = psd_store_flush(sh->store, &eb);
+    if (err == 0) err = psd_shard_sparse_flush(sh, &eb);
     if (err == 0) err = psd_wal_discard(w, &eb);
     psd_wal_free(w);
     w = NULL;
   }
   if (err == 0 && sync) {
     psd_store_set_log(sh->store, psd_main_log_append, w);
+    psd_shard_sparse_set_log(sh, psd_main_sparse_log_append, m);
     err = psd_wal_start(w, sh->loop, &eb);
     if (err == 0) sh->wal = w;
   }
   if (err < 0) {
     psd_store_set_log(sh->store, NULL, NULL);
+    psd_shard_sparse_set_log(sh, NULL, NULL);
     psd_wal_free(w);
     ps_err("shard %u: cannot recover from the redo log: %s (%s)", sh->me->id, eb.msg,
            ps_strerror(err));
@@ -187,44 +224,80 @@ static int psd_main_recover(psd_main *m) {
   return 0;
 }
 
+/* psd_main_flush_work writes the dense snapshot and persists the sparse
+ * rows' memtable (worker thread). */
 static void psd_main_flush_work(uv_work_t *w) {
   psd_main *m = w->data;
-  m->flush_status = psd_flush_write(m->flush, &m->flush_eb);
+  m->flush_status = m->flush ? psd_flush_write(m->flush, &m->flush_eb) : 0;
+  m->sp_status = m->sp_persist ? psd_shard_sparse_persist(&m->sh, &m->sp_eb) : 0;
+}
+
+/* psd_main_flush_end finishes a flush on the loop: FLUSH_STATUS for the
+ * dense snapshot, SP_STATUS for the sparse rows' persist. */
+static void psd_main_flush_end(psd_main *m) {
+  if (m->flush) {
+    if (m->flush_status == 0) m->dur_d = psd_flush_log_seq(m->flush);
+    psd_flush_finish(m->sh.store, m->flush, m->flush_status);
+  }
+  if (m->sp_persist) {
+    if (m->sp_status == 0) m->dur_sp = m->sp_seq;
+    else psd_shard_sparse_persist_failed(&m->sh);
+  }
+  m->flush = NULL;
+  m->sp_persist = 0;
+  m->flush_busy = 0;
+  psd_main_truncate(m);
+  if (m->sp_status == 0) m->sp_status = m->sp_snap_err;
+  if (m->flush_status == 0 && m->sp_status < 0) {
+    m->flush_status = m->sp_status;
+    m->flush_eb = m->sp_eb;
+  }
+  psd_main_flushed(m, m->flush_status, &m->flush_eb, m->flush_status < 0 ? 0 : m->flush_snap_ms);
 }
 
 static void psd_main_flush_after(uv_work_t *w, int status) {
   psd_main *m = w->data;
-  if (status < 0) m->flush_status = ps_errf(&m->flush_eb, PS_EINTERNAL, "flush work cancelled");
-  if (m->flush_status == 0 && m->sh.wal) psd_wal_truncate(m->sh.wal, psd_flush_log_seq(m->flush));
-  psd_flush_finish(m->sh.store, m->flush, m->flush_status);
-  m->flush = NULL;
-  psd_main_flushed(m, m->flush_status, &m->flush_eb, m->flush_snap_ms);
+  if (status < 0) {
+    m->flush_status = ps_errf(&m->flush_eb, PS_EINTERNAL, "flush work cancelled");
+    m->sp_status = PS_EINTERNAL;
+  }
+  psd_main_flush_end(m);
 }
 
-/* psd_main_on_flush_timer snapshots dirty state on the loop and writes it
- * on a worker thread; skips a tick while the last write still runs. */
+/* psd_main_on_flush_timer snapshots dirty state on the loop (the sparse
+ * rows into RocksDB's memtable, the dense chunks' list) and writes it on
+ * a worker thread; skips a tick while the last write still runs. */
 static void psd_main_on_flush_timer(uv_timer_t *t) {
   psd_main *m = t->data;
-  if (m->flush || m->sh.state == PSD_DRAINING) return;
+  if (m->flush_busy || m->sh.state == PSD_DRAINING) return;
   psd_flush *f = NULL;
   m->flush_snap_ms = psd_main_unix_ms();
+  /* a failing sparse snapshot does not hold the dense one back: both are
+   * tried, and either failing makes the flush a failure */
+  int persist = 0;
+  m->sp_snap_err = psd_shard_sparse_snapshot(&m->sh, &persist, &m->sp_seq, &m->sp_eb);
   int err = psd_flush_prepare(m->sh.store, &f, &m->flush_eb);
   if (err < 0) {
+    if (persist) psd_shard_sparse_persist_failed(&m->sh);
     psd_main_flushed(m, err, &m->flush_eb, 0);
     return;
   }
-  if (!f) { /* nothing dirty: everything accepted so far is on disk */
-    psd_main_flushed(m, 0, NULL, m->flush_snap_ms);
+  if (!m->sp_snap_err && !persist) m->dur_sp = m->sp_seq; /* on disk already */
+  if (!f) m->dur_d = psd_store_log_seq(m->sh.store);       /* likewise */
+  if (!f && !persist) { /* nothing dirty: everything accepted so far is on disk */
+    if (m->sp_snap_err < 0) psd_main_flushed(m, m->sp_snap_err, &m->sp_eb, 0);
+    else psd_main_flushed(m, 0, NULL, m->flush_snap_ms);
     return;
   }
   m->flush = f;
+  m->sp_persist = persist;
+  m->flush_busy = 1;
   m->flush_work.data = m;
   err = uv_queue_work(&m->loop, &m->flush_work, psd_main_flush_work, psd_main_flush_after);
   if (err < 0) {
-    psd_flush_finish(m->sh.store, f, PS_EINTERNAL);
-    m->flush = NULL;
     ps_errf(&m->flush_eb, PS_EINTERNAL, "cannot queue the flush: %s", uv_strerror(err));
-    psd_main_flushed(m, PS_EINTERNAL, &m->flush_eb, 0);
+    m->flush_status = m->sp_status = PS_EINTERNAL;
+    psd_main_flush_end(m);
   }
 }
 
@@ -273,7 +346,7 @@ static void psd_main_finish(psd_main *m) {
  * flush write to end, at most drain_timeout_ms. */
 static void psd_main_on_drain_timer(uv_timer_t *t) {
   psd_main *m = t->data;
-  if (m->flush) return; /* its after-callback must run before the final flush */
+  if (m->flush_busy) return; /* its after-callback must run before the final flush */
   uint64_t now = uv_now(&m->loop);
   if (m->sh.inflight > 0 && now < m->drain_deadline_ms) return;
   if (m->sh.inflight > 0)
@@ -357,11 +430,12 @@ static int psd_main_open(psd_main *m) {
     ps_err("shard %u: cannot open the store: %s (%s)", sh->me->id, eb.msg, ps_strerror(err));
     return 1;
   }
-  if (psd_main_recover(m)) return 1;
+  /* the rows before the replay: the log may hold sparse pushes */
   if ((err = psd_shard_sparse_open(sh, &eb)) < 0) {
     ps_err("shard %u: cannot open the sparse tables: %s (%s)", sh->me->id, eb.msg, ps_strerror(err));
     return 1;
   }
+  if (psd_main_recover(m)) return 1;
   if ((err = psd_shard_clock_start(sh, &eb)) < 0) {
     ps_err("shard %u: cannot make the clock table: %s", sh->me->id, eb.msg);
     return 1;

@@ -7,8 +7,10 @@
 #include <string.h>
 
 #include "graph.pb-c.h"
+#include "ps_codec.h"
 #include "ps_place.h"
 #include "psd_sparse.h"
+#include "psd_store.h"
 
 /* One table's placement: which buckets are this shard's. */
 typedef struct sps_map {
@@ -20,6 +22,7 @@ typedef struct sps_map {
 
 struct psd_shard_sparse {
   psd_sparse *rows;
+  uint64_t log_from;                   /* the log position the rows on disk hold */
   sps_map *maps;
   size_t nmaps;
 };
@@ -141,6 +144,8 @@ int psd_shard_sparse_open(psd_shard *sh, ps_errbuf *eb) {
     psd_store_model_info(sh->store, i, &mi);
     rc = psd_shard_sparse_add(sh, mi.spec, eb);
   }
+  /* before the redo log's replay: the store's position is its snapshot's */
+  if (!rc) rc = psd_sparse_log_start(sp->rows, psd_store_log_seq(sh->store), &sp->log_from, eb);
   if (rc) psd_shard_sparse_close(sh);
   return rc;
 }
@@ -190,7 +195,41 @@ void psd_shard_sparse_status_release(Ps__StatusReply *reply) {
 }
 
 int psd_shard_sparse_flush(psd_shard *sh, ps_errbuf *eb) {
-  return sh->sparse ? psd_sparse_flush(sh->sparse->rows, eb) : 0;
+  return sh->sparse ? psd_sparse_flush(sh->sparse->rows, psd_store_log_seq(sh->store), eb) : 0;
+}
+
+uint64_t psd_shard_sparse_log_from(const psd_shard *sh) {
+  return sh->sparse ? sh->sparse->log_from : UINT64_MAX;
+}
+
+void psd_shard_sparse_set_log(psd_shard *sh, psd_sparse_log_fn *fn, void *arg) {
+  if (sh->sparse) psd_sparse_set_log(sh->sparse->rows, fn, arg);
+}
+
+int psd_shard_sparse_replay(psd_shard *sh, uint64_t seq, const uint8_t *rec, size_t len,
+                            ps_errbuf *eb) {
+  if (!sh->sparse)
+    return ps_errf(eb, PS_EIO, "redo log record %llu is a sparse push, but shard %u has no "
+                   "sparse tables open", (unsigned long long)seq, sh->me->id);
+  int rc = psd_sparse_replay(sh->sparse->rows, seq, rec, len, eb);
+  if (!rc) psd_store_log_note(sh->store, seq);
+  return rc;
+}
+
+int psd_shard_sparse_snapshot(psd_shard *sh, int *persist, uint64_t *seq, ps_errbuf *eb) {
+  *persist = 0;
+  *seq = UINT64_MAX;
+  if (!sh->sparse) return 0;
+  *seq = psd_store_log_seq(sh->store);
+  return psd_sparse_snapshot(sh->sparse->rows, *seq, persist, eb);
+}
+
+int psd_shard_sparse_persist(psd_shard *sh, ps_errbuf *eb) {
+  return sh->sparse ? psd_sparse_persist(sh->sparse->rows, eb) : 0;
+}
+
+void psd_shard_sparse_persist_failed(psd_shard *sh) {
+  if (sh->sparse) psd_sparse_persist_failed(sh->sparse->rows);
 }
 
 /* sps_request checks what pulls and pushes share: the shard takes it,
@@ -222,23 +261,40 @@ static int sps_request(psd_shard *sh, int push, const char *model, uint32_t tabl
   return rc;
 }
 
-int psd_shard_sparse_pull(psd_shard *sh, const Ps__SparsePullRequest *r, float **rows,
+/* sps_codec checks a request's row codec (fp32, fp16, int8). */
+static int sps_codec(psd_shard *sh, const char *what, uint32_t codec, ps_errbuf *eb) {
+  if (codec == PS_CODEC_FP32 || codec == PS_CODEC_FP16 || codec == PS_CODEC_INT8) return 0;
+  psd_shard_count_error(sh);
+  return ps_errf(eb, PS_EINVAL, "sparse %s: codec %u (%s) is not a row codec (fp32, fp16, int8)",
+                 what, codec, ps_codec_name(codec < PS_CODEC_N ? (ps_codec_id)codec : PS_CODEC_N));
+}
+
+int psd_shard_sparse_pull(psd_shard *sh, const Ps__SparsePullRequest *r, uint8_t **rows,
                           size_t *nbytes, ps_errbuf *eb) {
   uint32_t dim = 0;
   *rows = NULL;
-  int rc = sps_request(sh, 0, r->model, r->table, r->keys, r->n_keys, r->worker, &dim, eb);
+  int rc = sps_codec(sh, "pull", r->codec, eb);
+  if (!rc) rc = sps_request(sh, 0, r->model, r->table, r->keys, r->n_keys, r->worker, &dim, eb);
   if (rc) return rc;
-  size_t n = r->n_keys * dim;
-  *rows = malloc((n ? n : 1) * sizeof(float));
-  if (!*rows) rc = ps_errf(eb, PS_ENOMEM, "out of memory for %zu rows", r->n_keys);
-  if (!rc) rc = psd_sparse_pull(sh->sparse->rows, r->model, r->table, r->keys, r->n_keys, *rows, n, eb);
+  size_t n = r->n_keys * dim, rb = ps_codec_size((ps_codec_id)r->codec, dim, 0);
+  float *v = malloc((n ? n : 1) * sizeof(float));
+  if (!v) rc = ps_errf(eb, PS_ENOMEM, "out of memory for %zu rows", r->n_keys);
+  if (!rc) rc = psd_sparse_pull(sh->sparse->rows, r->model, r->table, r->keys, r->n_keys, v, n, eb);
+  if (!rc && r->codec != PS_CODEC_FP32) { /* rows are finite: every codec encodes them */
+    uint8_t *e = malloc(r->n_keys * rb + 1);
+    if (!e) rc = ps_errf(eb, PS_ENOMEM, "out of memory for %zu rows", r->n_keys);
+    for (size_t i = 0; e && i < r->n_keys; i++)
+      ps_codec_encode((ps_codec_id)r->codec, v + i * dim, dim, 0, e + i * rb);
+    free(v);
+    v = (float *)e;
+  }
   if (rc) {
-    free(*rows);
-    *rows = NULL;
+    free(v);
     psd_shard_count_error(sh);
     return rc;
   }
-  *nbytes = n * sizeof(float);
+  *rows = (uint8_t *)v;
+  *nbytes = r->n_keys * rb;
   sh->ctr.pulls++;
   sh->ctr.bytes_out += *nbytes;
   return 0;
@@ -246,22 +302,37 @@ int psd_shard_sparse_pull(psd_shard *sh, const Ps__SparsePullRequest *r, float *
 
 int psd_shard_sparse_push(psd_shard *sh, const Ps__SparsePushRequest *r, ps_errbuf *eb) {
   uint32_t dim = 0;
-  int rc = sps_request(sh, 1, r->model, r->table, r->keys, r->n_keys, r->worker, &dim, eb);
+  int rc = sps_codec(sh, "push", r->codec, eb);
+  if (!rc) rc = sps_request(sh, 1, r->model, r->table, r->keys, r->n_keys, r->worker, &dim, eb);
   if (rc) return rc;
-  if (r->rows.len != (size_t)r->n_keys * dim * sizeof(float) || r->rows.len % sizeof(float))
-    rc = ps_errf(eb, PS_EINVAL, "sparse push '%s'/%u: %zu keys of dim %u need %zu bytes of rows, got %zu",
-                 r->model, r->table, r->n_keys, dim, (size_t)r->n_keys * dim * sizeof(float),
-                 r->rows.len);
+  ps_codec_id codec = (ps_codec_id)r->codec;
+  size_t rb = ps_codec_size(codec, dim, 0), n = r->n_keys * dim;
+  if (r->rows.len != r->n_keys * rb)
+    rc = ps_errf(eb, PS_EINVAL, "sparse push '%s'/%u: %zu keys of dim %u need %zu bytes of rows, "
+                 "got %zu (%s)", r->model, r->table, r->n_keys, dim, r->n_keys * rb,
+                 r->rows.len, ps_codec_name(codec));
+  /* decoded before anything changes: a bad row (an int8 scale that is not
+   * finite; NaN or Inf values are psd_sparse_push's to refuse) fails the
+   * whole push.  protobuf-c's bytes need not be float-aligned: copied. */
   float *g = NULL;
-  if (!rc && r->rows.len) {
-    /* protobuf-c's bytes need not be float-aligned */
-    g = malloc(r->rows.len);
-    if (!g) rc = ps_errf(eb, PS_ENOMEM, "out of memory");
-    else memcpy(g, r->rows.data, r->rows.len);
+  uint8_t *in = NULL;
+  if (!rc && n) {
+    g = malloc(n * sizeof *g);
+    in = codec == PS_CODEC_FP32 ? NULL : malloc(r->rows.len);
+    if (!g || (codec != PS_CODEC_FP32 && !in)) rc = ps_errf(eb, PS_ENOMEM, "out of memory");
+    else if (codec == PS_CODEC_FP32) memcpy(g, r->rows.data, r->rows.len);
+    else memcpy(in, r->rows.data, r->rows.len);
   }
+  for (size_t i = 0; in && !rc && i < r->n_keys; i++) {
+    char what[96];
+    snprintf(what, sizeof what, "sparse push '%.40s'/%u: row of key %llu", r->model, r->table,
+             (unsigned long long)r->keys[i]);
+    rc = ps_codec_check(codec, in + i * rb, rb, dim, 0, what, eb);
+    if (!rc) ps_codec_decode(codec, in + i * rb, dim, 0, g + i * dim);
+  }
+  free(in);
   if (!rc)
-    rc = psd_sparse_push(sh->sparse->rows, r->model, r->table, r->keys, r->n_keys, g,
-                         r->rows.len / sizeof(float), eb);
+    rc = psd_sparse_push(sh->sparse->rows, r->model, r->table, r->keys, r->n_keys, g, n, eb);
   free(g);
   if (rc) {
     psd_shard_count_error(sh);
@@ -270,4 +341,49 @@ int psd_shard_sparse_push(psd_shard *sh, const Ps__SparsePushRequest *r, ps_errb
   sh->ctr.pushes++;
   sh->ctr.bytes_in += r->rows.len;
   return 0;
+}
+
+int psd_shard_sparse_export(psd_shard *sh, const Ps__ExportRowsRequest *r,
+                            Ps__ExportRowsReply *rep, ps_errbuf *eb) {
+  uint32_t dim = 0;
+  int rc = psd_shard_admit(sh, 0, eb);
+  if (!rc && !sh->sparse)
+    rc = ps_errf(eb, PS_EUNAVAIL, "shard %u has no sparse tables open", sh->me->id);
+  else if (!rc && psd_sparse_dim(sh->sparse->rows, r->model, r->table, &dim, NULL))
+    rc = ps_errf(eb, PS_ENOENT, "model '%s' has no sparse table %u here", r->model, r->table);
+  if (rc) {
+    psd_shard_count_error(sh);
+    return rc;
+  }
+  size_t cap = sh->cfg->max_request_bytes / ((size_t)dim * sizeof(float) + 8);
+  size_t limit = r->limit && r->limit < cap ? r->limit : cap;
+  if (!limit) limit = 1;
+  rep->keys = malloc(limit * sizeof *rep->keys);
+  rep->rows.data = malloc(limit * dim * sizeof(float));
+  size_t n = 0;
+  int done = 1;
+  if (!rep->keys || !rep->rows.data)
+    rc = ps_errf(eb, PS_ENOMEM, "out of memory for %zu rows", limit);
+  else
+    rc = psd_sparse_export(sh->sparse->rows, r->model, r->table, r->resume, r->after, limit,
+                           rep->keys, (float *)rep->rows.data, &n, &done, eb);
+  if (rc) {
+    psd_shard_sparse_export_release(rep);
+    psd_shard_count_error(sh);
+    return rc;
+  }
+  rep->n_keys = n;
+  rep->rows.len = n * dim * sizeof(float);
+  rep->done = done;
+  rep->dim = dim;
+  sh->ctr.bytes_out += rep->rows.len;
+  return 0;
+}
+
+void psd_shard_sparse_export_release(Ps__ExportRowsReply *rep) {
+  free(rep->keys);
+  free(rep->rows.data);
+  rep->keys = NULL;
+  rep->rows.data = NULL;
+  rep->n_keys = rep->rows.len = 0;
 }

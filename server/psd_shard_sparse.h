@@ -18,6 +18,7 @@
 
 #include "ps.pb-c.h"
 #include "psd_shard.h"
+#include "psd_sparse.h"
 
 /* psd_shard_sparse_open opens SH's rows and registers the tables of every
  * model its store holds.  psd_shard_sparse_close (NULL-safe) frees them
@@ -33,14 +34,25 @@ int psd_shard_sparse_check(psd_shard *sh, const Ps__ModelSpec *spec, ps_errbuf *
 int psd_shard_sparse_add(psd_shard *sh, const Ps__ModelSpec *spec, ps_errbuf *eb);
 
 /* psd_shard_sparse_pull: *ROWS (caller frees with free()) receives
- * nkeys x dim floats, *NBYTES their size.  psd_shard_sparse_push applies
- * R's rows as gradients.  Errors: the shard's state, PS_ENOENT (unknown
- * model or table), PS_EINVAL (keys and rows that disagree, a duplicate or
- * misplaced key, a NaN gradient, a worker id outside the cluster),
+ * nkeys rows encoded in R->codec (fp32, fp16 or int8, each row on its
+ * own), *NBYTES their size.  psd_shard_sparse_push decodes R's rows (in
+ * R->codec) and applies them as gradients.  Errors: the shard's state,
+ * PS_ENOENT (unknown model or table), PS_EINVAL (keys and rows that
+ * disagree, a duplicate or misplaced key, a NaN gradient, a row codec
+ * other than fp32/fp16/int8, an int8 scale that is not finite, a worker
+ * id outside the cluster),
  * PS_ETOOBIG (over limits.max_request_bytes), PS_EIO from RocksDB. */
-int psd_shard_sparse_pull(psd_shard *sh, const Ps__SparsePullRequest *r, float **rows,
+int psd_shard_sparse_pull(psd_shard *sh, const Ps__SparsePullRequest *r, uint8_t **rows,
                           size_t *nbytes, ps_errbuf *eb);
 int psd_shard_sparse_push(psd_shard *sh, const Ps__SparsePushRequest *r, ps_errbuf *eb);
+
+/* psd_shard_sparse_export fills REP with a page of R's table (see
+ * ExportRowsRequest in ps.proto and psd_sparse_export): at most
+ * R->limit rows, and no more than limits.max_request_bytes holds.
+ * psd_shard_sparse_export_release frees what it allocated in REP. */
+int psd_shard_sparse_export(psd_shard *sh, const Ps__ExportRowsRequest *r,
+                            Ps__ExportRowsReply *rep, ps_errbuf *eb);
+void psd_shard_sparse_export_release(Ps__ExportRowsReply *rep);
 
 /* psd_shard_sparse_status adds every table's counters to REPLY (model
  * names borrowed from the tables); psd_shard_sparse_status_release frees
@@ -48,7 +60,28 @@ int psd_shard_sparse_push(psd_shard *sh, const Ps__SparsePushRequest *r, ps_errb
 void psd_shard_sparse_status(psd_shard *sh, Ps__StatusReply *reply);
 void psd_shard_sparse_status_release(Ps__StatusReply *reply);
 
-/* psd_shard_sparse_flush writes every changed row (psd_sparse_flush). */
+/* psd_shard_sparse_flush writes every changed row and the store's log
+ * position (psd_sparse_flush); synchronous. */
 int psd_shard_sparse_flush(psd_shard *sh, ps_errbuf *eb);
+
+/* Durability (psd_sparse.h invariant 6; psd_main drives it beside the
+ * dense store's snapshots and redo log).
+ *
+ * psd_shard_sparse_log_from: the redo log position the rows on disk hold
+ * (read at open, before the replay; UINT64_MAX without sparse tables).
+ * psd_shard_sparse_set_log installs the redo log hook of sparse pushes.
+ * psd_shard_sparse_replay applies a record of kind PSD_SPARSE_LOG_PUSH
+ * and notes its seq in the store (psd_store_log_note).
+ * psd_shard_sparse_snapshot (loop) writes changed rows and the store's
+ * log position, *SEQ, into RocksDB's memtable; when *PERSIST, call
+ * psd_shard_sparse_persist (any thread) and, if it fails,
+ * psd_shard_sparse_persist_failed (loop). */
+uint64_t psd_shard_sparse_log_from(const psd_shard *sh);
+void psd_shard_sparse_set_log(psd_shard *sh, psd_sparse_log_fn *fn, void *arg);
+int psd_shard_sparse_replay(psd_shard *sh, uint64_t seq, const uint8_t *rec, size_t len,
+                            ps_errbuf *eb);
+int psd_shard_sparse_snapshot(psd_shard *sh, int *persist, uint64_t *seq, ps_errbuf *eb);
+int psd_shard_sparse_persist(psd_shard *sh, ps_errbuf *eb);
+void psd_shard_sparse_persist_failed(psd_shard *sh);
 
 #endif

@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 
 #include "ps_place.h"
 #include "psd_optim.h"
@@ -25,6 +26,8 @@
 enum { ROW_DIRTY = 1, ROW_ON_DISK = 2 };
 #define KEY_MAX_LEN (1 + 64 + 1 + 4 + 8)
 #define VAL_HDR 16 /* update count, clock */
+#define VAL_SEQ 8  /* after the floats: the redo log seq of the last push applied */
+#define LOG_HDR(nl) ((size_t)2 + (nl) + 12) /* kind, name length, name, table, dim, nkeys */
 
 typedef struct sp_table {
   char *model;
@@ -38,6 +41,7 @@ typedef struct sp_table {
   /* rows in memory */
   size_t nrows, cap;
   uint64_t *keys, *count, *clock;
+  uint64_t *rseq;            /* redo log seq of the last push applied (0: none logged) */
   uint8_t *flags;
   float *data;
   uint32_t *index;           /* row + 1, 0 = empty */
@@ -72,6 +76,12 @@ struct psd_sparse {
   size_t rowof_cap;
   float *upd;                   /* updated rows before commit */
   size_t upd_cap;
+  /* durability (see psd_sparse.h, "Durability") */
+  psd_sparse_log_fn *log_fn;    /* redo log hook; NULL: none */
+  void *log_arg;
+  uint64_t wseq;                /* the "w" record in RocksDB (or the memtable) */
+  int has_wseq;                 /* RocksDB held a "w" record at open or one was written */
+  int unpersisted;              /* rows or "w" written since the last memtable flush began */
 };
 
 /* ---- small helpers -------------------------------------------------------- */
@@ -113,7 +123,20 @@ static size_t row_key(const sp_table *t, uint64_t key, char *k) {
 
 static float *row_data(const sp_table *t, size_t r) { return t->data + r * t->rowf; }
 
-static size_t val_len(const sp_table *t) { return VAL_HDR + t->rowf * sizeof(float); }
+static size_t val_len(const sp_table *t) { return VAL_HDR + t->rowf * sizeof(float) + VAL_SEQ; }
+
+/* val_ok: LEN is the length of a stored row of T: with its seq, or from
+ * before rows carried one (read as seq 0). */
+static int val_ok(const sp_table *t, size_t len) {
+  return len == val_len(t) || len == val_len(t) - VAL_SEQ;
+}
+
+/* val_seq reads the seq of the stored row V (LEN bytes). */
+static uint64_t val_seq(const sp_table *t, const char *v, size_t len) {
+  uint64_t q = 0;
+  if (len == val_len(t)) memcpy(&q, v + len - VAL_SEQ, 8);
+  return q;
+}
 
 /* ---- the key index -------------------------------------------------------- */
 
@@ -160,7 +183,9 @@ static int row_new(sp_table *t, uint64_t key, size_t *r) {
     if (n) t->count = n;
     uint64_t *cl = n ? realloc(t->clock, c * sizeof *cl) : NULL;
     if (cl) t->clock = cl;
-    uint8_t *f = cl ? realloc(t->flags, c) : NULL;
+    uint64_t *q = cl ? realloc(t->rseq, c * sizeof *q) : NULL;
+    if (q) t->rseq = q;
+    uint8_t *f = q ? realloc(t->flags, c) : NULL;
     if (f) t->flags = f;
     float *d = f ? realloc(t->data, c * t->rowf * sizeof *d) : NULL;
     if (!d) return PS_ENOMEM;
@@ -170,6 +195,7 @@ static int row_new(sp_table *t, uint64_t key, size_t *r) {
   if ((t->nrows + 1) * 2 > t->icap && index_rebuild(t, t->cap)) return PS_ENOMEM;
   *r = t->nrows++;
   t->keys[*r] = key;
+  t->rseq[*r] = 0;
   index_put(t, *r);
   t->st.rows_mem = t->nrows;
   return 0;
@@ -231,6 +257,7 @@ static void table_free(sp_table *t) {
   free(t->keys);
   free(t->count);
   free(t->clock);
+  free(t->rseq);
   free(t->flags);
   free(t->data);
   free(t->index);
@@ -351,6 +378,21 @@ int psd_sparse_open(psd_sparse **out, const psd_sparse_opts *o, ps_errbuf *eb) {
     psd_sparse_close(s);
     return rc;
   }
+  size_t vlen = 0;
+  char *v = rocksdb_get(s->db, s->ro, "w", 1, &vlen, &err);
+  if (err) {
+    int rc = rdb_err(s, err, "read", eb);
+    psd_sparse_close(s);
+    return rc;
+  }
+  if (v && vlen != 8) {
+    rocksdb_free(v);
+    ps_errf(eb, PS_EIO, "sparse rows '%s': its log position record has %zu bytes, not 8", s->dir, vlen);
+    psd_sparse_close(s);
+    return PS_EIO;
+  }
+  if (v) memcpy(&s->wseq, v, 8), s->has_wseq = 1;
+  rocksdb_free(v);
   *out = s;
   return 0;
 }
@@ -383,6 +425,7 @@ static void put_row(const sp_table *t, size_t r, rocksdb_writebatch_t *b, char *
   memcpy(val, &t->count[r], 8);
   memcpy(val + 8, &t->clock[r], 8);
   memcpy(val + VAL_HDR, row_data(t, r), t->rowf * sizeof(float));
+  memcpy(val + VAL_HDR + t->rowf * sizeof(float), &t->rseq[r], VAL_SEQ);
   rocksdb_writebatch_put(b, k, kn, val, val_len(t));
 }
 
@@ -410,17 +453,19 @@ static int write_rows(psd_sparse *s, sp_table *t, const uint8_t *mark, ps_errbuf
   for (size_t r = 0; r < t->nrows; r++)
     if (!mark || mark[r]) t->flags[r] = ROW_ON_DISK;
   t->st.disk_writes += n;
-  if (n) t->any_on_disk = 1;
+  if (n) t->any_on_disk = s->unpersisted = 1;
   return 0;
 }
 
-/* load_row copies the RocksDB value V into a new row for KEY. */
-static int load_row(sp_table *t, uint64_t key, const char *v, size_t *r) {
+/* load_row copies the RocksDB value V (LEN bytes, val_ok) into a new row
+ * for KEY. */
+static int load_row(sp_table *t, uint64_t key, const char *v, size_t len, size_t *r) {
   int rc = row_new(t, key, r);
   if (rc) return rc;
   memcpy(&t->count[*r], v, 8);
   memcpy(&t->clock[*r], v + 8, 8);
   memcpy(row_data(t, *r), v + VAL_HDR, t->rowf * sizeof(float));
+  t->rseq[*r] = val_seq(t, v, len);
   t->flags[*r] = ROW_ON_DISK;
   t->st.disk_reads++;
   t->st.disk_read_bytes += t->rowf * sizeof(float);
@@ -450,12 +495,12 @@ static int read_back(psd_sparse *s, sp_table *t, const uint64_t *keys, size_t n,
     if (errs[j]) {
       rc = rdb_err(s, errs[j], "read", eb);
       errs[j] = NULL;
-    } else if (vl[j] && vs[j] != val_len(t)) {
+    } else if (vl[j] && !val_ok(t, vs[j])) {
       rc = ps_errf(eb, PS_EIO, "sparse rows '%s': row %llu of '%s'/%u has %zu bytes, expected %zu",
                    s->dir, (unsigned long long)keys[at[j]], t->model, t->id, vs[j], val_len(t));
     } else if (vl[j]) {
       size_t r;
-      if ((rc = load_row(t, keys[at[j]], vl[j], &r)))
+      if ((rc = load_row(t, keys[at[j]], vl[j], vs[j], &r)))
         ps_errf(eb, rc, "sparse rows: out of memory");
       else
         s->rowof[at[j]] = (int64_t)r;
@@ -515,6 +560,7 @@ static int evict(psd_sparse *s, sp_table *t, ps_errbuf *eb) {
       t->keys[w] = t->keys[r];
       t->count[w] = t->count[r];
       t->clock[w] = t->clock[r];
+      t->rseq[w] = t->rseq[r];
       t->flags[w] = t->flags[r];
       memcpy(row_data(t, w), row_data(t, r), t->rowf * sizeof(float));
     }
@@ -639,6 +685,40 @@ static int grads_finite(const sp_table *t, const uint64_t *keys, const float *g,
   return 0;
 }
 
+/* log_push hands the record of a checked push to the log hook: the keys
+ * that have rows (s->rowof >= 0) and their gradients; *SEQ receives its
+ * seq.  No record when no key has a row. */
+static int log_push(psd_sparse *s, const sp_table *t, const uint64_t *keys, size_t nkeys,
+                    const float *grads, uint64_t *seq, ps_errbuf *eb) {
+  size_t n = 0;
+  for (size_t i = 0; i < nkeys; i++) n += s->rowof[i] >= 0;
+  if (!n) return 0;
+  uint64_t *k = (uint64_t *)keys;
+  float *g = (float *)grads;
+  if (n < nkeys) { /* keys not admitted are left out */
+    k = malloc(n * sizeof *k);
+    g = malloc(n * t->dim * sizeof *g);
+    for (size_t i = 0, j = 0; k && g && i < nkeys; i++)
+      if (s->rowof[i] >= 0) {
+        k[j] = keys[i];
+        memcpy(g + j++ * t->dim, grads + i * t->dim, t->dim * sizeof *g);
+      }
+  }
+  int rc = k && g ? 0 : ps_errf(eb, PS_ENOMEM, "sparse push: out of memory");
+  uint8_t h[LOG_HDR(64)];
+  size_t nl = strlen(t->model);
+  uint32_t u[3] = {t->id, t->dim, (uint32_t)n};
+  h[0] = PSD_SPARSE_LOG_PUSH;
+  h[1] = (uint8_t)nl;
+  memcpy(h + 2, t->model, nl);
+  memcpy(h + 2 + nl, u, sizeof u);
+  struct iovec iov[3] = {{h, LOG_HDR(nl)}, {k, n * 8}, {g, n * t->dim * sizeof(float)}};
+  if (!rc) rc = s->log_fn(s->log_arg, iov, 3, seq, eb);
+  if (k != keys) free(k);
+  if (g != grads) free(g);
+  return rc;
+}
+
 int psd_sparse_push(psd_sparse *s, const char *model, uint32_t table, const uint64_t *keys,
                     size_t nkeys, const float *grads, size_t nfloats, ps_errbuf *eb) {
   sp_table *t;
@@ -664,6 +744,8 @@ int psd_sparse_push(psd_sparse *s, const char *model, uint32_t table, const uint
       return ps_errf(eb, PS_EINVAL, "sparse push '%s'/%u: the update would make row %llu non-finite",
                      model, table, (unsigned long long)keys[i]);
   }
+  uint64_t seq = 0;
+  if (s->log_fn && (rc = log_push(s, t, keys, nkeys, grads, &seq, eb))) return rc;
   for (size_t i = 0; i < nkeys; i++) {
     if (s->rowof[i] < 0) {
       t->st.dropped_grads++;
@@ -673,10 +755,122 @@ int psd_sparse_push(psd_sparse *s, const char *model, uint32_t table, const uint
     memcpy(row_data(t, r), s->upd + i * t->rowf, t->rowf * sizeof(float));
     t->count[r]++;
     t->clock[r] = t->tick;
+    t->rseq[r] = seq;
     t->flags[r] |= ROW_DIRTY;
   }
   return evict(s, t, eb);
 }
+
+void psd_sparse_set_log(psd_sparse *s, psd_sparse_log_fn *fn, void *arg) {
+  s->log_fn = fn;
+  s->log_arg = arg;
+}
+
+/* rec_u32 reads one of a record's u32s (host order, as the dense store's
+ * records). */
+static uint32_t rec_u32(const uint8_t *p) {
+  uint32_t v;
+  memcpy(&v, p, 4);
+  return v;
+}
+
+int psd_sparse_replay(psd_sparse *s, uint64_t seq, const uint8_t *rec, size_t len, ps_errbuf *eb) {
+  if (len < LOG_HDR(0) || rec[0] != PSD_SPARSE_LOG_PUSH || len < LOG_HDR(rec[1]))
+    return ps_errf(eb, PS_EIO, "redo log record %llu (sparse push) does not decode",
+                   (unsigned long long)seq);
+  size_t nl = rec[1];
+  char model[256];
+  memcpy(model, rec + 2, nl);
+  model[nl] = '\0';
+  const uint8_t *p = rec + 2 + nl;
+  uint32_t table = rec_u32(p), dim = rec_u32(p + 4), n = rec_u32(p + 8);
+  sp_table *t = table_find(s, model, table);
+  if (!t)
+    return ps_errf(eb, PS_EIO, "redo log record %llu is a sparse push to table %u of model '%s', "
+                   "which '%s' does not hold; refusing to start", (unsigned long long)seq, table,
+                   model, s->dir);
+  if (dim != t->dim || (uint64_t)n * (8 + (uint64_t)dim * 4) != len - LOG_HDR(nl))
+    return ps_errf(eb, PS_EIO, "redo log record %llu (sparse push to '%s'/%u) does not decode",
+                   (unsigned long long)seq, model, table);
+  uint64_t *keys = malloc(n ? (size_t)n * 8 : 1);
+  float *g = malloc(n ? (size_t)n * dim * 4 : 1);
+  int rc = keys && g ? 0 : ps_errf(eb, PS_ENOMEM, "out of memory replaying the redo log");
+  if (!rc) {
+    memcpy(keys, p + 12, (size_t)n * 8);
+    memcpy(g, p + 12 + (size_t)n * 8, (size_t)n * dim * 4);
+    rc = request_check(s, model, table, keys, n, (size_t)n * dim, "push", &t, eb);
+  }
+  if (!rc) {
+    t->tick++;
+    rc = find_rows(s, t, keys, n, eb);
+  }
+  /* the record holds only the keys whose rows the push changed: those
+   * without a row now are created as the push found them */
+  for (size_t i = 0; i < n && !rc; i++)
+    if (s->rowof[i] < 0) rc = create_row(t, keys[i], &s->rowof[i], eb);
+  for (size_t i = 0; i < n && !rc; i++) {
+    size_t r = (size_t)s->rowof[i];
+    if (t->rseq[r] >= seq) continue; /* the row on disk holds this push already */
+    float *d = row_data(t, r);
+    psd_optim_apply(&t->optim, d, d + t->dim, g + i * t->dim, t->dim, t->count[r] + 1);
+    t->count[r]++;
+    t->clock[r] = t->tick;
+    t->rseq[r] = seq;
+    t->flags[r] |= ROW_DIRTY;
+  }
+  free(keys);
+  free(g);
+  return rc ? rc : evict(s, t, eb);
+}
+
+/* write_seq puts the "w" record (the log position every row in memory
+ * and on disk holds) into the memtable. */
+static int write_seq(psd_sparse *s, uint64_t seq, ps_errbuf *eb) {
+  char *err = NULL;
+  rocksdb_put(s->db, s->wo, "w", 1, (const char *)&seq, 8, &err);
+  if (err) return rdb_err(s, err, "write", eb);
+  s->wseq = seq;
+  s->has_wseq = s->unpersisted = 1;
+  return 0;
+}
+
+int psd_sparse_log_start(psd_sparse *s, uint64_t fallback, uint64_t *from, ps_errbuf *eb) {
+  if (!s->has_wseq) {
+    int rc = write_seq(s, fallback, eb);
+    if (!rc) rc = psd_sparse_persist(s, eb);
+    if (rc) return rc;
+    s->unpersisted = 0;
+  }
+  *from = s->wseq;
+  return 0;
+}
+
+int psd_sparse_snapshot(psd_sparse *s, uint64_t log_seq, int *persist, ps_errbuf *eb) {
+  *persist = 0;
+  for (size_t i = 0; i < s->ntables; i++) {
+    sp_table *t = s->tables[i];
+    int dirty = 0;
+    for (size_t r = 0; r < t->nrows && !dirty; r++)
+      dirty = (t->flags[r] & ROW_DIRTY) != 0;
+    int rc = dirty ? write_rows(s, t, NULL, eb) : 0;
+    if (rc) return rc;
+  }
+  if (log_seq != s->wseq || !s->has_wseq) {
+    int rc = write_seq(s, log_seq, eb);
+    if (rc) return rc;
+  }
+  *persist = s->unpersisted;
+  s->unpersisted = 0;
+  return 0;
+}
+
+int psd_sparse_persist(psd_sparse *s, ps_errbuf *eb) {
+  char *err = NULL;
+  rocksdb_flush(s->db, s->fo, &err);
+  return err ? rdb_err(s, err, "flush", eb) : 0;
+}
+
+void psd_sparse_persist_failed(psd_sparse *s) { s->unpersisted = 1; }
 
 int psd_sparse_row(psd_sparse *s, const char *model, uint32_t table, uint64_t key, float *value,
                    float *slots, uint64_t *count, uint64_t *clock, int *in_memory, ps_errbuf *eb) {
@@ -692,7 +886,7 @@ int psd_sparse_row(psd_sparse *s, const char *model, uint32_t table, uint64_t ke
     if (err) return rdb_err(s, err, "read", eb);
     if (!got) return ps_errf(eb, PS_ENOENT, "sparse table '%s'/%u has no row %llu", model, table,
                              (unsigned long long)key);
-    if (vlen != val_len(t)) {
+    if (!val_ok(t, vlen)) {
       rocksdb_free(got);
       return ps_errf(eb, PS_EIO, "sparse rows '%s': row %llu has %zu bytes", s->dir,
                      (unsigned long long)key, vlen);
@@ -717,6 +911,47 @@ int psd_sparse_row(psd_sparse *s, const char *model, uint32_t table, uint64_t ke
   return 0;
 }
 
+int psd_sparse_export(psd_sparse *s, const char *model, uint32_t table, int resume, uint64_t after,
+                      size_t limit, uint64_t *keys, float *rows, size_t *n, int *done,
+                      ps_errbuf *eb) {
+  *n = 0;
+  *done = 1;
+  sp_table *t = table_find(s, model, table);
+  if (!t) return ps_errf(eb, PS_ENOENT, "model '%s' has no sparse table %u", model, table);
+  if (resume && after == UINT64_MAX) return 0;
+  int rc = write_rows(s, t, NULL, eb); /* rows not on disk yet, and changed ones */
+  if (rc) return rc;
+  char k[KEY_MAX_LEN];
+  size_t kn = row_key(t, resume ? after + 1 : 0, k), pre = kn - 8;
+  rocksdb_iterator_t *it = rocksdb_create_iterator(s->db, s->ro);
+  for (rocksdb_iter_seek(it, k, kn); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
+    size_t klen, vlen;
+    const char *ik = rocksdb_iter_key(it, &klen);
+    if (klen != kn || memcmp(ik, k, pre)) break; /* past the table */
+    if (*n == limit) {
+      *done = 0;
+      break;
+    }
+    const char *v = rocksdb_iter_value(it, &vlen);
+    if (!val_ok(t, vlen)) {
+      rc = ps_errf(eb, PS_EIO, "sparse rows '%s': a row of '%s'/%u has %zu bytes", s->dir,
+                   t->model, t->id, vlen);
+      break;
+    }
+    uint64_t key = 0;
+    for (int i = 0; i < 8; i++) key = key << 8 | (unsigned char)ik[pre + i];
+    keys[*n] = key;
+    memcpy(rows + *n * t->dim, v + VAL_HDR, t->dim * sizeof(float));
+    (*n)++;
+  }
+  char *err = NULL;
+  rocksdb_iter_get_error(it, &err);
+  rocksdb_iter_destroy(it);
+  if (err && !rc) rc = rdb_err(s, err, "read", eb);
+  else if (err) rocksdb_free(err);
+  return rc;
+}
+
 size_t psd_sparse_ntables(const psd_sparse *s) { return s->ntables; }
 
 void psd_sparse_table_at(const psd_sparse *s, size_t i, const char **model, uint32_t *table) {
@@ -733,15 +968,10 @@ int psd_sparse_stats_get(psd_sparse *s, const char *model, uint32_t table, psd_s
   return 0;
 }
 
-int psd_sparse_flush(psd_sparse *s, ps_errbuf *eb) {
-  for (size_t i = 0; i < s->ntables; i++) {
-    sp_table *t = s->tables[i];
-    int rc = 0;
-    for (size_t r = 0; r < t->nrows && !rc; r++)
-      if (t->flags[r] & ROW_DIRTY) rc = 1;
-    if (rc && (rc = write_rows(s, t, NULL, eb))) return rc;
-  }
-  char *err = NULL;
-  rocksdb_flush(s->db, s->fo, &err);
-  return err ? rdb_err(s, err, "flush", eb) : 0;
+int psd_sparse_flush(psd_sparse *s, uint64_t log_seq, ps_errbuf *eb) {
+  int persist;
+  int rc = psd_sparse_snapshot(s, log_seq, &persist, eb);
+  if (!rc) rc = psd_sparse_persist(s, eb);
+  if (rc) psd_sparse_persist_failed(s);
+  return rc;
 }

@@ -37,20 +37,43 @@
  *  5. psd_sparse_flush writes every changed row in memory and flushes
  *     RocksDB's memtables, so that after it returns a restart with the
  *     same directory reads every row back as it was.
+ *  6. Durability (the shard's durability mode, as for dense chunks):
+ *     psd_sparse_snapshot (loop) writes every changed row and the "w"
+ *     record (the redo log position every row holds) into RocksDB's
+ *     memtable without its WAL, and psd_sparse_persist (any thread: it
+ *     only calls RocksDB) flushes the memtable to files.  Evictions write
+ *     into the same memtable, so once a persist that began after a
+ *     snapshot returned, every push accepted before the snapshot is on
+ *     disk (periodic: a crash loses at most what came after it).  Under
+ *     sync a push hands a record (psd_sparse_set_log: the keys whose rows
+ *     it changes and their gradients, kind PSD_SPARSE_LOG_PUSH) to the
+ *     log after every check and before any row changes; each row stores
+ *     the seq of the last push applied to it, so a row that RocksDB wrote
+ *     to its files early (an eviction, a full memtable) is not given a
+ *     push twice by psd_sparse_replay, which applies a record only to the
+ *     rows older than it and creates the rows it names that are missing.
+ *     Clocks (last touched) and admission counts are not logged: after a
+ *     replay a row's clock is the replay's, and keys pulled but not yet
+ *     admitted start their count again.
+ *
+ * Stored row: update count (u64), clock (u64), DIM x (1 + slots) floats,
+ * seq (u64), host byte order; rows written before the seq existed are
+ * read with seq 0.  "w": u64 log position.
  *
  * RocksDB: its own instance in o->dir (beside the dense store's, so that
  * neither's format or flush cycle changes the other's), 16 MiB write
  * buffers x 2, bloom filters (most misses of a large table are new keys),
  * no compression.  Key: 'r' model '\0' table (u32 BE) key (u64 BE);
- * value: update count (u64), clock (u64), DIM x (1 + slots) floats, all
- * host byte order.
+ * value: see "Stored row" above.
  *
- * Not thread-safe: one thread (psd's loop) calls everything. */
+ * Not thread-safe: one thread (psd's loop) calls everything, except
+ * psd_sparse_persist, which may run on another thread meanwhile. */
 #ifndef PSD_SPARSE_H
 #define PSD_SPARSE_H
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/uio.h>
 
 #include "ps.pb-c.h"
 #include "ps_error.h"
@@ -138,12 +161,58 @@ int psd_sparse_dim(const psd_sparse *s, const char *model, uint32_t table, uint3
 size_t psd_sparse_ntables(const psd_sparse *s);
 void psd_sparse_table_at(const psd_sparse *s, size_t i, const char **model, uint32_t *table);
 
+/* psd_sparse_export writes the rows of a table changed in memory to
+ * RocksDB (as an eviction would) and reads up to LIMIT rows in key order
+ * after key AFTER (from the first when !RESUME): their keys to KEYS and
+ * values (dim floats each, no slots) to ROWS, the count to *N; *DONE
+ * says no row follows.  PS_ENOENT for an unknown table, PS_EIO from
+ * RocksDB (a stored row of the wrong size included). */
+int psd_sparse_export(psd_sparse *s, const char *model, uint32_t table, int resume, uint64_t after,
+                      size_t limit, uint64_t *keys, float *rows, size_t *n, int *done,
+                      ps_errbuf *eb);
+
 /* psd_sparse_stats fills *ST for a table; PS_ENOENT when unknown. */
 int psd_sparse_stats_get(psd_sparse *s, const char *model, uint32_t table, psd_sparse_stats *st);
 
-/* psd_sparse_flush writes every changed row in memory and flushes
- * RocksDB's memtables to its files (invariant 5).  PS_EIO / PS_ENOSPC;
- * rows stay marked changed on failure. */
-int psd_sparse_flush(psd_sparse *s, ps_errbuf *eb);
+/* psd_sparse_flush writes every changed row in memory and LOG_SEQ as the
+ * log position, and flushes RocksDB's memtables to its files (invariant
+ * 5: psd_sparse_snapshot then psd_sparse_persist).  PS_EIO / PS_ENOSPC. */
+int psd_sparse_flush(psd_sparse *s, uint64_t log_seq, ps_errbuf *eb);
+
+/* Durability (invariant 6). */
+
+/* The redo log hook: hands the record (the pieces of IOV) to the log and
+ * writes its seq to *SEQ; 0 or a PS_E* code (the push then fails with
+ * nothing changed).  Same shape as psd_store_log_fn. */
+typedef int psd_sparse_log_fn(void *arg, const struct iovec *iov, int niov, uint64_t *seq,
+                              ps_errbuf *eb);
+
+/* The first byte of a sparse push's log record (a dense push's is 1).
+ * Record: u8 kind, u8 model name length, name, u32 table, u32 dim, u32
+ * nkeys, u64 keys[nkeys], float grads[nkeys x dim] (host order). */
+#define PSD_SPARSE_LOG_PUSH 2
+
+/* psd_sparse_set_log installs FN (NULL: no log). */
+void psd_sparse_set_log(psd_sparse *s, psd_sparse_log_fn *fn, void *arg);
+
+/* psd_sparse_log_start: *FROM receives the log position the rows on disk
+ * hold (the "w" record); a directory without one (new, or from before
+ * the rows were logged, when no log record was a sparse push) records
+ * FALLBACK (the dense snapshot's position) first, persisted.  PS_EIO. */
+int psd_sparse_log_start(psd_sparse *s, uint64_t fallback, uint64_t *from, ps_errbuf *eb);
+
+/* psd_sparse_replay applies record REC (LEN bytes, kind
+ * PSD_SPARSE_LOG_PUSH) of seq SEQ, row by row, to the rows older than
+ * it.  PS_EIO when it does not decode or names a table S does not hold. */
+int psd_sparse_replay(psd_sparse *s, uint64_t seq, const uint8_t *rec, size_t len, ps_errbuf *eb);
+
+/* psd_sparse_snapshot writes every changed row and LOG_SEQ (when it
+ * changed) into the memtable; *PERSIST says whether anything was written
+ * since the last persist began (call psd_sparse_persist then, and
+ * psd_sparse_persist_failed if it fails).  PS_EIO / PS_ENOSPC (rows stay
+ * marked changed). */
+int psd_sparse_snapshot(psd_sparse *s, uint64_t log_seq, int *persist, ps_errbuf *eb);
+int psd_sparse_persist(psd_sparse *s, ps_errbuf *eb);
+void psd_sparse_persist_failed(psd_sparse *s);
 
 #endif

@@ -146,6 +146,7 @@ struct psd_store {
   psd_store_log_fn *log_fn; /* redo log (durability sync); NULL: none */
   void *log_arg;
   uint64_t log_seq;      /* seq of the last logged push applied (or restored) */
+  uint64_t log_seq_flushed; /* the "w" the last finished snapshot wrote (or restored) */
   /* Held by the loop while it changes chunk data or the model list, by a
    * flush's writing thread while it reads one chunk (invariant 10). */
   pthread_mutex_t mu;
@@ -685,7 +686,7 @@ static int psd_store_read_log_seq(psd_store *s, ps_errbuf *eb) {
   char *v = rocksdb_get(s->db, s->ro, "w", 1, &len, &err);
   if (err) return psd_store_rdb_err(eb, err, "cannot read store", s->dir);
   int ok = !v || len == 8;
-  if (v && ok) s->log_seq = psd_store_get64(v);
+  if (v && ok) s->log_seq = s->log_seq_flushed = psd_store_get64(v);
   rocksdb_free(v);
   return ok ? 0 : ps_errf(eb, PS_EIO, "'%s': corrupt redo log position", s->dir);
 }
@@ -1057,6 +1058,11 @@ void psd_store_set_log(psd_store *s, psd_store_log_fn *fn, void *arg) {
 /* psd_store_log_seq: see psd_store.h. */
 uint64_t psd_store_log_seq(const psd_store *s) { return s->log_seq; }
 
+/* psd_store_log_note: see psd_store.h. */
+void psd_store_log_note(psd_store *s, uint64_t seq) {
+  if (seq > s->log_seq) s->log_seq = seq;
+}
+
 static int psd_store_push_at(psd_store *s, const ps_req *r, uint64_t replay, uint64_t *version,
                              ps_errbuf *eb);
 
@@ -1344,7 +1350,7 @@ int psd_flush_prepare(psd_store *s, psd_flush **out, ps_errbuf *eb) {
   for (size_t i = 0; i < s->nmodels; i++) nchunks += s->models[i]->ndirty;
   /* A closed store flushes even with nothing dirty: reopening it is what
    * says that the directory is writable again. */
-  if (s->db && nchunks == 0 && !psd_store_dirty(s)) return 0;
+  if (s->db && nchunks == 0 && !psd_store_dirty(s) && s->log_seq == s->log_seq_flushed) return 0;
   psd_flush *f = calloc(1, sizeof *f);
   if (f) {
     f->chunks = malloc((nchunks ? nchunks : 1) * sizeof *f->chunks);
@@ -1520,6 +1526,7 @@ void psd_flush_finish(psd_store *s, psd_flush *f, int status) {
     s->db = f->db;
     ps_info("store '%s' reopened", s->dir);
   }
+  if (status == 0) s->log_seq_flushed = f->log_seq;
   for (size_t i = 0; status < 0 && i < f->nchunks; i++)
     for (size_t j = 0; j < s->nmodels; j++) {
       psd_model *m = s->models[j];

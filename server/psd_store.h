@@ -179,6 +179,11 @@ typedef int psd_store_log_fn(void *arg, const struct iovec *iov, int niov, uint6
                              ps_errbuf *eb);
 void psd_store_set_log(psd_store *s, psd_store_log_fn *fn, void *arg);
 uint64_t psd_store_log_seq(const psd_store *s);
+/* psd_store_log_note: record SEQ, a log record that is not a dense push
+ * (a sparse push, psd_sparse.h), as applied: the log position moves on,
+ * so that the next snapshot's "w" says that the chunks need nothing up to
+ * it (a flush writes "w" when it moved, even with no chunk dirty). */
+void psd_store_log_note(psd_store *s, uint64_t seq);
 int psd_store_replay(psd_store *s, uint64_t seq, const uint8_t *rec, size_t len, ps_errbuf *eb);
 
 #endif

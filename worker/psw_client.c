@@ -92,10 +92,8 @@ struct psw_client {
   const ps_auth_key *key;   /* in keys, or NULL */
 };
 
-/* psw_retryable says whether ERR means "the shard is (momentarily) not
- * there": the connection is closed and reopened with backoff.  Anything
- * else from a shard is an answer and ends the call. */
-static int psw_retryable(int err) {
+/* psw_retryable: see psw_client.h. */
+int psw_retryable(int err) {
   static const int codes[] = {PS_EUNAVAIL, PS_EIO, PS_ETIMEDOUT, PS_EPROTO, PS_ESHUTDOWN,
                               PS_EDEGRADED};
   for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)

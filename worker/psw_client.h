@@ -133,6 +133,12 @@ size_t psw_client_push_counts(const psw_client *c, uint64_t *acked, uint64_t *un
 void psw_client_bytes(const psw_client *c, uint64_t *sent, uint64_t *received,
                       uint64_t *push_sent);
 
+/* psw_retryable says whether ERR means "the shard is (momentarily) not
+ * there": the connection is closed and reopened with backoff (invariant
+ * 4).  Anything else from a shard is an answer and ends the call.  The
+ * sparse tables' client (psw_sparse.h) uses the same rule. */
+int psw_retryable(int err);
+
 /* psw_client_reconnects counts the connections reopened so far. */
 uint64_t psw_client_reconnects(const psw_client *c);
 

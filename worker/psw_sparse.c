@@ -7,9 +7,12 @@
 #include <string.h>
 
 #include "ps.pb-c.h"
+#include "ps_codec.h"
 #include "ps_place.h"
 #include "ps_auth.h"
 #include "ps_rpc.h"
+#include "ps_time.h"
+#include "psw_client.h"
 
 #define PSW_SPARSE_TIMEOUT_MS 30000
 
@@ -26,7 +29,28 @@ struct psw_sparse {
   uint64_t *keys;
   float *buf;
   size_t cap, bufcap;
+  volatile sig_atomic_t *stop; /* psw_sparse_set_stop; may be NULL */
+  ps_codec_id push_codec, pull_codec;
+  uint64_t warmup;             /* clocks before the codecs apply */
+  uint8_t *enc;                /* a push's encoded rows */
+  size_t enccap;
+  uint64_t lost_pushes;        /* shard calls of pushes lost with a connection */
 };
+
+void psw_sparse_set_stop(psw_sparse *s, volatile sig_atomic_t *stop) { s->stop = stop; }
+
+ps_codec_id psw_sparse_row_codec(ps_codec_id model_codec) {
+  return model_codec == PS_CODEC_FP32 || model_codec == PS_CODEC_FP16 ? model_codec
+                                                                      : PS_CODEC_INT8;
+}
+
+void psw_sparse_set_codecs(psw_sparse *s, ps_codec_id push, ps_codec_id pull, uint64_t warmup) {
+  s->push_codec = psw_sparse_row_codec(push);
+  s->pull_codec = psw_sparse_row_codec(pull);
+  s->warmup = warmup;
+}
+
+uint64_t psw_sparse_lost_pushes(const psw_sparse *s) { return s->lost_pushes; }
 
 int psw_sparse_open(psw_sparse **out, const ps_config *cfg, const char *model, uint32_t table,
                     uint32_t dim, uint32_t worker, ps_errbuf *eb) {
@@ -64,6 +88,7 @@ void psw_sparse_close(psw_sparse *s) {
   free(s->pos);
   free(s->keys);
   free(s->buf);
+  free(s->enc);
   free(s);
 }
 
@@ -84,6 +109,13 @@ static int group(psw_sparse *s, const uint64_t *keys, uint32_t n, ps_errbuf *eb)
     s->buf = b;
     s->bufcap = (size_t)n * s->dim;
   }
+  size_t eb_need = ((size_t)n + 1) * (4 + (size_t)s->dim * 4); /* any row codec's rows */
+  if (eb_need > s->enccap) {
+    uint8_t *e = realloc(s->enc, eb_need);
+    if (!e) return ps_errf(eb, PS_ENOMEM, "sparse client: out of memory");
+    s->enc = e;
+    s->enccap = eb_need;
+  }
   memset(s->start, 0, (s->nshards + 1) * sizeof *s->start);
   for (uint32_t i = 0; i < n; i++) s->start[s->shard_of[ps_place_row_bucket(s->seed, keys[i])] + 1]++;
   for (size_t k = 0; k < s->nshards; k++) s->start[k + 1] += s->start[k];
@@ -98,13 +130,20 @@ static int group(psw_sparse *s, const uint64_t *keys, uint32_t n, ps_errbuf *eb)
   return 0;
 }
 
-/* call makes call METHOD on shard K, opening its channel first. */
-static int call(psw_sparse *s, size_t k, const char *method, const ProtobufCMessage *req,
-                const ProtobufCMessageDescriptor *desc, ProtobufCMessage **rep, ps_errbuf *eb) {
+/* call_once makes call METHOD on shard K, opening its channel first; a
+ * channel whose call failed as if the shard were not there is closed
+ * (the next call opens a new one). */
+static int call_once(psw_sparse *s, size_t k, const char *method, const ProtobufCMessage *req,
+                     const ProtobufCMessageDescriptor *desc, ProtobufCMessage **rep,
+                     ps_errbuf *eb) {
   int rc = 0;
   if (!s->rpc[k])
     rc = ps_rpc_open_cfg(&s->rpc[k], s->cfg->shards[k].grpc_addr, s->cfg, PS_ROLE_WORKER, eb);
   if (!rc) rc = ps_rpc_call(s->rpc[k], method, req, desc, rep, PSW_SPARSE_TIMEOUT_MS, eb);
+  if (rc && psw_retryable(rc) && s->rpc[k]) {
+    ps_rpc_close(s->rpc[k]);
+    s->rpc[k] = NULL;
+  }
   if (rc) {
     ps_errbuf inner = *eb;
     ps_errf(eb, rc, "shard %u: %s", s->cfg->shards[k].id, inner.msg);
@@ -112,25 +151,65 @@ static int call(psw_sparse *s, size_t k, const char *method, const ProtobufCMess
   return rc;
 }
 
+/* call makes a pull's call on shard K, again with backoff (100 ms doubling
+ * to 2 s) while the shard is not there, for at most workers.retry_ms,
+ * saying on stderr when it is lost and when it is back (psw_client.h
+ * invariant 4; a pull changes nothing a second one would not). */
+static int call(psw_sparse *s, size_t k, const char *method, const ProtobufCMessage *req,
+                const ProtobufCMessageDescriptor *desc, ProtobufCMessage **rep, ps_errbuf *eb) {
+  int64_t start = 0;
+  uint32_t delay = PS_BACKOFF_FIRST_MS;
+  for (;;) {
+    int rc = call_once(s, k, method, req, desc, rep, eb);
+    if (rc == 0 && start)
+      fprintf(stderr, "psw: sparse table '%s'/%u: shard %u is back\n", s->model, s->table,
+              s->cfg->shards[k].id);
+    if (rc == 0 || !psw_retryable(rc)) return rc;
+    if (!start) {
+      start = ps_now_ms();
+      fprintf(stderr, "psw: sparse table '%s'/%u: %s; retrying for up to %u ms\n", s->model,
+              s->table, eb->msg, s->cfg->workers.retry_ms);
+    }
+    if (ps_now_ms() - start + delay > (int64_t)s->cfg->workers.retry_ms) {
+      ps_errbuf inner = *eb;
+      return ps_errf(eb, rc, "%s (unreachable for %u ms)", inner.msg, s->cfg->workers.retry_ms);
+    }
+    if (ps_sleep_ms(delay, s->stop) < 0) return ps_errf(eb, PS_ESHUTDOWN, "stopped");
+    delay = ps_backoff_next(delay);
+  }
+}
+
 int psw_sparse_pull(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, float *rows,
                     uint64_t clock, ps_errbuf *eb) {
   int rc = group(s, keys, nkeys, eb);
-  const size_t rb = s->dim * sizeof(float);
+  ps_codec_id codec = clock < s->warmup ? PS_CODEC_FP32 : s->pull_codec;
+  const size_t rb = ps_codec_size(codec, s->dim, 0);
   for (size_t k = 0; k < s->nshards && !rc; k++) {
     uint32_t a = s->start[k], b = s->start[k + 1];
     if (a == b) continue;
     Ps__SparsePullRequest q = PS__SPARSE_PULL_REQUEST__INIT;
     q.model = s->model, q.table = s->table, q.keys = s->keys + a, q.n_keys = b - a;
-    q.worker = s->worker, q.clock = clock;
+    q.worker = s->worker, q.clock = clock, q.codec = codec;
     Ps__SparsePullReply *rep = NULL;
     rc = call(s, k, "/ps.Ps/SparsePull", &q.base, &ps__sparse_pull_reply__descriptor,
               (ProtobufCMessage **)&rep, eb);
     if (rc) break;
-    if (rep->rows.len != (size_t)(b - a) * rb)
-      rc = ps_errf(eb, PS_EFORMAT, "shard %u: %zu bytes of rows for %u keys of dim %u",
-                   s->cfg->shards[k].id, rep->rows.len, b - a, s->dim);
-    for (uint32_t i = a; !rc && i < b; i++)
-      memcpy(rows + (size_t)s->pos[i] * s->dim, rep->rows.data + (size_t)(i - a) * rb, rb);
+    if (rep->codec != (uint32_t)codec || rep->rows.len != (size_t)(b - a) * rb)
+      rc = ps_errf(eb, PS_EFORMAT, "shard %u: %zu bytes of %s rows for %u keys of dim %u in %s",
+                   s->cfg->shards[k].id, rep->rows.len,
+                   ps_codec_name(rep->codec < PS_CODEC_N ? (ps_codec_id)rep->codec : PS_CODEC_N),
+                   b - a, s->dim, ps_codec_name(codec));
+    for (uint32_t i = a; !rc && i < b; i++) {
+      const uint8_t *in = rep->rows.data + (size_t)(i - a) * rb;
+      float *out = rows + (size_t)s->pos[i] * s->dim;
+      if (codec == PS_CODEC_FP32) {
+        memcpy(out, in, rb);
+        continue;
+      }
+      memcpy(s->enc, in, rb); /* aligned for the decoder */
+      rc = ps_codec_check(codec, s->enc, rb, s->dim, 0, "a pulled row", eb);
+      if (!rc) ps_codec_decode(codec, s->enc, s->dim, 0, out);
+    }
     protobuf_c_message_free_unpacked(&rep->base, NULL);
   }
   return rc;
@@ -139,20 +218,30 @@ int psw_sparse_pull(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, float *
 int psw_sparse_push(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, const float *grads,
                     uint64_t clock, ps_errbuf *eb) {
   int rc = group(s, keys, nkeys, eb);
-  const size_t rb = s->dim * sizeof(float);
+  ps_codec_id codec = clock < s->warmup ? PS_CODEC_FP32 : s->push_codec;
+  const size_t rb = ps_codec_size(codec, s->dim, 0);
   for (size_t k = 0; k < s->nshards && !rc; k++) {
     uint32_t a = s->start[k], b = s->start[k + 1];
     if (a == b) continue;
+    uint8_t *out = (uint8_t *)s->buf;
+    if (codec != PS_CODEC_FP32) out = s->enc; /* no error feedback: see psw_sparse.h */
     for (uint32_t i = a; i < b; i++)
-      memcpy(s->buf + (size_t)(i - a) * s->dim, grads + (size_t)s->pos[i] * s->dim, rb);
+      ps_codec_encode(codec, grads + (size_t)s->pos[i] * s->dim, s->dim, 0,
+                      out + (size_t)(i - a) * rb);
     Ps__SparsePushRequest q = PS__SPARSE_PUSH_REQUEST__INIT;
     q.model = s->model, q.table = s->table, q.keys = s->keys + a, q.n_keys = b - a;
-    q.rows.data = (uint8_t *)s->buf, q.rows.len = (size_t)(b - a) * rb;
-    q.worker = s->worker, q.clock = clock;
+    q.rows.data = out, q.rows.len = (size_t)(b - a) * rb;
+    q.worker = s->worker, q.clock = clock, q.codec = codec;
     Ps__SparsePushReply *rep = NULL;
-    rc = call(s, k, "/ps.Ps/SparsePush", &q.base, &ps__sparse_push_reply__descriptor,
-              (ProtobufCMessage **)&rep, eb);
+    rc = call_once(s, k, "/ps.Ps/SparsePush", &q.base, &ps__sparse_push_reply__descriptor,
+                   (ProtobufCMessage **)&rep, eb);
     if (!rc) protobuf_c_message_free_unpacked(&rep->base, NULL);
+    if (rc && psw_retryable(rc)) { /* lost with the connection: not resent */
+      fprintf(stderr, "psw: sparse table '%s'/%u: a push of %u rows is lost (%s); not resent\n",
+              s->model, s->table, b - a, eb->msg);
+      s->lost_pushes++;
+      rc = 0;
+    }
   }
   return rc;
 }

@@ -6,18 +6,28 @@
  * its distinct keys by shard (ps_place_row_map: one hash per key) and
  * makes one call per shard that holds any, in turn; rows come back in the
  * caller's key order.  Sparse traffic goes to the root shards directly
- * (never through an aggregator), in fp32, without the staleness bound.
- * No retries: a shard that fails the call fails the request (nothing of a
- * failed pull is returned; a push may have reached the shards before the
- * failing one).
+ * (never through an aggregator), in the row codecs below, without the
+ * staleness bound.
+ * A shard that is not there (the errors psw_retryable names: down,
+ * restarting, draining, degraded) is waited for as psw_client.h's
+ * invariant 4 says: a pull's call is made again with backoff for at most
+ * workers.retry_ms (a pull may then have counted toward a key's admission
+ * twice); a push's call is not resent (it may have been applied: sending
+ * it again could apply it twice), it is dropped with a line on stderr and
+ * counted (psw_sparse_lost_pushes), and the push goes on to the other
+ * shards; the next pull waits for the shard.  Any other refusal fails the
+ * request (nothing of a failed pull is returned; a push may have reached
+ * the shards before the failing one).
  *
  * Not thread-safe: one per worker thread. */
 #ifndef PSW_SPARSE_H
 #define PSW_SPARSE_H
 
+#include <signal.h>
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ps_codec.h"
 #include "ps_config.h"
 #include "ps_error.h"
 
@@ -30,6 +40,22 @@ typedef struct psw_sparse psw_sparse;
 int psw_sparse_open(psw_sparse **out, const ps_config *cfg, const char *model, uint32_t table,
                     uint32_t dim, uint32_t worker, ps_errbuf *eb);
 void psw_sparse_close(psw_sparse *s);
+
+/* Row codecs: psw_sparse_set_codecs encodes pushes in PUSH and asks
+ * for pulls in PULL from clock WARMUP on (before: fp32), each row on its
+ * own (int8: one float32 scale per row, max|x| / 127).  Rows have no
+ * error feedback (a residual per key would grow with the table): each
+ * push's rounding is lost.  psw_sparse_row_codec maps a model's codec
+ * to a row codec: fp32 and fp16 stay, int8 stays, onebit and topk (for
+ * dense tensors) become int8. */
+ps_codec_id psw_sparse_row_codec(ps_codec_id model_codec);
+void psw_sparse_set_codecs(psw_sparse *s, ps_codec_id push, ps_codec_id pull, uint64_t warmup);
+
+/* psw_sparse_set_stop: a set *STOP (a signal handler's flag) ends a
+ * pull's wait for a shard with PS_ESHUTDOWN.  psw_sparse_lost_pushes
+ * counts the shard calls of pushes lost with a connection. */
+void psw_sparse_set_stop(psw_sparse *s, volatile sig_atomic_t *stop);
+uint64_t psw_sparse_lost_pushes(const psw_sparse *s);
 
 /* psw_sparse_pull writes the rows of the NKEYS distinct KEYS to ROWS
  * ([nkeys, dim]).  psw_sparse_push sends GRADS ([nkeys, dim]) as their

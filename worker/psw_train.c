@@ -7,6 +7,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "ps_codec.h"
 #include "ps_gpu.h"
 #include "ps_log.h"
 #include "ps_place.h"
@@ -263,6 +264,14 @@ static int run_sparse_open(psw_run *x, uint32_t maxb, ps_errbuf *eb) {
   if (psw_graph_embedding(x->g, &table, &x->fields, &x->tdim, &x->hash_buckets) < 0) return 0;
   int err = psw_sparse_open(&x->sp, x->o->cfg, x->o->model, table, x->tdim, x->rank, eb);
   if (err < 0) return err;
+  psw_sparse_set_stop(x->sp, x->o->stop);
+  /* the model's codecs, as rows can take them (psw_sparse_row_codec) */
+  const Ps__ModelSpec *spec = psw_client_spec(x->cl);
+  ps_codec_id push = PS_CODEC_FP32, pull = PS_CODEC_FP32;
+  if ((err = ps_codec_parse(spec->codec, "codec", &push, eb)) < 0 ||
+      (err = ps_codec_parse(spec->pull_codec, "pull codec", &pull, eb)) < 0)
+    return err;
+  psw_sparse_set_codecs(x->sp, push, pull, spec->codec_warmup_steps);
   size_t nb = (size_t)maxb * x->fields, nr = nb * x->tdim;
   if (psw_embed_create(&x->pe) < 0 || !(x->off = malloc((nb + 1) * sizeof *x->off)) ||
       !(x->kb = malloc(nb * sizeof *x->kb)) || !(x->rows = malloc(nr * sizeof *x->rows)) ||

@@ -141,8 +141,8 @@ static void cl_pull(cl_tally *t, float *out, uint64_t *v, const char *log) {
   ck_assert_msg(err == 0, "pull after the restart: %s; see %s", eb.msg, log);
 }
 
-/* cl_replayed sums the records replayed in LOG ("redo log replayed: N records"). */
-static uint64_t cl_replayed(const char *log) {
+/* ps_test_dur_replayed: see test_durability.h. */
+uint64_t ps_test_dur_replayed(const char *log) {
   size_t len;
   char *s = ps_test_read_file(log, &len);
   uint64_t n = 0;
@@ -253,8 +253,8 @@ static int psd_wal_has_records_test(const char *dir) {
   return found;
 }
 
-/* cl_start starts shard 0 and waits for both its ports. */
-static pid_t cl_start_env(const char *yaml, const char *log, int gp, int cp, char **env) {
+/* ps_test_dur_start: see test_durability.h. */
+pid_t ps_test_dur_start(const char *yaml, const char *log, int gp, int cp, char **env) {
   pid_t pid = ps_test_psd(yaml, 0, log, env);
   ck_assert_msg(ps_test_wait_port(cp, 30000) == 0 && ps_test_wait_port(gp, 10000) == 0,
                 "psd did not start; see %s", log);
@@ -262,7 +262,7 @@ static pid_t cl_start_env(const char *yaml, const char *log, int gp, int cp, cha
 }
 
 static pid_t cl_start(const char *yaml, const char *log, int gp, int cp) {
-  return cl_start_env(yaml, log, gp, cp, NULL);
+  return ps_test_dur_start(yaml, log, gp, cp, NULL);
 }
 
 /* cl_sync_yaml writes a one-shard cluster file under DIR with durability
@@ -323,7 +323,7 @@ void ps_test_crash_loop(int iters) {
   cl_tally *t = calloc(1, sizeof *t);
   snprintf(t->chan_addr, sizeof t->chan_addr, "127.0.0.1:%d", cp);
   snprintf(t->grpc_addr, sizeof t->grpc_addr, "127.0.0.1:%d", gp);
-  pid_t pid = cl_start_env(yaml, log, gp, cp, env.env);
+  pid_t pid = ps_test_dur_start(yaml, log, gp, cp, env.env);
   uint64_t cut = 0;
   cl_submit(gp);
   uint64_t seed = ps_test_seed | 1;
@@ -345,7 +345,7 @@ void ps_test_crash_loop(int iters) {
     atomic_store(&t->stop, 1);
     for (int i = 0; i < CL_PUSHERS; i++) pthread_join(ps[i].th, NULL);
     if (it % 2) cut += cl_power_cut(fsync_log, redo);
-    pid = cl_start_env(yaml, log, gp, cp, env.env);
+    pid = ps_test_dur_start(yaml, log, gp, cp, env.env);
     uint64_t v;
     cl_pull(t, got, &v, log);
     for (int c = 0; c < CL_CHUNKS; c++) {
@@ -369,7 +369,7 @@ void ps_test_crash_loop(int iters) {
     atomic_store(&t->acked_pushes, v);
     atomic_store(&t->maybe_pushes, 0);
   }
-  ck_assert_msg(cl_replayed(log) > 0, "no restart replayed a record from the log; see %s", log);
+  ck_assert_msg(ps_test_dur_replayed(log) > 0, "no restart replayed a record from the log; see %s", log);
   if (cut) fprintf(stderr, "crash loop: the power cuts dropped %llu unsynced log bytes\n",
                    (unsigned long long)cut);
   long long want = cl_last_replayed(log), shown = cl_status_replayed(yaml, dir);

@@ -1,0 +1,650 @@
+/* Sparse rows end to end (issue 19): durability, the worker's client
+ * across a restart, row codecs.  One real psd
+ * with the click-through model's embedding table (dim 4, SGD lr 1) and a
+ * memory budget of 8 rows for 48 keys, so most rows live in RocksDB.
+ * Every gradient is -1, so a row's value minus its initial value is the
+ * number of pushes applied to it, in every element.
+ *
+ *  - sync: pushers on 3 gRPC connections send SparsePush of 1..6 random
+ *    keys each; the shard is SIGKILLed at a random moment, restarted (every
+ *    other time after a simulated power cut of the redo log, as in the
+ *    dense crash loop) and pulled.  Every row must hold acknowledged <=
+ *    pushes <= acknowledged + in flight (none lost, none applied twice),
+ *    the same count in every element, and some restart must have replayed
+ *    records.
+ *  - periodic: pushes, a wait until `last_flush` (Status) is past the last
+ *    acknowledgement, more pushes, SIGKILL: every row holds at least the
+ *    pushes before that flush and at most all of them.
+ *  - a log of sparse pushes left by sync, started under periodic: the
+ *    rows hold every logged push, and keep them through another kill.
+ *  - the worker's client (psw_sparse) across a restart: a pull waits for
+ *    the shard, a push to a dead shard is dropped and counted.
+ *  - row codecs: fp16 and int8 pulls decode to the fp32 rows within the
+ *    codec's rounding, an int8 or fp16 push moves the rows by exactly its
+ *    decoding, the client (psw_sparse_set_codecs) round-trips both ways;
+ *    bad rows (a length that disagrees, a NaN int8 scale, an fp16 Inf, a
+ *    dense-only codec) are refused with every row unchanged.
+ *  - psctl export: the table as .rows and .keys members of the .npz. */
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "ps_codec.h"
+#include "ps_place.h"
+#include "ps_rpc.h"
+#include "common/npz_check.h"
+#include "ps_test.h"
+#include "test_durability.h"
+#include "psw_ctr.h"
+#include "psw_graph.h"
+#include "psw_sparse.h"
+
+enum { SD_DIM = 4, SD_KEYS = 48, SD_PUSHERS = 3 };
+
+typedef struct sd_tally {
+  uint64_t keys[SD_KEYS];
+  atomic_uint_fast64_t acked[SD_KEYS], maybe[SD_KEYS], pushes;
+  atomic_int stop;
+  char addr[64];
+} sd_tally;
+
+typedef struct sd_pusher {
+  sd_tally *t;
+  uint64_t rng;
+  pthread_t th;
+} sd_pusher;
+
+static uint64_t sd_rand(uint64_t *s) {
+  *s ^= *s << 13;
+  *s ^= *s >> 7;
+  *s ^= *s << 17;
+  return *s;
+}
+
+/* sd_push_raw pushes LEN bytes of rows P in CODEC for KEYS (N). */
+static int sd_push_raw(ps_rpc *r, const uint64_t *keys, size_t n, uint32_t codec, const void *p,
+                       size_t len, ps_errbuf *eb) {
+  Ps__SparsePushRequest q = PS__SPARSE_PUSH_REQUEST__INIT;
+  q.model = "ctr", q.table = 0, q.keys = (uint64_t *)keys, q.n_keys = n, q.codec = codec;
+  q.rows.data = (uint8_t *)p, q.rows.len = len;
+  ProtobufCMessage *rep = NULL;
+  int rc = ps_rpc_call(r, "/ps.Ps/SparsePush", &q.base, &ps__sparse_push_reply__descriptor, &rep,
+                       10000, eb);
+  if (rep) protobuf_c_message_free_unpacked(rep, NULL);
+  return rc;
+}
+
+/* sd_push sends one SparsePush of the keys IDX (N) with gradient -1. */
+static int sd_push(ps_rpc *r, const sd_tally *t, const int *idx, size_t n, ps_errbuf *eb) {
+  uint64_t keys[SD_KEYS];
+  float g[SD_KEYS * SD_DIM];
+  for (size_t i = 0; i < n; i++) keys[i] = t->keys[idx[i]];
+  for (size_t i = 0; i < n * SD_DIM; i++) g[i] = -1.0f;
+  return sd_push_raw(r, keys, n, PS_CODEC_FP32, g, n * SD_DIM * sizeof(float), eb);
+}
+
+/* sd_pick chooses 1..6 distinct keys. */
+static size_t sd_pick(uint64_t *rng, int *idx) {
+  size_t n = 1 + sd_rand(rng) % 6;
+  int first = (int)(sd_rand(rng) % SD_KEYS);
+  for (size_t i = 0; i < n; i++) idx[i] = (first + (int)i * 7) % SD_KEYS;
+  return n;
+}
+
+static void sd_count(sd_tally *t, const int *idx, size_t n, int acked) {
+  for (size_t i = 0; i < n; i++) atomic_fetch_add(acked ? &t->acked[idx[i]] : &t->maybe[idx[i]], 1);
+  if (acked) atomic_fetch_add(&t->pushes, 1);
+}
+
+/* sd_pusher_main pushes until told to stop or a push fails (the shard
+ * died): that push counts as in flight. */
+static void *sd_pusher_main(void *arg) {
+  sd_pusher *p = arg;
+  ps_rpc *r = NULL;
+  ps_errbuf eb;
+  int err = ps_test_rpc_open(&r, p->t->addr, &eb);
+  while (err == 0 && !atomic_load(&p->t->stop)) {
+    int idx[6];
+    size_t n = sd_pick(&p->rng, idx);
+    err = sd_push(r, p->t, idx, n, &eb);
+    sd_count(p->t, idx, n, err == 0);
+  }
+  if (r) ps_rpc_close(r);
+  return NULL;
+}
+
+/* sd_model submits the click-through model (1 field, dim 4, 1 dense
+ * feature) with SGD lr 1 and seed 11 through R. */
+static void sd_submit(ps_rpc *r) {
+  psw_ctr_shape sh = {1, SD_DIM, 1, NULL, 0, 0, 0};
+  uint8_t *buf;
+  size_t len;
+  ps_errbuf eb;
+  psw_graph *g;
+  ck_assert_msg(psw_graph_ctr_pack("ctr", &sh, &buf, &len, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psw_graph_load(buf, len, &g, &eb) == 0, "%s", eb.msg);
+  free(buf);
+  Ps__ModelSpec *spec;
+  ck_assert_int_eq(psw_graph_to_spec(g, "ctr", &spec, &eb), 0);
+  Ps__OptimizerSpec opt = PS__OPTIMIZER_SPEC__INIT;
+  opt.kind = "sgd", opt.lr = 1.0f;
+  spec->optimizer = &opt;
+  spec->seed = 11;
+  ps_test_submit(r, spec, 0, 10000);
+  spec->optimizer = NULL;
+  psw_graph_spec_free(spec);
+  psw_graph_free(g);
+}
+
+/* sd_init fills T's keys (all on the one shard) and its address. */
+static void sd_init(sd_tally *t, int gp) {
+  memset(t, 0, sizeof *t);
+  for (int i = 0; i < SD_KEYS; i++) t->keys[i] = (uint64_t)(i + 1) * 0x9e3779b97f4a7c15ull;
+  snprintf(t->addr, sizeof t->addr, "127.0.0.1:%d", gp);
+}
+
+/* sd_counts pulls every key (retrying while the shard starts) and writes
+ * each row's push count to N, checking that every element agrees. */
+static void sd_counts(const sd_tally *t, long long *n, const char *log) {
+  float rows[SD_KEYS * SD_DIM], init[SD_DIM];
+  Ps__SparsePullRequest q = PS__SPARSE_PULL_REQUEST__INIT;
+  q.model = "ctr", q.table = 0, q.keys = (uint64_t *)t->keys, q.n_keys = SD_KEYS, q.worker = 0;
+  int64_t end = ps_test_now_ms() + 20000;
+  ps_errbuf eb;
+  int err;
+  do {
+    ps_rpc *r = NULL;
+    Ps__SparsePullReply *rep = NULL;
+    err = ps_test_rpc_open(&r, t->addr, &eb);
+    if (err == 0)
+      err = ps_rpc_call(r, "/ps.Ps/SparsePull", &q.base, &ps__sparse_pull_reply__descriptor,
+                        (ProtobufCMessage **)&rep, 10000, &eb);
+    if (err == 0) {
+      ck_assert_uint_eq(rep->rows.len, sizeof rows);
+      memcpy(rows, rep->rows.data, sizeof rows);
+      protobuf_c_message_free_unpacked(&rep->base, NULL);
+    }
+    if (r) ps_rpc_close(r);
+    if (err) usleep(50000);
+  } while (err && ps_test_now_ms() < end);
+  ck_assert_msg(err == 0, "pull after the restart: %s; see %s", eb.msg, log);
+  for (int k = 0; k < SD_KEYS; k++) {
+    ck_assert_int_eq(ps_init_row(init, "uniform", 0.05f, 11, 0, t->keys[k], SD_DIM), 0);
+    n[k] = llroundf(rows[k * SD_DIM] - init[0]);
+    for (int d = 0; d < SD_DIM; d++) {
+      float x = rows[k * SD_DIM + d] - init[d];
+      ck_assert_msg(fabsf(x - (float)n[k]) < 1e-3f, "key %d: element %d holds %g pushes, element "
+                    "0 %lld; see %s", k, d, (double)x, n[k], log);
+    }
+  }
+}
+
+/* sd_yaml writes the one-shard cluster file with MODE and FLUSH_MS, a
+ * budget of 8 rows. */
+static const char *sd_yaml(const char *dir, const char *mode, unsigned flush_ms, int *gp, int *cp) {
+  static const char was[] = "  mode: periodic\n  flush_interval_ms: 200\n";
+  const char *path = ps_test_cluster_yaml(dir, 1, "sparse:\n  memory_rows: 8\n", gp, cp);
+  size_t len;
+  char *y = ps_test_read_file(path, &len);
+  char *at = strstr(y, was);
+  ck_assert_ptr_nonnull(at);
+  char *out = malloc(len + 96);
+  snprintf(out, len + 96, "%.*s  mode: %s\n  flush_interval_ms: %u\n%s", (int)(at - y), y, mode,
+           flush_ms, at + strlen(was));
+  ps_test_write_file(path, out);
+  free(y);
+  free(out);
+  return path;
+}
+
+/* One shard with the model submitted: its cluster file, log, ports,
+ * process and the tally of the test's keys. */
+typedef struct sd_env {
+  char yaml[700], log[700];
+  int gp, cp;
+  pid_t pid;
+  sd_tally *t;
+} sd_env;
+
+/* sd_setup starts shard 0 under durability MODE (snapshots every
+ * FLUSH_MS) and submits the model. */
+static void sd_setup(sd_env *e, const char *mode, unsigned flush_ms) {
+  const char *dir = ps_test_tmpdir();
+  snprintf(e->yaml, sizeof e->yaml, "%s", sd_yaml(dir, mode, flush_ms, &e->gp, &e->cp));
+  snprintf(e->log, sizeof e->log, "%s/psd0.log", dir);
+  e->t = malloc(sizeof *e->t);
+  sd_init(e->t, e->gp);
+  e->pid = ps_test_dur_start(e->yaml, e->log, e->gp, e->cp, NULL);
+  ps_rpc *r;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_test_rpc_open(&r, e->t->addr, &eb), 0);
+  sd_submit(r);
+  ps_rpc_close(r);
+}
+
+START_TEST(test_sparse_sync_kill) {
+  ps_test_rng_init();
+  sd_env e;
+  sd_setup(&e, "sync", 200);
+  sd_tally *t = e.t;
+  const char *yaml = e.yaml, *log = e.log;
+  pid_t pid = e.pid;
+  uint64_t seed = ps_test_seed | 1;
+  long long n[SD_KEYS];
+  for (int it = 0; it < 3; it++) {
+    sd_pusher ps[SD_PUSHERS];
+    atomic_store(&t->stop, 0);
+    uint64_t p0 = atomic_load(&t->pushes);
+    for (int i = 0; i < SD_PUSHERS; i++) {
+      ps[i] = (sd_pusher){.t = t, .rng = sd_rand(&seed) | 1};
+      ck_assert_int_eq(pthread_create(&ps[i].th, NULL, sd_pusher_main, &ps[i]), 0);
+    }
+    int64_t end = ps_test_now_ms() + 15000;
+    while (atomic_load(&t->pushes) < p0 + 20 && ps_test_now_ms() < end) usleep(2000);
+    usleep((useconds_t)(sd_rand(&seed) % 700) * 1000);
+    int st = ps_test_stop(pid, SIGKILL, 5000);
+    ck_assert_msg(WIFSIGNALED(st), "psd was not running at iteration %d; see %s", it, log);
+    atomic_store(&t->stop, 1);
+    for (int i = 0; i < SD_PUSHERS; i++) pthread_join(ps[i].th, NULL);
+    ck_assert_msg(atomic_load(&t->pushes) > p0, "no push was acknowledged at iteration %d; see %s",
+                  it, log);
+    pid = ps_test_dur_start(yaml, log, e.gp, e.cp, NULL);
+    sd_counts(t, n, log);
+    for (int k = 0; k < SD_KEYS; k++) {
+      long long a = (long long)atomic_load(&t->acked[k]), m = (long long)atomic_load(&t->maybe[k]);
+      ck_assert_msg(n[k] >= a && n[k] <= a + m, "iteration %d, key %d: %lld pushes applied, but "
+                    "%lld were acknowledged and %lld in flight (seed %llu); see %s", it, k, n[k],
+                    a, m, (unsigned long long)ps_test_seed, log);
+      atomic_store(&t->acked[k], (uint64_t)n[k]); /* the in-flight ones are decided now */
+      atomic_store(&t->maybe[k], 0);
+    }
+  }
+  ck_assert_msg(ps_test_dur_replayed(log) > 0, "no restart replayed a record from the log; see %s", log);
+  int st = ps_test_stop(pid, SIGTERM, 15000);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd ended with status %d; see %s", st, log);
+  /* and a clean stop keeps them all */
+  pid = ps_test_dur_start(yaml, log, e.gp, e.cp, NULL);
+  long long after[SD_KEYS];
+  sd_counts(t, after, log);
+  ck_assert_int_eq(memcmp(after, n, sizeof n), 0);
+  ck_assert_int_eq(ps_test_stop(pid, SIGTERM, 15000), 0);
+  free(t);
+}
+END_TEST
+
+/* sd_last_flush returns the shard's last_flush_unix_ms (Status). */
+static int64_t sd_last_flush(const char *addr) {
+  ps_rpc *r;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_test_rpc_open(&r, addr, &eb), 0);
+  Ps__StatusRequest q = PS__STATUS_REQUEST__INIT;
+  Ps__StatusReply *st = NULL;
+  ck_assert_msg(ps_rpc_call(r, "/ps.Ps/Status", &q.base, &ps__status_reply__descriptor,
+                            (ProtobufCMessage **)&st, 10000, &eb) == 0, "%s", eb.msg);
+  int64_t v = (int64_t)st->last_flush_unix_ms;
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  ps_rpc_close(r);
+  return v;
+}
+
+/* sd_push_rounds pushes ROUNDS pushes of every key in groups of 6 over R,
+ * counting them in T. */
+static void sd_push_rounds(ps_rpc *r, sd_tally *t, int rounds) {
+  ps_errbuf eb;
+  for (int round = 0; round < rounds; round++)
+    for (int k = 0; k < SD_KEYS; k += 6) {
+      int idx[6];
+      for (int i = 0; i < 6; i++) idx[i] = k + i;
+      ck_assert_msg(sd_push(r, t, idx, 6, &eb) == 0, "push: %s", eb.msg);
+      sd_count(t, idx, 6, 1);
+    }
+}
+
+START_TEST(test_sparse_periodic_kill) {
+  sd_env e;
+  sd_setup(&e, "periodic", 200);
+  sd_tally *t = e.t;
+  const char *yaml = e.yaml, *log = e.log;
+  pid_t pid = e.pid;
+  ps_rpc *r;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_test_rpc_open(&r, t->addr, &eb), 0);
+  sd_push_rounds(r, t, 5);
+  /* a flush (every 200 ms) that began after the last acknowledgement */
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  int64_t acked_ms = (int64_t)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  int64_t end = ps_test_now_ms() + 15000;
+  while (sd_last_flush(t->addr) <= acked_ms && ps_test_now_ms() < end) usleep(50000);
+  ck_assert_msg(sd_last_flush(t->addr) > acked_ms, "no flush after the pushes; see %s", log);
+  sd_push_rounds(r, t, 3);
+  ps_rpc_close(r);
+  int st = ps_test_stop(pid, SIGKILL, 5000);
+  ck_assert(WIFSIGNALED(st));
+  pid = ps_test_dur_start(yaml, log, e.gp, e.cp, NULL);
+  long long n[SD_KEYS];
+  sd_counts(t, n, log);
+  for (int k = 0; k < SD_KEYS; k++)
+    ck_assert_msg(n[k] >= 5 && n[k] <= 8, "key %d: %lld pushes after the kill; 5 were on disk, "
+                  "8 acknowledged; see %s", k, n[k], log);
+  ck_assert_int_eq(ps_test_stop(pid, SIGTERM, 15000), 0);
+  free(t);
+}
+END_TEST
+
+/* sd_restarter restarts the shard after a pause (a thread, while the
+ * client waits for it). */
+typedef struct sd_restart {
+  const char *yaml, *log;
+  int pause_ms;
+  pid_t pid;
+  pthread_t th;
+} sd_restart;
+
+static void *sd_restart_main(void *arg) {
+  sd_restart *r = arg;
+  usleep((useconds_t)r->pause_ms * 1000);
+  r->pid = ps_test_psd(r->yaml, 0, r->log, NULL);
+  return NULL;
+}
+
+/* The worker's client of the table (psw_sparse) across a shard restart
+ * under sync: a pull while the shard is down waits for it and returns the
+ * rows it held; a push while it is down is dropped (not resent), counted
+ * and said, and the request goes on. */
+START_TEST(test_sparse_client_restart) {
+  sd_env e;
+  sd_setup(&e, "sync", 200);
+  sd_tally *t = e.t;
+  const char *yaml = e.yaml, *log = e.log;
+  pid_t pid = e.pid;
+  ps_errbuf eb;
+  ps_config cfg;
+  ck_assert_msg(ps_config_load(&cfg, yaml, &eb) == 0, "%s", eb.msg);
+  psw_sparse *sp;
+  ck_assert_msg(psw_sparse_open(&sp, &cfg, "ctr", 0, SD_DIM, 0, &eb) == 0, "%s", eb.msg);
+  float rows[SD_KEYS * SD_DIM], g[SD_KEYS * SD_DIM], init[SD_DIM];
+  for (int i = 0; i < SD_KEYS * SD_DIM; i++) g[i] = -1.0f;
+  ck_assert_msg(psw_sparse_pull(sp, t->keys, SD_KEYS, rows, 0, &eb) == 0, "%s", eb.msg);
+  for (int i = 0; i < 3; i++)
+    ck_assert_msg(psw_sparse_push(sp, t->keys, SD_KEYS, g, 0, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(psw_sparse_lost_pushes(sp), 0);
+  int st = ps_test_stop(pid, SIGKILL, 5000);
+  ck_assert(WIFSIGNALED(st));
+  /* a push to the dead shard: dropped, the call goes on */
+  ck_assert_msg(psw_sparse_push(sp, t->keys, SD_KEYS, g, 1, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(psw_sparse_lost_pushes(sp), 1);
+  /* a pull waits for the restart */
+  sd_restart rs = {.yaml = yaml, .log = log, .pause_ms = 1500};
+  ck_assert_int_eq(pthread_create(&rs.th, NULL, sd_restart_main, &rs), 0);
+  int rc = psw_sparse_pull(sp, t->keys, SD_KEYS, rows, 1, &eb);
+  pthread_join(rs.th, NULL);
+  ck_assert_msg(rc == 0, "the pull across the restart: %s; see %s", eb.msg, log);
+  for (int k = 0; k < SD_KEYS; k++) {
+    ck_assert_int_eq(ps_init_row(init, "uniform", 0.05f, 11, 0, t->keys[k], SD_DIM), 0);
+    for (int d = 0; d < SD_DIM; d++)
+      ck_assert_msg(fabsf(rows[k * SD_DIM + d] - init[d] - 3.0f) < 1e-3f,
+                    "key %d holds %g pushes, 3 were acknowledged", k,
+                    (double)(rows[k * SD_DIM + d] - init[d]));
+  }
+  /* and pushes reach the restarted shard */
+  ck_assert_msg(psw_sparse_push(sp, t->keys, SD_KEYS, g, 2, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(psw_sparse_lost_pushes(sp), 1);
+  ck_assert_msg(psw_sparse_pull(sp, t->keys, 1, rows, 2, &eb) == 0, "%s", eb.msg);
+  ck_assert_int_eq(ps_init_row(init, "uniform", 0.05f, 11, 0, t->keys[0], SD_DIM), 0);
+  ck_assert(fabsf(rows[0] - init[0] - 4.0f) < 1e-3f);
+  psw_sparse_close(sp);
+  ps_config_release(&cfg);
+  ck_assert_int_eq(ps_test_stop(rs.pid, SIGTERM, 15000), 0);
+  free(t);
+}
+END_TEST
+
+/* sd_pull_codec pulls KEYS (N) in CODEC over R into OUT (decoded). */
+static int sd_pull_codec(ps_rpc *r, const uint64_t *keys, size_t n, ps_codec_id codec, float *out,
+                         ps_errbuf *eb) {
+  Ps__SparsePullRequest q = PS__SPARSE_PULL_REQUEST__INIT;
+  q.model = "ctr", q.table = 0, q.keys = (uint64_t *)keys, q.n_keys = n, q.codec = codec;
+  Ps__SparsePullReply *rep = NULL;
+  int rc = ps_rpc_call(r, "/ps.Ps/SparsePull", &q.base, &ps__sparse_pull_reply__descriptor,
+                       (ProtobufCMessage **)&rep, 10000, eb);
+  if (rc) return rc;
+  size_t rb = ps_codec_size(codec, SD_DIM, 0);
+  ck_assert_uint_eq(rep->codec, codec);
+  ck_assert_uint_eq(rep->rows.len, n * rb);
+  uint8_t tmp[4 + SD_DIM * 4];
+  for (size_t i = 0; i < n; i++) {
+    memcpy(tmp, rep->rows.data + i * rb, rb);
+    ck_assert_int_eq(ps_codec_check(codec, tmp, rb, SD_DIM, 0, "row", eb), 0);
+    ps_codec_decode(codec, tmp, SD_DIM, 0, out + i * SD_DIM);
+  }
+  protobuf_c_message_free_unpacked(&rep->base, NULL);
+  return 0;
+}
+
+START_TEST(test_sparse_row_codecs) {
+  sd_env e;
+  sd_setup(&e, "periodic", 200);
+  sd_tally *t = e.t;
+  const char *yaml = e.yaml;
+  pid_t pid = e.pid;
+  ps_rpc *r;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_test_rpc_open(&r, t->addr, &eb), 0);
+  enum { N = 10 };
+  float ref[N * SD_DIM], got[N * SD_DIM], g[N * SD_DIM], dec[N * SD_DIM];
+  /* pulls: fp16 and int8 within their rounding of the fp32 rows */
+  ck_assert_msg(sd_pull_codec(r, t->keys, N, PS_CODEC_FP32, ref, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(sd_pull_codec(r, t->keys, N, PS_CODEC_FP16, got, &eb) == 0, "%s", eb.msg);
+  for (int i = 0; i < N * SD_DIM; i++)
+    ck_assert_float_eq(got[i], ps_codec_h2f(ps_codec_f2h(ref[i])));
+  ck_assert_msg(sd_pull_codec(r, t->keys, N, PS_CODEC_INT8, got, &eb) == 0, "%s", eb.msg);
+  for (int k = 0; k < N; k++) {
+    float m = 0;
+    for (int d = 0; d < SD_DIM; d++) m = fmaxf(m, fabsf(ref[k * SD_DIM + d]));
+    for (int d = 0; d < SD_DIM; d++)
+      ck_assert_msg(fabsf(got[k * SD_DIM + d] - ref[k * SD_DIM + d]) <= m / 127 / 2 * 1.001f,
+                    "key %d: int8 row element %d is %g, fp32 %g", k, d,
+                    (double)got[k * SD_DIM + d], (double)ref[k * SD_DIM + d]);
+  }
+  /* pushes: an int8 and an fp16 push move each row by exactly its decoding (SGD lr 1) */
+  uint8_t enc[N * (4 + SD_DIM * 4)];
+  for (int c = 0; c < 2; c++) {
+    ps_codec_id codec = c ? PS_CODEC_FP16 : PS_CODEC_INT8;
+    size_t rb = ps_codec_size(codec, SD_DIM, 0);
+    for (int i = 0; i < N * SD_DIM; i++) g[i] = 0.01f * (float)((i * 7) % 13) - 0.06f;
+    for (int k = 0; k < N; k++) {
+      ps_codec_encode(codec, g + k * SD_DIM, SD_DIM, 0, enc + k * rb);
+      ps_codec_decode(codec, enc + k * rb, SD_DIM, 0, dec + k * SD_DIM);
+    }
+    ck_assert_msg(sd_push_raw(r, t->keys, N, codec, enc, N * rb, &eb) == 0, "%s", eb.msg);
+    ck_assert_int_eq(sd_pull_codec(r, t->keys, N, PS_CODEC_FP32, got, &eb), 0);
+    for (int i = 0; i < N * SD_DIM; i++) {
+      ck_assert_float_eq(got[i], ref[i] - dec[i]);
+      ref[i] = got[i];
+    }
+  }
+  /* bad rows change nothing */
+  size_t rb = ps_codec_size(PS_CODEC_INT8, SD_DIM, 0);
+  for (int k = 0; k < N; k++) ps_codec_encode(PS_CODEC_INT8, g + k * SD_DIM, SD_DIM, 0, enc + k * rb);
+  ck_assert_int_eq(sd_push_raw(r, t->keys, N, PS_CODEC_INT8, enc, N * rb - 1, &eb), PS_EINVAL);
+  ck_assert_msg(strstr(eb.msg, "need") != NULL, "%s", eb.msg);
+  ck_assert_int_eq(sd_push_raw(r, t->keys, N, PS_CODEC_FP32, enc, N * rb, &eb), PS_EINVAL);
+  float nan = NAN;
+  memcpy(enc + 3 * rb, &nan, 4); /* row 3's scale */
+  ck_assert_int_eq(sd_push_raw(r, t->keys, N, PS_CODEC_INT8, enc, N * rb, &eb), PS_EINVAL);
+  ck_assert_msg(strstr(eb.msg, "scale") != NULL, "%s", eb.msg);
+  uint16_t h[N * SD_DIM];
+  for (int i = 0; i < N * SD_DIM; i++) h[i] = ps_codec_f2h(g[i]);
+  h[5 * SD_DIM + 1] = 0x7c00; /* +Inf */
+  ck_assert_int_eq(sd_push_raw(r, t->keys, N, PS_CODEC_FP16, h, sizeof h, &eb), PS_EINVAL);
+  ck_assert_int_eq(sd_push_raw(r, t->keys, N, PS_CODEC_ONEBIT, enc, N * rb, &eb), PS_EINVAL);
+  ck_assert_msg(strstr(eb.msg, "not a row codec") != NULL, "%s", eb.msg);
+  ck_assert_int_eq(sd_push_raw(r, t->keys, N, 77, enc, N * rb, &eb), PS_EINVAL);
+  Ps__SparsePullRequest q = PS__SPARSE_PULL_REQUEST__INIT;
+  q.model = "ctr", q.table = 0, q.keys = t->keys, q.n_keys = N, q.codec = PS_CODEC_TOPK;
+  ProtobufCMessage *rep = NULL;
+  ck_assert_int_eq(ps_rpc_call(r, "/ps.Ps/SparsePull", &q.base, &ps__sparse_pull_reply__descriptor,
+                               &rep, 10000, &eb), PS_EINVAL);
+  ck_assert_int_eq(sd_pull_codec(r, t->keys, N, PS_CODEC_FP32, got, &eb), 0);
+  ck_assert_int_eq(memcmp(got, ref, sizeof got), 0);
+  /* the worker's client with int8 pushes and fp16 pulls (after 1 warm-up clock) */
+  ps_config cfg;
+  ck_assert_msg(ps_config_load(&cfg, yaml, &eb) == 0, "%s", eb.msg);
+  psw_sparse *sp;
+  ck_assert_msg(psw_sparse_open(&sp, &cfg, "ctr", 0, SD_DIM, 0, &eb) == 0, "%s", eb.msg);
+  ck_assert_int_eq(psw_sparse_row_codec(PS_CODEC_TOPK), PS_CODEC_INT8);
+  ck_assert_int_eq(psw_sparse_row_codec(PS_CODEC_ONEBIT), PS_CODEC_INT8);
+  ck_assert_int_eq(psw_sparse_row_codec(PS_CODEC_FP16), PS_CODEC_FP16);
+  psw_sparse_set_codecs(sp, PS_CODEC_INT8, PS_CODEC_FP16, 1);
+  ck_assert_int_eq(psw_sparse_pull(sp, t->keys, N, got, 0, &eb), 0); /* warm-up: fp32 */
+  ck_assert_int_eq(memcmp(got, ref, sizeof got), 0);
+  ck_assert_int_eq(psw_sparse_pull(sp, t->keys, N, got, 1, &eb), 0);
+  for (int i = 0; i < N * SD_DIM; i++) ck_assert_float_eq(got[i], ps_codec_h2f(ps_codec_f2h(ref[i])));
+  ck_assert_int_eq(psw_sparse_push(sp, t->keys, N, g, 1, &eb), 0);
+  for (int k = 0; k < N; k++) {
+    ps_codec_encode(PS_CODEC_INT8, g + k * SD_DIM, SD_DIM, 0, enc);
+    ps_codec_decode(PS_CODEC_INT8, enc, SD_DIM, 0, dec + k * SD_DIM);
+  }
+  ck_assert_int_eq(sd_pull_codec(r, t->keys, N, PS_CODEC_FP32, got, &eb), 0);
+  for (int i = 0; i < N * SD_DIM; i++) ck_assert_float_eq(got[i], ref[i] - dec[i]);
+  psw_sparse_close(sp);
+  ps_config_release(&cfg);
+  ps_rpc_close(r);
+  ck_assert_int_eq(ps_test_stop(pid, SIGTERM, 15000), 0);
+  free(t);
+}
+END_TEST
+
+static int sd_cmp_u64(const void *a, const void *b) {
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+/* psctl export of the table: rows mostly evicted to RocksDB, some changed
+ * in memory since; the .npz holds every row once, keys in order, each
+ * row as a pull reads it (checked by Python's zipfile and an NPY parse). */
+START_TEST(test_sparse_export) {
+  sd_env e;
+  sd_setup(&e, "periodic", 3600000); /* no snapshot: rows only in memory stay there */
+  sd_tally *t = e.t;
+  ps_rpc *r;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_test_rpc_open(&r, t->addr, &eb), 0);
+  sd_push_rounds(r, t, 2);
+  uint64_t keys[SD_KEYS];
+  memcpy(keys, t->keys, sizeof keys);
+  qsort(keys, SD_KEYS, sizeof *keys, sd_cmp_u64);
+  float rows[SD_KEYS * SD_DIM];
+  ck_assert_int_eq(sd_pull_codec(r, keys, SD_KEYS, PS_CODEC_FP32, rows, &eb), 0);
+  /* the last 6 rows touched stay in memory, changed since RocksDB got them */
+  int idx[6] = {0, 1, 2, 3, 4, 5};
+  ck_assert_int_eq(sd_push(r, t, idx, 6, &eb), 0);
+  for (int k = 0; k < SD_KEYS; k++)
+    for (int i = 0; i < 6; i++)
+      if (keys[k] == t->keys[i])
+        for (int j = 0; j < SD_DIM; j++) rows[k * SD_DIM + j] -= -1.0f; /* SGD lr 1, gradient -1 */
+  /* ExportRows of a table the shard does not have */
+  Ps__ExportRowsRequest xq = PS__EXPORT_ROWS_REQUEST__INIT;
+  xq.model = "ctr", xq.table = 5;
+  ProtobufCMessage *xr = NULL;
+  ck_assert_int_eq(ps_rpc_call(r, "/ps.Ps/ExportRows", &xq.base, &ps__export_rows_reply__descriptor,
+                               &xr, 10000, &eb), PS_ENOENT);
+  ps_rpc_close(r);
+  const char *dir = strrchr(e.log, '/') ? e.log : NULL;
+  char d[700], npz[800];
+  snprintf(d, sizeof d, "%.*s", (int)(strrchr(dir, '/') - dir), dir);
+  snprintf(npz, sizeof npz, "%s/ctr.npz", d);
+  char plog[800];
+  snprintf(plog, sizeof plog, "%s/psctl.log", d);
+  char *argv[] = {(char *)ps_test_bin("psctl"), "export", "--config", e.yaml, "--model", "ctr",
+                  "-o", npz, NULL};
+  int st = ps_test_run(argv, plog, 60000);
+  char *pl = ps_test_read_file(plog, NULL);
+  ck_assert_msg(st == 0 && strstr(pl, "1 embedding tables, 48 rows"), "psctl export: %s", pl);
+  free(pl);
+  char *out = ps_test_npz_py(d, npz);
+  /* the expected members, as the checker prints them */
+  size_t cap = 64 * SD_KEYS * SD_DIM + 64 * SD_KEYS, n = 0;
+  char *wk = malloc(cap), *wr = malloc(cap);
+  n = (size_t)snprintf(wk, cap, ".keys.npy <u8 (%d,)", SD_KEYS);
+  for (int k = 0; k < SD_KEYS; k++)
+    n += (size_t)snprintf(wk + n, cap - n, " %llu", (unsigned long long)keys[k]);
+  snprintf(wk + n, cap - n, "\n");
+  n = (size_t)snprintf(wr, cap, ".rows.npy <f4 (%d, %d)", SD_KEYS, SD_DIM);
+  for (int i = 0; i < SD_KEYS * SD_DIM; i++) n += (size_t)snprintf(wr + n, cap - n, " %g", (double)rows[i]);
+  snprintf(wr + n, cap - n, "\n");
+  ck_assert_msg(strstr(out, wk) != NULL, "no keys member as expected in:\n%s\nwanted:%s", out, wk);
+  ck_assert_msg(strstr(out, wr) != NULL, "no rows member as expected in:\n%s\nwanted:%s", out, wr);
+  free(wk), free(wr), free(out);
+  /* an unknown model writes nothing */
+  char bad[800];
+  snprintf(bad, sizeof bad, "%s/none.npz", d);
+  char *argv2[] = {(char *)ps_test_bin("psctl"), "export", "--config", e.yaml, "--model", "nope",
+                   "-o", bad, NULL};
+  ck_assert_int_eq(ps_test_run(argv2, plog, 60000), 1);
+  ck_assert_int_ne(access(bad, F_OK), 0);
+  ck_assert_int_eq(ps_test_stop(e.pid, SIGTERM, 15000), 0);
+  free(t);
+}
+END_TEST
+
+/* A log of sparse pushes left by a sync run, started under periodic:
+ * replayed into the rows, written and removed (as the dense test in
+ * test_durability.c does for chunks). */
+START_TEST(test_sparse_sync_log_then_periodic) {
+  sd_env e;
+  sd_setup(&e, "sync", 3600000); /* no snapshot: everything is in the log */
+  ps_rpc *r;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_test_rpc_open(&r, e.t->addr, &eb), 0);
+  sd_push_rounds(r, e.t, 3);
+  ps_rpc_close(r);
+  ck_assert(WIFSIGNALED(ps_test_stop(e.pid, SIGKILL, 5000)));
+  size_t len;
+  char *y = ps_test_read_file(e.yaml, &len), *at = strstr(y, "  mode: sync\n");
+  ck_assert_ptr_nonnull(at);
+  char *out = malloc(len + 16);
+  snprintf(out, len + 16, "%.*s  mode: periodic\n%s", (int)(at - y), y, at + strlen("  mode: sync\n"));
+  ps_test_write_file(e.yaml, out);
+  free(y);
+  free(out);
+  pid_t pid = ps_test_dur_start(e.yaml, e.log, e.gp, e.cp, NULL);
+  long long n[SD_KEYS];
+  sd_counts(e.t, n, e.log);
+  for (int k = 0; k < SD_KEYS; k++)
+    ck_assert_msg(n[k] == 3, "key %d: %lld pushes after the periodic start, 3 logged; see %s", k,
+                  n[k], e.log);
+  ck_assert_msg(ps_test_dur_replayed(e.log) >= 24, "the periodic start replayed too little; see %s",
+                e.log);
+  /* and a kill now loses nothing of it: the replay was written */
+  ck_assert(WIFSIGNALED(ps_test_stop(pid, SIGKILL, 5000)));
+  pid = ps_test_dur_start(e.yaml, e.log, e.gp, e.cp, NULL);
+  sd_counts(e.t, n, e.log);
+  for (int k = 0; k < SD_KEYS; k++) ck_assert_int_eq(n[k], 3);
+  ck_assert_int_eq(ps_test_stop(pid, SIGTERM, 15000), 0);
+  free(e.t);
+}
+END_TEST
+
+Suite *psd_sparse_rows_suite(void) {
+  Suite *s = suite_create("psd_sparse_rows");
+  TCase *tc = tcase_create("kill");
+  tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
+  tcase_set_timeout(tc, 150);
+  tcase_add_test(tc, test_sparse_sync_kill);
+  tcase_add_test(tc, test_sparse_periodic_kill);
+  tcase_add_test(tc, test_sparse_sync_log_then_periodic);
+  tcase_add_test(tc, test_sparse_client_restart);
+  tcase_add_test(tc, test_sparse_row_codecs);
+  tcase_add_test(tc, test_sparse_export);
+  suite_add_tcase(s, tc);
+  return s;
+}

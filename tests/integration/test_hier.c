@@ -16,10 +16,12 @@
  *    comparison.)
  *  - ssp s = 2 with one worker slowed 3x: the roots' recorded gap stays
  *    within 2;
- *  - failover: kill -9 the aggregator mid-training under BSP: every worker
- *    goes to the roots directly and finishes (a sum lost with the
- *    aggregator must not hold the roots' BSP clocks), every push a worker
- *    saw acknowledged was applied, and the model learned.
+ *  - failover and return: kill -9 the aggregator mid-training under BSP:
+ *    every worker goes to the roots directly (a sum lost with the
+ *    aggregator must not hold the roots' BSP clocks); the aggregator is
+ *    started again and every worker returns to it at its next epoch
+ *    boundary (the new aggregator sums pushes); all finish, every push a
+ *    worker saw acknowledged was applied, and the model learned.
  *
  * Skipped (visibly) without the dataset. */
 #include <signal.h>
@@ -152,6 +154,20 @@ static double th_evaluate(th_ctx *x) {
   double loss = ps_test_json_num(ps_test_last_line(out), "test_loss");
   free(out);
   return loss;
+}
+
+/* th_log_wait waits up to TIMEOUT_MS for NEEDLE in the file at PATH: 1
+ * when it is there. */
+static int th_log_wait(const char *path, const char *needle, int timeout_ms) {
+  int64_t deadline = ps_test_now_ms() + timeout_ms;
+  for (;;) {
+    char *out = ps_test_read_file(path, NULL);
+    int found = out && strstr(out, needle);
+    free(out);
+    if (found) return 1;
+    if (ps_test_now_ms() >= deadline) return 0;
+    usleep(20000);
+  }
 }
 
 static void th_finish(th_ctx *x) {
@@ -416,7 +432,7 @@ END_TEST
 START_TEST(test_hier_failover) {
   TH_NEED_DATA();
   th_ctx x = {0};
-  th_start(&x, 1, "bsp", "0", 20, 6);
+  th_start(&x, 1, "bsp", "0", 20, 10);
   pid_t w[TH_N];
   for (int i = 0; i < TH_N; i++) w[i] = th_spawn(&x, i, 1, NULL);
   /* mid-training: once the roots applied some sums */
@@ -433,14 +449,32 @@ START_TEST(test_hier_failover) {
   ck_assert_int_eq(kill(x.agg, SIGKILL), 0);
   ck_assert_int_ge(ps_test_wait_pid(x.agg, 5000), 0);
   x.agg = 0;
+  /* every worker goes to the roots; then the aggregator comes back on its
+   * addresses and the workers return to it at their next epoch boundary */
+  for (int i = 0; i < TH_N; i++)
+    ck_assert_msg(th_log_wait(x.log[i], "going to the root shards directly", 30000),
+                  "worker %d did not fail over; see %s", i, x.log[i]);
+  /* held while the aggregator starts, so that epochs are left to return at */
+  for (int i = 0; i < TH_N; i++) ck_assert_int_eq(kill(w[i], SIGSTOP), 0);
+  char *argv[] = {(char *)ps_test_bin("psd"), "--config", x.yaml, "--aggregator", "h0", NULL};
+  snprintf(x.agg_log, sizeof x.agg_log, "%s/agg2.log", x.dir);
+  x.agg = ps_test_spawn(argv, x.agg_log, NULL);
+  int up = ps_test_wait_port(x.agg_cp, 10000);
+  for (int i = 0; i < TH_N; i++) ck_assert_int_eq(kill(w[i], SIGCONT), 0);
+  ck_assert_msg(up == 0, "aggregator not back; see %s", x.agg_log);
   th_wait(&x, w);
   for (int i = 0; i < TH_N; i++) {
     char *out = ps_test_read_file(x.log[i], NULL);
-    ck_assert_msg(strstr(out, "going to the root shards directly"), "worker %d did not fail over; "
-                  "see %s", i, x.log[i]);
+    ck_assert_msg(strstr(out, "aggregator h0 (127.0.0.1:") && strstr(out, "answers again; back "
+                  "to it"), "worker %d did not return to the aggregator; see %s", i, x.log[i]);
     free(out);
-    ck_assert_int_eq((int)ps_test_json_num(x.json[i], "steps"), 6 * 16);
+    ck_assert_int_eq((int)ps_test_json_num(x.json[i], "steps"), 10 * 16);
   }
+  /* the restarted aggregator summed the returned workers' pushes */
+  Ps__StatusReply *ag = th_status_at(x.agg_gp);
+  ck_assert_msg(ag->agg_pushes_in > 0 && ag->agg_forwarded > 0, "the restarted aggregator "
+                "summed %llu pushes", (unsigned long long)ag->agg_pushes_in);
+  protobuf_c_message_free_unpacked(&ag->base, NULL);
   /* nothing acknowledged is lost: every push a worker saw acknowledged by
    * shard 0 (directly or in a sum) is among the gradients it applied */
   long acked = 0;

@@ -26,6 +26,8 @@ typedef struct agg_model {
   Ps__GetModelReply *reply; /* owns the spec the layout points into */
   ps_layout layout;
   float *residual;
+  uint64_t stamp;           /* a->stamp when the spec was fetched */
+  int retired;              /* replaced on the roots: kept for what is in flight */
 } agg_model;
 
 /* A sum being collected (invariant 1). */
@@ -106,13 +108,22 @@ struct psd_agg {
   psd_agg_stats st;
   uint64_t *seen_ms;        /* per worker id (< nseen): uv_now of its last push, 0 never */
   uint32_t nseen;           /* psd_clock_rank_cap(workers.count): the ids a worker may have */
+  uint64_t stamp;           /* psd_agg_conn_stamp's last */
   ps_auth_keys keys;        /* security.secret_file: the aggregator's channel key */
   const ps_auth_key *key;   /* in keys, or NULL (an unauthenticated channel) */
 };
 
 /* ---- models ------------------------------------------------------------------ */
 
-/* agg_model_fetch asks the roots for MODEL's spec and builds its layout. */
+static void agg_model_free(agg_model *m) {
+  ps_layout_release(&m->layout);
+  protobuf_c_message_free_unpacked(&m->reply->base, NULL);
+  free(m->residual);
+  free(m);
+}
+
+/* agg_model_fetch asks the roots for MODEL's spec and builds its layout
+ * into a new entry (*OUT, not yet in a->models). */
 static int agg_model_fetch(psd_agg *a, const char *model, agg_model **out, ps_errbuf *eb) {
   Ps__GetModelRequest req = PS__GET_MODEL_REQUEST__INIT;
   req.name = (char *)model;
@@ -135,6 +146,7 @@ static int agg_model_fetch(psd_agg *a, const char *model, agg_model **out, ps_er
     return ps_errf(eb, PS_ENOMEM, "out of memory");
   }
   m->reply = (Ps__GetModelReply *)resp;
+  m->stamp = a->stamp;
   if (!m->reply->model) err = ps_errf(eb, PS_EPROTO, "GetModel '%s' without a model", model);
   else
     err = ps_layout_build(&m->layout, m->reply->model, a->cfg->chunk_elems, a->shard_ids,
@@ -148,19 +160,79 @@ static int agg_model_fetch(psd_agg *a, const char *model, agg_model **out, ps_er
     free(m);
     return err;
   }
-  m->next = a->models;
-  a->models = m;
-  ps_info("aggregator %s: model '%s' (%llu parameters, %zu chunks)", a->me->name, model,
-          (unsigned long long)m->layout.nparams, m->layout.nchunks);
   *out = m;
   return 0;
 }
 
-/* agg_model_get returns MODEL's entry, fetching it the first time. */
-static int agg_model_get(psd_agg *a, const char *model, agg_model **out, ps_errbuf *eb) {
+/* agg_spec_same: whether specs X and Y pack to the same bytes. */
+static int agg_spec_same(const Ps__ModelSpec *x, const Ps__ModelSpec *y) {
+  size_t nx = protobuf_c_message_get_packed_size(&x->base);
+  if (nx != protobuf_c_message_get_packed_size(&y->base)) return 0;
+  uint8_t *bx = malloc(nx ? nx : 1), *by = malloc(nx ? nx : 1);
+  int same = bx && by && protobuf_c_message_pack(&x->base, bx) == nx &&
+             protobuf_c_message_pack(&y->base, by) == nx && !memcmp(bx, by, nx);
+  free(bx);
+  free(by);
+  return same;
+}
+
+/* agg_model_retire takes M out of service (a new spec replaced it): its
+ * copies' data go (a fetch in flight still answers its waiters); open
+ * sums and jobs keep using M, freed with the aggregator. */
+static void agg_model_retire(psd_agg *a, agg_model *m) {
+  m->retired = 1;
+  for (agg_copy *c = a->copies; c; c = c->next)
+    if (c->m == m) {
+      free(c->data);
+      c->data = NULL;
+      c->nbytes = 0;
+      c->have = 0;
+    }
+}
+
+/* agg_model_refresh fetches M's spec again for a connection opened after
+ * M was fetched: *OUT is M when the spec is the same or the roots do not
+ * answer (said), else a new entry that retires M. */
+static void agg_model_refresh(psd_agg *a, agg_model *m, agg_model **out) {
+  const char *name = m->reply->model->name;
+  agg_model *n = NULL;
+  ps_errbuf eb = {""};
+  *out = m;
+  m->stamp = a->stamp; /* one try for the connections opened so far */
+  if (agg_model_fetch(a, name, &n, &eb) < 0) {
+    ps_warn("aggregator %s: model '%s' not fetched again (%s); keeping its layout", a->me->name,
+            name, eb.msg);
+    return;
+  }
+  if (agg_spec_same(m->reply->model, n->reply->model)) {
+    agg_model_free(n);
+    return;
+  }
+  agg_model_retire(a, m);
+  n->next = a->models;
+  a->models = n;
+  *out = n;
+  ps_info("aggregator %s: model '%s' changed on the roots (replaced): %llu parameters, %zu "
+          "chunks now", a->me->name, name, (unsigned long long)n->layout.nparams,
+          n->layout.nchunks);
+}
+
+/* agg_model_get returns MODEL's entry, fetching it the first time and
+ * again for a connection stamped STAMP after the last fetch. */
+static int agg_model_get(psd_agg *a, const char *model, uint64_t stamp, agg_model **out,
+                         ps_errbuf *eb) {
   for (agg_model *m = a->models; m; m = m->next)
-    if (!strcmp(m->reply->model->name, model)) return *out = m, 0;
-  return agg_model_fetch(a, model, out, eb);
+    if (!m->retired && !strcmp(m->reply->model->name, model)) {
+      if (stamp > m->stamp) agg_model_refresh(a, m, &m);
+      return *out = m, 0;
+    }
+  int err = agg_model_fetch(a, model, out, eb);
+  if (err < 0) return err;
+  (*out)->next = a->models;
+  a->models = *out;
+  ps_info("aggregator %s: model '%s' (%llu parameters, %zu chunks)", a->me->name, model,
+          (unsigned long long)(*out)->layout.nparams, (*out)->layout.nchunks);
+  return 0;
 }
 
 /* agg_route checks R's ids (known, all on one root shard) and returns that
@@ -185,7 +257,7 @@ static int agg_route(const agg_model *m, const ps_req *r, uint32_t *shard, ps_er
 static int agg_resolve(psd_agg *a, const ps_req *r, agg_model **m, uint32_t *shard,
                        ps_errbuf *eb) {
   if (a->stopped) return ps_errf(eb, PS_ESHUTDOWN, "aggregator %s is shutting down", a->me->name);
-  int err = agg_model_get(a, r->model, m, eb);
+  int err = agg_model_get(a, r->model, r->conn_stamp, m, eb);
   return err < 0 ? err : agg_route(*m, r, shard, eb);
 }
 
@@ -763,10 +835,7 @@ void psd_agg_free(psd_agg *a) {
   while (a->models) {
     agg_model *m = a->models;
     a->models = m->next;
-    ps_layout_release(&m->layout);
-    protobuf_c_message_free_unpacked(&m->reply->base, NULL);
-    free(m->residual);
-    free(m);
+    agg_model_free(m);
   }
   free(a->shard_ids);
   ps_auth_release(&a->keys);
@@ -790,6 +859,9 @@ void psd_agg_free(psd_agg *a) {
   free(a->links);
   free(a);
 }
+
+/* psd_agg_conn_stamp: see psd_agg.h. */
+uint64_t psd_agg_conn_stamp(psd_agg *a) { return ++a->stamp; }
 
 /* psd_agg_stats_get: see psd_agg.h. */
 void psd_agg_stats_get(const psd_agg *a, psd_agg_stats *st) { *st = a->st; }

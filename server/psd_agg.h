@@ -4,8 +4,13 @@
  * Workers on the aggregator's host talk to it over the tensor channel as
  * they would to a shard: one connection per root shard, each push and
  * pull carrying that shard's chunks.  The aggregator learns a model's
- * layout once (GetModel from a root shard) and so knows each request's
- * root shard and payload size.
+ * layout (GetModel from a root shard) and so knows each request's root
+ * shard and payload size.  It fetches the layout again when a connection
+ * opened after the last fetch names the model: a `psctl submit --replace`
+ * (another shape, codec, consistency or seed) is seen by the workers
+ * started for it, through their new connections.  A changed spec retires
+ * the old entry: its copies are dropped, sums still open under it are
+ * forwarded as they were, the new one starts with a zero residual.
  *
  * Invariants:
  *  1. Pushes are summed per (model, root shard, chunk ids, clock): a
@@ -88,9 +93,15 @@ int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_a
 void psd_agg_stop(psd_agg *a);
 void psd_agg_free(psd_agg *a);
 
+/* psd_agg_conn_stamp returns the stamp of a connection accepted now, for
+ * the ps_req.conn_stamp of its requests (increasing, never 0). */
+uint64_t psd_agg_conn_stamp(psd_agg *a);
+
 /* psd_agg_payload validates a push (PUSH non-zero) or pull of R against
- * its model's layout (fetched from a root the first time, blocking the
- * loop for at most a few seconds) and sizes its payload in R->codec. */
+ * its model's layout (fetched from a root the first time, and again when
+ * R->conn_stamp is later than the last fetch, blocking the loop for at
+ * most a few seconds; a failed refetch keeps the layout it has) and sizes
+ * its payload in R->codec. */
 int psd_agg_payload(psd_agg *a, const ps_req *r, int push, uint64_t *nelems, uint64_t *nbytes,
                     ps_errbuf *eb);
 

@@ -123,6 +123,7 @@ typedef struct psd_conn {
   psd_op op;                  /* a forwarded push or pull (aggregator) ... */
   int op_pending, op_push;    /* ... waiting for the root; the connection is paused */
   uint32_t op_codec;          /* the pull's codec */
+  uint64_t agg_stamp;         /* an aggregator's: psd_agg_conn_stamp at accept */
   int counted;                /* counts in sh->chan_conns (not a refused one) */
   uint64_t last_ms;           /* uv_now of its last byte moved (invariant 8) */
   size_t last_wq;             /* libuv's write queue size at the last sweep */
@@ -540,6 +541,7 @@ static int conn_pull(psd_conn *c, Ps__ChanMeta *m) {
   ps_errbuf eb;
   uint64_t n = 0, nbytes = 0;
   ps_req r = conn_req(m);
+  r.conn_stamp = c->agg_stamp;
   sh->inflight++;
   int rc = psd_shard_payload(sh, &r, 0, &n, &nbytes, &eb);
   if (rc == 0 && sh->agg) {
@@ -574,6 +576,7 @@ static void conn_push_begin(psd_conn *c) {
   const Ps__ChanMeta *m = c->req;
   uint64_t n = 0, nbytes = 0;
   ps_req r = conn_req(m);
+  r.conn_stamp = c->agg_stamp;
   sh->inflight++;
   c->req_err = psd_shard_payload(sh, &r, 1, &n, &nbytes, &c->req_eb);
   if (c->req_err == 0 && nbytes != c->h.data_len) {
@@ -1049,6 +1052,7 @@ static void chan_accept(uv_stream_t *server, int status) {
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
+  if (sh->agg) c->agg_stamp = psd_agg_conn_stamp(sh->agg);
   char why[200];
   uint64_t limit = psd_fd_limit(), reserve = psd_fd_reserve(limit);
   uint64_t left = limit == UINT64_MAX ? UINT64_MAX : chan_fds_free(ch, limit, reserve);

@@ -7,6 +7,8 @@
  *    model straight on the root and to its twin through the aggregator;
  *    the root applies the aggregator's one push of the sum (SGD) and both
  *    models then hold p0 - lr (g0 + g1 + g2) to rounding;
+ *  - replace: a model replaced on the root (another shape, then another
+ *    seed) is seen through the running aggregator by new connections;
  *  - sum: under BSP with plain SGD, each root shard sees exactly one push
  *    per clock, every one the sum of the 3 workers (Status sum_pushes,
  *    sum_grads, version), its recorded gap stays 0, and the aggregator
@@ -314,6 +316,90 @@ START_TEST(test_hier_sum_is_one_update) {
 }
 END_TEST
 
+#define TH_BIG 5000 /* 5 chunks */
+
+/* th_replace replaces model "r" on the root by one of ELEMS elements and
+ * SEED through RPC. */
+static void th_replace(ps_rpc *rpc, uint32_t elems, uint64_t seed) {
+  Ps__ModelSpec spec;
+  Ps__TensorSpec t, *ts;
+  Ps__OptimizerSpec opt;
+  uint32_t shape;
+  th_spec(&spec, &t, &ts, &opt, &shape, "r");
+  shape = elems;
+  spec.seed = seed;
+  ps_test_submit(rpc, &spec, 1, 10000);
+}
+
+/* th_same_pull pulls ELEMS elements (chunks 0..) of "r" at clock 0
+ * through a new connection to the aggregator and straight from the root:
+ * both must hold the root's values. */
+static void th_same_pull(th_ctx *x, uint32_t elems, const char *when) {
+  static float pa[TH_BIG], pr[TH_BIG];
+  const uint32_t ids[5] = {0, 1, 2, 3, 4};
+  size_t nids = (elems + 1023) / 1024;
+  ps_errbuf eb = {""};
+  uint64_t va, vr;
+  ps_chan_client *agg = th_chan(x->agg_cp), *root = th_chan(x->cp[0]);
+  ck_assert_msg(ps_test_pull(agg, "r", ids, nids, pa, elems, 0, 0, &va, &eb) == 0,
+                "%s: pull through the aggregator: %s", when, eb.msg);
+  ck_assert_msg(ps_test_pull(root, "r", ids, nids, pr, elems, 0, 0, &vr, &eb) == 0, "%s: %s",
+                when, eb.msg);
+  ck_assert_msg(!memcmp(pa, pr, elems * sizeof *pa), "%s: the aggregator served other values "
+                "than the root's", when);
+  ps_chan_close(agg);
+  ps_chan_close(root);
+}
+
+/* A model replaced on the roots while the aggregator runs: new
+ * connections see the new layout (another shape: 3 -> 5 chunks) and the
+ * new values (the same shape, another seed: the aggregator's copy of the
+ * old model is not served), and the new layout sums pushes. */
+START_TEST(test_hier_replace) {
+  th_ctx x = {0};
+  ps_rpc *rpc;
+  ps_errbuf eb = {""};
+  th_bare(&x, &rpc);
+  th_replace(rpc, TH_ELEMS, 7);
+  th_same_pull(&x, TH_ELEMS, "before the replace");
+  th_replace(rpc, TH_BIG, 8);
+  th_same_pull(&x, TH_BIG, "after a replace with 5 chunks");
+  th_replace(rpc, TH_BIG, 9);
+  th_same_pull(&x, TH_BIG, "after a replace with another seed");
+  ps_rpc_close(rpc);
+  /* 3 workers' pushes of the new shape are summed into one update */
+  static float g[TH_BIG], p0[TH_BIG], p1[TH_BIG];
+  ps_test_rng_init();
+  for (int i = 0; i < TH_BIG; i++) g[i] = ps_test_rnd();
+  const uint32_t ids[5] = {0, 1, 2, 3, 4};
+  ps_chan_client *root = th_chan(x.cp[0]), *agg[3];
+  uint64_t v0, v;
+  ck_assert_int_eq(ps_test_pull(root, "r", ids, 5, p0, TH_BIG, 0, 0, &v0, &eb), 0);
+  for (uint32_t w = 0; w < 3; w++) {
+    agg[w] = th_chan(x.agg_cp);
+    ps_req r = {.model = "r", .ids = ids, .nids = 5, .worker = w, .version = v0};
+    struct iovec seg = {g, sizeof g};
+    ck_assert_msg(ps_chan_send_pushv(agg[w], &r, &seg, 1, NULL, &eb) == 0, "%s", eb.msg);
+  }
+  for (int w = 0; w < 3; w++) {
+    ck_assert_msg(ps_chan_recv(agg[w], NULL, &v, &eb) == 0, "worker %d: %s", w, eb.msg);
+    ck_assert_uint_eq(v, v0 + 1);
+  }
+  ck_assert_int_eq(ps_test_pull(root, "r", ids, 5, p1, TH_BIG, 0, 1, &v, &eb), 0);
+  for (int i = 0; i < TH_BIG; i++) {
+    float want = p0[i] - 0.1f * 3 * g[i], tol = 1e-5f * (1 + (want < 0 ? -want : want));
+    ck_assert_msg(p1[i] - want <= tol && want - p1[i] <= tol, "[%d] %g, want %g", i, p1[i], want);
+  }
+  for (int w = 0; w < 3; w++) ps_chan_close(agg[w]);
+  ps_chan_close(root);
+  char *log = ps_test_read_file(x.agg_log, NULL);
+  ck_assert_msg(strstr(log, "model 'r' changed on the roots (replaced): 5000 parameters"), "%s",
+                log);
+  free(log);
+  th_finish(&x);
+}
+END_TEST
+
 /* Codecs compose: int8 pushes from 3 workers into the aggregator, int8
  * from it to the root (re-encoded with its residual, zero at first). */
 START_TEST(test_hier_codec) {
@@ -534,6 +620,7 @@ Suite *hier_suite(void) {
   tcase_add_test(tc, test_hier_flags);
   tcase_add_test(tc, test_hier_sum_is_one_update);
   tcase_add_test(tc, test_hier_codec);
+  tcase_add_test(tc, test_hier_replace);
   tcase_add_test(tc, test_hier_bsp_sums);
   tcase_add_test(tc, test_hier_ssp_bound);
   tcase_add_test(tc, test_hier_failover);

@@ -106,7 +106,9 @@ struct psd_agg {
   agg_link *links;
   int stopped;
   psd_agg_stats st;
-  uint64_t *seen_ms;        /* per worker id (< nseen): uv_now of its last push, 0 never */
+  uint64_t *seen_ms;        /* per worker id (< nseen): uv_now + 1 of its last request or
+                               answer, 0 never */
+  uint8_t *busy;            /* agg_expected's scratch: nseen flags */
   uint32_t nseen;           /* psd_clock_rank_cap(workers.count): the ids a worker may have */
   uint64_t stamp;           /* psd_agg_conn_stamp's last */
   ps_auth_keys keys;        /* security.secret_file: the aggregator's channel key */
@@ -444,23 +446,71 @@ static void agg_forward(psd_agg *a, agg_group *g) {
 
 static void agg_on_timer(uv_timer_t *t);
 
-/* agg_timer_arm starts the timer for the earliest group deadline. */
+/* agg_touch notes that worker W is active now. */
+static void agg_touch(psd_agg *a, uint32_t w) {
+  if (w < a->nseen) a->seen_ms[w] = uv_now(a->loop) + 1;
+}
+
+/* agg_expected returns how many pushes a sum waits for at NOW (invariant
+ * 1a): the live workers (a request waiting here, or a request or answer
+ * within workers.lease_ms), or ps_agg_conf.workers less the gone ones
+ * (seen before, then silent for lease_ms: dead, or left; the roots'
+ * leases drop them too), whichever is more; at most .workers, at least
+ * 1.  *NEXT_MS (may be NULL): the uv_now at which a live worker with
+ * nothing waiting would count as gone, UINT64_MAX when none. */
+static uint32_t agg_expected(psd_agg *a, uint64_t now, uint64_t *next_ms) {
+  uint64_t lease = a->cfg->workers.lease_ms, next = UINT64_MAX;
+  uint32_t live = 0, gone = 0;
+  memset(a->busy, 0, a->nseen);
+  for (const agg_group *g = a->groups; g; g = g->next)
+    for (size_t k = 0; k < g->nworkers; k++)
+      if (g->workers[k] < a->nseen) a->busy[g->workers[k]] = 1;
+  for (const agg_copy *c = a->copies; c; c = c->next)
+    for (const psd_op *op = c->waiters; op; op = op->next)
+      if (op->worker < a->nseen) a->busy[op->worker] = 1;
+  for (uint32_t w = 0; w < a->nseen; w++) {
+    if (!a->seen_ms[w]) continue;
+    uint64_t last = a->seen_ms[w] - 1;
+    if (a->busy[w]) {
+      live++;
+    } else if (now - last > lease) {
+      gone++;
+    } else {
+      live++;
+      if (last + lease + 1 < next) next = last + lease + 1;
+    }
+  }
+  if (next_ms) *next_ms = next;
+  uint32_t want = a->me->workers > gone ? a->me->workers - gone : 0;
+  if (live > want) want = live;
+  if (want > a->me->workers) want = a->me->workers;
+  return want ? want : 1;
+}
+
+/* agg_timer_arm starts the timer for the earliest group deadline, or the
+ * moment a local worker would count as gone while sums are open. */
 static void agg_timer_arm(psd_agg *a) {
-  uint64_t now = uv_now(a->loop), next = UINT64_MAX;
+  uint64_t now = uv_now(a->loop), next = UINT64_MAX, gone_at;
   for (agg_group *g = a->groups; g; g = g->next)
     if (g->first_ms + a->me->max_delay_ms < next) next = g->first_ms + a->me->max_delay_ms;
+  if (next != UINT64_MAX) {
+    agg_expected(a, now, &gone_at);
+    if (gone_at < next) next = gone_at;
+  }
   if (next == UINT64_MAX) uv_timer_stop(&a->timer);
   else uv_timer_start(&a->timer, agg_on_timer, next > now ? next - now : 0, 0);
 }
 
-/* agg_on_timer forwards the groups whose delay is over (invariant 1). */
+/* agg_on_timer forwards the groups whose delay is over, or which hold
+ * every push still expected (invariant 1). */
 static void agg_on_timer(uv_timer_t *t) {
   psd_agg *a = t->data;
   uv_update_time(a->loop);
   uint64_t now = uv_now(a->loop);
+  uint32_t want = agg_expected(a, now, NULL);
   for (agg_group *g = a->groups, *next; g; g = next) {
     next = g->next;
-    if (g->first_ms + a->me->max_delay_ms <= now) agg_forward(a, g);
+    if (g->first_ms + a->me->max_delay_ms <= now || g->nworkers >= want) agg_forward(a, g);
   }
   agg_timer_arm(a);
 }
@@ -565,8 +615,9 @@ int psd_agg_push(psd_agg *a, const ps_req *r, psd_op *op, ps_errbuf *eb) {
   if (r->version < g->version) g->version = r->version;
   agg_op_add(&g->waiters, op);
   a->st.pushes_in++;
-  if (r->worker < a->nseen) a->seen_ms[r->worker] = uv_now(a->loop) + 1;
-  if (g->nworkers >= a->me->workers || a->me->max_delay_ms == 0) agg_forward(a, g);
+  agg_touch(a, r->worker);
+  if (g->nworkers >= agg_expected(a, uv_now(a->loop), NULL) || a->me->max_delay_ms == 0)
+    agg_forward(a, g);
   agg_timer_arm(a);
   return 1;
 }
@@ -577,6 +628,7 @@ static void agg_push_done(psd_agg *a, agg_job *j) {
   agg_group *g = j->g;
   for (agg_copy *c = a->copies; c; c = c->next)
     if (c->m == g->m && c->shard == g->shard) c->dirty = 1;
+  for (size_t k = 0; k < g->nworkers; k++) agg_touch(a, g->workers[k]);
   for (psd_op *op = g->waiters, *next; op; op = next) {
     next = op->next;
     op->version = j->version;
@@ -651,6 +703,8 @@ int psd_agg_pull(psd_agg *a, const ps_req *r, psd_op *op, ps_errbuf *eb) {
   agg_copy *c = agg_copy_get(a, m, shard, r);
   if (!c) return ps_errf(eb, PS_ENOMEM, "aggregator out of memory");
   a->st.pulls_in++;
+  agg_touch(a, r->worker);
+  op->worker = r->worker;
   if (agg_copy_fresh(c, r->clock)) {
     a->st.pull_hits++;
     op->data = c->data;
@@ -687,6 +741,7 @@ static void agg_pull_done(psd_agg *a, agg_job *j) {
     int serve = agg_copy_fresh(c, op->clock);
     if (!serve && !(j->status < 0 && op->clock == j->r.clock)) continue;
     psd_agg_cancel(a, op);
+    agg_touch(a, op->worker);
     op->data = c->data;
     op->nbytes = c->nbytes;
     op->version = c->version;
@@ -701,6 +756,7 @@ static void agg_on_done(uv_async_t *h) {
   agg_job *list = a->done;
   a->done = NULL;
   pthread_mutex_unlock(&a->mu);
+  uv_update_time(a->loop); /* agg_touch's clock */
   agg_job *rev = NULL; /* oldest first */
   while (list) {
     agg_job *n = list->next;
@@ -738,7 +794,9 @@ int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_a
   a->links = calloc(a->nlinks, sizeof *a->links);
   a->nseen = psd_clock_rank_cap(cfg->workers.count);
   a->seen_ms = calloc(a->nseen, sizeof *a->seen_ms);
-  int rc = a->shard_ids && a->links && a->seen_ms ? 0 : ps_errf(eb, PS_ENOMEM, "out of memory");
+  a->busy = calloc(a->nseen + 1, 1);
+  int rc = a->shard_ids && a->links && a->seen_ms && a->busy
+               ? 0 : ps_errf(eb, PS_ENOMEM, "out of memory");
   if (rc == 0)
     rc = ps_auth_client_key(cfg->security.secret_file, PS_ROLE_AGGREGATOR, &a->keys, &a->key, eb);
   if (rc < 0) {
@@ -746,6 +804,7 @@ int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_a
     free(a->shard_ids);
     free(a->links);
     free(a->seen_ms);
+    free(a->busy);
     free(a);
     return rc;
   }
@@ -840,6 +899,7 @@ void psd_agg_free(psd_agg *a) {
   free(a->shard_ids);
   ps_auth_release(&a->keys);
   free(a->seen_ms);
+  free(a->busy);
   if (!all) return;
   for (agg_job *j = a->done, *next; j; j = next) { /* finished after the loop stopped */
     next = j->next;

@@ -18,6 +18,8 @@
  *    comparison.)
  *  - ssp s = 2 with one worker slowed 3x: the roots' recorded gap stays
  *    within 2;
+ *  - a dead local worker: once its lease is out the aggregator's sums
+ *    no longer wait for it;
  *  - failover and return: kill -9 the aggregator mid-training under BSP:
  *    every worker goes to the roots directly (a sum lost with the
  *    aggregator must not hold the roots' BSP clocks); the aggregator is
@@ -109,9 +111,9 @@ static pid_t th_spawn(th_ctx *x, int i, int agg, const char *slow1) {
   return ps_test_spawn(argv, x->log[i], NULL);
 }
 
-/* th_wait waits for the workers W and keeps their JSON lines. */
-static void th_wait(th_ctx *x, const pid_t *w) {
-  for (int i = 0; i < TH_N; i++) {
+/* th_wait waits for the first N workers of W and keeps their JSON lines. */
+static void th_wait(th_ctx *x, const pid_t *w, int n) {
+  for (int i = 0; i < n; i++) {
     int st = ps_test_wait_pid(w[i], TH_WAIT_MS);
     ck_assert_msg(st >= 0, "worker %d did not finish within %d ms; see %s", i, TH_WAIT_MS,
                   x->log[i]);
@@ -128,7 +130,7 @@ static void th_wait(th_ctx *x, const pid_t *w) {
 static void th_train(th_ctx *x, int agg, const char *slow1) {
   pid_t w[TH_N];
   for (int i = 0; i < TH_N; i++) w[i] = th_spawn(x, i, agg, slow1);
-  th_wait(x, w);
+  th_wait(x, w, TH_N);
 }
 
 /* th_status returns root S's Status (free with protobuf_c_message_free_unpacked). */
@@ -456,6 +458,20 @@ START_TEST(test_hier_codec) {
 }
 END_TEST
 
+/* th_wait_sums waits up to 30 s until root shard 0 applied N sums. */
+static void th_wait_sums(th_ctx *x, uint64_t n) {
+  int64_t deadline = ps_test_now_ms() + 30000;
+  uint64_t sums = 0;
+  while (ps_test_now_ms() < deadline) {
+    Ps__StatusReply *st = th_status_at(x->gp[0]);
+    sums = st->sum_pushes;
+    protobuf_c_message_free_unpacked(&st->base, NULL);
+    if (sums >= n) break;
+    usleep(20000);
+  }
+  ck_assert_msg(sums >= n, "the roots saw %llu sums", (unsigned long long)sums);
+}
+
 START_TEST(test_hier_bsp_sums) {
   TH_NEED_DATA();
   th_ctx x = {0};
@@ -521,17 +537,7 @@ START_TEST(test_hier_failover) {
   th_start(&x, 1, "bsp", "0", 20, 10);
   pid_t w[TH_N];
   for (int i = 0; i < TH_N; i++) w[i] = th_spawn(&x, i, 1, NULL);
-  /* mid-training: once the roots applied some sums */
-  int64_t deadline = ps_test_now_ms() + 30000;
-  uint64_t sums = 0;
-  while (ps_test_now_ms() < deadline) {
-    Ps__StatusReply *st = th_status_at(x.gp[0]);
-    sums = st->sum_pushes;
-    protobuf_c_message_free_unpacked(&st->base, NULL);
-    if (sums >= 10) break;
-    usleep(20000);
-  }
-  ck_assert_msg(sums >= 10, "the roots saw %llu sums", (unsigned long long)sums);
+  th_wait_sums(&x, 10); /* mid-training: once the roots applied some sums */
   ck_assert_int_eq(kill(x.agg, SIGKILL), 0);
   ck_assert_int_ge(ps_test_wait_pid(x.agg, 5000), 0);
   x.agg = 0;
@@ -548,7 +554,7 @@ START_TEST(test_hier_failover) {
   int up = ps_test_wait_port(x.agg_cp, 10000);
   for (int i = 0; i < TH_N; i++) ck_assert_int_eq(kill(w[i], SIGCONT), 0);
   ck_assert_msg(up == 0, "aggregator not back; see %s", x.agg_log);
-  th_wait(&x, w);
+  th_wait(&x, w, TH_N);
   for (int i = 0; i < TH_N; i++) {
     char *out = ps_test_read_file(x.log[i], NULL);
     ck_assert_msg(strstr(out, "aggregator h0 (127.0.0.1:") && strstr(out, "answers again; back "
@@ -577,6 +583,34 @@ START_TEST(test_hier_failover) {
                 "%llu gradients", acked, (unsigned long long)applied);
   double acc = ps_test_json_num(x.json[0], "test_accuracy");
   ck_assert_msg(acc > 0.6, "test accuracy %f after failover", acc);
+  th_finish(&x);
+}
+END_TEST
+
+/* A local worker killed mid-training under BSP, sums waiting up to 10 s
+ * for all 3: once its lease is out (3 s) the aggregator's sums stop
+ * waiting for it (else every clock would take 10 s and the others could
+ * not finish within the test's wait), the other two finish, and the roots
+ * applied sums of 2 gradients. */
+START_TEST(test_hier_dead_worker) {
+  TH_NEED_DATA();
+  th_ctx x = {0};
+  th_start(&x, 1, "bsp", "0", 10000, 3);
+  pid_t w[TH_N];
+  for (int i = 0; i < TH_N; i++) w[i] = th_spawn(&x, i, 1, NULL);
+  th_wait_sums(&x, 5);
+  ck_assert_int_eq(kill(w[2], SIGKILL), 0);
+  ck_assert_int_ge(ps_test_wait_pid(w[2], 5000), 0);
+  th_wait(&x, w, 2);
+  Ps__StatusReply *st = th_status_at(x.gp[0]);
+  ck_assert_msg(st->sum_grads < 3 * st->sum_pushes, "%llu sums of %llu gradients: none of 2",
+                (unsigned long long)st->sum_pushes, (unsigned long long)st->sum_grads);
+  ck_assert_uint_eq(st->models[0]->max_gap, 0);
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  for (int i = 0; i < 2; i++) {
+    double acc = ps_test_json_num(x.json[i], "test_accuracy");
+    ck_assert_msg(acc > 0.6, "worker %d: test accuracy %f", i, acc);
+  }
   th_finish(&x);
 }
 END_TEST
@@ -624,6 +658,7 @@ Suite *hier_suite(void) {
   tcase_add_test(tc, test_hier_bsp_sums);
   tcase_add_test(tc, test_hier_ssp_bound);
   tcase_add_test(tc, test_hier_failover);
+  tcase_add_test(tc, test_hier_dead_worker);
   suite_add_tcase(s, tc);
   return s;
 }

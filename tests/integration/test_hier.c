@@ -472,6 +472,15 @@ static void th_wait_sums(th_ctx *x, uint64_t n) {
   ck_assert_msg(sums >= n, "the roots saw %llu sums", (unsigned long long)sums);
 }
 
+/* th_midway starts a BSP cluster with the aggregator (sums wait up to
+ * DELAY ms) and the workers W for EPOCHS, and returns once root shard 0
+ * applied SUMS sums. */
+static void th_midway(th_ctx *x, int delay, int epochs, uint64_t sums, pid_t *w) {
+  th_start(x, 1, "bsp", "0", delay, epochs);
+  for (int i = 0; i < TH_N; i++) w[i] = th_spawn(x, i, 1, NULL);
+  th_wait_sums(x, sums);
+}
+
 START_TEST(test_hier_bsp_sums) {
   TH_NEED_DATA();
   th_ctx x = {0};
@@ -534,10 +543,8 @@ END_TEST
 START_TEST(test_hier_failover) {
   TH_NEED_DATA();
   th_ctx x = {0};
-  th_start(&x, 1, "bsp", "0", 20, 10);
   pid_t w[TH_N];
-  for (int i = 0; i < TH_N; i++) w[i] = th_spawn(&x, i, 1, NULL);
-  th_wait_sums(&x, 10); /* mid-training: once the roots applied some sums */
+  th_midway(&x, 20, 10, 10, w); /* mid-training: once the roots applied some sums */
   ck_assert_int_eq(kill(x.agg, SIGKILL), 0);
   ck_assert_int_ge(ps_test_wait_pid(x.agg, 5000), 0);
   x.agg = 0;
@@ -606,10 +613,8 @@ END_TEST
 START_TEST(test_hier_dead_worker) {
   TH_NEED_DATA();
   th_ctx x = {0};
-  th_start(&x, 1, "bsp", "0", 10000, 3);
   pid_t w[TH_N];
-  for (int i = 0; i < TH_N; i++) w[i] = th_spawn(&x, i, 1, NULL);
-  th_wait_sums(&x, 5);
+  th_midway(&x, 10000, 3, 5, w);
   ck_assert_int_eq(kill(w[2], SIGKILL), 0);
   ck_assert_int_ge(ps_test_wait_pid(w[2], 5000), 0);
   th_wait(&x, w, 2);

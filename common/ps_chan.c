@@ -5,7 +5,8 @@
  *     client's timeout (no byte moving for timeout_ms fails the call).
  *  2. Requests in flight sit in a ring in send order; the server answers in
  *     order, so the reply being read belongs to q[head + ndone].
- *  3. Reply bytes are parsed by one state machine (header -> meta -> data).
+ *  3. Reply bytes are parsed by ps_chan_rx, the frame decoder the shard
+ *     shares (header -> meta -> data -> MAC), with this client's callbacks.
  *     Small reads go through a staging buffer; once the data of a pull
  *     reply is due and nothing is staged, readv() targets the caller's
  *     destination segments directly.
@@ -92,6 +93,86 @@ int ps_chan_hdr_decode(ps_chan_hdr *h, const uint8_t in[PS_CHAN_HDR_LEN], uint64
   return 0;
 }
 
+/* ---- receiving frames ---------------------------------------------------- */
+
+/* rx_take: how many of AVAIL bytes the current part of RX still wants,
+ * of NEED in all. */
+static size_t rx_take(const ps_chan_rx *rx, uint64_t need, size_t avail) {
+  uint64_t left = need - rx->got;
+  return left < avail ? (size_t)left : avail;
+}
+
+/* rx_meta_room makes room for the meta of the header just accepted. */
+static int rx_meta_room(ps_chan_rx *rx) {
+  if (rx->h.meta_len <= rx->meta_cap) return 0;
+  uint8_t *m = realloc(rx->meta, rx->h.meta_len);
+  if (!m) return PS_ENOMEM;
+  rx->meta = m;
+  rx->meta_cap = rx->h.meta_len;
+  return 0;
+}
+
+/* ps_chan_rx_feed: see ps_chan.h. */
+long ps_chan_rx_feed(ps_chan_rx *rx, const uint8_t *p, size_t n, const ps_chan_rx_ops *ops,
+                     void *arg) {
+  size_t used = 0;
+  while (used < n && (!ops->more || ops->more(arg))) {
+    const uint8_t *q = p + used;
+    size_t take;
+    int rc = 0, done = 0;
+    switch (rx->state) {
+      case PS_CHAN_RX_HDR:
+        if (rx->got == 0 && ops->begin && (rc = ops->begin(arg)) < 0) return rc;
+        take = rx_take(rx, PS_CHAN_HDR_LEN, n - used);
+        memcpy(rx->hdrbuf + rx->got, q, take);
+        if ((rx->got += take) == PS_CHAN_HDR_LEN) {
+          if ((rc = ops->hdr(arg)) == 0 && (rc = rx_meta_room(rx)) == 0) {
+            rx->state = PS_CHAN_RX_META;
+            rx->got = 0;
+          }
+        }
+        break;
+      case PS_CHAN_RX_META:
+        take = rx_take(rx, rx->h.meta_len, n - used);
+        memcpy(rx->meta + rx->got, q, take);
+        if ((rx->got += take) == rx->h.meta_len) {
+          rx->state = PS_CHAN_RX_HDR;
+          rx->got = 0;
+          done = 1;
+        }
+        break;
+      case PS_CHAN_RX_MAC:
+        take = rx_take(rx, PS_AUTH_MAC, n - used);
+        memcpy(rx->tag + rx->got, q, take);
+        if ((rx->got += take) == PS_AUTH_MAC) {
+          rx->state = PS_CHAN_RX_HDR;
+          rx->got = 0;
+          done = 2;
+        }
+        break;
+      default: /* DATA, DISCARD */
+        take = rx_take(rx, rx->h.data_len, n - used);
+        if (rx->state == PS_CHAN_RX_DATA) ops->data(arg, q, take);
+        else if (ops->discard) ops->discard(arg, q, take);
+        if ((rx->got += take) == rx->h.data_len) done = 3;
+    }
+    if (rc < 0) return rc;
+    used += take; /* before the step's callback, which may pause the owner */
+    if (done == 1) rc = ops->meta(arg);
+    else if (done == 2) rc = ops->mac_done(arg);
+    else if (done == 3) rc = ops->data_done(arg);
+    if (rc < 0) return rc;
+  }
+  return (long)used;
+}
+
+/* ps_chan_rx_release: see ps_chan.h. */
+void ps_chan_rx_release(ps_chan_rx *rx) {
+  free(rx->meta);
+  rx->meta = NULL;
+  rx->meta_cap = 0;
+}
+
 /* ---- client state --------------------------------------------------------- */
 
 typedef struct chan_pending {
@@ -112,8 +193,6 @@ typedef struct chan_pending {
   int payload_mac;
 } chan_pending;
 
-enum { RX_HDR, RX_META, RX_DATA, RX_DISCARD, RX_MAC };
-
 struct ps_chan_client {
   int fd;
   int timeout_ms;
@@ -124,12 +203,8 @@ struct ps_chan_client {
   chan_pending *q;        /* ring of qcap entries */
   size_t qcap, qhead, qlen, ndone;
   /* receive state machine (invariant 3) */
-  int rx_state;
-  uint8_t rx_hdrbuf[PS_CHAN_HDR_LEN];
-  size_t rx_got;          /* bytes of the current part received */
-  ps_chan_hdr rx_h;
-  uint8_t *rx_meta;
-  size_t rx_meta_cap;
+  ps_chan_rx rx;
+  ps_errbuf *rx_eb;       /* the feeding call's, for the callbacks' messages */
   uint8_t stage[CHAN_STAGE];
   size_t stage_off, stage_len;
   /* send scratch */
@@ -139,7 +214,7 @@ struct ps_chan_client {
   size_t iov_cap;
   uint32_t last_parked_ms; /* of the last reply ps_chan_recv returned */
   ps_auth_mac *mac;        /* frames after the hello carry MACs (invariant 6) */
-  uint8_t rx_tag[PS_AUTH_MAC], tx_tag[PS_AUTH_MAC];
+  uint8_t tx_tag[PS_AUTH_MAC];
   uint64_t tx_bytes, rx_bytes; /* every byte written / read on the socket */
   uint8_t *reply;          /* the data of the last beat reply ps_chan_recv returned */
   size_t reply_len;
@@ -206,58 +281,63 @@ static chan_pending *rx_entry(ps_chan_client *c) {
 static void rx_finish(ps_chan_client *c) {
   rx_entry(c)->done = 1;
   c->ndone++;
-  c->rx_state = RX_HDR;
-  c->rx_got = 0;
+  c->rx.state = PS_CHAN_RX_HDR;
+  c->rx.got = 0;
 }
 
 /* rx_data_done: the current reply's data is complete: finished, or its
  * MAC is due (invariant 6). */
-static void rx_data_done(ps_chan_client *c) {
+static int rx_data_done(void *arg) {
+  ps_chan_client *c = arg;
   if (!c->mac) {
     rx_finish(c);
-    return;
+    return 0;
   }
-  if (c->rx_state == RX_DATA) {
+  if (c->rx.state == PS_CHAN_RX_DATA) {
     const chan_pending *e = rx_entry(c);
     for (size_t i = 0; i < e->nseg; i++)
       ps_auth_mac_update(c->mac, 'S', e->dst[i].iov_base, e->dst[i].iov_len);
   }
-  c->rx_state = RX_MAC;
-  c->rx_got = 0;
+  c->rx.state = PS_CHAN_RX_MAC;
+  c->rx.got = 0;
+  return 0;
+}
+
+/* rx_begin: reply bytes are welcome only while a request waits. */
+static int rx_begin(void *arg) {
+  ps_chan_client *c = arg;
+  if (!rx_entry(c)) return chan_break(c, c->rx_eb, PS_EPROTO, "channel '%s': %s", "unexpected bytes");
+  return 0;
 }
 
 /* rx_after_hdr checks a complete reply header; returns 0 or a PS_E* code
  * (the client is then broken). */
-static int rx_after_hdr(ps_chan_client *c, ps_errbuf *eb) {
-  if (ps_chan_hdr_decode(&c->rx_h, c->rx_hdrbuf, CHAN_CLIENT_MAX_DATA) < 0)
+static int rx_after_hdr(void *arg) {
+  ps_chan_client *c = arg;
+  ps_errbuf *eb = c->rx_eb;
+  if (ps_chan_hdr_decode(&c->rx.h, c->rx.hdrbuf, CHAN_CLIENT_MAX_DATA) < 0)
     return chan_break(c, eb, PS_EPROTO, "channel '%s': %s", "bad reply header");
   chan_pending *e = rx_entry(c);
-  if (!e || c->rx_h.req_id != e->id || c->rx_h.meta_len == 0)
+  if (!e || c->rx.h.req_id != e->id || c->rx.h.meta_len == 0)
     return chan_break(c, eb, PS_EPROTO, "channel '%s': %s", "unexpected reply");
-  if (!!(c->rx_h.flags & PS_CHAN_FLAG_MAC) != !!c->mac)
+  if (!!(c->rx.h.flags & PS_CHAN_FLAG_MAC) != !!c->mac)
     return chan_break(c, eb, PS_EPROTO, "channel '%s': %s",
                       c->mac ? "a reply without its MAC" : "a MAC the hello did not agree on");
-  if (c->rx_h.meta_len > c->rx_meta_cap) {
-    uint8_t *m = realloc(c->rx_meta, c->rx_h.meta_len);
-    if (!m) return chan_break(c, eb, PS_ENOMEM, "channel '%s': %s", "out of memory");
-    c->rx_meta = m;
-    c->rx_meta_cap = c->rx_h.meta_len;
-  }
-  c->rx_state = RX_META;
-  c->rx_got = 0;
   return 0;
 }
 
 /* rx_after_meta decodes a complete reply meta into the current entry and
  * chooses where its data goes; returns 0 or a PS_E* code (broken). */
-static int rx_after_meta(ps_chan_client *c, ps_errbuf *eb) {
+static int rx_after_meta(void *arg) {
+  ps_chan_client *c = arg;
+  ps_errbuf *eb = c->rx_eb;
   chan_pending *e = rx_entry(c);
   Ps__ChanMeta *m;
   ps_errbuf ueb;
-  if (ps_pb_unpack(&ps__chan_meta__descriptor, c->rx_meta, c->rx_h.meta_len,
+  if (ps_pb_unpack(&ps__chan_meta__descriptor, c->rx.meta, c->rx.h.meta_len,
                    (ProtobufCMessage **)&m, &ueb) < 0)
     return chan_break(c, eb, PS_EPROTO, "channel '%s': %s", "undecodable reply meta");
-  uint64_t dlen = c->rx_h.data_len;
+  uint64_t dlen = c->rx.h.data_len;
   e->version = m->version;
   e->parked_ms = m->parked_ms;
   if ((int)m->op == PS__CHAN_OP__CHAN_HELLO && e->op == PS__CHAN_OP__CHAN_HELLO) {
@@ -290,72 +370,64 @@ static int rx_after_meta(ps_chan_client *c, ps_errbuf *eb) {
     e->msg = strdup(buf);
   }
   ps__chan_meta__free_unpacked(m, NULL);
-  c->rx_got = 0;
   if (c->mac) {
     ps_auth_mac_begin(c->mac, 'S');
-    ps_auth_mac_update(c->mac, 'S', c->rx_hdrbuf, sizeof c->rx_hdrbuf);
-    ps_auth_mac_update(c->mac, 'S', c->rx_meta, c->rx_h.meta_len);
+    ps_auth_mac_update(c->mac, 'S', c->rx.hdrbuf, sizeof c->rx.hdrbuf);
+    ps_auth_mac_update(c->mac, 'S', c->rx.meta, c->rx.h.meta_len);
   }
-  c->rx_state = (e->op == PS__CHAN_OP__CHAN_PULL || e->op == PS__CHAN_OP__CHAN_BEAT) &&
-                e->status == 0 ? RX_DATA : RX_DISCARD;
-  if (dlen == 0) rx_data_done(c);
+  c->rx.state = (e->op == PS__CHAN_OP__CHAN_PULL || e->op == PS__CHAN_OP__CHAN_BEAT) &&
+                        e->status == 0 ? PS_CHAN_RX_DATA : PS_CHAN_RX_DISCARD;
+  c->rx.got = 0;
+  return dlen == 0 ? rx_data_done(c) : 0;
+}
+
+/* rx_data copies the small tail N at P of a pull's or beat's data into its
+ * destination segments, at data offset rx.got. */
+static void rx_data(void *arg, const uint8_t *p, size_t n) {
+  ps_chan_client *c = arg;
+  struct iovec iov[64];
+  size_t done = 0;
+  while (done < n) {
+    int k = seg_iov(rx_entry(c), c->rx.got + done, iov, 64);
+    if (k == 0) break;
+    for (int i = 0; i < k && done < n; i++) {
+      size_t t = iov[i].iov_len < n - done ? iov[i].iov_len : n - done;
+      memcpy(iov[i].iov_base, p + done, t);
+      done += t;
+    }
+  }
+}
+
+/* rx_discard MACs discarded reply data as it goes by (invariant 6). */
+static void rx_discard(void *arg, const uint8_t *p, size_t n) {
+  ps_chan_client *c = arg;
+  if (c->mac) ps_auth_mac_update(c->mac, 'S', p, n);
+}
+
+/* rx_mac_done checks a reply's MAC and completes it. */
+static int rx_mac_done(void *arg) {
+  ps_chan_client *c = arg;
+  if (!ps_auth_mac_verify(c->mac, 'S', c->rx.tag))
+    return chan_break(c, c->rx_eb, PS_EPROTO, "channel '%s': %s",
+                      "a reply's MAC is wrong (changed on the way?)");
+  rx_finish(c);
   return 0;
 }
 
-/* rx_feed consumes N staged bytes at P; returns how many it used (it stops
- * early only when no reply is expected) or a PS_E* code. */
+static const ps_chan_rx_ops rx_ops = {.begin = rx_begin, .hdr = rx_after_hdr,
+                                      .meta = rx_after_meta, .data = rx_data,
+                                      .discard = rx_discard, .data_done = rx_data_done,
+                                      .mac_done = rx_mac_done};
+
+/* rx_feed consumes N staged bytes at P (ps_chan_rx_feed); returns how
+ * many it used or a PS_E* code (the client is then broken). */
 static long rx_feed(ps_chan_client *c, const uint8_t *p, size_t n, ps_errbuf *eb) {
-  size_t used = 0;
-  while (used < n) {
-    size_t avail = n - used, take;
-    int rc = 0;
-    switch (c->rx_state) {
-      case RX_HDR:
-        if (!rx_entry(c)) return chan_break(c, eb, PS_EPROTO, "channel '%s': %s", "unexpected bytes");
-        take = PS_CHAN_HDR_LEN - c->rx_got < avail ? PS_CHAN_HDR_LEN - c->rx_got : avail;
-        memcpy(c->rx_hdrbuf + c->rx_got, p + used, take);
-        if ((c->rx_got += take) == PS_CHAN_HDR_LEN) rc = rx_after_hdr(c, eb);
-        break;
-      case RX_META:
-        take = c->rx_h.meta_len - c->rx_got < avail ? c->rx_h.meta_len - c->rx_got : avail;
-        memcpy(c->rx_meta + c->rx_got, p + used, take);
-        if ((c->rx_got += take) == c->rx_h.meta_len) rc = rx_after_meta(c, eb);
-        break;
-      case RX_MAC:
-        take = PS_AUTH_MAC - c->rx_got < avail ? PS_AUTH_MAC - c->rx_got : avail;
-        memcpy(c->rx_tag + c->rx_got, p + used, take);
-        if ((c->rx_got += take) == PS_AUTH_MAC) {
-          if (!ps_auth_mac_verify(c->mac, 'S', c->rx_tag))
-            return chan_break(c, eb, PS_EPROTO, "channel '%s': %s",
-                              "a reply's MAC is wrong (changed on the way?)");
-          rx_finish(c);
-        }
-        break;
-      default: { /* RX_DATA, RX_DISCARD: small tails of a frame */
-        uint64_t left = c->rx_h.data_len - c->rx_got;
-        take = left < avail ? (size_t)left : avail;
-        if (c->rx_state == RX_DATA) {
-          struct iovec iov[64];
-          size_t done = 0;
-          while (done < take) {
-            int k = seg_iov(rx_entry(c), c->rx_got + done, iov, 64);
-            if (k == 0) break;
-            for (int i = 0; i < k && done < take; i++) {
-              size_t t = iov[i].iov_len < take - done ? iov[i].iov_len : take - done;
-              memcpy(iov[i].iov_base, p + used + done, t);
-              done += t;
-            }
-          }
-        }
-        else if (c->mac)
-          ps_auth_mac_update(c->mac, 'S', p + used, take);
-        if ((c->rx_got += take) == c->rx_h.data_len) rx_data_done(c);
-      }
-    }
-    if (rc < 0) return rc;
-    used += take;
-  }
-  return (long)used;
+  c->rx_eb = eb;
+  long u = ps_chan_rx_feed(&c->rx, p, n, &rx_ops, c);
+  c->rx_eb = NULL;
+  if (u < 0 && !c->broken) /* the decoder's own failure: no room for a meta */
+    return chan_break(c, eb, (int)u, "channel '%s': %s", ps_strerror((int)u));
+  return u;
 }
 
 /* rx_progress reads what the socket has (without blocking) and parses it;
@@ -363,12 +435,12 @@ static long rx_feed(ps_chan_client *c, const uint8_t *p, size_t n, ps_errbuf *eb
 static int rx_progress(ps_chan_client *c, ps_errbuf *eb) {
   for (;;) {
     ssize_t r;
-    if (c->rx_state == RX_DATA && c->rx_h.data_len - c->rx_got >= CHAN_STAGE) {
+    if (c->rx.state == PS_CHAN_RX_DATA && c->rx.h.data_len - c->rx.got >= CHAN_STAGE) {
       struct iovec iov[IOV_MAX];
-      int k = seg_iov(rx_entry(c), c->rx_got, iov, IOV_MAX);
+      int k = seg_iov(rx_entry(c), c->rx.got, iov, IOV_MAX);
       r = readv(c->fd, iov, k);
       if (r > 0) c->rx_bytes += (uint64_t)r;
-      if (r > 0 && (c->rx_got += (uint64_t)r) == c->rx_h.data_len) rx_data_done(c);
+      if (r > 0 && (c->rx.got += (uint64_t)r) == c->rx.h.data_len) rx_data_done(c);
     } else {
       r = read(c->fd, c->stage, CHAN_STAGE);
       if (r > 0) {
@@ -807,7 +879,7 @@ void ps_chan_close(ps_chan_client *c) {
   if (c->fd >= 0) close(c->fd);
   ps_auth_mac_free(c->mac);
   free(c->q);
-  free(c->rx_meta);
+  ps_chan_rx_release(&c->rx);
   free(c->tx_meta);
   free(c->iov);
   free(c);

@@ -22,6 +22,7 @@
 
 #include <sys/uio.h>
 
+#include "ps_auth.h"
 #include "ps_error.h"
 #include "ps_req.h"
 
@@ -53,6 +54,59 @@ void ps_chan_hdr_encode(uint8_t out[PS_CHAN_HDR_LEN], const ps_chan_hdr *h);
  * unknown flag, reserved field or meta_len > PS_CHAN_MAX_META, PS_ETOOBIG
  * for data_len > MAX_DATA. */
 int ps_chan_hdr_decode(ps_chan_hdr *h, const uint8_t in[PS_CHAN_HDR_LEN], uint64_t max_data);
+
+/* ---- receiving frames: one decoder for the client and the shard ----------
+ *
+ * ps_chan_rx cuts the bytes of one direction of a connection into frames:
+ * the header, meta_len bytes of meta, data_len bytes of data (into memory
+ * its owner names, or discarded) and, when the owner says so, the
+ * PS_AUTH_MAC-byte MAC after them.  The owner decides everything else
+ * through its callbacks (ps_chan_rx_ops), each called once a part is
+ * complete; a callback returns 0 or a PS_E* code, which ends the feed with
+ * that code (the connection is then unusable).  The owner may read the
+ * data of a DATA part itself (readv / a libuv buffer straight into its
+ * memory), advancing got and calling its own data_done when it is in. */
+enum { PS_CHAN_RX_HDR, PS_CHAN_RX_META, PS_CHAN_RX_DATA, PS_CHAN_RX_DISCARD, PS_CHAN_RX_MAC };
+
+typedef struct ps_chan_rx {
+  int state;                      /* PS_CHAN_RX_*: the part being received */
+  uint64_t got;                   /* bytes of that part received */
+  uint8_t hdrbuf[PS_CHAN_HDR_LEN];
+  ps_chan_hdr h;                  /* the frame's header, once hdr accepted it */
+  uint8_t *meta;                  /* h.meta_len bytes (meta_cap allocated) */
+  size_t meta_cap;
+  uint8_t tag[PS_AUTH_MAC];       /* the frame's MAC */
+} ps_chan_rx;
+
+typedef struct ps_chan_rx_ops {
+  /* NULL, or 0 to stop the feed before the next step (the owner paused). */
+  int (*more)(void *arg);
+  /* NULL, or called when a header's first bytes arrive. */
+  int (*begin)(void *arg);
+  /* The header is in rx->hdrbuf: decode and check it into rx->h (the
+   * decoder then makes room for the meta and receives it). */
+  int (*hdr)(void *arg);
+  /* The meta is in rx->meta (state is HDR again, got 0): act on it, and
+   * set state DATA or DISCARD (got 0) when data follows, or MAC. */
+  int (*meta)(void *arg);
+  /* DATA bytes P[0..N) for data offset rx->got; DISCARD bytes (NULL:
+   * dropped). */
+  void (*data)(void *arg, const uint8_t *p, size_t n);
+  void (*discard)(void *arg, const uint8_t *p, size_t n);
+  /* The data is complete: act, or set state MAC (got 0). */
+  int (*data_done)(void *arg);
+  /* The MAC is in rx->tag (state is HDR again, got 0): check it and act. */
+  int (*mac_done)(void *arg);
+} ps_chan_rx_ops;
+
+/* ps_chan_rx_feed consumes up to N bytes at P; returns how many it used
+ * (fewer when ops->more said stop) or the PS_E* code of the step that
+ * failed (PS_ENOMEM: no room for a meta). */
+long ps_chan_rx_feed(ps_chan_rx *rx, const uint8_t *p, size_t n, const ps_chan_rx_ops *ops,
+                     void *arg);
+
+/* ps_chan_rx_release frees RX's meta buffer. */
+void ps_chan_rx_release(ps_chan_rx *rx);
 
 typedef struct ps_chan_client ps_chan_client;
 

@@ -26,6 +26,10 @@ typedef struct ps_req {
    * clocks advance; `worker` is one of them); NULL / 0: `worker` alone */
   const uint32_t *summed;
   size_t nsummed;
+  /* to an aggregator: the stamp psd_agg_conn_stamp gave the request's
+   * connection (a model's layout fetched before it is fetched again, to
+   * see a replace); 0: none */
+  uint64_t conn_stamp;
 } ps_req;
 
 #endif

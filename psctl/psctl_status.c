@@ -472,7 +472,7 @@ static void psctl_agg_rates(const psctl_agg *x, double *fwd, double *hit) {
 }
 
 /* psctl_status_aggs prints the tree's middle tier: each aggregator, its
- * counters and the workers that pushed through it within a lease. */
+ * counters and the workers that pushed or pulled through it within a lease. */
 static void psctl_status_aggs(const psctl_agg *x, size_t n) {
   if (!n) return;
   printf("\naggregators:\n%-16s %-21s %-10s %8s %10s %10s %8s %8s %6s  %s\n", "NAME", "ADDRESS",
@@ -541,8 +541,8 @@ static const char psctl_status_usage[] =
     "unreachable shard shows DOWN.  Aggregators of the file (its 'aggregators'\n"
     "list) follow: sums forwarded per second, worker pushes summed, sums forwarded, pulls,\n"
     "root fetches, the share of pulls answered without a fetch of their own, and the\n"
-    "workers that pushed through each within a lease.  --json prints the same as one\n"
-    "JSON object.\n"
+    "workers that pushed or pulled through each within a lease.  --json prints the\n"
+    "same as one JSON object.\n"
     "Exit status: 0 when every shard is SERVING, 1 otherwise, 2 for usage/config errors.\n";
 
 typedef struct psctl_status_opts {

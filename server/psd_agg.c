@@ -26,6 +26,8 @@ typedef struct agg_model {
   Ps__GetModelReply *reply; /* owns the spec the layout points into */
   ps_layout layout;
   float *residual;
+  uint64_t stamp;           /* a->stamp when the spec was fetched */
+  int retired;              /* replaced on the roots: kept for what is in flight */
 } agg_model;
 
 /* A sum being collected (invariant 1). */
@@ -104,15 +106,26 @@ struct psd_agg {
   agg_link *links;
   int stopped;
   psd_agg_stats st;
-  uint64_t *seen_ms;        /* per worker id (< nseen): uv_now of its last push, 0 never */
+  uint64_t *seen_ms;        /* per worker id (< nseen): uv_now + 1 of its last request or
+                               answer, 0 never */
+  uint8_t *busy;            /* agg_expected's scratch: nseen flags */
   uint32_t nseen;           /* psd_clock_rank_cap(workers.count): the ids a worker may have */
+  uint64_t stamp;           /* psd_agg_conn_stamp's last */
   ps_auth_keys keys;        /* security.secret_file: the aggregator's channel key */
   const ps_auth_key *key;   /* in keys, or NULL (an unauthenticated channel) */
 };
 
 /* ---- models ------------------------------------------------------------------ */
 
-/* agg_model_fetch asks the roots for MODEL's spec and builds its layout. */
+static void agg_model_free(agg_model *m) {
+  ps_layout_release(&m->layout);
+  protobuf_c_message_free_unpacked(&m->reply->base, NULL);
+  free(m->residual);
+  free(m);
+}
+
+/* agg_model_fetch asks the roots for MODEL's spec and builds its layout
+ * into a new entry (*OUT, not yet in a->models). */
 static int agg_model_fetch(psd_agg *a, const char *model, agg_model **out, ps_errbuf *eb) {
   Ps__GetModelRequest req = PS__GET_MODEL_REQUEST__INIT;
   req.name = (char *)model;
@@ -135,6 +148,7 @@ static int agg_model_fetch(psd_agg *a, const char *model, agg_model **out, ps_er
     return ps_errf(eb, PS_ENOMEM, "out of memory");
   }
   m->reply = (Ps__GetModelReply *)resp;
+  m->stamp = a->stamp;
   if (!m->reply->model) err = ps_errf(eb, PS_EPROTO, "GetModel '%s' without a model", model);
   else
     err = ps_layout_build(&m->layout, m->reply->model, a->cfg->chunk_elems, a->shard_ids,
@@ -148,19 +162,79 @@ static int agg_model_fetch(psd_agg *a, const char *model, agg_model **out, ps_er
     free(m);
     return err;
   }
-  m->next = a->models;
-  a->models = m;
-  ps_info("aggregator %s: model '%s' (%llu parameters, %zu chunks)", a->me->name, model,
-          (unsigned long long)m->layout.nparams, m->layout.nchunks);
   *out = m;
   return 0;
 }
 
-/* agg_model_get returns MODEL's entry, fetching it the first time. */
-static int agg_model_get(psd_agg *a, const char *model, agg_model **out, ps_errbuf *eb) {
+/* agg_spec_same: whether specs X and Y pack to the same bytes. */
+static int agg_spec_same(const Ps__ModelSpec *x, const Ps__ModelSpec *y) {
+  size_t nx = protobuf_c_message_get_packed_size(&x->base);
+  if (nx != protobuf_c_message_get_packed_size(&y->base)) return 0;
+  uint8_t *bx = malloc(nx ? nx : 1), *by = malloc(nx ? nx : 1);
+  int same = bx && by && protobuf_c_message_pack(&x->base, bx) == nx &&
+             protobuf_c_message_pack(&y->base, by) == nx && !memcmp(bx, by, nx);
+  free(bx);
+  free(by);
+  return same;
+}
+
+/* agg_model_retire takes M out of service (a new spec replaced it): its
+ * copies' data go (a fetch in flight still answers its waiters); open
+ * sums and jobs keep using M, freed with the aggregator. */
+static void agg_model_retire(psd_agg *a, agg_model *m) {
+  m->retired = 1;
+  for (agg_copy *c = a->copies; c; c = c->next)
+    if (c->m == m) {
+      free(c->data);
+      c->data = NULL;
+      c->nbytes = 0;
+      c->have = 0;
+    }
+}
+
+/* agg_model_refresh fetches M's spec again for a connection opened after
+ * M was fetched: *OUT is M when the spec is the same or the roots do not
+ * answer (said), else a new entry that retires M. */
+static void agg_model_refresh(psd_agg *a, agg_model *m, agg_model **out) {
+  const char *name = m->reply->model->name;
+  agg_model *n = NULL;
+  ps_errbuf eb = {""};
+  *out = m;
+  m->stamp = a->stamp; /* one try for the connections opened so far */
+  if (agg_model_fetch(a, name, &n, &eb) < 0) {
+    ps_warn("aggregator %s: model '%s' not fetched again (%s); keeping its layout", a->me->name,
+            name, eb.msg);
+    return;
+  }
+  if (agg_spec_same(m->reply->model, n->reply->model)) {
+    agg_model_free(n);
+    return;
+  }
+  agg_model_retire(a, m);
+  n->next = a->models;
+  a->models = n;
+  *out = n;
+  ps_info("aggregator %s: model '%s' changed on the roots (replaced): %llu parameters, %zu "
+          "chunks now", a->me->name, name, (unsigned long long)n->layout.nparams,
+          n->layout.nchunks);
+}
+
+/* agg_model_get returns MODEL's entry, fetching it the first time and
+ * again for a connection stamped STAMP after the last fetch. */
+static int agg_model_get(psd_agg *a, const char *model, uint64_t stamp, agg_model **out,
+                         ps_errbuf *eb) {
   for (agg_model *m = a->models; m; m = m->next)
-    if (!strcmp(m->reply->model->name, model)) return *out = m, 0;
-  return agg_model_fetch(a, model, out, eb);
+    if (!m->retired && !strcmp(m->reply->model->name, model)) {
+      if (stamp > m->stamp) agg_model_refresh(a, m, &m);
+      return *out = m, 0;
+    }
+  int err = agg_model_fetch(a, model, out, eb);
+  if (err < 0) return err;
+  (*out)->next = a->models;
+  a->models = *out;
+  ps_info("aggregator %s: model '%s' (%llu parameters, %zu chunks)", a->me->name, model,
+          (unsigned long long)(*out)->layout.nparams, (*out)->layout.nchunks);
+  return 0;
 }
 
 /* agg_route checks R's ids (known, all on one root shard) and returns that
@@ -185,7 +259,7 @@ static int agg_route(const agg_model *m, const ps_req *r, uint32_t *shard, ps_er
 static int agg_resolve(psd_agg *a, const ps_req *r, agg_model **m, uint32_t *shard,
                        ps_errbuf *eb) {
   if (a->stopped) return ps_errf(eb, PS_ESHUTDOWN, "aggregator %s is shutting down", a->me->name);
-  int err = agg_model_get(a, r->model, m, eb);
+  int err = agg_model_get(a, r->model, r->conn_stamp, m, eb);
   return err < 0 ? err : agg_route(*m, r, shard, eb);
 }
 
@@ -372,23 +446,71 @@ static void agg_forward(psd_agg *a, agg_group *g) {
 
 static void agg_on_timer(uv_timer_t *t);
 
-/* agg_timer_arm starts the timer for the earliest group deadline. */
+/* agg_touch notes that worker W is active now. */
+static void agg_touch(psd_agg *a, uint32_t w) {
+  if (w < a->nseen) a->seen_ms[w] = uv_now(a->loop) + 1;
+}
+
+/* agg_expected returns how many pushes a sum waits for at NOW (invariant
+ * 1a): the live workers (a request waiting here, or a request or answer
+ * within workers.lease_ms), or ps_agg_conf.workers less the gone ones
+ * (seen before, then silent for lease_ms: dead, or left; the roots'
+ * leases drop them too), whichever is more; at most .workers, at least
+ * 1.  *NEXT_MS (may be NULL): the uv_now at which a live worker with
+ * nothing waiting would count as gone, UINT64_MAX when none. */
+static uint32_t agg_expected(psd_agg *a, uint64_t now, uint64_t *next_ms) {
+  uint64_t lease = a->cfg->workers.lease_ms, next = UINT64_MAX;
+  uint32_t live = 0, gone = 0;
+  memset(a->busy, 0, a->nseen);
+  for (const agg_group *g = a->groups; g; g = g->next)
+    for (size_t k = 0; k < g->nworkers; k++)
+      if (g->workers[k] < a->nseen) a->busy[g->workers[k]] = 1;
+  for (const agg_copy *c = a->copies; c; c = c->next)
+    for (const psd_op *op = c->waiters; op; op = op->next)
+      if (op->worker < a->nseen) a->busy[op->worker] = 1;
+  for (uint32_t w = 0; w < a->nseen; w++) {
+    if (!a->seen_ms[w]) continue;
+    uint64_t last = a->seen_ms[w] - 1;
+    if (a->busy[w]) {
+      live++;
+    } else if (now - last > lease) {
+      gone++;
+    } else {
+      live++;
+      if (last + lease + 1 < next) next = last + lease + 1;
+    }
+  }
+  if (next_ms) *next_ms = next;
+  uint32_t want = a->me->workers > gone ? a->me->workers - gone : 0;
+  if (live > want) want = live;
+  if (want > a->me->workers) want = a->me->workers;
+  return want ? want : 1;
+}
+
+/* agg_timer_arm starts the timer for the earliest group deadline, or the
+ * moment a local worker would count as gone while sums are open. */
 static void agg_timer_arm(psd_agg *a) {
-  uint64_t now = uv_now(a->loop), next = UINT64_MAX;
+  uint64_t now = uv_now(a->loop), next = UINT64_MAX, gone_at;
   for (agg_group *g = a->groups; g; g = g->next)
     if (g->first_ms + a->me->max_delay_ms < next) next = g->first_ms + a->me->max_delay_ms;
+  if (next != UINT64_MAX) {
+    agg_expected(a, now, &gone_at);
+    if (gone_at < next) next = gone_at;
+  }
   if (next == UINT64_MAX) uv_timer_stop(&a->timer);
   else uv_timer_start(&a->timer, agg_on_timer, next > now ? next - now : 0, 0);
 }
 
-/* agg_on_timer forwards the groups whose delay is over (invariant 1). */
+/* agg_on_timer forwards the groups whose delay is over, or which hold
+ * every push still expected (invariant 1). */
 static void agg_on_timer(uv_timer_t *t) {
   psd_agg *a = t->data;
   uv_update_time(a->loop);
   uint64_t now = uv_now(a->loop);
+  uint32_t want = agg_expected(a, now, NULL);
   for (agg_group *g = a->groups, *next; g; g = next) {
     next = g->next;
-    if (g->first_ms + a->me->max_delay_ms <= now) agg_forward(a, g);
+    if (g->first_ms + a->me->max_delay_ms <= now || g->nworkers >= want) agg_forward(a, g);
   }
   agg_timer_arm(a);
 }
@@ -493,8 +615,9 @@ int psd_agg_push(psd_agg *a, const ps_req *r, psd_op *op, ps_errbuf *eb) {
   if (r->version < g->version) g->version = r->version;
   agg_op_add(&g->waiters, op);
   a->st.pushes_in++;
-  if (r->worker < a->nseen) a->seen_ms[r->worker] = uv_now(a->loop) + 1;
-  if (g->nworkers >= a->me->workers || a->me->max_delay_ms == 0) agg_forward(a, g);
+  agg_touch(a, r->worker);
+  if (g->nworkers >= agg_expected(a, uv_now(a->loop), NULL) || a->me->max_delay_ms == 0)
+    agg_forward(a, g);
   agg_timer_arm(a);
   return 1;
 }
@@ -505,6 +628,7 @@ static void agg_push_done(psd_agg *a, agg_job *j) {
   agg_group *g = j->g;
   for (agg_copy *c = a->copies; c; c = c->next)
     if (c->m == g->m && c->shard == g->shard) c->dirty = 1;
+  for (size_t k = 0; k < g->nworkers; k++) agg_touch(a, g->workers[k]);
   for (psd_op *op = g->waiters, *next; op; op = next) {
     next = op->next;
     op->version = j->version;
@@ -579,6 +703,8 @@ int psd_agg_pull(psd_agg *a, const ps_req *r, psd_op *op, ps_errbuf *eb) {
   agg_copy *c = agg_copy_get(a, m, shard, r);
   if (!c) return ps_errf(eb, PS_ENOMEM, "aggregator out of memory");
   a->st.pulls_in++;
+  agg_touch(a, r->worker);
+  op->worker = r->worker;
   if (agg_copy_fresh(c, r->clock)) {
     a->st.pull_hits++;
     op->data = c->data;
@@ -615,6 +741,7 @@ static void agg_pull_done(psd_agg *a, agg_job *j) {
     int serve = agg_copy_fresh(c, op->clock);
     if (!serve && !(j->status < 0 && op->clock == j->r.clock)) continue;
     psd_agg_cancel(a, op);
+    agg_touch(a, op->worker);
     op->data = c->data;
     op->nbytes = c->nbytes;
     op->version = c->version;
@@ -629,6 +756,7 @@ static void agg_on_done(uv_async_t *h) {
   agg_job *list = a->done;
   a->done = NULL;
   pthread_mutex_unlock(&a->mu);
+  uv_update_time(a->loop); /* agg_touch's clock */
   agg_job *rev = NULL; /* oldest first */
   while (list) {
     agg_job *n = list->next;
@@ -666,7 +794,9 @@ int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_a
   a->links = calloc(a->nlinks, sizeof *a->links);
   a->nseen = psd_clock_rank_cap(cfg->workers.count);
   a->seen_ms = calloc(a->nseen, sizeof *a->seen_ms);
-  int rc = a->shard_ids && a->links && a->seen_ms ? 0 : ps_errf(eb, PS_ENOMEM, "out of memory");
+  a->busy = calloc(a->nseen + 1, 1);
+  int rc = a->shard_ids && a->links && a->seen_ms && a->busy
+               ? 0 : ps_errf(eb, PS_ENOMEM, "out of memory");
   if (rc == 0)
     rc = ps_auth_client_key(cfg->security.secret_file, PS_ROLE_AGGREGATOR, &a->keys, &a->key, eb);
   if (rc < 0) {
@@ -674,6 +804,7 @@ int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_a
     free(a->shard_ids);
     free(a->links);
     free(a->seen_ms);
+    free(a->busy);
     free(a);
     return rc;
   }
@@ -763,14 +894,12 @@ void psd_agg_free(psd_agg *a) {
   while (a->models) {
     agg_model *m = a->models;
     a->models = m->next;
-    ps_layout_release(&m->layout);
-    protobuf_c_message_free_unpacked(&m->reply->base, NULL);
-    free(m->residual);
-    free(m);
+    agg_model_free(m);
   }
   free(a->shard_ids);
   ps_auth_release(&a->keys);
   free(a->seen_ms);
+  free(a->busy);
   if (!all) return;
   for (agg_job *j = a->done, *next; j; j = next) { /* finished after the loop stopped */
     next = j->next;
@@ -790,6 +919,9 @@ void psd_agg_free(psd_agg *a) {
   free(a->links);
   free(a);
 }
+
+/* psd_agg_conn_stamp: see psd_agg.h. */
+uint64_t psd_agg_conn_stamp(psd_agg *a) { return ++a->stamp; }
 
 /* psd_agg_stats_get: see psd_agg.h. */
 void psd_agg_stats_get(const psd_agg *a, psd_agg_stats *st) { *st = a->st; }

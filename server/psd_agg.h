@@ -4,20 +4,32 @@
  * Workers on the aggregator's host talk to it over the tensor channel as
  * they would to a shard: one connection per root shard, each push and
  * pull carrying that shard's chunks.  The aggregator learns a model's
- * layout once (GetModel from a root shard) and so knows each request's
- * root shard and payload size.
+ * layout (GetModel from a root shard) and so knows each request's root
+ * shard and payload size.  It fetches the layout again when a connection
+ * opened after the last fetch names the model: a `psctl submit --replace`
+ * (another shape, codec, consistency or seed) is seen by the workers
+ * started for it, through their new connections.  A changed spec retires
+ * the old entry: its copies are dropped, sums still open under it are
+ * forwarded as they were, the new one starts with a zero residual.
  *
  * Invariants:
  *  1. Pushes are summed per (model, root shard, chunk ids, clock): a
  *     group.  The worker's payload is decoded (any codec) and added to the
- *     group's fp32 sum.  A group is forwarded as one push when
- *     ps_agg_conf.workers workers have pushed into it, or max_delay_ms
- *     after its first push, whichever is first (also at once when a worker
- *     pushes twice into one group).  The forwarded push carries the sum,
+ *     group's fp32 sum.  A group is forwarded as one push when every
+ *     push it expects is in (1a), or max_delay_ms after its first push,
+ *     whichever is first (also at once when a worker pushes twice into one
+ *     group).  The forwarded push carries the sum,
  *     the workers summed (ChanMeta.summed), the oldest version among them
  *     and the group's clock, in the codec the workers pushed in (the
  *     model's after its warm-up), re-encoded with the aggregator's own
  *     error-feedback residual per chunk.
+ * 1a. A group expects ps_agg_conf.workers pushes, less one for each
+ *     gone worker: one that sent a request before, has none waiting here
+ *     and neither sent one nor was answered for workers.lease_ms (dead or
+ *     left: its lease on the roots, which it renews there directly, runs
+ *     out in that time too); but never fewer than the live workers.  So a
+ *     dead local worker holds the others' sums (for max_delay_ms per
+ *     clock at most) until its lease runs out, and not after.
  *  2. A worker's push is answered only once the root has answered the
  *     forwarded sum that contains it, with the root's answer: nothing an
  *     aggregator acknowledged is lost with it.
@@ -67,6 +79,7 @@ struct psd_op {
   psd_op *next;
   psd_op **list;
   uint64_t clock;
+  uint32_t worker;
 };
 
 typedef struct psd_agg_stats {
@@ -88,9 +101,15 @@ int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_a
 void psd_agg_stop(psd_agg *a);
 void psd_agg_free(psd_agg *a);
 
+/* psd_agg_conn_stamp returns the stamp of a connection accepted now, for
+ * the ps_req.conn_stamp of its requests (increasing, never 0). */
+uint64_t psd_agg_conn_stamp(psd_agg *a);
+
 /* psd_agg_payload validates a push (PUSH non-zero) or pull of R against
- * its model's layout (fetched from a root the first time, blocking the
- * loop for at most a few seconds) and sizes its payload in R->codec. */
+ * its model's layout (fetched from a root the first time, and again when
+ * R->conn_stamp is later than the last fetch, blocking the loop for at
+ * most a few seconds; a failed refetch keeps the layout it has) and sizes
+ * its payload in R->codec. */
 int psd_agg_payload(psd_agg *a, const ps_req *r, int push, uint64_t *nelems, uint64_t *nbytes,
                     ps_errbuf *eb);
 
@@ -111,8 +130,8 @@ void psd_agg_cancel(psd_agg *a, psd_op *op);
 void psd_agg_stats_get(const psd_agg *a, psd_agg_stats *st);
 
 /* psd_agg_workers writes to IDS (room for psd_clock_rank_cap(workers.count)) the workers
- * that pushed through A within the last workers.lease_ms, in rank order;
- * returns how many. */
+ * that sent A a push or pull, or were answered, within the last
+ * workers.lease_ms, in rank order; returns how many. */
 size_t psd_agg_workers(psd_agg *a, uint32_t *ids);
 
 #endif

@@ -1,6 +1,8 @@
 /* psd_chan: the tensor-channel server of a shard (libuv TCP, loop thread).
  *
- * Per connection, a receive state machine HDR -> META -> DATA | DISCARD:
+ * Per connection, a receive state machine HDR -> META -> DATA | DISCARD
+ * (-> MAC), ps_chan_rx: the decoder the client shares (ps_chan.h); this
+ * file gives its callbacks and the direct reads of invariant 1:
  *  1. Headers, metas and small data tails are read through a staging
  *     buffer and parsed from there; once a push's data is due and nothing
  *     is staged, alloc_cb hands libuv the remaining span of the
@@ -60,7 +62,7 @@
  *     into both proofs) and every frame after the hello, both ways, ends in
  *     a MAC (ps_auth.h).  A request is acted on only once its MAC checked
  *     out: a push's data is read (and MACed) in full first, a pull waits in
- *     c->req for its MAC (RX_MAC).  A wrong or missing MAC closes the
+ *     c->req for its MAC (PS_CHAN_RX_MAC).  A wrong or missing MAC closes the
  *     connection and counts in chan_auth_refused (and errors); a reply's
  *     MAC is made when the reply is queued (replies are queued in wire
  *     order). */
@@ -87,8 +89,6 @@
 #define CHAN_FD_SAMPLE_MS 1000   /* descriptors counted at most this often ... */
 #define CHAN_FD_SAMPLE_NEAR_MS 100 /* ... or this often near the reserve */
 
-enum { RX_HDR, RX_META, RX_DATA, RX_DISCARD, RX_MAC };
-
 typedef struct psd_conn {
   struct psd_chan *chan;
   uv_tcp_t tcp;
@@ -100,14 +100,8 @@ typedef struct psd_conn {
   ps_auth_key key;            /* a copy: a SIGHUP may replace the key set meanwhile */
   ps_auth_mac *mac;           /* frames after the hello carry MACs (invariant 10) */
   int req_is_pull;            /* c->req is a pull waiting for its MAC (not in flight) */
-  uint8_t tag[PS_AUTH_MAC];   /* the MAC being received */
   int direct;                 /* the last alloc_cb bypassed the stage */
-  int rx_state;
-  uint8_t hdrbuf[PS_CHAN_HDR_LEN];
-  uint64_t got;               /* bytes of the current part received */
-  ps_chan_hdr h;
-  uint8_t *meta;              /* meta_len bytes being assembled */
-  size_t meta_cap;
+  ps_chan_rx rx;              /* the frame being received (ps_chan.h's decoder) */
   Ps__ChanMeta *req;          /* decoded meta of the push being received */
   int req_err;                /* push refused: the error to answer */
   ps_errbuf req_eb;
@@ -128,6 +122,7 @@ typedef struct psd_conn {
   psd_op op;                  /* a forwarded push or pull (aggregator) ... */
   int op_pending, op_push;    /* ... waiting for the root; the connection is paused */
   uint32_t op_codec;          /* the pull's codec */
+  uint64_t agg_stamp;         /* an aggregator's: psd_agg_conn_stamp at accept */
   int counted;                /* counts in sh->chan_conns (not a refused one) */
   uint64_t last_ms;           /* uv_now of its last byte moved (invariant 8) */
   size_t last_wq;             /* libuv's write queue size at the last sweep */
@@ -244,7 +239,7 @@ static int conn_reply(psd_conn *c, const Ps__ChanMeta *meta, void *data, size_t 
   ps__chan_meta__pack(meta, w->meta);
   ps_chan_hdr h = {.magic = PS_CHAN_MAGIC, .version = PS_CHAN_VERSION,
                    .meta_len = (uint32_t)mlen, .data_len = nbytes,
-                   .req_id = c->parked || c->op_pending ? c->preq_id : c->h.req_id,
+                   .req_id = c->parked || c->op_pending ? c->preq_id : c->rx.h.req_id,
                    .flags = c->mac ? PS_CHAN_FLAG_MAC : 0};
   ps_chan_hdr_encode(w->hdr, &h);
   w->conn = c;
@@ -385,7 +380,7 @@ static int conn_hello_challenge(psd_conn *c, const Ps__ChanMeta *m) {
 
 /* conn_hello_proof checks the client's proof (invariant 9). */
 static int conn_hello_proof(psd_conn *c, const Ps__ChanMeta *m) {
-  if ((int)m->op != PS__CHAN_OP__CHAN_HELLO || c->h.data_len)
+  if ((int)m->op != PS__CHAN_OP__CHAN_HELLO || c->rx.h.data_len)
     return conn_hello_refuse(c, PS_EPROTO, "channel authentication: expected the hello's proof", 1);
   if (!ps_auth_check(&c->key, 0, c->chan->sh->cfg->cluster, c->nc, c->ns,
                      c->chan->sh->cfg->security.payload_mac, m->auth.data, m->auth.len)) {
@@ -407,7 +402,7 @@ static int conn_hello(psd_conn *c, const Ps__ChanMeta *m) {
   if (c->hello_proving) return conn_hello_proof(c, m);
   const ps_config *cfg = c->chan->sh->cfg;
   ps_errbuf eb;
-  int answer, rc = psd_chan_hello_check(cfg, &c->h, m, &answer, &eb);
+  int answer, rc = psd_chan_hello_check(cfg, &c->rx.h, m, &answer, &eb);
   if (rc == 0) return c->chan->keys.n ? conn_hello_challenge(c, m) : conn_hello_ok(c);
   if (!answer) return rc;
   return conn_hello_refuse(c, PS_EPROTO, eb.msg, 0);
@@ -456,7 +451,7 @@ static void conn_unpark(psd_park *p, int status, const char *msg) {
    * conn_close must then neither free M nor uncount the request again. */
   c->parked = 0;
   c->pmeta = NULL;
-  c->h.req_id = c->preq_id; /* unchanged while parked (nothing is parsed) */
+  c->rx.h.req_id = c->preq_id; /* unchanged while parked (nothing is parsed) */
   if (status == 0) {
     conn_pull_serve(c, m, psd_shard_parked_ms(c->chan->sh, p));
   } else {
@@ -495,7 +490,7 @@ static void conn_op_done(psd_op *op, int status, const char *msg) {
   psd_conn *c = op->arg;
   int push = c->op_push;
   if (!c->op_pending) return;
-  c->h.req_id = c->preq_id;
+  c->rx.h.req_id = c->preq_id;
   if (status < 0) {
     c->op_pending = 0;
     conn_reply_error(c, status, msg ? msg : ps_strerror(status), 1, 0);
@@ -524,7 +519,7 @@ static void conn_forward(psd_conn *c, const ps_req *r, int push, uint32_t codec)
   c->op_pending = 1;
   c->op_push = push;
   c->op_codec = codec;
-  c->preq_id = c->h.req_id;
+  c->preq_id = c->rx.h.req_id;
   c->paused = 1;
   uv_read_stop((uv_stream_t *)&c->tcp);
   int rc = push ? psd_shard_forward_push(sh, r, &c->op, &eb)
@@ -545,6 +540,7 @@ static int conn_pull(psd_conn *c, Ps__ChanMeta *m) {
   ps_errbuf eb;
   uint64_t n = 0, nbytes = 0;
   ps_req r = conn_req(m);
+  r.conn_stamp = c->agg_stamp;
   sh->inflight++;
   int rc = psd_shard_payload(sh, &r, 0, &n, &nbytes, &eb);
   if (rc == 0 && sh->agg) {
@@ -563,7 +559,7 @@ static int conn_pull(psd_conn *c, Ps__ChanMeta *m) {
   if (rc == 1) {
     c->parked = 1;
     c->pmeta = m;
-    c->preq_id = c->h.req_id;
+    c->preq_id = c->rx.h.req_id;
     c->paused = 1;
     uv_read_stop((uv_stream_t *)&c->tcp);
     return 1;
@@ -579,26 +575,27 @@ static void conn_push_begin(psd_conn *c) {
   const Ps__ChanMeta *m = c->req;
   uint64_t n = 0, nbytes = 0;
   ps_req r = conn_req(m);
+  r.conn_stamp = c->agg_stamp;
   sh->inflight++;
   c->req_err = psd_shard_payload(sh, &r, 1, &n, &nbytes, &c->req_eb);
-  if (c->req_err == 0 && nbytes != c->h.data_len) {
+  if (c->req_err == 0 && nbytes != c->rx.h.data_len) {
     psd_shard_count_error(sh);
     c->req_err = ps_errf(&c->req_eb, PS_EINVAL,
                          "push to model '%s': %llu bytes of %s sent, its %llu elements need %llu",
-                         m->model, (unsigned long long)c->h.data_len, ps_codec_name(r.codec),
+                         m->model, (unsigned long long)c->rx.h.data_len, ps_codec_name(r.codec),
                          (unsigned long long)n, (unsigned long long)nbytes);
   }
-  if (c->req_err == 0 && c->h.data_len > c->data_cap) {
+  if (c->req_err == 0 && c->rx.h.data_len > c->data_cap) {
     free(c->data);
     c->data_cap = 0;
-    if (!(c->data = malloc(c->h.data_len))) {
+    if (!(c->data = malloc(c->rx.h.data_len))) {
       c->req_err = ps_errf(&c->req_eb, PS_ENOMEM, "push to model '%s': out of memory", m->model);
     } else {
-      c->data_cap = c->h.data_len;
+      c->data_cap = c->rx.h.data_len;
     }
   }
-  c->rx_state = c->req_err ? RX_DISCARD : RX_DATA;
-  c->got = 0;
+  c->rx.state = c->req_err ? PS_CHAN_RX_DISCARD : PS_CHAN_RX_DATA;
+  c->rx.got = 0;
 }
 
 /* conn_push_ack answers an applied push. */
@@ -636,11 +633,11 @@ static void conn_push_end(psd_conn *c) {
   if (rc == 0) {
     ps_req r = conn_req(m);
     r.grads = c->data;
-    r.nbytes = c->h.data_len;
+    r.nbytes = c->rx.h.data_len;
     if (sh->agg) {
       conn_forward(c, &r, 1, 0);
-      c->rx_state = RX_HDR;
-      c->got = 0;
+      c->rx.state = PS_CHAN_RX_HDR;
+      c->rx.got = 0;
       c->req = NULL;
       ps__chan_meta__free_unpacked(m, NULL);
       return;
@@ -654,8 +651,8 @@ static void conn_push_end(psd_conn *c) {
       rc = psd_shard_push(sh, &r, &version, &c->req_eb);
     }
   }
-  c->rx_state = RX_HDR;
-  c->got = 0;
+  c->rx.state = PS_CHAN_RX_HDR;
+  c->rx.got = 0;
   c->req = NULL;
   c->req_err = 0;
   if (rc == 0) {
@@ -747,15 +744,15 @@ static void conn_data_done(psd_conn *c) {
     conn_req_end(c);
     return;
   }
-  if (c->rx_state == RX_DATA) ps_auth_mac_update(c->mac, 'C', c->data, c->h.data_len);
-  c->rx_state = RX_MAC;
-  c->got = 0;
+  if (c->rx.state == PS_CHAN_RX_DATA) ps_auth_mac_update(c->mac, 'C', c->data, c->rx.h.data_len);
+  c->rx.state = PS_CHAN_RX_MAC;
+  c->rx.got = 0;
 }
 
 /* conn_mac_done checks a request's MAC and acts on the request; 0 or
  * PS_EPROTO (close: counted in chan_auth_refused). */
 static int conn_mac_done(psd_conn *c) {
-  if (!ps_auth_mac_verify(c->mac, 'C', c->tag)) {
+  if (!ps_auth_mac_verify(c->mac, 'C', c->rx.tag)) {
     c->chan->sh->ctr.chan_auth_refused++;
     ps_warn("channel: a frame's MAC is wrong (changed on the way?); closing the connection");
     return PS_EPROTO;
@@ -767,8 +764,8 @@ static int conn_mac_done(psd_conn *c) {
   Ps__ChanMeta *m = c->req;
   c->req = NULL;
   c->req_is_pull = 0;
-  c->rx_state = RX_HDR;
-  c->got = 0;
+  c->rx.state = PS_CHAN_RX_HDR;
+  c->rx.got = 0;
   if (conn_pull(c, m) != 1) ps__chan_meta__free_unpacked(m, NULL);
   return 0;
 }
@@ -778,31 +775,31 @@ static int conn_mac_done(psd_conn *c) {
 static int conn_meta_done(psd_conn *c) {
   Ps__ChanMeta *m;
   ps_errbuf eb;
-  if (ps_pb_unpack(&ps__chan_meta__descriptor, c->meta, c->h.meta_len, (ProtobufCMessage **)&m,
+  if (ps_pb_unpack(&ps__chan_meta__descriptor, c->rx.meta, c->rx.h.meta_len, (ProtobufCMessage **)&m,
                    &eb) < 0) {
     ps_warn("channel: %s; closing the connection", eb.msg);
     return PS_EPROTO;
   }
   int rc = 0;
-  c->got = 0;
-  c->rx_state = RX_HDR;
+  c->rx.got = 0;
+  c->rx.state = PS_CHAN_RX_HDR;
   if (c->mac && c->hello_done) { /* invariant 10 */
     ps_auth_mac_begin(c->mac, 'C');
-    ps_auth_mac_update(c->mac, 'C', c->hdrbuf, sizeof c->hdrbuf);
-    ps_auth_mac_update(c->mac, 'C', c->meta, c->h.meta_len);
+    ps_auth_mac_update(c->mac, 'C', c->rx.hdrbuf, sizeof c->rx.hdrbuf);
+    ps_auth_mac_update(c->mac, 'C', c->rx.meta, c->rx.h.meta_len);
   }
   if (!c->hello_done) {
     rc = conn_hello(c, m);
   } else if ((int)m->op == PS__CHAN_OP__CHAN_PUSH && m->model) {
     c->req = m;
     conn_push_begin(c);
-    if (c->h.data_len == 0) conn_data_done(c);
+    if (c->rx.h.data_len == 0) conn_data_done(c);
     return 0;
-  } else if ((int)m->op == PS__CHAN_OP__CHAN_PULL && m->model && c->h.data_len == 0) {
+  } else if ((int)m->op == PS__CHAN_OP__CHAN_PULL && m->model && c->rx.h.data_len == 0) {
     if (c->mac) { /* served once its MAC checked out */
       c->req = m;
       c->req_is_pull = 1;
-      c->rx_state = RX_DISCARD;
+      c->rx.state = PS_CHAN_RX_DISCARD;
       conn_data_done(c);
       return 0;
     }
@@ -821,77 +818,56 @@ static int conn_meta_done(psd_conn *c) {
 
 /* conn_hdr_done checks a complete header; 0 or a PS_E* code (close). */
 static int conn_hdr_done(psd_conn *c) {
-  int rc = ps_chan_hdr_decode(&c->h, c->hdrbuf, c->chan->sh->cfg->max_request_bytes);
-  if (rc < 0 || c->h.meta_len == 0) return rc < 0 ? rc : PS_EPROTO;
-  if (!!(c->h.flags & PS_CHAN_FLAG_MAC) != !!c->mac) { /* invariant 10 */
+  int rc = ps_chan_hdr_decode(&c->rx.h, c->rx.hdrbuf, c->chan->sh->cfg->max_request_bytes);
+  if (rc < 0 || c->rx.h.meta_len == 0) return rc < 0 ? rc : PS_EPROTO;
+  if (!!(c->rx.h.flags & PS_CHAN_FLAG_MAC) != !!c->mac) { /* invariant 10 */
     if (c->mac) c->chan->sh->ctr.chan_auth_refused++; /* a frame without its MAC */
     return PS_EPROTO;
   }
-  if (!c->hello_done && (c->h.meta_len > PS_CHAN_HELLO_META_MAX || c->h.data_len))
+  if (!c->hello_done && (c->rx.h.meta_len > PS_CHAN_HELLO_META_MAX || c->rx.h.data_len))
     return PS_EPROTO; /* invariant 8: no big buffer for a peer that has not said hello */
-  if (c->h.meta_len > c->meta_cap) {
-    uint8_t *m = realloc(c->meta, c->h.meta_len);
-    if (!m) return PS_ENOMEM;
-    c->meta = m;
-    c->meta_cap = c->h.meta_len;
-  }
-  c->rx_state = RX_META;
-  c->got = 0;
-  return 0;
+  return 0; /* the decoder makes room for the meta */
 }
 
 /* ---- receive ---------------------------------------------------------------- */
 
+/* The decoder's callbacks (ps_chan_rx_ops) over a connection. */
+static int rx_more(void *arg) {
+  psd_conn *c = arg;
+  if (c->queued > CHAN_MAX_QUEUED && !c->paused) { /* invariant 4 */
+    c->paused = 1;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+  }
+  return !c->paused && !c->closing;
+}
+static int rx_hdr(void *arg) { return conn_hdr_done(arg); }
+static int rx_meta(void *arg) { return conn_meta_done(arg); }
+static int rx_mac(void *arg) { return conn_mac_done(arg); }
+static void rx_data(void *arg, const uint8_t *p, size_t n) {
+  psd_conn *c = arg;
+  memcpy((uint8_t *)c->data + c->rx.got, p, n);
+}
+static void rx_discard(void *arg, const uint8_t *p, size_t n) {
+  psd_conn *c = arg;
+  if (c->mac) ps_auth_mac_update(c->mac, 'C', p, n);
+}
+static int rx_data_done(void *arg) {
+  conn_data_done(arg);
+  return 0;
+}
+
+static const ps_chan_rx_ops conn_rx_ops = {.more = rx_more, .hdr = rx_hdr, .meta = rx_meta,
+                                           .data = rx_data, .discard = rx_discard,
+                                           .data_done = rx_data_done, .mac_done = rx_mac};
+
 /* conn_feed parses staged bytes until they run out or the connection
  * pauses (invariant 4).  Returns 0 or a PS_E* code (close). */
 static int conn_feed(psd_conn *c) {
-  while (c->stage_off < c->stage_len && !c->paused && !c->closing) {
-    const uint8_t *p = c->stage + c->stage_off;
-    size_t avail = c->stage_len - c->stage_off, take;
-    int rc = 0;
-    uint64_t left;
-    switch (c->rx_state) {
-      case RX_HDR:
-        take = PS_CHAN_HDR_LEN - c->got < avail ? PS_CHAN_HDR_LEN - c->got : avail;
-        memcpy(c->hdrbuf + c->got, p, take);
-        if ((c->got += take) == PS_CHAN_HDR_LEN) rc = conn_hdr_done(c);
-        break;
-      case RX_META:
-        take = c->h.meta_len - c->got < avail ? c->h.meta_len - c->got : avail;
-        memcpy(c->meta + c->got, p, take);
-        if ((c->got += take) == c->h.meta_len) {
-          c->stage_off += take;
-          take = 0;
-          rc = conn_meta_done(c);
-        }
-        break;
-      case RX_MAC:
-        take = PS_AUTH_MAC - c->got < avail ? PS_AUTH_MAC - c->got : avail;
-        memcpy(c->tag + c->got, p, take);
-        if ((c->got += take) == PS_AUTH_MAC) {
-          c->stage_off += take;
-          take = 0;
-          rc = conn_mac_done(c);
-        }
-        break;
-      default:
-        left = c->h.data_len - c->got;
-        take = left < avail ? (size_t)left : avail;
-        if (c->rx_state == RX_DATA) memcpy((uint8_t *)c->data + c->got, p, take);
-        else if (c->mac) ps_auth_mac_update(c->mac, 'C', p, take);
-        if ((c->got += take) == c->h.data_len) {
-          c->stage_off += take;
-          take = 0;
-          conn_data_done(c);
-        }
-    }
-    if (rc < 0) return rc;
-    c->stage_off += take;
-    if (c->queued > CHAN_MAX_QUEUED && !c->paused) {
-      c->paused = 1;
-      uv_read_stop((uv_stream_t *)&c->tcp);
-    }
-  }
+  long used = ps_chan_rx_feed(&c->rx, c->stage + c->stage_off, c->stage_len - c->stage_off,
+                              &conn_rx_ops, c);
+  if (used < 0) return (int)used;
+  c->stage_off += (size_t)used;
+  rx_more(c); /* pauses on a full write queue after the last step too */
   return 0;
 }
 
@@ -900,12 +876,12 @@ static int conn_feed(psd_conn *c) {
 static void conn_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   (void)hint;
   psd_conn *c = h->data;
-  uint64_t left = c->h.data_len - c->got;
-  c->direct = (c->rx_state == RX_DATA || c->rx_state == RX_DISCARD) && left >= CHAN_STAGE;
+  uint64_t left = c->rx.h.data_len - c->rx.got;
+  c->direct = (c->rx.state == PS_CHAN_RX_DATA || c->rx.state == PS_CHAN_RX_DISCARD) && left >= CHAN_STAGE;
   c->stage_off = c->stage_len = 0; /* only called once the stage is parsed */
-  if (c->direct && c->rx_state == RX_DATA) {
+  if (c->direct && c->rx.state == PS_CHAN_RX_DATA) {
     size_t n = left > (1u << 30) ? (1u << 30) : (size_t)left;
-    *buf = uv_buf_init((char *)c->data + c->got, (unsigned)n);
+    *buf = uv_buf_init((char *)c->data + c->rx.got, (unsigned)n);
   } else if (c->direct) { /* discarded in bulk */
     *buf = uv_buf_init((char *)c->stage, left < CHAN_STAGE ? (unsigned)left : CHAN_STAGE);
   } else {
@@ -918,7 +894,7 @@ static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   psd_conn *c = s->data;
   (void)buf;
   if (nread < 0) {
-    if (c->rx_state != RX_HDR || c->got) psd_shard_count_error(c->chan->sh); /* truncated */
+    if (c->rx.state != PS_CHAN_RX_HDR || c->rx.got) psd_shard_count_error(c->chan->sh); /* truncated */
     conn_close(c);
     return;
   }
@@ -926,9 +902,9 @@ static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   c->last_ms = uv_now(c->chan->sh->loop);
   int rc = 0;
   if (c->direct) {
-    if (c->rx_state == RX_DISCARD && c->mac) ps_auth_mac_update(c->mac, 'C', c->stage, (size_t)nread);
-    c->got += (uint64_t)nread;
-    if (c->got == c->h.data_len) conn_data_done(c);
+    if (c->rx.state == PS_CHAN_RX_DISCARD && c->mac) ps_auth_mac_update(c->mac, 'C', c->stage, (size_t)nread);
+    c->rx.got += (uint64_t)nread;
+    if (c->rx.got == c->rx.h.data_len) conn_data_done(c);
   } else {
     c->stage_len = (size_t)nread;
     rc = conn_feed(c);
@@ -964,7 +940,7 @@ static void conn_closed(uv_handle_t *h) {
     if (!c->req_is_pull && ch->sh->inflight) ch->sh->inflight--;
   }
   ps_auth_mac_free(c->mac);
-  free(c->meta);
+  ps_chan_rx_release(&c->rx);
   free(c->data);
   free(c->spare);
   OPENSSL_cleanse(&c->key, sizeof c->key);
@@ -1123,6 +1099,7 @@ static void chan_accept(uv_stream_t *server, int status) {
     return;
   }
   uv_tcp_nodelay(&c->tcp, 1);
+  if (sh->agg) c->agg_stamp = psd_agg_conn_stamp(sh->agg);
   char why[200];
   uint64_t limit = psd_fd_limit(), reserve = psd_fd_reserve(limit);
   uint64_t left = limit == UINT64_MAX ? UINT64_MAX : chan_fds_free(ch, limit, reserve);

@@ -17,6 +17,7 @@
 
 #define PSW_GETMODEL_TIMEOUT_MS 3000
 #define PSW_CONNECT_TIMEOUT_MS 2000
+#define PSW_AGG_PROBE_MS 1000 /* psw_client_agg_return's wait for each connection */
 
 /* One shard as this worker sees it. */
 typedef struct psw_shard {
@@ -86,6 +87,7 @@ struct psw_client {
    * goes to it until one fails; from then on to the root shards. */
   const ps_agg_conf *agg;
   int agg_down;
+  int agg_probe_failed;     /* psw_client_agg_return found it silent (said once) */
   void *rejoin_arg;
   psw_job job;
   ps_auth_keys keys;        /* security.secret_file: the channel key it proves */
@@ -254,6 +256,17 @@ static int psw_alloc_vectors(psw_client *c, ps_errbuf *eb) {
 
 /* ---- connections ------------------------------------------------------------ */
 
+/* psw_shard_close closes S's connection (NULL: none), keeping its byte
+ * counts, and puts CH (may be NULL) in its place. */
+static void psw_shard_close(psw_shard *s, ps_chan_client *ch) {
+  uint64_t tx, rx;
+  ps_chan_bytes(s->ch, &tx, &rx);
+  s->tx_closed += tx;
+  s->rx_closed += rx;
+  ps_chan_close(s->ch);
+  s->ch = ch;
+}
+
 /* psw_shard_down closes S's connection and, the first time, says so. */
 static void psw_shard_down(psw_client *c, psw_shard *s, const ps_errbuf *why) {
   if (c->agg && !c->agg_down) { /* reconnects go to the roots from now on */
@@ -261,12 +274,7 @@ static void psw_shard_down(psw_client *c, psw_shard *s, const ps_errbuf *why) {
     ps_warn("worker %u: aggregator %s (%s): %s; going to the root shards directly", c->worker,
             c->agg->name, c->agg->channel_addr, why->msg);
   }
-  uint64_t tx, rx;
-  ps_chan_bytes(s->ch, &tx, &rx);
-  s->tx_closed += tx;
-  s->rx_closed += rx;
-  ps_chan_close(s->ch);
-  s->ch = NULL;
+  psw_shard_close(s, NULL);
   if (s->down_since_ms) return;
   s->down_since_ms = ps_now_ms();
   s->delay_ms = PS_BACKOFF_FIRST_MS;
@@ -632,6 +640,54 @@ int psw_client_wait(psw_client *c, ps_errbuf *eb) {
   j->err = 0;
   pthread_mutex_unlock(&j->mu);
   return err;
+}
+
+/* ---- back to the aggregator (invariant 7) ------------------------------------ */
+
+/* psw_client_agg_return: see psw_client.h.  Every connection to the
+ * aggregator is opened before any connection to a root is closed: the
+ * client is never half on one path and half on the other between two
+ * rounds. */
+int psw_client_agg_return(psw_client *c) {
+  if (!c->agg || !c->agg_down) return 0;
+  pthread_mutex_lock(&c->job.mu);
+  int busy = c->job.outstanding;
+  pthread_mutex_unlock(&c->job.mu);
+  if (busy) return 0;
+  ps_chan_client **ch = calloc(c->nshards + 1, sizeof *ch);
+  if (!ch) return 0;
+  ps_errbuf eb = {""};
+  int err = 0;
+  for (size_t k = 0; k < c->nshards && err == 0; k++) {
+    if (!c->shards[k].nids) continue;
+    err = ps_chan_connect_auth(&ch[k], c->agg->channel_addr, c->cfg->cluster, c->key,
+                               c->cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0,
+                               PSW_AGG_PROBE_MS, &eb);
+    if (err < 0) ch[k] = NULL;
+    else ps_chan_set_timeout(ch[k], c->io_timeout_ms);
+  }
+  if (err < 0) {
+    for (size_t k = 0; k < c->nshards; k++) ps_chan_close(ch[k]);
+    free(ch);
+    if (!c->agg_probe_failed) /* said once; probed again at every boundary */
+      ps_info("worker %u: aggregator %s (%s) does not answer yet (%s); staying on the root "
+              "shards", c->worker, c->agg->name, c->agg->channel_addr, eb.msg);
+    c->agg_probe_failed = 1;
+    return 0;
+  }
+  for (size_t k = 0; k < c->nshards; k++) {
+    psw_shard *s = &c->shards[k];
+    if (!s->nids) continue;
+    psw_shard_close(s, ch[k]);
+    s->down_since_ms = 0;
+    s->delay_ms = PS_BACKOFF_FIRST_MS;
+  }
+  free(ch);
+  c->agg_down = 0;
+  c->agg_probe_failed = 0;
+  ps_warn("worker %u: aggregator %s (%s) answers again; back to it", c->worker, c->agg->name,
+          c->agg->channel_addr);
+  return 1;
 }
 
 /* ---- open / close ------------------------------------------------------------ */

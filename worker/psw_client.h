@@ -46,7 +46,9 @@
  *     go there); a push left unanswered by the dead aggregator is not
  *     resent, and the pull repeated behind it asks for the push's clock
  *     (the roots may never have seen that push: they must not wait for
- *     it).
+ *     it).  psw_client_agg_return, called by the trainer at an epoch
+ *     boundary, probes the aggregator and, when it answers again, moves
+ *     every connection back to it at once.
  *
  * Thread-safety: a client is used by one thread at a time, except that
  * psw_client_start hands one push/pull to the client's own communication
@@ -177,5 +179,16 @@ int psw_client_export(psw_client *c, int pbuf, int timeout_ms, uint64_t *version
 int psw_client_start(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
                      uint64_t pull_clock);
 int psw_client_wait(psw_client *c, ps_errbuf *eb);
+
+/* psw_client_agg_return: a client that failed over from its aggregator
+ * to the root shards (invariant 7) goes back to it when it answers again:
+ * it opens one connection to the aggregator per shard, waiting at most
+ * 1 s for each, and only when all opened replaces the roots' connections
+ * with them.  Call it with no push/pull in flight, at a point where
+ * switching paths is harmless (psw_train: an epoch boundary).  Returns 1
+ * when it went back, 0 when it stays (no aggregator, not failed over, a
+ * job outstanding, or the aggregator does not answer; the first silence
+ * is said on stderr). */
+int psw_client_agg_return(psw_client *c);
 
 #endif

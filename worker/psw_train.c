@@ -813,6 +813,9 @@ static int run_train(psw_run *x, ps_errbuf *eb) {
     if (got == 0) break;
     if (pos.epoch > epoch && (acc.samples || step)) {
       if ((err = run_epoch_done(x, epoch, &acc, t0, 1, eb)) < 0) return err;
+      /* nothing in flight: a worker that failed over from its aggregator
+       * goes back to it if it answers again (psw_client invariant 7) */
+      psw_client_agg_return(x->cl);
       acc = (psw_epoch_acc){0};
       step = 0;
       t0 = run_now_ms();

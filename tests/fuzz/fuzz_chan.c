@@ -1,8 +1,9 @@
 /* fuzz_chan: tensor-channel frames as a shard reads them from a peer.
  * Input: the bytes a client sends on a connection.  They are cut into
- * frames the way psd_chan.c's receive state machine does: a header
- * (ps_chan_hdr_decode, the shard's max_request_bytes), meta_len bytes of
- * ps.ChanMeta (ps__chan_meta__unpack), data_len bytes of tensor data;
+ * frames by the decoder the shard and the client share (ps_chan_rx_feed,
+ * fed in small pieces): a header (ps_chan_hdr_decode, the shard's
+ * max_request_bytes), meta_len bytes of ps.ChanMeta
+ * (ps__chan_meta__unpack), data_len bytes of tensor data;
  * the first frame must pass psd_chan_hello_check, the later ones the
  * dispatch rules of conn_meta_done (push or pull naming a model; a pull
  * without data; a beat, whose data must decode as a HeartbeatRequest to
@@ -44,7 +45,7 @@ static const ps_config *fuzz_chan_cfg(void) {
  * it is the connection's first.  Returns 0 when the shard would go on
  * reading the connection. */
 static int fuzz_chan_frame(const ps_config *cfg, const ps_chan_hdr *h, const Ps__ChanMeta *m,
-                           const uint8_t *data, size_t avail, int first) {
+                           int first) {
   if (first) {
     ps_errbuf eb;
     int answer = -1, rc = psd_chan_hello_check(cfg, h, m, &answer, &eb);
@@ -57,45 +58,96 @@ static int fuzz_chan_frame(const ps_config *cfg, const ps_chan_hdr *h, const Ps_
   int rc = PS_EPROTO;
   if ((int)m->op == PS__CHAN_OP__CHAN_PUSH && m->model) rc = 0;
   if ((int)m->op == PS__CHAN_OP__CHAN_PULL && m->model && h->data_len == 0) rc = 0;
-  if ((int)m->op == PS__CHAN_OP__CHAN_BEAT) {
-    rc = 0; /* answered, with an error when the data does not decode */
-    if (h->data_len <= avail) {
-      Ps__HeartbeatRequest *b = ps__heartbeat_request__unpack(NULL, (size_t)h->data_len, data);
-      if (b) ps__heartbeat_request__free_unpacked(b, NULL);
-    }
-  }
+  /* a beat is answered, with an error when its data does not decode */
+  if ((int)m->op == PS__CHAN_OP__CHAN_BEAT) rc = 0;
   ps_errbuf eb = {"not a push, pull or beat"};
   fuzz_note("frame", rc, &eb);
   return rc;
 }
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
-  const ps_config *cfg = fuzz_chan_cfg();
-  size_t off = 0;
-  for (int first = 1; size - off >= PS_CHAN_HDR_LEN; first = 0) {
-    ps_chan_hdr h;
-    uint8_t again[PS_CHAN_HDR_LEN];
-    int rc = ps_chan_hdr_decode(&h, data + off, cfg->max_request_bytes);
-    ps_chan_hdr_encode(again, &h);
-    fuzz_check(memcmp(again, data + off, PS_CHAN_HDR_LEN) == 0, "header does not round-trip");
-    if (rc < 0) {
-      ps_errbuf eb = {"bad header"};
-      fuzz_note("header", rc, &eb);
-      fuzz_check(rc == PS_EPROTO || rc == PS_ETOOBIG, "rc %s", ps_errname(rc));
-      return 0;
-    }
-    fuzz_check(h.meta_len <= PS_CHAN_MAX_META && h.data_len <= cfg->max_request_bytes,
-               "accepted meta_len %u data_len %llu", h.meta_len,
-               (unsigned long long)h.data_len);
-    off += PS_CHAN_HDR_LEN;
-    if (h.meta_len == 0 || size - off < h.meta_len) return 0;
-    Ps__ChanMeta *m = ps__chan_meta__unpack(NULL, h.meta_len, data + off);
-    if (!m) return 0;
-    off += h.meta_len;
-    rc = fuzz_chan_frame(cfg, &h, m, data + off, size - off, first);
-    ps__chan_meta__free_unpacked(m, NULL);
-    if (rc < 0 || size - off < h.data_len) return 0;
-    off += (size_t)h.data_len;
+/* One fuzzed connection as ps_chan_rx's callbacks see it. */
+typedef struct fuzz_conn {
+  ps_chan_rx rx;
+  const ps_config *cfg;
+  int first;
+  uint64_t data_seen;
+  int beat;                   /* the frame is a beat: its data is kept ... */
+  uint8_t beat_data[1 << 16]; /* ... up to 64 KiB (the fuzz inputs are smaller) */
+} fuzz_conn;
+
+static int fuzz_chan_hdr(void *arg) {
+  fuzz_conn *f = arg;
+  ps_chan_hdr *h = &f->rx.h;
+  uint8_t again[PS_CHAN_HDR_LEN];
+  int rc = ps_chan_hdr_decode(h, f->rx.hdrbuf, f->cfg->max_request_bytes);
+  ps_chan_hdr_encode(again, h);
+  fuzz_check(memcmp(again, f->rx.hdrbuf, PS_CHAN_HDR_LEN) == 0, "header does not round-trip");
+  if (rc < 0) {
+    ps_errbuf eb = {"bad header"};
+    fuzz_note("header", rc, &eb);
+    fuzz_check(rc == PS_EPROTO || rc == PS_ETOOBIG, "rc %s", ps_errname(rc));
+    return rc;
   }
+  fuzz_check(h->meta_len <= PS_CHAN_MAX_META && h->data_len <= f->cfg->max_request_bytes,
+             "accepted meta_len %u data_len %llu", h->meta_len, (unsigned long long)h->data_len);
+  return h->meta_len == 0 ? PS_EPROTO : 0;
+}
+
+static int fuzz_chan_meta(void *arg) {
+  fuzz_conn *f = arg;
+  Ps__ChanMeta *m = ps__chan_meta__unpack(NULL, f->rx.h.meta_len, f->rx.meta);
+  if (!m) return PS_EPROTO;
+  int rc = fuzz_chan_frame(f->cfg, &f->rx.h, m, f->first);
+  f->beat = !f->first && (int)m->op == PS__CHAN_OP__CHAN_BEAT;
+  ps__chan_meta__free_unpacked(m, NULL);
+  f->first = 0;
+  if (rc == 0 && f->rx.h.data_len) f->rx.state = PS_CHAN_RX_DATA;
+  return rc;
+}
+
+static void fuzz_chan_data(void *arg, const uint8_t *p, size_t n) {
+  fuzz_conn *f = arg;
+  fuzz_check(f->rx.got + n <= f->rx.h.data_len, "data past the frame's data_len");
+  if (f->beat && f->rx.got + n <= sizeof f->beat_data) memcpy(f->beat_data + f->rx.got, p, n);
+  f->data_seen += n;
+}
+
+static int fuzz_chan_data_done(void *arg) {
+  fuzz_conn *f = arg;
+  fuzz_check(f->rx.got == f->rx.h.data_len, "data done at %llu of %llu",
+             (unsigned long long)f->rx.got, (unsigned long long)f->rx.h.data_len);
+  if (f->beat && f->rx.h.data_len <= sizeof f->beat_data) { /* as conn_beat_end decodes it */
+    Ps__HeartbeatRequest *b =
+        ps__heartbeat_request__unpack(NULL, (size_t)f->rx.h.data_len, f->beat_data);
+    if (b) ps__heartbeat_request__free_unpacked(b, NULL);
+  }
+  f->beat = 0;
+  f->rx.state = PS_CHAN_RX_HDR;
+  f->rx.got = 0;
+  return 0;
+}
+
+static int fuzz_chan_never(void *arg) {
+  (void)arg;
+  fuzz_check(0, "a MAC part without the payload MAC");
+  return PS_EPROTO;
+}
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
+  static const ps_chan_rx_ops ops = {.hdr = fuzz_chan_hdr, .meta = fuzz_chan_meta,
+                                     .data = fuzz_chan_data, .data_done = fuzz_chan_data_done,
+                                     .mac_done = fuzz_chan_never};
+  fuzz_conn f = {.cfg = fuzz_chan_cfg(), .first = 1};
+  /* fed in pieces of 1..16 bytes (the input's first byte picks the size),
+   * as reads of a socket would cut it */
+  size_t piece = size ? (size_t)(data[0] % 16) + 1 : 1, off = 0;
+  while (off < size) {
+    size_t n = size - off < piece ? size - off : piece;
+    long used = ps_chan_rx_feed(&f.rx, data + off, n, &ops, &f);
+    if (used < 0) break; /* the connection would be closed */
+    fuzz_check((size_t)used == n, "the decoder left %zu of %zu bytes", n - (size_t)used, n);
+    off += n;
+  }
+  ps_chan_rx_release(&f.rx);
   return 0;
 }

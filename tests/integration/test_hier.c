@@ -7,6 +7,8 @@
  *    model straight on the root and to its twin through the aggregator;
  *    the root applies the aggregator's one push of the sum (SGD) and both
  *    models then hold p0 - lr (g0 + g1 + g2) to rounding;
+ *  - replace: a model replaced on the root (another shape, then another
+ *    seed) is seen through the running aggregator by new connections;
  *  - sum: under BSP with plain SGD, each root shard sees exactly one push
  *    per clock, every one the sum of the 3 workers (Status sum_pushes,
  *    sum_grads, version), its recorded gap stays 0, and the aggregator
@@ -16,10 +18,14 @@
  *    comparison.)
  *  - ssp s = 2 with one worker slowed 3x: the roots' recorded gap stays
  *    within 2;
- *  - failover: kill -9 the aggregator mid-training under BSP: every worker
- *    goes to the roots directly and finishes (a sum lost with the
- *    aggregator must not hold the roots' BSP clocks), every push a worker
- *    saw acknowledged was applied, and the model learned.
+ *  - a dead local worker: once its lease is out the aggregator's sums
+ *    no longer wait for it;
+ *  - failover and return: kill -9 the aggregator mid-training under BSP:
+ *    every worker goes to the roots directly (a sum lost with the
+ *    aggregator must not hold the roots' BSP clocks); the aggregator is
+ *    started again and every worker returns to it at its next epoch
+ *    boundary (the new aggregator sums pushes); all finish, every push a
+ *    worker saw acknowledged was applied, and the model learned.
  *
  * Skipped (visibly) without the dataset. */
 #include <signal.h>
@@ -105,9 +111,9 @@ static pid_t th_spawn(th_ctx *x, int i, int agg, const char *slow1) {
   return ps_test_spawn(argv, x->log[i], NULL);
 }
 
-/* th_wait waits for the workers W and keeps their JSON lines. */
-static void th_wait(th_ctx *x, const pid_t *w) {
-  for (int i = 0; i < TH_N; i++) {
+/* th_wait waits for the first N workers of W and keeps their JSON lines. */
+static void th_wait(th_ctx *x, const pid_t *w, int n) {
+  for (int i = 0; i < n; i++) {
     int st = ps_test_wait_pid(w[i], TH_WAIT_MS);
     ck_assert_msg(st >= 0, "worker %d did not finish within %d ms; see %s", i, TH_WAIT_MS,
                   x->log[i]);
@@ -124,7 +130,7 @@ static void th_wait(th_ctx *x, const pid_t *w) {
 static void th_train(th_ctx *x, int agg, const char *slow1) {
   pid_t w[TH_N];
   for (int i = 0; i < TH_N; i++) w[i] = th_spawn(x, i, agg, slow1);
-  th_wait(x, w);
+  th_wait(x, w, TH_N);
 }
 
 /* th_status returns root S's Status (free with protobuf_c_message_free_unpacked). */
@@ -152,6 +158,20 @@ static double th_evaluate(th_ctx *x) {
   double loss = ps_test_json_num(ps_test_last_line(out), "test_loss");
   free(out);
   return loss;
+}
+
+/* th_log_wait waits up to TIMEOUT_MS for NEEDLE in the file at PATH: 1
+ * when it is there. */
+static int th_log_wait(const char *path, const char *needle, int timeout_ms) {
+  int64_t deadline = ps_test_now_ms() + timeout_ms;
+  for (;;) {
+    char *out = ps_test_read_file(path, NULL);
+    int found = out && strstr(out, needle);
+    free(out);
+    if (found) return 1;
+    if (ps_test_now_ms() >= deadline) return 0;
+    usleep(20000);
+  }
 }
 
 static void th_finish(th_ctx *x) {
@@ -298,6 +318,90 @@ START_TEST(test_hier_sum_is_one_update) {
 }
 END_TEST
 
+#define TH_BIG 5000 /* 5 chunks */
+
+/* th_replace replaces model "r" on the root by one of ELEMS elements and
+ * SEED through RPC. */
+static void th_replace(ps_rpc *rpc, uint32_t elems, uint64_t seed) {
+  Ps__ModelSpec spec;
+  Ps__TensorSpec t, *ts;
+  Ps__OptimizerSpec opt;
+  uint32_t shape;
+  th_spec(&spec, &t, &ts, &opt, &shape, "r");
+  shape = elems;
+  spec.seed = seed;
+  ps_test_submit(rpc, &spec, 1, 10000);
+}
+
+/* th_same_pull pulls ELEMS elements (chunks 0..) of "r" at clock 0
+ * through a new connection to the aggregator and straight from the root:
+ * both must hold the root's values. */
+static void th_same_pull(th_ctx *x, uint32_t elems, const char *when) {
+  static float pa[TH_BIG], pr[TH_BIG];
+  const uint32_t ids[5] = {0, 1, 2, 3, 4};
+  size_t nids = (elems + 1023) / 1024;
+  ps_errbuf eb = {""};
+  uint64_t va, vr;
+  ps_chan_client *agg = th_chan(x->agg_cp), *root = th_chan(x->cp[0]);
+  ck_assert_msg(ps_test_pull(agg, "r", ids, nids, pa, elems, 0, 0, &va, &eb) == 0,
+                "%s: pull through the aggregator: %s", when, eb.msg);
+  ck_assert_msg(ps_test_pull(root, "r", ids, nids, pr, elems, 0, 0, &vr, &eb) == 0, "%s: %s",
+                when, eb.msg);
+  ck_assert_msg(!memcmp(pa, pr, elems * sizeof *pa), "%s: the aggregator served other values "
+                "than the root's", when);
+  ps_chan_close(agg);
+  ps_chan_close(root);
+}
+
+/* A model replaced on the roots while the aggregator runs: new
+ * connections see the new layout (another shape: 3 -> 5 chunks) and the
+ * new values (the same shape, another seed: the aggregator's copy of the
+ * old model is not served), and the new layout sums pushes. */
+START_TEST(test_hier_replace) {
+  th_ctx x = {0};
+  ps_rpc *rpc;
+  ps_errbuf eb = {""};
+  th_bare(&x, &rpc);
+  th_replace(rpc, TH_ELEMS, 7);
+  th_same_pull(&x, TH_ELEMS, "before the replace");
+  th_replace(rpc, TH_BIG, 8);
+  th_same_pull(&x, TH_BIG, "after a replace with 5 chunks");
+  th_replace(rpc, TH_BIG, 9);
+  th_same_pull(&x, TH_BIG, "after a replace with another seed");
+  ps_rpc_close(rpc);
+  /* 3 workers' pushes of the new shape are summed into one update */
+  static float g[TH_BIG], p0[TH_BIG], p1[TH_BIG];
+  ps_test_rng_init();
+  for (int i = 0; i < TH_BIG; i++) g[i] = ps_test_rnd();
+  const uint32_t ids[5] = {0, 1, 2, 3, 4};
+  ps_chan_client *root = th_chan(x.cp[0]), *agg[3];
+  uint64_t v0, v;
+  ck_assert_int_eq(ps_test_pull(root, "r", ids, 5, p0, TH_BIG, 0, 0, &v0, &eb), 0);
+  for (uint32_t w = 0; w < 3; w++) {
+    agg[w] = th_chan(x.agg_cp);
+    ps_req r = {.model = "r", .ids = ids, .nids = 5, .worker = w, .version = v0};
+    struct iovec seg = {g, sizeof g};
+    ck_assert_msg(ps_chan_send_pushv(agg[w], &r, &seg, 1, NULL, &eb) == 0, "%s", eb.msg);
+  }
+  for (int w = 0; w < 3; w++) {
+    ck_assert_msg(ps_chan_recv(agg[w], NULL, &v, &eb) == 0, "worker %d: %s", w, eb.msg);
+    ck_assert_uint_eq(v, v0 + 1);
+  }
+  ck_assert_int_eq(ps_test_pull(root, "r", ids, 5, p1, TH_BIG, 0, 1, &v, &eb), 0);
+  for (int i = 0; i < TH_BIG; i++) {
+    float want = p0[i] - 0.1f * 3 * g[i], tol = 1e-5f * (1 + (want < 0 ? -want : want));
+    ck_assert_msg(p1[i] - want <= tol && want - p1[i] <= tol, "[%d] %g, want %g", i, p1[i], want);
+  }
+  for (int w = 0; w < 3; w++) ps_chan_close(agg[w]);
+  ps_chan_close(root);
+  char *log = ps_test_read_file(x.agg_log, NULL);
+  ck_assert_msg(strstr(log, "model 'r' changed on the roots (replaced): 5000 parameters"), "%s",
+                log);
+  free(log);
+  th_finish(&x);
+}
+END_TEST
+
 /* Codecs compose: int8 pushes from 3 workers into the aggregator, int8
  * from it to the root (re-encoded with its residual, zero at first). */
 START_TEST(test_hier_codec) {
@@ -353,6 +457,29 @@ START_TEST(test_hier_codec) {
   th_finish(&x);
 }
 END_TEST
+
+/* th_wait_sums waits up to 30 s until root shard 0 applied N sums. */
+static void th_wait_sums(th_ctx *x, uint64_t n) {
+  int64_t deadline = ps_test_now_ms() + 30000;
+  uint64_t sums = 0;
+  while (ps_test_now_ms() < deadline) {
+    Ps__StatusReply *st = th_status_at(x->gp[0]);
+    sums = st->sum_pushes;
+    protobuf_c_message_free_unpacked(&st->base, NULL);
+    if (sums >= n) break;
+    usleep(20000);
+  }
+  ck_assert_msg(sums >= n, "the roots saw %llu sums", (unsigned long long)sums);
+}
+
+/* th_midway starts a BSP cluster with the aggregator (sums wait up to
+ * DELAY ms) and the workers W for EPOCHS, and returns once root shard 0
+ * applied SUMS sums. */
+static void th_midway(th_ctx *x, int delay, int epochs, uint64_t sums, pid_t *w) {
+  th_start(x, 1, "bsp", "0", delay, epochs);
+  for (int i = 0; i < TH_N; i++) w[i] = th_spawn(x, i, 1, NULL);
+  th_wait_sums(x, sums);
+}
 
 START_TEST(test_hier_bsp_sums) {
   TH_NEED_DATA();
@@ -416,31 +543,48 @@ END_TEST
 START_TEST(test_hier_failover) {
   TH_NEED_DATA();
   th_ctx x = {0};
-  th_start(&x, 1, "bsp", "0", 20, 6);
   pid_t w[TH_N];
-  for (int i = 0; i < TH_N; i++) w[i] = th_spawn(&x, i, 1, NULL);
-  /* mid-training: once the roots applied some sums */
-  int64_t deadline = ps_test_now_ms() + 30000;
-  uint64_t sums = 0;
-  while (ps_test_now_ms() < deadline) {
-    Ps__StatusReply *st = th_status_at(x.gp[0]);
-    sums = st->sum_pushes;
-    protobuf_c_message_free_unpacked(&st->base, NULL);
-    if (sums >= 10) break;
-    usleep(20000);
-  }
-  ck_assert_msg(sums >= 10, "the roots saw %llu sums", (unsigned long long)sums);
+  th_midway(&x, 20, 10, 10, w); /* mid-training: once the roots applied some sums */
   ck_assert_int_eq(kill(x.agg, SIGKILL), 0);
   ck_assert_int_ge(ps_test_wait_pid(x.agg, 5000), 0);
   x.agg = 0;
-  th_wait(&x, w);
+  /* every worker goes to the roots; then the aggregator comes back on its
+   * addresses and the workers return to it at their next epoch boundary */
+  for (int i = 0; i < TH_N; i++)
+    ck_assert_msg(th_log_wait(x.log[i], "going to the root shards directly", 30000),
+                  "worker %d did not fail over; see %s", i, x.log[i]);
+  /* the roots take the workers' own pushes before the aggregator is back */
+  int64_t until = ps_test_now_ms() + 30000;
+  uint64_t plain = 0;
+  while (ps_test_now_ms() < until && plain < TH_N) {
+    Ps__StatusReply *st = th_status_at(x.gp[0]);
+    plain = st->pushes - st->sum_pushes;
+    protobuf_c_message_free_unpacked(&st->base, NULL);
+    usleep(10000);
+  }
+  ck_assert_msg(plain >= TH_N, "shard 0 saw %llu pushes from the workers directly",
+                (unsigned long long)plain);
+  /* held while the aggregator starts, so that epochs are left to return at */
+  for (int i = 0; i < TH_N; i++) ck_assert_int_eq(kill(w[i], SIGSTOP), 0);
+  char *argv[] = {(char *)ps_test_bin("psd"), "--config", x.yaml, "--aggregator", "h0", NULL};
+  snprintf(x.agg_log, sizeof x.agg_log, "%s/agg2.log", x.dir);
+  x.agg = ps_test_spawn(argv, x.agg_log, NULL);
+  int up = ps_test_wait_port(x.agg_cp, 10000);
+  for (int i = 0; i < TH_N; i++) ck_assert_int_eq(kill(w[i], SIGCONT), 0);
+  ck_assert_msg(up == 0, "aggregator not back; see %s", x.agg_log);
+  th_wait(&x, w, TH_N);
   for (int i = 0; i < TH_N; i++) {
     char *out = ps_test_read_file(x.log[i], NULL);
-    ck_assert_msg(strstr(out, "going to the root shards directly"), "worker %d did not fail over; "
-                  "see %s", i, x.log[i]);
+    ck_assert_msg(strstr(out, "aggregator h0 (127.0.0.1:") && strstr(out, "answers again; back "
+                  "to it"), "worker %d did not return to the aggregator; see %s", i, x.log[i]);
     free(out);
-    ck_assert_int_eq((int)ps_test_json_num(x.json[i], "steps"), 6 * 16);
+    ck_assert_int_eq((int)ps_test_json_num(x.json[i], "steps"), 10 * 16);
   }
+  /* the restarted aggregator summed the returned workers' pushes */
+  Ps__StatusReply *ag = th_status_at(x.agg_gp);
+  ck_assert_msg(ag->agg_pushes_in > 0 && ag->agg_forwarded > 0, "the restarted aggregator "
+                "summed %llu pushes", (unsigned long long)ag->agg_pushes_in);
+  protobuf_c_message_free_unpacked(&ag->base, NULL);
   /* nothing acknowledged is lost: every push a worker saw acknowledged by
    * shard 0 (directly or in a sum) is among the gradients it applied */
   long acked = 0;
@@ -450,13 +594,39 @@ START_TEST(test_hier_failover) {
     acked += strtol(p + strlen("\"pushes_acked\":["), NULL, 10);
   }
   Ps__StatusReply *st = th_status_at(x.gp[0]);
-  uint64_t plain = st->pushes - st->sum_pushes, applied = plain + st->sum_grads;
+  plain = st->pushes - st->sum_pushes;
+  uint64_t applied = plain + st->sum_grads;
   protobuf_c_message_free_unpacked(&st->base, NULL);
-  ck_assert_msg(plain > 0, "no worker pushed to the roots directly");
   ck_assert_msg((uint64_t)acked <= applied, "workers saw %ld pushes acknowledged, shard 0 applied "
                 "%llu gradients", acked, (unsigned long long)applied);
   double acc = ps_test_json_num(x.json[0], "test_accuracy");
   ck_assert_msg(acc > 0.6, "test accuracy %f after failover", acc);
+  th_finish(&x);
+}
+END_TEST
+
+/* A local worker killed mid-training under BSP, sums waiting up to 10 s
+ * for all 3: once its lease is out (3 s) the aggregator's sums stop
+ * waiting for it (else every clock would take 10 s and the others could
+ * not finish within the test's wait), the other two finish, and the roots
+ * applied sums of 2 gradients. */
+START_TEST(test_hier_dead_worker) {
+  TH_NEED_DATA();
+  th_ctx x = {0};
+  pid_t w[TH_N];
+  th_midway(&x, 10000, 3, 5, w);
+  ck_assert_int_eq(kill(w[2], SIGKILL), 0);
+  ck_assert_int_ge(ps_test_wait_pid(w[2], 5000), 0);
+  th_wait(&x, w, 2);
+  Ps__StatusReply *st = th_status_at(x.gp[0]);
+  ck_assert_msg(st->sum_grads < 3 * st->sum_pushes, "%llu sums of %llu gradients: none of 2",
+                (unsigned long long)st->sum_pushes, (unsigned long long)st->sum_grads);
+  ck_assert_uint_eq(st->models[0]->max_gap, 0);
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  for (int i = 0; i < 2; i++) {
+    double acc = ps_test_json_num(x.json[i], "test_accuracy");
+    ck_assert_msg(acc > 0.6, "worker %d: test accuracy %f", i, acc);
+  }
   th_finish(&x);
 }
 END_TEST
@@ -500,9 +670,11 @@ Suite *hier_suite(void) {
   tcase_add_test(tc, test_hier_flags);
   tcase_add_test(tc, test_hier_sum_is_one_update);
   tcase_add_test(tc, test_hier_codec);
+  tcase_add_test(tc, test_hier_replace);
   tcase_add_test(tc, test_hier_bsp_sums);
   tcase_add_test(tc, test_hier_ssp_bound);
   tcase_add_test(tc, test_hier_failover);
+  tcase_add_test(tc, test_hier_dead_worker);
   suite_add_tcase(s, tc);
   return s;
 }

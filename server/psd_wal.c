@@ -1,10 +1,11 @@
 /* psd_wal: the redo log of `durability: sync` (see psd_wal.h).
  *
- * Buffers: the loop appends records to `pend` under the mutex; the writer
- * takes a group out of it into `wbuf` (swapping the two buffers when all
- * of `pend` fits in one group, so the usual case copies nothing more),
- * writes it at the synced end of the current segment with pwrite, and
- * fdatasyncs.  Only the writer thread touches the files after
+ * Buffers: the loop appends records to `pend` under the mutex (a copy,
+ * nothing more: no checksum); the writer takes a group out of it into
+ * `wbuf` (swapping the two buffers when all of `pend` fits in one group,
+ * so the usual case copies nothing more), fills in the records'
+ * checksums outside the mutex, writes it at the synced end of the
+ * current segment with pwrite, and fdatasyncs.  Only the writer thread touches the files after
  * psd_wal_start; only the loop touches the waiter list. */
 #include "psd_wal.h"
 
@@ -52,10 +53,13 @@ struct psd_wal {
   int failed, err_code, changed;
   char err_msg[300];
   uint64_t syncs, records, bytes;
+  uint64_t write_ns, sync_ns;  /* time the writer spent in pwrite / fdatasync */
+  uint64_t bytes_written;      /* by groups that synced */
   /* writer thread */
   uint8_t *wbuf;
   size_t wlen, wcap;
   uint64_t wlast, wnrec;
+  int wsealed;             /* wbuf's records carry their checksums */
   int retrying;
   pthread_t thread;
   /* loop thread */
@@ -65,7 +69,35 @@ struct psd_wal {
   psd_wal_waiter *head, *tail;
   int loop_failed;
   uint64_t replayed, dropped, replay_ms;
+  uint64_t loop_ns, loop_max_ns; /* the loop's time inside the log's calls */
+  uint64_t lock_ns, lock_max_ns; /* of which waiting for the writer's mutex */
 };
+
+static uint64_t wal_now_ns(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (uint64_t)ts.tv_sec * 1000000000u + (uint64_t)ts.tv_nsec;
+}
+
+/* wal_loop_lock takes the mutex on the loop thread, counting how long it
+ * waited for the writer; returns the time it started. */
+static uint64_t wal_loop_lock(psd_wal *w) {
+  uint64_t t0 = wal_now_ns();
+  if (pthread_mutex_trylock(&w->mu) != 0) {
+    pthread_mutex_lock(&w->mu);
+    uint64_t d = wal_now_ns() - t0;
+    w->lock_ns += d;
+    if (d > w->lock_max_ns) w->lock_max_ns = d;
+  }
+  return t0;
+}
+
+/* wal_loop_time adds the loop's time since T0 (its time in the log). */
+static void wal_loop_time(psd_wal *w, uint64_t t0) {
+  uint64_t d = wal_now_ns() - t0;
+  w->loop_ns += d;
+  if (d > w->loop_max_ns) w->loop_max_ns = d;
+}
 
 /* ---- encoding and files ---------------------------------------------------- */
 
@@ -428,13 +460,29 @@ static void wal_take(psd_wal *w) {
     off += WAL_HDR + wal_get32(w->wbuf + off);
   }
   w->wlast = w->wlen ? wal_get64(w->wbuf + lastoff + 8) : 0;
+  w->wsealed = 0;
+}
+
+/* wal_seal fills in the checksums of wbuf's records: the writer thread
+ * computes them outside the mutex, so the loop thread only copies a
+ * record in (psd_wal_append).  Writer thread. */
+static void wal_seal(psd_wal *w) {
+  for (size_t off = 0; off < w->wlen;) {
+    uint8_t *h = w->wbuf + off;
+    uint32_t len = wal_get32(h), crc = wal_crc(h, h + WAL_HDR, len);
+    memcpy(h + 4, &crc, 4);
+    off += WAL_HDR + len;
+  }
+  w->wsealed = 1;
 }
 
 /* wal_write writes wbuf at the synced end of the current segment and
  * syncs it (invariants 1, 3).  0, or -1 with WHY. */
-static int wal_write(psd_wal *w, char *why, size_t whylen) {
+static int wal_write(psd_wal *w, uint64_t *write_ns, uint64_t *sync_ns, char *why,
+                     size_t whylen) {
   wal_seg *cur = &w->segs[w->nsegs - 1];
   if (w->retrying) (void)ftruncate(w->fd, (off_t)cur->bytes);
+  uint64_t t0 = wal_now_ns();
   size_t done = 0;
   while (done < w->wlen) {
     ssize_t r = pwrite(w->fd, w->wbuf + done, w->wlen - done, (off_t)(cur->bytes + done));
@@ -446,7 +494,10 @@ static int wal_write(psd_wal *w, char *why, size_t whylen) {
     }
     done += (size_t)r;
   }
+  uint64_t t1 = wal_now_ns();
   int r = w->o.sync ? w->o.sync(w->fd, w->o.sync_arg) : fdatasync(w->fd);
+  *write_ns = t1 - t0;
+  *sync_ns = wal_now_ns() - t1;
   if (r < 0) {
     snprintf(why, whylen, "cannot sync the redo log '%s': %s", w->dir, strerror(errno));
     return -1;
@@ -521,14 +572,19 @@ static void *wal_thread(void *arg) {
     uint64_t upto = w->trunc_seq; /* a request made during the write waits for the next turn */
     int trunc = w->trunc_pending;
     pthread_mutex_unlock(&w->mu);
-    int rc = w->wlen ? wal_write(w, why, sizeof why) : 0;
+    uint64_t wns = 0, sns = 0;
+    if (w->wlen && !w->wsealed) wal_seal(w);
+    int rc = w->wlen ? wal_write(w, &wns, &sns, why, sizeof why) : 0;
     int e = errno;
     pthread_mutex_lock(&w->mu);
+    w->write_ns += wns;
+    w->sync_ns += sns;
     if (w->wlen && rc == 0) {
       wal_seg *cur = &w->segs[w->nsegs - 1];
       cur->bytes += w->wlen;
       cur->last = w->wlast;
       w->bytes += w->wlen;
+      w->bytes_written += w->wlen;
       w->synced_seq = w->wlast;
       w->syncs++;
       w->records += w->wnrec;
@@ -576,13 +632,14 @@ static void wal_unlink(psd_wal *w, psd_wal_waiter *wt) {
  * ones with 0, all others with END (when not 0) or with PS_EDEGRADED while
  * the log fails; then reports a change of state. */
 static void wal_complete(psd_wal *w, int end) {
-  pthread_mutex_lock(&w->mu);
+  uint64_t t0 = wal_loop_lock(w);
   uint64_t synced = w->synced_seq;
   int failed = w->failed, changed = w->changed, code = w->err_code;
   char msg[sizeof w->err_msg + 160];
   snprintf(msg, sizeof msg, "%s", w->err_msg);
   w->changed = 0;
   pthread_mutex_unlock(&w->mu);
+  wal_loop_time(w, t0);
   while (w->head && w->head->seq <= synced) {
     psd_wal_waiter *wt = w->head;
     wal_unlink(w, wt);
@@ -631,7 +688,7 @@ int psd_wal_append(psd_wal *w, const struct iovec *iov, int niov, uint64_t *seq,
   for (int i = 0; i < niov; i++) len += iov[i].iov_len;
   if (len > WAL_MAX_RECORD)
     return ps_errf(eb, PS_ETOOBIG, "a redo log record of %zu bytes is too large", len);
-  pthread_mutex_lock(&w->mu);
+  uint64_t t0 = wal_loop_lock(w);
   size_t need = w->pend_len + WAL_HDR + len;
   if (need > w->pend_cap) {
     size_t cap = w->pend_cap ? w->pend_cap : 65536;
@@ -653,25 +710,26 @@ int psd_wal_append(psd_wal *w, const struct iovec *iov, int niov, uint64_t *seq,
     if (iov[i].iov_len) memcpy(p, iov[i].iov_base, iov[i].iov_len);
     p += iov[i].iov_len;
   }
-  uint32_t crc = wal_crc(h, h + WAL_HDR, len);
-  memcpy(h + 4, &crc, 4);
+  memset(h + 4, 0, 4); /* the checksum: the writer's (wal_seal) */
   w->pend_len = need;
   w->pend_nrec++;
   /* Wake the writer when it sleeps for work, or when a group is full. */
   if (w->pend_nrec == 1 || w->pend_len >= w->o.max_batch_bytes) pthread_cond_signal(&w->cv);
   pthread_mutex_unlock(&w->mu);
+  wal_loop_time(w, t0);
   *seq = s;
   return 0;
 }
 
 /* psd_wal_wait: see psd_wal.h. */
 int psd_wal_wait(psd_wal *w, psd_wal_waiter *wt, ps_errbuf *eb) {
-  pthread_mutex_lock(&w->mu);
+  uint64_t t0 = wal_loop_lock(w);
   uint64_t synced = w->synced_seq;
   int failed = w->failed;
   char msg[sizeof w->err_msg];
   snprintf(msg, sizeof msg, "%s", w->err_msg);
   pthread_mutex_unlock(&w->mu);
+  wal_loop_time(w, t0);
   if (wt->seq <= synced) return 0;
   if (failed)
     return ps_errf(eb, PS_EDEGRADED, "shard degraded: %s: this push is applied in memory but not "
@@ -710,7 +768,13 @@ void psd_wal_stats_get(psd_wal *w, psd_wal_stats *st) {
   st->records = w->records;
   st->synced_seq = w->synced_seq;
   st->failed = w->failed;
+  st->write_us = w->write_ns / 1000;
+  st->sync_us = w->sync_ns / 1000;
   pthread_mutex_unlock(&w->mu);
+  st->loop_us = w->loop_ns / 1000;
+  st->loop_max_us = w->loop_max_ns / 1000;
+  st->lock_us = w->lock_ns / 1000;
+  st->lock_max_us = w->lock_max_ns / 1000;
   st->last_seq = w->next_seq - 1;
   st->replayed = w->replayed;
   st->replay_dropped = w->dropped;
@@ -727,6 +791,17 @@ void psd_wal_stop(psd_wal *w) {
   pthread_join(w->thread, NULL);
   w->stopped = 1;
   wal_complete(w, PS_ESHUTDOWN);
+  if (w->syncs) { /* the figures of scripts/bench_durability's stall measurement */
+    double n = (double)w->syncs;
+    ps_info("redo log '%s': %" PRIu64 " syncs of %.1f records (%.0f bytes) each; per sync: "
+            "pwrite %.0f us, fdatasync %.0f us; the loop thread inside the log %.1f us "
+            "(longest once %.0f us), of which blocked on the writer's mutex %.2f us "
+            "(longest once %.0f us)", w->dir, w->syncs, (double)w->records / n,
+            (double)w->bytes_written / n, (double)w->write_ns / n / 1e3,
+            (double)w->sync_ns / n / 1e3, (double)w->loop_ns / n / 1e3,
+            (double)w->loop_max_ns / 1e3, (double)w->lock_ns / n / 1e3,
+            (double)w->lock_max_ns / 1e3);
+  }
   if (!uv_is_closing((uv_handle_t *)&w->async)) uv_close((uv_handle_t *)&w->async, NULL);
 }
 

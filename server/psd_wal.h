@@ -89,6 +89,15 @@ typedef struct psd_wal_stats {
   uint64_t replayed;       /* records the last replay applied */
   uint64_t replay_dropped; /* torn-tail records it cut off */
   uint64_t replay_ms;      /* how long it took */
+  uint64_t write_us;       /* the writer's time in pwrite, all groups */
+  uint64_t sync_us;        /* its time in fdatasync, all groups */
+  uint64_t loop_us;        /* the loop thread's time inside psd_wal_append,
+                            * _wait and the completion before the waiters'
+                            * callbacks (copying records in, the mutex) */
+  uint64_t loop_max_us;    /* the longest single one */
+  uint64_t lock_us;        /* of loop_us: waiting for the writer's mutex
+                            * (the loop's stall on the writer) */
+  uint64_t lock_max_us;    /* the longest single wait */
   int failed;              /* a write or sync is failing now */
 } psd_wal_stats;
 

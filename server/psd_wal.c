@@ -26,6 +26,7 @@
 
 #define WAL_HDR 16
 #define WAL_MAX_RECORD (UINT32_MAX - 64)
+#define WAL_SPARES 8 /* deleted segments kept for reuse (invariant 6) */
 
 typedef struct wal_seg {
   uint64_t first;  /* seq of its first record (its name) */
@@ -40,6 +41,9 @@ struct psd_wal {
   wal_seg *segs;           /* oldest first; the last is the current one */
   size_t nsegs, segcap;
   int fd;                  /* the current segment (writer thread after start) */
+  uint64_t fsize;          /* its file's size: beyond its records when reused */
+  uint64_t spare[WAL_SPARES]; /* reusable files, named by their old first seq */
+  size_t nspare;
   /* shared with the writer, under mu */
   pthread_mutex_t mu;
   pthread_cond_t cv;
@@ -119,6 +123,11 @@ static void wal_seg_name(char *buf, size_t n, uint64_t first) {
   snprintf(buf, n, "%016" PRIx64 ".log", first);
 }
 
+/* wal_spare_name: a deleted segment kept for reuse (invariant 6). */
+static void wal_spare_name(char *buf, size_t n, uint64_t first) {
+  snprintf(buf, n, "%016" PRIx64 ".free", first);
+}
+
 /* wal_seg_add appends a segment entry; 0 or PS_ENOMEM. */
 static int wal_seg_add(psd_wal *w, uint64_t first, uint64_t last, uint64_t bytes) {
   if (w->nsegs == w->segcap) {
@@ -145,6 +154,13 @@ static int wal_scan(psd_wal *w, ps_errbuf *eb) {
   int rc = 0;
   while (rc == 0 && (e = readdir(d)) != NULL) {
     char *end;
+    if (strlen(e->d_name) == 21 && !strcmp(e->d_name + 16, ".free")) { /* a spare */
+      uint64_t id = strtoull(e->d_name, &end, 16);
+      if (end != e->d_name + 16) continue;
+      if (w->nspare < WAL_SPARES) w->spare[w->nspare++] = id;
+      else unlinkat(w->dirfd, e->d_name, 0);
+      continue;
+    }
     if (strlen(e->d_name) != 20 || strcmp(e->d_name + 16, ".log") != 0) continue;
     uint64_t first = strtoull(e->d_name, &end, 16);
     if (end != e->d_name + 16) continue;
@@ -248,11 +264,12 @@ static const char *wal_check(const uint8_t *p, size_t n) {
 /* wal_count_after counts the intact records found after a torn one at P
  * (they belong to the same unsynced group; a walk that loses the record
  * boundaries stops). */
-static uint64_t wal_count_after(const uint8_t *p, size_t n) {
+static uint64_t wal_count_after(const uint8_t *p, size_t n, uint64_t first) {
   uint64_t k = 0;
   if (n < WAL_HDR || wal_get32(p) > n - WAL_HDR) return 0;
   size_t off = WAL_HDR + wal_get32(p);
-  while (off < n && !wal_check(p + off, n - off)) {
+  /* only records at or after FIRST: a reused file's older ones are not */
+  while (off < n && !wal_check(p + off, n - off) && wal_get64(p + off + 8) >= first) {
     k++;
     off += WAL_HDR + wal_get32(p + off);
   }
@@ -310,6 +327,12 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
     while (rc == 0 && off < n) {
       const char *bad = wal_check(buf + off, n - off);
       uint64_t seq = bad ? 0 : wal_get64(buf + off + 8);
+      if (!bad && seq < w->segs[i].first && i + 1 == w->nsegs) { /* a reused file's old bytes */
+        ps_info("redo log '%s/%s': its records end at offset %zu (a reused file's older "
+                "records follow)", w->dir, name, off);
+        rc = wal_cut(w, i, off, eb);
+        break;
+      }
       if (!bad && off == 0 && seq != w->segs[i].first) bad = "first record does not match the name";
       if (!bad && seq <= last) bad = "sequence number goes back";
       if (bad && i + 1 < w->nsegs) {
@@ -319,10 +342,20 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
         break;
       }
       if (bad) { /* the torn tail of the last group (invariant 5) */
-        dropped = 1 + wal_count_after(buf + off, n - off);
-        ps_warn("redo log '%s/%s': torn tail at offset %zu (%s): %" PRIu64 " record%s (%zu "
-                "bytes) dropped; they were never acknowledged", w->dir, name, off, bad, dropped,
-                dropped == 1 ? "" : "s", n - off);
+        /* a record of ours carries the next seq; other bytes (a reused
+         * file's old ones cut mid-record, a page that never reached the
+         * disk) are no record */
+        uint64_t next = off == 0 ? w->segs[i].first : last + 1;
+        int ours = n - off >= WAL_HDR && wal_get64(buf + off + 8) == next;
+        dropped = (uint64_t)ours + wal_count_after(buf + off, n - off, w->segs[i].first);
+        if (dropped == 0)
+          ps_info("redo log '%s/%s': its records end at offset %zu; the %zu bytes after are "
+                  "no record of this log (a reused file's older bytes, or a write that never "
+                  "completed): cut off", w->dir, name, off, n - off);
+        else
+          ps_warn("redo log '%s/%s': torn tail at offset %zu (%s): %" PRIu64 " record%s (%zu "
+                  "bytes) dropped; they were never acknowledged", w->dir, name, off, bad,
+                  dropped, dropped == 1 ? "" : "s", n - off);
         rc = wal_cut(w, i, off, eb);
         break;
       }
@@ -374,7 +407,13 @@ int psd_wal_discard(psd_wal *w, ps_errbuf *eb) {
     if (unlinkat(w->dirfd, name, 0) < 0 && errno != ENOENT)
       return ps_errf(eb, PS_EIO, "cannot remove '%s/%s': %s", w->dir, name, strerror(errno));
   }
+  for (size_t i = 0; i < w->nspare; i++) {
+    char sp[32];
+    wal_spare_name(sp, sizeof sp, w->spare[i]);
+    unlinkat(w->dirfd, sp, 0);
+  }
   w->nsegs = 0;
+  w->nspare = 0;
   w->bytes = 0;
   (void)fsync(w->dirfd);
   return 0;
@@ -382,13 +421,40 @@ int psd_wal_discard(psd_wal *w, ps_errbuf *eb) {
 
 /* ---- the writer thread ---------------------------------------------------------- */
 
-/* wal_open_seg creates the segment starting at FIRST (empty) as the
- * current one and syncs the directory; the old current fd is closed only
- * once the new one exists.  Writer thread (or before it starts). */
+/* wal_open_seg makes the segment starting at FIRST (holding no records)
+ * the current one, from a spare file when there is one (invariant 6),
+ * and syncs the directory; the old current one is first cut to its
+ * records when it was a reused file, and closed only once the new one
+ * exists.  Writer thread (or before it starts). */
 static int wal_open_seg(psd_wal *w, uint64_t first, char *why, size_t whylen) {
   char name[32];
   wal_seg_name(name, sizeof name, first);
-  int fd = openat(w->dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (w->fd >= 0 && w->nsegs && w->fsize > w->segs[w->nsegs - 1].bytes) {
+    uint64_t keep = w->segs[w->nsegs - 1].bytes;
+    if (ftruncate(w->fd, (off_t)keep) < 0 || fdatasync(w->fd) < 0) {
+      int e = errno;
+      snprintf(why, whylen, "cannot cut the reused redo log segment before '%s/%s': %s", w->dir,
+               name, strerror(e));
+      errno = e;
+      return -1;
+    }
+    w->fsize = keep;
+  }
+  int fd = -1;
+  uint64_t fsize = 0;
+  while (fd < 0 && w->nspare) {
+    char sp[32];
+    wal_spare_name(sp, sizeof sp, w->spare[--w->nspare]);
+    struct stat st;
+    if (renameat(w->dirfd, sp, w->dirfd, name) < 0) {
+      unlinkat(w->dirfd, sp, 0);
+      continue;
+    }
+    fd = openat(w->dirfd, name, O_WRONLY | O_CLOEXEC);
+    if (fd >= 0 && fstat(fd, &st) == 0) fsize = (uint64_t)st.st_size;
+    else if (fd >= 0) close(fd), fd = -1; /* created afresh below, truncating it */
+  }
+  if (fd < 0) fd = openat(w->dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0 || fsync(w->dirfd) < 0) {
     int e = errno;
     snprintf(why, whylen, "cannot create redo log segment '%s/%s': %s", w->dir, name, strerror(e));
@@ -408,6 +474,7 @@ static int wal_open_seg(psd_wal *w, uint64_t first, char *why, size_t whylen) {
   }
   if (w->fd >= 0) close(w->fd);
   w->fd = fd;
+  w->fsize = fsize;
   return 0;
 }
 
@@ -481,7 +548,7 @@ static void wal_seal(psd_wal *w) {
 static int wal_write(psd_wal *w, uint64_t *write_ns, uint64_t *sync_ns, char *why,
                      size_t whylen) {
   wal_seg *cur = &w->segs[w->nsegs - 1];
-  if (w->retrying) (void)ftruncate(w->fd, (off_t)cur->bytes);
+  if (w->retrying && ftruncate(w->fd, (off_t)cur->bytes) == 0) w->fsize = cur->bytes;
   uint64_t t0 = wal_now_ns();
   size_t done = 0;
   while (done < w->wlen) {
@@ -494,6 +561,7 @@ static int wal_write(psd_wal *w, uint64_t *write_ns, uint64_t *sync_ns, char *wh
     }
     done += (size_t)r;
   }
+  if (cur->bytes + w->wlen > w->fsize) w->fsize = cur->bytes + w->wlen;
   uint64_t t1 = wal_now_ns();
   int r = w->o.sync ? w->o.sync(w->fd, w->o.sync_arg) : fdatasync(w->fd);
   *write_ns = t1 - t0;
@@ -519,7 +587,12 @@ static void wal_trim(psd_wal *w, uint64_t upto) {
     wal_seg *s = &w->segs[i];
     char name[32];
     wal_seg_name(name, sizeof name, s->first);
-    if (i + 1 < w->nsegs && s->last <= upto && unlinkat(w->dirfd, name, 0) == 0) {
+    char sp[32];
+    wal_spare_name(sp, sizeof sp, s->first);
+    int spare = w->nspare < WAL_SPARES; /* reused by a later roll (invariant 6) */
+    if (i + 1 < w->nsegs && s->last <= upto &&
+        (spare ? renameat(w->dirfd, name, w->dirfd, sp) : unlinkat(w->dirfd, name, 0)) == 0) {
+      if (spare) w->spare[w->nspare++] = s->first;
       pthread_mutex_lock(&w->mu);
       w->bytes -= s->bytes;
       pthread_mutex_unlock(&w->mu);

@@ -215,8 +215,9 @@ int psd_wal_has_records(const char *dir) {
   int found = 0;
   while (!found && (e = readdir(d)) != NULL) {
     struct stat st;
-    if (strlen(e->d_name) == 20 && !strcmp(e->d_name + 16, ".log") &&
-        fstatat(dirfd(d), e->d_name, &st, 0) == 0 && st.st_size > 0)
+    if ((strlen(e->d_name) == 20 && !strcmp(e->d_name + 16, ".log") &&
+         fstatat(dirfd(d), e->d_name, &st, 0) == 0 && st.st_size > 0) ||
+        (strlen(e->d_name) == 21 && !strcmp(e->d_name + 16, ".free")))
       found = 1;
   }
   closedir(d);

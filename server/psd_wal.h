@@ -167,7 +167,8 @@ void psd_wal_stop(psd_wal *w);
 void psd_wal_free(psd_wal *w);
 
 /* psd_wal_has_records: 1 when DIR holds a non-empty segment (a log to
- * replay), 0 when not or when DIR does not exist. */
+ * replay) or a spare (invariant 6: removed by psd_wal_discard), 0 when
+ * not or when DIR does not exist. */
 int psd_wal_has_records(const char *dir);
 
 #endif

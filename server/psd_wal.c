@@ -328,7 +328,10 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
     while (rc == 0 && off < n) {
       const char *bad = wal_check(buf + off, n - off);
       uint64_t seq = bad ? 0 : wal_get64(buf + off + 8);
-      if (!bad && seq < w->segs[i].first && i + 1 == w->nsegs) { /* a reused file's old bytes */
+      /* a reused file's old bytes: after the last segment's records, or
+       * a whole segment no record reached (a roll that failed or was cut
+       * short by a crash right after its rename) */
+      if (!bad && seq < w->segs[i].first && (i + 1 == w->nsegs || off == 0)) {
         ps_info("redo log '%s/%s': its records end at offset %zu (a reused file's older "
                 "records follow)", w->dir, name, off);
         rc = wal_cut(w, i, off, eb);
@@ -459,7 +462,10 @@ static int wal_open_seg(psd_wal *w, uint64_t first, char *why, size_t whylen) {
   if (fd < 0 || fsync(w->dirfd) < 0) {
     int e = errno;
     snprintf(why, whylen, "cannot create redo log segment '%s/%s': %s", w->dir, name, strerror(e));
-    if (fd >= 0) close(fd);
+    if (fd >= 0) {
+      close(fd);
+      unlinkat(w->dirfd, name, 0); /* not a segment: a spare's old bytes must not stay under it */
+    }
     errno = e;
     return -1;
   }

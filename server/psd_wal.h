@@ -36,7 +36,8 @@
  *     after FROM + 1 is refused (PS_EIO) with a message saying which.
  *     In the last segment an intact record older than the segment's first
  *     (a reused file's old bytes, invariant 6) ends the records cleanly:
- *     cut off, nothing dropped.
+ *     cut off, nothing dropped; a segment of any position that starts with
+ *     one holds no record (a reused file no write reached) and is removed.
  *     Every replayed segment is fdatasync'ed before new records follow:
  *     a crash between a group's write and its sync leaves records that
  *     only the page cache holds, which the replay applies and the new

@@ -467,6 +467,29 @@ START_TEST(test_reused_segments) {
   ck_assert_uint_eq(r.n, total - 26);
   ck_assert_uint_eq(r.last, total);
   ck_assert_int_eq(access(to, F_OK), -1); /* an empty segment is removed */
+  /* the same before the last segment (a roll whose directory sync failed):
+   * a file holding records 1..3 named as a segment between the last two */
+  unsigned long long lastfirst = strtoull(strrchr(cur, '/') + 1, NULL, 16);
+  ck_assert_uint_gt(lastfirst, 27);
+  char other[1100];
+  snprintf(other, sizeof other, "%s/other", dir);
+  ck_assert_int_eq(mkdir(other, 0755), 0);
+  write_log(other, 3, 10, 0, NULL);
+  char *stale = newest_segment(other);
+  size_t slen;
+  char *sbytes = ps_test_read_file(stale, &slen);
+  snprintf(to, sizeof to, "%s/%016llx.log", dir, lastfirst - 1);
+  ck_assert_int_eq(access(to, F_OK), -1);
+  f = fopen(to, "wb");
+  ck_assert_ptr_nonnull(f);
+  ck_assert_uint_eq(fwrite(sbytes, 1, slen, f), slen);
+  fclose(f);
+  free(sbytes);
+  free(stale);
+  ck_assert_uint_eq(replay_count(dir, 26, &r, 0, &eb), 0);
+  ck_assert_uint_eq(r.n, total - 26);
+  ck_assert_uint_eq(r.last, total);
+  ck_assert_int_eq(access(to, F_OK), -1);
   free(old);
   free(cur);
   uv_loop_close(&loop);

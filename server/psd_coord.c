@@ -5,12 +5,34 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 
 #include "ps_log.h"
+
+/* The timer's saves are written by libuv's thread pool: the loop only
+ * serializes the table (psd_clock_save), so a save's write + two fsyncs
+ * (milliseconds, tens of them when the disk is busy, e.g. with the redo
+ * log of durability sync) never stall the loop.  One save at a time; a
+ * synchronous save (psd_coord_save, at stop) first waits for the one in
+ * flight. */
+typedef struct psd_coord_bg {
+  uv_work_t work;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int busy;      /* queued or running, until its after-callback (loop) */
+  int done;      /* its write finished (under mu) */
+  int retry;     /* the last background save failed: the next one writes */
+  int stopped;   /* psd_coord_stop ran while busy: the after-callback frees */
+  char *text;
+  size_t len;
+  int err;
+  ps_errbuf eb;
+  char tmp[4200], path[4200], dir[4200];
+} psd_coord_bg;
 
 /* coord_path writes DATA_DIR/coordinator.state (SUFFIX appended) to BUF. */
 static void coord_path(const psd_shard *sh, const char *suffix, char *buf, size_t cap) {
@@ -31,11 +53,8 @@ static int coord_write_all(int fd, const char *buf, size_t len) {
 
 /* coord_write_atomic replaces PATH by TEXT (LEN bytes): a temporary file,
  * fsync'd, renamed over it; the directory fsync'd.  0 or PS_EIO. */
-static int coord_write_atomic(const psd_shard *sh, const char *text, size_t len,
-                              ps_errbuf *eb) {
-  char tmp[4200], path[4200];
-  coord_path(sh, ".tmp", tmp, sizeof tmp);
-  coord_path(sh, "", path, sizeof path);
+static int coord_write_atomic(const char *tmp, const char *path, const char *dir,
+                              const char *text, size_t len, ps_errbuf *eb) {
   int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
   if (fd < 0) return ps_errf(eb, PS_EIO, "%s: cannot create: %s", tmp, strerror(errno));
   int bad = coord_write_all(fd, text, len) < 0 || fsync(fd) < 0;
@@ -46,7 +65,7 @@ static int coord_write_atomic(const psd_shard *sh, const char *text, size_t len,
     unlink(tmp);
     return ps_errf(eb, PS_EIO, "%s: cannot write: %s", path, strerror(why));
   }
-  int dfd = open(sh->me->data_dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  int dfd = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (dfd >= 0) {
     fsync(dfd);
     close(dfd);
@@ -54,22 +73,92 @@ static int coord_write_atomic(const psd_shard *sh, const char *text, size_t len,
   return 0;
 }
 
+/* coord_bg_wait waits for the background save in flight to finish its
+ * write (loop thread). */
+static void coord_bg_wait(psd_coord_bg *bg) {
+  pthread_mutex_lock(&bg->mu);
+  while (bg->busy && !bg->done) pthread_cond_wait(&bg->cv, &bg->mu);
+  pthread_mutex_unlock(&bg->mu);
+}
+
+static void coord_bg_free(psd_coord_bg *bg) {
+  pthread_mutex_destroy(&bg->mu);
+  pthread_cond_destroy(&bg->cv);
+  free(bg->text);
+  free(bg);
+}
+
 /* psd_coord_save: see psd_coord.h. */
 void psd_coord_save(psd_shard *sh, int force) {
-  if (!sh->coordinator || !sh->clock || (!force && !psd_clock_dirty(sh->clock))) return;
-  char *text;
+  psd_coord_bg *bg = sh->coord_bg;
+  if (bg) coord_bg_wait(bg);
+  if (!sh->coordinator || !sh->clock ||
+      (!force && !psd_clock_dirty(sh->clock) && !(bg && bg->retry)))
+    return;
+  char *text, tmp[4200], path[4200];
   size_t len;
   ps_errbuf eb;
   int err = psd_clock_save(sh->clock, &text, &len, &eb);
   if (err == 0) {
-    err = coord_write_atomic(sh, text, len, &eb);
+    coord_path(sh, ".tmp", tmp, sizeof tmp);
+    coord_path(sh, "", path, sizeof path);
+    err = coord_write_atomic(tmp, path, sh->me->data_dir, text, len, &eb);
     free(text);
   }
+  if (bg && err == 0) bg->retry = 0;
   if (err < 0) ps_warn("coordinator state not saved (retried): %s", eb.msg);
 }
 
-/* coord_on_save_timer saves a changed table. */
-static void coord_on_save_timer(uv_timer_t *t) { psd_coord_save(t->data, 0); }
+/* coord_bg_work writes a save (a thread of libuv's pool). */
+static void coord_bg_work(uv_work_t *w) {
+  psd_coord_bg *bg = w->data;
+  int err = coord_write_atomic(bg->tmp, bg->path, bg->dir, bg->text, bg->len, &bg->eb);
+  pthread_mutex_lock(&bg->mu);
+  bg->err = err;
+  bg->done = 1;
+  pthread_cond_broadcast(&bg->cv);
+  pthread_mutex_unlock(&bg->mu);
+}
+
+/* coord_bg_after ends a background save (loop thread). */
+static void coord_bg_after(uv_work_t *w, int status) {
+  psd_coord_bg *bg = w->data;
+  bg->busy = 0;
+  free(bg->text);
+  bg->text = NULL;
+  if (status < 0 || bg->err < 0) {
+    bg->retry = 1;
+    ps_warn("coordinator state not saved (retried): %s",
+            status < 0 ? "the save was cancelled" : bg->eb.msg);
+  }
+  if (bg->stopped) coord_bg_free(bg);
+}
+
+/* coord_on_save_timer saves a changed table, written off the loop. */
+static void coord_on_save_timer(uv_timer_t *t) {
+  psd_shard *sh = t->data;
+  psd_coord_bg *bg = sh->coord_bg;
+  if (!bg) {
+    psd_coord_save(sh, 0);
+    return;
+  }
+  if (bg->busy || (!psd_clock_dirty(sh->clock) && !bg->retry)) return;
+  ps_errbuf eb;
+  if (psd_clock_save(sh->clock, &bg->text, &bg->len, &eb) < 0) {
+    ps_warn("coordinator state not saved (retried): %s", eb.msg);
+    return;
+  }
+  bg->retry = 0;
+  bg->busy = 1;
+  bg->done = 0;
+  bg->work.data = bg;
+  if (uv_queue_work(sh->loop, &bg->work, coord_bg_work, coord_bg_after) != 0) {
+    bg->busy = 0;
+    free(bg->text);
+    bg->text = NULL;
+    bg->retry = 1;
+  }
+}
 
 /* coord_read reads PATH into *TEXT (malloc'd, NUL-terminated); 1 when it
  * does not exist. */
@@ -116,6 +205,15 @@ int psd_coord_restore(psd_shard *sh, ps_errbuf *eb) {
     ps_info("coordinator state restored from %s: %zu epochs counted, %u partitions", path,
             psd_clock_nepochs(sh->clock), psd_clock_nparts(sh->clock));
   }
+  psd_coord_bg *bg = calloc(1, sizeof *bg);
+  if (bg) { /* without it the timer saves on the loop, as psd_coord_save */
+    pthread_mutex_init(&bg->mu, NULL);
+    pthread_cond_init(&bg->cv, NULL);
+    coord_path(sh, ".tmp", bg->tmp, sizeof bg->tmp);
+    coord_path(sh, "", bg->path, sizeof bg->path);
+    snprintf(bg->dir, sizeof bg->dir, "%s", sh->me->data_dir);
+  }
+  sh->coord_bg = bg;
   uv_timer_init(sh->loop, &sh->save_timer);
   sh->save_timer.data = sh;
   sh->save_timer_on = 1;
@@ -126,7 +224,11 @@ int psd_coord_restore(psd_shard *sh, ps_errbuf *eb) {
 /* psd_coord_stop: see psd_coord.h. */
 void psd_coord_stop(psd_shard *sh) {
   if (!sh->save_timer_on) return;
-  psd_coord_save(sh, 0);
+  psd_coord_save(sh, 0); /* after the background save in flight, if any */
+  psd_coord_bg *bg = sh->coord_bg;
+  sh->coord_bg = NULL;
+  if (bg && bg->busy) bg->stopped = 1; /* its after-callback frees it */
+  else if (bg) coord_bg_free(bg);
   uv_timer_stop(&sh->save_timer);
   uv_close((uv_handle_t *)&sh->save_timer, NULL); /* closed with the loop's next run */
   sh->save_timer_on = 0;

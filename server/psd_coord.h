@@ -8,7 +8,10 @@
  * changes, and once more when the shard stops; a coordinator that
  * restarts reads it back before it serves.  A crash loses at most the
  * last PSD_COORD_SAVE_MS of progress: offsets then lag behind what was
- * trained, so those samples are trained again, never skipped.
+ * trained, so those samples are trained again, never skipped.  The
+ * timer's saves are written by libuv's thread pool (one at a time), so the
+ * file's fsyncs never stall the loop; psd_coord_save and the save at stop
+ * write on the loop, after the one in flight.
  *
  * Every function runs on the shard's loop thread. */
 #ifndef PSD_COORD_H

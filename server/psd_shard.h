@@ -90,6 +90,7 @@ typedef struct psd_shard {
   struct psd_wal *wal;        /* the redo log (durability sync), else NULL */
   uv_timer_t save_timer;      /* saves the coordinator's table (psd_coord.h) */
   int save_timer_on;
+  struct psd_coord_bg *coord_bg; /* the timer's saves, written off the loop (psd_coord.c) */
   struct psd_shard_sparse *sparse; /* sparse tables (psd_shard_sparse.h), or NULL */
   /* The backend: the store (a root shard) or, on an aggregator (psd
    * --aggregator; store and clock NULL), the forward backend. */

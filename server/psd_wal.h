@@ -22,20 +22,35 @@
  *     psd_wal_waiting waiters are answered with the error (their records
  *     stay queued and are written by a later retry: the log always holds
  *     every record appended, so it matches what the caller applied).
- *  4. Segments before the current one are fully synced.  A segment is
- *     deleted only when psd_wal_truncate said that a finished snapshot
- *     holds all its records; each truncate request also rolls the current
- *     segment (when it holds records), so the log stays about two snapshot
- *     intervals long.
+ *  4. Segments before the current one are fully synced and end where
+ *     their records end.  A segment is deleted (or kept as a spare,
+ *     invariant 6) only when psd_wal_truncate said that a finished
+ *     snapshot holds all its records; each truncate request also rolls the
+ *     current segment (when it holds records), so the log stays about two
+ *     snapshot intervals long.
  *  5. Replay: records of the last segment after the first one that is
  *     short or fails its checksum are a torn tail (never acknowledged):
- *     they are counted, logged and cut off.  A bad record in an earlier
+ *     they are counted (the bad one when its header carries the next seq,
+ *     and the intact ones after it), logged and cut off.  A bad record in an earlier
  *     segment, a gap in the sequence after FROM, or a log that starts
  *     after FROM + 1 is refused (PS_EIO) with a message saying which.
+ *     In the last segment an intact record older than the segment's first
+ *     (a reused file's old bytes, invariant 6) ends the records cleanly:
+ *     cut off, nothing dropped; a segment of any position that starts with
+ *     one holds no record (a reused file no write reached) and is removed.
  *     Every replayed segment is fdatasync'ed before new records follow:
  *     a crash between a group's write and its sync leaves records that
  *     only the page cache holds, which the replay applies and the new
  *     records build on (the crash loop's simulated power cut found this).
+ *  6. Reuse: up to eight deleted segments are renamed DIR/<old first>.free
+ *     instead of unlinked, and a roll renames one to the new segment's
+ *     name and overwrites it from offset 0: an fdatasync of blocks the
+ *     file already has need not commit a new file size (on ext4 about
+ *     twice the syncs per second of appending, measured).  Before a roll
+ *     the current segment, when it was reused, is cut to its records and
+ *     synced, so only the last segment can hold old bytes after its
+ *     records; they are records older than its name (or garbage within
+ *     one, read as a torn tail).
  *
  * Threads: psd_wal_append, _wait, _cancel, _truncate, _stats, _stop run
  * on the loop thread; waiters are called there (from a uv_async). */
@@ -89,6 +104,15 @@ typedef struct psd_wal_stats {
   uint64_t replayed;       /* records the last replay applied */
   uint64_t replay_dropped; /* torn-tail records it cut off */
   uint64_t replay_ms;      /* how long it took */
+  uint64_t write_us;       /* the writer's time in pwrite, all groups */
+  uint64_t sync_us;        /* its time in fdatasync, all groups */
+  uint64_t loop_us;        /* the loop thread's time inside psd_wal_append,
+                            * _wait and the completion before the waiters'
+                            * callbacks (copying records in, the mutex) */
+  uint64_t loop_max_us;    /* the longest single one */
+  uint64_t lock_us;        /* of loop_us: waiting for the writer's mutex
+                            * (the loop's stall on the writer) */
+  uint64_t lock_max_us;    /* the longest single wait */
   int failed;              /* a write or sync is failing now */
 } psd_wal_stats;
 
@@ -144,7 +168,8 @@ void psd_wal_stop(psd_wal *w);
 void psd_wal_free(psd_wal *w);
 
 /* psd_wal_has_records: 1 when DIR holds a non-empty segment (a log to
- * replay), 0 when not or when DIR does not exist. */
+ * replay) or a spare (invariant 6: removed by psd_wal_discard), 0 when
+ * not or when DIR does not exist. */
 int psd_wal_has_records(const char *dir);
 
 #endif

@@ -237,7 +237,8 @@ static uint64_t cl_power_cut(const char *fsync_log, const char *redo) {
   return dropped;
 }
 
-/* psd_wal_has_records_test: 1 when DIR holds a non-empty .log file. */
+/* psd_wal_has_records_test: 1 when DIR holds a non-empty .log file or a
+ * spare (.free). */
 static int psd_wal_has_records_test(const char *dir) {
   DIR *d = opendir(dir);
   if (!d) return 0;
@@ -247,7 +248,8 @@ static int psd_wal_has_records_test(const char *dir) {
     char p[PATH_MAX];
     struct stat st;
     snprintf(p, sizeof p, "%s/%s", dir, e->d_name);
-    found = strstr(e->d_name, ".log") && stat(p, &st) == 0 && st.st_size > 0;
+    found = (strstr(e->d_name, ".log") && stat(p, &st) == 0 && st.st_size > 0) ||
+            strstr(e->d_name, ".free");
   }
   closedir(d);
   return found;

@@ -9,6 +9,11 @@
  *   ps_bench_durability --fsync-ref DIR [--secs S]
  *       the disk's own rate of 4 KiB appends each followed by fdatasync,
  *       one writer (a file in DIR, removed after).  One JSON line.
+ *   ps_bench_durability --bw-ref DIR [--secs S]
+ *       the disk's sequential log bandwidth: 1 MiB writes each followed by
+ *       fdatasync, one writer, appending to a fresh file for S seconds,
+ *       then overwriting it from its start for S seconds (MB/s of each).
+ *       One JSON line.
  *   ps_bench_durability --rocksdb-ref DIR [--secs S]
  *       RocksDB's synced puts of 1 KiB (WAL + fsync per write group) with 1
  *       and 8 writer threads: the alternative to psd's own log file; and
@@ -213,6 +218,49 @@ static int bd_fsync_ref(const char *dir, double secs) {
   return 0;
 }
 
+/* bd_bw_ref: the disk's sequential log bandwidth, 1 MiB writes each
+ * followed by fdatasync, one writer: appending to a fresh file (a new
+ * segment) for S seconds, then overwriting that file from its start (a
+ * reused segment, psd_wal invariant 6) for S seconds. */
+static int bd_bw_ref(const char *dir, double secs) {
+  char path[4096];
+  snprintf(path, sizeof path, "%s/bw-ref.bin", dir);
+  int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  size_t bs = 1 << 20;
+  char *buf = calloc(1, bs);
+  if (fd < 0 || !buf) {
+    perror(path);
+    free(buf);
+    return 1;
+  }
+  memset(buf, 0x5a, bs);
+  double rate[2];
+  uint64_t blocks = 0;
+  for (int phase = 0; phase < 2; phase++) {
+    uint64_t n = 0;
+    double t0 = now_s(), end = t0 + secs;
+    while (now_s() < end) {
+      off_t off = (off_t)((phase ? n % (blocks ? blocks : 1) : n) * bs);
+      if (pwrite(fd, buf, bs, off) != (ssize_t)bs || fdatasync(fd) < 0) {
+        perror(path);
+        close(fd);
+        unlink(path);
+        free(buf);
+        return 1;
+      }
+      n++;
+    }
+    if (!phase) blocks = n;
+    rate[phase] = (double)n * (double)bs / (now_s() - t0);
+  }
+  close(fd);
+  unlink(path);
+  free(buf);
+  printf("{\"append_mbps\":%.1f,\"overwrite_mbps\":%.1f,\"block\":%zu}\n", rate[0] / 1e6,
+         rate[1] / 1e6, bs);
+  return 0;
+}
+
 typedef struct bd_rdb {
   rocksdb_t *db;
   rocksdb_writeoptions_t *wo;
@@ -335,12 +383,14 @@ int main(int argc, char **argv) {
       {"config", required_argument, 0, 'c'},   {"size", required_argument, 0, 'b'},
       {"inflight", required_argument, 0, 'n'}, {"secs", required_argument, 0, 's'},
       {"fsync-ref", required_argument, 0, 'f'}, {"rocksdb-ref", required_argument, 0, 'r'},
-      {"help", no_argument, 0, 'h'},           {0, 0, 0, 0}};
+      {"bw-ref", required_argument, 0, 'w'},    {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
   static const char usage[] =
       "usage: ps_bench_durability --config FILE --size BYTES --inflight N [--secs S]\n"
       "       ps_bench_durability --fsync-ref DIR [--secs S]\n"
-      "       ps_bench_durability --rocksdb-ref DIR [--secs S]\n";
-  const char *config = NULL, *fref = NULL, *rref = NULL;
+      "       ps_bench_durability --rocksdb-ref DIR [--secs S]\n"
+      "       ps_bench_durability --bw-ref DIR [--secs S]\n";
+  const char *config = NULL, *fref = NULL, *rref = NULL, *wref = NULL;
   uint64_t size = 1024;
   int inflight = 1, c;
   double secs = 3;
@@ -352,6 +402,7 @@ int main(int argc, char **argv) {
       case 's': secs = atof(optarg); break;
       case 'f': fref = optarg; break;
       case 'r': rref = optarg; break;
+      case 'w': wref = optarg; break;
       case 'h': fputs(usage, stdout); return 0;
       default: fputs(usage, stderr); return 2;
     }
@@ -362,6 +413,7 @@ int main(int argc, char **argv) {
   }
   if (fref) return bd_fsync_ref(fref, secs);
   if (rref) return bd_rocksdb_ref(rref, secs);
+  if (wref) return bd_bw_ref(wref, secs);
   if (!config) {
     fputs(usage, stderr);
     return 2;

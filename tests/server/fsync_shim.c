@@ -4,7 +4,10 @@
  * Every fdatasync that succeeds on a file whose path contains "/redo/"
  * (psd's redo log) appends "SIZE PATH\n" to the file named by
  * PS_FSYNC_LOG, before fdatasync returns: the bytes the disk is known to
- * hold.  After a SIGKILL the test cuts every segment back to its last
+ * hold.  SIZE is the file's size, or less when the file is a reused
+ * segment (psd_wal invariant 6) longer than what was written to it
+ * through this descriptor: the end of the highest pwrite, so that the
+ * cut drops what was written after the last sync there too.  After a SIGKILL the test cuts every segment back to its last
  * recorded size (the page cache survives SIGKILL; a power cut would not
  * keep what was never synced), so an acknowledgement that went out before
  * the fdatasync covering its record shows up as a lost acknowledged push.
@@ -17,6 +20,31 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+/* per descriptor: the file (inode) and the end of its highest pwrite */
+#define SHIM_FDS 4096
+static struct { dev_t dev; ino_t ino; long long end; } shim_fd[SHIM_FDS];
+
+static void shim_wrote(int fd, long long end) {
+  struct stat st;
+  if (fd < 0 || fd >= SHIM_FDS || fstat(fd, &st) < 0) return;
+  if (shim_fd[fd].dev != st.st_dev || shim_fd[fd].ino != st.st_ino) {
+    shim_fd[fd].dev = st.st_dev;
+    shim_fd[fd].ino = st.st_ino;
+    shim_fd[fd].end = 0;
+  }
+  if (end > shim_fd[fd].end) shim_fd[fd].end = end;
+}
+
+ssize_t pwrite(int fd, const void *buf, size_t n, off_t off) {
+  static ssize_t (*real)(int, const void *, size_t, off_t);
+  if (!real) real = (ssize_t (*)(int, const void *, size_t, off_t))dlsym(RTLD_NEXT, "pwrite");
+  ssize_t r = real(fd, buf, n, off);
+  if (r > 0) shim_wrote(fd, (long long)off + r);
+  return r;
+}
+
+ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off) { return pwrite(fd, buf, n, off); }
+
 static void shim_record(int fd) {
   const char *log = getenv("PS_FSYNC_LOG");
   if (!log || !*log) return;
@@ -27,7 +55,11 @@ static void shim_record(int fd) {
   path[n] = '\0';
   struct stat st;
   if (!strstr(path, "/redo/") || fstat(fd, &st) < 0) return;
-  int len = snprintf(line, sizeof line, "%lld %s\n", (long long)st.st_size, path);
+  long long size = (long long)st.st_size;
+  if (fd < SHIM_FDS && shim_fd[fd].dev == st.st_dev && shim_fd[fd].ino == st.st_ino &&
+      shim_fd[fd].end < size)
+    size = shim_fd[fd].end;
+  int len = snprintf(line, sizeof line, "%lld %s\n", size, path);
   int lfd = open(log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
   if (lfd < 0) return;
   if (write(lfd, line, (size_t)len) != len) abort(); /* the test would judge wrongly */

@@ -705,10 +705,11 @@ static void conn_beat_end(psd_conn *c) {
   c->req_err = 0;
   Ps__HeartbeatRequest *req = NULL;
   Ps__HeartbeatReply rep = PS__HEARTBEAT_REPLY__INIT;
+  int counted = 0; /* psd_shard_heartbeat counts its own refusals in errors */
   if (rc == 0)
     rc = ps_pb_unpack(&ps__heartbeat_request__descriptor, c->data, c->rx.h.data_len,
                       (ProtobufCMessage **)&req, &eb);
-  if (rc == 0) rc = psd_shard_heartbeat(sh, req, &rep, &eb);
+  if (rc == 0) counted = (rc = psd_shard_heartbeat(sh, req, &rep, &eb)) < 0;
   if (rc == 0) {
     size_t n = ps__heartbeat_reply__get_packed_size(&rep);
     uint8_t *buf = malloc(n ? n : 1);
@@ -724,7 +725,7 @@ static void conn_beat_end(psd_conn *c) {
     psd_coord_heartbeat_release(&rep);
   }
   if (rc < 0) {
-    psd_shard_count_error(sh);
+    if (!counted) psd_shard_count_error(sh);
     conn_reply_error(c, rc, eb.msg, 1, 0);
   }
   if (req) protobuf_c_message_free_unpacked(&req->base, NULL);

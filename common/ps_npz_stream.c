@@ -40,6 +40,7 @@ struct ps_npz_stream {
   uint64_t shape[PS_NPZ_MAX_DIMS], inner; /* inner: product of shape[1..] */
   uint64_t hdr_at, hdr_len, data_len, elems;
   uint32_t data_crc;
+  int failed;          /* the PS_E* code of a member that failed half-written, or 0 */
 };
 
 static void zs_put16(unsigned char *p, uint64_t v) { p[0] = (unsigned char)v, p[1] = (unsigned char)(v >> 8); }
@@ -139,7 +140,8 @@ int ps_npz_stream_begin(ps_npz_stream *z, const char *name, ps_npz_dtype dtype, 
     if (i) z->inner *= shape[i];
   }
   z->n++; /* the name is freed with the others from here on */
-  if (!z->inner) return ps_errf(eb, PS_EINVAL, "member '%s': a dimension after the first is 0", name);
+  if (!z->inner)
+    return z->failed = ps_errf(eb, PS_EINVAL, "member '%s': a dimension after the first is 0", name);
   unsigned char lh[30 + 20] = {0};
   zs_put32(lh, ZS_LOCAL_SIG);
   zs_put16(lh + 4, 45);
@@ -158,6 +160,7 @@ int ps_npz_stream_begin(ps_npz_stream *z, const char *name, ps_npz_dtype dtype, 
   z->data_len = z->elems = 0;
   z->data_crc = (uint32_t)crc32(0, Z_NULL, 0);
   z->open = !rc;
+  if (rc) z->failed = rc;
   return rc;
 }
 
@@ -169,7 +172,7 @@ int ps_npz_stream_write(ps_npz_stream *z, const void *data, uint64_t nelems, ps_
     uInt k = len - done > (1u << 30) ? (1u << 30) : (uInt)(len - done);
     z->data_crc = (uint32_t)crc32(z->data_crc, p + done, k);
     int rc = zs_out(z, p + done, k, eb);
-    if (rc) return rc;
+    if (rc) return z->failed = rc;
     done += k;
   }
   z->data_len += len;
@@ -178,14 +181,15 @@ int ps_npz_stream_write(ps_npz_stream *z, const void *data, uint64_t nelems, ps_
 }
 
 int ps_npz_stream_end(ps_npz_stream *z, ps_errbuf *eb) {
-  zs_member *m = &z->m[z->n - 1];
   if (!z->open) return ps_errf(eb, PS_EINVAL, "no member is open");
+  zs_member *m = &z->m[z->n - 1];
   z->open = 0;
   if (z->ndim == 0 && z->elems != 1)
-    return ps_errf(eb, PS_EINVAL, "member '%s': a scalar of %" PRIu64 " elements", m->name, z->elems);
+    return z->failed = ps_errf(eb, PS_EINVAL, "member '%s': a scalar of %" PRIu64 " elements",
+                               m->name, z->elems);
   if (z->elems % z->inner)
-    return ps_errf(eb, PS_EINVAL, "member '%s': %" PRIu64 " elements are not whole rows of %" PRIu64,
-                   m->name, z->elems, z->inner);
+    return z->failed = ps_errf(eb, PS_EINVAL, "member '%s': %" PRIu64 " elements are not whole "
+                               "rows of %" PRIu64, m->name, z->elems, z->inner);
   char hdr[256 + 24 * PS_NPZ_MAX_DIMS];
   size_t hl = zs_header(z, z->elems / z->inner, hdr, sizeof hdr, z->hdr_len);
   uint32_t hcrc = (uint32_t)crc32(crc32(0, Z_NULL, 0), (const Bytef *)hdr, (uInt)hl);
@@ -206,6 +210,7 @@ int ps_npz_stream_end(ps_npz_stream *z, ps_errbuf *eb) {
     zs_put64(lh + 28, m->size);
     rc = zs_patch(z, m->offset + 30 + nlen, lh + 16, 20, eb);
   }
+  if (rc) z->failed = rc;
   return rc;
 }
 
@@ -277,6 +282,9 @@ static void zs_free(ps_npz_stream *z) {
 
 int ps_npz_stream_close(ps_npz_stream *z, ps_errbuf *eb) {
   int rc = z->open ? ps_errf(eb, PS_EINVAL, "member '%s' is still open", z->m[z->n - 1].name) : 0;
+  /* a member that failed half-way has no valid sizes or CRC: no archive */
+  if (!rc && z->failed)
+    rc = ps_errf(eb, z->failed, "'%s' not written: a member of it failed earlier", z->path);
   if (!rc) rc = zs_directory(z, eb);
   if (!rc && (fflush(z->f) != 0 || fsync(fileno(z->f)) != 0)) rc = zs_io(z, "sync", eb);
   if (fclose(z->f) != 0 && !rc) rc = zs_io(z, "close", eb);

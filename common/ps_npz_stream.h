@@ -65,7 +65,10 @@ int ps_npz_stream_end(ps_npz_stream *z, ps_errbuf *eb);
 
 /* ps_npz_stream_close writes the directory, syncs, renames the file over
  * PATH and frees Z (on error too, removing the temporary file).
- * PS_EINVAL when a member is still open. */
+ * PS_EINVAL when a member is still open; the error of a member that
+ * failed once its local header was written (ps_npz_stream_begin,
+ * _write or _end: its sizes and CRC are not known), as nothing valid can
+ * be written then. */
 int ps_npz_stream_close(ps_npz_stream *z, ps_errbuf *eb);
 
 /* ps_npz_stream_abort removes the temporary file and frees Z (NULL-safe). */

@@ -5,7 +5,8 @@
  * parsed there (python3 without numpy: the header dict and the data), and
  * the float32-only archive is read back by ps_npz_read.  Bad use: a
  * member begun while one is open, rows that are not whole, a duplicate
- * name; an aborted stream leaves no file. */
+ * name; an aborted stream leaves no file, nor does a close after a
+ * member that failed. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -138,6 +139,24 @@ START_TEST(test_npz_stream_bad_use) {
   /* a close with a member open fails and leaves nothing */
   ck_assert_int_eq(ps_npz_stream_open(&z, path, &eb), 0);
   ck_assert_int_eq(ps_npz_stream_begin(z, "a", PS_NPZ_F4, 2, sh, &eb), 0);
+  ck_assert_int_eq(ps_npz_stream_close(z, &eb), PS_EINVAL);
+  ck_assert_int_ne(access(path, F_OK), 0);
+  ck_assert_int_ne(access(tmp, F_OK), 0);
+  /* a member that failed (rows not whole; a zero inner dimension) has no
+   * sizes or CRC: a close after it fails and leaves nothing, instead of
+   * renaming an archive with garbage in its directory over PATH */
+  ck_assert_int_eq(ps_npz_stream_open(&z, path, &eb), 0);
+  ck_assert_int_eq(ps_npz_stream_end(z, &eb), PS_EINVAL); /* none open */
+  ck_assert_int_eq(ps_npz_stream_begin(z, "a", PS_NPZ_F4, 2, sh, &eb), 0);
+  ck_assert_int_eq(ps_npz_stream_write(z, v, 6, &eb), 0);
+  ck_assert_int_eq(ps_npz_stream_end(z, &eb), PS_EINVAL);
+  ck_assert_int_eq(ps_npz_stream_close(z, &eb), PS_EINVAL);
+  ck_assert_ptr_nonnull(strstr(eb.msg, "failed earlier"));
+  ck_assert_int_ne(access(path, F_OK), 0);
+  ck_assert_int_ne(access(tmp, F_OK), 0);
+  uint64_t zero[2] = {0, 0};
+  ck_assert_int_eq(ps_npz_stream_open(&z, path, &eb), 0);
+  ck_assert_int_eq(ps_npz_stream_begin(z, "z", PS_NPZ_F4, 2, zero, &eb), PS_EINVAL);
   ck_assert_int_eq(ps_npz_stream_close(z, &eb), PS_EINVAL);
   ck_assert_int_ne(access(path, F_OK), 0);
   ck_assert_int_ne(access(tmp, F_OK), 0);

@@ -518,11 +518,24 @@ static int rpc_beat_chan(ps_chan_client *c, const Ps__HeartbeatRequest *req,
   return err;
 }
 
+/* rpc_errors returns the errors counter of R's shard. */
+static uint64_t rpc_errors(ps_rpc *r) {
+  ps_errbuf eb;
+  Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
+  Ps__StatusReply *st = NULL;
+  ck_assert_msg(ps_rpc_call(r, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,
+                            (ProtobufCMessage **)&st, 5000, &eb) == 0, "status: %s", eb.msg);
+  uint64_t n = st->errors;
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  return n;
+}
+
 /* A heartbeat over the channel (CHAN_BEAT, psw's per-step progress
  * reports) is answered as the gRPC call is: a lease, the same reply for
  * the same state; one the shard cannot decode, or one naming a worker at
- * or above the rank cap, is refused with an error and the connection
- * keeps serving. */
+ * or above the rank cap, is refused with an error (counted once in the
+ * shard's errors, as a refused gRPC call is) and the connection keeps
+ * serving. */
 START_TEST(test_rpc_beat_over_channel) {
   ps_errbuf eb;
   ps_rpc *r = rpc_open(1);
@@ -552,11 +565,19 @@ START_TEST(test_rpc_beat_over_channel) {
   int err = ps_chan_beat(c, junk, sizeof junk, &rb, &rn, &eb);
   ck_assert_int_lt(err, 0);
   ck_assert_ptr_null(rb);
-  /* a worker id past the rank cap: refused before anything is recorded */
+  /* a worker id past the rank cap: refused before anything is recorded,
+   * and counted once in errors, as by gRPC */
   req.worker = 1u << 30;
+  uint64_t e0 = rpc_errors(r);
+  err = ps_rpc_call(r, "/ps.Ps/Heartbeat", &req.base, &ps__heartbeat_reply__descriptor,
+                    (ProtobufCMessage **)&g, 5000, &eb);
+  ck_assert_int_eq(err, PS_EINVAL);
+  uint64_t e1 = rpc_errors(r);
+  ck_assert_uint_eq(e1 - e0, 1);
   err = rpc_beat_chan(c, &req, &b, &eb);
   ck_assert_int_eq(err, PS_EINVAL);
   ck_assert_msg(strstr(eb.msg, "1073741824") != NULL, "message: %s", eb.msg);
+  ck_assert_uint_eq(rpc_errors(r) - e1, 1);
   req.worker = 1;
   ck_assert_msg(rpc_beat_chan(c, &req, &b, &eb) == 0, "chan beat after refusals: %s", eb.msg);
   ck_assert_int_eq(b->expired, 0);

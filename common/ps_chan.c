@@ -353,8 +353,10 @@ static int rx_after_meta(void *arg) {
   } else if ((int)m->op != e->op) {
     ps__chan_meta__free_unpacked(m, NULL);
     return chan_break(c, eb, PS_EPROTO, "channel '%s': %s", "reply of the wrong kind");
-  } else if (e->op == PS__CHAN_OP__CHAN_BEAT && (dlen > CHAN_BEAT_MAX ||
-                                                 !(e->reply = malloc(dlen ? dlen : 1)))) {
+  } else if (e->op == PS__CHAN_OP__CHAN_BEAT && dlen > CHAN_BEAT_MAX) {
+    ps__chan_meta__free_unpacked(m, NULL);
+    return chan_break(c, eb, PS_EPROTO, "channel '%s': %s", "a beat reply over 1 MiB");
+  } else if (e->op == PS__CHAN_OP__CHAN_BEAT && !(e->reply = malloc(dlen ? dlen : 1))) {
     ps__chan_meta__free_unpacked(m, NULL);
     return chan_break(c, eb, PS_ENOMEM, "channel '%s': %s", "no room for a beat reply");
   } else if (e->op == PS__CHAN_OP__CHAN_BEAT) {
@@ -556,6 +558,20 @@ static int chan_send_frame(ps_chan_client *c, Ps__ChanMeta *meta, const struct i
   return 0;
 }
 
+/* chan_send_owned is chan_send_frame for an entry E that owns a segment
+ * array: freed when the frame failed before E was queued (queued, it is
+ * freed with the entry). */
+static int chan_send_owned(ps_chan_client *c, Ps__ChanMeta *meta, const struct iovec *seg,
+                           size_t nseg, chan_pending *e, uint64_t *req_id, ps_errbuf *eb) {
+  size_t queued = c->qlen;
+  int rc = chan_send_frame(c, meta, seg, nseg, e, req_id, eb);
+  if (rc < 0 && c->qlen == queued) {
+    free(e->dst);
+    e->dst = NULL;
+  }
+  return rc;
+}
+
 /* ---- public calls ----------------------------------------------------------- */
 
 /* chan_meta_init fills META for request R (may be NULL) of OP. */
@@ -606,7 +622,7 @@ int ps_chan_send_pullv(ps_chan_client *c, const ps_req *r, const struct iovec *d
     e->dst[i] = dst[i];
     e->want_bytes += dst[i].iov_len;
   }
-  return chan_send_frame(c, &meta, NULL, 0, e, req_id, eb);
+  return chan_send_owned(c, &meta, NULL, 0, e, req_id, eb);
 }
 
 /* ps_chan_recv: see ps_chan.h. */
@@ -687,7 +703,7 @@ int ps_chan_beat(ps_chan_client *c, const void *req, size_t len, void **reply, s
   if (!(e->dst = malloc(sizeof *e->dst)))
     return ps_errf(eb, PS_ENOMEM, "channel '%s': out of memory", c->addr);
   struct iovec seg = {(void *)req, len};
-  if ((rc = chan_send_frame(c, &meta, &seg, 1, e, NULL, eb)) < 0) return rc;
+  if ((rc = chan_send_owned(c, &meta, &seg, 1, e, NULL, eb)) < 0) return rc;
   if ((rc = ps_chan_recv(c, NULL, NULL, eb)) < 0) return rc;
   *reply = c->reply;
   *reply_len = c->reply_len;

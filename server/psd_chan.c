@@ -678,19 +678,19 @@ static void conn_push_end(psd_conn *c) {
 static void conn_beat_begin(psd_conn *c) {
   c->chan->sh->inflight++;
   c->req_err = 0;
-  if (c->h.data_len > CHAN_BEAT_MAX)
+  if (c->rx.h.data_len > CHAN_BEAT_MAX)
     c->req_err = ps_errf(&c->req_eb, PS_EINVAL, "a beat of %llu bytes; at most %u",
-                         (unsigned long long)c->h.data_len, CHAN_BEAT_MAX);
-  if (c->req_err == 0 && c->h.data_len > c->data_cap) {
+                         (unsigned long long)c->rx.h.data_len, CHAN_BEAT_MAX);
+  if (c->req_err == 0 && c->rx.h.data_len > c->data_cap) {
     free(c->data);
     c->data_cap = 0;
-    if (!(c->data = malloc(c->h.data_len)))
+    if (!(c->data = malloc(c->rx.h.data_len)))
       c->req_err = ps_errf(&c->req_eb, PS_ENOMEM, "beat: out of memory");
     else
-      c->data_cap = c->h.data_len;
+      c->data_cap = c->rx.h.data_len;
   }
-  c->rx_state = c->req_err ? RX_DISCARD : RX_DATA;
-  c->got = 0;
+  c->rx.state = c->req_err ? PS_CHAN_RX_DISCARD : PS_CHAN_RX_DATA;
+  c->rx.got = 0;
 }
 
 /* conn_beat_end answers a beat whose data is complete (invariant 2a). */
@@ -699,14 +699,14 @@ static void conn_beat_end(psd_conn *c) {
   Ps__ChanMeta *m = c->req;
   int rc = c->req_err;
   ps_errbuf eb = c->req_eb;
-  c->rx_state = RX_HDR;
-  c->got = 0;
+  c->rx.state = PS_CHAN_RX_HDR;
+  c->rx.got = 0;
   c->req = NULL;
   c->req_err = 0;
   Ps__HeartbeatRequest *req = NULL;
   Ps__HeartbeatReply rep = PS__HEARTBEAT_REPLY__INIT;
   if (rc == 0)
-    rc = ps_pb_unpack(&ps__heartbeat_request__descriptor, c->data, c->h.data_len,
+    rc = ps_pb_unpack(&ps__heartbeat_request__descriptor, c->data, c->rx.h.data_len,
                       (ProtobufCMessage **)&req, &eb);
   if (rc == 0) rc = psd_shard_heartbeat(sh, req, &rep, &eb);
   if (rc == 0) {
@@ -807,7 +807,7 @@ static int conn_meta_done(psd_conn *c) {
   } else if ((int)m->op == PS__CHAN_OP__CHAN_BEAT) {
     c->req = m;
     conn_beat_begin(c);
-    if (c->h.data_len == 0) conn_data_done(c);
+    if (c->rx.h.data_len == 0) conn_data_done(c);
     return 0;
   } else {
     rc = PS_EPROTO;

@@ -719,6 +719,17 @@ static int log_push(psd_sparse *s, const sp_table *t, const uint64_t *keys, size
   return rc;
 }
 
+/* rows_drop_new removes the rows a push created from row NROWS0 on (the
+ * push failed before changing any): back to the table it found. */
+static void rows_drop_new(sp_table *t, size_t nrows0) {
+  if (t->nrows == nrows0) return;
+  t->st.created -= t->nrows - nrows0;
+  t->nrows = nrows0;
+  t->st.rows_mem = nrows0;
+  memset(t->index, 0, t->icap * sizeof *t->index);
+  for (size_t r = 0; r < t->nrows; r++) index_put(t, r);
+}
+
 int psd_sparse_push(psd_sparse *s, const char *model, uint32_t table, const uint64_t *keys,
                     size_t nkeys, const float *grads, size_t nfloats, ps_errbuf *eb) {
   sp_table *t;
@@ -729,23 +740,38 @@ int psd_sparse_push(psd_sparse *s, const char *model, uint32_t table, const uint
   if (rc) return rc;
   t->tick++;
   if ((rc = find_rows(s, t, keys, nkeys, eb))) return rc;
-  for (size_t i = 0; i < nkeys && !rc; i++)
-    if (s->rowof[i] < 0 && admitted(s, t, keys[i])) rc = create_row(t, keys[i], &s->rowof[i], eb);
-  if (rc) return rc;
   /* every update on a copy first: a row that would turn non-finite
-   * refuses the whole push with no row changed (invariant 4) */
+   * refuses the whole push with no row changed (invariant 4); a key
+   * admitted without a row is updated from its initial row (-2: its row
+   * is created only once every update checked out, so a refused push
+   * materialises none) */
   for (size_t i = 0; i < nkeys; i++) {
-    if (s->rowof[i] < 0) continue;
-    size_t r = (size_t)s->rowof[i];
     float *u = s->upd + i * t->rowf;
-    memcpy(u, row_data(t, r), t->rowf * sizeof(float));
-    psd_optim_apply(&t->optim, u, u + t->dim, grads + i * t->dim, t->dim, t->count[r] + 1);
+    uint64_t count = 0;
+    if (s->rowof[i] >= 0) {
+      memcpy(u, row_data(t, (size_t)s->rowof[i]), t->rowf * sizeof(float));
+      count = t->count[s->rowof[i]];
+    } else if (admitted(s, t, keys[i])) {
+      ps_init_row(u, t->init, t->scale, t->seed, t->id, keys[i], t->dim);
+      psd_optim_init_slots(&t->optim, u + t->dim, t->dim);
+      s->rowof[i] = -2;
+    } else {
+      continue;
+    }
+    psd_optim_apply(&t->optim, u, u + t->dim, grads + i * t->dim, t->dim, count + 1);
     if (!isfinite(psd_optim_absmax(u, t->rowf)))
       return ps_errf(eb, PS_EINVAL, "sparse push '%s'/%u: the update would make row %llu non-finite",
                      model, table, (unsigned long long)keys[i]);
   }
+  size_t nrows0 = t->nrows;
+  for (size_t i = 0; i < nkeys && !rc; i++)
+    if (s->rowof[i] == -2) rc = create_row(t, keys[i], &s->rowof[i], eb);
   uint64_t seq = 0;
-  if (s->log_fn && (rc = log_push(s, t, keys, nkeys, grads, &seq, eb))) return rc;
+  if (!rc && s->log_fn) rc = log_push(s, t, keys, nkeys, grads, &seq, eb);
+  if (rc) {
+    rows_drop_new(t, nrows0);
+    return rc;
+  }
   for (size_t i = 0; i < nkeys; i++) {
     if (s->rowof[i] < 0) {
       t->st.dropped_grads++;
@@ -799,6 +825,12 @@ int psd_sparse_replay(psd_sparse *s, uint64_t seq, const uint8_t *rec, size_t le
     memcpy(keys, p + 12, (size_t)n * 8);
     memcpy(g, p + 12 + (size_t)n * 8, (size_t)n * dim * 4);
     rc = request_check(s, model, table, keys, n, (size_t)n * dim, "push", &t, eb);
+    if (rc == PS_EINVAL) { /* a key twice: no push logs that */
+      char why[sizeof eb->msg];
+      memcpy(why, eb->msg, sizeof why);
+      rc = ps_errf(eb, PS_EIO, "redo log record %llu does not decode: %s",
+                   (unsigned long long)seq, why);
+    }
   }
   if (!rc) {
     t->tick++;

@@ -32,8 +32,11 @@
  *     update count, clock).
  *  4. A request that fails validation (unknown table, key count and
  *     payload that disagree, duplicate keys, NaN/Inf gradients, an update
- *     that would leave a value or slot non-finite) changes no row.  Rows
- *     it read back from disk stay in memory unchanged.
+ *     that would leave a value or slot non-finite, a log that fails)
+ *     changes no row and creates none (a push updates copies, from the
+ *     initial row for a key without one, and creates rows only once every
+ *     update checked out).  Rows it read back from disk stay in memory
+ *     unchanged.
  *  5. psd_sparse_flush writes every changed row in memory and flushes
  *     RocksDB's memtables, so that after it returns a restart with the
  *     same directory reads every row back as it was.

@@ -206,7 +206,10 @@ int psd_sparse_log_start(psd_sparse *s, uint64_t fallback, uint64_t *from, ps_er
 
 /* psd_sparse_replay applies record REC (LEN bytes, kind
  * PSD_SPARSE_LOG_PUSH) of seq SEQ, row by row, to the rows older than
- * it.  PS_EIO when it does not decode or names a table S does not hold. */
+ * it.  PS_EIO when it does not decode (a key twice included), names a
+ * table S does not hold, or holds what no push logs (a gradient that is
+ * not finite, an update that would make a row non-finite); no row
+ * changes then. */
 int psd_sparse_replay(psd_sparse *s, uint64_t seq, const uint8_t *rec, size_t len, ps_errbuf *eb);
 
 /* psd_sparse_snapshot writes every changed row and LOG_SEQ (when it

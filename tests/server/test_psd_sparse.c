@@ -471,6 +471,23 @@ START_TEST(test_refused_push_creates_no_row) {
   ck_assert_int_eq(psd_sparse_replay(s, 5, rec, sizeof rec, &eb), PS_EIO);
   ck_assert_str_eq(eb.msg, "redo log record 5 does not decode: sparse push 'ctr'/2: key 7 is given twice");
   ck_assert_uint_eq(get_row(s, 7).count, 1);
+  /* records whose gradients no push would have logged (NaN; an update
+   * that turns non-finite) do not apply: PS_EIO, no row made or changed
+   * (fuzz_wal found replays writing non-finite rows) */
+  uint64_t fresh[2] = {7, 9};
+  memcpy(rec + 17, fresh, sizeof fresh);
+  float bad = NAN;
+  memcpy(rec + 17 + 16 + D * 4, &bad, 4);
+  ck_assert_int_eq(psd_sparse_replay(s, 5, rec, sizeof rec, &eb), PS_EIO);
+  ck_assert_str_eq(eb.msg, "redo log record 5 does not apply: sparse push 'ctr'/2: the gradient "
+                   "of key 9 is not finite");
+  bad = 1e38f;
+  memcpy(rec + 17 + 16 + D * 4, &bad, 4);
+  ck_assert_int_eq(psd_sparse_replay(s, 5, rec, sizeof rec, &eb), PS_EIO);
+  ck_assert_str_eq(eb.msg, "redo log record 5 does not apply: sparse push 'ctr'/2: the update "
+                   "would make row 9 non-finite");
+  ck_assert_uint_eq(get_row(s, 7).count, 1);
+  ck_assert_int_eq(psd_sparse_row(s, "ctr", 2, 9, NULL, NULL, NULL, NULL, NULL, &eb), PS_ENOENT);
   psd_sparse_close(s);
   for (size_t i = 0; i < l->n; i++) free(l->rec[i]);
   free(l);

@@ -1,12 +1,14 @@
-/* fuzz_psd.h: a whole shard in-process for the fuzz targets of the sparse
- * tables and the redo log (fuzz_sparse, fuzz_wal): a real store (RocksDB
- * in a fresh directory under $TMPDIR), its sparse rows
- * (psd_shard_sparse_open: DATA_DIR/sparse), and the clock table; SERVING.
+/* fuzz_psd.h: a whole shard in-process for the fuzz targets of its
+ * handlers, sparse tables and redo log (fuzz_shard, fuzz_sparse,
+ * fuzz_wal): a real store (RocksDB in a fresh directory under $TMPDIR),
+ * its sparse rows when asked (psd_shard_sparse_open: DATA_DIR/sparse),
+ * and the clock table; SERVING.
  *
- * The shard holds model "m" (gen 1; seed 1; Adam): dense tensors W [4, 8]
- * and b [8] in chunks of 16 elements (ids 0..2), and a graph whose
- * params are E (embedding, dim 4: sparse table 0), W, b and F (embedding,
- * dim 3: sparse table 3).  One shard, two workers, max_request_bytes 1 MiB,
+ * The shard holds model "m" (gen 1; seed 1; Adam; ssp with bound 1):
+ * dense tensors W [4, 8] (glorot) and b [8] (zeros) in chunks of 16
+ * elements (ids 0..2, all on this one shard), and (when asked) a graph
+ * whose params are E (embedding, dim 4: sparse table 0), W, b and F
+ * (embedding, dim 3: sparse table 3).  One shard, two workers, max_request_bytes 1 MiB,
  * sparse.memory_rows 8 (so that a few keys evict and read back rows), and
  * sparse.admit_after as the caller asks. */
 #ifndef PS_FUZZ_PSD_H
@@ -38,14 +40,14 @@ typedef struct fuzz_psd {
 } fuzz_psd;
 
 /* fuzz_psd_rm removes one entry of the tree nftw walks (depth first). */
-static int fuzz_psd_rm(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
+static inline int fuzz_psd_rm(const char *path, const struct stat *st, int flag, struct FTW *ftw) {
   (void)st, (void)flag, (void)ftw;
   return remove(path);
 }
 
 /* fuzz_psd_close closes F's shard, store, rows and clock and removes its
  * directory. */
-static void fuzz_psd_close(fuzz_psd *f) {
+static inline void fuzz_psd_close(fuzz_psd *f) {
   if (!f->open) return;
   psd_shard_clock_stop(&f->sh);
   psd_clock_free(f->sh.clock);
@@ -60,9 +62,9 @@ static void fuzz_psd_close(fuzz_psd *f) {
 }
 
 /* fuzz_psd_open makes F's shard in a fresh directory named after WHAT,
- * with model "m" submitted, its sparse tables open, admission after
- * ADMIT_AFTER pulls. */
-static void fuzz_psd_open(fuzz_psd *f, const char *what, unsigned admit_after) {
+ * with model "m" submitted, admission after ADMIT_AFTER pulls; without
+ * SPARSE, "m" has no graph and the shard no sparse rows (fuzz_shard's). */
+static inline void fuzz_psd_open(fuzz_psd *f, const char *what, unsigned admit_after, int sparse) {
   const char *tmp = getenv("TMPDIR");
   snprintf(f->dir, sizeof f->dir, "%s/%s.XXXXXX", tmp && *tmp ? tmp : "/tmp", what);
   fuzz_check(mkdtemp(f->dir) != NULL, "mkdtemp %s failed", f->dir);
@@ -91,7 +93,7 @@ static void fuzz_psd_open(fuzz_psd *f, const char *what, unsigned admit_after) {
   psd_store_opts o = {.dir = f->sh.me->data_dir, .shard_index = 0, .shard_ids = &id,
                       .nshards = 1, .chunk_elems = f->cfg.chunk_elems};
   fuzz_check(psd_store_open(&f->sh.store, &o, &eb) == 0, "store: %s", eb.msg);
-  fuzz_check(psd_shard_sparse_open(&f->sh, &eb) == 0, "sparse rows: %s", eb.msg);
+  if (sparse) fuzz_check(psd_shard_sparse_open(&f->sh, &eb) == 0, "sparse rows: %s", eb.msg);
   fuzz_check(psd_shard_clock_start(&f->sh, &eb) == 0, "clock: %s", eb.msg);
   f->sh.state = PSD_SERVING;
 
@@ -118,12 +120,12 @@ static void fuzz_psd_open(fuzz_psd *f, const char *what, unsigned admit_after) {
   Ps__ModelSpec spec = PS__MODEL_SPEC__INIT;
   spec.name = "m", spec.seed = 1, spec.tensors = ts, spec.n_tensors = 2, spec.optimizer = &opt;
   spec.consistency = "ssp", spec.staleness = 1;
-  spec.graph.data = gbuf, spec.graph.len = glen;
+  if (sparse) spec.graph.data = gbuf, spec.graph.len = glen;
   Ps__SubmitModelReply rep = PS__SUBMIT_MODEL_REPLY__INIT;
   fuzz_check(psd_shard_submit(&f->sh, &spec, 0, &rep, &eb) == 0, "submit: %s", eb.msg);
   uint32_t dim = 0;
-  fuzz_check(psd_sparse_dim(psd_shard_sparse_rows(&f->sh), "m", FUZZ_PSD_TABLE_F, &dim, NULL) == 0 &&
-                 dim == 3, "table F is missing");
+  fuzz_check(!sparse || (psd_sparse_dim(psd_shard_sparse_rows(&f->sh), "m", FUZZ_PSD_TABLE_F, &dim,
+                                        NULL) == 0 && dim == 3), "table F is missing");
   f->open = 1;
 }
 
@@ -131,7 +133,7 @@ static void fuzz_psd_open(fuzz_psd *f, const char *what, unsigned admit_after) {
  * T of model "m" (whether it exists, its values, slots and update count)
  * into the FNV-1a hash *H; aborts when the row is not finite (every row
  * stays finite: pushes that would break it are refused). */
-static void fuzz_psd_row_sum(fuzz_psd *f, uint32_t t, uint64_t key, uint64_t *h) {
+static inline void fuzz_psd_row_sum(fuzz_psd *f, uint32_t t, uint64_t key, uint64_t *h) {
   psd_sparse *rows = psd_shard_sparse_rows(&f->sh);
   uint32_t dim = 0;
   unsigned slots = 0;

@@ -37,7 +37,7 @@ static void fuzz_sparse_close(void) { fuzz_psd_close(&fz.f); }
 
 static void fuzz_sparse_reset(void) {
   fuzz_psd_close(&fz.f);
-  fuzz_psd_open(&fz.f, "fuzz_sparse", fz.incarnation++ % 2 ? 2 : 1);
+  fuzz_psd_open(&fz.f, "fuzz_sparse", fz.incarnation++ % 2 ? 2 : 1, 1);
   fz.nkeys = 0;
 }
 

@@ -103,7 +103,7 @@ static int fuzz_wal_one(void *arg, uint64_t seq, const uint8_t *p, size_t len, p
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (!fz.f.open) {
     ps_log_init("fuzz_wal", LOG_CRIT);
-    fuzz_psd_open(&fz.f, "fuzz_wal", 1);
+    fuzz_psd_open(&fz.f, "fuzz_wal", 1, 1);
     atexit(fuzz_wal_close);
   }
   if (size == 0) return 0;
@@ -156,7 +156,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   fuzz_check(nftw(dir, fuzz_psd_rm, 16, FTW_DEPTH | FTW_PHYS) == 0, "cannot remove %s", dir);
   if ((mode == 0 && fz.applied != applied) || ++fz.runs % FUZZ_WAL_RESET_EVERY == 0) {
     fuzz_psd_close(&fz.f);
-    fuzz_psd_open(&fz.f, "fuzz_wal", 1);
+    fuzz_psd_open(&fz.f, "fuzz_wal", 1, 1);
     fz.base = 0;
   }
   return 0;

@@ -158,6 +158,10 @@ void psd_shard_sparse_close(psd_shard *sh) {
   sh->sparse = NULL;
 }
 
+psd_sparse *psd_shard_sparse_rows(const psd_shard *sh) {
+  return sh->sparse ? sh->sparse->rows : NULL;
+}
+
 void psd_shard_sparse_status(psd_shard *sh, Ps__StatusReply *reply) {
   size_t n = sh->sparse ? psd_sparse_ntables(sh->sparse->rows) : 0;
   Ps__SparseTableStatus **v = n ? calloc(n, sizeof *v) : NULL;

@@ -26,6 +26,10 @@
 int psd_shard_sparse_open(psd_shard *sh, ps_errbuf *eb);
 void psd_shard_sparse_close(psd_shard *sh);
 
+/* psd_shard_sparse_rows: SH's rows (psd_sparse.h), or NULL when not open;
+ * for read-only looks (psd_sparse_row: tests, the fuzz targets). */
+psd_sparse *psd_shard_sparse_rows(const psd_shard *sh);
+
 /* psd_shard_sparse_check checks SPEC's embedding tables before the store
  * takes SPEC (a graph that does not parse, a bad dim or initializer, a
  * table that exists with another dim or optimizer); psd_shard_sparse_add

@@ -719,6 +719,70 @@ static int log_push(psd_sparse *s, const sp_table *t, const uint64_t *keys, size
   return rc;
 }
 
+/* rows_drop_new removes the rows a push created from row NROWS0 on (the
+ * push failed before changing any): back to the table it found. */
+static void rows_drop_new(sp_table *t, size_t nrows0) {
+  if (t->nrows == nrows0) return;
+  t->st.created -= t->nrows - nrows0;
+  t->nrows = nrows0;
+  t->st.rows_mem = nrows0;
+  memset(t->index, 0, t->icap * sizeof *t->index);
+  for (size_t r = 0; r < t->nrows; r++) index_put(t, r);
+}
+
+/* updates_stage computes the update of GRADS (N rows) for every key
+ * whose s->rowof is a row (>= 0) or -2 (a row to create: from its
+ * initial row, count 0), on copies in s->upd; -1 keys are left out.  A
+ * row that would turn non-finite refuses the whole update (PS_EINVAL,
+ * naming the key) with no row changed (invariant 4). */
+static int updates_stage(psd_sparse *s, sp_table *t, const uint64_t *keys, size_t n,
+                         const float *grads, ps_errbuf *eb) {
+  for (size_t i = 0; i < n; i++) {
+    float *u = s->upd + i * t->rowf;
+    uint64_t count = 0;
+    if (s->rowof[i] >= 0) {
+      memcpy(u, row_data(t, (size_t)s->rowof[i]), t->rowf * sizeof(float));
+      count = t->count[s->rowof[i]];
+    } else if (s->rowof[i] == -2) {
+      ps_init_row(u, t->init, t->scale, t->seed, t->id, keys[i], t->dim);
+      psd_optim_init_slots(&t->optim, u + t->dim, t->dim);
+    } else {
+      continue;
+    }
+    psd_optim_apply(&t->optim, u, u + t->dim, grads + i * t->dim, t->dim, count + 1);
+    if (!isfinite(psd_optim_absmax(u, t->rowf)))
+      return ps_errf(eb, PS_EINVAL, "sparse push '%s'/%u: the update would make row %llu non-finite",
+                     t->model, t->id, (unsigned long long)keys[i]);
+  }
+  return 0;
+}
+
+/* updates_create creates the rows updates_stage marked -2; PS_ENOMEM
+ * with none left created. */
+static int updates_create(psd_sparse *s, sp_table *t, const uint64_t *keys, size_t n,
+                          ps_errbuf *eb) {
+  size_t nrows0 = t->nrows;
+  int rc = 0;
+  for (size_t i = 0; i < n && !rc; i++)
+    if (s->rowof[i] == -2) rc = create_row(t, keys[i], &s->rowof[i], eb);
+  if (rc) rows_drop_new(t, nrows0);
+  return rc;
+}
+
+/* updates_commit writes the staged rows of the N keys (s->rowof >= 0)
+ * as the push of log seq SEQ. */
+static void updates_commit(psd_sparse *s, sp_table *t, size_t n, uint64_t seq) {
+  for (size_t i = 0; i < n; i++) {
+    if (s->rowof[i] < 0) continue;
+    size_t r = (size_t)s->rowof[i];
+    memcpy(row_data(t, r), s->upd + i * t->rowf, t->rowf * sizeof(float));
+    t->count[r]++;
+    t->clock[r] = t->tick;
+    t->rseq[r] = seq;
+    t->flags[r] |= ROW_DIRTY;
+  }
+}
+
 int psd_sparse_push(psd_sparse *s, const char *model, uint32_t table, const uint64_t *keys,
                     size_t nkeys, const float *grads, size_t nfloats, ps_errbuf *eb) {
   sp_table *t;
@@ -729,35 +793,21 @@ int psd_sparse_push(psd_sparse *s, const char *model, uint32_t table, const uint
   if (rc) return rc;
   t->tick++;
   if ((rc = find_rows(s, t, keys, nkeys, eb))) return rc;
-  for (size_t i = 0; i < nkeys && !rc; i++)
-    if (s->rowof[i] < 0 && admitted(s, t, keys[i])) rc = create_row(t, keys[i], &s->rowof[i], eb);
-  if (rc) return rc;
-  /* every update on a copy first: a row that would turn non-finite
-   * refuses the whole push with no row changed (invariant 4) */
-  for (size_t i = 0; i < nkeys; i++) {
-    if (s->rowof[i] < 0) continue;
-    size_t r = (size_t)s->rowof[i];
-    float *u = s->upd + i * t->rowf;
-    memcpy(u, row_data(t, r), t->rowf * sizeof(float));
-    psd_optim_apply(&t->optim, u, u + t->dim, grads + i * t->dim, t->dim, t->count[r] + 1);
-    if (!isfinite(psd_optim_absmax(u, t->rowf)))
-      return ps_errf(eb, PS_EINVAL, "sparse push '%s'/%u: the update would make row %llu non-finite",
-                     model, table, (unsigned long long)keys[i]);
-  }
+  /* a key admitted without a row is updated from its initial row; its
+   * row is created only once every update checked out, so a refused
+   * push materialises none */
+  for (size_t i = 0; i < nkeys; i++)
+    if (s->rowof[i] < 0 && admitted(s, t, keys[i])) s->rowof[i] = -2;
+  if ((rc = updates_stage(s, t, keys, nkeys, grads, eb))) return rc;
+  size_t nrows0 = t->nrows;
+  if ((rc = updates_create(s, t, keys, nkeys, eb))) return rc;
   uint64_t seq = 0;
-  if (s->log_fn && (rc = log_push(s, t, keys, nkeys, grads, &seq, eb))) return rc;
-  for (size_t i = 0; i < nkeys; i++) {
-    if (s->rowof[i] < 0) {
-      t->st.dropped_grads++;
-      continue;
-    }
-    size_t r = (size_t)s->rowof[i];
-    memcpy(row_data(t, r), s->upd + i * t->rowf, t->rowf * sizeof(float));
-    t->count[r]++;
-    t->clock[r] = t->tick;
-    t->rseq[r] = seq;
-    t->flags[r] |= ROW_DIRTY;
+  if (s->log_fn && (rc = log_push(s, t, keys, nkeys, grads, &seq, eb))) {
+    rows_drop_new(t, nrows0);
+    return rc;
   }
+  for (size_t i = 0; i < nkeys; i++) t->st.dropped_grads += s->rowof[i] < 0;
+  updates_commit(s, t, nkeys, seq);
   return evict(s, t, eb);
 }
 
@@ -772,6 +822,15 @@ static uint32_t rec_u32(const uint8_t *p) {
   uint32_t v;
   memcpy(&v, p, 4);
   return v;
+}
+
+/* replay_refuse makes EB's message the reason record SEQ does not
+ * decode or apply (HOW): PS_EIO. */
+static int replay_refuse(uint64_t seq, const char *how, ps_errbuf *eb) {
+  char why[sizeof eb->msg];
+  memcpy(why, eb->msg, sizeof why);
+  return ps_errf(eb, PS_EIO, "redo log record %llu does not %s: %s", (unsigned long long)seq, how,
+                 why);
 }
 
 int psd_sparse_replay(psd_sparse *s, uint64_t seq, const uint8_t *rec, size_t len, ps_errbuf *eb) {
@@ -799,25 +858,26 @@ int psd_sparse_replay(psd_sparse *s, uint64_t seq, const uint8_t *rec, size_t le
     memcpy(keys, p + 12, (size_t)n * 8);
     memcpy(g, p + 12 + (size_t)n * 8, (size_t)n * dim * 4);
     rc = request_check(s, model, table, keys, n, (size_t)n * dim, "push", &t, eb);
+    if (rc == PS_EINVAL) rc = replay_refuse(seq, "decode", eb); /* a key twice: no push logs that */
   }
-  if (!rc) {
+  if (!rc && grow_to(&s->upd, &s->upd_cap, (size_t)n * t->rowf, sizeof *s->upd))
+    rc = ps_errf(eb, PS_ENOMEM, "out of memory replaying the redo log");
+  /* the push checked its gradients and updates before it logged them:
+   * a record that fails those checks is not one a push wrote */
+  if (!rc && (rc = grads_finite(t, keys, g, n, eb)) == 0) {
     t->tick++;
     rc = find_rows(s, t, keys, n, eb);
+    /* the record holds only the keys whose rows the push changed: those
+     * without a row now are created as the push found them; a row whose
+     * seq is the record's or later holds this push already */
+    for (size_t i = 0; i < n && !rc; i++)
+      if (s->rowof[i] < 0) s->rowof[i] = -2;
+      else if (t->rseq[s->rowof[i]] >= seq) s->rowof[i] = -1;
+    if (!rc) rc = updates_stage(s, t, keys, n, g, eb);
   }
-  /* the record holds only the keys whose rows the push changed: those
-   * without a row now are created as the push found them */
-  for (size_t i = 0; i < n && !rc; i++)
-    if (s->rowof[i] < 0) rc = create_row(t, keys[i], &s->rowof[i], eb);
-  for (size_t i = 0; i < n && !rc; i++) {
-    size_t r = (size_t)s->rowof[i];
-    if (t->rseq[r] >= seq) continue; /* the row on disk holds this push already */
-    float *d = row_data(t, r);
-    psd_optim_apply(&t->optim, d, d + t->dim, g + i * t->dim, t->dim, t->count[r] + 1);
-    t->count[r]++;
-    t->clock[r] = t->tick;
-    t->rseq[r] = seq;
-    t->flags[r] |= ROW_DIRTY;
-  }
+  if (rc == PS_EINVAL) rc = replay_refuse(seq, "apply", eb);
+  if (!rc) rc = updates_create(s, t, keys, n, eb);
+  if (!rc) updates_commit(s, t, n, seq);
   free(keys);
   free(g);
   return rc ? rc : evict(s, t, eb);

@@ -32,8 +32,11 @@
  *     update count, clock).
  *  4. A request that fails validation (unknown table, key count and
  *     payload that disagree, duplicate keys, NaN/Inf gradients, an update
- *     that would leave a value or slot non-finite) changes no row.  Rows
- *     it read back from disk stay in memory unchanged.
+ *     that would leave a value or slot non-finite, a log that fails)
+ *     changes no row and creates none (a push updates copies, from the
+ *     initial row for a key without one, and creates rows only once every
+ *     update checked out).  Rows it read back from disk stay in memory
+ *     unchanged.
  *  5. psd_sparse_flush writes every changed row in memory and flushes
  *     RocksDB's memtables, so that after it returns a restart with the
  *     same directory reads every row back as it was.
@@ -203,7 +206,10 @@ int psd_sparse_log_start(psd_sparse *s, uint64_t fallback, uint64_t *from, ps_er
 
 /* psd_sparse_replay applies record REC (LEN bytes, kind
  * PSD_SPARSE_LOG_PUSH) of seq SEQ, row by row, to the rows older than
- * it.  PS_EIO when it does not decode or names a table S does not hold. */
+ * it.  PS_EIO when it does not decode (a key twice included), names a
+ * table S does not hold, or holds what no push logs (a gradient that is
+ * not finite, an update that would make a row non-finite); no row
+ * changes then. */
 int psd_sparse_replay(psd_sparse *s, uint64_t seq, const uint8_t *rec, size_t len, ps_errbuf *eb);
 
 /* psd_sparse_snapshot writes every changed row and LOG_SEQ (when it

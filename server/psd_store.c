@@ -1076,7 +1076,8 @@ int psd_store_replay(psd_store *s, uint64_t seq, const uint8_t *rec, size_t len,
   uint64_t gen = psd_store_get64(p), clock = psd_store_get64(p + 12);
   uint64_t seen = psd_store_get64(p + 20), nelems = psd_store_get64(p + 32);
   uint32_t worker = psd_store_get32(p + 8), nids = psd_store_get32(p + 28);
-  if ((uint64_t)nids * 4 + nelems * 4 != len - PSD_LOG_FIXED - nl)
+  /* nelems first: its x 4 must not wrap round to the record's size */
+  if (nelems > len / 4 || (uint64_t)nids * 4 + nelems * 4 != len - PSD_LOG_FIXED - nl)
     return ps_errf(eb, PS_EIO, "redo log record %" PRIu64 " does not decode", seq);
   psd_model *m = psd_store_find(s, (const char *)rec + 2, nl, NULL);
   if (!m || gen > m->gen)

@@ -431,6 +431,69 @@ START_TEST(test_log_and_replay) {
 }
 END_TEST
 
+/* A push refused after its keys were looked up (an update that would
+ * turn non-finite, a log that fails) materialises no row of the keys
+ * that had none: psd_sparse_row still finds none and nothing was created
+ * (fuzz_sparse found refused pushes creating rows). */
+START_TEST(test_refused_push_creates_no_row) {
+  psd_sparse *s = open_sparse(ps_test_tmpdir(), 0, 0);
+  add_table(s, "sgd", 10.0f);
+  uint64_t keys[2] = {7, 8};
+  float g[2 * D] = {0};
+  g[D] = 1e38f; /* key 8's update overflows */
+  ps_errbuf eb;
+  ck_assert_int_eq(psd_sparse_push(s, "ctr", 2, keys, 2, g, 2 * D, &eb), PS_EINVAL);
+  ck_assert_str_eq(eb.msg, "sparse push 'ctr'/2: the update would make row 8 non-finite");
+  g[D] = 0.5f;
+  mem_log *l = calloc(1, sizeof *l);
+  l->fail = 1;
+  psd_sparse_set_log(s, mem_append, l);
+  ck_assert_int_eq(psd_sparse_push(s, "ctr", 2, keys, 2, g, 2 * D, &eb), PS_EIO);
+  for (int i = 0; i < 2; i++)
+    ck_assert_int_eq(psd_sparse_row(s, "ctr", 2, keys[i], NULL, NULL, NULL, NULL, NULL, &eb),
+                     PS_ENOENT);
+  psd_sparse_stats st;
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.created, 0);
+  ck_assert_uint_eq(st.rows_mem, 0);
+  /* the same push once the log works: both rows, from their initial rows */
+  l->fail = 0;
+  push(s, keys, 2, g);
+  ck_assert_uint_eq(get_row(s, 7).count, 1);
+  ck_assert_uint_eq(get_row(s, 8).count, 1);
+  ck_assert_uint_eq(l->n, 1);
+  /* a record naming a key twice does not decode: PS_EIO, rows unchanged */
+  uint8_t rec[2 + 3 + 12 + 2 * 8 + 2 * D * 4] = {PSD_SPARSE_LOG_PUSH, 3, 'c', 't', 'r'};
+  uint32_t u[3] = {2, D, 2};
+  memcpy(rec + 5, u, sizeof u);
+  uint64_t dup[2] = {7, 7};
+  memcpy(rec + 17, dup, sizeof dup);
+  ck_assert_int_eq(psd_sparse_replay(s, 5, rec, sizeof rec, &eb), PS_EIO);
+  ck_assert_str_eq(eb.msg, "redo log record 5 does not decode: sparse push 'ctr'/2: key 7 is given twice");
+  ck_assert_uint_eq(get_row(s, 7).count, 1);
+  /* records whose gradients no push would have logged (NaN; an update
+   * that turns non-finite) do not apply: PS_EIO, no row made or changed
+   * (fuzz_wal found replays writing non-finite rows) */
+  uint64_t fresh[2] = {7, 9};
+  memcpy(rec + 17, fresh, sizeof fresh);
+  float bad = NAN;
+  memcpy(rec + 17 + 16 + D * 4, &bad, 4);
+  ck_assert_int_eq(psd_sparse_replay(s, 5, rec, sizeof rec, &eb), PS_EIO);
+  ck_assert_str_eq(eb.msg, "redo log record 5 does not apply: sparse push 'ctr'/2: the gradient "
+                   "of key 9 is not finite");
+  bad = 1e38f;
+  memcpy(rec + 17 + 16 + D * 4, &bad, 4);
+  ck_assert_int_eq(psd_sparse_replay(s, 5, rec, sizeof rec, &eb), PS_EIO);
+  ck_assert_str_eq(eb.msg, "redo log record 5 does not apply: sparse push 'ctr'/2: the update "
+                   "would make row 9 non-finite");
+  ck_assert_uint_eq(get_row(s, 7).count, 1);
+  ck_assert_int_eq(psd_sparse_row(s, "ctr", 2, 9, NULL, NULL, NULL, NULL, NULL, &eb), PS_ENOENT);
+  psd_sparse_close(s);
+  for (size_t i = 0; i < l->n; i++) free(l->rec[i]);
+  free(l);
+}
+END_TEST
+
 Suite *psd_sparse_suite(void) {
   Suite *s = suite_create("psd_sparse");
   TCase *tc = tcase_create("tables");
@@ -442,6 +505,7 @@ Suite *psd_sparse_suite(void) {
   tcase_add_test(tc, test_admission);
   tcase_add_test(tc, test_flush_and_reopen);
   tcase_add_test(tc, test_log_and_replay);
+  tcase_add_test(tc, test_refused_push_creates_no_row);
   suite_add_tcase(s, tc);
   return s;
 }

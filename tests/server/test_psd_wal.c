@@ -741,6 +741,28 @@ START_TEST(test_store_replay_fuzzy_snapshot) {
 }
 END_TEST
 
+/* A dense push record whose element count x 4 wraps round to the
+ * record's size does not decode (it was applied as the push of chunk 0's
+ * 128 elements the record holds). */
+START_TEST(test_store_replay_bad_count) {
+  const char *dir = ps_test_tmpdir();
+  psd_store *s = store_open(dir);
+  store_spec sb;
+  ps_errbuf eb;
+  int created;
+  ck_assert_int_eq(psd_store_submit(s, adam_spec(&sb), 0, &created, NULL, NULL, &eb), 0);
+  uint8_t rec[2 + 1 + 8 + 4 + 8 + 8 + 4 + 8 + 4 + 128 * 4] = {1, 1, 'm'};
+  uint64_t gen = 1, nelems = (1ull << 62) + 128;
+  uint32_t nids = 1;
+  memcpy(rec + 3, &gen, 8);
+  memcpy(rec + 3 + 28, &nids, 4);
+  memcpy(rec + 3 + 32, &nelems, 8);
+  ck_assert_int_eq(psd_store_replay(s, 1, rec, sizeof rec, &eb), PS_EIO);
+  ck_assert_str_eq(eb.msg, "redo log record 1 does not decode");
+  psd_store_close(s);
+}
+END_TEST
+
 Suite *psd_wal_suite(void) {
   Suite *s = suite_create("psd_wal");
   TCase *tc = tcase_create("core");
@@ -755,6 +777,7 @@ Suite *psd_wal_suite(void) {
   tcase_add_test(tc, test_reused_segments);
   tcase_add_test(tc, test_store_replay_exact);
   tcase_add_test(tc, test_store_replay_fuzzy_snapshot);
+  tcase_add_test(tc, test_store_replay_bad_count);
   suite_add_tcase(s, tc);
   return s;
 }

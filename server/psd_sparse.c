@@ -26,6 +26,7 @@
 enum { ROW_DIRTY = 1, ROW_ON_DISK = 2 };
 #define KEY_MAX_LEN (1 + 64 + 1 + 4 + 8)
 #define VAL_HDR 16 /* update count, clock */
+#define SCRATCH_KEEP (8u << 20) /* scratch larger than this is freed after use */
 #define VAL_SEQ 8  /* after the floats: the redo log seq of the last push applied */
 #define LOG_HDR(nl) ((size_t)2 + (nl) + 12) /* kind, name length, name, table, dim, nkeys */
 
@@ -485,7 +486,21 @@ static int write_rows(psd_sparse *s, sp_table *t, const uint8_t *mark, ps_errbuf
   for (size_t i = 0; i < n; i++) put_row(t, ka[i].at, s->wb, s->val);
   char *err = NULL;
   if (n) rocksdb_write(s->db, s->wo, s->wb, &err);
-  rocksdb_writebatch_clear(s->wb);
+  /* kept for the next eviction, unless a snapshot or an export of many
+   * rows made it large: memory beside the budget stays small */
+  size_t wbn = 0;
+  rocksdb_writebatch_data(s->wb, &wbn);
+  if (wbn > SCRATCH_KEEP) {
+    rocksdb_writebatch_destroy(s->wb);
+    s->wb = NULL;
+  } else {
+    rocksdb_writebatch_clear(s->wb);
+  }
+  if (s->ka_cap * sizeof *s->ka > SCRATCH_KEEP) {
+    free(s->ka);
+    s->ka = NULL;
+    s->ka_cap = 0;
+  }
   if (err) return rdb_err(s, err, "write", eb);
   for (size_t r = 0; r < t->nrows; r++)
     if (!mark || mark[r]) t->flags[r] = ROW_ON_DISK;

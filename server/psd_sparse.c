@@ -5,6 +5,8 @@
  * * rowf, rowf = dim x (1 + slots)) with parallel arrays of keys, update
  * counts, clocks and flags; an open-addressing index (linear probing on
  * ps_mix64(key), load <= 1/2) maps a key to its row + 1.  Eviction
+ * finds the clock below which the oldest rows lie from a histogram of
+ * the rows' clocks (request ticks: O(rows)), writes them in key order,
  * compacts the slab and rebuilds the index, once per batch of evictions.
  * Admission counts live in a second open-addressing map (key -> pulls
  * seen), which only grows: 16 bytes per key pulled and not yet admitted

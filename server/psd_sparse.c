@@ -5,6 +5,8 @@
  * * rowf, rowf = dim x (1 + slots)) with parallel arrays of keys, update
  * counts, clocks and flags; an open-addressing index (linear probing on
  * ps_mix64(key), load <= 1/2) maps a key to its row + 1.  Eviction
+ * finds the clock below which the oldest rows lie from a histogram of
+ * the rows' clocks (request ticks: O(rows)), writes them in key order,
  * compacts the slab and rebuilds the index, once per batch of evictions.
  * Admission counts live in a second open-addressing map (key -> pulls
  * seen), which only grows: 16 bytes per key pulled and not yet admitted
@@ -26,6 +28,7 @@
 enum { ROW_DIRTY = 1, ROW_ON_DISK = 2 };
 #define KEY_MAX_LEN (1 + 64 + 1 + 4 + 8)
 #define VAL_HDR 16 /* update count, clock */
+#define SCRATCH_KEEP (8u << 20) /* scratch larger than this is freed after use */
 #define VAL_SEQ 8  /* after the floats: the redo log seq of the last push applied */
 #define LOG_HDR(nl) ((size_t)2 + (nl) + 12) /* kind, name length, name, table, dim, nkeys */
 
@@ -65,6 +68,7 @@ struct psd_sparse {
   rocksdb_cache_t *cache;
   rocksdb_writeoptions_t *wo;   /* WAL off */
   rocksdb_readoptions_t *ro;
+  rocksdb_column_family_handle_t *cf; /* the default family (batched MultiGet needs it) */
   rocksdb_flushoptions_t *fo;
   sp_table **tables;
   size_t ntables;
@@ -76,6 +80,17 @@ struct psd_sparse {
   size_t rowof_cap;
   float *upd;                   /* updated rows before commit */
   size_t upd_cap;
+  /* eviction and row i/o scratch, kept between requests: large buffers
+   * malloc'd and freed per request cost a page fault per page each time */
+  uint32_t *ev_hist;            /* rows per clock (age) */
+  size_t ev_hist_cap;
+  uint8_t *ev_mark;             /* rows to drop */
+  size_t ev_mark_cap;
+  struct key_at *ka;            /* keys to write or read, sorted */
+  size_t ka_cap;
+  char *val;                    /* one stored row */
+  size_t val_cap;
+  rocksdb_writebatch_t *wb;     /* cleared after each write */
   /* durability (see psd_sparse.h, "Durability") */
   psd_sparse_log_fn *log_fn;    /* redo log hook; NULL: none */
   void *log_arg;
@@ -362,9 +377,15 @@ int psd_sparse_open(psd_sparse **out, const psd_sparse_opts *o, ps_errbuf *eb) {
   s->fo = rocksdb_flushoptions_create();
   rocksdb_block_based_options_set_block_cache(s->bbto, s->cache);
   rocksdb_block_based_options_set_filter_policy(s->bbto, rocksdb_filterpolicy_create_bloom(10));
+  rocksdb_block_based_options_set_data_block_index_type(
+      s->bbto, rocksdb_block_based_table_data_block_index_type_binary_search_and_hash);
   rocksdb_options_set_block_based_table_factory(s->opts, s->bbto);
   rocksdb_options_set_create_if_missing(s->opts, 1);
   rocksdb_options_set_compression(s->opts, rocksdb_no_compression);
+  /* a read-back is a point lookup: whole-key bloom in the memtables too,
+   * and a hash index in each data block */
+  rocksdb_options_set_memtable_prefix_bloom_size_ratio(s->opts, 0.02);
+  rocksdb_options_set_memtable_whole_key_filtering(s->opts, 1);
   rocksdb_options_set_write_buffer_size(s->opts, 16u << 20);
   rocksdb_options_set_max_write_buffer_number(s->opts, 2);
   rocksdb_options_set_keep_log_file_num(s->opts, 2);
@@ -372,7 +393,9 @@ int psd_sparse_open(psd_sparse **out, const psd_sparse_opts *o, ps_errbuf *eb) {
   rocksdb_writeoptions_disable_WAL(s->wo, 1);
   rocksdb_flushoptions_set_wait(s->fo, 1);
   char *err = NULL;
-  s->db = rocksdb_open(s->opts, s->dir, &err);
+  const char *cfname = "default";
+  const rocksdb_options_t *cfopts = s->opts;
+  s->db = rocksdb_open_column_families(s->opts, s->dir, 1, &cfname, &cfopts, &s->cf, &err);
   if (err) {
     int rc = rdb_err(s, err, "open", eb);
     psd_sparse_close(s);
@@ -401,6 +424,7 @@ void psd_sparse_close(psd_sparse *s) {
   if (!s) return;
   for (size_t i = 0; i < s->ntables; i++) table_free(s->tables[i]);
   free(s->tables);
+  if (s->cf) rocksdb_column_family_handle_destroy(s->cf);
   if (s->db) rocksdb_close(s->db);
   if (s->fo) rocksdb_flushoptions_destroy(s->fo);
   if (s->ro) rocksdb_readoptions_destroy(s->ro);
@@ -412,6 +436,11 @@ void psd_sparse_close(psd_sparse *s) {
   free(s->set_used);
   free(s->rowof);
   free(s->upd);
+  free(s->ev_hist);
+  free(s->ev_mark);
+  free(s->ka);
+  free(s->val);
+  if (s->wb) rocksdb_writebatch_destroy(s->wb);
   free(s->dir);
   free(s);
 }
@@ -429,26 +458,51 @@ static void put_row(const sp_table *t, size_t r, rocksdb_writebatch_t *b, char *
   rocksdb_writebatch_put(b, k, kn, val, val_len(t));
 }
 
+/* A key and where it is (a row, a request's index), sorted by key. */
+typedef struct key_at {
+  uint64_t key;
+  size_t at;
+} key_at;
+
+static int cmp_key_at(const void *a, const void *b) {
+  uint64_t x = ((const key_at *)a)->key, y = ((const key_at *)b)->key;
+  return x < y ? -1 : x > y;
+}
+
 /* write_rows writes the rows of T whose MARK[r] is set and that changed
  * since they were last written (or were never written), in one batch
- * without the WAL; on success they are clean and on disk. */
+ * without the WAL; on success they are clean and on disk.  The batch is
+ * in key order: the memtable's skiplist then inserts each row from where
+ * the previous one went (its "splice") instead of searching from the top. */
 static int write_rows(psd_sparse *s, sp_table *t, const uint8_t *mark, ps_errbuf *eb) {
-  rocksdb_writebatch_t *b = rocksdb_writebatch_create();
-  char *val = malloc(val_len(t));
-  if (!val) {
-    rocksdb_writebatch_destroy(b);
+  if (!s->wb) s->wb = rocksdb_writebatch_create();
+  if (grow_to(&s->val, &s->val_cap, val_len(t), 1) ||
+      grow_to(&s->ka, &s->ka_cap, t->nrows ? t->nrows : 1, sizeof *s->ka))
     return ps_errf(eb, PS_ENOMEM, "sparse rows: out of memory");
-  }
+  key_at *ka = s->ka;
   uint64_t n = 0;
   for (size_t r = 0; r < t->nrows; r++)
-    if ((!mark || mark[r]) && (t->flags[r] & ROW_DIRTY || !(t->flags[r] & ROW_ON_DISK))) {
-      put_row(t, r, b, val);
-      n++;
-    }
-  free(val);
+    if ((!mark || mark[r]) && (t->flags[r] & ROW_DIRTY || !(t->flags[r] & ROW_ON_DISK)))
+      ka[n++] = (key_at){t->keys[r], r};
+  qsort(ka, n, sizeof *ka, cmp_key_at);
+  for (size_t i = 0; i < n; i++) put_row(t, ka[i].at, s->wb, s->val);
   char *err = NULL;
-  if (n) rocksdb_write(s->db, s->wo, b, &err);
-  rocksdb_writebatch_destroy(b);
+  if (n) rocksdb_write(s->db, s->wo, s->wb, &err);
+  /* kept for the next eviction, unless a snapshot or an export of many
+   * rows made it large: memory beside the budget stays small */
+  size_t wbn = 0;
+  rocksdb_writebatch_data(s->wb, &wbn);
+  if (wbn > SCRATCH_KEEP) {
+    rocksdb_writebatch_destroy(s->wb);
+    s->wb = NULL;
+  } else {
+    rocksdb_writebatch_clear(s->wb);
+  }
+  if (s->ka_cap * sizeof *s->ka > SCRATCH_KEEP) {
+    free(s->ka);
+    s->ka = NULL;
+    s->ka_cap = 0;
+  }
   if (err) return rdb_err(s, err, "write", eb);
   for (size_t r = 0; r < t->nrows; r++)
     if (!mark || mark[r]) t->flags[r] = ROW_ON_DISK;
@@ -480,41 +534,47 @@ static int read_back(psd_sparse *s, sp_table *t, const uint64_t *keys, size_t n,
   if (!m || !t->any_on_disk) return 0;
   char *kbuf = malloc(m * KEY_MAX_LEN);
   const char **kl = malloc(m * sizeof *kl);
-  size_t *ks = malloc(m * sizeof *ks), *vs = malloc(m * sizeof *vs), *at = malloc(m * sizeof *at);
-  char **vl = calloc(m, sizeof *vl), **errs = calloc(m, sizeof *errs);
-  int rc = kbuf && kl && ks && vs && at && vl && errs ? 0
+  size_t *ks = malloc(m * sizeof *ks);
+  key_at *ka = grow_to(&s->ka, &s->ka_cap, m, sizeof *s->ka) ? NULL : s->ka;
+  rocksdb_pinnableslice_t **vl = calloc(m, sizeof *vl);
+  char **errs = calloc(m, sizeof *errs);
+  int rc = kbuf && kl && ks && ka && vl && errs ? 0
            : ps_errf(eb, PS_ENOMEM, "sparse rows: out of memory");
   for (size_t i = 0, j = 0; !rc && i < n; i++)
-    if (s->rowof[i] < 0) {
-      kl[j] = kbuf + j * KEY_MAX_LEN;
-      ks[j] = row_key(t, keys[i], kbuf + j * KEY_MAX_LEN);
-      at[j++] = i;
-    }
-  if (!rc) rocksdb_multi_get(s->db, s->ro, m, kl, ks, vl, vs, errs);
+    if (s->rowof[i] < 0) ka[j++] = (key_at){keys[i], i};
+  /* in key order, RocksDB's batched MultiGet looks up each file's filter
+   * and index once for the keys it may hold, and reads a block once for
+   * the keys in it */
+  if (!rc) qsort(ka, m, sizeof *ka, cmp_key_at);
   for (size_t j = 0; !rc && j < m; j++) {
+    kl[j] = kbuf + j * KEY_MAX_LEN;
+    ks[j] = row_key(t, ka[j].key, kbuf + j * KEY_MAX_LEN);
+  }
+  if (!rc) rocksdb_batched_multi_get_cf(s->db, s->ro, s->cf, m, kl, ks, vl, errs, 1);
+  for (size_t j = 0; !rc && j < m; j++) {
+    size_t vn = 0;
+    const char *v = vl[j] ? rocksdb_pinnableslice_value(vl[j], &vn) : NULL;
     if (errs[j]) {
       rc = rdb_err(s, errs[j], "read", eb);
       errs[j] = NULL;
-    } else if (vl[j] && !val_ok(t, vs[j])) {
+    } else if (v && !val_ok(t, vn)) {
       rc = ps_errf(eb, PS_EIO, "sparse rows '%s': row %llu of '%s'/%u has %zu bytes, expected %zu",
-                   s->dir, (unsigned long long)keys[at[j]], t->model, t->id, vs[j], val_len(t));
-    } else if (vl[j]) {
+                   s->dir, (unsigned long long)ka[j].key, t->model, t->id, vn, val_len(t));
+    } else if (v) {
       size_t r;
-      if ((rc = load_row(t, keys[at[j]], vl[j], vs[j], &r)))
+      if ((rc = load_row(t, ka[j].key, v, vn, &r)))
         ps_errf(eb, rc, "sparse rows: out of memory");
       else
-        s->rowof[at[j]] = (int64_t)r;
+        s->rowof[ka[j].at] = (int64_t)r;
     }
   }
   for (size_t j = 0; vl && errs && j < m; j++) {
-    rocksdb_free(vl[j]);
+    rocksdb_pinnableslice_destroy(vl[j]);
     if (errs[j]) rocksdb_free(errs[j]);
   }
   free(kbuf);
   free(kl);
   free(ks);
-  free(vs);
-  free(at);
   free(vl);
   free(errs);
   return rc;
@@ -532,27 +592,46 @@ static int cmp_u64(const void *a, const void *b) {
 static int evict(psd_sparse *s, sp_table *t, ps_errbuf *eb) {
   if (!s->memory_rows || t->nrows <= s->memory_rows) return 0;
   size_t keep = s->memory_rows - s->memory_rows / 8, drop = t->nrows - keep;
-  uint64_t *clocks = malloc(t->nrows * sizeof *clocks);
-  uint8_t *mark = calloc(t->nrows, 1);
-  if (!clocks || !mark) {
-    free(clocks);
-    free(mark);
-    return ps_errf(eb, PS_ENOMEM, "sparse rows: out of memory");
+  /* the drop-th oldest clock, THR, by counting rows per clock: clocks
+   * are request ticks, so the span of the rows' clocks is about the
+   * requests the budget holds rows for, rarely more than the rows */
+  uint64_t lo = UINT64_MAX, hi = 0;
+  for (size_t r = 0; r < t->nrows; r++) {
+    if (t->clock[r] < lo) lo = t->clock[r];
+    if (t->clock[r] > hi) hi = t->clock[r];
   }
-  memcpy(clocks, t->clock, t->nrows * sizeof *clocks);
-  qsort(clocks, t->nrows, sizeof *clocks, cmp_u64);
-  uint64_t thr = clocks[drop - 1];
+  uint64_t span = hi - lo + 1, thr = hi;
+  if (grow_to(&s->ev_mark, &s->ev_mark_cap, t->nrows, 1))
+    return ps_errf(eb, PS_ENOMEM, "sparse rows: out of memory");
+  uint8_t *mark = s->ev_mark;
+  memset(mark, 0, t->nrows);
+  if (span <= (uint64_t)t->nrows + 4096) {
+    if (grow_to(&s->ev_hist, &s->ev_hist_cap, (size_t)span, sizeof *s->ev_hist))
+      return ps_errf(eb, PS_ENOMEM, "sparse rows: out of memory");
+    uint32_t *hist = s->ev_hist;
+    memset(hist, 0, (size_t)span * sizeof *hist);
+    for (size_t r = 0; r < t->nrows; r++) hist[t->clock[r] - lo]++;
+    size_t acc = 0;
+    for (uint64_t c = 0; c < span; c++)
+      if ((acc += hist[c]) >= drop) {
+        thr = lo + c;
+        break;
+      }
+  } else { /* clocks spread wider than the rows (a table left idle among others): sort */
+    uint64_t *clocks = malloc(t->nrows * sizeof *clocks);
+    if (!clocks) return ps_errf(eb, PS_ENOMEM, "sparse rows: out of memory");
+    memcpy(clocks, t->clock, t->nrows * sizeof *clocks);
+    qsort(clocks, t->nrows, sizeof *clocks, cmp_u64);
+    thr = clocks[drop - 1];
+    free(clocks);
+  }
   size_t below = 0;
   for (size_t r = 0; r < t->nrows; r++) below += t->clock[r] < thr;
   size_t at_thr = drop - below; /* rows with clock == thr to drop, lowest index first */
   for (size_t r = 0; r < t->nrows; r++)
     if (t->clock[r] < thr || (t->clock[r] == thr && at_thr && at_thr--)) mark[r] = 1;
-  free(clocks);
   int rc = write_rows(s, t, mark, eb);
-  if (rc) {
-    free(mark);
-    return rc;
-  }
+  if (rc) return rc;
   size_t w = 0;
   for (size_t r = 0; r < t->nrows; r++) {
     if (mark[r]) continue;
@@ -566,7 +645,6 @@ static int evict(psd_sparse *s, sp_table *t, ps_errbuf *eb) {
     }
     w++;
   }
-  free(mark);
   t->st.evictions += t->nrows - w;
   t->nrows = w;
   t->st.rows_mem = w;

@@ -65,8 +65,10 @@
  *
  * RocksDB: its own instance in o->dir (beside the dense store's, so that
  * neither's format or flush cycle changes the other's), 16 MiB write
- * buffers x 2, bloom filters (most misses of a large table are new keys),
- * no compression.  Key: 'r' model '\0' table (u32 BE) key (u64 BE);
+ * buffers x 2, bloom filters (most misses of a large table are new keys)
+ * in the files and the memtables, a hash index in each data block, no
+ * compression.  Rows go in in key order (one batch per eviction) and
+ * come back with one batched MultiGet in key order.  Key: 'r' model '\0' table (u32 BE) key (u64 BE);
  * value: see "Stored row" above.
  *
  * Not thread-safe: one thread (psd's loop) calls everything, except

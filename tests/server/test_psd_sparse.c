@@ -200,6 +200,37 @@ START_TEST(test_evict_read_back_bit_identical) {
 }
 END_TEST
 
+/* Eviction drops exactly the rows touched longest ago (ties: the row
+ * that came first), whether the rows' clocks span few ticks (counted per
+ * tick) or many more ticks than rows (a table whose old rows sat while
+ * others were pulled thousands of times: sorted).  Key 1 is touched
+ * first, keys 2 and 3 together next, 4..8 after and often: with 9 over
+ * the budget of 8, keys 1 and 2 go (down to 7 rows), 3..9 stay. */
+START_TEST(test_evict_oldest_first) {
+  for (int wide = 0; wide < 2; wide++) {
+    char dir[4200];
+    snprintf(dir, sizeof dir, "%s/%d", ps_test_tmpdir(), wide);
+    psd_sparse *s = open_sparse(dir, 8, 0);
+    add_table(s, "sgd", 0.1f);
+    float rows[5 * D];
+    uint64_t first[3] = {1, 2, 3}, hot[5] = {4, 5, 6, 7, 8};
+    pull(s, first, 1, rows);
+    pull(s, first + 1, 2, rows);
+    for (int rep = 0; rep < (wide ? 6000 : 1); rep++) pull(s, hot, 5, rows);
+    uint64_t k9 = 9;
+    pull(s, &k9, 1, rows);
+    psd_sparse_stats st;
+    ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+    ck_assert_uint_eq(st.rows_mem, 7);
+    ck_assert_uint_eq(st.evictions, 2);
+    for (uint64_t k = 1; k <= 9; k++)
+      ck_assert_msg(get_row(s, k).in_mem == (k >= 3), "wide %d: key %llu in memory: %d", wide,
+                    (unsigned long long)k, get_row(s, k).in_mem);
+    psd_sparse_close(s);
+  }
+}
+END_TEST
+
 /* Bad requests: clear errors, and every row (in memory and on disk) as
  * it was. */
 START_TEST(test_bad_input_changes_nothing) {
@@ -501,6 +532,7 @@ Suite *psd_sparse_suite(void) {
   tcase_add_test(tc, test_pull_creates_from_initializer);
   tcase_add_test(tc, test_push_per_row_optimizers);
   tcase_add_test(tc, test_evict_read_back_bit_identical);
+  tcase_add_test(tc, test_evict_oldest_first);
   tcase_add_test(tc, test_bad_input_changes_nothing);
   tcase_add_test(tc, test_admission);
   tcase_add_test(tc, test_flush_and_reopen);

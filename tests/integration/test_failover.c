@@ -265,9 +265,12 @@ static void tf_kill_run(tf_ctx *x, uint64_t samples, int nw, int every_ms, int r
 START_TEST(test_failover_kill_restart) {
   TF_NEED_DATA();
   tf_ctx x = {0};
-  /* Adam at 5e-4: logistic regression at 2e-3 oscillates around 0.80 */
-  tf_start(&x, 3, 2, 60, "logreg", "0.0005", TF_SAMPLES);
-  tf_kill_run(&x, TF_SAMPLES, 3, 2000, 0, 0.80);
+  /* Adam at 5e-4: logistic regression at 2e-3 oscillates around 0.80.
+   * 90 epochs and a kill a second: the job lasts about 6 s here, long
+   * enough for several kills however fast the step (60 epochs took 3.9 s
+   * once the progress reports moved to the channel, one kill at 2 s) */
+  tf_start(&x, 3, 2, 90, "logreg", "0.0005", TF_SAMPLES);
+  tf_kill_run(&x, TF_SAMPLES, 3, 1000, 0, 0.80);
 }
 END_TEST
 

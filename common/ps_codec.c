@@ -114,6 +114,22 @@ __attribute__((target("avx,f16c"))) static void fp16_decode_f16c(const uint8_t *
     out[i] += alpha * ps_codec_h2f(h);
   }
 }
+/* onebit_bits_avx writes the sign bits of X (N, a multiple of 8) to BITS,
+ * 8 per byte (bit k of byte j: the sign of X[8j + k]), as onebit_encode's
+ * scalar loop does. */
+__attribute__((target("avx"))) static void onebit_bits_avx(const float *x, uint32_t n,
+                                                          uint8_t *bits) {
+  for (uint32_t i = 0; i < n; i += 8) bits[i / 8] = (uint8_t)_mm256_movemask_ps(_mm256_loadu_ps(x + i));
+}
+/* onebit_acc_avx is onebit_decode_acc's main loop (N a multiple of 8):
+ * OUT[8j + k] += S x SIGN[BITS[j]][k], the same operations 8 at a time. */
+__attribute__((target("avx"))) static void onebit_acc_avx(const uint8_t *bits, uint32_t n, float s,
+                                                         const float (*sign)[8], float *out) {
+  const __m256 sv = _mm256_set1_ps(s);
+  for (uint32_t i = 0; i < n; i += 8)
+    _mm256_storeu_ps(out + i, _mm256_add_ps(_mm256_loadu_ps(out + i),
+                                            _mm256_mul_ps(sv, _mm256_loadu_ps(sign[bits[i / 8]]))));
+}
 static int codec_have_f16c(void) {
   static int have = -1; /* racing first callers store the same answer */
   int h = __atomic_load_n(&have, __ATOMIC_RELAXED);
@@ -233,7 +249,14 @@ static void onebit_encode(const float *restrict x, uint32_t n, float topk, uint8
   float s = n ? (float)(sum / n) : 0;
   memcpy(out, &s, 4);
   uint8_t *restrict bits = out + 4;
-  for (i = 0; i + 8 <= n; i += 8) {
+  i = 0;
+#ifdef PS_CODEC_F16C
+  if (codec_have_f16c()) { /* AVX with the OS saving its registers */
+    i = n & ~7u;
+    onebit_bits_avx(x, i, bits);
+  }
+#endif
+  for (; i + 8 <= n; i += 8) {
     uint32_t byte = 0;
     for (uint32_t k = 0; k < 8; k++) {
       uint32_t b;
@@ -263,6 +286,12 @@ static void onebit_decode_acc(const uint8_t *restrict in, uint32_t n, float topk
   float s = get_f32(in) * alpha;
   const uint8_t *restrict bits = in + 4;
   uint32_t i = 0;
+#ifdef PS_CODEC_F16C
+  if (codec_have_f16c()) { /* AVX with the OS saving its registers */
+    i = n & ~7u;
+    onebit_acc_avx(bits, i, s, (const float(*)[8])sign, out);
+  }
+#endif
   for (; i + 8 <= n; i += 8) {
     const float *sg = sign[bits[i / 8]];
     for (uint32_t k = 0; k < 8; k++) out[i + k] += s * sg[k];

@@ -568,6 +568,17 @@ static int conn_pull(psd_conn *c, Ps__ChanMeta *m) {
   return 0;
 }
 
+/* conn_data_room makes the connection's data buffer hold the current
+ * frame's data (push or beat); 0, or -1 out of memory (no buffer then). */
+static int conn_data_room(psd_conn *c) {
+  if (c->rx.h.data_len <= c->data_cap) return 0;
+  free(c->data);
+  c->data_cap = 0;
+  if (!(c->data = malloc(c->rx.h.data_len))) return -1;
+  c->data_cap = c->rx.h.data_len;
+  return 0;
+}
+
 /* conn_push_begin validates a push whose meta is complete and sets up the
  * receipt of its data (invariant 2). */
 static void conn_push_begin(psd_conn *c) {
@@ -585,15 +596,8 @@ static void conn_push_begin(psd_conn *c) {
                          m->model, (unsigned long long)c->rx.h.data_len, ps_codec_name(r.codec),
                          (unsigned long long)n, (unsigned long long)nbytes);
   }
-  if (c->req_err == 0 && c->rx.h.data_len > c->data_cap) {
-    free(c->data);
-    c->data_cap = 0;
-    if (!(c->data = malloc(c->rx.h.data_len))) {
-      c->req_err = ps_errf(&c->req_eb, PS_ENOMEM, "push to model '%s': out of memory", m->model);
-    } else {
-      c->data_cap = c->rx.h.data_len;
-    }
-  }
+  if (c->req_err == 0 && conn_data_room(c) < 0)
+    c->req_err = ps_errf(&c->req_eb, PS_ENOMEM, "push to model '%s': out of memory", m->model);
   c->rx.state = c->req_err ? PS_CHAN_RX_DISCARD : PS_CHAN_RX_DATA;
   c->rx.got = 0;
 }
@@ -681,14 +685,8 @@ static void conn_beat_begin(psd_conn *c) {
   if (c->rx.h.data_len > CHAN_BEAT_MAX)
     c->req_err = ps_errf(&c->req_eb, PS_EINVAL, "a beat of %llu bytes; at most %u",
                          (unsigned long long)c->rx.h.data_len, CHAN_BEAT_MAX);
-  if (c->req_err == 0 && c->rx.h.data_len > c->data_cap) {
-    free(c->data);
-    c->data_cap = 0;
-    if (!(c->data = malloc(c->rx.h.data_len)))
-      c->req_err = ps_errf(&c->req_eb, PS_ENOMEM, "beat: out of memory");
-    else
-      c->data_cap = c->rx.h.data_len;
-  }
+  if (c->req_err == 0 && conn_data_room(c) < 0)
+    c->req_err = ps_errf(&c->req_eb, PS_ENOMEM, "beat: out of memory");
   c->rx.state = c->req_err ? PS_CHAN_RX_DISCARD : PS_CHAN_RX_DATA;
   c->rx.got = 0;
 }

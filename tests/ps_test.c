@@ -435,3 +435,27 @@ Ps__StatusReply *ps_test_status(int port) {
   ps_rpc_close(rpc);
   return (Ps__StatusReply *)resp;
 }
+
+/* ps_test_ctr_model: see ps_test.h. */
+void ps_test_ctr_model(ps_test_ctr *m, const psw_ctr_shape *sh, const char *kind, float lr,
+                       uint64_t seed) {
+  uint8_t *buf;
+  size_t len;
+  ps_errbuf eb;
+  ck_assert_msg(psw_graph_ctr_pack("ctr", sh, &buf, &len, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psw_graph_load(buf, len, &m->g, &eb) == 0, "%s", eb.msg);
+  free(buf);
+  ck_assert_msg(psw_graph_to_spec(m->g, "ctr", &m->spec, &eb) == 0, "%s", eb.msg);
+  ps__optimizer_spec__init(&m->opt);
+  m->opt.kind = (char *)kind;
+  m->opt.lr = lr;
+  m->spec->optimizer = &m->opt;
+  m->spec->seed = seed;
+}
+
+/* ps_test_ctr_release: see ps_test.h. */
+void ps_test_ctr_release(ps_test_ctr *m) {
+  m->spec->optimizer = NULL; /* not the spec's to free */
+  psw_graph_spec_free(m->spec);
+  psw_graph_free(m->g);
+}

@@ -15,6 +15,7 @@
 #include "ps.pb-c.h"
 #include "ps_chan.h"
 #include "ps_rpc.h"
+#include "psw_graph.h"
 
 /* PS_SKIP marks the running test as skipped (counted and reported by the
  * runner as skipped, not passed) and returns from the test function. */
@@ -146,6 +147,19 @@ int ps_test_wait_port(int port, int timeout_ms);
 int ps_test_rpc_open(ps_rpc **r, const char *addr, ps_errbuf *eb);
 int ps_test_chan_connect(ps_chan_client **c, const char *addr, const char *cluster,
                          int timeout_ms, ps_errbuf *eb);
+
+/* A click-through model "ctr" of SH (psw_graph_ctr_pack) as a ModelSpec
+ * with optimizer KIND at LR and SEED (ps_test_ctr_model); G is its graph
+ * (what psw_exec runs).  Built in place: SPEC points at OPT.  Released
+ * with ps_test_ctr_release. */
+typedef struct ps_test_ctr {
+  psw_graph *g;
+  Ps__ModelSpec *spec;
+  Ps__OptimizerSpec opt;
+} ps_test_ctr;
+void ps_test_ctr_model(ps_test_ctr *m, const psw_ctr_shape *sh, const char *kind, float lr,
+                       uint64_t seed);
+void ps_test_ctr_release(ps_test_ctr *m);
 
 /* ps_test_submit registers SPEC on the shard behind R (SubmitModel with
  * REPLACE) within TIMEOUT_MS; fails the test with the model's name and the

@@ -124,23 +124,10 @@ static void *sd_pusher_main(void *arg) {
  * feature) with SGD lr 1 and seed 11 through R. */
 static void sd_submit(ps_rpc *r) {
   psw_ctr_shape sh = {1, SD_DIM, 1, NULL, 0, 0, 0};
-  uint8_t *buf;
-  size_t len;
-  ps_errbuf eb;
-  psw_graph *g;
-  ck_assert_msg(psw_graph_ctr_pack("ctr", &sh, &buf, &len, &eb) == 0, "%s", eb.msg);
-  ck_assert_msg(psw_graph_load(buf, len, &g, &eb) == 0, "%s", eb.msg);
-  free(buf);
-  Ps__ModelSpec *spec;
-  ck_assert_int_eq(psw_graph_to_spec(g, "ctr", &spec, &eb), 0);
-  Ps__OptimizerSpec opt = PS__OPTIMIZER_SPEC__INIT;
-  opt.kind = "sgd", opt.lr = 1.0f;
-  spec->optimizer = &opt;
-  spec->seed = 11;
-  ps_test_submit(r, spec, 0, 10000);
-  spec->optimizer = NULL;
-  psw_graph_spec_free(spec);
-  psw_graph_free(g);
+  ps_test_ctr m;
+  ps_test_ctr_model(&m, &sh, "sgd", 1.0f, 11);
+  ps_test_submit(r, m.spec, 0, 10000);
+  ps_test_ctr_release(&m);
 }
 
 /* sd_init fills T's keys (all on the one shard) and its address. */

@@ -82,43 +82,23 @@ START_TEST(test_sparse_rpc) {
   for (int s = 0; s < 2; s++) sp_wait_up(&c, s), sp_open(&c, s);
   /* the model: psctl model ctr --fields 2 --dim 4 --dense 1, SGD lr 0.5 */
   psw_ctr_shape sh = {2, DIM, 1, NULL, 0, 0, 0};
-  uint8_t *buf;
-  size_t len;
   ps_errbuf eb;
-  psw_graph *g;
-  ck_assert_msg(psw_graph_ctr_pack("ctr", &sh, &buf, &len, &eb) == 0, "%s", eb.msg);
-  ck_assert_msg(psw_graph_load(buf, len, &g, &eb) == 0, "%s", eb.msg);
-  free(buf);
-  Ps__ModelSpec *spec;
-  ck_assert_int_eq(psw_graph_to_spec(g, "ctr", &spec, &eb), 0);
-  Ps__OptimizerSpec opt = PS__OPTIMIZER_SPEC__INIT;
-  opt.kind = "sgd", opt.lr = 0.5f;
-  spec->optimizer = &opt;
-  spec->seed = c.seed = 77;
-  for (int s = 0; s < 2; s++) ps_test_submit(c.r[s], spec, 0, 10000);
+  ps_test_ctr m;
+  ps_test_ctr_model(&m, &sh, "sgd", 0.5f, c.seed = 77);
+  for (int s = 0; s < 2; s++) ps_test_submit(c.r[s], m.spec, 0, 10000);
   /* the same model with a wider table is refused before the store changes */
   {
     psw_ctr_shape wide = {2, 2 * DIM, 1, NULL, 0, 0, 0};
-    psw_graph *g2;
-    Ps__ModelSpec *spec2;
-    ck_assert_msg(psw_graph_ctr_pack("ctr", &wide, &buf, &len, &eb) == 0, "%s", eb.msg);
-    ck_assert_msg(psw_graph_load(buf, len, &g2, &eb) == 0, "%s", eb.msg);
-    free(buf);
-    ck_assert_int_eq(psw_graph_to_spec(g2, "ctr", &spec2, &eb), 0);
-    Ps__OptimizerSpec opt2 = PS__OPTIMIZER_SPEC__INIT;
-    opt2.kind = "sgd", opt2.lr = 0.5f;
-    spec2->optimizer = &opt2;
-    spec2->seed = 77;
+    ps_test_ctr m2;
+    ps_test_ctr_model(&m2, &wide, "sgd", 0.5f, 77);
     Ps__SubmitModelRequest q = PS__SUBMIT_MODEL_REQUEST__INIT;
-    q.model = spec2, q.replace = 1;
+    q.model = m2.spec, q.replace = 1;
     Ps__SubmitModelReply *rep = NULL;
     ck_assert_int_eq(ps_rpc_call(c.r[0], "/ps.Ps/SubmitModel", &q.base,
                                  &ps__submit_model_reply__descriptor, (ProtobufCMessage **)&rep,
                                  10000, &eb), PS_EEXIST);
     ck_assert_msg(strstr(eb.msg, "sparse table 0 exists with dim 4") != NULL, "%s", eb.msg);
-    spec2->optimizer = NULL;
-    psw_graph_spec_free(spec2);
-    psw_graph_free(g2);
+    ps_test_ctr_release(&m2);
   }
   /* keys by shard, as a worker routes them */
   static uint16_t map[PS_PLACE_ROW_BUCKETS];
@@ -207,9 +187,7 @@ START_TEST(test_sparse_rpc) {
   ck_assert_int_eq(memcmp(rows, before[0], nk[0] * DIM * sizeof(float)), 0);
   for (int s = 0; s < 2; s++) ps_rpc_close(c.r[s]);
   for (int s = 0; s < 2; s++) ck_assert_int_eq(ps_test_stop(c.pids[s], SIGTERM, 15000), 0);
-  spec->optimizer = NULL;
-  psw_graph_spec_free(spec);
-  psw_graph_free(g);
+  ps_test_ctr_release(&m);
 }
 END_TEST
 
@@ -260,19 +238,10 @@ START_TEST(test_sparse_ctr_learns) {
   ck_assert_uint_eq(d.n, 6000);
   for (int s = 0; s < 2; s++) sp_wait_up(&c, s), sp_open(&c, s);
   psw_ctr_shape sh = {PSW_CTR_FIELDS, 4, PSW_CTR_DENSE, NULL, 0, 0, 0};
-  uint8_t *buf;
-  size_t len;
-  psw_graph *g;
-  ck_assert_msg(psw_graph_ctr_pack("ctr", &sh, &buf, &len, &eb) == 0, "%s", eb.msg);
-  ck_assert_msg(psw_graph_load(buf, len, &g, &eb) == 0, "%s", eb.msg);
-  free(buf);
-  Ps__ModelSpec *spec;
-  ck_assert_int_eq(psw_graph_to_spec(g, "ctr", &spec, &eb), 0);
-  Ps__OptimizerSpec opt = PS__OPTIMIZER_SPEC__INIT;
-  opt.kind = "adagrad", opt.lr = 0.5f;
-  spec->optimizer = &opt;
-  spec->seed = 3;
-  for (int s = 0; s < 2; s++) ps_test_submit(c.r[s], spec, 0, 10000);
+  ps_test_ctr m;
+  ps_test_ctr_model(&m, &sh, "adagrad", 0.5f, 3);
+  psw_graph *g = m.g;
+  for (int s = 0; s < 2; s++) ps_test_submit(c.r[s], m.spec, 0, 10000);
   ps_config cfg;
   ck_assert_msg(ps_config_load(&cfg, c.yaml, &eb) == 0, "%s", eb.msg);
   psw_sparse *sp;
@@ -338,9 +307,7 @@ START_TEST(test_sparse_ctr_learns) {
   psw_ctr_release(&d);
   for (int s = 0; s < 2; s++) ps_rpc_close(c.r[s]);
   for (int s = 0; s < 2; s++) ck_assert_int_eq(ps_test_stop(c.pids[s], SIGTERM, 15000), 0);
-  spec->optimizer = NULL;
-  psw_graph_spec_free(spec);
-  psw_graph_free(g);
+  ps_test_ctr_release(&m);
 }
 END_TEST
 

@@ -218,6 +218,7 @@ struct ps_chan_client {
   uint64_t tx_bytes, rx_bytes; /* every byte written / read on the socket */
   uint8_t *reply;          /* the data of the last beat reply ps_chan_recv returned */
   size_t reply_len;
+  uint32_t features;       /* the shard's HELLO reply's ChanFeature bits */
 };
 
 /* chan_break marks C unusable with ERR and a message; returns ERR. */
@@ -326,6 +327,13 @@ static int rx_after_hdr(void *arg) {
   return 0;
 }
 
+/* chan_op_reads_data: replies to OP carry data the caller wants (pull,
+ * sparse pull: into its segments; beat: into a buffer of the reply's). */
+static int chan_op_reads_data(int op) {
+  return op == PS__CHAN_OP__CHAN_PULL || op == PS__CHAN_OP__CHAN_BEAT ||
+         op == PS__CHAN_OP__CHAN_SPARSE_PULL;
+}
+
 /* rx_after_meta decodes a complete reply meta into the current entry and
  * chooses where its data goes; returns 0 or a PS_E* code (broken). */
 static int rx_after_meta(void *arg) {
@@ -346,6 +354,7 @@ static int rx_after_meta(void *arg) {
     e->auth_len = m->auth.len <= PS_AUTH_MAC ? m->auth.len : 0;
     if (e->auth_len) memcpy(e->auth, m->auth.data, e->auth_len);
     e->payload_mac = m->payload_mac != 0;
+    c->features = m->features; /* the last HELLO reply's (after a proof: the shard's answer) */
   }
   if ((int)m->op == PS__CHAN_OP__CHAN_ERROR) {
     e->status = m->status < 0 ? m->status : PS_EPROTO;
@@ -363,7 +372,8 @@ static int rx_after_meta(void *arg) {
     e->dst[0] = (struct iovec){e->reply, dlen};
     e->nseg = 1;
     e->want_bytes = dlen;
-  } else if (e->op == PS__CHAN_OP__CHAN_PULL && dlen != e->want_bytes) {
+  } else if (chan_op_reads_data(e->op) && e->op != PS__CHAN_OP__CHAN_BEAT &&
+             dlen != e->want_bytes) {
     char buf[200];
     snprintf(buf, sizeof buf, "pull of model '%s': the server sent %llu bytes, %llu asked for",
              m->model ? m->model : "", (unsigned long long)dlen,
@@ -377,8 +387,7 @@ static int rx_after_meta(void *arg) {
     ps_auth_mac_update(c->mac, 'S', c->rx.hdrbuf, sizeof c->rx.hdrbuf);
     ps_auth_mac_update(c->mac, 'S', c->rx.meta, c->rx.h.meta_len);
   }
-  c->rx.state = (e->op == PS__CHAN_OP__CHAN_PULL || e->op == PS__CHAN_OP__CHAN_BEAT) &&
-                        e->status == 0 ? PS_CHAN_RX_DATA : PS_CHAN_RX_DISCARD;
+  c->rx.state = chan_op_reads_data(e->op) && e->status == 0 ? PS_CHAN_RX_DATA : PS_CHAN_RX_DISCARD;
   c->rx.got = 0;
   return dlen == 0 ? rx_data_done(c) : 0;
 }
@@ -710,6 +719,69 @@ int ps_chan_beat(ps_chan_client *c, const void *req, size_t len, void **reply, s
   c->reply = NULL;
   c->reply_len = 0;
   return 0;
+}
+
+/* ---- sparse rows ---------------------------------------------------------------- */
+
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "sparse keys travel as little-endian uint64");
+
+/* chan_sparse_meta fills META for sparse request Q of OP. */
+static void chan_sparse_meta(Ps__ChanMeta *meta, int op, const ps_chan_sparse *q) {
+  chan_meta_init(meta, op, NULL);
+  meta->model = (char *)q->model;
+  meta->table = q->table;
+  meta->n_keys = q->nkeys;
+  meta->worker = q->worker;
+  meta->clock = q->clock;
+  meta->codec = q->codec;
+}
+
+/* ps_chan_send_sparse_pull: see ps_chan.h. */
+int ps_chan_send_sparse_pull(ps_chan_client *c, const ps_chan_sparse *q, void *rows,
+                             size_t nbytes, uint64_t *req_id, ps_errbuf *eb) {
+  int rc = chan_check_usable(c, eb);
+  if (rc < 0) return rc;
+  Ps__ChanMeta meta;
+  chan_sparse_meta(&meta, PS__CHAN_OP__CHAN_SPARSE_PULL, q);
+  chan_pending *e = chan_reserve(c);
+  if (!e) return ps_errf(eb, PS_ENOMEM, "channel '%s': out of memory", c->addr);
+  e->op = PS__CHAN_OP__CHAN_SPARSE_PULL;
+  if (!(e->dst = malloc(sizeof *e->dst)))
+    return ps_errf(eb, PS_ENOMEM, "channel '%s': out of memory", c->addr);
+  e->dst[0] = (struct iovec){rows, nbytes};
+  e->nseg = 1;
+  e->want_bytes = nbytes;
+  struct iovec seg = {(void *)q->keys, (size_t)q->nkeys * sizeof *q->keys};
+  return chan_send_owned(c, &meta, &seg, 1, e, req_id, eb);
+}
+
+/* ps_chan_send_sparse_push: see ps_chan.h. */
+int ps_chan_send_sparse_push(ps_chan_client *c, const ps_chan_sparse *q, const void *rows,
+                             size_t nbytes, uint64_t *req_id, ps_errbuf *eb) {
+  int rc = chan_check_usable(c, eb);
+  if (rc < 0) return rc;
+  Ps__ChanMeta meta;
+  chan_sparse_meta(&meta, PS__CHAN_OP__CHAN_SPARSE_PUSH, q);
+  chan_pending *e = chan_reserve(c);
+  if (!e) return ps_errf(eb, PS_ENOMEM, "channel '%s': out of memory", c->addr);
+  e->op = PS__CHAN_OP__CHAN_SPARSE_PUSH;
+  struct iovec seg[2] = {{(void *)q->keys, (size_t)q->nkeys * sizeof *q->keys},
+                         {(void *)rows, nbytes}};
+  return chan_send_frame(c, &meta, seg, 2, e, req_id, eb);
+}
+
+/* ps_chan_features: see ps_chan.h. */
+uint32_t ps_chan_features(const ps_chan_client *c) { return c ? c->features : 0; }
+
+/* ps_chan_alive: see ps_chan.h. */
+int ps_chan_alive(ps_chan_client *c) {
+  if (!c || c->broken) return 0;
+  struct pollfd p = {.fd = c->fd, .events = POLLIN};
+  if (c->qlen == 0 && poll(&p, 1, 0) > 0) {
+    ps_errbuf eb;
+    rx_progress(c, &eb); /* a close (or stray bytes) breaks C */
+  }
+  return !c->broken;
 }
 
 /* chan_split describes NBYTES at P as segments of at most CHAN_SEG_MAX;

@@ -142,6 +142,42 @@ int ps_chan_connect_auth(ps_chan_client **out, const char *addr, const char *clu
 int ps_chan_beat(ps_chan_client *c, const void *req, size_t len, void **reply, size_t *reply_len,
                  ps_errbuf *eb);
 
+/* Sparse rows (CHAN_SPARSE_PULL / CHAN_SPARSE_PUSH; proto/ps.proto): the
+ * channel's twins of the SparsePull / SparsePush calls.  Q names the table
+ * and the NKEYS distinct KEYS (sent as little-endian uint64, no copy);
+ * CODEC is a row codec (ps_codec.h: fp32, fp16, int8).  A pull's reply
+ * data, the rows in key order, is read into ROWS (NBYTES: what the rows
+ * take in CODEC; a reply of another size is PS_EINVAL, ROWS then
+ * untouched); ROWS is borrowed until ps_chan_recv returned the request.
+ * A push sends NBYTES of ROWS after the keys (borrowed until send
+ * returns).  Replies as ps_chan_recv says; a refusal (unknown table, keys
+ * and rows that disagree, a NaN row, ...) is the shard's status with its
+ * message, the connection usable.  Only a shard whose HELLO offered
+ * PS_CHAN_FEAT_SPARSE (ps_chan_features) serves them; another closes the
+ * connection (PS_EUNAVAIL). */
+#define PS_CHAN_FEAT_SPARSE 1u
+typedef struct ps_chan_sparse {
+  const char *model;
+  uint32_t table, worker, codec;
+  uint64_t clock;
+  const uint64_t *keys;
+  uint32_t nkeys;
+} ps_chan_sparse;
+int ps_chan_send_sparse_pull(ps_chan_client *c, const ps_chan_sparse *q, void *rows,
+                             size_t nbytes, uint64_t *req_id, ps_errbuf *eb);
+int ps_chan_send_sparse_push(ps_chan_client *c, const ps_chan_sparse *q, const void *rows,
+                             size_t nbytes, uint64_t *req_id, ps_errbuf *eb);
+
+/* ps_chan_features: the ChanFeature bits (PS_CHAN_FEAT_*) of the shard's
+ * HELLO reply (0 for a shard that predates them; C NULL: 0). */
+uint32_t ps_chan_features(const ps_chan_client *c);
+
+/* ps_chan_alive: 1 while C can carry requests (a refusal keeps it
+ * usable; a broken connection or timeout does not).  With nothing in
+ * flight it also looks, without waiting, whether the shard closed the
+ * connection meanwhile (a restart), and then answers 0 (C NULL: 0). */
+int ps_chan_alive(ps_chan_client *c);
+
 /* ps_chan_set_timeout changes the I/O timeout (milliseconds, > 0). */
 void ps_chan_set_timeout(ps_chan_client *c, int timeout_ms);
 

@@ -399,6 +399,7 @@ static const char *const cfg_formats[] = {"idx", "csv", "criteo", NULL};
 static const char *const cfg_push_codecs[] = {"fp32", "fp16", "int8", "onebit", "topk", NULL};
 static const char *const cfg_pull_codecs[] = {"fp32", "fp16", "int8", NULL};
 static const char *const cfg_bools[] = {"false", "true", NULL};
+static const char *const cfg_sparse_planes[] = {"channel", "grpc", NULL}; /* ps_sparse_plane */
 
 static const cfg_slot cfg_durability_slots[] = {
     {.name = "mode", .type = &cfg_t_enum, .offset = offsetof(ps_config, durability),
@@ -645,6 +646,8 @@ static const cfg_slot cfg_sparse_slots[] = {
      .def = "0", .min = 0, .max = UINT64_C(1) << 40},
     {.name = "admit_after", .type = &cfg_t_u32, .offset = offsetof(ps_sparse_conf, admit_after),
      .def = "0", .min = 0, .max = 1000000},
+    {.name = "plane", .type = &cfg_t_enum, .offset = offsetof(ps_sparse_conf, plane),
+     .def = "channel", .arg = cfg_sparse_planes},
 };
 
 static const cfg_table cfg_durability_table = CFG_TABLE("in 'durability'", cfg_durability_slots, NULL);

@@ -107,7 +107,11 @@ typedef struct ps_security_conf {
 typedef struct ps_sparse_conf {
   uint64_t memory_rows; /* rows per table and shard kept in memory; 0: no limit (default) */
   uint32_t admit_after; /* pulls before a key gets a row; 0 (default) and 1: at once */
+  int plane;            /* enum ps_sparse_plane: how psw moves rows (default channel) */
 } ps_sparse_conf;
+/* sparse.plane: rows on the tensor channel where the shard offers it
+ * (else gRPC), or always on gRPC. */
+enum ps_sparse_plane { PS_SPARSE_PLANE_CHANNEL = 0, PS_SPARSE_PLANE_GRPC = 1 };
 
 typedef struct ps_config {
   char *path;                 /* the file loaded */

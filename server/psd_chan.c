@@ -16,6 +16,13 @@
  *  2a. A beat (CHAN_BEAT: a packed HeartbeatRequest of at most
  *     CHAN_BEAT_MAX bytes) is read like a push's data and answered with
  *     psd_shard_heartbeat's reply, packed, as gRPC's Heartbeat is.
+ *  2b. Sparse rows (CHAN_SPARSE_PULL / CHAN_SPARSE_PUSH, offered in the
+ *     HELLO reply's features): the data (keys, then a push's rows) is read
+ *     like a push's, once its length agrees with the meta's key count (else
+ *     read into scratch and refused); keys and rows are then handed in
+ *     place to psd_shard_sparse_pull / _push, the gRPC calls' entry points.
+ *     A pull's reply writes the rows buffer the entry point made; a push
+ *     is answered as a dense one (invariant 7a under `sync`).
  *  3. A pull is answered from one buffer filled by psd_shard_pull and
  *     written with header + meta in one uv_write.  The buffer of a written
  *     reply stays with its connection as the spare and serves the next
@@ -79,6 +86,7 @@
 #include "ps_pb.h"
 #include "psd_coord.h"
 #include "psd_fd.h"
+#include "psd_shard_sparse.h"
 #include "psd_wal.h"
 
 #define CHAN_STAGE 16384
@@ -330,6 +338,7 @@ static int conn_hello_ok(psd_conn *c) {
   r.op = PS__CHAN_OP__CHAN_HELLO;
   r.proto_version = PS_CHAN_VERSION;
   r.cluster = c->chan->sh->cfg->cluster;
+  r.features = PS__CHAN_FEATURE__CHAN_FEAT_SPARSE; /* invariant 2b */
   c->hello_done = 1;
   c->hello_proving = 0;
   ps_auth_mac *mac = NULL;
@@ -730,9 +739,119 @@ static void conn_beat_end(psd_conn *c) {
   ps__chan_meta__free_unpacked(m, NULL);
 }
 
+/* ---- sparse rows (invariant 2b) ----------------------------------------------- */
+
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+               "sparse keys travel as little-endian uint64, read in place");
+
+/* conn_is_sparse: M is a sparse pull or push. */
+static int conn_is_sparse(const Ps__ChanMeta *m) {
+  return (int)m->op == PS__CHAN_OP__CHAN_SPARSE_PULL || (int)m->op == PS__CHAN_OP__CHAN_SPARSE_PUSH;
+}
+
+/* conn_sparse_begin checks the data length of sparse request C->req
+ * against its key count (a pull's data is its keys; a push's, its keys
+ * and then rows) and readies the data buffer; a request that disagrees
+ * is read into scratch and refused, the connection kept. */
+static void conn_sparse_begin(psd_conn *c) {
+  psd_shard *sh = c->chan->sh;
+  const Ps__ChanMeta *m = c->req;
+  int pull = (int)m->op == PS__CHAN_OP__CHAN_SPARSE_PULL;
+  uint64_t kb = (uint64_t)m->n_keys * sizeof(uint64_t), dl = c->rx.h.data_len;
+  sh->inflight++;
+  c->req_err = 0;
+  if (pull ? dl != kb : dl < kb) {
+    psd_shard_count_error(sh);
+    c->req_err = ps_errf(&c->req_eb, PS_EINVAL,
+                         "sparse %s '%.40s'/%u: %u keys need %s%llu bytes of keys, the frame "
+                         "carries %llu bytes", pull ? "pull" : "push", m->model, m->table,
+                         m->n_keys, pull ? "" : "at least ", (unsigned long long)kb,
+                         (unsigned long long)dl);
+  }
+  if (c->req_err == 0 && conn_data_room(c) < 0)
+    c->req_err = ps_errf(&c->req_eb, PS_ENOMEM, "sparse request: out of memory");
+  c->rx.state = c->req_err ? PS_CHAN_RX_DISCARD : PS_CHAN_RX_DATA;
+  c->rx.got = 0;
+}
+
+/* conn_sparse_ack answers an applied sparse push. */
+static void conn_sparse_ack(psd_conn *c) {
+  Ps__ChanMeta r = PS__CHAN_META__INIT;
+  r.op = PS__CHAN_OP__CHAN_SPARSE_PUSH;
+  conn_reply(c, &r, NULL, 0, 0, 1, 0);
+}
+
+/* conn_sparse_synced answers a sparse push once its log record is synced
+ * (invariant 7a, as conn_push_synced). */
+static void conn_sparse_synced(psd_wal_waiter *wt, int status, const char *msg) {
+  psd_conn *c = wt->arg;
+  c->syncing = 0;
+  if (status == 0) {
+    conn_sparse_ack(c);
+  } else {
+    psd_shard_count_error(c->chan->sh);
+    conn_reply_error(c, status, msg, 1, 0);
+  }
+  if (!c->closing) {
+    c->resume_pending = 1;
+    uv_async_send(&c->chan->wake);
+  }
+}
+
+/* conn_sparse_end serves a sparse request whose data is complete through
+ * the entry points of the gRPC calls (psd_shard_sparse_pull / _push: the
+ * same checks, codecs, log records), the keys and rows read in place. */
+static void conn_sparse_end(psd_conn *c) {
+  psd_shard *sh = c->chan->sh;
+  Ps__ChanMeta *m = c->req;
+  int rc = c->req_err;
+  ps_errbuf eb = c->req_eb;
+  c->rx.state = PS_CHAN_RX_HDR;
+  c->rx.got = 0;
+  c->req = NULL;
+  c->req_err = 0;
+  size_t kb = (size_t)m->n_keys * sizeof(uint64_t);
+  uint64_t *keys = m->n_keys ? c->data : NULL;
+  if (rc == 0 && (int)m->op == PS__CHAN_OP__CHAN_SPARSE_PULL) {
+    Ps__SparsePullRequest q = PS__SPARSE_PULL_REQUEST__INIT;
+    q.model = m->model, q.table = m->table, q.keys = keys, q.n_keys = m->n_keys;
+    q.worker = m->worker, q.clock = m->clock, q.codec = m->codec;
+    uint8_t *rows = NULL;
+    size_t nbytes = 0;
+    rc = psd_shard_sparse_pull(sh, &q, &rows, &nbytes, &eb);
+    if (rc == 0) {
+      Ps__ChanMeta r = PS__CHAN_META__INIT;
+      r.op = PS__CHAN_OP__CHAN_SPARSE_PULL;
+      r.codec = m->codec;
+      conn_reply(c, &r, rows, nbytes, nbytes, 1, 0); /* bytes_out: counted by the entry point */
+    }
+  } else if (rc == 0) {
+    Ps__SparsePushRequest q = PS__SPARSE_PUSH_REQUEST__INIT;
+    q.model = m->model, q.table = m->table, q.keys = keys, q.n_keys = m->n_keys;
+    q.rows.data = (uint8_t *)c->data + kb, q.rows.len = c->rx.h.data_len - kb;
+    q.worker = m->worker, q.clock = m->clock, q.codec = m->codec;
+    rc = psd_shard_sparse_push(sh, &q, &eb);
+    if (rc == 0) {
+      c->swt.fn = conn_sparse_synced;
+      c->swt.arg = c;
+      rc = psd_shard_push_durable(sh, &c->swt, &eb);
+    }
+    if (rc == 1) { /* invariant 7a */
+      c->syncing = 1;
+      c->paused = 1;
+      uv_read_stop((uv_stream_t *)&c->tcp);
+    } else if (rc == 0) {
+      conn_sparse_ack(c);
+    }
+  }
+  if (rc < 0) conn_reply_error(c, rc, eb.msg, 1, 0); /* the entry points counted it */
+  ps__chan_meta__free_unpacked(m, NULL);
+}
+
 /* conn_req_end acts on the current push or beat, whose data is complete. */
 static void conn_req_end(psd_conn *c) {
   if ((int)c->req->op == PS__CHAN_OP__CHAN_BEAT) conn_beat_end(c);
+  else if (conn_is_sparse(c->req)) conn_sparse_end(c);
   else conn_push_end(c);
 }
 
@@ -806,6 +925,11 @@ static int conn_meta_done(psd_conn *c) {
   } else if ((int)m->op == PS__CHAN_OP__CHAN_BEAT) {
     c->req = m;
     conn_beat_begin(c);
+    if (c->rx.h.data_len == 0) conn_data_done(c);
+    return 0;
+  } else if (conn_is_sparse(m) && m->model) {
+    c->req = m;
+    conn_sparse_begin(c);
     if (c->rx.h.data_len == 0) conn_data_done(c);
     return 0;
   } else {

@@ -57,6 +57,7 @@ static const char good_yaml[] =
     "sparse:\n"
     "  memory_rows: 1000000\n"
     "  admit_after: 2\n"
+    "  plane: grpc\n"
     "security:\n"
     "  mode: tls\n"
     "  tls:\n"
@@ -140,6 +141,7 @@ START_TEST(test_config_good_file) {
   ck_assert_int_eq(c.security.payload_mac, 1);
   ck_assert_uint_eq(c.sparse.memory_rows, 1000000);
   ck_assert_uint_eq(c.sparse.admit_after, 2);
+  ck_assert_int_eq(c.sparse.plane, PS_SPARSE_PLANE_GRPC);
   ck_assert_ptr_eq(ps_config_shard(&c, 8), &c.shards[1]);
   ck_assert_ptr_null(ps_config_shard(&c, 4));
   uint32_t ids[2];
@@ -201,6 +203,7 @@ START_TEST(test_config_defaults) {
   ck_assert_int_eq(c.security.payload_mac, 0);
   ck_assert_uint_eq(c.sparse.memory_rows, 0);
   ck_assert_uint_eq(c.sparse.admit_after, 0);
+  ck_assert_int_eq(c.sparse.plane, PS_SPARSE_PLANE_CHANNEL);
   ps_config_release(&c);
 }
 END_TEST
@@ -247,6 +250,8 @@ static const struct bad_case {
      "3:16: 'admit_after' is 1000001, outside 0..1000000"},
     {"cluster: a\nsparse:\n  rows: 5\n" SHARD0, PS_ECONFIG, "3:3: unknown key 'rows' in 'sparse'"},
     {"cluster: a\nsparse: 100\n" SHARD0, PS_ECONFIG, "2:9: expected a mapping for 'sparse'"},
+    {"cluster: a\nsparse:\n  plane: rdma\n" SHARD0, PS_ECONFIG,
+     "3:10: unknown value 'rdma' for 'plane' (expected channel or grpc)"},
     {"cluster: a\nbogus: 1\n" SHARD0, PS_ECONFIG, "2:1: unknown key 'bogus' at the top level"},
     {"cluster: a\ndurability:\n  mode: sync\n  flush: 5\n" SHARD0, PS_ECONFIG,
      "4:3: unknown key 'flush' in 'durability'"},

@@ -5,8 +5,8 @@
  * Every gradient is -1, so a row's value minus its initial value is the
  * number of pushes applied to it, in every element.
  *
- *  - sync: pushers on 3 gRPC connections send SparsePush of 1..6 random
- *    keys each; the shard is SIGKILLed at a random moment, restarted (every
+ *  - sync: pushers on 2 gRPC connections and a tensor channel send
+ *    SparsePush (CHAN_SPARSE_PUSH) of 1..6 random keys each; the shard is SIGKILLed at a random moment, restarted (every
  *    other time after a simulated power cut of the redo log, as in the
  *    dense crash loop) and pulled.  Every row must hold acknowledged <=
  *    pushes <= acknowledged + in flight (none lost, none applied twice),
@@ -24,7 +24,12 @@
  *    decoding, the client (psw_sparse_set_codecs) round-trips both ways;
  *    bad rows (a length that disagrees, a NaN int8 scale, an fp16 Inf, a
  *    dense-only codec) are refused with every row unchanged.
- *  - psctl export: the table as .rows and .keys members of the .npz. */
+ *  - psctl export: the table as .rows and .keys members of the .npz.
+ *  - the tensor channel (suite psd_sparse_chan): rows pulled and pushed
+ *    there are the gRPC calls' bit for bit in every row codec, through
+ *    ps_chan and through psw_sparse (with no gRPC address to fall back
+ *    on); bad requests are refused with rows unchanged and the connection
+ *    usable; a channel that does not offer rows sends psw_sparse to gRPC. */
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -36,6 +41,11 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include "ps_chan.h"
 #include "ps_codec.h"
 #include "ps_place.h"
 #include "ps_rpc.h"
@@ -52,12 +62,13 @@ typedef struct sd_tally {
   uint64_t keys[SD_KEYS];
   atomic_uint_fast64_t acked[SD_KEYS], maybe[SD_KEYS], pushes;
   atomic_int stop;
-  char addr[64];
+  char addr[64], caddr[64]; /* gRPC, channel */
 } sd_tally;
 
 typedef struct sd_pusher {
   sd_tally *t;
   uint64_t rng;
+  int chan;               /* pushes on the tensor channel (CHAN_SPARSE_PUSH) */
   pthread_t th;
 } sd_pusher;
 
@@ -103,20 +114,40 @@ static void sd_count(sd_tally *t, const int *idx, size_t n, int acked) {
   if (acked) atomic_fetch_add(&t->pushes, 1);
 }
 
+/* sd_chan_push sends one CHAN_SPARSE_PUSH of KEYS (N) with LEN bytes of
+ * rows P in CODEC over C and waits for its answer. */
+static int sd_chan_push(ps_chan_client *c, const uint64_t *keys, size_t n, uint32_t codec,
+                        const void *p, size_t len, ps_errbuf *eb) {
+  ps_chan_sparse q = {.model = "ctr", .codec = codec, .keys = keys, .nkeys = (uint32_t)n};
+  int rc = ps_chan_send_sparse_push(c, &q, p, len, NULL, eb);
+  return rc ? rc : ps_chan_recv(c, NULL, NULL, eb);
+}
+
 /* sd_pusher_main pushes until told to stop or a push fails (the shard
  * died): that push counts as in flight. */
 static void *sd_pusher_main(void *arg) {
   sd_pusher *p = arg;
   ps_rpc *r = NULL;
+  ps_chan_client *c = NULL;
   ps_errbuf eb;
-  int err = ps_test_rpc_open(&r, p->t->addr, &eb);
+  int err = p->chan ? ps_test_chan_connect(&c, p->t->caddr, "test", 10000, &eb)
+                    : ps_test_rpc_open(&r, p->t->addr, &eb);
   while (err == 0 && !atomic_load(&p->t->stop)) {
     int idx[6];
     size_t n = sd_pick(&p->rng, idx);
-    err = sd_push(r, p->t, idx, n, &eb);
+    if (c) {
+      uint64_t keys[6];
+      float g[6 * SD_DIM];
+      for (size_t i = 0; i < n; i++) keys[i] = p->t->keys[idx[i]];
+      for (size_t i = 0; i < n * SD_DIM; i++) g[i] = -1.0f;
+      err = sd_chan_push(c, keys, n, PS_CODEC_FP32, g, n * SD_DIM * sizeof(float), &eb);
+    } else {
+      err = sd_push(r, p->t, idx, n, &eb);
+    }
     sd_count(p->t, idx, n, err == 0);
   }
   if (r) ps_rpc_close(r);
+  ps_chan_close(c);
   return NULL;
 }
 
@@ -208,6 +239,7 @@ static void sd_setup(sd_env *e, const char *mode, unsigned flush_ms) {
   snprintf(e->log, sizeof e->log, "%s/psd0.log", dir);
   e->t = malloc(sizeof *e->t);
   sd_init(e->t, e->gp);
+  snprintf(e->t->caddr, sizeof e->t->caddr, "127.0.0.1:%d", e->cp);
   e->pid = ps_test_dur_start(e->yaml, e->log, e->gp, e->cp, NULL);
   ps_rpc *r;
   ps_errbuf eb;
@@ -230,7 +262,7 @@ START_TEST(test_sparse_sync_kill) {
     atomic_store(&t->stop, 0);
     uint64_t p0 = atomic_load(&t->pushes);
     for (int i = 0; i < SD_PUSHERS; i++) {
-      ps[i] = (sd_pusher){.t = t, .rng = sd_rand(&seed) | 1};
+      ps[i] = (sd_pusher){.t = t, .rng = sd_rand(&seed) | 1, .chan = i == SD_PUSHERS - 1};
       ck_assert_int_eq(pthread_create(&ps[i].th, NULL, sd_pusher_main, &ps[i]), 0);
     }
     int64_t end = ps_test_now_ms() + 15000;
@@ -394,8 +426,9 @@ START_TEST(test_sparse_client_restart) {
 }
 END_TEST
 
-/* sd_pull_codec pulls KEYS (N) in CODEC over R into OUT (decoded). */
-static int sd_pull_codec(ps_rpc *r, const uint64_t *keys, size_t n, ps_codec_id codec, float *out,
+/* sd_pull_bytes pulls KEYS (N) in CODEC over R into OUT (the encoded
+ * rows, N row sizes). */
+static int sd_pull_bytes(ps_rpc *r, const uint64_t *keys, size_t n, ps_codec_id codec, void *out,
                          ps_errbuf *eb) {
   Ps__SparsePullRequest q = PS__SPARSE_PULL_REQUEST__INIT;
   q.model = "ctr", q.table = 0, q.keys = (uint64_t *)keys, q.n_keys = n, q.codec = codec;
@@ -403,17 +436,33 @@ static int sd_pull_codec(ps_rpc *r, const uint64_t *keys, size_t n, ps_codec_id 
   int rc = ps_rpc_call(r, "/ps.Ps/SparsePull", &q.base, &ps__sparse_pull_reply__descriptor,
                        (ProtobufCMessage **)&rep, 10000, eb);
   if (rc) return rc;
-  size_t rb = ps_codec_size(codec, SD_DIM, 0);
   ck_assert_uint_eq(rep->codec, codec);
-  ck_assert_uint_eq(rep->rows.len, n * rb);
-  uint8_t tmp[4 + SD_DIM * 4];
-  for (size_t i = 0; i < n; i++) {
-    memcpy(tmp, rep->rows.data + i * rb, rb);
-    ck_assert_int_eq(ps_codec_check(codec, tmp, rb, SD_DIM, 0, "row", eb), 0);
-    ps_codec_decode(codec, tmp, SD_DIM, 0, out + i * SD_DIM);
-  }
+  ck_assert_uint_eq(rep->rows.len, n * ps_codec_size(codec, SD_DIM, 0));
+  memcpy(out, rep->rows.data, rep->rows.len);
   protobuf_c_message_free_unpacked(&rep->base, NULL);
   return 0;
+}
+
+/* sd_decode decodes N rows IN of CODEC into OUT, checking each. */
+static void sd_decode(const uint8_t *in, size_t n, ps_codec_id codec, float *out) {
+  size_t rb = ps_codec_size(codec, SD_DIM, 0);
+  uint8_t tmp[4 + SD_DIM * 4];
+  ps_errbuf eb;
+  for (size_t i = 0; i < n; i++) {
+    memcpy(tmp, in + i * rb, rb);
+    ck_assert_int_eq(ps_codec_check(codec, tmp, rb, SD_DIM, 0, "row", &eb), 0);
+    ps_codec_decode(codec, tmp, SD_DIM, 0, out + i * SD_DIM);
+  }
+}
+
+/* sd_pull_codec pulls KEYS (N) in CODEC over R into OUT (decoded). */
+static int sd_pull_codec(ps_rpc *r, const uint64_t *keys, size_t n, ps_codec_id codec, float *out,
+                         ps_errbuf *eb) {
+  uint8_t *raw = malloc(n * (4 + SD_DIM * 4) + 1);
+  int rc = sd_pull_bytes(r, keys, n, codec, raw, eb);
+  if (!rc) sd_decode(raw, n, codec, out);
+  free(raw);
+  return rc;
 }
 
 START_TEST(test_sparse_row_codecs) {
@@ -620,6 +669,298 @@ START_TEST(test_sparse_sync_log_then_periodic) {
   free(e.t);
 }
 END_TEST
+
+/* ---- the tensor channel ----------------------------------------------------- */
+
+/* sd_chan_pull pulls KEYS (N) of TABLE in CODEC over C into OUT (the
+ * encoded rows, NBYTES). */
+static int sd_chan_pull(ps_chan_client *c, uint32_t table, const uint64_t *keys, size_t n,
+                        uint32_t codec, void *out, size_t nbytes, ps_errbuf *eb) {
+  ps_chan_sparse q = {.model = "ctr", .table = table, .codec = codec, .keys = keys,
+                      .nkeys = (uint32_t)n};
+  int rc = ps_chan_send_sparse_pull(c, &q, out, nbytes, NULL, eb);
+  return rc ? rc : ps_chan_recv(c, NULL, NULL, eb);
+}
+
+/* sd_cfg loads YAML into CFG with rows on PLANE; GRPC_ADDR / CHAN_ADDR
+ * (NULL: as written) replace shard 0's addresses. */
+static void sd_cfg(ps_config *cfg, const char *yaml, int plane, const char *grpc_addr,
+                   const char *chan_addr) {
+  ps_errbuf eb;
+  ck_assert_msg(ps_config_load(cfg, yaml, &eb) == 0, "%s", eb.msg);
+  cfg->sparse.plane = plane;
+  if (grpc_addr) {
+    free(cfg->shards[0].grpc_addr);
+    cfg->shards[0].grpc_addr = strdup(grpc_addr);
+  }
+  if (chan_addr) {
+    free(cfg->shards[0].channel_addr);
+    cfg->shards[0].channel_addr = strdup(chan_addr);
+  }
+}
+
+static const ps_codec_id sd_row_codecs[3] = {PS_CODEC_FP32, PS_CODEC_FP16, PS_CODEC_INT8};
+
+/* Rows on the channel are the gRPC calls' bit for bit (under sync: a push
+ * is answered once logged), through ps_chan and through psw_sparse. */
+START_TEST(test_sparse_chan_round_trip) {
+  sd_env e;
+  sd_setup(&e, "sync", 200);
+  sd_tally *t = e.t;
+  ps_rpc *r;
+  ps_chan_client *c;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_test_rpc_open(&r, t->addr, &eb), 0);
+  ck_assert_msg(ps_test_chan_connect(&c, t->caddr, "test", 10000, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(ps_chan_features(c) & PS_CHAN_FEAT_SPARSE, PS_CHAN_FEAT_SPARSE);
+  enum { N = 12 };
+  uint8_t viag[N * (4 + SD_DIM * 4)], viac[sizeof viag], enc[sizeof viag];
+  float before[N * SD_DIM], after[N * SD_DIM], g[N * SD_DIM], dec[N * SD_DIM];
+  for (int ci = 0; ci < 3; ci++) {
+    ps_codec_id codec = sd_row_codecs[ci];
+    size_t rb = ps_codec_size(codec, SD_DIM, 0);
+    ck_assert_msg(sd_pull_bytes(r, t->keys, N, codec, viag, &eb) == 0, "%s", eb.msg);
+    memset(viac, 0xee, sizeof viac);
+    ck_assert_msg(sd_chan_pull(c, 0, t->keys, N, codec, viac, N * rb, &eb) == 0, "%s", eb.msg);
+    ck_assert_msg(memcmp(viag, viac, N * rb) == 0, "%s rows differ between the planes",
+                  ps_codec_name(codec));
+    /* a push on the channel moves each row by exactly its decoding, as gRPC's then does */
+    for (int i = 0; i < N * SD_DIM; i++) g[i] = 0.01f * (float)((i * 5 + ci) % 11) - 0.05f;
+    for (int k = 0; k < N; k++) ps_codec_encode(codec, g + k * SD_DIM, SD_DIM, 0, enc + k * rb);
+    sd_decode(enc, N, codec, dec);
+    ck_assert_int_eq(sd_pull_codec(r, t->keys, N, PS_CODEC_FP32, before, &eb), 0);
+    ck_assert_msg(sd_chan_push(c, t->keys, N, codec, enc, N * rb, &eb) == 0, "%s", eb.msg);
+    ck_assert_int_eq(sd_pull_codec(r, t->keys, N, PS_CODEC_FP32, after, &eb), 0);
+    for (int i = 0; i < N * SD_DIM; i++) ck_assert_float_eq(after[i], before[i] - dec[i]);
+    ck_assert_msg(sd_push_raw(r, t->keys, N, codec, enc, N * rb, &eb) == 0, "%s", eb.msg);
+    ck_assert_int_eq(sd_pull_codec(r, t->keys, N, PS_CODEC_FP32, before, &eb), 0);
+    for (int i = 0; i < N * SD_DIM; i++) ck_assert_float_eq(before[i], after[i] - dec[i]);
+  }
+  /* psw_sparse on the channel alone (no gRPC address to fall back on)
+   * and on gRPC alone read the same rows, and push the same way */
+  ps_config cc, cg;
+  sd_cfg(&cc, e.yaml, PS_SPARSE_PLANE_CHANNEL, "127.0.0.1:1", NULL);
+  sd_cfg(&cg, e.yaml, PS_SPARSE_PLANE_GRPC, NULL, NULL);
+  cc.workers.retry_ms = 0; /* a call that went to gRPC fails at once */
+  psw_sparse *sc, *sg;
+  ck_assert_msg(psw_sparse_open(&sc, &cc, "ctr", 0, SD_DIM, 0, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psw_sparse_open(&sg, &cg, "ctr", 0, SD_DIM, 0, &eb) == 0, "%s", eb.msg);
+  for (int ci = 0; ci < 3; ci++) {
+    ps_codec_id codec = sd_row_codecs[ci];
+    psw_sparse_set_codecs(sc, codec, codec, 0);
+    psw_sparse_set_codecs(sg, codec, codec, 0);
+    ck_assert_msg(psw_sparse_pull(sc, t->keys, N, after, 0, &eb) == 0, "%s", eb.msg);
+    ck_assert_msg(psw_sparse_pull(sg, t->keys, N, before, 0, &eb) == 0, "%s", eb.msg);
+    ck_assert_msg(memcmp(after, before, sizeof after) == 0, "psw_sparse: %s rows differ",
+                  ps_codec_name(codec));
+    size_t rb = ps_codec_size(codec, SD_DIM, 0);
+    for (int k = 0; k < N; k++) ps_codec_encode(codec, g + k * SD_DIM, SD_DIM, 0, enc + k * rb);
+    sd_decode(enc, N, codec, dec);
+    for (int p = 0; p < 2; p++) {
+      ck_assert_int_eq(sd_pull_codec(r, t->keys, N, PS_CODEC_FP32, before, &eb), 0);
+      ck_assert_msg(psw_sparse_push(p ? sg : sc, t->keys, N, g, 0, &eb) == 0, "%s", eb.msg);
+      ck_assert_int_eq(sd_pull_codec(r, t->keys, N, PS_CODEC_FP32, after, &eb), 0);
+      for (int i = 0; i < N * SD_DIM; i++) ck_assert_float_eq(after[i], before[i] - dec[i]);
+    }
+  }
+  ck_assert_uint_eq(psw_sparse_lost_pushes(sc), 0);
+  psw_sparse_close(sc);
+  psw_sparse_close(sg);
+  ps_config_release(&cc);
+  ps_config_release(&cg);
+  ps_chan_close(c);
+  ps_rpc_close(r);
+  ck_assert_int_eq(ps_test_stop(e.pid, SIGTERM, 15000), 0);
+  free(t);
+}
+END_TEST
+
+/* Bad sparse requests on the channel: refused by name, rows unchanged,
+ * the connection usable. */
+START_TEST(test_sparse_chan_bad_input) {
+  sd_env e;
+  sd_setup(&e, "periodic", 200);
+  sd_tally *t = e.t;
+  ps_chan_client *c;
+  ps_errbuf eb;
+  ck_assert_msg(ps_test_chan_connect(&c, t->caddr, "test", 10000, &eb) == 0, "%s", eb.msg);
+  enum { N = 10 };
+  float ref[N * SD_DIM], got[N * SD_DIM], g[N * SD_DIM];
+  ck_assert_msg(sd_chan_pull(c, 0, t->keys, N, PS_CODEC_FP32, ref, sizeof ref, &eb) == 0, "%s",
+                eb.msg);
+  for (int i = 0; i < N * SD_DIM; i++) g[i] = 0.125f;
+  struct {
+    int pull;
+    uint32_t table, codec;
+    const char *model;
+    size_t nkeys, nbytes;
+    int nan, dup, err;
+    const char *msg;
+  } bad[] = {
+      {1, 5, PS_CODEC_FP32, "ctr", N, sizeof g, 0, 0, PS_ENOENT, "has no sparse table 5"},
+      {0, 5, PS_CODEC_FP32, "ctr", N, sizeof g, 0, 0, PS_ENOENT, "has no sparse table 5"},
+      {0, 0, PS_CODEC_FP32, "nope", N, sizeof g, 0, 0, PS_ENOENT, "nope"},
+      {0, 0, PS_CODEC_FP32, "ctr", 2, SD_DIM * 4, 0, 0, PS_EINVAL,
+       "2 keys of dim 4 need 32 bytes of rows, got 16"},
+      {0, 0, PS_CODEC_FP32, "ctr", N, sizeof g, 1, 0, PS_EINVAL, "is not finite"},
+      {0, 0, PS_CODEC_ONEBIT, "ctr", N, sizeof g, 0, 0, PS_EINVAL, "not a row codec"},
+      {1, 0, PS_CODEC_FP32, "ctr", 2, 2 * SD_DIM * 4, 0, 1, PS_EINVAL, ""},
+      {0, 0, PS_CODEC_FP32, "ctr", 2, 2 * SD_DIM * 4, 0, 1, PS_EINVAL, ""},
+  };
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    uint64_t keys[N];
+    memcpy(keys, t->keys, sizeof keys);
+    if (bad[i].dup) keys[1] = keys[0];
+    g[5] = bad[i].nan ? NAN : 0.125f;
+    ps_chan_sparse q = {.model = bad[i].model, .table = bad[i].table, .codec = bad[i].codec,
+                        .keys = keys, .nkeys = (uint32_t)bad[i].nkeys};
+    int rc = bad[i].pull ? ps_chan_send_sparse_pull(c, &q, got, bad[i].nbytes, NULL, &eb)
+                         : ps_chan_send_sparse_push(c, &q, g, bad[i].nbytes, NULL, &eb);
+    if (rc == 0) rc = ps_chan_recv(c, NULL, NULL, &eb);
+    ck_assert_msg(rc == bad[i].err, "case %zu: %d (%s), want %d", i, rc, eb.msg, bad[i].err);
+    ck_assert_msg(strstr(eb.msg, bad[i].msg) != NULL, "case %zu: %s", i, eb.msg);
+    ck_assert_msg(ps_chan_alive(c), "case %zu closed the connection", i);
+  }
+  ck_assert_msg(sd_chan_pull(c, 0, t->keys, N, PS_CODEC_FP32, got, sizeof got, &eb) == 0, "%s",
+                eb.msg);
+  ck_assert_int_eq(memcmp(got, ref, sizeof got), 0);
+  /* a reply of another size than asked is refused by the client, rows untouched */
+  memset(got, 0, sizeof got);
+  ck_assert_int_eq(sd_chan_pull(c, 0, t->keys, N, PS_CODEC_FP32, got, sizeof got - 4, &eb),
+                   PS_EINVAL);
+  ck_assert(ps_chan_alive(c));
+  ps_chan_close(c);
+  ck_assert_int_eq(ps_test_stop(e.pid, SIGTERM, 15000), 0);
+  free(t);
+}
+END_TEST
+
+/* A stand-in for a shard that predates rows on the channel: it answers
+ * the HELLO (offering rows when OFFER, as a shard whose op table lost them
+ * would) and closes the connection on any other frame, as an old shard
+ * does on an op it does not know. */
+typedef struct sd_old_shard {
+  int fd, port, offer;
+  atomic_int hellos, others;
+  pthread_t th;
+} sd_old_shard;
+
+static int sd_read_full(int fd, void *p, size_t n) {
+  for (size_t got = 0; got < n;) {
+    ssize_t r = read(fd, (uint8_t *)p + got, n - got);
+    if (r <= 0) return -1;
+    got += (size_t)r;
+  }
+  return 0;
+}
+
+static void *sd_old_shard_main(void *arg) {
+  sd_old_shard *o = arg;
+  int cfd;
+  while ((cfd = accept(o->fd, NULL, NULL)) >= 0) {
+    for (;;) {
+      uint8_t hb[PS_CHAN_HDR_LEN], meta[4096];
+      ps_chan_hdr h;
+      if (sd_read_full(cfd, hb, sizeof hb) || ps_chan_hdr_decode(&h, hb, 1u << 30) ||
+          h.meta_len > sizeof meta || sd_read_full(cfd, meta, h.meta_len))
+        break;
+      Ps__ChanMeta *m = ps__chan_meta__unpack(NULL, h.meta_len, meta);
+      int hello = m && (int)m->op == PS__CHAN_OP__CHAN_HELLO;
+      if (m) ps__chan_meta__free_unpacked(m, NULL);
+      if (!hello) {
+        atomic_fetch_add(&o->others, 1);
+        break;
+      }
+      atomic_fetch_add(&o->hellos, 1);
+      Ps__ChanMeta rm = PS__CHAN_META__INIT;
+      rm.op = PS__CHAN_OP__CHAN_HELLO, rm.proto_version = PS_CHAN_VERSION, rm.cluster = "test";
+      rm.features = o->offer ? PS_CHAN_FEAT_SPARSE : 0;
+      uint8_t out[PS_CHAN_HDR_LEN + 256];
+      size_t ml = ps__chan_meta__pack(&rm, out + PS_CHAN_HDR_LEN);
+      ps_chan_hdr rh = {.magic = PS_CHAN_MAGIC, .version = PS_CHAN_VERSION,
+                        .meta_len = (uint32_t)ml, .req_id = h.req_id};
+      ps_chan_hdr_encode(out, &rh);
+      if (write(cfd, out, PS_CHAN_HDR_LEN + ml) < 0) break;
+    }
+    close(cfd);
+  }
+  return NULL;
+}
+
+static void sd_old_shard_start(sd_old_shard *o, int offer) {
+  memset(o, 0, sizeof *o);
+  o->offer = offer;
+  o->fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t al = sizeof a;
+  ck_assert_int_eq(bind(o->fd, (struct sockaddr *)&a, sizeof a), 0);
+  ck_assert_int_eq(listen(o->fd, 8), 0);
+  ck_assert_int_eq(getsockname(o->fd, (struct sockaddr *)&a, &al), 0);
+  o->port = ntohs(a.sin_port);
+  ck_assert_int_eq(pthread_create(&o->th, NULL, sd_old_shard_main, o), 0);
+}
+
+static void sd_old_shard_stop(sd_old_shard *o) {
+  shutdown(o->fd, SHUT_RDWR); /* ends the accept */
+  pthread_join(o->th, NULL);
+  close(o->fd);
+}
+
+/* psw_sparse falls back to gRPC for a shard whose channel does not offer
+ * rows (nothing but the HELLO sent there), and for a pull whose channel
+ * closes on the request (an old shard): the rows are the shard's all the
+ * same, no push lost. */
+START_TEST(test_sparse_chan_fallback) {
+  sd_env e;
+  sd_setup(&e, "periodic", 200);
+  sd_tally *t = e.t;
+  ps_rpc *r;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_test_rpc_open(&r, t->addr, &eb), 0);
+  enum { N = 8 };
+  float want[N * SD_DIM], got[N * SD_DIM], g[N * SD_DIM];
+  for (int i = 0; i < N * SD_DIM; i++) g[i] = -0.5f;
+  for (int offer = 0; offer < 2; offer++) {
+    sd_old_shard o;
+    sd_old_shard_start(&o, offer);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", o.port);
+    ps_config cfg;
+    sd_cfg(&cfg, e.yaml, PS_SPARSE_PLANE_CHANNEL, NULL, addr);
+    psw_sparse *sp;
+    ck_assert_msg(psw_sparse_open(&sp, &cfg, "ctr", 0, SD_DIM, 0, &eb) == 0, "%s", eb.msg);
+    ck_assert_int_eq(sd_pull_codec(r, t->keys, N, PS_CODEC_FP32, want, &eb), 0);
+    ck_assert_msg(psw_sparse_pull(sp, t->keys, N, got, 0, &eb) == 0, "%s", eb.msg);
+    ck_assert_int_eq(memcmp(got, want, sizeof got), 0);
+    ck_assert_msg(psw_sparse_push(sp, t->keys, N, g, 0, &eb) == 0, "%s", eb.msg);
+    ck_assert_uint_eq(psw_sparse_lost_pushes(sp), 0);
+    ck_assert_int_eq(sd_pull_codec(r, t->keys, N, PS_CODEC_FP32, got, &eb), 0);
+    for (int i = 0; i < N * SD_DIM; i++) ck_assert_float_eq(got[i], want[i] + 0.5f);
+    int secured = cfg.security.secret_file != NULL; /* the stand-in proves no key */
+    psw_sparse_close(sp);
+    ps_config_release(&cfg);
+    sd_old_shard_stop(&o);
+    ck_assert_int_ge(atomic_load(&o.hellos), 1);
+    if (offer && !secured) ck_assert_int_ge(atomic_load(&o.others), 1); /* the pull it closed on */
+    else ck_assert_int_eq(atomic_load(&o.others), 0);                 /* no row sent to it */
+  }
+  ps_rpc_close(r);
+  ck_assert_int_eq(ps_test_stop(e.pid, SIGTERM, 15000), 0);
+  free(t);
+}
+END_TEST
+
+Suite *psd_sparse_chan_suite(void) {
+  Suite *s = suite_create("psd_sparse_chan");
+  TCase *tc = tcase_create("chan");
+  tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
+  tcase_set_timeout(tc, 120);
+  tcase_add_test(tc, test_sparse_chan_round_trip);
+  tcase_add_test(tc, test_sparse_chan_bad_input);
+  tcase_add_test(tc, test_sparse_chan_fallback);
+  suite_add_tcase(s, tc);
+  return s;
+}
 
 Suite *psd_sparse_rows_suite(void) {
   Suite *s = suite_create("psd_sparse_rows");

@@ -749,25 +749,26 @@ static int conn_is_sparse(const Ps__ChanMeta *m) {
   return (int)m->op == PS__CHAN_OP__CHAN_SPARSE_PULL || (int)m->op == PS__CHAN_OP__CHAN_SPARSE_PUSH;
 }
 
+/* psd_chan_sparse_check: see psd_chan.h. */
+int psd_chan_sparse_check(const ps_chan_hdr *h, const Ps__ChanMeta *m, ps_errbuf *eb) {
+  int pull = (int)m->op == PS__CHAN_OP__CHAN_SPARSE_PULL;
+  uint64_t kb = (uint64_t)m->n_keys * sizeof(uint64_t), dl = h->data_len;
+  if (pull ? dl == kb : dl >= kb) return 0;
+  return ps_errf(eb, PS_EINVAL,
+                 "sparse %s '%.40s'/%u: %u keys need %s%llu bytes of keys, the frame carries "
+                 "%llu bytes", pull ? "pull" : "push", m->model ? m->model : "", m->table,
+                 m->n_keys, pull ? "" : "at least ", (unsigned long long)kb,
+                 (unsigned long long)dl);
+}
+
 /* conn_sparse_begin checks the data length of sparse request C->req
- * against its key count (a pull's data is its keys; a push's, its keys
- * and then rows) and readies the data buffer; a request that disagrees
- * is read into scratch and refused, the connection kept. */
+ * (psd_chan_sparse_check) and readies the data buffer; a request that
+ * disagrees is read into scratch and refused, the connection kept. */
 static void conn_sparse_begin(psd_conn *c) {
   psd_shard *sh = c->chan->sh;
-  const Ps__ChanMeta *m = c->req;
-  int pull = (int)m->op == PS__CHAN_OP__CHAN_SPARSE_PULL;
-  uint64_t kb = (uint64_t)m->n_keys * sizeof(uint64_t), dl = c->rx.h.data_len;
   sh->inflight++;
-  c->req_err = 0;
-  if (pull ? dl != kb : dl < kb) {
-    psd_shard_count_error(sh);
-    c->req_err = ps_errf(&c->req_eb, PS_EINVAL,
-                         "sparse %s '%.40s'/%u: %u keys need %s%llu bytes of keys, the frame "
-                         "carries %llu bytes", pull ? "pull" : "push", m->model, m->table,
-                         m->n_keys, pull ? "" : "at least ", (unsigned long long)kb,
-                         (unsigned long long)dl);
-  }
+  c->req_err = psd_chan_sparse_check(&c->rx.h, c->req, &c->req_eb);
+  if (c->req_err) psd_shard_count_error(sh);
   if (c->req_err == 0 && conn_data_room(c) < 0)
     c->req_err = ps_errf(&c->req_eb, PS_ENOMEM, "sparse request: out of memory");
   c->rx.state = c->req_err ? PS_CHAN_RX_DISCARD : PS_CHAN_RX_DATA;

@@ -57,4 +57,13 @@ int psd_chan_secured(const psd_shard *sh);
 int psd_chan_hello_check(const ps_config *cfg, const ps_chan_hdr *h, const Ps__ChanMeta *m,
                          int *answer, ps_errbuf *eb);
 
+/* psd_chan_sparse_check checks the data length H->data_len of sparse
+ * request M (CHAN_SPARSE_PULL: exactly its n_keys keys of 8 bytes;
+ * CHAN_SPARSE_PUSH: at least those, the rows after them) before its data
+ * is read: 0, or PS_EINVAL with the counts in EB (the shard reads the
+ * data into scratch and answers the error; the connection stays).  What
+ * the keys and rows say is the sparse entry points' to check
+ * (psd_shard_sparse.h).  Pure; any thread. */
+int psd_chan_sparse_check(const ps_chan_hdr *h, const Ps__ChanMeta *m, ps_errbuf *eb);
+
 #endif

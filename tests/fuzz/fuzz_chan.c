@@ -7,9 +7,13 @@
  * the first frame must pass psd_chan_hello_check, the later ones the
  * dispatch rules of conn_meta_done (push or pull naming a model; a pull
  * without data; a beat, whose data must decode as a HeartbeatRequest to
- * be answered).  The first frame that fails ends the "connection", as
- * there.  Checks: a decoded header encodes back to the same 32 bytes; a
- * refused hello carries a message. */
+ * be answered; a sparse pull or push naming a model, whose data length
+ * psd_chan_sparse_check weighs against its key count, a refusal answered
+ * with the connection kept).  The first frame that fails ends the
+ * "connection", as there.  Checks: a decoded header encodes back to the
+ * same 32 bytes; a refused hello carries a message, as does a sparse
+ * frame refused, which is PS_EINVAL; an accepted sparse frame's keys fit
+ * its data. */
 #include "fuzz.h"
 #include "ps.pb-c.h"
 #include "ps_chan.h"
@@ -60,7 +64,19 @@ static int fuzz_chan_frame(const ps_config *cfg, const ps_chan_hdr *h, const Ps_
   if ((int)m->op == PS__CHAN_OP__CHAN_PULL && m->model && h->data_len == 0) rc = 0;
   /* a beat is answered, with an error when its data does not decode */
   if ((int)m->op == PS__CHAN_OP__CHAN_BEAT) rc = 0;
-  ps_errbuf eb = {"not a push, pull or beat"};
+  int sparse = (int)m->op == PS__CHAN_OP__CHAN_SPARSE_PULL ||
+               (int)m->op == PS__CHAN_OP__CHAN_SPARSE_PUSH;
+  if (sparse && m->model) { /* refused or not, the connection goes on */
+    ps_errbuf seb;
+    int src = psd_chan_sparse_check(h, m, &seb);
+    fuzz_note("sparse", src, &seb);
+    if (src < 0) fuzz_check_error(src, seb);
+    fuzz_check(src == 0 || src == PS_EINVAL, "rc %s", ps_errname(src));
+    fuzz_check(src < 0 || (uint64_t)m->n_keys * 8 <= h->data_len, "%u keys past %llu bytes",
+               m->n_keys, (unsigned long long)h->data_len);
+    rc = 0;
+  }
+  ps_errbuf eb = {"not a push, pull, beat or sparse request"};
   fuzz_note("frame", rc, &eb);
   return rc;
 }

@@ -96,9 +96,9 @@ int psw_sparse_open(psw_sparse **out, const ps_config *cfg, const char *model, u
     psw_sparse_close(s);
     return ps_errf(eb, PS_ENOMEM, "sparse client: out of memory");
   }
-  int rc = cfg->sparse.plane == PS_SPARSE_PLANE_CHANNEL
-               ? ps_auth_client_key(cfg->security.secret_file, PS_ROLE_WORKER, &s->auth, &s->key, eb)
-               : 0;
+  int rc = 0;
+  if (cfg->sparse.plane == PS_SPARSE_PLANE_CHANNEL)
+    rc = ps_auth_client_key(cfg->security.secret_file, PS_ROLE_WORKER, &s->auth, &s->key, eb);
   if (rc) {
     free(ids);
     psw_sparse_close(s);
@@ -237,8 +237,8 @@ static ps_chan_client *chan_get(psw_sparse *s, size_t k) {
   int64_t now = ps_now_ms();
   if (now < s->ch_retry_ms[k]) return NULL;
   ps_errbuf eb;
-  int rc = ps_chan_connect_auth(&s->ch[k], s->cfg->shards[k].channel_addr, s->cfg->cluster, s->key,
-                                s->cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0,
+  int rc = ps_chan_connect_auth(&s->ch[k], s->cfg->shards[k].channel_addr, s->cfg->cluster,
+                                s->key, s->cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0,
                                 PSW_SPARSE_CONNECT_MS, &eb);
   if (rc) {
     s->ch_retry_ms[k] = now + PSW_SPARSE_CHAN_RETRY_MS;
@@ -340,12 +340,16 @@ int psw_sparse_pull(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, float *
                                                     (size_t)(b - a) * rb, NULL, eb) == 0;
     if (ch && !s->via_chan[k]) chan_drop(s, k);
   }
-  for (size_t k = 0; k < s->nshards; k++) { /* every reply taken, even after an error */
+  for (size_t k = 0; k < s->nshards; k++) { /* every channel reply taken, even after an error */
     uint32_t a = s->start[k], b = s->start[k + 1];
-    if (a == b) continue;
-    int r = s->via_chan[k] ? pull_chan_recv(s, k, a, b, codec, rows, eb) : 1;
-    if (r == 1 && !rc) r = pull_grpc(s, k, a, b, codec, clock, rows, eb);
-    if (r && r != 1 && !rc) rc = r;
+    if (a == b || !s->via_chan[k]) continue;
+    int r = pull_chan_recv(s, k, a, b, codec, rows, eb);
+    if (r == 1) s->via_chan[k] = 0; /* on gRPC below */
+    else if (r && !rc) rc = r;
+  }
+  for (size_t k = 0; k < s->nshards && !rc; k++) { /* then gRPC, which may wait for a shard */
+    uint32_t a = s->start[k], b = s->start[k + 1];
+    if (a < b && !s->via_chan[k]) rc = pull_grpc(s, k, a, b, codec, clock, rows, eb);
   }
   return rc;
 }

@@ -1,10 +1,14 @@
 /* psw_sparse: a worker's client of one sparse table on the shards
- * (SparsePull / SparsePush over gRPC, psd_shard_sparse.h).
+ * (psd_shard_sparse.h): on each shard's tensor channel (CHAN_SPARSE_PULL /
+ * CHAN_SPARSE_PUSH) where the shard offers rows there and sparse.plane is
+ * `channel` (the default), else over gRPC (SparsePull / SparsePush); the
+ * file comment of psw_sparse.c says when which.
  *
  * Keys are table keys (for a table with hash_buckets, map ids with
  * ps_place_row_key first, before deduplication).  A pull or push splits
  * its distinct keys by shard (ps_place_row_map: one hash per key) and
- * makes one call per shard that holds any, in turn; rows come back in the
+ * makes one request per shard that holds any (the channel's all sent
+ * before any reply is read, gRPC's in turn); rows come back in the
  * caller's key order.  Sparse traffic goes to the root shards directly
  * (never through an aggregator), in the row codecs below, without the
  * staleness bound.

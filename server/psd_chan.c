@@ -126,6 +126,7 @@ typedef struct psd_conn {
   psd_park park;
   int syncing;                /* a push waits for its log sync (invariant 7a) */
   uint64_t sversion;          /* its version, for the answer */
+  int ssparse;                /* it is a sparse push (invariant 2b) */
   psd_wal_waiter swt;
   psd_op op;                  /* a forwarded push or pull (aggregator) ... */
   int op_pending, op_push;    /* ... waiting for the root; the connection is paused */
@@ -619,12 +620,22 @@ static void conn_push_ack(psd_conn *c, uint64_t version) {
   conn_reply(c, &r, NULL, 0, 0, 1, 0);
 }
 
+/* conn_sparse_ack answers an applied sparse push (invariant 2b). */
+static void conn_sparse_ack(psd_conn *c) {
+  Ps__ChanMeta r = PS__CHAN_META__INIT;
+  r.op = PS__CHAN_OP__CHAN_SPARSE_PUSH;
+  conn_reply(c, &r, NULL, 0, 0, 1, 0);
+}
+
 /* conn_push_synced answers a push once its log record is synced, or the
  * log's error, and resumes the connection (invariant 7a). */
 static void conn_push_synced(psd_wal_waiter *wt, int status, const char *msg) {
   psd_conn *c = wt->arg;
-  c->syncing = 0;
-  if (status == 0) {
+  int sparse = c->ssparse;
+  c->syncing = c->ssparse = 0;
+  if (status == 0 && sparse) {
+    conn_sparse_ack(c);
+  } else if (status == 0) {
     conn_push_ack(c, c->sversion);
   } else {
     psd_shard_count_error(c->chan->sh);
@@ -775,30 +786,6 @@ static void conn_sparse_begin(psd_conn *c) {
   c->rx.got = 0;
 }
 
-/* conn_sparse_ack answers an applied sparse push. */
-static void conn_sparse_ack(psd_conn *c) {
-  Ps__ChanMeta r = PS__CHAN_META__INIT;
-  r.op = PS__CHAN_OP__CHAN_SPARSE_PUSH;
-  conn_reply(c, &r, NULL, 0, 0, 1, 0);
-}
-
-/* conn_sparse_synced answers a sparse push once its log record is synced
- * (invariant 7a, as conn_push_synced). */
-static void conn_sparse_synced(psd_wal_waiter *wt, int status, const char *msg) {
-  psd_conn *c = wt->arg;
-  c->syncing = 0;
-  if (status == 0) {
-    conn_sparse_ack(c);
-  } else {
-    psd_shard_count_error(c->chan->sh);
-    conn_reply_error(c, status, msg, 1, 0);
-  }
-  if (!c->closing) {
-    c->resume_pending = 1;
-    uv_async_send(&c->chan->wake);
-  }
-}
-
 /* conn_sparse_end serves a sparse request whose data is complete through
  * the entry points of the gRPC calls (psd_shard_sparse_pull / _push: the
  * same checks, codecs, log records), the keys and rows read in place. */
@@ -833,12 +820,12 @@ static void conn_sparse_end(psd_conn *c) {
     q.worker = m->worker, q.clock = m->clock, q.codec = m->codec;
     rc = psd_shard_sparse_push(sh, &q, &eb);
     if (rc == 0) {
-      c->swt.fn = conn_sparse_synced;
+      c->swt.fn = conn_push_synced;
       c->swt.arg = c;
       rc = psd_shard_push_durable(sh, &c->swt, &eb);
     }
     if (rc == 1) { /* invariant 7a */
-      c->syncing = 1;
+      c->syncing = c->ssparse = 1;
       c->paused = 1;
       uv_read_stop((uv_stream_t *)&c->tcp);
     } else if (rc == 0) {

@@ -697,6 +697,30 @@ static void conn_push_end(psd_conn *c) {
   ps__chan_meta__free_unpacked(m, NULL);
 }
 
+/* conn_data_begin readies the data buffer for the current beat or sparse
+ * request, unless it is refused already (c->req_err): its data is then
+ * read into scratch.  WHAT names it in an out-of-memory error. */
+static void conn_data_begin(psd_conn *c, const char *what) {
+  if (c->req_err == 0 && conn_data_room(c) < 0)
+    c->req_err = ps_errf(&c->req_eb, PS_ENOMEM, "%s: out of memory", what);
+  c->rx.state = c->req_err ? PS_CHAN_RX_DISCARD : PS_CHAN_RX_DATA;
+  c->rx.got = 0;
+}
+
+/* conn_req_take hands over the current beat or sparse request, its data
+ * complete: returns its meta (the caller frees it), *RC / *EB its
+ * refusal so far; the decoder waits for the next header. */
+static Ps__ChanMeta *conn_req_take(psd_conn *c, int *rc, ps_errbuf *eb) {
+  Ps__ChanMeta *m = c->req;
+  *rc = c->req_err;
+  *eb = c->req_eb;
+  c->rx.state = PS_CHAN_RX_HDR;
+  c->rx.got = 0;
+  c->req = NULL;
+  c->req_err = 0;
+  return m;
+}
+
 /* conn_beat_begin readies the data buffer for beat C->req (invariant
  * 2a); one that is too large is read into scratch and refused. */
 static void conn_beat_begin(psd_conn *c) {
@@ -705,22 +729,15 @@ static void conn_beat_begin(psd_conn *c) {
   if (c->rx.h.data_len > CHAN_BEAT_MAX)
     c->req_err = ps_errf(&c->req_eb, PS_EINVAL, "a beat of %llu bytes; at most %u",
                          (unsigned long long)c->rx.h.data_len, CHAN_BEAT_MAX);
-  if (c->req_err == 0 && conn_data_room(c) < 0)
-    c->req_err = ps_errf(&c->req_eb, PS_ENOMEM, "beat: out of memory");
-  c->rx.state = c->req_err ? PS_CHAN_RX_DISCARD : PS_CHAN_RX_DATA;
-  c->rx.got = 0;
+  conn_data_begin(c, "beat");
 }
 
 /* conn_beat_end answers a beat whose data is complete (invariant 2a). */
 static void conn_beat_end(psd_conn *c) {
   psd_shard *sh = c->chan->sh;
-  Ps__ChanMeta *m = c->req;
-  int rc = c->req_err;
-  ps_errbuf eb = c->req_eb;
-  c->rx.state = PS_CHAN_RX_HDR;
-  c->rx.got = 0;
-  c->req = NULL;
-  c->req_err = 0;
+  int rc;
+  ps_errbuf eb;
+  Ps__ChanMeta *m = conn_req_take(c, &rc, &eb);
   Ps__HeartbeatRequest *req = NULL;
   Ps__HeartbeatReply rep = PS__HEARTBEAT_REPLY__INIT;
   int counted = 0; /* psd_shard_heartbeat counts its own refusals in errors */
@@ -780,10 +797,7 @@ static void conn_sparse_begin(psd_conn *c) {
   sh->inflight++;
   c->req_err = psd_chan_sparse_check(&c->rx.h, c->req, &c->req_eb);
   if (c->req_err) psd_shard_count_error(sh);
-  if (c->req_err == 0 && conn_data_room(c) < 0)
-    c->req_err = ps_errf(&c->req_eb, PS_ENOMEM, "sparse request: out of memory");
-  c->rx.state = c->req_err ? PS_CHAN_RX_DISCARD : PS_CHAN_RX_DATA;
-  c->rx.got = 0;
+  conn_data_begin(c, "sparse request");
 }
 
 /* conn_sparse_end serves a sparse request whose data is complete through
@@ -791,13 +805,9 @@ static void conn_sparse_begin(psd_conn *c) {
  * same checks, codecs, log records), the keys and rows read in place. */
 static void conn_sparse_end(psd_conn *c) {
   psd_shard *sh = c->chan->sh;
-  Ps__ChanMeta *m = c->req;
-  int rc = c->req_err;
-  ps_errbuf eb = c->req_eb;
-  c->rx.state = PS_CHAN_RX_HDR;
-  c->rx.got = 0;
-  c->req = NULL;
-  c->req_err = 0;
+  int rc;
+  ps_errbuf eb;
+  Ps__ChanMeta *m = conn_req_take(c, &rc, &eb);
   size_t kb = (size_t)m->n_keys * sizeof(uint64_t);
   uint64_t *keys = m->n_keys ? c->data : NULL;
   if (rc == 0 && (int)m->op == PS__CHAN_OP__CHAN_SPARSE_PULL) {

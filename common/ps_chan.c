@@ -723,7 +723,8 @@ int ps_chan_beat(ps_chan_client *c, const void *req, size_t len, void **reply, s
 
 /* ---- sparse rows ---------------------------------------------------------------- */
 
-_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__, "sparse keys travel as little-endian uint64");
+_Static_assert(__BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__,
+               "sparse keys travel as little-endian uint64");
 
 /* chan_sparse_meta fills META for sparse request Q of OP. */
 static void chan_sparse_meta(Ps__ChanMeta *meta, int op, const ps_chan_sparse *q) {

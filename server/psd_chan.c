@@ -826,7 +826,7 @@ static void conn_sparse_end(psd_conn *c) {
   } else if (rc == 0) {
     Ps__SparsePushRequest q = PS__SPARSE_PUSH_REQUEST__INIT;
     q.model = m->model, q.table = m->table, q.keys = keys, q.n_keys = m->n_keys;
-    q.rows.data = (uint8_t *)c->data + kb, q.rows.len = c->rx.h.data_len - kb;
+    q.rows.data = c->data ? (uint8_t *)c->data + kb : NULL, q.rows.len = c->rx.h.data_len - kb;
     q.worker = m->worker, q.clock = m->clock, q.codec = m->codec;
     rc = psd_shard_sparse_push(sh, &q, &eb);
     if (rc == 0) {

@@ -1,7 +1,8 @@
 /* psd_chan: the tensor-channel server of a shard (libuv TCP, loop thread).
  *
  * Decodes frames (common/ps_chan.h) into the shard's handlers
- * (psd_shard_push / psd_shard_pull), reading push data straight into a
+ * (psd_shard_push / psd_shard_pull; sparse rows: psd_shard_sparse_pull /
+ * _push, as the gRPC calls), reading push data straight into a
  * per-connection buffer and writing pull replies from one buffer.  A bad
  * frame (magic, version, lengths, undecodable meta, a request before
  * HELLO, a HELLO with another cluster name) closes that connection only and

@@ -6,7 +6,8 @@
  * number of pushes applied to it, in every element.
  *
  *  - sync: pushers on 2 gRPC connections and a tensor channel send
- *    SparsePush (CHAN_SPARSE_PUSH) of 1..6 random keys each; the shard is SIGKILLed at a random moment, restarted (every
+ *    SparsePush (CHAN_SPARSE_PUSH) of 1..6 random keys each; the shard
+ *    is SIGKILLed at a random moment, restarted (every
  *    other time after a simulated power cut of the redo log, as in the
  *    dense crash loop) and pulled.  Every row must hold acknowledged <=
  *    pushes <= acknowledged + in flight (none lost, none applied twice),

@@ -30,7 +30,8 @@
  *    there are the gRPC calls' bit for bit in every row codec, through
  *    ps_chan and through psw_sparse (with no gRPC address to fall back
  *    on); bad requests are refused with rows unchanged and the connection
- *    usable; a channel that does not offer rows sends psw_sparse to gRPC. */
+ *    usable (frames whose data disagrees with their key count too); a
+ *    channel that does not offer rows sends psw_sparse to gRPC. */
 #include <math.h>
 #include <pthread.h>
 #include <signal.h>
@@ -951,6 +952,96 @@ START_TEST(test_sparse_chan_fallback) {
 }
 END_TEST
 
+/* sd_raw_frame writes one frame of meta M and LEN bytes of DATA (id ID)
+ * on socket FD. */
+static void sd_raw_frame(int fd, const Ps__ChanMeta *m, const void *data, size_t len, uint64_t id) {
+  uint8_t out[PS_CHAN_HDR_LEN + 512];
+  size_t ml = ps__chan_meta__get_packed_size(m);
+  ck_assert_uint_le(ml, sizeof out - PS_CHAN_HDR_LEN);
+  ps__chan_meta__pack(m, out + PS_CHAN_HDR_LEN);
+  ps_chan_hdr h = {.magic = PS_CHAN_MAGIC, .version = PS_CHAN_VERSION, .meta_len = (uint32_t)ml,
+                   .data_len = len, .req_id = id};
+  ps_chan_hdr_encode(out, &h);
+  ck_assert_int_eq(write(fd, out, PS_CHAN_HDR_LEN + ml), (ssize_t)(PS_CHAN_HDR_LEN + ml));
+  if (len) ck_assert_int_eq(write(fd, data, len), (ssize_t)len);
+}
+
+/* sd_raw_reply reads one reply frame from FD: its meta (caller frees) and
+ * up to CAP bytes of data into DATA (*LEN: its data_len). */
+static Ps__ChanMeta *sd_raw_reply(int fd, void *data, size_t cap, uint64_t *len) {
+  uint8_t hb[PS_CHAN_HDR_LEN], meta[4096];
+  ps_chan_hdr h;
+  ck_assert_int_eq(sd_read_full(fd, hb, sizeof hb), 0);
+  ck_assert_int_eq(ps_chan_hdr_decode(&h, hb, 1u << 30), 0);
+  ck_assert_uint_le(h.meta_len, sizeof meta);
+  ck_assert_int_eq(sd_read_full(fd, meta, h.meta_len), 0);
+  ck_assert_uint_le(h.data_len, cap);
+  if (h.data_len) ck_assert_int_eq(sd_read_full(fd, data, h.data_len), 0);
+  *len = h.data_len;
+  Ps__ChanMeta *m = ps__chan_meta__unpack(NULL, h.meta_len, meta);
+  ck_assert_ptr_nonnull(m);
+  return m;
+}
+
+/* Sparse frames whose data disagrees with their key count (which the
+ * client never sends): refused with the counts, the connection kept, the
+ * next request served (raw frames: skipped on an authenticated channel,
+ * which closes a hello without its proof by design). */
+START_TEST(test_sparse_chan_bad_frames) {
+  sd_env e;
+  sd_setup(&e, "periodic", 200);
+  ps_config cfg;
+  sd_cfg(&cfg, e.yaml, PS_SPARSE_PLANE_CHANNEL, NULL, NULL);
+  int secured = cfg.security.secret_file != NULL;
+  ps_config_release(&cfg);
+  if (secured) {
+    ck_assert_int_eq(ps_test_stop(e.pid, SIGTERM, 15000), 0);
+    free(e.t);
+    PS_SKIP("raw frames without the hello's proof: refused by an authenticated shard by design");
+  }
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)e.cp),
+                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  ck_assert_int_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+  Ps__ChanMeta m = PS__CHAN_META__INIT;
+  m.op = PS__CHAN_OP__CHAN_HELLO, m.proto_version = PS_CHAN_VERSION, m.cluster = "test";
+  sd_raw_frame(fd, &m, NULL, 0, 1);
+  uint64_t len;
+  float rows[3 * SD_DIM];
+  Ps__ChanMeta *r = sd_raw_reply(fd, rows, sizeof rows, &len);
+  ck_assert_int_eq(r->op, PS__CHAN_OP__CHAN_HELLO);
+  ck_assert_uint_eq(r->features & PS_CHAN_FEAT_SPARSE, PS_CHAN_FEAT_SPARSE);
+  ps__chan_meta__free_unpacked(r, NULL);
+  ps__chan_meta__init(&m);
+  m.model = "ctr", m.op = PS__CHAN_OP__CHAN_SPARSE_PULL, m.n_keys = 3;
+  sd_raw_frame(fd, &m, e.t->keys, 2 * sizeof(uint64_t), 2); /* 2 keys' bytes for 3 */
+  r = sd_raw_reply(fd, rows, sizeof rows, &len);
+  ck_assert_int_eq(r->op, PS__CHAN_OP__CHAN_ERROR);
+  ck_assert_int_eq(r->status, PS_EINVAL);
+  ck_assert_msg(strstr(r->message, "3 keys need 24 bytes of keys, the frame carries 16") != NULL,
+                "%s", r->message);
+  ps__chan_meta__free_unpacked(r, NULL);
+  m.op = PS__CHAN_OP__CHAN_SPARSE_PUSH, m.n_keys = 5;
+  sd_raw_frame(fd, &m, e.t->keys, 4 * sizeof(uint64_t), 3); /* fewer bytes than 5 keys */
+  r = sd_raw_reply(fd, rows, sizeof rows, &len);
+  ck_assert_int_eq(r->status, PS_EINVAL);
+  ck_assert_msg(strstr(r->message, "at least 40 bytes") != NULL, "%s", r->message);
+  ps__chan_meta__free_unpacked(r, NULL);
+  m.op = PS__CHAN_OP__CHAN_SPARSE_PULL, m.n_keys = 3;
+  sd_raw_frame(fd, &m, e.t->keys, 3 * sizeof(uint64_t), 4); /* and a good one is served */
+  r = sd_raw_reply(fd, rows, sizeof rows, &len);
+  ck_assert_int_eq(r->op, PS__CHAN_OP__CHAN_SPARSE_PULL);
+  ck_assert_uint_eq(len, sizeof rows);
+  ps__chan_meta__free_unpacked(r, NULL);
+  float init[SD_DIM];
+  ck_assert_int_eq(ps_init_row(init, "uniform", 0.05f, 11, 0, e.t->keys[2], SD_DIM), 0);
+  ck_assert_int_eq(memcmp(rows + 2 * SD_DIM, init, sizeof init), 0);
+  close(fd);
+  ck_assert_int_eq(ps_test_stop(e.pid, SIGTERM, 15000), 0);
+  free(e.t);
+}
+END_TEST
+
 Suite *psd_sparse_chan_suite(void) {
   Suite *s = suite_create("psd_sparse_chan");
   TCase *tc = tcase_create("chan");
@@ -959,6 +1050,7 @@ Suite *psd_sparse_chan_suite(void) {
   tcase_add_test(tc, test_sparse_chan_round_trip);
   tcase_add_test(tc, test_sparse_chan_bad_input);
   tcase_add_test(tc, test_sparse_chan_fallback);
+  tcase_add_test(tc, test_sparse_chan_bad_frames);
   suite_add_tcase(s, tc);
   return s;
 }

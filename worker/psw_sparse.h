@@ -40,7 +40,9 @@ typedef struct psw_sparse psw_sparse;
 /* psw_sparse_open prepares the client of table TABLE (the embedding
  * parameter's index) of MODEL with rows of DIM floats, for worker WORKER,
  * on the shards of CFG (borrowed for the client's life).  It does not
- * connect yet.  Close with psw_sparse_close. */
+ * connect yet; for rows on the channel (sparse.plane) it loads
+ * security.secret_file's worker key (PS_ECONFIG when the file has none).
+ * Close with psw_sparse_close. */
 int psw_sparse_open(psw_sparse **out, const ps_config *cfg, const char *model, uint32_t table,
                     uint32_t dim, uint32_t worker, ps_errbuf *eb);
 void psw_sparse_close(psw_sparse *s);

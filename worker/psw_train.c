@@ -349,7 +349,10 @@ static int run_setup(psw_run *x, ps_errbuf *eb) {
                         .be = x->be, .nbufs = x->r->overlap ? 2 : 1, .stop = x->o->stop,
                         /* a pull may wait parked on a shard up to pull_timeout_ms */
                         .io_timeout_ms = (int)x->o->cfg->training.pull_timeout_ms + 5000,
-                        .rejoin = run_rejoin, .rejoin_arg = x->coord};
+                        .rejoin = run_rejoin, .rejoin_arg = x->coord,
+                        /* sequential steps: a push's log sync (durability
+                         * sync) overlaps the next step's compute */
+                        .defer_acks = !x->r->overlap};
   if ((err = psw_client_open(&x->cl, &cc, eb)) < 0)
     return err == PS_ENOENT || err == PS_EINVAL ? run_bad(x, err) : err;
   /* The shards enforce the model's consistency, which may be stricter
@@ -636,8 +639,8 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
       cur = 1 - cur;
     } else if ((err = run_push_pull(x, cur, x->clock - 1, 0, x->clock, eb)) < 0) {
       return err;
-    } else {
-      acked = off;
+    } else { /* a deferred ack (psw_client invariant 8): the previous push's is in */
+      acked = psw_client_acks_pending(x->cl) ? prev_end : off;
     }
     prev_end = off;
     pos->offset = acked;
@@ -648,7 +651,10 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
     run_report(x, pos->epoch, (*step)++, acc, t0);
     if (last) break;
   }
-  pos->started = pos->offset; /* every push is in: nothing in flight */
+  /* every push is in (its answer taken): nothing in flight */
+  if ((err = psw_client_settle(x->cl, eb)) < 0) return err;
+  pos->offset = off;
+  pos->started = pos->offset;
   if (off == v->n) return 0;
   /* a stop: reported with nothing in flight, handed over exactly */
   return (err = run_tell(x, pos, eb)) < 0 && err != PS_ENOENT ? err : 1;

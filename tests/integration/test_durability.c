@@ -179,29 +179,6 @@ static long long cl_status_replayed(const char *yaml, const char *dir) {
   return n;
 }
 
-/* cl_env fills ENV (3 entries + NULL) to preload the fsync shim with its
- * record in FSYNC_LOG. */
-typedef struct cl_env {
-  char preload[PATH_MAX + 16], log[PATH_MAX + 16], asan[1024];
-  char *env[4];
-} cl_env;
-
-static void cl_env_init(cl_env *e, const char *fsync_log) {
-  char *so = realpath(ps_test_bin("ps_test_fsync_shim.so"), NULL);
-  ck_assert_msg(so != NULL, "%s is not built", ps_test_bin("ps_test_fsync_shim.so"));
-  const char *ao = getenv("ASAN_OPTIONS");
-  snprintf(e->preload, sizeof e->preload, "LD_PRELOAD=%s", so);
-  snprintf(e->log, sizeof e->log, "PS_FSYNC_LOG=%s", fsync_log);
-  /* A sanitized psd accepts a preloaded library that comes before ASan's. */
-  snprintf(e->asan, sizeof e->asan, "ASAN_OPTIONS=%s%sverify_asan_link_order=0", ao ? ao : "",
-           ao && *ao ? ":" : "");
-  free(so);
-  e->env[0] = e->preload;
-  e->env[1] = e->log;
-  e->env[2] = e->asan;
-  e->env[3] = NULL;
-}
-
 /* cl_power_cut cuts every segment in REDO back to the size its last
  * recorded fdatasync saw (FSYNC_LOG), or to nothing when none was
  * recorded: what a power cut would leave.  Returns the bytes dropped. */
@@ -267,21 +244,9 @@ static pid_t cl_start(const char *yaml, const char *log, int gp, int cp) {
   return ps_test_dur_start(yaml, log, gp, cp, NULL);
 }
 
-/* cl_sync_yaml writes a one-shard cluster file under DIR with durability
- * sync (EXTRA: more durability keys, indented) and returns its path. */
-static const char *cl_sync_yaml(const char *dir, const char *extra, int *gp, int *cp) {
-  const char *path = ps_test_cluster_yaml(dir, 1, NULL, gp, cp);
-  size_t len;
-  char *y = ps_test_read_file(path, &len);
-  char *at = strstr(y, "  mode: periodic\n");
-  ck_assert_ptr_nonnull(at);
-  char *out = malloc(len + 512);
-  snprintf(out, len + 512, "%.*s  mode: sync\n%s%s", (int)(at - y), y, extra ? extra : "",
-           at + strlen("  mode: periodic\n"));
-  ps_test_write_file(path, out);
-  free(y);
-  free(out);
-  return path;
+/* cl_sync_yaml: a one-shard cluster file under DIR with durability sync. */
+static const char *cl_sync_yaml(const char *dir, int *gp, int *cp) {
+  return ps_test_sync_yaml(dir, 1, NULL, gp, cp);
 }
 
 /* cl_submit registers the crash loop's model: zeros, SGD lr 1. */
@@ -315,13 +280,13 @@ void ps_test_crash_loop(int iters) {
   const char *dir = ps_test_tmpdir();
   int gp, cp;
   char yaml[700], log[700];
-  snprintf(yaml, sizeof yaml, "%s", cl_sync_yaml(dir, NULL, &gp, &cp));
+  snprintf(yaml, sizeof yaml, "%s", cl_sync_yaml(dir, &gp, &cp));
   snprintf(log, sizeof log, "%s/psd0.log", dir);
   char fsync_log[700], redo[700];
   snprintf(fsync_log, sizeof fsync_log, "%s/fsync.log", dir);
   snprintf(redo, sizeof redo, "%s/shard0/redo", dir);
-  cl_env env;
-  cl_env_init(&env, fsync_log);
+  ps_test_shim_env env;
+  ps_test_shim_env_init(&env, fsync_log, NULL);
   cl_tally *t = calloc(1, sizeof *t);
   snprintf(t->chan_addr, sizeof t->chan_addr, "127.0.0.1:%d", cp);
   snprintf(t->grpc_addr, sizeof t->grpc_addr, "127.0.0.1:%d", gp);
@@ -390,7 +355,7 @@ START_TEST(test_sync_log_then_periodic) {
   const char *dir = ps_test_tmpdir();
   int gp, cp;
   char yaml[700], log[700], redo[700], addr[64];
-  snprintf(yaml, sizeof yaml, "%s", cl_sync_yaml(dir, NULL, &gp, &cp));
+  snprintf(yaml, sizeof yaml, "%s", cl_sync_yaml(dir, &gp, &cp));
   snprintf(log, sizeof log, "%s/psd0.log", dir);
   snprintf(redo, sizeof redo, "%s/shard0/redo", dir);
   snprintf(addr, sizeof addr, "127.0.0.1:%d", cp);
@@ -481,7 +446,7 @@ START_TEST(test_disk_full_sync) {
   if (!du.mounted) PS_SKIP("%s", du.why);
   int gp, cp;
   char yaml[700], log[700], filler[700], state[64];
-  snprintf(yaml, sizeof yaml, "%s", cl_sync_yaml(du.dir, NULL, &gp, &cp));
+  snprintf(yaml, sizeof yaml, "%s", cl_sync_yaml(du.dir, &gp, &cp));
   snprintf(log, sizeof log, "%s/psd0.log", du.dir);
   snprintf(filler, sizeof filler, "%s/filler", du.mnt);
   pid_t pid = cl_start(yaml, log, gp, cp);

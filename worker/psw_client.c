@@ -38,7 +38,8 @@ typedef struct psw_shard {
   uint64_t pushes_unanswered;/* pushes sent (or begun) whose answer never came:
                                 applied or not, nobody knows (invariant 4) */
   uint64_t push_id, pull_id; /* request ids of the round's push and pull */
-  int ack_pending;           /* push_id's answer is still due (invariant 8) */
+  uint64_t ack_id;           /* a push whose answer is still due ... */
+  int ack_pending;           /* ... when this is set (invariant 8) */
   /* Codecs (ps_codec.h).  The error-feedback residual of every chunk of
    * this shard (its chunks' elements back to back, in ids order) lives
    * here for the client's life: it survives a reconnect, and a worker that
@@ -467,7 +468,7 @@ static int psw_ack_wait(psw_shard *s, ps_errbuf *eb) {
   s->ack_pending = 0;
   uint64_t version = 0;
   ps_errbuf reb;
-  int err = ps_chan_recv_id(s->ch, s->push_id, &version, &reb);
+  int err = ps_chan_recv_id(s->ch, s->ack_id, &version, &reb);
   psw_push_answer(s, err, version);
   return err < 0 ? ps_errf(eb, err, "push failed: %s", reb.msg) : 0;
 }
@@ -476,11 +477,15 @@ static int psw_ack_wait(psw_shard *s, ps_errbuf *eb) {
  * every reply is read unless the connection broke.  *PARKED_MS: how long
  * the shard kept the pull parked.  Deferring acks (invariant 8), the pull
  * is taken first, and a push answer that is not in by then is left for
- * psw_ack_wait (unless the pull failed: then it is waited for here). */
+ * the next round (unless the pull failed: then it is waited for here);
+ * the answer the last round left is taken after this round's. */
 static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, int nsent,
                     uint32_t *parked_ms, ps_errbuf *eb) {
   int first = 0;
   int defer = c->defer_acks && gbuf >= 0 && nsent == 2;
+  int old = s->ack_pending;
+  uint64_t old_id = s->ack_id;
+  s->ack_pending = 0;
   *parked_ms = 0;
   for (int i = 0; i < nsent; i++) {
     uint64_t version = 0;
@@ -488,6 +493,7 @@ static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, int nsent,
     int is_push = gbuf >= 0 && (defer ? i == 1 : i == 0);
     if (defer && is_push && !first && !ps_chan_done(s->ch, s->push_id)) {
       s->ack_pending = 1;
+      s->ack_id = s->push_id;
       break;
     }
     int err = ps_chan_recv_id(s->ch, is_push ? s->push_id : s->pull_id, &version, &reb);
@@ -502,6 +508,17 @@ static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, int nsent,
       ps_errf(eb, err, "%s failed: %s", is_push ? "push" : "pull", reb.msg);
     }
     if (err < 0 && psw_retryable(err) && !(defer && !is_push)) break;
+  }
+  if (old) { /* the last round's push (invariant 8) */
+    int pending = s->ack_pending;
+    uint64_t id = s->ack_id;
+    ps_errbuf reb;
+    s->ack_pending = 1;
+    s->ack_id = old_id;
+    int err = psw_ack_wait(s, &reb);
+    s->ack_pending = pending;
+    s->ack_id = id;
+    if (err < 0 && !first) first = ps_errf(eb, err, "%s", reb.msg);
   }
   return first;
 }
@@ -521,13 +538,10 @@ static int psw_round(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
     sent[k] = -1;
     if (!s->nids) continue;
     ps_errbuf seb;
-    /* The last push's answer (invariant 8) first; one that never came is
-     * counted (psw_ack_wait, as in psw_recv), and a shard left without a
-     * connection (so, or by an earlier call) is reconnected at once, so
-     * that this round's push goes out. */
-    int err = s->ch ? psw_ack_wait(s, &seb) : 0;
-    if (err < 0 && psw_retryable(err)) psw_shard_down(c, s, &seb);
-    if ((err == 0 || psw_retryable(err)) && !s->ch) err = psw_reconnect(c, s, &seb);
+    /* A shard left without a connection (by psw_client_settle, or an
+     * earlier call that failed) is reconnected at once, so that this
+     * round's push goes out. */
+    int err = s->ch ? 0 : psw_reconnect(c, s, &seb);
     if (err < 0) {
       if (!fatal) fatal = ps_errf(eb, err, "shard %u: %s", s->conf->id, seb.msg);
       continue;

@@ -55,15 +55,15 @@
  *     returns once the pull is in, leaving a push answer that is not in
  *     yet pending: the pull has seen the push (the shard applied it before
  *     serving the pull) but the push is not yet acknowledged, so nothing
- *     may count on its durability.  The answer is taken before the next
- *     round sends anything to that shard (so at most one push per shard
- *     is unacknowledged, and its sync overlaps the caller's compute), by
- *     psw_client_settle, or at close.  It is counted exactly as one read
- *     in the round: acknowledged, or, when the connection broke or the
- *     shard answered a retryable error (DEGRADED: the log failed),
- *     unanswered and never resent (invariant 4); a round that finds the
- *     connection broken this way reconnects at once and sends its own
- *     push.
+ *     may count on its durability.  The answer is taken by the next round
+ *     (after it sent its own requests: the sync overlaps the caller's
+ *     compute and the next sends; between rounds at most one push per
+ *     shard is unacknowledged), by psw_client_settle, or at close.  It is
+ *     counted exactly as one read in its own round: acknowledged, or, when
+ *     the connection broke or the shard answered a retryable error
+ *     (DEGRADED: the log failed), unanswered and never resent (invariant
+ *     4).  A round that finds a shard without a connection (left so by
+ *     psw_client_settle) reconnects it before it sends.
  *
  * Thread-safety: a client is used by one thread at a time, except that
  * psw_client_start hands one push/pull to the client's own communication

@@ -405,24 +405,29 @@ START_TEST(test_client_deferred_ack) {
   ck_assert_msg(psw_client_settle(c, &eb) == 0, "%s", eb.msg);
   ck_assert_uint_eq(psw_client_acks_pending(c), 0);
   pc_counts(c, 1, 0, "settled");
-  /* The next round takes the last push's answer before it pushes. */
+  /* The next round takes the last push's answer (after its own). */
   ck_assert_msg(psw_client_push_pull(c, 0, 1, 0, 2, &eb) == 0, "%s", eb.msg);
   ck_assert_msg(psw_client_push_pull(c, 0, 2, 0, 3, &eb) == 0, "%s", eb.msg);
   ck_assert_msg(psw_client_settle(c, &eb) == 0, "%s", eb.msg);
   pc_counts(c, 3, 0, "three rounds");
   /* The shard dies while a push waits for its sync: that push is
-   * unanswered (never acknowledged, never resent); the next round
-   * reconnects and pushes. */
+   * unanswered (never acknowledged, never resent), and so is the next
+   * round's, sent on the dead connection (as without deferred acks); the
+   * round reconnects and pulls again, and the one after it pushes. */
   ps_test_write_file(x.gate, "held\n");
   ck_assert_msg(psw_client_push_pull(c, 0, 3, 0, 4, &eb) == 0, "%s", eb.msg);
   ck_assert_uint_eq(psw_client_acks_pending(c), 1);
+  pc_counts(c, 3, 0, "sync held before the crash");
   ck_assert_int_eq(ps_test_stop(x.pid, SIGKILL, 5000) & 0x7f, SIGKILL);
   x.pid = 0;
   unlink(x.gate);
   pc_start(&x);
   ck_assert_msg(psw_client_push_pull(c, 0, 4, 0, 5, &eb) == 0, "%s", eb.msg);
   ck_assert_msg(psw_client_settle(c, &eb) == 0, "%s", eb.msg);
-  pc_counts(c, 4, 1, "after the crash");
+  pc_counts(c, 3, 2, "after the crash");
+  ck_assert_msg(psw_client_push_pull(c, 0, 5, 0, 6, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psw_client_settle(c, &eb) == 0, "%s", eb.msg);
+  pc_counts(c, 4, 2, "a round later");
   ck_assert_uint_ge(psw_client_reconnects(c), 1);
   psw_client_close(c);
   pc_fini(&x);

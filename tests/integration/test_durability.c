@@ -2,6 +2,9 @@
  *
  *  - Crash loop: a shard under pushes from 3 channel connections and 1
  *    gRPC client is SIGKILLed at a random moment, restarted, and pulled.
+ *    One channel connection asked for unordered acks (psd_chan invariant
+ *    7b) and sends a pull behind each push, taking the pull's answer
+ *    first: its pushes count as acknowledged only by their own answer.
  *    The model is one tensor of zeros with SGD, lr 1, and every gradient
  *    is -1, so a chunk's value is exactly the number of pushes applied to
  *    it.  The test keeps its own tally per chunk: pushes acknowledged, and
@@ -62,6 +65,7 @@ typedef struct cl_tally {
 typedef struct cl_pusher {
   cl_tally *t;
   int grpc;
+  int unordered;             /* a channel asking for unordered acks */
   uint64_t rng;
   pthread_t th;
 } cl_pusher;
@@ -94,32 +98,54 @@ static int cl_push_grpc(ps_rpc *r, const uint32_t *ids, size_t n, const float *g
   return err;
 }
 
+/* cl_push_unordered pushes G to IDS on C (unordered acks) with a pull of
+ * the same chunks behind it, whose answer it takes first; returns the
+ * push's answer (0 or its error), *PULL_ERR the pull's. */
+static int cl_push_unordered(ps_chan_client *c, const uint32_t *ids, size_t n, float *g,
+                             float *scratch, int *pull_err) {
+  ps_req r = {.model = "cl", .ids = ids, .nids = n};
+  struct iovec src = {g, n * CL_ELEMS * sizeof(float)}, dst = {scratch, src.iov_len};
+  uint64_t push, pull, v;
+  ps_errbuf eb;
+  int err = ps_chan_send_pushv(c, &r, &src, 1, &push, &eb);
+  if (err < 0) return err;
+  *pull_err = ps_chan_send_pullv(c, &r, &dst, 1, &pull, &eb);
+  if (*pull_err == 0) *pull_err = ps_chan_recv_id(c, pull, &v, &eb);
+  return ps_chan_recv_id(c, push, &v, &eb);
+}
+
 /* cl_pusher_main pushes -1 to 1..3 random chunks at a time until told to
  * stop or a push fails (the shard died): that push counts as in flight. */
 static void *cl_pusher_main(void *arg) {
   cl_pusher *p = arg;
   cl_tally *t = p->t;
   static const float ones_neg[3 * CL_ELEMS] = {0};
-  float *g = malloc(sizeof ones_neg);
+  float *g = malloc(sizeof ones_neg), *scratch = malloc(sizeof ones_neg);
   for (size_t i = 0; i < 3 * CL_ELEMS; i++) g[i] = -1.0f;
   ps_chan_client *c = NULL;
   ps_rpc *r = NULL;
   ps_errbuf eb;
   int err = p->grpc ? ps_test_rpc_open(&r, t->grpc_addr, &eb)
-                    : ps_test_chan_connect(&c, t->chan_addr, "test", 10000, &eb);
+                    : ps_test_chan_connect_flags(&c, t->chan_addr, "test",
+                                                 p->unordered ? PS_CHAN_UNORDERED_ACKS : 0,
+                                                 10000, &eb);
   while (err == 0 && !atomic_load(&t->stop)) {
     uint32_t ids[3];
     size_t n = 1 + cl_rand(&p->rng) % 3;
     uint32_t first = (uint32_t)(cl_rand(&p->rng) % CL_CHUNKS);
     for (size_t i = 0; i < n; i++) ids[i] = (first + (uint32_t)i * 5) % CL_CHUNKS;
     uint64_t v;
-    err = p->grpc ? cl_push_grpc(r, ids, n, g)
-                  : ps_test_push(c, "cl", ids, n, g, n * CL_ELEMS, 0, 0, 0, &v, &eb);
+    int pull_err = 0;
+    err = p->grpc        ? cl_push_grpc(r, ids, n, g)
+          : p->unordered ? cl_push_unordered(c, ids, n, g, scratch, &pull_err)
+                         : ps_test_push(c, "cl", ids, n, g, n * CL_ELEMS, 0, 0, 0, &v, &eb);
     cl_count(t, ids, n, err == 0);
+    if (err == 0) err = pull_err;
   }
   ps_chan_close(c);
   if (r) ps_rpc_close(r);
   free(g);
+  free(scratch);
   return NULL;
 }
 
@@ -300,7 +326,8 @@ void ps_test_crash_loop(int iters) {
     atomic_store(&t->stop, 0);
     uint64_t acked0 = atomic_load(&t->acked_pushes);
     for (int i = 0; i < CL_PUSHERS; i++) {
-      ps[i] = (cl_pusher){.t = t, .grpc = i == CL_PUSHERS - 1, .rng = cl_rand(&seed) | 1};
+      ps[i] = (cl_pusher){.t = t, .grpc = i == CL_PUSHERS - 1, .unordered = i == 1,
+                          .rng = cl_rand(&seed) | 1};
       ck_assert_int_eq(pthread_create(&ps[i].th, NULL, cl_pusher_main, &ps[i]), 0);
     }
     /* some pushes acknowledged, then a kill at a random moment */

@@ -38,8 +38,10 @@ typedef struct psw_shard {
   uint64_t pushes_unanswered;/* pushes sent (or begun) whose answer never came:
                                 applied or not, nobody knows (invariant 4) */
   uint64_t push_id, pull_id; /* request ids of the round's push and pull */
-  uint64_t ack_id;           /* a push whose answer is still due ... */
-  int ack_pending;           /* ... when this is set (invariant 8) */
+  /* Pushes whose answer is still due, oldest first (invariant 8): one
+   * more than the depth while a round collects. */
+  uint64_t ack_ids[PSW_CLIENT_ACK_DEPTH + 1];
+  int nacks;
   /* Codecs (ps_codec.h).  The error-feedback residual of every chunk of
    * this shard (its chunks' elements back to back, in ids order) lives
    * here for the client's life: it survives a reconnect, and a worker that
@@ -260,11 +262,20 @@ static int psw_alloc_vectors(psw_client *c, ps_errbuf *eb) {
 
 /* ---- connections ------------------------------------------------------------ */
 
+static int psw_ack_wait(psw_shard *s, ps_errbuf *eb);
+
 /* psw_shard_close closes S's connection (NULL: none), keeping its byte
  * counts, and puts CH (may be NULL) in its place. */
 static void psw_shard_close(psw_shard *s, ps_chan_client *ch) {
-  if (s->ack_pending) s->pushes_unanswered++; /* its answer is never read */
-  s->ack_pending = 0;
+  while (s->nacks) { /* answers in are taken; the others never come */
+    ps_errbuf eb;
+    if (ps_chan_done(s->ch, s->ack_ids[0])) {
+      psw_ack_wait(s, &eb);
+      continue;
+    }
+    memmove(s->ack_ids, s->ack_ids + 1, --s->nacks * sizeof *s->ack_ids);
+    s->pushes_unanswered++;
+  }
   uint64_t tx, rx;
   ps_chan_bytes(s->ch, &tx, &rx);
   s->tx_closed += tx;
@@ -461,14 +472,14 @@ static void psw_push_answer(psw_shard *s, int err, uint64_t version) {
   if (err < 0 && psw_retryable(err)) s->pushes_unanswered++;
 }
 
-/* psw_ack_wait takes S's deferred push answer (invariant 8), waiting for
- * it when it is not in yet; 0, or the push's error (EB). */
+/* psw_ack_wait takes S's oldest deferred push answer (invariant 8),
+ * waiting for it when it is not in yet; 0, or the push's error (EB). */
 static int psw_ack_wait(psw_shard *s, ps_errbuf *eb) {
-  if (!s->ack_pending) return 0;
-  s->ack_pending = 0;
-  uint64_t version = 0;
+  if (!s->nacks) return 0;
+  uint64_t id = s->ack_ids[0], version = 0;
+  memmove(s->ack_ids, s->ack_ids + 1, --s->nacks * sizeof *s->ack_ids);
   ps_errbuf reb;
-  int err = ps_chan_recv_id(s->ch, s->ack_id, &version, &reb);
+  int err = ps_chan_recv_id(s->ch, id, &version, &reb);
   psw_push_answer(s, err, version);
   return err < 0 ? ps_errf(eb, err, "push failed: %s", reb.msg) : 0;
 }
@@ -476,24 +487,21 @@ static int psw_ack_wait(psw_shard *s, ps_errbuf *eb) {
 /* psw_recv receives S's NSENT replies; the first error is returned, but
  * every reply is read unless the connection broke.  *PARKED_MS: how long
  * the shard kept the pull parked.  Deferring acks (invariant 8), the pull
- * is taken first, and a push answer that is not in by then is left for
- * the next round (unless the pull failed: then it is waited for here);
- * the answer the last round left is taken after this round's. */
+ * is taken first, and a push answer that is not in by then is left for a
+ * later round (unless the pull failed: then it is waited for here); then
+ * the answers earlier rounds left are taken: those already in, and the
+ * oldest ones, waited for, down to PSW_CLIENT_ACK_DEPTH left. */
 static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, int nsent,
                     uint32_t *parked_ms, ps_errbuf *eb) {
   int first = 0;
   int defer = c->defer_acks && gbuf >= 0 && nsent == 2;
-  int old = s->ack_pending;
-  uint64_t old_id = s->ack_id;
-  s->ack_pending = 0;
   *parked_ms = 0;
   for (int i = 0; i < nsent; i++) {
     uint64_t version = 0;
     ps_errbuf reb;
     int is_push = gbuf >= 0 && (defer ? i == 1 : i == 0);
     if (defer && is_push && !first && !ps_chan_done(s->ch, s->push_id)) {
-      s->ack_pending = 1;
-      s->ack_id = s->push_id;
+      s->ack_ids[s->nacks++] = s->push_id; /* at most the depth were left */
       break;
     }
     int err = ps_chan_recv_id(s->ch, is_push ? s->push_id : s->pull_id, &version, &reb);
@@ -509,15 +517,9 @@ static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, int nsent,
     }
     if (err < 0 && psw_retryable(err) && !(defer && !is_push)) break;
   }
-  if (old) { /* the last round's push (invariant 8) */
-    int pending = s->ack_pending;
-    uint64_t id = s->ack_id;
+  while (s->nacks > PSW_CLIENT_ACK_DEPTH || (s->nacks && ps_chan_done(s->ch, s->ack_ids[0]))) {
     ps_errbuf reb;
-    s->ack_pending = 1;
-    s->ack_id = old_id;
     int err = psw_ack_wait(s, &reb);
-    s->ack_pending = pending;
-    s->ack_id = id;
     if (err < 0 && !first) first = ps_errf(eb, err, "%s", reb.msg);
   }
   return first;
@@ -638,10 +640,12 @@ int psw_client_settle(psw_client *c, ps_errbuf *eb) {
   int fatal = 0;
   for (size_t k = 0; k < c->nshards; k++) {
     psw_shard *s = &c->shards[k];
-    ps_errbuf seb;
-    int err = psw_ack_wait(s, &seb);
-    if (err < 0 && psw_retryable(err)) psw_shard_down(c, s, &seb); /* the next round reconnects */
-    else if (err < 0 && !fatal) fatal = ps_errf(eb, err, "shard %u: %s", s->conf->id, seb.msg);
+    while (s->nacks) {
+      ps_errbuf seb;
+      int err = psw_ack_wait(s, &seb);
+      if (err < 0 && psw_retryable(err)) psw_shard_down(c, s, &seb); /* the next round reconnects */
+      else if (err < 0 && !fatal) fatal = ps_errf(eb, err, "shard %u: %s", s->conf->id, seb.msg);
+    }
   }
   return fatal;
 }
@@ -649,7 +653,8 @@ int psw_client_settle(psw_client *c, ps_errbuf *eb) {
 /* psw_client_acks_pending: see psw_client.h. */
 size_t psw_client_acks_pending(const psw_client *c) {
   size_t n = 0;
-  for (size_t k = 0; k < c->nshards; k++) n += c->shards[k].ack_pending != 0;
+  for (size_t k = 0; k < c->nshards; k++)
+    if ((size_t)c->shards[k].nacks > n) n = (size_t)c->shards[k].nacks;
   return n;
 }
 

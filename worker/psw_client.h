@@ -55,10 +55,13 @@
  *     returns once the pull is in, leaving a push answer that is not in
  *     yet pending: the pull has seen the push (the shard applied it before
  *     serving the pull) but the push is not yet acknowledged, so nothing
- *     may count on its durability.  The answer is taken by the next round
- *     (after it sent its own requests: the sync overlaps the caller's
- *     compute and the next sends; between rounds at most one push per
- *     shard is unacknowledged), by psw_client_settle, or at close.  It is
+ *     may count on its durability.  A later round takes it (after it sent
+ *     its own requests): as soon as it is in, and by waiting for it once
+ *     PSW_CLIENT_ACK_DEPTH later pushes went to that shard, so the sync
+ *     overlaps the caller's next steps and between rounds at most that
+ *     many pushes per shard are unacknowledged, always the latest ones
+ *     (psw_client_acks_pending); psw_client_settle and close take them
+ *     all.  It is
  *     counted exactly as one read in its own round: acknowledged, or, when
  *     the connection broke or the shard answered a retryable error
  *     (DEGRADED: the log failed), unanswered and never resent (invariant
@@ -83,6 +86,7 @@
 #include "ps_model.h"
 
 #define PSW_CLIENT_MAX_BUFS 2
+#define PSW_CLIENT_ACK_DEPTH 2 /* deferred push answers per shard (invariant 8) */
 
 typedef struct psw_client psw_client;
 
@@ -186,7 +190,9 @@ int psw_client_push_pull(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
  * non-retryable answer.  Not while a job runs. */
 int psw_client_settle(psw_client *c, ps_errbuf *eb);
 
-/* psw_client_acks_pending: how many shards owe a deferred push answer. */
+/* psw_client_acks_pending: the most deferred push answers any shard
+ * still owes (0..PSW_CLIENT_ACK_DEPTH): every push older than that many
+ * rounds is answered (invariant 8). */
 size_t psw_client_acks_pending(const psw_client *c);
 
 /* psw_client_export reads every chunk of the model from every shard with

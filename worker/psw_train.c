@@ -603,6 +603,9 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
   run_note_part(x, pos->part);
   int ov = x->r->overlap, cur = 0;
   uint64_t acked = pos->offset, off = pos->offset, prev_end = pos->offset;
+  /* ends[i]: where the step i rounds back ended (deferred acks) */
+  uint64_t ends[PSW_CLIENT_ACK_DEPTH + 1];
+  for (int i = 0; i <= PSW_CLIENT_ACK_DEPTH; i++) ends[i] = pos->offset;
   /* Pulls carry the clock of the step that computes on them (the shard
    * parks them until the slowest worker is within the staleness bound of
    * that step); with overlap that is one step ahead of the worker's own. */
@@ -639,8 +642,10 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
       cur = 1 - cur;
     } else if ((err = run_push_pull(x, cur, x->clock - 1, 0, x->clock, eb)) < 0) {
       return err;
-    } else { /* a deferred ack (psw_client invariant 8): the previous push's is in */
-      acked = psw_client_acks_pending(x->cl) ? prev_end : off;
+    } else { /* deferred acks (psw_client invariant 8): the older pushes' are in */
+      memmove(ends + 1, ends, PSW_CLIENT_ACK_DEPTH * sizeof *ends);
+      ends[0] = off;
+      acked = ends[psw_client_acks_pending(x->cl)];
     }
     prev_end = off;
     pos->offset = acked;

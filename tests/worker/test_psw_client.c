@@ -394,40 +394,46 @@ START_TEST(test_client_deferred_ack) {
   ck_assert_msg(psw_client_pull_all(c, 0, 0, &eb) == 0, "%s", eb.msg);
   float *p = psw_client_params(c, 0), *g = psw_client_grads(c, 0), p0 = p[0];
   for (uint64_t i = 0; i < n; i++) g[i] = 0.25f;
-  /* The sync held: the round returns on its pull, which saw the push;
-   * the push is not acknowledged (nor lost) until its sync ran. */
+  /* The sync held: each round returns on its pull, which saw its push;
+   * no push is acknowledged (nor lost) until its sync ran, and two
+   * (PSW_CLIENT_ACK_DEPTH) may wait. */
   ps_test_write_file(x.gate, "held\n");
   ck_assert_msg(psw_client_push_pull(c, 0, 0, 0, 1, &eb) == 0, "%s", eb.msg);
   ck_assert(fabsf(p[0] - (p0 - PC_LR * 0.25f)) <= 1e-6f);
   ck_assert_uint_eq(psw_client_acks_pending(c), 1);
   pc_counts(c, 0, 0, "sync held");
+  ck_assert_msg(psw_client_push_pull(c, 0, 1, 0, 2, &eb) == 0, "%s", eb.msg);
+  ck_assert(fabsf(p[0] - (p0 - 2 * PC_LR * 0.25f)) <= 1e-6f);
+  ck_assert_uint_eq(psw_client_acks_pending(c), PSW_CLIENT_ACK_DEPTH);
+  pc_counts(c, 0, 0, "sync held, two rounds");
   unlink(x.gate);
   ck_assert_msg(psw_client_settle(c, &eb) == 0, "%s", eb.msg);
   ck_assert_uint_eq(psw_client_acks_pending(c), 0);
-  pc_counts(c, 1, 0, "settled");
-  /* The next round takes the last push's answer (after its own). */
-  ck_assert_msg(psw_client_push_pull(c, 0, 1, 0, 2, &eb) == 0, "%s", eb.msg);
-  ck_assert_msg(psw_client_push_pull(c, 0, 2, 0, 3, &eb) == 0, "%s", eb.msg);
+  pc_counts(c, 2, 0, "settled");
+  /* Later rounds take the answers earlier ones left. */
+  for (uint64_t t = 2; t < 5; t++)
+    ck_assert_msg(psw_client_push_pull(c, 0, t, 0, t + 1, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_le(psw_client_acks_pending(c), PSW_CLIENT_ACK_DEPTH);
   ck_assert_msg(psw_client_settle(c, &eb) == 0, "%s", eb.msg);
-  pc_counts(c, 3, 0, "three rounds");
+  pc_counts(c, 5, 0, "five rounds");
   /* The shard dies while a push waits for its sync: that push is
    * unanswered (never acknowledged, never resent), and so is the next
    * round's, sent on the dead connection (as without deferred acks); the
    * round reconnects and pulls again, and the one after it pushes. */
   ps_test_write_file(x.gate, "held\n");
-  ck_assert_msg(psw_client_push_pull(c, 0, 3, 0, 4, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psw_client_push_pull(c, 0, 5, 0, 6, &eb) == 0, "%s", eb.msg);
   ck_assert_uint_eq(psw_client_acks_pending(c), 1);
-  pc_counts(c, 3, 0, "sync held before the crash");
+  pc_counts(c, 5, 0, "sync held before the crash");
   ck_assert_int_eq(ps_test_stop(x.pid, SIGKILL, 5000) & 0x7f, SIGKILL);
   x.pid = 0;
   unlink(x.gate);
   pc_start(&x);
-  ck_assert_msg(psw_client_push_pull(c, 0, 4, 0, 5, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psw_client_push_pull(c, 0, 6, 0, 7, &eb) == 0, "%s", eb.msg);
   ck_assert_msg(psw_client_settle(c, &eb) == 0, "%s", eb.msg);
-  pc_counts(c, 3, 2, "after the crash");
-  ck_assert_msg(psw_client_push_pull(c, 0, 5, 0, 6, &eb) == 0, "%s", eb.msg);
+  pc_counts(c, 5, 2, "after the crash");
+  ck_assert_msg(psw_client_push_pull(c, 0, 7, 0, 8, &eb) == 0, "%s", eb.msg);
   ck_assert_msg(psw_client_settle(c, &eb) == 0, "%s", eb.msg);
-  pc_counts(c, 4, 2, "a round later");
+  pc_counts(c, 6, 2, "a round later");
   ck_assert_uint_ge(psw_client_reconnects(c), 1);
   psw_client_close(c);
   pc_fini(&x);

@@ -3,8 +3,14 @@
  * Client invariants:
  *  1. The socket is non-blocking; every wait is a poll() bounded by the
  *     client's timeout (no byte moving for timeout_ms fails the call).
- *  2. Requests in flight sit in a ring in send order; the server answers in
- *     order, so the reply being read belongs to q[head + ndone].
+ *  2. Requests in flight sit in a ring in send order.  A server answers in
+ *     order, so the reply being read belongs to the oldest request still
+ *     waiting; one that agreed to unordered acks in the hello (ps_chan.h)
+ *     may answer a push after requests behind it, and a reply then belongs
+ *     to the waiting request with its id.  Either way a reply that matches
+ *     no waiting request breaks the client.  A request collected out of
+ *     order (ps_chan_recv_id) leaves a hole in the ring, dropped once it
+ *     reaches the head.
  *  3. Reply bytes are parsed by ps_chan_rx, the frame decoder the shard
  *     shares (header -> meta -> data -> MAC), with this client's callbacks.
  *     Small reads go through a staging buffer; once the data of a pull
@@ -183,6 +189,7 @@ typedef struct chan_pending {
   size_t nseg;
   uint64_t want_bytes;    /* pull: bytes expected into dst */
   int done, status;
+  int collected;          /* ps_chan_recv_id took it: a hole in the ring */
   uint64_t version;
   uint32_t parked_ms;     /* pull reply: time parked on the shard */
   char *msg;              /* error text (malloc'd) or NULL */
@@ -200,8 +207,13 @@ struct ps_chan_client {
   int broken;
   ps_errbuf broken_eb;
   uint64_t next_id;
-  chan_pending *q;        /* ring of qcap entries */
-  size_t qcap, qhead, qlen, ndone;
+  chan_pending *q;        /* ring of qcap entries (holes included) */
+  size_t qcap, qhead, qlen;
+  size_t nlive;           /* entries not collected: requests in flight */
+  size_t nwait;           /* of those, the ones whose reply is not complete */
+  uint64_t rx_id;         /* the request the reply being read answers */
+  int want_unordered;     /* asked for unordered acks in the hello */
+  int unordered;          /* the shard agreed (invariant 2) */
   /* receive state machine (invariant 3) */
   ps_chan_rx rx;
   ps_errbuf *rx_eb;       /* the feeding call's, for the callbacks' messages */
@@ -271,17 +283,33 @@ static int seg_iov(const chan_pending *e, uint64_t off, struct iovec *iov, int m
   return n;
 }
 
-/* rx_entry returns the pending request the incoming reply belongs to. */
-static chan_pending *rx_entry(ps_chan_client *c) {
-  if (c->ndone >= c->qlen) return NULL;
-  return &c->q[(c->qhead + c->ndone) % c->qcap];
+/* chan_find returns the request in flight (not collected) with ID, or NULL. */
+static chan_pending *chan_find(ps_chan_client *c, uint64_t id) {
+  for (size_t i = 0; i < c->qlen; i++) {
+    chan_pending *e = &c->q[(c->qhead + i) % c->qcap];
+    if (!e->collected && e->id == id) return e;
+  }
+  return NULL;
 }
+
+/* chan_oldest_waiting returns the oldest request whose reply is not
+ * complete, or NULL. */
+static chan_pending *chan_oldest_waiting(ps_chan_client *c) {
+  for (size_t i = 0; i < c->qlen; i++) {
+    chan_pending *e = &c->q[(c->qhead + i) % c->qcap];
+    if (!e->collected && !e->done) return e;
+  }
+  return NULL;
+}
+
+/* rx_entry returns the pending request the incoming reply belongs to. */
+static chan_pending *rx_entry(ps_chan_client *c) { return chan_find(c, c->rx_id); }
 
 /* rx_finish completes the reply of the current entry and rearms for the
  * next header. */
 static void rx_finish(ps_chan_client *c) {
   rx_entry(c)->done = 1;
-  c->ndone++;
+  c->nwait--;
   c->rx.state = PS_CHAN_RX_HDR;
   c->rx.got = 0;
 }
@@ -307,7 +335,7 @@ static int rx_data_done(void *arg) {
 /* rx_begin: reply bytes are welcome only while a request waits. */
 static int rx_begin(void *arg) {
   ps_chan_client *c = arg;
-  if (!rx_entry(c)) return chan_break(c, c->rx_eb, PS_EPROTO, "channel '%s': %s", "unexpected bytes");
+  if (!c->nwait) return chan_break(c, c->rx_eb, PS_EPROTO, "channel '%s': %s", "unexpected bytes");
   return 0;
 }
 
@@ -318,9 +346,11 @@ static int rx_after_hdr(void *arg) {
   ps_errbuf *eb = c->rx_eb;
   if (ps_chan_hdr_decode(&c->rx.h, c->rx.hdrbuf, CHAN_CLIENT_MAX_DATA) < 0)
     return chan_break(c, eb, PS_EPROTO, "channel '%s': %s", "bad reply header");
-  chan_pending *e = rx_entry(c);
-  if (!e || c->rx.h.req_id != e->id || c->rx.h.meta_len == 0)
+  /* invariant 2: the oldest waiting request, or with unordered acks any */
+  chan_pending *e = c->unordered ? chan_find(c, c->rx.h.req_id) : chan_oldest_waiting(c);
+  if (!e || e->done || c->rx.h.req_id != e->id || c->rx.h.meta_len == 0)
     return chan_break(c, eb, PS_EPROTO, "channel '%s': %s", "unexpected reply");
+  c->rx_id = e->id;
   if (!!(c->rx.h.flags & PS_CHAN_FLAG_MAC) != !!c->mac)
     return chan_break(c, eb, PS_EPROTO, "channel '%s': %s",
                       c->mac ? "a reply without its MAC" : "a MAC the hello did not agree on");
@@ -355,6 +385,7 @@ static int rx_after_meta(void *arg) {
     if (e->auth_len) memcpy(e->auth, m->auth.data, e->auth_len);
     e->payload_mac = m->payload_mac != 0;
     c->features = m->features; /* the last HELLO reply's (after a proof: the shard's answer) */
+    c->unordered = c->want_unordered && m->unordered_acks; /* the last HELLO's word */
   }
   if ((int)m->op == PS__CHAN_OP__CHAN_ERROR) {
     e->status = m->status < 0 ? m->status : PS_EPROTO;
@@ -561,6 +592,8 @@ static int chan_send_frame(ps_chan_client *c, Ps__ChanMeta *meta, const struct i
   }
   e->id = h.req_id;
   c->qlen++; /* queued first: replies may arrive while we still write */
+  c->nlive++;
+  c->nwait++;
   int rc = chan_writev(c, c->iov, n, eb);
   if (rc < 0) return rc;
   if (req_id) *req_id = h.req_id;
@@ -572,9 +605,9 @@ static int chan_send_frame(ps_chan_client *c, Ps__ChanMeta *meta, const struct i
  * freed with the entry). */
 static int chan_send_owned(ps_chan_client *c, Ps__ChanMeta *meta, const struct iovec *seg,
                            size_t nseg, chan_pending *e, uint64_t *req_id, ps_errbuf *eb) {
-  size_t queued = c->qlen;
+  size_t queued = c->nlive;
   int rc = chan_send_frame(c, meta, seg, nseg, e, req_id, eb);
-  if (rc < 0 && c->qlen == queued) {
+  if (rc < 0 && c->nlive == queued) {
     free(e->dst);
     e->dst = NULL;
   }
@@ -634,18 +667,27 @@ int ps_chan_send_pullv(ps_chan_client *c, const ps_req *r, const struct iovec *d
   return chan_send_owned(c, &meta, NULL, 0, e, req_id, eb);
 }
 
-/* ps_chan_recv: see ps_chan.h. */
-int ps_chan_recv(ps_chan_client *c, uint64_t *req_id, uint64_t *version, ps_errbuf *eb) {
-  if (c->qlen == 0) return ps_errf(eb, PS_EINVAL, "channel '%s': no request in flight", c->addr);
-  chan_pending *e = &c->q[c->qhead];
-  while (!e->done) {
-    int rc = chan_check_usable(c, eb);
-    if (rc < 0) return rc;
+/* chan_await reads replies until the one of request ID is complete;
+ * returns its entry, or NULL with the failure in *RC (EB). */
+static chan_pending *chan_await(ps_chan_client *c, uint64_t id, int *rc, ps_errbuf *eb) {
+  chan_pending *e;
+  while ((e = chan_find(c, id)) && !e->done) {
+    if ((*rc = chan_check_usable(c, eb)) < 0) return NULL;
     int ev = chan_wait(c, POLLIN, eb);
-    if (ev < 0) return ev;
+    if (ev < 0) {
+      *rc = ev;
+      return NULL;
+    }
     /* A reply that arrived whole before a close still counts. */
-    if ((rc = rx_progress(c, eb)) < 0 && !e->done) return rc;
+    if ((*rc = rx_progress(c, eb)) < 0 && !((e = chan_find(c, id)) && e->done)) return NULL;
   }
+  return e;
+}
+
+/* chan_take hands the complete reply of E to the caller (ps_chan_recv's
+ * results) and drops E: a hole until it reaches the head (invariant 2). */
+static int chan_take(ps_chan_client *c, chan_pending *e, uint64_t *req_id, uint64_t *version,
+                     ps_errbuf *eb) {
   int status = e->status;
   if (req_id) *req_id = e->id;
   if (version) *version = e->version;
@@ -656,16 +698,49 @@ int ps_chan_recv(ps_chan_client *c, uint64_t *req_id, uint64_t *version, ps_errb
   if (status < 0) ps_errf(eb, status, "%s", e->msg ? e->msg : ps_strerror(status));
   free(e->msg);
   free(e->dst);
-  c->qhead = (c->qhead + 1) % c->qcap;
-  c->qlen--;
-  c->ndone--;
+  e->msg = NULL;
+  e->dst = NULL;
+  e->reply = NULL;
+  e->collected = 1;
+  c->nlive--;
+  while (c->qlen && c->q[c->qhead].collected) {
+    c->qhead = (c->qhead + 1) % c->qcap;
+    c->qlen--;
+  }
   return status;
 }
+
+/* ps_chan_recv: see ps_chan.h. */
+int ps_chan_recv(ps_chan_client *c, uint64_t *req_id, uint64_t *version, ps_errbuf *eb) {
+  if (c->nlive == 0) return ps_errf(eb, PS_EINVAL, "channel '%s': no request in flight", c->addr);
+  int rc = 0;
+  chan_pending *e = chan_await(c, c->q[c->qhead].id, &rc, eb); /* the head is never a hole */
+  return e ? chan_take(c, e, req_id, version, eb) : rc;
+}
+
+/* ps_chan_recv_id: see ps_chan.h. */
+int ps_chan_recv_id(ps_chan_client *c, uint64_t id, uint64_t *version, ps_errbuf *eb) {
+  if (!chan_find(c, id))
+    return ps_errf(eb, PS_EINVAL, "channel '%s': request %llu is not in flight", c->addr,
+                   (unsigned long long)id);
+  int rc = 0;
+  chan_pending *e = chan_await(c, id, &rc, eb);
+  return e ? chan_take(c, e, NULL, version, eb) : rc;
+}
+
+/* ps_chan_done: see ps_chan.h. */
+int ps_chan_done(const ps_chan_client *c, uint64_t id) {
+  const chan_pending *e = chan_find((ps_chan_client *)c, id);
+  return e && e->done;
+}
+
+/* ps_chan_unordered: see ps_chan.h. */
+int ps_chan_unordered(const ps_chan_client *c) { return c->unordered; }
 
 /* ps_chan_last_parked_ms: see ps_chan.h. */
 uint32_t ps_chan_last_parked_ms(const ps_chan_client *c) { return c->last_parked_ms; }
 
-size_t ps_chan_inflight(const ps_chan_client *c) { return c->qlen; }
+size_t ps_chan_inflight(const ps_chan_client *c) { return c->nlive; }
 
 /* ps_chan_bytes: see ps_chan.h. */
 void ps_chan_bytes(const ps_chan_client *c, uint64_t *sent, uint64_t *received) {
@@ -676,9 +751,9 @@ void ps_chan_bytes(const ps_chan_client *c, uint64_t *sent, uint64_t *received) 
 /* chan_idle returns PS_EINVAL unless C has nothing in flight (the blocking
  * calls would otherwise take another request's reply). */
 static int chan_idle(ps_chan_client *c, ps_errbuf *eb) {
-  if (c->qlen)
+  if (c->nlive)
     return ps_errf(eb, PS_EINVAL, "channel '%s': %zu requests in flight; receive them first",
-                   c->addr, c->qlen);
+                   c->addr, c->nlive);
   return 0;
 }
 
@@ -861,14 +936,11 @@ static int chan_hello_frame(ps_chan_client *c, Ps__ChanMeta *meta, uint8_t *nonc
   chan_pending *e = chan_reserve(c);
   if (!e) return ps_errf(eb, PS_ENOMEM, "channel '%s': out of memory", c->addr);
   e->op = PS__CHAN_OP__CHAN_HELLO;
-  int rc = chan_send_frame(c, meta, NULL, 0, e, NULL, eb);
+  uint64_t id = 0;
+  int rc = chan_send_frame(c, meta, NULL, 0, e, &id, eb);
   if (rc < 0) return rc;
-  chan_pending *head = &c->q[c->qhead]; /* the only request in flight: this one */
-  while (!head->done) {
-    int ev = chan_wait(c, POLLIN, eb);
-    if (ev < 0) return ev;
-    if ((rc = rx_progress(c, eb)) < 0 && !head->done) return rc;
-  }
+  chan_pending *head = chan_await(c, id, &rc, eb); /* the only request in flight */
+  if (!head) return rc;
   if (nonce) memcpy(nonce, head->nonce, head->nonce_len);
   if (auth) memcpy(auth, head->auth, head->auth_len);
   if (nonce_len) *nonce_len = head->nonce_len;
@@ -887,6 +959,7 @@ static int chan_hello(ps_chan_client *c, const char *cluster, const ps_auth_key 
   chan_meta_init(&meta, PS__CHAN_OP__CHAN_HELLO, NULL);
   meta.proto_version = PS_CHAN_VERSION;
   meta.cluster = (char *)cluster;
+  meta.unordered_acks = c->want_unordered ? 1 : 0;
   if (key) {
     int rc = ps_auth_nonce(nc, eb);
     if (rc < 0) return rc;
@@ -926,6 +999,7 @@ int ps_chan_connect_auth(ps_chan_client **out, const char *addr, const char *clu
   c->fd = -1;
   c->timeout_ms = timeout_ms > 0 ? timeout_ms : 1;
   snprintf(c->addr, sizeof c->addr, "%s", addr);
+  c->want_unordered = (flags & PS_CHAN_UNORDERED_ACKS) != 0;
   int rc = chan_dial(c, eb);
   if (rc == 0) rc = chan_hello(c, cluster, key, flags & PS_CHAN_AUTH_MAC, eb);
   if (rc < 0) {
@@ -958,7 +1032,7 @@ int ps_chan_set_bufsize(ps_chan_client *c, int sndbuf, int rcvbuf, ps_errbuf *eb
 /* ps_chan_close: see ps_chan.h. */
 void ps_chan_close(ps_chan_client *c) {
   if (!c) return;
-  for (size_t i = 0; i < c->qlen; i++) {
+  for (size_t i = 0; i < c->qlen; i++) { /* a hole's pointers are NULL */
     chan_pending *e = &c->q[(c->qhead + i) % c->qcap];
     free(e->msg);
     free(e->dst);

@@ -13,7 +13,12 @@
  * answered by HELLO; ps_auth.h); anything else first, or a
  * bad magic/version/length, closes the connection.  Replies carry the
  * request id of their request; a server answers one connection's requests
- * in order.  Errors come back as CHAN_ERROR frames with status + message. */
+ * in order, except that a client whose first HELLO set unordered_acks,
+ * answered by a last HELLO that also sets it, may get a push's answer
+ * after the answers of requests behind it (a push that waits for its
+ * redo-log sync under durability `sync`: the shard goes on serving; the
+ * push is acknowledged only once synced).  Errors come back as CHAN_ERROR
+ * frames with status + message. */
 #ifndef PS_CHAN_H
 #define PS_CHAN_H
 
@@ -128,6 +133,11 @@ int ps_chan_connect(ps_chan_client **out, const char *addr, const char *cluster,
  * wrong one breaks the client, PS_EPROTO); FLAGS PS_CHAN_AUTH_MAC
  * (security.payload_mac) refuses a shard that does not ask for it. */
 #define PS_CHAN_AUTH_MAC 1
+/* FLAGS PS_CHAN_UNORDERED_ACKS asks the shard for unordered acks (the
+ * header comment): replies are then matched by request id; a shard that
+ * does not agree (an older one) answers in order, which is fine too.
+ * ps_chan_unordered says what was agreed. */
+#define PS_CHAN_UNORDERED_ACKS 2
 struct ps_auth_key;
 int ps_chan_connect_auth(ps_chan_client **out, const char *addr, const char *cluster,
                          const struct ps_auth_key *key, int flags, int timeout_ms,
@@ -223,6 +233,17 @@ int ps_chan_send_pushv(ps_chan_client *c, const ps_req *r, const struct iovec *s
 int ps_chan_send_pullv(ps_chan_client *c, const ps_req *r, const struct iovec *dst, size_t nseg,
                        uint64_t *req_id, ps_errbuf *eb);
 int ps_chan_recv(ps_chan_client *c, uint64_t *req_id, uint64_t *version, ps_errbuf *eb);
+
+/* ps_chan_recv_id is ps_chan_recv for request ID, which need not be the
+ * oldest: the replies read meanwhile are kept for their own calls.
+ * PS_EINVAL when ID is not in flight.  ps_chan_done says (without I/O)
+ * whether ID's reply has arrived whole, so that ps_chan_recv_id would not
+ * wait (0 when ID is not in flight). */
+int ps_chan_recv_id(ps_chan_client *c, uint64_t id, uint64_t *version, ps_errbuf *eb);
+int ps_chan_done(const ps_chan_client *c, uint64_t id);
+
+/* ps_chan_unordered: 1 when the hello agreed on unordered acks. */
+int ps_chan_unordered(const ps_chan_client *c);
 
 /* ps_chan_last_parked_ms: how long the shard kept the pull that the last
  * ps_chan_recv answered parked (staleness bound; 0 for a push). */

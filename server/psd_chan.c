@@ -48,6 +48,16 @@
  *     connection waits like a parked pull (stops reading; the reply keeps
  *     request order) and the push stays in flight; a close cancels the
  *     wait.
+ *  7b. Unordered acks (a client whose hello asked for them; ps_chan.h):
+ *     the push waits in the connection's list of acks (conn_ack, its own
+ *     waiter and request id) instead, and reading goes on: requests
+ *     behind it are served (a pull sees the applied, not yet synced push,
+ *     as a pull from another connection always could) and answered
+ *     before it; its acknowledgement still leaves only once its record is
+ *     synced (the log answers waiters in record order, so a connection's
+ *     pushes are acknowledged in order).  At most CHAN_MAX_ACKS wait per
+ *     connection; a push beyond that (or without memory for its entry)
+ *     waits as in 7a.  A close cancels every wait.
  *  8. Limits (psd_chan.h): the pre-HELLO meta cap is checked on the
  *     header, before the meta buffer grows.  A new connection is accepted
  *     and closed without being read when fewer than psd_fd_reserve
@@ -92,10 +102,22 @@
 #define CHAN_STAGE 16384
 #define CHAN_MAX_QUEUED (16u << 20)
 #define CHAN_BEAT_MAX (1u << 20)
+#define CHAN_MAX_ACKS 64u         /* pushes waiting for their sync per connection (7b) */
 #define CHAN_SWEEP_MS 5000u      /* longest period of the idle sweep (invariant 8) */
 #define CHAN_REFUSE_LOG_MS 10000 /* at most one log line about refusals this often */
 #define CHAN_FD_SAMPLE_MS 1000   /* descriptors counted at most this often ... */
 #define CHAN_FD_SAMPLE_NEAR_MS 100 /* ... or this often near the reserve */
+
+struct psd_conn;
+
+/* A push of an unordered-acks connection waiting for its log sync
+ * (invariant 7b). */
+typedef struct conn_ack {
+  psd_wal_waiter wt;
+  struct psd_conn *conn;
+  uint64_t req_id, version;
+  struct conn_ack *prev, *next;
+} conn_ack;
 
 typedef struct psd_conn {
   struct psd_chan *chan;
@@ -128,6 +150,9 @@ typedef struct psd_conn {
   uint64_t sversion;          /* its version, for the answer */
   int ssparse;                /* it is a sparse push (invariant 2b) */
   psd_wal_waiter swt;
+  int unordered;              /* the hello agreed on unordered acks (7b) */
+  conn_ack *acks;             /* pushes waiting for their sync (7b) */
+  unsigned nacks;
   psd_op op;                  /* a forwarded push or pull (aggregator) ... */
   int op_pending, op_push;    /* ... waiting for the root; the connection is paused */
   uint32_t op_codec;          /* the pull's codec */
@@ -235,8 +260,8 @@ static void wr_done(uv_write_t *req, int status) {
  * NULL).  INFLIGHT: the frame
  * answers a request counted in sh->inflight.  Returns 0 or a PS_E* code
  * (the connection is then closed). */
-static int conn_reply(psd_conn *c, const Ps__ChanMeta *meta, void *data, size_t data_cap,
-                      uint64_t nbytes, int inflight, int close_after) {
+static int conn_reply_to(psd_conn *c, uint64_t req_id, const Ps__ChanMeta *meta, void *data,
+                         size_t data_cap, uint64_t nbytes, int inflight, int close_after) {
   size_t mlen = ps__chan_meta__get_packed_size(meta);
   chan_wr *w = malloc(sizeof *w + mlen);
   if (!w) {
@@ -248,7 +273,7 @@ static int conn_reply(psd_conn *c, const Ps__ChanMeta *meta, void *data, size_t 
   ps__chan_meta__pack(meta, w->meta);
   ps_chan_hdr h = {.magic = PS_CHAN_MAGIC, .version = PS_CHAN_VERSION,
                    .meta_len = (uint32_t)mlen, .data_len = nbytes,
-                   .req_id = c->parked || c->op_pending ? c->preq_id : c->rx.h.req_id,
+                   .req_id = req_id,
                    .flags = c->mac ? PS_CHAN_FLAG_MAC : 0};
   ps_chan_hdr_encode(w->hdr, &h);
   w->conn = c;
@@ -281,14 +306,29 @@ static int conn_reply(psd_conn *c, const Ps__ChanMeta *meta, void *data, size_t 
   return 0;
 }
 
-/* conn_reply_error answers the current request with a CHAN_ERROR frame. */
-static int conn_reply_error(psd_conn *c, int status, const char *msg, int inflight,
-                            int close_after) {
+/* conn_reply answers the current request (conn_reply_to): the parked or
+ * forwarded one, else the one just read. */
+static int conn_reply(psd_conn *c, const Ps__ChanMeta *meta, void *data, size_t data_cap,
+                      uint64_t nbytes, int inflight, int close_after) {
+  return conn_reply_to(c, c->parked || c->op_pending ? c->preq_id : c->rx.h.req_id, meta, data,
+                       data_cap, nbytes, inflight, close_after);
+}
+
+/* conn_reply_error_to answers request REQ_ID with a CHAN_ERROR frame. */
+static int conn_reply_error_to(psd_conn *c, uint64_t req_id, int status, const char *msg,
+                               int inflight, int close_after) {
   Ps__ChanMeta m = PS__CHAN_META__INIT;
   m.op = PS__CHAN_OP__CHAN_ERROR;
   m.status = status;
   m.message = (char *)msg;
-  return conn_reply(c, &m, NULL, 0, 0, inflight, close_after);
+  return conn_reply_to(c, req_id, &m, NULL, 0, 0, inflight, close_after);
+}
+
+/* conn_reply_error answers the current request with a CHAN_ERROR frame. */
+static int conn_reply_error(psd_conn *c, int status, const char *msg, int inflight,
+                            int close_after) {
+  return conn_reply_error_to(c, c->parked || c->op_pending ? c->preq_id : c->rx.h.req_id,
+                             status, msg, inflight, close_after);
 }
 
 /* ---- requests --------------------------------------------------------------- */
@@ -340,6 +380,7 @@ static int conn_hello_ok(psd_conn *c) {
   r.proto_version = PS_CHAN_VERSION;
   r.cluster = c->chan->sh->cfg->cluster;
   r.features = PS__CHAN_FEATURE__CHAN_FEAT_SPARSE; /* invariant 2b */
+  r.unordered_acks = c->unordered ? 1 : 0;
   c->hello_done = 1;
   c->hello_proving = 0;
   ps_auth_mac *mac = NULL;
@@ -413,6 +454,7 @@ static int conn_hello(psd_conn *c, const Ps__ChanMeta *m) {
   const ps_config *cfg = c->chan->sh->cfg;
   ps_errbuf eb;
   int answer, rc = psd_chan_hello_check(cfg, &c->rx.h, m, &answer, &eb);
+  if (rc == 0) c->unordered = m->unordered_acks != 0; /* invariant 7b */
   if (rc == 0) return c->chan->keys.n ? conn_hello_challenge(c, m) : conn_hello_ok(c);
   if (!answer) return rc;
   return conn_hello_refuse(c, PS_EPROTO, eb.msg, 0);
@@ -612,12 +654,17 @@ static void conn_push_begin(psd_conn *c) {
   c->rx.got = 0;
 }
 
-/* conn_push_ack answers an applied push. */
-static void conn_push_ack(psd_conn *c, uint64_t version) {
+/* conn_push_ack_to answers applied push REQ_ID. */
+static void conn_push_ack_to(psd_conn *c, uint64_t req_id, uint64_t version) {
   Ps__ChanMeta r = PS__CHAN_META__INIT;
   r.op = PS__CHAN_OP__CHAN_PUSH;
   r.version = version;
-  conn_reply(c, &r, NULL, 0, 0, 1, 0);
+  conn_reply_to(c, req_id, &r, NULL, 0, 0, 1, 0);
+}
+
+/* conn_push_ack answers the applied push just read. */
+static void conn_push_ack(psd_conn *c, uint64_t version) {
+  conn_push_ack_to(c, c->rx.h.req_id, version);
 }
 
 /* conn_sparse_ack answers an applied sparse push (invariant 2b). */
@@ -644,6 +691,64 @@ static void conn_push_synced(psd_wal_waiter *wt, int status, const char *msg) {
   if (!c->closing) {
     c->resume_pending = 1;
     uv_async_send(&c->chan->wake);
+  }
+}
+
+/* conn_ack_unlink takes A off its connection's list (invariant 7b). */
+static void conn_ack_unlink(conn_ack *a) {
+  psd_conn *c = a->conn;
+  if (a->prev) a->prev->next = a->next;
+  else c->acks = a->next;
+  if (a->next) a->next->prev = a->prev;
+  c->nacks--;
+}
+
+/* conn_ack_synced answers a push of an unordered-acks connection once its
+ * log record is synced, or the log's error (invariant 7b). */
+static void conn_ack_synced(psd_wal_waiter *wt, int status, const char *msg) {
+  conn_ack *a = wt->arg;
+  psd_conn *c = a->conn;
+  conn_ack_unlink(a);
+  if (status == 0) {
+    conn_push_ack_to(c, a->req_id, a->version);
+  } else {
+    psd_shard_count_error(c->chan->sh);
+    conn_reply_error_to(c, a->req_id, status, msg, 1, 0);
+  }
+  free(a);
+}
+
+/* conn_push_durable acknowledges the push just applied at VERSION once
+ * the log holds it: now, or from the list of acks while reading goes on
+ * (7b), or with the connection paused (7a). */
+static void conn_push_durable(psd_conn *c, uint64_t version) {
+  psd_shard *sh = c->chan->sh;
+  conn_ack *a = NULL;
+  if (c->unordered && c->nacks < CHAN_MAX_ACKS && (a = calloc(1, sizeof *a))) {
+    *a = (conn_ack){.conn = c, .req_id = c->rx.h.req_id, .version = version,
+                    .wt = {.fn = conn_ack_synced, .arg = a}};
+  } else {
+    c->swt.fn = conn_push_synced;
+    c->swt.arg = c;
+  }
+  int rc = psd_shard_push_durable(sh, a ? &a->wt : &c->swt, &c->req_eb);
+  if (rc == 1 && a) { /* invariant 7b */
+    a->next = c->acks;
+    if (c->acks) c->acks->prev = a;
+    c->acks = a;
+    c->nacks++;
+    return;
+  }
+  free(a);
+  if (rc < 0) {
+    conn_reply_error(c, rc, c->req_eb.msg, 1, 0);
+  } else if (rc == 1) { /* invariant 7a */
+    c->syncing = 1;
+    c->sversion = version;
+    c->paused = 1;
+    uv_read_stop((uv_stream_t *)&c->tcp);
+  } else {
+    conn_push_ack(c, version);
   }
 }
 
@@ -679,21 +784,8 @@ static void conn_push_end(psd_conn *c) {
   c->rx.got = 0;
   c->req = NULL;
   c->req_err = 0;
-  if (rc == 0) {
-    c->swt.fn = conn_push_synced;
-    c->swt.arg = c;
-    rc = psd_shard_push_durable(sh, &c->swt, &c->req_eb);
-  }
-  if (rc < 0) {
-    conn_reply_error(c, rc, c->req_eb.msg, 1, 0);
-  } else if (rc == 1) { /* invariant 7a */
-    c->syncing = 1;
-    c->sversion = version;
-    c->paused = 1;
-    uv_read_stop((uv_stream_t *)&c->tcp);
-  } else {
-    conn_push_ack(c, version);
-  }
+  if (rc < 0) conn_reply_error(c, rc, c->req_eb.msg, 1, 0);
+  else conn_push_durable(c, version);
   ps__chan_meta__free_unpacked(m, NULL);
 }
 
@@ -1089,6 +1181,14 @@ static void conn_close(psd_conn *c) {
     if (sh->inflight) sh->inflight--;
     c->syncing = 0;
   }
+  while (c->acks) { /* invariant 7b */
+    conn_ack *a = c->acks;
+    psd_shard *sh = c->chan->sh;
+    conn_ack_unlink(a);
+    psd_wal_cancel(sh->wal, &a->wt);
+    if (sh->inflight) sh->inflight--;
+    free(a);
+  }
   if (c->op_pending) {
     psd_shard *sh = c->chan->sh;
     psd_agg_cancel(sh->agg, &c->op);
@@ -1143,7 +1243,7 @@ static void chan_sweep(uv_timer_t *t) {
       c->last_wq = wq;
       c->last_ms = now;
     }
-    if (c->closing || c->parked || c->op_pending || now - c->last_ms < sh->cfg->idle_timeout_ms) continue;
+    if (c->closing || c->parked || c->op_pending || c->acks || now - c->last_ms < sh->cfg->idle_timeout_ms) continue;
     sh->ctr.chan_idle_closed++;
     ps_debug("channel: closing a connection silent for %llu ms",
              (unsigned long long)(now - c->last_ms));

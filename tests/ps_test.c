@@ -157,6 +157,12 @@ int ps_test_rpc_open(ps_rpc **r, const char *addr, ps_errbuf *eb) {
 
 int ps_test_chan_connect(ps_chan_client **c, const char *addr, const char *cluster,
                          int timeout_ms, ps_errbuf *eb) {
+  return ps_test_chan_connect_flags(c, addr, cluster, 0, timeout_ms, eb);
+}
+
+/* ps_test_chan_connect_flags: see ps_test.h. */
+int ps_test_chan_connect_flags(ps_chan_client **c, const char *addr, const char *cluster,
+                               int flags, int timeout_ms, ps_errbuf *eb) {
   ps_config cfg;
   ps_auth_keys keys = {0};
   const ps_auth_key *key = NULL;
@@ -165,10 +171,52 @@ int ps_test_chan_connect(ps_chan_client **c, const char *addr, const char *clust
     rc = ps_auth_client_key(cfg.security.secret_file, PS_ROLE_WORKER, &keys, &key, eb);
   if (rc == 0)
     rc = ps_chan_connect_auth(c, addr, cluster, key,
-                              cfg.security.payload_mac ? PS_CHAN_AUTH_MAC : 0, timeout_ms, eb);
+                              (cfg.security.payload_mac ? PS_CHAN_AUTH_MAC : 0) | flags,
+                              timeout_ms, eb);
   ps_auth_release(&keys);
   ps_config_release(&cfg);
   return rc;
+}
+
+/* ps_test_sync_yaml: see ps_test.h. */
+const char *ps_test_sync_yaml(const char *dir, int nshards, const char *extra, int *grpc_ports,
+                              int *chan_ports) {
+  const char *path = ps_test_cluster_yaml(dir, nshards, extra, grpc_ports, chan_ports);
+  size_t len;
+  char *y = ps_test_read_file(path, &len);
+  char *at = strstr(y, "  mode: periodic\n");
+  ck_assert_ptr_nonnull(at);
+  char *out = malloc(len + 16);
+  ck_assert_ptr_nonnull(out);
+  snprintf(out, len + 16, "%.*s  mode: sync\n%s", (int)(at - y), y, at + strlen("  mode: periodic\n"));
+  ps_test_write_file(path, out);
+  free(y);
+  free(out);
+  return path;
+}
+
+/* ps_test_shim_env_init: see ps_test.h. */
+void ps_test_shim_env_init(ps_test_shim_env *e, const char *fsync_log, const char *gate) {
+  char *so = realpath(ps_test_bin("ps_test_fsync_shim.so"), NULL);
+  ck_assert_msg(so != NULL, "%s is not built", ps_test_bin("ps_test_fsync_shim.so"));
+  const char *ao = getenv("ASAN_OPTIONS");
+  size_t n = 0;
+  snprintf(e->preload, sizeof e->preload, "LD_PRELOAD=%s", so);
+  e->env[n++] = e->preload;
+  if (fsync_log) {
+    snprintf(e->log, sizeof e->log, "PS_FSYNC_LOG=%s", fsync_log);
+    e->env[n++] = e->log;
+  }
+  if (gate) {
+    snprintf(e->gate, sizeof e->gate, "PS_FSYNC_GATE=%s", gate);
+    e->env[n++] = e->gate;
+  }
+  /* A sanitized psd accepts a preloaded library that comes before ASan's. */
+  snprintf(e->asan, sizeof e->asan, "ASAN_OPTIONS=%s%sverify_asan_link_order=0", ao ? ao : "",
+           ao && *ao ? ":" : "");
+  e->env[n++] = e->asan;
+  e->env[n] = NULL;
+  free(so);
 }
 
 const char *ps_test_cluster_yaml(const char *dir, int nshards, const char *extra,

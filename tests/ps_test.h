@@ -109,6 +109,21 @@ float ps_test_rnd(void);
  * the listeners (ps_test_wait_port). */
 pid_t ps_test_psd(const char *yaml, int shard, const char *log, char *const envp_add[]);
 
+/* ps_test_sync_yaml is ps_test_cluster_yaml (EXTRA: more top-level
+ * keys) with durability mode sync. */
+const char *ps_test_sync_yaml(const char *dir, int nshards, const char *extra, int *grpc_ports,
+                              int *chan_ports);
+
+/* ps_test_shim_env fills E->env (NULL-terminated, for ps_test_psd's
+ * ENVP_ADD) to preload ps_test_fsync_shim.so (tests/server/fsync_shim.c)
+ * with its record of synced bytes in FSYNC_LOG and its gate GATE (either
+ * NULL: unset), ASan's link-order check off. */
+typedef struct ps_test_shim_env {
+  char preload[4200], log[4200], gate[4200], asan[1024];
+  char *env[5];
+} ps_test_shim_env;
+void ps_test_shim_env_init(ps_test_shim_env *e, const char *fsync_log, const char *gate);
+
 /* ps_test_wait_pid waits up to TIMEOUT_MS for PID to exit; returns its
  * wait status, or -1 on timeout (the process is left running). */
 int ps_test_wait_pid(pid_t pid, int timeout_ms);
@@ -147,6 +162,10 @@ int ps_test_wait_port(int port, int timeout_ms);
 int ps_test_rpc_open(ps_rpc **r, const char *addr, ps_errbuf *eb);
 int ps_test_chan_connect(ps_chan_client **c, const char *addr, const char *cluster,
                          int timeout_ms, ps_errbuf *eb);
+/* ps_test_chan_connect_flags is ps_test_chan_connect with more
+ * ps_chan_connect_auth FLAGS (PS_CHAN_UNORDERED_ACKS). */
+int ps_test_chan_connect_flags(ps_chan_client **c, const char *addr, const char *cluster,
+                               int flags, int timeout_ms, ps_errbuf *eb);
 
 /* A click-through model "ctr" of SH (psw_graph_ctr_pack) as a ModelSpec
  * with optimizer KIND at LR and SEED (ps_test_ctr_model); G is its graph

@@ -37,6 +37,11 @@ typedef struct psw_shard {
   uint64_t pushes_acked;     /* pushes this shard answered with success */
   uint64_t pushes_unanswered;/* pushes sent (or begun) whose answer never came:
                                 applied or not, nobody knows (invariant 4) */
+  uint64_t push_id, pull_id; /* request ids of the round's push and pull */
+  /* Pushes whose answer is still due, oldest first (invariant 8): one
+   * more than the depth while a round collects. */
+  uint64_t ack_ids[PSW_CLIENT_ACK_DEPTH + 1];
+  int nacks;
   /* Codecs (ps_codec.h).  The error-feedback residual of every chunk of
    * this shard (its chunks' elements back to back, in ids order) lives
    * here for the client's life: it survives a reconnect, and a worker that
@@ -89,6 +94,7 @@ struct psw_client {
   int agg_down;
   int agg_probe_failed;     /* psw_client_agg_return found it silent (said once) */
   void *rejoin_arg;
+  int defer_acks;            /* invariant 8 */
   psw_job job;
   ps_auth_keys keys;        /* security.secret_file: the channel key it proves */
   const ps_auth_key *key;   /* in keys, or NULL */
@@ -256,9 +262,20 @@ static int psw_alloc_vectors(psw_client *c, ps_errbuf *eb) {
 
 /* ---- connections ------------------------------------------------------------ */
 
+static int psw_ack_wait(psw_shard *s, ps_errbuf *eb);
+
 /* psw_shard_close closes S's connection (NULL: none), keeping its byte
  * counts, and puts CH (may be NULL) in its place. */
 static void psw_shard_close(psw_shard *s, ps_chan_client *ch) {
+  while (s->nacks) { /* answers in are taken; the others never come */
+    ps_errbuf eb;
+    if (ps_chan_done(s->ch, s->ack_ids[0])) {
+      psw_ack_wait(s, &eb);
+      continue;
+    }
+    memmove(s->ack_ids, s->ack_ids + 1, --s->nacks * sizeof *s->ack_ids);
+    s->pushes_unanswered++;
+  }
   uint64_t tx, rx;
   ps_chan_bytes(s->ch, &tx, &rx);
   s->tx_closed += tx;
@@ -292,11 +309,17 @@ static void psw_shard_up(psw_client *c, psw_shard *s) {
   s->delay_ms = PS_BACKOFF_FIRST_MS;
 }
 
+/* psw_chan_flags: ps_chan_connect_auth's flags for this client's
+ * connections (invariant 8: unordered acks when it defers them). */
+static int psw_chan_flags(const psw_client *c) {
+  return (c->cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0) |
+         (c->defer_acks ? PS_CHAN_UNORDERED_ACKS : 0);
+}
+
 /* psw_connect opens S's connection once. */
 static int psw_connect(psw_client *c, psw_shard *s, ps_errbuf *eb) {
   const char *addr = c->agg && !c->agg_down ? c->agg->channel_addr : s->conf->channel_addr;
-  int err = ps_chan_connect_auth(&s->ch, addr, c->cfg->cluster, c->key,
-                                 c->cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0,
+  int err = ps_chan_connect_auth(&s->ch, addr, c->cfg->cluster, c->key, psw_chan_flags(c),
                                  PSW_CONNECT_TIMEOUT_MS, eb);
   if (err < 0) {
     s->ch = NULL;
@@ -407,7 +430,7 @@ static int psw_send(psw_client *c, psw_shard *s, int gbuf, uint64_t push_clock, 
     }
     uint64_t tx0, tx1, rx;
     ps_chan_bytes(s->ch, &tx0, &rx);
-    if (err == 0) err = ps_chan_send_pushv(s->ch, &r, seg, nseg, NULL, eb);
+    if (err == 0) err = ps_chan_send_pushv(s->ch, &r, seg, nseg, &s->push_id, eb);
     ps_chan_bytes(s->ch, &tx1, &rx);
     s->push_tx += tx1 - tx0; /* a send writes its own frame only */
     if (err < 0) {
@@ -432,7 +455,7 @@ static int psw_send(psw_client *c, psw_shard *s, int gbuf, uint64_t push_clock, 
       seg = &one;
       nseg = 1;
     }
-    if (err == 0) err = ps_chan_send_pullv(s->ch, &r, seg, nseg, NULL, eb);
+    if (err == 0) err = ps_chan_send_pullv(s->ch, &r, seg, nseg, &s->pull_id, eb);
     if (err < 0 && gbuf >= 0) s->pushes_unanswered++; /* its reply is never read */
     if (err < 0) return err;
     (*nsent)++;
@@ -440,23 +463,49 @@ static int psw_send(psw_client *c, psw_shard *s, int gbuf, uint64_t push_clock, 
   return 0;
 }
 
+/* psw_push_answer counts the answer ERR (VERSION) to S's push. */
+static void psw_push_answer(psw_shard *s, int err, uint64_t version) {
+  if (err == 0) {
+    s->pushed_version = version;
+    s->pushes_acked++;
+  }
+  if (err < 0 && psw_retryable(err)) s->pushes_unanswered++;
+}
+
+/* psw_ack_wait takes S's oldest deferred push answer (invariant 8),
+ * waiting for it when it is not in yet; 0, or the push's error (EB). */
+static int psw_ack_wait(psw_shard *s, ps_errbuf *eb) {
+  if (!s->nacks) return 0;
+  uint64_t id = s->ack_ids[0], version = 0;
+  memmove(s->ack_ids, s->ack_ids + 1, --s->nacks * sizeof *s->ack_ids);
+  ps_errbuf reb;
+  int err = ps_chan_recv_id(s->ch, id, &version, &reb);
+  psw_push_answer(s, err, version);
+  return err < 0 ? ps_errf(eb, err, "push failed: %s", reb.msg) : 0;
+}
+
 /* psw_recv receives S's NSENT replies; the first error is returned, but
  * every reply is read unless the connection broke.  *PARKED_MS: how long
- * the shard kept the pull parked. */
+ * the shard kept the pull parked.  Deferring acks (invariant 8), the pull
+ * is taken first, and a push answer that is not in by then is left for a
+ * later round (unless the pull failed: then it is waited for here); then
+ * the answers earlier rounds left are taken: those already in, and the
+ * oldest ones, waited for, down to PSW_CLIENT_ACK_DEPTH left. */
 static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, int nsent,
                     uint32_t *parked_ms, ps_errbuf *eb) {
   int first = 0;
+  int defer = c->defer_acks && gbuf >= 0 && nsent == 2;
   *parked_ms = 0;
   for (int i = 0; i < nsent; i++) {
     uint64_t version = 0;
     ps_errbuf reb;
-    int err = ps_chan_recv(s->ch, NULL, &version, &reb);
-    int is_push = gbuf >= 0 && i == 0;
-    if (err == 0 && is_push) {
-      s->pushed_version = version;
-      s->pushes_acked++;
+    int is_push = gbuf >= 0 && (defer ? i == 1 : i == 0);
+    if (defer && is_push && !first && !ps_chan_done(s->ch, s->push_id)) {
+      s->ack_ids[s->nacks++] = s->push_id; /* at most the depth were left */
+      break;
     }
-    if (err < 0 && is_push && psw_retryable(err)) s->pushes_unanswered++;
+    int err = ps_chan_recv_id(s->ch, is_push ? s->push_id : s->pull_id, &version, &reb);
+    if (is_push) psw_push_answer(s, err, version);
     if (err == 0 && !is_push) {
       if (s->pull_codec != PS_CODEC_FP32) psw_decode_pull(c, s, pbuf);
       s->version[pbuf] = version;
@@ -466,7 +515,12 @@ static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, int nsent,
       first = err;
       ps_errf(eb, err, "%s failed: %s", is_push ? "push" : "pull", reb.msg);
     }
-    if (err < 0 && psw_retryable(err)) break;
+    if (err < 0 && psw_retryable(err) && !(defer && !is_push)) break;
+  }
+  while (s->nacks > PSW_CLIENT_ACK_DEPTH || (s->nacks && ps_chan_done(s->ch, s->ack_ids[0]))) {
+    ps_errbuf reb;
+    int err = psw_ack_wait(s, &reb);
+    if (err < 0 && !first) first = ps_errf(eb, err, "%s", reb.msg);
   }
   return first;
 }
@@ -486,8 +540,15 @@ static int psw_round(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
     sent[k] = -1;
     if (!s->nids) continue;
     ps_errbuf seb;
-    int err = s->ch ? psw_send(c, s, gbuf, push_clock, pbuf, pull_clock, &sent[k], &seb)
-                    : ps_errf(&seb, PS_EUNAVAIL, "not connected");
+    /* A shard left without a connection (by psw_client_settle, or an
+     * earlier call that failed) is reconnected at once, so that this
+     * round's push goes out. */
+    int err = s->ch ? 0 : psw_reconnect(c, s, &seb);
+    if (err < 0) {
+      if (!fatal) fatal = ps_errf(eb, err, "shard %u: %s", s->conf->id, seb.msg);
+      continue;
+    }
+    err = psw_send(c, s, gbuf, push_clock, pbuf, pull_clock, &sent[k], &seb);
     if (err < 0 && psw_retryable(err)) {
       psw_shard_down(c, s, &seb);
       sent[k] = -1;
@@ -574,6 +635,29 @@ int psw_client_push_pull(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
   }
 }
 
+/* psw_client_settle: see psw_client.h. */
+int psw_client_settle(psw_client *c, ps_errbuf *eb) {
+  int fatal = 0;
+  for (size_t k = 0; k < c->nshards; k++) {
+    psw_shard *s = &c->shards[k];
+    while (s->nacks) {
+      ps_errbuf seb;
+      int err = psw_ack_wait(s, &seb);
+      if (err < 0 && psw_retryable(err)) psw_shard_down(c, s, &seb); /* the next round reconnects */
+      else if (err < 0 && !fatal) fatal = ps_errf(eb, err, "shard %u: %s", s->conf->id, seb.msg);
+    }
+  }
+  return fatal;
+}
+
+/* psw_client_acks_pending: see psw_client.h. */
+size_t psw_client_acks_pending(const psw_client *c) {
+  size_t n = 0;
+  for (size_t k = 0; k < c->nshards; k++)
+    if ((size_t)c->shards[k].nacks > n) n = (size_t)c->shards[k].nacks;
+  return n;
+}
+
 /* psw_client_pull_all: see psw_client.h. */
 int psw_client_pull_all(psw_client *c, int pbuf, uint64_t clock, ps_errbuf *eb) {
   if (pbuf < 0) return ps_errf(eb, PS_EINVAL, "buffer %d out of range", pbuf);
@@ -653,7 +737,7 @@ int psw_client_agg_return(psw_client *c) {
   pthread_mutex_lock(&c->job.mu);
   int busy = c->job.outstanding;
   pthread_mutex_unlock(&c->job.mu);
-  if (busy) return 0;
+  if (busy || psw_client_settle(c, NULL) < 0) return 0;
   ps_chan_client **ch = calloc(c->nshards + 1, sizeof *ch);
   if (!ch) return 0;
   ps_errbuf eb = {""};
@@ -661,7 +745,7 @@ int psw_client_agg_return(psw_client *c) {
   for (size_t k = 0; k < c->nshards && err == 0; k++) {
     if (!c->shards[k].nids) continue;
     err = ps_chan_connect_auth(&ch[k], c->agg->channel_addr, c->cfg->cluster, c->key,
-                               c->cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0,
+                               psw_chan_flags(c),
                                PSW_AGG_PROBE_MS, &eb);
     if (err < 0) ch[k] = NULL;
     else ps_chan_set_timeout(ch[k], c->io_timeout_ms);
@@ -744,6 +828,7 @@ int psw_client_open(psw_client **out, const psw_client_conf *conf, ps_errbuf *eb
   c->stop = conf->stop;
   c->rejoin = conf->rejoin;
   c->rejoin_arg = conf->rejoin_arg;
+  c->defer_acks = conf->defer_acks;
   pthread_mutex_init(&c->job.mu, NULL);
   pthread_cond_init(&c->job.cv, NULL);
   int err = PS_ENOMEM;
@@ -777,6 +862,7 @@ void psw_client_close(psw_client *c) {
     pthread_mutex_unlock(&c->job.mu);
     pthread_join(c->job.thread, NULL);
   }
+  if (c->shards) psw_client_settle(c, NULL); /* the last answers count (invariant 8) */
   pthread_mutex_destroy(&c->job.mu);
   pthread_cond_destroy(&c->job.cv);
   ps_auth_release(&c->keys);

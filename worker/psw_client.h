@@ -15,7 +15,7 @@
  *     whole vector is pulled again from every shard before the call
  *     returns 0.  So a caller never computes on a partial pull.
  *  2. A push and the pull behind it go out on the same connection, in
- *     that order: the pull sees the push (the shard answers a connection's
+ *     that order: the pull sees the push (the shard handles a connection's
  *     requests in order).  Requests go to every shard before any reply is
  *     awaited, so the shards work concurrently without threads.
  *  3. Versions: every pull records each shard's version for the buffer it
@@ -49,6 +49,24 @@
  *     it).  psw_client_agg_return, called by the trainer at an epoch
  *     boundary, probes the aggregator and, when it answers again, moves
  *     every connection back to it at once.
+ *  8. Deferred acks (conf->defer_acks; for durability `sync`, where a
+ *     shard acknowledges a push only once its redo log synced it): the
+ *     connections ask for unordered acks (ps_chan.h), and a push/pull
+ *     returns once the pull is in, leaving a push answer that is not in
+ *     yet pending: the pull has seen the push (the shard applied it before
+ *     serving the pull) but the push is not yet acknowledged, so nothing
+ *     may count on its durability.  A later round takes it (after it sent
+ *     its own requests): as soon as it is in, and by waiting for it once
+ *     PSW_CLIENT_ACK_DEPTH later pushes went to that shard, so the sync
+ *     overlaps the caller's next steps and between rounds at most that
+ *     many pushes per shard are unacknowledged, always the latest ones
+ *     (psw_client_acks_pending); psw_client_settle and close take them
+ *     all.  It is
+ *     counted exactly as one read in its own round: acknowledged, or, when
+ *     the connection broke or the shard answered a retryable error
+ *     (DEGRADED: the log failed), unanswered and never resent (invariant
+ *     4).  A round that finds a shard without a connection (left so by
+ *     psw_client_settle) reconnects it before it sends.
  *
  * Thread-safety: a client is used by one thread at a time, except that
  * psw_client_start hands one push/pull to the client's own communication
@@ -68,6 +86,7 @@
 #include "ps_model.h"
 
 #define PSW_CLIENT_MAX_BUFS 2
+#define PSW_CLIENT_ACK_DEPTH 2 /* deferred push answers per shard (invariant 8) */
 
 typedef struct psw_client psw_client;
 
@@ -86,6 +105,7 @@ typedef struct psw_client_conf {
    * PS_E* code that ends the call.  NULL: the refusal ends the call. */
   int (*rejoin)(void *arg, ps_errbuf *eb);
   void *rejoin_arg;
+  int defer_acks;         /* invariant 8 */
 } psw_client_conf;
 
 /* psw_client_open fetches the spec of CONF->model (retrying unreachable
@@ -162,6 +182,18 @@ int psw_client_push_all(psw_client *c, int gbuf, uint64_t clock, ps_errbuf *eb);
  * psw_client_pull_all; 0 means PBUF holds a complete pull. */
 int psw_client_push_pull(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
                          uint64_t pull_clock, ps_errbuf *eb);
+
+/* psw_client_settle takes every deferred push answer (invariant 8),
+ * waiting for those not in yet; afterwards every push sent is counted as
+ * acknowledged or unanswered (a shard whose connection broke is marked
+ * down; the next push/pull reconnects it).  Returns 0, or a shard's
+ * non-retryable answer.  Not while a job runs. */
+int psw_client_settle(psw_client *c, ps_errbuf *eb);
+
+/* psw_client_acks_pending: the most deferred push answers any shard
+ * still owes (0..PSW_CLIENT_ACK_DEPTH): every push older than that many
+ * rounds is answered (invariant 8). */
+size_t psw_client_acks_pending(const psw_client *c);
 
 /* psw_client_export reads every chunk of the model from every shard with
  * the Export call (which no clock table sees: an evaluator never holds

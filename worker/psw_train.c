@@ -349,7 +349,10 @@ static int run_setup(psw_run *x, ps_errbuf *eb) {
                         .be = x->be, .nbufs = x->r->overlap ? 2 : 1, .stop = x->o->stop,
                         /* a pull may wait parked on a shard up to pull_timeout_ms */
                         .io_timeout_ms = (int)x->o->cfg->training.pull_timeout_ms + 5000,
-                        .rejoin = run_rejoin, .rejoin_arg = x->coord};
+                        .rejoin = run_rejoin, .rejoin_arg = x->coord,
+                        /* sequential steps: a push's log sync (durability
+                         * sync) overlaps the next step's compute */
+                        .defer_acks = !x->r->overlap};
   if ((err = psw_client_open(&x->cl, &cc, eb)) < 0)
     return err == PS_ENOENT || err == PS_EINVAL ? run_bad(x, err) : err;
   /* The shards enforce the model's consistency, which may be stricter
@@ -600,6 +603,9 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
   run_note_part(x, pos->part);
   int ov = x->r->overlap, cur = 0;
   uint64_t acked = pos->offset, off = pos->offset, prev_end = pos->offset;
+  /* ends[i]: where the step i rounds back ended (deferred acks) */
+  uint64_t ends[PSW_CLIENT_ACK_DEPTH + 1];
+  for (int i = 0; i <= PSW_CLIENT_ACK_DEPTH; i++) ends[i] = pos->offset;
   /* Pulls carry the clock of the step that computes on them (the shard
    * parks them until the slowest worker is within the staleness bound of
    * that step); with overlap that is one step ahead of the worker's own. */
@@ -636,8 +642,10 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
       cur = 1 - cur;
     } else if ((err = run_push_pull(x, cur, x->clock - 1, 0, x->clock, eb)) < 0) {
       return err;
-    } else {
-      acked = off;
+    } else { /* deferred acks (psw_client invariant 8): the older pushes' are in */
+      memmove(ends + 1, ends, PSW_CLIENT_ACK_DEPTH * sizeof *ends);
+      ends[0] = off;
+      acked = ends[psw_client_acks_pending(x->cl)];
     }
     prev_end = off;
     pos->offset = acked;
@@ -648,7 +656,10 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
     run_report(x, pos->epoch, (*step)++, acc, t0);
     if (last) break;
   }
-  pos->started = pos->offset; /* every push is in: nothing in flight */
+  /* every push is in (its answer taken): nothing in flight */
+  if ((err = psw_client_settle(x->cl, eb)) < 0) return err;
+  pos->offset = off;
+  pos->started = pos->offset;
   if (off == v->n) return 0;
   /* a stop: reported with nothing in flight, handed over exactly */
   return (err = run_tell(x, pos, eb)) < 0 && err != PS_ENOENT ? err : 1;

@@ -2,6 +2,9 @@
  *
  *  - Crash loop: a shard under pushes from 3 channel connections and 1
  *    gRPC client is SIGKILLed at a random moment, restarted, and pulled.
+ *    One channel connection asked for unordered acks (psd_chan invariant
+ *    7b) and sends a pull behind each push, taking the pull's answer
+ *    first: its pushes count as acknowledged only by their own answer.
  *    The model is one tensor of zeros with SGD, lr 1, and every gradient
  *    is -1, so a chunk's value is exactly the number of pushes applied to
  *    it.  The test keeps its own tally per chunk: pushes acknowledged, and
@@ -62,6 +65,7 @@ typedef struct cl_tally {
 typedef struct cl_pusher {
   cl_tally *t;
   int grpc;
+  int unordered;             /* a channel asking for unordered acks */
   uint64_t rng;
   pthread_t th;
 } cl_pusher;
@@ -94,32 +98,54 @@ static int cl_push_grpc(ps_rpc *r, const uint32_t *ids, size_t n, const float *g
   return err;
 }
 
+/* cl_push_unordered pushes G to IDS on C (unordered acks) with a pull of
+ * the same chunks behind it, whose answer it takes first; returns the
+ * push's answer (0 or its error), *PULL_ERR the pull's. */
+static int cl_push_unordered(ps_chan_client *c, const uint32_t *ids, size_t n, float *g,
+                             float *scratch, int *pull_err) {
+  ps_req r = {.model = "cl", .ids = ids, .nids = n};
+  struct iovec src = {g, n * CL_ELEMS * sizeof(float)}, dst = {scratch, src.iov_len};
+  uint64_t push, pull, v;
+  ps_errbuf eb;
+  int err = ps_chan_send_pushv(c, &r, &src, 1, &push, &eb);
+  if (err < 0) return err;
+  *pull_err = ps_chan_send_pullv(c, &r, &dst, 1, &pull, &eb);
+  if (*pull_err == 0) *pull_err = ps_chan_recv_id(c, pull, &v, &eb);
+  return ps_chan_recv_id(c, push, &v, &eb);
+}
+
 /* cl_pusher_main pushes -1 to 1..3 random chunks at a time until told to
  * stop or a push fails (the shard died): that push counts as in flight. */
 static void *cl_pusher_main(void *arg) {
   cl_pusher *p = arg;
   cl_tally *t = p->t;
   static const float ones_neg[3 * CL_ELEMS] = {0};
-  float *g = malloc(sizeof ones_neg);
+  float *g = malloc(sizeof ones_neg), *scratch = malloc(sizeof ones_neg);
   for (size_t i = 0; i < 3 * CL_ELEMS; i++) g[i] = -1.0f;
   ps_chan_client *c = NULL;
   ps_rpc *r = NULL;
   ps_errbuf eb;
   int err = p->grpc ? ps_test_rpc_open(&r, t->grpc_addr, &eb)
-                    : ps_test_chan_connect(&c, t->chan_addr, "test", 10000, &eb);
+                    : ps_test_chan_connect_flags(&c, t->chan_addr, "test",
+                                                 p->unordered ? PS_CHAN_UNORDERED_ACKS : 0,
+                                                 10000, &eb);
   while (err == 0 && !atomic_load(&t->stop)) {
     uint32_t ids[3];
     size_t n = 1 + cl_rand(&p->rng) % 3;
     uint32_t first = (uint32_t)(cl_rand(&p->rng) % CL_CHUNKS);
     for (size_t i = 0; i < n; i++) ids[i] = (first + (uint32_t)i * 5) % CL_CHUNKS;
     uint64_t v;
-    err = p->grpc ? cl_push_grpc(r, ids, n, g)
-                  : ps_test_push(c, "cl", ids, n, g, n * CL_ELEMS, 0, 0, 0, &v, &eb);
+    int pull_err = 0;
+    err = p->grpc        ? cl_push_grpc(r, ids, n, g)
+          : p->unordered ? cl_push_unordered(c, ids, n, g, scratch, &pull_err)
+                         : ps_test_push(c, "cl", ids, n, g, n * CL_ELEMS, 0, 0, 0, &v, &eb);
     cl_count(t, ids, n, err == 0);
+    if (err == 0) err = pull_err;
   }
   ps_chan_close(c);
   if (r) ps_rpc_close(r);
   free(g);
+  free(scratch);
   return NULL;
 }
 
@@ -177,29 +203,6 @@ static long long cl_status_replayed(const char *yaml, const char *dir) {
   long long n = strtoll(s, NULL, 10);
   free(s);
   return n;
-}
-
-/* cl_env fills ENV (3 entries + NULL) to preload the fsync shim with its
- * record in FSYNC_LOG. */
-typedef struct cl_env {
-  char preload[PATH_MAX + 16], log[PATH_MAX + 16], asan[1024];
-  char *env[4];
-} cl_env;
-
-static void cl_env_init(cl_env *e, const char *fsync_log) {
-  char *so = realpath(ps_test_bin("ps_test_fsync_shim.so"), NULL);
-  ck_assert_msg(so != NULL, "%s is not built", ps_test_bin("ps_test_fsync_shim.so"));
-  const char *ao = getenv("ASAN_OPTIONS");
-  snprintf(e->preload, sizeof e->preload, "LD_PRELOAD=%s", so);
-  snprintf(e->log, sizeof e->log, "PS_FSYNC_LOG=%s", fsync_log);
-  /* A sanitized psd accepts a preloaded library that comes before ASan's. */
-  snprintf(e->asan, sizeof e->asan, "ASAN_OPTIONS=%s%sverify_asan_link_order=0", ao ? ao : "",
-           ao && *ao ? ":" : "");
-  free(so);
-  e->env[0] = e->preload;
-  e->env[1] = e->log;
-  e->env[2] = e->asan;
-  e->env[3] = NULL;
 }
 
 /* cl_power_cut cuts every segment in REDO back to the size its last
@@ -267,21 +270,9 @@ static pid_t cl_start(const char *yaml, const char *log, int gp, int cp) {
   return ps_test_dur_start(yaml, log, gp, cp, NULL);
 }
 
-/* cl_sync_yaml writes a one-shard cluster file under DIR with durability
- * sync (EXTRA: more durability keys, indented) and returns its path. */
-static const char *cl_sync_yaml(const char *dir, const char *extra, int *gp, int *cp) {
-  const char *path = ps_test_cluster_yaml(dir, 1, NULL, gp, cp);
-  size_t len;
-  char *y = ps_test_read_file(path, &len);
-  char *at = strstr(y, "  mode: periodic\n");
-  ck_assert_ptr_nonnull(at);
-  char *out = malloc(len + 512);
-  snprintf(out, len + 512, "%.*s  mode: sync\n%s%s", (int)(at - y), y, extra ? extra : "",
-           at + strlen("  mode: periodic\n"));
-  ps_test_write_file(path, out);
-  free(y);
-  free(out);
-  return path;
+/* cl_sync_yaml: a one-shard cluster file under DIR with durability sync. */
+static const char *cl_sync_yaml(const char *dir, int *gp, int *cp) {
+  return ps_test_sync_yaml(dir, 1, NULL, gp, cp);
 }
 
 /* cl_submit registers the crash loop's model: zeros, SGD lr 1. */
@@ -315,13 +306,13 @@ void ps_test_crash_loop(int iters) {
   const char *dir = ps_test_tmpdir();
   int gp, cp;
   char yaml[700], log[700];
-  snprintf(yaml, sizeof yaml, "%s", cl_sync_yaml(dir, NULL, &gp, &cp));
+  snprintf(yaml, sizeof yaml, "%s", cl_sync_yaml(dir, &gp, &cp));
   snprintf(log, sizeof log, "%s/psd0.log", dir);
   char fsync_log[700], redo[700];
   snprintf(fsync_log, sizeof fsync_log, "%s/fsync.log", dir);
   snprintf(redo, sizeof redo, "%s/shard0/redo", dir);
-  cl_env env;
-  cl_env_init(&env, fsync_log);
+  ps_test_shim_env env;
+  ps_test_shim_env_init(&env, fsync_log, NULL);
   cl_tally *t = calloc(1, sizeof *t);
   snprintf(t->chan_addr, sizeof t->chan_addr, "127.0.0.1:%d", cp);
   snprintf(t->grpc_addr, sizeof t->grpc_addr, "127.0.0.1:%d", gp);
@@ -335,7 +326,8 @@ void ps_test_crash_loop(int iters) {
     atomic_store(&t->stop, 0);
     uint64_t acked0 = atomic_load(&t->acked_pushes);
     for (int i = 0; i < CL_PUSHERS; i++) {
-      ps[i] = (cl_pusher){.t = t, .grpc = i == CL_PUSHERS - 1, .rng = cl_rand(&seed) | 1};
+      ps[i] = (cl_pusher){.t = t, .grpc = i == CL_PUSHERS - 1, .unordered = i == 1,
+                          .rng = cl_rand(&seed) | 1};
       ck_assert_int_eq(pthread_create(&ps[i].th, NULL, cl_pusher_main, &ps[i]), 0);
     }
     /* some pushes acknowledged, then a kill at a random moment */
@@ -390,7 +382,7 @@ START_TEST(test_sync_log_then_periodic) {
   const char *dir = ps_test_tmpdir();
   int gp, cp;
   char yaml[700], log[700], redo[700], addr[64];
-  snprintf(yaml, sizeof yaml, "%s", cl_sync_yaml(dir, NULL, &gp, &cp));
+  snprintf(yaml, sizeof yaml, "%s", cl_sync_yaml(dir, &gp, &cp));
   snprintf(log, sizeof log, "%s/psd0.log", dir);
   snprintf(redo, sizeof redo, "%s/shard0/redo", dir);
   snprintf(addr, sizeof addr, "127.0.0.1:%d", cp);
@@ -481,7 +473,7 @@ START_TEST(test_disk_full_sync) {
   if (!du.mounted) PS_SKIP("%s", du.why);
   int gp, cp;
   char yaml[700], log[700], filler[700], state[64];
-  snprintf(yaml, sizeof yaml, "%s", cl_sync_yaml(du.dir, NULL, &gp, &cp));
+  snprintf(yaml, sizeof yaml, "%s", cl_sync_yaml(du.dir, &gp, &cp));
   snprintf(log, sizeof log, "%s/psd0.log", du.dir);
   snprintf(filler, sizeof filler, "%s/filler", du.mnt);
   pid_t pid = cl_start(yaml, log, gp, cp);

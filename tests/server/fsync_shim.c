@@ -11,6 +11,12 @@
  * recorded size (the page cache survives SIGKILL; a power cut would not
  * keep what was never synced), so an acknowledgement that went out before
  * the fdatasync covering its record shows up as a lost acknowledged push.
+ *
+ * PS_FSYNC_GATE names a file: while it exists, an fdatasync of a redo
+ * log file waits (polling every millisecond, at most 60 s) before it
+ * syncs, so a test holds a sync in flight for as long as it needs and
+ * sees what the shard does meanwhile (tests/server/test_psd_chan.c,
+ * tests/worker/test_psw_client.c).
  * Test-only; never sanitized (loaded into programs that may not be). */
 #include <dlfcn.h>
 #include <fcntl.h>
@@ -45,16 +51,30 @@ ssize_t pwrite(int fd, const void *buf, size_t n, off_t off) {
 
 ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off) { return pwrite(fd, buf, n, off); }
 
+/* shim_redo: whether FD is a redo log file; its path into PATH (4096). */
+static int shim_redo(int fd, char *path) {
+  char link[64];
+  snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+  ssize_t n = readlink(link, path, 4095);
+  if (n <= 0) return 0;
+  path[n] = '\0';
+  return strstr(path, "/redo/") != NULL;
+}
+
+/* shim_gate waits while PS_FSYNC_GATE exists (at most 60 s). */
+static void shim_gate(int fd) {
+  const char *gate = getenv("PS_FSYNC_GATE");
+  char path[4096];
+  if (!gate || !*gate || !shim_redo(fd, path)) return;
+  for (int i = 0; i < 60000 && access(gate, F_OK) == 0; i++) usleep(1000);
+}
+
 static void shim_record(int fd) {
   const char *log = getenv("PS_FSYNC_LOG");
   if (!log || !*log) return;
-  char link[64], path[4096], line[4200];
-  snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
-  ssize_t n = readlink(link, path, sizeof path - 1);
-  if (n <= 0) return;
-  path[n] = '\0';
+  char path[4096], line[4200];
   struct stat st;
-  if (!strstr(path, "/redo/") || fstat(fd, &st) < 0) return;
+  if (!shim_redo(fd, path) || fstat(fd, &st) < 0) return;
   long long size = (long long)st.st_size;
   if (fd < SHIM_FDS && shim_fd[fd].dev == st.st_dev && shim_fd[fd].ino == st.st_ino &&
       shim_fd[fd].end < size)
@@ -69,6 +89,7 @@ static void shim_record(int fd) {
 int fdatasync(int fd) {
   static int (*real)(int);
   if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
+  shim_gate(fd);
   int rc = real(fd);
   if (rc == 0) shim_record(fd);
   return rc;

@@ -4,7 +4,11 @@
  * connection while the values stay unchanged.  A second psd with small
  * limits (max_connections, idle_timeout_ms) checks what a hostile or
  * forgetful client may hold: connections beyond the cap, silent ones, and
- * a huge meta announced before the hello. */
+ * a huge meta announced before the hello.  A third psd under durability
+ * sync, with the fsync shim's gate holding its redo log's syncs, shows
+ * unordered acks: a pull answered while the push before it waits for its
+ * sync, whose ack comes only after it (and in order for a client that did
+ * not ask). */
 #include <errno.h>
 #include <math.h>
 #include <netinet/in.h>
@@ -587,9 +591,10 @@ static Ps__StatusReply *lim_status(void) {
   return rep;
 }
 
-/* lim_submit registers the small model NAME on the limits psd. */
-static void lim_submit(const char *name) {
-  ck_assert_msg(lim_started, "psd (limits) is not running");
+/* small_submit registers the small model NAME (w: B_ELEMS ones, SGD lr
+ * 0.5) on the psd at gRPC address GRPC (STARTED: whether it runs). */
+static void small_submit(const char *grpc, int started, const char *name) {
+  ck_assert_msg(started, "psd at %s is not running", grpc);
   uint32_t ws[] = {B_ELEMS};
   Ps__TensorSpec w = PS__TENSOR_SPEC__INIT;
   w.name = "w"; w.n_shape = 1; w.shape = ws; w.init = "ones";
@@ -601,10 +606,12 @@ static void lim_submit(const char *name) {
   spec.optimizer = &opt;
   ps_rpc *r;
   ps_errbuf eb;
-  ck_assert_int_eq(ps_test_rpc_open(&r, lim_grpc, &eb), 0);
+  ck_assert_int_eq(ps_test_rpc_open(&r, grpc, &eb), 0);
   ps_test_submit(r, &spec, 1, 10000);
   ps_rpc_close(r);
 }
+
+static void lim_submit(const char *name) { small_submit(lim_grpc, lim_started, name); }
 
 static int lim_pull(ps_chan_client *c, const char *model, ps_errbuf *eb) {
   static float out[B_ELEMS];
@@ -732,6 +739,119 @@ START_TEST(test_hello_check) {
 }
 END_TEST
 
+/* ---- unordered acks under durability sync (psd_chan invariant 7b) ---- */
+
+static pid_t ua_pid;
+static char ua_grpc[64], ua_chan[64], ua_gate[600], ua_fsync_log[600];
+static int ua_started;
+
+static void ua_up(void) {
+  const char *dir = ps_test_tmpdir();
+  char log[600];
+  int gp, cp;
+  const char *yaml = ps_test_sync_yaml(dir, 1, NULL, &gp, &cp);
+  snprintf(log, sizeof log, "%s/psd.log", dir);
+  snprintf(ua_gate, sizeof ua_gate, "%s/gate", dir);
+  snprintf(ua_fsync_log, sizeof ua_fsync_log, "%s/fsync.log", dir);
+  snprintf(ua_grpc, sizeof ua_grpc, "127.0.0.1:%d", gp);
+  snprintf(ua_chan, sizeof ua_chan, "127.0.0.1:%d", cp);
+  ps_test_shim_env env;
+  ps_test_shim_env_init(&env, ua_fsync_log, ua_gate);
+  ua_pid = ps_test_psd(yaml, 0, log, env.env);
+  ua_started = ps_test_wait_port(cp, 15000) == 0 && ps_test_wait_port(gp, 5000) == 0;
+  if (!ua_started) fprintf(stderr, "psd (sync) did not start; see %s\n", log);
+}
+
+static void ua_down(void) {
+  unlink(ua_gate);
+  if (ua_pid > 0) ps_test_stop(ua_pid, SIGTERM, 10000);
+  ua_pid = 0;
+}
+
+/* ua_send sends a push of G (B_ELEMS) and a pull into OUT of model NAME on
+ * C; their request ids into *PUSH / *PULL. */
+static void ua_send(ps_chan_client *c, const char *name, float *g, float *out, uint64_t *push,
+                    uint64_t *pull) {
+  ps_errbuf eb;
+  ps_req r = {.model = name, .ids = all_ids, .nids = 1};
+  struct iovec src = {g, B_ELEMS * sizeof(float)}, dst = {out, B_ELEMS * sizeof(float)};
+  ck_assert_msg(ps_chan_send_pushv(c, &r, &src, 1, push, &eb) == 0, "push: %s", eb.msg);
+  ck_assert_msg(ps_chan_send_pullv(c, &r, &dst, 1, pull, &eb) == 0, "pull: %s", eb.msg);
+}
+
+/* ua_syncs: the redo log syncs the shim saw return (its records). */
+static int ua_syncs(void) {
+  if (access(ua_fsync_log, R_OK) != 0) return 0;
+  char *t = ps_test_read_file(ua_fsync_log, NULL);
+  int n = 0;
+  for (char *p = t; (p = strchr(p, '\n')); p++) n++;
+  free(t);
+  return n;
+}
+
+/* Under sync, with the log's sync held by the gate: a client that asked
+ * for unordered acks gets its pull (which sees the applied push) while
+ * the push still waits; the push's ack comes once the sync ran.  A client
+ * that did not ask gets both in request order. */
+START_TEST(test_pull_answered_before_push_sync) {
+  small_submit(ua_grpc, ua_started, "ua");
+  ps_chan_client *c, *o;
+  ps_errbuf eb;
+  ck_assert_msg(ps_test_chan_connect_flags(&c, ua_chan, "test", PS_CHAN_UNORDERED_ACKS, 5000,
+                                           &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(ps_test_chan_connect(&o, ua_chan, "test", 5000, &eb) == 0, "%s", eb.msg);
+  ck_assert_int_eq(ps_chan_unordered(c), 1);
+  ck_assert_int_eq(ps_chan_unordered(o), 0);
+  static float g[B_ELEMS], out[B_ELEMS];
+  for (int i = 0; i < B_ELEMS; i++) g[i] = 1.0f;
+  uint64_t push, pull, ver = 0;
+  ps_test_write_file(ua_gate, "held\n");
+  int synced = ua_syncs();
+  ua_send(c, "ua", g, out, &push, &pull);
+  ck_assert_msg(ps_chan_recv_id(c, pull, &ver, &eb) == 0, "pull: %s", eb.msg);
+  ck_assert_uint_eq(ver, 1); /* the applied push, not yet synced */
+  for (int i = 0; i < B_ELEMS; i++) ck_assert(out[i] == 0.5f);
+  ck_assert_int_eq(ps_chan_done(c, push), 0); /* its sync is held: no ack */
+  ck_assert_int_eq(ua_syncs(), synced);
+  unlink(ua_gate);
+  ck_assert_msg(ps_chan_recv_id(c, push, &ver, &eb) == 0, "push: %s", eb.msg);
+  ck_assert_uint_eq(ver, 1);
+  ck_assert_msg(ua_syncs() > synced, "acknowledged before the shim saw a sync");
+  ck_assert_uint_eq(ps_chan_inflight(c), 0);
+  /* The same with the sync held, on the connection that did not ask. */
+  ps_test_write_file(ua_gate, "held\n");
+  ua_send(o, "ua", g, out, &push, &pull);
+  unlink(ua_gate);
+  uint64_t id;
+  ck_assert_msg(ps_chan_recv(o, &id, &ver, &eb) == 0, "push: %s", eb.msg);
+  ck_assert_uint_eq(id, push);
+  ck_assert_uint_eq(ver, 2);
+  ck_assert_msg(ps_chan_recv(o, &id, &ver, &eb) == 0, "pull: %s", eb.msg);
+  ck_assert_uint_eq(id, pull);
+  for (int i = 0; i < B_ELEMS; i++) ck_assert(out[i] == 0.0f);
+  /* Unordered: an id not in flight is refused; three pushes wait for
+   * their syncs while the pulls behind them are answered. */
+  ck_assert_int_eq(ps_chan_recv_id(c, push, &ver, &eb), PS_EINVAL);
+  ps_test_write_file(ua_gate, "held\n");
+  uint64_t p[3], q[3];
+  static float outs[3][B_ELEMS];
+  for (int k = 0; k < 3; k++) ua_send(c, "ua", g, outs[k], &p[k], &q[k]);
+  for (int k = 0; k < 3; k++) {
+    ck_assert_msg(ps_chan_recv_id(c, q[k], &ver, &eb) == 0, "pull %d: %s", k, eb.msg);
+    ck_assert_uint_eq(ver, 3 + (uint64_t)k);
+  }
+  unlink(ua_gate);
+  for (int k = 0; k < 3; k++) {
+    ck_assert_msg(ps_chan_recv(c, &id, &ver, &eb) == 0, "push %d: %s", k, eb.msg);
+    ck_assert_uint_eq(id, p[k]);
+    ck_assert_uint_eq(ver, 3 + (uint64_t)k);
+  }
+  ck_assert_uint_eq(ps_chan_inflight(c), 0);
+  ps_chan_close(c);
+  ps_chan_close(o);
+}
+END_TEST
+
 Suite *psd_chan_suite(void) {
   Suite *s = suite_create("psd_chan");
   TCase *tc = tcase_create("psd");
@@ -752,6 +872,11 @@ Suite *psd_chan_suite(void) {
   tcase_add_test(lim, test_max_connections);
   tcase_add_test(lim, test_idle_closed);
   suite_add_tcase(s, lim);
+  TCase *ua = tcase_create("unordered_acks");
+  tcase_add_unchecked_fixture(ua, ua_up, ua_down);
+  tcase_set_timeout(ua, 60);
+  tcase_add_test(ua, test_pull_answered_before_push_sync);
+  suite_add_tcase(s, ua);
   tc = tcase_create("hello");
   tcase_add_test(tc, test_hello_check);
   suite_add_tcase(s, tc);

@@ -4,7 +4,10 @@
  * SIGKILLed and restarted while the client pulls is reported on stderr,
  * retried and resumed; a shard that stays down ends the pull within the
  * retry budget; a codec warm-up goes fp32 first, and the byte counters
- * survive a restart.
+ * survive a restart.  Under durability sync, with the fsync shim's gate
+ * holding the shard's log syncs, deferred acks: a push/pull returns on the
+ * pull while the push is not yet counted as acknowledged, and a push whose
+ * shard died before its sync is counted unanswered.
  *
  * Every psd started is recorded in shared memory so the unchecked
  * teardown stops it by PID even when a test failed half-way. */
@@ -35,30 +38,42 @@ typedef struct pc_ctx {
   pid_t pid;
   ps_config cfg;
   ps_gpu_backend *be;
+  int sync;                /* durability sync, the fsync shim preloaded ... */
+  char gate[600];          /* ... with its gate here */
+  ps_test_shim_env shim;
 } pc_ctx;
 
 /* pc_start starts the shard and waits for both listeners. */
 static void pc_start(pc_ctx *x) {
-  x->pid = ps_test_psd(x->yaml, 0, x->log, NULL);
+  x->pid = ps_test_psd(x->yaml, 0, x->log, x->sync ? x->shim.env : NULL);
   ck_assert_msg(ps_test_wait_port(x->cp, 15000) == 0 && ps_test_wait_port(x->gp, 5000) == 0,
                 "psd did not start; see %s", x->log);
 }
 
-/* pc_init writes a 1-shard cluster with RETRY_MS, starts it and loads the config. */
-static void pc_init(pc_ctx *x, uint32_t retry_ms) {
+/* pc_init_mode writes a 1-shard cluster with RETRY_MS (durability sync
+ * with the fsync shim's gate when SYNC), starts it and loads the config. */
+static void pc_init_mode(pc_ctx *x, uint32_t retry_ms, int sync) {
   signal(SIGPIPE, SIG_IGN);
   snprintf(x->dir, sizeof x->dir, "%s", ps_test_tmpdir());
   char extra[128];
   snprintf(extra, sizeof extra, "workers:\n  retry_ms: %u\n", retry_ms);
-  snprintf(x->yaml, sizeof x->yaml, "%s", ps_test_cluster_yaml(x->dir, 1, extra, &x->gp, &x->cp));
+  snprintf(x->yaml, sizeof x->yaml, "%s",
+           sync ? ps_test_sync_yaml(x->dir, 1, extra, &x->gp, &x->cp)
+                : ps_test_cluster_yaml(x->dir, 1, extra, &x->gp, &x->cp));
   snprintf(x->log, sizeof x->log, "%s/psd.log", x->dir);
+  snprintf(x->gate, sizeof x->gate, "%s/gate", x->dir);
+  x->sync = sync;
+  if (sync) ps_test_shim_env_init(&x->shim, NULL, x->gate);
   pc_start(x);
   ps_errbuf eb;
   ck_assert_msg(ps_config_load(&x->cfg, x->yaml, &eb) == 0, "%s", eb.msg);
   ck_assert_msg(ps_gpu_cpu_open(1, &x->be, &eb) == 0, "%s", eb.msg);
 }
 
+static void pc_init(pc_ctx *x, uint32_t retry_ms) { pc_init_mode(x, retry_ms, 0); }
+
 static void pc_fini(pc_ctx *x) {
+  unlink(x->gate);
   if (x->pid > 0) ps_test_stop(x->pid, SIGTERM, 10000);
   ps_gpu_close(x->be);
   ps_config_release(&x->cfg);
@@ -100,15 +115,20 @@ static void pc_submit_codec(pc_ctx *x, const char *name, const char *codec, uint
 
 static void pc_submit(pc_ctx *x, const char *name) { pc_submit_codec(x, name, NULL, 0); }
 
-/* pc_open opens a client of MODEL with NBUFS buffers. */
-static psw_client *pc_open(pc_ctx *x, const char *model, int nbufs) {
+/* pc_open_acks opens a client of MODEL with NBUFS buffers, deferring
+ * push answers when DEFER (psw_client invariant 8). */
+static psw_client *pc_open_acks(pc_ctx *x, const char *model, int nbufs, int defer) {
   psw_client_conf cc = {.cfg = &x->cfg, .model = model, .worker = 0, .be = x->be,
-                        .nbufs = nbufs, .io_timeout_ms = 5000};
+                        .nbufs = nbufs, .io_timeout_ms = 5000, .defer_acks = defer};
   psw_client *c = NULL;
   ps_errbuf eb;
   int rc = psw_client_open(&c, &cc, &eb);
   ck_assert_msg(rc == 0, "psw_client_open: %s", eb.msg);
   return c;
+}
+
+static psw_client *pc_open(pc_ctx *x, const char *model, int nbufs) {
+  return pc_open_acks(x, model, nbufs, 0);
 }
 
 /* pc_direct pulls every chunk of MODEL straight over a new channel into
@@ -354,6 +374,72 @@ START_TEST(test_client_gives_up_in_budget) {
 }
 END_TEST
 
+/* pc_counts asserts the client's push counts of its one shard. */
+static void pc_counts(const psw_client *c, uint64_t acked, uint64_t unanswered, const char *when) {
+  uint64_t a = 0, u = 0;
+  psw_client_push_counts(c, &a, &u, 1);
+  ck_assert_msg(a == acked && u == unanswered, "%s: %llu acknowledged, %llu unanswered; want "
+                "%llu, %llu", when, (unsigned long long)a, (unsigned long long)u,
+                (unsigned long long)acked, (unsigned long long)unanswered);
+}
+
+/* Deferred acks under durability sync (psw_client invariant 8). */
+START_TEST(test_client_deferred_ack) {
+  pc_ctx x = {0};
+  pc_init_mode(&x, 20000, 1);
+  pc_submit(&x, "pc5");
+  psw_client *c = pc_open_acks(&x, "pc5", 1, 1);
+  uint64_t n = psw_client_nparams(c);
+  ps_errbuf eb;
+  ck_assert_msg(psw_client_pull_all(c, 0, 0, &eb) == 0, "%s", eb.msg);
+  float *p = psw_client_params(c, 0), *g = psw_client_grads(c, 0), p0 = p[0];
+  for (uint64_t i = 0; i < n; i++) g[i] = 0.25f;
+  /* The sync held: each round returns on its pull, which saw its push;
+   * no push is acknowledged (nor lost) until its sync ran, and two
+   * (PSW_CLIENT_ACK_DEPTH) may wait. */
+  ps_test_write_file(x.gate, "held\n");
+  ck_assert_msg(psw_client_push_pull(c, 0, 0, 0, 1, &eb) == 0, "%s", eb.msg);
+  ck_assert(fabsf(p[0] - (p0 - PC_LR * 0.25f)) <= 1e-6f);
+  ck_assert_uint_eq(psw_client_acks_pending(c), 1);
+  pc_counts(c, 0, 0, "sync held");
+  ck_assert_msg(psw_client_push_pull(c, 0, 1, 0, 2, &eb) == 0, "%s", eb.msg);
+  ck_assert(fabsf(p[0] - (p0 - 2 * PC_LR * 0.25f)) <= 1e-6f);
+  ck_assert_uint_eq(psw_client_acks_pending(c), PSW_CLIENT_ACK_DEPTH);
+  pc_counts(c, 0, 0, "sync held, two rounds");
+  unlink(x.gate);
+  ck_assert_msg(psw_client_settle(c, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(psw_client_acks_pending(c), 0);
+  pc_counts(c, 2, 0, "settled");
+  /* Later rounds take the answers earlier ones left. */
+  for (uint64_t t = 2; t < 5; t++)
+    ck_assert_msg(psw_client_push_pull(c, 0, t, 0, t + 1, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_le(psw_client_acks_pending(c), PSW_CLIENT_ACK_DEPTH);
+  ck_assert_msg(psw_client_settle(c, &eb) == 0, "%s", eb.msg);
+  pc_counts(c, 5, 0, "five rounds");
+  /* The shard dies while a push waits for its sync: that push is
+   * unanswered (never acknowledged, never resent), and so is the next
+   * round's, sent on the dead connection (as without deferred acks); the
+   * round reconnects and pulls again, and the one after it pushes. */
+  ps_test_write_file(x.gate, "held\n");
+  ck_assert_msg(psw_client_push_pull(c, 0, 5, 0, 6, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(psw_client_acks_pending(c), 1);
+  pc_counts(c, 5, 0, "sync held before the crash");
+  ck_assert_int_eq(ps_test_stop(x.pid, SIGKILL, 5000) & 0x7f, SIGKILL);
+  x.pid = 0;
+  unlink(x.gate);
+  pc_start(&x);
+  ck_assert_msg(psw_client_push_pull(c, 0, 6, 0, 7, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psw_client_settle(c, &eb) == 0, "%s", eb.msg);
+  pc_counts(c, 5, 2, "after the crash");
+  ck_assert_msg(psw_client_push_pull(c, 0, 7, 0, 8, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psw_client_settle(c, &eb) == 0, "%s", eb.msg);
+  pc_counts(c, 6, 2, "a round later");
+  ck_assert_uint_ge(psw_client_reconnects(c), 1);
+  psw_client_close(c);
+  pc_fini(&x);
+}
+END_TEST
+
 Suite *psw_client_suite(void) {
   Suite *s = suite_create("psw_client");
   TCase *tc = tcase_create("one_shard");
@@ -363,6 +449,7 @@ Suite *psw_client_suite(void) {
   tcase_add_test(tc, test_client_shard_restart);
   tcase_add_test(tc, test_client_codec_warmup);
   tcase_add_test(tc, test_client_gives_up_in_budget);
+  tcase_add_test(tc, test_client_deferred_ack);
   suite_add_tcase(s, tc);
   return s;
 }

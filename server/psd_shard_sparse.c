@@ -304,10 +304,36 @@ int psd_shard_sparse_pull(psd_shard *sh, const Ps__SparsePullRequest *r, uint8_t
   return 0;
 }
 
+int psd_shard_sparse_pull_admit(psd_shard *sh, const Ps__SparsePullRequest *r, psd_park *p,
+                                ps_errbuf *eb) {
+  uint32_t dim = 0;
+  int rc = sps_codec(sh, "pull", r->codec, eb);
+  if (!rc) rc = sps_request(sh, 0, r->model, r->table, r->keys, r->n_keys, r->worker, &dim, eb);
+  if (rc) return rc;
+  return psd_shard_pull_admit(sh, r->model, r->worker, r->clock, p, eb); /* dense pulls' path */
+}
+
+/* sps_clock records that R's worker pushed its step R->clock where no
+ * dense push of the step comes: on a shard that holds none of the
+ * model's chunks (the header's "Clocks").  Where chunks are held the
+ * dense push advances the clock; an advance here would let another
+ * worker's pull past this step before its dense gradients are in. */
+static void sps_clock(psd_shard *sh, const Ps__SparsePushRequest *r) {
+  const uint32_t *ids;
+  size_t nids = 0;
+  uint64_t nelems;
+  if (psd_store_held(sh->store, r->model, &ids, &nids, &nelems) == 0 && nids) return;
+  psd_shard_pushed(sh, r->model, &r->worker, 1, r->clock);
+}
+
 int psd_shard_sparse_push(psd_shard *sh, const Ps__SparsePushRequest *r, ps_errbuf *eb) {
   uint32_t dim = 0;
   int rc = sps_codec(sh, "push", r->codec, eb);
   if (!rc) rc = sps_request(sh, 1, r->model, r->table, r->keys, r->n_keys, r->worker, &dim, eb);
+  /* a worker declared dead is refused before anything is applied, as a
+   * dense push is (psd_clock invariant 9) */
+  if (!rc && sh->clock && (rc = psd_clock_check_live(sh->clock, r->worker, eb)) < 0)
+    psd_shard_count_error(sh);
   if (rc) return rc;
   ps_codec_id codec = (ps_codec_id)r->codec;
   size_t rb = ps_codec_size(codec, dim, 0), n = r->n_keys * dim;
@@ -335,7 +361,7 @@ int psd_shard_sparse_push(psd_shard *sh, const Ps__SparsePushRequest *r, ps_errb
     if (!rc) ps_codec_decode(codec, in + i * rb, dim, 0, g + i * dim);
   }
   free(in);
-  if (!rc)
+  if (!rc && r->n_keys) /* none: the step's clock alone (the header's "Clocks") */
     rc = psd_sparse_push(sh->sparse->rows, r->model, r->table, r->keys, r->n_keys, g, n, eb);
   free(g);
   if (rc) {
@@ -344,6 +370,7 @@ int psd_shard_sparse_push(psd_shard *sh, const Ps__SparsePushRequest *r, ps_errb
   }
   sh->ctr.pushes++;
   sh->ctr.bytes_in += r->rows.len;
+  sps_clock(sh, r);
   return 0;
 }
 

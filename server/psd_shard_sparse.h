@@ -23,7 +23,10 @@
  * gradients are in); on a shard that holds none, the sparse push
  * advances it.  Advancing is raising to clock + 1 (psd_clock_pushed), so
  * pushes of one step never advance it twice.  A sparse push of no keys
- * carries the clock alone (nothing is applied or logged).
+ * carries the clock alone (nothing is applied or logged).  A pull at
+ * PS_CLOCK_READER (ps_model.h: psw --evaluate) is no step's: served at
+ * once, it neither enters the clock table nor refreshes a lease, so a
+ * reader holds no rank and holds no training worker back.
  *
  * Every function runs on the shard's loop thread, returns 0 or a negative
  * PS_E* code with a message in EB, and changes nothing on error. */

@@ -22,6 +22,7 @@
 #include "ps.pb-c.h"
 #include "ps_chan.h"
 #include "ps_codec.h"
+#include "ps_model.h"
 #include "ps_place.h"
 #include "ps_auth.h"
 #include "ps_rpc.h"
@@ -330,7 +331,8 @@ int psw_sparse_pull(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, float *
                     uint64_t clock, ps_errbuf *eb) {
   int rc = group(s, keys, nkeys, eb);
   if (rc) return rc;
-  ps_codec_id codec = clock < s->warmup ? PS_CODEC_FP32 : s->pull_codec;
+  /* a reader (psw --evaluate) reads the rows exactly */
+  ps_codec_id codec = clock < s->warmup || clock == PS_CLOCK_READER ? PS_CODEC_FP32 : s->pull_codec;
   const size_t rb = ps_codec_size(codec, s->dim, 0);
   for (size_t k = 0; k < s->nshards; k++) { /* every shard's request out first */
     uint32_t a = s->start[k], b = s->start[k + 1];

@@ -13,7 +13,8 @@
  *    before the dense gradients are in); the model's parked counters
  *    count it; a request behind it on its connection waits for it.
  *  - ssp s=2: a pull 2 clocks ahead is served at once, 3 ahead parks.
- *  - asp: served at once whatever the clocks.
+ *  - asp: served at once whatever the clocks; a reader's pull
+ *    (PS_CLOCK_READER) at once under bsp, outside the clock table.
  *  - a parked pull times out naming the slowest worker (channel), is
  *    released when the slowest worker's lease expires, and an expired
  *    worker's sparse pull and push are refused (PS_EEXPIRED).
@@ -30,6 +31,7 @@
 #include <unistd.h>
 
 #include "ps_chan.h"
+#include "ps_model.h"
 #include "ps_rpc.h"
 #include "ps_test.h"
 #include "psw_graph.h"
@@ -363,6 +365,31 @@ START_TEST(test_asp) {
 }
 END_TEST
 
+/* A reader's pull (PS_CLOCK_READER: psw --evaluate) under bsp is served
+ * at once on both planes and does not enter the clock table: a worker
+ * that only read holds nobody back. */
+START_TEST(test_reader) {
+  ps_rpc *r;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_test_rpc_open(&r, one.addr, &eb), 0);
+  sc_rejoin(r);
+  sc_submit(r, "rd", "bsp", 0);
+  ck_assert_int_eq(sc_pull_now(one.addr, "rd", 1, 0, NULL), 0);
+  ck_assert_int_eq(sc_pull_now(one.addr, "rd", 0, PS_CLOCK_READER, &eb), 0);
+  ps_chan_client *ch;
+  ck_assert_msg(ps_test_chan_connect(&ch, one.chan, "test", 5000, &eb) == 0, "%s", eb.msg);
+  sc_pull p = {.chan = ch, .model = "rd", .worker = 0, .clock = PS_CLOCK_READER};
+  sc_pull_start(&p);
+  ck_assert_msg(sc_wait(&p, 3000), "a reader's channel pull was parked");
+  ck_assert_msg(p.err == 0, "%s", p.eb.msg);
+  ps_chan_close(ch);
+  sc_dense_push(r, "rd", 1, 0); /* worker 1 alone in the table */
+  ck_assert_int_eq(sc_pull_now(one.addr, "rd", 1, 1, &eb), 0);
+  ck_assert_uint_eq(sc_parked(r, "rd", NULL), 0);
+  ps_rpc_close(r);
+}
+END_TEST
+
 /* A parked sparse pull on the channel whose slowest worker stays alive
  * gives up after pull_timeout_ms naming it; the connection stays usable. */
 START_TEST(test_timeout_chan) {
@@ -520,6 +547,7 @@ Suite *psd_sparse_clock_suite(void) {
   tcase_add_test(tc, test_bsp_chan);
   tcase_add_test(tc, test_ssp);
   tcase_add_test(tc, test_asp);
+  tcase_add_test(tc, test_reader);
   tcase_add_test(tc, test_timeout_chan);
   tcase_add_test(tc, test_lease_expiry);
   suite_add_tcase(s, tc);

@@ -19,7 +19,8 @@
  *    released when the slowest worker's lease expires, and an expired
  *    worker's sparse pull and push are refused (PS_EEXPIRED).
  *  - a shard that holds none of the model's dense chunks (two shards): the
- *    sparse push of a step advances the clock there (an empty one too).
+ *    sparse push of a step advances the clock there (an empty one too,
+ *    which psw_sparse_push sends where a step has no key).
  *  - a pull parked when its shard stops (SIGTERM) is answered with the
  *    shutdown error on both planes; when it is killed, both planes' calls
  *    come back with an error. */
@@ -35,6 +36,7 @@
 #include "ps_rpc.h"
 #include "ps_test.h"
 #include "psw_graph.h"
+#include "psw_sparse.h"
 
 enum { SC_DIM = 4, SC_NKEYS = 3 };
 #define SC_LEASE_MS 1200
@@ -51,6 +53,7 @@ typedef struct sc_shard {
 } sc_shard;
 
 static sc_shard one;
+static char sc_yaml[600]; /* the last cluster file sc_start wrote */
 
 /* sc_start starts NSHARDS shards into SH (workers count 2, leases of
  * LEASE_MS, short pull timeouts). */
@@ -62,6 +65,7 @@ static void sc_start(sc_shard *sh, int nshards, int lease_ms) {
            "workers:\n  count: 2\n  heartbeat_ms: 100\n  lease_ms: %d\n"
            "training:\n  pull_timeout_ms: %d\n", lease_ms, SC_PULL_TIMEOUT_MS);
   const char *yaml = ps_test_cluster_yaml(dir, nshards, extra, gp, cp);
+  snprintf(sc_yaml, sizeof sc_yaml, "%s", yaml);
   for (int i = 0; i < nshards; i++) {
     snprintf(sh[i].log, sizeof sh[i].log, "%s/psd%d.log", dir, i);
     sh[i].pid = ps_test_psd(yaml, i, sh[i].log, NULL);
@@ -509,15 +513,18 @@ START_TEST(test_no_dense_shard) {
       if (!sc_held(r[i], model, NULL, NULL)) bare = i;
   }
   ck_assert_msg(bare >= 0, "no model of 32 left a shard without dense chunks");
-  /* a key that shard holds (a misplaced one is refused before its clock) */
-  uint64_t key = 0;
-  for (uint64_t k = 1; k < 1000 && !key; k++) {
+  /* a key that shard holds (a misplaced one is refused before its
+   * clock), and one it does not */
+  uint64_t key = 0, other = 0;
+  for (uint64_t k = 1; k < 1000 && (!key || !other); k++) {
     sc_pull p = {.addr = sh[bare].addr, .model = model, .keys = &k, .nkeys = 1, .worker = 0};
     sc_pull_once(&p);
-    if (p.err == 0) key = k;
-    else ck_assert_msg(p.err == PS_EINVAL, "%s", p.eb.msg);
+    ck_assert_msg(p.err == 0 || p.err == PS_EINVAL, "%s", p.eb.msg);
+    if (p.err == 0 && !key) key = k;
+    if (p.err != 0 && !other) other = k;
   }
   ck_assert_uint_ne(key, 0);
+  ck_assert_uint_ne(other, 0);
   sc_pull w1 = {.addr = sh[bare].addr, .model = model, .keys = &key, .nkeys = 1, .worker = 1};
   sc_pull_once(&w1);
   ck_assert_msg(w1.err == 0, "%s", w1.eb.msg);
@@ -533,6 +540,24 @@ START_TEST(test_no_dense_shard) {
     ck_assert_msg(sc_wait(&p, 3000), "worker 1's sparse push did not release the pull");
     ck_assert_msg(p.err == 0, "%s", p.eb.msg);
   }
+  /* the worker's client: a step whose keys are all on the other shard
+   * still tells this one its clock (an empty push, on the channel) */
+  ps_config cfg;
+  ck_assert_msg(ps_config_load(&cfg, sc_yaml, &eb) == 0, "%s", eb.msg);
+  psw_sparse *sp;
+  ck_assert_msg(psw_sparse_open(&sp, &cfg, model, 0, SC_DIM, 1, &eb) == 0, "%s", eb.msg);
+  ck_assert_int_eq(sc_sparse_push(r[bare], model, &key, 1, 0, 2, &eb), 0);
+  sc_pull p = {.addr = sh[bare].addr, .model = model, .keys = &key, .nkeys = 1, .worker = 0,
+               .clock = 3};
+  sc_pull_start(&p);
+  ck_assert_msg(!sc_wait(&p, 400), "a bsp sparse pull at 3 was served before worker 1's push of 2");
+  float g[SC_DIM] = {0};
+  ck_assert_msg(psw_sparse_push(sp, &other, 1, g, 2, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(sc_wait(&p, 3000), "the client's empty push did not release the pull");
+  ck_assert_msg(p.err == 0, "%s", p.eb.msg);
+  ck_assert_uint_eq(psw_sparse_lost_pushes(sp), 0);
+  psw_sparse_close(sp);
+  ps_config_release(&cfg);
   for (int i = 0; i < 2; i++) ps_rpc_close(r[i]);
   sc_stop(sh, 2);
 }

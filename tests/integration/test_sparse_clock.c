@@ -272,6 +272,20 @@ static void sc_rejoin(ps_rpc *r) {
   }
 }
 
+/* sc_behind opens *R to the shard at ADDR, brings workers 0 and 1 back
+ * (sc_rejoin), submits MODEL with CONSISTENCY and STALENESS and leaves
+ * worker 0 a step ahead: worker 1 pulled at clock 0, worker 0 pushed
+ * step 0. */
+static void sc_behind(ps_rpc **r, const char *addr, const char *model, const char *consistency,
+                      uint32_t staleness) {
+  ps_errbuf eb;
+  ck_assert_msg(ps_test_rpc_open(r, addr, &eb) == 0, "%s", eb.msg);
+  sc_rejoin(*r);
+  sc_submit(*r, model, consistency, staleness);
+  ck_assert_int_eq(sc_pull_now(addr, model, 1, 0, NULL), 0);
+  sc_dense_push(*r, model, 0, 0);
+}
+
 /* sc_bsp runs the bsp case on MODEL with the parked pull on CHAN (NULL:
  * gRPC). */
 static void sc_bsp(const char *model, int chan) {
@@ -337,12 +351,8 @@ END_TEST
  * worker's push. */
 START_TEST(test_ssp) {
   ps_rpc *r;
-  ps_errbuf eb;
-  ck_assert_int_eq(ps_test_rpc_open(&r, one.addr, &eb), 0);
-  sc_rejoin(r);
-  sc_submit(r, "ssp2", "ssp", 2);
-  ck_assert_int_eq(sc_pull_now(one.addr, "ssp2", 1, 0, NULL), 0);
-  for (uint64_t k = 0; k < 3; k++) sc_dense_push(r, "ssp2", 0, k); /* w0 at 3, w1 at 0 */
+  sc_behind(&r, one.addr, "ssp2", "ssp", 2);
+  for (uint64_t k = 1; k < 3; k++) sc_dense_push(r, "ssp2", 0, k); /* w0 at 3, w1 at 0 */
   ck_assert_int_eq(sc_pull_now(one.addr, "ssp2", 0, 2, NULL), 0); /* 2 ahead */
   sc_pull p = {.addr = one.addr, .model = "ssp2", .worker = 0, .clock = 3};
   sc_pull_start(&p);
@@ -358,11 +368,7 @@ END_TEST
 /* asp: no bound. */
 START_TEST(test_asp) {
   ps_rpc *r;
-  ps_errbuf eb;
-  ck_assert_int_eq(ps_test_rpc_open(&r, one.addr, &eb), 0);
-  sc_rejoin(r);
-  sc_submit(r, "asp", "asp", 0);
-  ck_assert_int_eq(sc_pull_now(one.addr, "asp", 1, 0, NULL), 0);
+  sc_behind(&r, one.addr, "asp", "asp", 0);
   ck_assert_int_eq(sc_pull_now(one.addr, "asp", 0, 100, NULL), 0);
   ck_assert_uint_eq(sc_parked(r, "asp", NULL), 0);
   ps_rpc_close(r);
@@ -399,11 +405,7 @@ END_TEST
 START_TEST(test_timeout_chan) {
   ps_rpc *r;
   ps_errbuf eb;
-  ck_assert_int_eq(ps_test_rpc_open(&r, one.addr, &eb), 0);
-  sc_rejoin(r);
-  sc_submit(r, "slow", "bsp", 0);
-  ck_assert_int_eq(sc_pull_now(one.addr, "slow", 1, 0, NULL), 0);
-  sc_dense_push(r, "slow", 0, 0);
+  sc_behind(&r, one.addr, "slow", "bsp", 0);
   ps_chan_client *ch;
   ck_assert_msg(ps_test_chan_connect(&ch, one.chan, "test", 5000, &eb) == 0, "%s", eb.msg);
   int64_t t0 = ps_test_now_ms();
@@ -436,12 +438,7 @@ END_TEST
 START_TEST(test_lease_expiry) {
   ps_rpc *r;
   ps_errbuf eb;
-  ck_assert_int_eq(ps_test_rpc_open(&r, one.addr, &eb), 0);
-  sc_rejoin(r);
-  sc_submit(r, "dead", "bsp", 0);
-  ck_assert_int_eq(sc_pull_now(one.addr, "dead", 1, 0, NULL), 0);
-  /* worker 1 registered itself (a heartbeat): its expiry is final */
-  sc_dense_push(r, "dead", 0, 0);
+  sc_behind(&r, one.addr, "dead", "bsp", 0); /* worker 1 holds a lease: its expiry is final */
   int64_t t0 = ps_test_now_ms();
   sc_pull p = {.addr = one.addr, .model = "dead", .worker = 0, .clock = 1};
   sc_pull_start(&p);
@@ -462,10 +459,7 @@ static void sc_stopped(int sig) {
   sc_start(sh, 1, SC_LONG_LEASE_MS);
   ps_rpc *r;
   ps_errbuf eb;
-  ck_assert_int_eq(ps_test_rpc_open(&r, sh[0].addr, &eb), 0);
-  sc_submit(r, "stop", "bsp", 0);
-  ck_assert_int_eq(sc_pull_now(sh[0].addr, "stop", 1, 0, NULL), 0);
-  sc_dense_push(r, "stop", 0, 0);
+  sc_behind(&r, sh[0].addr, "stop", "bsp", 0);
   ps_chan_client *ch;
   ck_assert_msg(ps_test_chan_connect(&ch, sh[0].chan, "test", 5000, &eb) == 0, "%s", eb.msg);
   sc_pull g = {.addr = sh[0].addr, .model = "stop", .worker = 0, .clock = 1};

@@ -28,6 +28,11 @@ int ps_consistency_parse(const char *model, const char *s, ps_consistency *out, 
 int ps_stale_weight_parse(const char *model, const char *s, ps_stale_weight *out, ps_errbuf *eb);
 const char *ps_consistency_name(ps_consistency c);
 
+/* PS_CLOCK_READER: the clock of a sparse pull that is no training step's
+ * (psw --evaluate): the shard serves it at once, outside the clock table
+ * (no staleness bound, no lease, no rank held; psd_shard_sparse.h). */
+#define PS_CLOCK_READER UINT64_MAX
+
 typedef struct ps_chunk {
   uint32_t tensor;      /* index into the spec's tensors */
   uint32_t index;       /* chunk index within the tensor */

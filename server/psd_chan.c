@@ -36,9 +36,11 @@
  *     callback of its reply.
  *  6. Protocol violations close only that connection (after writing an
  *     error frame where the peer may learn something from it).
- *  7. A pull that must wait for slower workers (psd_shard_pull_admit) is
- *     parked: the connection stops reading, so the requests behind it
- *     wait and replies stay in request order.  Its release answers it and
+ *  7. A pull, dense or sparse, that must wait for slower workers
+ *     (psd_shard_pull_admit, psd_shard_sparse_pull_admit) is parked
+ *     (a sparse pull's keys stay in the data buffer meanwhile): the
+ *     connection stops reading, so the requests behind it wait and
+ *     replies stay in request order.  Its release answers it and
  *     resumes reading from the channel's wake-up handle on the next loop
  *     turn (never inside the release, which may run within another
  *     connection's parse).  A connection closed while its pull is parked
@@ -494,8 +496,10 @@ static void conn_pull_serve(psd_conn *c, const Ps__ChanMeta *m, uint32_t parked_
   conn_reply(c, &rm, r.out, cap, r.nbytes, 1, 0);
 }
 
-/* conn_unpark answers a parked pull the clock table released and asks
- * for the connection to resume (invariant 7). */
+static void conn_sparse_pull_serve(psd_conn *c, const Ps__ChanMeta *m, uint32_t parked_ms);
+
+/* conn_unpark answers a parked pull, dense or sparse, the clock table
+ * released and asks for the connection to resume (invariant 7). */
 static void conn_unpark(psd_park *p, int status, const char *msg) {
   psd_conn *c = p->arg;
   Ps__ChanMeta *m = c->pmeta;
@@ -504,7 +508,9 @@ static void conn_unpark(psd_park *p, int status, const char *msg) {
   c->parked = 0;
   c->pmeta = NULL;
   c->rx.h.req_id = c->preq_id; /* unchanged while parked (nothing is parsed) */
-  if (status == 0) {
+  if (status == 0 && (int)m->op == PS__CHAN_OP__CHAN_SPARSE_PULL) {
+    conn_sparse_pull_serve(c, m, psd_shard_parked_ms(c->chan->sh, p));
+  } else if (status == 0) {
     conn_pull_serve(c, m, psd_shard_parked_ms(c->chan->sh, p));
   } else {
     psd_shard_count_error(c->chan->sh);
@@ -585,6 +591,16 @@ static void conn_forward(psd_conn *c, const ps_req *r, int push, uint32_t codec)
   uv_read_start((uv_stream_t *)&c->tcp, conn_alloc, conn_read);
 }
 
+/* conn_park keeps pull M (dense or sparse), parked: the connection stops
+ * reading until its release (invariant 7). */
+static void conn_park(psd_conn *c, Ps__ChanMeta *m) {
+  c->parked = 1;
+  c->pmeta = m;
+  c->preq_id = c->rx.h.req_id;
+  c->paused = 1;
+  uv_read_stop((uv_stream_t *)&c->tcp);
+}
+
 /* conn_pull admits a pull: served now, or parked (then M is kept: returns
  * 1, the caller must not free it; invariant 7). */
 static int conn_pull(psd_conn *c, Ps__ChanMeta *m) {
@@ -609,11 +625,7 @@ static int conn_pull(psd_conn *c, Ps__ChanMeta *m) {
     return 0;
   }
   if (rc == 1) {
-    c->parked = 1;
-    c->pmeta = m;
-    c->preq_id = c->rx.h.req_id;
-    c->paused = 1;
-    uv_read_stop((uv_stream_t *)&c->tcp);
+    conn_park(c, m);
     return 1;
   }
   conn_pull_serve(c, m, 0);
@@ -892,9 +904,39 @@ static void conn_sparse_begin(psd_conn *c) {
   conn_data_begin(c, "sparse request");
 }
 
+/* conn_sparse_pull_req describes sparse pull M, its keys in the data
+ * buffer (kept while it is parked: a parked connection reads nothing). */
+static Ps__SparsePullRequest conn_sparse_pull_req(const psd_conn *c, const Ps__ChanMeta *m) {
+  Ps__SparsePullRequest q = PS__SPARSE_PULL_REQUEST__INIT;
+  q.model = m->model, q.table = m->table, q.keys = m->n_keys ? c->data : NULL;
+  q.n_keys = m->n_keys, q.worker = m->worker, q.clock = m->clock, q.codec = m->codec;
+  return q;
+}
+
+/* conn_sparse_pull_serve answers sparse pull M now (PARKED_MS: how long
+ * it waited parked) or its error. */
+static void conn_sparse_pull_serve(psd_conn *c, const Ps__ChanMeta *m, uint32_t parked_ms) {
+  Ps__SparsePullRequest q = conn_sparse_pull_req(c, m);
+  uint8_t *rows = NULL;
+  size_t nbytes = 0;
+  ps_errbuf eb;
+  int rc = psd_shard_sparse_pull(c->chan->sh, &q, &rows, &nbytes, &eb);
+  if (rc < 0) {
+    conn_reply_error(c, rc, eb.msg, 1, 0); /* the entry point counted it */
+    return;
+  }
+  Ps__ChanMeta r = PS__CHAN_META__INIT;
+  r.op = PS__CHAN_OP__CHAN_SPARSE_PULL;
+  r.codec = m->codec;
+  r.parked_ms = parked_ms;
+  conn_reply(c, &r, rows, nbytes, nbytes, 1, 0); /* bytes_out: counted by the entry point */
+}
+
 /* conn_sparse_end serves a sparse request whose data is complete through
  * the entry points of the gRPC calls (psd_shard_sparse_pull / _push: the
- * same checks, codecs, log records), the keys and rows read in place. */
+ * same checks, codecs, log records), the keys and rows read in place; a
+ * pull is admitted under the staleness bound first, parked as a dense
+ * one (invariant 7). */
 static void conn_sparse_end(psd_conn *c) {
   psd_shard *sh = c->chan->sh;
   int rc;
@@ -903,18 +945,15 @@ static void conn_sparse_end(psd_conn *c) {
   size_t kb = (size_t)m->n_keys * sizeof(uint64_t);
   uint64_t *keys = m->n_keys ? c->data : NULL;
   if (rc == 0 && (int)m->op == PS__CHAN_OP__CHAN_SPARSE_PULL) {
-    Ps__SparsePullRequest q = PS__SPARSE_PULL_REQUEST__INIT;
-    q.model = m->model, q.table = m->table, q.keys = keys, q.n_keys = m->n_keys;
-    q.worker = m->worker, q.clock = m->clock, q.codec = m->codec;
-    uint8_t *rows = NULL;
-    size_t nbytes = 0;
-    rc = psd_shard_sparse_pull(sh, &q, &rows, &nbytes, &eb);
-    if (rc == 0) {
-      Ps__ChanMeta r = PS__CHAN_META__INIT;
-      r.op = PS__CHAN_OP__CHAN_SPARSE_PULL;
-      r.codec = m->codec;
-      conn_reply(c, &r, rows, nbytes, nbytes, 1, 0); /* bytes_out: counted by the entry point */
+    Ps__SparsePullRequest q = conn_sparse_pull_req(c, m);
+    c->park.fn = conn_unpark;
+    c->park.arg = c;
+    rc = psd_shard_sparse_pull_admit(sh, &q, &c->park, &eb);
+    if (rc == 1) {
+      conn_park(c, m); /* M is kept */
+      return;
     }
+    if (rc == 0) conn_sparse_pull_serve(c, m, 0);
   } else if (rc == 0) {
     Ps__SparsePushRequest q = PS__SPARSE_PUSH_REQUEST__INIT;
     q.model = m->model, q.table = m->table, q.keys = keys, q.n_keys = m->n_keys;

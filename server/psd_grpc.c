@@ -9,10 +9,11 @@
  *     by exactly one thread at any time.
  *  2. Handlers run on the loop thread and never block; uv_async_send
  *     coalesces, so the async callback drains the whole FIFO.
- *  3. A pull that must wait for slower workers (psd_shard_pull_admit) is
- *     parked: the loop keeps the call and its request (c->held), links it
- *     in g->parked and answers it from the park's callback; until then it
- *     counts in sh->inflight.  The shard releases parked pulls before it
+ *  3. A pull, dense or sparse, that must wait for slower workers
+ *     (psd_shard_pull_admit, psd_shard_sparse_pull_admit) is parked: the
+ *     loop keeps the call and its request (c->held, whose descriptor says
+ *     which), links it in g->parked and answers it from the park's
+ *     callback; until then it counts in sh->inflight.  The shard releases parked pulls before it
  *     drains; a stop finds none parked unless it rebuilds the server
  *     (psd_grpc_restart), and then answers them PS_EUNAVAIL itself.
  *  3a. Under durability `sync` an applied Push or SparsePush is answered only once its
@@ -423,19 +424,35 @@ static int psd_grpc_export(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessa
   return err;
 }
 
-/* SparsePull: rows of distinct keys of one table (psd_shard_sparse.h). */
-static int psd_grpc_sparse_pull(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessage *m,
-                                grpc_slice *out, ps_errbuf *eb) {
-  (void)c;
+/* psd_grpc_sparse_pull_serve answers sparse pull R now. */
+static int psd_grpc_sparse_pull_serve(psd_shard *sh, const Ps__SparsePullRequest *r,
+                                      grpc_slice *out, ps_errbuf *eb) {
   Ps__SparsePullReply rep = PS__SPARSE_PULL_REPLY__INIT;
   uint8_t *rows;
-  int err = psd_shard_sparse_pull(sh, (const Ps__SparsePullRequest *)m, &rows, &rep.rows.len, eb);
+  int err = psd_shard_sparse_pull(sh, r, &rows, &rep.rows.len, eb);
   if (err < 0) return err;
   rep.rows.data = rows;
-  rep.codec = ((const Ps__SparsePullRequest *)m)->codec;
+  rep.codec = r->codec;
   err = psd_grpc_pack(&rep.base, out, eb);
   free(rows);
   return err;
+}
+
+/* SparsePull: rows of distinct keys of one table (psd_shard_sparse.h),
+ * served now or parked as a dense pull (invariant 3). */
+static int psd_grpc_sparse_pull(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessage *m,
+                                grpc_slice *out, ps_errbuf *eb) {
+  const Ps__SparsePullRequest *r = (const Ps__SparsePullRequest *)m;
+  c->park.fn = psd_grpc_unpark;
+  c->park.arg = c;
+  int err = psd_shard_sparse_pull_admit(sh, r, &c->park, eb);
+  if (err < 0) return err;
+  if (err == 1) {
+    c->held = (ProtobufCMessage *)m;
+    psd_grpc_link(c);
+    return PSD_GRPC_PARKED;
+  }
+  return psd_grpc_sparse_pull_serve(sh, r, out, eb);
 }
 
 /* SparsePush: gradients of distinct keys of one table. */
@@ -640,7 +657,9 @@ static void psd_grpc_unpark(psd_park *p, int status, const char *msg) {
   ps_errbuf eb = {{0}};
   grpc_slice out = grpc_empty_slice();
   int err = status;
-  if (status == 0) {
+  if (status == 0 && c->held->descriptor == &ps__sparse_pull_request__descriptor) {
+    err = psd_grpc_sparse_pull_serve(sh, (const Ps__SparsePullRequest *)c->held, &out, &eb);
+  } else if (status == 0) {
     err = psd_grpc_pull_serve(sh, (const Ps__PullRequest *)c->held, &out, &eb);
   } else {
     psd_shard_count_error(sh);

@@ -449,13 +449,19 @@ int psd_shard_push(psd_shard *sh, const ps_req *r, uint64_t *version, ps_errbuf 
     sh->ctr.agg_pushes++;
     sh->ctr.agg_summed += r->nsummed;
   }
-  for (size_t i = 0; sh->clock && i < nwho; i++) { /* releases the pulls this push makes servable */
+  psd_shard_pushed(sh, r->model, who, nwho, r->clock); /* releases the pulls it makes servable */
+  return 0;
+}
+
+/* psd_shard_pushed: see psd_shard.h. */
+void psd_shard_pushed(psd_shard *sh, const char *model, const uint32_t *who, size_t nwho,
+                      uint64_t clock) {
+  for (size_t i = 0; sh->clock && i < nwho; i++) {
     ps_errbuf ceb;
-    if (psd_clock_pushed(sh->clock, r->model, who[i], r->clock, psd_shard_now_ms(sh), &ceb) < 0)
+    if (psd_clock_pushed(sh->clock, model, who[i], clock, psd_shard_now_ms(sh), &ceb) < 0)
       ps_warn("clock of worker %u not advanced: %s", who[i], ceb.msg);
   }
   psd_shard_clock_arm(sh);
-  return 0;
 }
 
 /* psd_shard_push_durable: see psd_shard.h. */

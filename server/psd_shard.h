@@ -162,6 +162,13 @@ uint32_t psd_shard_staleness(const Ps__ModelSpec *spec);
 int psd_shard_pull_admit(psd_shard *sh, const char *model, uint32_t worker, uint64_t clock,
                          psd_park *p, ps_errbuf *eb);
 
+/* psd_shard_pushed records that each of the NWHO workers WHO pushed step
+ * CLOCK of MODEL (psd_clock_pushed: raised to CLOCK + 1, never past it,
+ * so two pushes of one step advance it once) and releases the pulls,
+ * dense and sparse, that became servable; a failure is logged. */
+void psd_shard_pushed(psd_shard *sh, const char *model, const uint32_t *who, size_t nwho,
+                      uint64_t clock);
+
 /* psd_shard_parked_ms: how long P has been parked (for the reply). */
 uint32_t psd_shard_parked_ms(psd_shard *sh, const psd_park *p);
 

@@ -8,6 +8,7 @@
 
 #include "graph.pb-c.h"
 #include "ps_codec.h"
+#include "ps_model.h"
 #include "ps_place.h"
 #include "psd_sparse.h"
 #include "psd_store.h"
@@ -236,6 +237,16 @@ void psd_shard_sparse_persist_failed(psd_shard *sh) {
   if (sh->sparse) psd_sparse_persist_failed(sh->sparse->rows);
 }
 
+/* sps_worker checks a request's worker id: one the clock table takes
+ * (psd_clock_check_worker: ranks past workers.count too, as registration
+ * hands them out), or below workers.count on a shard without one. */
+static int sps_worker(const psd_shard *sh, uint32_t worker, ps_errbuf *eb) {
+  if (sh->clock) return psd_clock_check_worker(sh->clock, worker, eb);
+  if (worker < sh->cfg->workers.count) return 0;
+  return ps_errf(eb, PS_EINVAL, "worker %u is not one of the cluster's %u", worker,
+                 sh->cfg->workers.count);
+}
+
 /* sps_request checks what pulls and pushes share: the shard takes it,
  * the worker is one of the cluster's, the table exists here, every key
  * is this shard's, and NKEYS rows fit max_request_bytes; *DIM receives
@@ -246,12 +257,10 @@ static int sps_request(psd_shard *sh, int push, const char *model, uint32_t tabl
   int rc = psd_shard_admit(sh, push, eb);
   if (rc) return rc;
   if (!sh->sparse) rc = ps_errf(eb, PS_EUNAVAIL, "shard %u has no sparse tables open", sh->me->id);
-  else if (worker >= sh->cfg->workers.count)
-    rc = ps_errf(eb, PS_EINVAL, "worker %u is not one of the cluster's %u", worker,
-                 sh->cfg->workers.count);
-  else if (psd_sparse_dim(sh->sparse->rows, model, table, dim, NULL))
+  else rc = sps_worker(sh, worker, eb);
+  if (!rc && psd_sparse_dim(sh->sparse->rows, model, table, dim, NULL))
     rc = ps_errf(eb, PS_ENOENT, "model '%s' has no sparse table %u here", model, table);
-  else if ((uint64_t)nkeys * *dim * sizeof(float) > sh->cfg->max_request_bytes)
+  else if (!rc && (uint64_t)nkeys * *dim * sizeof(float) > sh->cfg->max_request_bytes)
     rc = ps_errf(eb, PS_ETOOBIG, "%zu rows of %u floats exceed max_request_bytes %llu", nkeys,
                  *dim, (unsigned long long)sh->cfg->max_request_bytes);
   const sps_map *m = rc ? NULL : sps_find(sh->sparse, model, table);
@@ -304,10 +313,36 @@ int psd_shard_sparse_pull(psd_shard *sh, const Ps__SparsePullRequest *r, uint8_t
   return 0;
 }
 
+int psd_shard_sparse_pull_admit(psd_shard *sh, const Ps__SparsePullRequest *r, psd_park *p,
+                                ps_errbuf *eb) {
+  uint32_t dim = 0;
+  int rc = sps_codec(sh, "pull", r->codec, eb);
+  if (!rc) rc = sps_request(sh, 0, r->model, r->table, r->keys, r->n_keys, r->worker, &dim, eb);
+  if (rc || r->clock == PS_CLOCK_READER) return rc; /* a reader: outside the clock table */
+  return psd_shard_pull_admit(sh, r->model, r->worker, r->clock, p, eb); /* dense pulls' path */
+}
+
+/* sps_clock records that R's worker pushed its step R->clock where no
+ * dense push of the step comes: on a shard that holds none of the
+ * model's chunks (the header's "Clocks").  Where chunks are held the
+ * dense push advances the clock; an advance here would let another
+ * worker's pull past this step before its dense gradients are in. */
+static void sps_clock(psd_shard *sh, const Ps__SparsePushRequest *r) {
+  const uint32_t *ids;
+  size_t nids = 0;
+  uint64_t nelems;
+  if (psd_store_held(sh->store, r->model, &ids, &nids, &nelems) == 0 && nids) return;
+  psd_shard_pushed(sh, r->model, &r->worker, 1, r->clock);
+}
+
 int psd_shard_sparse_push(psd_shard *sh, const Ps__SparsePushRequest *r, ps_errbuf *eb) {
   uint32_t dim = 0;
   int rc = sps_codec(sh, "push", r->codec, eb);
   if (!rc) rc = sps_request(sh, 1, r->model, r->table, r->keys, r->n_keys, r->worker, &dim, eb);
+  /* a worker declared dead is refused before anything is applied, as a
+   * dense push is (psd_clock invariant 9) */
+  if (!rc && sh->clock && (rc = psd_clock_check_live(sh->clock, r->worker, eb)) < 0)
+    psd_shard_count_error(sh);
   if (rc) return rc;
   ps_codec_id codec = (ps_codec_id)r->codec;
   size_t rb = ps_codec_size(codec, dim, 0), n = r->n_keys * dim;
@@ -335,7 +370,7 @@ int psd_shard_sparse_push(psd_shard *sh, const Ps__SparsePushRequest *r, ps_errb
     if (!rc) ps_codec_decode(codec, in + i * rb, dim, 0, g + i * dim);
   }
   free(in);
-  if (!rc)
+  if (!rc && r->n_keys) /* none: the step's clock alone (the header's "Clocks") */
     rc = psd_sparse_push(sh->sparse->rows, r->model, r->table, r->keys, r->n_keys, g, n, eb);
   free(g);
   if (rc) {
@@ -344,6 +379,7 @@ int psd_shard_sparse_push(psd_shard *sh, const Ps__SparsePushRequest *r, ps_errb
   }
   sh->ctr.pushes++;
   sh->ctr.bytes_in += r->rows.len;
+  sps_clock(sh, r);
   return 0;
 }
 

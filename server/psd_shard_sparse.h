@@ -7,9 +7,26 @@
  * parameter: at submit and, after a restart, for every model the store
  * restored.  A table's rows are the ones whose bucket is placed on this
  * shard (ps_place_row_map); a request naming another shard's key is
- * refused.  Sparse requests are served at once: no staleness bound, no
- * clock advance (asynchronous, as the issue's first step; the dense
- * tensors of the same model keep their consistency model).
+ * refused.
+ *
+ * Clocks: rows keep the consistency of their model's dense tensors, with
+ * the same clock table (psd_clock.h), one per model, not one per table.
+ * A sparse pull carries the worker's clock and is admitted, parked and
+ * released exactly as a dense pull (psd_shard_sparse_pull_admit calls
+ * psd_shard_pull_admit; the transports answer a released one through the
+ * same callback as their dense pulls, on the plane it came on).  A step's
+ * clock is the worker's clock, advanced once per step, by the last push
+ * of the step a shard receives: psw pushes a step's rows, acknowledged,
+ * before its dense push, so on a shard that holds any dense chunk of the
+ * model the dense push advances it and a sparse push does not (else
+ * another worker's pull could pass the step before this worker's dense
+ * gradients are in); on a shard that holds none, the sparse push
+ * advances it.  Advancing is raising to clock + 1 (psd_clock_pushed), so
+ * pushes of one step never advance it twice.  A sparse push of no keys
+ * carries the clock alone (nothing is applied or logged).  A pull at
+ * PS_CLOCK_READER (ps_model.h: psw --evaluate) is no step's: served at
+ * once, it neither enters the clock table nor refreshes a lease, so a
+ * reader holds no rank and holds no training worker back.
  *
  * Every function runs on the shard's loop thread, returns 0 or a negative
  * PS_E* code with a message in EB, and changes nothing on error. */
@@ -49,6 +66,17 @@ int psd_shard_sparse_add(psd_shard *sh, const Ps__ModelSpec *spec, ps_errbuf *eb
 int psd_shard_sparse_pull(psd_shard *sh, const Ps__SparsePullRequest *r, uint8_t **rows,
                           size_t *nbytes, ps_errbuf *eb);
 int psd_shard_sparse_push(psd_shard *sh, const Ps__SparsePushRequest *r, ps_errbuf *eb);
+
+/* psd_shard_sparse_pull_admit checks pull R as psd_shard_sparse_pull
+ * does, then admits it under the model's staleness bound
+ * (psd_shard_pull_admit, the dense pulls' one path): 0 serve it now
+ * (psd_shard_sparse_pull), 1 parked in P (P->fn runs later, once, as for
+ * a dense pull: then serve it, or answer the error: PS_ETIMEDOUT naming
+ * the slowest worker, PS_ESHUTDOWN), or a PS_E* code (PS_EEXPIRED for a
+ * worker declared dead).  A push of a worker declared dead is refused
+ * with PS_EEXPIRED before anything is applied. */
+int psd_shard_sparse_pull_admit(psd_shard *sh, const Ps__SparsePullRequest *r, psd_park *p,
+                                ps_errbuf *eb);
 
 /* psd_shard_sparse_export fills REP with a page of R's table (see
  * ExportRowsRequest in ps.proto and psd_sparse_export): at most

@@ -22,6 +22,7 @@
 #include "ps.pb-c.h"
 #include "ps_chan.h"
 #include "ps_codec.h"
+#include "ps_model.h"
 #include "ps_place.h"
 #include "ps_auth.h"
 #include "ps_rpc.h"
@@ -330,7 +331,8 @@ int psw_sparse_pull(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, float *
                     uint64_t clock, ps_errbuf *eb) {
   int rc = group(s, keys, nkeys, eb);
   if (rc) return rc;
-  ps_codec_id codec = clock < s->warmup ? PS_CODEC_FP32 : s->pull_codec;
+  /* a reader (psw --evaluate) reads the rows exactly */
+  ps_codec_id codec = clock < s->warmup || clock == PS_CLOCK_READER ? PS_CODEC_FP32 : s->pull_codec;
   const size_t rb = ps_codec_size(codec, s->dim, 0);
   for (size_t k = 0; k < s->nshards; k++) { /* every shard's request out first */
     uint32_t a = s->start[k], b = s->start[k + 1];
@@ -371,9 +373,14 @@ int psw_sparse_push(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, const f
   uint8_t *out = codec == PS_CODEC_FP32 ? (uint8_t *)s->buf : s->enc; /* a region per shard */
   for (uint32_t i = 0; i < nkeys; i++) /* no error feedback: see psw_sparse.h */
     ps_codec_encode(codec, grads + (size_t)s->pos[i] * s->dim, s->dim, 0, out + (size_t)i * rb);
+  /* Every shard gets the step's push, one of no keys where the batch has
+   * none: it carries the step's clock, which a shard that holds no dense
+   * chunk of the model advances on sparse pushes (psd_shard_sparse.h
+   * "Clocks"); else a worker that had no key there would hold the others'
+   * sparse pulls back under bsp / ssp. */
   for (size_t k = 0; k < s->nshards; k++) { /* on the channels: every shard's push out first */
     uint32_t a = s->start[k], b = s->start[k + 1];
-    ps_chan_client *ch = a < b ? chan_get(s, k) : NULL;
+    ps_chan_client *ch = chan_get(s, k);
     ps_chan_sparse q = chan_req(s, a, b, codec, clock);
     s->via_chan[k] = ch != NULL;
     if (ch && ps_chan_send_sparse_push(ch, &q, out + (size_t)a * rb, (size_t)(b - a) * rb, NULL,
@@ -385,7 +392,7 @@ int psw_sparse_push(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, const f
   }
   for (size_t k = 0; k < s->nshards; k++) {
     uint32_t a = s->start[k], b = s->start[k + 1];
-    if (a == b || s->via_chan[k] == 2) continue;
+    if (s->via_chan[k] == 2) continue;
     int r;
     if (s->via_chan[k]) {
       r = ps_chan_recv(s->ch[k], NULL, NULL, eb);

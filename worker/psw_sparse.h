@@ -65,7 +65,8 @@ uint64_t psw_sparse_lost_pushes(const psw_sparse *s);
 
 /* psw_sparse_pull writes the rows of the NKEYS distinct KEYS to ROWS
  * ([nkeys, dim]).  psw_sparse_push sends GRADS ([nkeys, dim]) as their
- * gradients.  CLOCK is the worker's clock.  Errors as the shards say
+ * gradients, to every shard (one with no keys where none of KEYS is:
+ * the step's clock alone).  CLOCK is the worker's clock.  Errors as the shards say
  * (ps_err_from_grpc), with the shard's id in EB. */
 int psw_sparse_pull(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, float *rows,
                     uint64_t clock, ps_errbuf *eb);

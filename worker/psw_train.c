@@ -10,6 +10,7 @@
 #include "ps_codec.h"
 #include "ps_gpu.h"
 #include "ps_log.h"
+#include "ps_model.h"
 #include "ps_place.h"
 #include "ps_time.h"
 #include "psw_client.h"
@@ -66,6 +67,7 @@ typedef struct psw_run {
   uint32_t dim;
   uint64_t steps_per_epoch;
   uint64_t clock;       /* steps completed: the worker's clock */
+  int reader;           /* psw --evaluate: rows pulled at PS_CLOCK_READER */
   uint64_t clock0;      /* where it started: the slowest live clock when
                            it registered (0 in a fresh run) */
   double train_s;       /* seconds spent training (evaluation excluded) */
@@ -672,7 +674,8 @@ typedef struct psw_eval {
 } psw_eval;
 
 /* run_eval_batch evaluates test samples [I, I + N) on parameter buffer
- * 0 (a sparse model's rows pulled at the worker's clock), adding to
+ * 0 (a sparse model's rows pulled at the worker's clock, or as a
+ * reader by psw --evaluate), adding to
  * *LSUM and *CORRECT and writing the probabilities to PROBS + I. */
 static int run_eval_batch(psw_run *x, uint64_t i, uint32_t n, double *lsum, uint64_t *correct,
                           float *probs, ps_errbuf *eb) {
@@ -681,7 +684,8 @@ static int run_eval_batch(psw_run *x, uint64_t i, uint32_t n, double *lsum, uint
   int err;
   if (x->sp) {
     for (uint32_t k = 0; k < n; k++) run_sparse_keys(x, x->test.keys, i + k, k);
-    if ((err = run_sparse_pull(x, n, x->clock, &sb, eb)) < 0) return err;
+    if ((err = run_sparse_pull(x, n, x->reader ? PS_CLOCK_READER : x->clock, &sb, eb)) < 0)
+      return err;
     b.sparse = &sb;
   }
   float l = 0;
@@ -956,7 +960,7 @@ int psw_train_evaluate(const psw_train_opts *o, psw_train_result *r, uint64_t *v
   memset(r, 0, sizeof *r);
   r->test_loss = r->test_accuracy = r->train_loss = r->test_auc = r->test_logloss = NAN;
   *version = 0;
-  psw_run x = {.o = o, .r = r};
+  psw_run x = {.o = o, .r = r, .reader = 1}; /* a reader, not a training worker */
   x.t0_ms = (int64_t)run_now_ms();
   int err = run_eval_setup(&x, eb);
   if (err == 0)

@@ -1,0 +1,580 @@
+/* Sparse rows under their model's consistency (issue 19, item 5): a
+ * sparse pull carries the worker's clock and is admitted, parked and
+ * released by the same clock table as the model's dense pulls, on both
+ * planes (psd_shard_sparse.h "Clocks").  Real psd processes: one shard
+ * (the coordinator) per test case of the "one" case, started in an
+ * unchecked fixture; the other cases start theirs in the test and stop
+ * them by PID.
+ *
+ *  - bsp over gRPC and over the channel: a pull for clock c+1 parks until
+ *    every worker pushed clock c; on a shard that holds dense chunks of
+ *    the model the dense push of the step releases it, a sparse push of
+ *    the step does not (it does not advance the clock a second time, nor
+ *    before the dense gradients are in); the model's parked counters
+ *    count it; a request behind it on its connection waits for it.
+ *  - ssp s=2: a pull 2 clocks ahead is served at once, 3 ahead parks.
+ *  - asp: served at once whatever the clocks; a reader's pull
+ *    (PS_CLOCK_READER) at once under bsp, outside the clock table.
+ *  - a parked pull times out naming the slowest worker (channel), is
+ *    released when the slowest worker's lease expires, and an expired
+ *    worker's sparse pull and push are refused (PS_EEXPIRED).
+ *  - a shard that holds none of the model's dense chunks (two shards): the
+ *    sparse push of a step advances the clock there (an empty one too,
+ *    which psw_sparse_push sends where a step has no key).
+ *  - a pull parked when its shard stops (SIGTERM) is answered with the
+ *    shutdown error on both planes; when it is killed, both planes' calls
+ *    come back with an error. */
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "ps_chan.h"
+#include "ps_model.h"
+#include "ps_rpc.h"
+#include "ps_test.h"
+#include "psw_graph.h"
+#include "psw_sparse.h"
+
+enum { SC_DIM = 4, SC_NKEYS = 3 };
+#define SC_LEASE_MS 1200
+#define SC_LONG_LEASE_MS 10000 /* the cases whose workers go quiet while a pull waits */
+#define SC_PULL_TIMEOUT_MS 2500
+
+static const uint64_t sc_keys[SC_NKEYS] = {11, 22, 33};
+
+/* One shard's addresses and process. */
+typedef struct sc_shard {
+  pid_t pid;
+  char addr[64], chan[64];
+  char log[600];
+} sc_shard;
+
+static sc_shard one;
+static char sc_yaml[600]; /* the last cluster file sc_start wrote */
+
+/* sc_start starts NSHARDS shards into SH (workers count 2, leases of
+ * LEASE_MS, short pull timeouts). */
+static void sc_start(sc_shard *sh, int nshards, int lease_ms) {
+  const char *dir = ps_test_tmpdir();
+  int gp[2], cp[2];
+  char extra[256];
+  snprintf(extra, sizeof extra,
+           "workers:\n  count: 2\n  heartbeat_ms: 100\n  lease_ms: %d\n"
+           "training:\n  pull_timeout_ms: %d\n", lease_ms, SC_PULL_TIMEOUT_MS);
+  const char *yaml = ps_test_cluster_yaml(dir, nshards, extra, gp, cp);
+  snprintf(sc_yaml, sizeof sc_yaml, "%s", yaml);
+  for (int i = 0; i < nshards; i++) {
+    snprintf(sh[i].log, sizeof sh[i].log, "%s/psd%d.log", dir, i);
+    sh[i].pid = ps_test_psd(yaml, i, sh[i].log, NULL);
+    snprintf(sh[i].addr, sizeof sh[i].addr, "127.0.0.1:%d", gp[i]);
+    snprintf(sh[i].chan, sizeof sh[i].chan, "127.0.0.1:%d", cp[i]);
+  }
+  for (int i = 0; i < nshards; i++)
+    if (ps_test_wait_port(gp[i], 10000) < 0 || ps_test_wait_port(cp[i], 10000) < 0)
+      fprintf(stderr, "test_sparse_clock: psd did not start, see %s\n", sh[i].log);
+}
+
+static void sc_stop(sc_shard *sh, int nshards) {
+  for (int i = 0; i < nshards; i++) {
+    if (sh[i].pid > 0) ps_test_stop(sh[i].pid, SIGTERM, 10000);
+    sh[i].pid = 0;
+  }
+}
+
+static void sc_up(void) { sc_start(&one, 1, SC_LEASE_MS); }
+static void sc_down(void) { sc_stop(&one, 1); }
+
+/* sc_submit registers the click-through model (1 field, dim 4, 1 dense
+ * feature, no hidden layer) as NAME with CONSISTENCY and STALENESS. */
+static void sc_submit(ps_rpc *r, const char *name, const char *consistency, uint32_t staleness) {
+  psw_ctr_shape shape = {1, SC_DIM, 1, NULL, 0, 0, 0};
+  ps_test_ctr m;
+  ps_test_ctr_model(&m, &shape, "sgd", 1.0f, 11);
+  char *own = m.spec->name;
+  m.spec->name = (char *)name;
+  m.spec->consistency = (char *)consistency;
+  m.spec->staleness = staleness;
+  ps_test_submit(r, m.spec, 0, 10000);
+  m.spec->name = own;
+  m.spec->consistency = NULL;
+  ps_test_ctr_release(&m);
+}
+
+/* sc_held returns how many dense chunks of MODEL the shard behind R holds
+ * (Export); their ids into IDS (up to 64) and bytes of fp32 into *BYTES. */
+static size_t sc_held(ps_rpc *r, const char *model, uint32_t *ids, size_t *bytes) {
+  Ps__ExportRequest q = PS__EXPORT_REQUEST__INIT;
+  q.model = (char *)model;
+  Ps__ExportReply *rep = NULL;
+  ps_errbuf eb;
+  ck_assert_msg(ps_rpc_call(r, "/ps.Ps/Export", &q.base, &ps__export_reply__descriptor,
+                            (ProtobufCMessage **)&rep, 5000, &eb) == 0, "export: %s", eb.msg);
+  size_t n = rep->n_chunk_ids;
+  ck_assert_uint_le(n, 64);
+  if (ids) memcpy(ids, rep->chunk_ids, n * sizeof *ids);
+  if (bytes) *bytes = rep->values.len;
+  protobuf_c_message_free_unpacked(&rep->base, NULL);
+  return n;
+}
+
+/* sc_dense_push pushes a zero gradient for every chunk of MODEL the shard
+ * behind R holds, as WORKER at CLOCK. */
+static void sc_dense_push(ps_rpc *r, const char *model, uint32_t worker, uint64_t clock) {
+  uint32_t ids[64];
+  size_t bytes;
+  size_t n = sc_held(r, model, ids, &bytes);
+  ck_assert_uint_gt(n, 0);
+  void *g = calloc(1, bytes);
+  Ps__PushRequest q = PS__PUSH_REQUEST__INIT;
+  q.model = (char *)model;
+  q.n_chunk_ids = n;
+  q.chunk_ids = ids;
+  q.grads.data = g;
+  q.grads.len = bytes;
+  q.worker = worker;
+  q.clock = clock;
+  ProtobufCMessage *rep = NULL;
+  ps_errbuf eb;
+  int err = ps_rpc_call(r, "/ps.Ps/Push", &q.base, &ps__push_reply__descriptor, &rep, 5000, &eb);
+  free(g);
+  ck_assert_msg(err == 0, "dense push of worker %u at %llu: %s", worker,
+                (unsigned long long)clock, eb.msg);
+  protobuf_c_message_free_unpacked(rep, NULL);
+}
+
+/* sc_sparse_push pushes gradient 0 for the N keys KEYS of MODEL as WORKER
+ * at CLOCK over gRPC; returns the call's result. */
+static int sc_sparse_push(ps_rpc *r, const char *model, const uint64_t *keys, size_t n,
+                          uint32_t worker, uint64_t clock, ps_errbuf *eb) {
+  float g[SC_NKEYS * SC_DIM] = {0};
+  Ps__SparsePushRequest q = PS__SPARSE_PUSH_REQUEST__INIT;
+  q.model = (char *)model, q.table = 0, q.keys = (uint64_t *)keys, q.n_keys = n;
+  q.rows.data = (uint8_t *)g, q.rows.len = n * SC_DIM * sizeof(float);
+  q.worker = worker, q.clock = clock;
+  ProtobufCMessage *rep = NULL;
+  int err = ps_rpc_call(r, "/ps.Ps/SparsePush", &q.base, &ps__sparse_push_reply__descriptor,
+                        &rep, 5000, eb);
+  if (rep) protobuf_c_message_free_unpacked(rep, NULL);
+  return err;
+}
+
+/* A sparse pull in a thread: over gRPC (chan NULL) or a tensor channel. */
+typedef struct sc_pull {
+  const char *addr;       /* gRPC address: the thread opens its own connection */
+  ps_chan_client *chan;
+  const char *model;
+  const uint64_t *keys;   /* NULL: sc_keys */
+  size_t nkeys;
+  uint32_t worker;
+  uint64_t clock;
+  int err;
+  ps_errbuf eb;
+  float rows[SC_NKEYS * SC_DIM];
+  volatile int done;
+  pthread_t th;
+} sc_pull;
+
+/* sc_pull_once pulls P's rows once, on P's plane. */
+static void sc_pull_once(sc_pull *p) {
+  const uint64_t *keys = p->keys ? p->keys : sc_keys;
+  size_t n = p->keys ? p->nkeys : SC_NKEYS;
+  if (p->chan) {
+    ps_chan_sparse q = {.model = p->model, .worker = p->worker, .clock = p->clock,
+                        .keys = keys, .nkeys = (uint32_t)n};
+    p->err = ps_chan_send_sparse_pull(p->chan, &q, p->rows, n * SC_DIM * sizeof(float), NULL,
+                                      &p->eb);
+    if (p->err == 0) p->err = ps_chan_recv(p->chan, NULL, NULL, &p->eb);
+    return;
+  }
+  ps_rpc *r = NULL;
+  p->err = ps_test_rpc_open(&r, p->addr, &p->eb);
+  Ps__SparsePullRequest q = PS__SPARSE_PULL_REQUEST__INIT;
+  q.model = (char *)p->model, q.table = 0, q.keys = (uint64_t *)keys, q.n_keys = n;
+  q.worker = p->worker, q.clock = p->clock;
+  Ps__SparsePullReply *rep = NULL;
+  if (p->err == 0)
+    p->err = ps_rpc_call(r, "/ps.Ps/SparsePull", &q.base, &ps__sparse_pull_reply__descriptor,
+                         (ProtobufCMessage **)&rep, 15000, &p->eb);
+  if (p->err == 0) {
+    if (rep->rows.len == n * SC_DIM * sizeof(float)) memcpy(p->rows, rep->rows.data, rep->rows.len);
+    else p->err = ps_errf(&p->eb, PS_EFORMAT, "%zu bytes of rows", rep->rows.len);
+    protobuf_c_message_free_unpacked(&rep->base, NULL);
+  }
+  if (r) ps_rpc_close(r);
+}
+
+static void *sc_pull_thread(void *arg) {
+  sc_pull *p = arg;
+  sc_pull_once(p);
+  p->done = 1;
+  return NULL;
+}
+
+static void sc_pull_start(sc_pull *p) {
+  p->done = 0;
+  ck_assert_int_eq(pthread_create(&p->th, NULL, sc_pull_thread, p), 0);
+}
+
+/* sc_wait waits up to MS for P; returns 1 when it came back. */
+static int sc_wait(sc_pull *p, int ms) {
+  int64_t end = ps_test_now_ms() + ms;
+  while (!p->done && ps_test_now_ms() < end) usleep(5000);
+  if (p->done) pthread_join(p->th, NULL);
+  return p->done;
+}
+
+/* sc_pull_now pulls over gRPC and expects an answer at once; returns its
+ * result. */
+static int sc_pull_now(const char *addr, const char *model, uint32_t worker, uint64_t clock,
+                       ps_errbuf *eb) {
+  sc_pull p = {.addr = addr, .model = model, .worker = worker, .clock = clock};
+  sc_pull_start(&p);
+  ck_assert_msg(sc_wait(&p, 3000), "a sparse pull at clock %llu did not come back at once",
+                (unsigned long long)clock);
+  if (eb) *eb = p.eb;
+  return p.err;
+}
+
+/* sc_parked returns the model's parked pulls (Status) and, in *TOTAL,
+ * how many were ever parked. */
+static uint32_t sc_parked(ps_rpc *r, const char *model, uint64_t *total) {
+  Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
+  Ps__StatusReply *rep = NULL;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_rpc_call(r, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,
+                               (ProtobufCMessage **)&rep, 5000, &eb), 0);
+  uint32_t n = UINT32_MAX;
+  for (size_t i = 0; i < rep->n_models; i++)
+    if (!strcmp(rep->models[i]->name, model)) {
+      n = rep->models[i]->parked;
+      if (total) *total = rep->models[i]->pulls_parked;
+    }
+  protobuf_c_message_free_unpacked(&rep->base, NULL);
+  ck_assert_msg(n != UINT32_MAX, "model '%s' not in status", model);
+  return n;
+}
+
+/* sc_rejoin brings workers 0 and 1 back (a test before may have let them
+ * expire; psd_clock invariant 9). */
+static void sc_rejoin(ps_rpc *r) {
+  for (uint32_t w = 0; w < 2; w++) {
+    Ps__HeartbeatRequest hb = PS__HEARTBEAT_REQUEST__INIT;
+    hb.worker = w;
+    hb.rejoin = 1;
+    ProtobufCMessage *rep = NULL;
+    ps_errbuf eb;
+    ck_assert_msg(ps_rpc_call(r, "/ps.Ps/Heartbeat", &hb.base, &ps__heartbeat_reply__descriptor,
+                              &rep, 2000, &eb) == 0, "rejoin of worker %u: %s", w, eb.msg);
+    protobuf_c_message_free_unpacked(rep, NULL);
+  }
+}
+
+/* sc_behind opens *R to the shard at ADDR, brings workers 0 and 1 back
+ * (sc_rejoin), submits MODEL with CONSISTENCY and STALENESS and leaves
+ * worker 0 a step ahead: worker 1 pulled at clock 0, worker 0 pushed
+ * step 0. */
+static void sc_behind(ps_rpc **r, const char *addr, const char *model, const char *consistency,
+                      uint32_t staleness) {
+  ps_errbuf eb;
+  ck_assert_msg(ps_test_rpc_open(r, addr, &eb) == 0, "%s", eb.msg);
+  sc_rejoin(*r);
+  sc_submit(*r, model, consistency, staleness);
+  ck_assert_int_eq(sc_pull_now(addr, model, 1, 0, NULL), 0);
+  sc_dense_push(*r, model, 0, 0);
+}
+
+/* sc_bsp runs the bsp case on MODEL with the parked pull on CHAN (NULL:
+ * gRPC). */
+static void sc_bsp(const char *model, int chan) {
+  ps_rpc *r;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_test_rpc_open(&r, one.addr, &eb), 0);
+  sc_rejoin(r);
+  sc_submit(r, model, "bsp", 0);
+  ck_assert_uint_gt(sc_held(r, model, NULL, NULL), 0); /* the dense push advances here */
+  ck_assert_int_eq(sc_pull_now(one.addr, model, 0, 0, NULL), 0);
+  ck_assert_int_eq(sc_pull_now(one.addr, model, 1, 0, NULL), 0);
+  /* worker 0 finishes step 0: rows, then dense */
+  ck_assert_int_eq(sc_sparse_push(r, model, sc_keys, SC_NKEYS, 0, 0, &eb), 0);
+  sc_dense_push(r, model, 0, 0);
+  ps_chan_client *ch = NULL;
+  if (chan)
+    ck_assert_msg(ps_test_chan_connect(&ch, one.chan, "test", 5000, &eb) == 0, "%s", eb.msg);
+  sc_pull p = {.addr = one.addr, .chan = ch, .model = model, .worker = 0, .clock = 1};
+  sc_pull_start(&p);
+  ck_assert_msg(!sc_wait(&p, 400), "a bsp sparse pull ahead of the slowest worker was served");
+  uint64_t total = 0;
+  ck_assert_uint_eq(sc_parked(r, model, &total), 1);
+  /* worker 1's rows of step 0 land: its dense push is still due */
+  ck_assert_int_eq(sc_sparse_push(r, model, sc_keys, SC_NKEYS, 1, 0, &eb), 0);
+  ck_assert_msg(!sc_wait(&p, 300), "a sparse push advanced the clock before the dense push");
+  ck_assert_uint_eq(sc_parked(r, model, NULL), 1);
+  sc_dense_push(r, model, 1, 0); /* the last push of step 0 */
+  ck_assert_msg(sc_wait(&p, 3000), "the parked sparse pull was not released by the last push");
+  ck_assert_msg(p.err == 0, "released pull: %s", p.eb.msg);
+  if (ch) ck_assert_uint_gt(ps_chan_last_parked_ms(ch), 0);
+  ck_assert_uint_eq(sc_parked(r, model, &total), 0);
+  ck_assert_uint_eq(total, 1);
+  if (ch) {
+    /* the connection goes on in order: a parked pull, then one behind it */
+    float a[SC_NKEYS * SC_DIM], b[SC_NKEYS * SC_DIM];
+    uint64_t id1, id2, id;
+    ps_chan_sparse q2 = {.model = model, .worker = 0, .clock = 2, .keys = sc_keys,
+                         .nkeys = SC_NKEYS};
+    ps_chan_sparse q0 = q2;
+    q0.clock = 0;
+    ck_assert_int_eq(ps_chan_send_sparse_pull(ch, &q2, a, sizeof a, &id1, &eb), 0);
+    ck_assert_int_eq(ps_chan_send_sparse_pull(ch, &q0, b, sizeof b, &id2, &eb), 0);
+    usleep(300000);
+    ck_assert_uint_eq(sc_parked(r, model, NULL), 1);
+    for (uint32_t w = 0; w < 2; w++) sc_dense_push(r, model, w, 1);
+    ck_assert_int_eq(ps_chan_recv(ch, &id, NULL, &eb), 0);
+    ck_assert_uint_eq(id, id1);
+    ck_assert_int_eq(ps_chan_recv(ch, &id, NULL, &eb), 0);
+    ck_assert_uint_eq(id, id2);
+    ck_assert_int_eq(memcmp(a, b, sizeof a), 0);
+    ps_chan_close(ch);
+  }
+  ps_rpc_close(r);
+}
+
+START_TEST(test_bsp_grpc) { sc_bsp("sbg", 0); }
+END_TEST
+
+START_TEST(test_bsp_chan) { sc_bsp("sbc", 1); }
+END_TEST
+
+/* ssp s=2: within the bound at once, past it parked until the slowest
+ * worker's push. */
+START_TEST(test_ssp) {
+  ps_rpc *r;
+  sc_behind(&r, one.addr, "ssp2", "ssp", 2);
+  for (uint64_t k = 1; k < 3; k++) sc_dense_push(r, "ssp2", 0, k); /* w0 at 3, w1 at 0 */
+  ck_assert_int_eq(sc_pull_now(one.addr, "ssp2", 0, 2, NULL), 0); /* 2 ahead */
+  sc_pull p = {.addr = one.addr, .model = "ssp2", .worker = 0, .clock = 3};
+  sc_pull_start(&p);
+  ck_assert_msg(!sc_wait(&p, 400), "an ssp sparse pull 3 clocks ahead (s=2) was served");
+  ck_assert_uint_eq(sc_parked(r, "ssp2", NULL), 1);
+  sc_dense_push(r, "ssp2", 1, 0);
+  ck_assert_msg(sc_wait(&p, 3000), "the parked ssp sparse pull was not released");
+  ck_assert_msg(p.err == 0, "released pull: %s", p.eb.msg);
+  ps_rpc_close(r);
+}
+END_TEST
+
+/* asp: no bound. */
+START_TEST(test_asp) {
+  ps_rpc *r;
+  sc_behind(&r, one.addr, "asp", "asp", 0);
+  ck_assert_int_eq(sc_pull_now(one.addr, "asp", 0, 100, NULL), 0);
+  ck_assert_uint_eq(sc_parked(r, "asp", NULL), 0);
+  ps_rpc_close(r);
+}
+END_TEST
+
+/* A reader's pull (PS_CLOCK_READER: psw --evaluate) under bsp is served
+ * at once on both planes and does not enter the clock table: a worker
+ * that only read holds nobody back. */
+START_TEST(test_reader) {
+  ps_rpc *r;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_test_rpc_open(&r, one.addr, &eb), 0);
+  sc_rejoin(r);
+  sc_submit(r, "rd", "bsp", 0);
+  ck_assert_int_eq(sc_pull_now(one.addr, "rd", 1, 0, NULL), 0);
+  ck_assert_int_eq(sc_pull_now(one.addr, "rd", 0, PS_CLOCK_READER, &eb), 0);
+  ps_chan_client *ch;
+  ck_assert_msg(ps_test_chan_connect(&ch, one.chan, "test", 5000, &eb) == 0, "%s", eb.msg);
+  sc_pull p = {.chan = ch, .model = "rd", .worker = 0, .clock = PS_CLOCK_READER};
+  sc_pull_start(&p);
+  ck_assert_msg(sc_wait(&p, 3000), "a reader's channel pull was parked");
+  ck_assert_msg(p.err == 0, "%s", p.eb.msg);
+  ps_chan_close(ch);
+  sc_dense_push(r, "rd", 1, 0); /* worker 1 alone in the table */
+  ck_assert_int_eq(sc_pull_now(one.addr, "rd", 1, 1, &eb), 0);
+  ck_assert_uint_eq(sc_parked(r, "rd", NULL), 0);
+  ps_rpc_close(r);
+}
+END_TEST
+
+/* A parked sparse pull on the channel whose slowest worker stays alive
+ * gives up after pull_timeout_ms naming it; the connection stays usable. */
+START_TEST(test_timeout_chan) {
+  ps_rpc *r;
+  ps_errbuf eb;
+  sc_behind(&r, one.addr, "slow", "bsp", 0);
+  ps_chan_client *ch;
+  ck_assert_msg(ps_test_chan_connect(&ch, one.chan, "test", 5000, &eb) == 0, "%s", eb.msg);
+  int64_t t0 = ps_test_now_ms();
+  sc_pull p = {.chan = ch, .model = "slow", .worker = 0, .clock = 1};
+  sc_pull_start(&p);
+  while (!p.done && ps_test_now_ms() < t0 + SC_PULL_TIMEOUT_MS + 3000) {
+    Ps__HeartbeatRequest hb = PS__HEARTBEAT_REQUEST__INIT;
+    hb.worker = 1;
+    ProtobufCMessage *rep = NULL;
+    if (ps_rpc_call(r, "/ps.Ps/Heartbeat", &hb.base, &ps__heartbeat_reply__descriptor, &rep,
+                    2000, &eb) == 0)
+      protobuf_c_message_free_unpacked(rep, NULL);
+    usleep(100000);
+  }
+  ck_assert(sc_wait(&p, 100));
+  ck_assert_int_eq(p.err, PS_ETIMEDOUT);
+  ck_assert_msg(strstr(p.eb.msg, "slowest live worker 1 is at clock 0"), "%s", p.eb.msg);
+  ck_assert_int_ge(ps_test_now_ms() - t0, SC_PULL_TIMEOUT_MS - 200);
+  p.clock = 0; /* the connection still serves */
+  sc_pull_once(&p);
+  ck_assert_msg(p.err == 0, "after the timeout: %s", p.eb.msg);
+  ps_chan_close(ch);
+  ps_rpc_close(r);
+}
+END_TEST
+
+/* The slowest worker falls silent: its lease expires and the sparse pull
+ * parked on it goes on; that worker's sparse pull and push are then
+ * refused until it registers again. */
+START_TEST(test_lease_expiry) {
+  ps_rpc *r;
+  ps_errbuf eb;
+  sc_behind(&r, one.addr, "dead", "bsp", 0); /* worker 1 holds a lease: its expiry is final */
+  int64_t t0 = ps_test_now_ms();
+  sc_pull p = {.addr = one.addr, .model = "dead", .worker = 0, .clock = 1};
+  sc_pull_start(&p);
+  ck_assert_msg(sc_wait(&p, SC_LEASE_MS + 3000), "lease expiry did not release the pull");
+  ck_assert_msg(p.err == 0, "released pull: %s", p.eb.msg);
+  ck_assert_int_ge(ps_test_now_ms() - t0, SC_LEASE_MS - 200);
+  ck_assert_int_eq(sc_pull_now(one.addr, "dead", 1, 1, &eb), PS_EEXPIRED);
+  ck_assert_msg(strstr(eb.msg, "worker 1"), "%s", eb.msg);
+  ck_assert_int_eq(sc_sparse_push(r, "dead", sc_keys, SC_NKEYS, 1, 0, &eb), PS_EEXPIRED);
+  ps_rpc_close(r);
+}
+END_TEST
+
+/* sc_stopped parks a sparse pull on each plane of a fresh shard, stops
+ * the shard with SIG and checks both come back with an error. */
+static void sc_stopped(int sig) {
+  sc_shard sh[1];
+  sc_start(sh, 1, SC_LONG_LEASE_MS);
+  ps_rpc *r;
+  ps_errbuf eb;
+  sc_behind(&r, sh[0].addr, "stop", "bsp", 0);
+  ps_chan_client *ch;
+  ck_assert_msg(ps_test_chan_connect(&ch, sh[0].chan, "test", 5000, &eb) == 0, "%s", eb.msg);
+  sc_pull g = {.addr = sh[0].addr, .model = "stop", .worker = 0, .clock = 1};
+  sc_pull c = {.chan = ch, .model = "stop", .worker = 0, .clock = 1};
+  sc_pull_start(&g);
+  sc_pull_start(&c);
+  usleep(300000);
+  ck_assert_uint_eq(sc_parked(r, "stop", NULL), 2);
+  ps_rpc_close(r);
+  ck_assert_int_ge(ps_test_stop(sh[0].pid, sig, 10000), 0);
+  sh[0].pid = 0;
+  ck_assert_msg(sc_wait(&g, 5000), "the parked gRPC sparse pull did not come back");
+  ck_assert_msg(sc_wait(&c, 5000), "the parked channel sparse pull did not come back");
+  ck_assert_int_lt(g.err, 0);
+  ck_assert_int_lt(c.err, 0);
+  if (sig == SIGTERM) { /* answered: the shard says why */
+    ck_assert_msg(strstr(g.eb.msg, "shutting down"), "%s", g.eb.msg);
+    ck_assert_msg(strstr(c.eb.msg, "shutting down"), "%s", c.eb.msg);
+  }
+  ps_chan_close(ch);
+}
+
+START_TEST(test_stop_releases) { sc_stopped(SIGTERM); }
+END_TEST
+
+START_TEST(test_kill_releases) { sc_stopped(SIGKILL); }
+END_TEST
+
+/* Two shards, a model one of them holds no dense chunk of: there the
+ * sparse push of a step advances the clock (a push of no keys too). */
+START_TEST(test_no_dense_shard) {
+  sc_shard sh[2];
+  sc_start(sh, 2, SC_LONG_LEASE_MS);
+  ps_rpc *r[2];
+  ps_errbuf eb;
+  for (int i = 0; i < 2; i++) ck_assert_int_eq(ps_test_rpc_open(&r[i], sh[i].addr, &eb), 0);
+  /* placement is deterministic: the first name whose chunks all sit on
+   * one shard */
+  char model[16];
+  int bare = -1;
+  for (int k = 0; k < 32 && bare < 0; k++) {
+    snprintf(model, sizeof model, "nd%d", k);
+    for (int i = 0; i < 2; i++) sc_submit(r[i], model, "bsp", 0);
+    for (int i = 0; i < 2 && bare < 0; i++)
+      if (!sc_held(r[i], model, NULL, NULL)) bare = i;
+  }
+  ck_assert_msg(bare >= 0, "no model of 32 left a shard without dense chunks");
+  /* a key that shard holds (a misplaced one is refused before its
+   * clock), and one it does not */
+  uint64_t key = 0, other = 0;
+  for (uint64_t k = 1; k < 1000 && (!key || !other); k++) {
+    sc_pull p = {.addr = sh[bare].addr, .model = model, .keys = &k, .nkeys = 1, .worker = 0};
+    sc_pull_once(&p);
+    ck_assert_msg(p.err == 0 || p.err == PS_EINVAL, "%s", p.eb.msg);
+    if (p.err == 0 && !key) key = k;
+    if (p.err != 0 && !other) other = k;
+  }
+  ck_assert_uint_ne(key, 0);
+  ck_assert_uint_ne(other, 0);
+  sc_pull w1 = {.addr = sh[bare].addr, .model = model, .keys = &key, .nkeys = 1, .worker = 1};
+  sc_pull_once(&w1);
+  ck_assert_msg(w1.err == 0, "%s", w1.eb.msg);
+  for (uint64_t c = 0; c < 2; c++) {
+    ck_assert_int_eq(sc_sparse_push(r[bare], model, &key, 1, 0, c, &eb), 0);
+    sc_pull p = {.addr = sh[bare].addr, .model = model, .keys = &key, .nkeys = 1, .worker = 0,
+                 .clock = c + 1};
+    sc_pull_start(&p);
+    ck_assert_msg(!sc_wait(&p, 400), "a bsp sparse pull at %llu was served before worker 1's "
+                  "push of %llu", (unsigned long long)c + 1, (unsigned long long)c);
+    /* step 0: worker 1's rows; step 1: it had no key here, a push of none */
+    ck_assert_int_eq(sc_sparse_push(r[bare], model, &key, c ? 0 : 1, 1, c, &eb), 0);
+    ck_assert_msg(sc_wait(&p, 3000), "worker 1's sparse push did not release the pull");
+    ck_assert_msg(p.err == 0, "%s", p.eb.msg);
+  }
+  /* the worker's client: a step whose keys are all on the other shard
+   * still tells this one its clock (an empty push, on the channel) */
+  ps_config cfg;
+  ck_assert_msg(ps_config_load(&cfg, sc_yaml, &eb) == 0, "%s", eb.msg);
+  psw_sparse *sp;
+  ck_assert_msg(psw_sparse_open(&sp, &cfg, model, 0, SC_DIM, 1, &eb) == 0, "%s", eb.msg);
+  ck_assert_int_eq(sc_sparse_push(r[bare], model, &key, 1, 0, 2, &eb), 0);
+  sc_pull p = {.addr = sh[bare].addr, .model = model, .keys = &key, .nkeys = 1, .worker = 0,
+               .clock = 3};
+  sc_pull_start(&p);
+  ck_assert_msg(!sc_wait(&p, 400), "a bsp sparse pull at 3 was served before worker 1's push of 2");
+  float g[SC_DIM] = {0};
+  ck_assert_msg(psw_sparse_push(sp, &other, 1, g, 2, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(sc_wait(&p, 3000), "the client's empty push did not release the pull");
+  ck_assert_msg(p.err == 0, "%s", p.eb.msg);
+  ck_assert_uint_eq(psw_sparse_lost_pushes(sp), 0);
+  psw_sparse_close(sp);
+  ps_config_release(&cfg);
+  for (int i = 0; i < 2; i++) ps_rpc_close(r[i]);
+  sc_stop(sh, 2);
+}
+END_TEST
+
+Suite *psd_sparse_clock_suite(void) {
+  Suite *s = suite_create("psd_sparse_clock");
+  TCase *tc = tcase_create("one");
+  tcase_add_unchecked_fixture(tc, sc_up, sc_down);
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, test_bsp_grpc);
+  tcase_add_test(tc, test_bsp_chan);
+  tcase_add_test(tc, test_ssp);
+  tcase_add_test(tc, test_asp);
+  tcase_add_test(tc, test_reader);
+  tcase_add_test(tc, test_timeout_chan);
+  tcase_add_test(tc, test_lease_expiry);
+  suite_add_tcase(s, tc);
+  TCase *own = tcase_create("own");
+  tcase_set_timeout(own, 60);
+  tcase_add_test(own, test_stop_releases);
+  tcase_add_test(own, test_kill_releases);
+  tcase_add_test(own, test_no_dense_shard);
+  suite_add_tcase(s, own);
+  return s;
+}

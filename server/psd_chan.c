@@ -22,10 +22,11 @@
  *     pull that fits, so a worker's steady pulls allocate nothing (a fresh
  *     allocation of that size is a page fault per 4 KiB on every pull).
  *  3a. Except a pull whose chunks all travel as fp32, on a connection
- *     with nothing queued in libuv and no payload MAC: its reply goes
- *     out with one uv_try_write straight from the chunks' own memory
- *     (psd_shard_pull_view, no copy), and only the part the socket did not
- *     take is copied into a reply buffer and queued (conn_pull_direct).
+ *     whose earlier replies libuv has all handed to the kernel, without
+ *     the payload MAC: its reply goes out with one uv_try_write straight
+ *     from the chunks' own memory (psd_shard_pull_view, no copy), and only
+ *     the part the socket did not take is copied into a reply buffer and
+ *     queued (conn_pull_direct).
  *     Either way every byte is in the kernel or in our buffer before the
  *     loop turns, so no later push can change a reply half sent.
  *  4. Replies are written in request order (requests are handled in the
@@ -460,7 +461,10 @@ static void conn_write_tail(psd_conn *c, void *buf, size_t cap, size_t len) {
 static int conn_pull_direct(psd_conn *c, const Ps__ChanMeta *m, const ps_req *r,
                             uint32_t parked_ms) {
   psd_shard *sh = c->chan->sh;
-  if (c->mac || c->queued || uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp)) return 0;
+  /* Earlier replies must be in the kernel already (uv_try_write refuses
+   * otherwise too); a written one whose wr_done is still due (c->queued)
+   * is, and is the common case: the push's ack just before. */
+  if (c->mac || uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp)) return 0;
   struct iovec seg[CHAN_DIRECT_SEGS];
   size_t nseg = 0;
   uint64_t version = 0;

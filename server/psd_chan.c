@@ -26,9 +26,9 @@
  *     the payload MAC: its reply goes out with one uv_try_write straight
  *     from the chunks' own memory (psd_shard_pull_view, no copy), and only
  *     the part the socket did not take is copied into a reply buffer and
- *     queued (conn_pull_direct).
- *     Either way every byte is in the kernel or in our buffer before the
- *     loop turns, so no later push can change a reply half sent.
+ *     queued (conn_pull_direct).  Either way every byte is in the kernel
+ *     or in our buffer before the loop turns, so no later push can change
+ *     a reply half sent.
  *  4. Replies are written in request order (requests are handled in the
  *     order read, synchronously).  Backpressure: while more than
  *     CHAN_MAX_QUEUED reply bytes wait in libuv, the connection stops
@@ -504,6 +504,10 @@ static int conn_pull_direct(psd_conn *c, const Ps__ChanMeta *m, const ps_req *r,
   }
   size_t cap = 0, left = total - sent, at = 0;
   uint8_t *tail = conn_take_buf(c, left, &cap);
+  if (!tail && !sent) {
+    conn_reply_error(c, PS_ENOMEM, "pull: out of memory", 1, 0);
+    return 1;
+  }
   if (!tail) {
     if (sh->inflight) sh->inflight--;
     conn_close(c); /* part of the frame is out: nothing else can follow it */

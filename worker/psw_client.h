@@ -163,6 +163,15 @@ int psw_client_push_all(psw_client *c, int gbuf, uint64_t clock, ps_errbuf *eb);
 int psw_client_push_pull(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
                          uint64_t pull_clock, ps_errbuf *eb);
 
+/* psw_client_idle_once has FN(ARG) run once during this thread's next
+ * psw_client_push_pull (or _pull_all, _push_all), on this thread, right
+ * after the requests went out to every shard and before the first reply
+ * is awaited: work that needs no parameters (psw_train: gathering the next
+ * batch) then overlaps the shards' work on the push.  When that call
+ * sends nothing (no shard reachable), FN does not run and is dropped.
+ * FN must not use the client.  Not for psw_client_start's jobs. */
+void psw_client_idle_once(psw_client *c, void (*fn)(void *arg), void *arg);
+
 /* psw_client_export reads every chunk of the model from every shard with
  * the Export call (which no clock table sees: an evaluator never holds
  * bsp/ssp workers back) into parameter buffer PBUF.  *VERSION: the

@@ -4,6 +4,7 @@
 #include "ps_gpu_blas.h"
 
 #include <cblas.h>
+#include <dlfcn.h>
 #include <errno.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +51,7 @@
 #define AVX512_EXT EXT_LZCNT
 
 #define ENV_CORETYPE "OPENBLAS_CORETYPE"
+#define ENV_TIMEOUT "OPENBLAS_THREAD_TIMEOUT"
 
 /* OpenBLAS's x86-64 core names (0.3.21's DYNAMIC_ARCH list, plus
  * SapphireRapids from later releases) and their instruction-set level. */
@@ -252,4 +254,19 @@ const char *ps_gpu_blas_describe(char *buf, size_t cap) {
   else
     snprintf(buf, cap, "kernel %s (OpenBLAS's choice)", core);
   return buf;
+}
+
+/* ps_gpu_blas_short_spin: see ps_gpu_blas.h (invariant 6). */
+int ps_gpu_blas_short_spin(void) {
+  if (getenv(ENV_TIMEOUT)) return 0; /* the user's choice stands */
+  void (*read_env)(void) = (void (*)(void))dlsym(RTLD_DEFAULT, "openblas_read_env");
+  int (*shutdown)(void) = (int (*)(void))dlsym(RTLD_DEFAULT, "blas_thread_shutdown_");
+  if (!read_env || !shutdown) return 0;
+  char v[8];
+  snprintf(v, sizeof v, "%d", PS_GPU_BLAS_SPIN_LOG2);
+  if (setenv(ENV_TIMEOUT, v, 1) < 0) return 0;
+  read_env();
+  unsetenv(ENV_TIMEOUT);
+  shutdown();
+  return 1;
 }

@@ -35,6 +35,16 @@
  *     (OpenBLAS's own pick, for the log) marks the second process, which
  *     never executes again; it then removes both variables from its
  *     environment so that programs it starts decide for themselves.
+ *  6. Idle helpers sleep (ps_gpu_blas_short_spin).  After each call
+ *     OpenBLAS's helper threads busy-wait, calling sched_yield, for
+ *     2^OPENBLAS_THREAD_TIMEOUT TSC cycles (default 2^28: about 0.1 s)
+ *     before they sleep.  A worker waits on the network between steps,
+ *     and a helper spinning meanwhile takes the core that the shard's
+ *     optimizer and both ends of the loopback copy need (issue 11: with
+ *     1 shard + 1 worker, spinning helpers made the push wait 2-3x
+ *     longer).  Unless the user set OPENBLAS_THREAD_TIMEOUT (any value
+ *     stands), the CPU backend with more than one thread sets it to
+ *     PS_GPU_BLAS_SPIN_LOG2 for the library, never for programs it starts.
  *
  * Not thread-safe: ps_gpu_blas_select runs before any thread exists. */
 #ifndef PS_GPU_BLAS_H
@@ -120,5 +130,23 @@ const char *ps_gpu_blas_kernel(void);
  * choice", "OPENBLAS_CORETYPE=VALUE", or a note that psw's choice could
  * not be applied.  Returns BUF. */
 const char *ps_gpu_blas_describe(char *buf, size_t cap);
+
+/* 2^16 TSC cycles, 20-30 us on 2-3 GHz parts: longer than the gaps
+ * between one training step's gemms (a helper that slept would have to
+ * be woken for the next), far shorter than a push and pull. */
+#define PS_GPU_BLAS_SPIN_LOG2 16
+
+/* ps_gpu_blas_short_spin makes OpenBLAS's helper threads sleep after
+ * 2^PS_GPU_BLAS_SPIN_LOG2 cycles idle (invariant 6), unless
+ * OPENBLAS_THREAD_TIMEOUT is set: OpenBLAS reads the variable when it
+ * starts its thread pool, so this sets it, has OpenBLAS read its
+ * environment again (openblas_read_env), removes it from the environment
+ * and stops the pool (blas_thread_shutdown_), which the next call starts
+ * again with the short wait.  Both functions are looked up with dlsym: a
+ * BLAS without them (an OpenMP or serial build) is left alone.  Returns 1
+ * when applied, 0 when not (user's variable, no such functions).  Call it
+ * with no BLAS call running and no other thread reading the environment
+ * (ps_gpu_cpu_open does, before it sets the thread count). */
+int ps_gpu_blas_short_spin(void);
 
 #endif

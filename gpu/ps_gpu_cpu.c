@@ -447,14 +447,16 @@ static const ps_gpu_ops cpu_ops = {
 };
 
 /* ps_gpu_cpu_open: see ps_gpu.h.  Sets OpenBLAS's (process-wide) thread
- * count to THREADS (0: 1).  The description names the kernel OpenBLAS
- * runs and who chose it (ps_gpu_blas_describe). */
+ * count to THREADS (0: 1); with more than one, idle helper threads sleep
+ * after a short spin (ps_gpu_blas.h invariant 6).  The description names
+ * the kernel OpenBLAS runs and who chose it (ps_gpu_blas_describe). */
 int ps_gpu_cpu_open(int threads, ps_gpu_backend **be, ps_errbuf *eb) {
   if (threads < 0 || threads > 1024)
     return ps_errf(eb, PS_EINVAL, "cpu backend: bad thread count '%d'", threads);
   if (threads == 0) threads = 1;
   ps_gpu_backend *b = calloc(1, sizeof *b);
   if (!b) return ps_errf(eb, PS_ENOMEM, "cpu backend: out of memory");
+  if (threads > 1) ps_gpu_blas_short_spin();
   openblas_set_num_threads(threads);
   b->ops = &cpu_ops;
   b->name = "cpu";

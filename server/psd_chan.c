@@ -28,6 +28,14 @@
  *     reply stays with its connection as the spare and serves the next
  *     pull that fits, so a worker's steady pulls allocate nothing (a fresh
  *     allocation of that size is a page fault per 4 KiB on every pull).
+ *  3a. Except a pull whose chunks all travel as fp32, on a connection
+ *     whose earlier replies libuv has all handed to the kernel, without
+ *     the payload MAC: its reply goes out with one uv_try_write straight
+ *     from the chunks' own memory (psd_shard_pull_view, no copy), and only
+ *     the part the socket did not take is copied into a reply buffer and
+ *     queued (conn_pull_direct).  Either way every byte is in the kernel
+ *     or in our buffer before the loop turns, so no later push can change
+ *     a reply half sent.
  *  4. Replies are written in request order (requests are handled in the
  *     order read, synchronously).  Backpressure: while more than
  *     CHAN_MAX_QUEUED reply bytes wait in libuv, the connection stops
@@ -257,6 +265,11 @@ static void wr_done(uv_write_t *req, int status) {
   free(w);
 }
 
+/* conn_reply_id returns the request id the reply being written answers. */
+static uint64_t conn_reply_id(const psd_conn *c) {
+  return c->parked || c->op_pending ? c->preq_id : c->rx.h.req_id;
+}
+
 /* conn_reply writes one frame: META (packed here), then NBYTES of DATA,
  * a buffer of DATA_CAP bytes (ownership passes to the write; may be
  * NULL).  INFLIGHT: the frame
@@ -274,8 +287,7 @@ static int conn_reply_to(psd_conn *c, uint64_t req_id, const Ps__ChanMeta *meta,
   }
   ps__chan_meta__pack(meta, w->meta);
   ps_chan_hdr h = {.magic = PS_CHAN_MAGIC, .version = PS_CHAN_VERSION,
-                   .meta_len = (uint32_t)mlen, .data_len = nbytes,
-                   .req_id = req_id,
+                   .meta_len = (uint32_t)mlen, .data_len = nbytes, .req_id = req_id,
                    .flags = c->mac ? PS_CHAN_FLAG_MAC : 0};
   ps_chan_hdr_encode(w->hdr, &h);
   w->conn = c;
@@ -312,8 +324,7 @@ static int conn_reply_to(psd_conn *c, uint64_t req_id, const Ps__ChanMeta *meta,
  * forwarded one, else the one just read. */
 static int conn_reply(psd_conn *c, const Ps__ChanMeta *meta, void *data, size_t data_cap,
                       uint64_t nbytes, int inflight, int close_after) {
-  return conn_reply_to(c, c->parked || c->op_pending ? c->preq_id : c->rx.h.req_id, meta, data,
-                       data_cap, nbytes, inflight, close_after);
+  return conn_reply_to(c, conn_reply_id(c), meta, data, data_cap, nbytes, inflight, close_after);
 }
 
 /* conn_reply_error_to answers request REQ_ID with a CHAN_ERROR frame. */
@@ -470,15 +481,112 @@ static ps_req conn_req(const Ps__ChanMeta *m) {
                   .nsummed = m->n_summed};
 }
 
-/* conn_pull_serve answers pull M now: allocate, fill, write (invariant
- * 3); PARKED_MS: how long it waited parked.  The request is already
- * counted in sh->inflight. */
+/* conn_write_tail queues the last LEN bytes of a reply that
+ * conn_pull_direct began, copied into BUF (CAP bytes, owned by the write
+ * from here on); wr_done finishes the request as for any reply. */
+static void conn_write_tail(psd_conn *c, void *buf, size_t cap, size_t len) {
+  chan_wr *w = malloc(sizeof *w);
+  psd_shard *sh = c->chan->sh;
+  if (!w) {
+    free(buf);
+    if (sh->inflight) sh->inflight--;
+    conn_close(c); /* a frame cut short: the peer cannot resynchronise */
+    return;
+  }
+  *w = (chan_wr){.conn = c, .inflight = 1, .bytes = len, .data = buf, .data_cap = cap};
+  uv_buf_t b = uv_buf_init(buf, (unsigned)len);
+  c->queued += len;
+  if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, wr_done) < 0) {
+    c->queued -= len;
+    if (sh->inflight) sh->inflight--;
+    free(buf);
+    free(w);
+    conn_close(c);
+  }
+}
+
+#define CHAN_DIRECT_SEGS 128 /* chunks a direct pull reply may span (invariant 3a) */
+
+/* conn_pull_direct answers pull R (meta M, sized by psd_shard_payload)
+ * from the chunks' own memory when invariant 3a allows: returns 1 when it
+ * answered (the reply, or its error), 0 when the caller must answer with
+ * a copy. */
+static int conn_pull_direct(psd_conn *c, const Ps__ChanMeta *m, const ps_req *r,
+                            uint32_t parked_ms) {
+  psd_shard *sh = c->chan->sh;
+  /* Earlier replies must be in the kernel already (uv_try_write refuses
+   * otherwise too); a written one whose wr_done is still due (c->queued)
+   * is, and is the common case: the push's ack just before. */
+  if (c->mac || uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp)) return 0;
+  struct iovec seg[CHAN_DIRECT_SEGS];
+  size_t nseg = 0;
+  uint64_t version = 0;
+  ps_errbuf eb;
+  int rc = psd_shard_pull_view(sh, r, seg, CHAN_DIRECT_SEGS, &nseg, &version, &eb);
+  if (rc == 0) return 0;
+  if (rc < 0) {
+    conn_reply_error(c, rc, eb.msg, 1, 0);
+    return 1;
+  }
+  Ps__ChanMeta rm = PS__CHAN_META__INIT;
+  rm.op = PS__CHAN_OP__CHAN_PULL;
+  rm.version = version;
+  rm.parked_ms = parked_ms;
+  rm.codec = m->codec;
+  uint8_t hdr[PS_CHAN_HDR_LEN], meta[64];
+  size_t mlen = ps__chan_meta__get_packed_size(&rm);
+  if (mlen > sizeof meta) return 0; /* never: a few varints */
+  ps__chan_meta__pack(&rm, meta);
+  ps_chan_hdr h = {.magic = PS_CHAN_MAGIC, .version = PS_CHAN_VERSION,
+                   .meta_len = (uint32_t)mlen, .data_len = r->nbytes, .req_id = conn_reply_id(c)};
+  ps_chan_hdr_encode(hdr, &h);
+  uv_buf_t bufs[2 + CHAN_DIRECT_SEGS];
+  bufs[0] = uv_buf_init((char *)hdr, sizeof hdr);
+  bufs[1] = uv_buf_init((char *)meta, (unsigned)mlen);
+  size_t total = sizeof hdr + mlen;
+  for (size_t i = 0; i < nseg; i++) {
+    bufs[2 + i] = uv_buf_init(seg[i].iov_base, (unsigned)seg[i].iov_len);
+    total += seg[i].iov_len;
+  }
+  int n = uv_try_write((uv_stream_t *)&c->tcp, bufs, (unsigned)(2 + nseg));
+  size_t sent = n > 0 ? (size_t)n : 0; /* an error: uv_write below meets it again */
+  if (sent == total) {
+    c->last_ms = uv_now(sh->loop);
+    if (sh->inflight) sh->inflight--;
+    return 1;
+  }
+  size_t cap = 0, left = total - sent, at = 0;
+  uint8_t *tail = conn_take_buf(c, left, &cap);
+  if (!tail && !sent) {
+    conn_reply_error(c, PS_ENOMEM, "pull: out of memory", 1, 0);
+    return 1;
+  }
+  if (!tail) {
+    if (sh->inflight) sh->inflight--;
+    conn_close(c); /* part of the frame is out: nothing else can follow it */
+    return 1;
+  }
+  for (size_t i = 0, off = 0; i < 2 + nseg; off += bufs[i].len, i++) {
+    size_t end = off + bufs[i].len, from = sent > off ? sent - off : 0;
+    if (end <= sent) continue;
+    memcpy(tail + at, bufs[i].base + from, bufs[i].len - from);
+    at += bufs[i].len - from;
+  }
+  conn_write_tail(c, tail, cap, left);
+  return 1;
+}
+
+/* conn_pull_serve answers pull M now: straight from the chunks
+ * (invariant 3a), else allocate, fill, write (invariant 3); PARKED_MS:
+ * how long it waited parked.  The request is already counted in
+ * sh->inflight. */
 static void conn_pull_serve(psd_conn *c, const Ps__ChanMeta *m, uint32_t parked_ms) {
   psd_shard *sh = c->chan->sh;
   ps_errbuf eb;
   ps_req r = conn_req(m);
   uint64_t n = 0, version = 0;
   int rc = psd_shard_payload(sh, &r, 0, &n, &r.nbytes, &eb);
+  if (rc == 0 && conn_pull_direct(c, m, &r, parked_ms)) return;
   size_t cap = 0;
   if (rc == 0 && !(r.out = conn_take_buf(c, r.nbytes, &cap)))
     rc = ps_errf(&eb, PS_ENOMEM, "pull of model '%s': out of memory", m->model);

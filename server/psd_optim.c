@@ -2,7 +2,13 @@
  * AdaGrad) as a table of kinds; see psd_optim.h for the update rules.
  *
  * The loops read and write through restrict pointers and carry no
- * branches, so the compiler vectorises them. */
+ * branches, so the compiler vectorises them, and each is compiled for
+ * AVX-512 and AVX2 too (PSD_OPTIM_CLONES): the CPU picks at load.  The
+ * build's ISO C mode contracts nothing into FMAs and sqrt and division
+ * round exactly at every width, so every clone computes the same bits.
+ * Adam on a shard is memory- and divide-bound: the AVX-512 clone runs the
+ * MLP's 235k parameters in half the SSE loop's time, and that update sits
+ * between every push and the pull behind it (BENCHMARKS.md, issue 11). */
 #include "psd_optim.h"
 
 #include <float.h>
@@ -10,6 +16,14 @@
 #include <string.h>
 
 #include "ps_codec.h"
+
+/* Static: clang 14 names an exported target_clones function's symbols so
+ * that other files cannot link to it (ps_codec.c does the same). */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define PSD_OPTIM_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define PSD_OPTIM_CLONES
+#endif
 
 typedef void psd_optim_apply_fn(const psd_optim *o, float *restrict w, float *restrict s,
                                 const float *restrict g, uint32_t n, uint64_t step);
@@ -30,6 +44,7 @@ struct psd_optim_kind {
 };
 
 /* psd_optim_sgd: w -= lr * (g + wd * w). */
+PSD_OPTIM_CLONES
 static void psd_optim_sgd(const psd_optim *o, float *restrict w, float *restrict s,
                           const float *restrict g, uint32_t n, uint64_t step) {
   (void)s, (void)step;
@@ -38,6 +53,7 @@ static void psd_optim_sgd(const psd_optim *o, float *restrict w, float *restrict
 }
 
 /* psd_optim_momentum: v = mu v + g'; w -= lr v (heavy ball). */
+PSD_OPTIM_CLONES
 static void psd_optim_momentum(const psd_optim *o, float *restrict w, float *restrict v,
                                const float *restrict g, uint32_t n, uint64_t step) {
   (void)step;
@@ -50,6 +66,7 @@ static void psd_optim_momentum(const psd_optim *o, float *restrict w, float *res
 }
 
 /* psd_optim_nesterov: v = mu v + g'; w -= lr (g' + mu v). */
+PSD_OPTIM_CLONES
 static void psd_optim_nesterov(const psd_optim *o, float *restrict w, float *restrict v,
                                const float *restrict g, uint32_t n, uint64_t step) {
   (void)step;
@@ -63,6 +80,7 @@ static void psd_optim_nesterov(const psd_optim *o, float *restrict w, float *res
 
 /* psd_optim_adam: moments in s[0..n) (m) and s[n..2n) (v); bias
  * correction folded into the step size, computed in double. */
+PSD_OPTIM_CLONES
 static void psd_optim_adam(const psd_optim *o, float *restrict w, float *restrict s,
                            const float *restrict g, uint32_t n, uint64_t step) {
   const float wd = o->weight_decay, b1 = o->beta1, b2 = o->beta2, eps = o->eps;
@@ -79,6 +97,7 @@ static void psd_optim_adam(const psd_optim *o, float *restrict w, float *restric
 }
 
 /* psd_optim_adagrad: G += g'^2; w -= lr g' / (sqrt(G) + eps). */
+PSD_OPTIM_CLONES
 static void psd_optim_adagrad(const psd_optim *o, float *restrict w, float *restrict G,
                               const float *restrict g, uint32_t n, uint64_t step) {
   (void)step;

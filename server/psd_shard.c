@@ -504,6 +504,20 @@ int psd_shard_pull(psd_shard *sh, const ps_req *r, uint64_t *version, ps_errbuf 
   return 0;
 }
 
+/* psd_shard_pull_view: see psd_shard.h. */
+int psd_shard_pull_view(psd_shard *sh, const ps_req *r, struct iovec *seg, size_t max,
+                        size_t *nseg, uint64_t *version, ps_errbuf *eb) {
+  int err = psd_shard_accepting(sh, PSD_REQ_READ, eb);
+  if (err == 0) err = psd_shard_stored(sh, eb);
+  if (err < 0) return psd_shard_done(sh, err);
+  err = psd_store_pull_view(sh->store, r, seg, max, nseg, version, eb);
+  if (err < 0) return psd_shard_done(sh, err);
+  if (err == 0) return 0;
+  sh->ctr.pulls++;
+  sh->ctr.bytes_out += r->nbytes;
+  return 1;
+}
+
 /* psd_shard_security_name says how the shard authenticates (static). */
 const char *psd_shard_security_name(const psd_shard *sh) {
   const ps_security_conf *s = &sh->cfg->security;

@@ -119,6 +119,11 @@ int psd_shard_payload(psd_shard *sh, const ps_req *r, int push, uint64_t *nelems
                       uint64_t *nbytes, ps_errbuf *eb);
 int psd_shard_push(psd_shard *sh, const ps_req *r, uint64_t *version, ps_errbuf *eb);
 int psd_shard_pull(psd_shard *sh, const ps_req *r, uint64_t *version, ps_errbuf *eb);
+/* psd_shard_pull_view is psd_shard_pull through psd_store_pull_view (the
+ * chunks' own bytes, no copy; 1), or 0 when that does not apply (nothing
+ * counted: call psd_shard_pull), or an error. */
+int psd_shard_pull_view(psd_shard *sh, const ps_req *r, struct iovec *seg, size_t max,
+                        size_t *nseg, uint64_t *version, ps_errbuf *eb);
 /* psd_shard_push_durable is called by a transport right after a
  * psd_shard_push that succeeded, before it acknowledges: 0 acknowledge
  * now (durability periodic, or the record is synced already); 1 WT is

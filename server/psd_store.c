@@ -1250,6 +1250,28 @@ int psd_store_pull(psd_store *s, const ps_req *r, uint64_t *version, ps_errbuf *
   return 0;
 }
 
+/* psd_store_pull_view: see psd_store.h. */
+int psd_store_pull_view(psd_store *s, const ps_req *r, struct iovec *seg, size_t max,
+                        size_t *nseg, uint64_t *version, ps_errbuf *eb) {
+  psd_model *m = psd_store_model(s, r->model, eb);
+  if (!m) return PS_ENOENT;
+  uint64_t nelems, want;
+  int rc = psd_store_payload(s, r, 0, &nelems, &want, eb);
+  if (rc < 0) return rc;
+  if (r->nids > max) return 0;
+  for (size_t i = 0; i < r->nids; i++) {
+    uint32_t id = r->ids[i];
+    if (ps_layout_chunk_codec(&m->layout, id, r->codec, 0) != PS_CODEC_FP32) return 0;
+    seg[i] = (struct iovec){m->chunks[id].data, (size_t)m->layout.chunks[id].len * sizeof(float)};
+  }
+  *nseg = r->nids;
+  m->bytes_raw += nelems * sizeof(float);
+  m->bytes_wire += want;
+  m->bytes_dirty = 1;
+  if (version) *version = m->version;
+  return 1;
+}
+
 /* psd_store_held: see psd_store.h. */
 int psd_store_held(const psd_store *s, const char *model, const uint32_t **ids, size_t *nids,
                    uint64_t *nelems) {

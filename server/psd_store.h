@@ -96,6 +96,18 @@ int psd_store_push(psd_store *s, const ps_req *r, uint64_t *version, ps_errbuf *
  * model's version to *VERSION. */
 int psd_store_pull(psd_store *s, const ps_req *r, uint64_t *version, ps_errbuf *eb);
 
+/* psd_store_pull_view is psd_store_pull without the copy, for a pull whose
+ * every chunk travels as fp32 (the bytes are the chunks' own): SEG[0..
+ * *NSEG) point at the values of the chunks R->ids, in that order (R->out
+ * unused).  They stay valid until the loop thread next changes the model
+ * (a push, a replace): the caller has the kernel copy them, or copies
+ * them itself, before it returns to the loop.  Returns 1 with the
+ * segments and counts the pull as psd_store_pull does; 0 when some chunk
+ * would be encoded, or there are more than MAX, and nothing is counted
+ * (call psd_store_pull); or an error as psd_store_pull. */
+int psd_store_pull_view(psd_store *s, const ps_req *r, struct iovec *seg, size_t max,
+                        size_t *nseg, uint64_t *version, ps_errbuf *eb);
+
 /* psd_store_held returns the ids of every chunk of MODEL held here, in
  * increasing order (borrowed until the model changes), with their count
  * and total elements; PS_ENOENT for an unknown model. */

@@ -96,6 +96,8 @@ struct psw_client {
   void *rejoin_arg;
   int defer_acks;            /* invariant 8 */
   psw_job job;
+  void (*idle_fn)(void *arg); /* psw_client_idle_once: runs in the next round */
+  void *idle_arg;
   ps_auth_keys keys;        /* security.secret_file: the channel key it proves */
   const ps_auth_key *key;   /* in keys, or NULL */
 };
@@ -556,6 +558,11 @@ static int psw_round(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
       fatal = ps_errf(eb, err, "shard %u: %s", s->conf->id, seb.msg);
     }
   }
+  if (c->idle_fn) { /* the requests are out: the caller's work meanwhile */
+    void (*fn)(void *) = c->idle_fn;
+    c->idle_fn = NULL;
+    fn(c->idle_arg);
+  }
   uint32_t parked = 0; /* the shards park a pull at the same time: the longest */
   for (size_t k = 0; k < c->nshards; k++) {
     psw_shard *s = &c->shards[k];
@@ -603,7 +610,24 @@ static int psw_rejoin(psw_client *c, int64_t *since, uint32_t *delay, const ps_e
 /* psw_client_push_pull: see psw_client.h.  After any shard went down and
  * came back, the pull is repeated on every shard (invariant 1); pushes are
  * not repeated (invariant 4). */
+static int psw_push_pull(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
+                         uint64_t pull_clock, ps_errbuf *eb);
+
+/* psw_client_idle_once: see psw_client.h. */
+void psw_client_idle_once(psw_client *c, void (*fn)(void *arg), void *arg) {
+  c->idle_fn = fn;
+  c->idle_arg = arg;
+}
+
 int psw_client_push_pull(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
+                         uint64_t pull_clock, ps_errbuf *eb) {
+  int err = psw_push_pull(c, gbuf, push_clock, pbuf, pull_clock, eb);
+  c->idle_fn = NULL; /* not run (nothing went out): it never runs later */
+  return err;
+}
+
+/* psw_push_pull is psw_client_push_pull (the idle work aside). */
+static int psw_push_pull(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
                          uint64_t pull_clock, ps_errbuf *eb) {
   if (gbuf >= c->nbufs || pbuf >= c->nbufs)
     return ps_errf(eb, PS_EINVAL, "buffer %d/%d out of range", gbuf, pbuf);

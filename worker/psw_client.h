@@ -195,6 +195,15 @@ int psw_client_settle(psw_client *c, ps_errbuf *eb);
  * rounds is answered (invariant 8). */
 size_t psw_client_acks_pending(const psw_client *c);
 
+/* psw_client_idle_once has FN(ARG) run once during this thread's next
+ * psw_client_push_pull (or _pull_all, _push_all), on this thread, right
+ * after the requests went out to every shard and before the first reply
+ * is awaited: work that needs no parameters (psw_train: gathering the next
+ * batch) then overlaps the shards' work on the push.  When that call
+ * sends nothing (no shard reachable), FN does not run and is dropped.
+ * FN must not use the client.  Not for psw_client_start's jobs. */
+void psw_client_idle_once(psw_client *c, void (*fn)(void *arg), void *arg);
+
 /* psw_client_export reads every chunk of the model from every shard with
  * the Export call (which no clock table sees: an evaluator never holds
  * bsp/ssp workers back) into parameter buffer PBUF.  *VERSION: the

@@ -84,6 +84,12 @@ typedef struct psw_run {
   uint64_t *kb;         /* one batch's keys, hashed: [batch, fields] */
   float *rows, *rgrads; /* the batch's slice of the table and its gradient */
   float *probs;         /* a batch's sigmoid outputs (psw_graph_binary), else NULL */
+  /* The batch gathered ahead (run_prefetch) while the previous step's
+   * push and pull were on their way: xb/yb hold samples [pre_first,
+   * pre_first + pre_n) of view pre_v's order; pre_v NULL: none. */
+  const struct run_view *pre_v;
+  uint64_t pre_first;
+  uint32_t pre_n;
 } psw_run;
 
 /* Running sums of one epoch. */
@@ -439,7 +445,10 @@ static void run_clip(float *g, uint64_t n, float *rg, uint64_t r, float clip) {
  * the step alone (psw_exec_step) is timed into the result's compute_s. */
 static int run_compute(psw_run *x, const run_view *v, uint64_t first, uint32_t rows, int b,
                        psw_epoch_acc *acc, ps_errbuf *eb) {
-  psw_batch batch = {.n = run_gather(x, v, first, rows), .x = x->xb, .labels = x->yb};
+  int ready = x->pre_v == v && x->pre_first == first && x->pre_n == rows;
+  x->pre_v = NULL;
+  psw_batch batch = {.n = ready ? rows : run_gather(x, v, first, rows), .x = x->xb,
+                     .labels = x->yb};
   psw_sparse_batch sb;
   float loss = 0;
   uint32_t correct = 0, nk = 0;
@@ -485,10 +494,32 @@ static int run_wait_job(psw_run *x, ps_errbuf *eb) {
   return err;
 }
 
+/* The batch run_prefetch gathers: view V's samples [FIRST, FIRST + N). */
+typedef struct run_next {
+  psw_run *x;
+  const run_view *v;
+  uint64_t first;
+  uint32_t n;
+} run_next;
+
+/* run_prefetch gathers the next batch (ARG: a run_next) into xb/yb while
+ * the push and pull are out (psw_client_idle_once): the shards apply the
+ * push meanwhile, so the gather leaves the step's critical path. */
+static void run_prefetch(void *arg) {
+  run_next *nx = arg;
+  nx->x->pre_v = NULL;
+  run_gather(nx->x, nx->v, nx->first, nx->n);
+  nx->x->pre_v = nx->v;
+  nx->x->pre_first = nx->first;
+  nx->x->pre_n = nx->n;
+}
+
 /* run_push_pull is psw_client_push_pull with the wait counted as blocked:
- * the training thread has nothing to compute until the pull is in. */
+ * the training thread has nothing to compute until the pull is in.  NX
+ * (may be NULL): the next batch, gathered while the requests travel. */
 static int run_push_pull(psw_run *x, int gbuf, uint64_t push_clock, int pbuf,
-                         uint64_t pull_clock, ps_errbuf *eb) {
+                         uint64_t pull_clock, run_next *nx, ps_errbuf *eb) {
+  if (nx && nx->n) psw_client_idle_once(x->cl, run_prefetch, nx);
   double t = run_now_ms();
   int err = psw_client_push_pull(x->cl, gbuf, push_clock, pbuf, pull_clock, eb);
   x->blocked_ms += run_now_ms() - t;
@@ -599,6 +630,7 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
                               "the coordinator: do the workers read the same data?", pos->part,
                               (unsigned long long)v->n, (unsigned long long)pos->size));
   pos->size = v->n;
+  x->pre_v = NULL; /* a batch gathered ahead belongs to the run_part that gathered it */
   if (pos->offset > v->n) return ps_errf(eb, PS_EPROTO, "offset past partition %u", pos->part);
   int err = run_order(x, pos->part, pos->epoch, v->n, eb);
   if (err < 0) return err;
@@ -639,10 +671,12 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
     int last = off == v->n || run_stopping(x);
     if (ov && (err = run_wait_job(x, eb)) < 0) return err;
     if (ov) acked = prev_end; /* the previous step's push is in */
+    run_next nx = {x, v, off, 0};
+    if (!last) nx.n = (uint32_t)(v->n - off < x->o->batch ? v->n - off : x->o->batch);
     if (ov && !last) {
       psw_client_start(x->cl, cur, x->clock - 1, cur, x->clock + 1);
       cur = 1 - cur;
-    } else if ((err = run_push_pull(x, cur, x->clock - 1, 0, x->clock, eb)) < 0) {
+    } else if ((err = run_push_pull(x, cur, x->clock - 1, 0, x->clock, &nx, eb)) < 0) {
       return err;
     } else { /* deferred acks (psw_client invariant 8): the older pushes' are in */
       memmove(ends + 1, ends, PSW_CLIENT_ACK_DEPTH * sizeof *ends);

@@ -9,7 +9,10 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <cblas.h>
+
 #include "ps_gpu.h"
+#include "ps_gpu_blas.h"
 #include "ps_test.h"
 #include "psw_embed.h"
 
@@ -476,6 +479,37 @@ START_TEST(test_cols) {
 }
 END_TEST
 
+/* With more than one thread the CPU backend lets OpenBLAS's idle helper
+ * threads sleep after a short spin (ps_gpu_blas.h invariant 6): after a
+ * 2-thread sgemm the process uses almost no CPU while its only other
+ * thread sleeps 200 ms; OpenBLAS's own default spins about 0.1 s of it
+ * away.  Skipped, visibly, when OPENBLAS_THREAD_TIMEOUT is set or the BLAS
+ * has no pool to restart (ps_gpu_blas_short_spin says 0). */
+START_TEST(test_idle_helpers_sleep) {
+  if (!ps_gpu_blas_short_spin()) {
+    fprintf(stderr, "test_idle_helpers_sleep: skipped (OPENBLAS_THREAD_TIMEOUT set or no "
+                    "OpenBLAS thread pool)\n");
+    return;
+  }
+  ps_gpu_backend *b2 = NULL;
+  ps_errbuf eb;
+  ck_assert_msg(ps_gpu_cpu_open(2, &b2, &eb) == 0, "%s", eb.msg);
+  enum { N = 512 };
+  float *a = calloc((size_t)N * N, sizeof *a), *c = calloc((size_t)N * N, sizeof *c);
+  ck_assert(a && c);
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, N, N, N, 1, a, N, a, N, 0, c, N);
+  struct timespec t0, t1, nap = {0, 200 * 1000 * 1000};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t0);
+  nanosleep(&nap, NULL);
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t1);
+  double cpu_ms = (double)(t1.tv_sec - t0.tv_sec) * 1e3 + (double)(t1.tv_nsec - t0.tv_nsec) / 1e6;
+  ck_assert_msg(cpu_ms < 20, "%.1f ms of CPU while the caller slept 200 ms: helpers spin", cpu_ms);
+  free(a);
+  free(c);
+  ps_gpu_close(b2);
+}
+END_TEST
+
 Suite *ps_gpu_cpu_suite(void) {
   Suite *s = suite_create("ps_gpu_cpu");
   TCase *tc = tcase_create("ops");
@@ -488,6 +522,7 @@ Suite *ps_gpu_cpu_suite(void) {
   tcase_add_test(tc, test_accuracy);
   tcase_add_test(tc, test_blas1_and_bias_grad);
   tcase_add_test(tc, test_memory_and_copies);
+  tcase_add_test(tc, test_idle_helpers_sleep);
   tcase_add_test(tc, test_open_devices);
   tcase_add_test(tc, test_sigmoid_xent);
   tcase_add_test(tc, test_embed_backward);

@@ -238,6 +238,56 @@ START_TEST(test_pipelined_large) {
 }
 END_TEST
 
+/* A pull answered straight from the chunks' memory (psd_chan invariant
+ * 3a) to a client that does not read yet: the socket takes part of the
+ * reply, the rest waits in the shard while another connection's push
+ * changes every value; when the client reads at last, the reply must hold
+ * the values of the version it names, to the last element (the pull is
+ * normally served first, version 0, since the push goes out 300 ms after
+ * it; either order must be consistent), and the next pull sees the push. */
+START_TEST(test_direct_pull_partly_sent) {
+  const uint32_t wn = 4u << 20, chunk = 1u << 16, nch = wn / chunk;
+  submit_model("dp", wn, chunk);
+  ps_chan_client *c = chan_open(), *p = chan_open();
+  ps_chan_set_timeout(c, 20000);
+  ps_chan_set_timeout(p, 20000);
+  ps_errbuf eb;
+  ck_assert_msg(ps_chan_set_bufsize(c, 0, 1 << 16, &eb) == 0, "%s", eb.msg);
+  uint32_t *ids = malloc(nch * sizeof *ids);
+  float *g = malloc((size_t)wn * sizeof *g), *out = malloc((size_t)wn * sizeof *out);
+  float *v0 = malloc((size_t)wn * sizeof *v0);
+  ck_assert(ids && g && out && v0);
+  for (uint32_t i = 0; i < nch; i++) ids[i] = i;
+  for (uint32_t i = 0; i < wn; i++) g[i] = 0.125f;
+  ps_init_fill(v0, "uniform", 1, 7, 0, 0, wn, wn, 1);
+  ps_req q = {.model = "dp", .ids = ids, .nids = nch};
+  struct iovec dst[] = {{out, (size_t)wn * sizeof(float)}};
+  struct iovec src[] = {{g, (size_t)wn * sizeof(float)}};
+  uint64_t ver = 9;
+  ck_assert_int_eq(ps_chan_send_pullv(c, &q, dst, 1, NULL, &eb), 0);
+  usleep(300000);
+  ck_assert_msg(ps_chan_pushv(p, &q, src, 1, &ver, &eb) == 0, "push: %s", eb.msg);
+  ck_assert_uint_eq(ver, 1);
+  ck_assert_msg(ps_chan_recv(c, NULL, &ver, &eb) == 0, "pull: %s", eb.msg);
+  ck_assert_uint_le(ver, 1);
+  for (uint32_t i = 0; i < wn; i++) {
+    float want = ver == 0 ? v0[i] : v0[i] - 0.0625f;
+    ck_assert_msg(out[i] == want, "element %u: %.7g, its value at version %llu %.7g", i,
+                  (double)out[i], (unsigned long long)ver, (double)want);
+  }
+  ck_assert_msg(ps_chan_pullv(c, &q, dst, 1, &ver, &eb) == 0, "pull: %s", eb.msg);
+  ck_assert_uint_eq(ver, 1);
+  for (uint32_t i = 0; i < wn; i += 4099)
+    ck_assert_msg(out[i] == v0[i] - 0.0625f, "element %u after the push", i);
+  free(ids);
+  free(g);
+  free(out);
+  free(v0);
+  ps_chan_close(p);
+  ps_chan_close(c);
+}
+END_TEST
+
 START_TEST(test_errors_keep_connection) {
   submit_model("er", W_ELEMS, 256);
   ps_chan_client *c = chan_open();
@@ -861,6 +911,7 @@ Suite *psd_chan_suite(void) {
   tcase_add_test(tc, test_scattered);
   tcase_add_test(tc, test_pipelined);
   tcase_add_test(tc, test_pipelined_large);
+  tcase_add_test(tc, test_direct_pull_partly_sent);
   tcase_add_test(tc, test_errors_keep_connection);
   tcase_add_test(tc, test_bad_frames_close_only_their_connection);
   tcase_add_test(tc, test_peer_gone_with_replies_queued);

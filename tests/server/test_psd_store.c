@@ -340,6 +340,60 @@ START_TEST(test_version_record_counters) {
 }
 END_TEST
 
+/* psd_store_pull_view: an fp32 pull's segments hold exactly the bytes
+ * psd_store_pull copies, chunk by chunk in the request's order, at the
+ * same version, and count the same bytes; a pull with more chunks than
+ * the caller has room for is left to psd_store_pull (0, nothing counted),
+ * and so is one that encodes a chunk; an unknown model is an error. */
+START_TEST(test_pull_view) {
+  char *da = strdup(path_in(ps_test_tmpdir(), "pv"));
+  spec_buf sb;
+  psd_store *a = open_store(da, 0, 1);
+  Ps__ModelSpec *spec = make_spec(&sb, "m", 42, "adam");
+  spec->codec_min_elems = 16; /* both tensors may travel encoded */
+  submit(a, spec);
+  push_all(a, 1);
+  uint64_t elems, v = 0, vv = 0, raw, wire, raw2, wire2;
+  const uint32_t *held;
+  size_t n, nseg = 0;
+  ck_assert_int_eq(psd_store_held(a, "m", &held, &n, &elems), 0);
+  ck_assert_uint_ge(n, 3);
+  uint32_t *ids = malloc(n * sizeof *ids);
+  for (size_t i = 0; i < n; i++) ids[i] = held[n - 1 - i]; /* any order */
+  float *out = malloc(elems * sizeof *out);
+  struct iovec seg[64];
+  ps_errbuf eb;
+  ck_assert_msg(store_pull(a, "m", ids, n, out, elems, &v, &eb) == 0, "%s", eb.msg);
+  bytes_of(a, &raw, &wire);
+  ps_req r = {.model = "m", .ids = ids, .nids = n, .nbytes = elems * sizeof(float)};
+  ck_assert_int_eq(psd_store_pull_view(a, &r, seg, 64, &nseg, &vv, &eb), 1);
+  ck_assert_uint_eq(nseg, n);
+  ck_assert_uint_eq(vv, v);
+  size_t at = 0;
+  for (size_t i = 0; i < nseg; i++) {
+    ck_assert_msg(memcmp((char *)out + at, seg[i].iov_base, seg[i].iov_len) == 0, "chunk %zu", i);
+    at += seg[i].iov_len;
+  }
+  ck_assert_uint_eq(at, elems * sizeof(float));
+  bytes_of(a, &raw2, &wire2);
+  ck_assert_uint_eq(raw2 - raw, 4 * elems);
+  ck_assert_uint_eq(wire2 - wire, 4 * elems);
+  ck_assert_int_eq(psd_store_pull_view(a, &r, seg, n - 1, &nseg, &vv, &eb), 0);
+  bytes_of(a, &raw, &wire);
+  ck_assert_uint_eq(raw, raw2);
+  r.codec = PS_CODEC_INT8;
+  ck_assert_int_eq(psd_store_pull_view(a, &r, seg, 64, &nseg, &vv, &eb), 0);
+  bytes_of(a, &raw2, &wire2);
+  ck_assert_uint_eq(raw2, raw);
+  r.model = "nope";
+  ck_assert_int_eq(psd_store_pull_view(a, &r, seg, 64, &nseg, &vv, &eb), PS_ENOENT);
+  psd_store_close(a);
+  free(out);
+  free(ids);
+  free(da);
+}
+END_TEST
+
 START_TEST(test_sigkill_keeps_flushed) {
   const char *tmp = ps_test_tmpdir();
   char *dk = strdup(path_in(tmp, "k")), *dr = strdup(path_in(tmp, "ref"));
@@ -943,6 +997,7 @@ Suite *psd_store_suite(void) {
   tcase_add_test(tc, test_submit_budget);
   tcase_add_test(tc, test_open_chunk_records_without_seq);
   tcase_add_test(tc, test_version_record_counters);
+  tcase_add_test(tc, test_pull_view);
   suite_add_tcase(s, tc);
   return s;
 }

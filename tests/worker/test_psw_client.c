@@ -158,6 +158,9 @@ static void pc_same(const float *a, const float *b, uint64_t n, const char *what
                   (double)a[i], (double)b[i]);
 }
 
+/* pc_count: a psw_client_idle_once callback counting its runs in *ARG. */
+static void pc_count(void *arg) { (*(int *)arg)++; }
+
 START_TEST(test_client_matches_direct_pull) {
   pc_ctx x = {0};
   pc_init(&x, 10000);
@@ -178,7 +181,10 @@ START_TEST(test_client_matches_direct_pull) {
   /* Push then pull in one round trip: SGD moves every element by -lr*g. */
   float *g = psw_client_grads(c, 0);
   for (uint64_t i = 0; i < n; i++) g[i] = (float)((int)(i % 7) - 3) * 0.25f;
+  int idled = 0; /* the idle work runs once, in this call only */
+  psw_client_idle_once(c, pc_count, &idled);
   ck_assert_msg(psw_client_push_pull(c, 0, 0, 1, 1, &eb) == 0, "%s", eb.msg);
+  ck_assert_int_eq(idled, 1);
   float *d1 = pc_direct(&x, "pc1", l);
   pc_same(psw_client_params(c, 1), d1, n, "pull behind push");
   for (uint64_t i = 0; i < n; i++)
@@ -195,6 +201,8 @@ START_TEST(test_client_matches_direct_pull) {
   pc_same(psw_client_params(c, 0), d2, n, "threaded push/pull");
   for (uint64_t i = 0; i < n; i++) ck_assert(fabsf(d2[i] - (d1[i] - PC_LR * 0.5f)) <= 1e-6f);
   ck_assert_int_eq(psw_client_wait(c, &eb), 0); /* nothing started: 0 */
+  ck_assert_msg(psw_client_pull_all(c, 0, 2, &eb) == 0, "%s", eb.msg);
+  ck_assert_int_eq(idled, 1);
   ck_assert_uint_eq(psw_client_reconnects(c), 0);
   free(d0);
   free(d1);

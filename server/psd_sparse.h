@@ -107,6 +107,7 @@ typedef struct psd_sparse_stats {
   uint64_t hits;           /* keys of pulls and pushes found in memory */
   uint64_t misses;         /* keys not in memory: read back, created, or not admitted */
   uint64_t disk_reads;     /* rows read back from RocksDB */
+  uint64_t buffer_reads;   /* rows read back from the write buffers (their file not in yet) */
   uint64_t disk_read_bytes;/* their value bytes */
   uint64_t created;        /* rows materialised from the initializer */
   uint64_t evictions;      /* rows dropped from memory */
@@ -175,6 +176,12 @@ void psd_sparse_table_at(const psd_sparse *s, size_t i, const char **model, uint
 int psd_sparse_export(psd_sparse *s, const char *model, uint32_t table, int resume, uint64_t after,
                       size_t limit, uint64_t *keys, float *rows, size_t *n, int *done,
                       ps_errbuf *eb);
+
+/* psd_sparse_hold_writer: for tests, while HOLD the writer thread
+ * starts writing no sealed buffer (their rows stay in memory, served
+ * from the buffers); 0 lets it go on.  A seal that must wait for the
+ * writer then waits until it is let go. */
+void psd_sparse_hold_writer(psd_sparse *s, int hold);
 
 /* psd_sparse_stats fills *ST for a table; PS_ENOENT when unknown. */
 int psd_sparse_stats_get(psd_sparse *s, const char *model, uint32_t table, psd_sparse_stats *st);

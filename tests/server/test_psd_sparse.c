@@ -164,6 +164,9 @@ START_TEST(test_evict_read_back_bit_identical) {
   int on_disk = 0;
   for (int k = 0; k < N; k++) on_disk += !before[k].in_mem;
   ck_assert_int_ge(on_disk, N - 16);
+  /* the evicted rows into RocksDB's files (out of the write buffers) */
+  ps_errbuf eb;
+  ck_assert_msg(psd_sparse_flush(s, 0, &eb) == 0, "%s", eb.msg);
   /* read every row back in batches of 10: the values pulled are the
    * values evicted, and the read-back rows hold the same slots and count */
   for (int b = 0; b < N / 10; b++) {
@@ -196,6 +199,92 @@ START_TEST(test_evict_read_back_bit_identical) {
   ck_assert_uint_ge(st.disk_reads, N - 16);
   ck_assert_uint_eq(st.disk_read_bytes, st.disk_reads * 3 * D * sizeof(float));
   ck_assert_uint_eq(st.created, N + 16);
+  psd_sparse_close(s);
+}
+END_TEST
+
+/* pending_keys: key I of test_evict_pending_write_read_back. */
+static uint64_t pending_key(int i) { return 77 + (uint64_t)i * 104729; }
+
+/* pending_round pulls and pushes the N keys of pending_key in batches of
+ * 10 (a budget of 16: most are evicted meanwhile). */
+static void pending_round(psd_sparse *s, int n) {
+  uint64_t keys[10];
+  float rows[10 * D], g[10 * D];
+  for (int b = 0; b < n / 10; b++) {
+    for (int i = 0; i < 10; i++) keys[i] = pending_key(b * 10 + i);
+    pull(s, keys, 10, rows);
+    for (int i = 0; i < 10 * D; i++) g[i] = ps_test_rnd();
+    push(s, keys, 10, g);
+  }
+}
+
+/* Rows evicted while their write is pending (the writer thread held, the
+ * snapshot's buffer sealed and not written): a pull serves them from the
+ * buffer bit for bit (values, Adam slots, count) with no RocksDB read;
+ * evicted again after another push, the newer copy wins over the pending
+ * one; once the writer goes on, the persist returns and a reopened
+ * directory reads the newest rows from RocksDB's files. */
+START_TEST(test_evict_pending_write_read_back) {
+  const char *dir = ps_test_tmpdir();
+  psd_sparse *s = open_sparse(dir, 16, 0);
+  add_table(s, "adam", 0.01f);
+  enum { N = 120 };
+  static row_state before[N], after[N];
+  psd_sparse_hold_writer(s, 1);
+  pending_round(s, N);
+  ps_errbuf eb;
+  int persist = 0;
+  ck_assert_msg(psd_sparse_snapshot(s, 5, &persist, &eb) == 0, "%s", eb.msg);
+  ck_assert(persist);
+  int evicted = 0;
+  for (int k = 0; k < N; k++) {
+    before[k] = get_row(s, pending_key(k));
+    evicted += !before[k].in_mem;
+  }
+  ck_assert_int_ge(evicted, N - 16);
+  uint64_t keys[10];
+  float rows[10 * D];
+  for (int b = 0; b < N / 10; b++) {
+    for (int i = 0; i < 10; i++) keys[i] = pending_key(b * 10 + i);
+    pull(s, keys, 10, rows);
+    for (int i = 0; i < 10; i++) {
+      const row_state *w = &before[b * 10 + i];
+      row_state now = get_row(s, keys[i]);
+      ck_assert_int_eq(memcmp(rows + i * D, w->v, sizeof w->v), 0);
+      ck_assert(now.in_mem);
+      ck_assert_int_eq(memcmp(now.sl, w->sl, sizeof now.sl), 0);
+      ck_assert_uint_eq(now.count, w->count);
+    }
+  }
+  psd_sparse_stats st;
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.disk_reads, 0);
+  ck_assert_uint_ge(st.buffer_reads, N - 16);
+  /* pushed again and evicted again: the open buffer's copy is the newest */
+  pending_round(s, N);
+  for (int k = 0; k < N; k++) after[k] = get_row(s, pending_key(k));
+  uint64_t other[16];
+  float orows[16 * D];
+  for (int i = 0; i < 16; i++) other[i] = 3 + (uint64_t)i;
+  pull(s, other, 16, orows);
+  for (int k = 0; k < N; k++) {
+    row_state now = get_row(s, pending_key(k));
+    ck_assert(!now.in_mem);
+    ck_assert(same_row(&now, &after[k]));
+    ck_assert_uint_eq(now.count, before[k].count + 1);
+  }
+  psd_sparse_hold_writer(s, 0);
+  ck_assert_msg(psd_sparse_persist(s, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psd_sparse_flush(s, 6, &eb) == 0, "%s", eb.msg);
+  psd_sparse_close(s);
+  s = open_sparse(dir, 16, 0);
+  add_table(s, "adam", 0.01f);
+  for (int k = 0; k < N; k++) {
+    row_state now = get_row(s, pending_key(k));
+    ck_assert(!now.in_mem);
+    ck_assert(same_row(&now, &after[k]));
+  }
   psd_sparse_close(s);
 }
 END_TEST
@@ -532,6 +621,7 @@ Suite *psd_sparse_suite(void) {
   tcase_add_test(tc, test_pull_creates_from_initializer);
   tcase_add_test(tc, test_push_per_row_optimizers);
   tcase_add_test(tc, test_evict_read_back_bit_identical);
+  tcase_add_test(tc, test_evict_pending_write_read_back);
   tcase_add_test(tc, test_evict_oldest_first);
   tcase_add_test(tc, test_bad_input_changes_nothing);
   tcase_add_test(tc, test_admission);

@@ -14,6 +14,7 @@
 #include "psd_sparse.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <pthread.h>
 #include <rocksdb/c.h>
@@ -120,7 +121,6 @@ struct psd_sparse {
   /* the write buffers (see "the write buffers") */
   sp_buf *open;                 /* rows given to RocksDB since the last seal (loop) */
   sp_buf *sealed;               /* sealed, oldest first: the list is the loop's, states mu's */
-  size_t nsealed;
   uint64_t gen;                 /* the last buffer sealed */
   uint64_t persist_gen;         /* psd_sparse_persist waits for the buffers up to it (mu) */
   rocksdb_ingestexternalfileoptions_t *io;
@@ -318,6 +318,14 @@ static int buf_write(psd_sparse *s, const sp_buf *b, ps_errbuf *eb) {
   rocksdb_sstfilewriter_destroy(w);
   rocksdb_envoptions_destroy(env);
   free(ord);
+  /* SstFileWriter drops what it wrote from the page cache; its rows are
+   * the ones read back next (a read-back would go to the disk, with
+   * readahead): the kernel reads the file back in, sequentially, now */
+  int fd = err ? -1 : open(path, O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);
+    close(fd);
+  }
   if (!err) {
     const char *files[] = {path};
     rocksdb_ingest_external_file(s->db, files, 1, s->io, &err);
@@ -358,22 +366,38 @@ void psd_sparse_hold_writer(psd_sparse *s, int hold) {
   pthread_mutex_unlock(&s->mu);
 }
 
-/* buf_reap (loop, under mu) frees the sealed buffers whose files are in. */
-static void buf_reap(psd_sparse *s) {
-  while (s->sealed && s->sealed->state == BUF_DONE) {
+/* buf_bytes: the memory buffer B holds (its rows, entries and index). */
+static size_t buf_bytes(const sp_buf *b) {
+  return b->used + b->n * sizeof *b->ent + b->icap * sizeof *b->ix;
+}
+
+/* buf_reap (loop, under mu) frees the oldest sealed buffers whose files
+ * are in: all of them with ALL, else while the sealed buffers hold more
+ * than SPILL_BYTES.  Those kept go on serving their rows from memory. */
+static void buf_reap(psd_sparse *s, int all) {
+  size_t bytes = 0;
+  for (const sp_buf *b = s->sealed; b; b = b->next) bytes += buf_bytes(b);
+  while (s->sealed && s->sealed->state == BUF_DONE && (all || bytes > SPILL_BYTES)) {
     sp_buf *b = s->sealed;
+    bytes -= buf_bytes(b);
     s->sealed = b->next;
-    s->nsealed--;
     buf_free(b);
   }
 }
 
-/* buf_tidy (loop) frees the sealed buffers whose files are in: once in
- * RocksDB's files, their rows are read from there. */
+/* buf_pending (under mu): the sealed buffers not in RocksDB's files yet. */
+static size_t buf_pending(const psd_sparse *s) {
+  size_t n = 0;
+  for (const sp_buf *b = s->sealed; b; b = b->next) n += b->state != BUF_DONE;
+  return n;
+}
+
+/* buf_tidy (loop) frees every sealed buffer whose file is in (then their
+ * rows are read from RocksDB's files). */
 static void buf_tidy(psd_sparse *s) {
   if (!s->sealed) return;
   pthread_mutex_lock(&s->mu);
-  buf_reap(s);
+  buf_reap(s, 1);
   pthread_mutex_unlock(&s->mu);
 }
 
@@ -395,27 +419,24 @@ static int buf_failed(const psd_sparse *s, ps_errbuf *eb) {
 static int buf_seal(psd_sparse *s, ps_errbuf *eb) {
   int rc = 0;
   pthread_mutex_lock(&s->mu);
-  buf_reap(s);
   for (sp_buf *b = s->sealed; b; b = b->next)
     if (b->state == BUF_FAILED) b->state = BUF_QUEUED;
   pthread_cond_broadcast(&s->cv);
   sp_buf *o = s->open;
   if (o && (o->n || o->has_w)) {
-    while (s->nsealed >= SPILL_SEALED && !(rc = buf_failed(s, eb))) {
+    while (buf_pending(s) >= SPILL_SEALED && !(rc = buf_failed(s, eb)))
       pthread_cond_wait(&s->cv, &s->mu);
-      buf_reap(s);
-    }
     if (!rc) {
       o->gen = ++s->gen;
       o->state = BUF_QUEUED;
       sp_buf **tail = &s->sealed;
       while (*tail) tail = &(*tail)->next;
       *tail = o;
-      s->nsealed++;
       s->open = NULL;
       pthread_cond_broadcast(&s->cv);
     }
   }
+  buf_reap(s, 0);
   pthread_mutex_unlock(&s->mu);
   return rc;
 }
@@ -823,7 +844,6 @@ static int load_row(sp_table *t, uint64_t key, const char *v, size_t len, size_t
 static int read_back(psd_sparse *s, sp_table *t, const uint64_t *keys, size_t n, ps_errbuf *eb) {
   size_t m = 0;
   if (!t->any_on_disk) return 0;
-  buf_tidy(s);
   for (size_t i = 0; i < n; i++) {
     if (s->rowof[i] >= 0) continue;
     const char *v = buf_lookup(s, t, keys[i]);
@@ -1309,9 +1329,8 @@ int psd_sparse_snapshot(psd_sparse *s, uint64_t log_seq, int *persist, ps_errbuf
   int rc = buf_seal(s, eb);
   if (rc) return rc;
   pthread_mutex_lock(&s->mu);
-  buf_reap(s);
   s->persist_gen = s->gen;
-  *persist = s->sealed != NULL || s->unpersisted;
+  *persist = buf_pending(s) > 0 || s->unpersisted;
   pthread_mutex_unlock(&s->mu);
   s->unpersisted = 0;
   return 0;
@@ -1331,7 +1350,6 @@ int psd_sparse_row(psd_sparse *s, const char *model, uint32_t table, uint64_t ke
   sp_table *t = table_find(s, model, table);
   if (!t) return ps_errf(eb, PS_ENOENT, "model '%s' has no sparse table %u", model, table);
   int64_t r = index_find(t, key);
-  buf_tidy(s);
   const char *v = r < 0 ? buf_lookup(s, t, key) : NULL;
   char *got = NULL;
   if (r < 0 && !v) {
@@ -1429,5 +1447,6 @@ int psd_sparse_flush(psd_sparse *s, uint64_t log_seq, ps_errbuf *eb) {
   int rc = psd_sparse_snapshot(s, log_seq, &persist, eb);
   if (!rc) rc = psd_sparse_persist(s, eb);
   if (rc) psd_sparse_persist_failed(s);
+  else buf_tidy(s); /* every row is in RocksDB's files: read from there */
   return rc;
 }

@@ -6,8 +6,9 @@
  * counts, clocks and flags; an open-addressing index (linear probing on
  * ps_mix64(key), load <= 1/2) maps a key to its row + 1.  Eviction
  * finds the clock below which the oldest rows lie from a histogram of
- * the rows' clocks (request ticks: O(rows)), writes them in key order,
- * compacts the slab and rebuilds the index, once per batch of evictions.
+ * the rows' clocks (request ticks: O(rows)), gives the changed ones to
+ * the write buffer, compacts the slab and rebuilds the index, once per
+ * batch of evictions.
  * Admission counts live in a second open-addressing map (key -> pulls
  * seen), which only grows: 16 bytes per key pulled and not yet admitted
  * or admitted (the cost of admission). */
@@ -695,12 +696,9 @@ int psd_sparse_open(psd_sparse **out, const psd_sparse_opts *o, ps_errbuf *eb) {
   rocksdb_options_set_block_based_table_factory(s->opts, s->bbto);
   rocksdb_options_set_create_if_missing(s->opts, 1);
   rocksdb_options_set_compression(s->opts, rocksdb_no_compression);
-  /* a read-back is a point lookup: whole-key bloom in the memtables too,
-   * and a hash index in each data block */
-  rocksdb_options_set_memtable_prefix_bloom_size_ratio(s->opts, 0.02);
-  rocksdb_options_set_memtable_whole_key_filtering(s->opts, 1);
-  /* rows reach the files through psd's write buffers (ingestion): the
-   * memtable holds only the "w" record of a new directory */
+  /* a read-back is a point lookup: a hash index in each data block.
+   * Rows reach the files through psd's write buffers (ingestion): the
+   * memtable stays empty */
   rocksdb_options_set_write_buffer_size(s->opts, 1u << 20);
   rocksdb_options_set_max_write_buffer_number(s->opts, 2);
   rocksdb_options_set_keep_log_file_num(s->opts, 2);
@@ -1291,7 +1289,7 @@ int psd_sparse_replay(psd_sparse *s, uint64_t seq, const uint8_t *rec, size_t le
 }
 
 /* write_seq puts the "w" record (the log position every row in memory
- * and on disk holds) into the memtable. */
+ * and on disk holds) into the open write buffer. */
 static int write_seq(psd_sparse *s, uint64_t seq, ps_errbuf *eb) {
   if (!s->open && !(s->open = calloc(1, sizeof *s->open)))
     return ps_errf(eb, PS_ENOMEM, "sparse rows: out of memory");

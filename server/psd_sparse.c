@@ -203,7 +203,9 @@ static uint64_t val_seq(const sp_table *t, const char *v, size_t len) {
  * sorts it, writes it as one SST file (SstFileWriter, synced) and has
  * RocksDB take the file in whole (ingestion: no memtable, no WAL).  Until
  * its file is in, a buffer stays readable: a miss on one of its rows is
- * served from it, in memory.  Buffers go in in the order they were
+ * served from it, in memory, and so are the rows of buffers already
+ * written while all buffers hold at most 2 x SPILL_BYTES (the oldest
+ * written go first).  Buffers go in in the order they were
  * sealed (a later one may hold newer copies of the same rows); a buffer
  * that failed (a full disk) stops the ones after it and is tried again at
  * the next seal.  At most SPILL_SEALED sealed buffers wait: sealing one
@@ -373,12 +375,13 @@ static size_t buf_bytes(const sp_buf *b) {
 }
 
 /* buf_reap (loop, under mu) frees the oldest sealed buffers whose files
- * are in: all of them with ALL, else while the sealed buffers hold more
- * than SPILL_BYTES.  Those kept go on serving their rows from memory. */
+ * are in: all of them with ALL, else while the buffers, the open one
+ * included, hold more than 2 x SPILL_BYTES.  Those kept go on serving
+ * their rows from memory. */
 static void buf_reap(psd_sparse *s, int all) {
-  size_t bytes = 0;
+  size_t bytes = s->open ? buf_bytes(s->open) : 0;
   for (const sp_buf *b = s->sealed; b; b = b->next) bytes += buf_bytes(b);
-  while (s->sealed && s->sealed->state == BUF_DONE && (all || bytes > SPILL_BYTES)) {
+  while (s->sealed && s->sealed->state == BUF_DONE && (all || bytes > 2 * (size_t)SPILL_BYTES)) {
     sp_buf *b = s->sealed;
     bytes -= buf_bytes(b);
     s->sealed = b->next;
@@ -820,7 +823,13 @@ static int write_rows(psd_sparse *s, sp_table *t, const uint8_t *mark, ps_errbuf
   }
   t->st.disk_writes += n;
   if (n) t->any_on_disk = 1;
-  return s->open && s->open->used >= SPILL_BYTES ? buf_seal(s, eb) : 0;
+  if (s->open && s->open->used >= SPILL_BYTES) return buf_seal(s, eb);
+  if (n && s->sealed) { /* room for the open buffer: older written ones go */
+    pthread_mutex_lock(&s->mu);
+    buf_reap(s, 0);
+    pthread_mutex_unlock(&s->mu);
+  }
+  return 0;
 }
 
 /* load_row copies the stored row V (LEN bytes, val_ok) into a new row

@@ -71,10 +71,11 @@
  *     writer thread writes it, in key order, as one SST file (synced)
  *     that RocksDB ingests whole (no memtable, no WAL).  A sealed buffer
  *     serves its rows until its file is in, and after that as long as
- *     the sealed buffers hold at most 16 MiB; one sealed buffer at most
- *     waits for the writer (sealing another waits on the loop).  So the
- *     buffers hold at most 32 MiB plus the rows of one snapshot (every
- *     changed row in memory), as RocksDB's two 16 MiB write buffers did.
+ *     all buffers (the open one included) hold at most 32 MiB: the
+ *     oldest written ones go first; one sealed buffer at most waits for
+ *     the writer (sealing another waits on the loop).  So the buffers
+ *     hold at most 32 MiB plus the rows of one snapshot (every changed
+ *     row in memory), as RocksDB's two 16 MiB write buffers did.
  *     A buffer that fails (a full disk) stops the ones after it, fails
  *     the persist and the eviction that must wait for it, and is tried
  *     again at the next seal; its rows stay readable meanwhile.

@@ -14,6 +14,7 @@
  * or admitted (the cost of admission). */
 #include "psd_sparse.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <math.h>
@@ -335,6 +336,22 @@ static int buf_write(psd_sparse *s, const sp_buf *b, ps_errbuf *eb) {
   }
   unlink(path); /* moved in (a link, removed here), or a partial file */
   return err ? rdb_err(s, err, "write", eb) : 0;
+}
+
+/* buf_remove_tmp removes the files of buffers a process that died left
+ * half written in DIR (never ingested: the rows they held are lost or
+ * in later files as the durability mode says). */
+static void buf_remove_tmp(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) return;
+  for (struct dirent *e; (e = readdir(d));) {
+    size_t n = strlen(e->d_name);
+    if (strncmp(e->d_name, "spill-", 6) || n < 8 || strcmp(e->d_name + n - 8, ".sst.tmp")) continue;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    unlink(path);
+  }
+  closedir(d);
 }
 
 static void *writer_main(void *arg) {
@@ -730,6 +747,7 @@ int psd_sparse_open(psd_sparse **out, const psd_sparse_opts *o, ps_errbuf *eb) {
   }
   if (v) memcpy(&s->wseq, v, 8), s->has_wseq = 1;
   rocksdb_free(v);
+  buf_remove_tmp(s->dir);
   if (pthread_create(&s->writer, NULL, writer_main, s)) {
     ps_errf(eb, PS_ENOMEM, "sparse rows '%s': cannot start the writer thread", s->dir);
     psd_sparse_close(s);

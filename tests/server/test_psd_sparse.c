@@ -334,7 +334,8 @@ static void states_read(const char *path, row_state *st, int n) {
  * buffer and the open one not in RocksDB's files).  A child process
  * pushes three rounds with a redo log (in a file): a snapshot after the
  * first, persisted; one after the second, sealed but held; the third in
- * the open buffer; then SIGKILL.  Reopened, the rows are exactly the
+ * the open buffer; then SIGKILL.  Reopened (a half-written buffer file
+ * removed), the rows are exactly the
  * persisted snapshot's (periodic's promise: nothing after it was
  * written, nothing before it lost); replaying the log records after the
  * snapshot's position gives every row's last state before the kill, bit
@@ -379,7 +380,12 @@ START_TEST(test_kill_with_pending_writes) {
   static row_state at_snap[N], at_kill[N];
   states_read(snap_p, at_snap, N);
   states_read(last_p, at_kill, N);
+  /* a buffer file the killed writer left half written is removed at open */
+  char tmp_p[700];
+  snprintf(tmp_p, sizeof tmp_p, "%s/spill-9.sst.tmp", rows_dir);
+  ps_test_write_file(tmp_p, "half");
   psd_sparse *s = open_sparse(rows_dir, 16, 0);
+  ck_assert_int_ne(access(tmp_p, F_OK), 0);
   add_table(s, "adam", 0.01f);
   ps_errbuf eb;
   uint64_t from;

@@ -211,8 +211,8 @@ static void psctl_status_sparse(const psctl_row *rows, size_t n) {
       if (asked) snprintf(hit, sizeof hit, "%.1f", 100.0 * (double)t->hits / (double)asked);
       printf("%-16s %-5u %-5u %4u %10llu %7s %10llu %10llu %10llu %8s\n", t->model, t->table,
              s->shard, t->dim, (unsigned long long)t->rows_mem, hit,
-             (unsigned long long)t->evictions, (unsigned long long)t->disk_reads,
-             (unsigned long long)t->created, psctl_human(b, sizeof b, (double)t->disk_bytes));
+             (unsigned long long)t->evictions,
+             (unsigned long long)(t->disk_reads + t->buffer_reads), (unsigned long long)t->created, psctl_human(b, sizeof b, (double)t->disk_bytes));
     }
   }
 }
@@ -376,13 +376,14 @@ static void psctl_status_json_row(const psctl_row *r) {
     psctl_json_str(t->model);
     printf(",\"table\":%u,\"dim\":%u,\"rows_mem\":%llu,\"hits\":%llu,\"misses\":%llu,"
            "\"disk_reads\":%llu,\"disk_read_bytes\":%llu,\"created\":%llu,\"evictions\":%llu,"
-           "\"disk_writes\":%llu,\"pending\":%llu,\"dropped_grads\":%llu,\"disk_bytes\":%llu}",
+           "\"disk_writes\":%llu,\"pending\":%llu,\"dropped_grads\":%llu,\"disk_bytes\":%llu,"
+           "\"buffer_reads\":%llu}",
            t->table, t->dim, (unsigned long long)t->rows_mem, (unsigned long long)t->hits,
            (unsigned long long)t->misses, (unsigned long long)t->disk_reads,
            (unsigned long long)t->disk_read_bytes, (unsigned long long)t->created,
            (unsigned long long)t->evictions, (unsigned long long)t->disk_writes,
            (unsigned long long)t->pending, (unsigned long long)t->dropped_grads,
-           (unsigned long long)t->disk_bytes);
+           (unsigned long long)t->disk_bytes, (unsigned long long)t->buffer_reads);
   }
   printf("]}");
 }

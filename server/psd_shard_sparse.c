@@ -185,7 +185,7 @@ void psd_shard_sparse_status(psd_shard *sh, Ps__StatusReply *reply) {
     t[i].disk_reads = st.disk_reads, t[i].disk_read_bytes = st.disk_read_bytes;
     t[i].created = st.created, t[i].evictions = st.evictions, t[i].disk_writes = st.disk_writes;
     t[i].pending = st.pending, t[i].dropped_grads = st.dropped_grads;
-    t[i].disk_bytes = st.disk_bytes;
+    t[i].disk_bytes = st.disk_bytes, t[i].buffer_reads = st.buffer_reads;
     v[i] = &t[i];
   }
   reply->n_sparse_tables = n;

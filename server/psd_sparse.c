@@ -6,21 +6,27 @@
  * counts, clocks and flags; an open-addressing index (linear probing on
  * ps_mix64(key), load <= 1/2) maps a key to its row + 1.  Eviction
  * finds the clock below which the oldest rows lie from a histogram of
- * the rows' clocks (request ticks: O(rows)), writes them in key order,
- * compacts the slab and rebuilds the index, once per batch of evictions.
+ * the rows' clocks (request ticks: O(rows)), gives the changed ones to
+ * the write buffer, compacts the slab and rebuilds the index, once per
+ * batch of evictions.
  * Admission counts live in a second open-addressing map (key -> pulls
  * seen), which only grows: 16 bytes per key pulled and not yet admitted
  * or admitted (the cost of admission). */
 #include "psd_sparse.h"
 
+#include <dirent.h>
 #include <errno.h>
+#include <fcntl.h>
 #include <math.h>
+#include <pthread.h>
 #include <rocksdb/c.h>
+#include <stdio.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <sys/uio.h>
+#include <unistd.h>
 
 #include "ps_place.h"
 #include "psd_optim.h"
@@ -28,9 +34,37 @@
 enum { ROW_DIRTY = 1, ROW_ON_DISK = 2 };
 #define KEY_MAX_LEN (1 + 64 + 1 + 4 + 8)
 #define VAL_HDR 16 /* update count, clock */
-#define SCRATCH_KEEP (8u << 20) /* scratch larger than this is freed after use */
 #define VAL_SEQ 8  /* after the floats: the redo log seq of the last push applied */
 #define LOG_HDR(nl) ((size_t)2 + (nl) + 12) /* kind, name length, name, table, dim, nkeys */
+#define SPILL_BYTES (16u << 20) /* a write buffer is sealed once it holds this much */
+#define SPILL_SEALED 1          /* sealed buffers waiting for the writer, at most */
+
+struct sp_table;
+
+/* A write buffer (see "the write buffers" below). */
+enum { BUF_QUEUED = 1, BUF_WRITING, BUF_DONE, BUF_FAILED };
+
+typedef struct sp_ent {
+  struct sp_table *t;
+  uint64_t key;
+  size_t off;                /* its stored row: data + off, val_len(t) bytes */
+} sp_ent;
+
+typedef struct sp_buf {
+  sp_ent *ent;
+  size_t n, cap;
+  uint32_t *ix;              /* open addressing on (table, key): entry + 1, 0 = empty */
+  size_t icap;
+  char *data;
+  size_t used, dcap;
+  int has_w;                 /* it carries the "w" record W */
+  uint64_t w;
+  uint64_t gen;              /* seal order, from 1 */
+  int state;                 /* BUF_*, once sealed (under psd_sparse.mu) */
+  int code;                  /* BUF_FAILED: the error, its message in eb */
+  ps_errbuf eb;
+  struct sp_buf *next;       /* the sealed list, oldest first */
+} sp_buf;
 
 typedef struct sp_table {
   char *model;
@@ -66,10 +100,8 @@ struct psd_sparse {
   rocksdb_options_t *opts;
   rocksdb_block_based_table_options_t *bbto;
   rocksdb_cache_t *cache;
-  rocksdb_writeoptions_t *wo;   /* WAL off */
   rocksdb_readoptions_t *ro;
   rocksdb_column_family_handle_t *cf; /* the default family (batched MultiGet needs it) */
-  rocksdb_flushoptions_t *fo;
   sp_table **tables;
   size_t ntables;
   /* per-request scratch, grown as needed */
@@ -86,17 +118,25 @@ struct psd_sparse {
   size_t ev_hist_cap;
   uint8_t *ev_mark;             /* rows to drop */
   size_t ev_mark_cap;
-  struct key_at *ka;            /* keys to write or read, sorted */
+  struct key_at *ka;            /* keys to read, sorted */
   size_t ka_cap;
-  char *val;                    /* one stored row */
-  size_t val_cap;
-  rocksdb_writebatch_t *wb;     /* cleared after each write */
+  /* the write buffers (see "the write buffers") */
+  sp_buf *open;                 /* rows given to RocksDB since the last seal (loop) */
+  sp_buf *sealed;               /* sealed, oldest first: the list is the loop's, states mu's */
+  uint64_t gen;                 /* the last buffer sealed */
+  uint64_t persist_gen;         /* psd_sparse_persist waits for the buffers up to it (mu) */
+  rocksdb_ingestexternalfileoptions_t *io;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  pthread_t writer;
+  int writer_started, stop;     /* stop: under mu */
+  int hold;                     /* psd_sparse_hold_writer (under mu) */
   /* durability (see psd_sparse.h, "Durability") */
   psd_sparse_log_fn *log_fn;    /* redo log hook; NULL: none */
   void *log_arg;
-  uint64_t wseq;                /* the "w" record in RocksDB (or the memtable) */
+  uint64_t wseq;                /* the "w" record in RocksDB (or a write buffer) */
   int has_wseq;                 /* RocksDB held a "w" record at open or one was written */
-  int unpersisted;              /* rows or "w" written since the last memtable flush began */
+  int unpersisted;              /* a persist failed: the next snapshot persists again */
 };
 
 /* ---- small helpers -------------------------------------------------------- */
@@ -151,6 +191,298 @@ static uint64_t val_seq(const sp_table *t, const char *v, size_t len) {
   uint64_t q = 0;
   if (len == val_len(t)) memcpy(&q, v + len - VAL_SEQ, 8);
   return q;
+}
+
+/* ---- the write buffers ----------------------------------------------------------
+ *
+ * Rows given to RocksDB (evictions, snapshots, exports) do not go through
+ * RocksDB's memtable, a skiplist where each random insert and each lookup
+ * of a read-back cost about a microsecond (most of a budgeted shard's
+ * time).  They go to psd's own write buffer, a hash of (table, key) ->
+ * stored row.  A buffer that holds SPILL_BYTES, or that a snapshot or an
+ * export needs on disk, is sealed and handed to the writer thread, which
+ * sorts it, writes it as one SST file (SstFileWriter, synced) and has
+ * RocksDB take the file in whole (ingestion: no memtable, no WAL).  Until
+ * its file is in, a buffer stays readable: a miss on one of its rows is
+ * served from it, in memory, and so are the rows of buffers already
+ * written while all buffers hold at most 2 x SPILL_BYTES (the oldest
+ * written go first).  Buffers go in in the order they were
+ * sealed (a later one may hold newer copies of the same rows); a buffer
+ * that failed (a full disk) stops the ones after it and is tried again at
+ * the next seal.  At most SPILL_SEALED sealed buffers wait: sealing one
+ * more waits for the oldest (the loop blocks only when rows are evicted
+ * faster than the disk takes them), so the buffers hold at most
+ * (1 + SPILL_SEALED) x SPILL_BYTES, plus what one snapshot writes.
+ *
+ * Threads: the loop owns the open buffer and the sealed list (it appends
+ * and frees, both under mu); the writer reads sealed buffers (never
+ * changed once sealed) and sets their state under mu. */
+
+static size_t buf_hash(const sp_table *t, uint64_t key) {
+  return (size_t)ps_mix64(key ^ ((uint64_t)(uintptr_t)t * 0x9E3779B97F4A7C15ull));
+}
+
+static void buf_free(sp_buf *b) {
+  if (!b) return;
+  free(b->ent);
+  free(b->ix);
+  free(b->data);
+  free(b);
+}
+
+/* buf_find returns the stored row of KEY of T in B, or NULL. */
+static const char *buf_find(const sp_buf *b, const sp_table *t, uint64_t key) {
+  if (!b->icap) return NULL;
+  size_t mask = b->icap - 1;
+  for (size_t h = buf_hash(t, key) & mask;; h = (h + 1) & mask) {
+    uint32_t v = b->ix[h];
+    if (!v) return NULL;
+    const sp_ent *e = &b->ent[v - 1];
+    if (e->key == key && e->t == t) return b->data + e->off;
+  }
+}
+
+/* buf_lookup returns the newest buffered copy of KEY of T, or NULL. */
+static const char *buf_lookup(const psd_sparse *s, const sp_table *t, uint64_t key) {
+  const char *v = s->open ? buf_find(s->open, t, key) : NULL;
+  if (v) return v;
+  for (const sp_buf *b = s->sealed; b; b = b->next) { /* oldest first: the last match */
+    const char *w = buf_find(b, t, key);
+    if (w) v = w;
+  }
+  return v;
+}
+
+/* buf_slot returns where the stored row of KEY of T goes in the open
+ * buffer (its old copy there, or a new entry); NULL when out of memory. */
+static char *buf_slot(psd_sparse *s, sp_table *t, uint64_t key) {
+  if (!s->open && !(s->open = calloc(1, sizeof *s->open))) return NULL;
+  sp_buf *b = s->open;
+  size_t len = val_len(t);
+  if ((b->n + 1) * 2 > b->icap) {
+    size_t c = b->icap ? b->icap * 2 : 4096;
+    if (c > UINT32_MAX) return NULL;
+    uint32_t *ix = calloc(c, sizeof *ix);
+    if (!ix) return NULL;
+    for (size_t i = 0; i < b->n; i++) {
+      size_t h = buf_hash(b->ent[i].t, b->ent[i].key) & (c - 1);
+      while (ix[h]) h = (h + 1) & (c - 1);
+      ix[h] = (uint32_t)(i + 1);
+    }
+    free(b->ix);
+    b->ix = ix;
+    b->icap = c;
+  }
+  size_t mask = b->icap - 1, h = buf_hash(t, key) & mask;
+  for (; b->ix[h]; h = (h + 1) & mask) {
+    const sp_ent *e = &b->ent[b->ix[h] - 1];
+    if (e->key == key && e->t == t) return b->data + e->off;
+  }
+  if (grow_to(&b->ent, &b->cap, b->n + 1, sizeof *b->ent) ||
+      grow_to(&b->data, &b->dcap, b->used + len, 1))
+    return NULL;
+  b->ent[b->n] = (sp_ent){t, key, b->used};
+  b->ix[h] = (uint32_t)(++b->n);
+  b->used += len;
+  return b->data + b->used - len;
+}
+
+/* cmp_ent orders entries as their RocksDB keys ('r', model, '\0', table
+ * BE, key BE). */
+static int cmp_ent(const void *a, const void *b) {
+  const sp_ent *x = *(const sp_ent *const *)a, *y = *(const sp_ent *const *)b;
+  if (x->t != y->t) {
+    int c = strcmp(x->t->model, y->t->model);
+    if (c) return c;
+    if (x->t->id != y->t->id) return x->t->id < y->t->id ? -1 : 1;
+  }
+  return x->key < y->key ? -1 : x->key > y->key;
+}
+
+/* buf_write (writer thread) writes B as one SST file in key order ("w"
+ * last: 'w' > 'r') and ingests it.  0 or a PS_E* code with EB. */
+static int buf_write(psd_sparse *s, const sp_buf *b, ps_errbuf *eb) {
+  const sp_ent **ord = malloc((b->n ? b->n : 1) * sizeof *ord);
+  if (!ord) return ps_errf(eb, PS_ENOMEM, "sparse rows: out of memory");
+  for (size_t i = 0; i < b->n; i++) ord[i] = &b->ent[i];
+  qsort(ord, b->n, sizeof *ord, cmp_ent);
+  char path[4200];
+  snprintf(path, sizeof path, "%s/spill-%llu.sst.tmp", s->dir, (unsigned long long)b->gen);
+  rocksdb_envoptions_t *env = rocksdb_envoptions_create();
+  rocksdb_sstfilewriter_t *w = rocksdb_sstfilewriter_create(env, s->opts);
+  char *err = NULL;
+  rocksdb_sstfilewriter_open(w, path, &err);
+  for (size_t i = 0; i < b->n && !err; i++) {
+    char k[KEY_MAX_LEN];
+    size_t kn = row_key(ord[i]->t, ord[i]->key, k);
+    rocksdb_sstfilewriter_put(w, k, kn, b->data + ord[i]->off, val_len(ord[i]->t), &err);
+  }
+  if (!err && b->has_w) rocksdb_sstfilewriter_put(w, "w", 1, (const char *)&b->w, 8, &err);
+  if (!err) rocksdb_sstfilewriter_finish(w, &err); /* synced */
+  rocksdb_sstfilewriter_destroy(w);
+  rocksdb_envoptions_destroy(env);
+  free(ord);
+  /* SstFileWriter drops what it wrote from the page cache; its rows are
+   * the ones read back next (a read-back would go to the disk, with
+   * readahead): the kernel reads the file back in, sequentially, now */
+  int fd = err ? -1 : open(path, O_RDONLY | O_CLOEXEC);
+  if (fd >= 0) {
+    posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);
+    close(fd);
+  }
+  if (!err) {
+    const char *files[] = {path};
+    rocksdb_ingest_external_file(s->db, files, 1, s->io, &err);
+  }
+  unlink(path); /* moved in (a link, removed here), or a partial file */
+  return err ? rdb_err(s, err, "write", eb) : 0;
+}
+
+/* buf_remove_tmp removes the files of buffers a process that died left
+ * half written in DIR (never ingested: the rows they held are lost or
+ * in later files as the durability mode says). */
+static void buf_remove_tmp(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) return;
+  for (struct dirent *e; (e = readdir(d));) {
+    size_t n = strlen(e->d_name);
+    if (strncmp(e->d_name, "spill-", 6) || n < 8 || strcmp(e->d_name + n - 8, ".sst.tmp")) continue;
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%s", dir, e->d_name);
+    unlink(path);
+  }
+  closedir(d);
+}
+
+static void *writer_main(void *arg) {
+  psd_sparse *s = arg;
+  pthread_mutex_lock(&s->mu);
+  for (;;) {
+    sp_buf *b = s->sealed;
+    while (b && b->state == BUF_DONE) b = b->next;
+    if (b && b->state == BUF_QUEUED && !s->hold) {
+      b->state = BUF_WRITING;
+      pthread_mutex_unlock(&s->mu);
+      ps_errbuf eb;
+      int rc = buf_write(s, b, &eb);
+      pthread_mutex_lock(&s->mu);
+      b->state = rc ? BUF_FAILED : BUF_DONE;
+      b->code = rc;
+      if (rc) b->eb = eb;
+      pthread_cond_broadcast(&s->cv);
+      continue;
+    }
+    if (s->stop) break;
+    pthread_cond_wait(&s->cv, &s->mu);
+  }
+  pthread_mutex_unlock(&s->mu);
+  return NULL;
+}
+
+void psd_sparse_hold_writer(psd_sparse *s, int hold) {
+  pthread_mutex_lock(&s->mu);
+  s->hold = hold;
+  pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+}
+
+/* buf_bytes: the memory buffer B holds (its rows, entries and index). */
+static size_t buf_bytes(const sp_buf *b) {
+  return b->used + b->n * sizeof *b->ent + b->icap * sizeof *b->ix;
+}
+
+/* buf_reap (loop, under mu) frees the oldest sealed buffers whose files
+ * are in: all of them with ALL, else while the buffers, the open one
+ * included, hold more than 2 x SPILL_BYTES.  Those kept go on serving
+ * their rows from memory. */
+static void buf_reap(psd_sparse *s, int all) {
+  size_t bytes = s->open ? buf_bytes(s->open) : 0;
+  for (const sp_buf *b = s->sealed; b; b = b->next) bytes += buf_bytes(b);
+  while (s->sealed && s->sealed->state == BUF_DONE && (all || bytes > 2 * (size_t)SPILL_BYTES)) {
+    sp_buf *b = s->sealed;
+    bytes -= buf_bytes(b);
+    s->sealed = b->next;
+    buf_free(b);
+  }
+}
+
+/* buf_pending (under mu): the sealed buffers not in RocksDB's files yet. */
+static size_t buf_pending(const psd_sparse *s) {
+  size_t n = 0;
+  for (const sp_buf *b = s->sealed; b; b = b->next) n += b->state != BUF_DONE;
+  return n;
+}
+
+/* buf_tidy (loop) frees every sealed buffer whose file is in (then their
+ * rows are read from RocksDB's files). */
+static void buf_tidy(psd_sparse *s) {
+  if (!s->sealed) return;
+  pthread_mutex_lock(&s->mu);
+  buf_reap(s, 1);
+  pthread_mutex_unlock(&s->mu);
+}
+
+/* buf_failed (under mu) reports the oldest failed buffer in EB: its code,
+ * or 0 when none failed. */
+static int buf_failed(const psd_sparse *s, ps_errbuf *eb) {
+  for (const sp_buf *b = s->sealed; b; b = b->next)
+    if (b->state == BUF_FAILED) {
+      *eb = b->eb;
+      return b->code;
+    }
+  return 0;
+}
+
+/* buf_seal (loop) seals the open buffer (none when it is empty) and hands
+ * it to the writer; failed buffers are queued again first.  With
+ * SPILL_SEALED buffers waiting it waits for the oldest; when that one
+ * fails, its error (the open buffer stays open, its rows in memory). */
+static int buf_seal(psd_sparse *s, ps_errbuf *eb) {
+  int rc = 0;
+  pthread_mutex_lock(&s->mu);
+  for (sp_buf *b = s->sealed; b; b = b->next)
+    if (b->state == BUF_FAILED) b->state = BUF_QUEUED;
+  pthread_cond_broadcast(&s->cv);
+  sp_buf *o = s->open;
+  if (o && (o->n || o->has_w)) {
+    while (buf_pending(s) >= SPILL_SEALED && !(rc = buf_failed(s, eb)))
+      pthread_cond_wait(&s->cv, &s->mu);
+    if (!rc) {
+      o->gen = ++s->gen;
+      o->state = BUF_QUEUED;
+      sp_buf **tail = &s->sealed;
+      while (*tail) tail = &(*tail)->next;
+      *tail = o;
+      s->open = NULL;
+      pthread_cond_broadcast(&s->cv);
+    }
+  }
+  buf_reap(s, 0);
+  pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
+/* buf_wait (any thread) waits until the buffers sealed up to GEN are in
+ * RocksDB's files; 0, or the error of the first that failed. */
+static int buf_wait(psd_sparse *s, uint64_t gen, ps_errbuf *eb) {
+  int rc = 0;
+  pthread_mutex_lock(&s->mu);
+  for (;;) {
+    const sp_buf *b = s->sealed;
+    while (b && b->state == BUF_DONE) b = b->next;
+    if (!b || b->gen > gen) break;
+    if ((rc = buf_failed(s, eb))) break;
+    pthread_cond_wait(&s->cv, &s->mu);
+  }
+  pthread_mutex_unlock(&s->mu);
+  return rc;
+}
+
+/* buf_sync (loop) seals the open buffer and waits until every buffer is
+ * in RocksDB's files (an export reads RocksDB itself). */
+static int buf_sync(psd_sparse *s, ps_errbuf *eb) {
+  int rc = buf_seal(s, eb);
+  return rc ? rc : buf_wait(s, s->gen, eb);
 }
 
 /* ---- the key index -------------------------------------------------------- */
@@ -369,12 +701,14 @@ int psd_sparse_open(psd_sparse **out, const psd_sparse_opts *o, ps_errbuf *eb) {
   }
   s->memory_rows = o->memory_rows;
   s->admit_after = o->admit_after;
+  pthread_mutex_init(&s->mu, NULL);
+  pthread_cond_init(&s->cv, NULL);
+  s->io = rocksdb_ingestexternalfileoptions_create();
+  rocksdb_ingestexternalfileoptions_set_move_files(s->io, 1);
   s->opts = rocksdb_options_create();
   s->bbto = rocksdb_block_based_options_create();
   s->cache = rocksdb_cache_create_lru(8u << 20);
-  s->wo = rocksdb_writeoptions_create();
   s->ro = rocksdb_readoptions_create();
-  s->fo = rocksdb_flushoptions_create();
   rocksdb_block_based_options_set_block_cache(s->bbto, s->cache);
   rocksdb_block_based_options_set_filter_policy(s->bbto, rocksdb_filterpolicy_create_bloom(10));
   rocksdb_block_based_options_set_data_block_index_type(
@@ -382,16 +716,13 @@ int psd_sparse_open(psd_sparse **out, const psd_sparse_opts *o, ps_errbuf *eb) {
   rocksdb_options_set_block_based_table_factory(s->opts, s->bbto);
   rocksdb_options_set_create_if_missing(s->opts, 1);
   rocksdb_options_set_compression(s->opts, rocksdb_no_compression);
-  /* a read-back is a point lookup: whole-key bloom in the memtables too,
-   * and a hash index in each data block */
-  rocksdb_options_set_memtable_prefix_bloom_size_ratio(s->opts, 0.02);
-  rocksdb_options_set_memtable_whole_key_filtering(s->opts, 1);
-  rocksdb_options_set_write_buffer_size(s->opts, 16u << 20);
+  /* a read-back is a point lookup: a hash index in each data block.
+   * Rows reach the files through psd's write buffers (ingestion): the
+   * memtable stays empty */
+  rocksdb_options_set_write_buffer_size(s->opts, 1u << 20);
   rocksdb_options_set_max_write_buffer_number(s->opts, 2);
   rocksdb_options_set_keep_log_file_num(s->opts, 2);
   rocksdb_options_set_info_log_level(s->opts, 4 /* FATAL */);
-  rocksdb_writeoptions_disable_WAL(s->wo, 1);
-  rocksdb_flushoptions_set_wait(s->fo, 1);
   char *err = NULL;
   const char *cfname = "default";
   const rocksdb_options_t *cfopts = s->opts;
@@ -416,22 +747,46 @@ int psd_sparse_open(psd_sparse **out, const psd_sparse_opts *o, ps_errbuf *eb) {
   }
   if (v) memcpy(&s->wseq, v, 8), s->has_wseq = 1;
   rocksdb_free(v);
+  buf_remove_tmp(s->dir);
+  if (pthread_create(&s->writer, NULL, writer_main, s)) {
+    ps_errf(eb, PS_ENOMEM, "sparse rows '%s': cannot start the writer thread", s->dir);
+    psd_sparse_close(s);
+    return PS_ENOMEM;
+  }
+  s->writer_started = 1;
   *out = s;
   return 0;
 }
 
 void psd_sparse_close(psd_sparse *s) {
   if (!s) return;
+  if (s->writer_started) { /* what was given to RocksDB goes in, as its memtable would */
+    ps_errbuf eb;
+    psd_sparse_hold_writer(s, 0);
+    buf_sync(s, &eb);
+    pthread_mutex_lock(&s->mu);
+    s->stop = 1;
+    pthread_cond_broadcast(&s->cv);
+    pthread_mutex_unlock(&s->mu);
+    pthread_join(s->writer, NULL);
+  }
+  buf_free(s->open);
+  while (s->sealed) {
+    sp_buf *b = s->sealed;
+    s->sealed = b->next;
+    buf_free(b);
+  }
   for (size_t i = 0; i < s->ntables; i++) table_free(s->tables[i]);
   free(s->tables);
   if (s->cf) rocksdb_column_family_handle_destroy(s->cf);
   if (s->db) rocksdb_close(s->db);
-  if (s->fo) rocksdb_flushoptions_destroy(s->fo);
   if (s->ro) rocksdb_readoptions_destroy(s->ro);
-  if (s->wo) rocksdb_writeoptions_destroy(s->wo);
   if (s->opts) rocksdb_options_destroy(s->opts);
   if (s->bbto) rocksdb_block_based_options_destroy(s->bbto);
   if (s->cache) rocksdb_cache_destroy(s->cache);
+  if (s->io) rocksdb_ingestexternalfileoptions_destroy(s->io);
+  pthread_mutex_destroy(&s->mu);
+  pthread_cond_destroy(&s->cv);
   free(s->set);
   free(s->set_used);
   free(s->rowof);
@@ -439,23 +794,18 @@ void psd_sparse_close(psd_sparse *s) {
   free(s->ev_hist);
   free(s->ev_mark);
   free(s->ka);
-  free(s->val);
-  if (s->wb) rocksdb_writebatch_destroy(s->wb);
   free(s->dir);
   free(s);
 }
 
 /* ---- writing and reading rows ------------------------------------------------ */
 
-/* put_row adds row R of T to batch B. */
-static void put_row(const sp_table *t, size_t r, rocksdb_writebatch_t *b, char *val) {
-  char k[KEY_MAX_LEN];
-  size_t kn = row_key(t, t->keys[r], k);
+/* put_row stores row R of T at VAL (val_len(t) bytes). */
+static void put_row(const sp_table *t, size_t r, char *val) {
   memcpy(val, &t->count[r], 8);
   memcpy(val + 8, &t->clock[r], 8);
   memcpy(val + VAL_HDR, row_data(t, r), t->rowf * sizeof(float));
   memcpy(val + VAL_HDR + t->rowf * sizeof(float), &t->rseq[r], VAL_SEQ);
-  rocksdb_writebatch_put(b, k, kn, val, val_len(t));
 }
 
 /* A key and where it is (a row, a request's index), sorted by key. */
@@ -469,49 +819,38 @@ static int cmp_key_at(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
-/* write_rows writes the rows of T whose MARK[r] is set and that changed
- * since they were last written (or were never written), in one batch
- * without the WAL; on success they are clean and on disk.  The batch is
- * in key order: the memtable's skiplist then inserts each row from where
- * the previous one went (its "splice") instead of searching from the top. */
+/* write_rows gives RocksDB the rows of T whose MARK[r] is set (every
+ * row without MARK) and that changed since they were last given (or
+ * never were): into the open write buffer, sealed once it holds
+ * SPILL_BYTES.  Rows given are clean and count as on disk (the buffers
+ * serve them until their file is in). */
 static int write_rows(psd_sparse *s, sp_table *t, const uint8_t *mark, ps_errbuf *eb) {
-  if (!s->wb) s->wb = rocksdb_writebatch_create();
-  if (grow_to(&s->val, &s->val_cap, val_len(t), 1) ||
-      grow_to(&s->ka, &s->ka_cap, t->nrows ? t->nrows : 1, sizeof *s->ka))
-    return ps_errf(eb, PS_ENOMEM, "sparse rows: out of memory");
-  key_at *ka = s->ka;
   uint64_t n = 0;
-  for (size_t r = 0; r < t->nrows; r++)
-    if ((!mark || mark[r]) && (t->flags[r] & ROW_DIRTY || !(t->flags[r] & ROW_ON_DISK)))
-      ka[n++] = (key_at){t->keys[r], r};
-  qsort(ka, n, sizeof *ka, cmp_key_at);
-  for (size_t i = 0; i < n; i++) put_row(t, ka[i].at, s->wb, s->val);
-  char *err = NULL;
-  if (n) rocksdb_write(s->db, s->wo, s->wb, &err);
-  /* kept for the next eviction, unless a snapshot or an export of many
-   * rows made it large: memory beside the budget stays small */
-  size_t wbn = 0;
-  rocksdb_writebatch_data(s->wb, &wbn);
-  if (wbn > SCRATCH_KEEP) {
-    rocksdb_writebatch_destroy(s->wb);
-    s->wb = NULL;
-  } else {
-    rocksdb_writebatch_clear(s->wb);
+  for (size_t r = 0; r < t->nrows; r++) {
+    if (mark && !mark[r]) continue;
+    if (t->flags[r] & ROW_DIRTY || !(t->flags[r] & ROW_ON_DISK)) {
+      char *v = buf_slot(s, t, t->keys[r]);
+      if (!v) {
+        t->st.disk_writes += n;
+        return ps_errf(eb, PS_ENOMEM, "sparse rows: out of memory");
+      }
+      put_row(t, r, v);
+      n++;
+    }
+    t->flags[r] = ROW_ON_DISK;
   }
-  if (s->ka_cap * sizeof *s->ka > SCRATCH_KEEP) {
-    free(s->ka);
-    s->ka = NULL;
-    s->ka_cap = 0;
-  }
-  if (err) return rdb_err(s, err, "write", eb);
-  for (size_t r = 0; r < t->nrows; r++)
-    if (!mark || mark[r]) t->flags[r] = ROW_ON_DISK;
   t->st.disk_writes += n;
-  if (n) t->any_on_disk = s->unpersisted = 1;
+  if (n) t->any_on_disk = 1;
+  if (s->open && s->open->used >= SPILL_BYTES) return buf_seal(s, eb);
+  if (n && s->sealed) { /* room for the open buffer: older written ones go */
+    pthread_mutex_lock(&s->mu);
+    buf_reap(s, 0);
+    pthread_mutex_unlock(&s->mu);
+  }
   return 0;
 }
 
-/* load_row copies the RocksDB value V (LEN bytes, val_ok) into a new row
+/* load_row copies the stored row V (LEN bytes, val_ok) into a new row
  * for KEY. */
 static int load_row(sp_table *t, uint64_t key, const char *v, size_t len, size_t *r) {
   int rc = row_new(t, key, r);
@@ -521,17 +860,29 @@ static int load_row(sp_table *t, uint64_t key, const char *v, size_t len, size_t
   memcpy(row_data(t, *r), v + VAL_HDR, t->rowf * sizeof(float));
   t->rseq[*r] = val_seq(t, v, len);
   t->flags[*r] = ROW_ON_DISK;
-  t->st.disk_reads++;
-  t->st.disk_read_bytes += t->rowf * sizeof(float);
   return 0;
 }
 
-/* read_back reads the keys of KEYS whose s->rowof entry is -1 from
- * RocksDB with one MultiGet and loads those found (rowof set). */
+/* read_back loads the keys of KEYS whose s->rowof entry is -1 from the
+ * write buffers, then the rest from RocksDB with one MultiGet, and sets
+ * their rowof. */
 static int read_back(psd_sparse *s, sp_table *t, const uint64_t *keys, size_t n, ps_errbuf *eb) {
   size_t m = 0;
-  for (size_t i = 0; i < n; i++) m += s->rowof[i] < 0;
-  if (!m || !t->any_on_disk) return 0;
+  if (!t->any_on_disk) return 0;
+  for (size_t i = 0; i < n; i++) {
+    if (s->rowof[i] >= 0) continue;
+    const char *v = buf_lookup(s, t, keys[i]);
+    size_t r;
+    if (!v) {
+      m++;
+    } else if (load_row(t, keys[i], v, val_len(t), &r)) {
+      return ps_errf(eb, PS_ENOMEM, "sparse rows: out of memory");
+    } else {
+      s->rowof[i] = (int64_t)r;
+      t->st.buffer_reads++;
+    }
+  }
+  if (!m) return 0;
   char *kbuf = malloc(m * KEY_MAX_LEN);
   const char **kl = malloc(m * sizeof *kl);
   size_t *ks = malloc(m * sizeof *ks);
@@ -562,10 +913,13 @@ static int read_back(psd_sparse *s, sp_table *t, const uint64_t *keys, size_t n,
                    s->dir, (unsigned long long)ka[j].key, t->model, t->id, vn, val_len(t));
     } else if (v) {
       size_t r;
-      if ((rc = load_row(t, ka[j].key, v, vn, &r)))
+      if ((rc = load_row(t, ka[j].key, v, vn, &r))) {
         ps_errf(eb, rc, "sparse rows: out of memory");
-      else
+      } else {
         s->rowof[ka[j].at] = (int64_t)r;
+        t->st.disk_reads++;
+        t->st.disk_read_bytes += t->rowf * sizeof(float);
+      }
     }
   }
   for (size_t j = 0; vl && errs && j < m; j++) {
@@ -962,22 +1316,22 @@ int psd_sparse_replay(psd_sparse *s, uint64_t seq, const uint8_t *rec, size_t le
 }
 
 /* write_seq puts the "w" record (the log position every row in memory
- * and on disk holds) into the memtable. */
+ * and on disk holds) into the open write buffer. */
 static int write_seq(psd_sparse *s, uint64_t seq, ps_errbuf *eb) {
-  char *err = NULL;
-  rocksdb_put(s->db, s->wo, "w", 1, (const char *)&seq, 8, &err);
-  if (err) return rdb_err(s, err, "write", eb);
+  if (!s->open && !(s->open = calloc(1, sizeof *s->open)))
+    return ps_errf(eb, PS_ENOMEM, "sparse rows: out of memory");
+  s->open->has_w = 1;
+  s->open->w = seq;
   s->wseq = seq;
-  s->has_wseq = s->unpersisted = 1;
+  s->has_wseq = 1;
   return 0;
 }
 
 int psd_sparse_log_start(psd_sparse *s, uint64_t fallback, uint64_t *from, ps_errbuf *eb) {
   if (!s->has_wseq) {
     int rc = write_seq(s, fallback, eb);
-    if (!rc) rc = psd_sparse_persist(s, eb);
+    if (!rc) rc = buf_sync(s, eb);
     if (rc) return rc;
-    s->unpersisted = 0;
   }
   *from = s->wseq;
   return 0;
@@ -997,15 +1351,21 @@ int psd_sparse_snapshot(psd_sparse *s, uint64_t log_seq, int *persist, ps_errbuf
     int rc = write_seq(s, log_seq, eb);
     if (rc) return rc;
   }
-  *persist = s->unpersisted;
+  int rc = buf_seal(s, eb);
+  if (rc) return rc;
+  pthread_mutex_lock(&s->mu);
+  s->persist_gen = s->gen;
+  *persist = buf_pending(s) > 0 || s->unpersisted;
+  pthread_mutex_unlock(&s->mu);
   s->unpersisted = 0;
   return 0;
 }
 
 int psd_sparse_persist(psd_sparse *s, ps_errbuf *eb) {
-  char *err = NULL;
-  rocksdb_flush(s->db, s->fo, &err);
-  return err ? rdb_err(s, err, "flush", eb) : 0;
+  pthread_mutex_lock(&s->mu);
+  uint64_t gen = s->persist_gen;
+  pthread_mutex_unlock(&s->mu);
+  return buf_wait(s, gen, eb);
 }
 
 void psd_sparse_persist_failed(psd_sparse *s) { s->unpersisted = 1; }
@@ -1015,9 +1375,9 @@ int psd_sparse_row(psd_sparse *s, const char *model, uint32_t table, uint64_t ke
   sp_table *t = table_find(s, model, table);
   if (!t) return ps_errf(eb, PS_ENOENT, "model '%s' has no sparse table %u", model, table);
   int64_t r = index_find(t, key);
-  const char *v = NULL;
+  const char *v = r < 0 ? buf_lookup(s, t, key) : NULL;
   char *got = NULL;
-  if (r < 0) {
+  if (r < 0 && !v) {
     char k[KEY_MAX_LEN], *err = NULL;
     size_t vlen = 0;
     got = rocksdb_get(s->db, s->ro, k, row_key(t, key, k), &vlen, &err);
@@ -1058,6 +1418,7 @@ int psd_sparse_export(psd_sparse *s, const char *model, uint32_t table, int resu
   if (!t) return ps_errf(eb, PS_ENOENT, "model '%s' has no sparse table %u", model, table);
   if (resume && after == UINT64_MAX) return 0;
   int rc = write_rows(s, t, NULL, eb); /* rows not on disk yet, and changed ones */
+  if (!rc) rc = buf_sync(s, eb);
   if (rc) return rc;
   char k[KEY_MAX_LEN];
   size_t kn = row_key(t, resume ? after + 1 : 0, k), pre = kn - 8;
@@ -1111,5 +1472,6 @@ int psd_sparse_flush(psd_sparse *s, uint64_t log_seq, ps_errbuf *eb) {
   int rc = psd_sparse_snapshot(s, log_seq, &persist, eb);
   if (!rc) rc = psd_sparse_persist(s, eb);
   if (rc) psd_sparse_persist_failed(s);
+  else buf_tidy(s); /* every row is in RocksDB's files: read from there */
   return rc;
 }

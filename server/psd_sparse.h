@@ -25,11 +25,13 @@
  *     count in first): when over M it evicts the rows touched longest ago
  *     down to M - M/8 (a batch of evictions per M/8 new rows, not one per
  *     row).  An evicted row that changed since it was last written goes
- *     to RocksDB first, in one WriteBatch without the WAL (the flush, a
+ *     to RocksDB first, through the write buffers (invariant 7; a
  *     snapshot or the redo log makes rows durable, not each eviction); a
- *     miss reads the batch's missing keys back with one MultiGet.  A row
- *     read back is bit-identical to the row evicted (values, slots,
- *     update count, clock).
+ *     miss reads the request's missing keys back from the write buffers
+ *     (a row whose file is not in yet, or that was written lately: no
+ *     disk read), then the rest with one MultiGet.  A row read back is
+ *     bit-identical to the row evicted (values, slots, update count,
+ *     clock).
  *  4. A request that fails validation (unknown table, key count and
  *     payload that disagree, duplicate keys, NaN/Inf gradients, an update
  *     that would leave a value or slot non-finite, a log that fails)
@@ -37,42 +39,64 @@
  *     initial row for a key without one, and creates rows only once every
  *     update checked out).  Rows it read back from disk stay in memory
  *     unchanged.
- *  5. psd_sparse_flush writes every changed row in memory and flushes
- *     RocksDB's memtables, so that after it returns a restart with the
- *     same directory reads every row back as it was.
+ *  5. psd_sparse_flush writes every changed row in memory and waits
+ *     until every write buffer is in RocksDB's files, so that after it
+ *     returns a restart with the same directory reads every row back as
+ *     it was.
  *  6. Durability (the shard's durability mode, as for dense chunks):
  *     psd_sparse_snapshot (loop) writes every changed row and the "w"
- *     record (the redo log position every row holds) into RocksDB's
- *     memtable without its WAL, and psd_sparse_persist (any thread: it
- *     only calls RocksDB) flushes the memtable to files.  Evictions write
- *     into the same memtable, so once a persist that began after a
- *     snapshot returned, every push accepted before the snapshot is on
- *     disk (periodic: a crash loses at most what came after it).  Under
+ *     record (the redo log position every row holds) into the open write
+ *     buffer and seals it, and psd_sparse_persist (any thread) waits
+ *     until that buffer and every one sealed before it are in RocksDB's
+ *     files.  Buffers go in in the order they were sealed, so once a
+ *     persist that began after a snapshot returned, every push accepted
+ *     before the snapshot is on disk (periodic: a crash loses at most
+ *     what came after it; rows in buffers not yet in are lost with the
+ *     process, as RocksDB's memtable was).  Under
  *     sync a push hands a record (psd_sparse_set_log: the keys whose rows
  *     it changes and their gradients, kind PSD_SPARSE_LOG_PUSH) to the
  *     log after every check and before any row changes; each row stores
- *     the seq of the last push applied to it, so a row that RocksDB wrote
- *     to its files early (an eviction, a full memtable) is not given a
+ *     the seq of the last push applied to it, so a row that reached the
+ *     files early (an eviction's buffer) is not given a
  *     push twice by psd_sparse_replay, which applies a record only to the
  *     rows older than it and creates the rows it names that are missing.
  *     Clocks (last touched) and admission counts are not logged: after a
  *     replay a row's clock is the replay's, and keys pulled but not yet
  *     admitted start their count again.
+ *  7. Write buffers: rows given to RocksDB do not go through its
+ *     memtable (a skiplist: a random insert or lookup cost about a
+ *     microsecond, most of a budgeted shard's time) but into psd's open
+ *     write buffer, a hash of (table, key) -> stored row.  At 16 MiB (or
+ *     at a snapshot, an export, a flush) the buffer is sealed and a
+ *     writer thread writes it, in key order, as one SST file (synced)
+ *     that RocksDB ingests whole (no memtable, no WAL).  A sealed buffer
+ *     serves its rows until its file is in, and after that as long as
+ *     all buffers (the open one included) hold at most 32 MiB: the
+ *     oldest written ones go first; one sealed buffer at most waits for
+ *     the writer (sealing another waits on the loop).  So the buffers
+ *     hold at most 32 MiB plus the rows of one snapshot (every changed
+ *     row in memory), as RocksDB's two 16 MiB write buffers did.
+ *     A buffer that fails (a full disk) stops the ones after it, fails
+ *     the persist and the eviction that must wait for it, and is tried
+ *     again at the next seal; its rows stay readable meanwhile.
  *
  * Stored row: update count (u64), clock (u64), DIM x (1 + slots) floats,
  * seq (u64), host byte order; rows written before the seq existed are
  * read with seq 0.  "w": u64 log position.
  *
  * RocksDB: its own instance in o->dir (beside the dense store's, so that
- * neither's format or flush cycle changes the other's), 16 MiB write
- * buffers x 2, bloom filters (most misses of a large table are new keys)
- * in the files and the memtables, a hash index in each data block, no
- * compression.  Rows go in in key order (one batch per eviction) and
- * come back with one batched MultiGet in key order.  Key: 'r' model '\0' table (u32 BE) key (u64 BE);
- * value: see "Stored row" above.
+ * neither's format or flush cycle changes the other's), rows in ingested
+ * SST files (invariant 7; the memtable is left empty), bloom filters
+ * (most misses of a large table are new keys), a hash index in each data
+ * block, no compression; SstFileWriter drops what it writes from the page
+ * cache, so a file is read back in (POSIX_FADV_WILLNEED) before it is
+ * ingested.  Rows come back with one batched MultiGet in key order.
+ * Key: 'r' model '\0' table (u32 BE) key (u64 BE); value: see "Stored
+ * row" above.
  *
  * Not thread-safe: one thread (psd's loop) calls everything, except
- * psd_sparse_persist, which may run on another thread meanwhile. */
+ * psd_sparse_persist, which may run on another thread meanwhile.  The
+ * writer thread (invariant 7) is psd_sparse's own. */
 #ifndef PSD_SPARSE_H
 #define PSD_SPARSE_H
 
@@ -107,10 +131,11 @@ typedef struct psd_sparse_stats {
   uint64_t hits;           /* keys of pulls and pushes found in memory */
   uint64_t misses;         /* keys not in memory: read back, created, or not admitted */
   uint64_t disk_reads;     /* rows read back from RocksDB */
+  uint64_t buffer_reads;   /* rows read back from the write buffers (their file not in yet) */
   uint64_t disk_read_bytes;/* their value bytes */
   uint64_t created;        /* rows materialised from the initializer */
   uint64_t evictions;      /* rows dropped from memory */
-  uint64_t disk_writes;    /* rows written (evictions of changed rows, flushes) */
+  uint64_t disk_writes;    /* rows given to RocksDB (evictions of changed rows, snapshots) */
   uint64_t pending;        /* keys pulled but not admitted yet */
   uint64_t dropped_grads;  /* gradient rows pushed for keys not admitted */
   uint64_t disk_bytes;     /* RocksDB's SST files, the whole instance */
@@ -121,8 +146,10 @@ typedef struct psd_sparse_stats {
  * in EB with the directory).  Close with psd_sparse_close. */
 int psd_sparse_open(psd_sparse **out, const psd_sparse_opts *o, ps_errbuf *eb);
 
-/* psd_sparse_close frees every table and closes RocksDB without flushing
- * (call psd_sparse_flush first).  NULL is fine. */
+/* psd_sparse_close waits for the write buffers given to RocksDB to go in
+ * (as RocksDB's close flushed its memtable), stops the writer, frees every
+ * table and closes RocksDB; rows changed in memory are not written (call
+ * psd_sparse_flush first).  NULL is fine. */
 void psd_sparse_close(psd_sparse *s);
 
 /* psd_sparse_add_table registers table T (its rows already on disk are
@@ -176,12 +203,19 @@ int psd_sparse_export(psd_sparse *s, const char *model, uint32_t table, int resu
                       size_t limit, uint64_t *keys, float *rows, size_t *n, int *done,
                       ps_errbuf *eb);
 
+/* psd_sparse_hold_writer: for tests, while HOLD the writer thread
+ * starts writing no sealed buffer (their rows stay in memory, served
+ * from the buffers); 0 lets it go on.  A seal that must wait for the
+ * writer then waits until it is let go. */
+void psd_sparse_hold_writer(psd_sparse *s, int hold);
+
 /* psd_sparse_stats fills *ST for a table; PS_ENOENT when unknown. */
 int psd_sparse_stats_get(psd_sparse *s, const char *model, uint32_t table, psd_sparse_stats *st);
 
 /* psd_sparse_flush writes every changed row in memory and LOG_SEQ as the
- * log position, and flushes RocksDB's memtables to its files (invariant
- * 5: psd_sparse_snapshot then psd_sparse_persist).  PS_EIO / PS_ENOSPC. */
+ * log position, and waits until every write buffer is in RocksDB's files
+ * (invariant 5: psd_sparse_snapshot then psd_sparse_persist); later
+ * misses read from the files.  PS_EIO / PS_ENOSPC. */
 int psd_sparse_flush(psd_sparse *s, uint64_t log_seq, ps_errbuf *eb);
 
 /* Durability (invariant 6). */
@@ -215,10 +249,12 @@ int psd_sparse_log_start(psd_sparse *s, uint64_t fallback, uint64_t *from, ps_er
 int psd_sparse_replay(psd_sparse *s, uint64_t seq, const uint8_t *rec, size_t len, ps_errbuf *eb);
 
 /* psd_sparse_snapshot writes every changed row and LOG_SEQ (when it
- * changed) into the memtable; *PERSIST says whether anything was written
- * since the last persist began (call psd_sparse_persist then, and
- * psd_sparse_persist_failed if it fails).  PS_EIO / PS_ENOSPC (rows stay
- * marked changed). */
+ * changed) into the open write buffer and seals it (invariant 7);
+ * *PERSIST says whether a buffer is not in RocksDB's files yet or the
+ * last persist failed (call psd_sparse_persist then, and
+ * psd_sparse_persist_failed if it fails).  PS_ENOMEM, or the error of
+ * an older buffer that failed again (the rows given stay in the open
+ * buffer: the next snapshot seals them). */
 int psd_sparse_snapshot(psd_sparse *s, uint64_t log_seq, int *persist, ps_errbuf *eb);
 int psd_sparse_persist(psd_sparse *s, ps_errbuf *eb);
 void psd_sparse_persist_failed(psd_sparse *s);

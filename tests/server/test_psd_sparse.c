@@ -8,7 +8,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
 #include <sys/uio.h>
+#include <sys/wait.h>
+#include <unistd.h>
 
 #include "ps_place.h"
 #include "ps_test.h"
@@ -164,6 +167,9 @@ START_TEST(test_evict_read_back_bit_identical) {
   int on_disk = 0;
   for (int k = 0; k < N; k++) on_disk += !before[k].in_mem;
   ck_assert_int_ge(on_disk, N - 16);
+  /* the evicted rows into RocksDB's files (out of the write buffers) */
+  ps_errbuf eb;
+  ck_assert_msg(psd_sparse_flush(s, 0, &eb) == 0, "%s", eb.msg);
   /* read every row back in batches of 10: the values pulled are the
    * values evicted, and the read-back rows hold the same slots and count */
   for (int b = 0; b < N / 10; b++) {
@@ -196,6 +202,218 @@ START_TEST(test_evict_read_back_bit_identical) {
   ck_assert_uint_ge(st.disk_reads, N - 16);
   ck_assert_uint_eq(st.disk_read_bytes, st.disk_reads * 3 * D * sizeof(float));
   ck_assert_uint_eq(st.created, N + 16);
+  psd_sparse_close(s);
+}
+END_TEST
+
+/* pending_keys: key I of test_evict_pending_write_read_back. */
+static uint64_t pending_key(int i) { return 77 + (uint64_t)i * 104729; }
+
+/* pending_round pulls and pushes the N keys of pending_key in batches of
+ * 10 (a budget of 16: most are evicted meanwhile). */
+static void pending_round(psd_sparse *s, int n) {
+  uint64_t keys[10];
+  float rows[10 * D], g[10 * D];
+  for (int b = 0; b < n / 10; b++) {
+    for (int i = 0; i < 10; i++) keys[i] = pending_key(b * 10 + i);
+    pull(s, keys, 10, rows);
+    for (int i = 0; i < 10 * D; i++) g[i] = ps_test_rnd();
+    push(s, keys, 10, g);
+  }
+}
+
+/* Rows evicted while their write is pending (the writer thread held, the
+ * snapshot's buffer sealed and not written): a pull serves them from the
+ * buffer bit for bit (values, Adam slots, count) with no RocksDB read;
+ * evicted again after another push, the newer copy wins over the pending
+ * one; once the writer goes on, the persist returns and a reopened
+ * directory reads the newest rows from RocksDB's files. */
+START_TEST(test_evict_pending_write_read_back) {
+  const char *dir = ps_test_tmpdir();
+  psd_sparse *s = open_sparse(dir, 16, 0);
+  add_table(s, "adam", 0.01f);
+  enum { N = 120 };
+  static row_state before[N], after[N];
+  psd_sparse_hold_writer(s, 1);
+  pending_round(s, N);
+  ps_errbuf eb;
+  int persist = 0;
+  ck_assert_msg(psd_sparse_snapshot(s, 5, &persist, &eb) == 0, "%s", eb.msg);
+  ck_assert(persist);
+  int evicted = 0;
+  for (int k = 0; k < N; k++) {
+    before[k] = get_row(s, pending_key(k));
+    evicted += !before[k].in_mem;
+  }
+  ck_assert_int_ge(evicted, N - 16);
+  uint64_t keys[10];
+  float rows[10 * D];
+  for (int b = 0; b < N / 10; b++) {
+    for (int i = 0; i < 10; i++) keys[i] = pending_key(b * 10 + i);
+    pull(s, keys, 10, rows);
+    for (int i = 0; i < 10; i++) {
+      const row_state *w = &before[b * 10 + i];
+      row_state now = get_row(s, keys[i]);
+      ck_assert_int_eq(memcmp(rows + i * D, w->v, sizeof w->v), 0);
+      ck_assert(now.in_mem);
+      ck_assert_int_eq(memcmp(now.sl, w->sl, sizeof now.sl), 0);
+      ck_assert_uint_eq(now.count, w->count);
+    }
+  }
+  psd_sparse_stats st;
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.disk_reads, 0);
+  ck_assert_uint_ge(st.buffer_reads, N - 16);
+  /* pushed again and evicted again: the open buffer's copy is the newest */
+  pending_round(s, N);
+  for (int k = 0; k < N; k++) after[k] = get_row(s, pending_key(k));
+  uint64_t other[16];
+  float orows[16 * D];
+  for (int i = 0; i < 16; i++) other[i] = 3 + (uint64_t)i;
+  pull(s, other, 16, orows);
+  for (int k = 0; k < N; k++) {
+    row_state now = get_row(s, pending_key(k));
+    ck_assert(!now.in_mem);
+    ck_assert(same_row(&now, &after[k]));
+    ck_assert_uint_eq(now.count, before[k].count + 1);
+  }
+  psd_sparse_hold_writer(s, 0);
+  ck_assert_msg(psd_sparse_persist(s, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psd_sparse_flush(s, 6, &eb) == 0, "%s", eb.msg);
+  psd_sparse_close(s);
+  s = open_sparse(dir, 16, 0);
+  add_table(s, "adam", 0.01f);
+  for (int k = 0; k < N; k++) {
+    row_state now = get_row(s, pending_key(k));
+    ck_assert(!now.in_mem);
+    ck_assert(same_row(&now, &after[k]));
+  }
+  psd_sparse_close(s);
+}
+END_TEST
+
+/* A redo log in a file (the records a killed process handed the hook):
+ * per record its length (u64) and bytes; seqs 1, 2, ... */
+typedef struct file_log {
+  FILE *f;
+  uint64_t n;
+} file_log;
+
+static int file_append(void *arg, const struct iovec *iov, int niov, uint64_t *seq,
+                       ps_errbuf *eb) {
+  (void)eb;
+  file_log *l = arg;
+  uint64_t len = 0;
+  for (int i = 0; i < niov; i++) len += iov[i].iov_len;
+  ck_assert_uint_eq(fwrite(&len, 8, 1, l->f), 1);
+  for (int i = 0; i < niov; i++) ck_assert_uint_eq(fwrite(iov[i].iov_base, 1, iov[i].iov_len, l->f), iov[i].iov_len);
+  ck_assert_int_eq(fflush(l->f), 0);
+  *seq = ++l->n;
+  return 0;
+}
+
+/* States of the N keys of pending_key, written by the killed child. */
+static void states_write(psd_sparse *s, const char *path, int n) {
+  FILE *f = fopen(path, "wb");
+  ck_assert_ptr_nonnull(f);
+  for (int k = 0; k < n; k++) {
+    row_state r = get_row(s, pending_key(k));
+    ck_assert_uint_eq(fwrite(&r, sizeof r, 1, f), 1);
+  }
+  ck_assert_int_eq(fclose(f), 0);
+}
+
+static void states_read(const char *path, row_state *st, int n) {
+  FILE *f = fopen(path, "rb");
+  ck_assert_ptr_nonnull(f);
+  ck_assert_uint_eq(fread(st, sizeof *st, (size_t)n, f), (size_t)n);
+  fclose(f);
+}
+
+/* kill -9 while write buffers are pending (the writer held: a sealed
+ * buffer and the open one not in RocksDB's files).  A child process
+ * pushes three rounds with a redo log (in a file): a snapshot after the
+ * first, persisted; one after the second, sealed but held; the third in
+ * the open buffer; then SIGKILL.  Reopened (a half-written buffer file
+ * removed), the rows are exactly the
+ * persisted snapshot's (periodic's promise: nothing after it was
+ * written, nothing before it lost); replaying the log records after the
+ * snapshot's position gives every row's last state before the kill, bit
+ * for bit (sync's promise). */
+START_TEST(test_kill_with_pending_writes) {
+  const char *dir = ps_test_tmpdir();
+  char rows_dir[600], logp[600], snap_p[600], last_p[600];
+  snprintf(rows_dir, sizeof rows_dir, "%s/rows", dir);
+  snprintf(logp, sizeof logp, "%s/log", dir);
+  snprintf(snap_p, sizeof snap_p, "%s/at_snapshot", dir);
+  snprintf(last_p, sizeof last_p, "%s/at_kill", dir);
+  enum { N = 60 };
+  fflush(NULL);
+  pid_t pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    file_log l = {fopen(logp, "wb"), 0};
+    ck_assert_ptr_nonnull(l.f);
+    psd_sparse *s = open_sparse(rows_dir, 16, 0);
+    add_table(s, "adam", 0.01f);
+    psd_sparse_set_log(s, file_append, &l);
+    ps_errbuf eb;
+    uint64_t from;
+    ck_assert_int_eq(psd_sparse_log_start(s, 0, &from, &eb), 0);
+    pending_round(s, N);
+    int persist;
+    ck_assert_msg(psd_sparse_snapshot(s, l.n, &persist, &eb) == 0, "%s", eb.msg);
+    ck_assert(persist);
+    ck_assert_msg(psd_sparse_persist(s, &eb) == 0, "%s", eb.msg);
+    states_write(s, snap_p, N);
+    psd_sparse_hold_writer(s, 1);
+    pending_round(s, N);
+    ck_assert_msg(psd_sparse_snapshot(s, l.n, &persist, &eb) == 0, "%s", eb.msg);
+    pending_round(s, N);
+    states_write(s, last_p, N);
+    raise(SIGKILL);
+    _exit(3);
+  }
+  int st;
+  ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+  ck_assert_msg(WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "the child ended with status %d", st);
+  static row_state at_snap[N], at_kill[N];
+  states_read(snap_p, at_snap, N);
+  states_read(last_p, at_kill, N);
+  /* a buffer file the killed writer left half written is removed at open */
+  char tmp_p[700];
+  snprintf(tmp_p, sizeof tmp_p, "%s/spill-9.sst.tmp", rows_dir);
+  ps_test_write_file(tmp_p, "half");
+  psd_sparse *s = open_sparse(rows_dir, 16, 0);
+  ck_assert_int_ne(access(tmp_p, F_OK), 0);
+  add_table(s, "adam", 0.01f);
+  ps_errbuf eb;
+  uint64_t from;
+  ck_assert_int_eq(psd_sparse_log_start(s, 0, &from, &eb), 0);
+  ck_assert_uint_eq(from, 6); /* the first snapshot's: 6 pushes of 10 keys */
+  for (int k = 0; k < N; k++) {
+    row_state now = get_row(s, pending_key(k));
+    ck_assert_msg(same_row(&now, &at_snap[k]), "key %d: not the persisted snapshot's row", k);
+    ck_assert_uint_eq(now.count, 1);
+  }
+  FILE *f = fopen(logp, "rb");
+  ck_assert_ptr_nonnull(f);
+  uint64_t len, seq = 0;
+  while (fread(&len, 8, 1, f) == 1) {
+    uint8_t *rec = malloc(len);
+    ck_assert_uint_eq(fread(rec, 1, len, f), len);
+    if (++seq > from)
+      ck_assert_msg(psd_sparse_replay(s, seq, rec, len, &eb) == 0, "%s", eb.msg);
+    free(rec);
+  }
+  fclose(f);
+  ck_assert_uint_eq(seq, 18);
+  for (int k = 0; k < N; k++) {
+    row_state now = get_row(s, pending_key(k));
+    ck_assert_int_eq(memcmp(now.v, at_kill[k].v, sizeof now.v), 0);
+    ck_assert_int_eq(memcmp(now.sl, at_kill[k].sl, sizeof now.sl), 0);
+    ck_assert_uint_eq(now.count, 3);
+  }
   psd_sparse_close(s);
 }
 END_TEST
@@ -532,6 +750,8 @@ Suite *psd_sparse_suite(void) {
   tcase_add_test(tc, test_pull_creates_from_initializer);
   tcase_add_test(tc, test_push_per_row_optimizers);
   tcase_add_test(tc, test_evict_read_back_bit_identical);
+  tcase_add_test(tc, test_evict_pending_write_read_back);
+  tcase_add_test(tc, test_kill_with_pending_writes);
   tcase_add_test(tc, test_evict_oldest_first);
   tcase_add_test(tc, test_bad_input_changes_nothing);
   tcase_add_test(tc, test_admission);

@@ -48,7 +48,31 @@
  *     Everything else runs on the loop thread.
  *  5. A root that fails a forwarded request fails the workers' requests
  *     it carried with the root's error (PS_EUNAVAIL when unreachable):
- *     workers retry or fail over to the root shards directly (psw). */
+ *     workers retry or fail over to the root shards directly (psw).
+ *  6. Clocks and leases (DESIGN.md "Hierarchy", control plane).  Every
+ *     local worker's clock is in each root shard's clock table before the
+ *     aggregator serves it anything of that shard, as its own first pull
+ *     would have put it there flat: the aggregator knows, per model, root
+ *     shard and worker, whether a forwarded request named the worker (a
+ *     fetch for it, or a sum holding its push, answered by that root); a
+ *     pull of a worker not known so is never served from the copy or from
+ *     another worker's fetch but starts a fetch of its own, which enters
+ *     it at its clock (counted in enters).  So a root's staleness bound
+ *     holds exactly for every worker behind the aggregator; the roots'
+ *     view of a worker's clock only lags while its push waits in a sum,
+ *     which holds the others back, never lets them run ahead.  What a
+ *     worker is known for is forgotten when it comes back after a lease of
+ *     silence or after it left (its rank may be another worker's), and
+ *     for a root shard whose link connects again (it may have restarted).
+ *     Leases stay the workers' own: they heartbeat the roots directly (so
+ *     an aggregator's death takes no lease with it).  A local worker
+ *     whose every connection to the aggregator closed (killed, crashed)
+ *     and that neither came back nor has a request waiting here for
+ *     3 x workers.heartbeat_ms after its last request or answer leaves
+ *     through the aggregator: a leaving beat to every root shard, acted on
+ *     only by a shard that heard nothing from the worker for 2 x
+ *     heartbeat_ms (a worker alive and talking to the roots directly
+ *     stays); its sums stop waiting for it at once, not after lease_ms. */
 #ifndef PSD_AGG_H
 #define PSD_AGG_H
 
@@ -80,6 +104,7 @@ struct psd_op {
   psd_op **list;
   uint64_t clock;
   uint32_t worker;
+  void *wait;             /* a pull: the root fetch it waits for */
 };
 
 typedef struct psd_agg_stats {
@@ -88,6 +113,8 @@ typedef struct psd_agg_stats {
   uint64_t pulls_in;       /* worker pulls */
   uint64_t pull_hits;      /* served from the copy or from a fetch another worker started */
   uint64_t fetches;        /* pulls forwarded to the roots */
+  uint64_t enters;         /* of fetches: made only to enter a worker into a root's clock table */
+  uint64_t leaves;         /* local workers that left the roots through the aggregator */
 } psd_agg_stats;
 
 /* psd_agg_new makes the aggregator ME of CFG (both borrowed for its life)
@@ -122,6 +149,10 @@ int psd_agg_push(psd_agg *a, const ps_req *r, psd_op *op, ps_errbuf *eb);
  * borrowed until the next call into the aggregator), 1 later through OP,
  * or a PS_E* code. */
 int psd_agg_pull(psd_agg *a, const ps_req *r, psd_op *op, ps_errbuf *eb);
+
+/* psd_agg_conn_worker counts the open connections of local worker W
+ * (DELTA +1 or -1; invariant 6). */
+void psd_agg_conn_worker(psd_agg *a, uint32_t w, int delta);
 
 /* psd_agg_cancel takes back a pending OP (its connection closed): its fn
  * will not run.  A push already summed is still forwarded. */

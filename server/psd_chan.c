@@ -123,6 +123,7 @@ typedef struct psd_conn {
   int op_pending, op_push;    /* ... waiting for the root; the connection is paused */
   uint32_t op_codec;          /* the pull's codec */
   uint64_t agg_stamp;         /* an aggregator's: psd_agg_conn_stamp at accept */
+  uint32_t agg_worker1;       /* an aggregator's: its worker + 1 (psd_shard_forward_conn) */
   int counted;                /* counts in sh->chan_conns (not a refused one) */
   uint64_t last_ms;           /* uv_now of its last byte moved (invariant 8) */
   size_t last_wq;             /* libuv's write queue size at the last sweep */
@@ -515,6 +516,7 @@ static void conn_op_done(psd_op *op, int status, const char *msg) {
 static void conn_forward(psd_conn *c, const ps_req *r, int push, uint32_t codec) {
   psd_shard *sh = c->chan->sh;
   ps_errbuf eb;
+  psd_shard_forward_conn(sh, &c->agg_worker1, r->worker);
   c->op = (psd_op){.fn = conn_op_done, .arg = c};
   c->op_pending = 1;
   c->op_push = push;
@@ -973,6 +975,7 @@ static void conn_close(psd_conn *c) {
     if (sh->inflight) sh->inflight--;
     c->op_pending = 0;
   }
+  psd_shard_forward_conn(c->chan->sh, &c->agg_worker1, UINT32_MAX);
   if (c->counted) {
     c->counted = 0;
     c->chan->sh->chan_conns--;

@@ -508,6 +508,13 @@ int psd_clock_expired(const psd_clock *c, uint32_t worker) {
   return w && w->dead;
 }
 
+/* psd_clock_silent_ms: see psd_clock.h. */
+uint64_t psd_clock_silent_ms(const psd_clock *c, uint32_t worker, uint64_t now_ms) {
+  const clock_worker *w = clock_worker_find(c, worker);
+  if (!w) return UINT64_MAX;
+  return now_ms > w->last_ms ? now_ms - w->last_ms : 0;
+}
+
 /* psd_clock_leave: see psd_clock.h. */
 void psd_clock_leave(psd_clock *c, uint32_t worker, uint64_t now_ms, int done) {
   clock_worker *w = clock_worker_find(c, worker);

@@ -187,6 +187,11 @@ int psd_clock_heartbeat(psd_clock *c, uint32_t worker, const char *model, uint64
  * lease expired or it left); 0 for a live or unknown worker. */
 int psd_clock_expired(const psd_clock *c, uint32_t worker);
 
+/* psd_clock_silent_ms returns how long WORKER has sent nothing here at
+ * NOW_MS (its last request or released pull; a pull parked for it does
+ * not count), UINT64_MAX when the table does not know it. */
+uint64_t psd_clock_silent_ms(const psd_clock *c, uint32_t worker, uint64_t now_ms);
+
 /* psd_clock_leave makes WORKER DEAD at once (it stops): it leaves every
  * clock table and the pulls waiting on it are re-checked; its partitions
  * go to the live workers (invariant 7; a drained worker reported its last

@@ -67,7 +67,7 @@ typedef struct agg_job {
   struct agg_job *next;
   int push;
   int leave;                /* a leaving beat for r.worker (invariant 6) */
-  int stayed;               /* leave: the root did not act on it */
+  int stayed, gone;         /* leave: the root did not act on it; it had nothing to leave */
   int reconnected;          /* the link connected again for it (invariant 6) */
   uint32_t shard;           /* leave: the root's index */
   struct agg_link *link;    /* the link that runs it */
@@ -120,6 +120,9 @@ struct psd_agg {
   uint64_t *closed_ms;      /* per worker id: uv_now + 1 when its last connection closed */
   uint8_t *left;            /* per worker id: it left through the aggregator (1; 2: a root
                                acted on it) and did not connect again */
+  uint64_t *retry_ms;       /* per worker id: uv_now at which to ask the roots in resend
+                               again (0: none) */
+  uint8_t *resend;          /* [worker * nshards + shard]: ask that root again */
   uint64_t stamp;           /* psd_agg_conn_stamp's last */
   ps_auth_keys keys;        /* security.secret_file: the aggregator's channel key */
   const ps_auth_key *key;   /* in keys, or NULL (an unauthenticated channel) */
@@ -317,6 +320,7 @@ static int agg_link_leave(agg_link *l, agg_job *j) {
   if (rc == 0 && (rc = ps_pb_unpack(&ps__heartbeat_reply__descriptor, rep, rlen,
                                     (ProtobufCMessage **)&r, &j->eb)) == 0) {
     j->stayed = r->stayed;
+    j->gone = r->expired;
     protobuf_c_message_free_unpacked(&r->base, NULL);
   }
   free(rep);
@@ -421,6 +425,8 @@ void psd_agg_conn_worker(psd_agg *a, uint32_t w, int delta) {
     a->closed_ms[w] = 0;
     if (a->left[w]) {
       a->left[w] = 0;
+      a->retry_ms[w] = 0;
+      memset(a->resend + (size_t)w * a->cfg->nshards, 0, a->cfg->nshards);
       agg_forget(a, UINT32_MAX, w);
     }
     return;
@@ -559,23 +565,30 @@ static void agg_mark_busy(psd_agg *a) {
  * aggregator (its connections closed, nothing of it waiting here:
  * a->busy is current), UINT64_MAX when it does not. */
 static uint64_t agg_leave_at(const psd_agg *a, uint32_t w) {
-  if (a->nconn[w] || !a->closed_ms[w] || a->left[w] || !a->seen_ms[w] || a->busy[w])
-    return UINT64_MAX;
+  if (a->nconn[w] || !a->closed_ms[w] || !a->seen_ms[w] || a->busy[w]) return UINT64_MAX;
+  if (a->left[w]) return a->retry_ms[w] ? a->retry_ms[w] : UINT64_MAX;
   uint64_t last = a->closed_ms[w] > a->seen_ms[w] ? a->closed_ms[w] - 1 : a->seen_ms[w] - 1;
   return last + 3 * (uint64_t)a->cfg->workers.heartbeat_ms;
 }
 
 /* agg_leaves sends the leaving beats of the workers due at NOW to every
- * root (a->busy is current). */
+ * root, or again to the roots that kept them (a->busy is current). */
 static void agg_leaves(psd_agg *a, uint64_t now) {
+  uint32_t ns = a->cfg->nshards;
   for (uint32_t w = 0; w < a->nseen; w++) {
     if (agg_leave_at(a, w) > now) continue;
-    a->left[w] = 1;
-    agg_forget(a, UINT32_MAX, w);
-    ps_info("aggregator %s: worker %u closed its connections %llu ms ago and did not come "
-            "back: it leaves the root shards", a->me->name, w,
-            (unsigned long long)(now - (a->closed_ms[w] - 1)));
-    for (uint32_t s = 0; s < a->cfg->nshards; s++) {
+    a->retry_ms[w] = 0;
+    if (!a->left[w]) {
+      a->left[w] = 1;
+      agg_forget(a, UINT32_MAX, w);
+      memset(a->resend + (size_t)w * ns, 1, ns);
+      ps_info("aggregator %s: worker %u closed its connections %llu ms ago and did not come "
+              "back: it leaves the root shards", a->me->name, w,
+              (unsigned long long)(now - (a->closed_ms[w] - 1)));
+    }
+    for (uint32_t s = 0; s < ns; s++) {
+      if (!a->resend[(size_t)w * ns + s]) continue;
+      a->resend[(size_t)w * ns + s] = 0;
       agg_job *j = calloc(1, sizeof *j);
       if (!j) { /* its lease on that root runs out instead */
         ps_warn("aggregator %s: out of memory for worker %u's leave", a->me->name, w);
@@ -589,15 +602,26 @@ static void agg_leaves(psd_agg *a, uint64_t now) {
   }
 }
 
-/* agg_leave_done notes a root's answer to a leaving beat. */
+/* agg_leave_done notes a root's answer to a leaving beat.  A root that
+ * kept the worker (it heard from it within 2 heartbeats: alive and
+ * talking to it directly, or its last word was late) or failed is asked
+ * again a heartbeat later, while the worker stays away and its last word
+ * here is less than a lease old (then the root's lease decides). */
 static void agg_leave_done(psd_agg *a, agg_job *j) {
   uint32_t w = j->r.worker, id = a->cfg->shards[j->shard].id;
-  if (j->status < 0) return; /* said by agg_on_done: its lease there runs out instead */
-  if (j->stayed) {
-    ps_info("aggregator %s: shard %u kept worker %u (it spoke to the shard within %u ms, or "
-            "was gone already)", a->me->name, id, w, 2 * a->cfg->workers.heartbeat_ms);
+  uint64_t now = uv_now(a->loop), hb = a->cfg->workers.heartbeat_ms;
+  if (j->status < 0 || (j->stayed && !j->gone)) {
+    if (a->nconn[w] || !a->left[w] || now - (a->seen_ms[w] - 1) >= a->cfg->workers.lease_ms)
+      return;
+    a->resend[(size_t)w * a->cfg->nshards + j->shard] = 1;
+    if (!a->retry_ms[w]) a->retry_ms[w] = now + hb;
+    if (j->stayed && !j->gone)
+      ps_info("aggregator %s: shard %u heard from worker %u within %llu ms: asking again in "
+              "%llu ms", a->me->name, id, w, (unsigned long long)(2 * hb),
+              (unsigned long long)hb);
     return;
   }
+  if (j->stayed) return; /* gone there already (left done, or by its lease) */
   ps_info("aggregator %s: worker %u left shard %u", a->me->name, w, id);
   if (w < a->nseen && a->left[w] == 1) {
     a->left[w] = 2;
@@ -790,7 +814,10 @@ static void agg_push_done(psd_agg *a, agg_job *j) {
     if (c->m == g->m && c->shard == g->shard) c->dirty = 1;
   for (size_t k = 0; k < g->nworkers; k++) {
     agg_touch(a, g->workers[k]);
-    if (j->status == 0) agg_know(a, g->m, g->shard, g->workers[k]); /* invariant 6 */
+    /* invariant 6: a sum refused for a dead worker in it says nothing of
+     * where the root has its workers now (the dead one may rejoin) */
+    if (j->status == 0) agg_know(a, g->m, g->shard, g->workers[k]);
+    else if (j->status == PS_EEXPIRED) agg_forget(a, g->shard, g->workers[k]);
   }
   for (psd_op *op = g->waiters, *next; op; op = next) {
     next = op->next;
@@ -904,6 +931,7 @@ int psd_agg_pull(psd_agg *a, const ps_req *r, psd_op *op, ps_errbuf *eb) {
  * (invariant 6); a failed fetch fails the waiters that waited for it. */
 static void agg_pull_done(psd_agg *a, agg_job *j) {
   agg_copy *c = j->c;
+  agg_touch(a, j->r.worker); /* the root's release of it refreshed its lease there */
   if (j->status == 0) agg_know(a, c->m, c->shard, j->r.worker);
   if (j->status == 0 && (!c->have || j->r.clock >= c->clock)) {
     free(c->data);
@@ -963,7 +991,7 @@ static void agg_on_done(uv_async_t *h) {
     if (j->status < 0)
       ps_warn("aggregator %s: %s to shard %u failed: %s%s", a->me->name,
               j->leave ? "a worker's leave" : j->push ? "push" : "pull", a->cfg->shards[shard].id,
-              j->eb.msg, j->leave ? " (its lease there runs out instead)" : "");
+              j->eb.msg, j->leave ? " (asked again, or its lease there decides)" : "");
     if (j->reconnected) agg_forget(a, shard, UINT32_MAX); /* it may have restarted: inv. 6 */
     if (j->leave) agg_leave_done(a, j);
     else if (j->push) agg_push_done(a, j);
@@ -994,8 +1022,10 @@ int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_a
   a->nconn = calloc(a->nseen + 1, sizeof *a->nconn);
   a->closed_ms = calloc(a->nseen + 1, sizeof *a->closed_ms);
   a->left = calloc(a->nseen + 1, 1);
+  a->retry_ms = calloc(a->nseen + 1, sizeof *a->retry_ms);
+  a->resend = calloc((size_t)a->nseen * cfg->nshards + 1, 1);
   int rc = a->shard_ids && a->links && a->seen_ms && a->busy && a->nconn && a->closed_ms &&
-                   a->left
+                   a->left && a->retry_ms && a->resend
                ? 0 : ps_errf(eb, PS_ENOMEM, "out of memory");
   if (rc == 0)
     rc = ps_auth_client_key(cfg->security.secret_file, PS_ROLE_AGGREGATOR, &a->keys, &a->key, eb);
@@ -1008,6 +1038,8 @@ int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_a
     free(a->nconn);
     free(a->closed_ms);
     free(a->left);
+    free(a->retry_ms);
+    free(a->resend);
     free(a);
     return rc;
   }
@@ -1106,6 +1138,8 @@ void psd_agg_free(psd_agg *a) {
   free(a->nconn);
   free(a->closed_ms);
   free(a->left);
+  free(a->retry_ms);
+  free(a->resend);
   if (!all) return;
   for (agg_job *j = a->done, *next; j; j = next) { /* finished after the loop stopped */
     next = j->next;

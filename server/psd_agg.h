@@ -72,7 +72,10 @@
  *     through the aggregator: a leaving beat to every root shard, acted on
  *     only by a shard that heard nothing from the worker for 2 x
  *     heartbeat_ms (a worker alive and talking to the roots directly
- *     stays); its sums stop waiting for it at once, not after lease_ms. */
+ *     stays; a shard that kept it or failed is asked again every
+ *     heartbeat while the worker stays away, up to a lease after its last
+ *     word here); its sums stop waiting for it at once, not after
+ *     lease_ms. */
 #ifndef PSD_AGG_H
 #define PSD_AGG_H
 

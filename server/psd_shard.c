@@ -302,6 +302,8 @@ int psd_shard_heartbeat(psd_shard *sh, const Ps__HeartbeatRequest *req,
       (silent == UINT64_MAX || silent < req->leave_if_silent_ms ||
        psd_clock_expired(sh->clock, req->worker))) {
     reply->stayed = 1;
+    /* nothing to leave: gone already, or never here */
+    reply->expired = silent == UINT64_MAX || psd_clock_expired(sh->clock, req->worker);
     reply->lease_ms = sh->cfg->workers.lease_ms;
     return 0;
   }

@@ -6,6 +6,7 @@
  * fails; each test uses its own model names. */
 #include <math.h>
 #include <signal.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -587,6 +588,72 @@ START_TEST(test_rpc_beat_over_channel) {
 }
 END_TEST
 
+/* rpc_worker_state returns worker W's state on R's shard ("" when it
+ * does not list it). */
+static const char *rpc_worker_state(ps_rpc *r, uint32_t w) {
+  static char state[16];
+  ps_errbuf eb;
+  Ps__ListWorkersRequest req = PS__LIST_WORKERS_REQUEST__INIT;
+  Ps__ListWorkersReply *rep = NULL;
+  ck_assert_msg(ps_rpc_call(r, "/ps.Ps/ListWorkers", &req.base, &ps__list_workers_reply__descriptor,
+                            (ProtobufCMessage **)&rep, 5000, &eb) == 0, "list: %s", eb.msg);
+  state[0] = 0;
+  for (size_t i = 0; i < rep->n_workers; i++)
+    if (rep->workers[i]->worker == w)
+      snprintf(state, sizeof state, "%s", rep->workers[i]->state);
+  protobuf_c_message_free_unpacked(&rep->base, NULL);
+  return state;
+}
+
+/* An aggregator's leave for a local worker (leave_if_silent_ms, DESIGN.md
+ * "Hierarchy"): refused (stayed, nothing changed) while the worker spoke
+ * to the shard within that time, for a worker the shard never heard of,
+ * and for one gone already; acted on once the worker was silent that
+ * long (it is DEAD then). */
+START_TEST(test_rpc_conditional_leave) {
+  ps_errbuf eb;
+  ps_rpc *r = rpc_open(0);
+  ps_chan_client *c;
+  ck_assert_msg(ps_test_chan_connect(&c, rpc_chan_addr[0], "test", 5000, &eb) == 0, "connect: %s",
+                eb.msg);
+  Ps__HeartbeatRequest req = PS__HEARTBEAT_REQUEST__INIT;
+  req.worker = 3;
+  req.model = "";
+  Ps__HeartbeatReply *b = NULL;
+  ck_assert_msg(rpc_beat_chan(c, &req, &b, &eb) == 0, "beat: %s", eb.msg);
+  ck_assert_int_eq(b->stayed, 0);
+  protobuf_c_message_free_unpacked(&b->base, NULL);
+  ck_assert_str_eq(rpc_worker_state(r, 3), "ALIVE");
+  Ps__HeartbeatRequest lv = PS__HEARTBEAT_REQUEST__INIT;
+  lv.worker = 3;
+  lv.model = "";
+  lv.leaving = 1;
+  lv.leave_if_silent_ms = 600000; /* it spoke just now */
+  ck_assert_msg(rpc_beat_chan(c, &lv, &b, &eb) == 0, "leave: %s", eb.msg);
+  ck_assert_int_eq(b->stayed, 1);
+  protobuf_c_message_free_unpacked(&b->base, NULL);
+  ck_assert_str_eq(rpc_worker_state(r, 3), "ALIVE");
+  lv.worker = 2; /* never heard of */
+  lv.leave_if_silent_ms = 1;
+  ck_assert_msg(rpc_beat_chan(c, &lv, &b, &eb) == 0, "leave: %s", eb.msg);
+  ck_assert_int_eq(b->stayed, 1);
+  protobuf_c_message_free_unpacked(&b->base, NULL);
+  ck_assert_str_eq(rpc_worker_state(r, 2), "");
+  usleep(50000); /* worker 3 silent for at least 50 ms now */
+  lv.worker = 3;
+  lv.leave_if_silent_ms = 20;
+  ck_assert_msg(rpc_beat_chan(c, &lv, &b, &eb) == 0, "leave: %s", eb.msg);
+  ck_assert_int_eq(b->stayed, 0);
+  protobuf_c_message_free_unpacked(&b->base, NULL);
+  ck_assert_str_eq(rpc_worker_state(r, 3), "DEAD");
+  ck_assert_msg(rpc_beat_chan(c, &lv, &b, &eb) == 0, "leave: %s", eb.msg);
+  ck_assert_int_eq(b->stayed, 1); /* gone already */
+  protobuf_c_message_free_unpacked(&b->base, NULL);
+  ps_chan_close(c);
+  ps_rpc_close(r);
+}
+END_TEST
+
 /* rpc_encode encodes gradients G of the chunks IDS of L as a push in
  * CODEC (each chunk on its own, in its chunk codec); returns the payload
  * (caller frees) and its size in *NBYTES. */
@@ -817,6 +884,7 @@ Suite *psd_rpc_suite(void) {
   tcase_add_test(tc, test_rpc_status_health);
   tcase_add_test(tc, test_rpc_same_over_channel);
   tcase_add_test(tc, test_rpc_beat_over_channel);
+  tcase_add_test(tc, test_rpc_conditional_leave);
   tcase_add_loop_test(tc, test_rpc_codec_same_over_channel, PS_CODEC_FP16, PS_CODEC_N);
   tcase_add_test(tc, test_rpc_codec_bad_input);
   suite_add_tcase(s, tc);

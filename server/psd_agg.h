@@ -27,22 +27,25 @@
  *     gone worker: one that sent a request before, has none waiting here
  *     and neither sent one nor was answered for workers.lease_ms (dead or
  *     left: its lease on the roots, which it renews there directly, runs
- *     out in that time too); but never fewer than the live workers.  So a
- *     dead local worker holds the others' sums (for max_delay_ms per
- *     clock at most) until its lease runs out, and not after.
+ *     out in that time too), or one that left through the aggregator
+ *     (invariant 6); but never fewer than the live workers.  So a dead
+ *     local worker holds the others' sums (for max_delay_ms per clock at
+ *     most) until it left (a few heartbeats after its connections closed)
+ *     or, its connections still open, its lease ran out, and not after.
  *  2. A worker's push is answered only once the root has answered the
  *     forwarded sum that contains it, with the root's answer: nothing an
  *     aggregator acknowledged is lost with it.
  *  3. Pulls are served from the aggregator's copy of the chunks (per
  *     model, chunk ids and pull codec) when that copy was fetched for a
- *     clock at least the worker's (the root then held the bound for it);
+ *     clock at least the worker's (the root then held the bound for it)
+ *     and the worker is known to that root (invariant 6);
  *     under ASP also when no forwarded push of these chunks was answered
  *     since the copy was fetched.  Otherwise the pull waits for a root
  *     fetch at exactly its clock: one fetch serves every local worker
  *     that waits at that clock, and a fetch never asks for a clock above a
  *     waiting worker's (that could wait for the worker itself).
  *  4. The root is reached through blocking channel clients on threads of
- *     the aggregator (one for pushes and `workers` for pulls per root
+ *     the aggregator (one for pushes and leaves, `workers` for pulls per root
  *     shard, so a parked pull never holds up a push or another worker's
  *     pull); their results come back to the loop through one uv_async.
  *     Everything else runs on the loop thread.

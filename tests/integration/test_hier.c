@@ -138,21 +138,6 @@ static void th_train(th_ctx *x, int agg, const char *slow1) {
   th_wait(x, w, TH_N);
 }
 
-/* th_status returns root S's Status (free with protobuf_c_message_free_unpacked). */
-static Ps__StatusReply *th_status_at(int port) {
-  ps_rpc *rpc;
-  ps_errbuf eb = {""};
-  char addr[64];
-  snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
-  ck_assert_int_eq(ps_test_rpc_open(&rpc, addr, &eb), 0);
-  Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
-  ProtobufCMessage *resp = NULL;
-  ck_assert_msg(ps_rpc_call(rpc, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,
-                            &resp, 5000, &eb) == 0, "status of %s: %s", addr, eb.msg);
-  ps_rpc_close(rpc);
-  return (Ps__StatusReply *)resp;
-}
-
 /* th_evaluate returns the test loss psw --evaluate reports for "m". */
 static double th_evaluate(th_ctx *x) {
   char log[700];
@@ -312,7 +297,7 @@ START_TEST(test_hier_sum_is_one_update) {
                   "flat %g (seed %llu)", i, ph[i], pf[i], (unsigned long long)ps_test_seed);
     ck_assert_msg(pr[i] == ph[i], "[%d]: the aggregator's copy %g, the root's %g", i, ph[i], pr[i]);
   }
-  Ps__StatusReply *st = th_status_at(x.gp[0]);
+  Ps__StatusReply *st = ps_test_status(x.gp[0]);
   ck_assert_uint_eq(st->pushes, 4);
   ck_assert_uint_eq(st->sum_pushes, 1);
   ck_assert_uint_eq(st->sum_grads, 3);
@@ -333,7 +318,7 @@ static uint64_t th_parked(int port, uint64_t n) {
   int64_t deadline = ps_test_now_ms() + 10000;
   uint64_t parked = 0;
   for (;;) {
-    Ps__StatusReply *st = th_status_at(port);
+    Ps__StatusReply *st = ps_test_status(port);
     parked = st->n_models ? st->models[0]->parked : 0;
     protobuf_c_message_free_unpacked(&st->base, NULL);
     if (parked >= n || ps_test_now_ms() >= deadline) return parked;
@@ -364,7 +349,7 @@ START_TEST(test_hier_clock_entered) {
   uint64_t v, v1;
   ck_assert_msg(ps_test_pull(a0, "b", ids, 3, p, TH_ELEMS, 0, 0, &v, &eb) == 0, "%s", eb.msg);
   ck_assert_msg(ps_test_pull(a1, "b", ids, 3, p, TH_ELEMS, 1, 0, &v, &eb) == 0, "%s", eb.msg);
-  Ps__StatusReply *ag = th_status_at(x.agg_gp);
+  Ps__StatusReply *ag = ps_test_status(x.agg_gp);
   ck_assert_uint_eq(ag->agg_fetches, 2);
   ck_assert_uint_eq(ag->agg_enters, 1); /* worker 1's: the copy was fresh for clock 0 */
   protobuf_c_message_free_unpacked(&ag->base, NULL);
@@ -378,7 +363,7 @@ START_TEST(test_hier_clock_entered) {
   ck_assert_msg(ps_test_push(a1, "b", ids, 3, g, TH_ELEMS, 1, 0, v, &v1, &eb) == 0, "%s", eb.msg);
   ck_assert_msg(ps_chan_recv(root, NULL, &v1, &eb) == 0, "%s", eb.msg);
   ck_assert_uint_eq(v1, v + 2); /* both workers' pushes applied before it was served */
-  Ps__StatusReply *st = th_status_at(x.gp[0]);
+  Ps__StatusReply *st = ps_test_status(x.gp[0]);
   ck_assert_uint_eq(st->models[0]->max_gap, 0);
   ck_assert_uint_eq(st->models[0]->pulls_parked, 1);
   protobuf_c_message_free_unpacked(&st->base, NULL);
@@ -519,7 +504,7 @@ START_TEST(test_hier_codec) {
     ck_assert_msg(p1[i] - want <= tol && want - p1[i] <= tol, "[%d] %g, want %g (seed %llu)", i,
                   p1[i], want, (unsigned long long)ps_test_seed);
   }
-  Ps__StatusReply *st = th_status_at(x.gp[0]);
+  Ps__StatusReply *st = ps_test_status(x.gp[0]);
   ck_assert_uint_eq(st->sum_pushes, 1);
   ck_assert_uint_eq(st->bytes_in, nbytes); /* int8 on the root's wire too */
   protobuf_c_message_free_unpacked(&st->base, NULL);
@@ -534,7 +519,7 @@ static void th_wait_sums(th_ctx *x, uint64_t n) {
   int64_t deadline = ps_test_now_ms() + 30000;
   uint64_t sums = 0;
   while (ps_test_now_ms() < deadline) {
-    Ps__StatusReply *st = th_status_at(x->gp[0]);
+    Ps__StatusReply *st = ps_test_status(x->gp[0]);
     sums = st->sum_pushes;
     protobuf_c_message_free_unpacked(&st->base, NULL);
     if (sums >= n) break;
@@ -572,7 +557,7 @@ START_TEST(test_hier_bsp_sums) {
   int steps = (int)ps_test_json_num(x.json[0], "steps");
   ck_assert_int_eq(steps, 32);
   for (int s = 0; s < 2; s++) {
-    Ps__StatusReply *st = th_status_at(x.gp[s]);
+    Ps__StatusReply *st = ps_test_status(x.gp[s]);
     ck_assert_uint_eq(st->n_models, 1);
     /* one push per clock, each the sum of all 3 workers */
     ck_assert_uint_eq(st->pushes, (uint64_t)steps);
@@ -583,7 +568,7 @@ START_TEST(test_hier_bsp_sums) {
     ck_assert_uint_eq(st->models[0]->pull_timeouts, 0);
     protobuf_c_message_free_unpacked(&st->base, NULL);
   }
-  Ps__StatusReply *ag = th_status_at(x.agg_gp);
+  Ps__StatusReply *ag = ps_test_status(x.agg_gp);
   ck_assert_str_eq(ag->aggregator, "h0");
   ck_assert_uint_eq(ag->agg_pushes_in, (uint64_t)(2 * TH_N * steps));
   ck_assert_uint_eq(ag->agg_forwarded, (uint64_t)(2 * steps));
@@ -606,7 +591,7 @@ START_TEST(test_hier_ssp_bound) {
   th_start(&x, 1, "ssp", "2", 20, 2);
   th_train(&x, 1, "3");
   for (int s = 0; s < 2; s++) {
-    Ps__StatusReply *st = th_status_at(x.gp[s]);
+    Ps__StatusReply *st = ps_test_status(x.gp[s]);
     ck_assert_uint_le(st->models[0]->max_gap, 2);
     ck_assert_uint_eq(st->models[0]->pull_timeouts, 0);
     ck_assert_uint_gt(st->sum_pushes, 0);
@@ -633,7 +618,7 @@ START_TEST(test_hier_failover) {
   int64_t until = ps_test_now_ms() + 30000;
   uint64_t plain = 0;
   while (ps_test_now_ms() < until && plain < TH_N) {
-    Ps__StatusReply *st = th_status_at(x.gp[0]);
+    Ps__StatusReply *st = ps_test_status(x.gp[0]);
     plain = st->pushes - st->sum_pushes;
     protobuf_c_message_free_unpacked(&st->base, NULL);
     usleep(10000);
@@ -657,7 +642,7 @@ START_TEST(test_hier_failover) {
     ck_assert_int_eq((int)ps_test_json_num(x.json[i], "steps"), 10 * 16);
   }
   /* the restarted aggregator summed the returned workers' pushes */
-  Ps__StatusReply *ag = th_status_at(x.agg_gp);
+  Ps__StatusReply *ag = ps_test_status(x.agg_gp);
   ck_assert_msg(ag->agg_pushes_in > 0 && ag->agg_forwarded > 0, "the restarted aggregator "
                 "summed %llu pushes", (unsigned long long)ag->agg_pushes_in);
   protobuf_c_message_free_unpacked(&ag->base, NULL);
@@ -669,7 +654,7 @@ START_TEST(test_hier_failover) {
     ck_assert_ptr_nonnull(p);
     acked += strtol(p + strlen("\"pushes_acked\":["), NULL, 10);
   }
-  Ps__StatusReply *st = th_status_at(x.gp[0]);
+  Ps__StatusReply *st = ps_test_status(x.gp[0]);
   plain = st->pushes - st->sum_pushes;
   uint64_t applied = plain + st->sum_grads;
   protobuf_c_message_free_unpacked(&st->base, NULL);
@@ -680,25 +665,6 @@ START_TEST(test_hier_failover) {
   th_finish(&x);
 }
 END_TEST
-
-/* th_dead returns how many workers root PORT lists as DEAD. */
-static int th_dead(int port) {
-  ps_rpc *rpc;
-  ps_errbuf eb = {""};
-  char addr[64];
-  snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
-  ck_assert_int_eq(ps_test_rpc_open(&rpc, addr, &eb), 0);
-  Ps__ListWorkersRequest req = PS__LIST_WORKERS_REQUEST__INIT;
-  Ps__ListWorkersReply *rep = NULL;
-  ck_assert_msg(ps_rpc_call(rpc, "/ps.Ps/ListWorkers", &req.base,
-                            &ps__list_workers_reply__descriptor, (ProtobufCMessage **)&rep, 5000,
-                            &eb) == 0, "list workers of %s: %s", addr, eb.msg);
-  ps_rpc_close(rpc);
-  int dead = 0;
-  for (size_t i = 0; i < rep->n_workers; i++) dead += !strcmp(rep->workers[i]->state, "DEAD");
-  protobuf_c_message_free_unpacked(&rep->base, NULL);
-  return dead;
-}
 
 /* A local worker killed mid-training under BSP, sums waiting up to 10 s
  * for all 3, leases of 120 s (longer than the test waits): the worker
@@ -718,13 +684,13 @@ START_TEST(test_hier_dead_worker) {
   ck_assert_int_ge(ps_test_wait_pid(w[2], 5000), 0);
   th_wait(&x, w, 2);
   for (int s = 0; s < 2; s++)
-    ck_assert_msg(th_dead(x.gp[s]) == 1, "root %d does not list the killed worker DEAD", s);
-  Ps__StatusReply *ag = th_status_at(x.agg_gp);
+    ck_assert_msg(ps_test_worker_states(x.gp[s], UINT32_MAX, "DEAD") == 1, "root %d does not list the killed worker DEAD", s);
+  Ps__StatusReply *ag = ps_test_status(x.agg_gp);
   ck_assert_uint_eq(ag->agg_leaves, 1);
   protobuf_c_message_free_unpacked(&ag->base, NULL);
   ck_assert_msg(th_log_wait(x.agg_log, "did not come back: it leaves the root shards", 1000),
                 "see %s", x.agg_log);
-  Ps__StatusReply *st = th_status_at(x.gp[0]);
+  Ps__StatusReply *st = ps_test_status(x.gp[0]);
   ck_assert_msg(st->sum_grads < 3 * st->sum_pushes, "%llu sums of %llu gradients: none of 2",
                 (unsigned long long)st->sum_pushes, (unsigned long long)st->sum_grads);
   ck_assert_uint_eq(st->models[0]->max_gap, 0);

@@ -588,23 +588,6 @@ START_TEST(test_rpc_beat_over_channel) {
 }
 END_TEST
 
-/* rpc_worker_state returns worker W's state on R's shard ("" when it
- * does not list it). */
-static const char *rpc_worker_state(ps_rpc *r, uint32_t w) {
-  static char state[16];
-  ps_errbuf eb;
-  Ps__ListWorkersRequest req = PS__LIST_WORKERS_REQUEST__INIT;
-  Ps__ListWorkersReply *rep = NULL;
-  ck_assert_msg(ps_rpc_call(r, "/ps.Ps/ListWorkers", &req.base, &ps__list_workers_reply__descriptor,
-                            (ProtobufCMessage **)&rep, 5000, &eb) == 0, "list: %s", eb.msg);
-  state[0] = 0;
-  for (size_t i = 0; i < rep->n_workers; i++)
-    if (rep->workers[i]->worker == w)
-      snprintf(state, sizeof state, "%s", rep->workers[i]->state);
-  protobuf_c_message_free_unpacked(&rep->base, NULL);
-  return state;
-}
-
 /* An aggregator's leave for a local worker (leave_if_silent_ms, DESIGN.md
  * "Hierarchy"): refused (stayed, nothing changed) while the worker spoke
  * to the shard within that time, for a worker the shard never heard of,
@@ -612,7 +595,7 @@ static const char *rpc_worker_state(ps_rpc *r, uint32_t w) {
  * long (it is DEAD then). */
 START_TEST(test_rpc_conditional_leave) {
   ps_errbuf eb;
-  ps_rpc *r = rpc_open(0);
+  int port = atoi(strrchr(rpc_addr[0], ':') + 1);
   ps_chan_client *c;
   ck_assert_msg(ps_test_chan_connect(&c, rpc_chan_addr[0], "test", 5000, &eb) == 0, "connect: %s",
                 eb.msg);
@@ -623,7 +606,7 @@ START_TEST(test_rpc_conditional_leave) {
   ck_assert_msg(rpc_beat_chan(c, &req, &b, &eb) == 0, "beat: %s", eb.msg);
   ck_assert_int_eq(b->stayed, 0);
   protobuf_c_message_free_unpacked(&b->base, NULL);
-  ck_assert_str_eq(rpc_worker_state(r, 3), "ALIVE");
+  ck_assert_int_eq(ps_test_worker_states(port, 3, "ALIVE"), 1);
   Ps__HeartbeatRequest lv = PS__HEARTBEAT_REQUEST__INIT;
   lv.worker = 3;
   lv.model = "";
@@ -631,26 +614,29 @@ START_TEST(test_rpc_conditional_leave) {
   lv.leave_if_silent_ms = 600000; /* it spoke just now */
   ck_assert_msg(rpc_beat_chan(c, &lv, &b, &eb) == 0, "leave: %s", eb.msg);
   ck_assert_int_eq(b->stayed, 1);
+  ck_assert_int_eq(b->expired, 0); /* an aggregator may ask again */
   protobuf_c_message_free_unpacked(&b->base, NULL);
-  ck_assert_str_eq(rpc_worker_state(r, 3), "ALIVE");
+  ck_assert_int_eq(ps_test_worker_states(port, 3, "ALIVE"), 1);
   lv.worker = 2; /* never heard of */
   lv.leave_if_silent_ms = 1;
   ck_assert_msg(rpc_beat_chan(c, &lv, &b, &eb) == 0, "leave: %s", eb.msg);
   ck_assert_int_eq(b->stayed, 1);
+  ck_assert_int_eq(b->expired, 1); /* nothing to leave */
   protobuf_c_message_free_unpacked(&b->base, NULL);
-  ck_assert_str_eq(rpc_worker_state(r, 2), "");
+  ck_assert_int_eq(ps_test_worker_states(port, 2, "DEAD"), 0);
+  ck_assert_int_eq(ps_test_worker_states(port, 2, "ALIVE"), 0);
   usleep(50000); /* worker 3 silent for at least 50 ms now */
   lv.worker = 3;
   lv.leave_if_silent_ms = 20;
   ck_assert_msg(rpc_beat_chan(c, &lv, &b, &eb) == 0, "leave: %s", eb.msg);
   ck_assert_int_eq(b->stayed, 0);
   protobuf_c_message_free_unpacked(&b->base, NULL);
-  ck_assert_str_eq(rpc_worker_state(r, 3), "DEAD");
+  ck_assert_int_eq(ps_test_worker_states(port, 3, "DEAD"), 1);
   ck_assert_msg(rpc_beat_chan(c, &lv, &b, &eb) == 0, "leave: %s", eb.msg);
   ck_assert_int_eq(b->stayed, 1); /* gone already */
+  ck_assert_int_eq(b->expired, 1);
   protobuf_c_message_free_unpacked(&b->base, NULL);
   ps_chan_close(c);
-  ps_rpc_close(r);
 }
 END_TEST
 

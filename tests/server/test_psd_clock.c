@@ -73,6 +73,30 @@ START_TEST(test_bsp_parks_until_push) {
 }
 END_TEST
 
+/* psd_clock_silent_ms (an aggregator's conditional leave): unknown
+ * workers have no last word; a request is one, a pull parked for the
+ * worker is not, its release is. */
+START_TEST(test_silent_ms) {
+  psd_clock *c = tclock(0);
+  ps_errbuf eb;
+  tpark a;
+  tpark_init(&a);
+  ck_assert_uint_eq(psd_clock_silent_ms(c, 0, 100), UINT64_MAX);
+  ck_assert_int_eq(psd_clock_pull(c, "m", 0, 0, 100, &a.p, &eb), 0);
+  ck_assert_int_eq(psd_clock_pull(c, "m", 1, 0, 100, &a.p, &eb), 0);
+  ck_assert_uint_eq(psd_clock_silent_ms(c, 0, 350), 250);
+  ck_assert_uint_eq(psd_clock_silent_ms(c, 0, 50), 0); /* a clock behind the table's */
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 0, 0, 400, &eb), 0);
+  ck_assert_int_eq(psd_clock_pull(c, "m", 0, 1, 400, &a.p, &eb), 1); /* parked for w1 */
+  ck_assert_uint_eq(psd_clock_silent_ms(c, 0, 700), 300);
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 1, 0, 800, &eb), 0); /* releases w0's pull */
+  ck_assert_int_eq(a.released, 1);
+  ck_assert_uint_eq(psd_clock_silent_ms(c, 0, 900), 100);
+  ck_assert_uint_eq(psd_clock_silent_ms(c, 1, 900), 100);
+  psd_clock_free(c);
+}
+END_TEST
+
 /* SSP s=2: up to 2 clocks ahead is served, 3 parks; the max gap is 2. */
 START_TEST(test_ssp_bound) {
   psd_clock *c = tclock(2);
@@ -597,6 +621,7 @@ Suite *psd_clock_suite(void) {
   tcase_add_test(tc, test_partitions_progress_and_failover);
   tcase_add_test(tc, test_save_load);
   tcase_add_test(tc, test_world_bounds_table);
+  tcase_add_test(tc, test_silent_ms);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -85,6 +85,15 @@ static ps_rpc *rpc_open(int shard) {
   return r;
 }
 
+/* rpc_chan connects to SHARD's channel. */
+static ps_chan_client *rpc_chan(int shard) {
+  ps_chan_client *c;
+  ps_errbuf eb;
+  ck_assert_msg(ps_test_chan_connect(&c, rpc_chan_addr[shard], "test", 5000, &eb) == 0,
+                "connect: %s", eb.msg);
+  return c;
+}
+
 static int rpc_submit(ps_rpc *r, const Ps__ModelSpec *spec, int replace, Ps__SubmitModelReply **rep,
                       ps_errbuf *eb) {
   Ps__SubmitModelRequest req = PS__SUBMIT_MODEL_REQUEST__INIT;
@@ -540,9 +549,7 @@ static uint64_t rpc_errors(ps_rpc *r) {
 START_TEST(test_rpc_beat_over_channel) {
   ps_errbuf eb;
   ps_rpc *r = rpc_open(1);
-  ps_chan_client *c;
-  ck_assert_msg(ps_test_chan_connect(&c, rpc_chan_addr[1], "test", 5000, &eb) == 0, "connect: %s",
-                eb.msg);
+  ps_chan_client *c = rpc_chan(1);
   Ps__HeartbeatRequest req = PS__HEARTBEAT_REQUEST__INIT;
   req.worker = 1;
   req.model = "";
@@ -596,9 +603,7 @@ END_TEST
 START_TEST(test_rpc_conditional_leave) {
   ps_errbuf eb;
   int port = atoi(strrchr(rpc_addr[0], ':') + 1);
-  ps_chan_client *c;
-  ck_assert_msg(ps_test_chan_connect(&c, rpc_chan_addr[0], "test", 5000, &eb) == 0, "connect: %s",
-                eb.msg);
+  ps_chan_client *c = rpc_chan(0);
   Ps__HeartbeatRequest req = PS__HEARTBEAT_REQUEST__INIT;
   req.worker = 3;
   req.model = "";

@@ -454,7 +454,7 @@ void psd_agg_cancel(psd_agg *a, psd_op *op) {
 static void agg_op_done(psd_op *op, int status, const char *msg) {
   op->list = NULL;
   op->next = NULL;
-  op->fn(op, status, msg);
+  psd_done_finish(&op->done, status, msg);
 }
 
 /* ---- pushes (invariants 1, 2) --------------------------------------------------- */
@@ -821,7 +821,7 @@ static void agg_push_done(psd_agg *a, agg_job *j) {
   }
   for (psd_op *op = g->waiters, *next; op; op = next) {
     next = op->next;
-    op->version = j->version;
+    op->done.version = j->version;
     agg_op_done(op, j->status, j->status < 0 ? j->eb.msg : NULL);
   }
   agg_group_free(g);
@@ -909,9 +909,9 @@ int psd_agg_pull(psd_agg *a, const ps_req *r, psd_op *op, ps_errbuf *eb) {
     fetch = j;
   } else if (fresh) {
     a->st.pull_hits++;
-    op->data = c->data;
-    op->nbytes = c->nbytes;
-    op->version = c->version;
+    op->done.data = c->data;
+    op->done.nbytes = c->nbytes;
+    op->done.version = c->version;
     return 0;
   } else if (fetch) { /* one fetch per clock: the waiters at that clock share it */
     a->st.pull_hits++;
@@ -956,16 +956,16 @@ static void agg_pull_done(psd_agg *a, agg_job *j) {
         continue;
       }
       psd_agg_cancel(a, op);
-      op->fn(op, PS_ENOMEM, eb.msg);
+      psd_done_finish(&op->done, PS_ENOMEM, eb.msg);
       continue;
     }
     if (!serve && !(j->status < 0 && op->wait == j)) continue;
     psd_agg_cancel(a, op);
     agg_touch(a, op->worker);
-    op->data = c->data;
-    op->nbytes = c->nbytes;
-    op->version = c->version;
-    op->fn(op, serve ? 0 : j->status, serve ? NULL : j->eb.msg);
+    op->done.data = c->data;
+    op->done.nbytes = c->nbytes;
+    op->done.version = c->version;
+    psd_done_finish(&op->done, serve ? 0 : j->status, serve ? NULL : j->eb.msg);
   }
 }
 

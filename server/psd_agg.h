@@ -88,23 +88,18 @@
 #include "ps_config.h"
 #include "ps_error.h"
 #include "ps_req.h"
+#include "psd_done.h"
 
 typedef struct psd_agg psd_agg;
 typedef struct psd_op psd_op;
 
-/* An asynchronous request's completion: STATUS 0 or a PS_E* code with MSG
- * (borrowed for the call).  Runs on the loop thread, exactly once, unless
- * psd_agg_cancel took the op back first. */
-typedef void psd_op_fn(psd_op *op, int status, const char *msg);
-
-/* One pending request, owned by the caller (a transport's connection). */
+/* One pending request, owned by the caller (a transport's connection),
+ * which sets done.fn and done.arg.  It finishes (psd_done.h) on the loop
+ * thread, exactly once, unless psd_agg_cancel took the op back first;
+ * done.version is the root's, and a pull's values are done.data
+ * (encoded, borrowed until fn returns) of done.nbytes. */
 struct psd_op {
-  psd_op_fn *fn;
-  void *arg;
-  /* results, valid during fn: */
-  uint64_t version;
-  const void *data;       /* pull: the values (encoded), borrowed until fn returns */
-  uint64_t nbytes;
+  psd_done done;
   /* psd_agg's: */
   psd_op *next;
   psd_op **list;
@@ -151,7 +146,7 @@ int psd_agg_payload(psd_agg *a, const ps_req *r, int push, uint64_t *nelems, uin
  * root's version (invariant 2); or a PS_E* code (OP unused). */
 int psd_agg_push(psd_agg *a, const ps_req *r, psd_op *op, ps_errbuf *eb);
 
-/* psd_agg_pull answers pull R: 0 now (OP's data, nbytes and version set,
+/* psd_agg_pull answers pull R: 0 now (OP's done.data, nbytes and version set,
  * borrowed until the next call into the aggregator), 1 later through OP,
  * or a PS_E* code. */
 int psd_agg_pull(psd_agg *a, const ps_req *r, psd_op *op, ps_errbuf *eb);

@@ -445,8 +445,8 @@ static void conn_pull_serve(psd_conn *c, const Ps__ChanMeta *m, uint32_t parked_
 
 /* conn_unpark answers a parked pull the clock table released and asks
  * for the connection to resume (invariant 7). */
-static void conn_unpark(psd_park *p, int status, const char *msg) {
-  psd_conn *c = p->arg;
+static void conn_unpark(psd_done *d, int status, const char *msg) {
+  psd_conn *c = d->arg;
   Ps__ChanMeta *m = c->pmeta;
   /* No longer parked before the reply: a reply that fails closes C, and
    * conn_close must then neither free M nor uncount the request again. */
@@ -454,7 +454,7 @@ static void conn_unpark(psd_park *p, int status, const char *msg) {
   c->pmeta = NULL;
   c->rx.h.req_id = c->preq_id; /* unchanged while parked (nothing is parsed) */
   if (status == 0) {
-    conn_pull_serve(c, m, psd_shard_parked_ms(c->chan->sh, p));
+    conn_pull_serve(c, m, psd_shard_parked_ms(c->chan->sh, &c->park));
   } else {
     psd_shard_count_error(c->chan->sh);
     conn_reply_error(c, status, msg ? msg : ps_strerror(status), 1, 0);
@@ -487,8 +487,8 @@ static void conn_pull_reply(psd_conn *c, const void *data, uint64_t nbytes, uint
 
 /* conn_op_done answers a forwarded push or pull the aggregator completed
  * and asks for the connection to resume (as conn_unpark). */
-static void conn_op_done(psd_op *op, int status, const char *msg) {
-  psd_conn *c = op->arg;
+static void conn_op_done(psd_done *d, int status, const char *msg) {
+  psd_conn *c = d->arg;
   int push = c->op_push;
   if (!c->op_pending) return;
   c->rx.h.req_id = c->preq_id;
@@ -499,11 +499,11 @@ static void conn_op_done(psd_op *op, int status, const char *msg) {
     c->op_pending = 0;
     Ps__ChanMeta r = PS__CHAN_META__INIT;
     r.op = PS__CHAN_OP__CHAN_PUSH;
-    r.version = op->version;
+    r.version = d->version;
     conn_reply(c, &r, NULL, 0, 0, 1, 0);
   } else {
     c->op_pending = 0;
-    conn_pull_reply(c, op->data, op->nbytes, op->version, c->op_codec);
+    conn_pull_reply(c, d->data, d->nbytes, d->version, c->op_codec);
   }
   if (!c->closing) {
     c->resume_pending = 1;
@@ -517,7 +517,7 @@ static void conn_forward(psd_conn *c, const ps_req *r, int push, uint32_t codec)
   psd_shard *sh = c->chan->sh;
   ps_errbuf eb;
   psd_shard_forward_conn(sh, &c->agg_worker1, r->worker);
-  c->op = (psd_op){.fn = conn_op_done, .arg = c};
+  c->op = (psd_op){.done = {.fn = conn_op_done, .arg = c}};
   c->op_pending = 1;
   c->op_push = push;
   c->op_codec = codec;
@@ -529,7 +529,7 @@ static void conn_forward(psd_conn *c, const ps_req *r, int push, uint32_t codec)
   if (rc == 1) return; /* pending (or already answered) */
   c->op_pending = 0;
   if (rc < 0) conn_reply_error(c, rc, eb.msg, 1, 0);
-  else conn_pull_reply(c, c->op.data, c->op.nbytes, c->op.version, codec);
+  else conn_pull_reply(c, c->op.done.data, c->op.done.nbytes, c->op.done.version, codec);
   if (c->closing || c->queued > CHAN_MAX_QUEUED) return; /* wr_done resumes */
   c->paused = 0; /* conn_feed goes on with what is staged */
   uv_read_start((uv_stream_t *)&c->tcp, conn_alloc, conn_read);
@@ -550,8 +550,7 @@ static int conn_pull(psd_conn *c, Ps__ChanMeta *m) {
     return 0;
   }
   if (rc == 0) {
-    c->park.fn = conn_unpark;
-    c->park.arg = c;
+    c->park.done = (psd_done){.fn = conn_unpark, .arg = c};
     rc = psd_shard_pull_admit(sh, m->model, m->worker, m->clock, &c->park, &eb);
   }
   if (rc < 0) {
@@ -614,8 +613,8 @@ static void conn_push_ack(psd_conn *c, uint64_t version) {
 
 /* conn_push_synced answers a push once its log record is synced, or the
  * log's error, and resumes the connection (invariant 7a). */
-static void conn_push_synced(psd_wal_waiter *wt, int status, const char *msg) {
-  psd_conn *c = wt->arg;
+static void conn_push_synced(psd_done *d, int status, const char *msg) {
+  psd_conn *c = d->arg;
   c->syncing = 0;
   if (status == 0) {
     conn_push_ack(c, c->sversion);
@@ -662,8 +661,7 @@ static void conn_push_end(psd_conn *c) {
   c->req = NULL;
   c->req_err = 0;
   if (rc == 0) {
-    c->swt.fn = conn_push_synced;
-    c->swt.arg = c;
+    c->swt.done = (psd_done){.fn = conn_push_synced, .arg = c};
     rc = psd_shard_push_durable(sh, &c->swt, &c->req_eb);
   }
   if (rc < 0) {

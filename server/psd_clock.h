@@ -86,22 +86,19 @@
 #include <stdint.h>
 
 #include "ps_error.h"
+#include "psd_done.h"
 
 #define PSD_CLOCK_ASP UINT32_MAX /* staleness bound of asp: no bound */
 
 typedef struct psd_clock psd_clock;
 typedef struct psd_park psd_park;
 
-/* A parked pull's release: STATUS 0 (serve it now) or a PS_E* code with
- * MSG (borrowed for the call). */
-typedef void psd_park_fn(psd_park *p, int status, const char *msg);
-
 /* A parked pull, owned by the caller (a transport's request), linked into
- * the table while parked.  The caller sets fn and arg; the rest is
- * psd_clock's. */
+ * the table while parked.  The caller sets done.fn and done.arg; the rest
+ * is psd_clock's.  Its release (psd_done.h): STATUS 0 (serve it now) or a
+ * PS_E* code with MSG. */
 struct psd_park {
-  psd_park_fn *fn;
-  void *arg;
+  psd_done done;
   uint32_t worker;
   uint64_t clock;
   uint64_t since_ms, deadline_ms;

@@ -524,6 +524,8 @@ static void psctl_status_json_aggs(const psctl_agg *x, size_t n) {
     psctl_json_num(fwd);
     printf(",\"hit_rate\":");
     psctl_json_num(hit);
+    printf(",\"enters\":%llu,\"leaves\":%llu", (unsigned long long)b->agg_enters,
+           (unsigned long long)b->agg_leaves);
     printf(",\"workers\":[");
     for (size_t k = 0; k < b->n_agg_workers; k++) printf("%s%u", k ? "," : "", b->agg_workers[k]);
     printf("]}");

@@ -28,6 +28,7 @@ typedef struct agg_model {
   float *residual;
   uint64_t stamp;           /* a->stamp when the spec was fetched */
   int retired;              /* replaced on the roots: kept for what is in flight */
+  uint8_t *known;           /* [shard * nseen + worker]: in that root's clock table (inv. 6) */
 } agg_model;
 
 /* A sum being collected (invariant 1). */
@@ -65,6 +66,10 @@ typedef struct agg_copy {
 typedef struct agg_job {
   struct agg_job *next;
   int push;
+  int leave;                /* a leaving beat for r.worker (invariant 6) */
+  int stayed, gone;         /* leave: the root did not act on it; it had nothing to leave */
+  int reconnected;          /* the link connected again for it (invariant 6) */
+  uint32_t shard;           /* leave: the root's index */
   struct agg_link *link;    /* the link that runs it */
   agg_group *g;             /* push: the group it forwards (owned) */
   agg_copy *c;              /* pull: the copy it fills */
@@ -85,6 +90,7 @@ typedef struct agg_link {
   int busy;                 /* jobs queued or running */
   int exited;               /* under a->mu: the thread is done */
   ps_chan_client *ch;       /* the thread's */
+  int ever;                 /* the thread's: it had a connection before */
 } agg_link;
 
 struct psd_agg {
@@ -110,10 +116,20 @@ struct psd_agg {
                                answer, 0 never */
   uint8_t *busy;            /* agg_expected's scratch: nseen flags */
   uint32_t nseen;           /* psd_clock_rank_cap(workers.count): the ids a worker may have */
+  uint32_t *nconn;          /* per worker id: its open connections (invariant 6) */
+  uint64_t *closed_ms;      /* per worker id: uv_now + 1 when its last connection closed */
+  uint8_t *left;            /* per worker id: it left through the aggregator (1; 2: a root
+                               acted on it) and did not connect again */
+  uint64_t *retry_ms;       /* per worker id: uv_now at which to ask the roots in resend
+                               again (0: none) */
+  uint8_t *resend;          /* [worker * nshards + shard]: ask that root again */
   uint64_t stamp;           /* psd_agg_conn_stamp's last */
   ps_auth_keys keys;        /* security.secret_file: the aggregator's channel key */
   const ps_auth_key *key;   /* in keys, or NULL (an unauthenticated channel) */
 };
+
+static void agg_timer_arm(psd_agg *a);
+static void agg_forget(psd_agg *a, uint32_t shard, uint32_t w);
 
 /* ---- models ------------------------------------------------------------------ */
 
@@ -121,6 +137,7 @@ static void agg_model_free(agg_model *m) {
   ps_layout_release(&m->layout);
   protobuf_c_message_free_unpacked(&m->reply->base, NULL);
   free(m->residual);
+  free(m->known);
   free(m);
 }
 
@@ -153,12 +170,15 @@ static int agg_model_fetch(psd_agg *a, const char *model, agg_model **out, ps_er
   else
     err = ps_layout_build(&m->layout, m->reply->model, a->cfg->chunk_elems, a->shard_ids,
                           a->cfg->nshards, eb);
-  if (err == 0 && !(m->residual = calloc(m->layout.nparams ? m->layout.nparams : 1,
-                                         sizeof(float))))
+  if (err == 0 && (!(m->residual = calloc(m->layout.nparams ? m->layout.nparams : 1,
+                                          sizeof(float))) ||
+                   !(m->known = calloc((size_t)a->cfg->nshards * a->nseen, 1))))
     err = ps_errf(eb, PS_ENOMEM, "out of memory for the residual of '%s'", model);
   if (err < 0) {
     if (m->reply->model) ps_layout_release(&m->layout);
     protobuf_c_message_free_unpacked(resp, NULL);
+    free(m->residual);
+    free(m->known);
     free(m);
     return err;
   }
@@ -282,6 +302,31 @@ int psd_agg_payload(psd_agg *a, const ps_req *r, int push, uint64_t *nelems, uin
 
 /* ---- links (invariant 4) ------------------------------------------------------ */
 
+/* agg_link_leave sends leave job J's beat (invariant 6): the worker
+ * leaves the root unless it spoke to it within 2 x heartbeat_ms. */
+static int agg_link_leave(agg_link *l, agg_job *j) {
+  Ps__HeartbeatRequest req = PS__HEARTBEAT_REQUEST__INIT;
+  req.worker = j->r.worker;
+  req.leaving = 1;
+  req.leave_if_silent_ms = 2 * l->a->cfg->workers.heartbeat_ms;
+  size_t n = ps__heartbeat_request__get_packed_size(&req);
+  uint8_t buf[64];
+  if (n > sizeof buf) return ps_errf(&j->eb, PS_EINVAL, "leaving beat of %zu bytes", n);
+  ps__heartbeat_request__pack(&req, buf);
+  void *rep = NULL;
+  size_t rlen = 0;
+  int rc = ps_chan_beat(l->ch, buf, n, &rep, &rlen, &j->eb);
+  Ps__HeartbeatReply *r = NULL;
+  if (rc == 0 && (rc = ps_pb_unpack(&ps__heartbeat_reply__descriptor, rep, rlen,
+                                    (ProtobufCMessage **)&r, &j->eb)) == 0) {
+    j->stayed = r->stayed;
+    j->gone = r->expired;
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+  }
+  free(rep);
+  return rc;
+}
+
 /* agg_link_run sends job J to the link's root and waits for the answer
  * (link thread). */
 static void agg_link_run(agg_link *l, agg_job *j) {
@@ -295,9 +340,13 @@ static void agg_link_run(agg_link *l, agg_job *j) {
     }
     /* a pull may stay parked on the root up to pull_timeout_ms */
     ps_chan_set_timeout(l->ch, (int)l->a->cfg->training.pull_timeout_ms + 5000);
+    j->reconnected = l->ever;
+    l->ever = 1;
   }
   j->r.nbytes = j->nbytes;
-  if (j->push) {
+  if (j->leave) {
+    j->status = agg_link_leave(l, j);
+  } else if (j->push) {
     j->r.grads = j->data;
     j->status = ps_chan_push(l->ch, &j->r, &j->version, &j->eb);
   } else {
@@ -339,11 +388,11 @@ static void *agg_link_main(void *arg) {
   return NULL;
 }
 
-/* agg_submit queues J on a link of root SHARD: the push link, or the pull
- * link with the fewest jobs. */
+/* agg_submit queues J on a link of root SHARD: the push link (pushes and
+ * leaves), or the pull link with the fewest jobs. */
 static void agg_submit(psd_agg *a, uint32_t shard, agg_job *j) {
   agg_link *l = &a->links[shard * a->per_shard];
-  if (!j->push) {
+  if (!j->push && !j->leave) {
     l++;
     for (size_t k = 2; k < a->per_shard; k++)
       if (a->links[shard * a->per_shard + k].busy < l->busy) l = &a->links[shard * a->per_shard + k];
@@ -367,6 +416,27 @@ static void agg_op_add(psd_op **list, psd_op *op) {
   *list = op;
 }
 
+/* psd_agg_conn_worker: see psd_agg.h.  A worker that connects again after
+ * it left is another incarnation (or was alive after all): known nowhere. */
+void psd_agg_conn_worker(psd_agg *a, uint32_t w, int delta) {
+  if (w >= a->nseen) return;
+  if (delta > 0) {
+    a->nconn[w]++;
+    a->closed_ms[w] = 0;
+    if (a->left[w]) {
+      a->left[w] = 0;
+      a->retry_ms[w] = 0;
+      memset(a->resend + (size_t)w * a->cfg->nshards, 0, a->cfg->nshards);
+      agg_forget(a, UINT32_MAX, w);
+    }
+    return;
+  }
+  if (!a->nconn[w] || --a->nconn[w]) return;
+  uv_update_time(a->loop);
+  a->closed_ms[w] = uv_now(a->loop) + 1;
+  agg_timer_arm(a);
+}
+
 /* psd_agg_cancel: see psd_agg.h. */
 void psd_agg_cancel(psd_agg *a, psd_op *op) {
   (void)a;
@@ -384,7 +454,7 @@ void psd_agg_cancel(psd_agg *a, psd_op *op) {
 static void agg_op_done(psd_op *op, int status, const char *msg) {
   op->list = NULL;
   op->next = NULL;
-  op->fn(op, status, msg);
+  psd_done_finish(&op->done, status, msg);
 }
 
 /* ---- pushes (invariants 1, 2) --------------------------------------------------- */
@@ -446,21 +516,42 @@ static void agg_forward(psd_agg *a, agg_group *g) {
 
 static void agg_on_timer(uv_timer_t *t);
 
-/* agg_touch notes that worker W is active now. */
-static void agg_touch(psd_agg *a, uint32_t w) {
-  if (w < a->nseen) a->seen_ms[w] = uv_now(a->loop) + 1;
+/* ---- clocks and leases (invariant 6) ------------------------------------------- */
+
+/* agg_known returns whether W is in root SHARD's clock table of M. */
+static int agg_known(const psd_agg *a, const agg_model *m, uint32_t shard, uint32_t w) {
+  return w < a->nseen && m->known[(size_t)shard * a->nseen + w];
 }
 
-/* agg_expected returns how many pushes a sum waits for at NOW (invariant
- * 1a): the live workers (a request waiting here, or a request or answer
- * within workers.lease_ms), or ps_agg_conf.workers less the gone ones
- * (seen before, then silent for lease_ms: dead, or left; the roots'
- * leases drop them too), whichever is more; at most .workers, at least
- * 1.  *NEXT_MS (may be NULL): the uv_now at which a live worker with
- * nothing waiting would count as gone, UINT64_MAX when none. */
-static uint32_t agg_expected(psd_agg *a, uint64_t now, uint64_t *next_ms) {
-  uint64_t lease = a->cfg->workers.lease_ms, next = UINT64_MAX;
-  uint32_t live = 0, gone = 0;
+/* agg_know notes that root SHARD's clock table of M holds W. */
+static void agg_know(psd_agg *a, agg_model *m, uint32_t shard, uint32_t w) {
+  if (w < a->nseen) m->known[(size_t)shard * a->nseen + w] = 1;
+}
+
+/* agg_forget forgets what worker W (UINT32_MAX: every worker) is known
+ * for on root SHARD (UINT32_MAX: every root), in every model. */
+static void agg_forget(psd_agg *a, uint32_t shard, uint32_t w) {
+  for (agg_model *m = a->models; m; m = m->next)
+    for (uint32_t s = 0; s < a->cfg->nshards; s++)
+      if (shard == UINT32_MAX || s == shard) {
+        if (w == UINT32_MAX) memset(m->known + (size_t)s * a->nseen, 0, a->nseen);
+        else if (w < a->nseen) m->known[(size_t)s * a->nseen + w] = 0;
+      }
+}
+
+/* agg_touch notes that worker W is active now; one back after a lease of
+ * silence may be another worker of its rank: known nowhere. */
+static void agg_touch(psd_agg *a, uint32_t w) {
+  if (w >= a->nseen) return;
+  uint64_t now = uv_now(a->loop);
+  if (a->seen_ms[w] && now - (a->seen_ms[w] - 1) > a->cfg->workers.lease_ms)
+    agg_forget(a, UINT32_MAX, w);
+  a->seen_ms[w] = now + 1;
+}
+
+/* agg_mark_busy sets a->busy[w] for every worker with a push in an open
+ * sum or a pull waiting here. */
+static void agg_mark_busy(psd_agg *a) {
   memset(a->busy, 0, a->nseen);
   for (const agg_group *g = a->groups; g; g = g->next)
     for (size_t k = 0; k < g->nworkers; k++)
@@ -468,12 +559,94 @@ static uint32_t agg_expected(psd_agg *a, uint64_t now, uint64_t *next_ms) {
   for (const agg_copy *c = a->copies; c; c = c->next)
     for (const psd_op *op = c->waiters; op; op = op->next)
       if (op->worker < a->nseen) a->busy[op->worker] = 1;
+}
+
+/* agg_leave_at returns the uv_now at which worker W leaves through the
+ * aggregator (its connections closed, nothing of it waiting here:
+ * a->busy is current), UINT64_MAX when it does not. */
+static uint64_t agg_leave_at(const psd_agg *a, uint32_t w) {
+  if (a->nconn[w] || !a->closed_ms[w] || !a->seen_ms[w] || a->busy[w]) return UINT64_MAX;
+  if (a->left[w]) return a->retry_ms[w] ? a->retry_ms[w] : UINT64_MAX;
+  uint64_t last = a->closed_ms[w] > a->seen_ms[w] ? a->closed_ms[w] - 1 : a->seen_ms[w] - 1;
+  return last + 3 * (uint64_t)a->cfg->workers.heartbeat_ms;
+}
+
+/* agg_leaves sends the leaving beats of the workers due at NOW to every
+ * root, or again to the roots that kept them (a->busy is current). */
+static void agg_leaves(psd_agg *a, uint64_t now) {
+  uint32_t ns = a->cfg->nshards;
+  for (uint32_t w = 0; w < a->nseen; w++) {
+    if (agg_leave_at(a, w) > now) continue;
+    a->retry_ms[w] = 0;
+    if (!a->left[w]) {
+      a->left[w] = 1;
+      agg_forget(a, UINT32_MAX, w);
+      memset(a->resend + (size_t)w * ns, 1, ns);
+      ps_info("aggregator %s: worker %u closed its connections %llu ms ago and did not come "
+              "back: it leaves the root shards", a->me->name, w,
+              (unsigned long long)(now - (a->closed_ms[w] - 1)));
+    }
+    for (uint32_t s = 0; s < ns; s++) {
+      if (!a->resend[(size_t)w * ns + s]) continue;
+      a->resend[(size_t)w * ns + s] = 0;
+      agg_job *j = calloc(1, sizeof *j);
+      if (!j) { /* its lease on that root runs out instead */
+        ps_warn("aggregator %s: out of memory for worker %u's leave", a->me->name, w);
+        continue;
+      }
+      j->leave = 1;
+      j->shard = s;
+      j->r.worker = w;
+      agg_submit(a, s, j);
+    }
+  }
+}
+
+/* agg_leave_done notes a root's answer to a leaving beat.  A root that
+ * kept the worker (it heard from it within 2 heartbeats: alive and
+ * talking to it directly, or its last word was late) or failed is asked
+ * again a heartbeat later, while the worker stays away and its last word
+ * here is less than a lease old (then the root's lease decides). */
+static void agg_leave_done(psd_agg *a, agg_job *j) {
+  uint32_t w = j->r.worker, id = a->cfg->shards[j->shard].id;
+  uint64_t now = uv_now(a->loop), hb = a->cfg->workers.heartbeat_ms;
+  if (j->status < 0 || (j->stayed && !j->gone)) {
+    if (a->nconn[w] || !a->left[w] || now - (a->seen_ms[w] - 1) >= a->cfg->workers.lease_ms)
+      return;
+    a->resend[(size_t)w * a->cfg->nshards + j->shard] = 1;
+    if (!a->retry_ms[w]) a->retry_ms[w] = now + hb;
+    if (j->stayed && !j->gone)
+      ps_info("aggregator %s: shard %u heard from worker %u within %llu ms: asking again in "
+              "%llu ms", a->me->name, id, w, (unsigned long long)(2 * hb),
+              (unsigned long long)hb);
+    return;
+  }
+  if (j->stayed) return; /* gone there already (left done, or by its lease) */
+  ps_info("aggregator %s: worker %u left shard %u", a->me->name, w, id);
+  if (w < a->nseen && a->left[w] == 1) {
+    a->left[w] = 2;
+    a->st.leaves++;
+  }
+}
+
+/* agg_expected returns how many pushes a sum waits for at NOW (invariant
+ * 1a): the live workers (a request waiting here, or a request or answer
+ * within workers.lease_ms), or ps_agg_conf.workers less the gone ones
+ * (seen before, then silent for lease_ms: dead, or left; the roots'
+ * leases drop them too; or left through the aggregator: invariant 6),
+ * whichever is more; at most .workers, at least
+ * 1.  *NEXT_MS (may be NULL): the uv_now at which a live worker with
+ * nothing waiting would count as gone, UINT64_MAX when none. */
+static uint32_t agg_expected(psd_agg *a, uint64_t now, uint64_t *next_ms) {
+  uint64_t lease = a->cfg->workers.lease_ms, next = UINT64_MAX;
+  uint32_t live = 0, gone = 0;
+  agg_mark_busy(a);
   for (uint32_t w = 0; w < a->nseen; w++) {
     if (!a->seen_ms[w]) continue;
     uint64_t last = a->seen_ms[w] - 1;
     if (a->busy[w]) {
       live++;
-    } else if (now - last > lease) {
+    } else if (now - last > lease || a->left[w]) {
       gone++;
     } else {
       live++;
@@ -487,26 +660,37 @@ static uint32_t agg_expected(psd_agg *a, uint64_t now, uint64_t *next_ms) {
   return want ? want : 1;
 }
 
-/* agg_timer_arm starts the timer for the earliest group deadline, or the
- * moment a local worker would count as gone while sums are open. */
+/* agg_timer_arm starts the timer for the earliest group deadline, the
+ * moment a local worker would count as gone while sums are open, or the
+ * next leave through the aggregator (invariant 6). */
 static void agg_timer_arm(psd_agg *a) {
+  if (a->stopped) return;
   uint64_t now = uv_now(a->loop), next = UINT64_MAX, gone_at;
   for (agg_group *g = a->groups; g; g = g->next)
     if (g->first_ms + a->me->max_delay_ms < next) next = g->first_ms + a->me->max_delay_ms;
   if (next != UINT64_MAX) {
     agg_expected(a, now, &gone_at);
     if (gone_at < next) next = gone_at;
+  } else {
+    agg_mark_busy(a);
+  }
+  for (uint32_t w = 0; w < a->nseen; w++) {
+    uint64_t at = agg_leave_at(a, w);
+    if (at < next) next = at;
   }
   if (next == UINT64_MAX) uv_timer_stop(&a->timer);
   else uv_timer_start(&a->timer, agg_on_timer, next > now ? next - now : 0, 0);
 }
 
-/* agg_on_timer forwards the groups whose delay is over, or which hold
- * every push still expected (invariant 1). */
+/* agg_on_timer lets the workers due leave (invariant 6) and forwards the
+ * groups whose delay is over, or which hold every push still expected
+ * (invariant 1). */
 static void agg_on_timer(uv_timer_t *t) {
   psd_agg *a = t->data;
   uv_update_time(a->loop);
   uint64_t now = uv_now(a->loop);
+  agg_mark_busy(a);
+  agg_leaves(a, now);
   uint32_t want = agg_expected(a, now, NULL);
   for (agg_group *g = a->groups, *next; g; g = next) {
     next = g->next;
@@ -628,10 +812,16 @@ static void agg_push_done(psd_agg *a, agg_job *j) {
   agg_group *g = j->g;
   for (agg_copy *c = a->copies; c; c = c->next)
     if (c->m == g->m && c->shard == g->shard) c->dirty = 1;
-  for (size_t k = 0; k < g->nworkers; k++) agg_touch(a, g->workers[k]);
+  for (size_t k = 0; k < g->nworkers; k++) {
+    agg_touch(a, g->workers[k]);
+    /* invariant 6: a sum refused for a dead worker in it says nothing of
+     * where the root has its workers now (the dead one may rejoin) */
+    if (j->status == 0) agg_know(a, g->m, g->shard, g->workers[k]);
+    else if (j->status == PS_EEXPIRED) agg_forget(a, g->shard, g->workers[k]);
+  }
   for (psd_op *op = g->waiters, *next; op; op = next) {
     next = op->next;
-    op->version = j->version;
+    op->done.version = j->version;
     agg_op_done(op, j->status, j->status < 0 ? j->eb.msg : NULL);
   }
   agg_group_free(g);
@@ -666,8 +856,10 @@ static int agg_copy_fresh(const agg_copy *c, uint64_t clock) {
   return c->m->layout.consistency == PS_ASP && !c->dirty;
 }
 
-/* agg_fetch queues a fetch of C's chunks at CLOCK on behalf of WORKER. */
-static int agg_fetch(psd_agg *a, agg_copy *c, uint32_t worker, uint64_t clock, ps_errbuf *eb) {
+/* agg_fetch queues a fetch of C's chunks at CLOCK on behalf of WORKER
+ * (*OUT: the job). */
+static int agg_fetch(psd_agg *a, agg_copy *c, uint32_t worker, uint64_t clock, agg_job **out,
+                     ps_errbuf *eb) {
   agg_job *j = calloc(1, sizeof *j);
   uint64_t nbytes = ps_layout_payload_bytes(&c->m->layout, c->ids, c->nids, c->codec, 0);
   void *data = malloc(nbytes ? nbytes : 1);
@@ -684,14 +876,16 @@ static int agg_fetch(psd_agg *a, agg_copy *c, uint32_t worker, uint64_t clock, p
                   .worker = worker, .clock = clock, .codec = c->codec};
   a->st.fetches++;
   agg_submit(a, c->shard, j);
+  *out = j;
   return 0;
 }
 
-/* agg_fetching: whether a waiter of C at CLOCK has a fetch on the way. */
-static int agg_fetching(const agg_copy *c, uint64_t clock, const psd_op *except) {
+/* agg_fetching returns the fetch on the way for a waiter of C at CLOCK,
+ * or NULL. */
+static void *agg_fetching(const agg_copy *c, uint64_t clock) {
   for (const psd_op *op = c->waiters; op; op = op->next)
-    if (op != except && op->clock == clock) return 1;
-  return 0;
+    if (op->clock == clock) return op->wait;
+  return NULL;
 }
 
 /* psd_agg_pull: see psd_agg.h. */
@@ -705,27 +899,40 @@ int psd_agg_pull(psd_agg *a, const ps_req *r, psd_op *op, ps_errbuf *eb) {
   a->st.pulls_in++;
   agg_touch(a, r->worker);
   op->worker = r->worker;
-  if (agg_copy_fresh(c, r->clock)) {
+  void *fetch = agg_fetching(c, r->clock);
+  int fresh = agg_copy_fresh(c, r->clock);
+  if (!agg_known(a, m, shard, r->worker)) {
+    /* invariant 6: the root enters it at its clock with a fetch of its own */
+    agg_job *j;
+    if ((err = agg_fetch(a, c, r->worker, r->clock, &j, eb)) < 0) return err;
+    if (fresh || fetch) a->st.enters++;
+    fetch = j;
+  } else if (fresh) {
     a->st.pull_hits++;
-    op->data = c->data;
-    op->nbytes = c->nbytes;
-    op->version = c->version;
+    op->done.data = c->data;
+    op->done.nbytes = c->nbytes;
+    op->done.version = c->version;
     return 0;
+  } else if (fetch) { /* one fetch per clock: the waiters at that clock share it */
+    a->st.pull_hits++;
+  } else {
+    agg_job *j;
+    if ((err = agg_fetch(a, c, r->worker, r->clock, &j, eb)) < 0) return err;
+    fetch = j;
   }
-  /* one fetch per clock: the waiters at that clock share it */
-  if (agg_fetching(c, r->clock, NULL)) a->st.pull_hits++;
-  else if ((err = agg_fetch(a, c, r->worker, r->clock, eb)) < 0) return err;
   op->clock = r->clock;
+  op->wait = fetch;
   agg_op_add(&c->waiters, op);
   return 1;
 }
 
 /* agg_pull_done keeps a fetched copy (when newer) and answers the
- * waiters it is fresh enough for; a failed fetch fails its clock's
- * waiters. */
+ * waiters it is fresh enough for and whose worker the root knows
+ * (invariant 6); a failed fetch fails the waiters that waited for it. */
 static void agg_pull_done(psd_agg *a, agg_job *j) {
   agg_copy *c = j->c;
-  (void)a;
+  agg_touch(a, j->r.worker); /* the root's release of it refreshed its lease there */
+  if (j->status == 0) agg_know(a, c->m, c->shard, j->r.worker);
   if (j->status == 0 && (!c->have || j->r.clock >= c->clock)) {
     free(c->data);
     c->data = j->data;
@@ -738,14 +945,27 @@ static void agg_pull_done(psd_agg *a, agg_job *j) {
   }
   for (psd_op *op = c->waiters, *next; op; op = next) {
     next = op->next;
-    int serve = agg_copy_fresh(c, op->clock);
-    if (!serve && !(j->status < 0 && op->clock == j->r.clock)) continue;
+    int serve = agg_copy_fresh(c, op->clock) && agg_known(a, c->m, c->shard, op->worker);
+    if (!serve && op->wait == j && j->status == 0) {
+      /* its worker was forgotten meanwhile (invariant 6): a fetch of its own */
+      agg_job *nj;
+      ps_errbuf eb;
+      if (agg_fetch(a, c, op->worker, op->clock, &nj, &eb) == 0) {
+        a->st.enters++;
+        op->wait = nj;
+        continue;
+      }
+      psd_agg_cancel(a, op);
+      psd_done_finish(&op->done, PS_ENOMEM, eb.msg);
+      continue;
+    }
+    if (!serve && !(j->status < 0 && op->wait == j)) continue;
     psd_agg_cancel(a, op);
     agg_touch(a, op->worker);
-    op->data = c->data;
-    op->nbytes = c->nbytes;
-    op->version = c->version;
-    op->fn(op, serve ? 0 : j->status, serve ? NULL : j->eb.msg);
+    op->done.data = c->data;
+    op->done.nbytes = c->nbytes;
+    op->done.version = c->version;
+    psd_done_finish(&op->done, serve ? 0 : j->status, serve ? NULL : j->eb.msg);
   }
 }
 
@@ -766,16 +986,20 @@ static void agg_on_done(uv_async_t *h) {
   }
   for (agg_job *j = rev, *next; j; j = next) {
     next = j->next;
-    uint32_t shard = j->push ? j->g->shard : j->c->shard;
+    uint32_t shard = j->leave ? j->shard : j->push ? j->g->shard : j->c->shard;
     j->link->busy--;
     if (j->status < 0)
-      ps_warn("aggregator %s: %s to shard %u failed: %s", a->me->name, j->push ? "push" : "pull",
-              a->cfg->shards[shard].id, j->eb.msg);
-    if (j->push) agg_push_done(a, j);
+      ps_warn("aggregator %s: %s to shard %u failed: %s%s", a->me->name,
+              j->leave ? "a worker's leave" : j->push ? "push" : "pull", a->cfg->shards[shard].id,
+              j->eb.msg, j->leave ? " (asked again, or its lease there decides)" : "");
+    if (j->reconnected) agg_forget(a, shard, UINT32_MAX); /* it may have restarted: inv. 6 */
+    if (j->leave) agg_leave_done(a, j);
+    else if (j->push) agg_push_done(a, j);
     else agg_pull_done(a, j);
     free(j->data);
     free(j);
   }
+  agg_timer_arm(a); /* answers moved workers' last words (invariant 6) */
 }
 
 /* ---- life --------------------------------------------------------------------- */
@@ -795,7 +1019,13 @@ int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_a
   a->nseen = psd_clock_rank_cap(cfg->workers.count);
   a->seen_ms = calloc(a->nseen, sizeof *a->seen_ms);
   a->busy = calloc(a->nseen + 1, 1);
-  int rc = a->shard_ids && a->links && a->seen_ms && a->busy
+  a->nconn = calloc(a->nseen + 1, sizeof *a->nconn);
+  a->closed_ms = calloc(a->nseen + 1, sizeof *a->closed_ms);
+  a->left = calloc(a->nseen + 1, 1);
+  a->retry_ms = calloc(a->nseen + 1, sizeof *a->retry_ms);
+  a->resend = calloc((size_t)a->nseen * cfg->nshards + 1, 1);
+  int rc = a->shard_ids && a->links && a->seen_ms && a->busy && a->nconn && a->closed_ms &&
+                   a->left && a->retry_ms && a->resend
                ? 0 : ps_errf(eb, PS_ENOMEM, "out of memory");
   if (rc == 0)
     rc = ps_auth_client_key(cfg->security.secret_file, PS_ROLE_AGGREGATOR, &a->keys, &a->key, eb);
@@ -805,6 +1035,11 @@ int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_a
     free(a->links);
     free(a->seen_ms);
     free(a->busy);
+    free(a->nconn);
+    free(a->closed_ms);
+    free(a->left);
+    free(a->retry_ms);
+    free(a->resend);
     free(a);
     return rc;
   }
@@ -900,6 +1135,11 @@ void psd_agg_free(psd_agg *a) {
   ps_auth_release(&a->keys);
   free(a->seen_ms);
   free(a->busy);
+  free(a->nconn);
+  free(a->closed_ms);
+  free(a->left);
+  free(a->retry_ms);
+  free(a->resend);
   if (!all) return;
   for (agg_job *j = a->done, *next; j; j = next) { /* finished after the loop stopped */
     next = j->next;

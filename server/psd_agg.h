@@ -27,28 +27,58 @@
  *     gone worker: one that sent a request before, has none waiting here
  *     and neither sent one nor was answered for workers.lease_ms (dead or
  *     left: its lease on the roots, which it renews there directly, runs
- *     out in that time too); but never fewer than the live workers.  So a
- *     dead local worker holds the others' sums (for max_delay_ms per
- *     clock at most) until its lease runs out, and not after.
+ *     out in that time too), or one that left through the aggregator
+ *     (invariant 6); but never fewer than the live workers.  So a dead
+ *     local worker holds the others' sums (for max_delay_ms per clock at
+ *     most) until it left (a few heartbeats after its connections closed)
+ *     or, its connections still open, its lease ran out, and not after.
  *  2. A worker's push is answered only once the root has answered the
  *     forwarded sum that contains it, with the root's answer: nothing an
  *     aggregator acknowledged is lost with it.
  *  3. Pulls are served from the aggregator's copy of the chunks (per
  *     model, chunk ids and pull codec) when that copy was fetched for a
- *     clock at least the worker's (the root then held the bound for it);
+ *     clock at least the worker's (the root then held the bound for it)
+ *     and the worker is known to that root (invariant 6);
  *     under ASP also when no forwarded push of these chunks was answered
  *     since the copy was fetched.  Otherwise the pull waits for a root
  *     fetch at exactly its clock: one fetch serves every local worker
  *     that waits at that clock, and a fetch never asks for a clock above a
  *     waiting worker's (that could wait for the worker itself).
  *  4. The root is reached through blocking channel clients on threads of
- *     the aggregator (one for pushes and `workers` for pulls per root
+ *     the aggregator (one for pushes and leaves, `workers` for pulls per root
  *     shard, so a parked pull never holds up a push or another worker's
  *     pull); their results come back to the loop through one uv_async.
  *     Everything else runs on the loop thread.
  *  5. A root that fails a forwarded request fails the workers' requests
  *     it carried with the root's error (PS_EUNAVAIL when unreachable):
- *     workers retry or fail over to the root shards directly (psw). */
+ *     workers retry or fail over to the root shards directly (psw).
+ *  6. Clocks and leases (DESIGN.md "Hierarchy", control plane).  Every
+ *     local worker's clock is in each root shard's clock table before the
+ *     aggregator serves it anything of that shard, as its own first pull
+ *     would have put it there flat: the aggregator knows, per model, root
+ *     shard and worker, whether a forwarded request named the worker (a
+ *     fetch for it, or a sum holding its push, answered by that root); a
+ *     pull of a worker not known so is never served from the copy or from
+ *     another worker's fetch but starts a fetch of its own, which enters
+ *     it at its clock (counted in enters).  So a root's staleness bound
+ *     holds exactly for every worker behind the aggregator; the roots'
+ *     view of a worker's clock only lags while its push waits in a sum,
+ *     which holds the others back, never lets them run ahead.  What a
+ *     worker is known for is forgotten when it comes back after a lease of
+ *     silence or after it left (its rank may be another worker's), and
+ *     for a root shard whose link connects again (it may have restarted).
+ *     Leases stay the workers' own: they heartbeat the roots directly (so
+ *     an aggregator's death takes no lease with it).  A local worker
+ *     whose every connection to the aggregator closed (killed, crashed)
+ *     and that neither came back nor has a request waiting here for
+ *     3 x workers.heartbeat_ms after its last request or answer leaves
+ *     through the aggregator: a leaving beat to every root shard, acted on
+ *     only by a shard that heard nothing from the worker for 2 x
+ *     heartbeat_ms (a worker alive and talking to the roots directly
+ *     stays; a shard that kept it or failed is asked again every
+ *     heartbeat while the worker stays away, up to a lease after its last
+ *     word here); its sums stop waiting for it at once, not after
+ *     lease_ms. */
 #ifndef PSD_AGG_H
 #define PSD_AGG_H
 
@@ -58,28 +88,24 @@
 #include "ps_config.h"
 #include "ps_error.h"
 #include "ps_req.h"
+#include "psd_done.h"
 
 typedef struct psd_agg psd_agg;
 typedef struct psd_op psd_op;
 
-/* An asynchronous request's completion: STATUS 0 or a PS_E* code with MSG
- * (borrowed for the call).  Runs on the loop thread, exactly once, unless
- * psd_agg_cancel took the op back first. */
-typedef void psd_op_fn(psd_op *op, int status, const char *msg);
-
-/* One pending request, owned by the caller (a transport's connection). */
+/* One pending request, owned by the caller (a transport's connection),
+ * which sets done.fn and done.arg.  It finishes (psd_done.h) on the loop
+ * thread, exactly once, unless psd_agg_cancel took the op back first;
+ * done.version is the root's, and a pull's values are done.data
+ * (encoded, borrowed until fn returns) of done.nbytes. */
 struct psd_op {
-  psd_op_fn *fn;
-  void *arg;
-  /* results, valid during fn: */
-  uint64_t version;
-  const void *data;       /* pull: the values (encoded), borrowed until fn returns */
-  uint64_t nbytes;
+  psd_done done;
   /* psd_agg's: */
   psd_op *next;
   psd_op **list;
   uint64_t clock;
   uint32_t worker;
+  void *wait;             /* a pull: the root fetch it waits for */
 };
 
 typedef struct psd_agg_stats {
@@ -88,6 +114,8 @@ typedef struct psd_agg_stats {
   uint64_t pulls_in;       /* worker pulls */
   uint64_t pull_hits;      /* served from the copy or from a fetch another worker started */
   uint64_t fetches;        /* pulls forwarded to the roots */
+  uint64_t enters;         /* of fetches: made only to enter a worker into a root's clock table */
+  uint64_t leaves;         /* local workers that left the roots through the aggregator */
 } psd_agg_stats;
 
 /* psd_agg_new makes the aggregator ME of CFG (both borrowed for its life)
@@ -118,10 +146,14 @@ int psd_agg_payload(psd_agg *a, const ps_req *r, int push, uint64_t *nelems, uin
  * root's version (invariant 2); or a PS_E* code (OP unused). */
 int psd_agg_push(psd_agg *a, const ps_req *r, psd_op *op, ps_errbuf *eb);
 
-/* psd_agg_pull answers pull R: 0 now (OP's data, nbytes and version set,
+/* psd_agg_pull answers pull R: 0 now (OP's done.data, nbytes and version set,
  * borrowed until the next call into the aggregator), 1 later through OP,
  * or a PS_E* code. */
 int psd_agg_pull(psd_agg *a, const ps_req *r, psd_op *op, ps_errbuf *eb);
+
+/* psd_agg_conn_worker counts the open connections of local worker W
+ * (DELTA +1 or -1; invariant 6). */
+void psd_agg_conn_worker(psd_agg *a, uint32_t w, int delta);
 
 /* psd_agg_cancel takes back a pending OP (its connection closed): its fn
  * will not run.  A push already summed is still forwarded. */

@@ -167,6 +167,7 @@ typedef struct psd_conn {
   int op_pending, op_push;    /* ... waiting for the root; the connection is paused */
   uint32_t op_codec;          /* the pull's codec */
   uint64_t agg_stamp;         /* an aggregator's: psd_agg_conn_stamp at accept */
+  uint32_t agg_worker1;       /* an aggregator's: its worker + 1 (psd_shard_forward_conn) */
   int counted;                /* counts in sh->chan_conns (not a refused one) */
   uint64_t last_ms;           /* uv_now of its last byte moved (invariant 8) */
   size_t last_wq;             /* libuv's write queue size at the last sweep */
@@ -608,8 +609,8 @@ static void conn_sparse_pull_serve(psd_conn *c, const Ps__ChanMeta *m, uint32_t 
 
 /* conn_unpark answers a parked pull, dense or sparse, the clock table
  * released and asks for the connection to resume (invariant 7). */
-static void conn_unpark(psd_park *p, int status, const char *msg) {
-  psd_conn *c = p->arg;
+static void conn_unpark(psd_done *d, int status, const char *msg) {
+  psd_conn *c = d->arg;
   Ps__ChanMeta *m = c->pmeta;
   /* No longer parked before the reply: a reply that fails closes C, and
    * conn_close must then neither free M nor uncount the request again. */
@@ -617,9 +618,9 @@ static void conn_unpark(psd_park *p, int status, const char *msg) {
   c->pmeta = NULL;
   c->rx.h.req_id = c->preq_id; /* unchanged while parked (nothing is parsed) */
   if (status == 0 && (int)m->op == PS__CHAN_OP__CHAN_SPARSE_PULL) {
-    conn_sparse_pull_serve(c, m, psd_shard_parked_ms(c->chan->sh, p));
+    conn_sparse_pull_serve(c, m, psd_shard_parked_ms(c->chan->sh, &c->park));
   } else if (status == 0) {
-    conn_pull_serve(c, m, psd_shard_parked_ms(c->chan->sh, p));
+    conn_pull_serve(c, m, psd_shard_parked_ms(c->chan->sh, &c->park));
   } else {
     psd_shard_count_error(c->chan->sh);
     conn_reply_error(c, status, msg ? msg : ps_strerror(status), 1, 0);
@@ -652,8 +653,8 @@ static void conn_pull_reply(psd_conn *c, const void *data, uint64_t nbytes, uint
 
 /* conn_op_done answers a forwarded push or pull the aggregator completed
  * and asks for the connection to resume (as conn_unpark). */
-static void conn_op_done(psd_op *op, int status, const char *msg) {
-  psd_conn *c = op->arg;
+static void conn_op_done(psd_done *d, int status, const char *msg) {
+  psd_conn *c = d->arg;
   int push = c->op_push;
   if (!c->op_pending) return;
   c->rx.h.req_id = c->preq_id;
@@ -664,11 +665,11 @@ static void conn_op_done(psd_op *op, int status, const char *msg) {
     c->op_pending = 0;
     Ps__ChanMeta r = PS__CHAN_META__INIT;
     r.op = PS__CHAN_OP__CHAN_PUSH;
-    r.version = op->version;
+    r.version = d->version;
     conn_reply(c, &r, NULL, 0, 0, 1, 0);
   } else {
     c->op_pending = 0;
-    conn_pull_reply(c, op->data, op->nbytes, op->version, c->op_codec);
+    conn_pull_reply(c, d->data, d->nbytes, d->version, c->op_codec);
   }
   if (!c->closing) {
     c->resume_pending = 1;
@@ -681,7 +682,8 @@ static void conn_op_done(psd_op *op, int status, const char *msg) {
 static void conn_forward(psd_conn *c, const ps_req *r, int push, uint32_t codec) {
   psd_shard *sh = c->chan->sh;
   ps_errbuf eb;
-  c->op = (psd_op){.fn = conn_op_done, .arg = c};
+  psd_shard_forward_conn(sh, &c->agg_worker1, r->worker);
+  c->op = (psd_op){.done = {.fn = conn_op_done, .arg = c}};
   c->op_pending = 1;
   c->op_push = push;
   c->op_codec = codec;
@@ -693,7 +695,7 @@ static void conn_forward(psd_conn *c, const ps_req *r, int push, uint32_t codec)
   if (rc == 1) return; /* pending (or already answered) */
   c->op_pending = 0;
   if (rc < 0) conn_reply_error(c, rc, eb.msg, 1, 0);
-  else conn_pull_reply(c, c->op.data, c->op.nbytes, c->op.version, codec);
+  else conn_pull_reply(c, c->op.done.data, c->op.done.nbytes, c->op.done.version, codec);
   if (c->closing || c->queued > CHAN_MAX_QUEUED) return; /* wr_done resumes */
   c->paused = 0; /* conn_feed goes on with what is staged */
   uv_read_start((uv_stream_t *)&c->tcp, conn_alloc, conn_read);
@@ -724,8 +726,7 @@ static int conn_pull(psd_conn *c, Ps__ChanMeta *m) {
     return 0;
   }
   if (rc == 0) {
-    c->park.fn = conn_unpark;
-    c->park.arg = c;
+    c->park.done = (psd_done){.fn = conn_unpark, .arg = c};
     rc = psd_shard_pull_admit(sh, m->model, m->worker, m->clock, &c->park, &eb);
   }
   if (rc < 0) {
@@ -796,8 +797,8 @@ static void conn_sparse_ack(psd_conn *c) {
 
 /* conn_push_synced answers a push once its log record is synced, or the
  * log's error, and resumes the connection (invariant 7a). */
-static void conn_push_synced(psd_wal_waiter *wt, int status, const char *msg) {
-  psd_conn *c = wt->arg;
+static void conn_push_synced(psd_done *d, int status, const char *msg) {
+  psd_conn *c = d->arg;
   int sparse = c->ssparse;
   c->syncing = c->ssparse = 0;
   if (status == 0 && sparse) {
@@ -825,8 +826,8 @@ static void conn_ack_unlink(conn_ack *a) {
 
 /* conn_ack_synced answers a push of an unordered-acks connection once its
  * log record is synced, or the log's error (invariant 7b). */
-static void conn_ack_synced(psd_wal_waiter *wt, int status, const char *msg) {
-  conn_ack *a = wt->arg;
+static void conn_ack_synced(psd_done *d, int status, const char *msg) {
+  conn_ack *a = d->arg;
   psd_conn *c = a->conn;
   conn_ack_unlink(a);
   if (status == 0) {
@@ -846,10 +847,9 @@ static void conn_push_durable(psd_conn *c, uint64_t version) {
   conn_ack *a = NULL;
   if (c->unordered && c->nacks < CHAN_MAX_ACKS && (a = calloc(1, sizeof *a))) {
     *a = (conn_ack){.conn = c, .req_id = c->rx.h.req_id, .version = version,
-                    .wt = {.fn = conn_ack_synced, .arg = a}};
+                    .wt.done = {.fn = conn_ack_synced, .arg = a}};
   } else {
-    c->swt.fn = conn_push_synced;
-    c->swt.arg = c;
+    c->swt.done = (psd_done){.fn = conn_push_synced, .arg = c};
   }
   int rc = psd_shard_push_durable(sh, a ? &a->wt : &c->swt, &c->req_eb);
   if (rc == 1 && a) { /* invariant 7b */
@@ -1054,8 +1054,7 @@ static void conn_sparse_end(psd_conn *c) {
   uint64_t *keys = m->n_keys ? c->data : NULL;
   if (rc == 0 && (int)m->op == PS__CHAN_OP__CHAN_SPARSE_PULL) {
     Ps__SparsePullRequest q = conn_sparse_pull_req(c, m);
-    c->park.fn = conn_unpark;
-    c->park.arg = c;
+    c->park.done = (psd_done){.fn = conn_unpark, .arg = c};
     rc = psd_shard_sparse_pull_admit(sh, &q, &c->park, &eb);
     if (rc == 1) {
       conn_park(c, m); /* M is kept */
@@ -1069,8 +1068,7 @@ static void conn_sparse_end(psd_conn *c) {
     q.worker = m->worker, q.clock = m->clock, q.codec = m->codec;
     rc = psd_shard_sparse_push(sh, &q, &eb);
     if (rc == 0) {
-      c->swt.fn = conn_push_synced;
-      c->swt.arg = c;
+      c->swt.done = (psd_done){.fn = conn_push_synced, .arg = c};
       rc = psd_shard_push_durable(sh, &c->swt, &eb);
     }
     if (rc == 1) { /* invariant 7a */
@@ -1342,6 +1340,7 @@ static void conn_close(psd_conn *c) {
     if (sh->inflight) sh->inflight--;
     c->op_pending = 0;
   }
+  psd_shard_forward_conn(c->chan->sh, &c->agg_worker1, UINT32_MAX);
   if (c->counted) {
     c->counted = 0;
     c->chan->sh->chan_conns--;

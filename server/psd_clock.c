@@ -298,7 +298,7 @@ static void clock_serve_ready(psd_clock *c, psd_clock_model *m, uint64_t now_ms)
     if (gap > m->max_gap) m->max_gap = gap;
     clock_worker *w = clock_worker_find(c, p->worker);
     if (w) w->last_ms = now_ms;
-    p->fn(p, 0, NULL);
+    psd_done_finish(&p->done, 0, NULL);
   }
 }
 
@@ -480,7 +480,7 @@ void psd_clock_release_all(psd_clock *c, int status, const char *msg) {
     psd_park *p;
     while ((p = m->head)) {
       clock_unlink(c, p);
-      p->fn(p, status, msg);
+      psd_done_finish(&p->done, status, msg);
     }
   }
 }
@@ -506,6 +506,13 @@ static void clock_expire(psd_clock *c, clock_worker *w, uint64_t now_ms) {
 int psd_clock_expired(const psd_clock *c, uint32_t worker) {
   const clock_worker *w = clock_worker_find(c, worker);
   return w && w->dead;
+}
+
+/* psd_clock_silent_ms: see psd_clock.h. */
+uint64_t psd_clock_silent_ms(const psd_clock *c, uint32_t worker, uint64_t now_ms) {
+  const clock_worker *w = clock_worker_find(c, worker);
+  if (!w) return UINT64_MAX;
+  return now_ms > w->last_ms ? now_ms - w->last_ms : 0;
 }
 
 /* psd_clock_leave: see psd_clock.h. */
@@ -806,7 +813,7 @@ static void clock_timeout(psd_clock *c, psd_park *p, uint64_t now_ms) {
   clock_unlink(c, p);
   clock_worker *w = clock_worker_find(c, p->worker);
   if (w) w->last_ms = now_ms;
-  p->fn(p, PS_ETIMEDOUT, msg);
+  psd_done_finish(&p->done, PS_ETIMEDOUT, msg);
 }
 
 /* psd_clock_tick: see psd_clock.h.  One expiry or timeout at a time, each

@@ -86,22 +86,19 @@
 #include <stdint.h>
 
 #include "ps_error.h"
+#include "psd_done.h"
 
 #define PSD_CLOCK_ASP UINT32_MAX /* staleness bound of asp: no bound */
 
 typedef struct psd_clock psd_clock;
 typedef struct psd_park psd_park;
 
-/* A parked pull's release: STATUS 0 (serve it now) or a PS_E* code with
- * MSG (borrowed for the call). */
-typedef void psd_park_fn(psd_park *p, int status, const char *msg);
-
 /* A parked pull, owned by the caller (a transport's request), linked into
- * the table while parked.  The caller sets fn and arg; the rest is
- * psd_clock's. */
+ * the table while parked.  The caller sets done.fn and done.arg; the rest
+ * is psd_clock's.  Its release (psd_done.h): STATUS 0 (serve it now) or a
+ * PS_E* code with MSG. */
 struct psd_park {
-  psd_park_fn *fn;
-  void *arg;
+  psd_done done;
   uint32_t worker;
   uint64_t clock;
   uint64_t since_ms, deadline_ms;
@@ -186,6 +183,11 @@ int psd_clock_heartbeat(psd_clock *c, uint32_t worker, const char *model, uint64
 /* psd_clock_expired says whether WORKER is in the table and DEAD (its
  * lease expired or it left); 0 for a live or unknown worker. */
 int psd_clock_expired(const psd_clock *c, uint32_t worker);
+
+/* psd_clock_silent_ms returns how long WORKER has sent nothing here at
+ * NOW_MS (its last request or released pull; a pull parked for it does
+ * not count), UINT64_MAX when the table does not know it. */
+uint64_t psd_clock_silent_ms(const psd_clock *c, uint32_t worker, uint64_t now_ms);
 
 /* psd_clock_leave makes WORKER DEAD at once (it stops): it leaves every
  * clock table and the pulls waiting on it are re-checked; its partitions

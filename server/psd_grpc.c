@@ -227,7 +227,7 @@ static int psd_grpc_get_model(psd_grpc_call *c, psd_shard *sh, const ProtobufCMe
   return psd_grpc_pack(&rep.base, out, eb);
 }
 
-static void psd_grpc_synced(psd_wal_waiter *wt, int status, const char *msg);
+static void psd_grpc_synced(psd_done *d, int status, const char *msg);
 
 /* psd_grpc_link puts C in g->parked (invariants 3, 3a). */
 static void psd_grpc_link(psd_grpc_call *c) {
@@ -250,8 +250,7 @@ static void psd_grpc_unlink(psd_grpc_call *c) {
  * (answer now) or an error (OUT released). */
 static int psd_grpc_push_durable(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessage *m,
                                  grpc_slice *out, ps_errbuf *eb) {
-  c->swt.fn = psd_grpc_synced;
-  c->swt.arg = c;
+  c->swt.done = (psd_done){.fn = psd_grpc_synced, .arg = c};
   int d = psd_shard_push_durable(sh, &c->swt, eb);
   if (d <= 0) {
     if (d < 0) grpc_slice_unref(*out);
@@ -330,7 +329,7 @@ static int psd_grpc_pull_serve(psd_shard *sh, const Ps__PullRequest *r, grpc_sli
   return 0;
 }
 
-static void psd_grpc_unpark(psd_park *p, int status, const char *msg);
+static void psd_grpc_unpark(psd_done *d, int status, const char *msg);
 
 /* Pull: values of some chunks, served now or parked until the slower
  * workers caught up (invariant 3). */
@@ -341,8 +340,7 @@ static int psd_grpc_pull(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessage
   uint64_t nelems, nbytes;
   int err = psd_shard_payload(sh, &q, 0, &nelems, &nbytes, eb);
   if (err < 0) return err;
-  c->park.fn = psd_grpc_unpark;
-  c->park.arg = c;
+  c->park.done = (psd_done){.fn = psd_grpc_unpark, .arg = c};
   err = psd_shard_pull_admit(sh, r->model, r->worker, r->clock, &c->park, eb);
   if (err < 0) return err;
   if (err == 1) {
@@ -443,8 +441,7 @@ static int psd_grpc_sparse_pull_serve(psd_shard *sh, const Ps__SparsePullRequest
 static int psd_grpc_sparse_pull(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessage *m,
                                 grpc_slice *out, ps_errbuf *eb) {
   const Ps__SparsePullRequest *r = (const Ps__SparsePullRequest *)m;
-  c->park.fn = psd_grpc_unpark;
-  c->park.arg = c;
+  c->park.done = (psd_done){.fn = psd_grpc_unpark, .arg = c};
   int err = psd_shard_sparse_pull_admit(sh, r, &c->park, eb);
   if (err < 0) return err;
   if (err == 1) {
@@ -650,8 +647,8 @@ static void psd_grpc_reply(psd_grpc_call *c, int err, grpc_slice out, const ps_e
 
 /* psd_grpc_unpark answers a parked pull once the clock table released it
  * (invariant 3). */
-static void psd_grpc_unpark(psd_park *p, int status, const char *msg) {
-  psd_grpc_call *c = p->arg;
+static void psd_grpc_unpark(psd_done *d, int status, const char *msg) {
+  psd_grpc_call *c = d->arg;
   psd_shard *sh = c->g->sh;
   psd_grpc_unlink(c);
   ps_errbuf eb = {{0}};
@@ -673,8 +670,8 @@ static void psd_grpc_unpark(psd_park *p, int status, const char *msg) {
 
 /* psd_grpc_synced answers a push once its log record is synced, or the
  * log's error (invariant 3a). */
-static void psd_grpc_synced(psd_wal_waiter *wt, int status, const char *msg) {
-  psd_grpc_call *c = wt->arg;
+static void psd_grpc_synced(psd_done *d, int status, const char *msg) {
+  psd_grpc_call *c = d->arg;
   psd_shard *sh = c->g->sh;
   psd_grpc_unlink(c);
   c->syncing = 0;
@@ -826,12 +823,12 @@ void psd_grpc_stop(psd_shard *sh, int drain_ms) {
     psd_grpc_call *c = g->parked;
     if (c->syncing) {
       psd_wal_cancel(sh->wal, &c->swt);
-      psd_grpc_synced(&c->swt, PS_EUNAVAIL, "the shard's gRPC server is restarting before this "
+      psd_grpc_synced(&c->swt.done, PS_EUNAVAIL, "the shard's gRPC server is restarting before this "
                       "push was confirmed durable (it is applied and logged)");
       continue;
     }
     psd_clock_cancel(sh->clock, &c->park);
-    psd_grpc_unpark(&c->park, PS_EUNAVAIL, "the shard's gRPC server is restarting; retry");
+    psd_grpc_unpark(&c->park.done, PS_EUNAVAIL, "the shard's gRPC server is restarting; retry");
   }
   psd_grpc_stop_accepting(sh);
   uint64_t now = uv_hrtime();

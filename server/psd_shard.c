@@ -293,20 +293,40 @@ int psd_shard_heartbeat(psd_shard *sh, const Ps__HeartbeatRequest *req,
       return psd_shard_done(sh, err);
     if (was_dead) ps_info("worker %u rejoined after it was declared dead", req->worker);
   }
+  /* An aggregator's leave for a local worker it saw go (DESIGN.md
+   * "Hierarchy"): only a worker silent here that long leaves; one that
+   * spoke since (failed over to this shard, alive), or one it never
+   * heard of, stays, untouched. */
+  uint64_t silent = psd_clock_silent_ms(sh->clock, req->worker, now);
+  if (req->leaving && req->leave_if_silent_ms &&
+      (silent == UINT64_MAX || silent < req->leave_if_silent_ms ||
+       psd_clock_expired(sh->clock, req->worker))) {
+    reply->stayed = 1;
+    /* nothing to leave: gone already, or never here */
+    reply->expired = silent == UINT64_MAX || psd_clock_expired(sh->clock, req->worker);
+    reply->lease_ms = sh->cfg->workers.lease_ms;
+    return 0;
+  }
   reply->expired = !req->leaving && psd_clock_expired(sh->clock, req->worker);
   err = psd_clock_heartbeat(sh->clock, req->worker, req->model, req->clock, req->steps_per_s,
                             req->blocked_share, req->host, req->device, now, eb);
   if (err == PS_EEXPIRED) {
     psd_shard_clock_arm(sh);
     reply->lease_ms = sh->cfg->workers.lease_ms;
+    reply->stayed = req->leaving;
     return 0; /* answered: reply->expired says it (a leaving one is gone already) */
   }
   if (err == 0 && req->leaving) {
     psd_clock_leave(sh->clock, req->worker, now, req->done);
-    ps_info("worker %u left at clock %llu%s", req->worker, (unsigned long long)req->clock,
-            req->done ? ", done"
-            : sh->coordinator ? " before it finished: its data partitions go to the live workers"
-                              : " before it finished");
+    if (req->leave_if_silent_ms)
+      ps_info("worker %u left through its aggregator (silent here for %llu ms, its connections "
+              "to the aggregator closed)%s", req->worker, (unsigned long long)silent,
+              sh->coordinator ? ": its data partitions go to the live workers" : "");
+    else
+      ps_info("worker %u left at clock %llu%s", req->worker, (unsigned long long)req->clock,
+              req->done ? ", done"
+              : sh->coordinator ? " before it finished: its data partitions go to the live workers"
+                                : " before it finished");
   }
   psd_shard_clock_arm(sh);
   if (err < 0) return psd_shard_done(sh, err);
@@ -491,6 +511,15 @@ int psd_shard_forward_pull(psd_shard *sh, const ps_req *r, psd_op *op, ps_errbuf
   return err;
 }
 
+/* psd_shard_forward_conn: see psd_shard.h. */
+void psd_shard_forward_conn(psd_shard *sh, uint32_t *who1, uint32_t worker) {
+  uint32_t now1 = worker == UINT32_MAX ? 0 : worker + 1;
+  if (!sh->agg || *who1 == now1) return;
+  if (*who1) psd_agg_conn_worker(sh->agg, *who1 - 1, -1);
+  if (now1) psd_agg_conn_worker(sh->agg, worker, 1);
+  *who1 = now1;
+}
+
 /* psd_shard_pull copies values out (admitted by psd_shard_pull_admit
  * first); counts bytes out on success. */
 int psd_shard_pull(psd_shard *sh, const ps_req *r, uint64_t *version, ps_errbuf *eb) {
@@ -572,6 +601,8 @@ void psd_shard_status(psd_shard *sh, Ps__StatusReply *reply) {
     reply->agg_pulls_in = st.pulls_in;
     reply->agg_pull_hits = st.pull_hits;
     reply->agg_fetches = st.fetches;
+    reply->agg_enters = st.enters;
+    reply->agg_leaves = st.leaves;
     reply->agg_workers =
         malloc(psd_clock_rank_cap(sh->cfg->workers.count) * sizeof *reply->agg_workers);
     if (reply->agg_workers) reply->n_agg_workers = psd_agg_workers(sh->agg, reply->agg_workers);

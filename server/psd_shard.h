@@ -139,6 +139,13 @@ int psd_shard_push_durable(psd_shard *sh, struct psd_wal_waiter *wt, ps_errbuf *
 int psd_shard_forward_push(psd_shard *sh, const ps_req *r, psd_op *op, ps_errbuf *eb);
 int psd_shard_forward_pull(psd_shard *sh, const ps_req *r, psd_op *op, ps_errbuf *eb);
 
+/* psd_shard_forward_conn tells the aggregator (none: nothing) which local
+ * worker a connection now serves: *WHO1 is the connection's worker + 1 (0:
+ * none yet), WORKER the one of its latest request, or UINT32_MAX when the
+ * connection closes.  The aggregator lets a worker whose last connection
+ * closed leave the roots (psd_agg_conn_worker). */
+void psd_shard_forward_conn(psd_shard *sh, uint32_t *who1, uint32_t worker);
+
 /* psd_shard_spec returns MODEL's registered spec (borrowed from the
  * store until the next submit), or NULL: unknown, or SH is an aggregator.
  * psd_shard_held sets the ids (borrowed likewise) and element count of

@@ -723,7 +723,7 @@ static void wal_complete(psd_wal *w, int end) {
   while (w->head && w->head->seq <= synced) {
     psd_wal_waiter *wt = w->head;
     wal_unlink(w, wt);
-    wt->fn(wt, 0, NULL);
+    psd_done_finish(&wt->done, 0, NULL);
   }
   if (failed || end) {
     char m2[sizeof msg + 200];
@@ -733,7 +733,7 @@ static void wal_complete(psd_wal *w, int end) {
     while (w->head) {
       psd_wal_waiter *wt = w->head;
       wal_unlink(w, wt);
-      wt->fn(wt, end ? end : PS_EDEGRADED, m2);
+      psd_done_finish(&wt->done, end ? end : PS_EDEGRADED, m2);
     }
   }
   if (changed && failed != w->loop_failed) {

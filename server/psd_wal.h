@@ -63,6 +63,7 @@
 #include <uv.h>
 
 #include "ps_error.h"
+#include "psd_done.h"
 
 typedef struct psd_wal psd_wal;
 
@@ -85,13 +86,13 @@ typedef struct psd_wal_opts {
   void *sync_arg;
 } psd_wal_opts;
 
-/* A push waiting for its record's sync; the caller owns the struct and
- * keeps it alive until FN ran or psd_wal_cancel.  FN runs once, on the
- * loop thread, with 0 (synced) or a PS_E* code and a message. */
+/* A push waiting for its record's sync; the caller owns the struct, sets
+ * done.fn and done.arg, and keeps it alive until done.fn ran or
+ * psd_wal_cancel.  It finishes (psd_done.h) once, on the loop thread,
+ * with 0 (synced) or a PS_E* code and a message. */
 typedef struct psd_wal_waiter {
+  psd_done done;
   uint64_t seq;
-  void (*fn)(struct psd_wal_waiter *w, int status, const char *msg);
-  void *arg;
   struct psd_wal_waiter *prev, *next; /* the log's list (psd_wal's own) */
 } psd_wal_waiter;
 

@@ -469,19 +469,41 @@ void ps_test_submit_mlp(const char *dir, const char *yaml, const char *layers, c
   ck_assert_msg(ps_test_run(submit, log, 30000) == 0, "psctl submit failed; see %s", log);
 }
 
-/* ps_test_status: see ps_test.h. */
-Ps__StatusReply *ps_test_status(int port) {
+/* ps_test_call_port calls METHOD with REQ on the shard whose gRPC port is
+ * PORT and returns its reply (of DESC), failing the test after 5 s. */
+static ProtobufCMessage *ps_test_call_port(int port, const char *method,
+                                           const ProtobufCMessage *req,
+                                           const ProtobufCMessageDescriptor *desc) {
   ps_rpc *rpc;
   ps_errbuf eb = {""};
   char addr[64];
   snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
   ck_assert_int_eq(ps_test_rpc_open(&rpc, addr, &eb), 0);
-  Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
   ProtobufCMessage *resp = NULL;
-  ck_assert_msg(ps_rpc_call(rpc, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor, &resp,
-                            5000, &eb) == 0, "status of the shard at port %d: %s", port, eb.msg);
+  ck_assert_msg(ps_rpc_call(rpc, method, req, desc, &resp, 5000, &eb) == 0,
+                "%s of the shard at port %d: %s", method, port, eb.msg);
   ps_rpc_close(rpc);
-  return (Ps__StatusReply *)resp;
+  return resp;
+}
+
+/* ps_test_status: see ps_test.h. */
+Ps__StatusReply *ps_test_status(int port) {
+  Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
+  return (Ps__StatusReply *)ps_test_call_port(port, "/ps.Ps/Status", &req.base,
+                                              &ps__status_reply__descriptor);
+}
+
+/* ps_test_worker_states: see ps_test.h. */
+int ps_test_worker_states(int port, uint32_t worker, const char *state) {
+  Ps__ListWorkersRequest req = PS__LIST_WORKERS_REQUEST__INIT;
+  Ps__ListWorkersReply *rep = (Ps__ListWorkersReply *)ps_test_call_port(
+      port, "/ps.Ps/ListWorkers", &req.base, &ps__list_workers_reply__descriptor);
+  int n = 0;
+  for (size_t i = 0; i < rep->n_workers; i++)
+    n += (worker == UINT32_MAX || rep->workers[i]->worker == worker) &&
+         !strcmp(rep->workers[i]->state, state);
+  protobuf_c_message_free_unpacked(&rep->base, NULL);
+  return n;
 }
 
 /* ps_test_ctr_model: see ps_test.h. */

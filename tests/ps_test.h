@@ -151,6 +151,12 @@ void ps_test_submit_mlp(const char *dir, const char *yaml, const char *layers, c
  * the test when it does not answer within 5 s. */
 Ps__StatusReply *ps_test_status(int port);
 
+/* ps_test_worker_states counts, on the shard whose gRPC port is PORT, the
+ * workers ListWorkers shows in STATE ("ALIVE", "DEAD", ...); with WORKER
+ * below UINT32_MAX only that worker (1 or 0).  Fails the test when the
+ * shard does not answer within 5 s. */
+int ps_test_worker_states(int port, uint32_t worker, const char *state);
+
 /* ps_test_wait_port waits up to TIMEOUT_MS for a TCP listener on
  * 127.0.0.1:PORT; returns 0 or -1. */
 int ps_test_wait_port(int port, int timeout_ms);

@@ -79,8 +79,8 @@ static int fuzz_shard_push(const uint8_t *data, size_t size) {
 }
 
 /* fuzz_shard_unpark: a parked pull's release; never runs (cancelled). */
-static void fuzz_shard_unpark(psd_park *p, int status, const char *msg) {
-  (void)p;
+static void fuzz_shard_unpark(psd_done *d, int status, const char *msg) {
+  (void)d;
   fuzz_check(0, "a cancelled pull was released (%d, %s)", status, msg ? msg : "");
 }
 
@@ -94,7 +94,7 @@ static void fuzz_shard_pull(const uint8_t *data, size_t size) {
   ps_req q = {.model = r->model, .ids = r->chunk_ids, .nids = r->n_chunk_ids,
               .worker = r->worker, .clock = r->clock, .codec = (ps_codec_id)r->codec};
   int rc = psd_shard_payload(&fz.f.sh, &q, 0, &n, &q.nbytes, &eb);
-  psd_park park = {.fn = fuzz_shard_unpark};
+  psd_park park = {.done = {.fn = fuzz_shard_unpark}};
   if (rc == 0) {
     fuzz_check(q.nbytes <= fz.f.cfg.max_request_bytes, "%llu bytes admitted",
                (unsigned long long)q.nbytes);

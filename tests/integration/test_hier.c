@@ -18,8 +18,12 @@
  *    comparison.)
  *  - ssp s = 2 with one worker slowed 3x: the roots' recorded gap stays
  *    within 2;
- *  - a dead local worker: once its lease is out the aggregator's sums
- *    no longer wait for it;
+ *  - clocks: a worker's first pull through the aggregator enters it into
+ *    the root's clock table (a fetch of its own), so a worker straight on
+ *    the root waits for it under BSP;
+ *  - a dead local worker leaves through the aggregator (leases longer
+ *    than the test): the aggregator's sums no longer wait for it, the
+ *    roots list it DEAD;
  *  - failover and return: kill -9 the aggregator mid-training under BSP:
  *    every worker goes to the roots directly (a sum lost with the
  *    aggregator must not hold the roots' BSP clocks); the aggregator is
@@ -50,6 +54,7 @@ typedef struct th_ctx {
   int gp[2], cp[2], agg_gp, agg_cp;
   pid_t shard[2], agg;
   char *json[TH_N];
+  int lease_ms;  /* workers.lease_ms (0: 3000) */
 } th_ctx;
 
 /* th_start writes the cluster file (aggregator h0 for 3 workers; sums
@@ -67,7 +72,7 @@ static void th_start(th_ctx *x, int agg, const char *consistency, const char *st
            "aggregators:\n  - name: h0\n    grpc: 127.0.0.1:%d\n    channel: 127.0.0.1:%d\n"
            "    workers: %d\n    max_delay_ms: %d\n"
            "workers:\n  count: %d\n  device: cpu\n  retry_ms: 10000\n"
-           "  heartbeat_ms: 200\n  lease_ms: 3000\n"
+           "  heartbeat_ms: 200\n  lease_ms: %d\n"
            "training:\n  model: m\n  epochs: %d\n  batch_size: 64\n  seed: 1\n"
            "data:\n  format: idx\n"
            "  train_images: " TH_DATA "/train-images-idx3-ubyte.gz\n"
@@ -75,7 +80,7 @@ static void th_start(th_ctx *x, int agg, const char *consistency, const char *st
            "  test_images: " TH_DATA "/t10k-images-idx3-ubyte.gz\n"
            "  test_labels: " TH_DATA "/t10k-labels-idx1-ubyte.gz\n"
            "  scale: 1/255\n  partitions: 6\n  limit: 3000\n",
-           x->agg_gp, x->agg_cp, TH_N, delay_ms, TH_N, epochs);
+           x->agg_gp, x->agg_cp, TH_N, delay_ms, TH_N, x->lease_ms ? x->lease_ms : 3000, epochs);
   snprintf(x->yaml, sizeof x->yaml, "%s", ps_test_cluster_yaml(x->dir, 2, extra, x->gp, x->cp));
   ps_test_start_shards(x->yaml, x->dir, 2, x->gp, x->cp, x->shard);
   if (agg) {
@@ -131,21 +136,6 @@ static void th_train(th_ctx *x, int agg, const char *slow1) {
   pid_t w[TH_N];
   for (int i = 0; i < TH_N; i++) w[i] = th_spawn(x, i, agg, slow1);
   th_wait(x, w, TH_N);
-}
-
-/* th_status returns root S's Status (free with protobuf_c_message_free_unpacked). */
-static Ps__StatusReply *th_status_at(int port) {
-  ps_rpc *rpc;
-  ps_errbuf eb = {""};
-  char addr[64];
-  snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
-  ck_assert_int_eq(ps_test_rpc_open(&rpc, addr, &eb), 0);
-  Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
-  ProtobufCMessage *resp = NULL;
-  ck_assert_msg(ps_rpc_call(rpc, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,
-                            &resp, 5000, &eb) == 0, "status of %s: %s", addr, eb.msg);
-  ps_rpc_close(rpc);
-  return (Ps__StatusReply *)resp;
 }
 
 /* th_evaluate returns the test loss psw --evaluate reports for "m". */
@@ -227,9 +217,9 @@ static void th_spec(Ps__ModelSpec *spec, Ps__TensorSpec *t, Ps__TensorSpec **ts,
   spec->consistency = "bsp";
 }
 
-/* th_bare starts one root shard and aggregator h0 (3 workers, sums wait
- * up to 10 s for all of them) and opens *RPC to the root. */
-static void th_bare(th_ctx *x, ps_rpc **rpc) {
+/* th_bare_delay starts one root shard and aggregator h0 (3 workers, sums
+ * wait up to DELAY_MS for all of them) and opens *RPC to the root. */
+static void th_bare_delay(th_ctx *x, ps_rpc **rpc, int delay_ms) {
   snprintf(x->dir, sizeof x->dir, "%s", ps_test_tmpdir());
   x->agg_gp = ps_test_free_port();
   do x->agg_cp = ps_test_free_port();
@@ -237,7 +227,8 @@ static void th_bare(th_ctx *x, ps_rpc **rpc) {
   char extra[512];
   snprintf(extra, sizeof extra,
            "aggregators:\n  - {name: h0, grpc: \"127.0.0.1:%d\", channel: \"127.0.0.1:%d\", "
-           "workers: 3, max_delay_ms: 10000}\nworkers:\n  count: 3\n", x->agg_gp, x->agg_cp);
+           "workers: 3, max_delay_ms: %d}\nworkers:\n  count: 3\n", x->agg_gp, x->agg_cp,
+           delay_ms);
   snprintf(x->yaml, sizeof x->yaml, "%s", ps_test_cluster_yaml(x->dir, 1, extra, x->gp, x->cp));
   ps_test_start_shards(x->yaml, x->dir, 1, x->gp, x->cp, x->shard);
   snprintf(x->agg_log, sizeof x->agg_log, "%s/agg.log", x->dir);
@@ -249,6 +240,9 @@ static void th_bare(th_ctx *x, ps_rpc **rpc) {
   snprintf(addr, sizeof addr, "127.0.0.1:%d", x->gp[0]);
   ck_assert_int_eq(ps_test_rpc_open(rpc, addr, &eb), 0);
 }
+
+/* th_bare: th_bare_delay with sums waiting up to 10 s. */
+static void th_bare(th_ctx *x, ps_rpc **rpc) { th_bare_delay(x, rpc, 10000); }
 
 /* th_chan connects to PORT on 127.0.0.1. */
 static ps_chan_client *th_chan(int port) {
@@ -303,7 +297,7 @@ START_TEST(test_hier_sum_is_one_update) {
                   "flat %g (seed %llu)", i, ph[i], pf[i], (unsigned long long)ps_test_seed);
     ck_assert_msg(pr[i] == ph[i], "[%d]: the aggregator's copy %g, the root's %g", i, ph[i], pr[i]);
   }
-  Ps__StatusReply *st = th_status_at(x.gp[0]);
+  Ps__StatusReply *st = ps_test_status(x.gp[0]);
   ck_assert_uint_eq(st->pushes, 4);
   ck_assert_uint_eq(st->sum_pushes, 1);
   ck_assert_uint_eq(st->sum_grads, 3);
@@ -313,6 +307,68 @@ START_TEST(test_hier_sum_is_one_update) {
   ck_assert_int_eq(ps_test_push(agg[0], "hier", bad, 1, g[0], 1024, 0, 1, v, &v, &eb), PS_EINVAL);
   ck_assert_msg(strstr(eb.msg, "no chunk 7"), "%s", eb.msg);
   for (int w = 0; w < 3; w++) ps_chan_close(agg[w]);
+  ps_chan_close(root);
+  th_finish(&x);
+}
+END_TEST
+
+/* th_parked waits up to 10 s until root PORT holds N parked pulls of its
+ * first model; returns how many it holds then. */
+static uint64_t th_parked(int port, uint64_t n) {
+  int64_t deadline = ps_test_now_ms() + 10000;
+  uint64_t parked = 0;
+  for (;;) {
+    Ps__StatusReply *st = ps_test_status(port);
+    parked = st->n_models ? st->models[0]->parked : 0;
+    protobuf_c_message_free_unpacked(&st->base, NULL);
+    if (parked >= n || ps_test_now_ms() >= deadline) return parked;
+    usleep(20000);
+  }
+}
+
+/* Clocks through the aggregator (psd_agg.h invariant 6), BSP: worker 1's
+ * first pull is one the aggregator's copy could serve (worker 0's fetch
+ * at the same clock), but the root must learn worker 1's clock first: a
+ * fetch of its own enters it.  So when worker 0's push of clock 0 reaches
+ * the root alone (the sum's delay ran out), a third worker's pull at
+ * clock 1 straight on the root waits for worker 1 (BSP gap 0), and is
+ * served once worker 1's push arrives.  (Served from the copy, worker 1
+ * would be unknown to the root, which would then let the third worker
+ * run a clock ahead of it.) */
+START_TEST(test_hier_clock_entered) {
+  th_ctx x = {0};
+  ps_rpc *rpc;
+  ps_errbuf eb = {""};
+  th_bare_delay(&x, &rpc, 200);
+  th_submit(rpc, "b", NULL);
+  ps_rpc_close(rpc);
+  static float p[TH_ELEMS], g[TH_ELEMS], p2[TH_ELEMS];
+  for (int i = 0; i < TH_ELEMS; i++) g[i] = 0.01f * (float)(i % 7);
+  const uint32_t ids[3] = {0, 1, 2};
+  ps_chan_client *a0 = th_chan(x.agg_cp), *a1 = th_chan(x.agg_cp), *root = th_chan(x.cp[0]);
+  uint64_t v, v1;
+  ck_assert_msg(ps_test_pull(a0, "b", ids, 3, p, TH_ELEMS, 0, 0, &v, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(ps_test_pull(a1, "b", ids, 3, p, TH_ELEMS, 1, 0, &v, &eb) == 0, "%s", eb.msg);
+  Ps__StatusReply *ag = ps_test_status(x.agg_gp);
+  ck_assert_uint_eq(ag->agg_fetches, 2);
+  ck_assert_uint_eq(ag->agg_enters, 1); /* worker 1's: the copy was fresh for clock 0 */
+  protobuf_c_message_free_unpacked(&ag->base, NULL);
+  ck_assert_msg(ps_test_push(a0, "b", ids, 3, g, TH_ELEMS, 0, 0, v, &v1, &eb) == 0, "%s", eb.msg);
+  /* worker 2 on the root at clock 1: worker 1 is still at 0 there */
+  ps_req r = {.model = "b", .ids = ids, .nids = 3, .worker = 2, .clock = 1};
+  struct iovec seg = {p2, sizeof p2};
+  ck_assert_msg(ps_chan_send_pullv(root, &r, &seg, 1, NULL, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(th_parked(x.gp[0], 1) == 1, "worker 2's pull at clock 1 was not held for "
+                "worker 1 (clock 0 behind the aggregator)");
+  ck_assert_msg(ps_test_push(a1, "b", ids, 3, g, TH_ELEMS, 1, 0, v, &v1, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(ps_chan_recv(root, NULL, &v1, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(v1, v + 2); /* both workers' pushes applied before it was served */
+  Ps__StatusReply *st = ps_test_status(x.gp[0]);
+  ck_assert_uint_eq(st->models[0]->max_gap, 0);
+  ck_assert_uint_eq(st->models[0]->pulls_parked, 1);
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  ps_chan_close(a0);
+  ps_chan_close(a1);
   ps_chan_close(root);
   th_finish(&x);
 }
@@ -448,7 +504,7 @@ START_TEST(test_hier_codec) {
     ck_assert_msg(p1[i] - want <= tol && want - p1[i] <= tol, "[%d] %g, want %g (seed %llu)", i,
                   p1[i], want, (unsigned long long)ps_test_seed);
   }
-  Ps__StatusReply *st = th_status_at(x.gp[0]);
+  Ps__StatusReply *st = ps_test_status(x.gp[0]);
   ck_assert_uint_eq(st->sum_pushes, 1);
   ck_assert_uint_eq(st->bytes_in, nbytes); /* int8 on the root's wire too */
   protobuf_c_message_free_unpacked(&st->base, NULL);
@@ -463,7 +519,7 @@ static void th_wait_sums(th_ctx *x, uint64_t n) {
   int64_t deadline = ps_test_now_ms() + 30000;
   uint64_t sums = 0;
   while (ps_test_now_ms() < deadline) {
-    Ps__StatusReply *st = th_status_at(x->gp[0]);
+    Ps__StatusReply *st = ps_test_status(x->gp[0]);
     sums = st->sum_pushes;
     protobuf_c_message_free_unpacked(&st->base, NULL);
     if (sums >= n) break;
@@ -493,13 +549,15 @@ START_TEST(test_hier_bsp_sums) {
   ck_assert_int_eq(ps_test_run(status, slog, 20000), 0);
   char *so = ps_test_read_file(slog, NULL);
   ck_assert_msg(strstr(so, "\"aggregators\":[{\"name\":\"h0\""), "%s", so);
-  ck_assert_msg(strstr(so, "\"hit_rate\":0.667,\"workers\":[0,1,2]"), "%s", so);
+  /* each worker's first pull on each root enters it there (one fetch
+   * each; the first worker's is the clock's own fetch): 2 x 2 enters */
+  ck_assert_msg(strstr(so, "\"enters\":4,\"leaves\":0,\"workers\":[0,1,2]"), "%s", so);
   free(so);
   /* 1000 samples each, batch 64: 16 steps an epoch, 32 in all */
   int steps = (int)ps_test_json_num(x.json[0], "steps");
   ck_assert_int_eq(steps, 32);
   for (int s = 0; s < 2; s++) {
-    Ps__StatusReply *st = th_status_at(x.gp[s]);
+    Ps__StatusReply *st = ps_test_status(x.gp[s]);
     ck_assert_uint_eq(st->n_models, 1);
     /* one push per clock, each the sum of all 3 workers */
     ck_assert_uint_eq(st->pushes, (uint64_t)steps);
@@ -510,12 +568,15 @@ START_TEST(test_hier_bsp_sums) {
     ck_assert_uint_eq(st->models[0]->pull_timeouts, 0);
     protobuf_c_message_free_unpacked(&st->base, NULL);
   }
-  Ps__StatusReply *ag = th_status_at(x.agg_gp);
+  Ps__StatusReply *ag = ps_test_status(x.agg_gp);
   ck_assert_str_eq(ag->aggregator, "h0");
   ck_assert_uint_eq(ag->agg_pushes_in, (uint64_t)(2 * TH_N * steps));
   ck_assert_uint_eq(ag->agg_forwarded, (uint64_t)(2 * steps));
-  /* 3 pulls per clock per shard, one fetch each (the initial pull too) */
-  ck_assert_uint_eq(ag->agg_fetches, (uint64_t)(2 * (steps + 1)));
+  /* 3 pulls per clock per shard, one fetch each (the initial pull too),
+   * and a fetch of its own for each worker's first pull after the first
+   * (it enters the root's clock table: psd_agg.h invariant 6) */
+  ck_assert_uint_eq(ag->agg_enters, (uint64_t)(2 * (TH_N - 1)));
+  ck_assert_uint_eq(ag->agg_fetches, (uint64_t)(2 * (steps + 1)) + ag->agg_enters);
   ck_assert_uint_eq(ag->agg_pull_hits + ag->agg_fetches, ag->agg_pulls_in);
   protobuf_c_message_free_unpacked(&ag->base, NULL);
   double loss = th_evaluate(&x);
@@ -530,7 +591,7 @@ START_TEST(test_hier_ssp_bound) {
   th_start(&x, 1, "ssp", "2", 20, 2);
   th_train(&x, 1, "3");
   for (int s = 0; s < 2; s++) {
-    Ps__StatusReply *st = th_status_at(x.gp[s]);
+    Ps__StatusReply *st = ps_test_status(x.gp[s]);
     ck_assert_uint_le(st->models[0]->max_gap, 2);
     ck_assert_uint_eq(st->models[0]->pull_timeouts, 0);
     ck_assert_uint_gt(st->sum_pushes, 0);
@@ -557,7 +618,7 @@ START_TEST(test_hier_failover) {
   int64_t until = ps_test_now_ms() + 30000;
   uint64_t plain = 0;
   while (ps_test_now_ms() < until && plain < TH_N) {
-    Ps__StatusReply *st = th_status_at(x.gp[0]);
+    Ps__StatusReply *st = ps_test_status(x.gp[0]);
     plain = st->pushes - st->sum_pushes;
     protobuf_c_message_free_unpacked(&st->base, NULL);
     usleep(10000);
@@ -581,7 +642,7 @@ START_TEST(test_hier_failover) {
     ck_assert_int_eq((int)ps_test_json_num(x.json[i], "steps"), 10 * 16);
   }
   /* the restarted aggregator summed the returned workers' pushes */
-  Ps__StatusReply *ag = th_status_at(x.agg_gp);
+  Ps__StatusReply *ag = ps_test_status(x.agg_gp);
   ck_assert_msg(ag->agg_pushes_in > 0 && ag->agg_forwarded > 0, "the restarted aggregator "
                 "summed %llu pushes", (unsigned long long)ag->agg_pushes_in);
   protobuf_c_message_free_unpacked(&ag->base, NULL);
@@ -593,7 +654,7 @@ START_TEST(test_hier_failover) {
     ck_assert_ptr_nonnull(p);
     acked += strtol(p + strlen("\"pushes_acked\":["), NULL, 10);
   }
-  Ps__StatusReply *st = th_status_at(x.gp[0]);
+  Ps__StatusReply *st = ps_test_status(x.gp[0]);
   plain = st->pushes - st->sum_pushes;
   uint64_t applied = plain + st->sum_grads;
   protobuf_c_message_free_unpacked(&st->base, NULL);
@@ -606,19 +667,30 @@ START_TEST(test_hier_failover) {
 END_TEST
 
 /* A local worker killed mid-training under BSP, sums waiting up to 10 s
- * for all 3: once its lease is out (3 s) the aggregator's sums stop
- * waiting for it (else every clock would take 10 s and the others could
- * not finish within the test's wait), the other two finish, and the roots
- * applied sums of 2 gradients. */
+ * for all 3, leases of 120 s (longer than the test waits): the worker
+ * leaves through the aggregator (psd_agg.h invariant 6: its connections
+ * closed, 3 heartbeats later a leaving beat to each root), so the
+ * aggregator's sums stop waiting for it (else every clock would take
+ * 10 s and the others could not finish within the test's wait) and the
+ * coordinator hands its data partitions to the two others, which finish;
+ * the roots list it DEAD and applied sums of 2 gradients. */
 START_TEST(test_hier_dead_worker) {
   TH_NEED_DATA();
   th_ctx x = {0};
   pid_t w[TH_N];
+  x.lease_ms = 120000;
   th_midway(&x, 10000, 3, 5, w);
   ck_assert_int_eq(kill(w[2], SIGKILL), 0);
   ck_assert_int_ge(ps_test_wait_pid(w[2], 5000), 0);
   th_wait(&x, w, 2);
-  Ps__StatusReply *st = th_status_at(x.gp[0]);
+  for (int s = 0; s < 2; s++)
+    ck_assert_msg(ps_test_worker_states(x.gp[s], UINT32_MAX, "DEAD") == 1, "root %d does not list the killed worker DEAD", s);
+  Ps__StatusReply *ag = ps_test_status(x.agg_gp);
+  ck_assert_uint_eq(ag->agg_leaves, 1);
+  protobuf_c_message_free_unpacked(&ag->base, NULL);
+  ck_assert_msg(th_log_wait(x.agg_log, "did not come back: it leaves the root shards", 1000),
+                "see %s", x.agg_log);
+  Ps__StatusReply *st = ps_test_status(x.gp[0]);
   ck_assert_msg(st->sum_grads < 3 * st->sum_pushes, "%llu sums of %llu gradients: none of 2",
                 (unsigned long long)st->sum_pushes, (unsigned long long)st->sum_grads);
   ck_assert_uint_eq(st->models[0]->max_gap, 0);
@@ -669,6 +741,7 @@ Suite *hier_suite(void) {
   tcase_set_timeout(tc, 240);
   tcase_add_test(tc, test_hier_flags);
   tcase_add_test(tc, test_hier_sum_is_one_update);
+  tcase_add_test(tc, test_hier_clock_entered);
   tcase_add_test(tc, test_hier_codec);
   tcase_add_test(tc, test_hier_replace);
   tcase_add_test(tc, test_hier_bsp_sums);

@@ -14,8 +14,8 @@ typedef struct tpark {
   char msg[512];
 } tpark;
 
-static void tpark_fn(psd_park *p, int status, const char *msg) {
-  tpark *t = p->arg;
+static void tpark_fn(psd_done *d, int status, const char *msg) {
+  tpark *t = d->arg;
   t->released++;
   t->status = status;
   snprintf(t->msg, sizeof t->msg, "%s", msg ? msg : "");
@@ -23,8 +23,8 @@ static void tpark_fn(psd_park *p, int status, const char *msg) {
 
 static void tpark_init(tpark *t) {
   memset(t, 0, sizeof *t);
-  t->p.fn = tpark_fn;
-  t->p.arg = t;
+  t->p.done.fn = tpark_fn;
+  t->p.done.arg = t;
 }
 
 /* Leases seen expiring (on_expire), the last one's worker. */
@@ -69,6 +69,30 @@ START_TEST(test_bsp_parks_until_push) {
   ck_assert_uint_eq(st.parked, 0);
   ck_assert_uint_eq(st.max_gap, 0);
   ck_assert_uint_eq(st.parked_total, 1);
+  psd_clock_free(c);
+}
+END_TEST
+
+/* psd_clock_silent_ms (an aggregator's conditional leave): unknown
+ * workers have no last word; a request is one, a pull parked for the
+ * worker is not, its release is. */
+START_TEST(test_silent_ms) {
+  psd_clock *c = tclock(0);
+  ps_errbuf eb;
+  tpark a;
+  tpark_init(&a);
+  ck_assert_uint_eq(psd_clock_silent_ms(c, 0, 100), UINT64_MAX);
+  ck_assert_int_eq(psd_clock_pull(c, "m", 0, 0, 100, &a.p, &eb), 0);
+  ck_assert_int_eq(psd_clock_pull(c, "m", 1, 0, 100, &a.p, &eb), 0);
+  ck_assert_uint_eq(psd_clock_silent_ms(c, 0, 350), 250);
+  ck_assert_uint_eq(psd_clock_silent_ms(c, 0, 50), 0); /* a clock behind the table's */
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 0, 0, 400, &eb), 0);
+  ck_assert_int_eq(psd_clock_pull(c, "m", 0, 1, 400, &a.p, &eb), 1); /* parked for w1 */
+  ck_assert_uint_eq(psd_clock_silent_ms(c, 0, 700), 300);
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 1, 0, 800, &eb), 0); /* releases w0's pull */
+  ck_assert_int_eq(a.released, 1);
+  ck_assert_uint_eq(psd_clock_silent_ms(c, 0, 900), 100);
+  ck_assert_uint_eq(psd_clock_silent_ms(c, 1, 900), 100);
   psd_clock_free(c);
 }
 END_TEST
@@ -241,16 +265,16 @@ END_TEST
 /* A release callback that re-enters the table (a new pull that parks
  * again) leaves the table consistent. */
 static psd_clock *reenter_clock;
-static void reenter_fn(psd_park *p, int status, const char *msg) {
+static void reenter_fn(psd_done *d, int status, const char *msg) {
   (void)msg;
-  tpark *t = p->arg;
+  tpark *t = d->arg;
   t->released++;
   t->status = status;
   if (t->released == 1) {
     ps_errbuf eb;
     psd_clock_pushed(reenter_clock, "m", 0, 1, 0, &eb);
     psd_clock_pushed(reenter_clock, "m", 0, 2, 0, &eb); /* w0 at 3 */
-    t->status = psd_clock_pull(reenter_clock, "m", 0, 3, 0, p, &eb);
+    t->status = psd_clock_pull(reenter_clock, "m", 0, 3, 0, &t->p, &eb);
   }
 }
 
@@ -259,7 +283,7 @@ START_TEST(test_reentrant_release) {
   ps_errbuf eb;
   tpark a;
   tpark_init(&a);
-  a.p.fn = reenter_fn;
+  a.p.done.fn = reenter_fn;
   psd_clock_pull(c, "m", 1, 0, 0, &a.p, &eb);
   psd_clock_pushed(c, "m", 0, 0, 0, &eb);
   ck_assert_int_eq(psd_clock_pull(c, "m", 0, 1, 0, &a.p, &eb), 1);
@@ -597,6 +621,7 @@ Suite *psd_clock_suite(void) {
   tcase_add_test(tc, test_partitions_progress_and_failover);
   tcase_add_test(tc, test_save_load);
   tcase_add_test(tc, test_world_bounds_table);
+  tcase_add_test(tc, test_silent_ms);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -6,6 +6,7 @@
  * fails; each test uses its own model names. */
 #include <math.h>
 #include <signal.h>
+#include <unistd.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -82,6 +83,15 @@ static ps_rpc *rpc_open(int shard) {
   ps_errbuf eb;
   ck_assert_int_eq(ps_test_rpc_open(&r, rpc_addr[shard], &eb), 0);
   return r;
+}
+
+/* rpc_chan connects to SHARD's channel. */
+static ps_chan_client *rpc_chan(int shard) {
+  ps_chan_client *c;
+  ps_errbuf eb;
+  ck_assert_msg(ps_test_chan_connect(&c, rpc_chan_addr[shard], "test", 5000, &eb) == 0,
+                "connect: %s", eb.msg);
+  return c;
 }
 
 static int rpc_submit(ps_rpc *r, const Ps__ModelSpec *spec, int replace, Ps__SubmitModelReply **rep,
@@ -539,9 +549,7 @@ static uint64_t rpc_errors(ps_rpc *r) {
 START_TEST(test_rpc_beat_over_channel) {
   ps_errbuf eb;
   ps_rpc *r = rpc_open(1);
-  ps_chan_client *c;
-  ck_assert_msg(ps_test_chan_connect(&c, rpc_chan_addr[1], "test", 5000, &eb) == 0, "connect: %s",
-                eb.msg);
+  ps_chan_client *c = rpc_chan(1);
   Ps__HeartbeatRequest req = PS__HEARTBEAT_REQUEST__INIT;
   req.worker = 1;
   req.model = "";
@@ -584,6 +592,56 @@ START_TEST(test_rpc_beat_over_channel) {
   protobuf_c_message_free_unpacked(&b->base, NULL);
   ps_chan_close(c);
   ps_rpc_close(r);
+}
+END_TEST
+
+/* An aggregator's leave for a local worker (leave_if_silent_ms, DESIGN.md
+ * "Hierarchy"): refused (stayed, nothing changed) while the worker spoke
+ * to the shard within that time, for a worker the shard never heard of,
+ * and for one gone already; acted on once the worker was silent that
+ * long (it is DEAD then). */
+START_TEST(test_rpc_conditional_leave) {
+  ps_errbuf eb;
+  int port = atoi(strrchr(rpc_addr[0], ':') + 1);
+  ps_chan_client *c = rpc_chan(0);
+  Ps__HeartbeatRequest req = PS__HEARTBEAT_REQUEST__INIT;
+  req.worker = 3;
+  req.model = "";
+  Ps__HeartbeatReply *b = NULL;
+  ck_assert_msg(rpc_beat_chan(c, &req, &b, &eb) == 0, "beat: %s", eb.msg);
+  ck_assert_int_eq(b->stayed, 0);
+  protobuf_c_message_free_unpacked(&b->base, NULL);
+  ck_assert_int_eq(ps_test_worker_states(port, 3, "ALIVE"), 1);
+  Ps__HeartbeatRequest lv = PS__HEARTBEAT_REQUEST__INIT;
+  lv.worker = 3;
+  lv.model = "";
+  lv.leaving = 1;
+  lv.leave_if_silent_ms = 600000; /* it spoke just now */
+  ck_assert_msg(rpc_beat_chan(c, &lv, &b, &eb) == 0, "leave: %s", eb.msg);
+  ck_assert_int_eq(b->stayed, 1);
+  ck_assert_int_eq(b->expired, 0); /* an aggregator may ask again */
+  protobuf_c_message_free_unpacked(&b->base, NULL);
+  ck_assert_int_eq(ps_test_worker_states(port, 3, "ALIVE"), 1);
+  lv.worker = 2; /* never heard of */
+  lv.leave_if_silent_ms = 1;
+  ck_assert_msg(rpc_beat_chan(c, &lv, &b, &eb) == 0, "leave: %s", eb.msg);
+  ck_assert_int_eq(b->stayed, 1);
+  ck_assert_int_eq(b->expired, 1); /* nothing to leave */
+  protobuf_c_message_free_unpacked(&b->base, NULL);
+  ck_assert_int_eq(ps_test_worker_states(port, 2, "DEAD"), 0);
+  ck_assert_int_eq(ps_test_worker_states(port, 2, "ALIVE"), 0);
+  usleep(50000); /* worker 3 silent for at least 50 ms now */
+  lv.worker = 3;
+  lv.leave_if_silent_ms = 20;
+  ck_assert_msg(rpc_beat_chan(c, &lv, &b, &eb) == 0, "leave: %s", eb.msg);
+  ck_assert_int_eq(b->stayed, 0);
+  protobuf_c_message_free_unpacked(&b->base, NULL);
+  ck_assert_int_eq(ps_test_worker_states(port, 3, "DEAD"), 1);
+  ck_assert_msg(rpc_beat_chan(c, &lv, &b, &eb) == 0, "leave: %s", eb.msg);
+  ck_assert_int_eq(b->stayed, 1); /* gone already */
+  ck_assert_int_eq(b->expired, 1);
+  protobuf_c_message_free_unpacked(&b->base, NULL);
+  ps_chan_close(c);
 }
 END_TEST
 
@@ -817,6 +875,7 @@ Suite *psd_rpc_suite(void) {
   tcase_add_test(tc, test_rpc_status_health);
   tcase_add_test(tc, test_rpc_same_over_channel);
   tcase_add_test(tc, test_rpc_beat_over_channel);
+  tcase_add_test(tc, test_rpc_conditional_leave);
   tcase_add_loop_test(tc, test_rpc_codec_same_over_channel, PS_CODEC_FP16, PS_CODEC_N);
   tcase_add_test(tc, test_rpc_codec_bad_input);
   suite_add_tcase(s, tc);

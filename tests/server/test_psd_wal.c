@@ -66,9 +66,9 @@ typedef struct waiter {
   int status, done, covered;
 } waiter;
 
-static void waiter_done(psd_wal_waiter *wt, int status, const char *msg) {
+static void waiter_done(psd_done *d, int status, const char *msg) {
   (void)msg;
-  waiter *w = (waiter *)wt;
+  waiter *w = d->arg;
   w->status = status;
   w->done = 1;
   w->covered = __atomic_load_n(&w->sm->synced_size, __ATOMIC_ACQUIRE) >= w->end;
@@ -132,15 +132,16 @@ static void append_n(psd_wal *w, waiter *ws, size_t n, size_t len, seam *sm, uin
     ck_assert_int_eq(psd_wal_append(w, &iov, 1, &seq, &eb), 0);
     ck_assert_uint_eq(seq, st.last_seq + 1);
     *off += 16 + len;
-    ws[i] = (waiter){.wt = {.seq = seq, .fn = waiter_done}, .end = *off, .sm = sm};
+    ws[i] = (waiter){.wt = {.done = {.fn = waiter_done, .arg = &ws[i]}, .seq = seq}, .end = *off,
+                     .sm = sm};
     int rc = psd_wal_wait(w, &ws[i].wt, &eb);
     /* a sync the seam failed before this wait: refused at once */
     if (rc == PS_EDEGRADED && sm) {
-      waiter_done(&ws[i].wt, rc, eb.msg);
+      waiter_done(&ws[i].wt.done, rc, eb.msg);
       continue;
     }
     ck_assert_int_ge(rc, 0);
-    if (rc == 0) waiter_done(&ws[i].wt, 0, NULL);
+    if (rc == 0) waiter_done(&ws[i].wt.done, 0, NULL);
   }
   free(b);
 }

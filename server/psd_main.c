@@ -337,6 +337,12 @@ static void psd_main_finish(psd_main *m) {
   sd_notify(0, "STATUS=final flush");
   ps_errbuf eb = {{0}};
   psd_agg_stop(sh->agg); /* sums still waiting for workers are answered: shutting down */
+  /* the final snapshot, too, holds only pushes the log has on disk
+   * (psd_store invariant 11): a crash before the exit must not leave it
+   * ahead of the log.  A failing log cannot sync them: the snapshot is
+   * then their only copy, written anyway. */
+  if (sh->wal && sh->store && psd_wal_wait_synced(sh->wal, psd_store_log_seq(sh->store), &eb) < 0)
+    ps_warn("final flush of shard %u: %s; writing the snapshot anyway", sh->me->id, eb.msg);
   int err = sh->store ? psd_store_flush(sh->store, &eb) : 0;
   if (err >= 0 && (err = psd_shard_sparse_flush(sh, &eb)) < 0)
     ps_err("final flush of shard %u's sparse rows failed: %s", sh->me->id, eb.msg);

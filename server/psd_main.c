@@ -229,7 +229,17 @@ static int psd_main_recover(psd_main *m) {
 static void psd_main_flush_work(uv_work_t *w) {
   psd_main *m = w->data;
   m->flush_status = m->flush ? psd_flush_write(m->flush, &m->flush_eb) : 0;
-  m->sp_status = m->sp_persist ? psd_shard_sparse_persist(&m->sh, &m->sp_eb) : 0;
+  /* the rows' position too names only records on disk (psd_store invariant 11) */
+  m->sp_status = m->sp_persist && m->sh.wal ? psd_wal_wait_synced(m->sh.wal, m->sp_seq, &m->sp_eb) : 0;
+  if (m->sp_status == 0 && m->sp_persist) m->sp_status = psd_shard_sparse_persist(&m->sh, &m->sp_eb);
+}
+
+/* psd_main_flush_durable is the background flush's durable hook
+ * (psd_flush_set_durable): the snapshot is ingested only once the redo
+ * log has synced every record it holds (psd_store invariant 11). */
+static int psd_main_flush_durable(void *arg, uint64_t seq, ps_errbuf *eb) {
+  psd_main *m = arg;
+  return m->sh.wal ? psd_wal_wait_synced(m->sh.wal, seq, eb) : 0;
 }
 
 /* psd_main_flush_end finishes a flush on the loop: FLUSH_STATUS for the
@@ -289,6 +299,7 @@ static void psd_main_on_flush_timer(uv_timer_t *t) {
     else psd_main_flushed(m, 0, NULL, m->flush_snap_ms);
     return;
   }
+  if (f) psd_flush_set_durable(f, psd_main_flush_durable, m);
   m->flush = f;
   m->sp_persist = persist;
   m->flush_busy = 1;
@@ -326,6 +337,12 @@ static void psd_main_finish(psd_main *m) {
   sd_notify(0, "STATUS=final flush");
   ps_errbuf eb = {{0}};
   psd_agg_stop(sh->agg); /* sums still waiting for workers are answered: shutting down */
+  /* the final snapshot, too, holds only pushes the log has on disk
+   * (psd_store invariant 11): a crash before the exit must not leave it
+   * ahead of the log.  A failing log cannot sync them: the snapshot is
+   * then their only copy, written anyway. */
+  if (sh->wal && sh->store && psd_wal_wait_synced(sh->wal, psd_store_log_seq(sh->store), &eb) < 0)
+    ps_warn("final flush of shard %u: %s; writing the snapshot anyway", sh->me->id, eb.msg);
   int err = sh->store ? psd_store_flush(sh->store, &eb) : 0;
   if (err >= 0 && (err = psd_shard_sparse_flush(sh, &eb)) < 0)
     ps_err("final flush of shard %u's sparse rows failed: %s", sh->me->id, eb.msg);

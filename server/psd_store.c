@@ -60,7 +60,18 @@
  * 10. The writing thread reads chunk data, steps and seqs, and finds
  *     models in s->models, only under s->mu; the loop holds s->mu while a
  *     push changes chunks and while submit changes the model list.  The
- *     loop waits at most for the copy of one chunk. */
+ *     loop waits at most for the copy of one chunk.
+ * 11. Write-ahead: the log position L and the chunks' seqs may name
+ *     records the redo log has not synced yet (L is the last record
+ *     appended; a push lands in memory before its record is written).  A
+ *     snapshot ingested before them would outlive them after a crash (a
+ *     SIGKILL loses what the writer had not written yet, a power cut what
+ *     it had not synced), and the next records would reuse their seqs,
+ *     which replay then skips as held by the snapshot: acknowledged
+ *     pushes lost.  So psd_flush_write calls the flush's durable hook
+ *     (psd_flush_set_durable) with the highest seq the SST file holds
+ *     before it ingests it; the background flush waits there for the
+ *     log's sync (psd_wal_wait_synced). */
 #include "psd_store.h"
 
 #include <dirent.h>
@@ -172,6 +183,9 @@ struct psd_flush {
   uint64_t *vgens;              /* models whose version record is in the batch */
   size_t nvgens;
   uint64_t log_seq;             /* the redo log position the snapshot holds */
+  uint64_t max_seq;             /* the highest chunk seq psd_flush_take copied */
+  psd_flush_durable_fn *durable;/* waits for the log before the ingest (invariant 11) */
+  void *durable_arg;
 };
 
 /* Chunk record headers: PSD_HDR_V1 (len, slots, step) as written before
@@ -1416,6 +1430,12 @@ int psd_flush_prepare(psd_store *s, psd_flush **out, ps_errbuf *eb) {
 /* psd_flush_log_seq: see psd_store.h. */
 uint64_t psd_flush_log_seq(const psd_flush *f) { return f->log_seq; }
 
+/* psd_flush_set_durable: see psd_store.h. */
+void psd_flush_set_durable(psd_flush *f, psd_flush_durable_fn *fn, void *arg) {
+  f->durable = fn;
+  f->durable_arg = arg;
+}
+
 /* psd_flush_reopen opens the closed store's directory into F->db and
  * checks that it still holds this shard (invariant 8); on error F->db
  * stays NULL. */
@@ -1498,6 +1518,7 @@ static int psd_flush_sst(psd_flush *f, const char *path, ps_errbuf *eb) {
     char k[PSD_KEY_MAX];
     size_t klen = 0;
     size_t n = psd_flush_take(f->store, &f->chunks[i], k, &klen, &buf, &cap, &nomem);
+    if (n && psd_store_get64(buf + 16) > f->max_seq) f->max_seq = psd_store_get64(buf + 16);
     if (n) rocksdb_sstfilewriter_put(w, k, klen, (const char *)buf, n, &err);
   }
   free(buf);
@@ -1522,6 +1543,8 @@ int psd_flush_write(psd_flush *f, ps_errbuf *eb) {
   char path[4200];
   snprintf(path, sizeof path, "%s/" PSD_SNAP_TMP, f->dir);
   rc = psd_flush_sst(f, path, eb);
+  if (rc == 0 && f->durable) /* invariant 11 */
+    rc = f->durable(f->durable_arg, f->max_seq > f->log_seq ? f->max_seq : f->log_seq, eb);
   if (rc == 0) {
     char *err = NULL;
     const char *files[] = {path};

@@ -172,6 +172,17 @@ int psd_flush_prepare(psd_store *s, psd_flush **f, ps_errbuf *eb);
 /* psd_flush_log_seq: the redo log position the snapshot F holds (every
  * logged push up to it; psd_store_log_seq when it was prepared). */
 uint64_t psd_flush_log_seq(const psd_flush *f);
+/* psd_flush_durable_fn: called by psd_flush_write once the SST file is
+ * written and before it is ingested, with the highest redo log seq the
+ * snapshot holds (its log position, or a chunk's seq when a push landed
+ * after the prepare: invariant 9).  It returns 0 once the log holds every
+ * record up to SEQ on disk, else an error (EB) that fails the flush: a
+ * snapshot never holds a push whose record a crash can still take away
+ * (invariant 11). */
+typedef int psd_flush_durable_fn(void *arg, uint64_t seq, ps_errbuf *eb);
+/* psd_flush_set_durable installs FN (may be NULL: ingest at once, as
+ * psd_store_flush at a clean stop does) on F. */
+void psd_flush_set_durable(psd_flush *f, psd_flush_durable_fn *fn, void *arg);
 int psd_flush_write(psd_flush *f, ps_errbuf *eb);
 void psd_flush_finish(psd_store *s, psd_flush *f, int status);
 int psd_store_flush(psd_store *s, ps_errbuf *eb);

@@ -47,6 +47,7 @@ struct psd_wal {
   /* shared with the writer, under mu */
   pthread_mutex_t mu;
   pthread_cond_t cv;
+  pthread_cond_t synced_cv;  /* broadcast when a group ends (psd_wal_wait_synced) */
   uint8_t *pend;
   size_t pend_len, pend_cap;
   uint64_t pend_nrec;
@@ -72,6 +73,7 @@ struct psd_wal {
   int started, stopped;
   psd_wal_waiter *head, *tail;
   int loop_failed;
+  int writer_done;         /* the writer thread ended (under mu) */
   uint64_t replayed, dropped, replay_ms;
   uint64_t loop_ns, loop_max_ns; /* the loop's time inside the log's calls */
   uint64_t lock_ns, lock_max_ns; /* of which waiting for the writer's mutex */
@@ -192,6 +194,7 @@ int psd_wal_open(psd_wal **out, const psd_wal_opts *o, ps_errbuf *eb) {
   w->next_seq = 1;
   pthread_mutex_init(&w->mu, NULL);
   pthread_cond_init(&w->cv, NULL);
+  pthread_cond_init(&w->synced_cv, NULL);
   /* One level: the log lives inside the store's directory, which exists. */
   int rc = 0;
   if (mkdir(o->dir, 0755) < 0 && errno != EEXIST)
@@ -678,6 +681,7 @@ static void *wal_thread(void *arg) {
       snprintf(w->err_msg, sizeof w->err_msg, "%s", why);
       w->retrying = 1;
     }
+    pthread_cond_broadcast(&w->synced_cv);
     if (w->started) uv_async_send(&w->async);
     if (rc < 0) {
       if (w->stop) break;
@@ -693,8 +697,28 @@ static void *wal_thread(void *arg) {
       pthread_mutex_lock(&w->mu);
     }
   }
+  w->writer_done = 1;
+  pthread_cond_broadcast(&w->synced_cv);
   pthread_mutex_unlock(&w->mu);
   return NULL;
+}
+
+/* psd_wal_wait_synced: see psd_wal.h. */
+int psd_wal_wait_synced(psd_wal *w, uint64_t seq, ps_errbuf *eb) {
+  pthread_mutex_lock(&w->mu);
+  while (w->synced_seq < seq && w->started && !w->writer_done && !w->failed)
+    pthread_cond_wait(&w->synced_cv, &w->mu);
+  uint64_t synced = w->synced_seq;
+  int failed = w->failed;
+  char msg[sizeof w->err_msg];
+  snprintf(msg, sizeof msg, "%s", w->err_msg);
+  pthread_mutex_unlock(&w->mu);
+  if (synced >= seq) return 0;
+  if (failed)
+    return ps_errf(eb, PS_EDEGRADED, "redo log record %" PRIu64 " is not on disk yet (%s)", seq,
+                   msg);
+  return ps_errf(eb, PS_ESHUTDOWN, "the redo log stopped before record %" PRIu64 " was synced",
+                 seq);
 }
 
 /* ---- the loop side ----------------------------------------------------------- */
@@ -893,6 +917,7 @@ void psd_wal_free(psd_wal *w) {
   if (w->dirfd >= 0) close(w->dirfd);
   pthread_mutex_destroy(&w->mu);
   pthread_cond_destroy(&w->cv);
+  pthread_cond_destroy(&w->synced_cv);
   free(w->pend);
   free(w->wbuf);
   free(w->segs);

@@ -153,6 +153,13 @@ int psd_wal_wait(psd_wal *w, psd_wal_waiter *wt, ps_errbuf *eb);
 /* psd_wal_cancel unlinks a queued WT; its fn will not run. */
 void psd_wal_cancel(psd_wal *w, psd_wal_waiter *wt);
 
+/* psd_wal_wait_synced blocks the calling thread (any: the writer never
+ * needs the loop) until every record up to SEQ is synced: 0, or
+ * PS_EDEGRADED at once while writes fail, or PS_ESHUTDOWN when the writer
+ * stopped short of SEQ.  A snapshot waits here before it may hold a
+ * record (psd_store invariant 11). */
+int psd_wal_wait_synced(psd_wal *w, uint64_t seq, ps_errbuf *eb);
+
 /* psd_wal_truncate: a finished snapshot holds every record up to SEQ
  * (invariant 4); the writer deletes what it can. */
 void psd_wal_truncate(psd_wal *w, uint64_t seq);

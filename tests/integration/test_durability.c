@@ -178,14 +178,20 @@ uint64_t ps_test_dur_replayed(const char *log) {
   return n;
 }
 
-/* cl_last_replayed returns the count of LOG's last "redo log replayed" line. */
-static long long cl_last_replayed(const char *log) {
+/* cl_last_number returns the number after KEY in LOG's last line that
+ * holds KEY (-1: none). */
+static long long cl_last_number(const char *log, const char *key) {
   size_t len;
   char *s = ps_test_read_file(log, &len), *last = NULL;
-  for (char *p = s; (p = strstr(p, "redo log replayed: ")) != NULL; p++) last = p;
-  long long n = last ? strtoll(last + strlen("redo log replayed: "), NULL, 10) : -1;
+  for (char *p = s; (p = strstr(p, key)) != NULL; p++) last = p;
+  long long n = last ? strtoll(last + strlen(key), NULL, 10) : -1;
   free(s);
   return n;
+}
+
+/* cl_last_replayed returns the count of LOG's last "redo log replayed" line. */
+static long long cl_last_replayed(const char *log) {
+  return cl_last_number(log, "redo log replayed: ");
 }
 
 /* cl_status_replayed returns what `psctl status --json` says shard 0's
@@ -543,6 +549,86 @@ START_TEST(test_disk_full_sync) {
 }
 END_TEST
 
+/* cl_snapshot_pos returns the position of LOG's last "redo log replayed:
+ * N records after the snapshot's P" line (-1: none). */
+static long long cl_snapshot_pos(const char *log) {
+  return cl_last_number(log, "after the snapshot's ");
+}
+
+/* A snapshot taken while a push's record waits for its sync must not be
+ * ingested before that sync (psd_store invariant 11): the crash loop once
+ * lost an acknowledged push when a snapshot holding an unwritten record
+ * (position L) outlived it in a SIGKILL, the next push reused seq L, and
+ * the replay after the next crash skipped it as held by the snapshot.
+ * Here the fsync shim's gate holds the sync of push 2 while the flush
+ * timer runs; then a power cut drops push 2's record: the snapshot the
+ * shard restarts from must not be past record 1 (the one synced), and a
+ * push acknowledged after the restart must survive the next crash. */
+START_TEST(test_snapshot_waits_for_log) {
+  const char *dir = ps_test_tmpdir();
+  int gp, cp;
+  char yaml[700], log[700], fsync_log[700], redo[700], gate[700], addr[64];
+  snprintf(yaml, sizeof yaml, "%s", cl_sync_yaml(dir, &gp, &cp));
+  snprintf(log, sizeof log, "%s/psd0.log", dir);
+  snprintf(fsync_log, sizeof fsync_log, "%s/fsync.log", dir);
+  snprintf(redo, sizeof redo, "%s/shard0/redo", dir);
+  snprintf(gate, sizeof gate, "%s/gate", dir);
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", cp);
+  ps_test_shim_env env;
+  ps_test_shim_env_init(&env, fsync_log, gate);
+  pid_t pid = ps_test_dur_start(yaml, log, gp, cp, env.env);
+  cl_submit(gp);
+  float *g = malloc(CL_CHUNKS * CL_ELEMS * sizeof(float)), one[CL_ELEMS];
+  for (int i = 0; i < CL_ELEMS; i++) one[i] = -1.0f;
+  uint32_t id0 = 0;
+  uint64_t v;
+  ps_errbuf eb;
+  ps_chan_client *a, *b, *r;
+  ck_assert_int_eq(ps_test_chan_connect(&a, addr, "test", 10000, &eb), 0);
+  ck_assert_int_eq(ps_test_push(a, "cl", &id0, 1, one, CL_ELEMS, 0, 0, 0, &v, &eb), 0);
+  /* push 2: applied, its sync held by the gate (never acknowledged) */
+  ps_test_write_file(gate, "held\n");
+  ck_assert_int_eq(ps_test_chan_connect(&b, addr, "test", 10000, &eb), 0);
+  ps_req q = {.model = "cl", .ids = &id0, .nids = 1};
+  struct iovec src = {one, sizeof one};
+  uint64_t held;
+  ck_assert_int_eq(ps_chan_send_pushv(b, &q, &src, 1, &held, &eb), 0);
+  ck_assert_int_eq(ps_test_chan_connect(&r, addr, "test", 10000, &eb), 0);
+  int64_t end = ps_test_now_ms() + 10000;
+  do ck_assert_int_eq(ps_test_pull(r, "cl", &id0, 1, g, CL_ELEMS, 0, 0, &v, &eb), 0);
+  while (g[0] < 2.0f && ps_test_now_ms() < end && usleep(5000) == 0);
+  ck_assert_msg(g[0] == 2.0f, "push 2 was not applied (value %g); see %s", (double)g[0], log);
+  /* the flush timer (200 ms) ticks a few times while the sync waits */
+  usleep(1200 * 1000);
+  ps_chan_close(r);
+  int st = ps_test_stop(pid, SIGKILL, 5000);
+  ck_assert(WIFSIGNALED(st));
+  ps_chan_close(a);
+  ps_chan_close(b);
+  unlink(gate);
+  cl_power_cut(fsync_log, redo); /* push 2's record was never synced */
+  pid = ps_test_dur_start(yaml, log, gp, cp, env.env);
+  ck_assert_msg(cl_snapshot_pos(log) <= 1, "the shard restarted from a snapshot at record %lld, "
+                "but the log only ever synced record 1; see %s", cl_snapshot_pos(log), log);
+  cl_tally t;
+  snprintf(t.chan_addr, sizeof t.chan_addr, "%s", addr);
+  cl_pull(&t, g, &v, log);
+  float before = g[0]; /* 1, or 2 when the snapshot kept the unacknowledged push */
+  ck_assert_int_eq(ps_test_chan_connect(&a, addr, "test", 10000, &eb), 0);
+  ck_assert_int_eq(ps_test_push(a, "cl", &id0, 1, one, CL_ELEMS, 0, 0, 0, &v, &eb), 0);
+  ps_chan_close(a);
+  st = ps_test_stop(pid, SIGKILL, 5000);
+  ck_assert(WIFSIGNALED(st));
+  pid = ps_test_dur_start(yaml, log, gp, cp, env.env);
+  cl_pull(&t, g, &v, log);
+  ck_assert_msg(g[0] == before + 1, "chunk 0 holds %g after the crash, %g before the "
+                "acknowledged push; see %s", (double)g[0], (double)before, log);
+  st = ps_test_stop(pid, SIGTERM, 15000);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd ended with status %d; see %s", st, log);
+  free(g);
+}
+END_TEST
+
 Suite *psd_durability_suite(void) {
   Suite *s = suite_create("psd_durability");
   TCase *tc = tcase_create("crash_loop");
@@ -550,6 +636,7 @@ Suite *psd_durability_suite(void) {
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, test_crash_loop_short);
   tcase_add_test(tc, test_sync_log_then_periodic);
+  tcase_add_test(tc, test_snapshot_waits_for_log);
   suite_add_tcase(s, tc);
   tc = tcase_create("disk_full");
   tcase_add_unchecked_fixture(tc, du_setup, du_teardown);

@@ -285,6 +285,44 @@ START_TEST(test_sync_failure_retried) {
 }
 END_TEST
 
+/* psd_wal_wait_synced (what a snapshot waits for, psd_store invariant
+ * 11): 0 once the record is synced; PS_EDEGRADED while syncs fail, then
+ * 0 once the retry synced it; PS_ESHUTDOWN for a record the stopped log
+ * never got. */
+START_TEST(test_wait_synced) {
+  const char *dir = ps_test_tmpdir();
+  seam sm = {0};
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  psd_wal *w = wal_open(dir, 1 << 20, &sm);
+  ps_errbuf eb;
+  replayed r;
+  ck_assert_int_eq(psd_wal_replay(w, 0, count_rec, &r, &eb), 0);
+  ck_assert_int_eq(psd_wal_start(w, &loop, &eb), 0);
+  waiter ws[2];
+  uint64_t off = 0;
+  append_n(w, ws, 1, 100, &sm, &off);
+  ck_assert_int_eq(psd_wal_wait_synced(w, 1, &eb), 0);
+  ck_assert_uint_ge(__atomic_load_n(&sm.synced_size, __ATOMIC_ACQUIRE), ws[0].end);
+  run_until(&loop, ws, 1);
+  sm.fail = 3; /* the writer is idle: the append below hands it over */
+  append_n(w, ws + 1, 1, 100, &sm, &off);
+  int rc = psd_wal_wait_synced(w, 2, &eb);
+  ck_assert_msg(rc == PS_EDEGRADED, "wait for a failing sync: %d (%s)", rc, eb.msg);
+  int64_t end = ps_test_now_ms() + 10000;
+  while ((rc = psd_wal_wait_synced(w, 2, &eb)) != 0 && ps_test_now_ms() < end) usleep(1000);
+  ck_assert_msg(rc == 0, "record 2 never synced: %s", eb.msg);
+  ck_assert_uint_ge(__atomic_load_n(&sm.synced_size, __ATOMIC_ACQUIRE), ws[1].end);
+  run_until(&loop, ws + 1, 1);
+  psd_wal_stop(w);
+  ck_assert_int_eq(psd_wal_wait_synced(w, 3, &eb), PS_ESHUTDOWN);
+  ck_assert_int_eq(psd_wal_wait_synced(w, 2, &eb), 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  psd_wal_free(w);
+  uv_loop_close(&loop);
+}
+END_TEST
+
 START_TEST(test_power_cut) {
   const char *dir = ps_test_tmpdir();
   seam sm = {0};
@@ -770,6 +808,7 @@ Suite *psd_wal_suite(void) {
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, test_ack_follows_sync);
   tcase_add_test(tc, test_sync_failure_retried);
+  tcase_add_test(tc, test_wait_synced);
   tcase_add_test(tc, test_power_cut);
   tcase_add_test(tc, test_torn_and_corrupt_tail);
   tcase_add_test(tc, test_empty_log);

@@ -141,6 +141,8 @@ static int psd_main_log_append(void *arg, const struct iovec *iov, int niov, uin
   return psd_wal_append(arg, iov, niov, seq, eb);
 }
 
+static int psd_main_flush_durable(void *arg, uint64_t seq, ps_errbuf *eb);
+
 /* psd_main_sparse_log_append is the sparse rows' log hook: the record's
  * seq also moves the store's log position (psd_store_log_note), which is
  * what a push's acknowledgement waits for (psd_shard_push_durable). */
@@ -210,12 +212,14 @@ static int psd_main_recover(psd_main *m) {
   if (err == 0 && sync) {
     psd_store_set_log(sh->store, psd_main_log_append, w);
     psd_shard_sparse_set_log(sh, psd_main_sparse_log_append, m);
+    psd_shard_sparse_set_durable(sh, psd_main_flush_durable, m);
     err = psd_wal_start(w, sh->loop, &eb);
     if (err == 0) sh->wal = w;
   }
   if (err < 0) {
     psd_store_set_log(sh->store, NULL, NULL);
     psd_shard_sparse_set_log(sh, NULL, NULL);
+    psd_shard_sparse_set_durable(sh, NULL, NULL);
     psd_wal_free(w);
     ps_err("shard %u: cannot recover from the redo log: %s (%s)", sh->me->id, eb.msg,
            ps_strerror(err));
@@ -236,7 +240,8 @@ static void psd_main_flush_work(uv_work_t *w) {
 
 /* psd_main_flush_durable is the background flush's durable hook
  * (psd_flush_set_durable): the snapshot is ingested only once the redo
- * log has synced every record it holds (psd_store invariant 11). */
+ * log has synced every record it holds (psd_store invariant 11); the
+ * sparse rows' write buffers wait the same way (psd_sparse_set_durable). */
 static int psd_main_flush_durable(void *arg, uint64_t seq, ps_errbuf *eb) {
   psd_main *m = arg;
   return m->sh.wal ? psd_wal_wait_synced(m->sh.wal, seq, eb) : 0;

@@ -211,6 +211,10 @@ void psd_shard_sparse_set_log(psd_shard *sh, psd_sparse_log_fn *fn, void *arg) {
   if (sh->sparse) psd_sparse_set_log(sh->sparse->rows, fn, arg);
 }
 
+void psd_shard_sparse_set_durable(psd_shard *sh, psd_sparse_durable_fn *fn, void *arg) {
+  if (sh->sparse) psd_sparse_set_durable(sh->sparse->rows, fn, arg);
+}
+
 int psd_shard_sparse_replay(psd_shard *sh, uint64_t seq, const uint8_t *rec, size_t len,
                             ps_errbuf *eb) {
   if (!sh->sparse)

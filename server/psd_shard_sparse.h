@@ -101,7 +101,9 @@ int psd_shard_sparse_flush(psd_shard *sh, ps_errbuf *eb);
  *
  * psd_shard_sparse_log_from: the redo log position the rows on disk hold
  * (read at open, before the replay; UINT64_MAX without sparse tables).
- * psd_shard_sparse_set_log installs the redo log hook of sparse pushes.
+ * psd_shard_sparse_set_log installs the redo log hook of sparse pushes,
+ * psd_shard_sparse_set_durable the wait for the log's sync before rows
+ * reach RocksDB's files (psd_sparse_set_durable).
  * psd_shard_sparse_replay applies a record of kind PSD_SPARSE_LOG_PUSH
  * and notes its seq in the store (psd_store_log_note).
  * psd_shard_sparse_snapshot (loop) writes changed rows and the store's
@@ -110,6 +112,7 @@ int psd_shard_sparse_flush(psd_shard *sh, ps_errbuf *eb);
  * psd_shard_sparse_persist_failed (loop). */
 uint64_t psd_shard_sparse_log_from(const psd_shard *sh);
 void psd_shard_sparse_set_log(psd_shard *sh, psd_sparse_log_fn *fn, void *arg);
+void psd_shard_sparse_set_durable(psd_shard *sh, psd_sparse_durable_fn *fn, void *arg);
 int psd_shard_sparse_replay(psd_shard *sh, uint64_t seq, const uint8_t *rec, size_t len,
                             ps_errbuf *eb);
 int psd_shard_sparse_snapshot(psd_shard *sh, int *persist, uint64_t *seq, ps_errbuf *eb);

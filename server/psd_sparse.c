@@ -59,6 +59,7 @@ typedef struct sp_buf {
   size_t used, dcap;
   int has_w;                 /* it carries the "w" record W */
   uint64_t w;
+  uint64_t max_seq;          /* the newest log seq its rows (and W) hold */
   uint64_t gen;              /* seal order, from 1 */
   int state;                 /* BUF_*, once sealed (under psd_sparse.mu) */
   int code;                  /* BUF_FAILED: the error, its message in eb */
@@ -134,6 +135,8 @@ struct psd_sparse {
   /* durability (see psd_sparse.h, "Durability") */
   psd_sparse_log_fn *log_fn;    /* redo log hook; NULL: none */
   void *log_arg;
+  psd_sparse_durable_fn *durable_fn; /* waits for the log before an ingest; NULL: none */
+  void *durable_arg;
   uint64_t wseq;                /* the "w" record in RocksDB (or a write buffer) */
   int has_wseq;                 /* RocksDB held a "w" record at open or one was written */
   int unpersisted;              /* a persist failed: the next snapshot persists again */
@@ -330,12 +333,18 @@ static int buf_write(psd_sparse *s, const sp_buf *b, ps_errbuf *eb) {
     posix_fadvise(fd, 0, 0, POSIX_FADV_WILLNEED);
     close(fd);
   }
-  if (!err) {
+  /* the file goes in only once the redo log has on disk every record its
+   * rows hold (invariant 6): a row ahead of the log would outlive a crash
+   * that lost its record, and replay would skip the record a restarted
+   * log gives that seq again */
+  int rc = 0;
+  if (!err && s->durable_fn && b->max_seq) rc = s->durable_fn(s->durable_arg, b->max_seq, eb);
+  if (!err && !rc) {
     const char *files[] = {path};
     rocksdb_ingest_external_file(s->db, files, 1, s->io, &err);
   }
   unlink(path); /* moved in (a link, removed here), or a partial file */
-  return err ? rdb_err(s, err, "write", eb) : 0;
+  return err ? rdb_err(s, err, "write", eb) : rc;
 }
 
 /* buf_remove_tmp removes the files of buffers a process that died left
@@ -835,6 +844,7 @@ static int write_rows(psd_sparse *s, sp_table *t, const uint8_t *mark, ps_errbuf
         return ps_errf(eb, PS_ENOMEM, "sparse rows: out of memory");
       }
       put_row(t, r, v);
+      if (t->rseq[r] > s->open->max_seq) s->open->max_seq = t->rseq[r];
       n++;
     }
     t->flags[r] = ROW_ON_DISK;
@@ -1248,6 +1258,13 @@ void psd_sparse_set_log(psd_sparse *s, psd_sparse_log_fn *fn, void *arg) {
   s->log_arg = arg;
 }
 
+void psd_sparse_set_durable(psd_sparse *s, psd_sparse_durable_fn *fn, void *arg) {
+  pthread_mutex_lock(&s->mu); /* the writer thread reads it */
+  s->durable_fn = fn;
+  s->durable_arg = arg;
+  pthread_mutex_unlock(&s->mu);
+}
+
 /* rec_u32 reads one of a record's u32s (host order, as the dense store's
  * records). */
 static uint32_t rec_u32(const uint8_t *p) {
@@ -1322,6 +1339,7 @@ static int write_seq(psd_sparse *s, uint64_t seq, ps_errbuf *eb) {
     return ps_errf(eb, PS_ENOMEM, "sparse rows: out of memory");
   s->open->has_w = 1;
   s->open->w = seq;
+  if (seq > s->open->max_seq) s->open->max_seq = seq;
   s->wseq = seq;
   s->has_wseq = 1;
   return 0;

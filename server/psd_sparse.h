@@ -60,6 +60,10 @@
  *     files early (an eviction's buffer) is not given a
  *     push twice by psd_sparse_replay, which applies a record only to the
  *     rows older than it and creates the rows it names that are missing.
+ *     Write-ahead: the writer ingests a buffer only once the durable hook
+ *     (psd_sparse_set_durable) says the log has synced the newest seq
+ *     its rows hold, so no row on disk is ahead of the log; a refusal
+ *     fails the buffer (retried at the next seal, its rows still served).
  *     Clocks (last touched) and admission counts are not logged: after a
  *     replay a row's clock is the replay's, and keys pulled but not yet
  *     admitted start their count again.
@@ -233,6 +237,18 @@ typedef int psd_sparse_log_fn(void *arg, const struct iovec *iov, int niov, uint
 
 /* psd_sparse_set_log installs FN (NULL: no log). */
 void psd_sparse_set_log(psd_sparse *s, psd_sparse_log_fn *fn, void *arg);
+
+/* The durable hook: returns 0 once the redo log has synced every record
+ * up to SEQ, or a PS_E* code (the log fails or stopped).  The writer
+ * thread calls it before a write buffer's file goes into RocksDB, with
+ * the newest seq the buffer's rows hold: no row on disk is ahead of the
+ * log (a crash that lost a record would otherwise leave the row holding
+ * it, and replay would skip the record a restarted log gives that seq
+ * again).  Same shape as psd_flush_durable_fn. */
+typedef int psd_sparse_durable_fn(void *arg, uint64_t seq, ps_errbuf *eb);
+
+/* psd_sparse_set_durable installs FN (NULL: none), before any push. */
+void psd_sparse_set_durable(psd_sparse *s, psd_sparse_durable_fn *fn, void *arg);
 
 /* psd_sparse_log_start: *FROM receives the log position the rows on disk
  * hold (the "w" record); a directory without one (new, or from before

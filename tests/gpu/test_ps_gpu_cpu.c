@@ -128,9 +128,25 @@ START_TEST(test_dense_act_backward) {
     fill_rnd(c.b, DO, 1, 0);
     fill_rnd(c.w, DN * DO, 1, 0);
     dense_loss(&c);
-    /* Keep relu's pre-activations away from the kink. */
-    for (int i = 0; i < DN * DO && act == PS_GPU_ACT_RELU; i++)
-      if (fabsf(c.y[i]) < 0.05f && c.y[i] != 0) c.b[i % DO] += 0.2f;
+    /* Keep relu's pre-activations away from the kink (a central
+     * difference across it is not the derivative): shift a column's bias
+     * until none of its rows' pre-activations is within 0.05 of 0.  (The
+     * outputs alone cannot tell: a negative pre-activation reads as 0, and
+     * a shift for one row could move another onto the kink.) */
+    for (int o = 0; o < DO && act == PS_GPU_ACT_RELU; o++) {
+      int near = 1;
+      for (int tries = 0; near && tries < 200; tries++) {
+        near = 0;
+        for (int n = 0; n < DN; n++) {
+          double z = c.b[o];
+          for (int i = 0; i < DI; i++) z += (double)c.x[n * DI + i] * c.W[i * DO + o];
+          near |= fabs(z) < 0.05;
+        }
+        if (near) c.b[o] += 0.07f;
+      }
+      ck_assert_msg(!near, "no bias keeps column %d off relu's kink (seed %llu)", o,
+                    (unsigned long long)ps_test_seed);
+    }
     dense_loss(&c);
     float dz[DN * DO], dW[DI * DO], db[DO], dx[DN * DI];
     ps_gpu_tensor Y = T(c.y, DN, DO), Wg = T(c.w, DN, DO), DZ = T(dz, DN, DO);

@@ -331,6 +331,14 @@ static int psd_grpc_pull_serve(psd_shard *sh, const Ps__PullRequest *r, grpc_sli
 
 static void psd_grpc_unpark(psd_done *d, int status, const char *msg);
 
+/* psd_grpc_hold keeps request M of a pull the clock table parked (on
+ * c->park, answered by psd_grpc_unpark) and links C into g->parked. */
+static int psd_grpc_hold(psd_grpc_call *c, const ProtobufCMessage *m) {
+  c->held = (ProtobufCMessage *)m;
+  psd_grpc_link(c);
+  return PSD_GRPC_PARKED;
+}
+
 /* Pull: values of some chunks, served now or parked until the slower
  * workers caught up (invariant 3). */
 static int psd_grpc_pull(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessage *m,
@@ -343,11 +351,7 @@ static int psd_grpc_pull(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessage
   c->park.done = (psd_done){.fn = psd_grpc_unpark, .arg = c};
   err = psd_shard_pull_admit(sh, r->model, r->worker, r->clock, &c->park, eb);
   if (err < 0) return err;
-  if (err == 1) {
-    c->held = (ProtobufCMessage *)m;
-    psd_grpc_link(c);
-    return PSD_GRPC_PARKED;
-  }
+  if (err == 1) return psd_grpc_hold(c, m);
   return psd_grpc_pull_serve(sh, r, out, eb);
 }
 
@@ -444,11 +448,7 @@ static int psd_grpc_sparse_pull(psd_grpc_call *c, psd_shard *sh, const ProtobufC
   c->park.done = (psd_done){.fn = psd_grpc_unpark, .arg = c};
   int err = psd_shard_sparse_pull_admit(sh, r, &c->park, eb);
   if (err < 0) return err;
-  if (err == 1) {
-    c->held = (ProtobufCMessage *)m;
-    psd_grpc_link(c);
-    return PSD_GRPC_PARKED;
-  }
+  if (err == 1) return psd_grpc_hold(c, m);
   return psd_grpc_sparse_pull_serve(sh, r, out, eb);
 }
 

@@ -529,3 +529,38 @@ void ps_test_ctr_release(ps_test_ctr *m) {
   psw_graph_spec_free(m->spec);
   psw_graph_free(m->g);
 }
+
+static void *ps_test_bg_main(void *arg) {
+  ps_test_bg *b = arg;
+  b->fn(b->arg);
+  atomic_store(&b->done, 1);
+  return NULL;
+}
+
+void ps_test_bg_start(ps_test_bg *b, void (*fn)(void *arg), void *arg) {
+  b->fn = fn;
+  b->arg = arg;
+  atomic_store(&b->done, 0);
+  ck_assert_int_eq(pthread_create(&b->th, NULL, ps_test_bg_main, b), 0);
+}
+
+int ps_test_bg_done(ps_test_bg *b) { return atomic_load(&b->done); }
+
+int ps_test_bg_wait(ps_test_bg *b, int ms) {
+  int64_t end = ps_test_now_ms() + ms;
+  while (!ps_test_bg_done(b) && ps_test_now_ms() < end) usleep(5000);
+  if (!ps_test_bg_done(b)) return 0;
+  pthread_join(b->th, NULL);
+  return 1;
+}
+
+int ps_test_beat(ps_rpc *r, uint32_t w, int rejoin, ps_errbuf *eb) {
+  Ps__HeartbeatRequest hb = PS__HEARTBEAT_REQUEST__INIT;
+  hb.worker = w;
+  hb.rejoin = rejoin != 0;
+  ProtobufCMessage *rep = NULL;
+  int err = ps_rpc_call(r, "/ps.Ps/Heartbeat", &hb.base, &ps__heartbeat_reply__descriptor, &rep,
+                        2000, eb);
+  if (rep) protobuf_c_message_free_unpacked(rep, NULL);
+  return err;
+}

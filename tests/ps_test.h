@@ -8,6 +8,8 @@
 #define PS_TEST_H
 
 #include <check.h>
+#include <pthread.h>
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <sys/types.h>
@@ -208,6 +210,25 @@ void ps_test_tmpfs_remove(ps_test_tmpfs *t);
 
 /* ps_test_now_ms: CLOCK_MONOTONIC milliseconds. */
 int64_t ps_test_now_ms(void);
+
+/* ps_test_beat sends worker W's gRPC Heartbeat (REJOIN: marked rejoin,
+ * as a restarted worker's first beat) on R and drops the reply; returns
+ * 0 or the call's PS_E* code with EB. */
+int ps_test_beat(ps_rpc *r, uint32_t w, int rejoin, ps_errbuf *eb);
+
+/* ps_test_bg runs FN(ARG) on a thread of its own (a request that may
+ * park on a shard), waited for with a bound.  ps_test_bg_wait waits up
+ * to MS and returns 1 when FN returned (the thread is then joined);
+ * ps_test_bg_done says whether it has, without waiting. */
+typedef struct ps_test_bg {
+  pthread_t th;
+  atomic_int done;
+  void (*fn)(void *arg);
+  void *arg;
+} ps_test_bg;
+void ps_test_bg_start(ps_test_bg *b, void (*fn)(void *arg), void *arg);
+int ps_test_bg_wait(ps_test_bg *b, int ms);
+int ps_test_bg_done(ps_test_bg *b);
 
 /* ps_test_push / ps_test_pull: fp32 ps_chan_push / ps_chan_pull of
  * NELEMS floats at G / OUT for the chunks IDS of MODEL (the form most

@@ -173,8 +173,7 @@ typedef struct sc_pull {
   int err;
   ps_errbuf eb;
   float rows[SC_NKEYS * SC_DIM];
-  volatile int done;
-  pthread_t th;
+  ps_test_bg bg;
 } sc_pull;
 
 /* sc_pull_once pulls P's rows once, on P's plane. */
@@ -206,25 +205,12 @@ static void sc_pull_once(sc_pull *p) {
   if (r) ps_rpc_close(r);
 }
 
-static void *sc_pull_thread(void *arg) {
-  sc_pull *p = arg;
-  sc_pull_once(p);
-  p->done = 1;
-  return NULL;
-}
+static void sc_pull_run(void *arg) { sc_pull_once(arg); }
 
-static void sc_pull_start(sc_pull *p) {
-  p->done = 0;
-  ck_assert_int_eq(pthread_create(&p->th, NULL, sc_pull_thread, p), 0);
-}
+static void sc_pull_start(sc_pull *p) { ps_test_bg_start(&p->bg, sc_pull_run, p); }
 
 /* sc_wait waits up to MS for P; returns 1 when it came back. */
-static int sc_wait(sc_pull *p, int ms) {
-  int64_t end = ps_test_now_ms() + ms;
-  while (!p->done && ps_test_now_ms() < end) usleep(5000);
-  if (p->done) pthread_join(p->th, NULL);
-  return p->done;
-}
+static int sc_wait(sc_pull *p, int ms) { return ps_test_bg_wait(&p->bg, ms); }
 
 /* sc_pull_now pulls over gRPC and expects an answer at once; returns its
  * result. */
@@ -261,14 +247,8 @@ static uint32_t sc_parked(ps_rpc *r, const char *model, uint64_t *total) {
  * expire; psd_clock invariant 9). */
 static void sc_rejoin(ps_rpc *r) {
   for (uint32_t w = 0; w < 2; w++) {
-    Ps__HeartbeatRequest hb = PS__HEARTBEAT_REQUEST__INIT;
-    hb.worker = w;
-    hb.rejoin = 1;
-    ProtobufCMessage *rep = NULL;
     ps_errbuf eb;
-    ck_assert_msg(ps_rpc_call(r, "/ps.Ps/Heartbeat", &hb.base, &ps__heartbeat_reply__descriptor,
-                              &rep, 2000, &eb) == 0, "rejoin of worker %u: %s", w, eb.msg);
-    protobuf_c_message_free_unpacked(rep, NULL);
+    ck_assert_msg(ps_test_beat(r, w, 1, &eb) == 0, "rejoin of worker %u: %s", w, eb.msg);
   }
 }
 
@@ -411,13 +391,8 @@ START_TEST(test_timeout_chan) {
   int64_t t0 = ps_test_now_ms();
   sc_pull p = {.chan = ch, .model = "slow", .worker = 0, .clock = 1};
   sc_pull_start(&p);
-  while (!p.done && ps_test_now_ms() < t0 + SC_PULL_TIMEOUT_MS + 3000) {
-    Ps__HeartbeatRequest hb = PS__HEARTBEAT_REQUEST__INIT;
-    hb.worker = 1;
-    ProtobufCMessage *rep = NULL;
-    if (ps_rpc_call(r, "/ps.Ps/Heartbeat", &hb.base, &ps__heartbeat_reply__descriptor, &rep,
-                    2000, &eb) == 0)
-      protobuf_c_message_free_unpacked(rep, NULL);
+  while (!ps_test_bg_done(&p.bg) && ps_test_now_ms() < t0 + SC_PULL_TIMEOUT_MS + 3000) {
+    ps_test_beat(r, 1, 0, &eb); /* worker 1 stays alive, and behind */
     usleep(100000);
   }
   ck_assert(sc_wait(&p, 100));

@@ -102,11 +102,10 @@ typedef struct cons_pull {
   int err;
   ps_errbuf eb;
   int64_t done_ms;
-  volatile int done;
-  pthread_t th;
+  ps_test_bg bg;
 } cons_pull;
 
-static void *cons_pull_thread(void *arg) {
+static void cons_pull_run(void *arg) {
   cons_pull *p = arg;
   if (p->chan) {
     float out[8];
@@ -126,22 +125,12 @@ static void *cons_pull_thread(void *arg) {
     if (rep) protobuf_c_message_free_unpacked(rep, NULL);
   }
   p->done_ms = ps_test_now_ms();
-  p->done = 1;
-  return NULL;
 }
 
-static void cons_pull_start(cons_pull *p) {
-  p->done = 0;
-  ck_assert_int_eq(pthread_create(&p->th, NULL, cons_pull_thread, p), 0);
-}
+static void cons_pull_start(cons_pull *p) { ps_test_bg_start(&p->bg, cons_pull_run, p); }
 
 /* cons_wait waits up to MS for P to finish; returns 1 when it did. */
-static int cons_wait(cons_pull *p, int ms) {
-  int64_t end = ps_test_now_ms() + ms;
-  while (!p->done && ps_test_now_ms() < end) usleep(5000);
-  if (p->done) pthread_join(p->th, NULL);
-  return p->done;
-}
+static int cons_wait(cons_pull *p, int ms) { return ps_test_bg_wait(&p->bg, ms); }
 
 /* cons_rejoin sends a heartbeat marked rejoin for workers 0 and 1: the
  * tests share one shard, and a worker an earlier test let expire is
@@ -149,14 +138,8 @@ static int cons_wait(cons_pull *p, int ms) {
  * it does with its first beat. */
 static void cons_rejoin(ps_rpc *r) {
   for (uint32_t w = 0; w < 2; w++) {
-    Ps__HeartbeatRequest hb = PS__HEARTBEAT_REQUEST__INIT;
-    hb.worker = w;
-    hb.rejoin = 1;
-    ProtobufCMessage *rep = NULL;
     ps_errbuf eb;
-    ck_assert_msg(ps_rpc_call(r, "/ps.Ps/Heartbeat", &hb.base, &ps__heartbeat_reply__descriptor,
-                              &rep, 2000, &eb) == 0, "rejoin of worker %u: %s", w, eb.msg);
-    protobuf_c_message_free_unpacked(rep, NULL);
+    ck_assert_msg(ps_test_beat(r, w, 1, &eb) == 0, "rejoin of worker %u: %s", w, eb.msg);
   }
 }
 
@@ -417,13 +400,8 @@ START_TEST(test_parked_pull_times_out) {
   int64_t t0 = ps_test_now_ms();
   cons_pull p = {.r = r, .model = "slow", .worker = 0, .clock = 1};
   cons_pull_start(&p);
-  while (!p.done && ps_test_now_ms() < t0 + CONS_PULL_TIMEOUT_MS + 2000) {
-    Ps__HeartbeatRequest hb = PS__HEARTBEAT_REQUEST__INIT;
-    hb.worker = 1;
-    ProtobufCMessage *rep = NULL;
-    if (ps_rpc_call(r, "/ps.Ps/Heartbeat", &hb.base, &ps__heartbeat_reply__descriptor, &rep,
-                    2000, &eb) == 0)
-      protobuf_c_message_free_unpacked(rep, NULL);
+  while (!ps_test_bg_done(&p.bg) && ps_test_now_ms() < t0 + CONS_PULL_TIMEOUT_MS + 2000) {
+    ps_test_beat(r, 1, 0, &eb); /* worker 1 stays alive, and behind */
     usleep(100000);
   }
   ck_assert(cons_wait(&p, 100));

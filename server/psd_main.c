@@ -202,10 +202,34 @@ static int psd_main_recover(psd_main *m) {
             (unsigned long long)from, (unsigned long long)st.replay_ms,
             (unsigned long long)st.replay_dropped);
   }
-  if (err == 0 && !sync) { /* periodic: the replayed state goes into a snapshot */
+  /* A snapshot ahead of the log's last record (one written before the
+   * write-ahead rule, psd_store invariant 11, by a shard killed before
+   * the records it held were synced): a log that went on after its last
+   * record would give those seqs again, and a later replay would skip
+   * the new records as held.  So the replayed state goes into a snapshot
+   * at the newest position and the log starts above it, as under
+   * periodic, where the replayed state always goes into a snapshot. */
+  uint64_t top = m->dur_d;
+  if (m->dur_sp != UINT64_MAX && m->dur_sp > top) top = m->dur_sp;
+  psd_wal_stats ls = {0};
+  if (err == 0) psd_wal_stats_get(w, &ls);
+  int ahead = err == 0 && top > ls.last_seq;
+  if (err == 0 && (!sync || ahead)) {
+    if (ahead)
+      ps_warn("shard %u: the snapshot holds records up to %llu, the redo log ends at %llu: "
+              "taking a snapshot of the replayed state and starting the log after %llu",
+              sh->me->id, (unsigned long long)top, (unsigned long long)ls.last_seq,
+              (unsigned long long)top);
+    psd_store_log_note(sh->store, top);
     err = psd_store_flush(sh->store, &eb);
     if (err == 0) err = psd_shard_sparse_flush(sh, &eb);
-    if (err == 0) err = psd_wal_discard(w, &eb);
+    if (err == 0) err = psd_wal_discard(w, top, &eb);
+    if (err == 0) {
+      m->dur_d = top;
+      if (m->dur_sp != UINT64_MAX) m->dur_sp = top;
+    }
+  }
+  if (err == 0 && !sync) {
     psd_wal_free(w);
     w = NULL;
   }

@@ -407,7 +407,7 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
 }
 
 /* psd_wal_discard: see psd_wal.h. */
-int psd_wal_discard(psd_wal *w, ps_errbuf *eb) {
+int psd_wal_discard(psd_wal *w, uint64_t above, ps_errbuf *eb) {
   for (size_t i = 0; i < w->nsegs; i++) {
     char name[32];
     wal_seg_name(name, sizeof name, w->segs[i].first);
@@ -422,6 +422,10 @@ int psd_wal_discard(psd_wal *w, ps_errbuf *eb) {
   w->nsegs = 0;
   w->nspare = 0;
   w->bytes = 0;
+  if (above >= w->next_seq) {
+    w->next_seq = above + 1;
+    w->synced_seq = above;
+  }
   (void)fsync(w->dirfd);
   return 0;
 }

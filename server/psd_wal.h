@@ -133,8 +133,9 @@ typedef int psd_wal_replay_fn(void *arg, uint64_t seq, const uint8_t *p, size_t 
 int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, ps_errbuf *eb);
 
 /* psd_wal_discard removes every segment of a log that is not started
- * (after a snapshot took in what it held).  0 or PS_EIO. */
-int psd_wal_discard(psd_wal *w, ps_errbuf *eb);
+ * (after a snapshot took in what it held); the next seq it gives is
+ * after max(its last record, ABOVE).  0 or PS_EIO. */
+int psd_wal_discard(psd_wal *w, uint64_t above, ps_errbuf *eb);
 
 /* psd_wal_start opens a fresh segment and starts the writer thread and
  * the loop's wake-up handle.  0 or PS_EIO/PS_ENOSPC with a message. */

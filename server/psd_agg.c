@@ -93,6 +93,8 @@ typedef struct agg_link {
   int ever;                 /* the thread's: it had a connection before */
 } agg_link;
 
+typedef struct agg_spec_fetch agg_spec_fetch;
+
 struct psd_agg {
   uv_loop_t *loop;
   const ps_config *cfg;
@@ -101,6 +103,7 @@ struct psd_agg {
   agg_model *models;
   agg_group *groups;
   agg_copy *copies;
+  agg_spec_fetch *fetches;  /* GetModel calls on the way (invariant 7) */
   uv_timer_t timer;         /* forwards groups at their deadline */
   uv_async_t done_async;
   pthread_mutex_t mu;
@@ -130,6 +133,8 @@ struct psd_agg {
 
 static void agg_timer_arm(psd_agg *a);
 static void agg_forget(psd_agg *a, uint32_t shard, uint32_t w);
+static void agg_op_add(psd_op **list, psd_op *op);
+static void agg_op_done_pop(psd_op **list, int code, const char *msg);
 
 /* ---- models ------------------------------------------------------------------ */
 
@@ -141,31 +146,43 @@ static void agg_model_free(agg_model *m) {
   free(m);
 }
 
-/* agg_model_fetch asks the roots for MODEL's spec and builds its layout
- * into a new entry (*OUT, not yet in a->models). */
-static int agg_model_fetch(psd_agg *a, const char *model, agg_model **out, ps_errbuf *eb) {
+/* agg_spec_rpc asks the roots (CFG's shards, in order) for MODEL's spec
+ * (*RESP).  Touches nothing of the aggregator: it runs on a thread of
+ * libuv's pool (agg_fetch_work), never on the loop (invariant 7). */
+static int agg_spec_rpc(const ps_config *cfg, const char *model, ProtobufCMessage **resp,
+                        ps_errbuf *eb) {
   Ps__GetModelRequest req = PS__GET_MODEL_REQUEST__INIT;
   req.name = (char *)model;
   int err = PS_EUNAVAIL;
-  ProtobufCMessage *resp = NULL;
-  for (size_t i = 0; i < a->cfg->nshards; i++) {
+  *resp = NULL;
+  ps_errf(eb, PS_EUNAVAIL, "no root shard configured");
+  for (size_t i = 0; i < cfg->nshards; i++) {
     ps_rpc *rpc = NULL;
     /* GetModel is a worker's right: the worker certificate under TLS */
-    if ((err = ps_rpc_open_cfg(&rpc, a->cfg->shards[i].grpc_addr, a->cfg, PS_ROLE_WORKER, eb)) < 0)
+    if ((err = ps_rpc_open_cfg(&rpc, cfg->shards[i].grpc_addr, cfg, PS_ROLE_WORKER, eb)) < 0)
       continue;
-    err = ps_rpc_call(rpc, "/ps.Ps/GetModel", &req.base, &ps__get_model_reply__descriptor, &resp,
+    err = ps_rpc_call(rpc, "/ps.Ps/GetModel", &req.base, &ps__get_model_reply__descriptor, resp,
                       AGG_GETMODEL_TIMEOUT_MS, eb);
     ps_rpc_close(rpc);
     if (err == 0 || err == PS_ENOENT) break;
   }
   if (err < 0) return ps_errf(eb, err, "model '%s': no root shard answered: %s", model, eb->msg);
+  return 0;
+}
+
+/* agg_model_build builds a new entry (*OUT, not yet in a->models) from
+ * RESP (a GetModelReply, owned by the entry from here on, freed on
+ * failure), fetched for connections stamped up to STAMP. */
+static int agg_model_build(psd_agg *a, const char *model, ProtobufCMessage *resp, uint64_t stamp,
+                           agg_model **out, ps_errbuf *eb) {
   agg_model *m = calloc(1, sizeof *m);
   if (!m) {
     protobuf_c_message_free_unpacked(resp, NULL);
     return ps_errf(eb, PS_ENOMEM, "out of memory");
   }
   m->reply = (Ps__GetModelReply *)resp;
-  m->stamp = a->stamp;
+  m->stamp = stamp;
+  int err;
   if (!m->reply->model) err = ps_errf(eb, PS_EPROTO, "GetModel '%s' without a model", model);
   else
     err = ps_layout_build(&m->layout, m->reply->model, a->cfg->chunk_elems, a->shard_ids,
@@ -212,49 +229,161 @@ static void agg_model_retire(psd_agg *a, agg_model *m) {
     }
 }
 
-/* agg_model_refresh fetches M's spec again for a connection opened after
- * M was fetched: *OUT is M when the spec is the same or the roots do not
- * answer (said), else a new entry that retires M. */
-static void agg_model_refresh(psd_agg *a, agg_model *m, agg_model **out) {
-  const char *name = m->reply->model->name;
-  agg_model *n = NULL;
-  ps_errbuf eb = {""};
-  *out = m;
-  m->stamp = a->stamp; /* one try for the connections opened so far */
-  if (agg_model_fetch(a, name, &n, &eb) < 0) {
-    ps_warn("aggregator %s: model '%s' not fetched again (%s); keeping its layout", a->me->name,
-            name, eb.msg);
-    return;
-  }
-  if (agg_spec_same(m->reply->model, n->reply->model)) {
-    agg_model_free(n);
-    return;
-  }
-  agg_model_retire(a, m);
-  n->next = a->models;
-  a->models = n;
-  *out = n;
-  ps_info("aggregator %s: model '%s' changed on the roots (replaced): %llu parameters, %zu "
-          "chunks now", a->me->name, name, (unsigned long long)n->layout.nparams,
-          n->layout.nchunks);
+/* ---- spec fetches off the loop (invariant 7) ----------------------------------- */
+
+/* A GetModel of one model name, run on libuv's thread pool. */
+struct agg_spec_fetch {
+  uv_work_t work;
+  psd_agg *a;               /* NULL: the aggregator was freed first (free F then) */
+  agg_spec_fetch *next;     /* in a->fetches */
+  const ps_config *cfg;
+  char *name;
+  uint64_t stamp;           /* a->stamp when it started */
+  psd_op *waiters;          /* finished (status 0: ask again) when it is done */
+  ProtobufCMessage *resp;   /* the pool thread's result */
+  int err;
+  ps_errbuf eb;
+};
+
+static void agg_fetch_work(uv_work_t *w) {
+  agg_spec_fetch *f = w->data;
+  f->err = agg_spec_rpc(f->cfg, f->name, &f->resp, &f->eb);
 }
 
-/* agg_model_get returns MODEL's entry, fetching it the first time and
- * again for a connection stamped STAMP after the last fetch. */
+/* agg_model_find returns the entry in service for MODEL, or NULL. */
+static agg_model *agg_model_find(psd_agg *a, const char *model) {
+  for (agg_model *m = a->models; m; m = m->next)
+    if (!m->retired && !strcmp(m->reply->model->name, model)) return m;
+  return NULL;
+}
+
+/* agg_fetch_find returns the fetch of MODEL on the way, or NULL. */
+static agg_spec_fetch *agg_fetch_find(psd_agg *a, const char *model) {
+  for (agg_spec_fetch *f = a->fetches; f; f = f->next)
+    if (!strcmp(f->name, model)) return f;
+  return NULL;
+}
+
+/* agg_fetch_landed takes fetch F's spec into service (on the loop): a
+ * first one becomes MODEL's entry, a fetch again replaces the entry when
+ * the spec changed on the roots (retiring it) and is dropped when it did
+ * not or the roots did not answer (said: the layout it has stays).
+ * Returns 0, or F's failure for a model fetched the first time. */
+static int agg_fetch_landed(psd_agg *a, agg_spec_fetch *f, ps_errbuf *eb) {
+  agg_model *m = agg_model_find(a, f->name), *n = NULL;
+  int err = f->err;
+  if (err < 0) {
+    if (!m) return ps_errf(eb, err, "%s", f->eb.msg);
+    ps_warn("aggregator %s: model '%s' not fetched again (%s); keeping its layout", a->me->name,
+            f->name, f->eb.msg);
+    return 0;
+  }
+  ProtobufCMessage *resp = f->resp;
+  f->resp = NULL;
+  if ((err = agg_model_build(a, f->name, resp, f->stamp, &n, eb)) < 0) {
+    if (!m) return err;
+    ps_warn("aggregator %s: model '%s' fetched again unusable (%s); keeping its layout",
+            a->me->name, f->name, eb->msg);
+    return 0;
+  }
+  if (m && agg_spec_same(m->reply->model, n->reply->model)) {
+    agg_model_free(n);
+    return 0;
+  }
+  if (m) agg_model_retire(a, m);
+  n->next = a->models;
+  a->models = n;
+  if (m)
+    ps_info("aggregator %s: model '%s' changed on the roots (replaced): %llu parameters, %zu "
+            "chunks now", a->me->name, f->name, (unsigned long long)n->layout.nparams,
+            n->layout.nchunks);
+  else
+    ps_info("aggregator %s: model '%s' (%llu parameters, %zu chunks)", a->me->name, f->name,
+            (unsigned long long)n->layout.nparams, n->layout.nchunks);
+  return 0;
+}
+
+/* agg_fetch_done (loop) takes fetch F's result into service and finishes
+ * its waiters: 0 (they ask again), or the failure of a first fetch. */
+static void agg_fetch_done(uv_work_t *w, int status) {
+  agg_spec_fetch *f = w->data;
+  psd_agg *a = f->a;
+  (void)status; /* never cancelled: uv_cancel is not used */
+  if (a) {
+    for (agg_spec_fetch **p = &a->fetches; *p; p = &(*p)->next)
+      if (*p == f) {
+        *p = f->next;
+        break;
+      }
+    ps_errbuf eb = {""};
+    int err = a->stopped ? ps_errf(&eb, PS_ESHUTDOWN, "aggregator %s is shutting down",
+                                   a->me->name)
+                         : agg_fetch_landed(a, f, &eb);
+    while (f->waiters) agg_op_done_pop(&f->waiters, err, err < 0 ? eb.msg : NULL);
+  }
+  if (f->resp) protobuf_c_message_free_unpacked(f->resp, NULL);
+  free(f->name);
+  free(f);
+}
+
+/* agg_fetch_start starts a fetch of MODEL's spec off the loop, for the
+ * connections opened so far; *OUT (may be NULL): it. */
+static int agg_fetch_start(psd_agg *a, const char *model, agg_spec_fetch **out, ps_errbuf *eb) {
+  agg_spec_fetch *f = calloc(1, sizeof *f);
+  if (!f || !(f->name = strdup(model))) {
+    free(f);
+    return ps_errf(eb, PS_ENOMEM, "aggregator out of memory");
+  }
+  f->a = a;
+  f->cfg = a->cfg;
+  f->stamp = a->stamp;
+  f->work.data = f;
+  int rc = uv_queue_work(a->loop, &f->work, agg_fetch_work, agg_fetch_done);
+  if (rc < 0) {
+    free(f->name);
+    free(f);
+    return ps_errf(eb, PS_ENOMEM, "aggregator: cannot fetch model '%s': %s", model,
+                   uv_strerror(rc));
+  }
+  f->next = a->fetches;
+  a->fetches = f;
+  if (out) *out = f;
+  return 0;
+}
+
+/* agg_model_get returns MODEL's entry without waiting (invariant 7): it
+ * starts a fetch the first time (PS_EUNAVAIL until it landed) and again
+ * for a connection stamped STAMP after the last fetch (the entry it has
+ * serves meanwhile). */
 static int agg_model_get(psd_agg *a, const char *model, uint64_t stamp, agg_model **out,
                          ps_errbuf *eb) {
-  for (agg_model *m = a->models; m; m = m->next)
-    if (!m->retired && !strcmp(m->reply->model->name, model)) {
-      if (stamp > m->stamp) agg_model_refresh(a, m, &m);
-      return *out = m, 0;
-    }
-  int err = agg_model_fetch(a, model, out, eb);
-  if (err < 0) return err;
-  (*out)->next = a->models;
-  a->models = *out;
-  ps_info("aggregator %s: model '%s' (%llu parameters, %zu chunks)", a->me->name, model,
-          (unsigned long long)(*out)->layout.nparams, (*out)->layout.nchunks);
-  return 0;
+  agg_model *m = agg_model_find(a, model);
+  if (m && stamp > m->stamp && !agg_fetch_find(a, model)) {
+    m->stamp = a->stamp; /* one try for the connections opened so far */
+    agg_fetch_start(a, model, NULL, eb);
+  }
+  if (m) return *out = m, 0;
+  if (!agg_fetch_find(a, model)) {
+    int err = agg_fetch_start(a, model, NULL, eb);
+    if (err < 0) return err;
+  }
+  return ps_errf(eb, PS_EUNAVAIL, "model '%s': its layout is being fetched from the root shards; "
+                 "try again", model);
+}
+
+/* psd_agg_spec_wait: see psd_agg.h. */
+int psd_agg_spec_wait(psd_agg *a, const char *model, uint64_t stamp, psd_op *op, ps_errbuf *eb) {
+  if (a->stopped) return 0; /* the request's own call says so */
+  agg_spec_fetch *f = agg_fetch_find(a, model);
+  if (!f) {
+    agg_model *m = agg_model_find(a, model);
+    if (m && stamp <= m->stamp) return 0;
+    if (m) m->stamp = a->stamp; /* one try for the connections opened so far */
+    int err = agg_fetch_start(a, model, &f, eb);
+    if (err < 0) return err;
+  }
+  agg_op_add(&f->waiters, op);
+  return 1;
 }
 
 /* agg_route checks R's ids (known, all on one root shard) and returns that
@@ -1077,6 +1206,8 @@ static void agg_fail_all(psd_agg *a, int code, const char *msg) {
     while (g->waiters) agg_op_done_pop(&g->waiters, code, msg);
   for (agg_copy *c = a->copies; c; c = c->next)
     while (c->waiters) agg_op_done_pop(&c->waiters, code, msg);
+  for (agg_spec_fetch *f = a->fetches; f; f = f->next)
+    while (f->waiters) agg_op_done_pop(&f->waiters, code, msg);
 }
 
 /* psd_agg_stop: see psd_agg.h.  Link threads are told to quit; psd_agg_free
@@ -1126,6 +1257,8 @@ void psd_agg_free(psd_agg *a) {
     free(c->data);
     free(c);
   }
+  for (agg_spec_fetch *f = a->fetches; f; f = f->next) /* still running: it frees itself */
+    f->a = NULL;
   while (a->models) {
     agg_model *m = a->models;
     a->models = m->next;

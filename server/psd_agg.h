@@ -78,7 +78,13 @@
  *     stays; a shard that kept it or failed is asked again every
  *     heartbeat while the worker stays away, up to a lease after its last
  *     word here); its sums stop waiting for it at once, not after
- *     lease_ms. */
+ *     lease_ms.
+ *  7. Model specs (GetModel, gRPC) are fetched on libuv's thread pool,
+ *     never on the loop: a request whose model's layout is not here, or
+ *     was fetched before its connection opened, waits (its connection
+ *     paused: psd_agg_spec_wait) while the loop serves everything else;
+ *     one fetch per model name at a time, its waiters all answered when
+ *     it lands. */
 #ifndef PSD_AGG_H
 #define PSD_AGG_H
 
@@ -133,11 +139,21 @@ void psd_agg_free(psd_agg *a);
  * the ps_req.conn_stamp of its requests (increasing, never 0). */
 uint64_t psd_agg_conn_stamp(psd_agg *a);
 
+/* psd_agg_spec_wait readies MODEL's layout for a request on a connection
+ * stamped STAMP (invariant 7): 0 when it is here and was fetched after
+ * that connection opened; else 1, a GetModel runs off the loop (the first
+ * fetch, or again: a `psctl submit --replace` is seen by the connections
+ * opened after it) and OP (done.fn and arg set by the caller) finishes
+ * once it is done: status 0, ask again; a PS_E* code when a model never
+ * fetched could not be (the roots' word, PS_EUNAVAIL when none answered).
+ * A failed fetch again keeps the layout it has.  psd_agg_cancel takes OP
+ * back.  PS_ENOMEM (OP unused). */
+int psd_agg_spec_wait(psd_agg *a, const char *model, uint64_t stamp, psd_op *op, ps_errbuf *eb);
+
 /* psd_agg_payload validates a push (PUSH non-zero) or pull of R against
- * its model's layout (fetched from a root the first time, and again when
- * R->conn_stamp is later than the last fetch, blocking the loop for at
- * most a few seconds; a failed refetch keeps the layout it has) and sizes
- * its payload in R->codec. */
+ * its model's layout and sizes its payload in R->codec.  It never waits:
+ * a model whose layout is not here yet is PS_EUNAVAIL (a fetch started;
+ * callers that can wait use psd_agg_spec_wait first). */
 int psd_agg_payload(psd_agg *a, const ps_req *r, int push, uint64_t *nelems, uint64_t *nbytes,
                     ps_errbuf *eb);
 

@@ -161,20 +161,27 @@ int ps_test_chan_connect(ps_chan_client **c, const char *addr, const char *clust
 }
 
 /* ps_test_chan_connect_flags: see ps_test.h. */
+/* ps_test_chan_key: see ps_test.h. */
+int ps_test_chan_key(ps_auth_keys *keys, const ps_auth_key **key, int *flags, ps_errbuf *eb) {
+  ps_config cfg;
+  *key = NULL;
+  *flags = 0;
+  int rc = ps_test_client_config(&cfg, eb);
+  if (rc < 0) return rc;
+  rc = ps_auth_client_key(cfg.security.secret_file, PS_ROLE_WORKER, keys, key, eb);
+  *flags = cfg.security.payload_mac ? PS_CHAN_AUTH_MAC : 0;
+  ps_config_release(&cfg);
+  return rc;
+}
+
 int ps_test_chan_connect_flags(ps_chan_client **c, const char *addr, const char *cluster,
                                int flags, int timeout_ms, ps_errbuf *eb) {
-  ps_config cfg;
   ps_auth_keys keys = {0};
   const ps_auth_key *key = NULL;
-  int rc = ps_test_client_config(&cfg, eb);
-  if (rc == 0)
-    rc = ps_auth_client_key(cfg.security.secret_file, PS_ROLE_WORKER, &keys, &key, eb);
-  if (rc == 0)
-    rc = ps_chan_connect_auth(c, addr, cluster, key,
-                              (cfg.security.payload_mac ? PS_CHAN_AUTH_MAC : 0) | flags,
-                              timeout_ms, eb);
+  int mac = 0;
+  int rc = ps_test_chan_key(&keys, &key, &mac, eb);
+  if (rc == 0) rc = ps_chan_connect_auth(c, addr, cluster, key, mac | flags, timeout_ms, eb);
   ps_auth_release(&keys);
-  ps_config_release(&cfg);
   return rc;
 }
 

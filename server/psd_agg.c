@@ -2,10 +2,8 @@
  * invariants). */
 #include "psd_agg.h"
 
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "ps_auth.h"
 #include "ps_chan.h"
@@ -14,6 +12,7 @@
 #include "ps_pb.h"
 #include "ps_rpc.h"
 #include "ps_time.h"
+#include "psd_chan_client.h"
 #include "psd_clock.h"
 
 #define AGG_GETMODEL_TIMEOUT_MS 3000
@@ -62,35 +61,33 @@ typedef struct agg_copy {
   psd_op *waiters;
 } agg_copy;
 
-/* One request to a root, run by a link thread. */
+/* One request to a root, on a link (invariant 4). */
 typedef struct agg_job {
   struct agg_job *next;
   int push;
   int leave;                /* a leaving beat for r.worker (invariant 6) */
   int stayed, gone;         /* leave: the root did not act on it; it had nothing to leave */
-  int reconnected;          /* the link connected again for it (invariant 6) */
   uint32_t shard;           /* leave: the root's index */
-  struct agg_link *link;    /* the link that runs it */
+  struct agg_link *link;    /* the link that carries it */
   agg_group *g;             /* push: the group it forwards (owned) */
   agg_copy *c;              /* pull: the copy it fills */
   ps_req r;                 /* model, ids borrowed from g / c */
   void *data;               /* push payload (owned) / pull destination (owned) */
   uint64_t nbytes;
+  uint8_t beat[64];         /* leave: the packed HeartbeatRequest */
+  psd_cc_req q;             /* its request on the link's client */
   int status;
   uint64_t version;
   ps_errbuf eb;
 } agg_job;
 
-/* One connection to a root shard and the thread that uses it. */
+/* One connection to a root shard: a channel client on the loop. */
 typedef struct agg_link {
   psd_agg *a;
   const ps_shard_conf *root;
-  pthread_t thread;
-  agg_job *head, *tail;     /* under a->mu */
-  int busy;                 /* jobs queued or running */
-  int exited;               /* under a->mu: the thread is done */
-  ps_chan_client *ch;       /* the thread's */
-  int ever;                 /* the thread's: it had a connection before */
+  psd_cc *cc;
+  size_t busy;              /* jobs in flight on it */
+  uint64_t gen;             /* psd_cc_gen of the last job done (invariant 6: reconnects) */
 } agg_link;
 
 typedef struct agg_spec_fetch agg_spec_fetch;
@@ -105,12 +102,8 @@ struct psd_agg {
   agg_copy *copies;
   agg_spec_fetch *fetches;  /* GetModel calls on the way (invariant 7) */
   uv_timer_t timer;         /* forwards groups at their deadline */
-  uv_async_t done_async;
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  agg_job *done;            /* finished jobs, under mu */
-  int quit;                 /* under mu */
-  size_t nexited;           /* under mu: link threads done */
+  uv_async_t done_async;    /* runs the finished jobs on the next loop turn */
+  agg_job *done;            /* finished jobs, newest first */
   size_t nlinks, per_shard; /* per_shard links per root: [0] pushes, the rest pulls */
   agg_link *links;
   int stopped;
@@ -431,93 +424,34 @@ int psd_agg_payload(psd_agg *a, const ps_req *r, int push, uint64_t *nelems, uin
 
 /* ---- links (invariant 4) ------------------------------------------------------ */
 
-/* agg_link_leave sends leave job J's beat (invariant 6): the worker
- * leaves the root unless it spoke to it within 2 x heartbeat_ms. */
-static int agg_link_leave(agg_link *l, agg_job *j) {
-  Ps__HeartbeatRequest req = PS__HEARTBEAT_REQUEST__INIT;
-  req.worker = j->r.worker;
-  req.leaving = 1;
-  req.leave_if_silent_ms = 2 * l->a->cfg->workers.heartbeat_ms;
-  size_t n = ps__heartbeat_request__get_packed_size(&req);
-  uint8_t buf[64];
-  if (n > sizeof buf) return ps_errf(&j->eb, PS_EINVAL, "leaving beat of %zu bytes", n);
-  ps__heartbeat_request__pack(&req, buf);
-  void *rep = NULL;
-  size_t rlen = 0;
-  int rc = ps_chan_beat(l->ch, buf, n, &rep, &rlen, &j->eb);
-  Ps__HeartbeatReply *r = NULL;
-  if (rc == 0 && (rc = ps_pb_unpack(&ps__heartbeat_reply__descriptor, rep, rlen,
-                                    (ProtobufCMessage **)&r, &j->eb)) == 0) {
-    j->stayed = r->stayed;
-    j->gone = r->expired;
-    protobuf_c_message_free_unpacked(&r->base, NULL);
-  }
-  free(rep);
-  return rc;
-}
-
-/* agg_link_run sends job J to the link's root and waits for the answer
- * (link thread). */
-static void agg_link_run(agg_link *l, agg_job *j) {
-  if (!l->ch) {
-    j->status = ps_chan_connect_auth(&l->ch, l->root->channel_addr, l->a->cfg->cluster, l->a->key,
-                                     l->a->cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0,
-                                     AGG_CONNECT_TIMEOUT_MS, &j->eb);
-    if (j->status < 0) {
-      l->ch = NULL;
-      return;
+/* agg_job_fin (a link's request finished, on the loop) keeps job J's
+ * result for agg_on_done, which acts on it on the next loop turn: a
+ * request may finish inside the call that made it (a connection that
+ * could not start), and the caller is not done with it yet. */
+static void agg_job_fin(psd_done *d, int status, const char *msg) {
+  agg_job *j = d->arg;
+  psd_agg *a = j->link->a;
+  j->status = status;
+  if (status < 0) {
+    ps_errf(&j->eb, status, "%s", msg ? msg : ps_strerror(status));
+  } else if (j->leave) {
+    Ps__HeartbeatReply *r = NULL;
+    j->status = ps_pb_unpack(&ps__heartbeat_reply__descriptor, d->data, d->nbytes,
+                             (ProtobufCMessage **)&r, &j->eb);
+    if (r) {
+      j->stayed = r->stayed;
+      j->gone = r->expired;
+      protobuf_c_message_free_unpacked(&r->base, NULL);
     }
-    /* a pull may stay parked on the root up to pull_timeout_ms */
-    ps_chan_set_timeout(l->ch, (int)l->a->cfg->training.pull_timeout_ms + 5000);
-    j->reconnected = l->ever;
-    l->ever = 1;
-  }
-  j->r.nbytes = j->nbytes;
-  if (j->leave) {
-    j->status = agg_link_leave(l, j);
-  } else if (j->push) {
-    j->r.grads = j->data;
-    j->status = ps_chan_push(l->ch, &j->r, &j->version, &j->eb);
   } else {
-    j->r.out = j->data;
-    j->status = ps_chan_pull(l->ch, &j->r, &j->version, &j->eb);
+    j->version = d->version;
   }
-  if (j->status == PS_EUNAVAIL || j->status == PS_EIO || j->status == PS_ETIMEDOUT ||
-      j->status == PS_EPROTO) {
-    ps_chan_close(l->ch); /* unusable now; the next job reconnects */
-    l->ch = NULL;
-  }
+  j->next = a->done;
+  a->done = j;
+  if (!a->stopped) uv_async_send(&a->done_async);
 }
 
-/* agg_link_main runs the link's jobs until told to quit. */
-static void *agg_link_main(void *arg) {
-  agg_link *l = arg;
-  psd_agg *a = l->a;
-  pthread_mutex_lock(&a->mu);
-  for (;;) {
-    while (!l->head && !a->quit) pthread_cond_wait(&a->cv, &a->mu);
-    if (a->quit) break;
-    agg_job *j = l->head;
-    if (!(l->head = j->next)) l->tail = NULL;
-    pthread_mutex_unlock(&a->mu);
-    agg_link_run(l, j);
-    pthread_mutex_lock(&a->mu);
-    j->next = a->done;
-    a->done = j;
-    uv_async_send(&a->done_async);
-  }
-  pthread_mutex_unlock(&a->mu);
-  ps_chan_close(l->ch);
-  l->ch = NULL;
-  pthread_mutex_lock(&a->mu);
-  l->exited = 1;
-  a->nexited++;
-  pthread_cond_broadcast(&a->cv);
-  pthread_mutex_unlock(&a->mu);
-  return NULL;
-}
-
-/* agg_submit queues J on a link of root SHARD: the push link (pushes and
+/* agg_submit sends J on a link of root SHARD: the push link (pushes and
  * leaves), or the pull link with the fewest jobs. */
 static void agg_submit(psd_agg *a, uint32_t shard, agg_job *j) {
   agg_link *l = &a->links[shard * a->per_shard];
@@ -529,12 +463,32 @@ static void agg_submit(psd_agg *a, uint32_t shard, agg_job *j) {
   l->busy++;
   j->link = l;
   j->next = NULL;
-  pthread_mutex_lock(&a->mu);
-  if (l->tail) l->tail->next = j;
-  else l->head = j;
-  l->tail = j;
-  pthread_cond_broadcast(&a->cv);
-  pthread_mutex_unlock(&a->mu);
+  j->q.done = (psd_done){.fn = agg_job_fin, .arg = j};
+  j->r.nbytes = j->nbytes;
+  int rc;
+  ps_errbuf eb;
+  if (j->leave) {
+    /* invariant 6: the worker leaves the root unless it spoke to it within
+     * 2 x heartbeat_ms */
+    Ps__HeartbeatRequest req = PS__HEARTBEAT_REQUEST__INIT;
+    req.worker = j->r.worker;
+    req.leaving = 1;
+    req.leave_if_silent_ms = 2 * a->cfg->workers.heartbeat_ms;
+    size_t n = ps__heartbeat_request__get_packed_size(&req);
+    if (n > sizeof j->beat) {
+      rc = ps_errf(&eb, PS_EINVAL, "leaving beat of %zu bytes", n);
+    } else {
+      ps__heartbeat_request__pack(&req, j->beat);
+      rc = psd_cc_beat(l->cc, j->beat, n, &j->q, &eb);
+    }
+  } else if (j->push) {
+    j->r.grads = j->data;
+    rc = psd_cc_push(l->cc, &j->r, &j->q, &eb);
+  } else {
+    j->r.out = j->data;
+    rc = psd_cc_pull(l->cc, &j->r, &j->q, &eb);
+  }
+  if (rc < 0) agg_job_fin(&j->q.done, rc, eb.msg);
 }
 
 /* ---- waiters ------------------------------------------------------------------ */
@@ -1101,10 +1055,8 @@ static void agg_pull_done(psd_agg *a, agg_job *j) {
 /* agg_on_done runs the finished jobs' completions on the loop. */
 static void agg_on_done(uv_async_t *h) {
   psd_agg *a = h->data;
-  pthread_mutex_lock(&a->mu);
   agg_job *list = a->done;
   a->done = NULL;
-  pthread_mutex_unlock(&a->mu);
   uv_update_time(a->loop); /* agg_touch's clock */
   agg_job *rev = NULL; /* oldest first */
   while (list) {
@@ -1121,7 +1073,11 @@ static void agg_on_done(uv_async_t *h) {
       ps_warn("aggregator %s: %s to shard %u failed: %s%s", a->me->name,
               j->leave ? "a worker's leave" : j->push ? "push" : "pull", a->cfg->shards[shard].id,
               j->eb.msg, j->leave ? " (asked again, or its lease there decides)" : "");
-    if (j->reconnected) agg_forget(a, shard, UINT32_MAX); /* it may have restarted: inv. 6 */
+    if (j->q.gen > j->link->gen) { /* a new connection carried it */
+      /* it may have restarted: invariant 6 */
+      if (j->link->gen) agg_forget(a, shard, UINT32_MAX);
+      j->link->gen = j->q.gen;
+    }
     if (j->leave) agg_leave_done(a, j);
     else if (j->push) agg_push_done(a, j);
     else agg_pull_done(a, j);
@@ -1173,8 +1129,6 @@ int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_a
     return rc;
   }
   ps_config_shard_ids(cfg, a->shard_ids);
-  pthread_mutex_init(&a->mu, NULL);
-  pthread_cond_init(&a->cv, NULL);
   uv_timer_init(loop, &a->timer);
   a->timer.data = a;
   uv_async_init(loop, &a->done_async, agg_on_done);
@@ -1183,10 +1137,15 @@ int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_a
     agg_link *l = &a->links[i];
     l->a = a;
     l->root = &cfg->shards[i / a->per_shard];
-    if (pthread_create(&l->thread, NULL, agg_link_main, l) != 0) {
+    /* a pull may stay parked on the root up to pull_timeout_ms */
+    if ((rc = psd_cc_new(&l->cc, loop, l->root->channel_addr, cfg->cluster, a->key,
+                         cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0,
+                         AGG_CONNECT_TIMEOUT_MS, (int)cfg->training.pull_timeout_ms + 5000,
+                         eb)) < 0) {
       a->nlinks = i;
       psd_agg_stop(a);
-      return ps_errf(eb, PS_ENOMEM, "cannot start the aggregator's threads");
+      *out = a; /* the caller frees it once the loop ran */
+      return rc;
     }
   }
   *out = a;
@@ -1210,41 +1169,21 @@ static void agg_fail_all(psd_agg *a, int code, const char *msg) {
     while (f->waiters) agg_op_done_pop(&f->waiters, code, msg);
 }
 
-/* psd_agg_stop: see psd_agg.h.  Link threads are told to quit; psd_agg_free
- * waits for them. */
+/* psd_agg_stop: see psd_agg.h.  The links' clients close: the jobs in
+ * flight finish (PS_ESHUTDOWN) into a->done, freed by psd_agg_free. */
 void psd_agg_stop(psd_agg *a) {
   if (!a || a->stopped) return;
   a->stopped = 1;
   agg_fail_all(a, PS_ESHUTDOWN, "aggregator is shutting down");
-  pthread_mutex_lock(&a->mu);
-  a->quit = 1;
-  pthread_cond_broadcast(&a->cv);
-  pthread_mutex_unlock(&a->mu);
+  for (size_t i = 0; i < a->nlinks; i++) psd_cc_close(a->links[i].cc);
   if (!uv_is_closing((uv_handle_t *)&a->timer)) uv_close((uv_handle_t *)&a->timer, NULL);
   if (!uv_is_closing((uv_handle_t *)&a->done_async))
     uv_close((uv_handle_t *)&a->done_async, NULL);
 }
 
-#define AGG_JOIN_MS 2000 /* psd_agg_free's wait for the link threads */
-
-/* psd_agg_free waits up to AGG_JOIN_MS for the link threads (a thread
- * still blocked on a root then, a pull parked there, is detached and the
- * link array, the lock and A itself are left to it: the process is
- * exiting) and frees everything else. */
+/* psd_agg_free frees A (stopped, and the loop ran since). */
 void psd_agg_free(psd_agg *a) {
   if (!a) return;
-  struct timespec until;
-  clock_gettime(CLOCK_REALTIME, &until);
-  until.tv_sec += AGG_JOIN_MS / 1000;
-  pthread_mutex_lock(&a->mu);
-  while (a->nexited < a->nlinks && pthread_cond_timedwait(&a->cv, &a->mu, &until) == 0) {
-  }
-  int all = a->nexited == a->nlinks;
-  pthread_mutex_unlock(&a->mu);
-  for (size_t i = 0; i < a->nlinks; i++) {
-    if (all) pthread_join(a->links[i].thread, NULL);
-    else pthread_detach(a->links[i].thread);
-  }
   while (a->groups) {
     agg_group *g = a->groups;
     a->groups = g->next;
@@ -1273,22 +1212,12 @@ void psd_agg_free(psd_agg *a) {
   free(a->left);
   free(a->retry_ms);
   free(a->resend);
-  if (!all) return;
-  for (agg_job *j = a->done, *next; j; j = next) { /* finished after the loop stopped */
+  for (agg_job *j = a->done, *next; j; j = next) { /* finished after the loop's last turn */
     next = j->next;
     if (j->push) agg_group_free(j->g);
     free(j->data);
     free(j);
   }
-  for (size_t i = 0; i < a->nlinks; i++)
-    for (agg_job *j = a->links[i].head, *next; j; j = next) { /* never run */
-      next = j->next;
-      if (j->push) agg_group_free(j->g);
-      free(j->data);
-      free(j);
-    }
-  pthread_mutex_destroy(&a->mu);
-  pthread_cond_destroy(&a->cv);
   free(a->links);
   free(a);
 }

@@ -44,11 +44,19 @@
  *     fetch at exactly its clock: one fetch serves every local worker
  *     that waits at that clock, and a fetch never asks for a clock above a
  *     waiting worker's (that could wait for the worker itself).
- *  4. The root is reached through blocking channel clients on threads of
- *     the aggregator (one for pushes and leaves, `workers` for pulls per root
- *     shard, so a parked pull never holds up a push or another worker's
- *     pull); their results come back to the loop through one uv_async.
- *     Everything else runs on the loop thread.
+ *  4. The root is reached through channel clients on the aggregator's own
+ *     loop (psd_chan_client.h; no threads, the loop never waits on a root):
+ *     per root shard one link for pushes and leaves (pipelined, answered
+ *     in order) and `workers` for pulls (a pull goes to the one with the
+ *     fewest requests in flight), so a pull parked on the root holds up
+ *     no push and no other worker's pull while the links outnumber the
+ *     parked pulls.  A link connects on its first request and again on
+ *     the first after a failure; a failure (refused, closed, no progress
+ *     for pull_timeout_ms + 5 s, a bad reply) fails the requests it
+ *     carried (invariant 5).  Finished requests are acted on the next
+ *     loop turn (one uv_async), oldest first, never inside the call that
+ *     made them.  Everything runs on the loop thread; GetModel alone
+ *     runs on libuv's thread pool (invariant 7).
  *  5. A root that fails a forwarded request fails the workers' requests
  *     it carried with the root's error (PS_EUNAVAIL when unreachable):
  *     workers retry or fail over to the root shards directly (psw).
@@ -125,12 +133,13 @@ typedef struct psd_agg_stats {
 } psd_agg_stats;
 
 /* psd_agg_new makes the aggregator ME of CFG (both borrowed for its life)
- * on LOOP and starts its root links.  0 or a PS_E* code. */
+ * on LOOP with its root links (they connect on their first request).  0
+ * or a PS_E* code (*OUT may then be set: stop and free it as usual). */
 int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_agg_conf *me,
                 ps_errbuf *eb);
 
-/* psd_agg_stop answers every pending op with PS_ESHUTDOWN, tells the links
- * to stop and closes the loop handles (run the loop afterwards); free
+/* psd_agg_stop answers every pending op with PS_ESHUTDOWN, closes the
+ * links' clients and the loop handles (run the loop afterwards); free
  * with psd_agg_free once the loop has run.  Idempotent. */
 void psd_agg_stop(psd_agg *a);
 void psd_agg_free(psd_agg *a);

@@ -85,8 +85,9 @@ static void cc_drop(psd_cc *c) {
   c->cn = NULL;
   if (!cn) return;
   cn->c = NULL;
-  if (cn->tcp_init) uv_close((uv_handle_t *)&cn->tcp, cc_conn_closed);
-  else if (!cn->resolving) free(cn);
+  if (cn->tcp_init && !uv_is_closing((uv_handle_t *)&cn->tcp))
+    uv_close((uv_handle_t *)&cn->tcp, cc_conn_closed);
+  else if (cn->tcp_init || !cn->resolving) free(cn); /* closed by a walk (psd_cc_close) */
 }
 
 /* cc_finish finishes request Q (out of the list) with its status. */
@@ -697,6 +698,10 @@ static void cc_timer_closed(uv_handle_t *h) {
 void psd_cc_close(psd_cc *c) {
   if (!c || c->closing) return;
   c->closing = 1;
-  uv_close((uv_handle_t *)&c->timer, cc_timer_closed);
+  /* handles some walk over the loop closed (and the loop ran since: a
+   * process that could not start) are gone already */
+  int walked = uv_is_closing((uv_handle_t *)&c->timer);
   cc_fail(c, PS_ESHUTDOWN, "channel '%s': %s", "the client is closing");
+  if (walked) cc_timer_closed((uv_handle_t *)&c->timer);
+  else uv_close((uv_handle_t *)&c->timer, cc_timer_closed);
 }

@@ -34,7 +34,9 @@
  *     due); headers, metas and small tails go through a staging buffer.
  *  6. psd_cc_close finishes the requests still unanswered with
  *     PS_ESHUTDOWN and frees the client once its handles closed (run the
- *     loop afterwards); it may be called from a request's fn. */
+ *     loop afterwards); it may be called from a request's fn.  A client
+ *     whose handles a walk over the loop closed, the loop run since (a
+ *     process that could not start), is freed at once. */
 #ifndef PSD_CHAN_CLIENT_H
 #define PSD_CHAN_CLIENT_H
 

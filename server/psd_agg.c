@@ -75,7 +75,7 @@ typedef struct agg_job {
   void *data;               /* push payload (owned) / pull destination (owned) */
   uint64_t nbytes;
   uint8_t beat[64];         /* leave: the packed HeartbeatRequest */
-  psd_cc_req q;             /* its request on the link's client */
+  psd_chan_client_req q;             /* its request on the link's client */
   int status;
   uint64_t version;
   ps_errbuf eb;
@@ -85,9 +85,9 @@ typedef struct agg_job {
 typedef struct agg_link {
   psd_agg *a;
   const ps_shard_conf *root;
-  psd_cc *cc;
+  psd_chan_client *cc;
   size_t busy;              /* jobs in flight on it */
-  uint64_t gen;             /* psd_cc_gen of the last job done (invariant 6: reconnects) */
+  uint64_t gen;             /* psd_chan_client_gen of the last job done (invariant 6: reconnects) */
 } agg_link;
 
 typedef struct agg_spec_fetch agg_spec_fetch;
@@ -479,14 +479,14 @@ static void agg_submit(psd_agg *a, uint32_t shard, agg_job *j) {
       rc = ps_errf(&eb, PS_EINVAL, "leaving beat of %zu bytes", n);
     } else {
       ps__heartbeat_request__pack(&req, j->beat);
-      rc = psd_cc_beat(l->cc, j->beat, n, &j->q, &eb);
+      rc = psd_chan_client_beat(l->cc, j->beat, n, &j->q, &eb);
     }
   } else if (j->push) {
     j->r.grads = j->data;
-    rc = psd_cc_push(l->cc, &j->r, &j->q, &eb);
+    rc = psd_chan_client_push(l->cc, &j->r, &j->q, &eb);
   } else {
     j->r.out = j->data;
-    rc = psd_cc_pull(l->cc, &j->r, &j->q, &eb);
+    rc = psd_chan_client_pull(l->cc, &j->r, &j->q, &eb);
   }
   if (rc < 0) agg_job_fin(&j->q.done, rc, eb.msg);
 }
@@ -1138,7 +1138,7 @@ int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_a
     l->a = a;
     l->root = &cfg->shards[i / a->per_shard];
     /* a pull may stay parked on the root up to pull_timeout_ms */
-    if ((rc = psd_cc_new(&l->cc, loop, l->root->channel_addr, cfg->cluster, a->key,
+    if ((rc = psd_chan_client_new(&l->cc, loop, l->root->channel_addr, cfg->cluster, a->key,
                          cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0,
                          AGG_CONNECT_TIMEOUT_MS, (int)cfg->training.pull_timeout_ms + 5000,
                          eb)) < 0) {
@@ -1175,7 +1175,7 @@ void psd_agg_stop(psd_agg *a) {
   if (!a || a->stopped) return;
   a->stopped = 1;
   agg_fail_all(a, PS_ESHUTDOWN, "aggregator is shutting down");
-  for (size_t i = 0; i < a->nlinks; i++) psd_cc_close(a->links[i].cc);
+  for (size_t i = 0; i < a->nlinks; i++) psd_chan_client_close(a->links[i].cc);
   if (!uv_is_closing((uv_handle_t *)&a->timer)) uv_close((uv_handle_t *)&a->timer, NULL);
   if (!uv_is_closing((uv_handle_t *)&a->done_async))
     uv_close((uv_handle_t *)&a->done_async, NULL);

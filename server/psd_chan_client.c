@@ -1,7 +1,16 @@
 /* psd_chan_client: the tensor-channel client on a libuv loop (see
- * psd_chan_client.h for the invariants). */
+ * psd_chan_client.h for the invariants).
+ *
+ * A client's connection state, and the function that makes each
+ * transition (cc_state asserts the list):
+ *   DOWN       -> RESOLVING   cc_connect (the first request while down)
+ *   RESOLVING  -> CONNECTING  cc_on_resolved (uv_tcp_connect started)
+ *   CONNECTING -> HELLO       cc_on_connect (first HELLO written)
+ *   HELLO      -> READY       cc_ready (the shard's last HELLO reply accepted)
+ *   any        -> DOWN        cc_fail (invariant 3; psd_chan_client_close) */
 #include "psd_chan_client.h"
 
+#include <assert.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -26,7 +35,7 @@ typedef struct cc_conn {
   uv_getaddrinfo_t gai;
   uv_connect_t connect;
   uv_tcp_t tcp;
-  psd_cc *c;                /* NULL once the client let it go */
+  psd_chan_client *c;                /* NULL once the client let it go */
   int tcp_init, resolving;
 } cc_conn;
 
@@ -43,7 +52,7 @@ typedef struct cc_wr {
   uint8_t meta[];
 } cc_wr;
 
-struct psd_cc {
+struct psd_chan_client {
   uv_loop_t *loop;
   char addr[256], host[256], port[8];
   char *cluster;
@@ -55,9 +64,9 @@ struct psd_cc {
   cc_conn *cn;
   cc_conn *feeding;         /* the connection whose bytes are being parsed */
   uv_timer_t timer;         /* invariant 4 */
-  psd_cc_req *head, *tail;  /* every request not finished, in order (sent first) */
+  psd_chan_client_req *head, *tail;  /* every request not finished, in order (sent first) */
   size_t n;
-  psd_cc_req hello;         /* the HELLO in flight (CC_HELLO) */
+  psd_chan_client_req hello;         /* the HELLO in flight (CC_HELLO) */
   int hello_step;           /* 1: the first, 2: the proof */
   uint8_t nc[PS_AUTH_NONCE], ns[PS_AUTH_NONCE], proof[PS_AUTH_MAC];
   size_t ns_len, proof_len;
@@ -65,13 +74,21 @@ struct psd_cc {
   ps_auth_mac *mac;
   uint64_t next_id, gen;
   ps_chan_rx rx;
-  psd_cc_req *rxq;          /* the request the reply being read answers */
+  psd_chan_client_req *rxq;          /* the request the reply being read answers */
   int direct;               /* the last buffer was a pull's destination */
   uint8_t stage[CC_STAGE];
 };
 
-static void cc_fail(psd_cc *c, int err, const char *fmt, const char *what);
-static void cc_kick(psd_cc *c);
+static void cc_fail(psd_chan_client *c, int err, const char *fmt, const char *what);
+
+/* cc_state moves C to state TO along the list above. */
+static void cc_state(psd_chan_client *c, int to) {
+  assert(to == CC_DOWN || (c->state == CC_DOWN && to == CC_RESOLVING) ||
+         (c->state == CC_RESOLVING && to == CC_CONNECTING) ||
+         (c->state == CC_CONNECTING && to == CC_HELLO) || (c->state == CC_HELLO && to == CC_READY));
+  c->state = to;
+}
+static void cc_kick(psd_chan_client *c);
 static void cc_on_timeout(uv_timer_t *t);
 static void cc_on_write(uv_write_t *w, int status);
 
@@ -80,18 +97,18 @@ static void cc_on_write(uv_write_t *w, int status);
 static void cc_conn_closed(uv_handle_t *h) { free(h->data); }
 
 /* cc_drop lets the current connection go (its handles close). */
-static void cc_drop(psd_cc *c) {
+static void cc_drop(psd_chan_client *c) {
   cc_conn *cn = c->cn;
   c->cn = NULL;
   if (!cn) return;
   cn->c = NULL;
   if (cn->tcp_init && !uv_is_closing((uv_handle_t *)&cn->tcp))
     uv_close((uv_handle_t *)&cn->tcp, cc_conn_closed);
-  else if (cn->tcp_init || !cn->resolving) free(cn); /* closed by a walk (psd_cc_close) */
+  else if (cn->tcp_init || !cn->resolving) free(cn); /* closed by a walk (psd_chan_client_close) */
 }
 
 /* cc_finish finishes request Q (out of the list) with its status. */
-static void cc_finish(psd_cc_req *q) {
+static void cc_finish(psd_chan_client_req *q) {
   char *msg = q->msg;
   uint8_t *reply = q->reply;
   q->msg = NULL;
@@ -104,12 +121,12 @@ static void cc_finish(psd_cc_req *q) {
 }
 
 /* cc_fail_all finishes every request with ERR and MSG (invariant 3). */
-static void cc_fail_all(psd_cc *c, int err, const char *msg) {
-  psd_cc_req *q = c->head;
+static void cc_fail_all(psd_chan_client *c, int err, const char *msg) {
+  psd_chan_client_req *q = c->head;
   c->head = c->tail = NULL;
   c->n = 0;
   while (q) {
-    psd_cc_req *next = q->next;
+    psd_chan_client_req *next = q->next;
     free(q->msg);
     q->msg = strdup(msg);
     q->status = err;
@@ -122,10 +139,10 @@ static void cc_fail_all(psd_cc *c, int err, const char *msg) {
 
 /* cc_fail closes the connection and fails every request (invariant 3);
  * FMT has two %s: the address and WHAT. */
-static void cc_fail(psd_cc *c, int err, const char *fmt, const char *what) {
+static void cc_fail(psd_chan_client *c, int err, const char *fmt, const char *what) {
   ps_errbuf eb;
   ps_errf(&eb, err, fmt, c->addr, what);
-  c->state = CC_DOWN;
+  cc_state(c, CC_DOWN);
   cc_drop(c);
   c->rx.state = PS_CHAN_RX_HDR;
   c->rx.got = 0;
@@ -137,7 +154,7 @@ static void cc_fail(psd_cc *c, int err, const char *fmt, const char *what) {
 }
 
 /* cc_kick restarts the progress timer while anything waits (invariant 4). */
-static void cc_kick(psd_cc *c) {
+static void cc_kick(psd_chan_client *c) {
   if (c->closing) return;
   if (c->state == CC_DOWN || (c->state == CC_READY && !c->n)) {
     uv_timer_stop(&c->timer);
@@ -147,7 +164,7 @@ static void cc_kick(psd_cc *c) {
 }
 
 static void cc_on_timeout(uv_timer_t *t) {
-  psd_cc *c = t->data;
+  psd_chan_client *c = t->data;
   if (c->state == CC_DOWN || (c->state == CC_READY && !c->n)) return;
   char what[64];
   snprintf(what, sizeof what, "%d ms", c->state == CC_READY ? c->io_ms : c->connect_ms);
@@ -158,7 +175,7 @@ static void cc_on_timeout(uv_timer_t *t) {
 
 /* cc_write writes frame WR (its meta packed) as request ID on the current
  * connection: header, meta, data, MAC.  0 or a libuv error (WR freed). */
-static int cc_write(psd_cc *c, cc_wr *wr, uint64_t id) {
+static int cc_write(psd_chan_client *c, cc_wr *wr, uint64_t id) {
   ps_chan_hdr h = {.magic = PS_CHAN_MAGIC, .version = PS_CHAN_VERSION,
                    .meta_len = (uint32_t)wr->mlen, .data_len = wr->dlen, .req_id = id};
   if (c->mac) h.flags = PS_CHAN_FLAG_MAC;
@@ -188,32 +205,32 @@ static int cc_write(psd_cc *c, cc_wr *wr, uint64_t id) {
 /* ---- receive ------------------------------------------------------------------- */
 
 /* cc_expected: the request the next reply answers (invariant 2). */
-static psd_cc_req *cc_expected(psd_cc *c) {
+static psd_chan_client_req *cc_expected(psd_chan_client *c) {
   if (c->state == CC_HELLO) return c->hello.sent ? &c->hello : NULL;
   return c->head && c->head->sent ? c->head : NULL;
 }
 
 /* cc_break fails the connection for a protocol violation WHAT. */
-static int cc_break(psd_cc *c, const char *what) {
+static int cc_break(psd_chan_client *c, const char *what) {
   cc_fail(c, PS_EPROTO, "channel '%s': %s", what);
   return PS_EPROTO;
 }
 
 static int rx_more(void *arg) {
-  psd_cc *c = arg;
+  psd_chan_client *c = arg;
   return !c->closing && c->cn && c->cn == c->feeding;
 }
 
 static int rx_begin(void *arg) {
-  psd_cc *c = arg;
+  psd_chan_client *c = arg;
   return cc_expected(c) ? 0 : cc_break(c, "unexpected bytes");
 }
 
 static int rx_hdr(void *arg) {
-  psd_cc *c = arg;
+  psd_chan_client *c = arg;
   if (ps_chan_hdr_decode(&c->rx.h, c->rx.hdrbuf, CC_MAX_DATA) < 0)
     return cc_break(c, "bad reply header");
-  psd_cc_req *e = cc_expected(c);
+  psd_chan_client_req *e = cc_expected(c);
   if (!e || c->rx.h.req_id != e->id || c->rx.h.meta_len == 0)
     return cc_break(c, "unexpected reply");
   if (!!(c->rx.h.flags & PS_CHAN_FLAG_MAC) != !!c->mac)
@@ -222,11 +239,11 @@ static int rx_hdr(void *arg) {
   return 0;
 }
 
-static void cc_hello_next(psd_cc *c);
+static void cc_hello_next(psd_chan_client *c);
 
 /* cc_rx_finish: the reply of c->rxq is complete. */
-static int cc_rx_finish(psd_cc *c) {
-  psd_cc_req *q = c->rxq;
+static int cc_rx_finish(psd_chan_client *c) {
+  psd_chan_client_req *q = c->rxq;
   c->rxq = NULL;
   c->rx.state = PS_CHAN_RX_HDR;
   c->rx.got = 0;
@@ -250,10 +267,10 @@ static int cc_rx_finish(psd_cc *c) {
 }
 
 static int rx_data_done(void *arg) {
-  psd_cc *c = arg;
+  psd_chan_client *c = arg;
   if (!c->mac) return cc_rx_finish(c);
   if (c->rx.state == PS_CHAN_RX_DATA) {
-    psd_cc_req *q = c->rxq;
+    psd_chan_client_req *q = c->rxq;
     ps_auth_mac_update(c->mac, 'S', q->op == PS__CHAN_OP__CHAN_BEAT ? q->reply : q->dst,
                        c->rx.h.data_len);
   }
@@ -263,8 +280,8 @@ static int rx_data_done(void *arg) {
 }
 
 static int rx_meta(void *arg) {
-  psd_cc *c = arg;
-  psd_cc_req *e = c->rxq;
+  psd_chan_client *c = arg;
+  psd_chan_client_req *e = c->rxq;
   Ps__ChanMeta *m;
   ps_errbuf ueb;
   if (ps_pb_unpack(&ps__chan_meta__descriptor, c->rx.meta, c->rx.h.meta_len,
@@ -316,19 +333,19 @@ static int rx_meta(void *arg) {
 }
 
 static void rx_data(void *arg, const uint8_t *p, size_t n) {
-  psd_cc *c = arg;
-  psd_cc_req *q = c->rxq;
+  psd_chan_client *c = arg;
+  psd_chan_client_req *q = c->rxq;
   uint8_t *to = q->op == PS__CHAN_OP__CHAN_BEAT ? q->reply : q->dst;
   memcpy(to + c->rx.got, p, n);
 }
 
 static void rx_discard(void *arg, const uint8_t *p, size_t n) {
-  psd_cc *c = arg;
+  psd_chan_client *c = arg;
   if (c->mac) ps_auth_mac_update(c->mac, 'S', p, n);
 }
 
 static int rx_mac_done(void *arg) {
-  psd_cc *c = arg;
+  psd_chan_client *c = arg;
   if (!ps_auth_mac_verify(c->mac, 'S', c->rx.tag))
     return cc_break(c, "a reply's MAC is wrong (changed on the way?)");
   return cc_rx_finish(c);
@@ -344,7 +361,7 @@ static const ps_chan_rx_ops cc_rx_ops = {.more = rx_more, .begin = rx_begin, .hd
 static void cc_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
   (void)hint;
   cc_conn *cn = h->data;
-  psd_cc *c = cn->c;
+  psd_chan_client *c = cn->c;
   if (c) c->direct = 0;
   if (c && c->rx.state == PS_CHAN_RX_DATA && c->rxq && c->rxq->op == PS__CHAN_OP__CHAN_PULL &&
       c->rx.h.data_len - c->rx.got >= CC_STAGE) {
@@ -365,7 +382,7 @@ static void cc_alloc(uv_handle_t *h, size_t hint, uv_buf_t *buf) {
 static void cc_on_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   (void)buf;
   cc_conn *cn = s->data;
-  psd_cc *c = cn->c;
+  psd_chan_client *c = cn->c;
   if (!c || nread == 0) return;
   if (nread < 0) {
     cc_fail(c, PS_EUNAVAIL, "channel '%s': %s",
@@ -408,7 +425,7 @@ static void cc_on_write(uv_write_t *w, int status) {
 
 /* cc_send writes request Q's frame (packed in Q->wr); a write libuv
  * refuses fails the connection: 0 or -1 then (Q finished). */
-static int cc_send(psd_cc *c, psd_cc_req *q) {
+static int cc_send(psd_chan_client *c, psd_chan_client_req *q) {
   cc_wr *wr = q->wr;
   q->wr = NULL;
   q->id = ++c->next_id;
@@ -422,7 +439,7 @@ static int cc_send(psd_cc *c, psd_cc_req *q) {
 }
 
 /* cc_hello_send sends HELLO step STEP (1: cluster and nonce; 2: proof). */
-static void cc_hello_send(psd_cc *c, int step) {
+static void cc_hello_send(psd_chan_client *c, int step) {
   Ps__ChanMeta meta = PS__CHAN_META__INIT;
   meta.op = PS__CHAN_OP__CHAN_HELLO;
   meta.model = "";
@@ -459,16 +476,16 @@ static void cc_hello_send(psd_cc *c, int step) {
 }
 
 /* cc_ready: the hello is done: the queued requests go out (invariant 1). */
-static void cc_ready(psd_cc *c) {
-  c->state = CC_READY;
+static void cc_ready(psd_chan_client *c) {
+  cc_state(c, CC_READY);
   c->gen++;
-  for (psd_cc_req *q = c->head; q; q = q->next)
+  for (psd_chan_client_req *q = c->head; q; q = q->next)
     if (!q->sent && cc_send(c, q) < 0) return; /* all failed */
   cc_kick(c);
 }
 
 /* cc_hello_next acts on the reply to HELLO step hello_step. */
-static void cc_hello_next(psd_cc *c) {
+static void cc_hello_next(psd_chan_client *c) {
   if (c->hello.status < 0) {
     cc_fail(c, PS_EPROTO, "channel '%s': the shard refused the hello: %s",
             c->hello.msg ? c->hello.msg : ps_strerror(c->hello.status));
@@ -509,14 +526,14 @@ static void cc_hello_next(psd_cc *c) {
 
 static void cc_on_connect(uv_connect_t *req, int status) {
   cc_conn *cn = req->data;
-  psd_cc *c = cn->c;
+  psd_chan_client *c = cn->c;
   if (!c) return;
   if (status < 0) {
     cc_fail(c, PS_EUNAVAIL, "connect to '%s': %s", uv_strerror(status));
     return;
   }
   uv_tcp_nodelay(&cn->tcp, 1);
-  c->state = CC_HELLO;
+  cc_state(c, CC_HELLO);
   int rc = uv_read_start((uv_stream_t *)&cn->tcp, cc_alloc, cc_on_read);
   if (rc < 0) {
     cc_fail(c, PS_EUNAVAIL, "channel '%s': read: %s", uv_strerror(rc));
@@ -528,7 +545,7 @@ static void cc_on_connect(uv_connect_t *req, int status) {
 
 static void cc_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *res) {
   cc_conn *cn = req->data;
-  psd_cc *c = cn->c;
+  psd_chan_client *c = cn->c;
   cn->resolving = 0;
   if (!c) {
     if (res) uv_freeaddrinfo(res);
@@ -551,11 +568,11 @@ static void cc_on_resolved(uv_getaddrinfo_t *req, int status, struct addrinfo *r
     cc_fail(c, PS_EUNAVAIL, "connect to '%s': %s", uv_strerror(rc));
     return;
   }
-  c->state = CC_CONNECTING;
+  cc_state(c, CC_CONNECTING);
 }
 
 /* cc_connect starts a connection (invariant 1). */
-static void cc_connect(psd_cc *c) {
+static void cc_connect(psd_chan_client *c) {
   cc_conn *cn = calloc(1, sizeof *cn);
   if (!cn) {
     cc_fail(c, PS_ENOMEM, "channel '%s': %s", "out of memory");
@@ -564,7 +581,7 @@ static void cc_connect(psd_cc *c) {
   cn->c = c;
   cn->gai.data = cn;
   c->cn = cn;
-  c->state = CC_RESOLVING;
+  cc_state(c, CC_RESOLVING);
   c->rx.state = PS_CHAN_RX_HDR;
   c->rx.got = 0;
   struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM};
@@ -582,7 +599,7 @@ static void cc_connect(psd_cc *c) {
 
 /* cc_submit queues Q (its frame in Q->wr): written now when the hello is
  * done, else once it is (a connection starts when none is up). */
-static int cc_submit(psd_cc *c, psd_cc_req *q, ps_errbuf *eb) {
+static int cc_submit(psd_chan_client *c, psd_chan_client_req *q, ps_errbuf *eb) {
   if (!q->wr) return ps_errf(eb, PS_ENOMEM, "channel '%s': out of memory", c->addr);
   q->next = NULL;
   if (c->tail) c->tail->next = q;
@@ -598,7 +615,7 @@ static int cc_submit(psd_cc *c, psd_cc_req *q, ps_errbuf *eb) {
 }
 
 /* cc_req_init readies Q for op OP. */
-static int cc_req_init(psd_cc *c, psd_cc_req *q, int op, ps_errbuf *eb) {
+static int cc_req_init(psd_chan_client *c, psd_chan_client_req *q, int op, ps_errbuf *eb) {
   if (c->closing) return ps_errf(eb, PS_ESHUTDOWN, "channel '%s': closed", c->addr);
   psd_done d = q->done;
   memset(q, 0, sizeof *q);
@@ -621,8 +638,8 @@ static void cc_meta(Ps__ChanMeta *meta, int op, const ps_req *r) {
   meta->n_summed = r->nsummed;
 }
 
-/* psd_cc_push: see psd_chan_client.h. */
-int psd_cc_push(psd_cc *c, const ps_req *r, psd_cc_req *q, ps_errbuf *eb) {
+/* psd_chan_client_push: see psd_chan_client.h. */
+int psd_chan_client_push(psd_chan_client *c, const ps_req *r, psd_chan_client_req *q, ps_errbuf *eb) {
   int rc = cc_req_init(c, q, PS__CHAN_OP__CHAN_PUSH, eb);
   if (rc < 0) return rc;
   Ps__ChanMeta meta;
@@ -631,8 +648,8 @@ int psd_cc_push(psd_cc *c, const ps_req *r, psd_cc_req *q, ps_errbuf *eb) {
   return cc_submit(c, q, eb);
 }
 
-/* psd_cc_pull: see psd_chan_client.h. */
-int psd_cc_pull(psd_cc *c, const ps_req *r, psd_cc_req *q, ps_errbuf *eb) {
+/* psd_chan_client_pull: see psd_chan_client.h. */
+int psd_chan_client_pull(psd_chan_client *c, const ps_req *r, psd_chan_client_req *q, ps_errbuf *eb) {
   int rc = cc_req_init(c, q, PS__CHAN_OP__CHAN_PULL, eb);
   if (rc < 0) return rc;
   Ps__ChanMeta meta;
@@ -643,8 +660,8 @@ int psd_cc_pull(psd_cc *c, const ps_req *r, psd_cc_req *q, ps_errbuf *eb) {
   return cc_submit(c, q, eb);
 }
 
-/* psd_cc_beat: see psd_chan_client.h. */
-int psd_cc_beat(psd_cc *c, const void *req, size_t len, psd_cc_req *q, ps_errbuf *eb) {
+/* psd_chan_client_beat: see psd_chan_client.h. */
+int psd_chan_client_beat(psd_chan_client *c, const void *req, size_t len, psd_chan_client_req *q, ps_errbuf *eb) {
   int rc = cc_req_init(c, q, PS__CHAN_OP__CHAN_BEAT, eb);
   if (rc < 0) return rc;
   Ps__ChanMeta meta = PS__CHAN_META__INIT;
@@ -654,16 +671,16 @@ int psd_cc_beat(psd_cc *c, const void *req, size_t len, psd_cc_req *q, ps_errbuf
   return cc_submit(c, q, eb);
 }
 
-size_t psd_cc_inflight(const psd_cc *c) { return c->n; }
+size_t psd_chan_client_inflight(const psd_chan_client *c) { return c->n; }
 
-uint64_t psd_cc_gen(const psd_cc *c) { return c->gen; }
+uint64_t psd_chan_client_gen(const psd_chan_client *c) { return c->gen; }
 
 /* ---- life ------------------------------------------------------------------------ */
 
-/* psd_cc_new: see psd_chan_client.h. */
-int psd_cc_new(psd_cc **out, uv_loop_t *loop, const char *addr, const char *cluster,
+/* psd_chan_client_new: see psd_chan_client.h. */
+int psd_chan_client_new(psd_chan_client **out, uv_loop_t *loop, const char *addr, const char *cluster,
                const ps_auth_key *key, int flags, int connect_ms, int io_ms, ps_errbuf *eb) {
-  psd_cc *c = calloc(1, sizeof *c);
+  psd_chan_client *c = calloc(1, sizeof *c);
   if (!c || !(c->cluster = strdup(cluster ? cluster : ""))) {
     free(c);
     return ps_errf(eb, PS_ENOMEM, "out of memory");
@@ -688,14 +705,14 @@ int psd_cc_new(psd_cc **out, uv_loop_t *loop, const char *addr, const char *clus
 }
 
 static void cc_timer_closed(uv_handle_t *h) {
-  psd_cc *c = h->data;
+  psd_chan_client *c = h->data;
   ps_chan_rx_release(&c->rx);
   free(c->cluster);
   free(c);
 }
 
-/* psd_cc_close: see psd_chan_client.h. */
-void psd_cc_close(psd_cc *c) {
+/* psd_chan_client_close: see psd_chan_client.h. */
+void psd_chan_client_close(psd_chan_client *c) {
   if (!c || c->closing) return;
   c->closing = 1;
   /* handles some walk over the loop closed (and the loop ran since: a

@@ -11,7 +11,7 @@
  *     on the first request (and again on the first one after a failure):
  *     address resolution (uv_getaddrinfo), connect and the HELLO exchange
  *     all run on the loop; requests made meanwhile wait in order and are
- *     written once the hello is done.  psd_cc_gen counts the connections
+ *     written once the hello is done.  psd_chan_client_gen counts the connections
  *     that completed a hello (a new one may reach a restarted shard).
  *  2. Requests are pipelined: written in order (uv_write; a request's
  *     buffers are the caller's until it finishes), answered in order by
@@ -32,7 +32,7 @@
  *  5. A pull's data is read straight into the caller's destination
  *     (libuv's buffer is the destination's remaining span once the data is
  *     due); headers, metas and small tails go through a staging buffer.
- *  6. psd_cc_close finishes the requests still unanswered with
+ *  6. psd_chan_client_close finishes the requests still unanswered with
  *     PS_ESHUTDOWN and frees the client once its handles closed (run the
  *     loop afterwards); it may be called from a request's fn.  A client
  *     whose handles a walk over the loop closed, the loop run since (a
@@ -48,20 +48,20 @@
 #include "psd_done.h"
 
 struct ps_auth_key;
-typedef struct psd_cc psd_cc;
-typedef struct psd_cc_req psd_cc_req;
+typedef struct psd_chan_client psd_chan_client;
+typedef struct psd_chan_client_req psd_chan_client_req;
 
 /* One request, owned by the caller, who sets done.fn and done.arg; it
  * finishes on the loop (psd_done_finish) with done.version (the shard's),
  * and for a pull done.data = the destination, done.nbytes its size; for a
  * beat done.data = the reply (a packed HeartbeatReply, the client's,
- * valid while fn runs), done.nbytes its size.  gen: psd_cc_gen of the
+ * valid while fn runs), done.nbytes its size.  gen: psd_chan_client_gen of the
  * connection that carried it (0: none did). */
-struct psd_cc_req {
+struct psd_chan_client_req {
   psd_done done;
   uint64_t gen;
-  /* psd_cc's: */
-  psd_cc_req *next;
+  /* psd_chan_client's: */
+  psd_chan_client_req *next;
   uint64_t id;
   int op;
   void *dst;
@@ -73,34 +73,34 @@ struct psd_cc_req {
   void *wr;               /* its frame until written */
 };
 
-/* psd_cc_new makes a client of the shard at ADDR ("host:port") in CLUSTER
+/* psd_chan_client_new makes a client of the shard at ADDR ("host:port") in CLUSTER
  * on LOOP; KEY (borrowed for the client's life; NULL: none) authenticates
  * the channel (ps_chan_connect_auth; FLAGS PS_CHAN_AUTH_MAC insists on the
  * payload MAC).  Timeouts as invariant 4.  Nothing connects yet.  0 or
  * PS_ENOMEM / PS_EINVAL (a bad address). */
-int psd_cc_new(psd_cc **out, uv_loop_t *loop, const char *addr, const char *cluster,
+int psd_chan_client_new(psd_chan_client **out, uv_loop_t *loop, const char *addr, const char *cluster,
                const struct ps_auth_key *key, int flags, int connect_ms, int io_ms,
                ps_errbuf *eb);
 
-/* psd_cc_push sends push R (ps_req.h; R->grads, R->nbytes in R->codec,
- * borrowed until Q finishes; R itself only for the call).  psd_cc_pull
+/* psd_chan_client_push sends push R (ps_req.h; R->grads, R->nbytes in R->codec,
+ * borrowed until Q finishes; R itself only for the call).  psd_chan_client_pull
  * asks for R's chunks in R->codec, read into R->out (R->nbytes; another
  * byte count from the shard finishes Q with PS_EINVAL, R->out untouched
- * but for nothing).  psd_cc_beat sends a packed HeartbeatRequest (LEN
+ * but for nothing).  psd_chan_client_beat sends a packed HeartbeatRequest (LEN
  * bytes at REQ, borrowed until Q finishes).  Each returns 0 (Q finishes
  * later, exactly once) or a PS_E* code (Q unused: no memory, or the
  * client is closed). */
-int psd_cc_push(psd_cc *c, const ps_req *r, psd_cc_req *q, ps_errbuf *eb);
-int psd_cc_pull(psd_cc *c, const ps_req *r, psd_cc_req *q, ps_errbuf *eb);
-int psd_cc_beat(psd_cc *c, const void *req, size_t len, psd_cc_req *q, ps_errbuf *eb);
+int psd_chan_client_push(psd_chan_client *c, const ps_req *r, psd_chan_client_req *q, ps_errbuf *eb);
+int psd_chan_client_pull(psd_chan_client *c, const ps_req *r, psd_chan_client_req *q, ps_errbuf *eb);
+int psd_chan_client_beat(psd_chan_client *c, const void *req, size_t len, psd_chan_client_req *q, ps_errbuf *eb);
 
-/* psd_cc_inflight: requests made and not finished. */
-size_t psd_cc_inflight(const psd_cc *c);
+/* psd_chan_client_inflight: requests made and not finished. */
+size_t psd_chan_client_inflight(const psd_chan_client *c);
 
-/* psd_cc_gen: connections that completed a hello so far. */
-uint64_t psd_cc_gen(const psd_cc *c);
+/* psd_chan_client_gen: connections that completed a hello so far. */
+uint64_t psd_chan_client_gen(const psd_chan_client *c);
 
-/* psd_cc_close: invariant 6 (NULL is fine). */
-void psd_cc_close(psd_cc *c);
+/* psd_chan_client_close: invariant 6 (NULL is fine). */
+void psd_chan_client_close(psd_chan_client *c);
 
 #endif

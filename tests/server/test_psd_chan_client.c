@@ -78,15 +78,15 @@ static void tc_run(uv_loop_t *loop, tc_res *rs, int n, int timeout_ms) {
 }
 
 /* tc_close closes C and checks that LOOP then winds down: nothing left. */
-static void tc_close(uv_loop_t *loop, psd_cc *c) {
-  psd_cc_close(c);
+static void tc_close(uv_loop_t *loop, psd_chan_client *c) {
+  psd_chan_client_close(c);
   int64_t until = ps_test_now_ms() + TC_WAIT_MS;
   while (uv_run(loop, UV_RUN_NOWAIT) && ps_test_now_ms() < until) usleep(1000);
   ck_assert_int_eq(uv_loop_close(loop), 0);
 }
 
-static psd_cc_req tc_req(tc_res *r) {
-  psd_cc_req q;
+static psd_chan_client_req tc_req(tc_res *r) {
+  psd_chan_client_req q;
   memset(&q, 0, sizeof q);
   q.done.fn = tc_fn;
   q.done.arg = r;
@@ -142,9 +142,9 @@ START_TEST(test_cc_round_trip) {
   ck_assert_msg(ps_test_chan_key(&keys, &key, &flags, &eb) == 0, "%s", eb.msg);
   uv_loop_t loop;
   uv_loop_init(&loop);
-  psd_cc *c;
-  ck_assert_int_eq(psd_cc_new(&c, &loop, s.addr, "test", key, flags, 5000, 10000, &eb), 0);
-  ck_assert_uint_eq(psd_cc_gen(c), 0);
+  psd_chan_client *c;
+  ck_assert_int_eq(psd_chan_client_new(&c, &loop, s.addr, "test", key, flags, 5000, 10000, &eb), 0);
+  ck_assert_uint_eq(psd_chan_client_gen(c), 0);
   static float p0[TC_ELEMS], p1[TC_ELEMS], g[TC_ELEMS];
   for (int i = 0; i < TC_ELEMS; i++) g[i] = (float)(i % 17) * 0.25f;
   uint32_t ids[3] = {0, 1, 2};
@@ -152,17 +152,17 @@ START_TEST(test_cc_round_trip) {
   ps_req push = {.model = "m", .ids = ids, .nids = 3, .grads = g, .nbytes = sizeof g};
   ps_req pull1 = {.model = "m", .ids = ids, .nids = 3, .out = p1, .nbytes = sizeof p1};
   tc_res r[3] = {{0}};
-  psd_cc_req q[3] = {tc_req(&r[0]), tc_req(&r[1]), tc_req(&r[2])};
+  psd_chan_client_req q[3] = {tc_req(&r[0]), tc_req(&r[1]), tc_req(&r[2])};
   /* pipelined, made before the connection is up: written in order once
    * the hello is done, answered in order */
-  ck_assert_int_eq(psd_cc_pull(c, &pull0, &q[0], &eb), 0);
-  ck_assert_int_eq(psd_cc_push(c, &push, &q[1], &eb), 0);
-  ck_assert_int_eq(psd_cc_pull(c, &pull1, &q[2], &eb), 0);
-  ck_assert_uint_eq(psd_cc_inflight(c), 3);
+  ck_assert_int_eq(psd_chan_client_pull(c, &pull0, &q[0], &eb), 0);
+  ck_assert_int_eq(psd_chan_client_push(c, &push, &q[1], &eb), 0);
+  ck_assert_int_eq(psd_chan_client_pull(c, &pull1, &q[2], &eb), 0);
+  ck_assert_uint_eq(psd_chan_client_inflight(c), 3);
   tc_run(&loop, r, 3, TC_WAIT_MS);
   for (int i = 0; i < 3; i++) ck_assert_msg(r[i].status == 0, "request %d: %s", i, r[i].msg);
-  ck_assert_uint_eq(psd_cc_inflight(c), 0);
-  ck_assert_uint_eq(psd_cc_gen(c), 1);
+  ck_assert_uint_eq(psd_chan_client_inflight(c), 0);
+  ck_assert_uint_eq(psd_chan_client_gen(c), 1);
   ck_assert_uint_eq(q[2].gen, 1);
   ck_assert_uint_eq(r[0].nbytes, sizeof p0);
   ck_assert_uint_gt(r[2].version, r[0].version);
@@ -176,9 +176,9 @@ START_TEST(test_cc_round_trip) {
   uint8_t hbuf[64];
   size_t hlen = ps__heartbeat_request__pack(&hb, hbuf);
   tc_res r2[2] = {{0}};
-  psd_cc_req q2[2] = {tc_req(&r2[0]), tc_req(&r2[1])};
-  ck_assert_int_eq(psd_cc_pull(c, &bad, &q2[0], &eb), 0);
-  ck_assert_int_eq(psd_cc_beat(c, hbuf, hlen, &q2[1], &eb), 0);
+  psd_chan_client_req q2[2] = {tc_req(&r2[0]), tc_req(&r2[1])};
+  ck_assert_int_eq(psd_chan_client_pull(c, &bad, &q2[0], &eb), 0);
+  ck_assert_int_eq(psd_chan_client_beat(c, hbuf, hlen, &q2[1], &eb), 0);
   tc_run(&loop, r2, 2, TC_WAIT_MS);
   ck_assert_int_eq(r2[0].status, PS_ENOENT);
   ck_assert_msg(strstr(r2[0].msg, "nope"), "%s", r2[0].msg);
@@ -187,12 +187,12 @@ START_TEST(test_cc_round_trip) {
   ck_assert_int_eq(ps_pb_unpack(&ps__heartbeat_reply__descriptor, r2[1].reply, r2[1].nbytes,
                                 (ProtobufCMessage **)&rep, &eb), 0);
   protobuf_c_message_free_unpacked(&rep->base, NULL);
-  ck_assert_uint_eq(psd_cc_gen(c), 1); /* the same connection */
+  ck_assert_uint_eq(psd_chan_client_gen(c), 1); /* the same connection */
   /* close with a request in flight: PS_ESHUTDOWN */
   tc_res r3 = {0};
-  psd_cc_req q3 = tc_req(&r3);
-  ck_assert_int_eq(psd_cc_pull(c, &pull1, &q3, &eb), 0);
-  psd_cc_close(c);
+  psd_chan_client_req q3 = tc_req(&r3);
+  ck_assert_int_eq(psd_chan_client_pull(c, &pull1, &q3, &eb), 0);
+  psd_chan_client_close(c);
   ck_assert_int_eq(r3.done, 1);
   ck_assert_int_eq(r3.status, PS_ESHUTDOWN);
   int64_t until = ps_test_now_ms() + TC_WAIT_MS;
@@ -210,25 +210,25 @@ START_TEST(test_cc_refused) {
   snprintf(addr, sizeof addr, "127.0.0.1:%d", ps_test_free_port());
   uv_loop_t loop;
   uv_loop_init(&loop);
-  psd_cc *c;
+  psd_chan_client *c;
   ps_errbuf eb = {""};
-  ck_assert_int_eq(psd_cc_new(&c, &loop, "nonsense", "test", NULL, 0, 1000, 1000, &eb), PS_EINVAL);
-  ck_assert_int_eq(psd_cc_new(&c, &loop, addr, "test", NULL, 0, 5000, 5000, &eb), 0);
+  ck_assert_int_eq(psd_chan_client_new(&c, &loop, "nonsense", "test", NULL, 0, 1000, 1000, &eb), PS_EINVAL);
+  ck_assert_int_eq(psd_chan_client_new(&c, &loop, addr, "test", NULL, 0, 5000, 5000, &eb), 0);
   static float out[16];
   uint32_t ids[1] = {0};
   ps_req pull = {.model = "m", .ids = ids, .nids = 1, .out = out, .nbytes = sizeof out};
   for (int round = 0; round < 2; round++) { /* the second connects again */
     tc_res r[2] = {{0}};
-    psd_cc_req q[2] = {tc_req(&r[0]), tc_req(&r[1])};
-    ck_assert_int_eq(psd_cc_pull(c, &pull, &q[0], &eb), 0);
-    ck_assert_int_eq(psd_cc_pull(c, &pull, &q[1], &eb), 0);
+    psd_chan_client_req q[2] = {tc_req(&r[0]), tc_req(&r[1])};
+    ck_assert_int_eq(psd_chan_client_pull(c, &pull, &q[0], &eb), 0);
+    ck_assert_int_eq(psd_chan_client_pull(c, &pull, &q[1], &eb), 0);
     tc_run(&loop, r, 2, TC_WAIT_MS);
     for (int i = 0; i < 2; i++) {
       ck_assert_int_eq(r[i].status, PS_EUNAVAIL);
       ck_assert_msg(strstr(r[i].msg, addr), "%s", r[i].msg);
     }
   }
-  ck_assert_uint_eq(psd_cc_gen(c), 0);
+  ck_assert_uint_eq(psd_chan_client_gen(c), 0);
   tc_close(&loop, c);
 }
 END_TEST
@@ -324,15 +324,15 @@ static tc_res tf_case(int mode, int connect_ms, int io_ms, int *got_request) {
   snprintf(addr, sizeof addr, "127.0.0.1:%d", f.port);
   uv_loop_t loop;
   uv_loop_init(&loop);
-  psd_cc *c;
+  psd_chan_client *c;
   ps_errbuf eb = {""};
-  ck_assert_int_eq(psd_cc_new(&c, &loop, addr, "test", NULL, 0, connect_ms, io_ms, &eb), 0);
+  ck_assert_int_eq(psd_chan_client_new(&c, &loop, addr, "test", NULL, 0, connect_ms, io_ms, &eb), 0);
   static float out[16];
   uint32_t ids[1] = {0};
   ps_req pull = {.model = "m", .ids = ids, .nids = 1, .out = out, .nbytes = sizeof out};
   tc_res r = {0};
-  psd_cc_req q = tc_req(&r);
-  ck_assert_int_eq(psd_cc_pull(c, &pull, &q, &eb), 0);
+  psd_chan_client_req q = tc_req(&r);
+  ck_assert_int_eq(psd_chan_client_pull(c, &pull, &q, &eb), 0);
   tc_run(&loop, &r, 1, TC_WAIT_MS);
   tc_close(&loop, c);
   pthread_join(f.t, NULL);

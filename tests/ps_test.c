@@ -60,6 +60,23 @@ int ps_test_free_port(void) {
   return ntohs(a.sin_port);
 }
 
+/* ps_test_listen: see ps_test.h. */
+int ps_test_listen(int port, int *bound) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ck_assert_int_ge(fd, 0);
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  ck_assert_msg(bind(fd, (struct sockaddr *)&a, sizeof a) == 0, "bind port %d: %s", port,
+                strerror(errno));
+  ck_assert_int_eq(listen(fd, 16), 0);
+  socklen_t len = sizeof a;
+  ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+  if (bound) *bound = ntohs(a.sin_port);
+  return fd;
+}
+
 void ps_test_write_file(const char *path, const char *text) {
   FILE *f = fopen(path, "w");
   ck_assert_msg(f != NULL, "open '%s': %s", path, strerror(errno));

@@ -37,6 +37,10 @@ const char *ps_test_bin(const char *name);
  * returns its path (static storage, overwritten by the next call). */
 const char *ps_test_tmpdir(void);
 
+/* ps_test_listen returns a socket listening on 127.0.0.1:PORT (0: a
+ * free one; *BOUND, may be NULL: the port); the caller closes it. */
+int ps_test_listen(int port, int *bound);
+
 /* ps_test_free_port returns a TCP port on 127.0.0.1 that was free a moment
  * ago (bound to port 0, then closed). */
 int ps_test_free_port(void);

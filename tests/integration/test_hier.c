@@ -32,14 +32,11 @@
  *    worker saw acknowledged was applied, and the model learned.
  *
  * Skipped (visibly) without the dataset. */
-#include <arpa/inet.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -728,14 +725,7 @@ START_TEST(test_hier_spec_off_loop) {
            "aggregators:\n  - {name: h0, grpc: \"127.0.0.1:%d\", channel: \"127.0.0.1:%d\", "
            "workers: 3}\nworkers:\n  count: 3\n", x.agg_gp, x.agg_cp);
   snprintf(x.yaml, sizeof x.yaml, "%s", ps_test_cluster_yaml(x.dir, 1, extra, x.gp, x.cp));
-  int hole = socket(AF_INET, SOCK_STREAM, 0);
-  ck_assert_int_ge(hole, 0);
-  int one = 1;
-  setsockopt(hole, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)x.gp[0]),
-                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  ck_assert_int_eq(bind(hole, (struct sockaddr *)&sa, sizeof sa), 0);
-  ck_assert_int_eq(listen(hole, 16), 0);
+  int hole = ps_test_listen(x.gp[0], NULL);
   snprintf(x.agg_log, sizeof x.agg_log, "%s/agg.log", x.dir);
   char *argv[] = {(char *)ps_test_bin("psd"), "--config", x.yaml, "--aggregator", "h0", NULL};
   x.agg = ps_test_spawn(argv, x.agg_log, NULL);

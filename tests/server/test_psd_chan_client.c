@@ -12,9 +12,7 @@
  *  - bounded waits: a peer that never answers the hello, or answers it
  *    but never the request, fails the request with PS_ETIMEDOUT;
  *  - close with requests in flight finishes them with PS_ESHUTDOWN. */
-#include <arpa/inet.h>
 #include <math.h>
-#include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -305,14 +303,7 @@ static void *tf_main(void *arg) {
 static void tf_start(tc_fake *f, int mode) {
   memset(f, 0, sizeof *f);
   f->mode = mode;
-  f->lfd = socket(AF_INET, SOCK_STREAM, 0);
-  ck_assert_int_ge(f->lfd, 0);
-  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  ck_assert_int_eq(bind(f->lfd, (struct sockaddr *)&sa, sizeof sa), 0);
-  socklen_t sl = sizeof sa;
-  ck_assert_int_eq(getsockname(f->lfd, (struct sockaddr *)&sa, &sl), 0);
-  f->port = ntohs(sa.sin_port);
-  ck_assert_int_eq(listen(f->lfd, 4), 0);
+  f->lfd = ps_test_listen(0, &f->port);
   ck_assert_int_eq(pthread_create(&f->t, NULL, tf_main, f), 0);
 }
 

@@ -160,7 +160,8 @@ static void cc_kick(psd_chan_client *c) {
     uv_timer_stop(&c->timer);
     return;
   }
-  uv_timer_start(&c->timer, cc_on_timeout, c->state == CC_READY ? (uint64_t)c->io_ms : (uint64_t)c->connect_ms, 0);
+  uint64_t ms = (uint64_t)(c->state == CC_READY ? c->io_ms : c->connect_ms);
+  uv_timer_start(&c->timer, cc_on_timeout, ms, 0);
 }
 
 static void cc_on_timeout(uv_timer_t *t) {
@@ -169,7 +170,8 @@ static void cc_on_timeout(uv_timer_t *t) {
   char what[64];
   snprintf(what, sizeof what, "%d ms", c->state == CC_READY ? c->io_ms : c->connect_ms);
   cc_fail(c, PS_ETIMEDOUT,
-          c->state == CC_READY ? "channel '%s': no progress for %s" : "connect to '%s': no hello within %s",
+          c->state == CC_READY ? "channel '%s': no progress for %s"
+                               : "connect to '%s': no hello within %s",
           what);
 }
 
@@ -326,7 +328,8 @@ static int rx_meta(void *arg) {
     ps_auth_mac_update(c->mac, 'S', c->rx.hdrbuf, sizeof c->rx.hdrbuf);
     ps_auth_mac_update(c->mac, 'S', c->rx.meta, c->rx.h.meta_len);
   }
-  int reads = e->status == 0 && (e->op == PS__CHAN_OP__CHAN_PULL || e->op == PS__CHAN_OP__CHAN_BEAT);
+  int reads = e->status == 0 &&
+              (e->op == PS__CHAN_OP__CHAN_PULL || e->op == PS__CHAN_OP__CHAN_BEAT);
   c->rx.state = reads ? PS_CHAN_RX_DATA : PS_CHAN_RX_DISCARD;
   c->rx.got = 0;
   return dlen == 0 ? rx_data_done(c) : 0;
@@ -639,7 +642,8 @@ static void cc_meta(Ps__ChanMeta *meta, int op, const ps_req *r) {
 }
 
 /* psd_chan_client_push: see psd_chan_client.h. */
-int psd_chan_client_push(psd_chan_client *c, const ps_req *r, psd_chan_client_req *q, ps_errbuf *eb) {
+int psd_chan_client_push(psd_chan_client *c, const ps_req *r, psd_chan_client_req *q,
+                         ps_errbuf *eb) {
   int rc = cc_req_init(c, q, PS__CHAN_OP__CHAN_PUSH, eb);
   if (rc < 0) return rc;
   Ps__ChanMeta meta;
@@ -649,7 +653,8 @@ int psd_chan_client_push(psd_chan_client *c, const ps_req *r, psd_chan_client_re
 }
 
 /* psd_chan_client_pull: see psd_chan_client.h. */
-int psd_chan_client_pull(psd_chan_client *c, const ps_req *r, psd_chan_client_req *q, ps_errbuf *eb) {
+int psd_chan_client_pull(psd_chan_client *c, const ps_req *r, psd_chan_client_req *q,
+                         ps_errbuf *eb) {
   int rc = cc_req_init(c, q, PS__CHAN_OP__CHAN_PULL, eb);
   if (rc < 0) return rc;
   Ps__ChanMeta meta;
@@ -661,7 +666,8 @@ int psd_chan_client_pull(psd_chan_client *c, const ps_req *r, psd_chan_client_re
 }
 
 /* psd_chan_client_beat: see psd_chan_client.h. */
-int psd_chan_client_beat(psd_chan_client *c, const void *req, size_t len, psd_chan_client_req *q, ps_errbuf *eb) {
+int psd_chan_client_beat(psd_chan_client *c, const void *req, size_t len,
+                         psd_chan_client_req *q, ps_errbuf *eb) {
   int rc = cc_req_init(c, q, PS__CHAN_OP__CHAN_BEAT, eb);
   if (rc < 0) return rc;
   Ps__ChanMeta meta = PS__CHAN_META__INIT;
@@ -678,8 +684,9 @@ uint64_t psd_chan_client_gen(const psd_chan_client *c) { return c->gen; }
 /* ---- life ------------------------------------------------------------------------ */
 
 /* psd_chan_client_new: see psd_chan_client.h. */
-int psd_chan_client_new(psd_chan_client **out, uv_loop_t *loop, const char *addr, const char *cluster,
-               const ps_auth_key *key, int flags, int connect_ms, int io_ms, ps_errbuf *eb) {
+int psd_chan_client_new(psd_chan_client **out, uv_loop_t *loop, const char *addr,
+                        const char *cluster, const ps_auth_key *key, int flags, int connect_ms,
+                        int io_ms, ps_errbuf *eb) {
   psd_chan_client *c = calloc(1, sizeof *c);
   if (!c || !(c->cluster = strdup(cluster ? cluster : ""))) {
     free(c);

@@ -78,9 +78,9 @@ struct psd_chan_client_req {
  * the channel (ps_chan_connect_auth; FLAGS PS_CHAN_AUTH_MAC insists on the
  * payload MAC).  Timeouts as invariant 4.  Nothing connects yet.  0 or
  * PS_ENOMEM / PS_EINVAL (a bad address). */
-int psd_chan_client_new(psd_chan_client **out, uv_loop_t *loop, const char *addr, const char *cluster,
-               const struct ps_auth_key *key, int flags, int connect_ms, int io_ms,
-               ps_errbuf *eb);
+int psd_chan_client_new(psd_chan_client **out, uv_loop_t *loop, const char *addr,
+                        const char *cluster, const struct ps_auth_key *key, int flags,
+                        int connect_ms, int io_ms, ps_errbuf *eb);
 
 /* psd_chan_client_push sends push R (ps_req.h; R->grads, R->nbytes in R->codec,
  * borrowed until Q finishes; R itself only for the call).  psd_chan_client_pull
@@ -90,9 +90,12 @@ int psd_chan_client_new(psd_chan_client **out, uv_loop_t *loop, const char *addr
  * bytes at REQ, borrowed until Q finishes).  Each returns 0 (Q finishes
  * later, exactly once) or a PS_E* code (Q unused: no memory, or the
  * client is closed). */
-int psd_chan_client_push(psd_chan_client *c, const ps_req *r, psd_chan_client_req *q, ps_errbuf *eb);
-int psd_chan_client_pull(psd_chan_client *c, const ps_req *r, psd_chan_client_req *q, ps_errbuf *eb);
-int psd_chan_client_beat(psd_chan_client *c, const void *req, size_t len, psd_chan_client_req *q, ps_errbuf *eb);
+int psd_chan_client_push(psd_chan_client *c, const ps_req *r, psd_chan_client_req *q,
+                         ps_errbuf *eb);
+int psd_chan_client_pull(psd_chan_client *c, const ps_req *r, psd_chan_client_req *q,
+                         ps_errbuf *eb);
+int psd_chan_client_beat(psd_chan_client *c, const void *req, size_t len,
+                         psd_chan_client_req *q, ps_errbuf *eb);
 
 /* psd_chan_client_inflight: requests made and not finished. */
 size_t psd_chan_client_inflight(const psd_chan_client *c);

@@ -210,7 +210,8 @@ START_TEST(test_cc_refused) {
   uv_loop_init(&loop);
   psd_chan_client *c;
   ps_errbuf eb = {""};
-  ck_assert_int_eq(psd_chan_client_new(&c, &loop, "nonsense", "test", NULL, 0, 1000, 1000, &eb), PS_EINVAL);
+  ck_assert_int_eq(psd_chan_client_new(&c, &loop, "nonsense", "test", NULL, 0, 1000, 1000, &eb),
+                   PS_EINVAL);
   ck_assert_int_eq(psd_chan_client_new(&c, &loop, addr, "test", NULL, 0, 5000, 5000, &eb), 0);
   static float out[16];
   uint32_t ids[1] = {0};
@@ -317,7 +318,8 @@ static tc_res tf_case(int mode, int connect_ms, int io_ms, int *got_request) {
   uv_loop_init(&loop);
   psd_chan_client *c;
   ps_errbuf eb = {""};
-  ck_assert_int_eq(psd_chan_client_new(&c, &loop, addr, "test", NULL, 0, connect_ms, io_ms, &eb), 0);
+  ck_assert_int_eq(
+      psd_chan_client_new(&c, &loop, addr, "test", NULL, 0, connect_ms, io_ms, &eb), 0);
   static float out[16];
   uint32_t ids[1] = {0};
   ps_req pull = {.model = "m", .ids = ids, .nids = 1, .out = out, .nbytes = sizeof out};

@@ -24,6 +24,12 @@
  *  - a dead local worker leaves through the aggregator (leases longer
  *    than the test): the aggregator's sums no longer wait for it, the
  *    roots list it DEAD;
+ *  - a root that stops and comes back: a push through the aggregator
+ *    fails while it is down (the worker's connection stays) and is
+ *    acknowledged once it is back (the link connects again);
+ *  - a root whose gRPC port never answers: the aggregator serves other
+ *    connections while it fetches the model's layout off its loop, and
+ *    the failed fetch answers the requests that waited for it;
  *  - failover and return: kill -9 the aggregator mid-training under BSP:
  *    every worker goes to the roots directly (a sum lost with the
  *    aggregator must not hold the roots' BSP clocks); the aggregator is
@@ -763,6 +769,39 @@ START_TEST(test_hier_spec_off_loop) {
 }
 END_TEST
 
+/* test_hier_root_restart: the aggregator's links reconnect.  A push
+ * through the aggregator (sums forwarded at once) is acknowledged; the
+ * root stops: the next push fails with the link's error (invariant 5)
+ * and the worker's connection stays; the root comes back on its data: the
+ * push after that is forwarded on a new connection and acknowledged with
+ * a newer version. */
+START_TEST(test_hier_root_restart) {
+  th_ctx x = {0};
+  ps_rpc *rpc;
+  ps_errbuf eb = {""};
+  th_bare_delay(&x, &rpc, 0);
+  th_submit(rpc, "m", NULL);
+  ps_rpc_close(rpc);
+  static float g[TH_ELEMS];
+  for (int i = 0; i < TH_ELEMS; i++) g[i] = 0.5f;
+  const uint32_t ids[3] = {0, 1, 2};
+  ps_chan_client *w = th_chan(x.agg_cp);
+  uint64_t v0 = 0, v;
+  ck_assert_msg(ps_test_push(w, "m", ids, 3, g, TH_ELEMS, 0, 0, 0, &v0, &eb) == 0, "%s", eb.msg);
+  ck_assert_int_eq(ps_test_stop(x.shard[0], SIGTERM, 10000), 0);
+  x.shard[0] = 0;
+  int rc = ps_test_push(w, "m", ids, 3, g, TH_ELEMS, 0, 1, v0, &v, &eb);
+  ck_assert_msg(rc == PS_EUNAVAIL, "push with the root down: %d %s", rc, eb.msg);
+  ck_assert(ps_chan_alive(w));
+  ps_test_start_shards(x.yaml, x.dir, 1, x.gp, x.cp, x.shard);
+  rc = ps_test_push(w, "m", ids, 3, g, TH_ELEMS, 0, 1, v0, &v, &eb);
+  ck_assert_msg(rc == 0, "push after the root came back: %s (see %s)", eb.msg, x.agg_log);
+  ck_assert_uint_gt(v, v0);
+  ps_chan_close(w);
+  th_finish(&x);
+}
+END_TEST
+
 START_TEST(test_hier_flags) {
   th_ctx x = {0};
   snprintf(x.dir, sizeof x.dir, "%s", ps_test_tmpdir());
@@ -800,6 +839,7 @@ Suite *hier_suite(void) {
   tcase_set_timeout(tc, 240);
   tcase_add_test(tc, test_hier_flags);
   tcase_add_test(tc, test_hier_spec_off_loop);
+  tcase_add_test(tc, test_hier_root_restart);
   tcase_add_test(tc, test_hier_sum_is_one_update);
   tcase_add_test(tc, test_hier_clock_entered);
   tcase_add_test(tc, test_hier_codec);

@@ -641,28 +641,33 @@ static void cc_meta(Ps__ChanMeta *meta, int op, const ps_req *r) {
   meta->n_summed = r->nsummed;
 }
 
+/* cc_dense sends dense request R of OP (push: its payload; pull: its
+ * destination) as Q. */
+static int cc_dense(psd_chan_client *c, const ps_req *r, int op, psd_chan_client_req *q,
+                    ps_errbuf *eb) {
+  int rc = cc_req_init(c, q, op, eb);
+  if (rc < 0) return rc;
+  Ps__ChanMeta meta;
+  cc_meta(&meta, op, r);
+  int push = op == PS__CHAN_OP__CHAN_PUSH;
+  if (!push) {
+    q->dst = r->out;
+    q->want = r->nbytes;
+  }
+  q->wr = cc_frame(&meta, push ? r->grads : NULL, push ? r->nbytes : 0);
+  return cc_submit(c, q, eb);
+}
+
 /* psd_chan_client_push: see psd_chan_client.h. */
 int psd_chan_client_push(psd_chan_client *c, const ps_req *r, psd_chan_client_req *q,
                          ps_errbuf *eb) {
-  int rc = cc_req_init(c, q, PS__CHAN_OP__CHAN_PUSH, eb);
-  if (rc < 0) return rc;
-  Ps__ChanMeta meta;
-  cc_meta(&meta, PS__CHAN_OP__CHAN_PUSH, r);
-  q->wr = cc_frame(&meta, r->grads, r->nbytes);
-  return cc_submit(c, q, eb);
+  return cc_dense(c, r, PS__CHAN_OP__CHAN_PUSH, q, eb);
 }
 
 /* psd_chan_client_pull: see psd_chan_client.h. */
 int psd_chan_client_pull(psd_chan_client *c, const ps_req *r, psd_chan_client_req *q,
                          ps_errbuf *eb) {
-  int rc = cc_req_init(c, q, PS__CHAN_OP__CHAN_PULL, eb);
-  if (rc < 0) return rc;
-  Ps__ChanMeta meta;
-  cc_meta(&meta, PS__CHAN_OP__CHAN_PULL, r);
-  q->dst = r->out;
-  q->want = r->nbytes;
-  q->wr = cc_frame(&meta, NULL, 0);
-  return cc_submit(c, q, eb);
+  return cc_dense(c, r, PS__CHAN_OP__CHAN_PULL, q, eb);
 }
 
 /* psd_chan_client_beat: see psd_chan_client.h. */

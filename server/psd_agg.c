@@ -2,10 +2,8 @@
  * invariants). */
 #include "psd_agg.h"
 
-#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "ps_auth.h"
 #include "ps_chan.h"
@@ -14,6 +12,7 @@
 #include "ps_pb.h"
 #include "ps_rpc.h"
 #include "ps_time.h"
+#include "psd_chan_client.h"
 #include "psd_clock.h"
 
 #define AGG_GETMODEL_TIMEOUT_MS 3000
@@ -62,36 +61,36 @@ typedef struct agg_copy {
   psd_op *waiters;
 } agg_copy;
 
-/* One request to a root, run by a link thread. */
+/* One request to a root, on a link (invariant 4). */
 typedef struct agg_job {
   struct agg_job *next;
   int push;
   int leave;                /* a leaving beat for r.worker (invariant 6) */
   int stayed, gone;         /* leave: the root did not act on it; it had nothing to leave */
-  int reconnected;          /* the link connected again for it (invariant 6) */
   uint32_t shard;           /* leave: the root's index */
-  struct agg_link *link;    /* the link that runs it */
+  struct agg_link *link;    /* the link that carries it */
   agg_group *g;             /* push: the group it forwards (owned) */
   agg_copy *c;              /* pull: the copy it fills */
   ps_req r;                 /* model, ids borrowed from g / c */
   void *data;               /* push payload (owned) / pull destination (owned) */
   uint64_t nbytes;
+  uint8_t beat[64];         /* leave: the packed HeartbeatRequest */
+  psd_chan_client_req q;             /* its request on the link's client */
   int status;
   uint64_t version;
   ps_errbuf eb;
 } agg_job;
 
-/* One connection to a root shard and the thread that uses it. */
+/* One connection to a root shard: a channel client on the loop. */
 typedef struct agg_link {
   psd_agg *a;
   const ps_shard_conf *root;
-  pthread_t thread;
-  agg_job *head, *tail;     /* under a->mu */
-  int busy;                 /* jobs queued or running */
-  int exited;               /* under a->mu: the thread is done */
-  ps_chan_client *ch;       /* the thread's */
-  int ever;                 /* the thread's: it had a connection before */
+  psd_chan_client *cc;
+  size_t busy;              /* jobs in flight on it */
+  uint64_t gen;             /* psd_chan_client_gen of the last job done (invariant 6: reconnects) */
 } agg_link;
+
+typedef struct agg_spec_fetch agg_spec_fetch;
 
 struct psd_agg {
   uv_loop_t *loop;
@@ -101,13 +100,10 @@ struct psd_agg {
   agg_model *models;
   agg_group *groups;
   agg_copy *copies;
+  agg_spec_fetch *fetches;  /* GetModel calls on the way (invariant 7) */
   uv_timer_t timer;         /* forwards groups at their deadline */
-  uv_async_t done_async;
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  agg_job *done;            /* finished jobs, under mu */
-  int quit;                 /* under mu */
-  size_t nexited;           /* under mu: link threads done */
+  uv_async_t done_async;    /* runs the finished jobs on the next loop turn */
+  agg_job *done;            /* finished jobs, newest first */
   size_t nlinks, per_shard; /* per_shard links per root: [0] pushes, the rest pulls */
   agg_link *links;
   int stopped;
@@ -130,6 +126,8 @@ struct psd_agg {
 
 static void agg_timer_arm(psd_agg *a);
 static void agg_forget(psd_agg *a, uint32_t shard, uint32_t w);
+static void agg_op_add(psd_op **list, psd_op *op);
+static void agg_op_done_pop(psd_op **list, int code, const char *msg);
 
 /* ---- models ------------------------------------------------------------------ */
 
@@ -141,31 +139,43 @@ static void agg_model_free(agg_model *m) {
   free(m);
 }
 
-/* agg_model_fetch asks the roots for MODEL's spec and builds its layout
- * into a new entry (*OUT, not yet in a->models). */
-static int agg_model_fetch(psd_agg *a, const char *model, agg_model **out, ps_errbuf *eb) {
+/* agg_spec_rpc asks the roots (CFG's shards, in order) for MODEL's spec
+ * (*RESP).  Touches nothing of the aggregator: it runs on a thread of
+ * libuv's pool (agg_fetch_work), never on the loop (invariant 7). */
+static int agg_spec_rpc(const ps_config *cfg, const char *model, ProtobufCMessage **resp,
+                        ps_errbuf *eb) {
   Ps__GetModelRequest req = PS__GET_MODEL_REQUEST__INIT;
   req.name = (char *)model;
   int err = PS_EUNAVAIL;
-  ProtobufCMessage *resp = NULL;
-  for (size_t i = 0; i < a->cfg->nshards; i++) {
+  *resp = NULL;
+  ps_errf(eb, PS_EUNAVAIL, "no root shard configured");
+  for (size_t i = 0; i < cfg->nshards; i++) {
     ps_rpc *rpc = NULL;
     /* GetModel is a worker's right: the worker certificate under TLS */
-    if ((err = ps_rpc_open_cfg(&rpc, a->cfg->shards[i].grpc_addr, a->cfg, PS_ROLE_WORKER, eb)) < 0)
+    if ((err = ps_rpc_open_cfg(&rpc, cfg->shards[i].grpc_addr, cfg, PS_ROLE_WORKER, eb)) < 0)
       continue;
-    err = ps_rpc_call(rpc, "/ps.Ps/GetModel", &req.base, &ps__get_model_reply__descriptor, &resp,
+    err = ps_rpc_call(rpc, "/ps.Ps/GetModel", &req.base, &ps__get_model_reply__descriptor, resp,
                       AGG_GETMODEL_TIMEOUT_MS, eb);
     ps_rpc_close(rpc);
     if (err == 0 || err == PS_ENOENT) break;
   }
   if (err < 0) return ps_errf(eb, err, "model '%s': no root shard answered: %s", model, eb->msg);
+  return 0;
+}
+
+/* agg_model_build builds a new entry (*OUT, not yet in a->models) from
+ * RESP (a GetModelReply, owned by the entry from here on, freed on
+ * failure), fetched for connections stamped up to STAMP. */
+static int agg_model_build(psd_agg *a, const char *model, ProtobufCMessage *resp, uint64_t stamp,
+                           agg_model **out, ps_errbuf *eb) {
   agg_model *m = calloc(1, sizeof *m);
   if (!m) {
     protobuf_c_message_free_unpacked(resp, NULL);
     return ps_errf(eb, PS_ENOMEM, "out of memory");
   }
   m->reply = (Ps__GetModelReply *)resp;
-  m->stamp = a->stamp;
+  m->stamp = stamp;
+  int err;
   if (!m->reply->model) err = ps_errf(eb, PS_EPROTO, "GetModel '%s' without a model", model);
   else
     err = ps_layout_build(&m->layout, m->reply->model, a->cfg->chunk_elems, a->shard_ids,
@@ -212,49 +222,161 @@ static void agg_model_retire(psd_agg *a, agg_model *m) {
     }
 }
 
-/* agg_model_refresh fetches M's spec again for a connection opened after
- * M was fetched: *OUT is M when the spec is the same or the roots do not
- * answer (said), else a new entry that retires M. */
-static void agg_model_refresh(psd_agg *a, agg_model *m, agg_model **out) {
-  const char *name = m->reply->model->name;
-  agg_model *n = NULL;
-  ps_errbuf eb = {""};
-  *out = m;
-  m->stamp = a->stamp; /* one try for the connections opened so far */
-  if (agg_model_fetch(a, name, &n, &eb) < 0) {
-    ps_warn("aggregator %s: model '%s' not fetched again (%s); keeping its layout", a->me->name,
-            name, eb.msg);
-    return;
-  }
-  if (agg_spec_same(m->reply->model, n->reply->model)) {
-    agg_model_free(n);
-    return;
-  }
-  agg_model_retire(a, m);
-  n->next = a->models;
-  a->models = n;
-  *out = n;
-  ps_info("aggregator %s: model '%s' changed on the roots (replaced): %llu parameters, %zu "
-          "chunks now", a->me->name, name, (unsigned long long)n->layout.nparams,
-          n->layout.nchunks);
+/* ---- spec fetches off the loop (invariant 7) ----------------------------------- */
+
+/* A GetModel of one model name, run on libuv's thread pool. */
+struct agg_spec_fetch {
+  uv_work_t work;
+  psd_agg *a;               /* NULL: the aggregator was freed first (free F then) */
+  agg_spec_fetch *next;     /* in a->fetches */
+  const ps_config *cfg;
+  char *name;
+  uint64_t stamp;           /* a->stamp when it started */
+  psd_op *waiters;          /* finished (status 0: ask again) when it is done */
+  ProtobufCMessage *resp;   /* the pool thread's result */
+  int err;
+  ps_errbuf eb;
+};
+
+static void agg_fetch_work(uv_work_t *w) {
+  agg_spec_fetch *f = w->data;
+  f->err = agg_spec_rpc(f->cfg, f->name, &f->resp, &f->eb);
 }
 
-/* agg_model_get returns MODEL's entry, fetching it the first time and
- * again for a connection stamped STAMP after the last fetch. */
+/* agg_model_find returns the entry in service for MODEL, or NULL. */
+static agg_model *agg_model_find(psd_agg *a, const char *model) {
+  for (agg_model *m = a->models; m; m = m->next)
+    if (!m->retired && !strcmp(m->reply->model->name, model)) return m;
+  return NULL;
+}
+
+/* agg_fetch_find returns the fetch of MODEL on the way, or NULL. */
+static agg_spec_fetch *agg_fetch_find(psd_agg *a, const char *model) {
+  for (agg_spec_fetch *f = a->fetches; f; f = f->next)
+    if (!strcmp(f->name, model)) return f;
+  return NULL;
+}
+
+/* agg_fetch_landed takes fetch F's spec into service (on the loop): a
+ * first one becomes MODEL's entry, a fetch again replaces the entry when
+ * the spec changed on the roots (retiring it) and is dropped when it did
+ * not or the roots did not answer (said: the layout it has stays).
+ * Returns 0, or F's failure for a model fetched the first time. */
+static int agg_fetch_landed(psd_agg *a, agg_spec_fetch *f, ps_errbuf *eb) {
+  agg_model *m = agg_model_find(a, f->name), *n = NULL;
+  int err = f->err;
+  if (err < 0) {
+    if (!m) return ps_errf(eb, err, "%s", f->eb.msg);
+    ps_warn("aggregator %s: model '%s' not fetched again (%s); keeping its layout", a->me->name,
+            f->name, f->eb.msg);
+    return 0;
+  }
+  ProtobufCMessage *resp = f->resp;
+  f->resp = NULL;
+  if ((err = agg_model_build(a, f->name, resp, f->stamp, &n, eb)) < 0) {
+    if (!m) return err;
+    ps_warn("aggregator %s: model '%s' fetched again unusable (%s); keeping its layout",
+            a->me->name, f->name, eb->msg);
+    return 0;
+  }
+  if (m && agg_spec_same(m->reply->model, n->reply->model)) {
+    agg_model_free(n);
+    return 0;
+  }
+  if (m) agg_model_retire(a, m);
+  n->next = a->models;
+  a->models = n;
+  if (m)
+    ps_info("aggregator %s: model '%s' changed on the roots (replaced): %llu parameters, %zu "
+            "chunks now", a->me->name, f->name, (unsigned long long)n->layout.nparams,
+            n->layout.nchunks);
+  else
+    ps_info("aggregator %s: model '%s' (%llu parameters, %zu chunks)", a->me->name, f->name,
+            (unsigned long long)n->layout.nparams, n->layout.nchunks);
+  return 0;
+}
+
+/* agg_fetch_done (loop) takes fetch F's result into service and finishes
+ * its waiters: 0 (they ask again), or the failure of a first fetch. */
+static void agg_fetch_done(uv_work_t *w, int status) {
+  agg_spec_fetch *f = w->data;
+  psd_agg *a = f->a;
+  (void)status; /* never cancelled: uv_cancel is not used */
+  if (a) {
+    for (agg_spec_fetch **p = &a->fetches; *p; p = &(*p)->next)
+      if (*p == f) {
+        *p = f->next;
+        break;
+      }
+    ps_errbuf eb = {""};
+    int err = a->stopped ? ps_errf(&eb, PS_ESHUTDOWN, "aggregator %s is shutting down",
+                                   a->me->name)
+                         : agg_fetch_landed(a, f, &eb);
+    while (f->waiters) agg_op_done_pop(&f->waiters, err, err < 0 ? eb.msg : NULL);
+  }
+  if (f->resp) protobuf_c_message_free_unpacked(f->resp, NULL);
+  free(f->name);
+  free(f);
+}
+
+/* agg_fetch_start starts a fetch of MODEL's spec off the loop, for the
+ * connections opened so far; *OUT (may be NULL): it. */
+static int agg_fetch_start(psd_agg *a, const char *model, agg_spec_fetch **out, ps_errbuf *eb) {
+  agg_spec_fetch *f = calloc(1, sizeof *f);
+  if (!f || !(f->name = strdup(model))) {
+    free(f);
+    return ps_errf(eb, PS_ENOMEM, "aggregator out of memory");
+  }
+  f->a = a;
+  f->cfg = a->cfg;
+  f->stamp = a->stamp;
+  f->work.data = f;
+  int rc = uv_queue_work(a->loop, &f->work, agg_fetch_work, agg_fetch_done);
+  if (rc < 0) {
+    free(f->name);
+    free(f);
+    return ps_errf(eb, PS_ENOMEM, "aggregator: cannot fetch model '%s': %s", model,
+                   uv_strerror(rc));
+  }
+  f->next = a->fetches;
+  a->fetches = f;
+  if (out) *out = f;
+  return 0;
+}
+
+/* agg_model_get returns MODEL's entry without waiting (invariant 7): it
+ * starts a fetch the first time (PS_EUNAVAIL until it landed) and again
+ * for a connection stamped STAMP after the last fetch (the entry it has
+ * serves meanwhile). */
 static int agg_model_get(psd_agg *a, const char *model, uint64_t stamp, agg_model **out,
                          ps_errbuf *eb) {
-  for (agg_model *m = a->models; m; m = m->next)
-    if (!m->retired && !strcmp(m->reply->model->name, model)) {
-      if (stamp > m->stamp) agg_model_refresh(a, m, &m);
-      return *out = m, 0;
-    }
-  int err = agg_model_fetch(a, model, out, eb);
-  if (err < 0) return err;
-  (*out)->next = a->models;
-  a->models = *out;
-  ps_info("aggregator %s: model '%s' (%llu parameters, %zu chunks)", a->me->name, model,
-          (unsigned long long)(*out)->layout.nparams, (*out)->layout.nchunks);
-  return 0;
+  agg_model *m = agg_model_find(a, model);
+  if (m && stamp > m->stamp && !agg_fetch_find(a, model)) {
+    m->stamp = a->stamp; /* one try for the connections opened so far */
+    agg_fetch_start(a, model, NULL, eb);
+  }
+  if (m) return *out = m, 0;
+  if (!agg_fetch_find(a, model)) {
+    int err = agg_fetch_start(a, model, NULL, eb);
+    if (err < 0) return err;
+  }
+  return ps_errf(eb, PS_EUNAVAIL, "model '%s': its layout is being fetched from the root shards; "
+                 "try again", model);
+}
+
+/* psd_agg_spec_wait: see psd_agg.h. */
+int psd_agg_spec_wait(psd_agg *a, const char *model, uint64_t stamp, psd_op *op, ps_errbuf *eb) {
+  if (a->stopped) return 0; /* the request's own call says so */
+  agg_spec_fetch *f = agg_fetch_find(a, model);
+  if (!f) {
+    agg_model *m = agg_model_find(a, model);
+    if (m && stamp <= m->stamp) return 0;
+    if (m) m->stamp = a->stamp; /* one try for the connections opened so far */
+    int err = agg_fetch_start(a, model, &f, eb);
+    if (err < 0) return err;
+  }
+  agg_op_add(&f->waiters, op);
+  return 1;
 }
 
 /* agg_route checks R's ids (known, all on one root shard) and returns that
@@ -302,93 +424,34 @@ int psd_agg_payload(psd_agg *a, const ps_req *r, int push, uint64_t *nelems, uin
 
 /* ---- links (invariant 4) ------------------------------------------------------ */
 
-/* agg_link_leave sends leave job J's beat (invariant 6): the worker
- * leaves the root unless it spoke to it within 2 x heartbeat_ms. */
-static int agg_link_leave(agg_link *l, agg_job *j) {
-  Ps__HeartbeatRequest req = PS__HEARTBEAT_REQUEST__INIT;
-  req.worker = j->r.worker;
-  req.leaving = 1;
-  req.leave_if_silent_ms = 2 * l->a->cfg->workers.heartbeat_ms;
-  size_t n = ps__heartbeat_request__get_packed_size(&req);
-  uint8_t buf[64];
-  if (n > sizeof buf) return ps_errf(&j->eb, PS_EINVAL, "leaving beat of %zu bytes", n);
-  ps__heartbeat_request__pack(&req, buf);
-  void *rep = NULL;
-  size_t rlen = 0;
-  int rc = ps_chan_beat(l->ch, buf, n, &rep, &rlen, &j->eb);
-  Ps__HeartbeatReply *r = NULL;
-  if (rc == 0 && (rc = ps_pb_unpack(&ps__heartbeat_reply__descriptor, rep, rlen,
-                                    (ProtobufCMessage **)&r, &j->eb)) == 0) {
-    j->stayed = r->stayed;
-    j->gone = r->expired;
-    protobuf_c_message_free_unpacked(&r->base, NULL);
-  }
-  free(rep);
-  return rc;
-}
-
-/* agg_link_run sends job J to the link's root and waits for the answer
- * (link thread). */
-static void agg_link_run(agg_link *l, agg_job *j) {
-  if (!l->ch) {
-    j->status = ps_chan_connect_auth(&l->ch, l->root->channel_addr, l->a->cfg->cluster, l->a->key,
-                                     l->a->cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0,
-                                     AGG_CONNECT_TIMEOUT_MS, &j->eb);
-    if (j->status < 0) {
-      l->ch = NULL;
-      return;
+/* agg_job_fin (a link's request finished, on the loop) keeps job J's
+ * result for agg_on_done, which acts on it on the next loop turn: a
+ * request may finish inside the call that made it (a connection that
+ * could not start), and the caller is not done with it yet. */
+static void agg_job_fin(psd_done *d, int status, const char *msg) {
+  agg_job *j = d->arg;
+  psd_agg *a = j->link->a;
+  j->status = status;
+  if (status < 0) {
+    ps_errf(&j->eb, status, "%s", msg ? msg : ps_strerror(status));
+  } else if (j->leave) {
+    Ps__HeartbeatReply *r = NULL;
+    j->status = ps_pb_unpack(&ps__heartbeat_reply__descriptor, d->data, d->nbytes,
+                             (ProtobufCMessage **)&r, &j->eb);
+    if (r) {
+      j->stayed = r->stayed;
+      j->gone = r->expired;
+      protobuf_c_message_free_unpacked(&r->base, NULL);
     }
-    /* a pull may stay parked on the root up to pull_timeout_ms */
-    ps_chan_set_timeout(l->ch, (int)l->a->cfg->training.pull_timeout_ms + 5000);
-    j->reconnected = l->ever;
-    l->ever = 1;
-  }
-  j->r.nbytes = j->nbytes;
-  if (j->leave) {
-    j->status = agg_link_leave(l, j);
-  } else if (j->push) {
-    j->r.grads = j->data;
-    j->status = ps_chan_push(l->ch, &j->r, &j->version, &j->eb);
   } else {
-    j->r.out = j->data;
-    j->status = ps_chan_pull(l->ch, &j->r, &j->version, &j->eb);
+    j->version = d->version;
   }
-  if (j->status == PS_EUNAVAIL || j->status == PS_EIO || j->status == PS_ETIMEDOUT ||
-      j->status == PS_EPROTO) {
-    ps_chan_close(l->ch); /* unusable now; the next job reconnects */
-    l->ch = NULL;
-  }
+  j->next = a->done;
+  a->done = j;
+  if (!a->stopped) uv_async_send(&a->done_async);
 }
 
-/* agg_link_main runs the link's jobs until told to quit. */
-static void *agg_link_main(void *arg) {
-  agg_link *l = arg;
-  psd_agg *a = l->a;
-  pthread_mutex_lock(&a->mu);
-  for (;;) {
-    while (!l->head && !a->quit) pthread_cond_wait(&a->cv, &a->mu);
-    if (a->quit) break;
-    agg_job *j = l->head;
-    if (!(l->head = j->next)) l->tail = NULL;
-    pthread_mutex_unlock(&a->mu);
-    agg_link_run(l, j);
-    pthread_mutex_lock(&a->mu);
-    j->next = a->done;
-    a->done = j;
-    uv_async_send(&a->done_async);
-  }
-  pthread_mutex_unlock(&a->mu);
-  ps_chan_close(l->ch);
-  l->ch = NULL;
-  pthread_mutex_lock(&a->mu);
-  l->exited = 1;
-  a->nexited++;
-  pthread_cond_broadcast(&a->cv);
-  pthread_mutex_unlock(&a->mu);
-  return NULL;
-}
-
-/* agg_submit queues J on a link of root SHARD: the push link (pushes and
+/* agg_submit sends J on a link of root SHARD: the push link (pushes and
  * leaves), or the pull link with the fewest jobs. */
 static void agg_submit(psd_agg *a, uint32_t shard, agg_job *j) {
   agg_link *l = &a->links[shard * a->per_shard];
@@ -400,12 +463,32 @@ static void agg_submit(psd_agg *a, uint32_t shard, agg_job *j) {
   l->busy++;
   j->link = l;
   j->next = NULL;
-  pthread_mutex_lock(&a->mu);
-  if (l->tail) l->tail->next = j;
-  else l->head = j;
-  l->tail = j;
-  pthread_cond_broadcast(&a->cv);
-  pthread_mutex_unlock(&a->mu);
+  j->q.done = (psd_done){.fn = agg_job_fin, .arg = j};
+  j->r.nbytes = j->nbytes;
+  int rc;
+  ps_errbuf eb;
+  if (j->leave) {
+    /* invariant 6: the worker leaves the root unless it spoke to it within
+     * 2 x heartbeat_ms */
+    Ps__HeartbeatRequest req = PS__HEARTBEAT_REQUEST__INIT;
+    req.worker = j->r.worker;
+    req.leaving = 1;
+    req.leave_if_silent_ms = 2 * a->cfg->workers.heartbeat_ms;
+    size_t n = ps__heartbeat_request__get_packed_size(&req);
+    if (n > sizeof j->beat) {
+      rc = ps_errf(&eb, PS_EINVAL, "leaving beat of %zu bytes", n);
+    } else {
+      ps__heartbeat_request__pack(&req, j->beat);
+      rc = psd_chan_client_beat(l->cc, j->beat, n, &j->q, &eb);
+    }
+  } else if (j->push) {
+    j->r.grads = j->data;
+    rc = psd_chan_client_push(l->cc, &j->r, &j->q, &eb);
+  } else {
+    j->r.out = j->data;
+    rc = psd_chan_client_pull(l->cc, &j->r, &j->q, &eb);
+  }
+  if (rc < 0) agg_job_fin(&j->q.done, rc, eb.msg);
 }
 
 /* ---- waiters ------------------------------------------------------------------ */
@@ -972,10 +1055,8 @@ static void agg_pull_done(psd_agg *a, agg_job *j) {
 /* agg_on_done runs the finished jobs' completions on the loop. */
 static void agg_on_done(uv_async_t *h) {
   psd_agg *a = h->data;
-  pthread_mutex_lock(&a->mu);
   agg_job *list = a->done;
   a->done = NULL;
-  pthread_mutex_unlock(&a->mu);
   uv_update_time(a->loop); /* agg_touch's clock */
   agg_job *rev = NULL; /* oldest first */
   while (list) {
@@ -992,7 +1073,11 @@ static void agg_on_done(uv_async_t *h) {
       ps_warn("aggregator %s: %s to shard %u failed: %s%s", a->me->name,
               j->leave ? "a worker's leave" : j->push ? "push" : "pull", a->cfg->shards[shard].id,
               j->eb.msg, j->leave ? " (asked again, or its lease there decides)" : "");
-    if (j->reconnected) agg_forget(a, shard, UINT32_MAX); /* it may have restarted: inv. 6 */
+    if (j->q.gen > j->link->gen) { /* a new connection carried it */
+      /* it may have restarted: invariant 6 */
+      if (j->link->gen) agg_forget(a, shard, UINT32_MAX);
+      j->link->gen = j->q.gen;
+    }
     if (j->leave) agg_leave_done(a, j);
     else if (j->push) agg_push_done(a, j);
     else agg_pull_done(a, j);
@@ -1044,8 +1129,6 @@ int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_a
     return rc;
   }
   ps_config_shard_ids(cfg, a->shard_ids);
-  pthread_mutex_init(&a->mu, NULL);
-  pthread_cond_init(&a->cv, NULL);
   uv_timer_init(loop, &a->timer);
   a->timer.data = a;
   uv_async_init(loop, &a->done_async, agg_on_done);
@@ -1054,10 +1137,15 @@ int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_a
     agg_link *l = &a->links[i];
     l->a = a;
     l->root = &cfg->shards[i / a->per_shard];
-    if (pthread_create(&l->thread, NULL, agg_link_main, l) != 0) {
+    /* a pull may stay parked on the root up to pull_timeout_ms */
+    if ((rc = psd_chan_client_new(&l->cc, loop, l->root->channel_addr, cfg->cluster, a->key,
+                         cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0,
+                         AGG_CONNECT_TIMEOUT_MS, (int)cfg->training.pull_timeout_ms + 5000,
+                         eb)) < 0) {
       a->nlinks = i;
       psd_agg_stop(a);
-      return ps_errf(eb, PS_ENOMEM, "cannot start the aggregator's threads");
+      *out = a; /* the caller frees it once the loop ran */
+      return rc;
     }
   }
   *out = a;
@@ -1077,43 +1165,25 @@ static void agg_fail_all(psd_agg *a, int code, const char *msg) {
     while (g->waiters) agg_op_done_pop(&g->waiters, code, msg);
   for (agg_copy *c = a->copies; c; c = c->next)
     while (c->waiters) agg_op_done_pop(&c->waiters, code, msg);
+  for (agg_spec_fetch *f = a->fetches; f; f = f->next)
+    while (f->waiters) agg_op_done_pop(&f->waiters, code, msg);
 }
 
-/* psd_agg_stop: see psd_agg.h.  Link threads are told to quit; psd_agg_free
- * waits for them. */
+/* psd_agg_stop: see psd_agg.h.  The links' clients close: the jobs in
+ * flight finish (PS_ESHUTDOWN) into a->done, freed by psd_agg_free. */
 void psd_agg_stop(psd_agg *a) {
   if (!a || a->stopped) return;
   a->stopped = 1;
   agg_fail_all(a, PS_ESHUTDOWN, "aggregator is shutting down");
-  pthread_mutex_lock(&a->mu);
-  a->quit = 1;
-  pthread_cond_broadcast(&a->cv);
-  pthread_mutex_unlock(&a->mu);
+  for (size_t i = 0; i < a->nlinks; i++) psd_chan_client_close(a->links[i].cc);
   if (!uv_is_closing((uv_handle_t *)&a->timer)) uv_close((uv_handle_t *)&a->timer, NULL);
   if (!uv_is_closing((uv_handle_t *)&a->done_async))
     uv_close((uv_handle_t *)&a->done_async, NULL);
 }
 
-#define AGG_JOIN_MS 2000 /* psd_agg_free's wait for the link threads */
-
-/* psd_agg_free waits up to AGG_JOIN_MS for the link threads (a thread
- * still blocked on a root then, a pull parked there, is detached and the
- * link array, the lock and A itself are left to it: the process is
- * exiting) and frees everything else. */
+/* psd_agg_free frees A (stopped, and the loop ran since). */
 void psd_agg_free(psd_agg *a) {
   if (!a) return;
-  struct timespec until;
-  clock_gettime(CLOCK_REALTIME, &until);
-  until.tv_sec += AGG_JOIN_MS / 1000;
-  pthread_mutex_lock(&a->mu);
-  while (a->nexited < a->nlinks && pthread_cond_timedwait(&a->cv, &a->mu, &until) == 0) {
-  }
-  int all = a->nexited == a->nlinks;
-  pthread_mutex_unlock(&a->mu);
-  for (size_t i = 0; i < a->nlinks; i++) {
-    if (all) pthread_join(a->links[i].thread, NULL);
-    else pthread_detach(a->links[i].thread);
-  }
   while (a->groups) {
     agg_group *g = a->groups;
     a->groups = g->next;
@@ -1126,6 +1196,8 @@ void psd_agg_free(psd_agg *a) {
     free(c->data);
     free(c);
   }
+  for (agg_spec_fetch *f = a->fetches; f; f = f->next) /* still running: it frees itself */
+    f->a = NULL;
   while (a->models) {
     agg_model *m = a->models;
     a->models = m->next;
@@ -1140,22 +1212,12 @@ void psd_agg_free(psd_agg *a) {
   free(a->left);
   free(a->retry_ms);
   free(a->resend);
-  if (!all) return;
-  for (agg_job *j = a->done, *next; j; j = next) { /* finished after the loop stopped */
+  for (agg_job *j = a->done, *next; j; j = next) { /* finished after the loop's last turn */
     next = j->next;
     if (j->push) agg_group_free(j->g);
     free(j->data);
     free(j);
   }
-  for (size_t i = 0; i < a->nlinks; i++)
-    for (agg_job *j = a->links[i].head, *next; j; j = next) { /* never run */
-      next = j->next;
-      if (j->push) agg_group_free(j->g);
-      free(j->data);
-      free(j);
-    }
-  pthread_mutex_destroy(&a->mu);
-  pthread_cond_destroy(&a->cv);
   free(a->links);
   free(a);
 }

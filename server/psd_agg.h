@@ -44,11 +44,19 @@
  *     fetch at exactly its clock: one fetch serves every local worker
  *     that waits at that clock, and a fetch never asks for a clock above a
  *     waiting worker's (that could wait for the worker itself).
- *  4. The root is reached through blocking channel clients on threads of
- *     the aggregator (one for pushes and leaves, `workers` for pulls per root
- *     shard, so a parked pull never holds up a push or another worker's
- *     pull); their results come back to the loop through one uv_async.
- *     Everything else runs on the loop thread.
+ *  4. The root is reached through channel clients on the aggregator's own
+ *     loop (psd_chan_client.h; no threads, the loop never waits on a root):
+ *     per root shard one link for pushes and leaves (pipelined, answered
+ *     in order) and `workers` for pulls (a pull goes to the one with the
+ *     fewest requests in flight), so a pull parked on the root holds up
+ *     no push and no other worker's pull while the links outnumber the
+ *     parked pulls.  A link connects on its first request and again on
+ *     the first after a failure; a failure (refused, closed, no progress
+ *     for pull_timeout_ms + 5 s, a bad reply) fails the requests it
+ *     carried (invariant 5).  Finished requests are acted on the next
+ *     loop turn (one uv_async), oldest first, never inside the call that
+ *     made them.  Everything runs on the loop thread; GetModel alone
+ *     runs on libuv's thread pool (invariant 7).
  *  5. A root that fails a forwarded request fails the workers' requests
  *     it carried with the root's error (PS_EUNAVAIL when unreachable):
  *     workers retry or fail over to the root shards directly (psw).
@@ -78,7 +86,13 @@
  *     stays; a shard that kept it or failed is asked again every
  *     heartbeat while the worker stays away, up to a lease after its last
  *     word here); its sums stop waiting for it at once, not after
- *     lease_ms. */
+ *     lease_ms.
+ *  7. Model specs (GetModel, gRPC) are fetched on libuv's thread pool,
+ *     never on the loop: a request whose model's layout is not here, or
+ *     was fetched before its connection opened, waits (its connection
+ *     paused: psd_agg_spec_wait) while the loop serves everything else;
+ *     one fetch per model name at a time, its waiters all answered when
+ *     it lands. */
 #ifndef PSD_AGG_H
 #define PSD_AGG_H
 
@@ -119,12 +133,13 @@ typedef struct psd_agg_stats {
 } psd_agg_stats;
 
 /* psd_agg_new makes the aggregator ME of CFG (both borrowed for its life)
- * on LOOP and starts its root links.  0 or a PS_E* code. */
+ * on LOOP with its root links (they connect on their first request).  0
+ * or a PS_E* code (*OUT may then be set: stop and free it as usual). */
 int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_agg_conf *me,
                 ps_errbuf *eb);
 
-/* psd_agg_stop answers every pending op with PS_ESHUTDOWN, tells the links
- * to stop and closes the loop handles (run the loop afterwards); free
+/* psd_agg_stop answers every pending op with PS_ESHUTDOWN, closes the
+ * links' clients and the loop handles (run the loop afterwards); free
  * with psd_agg_free once the loop has run.  Idempotent. */
 void psd_agg_stop(psd_agg *a);
 void psd_agg_free(psd_agg *a);
@@ -133,11 +148,21 @@ void psd_agg_free(psd_agg *a);
  * the ps_req.conn_stamp of its requests (increasing, never 0). */
 uint64_t psd_agg_conn_stamp(psd_agg *a);
 
+/* psd_agg_spec_wait readies MODEL's layout for a request on a connection
+ * stamped STAMP (invariant 7): 0 when it is here and was fetched after
+ * that connection opened; else 1, a GetModel runs off the loop (the first
+ * fetch, or again: a `psctl submit --replace` is seen by the connections
+ * opened after it) and OP (done.fn and arg set by the caller) finishes
+ * once it is done: status 0, ask again; a PS_E* code when a model never
+ * fetched could not be (the roots' word, PS_EUNAVAIL when none answered).
+ * A failed fetch again keeps the layout it has.  psd_agg_cancel takes OP
+ * back.  PS_ENOMEM (OP unused). */
+int psd_agg_spec_wait(psd_agg *a, const char *model, uint64_t stamp, psd_op *op, ps_errbuf *eb);
+
 /* psd_agg_payload validates a push (PUSH non-zero) or pull of R against
- * its model's layout (fetched from a root the first time, and again when
- * R->conn_stamp is later than the last fetch, blocking the loop for at
- * most a few seconds; a failed refetch keeps the layout it has) and sizes
- * its payload in R->codec. */
+ * its model's layout and sizes its payload in R->codec.  It never waits:
+ * a model whose layout is not here yet is PS_EUNAVAIL (a fetch started;
+ * callers that can wait use psd_agg_spec_wait first). */
 int psd_agg_payload(psd_agg *a, const ps_req *r, int push, uint64_t *nelems, uint64_t *nbytes,
                     ps_errbuf *eb);
 

@@ -68,6 +68,12 @@
  *     pushes are acknowledged in order).  At most CHAN_MAX_ACKS wait per
  *     connection; a push beyond that (or without memory for its entry)
  *     waits as in 7a.  A close cancels every wait.
+ *  7c. On an aggregator, a push or pull whose model's layout is not there
+ *     yet (or predates the connection) waits for it (psd_shard_forward_spec:
+ *     a GetModel off the loop) with the connection paused, its meta kept
+ *     and its data not yet read; then it is acted on as if just read (a
+ *     fetch that failed answers it with the roots' error, a push's data
+ *     discarded).  A close cancels the wait.
  *  8. Limits (psd_chan.h): the pre-HELLO meta cap is checked on the
  *     header, before the meta buffer grows.  A new connection is accepted
  *     and closed without being read when fewer than psd_fd_reserve
@@ -166,6 +172,11 @@ typedef struct psd_conn {
   psd_op op;                  /* a forwarded push or pull (aggregator) ... */
   int op_pending, op_push;    /* ... waiting for the root; the connection is paused */
   uint32_t op_codec;          /* the pull's codec */
+  psd_op spec;                /* a push or pull waiting for its model's layout (7c) ... */
+  int spec_pending;           /* ... the connection paused meanwhile */
+  Ps__ChanMeta *smeta;        /* its meta */
+  int spec_err;               /* the layout could not be fetched: the request's answer */
+  ps_errbuf spec_eb;
   uint64_t agg_stamp;         /* an aggregator's: psd_agg_conn_stamp at accept */
   uint32_t agg_worker1;       /* an aggregator's: its worker + 1 (psd_shard_forward_conn) */
   int counted;                /* counts in sh->chan_conns (not a refused one) */
@@ -261,7 +272,8 @@ static void wr_done(uv_write_t *req, int status) {
   conn_give_buf(c, w->data, w->data_cap); /* before a resume serves the next pull */
   if (status < 0 && status != UV_ECANCELED) conn_close(c);
   else if (w->close_after) conn_close(c);
-  else if (c->paused && !c->parked && !c->syncing && !c->op_pending && c->queued <= CHAN_MAX_QUEUED)
+  else if (c->paused && !c->parked && !c->syncing && !c->op_pending && !c->spec_pending &&
+           c->queued <= CHAN_MAX_QUEUED)
     conn_resume(c);
   free(w);
 }
@@ -632,6 +644,17 @@ static void conn_unpark(psd_done *d, int status, const char *msg) {
   }
 }
 
+/* conn_spec_err returns (and clears) the error of a request whose
+ * model's layout could not be fetched (invariant 7c), in EB; 0 if none. */
+static int conn_spec_err(psd_conn *c, ps_errbuf *eb) {
+  int err = c->spec_err;
+  if (!err) return 0;
+  c->spec_err = 0;
+  *eb = c->spec_eb;
+  psd_shard_count_error(c->chan->sh);
+  return err;
+}
+
 /* conn_pull_reply writes a pull's answer: NBYTES of DATA (copied into a
  * reply buffer) at VERSION in CODEC. */
 static void conn_pull_reply(psd_conn *c, const void *data, uint64_t nbytes, uint64_t version,
@@ -720,7 +743,8 @@ static int conn_pull(psd_conn *c, Ps__ChanMeta *m) {
   ps_req r = conn_req(m);
   r.conn_stamp = c->agg_stamp;
   sh->inflight++;
-  int rc = psd_shard_payload(sh, &r, 0, &n, &nbytes, &eb);
+  int rc = conn_spec_err(c, &eb);
+  if (rc == 0) rc = psd_shard_payload(sh, &r, 0, &n, &nbytes, &eb);
   if (rc == 0 && sh->agg) {
     conn_forward(c, &r, 0, m->codec);
     return 0;
@@ -761,7 +785,8 @@ static void conn_push_begin(psd_conn *c) {
   ps_req r = conn_req(m);
   r.conn_stamp = c->agg_stamp;
   sh->inflight++;
-  c->req_err = psd_shard_payload(sh, &r, 1, &n, &nbytes, &c->req_eb);
+  c->req_err = conn_spec_err(c, &c->req_eb);
+  if (c->req_err == 0) c->req_err = psd_shard_payload(sh, &r, 1, &n, &nbytes, &c->req_eb);
   if (c->req_err == 0 && nbytes != c->rx.h.data_len) {
     psd_shard_count_error(sh);
     c->req_err = ps_errf(&c->req_eb, PS_EINVAL,
@@ -1123,6 +1148,48 @@ static int conn_mac_done(psd_conn *c) {
   return 0;
 }
 
+static int conn_meta_act(psd_conn *c, Ps__ChanMeta *m);
+
+/* conn_spec_done acts on the request whose model's layout the aggregator
+ * fetched (status 0) or could not (its error answers the request), and
+ * asks for the connection to resume (invariant 7c). */
+static void conn_spec_done(psd_done *d, int status, const char *msg) {
+  psd_conn *c = d->arg;
+  if (!c->spec_pending) return;
+  Ps__ChanMeta *m = c->smeta;
+  c->spec_pending = 0;
+  c->smeta = NULL;
+  if (status < 0) {
+    c->spec_err = status;
+    ps_errf(&c->spec_eb, status, "%s", msg ? msg : ps_strerror(status));
+  }
+  if (conn_meta_act(c, m) < 0) {
+    conn_close(c);
+    return;
+  }
+  if (!c->closing && !c->spec_pending) {
+    c->resume_pending = 1;
+    uv_async_send(&c->chan->wake);
+  }
+}
+
+/* conn_spec_hold: 1 when push or pull M waits for its model's layout on
+ * an aggregator (the connection paused, M kept; invariant 7c); 0 to act
+ * on it now (a failure to wait is the request's answer: spec_err). */
+static int conn_spec_hold(psd_conn *c, Ps__ChanMeta *m) {
+  psd_shard *sh = c->chan->sh;
+  if (!sh->agg || c->spec_err) return 0;
+  c->spec = (psd_op){.done = {.fn = conn_spec_done, .arg = c}};
+  int rc = psd_shard_forward_spec(sh, m->model, c->agg_stamp, &c->spec, &c->spec_eb);
+  if (rc < 0) c->spec_err = rc;
+  if (rc != 1) return 0;
+  c->spec_pending = 1;
+  c->smeta = m;
+  c->paused = 1;
+  uv_read_stop((uv_stream_t *)&c->tcp);
+  return 1;
+}
+
 /* conn_meta_done dispatches a frame whose meta is complete.  Returns 0 or
  * a PS_E* code: the connection must be closed. */
 static int conn_meta_done(psd_conn *c) {
@@ -1133,7 +1200,6 @@ static int conn_meta_done(psd_conn *c) {
     ps_warn("channel: %s; closing the connection", eb.msg);
     return PS_EPROTO;
   }
-  int rc = 0;
   c->rx.got = 0;
   c->rx.state = PS_CHAN_RX_HDR;
   if (c->mac && c->hello_done) { /* invariant 10 */
@@ -1141,14 +1207,25 @@ static int conn_meta_done(psd_conn *c) {
     ps_auth_mac_update(c->mac, 'C', c->rx.hdrbuf, sizeof c->rx.hdrbuf);
     ps_auth_mac_update(c->mac, 'C', c->rx.meta, c->rx.h.meta_len);
   }
+  return conn_meta_act(c, m);
+}
+
+/* conn_meta_act acts on request M (its meta complete, MAC begun): a push
+ * or pull of a model whose layout an aggregator does not have yet waits
+ * for it first (invariant 7c; acted on again from conn_spec_done).
+ * Returns 0 or a PS_E* code: the connection must be closed. */
+static int conn_meta_act(psd_conn *c, Ps__ChanMeta *m) {
+  int rc = 0;
   if (!c->hello_done) {
     rc = conn_hello(c, m);
   } else if ((int)m->op == PS__CHAN_OP__CHAN_PUSH && m->model) {
+    if (conn_spec_hold(c, m)) return 0;
     c->req = m;
     conn_push_begin(c);
     if (c->rx.h.data_len == 0) conn_data_done(c);
     return 0;
   } else if ((int)m->op == PS__CHAN_OP__CHAN_PULL && m->model && c->rx.h.data_len == 0) {
+    if (conn_spec_hold(c, m)) return 0;
     if (c->mac) { /* served once its MAC checked out */
       c->req = m;
       c->req_is_pull = 1;
@@ -1340,6 +1417,12 @@ static void conn_close(psd_conn *c) {
     if (sh->inflight) sh->inflight--;
     c->op_pending = 0;
   }
+  if (c->spec_pending) { /* invariant 7c */
+    psd_agg_cancel(c->chan->sh->agg, &c->spec);
+    ps__chan_meta__free_unpacked(c->smeta, NULL);
+    c->smeta = NULL;
+    c->spec_pending = 0;
+  }
   psd_shard_forward_conn(c->chan->sh, &c->agg_worker1, UINT32_MAX);
   if (c->counted) {
     c->counted = 0;
@@ -1359,7 +1442,8 @@ static void chan_on_wake(uv_async_t *a) {
     next = c->next;
     if (!c->resume_pending) continue;
     c->resume_pending = 0;
-    if (!c->closing && !c->parked && !c->syncing && !c->op_pending && c->paused &&
+    if (!c->closing && !c->parked && !c->syncing && !c->op_pending && !c->spec_pending &&
+        c->paused &&
         c->queued <= CHAN_MAX_QUEUED)
       conn_resume(c);
   }
@@ -1389,7 +1473,9 @@ static void chan_sweep(uv_timer_t *t) {
       c->last_wq = wq;
       c->last_ms = now;
     }
-    if (c->closing || c->parked || c->op_pending || c->acks || now - c->last_ms < sh->cfg->idle_timeout_ms) continue;
+    if (c->closing || c->parked || c->op_pending || c->spec_pending || c->acks ||
+        now - c->last_ms < sh->cfg->idle_timeout_ms)
+      continue;
     sh->ctr.chan_idle_closed++;
     ps_debug("channel: closing a connection silent for %llu ms",
              (unsigned long long)(now - c->last_ms));

@@ -511,6 +511,12 @@ int psd_shard_forward_pull(psd_shard *sh, const ps_req *r, psd_op *op, ps_errbuf
   return err;
 }
 
+/* psd_shard_forward_spec: see psd_shard.h. */
+int psd_shard_forward_spec(psd_shard *sh, const char *model, uint64_t stamp, psd_op *op,
+                           ps_errbuf *eb) {
+  return sh->agg ? psd_agg_spec_wait(sh->agg, model, stamp, op, eb) : 0;
+}
+
 /* psd_shard_forward_conn: see psd_shard.h. */
 void psd_shard_forward_conn(psd_shard *sh, uint32_t *who1, uint32_t worker) {
   uint32_t now1 = worker == UINT32_MAX ? 0 : worker + 1;

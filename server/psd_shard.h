@@ -139,6 +139,14 @@ int psd_shard_push_durable(psd_shard *sh, struct psd_wal_waiter *wt, ps_errbuf *
 int psd_shard_forward_push(psd_shard *sh, const ps_req *r, psd_op *op, ps_errbuf *eb);
 int psd_shard_forward_pull(psd_shard *sh, const ps_req *r, psd_op *op, ps_errbuf *eb);
 
+/* psd_shard_forward_spec readies MODEL's layout on an aggregator for a
+ * request on a connection stamped STAMP without blocking the loop
+ * (psd_agg_spec_wait): 0 ready (also on a store shard), or 1 and OP
+ * finishes once it is fetched (status 0: go on; else the request's
+ * error); a PS_E* code. */
+int psd_shard_forward_spec(psd_shard *sh, const char *model, uint64_t stamp, psd_op *op,
+                           ps_errbuf *eb);
+
 /* psd_shard_forward_conn tells the aggregator (none: nothing) which local
  * worker a connection now serves: *WHO1 is the connection's worker + 1 (0:
  * none yet), WORKER the one of its latest request, or UINT32_MAX when the

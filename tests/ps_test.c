@@ -60,6 +60,23 @@ int ps_test_free_port(void) {
   return ntohs(a.sin_port);
 }
 
+/* ps_test_listen: see ps_test.h. */
+int ps_test_listen(int port, int *bound) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  ck_assert_int_ge(fd, 0);
+  int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  ck_assert_msg(bind(fd, (struct sockaddr *)&a, sizeof a) == 0, "bind port %d: %s", port,
+                strerror(errno));
+  ck_assert_int_eq(listen(fd, 16), 0);
+  socklen_t len = sizeof a;
+  ck_assert_int_eq(getsockname(fd, (struct sockaddr *)&a, &len), 0);
+  if (bound) *bound = ntohs(a.sin_port);
+  return fd;
+}
+
 void ps_test_write_file(const char *path, const char *text) {
   FILE *f = fopen(path, "w");
   ck_assert_msg(f != NULL, "open '%s': %s", path, strerror(errno));
@@ -161,20 +178,27 @@ int ps_test_chan_connect(ps_chan_client **c, const char *addr, const char *clust
 }
 
 /* ps_test_chan_connect_flags: see ps_test.h. */
+/* ps_test_chan_key: see ps_test.h. */
+int ps_test_chan_key(ps_auth_keys *keys, const ps_auth_key **key, int *flags, ps_errbuf *eb) {
+  ps_config cfg;
+  *key = NULL;
+  *flags = 0;
+  int rc = ps_test_client_config(&cfg, eb);
+  if (rc < 0) return rc;
+  rc = ps_auth_client_key(cfg.security.secret_file, PS_ROLE_WORKER, keys, key, eb);
+  *flags = cfg.security.payload_mac ? PS_CHAN_AUTH_MAC : 0;
+  ps_config_release(&cfg);
+  return rc;
+}
+
 int ps_test_chan_connect_flags(ps_chan_client **c, const char *addr, const char *cluster,
                                int flags, int timeout_ms, ps_errbuf *eb) {
-  ps_config cfg;
   ps_auth_keys keys = {0};
   const ps_auth_key *key = NULL;
-  int rc = ps_test_client_config(&cfg, eb);
-  if (rc == 0)
-    rc = ps_auth_client_key(cfg.security.secret_file, PS_ROLE_WORKER, &keys, &key, eb);
-  if (rc == 0)
-    rc = ps_chan_connect_auth(c, addr, cluster, key,
-                              (cfg.security.payload_mac ? PS_CHAN_AUTH_MAC : 0) | flags,
-                              timeout_ms, eb);
+  int mac = 0;
+  int rc = ps_test_chan_key(&keys, &key, &mac, eb);
+  if (rc == 0) rc = ps_chan_connect_auth(c, addr, cluster, key, mac | flags, timeout_ms, eb);
   ps_auth_release(&keys);
-  ps_config_release(&cfg);
   return rc;
 }
 

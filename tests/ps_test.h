@@ -37,6 +37,10 @@ const char *ps_test_bin(const char *name);
  * returns its path (static storage, overwritten by the next call). */
 const char *ps_test_tmpdir(void);
 
+/* ps_test_listen returns a socket listening on 127.0.0.1:PORT (0: a
+ * free one; *BOUND, may be NULL: the port); the caller closes it. */
+int ps_test_listen(int port, int *bound);
+
 /* ps_test_free_port returns a TCP port on 127.0.0.1 that was free a moment
  * ago (bound to port 0, then closed). */
 int ps_test_free_port(void);
@@ -170,6 +174,11 @@ int ps_test_wait_port(int port, int timeout_ms);
 int ps_test_rpc_open(ps_rpc **r, const char *addr, ps_errbuf *eb);
 int ps_test_chan_connect(ps_chan_client **c, const char *addr, const char *cluster,
                          int timeout_ms, ps_errbuf *eb);
+/* ps_test_chan_key loads the worker's channel key of the security
+ * section ps_test_cluster_yaml last wrote into KEYS (*KEY; NULL without
+ * one; release KEYS with ps_auth_release) and the ps_chan_connect_auth
+ * FLAGS it asks for (PS_CHAN_AUTH_MAC). */
+int ps_test_chan_key(ps_auth_keys *keys, const ps_auth_key **key, int *flags, ps_errbuf *eb);
 /* ps_test_chan_connect_flags is ps_test_chan_connect with more
  * ps_chan_connect_auth FLAGS (PS_CHAN_UNORDERED_ACKS). */
 int ps_test_chan_connect_flags(ps_chan_client **c, const char *addr, const char *cluster,

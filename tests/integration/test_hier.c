@@ -24,6 +24,12 @@
  *  - a dead local worker leaves through the aggregator (leases longer
  *    than the test): the aggregator's sums no longer wait for it, the
  *    roots list it DEAD;
+ *  - a root that stops and comes back: a push through the aggregator
+ *    fails while it is down (the worker's connection stays) and is
+ *    acknowledged once it is back (the link connects again);
+ *  - a root whose gRPC port never answers: the aggregator serves other
+ *    connections while it fetches the model's layout off its loop, and
+ *    the failed fetch answers the requests that waited for it;
  *  - failover and return: kill -9 the aggregator mid-training under BSP:
  *    every worker goes to the roots directly (a sum lost with the
  *    aggregator must not hold the roots' BSP clocks); the aggregator is
@@ -32,6 +38,7 @@
  *    worker saw acknowledged was applied, and the model learned.
  *
  * Skipped (visibly) without the dataset. */
+#include <poll.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -704,6 +711,97 @@ START_TEST(test_hier_dead_worker) {
 END_TEST
 
 /* psd -t and psw check the aggregator named on the command line. */
+/* test_hier_spec_off_loop: the aggregator fetches a model's layout
+ * (GetModel) off its loop.  The root's gRPC port is a listener that
+ * never answers (the test does not accept: the call hangs up to its 3 s
+ * timeout).  A worker's pull then waits for the layout while the loop
+ * goes on serving: another connection's hello completes within 2 s, which
+ * a loop blocked in the call could not before the call's timeout.  The
+ * fetch fails: the pull gets the error, the connection stays usable, and a
+ * push on it (its data discarded unread into any layout) gets the error
+ * too. */
+START_TEST(test_hier_spec_off_loop) {
+  th_ctx x = {0};
+  snprintf(x.dir, sizeof x.dir, "%s", ps_test_tmpdir());
+  x.agg_gp = ps_test_free_port();
+  do x.agg_cp = ps_test_free_port();
+  while (x.agg_cp == x.agg_gp);
+  char extra[512];
+  snprintf(extra, sizeof extra,
+           "aggregators:\n  - {name: h0, grpc: \"127.0.0.1:%d\", channel: \"127.0.0.1:%d\", "
+           "workers: 3}\nworkers:\n  count: 3\n", x.agg_gp, x.agg_cp);
+  snprintf(x.yaml, sizeof x.yaml, "%s", ps_test_cluster_yaml(x.dir, 1, extra, x.gp, x.cp));
+  int hole = ps_test_listen(x.gp[0], NULL);
+  snprintf(x.agg_log, sizeof x.agg_log, "%s/agg.log", x.dir);
+  char *argv[] = {(char *)ps_test_bin("psd"), "--config", x.yaml, "--aggregator", "h0", NULL};
+  x.agg = ps_test_spawn(argv, x.agg_log, NULL);
+  ck_assert_int_eq(ps_test_wait_port(x.agg_cp, 10000), 0);
+  ps_chan_client *a = th_chan(x.agg_cp);
+  uint32_t ids[1] = {0};
+  float out[4], g[4] = {0};
+  ps_req r = {.model = "m", .ids = ids, .nids = 1, .worker = 0, .clock = 0};
+  struct iovec dst = {out, sizeof out};
+  uint64_t id = 0, v = 0;
+  ps_errbuf eb = {""};
+  ck_assert_int_eq(ps_chan_send_pullv(a, &r, &dst, 1, &id, &eb), 0);
+  /* the aggregator is in GetModel once its connection to the root waits */
+  struct pollfd p = {.fd = hole, .events = POLLIN};
+  ck_assert_msg(poll(&p, 1, 10000) == 1, "the aggregator did not ask the root for the model");
+  ps_chan_client *b = NULL;
+  char addr[64];
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", x.agg_cp);
+  ck_assert_msg(ps_test_chan_connect(&b, addr, "test", 2000, &eb) == 0,
+                "a hello waited for the model's fetch: %s", eb.msg);
+  ps_chan_close(b);
+  int rc = ps_chan_recv(a, NULL, &v, &eb);
+  ck_assert_int_lt(rc, 0);
+  ck_assert_msg(strstr(eb.msg, "no root shard answered"), "%s", eb.msg);
+  ck_assert(ps_chan_alive(a));
+  r.grads = g;
+  r.nbytes = sizeof g;
+  rc = ps_chan_push(a, &r, &v, &eb);
+  ck_assert_int_lt(rc, 0);
+  ck_assert_msg(strstr(eb.msg, "no root shard answered"), "%s", eb.msg);
+  ck_assert(ps_chan_alive(a));
+  ps_chan_close(a);
+  close(hole);
+  th_finish(&x);
+}
+END_TEST
+
+/* test_hier_root_restart: the aggregator's links reconnect.  A push
+ * through the aggregator (sums forwarded at once) is acknowledged; the
+ * root stops: the next push fails with the link's error (invariant 5)
+ * and the worker's connection stays; the root comes back on its data: the
+ * push after that is forwarded on a new connection and acknowledged with
+ * a newer version. */
+START_TEST(test_hier_root_restart) {
+  th_ctx x = {0};
+  ps_rpc *rpc;
+  ps_errbuf eb = {""};
+  th_bare_delay(&x, &rpc, 0);
+  th_submit(rpc, "m", NULL);
+  ps_rpc_close(rpc);
+  static float g[TH_ELEMS];
+  for (int i = 0; i < TH_ELEMS; i++) g[i] = 0.5f;
+  const uint32_t ids[3] = {0, 1, 2};
+  ps_chan_client *w = th_chan(x.agg_cp);
+  uint64_t v0 = 0, v;
+  ck_assert_msg(ps_test_push(w, "m", ids, 3, g, TH_ELEMS, 0, 0, 0, &v0, &eb) == 0, "%s", eb.msg);
+  ck_assert_int_eq(ps_test_stop(x.shard[0], SIGTERM, 10000), 0);
+  x.shard[0] = 0;
+  int rc = ps_test_push(w, "m", ids, 3, g, TH_ELEMS, 0, 1, v0, &v, &eb);
+  ck_assert_msg(rc == PS_EUNAVAIL, "push with the root down: %d %s", rc, eb.msg);
+  ck_assert(ps_chan_alive(w));
+  ps_test_start_shards(x.yaml, x.dir, 1, x.gp, x.cp, x.shard);
+  rc = ps_test_push(w, "m", ids, 3, g, TH_ELEMS, 0, 1, v0, &v, &eb);
+  ck_assert_msg(rc == 0, "push after the root came back: %s (see %s)", eb.msg, x.agg_log);
+  ck_assert_uint_gt(v, v0);
+  ps_chan_close(w);
+  th_finish(&x);
+}
+END_TEST
+
 START_TEST(test_hier_flags) {
   th_ctx x = {0};
   snprintf(x.dir, sizeof x.dir, "%s", ps_test_tmpdir());
@@ -740,6 +838,8 @@ Suite *hier_suite(void) {
   tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_set_timeout(tc, 240);
   tcase_add_test(tc, test_hier_flags);
+  tcase_add_test(tc, test_hier_spec_off_loop);
+  tcase_add_test(tc, test_hier_root_restart);
   tcase_add_test(tc, test_hier_sum_is_one_update);
   tcase_add_test(tc, test_hier_clock_entered);
   tcase_add_test(tc, test_hier_codec);

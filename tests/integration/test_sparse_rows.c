@@ -972,13 +972,7 @@ static void *sd_old_shard_main(void *arg) {
 static void sd_old_shard_start(sd_old_shard *o, int offer) {
   memset(o, 0, sizeof *o);
   o->offer = offer;
-  o->fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  socklen_t al = sizeof a;
-  ck_assert_int_eq(bind(o->fd, (struct sockaddr *)&a, sizeof a), 0);
-  ck_assert_int_eq(listen(o->fd, 8), 0);
-  ck_assert_int_eq(getsockname(o->fd, (struct sockaddr *)&a, &al), 0);
-  o->port = ntohs(a.sin_port);
+  o->fd = ps_test_listen(0, &o->port);
   ck_assert_int_eq(pthread_create(&o->th, NULL, sd_old_shard_main, o), 0);
 }
 

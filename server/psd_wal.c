@@ -22,10 +22,12 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "ps_crc32c.h"
 #include "ps_log.h"
 
 #define WAL_HDR 16
-#define WAL_MAX_RECORD (UINT32_MAX - 64)
+#define WAL_CRC32C 0x80000000u /* in a record's len field: its crc is CRC-32C */
+#define WAL_MAX_RECORD (0x7fffffffu - 64)
 #define WAL_SPARES 8 /* deleted segments kept for reuse (invariant 6) */
 
 typedef struct wal_seg {
@@ -110,9 +112,19 @@ static void wal_loop_time(psd_wal *w, uint64_t t0) {
 static uint32_t wal_get32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static uint64_t wal_get64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 
+/* wal_len: a record's payload length (its len field without the flag). */
+static uint32_t wal_len(const uint8_t *hdr) { return wal_get32(hdr) & ~WAL_CRC32C; }
+
 /* wal_crc returns the checksum of a record: its len and seq fields (HDR)
- * and its payload P. */
+ * and its payload P.  CRC-32C when the len field carries WAL_CRC32C (every
+ * record this version writes), else zlib's CRC-32 (logs written before
+ * it, which replay as they are). */
 static uint32_t wal_crc(const uint8_t *hdr, const uint8_t *p, size_t len) {
+  if (wal_get32(hdr) & WAL_CRC32C) {
+    uint32_t c = ps_crc32c(0, hdr, 4);
+    c = ps_crc32c(c, hdr + 8, 8);
+    return ps_crc32c(c, p, len);
+  }
   uLong c = crc32(0L, Z_NULL, 0);
   c = crc32(c, hdr, 4);
   c = crc32(c, hdr + 8, 8);
@@ -259,7 +271,7 @@ static int wal_read_seg(psd_wal *w, size_t i, uint8_t **buf, size_t *len, ps_err
  * left), else why not. */
 static const char *wal_check(const uint8_t *p, size_t n) {
   if (n < WAL_HDR) return "short header";
-  uint32_t len = wal_get32(p);
+  uint32_t len = wal_len(p);
   if (len > n - WAL_HDR) return "short record";
   if (wal_crc(p, p + WAL_HDR, len) != wal_get32(p + 4)) return "checksum mismatch";
   return NULL;
@@ -270,12 +282,12 @@ static const char *wal_check(const uint8_t *p, size_t n) {
  * boundaries stops). */
 static uint64_t wal_count_after(const uint8_t *p, size_t n, uint64_t first) {
   uint64_t k = 0;
-  if (n < WAL_HDR || wal_get32(p) > n - WAL_HDR) return 0;
-  size_t off = WAL_HDR + wal_get32(p);
+  if (n < WAL_HDR || wal_len(p) > n - WAL_HDR) return 0;
+  size_t off = WAL_HDR + wal_len(p);
   /* only records at or after FIRST: a reused file's older ones are not */
   while (off < n && !wal_check(p + off, n - off) && wal_get64(p + off + 8) >= first) {
     k++;
-    off += WAL_HDR + wal_get32(p + off);
+    off += WAL_HDR + wal_len(p + off);
   }
   return k;
 }
@@ -366,7 +378,7 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
         rc = wal_cut(w, i, off, eb);
         break;
       }
-      uint32_t len = wal_get32(buf + off);
+      uint32_t len = wal_len(buf + off);
       if (seq > from) {
         uint64_t want = (last > from ? last : from) + 1;
         if (seq != want) {
@@ -507,7 +519,7 @@ static void wal_take(psd_wal *w) {
     size_t off = 0;
     uint64_t k = 0;
     while (off < w->pend_len) {
-      size_t rl = WAL_HDR + wal_get32(w->pend + off);
+      size_t rl = WAL_HDR + wal_len(w->pend + off);
       if (off > 0 && off + rl > max) break;
       off += rl;
       k++;
@@ -515,7 +527,7 @@ static void wal_take(psd_wal *w) {
     if (off > w->wcap) { /* on failure a group of one record at a time */
       uint8_t *p = realloc(w->wbuf, off);
       if (!p) {
-        off = WAL_HDR + wal_get32(w->pend);
+        off = WAL_HDR + wal_len(w->pend);
         k = 1;
         p = off <= w->wcap ? w->wbuf : realloc(w->wbuf, off);
       }
@@ -534,7 +546,7 @@ static void wal_take(psd_wal *w) {
   size_t off = 0, lastoff = 0;
   while (off < w->wlen) {
     lastoff = off;
-    off += WAL_HDR + wal_get32(w->wbuf + off);
+    off += WAL_HDR + wal_len(w->wbuf + off);
   }
   w->wlast = w->wlen ? wal_get64(w->wbuf + lastoff + 8) : 0;
   w->wsealed = 0;
@@ -546,7 +558,7 @@ static void wal_take(psd_wal *w) {
 static void wal_seal(psd_wal *w) {
   for (size_t off = 0; off < w->wlen;) {
     uint8_t *h = w->wbuf + off;
-    uint32_t len = wal_get32(h), crc = wal_crc(h, h + WAL_HDR, len);
+    uint32_t len = wal_len(h), crc = wal_crc(h, h + WAL_HDR, len);
     memcpy(h + 4, &crc, 4);
     off += WAL_HDR + len;
   }
@@ -806,7 +818,7 @@ int psd_wal_append(psd_wal *w, const struct iovec *iov, int niov, uint64_t *seq,
     w->pend_cap = cap;
   }
   uint8_t *h = w->pend + w->pend_len, *p = h + WAL_HDR;
-  uint32_t l32 = (uint32_t)len;
+  uint32_t l32 = (uint32_t)len | WAL_CRC32C;
   uint64_t s = w->next_seq++;
   memcpy(h, &l32, 4);
   memcpy(h + 8, &s, 8);

@@ -5,8 +5,12 @@
  * Files: DIR/<first seq, 16 hex digits>.log, "segments"; each a sequence
  * of records, each record
  *     u32 len | u32 crc | u64 seq | len payload bytes      (little-endian)
- * where crc is zlib's CRC-32 of len, seq and the payload.  Sequence
- * numbers start at 1 and grow by 1 per record, across segments.
+ * where crc is the CRC-32C (ps_crc32c.h) of the len field, seq and the
+ * payload when the len field's top bit is set (the payload's length is
+ * the lower 31 bits), and zlib's CRC-32 of them when it is clear: the
+ * format of versions before CRC-32C, whose logs replay unchanged; this
+ * version writes only the first.  Sequence numbers start at 1 and grow
+ * by 1 per record, across segments.
  *
  * Invariants:
  *  1. Records are written in seq order at the end of the current segment,
@@ -141,7 +145,7 @@ int psd_wal_discard(psd_wal *w, ps_errbuf *eb);
 int psd_wal_start(psd_wal *w, uv_loop_t *loop, ps_errbuf *eb);
 
 /* psd_wal_append queues one record of the bytes of IOV (NIOV pieces, copied)
- * and writes its seq to *SEQ.  0, or PS_ENOMEM / PS_ETOOBIG (over 2 GiB)
+ * and writes its seq to *SEQ.  0, or PS_ENOMEM / PS_ETOOBIG (2 GiB or more)
  * / PS_ESHUTDOWN (stopped); nothing is queued on error. */
 int psd_wal_append(psd_wal *w, const struct iovec *iov, int niov, uint64_t *seq, ps_errbuf *eb);
 

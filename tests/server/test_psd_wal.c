@@ -10,6 +10,9 @@
  *    refused with a clear message;
  *  - segments reused after a snapshot: their old records are never
  *    replayed, nothing is counted as dropped;
+ *  - both record formats: CRC-32 (logs of versions before CRC-32C) and
+ *    CRC-32C records replay, in one log; a flipped format flag is a
+ *    checksum mismatch;
  *  - the store: pushes (Adam, staleness weighting) logged, a snapshot in
  *    the middle, the log truncated, a crash (no final flush), replay: the
  *    state is bit for bit the pre-crash one; a log whose snapshot is gone
@@ -24,6 +27,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <zlib.h>
+
+#include "ps_crc32c.h"
 #include "psd_store.h"
 #include "psd_wal.h"
 #include "ps_test.h"
@@ -535,6 +541,75 @@ START_TEST(test_reused_segments) {
 }
 END_TEST
 
+/* old_record appends to OUT (at *N) the record SEQ of LEN bytes (count_rec's
+ * pattern) as the versions before CRC-32C wrote it (zlib's CRC-32, no flag),
+ * or with FLAG set in the len field and CRC-32C (this version's). */
+static void old_record(uint8_t *out, size_t *n, uint64_t seq, uint32_t len, int c32c) {
+  uint8_t *h = out + *n;
+  uint32_t l = len | (c32c ? 0x80000000u : 0);
+  memcpy(h, &l, 4);
+  memcpy(h + 8, &seq, 8);
+  fill(h + 16, len, seq);
+  uint32_t crc;
+  if (c32c) {
+    crc = ps_crc32c(ps_crc32c(ps_crc32c(0, h, 4), h + 8, 8), h + 16, len);
+  } else {
+    uLong c = crc32(crc32(crc32(0L, Z_NULL, 0), h, 4), h + 8, 8);
+    crc = (uint32_t)crc32_z(c, h + 16, len);
+  }
+  memcpy(h + 4, &crc, 4);
+  *n += 16 + len;
+}
+
+/* A log written by a version before CRC-32C (records with zlib's CRC-32)
+ * replays as it is, the records this version appends after it carry
+ * CRC-32C, and a replay reads both; a record whose format flag flipped
+ * fails its checksum (a torn tail, not a record read the other way). */
+START_TEST(test_crc_formats) {
+  const char *dir = ps_test_tmpdir();
+  uint8_t buf[8 * (16 + 100)];
+  size_t n = 0;
+  for (uint64_t seq = 1; seq <= 4; seq++) old_record(buf, &n, seq, 100, 0);
+  char p[1024];
+  snprintf(p, sizeof p, "%s/0000000000000001.log", dir);
+  FILE *f = fopen(p, "wb");
+  ck_assert_ptr_nonnull(f);
+  ck_assert_uint_eq(fwrite(buf, 1, n, f), n);
+  fclose(f);
+  replayed r;
+  ps_errbuf eb;
+  ck_assert_uint_eq(replay_count(dir, 0, &r, 0, &eb), 0);
+  ck_assert_uint_eq(r.n, 4);
+  write_log(dir, 3, 100, 0, NULL); /* records 5..7, this version's format */
+  char *seg = newest_segment(dir);
+  size_t len;
+  uint8_t *b = (uint8_t *)ps_test_read_file(seg, &len);
+  uint32_t l0;
+  memcpy(&l0, b, 4);
+  ck_assert_uint_eq(l0, 100u | 0x80000000u); /* the flag: CRC-32C */
+  uint8_t want[16 + 100];
+  size_t wn = 0;
+  old_record(want, &wn, 5, 100, 1);
+  ck_assert_int_eq(memcmp(b, want, wn), 0); /* the checksum is CRC-32C's */
+  free(b);
+  ck_assert_uint_eq(replay_count(dir, 0, &r, 0, &eb), 0);
+  ck_assert_uint_eq(r.n, 7);
+  ck_assert_uint_eq(r.first, 1);
+  ck_assert_uint_eq(r.last, 7);
+  /* record 7's flag cleared: its CRC-32C is no CRC-32 of it */
+  int fd = open(seg, O_RDWR);
+  off_t at = 2 * (16 + 100) + 3;
+  uint8_t hi;
+  ck_assert_int_eq(pread(fd, &hi, 1, at), 1);
+  hi &= 0x7f;
+  ck_assert_int_eq(pwrite(fd, &hi, 1, at), 1);
+  close(fd);
+  ck_assert_uint_eq(replay_count(dir, 0, &r, 0, &eb), 1);
+  ck_assert_uint_eq(r.n, 6);
+  free(seg);
+}
+END_TEST
+
 /* ---- the store through the log ------------------------------------------------------ */
 
 static uint32_t shape_w[] = {40, 25};
@@ -815,6 +890,7 @@ Suite *psd_wal_suite(void) {
   tcase_add_test(tc, test_log_after_missing_snapshot);
   tcase_add_test(tc, test_corrupt_earlier_segment_refused);
   tcase_add_test(tc, test_reused_segments);
+  tcase_add_test(tc, test_crc_formats);
   tcase_add_test(tc, test_store_replay_exact);
   tcase_add_test(tc, test_store_replay_fuzzy_snapshot);
   tcase_add_test(tc, test_store_replay_bad_count);

@@ -56,6 +56,20 @@
  *     records; they are records older than its name (or garbage within
  *     one, read as a torn tail).
  *
+ *  7. Writes bypass the page cache (O_DIRECT) where the filesystem allows
+ *     it: the kernel's copy of every record into the page cache and its
+ *     writeback cost the demo's shard more CPU than anything else in the
+ *     log (the fdatasync that follows each write stays: it flushes the
+ *     disk's cache and commits what metadata changed).  Buffers are
+ *     WAL_ALIGN (4 KiB) aligned; a group is written from the start of
+ *     the block holding the segment's end, the block's bytes before it
+ *     (kept in memory from the last group) rewritten unchanged, the
+ *     records followed by zeros to a whole block.  So a segment may end
+ *     in zeros after its records, read by the replay as bytes that are no
+ *     record (cut off, nothing dropped); a roll and a clean stop cut them
+ *     off first.  Where open or the first write says EINVAL (tmpfs, some
+ *     network filesystems) the log says so once and writes buffered.
+ *
  * Threads: psd_wal_append, _wait, _cancel, _truncate, _stats, _stop run
  * on the loop thread; waiters are called there (from a uv_async). */
 #ifndef PSD_WAL_H
@@ -88,6 +102,7 @@ typedef struct psd_wal_opts {
   void *arg;
   psd_wal_sync_fn *sync;      /* NULL: fdatasync */
   void *sync_arg;
+  int buffered;               /* 1: never O_DIRECT (invariant 7; tests) */
 } psd_wal_opts;
 
 /* A push waiting for its record's sync; the caller owns the struct, sets

@@ -80,9 +80,14 @@ static void waiter_done(psd_done *d, int status, const char *msg) {
   w->covered = __atomic_load_n(&w->sm->synced_size, __ATOMIC_ACQUIRE) >= w->end;
 }
 
+/* 1: logs written buffered (psd_wal invariant 7: where O_DIRECT is
+ * refused); the loop tests run with 0 (O_DIRECT where the test's
+ * filesystem allows it) and 1. */
+static int wal_buffered;
+
 static psd_wal *wal_open(const char *dir, uint64_t max_bytes, seam *sm) {
   psd_wal_opts o = {.dir = dir, .max_batch_bytes = max_bytes, .retry_ms = 20,
-                    .sync = sm ? seam_sync : NULL, .sync_arg = sm};
+                    .sync = sm ? seam_sync : NULL, .sync_arg = sm, .buffered = wal_buffered};
   psd_wal *w;
   ps_errbuf eb;
   int rc = psd_wal_open(&w, &o, &eb);
@@ -211,6 +216,7 @@ static void write_log(const char *dir, size_t n, size_t len, uint64_t from, seam
 /* ---- tests ------------------------------------------------------------------------ */
 
 START_TEST(test_ack_follows_sync) {
+  wal_buffered = _i;
   const char *dir = ps_test_tmpdir();
   seam sm = {0};
   uv_loop_t loop;
@@ -256,12 +262,13 @@ static void on_state(void *arg, int err, const char *msg) {
 }
 
 START_TEST(test_sync_failure_retried) {
+  wal_buffered = _i;
   const char *dir = ps_test_tmpdir();
   seam sm = {.fail = 3};
   uv_loop_t loop;
   uv_loop_init(&loop);
-  psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 10,
-                    .sync = seam_sync, .sync_arg = &sm, .on_state = on_state};
+  psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 10, .sync = seam_sync,
+                    .sync_arg = &sm, .on_state = on_state, .buffered = wal_buffered};
   psd_wal *w;
   ps_errbuf eb;
   replayed r;
@@ -330,6 +337,7 @@ START_TEST(test_wait_synced) {
 END_TEST
 
 START_TEST(test_power_cut) {
+  wal_buffered = _i;
   const char *dir = ps_test_tmpdir();
   seam sm = {0};
   write_log(dir, 50, 300, 0, &sm);
@@ -351,6 +359,7 @@ START_TEST(test_power_cut) {
 END_TEST
 
 START_TEST(test_torn_and_corrupt_tail) {
+  wal_buffered = _i;
   const char *dir = ps_test_tmpdir();
   write_log(dir, 10, 200, 0, NULL);
   char *seg = newest_segment(dir);
@@ -445,10 +454,12 @@ static int count_files(const char *dir, const char *suffix) {
  * replayed, nothing is dropped, and a spare renamed before any record
  * reached it (a crash right after the rename) is an empty segment. */
 START_TEST(test_reused_segments) {
+  wal_buffered = _i;
   const char *dir = ps_test_tmpdir();
   uv_loop_t loop;
   uv_loop_init(&loop);
-  psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 20, .segment_bytes = 4096};
+  psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 20, .segment_bytes = 4096,
+                    .buffered = wal_buffered};
   psd_wal *w;
   ps_errbuf eb;
   ck_assert_int_eq(psd_wal_open(&w, &o, &eb), 0);
@@ -881,15 +892,15 @@ Suite *psd_wal_suite(void) {
   Suite *s = suite_create("psd_wal");
   TCase *tc = tcase_create("core");
   tcase_set_timeout(tc, 60);
-  tcase_add_test(tc, test_ack_follows_sync);
-  tcase_add_test(tc, test_sync_failure_retried);
+  tcase_add_loop_test(tc, test_ack_follows_sync, 0, 2);
+  tcase_add_loop_test(tc, test_sync_failure_retried, 0, 2);
   tcase_add_test(tc, test_wait_synced);
-  tcase_add_test(tc, test_power_cut);
-  tcase_add_test(tc, test_torn_and_corrupt_tail);
+  tcase_add_loop_test(tc, test_power_cut, 0, 2);
+  tcase_add_loop_test(tc, test_torn_and_corrupt_tail, 0, 2);
   tcase_add_test(tc, test_empty_log);
   tcase_add_test(tc, test_log_after_missing_snapshot);
   tcase_add_test(tc, test_corrupt_earlier_segment_refused);
-  tcase_add_test(tc, test_reused_segments);
+  tcase_add_loop_test(tc, test_reused_segments, 0, 2);
   tcase_add_test(tc, test_crc_formats);
   tcase_add_test(tc, test_store_replay_exact);
   tcase_add_test(tc, test_store_replay_fuzzy_snapshot);

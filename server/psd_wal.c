@@ -151,8 +151,8 @@ static int wal_grow(uint8_t **buf, size_t *cap, size_t keep, size_t need) {
   return 0;
 }
 
-/* wal_refused: the filesystem refuses O_DIRECT (tmpfs, some network or
- * FUSE filesystems): buffered writes from now on (invariant 7). */
+/* wal_refused: the filesystem refuses O_DIRECT (some tmpfs versions,
+ * network or FUSE filesystems): buffered writes from now on (invariant 7). */
 static void wal_refused(psd_wal *w, int e) {
   w->direct = 0;
   ps_info("redo log '%s': the filesystem refuses O_DIRECT (%s); buffered writes from now on",

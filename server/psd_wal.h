@@ -67,8 +67,9 @@
  *     records followed by zeros to a whole block.  So a segment may end
  *     in zeros after its records, read by the replay as bytes that are no
  *     record (cut off, nothing dropped); a roll and a clean stop cut them
- *     off first.  Where open or the first write says EINVAL (tmpfs, some
- *     network filesystems) the log says so once and writes buffered.
+ *     off first.  Where open or the first write says EINVAL (some tmpfs
+ *     versions, network or FUSE filesystems) the log says so once and
+ *     writes buffered (the crash loop runs a third of its starts so).
  *
  * Threads: psd_wal_append, _wait, _cancel, _truncate, _stats, _stop run
  * on the loop thread; waiters are called there (from a uv_async). */

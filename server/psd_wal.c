@@ -22,11 +22,14 @@
 #include <unistd.h>
 #include <zlib.h>
 
+#include "ps_crc32c.h"
 #include "ps_log.h"
 
 #define WAL_HDR 16
-#define WAL_MAX_RECORD (UINT32_MAX - 64)
+#define WAL_CRC32C 0x80000000u /* in a record's len field: its crc is CRC-32C */
+#define WAL_MAX_RECORD (0x7fffffffu - 64)
 #define WAL_SPARES 8 /* deleted segments kept for reuse (invariant 6) */
+#define WAL_ALIGN 4096 /* O_DIRECT: buffers, offsets and lengths (psd_wal.h, invariant 7) */
 
 typedef struct wal_seg {
   uint64_t first;  /* seq of its first record (its name) */
@@ -42,14 +45,17 @@ struct psd_wal {
   size_t nsegs, segcap;
   int fd;                  /* the current segment (writer thread after start) */
   uint64_t fsize;          /* its file's size: beyond its records when reused */
+  int direct;              /* fd is O_DIRECT (invariant 7); 0 after a refusal */
+  int pad_end;             /* the file ends with the last direct write's padding */
+  uint8_t blk[WAL_ALIGN];  /* direct: the current segment's last partial block */
   uint64_t spare[WAL_SPARES]; /* reusable files, named by their old first seq */
   size_t nspare;
   /* shared with the writer, under mu */
   pthread_mutex_t mu;
   pthread_cond_t cv;
   pthread_cond_t synced_cv;  /* broadcast when a group ends (psd_wal_wait_synced) */
-  uint8_t *pend;
-  size_t pend_len, pend_cap;
+  uint8_t *pend;           /* aligned; records from pend + pend_base */
+  size_t pend_len, pend_cap, pend_base;
   uint64_t pend_nrec;
   uint64_t synced_seq;
   uint64_t trunc_seq;      /* a finished snapshot holds records up to here */
@@ -61,8 +67,8 @@ struct psd_wal {
   uint64_t write_ns, sync_ns;  /* time the writer spent in pwrite / fdatasync */
   uint64_t bytes_written;      /* by groups that synced */
   /* writer thread */
-  uint8_t *wbuf;
-  size_t wlen, wcap;
+  uint8_t *wbuf;           /* aligned; records from wbuf + wbase */
+  size_t wlen, wcap, wbase;
   uint64_t wlast, wnrec;
   int wsealed;             /* wbuf's records carry their checksums */
   int retrying;
@@ -110,9 +116,19 @@ static void wal_loop_time(psd_wal *w, uint64_t t0) {
 static uint32_t wal_get32(const uint8_t *p) { uint32_t v; memcpy(&v, p, 4); return v; }
 static uint64_t wal_get64(const uint8_t *p) { uint64_t v; memcpy(&v, p, 8); return v; }
 
+/* wal_len: a record's payload length (its len field without the flag). */
+static uint32_t wal_len(const uint8_t *hdr) { return wal_get32(hdr) & ~WAL_CRC32C; }
+
 /* wal_crc returns the checksum of a record: its len and seq fields (HDR)
- * and its payload P. */
+ * and its payload P.  CRC-32C when the len field carries WAL_CRC32C (every
+ * record this version writes), else zlib's CRC-32 (logs written before
+ * it, which replay as they are). */
 static uint32_t wal_crc(const uint8_t *hdr, const uint8_t *p, size_t len) {
+  if (wal_get32(hdr) & WAL_CRC32C) {
+    uint32_t c = ps_crc32c(0, hdr, 4);
+    c = ps_crc32c(c, hdr + 8, 8);
+    return ps_crc32c(c, p, len);
+  }
   uLong c = crc32(0L, Z_NULL, 0);
   c = crc32(c, hdr, 4);
   c = crc32(c, hdr + 8, 8);
@@ -120,6 +136,40 @@ static uint32_t wal_crc(const uint8_t *hdr, const uint8_t *p, size_t len) {
 }
 
 static int wal_code(int e) { return e == ENOSPC || e == EDQUOT ? PS_ENOSPC : PS_EIO; }
+
+/* wal_grow replaces *BUF (*CAP bytes) by an aligned buffer (invariant 7) of
+ * at least NEED bytes holding its first KEEP bytes.  0 or -1. */
+static int wal_grow(uint8_t **buf, size_t *cap, size_t keep, size_t need) {
+  size_t c = *cap ? *cap : 65536;
+  while (c < need) c *= 2;
+  void *p;
+  if (posix_memalign(&p, WAL_ALIGN, c) != 0) return -1;
+  if (keep) memcpy(p, *buf, keep);
+  free(*buf);
+  *buf = p;
+  *cap = c;
+  return 0;
+}
+
+/* wal_refused: the filesystem refuses O_DIRECT (some tmpfs versions,
+ * network or FUSE filesystems): buffered writes from now on (invariant 7). */
+static void wal_refused(psd_wal *w, int e) {
+  w->direct = 0;
+  ps_info("redo log '%s': the filesystem refuses O_DIRECT (%s); buffered writes from now on",
+          w->dir, strerror(e));
+}
+
+/* wal_open_file opens segment NAME for writing (FLAGS: O_CREAT and
+ * O_TRUNC or none), O_DIRECT while the log uses it.  Writer thread. */
+static int wal_open_file(psd_wal *w, const char *name, int flags) {
+  flags |= O_WRONLY | O_CLOEXEC;
+  int fd = openat(w->dirfd, name, flags | (w->direct ? O_DIRECT : 0), 0644);
+  if (fd < 0 && w->direct && errno == EINVAL) {
+    wal_refused(w, errno);
+    fd = openat(w->dirfd, name, flags, 0644);
+  }
+  return fd;
+}
 
 static void wal_seg_name(char *buf, size_t n, uint64_t first) {
   snprintf(buf, n, "%016" PRIx64 ".log", first);
@@ -191,6 +241,7 @@ int psd_wal_open(psd_wal **out, const psd_wal_opts *o, ps_errbuf *eb) {
   if (!w->o.retry_ms) w->o.retry_ms = 1000;
   if (!w->o.segment_bytes) w->o.segment_bytes = 64u << 20;
   w->fd = w->dirfd = -1;
+  w->direct = !o->buffered;
   w->next_seq = 1;
   pthread_mutex_init(&w->mu, NULL);
   pthread_cond_init(&w->cv, NULL);
@@ -259,7 +310,7 @@ static int wal_read_seg(psd_wal *w, size_t i, uint8_t **buf, size_t *len, ps_err
  * left), else why not. */
 static const char *wal_check(const uint8_t *p, size_t n) {
   if (n < WAL_HDR) return "short header";
-  uint32_t len = wal_get32(p);
+  uint32_t len = wal_len(p);
   if (len > n - WAL_HDR) return "short record";
   if (wal_crc(p, p + WAL_HDR, len) != wal_get32(p + 4)) return "checksum mismatch";
   return NULL;
@@ -270,12 +321,12 @@ static const char *wal_check(const uint8_t *p, size_t n) {
  * boundaries stops). */
 static uint64_t wal_count_after(const uint8_t *p, size_t n, uint64_t first) {
   uint64_t k = 0;
-  if (n < WAL_HDR || wal_get32(p) > n - WAL_HDR) return 0;
-  size_t off = WAL_HDR + wal_get32(p);
+  if (n < WAL_HDR || wal_len(p) > n - WAL_HDR) return 0;
+  size_t off = WAL_HDR + wal_len(p);
   /* only records at or after FIRST: a reused file's older ones are not */
   while (off < n && !wal_check(p + off, n - off) && wal_get64(p + off + 8) >= first) {
     k++;
-    off += WAL_HDR + wal_get32(p + off);
+    off += WAL_HDR + wal_len(p + off);
   }
   return k;
 }
@@ -366,7 +417,7 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
         rc = wal_cut(w, i, off, eb);
         break;
       }
-      uint32_t len = wal_get32(buf + off);
+      uint32_t len = wal_len(buf + off);
       if (seq > from) {
         uint64_t want = (last > from ? last : from) + 1;
         if (seq != want) {
@@ -461,11 +512,11 @@ static int wal_open_seg(psd_wal *w, uint64_t first, char *why, size_t whylen) {
       unlinkat(w->dirfd, sp, 0);
       continue;
     }
-    fd = openat(w->dirfd, name, O_WRONLY | O_CLOEXEC);
+    fd = wal_open_file(w, name, 0);
     if (fd >= 0 && fstat(fd, &st) == 0) fsize = (uint64_t)st.st_size;
     else if (fd >= 0) close(fd), fd = -1; /* created afresh below, truncating it */
   }
-  if (fd < 0) fd = openat(w->dirfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  if (fd < 0) fd = wal_open_file(w, name, O_CREAT | O_TRUNC);
   if (fd < 0 || fsync(w->dirfd) < 0) {
     int e = errno;
     snprintf(why, whylen, "cannot create redo log segment '%s/%s': %s", w->dir, name, strerror(e));
@@ -501,46 +552,48 @@ static void wal_take(psd_wal *w) {
     size_t cap = w->wcap;
     w->wbuf = w->pend;
     w->wcap = w->pend_cap;
+    w->wbase = w->pend_base;
     w->wlen = w->pend_len;
     w->wnrec = w->pend_nrec;
     w->pend = b;
     w->pend_cap = cap;
     w->pend_len = 0;
     w->pend_nrec = 0;
+    /* where the next group's records start in the file's last block when
+     * no roll comes between (else wal_fit moves them: invariant 7) */
+    w->pend_base = w->direct ? (w->segs[w->nsegs - 1].bytes + w->wlen) % WAL_ALIGN : 0;
   } else {
+    uint8_t *src = w->pend + w->pend_base;
     size_t off = 0;
     uint64_t k = 0;
     while (off < w->pend_len) {
-      size_t rl = WAL_HDR + wal_get32(w->pend + off);
+      size_t rl = WAL_HDR + wal_len(src + off);
       if (off > 0 && off + rl > max) break;
       off += rl;
       k++;
     }
-    if (off > w->wcap) { /* on failure a group of one record at a time */
-      uint8_t *p = realloc(w->wbuf, off);
-      if (!p) {
-        off = WAL_HDR + wal_get32(w->pend);
-        k = 1;
-        p = off <= w->wcap ? w->wbuf : realloc(w->wbuf, off);
-      }
-      if (!p) return; /* retried at the next turn */
-      w->wbuf = p;
-      w->wcap = off;
+    if (off + WAL_ALIGN > w->wcap && wal_grow(&w->wbuf, &w->wcap, 0, off + WAL_ALIGN) < 0) {
+      off = WAL_HDR + wal_len(src); /* a group of one record at a time */
+      k = 1;
+      if (off + WAL_ALIGN > w->wcap && wal_grow(&w->wbuf, &w->wcap, 0, off + WAL_ALIGN) < 0)
+        return; /* retried at the next turn */
     }
-    memcpy(w->wbuf, w->pend, off);
-    memmove(w->pend, w->pend + off, w->pend_len - off);
+    memcpy(w->wbuf, src, off);
+    w->wbase = 0;
+    memmove(src, src + off, w->pend_len - off);
     w->pend_len -= off;
     w->pend_nrec -= k;
     w->wlen = off;
     w->wnrec = k;
   }
   /* the last record's seq */
+  const uint8_t *b = w->wbuf + w->wbase;
   size_t off = 0, lastoff = 0;
   while (off < w->wlen) {
     lastoff = off;
-    off += WAL_HDR + wal_get32(w->wbuf + off);
+    off += WAL_HDR + wal_len(b + off);
   }
-  w->wlast = w->wlen ? wal_get64(w->wbuf + lastoff + 8) : 0;
+  w->wlast = w->wlen ? wal_get64(b + lastoff + 8) : 0;
   w->wsealed = 0;
 }
 
@@ -549,25 +602,69 @@ static void wal_take(psd_wal *w) {
  * record in (psd_wal_append).  Writer thread. */
 static void wal_seal(psd_wal *w) {
   for (size_t off = 0; off < w->wlen;) {
-    uint8_t *h = w->wbuf + off;
-    uint32_t len = wal_get32(h), crc = wal_crc(h, h + WAL_HDR, len);
+    uint8_t *h = w->wbuf + w->wbase + off;
+    uint32_t len = wal_len(h), crc = wal_crc(h, h + WAL_HDR, len);
     memcpy(h + 4, &crc, 4);
     off += WAL_HDR + len;
   }
   w->wsealed = 1;
 }
 
+/* wal_fit puts the current segment's last partial block (T bytes, from
+ * blk) right before wbuf's records and zeros after them up to a whole
+ * block, so that one O_DIRECT write from the buffer's aligned start
+ * covers them (invariant 7); *N: the bytes to write.  0, or -1 (ENOMEM). */
+static int wal_fit(psd_wal *w, size_t t, size_t *n) {
+  size_t end = t + w->wlen, padded = (end + WAL_ALIGN - 1) & ~(size_t)(WAL_ALIGN - 1);
+  if (padded > w->wcap) {
+    void *p;
+    if (posix_memalign(&p, WAL_ALIGN, padded) != 0) {
+      errno = ENOMEM;
+      return -1;
+    }
+    memcpy((uint8_t *)p + t, w->wbuf + w->wbase, w->wlen);
+    free(w->wbuf);
+    w->wbuf = p;
+    w->wcap = padded;
+  } else if (w->wbase != t) {
+    memmove(w->wbuf + t, w->wbuf + w->wbase, w->wlen); /* after a roll: rare */
+  }
+  w->wbase = t;
+  memcpy(w->wbuf, w->blk, t);
+  memset(w->wbuf + end, 0, padded - end);
+  *n = padded;
+  return 0;
+}
+
 /* wal_write writes wbuf at the synced end of the current segment and
- * syncs it (invariants 1, 3).  0, or -1 with WHY. */
+ * syncs it (invariants 1, 3, 7).  0, or -1 with WHY. */
 static int wal_write(psd_wal *w, uint64_t *write_ns, uint64_t *sync_ns, char *why,
                      size_t whylen) {
   wal_seg *cur = &w->segs[w->nsegs - 1];
   if (w->retrying && ftruncate(w->fd, (off_t)cur->bytes) == 0) w->fsize = cur->bytes;
   uint64_t t0 = wal_now_ns();
-  size_t done = 0;
-  while (done < w->wlen) {
-    ssize_t r = pwrite(w->fd, w->wbuf + done, w->wlen - done, (off_t)(cur->bytes + done));
+  size_t t = w->direct ? cur->bytes % WAL_ALIGN : 0, n = w->wlen, done = 0;
+  if (w->direct && wal_fit(w, t, &n) < 0) {
+    snprintf(why, whylen, "cannot write the redo log '%s': out of memory", w->dir);
+    return -1;
+  }
+  const uint8_t *src = w->wbuf + w->wbase - t;
+  uint64_t at = cur->bytes - t;
+  while (done < n) {
+    ssize_t r = pwrite(w->fd, src + done, n - done, (off_t)(at + done));
     if (r < 0 && errno == EINTR) continue;
+    if (r < 0 && errno == EINVAL && w->direct && done == 0) {
+      int fl = fcntl(w->fd, F_GETFL);
+      if (fl >= 0 && fcntl(w->fd, F_SETFL, fl & ~O_DIRECT) == 0) {
+        wal_refused(w, EINVAL);
+        src = w->wbuf + w->wbase; /* the records alone, where they end */
+        n = w->wlen;
+        at = cur->bytes;
+        t = 0;
+        continue;
+      }
+      errno = EINVAL;
+    }
     if (r <= 0) {
       if (r == 0) errno = EIO;
       snprintf(why, whylen, "cannot write the redo log '%s': %s", w->dir, strerror(errno));
@@ -575,7 +672,8 @@ static int wal_write(psd_wal *w, uint64_t *write_ns, uint64_t *sync_ns, char *wh
     }
     done += (size_t)r;
   }
-  if (cur->bytes + w->wlen > w->fsize) w->fsize = cur->bytes + w->wlen;
+  w->pad_end = w->direct && at + n >= w->fsize;
+  if (at + n > w->fsize) w->fsize = at + n;
   uint64_t t1 = wal_now_ns();
   int r = w->o.sync ? w->o.sync(w->fd, w->o.sync_arg) : fdatasync(w->fd);
   *write_ns = t1 - t0;
@@ -583,6 +681,10 @@ static int wal_write(psd_wal *w, uint64_t *write_ns, uint64_t *sync_ns, char *wh
   if (r < 0) {
     snprintf(why, whylen, "cannot sync the redo log '%s': %s", w->dir, strerror(errno));
     return -1;
+  }
+  if (w->direct) { /* the new last partial block, for the next group */
+    size_t tl = (size_t)((cur->bytes + w->wlen) % WAL_ALIGN);
+    memcpy(w->blk, w->wbuf + t + w->wlen - tl, tl);
   }
   return 0;
 }
@@ -797,20 +899,15 @@ int psd_wal_append(psd_wal *w, const struct iovec *iov, int niov, uint64_t *seq,
   if (len > WAL_MAX_RECORD)
     return ps_errf(eb, PS_ETOOBIG, "a redo log record of %zu bytes is too large", len);
   uint64_t t0 = wal_loop_lock(w);
-  size_t need = w->pend_len + WAL_HDR + len;
-  if (need > w->pend_cap) {
-    size_t cap = w->pend_cap ? w->pend_cap : 65536;
-    while (cap < need) cap *= 2;
-    uint8_t *p = realloc(w->pend, cap);
-    if (!p) {
-      pthread_mutex_unlock(&w->mu);
-      return ps_errf(eb, PS_ENOMEM, "out of memory for a redo log record of %zu bytes", len);
-    }
-    w->pend = p;
-    w->pend_cap = cap;
+  /* room for the block before the records and the padding (invariant 7) */
+  size_t need = w->pend_base + w->pend_len + WAL_HDR + len + WAL_ALIGN;
+  if (need > w->pend_cap &&
+      wal_grow(&w->pend, &w->pend_cap, w->pend_len ? w->pend_base + w->pend_len : 0, need) < 0) {
+    pthread_mutex_unlock(&w->mu);
+    return ps_errf(eb, PS_ENOMEM, "out of memory for a redo log record of %zu bytes", len);
   }
-  uint8_t *h = w->pend + w->pend_len, *p = h + WAL_HDR;
-  uint32_t l32 = (uint32_t)len;
+  uint8_t *h = w->pend + w->pend_base + w->pend_len, *p = h + WAL_HDR;
+  uint32_t l32 = (uint32_t)len | WAL_CRC32C;
   uint64_t s = w->next_seq++;
   memcpy(h, &l32, 4);
   memcpy(h + 8, &s, 8);
@@ -819,7 +916,7 @@ int psd_wal_append(psd_wal *w, const struct iovec *iov, int niov, uint64_t *seq,
     p += iov[i].iov_len;
   }
   memset(h + 4, 0, 4); /* the checksum: the writer's (wal_seal) */
-  w->pend_len = need;
+  w->pend_len += WAL_HDR + len;
   w->pend_nrec++;
   /* Wake the writer when it sleeps for work, or when a group is full. */
   if (w->pend_nrec == 1 || w->pend_len >= w->o.max_batch_bytes) pthread_cond_signal(&w->cv);
@@ -898,17 +995,22 @@ void psd_wal_stop(psd_wal *w) {
   pthread_mutex_unlock(&w->mu);
   pthread_join(w->thread, NULL);
   w->stopped = 1;
+  /* a clean stop leaves the current segment ending at its records: the
+   * last O_DIRECT write's zeros cut off (invariant 7; a replay would) */
+  if (w->fd >= 0 && w->nsegs && w->pad_end && w->fsize > w->segs[w->nsegs - 1].bytes &&
+      ftruncate(w->fd, (off_t)w->segs[w->nsegs - 1].bytes) == 0 && fdatasync(w->fd) == 0)
+    w->fsize = w->segs[w->nsegs - 1].bytes;
   wal_complete(w, PS_ESHUTDOWN);
   if (w->syncs) { /* the figures of scripts/bench_durability's stall measurement */
     double n = (double)w->syncs;
     ps_info("redo log '%s': %" PRIu64 " syncs of %.1f records (%.0f bytes) each; per sync: "
             "pwrite %.0f us, fdatasync %.0f us; the loop thread inside the log %.1f us "
             "(longest once %.0f us), of which blocked on the writer's mutex %.2f us "
-            "(longest once %.0f us)", w->dir, w->syncs, (double)w->records / n,
+            "(longest once %.0f us); %s writes", w->dir, w->syncs, (double)w->records / n,
             (double)w->bytes_written / n, (double)w->write_ns / n / 1e3,
             (double)w->sync_ns / n / 1e3, (double)w->loop_ns / n / 1e3,
             (double)w->loop_max_ns / 1e3, (double)w->lock_ns / n / 1e3,
-            (double)w->lock_max_ns / 1e3);
+            (double)w->lock_max_ns / 1e3, w->direct ? "O_DIRECT" : "buffered");
   }
   if (!uv_is_closing((uv_handle_t *)&w->async)) uv_close((uv_handle_t *)&w->async, NULL);
 }

@@ -5,8 +5,12 @@
  * Files: DIR/<first seq, 16 hex digits>.log, "segments"; each a sequence
  * of records, each record
  *     u32 len | u32 crc | u64 seq | len payload bytes      (little-endian)
- * where crc is zlib's CRC-32 of len, seq and the payload.  Sequence
- * numbers start at 1 and grow by 1 per record, across segments.
+ * where crc is the CRC-32C (ps_crc32c.h) of the len field, seq and the
+ * payload when the len field's top bit is set (the payload's length is
+ * the lower 31 bits), and zlib's CRC-32 of them when it is clear: the
+ * format of versions before CRC-32C, whose logs replay unchanged; this
+ * version writes only the first.  Sequence numbers start at 1 and grow
+ * by 1 per record, across segments.
  *
  * Invariants:
  *  1. Records are written in seq order at the end of the current segment,
@@ -52,6 +56,21 @@
  *     records; they are records older than its name (or garbage within
  *     one, read as a torn tail).
  *
+ *  7. Writes bypass the page cache (O_DIRECT) where the filesystem allows
+ *     it: the kernel's copy of every record into the page cache and its
+ *     writeback cost the demo's shard more CPU than anything else in the
+ *     log (the fdatasync that follows each write stays: it flushes the
+ *     disk's cache and commits what metadata changed).  Buffers are
+ *     WAL_ALIGN (4 KiB) aligned; a group is written from the start of
+ *     the block holding the segment's end, the block's bytes before it
+ *     (kept in memory from the last group) rewritten unchanged, the
+ *     records followed by zeros to a whole block.  So a segment may end
+ *     in zeros after its records, read by the replay as bytes that are no
+ *     record (cut off, nothing dropped); a roll and a clean stop cut them
+ *     off first.  Where open or the first write says EINVAL (some tmpfs
+ *     versions, network or FUSE filesystems) the log says so once and
+ *     writes buffered (the crash loop runs a third of its starts so).
+ *
  * Threads: psd_wal_append, _wait, _cancel, _truncate, _stats, _stop run
  * on the loop thread; waiters are called there (from a uv_async). */
 #ifndef PSD_WAL_H
@@ -84,6 +103,7 @@ typedef struct psd_wal_opts {
   void *arg;
   psd_wal_sync_fn *sync;      /* NULL: fdatasync */
   void *sync_arg;
+  int buffered;               /* 1: never O_DIRECT (invariant 7; tests) */
 } psd_wal_opts;
 
 /* A push waiting for its record's sync; the caller owns the struct, sets
@@ -142,7 +162,7 @@ int psd_wal_discard(psd_wal *w, uint64_t above, ps_errbuf *eb);
 int psd_wal_start(psd_wal *w, uv_loop_t *loop, ps_errbuf *eb);
 
 /* psd_wal_append queues one record of the bytes of IOV (NIOV pieces, copied)
- * and writes its seq to *SEQ.  0, or PS_ENOMEM / PS_ETOOBIG (over 2 GiB)
+ * and writes its seq to *SEQ.  0, or PS_ENOMEM / PS_ETOOBIG (2 GiB or more)
  * / PS_ESHUTDOWN (stopped); nothing is queued on error. */
 int psd_wal_append(psd_wal *w, const struct iovec *iov, int niov, uint64_t *seq, ps_errbuf *eb);
 

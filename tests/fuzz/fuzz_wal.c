@@ -11,7 +11,9 @@
  *                  (headers, checksums and all);
  *   MODE % 3 == 1: records, each a u16 length (little-endian) and that
  *                  many payload bytes, written as one segment with valid
- *                  headers (seq B + 1, B + 2, ...; CRC-32 computed), so
+ *                  headers (seq B + 1, B + 2, ...; zlib's CRC-32, the
+ *                  format of logs before CRC-32C, or when (MODE / 12) % 2
+ *                  is 1 CRC-32C and the len field's flag), so
  *                  that the payloads reach the decoders (B grows by each
  *                  such input's record count, so that the shard's rows and
  *                  chunks, which hold the seq of the last record applied,
@@ -30,6 +32,7 @@
 #include <zlib.h>
 
 #include "fuzz_psd.h"
+#include "ps_crc32c.h"
 #include "ps_log.h"
 #include "psd_wal.h"
 
@@ -59,15 +62,20 @@ static void fuzz_wal_write(const char *dir, uint64_t first, const void *p, size_
 /* fuzz_wal_frame appends the record of PAYLOAD (LEN bytes, seq SEQ) to
  * OUT (room for WAL header + LEN at *N). */
 static void fuzz_wal_frame(uint8_t *out, size_t *n, uint64_t seq, const uint8_t *payload,
-                           size_t len) {
+                           size_t len, int c32c) {
   uint8_t *h = out + *n;
-  uint32_t l = (uint32_t)len;
+  uint32_t l = (uint32_t)len | (c32c ? 0x80000000u : 0);
   memcpy(h, &l, 4);
   memcpy(h + 8, &seq, 8);
-  uLong c = crc32(0L, Z_NULL, 0);
-  c = crc32(c, h, 4);
-  c = crc32(c, h + 8, 8);
-  uint32_t crc = (uint32_t)crc32_z(c, payload, len);
+  uint32_t crc;
+  if (c32c) {
+    crc = ps_crc32c(ps_crc32c(ps_crc32c(0, h, 4), h + 8, 8), payload, len);
+  } else {
+    uLong c = crc32(0L, Z_NULL, 0);
+    c = crc32(c, h, 4);
+    c = crc32(c, h + 8, 8);
+    crc = (uint32_t)crc32_z(c, payload, len);
+  }
   memcpy(h + 4, &crc, 4);
   memcpy(h + 16, payload, len);
   *n += 16 + len;
@@ -112,6 +120,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   fuzz_check(mkdir(dir, 0755) == 0, "cannot create %s", dir);
   unsigned mode = data[0] % 3;
   uint64_t from = (data[0] / 3) % 4;
+  int c32c = (data[0] / 12) % 2;
   if (mode) from += fz.base;
   data++, size--;
   if (mode == 0) {
@@ -136,7 +145,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         fuzz_wal_write(dir, first, buf, n);
         n = 0, first = seq;
       }
-      fuzz_wal_frame(buf, &n, seq++, data + off, len);
+      fuzz_wal_frame(buf, &n, seq++, data + off, len, c32c);
       off += len;
     }
     fuzz_wal_write(dir, first, buf, n);

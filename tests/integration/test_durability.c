@@ -322,6 +322,14 @@ void ps_test_crash_loop(int iters) {
   cl_tally *t = calloc(1, sizeof *t);
   snprintf(t->chan_addr, sizeof t->chan_addr, "127.0.0.1:%d", cp);
   snprintf(t->grpc_addr, sizeof t->grpc_addr, "127.0.0.1:%d", gp);
+  /* every third restart on a "filesystem" that refuses O_DIRECT (the
+   * shim's PS_ODIRECT_EINVAL): the log goes on buffered after O_DIRECT
+   * runs and back (psd_wal invariant 7) */
+  char *env_nd[8], nodirect[] = "PS_ODIRECT_EINVAL=1";
+  size_t ne = 0;
+  while (env.env[ne] && ne < 6) env_nd[ne] = env.env[ne], ne++;
+  env_nd[ne++] = nodirect;
+  env_nd[ne] = NULL;
   pid_t pid = ps_test_dur_start(yaml, log, gp, cp, env.env);
   uint64_t cut = 0;
   cl_submit(gp);
@@ -345,7 +353,7 @@ void ps_test_crash_loop(int iters) {
     atomic_store(&t->stop, 1);
     for (int i = 0; i < CL_PUSHERS; i++) pthread_join(ps[i].th, NULL);
     if (it % 2) cut += cl_power_cut(fsync_log, redo);
-    pid = ps_test_dur_start(yaml, log, gp, cp, env.env);
+    pid = ps_test_dur_start(yaml, log, gp, cp, it % 3 == 0 ? env_nd : env.env);
     uint64_t v;
     cl_pull(t, got, &v, log);
     for (int c = 0; c < CL_CHUNKS; c++) {
@@ -370,6 +378,11 @@ void ps_test_crash_loop(int iters) {
     atomic_store(&t->maybe_pushes, 0);
   }
   ck_assert_msg(ps_test_dur_replayed(log) > 0, "no restart replayed a record from the log; see %s", log);
+  size_t loglen;
+  char *text = ps_test_read_file(log, &loglen);
+  ck_assert_msg(strstr(text, "refuses O_DIRECT") != NULL,
+                "no start wrote the log buffered (PS_ODIRECT_EINVAL); see %s", log);
+  free(text);
   if (cut) fprintf(stderr, "crash loop: the power cuts dropped %llu unsynced log bytes\n",
                    (unsigned long long)cut);
   long long want = cl_last_replayed(log), shown = cl_status_replayed(yaml, dir);

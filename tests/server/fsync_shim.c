@@ -17,8 +17,14 @@
  * syncs, so a test holds a sync in flight for as long as it needs and
  * sees what the shard does meanwhile (tests/server/test_psd_chan.c,
  * tests/worker/test_psw_client.c).
+ *
+ * PS_ODIRECT_EINVAL=1: an open with O_DIRECT fails with EINVAL, as on a
+ * filesystem without O_DIRECT, so that the redo log writes buffered
+ * (psd_wal invariant 7; the crash loop starts psd so every third time).
  * Test-only; never sanitized (loaded into programs that may not be). */
 #include <dlfcn.h>
+#include <errno.h>
+#include <stdarg.h>
 #include <fcntl.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -50,6 +56,40 @@ ssize_t pwrite(int fd, const void *buf, size_t n, off_t off) {
 }
 
 ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off) { return pwrite(fd, buf, n, off); }
+
+/* shim_open: openat, refusing O_DIRECT under PS_ODIRECT_EINVAL=1. */
+static int shim_open(const char *name, int dirfd, const char *path, int flags, mode_t mode) {
+  int (*real)(int, const char *, int, ...) =
+      (int (*)(int, const char *, int, ...))dlsym(RTLD_NEXT, name);
+  const char *e = getenv("PS_ODIRECT_EINVAL");
+  if ((flags & O_DIRECT) && e && !strcmp(e, "1")) {
+    errno = EINVAL;
+    return -1;
+  }
+  return real(dirfd, path, flags, mode);
+}
+
+int openat(int dirfd, const char *path, int flags, ...) {
+  mode_t mode = 0;
+  if (flags & (O_CREAT | O_TMPFILE)) {
+    va_list ap;
+    va_start(ap, flags);
+    mode = (mode_t)va_arg(ap, int);
+    va_end(ap);
+  }
+  return shim_open("openat", dirfd, path, flags, mode);
+}
+
+int openat64(int dirfd, const char *path, int flags, ...) {
+  mode_t mode = 0;
+  if (flags & (O_CREAT | O_TMPFILE)) {
+    va_list ap;
+    va_start(ap, flags);
+    mode = (mode_t)va_arg(ap, int);
+    va_end(ap);
+  }
+  return shim_open("openat64", dirfd, path, flags, mode);
+}
 
 /* shim_redo: whether FD is a redo log file; its path into PATH (4096). */
 static int shim_redo(int fd, char *path) {

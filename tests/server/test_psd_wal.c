@@ -10,6 +10,9 @@
  *    refused with a clear message;
  *  - segments reused after a snapshot: their old records are never
  *    replayed, nothing is counted as dropped;
+ *  - both record formats: CRC-32 (logs of versions before CRC-32C) and
+ *    CRC-32C records replay, in one log; a flipped format flag is a
+ *    checksum mismatch;
  *  - the store: pushes (Adam, staleness weighting) logged, a snapshot in
  *    the middle, the log truncated, a crash (no final flush), replay: the
  *    state is bit for bit the pre-crash one; a log whose snapshot is gone
@@ -24,6 +27,9 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <zlib.h>
+
+#include "ps_crc32c.h"
 #include "psd_store.h"
 #include "psd_wal.h"
 #include "ps_test.h"
@@ -74,9 +80,14 @@ static void waiter_done(psd_done *d, int status, const char *msg) {
   w->covered = __atomic_load_n(&w->sm->synced_size, __ATOMIC_ACQUIRE) >= w->end;
 }
 
+/* 1: logs written buffered (psd_wal invariant 7: where O_DIRECT is
+ * refused); the loop tests run with 0 (O_DIRECT where the test's
+ * filesystem allows it) and 1. */
+static int wal_buffered;
+
 static psd_wal *wal_open(const char *dir, uint64_t max_bytes, seam *sm) {
   psd_wal_opts o = {.dir = dir, .max_batch_bytes = max_bytes, .retry_ms = 20,
-                    .sync = sm ? seam_sync : NULL, .sync_arg = sm};
+                    .sync = sm ? seam_sync : NULL, .sync_arg = sm, .buffered = wal_buffered};
   psd_wal *w;
   ps_errbuf eb;
   int rc = psd_wal_open(&w, &o, &eb);
@@ -205,6 +216,7 @@ static void write_log(const char *dir, size_t n, size_t len, uint64_t from, seam
 /* ---- tests ------------------------------------------------------------------------ */
 
 START_TEST(test_ack_follows_sync) {
+  wal_buffered = _i;
   const char *dir = ps_test_tmpdir();
   seam sm = {0};
   uv_loop_t loop;
@@ -250,12 +262,13 @@ static void on_state(void *arg, int err, const char *msg) {
 }
 
 START_TEST(test_sync_failure_retried) {
+  wal_buffered = _i;
   const char *dir = ps_test_tmpdir();
   seam sm = {.fail = 3};
   uv_loop_t loop;
   uv_loop_init(&loop);
-  psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 10,
-                    .sync = seam_sync, .sync_arg = &sm, .on_state = on_state};
+  psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 10, .sync = seam_sync,
+                    .sync_arg = &sm, .on_state = on_state, .buffered = wal_buffered};
   psd_wal *w;
   ps_errbuf eb;
   replayed r;
@@ -324,6 +337,7 @@ START_TEST(test_wait_synced) {
 END_TEST
 
 START_TEST(test_power_cut) {
+  wal_buffered = _i;
   const char *dir = ps_test_tmpdir();
   seam sm = {0};
   write_log(dir, 50, 300, 0, &sm);
@@ -345,6 +359,7 @@ START_TEST(test_power_cut) {
 END_TEST
 
 START_TEST(test_torn_and_corrupt_tail) {
+  wal_buffered = _i;
   const char *dir = ps_test_tmpdir();
   write_log(dir, 10, 200, 0, NULL);
   char *seg = newest_segment(dir);
@@ -439,10 +454,12 @@ static int count_files(const char *dir, const char *suffix) {
  * replayed, nothing is dropped, and a spare renamed before any record
  * reached it (a crash right after the rename) is an empty segment. */
 START_TEST(test_reused_segments) {
+  wal_buffered = _i;
   const char *dir = ps_test_tmpdir();
   uv_loop_t loop;
   uv_loop_init(&loop);
-  psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 20, .segment_bytes = 4096};
+  psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 20, .segment_bytes = 4096,
+                    .buffered = wal_buffered};
   psd_wal *w;
   ps_errbuf eb;
   ck_assert_int_eq(psd_wal_open(&w, &o, &eb), 0);
@@ -532,6 +549,75 @@ START_TEST(test_reused_segments) {
   free(old);
   free(cur);
   uv_loop_close(&loop);
+}
+END_TEST
+
+/* old_record appends to OUT (at *N) the record SEQ of LEN bytes (count_rec's
+ * pattern) as the versions before CRC-32C wrote it (zlib's CRC-32, no flag),
+ * or with FLAG set in the len field and CRC-32C (this version's). */
+static void old_record(uint8_t *out, size_t *n, uint64_t seq, uint32_t len, int c32c) {
+  uint8_t *h = out + *n;
+  uint32_t l = len | (c32c ? 0x80000000u : 0);
+  memcpy(h, &l, 4);
+  memcpy(h + 8, &seq, 8);
+  fill(h + 16, len, seq);
+  uint32_t crc;
+  if (c32c) {
+    crc = ps_crc32c(ps_crc32c(ps_crc32c(0, h, 4), h + 8, 8), h + 16, len);
+  } else {
+    uLong c = crc32(crc32(crc32(0L, Z_NULL, 0), h, 4), h + 8, 8);
+    crc = (uint32_t)crc32_z(c, h + 16, len);
+  }
+  memcpy(h + 4, &crc, 4);
+  *n += 16 + len;
+}
+
+/* A log written by a version before CRC-32C (records with zlib's CRC-32)
+ * replays as it is, the records this version appends after it carry
+ * CRC-32C, and a replay reads both; a record whose format flag flipped
+ * fails its checksum (a torn tail, not a record read the other way). */
+START_TEST(test_crc_formats) {
+  const char *dir = ps_test_tmpdir();
+  uint8_t buf[8 * (16 + 100)];
+  size_t n = 0;
+  for (uint64_t seq = 1; seq <= 4; seq++) old_record(buf, &n, seq, 100, 0);
+  char p[1024];
+  snprintf(p, sizeof p, "%s/0000000000000001.log", dir);
+  FILE *f = fopen(p, "wb");
+  ck_assert_ptr_nonnull(f);
+  ck_assert_uint_eq(fwrite(buf, 1, n, f), n);
+  fclose(f);
+  replayed r;
+  ps_errbuf eb;
+  ck_assert_uint_eq(replay_count(dir, 0, &r, 0, &eb), 0);
+  ck_assert_uint_eq(r.n, 4);
+  write_log(dir, 3, 100, 0, NULL); /* records 5..7, this version's format */
+  char *seg = newest_segment(dir);
+  size_t len;
+  uint8_t *b = (uint8_t *)ps_test_read_file(seg, &len);
+  uint32_t l0;
+  memcpy(&l0, b, 4);
+  ck_assert_uint_eq(l0, 100u | 0x80000000u); /* the flag: CRC-32C */
+  uint8_t want[16 + 100];
+  size_t wn = 0;
+  old_record(want, &wn, 5, 100, 1);
+  ck_assert_int_eq(memcmp(b, want, wn), 0); /* the checksum is CRC-32C's */
+  free(b);
+  ck_assert_uint_eq(replay_count(dir, 0, &r, 0, &eb), 0);
+  ck_assert_uint_eq(r.n, 7);
+  ck_assert_uint_eq(r.first, 1);
+  ck_assert_uint_eq(r.last, 7);
+  /* record 7's flag cleared: its CRC-32C is no CRC-32 of it */
+  int fd = open(seg, O_RDWR);
+  off_t at = 2 * (16 + 100) + 3;
+  uint8_t hi;
+  ck_assert_int_eq(pread(fd, &hi, 1, at), 1);
+  hi &= 0x7f;
+  ck_assert_int_eq(pwrite(fd, &hi, 1, at), 1);
+  close(fd);
+  ck_assert_uint_eq(replay_count(dir, 0, &r, 0, &eb), 1);
+  ck_assert_uint_eq(r.n, 6);
+  free(seg);
 }
 END_TEST
 
@@ -806,15 +892,16 @@ Suite *psd_wal_suite(void) {
   Suite *s = suite_create("psd_wal");
   TCase *tc = tcase_create("core");
   tcase_set_timeout(tc, 60);
-  tcase_add_test(tc, test_ack_follows_sync);
-  tcase_add_test(tc, test_sync_failure_retried);
+  tcase_add_loop_test(tc, test_ack_follows_sync, 0, 2);
+  tcase_add_loop_test(tc, test_sync_failure_retried, 0, 2);
   tcase_add_test(tc, test_wait_synced);
-  tcase_add_test(tc, test_power_cut);
-  tcase_add_test(tc, test_torn_and_corrupt_tail);
+  tcase_add_loop_test(tc, test_power_cut, 0, 2);
+  tcase_add_loop_test(tc, test_torn_and_corrupt_tail, 0, 2);
   tcase_add_test(tc, test_empty_log);
   tcase_add_test(tc, test_log_after_missing_snapshot);
   tcase_add_test(tc, test_corrupt_earlier_segment_refused);
-  tcase_add_test(tc, test_reused_segments);
+  tcase_add_loop_test(tc, test_reused_segments, 0, 2);
+  tcase_add_test(tc, test_crc_formats);
   tcase_add_test(tc, test_store_replay_exact);
   tcase_add_test(tc, test_store_replay_fuzzy_snapshot);
   tcase_add_test(tc, test_store_replay_bad_count);

@@ -1,0 +1,67 @@
+/* Tests for ps_crc32c: the known CRC-32C vectors (RFC 3720 B.4 and the
+ * usual "123456789"), the same value from the SSE4.2 and the portable
+ * versions over every length and alignment the three-stream blocks cut
+ * differently, and chaining. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "ps_crc32c.h"
+#include "ps_test.h"
+
+typedef uint32_t crc_fn(uint32_t, const void *, size_t);
+
+static void check_vectors(crc_fn *f) {
+  uint8_t b[32];
+  ck_assert_uint_eq(f(0, "123456789", 9), 0xe3069283u);
+  ck_assert_uint_eq(f(0, "", 0), 0);
+  memset(b, 0, sizeof b);
+  ck_assert_uint_eq(f(0, b, 32), 0x8a9136aau);
+  memset(b, 0xff, sizeof b);
+  ck_assert_uint_eq(f(0, b, 32), 0x62a8ab43u);
+  for (int i = 0; i < 32; i++) b[i] = (uint8_t)i;
+  ck_assert_uint_eq(f(0, b, 32), 0x46dd794eu);
+  for (int i = 0; i < 32; i++) b[i] = (uint8_t)(31 - i);
+  ck_assert_uint_eq(f(0, b, 32), 0x113fdb5cu);
+}
+
+START_TEST(test_known_vectors) {
+  check_vectors(ps_crc32c_sw);
+  check_vectors(ps_crc32c); /* the hardware version where the CPU has it */
+}
+END_TEST
+
+START_TEST(test_hw_matches_sw) {
+  size_t cap = 3 * 8192 * 3 + 3 * 256 * 2 + 64;
+  uint8_t *b = malloc(cap);
+  uint64_t x = 0x9e3779b97f4a7c15u;
+  for (size_t i = 0; i < cap; i++) {
+    x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+    b[i] = (uint8_t)x;
+  }
+  /* lengths around the block sizes (3 x 8192, 3 x 256, 8), odd starts */
+  size_t lens[] = {0, 1, 7, 8, 9, 767, 768, 769, 3 * 256 + 8, 24575, 24576, 24577,
+                   2 * 24576 + 3 * 256 + 13, cap - 8};
+  for (size_t a = 0; a < 8; a++)
+    for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+      size_t n = lens[i];
+      ck_assert_msg(ps_crc32c(0, b + a, n) == ps_crc32c_sw(0, b + a, n),
+                    "length %zu at offset %zu", n, a);
+      ck_assert_uint_eq(ps_crc32c(0x12345678u, b + a, n), ps_crc32c_sw(0x12345678u, b + a, n));
+    }
+  /* chaining: the parts' checksum is the whole's */
+  uint32_t whole = ps_crc32c(0, b, cap);
+  ck_assert_uint_eq(ps_crc32c(ps_crc32c(ps_crc32c(0, b, 5), b + 5, 30000), b + 30005, cap - 30005),
+                    whole);
+  ck_assert_uint_eq(ps_crc32c_sw(ps_crc32c_sw(0, b, 4097), b + 4097, cap - 4097), whole);
+  free(b);
+}
+END_TEST
+
+Suite *ps_crc32c_suite(void) {
+  Suite *s = suite_create("ps_crc32c");
+  TCase *tc = tcase_create("core");
+  tcase_add_test(tc, test_known_vectors);
+  tcase_add_test(tc, test_hw_matches_sw);
+  suite_add_tcase(s, tc);
+  return s;
+}

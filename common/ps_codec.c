@@ -217,8 +217,19 @@ static void int8_encode(const float *restrict x, uint32_t n, float topk, uint8_t
   float m = codec_absmax(x, n), s = m / 127.0f, inv = m > 0 ? 127.0f / m : 0;
   memcpy(out, &s, 4);
   int8_t *restrict q = (int8_t *)(out + 4);
-  /* |x * inv| <= 127 (plus an ulp, which rounds to 127): no clamp needed */
-  for (uint32_t i = 0; i < n; i++) q[i] = (int8_t)(int)((x[i] * inv + CODEC_RNE_MAGIC) - CODEC_RNE_MAGIC);
+  if (inv <= 0x1p100f) {
+    /* |x * inv| <= 127 (plus an ulp, which rounds to 127): no clamp needed */
+    for (uint32_t i = 0; i < n; i++)
+      q[i] = (int8_t)(int)((x[i] * inv + CODEC_RNE_MAGIC) - CODEC_RNE_MAGIC);
+    return;
+  }
+  /* a chunk of subnormals: 127 / m overflows to infinity (or nearly) and
+   * s lost bits, so each x / s is clamped to [-127, 127] (s == 0: all 0) */
+  for (uint32_t i = 0; i < n; i++) {
+    float y = s > 0 ? x[i] / s : 0;
+    y = y > 127.0f ? 127.0f : y < -127.0f ? -127.0f : y;
+    q[i] = (int8_t)(int)((y + CODEC_RNE_MAGIC) - CODEC_RNE_MAGIC);
+  }
 }
 static int int8_check(const uint8_t *in, uint32_t n, float topk, const char *what, ps_errbuf *eb) {
   (void)n, (void)topk;

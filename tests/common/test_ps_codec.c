@@ -92,6 +92,34 @@ START_TEST(test_round_trip) {
 }
 END_TEST
 
+/* int8 of chunks of subnormals, where 127 / max|x| overflows (a fuzzer
+ * found the conversion of infinity to int): each decodes within one
+ * step s of its input, s == 0 gives zeros, every code in [-127, 127]. */
+START_TEST(test_int8_subnormal) {
+  static const float cases[][4] = {
+      {0x1p-149f, -0x1p-149f, 0, 0x1p-149f},        /* s underflows to 0 */
+      {0x1p-130f, -0x1.8p-131f, 0x1p-149f, -0x1p-130f},
+      {0x1.fffffep-127f, -0x1p-127f, 0x1p-140f, 0},  /* max|x| just below FLT_MIN */
+      {0x1p-100f, -0x1p-101f, 0x1p-120f, 0x1.7p-100f}};
+  for (size_t c = 0; c < sizeof cases / sizeof *cases; c++) {
+    uint8_t buf[4 + 4];
+    float y[4], s;
+    ps_codec_encode(PS_CODEC_INT8, cases[c], 4, 0, buf);
+    memcpy(&s, buf, 4);
+    ps_errbuf eb;
+    ck_assert_int_eq(ps_codec_check(PS_CODEC_INT8, buf, sizeof buf, 4, 0, "t", &eb), 0);
+    ps_codec_decode(PS_CODEC_INT8, buf, 4, 0, y);
+    for (int i = 0; i < 4; i++) {
+      ck_assert_int_ge((int8_t)buf[4 + i], -127);
+      if (s == 0) ck_assert(y[i] == 0);
+      else
+        ck_assert_msg(fabsf(y[i] - cases[c][i]) <= s, "case %zu element %d: %a for %a (s %a)", c,
+                      i, (double)y[i], (double)cases[c][i], (double)s);
+    }
+  }
+}
+END_TEST
+
 /* topk with ties at the threshold: exactly k kept, the lowest indices of
  * the tied ones, in increasing order. */
 START_TEST(test_topk_ties) {
@@ -289,6 +317,7 @@ Suite *ps_codec_suite(void) {
   TCase *tc = tcase_create("core");
   tcase_add_test(tc, test_sizes);
   tcase_add_test(tc, test_round_trip);
+  tcase_add_test(tc, test_int8_subnormal);
   tcase_add_test(tc, test_topk_ties);
   tcase_add_test(tc, test_topk_sampled);
   tcase_add_test(tc, test_fp16);

@@ -194,8 +194,8 @@ static int psd_main_recover(psd_main *m) {
   uint64_t from = m->replay_from_d < m->replay_from_sp ? m->replay_from_d : m->replay_from_sp;
   int err = psd_wal_open(&w, &o, &eb);
   if (err == 0) err = psd_wal_replay(w, from, psd_main_replay_one, m, &eb);
+  psd_wal_stats st = {0};
   if (err == 0) {
-    psd_wal_stats st;
     psd_wal_stats_get(w, &st);
     ps_info("shard %u: redo log replayed: %llu records after the snapshot's %llu in %llu ms "
             "(%llu torn-tail records dropped)", sh->me->id, (unsigned long long)st.replayed,
@@ -211,14 +211,12 @@ static int psd_main_recover(psd_main *m) {
    * periodic, where the replayed state always goes into a snapshot. */
   uint64_t top = m->dur_d;
   if (m->dur_sp != UINT64_MAX && m->dur_sp > top) top = m->dur_sp;
-  psd_wal_stats ls = {0};
-  if (err == 0) psd_wal_stats_get(w, &ls);
-  int ahead = err == 0 && top > ls.last_seq;
+  int ahead = err == 0 && top > st.last_seq;
   if (err == 0 && (!sync || ahead)) {
     if (ahead)
       ps_warn("shard %u: the snapshot holds records up to %llu, the redo log ends at %llu: "
               "taking a snapshot of the replayed state and starting the log after %llu",
-              sh->me->id, (unsigned long long)top, (unsigned long long)ls.last_seq,
+              sh->me->id, (unsigned long long)top, (unsigned long long)st.last_seq,
               (unsigned long long)top);
     psd_store_log_note(sh->store, top);
     err = psd_store_flush(sh->store, &eb);

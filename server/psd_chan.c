@@ -261,6 +261,14 @@ static void conn_give_buf(psd_conn *c, void *p, size_t cap) {
   c->spare_cap = cap;
 }
 
+/* conn_may_resume: C is paused and open, waits for nothing (a parked
+ * pull, a sync, a forwarded request, a layout: invariants 7, 7c) and its
+ * replies in flight are within CHAN_MAX_QUEUED. */
+static int conn_may_resume(const psd_conn *c) {
+  return c->paused && !c->closing && !c->parked && !c->syncing && !c->op_pending &&
+         !c->spec_pending && c->queued <= CHAN_MAX_QUEUED;
+}
+
 /* wr_done finishes a reply write: counters, backpressure, deferred close. */
 static void wr_done(uv_write_t *req, int status) {
   chan_wr *w = (chan_wr *)req;
@@ -272,9 +280,7 @@ static void wr_done(uv_write_t *req, int status) {
   conn_give_buf(c, w->data, w->data_cap); /* before a resume serves the next pull */
   if (status < 0 && status != UV_ECANCELED) conn_close(c);
   else if (w->close_after) conn_close(c);
-  else if (c->paused && !c->parked && !c->syncing && !c->op_pending && !c->spec_pending &&
-           c->queued <= CHAN_MAX_QUEUED)
-    conn_resume(c);
+  else if (conn_may_resume(c)) conn_resume(c);
   free(w);
 }
 
@@ -1442,10 +1448,7 @@ static void chan_on_wake(uv_async_t *a) {
     next = c->next;
     if (!c->resume_pending) continue;
     c->resume_pending = 0;
-    if (!c->closing && !c->parked && !c->syncing && !c->op_pending && !c->spec_pending &&
-        c->paused &&
-        c->queued <= CHAN_MAX_QUEUED)
-      conn_resume(c);
+    if (conn_may_resume(c)) conn_resume(c);
   }
 }
 

@@ -152,11 +152,12 @@ static int wal_grow(uint8_t **buf, size_t *cap, size_t keep, size_t need) {
 }
 
 /* wal_refused: the filesystem refuses O_DIRECT (some tmpfs versions,
- * network or FUSE filesystems): buffered writes from now on (invariant 7). */
-static void wal_refused(psd_wal *w, int e) {
+ * network or FUSE filesystems), in an open or a write (WHAT): buffered
+ * writes from now on (invariant 7). */
+static void wal_refused(psd_wal *w, const char *what, int e) {
   w->direct = 0;
-  ps_info("redo log '%s': the filesystem refuses O_DIRECT (%s); buffered writes from now on",
-          w->dir, strerror(e));
+  ps_info("redo log '%s': the filesystem refuses O_DIRECT %s (%s); buffered writes from now on",
+          w->dir, what, strerror(e));
 }
 
 /* wal_open_file opens segment NAME for writing (FLAGS: O_CREAT and
@@ -165,7 +166,7 @@ static int wal_open_file(psd_wal *w, const char *name, int flags) {
   flags |= O_WRONLY | O_CLOEXEC;
   int fd = openat(w->dirfd, name, flags | (w->direct ? O_DIRECT : 0), 0644);
   if (fd < 0 && w->direct && errno == EINVAL) {
-    wal_refused(w, errno);
+    wal_refused(w, "opens", errno);
     fd = openat(w->dirfd, name, flags, 0644);
   }
   return fd;
@@ -656,7 +657,7 @@ static int wal_write(psd_wal *w, uint64_t *write_ns, uint64_t *sync_ns, char *wh
     if (r < 0 && errno == EINVAL && w->direct && done == 0) {
       int fl = fcntl(w->fd, F_GETFL);
       if (fl >= 0 && fcntl(w->fd, F_SETFL, fl & ~O_DIRECT) == 0) {
-        wal_refused(w, EINVAL);
+        wal_refused(w, "writes", EINVAL);
         src = w->wbuf + w->wbase; /* the records alone, where they end */
         n = w->wlen;
         at = cur->bytes;

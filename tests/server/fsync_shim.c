@@ -21,6 +21,10 @@
  * PS_ODIRECT_EINVAL=1: an open with O_DIRECT fails with EINVAL, as on a
  * filesystem without O_DIRECT, so that the redo log writes buffered
  * (psd_wal invariant 7; the crash loop starts psd so every third time).
+ * PS_ODIRECT_EINVAL=write: the open succeeds but every pwrite to a redo
+ * log file opened with O_DIRECT fails with EINVAL (a filesystem that
+ * takes the flag and refuses the writes): the log's fallback in its
+ * first write (the crash loop's other restarts in three).
  * Test-only; never sanitized (loaded into programs that may not be). */
 #include <dlfcn.h>
 #include <errno.h>
@@ -47,9 +51,25 @@ static void shim_wrote(int fd, long long end) {
   if (end > shim_fd[fd].end) shim_fd[fd].end = end;
 }
 
+static int shim_redo(int fd, char *path);
+
+/* shim_write_refused: whether PS_ODIRECT_EINVAL=write refuses a write to
+ * FD (a redo log file open with O_DIRECT). */
+static int shim_write_refused(int fd) {
+  const char *e = getenv("PS_ODIRECT_EINVAL");
+  char path[4096];
+  int fl;
+  return e && !strcmp(e, "write") && (fl = fcntl(fd, F_GETFL)) >= 0 && (fl & O_DIRECT) &&
+         shim_redo(fd, path);
+}
+
 ssize_t pwrite(int fd, const void *buf, size_t n, off_t off) {
   static ssize_t (*real)(int, const void *, size_t, off_t);
   if (!real) real = (ssize_t (*)(int, const void *, size_t, off_t))dlsym(RTLD_NEXT, "pwrite");
+  if (shim_write_refused(fd)) {
+    errno = EINVAL;
+    return -1;
+  }
   ssize_t r = real(fd, buf, n, off);
   if (r > 0) shim_wrote(fd, (long long)off + r);
   return r;

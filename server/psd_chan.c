@@ -7,7 +7,10 @@
  *     buffer and parsed from there; once a push's data is due and nothing
  *     is staged, alloc_cb hands libuv the remaining span of the
  *     connection's data buffer, so gradient bytes land in place (one copy:
- *     the kernel's).
+ *     the kernel's).  The buffer is page-aligned: under durability `sync`
+ *     the redo log may take it with a push's gradients, to write them from
+ *     there (psd_wal_append_own, psd_wal invariant 8), and give the
+ *     connection a block it is done with (or none) in its place.
  *  2. A push is validated (psd_shard_payload and its byte count)
  *     when its meta is complete, before any data is read; a refused push's
  *     data is read into a scratch buffer and dropped, then answered with a

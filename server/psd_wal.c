@@ -56,6 +56,7 @@ typedef struct wal_exts {
 
 #define WAL_POOL 4 /* taken blocks kept to give back (psd_wal_append_own) */
 #define WAL_ZC_MIN 65536 /* smaller pieces are copied even when offered (invariant 8) */
+#define WAL_SKIP_SEQ UINT64_MAX /* a skip record's seq (invariant 8) */
 
 typedef struct wal_seg {
   uint64_t first;  /* seq of its first record (its name) */
@@ -393,10 +394,9 @@ static uint64_t wal_count_after(const uint8_t *p, size_t n, uint64_t first) {
   if (n < WAL_HDR || wal_len(p) > n - WAL_HDR) return 0;
   size_t off = WAL_HDR + wal_len(p);
   /* only records at or after FIRST: a reused file's older ones are not
-   * (skip records, seq 0, are stepped over: invariant 8) */
-  while (off < n && !wal_check(p + off, n - off) &&
-         (wal_get64(p + off + 8) == 0 || wal_get64(p + off + 8) >= first)) {
-    k += wal_get64(p + off + 8) != 0;
+   * (skip records are stepped over: invariant 8) */
+  while (off < n && !wal_check(p + off, n - off) && wal_get64(p + off + 8) >= first) {
+    k += wal_get64(p + off + 8) != WAL_SKIP_SEQ;
     off += WAL_HDR + wal_len(p + off);
   }
   return k;
@@ -453,7 +453,7 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
     while (rc == 0 && off < n) {
       const char *bad = wal_check(buf + off, n - off);
       uint64_t seq = bad ? 0 : wal_get64(buf + off + 8);
-      if (!bad && seq == 0) { /* a skip record (invariant 8) */
+      if (!bad && seq == WAL_SKIP_SEQ) { /* a skip record (invariant 8) */
         off += WAL_HDR + wal_len(buf + off);
         continue;
       }
@@ -740,12 +740,14 @@ static int wal_fit(psd_wal *w, size_t t, size_t *n) {
   return 0;
 }
 
-/* wal_skip writes a skip record of N bytes (at least WAL_HDR) at P: seq
- * 0, zeros, its checksum; replay steps over it (invariant 8). */
+/* wal_skip writes a skip record of N bytes (at least WAL_HDR) at P:
+ * WAL_SKIP_SEQ, zeros, its checksum; replay steps over it (invariant 8). */
 static void wal_skip(uint8_t *p, size_t n) {
   uint32_t l32 = (uint32_t)(n - WAL_HDR) | WAL_CRC32C;
+  uint64_t seq = WAL_SKIP_SEQ;
   memset(p, 0, n);
   memcpy(p, &l32, 4);
+  memcpy(p + 8, &seq, 8);
   uint32_t crc = wal_crc(p, p + WAL_HDR, n - WAL_HDR);
   memcpy(p + 4, &crc, 4);
 }
@@ -764,17 +766,22 @@ static int wal_ziov(psd_wal *w, size_t n) {
 }
 
 /* wal_lay lays out a group with taken blocks (invariant 8) for one
- * pwritev at file offset AT (a multiple of A: WAL_ALIGN under O_DIRECT,
+ * pwritev at file offset AT0 (a multiple of A: WAL_ALIGN under O_DIRECT,
  * else 1): T bytes of the segment's last partial block (from blk), then
  * the records, copied into zbuf except the whole blocks of each taken
  * piece, which are written from the piece itself: a skip record before
  * the record makes its piece start on a block of the file, and the
  * piece's last partial block is copied, followed by the next records.
- * Sets ziov, wfile and zend; returns the bytes to write, or 0 (ENOMEM). */
-static size_t wal_lay(psd_wal *w, size_t a, size_t t) {
+ * A record at the start of a segment is copied whole instead: a segment
+ * never starts with a skip record (versions before them would take the
+ * segment for a torn one; any other skip record makes them refuse the
+ * log, invariant 8).  Sets ziov, wfile and zend; returns the bytes to
+ * write, or 0 (ENOMEM). */
+static size_t wal_lay(psd_wal *w, size_t a, size_t t, uint64_t at0) {
   size_t ext = 0;
   for (size_t i = 0; i < w->wext.n; i++) ext += w->wext.v[i].len;
   size_t need = t + (w->wlen - ext) + w->wext.n * (2 * WAL_ALIGN + WAL_HDR) + WAL_ALIGN;
+  if (at0 == 0 && w->wext.n) need += w->wext.v[0].len; /* a first record copied */
   if ((need > w->zcap && wal_grow(&w->zbuf, &w->zcap, 0, need) < 0) ||
       wal_ziov(w, 2 * w->wext.n + 1) < 0) {
     errno = ENOMEM;
@@ -792,7 +799,16 @@ static size_t wal_lay(psd_wal *w, size_t a, size_t t) {
       zl += rl, f += rl, off += rl;
       continue;
     }
-    size_t head = e->off - off, gap = (a - (f + head) % a) % a;
+    size_t head = e->off - off;
+    if (at0 + f == 0 && a > 1) { /* the segment's first record: copied */
+      memcpy(z + zl, b + off, head);
+      memcpy(z + zl + head, e->src, e->len);
+      memcpy(z + zl + head + e->len, b + e->off + e->len, rl - head - e->len);
+      zl += rl, f += rl, off += rl;
+      e++;
+      continue;
+    }
+    size_t gap = (a - (f + head) % a) % a;
     if (gap && gap < WAL_HDR) gap += a;
     if (gap) wal_skip(z + zl, gap);
     memcpy(z + zl + gap, b + off, head);
@@ -819,7 +835,8 @@ static size_t wal_lay(psd_wal *w, size_t a, size_t t) {
  * bytes of its last partial block rewritten before it (invariant 7):
  * ziov, wfile, zend; returns the bytes to write, or 0 (ENOMEM). */
 static size_t wal_plan(psd_wal *w, size_t t) {
-  if (w->wext.n) return wal_lay(w, w->direct ? WAL_ALIGN : 1, t);
+  if (w->wext.n)
+    return wal_lay(w, w->direct ? WAL_ALIGN : 1, t, w->segs[w->nsegs - 1].bytes - t);
   size_t n = w->wlen;
   if (wal_ziov(w, 1) < 0 || (w->direct && wal_fit(w, t, &n) < 0)) return 0;
   w->ziov[0] = (struct iovec){w->wbuf + w->wbase - t, n};

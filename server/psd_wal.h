@@ -10,9 +10,9 @@
  * the lower 31 bits), and zlib's CRC-32 of them when it is clear: the
  * format of versions before CRC-32C, whose logs replay unchanged; this
  * version writes only the first.  Sequence numbers start at 1 and grow
- * by 1 per record, across segments.  A record of seq 0 is a skip record
- * (zeros, checksummed like any other): padding that replay steps over
- * (invariant 8); logs without them replay as before.
+ * by 1 per record, across segments.  A record of seq 2^64 - 1 is a skip
+ * record (zeros, checksummed like any other): padding that replay steps
+ * over (invariant 8); logs without them replay as before.
  *
  * Invariants:
  *  1. Records are written in seq order at the end of the current segment,
@@ -77,9 +77,12 @@
  *     hands over, is never copied: the loop thread copies only the
  *     record's head, the writer checksums the piece where it lies and
  *     writes its whole blocks straight from it (pwritev), a skip record
- *     (seq 0) placed before the record so that the piece starts on a
- *     block of the file; the piece's last partial block is copied with
- *     the records after it.  The block is the log's until the group that
+ *     placed before the record so that the piece starts on a block of
+ *     the file; the piece's last partial block is copied with the
+ *     records after it.  A segment's first record is copied whole, so no
+ *     segment starts with a skip record: versions before skip records
+ *     refuse a log that holds one (its seq is not the next one) instead
+ *     of taking a segment that starts with one for a torn one.  The block is the log's until the group that
  *     holds the record is written and synced (a failed attempt is
  *     retried from it, invariant 3); then it goes to a pool of four and
  *     back to a later psd_wal_append_own's caller, or is freed.

@@ -84,8 +84,7 @@ struct psd_wal {
   uint8_t *pend;           /* aligned; records from pend + pend_base */
   size_t pend_len, pend_cap, pend_base;
   wal_exts pext;           /* pend's bytes still in taken blocks */
-  void *pool[WAL_POOL];    /* taken blocks the writer copied, to give back */
-  size_t pool_cap[WAL_POOL], npool;
+  wal_exts done;           /* taken blocks whose group synced (wal_give) */
   uint64_t pend_nrec;
   uint64_t synced_seq;
   uint64_t trunc_seq;      /* a finished snapshot holds records up to here */
@@ -189,15 +188,15 @@ static int wal_grow(uint8_t **buf, size_t *cap, size_t keep, size_t need) {
   return 0;
 }
 
-/* wal_give keeps taken block B (CAP bytes), its bytes copied, to give
- * back to a later psd_wal_append_own, or frees it.  Under mu. */
+/* wal_give puts taken block B (CAP bytes), its group written and synced,
+ * on the list of blocks to give back (invariant 8), which has room for
+ * every block the log holds (psd_wal_append_own sees to it).  Only the
+ * loop thread takes blocks off it, to give one to psd_wal_append_own's
+ * caller or to free it: the caller may still read the block on the loop
+ * thread after handing it over (a push is applied from it after it is
+ * logged), so the writer neither frees nor writes one.  Under mu. */
 static void wal_give(psd_wal *w, void *b, size_t cap) {
-  if (w->npool < WAL_POOL) {
-    w->pool[w->npool] = b;
-    w->pool_cap[w->npool++] = cap;
-  } else {
-    free(b);
-  }
+  w->done.v[w->done.n++] = (wal_ext){.buf = b, .cap = cap};
 }
 
 /* wal_move copies the LEN bytes of records at SRC to DST (memmove: DST
@@ -1143,6 +1142,13 @@ int psd_wal_append_own(psd_wal *w, const struct iovec *iov, int niov, void **own
    * from there, and nobody copies the gradients */
   int take = own && *own && niov > 0 && iov[niov - 1].iov_len >= WAL_ZC_MIN &&
              (uintptr_t)iov[niov - 1].iov_base % WAL_ALIGN == 0;
+  /* room on the done list for every block the log will hold (wal_give) */
+  size_t held = w->done.n + w->pext.n + w->wext.n + 1;
+  if (take && held > w->done.cap) {
+    wal_ext *v = realloc(w->done.v, 2 * held * sizeof *v);
+    if (v) w->done.v = v, w->done.cap = 2 * held;
+    else take = 0;
+  }
   if (take && w->pext.n == w->pext.cap) {
     size_t c = w->pext.cap ? 2 * w->pext.cap : 16;
     wal_ext *v = realloc(w->pext.v, c * sizeof *v);
@@ -1163,9 +1169,15 @@ int psd_wal_append_own(psd_wal *w, const struct iovec *iov, int niov, void **own
       memcpy(p, iov[i].iov_base, iov[i].iov_len);
     p += iov[i].iov_len;
   }
-  if (take) { /* a block whose group is synced, or none */
-    *own = w->npool ? w->pool[--w->npool] : NULL;
-    *own_cap = *own ? w->pool_cap[w->npool] : 0;
+  /* a block whose group is synced (or none) to the caller, and the ones
+   * beyond WAL_POOL freed after the unlock: this runs after the push that
+   * handed any of them over was applied */
+  void *spare[16];
+  size_t nspare = 0;
+  if (take) {
+    *own = w->done.n ? w->done.v[w->done.n - 1].buf : NULL;
+    *own_cap = *own ? w->done.v[--w->done.n].cap : 0;
+    while (w->done.n > WAL_POOL && nspare < 16) spare[nspare++] = w->done.v[--w->done.n].buf;
   }
   memset(h + 4, 0, 4); /* the checksum: the writer's (wal_seal) */
   w->pend_len += WAL_HDR + len;
@@ -1173,6 +1185,7 @@ int psd_wal_append_own(psd_wal *w, const struct iovec *iov, int niov, void **own
   /* Wake the writer when it sleeps for work, or when a group is full. */
   if (w->pend_nrec == 1 || w->pend_len >= w->o.max_batch_bytes) pthread_cond_signal(&w->cv);
   pthread_mutex_unlock(&w->mu);
+  for (size_t i = 0; i < nspare; i++) free(spare[i]);
   wal_loop_time(w, t0);
   *seq = s;
   return 0;
@@ -1283,7 +1296,7 @@ void psd_wal_free(psd_wal *w) {
   free(w->ziov);
   wal_exts_free(&w->pext);
   wal_exts_free(&w->wext);
-  for (size_t i = 0; i < w->npool; i++) free(w->pool[i]);
+  wal_exts_free(&w->done);
   free(w->segs);
   free(w->dir);
   free(w);

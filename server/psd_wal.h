@@ -84,8 +84,12 @@
  *     refuse a log that holds one (its seq is not the next one) instead
  *     of taking a segment that starts with one for a torn one.  The block is the log's until the group that
  *     holds the record is written and synced (a failed attempt is
- *     retried from it, invariant 3); then it goes to a pool of four and
- *     back to a later psd_wal_append_own's caller, or is freed.
+ *     retried from it, invariant 3); then the writer lists it as done,
+ *     and a later psd_wal_append_own (loop thread) gives it to its
+ *     caller, keeps up to four, and frees the others.  The writer never
+ *     frees or writes a block: the caller still reads it on the loop
+ *     thread after handing it over (a push is applied from it once
+ *     logged), until it returns to the loop.
  *
  * Threads: psd_wal_append, _wait, _cancel, _truncate, _stats, _stop run
  * on the loop thread; waiters are called there (from a uv_async). */
@@ -188,7 +192,8 @@ int psd_wal_append(psd_wal *w, const struct iovec *iov, int niov, uint64_t *seq,
  * the piece is at least 64 KiB and starts WAL_ALIGN-aligned; the writer
  * writes it from there) and then gives the caller a block it took
  * earlier and no longer needs in its place, or NULL (*OWN_CAP 0); else
- * *OWN stays the caller's. */
+ * *OWN stays the caller's.  A block taken stays readable and unchanged
+ * until the caller's next call (the push is applied from it meanwhile). */
 int psd_wal_append_own(psd_wal *w, const struct iovec *iov, int niov, void **own,
                        size_t *own_cap, uint64_t *seq, ps_errbuf *eb);
 

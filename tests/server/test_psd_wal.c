@@ -16,7 +16,8 @@
  *  - zero copy (invariant 8): copied and taken pieces mixed in groups
  *    replay exactly; a torn tail inside a taken piece or inside a skip
  *    record is cut; a taken block is given back only after its group's
- *    sync succeeded (held and failed syncs);
+ *    sync succeeded (held and failed syncs), and stays readable, unchanged,
+ *    until the caller's next append (the push is applied from it);
  *  - the store: pushes (Adam, staleness weighting) logged, a snapshot in
  *    the middle, the log truncated, a crash (no final flush), replay: the
  *    state is bit for bit the pre-crash one; a log whose snapshot is gone
@@ -852,6 +853,77 @@ START_TEST(test_zero_copy_block_kept) {
 }
 END_TEST
 
+START_TEST(test_zero_copy_block_readable) {
+  /* a block handed over stays readable, unchanged, until the caller's
+   * next psd_wal_append_own (a push is applied from it after it is
+   * logged), even when its group synced meanwhile and more blocks came
+   * back than the log keeps: only that next call frees them */
+  wal_buffered = 0;
+  const char *dir = ps_test_tmpdir();
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  hold_seam hs = {.hold = 1};
+  psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 20, .sync = hold_sync,
+                    .sync_arg = &hs};
+  psd_wal *w;
+  ps_errbuf eb;
+  ck_assert_int_eq(psd_wal_open(&w, &o, &eb), 0);
+  replayed r = {0};
+  ck_assert_int_eq(psd_wal_replay(w, 0, count_rec, &r, &eb), 0);
+  ck_assert_int_eq(psd_wal_start(w, &loop, &eb), 0);
+  enum { K = 7 };
+  seam dummy = {0};
+  waiter ws[K + 1];
+  uint8_t *orig[K];
+  for (int k = 0; k < K; k++) {
+    int i = 2 + 3 * k; /* taken pieces (zc_len) */
+    size_t cap = zc_len(i) + 100;
+    void *b = zc_block(cap);
+    orig[k] = b;
+    zc_append(w, i, (uint64_t)k + 1, &b, &cap, &ws[k], &dummy);
+    ck_assert_ptr_null(b); /* the first sync is held: nothing came back */
+  }
+  __atomic_store_n(&hs.hold, 0, __ATOMIC_SEQ_CST);
+  run_until(&loop, ws, K);
+  psd_wal_stats st;
+  int64_t end = ps_test_now_ms() + 20000;
+  do {
+    ck_assert(ps_test_now_ms() < end);
+    uv_run(&loop, UV_RUN_NOWAIT);
+    usleep(200);
+    psd_wal_stats_get(w, &st);
+  } while (st.synced_seq < K);
+  void *other[2 * K]; /* what a freed block would become next */
+  for (int k = 0; k < 2 * K; k++) {
+    other[k] = malloc(zc_len(2 + 3 * (k % K)) + 100);
+    memset(other[k], 0xee, zc_len(2 + 3 * (k % K)) + 100);
+  }
+  for (int k = 0; k < K; k++) { /* every byte as handed over */
+    int i = 2 + 3 * k;
+    size_t hl = ZC_HEAD(i), dl = zc_len(i);
+    for (size_t j = 0; j < dl; j++)
+      ck_assert_msg(orig[k][j] == (uint8_t)((uint64_t)k + 1 + hl + j), "block %d byte %zu", k, j);
+  }
+  for (int k = 0; k < 2 * K; k++) free(other[k]);
+  /* the next append gives one back and frees those beyond the log's four */
+  void *b = zc_block(zc_len(23) + 100);
+  size_t cap = zc_len(23) + 100;
+  zc_append(w, 23, K + 1, &b, &cap, &ws[K], &dummy);
+  ck_assert_ptr_nonnull(b);
+  int mine = 0;
+  for (int k = 0; k < K; k++) mine += b == orig[k];
+  ck_assert_int_eq(mine, 1);
+  run_until(&loop, ws + K, 1);
+  psd_wal_stop(w);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  psd_wal_free(w);
+  uv_loop_close(&loop);
+  free(b);
+  ck_assert_uint_eq(replay_count(dir, 0, &r, 0, &eb), 0);
+  ck_assert_uint_eq(r.n, K + 1);
+}
+END_TEST
+
 /* ---- the store through the log ------------------------------------------------------ */
 
 static uint32_t shape_w[] = {40, 25};
@@ -1136,6 +1208,7 @@ Suite *psd_wal_suite(void) {
   tcase_add_test(tc, test_crc_formats);
   tcase_add_loop_test(tc, test_zero_copy_replay, 0, 2);
   tcase_add_loop_test(tc, test_zero_copy_block_kept, 0, 2);
+  tcase_add_test(tc, test_zero_copy_block_readable);
   tcase_add_test(tc, test_store_replay_exact);
   tcase_add_test(tc, test_store_replay_fuzzy_snapshot);
   tcase_add_test(tc, test_store_replay_bad_count);

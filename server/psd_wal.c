@@ -666,13 +666,18 @@ static void wal_take(psd_wal *w) {
       w->wext.v = v;
       w->wext.cap = ne;
     }
-    wal_move(w->wbuf, src, off, w->pext.v, ne, 0);
-    memcpy(w->wext.v, w->pext.v, ne * sizeof *w->wext.v);
-    w->wext.n = ne;
-    wal_move(src, src + off, w->pend_len - off, w->pext.v + ne, w->pext.n - ne, off);
-    memmove(w->pext.v, w->pext.v + ne, (w->pext.n - ne) * sizeof *w->pext.v);
-    w->pext.n -= ne;
-    for (size_t i = 0; i < w->pext.n; i++) w->pext.v[i].off -= off;
+    if (w->pext.n) {
+      wal_move(w->wbuf, src, off, w->pext.v, ne, 0);
+      if (ne) memcpy(w->wext.v, w->pext.v, ne * sizeof *w->wext.v);
+      w->wext.n = ne;
+      wal_move(src, src + off, w->pend_len - off, w->pext.v + ne, w->pext.n - ne, off);
+      memmove(w->pext.v, w->pext.v + ne, (w->pext.n - ne) * sizeof *w->pext.v);
+      w->pext.n -= ne;
+      for (size_t i = 0; i < w->pext.n; i++) w->pext.v[i].off -= off;
+    } else {
+      memcpy(w->wbuf, src, off);
+      memmove(src, src + off, w->pend_len - off);
+    }
     w->wbase = 0;
     w->pend_len -= off;
     w->pend_nrec -= k;

@@ -218,6 +218,30 @@ static void write_log(const char *dir, size_t n, size_t len, uint64_t from, seam
   free(ws);
 }
 
+/* wal_started opens the log O names, replays it (empty) and starts it on
+ * LOOP. */
+static psd_wal *wal_started(const psd_wal_opts *o, uv_loop_t *loop) {
+  psd_wal *w;
+  ps_errbuf eb;
+  replayed r = {0};
+  ck_assert_msg(psd_wal_open(&w, o, &eb) == 0, "%s", eb.msg);
+  ck_assert_int_eq(psd_wal_replay(w, 0, count_rec, &r, &eb), 0);
+  ck_assert_int_eq(psd_wal_start(w, loop, &eb), 0);
+  return w;
+}
+
+/* wait_synced runs LOOP until W has synced record SEQ (bounded). */
+static void wait_synced(uv_loop_t *loop, psd_wal *w, uint64_t seq) {
+  psd_wal_stats st;
+  int64_t end = ps_test_now_ms() + 20000;
+  do {
+    ck_assert_msg(ps_test_now_ms() < end, "record %llu not synced", (unsigned long long)seq);
+    uv_run(loop, UV_RUN_NOWAIT);
+    usleep(200);
+    psd_wal_stats_get(w, &st);
+  } while (st.synced_seq < seq);
+}
+
 /* ---- tests ------------------------------------------------------------------------ */
 
 START_TEST(test_ack_follows_sync) {
@@ -465,12 +489,9 @@ START_TEST(test_reused_segments) {
   uv_loop_init(&loop);
   psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 20, .segment_bytes = 4096,
                     .buffered = wal_buffered};
-  psd_wal *w;
+  psd_wal *w = wal_started(&o, &loop);
   ps_errbuf eb;
-  ck_assert_int_eq(psd_wal_open(&w, &o, &eb), 0);
   replayed r = {0};
-  ck_assert_int_eq(psd_wal_replay(w, 0, count_rec, &r, &eb), 0);
-  ck_assert_int_eq(psd_wal_start(w, &loop, &eb), 0);
   seam dummy = {0};
   waiter ws[40];
   uint64_t off = 0, total = 0;
@@ -813,12 +834,9 @@ START_TEST(test_zero_copy_block_kept) {
   hold_seam hs = {.hold = 1, .fail = 1};
   psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 20, .sync = hold_sync,
                     .sync_arg = &hs, .buffered = wal_buffered};
-  psd_wal *w;
+  psd_wal *w = wal_started(&o, &loop);
   ps_errbuf eb;
-  ck_assert_int_eq(psd_wal_open(&w, &o, &eb), 0);
   replayed r = {0};
-  ck_assert_int_eq(psd_wal_replay(w, 0, count_rec, &r, &eb), 0);
-  ck_assert_int_eq(psd_wal_start(w, &loop, &eb), 0);
   seam dummy = {0};
   waiter ws[3];
   void *a = NULL, *b = NULL, *c = NULL;
@@ -832,14 +850,7 @@ START_TEST(test_zero_copy_block_kept) {
   ck_assert_ptr_null(b); /* record 1's block is still the log's */
   __atomic_store_n(&hs.hold, 0, __ATOMIC_SEQ_CST);
   run_until(&loop, ws, 2); /* answered: synced, or PS_EDEGRADED while the sync failed */
-  psd_wal_stats st;
-  int64_t end = ps_test_now_ms() + 20000;
-  do {
-    ck_assert(ps_test_now_ms() < end);
-    uv_run(&loop, UV_RUN_NOWAIT);
-    usleep(200);
-    psd_wal_stats_get(w, &st);
-  } while (st.synced_seq < 2);
+  wait_synced(&loop, w, 2);
   zc_append(w, 8, 3, &c, &cc, &ws[2], &dummy);
   ck_assert_ptr_nonnull(c); /* a synced block came back */
   run_until(&loop, ws + 2, 1);
@@ -865,12 +876,9 @@ START_TEST(test_zero_copy_block_readable) {
   hold_seam hs = {.hold = 1};
   psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 20, .sync = hold_sync,
                     .sync_arg = &hs};
-  psd_wal *w;
+  psd_wal *w = wal_started(&o, &loop);
   ps_errbuf eb;
-  ck_assert_int_eq(psd_wal_open(&w, &o, &eb), 0);
   replayed r = {0};
-  ck_assert_int_eq(psd_wal_replay(w, 0, count_rec, &r, &eb), 0);
-  ck_assert_int_eq(psd_wal_start(w, &loop, &eb), 0);
   enum { K = 7 };
   seam dummy = {0};
   waiter ws[K + 1];
@@ -885,14 +893,7 @@ START_TEST(test_zero_copy_block_readable) {
   }
   __atomic_store_n(&hs.hold, 0, __ATOMIC_SEQ_CST);
   run_until(&loop, ws, K);
-  psd_wal_stats st;
-  int64_t end = ps_test_now_ms() + 20000;
-  do {
-    ck_assert(ps_test_now_ms() < end);
-    uv_run(&loop, UV_RUN_NOWAIT);
-    usleep(200);
-    psd_wal_stats_get(w, &st);
-  } while (st.synced_seq < K);
+  wait_synced(&loop, w, K);
   void *other[2 * K]; /* what a freed block would become next */
   for (int k = 0; k < 2 * K; k++) {
     other[k] = malloc(zc_len(2 + 3 * (k % K)) + 100);

@@ -30,6 +30,12 @@ typedef struct ps_req {
    * connection (a model's layout fetched before it is fetched again, to
    * see a replace); 0: none */
   uint64_t conn_stamp;
+  /* push: when not NULL, *own is the malloc'd block (*own_cap bytes)
+   * holding grads, which a redo log may take instead of copying the
+   * gradients, putting a block of its own (or NULL, 0) in its place
+   * (psd_wal_append_own); NULL: grads is only borrowed */
+  void **own;
+  size_t *own_cap;
 } ps_req;
 
 #endif

@@ -7,7 +7,10 @@
  *     buffer and parsed from there; once a push's data is due and nothing
  *     is staged, alloc_cb hands libuv the remaining span of the
  *     connection's data buffer, so gradient bytes land in place (one copy:
- *     the kernel's).
+ *     the kernel's).  The buffer is page-aligned: under durability `sync`
+ *     the redo log may take it with a push's gradients, to write them from
+ *     there (psd_wal_append_own, psd_wal invariant 8), and give the
+ *     connection a block it is done with (or none) in its place.
  *  2. A push is validated (psd_shard_payload and its byte count)
  *     when its meta is complete, before any data is read; a refused push's
  *     data is read into a scratch buffer and dropped, then answered with a
@@ -776,8 +779,13 @@ static int conn_pull(psd_conn *c, Ps__ChanMeta *m) {
 static int conn_data_room(psd_conn *c) {
   if (c->rx.h.data_len <= c->data_cap) return 0;
   free(c->data);
+  c->data = NULL;
   c->data_cap = 0;
-  if (!(c->data = malloc(c->rx.h.data_len))) return -1;
+  /* page-aligned: a push's gradients can then go to the redo log as they
+   * are (psd_wal_append_own, written with O_DIRECT from here) */
+  void *p;
+  if (posix_memalign(&p, 4096, c->rx.h.data_len ? c->rx.h.data_len : 1) != 0) return -1;
+  c->data = p;
   c->data_cap = c->rx.h.data_len;
   return 0;
 }
@@ -928,6 +936,10 @@ static void conn_push_end(psd_conn *c) {
       rc = ps_errf(&c->req_eb, PS_EPERM, "a push that sums %zu workers needs an aggregator's "
                    "key; this connection proved a %s key", r.nsummed, ps_role_name(c->role));
     } else {
+      /* a redo log may keep the data buffer (the gradients are then copied
+       * off the loop thread) and give another in its place */
+      r.own = &c->data;
+      r.own_cap = &c->data_cap;
       rc = psd_shard_push(sh, &r, &version, &c->req_eb);
     }
   }

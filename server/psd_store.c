@@ -1041,7 +1041,8 @@ enum { PSD_LOG_PUSH = 1, PSD_LOG_FIXED = 2 + 8 + 4 + 8 + 8 + 4 + 8 };
  * (the ids and gradients are not copied here) and records its seq. */
 static int psd_store_log_push(psd_store *s, const psd_model *m, const uint32_t *ids, size_t nids,
                               const float *grads, uint64_t nelems, uint32_t worker,
-                              uint64_t clock, uint64_t version_seen, ps_errbuf *eb) {
+                              uint64_t clock, uint64_t version_seen, void **own,
+                              size_t *own_cap, ps_errbuf *eb) {
   uint8_t h[PSD_LOG_FIXED + 256];
   size_t nl = strlen(m->spec->name), n = 0;
   uint32_t n32 = (uint32_t)nids;
@@ -1058,7 +1059,7 @@ static int psd_store_log_push(psd_store *s, const psd_model *m, const uint32_t *
   n += 40;
   struct iovec iov[3] = {{h, n}, {(void *)ids, nids * 4}, {(void *)grads, nelems * 4}};
   uint64_t seq;
-  int rc = s->log_fn(s->log_arg, iov, 3, &seq, eb);
+  int rc = s->log_fn(s->log_arg, iov, 3, own, own_cap, &seq, eb);
   if (rc == 0) s->log_seq = seq;
   return rc;
 }
@@ -1205,7 +1206,8 @@ static int psd_store_push_at(psd_store *s, const ps_req *r, uint64_t replay, uin
   }
   if (!replay && s->log_fn &&
       (rc = psd_store_log_push(s, m, ids, nids, grads, nelems, r->worker, r->clock, r->version,
-                               eb)) < 0)
+                               (const void *)grads == r->grads && r->own_cap ? r->own : NULL,
+                               r->own_cap, eb)) < 0)
     return rc;
   uint64_t seq = replay ? replay : s->log_seq;
   m->tau_hist[psd_tau_bucket(tau)]++;

@@ -5,7 +5,12 @@
  * `wbuf` (swapping the two buffers when all of `pend` fits in one group,
  * so the usual case copies nothing more), fills in the records'
  * checksums outside the mutex, writes it at the synced end of the
- * current segment with pwrite, and fdatasyncs.  Only the writer thread touches the files after
+ * current segment with pwrite, and fdatasyncs.  A record's piece in a
+ * block the caller handed over (psd_wal_append_own, invariant 8) is not
+ * copied: `pend` and `wbuf` hold a hole of its size (never read; a split
+ * group's copy leaves it out), and a list of wal_ext (pext, wext) says
+ * where it lies; such a group is laid out in `zbuf` around the pieces
+ * (wal_lay) and written with one pwritev.  Only the writer thread touches the files after
  * psd_wal_start; only the loop touches the waiter list. */
 #include "psd_wal.h"
 
@@ -13,6 +18,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
+#include <limits.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,6 +36,27 @@
 #define WAL_MAX_RECORD (0x7fffffffu - 64)
 #define WAL_SPARES 8 /* deleted segments kept for reuse (invariant 6) */
 #define WAL_ALIGN 4096 /* O_DIRECT: buffers, offsets and lengths (psd_wal.h, invariant 7) */
+
+/* wal_ext: record bytes the log took by reference (psd_wal_append_own's
+ * OWN, invariant 8): LEN bytes at SRC (WAL_ALIGN-aligned), inside the
+ * malloc'd block BUF of CAP bytes, belong at offset OFF of a buffer's
+ * records, where the buffer holds only a hole for them; the writer writes
+ * them from SRC and gives BUF back once their group is synced. */
+typedef struct wal_ext {
+  size_t off, len, cap;
+  const uint8_t *src;
+  void *buf;
+} wal_ext;
+
+/* wal_exts: a list of them. */
+typedef struct wal_exts {
+  wal_ext *v;
+  size_t n, cap;
+} wal_exts;
+
+#define WAL_POOL 4 /* taken blocks kept to give back (psd_wal_append_own) */
+#define WAL_ZC_MIN 65536 /* smaller pieces are copied even when offered (invariant 8) */
+#define WAL_SKIP_SEQ UINT64_MAX /* a skip record's seq (invariant 8) */
 
 typedef struct wal_seg {
   uint64_t first;  /* seq of its first record (its name) */
@@ -56,6 +83,8 @@ struct psd_wal {
   pthread_cond_t synced_cv;  /* broadcast when a group ends (psd_wal_wait_synced) */
   uint8_t *pend;           /* aligned; records from pend + pend_base */
   size_t pend_len, pend_cap, pend_base;
+  wal_exts pext;           /* pend's bytes still in taken blocks */
+  wal_exts done;           /* taken blocks whose group synced (wal_give) */
   uint64_t pend_nrec;
   uint64_t synced_seq;
   uint64_t trunc_seq;      /* a finished snapshot holds records up to here */
@@ -66,9 +95,17 @@ struct psd_wal {
   uint64_t syncs, records, bytes;
   uint64_t write_ns, sync_ns;  /* time the writer spent in pwrite / fdatasync */
   uint64_t bytes_written;      /* by groups that synced */
+  uint64_t zc_records;         /* of which records written from a taken block (invariant 8) */
   /* writer thread */
   uint8_t *wbuf;           /* aligned; records from wbuf + wbase */
   size_t wlen, wcap, wbase;
+  wal_exts wext;           /* wbuf's bytes still in taken blocks */
+  uint8_t *zbuf;           /* aligned; a group with taken blocks is laid out here */
+  size_t zcap;
+  struct iovec *ziov;      /* the pieces of the group's write */
+  size_t nziov, ziovcap;
+  const uint8_t *zend;     /* in memory: the end of the group's last bytes (invariant 7) */
+  size_t wfile;            /* the group's bytes in the segment (skip records included) */
   uint64_t wlast, wnrec;
   int wsealed;             /* wbuf's records carry their checksums */
   int retrying;
@@ -149,6 +186,38 @@ static int wal_grow(uint8_t **buf, size_t *cap, size_t keep, size_t need) {
   *buf = p;
   *cap = c;
   return 0;
+}
+
+/* wal_give puts taken block B (CAP bytes), its group written and synced,
+ * on the list of blocks to give back (invariant 8), which has room for
+ * every block the log holds (psd_wal_append_own sees to it).  Only the
+ * loop thread takes blocks off it, to give one to psd_wal_append_own's
+ * caller or to free it: the caller may still read the block on the loop
+ * thread after handing it over (a push is applied from it after it is
+ * logged), so the writer neither frees nor writes one.  Under mu. */
+static void wal_give(psd_wal *w, void *b, size_t cap) {
+  w->done.v[w->done.n++] = (wal_ext){.buf = b, .cap = cap};
+}
+
+/* wal_move copies the LEN bytes of records at SRC to DST (memmove: DST
+ * may overlap before SRC), leaving out the holes of the N taken pieces X
+ * whose offsets, less BASE, fall inside. */
+static void wal_move(uint8_t *dst, const uint8_t *src, size_t len, const wal_ext *x, size_t n,
+                     size_t base) {
+  size_t at = 0;
+  for (size_t i = 0; i < n && x[i].off - base < len; i++) {
+    size_t o = x[i].off - base;
+    memmove(dst + at, src + at, o - at);
+    at = o + x[i].len;
+  }
+  if (at < len) memmove(dst + at, src + at, len - at);
+}
+
+/* wal_exts_free frees the blocks list X still holds, and the list. */
+static void wal_exts_free(wal_exts *x) {
+  for (size_t i = 0; i < x->n; i++) free(x->v[i].buf);
+  free(x->v);
+  *x = (wal_exts){0};
 }
 
 /* wal_refused: the filesystem refuses O_DIRECT (some tmpfs versions,
@@ -324,9 +393,10 @@ static uint64_t wal_count_after(const uint8_t *p, size_t n, uint64_t first) {
   uint64_t k = 0;
   if (n < WAL_HDR || wal_len(p) > n - WAL_HDR) return 0;
   size_t off = WAL_HDR + wal_len(p);
-  /* only records at or after FIRST: a reused file's older ones are not */
+  /* only records at or after FIRST: a reused file's older ones are not
+   * (skip records are stepped over: invariant 8) */
   while (off < n && !wal_check(p + off, n - off) && wal_get64(p + off + 8) >= first) {
-    k++;
+    k += wal_get64(p + off + 8) != WAL_SKIP_SEQ;
     off += WAL_HDR + wal_len(p + off);
   }
   return k;
@@ -376,23 +446,27 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
   int rc = 0;
   for (size_t i = 0; rc == 0 && i < w->nsegs; i++) {
     uint8_t *buf = NULL;
-    size_t n = 0, off = 0;
+    size_t n = 0, off = 0, rend = 0; /* rend: where its last record (not a skip) ends */
     if ((rc = wal_read_seg(w, i, &buf, &n, eb)) < 0) break;
     char name[32];
     wal_seg_name(name, sizeof name, w->segs[i].first);
     while (rc == 0 && off < n) {
       const char *bad = wal_check(buf + off, n - off);
       uint64_t seq = bad ? 0 : wal_get64(buf + off + 8);
+      if (!bad && seq == WAL_SKIP_SEQ) { /* a skip record (invariant 8) */
+        off += WAL_HDR + wal_len(buf + off);
+        continue;
+      }
       /* a reused file's old bytes: after the last segment's records, or
        * a whole segment no record reached (a roll that failed or was cut
        * short by a crash right after its rename) */
-      if (!bad && seq < w->segs[i].first && (i + 1 == w->nsegs || off == 0)) {
+      if (!bad && seq < w->segs[i].first && (i + 1 == w->nsegs || rend == 0)) {
         ps_info("redo log '%s/%s': its records end at offset %zu (a reused file's older "
-                "records follow)", w->dir, name, off);
-        rc = wal_cut(w, i, off, eb);
+                "records follow)", w->dir, name, rend);
+        rc = wal_cut(w, i, rend, eb);
         break;
       }
-      if (!bad && off == 0 && seq != w->segs[i].first) bad = "first record does not match the name";
+      if (!bad && rend == 0 && seq != w->segs[i].first) bad = "first record does not match the name";
       if (!bad && seq <= last) bad = "sequence number goes back";
       if (bad && i + 1 < w->nsegs) {
         rc = ps_errf(eb, PS_EIO, "redo log '%s/%s' is corrupt at offset %zu (%s) and later "
@@ -404,18 +478,18 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
         /* a record of ours carries the next seq; other bytes (a reused
          * file's old ones cut mid-record, a page that never reached the
          * disk) are no record */
-        uint64_t next = off == 0 ? w->segs[i].first : last + 1;
+        uint64_t next = rend == 0 ? w->segs[i].first : last + 1;
         int ours = n - off >= WAL_HDR && wal_get64(buf + off + 8) == next;
         dropped = (uint64_t)ours + wal_count_after(buf + off, n - off, w->segs[i].first);
         if (dropped == 0)
           ps_info("redo log '%s/%s': its records end at offset %zu; the %zu bytes after are "
                   "no record of this log (a reused file's older bytes, or a write that never "
-                  "completed): cut off", w->dir, name, off, n - off);
+                  "completed): cut off", w->dir, name, rend, n - rend);
         else
           ps_warn("redo log '%s/%s': torn tail at offset %zu (%s): %" PRIu64 " record%s (%zu "
-                  "bytes) dropped; they were never acknowledged", w->dir, name, off, bad,
-                  dropped, dropped == 1 ? "" : "s", n - off);
-        rc = wal_cut(w, i, off, eb);
+                  "bytes) dropped; they were never acknowledged", w->dir, name, rend, bad,
+                  dropped, dropped == 1 ? "" : "s", n - rend);
+        rc = wal_cut(w, i, rend, eb);
         break;
       }
       uint32_t len = wal_len(buf + off);
@@ -434,6 +508,7 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
       last = seq;
       w->segs[i].last = seq;
       off += WAL_HDR + len;
+      rend = off;
     }
     free(buf);
     if (rc == 0 && off == n && n > 0) rc = wal_sync_seg(w, i, eb); /* a cut one is synced */
@@ -560,6 +635,9 @@ static void wal_take(psd_wal *w) {
     w->pend_cap = cap;
     w->pend_len = 0;
     w->pend_nrec = 0;
+    wal_exts x = w->wext; /* empty: filled before its group was sealed */
+    w->wext = w->pext;
+    w->pext = x;
     /* where the next group's records start in the file's last block when
      * no roll comes between (else wal_fit moves them: invariant 7) */
     w->pend_base = w->direct ? (w->segs[w->nsegs - 1].bytes + w->wlen) % WAL_ALIGN : 0;
@@ -579,9 +657,29 @@ static void wal_take(psd_wal *w) {
       if (off + WAL_ALIGN > w->wcap && wal_grow(&w->wbuf, &w->wcap, 0, off + WAL_ALIGN) < 0)
         return; /* retried at the next turn */
     }
-    memcpy(w->wbuf, src, off);
+    /* the taken pieces of the group's records go with them (wext is
+     * empty: its group was written) */
+    size_t ne = 0;
+    while (ne < w->pext.n && w->pext.v[ne].off < off) ne++;
+    if (ne > w->wext.cap) {
+      wal_ext *v = realloc(w->wext.v, ne * sizeof *v);
+      if (!v) return; /* retried at the next turn */
+      w->wext.v = v;
+      w->wext.cap = ne;
+    }
+    if (w->pext.n) {
+      wal_move(w->wbuf, src, off, w->pext.v, ne, 0);
+      if (ne) memcpy(w->wext.v, w->pext.v, ne * sizeof *w->wext.v);
+      w->wext.n = ne;
+      wal_move(src, src + off, w->pend_len - off, w->pext.v + ne, w->pext.n - ne, off);
+      memmove(w->pext.v, w->pext.v + ne, (w->pext.n - ne) * sizeof *w->pext.v);
+      w->pext.n -= ne;
+      for (size_t i = 0; i < w->pext.n; i++) w->pext.v[i].off -= off;
+    } else {
+      memcpy(w->wbuf, src, off);
+      memmove(src, src + off, w->pend_len - off);
+    }
     w->wbase = 0;
-    memmove(src, src + off, w->pend_len - off);
     w->pend_len -= off;
     w->pend_nrec -= k;
     w->wlen = off;
@@ -602,9 +700,19 @@ static void wal_take(psd_wal *w) {
  * computes them outside the mutex, so the loop thread only copies a
  * record in (psd_wal_append).  Writer thread. */
 static void wal_seal(psd_wal *w) {
+  const wal_ext *e = w->wext.v, *end = e + w->wext.n;
   for (size_t off = 0; off < w->wlen;) {
     uint8_t *h = w->wbuf + w->wbase + off;
-    uint32_t len = wal_len(h), crc = wal_crc(h, h + WAL_HDR, len);
+    uint32_t len = wal_len(h), crc;
+    if (e < end && e->off < off + WAL_HDR + len) { /* a piece of it is a taken block's */
+      size_t a = e->off - off - WAL_HDR, z = len - a - e->len;
+      crc = ps_crc32c(ps_crc32c(0, h, 4), h + 8, 8);
+      crc = ps_crc32c(ps_crc32c(crc, h + WAL_HDR, a), e->src, e->len);
+      crc = ps_crc32c(crc, h + WAL_HDR + a + e->len, z);
+      e++;
+    } else {
+      crc = wal_crc(h, h + WAL_HDR, len);
+    }
     memcpy(h + 4, &crc, 4);
     off += WAL_HDR + len;
   }
@@ -637,31 +745,142 @@ static int wal_fit(psd_wal *w, size_t t, size_t *n) {
   return 0;
 }
 
+/* wal_skip writes a skip record of N bytes (at least WAL_HDR) at P:
+ * WAL_SKIP_SEQ, zeros, its checksum; replay steps over it (invariant 8). */
+static void wal_skip(uint8_t *p, size_t n) {
+  uint32_t l32 = (uint32_t)(n - WAL_HDR) | WAL_CRC32C;
+  uint64_t seq = WAL_SKIP_SEQ;
+  memset(p, 0, n);
+  memcpy(p, &l32, 4);
+  memcpy(p + 8, &seq, 8);
+  uint32_t crc = wal_crc(p, p + WAL_HDR, n - WAL_HDR);
+  memcpy(p + 4, &crc, 4);
+}
+
+/* wal_ziov makes room for N pieces in ziov; 0 or -1 (ENOMEM). */
+static int wal_ziov(psd_wal *w, size_t n) {
+  if (n <= w->ziovcap) return 0;
+  struct iovec *v = realloc(w->ziov, n * sizeof *v);
+  if (!v) {
+    errno = ENOMEM;
+    return -1;
+  }
+  w->ziov = v;
+  w->ziovcap = n;
+  return 0;
+}
+
+/* wal_lay lays out a group with taken blocks (invariant 8) for one
+ * pwritev at file offset AT0 (a multiple of A: WAL_ALIGN under O_DIRECT,
+ * else 1): T bytes of the segment's last partial block (from blk), then
+ * the records, copied into zbuf except the whole blocks of each taken
+ * piece, which are written from the piece itself: a skip record before
+ * the record makes its piece start on a block of the file, and the
+ * piece's last partial block is copied, followed by the next records.
+ * A record at the start of a segment is copied whole instead: a segment
+ * never starts with a skip record (versions before them would take the
+ * segment for a torn one; any other skip record makes them refuse the
+ * log, invariant 8).  Sets ziov, wfile and zend; returns the bytes to
+ * write, or 0 (ENOMEM). */
+static size_t wal_lay(psd_wal *w, size_t a, size_t t, uint64_t at0) {
+  size_t ext = 0;
+  for (size_t i = 0; i < w->wext.n; i++) ext += w->wext.v[i].len;
+  size_t need = t + (w->wlen - ext) + w->wext.n * (2 * WAL_ALIGN + WAL_HDR) + WAL_ALIGN;
+  if (at0 == 0 && w->wext.n) need += w->wext.v[0].len; /* a first record copied */
+  if ((need > w->zcap && wal_grow(&w->zbuf, &w->zcap, 0, need) < 0) ||
+      wal_ziov(w, 2 * w->wext.n + 1) < 0) {
+    errno = ENOMEM;
+    return 0;
+  }
+  uint8_t *z = w->zbuf;
+  const uint8_t *b = w->wbuf + w->wbase;
+  const wal_ext *e = w->wext.v, *end = e + w->wext.n;
+  size_t zl = t, rs = 0, f = t, nv = 0, n = 0; /* f: bytes of the file from AT */
+  memcpy(z, w->blk, t);
+  for (size_t off = 0; off < w->wlen;) {
+    size_t rl = WAL_HDR + wal_len(b + off);
+    if (e == end || e->off >= off + rl) {
+      memcpy(z + zl, b + off, rl);
+      zl += rl, f += rl, off += rl;
+      continue;
+    }
+    size_t head = e->off - off;
+    if (at0 + f == 0 && a > 1) { /* the segment's first record: copied */
+      memcpy(z + zl, b + off, head);
+      memcpy(z + zl + head, e->src, e->len);
+      memcpy(z + zl + head + e->len, b + e->off + e->len, rl - head - e->len);
+      zl += rl, f += rl, off += rl;
+      e++;
+      continue;
+    }
+    size_t gap = (a - (f + head) % a) % a;
+    if (gap && gap < WAL_HDR) gap += a;
+    if (gap) wal_skip(z + zl, gap);
+    memcpy(z + zl + gap, b + off, head);
+    zl += gap + head, f += gap + head; /* on a block boundary now, in zbuf too */
+    size_t whole = e->len / a * a, rest = e->len - whole, tail = rl - head - e->len;
+    if (zl > rs) w->ziov[nv++] = (struct iovec){z + rs, zl - rs}, n += zl - rs;
+    if (whole) w->ziov[nv++] = (struct iovec){(void *)e->src, whole}, n += whole;
+    rs = zl;
+    memcpy(z + zl, e->src + whole, rest);
+    memcpy(z + zl + rest, b + e->off + e->len, tail);
+    zl += rest + tail, f += whole + rest + tail, off += rl;
+    e++;
+  }
+  size_t pad = (a - zl % a) % a;
+  memset(z + zl, 0, pad);
+  if (zl + pad > rs) w->ziov[nv++] = (struct iovec){z + rs, zl + pad - rs}, n += zl + pad - rs;
+  w->nziov = nv;
+  w->wfile = f - t;
+  w->zend = z + zl;
+  return n;
+}
+
+/* wal_plan sets out the write of wbuf's group at the segment's end, T
+ * bytes of its last partial block rewritten before it (invariant 7):
+ * ziov, wfile, zend; returns the bytes to write, or 0 (ENOMEM). */
+static size_t wal_plan(psd_wal *w, size_t t) {
+  if (w->wext.n)
+    return wal_lay(w, w->direct ? WAL_ALIGN : 1, t, w->segs[w->nsegs - 1].bytes - t);
+  size_t n = w->wlen;
+  if (wal_ziov(w, 1) < 0 || (w->direct && wal_fit(w, t, &n) < 0)) return 0;
+  w->ziov[0] = (struct iovec){w->wbuf + w->wbase - t, n};
+  w->nziov = 1;
+  w->wfile = w->wlen;
+  w->zend = w->wbuf + w->wbase + w->wlen;
+  return n;
+}
+
 /* wal_write writes wbuf at the synced end of the current segment and
- * syncs it (invariants 1, 3, 7).  0, or -1 with WHY. */
+ * syncs it (invariants 1, 3, 7, 8).  0, or -1 with WHY. */
 static int wal_write(psd_wal *w, uint64_t *write_ns, uint64_t *sync_ns, char *why,
                      size_t whylen) {
   wal_seg *cur = &w->segs[w->nsegs - 1];
   if (w->retrying && ftruncate(w->fd, (off_t)cur->bytes) == 0) w->fsize = cur->bytes;
   uint64_t t0 = wal_now_ns();
-  size_t t = w->direct ? cur->bytes % WAL_ALIGN : 0, n = w->wlen, done = 0;
-  if (w->direct && wal_fit(w, t, &n) < 0) {
+  size_t t = w->direct ? cur->bytes % WAL_ALIGN : 0, n = wal_plan(w, t), done = 0;
+  if (!n) {
     snprintf(why, whylen, "cannot write the redo log '%s': out of memory", w->dir);
     return -1;
   }
-  const uint8_t *src = w->wbuf + w->wbase - t;
+  struct iovec *v = w->ziov;
+  size_t nv = w->nziov;
   uint64_t at = cur->bytes - t;
   while (done < n) {
-    ssize_t r = pwrite(w->fd, src + done, n - done, (off_t)(at + done));
+    ssize_t r = pwritev(w->fd, v, (int)(nv < IOV_MAX ? nv : IOV_MAX), (off_t)(at + done));
     if (r < 0 && errno == EINTR) continue;
     if (r < 0 && errno == EINVAL && w->direct && done == 0) {
       int fl = fcntl(w->fd, F_GETFL);
       if (fl >= 0 && fcntl(w->fd, F_SETFL, fl & ~O_DIRECT) == 0) {
         wal_refused(w, "writes", EINVAL);
-        src = w->wbuf + w->wbase; /* the records alone, where they end */
-        n = w->wlen;
+        t = 0; /* the records alone, where they end */
         at = cur->bytes;
-        t = 0;
+        if (!(n = wal_plan(w, 0))) {
+          snprintf(why, whylen, "cannot write the redo log '%s': out of memory", w->dir);
+          return -1;
+        }
+        v = w->ziov;
+        nv = w->nziov;
         continue;
       }
       errno = EINVAL;
@@ -672,6 +891,14 @@ static int wal_write(psd_wal *w, uint64_t *write_ns, uint64_t *sync_ns, char *wh
       return -1;
     }
     done += (size_t)r;
+    for (size_t k = (size_t)r; k && nv;) { /* a short write: on from where it stopped */
+      if (k >= v->iov_len) {
+        k -= v->iov_len, v++, nv--;
+      } else {
+        v->iov_base = (uint8_t *)v->iov_base + k, v->iov_len -= k;
+        k = 0;
+      }
+    }
   }
   w->pad_end = w->direct && at + n >= w->fsize;
   if (at + n > w->fsize) w->fsize = at + n;
@@ -684,8 +911,8 @@ static int wal_write(psd_wal *w, uint64_t *write_ns, uint64_t *sync_ns, char *wh
     return -1;
   }
   if (w->direct) { /* the new last partial block, for the next group */
-    size_t tl = (size_t)((cur->bytes + w->wlen) % WAL_ALIGN);
-    memcpy(w->blk, w->wbuf + t + w->wlen - tl, tl);
+    size_t tl = (size_t)((cur->bytes + w->wfile) % WAL_ALIGN);
+    memcpy(w->blk, w->zend - tl, tl);
   }
   return 0;
 }
@@ -771,10 +998,14 @@ static void *wal_thread(void *arg) {
     w->sync_ns += sns;
     if (w->wlen && rc == 0) {
       wal_seg *cur = &w->segs[w->nsegs - 1];
-      cur->bytes += w->wlen;
+      cur->bytes += w->wfile;
       cur->last = w->wlast;
-      w->bytes += w->wlen;
-      w->bytes_written += w->wlen;
+      w->bytes += w->wfile;
+      w->bytes_written += w->wfile;
+      /* the taken blocks are written and synced: theirs again (invariant 8) */
+      for (size_t i = 0; i < w->wext.n; i++) wal_give(w, w->wext.v[i].buf, w->wext.v[i].cap);
+      w->zc_records += w->wext.n;
+      w->wext.n = 0;
       w->synced_seq = w->wlast;
       w->syncs++;
       w->records += w->wnrec;
@@ -894,6 +1125,12 @@ int psd_wal_start(psd_wal *w, uv_loop_t *loop, ps_errbuf *eb) {
 
 /* psd_wal_append: see psd_wal.h. */
 int psd_wal_append(psd_wal *w, const struct iovec *iov, int niov, uint64_t *seq, ps_errbuf *eb) {
+  return psd_wal_append_own(w, iov, niov, NULL, NULL, seq, eb);
+}
+
+/* psd_wal_append_own: see psd_wal.h. */
+int psd_wal_append_own(psd_wal *w, const struct iovec *iov, int niov, void **own,
+                       size_t *own_cap, uint64_t *seq, ps_errbuf *eb) {
   if (!w->started || w->stopped) return ps_errf(eb, PS_ESHUTDOWN, "the redo log is closed");
   size_t len = 0;
   for (int i = 0; i < niov; i++) len += iov[i].iov_len;
@@ -907,14 +1144,46 @@ int psd_wal_append(psd_wal *w, const struct iovec *iov, int niov, uint64_t *seq,
     pthread_mutex_unlock(&w->mu);
     return ps_errf(eb, PS_ENOMEM, "out of memory for a redo log record of %zu bytes", len);
   }
+  /* the last piece taken by reference (invariant 8): the writer writes it
+   * from there, and nobody copies the gradients */
+  int take = own && *own && niov > 0 && iov[niov - 1].iov_len >= WAL_ZC_MIN &&
+             (uintptr_t)iov[niov - 1].iov_base % WAL_ALIGN == 0;
+  /* room on the done list for every block the log will hold (wal_give) */
+  size_t held = w->done.n + w->pext.n + w->wext.n + 1;
+  if (take && held > w->done.cap) {
+    wal_ext *v = realloc(w->done.v, 2 * held * sizeof *v);
+    if (v) w->done.v = v, w->done.cap = 2 * held;
+    else take = 0;
+  }
+  if (take && w->pext.n == w->pext.cap) {
+    size_t c = w->pext.cap ? 2 * w->pext.cap : 16;
+    wal_ext *v = realloc(w->pext.v, c * sizeof *v);
+    if (v) w->pext.v = v, w->pext.cap = c;
+    else take = 0;
+  }
   uint8_t *h = w->pend + w->pend_base + w->pend_len, *p = h + WAL_HDR;
   uint32_t l32 = (uint32_t)len | WAL_CRC32C;
   uint64_t s = w->next_seq++;
   memcpy(h, &l32, 4);
   memcpy(h + 8, &s, 8);
   for (int i = 0; i < niov; i++) {
-    if (iov[i].iov_len) memcpy(p, iov[i].iov_base, iov[i].iov_len);
+    if (take && i == niov - 1)
+      w->pext.v[w->pext.n++] = (wal_ext){.off = (size_t)(p - (w->pend + w->pend_base)),
+                                         .len = iov[i].iov_len, .cap = *own_cap,
+                                         .src = iov[i].iov_base, .buf = *own};
+    else if (iov[i].iov_len)
+      memcpy(p, iov[i].iov_base, iov[i].iov_len);
     p += iov[i].iov_len;
+  }
+  /* a block whose group is synced (or none) to the caller, and the ones
+   * beyond WAL_POOL freed after the unlock: this runs after the push that
+   * handed any of them over was applied */
+  void *spare[16];
+  size_t nspare = 0;
+  if (take) {
+    *own = w->done.n ? w->done.v[w->done.n - 1].buf : NULL;
+    *own_cap = *own ? w->done.v[--w->done.n].cap : 0;
+    while (w->done.n > WAL_POOL && nspare < 16) spare[nspare++] = w->done.v[--w->done.n].buf;
   }
   memset(h + 4, 0, 4); /* the checksum: the writer's (wal_seal) */
   w->pend_len += WAL_HDR + len;
@@ -922,6 +1191,7 @@ int psd_wal_append(psd_wal *w, const struct iovec *iov, int niov, uint64_t *seq,
   /* Wake the writer when it sleeps for work, or when a group is full. */
   if (w->pend_nrec == 1 || w->pend_len >= w->o.max_batch_bytes) pthread_cond_signal(&w->cv);
   pthread_mutex_unlock(&w->mu);
+  for (size_t i = 0; i < nspare; i++) free(spare[i]);
   wal_loop_time(w, t0);
   *seq = s;
   return 0;
@@ -1007,11 +1277,12 @@ void psd_wal_stop(psd_wal *w) {
     ps_info("redo log '%s': %" PRIu64 " syncs of %.1f records (%.0f bytes) each; per sync: "
             "pwrite %.0f us, fdatasync %.0f us; the loop thread inside the log %.1f us "
             "(longest once %.0f us), of which blocked on the writer's mutex %.2f us "
-            "(longest once %.0f us); %s writes", w->dir, w->syncs, (double)w->records / n,
+            "(longest once %.0f us); %s writes; %" PRIu64 " records written from the "
+            "sender's buffer", w->dir, w->syncs, (double)w->records / n,
             (double)w->bytes_written / n, (double)w->write_ns / n / 1e3,
             (double)w->sync_ns / n / 1e3, (double)w->loop_ns / n / 1e3,
             (double)w->loop_max_ns / 1e3, (double)w->lock_ns / n / 1e3,
-            (double)w->lock_max_ns / 1e3, w->direct ? "O_DIRECT" : "buffered");
+            (double)w->lock_max_ns / 1e3, w->direct ? "O_DIRECT" : "buffered", w->zc_records);
   }
   if (!uv_is_closing((uv_handle_t *)&w->async)) uv_close((uv_handle_t *)&w->async, NULL);
 }
@@ -1027,6 +1298,11 @@ void psd_wal_free(psd_wal *w) {
   pthread_cond_destroy(&w->synced_cv);
   free(w->pend);
   free(w->wbuf);
+  free(w->zbuf);
+  free(w->ziov);
+  wal_exts_free(&w->pext);
+  wal_exts_free(&w->wext);
+  wal_exts_free(&w->done);
   free(w->segs);
   free(w->dir);
   free(w);

@@ -10,7 +10,9 @@
  * the lower 31 bits), and zlib's CRC-32 of them when it is clear: the
  * format of versions before CRC-32C, whose logs replay unchanged; this
  * version writes only the first.  Sequence numbers start at 1 and grow
- * by 1 per record, across segments.
+ * by 1 per record, across segments.  A record of seq 2^64 - 1 is a skip
+ * record (zeros, checksummed like any other): padding that replay steps
+ * over (invariant 8); logs without them replay as before.
  *
  * Invariants:
  *  1. Records are written in seq order at the end of the current segment,
@@ -70,6 +72,24 @@
  *     off first.  Where open or the first write says EINVAL (some tmpfs
  *     versions, network or FUSE filesystems) the log says so once and
  *     writes buffered (the crash loop runs a third of its starts so).
+ *  8. Zero copy (psd_wal_append_own): a record's last piece of at least
+ *     WAL_ZC_MIN (64 KiB) bytes, WAL_ALIGN-aligned in a block the caller
+ *     hands over, is never copied: the loop thread copies only the
+ *     record's head, the writer checksums the piece where it lies and
+ *     writes its whole blocks straight from it (pwritev), a skip record
+ *     placed before the record so that the piece starts on a block of
+ *     the file; the piece's last partial block is copied with the
+ *     records after it.  A segment's first record is copied whole, so no
+ *     segment starts with a skip record: versions before skip records
+ *     refuse a log that holds one (its seq is not the next one) instead
+ *     of taking a segment that starts with one for a torn one.  The block is the log's until the group that
+ *     holds the record is written and synced (a failed attempt is
+ *     retried from it, invariant 3); then the writer lists it as done,
+ *     and a later psd_wal_append_own (loop thread) gives it to its
+ *     caller, keeps up to four, and frees the others.  The writer never
+ *     frees or writes a block: the caller still reads it on the loop
+ *     thread after handing it over (a push is applied from it once
+ *     logged), until it returns to the loop.
  *
  * Threads: psd_wal_append, _wait, _cancel, _truncate, _stats, _stop run
  * on the loop thread; waiters are called there (from a uv_async). */
@@ -165,6 +185,17 @@ int psd_wal_start(psd_wal *w, uv_loop_t *loop, ps_errbuf *eb);
  * and writes its seq to *SEQ.  0, or PS_ENOMEM / PS_ETOOBIG (2 GiB or more)
  * / PS_ESHUTDOWN (stopped); nothing is queued on error. */
 int psd_wal_append(psd_wal *w, const struct iovec *iov, int niov, uint64_t *seq, ps_errbuf *eb);
+
+/* psd_wal_append_own: psd_wal_append, but when OWN is not NULL and *OWN is
+ * a malloc'd block (*OWN_CAP bytes) that holds IOV's last piece, the log
+ * may take the block instead of copying that piece (invariant 8: when
+ * the piece is at least 64 KiB and starts WAL_ALIGN-aligned; the writer
+ * writes it from there) and then gives the caller a block it took
+ * earlier and no longer needs in its place, or NULL (*OWN_CAP 0); else
+ * *OWN stays the caller's.  A block taken stays readable and unchanged
+ * until the caller's next call (the push is applied from it meanwhile). */
+int psd_wal_append_own(psd_wal *w, const struct iovec *iov, int niov, void **own,
+                       size_t *own_cap, uint64_t *seq, ps_errbuf *eb);
 
 /* psd_wal_wait: 0 when record WT->seq is synced already (WT unused), 1
  * when WT is queued (its fn runs later), or PS_EDEGRADED with a message

@@ -5,6 +5,8 @@
  *    One channel connection asked for unordered acks (psd_chan invariant
  *    7b) and sends a pull behind each push, taking the pull's answer
  *    first: its pushes count as acknowledged only by their own answer.
+ *    Channel pushes go to 1..3 chunks, or to all 16 (64 KiB, logged from
+ *    the channel's own buffer: psd_wal invariant 8, zero copy).
  *    The model is one tensor of zeros with SGD, lr 1, and every gradient
  *    is -1, so a chunk's value is exactly the number of pushes applied to
  *    it.  The test keeps its own tally per chunk: pushes acknowledged, and
@@ -117,14 +119,17 @@ static int cl_push_unordered(ps_chan_client *c, const uint32_t *ids, size_t n, f
   return ps_chan_recv_id(c, push, &v, &eb);
 }
 
-/* cl_pusher_main pushes -1 to 1..3 random chunks at a time until told to
- * stop or a push fails (the shard died): that push counts as in flight. */
+/* cl_pusher_main pushes -1 to 1..3 random chunks at a time (a channel
+ * pusher to all 16 in one push of 64 KiB one time in four: its gradients
+ * are logged from the channel's buffer, psd_wal invariant 8) until told
+ * to stop or a push fails (the shard died): that push counts as in
+ * flight. */
 static void *cl_pusher_main(void *arg) {
   cl_pusher *p = arg;
   cl_tally *t = p->t;
-  static const float ones_neg[3 * CL_ELEMS] = {0};
+  static const float ones_neg[CL_CHUNKS * CL_ELEMS] = {0};
   float *g = malloc(sizeof ones_neg), *scratch = malloc(sizeof ones_neg);
-  for (size_t i = 0; i < 3 * CL_ELEMS; i++) g[i] = -1.0f;
+  for (size_t i = 0; i < CL_CHUNKS * CL_ELEMS; i++) g[i] = -1.0f;
   ps_chan_client *c = NULL;
   ps_rpc *r = NULL;
   ps_errbuf eb;
@@ -133,8 +138,9 @@ static void *cl_pusher_main(void *arg) {
                                                  p->unordered ? PS_CHAN_UNORDERED_ACKS : 0,
                                                  10000, &eb);
   while (err == 0 && !atomic_load(&t->stop)) {
-    uint32_t ids[3];
+    uint32_t ids[CL_CHUNKS];
     size_t n = 1 + cl_rand(&p->rng) % 3;
+    if (!p->grpc && cl_rand(&p->rng) % 4 == 0) n = CL_CHUNKS;
     uint32_t first = (uint32_t)(cl_rand(&p->rng) % CL_CHUNKS);
     for (size_t i = 0; i < n; i++) ids[i] = (first + (uint32_t)i * 5) % CL_CHUNKS;
     uint64_t v;

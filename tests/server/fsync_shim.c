@@ -6,7 +6,7 @@
  * PS_FSYNC_LOG, before fdatasync returns: the bytes the disk is known to
  * hold.  SIZE is the file's size, or less when the file is a reused
  * segment (psd_wal invariant 6) longer than what was written to it
- * through this descriptor: the end of the highest pwrite, so that the
+ * through this descriptor: the end of the highest pwrite or pwritev, so that the
  * cut drops what was written after the last sync there too.  After a SIGKILL the test cuts every segment back to its last
  * recorded size (the page cache survives SIGKILL; a power cut would not
  * keep what was never synced), so an acknowledgement that went out before
@@ -21,7 +21,7 @@
  * PS_ODIRECT_EINVAL=1: an open with O_DIRECT fails with EINVAL, as on a
  * filesystem without O_DIRECT, so that the redo log writes buffered
  * (psd_wal invariant 7; the crash loop starts psd so every third time).
- * PS_ODIRECT_EINVAL=write: the open succeeds but every pwrite to a redo
+ * PS_ODIRECT_EINVAL=write: the open succeeds but every pwrite(v) to a redo
  * log file opened with O_DIRECT fails with EINVAL (a filesystem that
  * takes the flag and refuses the writes): the log's fallback in its
  * first write (the crash loop's other restarts in three).
@@ -34,6 +34,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 /* per descriptor: the file (inode) and the end of its highest pwrite */
@@ -76,6 +77,25 @@ ssize_t pwrite(int fd, const void *buf, size_t n, off_t off) {
 }
 
 ssize_t pwrite64(int fd, const void *buf, size_t n, off_t off) { return pwrite(fd, buf, n, off); }
+
+/* pwritev: the log's writes (psd_wal's wal_write), tracked and refused as
+ * pwrite's are */
+ssize_t pwritev(int fd, const struct iovec *iov, int cnt, off_t off) {
+  static ssize_t (*real)(int, const struct iovec *, int, off_t);
+  if (!real)
+    real = (ssize_t (*)(int, const struct iovec *, int, off_t))dlsym(RTLD_NEXT, "pwritev");
+  if (shim_write_refused(fd)) {
+    errno = EINVAL;
+    return -1;
+  }
+  ssize_t r = real(fd, iov, cnt, off);
+  if (r > 0) shim_wrote(fd, (long long)off + r);
+  return r;
+}
+
+ssize_t pwritev64(int fd, const struct iovec *iov, int cnt, off_t off) {
+  return pwritev(fd, iov, cnt, off);
+}
 
 /* shim_open: openat, refusing O_DIRECT under PS_ODIRECT_EINVAL=1. */
 static int shim_open(const char *name, int dirfd, const char *path, int flags, mode_t mode) {

@@ -13,6 +13,11 @@
  *  - both record formats: CRC-32 (logs of versions before CRC-32C) and
  *    CRC-32C records replay, in one log; a flipped format flag is a
  *    checksum mismatch;
+ *  - zero copy (invariant 8): copied and taken pieces mixed in groups
+ *    replay exactly; a torn tail inside a taken piece or inside a skip
+ *    record is cut; a taken block is given back only after its group's
+ *    sync succeeded (held and failed syncs), and stays readable, unchanged,
+ *    until the caller's next append (the push is applied from it);
  *  - the store: pushes (Adam, staleness weighting) logged, a snapshot in
  *    the middle, the log truncated, a crash (no final flush), replay: the
  *    state is bit for bit the pre-crash one; a log whose snapshot is gone
@@ -211,6 +216,30 @@ static void write_log(const char *dir, size_t n, size_t len, uint64_t from, seam
   psd_wal_free(w);
   uv_loop_close(&loop);
   free(ws);
+}
+
+/* wal_started opens the log O names, replays it (empty) and starts it on
+ * LOOP. */
+static psd_wal *wal_started(const psd_wal_opts *o, uv_loop_t *loop) {
+  psd_wal *w;
+  ps_errbuf eb;
+  replayed r = {0};
+  ck_assert_msg(psd_wal_open(&w, o, &eb) == 0, "%s", eb.msg);
+  ck_assert_int_eq(psd_wal_replay(w, 0, count_rec, &r, &eb), 0);
+  ck_assert_int_eq(psd_wal_start(w, loop, &eb), 0);
+  return w;
+}
+
+/* wait_synced runs LOOP until W has synced record SEQ (bounded). */
+static void wait_synced(uv_loop_t *loop, psd_wal *w, uint64_t seq) {
+  psd_wal_stats st;
+  int64_t end = ps_test_now_ms() + 20000;
+  do {
+    ck_assert_msg(ps_test_now_ms() < end, "record %llu not synced", (unsigned long long)seq);
+    uv_run(loop, UV_RUN_NOWAIT);
+    usleep(200);
+    psd_wal_stats_get(w, &st);
+  } while (st.synced_seq < seq);
 }
 
 /* ---- tests ------------------------------------------------------------------------ */
@@ -460,12 +489,9 @@ START_TEST(test_reused_segments) {
   uv_loop_init(&loop);
   psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 20, .segment_bytes = 4096,
                     .buffered = wal_buffered};
-  psd_wal *w;
+  psd_wal *w = wal_started(&o, &loop);
   ps_errbuf eb;
-  ck_assert_int_eq(psd_wal_open(&w, &o, &eb), 0);
   replayed r = {0};
-  ck_assert_int_eq(psd_wal_replay(w, 0, count_rec, &r, &eb), 0);
-  ck_assert_int_eq(psd_wal_start(w, &loop, &eb), 0);
   seam dummy = {0};
   waiter ws[40];
   uint64_t off = 0, total = 0;
@@ -621,6 +647,284 @@ START_TEST(test_crc_formats) {
 }
 END_TEST
 
+/* ---- zero copy (psd_wal invariant 8) ------------------------------------------------ */
+
+/* zc_block returns a page-aligned block of CAP bytes, as the channel's. */
+static void *zc_block(size_t cap) {
+  void *p = NULL;
+  ck_assert_int_eq(posix_memalign(&p, 4096, cap), 0);
+  return p;
+}
+
+/* zc_len: record I's gradient piece: copied (under 64 KiB), or taken, of
+ * whole blocks or not; ZC_HEAD its head, which moves the skip record's
+ * size through every value, under WAL_HDR included. */
+static size_t zc_len(int i) {
+  return i % 3 == 1 ? 300 : i % 5 == 0 ? 17 * 4096 : 65536 + (size_t)(i * 1237) % 9000;
+}
+#define ZC_HEAD(i) (1 + ((i) * 37) % 120)
+#define ZC_N 24
+
+/* zc_append appends record I (seq SEQ) with its piece in *BLK (*CAP
+ * bytes, replaced by what the log gives back) and queues waiter WT;
+ * returns 1 when the log took the block. */
+static int zc_append(psd_wal *w, int i, uint64_t seq, void **blk, size_t *cap, waiter *wt,
+                     seam *sm) {
+  size_t hl = ZC_HEAD(i), dl = zc_len(i);
+  if (!*blk || *cap < dl) {
+    free(*blk);
+    *cap = dl + 100;
+    *blk = zc_block(*cap);
+  }
+  uint8_t head[128];
+  fill(head, hl, seq);
+  fill(*blk, dl, seq + hl);
+  struct iovec iov[2] = {{head, hl}, {*blk, dl}};
+  void *was = *blk;
+  uint64_t got;
+  ps_errbuf eb;
+  ck_assert_int_eq(psd_wal_append_own(w, iov, 2, blk, cap, &got, &eb), 0);
+  ck_assert_uint_eq(got, seq);
+  int taken = *blk != was;
+  ck_assert_int_eq(taken, dl >= 65536); /* small pieces are copied as before */
+  *wt = (waiter){.wt = {.done = {.fn = waiter_done, .arg = wt}, .seq = seq}, .sm = sm};
+  int rc = psd_wal_wait(w, &wt->wt, &eb);
+  ck_assert_msg(rc >= 0 || rc == PS_EDEGRADED, "%s", eb.msg); /* a failing log: retried */
+  if (rc <= 0) waiter_done(&wt->wt.done, rc, rc ? eb.msg : NULL);
+  return taken;
+}
+
+/* zc_write_log writes ZC_N records of zc_len's mix into a fresh log at DIR
+ * (appended while the seam's slow syncs make groups of several), all
+ * synced; blocks come back from the log once synced. */
+static void zc_write_log(const char *dir) {
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  seam sm = {0};
+  psd_wal *w = wal_open(dir, 1 << 20, &sm);
+  ps_errbuf eb;
+  replayed r = {0};
+  ck_assert_int_eq(psd_wal_replay(w, 0, count_rec, &r, &eb), 0);
+  ck_assert_int_eq(psd_wal_start(w, &loop, &eb), 0);
+  waiter ws[ZC_N];
+  void *blk = NULL;
+  size_t cap = 0;
+  int taken = 0;
+  for (int i = 0; i < ZC_N; i++) {
+    taken += zc_append(w, i, (uint64_t)i + 1, &blk, &cap, &ws[i], &sm);
+    if (i % 7 == 6) run_until(&loop, ws, (size_t)i + 1); /* blocks come back */
+  }
+  run_until(&loop, ws, ZC_N);
+  for (int i = 0; i < ZC_N; i++) ck_assert_int_eq(ws[i].status, 0);
+  ck_assert_int_gt(taken, ZC_N / 2);
+  psd_wal_stop(w);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  psd_wal_free(w);
+  uv_loop_close(&loop);
+  free(blk);
+}
+
+/* zc_skips lists SEG's skip records (seq 2^64 - 1): their offsets into OFFS and
+ * payload lengths into LENS (at most MAX), and returns how many. */
+static size_t zc_skips(const char *seg, off_t *offs, uint32_t *lens, size_t max) {
+  int fd = open(seg, O_RDONLY);
+  ck_assert_int_ge(fd, 0);
+  struct stat st;
+  ck_assert_int_eq(fstat(fd, &st), 0);
+  size_t k = 0;
+  for (off_t off = 0; off + 16 <= st.st_size;) {
+    uint8_t h[16];
+    ck_assert_int_eq(pread(fd, h, 16, off), 16);
+    uint32_t len;
+    uint64_t seq;
+    memcpy(&len, h, 4);
+    memcpy(&seq, h + 8, 8);
+    len &= 0x7fffffffu;
+    if (seq == 0 && len == 0) break; /* zeros after the records */
+    if (seq == UINT64_MAX && k < max) offs[k] = off, lens[k++] = len;
+    off += 16 + len;
+  }
+  close(fd);
+  return k;
+}
+
+START_TEST(test_zero_copy_replay) {
+  wal_buffered = _i;
+  const char *dir = ps_test_tmpdir();
+  zc_write_log(dir);
+  replayed r;
+  ps_errbuf eb;
+  ck_assert_uint_eq(replay_count(dir, 0, &r, 0, &eb), 0); /* every byte checked */
+  ck_assert_uint_eq(r.n, ZC_N);
+  ck_assert_uint_eq(r.last, ZC_N);
+  char *seg = newest_segment(dir);
+  off_t skips[64];
+  uint32_t lens[64];
+  size_t ns = zc_skips(seg, skips, lens, 64);
+  /* O_DIRECT: skip records put the taken pieces on blocks of the file;
+   * buffered writes need none */
+  if (_i) ck_assert_uint_eq(ns, 0);
+  /* record 1, taken, is the segment's first: copied whole, no skip
+   * record before it (versions before skip records would cut the
+   * segment) */
+  ck_assert(ns == 0 || skips[0] > 0);
+  /* a torn tail inside the last record's piece, written from its block:
+   * the record is dropped, the ones before it stay */
+  struct stat st;
+  ck_assert_int_eq(stat(seg, &st), 0);
+  ck_assert_int_eq(truncate(seg, st.st_size - 5000), 0);
+  ck_assert_uint_eq(replay_count(dir, 0, &r, 0, &eb), 1);
+  ck_assert_uint_eq(r.n, ZC_N - 1);
+  if (ns > 1) {
+    /* a skip record damaged (its zeros, or its checksum when it has
+     * none): the records from there on are a torn tail, none before */
+    off_t at = skips[ns - 2] + (lens[ns - 2] ? 16 + lens[ns - 2] / 2 : 4);
+    int fd = open(seg, O_RDWR);
+    uint8_t b = 0x77;
+    ck_assert_int_eq(pwrite(fd, &b, 1, at), 1);
+    close(fd);
+    ck_assert_uint_gt(replay_count(dir, 0, &r, 0, &eb), 0);
+    ck_assert_uint_gt(r.n, 0);
+    ck_assert_uint_lt(r.n, ZC_N - 1);
+    ck_assert_uint_eq(r.last, r.n);
+  }
+  free(seg);
+}
+END_TEST
+
+/* the hold seam: fails its first HOLD->fail syncs, then blocks each sync
+ * while HOLD->hold is set, saying so in HOLD->in_sync. */
+typedef struct hold_seam {
+  int hold, in_sync, fail, calls;
+} hold_seam;
+
+static int hold_sync(int fd, void *arg) {
+  hold_seam *h = arg;
+  __atomic_add_fetch(&h->calls, 1, __ATOMIC_SEQ_CST);
+  if (__atomic_load_n(&h->fail, __ATOMIC_SEQ_CST) > 0) {
+    __atomic_sub_fetch(&h->fail, 1, __ATOMIC_SEQ_CST);
+    errno = EIO;
+    return -1;
+  }
+  __atomic_store_n(&h->in_sync, 1, __ATOMIC_SEQ_CST);
+  int64_t end = ps_test_now_ms() + 20000;
+  while (__atomic_load_n(&h->hold, __ATOMIC_SEQ_CST) && ps_test_now_ms() < end) usleep(500);
+  __atomic_store_n(&h->in_sync, 0, __ATOMIC_SEQ_CST);
+  return fdatasync(fd);
+}
+
+/* wait_flag waits (bounded) for *P to become V, running LOOP. */
+static void wait_flag(uv_loop_t *loop, int *p, int v) {
+  int64_t end = ps_test_now_ms() + 20000;
+  while (__atomic_load_n(p, __ATOMIC_SEQ_CST) != v) {
+    ck_assert_msg(ps_test_now_ms() < end, "flag not %d", v);
+    uv_run(loop, UV_RUN_NOWAIT);
+    usleep(200);
+  }
+}
+
+START_TEST(test_zero_copy_block_kept) {
+  /* a taken block is not given back before its group is written and
+   * synced: not while the sync is in progress, not after a failed one
+   * (the retry writes from it again) */
+  wal_buffered = _i;
+  const char *dir = ps_test_tmpdir();
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  hold_seam hs = {.hold = 1, .fail = 1};
+  psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 20, .sync = hold_sync,
+                    .sync_arg = &hs, .buffered = wal_buffered};
+  psd_wal *w = wal_started(&o, &loop);
+  ps_errbuf eb;
+  replayed r = {0};
+  seam dummy = {0};
+  waiter ws[3];
+  void *a = NULL, *b = NULL, *c = NULL;
+  size_t ca = 0, cb = 0, cc = 0;
+  zc_append(w, 2, 1, &a, &ca, &ws[0], &dummy); /* i = 2: a taken piece */
+  ck_assert_ptr_null(a);                      /* nothing to give back yet */
+  /* its first sync fails, the retry's sync is held */
+  wait_flag(&loop, &hs.in_sync, 1);
+  ck_assert_int_ge(__atomic_load_n(&hs.calls, __ATOMIC_SEQ_CST), 2);
+  zc_append(w, 5, 2, &b, &cb, &ws[1], &dummy);
+  ck_assert_ptr_null(b); /* record 1's block is still the log's */
+  __atomic_store_n(&hs.hold, 0, __ATOMIC_SEQ_CST);
+  run_until(&loop, ws, 2); /* answered: synced, or PS_EDEGRADED while the sync failed */
+  wait_synced(&loop, w, 2);
+  zc_append(w, 8, 3, &c, &cc, &ws[2], &dummy);
+  ck_assert_ptr_nonnull(c); /* a synced block came back */
+  run_until(&loop, ws + 2, 1);
+  psd_wal_stop(w);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  psd_wal_free(w);
+  uv_loop_close(&loop);
+  free(c);
+  ck_assert_uint_eq(replay_count(dir, 0, &r, 0, &eb), 0);
+  ck_assert_uint_eq(r.n, 3); /* the retried record's bytes exact */
+}
+END_TEST
+
+START_TEST(test_zero_copy_block_readable) {
+  /* a block handed over stays readable, unchanged, until the caller's
+   * next psd_wal_append_own (a push is applied from it after it is
+   * logged), even when its group synced meanwhile and more blocks came
+   * back than the log keeps: only that next call frees them */
+  wal_buffered = 0;
+  const char *dir = ps_test_tmpdir();
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  hold_seam hs = {.hold = 1};
+  psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 20, .sync = hold_sync,
+                    .sync_arg = &hs};
+  psd_wal *w = wal_started(&o, &loop);
+  ps_errbuf eb;
+  replayed r = {0};
+  enum { K = 7 };
+  seam dummy = {0};
+  waiter ws[K + 1];
+  uint8_t *orig[K];
+  for (int k = 0; k < K; k++) {
+    int i = 2 + 3 * k; /* taken pieces (zc_len) */
+    size_t cap = zc_len(i) + 100;
+    void *b = zc_block(cap);
+    orig[k] = b;
+    zc_append(w, i, (uint64_t)k + 1, &b, &cap, &ws[k], &dummy);
+    ck_assert_ptr_null(b); /* the first sync is held: nothing came back */
+  }
+  __atomic_store_n(&hs.hold, 0, __ATOMIC_SEQ_CST);
+  run_until(&loop, ws, K);
+  wait_synced(&loop, w, K);
+  void *other[2 * K]; /* what a freed block would become next */
+  for (int k = 0; k < 2 * K; k++) {
+    other[k] = malloc(zc_len(2 + 3 * (k % K)) + 100);
+    memset(other[k], 0xee, zc_len(2 + 3 * (k % K)) + 100);
+  }
+  for (int k = 0; k < K; k++) { /* every byte as handed over */
+    int i = 2 + 3 * k;
+    size_t hl = ZC_HEAD(i), dl = zc_len(i);
+    for (size_t j = 0; j < dl; j++)
+      ck_assert_msg(orig[k][j] == (uint8_t)((uint64_t)k + 1 + hl + j), "block %d byte %zu", k, j);
+  }
+  for (int k = 0; k < 2 * K; k++) free(other[k]);
+  /* the next append gives one back and frees those beyond the log's four */
+  void *b = zc_block(zc_len(23) + 100);
+  size_t cap = zc_len(23) + 100;
+  zc_append(w, 23, K + 1, &b, &cap, &ws[K], &dummy);
+  ck_assert_ptr_nonnull(b);
+  int mine = 0;
+  for (int k = 0; k < K; k++) mine += b == orig[k];
+  ck_assert_int_eq(mine, 1);
+  run_until(&loop, ws + K, 1);
+  psd_wal_stop(w);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  psd_wal_free(w);
+  uv_loop_close(&loop);
+  free(b);
+  ck_assert_uint_eq(replay_count(dir, 0, &r, 0, &eb), 0);
+  ck_assert_uint_eq(r.n, K + 1);
+}
+END_TEST
+
 /* ---- the store through the log ------------------------------------------------------ */
 
 static uint32_t shape_w[] = {40, 25};
@@ -664,8 +968,9 @@ static psd_store *store_open(const char *dir) {
   return s;
 }
 
-static int log_hook(void *arg, const struct iovec *iov, int niov, uint64_t *seq, ps_errbuf *eb) {
-  return psd_wal_append(arg, iov, niov, seq, eb);
+static int log_hook(void *arg, const struct iovec *iov, int niov, void **own, size_t *own_cap,
+                    uint64_t *seq, ps_errbuf *eb) {
+  return psd_wal_append_own(arg, iov, niov, own, own_cap, seq, eb);
 }
 
 static int replay_hook(void *arg, uint64_t seq, const uint8_t *p, size_t len, ps_errbuf *eb) {
@@ -902,6 +1207,9 @@ Suite *psd_wal_suite(void) {
   tcase_add_test(tc, test_corrupt_earlier_segment_refused);
   tcase_add_loop_test(tc, test_reused_segments, 0, 2);
   tcase_add_test(tc, test_crc_formats);
+  tcase_add_loop_test(tc, test_zero_copy_replay, 0, 2);
+  tcase_add_loop_test(tc, test_zero_copy_block_kept, 0, 2);
+  tcase_add_test(tc, test_zero_copy_block_readable);
   tcase_add_test(tc, test_store_replay_exact);
   tcase_add_test(tc, test_store_replay_fuzzy_snapshot);
   tcase_add_test(tc, test_store_replay_bad_count);

@@ -30,6 +30,10 @@ typedef struct ps_req {
    * connection (a model's layout fetched before it is fetched again, to
    * see a replace); 0: none */
   uint64_t conn_stamp;
+  /* push: grads lie in memory the sending process shares and may write
+   * (psd_chan invariant 11): whoever keeps them past the call (a redo log
+   * record) keeps a copy, never the pointer. */
+  int grads_shared;
 } ps_req;
 
 #endif

@@ -51,6 +51,7 @@ typedef struct psw_shard {
   uint64_t penc_len, genc_len;
   ps_codec_id pull_codec;    /* of the pull in flight */
   uint64_t tx_closed, rx_closed; /* bytes moved by connections closed since */
+  uint64_t shm_closed;       /* of those, through shared memory (invariant 9) */
   uint64_t push_tx;          /* bytes of push frames written (headers included) */
   int64_t down_since_ms;     /* 0 while healthy */
   uint32_t delay_ms;         /* next backoff sleep */
@@ -282,6 +283,8 @@ static void psw_shard_close(psw_shard *s, ps_chan_client *ch) {
   ps_chan_bytes(s->ch, &tx, &rx);
   s->tx_closed += tx;
   s->rx_closed += rx;
+  ps_chan_shm_bytes(s->ch, &tx, &rx);
+  s->shm_closed += tx + rx;
   ps_chan_close(s->ch);
   s->ch = ch;
 }
@@ -318,11 +321,22 @@ static int psw_chan_flags(const psw_client *c) {
          (c->defer_acks ? PS_CHAN_UNORDERED_ACKS : 0);
 }
 
+/* psw_shm_want: the shared memory S's connections ask for (invariant 9):
+ * a push area and a pull area of S's fp32 payload each, page-rounded; 0
+ * when workers.shared_memory is off, with the payload MAC, or through an
+ * aggregator. */
+static uint64_t psw_shm_want(const psw_client *c, const psw_shard *s) {
+  if (!c->cfg->workers.shared_memory || c->cfg->security.payload_mac || (c->agg && !c->agg_down))
+    return 0;
+  uint64_t area = (s->nelems * sizeof(float) + 4095) & ~(uint64_t)4095;
+  return 2 * area;
+}
+
 /* psw_connect opens S's connection once. */
 static int psw_connect(psw_client *c, psw_shard *s, ps_errbuf *eb) {
   const char *addr = c->agg && !c->agg_down ? c->agg->channel_addr : s->conf->channel_addr;
-  int err = ps_chan_connect_auth(&s->ch, addr, c->cfg->cluster, c->key, psw_chan_flags(c),
-                                 PSW_CONNECT_TIMEOUT_MS, eb);
+  int err = ps_chan_connect_shm(&s->ch, addr, c->cfg->cluster, c->key, psw_chan_flags(c),
+                                psw_shm_want(c, s), PSW_CONNECT_TIMEOUT_MS, eb);
   if (err < 0) {
     s->ch = NULL;
     return err;
@@ -945,6 +959,17 @@ void psw_client_bytes(const psw_client *c, uint64_t *sent, uint64_t *received,
     *sent += c->shards[k].tx_closed + tx;
     *received += c->shards[k].rx_closed + rx;
   }
+}
+
+/* psw_client_shm_bytes: see psw_client.h. */
+uint64_t psw_client_shm_bytes(const psw_client *c) {
+  uint64_t n = 0;
+  for (size_t k = 0; k < c->nshards; k++) {
+    uint64_t tx, rx;
+    ps_chan_shm_bytes(c->shards[k].ch, &tx, &rx);
+    n += c->shards[k].shm_closed + tx + rx;
+  }
+  return n;
 }
 
 /* psw_client_parked_ms: see psw_client.h. */

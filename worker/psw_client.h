@@ -155,6 +155,11 @@ size_t psw_client_push_counts(const psw_client *c, uint64_t *acked, uint64_t *un
 void psw_client_bytes(const psw_client *c, uint64_t *sent, uint64_t *received,
                       uint64_t *push_sent);
 
+/* psw_client_shm_bytes: of the bytes psw_client_bytes counts, the
+ * payload bytes (both ways) that went through shared memory (invariant
+ * 9).  Read it when no push/pull is in flight. */
+uint64_t psw_client_shm_bytes(const psw_client *c);
+
 /* psw_retryable says whether ERR means "the shard is (momentarily) not
  * there": the connection is closed and reopened with backoff (invariant
  * 4).  Anything else from a shard is an answer and ends the call.  The

@@ -962,6 +962,12 @@ int ps_chan_shm(const ps_chan_client *c, void **data, uint64_t *bytes) {
   return 1;
 }
 
+/* ps_chan_shm_move: see ps_chan.h. */
+int ps_chan_shm_move(ps_chan_client *c, void *at, ps_errbuf *eb) {
+  if (!c->shm.map) return ps_errf(eb, PS_EINVAL, "channel '%s': no shared memory", c->addr);
+  return ps_shm_move(&c->shm, at, eb);
+}
+
 /* ps_chan_shm_bytes: see ps_chan.h. */
 void ps_chan_shm_bytes(const ps_chan_client *c, uint64_t *sent, uint64_t *received) {
   *sent = c ? c->shm_tx : 0;

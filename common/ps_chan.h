@@ -171,6 +171,14 @@ int ps_chan_connect_shm(ps_chan_client **out, const char *addr, const char *clus
  * without any copy.  The mapping lives until ps_chan_close. */
 int ps_chan_shm(const ps_chan_client *c, void **data, uint64_t *bytes);
 
+/* ps_chan_shm_move moves C's region (its data part) onto AT, memory the
+ * caller owns of the region's size, page aligned, whose bytes it keeps
+ * (ps_shm_move): from then on ps_chan_shm names AT, and payloads the
+ * caller keeps there move without any copy; at ps_chan_close AT gets
+ * private memory again with the region's last bytes.  0, or a PS_E* code
+ * (nothing moved; the region still usable where it was). */
+int ps_chan_shm_move(ps_chan_client *c, void *at, ps_errbuf *eb);
+
 /* ps_chan_shm_bytes writes the payload bytes C's pushes sent and its
  * pulls received through shared memory (also counted in ps_chan_bytes).
  * C NULL: 0. */

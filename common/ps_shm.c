@@ -79,6 +79,30 @@ int ps_shm_open(ps_shm *s, uint32_t pid, uint32_t fd, uint64_t bytes, const uint
   return rc;
 }
 
+/* ps_shm_move: see ps_shm.h. */
+int ps_shm_move(ps_shm *s, void *at, ps_errbuf *eb) {
+  long page = sysconf(_SC_PAGESIZE);
+  if (!s->map || s->moved || ((uintptr_t)at % (uintptr_t)page) || s->bytes % (uint64_t)page)
+    return ps_errf(eb, PS_EINVAL, "the region cannot move there (alignment)");
+  memcpy(s->data, at, s->bytes);
+  void *p = mremap(s->data, s->bytes, s->bytes, MREMAP_MAYMOVE | MREMAP_FIXED, at);
+  if (p == MAP_FAILED) return ps_errf(eb, PS_ENOMEM, "mremap: %s", strerror(errno));
+  s->data = at;
+  s->map_len = PS_SHM_HDR; /* the header's page stays where it was */
+  s->moved = 1;
+  return 0;
+}
+
+/* shm_unmove gives S's moved data range private memory with the same
+ * bytes (invariant 4); the shared mapping stays where that fails. */
+static void shm_unmove(ps_shm *s) {
+  void *p = mmap(NULL, s->bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return;
+  memcpy(p, s->data, s->bytes);
+  if (mremap(p, s->bytes, s->bytes, MREMAP_MAYMOVE | MREMAP_FIXED, s->data) == MAP_FAILED)
+    munmap(p, s->bytes);
+}
+
 /* ps_shm_close_fd: see ps_shm.h. */
 void ps_shm_close_fd(ps_shm *s) {
   if (s->fd >= 0) close(s->fd);
@@ -87,7 +111,9 @@ void ps_shm_close_fd(ps_shm *s) {
 
 /* ps_shm_release: see ps_shm.h. */
 void ps_shm_release(ps_shm *s) {
+  if (s->map && s->moved) shm_unmove(s);
   if (s->map) munmap(s->map, s->map_len);
+  s->moved = 0;
   ps_shm_close_fd(s);
   s->map = s->data = NULL;
   s->map_len = 0;

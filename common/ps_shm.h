@@ -18,7 +18,14 @@
  *  3. Data lives from `data` (the region's start + PS_SHM_HDR, page
  *     aligned) for `bytes` bytes; offsets on the wire count from there.
  *     What either side writes there is visible to the other at once; who
- *     may write which bytes when is the channel's business (ps_chan.h). */
+ *     may write which bytes when is the channel's business (ps_chan.h).
+ *  4. A client may move the data part of its mapping onto memory of its
+ *     own (ps_shm_move: the worker's parameter and gradient vectors, so
+ *     that pushes and pulls need no copy on its side).  The memory keeps
+ *     its bytes both ways: they are copied into the region before the move,
+ *     and on release the range gets private anonymous memory holding the
+ *     region's last bytes (or, if that cannot be had, keeps the shared
+ *     mapping), so the owner's pointers stay valid and its data intact. */
 #ifndef PS_SHM_H
 #define PS_SHM_H
 
@@ -36,6 +43,7 @@ typedef struct ps_shm {
   uint8_t *data;           /* map + PS_SHM_HDR */
   uint64_t bytes;          /* usable bytes at data */
   int fd;                  /* the shard's memfd, until closed; -1 */
+  int moved;               /* data lies at the owner's memory (invariant 4) */
   uint8_t token[PS_SHM_TOKEN];
 } ps_shm;
 
@@ -50,6 +58,12 @@ int ps_shm_create(ps_shm *s, uint64_t bytes, ps_errbuf *eb);
  * reason in EB (nothing mapped; invariant 2). */
 int ps_shm_open(ps_shm *s, uint32_t pid, uint32_t fd, uint64_t bytes, const uint8_t *token,
                 size_t tlen, ps_errbuf *eb);
+
+/* ps_shm_move moves S's data onto AT (page aligned, S->bytes long, memory
+ * the caller owns: its bytes are copied into the region first; invariant
+ * 4).  0, or PS_EINVAL / PS_ENOMEM (S unchanged, the data still at its own
+ * place). */
+int ps_shm_move(ps_shm *s, void *at, ps_errbuf *eb);
 
 /* ps_shm_close_fd closes S's descriptor (the mapping stays). */
 void ps_shm_close_fd(ps_shm *s);

@@ -698,14 +698,13 @@ static int chan_shm_place(const ps_chan_client *c, const ps_req *r, const struct
   uint64_t total = 0;
   for (size_t i = 0; i < nseg; i++) total += seg[i].iov_len;
   if (total == 0) return 0;
-  const uint8_t *p = nseg ? seg[0].iov_base : NULL, *d = c->shm.data;
+  uintptr_t p = (uintptr_t)seg[0].iov_base, d = (uintptr_t)c->shm.data;
   int contiguous = 1;
   for (size_t i = 1; i < nseg; i++)
-    if ((const uint8_t *)seg[i].iov_base != (const uint8_t *)seg[i - 1].iov_base + seg[i - 1].iov_len)
+    if ((uintptr_t)seg[i].iov_base != (uintptr_t)seg[i - 1].iov_base + seg[i - 1].iov_len)
       contiguous = 0;
-  if (contiguous && p >= d && p <= d + c->shm.bytes &&
-      ps_shm_holds(&c->shm, (uint64_t)(p - d), total)) {
-    *off = (uint64_t)(p - d);
+  if (contiguous && p >= d && ps_shm_holds(&c->shm, p - d, total)) { /* in place */
+    *off = p - d;
     *copy = 0;
     return 1;
   }

@@ -611,6 +611,19 @@ static void conn_write_tail(psd_conn *c, void *buf, size_t cap, size_t len) {
   }
 }
 
+/* conn_pull_meta fills RM, the reply to pull M at VERSION, parked
+ * PARKED_MS (in the region when M asked for that: invariant 11). */
+static void conn_pull_meta(Ps__ChanMeta *rm, const Ps__ChanMeta *m, uint64_t version,
+                           uint32_t parked_ms) {
+  ps__chan_meta__init(rm);
+  rm->op = PS__CHAN_OP__CHAN_PULL;
+  rm->version = version;
+  rm->parked_ms = parked_ms;
+  rm->codec = m->codec;
+  rm->shm = m->shm ? 1 : 0;
+  rm->shm_off = m->shm ? m->shm_off : 0;
+}
+
 #define CHAN_DIRECT_SEGS 128 /* chunks a direct pull reply may span (invariant 3a) */
 
 /* conn_pull_direct answers pull R (meta M, sized by psd_shard_payload)
@@ -634,11 +647,8 @@ static int conn_pull_direct(psd_conn *c, const Ps__ChanMeta *m, const ps_req *r,
     conn_reply_error(c, rc, eb.msg, 1, 0);
     return 1;
   }
-  Ps__ChanMeta rm = PS__CHAN_META__INIT;
-  rm.op = PS__CHAN_OP__CHAN_PULL;
-  rm.version = version;
-  rm.parked_ms = parked_ms;
-  rm.codec = m->codec;
+  Ps__ChanMeta rm;
+  conn_pull_meta(&rm, m, version, parked_ms);
   uint8_t hdr[PS_CHAN_HDR_LEN], meta[64];
   size_t mlen = ps__chan_meta__get_packed_size(&rm);
   if (mlen > sizeof meta) return 0; /* never: a few varints */
@@ -703,30 +713,6 @@ static int conn_shm_check(psd_conn *c, const Ps__ChanMeta *m, uint64_t nbytes, c
   return 0;
 }
 
-/* conn_pull_shm answers pull M (R sized by psd_shard_payload) into C's
- * region at its shm_off, or its error (invariant 11). */
-static void conn_pull_shm(psd_conn *c, const Ps__ChanMeta *m, ps_req *r, uint32_t parked_ms) {
-  ps_errbuf eb;
-  uint64_t version = 0;
-  int rc = conn_shm_check(c, m, r->nbytes, "pull", &eb);
-  if (rc == 0) {
-    r->out = c->shm.data + m->shm_off;
-    rc = psd_shard_pull(c->chan->sh, r, &version, &eb);
-  }
-  if (rc < 0) {
-    conn_reply_error(c, rc, eb.msg, 1, 0);
-    return;
-  }
-  Ps__ChanMeta rm = PS__CHAN_META__INIT;
-  rm.op = PS__CHAN_OP__CHAN_PULL;
-  rm.version = version;
-  rm.parked_ms = parked_ms;
-  rm.codec = m->codec;
-  rm.shm = 1;
-  rm.shm_off = m->shm_off;
-  conn_reply(c, &rm, NULL, 0, 0, 1, 0);
-}
-
 /* conn_pull_serve answers pull M now: straight from the chunks
  * (invariant 3a), else allocate, fill, write (invariant 3); PARKED_MS:
  * how long it waited parked.  The request is already counted in
@@ -737,26 +723,23 @@ static void conn_pull_serve(psd_conn *c, const Ps__ChanMeta *m, uint32_t parked_
   ps_req r = conn_req(m);
   uint64_t n = 0, version = 0;
   int rc = psd_shard_payload(sh, &r, 0, &n, &r.nbytes, &eb);
-  if (rc == 0 && m->shm) {
-    conn_pull_shm(c, m, &r, parked_ms);
-    return;
-  }
-  if (rc == 0 && conn_pull_direct(c, m, &r, parked_ms)) return;
+  if (rc == 0 && !m->shm && conn_pull_direct(c, m, &r, parked_ms)) return;
   size_t cap = 0;
-  if (rc == 0 && !(r.out = conn_take_buf(c, r.nbytes, &cap)))
+  if (rc == 0 && m->shm) { /* into the region (invariant 11) */
+    if ((rc = conn_shm_check(c, m, r.nbytes, "pull", &eb)) == 0) r.out = c->shm.data + m->shm_off;
+  } else if (rc == 0 && !(r.out = conn_take_buf(c, r.nbytes, &cap))) {
     rc = ps_errf(&eb, PS_ENOMEM, "pull of model '%s': out of memory", m->model);
+  }
   if (rc == 0) rc = psd_shard_pull(sh, &r, &version, &eb);
   if (rc < 0) {
-    conn_give_buf(c, r.out, cap);
+    if (!m->shm) conn_give_buf(c, r.out, cap);
     conn_reply_error(c, rc, eb.msg, 1, 0);
     return;
   }
-  Ps__ChanMeta rm = PS__CHAN_META__INIT;
-  rm.op = PS__CHAN_OP__CHAN_PULL;
-  rm.version = version;
-  rm.parked_ms = parked_ms;
-  rm.codec = m->codec;
-  conn_reply(c, &rm, r.out, cap, r.nbytes, 1, 0);
+  Ps__ChanMeta rm;
+  conn_pull_meta(&rm, m, version, parked_ms);
+  if (m->shm) conn_reply(c, &rm, NULL, 0, 0, 1, 0);
+  else conn_reply(c, &rm, r.out, cap, r.nbytes, 1, 0);
 }
 
 static void conn_sparse_pull_serve(psd_conn *c, const Ps__ChanMeta *m, uint32_t parked_ms);

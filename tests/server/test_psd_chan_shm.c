@@ -228,28 +228,10 @@ END_TEST
 
 /* ---- raw frames ---- */
 
-static int raw_open(const char *chan) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
-                          .sin_port = htons((uint16_t)atoi(strrchr(chan, ':') + 1))};
-  ck_assert_int_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
-  return fd;
-}
+static int raw_open(const char *chan) { return ps_test_raw_open(chan); }
 
 static void raw_frame(int fd, const Ps__ChanMeta *m, uint64_t data_len) {
-  uint8_t meta[512], hdr[PS_CHAN_HDR_LEN];
-  size_t mlen = ps__chan_meta__pack(m, meta);
-  ps_chan_hdr h = {.magic = PS_CHAN_MAGIC, .version = PS_CHAN_VERSION,
-                   .meta_len = (uint32_t)mlen, .data_len = data_len, .req_id = 1};
-  ps_chan_hdr_encode(hdr, &h);
-  ck_assert_int_eq(write(fd, hdr, sizeof hdr), (ssize_t)sizeof hdr);
-  ck_assert_int_eq(write(fd, meta, mlen), (ssize_t)mlen);
-  static const uint8_t zeros[4096];
-  while (data_len) {
-    size_t n = data_len < sizeof zeros ? data_len : sizeof zeros;
-    ck_assert_int_eq(write(fd, zeros, n), (ssize_t)n);
-    data_len -= n;
-  }
+  ps_test_raw_frame(fd, m, data_len, data_len);
 }
 
 /* raw_read reads exactly N bytes within 5 s. */

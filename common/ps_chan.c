@@ -30,7 +30,9 @@
  *     client mapped it (size, seals and token checked), never with the
  *     payload MAC, and only for fp32 payloads.  Its first half is the push
  *     area, its second the pull area (for payloads that do not already lie
- *     in the region).  At most one push and one pull in flight use it: a
+ *     in the region), until the caller moves the region onto its own
+ *     memory (ps_chan_shm_move): then the areas are the caller's bytes,
+ *     and only payloads that lie in the region use it.  At most one push and one pull in flight use it: a
  *     push's bytes are the shard's to read until a reply to that push or
  *     to a later request arrives (the shard acts on a connection's
  *     requests in the order sent), a pull's area is the shard's to write
@@ -709,7 +711,7 @@ static int chan_shm_place(const ps_chan_client *c, const ps_req *r, const struct
     return 1;
   }
   uint64_t half = (c->shm.bytes / 2) & ~(uint64_t)7;
-  if (total > half) return 0;
+  if (total > half || c->shm.moved) return 0; /* moved: the areas are the caller's memory */
   *off = area ? half : 0;
   *copy = 1;
   return 1;

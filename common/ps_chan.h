@@ -173,8 +173,9 @@ int ps_chan_shm(const ps_chan_client *c, void **data, uint64_t *bytes);
 
 /* ps_chan_shm_move moves C's region (its data part) onto AT, memory the
  * caller owns of the region's size, page aligned, whose bytes it keeps
- * (ps_shm_move): from then on ps_chan_shm names AT, and payloads the
- * caller keeps there move without any copy; at ps_chan_close AT gets
+ * (ps_shm_move): from then on ps_chan_shm names AT, payloads the caller
+ * keeps there move without any copy, and others go over TCP (the push
+ * and pull areas are the caller's memory now); at ps_chan_close AT gets
  * private memory again with the region's last bytes.  0, or a PS_E* code
  * (nothing moved; the region still usable where it was). */
 int ps_chan_shm_move(ps_chan_client *c, void *at, ps_errbuf *eb);

@@ -215,6 +215,13 @@ START_TEST(test_shm_matches_tcp) {
     ps_chan_shm_bytes(s, &stx, &srx);
     ck_assert_uint_eq(stx, 5 * pay);
     ck_assert_uint_eq(srx, 7 * pay);
+    /* Moved, the areas are our memory: a pull elsewhere goes over TCP. */
+    static float elsewhere[SH_ELEMS];
+    sh_pull(s, "sa", elsewhere);
+    ck_assert_int_eq(memcmp(elsewhere, b, sizeof b), 0);
+    ck_assert_int_eq(memcmp(mp, b, sizeof b), 0);
+    ps_chan_shm_bytes(s, &stx, &srx);
+    ck_assert_uint_eq(srx, 7 * pay);
     ps_chan_close(s);
     s = NULL;
     ck_assert_int_eq(memcmp(mp, b, sizeof b), 0); /* the values stay after the close */

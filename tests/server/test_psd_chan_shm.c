@@ -10,7 +10,10 @@
  * the client too, and clients that go away mid-request leave no region
  * and no descriptor behind.  A second psd with workers.shared_memory off
  * offers nothing (as a shard that predates the field), and its clients
- * work over TCP. */
+ * work over TCP; so does a third whose channel listens on 127.0.0.2,
+ * which sees its loopback clients come from 127.0.0.1: another host as
+ * far as it can tell. */
+#include <arpa/inet.h>
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
@@ -37,22 +40,52 @@
 #define SH_MAX_REQ (1u << 20)
 #define SH_AREA 12288u    /* page-rounded fp32 payload of the model */
 
-static pid_t sh_pid, off_pid;
-static char sh_grpc[64], sh_chan[64], off_grpc[64], off_chan[64];
-static int sh_started, off_started;
+static pid_t sh_pid, off_pid, far_pid;
+static char sh_grpc[64], sh_chan[64], off_grpc[64], off_chan[64], far_grpc[64], far_chan[64];
+static int sh_started, off_started, far_started;
 static const uint32_t sh_ids[SH_NCHUNKS] = {0, 1, 2};
 
-/* sh_start starts a psd with EXTRA config; fills its addresses. */
-static pid_t sh_start(const char *extra, char *grpc, char *chan, int *ok) {
+/* sh_wait_chan waits up to TIMEOUT_MS for a listener on HOST:PORT; 0
+ * once one answers. */
+static int sh_wait_chan(const char *host, int port, int timeout_ms) {
+  int64_t end = ps_test_now_ms() + timeout_ms;
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+  inet_pton(AF_INET, host, &a.sin_addr);
+  do {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    int rc = connect(fd, (struct sockaddr *)&a, sizeof a);
+    close(fd);
+    if (rc == 0) return 0;
+    usleep(20000);
+  } while (ps_test_now_ms() < end);
+  return -1;
+}
+
+/* sh_start starts a psd with EXTRA config, its channel on HOST (the
+ * cluster file rewritten when that is not 127.0.0.1); fills its
+ * addresses. */
+static pid_t sh_start(const char *extra, const char *host, char *grpc, char *chan, int *ok) {
   const char *dir = ps_test_tmpdir();
-  char log[600];
+  char log[600], from[64], to[64];
   int gp, cp;
   const char *yaml = ps_test_cluster_yaml(dir, 1, extra, &gp, &cp);
   snprintf(log, sizeof log, "%s/psd.log", dir);
   snprintf(grpc, 64, "127.0.0.1:%d", gp);
-  snprintf(chan, 64, "127.0.0.1:%d", cp);
+  snprintf(chan, 64, "%s:%d", host, cp);
+  snprintf(from, sizeof from, "127.0.0.1:%d", cp);
+  snprintf(to, sizeof to, "%s:%d", host, cp);
+  char *text = ps_test_read_file(yaml, NULL), *at = strstr(text, from);
+  ck_assert_ptr_nonnull(at);
+  if (strcmp(from, to) != 0) {
+    size_t n = strlen(text) + strlen(to) + 1;
+    char *out = malloc(n);
+    snprintf(out, n, "%.*s%s%s", (int)(at - text), text, to, at + strlen(from));
+    ps_test_write_file(yaml, out);
+    free(out);
+  }
+  free(text);
   pid_t pid = ps_test_psd(yaml, 0, log, NULL);
-  *ok = ps_test_wait_port(cp, 15000) == 0 && ps_test_wait_port(gp, 5000) == 0;
+  *ok = ps_test_wait_port(gp, 15000) == 0 && sh_wait_chan(host, cp, 5000) == 0;
   if (!*ok) fprintf(stderr, "psd did not start; see %s\n", log);
   return pid;
 }
@@ -60,7 +93,7 @@ static pid_t sh_start(const char *extra, char *grpc, char *chan, int *ok) {
 static void sh_up(void) {
   char extra[96];
   snprintf(extra, sizeof extra, "limits:\n  max_request_bytes: %u\n", SH_MAX_REQ);
-  sh_pid = sh_start(extra, sh_grpc, sh_chan, &sh_started);
+  sh_pid = sh_start(extra, "127.0.0.1", sh_grpc, sh_chan, &sh_started);
 }
 
 static void sh_down(void) {
@@ -69,12 +102,15 @@ static void sh_down(void) {
 }
 
 static void off_up(void) {
-  off_pid = sh_start("workers:\n  shared_memory: false\n", off_grpc, off_chan, &off_started);
+  off_pid = sh_start("workers:\n  shared_memory: false\n", "127.0.0.1", off_grpc, off_chan,
+                     &off_started);
+  far_pid = sh_start(NULL, "127.0.0.2", far_grpc, far_chan, &far_started);
 }
 
 static void off_down(void) {
   if (off_pid > 0) ps_test_stop(off_pid, SIGTERM, 10000);
-  off_pid = 0;
+  if (far_pid > 0) ps_test_stop(far_pid, SIGTERM, 10000);
+  off_pid = far_pid = 0;
 }
 
 /* sh_submit registers model NAME on the psd at GRPC: w[SH_ELEMS]
@@ -409,9 +445,13 @@ START_TEST(test_shm_client_gone) {
 }
 END_TEST
 
-START_TEST(test_shm_config_off) {
-  sh_submit(off_grpc, off_started, "so");
-  ps_chan_client *c = sh_connect(off_chan, 2 * SH_AREA, NULL);
+/* No region from a shard with workers.shared_memory off (OFF), or from
+ * one that sees the client on another host (!OFF). */
+static void sh_no_region(int off) {
+  const char *grpc = off ? off_grpc : far_grpc, *chan = off ? off_chan : far_chan;
+  pid_t pid = off ? off_pid : far_pid;
+  sh_submit(grpc, off ? off_started : far_started, "so");
+  ps_chan_client *c = sh_connect(chan, 2 * SH_AREA, NULL);
   ck_assert_int_eq(ps_chan_shm(c, NULL, NULL), 0);
   static float g[SH_ELEMS], out[SH_ELEMS];
   for (int i = 0; i < SH_ELEMS; i++) g[i] = 1;
@@ -420,9 +460,14 @@ START_TEST(test_shm_config_off) {
   uint64_t stx, srx;
   ps_chan_shm_bytes(c, &stx, &srx);
   ck_assert_uint_eq(stx + srx, 0);
-  ck_assert_int_eq(sh_region_count(off_pid, "maps"), 0);
+  ck_assert_int_eq(sh_region_count(pid, "maps"), 0);
   ps_chan_close(c);
 }
+
+START_TEST(test_shm_config_off) { sh_no_region(1); }
+END_TEST
+
+START_TEST(test_shm_other_host) { sh_no_region(0); }
 END_TEST
 
 Suite *psd_chan_shm_suite(void) {
@@ -438,6 +483,7 @@ Suite *psd_chan_shm_suite(void) {
   tcase_add_unchecked_fixture(off, off_up, off_down);
   tcase_set_timeout(off, 60);
   tcase_add_test(off, test_shm_config_off);
+  tcase_add_test(off, test_shm_other_host);
   suite_add_tcase(s, off);
   return s;
 }

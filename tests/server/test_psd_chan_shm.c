@@ -104,13 +104,20 @@ static void sh_down(void) {
 static void off_up(void) {
   off_pid = sh_start("workers:\n  shared_memory: false\n", "127.0.0.1", off_grpc, off_chan,
                      &off_started);
-  far_pid = sh_start(NULL, "127.0.0.2", far_grpc, far_chan, &far_started);
+}
+
+/* One psd per fixture: under PS_TEST_SECURITY=tls each cluster file gets
+ * its own certificates, and clients use the last one's. */
+static void far_up(void) { far_pid = sh_start(NULL, "127.0.0.2", far_grpc, far_chan, &far_started); }
+
+static void far_down(void) {
+  if (far_pid > 0) ps_test_stop(far_pid, SIGTERM, 10000);
+  far_pid = 0;
 }
 
 static void off_down(void) {
   if (off_pid > 0) ps_test_stop(off_pid, SIGTERM, 10000);
-  if (far_pid > 0) ps_test_stop(far_pid, SIGTERM, 10000);
-  off_pid = far_pid = 0;
+  off_pid = 0;
 }
 
 /* sh_submit registers model NAME on the psd at GRPC: w[SH_ELEMS]
@@ -483,7 +490,11 @@ Suite *psd_chan_shm_suite(void) {
   tcase_add_unchecked_fixture(off, off_up, off_down);
   tcase_set_timeout(off, 60);
   tcase_add_test(off, test_shm_config_off);
-  tcase_add_test(off, test_shm_other_host);
   suite_add_tcase(s, off);
+  TCase *far = tcase_create("other_host");
+  tcase_add_unchecked_fixture(far, far_up, far_down);
+  tcase_set_timeout(far, 60);
+  tcase_add_test(far, test_shm_other_host);
+  suite_add_tcase(s, far);
   return s;
 }

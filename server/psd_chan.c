@@ -473,6 +473,7 @@ static int conn_shm_offer(psd_conn *c) {
     return -1;
   }
   ch->shm_fds++;
+  ch->sh->ctr.chan_shm_conns++;
   return 0;
 }
 
@@ -731,6 +732,7 @@ static void conn_pull_serve(psd_conn *c, const Ps__ChanMeta *m, uint32_t parked_
     rc = ps_errf(&eb, PS_ENOMEM, "pull of model '%s': out of memory", m->model);
   }
   if (rc == 0) rc = psd_shard_pull(sh, &r, &version, &eb);
+  if (rc == 0 && m->shm) sh->ctr.chan_shm_bytes += r.nbytes;
   if (rc < 0) {
     if (!m->shm) conn_give_buf(c, r.out, cap);
     conn_reply_error(c, rc, eb.msg, 1, 0);
@@ -1052,6 +1054,7 @@ static void conn_push_end(psd_conn *c) {
                    "key; this connection proved a %s key", r.nsummed, ps_role_name(c->role));
     } else {
       rc = psd_shard_push(sh, &r, &version, &c->req_eb);
+      if (rc == 0 && m->shm) sh->ctr.chan_shm_bytes += r.nbytes;
     }
   }
   c->rx.state = PS_CHAN_RX_HDR;
@@ -1505,6 +1508,7 @@ static void conn_closed(uv_handle_t *h) {
   }
   ps_auth_mac_free(c->mac);
   ps_chan_rx_release(&c->rx);
+  if (c->shm.map && ch->sh->ctr.chan_shm_conns) ch->sh->ctr.chan_shm_conns--;
   ps_shm_release(&c->shm); /* its descriptor was closed by conn_close */
   free(c->data);
   free(c->spare);

@@ -210,6 +210,11 @@ START_TEST(test_shm_matches_tcp) {
   ck_assert_int_eq(ps_chan_shm(s, &data, &bytes), !mac);
   ck_assert_int_eq(ps_chan_shm(t, NULL, NULL), 0);
   if (!mac) ck_assert_uint_eq(bytes, 2 * SH_AREA);
+  int gport = atoi(strrchr(sh_grpc, ':') + 1);
+  Ps__StatusReply *st = ps_test_status(gport);
+  uint64_t shard_shm0 = st->chan_shm_bytes;
+  ck_assert_uint_eq(st->chan_shm_connections, mac ? 0 : 1);
+  protobuf_c_message_free_unpacked(&st->base, NULL);
   static float g[SH_ELEMS], a[SH_ELEMS], b[SH_ELEMS];
   sh_pull(s, "sa", a);
   sh_pull(t, "sb", b);
@@ -265,6 +270,9 @@ START_TEST(test_shm_matches_tcp) {
     ck_assert_int_eq(memcmp(mp, b, sizeof b), 0);
     ps_chan_shm_bytes(s, &stx, &srx);
     ck_assert_uint_eq(srx, 7 * pay);
+    st = ps_test_status(gport); /* the shard counts what the client counts */
+    ck_assert_uint_eq(st->chan_shm_bytes - shard_shm0, stx + srx);
+    protobuf_c_message_free_unpacked(&st->base, NULL);
     ps_chan_close(s);
     s = NULL;
     ck_assert_int_eq(memcmp(mp, b, sizeof b), 0); /* the values stay after the close */

@@ -24,7 +24,22 @@
  *     after the hello ends in a MAC (ps_auth.h): sends append it; a reply
  *     is complete only once its MAC checked out (RX_MAC), else the client
  *     is broken.  A pull's data is MACed from the destination segments
- *     once all of it arrived, discarded data as it goes by. */
+ *     once all of it arrived, discarded data as it goes by.
+ *  7. Shared memory (ps_shm.h; ps_chan.h "shared memory"): the region is
+ *     used only when the shard offered it in its last HELLO reply and the
+ *     client mapped it (size, seals and token checked), never with the
+ *     payload MAC, and only for fp32 payloads.  Its first half is the push
+ *     area, its second the pull area (for payloads that do not already lie
+ *     in the region), until the caller moves the region onto its own
+ *     memory (ps_chan_shm_move): then the areas are the caller's bytes,
+ *     and only payloads that lie in the region use it.  At most one push and one pull in flight use it: a
+ *     push's bytes are the shard's to read until a reply to that push or
+ *     to a later request arrives (the shard acts on a connection's
+ *     requests in the order sent), a pull's area is the shard's to write
+ *     until its reply was taken (copied out when it was not read in
+ *     place); others meanwhile go over TCP.  A reply that says its data is
+ *     in the region answers only a request that asked for that; anything
+ *     else breaks the client. */
 #include "ps_chan.h"
 
 #include <errno.h>
@@ -43,7 +58,9 @@
 #include "ps.pb-c.h"
 #include "ps_addr.h"
 #include "ps_auth.h"
+#include "ps_log.h"
 #include "ps_pb.h"
+#include "ps_shm.h"
 
 #define CHAN_STAGE 8192              /* staging buffer for headers and metas */
 #define CHAN_CLIENT_MAX_DATA (1ull << 40)
@@ -198,6 +215,8 @@ typedef struct chan_pending {
   uint8_t nonce[PS_AUTH_NONCE], auth[PS_AUTH_MAC];
   size_t nonce_len, auth_len;
   int payload_mac;
+  int shm, shm_copy;      /* its payload is in the region (invariant 7): in place, or copied */
+  uint64_t shm_off;       /* where, from the region's data start */
 } chan_pending;
 
 struct ps_chan_client {
@@ -231,6 +250,15 @@ struct ps_chan_client {
   uint8_t *reply;          /* the data of the last beat reply ps_chan_recv returned */
   size_t reply_len;
   uint32_t features;       /* the shard's HELLO reply's ChanFeature bits */
+  /* shared memory (invariant 7) */
+  uint64_t shm_want;       /* asked for in the hello */
+  uint64_t shm_offer;      /* the last HELLO reply's: bytes, process, descriptor, token */
+  uint32_t shm_pid, shm_fd;
+  uint8_t shm_token[PS_SHM_TOKEN];
+  size_t shm_token_len;
+  ps_shm shm;              /* mapped: map != NULL */
+  uint64_t shm_push_id, shm_pull_id; /* the request using each area (0: none) */
+  uint64_t shm_tx, shm_rx; /* payload bytes that went through the region */
 };
 
 /* chan_break marks C unusable with ERR and a message; returns ERR. */
@@ -308,7 +336,10 @@ static chan_pending *rx_entry(ps_chan_client *c) { return chan_find(c, c->rx_id)
 /* rx_finish completes the reply of the current entry and rearms for the
  * next header. */
 static void rx_finish(ps_chan_client *c) {
-  rx_entry(c)->done = 1;
+  chan_pending *e = rx_entry(c);
+  e->done = 1;
+  if (e->id == c->shm_pull_id) c->shm_pull_id = 0; /* invariant 7 */
+  if (c->shm_push_id && e->id >= c->shm_push_id) c->shm_push_id = 0;
   c->nwait--;
   c->rx.state = PS_CHAN_RX_HDR;
   c->rx.got = 0;
@@ -364,6 +395,16 @@ static int chan_op_reads_data(int op) {
          op == PS__CHAN_OP__CHAN_SPARSE_PULL;
 }
 
+/* chan_shm_copy_out copies pull E's values from the region's pull area
+ * into its destination segments (invariant 7). */
+static void chan_shm_copy_out(ps_chan_client *c, const chan_pending *e) {
+  const uint8_t *p = c->shm.data + e->shm_off;
+  for (size_t i = 0; i < e->nseg; i++) {
+    memcpy(e->dst[i].iov_base, p, e->dst[i].iov_len);
+    p += e->dst[i].iov_len;
+  }
+}
+
 /* rx_after_meta decodes a complete reply meta into the current entry and
  * chooses where its data goes; returns 0 or a PS_E* code (broken). */
 static int rx_after_meta(void *arg) {
@@ -386,6 +427,17 @@ static int rx_after_meta(void *arg) {
     e->payload_mac = m->payload_mac != 0;
     c->features = m->features; /* the last HELLO reply's (after a proof: the shard's answer) */
     c->unordered = c->want_unordered && m->unordered_acks; /* the last HELLO's word */
+    c->shm_offer = m->shm_bytes; /* invariant 7: the last HELLO's word too */
+    c->shm_pid = m->shm_pid;
+    c->shm_fd = m->shm_fd;
+    c->shm_token_len = m->shm_token.len <= PS_SHM_TOKEN ? m->shm_token.len : 0;
+    if (c->shm_token_len) memcpy(c->shm_token, m->shm_token.data, c->shm_token_len);
+  }
+  if (m->shm && (!e->shm || dlen || (int)m->op != PS__CHAN_OP__CHAN_PULL ||
+                 m->shm_off != e->shm_off)) {
+    ps__chan_meta__free_unpacked(m, NULL);
+    return chan_break(c, eb, PS_EPROTO, "channel '%s': %s",
+                      "a reply in shared memory that no request asked for");
   }
   if ((int)m->op == PS__CHAN_OP__CHAN_ERROR) {
     e->status = m->status < 0 ? m->status : PS_EPROTO;
@@ -403,6 +455,10 @@ static int rx_after_meta(void *arg) {
     e->dst[0] = (struct iovec){e->reply, dlen};
     e->nseg = 1;
     e->want_bytes = dlen;
+  } else if (m->shm) { /* invariant 7: the values are in the region */
+    if (e->shm_copy) chan_shm_copy_out(c, e);
+    c->shm_rx += e->want_bytes;
+    c->rx_bytes += e->want_bytes;
   } else if (chan_op_reads_data(e->op) && e->op != PS__CHAN_OP__CHAN_BEAT &&
              dlen != e->want_bytes) {
     char buf[200];
@@ -633,6 +689,34 @@ static void chan_meta_init(Ps__ChanMeta *meta, int op, const ps_req *r) {
   meta->n_summed = r->nsummed;
 }
 
+/* chan_shm_place decides whether a payload of NSEG segments SEG goes
+ * through the region (invariant 7): 1 with *OFF its offset there and
+ * *COPY whether it must be copied to or from AREA (0: push area, 1: pull
+ * area) because it does not lie in the region already; 0: over TCP. */
+static int chan_shm_place(const ps_chan_client *c, const ps_req *r, const struct iovec *seg,
+                          size_t nseg, int area, uint64_t *off, int *copy) {
+  if (!c->shm.map || r->codec != PS_CODEC_FP32 || (area ? c->shm_pull_id : c->shm_push_id))
+    return 0;
+  uint64_t total = 0;
+  for (size_t i = 0; i < nseg; i++) total += seg[i].iov_len;
+  if (total == 0) return 0;
+  uintptr_t p = (uintptr_t)seg[0].iov_base, d = (uintptr_t)c->shm.data;
+  int contiguous = 1;
+  for (size_t i = 1; i < nseg; i++)
+    if ((uintptr_t)seg[i].iov_base != (uintptr_t)seg[i - 1].iov_base + seg[i - 1].iov_len)
+      contiguous = 0;
+  if (contiguous && p >= d && ps_shm_holds(&c->shm, p - d, total)) { /* in place */
+    *off = p - d;
+    *copy = 0;
+    return 1;
+  }
+  uint64_t half = (c->shm.bytes / 2) & ~(uint64_t)7;
+  if (total > half || c->shm.moved) return 0; /* moved: the areas are the caller's memory */
+  *off = area ? half : 0;
+  *copy = 1;
+  return 1;
+}
+
 /* ps_chan_send_pushv: see ps_chan.h. */
 int ps_chan_send_pushv(ps_chan_client *c, const ps_req *r, const struct iovec *src, size_t nseg,
                        uint64_t *req_id, ps_errbuf *eb) {
@@ -643,7 +727,23 @@ int ps_chan_send_pushv(ps_chan_client *c, const ps_req *r, const struct iovec *s
   chan_pending *e = chan_reserve(c);
   if (!e) return ps_errf(eb, PS_ENOMEM, "channel '%s': out of memory", c->addr);
   e->op = PS__CHAN_OP__CHAN_PUSH;
-  return chan_send_frame(c, &meta, src, nseg, e, req_id, eb);
+  uint64_t off = 0, id = 0, total = 0;
+  int copy = 0;
+  if (!chan_shm_place(c, r, src, nseg, 0, &off, &copy))
+    return chan_send_frame(c, &meta, src, nseg, e, req_id, eb);
+  uint8_t *p = c->shm.data + off; /* invariant 7: the data goes through the region */
+  for (size_t i = 0; i < nseg; i++) {
+    if (copy) memcpy(p + total, src[i].iov_base, src[i].iov_len);
+    total += src[i].iov_len;
+  }
+  meta.shm = 1;
+  meta.shm_off = off;
+  if ((rc = chan_send_frame(c, &meta, NULL, 0, e, &id, eb)) < 0) return rc;
+  c->shm_push_id = id;
+  c->shm_tx += total;
+  c->tx_bytes += total;
+  if (req_id) *req_id = id;
+  return 0;
 }
 
 /* ps_chan_send_pullv: see ps_chan.h. */
@@ -664,7 +764,16 @@ int ps_chan_send_pullv(ps_chan_client *c, const ps_req *r, const struct iovec *d
     e->dst[i] = dst[i];
     e->want_bytes += dst[i].iov_len;
   }
-  return chan_send_owned(c, &meta, NULL, 0, e, req_id, eb);
+  if (chan_shm_place(c, r, dst, nseg, 1, &e->shm_off, &e->shm_copy)) { /* invariant 7 */
+    e->shm = 1;
+    meta.shm = 1;
+    meta.shm_off = e->shm_off;
+  }
+  uint64_t id = 0;
+  if ((rc = chan_send_owned(c, &meta, NULL, 0, e, &id, eb)) < 0) return rc;
+  if (meta.shm) c->shm_pull_id = id;
+  if (req_id) *req_id = id;
+  return 0;
 }
 
 /* chan_await reads replies until the one of request ID is complete;
@@ -846,6 +955,26 @@ int ps_chan_send_sparse_push(ps_chan_client *c, const ps_chan_sparse *q, const v
   return chan_send_frame(c, &meta, seg, 2, e, req_id, eb);
 }
 
+/* ps_chan_shm: see ps_chan.h. */
+int ps_chan_shm(const ps_chan_client *c, void **data, uint64_t *bytes) {
+  if (!c || !c->shm.map) return 0;
+  if (data) *data = c->shm.data;
+  if (bytes) *bytes = c->shm.bytes;
+  return 1;
+}
+
+/* ps_chan_shm_move: see ps_chan.h. */
+int ps_chan_shm_move(ps_chan_client *c, void *at, ps_errbuf *eb) {
+  if (!c->shm.map) return ps_errf(eb, PS_EINVAL, "channel '%s': no shared memory", c->addr);
+  return ps_shm_move(&c->shm, at, eb);
+}
+
+/* ps_chan_shm_bytes: see ps_chan.h. */
+void ps_chan_shm_bytes(const ps_chan_client *c, uint64_t *sent, uint64_t *received) {
+  *sent = c ? c->shm_tx : 0;
+  *received = c ? c->shm_rx : 0;
+}
+
 /* ps_chan_features: see ps_chan.h. */
 uint32_t ps_chan_features(const ps_chan_client *c) { return c ? c->features : 0; }
 
@@ -960,6 +1089,7 @@ static int chan_hello(ps_chan_client *c, const char *cluster, const ps_auth_key 
   meta.proto_version = PS_CHAN_VERSION;
   meta.cluster = (char *)cluster;
   meta.unordered_acks = c->want_unordered ? 1 : 0;
+  meta.shm_bytes = c->shm_want;
   if (key) {
     int rc = ps_auth_nonce(nc, eb);
     if (rc < 0) return rc;
@@ -990,9 +1120,29 @@ static int chan_hello(ps_chan_client *c, const char *cluster, const ps_auth_key 
   return rc;
 }
 
+/* chan_shm_map maps the region the shard offered, if any (invariant 7);
+ * a region that cannot be used leaves the data on TCP (said at debug
+ * level). */
+static void chan_shm_map(ps_chan_client *c) {
+  ps_errbuf eb;
+  if (!c->shm_offer || !c->shm_want || c->mac) return;
+  if (c->shm_offer > c->shm_want ||
+      ps_shm_open(&c->shm, c->shm_pid, c->shm_fd, c->shm_offer, c->shm_token, c->shm_token_len,
+                  &eb) < 0)
+    ps_debug("channel '%s': the shard's shared memory is not usable here (%s); data goes over "
+             "TCP", c->addr, c->shm_offer > c->shm_want ? "larger than asked for" : eb.msg);
+}
+
 /* ps_chan_connect_auth: see ps_chan.h. */
 int ps_chan_connect_auth(ps_chan_client **out, const char *addr, const char *cluster,
                          const ps_auth_key *key, int flags, int timeout_ms, ps_errbuf *eb) {
+  return ps_chan_connect_shm(out, addr, cluster, key, flags, 0, timeout_ms, eb);
+}
+
+/* ps_chan_connect_shm: see ps_chan.h. */
+int ps_chan_connect_shm(ps_chan_client **out, const char *addr, const char *cluster,
+                        const ps_auth_key *key, int flags, uint64_t shm_bytes, int timeout_ms,
+                        ps_errbuf *eb) {
   *out = NULL;
   ps_chan_client *c = calloc(1, sizeof *c);
   if (!c) return ps_errf(eb, PS_ENOMEM, "out of memory");
@@ -1000,8 +1150,11 @@ int ps_chan_connect_auth(ps_chan_client **out, const char *addr, const char *clu
   c->timeout_ms = timeout_ms > 0 ? timeout_ms : 1;
   snprintf(c->addr, sizeof c->addr, "%s", addr);
   c->want_unordered = (flags & PS_CHAN_UNORDERED_ACKS) != 0;
+  c->shm_want = flags & PS_CHAN_AUTH_MAC ? 0 : shm_bytes;
+  c->shm.fd = -1;
   int rc = chan_dial(c, eb);
   if (rc == 0) rc = chan_hello(c, cluster, key, flags & PS_CHAN_AUTH_MAC, eb);
+  if (rc == 0) chan_shm_map(c);
   if (rc < 0) {
     ps_chan_close(c);
     return rc;
@@ -1039,6 +1192,7 @@ void ps_chan_close(ps_chan_client *c) {
     free(e->reply);
   }
   free(c->reply);
+  ps_shm_release(&c->shm);
   if (c->fd >= 0) close(c->fd);
   ps_auth_mac_free(c->mac);
   free(c->q);

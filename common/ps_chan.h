@@ -18,7 +18,19 @@
  * after the answers of requests behind it (a push that waits for its
  * redo-log sync under durability `sync`: the shard goes on serving; the
  * push is acknowledged only once synced).  Errors come back as CHAN_ERROR
- * frames with status + message. */
+ * frames with status + message.
+ *
+ * Shared memory: a client on the shard's host may ask in its first HELLO
+ * for a region of shm_bytes; the shard's last HELLO reply may offer one
+ * (ps_shm.h; psd_chan invariant 11 says when), which the client maps.
+ * Then a PUSH or PULL of fp32 data may set shm and shm_off in its meta and
+ * carry no data: the push's payload lies in the region at shm_off, the
+ * pull's reply (shm set, no data) put the values there.  Frames, their
+ * order, acknowledgements, errors and parking are as over TCP; only the
+ * payload bytes skip the socket.  ps_chan_connect_shm asks for it; the
+ * client uses it by itself (ps_chan.c invariant 7), and in place, without
+ * a copy, when the caller's push or pull segments already lie in the
+ * region (ps_chan_shm). */
 #ifndef PS_CHAN_H
 #define PS_CHAN_H
 
@@ -143,6 +155,36 @@ int ps_chan_connect_auth(ps_chan_client **out, const char *addr, const char *clu
                          const struct ps_auth_key *key, int flags, int timeout_ms,
                          ps_errbuf *eb);
 
+/* ps_chan_connect_shm is ps_chan_connect_auth asking for SHM_BYTES of
+ * shared memory (the header comment; 0: none, as ps_chan_connect_auth).
+ * Whether the shard offered it and it could be mapped, ps_chan_shm says;
+ * without it everything goes over TCP. */
+int ps_chan_connect_shm(ps_chan_client **out, const char *addr, const char *cluster,
+                        const struct ps_auth_key *key, int flags, uint64_t shm_bytes,
+                        int timeout_ms, ps_errbuf *eb);
+
+/* ps_chan_shm: 1 when C has a mapped region, its data start in *DATA and
+ * its size in *BYTES (either may be NULL); 0 otherwise (C NULL too).  The
+ * first half is where pushes that do not lie in the region are copied,
+ * the second where pulls are answered that do not; a caller that keeps
+ * its own payloads in the region (pushes from, pulls into) moves them
+ * without any copy.  The mapping lives until ps_chan_close. */
+int ps_chan_shm(const ps_chan_client *c, void **data, uint64_t *bytes);
+
+/* ps_chan_shm_move moves C's region (its data part) onto AT, memory the
+ * caller owns of the region's size, page aligned, whose bytes it keeps
+ * (ps_shm_move): from then on ps_chan_shm names AT, payloads the caller
+ * keeps there move without any copy, and others go over TCP (the push
+ * and pull areas are the caller's memory now); at ps_chan_close AT gets
+ * private memory again with the region's last bytes.  0, or a PS_E* code
+ * (nothing moved; the region still usable where it was). */
+int ps_chan_shm_move(ps_chan_client *c, void *at, ps_errbuf *eb);
+
+/* ps_chan_shm_bytes writes the payload bytes C's pushes sent and its
+ * pulls received through shared memory (also counted in ps_chan_bytes).
+ * C NULL: 0. */
+void ps_chan_shm_bytes(const ps_chan_client *c, uint64_t *sent, uint64_t *received);
+
 /* ps_chan_beat sends a control-plane request on the channel (op
  * CHAN_BEAT: LEN bytes at REQ, a packed HeartbeatRequest) and waits for
  * its reply's data, a packed HeartbeatReply: *REPLY (malloc'd, the caller
@@ -253,7 +295,8 @@ uint32_t ps_chan_last_parked_ms(const ps_chan_client *c);
 size_t ps_chan_inflight(const ps_chan_client *c);
 
 /* ps_chan_bytes writes the bytes C wrote to and read from its socket
- * (frames whole: headers, metas, payloads; hello included).  C NULL: 0. */
+ * (frames whole: headers, metas, payloads; hello included), payloads that
+ * went through shared memory included (ps_chan_shm_bytes).  C NULL: 0. */
 void ps_chan_bytes(const ps_chan_client *c, uint64_t *sent, uint64_t *received);
 
 /* ps_chan_set_bufsize sets the socket's SO_SNDBUF / SO_RCVBUF in bytes

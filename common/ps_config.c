@@ -487,6 +487,8 @@ static const cfg_slot cfg_workers_slots[] = {
      .offset = offsetof(ps_worker_conf, jitter_factor), .def = "1", .dmin = 1, .dmax = 1000},
     {.name = "aggregator", .type = &cfg_t_str, .offset = offsetof(ps_worker_conf, aggregator),
      .check = cfg_check_name},
+    {.name = "shared_memory", .type = &cfg_t_enum,
+     .offset = offsetof(ps_worker_conf, shared_memory), .def = "true", .arg = cfg_bools},
 };
 
 _Static_assert(offsetof(ps_worker_conf, nslowdown) ==

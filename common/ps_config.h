@@ -82,6 +82,10 @@ typedef struct ps_worker_conf {
    * jitter_prob (default 0), slowed jitter_factor x (default 1). */
   double jitter_prob, jitter_factor;
   char *aggregator;     /* name of this host's aggregator (NULL: straight to the shards) */
+  /* 1: a worker and a shard on the same host move fp32 payloads through a
+   * shared-memory region instead of the socket (ps_shm.h), default 1;
+   * the shard offers it only where this is on too. */
+  int shared_memory;
 } ps_worker_conf;
 
 /* security (README "security"): how the control plane and the tensor

@@ -351,11 +351,13 @@ static void psctl_status_json_row(const psctl_row *r) {
   psctl_json_num(r->flush_age_s);
   printf(",\"disk_bytes\":%llu,\"chan_connections\":%u,\"chan_refused\":%llu,"
          "\"chan_idle_closed\":%llu,\"grpc_restarts\":%llu,\"security\":\"%s\","
-         "\"auth_refused\":%llu,\"chan_auth_refused\":%llu,\"redo_log\":",
+         "\"auth_refused\":%llu,\"chan_auth_refused\":%llu,\"chan_shm_bytes\":%llu,"
+         "\"chan_shm_connections\":%u,\"redo_log\":",
          (unsigned long long)s->disk_bytes, s->chan_connections,
          (unsigned long long)s->chan_refused, (unsigned long long)s->chan_idle_closed,
          (unsigned long long)s->grpc_restarts, s->security ? s->security : "",
-         (unsigned long long)s->auth_refused, (unsigned long long)s->chan_auth_refused);
+         (unsigned long long)s->auth_refused, (unsigned long long)s->chan_auth_refused,
+         (unsigned long long)s->chan_shm_bytes, s->chan_shm_connections);
   if (!s->wal) {
     printf("null");
   } else {

@@ -101,10 +101,37 @@
  *     c->req for its MAC (PS_CHAN_RX_MAC).  A wrong or missing MAC closes the
  *     connection and counts in chan_auth_refused (and errors); a reply's
  *     MAC is made when the reply is queued (replies are queued in wire
- *     order). */
+ *     order).
+ * 11. Shared memory (ps_shm.h; ps_chan.h "shared memory"): a client whose
+ *     first HELLO asks for shm_bytes is offered a region in the last HELLO
+ *     reply only when workers.shared_memory is on, payload_mac is off (the
+ *     MAC covers wire bytes), the shard is no aggregator (a forwarded
+ *     push's data must outlive the request), the size is at most twice
+ *     limits.max_request_bytes (plus a page), and the connection's peer
+ *     address is the shard's own local address (same host); anything else,
+ *     or a region that cannot be made, is no offer and the data stays on
+ *     TCP.  The offer comes after the hello's authentication (invariant 9).
+ *     The region's descriptor stays open (counted with the connection's in
+ *     invariant 8's reckoning) until the client's first request that names
+ *     the region (it has opened it by then) or the close; the mapping
+ *     lives as long as the connection.  A PUSH or PULL whose meta sets shm
+ *     has data_len 0 and names shm_off: its payload (as many bytes as
+ *     psd_shard_payload says) lies, or is to be put, at that offset, which
+ *     must lie in the region (else the request is refused, the connection
+ *     kept).  A push's gradients are handed to psd_shard_push in place
+ *     (ps_req.grads_shared: whoever keeps them past the call, the redo
+ *     log, copies them); a pull is written there by psd_shard_pull, on the
+ *     loop, before its reply (shm set, no data) is queued, so invariant
+ *     3a's "no later push changes a reply half sent" holds as for a copy.
+ *     The client decides which bytes it may write when (ps_chan.h); a
+ *     client that rewrites a push's bytes while the shard reads them can
+ *     only corrupt its own gradients past their checks, which a process of
+ *     the same user could do anyway. */
 #include "psd_chan.h"
 
 #include <openssl/crypto.h>
+#include <netinet/in.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -113,6 +140,7 @@
 #include "ps_chan.h"
 #include "ps_log.h"
 #include "ps_pb.h"
+#include "ps_shm.h"
 #include "psd_coord.h"
 #include "psd_fd.h"
 #include "psd_shard_sparse.h"
@@ -185,6 +213,9 @@ typedef struct psd_conn {
   int counted;                /* counts in sh->chan_conns (not a refused one) */
   uint64_t last_ms;           /* uv_now of its last byte moved (invariant 8) */
   size_t last_wq;             /* libuv's write queue size at the last sweep */
+  uint64_t shm_want;          /* region bytes the first HELLO asked for (invariant 11) */
+  ps_shm shm;                 /* the region offered; map NULL: none */
+  uint64_t req_nbytes;        /* the push being received: its payload bytes */
 } psd_conn;
 
 typedef struct psd_chan {
@@ -204,6 +235,7 @@ typedef struct psd_chan {
   ps_auth_keys keys;          /* security.secret_file (invariant 9); none: no auth */
   uint64_t auth_logged;       /* sh->ctr.chan_auth_refused at the last log line */
   uint64_t auth_log_ms;       /* uv_now of that line */
+  uint64_t shm_fds;           /* regions' descriptors still open (invariant 11) */
 } psd_chan;
 
 typedef struct chan_wr {
@@ -408,6 +440,54 @@ static int conn_hello_refuse(psd_conn *c, int status, const char *msg, int auth)
   return 0;
 }
 
+/* conn_same_host: C's peer address is this end's own address (the
+ * client runs on this host; invariant 11). */
+static int conn_same_host(psd_conn *c) {
+  struct sockaddr_storage a, b;
+  int la = sizeof a, lb = sizeof b;
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&a, &la) < 0 ||
+      uv_tcp_getsockname(&c->tcp, (struct sockaddr *)&b, &lb) < 0 || a.ss_family != b.ss_family)
+    return 0;
+  if (a.ss_family == AF_INET)
+    return ((struct sockaddr_in *)&a)->sin_addr.s_addr == ((struct sockaddr_in *)&b)->sin_addr.s_addr;
+  if (a.ss_family == AF_INET6)
+    return memcmp(&((struct sockaddr_in6 *)&a)->sin6_addr, &((struct sockaddr_in6 *)&b)->sin6_addr,
+                  sizeof(struct in6_addr)) == 0;
+  return 0;
+}
+
+/* conn_shm_offer makes C's region when invariant 11 allows: 0 with
+ * c->shm mapped, else -1 (no offer; said at debug level). */
+static int conn_shm_offer(psd_conn *c) {
+  psd_chan *ch = c->chan;
+  const ps_config *cfg = ch->sh->cfg;
+  const char *why = NULL;
+  ps_errbuf eb;
+  if (!cfg->workers.shared_memory) why = "workers.shared_memory is off";
+  else if (cfg->security.payload_mac) why = "security.payload_mac is on";
+  else if (ch->sh->agg) why = "this is an aggregator";
+  else if (c->shm_want > 2 * ((uint64_t)cfg->max_request_bytes + PS_SHM_HDR))
+    why = "more than twice limits.max_request_bytes asked for";
+  else if (!conn_same_host(c)) why = "the client is on another host";
+  if (!why && ps_shm_create(&c->shm, c->shm_want, &eb) < 0) why = eb.msg;
+  if (why) {
+    ps_debug("channel: no shared memory for a connection (%llu bytes asked): %s",
+             (unsigned long long)c->shm_want, why);
+    return -1;
+  }
+  ch->shm_fds++;
+  ch->sh->ctr.chan_shm_conns++;
+  return 0;
+}
+
+/* conn_shm_used: the client named C's region in a request, so it has
+ * opened it: its descriptor is no longer needed here (invariant 11). */
+static void conn_shm_used(psd_conn *c) {
+  if (c->shm.fd < 0) return;
+  ps_shm_close_fd(&c->shm);
+  c->chan->shm_fds--;
+}
+
 /* conn_hello_ok ends the hello: HELLO answered, requests served. */
 static int conn_hello_ok(psd_conn *c) {
   Ps__ChanMeta r = PS__CHAN_META__INIT;
@@ -416,6 +496,13 @@ static int conn_hello_ok(psd_conn *c) {
   r.cluster = c->chan->sh->cfg->cluster;
   r.features = PS__CHAN_FEATURE__CHAN_FEAT_SPARSE; /* invariant 2b */
   r.unordered_acks = c->unordered ? 1 : 0;
+  if (c->shm_want && conn_shm_offer(c) == 0) { /* invariant 11 */
+    r.shm_bytes = c->shm.bytes;
+    r.shm_pid = (uint32_t)getpid();
+    r.shm_fd = (uint32_t)c->shm.fd;
+    r.shm_token.data = c->shm.token;
+    r.shm_token.len = sizeof c->shm.token;
+  }
   c->hello_done = 1;
   c->hello_proving = 0;
   ps_auth_mac *mac = NULL;
@@ -490,6 +577,7 @@ static int conn_hello(psd_conn *c, const Ps__ChanMeta *m) {
   ps_errbuf eb;
   int answer, rc = psd_chan_hello_check(cfg, &c->rx.h, m, &answer, &eb);
   if (rc == 0) c->unordered = m->unordered_acks != 0; /* invariant 7b */
+  if (rc == 0) c->shm_want = m->shm_bytes;           /* invariant 11 */
   if (rc == 0) return c->chan->keys.n ? conn_hello_challenge(c, m) : conn_hello_ok(c);
   if (!answer) return rc;
   return conn_hello_refuse(c, PS_EPROTO, eb.msg, 0);
@@ -527,6 +615,19 @@ static void conn_write_tail(psd_conn *c, void *buf, size_t cap, size_t len) {
   }
 }
 
+/* conn_pull_meta fills RM, the reply to pull M at VERSION, parked
+ * PARKED_MS (in the region when M asked for that: invariant 11). */
+static void conn_pull_meta(Ps__ChanMeta *rm, const Ps__ChanMeta *m, uint64_t version,
+                           uint32_t parked_ms) {
+  ps__chan_meta__init(rm);
+  rm->op = PS__CHAN_OP__CHAN_PULL;
+  rm->version = version;
+  rm->parked_ms = parked_ms;
+  rm->codec = m->codec;
+  rm->shm = m->shm ? 1 : 0;
+  rm->shm_off = m->shm ? m->shm_off : 0;
+}
+
 #define CHAN_DIRECT_SEGS 128 /* chunks a direct pull reply may span (invariant 3a) */
 
 /* conn_pull_direct answers pull R (meta M, sized by psd_shard_payload)
@@ -550,11 +651,8 @@ static int conn_pull_direct(psd_conn *c, const Ps__ChanMeta *m, const ps_req *r,
     conn_reply_error(c, rc, eb.msg, 1, 0);
     return 1;
   }
-  Ps__ChanMeta rm = PS__CHAN_META__INIT;
-  rm.op = PS__CHAN_OP__CHAN_PULL;
-  rm.version = version;
-  rm.parked_ms = parked_ms;
-  rm.codec = m->codec;
+  Ps__ChanMeta rm;
+  conn_pull_meta(&rm, m, version, parked_ms);
   uint8_t hdr[PS_CHAN_HDR_LEN], meta[64];
   size_t mlen = ps__chan_meta__get_packed_size(&rm);
   if (mlen > sizeof meta) return 0; /* never: a few varints */
@@ -598,6 +696,27 @@ static int conn_pull_direct(psd_conn *c, const Ps__ChanMeta *m, const ps_req *r,
   return 1;
 }
 
+/* conn_shm_check refuses (PS_EINVAL, counted) a request of meta M whose
+ * NBYTES of payload at shm_off do not lie in C's region (invariant 11),
+ * else marks the region used; WHAT names the request. */
+static int conn_shm_check(psd_conn *c, const Ps__ChanMeta *m, uint64_t nbytes, const char *what,
+                          ps_errbuf *eb) {
+  if (!c->shm.map || c->rx.h.data_len) {
+    psd_shard_count_error(c->chan->sh);
+    return ps_errf(eb, PS_EINVAL, "%s of model '%s' in shared memory: %s", what, m->model,
+                   c->shm.map ? "it also carries data" : "this connection has no region");
+  }
+  if (!ps_shm_holds(&c->shm, m->shm_off, nbytes)) {
+    psd_shard_count_error(c->chan->sh);
+    return ps_errf(eb, PS_EINVAL, "%s of model '%s' in shared memory: %llu bytes at offset %llu "
+                   "do not fit the region's %llu (or the offset is not 8-byte aligned)", what,
+                   m->model, (unsigned long long)nbytes, (unsigned long long)m->shm_off,
+                   (unsigned long long)c->shm.bytes);
+  }
+  conn_shm_used(c);
+  return 0;
+}
+
 /* conn_pull_serve answers pull M now: straight from the chunks
  * (invariant 3a), else allocate, fill, write (invariant 3); PARKED_MS:
  * how long it waited parked.  The request is already counted in
@@ -608,22 +727,24 @@ static void conn_pull_serve(psd_conn *c, const Ps__ChanMeta *m, uint32_t parked_
   ps_req r = conn_req(m);
   uint64_t n = 0, version = 0;
   int rc = psd_shard_payload(sh, &r, 0, &n, &r.nbytes, &eb);
-  if (rc == 0 && conn_pull_direct(c, m, &r, parked_ms)) return;
+  if (rc == 0 && !m->shm && conn_pull_direct(c, m, &r, parked_ms)) return;
   size_t cap = 0;
-  if (rc == 0 && !(r.out = conn_take_buf(c, r.nbytes, &cap)))
+  if (rc == 0 && m->shm) { /* into the region (invariant 11) */
+    if ((rc = conn_shm_check(c, m, r.nbytes, "pull", &eb)) == 0) r.out = c->shm.data + m->shm_off;
+  } else if (rc == 0 && !(r.out = conn_take_buf(c, r.nbytes, &cap))) {
     rc = ps_errf(&eb, PS_ENOMEM, "pull of model '%s': out of memory", m->model);
+  }
   if (rc == 0) rc = psd_shard_pull(sh, &r, &version, &eb);
+  if (rc == 0 && m->shm) sh->ctr.chan_shm_bytes += r.nbytes;
   if (rc < 0) {
-    conn_give_buf(c, r.out, cap);
+    if (!m->shm) conn_give_buf(c, r.out, cap);
     conn_reply_error(c, rc, eb.msg, 1, 0);
     return;
   }
-  Ps__ChanMeta rm = PS__CHAN_META__INIT;
-  rm.op = PS__CHAN_OP__CHAN_PULL;
-  rm.version = version;
-  rm.parked_ms = parked_ms;
-  rm.codec = m->codec;
-  conn_reply(c, &rm, r.out, cap, r.nbytes, 1, 0);
+  Ps__ChanMeta rm;
+  conn_pull_meta(&rm, m, version, parked_ms);
+  if (m->shm) conn_reply(c, &rm, NULL, 0, 0, 1, 0);
+  else conn_reply(c, &rm, r.out, cap, r.nbytes, 1, 0);
 }
 
 static void conn_sparse_pull_serve(psd_conn *c, const Ps__ChanMeta *m, uint32_t parked_ms);
@@ -801,14 +922,17 @@ static void conn_push_begin(psd_conn *c) {
   sh->inflight++;
   c->req_err = conn_spec_err(c, &c->req_eb);
   if (c->req_err == 0) c->req_err = psd_shard_payload(sh, &r, 1, &n, &nbytes, &c->req_eb);
-  if (c->req_err == 0 && nbytes != c->rx.h.data_len) {
+  c->req_nbytes = nbytes;
+  if (c->req_err == 0 && m->shm) { /* invariant 11 */
+    c->req_err = conn_shm_check(c, m, nbytes, "push", &c->req_eb);
+  } else if (c->req_err == 0 && nbytes != c->rx.h.data_len) {
     psd_shard_count_error(sh);
     c->req_err = ps_errf(&c->req_eb, PS_EINVAL,
                          "push to model '%s': %llu bytes of %s sent, its %llu elements need %llu",
                          m->model, (unsigned long long)c->rx.h.data_len, ps_codec_name(r.codec),
                          (unsigned long long)n, (unsigned long long)nbytes);
   }
-  if (c->req_err == 0 && conn_data_room(c) < 0)
+  if (c->req_err == 0 && !m->shm && conn_data_room(c) < 0)
     c->req_err = ps_errf(&c->req_eb, PS_ENOMEM, "push to model '%s': out of memory", m->model);
   c->rx.state = c->req_err ? PS_CHAN_RX_DISCARD : PS_CHAN_RX_DATA;
   c->rx.got = 0;
@@ -920,8 +1044,9 @@ static void conn_push_end(psd_conn *c) {
   uint64_t version = 0;
   if (rc == 0) {
     ps_req r = conn_req(m);
-    r.grads = c->data;
-    r.nbytes = c->rx.h.data_len;
+    r.grads = m->shm ? (const void *)(c->shm.data + m->shm_off) : c->data;
+    r.grads_shared = m->shm != 0; /* invariant 11 */
+    r.nbytes = m->shm ? c->req_nbytes : c->rx.h.data_len;
     if (sh->agg) {
       conn_forward(c, &r, 1, 0);
       c->rx.state = PS_CHAN_RX_HDR;
@@ -938,9 +1063,12 @@ static void conn_push_end(psd_conn *c) {
     } else {
       /* a redo log may keep the data buffer (the gradients are then copied
        * off the loop thread) and give another in its place */
-      r.own = &c->data;
-      r.own_cap = &c->data_cap;
+      if (!m->shm) { /* data in the region is the client's (invariant 11) */
+        r.own = &c->data;
+        r.own_cap = &c->data_cap;
+      }
       rc = psd_shard_push(sh, &r, &version, &c->req_eb);
+      if (rc == 0 && m->shm) sh->ctr.chan_shm_bytes += r.nbytes;
     }
   }
   c->rx.state = PS_CHAN_RX_HDR;
@@ -1394,6 +1522,8 @@ static void conn_closed(uv_handle_t *h) {
   }
   ps_auth_mac_free(c->mac);
   ps_chan_rx_release(&c->rx);
+  if (c->shm.map && ch->sh->ctr.chan_shm_conns) ch->sh->ctr.chan_shm_conns--;
+  ps_shm_release(&c->shm); /* its descriptor was closed by conn_close */
   free(c->data);
   free(c->spare);
   OPENSSL_cleanse(&c->key, sizeof c->key);
@@ -1442,6 +1572,7 @@ static void conn_close(psd_conn *c) {
     c->spec_pending = 0;
   }
   psd_shard_forward_conn(c->chan->sh, &c->agg_worker1, UINT32_MAX);
+  conn_shm_used(c); /* the descriptor goes now; the mapping with the handle */
   if (c->counted) {
     c->counted = 0;
     c->chan->sh->chan_conns--;
@@ -1530,7 +1661,7 @@ static void chan_refuse(psd_conn *c, const char *why, int answer) {
 static uint64_t chan_fds_free(psd_chan *ch, uint64_t limit, uint64_t reserve) {
   psd_shard *sh = ch->sh;
   uint64_t now = uv_now(sh->loop), age = now - ch->fd_sample_ms;
-  uint64_t mine = (uint64_t)sh->chan_conns + 1, open = ch->fd_other + mine;
+  uint64_t mine = (uint64_t)sh->chan_conns + ch->shm_fds + 1, open = ch->fd_other + mine;
   uint64_t left = open < limit ? limit - open : 0;
   if (!ch->fd_sampled || age >= CHAN_FD_SAMPLE_MS ||
       (left < 2 * reserve && age >= CHAN_FD_SAMPLE_NEAR_MS)) {
@@ -1555,6 +1686,7 @@ static void chan_accept(uv_stream_t *server, int status) {
   psd_conn *c = calloc(1, sizeof *c);
   if (!c) return;
   c->chan = ch;
+  c->shm.fd = -1;
   uv_tcp_init(sh->loop, &c->tcp);
   c->tcp.data = c;
   ch->handles++;

@@ -581,6 +581,8 @@ void psd_shard_status(psd_shard *sh, Ps__StatusReply *reply) {
   reply->chan_connections = sh->chan_conns;
   reply->chan_refused = sh->ctr.chan_refused;
   reply->chan_idle_closed = sh->ctr.chan_idle_closed;
+  reply->chan_shm_bytes = sh->ctr.chan_shm_bytes;
+  reply->chan_shm_connections = (uint32_t)sh->ctr.chan_shm_conns;
   reply->grpc_restarts = sh->ctr.grpc_restarts;
   reply->auth_refused = sh->ctr.auth_refused;
   reply->chan_auth_refused = sh->ctr.chan_auth_refused;

@@ -1144,10 +1144,12 @@ int psd_wal_append_own(psd_wal *w, const struct iovec *iov, int niov, void **own
     pthread_mutex_unlock(&w->mu);
     return ps_errf(eb, PS_ENOMEM, "out of memory for a redo log record of %zu bytes", len);
   }
-  /* the last piece taken by reference (invariant 8): the writer writes it
-   * from there, and nobody copies the gradients */
-  int take = own && *own && niov > 0 && iov[niov - 1].iov_len >= WAL_ZC_MIN &&
-             (uintptr_t)iov[niov - 1].iov_base % WAL_ALIGN == 0;
+  /* the last piece taken by reference (invariant 8), when it lies in the
+   * caller's block: the writer writes it from there, and nobody copies
+   * the gradients */
+  uintptr_t piece = niov > 0 ? (uintptr_t)iov[niov - 1].iov_base : 0, blk = own ? (uintptr_t)*own : 0;
+  int take = blk && niov > 0 && iov[niov - 1].iov_len >= WAL_ZC_MIN && piece % WAL_ALIGN == 0 &&
+             piece >= blk && iov[niov - 1].iov_len <= *own_cap - (piece - blk);
   /* room on the done list for every block the log will hold (wal_give) */
   size_t held = w->done.n + w->pext.n + w->wext.n + 1;
   if (take && held > w->done.cap) {

@@ -177,6 +177,33 @@ int ps_test_chan_connect(ps_chan_client **c, const char *addr, const char *clust
   return ps_test_chan_connect_flags(c, addr, cluster, 0, timeout_ms, eb);
 }
 
+/* ps_test_raw_open: see ps_test.h. */
+int ps_test_raw_open(const char *addr) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                          .sin_port = htons((uint16_t)atoi(strrchr(addr, ':') + 1))};
+  ck_assert_int_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+  return fd;
+}
+
+/* ps_test_raw_frame: see ps_test.h. */
+void ps_test_raw_frame(int fd, const Ps__ChanMeta *m, uint64_t data_len, uint64_t send) {
+  uint8_t meta[512], hdr[PS_CHAN_HDR_LEN];
+  ck_assert_uint_le(ps__chan_meta__get_packed_size(m), sizeof meta);
+  size_t mlen = ps__chan_meta__pack(m, meta);
+  ps_chan_hdr h = {.magic = PS_CHAN_MAGIC, .version = PS_CHAN_VERSION,
+                   .meta_len = (uint32_t)mlen, .data_len = data_len, .req_id = 1};
+  ps_chan_hdr_encode(hdr, &h);
+  ck_assert_int_eq(write(fd, hdr, sizeof hdr), (ssize_t)sizeof hdr);
+  ck_assert_int_eq(write(fd, meta, mlen), (ssize_t)mlen);
+  static const uint8_t zeros[4096];
+  while (send) {
+    size_t n = send < sizeof zeros ? send : sizeof zeros;
+    ck_assert_int_eq(write(fd, zeros, n), (ssize_t)n);
+    send -= n;
+  }
+}
+
 /* ps_test_chan_connect_flags: see ps_test.h. */
 /* ps_test_chan_key: see ps_test.h. */
 int ps_test_chan_key(ps_auth_keys *keys, const ps_auth_key **key, int *flags, ps_errbuf *eb) {

@@ -179,6 +179,15 @@ int ps_test_chan_connect(ps_chan_client **c, const char *addr, const char *clust
  * one; release KEYS with ps_auth_release) and the ps_chan_connect_auth
  * FLAGS it asks for (PS_CHAN_AUTH_MAC). */
 int ps_test_chan_key(ps_auth_keys *keys, const ps_auth_key **key, int *flags, ps_errbuf *eb);
+/* ps_test_raw_open connects a plain TCP socket to the loopback port of
+ * ADDR ("127.0.0.1:PORT"): a peer that speaks the channel's frames by
+ * hand. */
+int ps_test_raw_open(const char *addr);
+
+/* ps_test_raw_frame writes a channel frame on FD: meta M, DATA_LEN
+ * declared bytes of data of which SEND are actually sent (zeros). */
+void ps_test_raw_frame(int fd, const Ps__ChanMeta *m, uint64_t data_len, uint64_t send);
+
 /* ps_test_chan_connect_flags is ps_test_chan_connect with more
  * ps_chan_connect_auth FLAGS (PS_CHAN_UNORDERED_ACKS). */
 int ps_test_chan_connect_flags(ps_chan_client **c, const char *addr, const char *cluster,

@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <pthread.h>
+#include <sys/mman.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -51,6 +52,7 @@ typedef struct psw_shard {
   uint64_t penc_len, genc_len;
   ps_codec_id pull_codec;    /* of the pull in flight */
   uint64_t tx_closed, rx_closed; /* bytes moved by connections closed since */
+  uint64_t shm_closed;       /* of those, through shared memory (invariant 9) */
   uint64_t push_tx;          /* bytes of push frames written (headers included) */
   int64_t down_since_ms;     /* 0 while healthy */
   uint32_t delay_ms;         /* next backoff sleep */
@@ -100,6 +102,11 @@ struct psw_client {
   void *idle_arg;
   ps_auth_keys keys;        /* security.secret_file: the channel key it proves */
   const ps_auth_key *key;   /* in keys, or NULL */
+  /* Invariant 9: grads[0] and params[0] as one page-aligned mapping (the
+   * layout of a region's push and pull areas), when they may be placed in
+   * a shard's shared memory; NULL: the backend's host_alloc. */
+  uint8_t *zc;
+  size_t zc_area;           /* bytes of each half */
 };
 
 /* psw_retryable: see psw_client.h. */
@@ -245,10 +252,44 @@ static int psw_shard_segments(psw_client *c, psw_shard *s, ps_errbuf *eb) {
   return 0;
 }
 
+/* psw_zc_alloc maps grads[0] and params[0] as two page-rounded halves of
+ * one anonymous mapping (invariant 9) when they can later lie in a shard's
+ * region: a backend that computes on host memory, one buffer, shared
+ * memory on, no payload MAC.  0 (also when not), or PS_ENOMEM. */
+static int psw_zc_alloc(psw_client *c, ps_errbuf *eb) {
+  if (!c->be->unified || c->nbufs != 1 || !c->cfg->workers.shared_memory ||
+      c->cfg->security.payload_mac || c->layout.nparams == 0)
+    return 0;
+  size_t area = ((size_t)c->layout.nparams * sizeof(float) + 4095) & ~(size_t)4095;
+  void *p = mmap(NULL, 2 * area, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return ps_errf(eb, PS_ENOMEM, "cannot map %zu bytes of vectors", 2 * area);
+  c->zc = p;
+  c->zc_area = area;
+  c->grads[0] = (float *)c->zc;
+  c->params[0] = (float *)(c->zc + area);
+  return 0;
+}
+
+/* psw_zc_place moves S's region onto the vectors when S holds the whole
+ * model (invariant 9): its pushes and pulls then need no copy here. */
+static void psw_zc_place(psw_client *c, psw_shard *s) {
+  void *data = NULL;
+  uint64_t bytes = 0;
+  ps_errbuf eb;
+  if (!c->zc || !s->ch || s->nelems != c->layout.nparams || s->nseg != 1 || s->seg_off[0] != 0 ||
+      !ps_chan_shm(s->ch, &data, &bytes) || bytes != 2 * c->zc_area || data == c->zc)
+    return;
+  if (ps_chan_shm_move(s->ch, c->zc, &eb) < 0)
+    ps_debug("worker %u: shard %u's shared memory stays apart from the vectors: %s", c->worker,
+             s->conf->id, eb.msg);
+}
+
 /* psw_alloc_vectors allocates NBUFS parameter and gradient vectors. */
 static int psw_alloc_vectors(psw_client *c, ps_errbuf *eb) {
   size_t bytes = (size_t)c->layout.nparams * sizeof(float);
-  for (int b = 0; b < c->nbufs; b++) {
+  int err = psw_zc_alloc(c, eb);
+  if (err < 0) return err;
+  for (int b = c->zc ? 1 : 0; b < c->nbufs; b++) {
     void *p = NULL, *g = NULL;
     if (c->be->ops->host_alloc(c->be, bytes, &p) < 0)
       return ps_errf(eb, PS_ENOMEM, "cannot allocate %zu bytes of parameters", bytes);
@@ -268,7 +309,7 @@ static int psw_ack_wait(psw_shard *s, ps_errbuf *eb);
 
 /* psw_shard_close closes S's connection (NULL: none), keeping its byte
  * counts, and puts CH (may be NULL) in its place. */
-static void psw_shard_close(psw_shard *s, ps_chan_client *ch) {
+static void psw_shard_close(psw_client *c, psw_shard *s, ps_chan_client *ch) {
   while (s->nacks) { /* answers in are taken; the others never come */
     ps_errbuf eb;
     if (ps_chan_done(s->ch, s->ack_ids[0])) {
@@ -282,8 +323,11 @@ static void psw_shard_close(psw_shard *s, ps_chan_client *ch) {
   ps_chan_bytes(s->ch, &tx, &rx);
   s->tx_closed += tx;
   s->rx_closed += rx;
-  ps_chan_close(s->ch);
+  ps_chan_shm_bytes(s->ch, &tx, &rx);
+  s->shm_closed += tx + rx;
+  ps_chan_close(s->ch); /* the vectors get their own memory back, bytes kept */
   s->ch = ch;
+  psw_zc_place(c, s);
 }
 
 /* psw_shard_down closes S's connection and, the first time, says so. */
@@ -293,7 +337,7 @@ static void psw_shard_down(psw_client *c, psw_shard *s, const ps_errbuf *why) {
     ps_warn("worker %u: aggregator %s (%s): %s; going to the root shards directly", c->worker,
             c->agg->name, c->agg->channel_addr, why->msg);
   }
-  psw_shard_close(s, NULL);
+  psw_shard_close(c, s, NULL);
   if (s->down_since_ms) return;
   s->down_since_ms = ps_now_ms();
   s->delay_ms = PS_BACKOFF_FIRST_MS;
@@ -318,16 +362,28 @@ static int psw_chan_flags(const psw_client *c) {
          (c->defer_acks ? PS_CHAN_UNORDERED_ACKS : 0);
 }
 
+/* psw_shm_want: the shared memory S's connections ask for (invariant 9):
+ * a push area and a pull area of S's fp32 payload each, page-rounded; 0
+ * when workers.shared_memory is off, with the payload MAC, or through an
+ * aggregator. */
+static uint64_t psw_shm_want(const psw_client *c, const psw_shard *s) {
+  if (!c->cfg->workers.shared_memory || c->cfg->security.payload_mac || (c->agg && !c->agg_down))
+    return 0;
+  uint64_t area = (s->nelems * sizeof(float) + 4095) & ~(uint64_t)4095;
+  return 2 * area;
+}
+
 /* psw_connect opens S's connection once. */
 static int psw_connect(psw_client *c, psw_shard *s, ps_errbuf *eb) {
   const char *addr = c->agg && !c->agg_down ? c->agg->channel_addr : s->conf->channel_addr;
-  int err = ps_chan_connect_auth(&s->ch, addr, c->cfg->cluster, c->key, psw_chan_flags(c),
-                                 PSW_CONNECT_TIMEOUT_MS, eb);
+  int err = ps_chan_connect_shm(&s->ch, addr, c->cfg->cluster, c->key, psw_chan_flags(c),
+                                psw_shm_want(c, s), PSW_CONNECT_TIMEOUT_MS, eb);
   if (err < 0) {
     s->ch = NULL;
     return err;
   }
   ps_chan_set_timeout(s->ch, c->io_timeout_ms);
+  psw_zc_place(c, s);
   return 0;
 }
 
@@ -786,7 +842,7 @@ int psw_client_agg_return(psw_client *c) {
   for (size_t k = 0; k < c->nshards; k++) {
     psw_shard *s = &c->shards[k];
     if (!s->nids) continue;
-    psw_shard_close(s, ch[k]);
+    psw_shard_close(c, s, ch[k]);
     s->down_since_ms = 0;
     s->delay_ms = PS_BACKOFF_FIRST_MS;
   }
@@ -905,10 +961,11 @@ void psw_client_close(psw_client *c) {
     }
   }
   free(c->shards);
-  for (int b = 0; b < PSW_CLIENT_MAX_BUFS; b++) {
+  for (int b = c->zc ? 1 : 0; b < PSW_CLIENT_MAX_BUFS; b++) {
     if (c->params[b]) c->be->ops->host_free(c->be, c->params[b]);
     if (c->grads[b]) c->be->ops->host_free(c->be, c->grads[b]);
   }
+  if (c->zc) munmap(c->zc, 2 * c->zc_area); /* after the connections: none maps onto it */
   if (c->have_layout) ps_layout_release(&c->layout);
   if (c->reply) protobuf_c_message_free_unpacked(&c->reply->base, NULL);
   free(c->model);
@@ -945,6 +1002,17 @@ void psw_client_bytes(const psw_client *c, uint64_t *sent, uint64_t *received,
     *sent += c->shards[k].tx_closed + tx;
     *received += c->shards[k].rx_closed + rx;
   }
+}
+
+/* psw_client_shm_bytes: see psw_client.h. */
+uint64_t psw_client_shm_bytes(const psw_client *c) {
+  uint64_t n = 0;
+  for (size_t k = 0; k < c->nshards; k++) {
+    uint64_t tx, rx;
+    ps_chan_shm_bytes(c->shards[k].ch, &tx, &rx);
+    n += c->shards[k].shm_closed + tx + rx;
+  }
+  return n;
 }
 
 /* psw_client_parked_ms: see psw_client.h. */

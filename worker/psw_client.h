@@ -67,6 +67,26 @@
  *     (DEGRADED: the log failed), unanswered and never resent (invariant
  *     4).  A round that finds a shard without a connection (left so by
  *     psw_client_settle) reconnects it before it sends.
+ *  9. Shared memory (workers.shared_memory; ps_chan.h "shared memory"):
+ *     every connection asks for a region of twice its shard's fp32
+ *     payload (none with the payload MAC or through an aggregator); where
+ *     the shard offers one, fp32 pushes and pulls go through it (encoded
+ *     ones stay on TCP).  With one buffer and a backend that computes on
+ *     host memory (the CPU backend), grads[0] and params[0] are the two
+ *     halves of one page-aligned mapping, and the region of a shard that
+ *     holds the whole model is moved onto it (ps_chan_shm_move): the
+ *     shard reads a push straight from the gradient vector and writes a
+ *     pull straight into the parameters.  That is safe because such a
+ *     client runs its rounds on the caller's thread: the caller writes
+ *     gradients only between rounds, when the shard is done with them (a
+ *     round ends with the pull, which the shard serves after the push),
+ *     and reads parameters only after the round that pulled them.  A
+ *     connection closed (reconnect, failover) gives the vectors private
+ *     memory with their bytes back, and the next connection's region
+ *     takes them over again, bytes kept.  Otherwise the region's areas
+ *     are copied through (one copy on this side instead of the socket's
+ *     two).  The byte counters count these payloads as before;
+ *     psw_client_shm_bytes says how many went through shared memory.
  *
  * Thread-safety: a client is used by one thread at a time, except that
  * psw_client_start hands one push/pull to the client's own communication
@@ -154,6 +174,11 @@ size_t psw_client_push_counts(const psw_client *c, uint64_t *acked, uint64_t *un
  * Read it when no push/pull is in flight. */
 void psw_client_bytes(const psw_client *c, uint64_t *sent, uint64_t *received,
                       uint64_t *push_sent);
+
+/* psw_client_shm_bytes: of the bytes psw_client_bytes counts, the
+ * payload bytes (both ways) that went through shared memory (invariant
+ * 9).  Read it when no push/pull is in flight. */
+uint64_t psw_client_shm_bytes(const psw_client *c);
 
 /* psw_retryable says whether ERR means "the shard is (momentarily) not
  * there": the connection is closed and reopened with backoff (invariant

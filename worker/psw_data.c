@@ -15,6 +15,7 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <zlib.h>
 
 #include "ps_place.h"
@@ -87,6 +88,7 @@ typedef struct idx_file {
   uint64_t rec;     /* bytes per record */
   uint64_t hdr;     /* bytes before record 0; 0 while reading the header */
   const char *kind; /* "image" | "label", for messages */
+  uint64_t size;    /* the file's size in bytes (UINT64_MAX: unknown) */
 } idx_file;
 
 /* idx_truncated reports a file that ends at f->off. */
@@ -169,7 +171,28 @@ static int idx_open(idx_file *f, const char *path, unsigned ndims, const char *k
   }
   f->count = f->dims[0];
   f->hdr = 4 + 4 * (uint64_t)ndims;
+  struct stat st;
+  f->size = stat(path, &st) == 0 && st.st_size > 0 ? (uint64_t)st.st_size : UINT64_MAX;
   return 0;
+}
+
+/* idx_fits checks that the file can hold its first N records before
+ * anything is sized from its header: a plain file holds its size (else
+ * it is truncated), a gzip one at most 1032 times that (deflate's
+ * largest ratio). */
+static int idx_fits(idx_file *f, uint64_t n, ps_errbuf *eb) {
+  int plain = gzdirect(f->f);
+  uint64_t most = f->size == UINT64_MAX ? UINT64_MAX
+                  : plain ? (f->size > f->hdr ? f->size - f->hdr : 0)
+                  : f->size > UINT64_MAX / 1032 ? UINT64_MAX : f->size * 1032;
+  if (n <= most / f->rec) return 0;
+  if (plain) {
+    f->off = f->size;
+    return idx_truncated(f, eb);
+  }
+  return ps_errf(eb, PS_EFORMAT, "%s: byte 4: %" PRIu64 " %ss of %" PRIu64 " bytes, but %" PRIu64
+                 " compressed bytes hold at most %" PRIu64 " (truncated, or not an IDX file)",
+                 f->path, n, f->kind, f->rec, f->size, most);
 }
 
 static void idx_close(idx_file *f) {
@@ -251,6 +274,7 @@ int psw_data_load_idx(psw_dataset *d, const char *images, const char *labels, fl
     goto out_labels;
   }
   uint64_t total = sel && sel->limit && sel->limit < im.count ? sel->limit : im.count;
+  if ((r = idx_fits(&im, total, eb)) < 0 || (r = idx_fits(&lb, total, eb)) < 0) goto out_labels;
   if ((r = data_ranges(total, sel, &rg, &nrg, &n, eb)) < 0) goto out_labels;
   if ((r = data_alloc(d, n, (uint32_t)im.rec, eb)) < 0) goto out_data;
   d->rows = im.dims[1];

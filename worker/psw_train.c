@@ -913,6 +913,7 @@ static int run_pick_overlap(const psw_train_opts *o) {
  * (left empty when out of memory: the JSON line then shows none). */
 static void run_push_counts(psw_run *x, psw_train_result *r) {
   psw_client_bytes(x->cl, &r->bytes_sent, &r->bytes_received, &r->push_bytes);
+  r->shm_bytes = psw_client_shm_bytes(x->cl);
   size_t n = psw_client_push_counts(x->cl, NULL, NULL, 0);
   r->pushes_acked = calloc(n ? n : 1, sizeof *r->pushes_acked);
   r->pushes_unanswered = calloc(n ? n : 1, sizeof *r->pushes_unanswered);
@@ -1081,9 +1082,10 @@ void psw_train_json(FILE *out, const char *model, uint32_t batch, const psw_trai
   fputc(']', out);
   json_u64s(out, "pushes_acked", r->pushes_acked, r->nshards);
   json_u64s(out, "pushes_unanswered", r->pushes_unanswered, r->nshards);
-  fprintf(out, ",\"bytes_sent\":%llu,\"bytes_received\":%llu,\"push_bytes\":%llu",
+  fprintf(out, ",\"bytes_sent\":%llu,\"bytes_received\":%llu,\"push_bytes\":%llu,"
+          "\"shm_bytes\":%llu",
           (unsigned long long)r->bytes_sent, (unsigned long long)r->bytes_received,
-          (unsigned long long)r->push_bytes);
+          (unsigned long long)r->push_bytes, (unsigned long long)r->shm_bytes);
   fprintf(out, ",\"batch\":%u,\"overlap\":%s,\"stopped\":%s}\n", batch,
           r->overlap ? "true" : "false", r->stopped ? "true" : "false");
   fflush(out);

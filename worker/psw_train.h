@@ -99,6 +99,7 @@ typedef struct psw_train_result {
   size_t npartitions;          /* (malloc'd: release with psw_train_result_free) */
   uint64_t bytes_sent, bytes_received; /* on the tensor channels, frames whole */
   uint64_t push_bytes;         /* of bytes_sent, the push frames' */
+  uint64_t shm_bytes;          /* of both, payloads moved through shared memory */
   uint64_t *pushes_acked;      /* per shard (config order): pushes it acknowledged, */
   uint64_t *pushes_unanswered; /* and pushes whose answer never came (psw_client_push_counts) */
   size_t nshards;              /* (both malloc'd: psw_train_result_free) */

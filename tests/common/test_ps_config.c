@@ -180,6 +180,7 @@ START_TEST(test_config_defaults) {
   ck_assert_uint_eq(c.workers.retry_ms, 30000);
   ck_assert_uint_eq(c.workers.nslowdown, 0);
   ck_assert(c.workers.jitter_prob == 0 && c.workers.jitter_factor == 1);
+  ck_assert_int_eq(c.workers.shared_memory, 1);
   ck_assert_ptr_null(c.training.model);
   ck_assert_uint_eq(c.training.epochs, 10);
   ck_assert_uint_eq(c.training.batch_size, 64);
@@ -298,6 +299,8 @@ static const struct bad_case {
      "3:17: 'slowdown' is 0.5, outside 1..1000"},
     {"cluster: a\nworkers:\n  slowdown: 2\n" SHARD0, PS_ECONFIG,
      "3:13: expected a list of numbers for 'slowdown'"},
+    {"cluster: a\nworkers:\n  shared_memory: sometimes\n" SHARD0, PS_ECONFIG,
+     "3:18: unknown value 'sometimes' for 'shared_memory' (expected false or true)"},
     {"cluster: a\nworkers:\n  jitter_prob: 1.5\n" SHARD0, PS_ECONFIG,
      "3:16: 'jitter_prob' is 1.5, outside 0..1"},
     {"cluster: a\nworkers:\n  count: 2\n  min: 3\n" SHARD0, PS_ECONFIG,

@@ -7,7 +7,8 @@
  *
  *  - train: logistic regression, 1 epoch of Fashion-MNIST (60000 samples); the workers report their own hosts (h2, h3) to the shards,
  *    every push each shard acknowledged is in its version, and the test
- *    accuracy bound holds.  Also: the lab's iperf3 self-check ran, and
+ *    accuracy bound holds; no shard offered its shared-memory region to
+ *    a worker on another host (the same machine, another address).  Also: the lab's iperf3 self-check ran, and
  *    `netlab down` leaves no namespace, state file, veth or tbf behind.
  *  - cut_shard: shard 1's host is cut off for 5 s in the middle of
  *    training and healed; the workers time out, reconnect and finish; each
@@ -317,6 +318,11 @@ START_TEST(test_netlab_train) {
     /* the whole training set: 30000 samples each in 4 partitions of 7500,
      * batch 64 within a partition: 4 x 118 = 472 steps */
     ck_assert_int_eq((int)ps_test_json_num(json[r], "steps"), 472);
+    /* the shards are on other hosts (their own addresses), though on this
+     * machine: no shared memory region is offered (psd_chan invariant 11) */
+    ck_assert_msg(strstr(json[r], "\"shm_bytes\":0,") || strstr(json[r], "\"shm_bytes\":0}"),
+                  "worker %d moved data through shared memory with shards on other hosts: %s",
+                  r, json[r]);
     /* a worker evaluates when its own epoch ends, while the other may
      * still push: a model of anywhere between half and all of the epoch */
     double acc = ps_test_json_num(json[r], "test_accuracy");

@@ -352,30 +352,12 @@ static int raw_refused(void) {
               "shard by design");                                                    \
   } while (0)
 
-static int raw_open(void) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
-                          .sin_port = htons((uint16_t)atoi(strrchr(chan_addr, ':') + 1))};
-  ck_assert_int_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
-  return fd;
-}
+static int raw_open(void) { return ps_test_raw_open(chan_addr); }
 
 /* raw_frame writes a frame with meta M and DATA_LEN declared bytes of
  * which SEND are actually sent (zeros). */
 static void raw_frame(int fd, const Ps__ChanMeta *m, uint64_t data_len, uint64_t send) {
-  uint8_t meta[512], hdr[PS_CHAN_HDR_LEN];
-  size_t mlen = ps__chan_meta__pack(m, meta);
-  ps_chan_hdr h = {.magic = PS_CHAN_MAGIC, .version = PS_CHAN_VERSION,
-                   .meta_len = (uint32_t)mlen, .data_len = data_len, .req_id = 1};
-  ps_chan_hdr_encode(hdr, &h);
-  ck_assert_int_eq(write(fd, hdr, sizeof hdr), (ssize_t)sizeof hdr);
-  ck_assert_int_eq(write(fd, meta, mlen), (ssize_t)mlen);
-  static const uint8_t zeros[4096];
-  while (send) {
-    size_t n = send < sizeof zeros ? send : sizeof zeros;
-    ck_assert_int_eq(write(fd, zeros, n), (ssize_t)n);
-    send -= n;
-  }
+  ps_test_raw_frame(fd, m, data_len, send);
 }
 
 static void raw_hello(int fd, const char *cluster) {

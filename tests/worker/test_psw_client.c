@@ -448,6 +448,83 @@ START_TEST(test_client_deferred_ack) {
 }
 END_TEST
 
+/* pc_in_region: P lies in a mapping of a shard's shared-memory region
+ * (/proc/self/maps names it memfd:psd-chan). */
+static int pc_in_region(const void *p) {
+  char *maps = ps_test_read_file("/proc/self/maps", NULL);
+  int in = 0;
+  uintptr_t a = (uintptr_t)p;
+  for (char *line = maps; line && *line && !in;) {
+    char *nl = strchr(line, '\n');
+    unsigned long lo = 0, hi = 0;
+    if (sscanf(line, "%lx-%lx", &lo, &hi) == 2 && a >= lo && a < hi)
+      in = strstr(line, "memfd:psd-chan") != NULL && (!nl || strstr(line, "memfd:psd-chan") < nl);
+    line = nl ? nl + 1 : NULL;
+  }
+  free(maps);
+  return in;
+}
+
+/* Shared memory (psw_client invariant 9): with one buffer on the CPU
+ * backend the vectors lie in the shard's region, and rounds give bit for
+ * bit what a client with workers.shared_memory off gets over TCP; with two
+ * buffers the vectors stay the client's own (the region's areas are
+ * copied through) and agree too. */
+START_TEST(test_client_shared_vectors) {
+  pc_ctx x = {0};
+  pc_init(&x, 10000);
+  pc_submit(&x, "pc7");
+  pc_submit(&x, "pc7t");
+  pc_submit(&x, "pc7d");
+  psw_client *c = pc_open(&x, "pc7", 1);
+  psw_client *d = pc_open(&x, "pc7d", 2);
+  x.cfg.workers.shared_memory = 0;
+  psw_client *t = pc_open(&x, "pc7t", 1);
+  x.cfg.workers.shared_memory = 1;
+  int mac = x.cfg.security.payload_mac;
+  uint64_t n = psw_client_nparams(c);
+  ck_assert_int_eq(pc_in_region(psw_client_params(c, 0)), !mac);
+  ck_assert_int_eq(pc_in_region(psw_client_grads(c, 0)), !mac);
+  ck_assert_int_eq(pc_in_region(psw_client_params(t, 0)), 0);
+  ck_assert_int_eq(pc_in_region(psw_client_params(d, 0)), 0);
+  ps_errbuf eb;
+  ck_assert_msg(psw_client_pull_all(c, 0, 0, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psw_client_pull_all(t, 0, 0, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psw_client_pull_all(d, 1, 0, &eb) == 0, "%s", eb.msg);
+  pc_same(psw_client_params(c, 0), psw_client_params(t, 0), n, "first pull");
+  pc_same(psw_client_params(d, 1), psw_client_params(t, 0), n, "first pull, 2 buffers");
+  for (int step = 0; step < 3; step++) {
+    float *g[3] = {psw_client_grads(c, 0), psw_client_grads(t, 0), psw_client_grads(d, 1)};
+    for (uint64_t i = 0; i < n; i++)
+      g[0][i] = g[1][i] = g[2][i] = (float)((int)((i + (uint64_t)step) % 9) - 4) * 0.125f;
+    ck_assert_msg(psw_client_push_pull(c, 0, (uint64_t)step, 0, (uint64_t)step + 1, &eb) == 0,
+                  "%s", eb.msg);
+    ck_assert_msg(psw_client_push_pull(t, 0, (uint64_t)step, 0, (uint64_t)step + 1, &eb) == 0,
+                  "%s", eb.msg);
+    ck_assert_msg(psw_client_push_pull(d, 1, (uint64_t)step, 1, (uint64_t)step + 1, &eb) == 0,
+                  "%s", eb.msg);
+    pc_same(psw_client_params(c, 0), psw_client_params(t, 0), n, "shared against TCP");
+    pc_same(psw_client_params(d, 1), psw_client_params(t, 0), n, "copied against TCP");
+  }
+  float *direct = pc_direct(&x, "pc7", psw_client_layout(c));
+  pc_same(psw_client_params(c, 0), direct, n, "shared against a direct pull");
+  free(direct);
+  uint64_t pay = n * sizeof(float);
+  ck_assert_uint_eq(psw_client_shm_bytes(c), mac ? 0 : 7 * pay); /* 4 pulls, 3 pushes */
+  ck_assert_uint_eq(psw_client_shm_bytes(d), mac ? 0 : 7 * pay);
+  ck_assert_uint_eq(psw_client_shm_bytes(t), 0);
+  uint64_t cs, cr, cp, ts, tr, tp;
+  psw_client_bytes(c, &cs, &cr, &cp);
+  psw_client_bytes(t, &ts, &tr, &tp);
+  ck_assert_uint_ge(cs, 3 * pay); /* payloads count in the bytes either way */
+  ck_assert_uint_ge(cr, 4 * pay);
+  psw_client_close(c);
+  psw_client_close(d);
+  psw_client_close(t);
+  pc_fini(&x);
+}
+END_TEST
+
 Suite *psw_client_suite(void) {
   Suite *s = suite_create("psw_client");
   TCase *tc = tcase_create("one_shard");
@@ -458,6 +535,7 @@ Suite *psw_client_suite(void) {
   tcase_add_test(tc, test_client_codec_warmup);
   tcase_add_test(tc, test_client_gives_up_in_budget);
   tcase_add_test(tc, test_client_deferred_ack);
+  tcase_add_test(tc, test_client_shared_vectors);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -144,6 +144,18 @@ START_TEST(test_idx_bad_files) {
   write_idx(dir, gz, NS, 16 + 9 * ROWS * COLS + 3, NS, img, lab);
   expect_idx_error(img, lab, PS_EFORMAT,
                    "%s: byte 73: truncated file (image 9 of 10 incomplete)", img);
+  /* A header claiming 4e9 images in a file of ten: refused before
+   * anything is sized from it (fuzz_idx: a 195 GB allocation). */
+  write_idx(dir, gz, 4000000000u, 1000, 4000000000u, img, lab);
+  psw_dataset d;
+  ps_errbuf eb = {""};
+  ck_assert_int_eq(psw_data_load_idx(&d, img, lab, 1.0f, NULL, &eb), PS_EFORMAT);
+  if (gz)
+    ck_assert_msg(strstr(eb.msg, ": byte 4: 4000000000 images of 6 bytes, but ") &&
+                  strstr(eb.msg, "(truncated, or not an IDX file)"), "%s", eb.msg);
+  else
+    expect_idx_error(img, lab, PS_EFORMAT,
+                     "%s: byte 76: truncated file (image 10 of 4000000000 incomplete)", img);
   /* A file shorter than its header. */
   write_idx(dir, gz, NS, 10, NS, img, lab);
   expect_idx_error(img, lab, PS_EFORMAT, "%s: byte 10: truncated file (in the header)", img);

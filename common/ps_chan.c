@@ -28,7 +28,8 @@
  *  7. Shared memory (ps_shm.h; ps_chan.h "shared memory"): the region is
  *     used only when the shard offered it in its last HELLO reply and the
  *     client mapped it (size, seals and token checked), never with the
- *     payload MAC, and only for fp32 payloads.  Its first half is the push
+ *     payload MAC, only for fp32 payloads, and for pulls alone when the
+ *     offer said so (shm_pulls_only: a shard under durability `sync`).  Its first half is the push
  *     area, its second the pull area (for payloads that do not already lie
  *     in the region), until the caller moves the region onto its own
  *     memory (ps_chan_shm_move): then the areas are the caller's bytes,
@@ -253,6 +254,7 @@ struct ps_chan_client {
   /* shared memory (invariant 7) */
   uint64_t shm_want;       /* asked for in the hello */
   uint64_t shm_offer;      /* the last HELLO reply's: bytes, process, descriptor, token */
+  int shm_pulls_only;      /* ... and whether pushes go over TCP (invariant 7) */
   uint32_t shm_pid, shm_fd;
   uint8_t shm_token[PS_SHM_TOKEN];
   size_t shm_token_len;
@@ -428,6 +430,7 @@ static int rx_after_meta(void *arg) {
     c->features = m->features; /* the last HELLO reply's (after a proof: the shard's answer) */
     c->unordered = c->want_unordered && m->unordered_acks; /* the last HELLO's word */
     c->shm_offer = m->shm_bytes; /* invariant 7: the last HELLO's word too */
+    c->shm_pulls_only = m->shm_pulls_only != 0;
     c->shm_pid = m->shm_pid;
     c->shm_fd = m->shm_fd;
     c->shm_token_len = m->shm_token.len <= PS_SHM_TOKEN ? m->shm_token.len : 0;
@@ -695,7 +698,8 @@ static void chan_meta_init(Ps__ChanMeta *meta, int op, const ps_req *r) {
  * area) because it does not lie in the region already; 0: over TCP. */
 static int chan_shm_place(const ps_chan_client *c, const ps_req *r, const struct iovec *seg,
                           size_t nseg, int area, uint64_t *off, int *copy) {
-  if (!c->shm.map || r->codec != PS_CODEC_FP32 || (area ? c->shm_pull_id : c->shm_push_id))
+  if (!c->shm.map || r->codec != PS_CODEC_FP32 || (area ? c->shm_pull_id : c->shm_push_id) ||
+      (!area && c->shm_pulls_only))
     return 0;
   uint64_t total = 0;
   for (size_t i = 0; i < nseg; i++) total += seg[i].iov_len;

@@ -119,8 +119,13 @@
  *     psd_shard_payload says) lies, or is to be put, at that offset, which
  *     must lie in the region (else the request is refused, the connection
  *     kept).  A push's gradients are handed to psd_shard_push in place
- *     (ps_req.grads_shared: whoever keeps them past the call, the redo
- *     log, copies them); a pull is written there by psd_shard_pull, on the
+ *     (ps_req.grads_shared: whoever keeps them past the call copies
+ *     them); except under durability `sync`, whose offer says
+ *     shm_pulls_only and which refuses a push in the region the same way:
+ *     the redo log writes a push from the buffer it was read into, no
+ *     copy (psd_wal invariant 8), where a push in the region would be
+ *     copied, and the gradients it logs and those it applies must be the
+ *     same bytes, which a client could change in the region.  A pull is written there by psd_shard_pull, on the
  *     loop, before its reply (shm set, no data) is queued, so invariant
  *     3a's "no later push changes a reply half sent" holds as for a copy.
  *     The client decides which bytes it may write when (ps_chan.h); a
@@ -502,6 +507,7 @@ static int conn_hello_ok(psd_conn *c) {
     r.shm_fd = (uint32_t)c->shm.fd;
     r.shm_token.data = c->shm.token;
     r.shm_token.len = sizeof c->shm.token;
+    r.shm_pulls_only = c->chan->sh->wal ? 1 : 0; /* invariant 11 */
   }
   c->hello_done = 1;
   c->hello_proving = 0;
@@ -701,10 +707,14 @@ static int conn_pull_direct(psd_conn *c, const Ps__ChanMeta *m, const ps_req *r,
  * else marks the region used; WHAT names the request. */
 static int conn_shm_check(psd_conn *c, const Ps__ChanMeta *m, uint64_t nbytes, const char *what,
                           ps_errbuf *eb) {
-  if (!c->shm.map || c->rx.h.data_len) {
+  int push_refused = c->chan->sh->wal && (int)m->op == PS__CHAN_OP__CHAN_PUSH;
+  if (!c->shm.map || c->rx.h.data_len || push_refused) {
     psd_shard_count_error(c->chan->sh);
     return ps_errf(eb, PS_EINVAL, "%s of model '%s' in shared memory: %s", what, m->model,
-                   c->shm.map ? "it also carries data" : "this connection has no region");
+                   !c->shm.map       ? "this connection has no region"
+                   : c->rx.h.data_len ? "it also carries data"
+                                      : "under durability sync pushes travel over TCP (the "
+                                        "region serves pulls only)");
   }
   if (!ps_shm_holds(&c->shm, m->shm_off, nbytes)) {
     psd_shard_count_error(c->chan->sh);

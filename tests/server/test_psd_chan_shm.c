@@ -10,7 +10,8 @@
  * the client too, and clients that go away mid-request leave no region
  * and no descriptor behind.  A second psd with workers.shared_memory off
  * offers nothing (as a shard that predates the field), and its clients
- * work over TCP.  A shard that sees its client on another address offers
+ * work over TCP.  A psd under durability sync offers its region for pulls
+ * only and refuses a push in it.  A shard that sees its client on another address offers
  * nothing either: tests/integration/test_netlab.c checks that (its hosts
  * are network namespaces of this machine; tests here use 127.0.0.1
  * alone). */
@@ -62,12 +63,14 @@ static int sh_wait_chan(const char *host, int port, int timeout_ms) {
   return -1;
 }
 
-/* sh_start starts a psd with EXTRA config; fills its addresses. */
-static pid_t sh_start(const char *extra, char *grpc, char *chan, int *ok) {
+/* sh_start starts a psd with EXTRA config (durability sync when SYNC);
+ * fills its addresses. */
+static pid_t sh_start(const char *extra, int sync, char *grpc, char *chan, int *ok) {
   const char *dir = ps_test_tmpdir();
   char log[600];
   int gp, cp;
-  const char *yaml = ps_test_cluster_yaml(dir, 1, extra, &gp, &cp);
+  const char *yaml = sync ? ps_test_sync_yaml(dir, 1, extra, &gp, &cp)
+                          : ps_test_cluster_yaml(dir, 1, extra, &gp, &cp);
   snprintf(log, sizeof log, "%s/psd.log", dir);
   snprintf(grpc, 64, "127.0.0.1:%d", gp);
   snprintf(chan, 64, "127.0.0.1:%d", cp);
@@ -80,7 +83,7 @@ static pid_t sh_start(const char *extra, char *grpc, char *chan, int *ok) {
 static void sh_up(void) {
   char extra[96];
   snprintf(extra, sizeof extra, "limits:\n  max_request_bytes: %u\n", SH_MAX_REQ);
-  sh_pid = sh_start(extra, sh_grpc, sh_chan, &sh_started);
+  sh_pid = sh_start(extra, 0, sh_grpc, sh_chan, &sh_started);
 }
 
 static void sh_down(void) {
@@ -89,7 +92,18 @@ static void sh_down(void) {
 }
 
 static void off_up(void) {
-  off_pid = sh_start("workers:\n  shared_memory: false\n", off_grpc, off_chan, &off_started);
+  off_pid = sh_start("workers:\n  shared_memory: false\n", 0, off_grpc, off_chan, &off_started);
+}
+
+static pid_t sy_pid;
+static char sy_grpc[64], sy_chan[64];
+static int sy_started;
+
+static void sy_up(void) { sy_pid = sh_start(NULL, 1, sy_grpc, sy_chan, &sy_started); }
+
+static void sy_down(void) {
+  if (sy_pid > 0) ps_test_stop(sy_pid, SIGTERM, 10000);
+  sy_pid = 0;
 }
 
 static void off_down(void) {
@@ -454,6 +468,42 @@ START_TEST(test_shm_config_off) {
 }
 END_TEST
 
+/* Under durability sync the region serves pulls only (psd_chan invariant
+ * 11): the client pushes over TCP, a push in the region is refused, and
+ * the values are those TCP gives. */
+START_TEST(test_shm_sync_pulls_only) {
+  sh_submit(sy_grpc, sy_started, "sy");
+  int mac;
+  ps_chan_client *c = sh_connect(sy_chan, 2 * SH_AREA, &mac);
+  ck_assert_int_eq(ps_chan_shm(c, NULL, NULL), !mac);
+  static float g[SH_ELEMS], out[SH_ELEMS], tcp[SH_ELEMS];
+  for (int i = 0; i < SH_ELEMS; i++) g[i] = (float)(i % 13) - 6.0f;
+  for (int k = 0; k < 3; k++) sh_push(c, "sy", g);
+  sh_pull(c, "sy", out);
+  uint64_t stx, srx;
+  ps_chan_shm_bytes(c, &stx, &srx);
+  ck_assert_uint_eq(stx, 0);
+  ck_assert_uint_eq(srx, mac ? 0 : SH_ELEMS * sizeof(float));
+  ps_chan_client *t = sh_connect(sy_chan, 0, NULL);
+  sh_pull(t, "sy", tcp);
+  ck_assert_int_eq(memcmp(out, tcp, sizeof out), 0);
+  ps_chan_close(t);
+  ps_chan_close(c);
+  if (raw_refused()) return; /* raw frames: no authentication */
+  sh_submit(sy_grpc, sy_started, "sr");
+  int fd = raw_open(sy_chan);
+  Ps__ChanMeta *h = raw_hello(fd, 2 * SH_AREA);
+  ck_assert_uint_eq(h->shm_bytes, 2 * SH_AREA);
+  ck_assert_uint_eq(h->shm_pulls_only, 1);
+  ps__chan_meta__free_unpacked(h, NULL);
+  ck_assert_int_eq(raw_req(fd, 1, 1, 0, 0, NULL), PS_EINVAL);
+  int set = 0;
+  ck_assert_int_eq(raw_req(fd, 0, 1, SH_AREA, 0, &set), 0);
+  ck_assert_int_eq(set, 1);
+  close(fd);
+}
+END_TEST
+
 Suite *psd_chan_shm_suite(void) {
   Suite *s = suite_create("psd_chan_shm");
   TCase *tc = tcase_create("on");
@@ -468,5 +518,10 @@ Suite *psd_chan_shm_suite(void) {
   tcase_set_timeout(off, 60);
   tcase_add_test(off, test_shm_config_off);
   suite_add_tcase(s, off);
+  TCase *sy = tcase_create("sync");
+  tcase_add_unchecked_fixture(sy, sy_up, sy_down);
+  tcase_set_timeout(sy, 60);
+  tcase_add_test(sy, test_shm_sync_pulls_only);
+  suite_add_tcase(s, sy);
   return s;
 }

@@ -29,11 +29,12 @@
  *     used only when the shard offered it in its last HELLO reply and the
  *     client mapped it (size, seals and token checked), never with the
  *     payload MAC, only for fp32 payloads, and for pulls alone when the
- *     offer said so (shm_pulls_only: a shard under durability `sync`).  Its first half is the push
- *     area, its second the pull area (for payloads that do not already lie
- *     in the region), until the caller moves the region onto its own
- *     memory (ps_chan_shm_move): then the areas are the caller's bytes,
- *     and only payloads that lie in the region use it.  At most one push and one pull in flight use it: a
+ *     offer said so (shm_pulls_only: a shard under durability `sync`).
+ *     Its first half is the push area, its second the pull area (for
+ *     payloads that do not already lie in the region), until the caller
+ *     moves the region onto its own memory (ps_chan_shm_move): then the
+ *     areas are the caller's bytes, and only payloads that lie in the
+ *     region use it.  At most one push and one pull in flight use it: a
  *     push's bytes are the shard's to read until a reply to that push or
  *     to a later request arrives (the shard acts on a connection's
  *     requests in the order sent), a pull's area is the shard's to write

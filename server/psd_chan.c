@@ -125,9 +125,10 @@
  *     the redo log writes a push from the buffer it was read into, no
  *     copy (psd_wal invariant 8), where a push in the region would be
  *     copied, and the gradients it logs and those it applies must be the
- *     same bytes, which a client could change in the region.  A pull is written there by psd_shard_pull, on the
- *     loop, before its reply (shm set, no data) is queued, so invariant
- *     3a's "no later push changes a reply half sent" holds as for a copy.
+ *     same bytes, which a client could change in the region.  A pull is
+ *     written there by psd_shard_pull, on the loop, before its reply (shm
+ *     set, no data) is queued, so invariant 3a's "no later push changes a
+ *     reply half sent" holds as for a copy.
  *     The client decides which bytes it may write when (ps_chan.h); a
  *     client that rewrites a push's bytes while the shard reads them can
  *     only corrupt its own gradients past their checks, which a process of
@@ -1071,8 +1072,8 @@ static void conn_push_end(psd_conn *c) {
       rc = ps_errf(&c->req_eb, PS_EPERM, "a push that sums %zu workers needs an aggregator's "
                    "key; this connection proved a %s key", r.nsummed, ps_role_name(c->role));
     } else {
-      /* a redo log may keep the data buffer (the gradients are then copied
-       * off the loop thread) and give another in its place */
+      /* a redo log may keep the data buffer (and write the gradients from
+       * there: psd_wal invariant 8) and give another in its place */
       if (!m->shm) { /* data in the region is the client's (invariant 11) */
         r.own = &c->data;
         r.own_cap = &c->data_cap;

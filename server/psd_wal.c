@@ -213,6 +213,19 @@ static void wal_move(uint8_t *dst, const uint8_t *src, size_t len, const wal_ext
   if (at < len) memmove(dst + at, src + at, len - at);
 }
 
+/* wal_exts_room makes room for N entries in list X (at least doubling
+ * it); 0 or -1 (ENOMEM, X unchanged). */
+static int wal_exts_room(wal_exts *x, size_t n) {
+  if (n <= x->cap) return 0;
+  size_t c = n > 2 * x->cap ? n : 2 * x->cap;
+  if (c < 16) c = 16;
+  wal_ext *v = realloc(x->v, c * sizeof *v);
+  if (!v) return -1;
+  x->v = v;
+  x->cap = c;
+  return 0;
+}
+
 /* wal_exts_free frees the blocks list X still holds, and the list. */
 static void wal_exts_free(wal_exts *x) {
   for (size_t i = 0; i < x->n; i++) free(x->v[i].buf);
@@ -661,12 +674,7 @@ static void wal_take(psd_wal *w) {
      * empty: its group was written) */
     size_t ne = 0;
     while (ne < w->pext.n && w->pext.v[ne].off < off) ne++;
-    if (ne > w->wext.cap) {
-      wal_ext *v = realloc(w->wext.v, ne * sizeof *v);
-      if (!v) return; /* retried at the next turn */
-      w->wext.v = v;
-      w->wext.cap = ne;
-    }
+    if (wal_exts_room(&w->wext, ne) < 0) return; /* retried at the next turn */
     if (w->pext.n) {
       wal_move(w->wbuf, src, off, w->pext.v, ne, 0);
       if (ne) memcpy(w->wext.v, w->pext.v, ne * sizeof *w->wext.v);
@@ -706,8 +714,7 @@ static void wal_seal(psd_wal *w) {
     uint32_t len = wal_len(h), crc;
     if (e < end && e->off < off + WAL_HDR + len) { /* a piece of it is a taken block's */
       size_t a = e->off - off - WAL_HDR, z = len - a - e->len;
-      crc = ps_crc32c(ps_crc32c(0, h, 4), h + 8, 8);
-      crc = ps_crc32c(ps_crc32c(crc, h + WAL_HDR, a), e->src, e->len);
+      crc = ps_crc32c(wal_crc(h, h + WAL_HDR, a), e->src, e->len); /* appended: CRC-32C */
       crc = ps_crc32c(crc, h + WAL_HDR + a + e->len, z);
       e++;
     } else {
@@ -1152,17 +1159,8 @@ int psd_wal_append_own(psd_wal *w, const struct iovec *iov, int niov, void **own
              piece >= blk && iov[niov - 1].iov_len <= *own_cap - (piece - blk);
   /* room on the done list for every block the log will hold (wal_give) */
   size_t held = w->done.n + w->pext.n + w->wext.n + 1;
-  if (take && held > w->done.cap) {
-    wal_ext *v = realloc(w->done.v, 2 * held * sizeof *v);
-    if (v) w->done.v = v, w->done.cap = 2 * held;
-    else take = 0;
-  }
-  if (take && w->pext.n == w->pext.cap) {
-    size_t c = w->pext.cap ? 2 * w->pext.cap : 16;
-    wal_ext *v = realloc(w->pext.v, c * sizeof *v);
-    if (v) w->pext.v = v, w->pext.cap = c;
-    else take = 0;
-  }
+  if (take && (wal_exts_room(&w->done, held) < 0 || wal_exts_room(&w->pext, w->pext.n + 1) < 0))
+    take = 0;
   uint8_t *h = w->pend + w->pend_base + w->pend_len, *p = h + WAL_HDR;
   uint32_t l32 = (uint32_t)len | WAL_CRC32C;
   uint64_t s = w->next_seq++;

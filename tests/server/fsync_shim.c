@@ -109,27 +109,21 @@ static int shim_open(const char *name, int dirfd, const char *path, int flags, m
   return real(dirfd, path, flags, mode);
 }
 
-int openat(int dirfd, const char *path, int flags, ...) {
-  mode_t mode = 0;
-  if (flags & (O_CREAT | O_TMPFILE)) {
-    va_list ap;
-    va_start(ap, flags);
-    mode = (mode_t)va_arg(ap, int);
-    va_end(ap);
+/* SHIM_OPENAT defines FN (openat, openat64): the mode argument, when
+ * there is one, then shim_open (each variadic function its own va_start) */
+#define SHIM_OPENAT(fn)                                          \
+  int fn(int dirfd, const char *path, int flags, ...) {          \
+    mode_t mode = 0;                                             \
+    if (flags & (O_CREAT | O_TMPFILE)) {                         \
+      va_list ap;                                                \
+      va_start(ap, flags);                                       \
+      mode = (mode_t)va_arg(ap, int);                            \
+      va_end(ap);                                                \
+    }                                                            \
+    return shim_open(#fn, dirfd, path, flags, mode);             \
   }
-  return shim_open("openat", dirfd, path, flags, mode);
-}
-
-int openat64(int dirfd, const char *path, int flags, ...) {
-  mode_t mode = 0;
-  if (flags & (O_CREAT | O_TMPFILE)) {
-    va_list ap;
-    va_start(ap, flags);
-    mode = (mode_t)va_arg(ap, int);
-    va_end(ap);
-  }
-  return shim_open("openat64", dirfd, path, flags, mode);
-}
+SHIM_OPENAT(openat)
+SHIM_OPENAT(openat64)
 
 /* shim_redo: whether FD is a redo log file; its path into PATH (4096). */
 static int shim_redo(int fd, char *path) {

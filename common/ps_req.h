@@ -33,14 +33,10 @@ typedef struct ps_req {
   /* push: when not NULL, *own is the malloc'd block (*own_cap bytes)
    * holding grads, which a redo log may take instead of copying the
    * gradients, putting a block of its own (or NULL, 0) in its place
-   * (psd_wal_append_own); NULL: grads is only borrowed (always when
-   * grads_shared) */
+   * (psd_wal_append_own); NULL: grads is only borrowed (always for
+   * gradients in a client's shared memory, psd_chan invariant 11) */
   void **own;
   size_t *own_cap;
-  /* push: grads lie in memory the sending process shares and may write
-   * (psd_chan invariant 11): whoever keeps them past the call (a redo log
-   * record) keeps a copy, never the pointer. */
-  int grads_shared;
 } ps_req;
 
 #endif

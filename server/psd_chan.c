@@ -119,8 +119,7 @@
  *     psd_shard_payload says) lies, or is to be put, at that offset, which
  *     must lie in the region (else the request is refused, the connection
  *     kept).  A push's gradients are handed to psd_shard_push in place
- *     (ps_req.grads_shared: whoever keeps them past the call copies
- *     them); except under durability `sync`, whose offer says
+ *     (only borrowed: ps_req.own stays NULL); except under durability `sync`, whose offer says
  *     shm_pulls_only and which refuses a push in the region the same way:
  *     the redo log writes a push from the buffer it was read into, no
  *     copy (psd_wal invariant 8), where a push in the region would be
@@ -1056,7 +1055,6 @@ static void conn_push_end(psd_conn *c) {
   if (rc == 0) {
     ps_req r = conn_req(m);
     r.grads = m->shm ? (const void *)(c->shm.data + m->shm_off) : c->data;
-    r.grads_shared = m->shm != 0; /* invariant 11 */
     r.nbytes = m->shm ? c->req_nbytes : c->rx.h.data_len;
     if (sh->agg) {
       conn_forward(c, &r, 1, 0);

@@ -1206,7 +1206,7 @@ static int psd_store_push_at(psd_store *s, const ps_req *r, uint64_t replay, uin
   }
   if (!replay && s->log_fn &&
       (rc = psd_store_log_push(s, m, ids, nids, grads, nelems, r->worker, r->clock, r->version,
-                               (const void *)grads == r->grads && r->own_cap && !r->grads_shared ? r->own : NULL,
+                               (const void *)grads == r->grads && r->own_cap ? r->own : NULL,
                                r->own_cap, eb)) < 0)
     return rc;
   uint64_t seq = replay ? replay : s->log_seq;

@@ -309,7 +309,7 @@ static int psw_ack_wait(psw_shard *s, ps_errbuf *eb);
 
 /* psw_shard_close closes S's connection (NULL: none), keeping its byte
  * counts, and puts CH (may be NULL) in its place. */
-static void psw_shard_close(psw_client *c, psw_shard *s, ps_chan_client *ch) {
+static void psw_shard_close(psw_shard *s, ps_chan_client *ch) {
   while (s->nacks) { /* answers in are taken; the others never come */
     ps_errbuf eb;
     if (ps_chan_done(s->ch, s->ack_ids[0])) {
@@ -327,7 +327,6 @@ static void psw_shard_close(psw_client *c, psw_shard *s, ps_chan_client *ch) {
   s->shm_closed += tx + rx;
   ps_chan_close(s->ch); /* the vectors get their own memory back, bytes kept */
   s->ch = ch;
-  psw_zc_place(c, s);
 }
 
 /* psw_shard_down closes S's connection and, the first time, says so. */
@@ -337,7 +336,7 @@ static void psw_shard_down(psw_client *c, psw_shard *s, const ps_errbuf *why) {
     ps_warn("worker %u: aggregator %s (%s): %s; going to the root shards directly", c->worker,
             c->agg->name, c->agg->channel_addr, why->msg);
   }
-  psw_shard_close(c, s, NULL);
+  psw_shard_close(s, NULL);
   if (s->down_since_ms) return;
   s->down_since_ms = ps_now_ms();
   s->delay_ms = PS_BACKOFF_FIRST_MS;
@@ -842,7 +841,7 @@ int psw_client_agg_return(psw_client *c) {
   for (size_t k = 0; k < c->nshards; k++) {
     psw_shard *s = &c->shards[k];
     if (!s->nids) continue;
-    psw_shard_close(c, s, ch[k]);
+    psw_shard_close(s, ch[k]);
     s->down_since_ms = 0;
     s->delay_ms = PS_BACKOFF_FIRST_MS;
   }

@@ -29,7 +29,8 @@
  *     used only when the shard offered it in its last HELLO reply and the
  *     client mapped it (size, seals and token checked), never with the
  *     payload MAC, only for fp32 payloads, and for pulls alone when the
- *     offer said so (shm_pulls_only: a shard under durability `sync`).
+ *     offer said so (shm_pulls_only: a shard of one earlier version under
+ *     durability `sync`).
  *     Its first half is the push area, its second the pull area (for
  *     payloads that do not already lie in the region), until the caller
  *     moves the region onto its own memory (ps_chan_shm_move): then the

@@ -119,12 +119,13 @@
  *     psd_shard_payload says) lies, or is to be put, at that offset, which
  *     must lie in the region (else the request is refused, the connection
  *     kept).  A push's gradients are handed to psd_shard_push in place
- *     (only borrowed: ps_req.own stays NULL); except under durability `sync`, whose offer says
- *     shm_pulls_only and which refuses a push in the region the same way:
- *     the redo log writes a push from the buffer it was read into, no
- *     copy (psd_wal invariant 8), where a push in the region would be
- *     copied, and the gradients it logs and those it applies must be the
- *     same bytes, which a client could change in the region.  A pull is
+ *     (only borrowed: ps_req.own stays NULL); except under durability
+ *     `sync`, where they are first copied into the connection's
+ *     page-aligned data buffer and logged and applied from there, as a
+ *     push read from the socket is (psd_wal invariant 8): the bytes logged
+ *     and those applied must be the same, which the client could change in
+ *     the region.  (Shards before this offered the region for pulls only
+ *     under `sync`, shm_pulls_only; clients still honour that.)  A pull is
  *     written there by psd_shard_pull, on the loop, before its reply (shm
  *     set, no data) is queued, so invariant 3a's "no later push changes a
  *     reply half sent" holds as for a copy.
@@ -507,7 +508,6 @@ static int conn_hello_ok(psd_conn *c) {
     r.shm_fd = (uint32_t)c->shm.fd;
     r.shm_token.data = c->shm.token;
     r.shm_token.len = sizeof c->shm.token;
-    r.shm_pulls_only = c->chan->sh->wal ? 1 : 0; /* invariant 11 */
   }
   c->hello_done = 1;
   c->hello_proving = 0;
@@ -707,14 +707,10 @@ static int conn_pull_direct(psd_conn *c, const Ps__ChanMeta *m, const ps_req *r,
  * else marks the region used; WHAT names the request. */
 static int conn_shm_check(psd_conn *c, const Ps__ChanMeta *m, uint64_t nbytes, const char *what,
                           ps_errbuf *eb) {
-  int push_refused = c->chan->sh->wal && (int)m->op == PS__CHAN_OP__CHAN_PUSH;
-  if (!c->shm.map || c->rx.h.data_len || push_refused) {
+  if (!c->shm.map || c->rx.h.data_len) {
     psd_shard_count_error(c->chan->sh);
     return ps_errf(eb, PS_EINVAL, "%s of model '%s' in shared memory: %s", what, m->model,
-                   !c->shm.map       ? "this connection has no region"
-                   : c->rx.h.data_len ? "it also carries data"
-                                      : "under durability sync pushes travel over TCP (the "
-                                        "region serves pulls only)");
+                   !c->shm.map ? "this connection has no region" : "it also carries data");
   }
   if (!ps_shm_holds(&c->shm, m->shm_off, nbytes)) {
     psd_shard_count_error(c->chan->sh);
@@ -905,19 +901,20 @@ static int conn_pull(psd_conn *c, Ps__ChanMeta *m) {
   return 0;
 }
 
-/* conn_data_room makes the connection's data buffer hold the current
- * frame's data (push or beat); 0, or -1 out of memory (no buffer then). */
-static int conn_data_room(psd_conn *c) {
-  if (c->rx.h.data_len <= c->data_cap) return 0;
+/* conn_data_room makes the connection's data buffer hold LEN bytes (the
+ * current frame's data, or a push's copied from the region); 0, or -1 out
+ * of memory (no buffer then). */
+static int conn_data_room(psd_conn *c, uint64_t len) {
+  if (len <= c->data_cap) return 0;
   free(c->data);
   c->data = NULL;
   c->data_cap = 0;
   /* page-aligned: a push's gradients can then go to the redo log as they
    * are (psd_wal_append_own, written with O_DIRECT from here) */
   void *p;
-  if (posix_memalign(&p, 4096, c->rx.h.data_len ? c->rx.h.data_len : 1) != 0) return -1;
+  if (posix_memalign(&p, 4096, len ? len : 1) != 0) return -1;
   c->data = p;
-  c->data_cap = c->rx.h.data_len;
+  c->data_cap = len;
   return 0;
 }
 
@@ -942,7 +939,7 @@ static void conn_push_begin(psd_conn *c) {
                          m->model, (unsigned long long)c->rx.h.data_len, ps_codec_name(r.codec),
                          (unsigned long long)n, (unsigned long long)nbytes);
   }
-  if (c->req_err == 0 && !m->shm && conn_data_room(c) < 0)
+  if (c->req_err == 0 && !m->shm && conn_data_room(c, c->rx.h.data_len) < 0)
     c->req_err = ps_errf(&c->req_eb, PS_ENOMEM, "push to model '%s': out of memory", m->model);
   c->rx.state = c->req_err ? PS_CHAN_RX_DISCARD : PS_CHAN_RX_DATA;
   c->rx.got = 0;
@@ -1069,10 +1066,17 @@ static void conn_push_end(psd_conn *c) {
       sh->ctr.auth_refused++;
       rc = ps_errf(&c->req_eb, PS_EPERM, "a push that sums %zu workers needs an aggregator's "
                    "key; this connection proved a %s key", r.nsummed, ps_role_name(c->role));
+    } else if (m->shm && sh->wal && conn_data_room(c, r.nbytes) < 0) {
+      rc = ps_errf(&c->req_eb, PS_ENOMEM, "push to model '%s': out of memory", m->model);
     } else {
+      if (m->shm && sh->wal) { /* logged and applied from our copy (invariant 11) */
+        memcpy(c->data, r.grads, r.nbytes);
+        r.grads = c->data;
+      }
       /* a redo log may keep the data buffer (and write the gradients from
-       * there: psd_wal invariant 8) and give another in its place */
-      if (!m->shm) { /* data in the region is the client's (invariant 11) */
+       * there: psd_wal invariant 8) and give another in its place; data
+       * in the region is the client's (invariant 11) */
+      if (!m->shm || sh->wal) {
         r.own = &c->data;
         r.own_cap = &c->data_cap;
       }
@@ -1093,7 +1097,7 @@ static void conn_push_end(psd_conn *c) {
  * request, unless it is refused already (c->req_err): its data is then
  * read into scratch.  WHAT names it in an out-of-memory error. */
 static void conn_data_begin(psd_conn *c, const char *what) {
-  if (c->req_err == 0 && conn_data_room(c) < 0)
+  if (c->req_err == 0 && conn_data_room(c, c->rx.h.data_len) < 0)
     c->req_err = ps_errf(&c->req_eb, PS_ENOMEM, "%s: out of memory", what);
   c->rx.state = c->req_err ? PS_CHAN_RX_DISCARD : PS_CHAN_RX_DATA;
   c->rx.got = 0;

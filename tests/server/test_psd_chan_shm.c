@@ -10,8 +10,10 @@
  * the client too, and clients that go away mid-request leave no region
  * and no descriptor behind.  A second psd with workers.shared_memory off
  * offers nothing (as a shard that predates the field), and its clients
- * work over TCP.  A psd under durability sync offers its region for pulls
- * only and refuses a push in it.  A shard that sees its client on another address offers
+ * work over TCP.  A psd under durability sync takes pushes in its region
+ * too, logging and applying its own copy of them: what it applied is what
+ * a kill -9 and restart replay, whatever the client writes there after.
+ * A shard that sees its client on another address offers
  * nothing either: tests/integration/test_netlab.c checks that (its hosts
  * are network namespaces of this machine; tests here use 127.0.0.1
  * alone). */
@@ -64,14 +66,17 @@ static int sh_wait_chan(const char *host, int port, int timeout_ms) {
 }
 
 /* sh_start starts a psd with EXTRA config (durability sync when SYNC);
- * fills its addresses. */
-static pid_t sh_start(const char *extra, int sync, char *grpc, char *chan, int *ok) {
+ * fills its addresses (and YAML_OUT, 600 bytes, with its config's path
+ * when not NULL). */
+static pid_t sh_start(const char *extra, int sync, char *grpc, char *chan, int *ok,
+                      char *yaml_out) {
   const char *dir = ps_test_tmpdir();
   char log[600];
   int gp, cp;
   const char *yaml = sync ? ps_test_sync_yaml(dir, 1, extra, &gp, &cp)
                           : ps_test_cluster_yaml(dir, 1, extra, &gp, &cp);
   snprintf(log, sizeof log, "%s/psd.log", dir);
+  if (yaml_out) snprintf(yaml_out, 600, "%s", yaml);
   snprintf(grpc, 64, "127.0.0.1:%d", gp);
   snprintf(chan, 64, "127.0.0.1:%d", cp);
   pid_t pid = ps_test_psd(yaml, 0, log, NULL);
@@ -83,7 +88,7 @@ static pid_t sh_start(const char *extra, int sync, char *grpc, char *chan, int *
 static void sh_up(void) {
   char extra[96];
   snprintf(extra, sizeof extra, "limits:\n  max_request_bytes: %u\n", SH_MAX_REQ);
-  sh_pid = sh_start(extra, 0, sh_grpc, sh_chan, &sh_started);
+  sh_pid = sh_start(extra, 0, sh_grpc, sh_chan, &sh_started, NULL);
 }
 
 static void sh_down(void) {
@@ -92,18 +97,31 @@ static void sh_down(void) {
 }
 
 static void off_up(void) {
-  off_pid = sh_start("workers:\n  shared_memory: false\n", 0, off_grpc, off_chan, &off_started);
+  off_pid = sh_start("workers:\n  shared_memory: false\n", 0, off_grpc, off_chan, &off_started,
+                     NULL);
 }
 
 static pid_t sy_pid;
-static char sy_grpc[64], sy_chan[64];
+static char sy_grpc[64], sy_chan[64], sy_yaml[600];
 static int sy_started;
 
-static void sy_up(void) { sy_pid = sh_start(NULL, 1, sy_grpc, sy_chan, &sy_started); }
+/* sy_up starts the sync psd inside its test (a child of the test's
+ * process, so that sy_restart can wait for it to die). */
+static void sy_up(void) {
+  sy_pid = sh_start(NULL, 1, sy_grpc, sy_chan, &sy_started, sy_yaml);
+  ck_assert_msg(sy_started, "the sync psd did not start");
+}
 
-static void sy_down(void) {
-  if (sy_pid > 0) ps_test_stop(sy_pid, SIGTERM, 10000);
-  sy_pid = 0;
+/* sy_restart kills the sync psd (SIGKILL: only what its log holds
+ * survives) and starts it again on the same config and data. */
+static void sy_restart(void) {
+  ck_assert_int_ne(ps_test_stop(sy_pid, SIGKILL, 10000), -1);
+  char log[700];
+  snprintf(log, sizeof log, "%s.restart.log", sy_yaml);
+  sy_pid = ps_test_psd(sy_yaml, 0, log, NULL);
+  ck_assert_msg(ps_test_wait_port(atoi(strrchr(sy_grpc, ':') + 1), 15000) == 0 &&
+                    sh_wait_chan("127.0.0.1", atoi(strrchr(sy_chan, ':') + 1), 5000) == 0,
+                "psd did not restart; see %s", log);
 }
 
 static void off_down(void) {
@@ -468,10 +486,13 @@ START_TEST(test_shm_config_off) {
 }
 END_TEST
 
-/* Under durability sync the region serves pulls only (psd_chan invariant
- * 11): the client pushes over TCP, a push in the region is refused, and
- * the values are those TCP gives. */
-START_TEST(test_shm_sync_pulls_only) {
+/* Under durability sync a push in the region is copied, logged and
+ * applied from the copy (psd_chan invariant 11): the client pushes there,
+ * the values are those TCP gives, and after a kill -9 and a restart the
+ * replayed values are the ones applied, though the client overwrote its
+ * gradients in the region once the push was acknowledged. */
+START_TEST(test_shm_sync_push_copied) {
+  sy_up();
   sh_submit(sy_grpc, sy_started, "sy");
   int mac;
   ps_chan_client *c = sh_connect(sy_chan, 2 * SH_AREA, &mac);
@@ -480,27 +501,51 @@ START_TEST(test_shm_sync_pulls_only) {
   for (int i = 0; i < SH_ELEMS; i++) g[i] = (float)(i % 13) - 6.0f;
   for (int k = 0; k < 3; k++) sh_push(c, "sy", g);
   sh_pull(c, "sy", out);
-  uint64_t stx, srx;
+  uint64_t stx, srx, pay = SH_ELEMS * sizeof(float);
   ps_chan_shm_bytes(c, &stx, &srx);
-  ck_assert_uint_eq(stx, 0);
-  ck_assert_uint_eq(srx, mac ? 0 : SH_ELEMS * sizeof(float));
+  ck_assert_uint_eq(stx, mac ? 0 : 3 * pay);
+  ck_assert_uint_eq(srx, mac ? 0 : pay);
   ps_chan_client *t = sh_connect(sy_chan, 0, NULL);
   sh_pull(t, "sy", tcp);
   ck_assert_int_eq(memcmp(out, tcp, sizeof out), 0);
   ps_chan_close(t);
   ps_chan_close(c);
-  if (raw_refused()) return; /* raw frames: no authentication */
-  sh_submit(sy_grpc, sy_started, "sr");
-  int fd = raw_open(sy_chan);
-  Ps__ChanMeta *h = raw_hello(fd, 2 * SH_AREA);
-  ck_assert_uint_eq(h->shm_bytes, 2 * SH_AREA);
-  ck_assert_uint_eq(h->shm_pulls_only, 1);
-  ps__chan_meta__free_unpacked(h, NULL);
-  ck_assert_int_eq(raw_req(fd, 1, 1, 0, 0, NULL), PS_EINVAL);
-  int set = 0;
-  ck_assert_int_eq(raw_req(fd, 0, 1, SH_AREA, 0, &set), 0);
-  ck_assert_int_eq(set, 1);
-  close(fd);
+  static float before[SH_ELEMS], after[SH_ELEMS], replayed[SH_ELEMS];
+  if (!raw_refused()) { /* raw frames: no authentication */
+    sh_submit(sy_grpc, sy_started, "sr");
+    int fd = raw_open(sy_chan);
+    Ps__ChanMeta *h = raw_hello(fd, 2 * SH_AREA);
+    ck_assert_uint_eq(h->shm_bytes, 2 * SH_AREA);
+    ck_assert_uint_eq(h->shm_pulls_only, 0);
+    ps_shm region;
+    ps_errbuf eb;
+    ck_assert_msg(ps_shm_open(&region, h->shm_pid, h->shm_fd, h->shm_bytes, h->shm_token.data,
+                              h->shm_token.len, &eb) == 0, "%s", eb.msg);
+    ps__chan_meta__free_unpacked(h, NULL);
+    int set = 0;
+    ck_assert_int_eq(raw_req(fd, 0, 1, SH_AREA, 0, &set), 0);
+    ck_assert_int_eq(set, 1);
+    memcpy(before, region.data + SH_AREA, pay);
+    float *rg = (float *)region.data;
+    for (int i = 0; i < SH_ELEMS; i++) rg[i] = 0.5f;
+    ck_assert_int_eq(raw_req(fd, 1, 1, 0, 0, NULL), 0); /* acknowledged: synced */
+    for (int i = 0; i < SH_ELEMS; i++) rg[i] = 1e30f;  /* no longer the shard's business */
+    ck_assert_int_eq(raw_req(fd, 0, 1, SH_AREA, 0, NULL), 0);
+    memcpy(after, region.data + SH_AREA, pay);
+    for (int i = 0; i < SH_ELEMS; i++) ck_assert(after[i] == before[i] - 0.5f * 0.5f);
+    ps_shm_release(&region);
+    close(fd);
+  }
+  sy_restart();
+  c = sh_connect(sy_chan, 0, NULL);
+  sh_pull(c, "sy", replayed);
+  ck_assert_int_eq(memcmp(replayed, out, sizeof out), 0);
+  if (!raw_refused()) {
+    sh_pull(c, "sr", replayed);
+    ck_assert_int_eq(memcmp(replayed, after, pay), 0);
+  }
+  ps_chan_close(c);
+  ps_test_stop(sy_pid, SIGTERM, 10000);
 }
 END_TEST
 
@@ -519,9 +564,9 @@ Suite *psd_chan_shm_suite(void) {
   tcase_add_test(off, test_shm_config_off);
   suite_add_tcase(s, off);
   TCase *sy = tcase_create("sync");
-  tcase_add_unchecked_fixture(sy, sy_up, sy_down);
+  tcase_add_unchecked_fixture(sy, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_set_timeout(sy, 60);
-  tcase_add_test(sy, test_shm_sync_pulls_only);
+  tcase_add_test(sy, test_shm_sync_push_copied);
   suite_add_tcase(s, sy);
   return s;
 }

@@ -457,13 +457,15 @@ static int wal_sync_seg(psd_wal *w, size_t i, ps_errbuf *eb) {
 int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, ps_errbuf *eb) {
   uint64_t t0 = uv_hrtime(), last = 0, applied = 0, dropped = 0;
   int rc = 0;
+  char ended[160] = ""; /* where the last segment before this one ended its records, and why */
   for (size_t i = 0; rc == 0 && i < w->nsegs; i++) {
     uint8_t *buf = NULL;
     size_t n = 0, off = 0, rend = 0; /* rend: where its last record (not a skip) ends */
     if ((rc = wal_read_seg(w, i, &buf, &n, eb)) < 0) break;
     char name[32];
     wal_seg_name(name, sizeof name, w->segs[i].first);
-    while (rc == 0 && off < n) {
+    int whole = 0; /* a segment before the last whose records end before its bytes */
+    while (rc == 0 && off < n && !whole) {
       const char *bad = wal_check(buf + off, n - off);
       uint64_t seq = bad ? 0 : wal_get64(buf + off + 8);
       if (!bad && seq == WAL_SKIP_SEQ) { /* a skip record (invariant 8) */
@@ -481,6 +483,17 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
       }
       if (!bad && rend == 0 && seq != w->segs[i].first) bad = "first record does not match the name";
       if (!bad && seq <= last) bad = "sequence number goes back";
+      if (!bad && rend > 0 && seq != last + 1) bad = "sequence number skips";
+      if (bad && i + 1 < w->nsegs && rend > 0) {
+        /* before the last segment, the first record that does not follow
+         * ends the records (invariant 4: a reused file's old bytes or a
+         * write's zeros after them); a record missing for good is caught
+         * where the next segment starts */
+        snprintf(ended, sizeof ended, "; '%s' ends its records at offset %zu (%s)", name, rend,
+                 bad);
+        whole = 1;
+        break;
+      }
       if (bad && i + 1 < w->nsegs) {
         rc = ps_errf(eb, PS_EIO, "redo log '%s/%s' is corrupt at offset %zu (%s) and later "
                      "segments follow it: refusing to replay past acknowledged records", w->dir,
@@ -508,6 +521,12 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
       uint32_t len = wal_len(buf + off);
       if (seq > from) {
         uint64_t want = (last > from ? last : from) + 1;
+        if (seq != want && rend == 0 && ended[0]) {
+          rc = ps_errf(eb, PS_EIO, "redo log '%s' holds record %" PRIu64 " next, but record "
+                       "%" PRIu64 " is missing%s: refusing to replay past acknowledged records",
+                       w->dir, seq, want, ended);
+          break;
+        }
         if (seq != want) {
           rc = ps_errf(eb, PS_EIO, "redo log '%s' holds record %" PRIu64 " next, but the store's "
                        "snapshot ends at record %" PRIu64 " and record %" PRIu64 " is missing "
@@ -524,7 +543,10 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
       rend = off;
     }
     free(buf);
-    if (rc == 0 && off == n && n > 0) rc = wal_sync_seg(w, i, eb); /* a cut one is synced */
+    if (!whole && rend > 0) ended[0] = 0;
+    if (whole) w->segs[i].bytes = rend; /* its records' bytes (wal_scan gave the file's) */
+    if (rc == 0 && (off == n || whole) && n > 0)
+      rc = wal_sync_seg(w, i, eb); /* a cut one is synced */
   }
   /* Empty segments (a start that wrote nothing) are just removed. */
   for (size_t i = 0; rc == 0 && i < w->nsegs; i++)
@@ -572,27 +594,39 @@ int psd_wal_discard(psd_wal *w, uint64_t above, ps_errbuf *eb) {
 
 /* ---- the writer thread ---------------------------------------------------------- */
 
+/* wal_spare_largest moves the largest spare file to the end of the spare
+ * list (the next one a roll takes): the more of a new segment's writes
+ * land on blocks the file has, the fewer of its syncs commit a new size
+ * (invariant 6).  Writer thread (or before it starts). */
+static void wal_spare_largest(psd_wal *w) {
+  size_t best = 0;
+  off_t most = -1;
+  for (size_t i = 0; i < w->nspare; i++) {
+    char sp[32];
+    struct stat st;
+    wal_spare_name(sp, sizeof sp, w->spare[i]);
+    if (fstatat(w->dirfd, sp, &st, 0) == 0 && st.st_size > most) most = st.st_size, best = i;
+  }
+  if (w->nspare > 1) {
+    uint64_t t = w->spare[best];
+    w->spare[best] = w->spare[w->nspare - 1];
+    w->spare[w->nspare - 1] = t;
+  }
+}
+
 /* wal_open_seg makes the segment starting at FIRST (holding no records)
- * the current one, from a spare file when there is one (invariant 6),
- * and syncs the directory; the old current one is first cut to its
- * records when it was a reused file, and closed only once the new one
- * exists.  Writer thread (or before it starts). */
+ * the current one, from the largest spare file when there is one
+ * (invariant 6), and syncs the directory; the old current one keeps its
+ * size (a reused file's old bytes or the last write's zeros may follow
+ * its records: replay reads a segment before the last only up to the
+ * next one's first record, invariant 5) and is closed only once the new
+ * one exists.  Writer thread (or before it starts). */
 static int wal_open_seg(psd_wal *w, uint64_t first, char *why, size_t whylen) {
   char name[32];
   wal_seg_name(name, sizeof name, first);
-  if (w->fd >= 0 && w->nsegs && w->fsize > w->segs[w->nsegs - 1].bytes) {
-    uint64_t keep = w->segs[w->nsegs - 1].bytes;
-    if (ftruncate(w->fd, (off_t)keep) < 0 || fdatasync(w->fd) < 0) {
-      int e = errno;
-      snprintf(why, whylen, "cannot cut the reused redo log segment before '%s/%s': %s", w->dir,
-               name, strerror(e));
-      errno = e;
-      return -1;
-    }
-    w->fsize = keep;
-  }
   int fd = -1;
   uint64_t fsize = 0;
+  wal_spare_largest(w);
   while (fd < 0 && w->nspare) {
     char sp[32];
     wal_spare_name(sp, sizeof sp, w->spare[--w->nspare]);

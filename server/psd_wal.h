@@ -28,8 +28,10 @@
  *     psd_wal_waiting waiters are answered with the error (their records
  *     stay queued and are written by a later retry: the log always holds
  *     every record appended, so it matches what the caller applied).
- *  4. Segments before the current one are fully synced and end where
- *     their records end.  A segment is deleted (or kept as a spare,
+ *  4. Segments before the current one are fully synced; each holds the
+ *     records from its first (its name) to the next one's first - 1, and
+ *     whatever follows them in the file (a reused file's old bytes, an
+ *     O_DIRECT write's zeros) is no part of the log.  A segment is deleted (or kept as a spare,
  *     invariant 6) only when psd_wal_truncate said that a finished
  *     snapshot holds all its records; each truncate request also rolls the
  *     current segment (when it holds records), so the log stays about two
@@ -37,9 +39,11 @@
  *  5. Replay: records of the last segment after the first one that is
  *     short or fails its checksum are a torn tail (never acknowledged):
  *     they are counted (the bad one when its header carries the next seq,
- *     and the intact ones after it), logged and cut off.  A bad record in an earlier
- *     segment, a gap in the sequence after FROM, or a log that starts
- *     after FROM + 1 is refused (PS_EIO) with a message saying which.
+ *     and the intact ones after it), logged and cut off.  A bad record in
+ *     an earlier segment (before its last record, the next segment's
+ *     first - 1: the bytes after that one are not read), a gap in the
+ *     sequence after FROM, or a log that starts after FROM + 1 is refused
+ *     (PS_EIO) with a message saying which.
  *     In the last segment an intact record older than the segment's first
  *     (a reused file's old bytes, invariant 6) ends the records cleanly:
  *     cut off, nothing dropped; a segment of any position that starts with
@@ -49,14 +53,15 @@
  *     only the page cache holds, which the replay applies and the new
  *     records build on (the crash loop's simulated power cut found this).
  *  6. Reuse: up to eight deleted segments are renamed DIR/<old first>.free
- *     instead of unlinked, and a roll renames one to the new segment's
- *     name and overwrites it from offset 0: an fdatasync of blocks the
- *     file already has need not commit a new file size (on ext4 about
- *     twice the syncs per second of appending, measured).  Before a roll
- *     the current segment, when it was reused, is cut to its records and
- *     synced, so only the last segment can hold old bytes after its
- *     records; they are records older than its name (or garbage within
- *     one, read as a torn tail).
+ *     instead of unlinked, and a roll renames the largest to the new
+ *     segment's name and overwrites it from offset 0: an fdatasync of
+ *     blocks the file already has need not commit a new file size (on
+ *     ext4 about twice the syncs per second of appending, measured).  So
+ *     no file is cut at a roll (a cut file would be appended to again when
+ *     reused): a segment before the last ends its records where the next
+ *     one starts (invariant 4), and in the last one the bytes after its
+ *     records are records older than its name (or garbage within one,
+ *     read as a torn tail).
  *
  *  7. Writes bypass the page cache (O_DIRECT) where the filesystem allows
  *     it: the kernel's copy of every record into the page cache and its
@@ -67,9 +72,9 @@
  *     the block holding the segment's end, the block's bytes before it
  *     (kept in memory from the last group) rewritten unchanged, the
  *     records followed by zeros to a whole block.  So a segment may end
- *     in zeros after its records, read by the replay as bytes that are no
- *     record (cut off, nothing dropped); a roll and a clean stop cut them
- *     off first.  Where open or the first write says EINVAL (some tmpfs
+ *     in zeros after its records: in the last one read by the replay as
+ *     bytes that are no record (cut off, nothing dropped; a clean stop
+ *     cuts them off first), in an earlier one not read (invariant 4).  Where open or the first write says EINVAL (some tmpfs
  *     versions, network or FUSE filesystems) the log says so once and
  *     writes buffered (the crash loop runs a third of its starts so).
  *  8. Zero copy (psd_wal_append_own): a record's last piece of at least

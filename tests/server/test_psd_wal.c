@@ -464,6 +464,68 @@ START_TEST(test_corrupt_earlier_segment_refused) {
 }
 END_TEST
 
+/* A record of an earlier segment that fails its checksum after others
+ * that are intact ends that segment's records (invariant 4): the record
+ * missing where the next segment starts is refused, saying where the
+ * segment ended; a snapshot that holds it needs nothing from it. */
+START_TEST(test_corrupt_inside_earlier_segment) {
+  const char *dir = ps_test_tmpdir();
+  write_log(dir, 4, 10, 0, NULL); /* segment 1: records 1..4, 26 bytes each */
+  write_log(dir, 4, 10, 0, NULL); /* segment 5: records 5..8 */
+  char p[1024];
+  snprintf(p, sizeof p, "%s/0000000000000001.log", dir);
+  int fd = open(p, O_RDWR);
+  ck_assert_int_ge(fd, 0);
+  uint8_t b;
+  ck_assert_int_eq(pread(fd, &b, 1, 2 * 26 + 16 + 3), 1); /* record 3's payload */
+  b ^= 0x40;
+  ck_assert_int_eq(pwrite(fd, &b, 1, 2 * 26 + 16 + 3), 1);
+  close(fd);
+  replayed r;
+  ps_errbuf eb;
+  replay_count(dir, 0, &r, PS_EIO, &eb);
+  ck_assert_msg(strstr(eb.msg, "record 3 is missing") && strstr(eb.msg, "ends its records at "
+                "offset 52 (checksum mismatch)"), "%s", eb.msg);
+  ck_assert_uint_eq(replay_count(dir, 4, &r, 0, &eb), 0);
+  ck_assert_uint_eq(r.first, 5);
+  ck_assert_uint_eq(r.n, 4);
+}
+END_TEST
+
+/* Bytes after the records of a segment before the last (a reused file's
+ * old records, an O_DIRECT write's zeros: files are not cut at a roll,
+ * invariant 6) are no part of the log: not read, not cut, nothing
+ * dropped. */
+START_TEST(test_old_bytes_after_earlier_segment) {
+  const char *dir = ps_test_tmpdir();
+  write_log(dir, 4, 10, 0, NULL); /* segment 1: records 1..4 */
+  char p[1024];
+  snprintf(p, sizeof p, "%s/0000000000000001.log", dir);
+  size_t len;
+  char *recs = ps_test_read_file(p, &len);
+  ck_assert_uint_eq(len, 4 * 26);
+  FILE *f = fopen(p, "ab");
+  ck_assert_ptr_nonnull(f);
+  ck_assert_uint_eq(fwrite(recs, 1, 26 + 7, f), 26 + 7); /* an old record 1, then part of 2 */
+  static const uint8_t zeros[4096];
+  ck_assert_uint_eq(fwrite(zeros, 1, sizeof zeros, f), sizeof zeros);
+  fclose(f);
+  free(recs);
+  write_log(dir, 4, 10, 0, NULL); /* segment 5: records 5..8 */
+  struct stat st;
+  ck_assert_int_eq(stat(p, &st), 0);
+  off_t size = st.st_size;
+  replayed r;
+  ps_errbuf eb;
+  ck_assert_uint_eq(replay_count(dir, 0, &r, 0, &eb), 0);
+  ck_assert_uint_eq(r.first, 1);
+  ck_assert_uint_eq(r.last, 8);
+  ck_assert_uint_eq(r.n, 8);
+  ck_assert_int_eq(stat(p, &st), 0);
+  ck_assert_int_eq(st.st_size, size);
+}
+END_TEST
+
 /* count_files counts DIR's files whose name ends in SUFFIX. */
 static int count_files(const char *dir, const char *suffix) {
   DIR *d = opendir(dir);
@@ -1205,6 +1267,8 @@ Suite *psd_wal_suite(void) {
   tcase_add_test(tc, test_empty_log);
   tcase_add_test(tc, test_log_after_missing_snapshot);
   tcase_add_test(tc, test_corrupt_earlier_segment_refused);
+  tcase_add_test(tc, test_corrupt_inside_earlier_segment);
+  tcase_add_test(tc, test_old_bytes_after_earlier_segment);
   tcase_add_loop_test(tc, test_reused_segments, 0, 2);
   tcase_add_test(tc, test_crc_formats);
   tcase_add_loop_test(tc, test_zero_copy_replay, 0, 2);

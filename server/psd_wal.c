@@ -464,8 +464,8 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
     if ((rc = wal_read_seg(w, i, &buf, &n, eb)) < 0) break;
     char name[32];
     wal_seg_name(name, sizeof name, w->segs[i].first);
-    int whole = 0; /* a segment before the last whose records end before its bytes */
-    while (rc == 0 && off < n && !whole) {
+    int stop = 0; /* a segment before the last whose records end before its bytes */
+    while (rc == 0 && off < n && !stop) {
       const char *bad = wal_check(buf + off, n - off);
       uint64_t seq = bad ? 0 : wal_get64(buf + off + 8);
       if (!bad && seq == WAL_SKIP_SEQ) { /* a skip record (invariant 8) */
@@ -483,15 +483,14 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
       }
       if (!bad && rend == 0 && seq != w->segs[i].first) bad = "first record does not match the name";
       if (!bad && seq <= last) bad = "sequence number goes back";
-      if (!bad && rend > 0 && seq != last + 1) bad = "sequence number skips";
-      if (bad && i + 1 < w->nsegs && rend > 0) {
+      if (i + 1 < w->nsegs && rend > 0 && (bad || seq != last + 1)) {
         /* before the last segment, the first record that does not follow
          * ends the records (invariant 4: a reused file's old bytes or a
          * write's zeros after them); a record missing for good is caught
          * where the next segment starts */
         snprintf(ended, sizeof ended, "; '%s' ends its records at offset %zu (%s)", name, rend,
-                 bad);
-        whole = 1;
+                 bad ? bad : "sequence number skips");
+        stop = 1;
         break;
       }
       if (bad && i + 1 < w->nsegs) {
@@ -543,9 +542,9 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
       rend = off;
     }
     free(buf);
-    if (!whole && rend > 0) ended[0] = 0;
-    if (whole) w->segs[i].bytes = rend; /* its records' bytes (wal_scan gave the file's) */
-    if (rc == 0 && (off == n || whole) && n > 0)
+    if (!stop && rend > 0) ended[0] = 0;
+    if (stop) w->segs[i].bytes = rend; /* its records' bytes (wal_scan gave the file's) */
+    if (rc == 0 && (off == n || stop) && n > 0)
       rc = wal_sync_seg(w, i, eb); /* a cut one is synced */
   }
   /* Empty segments (a start that wrote nothing) are just removed. */
@@ -618,9 +617,7 @@ static void wal_spare_largest(psd_wal *w) {
  * the current one, from the largest spare file when there is one
  * (invariant 6), and syncs the directory; the old current one keeps its
  * size (a reused file's old bytes or the last write's zeros may follow
- * its records: replay reads a segment before the last only up to the
- * next one's first record, invariant 5) and is closed only once the new
- * one exists.  Writer thread (or before it starts). */
+ * its records, invariant 4) and is closed only once the new one exists.  Writer thread (or before it starts). */
 static int wal_open_seg(psd_wal *w, uint64_t first, char *why, size_t whylen) {
   char name[32];
   wal_seg_name(name, sizeof name, first);

@@ -31,19 +31,22 @@
  *  4. Segments before the current one are fully synced; each holds the
  *     records from its first (its name) to the next one's first - 1, and
  *     whatever follows them in the file (a reused file's old bytes, an
- *     O_DIRECT write's zeros) is no part of the log.  A segment is deleted (or kept as a spare,
- *     invariant 6) only when psd_wal_truncate said that a finished
- *     snapshot holds all its records; each truncate request also rolls the
- *     current segment (when it holds records), so the log stays about two
- *     snapshot intervals long.
+ *     O_DIRECT write's zeros) is no part of the log.  A segment is
+ *     deleted (or kept as a spare, invariant 6) only when
+ *     psd_wal_truncate said that a finished snapshot holds all its
+ *     records; each truncate request also rolls the current segment (when
+ *     it holds records), so the log stays about two snapshot intervals
+ *     long.
  *  5. Replay: records of the last segment after the first one that is
  *     short or fails its checksum are a torn tail (never acknowledged):
  *     they are counted (the bad one when its header carries the next seq,
- *     and the intact ones after it), logged and cut off.  A bad record in
- *     an earlier segment (before its last record, the next segment's
- *     first - 1: the bytes after that one are not read), a gap in the
- *     sequence after FROM, or a log that starts after FROM + 1 is refused
- *     (PS_EIO) with a message saying which.
+ *     and the intact ones after it), logged and cut off.  In a segment
+ *     before the last, the first record that is bad or does not follow the
+ *     one before ends its records (what follows is not read, invariant 4);
+ *     a bad first record there, a gap in the sequence after FROM (also
+ *     where a segment's records ended early: the message says where), or
+ *     a log that starts after FROM + 1 is refused (PS_EIO) with a message
+ *     saying which.
  *     In the last segment an intact record older than the segment's first
  *     (a reused file's old bytes, invariant 6) ends the records cleanly:
  *     cut off, nothing dropped; a segment of any position that starts with

@@ -1052,7 +1052,8 @@ static void conn_push_end(psd_conn *c) {
   if (rc == 0) {
     ps_req r = conn_req(m);
     r.grads = m->shm ? (const void *)(c->shm.data + m->shm_off) : c->data;
-    r.nbytes = m->shm ? c->req_nbytes : c->rx.h.data_len;
+    r.nbytes = c->req_nbytes; /* the frame's data_len when not in the region (checked) */
+    int copy = m->shm && sh->wal; /* logged and applied from our copy (invariant 11) */
     if (sh->agg) {
       conn_forward(c, &r, 1, 0);
       c->rx.state = PS_CHAN_RX_HDR;
@@ -1066,17 +1067,17 @@ static void conn_push_end(psd_conn *c) {
       sh->ctr.auth_refused++;
       rc = ps_errf(&c->req_eb, PS_EPERM, "a push that sums %zu workers needs an aggregator's "
                    "key; this connection proved a %s key", r.nsummed, ps_role_name(c->role));
-    } else if (m->shm && sh->wal && conn_data_room(c, r.nbytes) < 0) {
+    } else if (copy && conn_data_room(c, r.nbytes) < 0) {
       rc = ps_errf(&c->req_eb, PS_ENOMEM, "push to model '%s': out of memory", m->model);
     } else {
-      if (m->shm && sh->wal) { /* logged and applied from our copy (invariant 11) */
+      if (copy) {
         memcpy(c->data, r.grads, r.nbytes);
         r.grads = c->data;
       }
       /* a redo log may keep the data buffer (and write the gradients from
        * there: psd_wal invariant 8) and give another in its place; data
        * in the region is the client's (invariant 11) */
-      if (!m->shm || sh->wal) {
+      if (r.grads == c->data) {
         r.own = &c->data;
         r.own_cap = &c->data_cap;
       }

@@ -252,6 +252,13 @@ static int psw_shard_segments(psw_client *c, psw_shard *s, ps_errbuf *eb) {
   return 0;
 }
 
+/* psw_shm_area: the bytes of one area (push or pull) of a region for
+ * NELEMS fp32 values, page-rounded (invariant 9): the vectors' halves and
+ * a region's must match for the region to move onto the vectors. */
+static uint64_t psw_shm_area(uint64_t nelems) {
+  return (nelems * sizeof(float) + 4095) & ~(uint64_t)4095;
+}
+
 /* psw_zc_alloc maps grads[0] and params[0] as two page-rounded halves of
  * one anonymous mapping (invariant 9) when they can later lie in a shard's
  * region: a backend that computes on host memory, one buffer, shared
@@ -260,7 +267,7 @@ static int psw_zc_alloc(psw_client *c, ps_errbuf *eb) {
   if (!c->be->unified || c->nbufs != 1 || !c->cfg->workers.shared_memory ||
       c->cfg->security.payload_mac || c->layout.nparams == 0)
     return 0;
-  size_t area = ((size_t)c->layout.nparams * sizeof(float) + 4095) & ~(size_t)4095;
+  size_t area = (size_t)psw_shm_area(c->layout.nparams);
   void *p = mmap(NULL, 2 * area, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (p == MAP_FAILED) return ps_errf(eb, PS_ENOMEM, "cannot map %zu bytes of vectors", 2 * area);
   c->zc = p;
@@ -368,8 +375,7 @@ static int psw_chan_flags(const psw_client *c) {
 static uint64_t psw_shm_want(const psw_client *c, const psw_shard *s) {
   if (!c->cfg->workers.shared_memory || c->cfg->security.payload_mac || (c->agg && !c->agg_down))
     return 0;
-  uint64_t area = (s->nelems * sizeof(float) + 4095) & ~(uint64_t)4095;
-  return 2 * area;
+  return 2 * psw_shm_area(s->nelems);
 }
 
 /* psw_connect opens S's connection once. */

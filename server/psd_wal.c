@@ -327,7 +327,14 @@ int psd_wal_open(psd_wal **out, const psd_wal_opts *o, ps_errbuf *eb) {
   w->direct = !o->buffered;
   w->next_seq = 1;
   pthread_mutex_init(&w->mu, NULL);
-  pthread_cond_init(&w->cv, NULL);
+  /* the writer's timed waits (wal_wait_more, wal_sleep) count on the
+   * monotonic clock: a condition on the default (realtime) clock read
+   * their deadlines as long past, so neither waited at all */
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  pthread_cond_init(&w->cv, &ca);
+  pthread_condattr_destroy(&ca);
   pthread_cond_init(&w->synced_cv, NULL);
   /* One level: the log lives inside the store's directory, which exists. */
   int rc = 0;

@@ -327,6 +327,57 @@ START_TEST(test_sync_failure_retried) {
 }
 END_TEST
 
+/* The writer's timed waits: a failed sync is retried only after retry_ms
+ * (three failures: at least three waits), and with group_commit_max_wait_us
+ * a record appended while the writer waits for more shares the first
+ * one's sync.  (Both once read their deadlines on the wrong clock, so
+ * neither waited.) */
+START_TEST(test_writer_waits) {
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  seam sm = {.fail = 3};
+  psd_wal_opts o = {.dir = ps_test_tmpdir(), .max_batch_bytes = 1 << 20, .retry_ms = 100,
+                    .sync = seam_sync, .sync_arg = &sm, .on_state = on_state};
+  psd_wal *w = wal_started(&o, &loop);
+  state_calls = 0;
+  waiter ws[3];
+  uint64_t off = 0;
+  int64_t t0 = ps_test_now_ms();
+  append_n(w, ws, 1, 100, &sm, &off);
+  while (state_calls < 2 && ps_test_now_ms() < t0 + 20000) {
+    uv_run(&loop, UV_RUN_NOWAIT);
+    usleep(1000);
+  }
+  ck_assert_int_eq(state_calls, 2);
+  ck_assert_int_eq(state_last, 0);
+  int64_t took = ps_test_now_ms() - t0;
+  ck_assert_msg(took >= 300, "3 failed syncs retried within %lld ms (retry_ms 100)", (long long)took);
+  psd_wal_stop(w);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  psd_wal_free(w);
+  /* a group: the second record comes 50 ms into the writer's 400 ms wait */
+  sm = (seam){0};
+  o = (psd_wal_opts){.dir = ps_test_tmpdir(), .max_batch_bytes = 1 << 20, .retry_ms = 100,
+                     .max_wait_us = 400000, .sync = seam_sync, .sync_arg = &sm};
+  w = wal_started(&o, &loop);
+  off = 0;
+  append_n(w, ws + 1, 1, 100, &sm, &off);
+  usleep(50000);
+  append_n(w, ws + 2, 1, 100, &sm, &off);
+  run_until(&loop, ws + 1, 2);
+  psd_wal_stats st;
+  psd_wal_stats_get(w, &st);
+  ck_assert_int_eq(ws[1].status, 0);
+  ck_assert_int_eq(ws[2].status, 0);
+  ck_assert_uint_eq(st.records, 2);
+  ck_assert_uint_eq(st.syncs, 1);
+  psd_wal_stop(w);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  psd_wal_free(w);
+  uv_loop_close(&loop);
+}
+END_TEST
+
 /* psd_wal_wait_synced (what a snapshot waits for, psd_store invariant
  * 11): 0 once the record is synced; PS_EDEGRADED while syncs fail, then
  * 0 once the retry synced it; PS_ESHUTDOWN for a record the stopped log
@@ -1261,6 +1312,7 @@ Suite *psd_wal_suite(void) {
   tcase_set_timeout(tc, 60);
   tcase_add_loop_test(tc, test_ack_follows_sync, 0, 2);
   tcase_add_loop_test(tc, test_sync_failure_retried, 0, 2);
+  tcase_add_test(tc, test_writer_waits);
   tcase_add_test(tc, test_wait_synced);
   tcase_add_loop_test(tc, test_power_cut, 0, 2);
   tcase_add_loop_test(tc, test_torn_and_corrupt_tail, 0, 2);

@@ -5,6 +5,7 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <netinet/in.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -41,11 +42,47 @@ const char *ps_test_bin(const char *name) {
   return p;
 }
 
+/* The directories ps_test_tmpdir made, each with the process that made
+ * it: a forked test (Check's default) inherits its parent's list, and
+ * removes only its own. */
+#define TMPDIRS_MAX 256
+static struct {
+  char path[512];
+  pid_t pid;
+} tmpdirs[TMPDIRS_MAX];
+static int ntmpdirs;
+
+static int tmpdir_rm(const char *path, const struct stat *st, int flag, struct FTW *f) {
+  (void)st, (void)f;
+  if (flag == FTW_DP) rmdir(path);
+  else unlink(path);
+  return 0; /* on with the rest: what cannot go stays */
+}
+
+/* tmpdirs_remove removes this process's directories when it exits with
+ * status 0 (a test that failed, in its own process or in the runner's,
+ * keeps them: its messages name files in them), unless PS_TEST_KEEP is
+ * set.  Nothing under a mount point a test left mounted is touched. */
+static void tmpdirs_remove(int status, void *arg) {
+  (void)arg;
+  const char *keep = getenv("PS_TEST_KEEP");
+  if (status != 0 || (keep && *keep && strcmp(keep, "0") != 0)) return;
+  for (int i = 0; i < ntmpdirs; i++)
+    if (tmpdirs[i].pid == getpid())
+      nftw(tmpdirs[i].path, tmpdir_rm, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
+}
+
 const char *ps_test_tmpdir(void) {
   static char path[512];
+  static pid_t hooked; /* the handler is inherited across fork: once */
   const char *t = getenv("TMPDIR");
   snprintf(path, sizeof path, "%s/ps_test.XXXXXX", t && *t ? t : "/tmp");
   ck_assert_msg(mkdtemp(path) != NULL, "mkdtemp: %s", strerror(errno));
+  if (!hooked && on_exit(tmpdirs_remove, NULL) == 0) hooked = getpid();
+  if (ntmpdirs < TMPDIRS_MAX) {
+    snprintf(tmpdirs[ntmpdirs].path, sizeof tmpdirs[ntmpdirs].path, "%s", path);
+    tmpdirs[ntmpdirs++].pid = getpid();
+  }
   return path;
 }
 

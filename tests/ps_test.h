@@ -34,7 +34,10 @@ void ps_test_skip(const char *test, const char *fmt, ...)
 const char *ps_test_bin(const char *name);
 
 /* ps_test_tmpdir makes a fresh directory under $TMPDIR (or /tmp) and
- * returns its path (static storage, overwritten by the next call). */
+ * returns its path (static storage, overwritten by the next call).  The
+ * process that made it removes it, with what it holds, when it exits
+ * with status 0 (a forked test that passed, the runner when every test
+ * did); a failed test's stays, and PS_TEST_KEEP=1 keeps them all. */
 const char *ps_test_tmpdir(void);
 
 /* ps_test_listen returns a socket listening on 127.0.0.1:PORT (0: a

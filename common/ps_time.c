@@ -36,3 +36,23 @@ int ps_sleep_ms(uint32_t ms, volatile sig_atomic_t *stop) {
 uint32_t ps_backoff_next(uint32_t delay) {
   return delay > PS_BACKOFF_MAX_MS / 2 ? PS_BACKOFF_MAX_MS : delay * 2;
 }
+
+/* ps_cond_init_mono: see ps_time.h. */
+int ps_cond_init_mono(pthread_cond_t *cv) {
+  pthread_condattr_t ca;
+  pthread_condattr_init(&ca);
+  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+  int rc = pthread_cond_init(cv, &ca);
+  pthread_condattr_destroy(&ca);
+  return rc;
+}
+
+/* ps_deadline_ns: see ps_time.h. */
+struct timespec ps_deadline_ns(uint64_t ns) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  ns += (uint64_t)t.tv_nsec;
+  t.tv_sec += (time_t)(ns / 1000000000u);
+  t.tv_nsec = (long)(ns % 1000000000u);
+  return t;
+}

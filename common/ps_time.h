@@ -3,8 +3,10 @@
 #ifndef PS_TIME_H
 #define PS_TIME_H
 
+#include <pthread.h>
 #include <signal.h>
 #include <stdint.h>
+#include <time.h>
 
 /* Retries back off from PS_BACKOFF_FIRST_MS, doubling up to
  * PS_BACKOFF_MAX_MS (ps_backoff_next). */
@@ -21,6 +23,15 @@ double ps_now_s(void);
  * do not cut it short) and returns 0, or PS_ESHUTDOWN as soon as *STOP
  * (may be NULL) is set, before or during the sleep. */
 int ps_sleep_ms(uint32_t ms, volatile sig_atomic_t *stop);
+
+/* ps_cond_init_mono initialises CV for pthread_cond_timedwait deadlines
+ * on CLOCK_MONOTONIC (ps_deadline_ns), which a step of the wall clock
+ * does not move; returns pthread_cond_init's result. */
+int ps_cond_init_mono(pthread_cond_t *cv);
+
+/* ps_deadline_ns returns the CLOCK_MONOTONIC time NS nanoseconds from
+ * now, for a condition made by ps_cond_init_mono. */
+struct timespec ps_deadline_ns(uint64_t ns);
 
 /* ps_backoff_next returns the delay after DELAY: twice it, at most
  * PS_BACKOFF_MAX_MS. */

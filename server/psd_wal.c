@@ -30,6 +30,7 @@
 
 #include "ps_crc32c.h"
 #include "ps_log.h"
+#include "ps_time.h"
 
 #define WAL_HDR 16
 #define WAL_CRC32C 0x80000000u /* in a record's len field: its crc is CRC-32C */
@@ -330,11 +331,7 @@ int psd_wal_open(psd_wal **out, const psd_wal_opts *o, ps_errbuf *eb) {
   /* the writer's timed waits (wal_wait_more, wal_sleep) count on the
    * monotonic clock: a condition on the default (realtime) clock read
    * their deadlines as long past, so neither waited at all */
-  pthread_condattr_t ca;
-  pthread_condattr_init(&ca);
-  pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
-  pthread_cond_init(&w->cv, &ca);
-  pthread_condattr_destroy(&ca);
+  ps_cond_init_mono(&w->cv);
   pthread_cond_init(&w->synced_cv, NULL);
   /* One level: the log lives inside the store's directory, which exists. */
   int rc = 0;
@@ -1000,22 +997,14 @@ static void wal_trim(psd_wal *w, uint64_t upto) {
  * 2).  Under mu. */
 static void wal_wait_more(psd_wal *w) {
   if (!w->o.max_wait_us || w->pend_len >= w->o.max_batch_bytes) return;
-  struct timespec dl;
-  clock_gettime(CLOCK_MONOTONIC, &dl);
-  uint64_t ns = (uint64_t)dl.tv_nsec + (uint64_t)w->o.max_wait_us * 1000;
-  dl.tv_sec += (time_t)(ns / 1000000000);
-  dl.tv_nsec = (long)(ns % 1000000000);
+  struct timespec dl = ps_deadline_ns((uint64_t)w->o.max_wait_us * 1000);
   while (!w->stop && w->pend_len < w->o.max_batch_bytes)
     if (pthread_cond_timedwait(&w->cv, &w->mu, &dl) == ETIMEDOUT) break;
 }
 
 /* wal_sleep waits retry_ms or until stop.  Under mu. */
 static void wal_sleep(psd_wal *w) {
-  struct timespec dl;
-  clock_gettime(CLOCK_MONOTONIC, &dl);
-  uint64_t ns = (uint64_t)dl.tv_nsec + (uint64_t)w->o.retry_ms * 1000000;
-  dl.tv_sec += (time_t)(ns / 1000000000);
-  dl.tv_nsec = (long)(ns % 1000000000);
+  struct timespec dl = ps_deadline_ns((uint64_t)w->o.retry_ms * 1000000);
   while (!w->stop)
     if (pthread_cond_timedwait(&w->cv, &w->mu, &dl) == ETIMEDOUT) break;
 }

@@ -72,7 +72,7 @@ int psw_coord_new(psw_coord **out, const psw_coord_conf *conf, ps_errbuf *eb) {
   c->rpc = calloc(conf->cfg->nshards, sizeof *c->rpc);
   pthread_mutex_init(&c->mu, NULL);
   pthread_mutex_init(&c->rejoin_mu, NULL);
-  pthread_cond_init(&c->cv, NULL);
+  ps_cond_init_mono(&c->cv); /* the beat's wait: a wall-clock step must not stretch it */
   pthread_mutex_init(&c->rmu, NULL);
   pthread_cond_init(&c->rcv, NULL);
   if (gethostname(c->host, sizeof c->host - 1) < 0) strcpy(c->host, "?");
@@ -322,11 +322,7 @@ static void *coord_main(void *arg) {
     int expired = coord_heartbeat_all(c, c->worker, 0, 0, rejoin);
     if (expired) coord_reregister(c, seen);
     pthread_mutex_lock(&c->mu);
-    struct timespec until;
-    clock_gettime(CLOCK_REALTIME, &until);
-    uint64_t ns = (uint64_t)until.tv_nsec + (uint64_t)c->heartbeat_ms * 1000000ull;
-    until.tv_sec += (time_t)(ns / 1000000000ull);
-    until.tv_nsec = (long)(ns % 1000000000ull);
+    struct timespec until = ps_deadline_ns((uint64_t)c->heartbeat_ms * 1000000u);
     while (!c->quit && pthread_cond_timedwait(&c->cv, &c->mu, &until) != ETIMEDOUT) {
     }
   }

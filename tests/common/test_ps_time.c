@@ -1,4 +1,6 @@
 /* Tests for ps_time: the clock, stop-aware sleeps, the retry backoff. */
+#include <errno.h>
+
 #include "ps_error.h"
 #include "ps_test.h"
 #include "ps_time.h"
@@ -20,6 +22,25 @@ START_TEST(test_sleep_and_clock) {
 }
 END_TEST
 
+/* A condition from ps_cond_init_mono waits out a ps_deadline_ns deadline
+ * (a condition on the realtime clock would read it as long past). */
+START_TEST(test_mono_deadline) {
+  pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+  pthread_cond_t cv;
+  ck_assert_int_eq(ps_cond_init_mono(&cv), 0);
+  int64_t t0 = ps_now_ms();
+  struct timespec dl = ps_deadline_ns(100u * 1000000u);
+  pthread_mutex_lock(&mu);
+  int rc = 0;
+  while (rc != ETIMEDOUT) rc = pthread_cond_timedwait(&cv, &mu, &dl);
+  pthread_mutex_unlock(&mu);
+  int64_t waited = ps_now_ms() - t0;
+  ck_assert_msg(waited >= 99 && waited < 5000, "waited %lld ms for a 100 ms deadline",
+                (long long)waited);
+  pthread_cond_destroy(&cv);
+}
+END_TEST
+
 START_TEST(test_backoff) {
   uint32_t d = PS_BACKOFF_FIRST_MS, seen[8];
   for (int i = 0; i < 8; i++) seen[i] = d = ps_backoff_next(d);
@@ -37,6 +58,7 @@ Suite *ps_time_suite(void) {
   TCase *tc = tcase_create("core");
   tcase_add_test(tc, test_sleep_and_clock);
   tcase_add_test(tc, test_backoff);
+  tcase_add_test(tc, test_mono_deadline);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -1063,6 +1063,11 @@ uint64_t ps_config_shard_budget(const ps_config *c) {
   return mem / 3;
 }
 
+/* ps_config_reply_timeout_ms: see ps_config.h. */
+int ps_config_reply_timeout_ms(const ps_config *c) {
+  return (int)c->training.pull_timeout_ms + 5000; /* at most 86400000: fits */
+}
+
 /* ps_config_agg: see ps_config.h. */
 const ps_agg_conf *ps_config_agg(const ps_config *c, const char *name) {
   for (size_t i = 0; name && i < c->naggs; i++)

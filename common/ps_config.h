@@ -180,6 +180,12 @@ uint64_t ps_config_shard_budget(const ps_config *c);
  * too); borrowed from C. */
 const ps_agg_conf *ps_config_agg(const ps_config *c, const char *name);
 
+/* ps_config_reply_timeout_ms: how long a worker or aggregator waits for
+ * a shard's reply, which a parked pull (dense or sparse) may hold back up
+ * to training.pull_timeout_ms: that plus 5 s, so the shard's own timeout,
+ * which names the slowest worker, arrives first. */
+int ps_config_reply_timeout_ms(const ps_config *c);
+
 /* ps_config_coordinator returns the coordinator shard: the one whose id is
  * workers.coordinator, or the first shard when no shard has that id (the
  * default 0 in a cluster without a shard 0).  Borrowed from C. */

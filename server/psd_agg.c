@@ -1140,7 +1140,7 @@ int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_a
     /* a pull may stay parked on the root up to pull_timeout_ms */
     if ((rc = psd_chan_client_new(&l->cc, loop, l->root->channel_addr, cfg->cluster, a->key,
                          cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0,
-                         AGG_CONNECT_TIMEOUT_MS, (int)cfg->training.pull_timeout_ms + 5000,
+                         AGG_CONNECT_TIMEOUT_MS, ps_config_reply_timeout_ms(cfg),
                          eb)) < 0) {
       a->nlinks = i;
       psd_agg_stop(a);

@@ -29,7 +29,6 @@
 #include "ps_time.h"
 #include "psw_client.h"
 
-#define PSW_SPARSE_TIMEOUT_MS 30000
 #define PSW_SPARSE_CONNECT_MS 2000      /* a channel connect and hello */
 #define PSW_SPARSE_CHAN_RETRY_MS 1000   /* no new channel after a failed connect for this long */
 #define PSW_SPARSE_CHAN_OLD_MS 60000    /* ... nor to a shard that did not offer rows */
@@ -188,7 +187,8 @@ static int call_once(psw_sparse *s, size_t k, const char *method, const Protobuf
   int rc = 0;
   if (!s->rpc[k])
     rc = ps_rpc_open_cfg(&s->rpc[k], s->cfg->shards[k].grpc_addr, s->cfg, PS_ROLE_WORKER, eb);
-  if (!rc) rc = ps_rpc_call(s->rpc[k], method, req, desc, rep, PSW_SPARSE_TIMEOUT_MS, eb);
+  if (!rc) rc = ps_rpc_call(s->rpc[k], method, req, desc, rep,
+                            ps_config_reply_timeout_ms(s->cfg), eb); /* a pull may park */
   if (rc && psw_retryable(rc) && s->rpc[k]) {
     ps_rpc_close(s->rpc[k]);
     s->rpc[k] = NULL;
@@ -251,7 +251,7 @@ static ps_chan_client *chan_get(psw_sparse *s, size_t k) {
     s->ch_retry_ms[k] = now + PSW_SPARSE_CHAN_OLD_MS;
     return NULL;
   }
-  ps_chan_set_timeout(s->ch[k], PSW_SPARSE_TIMEOUT_MS);
+  ps_chan_set_timeout(s->ch[k], ps_config_reply_timeout_ms(s->cfg)); /* a pull may park */
   return s->ch[k];
 }
 

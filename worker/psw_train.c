@@ -356,7 +356,7 @@ static int run_setup(psw_run *x, ps_errbuf *eb) {
   psw_client_conf cc = {.cfg = x->o->cfg, .model = x->o->model, .worker = x->rank,
                         .be = x->be, .nbufs = x->r->overlap ? 2 : 1, .stop = x->o->stop,
                         /* a pull may wait parked on a shard up to pull_timeout_ms */
-                        .io_timeout_ms = (int)x->o->cfg->training.pull_timeout_ms + 5000,
+                        .io_timeout_ms = ps_config_reply_timeout_ms(x->o->cfg),
                         .rejoin = run_rejoin, .rejoin_arg = x->coord,
                         /* sequential steps: a push's log sync (durability
                          * sync) overlaps the next step's compute */

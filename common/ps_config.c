@@ -657,15 +657,23 @@ static const cfg_table cfg_limits_table = CFG_TABLE("in 'limits'", cfg_limits_sl
 static yaml_node_t *cfg_value_node(cfg_ctx *x, yaml_node_t *n, const char *key);
 
 /* cfg_workers_post: workers.min (0: workers.count) is at most the count
- * expected. */
+ * expected, and a lease outlasts the heartbeat interval (else an idle
+ * worker would be declared dead between two of its beats). */
 static int cfg_workers_post(cfg_ctx *x, void *base, yaml_node_t *n, const yaml_mark_t *marks) {
   ps_worker_conf *w = base;
   (void)marks;
   if (!w->min) w->min = w->count;
-  if (w->min <= w->count) return 0;
-  yaml_node_t *v = cfg_value_node(x, n, "min");
+  if (w->min > w->count) {
+    yaml_node_t *v = cfg_value_node(x, n, "min");
+    return cfg_err(x, (v ? v : n)->start_mark,
+                   "'min' (%" PRIu32 ") must not exceed 'count' (%" PRIu32 ")", w->min, w->count);
+  }
+  if (w->lease_ms > w->heartbeat_ms) return 0;
+  yaml_node_t *v = cfg_value_node(x, n, "lease_ms");
   return cfg_err(x, (v ? v : n)->start_mark,
-                 "'min' (%" PRIu32 ") must not exceed 'count' (%" PRIu32 ")", w->min, w->count);
+                 "'lease_ms' (%" PRIu32 ") must exceed 'heartbeat_ms' (%" PRIu32
+                 "): a worker would be declared dead between two heartbeats",
+                 w->lease_ms, w->heartbeat_ms);
 }
 
 static const cfg_table cfg_workers_table =

@@ -305,6 +305,12 @@ static const struct bad_case {
      "3:16: 'jitter_prob' is 1.5, outside 0..1"},
     {"cluster: a\nworkers:\n  count: 2\n  min: 3\n" SHARD0, PS_ECONFIG,
      "4:8: 'min' (3) must not exceed 'count' (2)"},
+    {"cluster: a\nworkers:\n  heartbeat_ms: 1000\n  lease_ms: 1000\n" SHARD0, PS_ECONFIG,
+     "4:13: 'lease_ms' (1000) must exceed 'heartbeat_ms' (1000): a worker would be declared "
+     "dead between two heartbeats"},
+    {"cluster: a\nworkers:\n  heartbeat_ms: 10000\n" SHARD0, PS_ECONFIG,
+     "3:3: 'lease_ms' (5000) must exceed 'heartbeat_ms' (10000): a worker would be declared "
+     "dead between two heartbeats"},
     {"cluster: a\nworkers:\n  min: -1\n" SHARD0, PS_ECONFIG,
      "3:8: 'min' is -1, outside 0..4096"},
     {"chunk_elems: 8\n" SHARD0, PS_ECONFIG, "1:1: missing required key 'cluster' at the top level"},

@@ -26,6 +26,7 @@ typedef struct psd_coord_bg {
   int busy;      /* queued or running, until its after-callback (loop) */
   int done;      /* its write finished (under mu) */
   int retry;     /* the last background save failed: the next one writes */
+  ps_errbuf said; /* the failure last logged (msg "": none) */
   int stopped;   /* psd_coord_stop ran while busy: the after-callback frees */
   char *text;
   size_t len;
@@ -109,6 +110,22 @@ void psd_coord_save(psd_shard *sh, int force) {
   if (err < 0) ps_warn("coordinator state not saved (retried): %s", eb.msg);
 }
 
+/* coord_bg_said logs a background save's failure MSG when it differs
+ * from the one logged last (the timer retries every PSD_COORD_SAVE_MS:
+ * one line per cause, not ten a second), and with MSG NULL that saves
+ * work again after one was logged. */
+static void coord_bg_said(psd_coord_bg *bg, const char *msg) {
+  if (!msg) {
+    if (bg->said.msg[0]) ps_info("coordinator state saved again");
+    bg->said.msg[0] = 0;
+    return;
+  }
+  if (!strcmp(bg->said.msg, msg)) return;
+  snprintf(bg->said.msg, sizeof bg->said.msg, "%s", msg);
+  ps_warn("coordinator state not saved (retried every %u ms; said once): %s",
+          (unsigned)PSD_COORD_SAVE_MS, msg);
+}
+
 /* coord_bg_work writes a save (a thread of libuv's pool). */
 static void coord_bg_work(uv_work_t *w) {
   psd_coord_bg *bg = w->data;
@@ -128,8 +145,9 @@ static void coord_bg_after(uv_work_t *w, int status) {
   bg->text = NULL;
   if (status < 0 || bg->err < 0) {
     bg->retry = 1;
-    ps_warn("coordinator state not saved (retried): %s",
-            status < 0 ? "the save was cancelled" : bg->eb.msg);
+    coord_bg_said(bg, status < 0 ? "the save was cancelled" : bg->eb.msg);
+  } else {
+    coord_bg_said(bg, NULL);
   }
   if (bg->stopped) coord_bg_free(bg);
 }
@@ -145,7 +163,7 @@ static void coord_on_save_timer(uv_timer_t *t) {
   if (bg->busy || (!psd_clock_dirty(sh->clock) && !bg->retry)) return;
   ps_errbuf eb;
   if (psd_clock_save(sh->clock, &bg->text, &bg->len, &eb) < 0) {
-    ps_warn("coordinator state not saved (retried): %s", eb.msg);
+    coord_bg_said(bg, eb.msg);
     return;
   }
   bg->retry = 0;

@@ -122,7 +122,8 @@ static void coord_bg_said(psd_coord_bg *bg, const char *msg) {
   }
   if (!strcmp(bg->said.msg, msg)) return;
   snprintf(bg->said.msg, sizeof bg->said.msg, "%s", msg);
-  ps_warn("coordinator state not saved (retried every %u ms, logged again when the cause changes): %s",
+  ps_warn("coordinator state not saved (retried every %u ms, logged again when the cause "
+          "changes): %s",
           (unsigned)PSD_COORD_SAVE_MS, msg);
 }
 

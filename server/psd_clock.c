@@ -60,8 +60,8 @@ struct psd_clock {
   psd_clock_model **m;
   size_t nm, mcap;
   clock_part *part;          /* o.nparts of them */
-  psd_epoch_info *ep;        /* per epoch seen, nep of them */
-  size_t nep;
+  psd_epoch_info *ep;        /* per epoch seen, nep of them (room for ep_cap) */
+  size_t nep, ep_cap;
   uint32_t job_epochs;       /* the largest epoch count claimed */
   char *job_model;           /* the model the partition table trains (NULL: none yet) */
   uint64_t data_size;
@@ -548,10 +548,15 @@ static uint32_t clock_load(const psd_clock *c, uint32_t rank) {
 static psd_epoch_info *clock_epoch(psd_clock *c, uint32_t epoch) {
   if (epoch >= c->nep) {
     if (epoch >= 100000) return NULL; /* training.epochs is at most 100000 */
-    psd_epoch_info *n = realloc(c->ep, (epoch + 1) * sizeof *n);
-    if (!n) return NULL;
-    for (size_t e = c->nep; e <= epoch; e++) n[e] = (psd_epoch_info){.epoch = (uint32_t)e};
-    c->ep = n;
+    if (epoch >= c->ep_cap) { /* doubling: a table loaded epoch by epoch grows in O(n) */
+      size_t cap = c->ep_cap ? 2 * c->ep_cap : 16;
+      if (cap <= epoch) cap = (size_t)epoch + 1;
+      psd_epoch_info *n = realloc(c->ep, cap * sizeof *n);
+      if (!n) return NULL;
+      c->ep = n;
+      c->ep_cap = cap;
+    }
+    for (size_t e = c->nep; e <= epoch; e++) c->ep[e] = (psd_epoch_info){.epoch = (uint32_t)e};
     c->nep = epoch + 1;
   }
   return &c->ep[epoch];
@@ -665,7 +670,7 @@ int psd_clock_job_reset(psd_clock *c, const char *model, ps_errbuf *eb) {
     c->part[i] = (clock_part){.owner = c->part[i].owner};
   free(c->ep);
   c->ep = NULL;
-  c->nep = 0;
+  c->nep = c->ep_cap = 0;
   c->job_epochs = 0;
   clock_part_balance(c);
   c->dirty = 1;

@@ -72,17 +72,22 @@ static void tmpdirs_remove(int status, void *arg) {
       nftw(tmpdirs[i].path, tmpdir_rm, 16, FTW_DEPTH | FTW_PHYS | FTW_MOUNT);
 }
 
-const char *ps_test_tmpdir(void) {
-  static char path[512];
+/* tmpdir_track has this process remove PATH at a successful exit. */
+static void tmpdir_track(const char *path) {
   static pid_t hooked; /* the handler is inherited across fork: once */
-  const char *t = getenv("TMPDIR");
-  snprintf(path, sizeof path, "%s/ps_test.XXXXXX", t && *t ? t : "/tmp");
-  ck_assert_msg(mkdtemp(path) != NULL, "mkdtemp: %s", strerror(errno));
   if (!hooked && on_exit(tmpdirs_remove, NULL) == 0) hooked = getpid();
   if (ntmpdirs < TMPDIRS_MAX) {
     snprintf(tmpdirs[ntmpdirs].path, sizeof tmpdirs[ntmpdirs].path, "%s", path);
     tmpdirs[ntmpdirs++].pid = getpid();
   }
+}
+
+const char *ps_test_tmpdir(void) {
+  static char path[512];
+  const char *t = getenv("TMPDIR");
+  snprintf(path, sizeof path, "%s/ps_test.XXXXXX", t && *t ? t : "/tmp");
+  ck_assert_msg(mkdtemp(path) != NULL, "mkdtemp: %s", strerror(errno));
+  tmpdir_track(path);
   return path;
 }
 
@@ -500,6 +505,7 @@ void ps_test_tmpfs_make(ps_test_tmpfs *t, const char *prefix, const char *opts) 
     snprintf(t->why, sizeof t->why, "mkdtemp: %s", strerror(errno));
     return;
   }
+  tmpdir_track(t->dir); /* its logs and configs too (ps_test_tmpdir) */
   snprintf(t->mnt, sizeof t->mnt, "%s/shard0", t->dir);
   if (mkdir(t->mnt, 0755) < 0) {
     snprintf(t->why, sizeof t->why, "mkdir '%s': %s", t->mnt, strerror(errno));
@@ -517,7 +523,7 @@ void ps_test_tmpfs_remove(ps_test_tmpfs *t) {
   if (t->mounted && umount(t->mnt) < 0) umount2(t->mnt, MNT_DETACH);
   t->mounted = 0;
   if (t->mnt[0]) rmdir(t->mnt);
-  if (t->dir[0]) rmdir(t->dir); /* when the test skipped: nothing in it */
+  if (t->dir[0]) rmdir(t->dir); /* when empty; else at a successful exit */
 }
 
 /* ps_test_push: see ps_test.h. */

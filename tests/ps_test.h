@@ -220,8 +220,10 @@ void ps_test_submit(ps_rpc *r, const Ps__ModelSpec *spec, int replace, int timeo
  * 0's data_dir in ps_test_cluster_yaml's files).  T->mounted says whether
  * that worked, T->why why not (mounting needs privileges: skip then).
  * ps_test_tmpfs_remove unmounts (lazily when busy) and removes T->mnt and
- * T->dir when empty.  Call both from the runner's unchecked fixture, so
- * the mount is undone however the test ends. */
+ * T->dir when empty; what the tests left in T->dir goes when the runner
+ * exits with status 0, as ps_test_tmpdir's directories do.  Call both
+ * from the runner's unchecked fixture, so the mount is undone however the
+ * test ends. */
 typedef struct ps_test_tmpfs {
   char dir[512], mnt[600], why[1024];
   int mounted;

@@ -621,7 +621,8 @@ static void wal_spare_largest(psd_wal *w) {
  * the current one, from the largest spare file when there is one
  * (invariant 6), and syncs the directory; the old current one keeps its
  * size (a reused file's old bytes or the last write's zeros may follow
- * its records, invariant 4) and is closed only once the new one exists.  Writer thread (or before it starts). */
+ * its records, invariant 4) and is closed only once the new one exists.
+ * Writer thread (or before it starts). */
 static int wal_open_seg(psd_wal *w, uint64_t first, char *why, size_t whylen) {
   char name[32];
   wal_seg_name(name, sizeof name, first);

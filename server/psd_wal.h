@@ -77,9 +77,10 @@
  *     records followed by zeros to a whole block.  So a segment may end
  *     in zeros after its records: in the last one read by the replay as
  *     bytes that are no record (cut off, nothing dropped; a clean stop
- *     cuts them off first), in an earlier one not read (invariant 4).  Where open or the first write says EINVAL (some tmpfs
- *     versions, network or FUSE filesystems) the log says so once and
- *     writes buffered (the crash loop runs a third of its starts so).
+ *     cuts them off first), in an earlier one not read (invariant 4).
+ *     Where open or the first write says EINVAL (some tmpfs versions,
+ *     network or FUSE filesystems) the log says so once and writes
+ *     buffered (the crash loop runs a third of its starts so).
  *  8. Zero copy (psd_wal_append_own): a record's last piece of at least
  *     WAL_ZC_MIN (64 KiB) bytes, WAL_ALIGN-aligned in a block the caller
  *     hands over, is never copied: the loop thread copies only the
@@ -90,8 +91,9 @@
  *     records after it.  A segment's first record is copied whole, so no
  *     segment starts with a skip record: versions before skip records
  *     refuse a log that holds one (its seq is not the next one) instead
- *     of taking a segment that starts with one for a torn one.  The block is the log's until the group that
- *     holds the record is written and synced (a failed attempt is
+ *     of taking a segment that starts with one for a torn one.  The
+ *     block is the log's until the group that holds the record is
+ *     written and synced (a failed attempt is
  *     retried from it, invariant 3); then the writer lists it as done,
  *     and a later psd_wal_append_own (loop thread) gives it to its
  *     caller, keeps up to four, and frees the others.  The writer never

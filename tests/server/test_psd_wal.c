@@ -351,7 +351,8 @@ START_TEST(test_writer_waits) {
   ck_assert_int_eq(state_calls, 2);
   ck_assert_int_eq(state_last, 0);
   int64_t took = ps_test_now_ms() - t0;
-  ck_assert_msg(took >= 300, "3 failed syncs retried within %lld ms (retry_ms 100)", (long long)took);
+  ck_assert_msg(took >= 300, "3 failed syncs retried within %lld ms (retry_ms 100)",
+                (long long)took);
   psd_wal_stop(w);
   uv_run(&loop, UV_RUN_DEFAULT);
   psd_wal_free(w);

@@ -6,6 +6,7 @@
  * from one. */
 #include "ps_rpc.h"
 #include "ps_pb.h"
+#include "ps_time.h"
 #include "ps_tls.h"
 
 #include <grpc/byte_buffer_reader.h>
@@ -117,66 +118,99 @@ static int ps_rpc_status(const char *method, grpc_status_code st, grpc_slice det
   return err;
 }
 
-/* ps_rpc_invoke sends the slice REQ (consumed) as one unary call and
- * returns the reply's bytes in *RESP (caller frees with free()). */
-static int ps_rpc_invoke(ps_rpc *r, const char *method, grpc_slice req, void **resp,
-                         size_t *resp_len, int timeout_ms, ps_errbuf *eb) {
-  int err = 0;
-  grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
-  gpr_timespec deadline = gpr_time_add(gpr_now(GPR_CLOCK_REALTIME),
-                                       gpr_time_from_millis(timeout_ms, GPR_TIMESPAN));
-  grpc_slice msl = grpc_slice_from_copied_string(method);
-  grpc_call *call = grpc_channel_create_call(r->ch, NULL, GRPC_PROPAGATE_DEFAULTS, cq, msl,
-                                             NULL, deadline, NULL);
-  grpc_slice_unref(msl);
-  grpc_byte_buffer *send = grpc_raw_byte_buffer_create(&req, 1);
-  grpc_slice_unref(req);
-  grpc_byte_buffer *recv = NULL;
+/* One unary call in flight: what its six ops fill in. */
+typedef struct rpc_call {
+  grpc_call *call;
+  grpc_byte_buffer *send, *recv;
   grpc_metadata_array init_md, trail_md;
-  grpc_metadata_array_init(&init_md);
-  grpc_metadata_array_init(&trail_md);
-  grpc_status_code st = GRPC_STATUS_UNKNOWN;
-  grpc_slice details = grpc_empty_slice();
+  grpc_status_code st;
+  grpc_slice details;
+  int err;          /* 0, or why the batch could not start */
+  int done, success; /* ps_rpc_call_all: the batch completed, and how */
+} rpc_call;
+
+/* rpc_call_start starts METHOD with the bytes of REQ (not consumed) on
+ * R's channel, completing on CQ with C as the tag; on failure c->err is
+ * set (and EB) and nothing completes. */
+static void rpc_call_start(rpc_call *c, ps_rpc *r, grpc_completion_queue *cq, const char *method,
+                           grpc_slice req, gpr_timespec deadline, ps_errbuf *eb) {
+  memset(c, 0, sizeof *c);
+  grpc_slice msl = grpc_slice_from_copied_string(method);
+  c->call = grpc_channel_create_call(r->ch, NULL, GRPC_PROPAGATE_DEFAULTS, cq, msl, NULL,
+                                     deadline, NULL);
+  grpc_slice_unref(msl);
+  c->send = grpc_raw_byte_buffer_create(&req, 1);
+  grpc_metadata_array_init(&c->init_md);
+  grpc_metadata_array_init(&c->trail_md);
+  c->st = GRPC_STATUS_UNKNOWN;
+  c->details = grpc_empty_slice();
   grpc_op ops[6];
   memset(ops, 0, sizeof ops);
   ops[0].op = GRPC_OP_SEND_INITIAL_METADATA;
   ops[1].op = GRPC_OP_SEND_MESSAGE;
-  ops[1].data.send_message.send_message = send;
+  ops[1].data.send_message.send_message = c->send;
   ops[2].op = GRPC_OP_SEND_CLOSE_FROM_CLIENT;
   ops[3].op = GRPC_OP_RECV_INITIAL_METADATA;
-  ops[3].data.recv_initial_metadata.recv_initial_metadata = &init_md;
+  ops[3].data.recv_initial_metadata.recv_initial_metadata = &c->init_md;
   ops[4].op = GRPC_OP_RECV_MESSAGE;
-  ops[4].data.recv_message.recv_message = &recv;
+  ops[4].data.recv_message.recv_message = &c->recv;
   ops[5].op = GRPC_OP_RECV_STATUS_ON_CLIENT;
-  ops[5].data.recv_status_on_client.trailing_metadata = &trail_md;
-  ops[5].data.recv_status_on_client.status = &st;
-  ops[5].data.recv_status_on_client.status_details = &details;
-  if (grpc_call_start_batch(call, ops, 6, call, NULL) != GRPC_CALL_OK) {
-    err = ps_errf(eb, PS_EINTERNAL, "cannot start call '%s'", method);
-    goto out_call;
-  }
-  /* The call's own deadline ends it; pluck waits without a limit of its own. */
-  grpc_event ev = grpc_completion_queue_pluck(cq, call, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
-  if (ev.type != GRPC_OP_COMPLETE) {
-    err = ps_errf(eb, PS_EINTERNAL, "call '%s' did not complete", method);
-    goto out_call;
-  }
-  err = ps_rpc_status(method, st, details, eb);
-  if (err == 0 && !recv) err = ps_errf(eb, PS_EPROTO, "'%s' answered without a message", method);
-  if (err == 0 && ps_rpc_read_bb(recv, resp, resp_len) < 0)
+  ops[5].data.recv_status_on_client.trailing_metadata = &c->trail_md;
+  ops[5].data.recv_status_on_client.status = &c->st;
+  ops[5].data.recv_status_on_client.status_details = &c->details;
+  if (grpc_call_start_batch(c->call, ops, 6, c, NULL) != GRPC_CALL_OK)
+    c->err = ps_errf(eb, PS_EINTERNAL, "cannot start call '%s'", method);
+}
+
+/* rpc_call_finish ends C, whose batch completed with SUCCESS (or never
+ * started: c->err), returns 0 with the reply's bytes in *RESP (caller
+ * frees with free()) or a PS_E* code, and releases the call. */
+static int rpc_call_finish(rpc_call *c, int success, const char *method, void **resp,
+                           size_t *resp_len, ps_errbuf *eb) {
+  int err = c->err;
+  if (err == 0 && !success) err = ps_errf(eb, PS_EINTERNAL, "call '%s' did not complete", method);
+  if (err == 0) err = ps_rpc_status(method, c->st, c->details, eb);
+  if (err == 0 && !c->recv) err = ps_errf(eb, PS_EPROTO, "'%s' answered without a message", method);
+  if (err == 0 && ps_rpc_read_bb(c->recv, resp, resp_len) < 0)
     err = ps_errf(eb, PS_ENOMEM, "out of memory reading the reply of '%s'", method);
-out_call:
-  if (recv) grpc_byte_buffer_destroy(recv);
-  grpc_byte_buffer_destroy(send);
-  grpc_slice_unref(details);
-  grpc_metadata_array_destroy(&init_md);
-  grpc_metadata_array_destroy(&trail_md);
-  grpc_call_unref(call);
+  if (c->recv) grpc_byte_buffer_destroy(c->recv);
+  grpc_byte_buffer_destroy(c->send);
+  grpc_slice_unref(c->details);
+  grpc_metadata_array_destroy(&c->init_md);
+  grpc_metadata_array_destroy(&c->trail_md);
+  grpc_call_unref(c->call);
+  return err;
+}
+
+static gpr_timespec rpc_deadline(int timeout_ms) {
+  return gpr_time_add(gpr_now(GPR_CLOCK_REALTIME), gpr_time_from_millis(timeout_ms, GPR_TIMESPAN));
+}
+
+/* rpc_cq_destroy drains and destroys CQ (a pluck queue when PLUCK, else
+ * a next queue). */
+static void rpc_cq_destroy(grpc_completion_queue *cq, int pluck) {
   grpc_completion_queue_shutdown(cq);
-  while (grpc_completion_queue_pluck(cq, NULL, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type !=
-         GRPC_QUEUE_SHUTDOWN) {
+  gpr_timespec inf = gpr_inf_future(GPR_CLOCK_REALTIME);
+  while ((pluck ? grpc_completion_queue_pluck(cq, NULL, inf, NULL)
+                : grpc_completion_queue_next(cq, inf, NULL)).type != GRPC_QUEUE_SHUTDOWN) {
   }
   grpc_completion_queue_destroy(cq);
+}
+
+/* ps_rpc_invoke sends the slice REQ (consumed) as one unary call and
+ * returns the reply's bytes in *RESP (caller frees with free()). */
+static int ps_rpc_invoke(ps_rpc *r, const char *method, grpc_slice req, void **resp,
+                         size_t *resp_len, int timeout_ms, ps_errbuf *eb) {
+  grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
+  rpc_call c;
+  rpc_call_start(&c, r, cq, method, req, rpc_deadline(timeout_ms), eb);
+  grpc_slice_unref(req);
+  int success = 0;
+  if (c.err == 0) /* the call's own deadline ends it; pluck has no limit of its own */
+    success = grpc_completion_queue_pluck(cq, &c, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type ==
+              GRPC_OP_COMPLETE;
+  int err = rpc_call_finish(&c, success, method, resp, resp_len, eb);
+  rpc_cq_destroy(cq, 1);
   return err;
 }
 
@@ -187,26 +221,103 @@ int ps_rpc_call_raw(ps_rpc *r, const char *method, const void *req, size_t req_l
   return ps_rpc_invoke(r, method, s, resp, resp_len, timeout_ms, eb);
 }
 
-/* ps_rpc_call packs REQ into a buffer the slice then owns (no second
- * copy), calls, and unpacks the reply with RESP_DESC. */
-int ps_rpc_call(ps_rpc *r, const char *method, const ProtobufCMessage *req,
-                const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
-                int timeout_ms, ps_errbuf *eb) {
+/* rpc_pack packs REQ into a slice that owns its buffer (no second copy). */
+static int rpc_pack(const char *method, const ProtobufCMessage *req, grpc_slice *out,
+                    ps_errbuf *eb) {
   size_t n = protobuf_c_message_get_packed_size(req);
   if (n > PS_RPC_MAX_MSG) return ps_errf(eb, PS_ETOOBIG, "request to '%s' is %zu bytes", method, n);
   uint8_t *buf = malloc(n ? n : 1);
   if (!buf) return ps_errf(eb, PS_ENOMEM, "out of memory packing a request to '%s'", method);
   protobuf_c_message_pack(req, buf);
-  grpc_slice s = grpc_slice_new(buf, n, free);
-  void *rbuf = NULL;
-  size_t rlen = 0;
-  int err = ps_rpc_invoke(r, method, s, &rbuf, &rlen, timeout_ms, eb);
-  if (err < 0) return err;
+  *out = grpc_slice_new(buf, n, free);
+  return 0;
+}
+
+/* rpc_unpack turns the reply's bytes RBUF (freed here) into *RESP. */
+static int rpc_unpack(const char *method, const ProtobufCMessageDescriptor *resp_desc, void *rbuf,
+                      size_t rlen, ProtobufCMessage **resp, ps_errbuf *eb) {
   ps_errbuf ueb;
-  err = ps_pb_unpack(resp_desc, rbuf, rlen, resp, &ueb);
+  int err = ps_pb_unpack(resp_desc, rbuf, rlen, resp, &ueb);
   free(rbuf);
   if (err < 0) return ps_errf(eb, PS_EPROTO, "cannot parse the reply of '%s': %s", method, ueb.msg);
   return 0;
+}
+
+/* ps_rpc_call packs REQ, calls, and unpacks the reply with RESP_DESC. */
+int ps_rpc_call(ps_rpc *r, const char *method, const ProtobufCMessage *req,
+                const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
+                int timeout_ms, ps_errbuf *eb) {
+  grpc_slice s;
+  int err = rpc_pack(method, req, &s, eb);
+  if (err < 0) return err;
+  void *rbuf = NULL;
+  size_t rlen = 0;
+  err = ps_rpc_invoke(r, method, s, &rbuf, &rlen, timeout_ms, eb);
+  if (err < 0) return err;
+  return rpc_unpack(method, resp_desc, rbuf, rlen, resp, eb);
+}
+
+/* ps_rpc_call_all: every call is started before the first is waited
+ * for, all on one queue (next, so that each reply is timed as it lands)
+ * and under one deadline; see ps_rpc.h. */
+int ps_rpc_call_all(ps_rpc *const *r, size_t n, const char *method, const ProtobufCMessage *req,
+                    const ProtobufCMessageDescriptor *resp_desc, int timeout_ms,
+                    ps_rpc_reply *out) {
+  for (size_t i = 0; i < n; i++) memset(&out[i], 0, sizeof out[i]);
+  grpc_slice s;
+  rpc_call *calls = calloc(n ? n : 1, sizeof *calls);
+  ps_errbuf eb = {""};
+  int err = calls ? rpc_pack(method, req, &s, &eb)
+                  : ps_errf(&eb, PS_ENOMEM, "out of memory calling '%s'", method);
+  if (err < 0) {
+    for (size_t i = 0; i < n; i++) {
+      out[i].err = err;
+      out[i].eb = eb;
+    }
+    free(calls);
+    return (int)n;
+  }
+  grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
+  gpr_timespec deadline = rpc_deadline(timeout_ms);
+  double t0 = ps_now_s();
+  size_t pending = 0;
+  for (size_t i = 0; i < n; i++) {
+    rpc_call_start(&calls[i], r[i], cq, method, s, deadline, &out[i].eb);
+    if (calls[i].err == 0) pending++;
+  }
+  grpc_slice_unref(s);
+  /* Each started batch completes exactly once, by its deadline at the
+   * latest (a failed one with success 0). */
+  while (pending > 0) {
+    grpc_event ev = grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    if (ev.type != GRPC_OP_COMPLETE) break;
+    size_t i = (size_t)((rpc_call *)ev.tag - calls);
+    out[i].ms = (ps_now_s() - t0) * 1e3;
+    calls[i].done = 1;
+    calls[i].success = ev.success;
+    pending--;
+  }
+  int failed = 0;
+  for (size_t i = 0; i < n; i++) {
+    void *rbuf = NULL;
+    size_t rlen = 0;
+    out[i].err = rpc_call_finish(&calls[i], calls[i].done && calls[i].success, method, &rbuf, &rlen,
+                                 &out[i].eb);
+    if (out[i].err == 0)
+      out[i].err = rpc_unpack(method, resp_desc, rbuf, rlen, &out[i].resp, &out[i].eb);
+    failed += out[i].err < 0;
+  }
+  rpc_cq_destroy(cq, 0);
+  free(calls);
+  return failed;
+}
+
+/* ps_rpc_replies_free: see ps_rpc.h. */
+void ps_rpc_replies_free(ps_rpc_reply *out, size_t n) {
+  for (size_t i = 0; i < n; i++) {
+    if (out[i].resp) protobuf_c_message_free_unpacked(out[i].resp, NULL);
+    memset(&out[i], 0, sizeof out[i]);
+  }
 }
 
 /* ps_rpc_close destroys the channel and balances ps_rpc_open's grpc_init. */

@@ -42,6 +42,26 @@ int ps_rpc_call(ps_rpc *r, const char *method, const ProtobufCMessage *req,
 int ps_rpc_call_raw(ps_rpc *r, const char *method, const void *req, size_t req_len,
                     void **resp, size_t *resp_len, int timeout_ms, ps_errbuf *eb);
 
+/* The result of one call of ps_rpc_call_all. */
+typedef struct ps_rpc_reply {
+  int err;                 /* 0 or a PS_E* code */
+  ps_errbuf eb;            /* message when err < 0 */
+  ProtobufCMessage *resp;  /* reply when err == 0; freed by ps_rpc_replies_free */
+  double ms;               /* round-trip time in milliseconds (0 when never sent) */
+} ps_rpc_reply;
+
+/* ps_rpc_call_all calls METHOD with REQ on each of the N channels R[0..N)
+ * at once and waits at most TIMEOUT_MS for them all: one deadline for the lot, so
+ * servers that do not answer cost the round one timeout, not one each.
+ * OUT has N entries (caller-owned; free the replies with
+ * ps_rpc_replies_free).  Returns how many calls failed. */
+int ps_rpc_call_all(ps_rpc *const *r, size_t n, const char *method, const ProtobufCMessage *req,
+                    const ProtobufCMessageDescriptor *resp_desc, int timeout_ms,
+                    ps_rpc_reply *out);
+
+/* ps_rpc_replies_free frees the replies in OUT[0..N) and zeroes them. */
+void ps_rpc_replies_free(ps_rpc_reply *out, size_t n);
+
 void ps_rpc_close(ps_rpc *r);
 
 #endif

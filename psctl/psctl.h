@@ -6,9 +6,8 @@
  * dispatches to them through a table.
  *
  * psctl_cluster loads the cluster YAML and opens one ps_rpc per shard;
- * psctl_call_all calls every shard at once (one thread per shard) with a
- * deadline.  Not thread-safe: one thread uses a psctl_cluster (the calls it
- * makes run in threads of their own).
+ * psctl_call_all calls every shard at once with one deadline.  Not
+ * thread-safe: one thread uses a psctl_cluster.
  *
  * psctl_parse_u64 / psctl_parse_double are the one way subcommands read a
  * numeric option. */
@@ -47,25 +46,17 @@ int psctl_cluster_open(psctl_cluster *c, const char *path, ps_errbuf *eb);
 void psctl_cluster_close(psctl_cluster *c);
 
 /* The result of one shard's call in psctl_call_all. */
-typedef struct psctl_reply {
-  int err;                 /* 0 or a PS_E* code */
-  ps_errbuf eb;            /* message when err < 0 */
-  ProtobufCMessage *resp;  /* reply when err == 0; freed by psctl_replies_free */
-  double ms;               /* round-trip time in milliseconds */
-} psctl_reply;
+typedef ps_rpc_reply psctl_reply;
 
-/* psctl_call_all calls METHOD on every shard at once, shard i with REQS[i]
- * (or REQS[0] for every shard when ONE_REQ is non-zero), each with
- * TIMEOUT_MS.  OUT has cfg.nshards entries (caller-owned; free the replies
- * with psctl_replies_free).  Returns the number of shards whose call
- * failed (0: all answered), or a negative PS_E* code when the threads
- * could not be started. */
-int psctl_call_all(psctl_cluster *c, const char *method, const ProtobufCMessage *const *reqs,
-                   int one_req, const ProtobufCMessageDescriptor *resp_desc, int timeout_ms,
-                   psctl_reply *out);
+/* psctl_call_all is ps_rpc_call_all with REQ on every shard of C.  OUT has
+ * cfg.nshards entries (caller-owned; free the replies with
+ * psctl_replies_free).  Returns the number of shards whose call failed
+ * (0: all answered). */
+int psctl_call_all(psctl_cluster *c, const char *method, const ProtobufCMessage *req,
+                   const ProtobufCMessageDescriptor *resp_desc, int timeout_ms, psctl_reply *out);
 
 /* psctl_replies_free frees the replies in OUT[0..N) and zeroes them. */
-void psctl_replies_free(psctl_reply *out, size_t n);
+#define psctl_replies_free ps_rpc_replies_free
 
 /* psctl_parse_u64 parses ARG, the value of --FLAG of `psctl CMD`, as a whole
  * decimal integer in [MIN, MAX] into *V: digits only, so a sign, a blank or

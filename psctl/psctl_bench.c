@@ -230,11 +230,10 @@ static int bench_submit(psctl_cluster *cl, Ps__ModelSpec *spec, ps_errbuf *eb) {
   Ps__SubmitModelRequest req = PS__SUBMIT_MODEL_REQUEST__INIT;
   req.model = spec;
   req.replace = 1;
-  const ProtobufCMessage *reqs[1] = {&req.base};
   size_t n = cl->cfg.nshards;
   psctl_reply *out = calloc(n, sizeof *out);
   if (!out) return ps_errf(eb, PS_ENOMEM, "out of memory");
-  int failed = psctl_call_all(cl, "/ps.Ps/SubmitModel", reqs, 1,
+  int failed = psctl_call_all(cl, "/ps.Ps/SubmitModel", &req.base,
                               &ps__submit_model_reply__descriptor, BENCH_TIMEOUT_MS, out);
   int rc = failed < 0 ? failed : 0;
   for (size_t i = 0; i < n && rc == 0; i++)
@@ -415,13 +414,11 @@ static int bench_wait_flush(psctl_cluster *cl, const char *model, int64_t since_
   size_t n = cl->cfg.nshards;
   psctl_reply *out = calloc(n, sizeof *out);
   Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
-  const ProtobufCMessage *reqs[1] = {&req.base};
   double end = ps_now_s() + 300;
   int rc = PS_ETIMEDOUT;
   while (rc == PS_ETIMEDOUT && ps_now_s() < end) {
     size_t flushed = 0;
-    if (psctl_call_all(cl, "/ps.Ps/Status", reqs, 1, &ps__status_reply__descriptor, 5000, out) < 0)
-      break;
+    psctl_call_all(cl, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor, 5000, out);
     for (size_t i = 0; i < n; i++) {
       const Ps__StatusReply *st = (const Ps__StatusReply *)out[i].resp;
       if (!st) continue;

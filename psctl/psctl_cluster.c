@@ -4,7 +4,6 @@
 #include <errno.h>
 #include <float.h>
 #include <math.h>
-#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -13,7 +12,6 @@
 #include "psctl.h"
 
 #include "ps_auth.h"
-#include "ps_time.h"
 
 /* psctl_cluster_open: see psctl.h. */
 int psctl_cluster_open(psctl_cluster *c, const char *path, ps_errbuf *eb) {
@@ -48,62 +46,10 @@ void psctl_cluster_close(psctl_cluster *c) {
   memset(c, 0, sizeof *c);
 }
 
-typedef struct psctl_job {
-  ps_rpc *rpc;
-  const char *method;
-  const ProtobufCMessage *req;
-  const ProtobufCMessageDescriptor *desc;
-  int timeout_ms;
-  psctl_reply *out;
-} psctl_job;
-
-static void *psctl_job_run(void *arg) {
-  psctl_job *j = arg;
-  double t0 = ps_now_s() * 1e3;
-  j->out->err = ps_rpc_call(j->rpc, j->method, j->req, j->desc, &j->out->resp, j->timeout_ms,
-                            &j->out->eb);
-  j->out->ms = ps_now_s() * 1e3 - t0;
-  return NULL;
-}
-
 /* psctl_call_all: see psctl.h. */
-int psctl_call_all(psctl_cluster *c, const char *method, const ProtobufCMessage *const *reqs,
-                   int one_req, const ProtobufCMessageDescriptor *resp_desc, int timeout_ms,
-                   psctl_reply *out) {
-  size_t n = c->cfg.nshards;
-  psctl_job *jobs = calloc(n ? n : 1, sizeof *jobs);
-  pthread_t *th = calloc(n ? n : 1, sizeof *th);
-  int *started = calloc(n ? n : 1, sizeof *started);
-  int err = 0;
-  if (!jobs || !th || !started) {
-    err = PS_ENOMEM;
-    goto out;
-  }
-  for (size_t i = 0; i < n; i++) {
-    memset(&out[i], 0, sizeof out[i]);
-    jobs[i] = (psctl_job){c->rpc[i], method, reqs[one_req ? 0 : i], resp_desc, timeout_ms, &out[i]};
-    if (pthread_create(&th[i], NULL, psctl_job_run, &jobs[i]) == 0)
-      started[i] = 1;
-    else
-      psctl_job_run(&jobs[i]); /* no thread: call in line */
-  }
-  for (size_t i = 0; i < n; i++) {
-    if (started[i]) pthread_join(th[i], NULL);
-    if (out[i].err < 0) err++;
-  }
-out:
-  free(jobs);
-  free(th);
-  free(started);
-  return err;
-}
-
-/* psctl_replies_free: see psctl.h. */
-void psctl_replies_free(psctl_reply *out, size_t n) {
-  for (size_t i = 0; i < n; i++) {
-    if (out[i].resp) protobuf_c_message_free_unpacked(out[i].resp, NULL);
-    memset(&out[i], 0, sizeof out[i]);
-  }
+int psctl_call_all(psctl_cluster *c, const char *method, const ProtobufCMessage *req,
+                   const ProtobufCMessageDescriptor *resp_desc, int timeout_ms, psctl_reply *out) {
+  return ps_rpc_call_all(c->rpc, c->cfg.nshards, method, req, resp_desc, timeout_ms, out);
 }
 
 /* psctl_parse_u64: see psctl.h. */

@@ -139,8 +139,7 @@ static int psctl_export_gather(psctl_export_asm *a, psctl_cluster *c, const char
   }
   Ps__ExportRequest req = PS__EXPORT_REQUEST__INIT;
   req.model = (char *)model;
-  const ProtobufCMessage *reqs[1] = {&req.base};
-  int failed = psctl_call_all(c, "/ps.Ps/Export", reqs, 1, &ps__export_reply__descriptor,
+  int failed = psctl_call_all(c, "/ps.Ps/Export", &req.base, &ps__export_reply__descriptor,
                               timeout_ms, r);
   int code = failed != 0;
   if (failed < 0) fprintf(stderr, "psctl export: %s\n", ps_strerror(failed));

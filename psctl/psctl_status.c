@@ -602,11 +602,9 @@ int psctl_status_main(int argc, char **argv) {
   size_t naggs = c.cfg.naggs;
   psctl_agg *aggs = calloc(naggs + 1, sizeof *aggs);
   Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
-  const ProtobufCMessage *reqs[1] = {&req.base};
   code = 1;
   if (!a || !b || !rows || !aggs) goto out;
-  if (psctl_call_all(&c, "/ps.Ps/Status", reqs, 1, &ps__status_reply__descriptor, o.timeout_ms, a) < 0)
-    goto out;
+  psctl_call_all(&c, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor, o.timeout_ms, a);
   for (size_t i = 0; i < naggs; i++) {
     aggs[i].cfg = &c.cfg;
     aggs[i].g = &c.cfg.aggs[i];
@@ -614,8 +612,7 @@ int psctl_status_main(int argc, char **argv) {
   }
   struct timespec gap = {0, PSCTL_STATUS_GAP_MS * 1000000L};
   nanosleep(&gap, NULL);
-  if (psctl_call_all(&c, "/ps.Ps/Status", reqs, 1, &ps__status_reply__descriptor, o.timeout_ms, b) < 0)
-    goto out;
+  psctl_call_all(&c, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor, o.timeout_ms, b);
   for (size_t i = 0; i < naggs; i++) psctl_agg_sample(&aggs[i], &aggs[i].b, o.timeout_ms);
   struct timeval tv;
   gettimeofday(&tv, NULL);

@@ -243,8 +243,7 @@ static int psctl_submit_codecs(psctl_submit_opts *o, const ps_config *cfg, Ps__M
  * answer, else prints the ones that did not and returns 1. */
 static int psctl_submit_check_up(psctl_cluster *c, psctl_reply *r) {
   Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
-  const ProtobufCMessage *reqs[1] = {&req.base};
-  int failed = psctl_call_all(c, "/ps.Ps/Status", reqs, 1, &ps__status_reply__descriptor, 3000, r);
+  int failed = psctl_call_all(c, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor, 3000, r);
   if (failed < 0) {
     fprintf(stderr, "psctl submit: cannot reach the shards: %s\n", ps_strerror(failed));
     return 1;
@@ -329,8 +328,7 @@ int psctl_submit_main(int argc, char **argv) {
   if (!r || psctl_submit_check_up(&c, r)) goto close_cluster;
   Ps__SubmitModelRequest req = PS__SUBMIT_MODEL_REQUEST__INIT;
   req.model = spec, req.replace = o.replace;
-  const ProtobufCMessage *reqs[1] = {&req.base};
-  int failed = psctl_call_all(&c, "/ps.Ps/SubmitModel", reqs, 1, &ps__submit_model_reply__descriptor,
+  int failed = psctl_call_all(&c, "/ps.Ps/SubmitModel", &req.base, &ps__submit_model_reply__descriptor,
                               PSCTL_SUBMIT_TIMEOUT_MS, r);
   if (failed < 0)
     fprintf(stderr, "psctl submit: cannot call the shards: %s\n", ps_strerror(failed));

@@ -240,20 +240,24 @@ static int coord_heartbeat_all(psw_coord *c, uint32_t worker, int leaving, int d
   req.done = done;
   int timeout = c->heartbeat_ms < PSW_COORD_CALL_MS ? (int)c->heartbeat_ms : PSW_COORD_CALL_MS;
   if (timeout < 200) timeout = 200;
+  size_t n = c->cfg->nshards;
+  ps_rpc_reply *out = calloc(n, sizeof *out);
+  if (!out) return 0;
+  /* All shards at once: black-holed shards cost the round one timeout,
+   * not one each, so the living still hear from us within their lease.
+   * A shard that is down misses this beat; the data path says so. */
+  ps_rpc_call_all(c->rpc, n, "/ps.Ps/Heartbeat", &req.base, &ps__heartbeat_reply__descriptor,
+                  timeout, out);
   int expired = 0;
-  for (size_t i = 0; i < c->cfg->nshards; i++) {
-    ps_errbuf eb = {""};
-    ProtobufCMessage *resp = NULL;
-    /* A shard that is down misses this beat; the data path says so. */
-    if (ps_rpc_call(c->rpc[i], "/ps.Ps/Heartbeat", &req.base, &ps__heartbeat_reply__descriptor,
-                    &resp, timeout, &eb) < 0)
-      continue;
-    const Ps__HeartbeatReply *r = (const Ps__HeartbeatReply *)resp;
+  for (size_t i = 0; i < n; i++) {
+    const Ps__HeartbeatReply *r = (const Ps__HeartbeatReply *)out[i].resp;
+    if (!r) continue;
     expired |= r->expired;
     if (r->assigned && i == c->coord && worker == c->worker)
       coord_set_parts(c, r->partitions, r->n_partitions);
-    protobuf_c_message_free_unpacked(resp, NULL);
   }
+  ps_rpc_replies_free(out, n);
+  free(out);
   return expired;
 }
 
@@ -319,10 +323,12 @@ static void *coord_main(void *arg) {
     uint64_t seen = c->rejoins;
     c->rejoin_next = 0;
     pthread_mutex_unlock(&c->mu);
+    /* The period runs from the round's start: a round that waits out a
+     * silent shard does not push the next beat later. */
+    struct timespec until = ps_deadline_ns((uint64_t)c->heartbeat_ms * 1000000u);
     int expired = coord_heartbeat_all(c, c->worker, 0, 0, rejoin);
     if (expired) coord_reregister(c, seen);
     pthread_mutex_lock(&c->mu);
-    struct timespec until = ps_deadline_ns((uint64_t)c->heartbeat_ms * 1000000u);
     while (!c->quit && pthread_cond_timedwait(&c->cv, &c->mu, &until) != ETIMEDOUT) {
     }
   }

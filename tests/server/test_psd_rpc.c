@@ -17,6 +17,7 @@
 #include "ps_place.h"
 #include "ps_rpc.h"
 #include "ps_test.h"
+#include "ps_time.h"
 
 #define RPC_MAX_REQ 65536 /* max_request_bytes in the test cluster */
 
@@ -429,6 +430,57 @@ START_TEST(test_rpc_status_health) {
                         (ProtobufCMessage **)&st, 2000, &eb);
   ck_assert_msg(err == PS_EUNAVAIL || err == PS_ETIMEDOUT, "got %s", ps_errname(err));
   ps_rpc_close(r);
+}
+END_TEST
+
+/* ps_rpc_call_all with two live shards among three black holes (sockets
+ * that listen and never accept, as a shard whose host dropped off the
+ * network): the live ones answer, each hole fails at the one shared
+ * deadline, and the round takes one timeout, not one per hole (a round
+ * of one call after the other takes at least 3 x 1.5 s here). */
+START_TEST(test_rpc_call_all_holes) {
+  enum { N = 5, TIMEOUT_MS = 1500 };
+  ps_rpc *r[N];
+  int holes[3];
+  ps_errbuf eb;
+  for (int i = 0, h = 0; i < N; i++) {
+    if (i == 1 || i == 3) {
+      r[i] = rpc_open(i == 1 ? 0 : 1);
+      continue;
+    }
+    int port;
+    holes[h++] = ps_test_listen(0, &port);
+    char addr[64];
+    snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+    ck_assert_int_eq(ps_test_rpc_open(&r[i], addr, &eb), 0);
+  }
+  Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
+  ps_rpc_reply out[N];
+  double t0 = ps_now_s();
+  int failed = ps_rpc_call_all(r, N, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,
+                               TIMEOUT_MS, out);
+  double took_ms = (ps_now_s() - t0) * 1e3;
+  ck_assert_int_eq(failed, 3);
+  ck_assert_msg(took_ms < 2.0 * TIMEOUT_MS, "the round took %.0f ms", took_ms);
+  for (int i = 0; i < N; i++) {
+    if (i == 1 || i == 3) {
+      ck_assert_msg(out[i].err == 0, "shard %d: %s", i, out[i].eb.msg);
+      const Ps__StatusReply *st = (const Ps__StatusReply *)out[i].resp;
+      ck_assert_uint_eq(st->shard, i == 1 ? 0u : 1u);
+      ck_assert(out[i].ms < took_ms);
+    } else {
+      ck_assert_msg(out[i].err == PS_ETIMEDOUT || out[i].err == PS_EUNAVAIL, "hole %d: %s", i,
+                    ps_errname(out[i].err));
+      ck_assert_ptr_null(out[i].resp);
+      ck_assert(out[i].ms >= TIMEOUT_MS * 0.9);
+    }
+  }
+  ps_rpc_replies_free(out, N);
+  for (int i = 0; i < N; i++) {
+    ck_assert_ptr_null(out[i].resp);
+    ps_rpc_close(r[i]);
+  }
+  for (int h = 0; h < 3; h++) close(holes[h]);
 }
 END_TEST
 
@@ -873,6 +925,7 @@ Suite *psd_rpc_suite(void) {
   tcase_add_test(tc, test_rpc_bad_input);
   tcase_add_test(tc, test_rpc_hostile_ids_and_names);
   tcase_add_test(tc, test_rpc_status_health);
+  tcase_add_test(tc, test_rpc_call_all_holes);
   tcase_add_test(tc, test_rpc_same_over_channel);
   tcase_add_test(tc, test_rpc_beat_over_channel);
   tcase_add_test(tc, test_rpc_conditional_leave);

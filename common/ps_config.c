@@ -823,7 +823,10 @@ static yaml_node_t *cfg_value_node(cfg_ctx *x, yaml_node_t *n, const char *key) 
 }
 
 /* cfg_aggs_post checks the aggregators against the shards (no address
- * twice) and workers.aggregator against the aggregators (a known name). */
+ * twice), each one's max_delay_ms against the workers' wait for a reply
+ * (training.pull_timeout_ms + 5 s: a push held for the whole delay still
+ * leaves the root 5 s), and workers.aggregator against the aggregators
+ * (a known name). */
 static int cfg_aggs_post(cfg_ctx *x, const ps_config *c, yaml_node_t *n) {
   yaml_node_t *list = cfg_value_node(x, n, "aggregators");
   for (size_t i = 0; i < c->naggs; i++) {
@@ -831,6 +834,14 @@ static int cfg_aggs_post(cfg_ctx *x, const ps_config *c, yaml_node_t *n) {
     const char *mine[2] = {g->grpc_addr, g->channel_addr};
     yaml_node_t *e = list && list->type == YAML_SEQUENCE_NODE
                          ? cfg_node(x, list->data.sequence.items.start[i]) : n;
+    if (g->max_delay_ms >= c->training.pull_timeout_ms) {
+      yaml_node_t *v = cfg_value_node(x, e, "max_delay_ms");
+      return cfg_err(x, (v ? v : e)->start_mark,
+                     "aggregator '%s': 'max_delay_ms' (%" PRIu32 ") must be below training's "
+                     "'pull_timeout_ms' (%" PRIu32 "): a push held that long would outlast "
+                     "its worker's wait for the reply", g->name, g->max_delay_ms,
+                     c->training.pull_timeout_ms);
+    }
     for (size_t j = 0; j < c->nshards; j++)
       for (int a = 0; a < 2; a++)
         if (!strcmp(mine[a], c->shards[j].grpc_addr) || !strcmp(mine[a], c->shards[j].channel_addr))

@@ -396,6 +396,10 @@ static const struct bad_case {
      PS_ECONFIG, "8:5: aggregator 'g': address 'h:2' is shard 0's"},
     {"cluster: a\n" SHARD0 "aggregators:\n  - {name: g, grpc: 'h:5', channel: 'h:6', workers: 2,"
      " max_delay_ms: -1}\n", PS_ECONFIG, "8:70: 'max_delay_ms' is -1, outside 0..60000"},
+    {"cluster: a\n" SHARD0 "aggregators:\n  - {name: g, grpc: 'h:5', channel: 'h:6', workers: 2,"
+     " max_delay_ms: 2000}\ntraining: {pull_timeout_ms: 2000}\n" SEC0, PS_ECONFIG,
+     "8:70: aggregator 'g': 'max_delay_ms' (2000) must be below training's 'pull_timeout_ms' "
+     "(2000): a push held that long would outlast its worker's wait for the reply"},
     {"cluster: a\n" SHARD0 "aggregators: {name: g}\n", PS_ECONFIG,
      "7:14: expected a list for 'aggregators'"},
     {"cluster: a\nworkers:\n  aggregator: g\n" SHARD0 SEC0, PS_ECONFIG,

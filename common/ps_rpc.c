@@ -1,7 +1,9 @@
 /* ps_rpc: blocking unary gRPC core calls with protobuf-c messages.
  *
  * One call = grpc_channel_create_call on a per-call pluck queue + one batch
- * of the six client ops, then pluck.  Replies arrive in many slices; they
+ * of the six client ops, then pluck.  ps_rpc_call_all starts one such
+ * call per channel on a shared next queue, all with one deadline, and
+ * takes their completions as they come.  Replies arrive in many slices; they
  * are copied into one contiguous buffer because protobuf-c unpacks only
  * from one. */
 #include "ps_rpc.h"

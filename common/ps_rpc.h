@@ -51,9 +51,9 @@ typedef struct ps_rpc_reply {
 } ps_rpc_reply;
 
 /* ps_rpc_call_all calls METHOD with REQ on each of the N channels R[0..N)
- * at once and waits at most TIMEOUT_MS for them all: one deadline for the lot, so
- * servers that do not answer cost the round one timeout, not one each.
- * OUT has N entries (caller-owned; free the replies with
+ * at once and waits at most TIMEOUT_MS for them all: one deadline for the
+ * lot, so servers that do not answer cost the round one timeout, not one
+ * each.  OUT has N entries (caller-owned; free the replies with
  * ps_rpc_replies_free).  Returns how many calls failed. */
 int ps_rpc_call_all(ps_rpc *const *r, size_t n, const char *method, const ProtobufCMessage *req,
                     const ProtobufCMessageDescriptor *resp_desc, int timeout_ms,

@@ -142,7 +142,6 @@ static int psctl_export_gather(psctl_export_asm *a, psctl_cluster *c, const char
   int failed = psctl_call_all(c, "/ps.Ps/Export", &req.base, &ps__export_reply__descriptor,
                               timeout_ms, r);
   int code = failed != 0;
-  if (failed < 0) fprintf(stderr, "psctl export: %s\n", ps_strerror(failed));
   for (size_t i = 0; failed > 0 && i < n; i++)
     if (r[i].err)
       fprintf(stderr, "psctl export: shard %" PRIu32 " (%s) %s: %s\n", c->cfg.shards[i].id,

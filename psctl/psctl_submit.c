@@ -243,11 +243,8 @@ static int psctl_submit_codecs(psctl_submit_opts *o, const ps_config *cfg, Ps__M
  * answer, else prints the ones that did not and returns 1. */
 static int psctl_submit_check_up(psctl_cluster *c, psctl_reply *r) {
   Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
-  int failed = psctl_call_all(c, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor, 3000, r);
-  if (failed < 0) {
-    fprintf(stderr, "psctl submit: cannot reach the shards: %s\n", ps_strerror(failed));
-    return 1;
-  }
+  int failed = psctl_call_all(c, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor, 3000,
+                              r);
   for (size_t i = 0; i < c->cfg.nshards; i++)
     if (r[i].err)
       fprintf(stderr, "psctl submit: shard %u (%s) is down: %s\n", c->cfg.shards[i].id,
@@ -328,13 +325,10 @@ int psctl_submit_main(int argc, char **argv) {
   if (!r || psctl_submit_check_up(&c, r)) goto close_cluster;
   Ps__SubmitModelRequest req = PS__SUBMIT_MODEL_REQUEST__INIT;
   req.model = spec, req.replace = o.replace;
-  int failed = psctl_call_all(&c, "/ps.Ps/SubmitModel", &req.base, &ps__submit_model_reply__descriptor,
-                              PSCTL_SUBMIT_TIMEOUT_MS, r);
-  if (failed < 0)
-    fprintf(stderr, "psctl submit: cannot call the shards: %s\n", ps_strerror(failed));
-  else
-    code = psctl_submit_report(&c, o.name, r);
-  if (failed >= 0) psctl_replies_free(r, c.cfg.nshards);
+  psctl_call_all(&c, "/ps.Ps/SubmitModel", &req.base, &ps__submit_model_reply__descriptor,
+                 PSCTL_SUBMIT_TIMEOUT_MS, r);
+  code = psctl_submit_report(&c, o.name, r);
+  psctl_replies_free(r, c.cfg.nshards);
 close_cluster:
   free(r);
   psctl_cluster_close(&c);

@@ -1,8 +1,8 @@
 /* ps_rpc: blocking unary gRPC core calls with protobuf-c messages.
  *
- * One call = grpc_channel_create_call on a per-call pluck queue + one batch
- * of the six client ops, then pluck.  ps_rpc_call_all starts one such
- * call per channel on a shared next queue, all with one deadline, and
+ * One call = grpc_channel_create_call on a per-call completion queue + one
+ * batch of the six client ops, then wait for it.  ps_rpc_call_all starts
+ * one such call per channel on a shared queue, all with one deadline, and
  * takes their completions as they come.  Replies arrive in many slices; they
  * are copied into one contiguous buffer because protobuf-c unpacks only
  * from one. */
@@ -127,8 +127,8 @@ typedef struct rpc_call {
   grpc_metadata_array init_md, trail_md;
   grpc_status_code st;
   grpc_slice details;
-  int err;          /* 0, or why the batch could not start */
-  int done, success; /* ps_rpc_call_all: the batch completed, and how */
+  int err;  /* 0, or why the batch could not start */
+  int done; /* ps_rpc_call_all: its batch completed */
 } rpc_call;
 
 /* rpc_call_start starts METHOD with the bytes of REQ (not consumed) on
@@ -164,13 +164,13 @@ static void rpc_call_start(rpc_call *c, ps_rpc *r, grpc_completion_queue *cq, co
     c->err = ps_errf(eb, PS_EINTERNAL, "cannot start call '%s'", method);
 }
 
-/* rpc_call_finish ends C, whose batch completed with SUCCESS (or never
+/* rpc_call_finish ends C, whose batch completed when DONE (or never
  * started: c->err), returns 0 with the reply's bytes in *RESP (caller
  * frees with free()) or a PS_E* code, and releases the call. */
-static int rpc_call_finish(rpc_call *c, int success, const char *method, void **resp,
+static int rpc_call_finish(rpc_call *c, int done, const char *method, void **resp,
                            size_t *resp_len, ps_errbuf *eb) {
   int err = c->err;
-  if (err == 0 && !success) err = ps_errf(eb, PS_EINTERNAL, "call '%s' did not complete", method);
+  if (err == 0 && !done) err = ps_errf(eb, PS_EINTERNAL, "call '%s' did not complete", method);
   if (err == 0) err = ps_rpc_status(method, c->st, c->details, eb);
   if (err == 0 && !c->recv) err = ps_errf(eb, PS_EPROTO, "'%s' answered without a message", method);
   if (err == 0 && ps_rpc_read_bb(c->recv, resp, resp_len) < 0)
@@ -188,13 +188,16 @@ static gpr_timespec rpc_deadline(int timeout_ms) {
   return gpr_time_add(gpr_now(GPR_CLOCK_REALTIME), gpr_time_from_millis(timeout_ms, GPR_TIMESPAN));
 }
 
-/* rpc_cq_destroy drains and destroys CQ (a pluck queue when PLUCK, else
- * a next queue). */
-static void rpc_cq_destroy(grpc_completion_queue *cq, int pluck) {
+/* rpc_cq_next waits for CQ's next event; a call's own deadline ends it,
+ * so the wait has no limit of its own. */
+static grpc_event rpc_cq_next(grpc_completion_queue *cq) {
+  return grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+}
+
+/* rpc_cq_destroy drains and destroys CQ. */
+static void rpc_cq_destroy(grpc_completion_queue *cq) {
   grpc_completion_queue_shutdown(cq);
-  gpr_timespec inf = gpr_inf_future(GPR_CLOCK_REALTIME);
-  while ((pluck ? grpc_completion_queue_pluck(cq, NULL, inf, NULL)
-                : grpc_completion_queue_next(cq, inf, NULL)).type != GRPC_QUEUE_SHUTDOWN) {
+  while (rpc_cq_next(cq).type != GRPC_QUEUE_SHUTDOWN) {
   }
   grpc_completion_queue_destroy(cq);
 }
@@ -203,16 +206,13 @@ static void rpc_cq_destroy(grpc_completion_queue *cq, int pluck) {
  * returns the reply's bytes in *RESP (caller frees with free()). */
 static int ps_rpc_invoke(ps_rpc *r, const char *method, grpc_slice req, void **resp,
                          size_t *resp_len, int timeout_ms, ps_errbuf *eb) {
-  grpc_completion_queue *cq = grpc_completion_queue_create_for_pluck(NULL);
+  grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
   rpc_call c;
   rpc_call_start(&c, r, cq, method, req, rpc_deadline(timeout_ms), eb);
   grpc_slice_unref(req);
-  int success = 0;
-  if (c.err == 0) /* the call's own deadline ends it; pluck has no limit of its own */
-    success = grpc_completion_queue_pluck(cq, &c, gpr_inf_future(GPR_CLOCK_REALTIME), NULL).type ==
-              GRPC_OP_COMPLETE;
-  int err = rpc_call_finish(&c, success, method, resp, resp_len, eb);
-  rpc_cq_destroy(cq, 1);
+  int done = c.err == 0 && rpc_cq_next(cq).type == GRPC_OP_COMPLETE;
+  int err = rpc_call_finish(&c, done, method, resp, resp_len, eb);
+  rpc_cq_destroy(cq);
   return err;
 }
 
@@ -260,8 +260,8 @@ int ps_rpc_call(ps_rpc *r, const char *method, const ProtobufCMessage *req,
 }
 
 /* ps_rpc_call_all: every call is started before the first is waited
- * for, all on one queue (next, so that each reply is timed as it lands)
- * and under one deadline; see ps_rpc.h. */
+ * for, all on one queue (each reply timed as it lands) and under one
+ * deadline; see ps_rpc.h. */
 int ps_rpc_call_all(ps_rpc *const *r, size_t n, const char *method, const ProtobufCMessage *req,
                     const ProtobufCMessageDescriptor *resp_desc, int timeout_ms,
                     ps_rpc_reply *out) {
@@ -289,27 +289,25 @@ int ps_rpc_call_all(ps_rpc *const *r, size_t n, const char *method, const Protob
   }
   grpc_slice_unref(s);
   /* Each started batch completes exactly once, by its deadline at the
-   * latest (a failed one with success 0). */
+   * latest; its status says how it ended. */
   while (pending > 0) {
-    grpc_event ev = grpc_completion_queue_next(cq, gpr_inf_future(GPR_CLOCK_REALTIME), NULL);
+    grpc_event ev = rpc_cq_next(cq);
     if (ev.type != GRPC_OP_COMPLETE) break;
     size_t i = (size_t)((rpc_call *)ev.tag - calls);
     out[i].ms = (ps_now_s() - t0) * 1e3;
     calls[i].done = 1;
-    calls[i].success = ev.success;
     pending--;
   }
   int failed = 0;
   for (size_t i = 0; i < n; i++) {
     void *rbuf = NULL;
     size_t rlen = 0;
-    out[i].err = rpc_call_finish(&calls[i], calls[i].done && calls[i].success, method, &rbuf, &rlen,
-                                 &out[i].eb);
+    out[i].err = rpc_call_finish(&calls[i], calls[i].done, method, &rbuf, &rlen, &out[i].eb);
     if (out[i].err == 0)
       out[i].err = rpc_unpack(method, resp_desc, rbuf, rlen, &out[i].resp, &out[i].eb);
     failed += out[i].err < 0;
   }
-  rpc_cq_destroy(cq, 0);
+  rpc_cq_destroy(cq);
   free(calls);
   return failed;
 }

@@ -1,11 +1,14 @@
 /* ps_bench_durability: the measurements of scripts/bench_durability.
  *
- *   ps_bench_durability --config FILE --size BYTES --inflight N [--secs S]
- *       N channel connections to shard 0 of FILE, each pushing its own
- *       chunk of BYTES (SGD, zero gradients) back to back for S seconds
- *       (default 3, after 0.5 s of warm-up): pushes/s, the ack latency's
- *       p50 and p99, and from the shard's Status the redo log's syncs/s and
- *       pushes per sync (0 under periodic).  One JSON line.
+ *   ps_bench_durability --config FILE --size BYTES --inflight N [--conns C]
+ *                       [--secs S]
+ *       N pushes kept in flight to shard 0 of FILE over C channel
+ *       connections (default min(N, 8); unordered acks, each connection
+ *       one thread pipelining its share), each push to its own chunk of
+ *       BYTES (SGD, zero gradients), back to back for S seconds (default 3,
+ *       after 0.5 s of warm-up): pushes/s, the ack latency's p50 and p99,
+ *       and from the shard's Status the redo log's syncs/s and pushes per
+ *       sync (0 under periodic).  One JSON line.
  *   ps_bench_durability --fsync-ref DIR [--secs S]
  *       the disk's own rate of 4 KiB appends each followed by fdatasync,
  *       one writer (a file in DIR, removed after).  One JSON line.
@@ -37,6 +40,8 @@
 #include "ps.pb-c.h"
 #include "ps_rpc.h"
 
+#define BD_CONNS 8 /* connections by default, the pushes in flight spread over them */
+
 static double now_s(void) {
   struct timespec ts;
   clock_gettime(CLOCK_MONOTONIC, &ts);
@@ -45,7 +50,7 @@ static double now_s(void) {
 
 typedef struct bd_thread {
   const char *addr, *cluster, *model;
-  uint32_t chunk, elems;
+  uint32_t chunk, elems, depth; /* chunks chunk.. chunk+depth-1, DEPTH pushes in flight */
   double t_start, t_end;      /* counted window */
   double *lat;                /* latencies in the window, seconds */
   size_t nlat, cap;
@@ -59,31 +64,47 @@ static void *bd_pusher(void *arg) {
   ps_chan_client *c;
   ps_errbuf eb;
   float *g = calloc(t->elems, sizeof *g);
-  if ((t->err = ps_chan_connect(&c, t->addr, t->cluster, 10000, &eb)) < 0) {
+  double *sent = calloc(t->depth, sizeof *sent); /* send times, oldest first (a ring) */
+  if ((t->err = ps_chan_connect_auth(&c, t->addr, t->cluster, NULL, PS_CHAN_UNORDERED_ACKS, 10000,
+                                     &eb)) < 0) {
     snprintf(t->msg, sizeof t->msg, "%s", eb.msg);
     free(g);
+    free(sent);
     return NULL;
   }
+  struct iovec v = {.iov_base = g, .iov_len = t->elems * sizeof(float)};
+  uint32_t next = 0, head = 0, n = 0; /* pushes sent, ring head, in flight */
   for (;;) {
     double t0 = now_s();
-    if (t0 >= t->t_end) break;
-    uint64_t v;
-    ps_req r = {.model = t->model, .ids = &t->chunk, .nids = 1, .grads = g,
-                .nbytes = t->elems * sizeof(float)};
-    if ((t->err = ps_chan_push(c, &r, &v, &eb)) < 0) {
-      snprintf(t->msg, sizeof t->msg, "%s", eb.msg);
-      break;
+    while (n < t->depth && t0 < t->t_end) { /* keep DEPTH in flight until the end */
+      uint32_t chunk = t->chunk + next++ % t->depth;
+      ps_req r = {.model = t->model, .ids = &chunk, .nids = 1, .nbytes = v.iov_len};
+      uint64_t id;
+      if ((t->err = ps_chan_send_pushv(c, &r, &v, 1, &id, &eb)) < 0) goto fail;
+      sent[(head + n++) % t->depth] = t0;
     }
-    double t1 = now_s();
-    if (t0 < t->t_start || t1 > t->t_end) continue;
+    if (!n) break;
+    uint64_t id, ver;
+    if ((t->err = ps_chan_recv(c, &id, &ver, &eb)) < 0) goto fail;
+    double t1 = now_s(), ts = sent[head];
+    head = (head + 1) % t->depth;
+    n--;
+    if (ts < t->t_start || t1 > t->t_end) continue;
     if (t->nlat == t->cap) {
       t->cap = t->cap ? 2 * t->cap : 4096;
       t->lat = realloc(t->lat, t->cap * sizeof *t->lat);
     }
-    t->lat[t->nlat++] = t1 - t0;
+    t->lat[t->nlat++] = t1 - ts;
   }
   ps_chan_close(c);
   free(g);
+  free(sent);
+  return NULL;
+fail:
+  snprintf(t->msg, sizeof t->msg, "%s", eb.msg);
+  ps_chan_close(c);
+  free(g);
+  free(sent);
   return NULL;
 }
 
@@ -138,7 +159,7 @@ static int bd_submit(ps_rpc *r, const char *model, uint32_t n, uint32_t elems) {
   return err;
 }
 
-static int bd_push_bench(const char *config, uint64_t size, int inflight, double secs) {
+static int bd_push_bench(const char *config, uint64_t size, int inflight, int conns, double secs) {
   ps_config cfg;
   ps_errbuf eb;
   if (ps_config_load(&cfg, config, &eb) < 0) {
@@ -153,11 +174,14 @@ static int bd_push_bench(const char *config, uint64_t size, int inflight, double
   uint32_t elems = (uint32_t)(size / 4);
   uint64_t s0, r0, s1, r1;
   if (bd_submit(r, model, (uint32_t)inflight, elems) < 0 || bd_status(r, &s0, &r0) < 0) return 1;
-  bd_thread *ts = calloc((size_t)inflight, sizeof *ts);
+  bd_thread *ts = calloc((size_t)conns, sizeof *ts);
   double start = now_s() + 0.5, end = start + secs;
-  for (int i = 0; i < inflight; i++) {
+  for (int i = 0, at = 0; i < conns; i++) { /* INFLIGHT spread over CONNS connections */
+    uint32_t depth = (uint32_t)(inflight / conns + (i < inflight % conns));
     ts[i] = (bd_thread){.addr = sc->channel_addr, .cluster = cfg.cluster, .model = model,
-                        .chunk = (uint32_t)i, .elems = elems, .t_start = start, .t_end = end};
+                        .chunk = (uint32_t)at, .elems = elems, .depth = depth,
+                        .t_start = start, .t_end = end};
+    at += (int)depth;
     pthread_create(&ts[i].th, NULL, bd_pusher, &ts[i]);
   }
   while (now_s() < start) usleep(1000);
@@ -166,14 +190,14 @@ static int bd_push_bench(const char *config, uint64_t size, int inflight, double
   bd_status(r, &s1, &r1);
   size_t n = 0;
   int bad = 0;
-  for (int i = 0; i < inflight; i++) {
+  for (int i = 0; i < conns; i++) {
     pthread_join(ts[i].th, NULL);
     if (ts[i].err < 0 && !bad++) fprintf(stderr, "ps_bench_durability: push: %s\n", ts[i].msg);
     n += ts[i].nlat;
   }
   double *all = malloc((n ? n : 1) * sizeof *all);
   size_t k = 0;
-  for (int i = 0; i < inflight; i++) {
+  for (int i = 0; i < conns; i++) {
     memcpy(all + k, ts[i].lat, ts[i].nlat * sizeof *all);
     k += ts[i].nlat;
     free(ts[i].lat);
@@ -181,9 +205,9 @@ static int bd_push_bench(const char *config, uint64_t size, int inflight, double
   qsort(all, n, sizeof *all, cmp_d);
   double p50 = n ? all[n / 2] : 0, p99 = n ? all[(size_t)((double)n * 0.99)] : 0;
   uint64_t syncs = s1 - s0, recs = r1 - r0;
-  printf("{\"size\":%llu,\"inflight\":%d,\"secs\":%.1f,\"pushes_per_s\":%.1f,\"syncs_per_s\":%.1f,"
+  printf("{\"size\":%llu,\"inflight\":%d,\"conns\":%d,\"secs\":%.1f,\"pushes_per_s\":%.1f,\"syncs_per_s\":%.1f,"
          "\"pushes_per_sync\":%.2f,\"p50_us\":%.0f,\"p99_us\":%.0f,\"errors\":%d}\n",
-         (unsigned long long)size, inflight, secs, (double)n / secs, (double)syncs / secs,
+         (unsigned long long)size, inflight, conns, secs, (double)n / secs, (double)syncs / secs,
          syncs ? (double)recs / (double)syncs : 0.0, p50 * 1e6, p99 * 1e6, bad);
   free(all);
   free(ts);
@@ -383,22 +407,24 @@ int main(int argc, char **argv) {
       {"config", required_argument, 0, 'c'},   {"size", required_argument, 0, 'b'},
       {"inflight", required_argument, 0, 'n'}, {"secs", required_argument, 0, 's'},
       {"fsync-ref", required_argument, 0, 'f'}, {"rocksdb-ref", required_argument, 0, 'r'},
-      {"bw-ref", required_argument, 0, 'w'},    {"help", no_argument, 0, 'h'},
+      {"bw-ref", required_argument, 0, 'w'},    {"conns", required_argument, 0, 'k'},
+      {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   static const char usage[] =
-      "usage: ps_bench_durability --config FILE --size BYTES --inflight N [--secs S]\n"
+      "usage: ps_bench_durability --config FILE --size BYTES --inflight N [--conns C] [--secs S]\n"
       "       ps_bench_durability --fsync-ref DIR [--secs S]\n"
       "       ps_bench_durability --rocksdb-ref DIR [--secs S]\n"
       "       ps_bench_durability --bw-ref DIR [--secs S]\n";
   const char *config = NULL, *fref = NULL, *rref = NULL, *wref = NULL;
   uint64_t size = 1024;
-  int inflight = 1, c;
+  int inflight = 1, conns = -1, c; /* -1: min(inflight, BD_CONNS) */
   double secs = 3;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (c) {
       case 'c': config = optarg; break;
       case 'b': size = strtoull(optarg, NULL, 10); break;
       case 'n': inflight = atoi(optarg); break;
+      case 'k': conns = atoi(optarg); break;
       case 's': secs = atof(optarg); break;
       case 'f': fref = optarg; break;
       case 'r': rref = optarg; break;
@@ -407,7 +433,9 @@ int main(int argc, char **argv) {
       default: fputs(usage, stderr); return 2;
     }
   }
-  if (secs <= 0 || inflight < 1 || inflight > 1024 || size < 4 || size % 4) {
+  if (conns == -1) conns = inflight < BD_CONNS ? inflight : BD_CONNS;
+  if (secs <= 0 || inflight < 1 || inflight > 1024 || conns < 1 || conns > inflight || size < 4 ||
+      size % 4) {
     fputs(usage, stderr);
     return 2;
   }
@@ -418,5 +446,5 @@ int main(int argc, char **argv) {
     fputs(usage, stderr);
     return 2;
   }
-  return bd_push_bench(config, size, inflight, secs);
+  return bd_push_bench(config, size, inflight, conns, secs);
 }

@@ -61,31 +61,24 @@ typedef struct bd_thread {
 
 static void *bd_pusher(void *arg) {
   bd_thread *t = arg;
-  ps_chan_client *c;
+  ps_chan_client *c = NULL;
   ps_errbuf eb;
   float *g = calloc(t->elems, sizeof *g);
   double *sent = calloc(t->depth, sizeof *sent); /* send times, oldest first (a ring) */
-  if ((t->err = ps_chan_connect_auth(&c, t->addr, t->cluster, NULL, PS_CHAN_UNORDERED_ACKS, 10000,
-                                     &eb)) < 0) {
-    snprintf(t->msg, sizeof t->msg, "%s", eb.msg);
-    free(g);
-    free(sent);
-    return NULL;
-  }
   struct iovec v = {.iov_base = g, .iov_len = t->elems * sizeof(float)};
   uint32_t next = 0, head = 0, n = 0; /* pushes sent, ring head, in flight */
-  for (;;) {
+  t->err = ps_chan_connect_auth(&c, t->addr, t->cluster, NULL, PS_CHAN_UNORDERED_ACKS, 10000, &eb);
+  while (t->err == 0) {
     double t0 = now_s();
-    while (n < t->depth && t0 < t->t_end) { /* keep DEPTH in flight until the end */
+    while (n < t->depth && t0 < t->t_end && t->err == 0) { /* DEPTH in flight until the end */
       uint32_t chunk = t->chunk + next++ % t->depth;
       ps_req r = {.model = t->model, .ids = &chunk, .nids = 1, .nbytes = v.iov_len};
       uint64_t id;
-      if ((t->err = ps_chan_send_pushv(c, &r, &v, 1, &id, &eb)) < 0) goto fail;
-      sent[(head + n++) % t->depth] = t0;
+      if ((t->err = ps_chan_send_pushv(c, &r, &v, 1, &id, &eb)) == 0)
+        sent[(head + n++) % t->depth] = t0;
     }
-    if (!n) break;
     uint64_t id, ver;
-    if ((t->err = ps_chan_recv(c, &id, &ver, &eb)) < 0) goto fail;
+    if (t->err < 0 || !n || (t->err = ps_chan_recv(c, &id, &ver, &eb)) < 0) break;
     double t1 = now_s(), ts = sent[head];
     head = (head + 1) % t->depth;
     n--;
@@ -96,12 +89,7 @@ static void *bd_pusher(void *arg) {
     }
     t->lat[t->nlat++] = t1 - ts;
   }
-  ps_chan_close(c);
-  free(g);
-  free(sent);
-  return NULL;
-fail:
-  snprintf(t->msg, sizeof t->msg, "%s", eb.msg);
+  if (t->err < 0) snprintf(t->msg, sizeof t->msg, "%s", eb.msg);
   ps_chan_close(c);
   free(g);
   free(sent);

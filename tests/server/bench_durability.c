@@ -147,37 +147,27 @@ static int bd_submit(ps_rpc *r, const char *model, uint32_t n, uint32_t elems) {
   return err;
 }
 
-static int bd_push_bench(const char *config, uint64_t size, int inflight, int conns, double secs) {
-  ps_config cfg;
-  ps_errbuf eb;
-  if (ps_config_load(&cfg, config, &eb) < 0) {
-    fprintf(stderr, "%s\n", eb.msg);
-    return 2;
-  }
-  const ps_shard_conf *sc = &cfg.shards[0];
-  ps_rpc *r;
-  if (ps_rpc_open(&r, sc->grpc_addr, &eb) < 0) return 1;
-  char model[64];
-  snprintf(model, sizeof model, "dur%llu_%d", (unsigned long long)size, inflight);
+/* bd_push_run: the measurement of bd_push_bench on shard SC, MODEL
+ * submitted. */
+static int bd_push_run(ps_rpc *r, const ps_config *cfg, const ps_shard_conf *sc, const char *model,
+                       uint64_t size, int inflight, int conns, double secs) {
   uint32_t elems = (uint32_t)(size / 4);
   uint64_t s0, r0, s1, r1;
-  if (bd_submit(r, model, (uint32_t)inflight, elems) < 0 || bd_status(r, &s0, &r0) < 0) return 1;
   bd_thread *ts = calloc((size_t)conns, sizeof *ts);
   double start = now_s() + 0.5, end = start + secs;
   for (int i = 0, at = 0; i < conns; i++) { /* INFLIGHT spread over CONNS connections */
     uint32_t depth = (uint32_t)(inflight / conns + (i < inflight % conns));
-    ts[i] = (bd_thread){.addr = sc->channel_addr, .cluster = cfg.cluster, .model = model,
+    ts[i] = (bd_thread){.addr = sc->channel_addr, .cluster = cfg->cluster, .model = model,
                         .chunk = (uint32_t)at, .elems = elems, .depth = depth,
                         .t_start = start, .t_end = end};
     at += (int)depth;
     pthread_create(&ts[i].th, NULL, bd_pusher, &ts[i]);
   }
   while (now_s() < start) usleep(1000);
-  bd_status(r, &s0, &r0);
+  int bad = bd_status(r, &s0, &r0) < 0;
   while (now_s() < end) usleep(1000);
-  bd_status(r, &s1, &r1);
+  bad += bd_status(r, &s1, &r1) < 0;
   size_t n = 0;
-  int bad = 0;
   for (int i = 0; i < conns; i++) {
     pthread_join(ts[i].th, NULL);
     if (ts[i].err < 0 && !bad++) fprintf(stderr, "ps_bench_durability: push: %s\n", ts[i].msg);
@@ -192,16 +182,38 @@ static int bd_push_bench(const char *config, uint64_t size, int inflight, int co
   }
   qsort(all, n, sizeof *all, cmp_d);
   double p50 = n ? all[n / 2] : 0, p99 = n ? all[(size_t)((double)n * 0.99)] : 0;
-  uint64_t syncs = s1 - s0, recs = r1 - r0;
-  printf("{\"size\":%llu,\"inflight\":%d,\"conns\":%d,\"secs\":%.1f,\"pushes_per_s\":%.1f,\"syncs_per_s\":%.1f,"
-         "\"pushes_per_sync\":%.2f,\"p50_us\":%.0f,\"p99_us\":%.0f,\"errors\":%d}\n",
+  uint64_t syncs = bad ? 0 : s1 - s0, recs = bad ? 0 : r1 - r0;
+  printf("{\"size\":%llu,\"inflight\":%d,\"conns\":%d,\"secs\":%.1f,\"pushes_per_s\":%.1f,"
+         "\"syncs_per_s\":%.1f,\"pushes_per_sync\":%.2f,\"p50_us\":%.0f,\"p99_us\":%.0f,"
+         "\"errors\":%d}\n",
          (unsigned long long)size, inflight, conns, secs, (double)n / secs, (double)syncs / secs,
          syncs ? (double)recs / (double)syncs : 0.0, p50 * 1e6, p99 * 1e6, bad);
   free(all);
   free(ts);
+  return bad ? 1 : 0;
+}
+
+static int bd_push_bench(const char *config, uint64_t size, int inflight, int conns, double secs) {
+  ps_config cfg;
+  ps_errbuf eb;
+  if (ps_config_load(&cfg, config, &eb) < 0) {
+    fprintf(stderr, "%s\n", eb.msg);
+    return 2;
+  }
+  const ps_shard_conf *sc = &cfg.shards[0];
+  ps_rpc *r = NULL;
+  char model[64];
+  snprintf(model, sizeof model, "dur%llu_%d", (unsigned long long)size, inflight);
+  uint64_t s0, r0;
+  int rc = 1;
+  if (ps_rpc_open(&r, sc->grpc_addr, &eb) < 0)
+    fprintf(stderr, "ps_bench_durability: %s\n", eb.msg);
+  else if (bd_submit(r, model, (uint32_t)inflight, (uint32_t)(size / 4)) == 0 &&
+           bd_status(r, &s0, &r0) == 0)
+    rc = bd_push_run(r, &cfg, sc, model, size, inflight, conns, secs);
   ps_rpc_close(r);
   ps_config_release(&cfg);
-  return bad ? 1 : 0;
+  return rc;
 }
 
 static int bd_fsync_ref(const char *dir, double secs) {

@@ -405,9 +405,10 @@ static const char *wal_check(const uint8_t *p, size_t n) {
 
 /* wal_count_after counts the intact records found after a torn one at P
  * (they belong to the same unsynced group; a walk that loses the record
- * boundaries stops). */
-static uint64_t wal_count_after(const uint8_t *p, size_t n, uint64_t first) {
+ * boundaries stops); *END: where the last of them ends (0: none). */
+static uint64_t wal_count_after(const uint8_t *p, size_t n, uint64_t first, size_t *end) {
   uint64_t k = 0;
+  *end = 0;
   if (n < WAL_HDR || wal_len(p) > n - WAL_HDR) return 0;
   size_t off = WAL_HDR + wal_len(p);
   /* only records at or after FIRST: a reused file's older ones are not
@@ -415,6 +416,7 @@ static uint64_t wal_count_after(const uint8_t *p, size_t n, uint64_t first) {
   while (off < n && !wal_check(p + off, n - off) && wal_get64(p + off + 8) >= first) {
     k += wal_get64(p + off + 8) != WAL_SKIP_SEQ;
     off += WAL_HDR + wal_len(p + off);
+    *end = off;
   }
   return k;
 }
@@ -509,15 +511,39 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
          * disk) are no record */
         uint64_t next = rend == 0 ? w->segs[i].first : last + 1;
         int ours = n - off >= WAL_HDR && wal_get64(buf + off + 8) == next;
-        dropped = (uint64_t)ours + wal_count_after(buf + off, n - off, w->segs[i].first);
+        size_t end = 0; /* where the dropped records end (past it: no record) */
+        uint64_t after = wal_count_after(buf + off, n - off, w->segs[i].first, &end);
+        dropped = (uint64_t)ours + after;
+        if (after)
+          end += off;
+        else if (ours)
+          end = n - off - WAL_HDR < wal_len(buf + off) ? n : off + WAL_HDR + wal_len(buf + off);
+        else
+          end = rend;
+        /* One unsynced group of two records or more holds at most
+         * max_batch_bytes of them (invariant 2), and the next group is
+         * written only after its sync: an intact record farther than
+         * that from the bad one means the bad one was synced, i.e. an
+         * acknowledged record is corrupt, not a torn write. */
+        if (after && end - off > w->o.max_batch_bytes) {
+          rc = ps_errf(eb, PS_EIO, "redo log '%s/%s' is corrupt at offset %zu (%s), and %" PRIu64
+                       " intact records follow it over %zu bytes, more than one group holds "
+                       "(group_commit_max_bytes %" PRIu64 "): the bad record was synced, so "
+                       "acknowledged records would be lost; refusing to replay (if "
+                       "group_commit_max_bytes was lowered since the log was written, raise it "
+                       "again)", w->dir, name, off, bad, after, end - off,
+                       (uint64_t)w->o.max_batch_bytes);
+          break;
+        }
         if (dropped == 0)
           ps_info("redo log '%s/%s': its records end at offset %zu; the %zu bytes after are "
                   "no record of this log (a reused file's older bytes, or a write that never "
                   "completed): cut off", w->dir, name, rend, n - rend);
         else
           ps_warn("redo log '%s/%s': torn tail at offset %zu (%s): %" PRIu64 " record%s (%zu "
-                  "bytes) dropped; they were never acknowledged", w->dir, name, rend, bad,
-                  dropped, dropped == 1 ? "" : "s", n - rend);
+                  "bytes) dropped; they were never acknowledged%s", w->dir, name, rend, bad,
+                  dropped, dropped == 1 ? "" : "s", end - rend,
+                  n > end ? "; the bytes after them are no record: cut off too" : "");
         rc = wal_cut(w, i, rend, eb);
         break;
       }

@@ -40,7 +40,11 @@
  *  5. Replay: records of the last segment after the first one that is
  *     short or fails its checksum are a torn tail (never acknowledged):
  *     they are counted (the bad one when its header carries the next seq,
- *     and the intact ones after it), logged and cut off.  In a segment
+ *     and the intact ones after it), logged and cut off; but when intact
+ *     records follow the bad one over more than max_batch_bytes, it was
+ *     synced (one group of two records or more holds at most that, and
+ *     the next is written only after its sync): refused (PS_EIO), nothing
+ *     cut.  In a segment
  *     before the last, the first record that is bad or does not follow the
  *     one before ends its records (what follows is not read, invariant 4);
  *     a bad first record there, a gap in the sequence after FROM (also

@@ -6,8 +6,9 @@
  *  - a simulated power cut (the file cut back to what the last sync
  *    covered, plus garbage) loses no acknowledged record;
  *  - torn tail, corrupt tail, empty log, a log that starts after the
- *    snapshot, a corrupt record in an earlier segment: recovered or
- *    refused with a clear message;
+ *    snapshot, a corrupt record in an earlier segment, or in the last one
+ *    with more than a group's bytes of intact records after it: recovered
+ *    or refused with a clear message;
  *  - segments reused after a snapshot: their old records are never
  *    replayed, nothing is counted as dropped;
  *  - both record formats: CRC-32 (logs of versions before CRC-32C) and
@@ -466,6 +467,36 @@ START_TEST(test_torn_and_corrupt_tail) {
   close(fd);
   ck_assert_uint_eq(replay_count(dir, 0, &r, 0, &eb), 2); /* the 8th and the 9th after it */
   ck_assert_uint_eq(r.n, 7);
+  free(seg);
+}
+END_TEST
+
+/* A bad record in the last segment followed by intact records over more
+ * bytes than one group holds (group_commit_max_bytes, 1 MiB here) is no
+ * torn write: its group was synced before the later ones were written,
+ * so it was acknowledged.  Refused, not cut off as "never acknowledged"
+ * (which dropped 1,390 acknowledged records here). */
+START_TEST(test_corrupt_synced_record_refused) {
+  const char *dir = ps_test_tmpdir();
+  write_log(dir, 1400, 1000, 0, NULL); /* 1.4 MB, one segment */
+  char *seg = newest_segment(dir);
+  int fd = open(seg, O_RDWR);
+  ck_assert_int_ge(fd, 0);
+  off_t at = 9 * (16 + 1000) + 16 + 500; /* the 10th record's payload */
+  uint8_t b;
+  ck_assert_int_eq(pread(fd, &b, 1, at), 1);
+  b ^= 0x40;
+  ck_assert_int_eq(pwrite(fd, &b, 1, at), 1);
+  close(fd);
+  struct stat before, after;
+  ck_assert_int_eq(stat(seg, &before), 0);
+  replayed r;
+  ps_errbuf eb;
+  replay_count(dir, 0, &r, PS_EIO, &eb);
+  ck_assert_msg(strstr(eb.msg, "corrupt") && strstr(eb.msg, "1390 intact records") &&
+                strstr(eb.msg, "acknowledged"), "%s", eb.msg);
+  ck_assert_int_eq(stat(seg, &after), 0);
+  ck_assert_int_eq(after.st_size, before.st_size); /* nothing cut */
   free(seg);
 }
 END_TEST
@@ -1317,6 +1348,7 @@ Suite *psd_wal_suite(void) {
   tcase_add_test(tc, test_wait_synced);
   tcase_add_loop_test(tc, test_power_cut, 0, 2);
   tcase_add_loop_test(tc, test_torn_and_corrupt_tail, 0, 2);
+  tcase_add_test(tc, test_corrupt_synced_record_refused);
   tcase_add_test(tc, test_empty_log);
   tcase_add_test(tc, test_log_after_missing_snapshot);
   tcase_add_test(tc, test_corrupt_earlier_segment_refused);

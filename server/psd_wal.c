@@ -414,9 +414,9 @@ static uint64_t wal_count_after(const uint8_t *p, size_t n, uint64_t first, size
   /* only records at or after FIRST: a reused file's older ones are not
    * (skip records are stepped over: invariant 8) */
   while (off < n && !wal_check(p + off, n - off) && wal_get64(p + off + 8) >= first) {
-    k += wal_get64(p + off + 8) != WAL_SKIP_SEQ;
+    int skip = wal_get64(p + off + 8) == WAL_SKIP_SEQ;
     off += WAL_HDR + wal_len(p + off);
-    *end = off;
+    if (!skip) k++, *end = off;
   }
   return k;
 }
@@ -521,17 +521,21 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
         else
           end = rend;
         /* One unsynced group of two records or more holds at most
-         * max_batch_bytes of them (invariant 2), and the next group is
-         * written only after its sync: an intact record farther than
-         * that from the bad one means the bad one was synced, i.e. an
-         * acknowledged record is corrupt, not a torn write. */
-        if (after && end - off > w->o.max_batch_bytes) {
+         * max_batch_bytes of them (invariant 2), plus the skip records
+         * the write puts before its records of 64 KiB or more (each under
+         * 8 KiB: at most an eighth more), and the next group is written
+         * only after its sync: an intact record farther than that from
+         * the bad one means the bad one was synced, i.e. an acknowledged
+         * record is corrupt, not a torn write. */
+        uint64_t group = w->o.max_batch_bytes + w->o.max_batch_bytes / 8 + 2 * 8192;
+        if (after && end - off > group) {
           rc = ps_errf(eb, PS_EIO, "redo log '%s/%s' is corrupt at offset %zu (%s), and %" PRIu64
                        " intact records follow it over %zu bytes, more than one group holds "
-                       "(group_commit_max_bytes %" PRIu64 "): the bad record was synced, so "
+                       "(%" PRIu64 " with group_commit_max_bytes %" PRIu64 "): the bad record "
+                       "was synced, so "
                        "acknowledged records would be lost; refusing to replay (if "
                        "group_commit_max_bytes was lowered since the log was written, raise it "
-                       "again)", w->dir, name, off, bad, after, end - off,
+                       "again)", w->dir, name, off, bad, after, end - off, group,
                        (uint64_t)w->o.max_batch_bytes);
           break;
         }

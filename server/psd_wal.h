@@ -41,11 +41,11 @@
  *     short or fails its checksum are a torn tail (never acknowledged):
  *     they are counted (the bad one when its header carries the next seq,
  *     and the intact ones after it), logged and cut off; but when intact
- *     records follow the bad one over more than max_batch_bytes, it was
- *     synced (one group of two records or more holds at most that, and
- *     the next is written only after its sync): refused (PS_EIO), nothing
- *     cut.  In a segment
- *     before the last, the first record that is bad or does not follow the
+ *     records follow the bad one over more than max_batch_bytes and an
+ *     eighth (one group of two records or more holds at most that, with
+ *     the skip records of invariant 8, and the next is written only after
+ *     its sync), it was synced: refused (PS_EIO), nothing cut.  In a
+ *     segment before the last, the first record that is bad or does not follow the
  *     one before ends its records (what follows is not read, invariant 4);
  *     a bad first record there, a gap in the sequence after FROM (also
  *     where a segment's records ended early: the message says where), or

@@ -563,7 +563,8 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
         if (seq != want) {
           rc = ps_errf(eb, PS_EIO, "redo log '%s' holds record %" PRIu64 " next, but the store's "
                        "snapshot ends at record %" PRIu64 " and record %" PRIu64 " is missing "
-                       "(is the snapshot missing or from another store?): refusing to start",
+                       "(is a log segment or the snapshot missing, or the snapshot from another "
+                       "store?): refusing to start",
                        w->dir, seq, from, want);
           break;
         }

@@ -533,6 +533,25 @@ START_TEST(test_log_after_missing_snapshot) {
 }
 END_TEST
 
+/* An earlier segment deleted: the message names a missing segment as a
+ * cause, not only a missing snapshot (it used to ask only "is the
+ * snapshot missing or from another store?"). */
+START_TEST(test_missing_earlier_segment_refused) {
+  const char *dir = ps_test_tmpdir();
+  write_log(dir, 4, 10, 0, NULL); /* segment 1: records 1..4 */
+  write_log(dir, 4, 10, 0, NULL); /* segment 5: records 5..8 */
+  char p[1024];
+  snprintf(p, sizeof p, "%s/0000000000000001.log", dir);
+  ck_assert_int_eq(unlink(p), 0);
+  replayed r;
+  ps_errbuf eb;
+  replay_count(dir, 0, &r, PS_EIO, &eb);
+  ck_assert_msg(strstr(eb.msg, "record 1 is missing") && strstr(eb.msg, "log segment"), "%s",
+                eb.msg);
+  ck_assert_uint_eq(r.n, 0);
+}
+END_TEST
+
 START_TEST(test_corrupt_earlier_segment_refused) {
   const char *dir = ps_test_tmpdir();
   write_log(dir, 4, 10, 0, NULL);  /* segment 1: records 1..4 */
@@ -1351,6 +1370,7 @@ Suite *psd_wal_suite(void) {
   tcase_add_test(tc, test_corrupt_synced_record_refused);
   tcase_add_test(tc, test_empty_log);
   tcase_add_test(tc, test_log_after_missing_snapshot);
+  tcase_add_test(tc, test_missing_earlier_segment_refused);
   tcase_add_test(tc, test_corrupt_earlier_segment_refused);
   tcase_add_test(tc, test_corrupt_inside_earlier_segment);
   tcase_add_test(tc, test_old_bytes_after_earlier_segment);

@@ -22,6 +22,7 @@
 #include "ps.pb-c.h"
 #include "ps_model.h"
 #include "ps_npz.h"
+#include "ps_pb.h"
 #include "psctl.h"
 #include "psctl_export_rows.h"
 
@@ -72,6 +73,11 @@ static int psctl_export_args(int argc, char **argv, psctl_export_opts *o) {
     bad = 1;
   } else if (!bad && (!o->model || !o->out)) {
     fprintf(stderr, "psctl export: %s is required\n", !o->model ? "--model NAME" : "-o FILE");
+    bad = 1;
+  } else if (!bad && !ps_name_valid(o->model)) {
+    ps_errbuf eb;
+    ps_name_check("model", o->model, &eb);
+    fprintf(stderr, "psctl export: %s\n", eb.msg);
     bad = 1;
   }
   if (bad) fputs(psctl_export_usage, stderr);

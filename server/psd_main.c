@@ -541,7 +541,7 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
       case 'c': a->config = optarg; break;
       case 's':
         a->shard = strtol(optarg, &end, 10);
-        if (*end || a->shard < 0 || a->shard > UINT32_MAX) {
+        if (!*optarg || optarg[strspn(optarg, "0123456789")] || *end || a->shard > UINT32_MAX) {
           fprintf(stderr, "psd: bad shard id '%s'\n", optarg);
           return 2;
         }

@@ -34,7 +34,7 @@ static const char psctl_export_usage[] =
     "float32 array per tensor with its shape (numpy.load reads it), and for each embedding\n"
     "table NAME.rows (float32, [rows, dim]) and NAME.keys (uint64, [rows]): every row the\n"
     "shards hold, read page by page (not one instant while training runs; zip64 past 4 GiB).\n"
-    "The file is replaced atomically.  --timeout-ms bounds each shard's export and each\n"
+    "The file is replaced atomically (-o is also --output).  --timeout-ms bounds each shard's export and each\n"
     "page of rows (default 60000).\n"
     "Exit status: 0, 1 when a shard is down, the model is unknown or the export is\n"
     "inconsistent (nothing is written then), 2 on bad usage or a bad configuration.\n";

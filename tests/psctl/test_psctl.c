@@ -541,6 +541,8 @@ START_TEST(test_cli_bad_flags) {
       {"psctl", "export --config '%s' --model m -o m.npz --timeout-ms 0", "--timeout-ms wants"},
       {"psctl", "status --config '%s' --timeout x", "--timeout wants an integer"},
       {"psctl", "bench --config '%s' --rounds -3", "--rounds wants an integer"},
+      {"psctl", "bench --config '%s' --model-mib 0", "--model-mib wants a size above 0"},
+      {"psctl", "bench --config '%s' --request-mib 0", "--request-mib wants at least 0.001 MiB"},
       {"psctl", "submit m.pb --name m --codec '' --config '%s'", "--codec wants a codec name"},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

@@ -795,7 +795,7 @@ static const cfg_slot cfg_top_slots[] = {
     {.name = "cluster", .type = &cfg_t_str, .offset = offsetof(ps_config, cluster),
      .required = 1, .check = cfg_check_name},
     {.name = "chunk_elems", .type = &cfg_t_u32, .offset = offsetof(ps_config, chunk_elems),
-     .def = "65536", .min = 1, .max = 67108864},
+     .def = "65536", .min = 1, .max = PS_CHUNK_ELEMS_MAX},
     {.name = "durability", .type = &cfg_t_section, .offset = 0, .arg = &cfg_durability_table},
     {.name = "limits", .type = &cfg_t_section, .offset = 0, .arg = &cfg_limits_table},
     {.name = "shards", .type = &cfg_t_list, .offset = 0, .required = 1, .min = 1,

@@ -124,7 +124,8 @@ static int psctl_submit_args(int argc, char **argv, psctl_submit_opts *o) {
       case 'r': o->replace = 1; break;
       case 's': bad = psctl_parse_u64("submit", "seed", optarg, 0, UINT64_MAX, &o->seed); break;
       case 'C':
-        bad = psctl_parse_u64("submit", "chunk-elems", optarg, 0, UINT32_MAX, &v);
+        /* 0: the cluster's; else chunk_elems' range in the cluster file */
+        bad = psctl_parse_u64("submit", "chunk-elems", optarg, 0, PS_CHUNK_ELEMS_MAX, &v);
         o->chunk_elems = (uint32_t)v;
         break;
       case 'G':

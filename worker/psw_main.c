@@ -88,7 +88,7 @@ static const char psw_usage[] =
 static int psw_num(const char *name, const char *s, long max, long *out) {
   char *end;
   long v = strtol(s, &end, 10);
-  if (!*s || *end || v < 0 || v > max) {
+  if (!*s || s[strspn(s, "0123456789")] || *end || v < 0 || v > max) { /* no sign, no blank */
     fprintf(stderr, "psw: bad value '%s' for --%s\n", s, name);
     return -1;
   }
@@ -100,7 +100,7 @@ static int psw_num(const char *name, const char *s, long max, long *out) {
 static int psw_factor(const char *s, double *out) {
   char *end;
   double v = strtod(s, &end);
-  if (!*s || *end || !(v >= 1 && v <= 1000)) {
+  if (!*s || s[strspn(s, "0123456789.eE+-")] || *end || !(v >= 1 && v <= 1000)) {
     fprintf(stderr, "psw: bad value '%s' for --slowdown (a number from 1 to 1000)\n", s);
     return -1;
   }

@@ -535,6 +535,8 @@ START_TEST(test_cli_bad_flags) {
       {"psw", "--config '%s' --model ''", "bad model name ''"},
       {"psw", "--config '%s' --model m --epochs x", "bad value 'x' for --epochs"},
       {"psw", "--config '%s' --model m --batch -1", "bad value '-1' for --batch"},
+      {"psw", "--config '%s' --model m --epochs ' 2'", "bad value ' 2' for --epochs"},
+      {"psw", "--config '%s' --model m --slowdown 0x2", "bad value '0x2' for --slowdown"},
       {"psw", "--config '%s' --model m --slowdown 0.5", "bad value '0.5' for --slowdown"},
       {"psw", "--config '%s' --model m --blas-threads", "requires an argument"},
       {"psctl", "export --config '%s' --model '' -o m.npz", "bad model name ''"},

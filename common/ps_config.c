@@ -118,7 +118,7 @@ static int cfg_uint(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, uint64_t *v) 
   yaml_mark_t m;
   int r = cfg_scalar(x, s, n, &t, &m);
   if (r <= 0) return r;
-  const char *d = t + (*t == '-' || *t == '+');
+  const char *d = t + (*t == '-'); /* a minus is reported as out of range; '+' is refused */
   size_t nd = strspn(d, "0123456789");
   if (nd == 0 || d[nd]) return cfg_err(x, m, "expected an integer for '%s'", s->name);
   errno = 0;
@@ -147,9 +147,12 @@ static int cfg_load_u64(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, void *fie
 
 /* ---- numbers: decimal, exponent, or a fraction "A/B" ------------------- */
 
-/* cfg_parse_number parses T whole into *V; returns 0 or -1. */
+/* cfg_parse_number parses T whole into *V; returns 0 or -1.  Only the
+ * README's forms (decimals, exponents, "A/B"): strtod alone would also
+ * take hex ("0x10"), "inf" and leading blanks. */
 static int cfg_parse_number(const char *t, double *v) {
   char *end;
+  if (t[strspn(t, "0123456789.eE+-/")]) return -1;
   errno = 0;
   double a = strtod(t, &end);
   if (end == t || errno == ERANGE) return -1;
@@ -792,7 +795,7 @@ static const cfg_slot cfg_top_slots[] = {
     {.name = "cluster", .type = &cfg_t_str, .offset = offsetof(ps_config, cluster),
      .required = 1, .check = cfg_check_name},
     {.name = "chunk_elems", .type = &cfg_t_u32, .offset = offsetof(ps_config, chunk_elems),
-     .def = "65536", .min = 1, .max = 67108864},
+     .def = "65536", .min = 1, .max = PS_CHUNK_ELEMS_MAX},
     {.name = "durability", .type = &cfg_t_section, .offset = 0, .arg = &cfg_durability_table},
     {.name = "limits", .type = &cfg_t_section, .offset = 0, .arg = &cfg_limits_table},
     {.name = "shards", .type = &cfg_t_list, .offset = 0, .required = 1, .min = 1,

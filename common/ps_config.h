@@ -146,6 +146,7 @@ typedef struct ps_config {
  * cluster file comes near either number. */
 #define PS_CONFIG_MAX_BYTES (1u << 20) /* 1 MiB */
 #define PS_CONFIG_MAX_DEPTH 32         /* nested '[' / '{' */
+#define PS_CHUNK_ELEMS_MAX 67108864    /* chunk_elems (and psctl submit --chunk-elems) */
 
 /* ps_config_load parses PATH into *C (which it zeroes first).  A file of
  * more than PS_CONFIG_MAX_BYTES, or nested deeper than PS_CONFIG_MAX_DEPTH,

@@ -55,9 +55,9 @@ int ps_layout_build(ps_layout *l, const Ps__ModelSpec *spec, uint32_t chunk_elem
   int rc = ps_consistency_parse(spec->name, spec->consistency, &l->consistency, eb);
   if (rc == 0) rc = ps_stale_weight_parse(spec->name, spec->staleness_weight, &l->stale_weight, eb);
   if (rc == 0) rc = ps_codec_parse(spec->codec, "codec", &l->push_codec, eb);
-  if (rc == 0) rc = ps_codec_parse(spec->pull_codec, "pull codec", &l->pull_codec, eb);
   if (rc < 0) return rc;
-  if (l->pull_codec > PS_CODEC_INT8)
+  if (ps_codec_parse(spec->pull_codec, "pull codec", &l->pull_codec, eb) < 0 ||
+      l->pull_codec > PS_CODEC_INT8)
     return ps_errf(eb, PS_EINVAL, "model '%s': pull codec '%s' is not one of fp32, fp16, int8",
                    spec->name, spec->pull_codec);
   if (!isfinite(spec->topk) || spec->topk < 0 || spec->topk > 1)

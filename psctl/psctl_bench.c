@@ -618,8 +618,12 @@ static int bench_args(int argc, char **argv, bench_opts *o) {
     }
     if (bad) return 2;
   }
-  if (optind < argc || o->rounds < 1 || o->depth < 1 || o->sockbuf < 0 || o->model_mib <= 0 ||
-      o->request_mib < 0.001 || o->model_mib * 262144 > 4e9 || o->memory_params > 4000000000ull) {
+  const char *why = optind < argc ? "unexpected argument"
+                    : o->model_mib <= 0 || o->model_mib * 262144 > 4e9
+                        ? "--model-mib wants a size above 0 and at most 15258 MiB (4e9 floats)"
+                    : o->request_mib < 0.001 ? "--request-mib wants at least 0.001 MiB" : NULL;
+  if (why || o->rounds < 1 || o->depth < 1 || o->sockbuf < 0 || o->memory_params > 4000000000ull) {
+    if (why) fprintf(stderr, "psctl bench: %s\n", why);
     fputs(bench_usage, stderr);
     return 2;
   }

@@ -22,6 +22,7 @@
 #include "ps.pb-c.h"
 #include "ps_model.h"
 #include "ps_npz.h"
+#include "ps_pb.h"
 #include "psctl.h"
 #include "psctl_export_rows.h"
 
@@ -33,7 +34,7 @@ static const char psctl_export_usage[] =
     "float32 array per tensor with its shape (numpy.load reads it), and for each embedding\n"
     "table NAME.rows (float32, [rows, dim]) and NAME.keys (uint64, [rows]): every row the\n"
     "shards hold, read page by page (not one instant while training runs; zip64 past 4 GiB).\n"
-    "The file is replaced atomically.  --timeout-ms bounds each shard's export and each\n"
+    "The file is replaced atomically (-o is also --output).  --timeout-ms bounds each shard's export and each\n"
     "page of rows (default 60000).\n"
     "Exit status: 0, 1 when a shard is down, the model is unknown or the export is\n"
     "inconsistent (nothing is written then), 2 on bad usage or a bad configuration.\n";
@@ -72,6 +73,11 @@ static int psctl_export_args(int argc, char **argv, psctl_export_opts *o) {
     bad = 1;
   } else if (!bad && (!o->model || !o->out)) {
     fprintf(stderr, "psctl export: %s is required\n", !o->model ? "--model NAME" : "-o FILE");
+    bad = 1;
+  } else if (!bad && !ps_name_valid(o->model)) {
+    ps_errbuf eb;
+    ps_name_check("model", o->model, &eb);
+    fprintf(stderr, "psctl export: %s\n", eb.msg);
     bad = 1;
   }
   if (bad) fputs(psctl_export_usage, stderr);

@@ -124,7 +124,8 @@ static int psctl_submit_args(int argc, char **argv, psctl_submit_opts *o) {
       case 'r': o->replace = 1; break;
       case 's': bad = psctl_parse_u64("submit", "seed", optarg, 0, UINT64_MAX, &o->seed); break;
       case 'C':
-        bad = psctl_parse_u64("submit", "chunk-elems", optarg, 0, UINT32_MAX, &v);
+        /* 0: the cluster's; else chunk_elems' range in the cluster file */
+        bad = psctl_parse_u64("submit", "chunk-elems", optarg, 0, PS_CHUNK_ELEMS_MAX, &v);
         o->chunk_elems = (uint32_t)v;
         break;
       case 'G':
@@ -140,8 +141,16 @@ static int psctl_submit_args(int argc, char **argv, psctl_submit_opts *o) {
       case 'N':
         bad = psctl_parse_double("submit", "clip-norm", optarg, 0, FLT_MAX, &o->clip_norm);
         break;
-      case 'X': o->codec = optarg; break;
-      case 'P': o->pull_codec = optarg; break;
+      case 'X':
+      case 'P':
+        /* "" on the wire means fp32: refuse it here rather than take it so. */
+        if (!*optarg) {
+          fprintf(stderr, "psctl submit: --%s wants a codec name, got ''\n",
+                  c == 'X' ? "codec" : "pull-codec");
+          bad = 1;
+        }
+        *(c == 'X' ? &o->codec : &o->pull_codec) = optarg;
+        break;
       case 'k': bad = psctl_parse_double("submit", "topk", optarg, 1e-6, 1, &o->topk); break;
       case 'U':
         bad = psctl_parse_u64("submit", "codec-warmup-steps", optarg, 0, UINT32_MAX, &v);
@@ -153,7 +162,7 @@ static int psctl_submit_args(int argc, char **argv, psctl_submit_opts *o) {
         break;
       case 'T':
         if (o->ntensor_codec == sizeof o->tensor_codec / sizeof o->tensor_codec[0] ||
-            !strchr(optarg, '=')) {
+            !strchr(optarg, '=') || !strchr(optarg, '=')[1]) {
           fprintf(stderr, "psctl submit: --tensor-codec '%s' (want NAME=CODEC, at most 64)\n", optarg);
           bad = 1;
         } else {

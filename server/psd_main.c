@@ -528,7 +528,7 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
       "       psd --config FILE --aggregator NAME\n"
       "                                      run as aggregator NAME (the 'aggregators' list):\n"
       "                                      sum local workers' pushes, serve their pulls\n"
-      "       psd -t --config FILE [--shard N | --aggregator NAME]\n"
+      "       psd -t|--test --config FILE [--shard N | --aggregator NAME]\n"
       "                                      check the configuration and exit\n";
   a->config = NULL;
   a->shard = -1;
@@ -541,7 +541,7 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
       case 'c': a->config = optarg; break;
       case 's':
         a->shard = strtol(optarg, &end, 10);
-        if (*end || a->shard < 0 || a->shard > UINT32_MAX) {
+        if (!*optarg || optarg[strspn(optarg, "0123456789")] || *end || a->shard > UINT32_MAX) {
           fprintf(stderr, "psd: bad shard id '%s'\n", optarg);
           return 2;
         }

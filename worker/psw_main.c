@@ -37,6 +37,7 @@
 #include "ps_config.h"
 #include "ps_gpu_blas.h"
 #include "ps_log.h"
+#include "ps_pb.h"
 #include "psw_train.h"
 
 static volatile sig_atomic_t psw_stop_signal;
@@ -87,7 +88,7 @@ static const char psw_usage[] =
 static int psw_num(const char *name, const char *s, long max, long *out) {
   char *end;
   long v = strtol(s, &end, 10);
-  if (!*s || *end || v < 0 || v > max) {
+  if (!*s || s[strspn(s, "0123456789")] || *end || v < 0 || v > max) { /* no sign, no blank */
     fprintf(stderr, "psw: bad value '%s' for --%s\n", s, name);
     return -1;
   }
@@ -99,7 +100,7 @@ static int psw_num(const char *name, const char *s, long max, long *out) {
 static int psw_factor(const char *s, double *out) {
   char *end;
   double v = strtod(s, &end);
-  if (!*s || *end || !(v >= 1 && v <= 1000)) {
+  if (!*s || s[strspn(s, "0123456789.eE+-")] || *end || !(v >= 1 && v <= 1000)) {
     fprintf(stderr, "psw: bad value '%s' for --slowdown (a number from 1 to 1000)\n", s);
     return -1;
   }
@@ -173,7 +174,9 @@ static int psw_opts(const psw_args *a, const ps_config *cfg, psw_train_opts *o) 
       .metrics_csv = a->metrics_csv, .overlap = a->overlap >= 0 ? a->overlap : cfg->workers.overlap,
       .blas_threads = a->blas_threads < 0 ? (int)cfg->workers.blas_threads : (int)a->blas_threads,
       .quiet = a->quiet, .stop = &psw_stop_signal};
+  ps_errbuf eb;
   const char *why = !o->model ? "no model: give --model or set training.model"
+                    : ps_name_check("model", o->model, &eb) < 0 ? eb.msg
                     : !o->workers ? "--workers must be at least 1"
                     : o->rank >= o->workers ? "--rank must be below --workers"
                     : !o->epochs ? "--epochs must be at least 1"

@@ -95,18 +95,14 @@ static void pt_cleanup(const pt_ctx *x) {
   ck_assert_int_eq(system(cmd), 0);
 }
 
-/* pt_psctl runs `psctl ARGS` (a printf format; arguments are quoted by
+/* pt_vrun runs `PROG ARGS` (a printf format; arguments are quoted by
  * the caller) with stdout to X->out and stderr to X->err; its exit code,
  * or -1 when it did not exit normally. */
-static int pt_psctl(pt_ctx *x, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int pt_psctl(pt_ctx *x, const char *fmt, ...) {
+static int pt_vrun(pt_ctx *x, const char *prog, const char *fmt, va_list ap) {
   char args[1500], cmd[8192];
-  va_list ap;
-  va_start(ap, fmt);
   vsnprintf(args, sizeof args, fmt, ap);
-  va_end(ap);
-  /* psctl runs in X->dir; a relative PS_BIN is relative to the runner's. */
-  const char *bin = ps_test_bin("psctl");
+  /* PROG runs in X->dir; a relative PS_BIN is relative to the runner's. */
+  const char *bin = ps_test_bin(prog);
   char cwd[1024] = "";
   if (bin[0] != '/') ck_assert(getcwd(cwd, sizeof cwd) != NULL);
   int n = snprintf(cmd, sizeof cmd, "cd '%s' && timeout 60 '%s%s%s' %s > '%s' 2> '%s'", x->dir,
@@ -114,6 +110,27 @@ static int pt_psctl(pt_ctx *x, const char *fmt, ...) {
   ck_assert(n > 0 && (size_t)n < sizeof cmd);
   int st = system(cmd);
   return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* pt_psctl is pt_vrun for psctl. */
+static int pt_psctl(pt_ctx *x, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+static int pt_psctl(pt_ctx *x, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int rc = pt_vrun(x, "psctl", fmt, ap);
+  va_end(ap);
+  return rc;
+}
+
+/* pt_run is pt_psctl for program PROG (psd, psw, psctl). */
+static int pt_run(pt_ctx *x, const char *prog, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int pt_run(pt_ctx *x, const char *prog, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  int rc = pt_vrun(x, prog, fmt, ap);
+  va_end(ap);
+  return rc;
 }
 
 /* pt_contains checks that PATH's text contains NEEDLE. */
@@ -464,6 +481,10 @@ START_TEST(test_psctl_submit) {
       {"--tensor-codec W9=int8", "no tensor 'W9'"},
       {"--tensor-codec W1=int4", "unknown tensor codec 'int4'"},
       {"--tensor-codec W1", "want NAME=CODEC"},
+      {"--tensor-codec W1=", "want NAME=CODEC"},
+      {"--pull-codec abc", "pull codec 'abc' is not one of fp32, fp16, int8"},
+      {"--codec ''", "--codec wants a codec name, got ''"},
+      {"--pull-codec ''", "--pull-codec wants a codec name, got ''"},
   };
   for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
     ck_assert_int_eq(pt_psctl(&x, "submit lr.pb --name mc %s --config '%s'", bad[i][0], x.yaml), 2);
@@ -492,6 +513,50 @@ START_TEST(test_psctl_submit) {
   if (rep) protobuf_c_message_free_unpacked(&rep->base, NULL);
 
   pt_stop_all(&x);
+  pt_cleanup(&x);
+}
+END_TEST
+
+/* Bad command-line values of psd, psw and psctl: exit 2 with a message
+ * naming the flag or the value, before any shard is asked (none runs). */
+START_TEST(test_cli_bad_flags) {
+  pt_ctx x;
+  pt_init(&x);
+  static const struct {
+    const char *prog, *args; /* args: a printf format taking the cluster file */
+    const char *want;
+  } cases[] = {
+      {"psd", "-t --config '%s' --shard ''", "bad shard id ''"},
+      {"psd", "-t --config '%s' --shard ' 0'", "bad shard id ' 0'"},
+      {"psd", "-t --config '%s' --shard -1", "bad shard id '-1'"},
+      {"psd", "-t --config '%s' --shard", "requires an argument"},
+      {"psd", "-t --config '%s' --bogus", "unrecognized option '--bogus'"},
+      {"psw", "--config '%s' --model 'a b'", "bad model name 'a b'"},
+      {"psw", "--config '%s' --model ''", "bad model name ''"},
+      {"psw", "--config '%s' --model m --epochs x", "bad value 'x' for --epochs"},
+      {"psw", "--config '%s' --model m --batch -1", "bad value '-1' for --batch"},
+      {"psw", "--config '%s' --model m --epochs ' 2'", "bad value ' 2' for --epochs"},
+      {"psw", "--config '%s' --model m --slowdown 0x2", "bad value '0x2' for --slowdown"},
+      {"psw", "--config '%s' --model m --slowdown 0.5", "bad value '0.5' for --slowdown"},
+      {"psw", "--config '%s' --model m --blas-threads", "requires an argument"},
+      {"psctl", "export --config '%s' --model '' -o m.npz", "bad model name ''"},
+      {"psctl", "export --config '%s' --model m -o m.npz --timeout-ms 0", "--timeout-ms wants"},
+      {"psctl", "status --config '%s' --timeout x", "--timeout wants an integer"},
+      {"psctl", "bench --config '%s' --rounds -3", "--rounds wants an integer"},
+      {"psctl", "bench --config '%s' --model-mib 0", "--model-mib wants a size above 0"},
+      {"psctl", "bench --config '%s' --request-mib 0", "--request-mib wants at least 0.001 MiB"},
+      {"psctl", "submit m.pb --name m --codec '' --config '%s'", "--codec wants a codec name"},
+      {"psctl", "submit m.pb --name m --chunk-elems 67108865 --config '%s'",
+       "--chunk-elems wants an integer in [0, 67108864]"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char args[1200];
+    snprintf(args, sizeof args, cases[i].args, x.yaml);
+    int rc = pt_run(&x, cases[i].prog, "%s", args);
+    ck_assert_msg(rc == 2, "%s %s: exit %d, not 2, see %s", cases[i].prog, args, rc, x.err);
+    ck_assert_msg(pt_contains(x.err, cases[i].want), "%s %s: no \"%s\" in %s", cases[i].prog, args,
+                  cases[i].want, x.err);
+  }
   pt_cleanup(&x);
 }
 END_TEST
@@ -532,7 +597,8 @@ Suite *psctl_suite(void) {
   } cases[] = {{"export", test_psctl_export},
                {"model_show", test_psctl_model_show},
                {"submit", test_psctl_submit},
-               {"submit_budget", test_psctl_submit_budget}};
+               {"submit_budget", test_psctl_submit_budget},
+               {"cli_bad_flags", test_cli_bad_flags}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     TCase *tc = tcase_create(cases[i].name);
     tcase_set_timeout(tc, 180);

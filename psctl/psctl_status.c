@@ -350,12 +350,13 @@ static void psctl_status_json_row(const psctl_row *r) {
          (unsigned long long)s->errors, (long long)s->last_flush_unix_ms);
   psctl_json_num(r->flush_age_s);
   printf(",\"disk_bytes\":%llu,\"chan_connections\":%u,\"chan_refused\":%llu,"
-         "\"chan_idle_closed\":%llu,\"grpc_restarts\":%llu,\"security\":\"%s\","
-         "\"auth_refused\":%llu,\"chan_auth_refused\":%llu,\"chan_shm_bytes\":%llu,"
-         "\"chan_shm_connections\":%u,\"redo_log\":",
+         "\"chan_idle_closed\":%llu,\"grpc_restarts\":%llu,\"security\":",
          (unsigned long long)s->disk_bytes, s->chan_connections,
          (unsigned long long)s->chan_refused, (unsigned long long)s->chan_idle_closed,
-         (unsigned long long)s->grpc_restarts, s->security ? s->security : "",
+         (unsigned long long)s->grpc_restarts);
+  psctl_json_str(s->security ? s->security : "");
+  printf(",\"auth_refused\":%llu,\"chan_auth_refused\":%llu,\"chan_shm_bytes\":%llu,"
+         "\"chan_shm_connections\":%u,\"redo_log\":",
          (unsigned long long)s->auth_refused, (unsigned long long)s->chan_auth_refused,
          (unsigned long long)s->chan_shm_bytes, s->chan_shm_connections);
   if (!s->wal) {

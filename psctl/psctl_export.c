@@ -34,8 +34,8 @@ static const char psctl_export_usage[] =
     "float32 array per tensor with its shape (numpy.load reads it), and for each embedding\n"
     "table NAME.rows (float32, [rows, dim]) and NAME.keys (uint64, [rows]): every row the\n"
     "shards hold, read page by page (not one instant while training runs; zip64 past 4 GiB).\n"
-    "The file is replaced atomically (-o is also --output).  --timeout-ms bounds each shard's export and each\n"
-    "page of rows (default 60000).\n"
+    "The file is replaced atomically (-o is also --output).  --timeout-ms bounds each\n"
+    "shard's export and each page of rows (default 60000).\n"
     "Exit status: 0, 1 when a shard is down, the model is unknown or the export is\n"
     "inconsistent (nothing is written then), 2 on bad usage or a bad configuration.\n";
 
@@ -54,6 +54,7 @@ static int psctl_export_args(int argc, char **argv, psctl_export_opts *o) {
   o->timeout_ms = 60000;
   optind = 1;
   int c, bad = 0;
+  ps_errbuf eb;
   while (!bad && (c = getopt_long(argc, argv, "c:m:o:h", opts, NULL)) != -1) {
     uint64_t v;
     switch (c) {
@@ -74,9 +75,7 @@ static int psctl_export_args(int argc, char **argv, psctl_export_opts *o) {
   } else if (!bad && (!o->model || !o->out)) {
     fprintf(stderr, "psctl export: %s is required\n", !o->model ? "--model NAME" : "-o FILE");
     bad = 1;
-  } else if (!bad && !ps_name_valid(o->model)) {
-    ps_errbuf eb;
-    ps_name_check("model", o->model, &eb);
+  } else if (!bad && ps_name_check("model", o->model, &eb) < 0) {
     fprintf(stderr, "psctl export: %s\n", eb.msg);
     bad = 1;
   }

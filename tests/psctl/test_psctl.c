@@ -95,12 +95,17 @@ static void pt_cleanup(const pt_ctx *x) {
   ck_assert_int_eq(system(cmd), 0);
 }
 
-/* pt_vrun runs `PROG ARGS` (a printf format; arguments are quoted by
- * the caller) with stdout to X->out and stderr to X->err; its exit code,
- * or -1 when it did not exit normally. */
-static int pt_vrun(pt_ctx *x, const char *prog, const char *fmt, va_list ap) {
+/* pt_run runs `PROG ARGS` (PROG: psd, psw or psctl; ARGS a printf format,
+ * arguments quoted by the caller) with stdout to X->out and stderr to
+ * X->err; its exit code, or -1 when it did not exit normally. */
+static int pt_run(pt_ctx *x, const char *prog, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int pt_run(pt_ctx *x, const char *prog, const char *fmt, ...) {
   char args[1500], cmd[8192];
+  va_list ap;
+  va_start(ap, fmt);
   vsnprintf(args, sizeof args, fmt, ap);
+  va_end(ap);
   /* PROG runs in X->dir; a relative PS_BIN is relative to the runner's. */
   const char *bin = ps_test_bin(prog);
   char cwd[1024] = "";
@@ -112,26 +117,7 @@ static int pt_vrun(pt_ctx *x, const char *prog, const char *fmt, va_list ap) {
   return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
 
-/* pt_psctl is pt_vrun for psctl. */
-static int pt_psctl(pt_ctx *x, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-static int pt_psctl(pt_ctx *x, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  int rc = pt_vrun(x, "psctl", fmt, ap);
-  va_end(ap);
-  return rc;
-}
-
-/* pt_run is pt_psctl for program PROG (psd, psw, psctl). */
-static int pt_run(pt_ctx *x, const char *prog, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static int pt_run(pt_ctx *x, const char *prog, const char *fmt, ...) {
-  va_list ap;
-  va_start(ap, fmt);
-  int rc = pt_vrun(x, prog, fmt, ap);
-  va_end(ap);
-  return rc;
-}
+#define pt_psctl(x, ...) pt_run(x, "psctl", __VA_ARGS__)
 
 /* pt_contains checks that PATH's text contains NEEDLE. */
 static int pt_contains(const char *path, const char *needle) {

@@ -1210,7 +1210,7 @@ static int psd_store_push_at(psd_store *s, const ps_req *r, uint64_t replay, uin
                                r->own_cap, eb)) < 0)
     return rc;
   uint64_t seq = replay ? replay : s->log_seq;
-  m->tau_hist[psd_tau_bucket(tau)]++;
+  if (!replay) m->tau_hist[psd_tau_bucket(tau)]++; /* pushes received since the store opened */
   g = grads;
   pthread_mutex_lock(&s->mu); /* a flush's thread may be reading a chunk */
   for (size_t i = 0; i < nids; i++) {

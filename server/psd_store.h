@@ -124,7 +124,8 @@ int psd_store_chunk_state(const psd_store *s, const char *model, uint32_t id,
 
 /* Status.  tau_hist counts pushes by staleness tau = model version -
  * the version the push was computed on, in the buckets of psd_tau_bucket
- * (since the store opened; not persisted). */
+ * (pushes received since the store opened, replayed ones not counted;
+ * not persisted). */
 #define PSD_TAU_BUCKETS 7
 typedef struct psd_model_info {
   const char *name;     /* borrowed */

@@ -111,6 +111,17 @@ static int cfg_scalar(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, const char 
 
 /* ---- integers ---------------------------------------------------------- */
 
+/* ps_parse_uint: see ps_config.h. */
+int ps_parse_uint(const char *s, uint64_t *v) {
+  size_t nd = strspn(s, "0123456789");
+  if (nd == 0 || s[nd]) return PS_EINVAL;
+  errno = 0;
+  unsigned long long u = strtoull(s, NULL, 10);
+  if (errno == ERANGE) return PS_ETOOBIG;
+  *v = u;
+  return 0;
+}
+
 /* cfg_uint parses N (or the default) as a decimal integer within the
  * slot's range into *V.  Returns 1, 0 (no value) or PS_ECONFIG. */
 static int cfg_uint(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, uint64_t *v) {
@@ -118,13 +129,11 @@ static int cfg_uint(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, uint64_t *v) 
   yaml_mark_t m;
   int r = cfg_scalar(x, s, n, &t, &m);
   if (r <= 0) return r;
-  const char *d = t + (*t == '-'); /* a minus is reported as out of range; '+' is refused */
-  size_t nd = strspn(d, "0123456789");
-  if (nd == 0 || d[nd]) return cfg_err(x, m, "expected an integer for '%s'", s->name);
-  errno = 0;
-  unsigned long long u = strtoull(d, NULL, 10);
+  uint64_t u = 0;
+  int rc = ps_parse_uint(t + (*t == '-'), &u); /* a minus is reported as out of range */
+  if (rc == PS_EINVAL) return cfg_err(x, m, "expected an integer for '%s'", s->name);
   int neg = *t == '-' && u != 0;
-  if (neg || errno == ERANGE || u < s->min || u > s->max)
+  if (neg || rc < 0 || u < s->min || u > s->max)
     return cfg_err(x, m, "'%s' is %s, outside %" PRIu64 "..%" PRIu64, s->name, t, s->min,
                    s->max);
   *v = u;

@@ -160,6 +160,12 @@ int ps_config_load(ps_config *c, const char *path, ps_errbuf *eb);
 int ps_config_load_buf(ps_config *c, const char *name, const void *buf, size_t len,
                        ps_errbuf *eb);
 
+/* ps_parse_uint parses S as the cluster file reads an integer: decimal
+ * digits only (no sign, no blank, not empty).  0 with the value in *V,
+ * PS_EINVAL when S is not that, PS_ETOOBIG when it exceeds 2^64 - 1.
+ * Command-line flags of psd, psw and psctl read integers with it too. */
+int ps_parse_uint(const char *s, uint64_t *v);
+
 /* ps_config_release frees everything ps_config_load allocated; idempotent. */
 void ps_config_release(ps_config *c);
 

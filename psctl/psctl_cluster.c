@@ -55,15 +55,8 @@ int psctl_call_all(psctl_cluster *c, const char *method, const ProtobufCMessage 
 /* psctl_parse_u64: see psctl.h. */
 int psctl_parse_u64(const char *cmd, const char *flag, const char *arg, uint64_t min,
                     uint64_t max, uint64_t *v) {
-  char *end = NULL;
-  unsigned long long x = 0;
-  int ok = isdigit((unsigned char)arg[0]);
-  if (ok) {
-    errno = 0;
-    x = strtoull(arg, &end, 10);
-    ok = !errno && !*end && x >= min && x <= max;
-  }
-  if (!ok) {
+  uint64_t x = 0;
+  if (ps_parse_uint(arg, &x) < 0 || x < min || x > max) {
     fprintf(stderr, "psctl %s: --%s wants an integer in [%llu, %llu], got '%s'\n", cmd, flag,
             (unsigned long long)min, (unsigned long long)max, arg);
     return -1;

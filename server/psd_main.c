@@ -536,15 +536,15 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
   a->test = 0;
   int c;
   while ((c = getopt_long(argc, argv, "c:s:a:th", opts, NULL)) != -1) {
-    char *end;
+    uint64_t id;
     switch (c) {
       case 'c': a->config = optarg; break;
       case 's':
-        a->shard = strtol(optarg, &end, 10);
-        if (!*optarg || optarg[strspn(optarg, "0123456789")] || *end || a->shard > UINT32_MAX) {
+        if (ps_parse_uint(optarg, &id) < 0 || id > UINT32_MAX) {
           fprintf(stderr, "psd: bad shard id '%s'\n", optarg);
           return 2;
         }
+        a->shard = (long)id;
         break;
       case 'a': a->aggregator = optarg; break;
       case 't': a->test = 1; break;

@@ -86,13 +86,12 @@ static const char psw_usage[] =
 
 /* psw_num parses a non-negative integer option into *OUT; 0 or -1. */
 static int psw_num(const char *name, const char *s, long max, long *out) {
-  char *end;
-  long v = strtol(s, &end, 10);
-  if (!*s || s[strspn(s, "0123456789")] || *end || v < 0 || v > max) { /* no sign, no blank */
+  uint64_t v = 0;
+  if (ps_parse_uint(s, &v) < 0 || v > (uint64_t)max) {
     fprintf(stderr, "psw: bad value '%s' for --%s\n", s, name);
     return -1;
   }
-  *out = v;
+  *out = (long)v;
   return 0;
 }
 

@@ -156,33 +156,32 @@ static int cfg_load_u64(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, void *fie
 
 /* ---- numbers: decimal, exponent, or a fraction "A/B" ------------------- */
 
-/* cfg_parse_number parses T whole into *V; returns 0 or -1.  Only the
- * README's forms (decimals, exponents, "A/B"): strtod alone would also
- * take hex ("0x10"), "inf" and leading blanks. */
-static int cfg_parse_number(const char *t, double *v) {
+/* ps_parse_number: see ps_config.h.  strtod alone would also take hex
+ * ("0x10"), "inf", "nan" and leading blanks. */
+int ps_parse_number(const char *s, double *v) {
   char *end;
-  if (t[strspn(t, "0123456789.eE+-/")]) return -1;
+  if (s[strspn(s, "0123456789.eE+-/")]) return PS_EINVAL;
   errno = 0;
-  double a = strtod(t, &end);
-  if (end == t || errno == ERANGE) return -1;
+  double a = strtod(s, &end);
+  if (end == s || errno == ERANGE) return PS_EINVAL;
   if (*end == '/') {
     const char *b0 = end + 1;
     double b = strtod(b0, &end);
-    if (end == b0 || b == 0) return -1;
+    if (end == b0 || errno == ERANGE || b == 0) return PS_EINVAL;
     a /= b;
   }
-  if (*end) return -1;
+  if (*end || !isfinite(a)) return PS_EINVAL;
   *v = a;
   return 0;
 }
 
 static int cfg_load_double(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, void *field) {
-  const char *t;
+  const char *t = NULL;
   yaml_mark_t m;
   int r = cfg_scalar(x, s, n, &t, &m);
   if (r <= 0) return r;
   double v;
-  if (cfg_parse_number(t, &v) < 0 || isnan(v))
+  if (ps_parse_number(t, &v) < 0)
     return cfg_err(x, m, "expected a number for '%s'", s->name);
   if (!(v >= s->dmin && v <= s->dmax))
     return cfg_err(x, m, "'%s' is %s, outside %g..%g", s->name, t, s->dmin, s->dmax);

@@ -166,6 +166,13 @@ int ps_config_load_buf(ps_config *c, const char *name, const void *buf, size_t l
  * Command-line flags of psd, psw and psctl read integers with it too. */
 int ps_parse_uint(const char *s, uint64_t *v);
 
+/* ps_parse_number parses S as the cluster file reads a number: a decimal
+ * with an optional sign and exponent ("0.5", "-3.9e-3") or a fraction of
+ * two of them ("1/255"), whole (no blank, not empty), finite.  0 with the
+ * value in *V, or PS_EINVAL (also for hex, "inf", "nan", an underflow or
+ * overflow).  psctl's and psw's number flags read numbers with it too. */
+int ps_parse_number(const char *s, double *v);
+
 /* ps_config_release frees everything ps_config_load allocated; idempotent. */
 void ps_config_release(ps_config *c);
 

@@ -67,8 +67,10 @@ int psctl_parse_u64(const char *cmd, const char *flag, const char *arg, uint64_t
                     uint64_t max, uint64_t *v);
 
 /* psctl_parse_double parses ARG, the value of --FLAG of `psctl CMD`, as a
- * whole finite decimal number in [MIN, MAX] into *V: nan, inf, blanks,
- * trailing junk, over/underflow and (when MIN >= 0) any sign are refused.
+ * number in [MIN, MAX] into *V, as the cluster file reads one
+ * (ps_parse_number: decimals, exponents, fractions "A/B"; hex, nan, inf,
+ * blanks, trailing junk and over/underflow refused); when MIN >= 0 any
+ * sign is refused too.
  * 0, or -1 after printing "psctl CMD: --FLAG wants a number, got 'ARG'"
  * (or "... wants a number in [MIN, MAX], ..." when it is out of range;
  * "... >= MIN ..." when MAX is DBL_MAX) to stderr (*V is then untouched; the caller exits 2). */

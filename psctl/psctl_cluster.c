@@ -68,16 +68,9 @@ int psctl_parse_u64(const char *cmd, const char *flag, const char *arg, uint64_t
 /* psctl_parse_double: see psctl.h. */
 int psctl_parse_double(const char *cmd, const char *flag, const char *arg, double min,
                        double max, double *v) {
-  char *end = NULL;
   double x = 0;
   int sign = arg[0] == '-' || arg[0] == '+';
-  int ok = arg[0] && !isspace((unsigned char)arg[0]);
-  if (ok) {
-    errno = 0;
-    x = strtod(arg, &end);
-    ok = !errno && end != arg && !*end && isfinite(x);
-  }
-  if (!ok) {
+  if (ps_parse_number(arg, &x) < 0) {
     fprintf(stderr, "psctl %s: --%s wants a number, got '%s'\n", cmd, flag, arg);
     return -1;
   }

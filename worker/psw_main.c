@@ -97,9 +97,8 @@ static int psw_num(const char *name, const char *s, long max, long *out) {
 
 /* psw_factor parses a straggler factor (a number >= 1) into *OUT; 0 or -1. */
 static int psw_factor(const char *s, double *out) {
-  char *end;
-  double v = strtod(s, &end);
-  if (!*s || s[strspn(s, "0123456789.eE+-")] || *end || !(v >= 1 && v <= 1000)) {
+  double v = 0;
+  if (ps_parse_number(s, &v) < 0 || !(v >= 1 && v <= 1000)) {
     fprintf(stderr, "psw: bad value '%s' for --slowdown (a number from 1 to 1000)\n", s);
     return -1;
   }

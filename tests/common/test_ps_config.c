@@ -1,5 +1,6 @@
 /* Tests for ps_config: a full file read back, defaults, and every kind of
  * bad file with its exact "file:line:col: message". */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -550,6 +551,41 @@ START_TEST(test_config_hostile_sizes) {
 }
 END_TEST
 
+/* The number readers every program shares with the cluster file: the
+ * README's forms, whole, and nothing strtod/strtoull would add. */
+START_TEST(test_parse_numbers) {
+  static const struct {
+    const char *s;
+    double want; /* NAN: refused */
+  } nums[] = {{"0.5", 0.5},   {"-3.9e-3", -3.9e-3}, {"1/4", 0.25}, {"+2", 2},   {"7", 7},
+              {"1e3/1e1", 100}, {"0x10", NAN},      {"inf", NAN},  {"nan", NAN}, {" 1", NAN},
+              {"1 ", NAN},    {"", NAN},            {"1/0", NAN},  {"1/", NAN},  {"1e-400", NAN},
+              {"1e400", NAN}, {"1e300/1e-300", NAN}, {"1/2/3", NAN}, {"-", NAN}};
+  for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
+    double v = -42;
+    int rc = ps_parse_number(nums[i].s, &v);
+    if (isnan(nums[i].want)) {
+      ck_assert_msg(rc == PS_EINVAL && v == -42, "'%s' taken as %g", nums[i].s, v);
+    } else {
+      ck_assert_msg(rc == 0, "'%s' refused", nums[i].s);
+      ck_assert_double_eq_tol(v, nums[i].want, 1e-12);
+    }
+  }
+  static const struct {
+    const char *s;
+    int rc;
+    uint64_t want;
+  } ints[] = {{"0", 0, 0},           {"18446744073709551615", 0, UINT64_MAX},
+              {"18446744073709551616", PS_ETOOBIG, 0}, {"+5", PS_EINVAL, 0}, {"-1", PS_EINVAL, 0},
+              {"0x10", PS_EINVAL, 0}, {" 1", PS_EINVAL, 0}, {"", PS_EINVAL, 0}, {"1.0", PS_EINVAL, 0}};
+  for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+    uint64_t v = 7;
+    ck_assert_msg(ps_parse_uint(ints[i].s, &v) == ints[i].rc, "'%s'", ints[i].s);
+    ck_assert_uint_eq(v, ints[i].rc ? 7 : ints[i].want);
+  }
+}
+END_TEST
+
 Suite *ps_config_suite(void) {
   Suite *s = suite_create("ps_config");
   TCase *tc = tcase_create("core");
@@ -559,6 +595,7 @@ Suite *ps_config_suite(void) {
   tcase_add_loop_test(tc, test_config_bad_file, 0, (int)(sizeof bad_cases / sizeof bad_cases[0]));
   tcase_add_test(tc, test_config_unreadable);
   tcase_add_test(tc, test_config_hostile_sizes);
+  tcase_add_test(tc, test_parse_numbers);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -21,6 +21,13 @@
  * Redo log records of pushes (psd_store_log_push, psd_store_replay):
  *   u8 kind 1, u8 name length, name, u64 gen, u32 worker, u64 clock,
  *   u64 version_seen, u32 nids, u64 nelems, u32 ids[nids], float grads[nelems]
+ * or, for a push that came encoded in fewer bytes than its floats
+ * (ps_codec.h; kind 2 is a sparse push, psd_sparse.h):
+ *   u8 kind 3, the same fields to nids, u64 nbytes, u32 codec,
+ *   u32 ids[nids], the payload as received[nbytes]
+ * which replay decodes as the push did (decoding is a pure function of
+ * the bytes, the codec and the model's layout), so the log holds an
+ * int8 push in about a quarter of the bytes, a onebit one in 1/32.
  *
  * Invariants (beyond the header's):
  *  5. gen is unique to one incarnation of a model in this directory.  A
@@ -1035,31 +1042,40 @@ static int psd_store_check_chunk(psd_store *s, const psd_model *m, uint32_t id, 
 
 /* ---- redo log ------------------------------------------------------------ */
 
-enum { PSD_LOG_PUSH = 1, PSD_LOG_FIXED = 2 + 8 + 4 + 8 + 8 + 4 + 8 };
+enum { PSD_LOG_PUSH = 1, PSD_LOG_PUSH_CODED = 3, PSD_LOG_FIXED = 2 + 8 + 4 + 8 + 8 + 4 + 8 };
 
-/* psd_store_log_push hands the record of a checked push to the log hook
- * (the ids and gradients are not copied here) and records its seq. */
-static int psd_store_log_push(psd_store *s, const psd_model *m, const uint32_t *ids, size_t nids,
-                              const float *grads, uint64_t nelems, uint32_t worker,
-                              uint64_t clock, uint64_t version_seen, void **own,
-                              size_t *own_cap, ps_errbuf *eb) {
-  uint8_t h[PSD_LOG_FIXED + 256];
+/* psd_store_log_push hands the record of checked push R to M to the log
+ * hook (the ids and payload are not copied here) and records its seq:
+ * R's payload as received when its codec made it smaller than its
+ * NELEMS floats (kind 3), else GRADS, the floats (kind 1).  OWN: R's own
+ * block when the record's last piece is R's payload as received. */
+static int psd_store_log_push(psd_store *s, const psd_model *m, const ps_req *r,
+                              const float *grads, uint64_t nelems, ps_errbuf *eb) {
+  int coded = r->codec != PS_CODEC_FP32 && r->nbytes < nelems * 4;
+  const void *payload = coded ? r->grads : (const void *)grads;
+  uint64_t nbytes = coded ? r->nbytes : nelems * 4;
+  void **own = payload == r->grads && r->own_cap ? r->own : NULL;
+  uint8_t h[PSD_LOG_FIXED + 4 + 256];
   size_t nl = strlen(m->spec->name), n = 0;
-  uint32_t n32 = (uint32_t)nids;
-  h[n++] = PSD_LOG_PUSH;
+  uint32_t n32 = (uint32_t)r->nids, c32 = (uint32_t)r->codec;
+  h[n++] = coded ? PSD_LOG_PUSH_CODED : PSD_LOG_PUSH;
   h[n++] = (uint8_t)nl;
   memcpy(h + n, m->spec->name, nl);
   n += nl;
   psd_store_put64(h + n, m->gen);
-  memcpy(h + n + 8, &worker, 4);
-  psd_store_put64(h + n + 12, clock);
-  psd_store_put64(h + n + 20, version_seen);
+  memcpy(h + n + 8, &r->worker, 4);
+  psd_store_put64(h + n + 12, r->clock);
+  psd_store_put64(h + n + 20, r->version);
   memcpy(h + n + 28, &n32, 4);
-  psd_store_put64(h + n + 32, nelems);
+  psd_store_put64(h + n + 32, coded ? nbytes : nelems);
   n += 40;
-  struct iovec iov[3] = {{h, n}, {(void *)ids, nids * 4}, {(void *)grads, nelems * 4}};
+  if (coded) {
+    memcpy(h + n, &c32, 4);
+    n += 4;
+  }
+  struct iovec iov[3] = {{h, n}, {(void *)r->ids, r->nids * 4}, {(void *)payload, nbytes}};
   uint64_t seq;
-  int rc = s->log_fn(s->log_arg, iov, 3, own, own_cap, &seq, eb);
+  int rc = s->log_fn(s->log_arg, iov, 3, own, own ? r->own_cap : NULL, &seq, eb);
   if (rc == 0) s->log_seq = seq;
   return rc;
 }
@@ -1084,16 +1100,22 @@ static int psd_store_push_at(psd_store *s, const ps_req *r, uint64_t replay, uin
 /* psd_store_replay: see psd_store.h.  Ids and gradients are copied out
  * of the record (it is not aligned for floats). */
 int psd_store_replay(psd_store *s, uint64_t seq, const uint8_t *rec, size_t len, ps_errbuf *eb) {
-  if (len < PSD_LOG_FIXED || rec[0] != PSD_LOG_PUSH || len < (size_t)PSD_LOG_FIXED + rec[1])
+  int coded = len && rec[0] == PSD_LOG_PUSH_CODED;
+  size_t fixed = PSD_LOG_FIXED + (coded ? 4 : 0);
+  if (len < fixed || (rec[0] != PSD_LOG_PUSH && !coded) || len < fixed + rec[1])
     return ps_errf(eb, PS_EIO, "redo log record %" PRIu64 " does not decode", seq);
   size_t nl = rec[1];
   const uint8_t *p = rec + 2 + nl;
   uint64_t gen = psd_store_get64(p), clock = psd_store_get64(p + 12);
   uint64_t seen = psd_store_get64(p + 20), nelems = psd_store_get64(p + 32);
   uint32_t worker = psd_store_get32(p + 8), nids = psd_store_get32(p + 28);
+  uint32_t codec = coded ? psd_store_get32(p + 40) : PS_CODEC_FP32;
+  uint64_t nbytes = coded ? nelems : nelems * 4; /* kind 3's field is the payload's bytes */
   /* nelems first: its x 4 must not wrap round to the record's size */
-  if (nelems > len / 4 || (uint64_t)nids * 4 + nelems * 4 != len - PSD_LOG_FIXED - nl)
+  if (nelems > len / (coded ? 1 : 4) || (uint64_t)nids * 4 + nbytes != len - fixed - nl ||
+      !ps_codec_valid(codec))
     return ps_errf(eb, PS_EIO, "redo log record %" PRIu64 " does not decode", seq);
+  p += fixed - PSD_LOG_FIXED;
   psd_model *m = psd_store_find(s, (const char *)rec + 2, nl, NULL);
   if (!m || gen > m->gen)
     return ps_errf(eb, PS_EIO, "redo log record %" PRIu64 " is a push to model '%.*s'%s, which "
@@ -1103,17 +1125,18 @@ int psd_store_replay(psd_store *s, uint64_t seq, const uint8_t *rec, size_t len,
   s->log_seq = seq;
   if (gen < m->gen) return 0; /* the model was replaced after this push */
   uint32_t *ids = malloc(nids ? (size_t)nids * 4 : 1);
-  float *g = malloc(nelems ? nelems * 4 : 1);
+  float *g = malloc(nbytes ? nbytes : 1);
   int rc = ids && g ? 0 : ps_errf(eb, PS_ENOMEM, "out of memory replaying the redo log");
   if (rc == 0) {
     memcpy(ids, p + 40, (size_t)nids * 4);
-    memcpy(g, p + 40 + (size_t)nids * 4, nelems * 4);
+    memcpy(g, p + 40 + (size_t)nids * 4, nbytes);
     char name[256];
     memcpy(name, rec + 2, nl);
     name[nl] = '\0';
-    /* the record holds the decoded (float32) gradients */
+    /* the gradients as floats (kind 1), or as received (kind 3: the push
+     * path checks and decodes them again) */
     ps_req r = {.model = name, .ids = ids, .nids = nids, .worker = worker, .clock = clock,
-                .version = seen, .codec = PS_CODEC_FP32, .grads = g, .nbytes = nelems * 4};
+                .version = seen, .codec = (ps_codec_id)codec, .grads = g, .nbytes = nbytes};
     rc = psd_store_push_at(s, &r, seq, NULL, eb);
     if (rc < 0) {
       char why[sizeof eb->msg];
@@ -1204,10 +1227,7 @@ static int psd_store_push_at(psd_store *s, const ps_req *r, uint64_t replay, uin
       return rc;
     g += m->layout.chunks[ids[i]].len;
   }
-  if (!replay && s->log_fn &&
-      (rc = psd_store_log_push(s, m, ids, nids, grads, nelems, r->worker, r->clock, r->version,
-                               (const void *)grads == r->grads && r->own_cap ? r->own : NULL,
-                               r->own_cap, eb)) < 0)
+  if (!replay && s->log_fn && (rc = psd_store_log_push(s, m, r, grads, nelems, eb)) < 0)
     return rc;
   uint64_t seq = replay ? replay : s->log_seq;
   if (!replay) m->tau_hist[psd_tau_bucket(tau)]++; /* pushes received since the store opened */

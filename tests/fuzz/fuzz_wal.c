@@ -2,7 +2,7 @@
  * server/psd_wal.h) with the shard's record decoders behind it, as
  * psd_main's recovery calls them: kind 2 (PSD_SPARSE_LOG_PUSH) goes to
  * psd_shard_sparse_replay, every other record to psd_store_replay (kind
- * 1, a dense push).  The shard is tests/fuzz/fuzz_psd.h's (model "m", gen
+ * 1, a dense push; kind 3, one logged encoded).  The shard is tests/fuzz/fuzz_psd.h's (model "m", gen
  * 1: dense chunks 0..2 of 16 floats, sparse tables 0 (dim 4) and 3 (dim
  * 3)).
  *

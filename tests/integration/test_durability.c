@@ -6,7 +6,10 @@
  *    7b) and sends a pull behind each push, taking the pull's answer
  *    first: its pushes count as acknowledged only by their own answer.
  *    Channel pushes go to 1..3 chunks, or to all 16 (64 KiB, logged from
- *    the channel's own buffer: psd_wal invariant 8, zero copy).
+ *    the channel's own buffer: psd_wal invariant 8, zero copy).  The
+ *    third channel connection pushes encoded, in fp16 or onebit (both
+ *    carry -1 exactly), which the log holds as received and the replay
+ *    decodes (psd_store's record kind 3).
  *    The model is one tensor of zeros with SGD, lr 1, and every gradient
  *    is -1, so a chunk's value is exactly the number of pushes applied to
  *    it.  The test keeps its own tally per chunk: pushes acknowledged, and
@@ -52,6 +55,7 @@
 #include <unistd.h>
 
 #include "ps_chan.h"
+#include "ps_codec.h"
 #include "ps_rpc.h"
 #include "ps_test.h"
 #include "test_durability.h"
@@ -71,6 +75,8 @@ typedef struct cl_pusher {
   cl_tally *t;
   int grpc;
   int unordered;             /* a channel asking for unordered acks */
+  int coded;                 /* a channel pushing fp16 or onebit */
+  uint64_t acked;            /* its pushes acknowledged */
   uint64_t rng;
   pthread_t th;
 } cl_pusher;
@@ -119,6 +125,23 @@ static int cl_push_unordered(ps_chan_client *c, const uint32_t *ids, size_t n, f
   return ps_chan_recv_id(c, push, &v, &eb);
 }
 
+/* cl_push_coded pushes G (N chunks of -1) to IDS on C encoded in CODEC
+ * into ENC; 0 or the push's error. */
+static int cl_push_coded(ps_chan_client *c, const uint32_t *ids, size_t n, const float *g,
+                         ps_codec_id codec, uint8_t *enc) {
+  uint64_t len = 0;
+  for (size_t i = 0; i < n; i++) {
+    ps_codec_encode(codec, g, CL_ELEMS, PS_CODEC_TOPK_DEFAULT, enc + len);
+    len += ps_codec_size(codec, CL_ELEMS, PS_CODEC_TOPK_DEFAULT);
+  }
+  ps_req r = {.model = "cl", .ids = ids, .nids = n, .codec = codec};
+  struct iovec src = {enc, len};
+  uint64_t id, v;
+  ps_errbuf eb;
+  int err = ps_chan_send_pushv(c, &r, &src, 1, &id, &eb);
+  return err < 0 ? err : ps_chan_recv_id(c, id, &v, &eb);
+}
+
 /* cl_pusher_main pushes -1 to 1..3 random chunks at a time (a channel
  * pusher to all 16 in one push of 64 KiB one time in four: its gradients
  * are logged from the channel's buffer, psd_wal invariant 8) until told
@@ -145,10 +168,13 @@ static void *cl_pusher_main(void *arg) {
     for (size_t i = 0; i < n; i++) ids[i] = (first + (uint32_t)i * 5) % CL_CHUNKS;
     uint64_t v;
     int pull_err = 0;
+    ps_codec_id codec = cl_rand(&p->rng) % 2 ? PS_CODEC_FP16 : PS_CODEC_ONEBIT;
     err = p->grpc        ? cl_push_grpc(r, ids, n, g)
+          : p->coded     ? cl_push_coded(c, ids, n, g, codec, (uint8_t *)scratch)
           : p->unordered ? cl_push_unordered(c, ids, n, g, scratch, &pull_err)
                          : ps_test_push(c, "cl", ids, n, g, n * CL_ELEMS, 0, 0, 0, &v, &eb);
     cl_count(t, ids, n, err == 0);
+    p->acked += err == 0;
     if (err == 0) err = pull_err;
   }
   ps_chan_close(c);
@@ -347,13 +373,14 @@ void ps_test_crash_loop(int iters) {
   cl_submit(gp);
   uint64_t seed = ps_test_seed | 1;
   float *got = malloc(CL_CHUNKS * CL_ELEMS * sizeof(float));
+  uint64_t coded_acked = 0;
   for (int it = 0; it < iters; it++) {
     cl_pusher ps[CL_PUSHERS];
     atomic_store(&t->stop, 0);
     uint64_t acked0 = atomic_load(&t->acked_pushes);
     for (int i = 0; i < CL_PUSHERS; i++) {
       ps[i] = (cl_pusher){.t = t, .grpc = i == CL_PUSHERS - 1, .unordered = i == 1,
-                          .rng = cl_rand(&seed) | 1};
+                          .coded = i == 2, .rng = cl_rand(&seed) | 1};
       ck_assert_int_eq(pthread_create(&ps[i].th, NULL, cl_pusher_main, &ps[i]), 0);
     }
     /* some pushes acknowledged, then a kill at a random moment */
@@ -363,7 +390,10 @@ void ps_test_crash_loop(int iters) {
     int st = ps_test_stop(pid, SIGKILL, 5000);
     ck_assert_msg(WIFSIGNALED(st), "psd was not running at iteration %d; see %s", it, log);
     atomic_store(&t->stop, 1);
-    for (int i = 0; i < CL_PUSHERS; i++) pthread_join(ps[i].th, NULL);
+    for (int i = 0; i < CL_PUSHERS; i++) {
+      pthread_join(ps[i].th, NULL);
+      if (ps[i].coded) coded_acked += ps[i].acked;
+    }
     if (it % 2) cut += cl_power_cut(fsync_log, redo);
     pid = ps_test_dur_start(yaml, log, gp, cp,
                             it % 3 == 0 ? env_nd : it % 3 == 1 ? env_nw : env.env);
@@ -391,6 +421,7 @@ void ps_test_crash_loop(int iters) {
     atomic_store(&t->maybe_pushes, 0);
   }
   ck_assert_msg(ps_test_dur_replayed(log) > 0, "no restart replayed a record from the log; see %s", log);
+  ck_assert_msg(coded_acked > 0, "no encoded push was acknowledged; see %s", log);
   size_t loglen;
   char *text = ps_test_read_file(log, &loglen);
   ck_assert_msg(strstr(text, "refuses O_DIRECT opens") != NULL,

@@ -36,6 +36,7 @@
 #include <zlib.h>
 
 #include "ps_crc32c.h"
+#include "ps_model.h"
 #include "psd_store.h"
 #include "psd_wal.h"
 #include "ps_test.h"
@@ -1172,39 +1173,54 @@ static uint8_t *state_copy(psd_store *s, size_t *n) {
 /* rnd01 returns a uniform number in [0, 1). */
 static float rnd01(void) { return (ps_test_rnd() + 1) * 0.4999f; }
 
-/* push_random pushes K random gradients to random chunk sets. */
-static void push_random(psd_store *s, int k) {
+/* random_push picks 1..3 consecutive chunks of model "m" in S into IDS
+ * (their count returned) and the version a push to them saw into *SEEN
+ * (up to 2 behind). */
+static size_t random_push(psd_store *s, uint32_t ids[3], uint64_t *seen) {
   const uint32_t *held;
   size_t nheld;
   ck_assert_int_eq(psd_store_held(s, "m", &held, &nheld, NULL), 0);
+  size_t n = 1 + (size_t)(rnd01() * 3);
+  uint32_t first = (uint32_t)(rnd01() * (float)(nheld - n));
+  for (size_t j = 0; j < n; j++) ids[j] = held[first + j];
+  psd_model_info info;
+  psd_store_model_info(s, 0, &info);
+  *seen = info.version > 3 ? info.version - (uint64_t)(rnd01() * 3) : 0;
+  return n;
+}
+
+/* push_random pushes K random gradients to random chunk sets. */
+static void push_random(psd_store *s, int k) {
   float g[1000];
   for (int i = 0; i < k; i++) {
-    uint32_t ids[8];
-    size_t n = 1 + (size_t)(rnd01() * 3);
-    uint32_t first = (uint32_t)(rnd01() * (float)(nheld - n));
-    uint64_t elems = 0, nbytes = 0;
-    for (size_t j = 0; j < n; j++) ids[j] = held[first + j];
+    uint32_t ids[3];
+    uint64_t elems = 0, nbytes = 0, seen;
+    size_t n = random_push(s, ids, &seen);
     ps_errbuf eb;
     ps_req q = {.model = "m", .ids = ids, .nids = n};
     ck_assert_int_eq(psd_store_payload(s, &q, 1, &elems, &nbytes, &eb), 0);
     for (uint64_t j = 0; j < elems; j++) g[j] = ps_test_rnd() * 0.5f;
-    psd_model_info info;
-    psd_store_model_info(s, 0, &info);
-    uint64_t seen = info.version > 3 ? info.version - (uint64_t)(rnd01() * 3) : 0;
     ps_req r = {.model = "m", .ids = ids, .nids = n, .worker = 1, .version = seen, .grads = g,
                 .nbytes = elems * sizeof(float)};
     ck_assert_int_eq(psd_store_push(s, &r, NULL, &eb), 0);
   }
 }
 
-/* logged_store opens a store in DIR with model "m" (Adam) and a started
+/* store_dirs names a store's directory DIR in a new temporary directory,
+ * and LOGDIR, its redo log's, inside it. */
+static void store_dirs(char dir[1024], char logdir[1100]) {
+  snprintf(dir, 1024, "%s/store", ps_test_tmpdir());
+  snprintf(logdir, 1100, "%s/redo", dir);
+}
+
+/* logged_store opens a store in DIR with model SPEC ("m") and a started
  * redo log in LOGDIR whose records it logs; *W receives the log. */
 static psd_store *logged_store(const char *dir, const char *logdir, uv_loop_t *loop,
-                               store_spec *sb, psd_wal **w) {
+                               Ps__ModelSpec *spec, psd_wal **w) {
   psd_store *s = store_open(dir);
   ps_errbuf eb;
   int created;
-  ck_assert_int_eq(psd_store_submit(s, adam_spec(sb), 0, &created, NULL, NULL, &eb), 0);
+  ck_assert_int_eq(psd_store_submit(s, spec, 0, &created, NULL, NULL, &eb), 0);
   *w = wal_open(logdir, 1 << 20, NULL);
   replayed r;
   ck_assert_int_eq(psd_wal_replay(*w, psd_store_log_seq(s), count_rec, &r, &eb), 0);
@@ -1248,16 +1264,14 @@ static uint64_t crash_replay(psd_store **s, psd_wal *w, uv_loop_t *loop, const c
 
 START_TEST(test_store_replay_exact) {
   ps_test_rng_init();
-  const char *tmp = ps_test_tmpdir();
   char dir[1024], logdir[1100];
-  snprintf(dir, sizeof dir, "%s/store", tmp);
-  snprintf(logdir, sizeof logdir, "%s/redo", dir);
+  store_dirs(dir, logdir);
   uv_loop_t loop;
   uv_loop_init(&loop);
   store_spec sb;
   ps_errbuf eb;
   psd_wal *w;
-  psd_store *s = logged_store(dir, logdir, &loop, &sb, &w);
+  psd_store *s = logged_store(dir, logdir, &loop, adam_spec(&sb), &w);
   push_random(s, 40);
   ck_assert_int_eq(psd_store_flush(s, &eb), 0); /* a snapshot in the middle */
   psd_wal_truncate(w, psd_store_log_seq(s));
@@ -1300,16 +1314,14 @@ static void *flush_thread(void *arg) {
  * the exact pre-crash state (a push applied twice would differ). */
 START_TEST(test_store_replay_fuzzy_snapshot) {
   ps_test_rng_init();
-  const char *tmp = ps_test_tmpdir();
   char dir[1024], logdir[1100];
-  snprintf(dir, sizeof dir, "%s/store", tmp);
-  snprintf(logdir, sizeof logdir, "%s/redo", dir);
+  store_dirs(dir, logdir);
   uv_loop_t loop;
   uv_loop_init(&loop);
   store_spec sb;
   ps_errbuf eb;
   psd_wal *w;
-  psd_store *s = logged_store(dir, logdir, &loop, &sb, &w);
+  psd_store *s = logged_store(dir, logdir, &loop, adam_spec(&sb), &w);
   push_random(s, 30);
   for (int round = 0; round < 3; round++) {
     psd_flush *f = NULL;
@@ -1360,6 +1372,130 @@ START_TEST(test_store_replay_bad_count) {
 }
 END_TEST
 
+/* What the coded test's log hook saw: record bytes by kind (psd_store.c's
+ * record kinds 1 and 3), and the bytes the floats would have taken. */
+static struct {
+  uint64_t recs[4], bytes[4];
+} logged;
+
+static int log_hook_tally(void *arg, const struct iovec *iov, int niov, void **own,
+                          size_t *own_cap, uint64_t *seq, ps_errbuf *eb) {
+  uint8_t kind = ((const uint8_t *)iov[0].iov_base)[0];
+  ck_assert_uint_lt(kind, 4);
+  logged.recs[kind]++;
+  for (int i = 0; i < niov; i++) logged.bytes[kind] += iov[i].iov_len;
+  return psd_wal_append_own(arg, iov, niov, own, own_cap, seq, eb);
+}
+
+/* push_coded pushes K random gradients to random chunk sets of S (model
+ * "m", laid out as L), encoded in CODEC (each chunk in the codec L gives
+ * it); *FLOAT_BYTES grows by the bytes their floats take. */
+static void push_coded(psd_store *s, const ps_layout *l, int k, ps_codec_id codec,
+                       uint64_t *float_bytes) {
+  float g[128];
+  uint8_t enc[3 * 128 * 4];
+  for (int i = 0; i < k; i++) {
+    uint32_t ids[3];
+    uint64_t nbytes = 0, elems = 0, seen;
+    size_t n = random_push(s, ids, &seen);
+    for (size_t j = 0; j < n; j++) {
+      uint32_t len = l->chunks[ids[j]].len;
+      ck_assert_uint_le(len, 128);
+      for (uint32_t e = 0; e < len; e++) g[e] = ps_test_rnd() * 0.5f;
+      ps_codec_id c = ps_layout_chunk_codec(l, ids[j], codec, 1);
+      ps_codec_encode(c, g, len, l->topk, enc + nbytes);
+      nbytes += ps_codec_size(c, len, l->topk);
+      elems += len;
+    }
+    ck_assert_uint_eq(nbytes, ps_layout_payload_bytes(l, ids, n, codec, 1));
+    *float_bytes += elems * 4;
+    ps_req r = {.model = "m", .ids = ids, .nids = n, .worker = 2, .version = seen,
+                .codec = codec, .grads = enc, .nbytes = nbytes};
+    ps_errbuf eb;
+    ck_assert_msg(psd_store_push(s, &r, NULL, &eb) == 0, "%s", eb.msg);
+  }
+}
+
+/* A push that came encoded is logged as received, in fewer bytes than
+ * its floats (kind 3), and replay decodes it to the exact pre-crash state;
+ * a push whose encoding is no smaller (fp32) is logged as floats (kind 1).
+ * Coded records that do not add up, name an unknown codec, or hold an
+ * encoding the push path refuses are refused. */
+START_TEST(test_store_replay_coded) {
+  ps_test_rng_init();
+  char dir[1024], logdir[1100];
+  store_dirs(dir, logdir);
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  store_spec sb;
+  Ps__ModelSpec *spec = adam_spec(&sb);
+  spec->codec_min_elems = 1; /* the 1000-element tensor is compressed */
+  spec->topk = 0.25f;
+  ps_layout l;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_layout_build(&l, spec, 128, wal_ids1, 1, &eb), 0);
+  psd_wal *w;
+  psd_store *s = logged_store(dir, logdir, &loop, spec, &w);
+  psd_store_set_log(s, log_hook_tally, w);
+  memset(&logged, 0, sizeof logged);
+  static const ps_codec_id codecs[] = {PS_CODEC_FP16, PS_CODEC_INT8, PS_CODEC_ONEBIT,
+                                       PS_CODEC_TOPK, PS_CODEC_FP32};
+  uint64_t float_bytes = 0;
+  for (int round = 0; round < 2; round++) {
+    for (size_t c = 0; c < sizeof codecs / sizeof codecs[0]; c++)
+      push_coded(s, &l, 6, codecs[c], &float_bytes);
+    if (round == 0) { /* a snapshot in the middle */
+      ck_assert_int_eq(psd_store_flush(s, &eb), 0);
+      psd_wal_truncate(w, psd_store_log_seq(s));
+    }
+  }
+  ck_assert_uint_eq(logged.recs[1], 12); /* the fp32 pushes */
+  ck_assert_uint_eq(logged.recs[3], 48);
+  ck_assert_uint_eq(logged.recs[0] + logged.recs[2], 0);
+  /* per float 2, 1, 1/8 and 0.25 x (4 + 4) bytes (and a scale per chunk
+   * for int8 and onebit): the coded records, 4/5 of the pushes, take
+   * about a third of all the floats' bytes (12/15 if they held floats) */
+  ck_assert_msg(logged.bytes[3] * 2 < float_bytes,
+                "coded records: %llu bytes, the floats %llu",
+                (unsigned long long)logged.bytes[3], (unsigned long long)float_bytes);
+  size_t n1;
+  uint8_t *before = state_copy(s, &n1);
+  ck_assert_uint_eq(psd_store_log_seq(s), 60);
+  ck_assert_uint_eq(crash_replay(&s, w, &loop, dir, logdir, 30, 60, before, n1), 30);
+  free(before);
+
+  /* hand-made kind 3 records of chunk 0 (128 elements, int8: 4 + 128
+   * bytes), each refused */
+  uint8_t rec[3 + 40 + 4 + 4 + 132];
+  uint64_t gen = 1, nbytes = 132;
+  uint32_t nids = 1, codec = PS_CODEC_INT8, id0 = 0;
+  memset(rec, 0, sizeof rec);
+  rec[0] = 3, rec[1] = 1, rec[2] = 'm';
+  memcpy(rec + 3, &gen, 8);
+  memcpy(rec + 3 + 28, &nids, 4);
+  memcpy(rec + 3 + 32, &nbytes, 8);
+  memcpy(rec + 3 + 40, &codec, 4);
+  memcpy(rec + 3 + 44, &id0, 4);
+  float scale = 1.0f / 0.0f; /* a non-finite scale: ps_codec_check refuses it */
+  memcpy(rec + 3 + 48, &scale, 4);
+  ck_assert_int_eq(psd_store_replay(s, 61, rec, sizeof rec, &eb), PS_EIO);
+  ck_assert_msg(strstr(eb.msg, "redo log record 61 does not apply: "), "%s", eb.msg);
+  ck_assert_int_eq(psd_store_replay(s, 61, rec, sizeof rec - 1, &eb), PS_EIO);
+  ck_assert_str_eq(eb.msg, "redo log record 61 does not decode");
+  codec = 9;
+  memcpy(rec + 3 + 40, &codec, 4);
+  ck_assert_int_eq(psd_store_replay(s, 61, rec, sizeof rec, &eb), PS_EIO);
+  ck_assert_str_eq(eb.msg, "redo log record 61 does not decode");
+  codec = PS_CODEC_FP16; /* 132 bytes are not chunk 0's 256 in fp16 */
+  memcpy(rec + 3 + 40, &codec, 4);
+  ck_assert_int_eq(psd_store_replay(s, 61, rec, sizeof rec, &eb), PS_EIO);
+  ck_assert_msg(strstr(eb.msg, "does not apply"), "%s", eb.msg);
+  psd_store_close(s);
+  ps_layout_release(&l);
+  uv_loop_close(&loop);
+}
+END_TEST
+
 Suite *psd_wal_suite(void) {
   Suite *s = suite_create("psd_wal");
   TCase *tc = tcase_create("core");
@@ -1385,6 +1521,7 @@ Suite *psd_wal_suite(void) {
   tcase_add_test(tc, test_store_replay_exact);
   tcase_add_test(tc, test_store_replay_fuzzy_snapshot);
   tcase_add_test(tc, test_store_replay_bad_count);
+  tcase_add_test(tc, test_store_replay_coded);
   suite_add_tcase(s, tc);
   return s;
 }

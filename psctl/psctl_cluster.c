@@ -1,9 +1,6 @@
 /* psctl_cluster: the helpers every subcommand shares (psctl.h):
  * psctl_cluster_open/close, psctl_call_all and the option parsers. */
-#include <ctype.h>
-#include <errno.h>
 #include <float.h>
-#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>

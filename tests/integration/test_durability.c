@@ -168,9 +168,10 @@ static void *cl_pusher_main(void *arg) {
     for (size_t i = 0; i < n; i++) ids[i] = (first + (uint32_t)i * 5) % CL_CHUNKS;
     uint64_t v;
     int pull_err = 0;
-    ps_codec_id codec = cl_rand(&p->rng) % 2 ? PS_CODEC_FP16 : PS_CODEC_ONEBIT;
     err = p->grpc        ? cl_push_grpc(r, ids, n, g)
-          : p->coded     ? cl_push_coded(c, ids, n, g, codec, (uint8_t *)scratch)
+          : p->coded     ? cl_push_coded(c, ids, n, g,
+                                         cl_rand(&p->rng) % 2 ? PS_CODEC_FP16 : PS_CODEC_ONEBIT,
+                                         (uint8_t *)scratch)
           : p->unordered ? cl_push_unordered(c, ids, n, g, scratch, &pull_err)
                          : ps_test_push(c, "cl", ids, n, g, n * CL_ELEMS, 0, 0, 0, &v, &eb);
     cl_count(t, ids, n, err == 0);

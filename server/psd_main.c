@@ -243,8 +243,8 @@ static int psd_main_recover(psd_main *m) {
     psd_shard_sparse_set_log(sh, NULL, NULL);
     psd_shard_sparse_set_durable(sh, NULL, NULL);
     psd_wal_free(w);
-    ps_err("shard %u: cannot recover from the redo log: %s (%s)", sh->me->id, eb.msg,
-           ps_strerror(err));
+    /* the message says why (a corrupt record is no i/o error) */
+    ps_err("shard %u: cannot recover from the redo log: %s", sh->me->id, eb.msg);
     return 1;
   }
   return 0;

@@ -403,20 +403,36 @@ static const char *wal_check(const uint8_t *p, size_t n) {
   return NULL;
 }
 
-/* wal_count_after counts the intact records found after a torn one at P
- * (they belong to the same unsynced group; a walk that loses the record
- * boundaries stops); *END: where the last of them ends (0: none). */
-static uint64_t wal_count_after(const uint8_t *p, size_t n, uint64_t first, size_t *end) {
+/* wal_zeros: whether the N bytes at P are all zero. */
+static int wal_zeros(const uint8_t *p, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (p[i]) return 0;
+  return 1;
+}
+
+/* wal_count_after counts the intact records of this log after a bad one
+ * at offset OFF of segment BUF (N bytes): records whose seq is NEXT (the
+ * bad record's, when it is ours) or later, found at any byte offset, for
+ * the bad record's own length field may be what is damaged (a walk from
+ * the end it claims finds nothing then); skip records (invariant 8) are
+ * stepped over, not counted.  A record at offset AT holds at most seq
+ * NEXT + (AT - OFF) / WAL_HDR (none is shorter than its header), and a
+ * reused file's older records hold seqs below NEXT.  *END: where the
+ * last of them ends (0: none). */
+static uint64_t wal_count_after(const uint8_t *buf, size_t n, size_t off, uint64_t next,
+                                size_t *end) {
   uint64_t k = 0;
   *end = 0;
-  if (n < WAL_HDR || wal_len(p) > n - WAL_HDR) return 0;
-  size_t off = WAL_HDR + wal_len(p);
-  /* only records at or after FIRST: a reused file's older ones are not
-   * (skip records are stepped over: invariant 8) */
-  while (off < n && !wal_check(p + off, n - off) && wal_get64(p + off + 8) >= first) {
-    int skip = wal_get64(p + off + 8) == WAL_SKIP_SEQ;
-    off += WAL_HDR + wal_len(p + off);
-    if (!skip) k++, *end = off;
+  for (size_t at = off + 1; at < n && n - at >= WAL_HDR;) {
+    uint64_t seq = wal_get64(buf + at + 8);
+    int skip = seq == WAL_SKIP_SEQ;
+    int fits = skip || (seq >= next && seq - next <= (at - off) / WAL_HDR);
+    if (fits && !wal_check(buf + at, n - at)) {
+      at += WAL_HDR + wal_len(buf + at);
+      if (!skip) k++, *end = at;
+    } else {
+      at++;
+    }
   }
   return k;
 }
@@ -510,16 +526,17 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
          * file's old ones cut mid-record, a page that never reached the
          * disk) are no record */
         uint64_t next = rend == 0 ? w->segs[i].first : last + 1;
-        int ours = n - off >= WAL_HDR && wal_get64(buf + off + 8) == next;
+        int ours = n - off >= WAL_HDR ? wal_get64(buf + off + 8) == next
+                                      : !wal_zeros(buf + off, n - off); /* a cut header */
         size_t end = 0; /* where the dropped records end (past it: no record) */
-        uint64_t after = wal_count_after(buf + off, n - off, w->segs[i].first, &end);
+        uint64_t after = wal_count_after(buf, n, off, next, &end);
         dropped = (uint64_t)ours + after;
-        if (after)
-          end += off;
-        else if (ours)
-          end = n - off - WAL_HDR < wal_len(buf + off) ? n : off + WAL_HDR + wal_len(buf + off);
-        else
+        if (!after && !ours)
           end = rend;
+        else if (!after) /* the bad record alone, as far as its length reaches */
+          end = n - off < WAL_HDR || n - off - WAL_HDR < wal_len(buf + off)
+                    ? n
+                    : off + WAL_HDR + wal_len(buf + off);
         /* One unsynced group of two records or more holds at most
          * max_batch_bytes of them (invariant 2), plus the skip records
          * the write puts before its records of 64 KiB or more (each under
@@ -539,7 +556,11 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
                        (uint64_t)w->o.max_batch_bytes);
           break;
         }
-        if (dropped == 0)
+        if (dropped == 0 && rend == 0 && !wal_zeros(buf, n < WAL_HDR ? n : WAL_HDR))
+          /* neither a record, nor zeros, nor a reused file's older record */
+          ps_warn("redo log '%s/%s' holds no record of this log: its %zu bytes start with "
+                  "neither a record nor zeros (not written by psd?); removed", w->dir, name, n);
+        else if (dropped == 0)
           ps_info("redo log '%s/%s': its records end at offset %zu; the %zu bytes after are "
                   "no record of this log (a reused file's older bytes, or a write that never "
                   "completed): cut off", w->dir, name, rend, n - rend);

@@ -39,12 +39,14 @@
  *     long.
  *  5. Replay: records of the last segment after the first one that is
  *     short or fails its checksum are a torn tail (never acknowledged):
- *     they are counted (the bad one when its header carries the next seq,
- *     and the intact ones after it), logged and cut off; but when intact
- *     records follow the bad one over more than max_batch_bytes and an
- *     eighth (one group of two records or more holds at most that, with
- *     the skip records of invariant 8, and the next is written only after
- *     its sync), it was synced: refused (PS_EIO), nothing cut.  In a
+ *     they are counted (the bad one when its header carries the next seq
+ *     or was cut short, and the intact ones after it: records of the next
+ *     seq or later at any byte offset, since the bad header's length may
+ *     be the damage), logged and cut off; but when intact records follow
+ *     the bad one over more than max_batch_bytes, an eighth and 16 KiB
+ *     (one group of two records or more holds at most that, with the skip
+ *     records of invariant 8, and the next is written only after its
+ *     sync), it was synced: refused (PS_EIO), nothing cut.  In a
  *     segment before the last, the first record that is bad or does not follow the
  *     one before ends its records (what follows is not read, invariant 4);
  *     a bad first record there, a gap in the sequence after FROM (also

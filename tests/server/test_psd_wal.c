@@ -476,28 +476,70 @@ END_TEST
  * bytes than one group holds (group_commit_max_bytes, 1 MiB here) is no
  * torn write: its group was synced before the later ones were written,
  * so it was acknowledged.  Refused, not cut off as "never acknowledged"
- * (which dropped 1,390 acknowledged records here). */
+ * (which dropped 1,390 acknowledged records here).  The damage: a byte of
+ * the 10th record's payload (_i 0), its length field off by one (1), its
+ * header zeroed (2), the 4 KiB block holding its header zeroed (3).  For
+ * 1-3 the walk for intact records used to start where the bad length
+ * claims the record ends (or stop at once) and found none, so the log was
+ * cut there as a torn tail. */
 START_TEST(test_corrupt_synced_record_refused) {
   const char *dir = ps_test_tmpdir();
   write_log(dir, 1400, 1000, 0, NULL); /* 1.4 MB, one segment */
   char *seg = newest_segment(dir);
   int fd = open(seg, O_RDWR);
   ck_assert_int_ge(fd, 0);
-  off_t at = 9 * (16 + 1000) + 16 + 500; /* the 10th record's payload */
-  uint8_t b;
-  ck_assert_int_eq(pread(fd, &b, 1, at), 1);
-  b ^= 0x40;
-  ck_assert_int_eq(pwrite(fd, &b, 1, at), 1);
+  off_t at = 9 * (16 + 1000); /* the 10th record's header */
+  uint8_t b[4096] = {0};
+  if (_i <= 1) {
+    at += _i == 0 ? 16 + 500 : 0;
+    ck_assert_int_eq(pread(fd, b, 1, at), 1);
+    b[0] ^= _i == 0 ? 0x40 : 1;
+    ck_assert_int_eq(pwrite(fd, b, 1, at), 1);
+  } else if (_i == 2) {
+    ck_assert_int_eq(pwrite(fd, b, 16, at), 16);
+  } else {
+    ck_assert_int_eq(pwrite(fd, b, 4096, at / 4096 * 4096), 4096);
+  }
   close(fd);
   struct stat before, after;
   ck_assert_int_eq(stat(seg, &before), 0);
   replayed r;
   ps_errbuf eb;
   replay_count(dir, 0, &r, PS_EIO, &eb);
-  ck_assert_msg(strstr(eb.msg, "corrupt") && strstr(eb.msg, "1390 intact records") &&
-                strstr(eb.msg, "acknowledged"), "%s", eb.msg);
+  ck_assert_msg(strstr(eb.msg, "corrupt") && strstr(eb.msg, "acknowledged") &&
+                strstr(eb.msg, _i < 3 ? "1390 intact records" : "intact records"), "%s", eb.msg);
   ck_assert_int_eq(stat(seg, &after), 0);
   ck_assert_int_eq(after.st_size, before.st_size); /* nothing cut */
+  free(seg);
+}
+END_TEST
+
+/* A torn tail's count: the 8th of 10 records with a length past the
+ * file's end drops the 8th and the two intact ones after it (it said 1);
+ * a file cut inside the last record's header drops that record (it said
+ * 0). */
+START_TEST(test_torn_tail_counts) {
+  char dir[2][1024];
+  for (int k = 0; k < 2; k++) {
+    snprintf(dir[k], sizeof dir[k], "%s/%d", ps_test_tmpdir(), k);
+    ck_assert_int_eq(mkdir(dir[k], 0700), 0);
+    write_log(dir[k], 10, 200, 0, NULL);
+  }
+  char *seg = newest_segment(dir[0]);
+  ck_assert_int_eq(truncate(seg, 9 * (16 + 200) + 7), 0);
+  free(seg);
+  replayed r;
+  ps_errbuf eb;
+  ck_assert_uint_eq(replay_count(dir[0], 0, &r, 0, &eb), 1);
+  ck_assert_uint_eq(r.n, 9);
+  seg = newest_segment(dir[1]);
+  int fd = open(seg, O_RDWR);
+  ck_assert_int_ge(fd, 0);
+  const uint8_t huge[4] = {0, 0, 0, 0x7f};
+  ck_assert_int_eq(pwrite(fd, huge, 4, 7 * (16 + 200)), 4);
+  close(fd);
+  ck_assert_uint_eq(replay_count(dir[1], 0, &r, 0, &eb), 3);
+  ck_assert_uint_eq(r.n, 7);
   free(seg);
 }
 END_TEST
@@ -1506,7 +1548,8 @@ Suite *psd_wal_suite(void) {
   tcase_add_test(tc, test_wait_synced);
   tcase_add_loop_test(tc, test_power_cut, 0, 2);
   tcase_add_loop_test(tc, test_torn_and_corrupt_tail, 0, 2);
-  tcase_add_test(tc, test_corrupt_synced_record_refused);
+  tcase_add_loop_test(tc, test_corrupt_synced_record_refused, 0, 4);
+  tcase_add_test(tc, test_torn_tail_counts);
   tcase_add_test(tc, test_empty_log);
   tcase_add_test(tc, test_log_after_missing_snapshot);
   tcase_add_test(tc, test_missing_earlier_segment_refused);

@@ -418,10 +418,12 @@ static const cfg_slot cfg_durability_slots[] = {
     {.name = "flush_interval_ms", .type = &cfg_t_u32,
      .offset = offsetof(ps_config, flush_interval_ms), .def = "1000", .min = 1, .max = 3600000},
     {.name = "group_commit_max_bytes", .type = &cfg_t_u64,
-     .offset = offsetof(ps_config, group_commit_max_bytes), .def = "4194304", .min = 4096,
+     .offset = offsetof(ps_config, group_commit_max_bytes),
+     .def = PS_CONFIG_STR(PS_GROUP_COMMIT_MAX_BYTES_DEF), .min = 4096,
      .max = 1073741824},
     {.name = "group_commit_max_wait_us", .type = &cfg_t_u32,
-     .offset = offsetof(ps_config, group_commit_max_wait_us), .def = "0", .min = 0,
+     .offset = offsetof(ps_config, group_commit_max_wait_us),
+     .def = PS_CONFIG_STR(PS_GROUP_COMMIT_MAX_WAIT_US_DEF), .min = 0,
      .max = 1000000},
 };
 

@@ -117,6 +117,12 @@ typedef struct ps_sparse_conf {
  * (else gRPC), or always on gRPC. */
 enum ps_sparse_plane { PS_SPARSE_PLANE_CHANNEL = 0, PS_SPARSE_PLANE_GRPC = 1 };
 
+/* durability's group commit defaults (the keys' table in ps_config.c) */
+#define PS_GROUP_COMMIT_MAX_BYTES_DEF 4194304
+#define PS_GROUP_COMMIT_MAX_WAIT_US_DEF 0
+#define PS_CONFIG_STR_(x) #x
+#define PS_CONFIG_STR(x) PS_CONFIG_STR_(x)
+
 typedef struct ps_config {
   char *path;                 /* the file loaded */
   char *cluster;              /* cluster name, sent in the channel hello */

@@ -103,11 +103,15 @@ static void psctl_status_table(const psctl_row *rows, size_t n) {
   }
 }
 
-/* psctl_status_conns prints, for the shards that refused or dropped
+/* psctl_status_conns prints why a shard is DEGRADED, and, for the shards
+ * that refused or dropped
  * connections, rebuilt their gRPC server or refused callers who failed
  * authentication, those counts (nothing when none did: the table stays
  * as it was for a healthy cluster). */
 static void psctl_status_conns(const psctl_row *rows, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (rows[i].st && rows[i].st->state_why && rows[i].st->state_why[0])
+      printf("shard %u is %s: %s\n", rows[i].st->shard, rows[i].st->state, rows[i].st->state_why);
   for (size_t i = 0; i < n; i++) {
     const Ps__StatusReply *s = rows[i].st;
     if (!s || !(s->chan_refused || s->chan_idle_closed || s->grpc_restarts)) continue;
@@ -315,6 +319,8 @@ static void psctl_status_json_row(const psctl_row *r) {
   const Ps__StatusReply *s = r->st;
   printf(",\"state\":");
   psctl_json_str(s->state);
+  printf(",\"state_why\":");
+  psctl_json_str(s->state_why ? s->state_why : "");
   printf(",\"uptime_ms\":%llu,\"models\":[", (unsigned long long)s->uptime_ms);
   for (size_t i = 0; i < s->n_models; i++) {
     printf("%s{\"name\":", i ? "," : "");

@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/random.h>
 #include <sys/time.h>
 #include <systemd/sd-daemon.h>
 #include <uv.h>
@@ -170,6 +171,57 @@ static void psd_main_truncate(psd_main *m) {
   if (m->sh.wal) psd_wal_truncate(m->sh.wal, m->dur_d < m->dur_sp ? m->dur_d : m->dur_sp);
 }
 
+/* psd_main_bind_log checks that redo log W (in DIR) is this store's: the
+ * store and the log keep the same random id (psd_store_log_id,
+ * psd_wal_id).  A log of another id, or a log with records and an id
+ * while the store has none (the store was replaced), is refused; the
+ * first log of a store gets a new id.  A log without an id (written
+ * before ids, or its id file removed) takes the store's, with a warning
+ * saying what cannot be checked or may be lost.  0 or an error (EB). */
+static int psd_main_bind_log(psd_main *m, psd_wal *w, const char *dir, ps_errbuf *eb) {
+  psd_shard *sh = &m->sh;
+  uint64_t sid = 0, lid = 0;
+  int rc = psd_store_log_id(sh->store, &sid, eb);
+  if (rc == 0) rc = psd_wal_id(w, &lid, eb);
+  if (rc < 0) return rc;
+  int recs = psd_wal_nonempty(w);
+  if (sid && lid && sid != lid)
+    return ps_errf(eb, PS_EIO, "redo log '%s' (id %016" PRIx64 ") is not the log of store '%s' "
+                   "(id %016" PRIx64 "): it comes from another store or data directory; "
+                   "refusing to replay it (put this store's own redo directory back)",
+                   dir, lid, sh->me->data_dir, sid);
+  if (sid && lid) return 0;
+  if (lid && recs)
+    return ps_errf(eb, PS_EIO, "redo log '%s' (id %016" PRIx64 ") holds records, but store '%s' "
+                   "holds no log id: the store is not the one this log was written for "
+                   "(replaced, or from another data directory); refusing to replay it",
+                   dir, lid, sh->me->data_dir);
+  if (lid) return psd_store_set_log_id(sh->store, lid, eb);
+  if (sid) {
+    if (recs)
+      ps_warn("shard %u: redo log '%s' has no id (a psd before log ids wrote it): it cannot be "
+              "checked against store '%s'; taken as its log", sh->me->id, dir, sh->me->data_dir);
+    else
+      ps_warn("shard %u: store '%s' was logged to redo log %016" PRIx64 ", but '%s' holds no log "
+              "and no id: if that log was removed, the pushes it held after the snapshot's "
+              "record %" PRIu64 " are lost; a new log starts", sh->me->id, sh->me->data_dir, sid,
+              dir, psd_store_log_seq(sh->store));
+    return psd_wal_set_id(w, sid, eb);
+  }
+  uint64_t id = 0;
+  while (!id)
+    if (getrandom(&id, sizeof id, 0) != (ssize_t)sizeof id)
+      return ps_errf(eb, PS_EIO, "getrandom: %s", strerror(errno));
+  /* a crash between the two writes leaves a pair the next start accepts:
+   * a log with records (written before ids) gets its id after the store */
+  if (recs) {
+    rc = psd_store_set_log_id(sh->store, id, eb);
+    return rc ? rc : psd_wal_set_id(w, id, eb);
+  }
+  rc = psd_wal_set_id(w, id, eb);
+  return rc ? rc : psd_store_set_log_id(sh->store, id, eb);
+}
+
 /* psd_main_recover replays the redo log in DATA_DIR/redo after the
  * store's snapshot (durability sync, or a log left by a sync run) and,
  * under sync, starts it; under periodic a replayed log is flushed into
@@ -193,6 +245,7 @@ static int psd_main_recover(psd_main *m) {
   m->replay_from_sp = m->dur_sp = psd_shard_sparse_log_from(sh);
   uint64_t from = m->replay_from_d < m->replay_from_sp ? m->replay_from_d : m->replay_from_sp;
   int err = psd_wal_open(&w, &o, &eb);
+  if (err == 0) err = psd_main_bind_log(m, w, dir, &eb);
   if (err == 0) err = psd_wal_replay(w, from, psd_main_replay_one, m, &eb);
   psd_wal_stats st = {0};
   if (err == 0) {
@@ -223,6 +276,7 @@ static int psd_main_recover(psd_main *m) {
     if (err == 0) err = psd_shard_sparse_flush(sh, &eb);
     if (err == 0) err = psd_wal_discard(w, top, &eb);
     if (err == 0) {
+      sh->last_flush_unix_ms = psd_main_unix_ms(); /* the replayed state is on disk */
       m->dur_d = top;
       if (m->dur_sp != UINT64_MAX) m->dur_sp = top;
     }
@@ -672,6 +726,12 @@ int main(int argc, char **argv) {
     fprintf(stderr, "%s\n", eb.msg);
     return 2;
   }
+  if (cfg.durability != PS_DUR_SYNC &&
+      (cfg.group_commit_max_bytes != PS_GROUP_COMMIT_MAX_BYTES_DEF ||
+       cfg.group_commit_max_wait_us != PS_GROUP_COMMIT_MAX_WAIT_US_DEF))
+    fprintf(stderr, "%s: warning: durability: group_commit_max_bytes and "
+            "group_commit_max_wait_us apply under mode sync only; mode periodic ignores them\n",
+            a.config);
   const ps_shard_conf *me = a.shard >= 0 ? ps_config_shard(&cfg, (uint32_t)a.shard) : NULL;
   if (a.shard >= 0 && !me) {
     fprintf(stderr, "%s: no shard with id %ld\n", a.config, a.shard);

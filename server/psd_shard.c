@@ -568,6 +568,7 @@ void psd_shard_status(psd_shard *sh, Ps__StatusReply *reply) {
   ps__status_reply__init(reply);
   reply->shard = sh->me->id;
   reply->state = (char *)psd_state_name(sh->state);
+  reply->state_why = sh->degraded_why;
   reply->uptime_ms = (uv_hrtime() / 1000000) - sh->start_ms;
   reply->pushes = sh->ctr.pushes;
   reply->pulls = sh->ctr.pulls;
@@ -617,6 +618,7 @@ void psd_shard_status(psd_shard *sh, Ps__StatusReply *reply) {
   }
   if (!sh->store) return;
   reply->disk_bytes = psd_store_disk_bytes(sh->store);
+  if (sh->wal) reply->disk_bytes += psd_dir_bytes(psd_wal_dir(sh->wal)); /* segments, spares */
   size_t n = psd_store_nmodels(sh->store);
   Ps__ModelStatus **ms = n ? calloc(n, sizeof *ms) : NULL;
   if (!ms) return;

@@ -1094,6 +1094,29 @@ void psd_store_log_note(psd_store *s, uint64_t seq) {
   if (seq > s->log_seq) s->log_seq = seq;
 }
 
+/* psd_store_log_id: see psd_store.h. */
+int psd_store_log_id(psd_store *s, uint64_t *id, ps_errbuf *eb) {
+  char *err = NULL;
+  size_t len = 0;
+  *id = 0;
+  char *v = rocksdb_get(s->db, s->ro, "i", 1, &len, &err);
+  if (err) return psd_store_rdb_err(eb, err, "cannot read store", s->dir);
+  if (!v) return 0;
+  int ok = len == 8;
+  if (ok) memcpy(id, v, 8);
+  rocksdb_free(v);
+  if (!ok)
+    return ps_errf(eb, PS_EIO, "store '%s': its redo log id is %zu bytes, not 8", s->dir, len);
+  return 0;
+}
+
+/* psd_store_set_log_id: see psd_store.h. */
+int psd_store_set_log_id(psd_store *s, uint64_t id, ps_errbuf *eb) {
+  char *err = NULL;
+  rocksdb_put(s->db, s->wsync, "i", 1, (const char *)&id, 8, &err);
+  return err ? psd_store_rdb_err(eb, err, "cannot write store", s->dir) : 0;
+}
+
 static int psd_store_push_at(psd_store *s, const ps_req *r, uint64_t replay, uint64_t *version,
                              ps_errbuf *eb);
 
@@ -1336,10 +1359,12 @@ void psd_store_model_info(const psd_store *s, size_t i, psd_model_info *info) {
   info->bytes_wire = m->bytes_wire;
 }
 
-/* psd_store_disk_bytes returns the total size of the regular files in the
- * store's directory (0 when it cannot be read). */
-uint64_t psd_store_disk_bytes(const psd_store *s) {
-  DIR *d = opendir(s->dir);
+/* psd_store_disk_bytes: see psd_store.h. */
+uint64_t psd_store_disk_bytes(const psd_store *s) { return psd_dir_bytes(s->dir); }
+
+/* psd_dir_bytes: see psd_store.h. */
+uint64_t psd_dir_bytes(const char *dir) {
+  DIR *d = opendir(dir);
   if (!d) return 0;
   uint64_t total = 0;
   struct dirent *e;

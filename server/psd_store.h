@@ -146,6 +146,9 @@ unsigned psd_tau_bucket(uint64_t tau);
 size_t psd_store_nmodels(const psd_store *s);
 void psd_store_model_info(const psd_store *s, size_t i, psd_model_info *info);
 uint64_t psd_store_disk_bytes(const psd_store *s); /* RocksDB's live files */
+/* psd_dir_bytes returns the total size of the regular files in DIR (0
+ * when it cannot be read). */
+uint64_t psd_dir_bytes(const char *dir);
 int psd_store_dirty(const psd_store *s);           /* anything to flush? */
 
 /* psd_store_bytes returns the memory the store's models hold: for each,
@@ -211,5 +214,11 @@ uint64_t psd_store_log_seq(const psd_store *s);
  * it (a flush writes "w" when it moved, even with no chunk dirty). */
 void psd_store_log_note(psd_store *s, uint64_t seq);
 int psd_store_replay(psd_store *s, uint64_t seq, const uint8_t *rec, size_t len, ps_errbuf *eb);
+/* psd_store_log_id reads the id of the redo log this store was last
+ * replayed from or logged to (key "i", psd_wal_id): *ID 0 when it holds
+ * none (a fresh store, or one written before log ids); 0 or PS_EIO.
+ * psd_store_set_log_id stores ID (synced); 0 or an error. */
+int psd_store_log_id(psd_store *s, uint64_t *id, ps_errbuf *eb);
+int psd_store_set_log_id(psd_store *s, uint64_t id, ps_errbuf *eb);
 
 #endif

@@ -365,6 +365,54 @@ int psd_wal_has_records(const char *dir) {
   return found;
 }
 
+#define WAL_ID_FMT "psd redo log %016" PRIx64 "\n"
+
+/* psd_wal_id: see psd_wal.h. */
+int psd_wal_id(psd_wal *w, uint64_t *id, ps_errbuf *eb) {
+  *id = 0;
+  int fd = openat(w->dirfd, "id", O_RDONLY | O_CLOEXEC);
+  if (fd < 0 && errno == ENOENT) return 0;
+  if (fd < 0) return ps_errf(eb, PS_EIO, "cannot open '%s/id': %s", w->dir, strerror(errno));
+  char b[64] = "";
+  ssize_t n = read(fd, b, sizeof b - 1);
+  close(fd);
+  char end;
+  if (n < 0 || sscanf(b, "psd redo log %16" SCNx64 "%c", id, &end) != 2 || end != '\n' ||
+      (size_t)n != strlen("psd redo log \n") + 16 || !*id) {
+    *id = 0;
+    return ps_errf(eb, PS_EIO, "'%s/id' is not a redo log id (\"psd redo log\" and 16 hex digits)",
+                   w->dir);
+  }
+  return 0;
+}
+
+/* psd_wal_nonempty: see psd_wal.h. */
+int psd_wal_nonempty(const psd_wal *w) {
+  for (size_t i = 0; i < w->nsegs; i++)
+    if (w->segs[i].bytes) return 1;
+  return 0;
+}
+
+/* psd_wal_dir: see psd_wal.h. */
+const char *psd_wal_dir(const psd_wal *w) { return w->dir; }
+
+/* psd_wal_set_id: see psd_wal.h. */
+int psd_wal_set_id(psd_wal *w, uint64_t id, ps_errbuf *eb) {
+  char b[64];
+  int n = snprintf(b, sizeof b, WAL_ID_FMT, id);
+  int fd = openat(w->dirfd, "id.tmp", O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+  int rc = fd < 0 || write(fd, b, (size_t)n) != n || fdatasync(fd) < 0 ? -1 : 0;
+  int e = errno;
+  if (fd >= 0) close(fd);
+  if (rc == 0 && renameat(w->dirfd, "id.tmp", w->dirfd, "id") < 0) rc = -1, e = errno;
+  if (rc == 0 && fsync(w->dirfd) < 0) rc = -1, e = errno;
+  if (rc < 0) {
+    unlinkat(w->dirfd, "id.tmp", 0);
+    return ps_errf(eb, wal_code(e), "cannot write '%s/id': %s", w->dir, strerror(e));
+  }
+  return 0;
+}
+
 /* ---- replay ------------------------------------------------------------------ */
 
 /* wal_read_seg reads segment I whole into *BUF (caller frees). */

@@ -12,7 +12,8 @@
  * version writes only the first.  Sequence numbers start at 1 and grow
  * by 1 per record, across segments.  A record of seq 2^64 - 1 is a skip
  * record (zeros, checksummed like any other): padding that replay steps
- * over (invariant 8); logs without them replay as before.
+ * over (invariant 8); logs without them replay as before.  DIR/id holds
+ * the log's id (psd_wal_id), which the store keeps too.
  *
  * Invariants:
  *  1. Records are written in seq order at the end of the current segment,
@@ -247,5 +248,20 @@ void psd_wal_free(psd_wal *w);
  * replay) or a spare (invariant 6: removed by psd_wal_discard), 0 when
  * not or when DIR does not exist. */
 int psd_wal_has_records(const char *dir);
+
+/* psd_wal_id reads the log's id (DIR/id, "psd redo log <16 hex digits>",
+ * which versions before ids ignore): *ID 0 when there is none (a new
+ * log, or one written before ids); 0 or PS_EIO for a file that is not
+ * such an id.  psd_wal_set_id writes ID there (atomically: a temporary
+ * file synced and renamed, the directory synced); 0 or an error.  The
+ * store keeps the same id (psd_store_log_id), so a start can tell its
+ * own log from another store's (psd_main). */
+int psd_wal_id(psd_wal *w, uint64_t *id, ps_errbuf *eb);
+/* psd_wal_nonempty: 1 when the opened log has a segment file with bytes
+ * (spares do not count), else 0; before the replay. */
+int psd_wal_nonempty(const psd_wal *w);
+/* psd_wal_dir: the log's directory (psd_wal_opts.dir). */
+const char *psd_wal_dir(const psd_wal *w);
+int psd_wal_set_id(psd_wal *w, uint64_t id, ps_errbuf *eb);
 
 #endif

@@ -230,21 +230,28 @@ static long long cl_last_replayed(const char *log) {
   return cl_last_number(log, "redo log replayed: ");
 }
 
-/* cl_status_replayed returns what `psctl status --json` says shard 0's
- * start replayed (-1: no redo log shown). */
-static long long cl_status_replayed(const char *yaml, const char *dir) {
+/* cl_status_num returns what `psctl status --json` says of shard 0: the
+ * Python expression EXPR of its object `s` (-2: psctl or python failed). */
+static long long cl_status_num(const char *yaml, const char *dir, const char *expr) {
   char cmd[4096], p[700];
-  snprintf(p, sizeof p, "%s/replayed", dir);
+  snprintf(p, sizeof p, "%s/status-num", dir);
   snprintf(cmd, sizeof cmd,
            "timeout 20 '%s' status --config '%s' --json 2>/dev/null | python3 -c 'import json,sys; "
-           "w=json.load(sys.stdin)[\"shards\"][0][\"redo_log\"]; print(-1 if w is None else "
-           "w[\"replayed\"])' > '%s'", ps_test_bin("psctl"), yaml, p);
+           "s=json.load(sys.stdin)[\"shards\"][0]; print(%s)' > '%s'", ps_test_bin("psctl"), yaml,
+           expr, p);
   if (system(cmd) != 0) return -2;
   size_t len;
   char *s = ps_test_read_file(p, &len);
   long long n = strtoll(s, NULL, 10);
   free(s);
   return n;
+}
+
+/* cl_status_replayed returns what `psctl status --json` says shard 0's
+ * start replayed (-1: no redo log shown). */
+static long long cl_status_replayed(const char *yaml, const char *dir) {
+  return cl_status_num(yaml, dir,
+                       "-1 if s[\"redo_log\"] is None else s[\"redo_log\"][\"replayed\"]");
 }
 
 /* cl_power_cut cuts every segment in REDO back to the size its last
@@ -444,28 +451,52 @@ void ps_test_crash_loop(int iters) {
 START_TEST(test_crash_loop_short) { ps_test_crash_loop(4); }
 END_TEST
 
-START_TEST(test_sync_log_then_periodic) {
-  const char *dir = ps_test_tmpdir();
-  int gp, cp;
-  char yaml[700], log[700], redo[700], addr[64];
-  snprintf(yaml, sizeof yaml, "%s", cl_sync_yaml(dir, &gp, &cp));
+/* cl_pushes starts the one-shard sync cluster of DIR (its yaml in YAML,
+ * ports in *GP, *CP), submits and sends N pushes; returns the shard. */
+static pid_t cl_pushes(const char *dir, char *yaml, size_t ylen, int *gp, int *cp, int n) {
+  char log[700], addr[64];
+  snprintf(yaml, ylen, "%s", cl_sync_yaml(dir, gp, cp));
   snprintf(log, sizeof log, "%s/psd0.log", dir);
-  snprintf(redo, sizeof redo, "%s/shard0/redo", dir);
-  snprintf(addr, sizeof addr, "127.0.0.1:%d", cp);
-  pid_t pid = cl_start(yaml, log, gp, cp);
-  cl_submit(gp);
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", *cp);
+  pid_t pid = cl_start(yaml, log, *gp, *cp);
+  cl_submit(*gp);
   ps_chan_client *c;
   ps_errbuf eb;
   ck_assert_int_eq(ps_test_chan_connect(&c, addr, "test", 10000, &eb), 0);
   float g[CL_ELEMS];
   for (int i = 0; i < CL_ELEMS; i++) g[i] = -1.0f;
   uint64_t v;
-  for (uint32_t i = 0; i < 200; i++) {
-    uint32_t id = i % CL_CHUNKS;
+  for (int i = 0; i < n; i++) {
+    uint32_t id = (uint32_t)i % CL_CHUNKS;
     ck_assert_int_eq(ps_test_push(c, "cl", &id, 1, g, CL_ELEMS, 0, 0, 0, &v, &eb), 0);
   }
   ps_chan_close(c);
-  ps_test_stop(pid, SIGKILL, 5000);
+  return pid;
+}
+
+/* cl_disk_bytes checks that `psctl status` counts the redo log of DIR's
+ * shard in its size on disk. */
+static void cl_disk_bytes(const char *dir, const char *yaml) {
+  char redo[800], cmd[2000], p[800];
+  snprintf(redo, sizeof redo, "%s/shard0/redo", dir);
+  snprintf(p, sizeof p, "%s/redo-bytes", dir);
+  snprintf(cmd, sizeof cmd, "du -sb --apparent-size '%s' | cut -f1 > '%s'", redo, p);
+  ck_assert_int_eq(system(cmd), 0);
+  char *t = ps_test_read_file(p, NULL);
+  long long rb = strtoll(t, NULL, 10), db = cl_status_num(yaml, dir, "s[\"disk_bytes\"]");
+  free(t);
+  ck_assert_msg(db >= rb - 4096, "disk_bytes %lld, the redo log alone %lld", db, rb);
+}
+
+START_TEST(test_sync_log_then_periodic) {
+  const char *dir = ps_test_tmpdir();
+  int gp, cp;
+  char yaml[700], log[700], redo[700], addr[64];
+  ps_test_stop(cl_pushes(dir, yaml, sizeof yaml, &gp, &cp, 200), SIGKILL, 5000);
+  snprintf(log, sizeof log, "%s/psd0.log", dir);
+  snprintf(redo, sizeof redo, "%s/shard0/redo", dir);
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", cp);
+  uint64_t v;
   /* the same cluster under periodic */
   size_t len;
   char *y = ps_test_read_file(yaml, &len), *at = strstr(y, "  mode: sync\n");
@@ -475,7 +506,7 @@ START_TEST(test_sync_log_then_periodic) {
   ps_test_write_file(yaml, out);
   free(y);
   free(out);
-  pid = cl_start(yaml, log, gp, cp);
+  pid_t pid = cl_start(yaml, log, gp, cp);
   cl_tally t;
   snprintf(t.chan_addr, sizeof t.chan_addr, "%s", addr);
   float *got = malloc(CL_CHUNKS * CL_ELEMS * sizeof(float));
@@ -487,8 +518,51 @@ START_TEST(test_sync_log_then_periodic) {
   free(got);
   ck_assert_msg(cl_last_replayed(log) > 0, "the periodic start replayed nothing; see %s", log);
   ck_assert_msg(!psd_wal_has_records_test(redo), "the log in '%s' was not removed", redo);
+  /* the replayed state went into a snapshot: psctl status does not say "never" */
+  ck_assert_int_gt(cl_status_num(yaml, dir, "s[\"last_flush_unix_ms\"]"), 0);
   int st = ps_test_stop(pid, SIGTERM, 15000);
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd ended with status %d", st);
+}
+END_TEST
+
+/* A store and a log keep one id: another store's redo directory put in
+ * place of a store's own is refused at the start (it used to be replayed
+ * onto the store, which then held neither's state); a removed log is a
+ * warning that names what may be lost, and a new log starts. */
+START_TEST(test_foreign_log_refused) {
+  char dx[700], dy[700], yx[700], yy[700], log[800], redo[800], other[800];
+  int gx, cx, gy, cy;
+  snprintf(dx, sizeof dx, "%s/x", ps_test_tmpdir());
+  snprintf(dy, sizeof dy, "%s/y", ps_test_tmpdir());
+  ck_assert_int_eq(mkdir(dx, 0700), 0);
+  ck_assert_int_eq(mkdir(dy, 0700), 0);
+  pid_t pid = cl_pushes(dx, yx, sizeof yx, &gx, &cx, 20);
+  cl_disk_bytes(dx, yx);
+  ps_test_stop(pid, SIGTERM, 15000); /* x: a clean stop, a snapshot */
+  ps_test_stop(cl_pushes(dy, yy, sizeof yy, &gy, &cy, 200), SIGKILL, 5000); /* y: its log */
+  snprintf(redo, sizeof redo, "%s/shard0/redo", dx);
+  snprintf(other, sizeof other, "%s/shard0/redo", dy);
+  snprintf(log, sizeof log, "%s/psd0-foreign.log", dx);
+  char cmd[3000];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s' && cp -a '%s' '%s'", redo, other, redo);
+  ck_assert_int_eq(system(cmd), 0);
+  pid = ps_test_psd(yx, 0, log, NULL);
+  int st = ps_test_wait_pid(pid, 30000);
+  ck_assert_msg(st != -1, "psd started on another store's log; see %s", log);
+  size_t len;
+  char *text = ps_test_read_file(log, &len);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0 && strstr(text, "is not the log of store"),
+                "psd ended with %d; see %s", st, log);
+  free(text);
+  /* the log removed: a warning, then the snapshot's state */
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", redo);
+  ck_assert_int_eq(system(cmd), 0);
+  snprintf(log, sizeof log, "%s/psd0-removed.log", dx);
+  pid = cl_start(yx, log, gx, cx);
+  ps_test_stop(pid, SIGTERM, 15000);
+  text = ps_test_read_file(log, &len);
+  ck_assert_msg(strstr(text, "holds no log and no id") && strstr(text, "are lost"), "see %s", log);
+  free(text);
 }
 END_TEST
 
@@ -518,27 +592,29 @@ static void du_fill(const char *path) {
   close(fd);
 }
 
-/* du_state runs `psctl status --json` and returns shard 0's state in OUT. */
-static void du_state(const char *yaml, const char *dir, char *out, size_t n) {
+/* du_state runs `psctl status --json` and returns shard 0's state in OUT
+ * and why it is in it (state_why) in WHY (WN bytes). */
+static void du_state(const char *yaml, const char *dir, char *out, size_t n, char *why, size_t wn) {
   char cmd[4096];
   snprintf(cmd, sizeof cmd,
            "timeout 20 '%s' status --config '%s' --json 2>/dev/null | python3 -c 'import json,sys; "
-           "print(json.load(sys.stdin)[\"shards\"][0][\"state\"])' > '%s/state' 2>/dev/null",
-           ps_test_bin("psctl"), yaml, dir);
-  out[0] = '\0';
+           "s=json.load(sys.stdin)[\"shards\"][0]; print(s[\"state\"]); print(s[\"state_why\"])' "
+           "> '%s/state' 2>/dev/null", ps_test_bin("psctl"), yaml, dir);
+  out[0] = why[0] = '\0';
   if (system(cmd) != 0) return;
   char p[700];
   snprintf(p, sizeof p, "%s/state", dir);
   size_t len;
-  char *s = ps_test_read_file(p, &len);
-  snprintf(out, n, "%.*s", (int)strcspn(s, "\n"), s);
+  char *s = ps_test_read_file(p, &len), *nl = s + strcspn(s, "\n");
+  snprintf(out, n, "%.*s", (int)(nl - s), s);
+  if (*nl) snprintf(why, wn, "%.*s", (int)strcspn(nl + 1, "\n"), nl + 1);
   free(s);
 }
 
 START_TEST(test_disk_full_sync) {
   if (!du.mounted) PS_SKIP("%s", du.why);
   int gp, cp;
-  char yaml[700], log[700], filler[700], state[64];
+  char yaml[700], log[700], filler[700], state[64], why[600];
   snprintf(yaml, sizeof yaml, "%s", cl_sync_yaml(du.dir, &gp, &cp));
   snprintf(log, sizeof log, "%s/psd0.log", du.dir);
   snprintf(filler, sizeof filler, "%s/filler", du.mnt);
@@ -576,9 +652,10 @@ START_TEST(test_disk_full_sync) {
      * (the tally reads chunk 0) so the shard writes to a full disk. */
     du_fill(filler);
     ps_test_push(c, "cl", ids + CL_CHUNKS - 1, 1, g, CL_ELEMS, 0, 0, 0, &v, &eb);
-    du_state(yaml, du.dir, state, sizeof state);
+    du_state(yaml, du.dir, state, sizeof state, why, sizeof why);
   } while (strcmp(state, "DEGRADED") && ps_test_now_ms() < end && usleep(100000) == 0);
   ck_assert_msg(!strcmp(state, "DEGRADED"), "state %s, want DEGRADED; see %s", state, log);
+  ck_assert_msg(strstr(why, "redo log") || strstr(why, "flush"), "state_why '%s'", why);
   /* refused before it applies while degraded */
   err = ps_test_push(c, "cl", ids, 1, g, CL_ELEMS, 0, 0, 0, &v, &eb);
   ck_assert_msg(err == PS_EDEGRADED && strstr(eb.msg, "degraded"), "%d %s", err, eb.msg);
@@ -586,7 +663,7 @@ START_TEST(test_disk_full_sync) {
   ck_assert_int_eq(unlink(filler), 0);
   end = ps_test_now_ms() + 15000;
   do {
-    du_state(yaml, du.dir, state, sizeof state);
+    du_state(yaml, du.dir, state, sizeof state, why, sizeof why);
   } while (strcmp(state, "SERVING") && ps_test_now_ms() < end && usleep(100000) == 0);
   ck_assert_msg(!strcmp(state, "SERVING"), "state %s, want SERVING; see %s", state, log);
   for (int i = 0; i < 3; i++, acked++)
@@ -697,6 +774,7 @@ Suite *psd_durability_suite(void) {
   tcase_add_test(tc, test_crash_loop_short);
   tcase_add_test(tc, test_sync_log_then_periodic);
   tcase_add_test(tc, test_snapshot_waits_for_log);
+  tcase_add_test(tc, test_foreign_log_refused);
   suite_add_tcase(s, tc);
   tc = tcase_create("disk_full");
   tcase_add_unchecked_fixture(tc, du_setup, du_teardown);

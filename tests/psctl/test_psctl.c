@@ -549,6 +549,40 @@ START_TEST(test_cli_bad_flags) {
 }
 END_TEST
 
+/* psd -t: group_commit_* keys set under mode periodic (which ignores
+ * them) pass with a warning saying so; under sync, or at their defaults,
+ * no warning. */
+START_TEST(test_psd_t_group_commit_periodic) {
+  pt_ctx x;
+  pt_init(&x);
+  static const struct {
+    const char *mode, *keys;
+    int warn;
+  } cases[] = {
+      {"periodic", "  group_commit_max_wait_us: 100\n", 1},
+      {"periodic", "  group_commit_max_bytes: 65536\n", 1},
+      {"sync", "  group_commit_max_wait_us: 100\n", 0},
+      {"periodic", "", 0},
+  };
+  char yaml[1200];
+  snprintf(yaml, sizeof yaml, "%s/gc.yaml", x.dir);
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char text[1200];
+    snprintf(text, sizeof text,
+             "cluster: gc\nsecurity:\n  mode: none\ndurability:\n  mode: %s\n%sshards:\n"
+             "  - id: 0\n"
+             "    grpc: 127.0.0.1:1\n    channel: 127.0.0.1:2\n    data_dir: %s/d0\n",
+             cases[i].mode, cases[i].keys, x.dir);
+    ps_test_write_file(yaml, text);
+    int rc = pt_run(&x, "psd", "-t --config '%s'", yaml);
+    ck_assert_msg(rc == 0, "case %zu: exit %d, see %s", i, rc, x.err);
+    ck_assert_msg(pt_contains(x.err, "apply under mode sync only") == cases[i].warn,
+                  "case %zu: warning %s, see %s", i, cases[i].warn ? "missing" : "wrong", x.err);
+  }
+  pt_cleanup(&x);
+}
+END_TEST
+
 /* limits.max_shard_bytes: a model over a shard's budget is refused at
  * submit, the error naming the model and the budget; nothing registered. */
 START_TEST(test_psctl_submit_budget) {
@@ -586,7 +620,8 @@ Suite *psctl_suite(void) {
                {"model_show", test_psctl_model_show},
                {"submit", test_psctl_submit},
                {"submit_budget", test_psctl_submit_budget},
-               {"cli_bad_flags", test_cli_bad_flags}};
+               {"cli_bad_flags", test_cli_bad_flags},
+               {"psd_t_group_commit", test_psd_t_group_commit_periodic}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     TCase *tc = tcase_create(cases[i].name);
     tcase_set_timeout(tc, 180);

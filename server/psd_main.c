@@ -67,6 +67,7 @@ typedef struct psd_main {
   uint64_t drain_deadline_ms;
   int exit_code;
   int wal_failed;            /* the redo log's writer is failing (sync) */
+  char wal_fail_msg[sizeof(ps_errbuf)]; /* why */
 } psd_main;
 
 /* psd_main_unix_ms returns the wall clock in milliseconds. */
@@ -74,6 +75,19 @@ static int64_t psd_main_unix_ms(void) {
   struct timeval tv;
   gettimeofday(&tv, NULL);
   return (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;
+}
+
+/* psd_main_why says in the shard's degraded_why (psctl status, refused
+ * pushes) what keeps it DEGRADED now: the redo log, the flush, or both
+ * (either may fail while the other already did, and either may recover
+ * first). */
+static void psd_main_why(psd_main *m) {
+  psd_shard *sh = &m->sh;
+  if (sh->state != PSD_DEGRADED) return;
+  int log = m->wal_failed, flush = m->flush_failures > 0;
+  snprintf(sh->degraded_why, sizeof sh->degraded_why, "%s%s%s%s", log ? m->wal_fail_msg : "",
+           log && flush ? "; " : "", flush ? "its last flush failed: " : "",
+           flush ? m->flush_fail_msg : "");
 }
 
 /* psd_main_flushed records the outcome of a flush of the state as of
@@ -99,6 +113,7 @@ static void psd_main_flushed(psd_main *m, int status, const ps_errbuf *eb, int64
              sh->cfg->flush_interval_ms, eb->msg);
     snprintf(m->flush_fail_msg, sizeof m->flush_fail_msg, "%s", eb->msg);
     m->flush_failures++;
+    psd_main_why(m);
     return;
   }
   sh->last_flush_unix_ms = snap_ms;
@@ -110,6 +125,7 @@ static void psd_main_flushed(psd_main *m, int status, const ps_errbuf *eb, int64
   }
   m->flush_failures = 0;
   m->flush_fail_msg[0] = '\0';
+  psd_main_why(m); /* still DEGRADED: the log */
 }
 
 /* psd_main_wal_state is the redo log's state callback (psd_wal.h): a
@@ -120,6 +136,7 @@ static void psd_main_wal_state(void *arg, int err, const char *msg) {
   psd_main *m = arg;
   psd_shard *sh = &m->sh;
   m->wal_failed = err < 0;
+  if (err < 0) snprintf(m->wal_fail_msg, sizeof m->wal_fail_msg, "%s", msg);
   if (err < 0) {
     ps_err("shard %u degraded: the redo log fails (%s), pushes are refused; retrying every "
            "%u ms", sh->me->id, msg, sh->cfg->flush_interval_ms);
@@ -127,6 +144,7 @@ static void psd_main_wal_state(void *arg, int err, const char *msg) {
       psd_shard_set_state(sh, PSD_DEGRADED, msg);
       sd_notifyf(0, "STATUS=degraded: %s", msg);
     }
+    psd_main_why(m);
     return;
   }
   ps_info("shard %u: the redo log is written again", sh->me->id);
@@ -134,6 +152,7 @@ static void psd_main_wal_state(void *arg, int err, const char *msg) {
     psd_shard_set_state(sh, PSD_SERVING, NULL);
     sd_notifyf(0, "STATUS=serving shard %u", sh->me->id);
   }
+  psd_main_why(m); /* still DEGRADED: the flush */
 }
 
 /* psd_main_log_append is the store's log hook (psd_store_set_log). */

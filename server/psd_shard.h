@@ -78,7 +78,7 @@ typedef struct psd_shard {
   uv_loop_t *loop;
   psd_store *store;
   psd_state state;
-  char degraded_why[256];     /* the failed flush's message while DEGRADED */
+  char degraded_why[2 * sizeof(ps_errbuf) + 64]; /* why it is DEGRADED (psd_main_why) */
   uint64_t start_ms;          /* uv_hrtime-based, for uptime */
   int64_t last_flush_unix_ms; /* 0: never */
   psd_counters ctr;

@@ -119,6 +119,7 @@ struct psd_wal {
   int loop_failed;
   int writer_done;         /* the writer thread ended (under mu) */
   uint64_t replayed, dropped, replay_ms;
+  int scan_cut;            /* the replay's search for intact records ended early */
   uint64_t loop_ns, loop_max_ns; /* the loop's time inside the log's calls */
   uint64_t lock_ns, lock_max_ns; /* of which waiting for the writer's mutex */
 };
@@ -458,25 +459,58 @@ static int wal_zeros(const uint8_t *p, size_t n) {
   return 1;
 }
 
+/* wal_may_follow: whether the bytes at P (N left) may follow an intact
+ * record of seq SEQ (a skip record: SEQ is WAL_SKIP_SEQ, and what
+ * follows is a record of NEXT or later, within WINDOW of it): the file's
+ * end, zeros (a direct write's padding, a block never written), the next
+ * record's header or a skip record's.  A cheap test before a checksum:
+ * bytes that only happen to hold a plausible seq (an older record's
+ * payload) seldom pass both. */
+static int wal_may_follow(const uint8_t *p, size_t n, uint64_t seq, uint64_t next,
+                          uint64_t window) {
+  if (n < WAL_HDR) return wal_zeros(p, n);
+  uint64_t s = wal_get64(p + 8);
+  if (wal_zeros(p, WAL_HDR) || s == WAL_SKIP_SEQ) return 1;
+  return seq == WAL_SKIP_SEQ ? s >= next && s - next <= window : s == seq + 1;
+}
+
 /* wal_count_after counts the intact records of this log after a bad one
  * at offset OFF of segment BUF (N bytes): records whose seq is NEXT (the
  * bad record's, when it is ours) or later, found at any byte offset, for
  * the bad record's own length field may be what is damaged (a walk from
  * the end it claims finds nothing then); skip records (invariant 8) are
- * stepped over, not counted.  A record at offset AT holds at most seq
- * NEXT + (AT - OFF) / WAL_HDR (none is shorter than its header), and a
- * reused file's older records hold seqs below NEXT.  *END: where the
- * last of them ends (0: none). */
+ * stepped over, not counted.  A candidate at offset AT holds at most seq
+ * NEXT + (AT - OFF) / WAL_HDR (none is shorter than its header; a
+ * reused file's older records hold seqs below NEXT), a skip record under
+ * 8 KiB, and must be followed by what may follow it (wal_may_follow)
+ * before its checksum is computed: so the scan stays about linear in the
+ * bytes after OFF, where an older record's payload may hold many values
+ * that look like seqs.  Checksums over more than 8 times those bytes
+ * (and 64 MiB) end the scan early: *CUT 1.  *END: where the last record
+ * found ends (0: none). */
 static uint64_t wal_count_after(const uint8_t *buf, size_t n, size_t off, uint64_t next,
-                                size_t *end) {
-  uint64_t k = 0;
+                                size_t *end, int *cut) {
+  uint64_t k = 0, budget = 8 * (uint64_t)(n - off) + (64u << 20);
   *end = 0;
+  *cut = 0;
   for (size_t at = off + 1; at < n && n - at >= WAL_HDR;) {
-    uint64_t seq = wal_get64(buf + at + 8);
+    uint64_t seq = wal_get64(buf + at + 8), len = wal_len(buf + at);
+    uint64_t window = (at - off) / WAL_HDR;
     int skip = seq == WAL_SKIP_SEQ;
-    int fits = skip || (seq >= next && seq - next <= (at - off) / WAL_HDR);
+    int fits = skip ? len < 8192 : seq >= next && seq - next <= window;
+    if (fits && len <= n - at - WAL_HDR) {
+      size_t after = at + WAL_HDR + len;
+      fits = wal_may_follow(buf + after, n - after, seq, next, window + len / WAL_HDR + 1);
+    } else {
+      fits = 0; /* not one, or one past the file's end */
+    }
+    if (fits && len > budget) {
+      *cut = 1;
+      break;
+    }
+    if (fits) budget -= len;
     if (fits && !wal_check(buf + at, n - at)) {
-      at += WAL_HDR + wal_len(buf + at);
+      at += WAL_HDR + len;
       if (!skip) k++, *end = at;
     } else {
       at++;
@@ -577,7 +611,13 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
         int ours = n - off >= WAL_HDR ? wal_get64(buf + off + 8) == next
                                       : !wal_zeros(buf + off, n - off); /* a cut header */
         size_t end = 0; /* where the dropped records end (past it: no record) */
-        uint64_t after = wal_count_after(buf, n, off, next, &end);
+        int cut = 0; /* the scan for intact records ended early */
+        uint64_t after = wal_count_after(buf, n, off, next, &end, &cut);
+        if (cut)
+          ps_warn("redo log '%s/%s': the search for intact records after the bad one at offset "
+                  "%zu ended early (too many checksums over bytes that look like records): it "
+                  "may have missed some", w->dir, name, off);
+        w->scan_cut = cut;
         dropped = (uint64_t)ours + after;
         if (!after && !ours)
           end = rend;
@@ -1382,6 +1422,7 @@ void psd_wal_stats_get(psd_wal *w, psd_wal_stats *st) {
   st->last_seq = w->next_seq - 1;
   st->replayed = w->replayed;
   st->replay_dropped = w->dropped;
+  st->replay_scan_cut = w->scan_cut;
   st->replay_ms = w->replay_ms;
 }
 

@@ -43,7 +43,9 @@
  *     they are counted (the bad one when its header carries the next seq
  *     or was cut short, and the intact ones after it: records of the next
  *     seq or later at any byte offset, since the bad header's length may
- *     be the damage), logged and cut off; but when intact records follow
+ *     be the damage, each followed by the file's end, zeros or a next
+ *     header before its checksum is computed, within a bounded number of
+ *     checksummed bytes), logged and cut off; but when intact records follow
  *     the bad one over more than max_batch_bytes, an eighth and 16 KiB
  *     (one group of two records or more holds at most that, with the skip
  *     records of invariant 8, and the next is written only after its
@@ -162,6 +164,8 @@ typedef struct psd_wal_stats {
   uint64_t replayed;       /* records the last replay applied */
   uint64_t replay_dropped; /* torn-tail records it cut off */
   uint64_t replay_ms;      /* how long it took */
+  int replay_scan_cut;     /* its search for intact records after a bad one
+                            * ended early (wal_count_after's budget) */
   uint64_t write_us;       /* the writer's time in pwrite, all groups */
   uint64_t sync_us;        /* its time in fdatasync, all groups */
   uint64_t loop_us;        /* the loop thread's time inside psd_wal_append,

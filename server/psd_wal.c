@@ -459,64 +459,89 @@ static int wal_zeros(const uint8_t *p, size_t n) {
   return 1;
 }
 
-/* wal_may_follow: whether the bytes at P (N left) may follow an intact
- * record of seq SEQ (a skip record: SEQ is WAL_SKIP_SEQ, and what
- * follows is a record of NEXT or later, within WINDOW of it): the file's
- * end, zeros (a direct write's padding, a block never written), the next
- * record's header or a skip record's.  A cheap test before a checksum:
- * bytes that only happen to hold a plausible seq (an older record's
- * payload) seldom pass both. */
-static int wal_may_follow(const uint8_t *p, size_t n, uint64_t seq, uint64_t next,
+/* wal_may_follow: whether the bytes of segment BUF (N bytes) at offset AT
+ * may follow an intact record of seq SEQ (a skip record: SEQ is
+ * WAL_SKIP_SEQ, and what follows is a record of NEXT or later, within
+ * WINDOW of it): the file's end, zeros to the end of the 4 KiB block or
+ * for a header's length (a direct write's padding, a block never
+ * written), the next record's header or a skip record's.  A cheap test
+ * before a checksum: bytes that only happen to hold a plausible seq (an
+ * older record's payload) seldom pass both.  A record of ours that it
+ * refuses is the last one before a reused file's older bytes. */
+static int wal_may_follow(const uint8_t *buf, size_t n, size_t at, uint64_t seq, uint64_t next,
                           uint64_t window) {
-  if (n < WAL_HDR) return wal_zeros(p, n);
-  uint64_t s = wal_get64(p + 8);
-  if (wal_zeros(p, WAL_HDR) || s == WAL_SKIP_SEQ) return 1;
+  size_t pad = at % WAL_ALIGN ? WAL_ALIGN - at % WAL_ALIGN : WAL_HDR;
+  if (pad > n - at) pad = n - at;
+  if (wal_zeros(buf + at, pad)) return 1;
+  if (n - at < WAL_HDR) return 0;
+  uint64_t s = wal_get64(buf + at + 8);
+  if (s == WAL_SKIP_SEQ) return 1;
   return seq == WAL_SKIP_SEQ ? s >= next && s - next <= window : s == seq + 1;
 }
 
-/* wal_count_after counts the intact records of this log after a bad one
- * at offset OFF of segment BUF (N bytes): records whose seq is NEXT (the
- * bad record's, when it is ours) or later, found at any byte offset, for
- * the bad record's own length field may be what is damaged (a walk from
- * the end it claims finds nothing then); skip records (invariant 8) are
- * stepped over, not counted.  A candidate at offset AT holds at most seq
- * NEXT + (AT - OFF) / WAL_HDR (none is shorter than its header; a
- * reused file's older records hold seqs below NEXT), a skip record under
- * 8 KiB, and must be followed by what may follow it (wal_may_follow)
- * before its checksum is computed: so the scan stays about linear in the
- * bytes after OFF, where an older record's payload may hold many values
- * that look like seqs.  Checksums over more than 8 times those bytes
- * (and 64 MiB) end the scan early: *CUT 1.  *END: where the last record
- * found ends (0: none). */
-static uint64_t wal_count_after(const uint8_t *buf, size_t n, size_t off, uint64_t next,
-                                size_t *end, int *cut) {
-  uint64_t k = 0, budget = 8 * (uint64_t)(n - off) + (64u << 20);
-  *end = 0;
-  *cut = 0;
+/* wal_found: what wal_count_after found after a bad record. */
+typedef struct wal_found {
+  uint64_t n;        /* intact records of ours (skip records not counted) */
+  size_t end;        /* where the last of them ends (0: none) */
+  size_t first_at;   /* where the first of them starts */
+  uint64_t first_seq;
+  int cut;           /* the search ended early, or left candidates unchecked */
+} wal_found;
+
+/* wal_count_after looks for the intact records of this log after a bad
+ * one at offset OFF of segment BUF (N bytes), into F: records whose seq
+ * is NEXT (the bad record's, when it is ours) or later, found at any byte
+ * offset, for the bad record's own length field may be what is damaged
+ * (a walk from the end it claims finds nothing then); skip records
+ * (invariant 8) are stepped over, not counted.  A candidate at offset AT
+ * holds at most seq NEXT + (AT - OFF) / WAL_HDR (none is shorter than its
+ * header; a reused file's older records hold seqs below NEXT), a skip
+ * record under 8 KiB.  Its checksum is computed when it sits right after
+ * a record found (the chain of a log's records), or is followed by what
+ * may follow a record (wal_may_follow); else (the last record before a
+ * reused file's older bytes looks like that) only when its length field
+ * carries the CRC-32C flag, as this version's records do, and while a
+ * second budget, 2 times the bytes after OFF and 16 MiB, lasts: an older
+ * record's payload may hold many values that look like seqs, each with a
+ * length field that would make its checksum long.  All checksums together over
+ * more than 8 times those bytes and 64 MiB end the search. */
+static void wal_count_after(const uint8_t *buf, size_t n, size_t off, uint64_t next,
+                            wal_found *f) {
+  uint64_t budget = 8 * (uint64_t)(n - off) + (64u << 20);
+  uint64_t loose = 2 * (uint64_t)(n - off) + (16u << 20);
+  uint64_t expect = 0; /* right after a record found: the seq the next one holds */
+  *f = (wal_found){0};
   for (size_t at = off + 1; at < n && n - at >= WAL_HDR;) {
     uint64_t seq = wal_get64(buf + at + 8), len = wal_len(buf + at);
     uint64_t window = (at - off) / WAL_HDR;
     int skip = seq == WAL_SKIP_SEQ;
-    int fits = skip ? len < 8192 : seq >= next && seq - next <= window;
-    if (fits && len <= n - at - WAL_HDR) {
-      size_t after = at + WAL_HDR + len;
-      fits = wal_may_follow(buf + after, n - after, seq, next, window + len / WAL_HDR + 1);
-    } else {
-      fits = 0; /* not one, or one past the file's end */
+    int fits = (skip ? len < 8192 : seq >= next && seq - next <= window) &&
+               len <= n - at - WAL_HDR; /* not one, or one past the file's end */
+    if (fits && !(expect && (skip || seq == expect)) &&
+        !wal_may_follow(buf, n, at + WAL_HDR + len, seq, next, window + len / WAL_HDR + 1)) {
+      /* this version's records carry the CRC-32C flag: an older sparse
+       * push's small keys, read as a length, do not */
+      if (!(wal_get32(buf + at) & WAL_CRC32C)) fits = 0;
+      else if (len > loose) f->cut = 1, fits = 0;
+      else loose -= len;
     }
     if (fits && len > budget) {
-      *cut = 1;
+      f->cut = 1;
       break;
     }
     if (fits) budget -= len;
     if (fits && !wal_check(buf + at, n - at)) {
       at += WAL_HDR + len;
-      if (!skip) k++, *end = at;
+      if (!skip) {
+        if (!f->n++) f->first_at = at - WAL_HDR - len, f->first_seq = seq;
+        f->end = at;
+        expect = seq + 1;
+      }
     } else {
+      expect = 0;
       at++;
     }
   }
-  return k;
 }
 
 /* wal_cut truncates segment I to LEN bytes (removing it when empty) and
@@ -610,14 +635,15 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
         uint64_t next = rend == 0 ? w->segs[i].first : last + 1;
         int ours = n - off >= WAL_HDR ? wal_get64(buf + off + 8) == next
                                       : !wal_zeros(buf + off, n - off); /* a cut header */
-        size_t end = 0; /* where the dropped records end (past it: no record) */
-        int cut = 0; /* the scan for intact records ended early */
-        uint64_t after = wal_count_after(buf, n, off, next, &end, &cut);
-        if (cut)
+        wal_found f;
+        wal_count_after(buf, n, off, next, &f);
+        if (f.cut)
           ps_warn("redo log '%s/%s': the search for intact records after the bad one at offset "
-                  "%zu ended early (too many checksums over bytes that look like records): it "
-                  "may have missed some", w->dir, name, off);
-        w->scan_cut = cut;
+                  "%zu ended early or skipped some (too many checksums over bytes that look "
+                  "like records): it may have missed some", w->dir, name, off);
+        w->scan_cut = f.cut;
+        uint64_t after = f.n;
+        size_t end = f.end; /* where the dropped records end (past it: no record) */
         dropped = (uint64_t)ours + after;
         if (!after && !ours)
           end = rend;
@@ -631,9 +657,16 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
          * 8 KiB: at most an eighth more), and the next group is written
          * only after its sync: an intact record farther than that from
          * the bad one means the bad one was synced, i.e. an acknowledged
-         * record is corrupt, not a torn write. */
+         * record is corrupt, not a torn write.  A group of one record
+         * may be larger: a skip record and the record of NEXT (invariant
+         * 8).  So one record found alone, of the next seq, within a skip
+         * record's reach of a bad record that is not ours (the skip
+         * record's header lost) is that group, torn: its record was never
+         * acknowledged, or only the skip record was damaged since (a
+         * corrupt last group reads as a torn one). */
         uint64_t group = w->o.max_batch_bytes + w->o.max_batch_bytes / 8 + 2 * 8192;
-        if (after && end - off > group) {
+        int one = after == 1 && !ours && f.first_seq == next && f.first_at - off < 8192;
+        if (after && end - off > group && !one) {
           rc = ps_errf(eb, PS_EIO, "redo log '%s/%s' is corrupt at offset %zu (%s), and %" PRIu64
                        " intact records follow it over %zu bytes, more than one group holds "
                        "(%" PRIu64 " with group_commit_max_bytes %" PRIu64 "): the bad record "

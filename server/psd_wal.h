@@ -43,13 +43,17 @@
  *     they are counted (the bad one when its header carries the next seq
  *     or was cut short, and the intact ones after it: records of the next
  *     seq or later at any byte offset, since the bad header's length may
- *     be the damage, each followed by the file's end, zeros or a next
- *     header before its checksum is computed, within a bounded number of
- *     checksummed bytes), logged and cut off; but when intact records follow
- *     the bad one over more than max_batch_bytes, an eighth and 16 KiB
- *     (one group of two records or more holds at most that, with the skip
- *     records of invariant 8, and the next is written only after its
- *     sync), it was synced: refused (PS_EIO), nothing cut.  In a
+ *     be the damage; a candidate's checksum is computed when it follows
+ *     a record found, or is followed by the file's end, zeros or a next
+ *     or skip header, or else carries the CRC-32C flag, within bounded
+ *     checksummed bytes: wal_count_after), logged and cut off; but when
+ *     intact records follow the bad one over more than max_batch_bytes,
+ *     an eighth and 16 KiB (one group of two records or more holds at
+ *     most that, with the skip records of invariant 8, and the next is
+ *     written only after its sync), it was synced: refused (PS_EIO),
+ *     nothing cut.  Except one record of the next seq alone, within a
+ *     skip record's reach of a bad record that is not ours: a group of
+ *     one record (a skip record and it, invariant 8) that is torn.  In a
  *     segment before the last, the first record that is bad or does not follow the
  *     one before ends its records (what follows is not read, invariant 4);
  *     a bad first record there, a gap in the sequence after FROM (also

@@ -601,6 +601,80 @@ START_TEST(test_scan_old_sparse_bytes) {
 }
 END_TEST
 
+/* mk_rec writes a record of SEQ at OUT (CRC-32C, as this version
+ * writes): LEN payload bytes, byte i being (SEQ + i) & 0xff as count_rec
+ * wants, or zeros for a skip record.  Returns its size. */
+static size_t mk_rec(uint8_t *out, uint64_t seq, uint32_t len) {
+  uint32_t lf = len | 0x80000000u;
+  memcpy(out, &lf, 4);
+  memcpy(out + 8, &seq, 8);
+  for (uint32_t i = 0; i < len; i++) out[WAL_HDR_TEST + i] = seq == UINT64_MAX ? 0 : (uint8_t)(seq + i);
+  uint32_t c = ps_crc32c(0, out, 4);
+  c = ps_crc32c(c, out + 8, 8);
+  c = ps_crc32c(c, out + WAL_HDR_TEST, len);
+  memcpy(out + 4, &c, 4);
+  return WAL_HDR_TEST + len;
+}
+
+/* The record that carries the intact bytes past one group can be the
+ * last before a reused file's older bytes, which no header follows: it
+ * is still found (86b2bb0 missed it, cut the log after the bad record
+ * and dropped the acknowledged one).  Here record 2, of 1.3 MB, is a
+ * group of its own, synced after record 1, whose payload is then
+ * damaged; older bytes (0x5a) follow record 2. */
+START_TEST(test_corrupt_before_last_record_refused) {
+  const char *dir = ps_test_tmpdir();
+  write_log(dir, 2, 1300000, 0, NULL);
+  char *seg = newest_segment(dir);
+  int fd = open(seg, O_RDWR);
+  ck_assert_int_ge(fd, 0);
+  uint8_t b = 0;
+  ck_assert_int_eq(pread(fd, &b, 1, 16 + 500), 1);
+  b ^= 0x40;
+  ck_assert_int_eq(pwrite(fd, &b, 1, 16 + 500), 1);
+  static uint8_t junk[16384];
+  memset(junk, 0x5a, sizeof junk);
+  ck_assert_int_eq(pwrite(fd, junk, sizeof junk, 2 * (16 + 1300000)), (ssize_t)sizeof junk);
+  close(fd);
+  replayed r;
+  ps_errbuf eb;
+  replay_count(dir, 0, &r, PS_EIO, &eb);
+  ck_assert_msg(strstr(eb.msg, "corrupt") && strstr(eb.msg, "1 intact records"), "%s", eb.msg);
+  free(seg);
+}
+END_TEST
+
+/* A group of one large record is a skip record and the record (psd_wal
+ * invariant 8), in one write: when the skip record's header is lost in a
+ * power cut and the record's bytes are not, the record was never
+ * acknowledged, a torn tail, though it is longer than one group of two
+ * records or more may be. */
+START_TEST(test_torn_single_record_group) {
+  const char *dir = ps_test_tmpdir();
+  char p[1024];
+  snprintf(p, sizeof p, "%s/0000000000000001.log", dir);
+  size_t big = 1300000, n = 0;
+  uint8_t *buf = calloc(1, 3 * WAL_HDR_TEST + 100 + 3000 + big);
+  n += mk_rec(buf + n, 1, 100);
+  size_t skip = n;
+  n += mk_rec(buf + n, UINT64_MAX, 3000);
+  memset(buf + skip, 0, WAL_HDR_TEST); /* the skip record's header never reached the disk */
+  n += mk_rec(buf + n, 2, (uint32_t)big);
+  int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  ck_assert_int_ge(fd, 0);
+  ck_assert_int_eq(write(fd, buf, n), (ssize_t)n);
+  close(fd);
+  free(buf);
+  replayed r;
+  ps_errbuf eb;
+  ck_assert_uint_eq(replay_count(dir, 0, &r, 0, &eb), 1);
+  ck_assert_uint_eq(r.n, 1);
+  struct stat st;
+  ck_assert_int_eq(stat(p, &st), 0);
+  ck_assert_int_eq(st.st_size, WAL_HDR_TEST + 100); /* cut after record 1 */
+}
+END_TEST
+
 START_TEST(test_empty_log) {
   const char *dir = ps_test_tmpdir();
   replayed r;
@@ -1608,6 +1682,8 @@ Suite *psd_wal_suite(void) {
   tcase_add_loop_test(tc, test_corrupt_synced_record_refused, 0, 4);
   tcase_add_test(tc, test_torn_tail_counts);
   tcase_add_test(tc, test_scan_old_sparse_bytes);
+  tcase_add_test(tc, test_corrupt_before_last_record_refused);
+  tcase_add_test(tc, test_torn_single_record_group);
   tcase_add_test(tc, test_empty_log);
   tcase_add_test(tc, test_log_after_missing_snapshot);
   tcase_add_test(tc, test_missing_earlier_segment_refused);

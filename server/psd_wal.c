@@ -58,6 +58,7 @@ typedef struct wal_exts {
 #define WAL_POOL 4 /* taken blocks kept to give back (psd_wal_append_own) */
 #define WAL_ZC_MIN 65536 /* smaller pieces are copied even when offered (invariant 8) */
 #define WAL_SKIP_SEQ UINT64_MAX /* a skip record's seq (invariant 8) */
+#define WAL_SKIP_MAX 8192 /* a skip record is shorter (invariant 8) */
 
 typedef struct wal_seg {
   uint64_t first;  /* seq of its first record (its name) */
@@ -515,7 +516,7 @@ static void wal_count_after(const uint8_t *buf, size_t n, size_t off, uint64_t n
     uint64_t seq = wal_get64(buf + at + 8), len = wal_len(buf + at);
     uint64_t window = (at - off) / WAL_HDR;
     int skip = seq == WAL_SKIP_SEQ;
-    int fits = (skip ? len < 8192 : seq >= next && seq - next <= window) &&
+    int fits = (skip ? len < WAL_SKIP_MAX : seq >= next && seq - next <= window) &&
                len <= n - at - WAL_HDR; /* not one, or one past the file's end */
     if (fits && !(expect && (skip || seq == expect)) &&
         !wal_may_follow(buf, n, at + WAL_HDR + len, seq, next, window + len / WAL_HDR + 1)) {
@@ -664,8 +665,8 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
          * record's header lost) is that group, torn: its record was never
          * acknowledged, or only the skip record was damaged since (a
          * corrupt last group reads as a torn one). */
-        uint64_t group = w->o.max_batch_bytes + w->o.max_batch_bytes / 8 + 2 * 8192;
-        int one = after == 1 && !ours && f.first_seq == next && f.first_at - off < 8192;
+        uint64_t group = w->o.max_batch_bytes + w->o.max_batch_bytes / 8 + 2 * WAL_SKIP_MAX;
+        int one = after == 1 && !ours && f.first_seq == next && f.first_at - off < WAL_SKIP_MAX;
         if (after && end - off > group && !one) {
           rc = ps_errf(eb, PS_EIO, "redo log '%s/%s' is corrupt at offset %zu (%s), and %" PRIu64
                        " intact records follow it over %zu bytes, more than one group holds "

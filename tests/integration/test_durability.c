@@ -230,21 +230,30 @@ static long long cl_last_replayed(const char *log) {
   return cl_last_number(log, "redo log replayed: ");
 }
 
-/* cl_status_num returns what `psctl status --json` says of shard 0: the
- * Python expression EXPR of its object `s` (-2: psctl or python failed). */
-static long long cl_status_num(const char *yaml, const char *dir, const char *expr) {
+/* cl_status_text writes to OUT (N bytes) what `psctl status --json` says
+ * of shard 0: the Python expression EXPR of its object `s`, printed; ""
+ * when psctl or python failed. */
+static void cl_status_text(const char *yaml, const char *dir, const char *expr, char *out,
+                           size_t n) {
   char cmd[4096], p[700];
-  snprintf(p, sizeof p, "%s/status-num", dir);
+  snprintf(p, sizeof p, "%s/status-out", dir);
   snprintf(cmd, sizeof cmd,
            "timeout 20 '%s' status --config '%s' --json 2>/dev/null | python3 -c 'import json,sys; "
-           "s=json.load(sys.stdin)[\"shards\"][0]; print(%s)' > '%s'", ps_test_bin("psctl"), yaml,
-           expr, p);
-  if (system(cmd) != 0) return -2;
-  size_t len;
-  char *s = ps_test_read_file(p, &len);
-  long long n = strtoll(s, NULL, 10);
-  free(s);
-  return n;
+           "s=json.load(sys.stdin)[\"shards\"][0]; print(%s)' > '%s' 2>/dev/null",
+           ps_test_bin("psctl"), yaml, expr, p);
+  out[0] = '\0';
+  if (system(cmd) != 0) return;
+  char *t = ps_test_read_file(p, NULL);
+  snprintf(out, n, "%s", t);
+  free(t);
+}
+
+/* cl_status_num returns cl_status_text's number (-2: psctl or python
+ * failed). */
+static long long cl_status_num(const char *yaml, const char *dir, const char *expr) {
+  char t[64];
+  cl_status_text(yaml, dir, expr, t, sizeof t);
+  return t[0] ? strtoll(t, NULL, 10) : -2;
 }
 
 /* cl_status_replayed returns what `psctl status --json` says shard 0's
@@ -592,23 +601,14 @@ static void du_fill(const char *path) {
   close(fd);
 }
 
-/* du_state runs `psctl status --json` and returns shard 0's state in OUT
- * and why it is in it (state_why) in WHY (WN bytes). */
+/* du_state returns shard 0's state in OUT and why it is in it
+ * (state_why) in WHY (WN bytes), as `psctl status --json` says. */
 static void du_state(const char *yaml, const char *dir, char *out, size_t n, char *why, size_t wn) {
-  char cmd[4096];
-  snprintf(cmd, sizeof cmd,
-           "timeout 20 '%s' status --config '%s' --json 2>/dev/null | python3 -c 'import json,sys; "
-           "s=json.load(sys.stdin)[\"shards\"][0]; print(s[\"state\"]); print(s[\"state_why\"])' "
-           "> '%s/state' 2>/dev/null", ps_test_bin("psctl"), yaml, dir);
-  out[0] = why[0] = '\0';
-  if (system(cmd) != 0) return;
-  char p[700];
-  snprintf(p, sizeof p, "%s/state", dir);
-  size_t len;
-  char *s = ps_test_read_file(p, &len), *nl = s + strcspn(s, "\n");
-  snprintf(out, n, "%.*s", (int)(nl - s), s);
-  if (*nl) snprintf(why, wn, "%.*s", (int)strcspn(nl + 1, "\n"), nl + 1);
-  free(s);
+  char t[800];
+  cl_status_text(yaml, dir, "s[\"state\"] + \"\\n\" + s[\"state_why\"]", t, sizeof t);
+  char *nl = t + strcspn(t, "\n");
+  snprintf(out, n, "%.*s", (int)(nl - t), t);
+  snprintf(why, wn, "%.*s", *nl ? (int)strcspn(nl + 1, "\n") : 0, *nl ? nl + 1 : "");
 }
 
 START_TEST(test_disk_full_sync) {

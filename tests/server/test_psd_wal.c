@@ -601,19 +601,24 @@ START_TEST(test_scan_old_sparse_bytes) {
 }
 END_TEST
 
-/* mk_rec writes a record of SEQ at OUT (CRC-32C, as this version
- * writes): LEN payload bytes, byte i being (SEQ + i) & 0xff as count_rec
- * wants, or zeros for a skip record.  Returns its size. */
-static size_t mk_rec(uint8_t *out, uint64_t seq, uint32_t len) {
-  uint32_t lf = len | 0x80000000u;
-  memcpy(out, &lf, 4);
-  memcpy(out + 8, &seq, 8);
-  for (uint32_t i = 0; i < len; i++) out[WAL_HDR_TEST + i] = seq == UINT64_MAX ? 0 : (uint8_t)(seq + i);
-  uint32_t c = ps_crc32c(0, out, 4);
-  c = ps_crc32c(c, out + 8, 8);
-  c = ps_crc32c(c, out + WAL_HDR_TEST, len);
-  memcpy(out + 4, &c, 4);
-  return WAL_HDR_TEST + len;
+/* old_record appends to OUT (at *N) the record SEQ of LEN bytes (count_rec's
+ * pattern) as the versions before CRC-32C wrote it (zlib's CRC-32, no flag),
+ * or with FLAG set in the len field and CRC-32C (this version's). */
+static void old_record(uint8_t *out, size_t *n, uint64_t seq, uint32_t len, int c32c) {
+  uint8_t *h = out + *n;
+  uint32_t l = len | (c32c ? 0x80000000u : 0);
+  memcpy(h, &l, 4);
+  memcpy(h + 8, &seq, 8);
+  fill(h + 16, len, seq);
+  uint32_t crc;
+  if (c32c) {
+    crc = ps_crc32c(ps_crc32c(ps_crc32c(0, h, 4), h + 8, 8), h + 16, len);
+  } else {
+    uLong c = crc32(crc32(crc32(0L, Z_NULL, 0), h, 4), h + 8, 8);
+    crc = (uint32_t)crc32_z(c, h + 16, len);
+  }
+  memcpy(h + 4, &crc, 4);
+  *n += 16 + len;
 }
 
 /* The record that carries the intact bytes past one group can be the
@@ -655,11 +660,11 @@ START_TEST(test_torn_single_record_group) {
   snprintf(p, sizeof p, "%s/0000000000000001.log", dir);
   size_t big = 1300000, n = 0;
   uint8_t *buf = calloc(1, 3 * WAL_HDR_TEST + 100 + 3000 + big);
-  n += mk_rec(buf + n, 1, 100);
+  old_record(buf, &n, 1, 100, 1);
   size_t skip = n;
-  n += mk_rec(buf + n, UINT64_MAX, 3000);
-  memset(buf + skip, 0, WAL_HDR_TEST); /* the skip record's header never reached the disk */
-  n += mk_rec(buf + n, 2, (uint32_t)big);
+  old_record(buf, &n, UINT64_MAX, 3000, 1); /* the skip record (its payload is not read) */
+  memset(buf + skip, 0, WAL_HDR_TEST); /* its header never reached the disk */
+  old_record(buf, &n, 2, (uint32_t)big, 1);
   int fd = open(p, O_WRONLY | O_CREAT | O_TRUNC, 0644);
   ck_assert_int_ge(fd, 0);
   ck_assert_int_eq(write(fd, buf, n), (ssize_t)n);
@@ -915,26 +920,6 @@ START_TEST(test_reused_segments) {
   uv_loop_close(&loop);
 }
 END_TEST
-
-/* old_record appends to OUT (at *N) the record SEQ of LEN bytes (count_rec's
- * pattern) as the versions before CRC-32C wrote it (zlib's CRC-32, no flag),
- * or with FLAG set in the len field and CRC-32C (this version's). */
-static void old_record(uint8_t *out, size_t *n, uint64_t seq, uint32_t len, int c32c) {
-  uint8_t *h = out + *n;
-  uint32_t l = len | (c32c ? 0x80000000u : 0);
-  memcpy(h, &l, 4);
-  memcpy(h + 8, &seq, 8);
-  fill(h + 16, len, seq);
-  uint32_t crc;
-  if (c32c) {
-    crc = ps_crc32c(ps_crc32c(ps_crc32c(0, h, 4), h + 8, 8), h + 16, len);
-  } else {
-    uLong c = crc32(crc32(crc32(0L, Z_NULL, 0), h, 4), h + 8, 8);
-    crc = (uint32_t)crc32_z(c, h + 16, len);
-  }
-  memcpy(h + 4, &crc, 4);
-  *n += 16 + len;
-}
 
 /* A log written by a version before CRC-32C (records with zlib's CRC-32)
  * replays as it is, the records this version appends after it carry

@@ -40,7 +40,15 @@
  *     to a later request arrives (the shard acts on a connection's
  *     requests in the order sent), a pull's area is the shard's to write
  *     until its reply was taken (copied out when it was not read in
- *     place); others meanwhile go over TCP.  A reply that says its data is
+ *     place); others meanwhile go over TCP.  With PS_CHAN_SHM_HOLD (asked
+ *     in the hello and agreed in the last HELLO reply: a shard that logs
+ *     pushes from the region) the region is PS_CHAN_SHM_PUSH_AREAS push
+ *     areas and a pull area, each a page-rounded share of it, and a
+ *     push's bytes are the shard's until that push's own answer (ack or
+ *     error) arrives, so a shard under `sync` may log them from the
+ *     region after it answered later requests: up to that many pushes in
+ *     flight use a free push area each, others go over TCP.  A reply that
+ *     says its data is
  *     in the region answers only a request that asked for that; anything
  *     else breaks the client. */
 #include "ps_chan.h"
@@ -261,7 +269,10 @@ struct ps_chan_client {
   uint8_t shm_token[PS_SHM_TOKEN];
   size_t shm_token_len;
   ps_shm shm;              /* mapped: map != NULL */
-  uint64_t shm_push_id, shm_pull_id; /* the request using each area (0: none) */
+  int want_hold;           /* PS_CHAN_SHM_HOLD asked for ... */
+  int shm_hold;            /* ... and agreed: several push areas (invariant 7) */
+  uint64_t shm_push_id[PS_CHAN_SHM_PUSH_AREAS]; /* the request using each area (0: none) */
+  uint64_t shm_pull_id;
   uint64_t shm_tx, shm_rx; /* payload bytes that went through the region */
 };
 
@@ -343,7 +354,10 @@ static void rx_finish(ps_chan_client *c) {
   chan_pending *e = rx_entry(c);
   e->done = 1;
   if (e->id == c->shm_pull_id) c->shm_pull_id = 0; /* invariant 7 */
-  if (c->shm_push_id && e->id >= c->shm_push_id) c->shm_push_id = 0;
+  for (int i = 0; i < PS_CHAN_SHM_PUSH_AREAS; i++) { /* held: its own answer; else any after */
+    uint64_t p = c->shm_push_id[i];
+    if (p && (c->shm_hold ? e->id == p : e->id >= p)) c->shm_push_id[i] = 0;
+  }
   c->nwait--;
   c->rx.state = PS_CHAN_RX_HDR;
   c->rx.got = 0;
@@ -433,6 +447,7 @@ static int rx_after_meta(void *arg) {
     c->unordered = c->want_unordered && m->unordered_acks; /* the last HELLO's word */
     c->shm_offer = m->shm_bytes; /* invariant 7: the last HELLO's word too */
     c->shm_pulls_only = m->shm_pulls_only != 0;
+    c->shm_hold = c->want_hold && m->shm_hold; /* ... and this */
     c->shm_pid = m->shm_pid;
     c->shm_fd = m->shm_fd;
     c->shm_token_len = m->shm_token.len <= PS_SHM_TOKEN ? m->shm_token.len : 0;
@@ -694,15 +709,25 @@ static void chan_meta_init(Ps__ChanMeta *meta, int op, const ps_req *r) {
   meta->n_summed = r->nsummed;
 }
 
+/* chan_shm_area: the bytes of each area of C's region (invariant 7). */
+static uint64_t chan_shm_area(const ps_chan_client *c) {
+  if (!c->shm_hold) return (c->shm.bytes / 2) & ~(uint64_t)7;
+  return (c->shm.bytes / (PS_CHAN_SHM_PUSH_AREAS + 1)) & ~(uint64_t)(PS_SHM_HDR - 1);
+}
+
 /* chan_shm_place decides whether a payload of NSEG segments SEG goes
  * through the region (invariant 7): 1 with *OFF its offset there and
- * *COPY whether it must be copied to or from AREA (0: push area, 1: pull
- * area) because it does not lie in the region already; 0: over TCP. */
+ * *COPY whether it must be copied to or from AREA (0: a push area, the
+ * free one *SLOT names; 1: the pull area) because it does not lie in the
+ * region already; 0: over TCP. */
 static int chan_shm_place(const ps_chan_client *c, const ps_req *r, const struct iovec *seg,
-                          size_t nseg, int area, uint64_t *off, int *copy) {
-  if (!c->shm.map || r->codec != PS_CODEC_FP32 || (area ? c->shm_pull_id : c->shm_push_id) ||
+                          size_t nseg, int area, uint64_t *off, int *copy, int *slot) {
+  int nslots = c->shm_hold ? PS_CHAN_SHM_PUSH_AREAS : 1, k = 0;
+  while (!area && k < nslots && c->shm_push_id[k]) k++;
+  if (!c->shm.map || r->codec != PS_CODEC_FP32 || (area ? c->shm_pull_id != 0 : k == nslots) ||
       (!area && c->shm_pulls_only))
     return 0;
+  if (slot) *slot = k;
   uint64_t total = 0;
   for (size_t i = 0; i < nseg; i++) total += seg[i].iov_len;
   if (total == 0) return 0;
@@ -716,9 +741,9 @@ static int chan_shm_place(const ps_chan_client *c, const ps_req *r, const struct
     *copy = 0;
     return 1;
   }
-  uint64_t half = (c->shm.bytes / 2) & ~(uint64_t)7;
-  if (total > half || c->shm.moved) return 0; /* moved: the areas are the caller's memory */
-  *off = area ? half : 0;
+  uint64_t size = chan_shm_area(c);
+  if (total > size || c->shm.moved) return 0; /* moved: the areas are the caller's memory */
+  *off = area ? (uint64_t)(c->shm_hold ? PS_CHAN_SHM_PUSH_AREAS : 1) * size : (uint64_t)k * size;
   *copy = 1;
   return 1;
 }
@@ -734,8 +759,8 @@ int ps_chan_send_pushv(ps_chan_client *c, const ps_req *r, const struct iovec *s
   if (!e) return ps_errf(eb, PS_ENOMEM, "channel '%s': out of memory", c->addr);
   e->op = PS__CHAN_OP__CHAN_PUSH;
   uint64_t off = 0, id = 0, total = 0;
-  int copy = 0;
-  if (!chan_shm_place(c, r, src, nseg, 0, &off, &copy))
+  int copy = 0, slot = 0;
+  if (!chan_shm_place(c, r, src, nseg, 0, &off, &copy, &slot))
     return chan_send_frame(c, &meta, src, nseg, e, req_id, eb);
   uint8_t *p = c->shm.data + off; /* invariant 7: the data goes through the region */
   for (size_t i = 0; i < nseg; i++) {
@@ -745,7 +770,7 @@ int ps_chan_send_pushv(ps_chan_client *c, const ps_req *r, const struct iovec *s
   meta.shm = 1;
   meta.shm_off = off;
   if ((rc = chan_send_frame(c, &meta, NULL, 0, e, &id, eb)) < 0) return rc;
-  c->shm_push_id = id;
+  c->shm_push_id[slot] = id;
   c->shm_tx += total;
   c->tx_bytes += total;
   if (req_id) *req_id = id;
@@ -770,7 +795,7 @@ int ps_chan_send_pullv(ps_chan_client *c, const ps_req *r, const struct iovec *d
     e->dst[i] = dst[i];
     e->want_bytes += dst[i].iov_len;
   }
-  if (chan_shm_place(c, r, dst, nseg, 1, &e->shm_off, &e->shm_copy)) { /* invariant 7 */
+  if (chan_shm_place(c, r, dst, nseg, 1, &e->shm_off, &e->shm_copy, NULL)) { /* invariant 7 */
     e->shm = 1;
     meta.shm = 1;
     meta.shm_off = e->shm_off;
@@ -1096,6 +1121,7 @@ static int chan_hello(ps_chan_client *c, const char *cluster, const ps_auth_key 
   meta.cluster = (char *)cluster;
   meta.unordered_acks = c->want_unordered ? 1 : 0;
   meta.shm_bytes = c->shm_want;
+  meta.shm_hold = c->shm_want && c->want_hold ? 1 : 0;
   if (key) {
     int rc = ps_auth_nonce(nc, eb);
     if (rc < 0) return rc;
@@ -1157,6 +1183,7 @@ int ps_chan_connect_shm(ps_chan_client **out, const char *addr, const char *clus
   snprintf(c->addr, sizeof c->addr, "%s", addr);
   c->want_unordered = (flags & PS_CHAN_UNORDERED_ACKS) != 0;
   c->shm_want = flags & PS_CHAN_AUTH_MAC ? 0 : shm_bytes;
+  c->want_hold = (flags & PS_CHAN_SHM_HOLD) != 0;
   c->shm.fd = -1;
   int rc = chan_dial(c, eb);
   if (rc == 0) rc = chan_hello(c, cluster, key, flags & PS_CHAN_AUTH_MAC, eb);

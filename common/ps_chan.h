@@ -150,6 +150,16 @@ int ps_chan_connect(ps_chan_client **out, const char *addr, const char *cluster,
  * does not agree (an older one) answers in order, which is fine too.
  * ps_chan_unordered says what was agreed. */
 #define PS_CHAN_UNORDERED_ACKS 2
+/* FLAGS PS_CHAN_SHM_HOLD (with shared memory) says in the hello that this
+ * client leaves a push's bytes in the region unchanged until that push's
+ * own answer, so that a shard under durability `sync` may log them from
+ * there without a copy.  Such a shard agrees in its reply and grants
+ * SHM_BYTES: the region is then PS_CHAN_SHM_PUSH_AREAS push areas and one
+ * pull area (ps_chan_shm), each SHM_BYTES / (areas + 1) rounded down to a
+ * page, and that many unanswered pushes can use it.  Another grants two
+ * such areas, used as without the flag (an older one: all of SHM_BYTES). */
+#define PS_CHAN_SHM_HOLD 4
+#define PS_CHAN_SHM_PUSH_AREAS 3
 struct ps_auth_key;
 int ps_chan_connect_auth(ps_chan_client **out, const char *addr, const char *cluster,
                          const struct ps_auth_key *key, int flags, int timeout_ms,
@@ -166,7 +176,8 @@ int ps_chan_connect_shm(ps_chan_client **out, const char *addr, const char *clus
 /* ps_chan_shm: 1 when C has a mapped region, its data start in *DATA and
  * its size in *BYTES (either may be NULL); 0 otherwise (C NULL too).  The
  * first half is where pushes that do not lie in the region are copied,
- * the second where pulls are answered that do not; a caller that keeps
+ * the second where pulls are answered that do not (with
+ * PS_CHAN_SHM_HOLD: the first areas and the last); a caller that keeps
  * its own payloads in the region (pushes from, pulls into) moves them
  * without any copy.  The mapping lives until ps_chan_close. */
 int ps_chan_shm(const ps_chan_client *c, void **data, uint64_t *bytes);

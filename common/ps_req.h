@@ -11,6 +11,17 @@
 
 #include "ps_codec.h"
 
+/* ps_lend: memory lent by reference beyond the call (a connection's
+ * shared-memory region, psd_chan invariant 11): whoever keeps reading it
+ * after the call returns calls hold(arg) first and release(arg) once done
+ * with it; both are thread-safe, and release may free the memory and
+ * this struct. */
+typedef struct ps_lend {
+  void (*hold)(void *arg);
+  void (*release)(void *arg);
+  void *arg;
+} ps_lend;
+
 typedef struct ps_req {
   const char *model;
   const uint32_t *ids;  /* chunk ids; the payload is their chunks in this order */
@@ -33,10 +44,15 @@ typedef struct ps_req {
   /* push: when not NULL, *own is the malloc'd block (*own_cap bytes)
    * holding grads, which a redo log may take instead of copying the
    * gradients, putting a block of its own (or NULL, 0) in its place
-   * (psd_wal_append_own); NULL: grads is only borrowed (always for
-   * gradients in a client's shared memory, psd_chan invariant 11) */
+   * (psd_wal_append_own); NULL: grads is only borrowed for the call.
+   * With LEND, *own is not given but lent: a block the log may read
+   * from after the call under LEND's rules (ps_lend), *own and *own_cap
+   * staying the caller's (gradients in a client's shared memory whose
+   * client leaves them unchanged until the push is answered, psd_chan
+   * invariant 11) */
   void **own;
   size_t *own_cap;
+  const ps_lend *lend;
 } ps_req;
 
 #endif

@@ -106,8 +106,9 @@
  *     first HELLO asks for shm_bytes is offered a region in the last HELLO
  *     reply only when workers.shared_memory is on, payload_mac is off (the
  *     MAC covers wire bytes), the shard is no aggregator (a forwarded
- *     push's data must outlive the request), the size is at most twice
- *     limits.max_request_bytes (plus a page), and the connection's peer
+ *     push's data must outlive the request), the size is at most one
+ *     limits.max_request_bytes (plus a page) per area (two areas, or a hold
+ *     client's PS_CHAN_SHM_PUSH_AREAS + 1), and the connection's peer
  *     address is the shard's own local address (same host); anything else,
  *     or a region that cannot be made, is no offer and the data stays on
  *     TCP.  The offer comes after the hello's authentication (invariant 9).
@@ -120,15 +121,24 @@
  *     must lie in the region (else the request is refused, the connection
  *     kept).  A push's gradients are handed to psd_shard_push in place
  *     (only borrowed: ps_req.own stays NULL); except under durability
- *     `sync`, where they are first copied into the connection's
- *     page-aligned data buffer and logged and applied from there, as a
- *     push read from the socket is (psd_wal invariant 8): the bytes logged
- *     and those applied must be the same, which the client could change in
- *     the region.  (Shards before this offered the region for pulls only
- *     under `sync`, shm_pulls_only; clients still honour that.)  A pull is
- *     written there by psd_shard_pull, on the loop, before its reply (shm
- *     set, no data) is queued, so invariant 3a's "no later push changes a
- *     reply half sent" holds as for a copy.
+ *     `sync`, where the bytes logged and those applied must be the same:
+ *     for a client whose hello set shm_hold (it leaves a push's bytes
+ *     unchanged until that push's own answer, ps_chan.c invariant 7) they
+ *     are applied in place and lent to the redo log (ps_req.lend, psd_wal
+ *     invariant 8), which writes them from the region; the region
+ *     (conn_lend, counted) then lives until the connection and every
+ *     record that reads it are done with it.  Other clients may change
+ *     them once a later request is answered, so their pushes are first
+ *     copied into the connection's page-aligned data buffer and logged
+ *     and applied from there, as a push read from the socket is.  A
+ *     shard that does not log gives a hold client two areas' bytes (of
+ *     those it asked for) and leaves shm_hold unset in its reply: the
+ *     client then uses them as any client does.  (Shards before this
+ *     offered the region for pulls only under `sync`, shm_pulls_only;
+ *     clients still honour that.)  A pull is written there by
+ *     psd_shard_pull, on the loop, before its reply (shm set, no data) is
+ *     queued, so invariant 3a's "no later push changes a reply half sent"
+ *     holds as for a copy.
  *     The client decides which bytes it may write when (ps_chan.h); a
  *     client that rewrites a push's bytes while the shard reads them can
  *     only corrupt its own gradients past their checks, which a process of
@@ -137,6 +147,7 @@
 
 #include <openssl/crypto.h>
 #include <netinet/in.h>
+#include <stdatomic.h>
 #include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
@@ -220,7 +231,9 @@ typedef struct psd_conn {
   uint64_t last_ms;           /* uv_now of its last byte moved (invariant 8) */
   size_t last_wq;             /* libuv's write queue size at the last sweep */
   uint64_t shm_want;          /* region bytes the first HELLO asked for (invariant 11) */
+  int shm_hold;               /* ... and that it holds pushes there until answered */
   ps_shm shm;                 /* the region offered; map NULL: none */
+  struct conn_lend *lend;     /* the region as the redo log borrows it (invariant 11) */
   uint64_t req_nbytes;        /* the push being received: its payload bytes */
 } psd_conn;
 
@@ -462,6 +475,27 @@ static int conn_same_host(psd_conn *c) {
   return 0;
 }
 
+/* conn_lend: a connection's region as the redo log borrows it
+ * (invariant 11): its pushes are logged from there; the region is
+ * released when the connection and every record that reads it are done
+ * with it, on whichever thread that happens. */
+typedef struct conn_lend {
+  ps_lend fns;
+  atomic_int refs; /* the connection's, and each log record's (ps_lend) */
+  ps_shm shm;      /* the region, once the connection is gone */
+} conn_lend;
+
+static void conn_lend_hold(void *arg) {
+  atomic_fetch_add(&((conn_lend *)arg)->refs, 1);
+}
+
+static void conn_lend_release(void *arg) {
+  conn_lend *l = arg;
+  if (atomic_fetch_sub(&l->refs, 1) != 1) return;
+  ps_shm_release(&l->shm);
+  free(l);
+}
+
 /* conn_shm_offer makes C's region when invariant 11 allows: 0 with
  * c->shm mapped, else -1 (no offer; said at debug level). */
 static int conn_shm_offer(psd_conn *c) {
@@ -469,17 +503,30 @@ static int conn_shm_offer(psd_conn *c) {
   const ps_config *cfg = ch->sh->cfg;
   const char *why = NULL;
   ps_errbuf eb;
+  /* a hold client's pushes are logged from its region under `sync`;
+   * elsewhere it gets two areas, used as without hold */
+  uint64_t areas = c->shm_hold ? PS_CHAN_SHM_PUSH_AREAS + 1 : 2, bytes = c->shm_want;
+  int lend = c->shm_hold && ch->sh->wal;
+  if (c->shm_hold && !lend) bytes = 2 * ((c->shm_want / areas) & ~(uint64_t)(PS_SHM_HDR - 1));
   if (!cfg->workers.shared_memory) why = "workers.shared_memory is off";
   else if (cfg->security.payload_mac) why = "security.payload_mac is on";
   else if (ch->sh->agg) why = "this is an aggregator";
-  else if (c->shm_want > 2 * ((uint64_t)cfg->max_request_bytes + PS_SHM_HDR))
-    why = "more than twice limits.max_request_bytes asked for";
+  else if (c->shm_want > areas * ((uint64_t)cfg->max_request_bytes + PS_SHM_HDR))
+    why = "more than one limits.max_request_bytes per area asked for";
+  else if (!bytes) why = "too few bytes asked for";
   else if (!conn_same_host(c)) why = "the client is on another host";
-  if (!why && ps_shm_create(&c->shm, c->shm_want, &eb) < 0) why = eb.msg;
+  else if (lend && !(c->lend = calloc(1, sizeof *c->lend))) why = "out of memory";
+  if (!why && ps_shm_create(&c->shm, bytes, &eb) < 0) why = eb.msg;
   if (why) {
     ps_debug("channel: no shared memory for a connection (%llu bytes asked): %s",
              (unsigned long long)c->shm_want, why);
+    free(c->lend);
+    c->lend = NULL;
     return -1;
+  }
+  if (c->lend) {
+    c->lend->fns = (ps_lend){.hold = conn_lend_hold, .release = conn_lend_release, .arg = c->lend};
+    atomic_init(&c->lend->refs, 1);
   }
   ch->shm_fds++;
   ch->sh->ctr.chan_shm_conns++;
@@ -508,6 +555,7 @@ static int conn_hello_ok(psd_conn *c) {
     r.shm_fd = (uint32_t)c->shm.fd;
     r.shm_token.data = c->shm.token;
     r.shm_token.len = sizeof c->shm.token;
+    r.shm_hold = c->lend != NULL;
   }
   c->hello_done = 1;
   c->hello_proving = 0;
@@ -584,6 +632,7 @@ static int conn_hello(psd_conn *c, const Ps__ChanMeta *m) {
   int answer, rc = psd_chan_hello_check(cfg, &c->rx.h, m, &answer, &eb);
   if (rc == 0) c->unordered = m->unordered_acks != 0; /* invariant 7b */
   if (rc == 0) c->shm_want = m->shm_bytes;           /* invariant 11 */
+  if (rc == 0) c->shm_hold = m->shm_hold != 0;
   if (rc == 0) return c->chan->keys.n ? conn_hello_challenge(c, m) : conn_hello_ok(c);
   if (!answer) return rc;
   return conn_hello_refuse(c, PS_EPROTO, eb.msg, 0);
@@ -1053,7 +1102,10 @@ static void conn_push_end(psd_conn *c) {
     ps_req r = conn_req(m);
     r.grads = m->shm ? (const void *)(c->shm.data + m->shm_off) : c->data;
     r.nbytes = c->req_nbytes; /* the frame's data_len when not in the region (checked) */
-    int copy = m->shm && sh->wal; /* logged and applied from our copy (invariant 11) */
+    /* logged from the region, or logged and applied from our copy (invariant 11) */
+    int lend = m->shm && sh->wal && c->lend, copy = m->shm && sh->wal && !c->lend;
+    void *region = c->shm.data;
+    size_t region_cap = c->shm.bytes;
     if (sh->agg) {
       conn_forward(c, &r, 1, 0);
       c->rx.state = PS_CHAN_RX_HDR;
@@ -1077,7 +1129,11 @@ static void conn_push_end(psd_conn *c) {
       /* a redo log may keep the data buffer (and write the gradients from
        * there: psd_wal invariant 8) and give another in its place; data
        * in the region is the client's (invariant 11) */
-      if (r.grads == c->data) {
+      if (lend) {
+        r.own = &region;
+        r.own_cap = &region_cap;
+        r.lend = &c->lend->fns;
+      } else if (r.grads == c->data) {
         r.own = &c->data;
         r.own_cap = &c->data_cap;
       }
@@ -1537,7 +1593,12 @@ static void conn_closed(uv_handle_t *h) {
   ps_auth_mac_free(c->mac);
   ps_chan_rx_release(&c->rx);
   if (c->shm.map && ch->sh->ctr.chan_shm_conns) ch->sh->ctr.chan_shm_conns--;
-  ps_shm_release(&c->shm); /* its descriptor was closed by conn_close */
+  if (c->lend) { /* the log may still read the region (invariant 11) */
+    c->lend->shm = c->shm;
+    conn_lend_release(c->lend);
+  } else {
+    ps_shm_release(&c->shm); /* its descriptor was closed by conn_close */
+  }
   free(c->data);
   free(c->spare);
   OPENSSL_cleanse(&c->key, sizeof c->key);

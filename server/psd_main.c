@@ -157,8 +157,9 @@ static void psd_main_wal_state(void *arg, int err, const char *msg) {
 
 /* psd_main_log_append is the store's log hook (psd_store_set_log). */
 static int psd_main_log_append(void *arg, const struct iovec *iov, int niov, void **own,
-                               size_t *own_cap, uint64_t *seq, ps_errbuf *eb) {
-  return psd_wal_append_own(arg, iov, niov, own, own_cap, seq, eb);
+                               size_t *own_cap, const ps_lend *lend, uint64_t *seq,
+                               ps_errbuf *eb) {
+  return psd_wal_append_own(arg, iov, niov, own, own_cap, lend, seq, eb);
 }
 
 static int psd_main_flush_durable(void *arg, uint64_t seq, ps_errbuf *eb);

@@ -1075,7 +1075,8 @@ static int psd_store_log_push(psd_store *s, const psd_model *m, const ps_req *r,
   }
   struct iovec iov[3] = {{h, n}, {(void *)r->ids, r->nids * 4}, {(void *)payload, nbytes}};
   uint64_t seq;
-  int rc = s->log_fn(s->log_arg, iov, 3, own, own ? r->own_cap : NULL, &seq, eb);
+  int rc = s->log_fn(s->log_arg, iov, 3, own, own ? r->own_cap : NULL, own ? r->lend : NULL, &seq,
+                     eb);
   if (rc == 0) s->log_seq = seq;
   return rc;
 }

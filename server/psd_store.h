@@ -194,9 +194,9 @@ int psd_store_flush(psd_store *s, ps_errbuf *eb);
 /* Redo log (durability sync, psd_wal.h).  psd_store_set_log installs FN:
  * psd_store_push hands it each push's record (the pieces of IOV) after
  * every check and before the first chunk changes, and fails the push
- * unchanged when FN fails (OWN, OWN_CAP: the push's ps_req own fields when
- * the record's last piece is its gradients as received, else NULL: see
- * psd_wal_append_own); FN writes the record's seq to *SEQ, which
+ * unchanged when FN fails (OWN, OWN_CAP, LEND: the push's ps_req own and
+ * lend fields when the record's last piece is its gradients as received,
+ * else NULL: see psd_wal_append_own); FN writes the record's seq to *SEQ, which
  * becomes psd_store_log_seq.  Snapshots (flushes) store the log seq they
  * hold, read back by psd_store_open.  psd_store_replay applies record REC
  * (LEN bytes) of seq SEQ as the push it logged, through the same code
@@ -205,7 +205,8 @@ int psd_store_flush(psd_store *s, ps_errbuf *eb);
  * incarnation of it (the snapshot is missing or from elsewhere) or does
  * not decode. */
 typedef int psd_store_log_fn(void *arg, const struct iovec *iov, int niov, void **own,
-                             size_t *own_cap, uint64_t *seq, ps_errbuf *eb);
+                             size_t *own_cap, const ps_lend *lend, uint64_t *seq,
+                             ps_errbuf *eb);
 void psd_store_set_log(psd_store *s, psd_store_log_fn *fn, void *arg);
 uint64_t psd_store_log_seq(const psd_store *s);
 /* psd_store_log_note: record SEQ, a log record that is not a dense push

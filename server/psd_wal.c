@@ -42,11 +42,13 @@
  * OWN, invariant 8): LEN bytes at SRC (WAL_ALIGN-aligned), inside the
  * malloc'd block BUF of CAP bytes, belong at offset OFF of a buffer's
  * records, where the buffer holds only a hole for them; the writer writes
- * them from SRC and gives BUF back once their group is synced. */
+ * them from SRC and gives BUF back once their group is synced.  A lent
+ * block (LEND set, BUF NULL) is released to its lender instead. */
 typedef struct wal_ext {
   size_t off, len, cap;
   const uint8_t *src;
   void *buf;
+  const ps_lend *lend;
 } wal_ext;
 
 /* wal_exts: a list of them. */
@@ -98,6 +100,7 @@ struct psd_wal {
   uint64_t write_ns, sync_ns;  /* time the writer spent in pwrite / fdatasync */
   uint64_t bytes_written;      /* by groups that synced */
   uint64_t zc_records;         /* of which records written from a taken block (invariant 8) */
+  uint64_t lent_records;       /* ... of those from a lent one */
   /* writer thread */
   uint8_t *wbuf;           /* aligned; records from wbuf + wbase */
   size_t wlen, wcap, wbase;
@@ -198,8 +201,32 @@ static int wal_grow(uint8_t **buf, size_t *cap, size_t keep, size_t need) {
  * caller or to free it: the caller may still read the block on the loop
  * thread after handing it over (a push is applied from it after it is
  * logged), so the writer neither frees nor writes one.  Under mu. */
-static void wal_give(psd_wal *w, void *b, size_t cap) {
-  w->done.v[w->done.n++] = (wal_ext){.buf = b, .cap = cap};
+static void wal_give(psd_wal *w, const wal_ext *x) {
+  if (x->lend) x->lend->release(x->lend->arg);
+  else w->done.v[w->done.n++] = (wal_ext){.buf = x->buf, .cap = x->cap};
+}
+
+/* wal_unlend copies the lent pieces of list X into blocks of the log's
+ * own (given back as taken blocks are) and releases them to their
+ * lenders: a push whose sync failed is answered (PS_EDEGRADED), after
+ * which its lender may change its bytes, while the log still has to
+ * write them (invariant 8).  A piece that finds no memory stays lent,
+ * with a warning.  Under mu. */
+static void wal_unlend(wal_exts *x) {
+  for (size_t i = 0; i < x->n; i++) {
+    wal_ext *e = &x->v[i];
+    void *p;
+    if (!e->lend) continue;
+    if (posix_memalign(&p, WAL_ALIGN, (e->len + WAL_ALIGN - 1) & ~(size_t)(WAL_ALIGN - 1)) != 0) {
+      ps_warn("redo log: no memory to copy a push's gradients out of its client's shared "
+              "memory; the log keeps writing them from there");
+      continue;
+    }
+    memcpy(p, e->src, e->len);
+    const ps_lend *l = e->lend;
+    *e = (wal_ext){.off = e->off, .len = e->len, .cap = e->len, .src = p, .buf = p};
+    l->release(l->arg);
+  }
 }
 
 /* wal_move copies the LEN bytes of records at SRC to DST (memmove: DST
@@ -231,7 +258,10 @@ static int wal_exts_room(wal_exts *x, size_t n) {
 
 /* wal_exts_free frees the blocks list X still holds, and the list. */
 static void wal_exts_free(wal_exts *x) {
-  for (size_t i = 0; i < x->n; i++) free(x->v[i].buf);
+  for (size_t i = 0; i < x->n; i++) {
+    if (x->v[i].lend) x->v[i].lend->release(x->v[i].lend->arg);
+    else free(x->v[i].buf);
+  }
   free(x->v);
   *x = (wal_exts){0};
 }
@@ -1212,8 +1242,11 @@ static void *wal_thread(void *arg) {
       w->bytes += w->wfile;
       w->bytes_written += w->wfile;
       /* the taken blocks are written and synced: theirs again (invariant 8) */
-      for (size_t i = 0; i < w->wext.n; i++) wal_give(w, w->wext.v[i].buf, w->wext.v[i].cap);
       w->zc_records += w->wext.n;
+      for (size_t i = 0; i < w->wext.n; i++) {
+        w->lent_records += w->wext.v[i].lend != NULL;
+        wal_give(w, &w->wext.v[i]);
+      }
       w->wext.n = 0;
       w->synced_seq = w->wlast;
       w->syncs++;
@@ -1222,6 +1255,9 @@ static void *wal_thread(void *arg) {
       w->retrying = 0;
       if (w->failed) w->failed = 0, w->changed = 1;
     } else if (rc < 0) {
+      /* the failure's answers free the lent pieces for their clients */
+      wal_unlend(&w->wext);
+      wal_unlend(&w->pext);
       if (!w->failed) w->changed = 1;
       w->failed = 1;
       w->err_code = wal_code(e);
@@ -1334,12 +1370,12 @@ int psd_wal_start(psd_wal *w, uv_loop_t *loop, ps_errbuf *eb) {
 
 /* psd_wal_append: see psd_wal.h. */
 int psd_wal_append(psd_wal *w, const struct iovec *iov, int niov, uint64_t *seq, ps_errbuf *eb) {
-  return psd_wal_append_own(w, iov, niov, NULL, NULL, seq, eb);
+  return psd_wal_append_own(w, iov, niov, NULL, NULL, NULL, seq, eb);
 }
 
 /* psd_wal_append_own: see psd_wal.h. */
 int psd_wal_append_own(psd_wal *w, const struct iovec *iov, int niov, void **own,
-                       size_t *own_cap, uint64_t *seq, ps_errbuf *eb) {
+                       size_t *own_cap, const ps_lend *lend, uint64_t *seq, ps_errbuf *eb) {
   if (!w->started || w->stopped) return ps_errf(eb, PS_ESHUTDOWN, "the redo log is closed");
   size_t len = 0;
   for (int i = 0; i < niov; i++) len += iov[i].iov_len;
@@ -1358,7 +1394,8 @@ int psd_wal_append_own(psd_wal *w, const struct iovec *iov, int niov, void **own
    * the gradients */
   uintptr_t piece = niov > 0 ? (uintptr_t)iov[niov - 1].iov_base : 0, blk = own ? (uintptr_t)*own : 0;
   int take = blk && niov > 0 && iov[niov - 1].iov_len >= WAL_ZC_MIN && piece % WAL_ALIGN == 0 &&
-             piece >= blk && iov[niov - 1].iov_len <= *own_cap - (piece - blk);
+             piece >= blk && iov[niov - 1].iov_len <= *own_cap - (piece - blk) &&
+             !(lend && w->failed); /* failing: its answer frees a lent piece (wal_unlend) */
   /* room on the done list for every block the log will hold (wal_give) */
   size_t held = w->done.n + w->pext.n + w->wext.n + 1;
   if (take && (wal_exts_room(&w->done, held) < 0 || wal_exts_room(&w->pext, w->pext.n + 1) < 0))
@@ -1372,7 +1409,8 @@ int psd_wal_append_own(psd_wal *w, const struct iovec *iov, int niov, void **own
     if (take && i == niov - 1)
       w->pext.v[w->pext.n++] = (wal_ext){.off = (size_t)(p - (w->pend + w->pend_base)),
                                          .len = iov[i].iov_len, .cap = *own_cap,
-                                         .src = iov[i].iov_base, .buf = *own};
+                                         .src = iov[i].iov_base, .buf = lend ? NULL : *own,
+                                         .lend = lend};
     else if (iov[i].iov_len)
       memcpy(p, iov[i].iov_base, iov[i].iov_len);
     p += iov[i].iov_len;
@@ -1382,7 +1420,9 @@ int psd_wal_append_own(psd_wal *w, const struct iovec *iov, int niov, void **own
    * handed any of them over was applied */
   void *spare[16];
   size_t nspare = 0;
-  if (take) {
+  if (take && lend) {
+    lend->hold(lend->arg); /* a lent block stays the caller's */
+  } else if (take) {
     *own = w->done.n ? w->done.v[w->done.n - 1].buf : NULL;
     *own_cap = *own ? w->done.v[--w->done.n].cap : 0;
     while (w->done.n > WAL_POOL && nspare < 16) spare[nspare++] = w->done.v[--w->done.n].buf;
@@ -1481,11 +1521,13 @@ void psd_wal_stop(psd_wal *w) {
             "pwrite %.0f us, fdatasync %.0f us; the loop thread inside the log %.1f us "
             "(longest once %.0f us), of which blocked on the writer's mutex %.2f us "
             "(longest once %.0f us); %s writes; %" PRIu64 " records written from the "
-            "sender's buffer", w->dir, w->syncs, (double)w->records / n,
+            "sender's buffer, %" PRIu64 " of them from its shared memory", w->dir, w->syncs,
+            (double)w->records / n,
             (double)w->bytes_written / n, (double)w->write_ns / n / 1e3,
             (double)w->sync_ns / n / 1e3, (double)w->loop_ns / n / 1e3,
             (double)w->loop_max_ns / 1e3, (double)w->lock_ns / n / 1e3,
-            (double)w->lock_max_ns / 1e3, w->direct ? "O_DIRECT" : "buffered", w->zc_records);
+            (double)w->lock_max_ns / 1e3, w->direct ? "O_DIRECT" : "buffered", w->zc_records,
+            w->lent_records);
   }
   if (!uv_is_closing((uv_handle_t *)&w->async)) uv_close((uv_handle_t *)&w->async, NULL);
 }

@@ -112,7 +112,16 @@
  *     caller, keeps up to four, and frees the others.  The writer never
  *     frees or writes a block: the caller still reads it on the loop
  *     thread after handing it over (a push is applied from it once
- *     logged), until it returns to the loop.
+ *     logged), until it returns to the loop.  A block may also be lent
+ *     (ps_lend: a client's shared memory, psd_chan invariant 11): taken
+ *     the same way, with hold, but released to its lender instead of
+ *     given back, from the writer thread once its group is synced (or by
+ *     psd_wal_free); the lender's client leaves it unchanged until the
+ *     push is answered.  Since a failed write or sync answers the pushes
+ *     it held (PS_EDEGRADED), the writer first copies every lent piece
+ *     it still has into a block of its own and releases it (the retries
+ *     write the copy), and a failing log copies instead of taking a
+ *     lent block.
  *
  * Threads: psd_wal_append, _wait, _cancel, _truncate, _stats, _stop run
  * on the loop thread; waiters are called there (from a uv_async). */
@@ -125,6 +134,7 @@
 #include <uv.h>
 
 #include "ps_error.h"
+#include "ps_req.h"
 #include "psd_done.h"
 
 typedef struct psd_wal psd_wal;
@@ -218,9 +228,13 @@ int psd_wal_append(psd_wal *w, const struct iovec *iov, int niov, uint64_t *seq,
  * writes it from there) and then gives the caller a block it took
  * earlier and no longer needs in its place, or NULL (*OWN_CAP 0); else
  * *OWN stays the caller's.  A block taken stays readable and unchanged
- * until the caller's next call (the push is applied from it meanwhile). */
+ * until the caller's next call (the push is applied from it meanwhile).
+ * With LEND (not NULL), *OWN is lent, not given: the log may read the
+ * piece from there (holding and releasing it under LEND's rules, which
+ * must stay valid until the release), and *OWN, *OWN_CAP stay as they
+ * are. */
 int psd_wal_append_own(psd_wal *w, const struct iovec *iov, int niov, void **own,
-                       size_t *own_cap, uint64_t *seq, ps_errbuf *eb);
+                       size_t *own_cap, const ps_lend *lend, uint64_t *seq, ps_errbuf *eb);
 
 /* psd_wal_wait: 0 when record WT->seq is synced already (WT unused), 1
  * when WT is queued (its fn runs later), or PS_EDEGRADED with a message

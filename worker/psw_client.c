@@ -361,27 +361,35 @@ static void psw_shard_up(psw_client *c, psw_shard *s) {
   s->delay_ms = PS_BACKOFF_FIRST_MS;
 }
 
-/* psw_chan_flags: ps_chan_connect_auth's flags for this client's
- * connections (invariant 8: unordered acks when it defers them). */
-static int psw_chan_flags(const psw_client *c) {
+/* psw_shm_hold: whether S's region is to be held (invariant 9): always
+ * but when it is to move onto the vectors (psw_zc_place), where the
+ * caller rewrites the gradients at its next step. */
+static int psw_shm_hold(const psw_client *c, const psw_shard *s) {
+  return !(c->zc && s->nelems == c->layout.nparams && s->nseg == 1 && s->seg_off[0] == 0);
+}
+
+/* psw_chan_flags: ps_chan_connect_auth's flags for S's connections
+ * (invariant 8: unordered acks when it defers them; invariant 9). */
+static int psw_chan_flags(const psw_client *c, const psw_shard *s) {
   return (c->cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0) |
-         (c->defer_acks ? PS_CHAN_UNORDERED_ACKS : 0);
+         (c->defer_acks ? PS_CHAN_UNORDERED_ACKS : 0) | (psw_shm_hold(c, s) ? PS_CHAN_SHM_HOLD : 0);
 }
 
 /* psw_shm_want: the shared memory S's connections ask for (invariant 9):
- * a push area and a pull area of S's fp32 payload each, page-rounded; 0
- * when workers.shared_memory is off, with the payload MAC, or through an
+ * a push area and a pull area of S's fp32 payload each, page-rounded
+ * (held: PS_CHAN_SHM_PUSH_AREAS push areas); 0 when
+ * workers.shared_memory is off, with the payload MAC, or through an
  * aggregator. */
 static uint64_t psw_shm_want(const psw_client *c, const psw_shard *s) {
   if (!c->cfg->workers.shared_memory || c->cfg->security.payload_mac || (c->agg && !c->agg_down))
     return 0;
-  return 2 * psw_shm_area(s->nelems);
+  return (psw_shm_hold(c, s) ? PS_CHAN_SHM_PUSH_AREAS + 1 : 2) * psw_shm_area(s->nelems);
 }
 
 /* psw_connect opens S's connection once. */
 static int psw_connect(psw_client *c, psw_shard *s, ps_errbuf *eb) {
   const char *addr = c->agg && !c->agg_down ? c->agg->channel_addr : s->conf->channel_addr;
-  int err = ps_chan_connect_shm(&s->ch, addr, c->cfg->cluster, c->key, psw_chan_flags(c),
+  int err = ps_chan_connect_shm(&s->ch, addr, c->cfg->cluster, c->key, psw_chan_flags(c, s),
                                 psw_shm_want(c, s), PSW_CONNECT_TIMEOUT_MS, eb);
   if (err < 0) {
     s->ch = NULL;
@@ -830,8 +838,7 @@ int psw_client_agg_return(psw_client *c) {
   for (size_t k = 0; k < c->nshards && err == 0; k++) {
     if (!c->shards[k].nids) continue;
     err = ps_chan_connect_auth(&ch[k], c->agg->channel_addr, c->cfg->cluster, c->key,
-                               psw_chan_flags(c),
-                               PSW_AGG_PROBE_MS, &eb);
+                               psw_chan_flags(c, &c->shards[k]), PSW_AGG_PROBE_MS, &eb);
     if (err < 0) ch[k] = NULL;
     else ps_chan_set_timeout(ch[k], c->io_timeout_ms);
   }

@@ -68,8 +68,12 @@
  *     4).  A round that finds a shard without a connection (left so by
  *     psw_client_settle) reconnects it before it sends.
  *  9. Shared memory (workers.shared_memory; ps_chan.h "shared memory"):
- *     every connection asks for a region of twice its shard's fp32
- *     payload (none with the payload MAC or through an aggregator); where
+ *     every connection asks for a region of areas of its shard's fp32
+ *     payload each (none with the payload MAC or through an aggregator):
+ *     two when it is to move onto the vectors (below), else
+ *     PS_CHAN_SHM_PUSH_AREAS + 1 with PS_CHAN_SHM_HOLD (a push is copied
+ *     into a push area no unanswered push uses, so that a shard under
+ *     durability `sync` logs it from there; other shards grant two); where
  *     the shard offers one, fp32 pushes and pulls go through it (encoded
  *     ones stay on TCP).  With one buffer and a backend that computes on
  *     host memory (the CPU backend), grads[0] and params[0] are the two

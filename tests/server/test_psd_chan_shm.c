@@ -129,11 +129,12 @@ static void off_down(void) {
   off_pid = 0;
 }
 
-/* sh_submit registers model NAME on the psd at GRPC: w[SH_ELEMS]
- * uniform, SGD lr 0.5, 1024-element chunks. */
-static void sh_submit(const char *grpc, int ok, const char *name) {
+/* sh_submit_n registers model NAME on the psd at GRPC: w[ELEMS]
+ * uniform, SGD lr 0.5, chunks of CHUNK elements. */
+static void sh_submit_n(const char *grpc, int ok, const char *name, uint32_t elems,
+                        uint32_t chunk) {
   ck_assert_msg(ok, "psd at %s is not running", grpc);
-  uint32_t ws[] = {SH_ELEMS};
+  uint32_t ws[] = {elems};
   Ps__TensorSpec w = PS__TENSOR_SPEC__INIT;
   w.name = "w"; w.n_shape = 1; w.shape = ws; w.init = "uniform"; w.scale = 1;
   Ps__TensorSpec *ts[] = {&w};
@@ -141,7 +142,7 @@ static void sh_submit(const char *grpc, int ok, const char *name) {
   opt.kind = "sgd"; opt.lr = 0.5f;
   Ps__ModelSpec spec = PS__MODEL_SPEC__INIT;
   spec.name = (char *)name; spec.seed = 7; spec.n_tensors = 1; spec.tensors = ts;
-  spec.optimizer = &opt; spec.chunk_elems = 1024;
+  spec.optimizer = &opt; spec.chunk_elems = chunk;
   ps_rpc *r;
   ps_errbuf eb;
   ck_assert_int_eq(ps_test_rpc_open(&r, grpc, &eb), 0);
@@ -149,21 +150,31 @@ static void sh_submit(const char *grpc, int ok, const char *name) {
   ps_rpc_close(r);
 }
 
-/* sh_connect opens a channel to ADDR asking for BYTES of shared memory
- * (0: none); *MAC: this run MACs frames (PS_TEST_SECURITY=tls-mac: no
- * region is offered then). */
-static ps_chan_client *sh_connect(const char *addr, uint64_t bytes, int *mac) {
+/* sh_submit: w[SH_ELEMS] in 1024-element chunks. */
+static void sh_submit(const char *grpc, int ok, const char *name) {
+  sh_submit_n(grpc, ok, name, SH_ELEMS, 1024);
+}
+
+/* sh_connect_f opens a channel to ADDR asking for BYTES of shared memory
+ * (0: none) with ps_chan FLAGS besides the run's security ones; *MAC:
+ * this run MACs frames (PS_TEST_SECURITY=tls-mac: no region is offered
+ * then). */
+static ps_chan_client *sh_connect_f(const char *addr, uint64_t bytes, int more, int *mac) {
   ps_auth_keys keys = {0};
   const ps_auth_key *key = NULL;
   int flags = 0;
   ps_errbuf eb;
   ck_assert_msg(ps_test_chan_key(&keys, &key, &flags, &eb) == 0, "%s", eb.msg);
   ps_chan_client *c = NULL;
-  int rc = ps_chan_connect_shm(&c, addr, "test", key, flags, bytes, 5000, &eb);
+  int rc = ps_chan_connect_shm(&c, addr, "test", key, flags | more, bytes, 5000, &eb);
   ps_auth_release(&keys);
   ck_assert_msg(rc == 0, "connect: %s", eb.msg);
   if (mac) *mac = (flags & PS_CHAN_AUTH_MAC) != 0;
   return c;
+}
+
+static ps_chan_client *sh_connect(const char *addr, uint64_t bytes, int *mac) {
+  return sh_connect_f(addr, bytes, 0, mac);
 }
 
 /* sh_push / sh_pull: the whole model, from G / into OUT. */
@@ -549,6 +560,142 @@ START_TEST(test_shm_sync_push_copied) {
 }
 END_TEST
 
+#define SL_ELEMS 20480u /* 80 KiB pushes: what the log takes by reference (64 KiB or more) */
+#define SL_CHUNKS 5
+#define SL_AREA 81920u
+#define SL_AREAS PS_CHAN_SHM_PUSH_AREAS
+static const uint32_t sl_ids[SL_CHUNKS] = {0, 1, 2, 3, 4};
+
+/* sl_send sends a push of model "sl" from G without waiting; its id. */
+static uint64_t sl_send(ps_chan_client *c, const float *g) {
+  ps_req r = {.model = "sl", .ids = sl_ids, .nids = SL_CHUNKS};
+  struct iovec v = {(void *)g, SL_ELEMS * sizeof(float)};
+  uint64_t id;
+  ps_errbuf eb;
+  ck_assert_msg(ps_chan_send_pushv(c, &r, &v, 1, &id, &eb) == 0, "push: %s", eb.msg);
+  return id;
+}
+
+/* sl_pull pulls model "sl" over TCP from CHAN into OUT. */
+static void sl_pull(const char *chan, float *out) {
+  ps_chan_client *t = sh_connect(chan, 0, NULL);
+  ps_errbuf eb;
+  uint64_t v;
+  int rc = ps_test_pull(t, "sl", sl_ids, SL_CHUNKS, out, SL_ELEMS, 0, 0, &v, &eb);
+  ck_assert_msg(rc == 0, "pull: %s", eb.msg);
+  ps_chan_close(t);
+}
+
+/* Under durability sync a client that holds its pushes in the region
+ * until answered (PS_CHAN_SHM_HOLD) gets SL_AREAS push areas, and its
+ * pushes are logged from there (psd_chan invariant 11, psd_wal invariant
+ * 8): with the log's syncs held by the fsync shim's gate, the pushes
+ * beyond SL_AREAS unanswered ones go over TCP; an answered push's area
+ * serves the next; after a kill -9 and a restart the replayed values are
+ * those applied, though every area was rewritten once its push was
+ * answered; the log says how many records it wrote from shared memory.
+ * A shard under periodic grants such a client two areas (the test "on"). */
+START_TEST(test_shm_sync_push_lent) {
+  const char *dir = ps_test_tmpdir();
+  char log[600], log2[600], gate[600], grpc[64], chan[64];
+  int gp, cp;
+  const char *yaml = ps_test_sync_yaml(dir, 1, NULL, &gp, &cp);
+  snprintf(log, sizeof log, "%s/psd.log", dir);
+  snprintf(log2, sizeof log2, "%s/psd2.log", dir);
+  snprintf(gate, sizeof gate, "%s/gate", dir);
+  snprintf(grpc, sizeof grpc, "127.0.0.1:%d", gp);
+  snprintf(chan, sizeof chan, "127.0.0.1:%d", cp);
+  ps_test_shim_env env;
+  ps_test_shim_env_init(&env, NULL, gate);
+  pid_t pid = ps_test_psd(yaml, 0, log, env.env);
+  int ok = ps_test_wait_port(gp, 15000) == 0 && sh_wait_chan("127.0.0.1", cp, 5000) == 0;
+  sh_submit_n(grpc, ok, "sl", SL_ELEMS, 4096);
+  int mac;
+  ps_chan_client *c = sh_connect_f(chan, (SL_AREAS + 1) * SL_AREA,
+                                   PS_CHAN_SHM_HOLD | PS_CHAN_UNORDERED_ACKS, &mac);
+  uint64_t bytes = 0, stx, srx, pay = SL_ELEMS * sizeof(float), ids[SL_AREAS + 2], v;
+  ck_assert_int_eq(ps_chan_shm(c, NULL, &bytes), !mac);
+  if (!mac) ck_assert_uint_eq(bytes, (SL_AREAS + 1) * SL_AREA);
+  static float g[SL_AREAS + 2][SL_ELEMS], out[SL_ELEMS], tcp[SL_ELEMS];
+  for (int k = 0; k < SL_AREAS + 2; k++)
+    for (uint32_t i = 0; i < SL_ELEMS; i++) g[k][i] = (float)((i * 3 + (uint32_t)k) % 11) - 5.0f;
+  ps_errbuf eb;
+  ps_test_write_file(gate, "held\n");
+  for (int k = 0; k <= SL_AREAS; k++) ids[k] = sl_send(c, g[k]);
+  ps_chan_shm_bytes(c, &stx, &srx);
+  ck_assert_uint_eq(stx, mac ? 0 : SL_AREAS * pay); /* every area's push unanswered: TCP */
+  unlink(gate);
+  for (int k = 0; k <= SL_AREAS; k++)
+    ck_assert_msg(ps_chan_recv_id(c, ids[k], &v, &eb) == 0, "push %d: %s", k, eb.msg);
+  ids[SL_AREAS + 1] = sl_send(c, g[SL_AREAS + 1]);
+  ck_assert_msg(ps_chan_recv_id(c, ids[SL_AREAS + 1], &v, &eb) == 0, "push: %s", eb.msg);
+  ps_chan_shm_bytes(c, &stx, &srx);
+  ck_assert_uint_eq(stx, mac ? 0 : (SL_AREAS + 1) * pay);
+  ck_assert_int_eq(ps_test_pull(c, "sl", sl_ids, SL_CHUNKS, out, SL_ELEMS, 0, 0, &v, &eb), 0);
+  sl_pull(chan, tcp);
+  ck_assert_int_eq(memcmp(out, tcp, sizeof out), 0);
+  ps_chan_close(c);
+  /* kill -9: the log's records are all there is of these pushes */
+  ck_assert_int_ne(ps_test_stop(pid, SIGKILL, 10000), -1);
+  pid = ps_test_psd(yaml, 0, log2, env.env); /* the gate again, for the pushes below */
+  ck_assert_msg(ps_test_wait_port(gp, 15000) == 0 &&
+                    sh_wait_chan("127.0.0.1", cp, 5000) == 0, "psd did not restart; see %s", log2);
+  sl_pull(chan, tcp);
+  ck_assert_int_eq(memcmp(out, tcp, sizeof out), 0);
+  /* two more held pushes, the second queued behind the first's held
+   * sync when their connection closes: the region lives on until the log
+   * wrote it, and a clean stop says where their records came from */
+  c = sh_connect_f(chan, (SL_AREAS + 1) * SL_AREA, PS_CHAN_SHM_HOLD | PS_CHAN_UNORDERED_ACKS,
+                   NULL);
+  ps_test_write_file(gate, "held\n");
+  ids[0] = sl_send(c, g[0]);
+  ids[2] = sl_send(c, g[1]);
+  ps_req pr = {.model = "sl", .ids = sl_ids, .nids = SL_CHUNKS};
+  struct iovec dst = {out, sizeof out};
+  ck_assert_msg(ps_chan_send_pullv(c, &pr, &dst, 1, &ids[1], &eb) == 0, "pull: %s", eb.msg);
+  ck_assert_msg(ps_chan_recv_id(c, ids[1], &v, &eb) == 0, "pull: %s", eb.msg); /* the push waits */
+  ck_assert_int_eq(ps_chan_done(c, ids[0]) + ps_chan_done(c, ids[2]), 0);
+  ps_chan_close(c);
+  unlink(gate);
+  sl_pull(chan, tcp);
+  ck_assert_int_eq(memcmp(out, tcp, sizeof out), 0);
+  Ps__StatusReply *st = ps_test_status(gp);
+  ck_assert_str_eq(st->state, "SERVING");
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  ck_assert_int_eq(ps_test_stop(pid, SIGTERM, 10000), 0);
+  char *text = ps_test_read_file(log2, NULL);
+  ck_assert_msg(strstr(text, mac ? "0 of them from its shared memory"
+                                 : "2 of them from its shared memory"), "%s", text);
+  free(text);
+}
+END_TEST
+
+/* A shard under periodic grants a client that would hold its pushes
+ * (PS_CHAN_SHM_HOLD) two areas, used as without holding. */
+START_TEST(test_shm_hold_periodic) {
+  sh_submit(sh_grpc, sh_started, "sh");
+  int mac;
+  ps_chan_client *c = sh_connect_f(sh_chan, (SL_AREAS + 1) * SH_AREA, PS_CHAN_SHM_HOLD, &mac);
+  ps_chan_client *t = sh_connect(sh_chan, 0, NULL);
+  uint64_t bytes = 0, stx, srx;
+  ck_assert_int_eq(ps_chan_shm(c, NULL, &bytes), !mac);
+  if (!mac) ck_assert_uint_eq(bytes, 2 * SH_AREA);
+  static float g[SH_ELEMS], a[SH_ELEMS], b[SH_ELEMS];
+  for (int k = 0; k < 3; k++) {
+    for (int i = 0; i < SH_ELEMS; i++) g[i] = (float)((i * 5 + k) % 7) - 3.0f;
+    sh_push(c, "sh", g);
+  }
+  sh_pull(c, "sh", a);
+  sh_pull(t, "sh", b);
+  ck_assert_int_eq(memcmp(a, b, sizeof a), 0);
+  ps_chan_shm_bytes(c, &stx, &srx);
+  ck_assert_uint_eq(stx, mac ? 0 : 3 * SH_ELEMS * sizeof(float));
+  ck_assert_uint_eq(srx, mac ? 0 : SH_ELEMS * sizeof(float));
+  ps_chan_close(c);
+  ps_chan_close(t);
+}
+END_TEST
+
 Suite *psd_chan_shm_suite(void) {
   Suite *s = suite_create("psd_chan_shm");
   TCase *tc = tcase_create("on");
@@ -557,6 +704,7 @@ Suite *psd_chan_shm_suite(void) {
   tcase_add_test(tc, test_shm_matches_tcp);
   tcase_add_test(tc, test_shm_raw_requests);
   tcase_add_test(tc, test_shm_client_gone);
+  tcase_add_test(tc, test_shm_hold_periodic);
   suite_add_tcase(s, tc);
   TCase *off = tcase_create("off");
   tcase_add_unchecked_fixture(off, off_up, off_down);
@@ -567,6 +715,7 @@ Suite *psd_chan_shm_suite(void) {
   tcase_add_unchecked_fixture(sy, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_set_timeout(sy, 60);
   tcase_add_test(sy, test_shm_sync_push_copied);
+  tcase_add_test(sy, test_shm_sync_push_lent);
   suite_add_tcase(s, sy);
   return s;
 }

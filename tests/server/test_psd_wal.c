@@ -1006,7 +1006,7 @@ static int zc_append(psd_wal *w, int i, uint64_t seq, void **blk, size_t *cap, w
   void *was = *blk;
   uint64_t got;
   ps_errbuf eb;
-  ck_assert_int_eq(psd_wal_append_own(w, iov, 2, blk, cap, &got, &eb), 0);
+  ck_assert_int_eq(psd_wal_append_own(w, iov, 2, blk, cap, NULL, &got, &eb), 0);
   ck_assert_uint_eq(got, seq);
   int taken = *blk != was;
   ck_assert_int_eq(taken, dl >= 65536); /* small pieces are copied as before */
@@ -1248,6 +1248,95 @@ START_TEST(test_zero_copy_block_readable) {
 }
 END_TEST
 
+/* a lender (ps_lend) that counts its holds and releases */
+typedef struct lender {
+  int holds, releases;
+} lender;
+static void lender_hold(void *a) { __atomic_add_fetch(&((lender *)a)->holds, 1, __ATOMIC_SEQ_CST); }
+static void lender_release(void *a) {
+  __atomic_add_fetch(&((lender *)a)->releases, 1, __ATOMIC_SEQ_CST);
+}
+static int lender_get(int *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+
+/* lent_append appends record I (seq SEQ) with its piece lent at BLK (CAP
+ * bytes, filled here) and queues waiter WT; the block stays the
+ * caller's, taken or not. */
+static void lent_append(psd_wal *w, int i, uint64_t seq, uint8_t *blk, size_t cap,
+                        const ps_lend *lend, waiter *wt, seam *sm) {
+  size_t hl = ZC_HEAD(i), dl = zc_len(i);
+  uint8_t head[128];
+  fill(head, hl, seq);
+  fill(blk, dl, seq + hl);
+  struct iovec iov[2] = {{head, hl}, {blk, dl}};
+  void *own = blk;
+  uint64_t got;
+  ps_errbuf eb;
+  ck_assert_int_eq(psd_wal_append_own(w, iov, 2, &own, &cap, lend, &got, &eb), 0);
+  ck_assert_uint_eq(got, seq);
+  ck_assert_ptr_eq(own, blk); /* lent, not given: nothing comes back */
+  *wt = (waiter){.wt = {.done = {.fn = waiter_done, .arg = wt}, .seq = seq}, .sm = sm};
+  int rc = psd_wal_wait(w, &wt->wt, &eb);
+  ck_assert_msg(rc >= 0 || rc == PS_EDEGRADED, "%s", eb.msg);
+  if (rc <= 0) waiter_done(&wt->wt.done, rc, rc ? eb.msg : NULL);
+}
+
+START_TEST(test_zero_copy_lent) {
+  /* a lent piece (a client's shared memory, ps_lend) is written from
+   * where it lies, held once and released once its group is synced, not
+   * during the sync; a failed sync answers its push (PS_EDEGRADED), after
+   * which the client may rewrite it, so the log copies it out first and
+   * the retry writes the bytes it was lent; a failing log copies a lent
+   * piece instead of holding it.  Every record replays exact. */
+  wal_buffered = _i;
+  const char *dir = ps_test_tmpdir();
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  hold_seam hs = {.hold = 1, .fail = 1};
+  psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 20, .sync = hold_sync,
+                    .sync_arg = &hs, .buffered = wal_buffered};
+  psd_wal *w = wal_started(&o, &loop);
+  lender ld = {0};
+  ps_lend lend = {.hold = lender_hold, .release = lender_release, .arg = &ld};
+  size_t l1 = zc_len(2), l2 = zc_len(5), a2 = (l1 + 4095) & ~(size_t)4095, cap = a2 + l2;
+  uint8_t *region = zc_block(cap);
+  seam dummy = {0};
+  waiter ws[3];
+  lent_append(w, 2, 1, region, cap, &lend, &ws[0], &dummy);
+  ck_assert_int_eq(lender_get(&ld.holds), 1);
+  wait_flag(&loop, &hs.in_sync, 1); /* its first sync failed, the retry's is held */
+  run_until(&loop, ws, 1);
+  ck_assert_int_eq(ws[0].status, PS_EDEGRADED);
+  ck_assert_int_eq(lender_get(&ld.releases), 1); /* copied out before that answer */
+  memset(region, 0xab, l1);                       /* the client's next gradients */
+  lent_append(w, 5, 2, region + a2, cap - a2, &lend, &ws[1], &dummy);
+  ck_assert_int_eq(lender_get(&ld.holds), 1); /* failing: copied, not held */
+  memset(region + a2, 0xcd, l2);
+  __atomic_store_n(&hs.hold, 0, __ATOMIC_SEQ_CST);
+  run_until(&loop, ws + 1, 1);
+  wait_synced(&loop, w, 2);
+  __atomic_store_n(&hs.hold, 1, __ATOMIC_SEQ_CST);
+  lent_append(w, 8, 3, region, cap, &lend, &ws[2], &dummy);
+  ck_assert_int_eq(lender_get(&ld.holds), 2);
+  wait_flag(&loop, &hs.in_sync, 1);
+  ck_assert_int_eq(lender_get(&ld.releases), 1); /* not during its sync */
+  __atomic_store_n(&hs.hold, 0, __ATOMIC_SEQ_CST);
+  run_until(&loop, ws + 2, 1);
+  ck_assert_int_eq(ws[2].status, 0);
+  ck_assert_int_eq(lender_get(&ld.releases), 2); /* before its answer */
+  psd_wal_stop(w);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  psd_wal_free(w);
+  uv_loop_close(&loop);
+  free(region);
+  ck_assert_int_eq(lender_get(&ld.holds), lender_get(&ld.releases));
+  replayed r = {0};
+  ps_errbuf eb;
+  ck_assert_uint_eq(replay_count(dir, 0, &r, 0, &eb), 0);
+  ck_assert_uint_eq(r.n, 3);
+  ck_assert_int_eq(r.bad, 0); /* the bytes lent, not those written there after */
+}
+END_TEST
+
 /* ---- the store through the log ------------------------------------------------------ */
 
 static uint32_t shape_w[] = {40, 25};
@@ -1292,8 +1381,8 @@ static psd_store *store_open(const char *dir) {
 }
 
 static int log_hook(void *arg, const struct iovec *iov, int niov, void **own, size_t *own_cap,
-                    uint64_t *seq, ps_errbuf *eb) {
-  return psd_wal_append_own(arg, iov, niov, own, own_cap, seq, eb);
+                    const ps_lend *lend, uint64_t *seq, ps_errbuf *eb) {
+  return psd_wal_append_own(arg, iov, niov, own, own_cap, lend, seq, eb);
 }
 
 static int replay_hook(void *arg, uint64_t seq, const uint8_t *p, size_t len, ps_errbuf *eb) {
@@ -1537,12 +1626,12 @@ static struct {
 } logged;
 
 static int log_hook_tally(void *arg, const struct iovec *iov, int niov, void **own,
-                          size_t *own_cap, uint64_t *seq, ps_errbuf *eb) {
+                          size_t *own_cap, const ps_lend *lend, uint64_t *seq, ps_errbuf *eb) {
   uint8_t kind = ((const uint8_t *)iov[0].iov_base)[0];
   ck_assert_uint_lt(kind, 4);
   logged.recs[kind]++;
   for (int i = 0; i < niov; i++) logged.bytes[kind] += iov[i].iov_len;
-  return psd_wal_append_own(arg, iov, niov, own, own_cap, seq, eb);
+  return psd_wal_append_own(arg, iov, niov, own, own_cap, lend, seq, eb);
 }
 
 /* push_coded pushes K random gradients to random chunk sets of S (model
@@ -1680,6 +1769,7 @@ Suite *psd_wal_suite(void) {
   tcase_add_loop_test(tc, test_zero_copy_replay, 0, 2);
   tcase_add_loop_test(tc, test_zero_copy_block_kept, 0, 2);
   tcase_add_test(tc, test_zero_copy_block_readable);
+  tcase_add_loop_test(tc, test_zero_copy_lent, 0, 2);
   tcase_add_test(tc, test_store_replay_exact);
   tcase_add_test(tc, test_store_replay_fuzzy_snapshot);
   tcase_add_test(tc, test_store_replay_bad_count);

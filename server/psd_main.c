@@ -128,6 +128,13 @@ static void psd_main_flushed(psd_main *m, int status, const ps_errbuf *eb, int64
   psd_main_why(m); /* still DEGRADED: the log */
 }
 
+/* psd_main_log_retry_ms: how often a failing redo log is retried: each
+ * flush interval, but at least every second (a write retried is cheap,
+ * and a shard whose disk got room again should not wait an hour). */
+static uint32_t psd_main_log_retry_ms(const ps_config *cfg) {
+  return cfg->flush_interval_ms < 1000 ? cfg->flush_interval_ms : 1000;
+}
+
 /* psd_main_wal_state is the redo log's state callback (psd_wal.h): a
  * failing log turns a serving shard DEGRADED (it stops acknowledging
  * pushes: refused before they apply); a log that works again makes it
@@ -139,7 +146,7 @@ static void psd_main_wal_state(void *arg, int err, const char *msg) {
   if (err < 0) snprintf(m->wal_fail_msg, sizeof m->wal_fail_msg, "%s", msg);
   if (err < 0) {
     ps_err("shard %u degraded: the redo log fails (%s), pushes are refused; retrying every "
-           "%u ms", sh->me->id, msg, sh->cfg->flush_interval_ms);
+           "%u ms", sh->me->id, msg, psd_main_log_retry_ms(sh->cfg));
     if (sh->state == PSD_SERVING) {
       psd_shard_set_state(sh, PSD_DEGRADED, msg);
       sd_notifyf(0, "STATUS=degraded: %s", msg);
@@ -256,7 +263,8 @@ static int psd_main_recover(psd_main *m) {
   sd_notify(0, "STATUS=replaying the redo log");
   psd_wal_opts o = {.dir = dir, .max_batch_bytes = cfg->group_commit_max_bytes,
                     .max_wait_us = cfg->group_commit_max_wait_us,
-                    .retry_ms = cfg->flush_interval_ms, .on_state = psd_main_wal_state, .arg = m};
+                    .retry_ms = psd_main_log_retry_ms(cfg), .on_state = psd_main_wal_state,
+                    .arg = m};
   psd_wal *w = NULL;
   ps_errbuf eb = {{0}};
   /* the dense snapshot and the sparse rows may hold different positions:

@@ -1372,7 +1372,7 @@ uint64_t psd_dir_bytes(const char *dir) {
   while ((e = readdir(d)) != NULL) {
     struct stat st;
     if (fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode))
-      total += (uint64_t)st.st_size;
+      total += (uint64_t)st.st_blocks * 512; /* what they take: preallocated space too */
   }
   closedir(d);
   return total;

@@ -146,8 +146,9 @@ unsigned psd_tau_bucket(uint64_t tau);
 size_t psd_store_nmodels(const psd_store *s);
 void psd_store_model_info(const psd_store *s, size_t i, psd_model_info *info);
 uint64_t psd_store_disk_bytes(const psd_store *s); /* RocksDB's live files */
-/* psd_dir_bytes returns the total size of the regular files in DIR (0
- * when it cannot be read). */
+/* psd_dir_bytes returns the disk space the regular files in DIR take
+ * (their allocated blocks, RocksDB's preallocated WAL space included; 0
+ * when DIR cannot be read). */
 uint64_t psd_dir_bytes(const char *dir);
 int psd_store_dirty(const psd_store *s);           /* anything to flush? */
 

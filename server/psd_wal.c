@@ -718,7 +718,9 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
                   "completed): cut off", w->dir, name, rend, n - rend);
         else
           ps_warn("redo log '%s/%s': torn tail at offset %zu (%s): %" PRIu64 " record%s (%zu "
-                  "bytes) dropped; they were never acknowledged%s", w->dir, name, rend, bad,
+                  "bytes) dropped (a write the crash cut short, which holds no acknowledged "
+                  "record; a synced record damaged since reads the same)%s",
+                  w->dir, name, rend, bad,
                   dropped, dropped == 1 ? "" : "s", end - rend,
                   n > end ? "; the bytes after them are no record: cut off too" : "");
         rc = wal_cut(w, i, rend, eb);
@@ -849,10 +851,11 @@ static int wal_open_seg(psd_wal *w, uint64_t first, char *why, size_t whylen) {
   if (fd < 0 || fsync(w->dirfd) < 0) {
     int e = errno;
     snprintf(why, whylen, "cannot create redo log segment '%s/%s': %s", w->dir, name, strerror(e));
-    if (fd >= 0) {
-      close(fd);
-      unlinkat(w->dirfd, name, 0); /* not a segment: a spare's old bytes must not stay under it */
-    }
+    if (fd >= 0) close(fd);
+    /* not a segment: a spare's old bytes (renamed, then not opened) must
+     * not stay under its name, where a replay would take them for the
+     * last segment's */
+    unlinkat(w->dirfd, name, 0);
     errno = e;
     return -1;
   }

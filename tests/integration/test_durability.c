@@ -489,7 +489,7 @@ static void cl_disk_bytes(const char *dir, const char *yaml) {
   char redo[800], cmd[2000], p[800];
   snprintf(redo, sizeof redo, "%s/shard0/redo", dir);
   snprintf(p, sizeof p, "%s/redo-bytes", dir);
-  snprintf(cmd, sizeof cmd, "du -sb --apparent-size '%s' | cut -f1 > '%s'", redo, p);
+  snprintf(cmd, sizeof cmd, "du -s -B1 '%s' | cut -f1 > '%s'", redo, p);
   ck_assert_int_eq(system(cmd), 0);
   char *t = ps_test_read_file(p, NULL);
   long long rb = strtoll(t, NULL, 10), db = cl_status_num(yaml, dir, "s[\"disk_bytes\"]");

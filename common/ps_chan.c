@@ -47,7 +47,10 @@
  *     push's bytes are the shard's until that push's own answer (ack or
  *     error) arrives, so a shard under `sync` may log them from the
  *     region after it answered later requests: up to that many pushes in
- *     flight use a free push area each, others go over TCP.  A reply that
+ *     flight use a free push area each, others go over TCP.  Such a
+ *     region is the client's own business: it never moves, and payloads
+ *     that lie in it are copied through its areas like any others, so no
+ *     caller's write can reach a push area the shard still reads.  A reply that
  *     says its data is
  *     in the region answers only a request that asked for that; anything
  *     else breaks the client. */
@@ -418,7 +421,7 @@ static int chan_op_reads_data(int op) {
 static void chan_shm_copy_out(ps_chan_client *c, const chan_pending *e) {
   const uint8_t *p = c->shm.data + e->shm_off;
   for (size_t i = 0; i < e->nseg; i++) {
-    memcpy(e->dst[i].iov_base, p, e->dst[i].iov_len);
+    memmove(e->dst[i].iov_base, p, e->dst[i].iov_len); /* may lie in the region */
     p += e->dst[i].iov_len;
   }
 }
@@ -736,7 +739,7 @@ static int chan_shm_place(const ps_chan_client *c, const ps_req *r, const struct
   for (size_t i = 1; i < nseg; i++)
     if ((uintptr_t)seg[i].iov_base != (uintptr_t)seg[i - 1].iov_base + seg[i - 1].iov_len)
       contiguous = 0;
-  if (contiguous && p >= d && ps_shm_holds(&c->shm, p - d, total)) { /* in place */
+  if (contiguous && p >= d && ps_shm_holds(&c->shm, p - d, total) && !c->shm_hold) { /* in place */
     *off = p - d;
     *copy = 0;
     return 1;
@@ -764,7 +767,7 @@ int ps_chan_send_pushv(ps_chan_client *c, const ps_req *r, const struct iovec *s
     return chan_send_frame(c, &meta, src, nseg, e, req_id, eb);
   uint8_t *p = c->shm.data + off; /* invariant 7: the data goes through the region */
   for (size_t i = 0; i < nseg; i++) {
-    if (copy) memcpy(p + total, src[i].iov_base, src[i].iov_len);
+    if (copy) memmove(p + total, src[i].iov_base, src[i].iov_len); /* may lie in the region */
     total += src[i].iov_len;
   }
   meta.shm = 1;
@@ -997,6 +1000,8 @@ int ps_chan_shm(const ps_chan_client *c, void **data, uint64_t *bytes) {
 /* ps_chan_shm_move: see ps_chan.h. */
 int ps_chan_shm_move(ps_chan_client *c, void *at, ps_errbuf *eb) {
   if (!c->shm.map) return ps_errf(eb, PS_EINVAL, "channel '%s': no shared memory", c->addr);
+  if (c->shm_hold) /* invariant 7: its push areas are the shard's until answered */
+    return ps_errf(eb, PS_EINVAL, "channel '%s': a held region cannot move", c->addr);
   return ps_shm_move(&c->shm, at, eb);
 }
 

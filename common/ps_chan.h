@@ -156,8 +156,10 @@ int ps_chan_connect(ps_chan_client **out, const char *addr, const char *cluster,
  * there without a copy.  Such a shard agrees in its reply and grants
  * SHM_BYTES: the region is then PS_CHAN_SHM_PUSH_AREAS push areas and one
  * pull area (ps_chan_shm), each SHM_BYTES / (areas + 1) rounded down to a
- * page, and that many unanswered pushes can use it.  Another grants two
- * such areas, used as without the flag (an older one: all of SHM_BYTES). */
+ * page, and that many unanswered pushes can use it; such a region cannot
+ * move (ps_chan_shm_move), and payloads lying in it are copied through its
+ * areas, never used in place.  Another shard grants two such areas, used
+ * as without the flag (an older one: all of SHM_BYTES). */
 #define PS_CHAN_SHM_HOLD 4
 #define PS_CHAN_SHM_PUSH_AREAS 3
 struct ps_auth_key;

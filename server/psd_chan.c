@@ -139,10 +139,18 @@
  *     psd_shard_pull, on the loop, before its reply (shm set, no data) is
  *     queued, so invariant 3a's "no later push changes a reply half sent"
  *     holds as for a copy.
- *     The client decides which bytes it may write when (ps_chan.h); a
- *     client that rewrites a push's bytes while the shard reads them can
- *     only corrupt its own gradients past their checks, which a process of
- *     the same user could do anyway. */
+ *     A lent region's pushes must lie in its push areas and its pulls in
+ *     its pull area (the last of PS_CHAN_SHM_PUSH_AREAS + 1, else
+ *     refused), so the shard never writes a pull over a push its log has
+ *     yet to write.  The client decides which bytes it may write when
+ *     (ps_chan.h); a client that rewrites a push's bytes while the shard
+ *     reads them corrupts its own gradients past their checks, and, when
+ *     it promised to hold them (shm_hold) and breaks that, can make the
+ *     log differ from what was applied or fail its checksum (a restart
+ *     then refuses the log, or cuts it as torn): what a process of the
+ *     same user could do anyway, writing into the shard's memory or files.
+ *     psw keeps the promise; ps_chan's client never moves a held region
+ *     and copies every payload through its areas. */
 #include "psd_chan.h"
 
 #include <openssl/crypto.h>
@@ -751,11 +759,13 @@ static int conn_pull_direct(psd_conn *c, const Ps__ChanMeta *m, const ps_req *r,
   return 1;
 }
 
-/* conn_shm_check refuses (PS_EINVAL, counted) a request of meta M whose
- * NBYTES of payload at shm_off do not lie in C's region (invariant 11),
- * else marks the region used; WHAT names the request. */
-static int conn_shm_check(psd_conn *c, const Ps__ChanMeta *m, uint64_t nbytes, const char *what,
+/* conn_shm_check refuses (PS_EINVAL, counted) a push or PULL of meta M
+ * whose NBYTES of payload at shm_off do not lie in C's region, or, when
+ * the region is lent to the log, in its push areas or its pull area
+ * (invariant 11); else marks the region used. */
+static int conn_shm_check(psd_conn *c, const Ps__ChanMeta *m, uint64_t nbytes, int pull,
                           ps_errbuf *eb) {
+  const char *what = pull ? "pull" : "push";
   if (!c->shm.map || c->rx.h.data_len) {
     psd_shard_count_error(c->chan->sh);
     return ps_errf(eb, PS_EINVAL, "%s of model '%s' in shared memory: %s", what, m->model,
@@ -767,6 +777,17 @@ static int conn_shm_check(psd_conn *c, const Ps__ChanMeta *m, uint64_t nbytes, c
                    "do not fit the region's %llu (or the offset is not 8-byte aligned)", what,
                    m->model, (unsigned long long)nbytes, (unsigned long long)m->shm_off,
                    (unsigned long long)c->shm.bytes);
+  }
+  /* a lent region: pushes in its push areas, pulls in its pull area, so
+   * that no pull is written over a push the log has yet to write */
+  uint64_t pull_at = (c->shm.bytes / (PS_CHAN_SHM_PUSH_AREAS + 1)) & ~(uint64_t)(PS_SHM_HDR - 1);
+  pull_at *= PS_CHAN_SHM_PUSH_AREAS;
+  if (c->lend && (pull ? m->shm_off < pull_at : m->shm_off + nbytes > pull_at)) {
+    psd_shard_count_error(c->chan->sh);
+    return ps_errf(eb, PS_EINVAL, "%s of model '%s' in shared memory at offset %llu: outside the "
+                   "region's %s areas (the last %llu bytes from %llu are the pull area)", what,
+                   m->model, (unsigned long long)m->shm_off, what,
+                   (unsigned long long)(c->shm.bytes - pull_at), (unsigned long long)pull_at);
   }
   conn_shm_used(c);
   return 0;
@@ -785,7 +806,7 @@ static void conn_pull_serve(psd_conn *c, const Ps__ChanMeta *m, uint32_t parked_
   if (rc == 0 && !m->shm && conn_pull_direct(c, m, &r, parked_ms)) return;
   size_t cap = 0;
   if (rc == 0 && m->shm) { /* into the region (invariant 11) */
-    if ((rc = conn_shm_check(c, m, r.nbytes, "pull", &eb)) == 0) r.out = c->shm.data + m->shm_off;
+    if ((rc = conn_shm_check(c, m, r.nbytes, 1, &eb)) == 0) r.out = c->shm.data + m->shm_off;
   } else if (rc == 0 && !(r.out = conn_take_buf(c, r.nbytes, &cap))) {
     rc = ps_errf(&eb, PS_ENOMEM, "pull of model '%s': out of memory", m->model);
   }
@@ -980,7 +1001,7 @@ static void conn_push_begin(psd_conn *c) {
   if (c->req_err == 0) c->req_err = psd_shard_payload(sh, &r, 1, &n, &nbytes, &c->req_eb);
   c->req_nbytes = nbytes;
   if (c->req_err == 0 && m->shm) { /* invariant 11 */
-    c->req_err = conn_shm_check(c, m, nbytes, "push", &c->req_eb);
+    c->req_err = conn_shm_check(c, m, nbytes, 0, &c->req_eb);
   } else if (c->req_err == 0 && nbytes != c->rx.h.data_len) {
     psd_shard_count_error(sh);
     c->req_err = ps_errf(&c->req_eb, PS_EINVAL,

@@ -1428,8 +1428,9 @@ int psd_wal_append_own(psd_wal *w, const struct iovec *iov, int niov, void **own
   } else if (take) {
     *own = w->done.n ? w->done.v[w->done.n - 1].buf : NULL;
     *own_cap = *own ? w->done.v[--w->done.n].cap : 0;
-    while (w->done.n > WAL_POOL && nspare < 16) spare[nspare++] = w->done.v[--w->done.n].buf;
   }
+  /* (lent: the copies a failure made of lent pieces, wal_unlend) */
+  while (take && w->done.n > WAL_POOL && nspare < 16) spare[nspare++] = w->done.v[--w->done.n].buf;
   memset(h + 4, 0, 4); /* the checksum: the writer's (wal_seal) */
   w->pend_len += WAL_HDR + len;
   w->pend_nrec++;

@@ -349,19 +349,22 @@ static Ps__ChanMeta *raw_reply(int fd, uint64_t *dlen) {
   return m;
 }
 
-/* raw_hello says hello asking for BYTES of shared memory; returns the
- * reply's meta (caller frees). */
-static Ps__ChanMeta *raw_hello(int fd, uint64_t bytes) {
+/* raw_hello_hold says hello asking for BYTES of shared memory, held
+ * (shm_hold) when HOLD; returns the reply's meta (caller frees). */
+static Ps__ChanMeta *raw_hello_hold(int fd, uint64_t bytes, int hold) {
   Ps__ChanMeta m = PS__CHAN_META__INIT;
   m.op = PS__CHAN_OP__CHAN_HELLO;
   m.proto_version = PS_CHAN_VERSION;
   m.cluster = "test";
   m.shm_bytes = bytes;
+  m.shm_hold = (uint32_t)hold;
   raw_frame(fd, &m, 0);
   Ps__ChanMeta *r = raw_reply(fd, NULL);
   ck_assert_int_eq(r->op, PS__CHAN_OP__CHAN_HELLO);
   return r;
 }
+
+static Ps__ChanMeta *raw_hello(int fd, uint64_t bytes) { return raw_hello_hold(fd, bytes, 0); }
 
 /* raw_req sends a push (PUSH) or pull of model "sr" in shared memory at
  * OFF (SHM 0: an ordinary one) with DATA bytes of data; returns the
@@ -546,6 +549,18 @@ START_TEST(test_shm_sync_push_copied) {
     for (int i = 0; i < SH_ELEMS; i++) ck_assert(after[i] == before[i] - 0.5f * 0.5f);
     ps_shm_release(&region);
     close(fd);
+    /* a held region (lent to the log): pulls only in its pull area, the
+     * last of four, pushes only in its push areas */
+    fd = raw_open(sy_chan);
+    h = raw_hello_hold(fd, 4 * SH_AREA, 1);
+    ck_assert_uint_eq(h->shm_bytes, 4 * SH_AREA);
+    ck_assert_uint_eq(h->shm_hold, 1);
+    ps__chan_meta__free_unpacked(h, NULL);
+    ck_assert_int_eq(raw_req(fd, 0, 1, 2 * SH_AREA, 0, NULL), PS_EINVAL); /* over a push area */
+    ck_assert_int_eq(raw_req(fd, 1, 1, 3 * SH_AREA, 0, NULL), PS_EINVAL); /* in the pull area */
+    ck_assert_int_eq(raw_req(fd, 0, 1, 3 * SH_AREA, 0, NULL), 0);
+    ck_assert_int_eq(raw_req(fd, 1, 1, 2 * SH_AREA, 0, NULL), 0); /* zeros: nothing changes */
+    close(fd);
   }
   sy_restart();
   c = sh_connect(sy_chan, 0, NULL);
@@ -616,10 +631,16 @@ START_TEST(test_shm_sync_push_lent) {
   uint64_t bytes = 0, stx, srx, pay = SL_ELEMS * sizeof(float), ids[SL_AREAS + 2], v;
   ck_assert_int_eq(ps_chan_shm(c, NULL, &bytes), !mac);
   if (!mac) ck_assert_uint_eq(bytes, (SL_AREAS + 1) * SL_AREA);
+  ps_errbuf eb;
+  if (!mac) { /* a held region is the client library's: it does not move */
+    void *at = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    ck_assert_ptr_ne(at, MAP_FAILED);
+    ck_assert_int_eq(ps_chan_shm_move(c, at, &eb), PS_EINVAL);
+    munmap(at, bytes);
+  }
   static float g[SL_AREAS + 2][SL_ELEMS], out[SL_ELEMS], tcp[SL_ELEMS];
   for (int k = 0; k < SL_AREAS + 2; k++)
     for (uint32_t i = 0; i < SL_ELEMS; i++) g[k][i] = (float)((i * 3 + (uint32_t)k) % 11) - 5.0f;
-  ps_errbuf eb;
   ps_test_write_file(gate, "held\n");
   for (int k = 0; k <= SL_AREAS; k++) ids[k] = sl_send(c, g[k]);
   ps_chan_shm_bytes(c, &stx, &srx);

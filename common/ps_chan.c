@@ -50,8 +50,8 @@
  *     flight use a free push area each, others go over TCP.  Such a
  *     region is the client's own business: it never moves, and payloads
  *     that lie in it are copied through its areas like any others, so no
- *     caller's write can reach a push area the shard still reads.  A reply that
- *     says its data is
+ *     caller's write can reach a push area the shard still reads.  A
+ *     reply that says its data is
  *     in the region answers only a request that asked for that; anything
  *     else breaks the client. */
 #include "ps_chan.h"

@@ -262,11 +262,18 @@ int ps_test_chan_key(ps_auth_keys *keys, const ps_auth_key **key, int *flags, ps
 
 int ps_test_chan_connect_flags(ps_chan_client **c, const char *addr, const char *cluster,
                                int flags, int timeout_ms, ps_errbuf *eb) {
+  return ps_test_chan_connect_shm(c, addr, cluster, flags, 0, timeout_ms, eb);
+}
+
+/* ps_test_chan_connect_shm: see ps_test.h. */
+int ps_test_chan_connect_shm(ps_chan_client **c, const char *addr, const char *cluster, int flags,
+                             uint64_t shm_bytes, int timeout_ms, ps_errbuf *eb) {
   ps_auth_keys keys = {0};
   const ps_auth_key *key = NULL;
   int mac = 0;
   int rc = ps_test_chan_key(&keys, &key, &mac, eb);
-  if (rc == 0) rc = ps_chan_connect_auth(c, addr, cluster, key, mac | flags, timeout_ms, eb);
+  if (rc == 0)
+    rc = ps_chan_connect_shm(c, addr, cluster, key, mac | flags, shm_bytes, timeout_ms, eb);
   ps_auth_release(&keys);
   return rc;
 }

@@ -5,6 +5,9 @@
  *    One channel connection asked for unordered acks (psd_chan invariant
  *    7b) and sends a pull behind each push, taking the pull's answer
  *    first: its pushes count as acknowledged only by their own answer.
+ *    It also holds a shared-memory region (PS_CHAN_SHM_HOLD, where the
+ *    run's security allows one), so its 64 KiB pushes are logged from
+ *    the region (psd_chan invariant 11).
  *    Channel pushes go to 1..3 chunks, or to all 16 (64 KiB, logged from
  *    the channel's own buffer: psd_wal invariant 8, zero copy).  The
  *    third channel connection pushes encoded, in fp16 or onebit (both
@@ -156,10 +159,16 @@ static void *cl_pusher_main(void *arg) {
   ps_chan_client *c = NULL;
   ps_rpc *r = NULL;
   ps_errbuf eb;
+  /* the unordered pusher holds a shared-memory region (where the run's
+   * security allows one): its 64 KiB pushes are logged from there
+   * (psd_chan invariant 11) */
+  uint64_t held = (PS_CHAN_SHM_PUSH_AREAS + 1) * sizeof ones_neg;
   int err = p->grpc ? ps_test_rpc_open(&r, t->grpc_addr, &eb)
-                    : ps_test_chan_connect_flags(&c, t->chan_addr, "test",
-                                                 p->unordered ? PS_CHAN_UNORDERED_ACKS : 0,
-                                                 10000, &eb);
+            : p->unordered
+                ? ps_test_chan_connect_shm(&c, t->chan_addr, "test",
+                                           PS_CHAN_UNORDERED_ACKS | PS_CHAN_SHM_HOLD, held, 10000,
+                                           &eb)
+                : ps_test_chan_connect_flags(&c, t->chan_addr, "test", 0, 10000, &eb);
   while (err == 0 && !atomic_load(&t->stop)) {
     uint32_t ids[CL_CHUNKS];
     size_t n = 1 + cl_rand(&p->rng) % 3;

@@ -165,11 +165,11 @@ static ps_chan_client *sh_connect_f(const char *addr, uint64_t bytes, int more, 
   int flags = 0;
   ps_errbuf eb;
   ck_assert_msg(ps_test_chan_key(&keys, &key, &flags, &eb) == 0, "%s", eb.msg);
-  ps_chan_client *c = NULL;
-  int rc = ps_chan_connect_shm(&c, addr, "test", key, flags | more, bytes, 5000, &eb);
   ps_auth_release(&keys);
-  ck_assert_msg(rc == 0, "connect: %s", eb.msg);
   if (mac) *mac = (flags & PS_CHAN_AUTH_MAC) != 0;
+  ps_chan_client *c = NULL;
+  int rc = ps_test_chan_connect_shm(&c, addr, "test", more, bytes, 5000, &eb);
+  ck_assert_msg(rc == 0, "connect: %s", eb.msg);
   return c;
 }
 

@@ -49,8 +49,9 @@
  *     region after it answered later requests: up to that many pushes in
  *     flight use a free push area each, others go over TCP.  Such a
  *     region is the client's own business: it never moves, and payloads
- *     that lie in it are copied through its areas like any others, so no
- *     caller's write can reach a push area the shard still reads.  A
+ *     that lie in it in whole or in part go over TCP, so the client
+ *     itself writes a push area only to copy a push in (a caller that
+ *     pulls into a busy push area writes it, as it could any memory).  A
  *     reply that says its data is
  *     in the region answers only a request that asked for that; anything
  *     else breaks the client. */
@@ -421,7 +422,7 @@ static int chan_op_reads_data(int op) {
 static void chan_shm_copy_out(ps_chan_client *c, const chan_pending *e) {
   const uint8_t *p = c->shm.data + e->shm_off;
   for (size_t i = 0; i < e->nseg; i++) {
-    memmove(e->dst[i].iov_base, p, e->dst[i].iov_len); /* may lie in the region */
+    memcpy(e->dst[i].iov_base, p, e->dst[i].iov_len);
     p += e->dst[i].iov_len;
   }
 }
@@ -735,11 +736,14 @@ static int chan_shm_place(const ps_chan_client *c, const ps_req *r, const struct
   for (size_t i = 0; i < nseg; i++) total += seg[i].iov_len;
   if (total == 0) return 0;
   uintptr_t p = (uintptr_t)seg[0].iov_base, d = (uintptr_t)c->shm.data;
-  int contiguous = 1;
-  for (size_t i = 1; i < nseg; i++)
-    if ((uintptr_t)seg[i].iov_base != (uintptr_t)seg[i - 1].iov_base + seg[i - 1].iov_len)
-      contiguous = 0;
-  if (contiguous && p >= d && ps_shm_holds(&c->shm, p - d, total) && !c->shm_hold) { /* in place */
+  int contiguous = 1, inside = 0;
+  for (size_t i = 0; i < nseg; i++) {
+    uintptr_t b = (uintptr_t)seg[i].iov_base;
+    if (i && b != (uintptr_t)seg[i - 1].iov_base + seg[i - 1].iov_len) contiguous = 0;
+    inside |= b < d + c->shm.bytes && b + seg[i].iov_len > d;
+  }
+  if (c->shm_hold && inside) return 0; /* a held region is ours alone: such payloads go on TCP */
+  if (contiguous && p >= d && ps_shm_holds(&c->shm, p - d, total)) { /* in place */
     *off = p - d;
     *copy = 0;
     return 1;
@@ -767,7 +771,7 @@ int ps_chan_send_pushv(ps_chan_client *c, const ps_req *r, const struct iovec *s
     return chan_send_frame(c, &meta, src, nseg, e, req_id, eb);
   uint8_t *p = c->shm.data + off; /* invariant 7: the data goes through the region */
   for (size_t i = 0; i < nseg; i++) {
-    if (copy) memmove(p + total, src[i].iov_base, src[i].iov_len); /* may lie in the region */
+    if (copy) memcpy(p + total, src[i].iov_base, src[i].iov_len);
     total += src[i].iov_len;
   }
   meta.shm = 1;

@@ -157,8 +157,8 @@ int ps_chan_connect(ps_chan_client **out, const char *addr, const char *cluster,
  * SHM_BYTES: the region is then PS_CHAN_SHM_PUSH_AREAS push areas and one
  * pull area (ps_chan_shm), each SHM_BYTES / (areas + 1) rounded down to a
  * page, and that many unanswered pushes can use it; such a region cannot
- * move (ps_chan_shm_move), and payloads lying in it are copied through its
- * areas, never used in place.  Another shard grants two such areas, used
+ * move (ps_chan_shm_move), and payloads lying in it go over TCP.  Another
+ * shard grants two such areas, used
  * as without the flag (an older one: all of SHM_BYTES). */
 #define PS_CHAN_SHM_HOLD 4
 #define PS_CHAN_SHM_PUSH_AREAS 3
@@ -181,7 +181,8 @@ int ps_chan_connect_shm(ps_chan_client **out, const char *addr, const char *clus
  * the second where pulls are answered that do not (with
  * PS_CHAN_SHM_HOLD: the first areas and the last); a caller that keeps
  * its own payloads in the region (pushes from, pulls into) moves them
- * without any copy.  The mapping lives until ps_chan_close. */
+ * without any copy, except in a held region, where they go over TCP.
+ * The mapping lives until ps_chan_close. */
 int ps_chan_shm(const ps_chan_client *c, void **data, uint64_t *bytes);
 
 /* ps_chan_shm_move moves C's region (its data part) onto AT, memory the

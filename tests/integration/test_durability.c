@@ -79,6 +79,7 @@ typedef struct cl_pusher {
   int grpc;
   int unordered;             /* a channel asking for unordered acks */
   int coded;                 /* a channel pushing fp16 or onebit */
+  int shm;                   /* its connection got a region */
   uint64_t acked;            /* its pushes acknowledged */
   uint64_t rng;
   pthread_t th;
@@ -169,6 +170,7 @@ static void *cl_pusher_main(void *arg) {
                                            PS_CHAN_UNORDERED_ACKS | PS_CHAN_SHM_HOLD, held, 10000,
                                            &eb)
                 : ps_test_chan_connect_flags(&c, t->chan_addr, "test", 0, 10000, &eb);
+  p->shm = c && ps_chan_shm(c, NULL, NULL);
   while (err == 0 && !atomic_load(&t->stop)) {
     uint32_t ids[CL_CHUNKS];
     size_t n = 1 + cl_rand(&p->rng) % 3;
@@ -400,6 +402,7 @@ void ps_test_crash_loop(int iters) {
   uint64_t seed = ps_test_seed | 1;
   float *got = malloc(CL_CHUNKS * CL_ELEMS * sizeof(float));
   uint64_t coded_acked = 0;
+  int held = 0; /* iterations whose unordered pusher pushed through a held region */
   for (int it = 0; it < iters; it++) {
     cl_pusher ps[CL_PUSHERS];
     atomic_store(&t->stop, 0);
@@ -419,6 +422,7 @@ void ps_test_crash_loop(int iters) {
     for (int i = 0; i < CL_PUSHERS; i++) {
       pthread_join(ps[i].th, NULL);
       if (ps[i].coded) coded_acked += ps[i].acked;
+      if (ps[i].unordered && ps[i].acked) held += ps[i].shm;
     }
     if (it % 2) cut += cl_power_cut(fsync_log, redo);
     pid = ps_test_dur_start(yaml, log, gp, cp,
@@ -448,6 +452,14 @@ void ps_test_crash_loop(int iters) {
   }
   ck_assert_msg(ps_test_dur_replayed(log) > 0, "no restart replayed a record from the log; see %s", log);
   ck_assert_msg(coded_acked > 0, "no encoded push was acknowledged; see %s", log);
+  ps_auth_keys keys = {0};
+  const ps_auth_key *key = NULL;
+  int flags = 0;
+  ps_errbuf keb;
+  ck_assert_msg(ps_test_chan_key(&keys, &key, &flags, &keb) == 0, "%s", keb.msg);
+  ps_auth_release(&keys);
+  ck_assert_msg(held > 0 || (flags & PS_CHAN_AUTH_MAC), /* the MAC: no region */
+                "the unordered pusher never pushed through a held region; see %s", log);
   size_t loglen;
   char *text = ps_test_read_file(log, &loglen);
   ck_assert_msg(strstr(text, "refuses O_DIRECT opens") != NULL,

@@ -713,10 +713,10 @@ static void chan_meta_init(Ps__ChanMeta *meta, int op, const ps_req *r) {
   meta->n_summed = r->nsummed;
 }
 
-/* chan_shm_area: the bytes of each area of C's region (invariant 7). */
-static uint64_t chan_shm_area(const ps_chan_client *c) {
-  if (!c->shm_hold) return (c->shm.bytes / 2) & ~(uint64_t)7;
-  return (c->shm.bytes / (PS_CHAN_SHM_PUSH_AREAS + 1)) & ~(uint64_t)(PS_SHM_HDR - 1);
+/* ps_chan_shm_area: see ps_chan.h (invariant 7). */
+uint64_t ps_chan_shm_area(uint64_t bytes, int hold) {
+  if (!hold) return (bytes / 2) & ~(uint64_t)7;
+  return (bytes / (PS_CHAN_SHM_PUSH_AREAS + 1)) & ~(uint64_t)(PS_SHM_HDR - 1);
 }
 
 /* chan_shm_place decides whether a payload of NSEG segments SEG goes
@@ -748,7 +748,7 @@ static int chan_shm_place(const ps_chan_client *c, const ps_req *r, const struct
     *copy = 0;
     return 1;
   }
-  uint64_t size = chan_shm_area(c);
+  uint64_t size = ps_chan_shm_area(c->shm.bytes, c->shm_hold);
   if (total > size || c->shm.moved) return 0; /* moved: the areas are the caller's memory */
   *off = area ? (uint64_t)(c->shm_hold ? PS_CHAN_SHM_PUSH_AREAS : 1) * size : (uint64_t)k * size;
   *copy = 1;

@@ -162,6 +162,10 @@ int ps_chan_connect(ps_chan_client **out, const char *addr, const char *cluster,
  * as without the flag (an older one: all of SHM_BYTES). */
 #define PS_CHAN_SHM_HOLD 4
 #define PS_CHAN_SHM_PUSH_AREAS 3
+/* ps_chan_shm_area: the bytes of each area of a region of BYTES, held
+ * (HOLD: PS_CHAN_SHM_PUSH_AREAS + 1 page-rounded areas) or not (two
+ * halves); client and shard both lay the region out by it. */
+uint64_t ps_chan_shm_area(uint64_t bytes, int hold);
 struct ps_auth_key;
 int ps_chan_connect_auth(ps_chan_client **out, const char *addr, const char *cluster,
                          const struct ps_auth_key *key, int flags, int timeout_ms,

@@ -515,7 +515,7 @@ static int conn_shm_offer(psd_conn *c) {
    * elsewhere it gets two areas, used as without hold */
   uint64_t areas = c->shm_hold ? PS_CHAN_SHM_PUSH_AREAS + 1 : 2, bytes = c->shm_want;
   int lend = c->shm_hold && ch->sh->wal;
-  if (c->shm_hold && !lend) bytes = 2 * ((c->shm_want / areas) & ~(uint64_t)(PS_SHM_HDR - 1));
+  if (c->shm_hold && !lend) bytes = 2 * ps_chan_shm_area(c->shm_want, 1);
   if (!cfg->workers.shared_memory) why = "workers.shared_memory is off";
   else if (cfg->security.payload_mac) why = "security.payload_mac is on";
   else if (ch->sh->agg) why = "this is an aggregator";
@@ -780,8 +780,7 @@ static int conn_shm_check(psd_conn *c, const Ps__ChanMeta *m, uint64_t nbytes, i
   }
   /* a lent region: pushes in its push areas, pulls in its pull area, so
    * that no pull is written over a push the log has yet to write */
-  uint64_t pull_at = (c->shm.bytes / (PS_CHAN_SHM_PUSH_AREAS + 1)) & ~(uint64_t)(PS_SHM_HDR - 1);
-  pull_at *= PS_CHAN_SHM_PUSH_AREAS;
+  uint64_t pull_at = PS_CHAN_SHM_PUSH_AREAS * ps_chan_shm_area(c->shm.bytes, 1);
   if (c->lend && (pull ? m->shm_off < pull_at : m->shm_off + nbytes > pull_at)) {
     psd_shard_count_error(c->chan->sh);
     return ps_errf(eb, PS_EINVAL, "%s of model '%s' in shared memory at offset %llu: outside the "

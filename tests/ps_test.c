@@ -260,6 +260,16 @@ int ps_test_chan_key(ps_auth_keys *keys, const ps_auth_key **key, int *flags, ps
   return rc;
 }
 
+/* ps_test_payload_mac: see ps_test.h. */
+int ps_test_payload_mac(void) {
+  ps_config cfg;
+  ps_errbuf eb;
+  ck_assert_msg(ps_test_client_config(&cfg, &eb) == 0, "%s", eb.msg);
+  int mac = cfg.security.payload_mac;
+  ps_config_release(&cfg);
+  return mac;
+}
+
 int ps_test_chan_connect_flags(ps_chan_client **c, const char *addr, const char *cluster,
                                int flags, int timeout_ms, ps_errbuf *eb) {
   return ps_test_chan_connect_shm(c, addr, cluster, flags, 0, timeout_ms, eb);

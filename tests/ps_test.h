@@ -182,6 +182,9 @@ int ps_test_chan_connect(ps_chan_client **c, const char *addr, const char *clust
  * one; release KEYS with ps_auth_release) and the ps_chan_connect_auth
  * FLAGS it asks for (PS_CHAN_AUTH_MAC). */
 int ps_test_chan_key(ps_auth_keys *keys, const ps_auth_key **key, int *flags, ps_errbuf *eb);
+/* ps_test_payload_mac: 1 when this run's channels MAC their frames
+ * (PS_TEST_SECURITY=tls-mac: no shared memory is offered then). */
+int ps_test_payload_mac(void);
 /* ps_test_raw_open connects a plain TCP socket to the loopback port of
  * ADDR ("127.0.0.1:PORT"): a peer that speaks the channel's frames by
  * hand. */

@@ -452,13 +452,7 @@ void ps_test_crash_loop(int iters) {
   }
   ck_assert_msg(ps_test_dur_replayed(log) > 0, "no restart replayed a record from the log; see %s", log);
   ck_assert_msg(coded_acked > 0, "no encoded push was acknowledged; see %s", log);
-  ps_auth_keys keys = {0};
-  const ps_auth_key *key = NULL;
-  int flags = 0;
-  ps_errbuf keb;
-  ck_assert_msg(ps_test_chan_key(&keys, &key, &flags, &keb) == 0, "%s", keb.msg);
-  ps_auth_release(&keys);
-  ck_assert_msg(held > 0 || (flags & PS_CHAN_AUTH_MAC), /* the MAC: no region */
+  ck_assert_msg(held > 0 || ps_test_payload_mac(), /* the MAC: no region */
                 "the unordered pusher never pushed through a held region; see %s", log);
   size_t loglen;
   char *text = ps_test_read_file(log, &loglen);

@@ -160,13 +160,8 @@ static void sh_submit(const char *grpc, int ok, const char *name) {
  * this run MACs frames (PS_TEST_SECURITY=tls-mac: no region is offered
  * then). */
 static ps_chan_client *sh_connect_f(const char *addr, uint64_t bytes, int more, int *mac) {
-  ps_auth_keys keys = {0};
-  const ps_auth_key *key = NULL;
-  int flags = 0;
   ps_errbuf eb;
-  ck_assert_msg(ps_test_chan_key(&keys, &key, &flags, &eb) == 0, "%s", eb.msg);
-  ps_auth_release(&keys);
-  if (mac) *mac = (flags & PS_CHAN_AUTH_MAC) != 0;
+  if (mac) *mac = ps_test_payload_mac();
   ps_chan_client *c = NULL;
   int rc = ps_test_chan_connect_shm(&c, addr, "test", more, bytes, 5000, &eb);
   ck_assert_msg(rc == 0, "connect: %s", eb.msg);

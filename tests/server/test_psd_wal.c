@@ -1146,6 +1146,14 @@ static void wait_flag(uv_loop_t *loop, int *p, int v) {
   }
 }
 
+/* hold_started starts a log at DIR on LOOP whose syncs go through HS
+ * (hold_sync), written buffered as wal_buffered says. */
+static psd_wal *hold_started(const char *dir, hold_seam *hs, uv_loop_t *loop) {
+  psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 20, .sync = hold_sync,
+                    .sync_arg = hs, .buffered = wal_buffered};
+  return wal_started(&o, loop);
+}
+
 START_TEST(test_zero_copy_block_kept) {
   /* a taken block is not given back before its group is written and
    * synced: not while the sync is in progress, not after a failed one
@@ -1155,9 +1163,7 @@ START_TEST(test_zero_copy_block_kept) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   hold_seam hs = {.hold = 1, .fail = 1};
-  psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 20, .sync = hold_sync,
-                    .sync_arg = &hs, .buffered = wal_buffered};
-  psd_wal *w = wal_started(&o, &loop);
+  psd_wal *w = hold_started(dir, &hs, &loop);
   ps_errbuf eb;
   replayed r = {0};
   seam dummy = {0};
@@ -1197,9 +1203,7 @@ START_TEST(test_zero_copy_block_readable) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   hold_seam hs = {.hold = 1};
-  psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 20, .sync = hold_sync,
-                    .sync_arg = &hs};
-  psd_wal *w = wal_started(&o, &loop);
+  psd_wal *w = hold_started(dir, &hs, &loop);
   ps_errbuf eb;
   replayed r = {0};
   enum { K = 7 };
@@ -1292,9 +1296,7 @@ START_TEST(test_zero_copy_lent) {
   uv_loop_t loop;
   uv_loop_init(&loop);
   hold_seam hs = {.hold = 1, .fail = 1};
-  psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 20, .sync = hold_sync,
-                    .sync_arg = &hs, .buffered = wal_buffered};
-  psd_wal *w = wal_started(&o, &loop);
+  psd_wal *w = hold_started(dir, &hs, &loop);
   lender ld = {0};
   ps_lend lend = {.hold = lender_hold, .release = lender_release, .arg = &ld};
   size_t l1 = zc_len(2), l2 = zc_len(5), a2 = (l1 + 4095) & ~(size_t)4095, cap = a2 + l2;

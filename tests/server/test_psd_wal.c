@@ -30,6 +30,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -921,6 +922,67 @@ START_TEST(test_reused_segments) {
 }
 END_TEST
 
+/* A roll that cannot open its segment (here: no descriptor left, as in a
+ * shard at its file limit) after renaming a spare to the segment's name
+ * leaves no file under that name (a replay would take the spare's old
+ * records for the last segment's); the log goes on in the current
+ * segment, and once a roll succeeds everything replays. */
+START_TEST(test_failed_roll) {
+  const char *dir = ps_test_tmpdir();
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 20, .segment_bytes = 4096};
+  psd_wal *w = wal_started(&o, &loop);
+  ps_errbuf eb;
+  replayed r = {0};
+  seam dummy = {0};
+  waiter ws[5];
+  uint64_t off = 0, total = 0;
+  for (int k = 0; k < 8; k++, total += 5) {
+    append_n(w, ws, 5, 300, &dummy, &off);
+    run_until(&loop, ws, 5);
+  }
+  psd_wal_truncate(w, 26);
+  for (int k = 0; k < 100 && count_files(dir, ".free") == 0; k++, total++) {
+    append_n(w, ws, 1, 300, &dummy, &off);
+    run_until(&loop, ws, 1);
+  }
+  ck_assert_int_gt(count_files(dir, ".free"), 0);
+  int segs = count_files(dir, ".log");
+  /* every descriptor below a lowered limit taken: the next opens fail */
+  struct rlimit old, lim;
+  ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &old), 0);
+  lim = old;
+  lim.rlim_cur = 256;
+  ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &lim), 0);
+  int fds[256], nfds = 0;
+  while (nfds < 256 && (fds[nfds] = dup(0)) >= 0) nfds++;
+  ck_assert_int_lt(nfds, 256);
+  /* groups that fill the segment past its size: each tries a roll */
+  for (int k = 0; k < 6; k++, total += 5) {
+    append_n(w, ws, 5, 300, &dummy, &off);
+    run_until(&loop, ws, 5);
+  }
+  for (int i = 0; i < nfds; i++) close(fds[i]);
+  ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &old), 0);
+  ck_assert_int_eq(count_files(dir, ".log"), segs); /* no name without a segment */
+  ck_assert_int_eq(count_files(dir, ".free"), 0);   /* the spares were tried */
+  for (int k = 0; k < 4; k++, total += 5) {         /* a roll succeeds again */
+    append_n(w, ws, 5, 300, &dummy, &off);
+    run_until(&loop, ws, 5);
+  }
+  ck_assert_int_gt(count_files(dir, ".log"), segs);
+  psd_wal_stop(w);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  psd_wal_free(w);
+  uv_loop_close(&loop);
+  ck_assert_uint_eq(replay_count(dir, 26, &r, 0, &eb), 0);
+  ck_assert_uint_eq(r.first, 27);
+  ck_assert_uint_eq(r.last, total);
+  ck_assert_uint_eq(r.n, total - 26);
+}
+END_TEST
+
 /* A log written by a version before CRC-32C (records with zlib's CRC-32)
  * replays as it is, the records this version appends after it carry
  * CRC-32C, and a replay reads both; a record whose format flag flipped
@@ -1767,6 +1829,7 @@ Suite *psd_wal_suite(void) {
   tcase_add_test(tc, test_corrupt_inside_earlier_segment);
   tcase_add_test(tc, test_old_bytes_after_earlier_segment);
   tcase_add_loop_test(tc, test_reused_segments, 0, 2);
+  tcase_add_test(tc, test_failed_roll);
   tcase_add_test(tc, test_crc_formats);
   tcase_add_loop_test(tc, test_zero_copy_replay, 0, 2);
   tcase_add_loop_test(tc, test_zero_copy_block_kept, 0, 2);

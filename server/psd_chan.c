@@ -521,7 +521,7 @@ static int conn_shm_offer(psd_conn *c) {
   else if (ch->sh->agg) why = "this is an aggregator";
   else if (c->shm_want > areas * ((uint64_t)cfg->max_request_bytes + PS_SHM_HDR))
     why = "more than one limits.max_request_bytes per area asked for";
-  else if (!bytes) why = "too few bytes asked for";
+  else if (!bytes || (lend && !ps_chan_shm_area(bytes, 1))) why = "too few bytes asked for";
   else if (!conn_same_host(c)) why = "the client is on another host";
   else if (lend && !(c->lend = calloc(1, sizeof *c->lend))) why = "out of memory";
   if (!why && ps_shm_create(&c->shm, bytes, &eb) < 0) why = eb.msg;
@@ -778,15 +778,19 @@ static int conn_shm_check(psd_conn *c, const Ps__ChanMeta *m, uint64_t nbytes, i
                    m->model, (unsigned long long)nbytes, (unsigned long long)m->shm_off,
                    (unsigned long long)c->shm.bytes);
   }
-  /* a lent region: pushes in its push areas, pulls in its pull area, so
-   * that no pull is written over a push the log has yet to write */
-  uint64_t pull_at = PS_CHAN_SHM_PUSH_AREAS * ps_chan_shm_area(c->shm.bytes, 1);
-  if (c->lend && (pull ? m->shm_off < pull_at : m->shm_off + nbytes > pull_at)) {
+  /* a lent region: each push inside one push area, pulls in its pull
+   * area, so that no request is written over a push the log has yet to
+   * write (the client's hold promise covers one area per push) */
+  uint64_t area = ps_chan_shm_area(c->shm.bytes, 1), pull_at = PS_CHAN_SHM_PUSH_AREAS * area;
+  if (c->lend && (pull ? m->shm_off < pull_at
+                       : m->shm_off + nbytes > pull_at || m->shm_off % area + nbytes > area)) {
     psd_shard_count_error(c->chan->sh);
     return ps_errf(eb, PS_EINVAL, "%s of model '%s' in shared memory at offset %llu: outside the "
-                   "region's %s areas (the last %llu bytes from %llu are the pull area)", what,
-                   m->model, (unsigned long long)m->shm_off, what,
-                   (unsigned long long)(c->shm.bytes - pull_at), (unsigned long long)pull_at);
+                   "region's %s areas (%d push areas of %llu bytes, each push inside one; the "
+                   "last %llu bytes from %llu are the pull area)", what, m->model,
+                   (unsigned long long)m->shm_off, what, PS_CHAN_SHM_PUSH_AREAS,
+                   (unsigned long long)area, (unsigned long long)(c->shm.bytes - pull_at),
+                   (unsigned long long)pull_at);
   }
   conn_shm_used(c);
   return 0;

@@ -46,6 +46,7 @@
  * block (LEND set, BUF NULL) is released to its lender instead. */
 typedef struct wal_ext {
   size_t off, len, cap;
+  uint64_t seq;            /* of the record the piece belongs to */
   const uint8_t *src;
   void *buf;
   const ps_lend *lend;
@@ -95,6 +96,9 @@ struct psd_wal {
   int trunc_pending;
   int stop;
   int failed, err_code, changed;
+  uint64_t lent_seq;       /* failing: the first record with a piece still lent
+                            * (wal_unlend found no memory); it and later ones
+                            * wait for their answer.  UINT64_MAX: none */
   char err_msg[300];
   uint64_t syncs, records, bytes;
   uint64_t write_ns, sync_ns;  /* time the writer spent in pwrite / fdatasync */
@@ -211,22 +215,30 @@ static void wal_give(psd_wal *w, const wal_ext *x) {
  * lenders: a push whose sync failed is answered (PS_EDEGRADED), after
  * which its lender may change its bytes, while the log still has to
  * write them (invariant 8).  A piece that finds no memory stays lent,
- * with a warning.  Under mu. */
-static void wal_unlend(wal_exts *x) {
+ * with a warning, and its push is not answered until a later attempt
+ * copies it or a retry syncs it.  Returns the seq of the first piece
+ * still lent, UINT64_MAX when none is.  Under mu. */
+static uint64_t wal_unlend(psd_wal *w, wal_exts *x) {
+  uint64_t first = UINT64_MAX;
   for (size_t i = 0; i < x->n; i++) {
     wal_ext *e = &x->v[i];
     void *p;
     if (!e->lend) continue;
-    if (posix_memalign(&p, WAL_ALIGN, (e->len + WAL_ALIGN - 1) & ~(size_t)(WAL_ALIGN - 1)) != 0) {
+    size_t cap = (e->len + WAL_ALIGN - 1) & ~(size_t)(WAL_ALIGN - 1);
+    if ((w->o.copy_alloc ? w->o.copy_alloc(&p, cap, w->o.sync_arg)
+                         : posix_memalign(&p, WAL_ALIGN, cap)) != 0) {
       ps_warn("redo log: no memory to copy a push's gradients out of its client's shared "
-              "memory; the log keeps writing them from there");
+              "memory; the log keeps writing them from there, and the push waits for its "
+              "answer until the disk or the memory is back");
+      if (e->seq < first) first = e->seq;
       continue;
     }
     memcpy(p, e->src, e->len);
     const ps_lend *l = e->lend;
-    *e = (wal_ext){.off = e->off, .len = e->len, .cap = e->len, .src = p, .buf = p};
+    *e = (wal_ext){.off = e->off, .len = e->len, .cap = cap, .seq = e->seq, .src = p, .buf = p};
     l->release(l->arg);
   }
+  return first;
 }
 
 /* wal_move copies the LEN bytes of records at SRC to DST (memmove: DST
@@ -316,8 +328,13 @@ static int wal_seg_cmp(const void *a, const void *b) {
 
 /* wal_scan lists DIR's segments, oldest first. */
 static int wal_scan(psd_wal *w, ps_errbuf *eb) {
-  DIR *d = fdopendir(dup(w->dirfd));
-  if (!d) return ps_errf(eb, PS_EIO, "cannot list '%s': %s", w->dir, strerror(errno));
+  int fd = dup(w->dirfd);
+  DIR *d = fd < 0 ? NULL : fdopendir(fd);
+  if (!d) {
+    int e = errno;
+    if (fd >= 0) close(fd);
+    return ps_errf(eb, PS_EIO, "cannot list '%s': %s", w->dir, strerror(e));
+  }
   struct dirent *e;
   int rc = 0;
   while (rc == 0 && (e = readdir(d)) != NULL) {
@@ -359,6 +376,7 @@ int psd_wal_open(psd_wal **out, const psd_wal_opts *o, ps_errbuf *eb) {
   w->fd = w->dirfd = -1;
   w->direct = !o->buffered;
   w->next_seq = 1;
+  w->lent_seq = UINT64_MAX;
   pthread_mutex_init(&w->mu, NULL);
   /* the writer's timed waits (wal_wait_more, wal_sleep) count on the
    * monotonic clock: a condition on the default (realtime) clock read
@@ -875,9 +893,9 @@ static int wal_open_seg(psd_wal *w, uint64_t first, char *why, size_t whylen) {
   return 0;
 }
 
-/* wal_take moves the next group out of pend into wbuf (invariant 2).
- * Under mu. */
-static void wal_take(psd_wal *w) {
+/* wal_take moves the next group out of pend into wbuf (invariant 2);
+ * 0, or -1 when it finds no memory (nothing moved).  Under mu. */
+static int wal_take(psd_wal *w) {
   uint64_t max = w->o.max_batch_bytes;
   if (w->pend_len <= max) {
     uint8_t *b = w->wbuf;
@@ -911,13 +929,13 @@ static void wal_take(psd_wal *w) {
       off = WAL_HDR + wal_len(src); /* a group of one record at a time */
       k = 1;
       if (off + WAL_ALIGN > w->wcap && wal_grow(&w->wbuf, &w->wcap, 0, off + WAL_ALIGN) < 0)
-        return; /* retried at the next turn */
+        return -1;
     }
     /* the taken pieces of the group's records go with them (wext is
      * empty: its group was written) */
     size_t ne = 0;
     while (ne < w->pext.n && w->pext.v[ne].off < off) ne++;
-    if (wal_exts_room(&w->wext, ne) < 0) return; /* retried at the next turn */
+    if (wal_exts_room(&w->wext, ne) < 0) return -1;
     if (w->pext.n) {
       wal_move(w->wbuf, src, off, w->pext.v, ne, 0);
       if (ne) memcpy(w->wext.v, w->pext.v, ne * sizeof *w->wext.v);
@@ -945,6 +963,7 @@ static void wal_take(psd_wal *w) {
   }
   w->wlast = w->wlen ? wal_get64(b + lastoff + 8) : 0;
   w->wsealed = 0;
+  return 0;
 }
 
 /* wal_seal fills in the checksums of wbuf's records: the writer thread
@@ -986,7 +1005,9 @@ static int wal_fit(psd_wal *w, size_t t, size_t *n) {
     w->wbuf = p;
     w->wcap = padded;
   } else if (w->wbase != t) {
-    memmove(w->wbuf + t, w->wbuf + w->wbase, w->wlen); /* after a roll: rare */
+    /* after a roll, or a group that held taken pieces (wal_take's guess
+     * of where this one starts leaves out their skip records) */
+    memmove(w->wbuf + t, w->wbuf + w->wbase, w->wlen);
   }
   w->wbase = t;
   memcpy(w->wbuf, w->blk, t);
@@ -1226,7 +1247,11 @@ static void *wal_thread(void *arg) {
       while (!w->stop && !w->pend_len && !w->trunc_pending) pthread_cond_wait(&w->cv, &w->mu);
       if (w->stop && !w->pend_len) break;
       wal_wait_more(w);
-      if (w->pend_len) wal_take(w);
+      if (w->pend_len && wal_take(w) < 0) { /* no memory: not a hot loop */
+        if (w->stop) break;               /* (its pushes: "the shard stopped") */
+        wal_sleep(w);
+        continue;
+      }
     }
     uint64_t upto = w->trunc_seq; /* a request made during the write waits for the next turn */
     int trunc = w->trunc_pending;
@@ -1256,11 +1281,12 @@ static void *wal_thread(void *arg) {
       w->records += w->wnrec;
       w->wlen = 0;
       w->retrying = 0;
+      w->lent_seq = UINT64_MAX;
       if (w->failed) w->failed = 0, w->changed = 1;
     } else if (rc < 0) {
       /* the failure's answers free the lent pieces for their clients */
-      wal_unlend(&w->wext);
-      wal_unlend(&w->pext);
+      uint64_t a = wal_unlend(w, &w->wext), b = wal_unlend(w, &w->pext);
+      w->lent_seq = a < b ? a : b;
       if (!w->failed) w->changed = 1;
       w->failed = 1;
       w->err_code = wal_code(e);
@@ -1325,6 +1351,7 @@ static void wal_complete(psd_wal *w, int end) {
   uint64_t t0 = wal_loop_lock(w);
   uint64_t synced = w->synced_seq;
   int failed = w->failed, changed = w->changed, code = w->err_code;
+  uint64_t lent = w->lent_seq;
   char msg[sizeof w->err_msg + 160];
   snprintf(msg, sizeof msg, "%s", w->err_msg);
   w->changed = 0;
@@ -1340,7 +1367,7 @@ static void wal_complete(psd_wal *w, int end) {
     if (end) snprintf(m2, sizeof m2, "the shard stopped before the redo log was synced");
     else snprintf(m2, sizeof m2, "shard degraded: %s: this push is applied in memory but not on "
                   "disk (it is logged once the disk works again); do not resend it", msg);
-    while (w->head) {
+    while (w->head && (end || w->head->seq < lent)) { /* (a lent piece's push waits) */
       psd_wal_waiter *wt = w->head;
       wal_unlink(w, wt);
       psd_done_finish(&wt->done, end ? end : PS_EDEGRADED, m2);
@@ -1359,15 +1386,17 @@ int psd_wal_start(psd_wal *w, uv_loop_t *loop, ps_errbuf *eb) {
   char why[300];
   if (wal_open_seg(w, w->next_seq, why, sizeof why) < 0)
     return ps_errf(eb, wal_code(errno), "%s", why);
-  uv_async_init(loop, &w->async, wal_on_async);
-  w->async.data = w;
-  w->started = 1;
+  /* the thread first: no handle to close (and free) when it cannot start;
+   * it wakes the loop only once started (under mu) */
   if (pthread_create(&w->thread, NULL, wal_thread, w) != 0) {
-    w->started = 0;
-    uv_close((uv_handle_t *)&w->async, NULL);
     w->stopped = 1;
     return ps_errf(eb, PS_EIO, "cannot start the redo log's writer thread");
   }
+  pthread_mutex_lock(&w->mu);
+  uv_async_init(loop, &w->async, wal_on_async);
+  w->async.data = w;
+  w->started = 1;
+  pthread_mutex_unlock(&w->mu);
   return 0;
 }
 
@@ -1411,7 +1440,7 @@ int psd_wal_append_own(psd_wal *w, const struct iovec *iov, int niov, void **own
   for (int i = 0; i < niov; i++) {
     if (take && i == niov - 1)
       w->pext.v[w->pext.n++] = (wal_ext){.off = (size_t)(p - (w->pend + w->pend_base)),
-                                         .len = iov[i].iov_len, .cap = *own_cap,
+                                         .len = iov[i].iov_len, .cap = *own_cap, .seq = s,
                                          .src = iov[i].iov_base, .buf = lend ? NULL : *own,
                                          .lend = lend};
     else if (iov[i].iov_len)
@@ -1447,7 +1476,7 @@ int psd_wal_append_own(psd_wal *w, const struct iovec *iov, int niov, void **own
 int psd_wal_wait(psd_wal *w, psd_wal_waiter *wt, ps_errbuf *eb) {
   uint64_t t0 = wal_loop_lock(w);
   uint64_t synced = w->synced_seq;
-  int failed = w->failed;
+  int failed = w->failed && wt->seq < w->lent_seq; /* (wal_unlend) */
   char msg[sizeof w->err_msg];
   snprintf(msg, sizeof msg, "%s", w->err_msg);
   pthread_mutex_unlock(&w->mu);

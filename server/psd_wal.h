@@ -121,7 +121,9 @@
  *     it held (PS_EDEGRADED), the writer first copies every lent piece
  *     it still has into a block of its own and releases it (the retries
  *     write the copy), and a failing log copies instead of taking a
- *     lent block.
+ *     lent block.  A piece it finds no memory to copy stays lent, and
+ *     its push and the later ones are not answered until a later
+ *     attempt copies it or a retry syncs it.
  *
  * Threads: psd_wal_append, _wait, _cancel, _truncate, _stats, _stop run
  * on the loop thread; waiters are called there (from a uv_async). */
@@ -156,6 +158,10 @@ typedef struct psd_wal_opts {
   void *arg;
   psd_wal_sync_fn *sync;      /* NULL: fdatasync */
   void *sync_arg;
+  /* the copy of a lent piece a failure makes (invariant 8): 0 and *P (N
+   * bytes, 4 KiB-aligned, for free) or nonzero; NULL: posix_memalign.
+   * ARG is sync_arg.  A test seam, as sync is. */
+  int (*copy_alloc)(void **p, size_t n, void *arg);
   int buffered;               /* 1: never O_DIRECT (invariant 7; tests) */
 } psd_wal_opts;
 

@@ -553,8 +553,15 @@ START_TEST(test_shm_sync_push_copied) {
     ps__chan_meta__free_unpacked(h, NULL);
     ck_assert_int_eq(raw_req(fd, 0, 1, 2 * SH_AREA, 0, NULL), PS_EINVAL); /* over a push area */
     ck_assert_int_eq(raw_req(fd, 1, 1, 3 * SH_AREA, 0, NULL), PS_EINVAL); /* in the pull area */
+    ck_assert_int_eq(raw_req(fd, 1, 1, SH_AREA / 2, 0, NULL), PS_EINVAL); /* over two areas */
     ck_assert_int_eq(raw_req(fd, 0, 1, 3 * SH_AREA, 0, NULL), 0);
     ck_assert_int_eq(raw_req(fd, 1, 1, 2 * SH_AREA, 0, NULL), 0); /* zeros: nothing changes */
+    close(fd);
+    /* too small to hold four areas of a page: no region */
+    fd = raw_open(sy_chan);
+    h = raw_hello_hold(fd, 3 * 4096, 1);
+    ck_assert_uint_eq(h->shm_bytes, 0);
+    ps__chan_meta__free_unpacked(h, NULL);
     close(fd);
   }
   sy_restart();

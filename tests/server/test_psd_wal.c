@@ -1181,7 +1181,20 @@ END_TEST
  * while HOLD->hold is set, saying so in HOLD->in_sync. */
 typedef struct hold_seam {
   int hold, in_sync, fail, calls;
+  int nomem, allocs; /* hold_alloc: copies to fail; copies tried */
 } hold_seam;
+
+/* hold_alloc: the log's copy of a lent piece (psd_wal_opts.copy_alloc),
+ * failing while nomem says so. */
+static int hold_alloc(void **p, size_t n, void *arg) {
+  hold_seam *h = arg;
+  __atomic_add_fetch(&h->allocs, 1, __ATOMIC_SEQ_CST);
+  if (__atomic_load_n(&h->nomem, __ATOMIC_SEQ_CST) > 0) {
+    __atomic_sub_fetch(&h->nomem, 1, __ATOMIC_SEQ_CST);
+    return ENOMEM;
+  }
+  return posix_memalign(p, 4096, n);
+}
 
 static int hold_sync(int fd, void *arg) {
   hold_seam *h = arg;
@@ -1212,7 +1225,7 @@ static void wait_flag(uv_loop_t *loop, int *p, int v) {
  * (hold_sync), written buffered as wal_buffered says. */
 static psd_wal *hold_started(const char *dir, hold_seam *hs, uv_loop_t *loop) {
   psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 20, .sync = hold_sync,
-                    .sync_arg = hs, .buffered = wal_buffered};
+                    .sync_arg = hs, .copy_alloc = hold_alloc, .buffered = wal_buffered};
   return wal_started(&o, loop);
 }
 
@@ -1398,6 +1411,52 @@ START_TEST(test_zero_copy_lent) {
   ck_assert_uint_eq(replay_count(dir, 0, &r, 0, &eb), 0);
   ck_assert_uint_eq(r.n, 3);
   ck_assert_int_eq(r.bad, 0); /* the bytes lent, not those written there after */
+}
+END_TEST
+
+/* A failed sync whose lent piece the log finds no memory to copy does
+ * not answer that push (its client would rewrite the piece the log still
+ * writes from): the answer comes once a later attempt copied it, and the
+ * bytes lent are the ones replayed. */
+START_TEST(test_zero_copy_lent_nomem) {
+  wal_buffered = _i;
+  const char *dir = ps_test_tmpdir();
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  hold_seam hs = {.hold = 1, .fail = 3, .nomem = 2}; /* the fourth attempt held */
+  psd_wal *w = hold_started(dir, &hs, &loop);
+  lender ld = {0};
+  ps_lend lend = {.hold = lender_hold, .release = lender_release, .arg = &ld};
+  size_t cap = zc_len(2) + 4096;
+  uint8_t *region = zc_block(cap);
+  seam dummy = {0};
+  waiter ws[1];
+  lent_append(w, 2, 1, region, cap, &lend, &ws[0], &dummy);
+  int64_t end = ps_test_now_ms() + 20000;
+  while (!ws[0].done) {
+    ck_assert_msg(ps_test_now_ms() < end, "the push was never answered");
+    uv_run(&loop, UV_RUN_NOWAIT);
+    /* answered only after its piece was copied out and released */
+    ck_assert(!ws[0].done || lender_get(&ld.releases) == 1);
+    usleep(200);
+  }
+  ck_assert_int_ge(__atomic_load_n(&hs.allocs, __ATOMIC_SEQ_CST), 3);
+  ck_assert_int_eq(ws[0].status, PS_EDEGRADED);
+  memset(region, 0xab, cap); /* the client's next gradients */
+  __atomic_store_n(&hs.hold, 0, __ATOMIC_SEQ_CST);
+  wait_synced(&loop, w, 1);
+  psd_wal_stop(w);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  psd_wal_free(w);
+  uv_loop_close(&loop);
+  free(region);
+  ck_assert_int_eq(lender_get(&ld.holds), 1);
+  ck_assert_int_eq(lender_get(&ld.releases), 1);
+  replayed r = {0};
+  ps_errbuf eb;
+  ck_assert_uint_eq(replay_count(dir, 0, &r, 0, &eb), 0);
+  ck_assert_uint_eq(r.n, 1);
+  ck_assert_int_eq(r.bad, 0);
 }
 END_TEST
 
@@ -1835,6 +1894,7 @@ Suite *psd_wal_suite(void) {
   tcase_add_loop_test(tc, test_zero_copy_block_kept, 0, 2);
   tcase_add_test(tc, test_zero_copy_block_readable);
   tcase_add_loop_test(tc, test_zero_copy_lent, 0, 2);
+  tcase_add_loop_test(tc, test_zero_copy_lent_nomem, 0, 2);
   tcase_add_test(tc, test_store_replay_exact);
   tcase_add_test(tc, test_store_replay_fuzzy_snapshot);
   tcase_add_test(tc, test_store_replay_bad_count);

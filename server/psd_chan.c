@@ -139,10 +139,12 @@
  *     psd_shard_pull, on the loop, before its reply (shm set, no data) is
  *     queued, so invariant 3a's "no later push changes a reply half sent"
  *     holds as for a copy.
- *     A lent region's pushes must lie in its push areas and its pulls in
- *     its pull area (the last of PS_CHAN_SHM_PUSH_AREAS + 1, else
- *     refused), so the shard never writes a pull over a push its log has
- *     yet to write.  The client decides which bytes it may write when
+ *     A lent region's pushes must each lie in one of its push areas and
+ *     its pulls in its pull area (the last of PS_CHAN_SHM_PUSH_AREAS + 1,
+ *     else refused), so the shard never writes a pull over a push its
+ *     log has yet to write, and a client that keeps its promise for one
+ *     area keeps it for the whole push; a region too small for areas of
+ *     a page is not offered.  The client decides which bytes it may write when
  *     (ps_chan.h); a client that rewrites a push's bytes while the shard
  *     reads them corrupts its own gradients past their checks, and, when
  *     it promised to hold them (shm_hold) and breaks that, can make the
@@ -761,8 +763,8 @@ static int conn_pull_direct(psd_conn *c, const Ps__ChanMeta *m, const ps_req *r,
 
 /* conn_shm_check refuses (PS_EINVAL, counted) a push or PULL of meta M
  * whose NBYTES of payload at shm_off do not lie in C's region, or, when
- * the region is lent to the log, in its push areas or its pull area
- * (invariant 11); else marks the region used. */
+ * the region is lent to the log, inside one push area or in its pull
+ * area (invariant 11); else marks the region used. */
 static int conn_shm_check(psd_conn *c, const Ps__ChanMeta *m, uint64_t nbytes, int pull,
                           ps_errbuf *eb) {
   const char *what = pull ? "pull" : "push";

@@ -113,6 +113,7 @@ static void psd_main_flushed(psd_main *m, int status, const ps_errbuf *eb, int64
              sh->cfg->flush_interval_ms, eb->msg);
     snprintf(m->flush_fail_msg, sizeof m->flush_fail_msg, "%s", eb->msg);
     m->flush_failures++;
+    if (sh->wal) psd_wal_drop_spares(sh->wal); /* the disk may be full: give their space back */
     psd_main_why(m);
     return;
   }
@@ -548,6 +549,12 @@ static int psd_main_open(psd_main *m) {
                       .nshards = cfg->nshards, .chunk_elems = cfg->chunk_elems,
                       .max_bytes = ps_config_shard_budget(cfg)};
   ps_errbuf eb = {{0}};
+  /* the log's spare files (psd_wal invariant 6) go first: on a full disk
+   * the store may need their space to open */
+  char redo[4096];
+  snprintf(redo, sizeof redo, "%s/redo", sh->me->data_dir);
+  int nspare = psd_wal_remove_spares(redo);
+  if (nspare) ps_debug("shard %u: %d spare redo log files removed", sh->me->id, nspare);
   sd_notify(0, "STATUS=opening store");
   psd_shard_set_state(sh, PSD_RECOVERING, NULL);
   int err = psd_store_open(&sh->store, &o, &eb);

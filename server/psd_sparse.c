@@ -13,6 +13,7 @@
  * seen), which only grows: 16 bytes per key pulled and not yet admitted
  * or admitted (the cost of admission). */
 #include "psd_sparse.h"
+#include "psd_store.h"
 
 #include <dirent.h>
 #include <errno.h>
@@ -714,7 +715,8 @@ int psd_sparse_open(psd_sparse **out, const psd_sparse_opts *o, ps_errbuf *eb) {
   pthread_cond_init(&s->cv, NULL);
   s->io = rocksdb_ingestexternalfileoptions_create();
   rocksdb_ingestexternalfileoptions_set_move_files(s->io, 1);
-  s->opts = rocksdb_options_create();
+  char *err = NULL;
+  s->opts = psd_rdb_options(&err);
   s->bbto = rocksdb_block_based_options_create();
   s->cache = rocksdb_cache_create_lru(8u << 20);
   s->ro = rocksdb_readoptions_create();
@@ -732,10 +734,10 @@ int psd_sparse_open(psd_sparse **out, const psd_sparse_opts *o, ps_errbuf *eb) {
   rocksdb_options_set_max_write_buffer_number(s->opts, 2);
   rocksdb_options_set_keep_log_file_num(s->opts, 2);
   rocksdb_options_set_info_log_level(s->opts, 4 /* FATAL */);
-  char *err = NULL;
   const char *cfname = "default";
   const rocksdb_options_t *cfopts = s->opts;
-  s->db = rocksdb_open_column_families(s->opts, s->dir, 1, &cfname, &cfopts, &s->cf, &err);
+  if (!err) psd_rdb_drop_empty_wals(s->dir);
+  if (!err) s->db = rocksdb_open_column_families(s->opts, s->dir, 1, &cfname, &cfopts, &s->cf, &err);
   if (err) {
     int rc = rdb_err(s, err, "open", eb);
     psd_sparse_close(s);

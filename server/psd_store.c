@@ -503,11 +503,37 @@ static int psd_store_mkdirs(const char *dir, ps_errbuf *eb) {
   return 0;
 }
 
-/* psd_store_open_db opens RocksDB at s->dir with bounded memory: no
- * compression (floats do not compress), 32 MiB write buffers, a small
- * block cache (the store reads only at open). */
+/* psd_rdb_drop_empty_wals: see psd_store.h. */
+void psd_rdb_drop_empty_wals(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) return;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    size_t n = strspn(e->d_name, "0123456789");
+    struct stat st;
+    if (n >= 6 && !strcmp(e->d_name + n, ".log") &&
+        fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) &&
+        st.st_size == 0)
+      unlinkat(dirfd(d), e->d_name, 0);
+  }
+  closedir(d);
+}
+
+/* psd_rdb_options: see psd_store.h. */
+rocksdb_options_t *psd_rdb_options(char **err) {
+  rocksdb_options_t *o = rocksdb_options_create(), *base = rocksdb_options_create();
+  rocksdb_get_options_from_string(base, "allow_fallocate=false", o, err);
+  rocksdb_options_destroy(base);
+  return o;
+}
+
+/* psd_store_open_db opens RocksDB at s->dir (psd_rdb_options) with
+ * bounded memory: no compression (floats do not compress), 32 MiB write
+ * buffers, a small block cache (the store reads only at open). */
 static int psd_store_open_db(psd_store *s, ps_errbuf *eb) {
-  s->opts = rocksdb_options_create();
+  char *err = NULL;
+  s->opts = psd_rdb_options(&err);
+  if (err) return psd_store_rdb_err(eb, err, "cannot set the store's options", s->dir);
   s->bbto = rocksdb_block_based_options_create();
   s->cache = rocksdb_cache_create_lru(8u << 20);
   /* Compactions (every snapshot rewrites the chunks it holds) run at the
@@ -543,7 +569,7 @@ static int psd_store_open_db(psd_store *s, ps_errbuf *eb) {
   rocksdb_options_set_info_log_level(s->opts, 4 /* FATAL */);
   rocksdb_writeoptions_set_sync(s->wsync, 1);
   rocksdb_readoptions_set_fill_cache(s->ro, 0);
-  char *err = NULL;
+  psd_rdb_drop_empty_wals(s->dir);
   s->db = rocksdb_open(s->opts, s->dir, &err);
   if (err) return psd_store_rdb_err(eb, err, "cannot open store", s->dir);
   /* A reopen (invariant 8) must find this store, not make an empty one. */
@@ -1489,6 +1515,7 @@ void psd_flush_set_durable(psd_flush *f, psd_flush_durable_fn *fn, void *arg) {
  * stays NULL. */
 static int psd_flush_reopen(psd_flush *f, ps_errbuf *eb) {
   char *err = NULL;
+  psd_rdb_drop_empty_wals(f->dir);
   rocksdb_t *db = rocksdb_open(f->opts, f->dir, &err);
   if (err) return psd_store_rdb_err(eb, err, "cannot reopen store", f->dir);
   int rc = psd_store_read_meta(db, f->ro, f->dir, f->shard_id, eb);

@@ -223,4 +223,19 @@ int psd_store_replay(psd_store *s, uint64_t seq, const uint8_t *rec, size_t len,
 int psd_store_log_id(psd_store *s, uint64_t *id, ps_errbuf *eb);
 int psd_store_set_log_id(psd_store *s, uint64_t id, ps_errbuf *eb);
 
+/* psd_rdb_options makes the RocksDB options both of a shard's databases
+ * (the store, the sparse rows) start from: no preallocated files
+ * (RocksDB's default reserves write_buffer_size + 10 % for its
+ * write-ahead log at every open, 35 MiB for the store, which on a nearly
+ * full disk the redo log and the snapshots need, and which `du` cannot
+ * tell from data).  *ERR set (rocksdb_free) when RocksDB refuses. */
+typedef struct rocksdb_options_t rocksdb_options_t;
+rocksdb_options_t *psd_rdb_options(char **err);
+
+/* psd_rdb_drop_empty_wals removes DIR's empty RocksDB write-ahead logs
+ * (NNNNNN.log of 0 bytes) while its database is closed: every open that
+ * fails on a full disk leaves one, which no later open removes; an empty
+ * one holds no write, so nothing is lost. */
+void psd_rdb_drop_empty_wals(const char *dir);
+
 #endif

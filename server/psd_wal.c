@@ -94,6 +94,7 @@ struct psd_wal {
   uint64_t synced_seq;
   uint64_t trunc_seq;      /* a finished snapshot holds records up to here */
   int trunc_pending;
+  int drop_pending;        /* psd_wal_drop_spares asked */
   int stop;
   int failed, err_code, changed;
   uint64_t lent_seq;       /* failing: the first record with a piece still lent
@@ -1222,6 +1223,20 @@ static void wal_trim(psd_wal *w, uint64_t upto) {
   if (removed) (void)fsync(w->dirfd);
 }
 
+/* wal_drop_spares removes the spare files (invariant 6): the disk failed
+ * a write (WHY), and they are only kept for speed.  Writer thread. */
+static void wal_drop_spares(psd_wal *w, const char *why) {
+  if (!w->nspare) return;
+  for (size_t i = 0; i < w->nspare; i++) {
+    char sp[32];
+    wal_spare_name(sp, sizeof sp, w->spare[i]);
+    unlinkat(w->dirfd, sp, 0);
+  }
+  ps_info("redo log '%s': %zu spare segment files removed (%s)", w->dir, w->nspare, why);
+  w->nspare = 0;
+  (void)fsync(w->dirfd);
+}
+
 /* wal_wait_more waits up to max_wait_us for the group to fill (invariant
  * 2).  Under mu. */
 static void wal_wait_more(psd_wal *w) {
@@ -1244,7 +1259,8 @@ static void *wal_thread(void *arg) {
   pthread_mutex_lock(&w->mu);
   for (;;) {
     if (!w->wlen) {
-      while (!w->stop && !w->pend_len && !w->trunc_pending) pthread_cond_wait(&w->cv, &w->mu);
+      while (!w->stop && !w->pend_len && !w->trunc_pending && !w->drop_pending)
+        pthread_cond_wait(&w->cv, &w->mu);
       if (w->stop && !w->pend_len) break;
       wal_wait_more(w);
       if (w->pend_len && wal_take(w) < 0) { /* no memory: not a hot loop */
@@ -1254,12 +1270,15 @@ static void *wal_thread(void *arg) {
       }
     }
     uint64_t upto = w->trunc_seq; /* a request made during the write waits for the next turn */
-    int trunc = w->trunc_pending;
+    int trunc = w->trunc_pending, drop = w->drop_pending;
+    w->drop_pending = 0;
     pthread_mutex_unlock(&w->mu);
+    if (drop) wal_drop_spares(w, "a snapshot failed");
     uint64_t wns = 0, sns = 0;
     if (w->wlen && !w->wsealed) wal_seal(w);
     int rc = w->wlen ? wal_write(w, &wns, &sns, why, sizeof why) : 0;
     int e = errno;
+    if (rc < 0) wal_drop_spares(w, why);
     pthread_mutex_lock(&w->mu);
     w->write_ns += wns;
     w->sync_ns += sns;
@@ -1509,6 +1528,30 @@ void psd_wal_truncate(psd_wal *w, uint64_t seq) {
     pthread_cond_signal(&w->cv);
   }
   pthread_mutex_unlock(&w->mu);
+}
+
+/* psd_wal_drop_spares: see psd_wal.h. */
+void psd_wal_drop_spares(psd_wal *w) {
+  if (!w->started || w->stopped) return;
+  pthread_mutex_lock(&w->mu);
+  w->drop_pending = 1;
+  pthread_cond_signal(&w->cv);
+  pthread_mutex_unlock(&w->mu);
+}
+
+/* psd_wal_remove_spares: see psd_wal.h. */
+int psd_wal_remove_spares(const char *dir) {
+  DIR *d = opendir(dir);
+  if (!d) return 0;
+  struct dirent *e;
+  int n = 0;
+  while ((e = readdir(d)) != NULL)
+    if (strlen(e->d_name) == 21 && !strcmp(e->d_name + 16, ".free") &&
+        unlinkat(dirfd(d), e->d_name, 0) == 0)
+      n++;
+  if (n) (void)fsync(dirfd(d));
+  closedir(d);
+  return n;
 }
 
 /* psd_wal_stats_get: see psd_wal.h. */

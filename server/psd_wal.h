@@ -77,7 +77,11 @@
  *     reused): a segment before the last ends its records where the next
  *     one starts (invariant 4), and in the last one the bytes after its
  *     records are records older than its name (or garbage within one,
- *     read as a torn tail).
+ *     read as a torn tail).  Spares are only kept for speed: they are
+ *     removed when a write or sync of the log fails, when the shard's
+ *     snapshot fails (psd_wal_drop_spares), and at every start before the
+ *     store opens (psd_wal_remove_spares), so that on a full disk they
+ *     never hold space the log, a snapshot or RocksDB needs.
  *
  *  7. Writes bypass the page cache (O_DIRECT) where the filesystem allows
  *     it: the kernel's copy of every record into the page cache and its
@@ -260,6 +264,14 @@ int psd_wal_wait_synced(psd_wal *w, uint64_t seq, ps_errbuf *eb);
 /* psd_wal_truncate: a finished snapshot holds every record up to SEQ
  * (invariant 4); the writer deletes what it can. */
 void psd_wal_truncate(psd_wal *w, uint64_t seq);
+
+/* psd_wal_drop_spares: the disk failed a write elsewhere (a snapshot):
+ * the writer removes the spare files at its next turn (invariant 6). */
+void psd_wal_drop_spares(psd_wal *w);
+
+/* psd_wal_remove_spares removes DIR's spare files (invariant 6) before a
+ * log is opened there; returns how many (0 when DIR does not exist). */
+int psd_wal_remove_spares(const char *dir);
 
 void psd_wal_stats_get(psd_wal *w, psd_wal_stats *st);
 

@@ -790,6 +790,31 @@ START_TEST(test_open_failures) {
 }
 END_TEST
 
+/* RocksDB files are not preallocated (a fresh store holds kilobytes, not
+ * the 35 MiB RocksDB reserves for its log by default), and the empty
+ * logs that failed opens leave are removed at the next open. */
+START_TEST(test_open_no_dead_space) {
+  const char *d = ps_test_tmpdir();
+  psd_store *s = open_store(d, 0, 1);
+  psd_store_close(s);
+  char cmd[700];
+  snprintf(cmd, sizeof cmd, "du -sk '%s'", d);
+  FILE *p = popen(cmd, "r");
+  ck_assert_ptr_nonnull(p);
+  long kib = -1;
+  ck_assert_int_eq(fscanf(p, "%ld", &kib), 1);
+  pclose(p);
+  ck_assert_msg(kib >= 0 && kib < 4096, "a fresh store takes %ld KiB", kib);
+  const char *empty = path_in(d, "000999.log");
+  FILE *f = fopen(empty, "w");
+  ck_assert_ptr_nonnull(f);
+  fclose(f);
+  s = open_store(d, 0, 1);
+  ck_assert_int_eq(access(empty, F_OK), -1);
+  psd_store_close(s);
+}
+END_TEST
+
 /* open_budget opens DIR as the only shard with memory budget MAX. */
 static psd_store *open_budget(const char *dir, uint64_t max) {
   psd_store_opts o = {.dir = dir, .shard_index = 0, .shard_ids = ids2, .nshards = 1,
@@ -993,6 +1018,7 @@ Suite *psd_store_suite(void) {
   tcase_add_test(tc, test_push_never_poisons);
   tcase_add_test(tc, test_two_shards_same_tensors);
   tcase_add_test(tc, test_open_failures);
+  tcase_add_test(tc, test_open_no_dead_space);
   tcase_add_test(tc, test_failed_flush_reopens);
   tcase_add_test(tc, test_submit_budget);
   tcase_add_test(tc, test_open_chunk_records_without_seq);

@@ -983,6 +983,69 @@ START_TEST(test_failed_roll) {
 }
 END_TEST
 
+/* more_spares appends records of 300 bytes (one per group) after a
+ * snapshot at UPTO until DIR holds a spare (invariant 6); *TOTAL counts. */
+static void more_spares(psd_wal *w, uv_loop_t *loop, const char *dir, uint64_t upto,
+                        uint64_t *off, uint64_t *total) {
+  seam dummy = {0};
+  waiter ws[1];
+  psd_wal_truncate(w, upto);
+  for (int k = 0; k < 100 && count_files(dir, ".free") == 0; k++, (*total)++) {
+    append_n(w, ws, 1, 300, &dummy, off);
+    run_until(loop, ws, 1);
+  }
+  ck_assert_int_gt(count_files(dir, ".free"), 0);
+}
+
+/* Spares are only kept for speed (invariant 6): a failed write of the
+ * log removes them, so does psd_wal_drop_spares (a failed snapshot), and
+ * psd_wal_remove_spares before a start; nothing is lost. */
+START_TEST(test_spares_dropped) {
+  const char *dir = ps_test_tmpdir();
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  seam sm = {0};
+  psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 20, .segment_bytes = 4096,
+                    .sync = seam_sync, .sync_arg = &sm};
+  psd_wal *w = wal_started(&o, &loop);
+  waiter ws[5];
+  uint64_t off = 0, total = 0;
+  for (int k = 0; k < 8; k++, total += 5) {
+    append_n(w, ws, 5, 300, &sm, &off);
+    run_until(&loop, ws, 5);
+  }
+  more_spares(w, &loop, dir, 20, &off, &total);
+  psd_wal_drop_spares(w); /* the writer removes them at its next turn */
+  int64_t end = ps_test_now_ms() + 20000;
+  while (count_files(dir, ".free") > 0) {
+    ck_assert_msg(ps_test_now_ms() < end, "spares not removed");
+    usleep(1000);
+  }
+  more_spares(w, &loop, dir, 35, &off, &total);
+  sm.fail = 1; /* read by the writer after the append below */
+  append_n(w, ws, 1, 300, &sm, &off);
+  total++;
+  run_until(&loop, ws, 1); /* PS_EDEGRADED, or 0 when the retry came first */
+  ck_assert(ws[0].status == PS_EDEGRADED || ws[0].status == 0);
+  ck_assert_int_eq(sm.fail, 0); /* the sync failed */
+  ck_assert_int_eq(count_files(dir, ".free"), 0);
+  wait_synced(&loop, w, total); /* the retry */
+  more_spares(w, &loop, dir, total - 2, &off, &total);
+  psd_wal_stop(w);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  psd_wal_free(w);
+  uv_loop_close(&loop);
+  int n = count_files(dir, ".free");
+  ck_assert_int_eq(psd_wal_remove_spares(dir), n);
+  ck_assert_int_eq(count_files(dir, ".free"), 0);
+  ck_assert_int_eq(psd_wal_remove_spares("/nonexistent/redo"), 0);
+  replayed r = {0};
+  ps_errbuf eb;
+  ck_assert_uint_eq(replay_count(dir, total - 2, &r, 0, &eb), 0);
+  ck_assert_uint_eq(r.last, total);
+}
+END_TEST
+
 /* A log written by a version before CRC-32C (records with zlib's CRC-32)
  * replays as it is, the records this version appends after it carry
  * CRC-32C, and a replay reads both; a record whose format flag flipped
@@ -1889,6 +1952,7 @@ Suite *psd_wal_suite(void) {
   tcase_add_test(tc, test_old_bytes_after_earlier_segment);
   tcase_add_loop_test(tc, test_reused_segments, 0, 2);
   tcase_add_test(tc, test_failed_roll);
+  tcase_add_test(tc, test_spares_dropped);
   tcase_add_test(tc, test_crc_formats);
   tcase_add_loop_test(tc, test_zero_copy_replay, 0, 2);
   tcase_add_loop_test(tc, test_zero_copy_block_kept, 0, 2);

@@ -62,6 +62,11 @@ typedef struct wal_exts {
 #define WAL_ZC_MIN 65536 /* smaller pieces are copied even when offered (invariant 8) */
 #define WAL_SKIP_SEQ UINT64_MAX /* a skip record's seq (invariant 8) */
 #define WAL_SKIP_MAX 8192 /* a skip record is shorter (invariant 8) */
+/* a group's end mark (invariant 5): a skip record whose payload is the
+ * magic, the segment's first seq, where the group starts in the segment,
+ * and its first record's seq */
+#define WAL_MARK_LEN 32
+#define WAL_MARK_MAGIC 0x70756f7267647370ull /* "psdgroup", little-endian */
 
 typedef struct wal_seg {
   uint64_t first;  /* seq of its first record (its name) */
@@ -529,6 +534,17 @@ static int wal_may_follow(const uint8_t *buf, size_t n, size_t at, uint64_t seq,
   return seq == WAL_SKIP_SEQ ? s >= next && s - next <= window : s == seq + 1;
 }
 
+/* wal_mark: whether the intact skip record at P (LEN payload bytes) is a
+ * group's end mark (invariant 5) of the segment starting at FIRST; then
+ * *START is where its group starts in the segment. */
+static int wal_mark(const uint8_t *p, uint32_t len, uint64_t first, uint64_t *start) {
+  if (len != WAL_MARK_LEN || wal_get64(p + WAL_HDR) != WAL_MARK_MAGIC ||
+      wal_get64(p + WAL_HDR + 8) != first)
+    return 0;
+  *start = wal_get64(p + WAL_HDR + 16);
+  return 1;
+}
+
 /* wal_found: what wal_count_after found after a bad record. */
 typedef struct wal_found {
   uint64_t n;        /* intact records of ours (skip records not counted) */
@@ -536,6 +552,7 @@ typedef struct wal_found {
   size_t first_at;   /* where the first of them starts */
   uint64_t first_seq;
   int cut;           /* the search ended early, or left candidates unchecked */
+  int later;         /* a group after the bad record's was written (end marks) */
 } wal_found;
 
 /* wal_count_after looks for the intact records of this log after a bad
@@ -554,10 +571,14 @@ typedef struct wal_found {
  * second budget, 2 times the bytes after OFF and 16 MiB, lasts: an older
  * record's payload may hold many values that look like seqs, each with a
  * length field that would make its checksum long.  All checksums together over
- * more than 8 times those bytes and 64 MiB end the search. */
+ * more than 8 times those bytes and 64 MiB end the search.  The end marks
+ * of segment SEG_FIRST found say whether a group after the bad record's
+ * (which starts at GSTART) was written: one of a group starting later, or
+ * a record after the end mark of the group starting at GSTART. */
 static void wal_count_after(const uint8_t *buf, size_t n, size_t off, uint64_t next,
-                            wal_found *f) {
+                            uint64_t seg_first, size_t gstart, wal_found *f) {
   uint64_t budget = 8 * (uint64_t)(n - off) + (64u << 20);
+  size_t own_end = 0; /* after the end mark of the group starting at GSTART */
   uint64_t loose = 2 * (uint64_t)(n - off) + (16u << 20);
   uint64_t expect = 0; /* right after a record found: the seq the next one holds */
   *f = (wal_found){0};
@@ -582,16 +603,21 @@ static void wal_count_after(const uint8_t *buf, size_t n, size_t off, uint64_t n
     if (fits) budget -= len;
     if (fits && !wal_check(buf + at, n - at)) {
       at += WAL_HDR + len;
+      uint64_t ms;
       if (!skip) {
         if (!f->n++) f->first_at = at - WAL_HDR - len, f->first_seq = seq;
         f->end = at;
         expect = seq + 1;
+      } else if (wal_mark(buf + at - WAL_HDR - len, (uint32_t)len, seg_first, &ms)) {
+        if (ms > gstart) f->later = 1; /* a group that started after the bad one's */
+        else if (ms == gstart) own_end = at;
       }
     } else {
       expect = 0;
       at++;
     }
   }
+  if (own_end && f->end > own_end) f->later = 1; /* records after its group's end */
 }
 
 /* wal_cut truncates segment I to LEN bytes (removing it when empty) and
@@ -640,6 +666,7 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
   for (size_t i = 0; rc == 0 && i < w->nsegs; i++) {
     uint8_t *buf = NULL;
     size_t n = 0, off = 0, rend = 0; /* rend: where its last record (not a skip) ends */
+    size_t gend = 0;                 /* where the last group read ends (its end mark's end) */
     if ((rc = wal_read_seg(w, i, &buf, &n, eb)) < 0) break;
     char name[32];
     wal_seg_name(name, sizeof name, w->segs[i].first);
@@ -647,9 +674,29 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
     while (rc == 0 && off < n && !stop) {
       const char *bad = wal_check(buf + off, n - off);
       uint64_t seq = bad ? 0 : wal_get64(buf + off + 8);
-      if (!bad && seq == WAL_SKIP_SEQ) { /* a skip record (invariant 8) */
-        off += WAL_HDR + wal_len(buf + off);
+      if (!bad && seq == WAL_SKIP_SEQ) { /* a skip record (invariant 8) or an end mark */
+        uint64_t gs;
+        uint32_t sl = wal_len(buf + off);
+        off += WAL_HDR + sl;
+        if (wal_mark(buf + off - WAL_HDR - sl, sl, w->segs[i].first, &gs)) gend = off;
         continue;
+      }
+      if (bad) { /* damaged, but the snapshot holds it: on to the first intact record after
+                  * it when that leaves out no record the snapshot does not hold */
+        uint64_t next = rend == 0 ? w->segs[i].first : last + 1;
+        wal_found f;
+        if (next <= from) {
+          wal_count_after(buf, n, off, next, w->segs[i].first, gend, &f);
+          if (f.n && f.first_seq <= from + 1) {
+            ps_warn("redo log '%s/%s': the record at offset %zu is damaged (%s), but the "
+                    "snapshot holds every record up to %" PRIu64 ": replaying on from record "
+                    "%" PRIu64 " at offset %zu", w->dir, name, off, bad, from, f.first_seq,
+                    f.first_at);
+            last = f.first_seq - 1;
+            off = rend = f.first_at;
+            continue;
+          }
+        }
       }
       /* a reused file's old bytes: after the last segment's records, or
        * a whole segment no record reached (a roll that failed or was cut
@@ -686,7 +733,7 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
         int ours = n - off >= WAL_HDR ? wal_get64(buf + off + 8) == next
                                       : !wal_zeros(buf + off, n - off); /* a cut header */
         wal_found f;
-        wal_count_after(buf, n, off, next, &f);
+        wal_count_after(buf, n, off, next, w->segs[i].first, gend, &f);
         if (f.cut)
           ps_warn("redo log '%s/%s': the search for intact records after the bad one at offset "
                   "%zu ended early or skipped some (too many checksums over bytes that look "
@@ -714,6 +761,13 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
          * record's header lost) is that group, torn: its record was never
          * acknowledged, or only the skip record was damaged since (a
          * corrupt last group reads as a torn one). */
+        if (f.later) { /* end marks: a group after the bad record's was written */
+          rc = ps_errf(eb, PS_EIO, "redo log '%s/%s' is corrupt at offset %zu (%s), and a "
+                       "group written after the one holding it follows (%" PRIu64 " intact "
+                       "records after it): the bad record was synced, so acknowledged records "
+                       "would be lost; refusing to replay", w->dir, name, off, bad, f.n);
+          break;
+        }
         uint64_t group = w->o.max_batch_bytes + w->o.max_batch_bytes / 8 + 2 * WAL_SKIP_MAX;
         int one = after == 1 && !ours && f.first_seq == next && f.first_at - off < WAL_SKIP_MAX;
         if (after && end - off > group && !one) {
@@ -738,7 +792,7 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
         else
           ps_warn("redo log '%s/%s': torn tail at offset %zu (%s): %" PRIu64 " record%s (%zu "
                   "bytes) dropped (a write the crash cut short, which holds no acknowledged "
-                  "record; a synced record damaged since reads the same)%s",
+                  "record; the last group, synced and damaged since, reads the same)%s",
                   w->dir, name, rend, bad,
                   dropped, dropped == 1 ? "" : "s", end - rend,
                   n > end ? "; the bytes after them are no record: cut off too" : "");
@@ -897,7 +951,8 @@ static int wal_open_seg(psd_wal *w, uint64_t first, char *why, size_t whylen) {
 /* wal_take moves the next group out of pend into wbuf (invariant 2);
  * 0, or -1 when it finds no memory (nothing moved).  Under mu. */
 static int wal_take(psd_wal *w) {
-  uint64_t max = w->o.max_batch_bytes;
+  uint64_t mark = WAL_HDR + WAL_MARK_LEN, cap = w->o.max_batch_bytes; /* the end mark's room */
+  uint64_t max = cap > mark ? cap - mark : 1;
   if (w->pend_len <= max) {
     uint8_t *b = w->wbuf;
     size_t cap = w->wcap;
@@ -915,7 +970,8 @@ static int wal_take(psd_wal *w) {
     w->pext = x;
     /* where the next group's records start in the file's last block when
      * no roll comes between (else wal_fit moves them: invariant 7) */
-    w->pend_base = w->direct ? (w->segs[w->nsegs - 1].bytes + w->wlen) % WAL_ALIGN : 0;
+    w->pend_base =
+        w->direct ? (w->segs[w->nsegs - 1].bytes + w->wlen + WAL_HDR + WAL_MARK_LEN) % WAL_ALIGN : 0;
   } else {
     uint8_t *src = w->pend + w->pend_base;
     size_t off = 0;
@@ -971,6 +1027,16 @@ static int wal_take(psd_wal *w) {
  * computes them outside the mutex, so the loop thread only copies a
  * record in (psd_wal_append).  Writer thread. */
 static void wal_seal(psd_wal *w) {
+  /* the group's end mark (invariant 5) after its records: wbuf has room
+   * (WAL_ALIGN past them, wal_take, psd_wal_append_own) */
+  const wal_seg *cur = &w->segs[w->nsegs - 1];
+  uint8_t *m = w->wbuf + w->wbase + w->wlen;
+  uint32_t l32 = WAL_MARK_LEN | WAL_CRC32C;
+  uint64_t v[5] = {WAL_SKIP_SEQ, WAL_MARK_MAGIC, cur->first, cur->bytes,
+                   wal_get64(w->wbuf + w->wbase + 8)};
+  memcpy(m, &l32, 4);
+  memcpy(m + 8, v, sizeof v);
+  w->wlen += WAL_HDR + WAL_MARK_LEN;
   const wal_ext *e = w->wext.v, *end = e + w->wext.n;
   for (size_t off = 0; off < w->wlen;) {
     uint8_t *h = w->wbuf + w->wbase + off;

@@ -46,7 +46,18 @@
  *     be the damage; a candidate's checksum is computed when it follows
  *     a record found, or is followed by the file's end, zeros or a next
  *     or skip header, or else carries the CRC-32C flag, within bounded
- *     checksummed bytes: wal_count_after), logged and cut off; but when
+ *     checksummed bytes: wal_count_after), logged and cut off; but when a
+ *     group after the bad record's was written, the bad record was synced
+ *     (a group is written only once the one before is synced): refused
+ *     (PS_EIO), nothing cut.  Each group's write ends in its end mark, a
+ *     skip record (invariant 8) whose payload is a magic, the segment's
+ *     first seq, the offset where the group starts and its first record's
+ *     seq (group_commit_max_bytes counts it); a mark of this segment for a
+ *     group that starts after the bad record's (which starts where the
+ *     last mark before it ends), or an intact record of ours after the
+ *     bad record's own group's mark, says a later group was written (a
+ *     reused file's older marks name another segment).  Without marks (a
+ *     log written before them, or the marks damaged too), when
  *     intact records follow the bad one over more than max_batch_bytes,
  *     an eighth and 16 KiB (one group of two records or more holds at
  *     most that, with the skip records of invariant 8, and the next is
@@ -60,6 +71,10 @@
  *     where a segment's records ended early: the message says where), or
  *     a log that starts after FROM + 1 is refused (PS_EIO) with a message
  *     saying which.
+ *     In any segment, a damaged record whose seq the snapshot holds (at
+ *     most FROM) is stepped over to the first intact record of ours after
+ *     it when that one's seq is at most FROM + 1 (no record the snapshot
+ *     lacks is left out), with a warning.
  *     In the last segment an intact record older than the segment's first
  *     (a reused file's old bytes, invariant 6) ends the records cleanly:
  *     cut off, nothing dropped; a segment of any position that starts with

@@ -951,8 +951,8 @@ static int wal_open_seg(psd_wal *w, uint64_t first, char *why, size_t whylen) {
 /* wal_take moves the next group out of pend into wbuf (invariant 2);
  * 0, or -1 when it finds no memory (nothing moved).  Under mu. */
 static int wal_take(psd_wal *w) {
-  uint64_t mark = WAL_HDR + WAL_MARK_LEN, cap = w->o.max_batch_bytes; /* the end mark's room */
-  uint64_t max = cap > mark ? cap - mark : 1;
+  uint64_t mark = WAL_HDR + WAL_MARK_LEN, lim = w->o.max_batch_bytes; /* the end mark's room */
+  uint64_t max = lim > mark ? lim - mark : 1;
   if (w->pend_len <= max) {
     uint8_t *b = w->wbuf;
     size_t cap = w->wcap;

@@ -188,6 +188,13 @@ static uint32_t wal_crc(const uint8_t *hdr, const uint8_t *p, size_t len) {
   return (uint32_t)crc32_z(c, p, len);
 }
 
+/* wal_group_max: the most bytes of records one group takes, leaving room
+ * for its end mark in group_commit_max_bytes (invariants 2 and 5). */
+static uint64_t wal_group_max(const psd_wal *w) {
+  uint64_t mark = WAL_HDR + WAL_MARK_LEN, lim = w->o.max_batch_bytes;
+  return lim > mark ? lim - mark : 1;
+}
+
 static int wal_code(int e) { return e == ENOSPC || e == EDQUOT ? PS_ENOSPC : PS_EIO; }
 
 /* wal_grow replaces *BUF (*CAP bytes) by an aligned buffer (invariant 7) of
@@ -681,21 +688,34 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
         if (wal_mark(buf + off - WAL_HDR - sl, sl, w->segs[i].first, &gs)) gend = off;
         continue;
       }
-      if (bad) { /* damaged, but the snapshot holds it: on to the first intact record after
-                  * it when that leaves out no record the snapshot does not hold */
-        uint64_t next = rend == 0 ? w->segs[i].first : last + 1;
-        wal_found f;
-        if (next <= from) {
-          wal_count_after(buf, n, off, next, w->segs[i].first, gend, &f);
-          if (f.n && f.first_seq <= from + 1) {
+      /* Damaged bytes that leave out no record the replay needs are
+       * stepped over to the first intact record of ours after them: it
+       * holds the next seq (a damaged skip record or end mark), or the
+       * snapshot holds every record before it.  Looked for where records
+       * may follow: in the last segment (its torn-tail rules below use
+       * the same search), or in an earlier one that ends before the next
+       * segment's first record. */
+      wal_found f = {0};
+      int found = 0;
+      uint64_t next = rend == 0 ? w->segs[i].first : last + 1;
+      if (bad && (i + 1 == w->nsegs || next < w->segs[i + 1].first)) {
+        wal_count_after(buf, n, off, next, w->segs[i].first, gend, &f);
+        found = 1;
+        if (f.n && (f.first_seq == next || f.first_seq <= from + 1)) {
+          if (f.first_seq == next)
+            ps_warn("redo log '%s/%s': %zu damaged bytes at offset %zu (%s) hold no record of "
+                    "the log (a damaged skip record or group end mark): replaying on from "
+                    "record %" PRIu64, w->dir, name, f.first_at - off, off, bad, f.first_seq);
+          else
             ps_warn("redo log '%s/%s': the record at offset %zu is damaged (%s), but the "
                     "snapshot holds every record up to %" PRIu64 ": replaying on from record "
                     "%" PRIu64 " at offset %zu", w->dir, name, off, bad, from, f.first_seq,
                     f.first_at);
-            last = f.first_seq - 1;
-            off = rend = f.first_at;
-            continue;
-          }
+          last = f.first_seq - 1;
+          /* its group started there or before (where an end mark stepped
+           * over ended): no later group's mark starts that early */
+          off = rend = gend = f.first_at;
+          continue;
         }
       }
       /* a reused file's old bytes: after the last segment's records, or
@@ -729,11 +749,9 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
         /* a record of ours carries the next seq; other bytes (a reused
          * file's old ones cut mid-record, a page that never reached the
          * disk) are no record */
-        uint64_t next = rend == 0 ? w->segs[i].first : last + 1;
         int ours = n - off >= WAL_HDR ? wal_get64(buf + off + 8) == next
                                       : !wal_zeros(buf + off, n - off); /* a cut header */
-        wal_found f;
-        wal_count_after(buf, n, off, next, w->segs[i].first, gend, &f);
+        if (!found) wal_count_after(buf, n, off, next, w->segs[i].first, gend, &f);
         if (f.cut)
           ps_warn("redo log '%s/%s': the search for intact records after the bad one at offset "
                   "%zu ended early or skipped some (too many checksums over bytes that look "
@@ -754,13 +772,10 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
          * 8 KiB: at most an eighth more), and the next group is written
          * only after its sync: an intact record farther than that from
          * the bad one means the bad one was synced, i.e. an acknowledged
-         * record is corrupt, not a torn write.  A group of one record
-         * may be larger: a skip record and the record of NEXT (invariant
-         * 8).  So one record found alone, of the next seq, within a skip
-         * record's reach of a bad record that is not ours (the skip
-         * record's header lost) is that group, torn: its record was never
-         * acknowledged, or only the skip record was damaged since (a
-         * corrupt last group reads as a torn one). */
+         * record is corrupt, not a torn write.  (A group of one record
+         * may be larger, a skip record and the record of NEXT, invariant
+         * 8: its record, intact after a damaged skip record, was stepped
+         * over to above.) */
         if (f.later) { /* end marks: a group after the bad record's was written */
           rc = ps_errf(eb, PS_EIO, "redo log '%s/%s' is corrupt at offset %zu (%s), and a "
                        "group written after the one holding it follows (%" PRIu64 " intact "
@@ -769,8 +784,7 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
           break;
         }
         uint64_t group = w->o.max_batch_bytes + w->o.max_batch_bytes / 8 + 2 * WAL_SKIP_MAX;
-        int one = after == 1 && !ours && f.first_seq == next && f.first_at - off < WAL_SKIP_MAX;
-        if (after && end - off > group && !one) {
+        if (after && end - off > group) {
           rc = ps_errf(eb, PS_EIO, "redo log '%s/%s' is corrupt at offset %zu (%s), and %" PRIu64
                        " intact records follow it over %zu bytes, more than one group holds "
                        "(%" PRIu64 " with group_commit_max_bytes %" PRIu64 "): the bad record "
@@ -951,8 +965,7 @@ static int wal_open_seg(psd_wal *w, uint64_t first, char *why, size_t whylen) {
 /* wal_take moves the next group out of pend into wbuf (invariant 2);
  * 0, or -1 when it finds no memory (nothing moved).  Under mu. */
 static int wal_take(psd_wal *w) {
-  uint64_t mark = WAL_HDR + WAL_MARK_LEN, lim = w->o.max_batch_bytes; /* the end mark's room */
-  uint64_t max = lim > mark ? lim - mark : 1;
+  uint64_t max = wal_group_max(w);
   if (w->pend_len <= max) {
     uint8_t *b = w->wbuf;
     size_t cap = w->wcap;
@@ -1306,9 +1319,9 @@ static void wal_drop_spares(psd_wal *w, const char *why) {
 /* wal_wait_more waits up to max_wait_us for the group to fill (invariant
  * 2).  Under mu. */
 static void wal_wait_more(psd_wal *w) {
-  if (!w->o.max_wait_us || w->pend_len >= w->o.max_batch_bytes) return;
+  if (!w->o.max_wait_us || w->pend_len >= wal_group_max(w)) return;
   struct timespec dl = ps_deadline_ns((uint64_t)w->o.max_wait_us * 1000);
-  while (!w->stop && w->pend_len < w->o.max_batch_bytes)
+  while (!w->stop && w->pend_len < wal_group_max(w))
     if (pthread_cond_timedwait(&w->cv, &w->mu, &dl) == ETIMEDOUT) break;
 }
 
@@ -1549,7 +1562,7 @@ int psd_wal_append_own(psd_wal *w, const struct iovec *iov, int niov, void **own
   w->pend_len += WAL_HDR + len;
   w->pend_nrec++;
   /* Wake the writer when it sleeps for work, or when a group is full. */
-  if (w->pend_nrec == 1 || w->pend_len >= w->o.max_batch_bytes) pthread_cond_signal(&w->cv);
+  if (w->pend_nrec == 1 || w->pend_len >= wal_group_max(w)) pthread_cond_signal(&w->cv);
   pthread_mutex_unlock(&w->mu);
   for (size_t i = 0; i < nspare; i++) free(spare[i]);
   wal_loop_time(w, t0);

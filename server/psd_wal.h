@@ -62,19 +62,21 @@
  *     an eighth and 16 KiB (one group of two records or more holds at
  *     most that, with the skip records of invariant 8, and the next is
  *     written only after its sync), it was synced: refused (PS_EIO),
- *     nothing cut.  Except one record of the next seq alone, within a
- *     skip record's reach of a bad record that is not ours: a group of
- *     one record (a skip record and it, invariant 8) that is torn.  In a
+ *     nothing cut.  In a
  *     segment before the last, the first record that is bad or does not follow the
  *     one before ends its records (what follows is not read, invariant 4);
  *     a bad first record there, a gap in the sequence after FROM (also
  *     where a segment's records ended early: the message says where), or
  *     a log that starts after FROM + 1 is refused (PS_EIO) with a message
  *     saying which.
- *     In any segment, a damaged record whose seq the snapshot holds (at
- *     most FROM) is stepped over to the first intact record of ours after
- *     it when that one's seq is at most FROM + 1 (no record the snapshot
- *     lacks is left out), with a warning.
+ *     Before all that, damaged bytes where records may follow (in the last
+ *     segment, or in one whose records end before the next segment's
+ *     first) are stepped over, with a warning, to the first intact record
+ *     of ours after them when it holds the next seq (they were a skip
+ *     record or an end mark: no record is missing; its record may never
+ *     have been acknowledged, like any record a crash between write and
+ *     sync leaves intact) or the snapshot holds every record before it
+ *     (its seq at most FROM + 1).
  *     In the last segment an intact record older than the segment's first
  *     (a reused file's old bytes, invariant 6) ends the records cleanly:
  *     cut off, nothing dropped; a segment of any position that starts with
@@ -123,7 +125,9 @@
  *     records after it.  A segment's first record is copied whole, so no
  *     segment starts with a skip record: versions before skip records
  *     refuse a log that holds one (its seq is not the next one) instead
- *     of taking a segment that starts with one for a torn one.  The
+ *     of taking a segment that starts with one for a torn one; since
+ *     every group ends in an end mark (a skip record, invariant 5), they
+ *     refuse every log this version writes.  The
  *     block is the log's until the group that holds the record is
  *     written and synced (a failed attempt is
  *     retried from it, invariant 3); then the writer lists it as done,

@@ -751,6 +751,11 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
          * disk) are no record */
         int ours = n - off >= WAL_HDR ? wal_get64(buf + off + 8) == next
                                       : !wal_zeros(buf + off, n - off); /* a cut header */
+        /* the bad record (ours, or a skip record) runs past the file's end */
+        uint64_t bs = n - off >= WAL_HDR ? wal_get64(buf + off + 8) : 0;
+        int cut_short = n - off < WAL_HDR ? ours
+                                          : (bs == next || bs == WAL_SKIP_SEQ) &&
+                                                n - off - WAL_HDR < wal_len(buf + off);
         if (!found) wal_count_after(buf, n, off, next, w->segs[i].first, gend, &f);
         if (f.cut)
           ps_warn("redo log '%s/%s': the search for intact records after the bad one at offset "
@@ -799,6 +804,12 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
           /* neither a record, nor zeros, nor a reused file's older record */
           ps_warn("redo log '%s/%s' holds no record of this log: its %zu bytes start with "
                   "neither a record nor zeros (not written by psd?); removed", w->dir, name, n);
+        else if (dropped == 0 && cut_short)
+          ps_warn("redo log '%s/%s': its records end at offset %zu; the %zu bytes after are "
+                  "the start of a skip record or group end mark that the file's end cuts "
+                  "(a write that never completed; or the file was cut short after it was "
+                  "written, which loses what it held past the cut): cut off", w->dir, name,
+                  rend, n - rend);
         else if (dropped == 0)
           ps_info("redo log '%s/%s': its records end at offset %zu; the %zu bytes after are "
                   "no record of this log (a reused file's older bytes, or a write that never "
@@ -806,9 +817,11 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
         else
           ps_warn("redo log '%s/%s': torn tail at offset %zu (%s): %" PRIu64 " record%s (%zu "
                   "bytes) dropped (a write the crash cut short, which holds no acknowledged "
-                  "record; the last group, synced and damaged since, reads the same)%s",
+                  "record; the last group, synced and damaged since, reads the same%s)%s",
                   w->dir, name, rend, bad,
                   dropped, dropped == 1 ? "" : "s", end - rend,
+                  cut_short ? "; so does a file cut short after it was written, which loses "
+                              "what it held past the cut" : "",
                   n > end ? "; the bytes after them are no record: cut off too" : "");
         rc = wal_cut(w, i, rend, eb);
         break;

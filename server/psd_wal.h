@@ -56,7 +56,10 @@
  *     group that starts after the bad record's (which starts where the
  *     last mark before it ends), or an intact record of ours after the
  *     bad record's own group's mark, says a later group was written (a
- *     reused file's older marks name another segment).  Without marks (a
+ *     reused file's older marks name another segment).  A file cut short
+ *     after it was written (no crash does that) reads as a torn tail too:
+ *     nothing left in it tells, and the warning says it may be one.
+ *     Without marks (a
  *     log written before them, or the marks damaged too), when
  *     intact records follow the bad one over more than max_batch_bytes,
  *     an eighth and 16 KiB (one group of two records or more holds at

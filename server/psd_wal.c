@@ -321,6 +321,22 @@ static void wal_spare_name(char *buf, size_t n, uint64_t first) {
   snprintf(buf, n, "%016" PRIx64 ".free", first);
 }
 
+/* wal_named: whether NAME has the shape of a segment's name (SUFFIX
+ * ".log") or a spare's (".free"): 16 characters, then SUFFIX. */
+static int wal_named(const char *name, const char *suffix) {
+  return strlen(name) == 16 + strlen(suffix) && !strcmp(name + 16, suffix);
+}
+
+/* wal_unlink_spares removes the spare files (invariant 6), unsynced. */
+static void wal_unlink_spares(psd_wal *w) {
+  for (size_t i = 0; i < w->nspare; i++) {
+    char sp[32];
+    wal_spare_name(sp, sizeof sp, w->spare[i]);
+    unlinkat(w->dirfd, sp, 0);
+  }
+  w->nspare = 0;
+}
+
 /* wal_seg_add appends a segment entry; 0 or PS_ENOMEM. */
 static int wal_seg_add(psd_wal *w, uint64_t first, uint64_t last, uint64_t bytes) {
   if (w->nsegs == w->segcap) {
@@ -352,14 +368,14 @@ static int wal_scan(psd_wal *w, ps_errbuf *eb) {
   int rc = 0;
   while (rc == 0 && (e = readdir(d)) != NULL) {
     char *end;
-    if (strlen(e->d_name) == 21 && !strcmp(e->d_name + 16, ".free")) { /* a spare */
+    if (wal_named(e->d_name, ".free")) { /* a spare */
       uint64_t id = strtoull(e->d_name, &end, 16);
       if (end != e->d_name + 16) continue;
       if (w->nspare < WAL_SPARES) w->spare[w->nspare++] = id;
       else unlinkat(w->dirfd, e->d_name, 0);
       continue;
     }
-    if (strlen(e->d_name) != 20 || strcmp(e->d_name + 16, ".log") != 0) continue;
+    if (!wal_named(e->d_name, ".log")) continue;
     uint64_t first = strtoull(e->d_name, &end, 16);
     if (end != e->d_name + 16) continue;
     struct stat st;
@@ -419,9 +435,9 @@ int psd_wal_has_records(const char *dir) {
   int found = 0;
   while (!found && (e = readdir(d)) != NULL) {
     struct stat st;
-    if ((strlen(e->d_name) == 20 && !strcmp(e->d_name + 16, ".log") &&
-         fstatat(dirfd(d), e->d_name, &st, 0) == 0 && st.st_size > 0) ||
-        (strlen(e->d_name) == 21 && !strcmp(e->d_name + 16, ".free")))
+    if ((wal_named(e->d_name, ".log") && fstatat(dirfd(d), e->d_name, &st, 0) == 0 &&
+         st.st_size > 0) ||
+        wal_named(e->d_name, ".free"))
       found = 1;
   }
   closedir(d);
@@ -696,11 +712,9 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
        * the same search), or in an earlier one that ends before the next
        * segment's first record. */
       wal_found f = {0};
-      int found = 0;
       uint64_t next = rend == 0 ? w->segs[i].first : last + 1;
       if (bad && (i + 1 == w->nsegs || next < w->segs[i + 1].first)) {
         wal_count_after(buf, n, off, next, w->segs[i].first, gend, &f);
-        found = 1;
         if (f.n && (f.first_seq == next || f.first_seq <= from + 1)) {
           if (f.first_seq == next)
             ps_warn("redo log '%s/%s': %zu damaged bytes at offset %zu (%s) hold no record of "
@@ -756,7 +770,7 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
         int cut_short = n - off < WAL_HDR ? ours
                                           : (bs == next || bs == WAL_SKIP_SEQ) &&
                                                 n - off - WAL_HDR < wal_len(buf + off);
-        if (!found) wal_count_after(buf, n, off, next, w->segs[i].first, gend, &f);
+        /* (f: the search above, made for every bad record of the last segment) */
         if (f.cut)
           ps_warn("redo log '%s/%s': the search for intact records after the bad one at offset "
                   "%zu ended early or skipped some (too many checksums over bytes that look "
@@ -885,13 +899,8 @@ int psd_wal_discard(psd_wal *w, uint64_t above, ps_errbuf *eb) {
     if (unlinkat(w->dirfd, name, 0) < 0 && errno != ENOENT)
       return ps_errf(eb, PS_EIO, "cannot remove '%s/%s': %s", w->dir, name, strerror(errno));
   }
-  for (size_t i = 0; i < w->nspare; i++) {
-    char sp[32];
-    wal_spare_name(sp, sizeof sp, w->spare[i]);
-    unlinkat(w->dirfd, sp, 0);
-  }
+  wal_unlink_spares(w);
   w->nsegs = 0;
-  w->nspare = 0;
   w->bytes = 0;
   if (above >= w->next_seq) {
     w->next_seq = above + 1;
@@ -1319,13 +1328,8 @@ static void wal_trim(psd_wal *w, uint64_t upto) {
  * a write (WHY), and they are only kept for speed.  Writer thread. */
 static void wal_drop_spares(psd_wal *w, const char *why) {
   if (!w->nspare) return;
-  for (size_t i = 0; i < w->nspare; i++) {
-    char sp[32];
-    wal_spare_name(sp, sizeof sp, w->spare[i]);
-    unlinkat(w->dirfd, sp, 0);
-  }
   ps_info("redo log '%s': %zu spare segment files removed (%s)", w->dir, w->nspare, why);
-  w->nspare = 0;
+  wal_unlink_spares(w);
   (void)fsync(w->dirfd);
 }
 
@@ -1638,8 +1642,7 @@ int psd_wal_remove_spares(const char *dir) {
   struct dirent *e;
   int n = 0;
   while ((e = readdir(d)) != NULL)
-    if (strlen(e->d_name) == 21 && !strcmp(e->d_name + 16, ".free") &&
-        unlinkat(dirfd(d), e->d_name, 0) == 0)
+    if (wal_named(e->d_name, ".free") && unlinkat(dirfd(d), e->d_name, 0) == 0)
       n++;
   if (n) (void)fsync(dirfd(d));
   closedir(d);

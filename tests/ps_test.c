@@ -3,6 +3,7 @@
 #include "ps_test.h"
 
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <ftw.h>
@@ -124,6 +125,23 @@ void ps_test_write_file(const char *path, const char *text) {
   ck_assert_msg(f != NULL, "open '%s': %s", path, strerror(errno));
   ck_assert(fputs(text, f) >= 0);
   ck_assert_int_eq(fclose(f), 0);
+}
+
+/* ps_test_count_files: see ps_test.h. */
+int ps_test_count_files(const char *dir, const char *suffix, int empty_only) {
+  DIR *d = opendir(dir);
+  ck_assert_msg(d != NULL, "cannot list %s", dir);
+  struct dirent *e;
+  int n = 0;
+  while ((e = readdir(d)) != NULL) {
+    size_t l = strlen(e->d_name), k = strlen(suffix);
+    struct stat st;
+    if (l > k && !strcmp(e->d_name + l - k, suffix) &&
+        (!empty_only || (fstatat(dirfd(d), e->d_name, &st, 0) == 0 && st.st_size == 0)))
+      n++;
+  }
+  closedir(d);
+  return n;
 }
 
 char *ps_test_read_file(const char *path, size_t *len) {
@@ -327,6 +345,18 @@ void ps_test_shim_env_init(ps_test_shim_env *e, const char *fsync_log, const cha
   e->env[n++] = e->asan;
   e->env[n] = NULL;
   free(so);
+}
+
+/* ps_test_gated_init: see ps_test.h. */
+void ps_test_gated_init(ps_test_gated *g, const char *dir, const char *extra, int fsync_log) {
+  snprintf(g->yaml, sizeof g->yaml, "%s", ps_test_sync_yaml(dir, 1, extra, &g->gp, &g->cp));
+  snprintf(g->log, sizeof g->log, "%s/psd.log", dir);
+  snprintf(g->gate, sizeof g->gate, "%s/gate", dir);
+  g->fsync_log[0] = '\0';
+  if (fsync_log) snprintf(g->fsync_log, sizeof g->fsync_log, "%s/fsync.log", dir);
+  snprintf(g->grpc, sizeof g->grpc, "127.0.0.1:%d", g->gp);
+  snprintf(g->chan, sizeof g->chan, "127.0.0.1:%d", g->cp);
+  ps_test_shim_env_init(&g->env, fsync_log ? g->fsync_log : NULL, g->gate);
 }
 
 const char *ps_test_cluster_yaml(const char *dir, int nshards, const char *extra,

@@ -51,6 +51,10 @@ int ps_test_free_port(void);
 /* ps_test_write_file writes TEXT to PATH (creating it); fails the test on error. */
 void ps_test_write_file(const char *path, const char *text);
 
+/* ps_test_count_files counts DIR's files whose name ends in SUFFIX (of
+ * EMPTY_ONLY: those of 0 bytes only); DIR must exist. */
+int ps_test_count_files(const char *dir, const char *suffix, int empty_only);
+
 /* ps_test_read_file returns PATH's contents NUL-terminated (the caller
  * owns and frees it), *LEN its length when LEN is not NULL; fails the test
  * when PATH cannot be read. */
@@ -132,6 +136,20 @@ typedef struct ps_test_shim_env {
   char *env[5];
 } ps_test_shim_env;
 void ps_test_shim_env_init(ps_test_shim_env *e, const char *fsync_log, const char *gate);
+
+/* A one-shard `sync` cluster in a test's directory DIR for a psd run
+ * under the fsync shim: ps_test_gated_init writes ps_test_sync_yaml's
+ * (EXTRA as there) and fills G: its log DIR/psd.log, the shim's gate
+ * DIR/gate and, when FSYNC_LOG, its record of synced bytes DIR/fsync.log
+ * (else none: G->fsync_log empty), the listeners' addresses and G->env.  It starts nothing:
+ * ps_test_psd(G->yaml, 0, G->log, G->env.env).  G must not be copied
+ * (G->env points into itself). */
+typedef struct ps_test_gated {
+  char yaml[600], log[600], gate[600], fsync_log[600], grpc[64], chan[64];
+  int gp, cp;
+  ps_test_shim_env env;
+} ps_test_gated;
+void ps_test_gated_init(ps_test_gated *g, const char *dir, const char *extra, int fsync_log);
 
 /* ps_test_wait_pid waits up to TIMEOUT_MS for PID to exit; returns its
  * wait status, or -1 on timeout (the process is left running). */

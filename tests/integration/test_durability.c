@@ -626,24 +626,6 @@ static void du_state(const char *yaml, const char *dir, char *out, size_t n, cha
   snprintf(why, wn, "%.*s", *nl ? (int)strcspn(nl + 1, "\n") : 0, *nl ? nl + 1 : "");
 }
 
-/* du_files counts DIR's files whose name ends in SUFFIX (of EMPTY: 0
- * bytes only). */
-static int du_files(const char *dir, const char *suffix, int empty) {
-  DIR *d = opendir(dir);
-  ck_assert_msg(d != NULL, "cannot list %s", dir);
-  struct dirent *e;
-  int n = 0;
-  while ((e = readdir(d)) != NULL) {
-    size_t l = strlen(e->d_name), k = strlen(suffix);
-    struct stat st;
-    if (l > k && !strcmp(e->d_name + l - k, suffix) &&
-        fstatat(dirfd(d), e->d_name, &st, 0) == 0 && (!empty || st.st_size == 0))
-      n++;
-  }
-  closedir(d);
-  return n;
-}
-
 START_TEST(test_disk_full_sync) {
   if (!du.mounted) PS_SKIP("%s", du.why);
   int gp, cp;
@@ -699,7 +681,7 @@ START_TEST(test_disk_full_sync) {
   snprintf(store, sizeof store, "%s/shard0", du.dir);
   snprintf(redo, sizeof redo, "%s/redo", store);
   usleep(1000000);
-  ck_assert_int_eq(du_files(redo, ".free", 0), 0);
+  ck_assert_int_eq(ps_test_count_files(redo, ".free", 0), 0);
   /* space again: the retry writes the log, SERVING */
   ck_assert_int_eq(unlink(filler), 0);
   end = ps_test_now_ms() + 15000;
@@ -716,7 +698,7 @@ START_TEST(test_disk_full_sync) {
   cl_tally t;
   snprintf(t.chan_addr, sizeof t.chan_addr, "%s", addr);
   cl_pull(&t, g, &v, log);
-  ck_assert_int_le(du_files(store, ".log", 1), 1); /* the open one at most */
+  ck_assert_int_le(ps_test_count_files(store, ".log", 1), 1); /* the open one at most */
   /* the refused push that failed the log may be applied (it was logged
    * by the retry): acked <= value <= acked + 1 */
   ck_assert_msg(g[0] >= (float)acked && g[0] <= (float)acked + 1,
@@ -745,17 +727,14 @@ static long long cl_snapshot_pos(const char *log) {
  * push acknowledged after the restart must survive the next crash. */
 START_TEST(test_snapshot_waits_for_log) {
   const char *dir = ps_test_tmpdir();
-  int gp, cp;
-  char yaml[700], log[700], fsync_log[700], redo[700], gate[700], addr[64];
-  snprintf(yaml, sizeof yaml, "%s", cl_sync_yaml(dir, &gp, &cp));
-  snprintf(log, sizeof log, "%s/psd0.log", dir);
-  snprintf(fsync_log, sizeof fsync_log, "%s/fsync.log", dir);
+  ps_test_gated gt;
+  ps_test_gated_init(&gt, dir, NULL, 1);
+  const char *yaml = gt.yaml, *log = gt.log, *fsync_log = gt.fsync_log, *gate = gt.gate;
+  const char *addr = gt.chan;
+  int gp = gt.gp, cp = gt.cp;
+  char redo[700];
   snprintf(redo, sizeof redo, "%s/shard0/redo", dir);
-  snprintf(gate, sizeof gate, "%s/gate", dir);
-  snprintf(addr, sizeof addr, "127.0.0.1:%d", cp);
-  ps_test_shim_env env;
-  ps_test_shim_env_init(&env, fsync_log, gate);
-  pid_t pid = ps_test_dur_start(yaml, log, gp, cp, env.env);
+  pid_t pid = ps_test_dur_start(yaml, log, gp, cp, gt.env.env);
   cl_submit(gp);
   float *g = malloc(CL_CHUNKS * CL_ELEMS * sizeof(float)), one[CL_ELEMS];
   for (int i = 0; i < CL_ELEMS; i++) one[i] = -1.0f;
@@ -786,7 +765,7 @@ START_TEST(test_snapshot_waits_for_log) {
   ps_chan_close(b);
   unlink(gate);
   cl_power_cut(fsync_log, redo); /* push 2's record was never synced */
-  pid = ps_test_dur_start(yaml, log, gp, cp, env.env);
+  pid = ps_test_dur_start(yaml, log, gp, cp, gt.env.env);
   ck_assert_msg(cl_snapshot_pos(log) <= 1, "the shard restarted from a snapshot at record %lld, "
                 "but the log only ever synced record 1; see %s", cl_snapshot_pos(log), log);
   cl_tally t;
@@ -798,7 +777,7 @@ START_TEST(test_snapshot_waits_for_log) {
   ps_chan_close(a);
   st = ps_test_stop(pid, SIGKILL, 5000);
   ck_assert(WIFSIGNALED(st));
-  pid = ps_test_dur_start(yaml, log, gp, cp, env.env);
+  pid = ps_test_dur_start(yaml, log, gp, cp, gt.env.env);
   cl_pull(&t, g, &v, log);
   ck_assert_msg(g[0] == before + 1, "chunk 0 holds %g after the crash, %g before the "
                 "acknowledged push; see %s", (double)g[0], (double)before, log);

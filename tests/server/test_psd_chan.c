@@ -774,28 +774,18 @@ END_TEST
 /* ---- unordered acks under durability sync (psd_chan invariant 7b) ---- */
 
 static pid_t ua_pid;
-static char ua_grpc[64], ua_chan[64], ua_gate[600], ua_fsync_log[600];
+static ps_test_gated ua;
 static int ua_started;
 
 static void ua_up(void) {
-  const char *dir = ps_test_tmpdir();
-  char log[600];
-  int gp, cp;
-  const char *yaml = ps_test_sync_yaml(dir, 1, NULL, &gp, &cp);
-  snprintf(log, sizeof log, "%s/psd.log", dir);
-  snprintf(ua_gate, sizeof ua_gate, "%s/gate", dir);
-  snprintf(ua_fsync_log, sizeof ua_fsync_log, "%s/fsync.log", dir);
-  snprintf(ua_grpc, sizeof ua_grpc, "127.0.0.1:%d", gp);
-  snprintf(ua_chan, sizeof ua_chan, "127.0.0.1:%d", cp);
-  ps_test_shim_env env;
-  ps_test_shim_env_init(&env, ua_fsync_log, ua_gate);
-  ua_pid = ps_test_psd(yaml, 0, log, env.env);
-  ua_started = ps_test_wait_port(cp, 15000) == 0 && ps_test_wait_port(gp, 5000) == 0;
-  if (!ua_started) fprintf(stderr, "psd (sync) did not start; see %s\n", log);
+  ps_test_gated_init(&ua, ps_test_tmpdir(), NULL, 1);
+  ua_pid = ps_test_psd(ua.yaml, 0, ua.log, ua.env.env);
+  ua_started = ps_test_wait_port(ua.cp, 15000) == 0 && ps_test_wait_port(ua.gp, 5000) == 0;
+  if (!ua_started) fprintf(stderr, "psd (sync) did not start; see %s\n", ua.log);
 }
 
 static void ua_down(void) {
-  unlink(ua_gate);
+  unlink(ua.gate);
   if (ua_pid > 0) ps_test_stop(ua_pid, SIGTERM, 10000);
   ua_pid = 0;
 }
@@ -813,8 +803,8 @@ static void ua_send(ps_chan_client *c, const char *name, float *g, float *out, u
 
 /* ua_syncs: the redo log syncs the shim saw return (its records). */
 static int ua_syncs(void) {
-  if (access(ua_fsync_log, R_OK) != 0) return 0;
-  char *t = ps_test_read_file(ua_fsync_log, NULL);
+  if (access(ua.fsync_log, R_OK) != 0) return 0;
+  char *t = ps_test_read_file(ua.fsync_log, NULL);
   int n = 0;
   for (char *p = t; (p = strchr(p, '\n')); p++) n++;
   free(t);
@@ -826,18 +816,18 @@ static int ua_syncs(void) {
  * the push still waits; the push's ack comes once the sync ran.  A client
  * that did not ask gets both in request order. */
 START_TEST(test_pull_answered_before_push_sync) {
-  small_submit(ua_grpc, ua_started, "ua");
+  small_submit(ua.grpc, ua_started, "ua");
   ps_chan_client *c, *o;
   ps_errbuf eb;
-  ck_assert_msg(ps_test_chan_connect_flags(&c, ua_chan, "test", PS_CHAN_UNORDERED_ACKS, 5000,
+  ck_assert_msg(ps_test_chan_connect_flags(&c, ua.chan, "test", PS_CHAN_UNORDERED_ACKS, 5000,
                                            &eb) == 0, "%s", eb.msg);
-  ck_assert_msg(ps_test_chan_connect(&o, ua_chan, "test", 5000, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(ps_test_chan_connect(&o, ua.chan, "test", 5000, &eb) == 0, "%s", eb.msg);
   ck_assert_int_eq(ps_chan_unordered(c), 1);
   ck_assert_int_eq(ps_chan_unordered(o), 0);
   static float g[B_ELEMS], out[B_ELEMS];
   for (int i = 0; i < B_ELEMS; i++) g[i] = 1.0f;
   uint64_t push, pull, ver = 0;
-  ps_test_write_file(ua_gate, "held\n");
+  ps_test_write_file(ua.gate, "held\n");
   int synced = ua_syncs();
   ua_send(c, "ua", g, out, &push, &pull);
   ck_assert_msg(ps_chan_recv_id(c, pull, &ver, &eb) == 0, "pull: %s", eb.msg);
@@ -845,15 +835,15 @@ START_TEST(test_pull_answered_before_push_sync) {
   for (int i = 0; i < B_ELEMS; i++) ck_assert(out[i] == 0.5f);
   ck_assert_int_eq(ps_chan_done(c, push), 0); /* its sync is held: no ack */
   ck_assert_int_eq(ua_syncs(), synced);
-  unlink(ua_gate);
+  unlink(ua.gate);
   ck_assert_msg(ps_chan_recv_id(c, push, &ver, &eb) == 0, "push: %s", eb.msg);
   ck_assert_uint_eq(ver, 1);
   ck_assert_msg(ua_syncs() > synced, "acknowledged before the shim saw a sync");
   ck_assert_uint_eq(ps_chan_inflight(c), 0);
   /* The same with the sync held, on the connection that did not ask. */
-  ps_test_write_file(ua_gate, "held\n");
+  ps_test_write_file(ua.gate, "held\n");
   ua_send(o, "ua", g, out, &push, &pull);
-  unlink(ua_gate);
+  unlink(ua.gate);
   uint64_t id;
   ck_assert_msg(ps_chan_recv(o, &id, &ver, &eb) == 0, "push: %s", eb.msg);
   ck_assert_uint_eq(id, push);
@@ -864,7 +854,7 @@ START_TEST(test_pull_answered_before_push_sync) {
   /* Unordered: an id not in flight is refused; three pushes wait for
    * their syncs while the pulls behind them are answered. */
   ck_assert_int_eq(ps_chan_recv_id(c, push, &ver, &eb), PS_EINVAL);
-  ps_test_write_file(ua_gate, "held\n");
+  ps_test_write_file(ua.gate, "held\n");
   uint64_t p[3], q[3];
   static float outs[3][B_ELEMS];
   for (int k = 0; k < 3; k++) ua_send(c, "ua", g, outs[k], &p[k], &q[k]);
@@ -872,7 +862,7 @@ START_TEST(test_pull_answered_before_push_sync) {
     ck_assert_msg(ps_chan_recv_id(c, q[k], &ver, &eb) == 0, "pull %d: %s", k, eb.msg);
     ck_assert_uint_eq(ver, 3 + (uint64_t)k);
   }
-  unlink(ua_gate);
+  unlink(ua.gate);
   for (int k = 0; k < 3; k++) {
     ck_assert_msg(ps_chan_recv(c, &id, &ver, &eb) == 0, "push %d: %s", k, eb.msg);
     ck_assert_uint_eq(id, p[k]);

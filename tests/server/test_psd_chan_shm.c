@@ -614,19 +614,14 @@ static void sl_pull(const char *chan, float *out) {
  * A shard under periodic grants such a client two areas (the test "on"). */
 START_TEST(test_shm_sync_push_lent) {
   const char *dir = ps_test_tmpdir();
-  char log[600], log2[600], gate[600], grpc[64], chan[64];
-  int gp, cp;
-  const char *yaml = ps_test_sync_yaml(dir, 1, NULL, &gp, &cp);
-  snprintf(log, sizeof log, "%s/psd.log", dir);
+  ps_test_gated gt;
+  ps_test_gated_init(&gt, dir, NULL, 0);
+  const char *gate = gt.gate, *chan = gt.chan;
+  char log2[600];
   snprintf(log2, sizeof log2, "%s/psd2.log", dir);
-  snprintf(gate, sizeof gate, "%s/gate", dir);
-  snprintf(grpc, sizeof grpc, "127.0.0.1:%d", gp);
-  snprintf(chan, sizeof chan, "127.0.0.1:%d", cp);
-  ps_test_shim_env env;
-  ps_test_shim_env_init(&env, NULL, gate);
-  pid_t pid = ps_test_psd(yaml, 0, log, env.env);
-  int ok = ps_test_wait_port(gp, 15000) == 0 && sh_wait_chan("127.0.0.1", cp, 5000) == 0;
-  sh_submit_n(grpc, ok, "sl", SL_ELEMS, 4096);
+  pid_t pid = ps_test_psd(gt.yaml, 0, gt.log, gt.env.env);
+  int ok = ps_test_wait_port(gt.gp, 15000) == 0 && sh_wait_chan("127.0.0.1", gt.cp, 5000) == 0;
+  sh_submit_n(gt.grpc, ok, "sl", SL_ELEMS, 4096);
   int mac;
   ps_chan_client *c = sh_connect_f(chan, (SL_AREAS + 1) * SL_AREA,
                                    PS_CHAN_SHM_HOLD | PS_CHAN_UNORDERED_ACKS, &mac);
@@ -660,9 +655,9 @@ START_TEST(test_shm_sync_push_lent) {
   ps_chan_close(c);
   /* kill -9: the log's records are all there is of these pushes */
   ck_assert_int_ne(ps_test_stop(pid, SIGKILL, 10000), -1);
-  pid = ps_test_psd(yaml, 0, log2, env.env); /* the gate again, for the pushes below */
-  ck_assert_msg(ps_test_wait_port(gp, 15000) == 0 &&
-                    sh_wait_chan("127.0.0.1", cp, 5000) == 0, "psd did not restart; see %s", log2);
+  pid = ps_test_psd(gt.yaml, 0, log2, gt.env.env); /* the gate again, for the pushes below */
+  ck_assert_msg(ps_test_wait_port(gt.gp, 15000) == 0 &&
+                    sh_wait_chan("127.0.0.1", gt.cp, 5000) == 0, "psd did not restart; see %s", log2);
   sl_pull(chan, tcp);
   ck_assert_int_eq(memcmp(out, tcp, sizeof out), 0);
   /* two more held pushes, the second queued behind the first's held
@@ -682,7 +677,7 @@ START_TEST(test_shm_sync_push_lent) {
   unlink(gate);
   sl_pull(chan, tcp);
   ck_assert_int_eq(memcmp(out, tcp, sizeof out), 0);
-  Ps__StatusReply *st = ps_test_status(gp);
+  Ps__StatusReply *st = ps_test_status(gt.gp);
   ck_assert_str_eq(st->state, "SERVING");
   protobuf_c_message_free_unpacked(&st->base, NULL);
   ck_assert_int_eq(ps_test_stop(pid, SIGTERM, 10000), 0);

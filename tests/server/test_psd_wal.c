@@ -466,6 +466,12 @@ END_TEST
 
 static void old_record(uint8_t *out, size_t *n, uint64_t seq, uint32_t len, int c32c);
 
+/* rec_c32c: the CRC-32C of the record at H (LEN payload bytes): its len
+ * and seq fields and its payload, as this version computes it. */
+static uint32_t rec_c32c(const uint8_t *h, uint32_t len) {
+  return ps_crc32c(ps_crc32c(ps_crc32c(0, h, 4), h + 8, 8), h + 16, len);
+}
+
 /* mark_record appends to OUT (at *N) the end mark of a group of segment
  * FIRST that starts at START with record SEQ (psd_wal invariant 5). */
 static void mark_record(uint8_t *out, size_t *n, uint64_t first, uint64_t start, uint64_t seq) {
@@ -474,7 +480,7 @@ static void mark_record(uint8_t *out, size_t *n, uint64_t first, uint64_t start,
   uint64_t v[5] = {UINT64_MAX, 0x70756f7267647370ull /* "psdgroup" */, first, start, seq};
   memcpy(h, &l, 4);
   memcpy(h + 8, v, sizeof v);
-  uint32_t crc = ps_crc32c(ps_crc32c(ps_crc32c(0, h, 4), h + 8, 8), h + 16, 32);
+  uint32_t crc = rec_c32c(h, 32);
   memcpy(h + 4, &crc, 4);
   *n += 48;
 }
@@ -692,7 +698,7 @@ static void old_record(uint8_t *out, size_t *n, uint64_t seq, uint32_t len, int 
   fill(h + 16, len, seq);
   uint32_t crc;
   if (c32c) {
-    crc = ps_crc32c(ps_crc32c(ps_crc32c(0, h, 4), h + 8, 8), h + 16, len);
+    crc = rec_c32c(h, len);
   } else {
     uLong c = crc32(crc32(crc32(0L, Z_NULL, 0), h, 4), h + 8, 8);
     crc = (uint32_t)crc32_z(c, h + 16, len);
@@ -952,20 +958,6 @@ START_TEST(test_old_bytes_after_earlier_segment) {
 }
 END_TEST
 
-/* count_files counts DIR's files whose name ends in SUFFIX. */
-static int count_files(const char *dir, const char *suffix) {
-  DIR *d = opendir(dir);
-  ck_assert_ptr_nonnull(d);
-  struct dirent *e;
-  int n = 0;
-  while ((e = readdir(d)) != NULL) {
-    size_t l = strlen(e->d_name), k = strlen(suffix);
-    if (l > k && !strcmp(e->d_name + l - k, suffix)) n++;
-  }
-  closedir(d);
-  return n;
-}
-
 /* Segments a snapshot covered become spares and later rolls overwrite
  * them (invariant 6): the old records left after the new ones are not
  * replayed, nothing is dropped, and a spare renamed before any record
@@ -991,20 +983,20 @@ START_TEST(test_reused_segments) {
   total = 40;
   /* a snapshot holds records 1..26: their segments become spares */
   psd_wal_truncate(w, 26);
-  for (int k = 0; k < 100 && count_files(dir, ".free") == 0; k++) {
+  for (int k = 0; k < 100 && ps_test_count_files(dir, ".free", 0) == 0; k++) {
     append_n(w, ws, 1, 300, &dummy, &off);
     run_until(&loop, ws, 1);
     total++;
   }
-  ck_assert_int_gt(count_files(dir, ".free"), 0);
-  int spares = count_files(dir, ".free");
+  ck_assert_int_gt(ps_test_count_files(dir, ".free", 0), 0);
+  int spares = ps_test_count_files(dir, ".free", 0);
   /* a later roll takes a spare; then a group smaller than its old records */
-  for (int k = 0; k < 100 && count_files(dir, ".free") == spares; k++) {
+  for (int k = 0; k < 100 && ps_test_count_files(dir, ".free", 0) == spares; k++) {
     append_n(w, ws, 5, 200, &dummy, &off);
     run_until(&loop, ws, 5);
     total += 5;
   }
-  ck_assert_int_lt(count_files(dir, ".free"), spares);
+  ck_assert_int_lt(ps_test_count_files(dir, ".free", 0), spares);
   append_n(w, ws, 2, 200, &dummy, &off);
   run_until(&loop, ws, 2);
   total += 2;
@@ -1088,12 +1080,12 @@ START_TEST(test_failed_roll) {
     run_until(&loop, ws, 5);
   }
   psd_wal_truncate(w, 26);
-  for (int k = 0; k < 100 && count_files(dir, ".free") == 0; k++, total++) {
+  for (int k = 0; k < 100 && ps_test_count_files(dir, ".free", 0) == 0; k++, total++) {
     append_n(w, ws, 1, 300, &dummy, &off);
     run_until(&loop, ws, 1);
   }
-  ck_assert_int_gt(count_files(dir, ".free"), 0);
-  int segs = count_files(dir, ".log");
+  ck_assert_int_gt(ps_test_count_files(dir, ".free", 0), 0);
+  int segs = ps_test_count_files(dir, ".log", 0);
   /* every descriptor below a lowered limit taken: the next opens fail */
   struct rlimit old, lim;
   ck_assert_int_eq(getrlimit(RLIMIT_NOFILE, &old), 0);
@@ -1110,13 +1102,13 @@ START_TEST(test_failed_roll) {
   }
   for (int i = 0; i < nfds; i++) close(fds[i]);
   ck_assert_int_eq(setrlimit(RLIMIT_NOFILE, &old), 0);
-  ck_assert_int_eq(count_files(dir, ".log"), segs); /* no name without a segment */
-  ck_assert_int_eq(count_files(dir, ".free"), 0);   /* the spares were tried */
+  ck_assert_int_eq(ps_test_count_files(dir, ".log", 0), segs); /* no name without a segment */
+  ck_assert_int_eq(ps_test_count_files(dir, ".free", 0), 0);   /* the spares were tried */
   for (int k = 0; k < 4; k++, total += 5) {         /* a roll succeeds again */
     append_n(w, ws, 5, 300, &dummy, &off);
     run_until(&loop, ws, 5);
   }
-  ck_assert_int_gt(count_files(dir, ".log"), segs);
+  ck_assert_int_gt(ps_test_count_files(dir, ".log", 0), segs);
   psd_wal_stop(w);
   uv_run(&loop, UV_RUN_DEFAULT);
   psd_wal_free(w);
@@ -1135,11 +1127,11 @@ static void more_spares(psd_wal *w, uv_loop_t *loop, const char *dir, uint64_t u
   seam dummy = {0};
   waiter ws[1];
   psd_wal_truncate(w, upto);
-  for (int k = 0; k < 100 && count_files(dir, ".free") == 0; k++, (*total)++) {
+  for (int k = 0; k < 100 && ps_test_count_files(dir, ".free", 0) == 0; k++, (*total)++) {
     append_n(w, ws, 1, 300, &dummy, off);
     run_until(loop, ws, 1);
   }
-  ck_assert_int_gt(count_files(dir, ".free"), 0);
+  ck_assert_int_gt(ps_test_count_files(dir, ".free", 0), 0);
 }
 
 /* Spares are only kept for speed (invariant 6): a failed write of the
@@ -1162,7 +1154,7 @@ START_TEST(test_spares_dropped) {
   more_spares(w, &loop, dir, 20, &off, &total);
   psd_wal_drop_spares(w); /* the writer removes them at its next turn */
   int64_t end = ps_test_now_ms() + 20000;
-  while (count_files(dir, ".free") > 0) {
+  while (ps_test_count_files(dir, ".free", 0) > 0) {
     ck_assert_msg(ps_test_now_ms() < end, "spares not removed");
     usleep(1000);
   }
@@ -1173,16 +1165,16 @@ START_TEST(test_spares_dropped) {
   run_until(&loop, ws, 1); /* PS_EDEGRADED, or 0 when the retry came first */
   ck_assert(ws[0].status == PS_EDEGRADED || ws[0].status == 0);
   ck_assert_int_eq(sm.fail, 0); /* the sync failed */
-  ck_assert_int_eq(count_files(dir, ".free"), 0);
+  ck_assert_int_eq(ps_test_count_files(dir, ".free", 0), 0);
   wait_synced(&loop, w, total); /* the retry */
   more_spares(w, &loop, dir, total - 2, &off, &total);
   psd_wal_stop(w);
   uv_run(&loop, UV_RUN_DEFAULT);
   psd_wal_free(w);
   uv_loop_close(&loop);
-  int n = count_files(dir, ".free");
+  int n = ps_test_count_files(dir, ".free", 0);
   ck_assert_int_eq(psd_wal_remove_spares(dir), n);
-  ck_assert_int_eq(count_files(dir, ".free"), 0);
+  ck_assert_int_eq(ps_test_count_files(dir, ".free", 0), 0);
   ck_assert_int_eq(psd_wal_remove_spares("/nonexistent/redo"), 0);
   replayed r = {0};
   ps_errbuf eb;

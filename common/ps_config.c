@@ -665,7 +665,26 @@ static const cfg_slot cfg_sparse_slots[] = {
      .def = "channel", .arg = cfg_sparse_planes},
 };
 
-static const cfg_table cfg_durability_table = CFG_TABLE("in 'durability'", cfg_durability_slots, NULL);
+/* cfg_durability_post: group_commit_* set under mode periodic is kept
+ * (it applies once the mode is sync) with a warning naming the key. */
+static int cfg_durability_post(cfg_ctx *x, void *base, yaml_node_t *n, const yaml_mark_t *marks) {
+  ps_config *c = base;
+  if (!n || c->durability == PS_DUR_SYNC) return 0;
+  for (size_t i = 0; i < sizeof cfg_durability_slots / sizeof cfg_durability_slots[0]; i++) {
+    if (strncmp(cfg_durability_slots[i].name, "group_commit_", 13) ||
+        marks[i].index == n->start_mark.index) /* (absent) */
+      continue;
+    snprintf(c->warning, sizeof c->warning,
+             "%s:%zu:%zu: warning: '%s' applies under durability mode sync only; mode periodic "
+             "ignores it", x->path, marks[i].line + 1, marks[i].column + 1,
+             cfg_durability_slots[i].name);
+    break;
+  }
+  return 0;
+}
+
+static const cfg_table cfg_durability_table =
+    CFG_TABLE("in 'durability'", cfg_durability_slots, cfg_durability_post);
 static const cfg_table cfg_limits_table = CFG_TABLE("in 'limits'", cfg_limits_slots, NULL);
 static yaml_node_t *cfg_value_node(cfg_ctx *x, yaml_node_t *n, const char *key);
 

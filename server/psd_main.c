@@ -761,12 +761,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "%s\n", eb.msg);
     return 2;
   }
-  if (cfg.durability != PS_DUR_SYNC &&
-      (cfg.group_commit_max_bytes != PS_GROUP_COMMIT_MAX_BYTES_DEF ||
-       cfg.group_commit_max_wait_us != PS_GROUP_COMMIT_MAX_WAIT_US_DEF))
-    fprintf(stderr, "%s: warning: durability: group_commit_max_bytes and "
-            "group_commit_max_wait_us apply under mode sync only; mode periodic ignores them\n",
-            a.config);
+  if (cfg.warning[0]) fprintf(stderr, "%s\n", cfg.warning);
   const ps_shard_conf *me = a.shard >= 0 ? ps_config_shard(&cfg, (uint32_t)a.shard) : NULL;
   if (a.shard >= 0 && !me) {
     fprintf(stderr, "%s: no shard with id %ld\n", a.config, a.shard);

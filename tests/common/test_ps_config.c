@@ -210,6 +210,39 @@ START_TEST(test_config_defaults) {
 }
 END_TEST
 
+/* group_commit_* under mode periodic loads (it applies once the mode is
+ * sync) with a warning naming the key's line and column; under sync, or
+ * absent, no warning. */
+START_TEST(test_config_group_commit_warning) {
+  static const struct {
+    const char *durability, *want;
+  } cases[] = {
+      {"durability:\n  mode: periodic\n  group_commit_max_wait_us: 0\n",
+       "c.yaml:4:29: warning: 'group_commit_max_wait_us' applies under durability mode sync only"},
+      {"durability:\n  group_commit_max_bytes: 65536\n  mode: periodic\n",
+       "c.yaml:3:27: warning: 'group_commit_max_bytes'"},
+      {"durability:\n  group_commit_max_bytes: 65536\n  mode: sync\n", NULL},
+      {"durability:\n  mode: periodic\n", NULL},
+      {"", NULL},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char text[600];
+    snprintf(text, sizeof text,
+             "cluster: t\n%ssecurity: {mode: none}\nshards:\n  - id: 0\n    grpc: h:1\n"
+             "    channel: h:2\n    data_dir: /d\n",
+             cases[i].durability);
+    ps_config c;
+    ps_errbuf eb = {""};
+    ck_assert_msg(ps_config_load(&c, write_yaml(text), &eb) == 0, "%s", eb.msg);
+    if (cases[i].want)
+      ck_assert_msg(strstr(c.warning, cases[i].want), "case %zu: '%s'", i, c.warning);
+    else
+      ck_assert_msg(!c.warning[0], "case %zu: '%s'", i, c.warning);
+    ps_config_release(&c);
+  }
+}
+END_TEST
+
 START_TEST(test_config_repo_examples) {
   /* The shipped examples must load (tests run from the repository root). */
   static const char *files[] = {"config/local-2shards.yaml", "config/fmnist-demo.yaml"};
@@ -591,6 +624,7 @@ Suite *ps_config_suite(void) {
   TCase *tc = tcase_create("core");
   tcase_add_test(tc, test_config_good_file);
   tcase_add_test(tc, test_config_defaults);
+  tcase_add_test(tc, test_config_group_commit_warning);
   tcase_add_test(tc, test_config_repo_examples);
   tcase_add_loop_test(tc, test_config_bad_file, 0, (int)(sizeof bad_cases / sizeof bad_cases[0]));
   tcase_add_test(tc, test_config_unreadable);

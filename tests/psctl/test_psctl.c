@@ -550,7 +550,7 @@ START_TEST(test_cli_bad_flags) {
 END_TEST
 
 /* psd -t: group_commit_* keys set under mode periodic (which ignores
- * them) pass with a warning saying so; under sync, or at their defaults,
+ * them) pass with a warning saying so and where; under sync, or absent,
  * no warning. */
 START_TEST(test_psd_t_group_commit_periodic) {
   pt_ctx x;
@@ -562,6 +562,7 @@ START_TEST(test_psd_t_group_commit_periodic) {
       {"periodic", "  group_commit_max_wait_us: 100\n", 1},
       {"periodic", "  group_commit_max_bytes: 65536\n", 1},
       {"sync", "  group_commit_max_wait_us: 100\n", 0},
+      {"periodic", "  group_commit_max_wait_us: 0\n", 1}, /* (set, even to the default) */
       {"periodic", "", 0},
   };
   char yaml[1200];
@@ -576,7 +577,8 @@ START_TEST(test_psd_t_group_commit_periodic) {
     ps_test_write_file(yaml, text);
     int rc = pt_run(&x, "psd", "-t --config '%s'", yaml);
     ck_assert_msg(rc == 0, "case %zu: exit %d, see %s", i, rc, x.err);
-    ck_assert_msg(pt_contains(x.err, "apply under mode sync only") == cases[i].warn,
+    ck_assert_msg(pt_contains(x.err, "gc.yaml:6:") == cases[i].warn &&
+                      pt_contains(x.err, "applies under durability mode sync only") == cases[i].warn,
                   "case %zu: warning %s, see %s", i, cases[i].warn ? "missing" : "wrong", x.err);
   }
   pt_cleanup(&x);

@@ -819,16 +819,24 @@ static int psd_grpc_wait(psd_grpc *g, uint64_t deadline_ns) {
 void psd_grpc_stop(psd_shard *sh, int drain_ms) {
   psd_grpc *g = (psd_grpc *)sh->grpc;
   if (!g) return;
-  while (g->parked) { /* invariants 3, 3a: only when the server is rebuilt */
+  /* invariants 3, 3a: when the server is rebuilt, or the shard stops
+   * with calls still waiting when its drain time ran out */
+  int stopping = sh->state == PSD_DRAINING;
+  while (g->parked) {
     psd_grpc_call *c = g->parked;
     if (c->syncing) {
       psd_wal_cancel(sh->wal, &c->swt);
-      psd_grpc_synced(&c->swt.done, PS_EUNAVAIL, "the shard's gRPC server is restarting before this "
-                      "push was confirmed durable (it is applied and logged)");
+      psd_grpc_synced(&c->swt.done, PS_EUNAVAIL,
+                      stopping ? "the shard is stopping before this push was confirmed durable "
+                                 "(it is applied and logged; the final snapshot takes it in)"
+                               : "the shard's gRPC server is restarting before this push was "
+                                 "confirmed durable (it is applied and logged)");
       continue;
     }
     psd_clock_cancel(sh->clock, &c->park);
-    psd_grpc_unpark(&c->park.done, PS_EUNAVAIL, "the shard's gRPC server is restarting; retry");
+    psd_grpc_unpark(&c->park.done, PS_EUNAVAIL,
+                    stopping ? "the shard is stopping; retry once it is back"
+                             : "the shard's gRPC server is restarting; retry");
   }
   psd_grpc_stop_accepting(sh);
   uint64_t now = uv_hrtime();

@@ -11,8 +11,11 @@
  * writer (durability sync; psd_wal.h), bind both listeners, SERVING,
  * READY=1.  SIGTERM/SIGINT:
  * STOPPING=1, DRAINING, stop accepting, wait for in-flight requests
- * (bounded by drain_timeout_ms), a final synchronous flush, close, exit 0
- * (1 when the final flush failed).  Exit codes: 0 clean, 1 runtime failure
+ * (bounded by drain_timeout_ms), a final synchronous flush (under sync
+ * the log, which it then holds entirely, is removed), close, exit 0 (1 when
+ * the final flush failed).  A SIGTERM/SIGINT during the start stops the
+ * replay at its next record (nothing changed; exit 0), or drains as soon
+ * as the listeners are bound.  Exit codes: 0 clean, 1 runtime failure
  * (store cannot be opened, address taken, failed final flush), 2 usage or
  * configuration error. */
 #include <getopt.h>
@@ -68,7 +71,15 @@ typedef struct psd_main {
   int exit_code;
   int wal_failed;            /* the redo log's writer is failing (sync) */
   char wal_fail_msg[sizeof(ps_errbuf)]; /* why */
+  int replay_stopped;        /* a SIGTERM/SIGINT ended the start's replay */
 } psd_main;
+
+/* SIGTERM or SIGINT before the loop's handlers are in place (the store's
+ * open, the replay): the start stops at the next record, or drains as
+ * soon as it serves (0: none came). */
+static volatile sig_atomic_t psd_main_early_sig;
+
+static void psd_main_on_early_sig(int signum) { psd_main_early_sig = signum; }
 
 /* psd_main_unix_ms returns the wall clock in milliseconds. */
 static int64_t psd_main_unix_ms(void) {
@@ -189,6 +200,10 @@ static int psd_main_sparse_log_append(void *arg, const struct iovec *iov, int ni
 static int psd_main_replay_one(void *arg, uint64_t seq, const uint8_t *p, size_t len,
                                ps_errbuf *eb) {
   psd_main *m = arg;
+  if (psd_main_early_sig) {
+    m->replay_stopped = 1;
+    return ps_errf(eb, PS_ESHUTDOWN, "%s during the replay", strsignal(psd_main_early_sig));
+  }
   if (len && p[0] == PSD_SPARSE_LOG_PUSH)
     return seq <= m->replay_from_sp ? 0 : psd_shard_sparse_replay(&m->sh, seq, p, len, eb);
   return seq <= m->replay_from_d ? 0 : psd_store_replay(m->sh.store, seq, p, len, eb);
@@ -286,19 +301,23 @@ static int psd_main_recover(psd_main *m) {
   }
   /* A snapshot ahead of the log's last record (one written before the
    * write-ahead rule, psd_store invariant 11, by a shard killed before
-   * the records it held were synced): a log that went on after its last
-   * record would give those seqs again, and a later replay would skip
-   * the new records as held.  So the replayed state goes into a snapshot
-   * at the newest position and the log starts above it, as under
-   * periodic, where the replayed state always goes into a snapshot. */
+   * the records it held were synced, or the final snapshot of a stop
+   * while the log failed, written anyway, by a shard killed before it
+   * removed the log): a log that went on after its last record would
+   * give those seqs again, and a later replay would skip the new records
+   * as held.  So the replayed state goes into a snapshot at the newest
+   * position and the log starts above it, as under periodic, where the
+   * replayed state always goes into a snapshot.  (An empty log is
+   * behind no snapshot: a clean stop leaves none.) */
   uint64_t top = m->dur_d;
   if (m->dur_sp != UINT64_MAX && m->dur_sp > top) top = m->dur_sp;
-  int ahead = err == 0 && top > st.last_seq;
+  uint64_t end = st.replay_last ? st.replay_last : st.last_seq;
+  int ahead = err == 0 && top > end;
   if (err == 0 && (!sync || ahead)) {
     if (ahead)
       ps_warn("shard %u: the snapshot holds records up to %llu, the redo log ends at %llu: "
               "taking a snapshot of the replayed state and starting the log after %llu",
-              sh->me->id, (unsigned long long)top, (unsigned long long)st.last_seq,
+              sh->me->id, (unsigned long long)top, (unsigned long long)end,
               (unsigned long long)top);
     psd_store_log_note(sh->store, top);
     err = psd_store_flush(sh->store, &eb);
@@ -326,8 +345,11 @@ static int psd_main_recover(psd_main *m) {
     psd_shard_sparse_set_log(sh, NULL, NULL);
     psd_shard_sparse_set_durable(sh, NULL, NULL);
     psd_wal_free(w);
+    if (m->replay_stopped)
+      ps_info("shard %u: %s; stopping: the store and the log are as they were, the next start "
+              "replays the log again", sh->me->id, eb.msg);
     /* the message says why (a corrupt record is no i/o error) */
-    ps_err("shard %u: cannot recover from the redo log: %s", sh->me->id, eb.msg);
+    else ps_err("shard %u: cannot recover from the redo log: %s", sh->me->id, eb.msg);
     return 1;
   }
   return 0;
@@ -405,6 +427,7 @@ static void psd_main_on_flush_timer(uv_timer_t *t) {
   if (!m->sp_snap_err && !persist) m->dur_sp = m->sp_seq; /* on disk already */
   if (!f) m->dur_d = psd_store_log_seq(m->sh.store);       /* likewise */
   if (!f && !persist) { /* nothing dirty: everything accepted so far is on disk */
+    psd_main_truncate(m); /* (after a restart whose replay found nothing to apply, say) */
     if (m->sp_snap_err < 0) psd_main_flushed(m, m->sp_snap_err, &m->sp_eb, 0);
     else psd_main_flushed(m, 0, NULL, m->flush_snap_ms);
     return;
@@ -450,14 +473,16 @@ static void psd_main_finish(psd_main *m) {
   /* the final snapshot, too, holds only pushes the log has on disk
    * (psd_store invariant 11): a crash before the exit must not leave it
    * ahead of the log.  A failing log cannot sync them: the snapshot is
-   * then their only copy, written anyway. */
+   * then their only copy, written anyway (the sparse rows' too: their
+   * own wait for the log is dropped, this one covers it). */
   if (sh->wal && sh->store && psd_wal_wait_synced(sh->wal, psd_store_log_seq(sh->store), &eb) < 0)
     ps_warn("final flush of shard %u: %s; writing the snapshot anyway", sh->me->id, eb.msg);
+  psd_shard_sparse_set_durable(sh, NULL, NULL);
   int err = sh->store ? psd_store_flush(sh->store, &eb) : 0;
-  if (err >= 0 && (err = psd_shard_sparse_flush(sh, &eb)) < 0)
-    ps_err("final flush of shard %u's sparse rows failed: %s", sh->me->id, eb.msg);
+  const char *what = "";
+  if (err >= 0 && (err = psd_shard_sparse_flush(sh, &eb)) < 0) what = "'s sparse rows";
   if (err < 0) {
-    ps_err("final flush of shard %u failed: %s", sh->me->id, eb.msg);
+    ps_err("final flush of shard %u%s failed: %s", sh->me->id, what, eb.msg);
     m->exit_code = 1;
   } else {
     sh->last_flush_unix_ms = psd_main_unix_ms();
@@ -465,6 +490,10 @@ static void psd_main_finish(psd_main *m) {
     else ps_info("shard %u flushed, stopping", sh->me->id);
   }
   psd_wal_stop(sh->wal); /* nothing waits on it now: gRPC and the channel are done */
+  /* the snapshots hold every record: a clean stop leaves no log to read */
+  if (err >= 0 && sh->wal && psd_wal_discard(sh->wal, psd_store_log_seq(sh->store), &eb) < 0)
+    ps_warn("shard %u: %s; the next start reads the log but replays none of it", sh->me->id,
+            eb.msg);
   psd_chan_close(sh);
   uv_walk(&m->loop, psd_main_close_walk, NULL);
 }
@@ -702,6 +731,10 @@ static int psd_main_serve(psd_main *m, const ps_config *cfg, const ps_shard_conf
   sh->loop = &m->loop;
   sh->state = PSD_STARTING;
   sh->start_ms = uv_hrtime() / 1000000;
+  struct sigaction sa = {.sa_handler = psd_main_on_early_sig, .sa_flags = SA_RESTART};
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
   int code = sh->agg_me ? psd_main_open_agg(m) : psd_main_open(m);
   if (code == 0 && psd_main_handles(m) < 0) {
     ps_err("cannot install signal handlers");
@@ -710,7 +743,11 @@ static int psd_main_serve(psd_main *m, const ps_config *cfg, const ps_shard_conf
   ps_errbuf eb = {{0}};
   if (code == 0 && psd_probe_start(&m->probe, sh, &eb) < 0)
     ps_warn("%s; a gRPC listener that stops accepting will not be rebuilt", eb.msg);
-  if (code == 0) {
+  if (code == 0 && psd_main_early_sig) { /* it came before the loop's handlers */
+    psd_main_drain(m, psd_main_early_sig);
+    uv_run(&m->loop, UV_RUN_DEFAULT);
+    code = m->exit_code;
+  } else if (code == 0) {
     psd_shard_set_state(sh, PSD_SERVING, NULL);
     if (sh->agg_me) {
       ps_info("aggregator %s serving %u local workers: grpc %s, channel %s, security %s",
@@ -726,6 +763,7 @@ static int psd_main_serve(psd_main *m, const ps_config *cfg, const ps_shard_conf
     uv_run(&m->loop, UV_RUN_DEFAULT);
     code = m->exit_code;
   } else {
+    if (m->replay_stopped) code = 0; /* a stop asked for, not a failure */
     psd_grpc_stop(sh, 0);
     psd_wal_stop(sh->wal);
     if (sh->chan) psd_chan_close(sh);

@@ -30,7 +30,7 @@ const char *psd_state_name(psd_state st) {
 #define PSD_TO(st) (1u << (st))
 static const unsigned psd_state_next[] = {
     [PSD_STARTING] = PSD_TO(PSD_RECOVERING),
-    [PSD_RECOVERING] = PSD_TO(PSD_SERVING),
+    [PSD_RECOVERING] = PSD_TO(PSD_SERVING) | PSD_TO(PSD_DRAINING),
     [PSD_SERVING] = PSD_TO(PSD_DEGRADED) | PSD_TO(PSD_DRAINING),
     [PSD_DEGRADED] = PSD_TO(PSD_SERVING) | PSD_TO(PSD_DRAINING),
     [PSD_DRAINING] = 0,

@@ -20,6 +20,8 @@
  *                             wrote everything dirty
  *   SERVING    -> DRAINING    psd_main_drain: SIGTERM or SIGINT
  *   DEGRADED   -> DRAINING    psd_main_drain (the final flush retries once)
+ *   RECOVERING -> DRAINING    psd_main_serve: SIGTERM or SIGINT came while
+ *                             the store opened or the log replayed
  * Under durability `sync` the redo log's writer moves SERVING <-> DEGRADED
  * too (psd_main_wal_state: a log write or fdatasync failed / works
  * again); the shard is SERVING only when both the flush and the log work. */

@@ -132,7 +132,7 @@ struct psd_wal {
   psd_wal_waiter *head, *tail;
   int loop_failed;
   int writer_done;         /* the writer thread ended (under mu) */
-  uint64_t replayed, dropped, replay_ms;
+  uint64_t replayed, dropped, replay_ms, replay_last;
   int scan_cut;            /* the replay's search for intact records ended early */
   uint64_t loop_ns, loop_max_ns; /* the loop's time inside the log's calls */
   uint64_t lock_ns, lock_max_ns; /* of which waiting for the writer's mutex */
@@ -885,6 +885,7 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
   w->next_seq = (last > from ? last : from) + 1;
   w->synced_seq = w->next_seq - 1;
   w->replayed = applied;
+  w->replay_last = last;
   w->dropped = dropped;
   w->replay_ms = (uv_hrtime() - t0) / 1000000;
   for (size_t i = 0; i < w->nsegs; i++) w->bytes += w->segs[i].bytes;
@@ -1666,6 +1667,7 @@ void psd_wal_stats_get(psd_wal *w, psd_wal_stats *st) {
   st->lock_max_us = w->lock_max_ns / 1000;
   st->last_seq = w->next_seq - 1;
   st->replayed = w->replayed;
+  st->replay_last = w->replay_last;
   st->replay_dropped = w->dropped;
   st->replay_scan_cut = w->scan_cut;
   st->replay_ms = w->replay_ms;

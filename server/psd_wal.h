@@ -202,12 +202,14 @@ typedef struct psd_wal_waiter {
 } psd_wal_waiter;
 
 typedef struct psd_wal_stats {
-  uint64_t bytes;          /* on disk, every segment */
+  uint64_t bytes;          /* of its records, every segment (a reused segment
+                            * file and the spares take more of the disk) */
   uint64_t syncs;          /* fdatasyncs that succeeded */
   uint64_t records;        /* records synced */
   uint64_t last_seq;       /* last appended */
   uint64_t synced_seq;     /* last synced */
   uint64_t replayed;       /* records the last replay applied */
+  uint64_t replay_last;    /* the last record it found, applied or not (0: none) */
   uint64_t replay_dropped; /* torn-tail records it cut off */
   uint64_t replay_ms;      /* how long it took */
   int replay_scan_cut;     /* its search for intact records after a bad one
@@ -239,9 +241,10 @@ typedef int psd_wal_replay_fn(void *arg, uint64_t seq, const uint8_t *p, size_t 
  * refusal / FN's error. */
 int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, ps_errbuf *eb);
 
-/* psd_wal_discard removes every segment of a log that is not started
- * (after a snapshot took in what it held); the next seq it gives is
- * after max(its last record, ABOVE).  0 or PS_EIO. */
+/* psd_wal_discard removes every segment (and spare) of a log that is not
+ * started, or is stopped (psd_wal_stop), after a snapshot took in what it
+ * held; the next seq it gives is after max(its last record, ABOVE).  0 or
+ * PS_EIO. */
 int psd_wal_discard(psd_wal *w, uint64_t above, ps_errbuf *eb);
 
 /* psd_wal_start opens a fresh segment and starts the writer thread and

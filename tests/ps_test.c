@@ -338,6 +338,8 @@ void ps_test_shim_env_init(ps_test_shim_env *e, const char *fsync_log, const cha
   if (gate) {
     snprintf(e->gate, sizeof e->gate, "PS_FSYNC_GATE=%s", gate);
     e->env[n++] = e->gate;
+    snprintf(e->fail, sizeof e->fail, "PS_FSYNC_FAIL=%s.fail", gate);
+    e->env[n++] = e->fail;
   }
   /* A sanitized psd accepts a preloaded library that comes before ASan's. */
   snprintf(e->asan, sizeof e->asan, "ASAN_OPTIONS=%s%sverify_asan_link_order=0", ao ? ao : "",
@@ -352,6 +354,7 @@ void ps_test_gated_init(ps_test_gated *g, const char *dir, const char *extra, in
   snprintf(g->yaml, sizeof g->yaml, "%s", ps_test_sync_yaml(dir, 1, extra, &g->gp, &g->cp));
   snprintf(g->log, sizeof g->log, "%s/psd.log", dir);
   snprintf(g->gate, sizeof g->gate, "%s/gate", dir);
+  snprintf(g->fail, sizeof g->fail, "%s.fail", g->gate);
   g->fsync_log[0] = '\0';
   if (fsync_log) snprintf(g->fsync_log, sizeof g->fsync_log, "%s/fsync.log", dir);
   snprintf(g->grpc, sizeof g->grpc, "127.0.0.1:%d", g->gp);

@@ -130,22 +130,23 @@ const char *ps_test_sync_yaml(const char *dir, int nshards, const char *extra, i
 /* ps_test_shim_env fills E->env (NULL-terminated, for ps_test_psd's
  * ENVP_ADD) to preload ps_test_fsync_shim.so (tests/server/fsync_shim.c)
  * with its record of synced bytes in FSYNC_LOG and its gate GATE (either
- * NULL: unset), ASan's link-order check off. */
+ * NULL: unset; with GATE, the file GATE.fail makes the log's syncs fail
+ * while it exists), ASan's link-order check off. */
 typedef struct ps_test_shim_env {
-  char preload[4200], log[4200], gate[4200], asan[1024];
-  char *env[5];
+  char preload[4200], log[4200], gate[4200], fail[4200], asan[1024];
+  char *env[6];
 } ps_test_shim_env;
 void ps_test_shim_env_init(ps_test_shim_env *e, const char *fsync_log, const char *gate);
 
 /* A one-shard `sync` cluster in a test's directory DIR for a psd run
  * under the fsync shim: ps_test_gated_init writes ps_test_sync_yaml's
  * (EXTRA as there) and fills G: its log DIR/psd.log, the shim's gate
- * DIR/gate and, when FSYNC_LOG, its record of synced bytes DIR/fsync.log
+ * DIR/gate (and G->fail, DIR/gate.fail: the syncs fail while it exists) and, when FSYNC_LOG, its record of synced bytes DIR/fsync.log
  * (else none: G->fsync_log empty), the listeners' addresses and G->env.  It starts nothing:
  * ps_test_psd(G->yaml, 0, G->log, G->env.env).  G must not be copied
  * (G->env points into itself). */
 typedef struct ps_test_gated {
-  char yaml[600], log[600], gate[600], fsync_log[600], grpc[64], chan[64];
+  char yaml[600], log[600], gate[600], fail[610], fsync_log[600], grpc[64], chan[64];
   int gp, cp;
   ps_test_shim_env env;
 } ps_test_gated;

@@ -787,6 +787,157 @@ START_TEST(test_snapshot_waits_for_log) {
 }
 END_TEST
 
+/* cl_push_one pushes -1 to chunk 0 over a new connection to ADDR;
+ * returns the answer (0 or its error). */
+static int cl_push_one(const char *addr) {
+  float one[CL_ELEMS];
+  for (int i = 0; i < CL_ELEMS; i++) one[i] = -1.0f;
+  uint32_t id0 = 0;
+  uint64_t v;
+  ps_errbuf eb;
+  ps_chan_client *c;
+  ck_assert_int_eq(ps_test_chan_connect(&c, addr, "test", 10000, &eb), 0);
+  int err = ps_test_push(c, "cl", &id0, 1, one, CL_ELEMS, 0, 0, 0, &v, &eb);
+  ps_chan_close(c);
+  return err;
+}
+
+/* cl_restart_value restarts the shard of GT and returns chunk 0's value
+ * (its pid in *PID). */
+static float cl_restart_value(ps_test_gated *gt, pid_t *pid) {
+  *pid = ps_test_dur_start(gt->yaml, gt->log, gt->gp, gt->cp, gt->env.env);
+  cl_tally t;
+  snprintf(t.chan_addr, sizeof t.chan_addr, "%s", gt->chan);
+  float *g = malloc(CL_CHUNKS * CL_ELEMS * sizeof(float));
+  uint64_t v;
+  cl_pull(&t, g, &v, gt->log);
+  float x = g[0];
+  free(g);
+  return x;
+}
+
+/* cl_gated_start starts GT's shard under the fsync shim in DIR (with no
+ * snapshot but the final one when NO_FLUSH: the log keeps every record),
+ * submits the model and makes N acknowledged pushes to chunk 0. */
+static pid_t cl_gated_start(ps_test_gated *gt, const char *dir, int no_flush, int n) {
+  ps_test_gated_init(gt, dir, NULL, 0);
+  if (no_flush) {
+    char cmd[1200];
+    snprintf(cmd, sizeof cmd, "sed -i 's/flush_interval_ms: 200$/flush_interval_ms: 600000/' '%s'",
+             gt->yaml);
+    ck_assert_int_eq(system(cmd), 0);
+  }
+  pid_t pid = ps_test_dur_start(gt->yaml, gt->log, gt->gp, gt->cp, gt->env.env);
+  cl_submit(gt->gp);
+  for (int i = 0; i < n; i++) ck_assert_int_eq(cl_push_one(gt->chan), 0);
+  return pid;
+}
+
+/* cl_stop_clean stops PID with SIGTERM: it must exit 0. */
+static void cl_stop_clean(pid_t pid, const char *log) {
+  int st = ps_test_stop(pid, SIGTERM, 15000);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd ended with status %d; see %s", st, log);
+}
+
+/* A clean stop under sync leaves no log behind: its final snapshot holds
+ * every record (a restart used to read the whole log to replay none of
+ * it, and the log stayed until a later snapshot).  The next log goes on
+ * after the snapshot's position, so pushes acknowledged after the
+ * restart survive a crash.  A stop while the log's syncs fail writes the
+ * final snapshot anyway (the only copy of the push answered "applied in
+ * memory but not on disk"), says so, exits 0 and removes the log too. */
+START_TEST(test_clean_stop_no_log) {
+  const char *dir = ps_test_tmpdir();
+  ps_test_gated gt;
+  pid_t pid = cl_gated_start(&gt, dir, 0, 20);
+  char redo[700];
+  snprintf(redo, sizeof redo, "%s/shard0/redo", dir);
+  cl_stop_clean(pid, gt.log);
+  ck_assert_msg(ps_test_count_files(redo, ".log", 0) == 0 && ps_test_count_files(redo, ".free", 0) == 0,
+                "a clean stop left %d segments and %d spares in %s", ps_test_count_files(redo, ".log", 0),
+                ps_test_count_files(redo, ".free", 0), redo);
+  ck_assert_float_eq(cl_restart_value(&gt, &pid), 20.0f);
+  ck_assert_int_eq(cl_last_replayed(gt.log), 0);
+  for (int i = 0; i < 5; i++) ck_assert_int_eq(cl_push_one(gt.chan), 0);
+  /* the syncs fail: the push is applied, answered DEGRADED; then a stop */
+  ps_test_write_file(gt.fail, "fail\n");
+  ck_assert_int_eq(cl_push_one(gt.chan), PS_EDEGRADED);
+  cl_stop_clean(pid, gt.log);
+  size_t len;
+  char *text = ps_test_read_file(gt.log, &len);
+  ck_assert_msg(strstr(text, "writing the snapshot anyway") && !strstr(text, "final flush of shard 0 failed"),
+                "see %s", gt.log);
+  free(text);
+  unlink(gt.fail);
+  ck_assert_int_eq(ps_test_count_files(redo, ".log", 0), 0);
+  ck_assert_float_eq(cl_restart_value(&gt, &pid), 26.0f);
+  /* the log goes on after the snapshot: an acknowledged push survives a crash */
+  ck_assert_int_eq(cl_push_one(gt.chan), 0);
+  int st = ps_test_stop(pid, SIGKILL, 5000);
+  ck_assert(WIFSIGNALED(st));
+  ck_assert_float_eq(cl_restart_value(&gt, &pid), 27.0f);
+  ck_assert_int_eq(cl_last_replayed(gt.log), 1);
+  cl_stop_clean(pid, gt.log);
+}
+END_TEST
+
+/* A snapshot ahead of a log that holds records (here: the log as it was
+ * before a stop whose syncs failed and whose final snapshot was written
+ * anyway, put back, as if the shard had been killed before it removed
+ * the log) is mended at the start with a warning naming both positions:
+ * the replayed state goes into a snapshot, the old log goes, and a push
+ * acknowledged after the start survives a crash.  (It used to start
+ * silently, the log going on after a gap.) */
+START_TEST(test_snapshot_ahead_warned) {
+  const char *dir = ps_test_tmpdir();
+  ps_test_gated gt;
+  pid_t pid = cl_gated_start(&gt, dir, 1, 10);
+  char redo[700], cmd[2400];
+  snprintf(redo, sizeof redo, "%s/shard0/redo", dir);
+  snprintf(cmd, sizeof cmd, "cp -a '%s' '%s.bak'", redo, redo);
+  ck_assert_int_eq(system(cmd), 0);
+  ck_assert_int_gt(ps_test_count_files(redo, ".log", 0) - ps_test_count_files(redo, ".log", 1), 0);
+  ps_test_write_file(gt.fail, "fail\n");
+  ck_assert_int_eq(cl_push_one(gt.chan), PS_EDEGRADED); /* record 11: in the final snapshot only */
+  cl_stop_clean(pid, gt.log);
+  unlink(gt.fail);
+  snprintf(cmd, sizeof cmd, "rm -rf '%s' && mv '%s.bak' '%s'", redo, redo, redo);
+  ck_assert_int_eq(system(cmd), 0);
+  ck_assert_float_eq(cl_restart_value(&gt, &pid), 11.0f);
+  size_t len;
+  char *text = ps_test_read_file(gt.log, &len);
+  ck_assert_msg(strstr(text, "the snapshot holds records up to 11, the redo log ends at 10"),
+                "no warning; see %s", gt.log);
+  free(text);
+  ck_assert_int_eq(cl_push_one(gt.chan), 0);
+  int st = ps_test_stop(pid, SIGKILL, 5000);
+  ck_assert(WIFSIGNALED(st));
+  ck_assert_float_eq(cl_restart_value(&gt, &pid), 12.0f);
+  cl_stop_clean(pid, gt.log);
+}
+END_TEST
+
+/* SIGTERM while the start replays the log (held there: the replay's
+ * fdatasync of a segment waits on the fsync shim's gate) is a clean stop,
+ * exit 0, not a death by the signal; the next start has every
+ * acknowledged push. */
+START_TEST(test_stop_during_replay) {
+  ps_test_gated gt;
+  pid_t pid = cl_gated_start(&gt, ps_test_tmpdir(), 1, 10);
+  int st = ps_test_stop(pid, SIGKILL, 5000);
+  ck_assert(WIFSIGNALED(st));
+  ps_test_write_file(gt.gate, "held\n");
+  pid = ps_test_psd(gt.yaml, 0, gt.log, gt.env.env);
+  usleep(1500 * 1000); /* the store opens, the replay reaches its sync and waits */
+  ck_assert_int_eq(kill(pid, SIGTERM), 0);
+  usleep(100 * 1000);
+  unlink(gt.gate);
+  cl_stop_clean(pid, gt.log); /* (the SIGTERM again, then a wait) */
+  ck_assert_float_eq(cl_restart_value(&gt, &pid), 10.0f);
+  cl_stop_clean(pid, gt.log);
+}
+END_TEST
+
 Suite *psd_durability_suite(void) {
   Suite *s = suite_create("psd_durability");
   TCase *tc = tcase_create("crash_loop");
@@ -795,6 +946,9 @@ Suite *psd_durability_suite(void) {
   tcase_add_test(tc, test_crash_loop_short);
   tcase_add_test(tc, test_sync_log_then_periodic);
   tcase_add_test(tc, test_snapshot_waits_for_log);
+  tcase_add_test(tc, test_clean_stop_no_log);
+  tcase_add_test(tc, test_snapshot_ahead_warned);
+  tcase_add_test(tc, test_stop_during_replay);
   tcase_add_test(tc, test_foreign_log_refused);
   suite_add_tcase(s, tc);
   tc = tcase_create("disk_full");

@@ -18,6 +18,9 @@
  * sees what the shard does meanwhile (tests/server/test_psd_chan.c,
  * tests/worker/test_psw_client.c).
  *
+ * PS_FSYNC_FAIL names a file: while it exists, an fdatasync of a redo log
+ * file fails with EIO (a disk that fails its flushes), after the gate.
+ *
  * PS_ODIRECT_EINVAL=1: an open with O_DIRECT fails with EINVAL, as on a
  * filesystem without O_DIRECT, so that the redo log writes buffered
  * (psd_wal invariant 7; the crash loop starts psd so every third time).
@@ -160,10 +163,21 @@ static void shim_record(int fd) {
   close(lfd);
 }
 
+/* shim_failing: PS_FSYNC_FAIL exists and FD is a redo log file. */
+static int shim_failing(int fd) {
+  const char *fail = getenv("PS_FSYNC_FAIL");
+  char path[4096];
+  return fail && *fail && access(fail, F_OK) == 0 && shim_redo(fd, path);
+}
+
 int fdatasync(int fd) {
   static int (*real)(int);
   if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
   shim_gate(fd);
+  if (shim_failing(fd)) {
+    errno = EIO;
+    return -1;
+  }
   int rc = real(fd);
   if (rc == 0) shim_record(fd);
   return rc;

@@ -828,7 +828,7 @@ void psd_grpc_stop(psd_shard *sh, int drain_ms) {
       psd_wal_cancel(sh->wal, &c->swt);
       psd_grpc_synced(&c->swt.done, PS_EUNAVAIL,
                       stopping ? "the shard is stopping before this push was confirmed durable "
-                                 "(it is applied and logged; the final snapshot takes it in)"
+                                 "(it is applied and logged, the log not yet synced)"
                                : "the shard's gRPC server is restarting before this push was "
                                  "confirmed durable (it is applied and logged)");
       continue;

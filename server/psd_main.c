@@ -14,13 +14,14 @@
  * (bounded by drain_timeout_ms), a final synchronous flush (under sync
  * the log, which it then holds entirely, is removed), close, exit 0 (1 when
  * the final flush failed).  A SIGTERM/SIGINT during the start stops the
- * replay at its next record (nothing changed; exit 0), or drains as soon
- * as the listeners are bound.  Exit codes: 0 clean, 1 runtime failure
+ * replay before the next record it would apply (exit 0), or drains as
+ * soon as the listeners are bound; a second one ends the start at once.  Exit codes: 0 clean, 1 runtime failure
  * (store cannot be opened, address taken, failed final flush), 2 usage or
  * configuration error. */
 #include <getopt.h>
 #include <malloc.h>
 #include <signal.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -72,14 +73,22 @@ typedef struct psd_main {
   int wal_failed;            /* the redo log's writer is failing (sync) */
   char wal_fail_msg[sizeof(ps_errbuf)]; /* why */
   int replay_stopped;        /* a SIGTERM/SIGINT ended the start's replay */
+  atomic_int final_flush;    /* the stop's flush: the sparse rows wait for no log */
 } psd_main;
 
 /* SIGTERM or SIGINT before the loop's handlers are in place (the store's
- * open, the replay): the start stops at the next record, or drains as
- * soon as it serves (0: none came). */
+ * open, the replay): the start stops at the next record it applies, or
+ * drains as soon as it serves (0: none came).  A second one ends the
+ * process at once, as before (a start stuck in the store's open). */
 static volatile sig_atomic_t psd_main_early_sig;
 
-static void psd_main_on_early_sig(int signum) { psd_main_early_sig = signum; }
+static void psd_main_on_early_sig(int signum) {
+  if (psd_main_early_sig) {
+    signal(signum, SIG_DFL);
+    raise(signum);
+  }
+  psd_main_early_sig = signum;
+}
 
 /* psd_main_unix_ms returns the wall clock in milliseconds. */
 static int64_t psd_main_unix_ms(void) {
@@ -307,8 +316,9 @@ static int psd_main_recover(psd_main *m) {
    * give those seqs again, and a later replay would skip the new records
    * as held.  So the replayed state goes into a snapshot at the newest
    * position and the log starts above it, as under periodic, where the
-   * replayed state always goes into a snapshot.  (An empty log is
-   * behind no snapshot: a clean stop leaves none.) */
+   * replayed state always goes into a snapshot.  (With no record in the
+   * log, its end is where the older of the two positions left the next
+   * seq: a clean stop, which removes the log, leaves them equal.) */
   uint64_t top = m->dur_d;
   if (m->dur_sp != UINT64_MAX && m->dur_sp > top) top = m->dur_sp;
   uint64_t end = st.replay_last ? st.replay_last : st.last_seq;
@@ -338,7 +348,13 @@ static int psd_main_recover(psd_main *m) {
     psd_shard_sparse_set_log(sh, psd_main_sparse_log_append, m);
     psd_shard_sparse_set_durable(sh, psd_main_flush_durable, m);
     err = psd_wal_start(w, sh->loop, &eb);
-    if (err == 0) sh->wal = w;
+    if (err == 0) {
+      sh->wal = w;
+      /* segments the snapshots hold go now, not at the first snapshot,
+       * which an idle shard does not take (a log left by a shard killed
+       * in its stop, after the final snapshot) */
+      psd_main_truncate(m);
+    }
   }
   if (err < 0) {
     psd_store_set_log(sh->store, NULL, NULL);
@@ -346,8 +362,8 @@ static int psd_main_recover(psd_main *m) {
     psd_shard_sparse_set_durable(sh, NULL, NULL);
     psd_wal_free(w);
     if (m->replay_stopped)
-      ps_info("shard %u: %s; stopping: the store and the log are as they were, the next start "
-              "replays the log again", sh->me->id, eb.msg);
+      ps_info("shard %u: %s; stopping (the next start replays the log again)", sh->me->id,
+              eb.msg);
     /* the message says why (a corrupt record is no i/o error) */
     else ps_err("shard %u: cannot recover from the redo log: %s", sh->me->id, eb.msg);
     return 1;
@@ -371,6 +387,7 @@ static void psd_main_flush_work(uv_work_t *w) {
  * sparse rows' write buffers wait the same way (psd_sparse_set_durable). */
 static int psd_main_flush_durable(void *arg, uint64_t seq, ps_errbuf *eb) {
   psd_main *m = arg;
+  if (atomic_load(&m->final_flush)) return 0; /* psd_main_finish waited (or wrote anyway) */
   return m->sh.wal ? psd_wal_wait_synced(m->sh.wal, seq, eb) : 0;
 }
 
@@ -473,11 +490,12 @@ static void psd_main_finish(psd_main *m) {
   /* the final snapshot, too, holds only pushes the log has on disk
    * (psd_store invariant 11): a crash before the exit must not leave it
    * ahead of the log.  A failing log cannot sync them: the snapshot is
-   * then their only copy, written anyway (the sparse rows' too: their
-   * own wait for the log is dropped, this one covers it). */
+   * then their only copy, written anyway (the sparse rows' too: this
+   * wait covers their own, which psd_main_flush_durable now skips; the
+   * rows' writer thread may be inside it, so the hook stays). */
   if (sh->wal && sh->store && psd_wal_wait_synced(sh->wal, psd_store_log_seq(sh->store), &eb) < 0)
     ps_warn("final flush of shard %u: %s; writing the snapshot anyway", sh->me->id, eb.msg);
-  psd_shard_sparse_set_durable(sh, NULL, NULL);
+  atomic_store(&m->final_flush, 1);
   int err = sh->store ? psd_store_flush(sh->store, &eb) : 0;
   const char *what = "";
   if (err >= 0 && (err = psd_shard_sparse_flush(sh, &eb)) < 0) what = "'s sparse rows";
@@ -731,10 +749,6 @@ static int psd_main_serve(psd_main *m, const ps_config *cfg, const ps_shard_conf
   sh->loop = &m->loop;
   sh->state = PSD_STARTING;
   sh->start_ms = uv_hrtime() / 1000000;
-  struct sigaction sa = {.sa_handler = psd_main_on_early_sig, .sa_flags = SA_RESTART};
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGTERM, &sa, NULL);
-  sigaction(SIGINT, &sa, NULL);
   int code = sh->agg_me ? psd_main_open_agg(m) : psd_main_open(m);
   if (code == 0 && psd_main_handles(m) < 0) {
     ps_err("cannot install signal handlers");
@@ -744,6 +758,7 @@ static int psd_main_serve(psd_main *m, const ps_config *cfg, const ps_shard_conf
   if (code == 0 && psd_probe_start(&m->probe, sh, &eb) < 0)
     ps_warn("%s; a gRPC listener that stops accepting will not be rebuilt", eb.msg);
   if (code == 0 && psd_main_early_sig) { /* it came before the loop's handlers */
+    uv_update_time(&m->loop);                /* (the drain's deadline) */
     psd_main_drain(m, psd_main_early_sig);
     uv_run(&m->loop, UV_RUN_DEFAULT);
     code = m->exit_code;
@@ -789,6 +804,11 @@ int main(int argc, char **argv) {
   /* A write to a peer that reset (channel reply, gRPC) must fail with
    * EPIPE on that connection, not kill the shard with unflushed updates. */
   signal(SIGPIPE, SIG_IGN);
+  /* until the loop's handlers take over (psd_main_handles) */
+  struct sigaction sa = {.sa_handler = psd_main_on_early_sig, .sa_flags = SA_RESTART};
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
   ps_log_init("psd", LOG_INFO);
   psd_args a;
   int code = psd_main_args(argc, argv, &a);

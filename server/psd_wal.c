@@ -667,8 +667,9 @@ static int wal_cut(psd_wal *w, size_t i, size_t len, ps_errbuf *eb) {
 
 /* wal_sync_seg fdatasyncs segment I: a replayed record may be only in
  * the page cache (the crash came between its write and its sync), and
- * the records appended after the replay build on it, so it must reach
- * the disk before they do. */
+ * what the replay builds on it (the records appended after it, sparse
+ * rows evicted to RocksDB while it runs) must not reach the disk before
+ * it does: so before its records are applied. */
 static int wal_sync_seg(psd_wal *w, size_t i, ps_errbuf *eb) {
   char name[32];
   wal_seg_name(name, sizeof name, w->segs[i].first);
@@ -691,6 +692,7 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
     size_t n = 0, off = 0, rend = 0; /* rend: where its last record (not a skip) ends */
     size_t gend = 0;                 /* where the last group read ends (its end mark's end) */
     if ((rc = wal_read_seg(w, i, &buf, &n, eb)) < 0) break;
+    if (n > 0 && (rc = wal_sync_seg(w, i, eb)) < 0) break;
     char name[32];
     wal_seg_name(name, sizeof name, w->segs[i].first);
     int stop = 0; /* a segment before the last whose records end before its bytes */
@@ -868,8 +870,6 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
     free(buf);
     if (!stop && rend > 0) ended[0] = 0;
     if (stop) w->segs[i].bytes = rend; /* its records' bytes (wal_scan gave the file's) */
-    if (rc == 0 && (off == n || stop) && n > 0)
-      rc = wal_sync_seg(w, i, eb); /* a cut one is synced */
   }
   /* Empty segments (a start that wrote nothing) are just removed. */
   for (size_t i = 0; rc == 0 && i < w->nsegs; i++)

@@ -822,9 +822,10 @@ static float cl_restart_value(ps_test_gated *gt, pid_t *pid) {
 static pid_t cl_gated_start(ps_test_gated *gt, const char *dir, int no_flush, int n) {
   ps_test_gated_init(gt, dir, NULL, 0);
   if (no_flush) {
-    char cmd[1200];
-    snprintf(cmd, sizeof cmd, "sed -i 's/flush_interval_ms: 200$/flush_interval_ms: 600000/' '%s'",
-             gt->yaml);
+    char cmd[1600];
+    snprintf(cmd, sizeof cmd,
+             "sed -i 's/flush_interval_ms: 200$/flush_interval_ms: 600000/' '%s' && "
+             "grep -q 'flush_interval_ms: 600000$' '%s'", gt->yaml, gt->yaml);
     ck_assert_int_eq(system(cmd), 0);
   }
   pid_t pid = ps_test_dur_start(gt->yaml, gt->log, gt->gp, gt->cp, gt->env.env);
@@ -917,10 +918,39 @@ START_TEST(test_snapshot_ahead_warned) {
 }
 END_TEST
 
+/* A log the snapshot holds entirely (here: the log as it was before a
+ * clean stop, put back, as if the shard had been killed in its stop after
+ * the final snapshot) is dropped right after the start, not kept (and
+ * grown) until a snapshot that an idle shard never takes. */
+START_TEST(test_covered_log_dropped) {
+  const char *dir = ps_test_tmpdir();
+  ps_test_gated gt;
+  pid_t pid = cl_gated_start(&gt, dir, 1, 10);
+  char redo[700], cmd[2400];
+  snprintf(redo, sizeof redo, "%s/shard0/redo", dir);
+  snprintf(cmd, sizeof cmd, "cp -a '%s' '%s.bak'", redo, redo);
+  ck_assert_int_eq(system(cmd), 0);
+  cl_stop_clean(pid, gt.log);
+  snprintf(cmd, sizeof cmd, "rm -rf '%s' && mv '%s.bak' '%s'", redo, redo, redo);
+  ck_assert_int_eq(system(cmd), 0);
+  int full = ps_test_count_files(redo, ".log", 0) - ps_test_count_files(redo, ".log", 1);
+  ck_assert_int_gt(full, 0);
+  ck_assert_float_eq(cl_restart_value(&gt, &pid), 10.0f);
+  ck_assert_int_eq(cl_last_replayed(gt.log), 0);
+  int64_t end = ps_test_now_ms() + 10000;
+  while ((full = ps_test_count_files(redo, ".log", 0) - ps_test_count_files(redo, ".log", 1)) > 0 &&
+         ps_test_now_ms() < end)
+    usleep(20000);
+  ck_assert_msg(full == 0, "%d segments the snapshot holds are still in %s", full, redo);
+  cl_stop_clean(pid, gt.log);
+}
+END_TEST
+
 /* SIGTERM while the start replays the log (held there: the replay's
- * fdatasync of a segment waits on the fsync shim's gate) is a clean stop,
- * exit 0, not a death by the signal; the next start has every
- * acknowledged push. */
+ * fdatasync of a segment, before it applies the segment's records, waits
+ * on the fsync shim's gate) stops the replay before its next record, a
+ * clean stop, exit 0, not a death by the signal; the next start has
+ * every acknowledged push. */
 START_TEST(test_stop_during_replay) {
   ps_test_gated gt;
   pid_t pid = cl_gated_start(&gt, ps_test_tmpdir(), 1, 10);
@@ -932,7 +962,13 @@ START_TEST(test_stop_during_replay) {
   ck_assert_int_eq(kill(pid, SIGTERM), 0);
   usleep(100 * 1000);
   unlink(gt.gate);
-  cl_stop_clean(pid, gt.log); /* (the SIGTERM again, then a wait) */
+  st = ps_test_wait_pid(pid, 20000);
+  ck_assert_msg(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                "psd ended with status %d; see %s", st, gt.log);
+  size_t len;
+  char *text = ps_test_read_file(gt.log, &len);
+  ck_assert_msg(strstr(text, "Terminated during the replay; stopping"), "see %s", gt.log);
+  free(text);
   ck_assert_float_eq(cl_restart_value(&gt, &pid), 10.0f);
   cl_stop_clean(pid, gt.log);
 }
@@ -948,6 +984,7 @@ Suite *psd_durability_suite(void) {
   tcase_add_test(tc, test_snapshot_waits_for_log);
   tcase_add_test(tc, test_clean_stop_no_log);
   tcase_add_test(tc, test_snapshot_ahead_warned);
+  tcase_add_test(tc, test_covered_log_dropped);
   tcase_add_test(tc, test_stop_during_replay);
   tcase_add_test(tc, test_foreign_log_refused);
   suite_add_tcase(s, tc);

@@ -882,6 +882,18 @@ START_TEST(test_clean_stop_no_log) {
 }
 END_TEST
 
+/* cl_log_copy copies DIR's shard's redo directory aside (SAVE), or puts
+ * that copy back in its place; returns the number of segments holding
+ * records in the directory then. */
+static int cl_log_copy(const char *dir, int save) {
+  char redo[700], cmd[2400];
+  snprintf(redo, sizeof redo, "%s/shard0/redo", dir);
+  if (save) snprintf(cmd, sizeof cmd, "cp -a '%s' '%s.bak'", redo, redo);
+  else snprintf(cmd, sizeof cmd, "rm -rf '%s' && mv '%s.bak' '%s'", redo, redo, redo);
+  ck_assert_int_eq(system(cmd), 0);
+  return ps_test_count_files(redo, ".log", 0) - ps_test_count_files(redo, ".log", 1);
+}
+
 /* A snapshot ahead of a log that holds records (here: the log as it was
  * before a stop whose syncs failed and whose final snapshot was written
  * anyway, put back, as if the shard had been killed before it removed
@@ -893,17 +905,12 @@ START_TEST(test_snapshot_ahead_warned) {
   const char *dir = ps_test_tmpdir();
   ps_test_gated gt;
   pid_t pid = cl_gated_start(&gt, dir, 1, 10);
-  char redo[700], cmd[2400];
-  snprintf(redo, sizeof redo, "%s/shard0/redo", dir);
-  snprintf(cmd, sizeof cmd, "cp -a '%s' '%s.bak'", redo, redo);
-  ck_assert_int_eq(system(cmd), 0);
-  ck_assert_int_gt(ps_test_count_files(redo, ".log", 0) - ps_test_count_files(redo, ".log", 1), 0);
+  ck_assert_int_gt(cl_log_copy(dir, 1), 0);
   ps_test_write_file(gt.fail, "fail\n");
   ck_assert_int_eq(cl_push_one(gt.chan), PS_EDEGRADED); /* record 11: in the final snapshot only */
   cl_stop_clean(pid, gt.log);
   unlink(gt.fail);
-  snprintf(cmd, sizeof cmd, "rm -rf '%s' && mv '%s.bak' '%s'", redo, redo, redo);
-  ck_assert_int_eq(system(cmd), 0);
+  cl_log_copy(dir, 0);
   ck_assert_float_eq(cl_restart_value(&gt, &pid), 11.0f);
   size_t len;
   char *text = ps_test_read_file(gt.log, &len);
@@ -926,14 +933,11 @@ START_TEST(test_covered_log_dropped) {
   const char *dir = ps_test_tmpdir();
   ps_test_gated gt;
   pid_t pid = cl_gated_start(&gt, dir, 1, 10);
-  char redo[700], cmd[2400];
+  char redo[700];
   snprintf(redo, sizeof redo, "%s/shard0/redo", dir);
-  snprintf(cmd, sizeof cmd, "cp -a '%s' '%s.bak'", redo, redo);
-  ck_assert_int_eq(system(cmd), 0);
+  cl_log_copy(dir, 1);
   cl_stop_clean(pid, gt.log);
-  snprintf(cmd, sizeof cmd, "rm -rf '%s' && mv '%s.bak' '%s'", redo, redo, redo);
-  ck_assert_int_eq(system(cmd), 0);
-  int full = ps_test_count_files(redo, ".log", 0) - ps_test_count_files(redo, ".log", 1);
+  int full = cl_log_copy(dir, 0);
   ck_assert_int_gt(full, 0);
   ck_assert_float_eq(cl_restart_value(&gt, &pid), 10.0f);
   ck_assert_int_eq(cl_last_replayed(gt.log), 0);

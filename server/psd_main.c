@@ -12,10 +12,11 @@
  * READY=1.  SIGTERM/SIGINT:
  * STOPPING=1, DRAINING, stop accepting, wait for in-flight requests
  * (bounded by drain_timeout_ms), a final synchronous flush (under sync
- * the log, which it then holds entirely, is removed), close, exit 0 (1 when
- * the final flush failed).  A SIGTERM/SIGINT during the start stops the
- * replay before the next record it would apply (exit 0), or drains as
- * soon as the listeners are bound; a second one ends the start at once.  Exit codes: 0 clean, 1 runtime failure
+ * the log, which it then holds entirely, is removed), close, exit 0 (1
+ * when the final flush failed).  A SIGTERM/SIGINT during the start stops
+ * the replay before the next record it would apply (exit 0), or drains as
+ * soon as the listeners are bound; a second one before they are ends the
+ * start at once.  Exit codes: 0 clean, 1 runtime failure
  * (store cannot be opened, address taken, failed final flush), 2 usage or
  * configuration error. */
 #include <getopt.h>
@@ -787,9 +788,9 @@ static int psd_main_serve(psd_main *m, const ps_config *cfg, const ps_shard_conf
   }
   psd_clock_free(sh->clock);
   sh->clock = NULL;
+  psd_shard_sparse_close(sh); /* first: its writer thread may be waiting on the log */
   psd_wal_free(sh->wal);
   sh->wal = NULL;
-  psd_shard_sparse_close(sh);
   psd_agg_stop(sh->agg);
   psd_agg_free(sh->agg);
   sh->agg = NULL;
@@ -804,15 +805,16 @@ int main(int argc, char **argv) {
   /* A write to a peer that reset (channel reply, gRPC) must fail with
    * EPIPE on that connection, not kill the shard with unflushed updates. */
   signal(SIGPIPE, SIG_IGN);
-  /* until the loop's handlers take over (psd_main_handles) */
-  struct sigaction sa = {.sa_handler = psd_main_on_early_sig, .sa_flags = SA_RESTART};
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGTERM, &sa, NULL);
-  sigaction(SIGINT, &sa, NULL);
   ps_log_init("psd", LOG_INFO);
   psd_args a;
   int code = psd_main_args(argc, argv, &a);
   if (code) return code < 0 ? 0 : code;
+  if (!a.test) { /* a start: until the loop's handlers take over (psd_main_handles) */
+    struct sigaction sa = {.sa_handler = psd_main_on_early_sig, .sa_flags = SA_RESTART};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+  }
   ps_config cfg;
   ps_errbuf eb = {{0}};
   if (ps_config_load(&cfg, a.config, &eb) < 0) {

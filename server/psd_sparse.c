@@ -339,7 +339,11 @@ static int buf_write(psd_sparse *s, const sp_buf *b, ps_errbuf *eb) {
    * that lost its record, and replay would skip the record a restarted
    * log gives that seq again */
   int rc = 0;
-  if (!err && s->durable_fn && b->max_seq) rc = s->durable_fn(s->durable_arg, b->max_seq, eb);
+  pthread_mutex_lock(&s->mu); /* (psd_sparse_set_durable may change it meanwhile) */
+  psd_sparse_durable_fn *durable = s->durable_fn;
+  void *darg = s->durable_arg;
+  pthread_mutex_unlock(&s->mu);
+  if (!err && durable && b->max_seq) rc = durable(darg, b->max_seq, eb);
   if (!err && !rc) {
     const char *files[] = {path};
     rocksdb_ingest_external_file(s->db, files, 1, s->io, &err);

@@ -84,10 +84,11 @@
  *     (a reused file's old bytes, invariant 6) ends the records cleanly:
  *     cut off, nothing dropped; a segment of any position that starts with
  *     one holds no record (a reused file no write reached) and is removed.
- *     Every replayed segment is fdatasync'ed before new records follow:
- *     a crash between a group's write and its sync leaves records that
- *     only the page cache holds, which the replay applies and the new
- *     records build on (the crash loop's simulated power cut found this).
+ *     Every segment the replay reads is fdatasync'ed before its records
+ *     are applied: a crash between a group's write and its sync leaves
+ *     records that only the page cache holds, which the replay applies
+ *     and what follows builds on (new records: the crash loop's simulated
+ *     power cut found this; sparse rows evicted to RocksDB meanwhile).
  *  6. Reuse: up to eight deleted segments are renamed DIR/<old first>.free
  *     instead of unlinked, and a roll renames the largest to the new
  *     segment's name and overwrites it from offset 0: an fdatasync of

@@ -36,6 +36,7 @@
 #include "ps_fpu.h"
 #include "ps_config.h"
 #include "ps_log.h"
+#include "ps_stop.h"
 #include "ps_tls.h"
 #include "psd_agg.h"
 #include "psd_chan.h"
@@ -76,20 +77,6 @@ typedef struct psd_main {
   int replay_stopped;        /* a SIGTERM/SIGINT ended the start's replay */
   atomic_int final_flush;    /* the stop's flush: the sparse rows wait for no log */
 } psd_main;
-
-/* SIGTERM or SIGINT before the loop's handlers are in place (the store's
- * open, the replay): the start stops at the next record it applies, or
- * drains as soon as it serves (0: none came).  A second one ends the
- * process at once, as before (a start stuck in the store's open). */
-static volatile sig_atomic_t psd_main_early_sig;
-
-static void psd_main_on_early_sig(int signum) {
-  if (psd_main_early_sig) {
-    signal(signum, SIG_DFL);
-    raise(signum);
-  }
-  psd_main_early_sig = signum;
-}
 
 /* psd_main_unix_ms returns the wall clock in milliseconds. */
 static int64_t psd_main_unix_ms(void) {
@@ -210,9 +197,9 @@ static int psd_main_sparse_log_append(void *arg, const struct iovec *iov, int ni
 static int psd_main_replay_one(void *arg, uint64_t seq, const uint8_t *p, size_t len,
                                ps_errbuf *eb) {
   psd_main *m = arg;
-  if (psd_main_early_sig) {
+  if (ps_stop_signal) {
     m->replay_stopped = 1;
-    return ps_errf(eb, PS_ESHUTDOWN, "%s during the replay", strsignal(psd_main_early_sig));
+    return ps_errf(eb, PS_ESHUTDOWN, "%s during the replay", strsignal(ps_stop_signal));
   }
   if (len && p[0] == PSD_SPARSE_LOG_PUSH)
     return seq <= m->replay_from_sp ? 0 : psd_shard_sparse_replay(&m->sh, seq, p, len, eb);
@@ -758,9 +745,9 @@ static int psd_main_serve(psd_main *m, const ps_config *cfg, const ps_shard_conf
   ps_errbuf eb = {{0}};
   if (code == 0 && psd_probe_start(&m->probe, sh, &eb) < 0)
     ps_warn("%s; a gRPC listener that stops accepting will not be rebuilt", eb.msg);
-  if (code == 0 && psd_main_early_sig) { /* it came before the loop's handlers */
+  if (code == 0 && ps_stop_signal) { /* it came before the loop's handlers */
     uv_update_time(&m->loop);                /* (the drain's deadline) */
-    psd_main_drain(m, psd_main_early_sig);
+    psd_main_drain(m, ps_stop_signal);
     uv_run(&m->loop, UV_RUN_DEFAULT);
     code = m->exit_code;
   } else if (code == 0) {
@@ -809,12 +796,10 @@ int main(int argc, char **argv) {
   psd_args a;
   int code = psd_main_args(argc, argv, &a);
   if (code) return code < 0 ? 0 : code;
-  if (!a.test) { /* a start: until the loop's handlers take over (psd_main_handles) */
-    struct sigaction sa = {.sa_handler = psd_main_on_early_sig, .sa_flags = SA_RESTART};
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-  }
+  /* a start: SIGTERM or SIGINT before the loop's handlers take over
+   * (psd_main_handles; the store's open, the replay) stops the replay at
+   * the next record it applies, or drains as soon as psd serves */
+  if (!a.test) ps_stop_install(1);
   ps_config cfg;
   ps_errbuf eb = {{0}};
   if (ps_config_load(&cfg, a.config, &eb) < 0) {

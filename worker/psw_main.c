@@ -38,19 +38,8 @@
 #include "ps_gpu_blas.h"
 #include "ps_log.h"
 #include "ps_pb.h"
+#include "ps_stop.h"
 #include "psw_train.h"
-
-static volatile sig_atomic_t psw_stop_signal;
-
-/* psw_on_signal records the first stop request; a second one of the same
- * kind ends the process at once. */
-static void psw_on_signal(int sig) {
-  if (psw_stop_signal) {
-    signal(sig, SIG_DFL);
-    raise(sig);
-  }
-  psw_stop_signal = sig;
-}
 
 /* Command-line values; NULL / -1 means "from the YAML file". */
 typedef struct psw_args {
@@ -171,7 +160,7 @@ static int psw_opts(const psw_args *a, const ps_config *cfg, psw_train_opts *o) 
       .batch = a->batch < 0 ? cfg->training.batch_size : (uint32_t)a->batch,
       .metrics_csv = a->metrics_csv, .overlap = a->overlap >= 0 ? a->overlap : cfg->workers.overlap,
       .blas_threads = a->blas_threads < 0 ? (int)cfg->workers.blas_threads : (int)a->blas_threads,
-      .quiet = a->quiet, .stop = &psw_stop_signal};
+      .quiet = a->quiet, .stop = &ps_stop_signal};
   ps_errbuf eb;
   const char *why = !o->model ? "no model: give --model or set training.model"
                     : ps_name_check("model", o->model, &eb) < 0 ? eb.msg
@@ -187,12 +176,7 @@ static int psw_opts(const psw_args *a, const ps_config *cfg, psw_train_opts *o) 
 /* psw_signals installs the stop handlers (no SA_RESTART: blocking waits
  * return and notice the request). */
 static void psw_signals(void) {
-  struct sigaction sa;
-  memset(&sa, 0, sizeof sa);
-  sa.sa_handler = psw_on_signal;
-  sigemptyset(&sa.sa_mask);
-  sigaction(SIGINT, &sa, NULL);
-  sigaction(SIGTERM, &sa, NULL);
+  ps_stop_install(0);
   signal(SIGPIPE, SIG_IGN);
 }
 
@@ -236,15 +220,15 @@ int main(int argc, char **argv) {
     int err = psw_train_evaluate(&o, &r, &version, &eb);
     if (err < 0) ps_err("evaluate '%s': %s (%s)", o.model, eb.msg, ps_errname(err));
     else psw_train_eval_json(stdout, o.model, &r, version);
-    rc = psw_stop_signal ? 128 + psw_stop_signal : err == 0 ? 0 : r.bad_input ? 2 : 1;
+    rc = ps_stop_signal ? 128 + ps_stop_signal : err == 0 ? 0 : r.bad_input ? 2 : 1;
     goto release_config;
   }
   int err = psw_train_run(&o, &r, &eb);
-  if (err < 0 && !(psw_stop_signal && err == PS_ESHUTDOWN))
+  if (err < 0 && !(ps_stop_signal && err == PS_ESHUTDOWN))
     ps_err("worker %u: %s (%s)", r.rank, eb.msg, ps_errname(err));
   psw_train_json(stdout, o.model, o.batch, &r);
   psw_train_result_free(&r);
-  rc = psw_stop_signal ? 128 + psw_stop_signal : err == 0 ? 0 : r.bad_input ? 2 : 1;
+  rc = ps_stop_signal ? 128 + ps_stop_signal : err == 0 ? 0 : r.bad_input ? 2 : 1;
 release_config:
   ps_config_release(&cfg);
   return rc;

@@ -882,16 +882,23 @@ START_TEST(test_clean_stop_no_log) {
 }
 END_TEST
 
+/* cl_full_segments counts the segments holding records in DIR's shard's
+ * redo directory. */
+static int cl_full_segments(const char *dir) {
+  char redo[700];
+  snprintf(redo, sizeof redo, "%s/shard0/redo", dir);
+  return ps_test_count_files(redo, ".log", 0) - ps_test_count_files(redo, ".log", 1);
+}
+
 /* cl_log_copy copies DIR's shard's redo directory aside (SAVE), or puts
- * that copy back in its place; returns the number of segments holding
- * records in the directory then. */
+ * that copy back in its place; returns cl_full_segments then. */
 static int cl_log_copy(const char *dir, int save) {
   char redo[700], cmd[2400];
   snprintf(redo, sizeof redo, "%s/shard0/redo", dir);
   if (save) snprintf(cmd, sizeof cmd, "cp -a '%s' '%s.bak'", redo, redo);
   else snprintf(cmd, sizeof cmd, "rm -rf '%s' && mv '%s.bak' '%s'", redo, redo, redo);
   ck_assert_int_eq(system(cmd), 0);
-  return ps_test_count_files(redo, ".log", 0) - ps_test_count_files(redo, ".log", 1);
+  return cl_full_segments(dir);
 }
 
 /* A snapshot ahead of a log that holds records (here: the log as it was
@@ -933,8 +940,6 @@ START_TEST(test_covered_log_dropped) {
   const char *dir = ps_test_tmpdir();
   ps_test_gated gt;
   pid_t pid = cl_gated_start(&gt, dir, 1, 10);
-  char redo[700];
-  snprintf(redo, sizeof redo, "%s/shard0/redo", dir);
   cl_log_copy(dir, 1);
   cl_stop_clean(pid, gt.log);
   int full = cl_log_copy(dir, 0);
@@ -942,10 +947,8 @@ START_TEST(test_covered_log_dropped) {
   ck_assert_float_eq(cl_restart_value(&gt, &pid), 10.0f);
   ck_assert_int_eq(cl_last_replayed(gt.log), 0);
   int64_t end = ps_test_now_ms() + 10000;
-  while ((full = ps_test_count_files(redo, ".log", 0) - ps_test_count_files(redo, ".log", 1)) > 0 &&
-         ps_test_now_ms() < end)
-    usleep(20000);
-  ck_assert_msg(full == 0, "%d segments the snapshot holds are still in %s", full, redo);
+  while ((full = cl_full_segments(dir)) > 0 && ps_test_now_ms() < end) usleep(20000);
+  ck_assert_msg(full == 0, "%d segments the snapshot holds are still in %s/shard0/redo", full, dir);
   cl_stop_clean(pid, gt.log);
 }
 END_TEST

@@ -10,8 +10,10 @@
  * vector, as in a worker: the channel sends from / receives into them with
  * writev/readv; gRPC gathers into / scatters out of one message buffer,
  * and that copy is part of its time.  A round's time runs from the first
- * thread's start to the last thread's end; the figure is the median over
- * --rounds rounds (after one warm-up round), in MB/s (10^6 bytes).
+ * thread's start to the last thread's end; the figures are the median over
+ * --rounds rounds (after one warm-up round) and the rate over all of them
+ * together (their bytes over their summed time, so that rounds slowed by
+ * a shard's periodic flush count as they happened), in MB/s (10^6 bytes).
  * Small requests: pushes/s of one 256-float (1 KiB) chunk to shard 0 with
  * 8 requests in flight on one channel connection, for --small-secs; then
  * (unless --skip-grpc) unary gRPC Push calls/s of the same chunk, one at a
@@ -199,11 +201,17 @@ static int bench_cmp_double(const void *a, const void *b) {
   return x < y ? -1 : x > y;
 }
 
+/* A transfer kind's MB/s: the median round's, and over all rounds. */
+typedef struct bench_rate {
+  double median, overall; /* < 0: skipped */
+} bench_rate;
+
 /* bench_measure runs one warm-up and ROUNDS timed rounds of OP moving
- * BYTES in all; returns the median MB/s or a negative PS_E* code. */
-static double bench_measure(bench_shard *sh, size_t n, int (*op)(bench_shard *, ps_errbuf *),
-                            int rounds, uint64_t bytes, ps_errbuf *eb) {
-  double *mbps = calloc((size_t)rounds, sizeof *mbps);
+ * BYTES each into *RATE; returns 0 or a negative PS_E* code. */
+static int bench_measure(bench_shard *sh, size_t n, int (*op)(bench_shard *, ps_errbuf *),
+                         int rounds, uint64_t bytes, bench_rate *rate, ps_errbuf *eb) {
+  double *mbps = calloc((size_t)rounds, sizeof *mbps), secs = 0;
+  if (!mbps) return ps_errf(eb, PS_ENOMEM, "out of memory");
   if (bench_round(sh, n, op, eb) < 0) {
     free(mbps);
     return -1;
@@ -215,11 +223,13 @@ static double bench_measure(bench_shard *sh, size_t n, int (*op)(bench_shard *, 
       return -1;
     }
     mbps[r] = (double)bytes / t / 1e6;
+    secs += t;
   }
   qsort(mbps, (size_t)rounds, sizeof *mbps, bench_cmp_double);
-  double med = rounds % 2 ? mbps[rounds / 2] : (mbps[rounds / 2 - 1] + mbps[rounds / 2]) / 2;
+  rate->median = rounds % 2 ? mbps[rounds / 2] : (mbps[rounds / 2 - 1] + mbps[rounds / 2]) / 2;
+  rate->overall = (double)bytes * rounds / secs / 1e6;
   free(mbps);
-  return med;
+  return 0;
 }
 
 /* ---- set-up ------------------------------------------------------------------- */
@@ -490,7 +500,7 @@ free_flat:
  * rates; RESULTS receives MB/s per kind (-1: skipped), SMALL[0] channel
  * pushes/s, SMALL[1] gRPC calls/s (-1: skipped). */
 static int bench_throughput(psctl_cluster *cl, bench_shard *sh, const uint32_t *shard_ids,
-                            const bench_opts *o, double *results, double *small, ps_errbuf *eb) {
+                            const bench_opts *o, bench_rate *results, double *small, ps_errbuf *eb) {
   size_t n = cl->cfg.nshards;
   uint64_t nparams = (uint64_t)(o->model_mib * 262144);
   uint64_t req_elems = (uint64_t)(o->request_mib * 262144);
@@ -514,10 +524,11 @@ static int bench_throughput(psctl_cluster *cl, bench_shard *sh, const uint32_t *
   }
   ps_layout_release(&l);
   for (size_t k = 0; k < BENCH_NKINDS && rc == 0; k++) {
-    results[k] = -1;
+    results[k] = (bench_rate){-1, -1};
     if (bench_kinds[k].grpc && o->skip_grpc) continue;
-    results[k] = bench_measure(sh, n, bench_kinds[k].run, o->rounds, nparams * sizeof(float), eb);
-    if (results[k] < 0) rc = PS_EIO;
+    if (bench_measure(sh, n, bench_kinds[k].run, o->rounds, nparams * sizeof(float), &results[k],
+                      eb) < 0)
+      rc = PS_EIO;
   }
   if (rc == 0 && o->small_secs > 0) {
     small[0] = bench_small(cl, &sh[0], shard_ids, o->small_secs, !o->skip_grpc, &small[1], eb);
@@ -529,7 +540,7 @@ free_flat:
 }
 
 /* bench_print writes the table or the JSON object. */
-static void bench_print(const psctl_cluster *cl, const bench_opts *o, const double *results,
+static void bench_print(const psctl_cluster *cl, const bench_opts *o, const bench_rate *results,
                         const double *small) {
   if (o->json) {
     printf("{\"model_bytes\":%.0f,\"shards\":%zu,\"request_bytes\":%.0f,\"rounds\":%d,"
@@ -537,7 +548,9 @@ static void bench_print(const psctl_cluster *cl, const bench_opts *o, const doub
            o->model_mib * 1048576, cl->cfg.nshards, o->request_mib * 1048576, o->rounds,
            o->depth);
     for (size_t k = 0; k < BENCH_NKINDS; k++)
-      if (results[k] >= 0) printf(",\"%s\":%.1f", bench_kinds[k].key, results[k]);
+      if (results[k].median >= 0)
+        printf(",\"%s\":%.1f,\"%s_overall\":%.1f", bench_kinds[k].key, results[k].median,
+               bench_kinds[k].key, results[k].overall);
     if (small[0] >= 0) printf(",\"small_push_per_sec\":%.0f", small[0]);
     if (small[1] >= 0) printf(",\"small_grpc_calls_per_sec\":%.0f", small[1]);
     if (cl->cfg.security.mode == PS_SEC_TLS || cl->cfg.security.secret_file)
@@ -550,10 +563,11 @@ static void bench_print(const psctl_cluster *cl, const bench_opts *o, const doub
   printf("model %.0f MiB over %zu shards, %.0f MiB requests, %d in flight per shard, "
          "median of %d rounds\n", o->model_mib, cl->cfg.nshards, o->request_mib, o->depth,
          o->rounds);
-  printf("%-9s %-5s %10s\n", "transport", "op", "MB/s");
+  printf("%-9s %-5s %10s %12s\n", "transport", "op", "MB/s", "overall MB/s");
   for (size_t k = 0; k < BENCH_NKINDS; k++)
-    if (results[k] >= 0)
-      printf("%-9s %-5s %10.1f\n", bench_kinds[k].transport, bench_kinds[k].op, results[k]);
+    if (results[k].median >= 0)
+      printf("%-9s %-5s %10.1f %12.1f\n", bench_kinds[k].transport, bench_kinds[k].op,
+             results[k].median, results[k].overall);
   if (small[0] >= 0)
     printf("small: %.0f pushes/s of one 1 KiB chunk, 8 in flight (channel)\n", small[0]);
   if (small[1] >= 0)
@@ -568,7 +582,9 @@ static const char bench_usage[] =
     "Submits a dense benchmark model (one float32 tensor of M MiB, default 64, SGD) and\n"
     "prints the median over N rounds (default 5) of push and pull MB/s over the tensor\n"
     "channel and over gRPC, with R MiB requests (default 4), one thread per shard, D\n"
-    "requests in flight per channel (default 2); then 1 KiB pushes/s with 8 in flight\n"
+    "requests in flight per channel (default 2), and beside each the rate over all N\n"
+    "rounds together (\"overall\": their bytes over their summed time, which counts\n"
+    "the rounds a shard's flush slowed); then 1 KiB pushes/s with 8 in flight\n"
     "for S seconds (default 2; 0 skips), and as long gRPC Push calls/s of 1 KiB, one at a\n"
     "time (unless --skip-grpc).  --memory-params submits an Adam model of N\n"
     "parameters, pushes every chunk once, waits for a flush and prints each shard's\n"
@@ -645,7 +661,8 @@ int psctl_bench_main(int argc, char **argv) {
   size_t n = cl.cfg.nshards;
   bench_shard *sh = calloc(n, sizeof *sh);
   uint32_t *ids = calloc(n, sizeof *ids);
-  double results[BENCH_NKINDS], small[2] = {-1, -1};
+  bench_rate results[BENCH_NKINDS];
+  double small[2] = {-1, -1};
   int rc = sh && ids ? 0 : ps_errf(&eb, PS_ENOMEM, "out of memory");
   for (size_t i = 0; i < n && rc == 0; i++) ids[i] = cl.cfg.shards[i].id;
   if (rc == 0)

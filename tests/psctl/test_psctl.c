@@ -613,6 +613,43 @@ START_TEST(test_psctl_submit_budget) {
 }
 END_TEST
 
+/* pt_json_num: the number after "KEY": in PATH's text, or -1 when absent. */
+static double pt_json_num(const char *path, const char *key) {
+  char *s = ps_test_read_file(path, NULL), pat[96];
+  snprintf(pat, sizeof pat, "\"%s\":", key);
+  const char *p = strstr(s, pat);
+  double v = p ? strtod(p + strlen(pat), NULL) : -1;
+  free(s);
+  return v;
+}
+
+/* psctl bench against two shards: every transfer kind has its median
+ * round and its rate over all rounds (JSON), and the table shows both. */
+START_TEST(test_psctl_bench) {
+  pt_ctx x;
+  pt_init(&x);
+  pt_start(&x, 0);
+  pt_start(&x, 1);
+  ck_assert_int_eq(pt_psctl(&x, "bench --config '%s' --json --model-mib 1 --request-mib 0.25 "
+                                "--rounds 3 --small-secs 0.2", x.yaml), 0);
+  static const char *const kinds[] = {"channel_push_mbps", "channel_pull_mbps", "grpc_push_mbps",
+                                      "grpc_pull_mbps"};
+  for (size_t k = 0; k < sizeof kinds / sizeof kinds[0]; k++) {
+    char all[64];
+    snprintf(all, sizeof all, "%s_overall", kinds[k]);
+    double med = pt_json_num(x.out, kinds[k]), ov = pt_json_num(x.out, all);
+    ck_assert_msg(med > 0 && ov > 0, "%s: %g, overall %g, see %s", kinds[k], med, ov, x.out);
+  }
+  ck_assert_msg(pt_json_num(x.out, "small_push_per_sec") > 0, "no small pushes, see %s", x.out);
+  ck_assert_int_eq(pt_psctl(&x, "bench --config '%s' --model-mib 1 --rounds 1 --small-secs 0 "
+                                "--skip-grpc", x.yaml), 0);
+  ck_assert_msg(pt_contains(x.out, "overall MB/s") && !pt_contains(x.out, "grpc"),
+                "the table lacks the overall column or runs gRPC, see %s", x.out);
+  pt_stop_all(&x);
+  pt_cleanup(&x);
+}
+END_TEST
+
 Suite *psctl_suite(void) {
   Suite *s = suite_create("psctl");
   struct {
@@ -623,7 +660,8 @@ Suite *psctl_suite(void) {
                {"submit", test_psctl_submit},
                {"submit_budget", test_psctl_submit_budget},
                {"cli_bad_flags", test_cli_bad_flags},
-               {"psd_t_group_commit", test_psd_t_group_commit_periodic}};
+               {"psd_t_group_commit", test_psd_t_group_commit_periodic},
+               {"bench", test_psctl_bench}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     TCase *tc = tcase_create(cases[i].name);
     tcase_set_timeout(tc, 180);

@@ -292,9 +292,10 @@ static int psd_main_recover(psd_main *m) {
   if (err == 0) {
     psd_wal_stats_get(w, &st);
     ps_info("shard %u: redo log replayed: %llu records after the snapshot's %llu in %llu ms "
-            "(%llu torn-tail records dropped)", sh->me->id, (unsigned long long)st.replayed,
-            (unsigned long long)from, (unsigned long long)st.replay_ms,
-            (unsigned long long)st.replay_dropped);
+            "(%llu torn-tail records dropped; %llu segments the snapshot holds not read)",
+            sh->me->id, (unsigned long long)st.replayed, (unsigned long long)from,
+            (unsigned long long)st.replay_ms, (unsigned long long)st.replay_dropped,
+            (unsigned long long)st.replay_skipped);
   }
   /* A snapshot ahead of the log's last record (one written before the
    * write-ahead rule, psd_store invariant 11, by a shard killed before

@@ -132,7 +132,7 @@ struct psd_wal {
   psd_wal_waiter *head, *tail;
   int loop_failed;
   int writer_done;         /* the writer thread ended (under mu) */
-  uint64_t replayed, dropped, replay_ms, replay_last;
+  uint64_t replayed, dropped, replay_ms, replay_last, skipped;
   int scan_cut;            /* the replay's search for intact records ended early */
   uint64_t loop_ns, loop_max_ns; /* the loop's time inside the log's calls */
   uint64_t lock_ns, lock_max_ns; /* of which waiting for the writer's mutex */
@@ -691,6 +691,15 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
     uint8_t *buf = NULL;
     size_t n = 0, off = 0, rend = 0; /* rend: where its last record (not a skip) ends */
     size_t gend = 0;                 /* where the last group read ends (its end mark's end) */
+    if (i + 1 < w->nsegs && w->segs[i + 1].first <= from + 1) {
+      /* the snapshot holds every record of it (invariant 4: they end
+       * where the next segment starts): not read, and dropped after the
+       * start like any segment a snapshot holds */
+      last = w->segs[i].last = w->segs[i + 1].first - 1;
+      ended[0] = 0;
+      w->skipped++;
+      continue;
+    }
     if ((rc = wal_read_seg(w, i, &buf, &n, eb)) < 0) break;
     if (n > 0 && (rc = wal_sync_seg(w, i, eb)) < 0) break;
     char name[32];
@@ -1669,6 +1678,7 @@ void psd_wal_stats_get(psd_wal *w, psd_wal_stats *st) {
   st->replayed = w->replayed;
   st->replay_last = w->replay_last;
   st->replay_dropped = w->dropped;
+  st->replay_skipped = w->skipped;
   st->replay_scan_cut = w->scan_cut;
   st->replay_ms = w->replay_ms;
 }

@@ -32,7 +32,8 @@
  *  4. Segments before the current one are fully synced; each holds the
  *     records from its first (its name) to the next one's first - 1, and
  *     whatever follows them in the file (a reused file's old bytes, an
- *     O_DIRECT write's zeros) is no part of the log.  A segment is
+ *     O_DIRECT write's zeros) is no part of the log; so the replay does
+ *     not read one whose records a snapshot all holds.  A segment is
  *     deleted (or kept as a spare, invariant 6) only when
  *     psd_wal_truncate said that a finished snapshot holds all its
  *     records; each truncate request also rolls the current segment (when
@@ -212,6 +213,7 @@ typedef struct psd_wal_stats {
   uint64_t replayed;       /* records the last replay applied */
   uint64_t replay_last;    /* the last record it found, applied or not (0: none) */
   uint64_t replay_dropped; /* torn-tail records it cut off */
+  uint64_t replay_skipped; /* segments it did not read: the snapshot held them */
   uint64_t replay_ms;      /* how long it took */
   int replay_scan_cut;     /* its search for intact records after a bad one
                             * ended early (wal_count_after's budget) */
@@ -238,8 +240,9 @@ typedef int psd_wal_replay_fn(void *arg, uint64_t seq, const uint8_t *p, size_t 
 
 /* psd_wal_replay calls FN for every record after FROM (the seq the last
  * snapshot holds), in order, then cuts a torn tail off (invariant 5) and
- * sets the next seq to after max(FROM, the last record).  Returns 0 or the
- * refusal / FN's error. */
+ * sets the next seq to after max(FROM, the last record).  A segment before
+ * the last whose records the snapshot all holds (the next segment's first
+ * at most FROM + 1) is not read.  Returns 0 or the refusal / FN's error. */
 int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, ps_errbuf *eb);
 
 /* psd_wal_discard removes every segment (and spare) of a log that is not

@@ -906,17 +906,35 @@ START_TEST(test_missing_earlier_segment_refused) {
 }
 END_TEST
 
+/* An earlier segment cut short after 20 bytes (its first record damaged)
+ * is refused when the replay needs its records; when the snapshot holds
+ * them all (1..4), it is not read (psd_wal_replay), and the later
+ * segments replay. */
 START_TEST(test_corrupt_earlier_segment_refused) {
   const char *dir = ps_test_tmpdir();
-  write_log(dir, 4, 10, 0, NULL);  /* segment 1: records 1..4 */
-  write_log(dir, 4, 10, 0, NULL);  /* reopened: segment 5: records 5..8 */
+  write_log(dir, 4, 10, 0, NULL); /* segment 1: records 1..4 */
+  write_log(dir, 4, 10, 0, NULL); /* reopened: segment 5: records 5..8 */
+  write_log(dir, 4, 10, 0, NULL); /* segment 9: records 9..12 */
   char p[1024];
   snprintf(p, sizeof p, "%s/0000000000000001.log", dir);
   ck_assert_int_eq(truncate(p, 20), 0);
   replayed r;
   ps_errbuf eb;
-  replay_count(dir, 0, &r, PS_EIO, &eb);
+  replay_count(dir, 3, &r, PS_EIO, &eb);
   ck_assert_msg(strstr(eb.msg, "corrupt") && strstr(eb.msg, "later segments"), "%s", eb.msg);
+  for (uint64_t from = 4; from <= 8; from += 4) {
+    psd_wal *w = wal_open(dir, 1 << 20, NULL);
+    memset(&r, 0, sizeof r);
+    ck_assert_int_eq(psd_wal_replay(w, from, count_rec, &r, &eb), 0);
+    psd_wal_stats st;
+    psd_wal_stats_get(w, &st);
+    psd_wal_free(w);
+    ck_assert_uint_eq(st.replay_skipped, from / 4);
+    ck_assert_uint_eq(st.replay_last, 12);
+    ck_assert_uint_eq(r.first, from + 1);
+    ck_assert_uint_eq(r.last, 12);
+    ck_assert_uint_eq(r.n, 12 - from);
+  }
 }
 END_TEST
 

@@ -789,6 +789,12 @@ static int psd_main_serve(psd_main *m, const ps_config *cfg, const ps_shard_conf
 
 int main(int argc, char **argv) {
   mallopt(M_MMAP_THRESHOLD, 1 << 20); /* big freed buffers go back to the OS */
+  /* ... but not the small ones every snapshot allocates and frees again
+   * (RocksDB's block buffers, one chunk record each): at glibc's default
+   * (128 KiB, fixed once the line above is set) an arena's free top went
+   * back to the OS after each, and the flush thread spent most of its
+   * time faulting the same pages in again (BENCHMARKS run 24). */
+  mallopt(M_TRIM_THRESHOLD, 8 << 20);
   ps_fpu_flush_subnormals();          /* before any thread: they inherit it */
   /* A write to a peer that reset (channel reply, gRPC) must fail with
    * EPIPE on that connection, not kill the shard with unflushed updates. */

@@ -497,7 +497,7 @@ free_flat:
 }
 
 /* bench_throughput measures every transfer kind and the small-request
- * rates; RESULTS receives MB/s per kind (-1: skipped), SMALL[0] channel
+ * rates; RESULTS receives each kind's MB/s (-1: skipped), SMALL[0] channel
  * pushes/s, SMALL[1] gRPC calls/s (-1: skipped). */
 static int bench_throughput(psctl_cluster *cl, bench_shard *sh, const uint32_t *shard_ids,
                             const bench_opts *o, bench_rate *results, double *small, ps_errbuf *eb) {

@@ -92,9 +92,24 @@ static int cfg_is_null(const yaml_node_t *n) {
          !strcmp(v, "NULL");
 }
 
+static const cfg_type cfg_t_enum;
+static int cfg_check_oneof(cfg_ctx *x, const cfg_slot *s, const char *t, yaml_mark_t m);
+
+/* cfg_choices writes the NULL-terminated NAMES as "a, b or c" into LIST. */
+static const char *cfg_choices(const char *const *names, char *list, size_t cap) {
+  size_t len = 0;
+  list[0] = 0;
+  for (int i = 0; names[i]; i++) {
+    const char *sep = !i ? "" : names[i + 1] ? ", " : " or ";
+    len += (size_t)snprintf(list + len, len < cap ? cap - len : 0, "%s%s", sep, names[i]);
+  }
+  return list;
+}
+
 /* cfg_scalar gives the text of N, or of the slot's default when N is NULL.
  * Returns 1 with *TEXT set, 0 when there is nothing to store (no default),
- * or PS_ECONFIG when N is not a non-null scalar. */
+ * or PS_ECONFIG when N is not a non-null scalar (naming the choices of a
+ * slot that has them). */
 static int cfg_scalar(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, const char **text,
                       yaml_mark_t *m) {
   if (!n) {
@@ -103,6 +118,12 @@ static int cfg_scalar(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, const char 
     return s->def != NULL;
   }
   *m = n->start_mark;
+  if ((n->type != YAML_SCALAR_NODE || cfg_is_null(n)) &&
+      (s->type == &cfg_t_enum || s->check == cfg_check_oneof)) {
+    char list[200];
+    return cfg_err(x, n->start_mark, "expected one of %s for '%s'",
+                   cfg_choices(s->arg, list, sizeof list), s->name);
+  }
   if (n->type != YAML_SCALAR_NODE || cfg_is_null(n))
     return cfg_err(x, n->start_mark, "expected %s for '%s'", s->type->what, s->name);
   *text = (const char *)n->data.scalar.value;
@@ -260,15 +281,9 @@ static int cfg_oneof(const char *const *names, const char *t) {
 
 /* cfg_bad_choice reports T as not one of the slot's names. */
 static int cfg_bad_choice(cfg_ctx *x, const cfg_slot *s, const char *t, yaml_mark_t m) {
-  const char *const *names = s->arg;
-  char list[200] = "";
-  size_t len = 0;
-  for (int i = 0; names[i]; i++) {
-    const char *sep = !i ? "" : names[i + 1] ? ", " : " or ";
-    len += (size_t)snprintf(list + len, len < sizeof list ? sizeof list - len : 0, "%s%s", sep,
-                            names[i]);
-  }
-  return cfg_err(x, m, "unknown value '%s' for '%s' (expected %s)", t, s->name, list);
+  char list[200];
+  return cfg_err(x, m, "unknown value '%s' for '%s' (expected %s)", t, s->name,
+                 cfg_choices(s->arg, list, sizeof list));
 }
 
 /* cfg_check_oneof: a string slot whose value is one of s->arg. */
@@ -380,6 +395,10 @@ static int cfg_load_table(cfg_ctx *x, const cfg_table *t, yaml_node_t *n, void *
 }
 
 static int cfg_load_section(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, void *field) {
+  if (n && n->type == YAML_SCALAR_NODE && !cfg_is_null(n))
+    return cfg_err(x, n->start_mark, "expected a mapping for '%s', got the value '%s' (a "
+                   "section's keys go on the lines below it, indented)",
+                   s->name, (const char *)n->data.scalar.value);
   if (n && n->type != YAML_MAPPING_NODE)
     return cfg_err(x, n->start_mark, "expected a mapping for '%s'", s->name);
   return cfg_load_table(x, s->arg, n, field, NULL);
@@ -666,19 +685,19 @@ static const cfg_slot cfg_sparse_slots[] = {
 };
 
 /* cfg_durability_post: group_commit_* set under mode periodic is kept
- * (it applies once the mode is sync) with a warning naming the key. */
+ * (it applies once the mode is sync) with a warning line per such key. */
 static int cfg_durability_post(cfg_ctx *x, void *base, yaml_node_t *n, const yaml_mark_t *marks) {
   ps_config *c = base;
   if (!n || c->durability == PS_DUR_SYNC) return 0;
   for (size_t i = 0; i < sizeof cfg_durability_slots / sizeof cfg_durability_slots[0]; i++) {
+    size_t used = strlen(c->warning);
     if (strncmp(cfg_durability_slots[i].name, "group_commit_", 13) ||
         marks[i].index == n->start_mark.index) /* (absent) */
       continue;
-    snprintf(c->warning, sizeof c->warning,
-             "%s:%zu:%zu: warning: '%s' applies under durability mode sync only; mode periodic "
-             "ignores it", x->path, marks[i].line + 1, marks[i].column + 1,
+    snprintf(c->warning + used, sizeof c->warning - used,
+             "%s%s:%zu:%zu: warning: '%s' applies under durability mode sync only; mode periodic "
+             "ignores it", used ? "\n" : "", x->path, marks[i].line + 1, marks[i].column + 1,
              cfg_durability_slots[i].name);
-    break;
   }
   return 0;
 }

@@ -211,19 +211,24 @@ START_TEST(test_config_defaults) {
 END_TEST
 
 /* group_commit_* under mode periodic loads (it applies once the mode is
- * sync) with a warning naming the key's line and column; under sync, or
- * absent, no warning. */
+ * sync) with a warning line per key naming its line and column; under
+ * sync, or absent, no warning. */
 START_TEST(test_config_group_commit_warning) {
   static const struct {
-    const char *durability, *want;
+    const char *durability, *want, *want2;
   } cases[] = {
       {"durability:\n  mode: periodic\n  group_commit_max_wait_us: 0\n",
-       "c.yaml:4:29: warning: 'group_commit_max_wait_us' applies under durability mode sync only"},
+       "c.yaml:4:29: warning: 'group_commit_max_wait_us' applies under durability mode sync only",
+       NULL},
       {"durability:\n  group_commit_max_bytes: 65536\n  mode: periodic\n",
-       "c.yaml:3:27: warning: 'group_commit_max_bytes'"},
-      {"durability:\n  group_commit_max_bytes: 65536\n  mode: sync\n", NULL},
-      {"durability:\n  mode: periodic\n", NULL},
-      {"", NULL},
+       "c.yaml:3:27: warning: 'group_commit_max_bytes'", NULL},
+      {"durability:\n  group_commit_max_wait_us: 9\n  group_commit_max_bytes: 65536\n",
+       "c.yaml:4:27: warning: 'group_commit_max_bytes' applies under durability mode sync only; "
+       "mode periodic ignores it\n",
+       "c.yaml:3:29: warning: 'group_commit_max_wait_us' applies under durability mode sync only"},
+      {"durability:\n  group_commit_max_bytes: 65536\n  mode: sync\n", NULL, NULL},
+      {"durability:\n  mode: periodic\n", NULL, NULL},
+      {"", NULL, NULL},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     char text[600];
@@ -235,7 +240,9 @@ START_TEST(test_config_group_commit_warning) {
     ps_errbuf eb = {""};
     ck_assert_msg(ps_config_load(&c, write_yaml(text), &eb) == 0, "%s", eb.msg);
     if (cases[i].want)
-      ck_assert_msg(strstr(c.warning, cases[i].want), "case %zu: '%s'", i, c.warning);
+      ck_assert_msg(strstr(c.warning, cases[i].want) &&
+                        (!cases[i].want2 || strstr(c.warning, cases[i].want2)),
+                    "case %zu: '%s'", i, c.warning);
     else
       ck_assert_msg(!c.warning[0], "case %zu: '%s'", i, c.warning);
     ps_config_release(&c);
@@ -284,7 +291,9 @@ static const struct bad_case {
     {"cluster: a\nsparse:\n  admit_after: 1000001\n" SHARD0, PS_ECONFIG,
      "3:16: 'admit_after' is 1000001, outside 0..1000000"},
     {"cluster: a\nsparse:\n  rows: 5\n" SHARD0, PS_ECONFIG, "3:3: unknown key 'rows' in 'sparse'"},
-    {"cluster: a\nsparse: 100\n" SHARD0, PS_ECONFIG, "2:9: expected a mapping for 'sparse'"},
+    {"cluster: a\nsparse: 100\n" SHARD0, PS_ECONFIG,
+     "2:9: expected a mapping for 'sparse', got the value '100' (a section's keys go on the "
+     "lines below it, indented)"},
     {"cluster: a\nsparse:\n  plane: rdma\n" SHARD0, PS_ECONFIG,
      "3:10: unknown value 'rdma' for 'plane' (expected channel or grpc)"},
     {"cluster: a\nbogus: 1\n" SHARD0, PS_ECONFIG, "2:1: unknown key 'bogus' at the top level"},
@@ -304,8 +313,17 @@ static const struct bad_case {
      "3:29: 'group_commit_max_wait_us' is 2000000, outside 0..1000000"},
     {"cluster: a\ndurability:\n  group_commit_max_wait_us: soon\n" SHARD0, PS_ECONFIG,
      "3:29: expected an integer for 'group_commit_max_wait_us'"},
-    {"cluster: a\ndurability: periodic\n" SHARD0, PS_ECONFIG,
+    {"cluster: a\ndurability: sync\n" SHARD0, PS_ECONFIG,
+     "2:13: expected a mapping for 'durability', got the value 'sync' (a section's keys go on "
+     "the lines below it, indented)"},
+    {"cluster: a\ndurability: [sync]\n" SHARD0, PS_ECONFIG,
      "2:13: expected a mapping for 'durability'"},
+    {"cluster: a\ndurability:\n  mode:\n" SHARD0, PS_ECONFIG,
+     "3:8: expected one of periodic or sync for 'mode'"},
+    {"cluster: a\ndurability:\n  mode: [sync]\n" SHARD0, PS_ECONFIG,
+     "3:9: expected one of periodic or sync for 'mode'"},
+    {"cluster: a\ntraining:\n  consistency: {a: 1}\n" SHARD0, PS_ECONFIG,
+     "3:16: expected one of bsp, ssp or asp for 'consistency'"},
     {"cluster:\n" SHARD0, PS_ECONFIG, "1:9: expected a string for 'cluster'"},
     {"cluster: a\ndata:\n  scale: big\n" SHARD0, PS_ECONFIG, "3:10: expected a number for 'scale'"},
     {"cluster: a\nshards: 3\n", PS_ECONFIG, "2:9: expected a list for 'shards'"},
@@ -456,13 +474,15 @@ static const struct bad_case {
     {"cluster: a\nlimits:\n  idle_timeout_ms: 999\n" SHARD0, PS_ECONFIG,
      "3:20: 'idle_timeout_ms' is 999, outside 1000..86400000"},
     {"cluster: a\nlimits: 5\n" SHARD0, PS_ECONFIG,
-     "2:9: expected a mapping for 'limits'"},
+     "2:9: expected a mapping for 'limits', got the value '5'"
+     " (a section's keys go on the lines below it, indented)"},
     {"cluster: a\nshards:\n  - {id: 65536, grpc: 'h:1', channel: 'h:2', data_dir: d}\n", PS_ECONFIG,
      "3:10: 'id' is 65536, outside 0..65535"},
     {"cluster: a\nshards:\n  - {id: 0, grpc: 'h:1', channel: 'h:2', data_dir: ''}\n", PS_ECONFIG,
      "3:52: empty string for 'data_dir'"},
     {"cluster: a\nworkers: 3\n" SHARD0, PS_ECONFIG,
-     "2:10: expected a mapping for 'workers'"},
+     "2:10: expected a mapping for 'workers', got the value '3'"
+     " (a section's keys go on the lines below it, indented)"},
     {"cluster: a\nworkers:\n  count: 0\n" SHARD0, PS_ECONFIG,
      "3:10: 'count' is 0, outside 1..4096"},
     {"cluster: a\nworkers:\n  retry_ms: 86400001\n" SHARD0, PS_ECONFIG,
@@ -512,7 +532,8 @@ static const struct bad_case {
     {"cluster: a\n" SHARD0 TLS0 "    key: b.key\n", PS_ECONFIG,
      "10:5: missing required key 'cert' in 'security.tls'"},
     {"cluster: a\n" SHARD0 "security: {mode: tls, tls: x}\n", PS_ECONFIG,
-     "7:28: expected a mapping for 'tls'"},
+     "7:28: expected a mapping for 'tls', got the value 'x'"
+     " (a section's keys go on the lines below it, indented)"},
     {"cluster: a\n" SHARD0 "security: {mode: none, secret_file: [a]}\n", PS_ECONFIG,
      "7:37: expected a string for 'secret_file'"},
     {"cluster: a\n" SHARD0 "aggregators:\n  - {name: g, grpc: h5, channel: 'h:6', workers: 2}\n", PS_ECONFIG,

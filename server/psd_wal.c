@@ -530,6 +530,25 @@ static const char *wal_check(const uint8_t *p, size_t n) {
   return NULL;
 }
 
+/* wal_starts_ok: whether segment I starts with an intact record of the seq
+ * its name gives, i.e. a roll to it completed and its first write reached
+ * the file (a spare renamed by a roll that failed, left by a crash, holds
+ * older records: invariant 6).  Reads that record only; 0 on any error. */
+static int wal_starts_ok(psd_wal *w, size_t i) {
+  char name[32];
+  wal_seg_name(name, sizeof name, w->segs[i].first);
+  int fd = openat(w->dirfd, name, O_RDONLY | O_CLOEXEC);
+  uint8_t h[WAL_HDR], *rec = NULL;
+  int ok = fd >= 0 && pread(fd, h, WAL_HDR, 0) == WAL_HDR &&
+           wal_get64(h + 8) == w->segs[i].first && wal_len(h) <= w->segs[i].bytes - WAL_HDR &&
+           (rec = malloc(WAL_HDR + (size_t)wal_len(h))) != NULL &&
+           pread(fd, rec, WAL_HDR + (size_t)wal_len(h), 0) == (ssize_t)(WAL_HDR + wal_len(h)) &&
+           !wal_check(rec, WAL_HDR + (size_t)wal_len(h));
+  free(rec);
+  if (fd >= 0) close(fd);
+  return ok;
+}
+
 /* wal_zeros: whether the N bytes at P are all zero. */
 static int wal_zeros(const uint8_t *p, size_t n) {
   for (size_t i = 0; i < n; i++)
@@ -691,10 +710,11 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
     uint8_t *buf = NULL;
     size_t n = 0, off = 0, rend = 0; /* rend: where its last record (not a skip) ends */
     size_t gend = 0;                 /* where the last group read ends (its end mark's end) */
-    if (i + 1 < w->nsegs && w->segs[i + 1].first <= from + 1) {
+    if (i + 1 < w->nsegs && w->segs[i + 1].first <= from + 1 && wal_starts_ok(w, i + 1)) {
       /* the snapshot holds every record of it (invariant 4: they end
-       * where the next segment starts): not read, and dropped after the
-       * start like any segment a snapshot holds */
+       * where the next segment starts, whose first record says that the
+       * roll to it completed): not read, and dropped after the start like
+       * any segment a snapshot holds */
       last = w->segs[i].last = w->segs[i + 1].first - 1;
       ended[0] = 0;
       w->skipped++;

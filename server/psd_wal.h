@@ -33,7 +33,10 @@
  *     records from its first (its name) to the next one's first - 1, and
  *     whatever follows them in the file (a reused file's old bytes, an
  *     O_DIRECT write's zeros) is no part of the log; so the replay does
- *     not read one whose records a snapshot all holds.  A segment is
+ *     not read one whose records a snapshot all holds, as the next one's
+ *     name says once its first record shows that the roll to it
+ *     completed (a spare renamed by a roll that failed holds older
+ *     records, invariant 6).  A segment is
  *     deleted (or kept as a spare, invariant 6) only when
  *     psd_wal_truncate said that a finished snapshot holds all its
  *     records; each truncate request also rolls the current segment (when
@@ -67,7 +70,8 @@
  *     most that, with the skip records of invariant 8, and the next is
  *     written only after its sync), it was synced: refused (PS_EIO),
  *     nothing cut.  In a
- *     segment before the last, the first record that is bad or does not follow the
+ *     segment before the last that the replay reads (invariant 4), the
+ *     first record that is bad or does not follow the
  *     one before ends its records (what follows is not read, invariant 4);
  *     a bad first record there, a gap in the sequence after FROM (also
  *     where a segment's records ended early: the message says where), or
@@ -84,7 +88,8 @@
  *     In the last segment an intact record older than the segment's first
  *     (a reused file's old bytes, invariant 6) ends the records cleanly:
  *     cut off, nothing dropped; a segment of any position that starts with
- *     one holds no record (a reused file no write reached) and is removed.
+ *     one holds no record (a reused file no write reached) and is removed
+ *     (when read: one the snapshot holds is dropped after the start anyway).
  *     Every segment the replay reads is fdatasync'ed before its records
  *     are applied: a crash between a group's write and its sync leaves
  *     records that only the page cache holds, which the replay applies
@@ -211,7 +216,9 @@ typedef struct psd_wal_stats {
   uint64_t last_seq;       /* last appended */
   uint64_t synced_seq;     /* last synced */
   uint64_t replayed;       /* records the last replay applied */
-  uint64_t replay_last;    /* the last record it found, applied or not (0: none) */
+  uint64_t replay_last;    /* the last record it found, applied or not (0: none;
+                            * of a segment it did not read: the one before
+                            * the next segment's first) */
   uint64_t replay_dropped; /* torn-tail records it cut off */
   uint64_t replay_skipped; /* segments it did not read: the snapshot held them */
   uint64_t replay_ms;      /* how long it took */
@@ -242,7 +249,8 @@ typedef int psd_wal_replay_fn(void *arg, uint64_t seq, const uint8_t *p, size_t 
  * snapshot holds), in order, then cuts a torn tail off (invariant 5) and
  * sets the next seq to after max(FROM, the last record).  A segment before
  * the last whose records the snapshot all holds (the next segment's first
- * at most FROM + 1) is not read.  Returns 0 or the refusal / FN's error. */
+ * at most FROM + 1, and that segment's first record intact and of that
+ * seq) is not read.  Returns 0 or the refusal / FN's error. */
 int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, ps_errbuf *eb);
 
 /* psd_wal_discard removes every segment (and spare) of a log that is not

@@ -20,7 +20,8 @@
 
 /* ---- psctl status ---------------------------------------------------- */
 
-#define PSCTL_STATUS_GAP_MS 500 /* between the two samples rates come from */
+#define PSCTL_STATUS_GAP_MS 500 /* between the two samples rates come from (--interval) */
+#define PSCTL_STATUS_GAP_MAX_MS 600000
 
 typedef struct psctl_row {
   const ps_shard_conf *sc;
@@ -543,14 +544,15 @@ static void psctl_status_json_aggs(const psctl_agg *x, size_t n) {
 }
 
 static const char psctl_status_usage[] =
-    "usage: psctl status [--config FILE] [--json] [--timeout MS]\n"
+    "usage: psctl status [--config FILE] [--json] [--timeout MS] [--interval MS]\n"
     "Asks every shard at once (deadline --timeout, default 2000 ms) and prints one row per\n"
     "shard: id, address, state, models, parameters held, highest model version, pushes/s\n"
-    "and pulls/s (from two Status samples taken %d ms apart, by the shard's own uptime\n"
-    "clock), bytes in/out (tensor data since start), last flush age and size on disk\n"
-    "(the store's files and, under durability sync, the redo log's).  Under durability\n"
-    "sync a line per shard adds the redo log's size, syncs/s and\n"
-    "pushes per sync (same samples) and what the shard's start replayed from it.  An\n"
+    "and pulls/s (from two Status samples taken --interval ms apart, default %d, at most\n"
+    "%d, by the shard's own uptime clock: a longer interval resolves low rates, such as\n"
+    "the syncs/s of a quiet log), bytes in/out (tensor data since start), last flush age\n"
+    "and size on disk (the store's files and, under durability sync, the redo log's).\n"
+    "Under durability sync a line per shard adds the redo log's size, syncs/s and pushes\n"
+    "per sync (same samples) and what the shard's start replayed from it.  An\n"
     "unreachable shard shows DOWN.  Aggregators of the file (its 'aggregators'\n"
     "list) follow: sums forwarded per second, worker pushes summed, sums forwarded, pulls,\n"
     "root fetches, the share of pulls answered without a fetch of their own, and the\n"
@@ -560,7 +562,7 @@ static const char psctl_status_usage[] =
 
 typedef struct psctl_status_opts {
   const char *config;
-  int json, timeout_ms;
+  int json, timeout_ms, interval_ms;
 } psctl_status_opts;
 
 /* psctl_status_args parses argv; 0, or an exit code (-1: --help). */
@@ -568,9 +570,10 @@ static int psctl_status_args(int argc, char **argv, psctl_status_opts *o) {
   static const struct option opts[] = {{"config", required_argument, 0, 'c'},
                                        {"json", no_argument, 0, 'j'},
                                        {"timeout", required_argument, 0, 'T'},
+                                       {"interval", required_argument, 0, 'I'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
-  *o = (psctl_status_opts){NULL, 0, 2000};
+  *o = (psctl_status_opts){NULL, 0, 2000, PSCTL_STATUS_GAP_MS};
   optind = 1;
   int c;
   uint64_t v;
@@ -582,12 +585,19 @@ static int psctl_status_args(int argc, char **argv, psctl_status_opts *o) {
         if (psctl_parse_u64("status", "timeout", optarg, 1, INT_MAX, &v) < 0) return 2;
         o->timeout_ms = (int)v;
         break;
-      case 'h': printf(psctl_status_usage, PSCTL_STATUS_GAP_MS); return -1;
-      default: fprintf(stderr, psctl_status_usage, PSCTL_STATUS_GAP_MS); return 2;
+      case 'I':
+        if (psctl_parse_u64("status", "interval", optarg, 1, PSCTL_STATUS_GAP_MAX_MS, &v) < 0)
+          return 2;
+        o->interval_ms = (int)v;
+        break;
+      case 'h': printf(psctl_status_usage, PSCTL_STATUS_GAP_MS, PSCTL_STATUS_GAP_MAX_MS); return -1;
+      default:
+        fprintf(stderr, psctl_status_usage, PSCTL_STATUS_GAP_MS, PSCTL_STATUS_GAP_MAX_MS);
+        return 2;
     }
   }
   if (optind < argc || o->timeout_ms <= 0) {
-    fprintf(stderr, psctl_status_usage, PSCTL_STATUS_GAP_MS);
+    fprintf(stderr, psctl_status_usage, PSCTL_STATUS_GAP_MS, PSCTL_STATUS_GAP_MAX_MS);
     return 2;
   }
   return 0;
@@ -618,7 +628,7 @@ int psctl_status_main(int argc, char **argv) {
     aggs[i].g = &c.cfg.aggs[i];
     psctl_agg_sample(&aggs[i], &aggs[i].a, o.timeout_ms);
   }
-  struct timespec gap = {0, PSCTL_STATUS_GAP_MS * 1000000L};
+  struct timespec gap = {o.interval_ms / 1000, o.interval_ms % 1000 * 1000000L};
   nanosleep(&gap, NULL);
   psctl_call_all(&c, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor, o.timeout_ms, b);
   for (size_t i = 0; i < naggs; i++) psctl_agg_sample(&aggs[i], &aggs[i].b, o.timeout_ms);

@@ -788,7 +788,8 @@ START_TEST(test_snapshot_waits_for_log) {
 END_TEST
 
 /* cl_push_one pushes -1 to chunk 0 over a new connection to ADDR;
- * returns the answer (0 or its error). */
+ * returns the answer (0 or its error), or the connection's error (no
+ * Check assertion: a thread may call it). */
 static int cl_push_one(const char *addr) {
   float one[CL_ELEMS];
   for (int i = 0; i < CL_ELEMS; i++) one[i] = -1.0f;
@@ -796,8 +797,9 @@ static int cl_push_one(const char *addr) {
   uint64_t v;
   ps_errbuf eb;
   ps_chan_client *c;
-  ck_assert_int_eq(ps_test_chan_connect(&c, addr, "test", 10000, &eb), 0);
-  int err = ps_test_push(c, "cl", &id0, 1, one, CL_ELEMS, 0, 0, 0, &v, &eb);
+  int err = ps_test_chan_connect(&c, addr, "test", 10000, &eb);
+  if (err < 0) return err;
+  err = ps_test_push(c, "cl", &id0, 1, one, CL_ELEMS, 0, 0, 0, &v, &eb);
   ps_chan_close(c);
   return err;
 }
@@ -953,6 +955,50 @@ START_TEST(test_covered_log_dropped) {
 }
 END_TEST
 
+/* cl_slow_pushes pushes -1 to chunk 0 of the crash loop's model at the
+ * channel address ARG, one push every 700 ms, 7 times (a quiet log: about
+ * one sync a second); failures are left to the caller's checks. */
+static void *cl_slow_pushes(void *arg) {
+  for (int k = 0; k < 7; k++) {
+    cl_push_one(arg);
+    usleep(700000);
+  }
+  return NULL;
+}
+
+/* psctl status --interval: the two samples are that far apart, so a quiet
+ * log's syncs (one every 700 ms, which a 500 ms gap often misses) show
+ * as a rate above 0 and one push per sync. */
+START_TEST(test_status_interval) {
+  const char *dir = ps_test_tmpdir();
+  ps_test_gated gt;
+  pid_t pid = cl_gated_start(&gt, dir, 0, 0);
+  pthread_t th;
+  ck_assert_int_eq(pthread_create(&th, NULL, cl_slow_pushes, gt.chan), 0);
+  usleep(300000);
+  char cmd[2048], out[700];
+  snprintf(out, sizeof out, "%s/status.json", dir);
+  snprintf(cmd, sizeof cmd, "timeout 30 '%s' status --config '%s' --json --interval 3000 > '%s'",
+           ps_test_bin("psctl"), gt.yaml, out);
+  int64_t t0 = ps_test_now_ms();
+  int rc = system(cmd);
+  int64_t took = ps_test_now_ms() - t0;
+  pthread_join(th, NULL);
+  ck_assert_msg(rc == 0, "psctl status: %d, see %s", rc, out);
+  ck_assert_msg(took >= 3000, "psctl status took %lld ms, under its --interval",
+                (long long)took);
+  char *text = ps_test_read_file(out, NULL);
+  const char *r = strstr(text, "\"syncs_per_s\":"), *q = strstr(text, "\"pushes_per_sync\":");
+  ck_assert_msg(r && q, "no redo log rates in %s", text);
+  double syncs = strtod(r + 14, NULL), per = strtod(q + 18, NULL);
+  ck_assert_msg(syncs > 0.3 && syncs < 10 && per >= 1 && per < 2,
+                "syncs/s %g, pushes per sync %g over 3 s of a push every 700 ms: %s", syncs, per,
+                text);
+  free(text);
+  cl_stop_clean(pid, gt.log);
+}
+END_TEST
+
 /* SIGTERM while the start replays the log (held there: the replay's
  * fdatasync of a segment, before it applies the segment's records, waits
  * on the fsync shim's gate) stops the replay before its next record, a
@@ -993,6 +1039,7 @@ Suite *psd_durability_suite(void) {
   tcase_add_test(tc, test_snapshot_ahead_warned);
   tcase_add_test(tc, test_covered_log_dropped);
   tcase_add_test(tc, test_stop_during_replay);
+  tcase_add_test(tc, test_status_interval);
   tcase_add_test(tc, test_foreign_log_refused);
   suite_add_tcase(s, tc);
   tc = tcase_create("disk_full");

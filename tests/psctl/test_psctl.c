@@ -528,6 +528,8 @@ START_TEST(test_cli_bad_flags) {
       {"psctl", "export --config '%s' --model '' -o m.npz", "bad model name ''"},
       {"psctl", "export --config '%s' --model m -o m.npz --timeout-ms 0", "--timeout-ms wants"},
       {"psctl", "status --config '%s' --timeout x", "--timeout wants an integer"},
+      {"psctl", "status --config '%s' --interval 0", "--interval wants an integer in [1, 600000]"},
+      {"psctl", "status --config '%s' --interval 600001", "--interval wants an integer in [1, 600000], got '600001'"},
       {"psctl", "bench --config '%s' --rounds -3", "--rounds wants an integer"},
       {"psctl", "bench --config '%s' --model-mib 0", "--model-mib wants a size above 0"},
       {"psctl", "bench --config '%s' --request-mib 0", "--request-mib wants at least 0.001 MiB"},

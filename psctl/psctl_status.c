@@ -21,6 +21,7 @@
 /* ---- psctl status ---------------------------------------------------- */
 
 #define PSCTL_STATUS_GAP_MS 500 /* between the two samples rates come from (--interval) */
+#define PSCTL_STATUS_GAP_MIN_MS 100 /* shards count uptime in ms */
 #define PSCTL_STATUS_GAP_MAX_MS 600000
 
 typedef struct psctl_row {
@@ -545,11 +546,12 @@ static void psctl_status_json_aggs(const psctl_agg *x, size_t n) {
 
 static const char psctl_status_usage[] =
     "usage: psctl status [--config FILE] [--json] [--timeout MS] [--interval MS]\n"
-    "Asks every shard at once (deadline --timeout, default 2000 ms) and prints one row per\n"
-    "shard: id, address, state, models, parameters held, highest model version, pushes/s\n"
-    "and pulls/s (from two Status samples taken --interval ms apart, default %d, at most\n"
-    "%d, by the shard's own uptime clock: a longer interval resolves low rates, such as\n"
-    "the syncs/s of a quiet log), bytes in/out (tensor data since start), last flush age\n"
+    "Asks every shard at once (deadline --timeout, default 2000 ms, per request) and\n"
+    "prints one row per shard: id, address, state, models, parameters held, highest\n"
+    "model version, pushes/s and pulls/s (from two Status samples taken --interval ms\n"
+    "apart, default %d, %d..%d, by the shard's own uptime clock: a longer interval\n"
+    "resolves low rates, such as the syncs/s of a quiet log; not waited when nothing\n"
+    "answered the first sample), bytes in/out (tensor data since start), last flush age\n"
     "and size on disk (the store's files and, under durability sync, the redo log's).\n"
     "Under durability sync a line per shard adds the redo log's size, syncs/s and pushes\n"
     "per sync (same samples) and what the shard's start replayed from it.  An\n"
@@ -559,6 +561,11 @@ static const char psctl_status_usage[] =
     "workers that pushed or pulled through each within a lease.  --json prints the\n"
     "same as one JSON object.\n"
     "Exit status: 0 when every shard is SERVING, 1 otherwise, 2 for usage/config errors.\n";
+
+static void psctl_status_usage_to(FILE *f) {
+  fprintf(f, psctl_status_usage, PSCTL_STATUS_GAP_MS, PSCTL_STATUS_GAP_MIN_MS,
+          PSCTL_STATUS_GAP_MAX_MS);
+}
 
 typedef struct psctl_status_opts {
   const char *config;
@@ -586,18 +593,17 @@ static int psctl_status_args(int argc, char **argv, psctl_status_opts *o) {
         o->timeout_ms = (int)v;
         break;
       case 'I':
-        if (psctl_parse_u64("status", "interval", optarg, 1, PSCTL_STATUS_GAP_MAX_MS, &v) < 0)
+        if (psctl_parse_u64("status", "interval", optarg, PSCTL_STATUS_GAP_MIN_MS,
+                            PSCTL_STATUS_GAP_MAX_MS, &v) < 0)
           return 2;
         o->interval_ms = (int)v;
         break;
-      case 'h': printf(psctl_status_usage, PSCTL_STATUS_GAP_MS, PSCTL_STATUS_GAP_MAX_MS); return -1;
-      default:
-        fprintf(stderr, psctl_status_usage, PSCTL_STATUS_GAP_MS, PSCTL_STATUS_GAP_MAX_MS);
-        return 2;
+      case 'h': psctl_status_usage_to(stdout); return -1;
+      default: psctl_status_usage_to(stderr); return 2;
     }
   }
   if (optind < argc || o->timeout_ms <= 0) {
-    fprintf(stderr, psctl_status_usage, PSCTL_STATUS_GAP_MS, PSCTL_STATUS_GAP_MAX_MS);
+    psctl_status_usage_to(stderr);
     return 2;
   }
   return 0;
@@ -623,13 +629,16 @@ int psctl_status_main(int argc, char **argv) {
   code = 1;
   if (!a || !b || !rows || !aggs) goto out;
   psctl_call_all(&c, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor, o.timeout_ms, a);
+  int answered = 0; /* the interval is waited only when something answered */
+  for (size_t i = 0; i < n; i++) answered |= a[i].err == 0;
   for (size_t i = 0; i < naggs; i++) {
     aggs[i].cfg = &c.cfg;
     aggs[i].g = &c.cfg.aggs[i];
     psctl_agg_sample(&aggs[i], &aggs[i].a, o.timeout_ms);
+    answered |= aggs[i].a != NULL;
   }
   struct timespec gap = {o.interval_ms / 1000, o.interval_ms % 1000 * 1000000L};
-  nanosleep(&gap, NULL);
+  if (answered) nanosleep(&gap, NULL);
   psctl_call_all(&c, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor, o.timeout_ms, b);
   for (size_t i = 0; i < naggs; i++) psctl_agg_sample(&aggs[i], &aggs[i].b, o.timeout_ms);
   struct timeval tv;

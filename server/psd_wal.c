@@ -539,11 +539,10 @@ static int wal_starts_ok(psd_wal *w, size_t i) {
   wal_seg_name(name, sizeof name, w->segs[i].first);
   int fd = openat(w->dirfd, name, O_RDONLY | O_CLOEXEC);
   uint8_t h[WAL_HDR], *rec = NULL;
-  int ok = fd >= 0 && pread(fd, h, WAL_HDR, 0) == WAL_HDR &&
-           wal_get64(h + 8) == w->segs[i].first && wal_len(h) <= w->segs[i].bytes - WAL_HDR &&
-           (rec = malloc(WAL_HDR + (size_t)wal_len(h))) != NULL &&
-           pread(fd, rec, WAL_HDR + (size_t)wal_len(h), 0) == (ssize_t)(WAL_HDR + wal_len(h)) &&
-           !wal_check(rec, WAL_HDR + (size_t)wal_len(h));
+  int ok = fd >= 0 && pread(fd, h, WAL_HDR, 0) == WAL_HDR && wal_get64(h + 8) == w->segs[i].first;
+  size_t n = ok ? WAL_HDR + (size_t)wal_len(h) : 0; /* the record, header and payload */
+  ok = ok && n <= w->segs[i].bytes && (rec = malloc(n)) != NULL &&
+       pread(fd, rec, n, 0) == (ssize_t)n && !wal_check(rec, n);
   free(rec);
   if (fd >= 0) close(fd);
   return ok;

@@ -371,9 +371,10 @@ static int cfg_load_pairs(cfg_ctx *x, const cfg_table *t, yaml_node_t *n, void *
   return 0;
 }
 
-/* cfg_load_table loads mapping N (NULL: an absent section, all defaults)
- * into BASE by T, then applies defaults and checks required keys.  MARKS
- * (T->nslots entries, may be NULL) receives each slot's value mark.
+/* cfg_load_table loads mapping N (NULL: an absent section, all defaults;
+ * a scalar: the value of T's 'mode' key) into BASE by T, then applies
+ * defaults and checks required keys.  MARKS (T->nslots entries, may be
+ * NULL) receives each slot's value mark.
  * Returns 0 or a PS_E* code; on error the caller releases BASE. */
 static int cfg_load_table(cfg_ctx *x, const cfg_table *t, yaml_node_t *n, void *base,
                           yaml_mark_t *marks) {
@@ -381,7 +382,15 @@ static int cfg_load_table(cfg_ctx *x, const cfg_table *t, yaml_node_t *n, void *
   yaml_mark_t keys[CFG_MAX_SLOTS], own[CFG_MAX_SLOTS];
   if (!marks) marks = own;
   int r;
-  if (n && (r = cfg_load_pairs(x, t, n, base, seen, keys, marks)) < 0) return r;
+  if (n && n->type == YAML_SCALAR_NODE) { /* the shorthand "section: MODE" (cfg_load_section) */
+    int i = cfg_find_slot(t, "mode");
+    seen[i] = 1;
+    marks[i] = n->start_mark;
+    if ((r = t->slots[i].type->load(x, &t->slots[i], n, (char *)base + t->slots[i].offset)) < 0)
+      return r;
+  } else if (n && (r = cfg_load_pairs(x, t, n, base, seen, keys, marks)) < 0) {
+    return r;
+  }
   yaml_mark_t here = n ? n->start_mark : (yaml_mark_t){0, 0, 0};
   for (size_t i = 0; i < t->nslots; i++) {
     if (seen[i]) continue;
@@ -394,14 +403,20 @@ static int cfg_load_table(cfg_ctx *x, const cfg_table *t, yaml_node_t *n, void *
   return t->post ? t->post(x, base, n, marks) : 0;
 }
 
+/* cfg_load_section loads section N into FIELD.  A section with a 'mode'
+ * key may be written as its mode alone ("durability: sync" is
+ * "durability: {mode: sync}"); another scalar is refused with a hint. */
 static int cfg_load_section(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, void *field) {
+  const cfg_table *t = s->arg;
+  if (n && n->type == YAML_SCALAR_NODE && !cfg_is_null(n) && cfg_find_slot(t, "mode") >= 0)
+    return cfg_load_table(x, t, n, field, NULL);
   if (n && n->type == YAML_SCALAR_NODE && !cfg_is_null(n))
     return cfg_err(x, n->start_mark, "expected a mapping for '%s', got the value '%s' (a "
                    "section's keys go on the lines below it, indented)",
                    s->name, (const char *)n->data.scalar.value);
   if (n && n->type != YAML_MAPPING_NODE)
     return cfg_err(x, n->start_mark, "expected a mapping for '%s'", s->name);
-  return cfg_load_table(x, s->arg, n, field, NULL);
+  return cfg_load_table(x, t, n, field, NULL);
 }
 
 static void cfg_release_section(const cfg_slot *s, void *field) {

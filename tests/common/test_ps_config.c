@@ -250,6 +250,37 @@ START_TEST(test_config_group_commit_warning) {
 }
 END_TEST
 
+/* A section with a 'mode' key may be its mode alone: "durability: sync"
+ * is "durability: {mode: sync}", the other keys at their defaults. */
+START_TEST(test_config_mode_shorthand) {
+  static const struct {
+    const char *durability, *security;
+    int mode;
+  } cases[] = {
+      {"durability: sync\n", "security: none\n", PS_DUR_SYNC},
+      {"durability: periodic\n", "security: {mode: none}\n", PS_DUR_PERIODIC},
+      {"durability: 'sync'\n", "security: none\n", PS_DUR_SYNC},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char text[600];
+    snprintf(text, sizeof text,
+             "cluster: t\n%s%sshards:\n  - id: 0\n    grpc: h:1\n    channel: h:2\n"
+             "    data_dir: /d\n",
+             cases[i].durability, cases[i].security);
+    ps_config c;
+    ps_errbuf eb = {""};
+    ck_assert_msg(ps_config_load(&c, write_yaml(text), &eb) == 0, "case %zu: %s", i, eb.msg);
+    ck_assert_int_eq(c.durability, cases[i].mode);
+    ck_assert_uint_eq(c.flush_interval_ms, 1000);
+    ck_assert_uint_eq(c.group_commit_max_bytes, 4194304);
+    ck_assert_uint_eq(c.group_commit_max_wait_us, 0);
+    ck_assert_int_eq(c.security.mode, PS_SEC_NONE);
+    ck_assert_msg(!c.warning[0], "case %zu: '%s'", i, c.warning);
+    ps_config_release(&c);
+  }
+}
+END_TEST
+
 START_TEST(test_config_repo_examples) {
   /* The shipped examples must load (tests run from the repository root). */
   static const char *files[] = {"config/local-2shards.yaml", "config/fmnist-demo.yaml"};
@@ -313,9 +344,14 @@ static const struct bad_case {
      "3:29: 'group_commit_max_wait_us' is 2000000, outside 0..1000000"},
     {"cluster: a\ndurability:\n  group_commit_max_wait_us: soon\n" SHARD0, PS_ECONFIG,
      "3:29: expected an integer for 'group_commit_max_wait_us'"},
-    {"cluster: a\ndurability: sync\n" SHARD0, PS_ECONFIG,
-     "2:13: expected a mapping for 'durability', got the value 'sync' (a section's keys go on "
-     "the lines below it, indented)"},
+    {"cluster: a\ndurability: fast\n" SHARD0, PS_ECONFIG,
+     "2:13: unknown value 'fast' for 'mode' (expected periodic or sync)"},
+    {"cluster: a\ndurability: 5\n" SHARD0, PS_ECONFIG,
+     "2:13: unknown value '5' for 'mode' (expected periodic or sync)"},
+    {"cluster: a\n" SHARD0 "security: tls\n", PS_ECONFIG,
+     "7:11: 'mode' is tls but 'security.tls' (ca, cert, key) is missing"},
+    {"cluster: a\n" SHARD0 "security: plain\n", PS_ECONFIG,
+     "7:11: unknown value 'plain' for 'mode' (expected none or tls)"},
     {"cluster: a\ndurability: [sync]\n" SHARD0, PS_ECONFIG,
      "2:13: expected a mapping for 'durability'"},
     {"cluster: a\ndurability:\n  mode:\n" SHARD0, PS_ECONFIG,
@@ -646,6 +682,7 @@ Suite *ps_config_suite(void) {
   tcase_add_test(tc, test_config_good_file);
   tcase_add_test(tc, test_config_defaults);
   tcase_add_test(tc, test_config_group_commit_warning);
+  tcase_add_test(tc, test_config_mode_shorthand);
   tcase_add_test(tc, test_config_repo_examples);
   tcase_add_loop_test(tc, test_config_bad_file, 0, (int)(sizeof bad_cases / sizeof bad_cases[0]));
   tcase_add_test(tc, test_config_unreadable);

@@ -487,7 +487,7 @@ static const cfg_slot cfg_shard_slots[] = {
     {.name = "data_dir", .type = &cfg_t_str, .offset = offsetof(ps_shard_conf, data_dir),
      .required = 1},
 };
-enum { CFG_SHARD_ID, CFG_SHARD_GRPC, CFG_SHARD_CHANNEL, CFG_SHARD_NSLOTS };
+enum { CFG_SHARD_ID, CFG_SHARD_GRPC, CFG_SHARD_CHANNEL, CFG_SHARD_DATA_DIR, CFG_SHARD_NSLOTS };
 static const cfg_table cfg_shard_table = CFG_TABLE("in a 'shards' entry", cfg_shard_slots, NULL);
 
 
@@ -770,6 +770,19 @@ static int cfg_shard_dups(cfg_ctx *x, const ps_config *c, size_t i,
                        mine[a], marks[j][CFG_SHARD_GRPC + b].line + 1);
       }
   }
+  /* one psd per directory: on one host (the gRPC address's), no data_dir twice */
+  char host[256], other_host[256];
+  int port;
+  ps_errbuf eb;
+  if (ps_addr_split(s->grpc_addr, host, sizeof host, &port, &eb) < 0) return 0; /* (checked) */
+  for (size_t j = 0; j < i; j++)
+    if (!strcmp(c->shards[j].data_dir, s->data_dir) &&
+        ps_addr_split(c->shards[j].grpc_addr, other_host, sizeof other_host, &port, &eb) == 0 &&
+        !strcmp(host, other_host))
+      return cfg_err(x, marks[i][CFG_SHARD_DATA_DIR],
+                     "'data_dir' '%s' is shard %" PRIu32 "'s too (line %zu), on the same host "
+                     "'%s': each shard needs its own", s->data_dir, c->shards[j].id,
+                     marks[j][CFG_SHARD_DATA_DIR].line + 1, host);
   return 0;
 }
 

@@ -51,14 +51,15 @@ static void psctl_status_row(psctl_row *row, const ps_shard_conf *sc, const psct
     row->params += s->models[i]->params;
     if (s->models[i]->version > row->version) row->version = s->models[i]->version;
   }
-  if (a->err == 0) {
+  if (a->err == 0 && s->uptime_ms > ((const Ps__StatusReply *)a->resp)->uptime_ms) {
+    /* (not across a restart between the samples: the uptime went back) */
     const Ps__StatusReply *p = (const Ps__StatusReply *)a->resp;
     double dt = (double)(s->uptime_ms - p->uptime_ms) / 1e3;
-    if (dt > 0 && s->uptime_ms >= p->uptime_ms && s->pushes >= p->pushes) {
+    if (s->pushes >= p->pushes) {
       row->push_rate = (double)(s->pushes - p->pushes) / dt;
       row->pull_rate = (double)(s->pulls - p->pulls) / dt;
     }
-    if (dt > 0 && s->wal && s->wal_syncs >= p->wal_syncs && s->wal_records >= p->wal_records) {
+    if (s->wal && s->wal_syncs >= p->wal_syncs && s->wal_records >= p->wal_records) {
       row->sync_rate = (double)(s->wal_syncs - p->wal_syncs) / dt;
       if (s->wal_syncs > p->wal_syncs)
         row->per_sync = (double)(s->wal_records - p->wal_records) / (double)(s->wal_syncs - p->wal_syncs);
@@ -609,6 +610,27 @@ static int psctl_status_args(int argc, char **argv, psctl_status_opts *o) {
   return 0;
 }
 
+/* psctl_status_again asks once more, on a new channel, each shard of C
+ * that answered the first sample (A) but not the second (B): it may have
+ * restarted in between, and its old channel then fails on the broken
+ * connection ("Socket closed") instead of reaching the new process.  Its
+ * rates are left out (psctl_status_row: the uptime went back). */
+static void psctl_status_again(psctl_cluster *c, const Ps__StatusRequest *req,
+                               const psctl_reply *a, psctl_reply *b, int timeout_ms) {
+  for (size_t i = 0; i < c->cfg.nshards; i++) {
+    ps_rpc *r = NULL;
+    ps_errbuf eb;
+    if (a[i].err < 0 || b[i].err == 0 ||
+        ps_rpc_open_cfg(&r, c->cfg.shards[i].grpc_addr, &c->cfg, PS_ROLE_OPERATOR, &eb) < 0)
+      continue;
+    ps_rpc_close(c->rpc[i]);
+    c->rpc[i] = r;
+    psctl_replies_free(&b[i], 1);
+    ps_rpc_call_all(&c->rpc[i], 1, "/ps.Ps/Status", &req->base, &ps__status_reply__descriptor,
+                    timeout_ms, &b[i]);
+  }
+}
+
 /* psctl_status_main: see psctl.h; 0 when every shard serves, else 1. */
 int psctl_status_main(int argc, char **argv) {
   psctl_status_opts o;
@@ -640,6 +662,7 @@ int psctl_status_main(int argc, char **argv) {
   struct timespec gap = {o.interval_ms / 1000, o.interval_ms % 1000 * 1000000L};
   if (answered) nanosleep(&gap, NULL);
   psctl_call_all(&c, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor, o.timeout_ms, b);
+  psctl_status_again(&c, &req, a, b, o.timeout_ms);
   for (size_t i = 0; i < naggs; i++) psctl_agg_sample(&aggs[i], &aggs[i].b, o.timeout_ms);
   struct timeval tv;
   gettimeofday(&tv, NULL);

@@ -76,6 +76,7 @@ typedef struct psd_main {
   char wal_fail_msg[sizeof(ps_errbuf)]; /* why */
   int replay_stopped;        /* a SIGTERM/SIGINT ended the start's replay */
   atomic_int final_flush;    /* the stop's flush: the sparse rows wait for no log */
+  int dir_lock;              /* data_dir, locked (psd_store_lock_dir), or -1 */
 } psd_main;
 
 /* psd_main_unix_ms returns the wall clock in milliseconds. */
@@ -585,6 +586,12 @@ static int psd_main_open(psd_main *m) {
                       .nshards = cfg->nshards, .chunk_elems = cfg->chunk_elems,
                       .max_bytes = ps_config_shard_budget(cfg)};
   ps_errbuf eb = {{0}};
+  int err = psd_store_lock_dir(sh->me->data_dir, &m->dir_lock, &eb);
+  if (err < 0) {
+    free(ids);
+    ps_err("shard %u: cannot open the store: %s (%s)", sh->me->id, eb.msg, ps_strerror(err));
+    return 1;
+  }
   /* the log's spare files (psd_wal invariant 6) go first: on a full disk
    * the store may need their space to open */
   char redo[4096];
@@ -593,7 +600,7 @@ static int psd_main_open(psd_main *m) {
   if (nspare) ps_debug("shard %u: %d spare redo log files removed", sh->me->id, nspare);
   sd_notify(0, "STATUS=opening store");
   psd_shard_set_state(sh, PSD_RECOVERING, NULL);
-  int err = psd_store_open(&sh->store, &o, &eb);
+  err = psd_store_open(&sh->store, &o, &eb);
   free(ids);
   if (err < 0) {
     ps_err("shard %u: cannot open the store: %s (%s)", sh->me->id, eb.msg, ps_strerror(err));
@@ -783,6 +790,7 @@ static int psd_main_serve(psd_main *m, const ps_config *cfg, const ps_shard_conf
   psd_agg_free(sh->agg);
   sh->agg = NULL;
   psd_store_close(sh->store);
+  if (m->dir_lock >= 0) close(m->dir_lock);
   uv_loop_close(&m->loop);
   return code;
 }
@@ -851,6 +859,7 @@ int main(int argc, char **argv) {
     ps_info("open-files limit raised from %llu to %llu", (unsigned long long)before,
             (unsigned long long)after);
   static psd_main m; /* static: zeroed, and large handles stay off the stack */
+  m.dir_lock = -1;
   code = psd_main_serve(&m, &cfg, me, agg);
   ps_config_release(&cfg);
   return code;

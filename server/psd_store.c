@@ -91,6 +91,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -754,6 +755,25 @@ static int psd_store_restore(psd_store *s, ps_errbuf *eb) {
   }
   rocksdb_writebatch_destroy(junk);
   return rc;
+}
+
+/* psd_store_lock_dir: see psd_store.h. */
+int psd_store_lock_dir(const char *dir, int *fd, ps_errbuf *eb) {
+  *fd = -1;
+  int rc = psd_store_mkdirs(dir, eb);
+  if (rc < 0) return rc;
+  int d = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (d < 0) return ps_errf(eb, PS_EIO, "cannot open '%s': %s", dir, strerror(errno));
+  if (flock(d, LOCK_EX | LOCK_NB) < 0) {
+    int e = errno;
+    close(d);
+    if (e == EWOULDBLOCK)
+      return ps_errf(eb, PS_ELOCKED, "'%s' is in use by another psd (a second start of this "
+                     "shard, or another shard with the same data_dir)", dir);
+    return ps_errf(eb, PS_EIO, "cannot lock '%s': %s", dir, strerror(e));
+  }
+  *fd = d;
+  return 0;
 }
 
 /* psd_store_open: see psd_store.h. */

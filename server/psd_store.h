@@ -39,6 +39,13 @@ typedef struct psd_store_opts {
   uint64_t max_bytes;       /* memory budget of the models (psd_store_bytes); 0: none */
 } psd_store_opts;
 
+/* psd_store_lock_dir creates DIR (parents included) and takes an
+ * exclusive lock on it for the calling process (*FD, closed to give it
+ * up), so that a second psd on the same data_dir stops before it touches
+ * anything there (the redo log's spares are removed before the store
+ * opens).  PS_ELOCKED when another process holds it; PS_EIO, PS_ENOSPC. */
+int psd_store_lock_dir(const char *dir, int *fd, ps_errbuf *eb);
+
 /* psd_store_open opens (or creates, parents included) the RocksDB at
  * o->dir and restores every model flushed there, whatever their size (a
  * warning says when they exceed o->max_bytes).  Errors: PS_ELOCKED

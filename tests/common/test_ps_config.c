@@ -281,6 +281,20 @@ START_TEST(test_config_mode_shorthand) {
 }
 END_TEST
 
+/* Shards on different hosts may name the same data_dir (each host has
+ * its own); on one host they may not (test_config_bad_file). */
+START_TEST(test_config_data_dir_per_host) {
+  ps_config c;
+  ps_errbuf eb = {""};
+  const char *text = "cluster: t\nsecurity: none\nshards:\n"
+                     "  - {id: 0, grpc: 'a:1', channel: 'a:2', data_dir: /d}\n"
+                     "  - {id: 1, grpc: 'b:1', channel: 'b:2', data_dir: /d}\n";
+  ck_assert_msg(ps_config_load(&c, write_yaml(text), &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(c.nshards, 2);
+  ps_config_release(&c);
+}
+END_TEST
+
 START_TEST(test_config_repo_examples) {
   /* The shipped examples must load (tests run from the repository root). */
   static const char *files[] = {"config/local-2shards.yaml", "config/fmnist-demo.yaml"};
@@ -408,6 +422,9 @@ static const struct bad_case {
     {"cluster: a\nshards: []\n", PS_ECONFIG, "2:9: 'shards' has 0 entries, expected 1..1024"},
     {"cluster: a\n" SHARD0 "  - id: 0\n    grpc: h:3\n    channel: h:4\n    data_dir: /e\n",
      PS_ECONFIG, "7:9: duplicate shard id 0 (first at line 3)"},
+    {"cluster: a\n" SHARD0 "  - id: 1\n    grpc: h:3\n    channel: h:4\n    data_dir: /d\n", PS_ECONFIG,
+     "10:15: 'data_dir' '/d' is shard 0's too (line 6), on the same host 'h': each shard needs its "
+     "own"},
     {"cluster: a\n" SHARD0 "  - id: 1\n    grpc: h:3\n    channel: h:1\n    data_dir: /e\n",
      PS_ECONFIG, "9:14: duplicate address 'h:1' (first at line 4)"},
     {"cluster: a\nshards:\n  - {id: 0, grpc: 'h:1', channel: 'h:1', data_dir: d}\n", PS_ECONFIG,
@@ -683,6 +700,7 @@ Suite *ps_config_suite(void) {
   tcase_add_test(tc, test_config_defaults);
   tcase_add_test(tc, test_config_group_commit_warning);
   tcase_add_test(tc, test_config_mode_shorthand);
+  tcase_add_test(tc, test_config_data_dir_per_host);
   tcase_add_test(tc, test_config_repo_examples);
   tcase_add_loop_test(tc, test_config_bad_file, 0, (int)(sizeof bad_cases / sizeof bad_cases[0]));
   tcase_add_test(tc, test_config_unreadable);

@@ -999,6 +999,62 @@ START_TEST(test_status_interval) {
 }
 END_TEST
 
+/* A shard restarted between the two samples of `psctl status --interval`
+ * is shown as it is now (SERVING, exit 0), without rates across the
+ * restart; the second sample used to fail on the old connection ("DOWN
+ * Socket closed", exit 1). */
+START_TEST(test_status_across_restart) {
+  ps_test_gated gt;
+  const char *dir = ps_test_tmpdir();
+  pid_t pid = cl_gated_start(&gt, dir, 0, 3);
+  char out[800];
+  snprintf(out, sizeof out, "%s/status-restart.json", dir);
+  char *argv[] = {(char *)ps_test_bin("psctl"), "status", "--config", gt.yaml, "--json",
+                  "--interval", "4000", NULL};
+  pid_t st_pid = ps_test_spawn(argv, out, NULL);
+  usleep(800 * 1000); /* the first sample is taken */
+  int st = ps_test_stop(pid, SIGKILL, 5000);
+  ck_assert(WIFSIGNALED(st));
+  ck_assert_float_eq(cl_restart_value(&gt, &pid), 3.0f);
+  st = ps_test_wait_pid(st_pid, 20000);
+  ck_assert_msg(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                "psctl status ended with status %d; see %s", st, out);
+  size_t len;
+  char *text = ps_test_read_file(out, &len);
+  ck_assert_msg(strstr(text, "\"state\":\"SERVING\"") && strstr(text, "\"pushes_per_s\":null"),
+                "%s", text);
+  free(text);
+  cl_stop_clean(pid, gt.log);
+}
+END_TEST
+
+/* A second psd on a data_dir in use stops before it touches anything
+ * there: it used to remove the running shard's spare log files (a start
+ * removes spares before the store opens), then fail on RocksDB's lock. */
+START_TEST(test_second_start_refused) {
+  ps_test_gated gt;
+  const char *dir = ps_test_tmpdir();
+  pid_t pid = cl_gated_start(&gt, dir, 0, 3);
+  char spare[800], log2[800];
+  snprintf(spare, sizeof spare, "%s/shard0/redo/00000000000000ff.free", dir);
+  snprintf(log2, sizeof log2, "%s/psd-second.log", dir);
+  ps_test_write_file(spare, "spare\n");
+  pid_t two = ps_test_psd(gt.yaml, 0, log2, gt.env.env);
+  int st = ps_test_wait_pid(two, 20000);
+  ck_assert_msg(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 1,
+                "the second psd ended with status %d; see %s", st, log2);
+  size_t len;
+  char *text = ps_test_read_file(log2, &len);
+  ck_assert_msg(strstr(text, "is in use by another psd"), "see %s", log2);
+  free(text);
+  ck_assert_msg(access(spare, F_OK) == 0, "the second psd removed %s", spare);
+  ck_assert_int_eq(cl_push_one(gt.chan), 0); /* the first one serves on */
+  cl_stop_clean(pid, gt.log);
+  ck_assert_float_eq(cl_restart_value(&gt, &pid), 4.0f);
+  cl_stop_clean(pid, gt.log);
+}
+END_TEST
+
 /* SIGTERM while the start replays the log (held there: the replay's
  * fdatasync of a segment, before it applies the segment's records, waits
  * on the fsync shim's gate) stops the replay before its next record, a
@@ -1039,6 +1095,8 @@ Suite *psd_durability_suite(void) {
   tcase_add_test(tc, test_snapshot_ahead_warned);
   tcase_add_test(tc, test_covered_log_dropped);
   tcase_add_test(tc, test_stop_during_replay);
+  tcase_add_test(tc, test_second_start_refused);
+  tcase_add_test(tc, test_status_across_restart);
   tcase_add_test(tc, test_status_interval);
   tcase_add_test(tc, test_foreign_log_refused);
   suite_add_tcase(s, tc);

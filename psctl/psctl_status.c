@@ -22,6 +22,7 @@
 
 #define PSCTL_STATUS_GAP_MS 500 /* between the two samples rates come from (--interval) */
 #define PSCTL_STATUS_GAP_MIN_MS 100 /* shards count uptime in ms */
+#define PSCTL_STATUS_BUSY_MS 1000   /* a log sync this long is shown in the text */
 #define PSCTL_STATUS_GAP_MAX_MS 600000
 
 typedef struct psctl_row {
@@ -147,6 +148,9 @@ static void psctl_status_wal(const psctl_row *rows, size_t n) {
            psctl_human(size, sizeof size, (double)s->wal_bytes), sr, ps,
            (unsigned long long)s->wal_replayed, (unsigned long long)s->wal_replay_ms,
            (unsigned long long)s->wal_replay_dropped);
+    if (s->wal_busy_ms >= PSCTL_STATUS_BUSY_MS)
+      printf("shard %u: the redo log's write + fdatasync in flight has run %.1f s (the disk is "
+             "not answering?); pushes wait for it\n", s->shard, (double)s->wal_busy_ms / 1e3);
   }
 }
 
@@ -377,9 +381,9 @@ static void psctl_status_json_row(const psctl_row *r) {
     psctl_json_num(r->sync_rate);
     printf(",\"pushes_per_sync\":");
     psctl_json_num(r->per_sync);
-    printf(",\"replayed\":%llu,\"replay_dropped\":%llu,\"replay_ms\":%llu}",
+    printf(",\"replayed\":%llu,\"replay_dropped\":%llu,\"replay_ms\":%llu,\"busy_ms\":%llu}",
            (unsigned long long)s->wal_replayed, (unsigned long long)s->wal_replay_dropped,
-           (unsigned long long)s->wal_replay_ms);
+           (unsigned long long)s->wal_replay_ms, (unsigned long long)s->wal_busy_ms);
   }
   printf(",\"sparse_tables\":[");
   for (size_t j = 0; j < s->n_sparse_tables; j++) {
@@ -555,8 +559,10 @@ static const char psctl_status_usage[] =
     "answered the first sample), bytes in/out (tensor data since start), last flush age\n"
     "and size on disk (the store's files and, under durability sync, the redo log's).\n"
     "Under durability sync a line per shard adds the redo log's size, syncs/s and pushes\n"
-    "per sync (same samples) and what the shard's start replayed from it.  An\n"
-    "unreachable shard shows DOWN.  Aggregators of the file (its 'aggregators'\n"
+    "per sync (same samples) and what the shard's start replayed from it, and a second\n"
+    "line when its write + fdatasync in flight has run 1 s or more (the disk is not\n"
+    "answering).  A shard that restarted between the samples is asked again (no rates).\n"
+    "An unreachable shard shows DOWN.  Aggregators of the file (its 'aggregators'\n"
     "list) follow: sums forwarded per second, worker pushes summed, sums forwarded, pulls,\n"
     "root fetches, the share of pulls answered without a fetch of their own, and the\n"
     "workers that pushed or pulled through each within a lease.  --json prints the\n"

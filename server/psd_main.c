@@ -52,7 +52,8 @@ typedef struct psd_main {
   psd_shard sh;
   uv_loop_t loop;
   uv_signal_t sig[3];
-  uv_timer_t flush_timer, watchdog_timer, drain_timer;
+  uv_timer_t flush_timer, watchdog_timer, drain_timer, wal_timer;
+  uint64_t wal_stall_ms;     /* the log's stalled sync was said to run this long (0: none) */
   uv_work_t flush_work;
   psd_probe probe;           /* rebuilds a gRPC server that stopped accepting */
   psd_flush *flush;          /* the flush being written, or NULL */
@@ -413,6 +414,28 @@ static void psd_main_flush_after(uv_work_t *w, int status) {
   psd_main_flush_end(m);
 }
 
+/* psd_main_on_wal_timer says in the log when the redo log's write +
+ * fdatasync in flight has run PSD_MAIN_WAL_STALL_MS or longer (a disk that
+ * does not answer: the pushes wait, nothing is acknowledged meanwhile;
+ * psctl status shows it too), again each time it has run twice as long,
+ * and when the log answers again. */
+#define PSD_MAIN_WAL_STALL_MS 5000
+static void psd_main_on_wal_timer(uv_timer_t *t) {
+  psd_main *m = t->data;
+  psd_wal_stats ws;
+  psd_wal_stats_get(m->sh.wal, &ws);
+  if (ws.busy_ms >= PSD_MAIN_WAL_STALL_MS && ws.busy_ms >= 2 * m->wal_stall_ms) {
+    ps_warn("shard %u: the redo log's write + fdatasync has run %.1f s (the disk is not "
+            "answering?); pushes wait for it, none is acknowledged meanwhile",
+            m->sh.me->id, (double)ws.busy_ms / 1e3);
+    m->wal_stall_ms = ws.busy_ms;
+  } else if (m->wal_stall_ms && ws.busy_ms < m->wal_stall_ms) {
+    ps_info("shard %u: the redo log's stalled write + fdatasync ended (it ran over %.1f s)",
+            m->sh.me->id, (double)m->wal_stall_ms / 1e3);
+    m->wal_stall_ms = 0;
+  }
+}
+
 /* psd_main_on_flush_timer snapshots dirty state on the loop (the sparse
  * rows into RocksDB's memtable, the dense chunks' list) and writes it on
  * a worker thread; skips a tick while the last write still runs. */
@@ -552,7 +575,8 @@ static void psd_main_on_signal(uv_signal_t *s, int signum) {
   psd_main_drain(m, signum);
 }
 
-/* psd_main_timers starts signals, the flush timer and watchdog pings. */
+/* psd_main_handles starts signals, the flush timer, watchdog pings and
+ * the redo log's stall check. */
 static int psd_main_handles(psd_main *m) {
   static const int sigs[3] = {SIGTERM, SIGINT, SIGHUP};
   for (int i = 0; i < 3; i++) {
@@ -562,6 +586,9 @@ static int psd_main_handles(psd_main *m) {
   }
   uv_timer_init(&m->loop, &m->flush_timer);
   uv_timer_init(&m->loop, &m->watchdog_timer);
+  uv_timer_init(&m->loop, &m->wal_timer);
+  m->wal_timer.data = m;
+  if (m->sh.wal) uv_timer_start(&m->wal_timer, psd_main_on_wal_timer, 1000, 1000);
   uv_timer_init(&m->loop, &m->drain_timer);
   m->flush_timer.data = m->watchdog_timer.data = m->drain_timer.data = m;
   uint64_t iv = m->sh.cfg->flush_interval_ms ? m->sh.cfg->flush_interval_ms : 1000;

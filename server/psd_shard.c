@@ -598,6 +598,7 @@ void psd_shard_status(psd_shard *sh, Ps__StatusReply *reply) {
     reply->wal_replayed = ws.replayed;
     reply->wal_replay_dropped = ws.replay_dropped;
     reply->wal_replay_ms = ws.replay_ms;
+    reply->wal_busy_ms = ws.busy_ms;
   }
   reply->sum_pushes = sh->ctr.agg_pushes;
   reply->sum_grads = sh->ctr.agg_summed;

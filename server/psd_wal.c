@@ -108,6 +108,7 @@ struct psd_wal {
   char err_msg[300];
   uint64_t syncs, records, bytes;
   uint64_t write_ns, sync_ns;  /* time the writer spent in pwrite / fdatasync */
+  uint64_t busy_since_ns;      /* when the write + sync in flight began (0: none) */
   uint64_t bytes_written;      /* by groups that synced */
   uint64_t zc_records;         /* of which records written from a taken block (invariant 8) */
   uint64_t lent_records;       /* ... of those from a lent one */
@@ -1397,6 +1398,7 @@ static void *wal_thread(void *arg) {
     uint64_t upto = w->trunc_seq; /* a request made during the write waits for the next turn */
     int trunc = w->trunc_pending, drop = w->drop_pending;
     w->drop_pending = 0;
+    if (w->wlen) w->busy_since_ns = wal_now_ns();
     pthread_mutex_unlock(&w->mu);
     if (drop) wal_drop_spares(w, "a snapshot failed");
     uint64_t wns = 0, sns = 0;
@@ -1405,6 +1407,7 @@ static void *wal_thread(void *arg) {
     int e = errno;
     if (rc < 0) wal_drop_spares(w, why);
     pthread_mutex_lock(&w->mu);
+    w->busy_since_ns = 0;
     w->write_ns += wns;
     w->sync_ns += sns;
     if (w->wlen && rc == 0) {
@@ -1688,6 +1691,8 @@ void psd_wal_stats_get(psd_wal *w, psd_wal_stats *st) {
   st->failed = w->failed;
   st->write_us = w->write_ns / 1000;
   st->sync_us = w->sync_ns / 1000;
+  uint64_t since = w->busy_since_ns, now = wal_now_ns();
+  st->busy_ms = since && now > since ? (now - since) / 1000000 : 0;
   pthread_mutex_unlock(&w->mu);
   st->loop_us = w->loop_ns / 1000;
   st->loop_max_us = w->loop_max_ns / 1000;

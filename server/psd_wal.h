@@ -234,6 +234,9 @@ typedef struct psd_wal_stats {
                             * (the loop's stall on the writer) */
   uint64_t lock_max_us;    /* the longest single wait */
   int failed;              /* a write or sync is failing now */
+  uint64_t busy_ms;        /* how long the write + fdatasync in flight has run
+                            * (0: none; a disk that does not answer shows here
+                            * and in psd's log, psd_main_check_wal) */
 } psd_wal_stats;
 
 /* psd_wal_open reads DIR's segments (no thread yet).  0, or PS_EIO /

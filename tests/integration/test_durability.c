@@ -1028,6 +1028,55 @@ START_TEST(test_status_across_restart) {
 }
 END_TEST
 
+/* cl_push_thread makes one push to the channel address ARG; its result
+ * is the thread's (intptr_t). */
+static void *cl_push_thread(void *arg) {
+  return (void *)(intptr_t)cl_push_one(arg);
+}
+
+/* A log sync the disk does not answer (held on the fsync shim's gate) is
+ * shown: psctl status's busy_ms and text line, and a warning in psd's
+ * log after 5 s; the push waits, and is acknowledged once the disk
+ * answers, with a log line saying so. */
+START_TEST(test_stalled_sync_shown) {
+  ps_test_gated gt;
+  const char *dir = ps_test_tmpdir();
+  pid_t pid = cl_gated_start(&gt, dir, 0, 2);
+  ps_test_write_file(gt.gate, "held\n");
+  pthread_t th;
+  ck_assert_int_eq(pthread_create(&th, NULL, cl_push_thread, gt.chan), 0);
+  usleep(6500 * 1000);
+  long long busy = cl_status_num(gt.yaml, dir, "s[\"redo_log\"][\"busy_ms\"]");
+  ck_assert_msg(busy >= 5000 && busy < 60000, "busy_ms %lld after 6.5 s of a held sync", busy);
+  char cmd[2400], out[800];
+  snprintf(out, sizeof out, "%s/status-text", dir);
+  snprintf(cmd, sizeof cmd, "timeout 20 '%s' status --config '%s' > '%s' 2>&1", ps_test_bin("psctl"),
+           gt.yaml, out);
+  ck_assert_int_ge(system(cmd), 0);
+  size_t len;
+  char *text = ps_test_read_file(out, &len);
+  ck_assert_msg(strstr(text, "the redo log's write + fdatasync in flight has run"), "%s", text);
+  free(text);
+  text = ps_test_read_file(gt.log, &len);
+  ck_assert_msg(strstr(text, "the redo log's write + fdatasync has run ") &&
+                    strstr(text, " s (the disk is not answering?)"),
+                "see %s", gt.log);
+  free(text);
+  unlink(gt.gate);
+  void *r;
+  pthread_join(th, &r);
+  ck_assert_int_eq((int)(intptr_t)r, 0);
+  usleep(1500 * 1000); /* the next check says it ended */
+  text = ps_test_read_file(gt.log, &len);
+  ck_assert_msg(strstr(text, "the redo log's stalled write + fdatasync ended"), "see %s", gt.log);
+  free(text);
+  ck_assert_int_eq(cl_status_num(gt.yaml, dir, "s[\"redo_log\"][\"busy_ms\"]"), 0);
+  cl_stop_clean(pid, gt.log);
+  ck_assert_float_eq(cl_restart_value(&gt, &pid), 3.0f);
+  cl_stop_clean(pid, gt.log);
+}
+END_TEST
+
 /* A second psd on a data_dir in use stops before it touches anything
  * there: it used to remove the running shard's spare log files (a start
  * removes spares before the store opens), then fail on RocksDB's lock. */
@@ -1097,6 +1146,7 @@ Suite *psd_durability_suite(void) {
   tcase_add_test(tc, test_stop_during_replay);
   tcase_add_test(tc, test_second_start_refused);
   tcase_add_test(tc, test_status_across_restart);
+  tcase_add_test(tc, test_stalled_sync_shown);
   tcase_add_test(tc, test_status_interval);
   tcase_add_test(tc, test_foreign_log_refused);
   suite_add_tcase(s, tc);

@@ -408,12 +408,23 @@ static int cfg_load_table(cfg_ctx *x, const cfg_table *t, yaml_node_t *n, void *
  * "durability: {mode: sync}"); another scalar is refused with a hint. */
 static int cfg_load_section(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, void *field) {
   const cfg_table *t = s->arg;
-  if (n && n->type == YAML_SCALAR_NODE && !cfg_is_null(n) && cfg_find_slot(t, "mode") >= 0)
-    return cfg_load_table(x, t, n, field, NULL);
-  if (n && n->type == YAML_SCALAR_NODE && !cfg_is_null(n))
+  int mode = cfg_find_slot(t, "mode");
+  char list[200] = "";
+  if (mode >= 0) cfg_choices(t->slots[mode].arg, list, sizeof list);
+  if (n && n->type == YAML_SCALAR_NODE && !cfg_is_null(n)) {
+    const char *v = (const char *)n->data.scalar.value;
+    if (mode >= 0 && cfg_oneof(t->slots[mode].arg, v) >= 0)
+      return cfg_load_table(x, t, n, field, NULL);
+    if (mode >= 0)
+      return cfg_err(x, n->start_mark, "unknown value '%s' for '%s' (expected %s, or a mapping "
+                     "of its keys on the lines below it, indented)", v, s->name, list);
     return cfg_err(x, n->start_mark, "expected a mapping for '%s', got the value '%s' (a "
-                   "section's keys go on the lines below it, indented)",
-                   s->name, (const char *)n->data.scalar.value);
+                   "section's keys go on the lines below it, indented)", s->name, v);
+  }
+  if (n && n->type == YAML_SCALAR_NODE) /* empty: no keys below it */
+    return cfg_err(x, n->start_mark, "expected a mapping for '%s', got nothing (its keys go on "
+                   "the lines below it, indented%s%s)", s->name, mode >= 0 ? "; or one of " : "",
+                   list);
   if (n && n->type != YAML_MAPPING_NODE)
     return cfg_err(x, n->start_mark, "expected a mapping for '%s'", s->name);
   return cfg_load_table(x, t, n, field, NULL);

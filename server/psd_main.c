@@ -118,8 +118,10 @@ static void psd_main_flushed(psd_main *m, int status, const ps_errbuf *eb, int64
       sd_notifyf(0, "STATUS=degraded: flush failed: %s", eb->msg);
     }
     if (changed || m->flush_failures % 60 == 0)
-      ps_err("flush failed (%u in a row), shard %u degraded: serving from memory, refusing "
-             "submits, retrying every %u ms: %s", m->flush_failures + 1, sh->me->id,
+      ps_err("flush failed (%u in a row), shard %u degraded: %s, retrying every %u ms: %s",
+             m->flush_failures + 1, sh->me->id,
+             sh->wal ? "serving pulls from memory, refusing pushes and submits"
+                     : "serving from memory, refusing submits",
              sh->cfg->flush_interval_ms, eb->msg);
     snprintf(m->flush_fail_msg, sizeof m->flush_fail_msg, "%s", eb->msg);
     m->flush_failures++;

@@ -861,8 +861,9 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
                   "completed): cut off", w->dir, name, rend, n - rend);
         else
           ps_warn("redo log '%s/%s': torn tail at offset %zu (%s): %" PRIu64 " record%s (%zu "
-                  "bytes) dropped (a write the crash cut short, which holds no acknowledged "
-                  "record; the last group, synced and damaged since, reads the same%s)%s",
+                  "bytes) dropped (a write a crash or a failed write cut short, which holds no "
+                  "acknowledged record; the last group, synced and damaged since, reads the "
+                  "same%s)%s",
                   w->dir, name, rend, bad,
                   dropped, dropped == 1 ? "" : "s", end - rend,
                   cut_short ? "; so does a file cut short after it was written, which loses "

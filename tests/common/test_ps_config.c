@@ -359,13 +359,22 @@ static const struct bad_case {
     {"cluster: a\ndurability:\n  group_commit_max_wait_us: soon\n" SHARD0, PS_ECONFIG,
      "3:29: expected an integer for 'group_commit_max_wait_us'"},
     {"cluster: a\ndurability: fast\n" SHARD0, PS_ECONFIG,
-     "2:13: unknown value 'fast' for 'mode' (expected periodic or sync)"},
+     "2:13: unknown value 'fast' for 'durability' (expected periodic or sync, or a mapping of "
+     "its keys on the lines below it, indented)"},
     {"cluster: a\ndurability: 5\n" SHARD0, PS_ECONFIG,
-     "2:13: unknown value '5' for 'mode' (expected periodic or sync)"},
+     "2:13: unknown value '5' for 'durability' (expected periodic or sync, or a mapping of its "
+     "keys on the lines below it, indented)"},
+    {"cluster: a\ndurability:\n" SHARD0, PS_ECONFIG,
+     "2:12: expected a mapping for 'durability', got nothing (its keys go on the lines below it, "
+     "indented; or one of periodic or sync)"},
+    {"cluster: a\nsparse: ~\n" SHARD0, PS_ECONFIG,
+     "2:9: expected a mapping for 'sparse', got nothing (its keys go on the lines below it, "
+     "indented)"},
     {"cluster: a\n" SHARD0 "security: tls\n", PS_ECONFIG,
      "7:11: 'mode' is tls but 'security.tls' (ca, cert, key) is missing"},
     {"cluster: a\n" SHARD0 "security: plain\n", PS_ECONFIG,
-     "7:11: unknown value 'plain' for 'mode' (expected none or tls)"},
+     "7:11: unknown value 'plain' for 'security' (expected none or tls, or a mapping of its keys "
+     "on the lines below it, indented)"},
     {"cluster: a\ndurability: [sync]\n" SHARD0, PS_ECONFIG,
      "2:13: expected a mapping for 'durability'"},
     {"cluster: a\ndurability:\n  mode:\n" SHARD0, PS_ECONFIG,

@@ -384,6 +384,7 @@ static int cfg_load_table(cfg_ctx *x, const cfg_table *t, yaml_node_t *n, void *
   int r;
   if (n && n->type == YAML_SCALAR_NODE) { /* the shorthand "section: MODE" (cfg_load_section) */
     int i = cfg_find_slot(t, "mode");
+    if (i < 0) return cfg_err(x, n->start_mark, "expected a mapping");
     seen[i] = 1;
     marks[i] = n->start_mark;
     if ((r = t->slots[i].type->load(x, &t->slots[i], n, (char *)base + t->slots[i].offset)) < 0)
@@ -691,6 +692,9 @@ static int cfg_security_post(cfg_ctx *x, void *base, yaml_node_t *n, const yaml_
   int given = cfg_value_node(x, n, "tls") != NULL;
   if (s->mode == PS_SEC_NONE && given)
     return cfg_err(x, marks[CFG_SEC_TLS], "'tls' is set but 'mode' is none (plaintext)");
+  if (s->mode == PS_SEC_TLS && !given && n && n->type == YAML_SCALAR_NODE)
+    return cfg_err(x, marks[CFG_SEC_MODE], "'security: tls' needs the mapping form: 'mode: tls' "
+                   "and a 'tls' section (ca, cert, key) below it");
   if (s->mode == PS_SEC_TLS && !given)
     return cfg_err(x, marks[CFG_SEC_MODE],
                    "'mode' is tls but 'security.tls' (ca, cert, key) is missing");
@@ -761,9 +765,19 @@ static const cfg_table cfg_sparse_table = CFG_TABLE("in 'sparse'", cfg_sparse_sl
 
 /* ---- the shard list ---------------------------------------------------- */
 
+/* cfg_same_dir says whether paths A and B are the same but for trailing
+ * slashes. */
+static int cfg_same_dir(const char *a, const char *b) {
+  size_t na = strlen(a), nb = strlen(b);
+  while (na > 1 && a[na - 1] == '/') na--;
+  while (nb > 1 && b[nb - 1] == '/') nb--;
+  return na == nb && !memcmp(a, b, na);
+}
+
 /* cfg_shard_dups checks shard I against shards 0..I (ids and addresses are
- * unique across the cluster); MARKS holds each shard's value marks. */
-static int cfg_shard_dups(cfg_ctx *x, const ps_config *c, size_t i,
+ * unique across the cluster; a data_dir named twice on one host is
+ * warned about); MARKS holds each shard's value marks. */
+static int cfg_shard_dups(cfg_ctx *x, ps_config *c, size_t i,
                           yaml_mark_t (*marks)[CFG_MAX_SLOTS]) {
   const ps_shard_conf *s = &c->shards[i];
   for (size_t j = 0; j < i; j++)
@@ -781,25 +795,33 @@ static int cfg_shard_dups(cfg_ctx *x, const ps_config *c, size_t i,
                        mine[a], marks[j][CFG_SHARD_GRPC + b].line + 1);
       }
   }
-  /* one psd per directory: on one host (the gRPC address's), no data_dir twice */
+  /* one psd per directory (psd_store_lock_dir refuses a second): the same
+   * data_dir on one host name is most likely a mistake, but shards in
+   * containers of one machine may each have their own /data: a warning */
   char host[256], other_host[256];
   int port;
   ps_errbuf eb;
   if (ps_addr_split(s->grpc_addr, host, sizeof host, &port, &eb) < 0) return 0; /* (checked) */
-  for (size_t j = 0; j < i; j++)
-    if (!strcmp(c->shards[j].data_dir, s->data_dir) &&
-        ps_addr_split(c->shards[j].grpc_addr, other_host, sizeof other_host, &port, &eb) == 0 &&
-        !strcmp(host, other_host))
-      return cfg_err(x, marks[i][CFG_SHARD_DATA_DIR],
-                     "'data_dir' '%s' is shard %" PRIu32 "'s too (line %zu), on the same host "
-                     "'%s': each shard needs its own", s->data_dir, c->shards[j].id,
-                     marks[j][CFG_SHARD_DATA_DIR].line + 1, host);
+  for (size_t j = 0; j < i; j++) {
+    if (!cfg_same_dir(c->shards[j].data_dir, s->data_dir) ||
+        ps_addr_split(c->shards[j].grpc_addr, other_host, sizeof other_host, &port, &eb) < 0 ||
+        strcmp(host, other_host))
+      continue;
+    size_t used = strlen(c->warning);
+    yaml_mark_t m = marks[i][CFG_SHARD_DATA_DIR];
+    snprintf(c->warning + used, sizeof c->warning - used,
+             "%s%s:%zu:%zu: warning: 'data_dir' '%s' is shard %" PRIu32 "'s too (line %zu), on "
+             "the same host '%s': unless they run apart (containers), the second one to start "
+             "is refused", used ? "\n" : "", x->path, m.line + 1, m.column + 1, s->data_dir,
+             c->shards[j].id, marks[j][CFG_SHARD_DATA_DIR].line + 1, host);
+    break;
+  }
   return 0;
 }
 
 /* cfg_agg_dups checks aggregator I against aggregators 0..I: names and
  * addresses are unique (against the shards: cfg_top_post). */
-static int cfg_agg_dups(cfg_ctx *x, const ps_config *c, size_t i,
+static int cfg_agg_dups(cfg_ctx *x, ps_config *c, size_t i,
                         yaml_mark_t (*marks)[CFG_MAX_SLOTS]) {
   const ps_agg_conf *g = &c->aggs[i];
   const char *mine[2] = {g->grpc_addr, g->channel_addr};
@@ -824,7 +846,7 @@ typedef struct cfg_list {
   const cfg_table *table;
   size_t elem;            /* bytes per entry */
   size_t arr_off, n_off;  /* offsets of the array pointer and its count in ps_config */
-  int (*dups)(cfg_ctx *x, const ps_config *c, size_t i, yaml_mark_t (*marks)[CFG_MAX_SLOTS]);
+  int (*dups)(cfg_ctx *x, ps_config *c, size_t i, yaml_mark_t (*marks)[CFG_MAX_SLOTS]);
 } cfg_list;
 
 /* cfg_load_list loads a list S->arg describes; FIELD is the whole ps_config. */

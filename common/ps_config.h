@@ -131,7 +131,8 @@ typedef struct ps_config {
   uint32_t flush_interval_ms; /* snapshots, both modes, default 1000 */
   uint64_t group_commit_max_bytes;  /* sync: most bytes per log write + fdatasync, 4 MiB */
   uint32_t group_commit_max_wait_us;/* sync: wait for more pushes before a sync, default 0 */
-  char warning[2 * 4096 + 512]; /* "PATH:LINE:COL: ..." lines about keys set in vain (2 at most); "" */
+  char warning[4 * 4096 + 512]; /* "PATH:LINE:COL: warning: ..." lines (keys set in vain, a
+                                 * data_dir twice on a host; cut after about 4); "" */
   uint64_t max_request_bytes; /* largest push/pull payload, default 256 MiB */
   uint32_t drain_timeout_ms;  /* SIGTERM: wait for in-flight requests, default 5000 */
   uint32_t max_connections;   /* tensor-channel connections at once, default 1024 */

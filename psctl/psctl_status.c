@@ -149,8 +149,8 @@ static void psctl_status_wal(const psctl_row *rows, size_t n) {
            (unsigned long long)s->wal_replayed, (unsigned long long)s->wal_replay_ms,
            (unsigned long long)s->wal_replay_dropped);
     if (s->wal_busy_ms >= PSCTL_STATUS_BUSY_MS)
-      printf("shard %u: the redo log's write + fdatasync in flight has run %.1f s (the disk is "
-             "not answering?); pushes wait for it\n", s->shard, (double)s->wal_busy_ms / 1e3);
+      printf("shard %u: the redo log's disk work in flight has run %.1f s (the disk is not "
+             "answering?); pushes wait for it\n", s->shard, (double)s->wal_busy_ms / 1e3);
   }
 }
 
@@ -560,8 +560,10 @@ static const char psctl_status_usage[] =
     "and size on disk (the store's files and, under durability sync, the redo log's).\n"
     "Under durability sync a line per shard adds the redo log's size, syncs/s and pushes\n"
     "per sync (same samples) and what the shard's start replayed from it, and a second\n"
-    "line when its write + fdatasync in flight has run 1 s or more (the disk is not\n"
-    "answering).  A shard that restarted between the samples is asked again (no rates).\n"
+    "line when its disk work in flight (a write + fdatasync) has run 1 s or more (the\n"
+    "disk is not answering).  A shard that fails the second sample after it answered\n"
+    "the first (not by its deadline) is asked again on a new connection: it may have\n"
+    "restarted (no rates).\n"
     "An unreachable shard shows DOWN.  Aggregators of the file (its 'aggregators'\n"
     "list) follow: sums forwarded per second, worker pushes summed, sums forwarded, pulls,\n"
     "root fetches, the share of pulls answered without a fetch of their own, and the\n"
@@ -616,25 +618,38 @@ static int psctl_status_args(int argc, char **argv, psctl_status_opts *o) {
   return 0;
 }
 
-/* psctl_status_again asks once more, on a new channel, each shard of C
- * that answered the first sample (A) but not the second (B): it may have
- * restarted in between, and its old channel then fails on the broken
- * connection ("Socket closed") instead of reaching the new process.  Its
- * rates are left out (psctl_status_row: the uptime went back). */
-static void psctl_status_again(psctl_cluster *c, const Ps__StatusRequest *req,
-                               const psctl_reply *a, psctl_reply *b, int timeout_ms) {
-  for (size_t i = 0; i < c->cfg.nshards; i++) {
-    ps_rpc *r = NULL;
+/* psctl_status_again asks once more, all at once on new channels, each
+ * shard of C that answered the first sample (A) but not the second (B)
+ * for a reason other than its deadline: it may have restarted in between,
+ * and its old channel then fails on the broken connection ("Socket
+ * closed") instead of reaching the new process.  The first sample of a
+ * shard asked again is dropped: no rates across a restart. */
+static void psctl_status_again(psctl_cluster *c, const Ps__StatusRequest *req, psctl_reply *a,
+                               psctl_reply *b, int timeout_ms) {
+  size_t n = c->cfg.nshards, k = 0;
+  size_t *idx = calloc(n, sizeof *idx);
+  ps_rpc **rpc = calloc(n, sizeof *rpc);
+  psctl_reply *out = calloc(n, sizeof *out);
+  for (size_t i = 0; idx && rpc && out && i < n; i++) {
     ps_errbuf eb;
-    if (a[i].err < 0 || b[i].err == 0 ||
-        ps_rpc_open_cfg(&r, c->cfg.shards[i].grpc_addr, &c->cfg, PS_ROLE_OPERATOR, &eb) < 0)
+    if (a[i].err < 0 || b[i].err == 0 || b[i].err == PS_ETIMEDOUT ||
+        ps_rpc_open_cfg(&rpc[k], c->cfg.shards[i].grpc_addr, &c->cfg, PS_ROLE_OPERATOR, &eb) < 0)
       continue;
     ps_rpc_close(c->rpc[i]);
-    c->rpc[i] = r;
-    psctl_replies_free(&b[i], 1);
-    ps_rpc_call_all(&c->rpc[i], 1, "/ps.Ps/Status", &req->base, &ps__status_reply__descriptor,
-                    timeout_ms, &b[i]);
+    c->rpc[i] = rpc[k];
+    idx[k++] = i;
   }
+  if (k) ps_rpc_call_all(rpc, k, "/ps.Ps/Status", &req->base, &ps__status_reply__descriptor,
+                         timeout_ms, out);
+  for (size_t j = 0; j < k; j++) {
+    psctl_replies_free(&a[idx[j]], 1);
+    a[idx[j]].err = PS_EUNAVAIL;
+    psctl_replies_free(&b[idx[j]], 1);
+    b[idx[j]] = out[j];
+  }
+  free(idx);
+  free(rpc);
+  free(out);
 }
 
 /* psctl_status_main: see psctl.h; 0 when every shard serves, else 1. */

@@ -416,23 +416,24 @@ static void psd_main_flush_after(uv_work_t *w, int status) {
   psd_main_flush_end(m);
 }
 
-/* psd_main_on_wal_timer says in the log when the redo log's write +
- * fdatasync in flight has run PSD_MAIN_WAL_STALL_MS or longer (a disk that
- * does not answer: the pushes wait, nothing is acknowledged meanwhile;
- * psctl status shows it too), again each time it has run twice as long,
- * and when the log answers again. */
+/* psd_main_on_wal_timer says in the log when the redo log's disk work in
+ * flight (psd_wal_stats.busy_ms) has run PSD_MAIN_WAL_STALL_MS or longer
+ * (a disk that does not answer: the pushes wait, nothing is acknowledged
+ * meanwhile; psctl status shows it too), again each time it has run twice
+ * as long, and when the log answers again.  (Not during a stop, whose
+ * final flush waits for the log on the loop.) */
 #define PSD_MAIN_WAL_STALL_MS 5000
 static void psd_main_on_wal_timer(uv_timer_t *t) {
   psd_main *m = t->data;
   psd_wal_stats ws;
   psd_wal_stats_get(m->sh.wal, &ws);
   if (ws.busy_ms >= PSD_MAIN_WAL_STALL_MS && ws.busy_ms >= 2 * m->wal_stall_ms) {
-    ps_warn("shard %u: the redo log's write + fdatasync has run %.1f s (the disk is not "
+    ps_warn("shard %u: the redo log's disk work in flight has run %.1f s (the disk is not "
             "answering?); pushes wait for it, none is acknowledged meanwhile",
             m->sh.me->id, (double)ws.busy_ms / 1e3);
     m->wal_stall_ms = ws.busy_ms;
   } else if (m->wal_stall_ms && ws.busy_ms < m->wal_stall_ms) {
-    ps_info("shard %u: the redo log's stalled write + fdatasync ended (it ran over %.1f s)",
+    ps_info("shard %u: the redo log's stalled disk work ended (it ran over %.1f s)",
             m->sh.me->id, (double)m->wal_stall_ms / 1e3);
     m->wal_stall_ms = 0;
   }
@@ -618,7 +619,7 @@ static int psd_main_open(psd_main *m) {
   int err = psd_store_lock_dir(sh->me->data_dir, &m->dir_lock, &eb);
   if (err < 0) {
     free(ids);
-    ps_err("shard %u: cannot open the store: %s (%s)", sh->me->id, eb.msg, ps_strerror(err));
+    ps_err("shard %u: cannot open the store: %s", sh->me->id, eb.msg);
     return 1;
   }
   /* the log's spare files (psd_wal invariant 6) go first: on a full disk

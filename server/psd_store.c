@@ -762,17 +762,26 @@ int psd_store_lock_dir(const char *dir, int *fd, ps_errbuf *eb) {
   *fd = -1;
   int rc = psd_store_mkdirs(dir, eb);
   if (rc < 0) return rc;
-  int d = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  char path[4200];
+  snprintf(path, sizeof path, "%s/" PSD_STORE_LOCK, dir);
+  /* a file opened for writing: NFS turns flock into a POSIX lock, which
+   * needs that; the directory itself when the file cannot be made (a
+   * full disk) */
+  int d = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  if (d < 0) d = open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
   if (d < 0) return ps_errf(eb, PS_EIO, "cannot open '%s': %s", dir, strerror(errno));
-  if (flock(d, LOCK_EX | LOCK_NB) < 0) {
-    int e = errno;
-    close(d);
-    if (e == EWOULDBLOCK)
-      return ps_errf(eb, PS_ELOCKED, "'%s' is in use by another psd (a second start of this "
-                     "shard, or another shard with the same data_dir)", dir);
-    return ps_errf(eb, PS_EIO, "cannot lock '%s': %s", dir, strerror(e));
+  if (flock(d, LOCK_EX | LOCK_NB) == 0) {
+    *fd = d;
+    return 0;
   }
-  *fd = d;
+  int e = errno;
+  close(d);
+  if (e == EWOULDBLOCK)
+    return ps_errf(eb, PS_ELOCKED, "data_dir '%s' is in use by another psd (a second start of "
+                   "this shard, or another shard given the same data_dir)", dir);
+  /* no lock on this filesystem: RocksDB's own lock still guards the store */
+  ps_warn("cannot lock data_dir '%s' (%s): going on without the guard against a second psd",
+          dir, strerror(e));
   return 0;
 }
 

@@ -40,10 +40,13 @@ typedef struct psd_store_opts {
 } psd_store_opts;
 
 /* psd_store_lock_dir creates DIR (parents included) and takes an
- * exclusive lock on it for the calling process (*FD, closed to give it
- * up), so that a second psd on the same data_dir stops before it touches
- * anything there (the redo log's spares are removed before the store
- * opens).  PS_ELOCKED when another process holds it; PS_EIO, PS_ENOSPC. */
+ * exclusive lock on DIR/psd.lock (DIR itself when that file cannot be
+ * made) for the calling process (*FD, closed to give it up; -1 with a
+ * warning where the filesystem has no locks), so that a second psd on the
+ * same data_dir stops before it touches anything there (the redo log's
+ * spares are removed before the store opens).  PS_ELOCKED when another
+ * process holds it; PS_EIO, PS_ENOSPC, PS_EINVAL (a bad path). */
+#define PSD_STORE_LOCK "psd.lock"
 int psd_store_lock_dir(const char *dir, int *fd, ps_errbuf *eb);
 
 /* psd_store_open opens (or creates, parents included) the RocksDB at

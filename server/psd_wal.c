@@ -108,7 +108,8 @@ struct psd_wal {
   char err_msg[300];
   uint64_t syncs, records, bytes;
   uint64_t write_ns, sync_ns;  /* time the writer spent in pwrite / fdatasync */
-  uint64_t busy_since_ns;      /* when the write + sync in flight began (0: none) */
+  uint64_t busy_since_ns;      /* when the writer's disk work in flight (a write + sync,
+                                * spares dropped, a segment cut or made) began (0: none) */
   uint64_t bytes_written;      /* by groups that synced */
   uint64_t zc_records;         /* of which records written from a taken block (invariant 8) */
   uint64_t lent_records;       /* ... of those from a lent one */
@@ -1399,7 +1400,7 @@ static void *wal_thread(void *arg) {
     uint64_t upto = w->trunc_seq; /* a request made during the write waits for the next turn */
     int trunc = w->trunc_pending, drop = w->drop_pending;
     w->drop_pending = 0;
-    if (w->wlen) w->busy_since_ns = wal_now_ns();
+    if (w->wlen || drop) w->busy_since_ns = wal_now_ns();
     pthread_mutex_unlock(&w->mu);
     if (drop) wal_drop_spares(w, "a snapshot failed");
     uint64_t wns = 0, sns = 0;
@@ -1450,11 +1451,13 @@ static void *wal_thread(void *arg) {
     }
     if (trunc && w->trunc_seq == upto) w->trunc_pending = 0;
     if (trunc || w->segs[w->nsegs - 1].bytes >= w->o.segment_bytes) {
+      w->busy_since_ns = wal_now_ns();
       pthread_mutex_unlock(&w->mu);
       if (trunc) wal_trim(w, upto);
       else if (wal_open_seg(w, w->segs[w->nsegs - 1].last + 1, why, sizeof why) < 0)
         ps_warn("%s", why);
       pthread_mutex_lock(&w->mu);
+      w->busy_since_ns = 0;
     }
   }
   w->writer_done = 1;

@@ -234,9 +234,11 @@ typedef struct psd_wal_stats {
                             * (the loop's stall on the writer) */
   uint64_t lock_max_us;    /* the longest single wait */
   int failed;              /* a write or sync is failing now */
-  uint64_t busy_ms;        /* how long the write + fdatasync in flight has run
-                            * (0: none; a disk that does not answer shows here
-                            * and in psd's log, psd_main_check_wal) */
+  uint64_t busy_ms;        /* how long the writer's disk work in flight (a write
+                            * + fdatasync, spares dropped, a segment cut or
+                            * made) has run (0: none; a disk that does not
+                            * answer shows here and in psd's log,
+                            * psd_main_on_wal_timer) */
 } psd_wal_stats;
 
 /* psd_wal_open reads DIR's segments (no thread yet).  0, or PS_EIO /

@@ -432,7 +432,7 @@ static void psctl_status_json_workers(const Ps__ListWorkersReply *w) {
   }
   putchar(']');
   if (!w->n_partitions) return;
-  printf(",\"job\":{\"epochs\":%u,\"data_size\":%llu,\"partitions\":[", w->job_epochs,
+  printf(",\"job\":{\"job_epochs\":%u,\"data_size\":%llu,\"partitions\":[", w->job_epochs,
          (unsigned long long)w->data_size);
   for (size_t i = 0; i < w->n_partitions; i++) {
     const Ps__PartitionInfo *p = w->partitions[i];

@@ -283,18 +283,25 @@ static int psctl_submit_report(const psctl_cluster *c, const char *name, psctl_r
     printf("model '%s' is on all %zu shards\n", name, n);
     return 0;
   }
-  int exists = 0;
-  for (size_t i = 0; i < n; i++) exists |= r[i].err == PS_EEXIST;
+  int exists = 0, again = 1; /* again: every failure may pass on a second try */
+  for (size_t i = 0; i < n; i++) {
+    int e = r[i].err;
+    exists |= e == PS_EEXIST;
+    if (e && e != PS_EUNAVAIL && e != PS_ETIMEDOUT && e != PS_EIO && e != PS_ESHUTDOWN &&
+        e != PS_EDEGRADED)
+      again = 0;
+  }
   if (exists)
     fprintf(stderr, "psctl submit: a model named '%s' with other settings exists; "
                     "--replace replaces it\n", name);
-  fprintf(stderr, "psctl submit: model '%s' is on shards [", name);
+  fprintf(stderr, "psctl submit: model '%s' with these settings is on shards [", name);
   for (size_t i = 0, k = 0; i < n; i++)
     if (!r[i].err) fprintf(stderr, "%s%u", k++ ? ", " : "", c->cfg.shards[i].id);
   fprintf(stderr, "] and not on shards [");
   for (size_t i = 0, k = 0; i < n; i++)
     if (r[i].err) fprintf(stderr, "%s%u", k++ ? ", " : "", c->cfg.shards[i].id);
-  fprintf(stderr, "]; run the same command again to complete it (submission is idempotent)\n");
+  fprintf(stderr, "]; %s\n", again ? "run the same command again to complete it (submission is "
+                                     "idempotent)" : "the refusals above say why");
   return 1;
 }
 

@@ -448,6 +448,8 @@ START_TEST(test_psctl_submit) {
   ck_assert_int_eq(pt_psctl(&x, "submit lr.pb --name m --optimizer adam --lr 0.02 --config '%s'",
                             x.yaml), 1);
   ck_assert_msg(pt_contains(x.err, "--replace"), "the error does not mention --replace, see %s", x.err);
+  /* ... and no advice to run it again, which cannot help */
+  ck_assert_msg(!pt_contains(x.err, "run the same command again"), "see %s", x.err);
   for (int s = 0; s < PT_NSHARDS; s++) ck_assert_float_eq(pt_lr(&x, s, "m"), 0.01f);
 
   /* With --replace: 0 and the new lr on every shard. */

@@ -990,8 +990,8 @@ static int clock_load_line(psd_clock *c, const char *l, uint64_t now_ms, ps_errb
   char name[256];
   if (sscanf(l, "job %" SCNu32 " data %" SCNu64 " parts %" SCNu32 "%n", &a, &x, &e, &k) == 3 &&
       !l[k]) {
-    if (e != c->o.nparts)
-      return ps_errf(eb, PS_EFORMAT, "%" PRIu32 " partitions saved, data.partitions is %" PRIu32,
+    if (e != c->o.nparts) /* (the first entry: nothing is loaded yet) */
+      return ps_errf(eb, PS_ECONFIG, "%" PRIu32 " partitions saved, data.partitions is %" PRIu32,
                      e, c->o.nparts);
     c->job_epochs = a;
     c->data_size = x;
@@ -1091,7 +1091,8 @@ int psd_clock_load(psd_clock *c, const char *text, uint64_t now_ms, ps_errbuf *e
     } else if ((err = clock_load_order(line, &rank, eb)) < 0 ||
                (err = clock_load_line(c, line, now_ms, eb)) < 0) {
       ps_errbuf why = *eb;
-      return ps_errf(eb, err == PS_ENOMEM ? err : PS_EFORMAT, "line %zu: %s", lineno, why.msg);
+      return ps_errf(eb, err == PS_ENOMEM || err == PS_ECONFIG ? err : PS_EFORMAT,
+                     "line %zu: %s", lineno, why.msg);
     }
   }
   if (!ended) return ps_errf(eb, PS_EFORMAT, "line %zu: truncated (no 'end')", lineno);

@@ -280,7 +280,8 @@ int psd_clock_save(psd_clock *c, char **buf, size_t *len, ps_errbuf *eb);
 /* psd_clock_load restores what psd_clock_save wrote (TEXT, NUL-terminated)
  * into C, fresh from psd_clock_new, as of NOW_MS.  PS_EFORMAT with "line
  * N: ..." for a malformed text (C is then left as it was loaded so far:
- * free it). */
+ * free it); PS_ECONFIG when the text was saved with another partition
+ * count than C's (C untouched: the count is its first entry). */
 int psd_clock_load(psd_clock *c, const char *text, uint64_t now_ms, ps_errbuf *eb);
 
 /* psd_clock_dirty says whether anything psd_clock_save writes changed

@@ -220,9 +220,21 @@ int psd_coord_restore(psd_shard *sh, ps_errbuf *eb) {
     uv_update_time(sh->loop);
     err = psd_clock_load(sh->clock, text, uv_now(sh->loop), &why);
     free(text);
-    if (err < 0) return ps_errf(eb, err, "%s: %s", path, why.msg);
-    ps_info("coordinator state restored from %s: %zu epochs counted, %u partitions", path,
-            psd_clock_nepochs(sh->clock), psd_clock_nparts(sh->clock));
+    if (err == PS_ECONFIG) { /* data.partitions changed: that job's progress does not apply */
+      char old[4300];
+      snprintf(old, sizeof old, "%s.old", path);
+      if (rename(path, old) < 0)
+        return ps_errf(eb, PS_EIO, "%s: %s; cannot move it to %s: %s", path, why.msg, old,
+                       strerror(errno));
+      ps_warn("coordinator state %s: %s: the saved job's progress does not apply, kept as %s; "
+              "the next workers start a new job (every partition at epoch 1)", path, why.msg,
+              old);
+    } else if (err < 0) {
+      return ps_errf(eb, err, "%s: %s", path, why.msg);
+    } else {
+      ps_info("coordinator state restored from %s: %zu epochs counted, %u partitions", path,
+              psd_clock_nepochs(sh->clock), psd_clock_nparts(sh->clock));
+    }
   }
   psd_coord_bg *bg = calloc(1, sizeof *bg);
   if (bg) { /* without it the timer saves on the loop, as psd_coord_save */

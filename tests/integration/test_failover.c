@@ -21,10 +21,12 @@
  * `make test-long` (PS_TEST_LONG=1).
  *
  * Skipped (visibly) when the dataset package is not installed. */
+#include <errno.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -348,6 +350,40 @@ START_TEST(test_failover_coordinator_restart) {
 }
 END_TEST
 
+/* A coordinator.state saved with another partition count (data.partitions
+ * changed since) does not stop the coordinator from starting: it is set
+ * aside as coordinator.state.old with a warning, and a new job starts. */
+START_TEST(test_failover_partitions_changed) {
+  char d[512], log[700], state[700], old[720];
+  snprintf(d, sizeof d, "%s", ps_test_tmpdir());
+  int gp;
+  const char *yaml = ps_test_cluster_yaml(d, 1, NULL, &gp, NULL);
+  snprintf(log, sizeof log, "%s/psd0.log", d);
+  snprintf(state, sizeof state, "%s/shard0/coordinator.state", d);
+  snprintf(old, sizeof old, "%s.old", state);
+  ck_assert_int_eq(mkdir(d, 0755) == 0 || errno == EEXIST, 1);
+  char dir[600];
+  snprintf(dir, sizeof dir, "%s/shard0", d);
+  ck_assert_int_eq(mkdir(dir, 0755) == 0 || errno == EEXIST, 1);
+  ps_test_write_file(state, "psd-clock 1\njob 3 data 1000 parts 4\nend\n");
+  pid_t pid = ps_test_psd(yaml, 0, log, NULL);
+  ck_assert_msg(ps_test_wait_port(gp, 20000) == 0, "the coordinator did not start; see %s", log);
+  char *text = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(text, "4 partitions saved, data.partitions is 16") &&
+                    strstr(text, "a new job"),
+                "see %s", log);
+  free(text);
+  ck_assert_int_eq(access(old, F_OK), 0);
+  int st = ps_test_stop(pid, SIGTERM, 10000);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd: status %d; see %s", st, log);
+  if (access(state, F_OK) == 0) { /* the new job's table, if the stop saved one */
+    text = ps_test_read_file(state, NULL);
+    ck_assert_msg(strstr(text, " parts 16\n"), "%s", text);
+    free(text);
+  }
+}
+END_TEST
+
 /* The long variant: an MLP, 4 workers, one killed every 10 s and
  * restarted 2 s later (make test-long). */
 START_TEST(test_failover_long_mlp) {
@@ -368,6 +404,7 @@ Suite *psw_failover_suite(void) {
   tcase_add_test(tc, test_failover_join);
   tcase_add_test(tc, test_failover_sigterm_drain);
   tcase_add_test(tc, test_failover_coordinator_restart);
+  tcase_add_test(tc, test_failover_partitions_changed);
   tcase_add_test(tc, test_failover_long_mlp);
   suite_add_tcase(s, tc);
   return s;

@@ -507,6 +507,14 @@ START_TEST(test_save_load) {
   ck_assert_int_eq(psd_clock_load(d, bad, 0, &eb), PS_EFORMAT);
   ck_assert_ptr_nonnull(strstr(eb.msg, "line "));
   psd_clock_free(d);
+  /* another partition count (data.partitions changed): PS_ECONFIG, the
+   * table untouched, so the same table still loads a matching save */
+  d = tclock(0);
+  ck_assert_int_eq(psd_clock_load(d, "psd-clock 1\njob 1 data 100 parts 999\nend\n", 0, &eb),
+                   PS_ECONFIG);
+  ck_assert_ptr_nonnull(strstr(eb.msg, "999 partitions saved"));
+  ck_assert_int_eq(psd_clock_load(d, text, 0, &eb), 0);
+  psd_clock_free(d);
   text[len - 4] = 0; /* no "end" */
   d = tclock(0);
   ck_assert_int_eq(psd_clock_load(d, text, 0, &eb), PS_EFORMAT);

@@ -287,9 +287,10 @@ bench: deps
 
 PREFIX ?= /usr/local
 install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/systemd/system
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/systemd/system $(DESTDIR)$(PREFIX)/share/doc/psd
 	install -m 755 $(PROGS) $(DESTDIR)$(PREFIX)/bin/
 	install -m 644 config/psd@.service $(DESTDIR)/etc/systemd/system/
+	install -m 644 README.md $(DESTDIR)$(PREFIX)/share/doc/psd/  # the unit's Documentation=
 
 clean:
 	rm -rf $(B)

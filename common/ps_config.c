@@ -315,12 +315,16 @@ static int cfg_check_hostport(cfg_ctx *x, const cfg_slot *s, const char *t, yaml
   return 0;
 }
 
+/* ps_device_ok: see ps_config.h. */
+int ps_device_ok(const char *t) {
+  if (!strcmp(t, "auto") || !strcmp(t, "cpu") || !strcmp(t, "cuda")) return 1;
+  return !strncmp(t, "cuda:", 5) && t[5] && strspn(t + 5, "0123456789") == strlen(t + 5) &&
+         strlen(t + 5) <= 3;
+}
+
 /* cfg_check_device accepts auto, cpu, cuda and cuda:N. */
 static int cfg_check_device(cfg_ctx *x, const cfg_slot *s, const char *t, yaml_mark_t m) {
-  if (!strcmp(t, "auto") || !strcmp(t, "cpu") || !strcmp(t, "cuda")) return 0;
-  if (!strncmp(t, "cuda:", 5) && t[5] && strspn(t + 5, "0123456789") == strlen(t + 5) &&
-      strlen(t + 5) <= 3)
-    return 0;
+  if (ps_device_ok(t)) return 0;
   return cfg_err(x, m, "unknown value '%s' for '%s' (expected auto, cpu, cuda or cuda:N)", t,
                  s->name);
 }

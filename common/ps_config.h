@@ -213,4 +213,8 @@ int ps_config_reply_timeout_ms(const ps_config *c);
  * default 0 in a cluster without a shard 0).  Borrowed from C. */
 const ps_shard_conf *ps_config_coordinator(const ps_config *c);
 
+/* ps_device_ok says whether T names a worker device: auto, cpu, cuda or
+ * cuda:N (N up to 3 digits), as workers.device and psw --device take. */
+int ps_device_ok(const char *t);
+
 #endif

@@ -137,6 +137,8 @@ static int psw_parse(int argc, char **argv, psw_args *a) {
   }
   const char *why = optind < argc ? "unexpected argument"
                     : !a->config ? "--config is required"
+                    : a->device && !ps_device_ok(a->device)
+                        ? "--device takes auto, cpu, cuda or cuda:N"
                     : a->workers >= 0 && a->rank < 0 ? "--workers goes with --rank (without "
                                                        "--rank the coordinator hands both out)"
                                                      : NULL;

@@ -142,6 +142,14 @@ START_TEST(test_train_unknown_model_and_sigterm) {
   char *text = ps_test_read_file(log, NULL);
   ck_assert_msg(strstr(text, "'nosuch'") != NULL, "no message naming the model: %s", text);
   free(text);
+  /* a bad --device: refused with the flags, before psw registers anywhere */
+  snprintf(log, sizeof log, "%s/baddevice.log", x.dir);
+  char *dev[] = {(char *)ps_test_bin("psw"), "--config", x.yaml, "--device", "gpu", NULL};
+  ck_assert_int_eq(ps_test_run(dev, log, 30000), 2);
+  text = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(text, "--device takes auto, cpu, cuda or cuda:N") && !strstr(text, "worker "),
+                "%s", text);
+  free(text);
   /* A long run stopped by SIGTERM once it has started stepping. */
   snprintf(log, sizeof log, "%s/sigterm.log", x.dir);
   char *argv[] = {(char *)ps_test_bin("psw"), "--config", x.yaml, "--rank", "0", "--workers",

@@ -809,6 +809,11 @@ static int run_claim(psw_run *x, const psw_coord_part *fin, psw_coord_part *pos,
     int err = psw_coord_claim(x->coord, fin, x->o->epochs, x->data_total, pos, &done, eb);
     if (err == PS_EEXPIRED && (err = psw_coord_rejoin(x->coord, eb)) == 0)
       err = psw_coord_claim(x->coord, NULL, x->o->epochs, x->data_total, pos, &done, eb);
+    if (err >= 0) x->r->job_done = done;
+    if (err == 0 && !done)
+      ps_info("worker %u: nothing left to claim, but partitions of other workers are not "
+              "finished; leaving (should one of those workers die now, its partitions wait "
+              "for a new worker)", x->rank);
     return err;
   }
   if (x->local_next == x->nlocal) {
@@ -930,6 +935,7 @@ static void run_push_counts(psw_run *x, psw_train_result *r) {
 int psw_train_run(const psw_train_opts *o, psw_train_result *r, ps_errbuf *eb) {
   memset(r, 0, sizeof *r);
   r->test_loss = r->test_accuracy = r->train_loss = r->test_auc = r->test_logloss = NAN;
+  r->job_done = -1;
   psw_run x = {.o = o, .r = r};
   x.t0_ms = (int64_t)run_now_ms();
   if (!o->epochs || !o->batch || (!o->register_worker && o->rank >= o->workers)) {
@@ -994,6 +1000,7 @@ int psw_train_evaluate(const psw_train_opts *o, psw_train_result *r, uint64_t *v
                        ps_errbuf *eb) {
   memset(r, 0, sizeof *r);
   r->test_loss = r->test_accuracy = r->train_loss = r->test_auc = r->test_logloss = NAN;
+  r->job_done = -1;
   *version = 0;
   psw_run x = {.o = o, .r = r, .reader = 1}; /* a reader, not a training worker */
   x.t0_ms = (int64_t)run_now_ms();
@@ -1086,7 +1093,8 @@ void psw_train_json(FILE *out, const char *model, uint32_t batch, const psw_trai
           "\"shm_bytes\":%llu",
           (unsigned long long)r->bytes_sent, (unsigned long long)r->bytes_received,
           (unsigned long long)r->push_bytes, (unsigned long long)r->shm_bytes);
-  fprintf(out, ",\"batch\":%u,\"overlap\":%s,\"stopped\":%s}\n", batch,
-          r->overlap ? "true" : "false", r->stopped ? "true" : "false");
+  fprintf(out, ",\"batch\":%u,\"overlap\":%s,\"stopped\":%s,\"job_done\":%s}\n", batch,
+          r->overlap ? "true" : "false", r->stopped ? "true" : "false",
+          r->job_done < 0 ? "null" : r->job_done ? "true" : "false");
   fflush(out);
 }

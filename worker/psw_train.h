@@ -78,6 +78,9 @@ typedef struct psw_train_result {
   double wall_s;               /* the whole run */
   int overlap;                 /* the schedule that ran */
   int stopped;                 /* the run ended early on *stop */
+  int job_done;                /* registered: 1 when the coordinator's last answer said
+                                  every partition has finished, 0 when partitions of
+                                  other workers were still unfinished; -1: a fixed rank */
   int bad_input;               /* the failure was the config's, data's or graph's */
   uint32_t rank, workers;      /* the rank that ran (given or registered) */
   double blocked_share;        /* share of the training wall time spent waiting

@@ -183,6 +183,7 @@ static double tf_evaluate(tf_ctx *x) {
 /* tf_wait_all waits for every worker still running, each to exit 0 (or,
  * when SIGOK, 128 + SIGOK for the ones stopped with it). */
 static void tf_wait_all(tf_ctx *x, const int *stopped) {
+  int done = 0, finished = 0; /* workers whose JSON line says job_done true; that ended */
   for (int i = 0; i < x->nw; i++) {
     if (x->w[i] <= 0) continue;
     char log[700];
@@ -193,7 +194,14 @@ static void tf_wait_all(tf_ctx *x, const int *stopped) {
     ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == want, "worker %d exited %d; see %s", i,
                   WIFEXITED(st) ? WEXITSTATUS(st) : -1, log);
     x->w[i] = 0;
+    if (want) continue;
+    char *text = ps_test_read_file(log, NULL);
+    finished++;
+    done += strstr(text, "\"job_done\":true}") != NULL;
+    free(text);
   }
+  /* the last worker to finish its partitions saw the job done */
+  ck_assert_msg(!finished || done >= 1, "no worker says job_done true (see %s)", x->dir);
 }
 
 /* tf_finish stops the shards. */

@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <stdarg.h>
 #include <stdio.h>
+#include <string.h>
 
 const char *ps_strerror(int err) {
   if (err == 0) return "success";
@@ -85,11 +86,13 @@ int ps_err_from_grpc(int status) {
 }
 
 int ps_errf(ps_errbuf *eb, int err, const char *fmt, ...) {
-  if (eb) {
+  if (eb) { /* through a copy: an argument may be EB's own message */
+    char msg[sizeof eb->msg];
     va_list ap;
     va_start(ap, fmt);
-    vsnprintf(eb->msg, sizeof eb->msg, fmt, ap);
+    vsnprintf(msg, sizeof msg, fmt, ap);
     va_end(ap);
+    memcpy(eb->msg, msg, sizeof msg);
   }
   return err;
 }

@@ -54,7 +54,8 @@ int ps_err_from_grpc(int status);
 
 /* ps_errbuf: a caller-owned message buffer that fallible functions fill
  * with a lowercase message quoting the subject, e.g.
- * "unknown model 'mlp'".  ps_errf formats into it and returns err. */
+ * "unknown model 'mlp'".  ps_errf formats into it (an argument may be its
+ * own message: it formats through a copy) and returns err. */
 typedef struct ps_errbuf {
   char msg[512];
 } ps_errbuf;

@@ -200,8 +200,15 @@ static int run_load_data(psw_run *x, ps_errbuf *eb) {
     x->have_test = x->test.n > 0;
     if (x->have_test && (err = run_check_data(x, &x->test, "test", eb)) < 0) return err;
   }
-  uint32_t w = x->workers ? x->workers : 1;
-  x->steps_per_epoch = (x->data_total / w + x->o->batch - 1) / x->o->batch;
+  /* each partition ends in its own short batch: the steps of all, shared */
+  uint32_t w = x->workers ? x->workers : 1, np = cfg->data.partitions ? cfg->data.partitions : 1;
+  uint64_t all = 0;
+  for (uint32_t p = 0; p < np; p++) {
+    uint64_t b, e;
+    psw_data_partition(x->data_total, np, p, &b, &e);
+    all += (e - b + x->o->batch - 1) / x->o->batch;
+  }
+  x->steps_per_epoch = (all + w - 1) / w;
   return 0;
 }
 

@@ -413,7 +413,7 @@ int psd_wal_open(psd_wal **out, const psd_wal_opts *o, ps_errbuf *eb) {
    * monotonic clock: a condition on the default (realtime) clock read
    * their deadlines as long past, so neither waited at all */
   ps_cond_init_mono(&w->cv);
-  pthread_cond_init(&w->synced_cv, NULL);
+  ps_cond_init_mono(&w->synced_cv); /* psd_wal_wait_synced's timed waits */
   /* One level: the log lives inside the store's directory, which exists. */
   int rc = 0;
   if (mkdir(o->dir, 0755) < 0 && errno != EEXIST)
@@ -1466,11 +1466,23 @@ static void *wal_thread(void *arg) {
   return NULL;
 }
 
+#define WAL_WAIT_WARN_S 5 /* psd_wal_wait_synced says so from then on, doubling */
+
 /* psd_wal_wait_synced: see psd_wal.h. */
 int psd_wal_wait_synced(psd_wal *w, uint64_t seq, ps_errbuf *eb) {
   pthread_mutex_lock(&w->mu);
-  while (w->synced_seq < seq && w->started && !w->writer_done && !w->failed)
-    pthread_cond_wait(&w->synced_cv, &w->mu);
+  uint64_t t0 = wal_now_ns(), warn_s = WAL_WAIT_WARN_S;
+  while (w->synced_seq < seq && w->started && !w->writer_done && !w->failed) {
+    struct timespec dl = ps_deadline_ns(1000000000u);
+    if (pthread_cond_timedwait(&w->synced_cv, &w->mu, &dl) != ETIMEDOUT) continue;
+    double waited = (double)(wal_now_ns() - t0) / 1e9;
+    if (waited < (double)warn_s) continue;
+    /* a disk that does not answer: said here too, for the waits the loop's
+     * stall check cannot see (a stop's final snapshot waits on the loop) */
+    ps_warn("redo log '%s': waiting %.0f s for the sync of record %" PRIu64 " (the disk is not "
+            "answering?)", w->dir, waited, seq);
+    warn_s *= 2;
+  }
   uint64_t synced = w->synced_seq;
   int failed = w->failed;
   char msg[sizeof w->err_msg];

@@ -300,7 +300,8 @@ void psd_wal_cancel(psd_wal *w, psd_wal_waiter *wt);
  * needs the loop) until every record up to SEQ is synced: 0, or
  * PS_EDEGRADED at once while writes fail, or PS_ESHUTDOWN when the writer
  * stopped short of SEQ.  A snapshot waits here before it may hold a
- * record (psd_store invariant 11). */
+ * record (psd_store invariant 11).  A wait of 5 s and more is said in the
+ * log, again at each doubling (a disk that does not answer). */
 int psd_wal_wait_synced(psd_wal *w, uint64_t seq, ps_errbuf *eb);
 
 /* psd_wal_truncate: a finished snapshot holds every record up to SEQ

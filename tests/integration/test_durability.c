@@ -1072,6 +1072,8 @@ START_TEST(test_stalled_sync_shown) {
   ck_assert_msg(cl_log_waits_for(gt.log, "the redo log's disk work in flight has run ", 5000) &&
                     cl_log_waits_for(gt.log, " s (the disk is not answering?)", 1000),
                 "see %s", gt.log);
+  /* the snapshot that holds the push waits for its sync, and says so */
+  ck_assert_msg(cl_log_waits_for(gt.log, " for the sync of record ", 5000), "see %s", gt.log);
   unlink(gt.gate);
   void *r;
   pthread_join(th, &r);

@@ -595,6 +595,7 @@ typedef struct wal_found {
   size_t first_at;   /* where the first of them starts */
   uint64_t first_seq;
   int cut;           /* the search ended early, or left candidates unchecked */
+  size_t cut_at;     /* where it first did (when cut) */
   int later;         /* a group after the bad record's was written (end marks) */
 } wal_found;
 
@@ -636,10 +637,11 @@ static void wal_count_after(const uint8_t *buf, size_t n, size_t off, uint64_t n
       /* this version's records carry the CRC-32C flag: an older sparse
        * push's small keys, read as a length, do not */
       if (!(wal_get32(buf + at) & WAL_CRC32C)) fits = 0;
-      else if (len > loose) f->cut = 1, fits = 0;
+      else if (len > loose) fits = 0, f->cut_at = f->cut ? f->cut_at : at, f->cut = 1;
       else loose -= len;
     }
     if (fits && len > budget) {
+      f->cut_at = f->cut ? f->cut_at : at;
       f->cut = 1;
       break;
     }
@@ -803,10 +805,17 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
                                           : (bs == next || bs == WAL_SKIP_SEQ) &&
                                                 n - off - WAL_HDR < wal_len(buf + off);
         /* (f: the search above, made for every bad record of the last segment) */
-        if (f.cut)
+        uint64_t group = w->o.max_batch_bytes + w->o.max_batch_bytes / 8 + 2 * WAL_SKIP_MAX;
+        /* A group written after the bad record's starts within GROUP bytes
+         * of it (groups are written one after the other): a search cut
+         * farther on (a reused file's older bytes that look like records,
+         * typically) could only miss records behind a second damaged
+         * group, so it is not worth a warning after every crash. */
+        if (f.cut && f.cut_at - off <= group)
           ps_warn("redo log '%s/%s': the search for intact records after the bad one at offset "
-                  "%zu ended early or skipped some (too many checksums over bytes that look "
-                  "like records): it may have missed some", w->dir, name, off);
+                  "%zu ended early or skipped some at offset %zu (too many checksums over "
+                  "bytes that look like records): it may have missed some", w->dir, name, off,
+                  f.cut_at);
         w->scan_cut = f.cut;
         uint64_t after = f.n;
         size_t end = f.end; /* where the dropped records end (past it: no record) */
@@ -834,7 +843,6 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
                        "would be lost; refusing to replay", w->dir, name, off, bad, f.n);
           break;
         }
-        uint64_t group = w->o.max_batch_bytes + w->o.max_batch_bytes / 8 + 2 * WAL_SKIP_MAX;
         if (after && end - off > group) {
           rc = ps_errf(eb, PS_EIO, "redo log '%s/%s' is corrupt at offset %zu (%s), and %" PRIu64
                        " intact records follow it over %zu bytes, more than one group holds "

@@ -15,6 +15,8 @@
  * (ps_chan_alive) and opened again, so no push is lost to it. */
 #include "psw_sparse.h"
 
+#include "ps_log.h"
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -359,8 +361,8 @@ int psw_sparse_pull(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, float *
 /* push_lost counts shard K's push of N rows lost with its connection
  * (not resent: it may have been applied) and says so. */
 static void push_lost(psw_sparse *s, uint32_t n, const ps_errbuf *eb) {
-  fprintf(stderr, "psw: sparse table '%s'/%u: a push of %u rows is lost (%s); not resent\n",
-          s->model, s->table, n, eb->msg);
+  ps_warn("worker %u: sparse table '%s'/%u: a push of %u rows is lost (%s); not resent "
+          "(counted in sparse_pushes_lost)", s->worker, s->model, s->table, n, eb->msg);
   s->lost_pushes++;
 }
 

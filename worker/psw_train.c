@@ -936,13 +936,14 @@ static void run_push_counts(psw_run *x, psw_train_result *r) {
     return;
   }
   r->nshards = psw_client_push_counts(x->cl, r->pushes_acked, r->pushes_unanswered, n);
+  r->sparse_lost = x->sp ? (int64_t)psw_sparse_lost_pushes(x->sp) : -1;
 }
 
 /* psw_train_run: see psw_train.h. */
 int psw_train_run(const psw_train_opts *o, psw_train_result *r, ps_errbuf *eb) {
   memset(r, 0, sizeof *r);
   r->test_loss = r->test_accuracy = r->train_loss = r->test_auc = r->test_logloss = NAN;
-  r->job_done = -1;
+  r->job_done = r->sparse_lost = -1;
   psw_run x = {.o = o, .r = r};
   x.t0_ms = (int64_t)run_now_ms();
   if (!o->epochs || !o->batch || (!o->register_worker && o->rank >= o->workers)) {
@@ -1007,7 +1008,7 @@ int psw_train_evaluate(const psw_train_opts *o, psw_train_result *r, uint64_t *v
                        ps_errbuf *eb) {
   memset(r, 0, sizeof *r);
   r->test_loss = r->test_accuracy = r->train_loss = r->test_auc = r->test_logloss = NAN;
-  r->job_done = -1;
+  r->job_done = r->sparse_lost = -1;
   *version = 0;
   psw_run x = {.o = o, .r = r, .reader = 1}; /* a reader, not a training worker */
   x.t0_ms = (int64_t)run_now_ms();
@@ -1096,6 +1097,8 @@ void psw_train_json(FILE *out, const char *model, uint32_t batch, const psw_trai
   fputc(']', out);
   json_u64s(out, "pushes_acked", r->pushes_acked, r->nshards);
   json_u64s(out, "pushes_unanswered", r->pushes_unanswered, r->nshards);
+  if (r->sparse_lost >= 0)
+    fprintf(out, ",\"sparse_pushes_lost\":%lld", (long long)r->sparse_lost);
   fprintf(out, ",\"bytes_sent\":%llu,\"bytes_received\":%llu,\"push_bytes\":%llu,"
           "\"shm_bytes\":%llu",
           (unsigned long long)r->bytes_sent, (unsigned long long)r->bytes_received,

@@ -105,6 +105,8 @@ typedef struct psw_train_result {
   uint64_t shm_bytes;          /* of both, payloads moved through shared memory */
   uint64_t *pushes_acked;      /* per shard (config order): pushes it acknowledged, */
   uint64_t *pushes_unanswered; /* and pushes whose answer never came (psw_client_push_counts) */
+  int64_t sparse_lost;         /* sparse pushes lost with a shard's connection, never resent
+                                  (psw_sparse_lost_pushes); -1: a dense model */
   size_t nshards;              /* (both malloc'd: psw_train_result_free) */
 } psw_train_result;
 

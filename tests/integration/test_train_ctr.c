@@ -129,6 +129,7 @@ START_TEST(test_train_ctr_two_workers) {
            auc0, auc, ll0, ll);
     ck_assert_msg(auc > TC_MIN_AUC && ll < ll0 - 0.05, "worker %d: %s", r, line);
     ck_assert_int_eq((int)ps_test_json_num(line, "epochs"), 1);
+    ck_assert_msg(strstr(line, "\"sparse_pushes_lost\":0"), "%s", line); /* no shard died */
     steps += (uint64_t)ps_test_json_num(line, "steps");
     free(text);
   }

@@ -664,6 +664,19 @@ START_TEST(test_torn_tail_counts) {
 }
 END_TEST
 
+/* log_of_ten writes a log of records 100000..100009 in DIR and opens its
+ * segment (*SEG, malloc'd) for writing: the descriptor, with *AT the
+ * offset after the direct write's padding. */
+static int log_of_ten(const char *dir, char **seg, off_t *at) {
+  write_log(dir, 10, 200, 99999, NULL);
+  *seg = newest_segment(dir);
+  int fd = open(*seg, O_WRONLY);
+  ck_assert_int_ge(fd, 0);
+  *at = lseek(fd, 0, SEEK_END);
+  *at = (*at + 4095) / 4096 * 4096;
+  return fd;
+}
+
 /* After a crash the last segment is often a reused file whose older
  * records follow ours: the search for intact records after our last one
  * reads them all.  Older sparse pushes hold sorted small keys, many of
@@ -675,12 +688,9 @@ END_TEST
  * (replay_scan_cut 0) and finds nothing of ours there. */
 START_TEST(test_scan_old_sparse_bytes) {
   const char *dir = ps_test_tmpdir();
-  write_log(dir, 10, 200, 99999, NULL); /* records 100000..100009 */
-  char *seg = newest_segment(dir);
-  int fd = open(seg, O_WRONLY);
-  ck_assert_int_ge(fd, 0);
-  off_t at = lseek(fd, 0, SEEK_END);
-  at = (at + 4095) / 4096 * 4096; /* after the direct write's padding */
+  char *seg;
+  off_t at;
+  int fd = log_of_ten(dir, &seg, &at);
   enum { KEYS = 512, DIM = 16, RECS = 16 << 20 >> 15 }; /* 32 KiB each, 16 MiB */
   size_t rl = WAL_HDR_TEST + KEYS * 8 + KEYS * DIM * 4;
   uint8_t *rec = malloc(rl);
@@ -725,12 +735,10 @@ END_TEST
  * ("it may have missed some", an outside test, 4 runs of 4). */
 START_TEST(test_scan_cut_far_not_warned) {
   const char *dir = ps_test_tmpdir();
-  write_log(dir, 10, 200, 99999, NULL); /* records 100000..100009 */
-  char *seg = newest_segment(dir);
-  int fd = open(seg, O_WRONLY);
-  ck_assert_int_ge(fd, 0);
-  off_t at = lseek(fd, 0, SEEK_END);
-  at = (at + 4095) / 4096 * 4096 + (3 << 19); /* 1.5 MiB of zeros past the records */
+  char *seg;
+  off_t at;
+  int fd = log_of_ten(dir, &seg, &at);
+  at += 3 << 19; /* 1.5 MiB of zeros past the records */
   enum { CANDS = 64, TAIL = 4 << 20 };
   uint8_t *tail = malloc(TAIL);
   ps_test_rng_init();

@@ -80,6 +80,20 @@ __attribute__((format(printf, 3, 4))) static int cfg_err(cfg_ctx *x, yaml_mark_t
   return ps_errf(x->eb, PS_ECONFIG, "%s:%zu:%zu: %s", x->path, m.line + 1, m.column + 1, msg);
 }
 
+/* cfg_warn appends the line "PATH:LINE:COL: warning: message" to C's
+ * warnings (cut at the buffer's end). */
+__attribute__((format(printf, 4, 5))) static void cfg_warn(cfg_ctx *x, ps_config *c,
+                                                           yaml_mark_t m, const char *fmt, ...) {
+  char msg[4096];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(msg, sizeof msg, fmt, ap);
+  va_end(ap);
+  size_t used = strlen(c->warning);
+  snprintf(c->warning + used, sizeof c->warning - used, "%s%s:%zu:%zu: warning: %s",
+           used ? "\n" : "", x->path, m.line + 1, m.column + 1, msg);
+}
+
 static yaml_node_t *cfg_node(cfg_ctx *x, int index) {
   return yaml_document_get_node(x->doc, index);
 }
@@ -724,14 +738,11 @@ static int cfg_durability_post(cfg_ctx *x, void *base, yaml_node_t *n, const yam
   ps_config *c = base;
   if (!n || c->durability == PS_DUR_SYNC) return 0;
   for (size_t i = 0; i < sizeof cfg_durability_slots / sizeof cfg_durability_slots[0]; i++) {
-    size_t used = strlen(c->warning);
     if (strncmp(cfg_durability_slots[i].name, "group_commit_", 13) ||
         marks[i].index == n->start_mark.index) /* (absent) */
       continue;
-    snprintf(c->warning + used, sizeof c->warning - used,
-             "%s%s:%zu:%zu: warning: '%s' applies under durability mode sync only; mode periodic "
-             "ignores it", used ? "\n" : "", x->path, marks[i].line + 1, marks[i].column + 1,
-             cfg_durability_slots[i].name);
+    cfg_warn(x, c, marks[i], "'%s' applies under durability mode sync only; mode periodic "
+             "ignores it", cfg_durability_slots[i].name);
   }
   return 0;
 }
@@ -811,13 +822,10 @@ static int cfg_shard_dups(cfg_ctx *x, ps_config *c, size_t i,
         ps_addr_split(c->shards[j].grpc_addr, other_host, sizeof other_host, &port, &eb) < 0 ||
         strcmp(host, other_host))
       continue;
-    size_t used = strlen(c->warning);
-    yaml_mark_t m = marks[i][CFG_SHARD_DATA_DIR];
-    snprintf(c->warning + used, sizeof c->warning - used,
-             "%s%s:%zu:%zu: warning: 'data_dir' '%s' is shard %" PRIu32 "'s too (line %zu), on "
-             "the same host '%s': unless they run apart (containers), the second one to start "
-             "is refused", used ? "\n" : "", x->path, m.line + 1, m.column + 1, s->data_dir,
-             c->shards[j].id, marks[j][CFG_SHARD_DATA_DIR].line + 1, host);
+    cfg_warn(x, c, marks[i][CFG_SHARD_DATA_DIR],
+             "'data_dir' '%s' is shard %" PRIu32 "'s too (line %zu), on the same host '%s': "
+             "unless they run apart (containers), the second one to start is refused",
+             s->data_dir, c->shards[j].id, marks[j][CFG_SHARD_DATA_DIR].line + 1, host);
     break;
   }
   return 0;

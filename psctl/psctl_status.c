@@ -52,9 +52,8 @@ static void psctl_status_row(psctl_row *row, const ps_shard_conf *sc, const psct
     row->params += s->models[i]->params;
     if (s->models[i]->version > row->version) row->version = s->models[i]->version;
   }
-  if (a->err == 0 && s->uptime_ms > ((const Ps__StatusReply *)a->resp)->uptime_ms) {
-    /* (not across a restart between the samples: the uptime went back) */
-    const Ps__StatusReply *p = (const Ps__StatusReply *)a->resp;
+  const Ps__StatusReply *p = a->err == 0 ? (const Ps__StatusReply *)a->resp : NULL;
+  if (p && s->uptime_ms > p->uptime_ms) { /* (not across a restart: the uptime went back) */
     double dt = (double)(s->uptime_ms - p->uptime_ms) / 1e3;
     if (s->pushes >= p->pushes) {
       row->push_rate = (double)(s->pushes - p->pushes) / dt;

@@ -590,10 +590,9 @@ static int psd_main_handles(psd_main *m) {
   uv_timer_init(&m->loop, &m->flush_timer);
   uv_timer_init(&m->loop, &m->watchdog_timer);
   uv_timer_init(&m->loop, &m->wal_timer);
-  m->wal_timer.data = m;
-  if (m->sh.wal) uv_timer_start(&m->wal_timer, psd_main_on_wal_timer, 1000, 1000);
   uv_timer_init(&m->loop, &m->drain_timer);
-  m->flush_timer.data = m->watchdog_timer.data = m->drain_timer.data = m;
+  m->flush_timer.data = m->watchdog_timer.data = m->drain_timer.data = m->wal_timer.data = m;
+  if (m->sh.wal) uv_timer_start(&m->wal_timer, psd_main_on_wal_timer, 1000, 1000);
   uint64_t iv = m->sh.cfg->flush_interval_ms ? m->sh.cfg->flush_interval_ms : 1000;
   if (m->sh.store) uv_timer_start(&m->flush_timer, psd_main_on_flush_timer, iv, iv);
   uint64_t usec = 0;
@@ -609,19 +608,18 @@ static int psd_main_handles(psd_main *m) {
 static int psd_main_open(psd_main *m) {
   psd_shard *sh = &m->sh;
   const ps_config *cfg = sh->cfg;
+  ps_errbuf eb = {{0}};
+  int err = psd_store_lock_dir(sh->me->data_dir, &m->dir_lock, &eb);
+  if (err < 0) {
+    ps_err("shard %u: cannot open the store: %s", sh->me->id, eb.msg);
+    return 1;
+  }
   uint32_t *ids = calloc(cfg->nshards, sizeof *ids);
   if (!ids) return 1;
   for (size_t i = 0; i < cfg->nshards; i++) ids[i] = cfg->shards[i].id;
   psd_store_opts o = {.dir = sh->me->data_dir, .shard_index = sh->index, .shard_ids = ids,
                       .nshards = cfg->nshards, .chunk_elems = cfg->chunk_elems,
                       .max_bytes = ps_config_shard_budget(cfg)};
-  ps_errbuf eb = {{0}};
-  int err = psd_store_lock_dir(sh->me->data_dir, &m->dir_lock, &eb);
-  if (err < 0) {
-    free(ids);
-    ps_err("shard %u: cannot open the store: %s", sh->me->id, eb.msg);
-    return 1;
-  }
   /* the log's spare files (psd_wal invariant 6) go first: on a full disk
    * the store may need their space to open */
   char redo[4096];

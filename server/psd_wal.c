@@ -599,6 +599,12 @@ typedef struct wal_found {
   int later;         /* a group after the bad record's was written (end marks) */
 } wal_found;
 
+/* wal_found_cut notes in F that the search skipped or stopped at AT. */
+static void wal_found_cut(wal_found *f, size_t at) {
+  if (!f->cut) f->cut_at = at;
+  f->cut = 1;
+}
+
 /* wal_count_after looks for the intact records of this log after a bad
  * one at offset OFF of segment BUF (N bytes), into F: records whose seq
  * is NEXT (the bad record's, when it is ours) or later, found at any byte
@@ -637,12 +643,11 @@ static void wal_count_after(const uint8_t *buf, size_t n, size_t off, uint64_t n
       /* this version's records carry the CRC-32C flag: an older sparse
        * push's small keys, read as a length, do not */
       if (!(wal_get32(buf + at) & WAL_CRC32C)) fits = 0;
-      else if (len > loose) fits = 0, f->cut_at = f->cut ? f->cut_at : at, f->cut = 1;
+      else if (len > loose) fits = 0, wal_found_cut(f, at);
       else loose -= len;
     }
     if (fits && len > budget) {
-      f->cut_at = f->cut ? f->cut_at : at;
-      f->cut = 1;
+      wal_found_cut(f, at);
       break;
     }
     if (fits) budget -= len;

@@ -275,7 +275,7 @@ static int psctl_submit_report(const psctl_cluster *c, const char *name, psctl_r
     }
     const Ps__SubmitModelReply *rep = (const Ps__SubmitModelReply *)r[i].resp;
     printf("shard %u: %s model '%s', %u chunks, %llu parameters\n", s->id,
-           rep->created ? "created" : "already has", name, rep->chunks,
+           rep->replaced ? "replaced" : rep->created ? "created" : "already has", name, rep->chunks,
            (unsigned long long)rep->params);
     ok++;
   }

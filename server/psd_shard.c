@@ -422,6 +422,7 @@ int psd_shard_submit(psd_shard *sh, const Ps__ModelSpec *spec, int replace,
     if (err < 0) return psd_shard_done(sh, err);
   }
   reply->created = created != 0;
+  reply->replaced = created == 2;
   reply->chunks = nchunks;
   reply->params = nparams;
   return 0;

@@ -942,6 +942,7 @@ int psd_store_submit(psd_store *s, const Ps__ModelSpec *spec, int replace, int *
     return rc;
   }
   s->next_gen++;
+  int made = old ? 2 : 1; /* *CREATED: see psd_store.h */
   pthread_mutex_lock(&s->mu); /* a flush's thread may be looking for models */
   if (old) {
     psd_model_free(old);
@@ -951,7 +952,7 @@ int psd_store_submit(psd_store *s, const Ps__ModelSpec *spec, int replace, int *
   }
   pthread_mutex_unlock(&s->mu);
   if (rc < 0) return rc;
-  if (created) *created = 1;
+  if (created) *created = made;
   psd_store_counts(m, nchunks, nparams);
   return 0;
 }

@@ -63,9 +63,9 @@ int psd_store_open(psd_store **out, const psd_store_opts *o, ps_errbuf *eb);
 void psd_store_close(psd_store *s);
 
 /* psd_store_submit registers SPEC (copied) and creates this shard's chunks
- * from their initializers.  The same spec again: 0 with *CREATED = 0.  A
- * different spec under a taken name: PS_EEXIST unless REPLACE, which drops
- * the old model's state.  Bad specs: PS_EINVAL.  PS_ETOOBIG, before
+ * from their initializers, with *CREATED = 1.  The same spec again: 0 with
+ * *CREATED = 0.  A different spec under a taken name: PS_EEXIST unless
+ * REPLACE, which drops the old model's state (*CREATED = 2).  Bad specs: PS_EINVAL.  PS_ETOOBIG, before
  * anything is allocated, when the store's models would then hold more
  * than max_bytes (the replaced model not counted), naming the model, what
  * it needs here and the budget.  PS_EDEGRADED while the store is closed

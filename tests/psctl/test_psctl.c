@@ -455,6 +455,7 @@ START_TEST(test_psctl_submit) {
   /* With --replace: 0 and the new lr on every shard. */
   ck_assert_msg(pt_psctl(&x, "submit lr.pb --name m --optimizer adam --lr 0.02 --replace "
                              "--config '%s'", x.yaml) == 0, "submit --replace failed, see %s", x.err);
+  ck_assert_msg(pt_contains(x.out, "shard 0: replaced model 'm'"), "see %s", x.out);
   for (int s = 0; s < PT_NSHARDS; s++) {
     ck_assert_uint_eq(pt_status_nmodels(&x, s), 1);
     ck_assert_float_eq(pt_lr(&x, s, "m"), 0.02f);

@@ -182,7 +182,7 @@ START_TEST(test_rpc_submit_push_pull) {
     ps_rpc *r = rpc_open(s);
     Ps__SubmitModelReply *rep = NULL;
     ck_assert_msg(rpc_submit(r, &m.spec, 0, &rep, &eb) == 0, "submit: %s", eb.msg);
-    ck_assert(rep->created);
+    ck_assert(rep->created && !rep->replaced);
     chunks += rep->chunks;
     params += rep->params;
     protobuf_c_message_free_unpacked(&rep->base, NULL);
@@ -235,7 +235,11 @@ START_TEST(test_rpc_submit_push_pull) {
   Ps__SubmitModelReply *rep = NULL;
   ck_assert_int_eq(rpc_submit(r, &m2.spec, 0, &rep, &eb), PS_EEXIST);
   ck_assert_int_eq(rpc_submit(r, &m2.spec, 1, &rep, &eb), 0);
-  ck_assert(rep->created);
+  ck_assert(rep->created && rep->replaced);
+  protobuf_c_message_free_unpacked(&rep->base, NULL);
+  /* the same spec again, replace or not: neither created nor replaced */
+  ck_assert_int_eq(rpc_submit(r, &m2.spec, 1, &rep, &eb), 0);
+  ck_assert(!rep->created && !rep->replaced);
   protobuf_c_message_free_unpacked(&rep->base, NULL);
   ps_rpc_close(r);
   ps_layout_release(&l);

@@ -1143,13 +1143,13 @@ static int chan_hello(ps_chan_client *c, const char *cluster, const ps_auth_key 
   int rc = chan_hello_frame(c, &meta, ns, &ns_len, proof, &proof_len, &mac, eb);
   if (rc < 0 || !key) return rc;
   if (ns_len != PS_AUTH_NONCE)
-    return ps_errf(eb, PS_EPROTO, "channel '%s': the shard does not authenticate the channel "
+    return ps_errf(eb, PS_EPERM, "channel '%s': the shard does not authenticate the channel "
                    "(no security.secret_file there?)", c->addr);
   if (!ps_auth_check(key, 1, cluster, nc, ns, mac, proof, proof_len))
-    return ps_errf(eb, PS_EPROTO, "channel '%s': the shard's proof of key '%s' is wrong "
+    return ps_errf(eb, PS_EPERM, "channel '%s': the shard's proof of key '%s' is wrong "
                    "(another secret file?)", c->addr, key->id);
   if (want_mac && !mac)
-    return ps_errf(eb, PS_EPROTO, "channel '%s': the shard does not MAC frames "
+    return ps_errf(eb, PS_EPERM, "channel '%s': the shard does not MAC frames "
                    "(security.payload_mac is false there)", c->addr);
   ps_auth_proof(key, 0, cluster, nc, ns, mac, proof);
   chan_meta_init(&meta, PS__CHAN_OP__CHAN_HELLO, NULL);

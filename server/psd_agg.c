@@ -431,6 +431,10 @@ int psd_agg_payload(psd_agg *a, const ps_req *r, int push, uint64_t *nelems, uin
 static void agg_job_fin(psd_done *d, int status, const char *msg) {
   agg_job *j = d->arg;
   psd_agg *a = j->link->a;
+  /* a root that refuses this aggregator's channel key (PS_EPERM) leaves
+   * its workers a way round: unavailable here, they go to the roots
+   * with their own keys (psw_retryable) */
+  if (status == PS_EPERM) status = PS_EUNAVAIL;
   j->status = status;
   if (status < 0) {
     ps_errf(&j->eb, status, "%s", msg ? msg : ps_strerror(status));

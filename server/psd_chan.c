@@ -91,8 +91,11 @@
  *     (ps_auth.h): HELLO(key id, Nc) -> HELLO(Ns, shard's proof) ->
  *     HELLO(client's proof) -> HELLO.  Until the proof checks out the
  *     connection stays pre-hello (invariant 8's meta cap, nothing else
- *     served); a missing, unknown or wrong proof gets one error frame and
- *     a close, and counts in chan_auth_refused.  A replayed hello meets a
+ *     served); a missing, unknown or wrong proof gets one error frame
+ *     (status PS_EPERM: clients do not retry it) and a close, and counts
+ *     in chan_auth_refused, as does a client that closes after the
+ *     shard's proof without sending its own (it found that proof wrong:
+ *     another secret under the key id).  A replayed hello meets a
  *     fresh Ns, so its old proof is wrong.
  * 10. With security.payload_mac the shard says so in its challenge (bound
  *     into both proofs) and every frame after the hello, both ways, ends in
@@ -446,23 +449,28 @@ int psd_chan_hello_check(const ps_config *cfg, const ps_chan_hdr *h, const Ps__C
   return 0;
 }
 
-/* conn_hello_refuse answers the hello with error STATUS / MSG and closes
- * once it is written; an authentication failure (AUTH) is counted and
- * logged at most every CHAN_REFUSE_LOG_MS. */
-static int conn_hello_refuse(psd_conn *c, int status, const char *msg, int auth) {
+/* conn_auth_refused counts a failed hello authentication of C in
+ * chan_auth_refused and logs it (MSG: why) at most every
+ * CHAN_REFUSE_LOG_MS. */
+static void conn_auth_refused(psd_conn *c, const char *msg) {
   psd_chan *ch = c->chan;
   psd_shard *sh = ch->sh;
-  psd_shard_count_error(sh);
-  if (auth) {
-    sh->ctr.chan_auth_refused++;
-    uint64_t now = uv_now(sh->loop);
-    if (ch->auth_logged == 0 || now - ch->auth_log_ms >= CHAN_REFUSE_LOG_MS) {
-      ps_warn("channel: refused %llu unauthenticated connection(s) since the last report: %s",
-              (unsigned long long)(sh->ctr.chan_auth_refused - ch->auth_logged), msg);
-      ch->auth_logged = sh->ctr.chan_auth_refused;
-      ch->auth_log_ms = now;
-    }
+  sh->ctr.chan_auth_refused++;
+  uint64_t now = uv_now(sh->loop);
+  if (ch->auth_logged == 0 || now - ch->auth_log_ms >= CHAN_REFUSE_LOG_MS) {
+    ps_warn("channel: refused %llu unauthenticated connection(s) since the last report: %s",
+            (unsigned long long)(sh->ctr.chan_auth_refused - ch->auth_logged), msg);
+    ch->auth_logged = sh->ctr.chan_auth_refused;
+    ch->auth_log_ms = now;
   }
+}
+
+/* conn_hello_refuse answers the hello with error STATUS / MSG and closes
+ * once it is written; an authentication failure (AUTH) is counted
+ * (conn_auth_refused). */
+static int conn_hello_refuse(psd_conn *c, int status, const char *msg, int auth) {
+  psd_shard_count_error(c->chan->sh);
+  if (auth) conn_auth_refused(c, msg);
   c->paused = 1; /* read nothing more: the connection closes once the error is written */
   uv_read_stop((uv_stream_t *)&c->tcp);
   conn_reply_error(c, status, msg, 0, 1);
@@ -588,12 +596,12 @@ static int conn_hello_challenge(psd_conn *c, const Ps__ChanMeta *m) {
   char why[160];
   const ps_auth_key *k = ps_auth_find(&ch->keys, m->key_id && *m->key_id ? m->key_id : NULL);
   if (!m->key_id || !*m->key_id || m->nonce.len != PS_AUTH_NONCE)
-    return conn_hello_refuse(c, PS_EPROTO, "channel authentication required: this shard has "
+    return conn_hello_refuse(c, PS_EPERM, "channel authentication required: this shard has "
                              "security.secret_file and the hello names no key (or no 32-byte "
                              "nonce)", 1);
   if (!k) {
     snprintf(why, sizeof why, "channel authentication failed: unknown key id '%.32s'", m->key_id);
-    return conn_hello_refuse(c, PS_EPROTO, why, 1);
+    return conn_hello_refuse(c, PS_EPERM, why, 1);
   }
   ps_errbuf eb;
   if (ps_auth_nonce(c->ns, &eb) < 0) return conn_hello_refuse(c, PS_EINTERNAL, eb.msg, 0);
@@ -618,14 +626,14 @@ static int conn_hello_challenge(psd_conn *c, const Ps__ChanMeta *m) {
 /* conn_hello_proof checks the client's proof (invariant 9). */
 static int conn_hello_proof(psd_conn *c, const Ps__ChanMeta *m) {
   if ((int)m->op != PS__CHAN_OP__CHAN_HELLO || c->rx.h.data_len)
-    return conn_hello_refuse(c, PS_EPROTO, "channel authentication: expected the hello's proof", 1);
+    return conn_hello_refuse(c, PS_EPERM, "channel authentication: expected the hello's proof", 1);
   if (!ps_auth_check(&c->key, 0, c->chan->sh->cfg->cluster, c->nc, c->ns,
                      c->chan->sh->cfg->security.payload_mac, m->auth.data, m->auth.len)) {
     char why[160];
     snprintf(why, sizeof why, "channel authentication failed: wrong proof of key '%s'",
              c->key.id);
     OPENSSL_cleanse(&c->key, sizeof c->key);
-    return conn_hello_refuse(c, PS_EPROTO, why, 1);
+    return conn_hello_refuse(c, PS_EPERM, why, 1);
   }
   c->role = c->key.role;
   return conn_hello_ok(c);
@@ -1572,6 +1580,9 @@ static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   (void)buf;
   if (nread < 0) {
     if (c->rx.state != PS_CHAN_RX_HDR || c->rx.got) psd_shard_count_error(c->chan->sh); /* truncated */
+    if (c->hello_proving) /* invariant 9: the client found this shard's proof wrong */
+      conn_auth_refused(c, "a client left after the shard's proof, without its own (its secret "
+                           "file has another secret for that key id?)");
     conn_close(c);
     return;
   }

@@ -490,7 +490,8 @@ static void cc_ready(psd_chan_client *c) {
 /* cc_hello_next acts on the reply to HELLO step hello_step. */
 static void cc_hello_next(psd_chan_client *c) {
   if (c->hello.status < 0) {
-    cc_fail(c, PS_EPROTO, "channel '%s': the shard refused the hello: %s",
+    cc_fail(c, c->hello.status == PS_EPERM ? PS_EPERM : PS_EPROTO,
+            "channel '%s': the shard refused the hello: %s",
             c->hello.msg ? c->hello.msg : ps_strerror(c->hello.status));
     free(c->hello.msg);
     c->hello.msg = NULL;
@@ -502,18 +503,18 @@ static void cc_hello_next(psd_chan_client *c) {
   }
   if (c->hello_step == 1) {
     if (c->ns_len != PS_AUTH_NONCE) {
-      cc_fail(c, PS_EPROTO, "channel '%s': %s", "the shard does not authenticate the channel "
+      cc_fail(c, PS_EPERM, "channel '%s': %s", "the shard does not authenticate the channel "
               "(no security.secret_file there?)");
       return;
     }
     if (!ps_auth_check(c->key, 1, c->cluster, c->nc, c->ns, c->peer_mac, c->proof,
                        c->proof_len)) {
-      cc_fail(c, PS_EPROTO, "channel '%s': %s", "the shard's proof of the key is wrong "
+      cc_fail(c, PS_EPERM, "channel '%s': %s", "the shard's proof of the key is wrong "
               "(another secret file?)");
       return;
     }
     if (c->want_mac && !c->peer_mac) {
-      cc_fail(c, PS_EPROTO, "channel '%s': %s", "the shard does not MAC frames "
+      cc_fail(c, PS_EPERM, "channel '%s': %s", "the shard does not MAC frames "
               "(security.payload_mac is false there)");
       return;
     }

@@ -2,7 +2,11 @@
 #include "ps_tls.h"
 
 #include <errno.h>
+#include <openssl/bio.h>
 #include <openssl/crypto.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
+#include <openssl/x509_vfy.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -65,6 +69,101 @@ static int tls_pair(const char *ca, const char *cert, const char *key, char **ca
   return rc;
 }
 
+/* tls_time writes T (a certificate's date) to BUF. */
+static const char *tls_time(const ASN1_TIME *t, char *buf, size_t cap) {
+  BIO *b = BIO_new(BIO_s_mem());
+  int n = b && ASN1_TIME_print(b, t) ? BIO_read(b, buf, (int)cap - 1) : 0;
+  buf[n > 0 ? n : 0] = '\0';
+  BIO_free(b);
+  return buf;
+}
+
+/* tls_certs reads every certificate of PEM (its first in *FIRST, the rest
+ * appended to *MORE, made when NULL); 0 or PS_ECONFIG naming PATH. */
+static int tls_certs(const char *pem, const char *path, X509 **first, STACK_OF(X509) **more,
+                     ps_errbuf *eb) {
+  BIO *b = BIO_new_mem_buf(pem, -1);
+  if (!b) return ps_errf(eb, PS_ENOMEM, "out of memory reading '%s'", path);
+  X509 *x;
+  int n = 0, rc = 0;
+  while (rc == 0 && (x = PEM_read_bio_X509(b, NULL, NULL, NULL))) {
+    if (n++ == 0 && first) {
+      *first = x;
+      continue;
+    }
+    if ((!*more && !(*more = sk_X509_new_null())) || !sk_X509_push(*more, x)) {
+      X509_free(x);
+      rc = ps_errf(eb, PS_ENOMEM, "out of memory reading '%s'", path);
+    }
+  }
+  BIO_free(b);
+  if (rc == 0 && n == 0) rc = ps_errf(eb, PS_ECONFIG, "'%s': no certificate in it", path);
+  return rc;
+}
+
+/* tls_check_pem checks the pair CERT_PEM / KEY_PEM (files CERT, KEY)
+ * before gRPC is given it, whose own errors name neither file nor
+ * reason: the key is the certificate's, the certificate is valid now
+ * and chains to a certificate of CA_PEM (file CA).  0 or PS_ECONFIG. */
+static int tls_check_pem(const char *ca_pem, const char *cert_pem, const char *key_pem,
+                         const char *ca, const char *cert, const char *key, ps_errbuf *eb) {
+  X509 *leaf = NULL;
+  STACK_OF(X509) *chain = NULL, *anchors = NULL;
+  EVP_PKEY *pk = NULL;
+  X509_STORE *store = NULL;
+  X509_STORE_CTX *ctx = NULL;
+  char t[64];
+  int rc = tls_certs(cert_pem, cert, &leaf, &chain, eb);
+  if (rc == 0) {
+    BIO *b = BIO_new_mem_buf(key_pem, -1);
+    pk = b ? PEM_read_bio_PrivateKey(b, NULL, NULL, NULL) : NULL;
+    BIO_free(b);
+    if (!pk) rc = ps_errf(eb, PS_ECONFIG, "'%s': no private key in it (or one protected by a "
+                          "passphrase)", key);
+    else if (X509_check_private_key(leaf, pk) != 1)
+      rc = ps_errf(eb, PS_ECONFIG, "'%s' is not the private key of certificate '%s'", key, cert);
+  }
+  if (rc == 0 && X509_cmp_current_time(X509_get0_notAfter(leaf)) < 0)
+    rc = ps_errf(eb, PS_ECONFIG, "certificate '%s' expired on %s", cert,
+                 tls_time(X509_get0_notAfter(leaf), t, sizeof t));
+  if (rc == 0 && X509_cmp_current_time(X509_get0_notBefore(leaf)) > 0)
+    rc = ps_errf(eb, PS_ECONFIG, "certificate '%s' is not valid before %s", cert,
+                 tls_time(X509_get0_notBefore(leaf), t, sizeof t));
+  if (rc == 0) rc = tls_certs(ca_pem, ca, NULL, &anchors, eb);
+  if (rc == 0 && (!(store = X509_STORE_new()) || !(ctx = X509_STORE_CTX_new())))
+    rc = ps_errf(eb, PS_ENOMEM, "out of memory checking '%s'", cert);
+  for (int i = 0; rc == 0 && i < sk_X509_num(anchors); i++)
+    if (!X509_STORE_add_cert(store, sk_X509_value(anchors, i)))
+      rc = ps_errf(eb, PS_ENOMEM, "out of memory checking '%s'", cert);
+  if (rc == 0) {
+    /* an intermediate in tls.ca is a trust anchor as well */
+    X509_STORE_set_flags(store, X509_V_FLAG_PARTIAL_CHAIN);
+    if (!X509_STORE_CTX_init(ctx, store, leaf, chain))
+      rc = ps_errf(eb, PS_ENOMEM, "out of memory checking '%s'", cert);
+    else if (X509_verify_cert(ctx) != 1)
+      rc = ps_errf(eb, PS_ECONFIG, "certificate '%s' does not chain to the CA in '%s': %s", cert,
+                   ca, X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx)));
+  }
+  X509_STORE_CTX_free(ctx);
+  X509_STORE_free(store);
+  sk_X509_pop_free(anchors, X509_free);
+  sk_X509_pop_free(chain, X509_free);
+  EVP_PKEY_free(pk);
+  X509_free(leaf);
+  return rc;
+}
+
+/* ps_tls_check: see ps_tls.h. */
+int ps_tls_check(const char *ca, const char *cert, const char *key, ps_errbuf *eb) {
+  char *ca_pem, *cert_pem, *key_pem;
+  int rc = tls_pair(ca, cert, key, &ca_pem, &cert_pem, &key_pem, eb);
+  if (rc == 0 && cert && key) rc = tls_check_pem(ca_pem, cert_pem, key_pem, ca, cert, key, eb);
+  free(ca_pem);
+  free(cert_pem);
+  ps_tls_free_secret(key_pem);
+  return rc;
+}
+
 int ps_tls_server_creds(const ps_config *cfg, grpc_server_credentials **out, ps_errbuf *eb) {
   *out = NULL;
   if (cfg->security.mode != PS_SEC_TLS) {
@@ -74,7 +173,13 @@ int ps_tls_server_creds(const ps_config *cfg, grpc_server_credentials **out, ps_
   const ps_tls_conf *t = &cfg->security.tls;
   char *ca, *cert, *key;
   int rc = tls_pair(t->ca, t->cert, t->key, &ca, &cert, &key, eb);
-  if (rc < 0) return rc;
+  if (rc == 0) rc = tls_check_pem(ca, cert, key, t->ca, t->cert, t->key, eb);
+  if (rc < 0) {
+    free(ca);
+    free(cert);
+    ps_tls_free_secret(key);
+    return rc;
+  }
   grpc_ssl_pem_key_cert_pair pair = {key, cert};
   *out = grpc_ssl_server_credentials_create_ex(
       ca, &pair, 1,
@@ -97,11 +202,22 @@ int ps_tls_channel_creds(const ps_config *cfg, int role, grpc_channel_credential
   }
   const ps_tls_conf *t = &cfg->security.tls;
   const char *cf = NULL, *kf = NULL;
-  if (role == PS_ROLE_WORKER) cf = t->worker_cert, kf = t->worker_key;
-  else if (role == PS_ROLE_OPERATOR) cf = t->operator_cert, kf = t->operator_key;
+  const char *which = NULL;
+  if (role == PS_ROLE_WORKER) cf = t->worker_cert, kf = t->worker_key, which = "worker";
+  else if (role == PS_ROLE_OPERATOR)
+    cf = t->operator_cert, kf = t->operator_key, which = "operator";
+  if (which && !cf && cfg->security.require_client_cert)
+    return ps_errf(eb, PS_ECONFIG, "security.tls.%s_cert is not set, and the shards refuse a "
+                   "client without a certificate (security.require_client_cert)", which);
   char *ca, *cert, *key;
   int rc = tls_pair(t->ca, cf, kf, &ca, &cert, &key, eb);
-  if (rc < 0) return rc;
+  if (rc == 0 && cert) rc = tls_check_pem(ca, cert, key, t->ca, cf, kf, eb);
+  if (rc < 0) {
+    free(ca);
+    free(cert);
+    ps_tls_free_secret(key);
+    return rc;
+  }
   grpc_ssl_pem_key_cert_pair pair = {key, cert};
   *out = grpc_ssl_credentials_create(ca, cert ? &pair : NULL, NULL, NULL);
   free(ca);

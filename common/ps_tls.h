@@ -23,14 +23,24 @@ int ps_tls_read(const char *path, int private_, char **out, ps_errbuf *eb);
 /* ps_tls_free_secret wipes and frees a buffer of ps_tls_read. */
 void ps_tls_free_secret(char *p);
 
+/* ps_tls_check reads CA, CERT and KEY (CERT and KEY may be NULL: only
+ * CA is read) and checks the pair as the credentials below do before
+ * gRPC gets it: KEY is CERT's private key, CERT is valid now and chains
+ * to a certificate in CA (an intermediate there counts as an anchor).
+ * 0, PS_ECONFIG or PS_EIO, naming the file and what is wrong. */
+int ps_tls_check(const char *ca, const char *cert, const char *key, ps_errbuf *eb);
+
 /* ps_tls_server_creds makes the shard's server credentials in *OUT
- * (caller releases with grpc_server_credentials_release). */
+ * (caller releases with grpc_server_credentials_release), its pair first
+ * checked as ps_tls_check does. */
 int ps_tls_server_creds(const ps_config *cfg, grpc_server_credentials **out, ps_errbuf *eb);
 
 /* ps_tls_channel_creds makes a client's credentials for ROLE (ps_auth.h:
  * PS_ROLE_WORKER uses the worker pair, PS_ROLE_OPERATOR the operator pair,
  * PS_ROLE_NONE presents no certificate) in *OUT (caller releases with
- * grpc_channel_credentials_release).  CFG NULL: insecure. */
+ * grpc_channel_credentials_release).  CFG NULL: insecure.  The pair is
+ * checked as ps_tls_check does; a worker or operator without one, when
+ * the shards require a client certificate, is PS_ECONFIG at once. */
 int ps_tls_channel_creds(const ps_config *cfg, int role, grpc_channel_credentials **out,
                          ps_errbuf *eb);
 

@@ -27,13 +27,19 @@
 
 typedef struct psctl_row {
   const ps_shard_conf *sc;
-  const Ps__StatusReply *st;  /* NULL: DOWN */
-  const char *why;            /* DOWN: the error */
+  const Ps__StatusReply *st;  /* NULL: DOWN or REFUSED */
+  const char *why;            /* DOWN or REFUSED: the error */
+  int err;                    /* ... and its code */
   uint64_t params, version;
   double push_rate, pull_rate; /* < 0: unknown */
   double flush_age_s;          /* < 0: never flushed */
   double sync_rate, per_sync;  /* redo log: syncs/s, pushes per sync; < 0: unknown */
 } psctl_row;
+
+/* psctl_down_state names the state of a shard or aggregator whose Status
+ * failed with ERR: REFUSED when it refused this client (its certificate's
+ * role), else DOWN. */
+static const char *psctl_down_state(int err) { return err == PS_EPERM ? "REFUSED" : "DOWN"; }
 
 /* psctl_status_row combines the two samples A (may have failed) and B of
  * shard SC into ROW. */
@@ -44,6 +50,7 @@ static void psctl_status_row(psctl_row *row, const ps_shard_conf *sc, const psct
   row->push_rate = row->pull_rate = row->flush_age_s = row->sync_rate = row->per_sync = -1;
   if (b->err < 0) {
     row->why = b->eb.msg;
+    row->err = b->err;
     return;
   }
   const Ps__StatusReply *s = (const Ps__StatusReply *)b->resp;
@@ -88,7 +95,8 @@ static void psctl_status_table(const psctl_row *rows, size_t n) {
   for (size_t i = 0; i < n; i++) {
     const psctl_row *r = &rows[i];
     if (!r->st) {
-      printf("%-5u %-21s %-10s %s\n", r->sc->id, r->sc->grpc_addr, "DOWN", r->why);
+      printf("%-5u %-21s %-10s %s\n", r->sc->id, r->sc->grpc_addr, psctl_down_state(r->err),
+             r->why);
       continue;
     }
     char in[16], out[16], disk[16], age[24], pr[16], lr[16];
@@ -317,7 +325,7 @@ static void psctl_status_json_row(const psctl_row *r) {
   printf(",\"channel\":");
   psctl_json_str(r->sc->channel_addr);
   if (!r->st) {
-    printf(",\"state\":\"DOWN\",\"error\":");
+    printf(",\"state\":\"%s\",\"error\":", psctl_down_state(r->err));
     psctl_json_str(r->why);
     printf("}");
     return;
@@ -461,6 +469,7 @@ typedef struct psctl_agg {
   const ps_agg_conf *g;
   Ps__StatusReply *a, *b;
   ps_errbuf why;
+  int err;                    /* the last sample's failure */
 } psctl_agg;
 
 /* psctl_agg_sample asks aggregator X->g for its Status into *OUT (left
@@ -469,9 +478,10 @@ static void psctl_agg_sample(psctl_agg *x, Ps__StatusReply **out, int timeout_ms
   ps_rpc *rpc = NULL;
   Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
   *out = NULL;
-  if (ps_rpc_open_cfg(&rpc, x->g->grpc_addr, x->cfg, PS_ROLE_OPERATOR, &x->why) < 0) return;
-  if (ps_rpc_call(rpc, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,
-                  (ProtobufCMessage **)out, timeout_ms, &x->why) < 0)
+  if ((x->err = ps_rpc_open_cfg(&rpc, x->g->grpc_addr, x->cfg, PS_ROLE_OPERATOR, &x->why)) < 0)
+    return;
+  if ((x->err = ps_rpc_call(rpc, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,
+                            (ProtobufCMessage **)out, timeout_ms, &x->why)) < 0)
     *out = NULL;
   ps_rpc_close(rpc);
 }
@@ -496,7 +506,8 @@ static void psctl_status_aggs(const psctl_agg *x, size_t n) {
   for (size_t i = 0; i < n; i++) {
     const Ps__StatusReply *b = x[i].b;
     if (!b) {
-      printf("%-16s %-21s %-10s %s\n", x[i].g->name, x[i].g->grpc_addr, "DOWN", x[i].why.msg);
+      printf("%-16s %-21s %-10s %s\n", x[i].g->name, x[i].g->grpc_addr,
+             psctl_down_state(x[i].err), x[i].why.msg);
       continue;
     }
     double fwd, hit;
@@ -522,7 +533,7 @@ static void psctl_status_json_aggs(const psctl_agg *x, size_t n) {
     psctl_json_str(x[i].g->grpc_addr);
     const Ps__StatusReply *b = x[i].b;
     if (!b) {
-      printf(",\"state\":\"DOWN\",\"error\":");
+      printf(",\"state\":\"%s\",\"error\":", psctl_down_state(x[i].err));
       psctl_json_str(x[i].why.msg);
       putchar('}');
       continue;
@@ -563,10 +574,11 @@ static const char psctl_status_usage[] =
     "disk is not answering).  A shard that fails the second sample after it answered\n"
     "the first (not by its deadline) is asked again on a new connection: it may have\n"
     "restarted (no rates).\n"
-    "An unreachable shard shows DOWN.  Aggregators of the file (its 'aggregators'\n"
-    "list) follow: sums forwarded per second, worker pushes summed, sums forwarded, pulls,\n"
-    "root fetches, the share of pulls answered without a fetch of their own, and the\n"
-    "workers that pushed or pulled through each within a lease.  --json prints the\n"
+    "An unreachable shard shows DOWN, one that refuses psctl's certificate (its role)\n"
+    "REFUSED.  Aggregators of the file (its 'aggregators' list) follow: sums forwarded\n"
+    "per second, worker pushes summed, sums forwarded, pulls, root fetches, the share of\n"
+    "pulls answered without a fetch of their own, and the workers that pushed or pulled\n"
+    "through each within a lease.  --json prints the\n"
     "same as one JSON object.\n"
     "Exit status: 0 when every shard is SERVING, 1 otherwise, 2 for usage/config errors.\n";
 

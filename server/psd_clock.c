@@ -485,21 +485,36 @@ void psd_clock_release_all(psd_clock *c, int status, const char *msg) {
   }
 }
 
-/* clock_expire makes W DEAD: out of every clock table, whose parked pulls
- * are then re-checked (invariant 3). */
-static void clock_expire(psd_clock *c, clock_worker *w, uint64_t now_ms) {
-  uint32_t id = w->id;
-  w->dead = 1;
-  clock_part_orphan(c, id);
-  clock_part_balance(c);
-  c->dirty = 1;
+/* clock_drop takes worker ID out of every clock table and re-checks the
+ * parked pulls; returns how many tables held it. */
+static size_t clock_drop(psd_clock *c, uint32_t id, uint64_t now_ms) {
+  size_t n = 0;
   for (size_t i = 0; i < c->nm; i++) {
     psd_clock_model *m = c->m[i];
     clock_entry *e = clock_entry_find(m, id);
     if (!e) continue;
     *e = m->ent[--m->nent];
+    c->dirty = 1;
+    n++;
   }
   for (size_t i = 0; i < c->nm; i++) clock_serve_ready(c, c->m[i], now_ms);
+  return n;
+}
+
+/* clock_expire makes W DEAD: out of every clock table, whose parked pulls
+ * are then re-checked (invariant 3). */
+static void clock_expire(psd_clock *c, clock_worker *w, uint64_t now_ms) {
+  w->dead = 1;
+  clock_part_orphan(c, w->id);
+  clock_part_balance(c);
+  c->dirty = 1;
+  clock_drop(c, w->id, now_ms);
+}
+
+/* psd_clock_step_out: see psd_clock.h. */
+size_t psd_clock_step_out(psd_clock *c, uint32_t worker, uint64_t now_ms) {
+  const clock_worker *w = clock_worker_find(c, worker);
+  return w && !w->dead ? clock_drop(c, worker, now_ms) : 0;
 }
 
 /* psd_clock_expired: see psd_clock.h. */

@@ -189,6 +189,13 @@ int psd_clock_expired(const psd_clock *c, uint32_t worker);
  * not count), UINT64_MAX when the table does not know it. */
 uint64_t psd_clock_silent_ms(const psd_clock *c, uint32_t worker, uint64_t now_ms);
 
+/* psd_clock_step_out takes live WORKER out of every clock table (the
+ * pulls waiting on it are re-checked), its lease and partitions kept: it
+ * has nothing to train for now.  Its next push or pull enters it again
+ * (invariant 1).  An unknown or dead worker is left alone.  Returns how
+ * many tables it left (0: it was in none). */
+size_t psd_clock_step_out(psd_clock *c, uint32_t worker, uint64_t now_ms);
+
 /* psd_clock_leave makes WORKER DEAD at once (it stops): it leaves every
  * clock table and the pulls waiting on it are re-checked; its partitions
  * go to the live workers (invariant 7; a drained worker reported its last

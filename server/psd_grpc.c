@@ -552,8 +552,8 @@ static int psd_grpc_allow(psd_shard *sh, psd_grpc_call *c, const struct psd_grpc
   psd_shard_count_error(sh);
   return ps_errf(eb, PS_EPERM, "'%s' is not allowed for role '%s'%s", m->path,
                  ps_role_name(role),
-                 role == PS_ROLE_NONE ? " (no client certificate with OU=worker, aggregator or "
-                                        "operator)" : "");
+                 role == PS_ROLE_NONE ? " (no client certificate, or one whose OU is not "
+                                        "worker, aggregator or operator)" : "");
 }
 
 /* psd_grpc_method_find returns the table entry for C's method, or NULL. */

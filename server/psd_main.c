@@ -721,22 +721,19 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
 }
 
 /* psd_main_check_security reads what the shard's security section names
- * (certificates, owner-only key and secret files) the way serving will;
- * 0 or PS_ECONFIG / PS_EIO with the path in EB. */
-static int psd_main_check_security(const ps_config *cfg, ps_errbuf *eb) {
+ * (certificates, owner-only key and secret files) the way serving will,
+ * and checks the shard's certificate and key (ps_tls_check); an
+ * aggregator (AGG) needs a key of its role in the secret file, to prove
+ * to the roots.  0 or PS_ECONFIG / PS_EIO with the path in EB. */
+static int psd_main_check_security(const ps_config *cfg, int agg, ps_errbuf *eb) {
   const ps_security_conf *s = &cfg->security;
   int rc = 0;
-  if (s->mode == PS_SEC_TLS) {
-    const char *files[] = {s->tls.ca, s->tls.cert, s->tls.key};
-    for (int i = 0; rc == 0 && i < 3; i++) {
-      char *pem;
-      rc = ps_tls_read(files[i], i == 2, &pem, eb);
-      if (rc == 0) ps_tls_free_secret(pem);
-    }
-  }
+  if (s->mode == PS_SEC_TLS) rc = ps_tls_check(s->tls.ca, s->tls.cert, s->tls.key, eb);
   if (rc == 0 && s->secret_file) {
     ps_auth_keys k;
-    rc = ps_auth_load(&k, s->secret_file, eb);
+    const ps_auth_key *mine;
+    rc = agg ? ps_auth_client_key(s->secret_file, PS_ROLE_AGGREGATOR, &k, &mine, eb)
+             : ps_auth_load(&k, s->secret_file, eb);
     ps_auth_release(&k);
   }
   return rc;
@@ -856,7 +853,7 @@ int main(int argc, char **argv) {
     ps_config_release(&cfg);
     return 2;
   }
-  if (psd_main_check_security(&cfg, &eb) < 0) {
+  if (psd_main_check_security(&cfg, a.aggregator != NULL, &eb) < 0) {
     fprintf(stderr, "%s: security: %s\n", a.config, eb.msg);
     ps_config_release(&cfg);
     return 2;

@@ -328,6 +328,9 @@ int psd_shard_heartbeat(psd_shard *sh, const Ps__HeartbeatRequest *req,
               : sh->coordinator ? " before it finished: its data partitions go to the live workers"
                                 : " before it finished");
   }
+  if (err == 0 && req->idle && !req->leaving && psd_clock_step_out(sh->clock, req->worker, now))
+    ps_info("worker %u waits for a partition to claim: out of the clock tables until it pushes "
+            "or pulls again", req->worker);
   psd_shard_clock_arm(sh);
   if (err < 0) return psd_shard_done(sh, err);
   reply->lease_ms = sh->cfg->workers.lease_ms;

@@ -232,12 +232,13 @@ static void coord_beat_init(psw_coord *c, Ps__HeartbeatRequest *req, uint32_t wo
  * shard (LEAVING, DONE, REJOIN: see HeartbeatRequest); returns 1 when a
  * shard said the worker had expired. */
 static int coord_heartbeat_all(psw_coord *c, uint32_t worker, int leaving, int done,
-                               int rejoin) {
+                               int rejoin, int idle) {
   Ps__HeartbeatRequest req;
   coord_beat_init(c, &req, worker);
   req.rejoin = rejoin;
   req.leaving = leaving;
   req.done = done;
+  req.idle = idle;
   int timeout = c->heartbeat_ms < PSW_COORD_CALL_MS ? (int)c->heartbeat_ms : PSW_COORD_CALL_MS;
   if (timeout < 200) timeout = 200;
   size_t n = c->cfg->nshards;
@@ -283,7 +284,7 @@ static int coord_reregister(psw_coord *c, uint64_t seen) {
   int err = c->registered ? coord_register_once(c, &eb) : 0;
   if (err == 0 && (!c->registered || c->reg->rank == old)) {
     if (c->registered) coord_set_parts(c, c->reg->partitions, c->reg->n_partitions);
-    int still = coord_heartbeat_all(c, old, 0, 0, 1);
+    int still = coord_heartbeat_all(c, old, 0, 0, 1, 0);
     pthread_mutex_lock(&c->mu);
     c->rejoins++;
     pthread_mutex_unlock(&c->mu);
@@ -293,7 +294,7 @@ static int coord_reregister(psw_coord *c, uint64_t seen) {
   }
   /* Not ours: give the rank we were offered back at once (as died, so
    * that its partitions keep going to the living). */
-  if (err == 0) coord_heartbeat_all(c, c->reg->rank, 1, 0, 0);
+  if (err == 0) coord_heartbeat_all(c, c->reg->rank, 1, 0, 0, 0);
   pthread_mutex_lock(&c->mu);
   c->lost = 1;
   if (err < 0)
@@ -326,7 +327,7 @@ static void *coord_main(void *arg) {
     /* The period runs from the round's start: a round that waits out a
      * silent shard does not push the next beat later. */
     struct timespec until = ps_deadline_ns((uint64_t)c->heartbeat_ms * 1000000u);
-    int expired = coord_heartbeat_all(c, c->worker, 0, 0, rejoin);
+    int expired = coord_heartbeat_all(c, c->worker, 0, 0, rejoin, 0);
     if (expired) coord_reregister(c, seen);
     pthread_mutex_lock(&c->mu);
     while (!c->quit && pthread_cond_timedwait(&c->cv, &c->mu, &until) != ETIMEDOUT) {
@@ -491,6 +492,14 @@ int psw_coord_claim(psw_coord *c, const psw_coord_part *fin, uint32_t epochs, ui
   return err;
 }
 
+/* psw_coord_step_out: see psw_coord.h. */
+void psw_coord_step_out(psw_coord *c) {
+  pthread_mutex_lock(&c->mu);
+  int lost = c->lost;
+  pthread_mutex_unlock(&c->mu);
+  if (!lost) coord_heartbeat_all(c, c->worker, 0, 0, 0, 1);
+}
+
 /* psw_coord_report: see psw_coord.h. */
 int psw_coord_report(psw_coord *c, const psw_coord_part *pos, ps_errbuf *eb) {
   Ps__HeartbeatReply *r;
@@ -568,7 +577,7 @@ void psw_coord_free(psw_coord *c, int leaving, int done) {
     pthread_cond_signal(&c->cv);
     pthread_mutex_unlock(&c->mu);
     pthread_join(c->thread, NULL);
-    if (leaving && !c->lost) coord_heartbeat_all(c, c->worker, 1, done, 0);
+    if (leaving && !c->lost) coord_heartbeat_all(c, c->worker, 1, done, 0, 0);
   }
   for (size_t i = 0; c->rpc && i < c->cfg->nshards; i++) ps_rpc_close(c->rpc[i]);
   free(c->rpc);

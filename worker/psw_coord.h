@@ -132,6 +132,13 @@ typedef struct psw_coord_part {
 int psw_coord_claim(psw_coord *c, const psw_coord_part *fin, uint32_t epochs, uint64_t data_size,
                     psw_coord_part *out, int *job_done, ps_errbuf *eb);
 
+/* psw_coord_step_out tells every shard that this worker has nothing to
+ * train for now (a heartbeat marked idle): it leaves their clock tables,
+ * so bsp/ssp pulls of the others do not wait for it, and keeps its lease
+ * and rank; its next push or pull enters it again.  A shard that misses
+ * it keeps it until the next call. */
+void psw_coord_step_out(psw_coord *c);
+
 /* psw_coord_report reports POS (invariant 6): 0, PS_ENOENT when the
  * partition is no longer this worker's (drop it), or a PS_E* code. */
 int psw_coord_report(psw_coord *c, const psw_coord_part *pos, ps_errbuf *eb);

@@ -807,21 +807,37 @@ static int run_wait_world(psw_run *x, ps_errbuf *eb) {
 
 /* run_claim sets *POS to the partition to train next: the coordinator's
  * grant (reporting FIN, may be NULL, with it) or, for a fixed rank, its
- * own partitions epoch after epoch from their start.  Returns 1, 0 when
- * nothing is left, or a PS_E* code. */
+ * own partitions epoch after epoch from their start.  A registered
+ * worker with nothing left to claim while other workers' partitions are
+ * unfinished waits for the job's end, out of the clock tables
+ * (psw_coord_step_out), and asks again every heartbeat: a worker that
+ * dies meanwhile leaves it its partitions.  Returns 1, 0 when nothing is
+ * left (the job is done, or a stop came while waiting), or a PS_E* code. */
 static int run_claim(psw_run *x, const psw_coord_part *fin, psw_coord_part *pos,
                      ps_errbuf *eb) {
   if (x->o->register_worker) {
-    int done = 0;
-    int err = psw_coord_claim(x->coord, fin, x->o->epochs, x->data_total, pos, &done, eb);
-    if (err == PS_EEXPIRED && (err = psw_coord_rejoin(x->coord, eb)) == 0)
-      err = psw_coord_claim(x->coord, NULL, x->o->epochs, x->data_total, pos, &done, eb);
-    if (err >= 0) x->r->job_done = done;
-    if (err == 0 && !done)
-      ps_info("worker %u: nothing left to claim, but partitions of other workers are not "
-              "finished; leaving (should one of those workers die now, its partitions wait "
-              "for a new worker)", x->rank);
-    return err;
+    for (int waited = 0;; waited++) {
+      int done = 0;
+      int err = psw_coord_claim(x->coord, fin, x->o->epochs, x->data_total, pos, &done, eb);
+      if (err == PS_EEXPIRED && (err = psw_coord_rejoin(x->coord, eb)) == 0)
+        err = psw_coord_claim(x->coord, NULL, x->o->epochs, x->data_total, pos, &done, eb);
+      fin = NULL;
+      if (err >= 0) x->r->job_done = done;
+      if (err != 0 || done) {
+        if (err > 0 && waited)
+          ps_info("worker %u: took over partition %u (epoch %u) after waiting", x->rank,
+                  pos->part, pos->epoch + 1);
+        return err;
+      }
+      if (!waited)
+        ps_info("worker %u: nothing left to claim; waiting while other workers finish their "
+                "partitions (one whose worker dies comes here)", x->rank);
+      psw_coord_step_out(x->coord);
+      if (ps_sleep_ms(x->o->cfg->workers.heartbeat_ms, x->o->stop) < 0 || run_stopping(x)) {
+        ps_info("worker %u: stopped while waiting: the job is not done", x->rank);
+        return 0;
+      }
+    }
   }
   if (x->local_next == x->nlocal) {
     x->local_next = 0;

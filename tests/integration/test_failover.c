@@ -17,6 +17,11 @@
  *  - coordinator restart: shard 0 stopped and started again mid-run
  *    restores the partition and clock tables (coordinator.state); the
  *    job completes with the same exact accounting.
+ *  - end of job: a worker with nothing left to claim waits; the last
+ *    one training (asp, slowed) is SIGKILLed, and the waiting worker
+ *    takes its partition over and finishes the job.
+ * Every worker that ends by itself says job_done true: one with nothing
+ * left to claim waits for the others' partitions.
  * The longer variant (MLP, 4 workers, a kill every 10 s) runs under
  * `make test-long` (PS_TEST_LONG=1).
  *
@@ -50,9 +55,9 @@ typedef struct tf_ctx {
 
 /* tf_start writes the cluster file (COUNT workers expected, MIN to
  * start, EPOCHS), starts both shards and submits model "m" (LAYERS:
- * "logreg" or an MLP layer list) as bsp with Adam at LR. */
-static void tf_start(tf_ctx *x, int count, int min, int epochs, const char *layers,
-                     const char *lr, int limit) {
+ * "logreg" or an MLP layer list) with Adam at LR, under CONSISTENCY. */
+static void tf_start_c(tf_ctx *x, int count, int min, int epochs, const char *layers,
+                       const char *lr, int limit, const char *consistency) {
   x->epochs = epochs;
   snprintf(x->dir, sizeof x->dir, "%s", ps_test_tmpdir());
   char extra[2048];
@@ -69,7 +74,13 @@ static void tf_start(tf_ctx *x, int count, int min, int epochs, const char *laye
            count, min, epochs, TF_BATCH, TF_PARTS, limit);
   snprintf(x->yaml, sizeof x->yaml, "%s", ps_test_cluster_yaml(x->dir, 2, extra, x->gp, x->cp));
   ps_test_start_shards(x->yaml, x->dir, 2, x->gp, x->cp, x->shard);
-  ps_test_submit_mlp(x->dir, x->yaml, layers, lr, "bsp", NULL);
+  ps_test_submit_mlp(x->dir, x->yaml, layers, lr, consistency, NULL);
+}
+
+/* tf_start: tf_start_c under bsp. */
+static void tf_start(tf_ctx *x, int count, int min, int epochs, const char *layers,
+                     const char *lr, int limit) {
+  tf_start_c(x, count, min, epochs, layers, lr, limit, "bsp");
 }
 
 /* tf_log writes worker I's log path to BUF. */
@@ -77,15 +88,20 @@ static void tf_log(const tf_ctx *x, int i, char *buf, size_t cap) {
   snprintf(buf, cap, "%s/psw%d.log", x->dir, i);
 }
 
-/* tf_spawn starts one more registering worker; returns its index. */
-static int tf_spawn(tf_ctx *x) {
+/* tf_spawn_slow starts one more registering worker, --slowdown SLOWDOWN
+ * (NULL: none); returns its index. */
+static int tf_spawn_slow(tf_ctx *x, const char *slowdown) {
   ck_assert_int_lt(x->nw, TF_MAXW);
   char log[700];
   tf_log(x, x->nw, log, sizeof log);
-  char *argv[] = {(char *)ps_test_bin("psw"), "--config", x->yaml, "--quiet", NULL};
+  char *argv[] = {(char *)ps_test_bin("psw"), "--config", x->yaml, "--quiet",
+                  slowdown ? "--slowdown" : NULL, (char *)slowdown, NULL};
   x->w[x->nw] = ps_test_spawn(argv, log, NULL);
   return x->nw++;
 }
+
+/* tf_spawn starts one more registering worker; returns its index. */
+static int tf_spawn(tf_ctx *x) { return tf_spawn_slow(x, NULL); }
 
 /* tf_list asks the coordinator (shard 0) for its worker and partition
  * tables (the caller frees with protobuf_c_message_free_unpacked). */
@@ -200,8 +216,9 @@ static void tf_wait_all(tf_ctx *x, const int *stopped) {
     done += strstr(text, "\"job_done\":true}") != NULL;
     free(text);
   }
-  /* the last worker to finish its partitions saw the job done */
-  ck_assert_msg(!finished || done >= 1, "no worker says job_done true (see %s)", x->dir);
+  /* a worker out of partitions waits for the job's end: each saw it done */
+  ck_assert_msg(done == finished, "%d of %d workers say job_done true (see %s)", done, finished,
+                x->dir);
 }
 
 /* tf_finish stops the shards. */
@@ -330,6 +347,44 @@ START_TEST(test_failover_sigterm_drain) {
 }
 END_TEST
 
+/* The end of a job (asp, 2 workers, one slowed 200 times): the fast
+ * worker runs out of partitions to claim while the slow one trains its
+ * last, and waits (out of the clock tables); the slow one is SIGKILLed
+ * then.  Its partition comes to the waiting worker once its lease ends,
+ * which finishes the job: every epoch trained exactly, at most the batch
+ * in flight retrained. */
+START_TEST(test_failover_end_of_job) {
+  TF_NEED_DATA();
+  tf_ctx x = {0};
+  tf_start_c(&x, 2, 2, 2, "784,64,10", "0.002", TF_SAMPLES, "asp");
+  int fast = tf_spawn(&x), slow = tf_spawn_slow(&x, "200");
+  char log[700], slog[700];
+  tf_log(&x, fast, log, sizeof log);
+  tf_log(&x, slow, slog, sizeof slog);
+  for (int64_t end = ps_test_now_ms() + 60000;;) {
+    char *text = ps_test_read_file(log, NULL);
+    int waiting = text && strstr(text, "nothing left to claim; waiting");
+    free(text);
+    if (waiting) break;
+    ck_assert_msg(ps_test_wait_pid(x.w[fast], 0) < 0, "the fast worker ended without waiting; "
+                  "see %s", log);
+    ck_assert_msg(ps_test_now_ms() < end, "the fast worker never waited; see %s", log);
+    usleep(20000);
+  }
+  int st = ps_test_stop(x.w[slow], SIGKILL, 5000);
+  x.w[slow] = 0;
+  ck_assert_msg(WIFSIGNALED(st), "the slow worker had ended by itself (too fast to test "
+                "this); see %s", slog);
+  tf_wait_all(&x, NULL);
+  uint64_t retrained;
+  ck_assert_uint_ge(tf_check_accounting(&x, TF_SAMPLES, TF_BATCH, &retrained), 1);
+  char *text = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(text, "took over partition"), "see %s", log);
+  free(text);
+  tf_finish(&x);
+}
+END_TEST
+
 /* Coordinator restart: shard 0 is stopped (SIGTERM) mid-run and started
  * again; it restores the partition table and the clock table from
  * coordinator.state, the workers go on (one whose lease ran out while the
@@ -412,6 +467,7 @@ Suite *psw_failover_suite(void) {
   tcase_add_test(tc, test_failover_join);
   tcase_add_test(tc, test_failover_sigterm_drain);
   tcase_add_test(tc, test_failover_coordinator_restart);
+  tcase_add_test(tc, test_failover_end_of_job);
   tcase_add_test(tc, test_failover_partitions_changed);
   tcase_add_test(tc, test_failover_long_mlp);
   suite_add_tcase(s, tc);

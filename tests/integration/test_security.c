@@ -3,6 +3,9 @@
  * checked to leave the shard's state unchanged and to show in its
  * counters (auth_refused, chan_auth_refused). */
 #include <errno.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -19,6 +22,7 @@
 #include "ps_config.h"
 #include "ps_rpc.h"
 #include "ps_test.h"
+#include "ps_tls.h"
 
 #define SEC_ELEMS 1000 /* model "m": one tensor of 1000 floats, chunks of 256 */
 #define SEC_CHUNKS 4
@@ -251,13 +255,13 @@ START_TEST(test_sec_wrong_certificate) {
   ck_assert_int_lt(ps_rpc_call(r, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,
                                &rep, 3000, &eb), 0);
   ps_rpc_close(r);
-  /* This cluster's CA for the shard, the other CA's operator certificate. */
+  /* This cluster's CA for the shard, the other CA's operator certificate:
+   * the client sees at once that its certificate does not chain to the CA
+   * it was given (the shard's refusal of it: test_sec_python_health). */
   free(other.security.tls.ca);
   other.security.tls.ca = strdup(sec_cfg.security.tls.ca);
-  r = sec_rpc(&other, PS_ROLE_OPERATOR);
-  ck_assert_int_lt(ps_rpc_call(r, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,
-                               &rep, 3000, &eb), 0);
-  ps_rpc_close(r);
+  ck_assert_int_eq(ps_rpc_open_cfg(&r, sec_grpc, &other, PS_ROLE_OPERATOR, &eb), PS_ECONFIG);
+  ck_assert_msg(strstr(eb.msg, "operator.pem' does not chain to the CA in"), "%s", eb.msg);
   /* The other cluster's channel secret: same key ids, other secrets. */
   ps_auth_keys keys;
   const ps_auth_key *key;
@@ -488,9 +492,17 @@ START_TEST(test_sec_python_health) {
   char *nocert[] = {"/usr/bin/python3", "tests/integration/health_check.py", sec_grpc, "--ca",
                     t->ca, NULL};
   char *plain[] = {"/usr/bin/python3", "tests/integration/health_check.py", sec_grpc, NULL};
+  /* a certificate another CA signed (psw and psctl refuse it before they
+   * connect: test_sec_wrong_certificate); the shard refuses it too */
+  char cert[700], key[700];
+  snprintf(cert, sizeof cert, "%s/other/operator.pem", sec_dir);
+  snprintf(key, sizeof key, "%s/other/operator.key", sec_dir);
+  char *foreign[] = {"/usr/bin/python3", "tests/integration/health_check.py", sec_grpc, "--ca",
+                     t->ca, "--cert", cert, "--key", key, NULL};
   ck_assert_int_eq(ps_test_run(ok, log, 20000), 0);
   ck_assert_int_eq(ps_test_run(nocert, log, 20000), 1);
   ck_assert_int_eq(ps_test_run(plain, log, 20000), 1);
+  ck_assert_int_eq(ps_test_run(foreign, log, 20000), 1);
   char *out = ps_test_read_file(log, NULL);
   ck_assert_msg(strstr(out, "status 1\n"), "%s", out);
   free(out);
@@ -546,6 +558,74 @@ START_TEST(test_sec_file_modes) {
   ck_assert_msg(strstr(out, sec_cfg.security.tls.key) && strstr(out, "readable"), "%s", out);
   free(out);
   ck_assert_int_eq(ps_test_run(argv, log, 20000), 0);
+}
+END_TEST
+
+/* sec_expired_pair writes a self-signed certificate that expired
+ * yesterday and its key to CERT and KEY. */
+static void sec_expired_pair(const char *cert, const char *key) {
+  EVP_PKEY *pk = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+  X509 *x = X509_new();
+  ck_assert(pk && x);
+  X509_set_version(x, 2);
+  ASN1_INTEGER_set(X509_get_serialNumber(x), 7);
+  X509_gmtime_adj(X509_getm_notBefore(x), -2 * 86400);
+  X509_gmtime_adj(X509_getm_notAfter(x), -86400);
+  X509_NAME *n = X509_get_subject_name(x);
+  X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_ASC, (const unsigned char *)"old", -1, -1, 0);
+  X509_set_issuer_name(x, n);
+  X509_set_pubkey(x, pk);
+  ck_assert(X509_sign(x, pk, EVP_sha256()) > 0);
+  FILE *f = fopen(cert, "w");
+  ck_assert(f && PEM_write_X509(f, x));
+  fclose(f);
+  f = fopen(key, "w");
+  ck_assert(f && PEM_write_PrivateKey(f, pk, NULL, NULL, 0, NULL, NULL));
+  fclose(f);
+  ck_assert_int_eq(chmod(key, 0600), 0);
+  X509_free(x);
+  EVP_PKEY_free(pk);
+}
+
+/* A certificate and key that do not go together, an expired certificate,
+ * one another CA signed: refused before gRPC gets them (whose own
+ * errors name neither file nor reason), by psd -t and by clients. */
+START_TEST(test_sec_pair_checked) {
+  ck_assert_msg(sec_up_ok, "psd is not running");
+  const ps_tls_conf *t = &sec_cfg.security.tls;
+  ps_errbuf eb;
+  ck_assert_msg(ps_tls_check(t->ca, t->cert, t->key, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(ps_tls_check(t->ca, t->worker_cert, t->worker_key, &eb) == 0, "%s", eb.msg);
+  ck_assert_int_eq(ps_tls_check(t->ca, t->cert, t->worker_key, &eb), PS_ECONFIG);
+  ck_assert_msg(strstr(eb.msg, "is not the private key of certificate") &&
+                    strstr(eb.msg, t->worker_key),
+                "%s", eb.msg);
+  char cert[700], key[700], other[700];
+  snprintf(cert, sizeof cert, "%s/old.pem", sec_dir);
+  snprintf(key, sizeof key, "%s/old.key", sec_dir);
+  sec_expired_pair(cert, key);
+  ck_assert_int_eq(ps_tls_check(cert, cert, key, &eb), PS_ECONFIG);
+  ck_assert_msg(strstr(eb.msg, "old.pem' expired on"), "%s", eb.msg);
+  snprintf(other, sizeof other, "%s/other/ca.pem", sec_dir);
+  ck_assert_int_eq(ps_tls_check(other, t->cert, t->key, &eb), PS_ECONFIG);
+  ck_assert_msg(strstr(eb.msg, "does not chain to the CA in"), "%s", eb.msg);
+  /* psd -t: the shard's key swapped for the worker's */
+  char *yaml = ps_test_read_file(sec_yaml, NULL);
+  char path[700], log[700];
+  snprintf(path, sizeof path, "%s/swapped.yaml", sec_dir);
+  snprintf(log, sizeof log, "%s/swapped.log", sec_dir);
+  char *at = strstr(yaml, "shard.key");
+  ck_assert_ptr_nonnull(at);
+  FILE *f = fopen(path, "w");
+  ck_assert_ptr_nonnull(f);
+  fprintf(f, "%.*sworker.key%s", (int)(at - yaml), yaml, at + strlen("shard.key"));
+  fclose(f);
+  free(yaml);
+  char *argv[] = {(char *)ps_test_bin("psd"), "-t", "--config", path, NULL};
+  ck_assert_int_eq(ps_test_run(argv, log, 20000), 2);
+  char *out = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(out, "worker.key' is not the private key of certificate"), "%s", out);
+  free(out);
 }
 END_TEST
 
@@ -807,6 +887,7 @@ Suite *security_suite(void) {
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, test_sec_no_credentials);
   tcase_add_test(tc, test_sec_wrong_certificate);
+  tcase_add_test(tc, test_sec_pair_checked);
   tcase_add_test(tc, test_sec_roles);
   tcase_add_test(tc, test_sec_replayed_hello);
   tcase_add_test(tc, test_sec_wrong_secret);

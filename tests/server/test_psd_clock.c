@@ -73,6 +73,47 @@ START_TEST(test_bsp_parks_until_push) {
 }
 END_TEST
 
+/* A worker that steps out (nothing to train for now) releases the pulls
+ * waiting on it and keeps its lease; its next pull enters it again, at
+ * its own clock, and holds the others back as before. */
+START_TEST(test_step_out) {
+  psd_clock *c = tclock(0);
+  ps_errbuf eb;
+  tpark a, b;
+  tpark_init(&a);
+  tpark_init(&b);
+  ck_assert_int_eq(psd_clock_pull(c, "m", 0, 0, 10, &a.p, &eb), 0);
+  ck_assert_int_eq(psd_clock_pull(c, "m", 1, 0, 10, &a.p, &eb), 0);
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 0, 0, 20, &eb), 0);
+  ck_assert_int_eq(psd_clock_pull(c, "m", 0, 1, 20, &a.p, &eb), 1); /* waits for w1 */
+  ck_assert_uint_eq(psd_clock_step_out(c, 1, 30), 1);
+  ck_assert_int_eq(a.released, 1);
+  ck_assert_int_eq(a.status, 0);
+  ck_assert_int_eq(psd_clock_model_clock(c, "m", 1), -1);
+  ck_assert_uint_eq(psd_clock_step_out(c, 1, 40), 0); /* in no table now */
+  ck_assert_uint_eq(psd_clock_step_out(c, 7, 40), 0); /* unknown */
+  ck_assert_int_eq(psd_clock_expired(c, 1), 0);
+  /* w0 runs ahead alone */
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 0, 1, 50, &eb), 0);
+  ck_assert_int_eq(psd_clock_pull(c, "m", 0, 2, 50, &a.p, &eb), 0);
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 0, 2, 60, &eb), 0);
+  /* w1 comes back at clock 1: served at once, and w0 waits for it again */
+  ck_assert_int_eq(psd_clock_pull(c, "m", 1, 1, 70, &b.p, &eb), 0);
+  ck_assert_int_eq(psd_clock_model_clock(c, "m", 1), 1);
+  ck_assert_int_eq(psd_clock_pull(c, "m", 0, 3, 70, &a.p, &eb), 1);
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 1, 1, 80, &eb), 0);
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 1, 2, 90, &eb), 0);
+  ck_assert_int_eq(a.released, 2);
+  /* its lease ran on: a heartbeat keeps it alive, no expiry */
+  ck_assert_int_eq(psd_clock_heartbeat(c, 1, "m", 3, 0, 0, "h", "cpu", 900, &eb), 0);
+  psd_clock_tick(c, 1500);
+  ck_assert_int_eq(texpired, 1); /* w0 only (silent since 70) */
+  ck_assert_uint_eq(texpired_worker, 0);
+  ck_assert_int_eq(psd_clock_expired(c, 1), 0);
+  psd_clock_free(c);
+}
+END_TEST
+
 /* psd_clock_silent_ms (an aggregator's conditional leave): unknown
  * workers have no last word; a request is one, a pull parked for the
  * worker is not, its release is. */
@@ -617,6 +658,7 @@ Suite *psd_clock_suite(void) {
   Suite *s = suite_create("psd_clock");
   TCase *tc = tcase_create("core");
   tcase_add_test(tc, test_bsp_parks_until_push);
+  tcase_add_test(tc, test_step_out);
   tcase_add_test(tc, test_expired_refused_until_rejoin);
   tcase_add_test(tc, test_ssp_bound);
   tcase_add_test(tc, test_asp_never_parks);

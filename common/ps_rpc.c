@@ -32,14 +32,25 @@ static int rpc_open_creds(ps_rpc **out, const char *addr, grpc_channel_credentia
     grpc_channel_credentials_release(cr);
     return ps_errf(eb, PS_ENOMEM, "out of memory opening '%s'", addr);
   }
-  grpc_arg args[2];
+  /* Reconnects every PS_RPC_RECONNECT_MAX_MS at most: gRPC's default
+   * backoff grows to 120 s, so a channel to a shard that was down for a
+   * few seconds could still wait for its next try when the shard is
+   * back, and a worker's heartbeats miss its lease there. */
+  static const struct { const char *key; int value; } iargs[] = {
+      {GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, PS_RPC_MAX_MSG},
+      {GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, PS_RPC_MAX_MSG},
+      {GRPC_ARG_INITIAL_RECONNECT_BACKOFF_MS, PS_RPC_RECONNECT_MIN_MS},
+      {GRPC_ARG_MIN_RECONNECT_BACKOFF_MS, PS_RPC_RECONNECT_MIN_MS},
+      {GRPC_ARG_MAX_RECONNECT_BACKOFF_MS, PS_RPC_RECONNECT_MAX_MS}};
+  enum { NARGS = sizeof iargs / sizeof iargs[0] };
+  grpc_arg args[NARGS];
   memset(args, 0, sizeof args);
-  args[0].type = GRPC_ARG_INTEGER;
-  args[0].key = GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
-  args[0].value.integer = PS_RPC_MAX_MSG;
-  args[1] = args[0];
-  args[1].key = GRPC_ARG_MAX_SEND_MESSAGE_LENGTH;
-  grpc_channel_args ca = {2, args};
+  for (size_t i = 0; i < NARGS; i++) {
+    args[i].type = GRPC_ARG_INTEGER;
+    args[i].key = (char *)iargs[i].key;
+    args[i].value.integer = iargs[i].value;
+  }
+  grpc_channel_args ca = {NARGS, args};
   r->ch = grpc_channel_create(addr, cr, &ca);
   grpc_channel_credentials_release(cr);
   if (!r->ch) {

@@ -13,6 +13,10 @@
 #include "ps_error.h"
 
 #define PS_RPC_MAX_MSG (1 << 30)
+/* A channel to a shard that went away tries again after 100 ms, then
+ * at most every 500 ms (gRPC's default backoff grows to 120 s). */
+#define PS_RPC_RECONNECT_MIN_MS 100
+#define PS_RPC_RECONNECT_MAX_MS 500
 
 typedef struct ps_rpc ps_rpc;
 

@@ -787,11 +787,16 @@ size_t psd_clock_partitions(const psd_clock *c, uint32_t rank, uint32_t nparts, 
   return n;
 }
 
-void psd_clock_set_data_size(psd_clock *c, uint64_t samples) {
-  if (samples && samples != c->data_size) {
-    c->data_size = samples;
-    c->dirty = 1;
-  }
+int psd_clock_set_data_size(psd_clock *c, uint64_t samples, ps_errbuf *eb) {
+  if (!samples || samples == c->data_size) return 0;
+  for (uint32_t i = 0; c->data_size && i < c->o.nparts; i++)
+    if (c->part[i].active || c->part[i].epoch || c->part[i].offset)
+      return ps_errf(eb, PS_ECONFIG, "this worker's training set has %" PRIu64 " samples, the "
+                     "job's %" PRIu64 ": its data files or data.limit differ from the other "
+                     "workers'", samples, c->data_size);
+  c->data_size = samples;
+  c->dirty = 1;
+  return 0;
 }
 uint32_t psd_clock_nparts(const psd_clock *c) { return c->o.nparts; }
 size_t psd_clock_nepochs(const psd_clock *c) { return c->nep; }

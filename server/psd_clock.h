@@ -264,8 +264,11 @@ int psd_clock_progress(psd_clock *c, uint32_t worker, const psd_part_pos *pos, u
                        ps_errbuf *eb);
 
 /* psd_clock_set_data_size records the training set's size as a worker
- * loaded it (for status). */
-void psd_clock_set_data_size(psd_clock *c, uint64_t samples);
+ * loaded it (SAMPLES; for status).  Once the job has begun (a partition
+ * trained or being trained) another size is PS_ECONFIG: that worker
+ * cut other partitions (its data files or data.limit differ), and would
+ * train some samples twice and leave others out. */
+int psd_clock_set_data_size(psd_clock *c, uint64_t samples, ps_errbuf *eb);
 
 /* Partition table and epoch accounting for status: psd_clock_nparts
  * partitions, psd_clock_nepochs epochs (0..n-1) seen. */

@@ -254,6 +254,12 @@ int psd_shard_register(psd_shard *sh, const Ps__RegisterWorkerRequest *req,
                                       sh->me->id, ps_config_coordinator(sh->cfg)->id));
   if ((err = psd_shard_check_worker_text(req->model, req->host, req->device, eb)) < 0)
     return psd_shard_done(sh, err);
+  /* a worker that cut the data otherwise would train other samples */
+  if (req->partitions && req->partitions != psd_clock_nparts(sh->clock))
+    return psd_shard_done(sh, ps_errf(eb, PS_ECONFIG, "this worker cuts the training set into "
+                                      "%u partitions, the coordinator into %u: data.partitions "
+                                      "differs between their cluster files", req->partitions,
+                                      psd_clock_nparts(sh->clock)));
   uint32_t rank;
   uint64_t start;
   err = psd_clock_register(sh->clock, req->model, req->host, req->pid, req->device,

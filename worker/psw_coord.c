@@ -119,6 +119,7 @@ static int coord_register_once(psw_coord *c, ps_errbuf *eb) {
   req.host = c->host;
   req.pid = (uint32_t)getpid();
   req.device = c->device;
+  req.partitions = c->cfg->data.partitions;
   ProtobufCMessage *resp = NULL;
   int err = ps_rpc_call(c->rpc[c->coord], "/ps.Ps/RegisterWorker", &req.base,
                         &ps__register_worker_reply__descriptor, &resp, PSW_COORD_CALL_MS, eb);

@@ -385,6 +385,62 @@ START_TEST(test_failover_end_of_job) {
 }
 END_TEST
 
+/* tf_spawn_edited starts a worker on a copy of the cluster file with FROM
+ * replaced by TO (NAME: the copy's name); returns its index. */
+static int tf_spawn_edited(tf_ctx *x, const char *name, const char *from, const char *to) {
+  char *yaml = ps_test_read_file(x->yaml, NULL), path[700], log[700];
+  char *at = strstr(yaml, from);
+  ck_assert_msg(at != NULL, "no '%s' in %s", from, x->yaml);
+  snprintf(path, sizeof path, "%s/%s", x->dir, name);
+  FILE *f = fopen(path, "w");
+  ck_assert_ptr_nonnull(f);
+  fprintf(f, "%.*s%s%s", (int)(at - yaml), yaml, to, at + strlen(from));
+  fclose(f);
+  free(yaml);
+  ck_assert_int_lt(x->nw, TF_MAXW);
+  tf_log(x, x->nw, log, sizeof log);
+  char *argv[] = {(char *)ps_test_bin("psw"), "--config", path, "--quiet", NULL};
+  x->w[x->nw] = ps_test_spawn(argv, log, NULL);
+  return x->nw++;
+}
+
+/* tf_refused waits for worker I to exit non-zero with WHY in its log. */
+static void tf_refused(tf_ctx *x, int i, const char *why) {
+  char log[700];
+  tf_log(x, i, log, sizeof log);
+  int st = ps_test_wait_pid(x->w[i], 60000);
+  x->w[i] = 0;
+  ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) != 0, "worker %d was not refused; "
+                "see %s", i, log);
+  char *text = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(text, why), "no '%s' in %s", why, log);
+  free(text);
+}
+
+/* Workers whose cluster files cut the training set otherwise (another
+ * data.partitions, another data.limit) are refused once the job has
+ * begun, instead of training other samples; the job goes on exact. */
+START_TEST(test_failover_data_mismatch) {
+  TF_NEED_DATA();
+  tf_ctx x = {0};
+  tf_start(&x, 3, 1, 8, "logreg", "0.002", TF_SAMPLES);
+  tf_spawn(&x);
+  tf_wait_trained(&x, 0, TF_SAMPLES / 4);
+  char parts[32], limit[32];
+  snprintf(parts, sizeof parts, "partitions: %d\n", TF_PARTS);
+  snprintf(limit, sizeof limit, "limit: %d\n", TF_SAMPLES);
+  int p = tf_spawn_edited(&x, "parts.yaml", parts, "partitions: 5\n");
+  int l = tf_spawn_edited(&x, "limit.yaml", limit, "limit: 6000\n");
+  tf_refused(&x, p, "data.partitions differs");
+  tf_refused(&x, l, "samples, the job's 10000");
+  tf_wait_all(&x, NULL);
+  uint64_t retrained;
+  tf_check_accounting(&x, TF_SAMPLES, 0, &retrained);
+  ck_assert_uint_eq(retrained, 0);
+  tf_finish(&x);
+}
+END_TEST
+
 /* Coordinator restart: shard 0 is stopped (SIGTERM) mid-run and started
  * again; it restores the partition table and the clock table from
  * coordinator.state, the workers go on, keeping their leases (their
@@ -472,6 +528,7 @@ Suite *psw_failover_suite(void) {
   tcase_add_test(tc, test_failover_sigterm_drain);
   tcase_add_test(tc, test_failover_coordinator_restart);
   tcase_add_test(tc, test_failover_end_of_job);
+  tcase_add_test(tc, test_failover_data_mismatch);
   tcase_add_test(tc, test_failover_partitions_changed);
   tcase_add_test(tc, test_failover_long_mlp);
   suite_add_tcase(s, tc);

@@ -512,7 +512,12 @@ START_TEST(test_save_load) {
   ck_assert_int_eq(tclaim(c, 1, 10, &pos, &done), 4);
   ck_assert_int_eq(tprog(c, 1, pos, 3, 6, 20), 0);
   ck_assert_int_eq(psd_clock_pushed(c, "m", 1, 6, 20, &eb), 0);
-  psd_clock_set_data_size(c, 80);
+  ck_assert_int_eq(psd_clock_set_data_size(c, 80, &eb), 0);
+  ck_assert_int_eq(psd_clock_set_data_size(c, 80, &eb), 0);
+  /* the job has begun: another training set is refused */
+  ck_assert_int_eq(psd_clock_set_data_size(c, 96, &eb), PS_ECONFIG);
+  ck_assert_msg(strstr(eb.msg, "96 samples, the job's 80"), "%s", eb.msg);
+  ck_assert_uint_eq(psd_clock_data_size(c), 80);
   ck_assert_int_eq(psd_clock_dirty(c), 1);
   char *text;
   size_t len;

@@ -796,7 +796,9 @@ static int agg_same_ids(const uint32_t *ids, size_t n, const ps_req *r) {
 static agg_group *agg_group_open(psd_agg *a, agg_model *m, uint32_t shard, const ps_req *r,
                                  ps_errbuf *eb) {
   for (agg_group *g = a->groups; g; g = g->next) {
-    if (g->m != m || g->shard != shard || g->clock != r->clock || g->codec != r->codec ||
+    /* under asp a sum need not wait for one clock (invariant 1) */
+    if (g->m != m || g->shard != shard || g->codec != r->codec ||
+        (g->clock != r->clock && m->layout.consistency != PS_ASP) ||
         !agg_same_ids(g->ids, g->nids, r))
       continue;
     size_t k = 0;
@@ -884,6 +886,7 @@ int psd_agg_push(psd_agg *a, const ps_req *r, psd_op *op, ps_errbuf *eb) {
   }
   g->workers[g->nworkers++] = r->worker;
   if (r->version < g->version) g->version = r->version;
+  if (r->clock < g->clock) g->clock = r->clock; /* asp: the oldest */
   agg_op_add(&g->waiters, op);
   a->st.pushes_in++;
   agg_touch(a, r->worker);
@@ -894,11 +897,16 @@ int psd_agg_push(psd_agg *a, const ps_req *r, psd_op *op, ps_errbuf *eb) {
 }
 
 /* agg_push_done answers the workers of a forwarded sum (invariant 2) and
- * marks the copies of its chunks dirty. */
+ * marks the copies of its chunks dirty; a copy fetched for a clock above
+ * the sum's lacks a push of that clock now, so it stands for the sum's
+ * clock from then on (invariant 3). */
 static void agg_push_done(psd_agg *a, agg_job *j) {
   agg_group *g = j->g;
   for (agg_copy *c = a->copies; c; c = c->next)
-    if (c->m == g->m && c->shard == g->shard) c->dirty = 1;
+    if (c->m == g->m && c->shard == g->shard) {
+      c->dirty = 1;
+      if (j->status == 0 && g->clock < c->clock) c->clock = g->clock;
+    }
   for (size_t k = 0; k < g->nworkers; k++) {
     agg_touch(a, g->workers[k]);
     /* invariant 6: a sum refused for a dead worker in it says nothing of

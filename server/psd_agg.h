@@ -14,7 +14,10 @@
  *
  * Invariants:
  *  1. Pushes are summed per (model, root shard, chunk ids, clock): a
- *     group.  The worker's payload is decoded (any codec) and added to the
+ *     group; under asp per (model, root shard, chunk ids), whatever the
+ *     workers' clocks (the group's clock is the oldest: nothing waits on
+ *     clocks under asp, and workers a clock or two apart would otherwise
+ *     each wait max_delay_ms for a partner that never comes).  The worker's payload is decoded (any codec) and added to the
  *     group's fp32 sum.  A group is forwarded as one push when every
  *     push it expects is in (1a), or max_delay_ms after its first push,
  *     whichever is first (also at once when a worker pushes twice into one
@@ -36,9 +39,13 @@
  *     forwarded sum that contains it, with the root's answer: nothing an
  *     aggregator acknowledged is lost with it.
  *  3. Pulls are served from the aggregator's copy of the chunks (per
- *     model, chunk ids and pull codec) when that copy was fetched for a
- *     clock at least the worker's (the root then held the bound for it)
- *     and the worker is known to that root (invariant 6);
+ *     model, chunk ids and pull codec) when that copy stands for a clock
+ *     at least the worker's (the root then held the bound for it) and the
+ *     worker is known to that root (invariant 6).  A copy stands for the
+ *     clock it was fetched for, lowered to the clock of every sum of its
+ *     chunks answered since with a lower one: it holds every push of a
+ *     clock below the one it stands for, also when the clocks start over
+ *     (a new job's workers);
  *     under ASP also when no forwarded push of these chunks was answered
  *     since the copy was fetched.  Otherwise the pull waits for a root
  *     fetch at exactly its clock: one fetch serves every local worker

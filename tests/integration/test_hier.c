@@ -319,6 +319,74 @@ START_TEST(test_hier_sum_is_one_update) {
 }
 END_TEST
 
+/* The aggregator's copy across clocks that start over (psd_agg.h
+ * invariants 1 and 3), as when a second job's workers start at clock 0
+ * through an aggregator that served the first: the copy fetched at clock
+ * 5 must not answer a pull of clock 1 after a sum of clock 0 changed the
+ * chunks (the workers of a second job trained on the first's last
+ * parameters and diverged); and under asp, pushes of three workers at
+ * three clocks make one sum at once, not one each after max_delay_ms. */
+START_TEST(test_hier_clocks_start_over) {
+  th_ctx x = {0};
+  ps_rpc *rpc;
+  ps_errbuf eb = {""};
+  th_bare(&x, &rpc); /* sums wait up to 10 s for the 3 workers */
+  th_submit(rpc, "b", NULL);
+  Ps__ModelSpec spec;
+  Ps__TensorSpec t, *ts;
+  Ps__OptimizerSpec opt;
+  uint32_t shape;
+  th_spec(&spec, &t, &ts, &opt, &shape, "a");
+  spec.consistency = "asp";
+  ps_test_submit(rpc, &spec, 0, 10000);
+  ps_rpc_close(rpc);
+  static float g[TH_ELEMS], p0[TH_ELEMS], p1[TH_ELEMS];
+  ps_test_rng_init();
+  for (int i = 0; i < TH_ELEMS; i++) g[i] = ps_test_rnd();
+  const uint32_t ids[3] = {0, 1, 2};
+  ps_chan_client *agg[3];
+  uint64_t v0, v;
+  for (uint32_t w = 0; w < 3; w++) agg[w] = th_chan(x.agg_cp);
+  for (uint32_t w = 0; w < 3; w++) /* the copy: fetched at clock 5 */
+    ck_assert_msg(ps_test_pull(agg[w], "b", ids, 3, p0, TH_ELEMS, w, 5, &v0, &eb) == 0, "%s",
+                  eb.msg);
+  for (uint32_t w = 0; w < 3; w++) { /* clock 0 again: one sum */
+    ps_req r = {.model = "b", .ids = ids, .nids = 3, .worker = w, .clock = 0, .version = v0};
+    struct iovec seg = {g, sizeof g};
+    ck_assert_msg(ps_chan_send_pushv(agg[w], &r, &seg, 1, NULL, &eb) == 0, "%s", eb.msg);
+  }
+  for (int w = 0; w < 3; w++)
+    ck_assert_msg(ps_chan_recv(agg[w], NULL, &v, &eb) == 0, "worker %d: %s", w, eb.msg);
+  ck_assert_int_eq(ps_test_pull(agg[0], "b", ids, 3, p1, TH_ELEMS, 0, 1, &v, &eb), 0);
+  ck_assert_uint_eq(v, v0 + 1);
+  for (int i = 0; i < TH_ELEMS; i++) {
+    float want = p0[i] - 0.1f * 3 * g[i], tol = 1e-5f * (1 + (want < 0 ? -want : want));
+    ck_assert_msg(p1[i] - want <= tol && want - p1[i] <= tol, "[%d] %g, want %g (the copy "
+                  "from before the sum: %g)", i, p1[i], want, p0[i]);
+  }
+  /* asp: clocks 3, 4 and 5, one sum answered long before 10 s */
+  ck_assert_int_eq(ps_test_pull(agg[0], "a", ids, 3, p0, TH_ELEMS, 0, 3, &v0, &eb), 0);
+  Ps__StatusReply *st = ps_test_status(x.gp[0]);
+  uint64_t sums0 = st->sum_pushes;
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  int64_t t0 = ps_test_now_ms();
+  for (uint32_t w = 0; w < 3; w++) {
+    ps_req r = {.model = "a", .ids = ids, .nids = 3, .worker = w, .clock = 3 + w, .version = v0};
+    struct iovec seg = {g, sizeof g};
+    ck_assert_msg(ps_chan_send_pushv(agg[w], &r, &seg, 1, NULL, &eb) == 0, "%s", eb.msg);
+  }
+  for (int w = 0; w < 3; w++)
+    ck_assert_msg(ps_chan_recv(agg[w], NULL, &v, &eb) == 0, "worker %d: %s", w, eb.msg);
+  ck_assert_msg(ps_test_now_ms() - t0 < 5000, "the asp pushes waited %lld ms",
+                (long long)(ps_test_now_ms() - t0));
+  st = ps_test_status(x.gp[0]);
+  ck_assert_uint_eq(st->sum_pushes, sums0 + 1);
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  for (int w = 0; w < 3; w++) ps_chan_close(agg[w]);
+  th_finish(&x);
+}
+END_TEST
+
 /* th_parked waits up to 10 s until root PORT holds N parked pulls of its
  * first model; returns how many it holds then. */
 static uint64_t th_parked(int port, uint64_t n) {
@@ -841,6 +909,7 @@ Suite *hier_suite(void) {
   tcase_add_test(tc, test_hier_spec_off_loop);
   tcase_add_test(tc, test_hier_root_restart);
   tcase_add_test(tc, test_hier_sum_is_one_update);
+  tcase_add_test(tc, test_hier_clocks_start_over);
   tcase_add_test(tc, test_hier_clock_entered);
   tcase_add_test(tc, test_hier_codec);
   tcase_add_test(tc, test_hier_replace);

@@ -54,10 +54,11 @@ typedef struct tf_ctx {
 } tf_ctx;
 
 /* tf_start writes the cluster file (COUNT workers expected, MIN to
- * start, EPOCHS), starts both shards and submits model "m" (LAYERS:
- * "logreg" or an MLP layer list) with Adam at LR, under CONSISTENCY. */
+ * start, EPOCHS; durability SYNC, else the suite's periodic), starts both
+ * shards and submits model "m" (LAYERS: "logreg" or an MLP layer list)
+ * with Adam at LR, under CONSISTENCY. */
 static void tf_start_c(tf_ctx *x, int count, int min, int epochs, const char *layers,
-                       const char *lr, int limit, const char *consistency) {
+                       const char *lr, int limit, const char *consistency, int sync) {
   x->epochs = epochs;
   snprintf(x->dir, sizeof x->dir, "%s", ps_test_tmpdir());
   char extra[2048];
@@ -73,6 +74,15 @@ static void tf_start_c(tf_ctx *x, int count, int min, int epochs, const char *la
            "  scale: 1/255\n  partitions: %d\n  limit: %d\n",
            count, min, epochs, TF_BATCH, TF_PARTS, limit);
   snprintf(x->yaml, sizeof x->yaml, "%s", ps_test_cluster_yaml(x->dir, 2, extra, x->gp, x->cp));
+  if (sync) {
+    char *text = ps_test_read_file(x->yaml, NULL), *at = strstr(text, "mode: periodic\n");
+    ck_assert_ptr_nonnull(at);
+    FILE *f = fopen(x->yaml, "w");
+    ck_assert_ptr_nonnull(f);
+    fprintf(f, "%.*smode: sync\n%s", (int)(at - text), text, at + strlen("mode: periodic\n"));
+    fclose(f);
+    free(text);
+  }
   ps_test_start_shards(x->yaml, x->dir, 2, x->gp, x->cp, x->shard);
   ps_test_submit_mlp(x->dir, x->yaml, layers, lr, consistency, NULL);
 }
@@ -80,7 +90,7 @@ static void tf_start_c(tf_ctx *x, int count, int min, int epochs, const char *la
 /* tf_start: tf_start_c under bsp. */
 static void tf_start(tf_ctx *x, int count, int min, int epochs, const char *layers,
                      const char *lr, int limit) {
-  tf_start_c(x, count, min, epochs, layers, lr, limit, "bsp");
+  tf_start_c(x, count, min, epochs, layers, lr, limit, "bsp", 0);
 }
 
 /* tf_log writes worker I's log path to BUF. */
@@ -356,7 +366,7 @@ END_TEST
 START_TEST(test_failover_end_of_job) {
   TF_NEED_DATA();
   tf_ctx x = {0};
-  tf_start_c(&x, 2, 2, 2, "784,64,10", "0.002", TF_SAMPLES, "asp");
+  tf_start_c(&x, 2, 2, 2, "784,64,10", "0.002", TF_SAMPLES, "asp", 0);
   int fast = tf_spawn(&x), slow = tf_spawn_slow(&x, "200");
   char log[700], slog[700];
   tf_log(&x, fast, log, sizeof log);
@@ -437,6 +447,46 @@ START_TEST(test_failover_data_mismatch) {
   uint64_t retrained;
   tf_check_accounting(&x, TF_SAMPLES, 0, &retrained);
   ck_assert_uint_eq(retrained, 0);
+  tf_finish(&x);
+}
+END_TEST
+
+/* A coordinator killed (SIGKILL) under durability sync loses no
+ * acknowledged push, and its saved progress (at most 100 ms old) is
+ * behind what was acknowledged: the samples since are trained again,
+ * none skipped.  Its model version (pushes applied, restored by the
+ * replay, plus those after) covers every batch of every epoch.  (Under
+ * periodic the pushes since the last snapshot are lost, their samples
+ * counted trained: the README says so.) */
+START_TEST(test_failover_coordinator_killed_sync) {
+  TF_NEED_DATA();
+  tf_ctx x = {0};
+  tf_start_c(&x, 2, 2, 6, "logreg", "0.002", TF_SAMPLES, "bsp", 1);
+  tf_spawn(&x);
+  tf_spawn(&x);
+  tf_wait_trained(&x, 1, TF_SAMPLES / 2);
+  int st = ps_test_stop(x.shard[0], SIGKILL, 10000);
+  ck_assert(WIFSIGNALED(st));
+  char log[700];
+  snprintf(log, sizeof log, "%s/psd0-again.log", x.dir);
+  x.shard[0] = ps_test_psd(x.yaml, 0, log, NULL);
+  ck_assert_msg(ps_test_wait_port(x.gp[0], 20000) == 0, "shard 0 did not come back; see %s",
+                log);
+  tf_wait_all(&x, NULL);
+  uint64_t retrained;
+  tf_check_accounting(&x, TF_SAMPLES, (uint64_t)TF_SAMPLES, &retrained);
+  Ps__ListWorkersReply *r = tf_list(&x);
+  uint64_t batches = 0;
+  for (size_t i = 0; i < r->n_partitions; i++)
+    batches += (r->partitions[i]->pos->size + TF_BATCH - 1) / TF_BATCH;
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  Ps__StatusReply *s0 = ps_test_status(x.gp[0]);
+  ck_assert_uint_eq(s0->n_models, 1);
+  uint64_t version = s0->models[0]->version;
+  protobuf_c_message_free_unpacked(&s0->base, NULL);
+  ck_assert_msg(version >= batches * (uint64_t)x.epochs, "shard 0 applied %llu pushes, fewer "
+                "than the job's %llu batches: samples were skipped (see %s)",
+                (unsigned long long)version, (unsigned long long)(batches * x.epochs), x.dir);
   tf_finish(&x);
 }
 END_TEST
@@ -529,6 +579,7 @@ Suite *psw_failover_suite(void) {
   tcase_add_test(tc, test_failover_coordinator_restart);
   tcase_add_test(tc, test_failover_end_of_job);
   tcase_add_test(tc, test_failover_data_mismatch);
+  tcase_add_test(tc, test_failover_coordinator_killed_sync);
   tcase_add_test(tc, test_failover_partitions_changed);
   tcase_add_test(tc, test_failover_long_mlp);
   suite_add_tcase(s, tc);

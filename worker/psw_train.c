@@ -672,7 +672,7 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
       if (ov) psw_client_wait(x->cl, NULL);
       return err;
     }
-    run_straggle(x, run_now_ms() - tc);
+    run_straggle(x, tw - tc); /* the compute alone, not a wait for the coordinator */
     x->clock++;
     off += rows;
     int last = off == v->n || run_stopping(x);

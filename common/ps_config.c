@@ -719,6 +719,10 @@ static int cfg_security_post(cfg_ctx *x, void *base, yaml_node_t *n, const yaml_
   if (s->payload_mac && !s->secret_file)
     return cfg_err(x, marks[CFG_SEC_PAYLOAD_MAC],
                    "'payload_mac' needs 'secret_file' (the MAC key comes from the hello)");
+  if (s->mode == PS_SEC_NONE && n && marks[CFG_SEC_REQUIRE].index != n->start_mark.index)
+    cfg_warn(x, (ps_config *)((char *)base - offsetof(ps_config, security)),
+             marks[CFG_SEC_REQUIRE], "'require_client_cert' applies under mode tls only; "
+             "mode none ignores it");
   return 0;
 }
 static const cfg_table cfg_security_table =

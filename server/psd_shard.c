@@ -566,10 +566,13 @@ int psd_shard_pull_view(psd_shard *sh, const ps_req *r, struct iovec *seg, size_
 /* psd_shard_security_name says how the shard authenticates (static). */
 const char *psd_shard_security_name(const psd_shard *sh) {
   const ps_security_conf *s = &sh->cfg->security;
-  int chan = s->secret_file != NULL;
-  if (s->mode != PS_SEC_TLS) return chan ? "none+chan-hmac" : "none";
-  if (s->require_client_cert) return chan ? "mtls+chan-hmac" : "mtls";
-  return chan ? "tls+chan-hmac" : "tls";
+  /* 0: no channel secret, 1: the hello's proof, 2: and every frame MACed */
+  int chan = !s->secret_file ? 0 : s->payload_mac ? 2 : 1;
+  static const char *const names[3][3] = {
+      {"none", "none+chan-hmac", "none+chan-hmac+payload-mac"},
+      {"mtls", "mtls+chan-hmac", "mtls+chan-hmac+payload-mac"},
+      {"tls", "tls+chan-hmac", "tls+chan-hmac+payload-mac"}};
+  return names[s->mode != PS_SEC_TLS ? 0 : s->require_client_cert ? 1 : 2][chan];
 }
 
 /* psd_shard_status fills REPLY; model names are copied, the state and

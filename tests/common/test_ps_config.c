@@ -256,6 +256,29 @@ START_TEST(test_config_group_commit_warning) {
 }
 END_TEST
 
+/* require_client_cert under mode none loads with a warning (it has no
+ * effect there); under tls, or absent, none; security: none (a scalar)
+ * none either. */
+START_TEST(test_config_require_cert_warning) {
+  static const struct {
+    const char *security, *want;
+  } cases[] = {
+      {"security:\n  mode: none\n  require_client_cert: false\n",
+       "c.yaml:4:24: warning: 'require_client_cert' applies under mode tls only"},
+      {"security:\n  mode: none\n", NULL},
+      {"security: none\n", NULL},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    char text[600];
+    snprintf(text, sizeof text,
+             "cluster: t\n%sshards:\n  - id: 0\n    grpc: h:1\n    channel: h:2\n"
+             "    data_dir: /d\n",
+             cases[i].security);
+    expect_warning(text, cases[i].want, NULL, i);
+  }
+}
+END_TEST
+
 /* A section with a 'mode' key may be its mode alone: "durability: sync"
  * is "durability: {mode: sync}", the other keys at their defaults. */
 START_TEST(test_config_mode_shorthand) {
@@ -723,6 +746,7 @@ Suite *ps_config_suite(void) {
   tcase_add_test(tc, test_config_good_file);
   tcase_add_test(tc, test_config_defaults);
   tcase_add_test(tc, test_config_group_commit_warning);
+  tcase_add_test(tc, test_config_require_cert_warning);
   tcase_add_test(tc, test_config_mode_shorthand);
   tcase_add_test(tc, test_config_data_dir_per_host);
   tcase_add_test(tc, test_config_repo_examples);

@@ -833,6 +833,7 @@ START_TEST(test_sec_mac_tampered) {
   ck_assert_int_eq(ps_test_pull(c, "m", ids, SEC_CHUNKS, before, SEC_ELEMS, 0, 0, &v, &eb), 0);
   ps_chan_close(c);
   Ps__StatusReply *st = sec_status_at(mac_grpc);
+  ck_assert_str_eq(st->security, "mtls+chan-hmac+payload-mac");
   uint64_t chan0 = st->chan_auth_refused, pushes0 = st->pushes;
   ps__status_reply__free_unpacked(st, NULL);
   /* The push: header, meta, data, then a MAC over other data. */

@@ -120,6 +120,7 @@ struct psd_agg {
                                again (0: none) */
   uint8_t *resend;          /* [worker * nshards + shard]: ask that root again */
   uint64_t stamp;           /* psd_agg_conn_stamp's last */
+  uint32_t over_said;       /* the most live local workers over me->workers logged */
   ps_auth_keys keys;        /* security.secret_file: the aggregator's channel key */
   const ps_auth_key *key;   /* in keys, or NULL (an unauthenticated channel) */
 };
@@ -741,6 +742,13 @@ static uint32_t agg_expected(psd_agg *a, uint64_t now, uint64_t *next_ms) {
     }
   }
   if (next_ms) *next_ms = next;
+  if (live > a->me->workers && live > a->over_said) {
+    a->over_said = live;
+    ps_warn("aggregator %s: %u local workers use it, more than its 'workers' (%u): a sum goes "
+            "to the roots before all of them pushed, and their parked pulls may hold all of its "
+            "%u pull links to a root; set aggregators[].workers to the workers that use it",
+            a->me->name, live, a->me->workers, a->me->workers);
+  }
   uint32_t want = a->me->workers > gone ? a->me->workers - gone : 0;
   if (live > want) want = live;
   if (want > a->me->workers) want = a->me->workers;

@@ -324,8 +324,9 @@ END_TEST
  * through an aggregator that served the first: the copy fetched at clock
  * 5 must not answer a pull of clock 1 after a sum of clock 0 changed the
  * chunks (the workers of a second job trained on the first's last
- * parameters and diverged); and under asp, pushes of three workers at
- * three clocks make one sum at once, not one each after max_delay_ms. */
+ * parameters and diverged); under asp, pushes of three workers at three
+ * clocks make one sum at once, not one each after max_delay_ms; a fourth
+ * worker, more than the aggregator expects, is warned about. */
 START_TEST(test_hier_clocks_start_over) {
   th_ctx x = {0};
   ps_rpc *rpc;
@@ -382,6 +383,14 @@ START_TEST(test_hier_clocks_start_over) {
   st = ps_test_status(x.gp[0]);
   ck_assert_uint_eq(st->sum_pushes, sums0 + 1);
   protobuf_c_message_free_unpacked(&st->base, NULL);
+  /* a fourth local worker: more than the aggregator's 'workers', said */
+  ps_chan_client *fourth = th_chan(x.agg_cp);
+  ps_req r = {.model = "a", .ids = ids, .nids = 3, .worker = 3, .clock = 6, .version = v0};
+  struct iovec seg = {g, sizeof g};
+  ck_assert_msg(ps_chan_send_pushv(fourth, &r, &seg, 1, NULL, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(th_log_wait(x.agg_log, "4 local workers use it, more than its 'workers' (3)",
+                            10000), "no warning in %s", x.agg_log);
+  ps_chan_close(fourth);
   for (int w = 0; w < 3; w++) ps_chan_close(agg[w]);
   th_finish(&x);
 }

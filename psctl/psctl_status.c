@@ -206,9 +206,12 @@ static void psctl_status_codec_row(const Ps__StatusReply *s, const Ps__ModelStat
   char saved[32] = "-";
   if (m->bytes_wire)
     snprintf(saved, sizeof saved, "%.2fx", (double)m->bytes_raw / (double)m->bytes_wire);
-  printf("%-16s %-5u %-7s %-5s %14llu %14llu %7s\n", m->name, s->shard,
+  printf("%-16s %-5u %-7s %-5s %14llu %14llu %7s", m->name, s->shard,
          *m->codec ? m->codec : "fp32", *m->pull_codec ? m->pull_codec : "fp32",
          (unsigned long long)m->bytes_raw, (unsigned long long)m->bytes_wire, saved);
+  for (size_t k = 0; k < m->n_codec_tensors && k < m->n_tensor_codecs; k++)
+    printf("%s%s=%s", k ? ", " : "  (tensors: ", m->codec_tensors[k], m->tensor_codecs[k]);
+  printf("%s\n", m->n_codec_tensors && m->n_tensor_codecs ? ")" : "");
 }
 
 /* psctl_status_sparse prints each shard's sparse tables: rows in memory,
@@ -355,6 +358,14 @@ static void psctl_status_json_row(const psctl_row *r) {
     psctl_json_str(*m->codec ? m->codec : "fp32");
     printf(",\"pull_codec\":");
     psctl_json_str(*m->pull_codec ? m->pull_codec : "fp32");
+    printf(",\"tensor_codecs\":{");
+    for (size_t k = 0; k < m->n_codec_tensors && k < m->n_tensor_codecs; k++) {
+      if (k) putchar(',');
+      psctl_json_str(m->codec_tensors[k]);
+      putchar(':');
+      psctl_json_str(m->tensor_codecs[k]);
+    }
+    printf("}");
     printf(",\"bytes_raw\":%llu,\"bytes_wire\":%llu}", (unsigned long long)m->bytes_raw,
            (unsigned long long)m->bytes_wire);
   }

@@ -665,6 +665,18 @@ void psd_shard_status(psd_shard *sh, Ps__StatusReply *reply) {
     m->codec = (char *)(c && *c ? c : "fp32"); /* borrowed from the spec */
     c = info.spec->pull_codec;
     m->pull_codec = (char *)(c && *c ? c : "fp32");
+    size_t ntc = 0;
+    for (size_t k = 0; k < info.spec->n_tensors; k++)
+      ntc += info.spec->tensors[k]->codec && *info.spec->tensors[k]->codec;
+    char **tc = ntc ? malloc(2 * ntc * sizeof *tc) : NULL; /* names, then codecs (borrowed) */
+    for (size_t k = 0; tc && k < info.spec->n_tensors; k++) {
+      const Ps__TensorSpec *t = info.spec->tensors[k];
+      if (!t->codec || !*t->codec) continue;
+      tc[m->n_codec_tensors++] = t->name;
+      tc[ntc + m->n_tensor_codecs++] = t->codec;
+    }
+    m->codec_tensors = tc;
+    m->tensor_codecs = tc ? tc + ntc : NULL;
     m->bytes_raw = info.bytes_raw;
     m->bytes_wire = info.bytes_wire;
     psd_clock_stats st;
@@ -687,6 +699,7 @@ void psd_shard_status_release(Ps__StatusReply *reply) {
   reply->n_agg_workers = 0;
   for (size_t i = 0; i < reply->n_models; i++) {
     free(reply->models[i]->tau_hist);
+    free(reply->models[i]->codec_tensors); /* and tensor_codecs, in the same block */
     free(reply->models[i]->name);
     free(reply->models[i]);
   }

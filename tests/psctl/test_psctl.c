@@ -493,6 +493,11 @@ START_TEST(test_psctl_submit) {
     ck_assert_str_eq(sp->tensors[1]->codec, "fp16");
     protobuf_c_message_free_unpacked(&rep->base, NULL);
   }
+  /* psctl status shows the tensor's own codec, in the table and in JSON */
+  ck_assert_int_eq(pt_psctl(&x, "status --config '%s'", x.yaml), 0);
+  ck_assert_msg(pt_contains(x.out, "(tensors: b1=fp16)"), "see %s", x.out);
+  ck_assert_int_eq(pt_psctl(&x, "status --json --config '%s'", x.yaml), 0);
+  ck_assert_msg(pt_contains(x.out, "\"tensor_codecs\":{\"b1\":\"fp16\"}"), "see %s", x.out);
 
   /* A shard SIGKILLed: a new model goes nowhere. */
   pt_kill(&x, 1);

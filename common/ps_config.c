@@ -778,7 +778,19 @@ static int cfg_workers_post(cfg_ctx *x, void *base, yaml_node_t *n, const yaml_m
 
 static const cfg_table cfg_workers_table =
     CFG_TABLE("in 'workers'", cfg_workers_slots, cfg_workers_post);
-static const cfg_table cfg_training_table = CFG_TABLE("in 'training'", cfg_training_slots, NULL);
+/* cfg_training_post: topk set under another push codec is kept (it
+ * applies once the codec is topk) with a warning. */
+static int cfg_training_post(cfg_ctx *x, void *base, yaml_node_t *n, const yaml_mark_t *marks) {
+  const ps_train_conf *t = base;
+  size_t k = 0; /* topk's slot */
+  while (strcmp(cfg_training_slots[k].name, "topk")) k++;
+  if (n && marks[k].index != n->start_mark.index && strcmp(t->codec, "topk"))
+    cfg_warn(x, (ps_config *)((char *)base - offsetof(ps_config, training)), marks[k],
+             "'topk' applies under codec topk only; codec %s ignores it", t->codec);
+  return 0;
+}
+static const cfg_table cfg_training_table =
+    CFG_TABLE("in 'training'", cfg_training_slots, cfg_training_post);
 static const cfg_table cfg_data_table = CFG_TABLE("in 'data'", cfg_data_slots, cfg_data_post);
 static const cfg_table cfg_sparse_table = CFG_TABLE("in 'sparse'", cfg_sparse_slots, NULL);
 

@@ -228,11 +228,18 @@ static int psctl_submit_codecs(psctl_submit_opts *o, const ps_config *cfg, Ps__M
   for (size_t i = 0; i < o->ntensor_codec; i++) {
     char *eq = strchr(o->tensor_codec[i], '=');
     *eq = 0;
+    for (size_t j = 0; j < i; j++) /* (an earlier one is cut to its name above) */
+      if (!strcmp(o->tensor_codec[j], o->tensor_codec[i])) {
+        fprintf(stderr, "psctl submit: --tensor-codec names tensor '%s' twice\n",
+                o->tensor_codec[i]);
+        return 2;
+      }
     size_t t = 0;
     while (t < spec->n_tensors && strcmp(spec->tensors[t]->name, o->tensor_codec[i])) t++;
     if (t == spec->n_tensors) {
-      fprintf(stderr, "psctl submit: --tensor-codec: the model has no tensor '%s'\n",
-              o->tensor_codec[i]);
+      fprintf(stderr, "psctl submit: --tensor-codec: the model has no tensor '%s' (it names "
+                      "a dense tensor of 'psctl model show'; an embedding table's rows are "
+                      "not pushed with a tensor codec)\n", o->tensor_codec[i]);
       return 2;
     }
     spec->tensors[t]->codec = eq + 1;

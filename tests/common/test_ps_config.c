@@ -258,7 +258,7 @@ END_TEST
 
 /* require_client_cert under mode none loads with a warning (it has no
  * effect there); under tls, or absent, none; security: none (a scalar)
- * none either. */
+ * none either.  Likewise training.topk under another push codec. */
 START_TEST(test_config_require_cert_warning) {
   static const struct {
     const char *security, *want;
@@ -267,6 +267,9 @@ START_TEST(test_config_require_cert_warning) {
        "c.yaml:4:24: warning: 'require_client_cert' applies under mode tls only"},
       {"security:\n  mode: none\n", NULL},
       {"security: none\n", NULL},
+      {"security: none\ntraining:\n  topk: 0.1\n",
+       "c.yaml:4:9: warning: 'topk' applies under codec topk only; codec fp32 ignores it"},
+      {"security: none\ntraining:\n  topk: 0.1\n  codec: topk\n", NULL},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     char text[600];

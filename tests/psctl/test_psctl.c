@@ -471,6 +471,7 @@ START_TEST(test_psctl_submit) {
       {"--tensor-codec W1=int4", "unknown tensor codec 'int4'"},
       {"--tensor-codec W1", "want NAME=CODEC"},
       {"--tensor-codec W1=", "want NAME=CODEC"},
+      {"--tensor-codec W1=fp16 --tensor-codec W1=int8", "names tensor 'W1' twice"},
       {"--pull-codec abc", "pull codec 'abc' is not one of fp32, fp16, int8"},
       {"--codec ''", "--codec wants a codec name, got ''"},
       {"--pull-codec ''", "--pull-codec wants a codec name, got ''"},

@@ -76,18 +76,19 @@ static const int psd_state_refuses[][PSD_REQ_N] = {
 static int psd_shard_accepting(const psd_shard *sh, psd_req req, ps_errbuf *eb) {
   int code = psd_state_refuses[sh->state][req];
   if (code == PSD_IF_SYNC) code = sh->cfg->durability == PS_DUR_SYNC ? PS_EDEGRADED : 0;
+  if (code == 0) return 0;
+  char me[96]; /* an aggregator serves under an id no shard has */
+  if (sh->agg_me) snprintf(me, sizeof me, "aggregator %s", sh->agg_me->name);
+  else snprintf(me, sizeof me, "shard %u", sh->me->id);
   switch (code) {
-    case 0: return 0;
     case PS_EDEGRADED:
       return ps_errf(eb, PS_EDEGRADED,
-                     "shard %u is degraded (%s): %s are refused until the disk works again",
-                     sh->me->id, sh->degraded_why,
-                     req == PSD_REQ_SUBMIT ? "models" : "pushes");
+                     "%s is degraded (%s): %s are refused until the disk works again", me,
+                     sh->degraded_why, req == PSD_REQ_SUBMIT ? "models" : "pushes");
     case PS_ESHUTDOWN:
-      return ps_errf(eb, PS_ESHUTDOWN, "shard %u is shutting down", sh->me->id);
+      return ps_errf(eb, PS_ESHUTDOWN, "%s is shutting down", me);
     default:
-      return ps_errf(eb, code, "shard %u is not serving yet (%s)", sh->me->id,
-                     psd_state_name(sh->state));
+      return ps_errf(eb, code, "%s is not serving yet (%s)", me, psd_state_name(sh->state));
   }
 }
 

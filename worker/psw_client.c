@@ -57,6 +57,8 @@ typedef struct psw_shard {
   int64_t down_since_ms;     /* 0 while healthy */
   uint32_t delay_ms;         /* next backoff sleep */
   ps_errbuf down_eb;         /* why it went down */
+  int via_agg;               /* its connection is (or was to be) to the aggregator */
+  int down_said;             /* its own failure was logged (not only the aggregator's) */
 } psw_shard;
 
 /* The communication thread's one-job mailbox. */
@@ -336,18 +338,23 @@ static void psw_shard_close(psw_shard *s, ps_chan_client *ch) {
   s->ch = ch;
 }
 
-/* psw_shard_down closes S's connection and, the first time, says so. */
+/* psw_shard_down closes S's connection and, the first time, says so: a
+ * failure through the aggregator as the aggregator's (the shard itself
+ * is said down only when it fails on its own). */
 static void psw_shard_down(psw_client *c, psw_shard *s, const ps_errbuf *why) {
-  if (c->agg && !c->agg_down) { /* reconnects go to the roots from now on */
+  if (s->via_agg && !c->agg_down) { /* reconnects go to the roots from now on */
     c->agg_down = 1;
     ps_warn("worker %u: aggregator %s (%s): %s; going to the root shards directly", c->worker,
             c->agg->name, c->agg->channel_addr, why->msg);
   }
   psw_shard_close(s, NULL);
-  if (s->down_since_ms) return;
-  s->down_since_ms = ps_now_ms();
-  s->delay_ms = PS_BACKOFF_FIRST_MS;
-  s->down_eb = *why;
+  if (!s->down_since_ms) {
+    s->down_since_ms = ps_now_ms();
+    s->delay_ms = PS_BACKOFF_FIRST_MS;
+    s->down_eb = *why;
+  }
+  if (s->via_agg || s->down_said) return;
+  s->down_said = 1;
   ps_warn("worker %u: shard %u (%s): %s; reconnecting for up to %u ms", c->worker, s->conf->id,
           s->conf->channel_addr, why->msg, c->cfg->workers.retry_ms);
 }
@@ -355,9 +362,11 @@ static void psw_shard_down(psw_client *c, psw_shard *s, const ps_errbuf *why) {
 /* psw_shard_up notes that S answered a whole round again. */
 static void psw_shard_up(psw_client *c, psw_shard *s) {
   if (!s->down_since_ms) return;
-  ps_warn("worker %u: shard %u (%s) is back after %.1f s; parameters pulled again", c->worker,
-          s->conf->id, s->conf->channel_addr, (double)(ps_now_ms() - s->down_since_ms) / 1e3);
+  if (s->down_said)
+    ps_warn("worker %u: shard %u (%s) is back after %.1f s; parameters pulled again", c->worker,
+            s->conf->id, s->conf->channel_addr, (double)(ps_now_ms() - s->down_since_ms) / 1e3);
   s->down_since_ms = 0;
+  s->down_said = 0;
   s->delay_ms = PS_BACKOFF_FIRST_MS;
 }
 
@@ -388,7 +397,8 @@ static uint64_t psw_shm_want(const psw_client *c, const psw_shard *s) {
 
 /* psw_connect opens S's connection once. */
 static int psw_connect(psw_client *c, psw_shard *s, ps_errbuf *eb) {
-  const char *addr = c->agg && !c->agg_down ? c->agg->channel_addr : s->conf->channel_addr;
+  s->via_agg = c->agg && !c->agg_down;
+  const char *addr = s->via_agg ? c->agg->channel_addr : s->conf->channel_addr;
   int err = ps_chan_connect_shm(&s->ch, addr, c->cfg->cluster, c->key, psw_chan_flags(c, s),
                                 psw_shm_want(c, s), PSW_CONNECT_TIMEOUT_MS, eb);
   if (err < 0) {
@@ -855,7 +865,9 @@ int psw_client_agg_return(psw_client *c) {
     psw_shard *s = &c->shards[k];
     if (!s->nids) continue;
     psw_shard_close(s, ch[k]);
+    s->via_agg = 1;
     s->down_since_ms = 0;
+    s->down_said = 0;
     s->delay_ms = PS_BACKOFF_FIRST_MS;
   }
   free(ch);

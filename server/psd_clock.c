@@ -751,13 +751,15 @@ int psd_clock_progress(psd_clock *c, uint32_t worker, const psd_part_pos *pos, u
     return ps_errf(eb, PS_EINVAL, "partition %" PRIu32 " out of range (%" PRIu32 " partitions)",
                    pos->part, c->o.nparts);
   clock_part *p = &c->part[pos->part];
-  if (p->owner != worker || !p->active || p->epoch != pos->epoch)
+  if (p->owner != worker || !p->active || p->epoch != pos->epoch) {
+    char owner[32] = "nobody";
+    if (p->owner != PSD_CLOCK_NOBODY) snprintf(owner, sizeof owner, "worker %" PRIu32, p->owner);
     return ps_errf(eb, PS_ENOENT,
                    "partition %" PRIu32 " epoch %" PRIu32 " is not worker %" PRIu32
-                   "'s to train (owner %" PRId64 ", epoch %" PRIu32 "%s)",
-                   pos->part, pos->epoch, worker,
-                   p->owner == PSD_CLOCK_NOBODY ? (int64_t)-1 : (int64_t)p->owner, p->epoch,
-                   p->active ? ", active" : "");
+                   "'s to train (it is %s's, at epoch %" PRIu32 ", %s)",
+                   pos->part, pos->epoch, worker, owner, p->epoch,
+                   p->active ? "being trained" : "not claimed: a claim hands it out");
+  }
   if (!pos->size || (p->size && p->size != pos->size) || pos->offset < p->offset ||
       pos->offset > pos->size || pos->started < pos->offset || pos->started > pos->size)
     return ps_errf(eb, PS_EINVAL,

@@ -712,9 +712,15 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
       default: fputs(usage, stderr); return 2;
     }
   }
-  if (optind < argc || !a->config || (!a->test && a->shard < 0 && !a->aggregator) ||
-      (a->shard >= 0 && a->aggregator)) {
-    fputs(usage, stderr);
+  const char *why = optind < argc ? "an argument that is no option"
+                    : !a->config ? "--config FILE is required"
+                    : a->shard >= 0 && a->aggregator ? "--shard and --aggregator exclude each other"
+                    : !a->test && a->shard < 0 && !a->aggregator
+                        ? "--shard N or --aggregator NAME is required (or -t)"
+                        : NULL;
+  if (why) {
+    fprintf(stderr, "psd: %s%s%s\n%s", why, optind < argc ? ": " : "",
+            optind < argc ? argv[optind] : "", usage);
     return 2;
   }
   return 0;
@@ -870,8 +876,8 @@ int main(int argc, char **argv) {
                              .channel_addr = agg ? agg->channel_addr : NULL};
   if (agg) me = &agg_addrs;
   if (a.test) {
-    printf("%s: configuration ok (%zu shards, %zu aggregators)\n", a.config, cfg.nshards,
-           cfg.naggs);
+    printf("%s: configuration ok (%zu shard%s, %zu aggregator%s)\n", a.config, cfg.nshards,
+           cfg.nshards == 1 ? "" : "s", cfg.naggs, cfg.naggs == 1 ? "" : "s");
     ps_config_release(&cfg);
     return 0;
   }

@@ -890,7 +890,7 @@ START_TEST(test_hier_flags) {
   char *ok[] = {(char *)ps_test_bin("psd"), "-t", "--config", x.yaml, "--aggregator", "h0", NULL};
   ck_assert_int_eq(ps_test_run(ok, log, 10000), 0);
   char *out = ps_test_read_file(log, NULL);
-  ck_assert_msg(strstr(out, "configuration ok (1 shards, 1 aggregators)"), "%s", out);
+  ck_assert_msg(strstr(out, "configuration ok (1 shard, 1 aggregator)"), "%s", out);
   free(out);
   char *bad[] = {(char *)ps_test_bin("psd"), "-t", "--config", x.yaml, "--aggregator", "h9", NULL};
   ck_assert_int_eq(ps_test_run(bad, log, 10000), 2);

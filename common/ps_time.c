@@ -56,3 +56,10 @@ struct timespec ps_deadline_ns(uint64_t ns) {
   t.tv_nsec = (long)(ns % 1000000000u);
   return t;
 }
+
+/* ps_backoff_nap: see ps_time.h. */
+uint32_t ps_backoff_nap(int64_t start_ms, uint32_t delay, uint32_t budget_ms) {
+  int64_t left = start_ms + (int64_t)budget_ms - ps_now_ms();
+  if (left <= 0) return 0;
+  return (int64_t)delay < left ? delay : (uint32_t)left;
+}

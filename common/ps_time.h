@@ -37,4 +37,10 @@ struct timespec ps_deadline_ns(uint64_t ns);
  * PS_BACKOFF_MAX_MS. */
 uint32_t ps_backoff_next(uint32_t delay);
 
+/* ps_backoff_nap returns how long a retry loop begun at START_MS
+ * (ps_now_ms) sleeps before its next try: DELAY, cut to what is left of
+ * BUDGET_MS; 0 once the budget is spent (give up).  So the last try comes
+ * at the budget's end, not a backoff step before it. */
+uint32_t ps_backoff_nap(int64_t start_ms, uint32_t delay, uint32_t budget_ms);
+
 #endif

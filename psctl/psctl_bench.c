@@ -70,6 +70,12 @@ typedef struct bench_shard {
   ps_errbuf eb;
 } bench_shard;
 
+/* The worker id the bench's pushes and pulls name: the last one the
+ * shards accept (2 x workers.count + 1), which registration hands out
+ * last; bench_lease takes it back (rejoin) should a worker that held it
+ * have been declared dead, and gives it up (done) at the end. */
+static uint32_t bench_worker;
+
 /* ---- the four transfer kinds -------------------------------------------------- */
 
 /* bench_chan_run sends every request of S over the channel with up to
@@ -79,7 +85,7 @@ static int bench_chan_run(bench_shard *s, int push, ps_errbuf *eb) {
   while (got < s->nreq) {
     while (sent < s->nreq && sent - got < (size_t)s->depth) {
       bench_req *r = &s->req[sent++];
-      ps_req q = {.model = s->model, .ids = r->ids, .nids = r->nids};
+      ps_req q = {.model = s->model, .ids = r->ids, .nids = r->nids, .worker = bench_worker};
       int rc = push ? ps_chan_send_pushv(s->chan, &q, r->seg, r->nseg, NULL, eb)
                     : ps_chan_send_pullv(s->chan, &q, r->seg, r->nseg, NULL, eb);
       if (rc < 0) return rc;
@@ -103,6 +109,7 @@ static int bench_grpc_push(bench_shard *s, ps_errbuf *eb) {
       p += r->seg[k].iov_len;
     }
     Ps__PushRequest req = PS__PUSH_REQUEST__INIT;
+    req.worker = bench_worker;
     req.model = (char *)s->model;
     req.chunk_ids = r->ids;
     req.n_chunk_ids = r->nids;
@@ -122,6 +129,7 @@ static int bench_grpc_pull(bench_shard *s, ps_errbuf *eb) {
   for (size_t i = 0; i < s->nreq; i++) {
     bench_req *r = &s->req[i];
     Ps__PullRequest req = PS__PULL_REQUEST__INIT;
+    req.worker = bench_worker;
     req.model = (char *)s->model;
     req.chunk_ids = r->ids;
     req.n_chunk_ids = r->nids;
@@ -322,6 +330,26 @@ static void bench_spec(Ps__ModelSpec *spec, Ps__TensorSpec *t, Ps__TensorSpec **
   spec->chunk_elems = chunk_elems;
 }
 
+/* bench_lease sends every shard a heartbeat for bench_worker: at the
+ * start (LEAVING 0) one marked rejoin, at the end one marked leaving and
+ * done.  Best effort: a shard that misses it says so in the push or pull
+ * that follows. */
+static void bench_lease(psctl_cluster *cl, int leaving) {
+  size_t n = cl->cfg.nshards;
+  ps_rpc_reply *out = calloc(n, sizeof *out);
+  if (!out) return;
+  Ps__HeartbeatRequest req = PS__HEARTBEAT_REQUEST__INIT;
+  req.worker = bench_worker;
+  req.model = "bench";
+  req.host = "psctl bench";
+  req.rejoin = !leaving;
+  req.leaving = req.done = leaving;
+  ps_rpc_call_all(cl->rpc, n, "/ps.Ps/Heartbeat", &req.base, &ps__heartbeat_reply__descriptor,
+                  5000, out);
+  ps_rpc_replies_free(out, n);
+  free(out);
+}
+
 /* bench_connect opens each shard's channel client and (unless SKIP_GRPC)
  * gives it its rpc handle and a scratch buffer of REQ_ELEMS floats. */
 static int bench_connect(psctl_cluster *cl, bench_shard *sh, uint64_t req_elems, int grpc,
@@ -336,6 +364,7 @@ static int bench_connect(psctl_cluster *cl, bench_shard *sh, uint64_t req_elems,
                               cl->cfg.security.payload_mac ? PS_CHAN_AUTH_MAC : 0,
                               BENCH_TIMEOUT_MS, eb);
     if (rc == 0 && sockbuf) rc = ps_chan_set_bufsize(sh[i].chan, sockbuf, sockbuf, eb);
+    if (rc == 0) ps_chan_set_timeout(sh[i].chan, BENCH_TIMEOUT_MS); /* a stall fails, not hangs */
     if (rc == 0 && grpc && !(sh[i].scratch = malloc(req_elems * sizeof(float))))
       rc = ps_errf(eb, PS_ENOMEM, "out of memory");
   }
@@ -359,6 +388,7 @@ static void bench_disconnect(bench_shard *sh, size_t n) {
 static double bench_small_grpc(bench_shard *sh0, uint32_t id, const float *g, double secs,
                                ps_errbuf *eb) {
   Ps__PushRequest req = PS__PUSH_REQUEST__INIT;
+  req.worker = bench_worker;
   req.model = "bench_small";
   req.chunk_ids = &id;
   req.n_chunk_ids = 1;
@@ -400,7 +430,7 @@ static double bench_small(psctl_cluster *cl, bench_shard *sh0, const uint32_t *s
   float g[256];
   for (int i = 0; i < 256; i++) g[i] = 1e-3f;
   struct iovec src[] = {{g, sizeof g}};
-  ps_req q = {.model = "bench_small", .ids = &id, .nids = 1};
+  ps_req q = {.model = "bench_small", .ids = &id, .nids = 1, .worker = bench_worker};
   uint64_t done = 0;
   double t0 = ps_now_s(), end = t0 + secs, t1 = t0;
   for (int k = 0; k < 8; k++)
@@ -589,7 +619,8 @@ static const char bench_usage[] =
     "time (unless --skip-grpc).  --memory-params submits an Adam model of N\n"
     "parameters, pushes every chunk once, waits for a flush and prints each shard's\n"
     "parameter count as JSON (scripts/bench_net measures the shards' memory).\n"
-    "--sockbuf sets the channel clients' SO_SNDBUF/SO_RCVBUF (default: kernel autotuning).\n";
+    "--sockbuf sets the channel clients' SO_SNDBUF/SO_RCVBUF (default 0: kernel autotuning;\n"
+    "else at least 65536).\n";
 
 /* bench_args parses argv into O; 0, or an exit code (-1: --help). */
 static int bench_args(int argc, char **argv, bench_opts *o) {
@@ -637,7 +668,10 @@ static int bench_args(int argc, char **argv, bench_opts *o) {
   const char *why = optind < argc ? "unexpected argument"
                     : o->model_mib <= 0 || o->model_mib * 262144 > 4e9
                         ? "--model-mib wants a size above 0 and at most 15258 MiB (4e9 floats)"
-                    : o->request_mib < 0.001 ? "--request-mib wants at least 0.001 MiB" : NULL;
+                    : o->request_mib < 0.001 ? "--request-mib wants at least 0.001 MiB"
+                    : o->sockbuf && o->sockbuf < 65536
+                        ? "--sockbuf wants 0 (the kernel's autotuning) or at least 65536 bytes"
+                        : NULL;
   if (why || o->rounds < 1 || o->depth < 1 || o->sockbuf < 0 || o->memory_params > 4000000000ull) {
     if (why) fprintf(stderr, "psctl bench: %s\n", why);
     fputs(bench_usage, stderr);
@@ -665,6 +699,8 @@ int psctl_bench_main(int argc, char **argv) {
   double small[2] = {-1, -1};
   int rc = sh && ids ? 0 : ps_errf(&eb, PS_ENOMEM, "out of memory");
   for (size_t i = 0; i < n && rc == 0; i++) ids[i] = cl.cfg.shards[i].id;
+  bench_worker = 2 * cl.cfg.workers.count + 1;
+  if (rc == 0) bench_lease(&cl, 0);
   if (rc == 0)
     rc = bench_connect(&cl, sh, (uint64_t)(o.request_mib * 262144), !o.skip_grpc, o.sockbuf,
                        &eb);
@@ -674,6 +710,7 @@ int psctl_bench_main(int argc, char **argv) {
     bench_print(&cl, &o, results, small);
   if (rc < 0) fprintf(stderr, "psctl bench: %s\n", eb.msg);
   if (sh) bench_disconnect(sh, n);
+  bench_lease(&cl, 1);
   free(sh);
   free(ids);
   psctl_cluster_close(&cl);

@@ -511,6 +511,12 @@ static void clock_expire(psd_clock *c, clock_worker *w, uint64_t now_ms) {
   clock_drop(c, w->id, now_ms);
 }
 
+/* psd_clock_set_pid: see psd_clock.h. */
+void psd_clock_set_pid(psd_clock *c, uint32_t worker, uint32_t pid) {
+  clock_worker *w = clock_worker_find(c, worker);
+  if (w && pid) w->pid = pid;
+}
+
 /* psd_clock_step_out: see psd_clock.h. */
 size_t psd_clock_step_out(psd_clock *c, uint32_t worker, uint64_t now_ms) {
   const clock_worker *w = clock_worker_find(c, worker);

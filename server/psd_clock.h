@@ -189,6 +189,10 @@ int psd_clock_expired(const psd_clock *c, uint32_t worker);
  * not count), UINT64_MAX when the table does not know it. */
 uint64_t psd_clock_silent_ms(const psd_clock *c, uint32_t worker, uint64_t now_ms);
 
+/* psd_clock_set_pid records WORKER's process id PID (0: not said, kept)
+ * for status; an unknown worker is left alone. */
+void psd_clock_set_pid(psd_clock *c, uint32_t worker, uint32_t pid);
+
 /* psd_clock_step_out takes live WORKER out of every clock table (the
  * pulls waiting on it are re-checked), its lease and partitions kept: it
  * has nothing to train for now.  Its next push or pull enters it again

@@ -323,6 +323,7 @@ int psd_shard_heartbeat(psd_shard *sh, const Ps__HeartbeatRequest *req,
     reply->stayed = req->leaving;
     return 0; /* answered: reply->expired says it (a leaving one is gone already) */
   }
+  if (err == 0) psd_clock_set_pid(sh->clock, req->worker, req->pid);
   if (err == 0 && req->leaving) {
     psd_clock_leave(sh->clock, req->worker, now, req->done);
     if (req->leave_if_silent_ms)

@@ -171,10 +171,11 @@ static int psw_fetch_spec(psw_client *c, ps_errbuf *eb) {
                        c->cfg->shards[i].id, eb->msg);
       if (!psw_retryable(err)) return err;
     }
-    if (ps_now_ms() - start + delay > (int64_t)c->cfg->workers.retry_ms)
+    uint32_t nap = ps_backoff_nap(start, delay, c->cfg->workers.retry_ms);
+    if (!nap)
       return ps_errf(eb, err, "no shard answered GetModel '%s' within %u ms: %s", c->model,
                      c->cfg->workers.retry_ms, eb->msg);
-    if ((err = ps_sleep_ms(delay, c->stop)) < 0) return ps_errf(eb, err, "stopped");
+    if ((err = ps_sleep_ms(nap, c->stop)) < 0) return ps_errf(eb, err, "stopped");
     delay = ps_backoff_next(delay);
   }
 }

@@ -154,13 +154,14 @@ int psw_coord_register(psw_coord *c, psw_coord_reg *reg, ps_errbuf *eb) {
     if (!coord_retryable(err))
       return ps_errf(eb, err, "registering with coordinator shard %u (%s): %s", co->id,
                      co->grpc_addr, why.msg);
-    if (ps_now_ms() - start + delay > (int64_t)c->cfg->workers.retry_ms)
+    uint32_t nap = ps_backoff_nap(start, delay, c->cfg->workers.retry_ms);
+    if (!nap)
       return ps_errf(eb, err, "coordinator shard %u (%s) did not answer within %u ms: %s",
                      co->id, co->grpc_addr, c->cfg->workers.retry_ms, why.msg);
     if (!said++)
       ps_warn("coordinator shard %u (%s): %s; retrying for up to %u ms", co->id, co->grpc_addr,
               eb->msg, c->cfg->workers.retry_ms);
-    if (ps_sleep_ms(delay, c->stop) < 0) return ps_errf(eb, PS_ESHUTDOWN, "stopped");
+    if (ps_sleep_ms(nap, c->stop) < 0) return ps_errf(eb, PS_ESHUTDOWN, "stopped");
     delay = ps_backoff_next(delay);
   }
   const Ps__RegisterWorkerReply *r = c->reg;
@@ -222,6 +223,7 @@ static void coord_beat_init(psw_coord *c, Ps__HeartbeatRequest *req, uint32_t wo
   req->model = c->model;
   req->device = c->device;
   req->host = c->host;
+  req->pid = (uint32_t)getpid();
   pthread_mutex_lock(&c->mu);
   req->clock = c->clock;
   req->steps_per_s = c->steps_per_s;
@@ -455,10 +457,9 @@ static int coord_progress_call(psw_coord *c, const psw_coord_part *pos, int clai
     /* a call cut short by a coordinator going down (gRPC CANCELLED, seen
      * as PS_EINTERNAL) is retried too: a report or claim sent twice
      * records the same thing */
-    if ((!coord_retryable(err) && err != PS_EINTERNAL) ||
-        ps_now_ms() - start + delay > (int64_t)c->cfg->workers.retry_ms)
-      return err;
-    if (ps_sleep_ms(delay, c->stop) < 0) return ps_errf(eb, PS_ESHUTDOWN, "stopped");
+    uint32_t nap = ps_backoff_nap(start, delay, c->cfg->workers.retry_ms);
+    if ((!coord_retryable(err) && err != PS_EINTERNAL) || !nap) return err;
+    if (ps_sleep_ms(nap, c->stop) < 0) return ps_errf(eb, PS_ESHUTDOWN, "stopped");
     delay = ps_backoff_next(delay);
   }
 }

@@ -627,18 +627,26 @@ int psw_graph_load_file(const char *path, psw_graph **g, ps_errbuf *eb) {
   *g = NULL;
   FILE *f = fopen(path, "rb");
   if (!f) return ps_errf(eb, ps_err_from_errno(errno), "%s: %s", path, strerror(errno));
-  int rc = 0;
+  int rc = 0, why = 0;
   size_t cap = 1 << 16, len = 0;
   uint8_t *buf = malloc(cap);
   while (buf) {
+    errno = 0;
     len += fread(buf + len, 1, cap - len, f);
+    why = errno;
     if (len < cap) break;
+    if (cap >= PSW_GRAPH_MAX_BYTES) { /* /dev/zero, a pipe that never ends, a data file */
+      rc = ps_errf(eb, PS_EFORMAT, "%s: more than %d MiB: not a graph file", path,
+                   PSW_GRAPH_MAX_BYTES >> 20);
+      break;
+    }
     uint8_t *nb = realloc(buf, cap *= 2);
     if (!nb) free(buf);
     buf = nb;
   }
-  if (!buf) rc = ps_errf(eb, PS_ENOMEM, "%s: out of memory", path);
-  else if (ferror(f)) rc = ps_errf(eb, PS_EIO, "%s: read error", path);
+  if (!rc && !buf) rc = ps_errf(eb, PS_ENOMEM, "%s: out of memory", path);
+  else if (!rc && ferror(f))
+    rc = ps_errf(eb, PS_EIO, "%s: cannot read: %s", path, why ? strerror(why) : "read error");
   fclose(f);
   if (!rc && (rc = psw_graph_load(buf, len, g, eb))) {
     ps_errbuf inner = *eb;

@@ -38,6 +38,7 @@ int psw_graph_load(const void *buf, size_t len, psw_graph **g, ps_errbuf *eb);
 
 /* psw_graph_load_file is psw_graph_load on the contents of PATH; messages
  * start with "PATH: ".  PS_EIO when the file cannot be read. */
+#define PSW_GRAPH_MAX_BYTES (64 << 20) /* a graph file larger is refused, unread */
 int psw_graph_load_file(const char *path, psw_graph **g, ps_errbuf *eb);
 
 /* psw_graph_from_spec loads the graph in SPEC->graph (as fetched with

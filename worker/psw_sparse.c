@@ -221,11 +221,12 @@ static int call(psw_sparse *s, size_t k, const char *method, const ProtobufCMess
       fprintf(stderr, "psw: sparse table '%s'/%u: %s; retrying for up to %u ms\n", s->model,
               s->table, eb->msg, s->cfg->workers.retry_ms);
     }
-    if (ps_now_ms() - start + delay > (int64_t)s->cfg->workers.retry_ms) {
+    uint32_t nap = ps_backoff_nap(start, delay, s->cfg->workers.retry_ms);
+    if (!nap) {
       ps_errbuf inner = *eb;
       return ps_errf(eb, rc, "%s (unreachable for %u ms)", inner.msg, s->cfg->workers.retry_ms);
     }
-    if (ps_sleep_ms(delay, s->stop) < 0) return ps_errf(eb, PS_ESHUTDOWN, "stopped");
+    if (ps_sleep_ms(nap, s->stop) < 0) return ps_errf(eb, PS_ESHUTDOWN, "stopped");
     delay = ps_backoff_next(delay);
   }
 }

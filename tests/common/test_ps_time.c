@@ -50,6 +50,15 @@ START_TEST(test_backoff) {
   for (int i = 1; i < 8; i++) ck_assert(seen[i] >= seen[i - 1] && seen[i] <= PS_BACKOFF_MAX_MS);
   ck_assert_uint_eq(ps_backoff_next(PS_BACKOFF_MAX_MS), PS_BACKOFF_MAX_MS);
   ck_assert_uint_eq(ps_backoff_next(UINT32_MAX), PS_BACKOFF_MAX_MS);
+  /* the nap: the delay, cut to the budget left, 0 once it is spent (a
+   * loop with a 3000 ms budget tried last at 1.5 s, the next 2 s step
+   * looking past it) */
+  int64_t now = ps_now_ms();
+  ck_assert_uint_eq(ps_backoff_nap(now, 100, 3000), 100);
+  uint32_t nap = ps_backoff_nap(now - 1500, 2000, 3000);
+  ck_assert(nap > 1000 && nap <= 1500);
+  ck_assert_uint_eq(ps_backoff_nap(now - 3000, 100, 3000), 0);
+  ck_assert_uint_eq(ps_backoff_nap(now - 10000, 2000, 3000), 0);
 }
 END_TEST
 

@@ -544,6 +544,8 @@ START_TEST(test_cli_bad_flags) {
       {"psctl", "bench --config '%s' --model-mib 0", "--model-mib wants a size above 0"},
       {"psctl", "bench --config '%s' --request-mib 0", "--request-mib wants at least 0.001 MiB"},
       {"psctl", "bench --config '%s' --request-mib 0x10", "--request-mib wants a number, got '0x10'"},
+      {"psctl", "bench --config '%s' --sockbuf 4096", "--sockbuf wants 0"},
+      {"psctl", "model show /dev/zero", "/dev/zero: more than 64 MiB: not a graph"},
       {"psctl", "submit m.pb --name m --lr inf --config '%s'", "--lr wants a number, got 'inf'"},
       {"psctl", "submit m.pb --name m --codec '' --config '%s'", "--codec wants a codec name"},
       {"psctl", "submit m.pb --name m --chunk-elems 67108865 --config '%s'",

@@ -110,6 +110,19 @@ START_TEST(test_step_out) {
   ck_assert_int_eq(texpired, 1); /* w0 only (silent since 70) */
   ck_assert_uint_eq(texpired_worker, 0);
   ck_assert_int_eq(psd_clock_expired(c, 1), 0);
+  /* a heartbeat's pid (a fixed rank never registers) shows in status */
+  psd_clock_set_pid(c, 1, 4242);
+  psd_clock_set_pid(c, 1, 0); /* not said: kept */
+  psd_clock_set_pid(c, 9, 77); /* unknown: ignored */
+  int seen = 0;
+  for (size_t i = 0; i < psd_clock_nworkers(c); i++) {
+    psd_worker_info in;
+    psd_clock_worker(c, i, 1500, &in);
+    if (in.id != 1) continue;
+    seen = 1;
+    ck_assert_uint_eq(in.pid, 4242);
+  }
+  ck_assert(seen);
   psd_clock_free(c);
 }
 END_TEST

@@ -27,6 +27,7 @@
  * workers.retry_ms, ...), 2 bad usage, configuration, data or graph,
  * 128+N when stopped by signal N (SIGINT 130, SIGTERM 143) after the
  * current step. */
+#include <errno.h>
 #include <getopt.h>
 #include <signal.h>
 #include <stdio.h>
@@ -71,7 +72,10 @@ static const char psw_usage[] =
     "OPENBLAS_CORETYPE set); a user-set OPENBLAS_CORETYPE always stands.  The device\n"
     "line of the log and of psctl status names the kernel that runs and who chose it.\n"
     "--blas-kernel prints the kernel psw picks on this machine (a value for\n"
-    "OPENBLAS_CORETYPE; nothing when OpenBLAS's own choice stands) and exits 0.\n";
+    "OPENBLAS_CORETYPE; nothing when OpenBLAS's own choice stands) and exits 0.\n"
+    "Exit status: 0 done, 1 a runtime failure (a shard or the coordinator unreachable\n"
+    "past workers.retry_ms, a refusal), 2 bad usage, configuration, data or graph,\n"
+    "128+N stopped by signal N after the current step (SIGINT 130, SIGTERM 143).\n";
 
 /* psw_num parses a non-negative integer option into *OUT; 0 or -1. */
 static int psw_num(const char *name, const char *s, long max, long *out) {
@@ -198,6 +202,14 @@ int main(int argc, char **argv) {
     fprintf(stderr, "psw: %s\n", eb.msg);
     return 2;
   }
+  /* the metrics file is checked now, not after the first epoch's training */
+  FILE *mf = a.metrics_csv ? fopen(a.metrics_csv, "a") : NULL;
+  if (a.metrics_csv && !mf) {
+    fprintf(stderr, "psw: --metrics-csv '%s': %s\n", a.metrics_csv, strerror(errno));
+    rc = 2;
+    goto release_config;
+  }
+  if (mf) fclose(mf);
   if (a.aggregator) { /* the flag overrides workers.aggregator */
     if (!ps_config_agg(&cfg, a.aggregator)) {
       fprintf(stderr, "psw: %s: no aggregator named '%s' in the 'aggregators' list\n", a.config,

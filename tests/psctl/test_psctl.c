@@ -534,6 +534,8 @@ START_TEST(test_cli_bad_flags) {
       {"psw", "--config '%s' --model m --slowdown 0x2", "bad value '0x2' for --slowdown"},
       {"psw", "--config '%s' --model m --slowdown 0.5", "bad value '0.5' for --slowdown"},
       {"psw", "--config '%s' --model m --blas-threads", "requires an argument"},
+      {"psw", "--config '%s' --model m --metrics-csv /nonexistent/m.csv",
+       "--metrics-csv '/nonexistent/m.csv': No such file or directory"},
       {"psctl", "export --config '%s' --model '' -o m.npz", "bad model name ''"},
       {"psctl", "export --config '%s' --model m -o m.npz --timeout-ms 0", "--timeout-ms wants"},
       {"psctl", "status --config '%s' --timeout x", "--timeout wants an integer"},

@@ -1,12 +1,14 @@
 /* psctl model: build common model graph files (mlp, logreg, ctr) and show any
  * graph file.  Subcommands are a table; every graph written is loaded and
  * checked (psw_graph) before it reaches the disk. */
+#include <ctype.h>
 #include <errno.h>
 #include <getopt.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "ps_pb.h"
 #include "psctl.h"
 #include "psw_graph.h"
 
@@ -89,6 +91,11 @@ static int psctl_model_args(int argc, char **argv, psctl_model_opts *o) {
             psctl_model_usage);
     return 2;
   }
+  ps_errbuf eb;
+  if (o->name && ps_name_check("model", o->name, &eb) < 0) { /* as psctl submit --name */
+    fprintf(stderr, "psctl model %s: --name: %s\n", argv[0], eb.msg);
+    return 2;
+  }
   return 0;
 }
 
@@ -135,11 +142,13 @@ static int psctl_model_build(const char *cmd, const char *name, const uint32_t *
 static int parse_layers(const char *s, uint32_t *layers, int max) {
   int n = 0;
   while (s && *s && n < max) {
+    if (!isdigit((unsigned char)*s)) return -1; /* no sign, no blank, no empty width */
     char *end;
     errno = 0;
     long v = strtol(s, &end, 10);
     if (errno || end == s || v <= 0 || v > (1L << 24) || (*end && *end != ',')) return -1;
     layers[n++] = (uint32_t)v;
+    if (*end == ',' && !end[1]) return -1; /* a trailing comma */
     s = *end ? end + 1 : end;
   }
   return s && !*s ? n : -1;

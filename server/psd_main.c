@@ -19,16 +19,20 @@
  * start at once.  Exit codes: 0 clean, 1 runtime failure
  * (store cannot be opened, address taken, failed final flush), 2 usage or
  * configuration error. */
+#include <errno.h>
 #include <getopt.h>
 #include <malloc.h>
+#include <netdb.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/random.h>
+#include <sys/socket.h>
 #include <sys/time.h>
 #include <systemd/sd-daemon.h>
+#include <unistd.h>
 #include <uv.h>
 
 #include "ps_addr.h"
@@ -603,6 +607,33 @@ static int psd_main_handles(psd_main *m) {
   return 0;
 }
 
+/* psd_main_can_listen binds a socket to ADDR (host:port) and closes it:
+ * 0, or PS_EUNAVAIL saying why (a port taken, an address not this
+ * host's), so that a start that cannot serve says so before it opens (or
+ * makes) the store, and more clearly than gRPC's bind does. */
+static int psd_main_can_listen(const char *what, const char *addr, ps_errbuf *eb) {
+  char host[256], port[16];
+  int p;
+  if (ps_addr_split(addr, host, sizeof host, &p, eb) < 0) return PS_ECONFIG;
+  snprintf(port, sizeof port, "%d", p);
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM,
+                           .ai_flags = AI_PASSIVE | AI_NUMERICSERV}, *ai = NULL;
+  int g = getaddrinfo(host, port, &hints, &ai);
+  if (g != 0)
+    return ps_errf(eb, PS_EUNAVAIL, "cannot listen on %s address '%s': %s", what, addr,
+                   gai_strerror(g));
+  int err = 0;
+  int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
+  int one = 1;
+  if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+      bind(fd, ai->ai_addr, ai->ai_addrlen) < 0)
+    err = ps_errf(eb, PS_EUNAVAIL, "cannot listen on %s address '%s': %s", what, addr,
+                  strerror(errno));
+  if (fd >= 0) close(fd);
+  freeaddrinfo(ai);
+  return err;
+}
+
 /* psd_main_open opens the store and both listeners; 0, or 1 after one
  * clear log line. */
 static int psd_main_open(psd_main *m) {
@@ -612,6 +643,11 @@ static int psd_main_open(psd_main *m) {
   int err = psd_store_lock_dir(sh->me->data_dir, &m->dir_lock, &eb);
   if (err < 0) {
     ps_err("shard %u: cannot open the store: %s", sh->me->id, eb.msg);
+    return 1;
+  }
+  if ((err = psd_main_can_listen("grpc", sh->me->grpc_addr, &eb)) < 0 ||
+      (err = psd_main_can_listen("channel", sh->me->channel_addr, &eb)) < 0) {
+    ps_err("shard %u: %s", sh->me->id, eb.msg);
     return 1;
   }
   uint32_t *ids = calloc(cfg->nshards, sizeof *ids);

@@ -7,6 +7,7 @@
  * teardown (in the runner's process) stops it by PID even when a test
  * failed half-way. */
 #include <errno.h>
+#include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -183,6 +184,34 @@ START_TEST(test_systemd_store_locked) {
 }
 END_TEST
 
+/* A port another process holds: psd says which address and why, exit 1,
+ * before it opens (or makes) the store. */
+START_TEST(test_systemd_port_taken) {
+  char d[512], log[600], store[700];
+  snprintf(d, sizeof d, "%s", ps_test_tmpdir());
+  int gp;
+  const char *yaml = ps_test_cluster_yaml(d, 1, NULL, &gp, NULL);
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)gp),
+                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+  ck_assert_int_eq(listen(fd, 1), 0);
+  snprintf(log, sizeof log, "%s/psd.log", d);
+  pid_t pid = ps_test_psd(yaml, 0, log, NULL);
+  int st = ps_test_wait_pid(pid, 20000);
+  close(fd);
+  ck_assert_msg(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 1, "psd: status %d; see %s", st,
+                log);
+  char *text = ps_test_read_file(log, NULL), want[200];
+  snprintf(want, sizeof want, "cannot listen on grpc address '127.0.0.1:%d': Address already "
+           "in use", gp);
+  ck_assert_msg(strstr(text, want), "no \"%s\" in %s", want, log);
+  free(text);
+  snprintf(store, sizeof store, "%s/shard0/CURRENT", d); /* RocksDB's, had it opened */
+  ck_assert_msg(access(store, F_OK) != 0, "psd made the store: %s", store);
+}
+END_TEST
+
 /* The shipped unit passes systemd-analyze verify (with ExecStart pointing
  * at the built psd, since verify checks that the binary exists). */
 START_TEST(test_systemd_unit_verify) {
@@ -216,6 +245,7 @@ Suite *psd_systemd_suite(void) {
   tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_add_test(tc, test_systemd_notify);
   tcase_add_test(tc, test_systemd_store_locked);
+  tcase_add_test(tc, test_systemd_port_taken);
   tcase_add_test(tc, test_systemd_unit_verify);
   suite_add_tcase(s, tc);
   return s;

@@ -692,6 +692,13 @@ int psctl_bench_main(int argc, char **argv) {
     fprintf(stderr, "psctl bench: %s\n", eb.msg);
     return 2;
   }
+  if (o.request_mib * 1048576.0 > (double)cl.cfg.max_request_bytes) {
+    fprintf(stderr, "psctl bench: --request-mib %g is above limits.max_request_bytes (%llu "
+            "bytes): the shards would close the connection\n", o.request_mib,
+            (unsigned long long)cl.cfg.max_request_bytes);
+    psctl_cluster_close(&cl);
+    return 2;
+  }
   size_t n = cl.cfg.nshards;
   bench_shard *sh = calloc(n, sizeof *sh);
   uint32_t *ids = calloc(n, sizeof *ids);

@@ -547,6 +547,7 @@ START_TEST(test_cli_bad_flags) {
       {"psctl", "bench --config '%s' --request-mib 0", "--request-mib wants at least 0.001 MiB"},
       {"psctl", "bench --config '%s' --request-mib 0x10", "--request-mib wants a number, got '0x10'"},
       {"psctl", "bench --config '%s' --sockbuf 4096", "--sockbuf wants 0"},
+      {"psctl", "bench --config '%s' --request-mib 300", "is above limits.max_request_bytes"},
       {"psctl", "model show /dev/zero", "/dev/zero: more than 64 MiB: not a graph"},
       {"psctl", "model mlp --layers +784,10 -o x.pb", "--layers wants 2 to 64 positive widths"},
       {"psctl", "model mlp --layers 784,10, -o x.pb", "--layers wants 2 to 64 positive widths"},

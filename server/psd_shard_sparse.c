@@ -97,8 +97,9 @@ static int sps_check_table(psd_shard *sh, const Ps__ModelSpec *spec, const Ps__G
   psd_sparse_table_opts t = sps_table_opts(spec, g, i);
   uint32_t dim;
   if (psd_sparse_dim(sh->sparse->rows, spec->name, (uint32_t)i, &dim, NULL) == 0 && dim != t.dim)
-    return ps_errf(eb, PS_EEXIST, "model '%s': sparse table %zu exists with dim %u (replacing "
-                   "a model's tables is not supported)", spec->name, i, dim);
+    return ps_errf(eb, PS_ENOTSUP, "model '%s': sparse table %zu exists with dim %u, and a "
+                   "model's tables cannot be replaced: submit the new model under another name",
+                   spec->name, i, dim);
   if (!t.dim || t.dim > 65536 || g->params[i]->n_shape != 1)
     return ps_errf(eb, PS_EINVAL, "model '%s': embedding table '%s' must have shape [dim], dim 1..65536",
                    spec->name, g->params[i]->name);
@@ -120,6 +121,14 @@ static int sps_add_table(psd_shard *sh, const Ps__ModelSpec *spec, const Ps__Gra
 
 int psd_shard_sparse_check(psd_shard *sh, const Ps__ModelSpec *spec, ps_errbuf *eb) {
   return sps_each_table(sh, spec, sps_check_table, eb);
+}
+
+size_t psd_shard_sparse_tables(const Ps__ModelSpec *spec) {
+  Ps__Graph__Graph *g = spec && spec->graph.len ? sps_graph(spec) : NULL;
+  size_t n = 0;
+  for (size_t i = 0; g && i < g->n_params; i++) n += g->params[i]->sparse != 0;
+  if (g) ps__graph__graph__free_unpacked(g, NULL);
+  return n;
 }
 
 int psd_shard_sparse_add(psd_shard *sh, const Ps__ModelSpec *spec, ps_errbuf *eb) {

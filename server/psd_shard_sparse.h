@@ -52,6 +52,10 @@ psd_sparse *psd_shard_sparse_rows(const psd_shard *sh);
  * table that exists with another dim or optimizer); psd_shard_sparse_add
  * then registers them.  Both are no-ops for models without tables. */
 int psd_shard_sparse_check(psd_shard *sh, const Ps__ModelSpec *spec, ps_errbuf *eb);
+
+/* psd_shard_sparse_tables counts SPEC's embedding tables (0 when it has
+ * no graph, or one that does not parse). */
+size_t psd_shard_sparse_tables(const Ps__ModelSpec *spec);
 int psd_shard_sparse_add(psd_shard *sh, const Ps__ModelSpec *spec, ps_errbuf *eb);
 
 /* psd_shard_sparse_pull: *ROWS (caller frees with free()) receives

@@ -905,6 +905,19 @@ static void psd_store_counts(const psd_model *m, uint32_t *nchunks, uint64_t *np
   if (nparams) *nparams = m->held_elems;
 }
 
+/* psd_store_replaces: see psd_store.h. */
+int psd_store_replaces(const psd_store *s, const Ps__ModelSpec *spec) {
+  if (!spec || !spec->name) return 0;
+  psd_model *old = psd_store_find(s, spec->name, strlen(spec->name), NULL);
+  uint8_t *packed = NULL;
+  size_t len = 0;
+  ps_errbuf eb;
+  if (!old || psd_store_pack(s, spec, &packed, &len, &eb) < 0) return 0;
+  int differs = old->packed_len != len || memcmp(old->packed, packed, len) != 0;
+  free(packed);
+  return differs;
+}
+
 /* psd_store_submit: see psd_store.h. */
 int psd_store_submit(psd_store *s, const Ps__ModelSpec *spec, int replace, int *created,
                      uint32_t *nchunks, uint64_t *nparams, ps_errbuf *eb) {

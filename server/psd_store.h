@@ -62,6 +62,10 @@ int psd_store_open(psd_store **out, const psd_store_opts *o, ps_errbuf *eb);
  * psd_store_flush first).  NULL is fine. */
 void psd_store_close(psd_store *s);
 
+/* psd_store_replaces says whether psd_store_submit with REPLACE would
+ * replace a model of SPEC's name (it exists with another spec). */
+int psd_store_replaces(const psd_store *s, const Ps__ModelSpec *spec);
+
 /* psd_store_submit registers SPEC (copied) and creates this shard's chunks
  * from their initializers, with *CREATED = 1.  The same spec again: 0 with
  * *CREATED = 0.  A different spec under a taken name: PS_EEXIST unless

@@ -94,11 +94,37 @@ START_TEST(test_sparse_rpc) {
     Ps__SubmitModelRequest q = PS__SUBMIT_MODEL_REQUEST__INIT;
     q.model = m2.spec, q.replace = 1;
     Ps__SubmitModelReply *rep = NULL;
+    /* with --replace: a model with tables is not replaced (its rows would stay) */
     ck_assert_int_eq(ps_rpc_call(c.r[0], "/ps.Ps/SubmitModel", &q.base,
                                  &ps__submit_model_reply__descriptor, (ProtobufCMessage **)&rep,
-                                 10000, &eb), PS_EEXIST);
+                                 10000, &eb), PS_ENOTSUP);
+    ck_assert_msg(strstr(eb.msg, "whose rows a replace cannot drop") != NULL, "%s", eb.msg);
+    /* without: the table's dim is what refuses it */
+    q.replace = 0;
+    ck_assert_int_eq(ps_rpc_call(c.r[0], "/ps.Ps/SubmitModel", &q.base,
+                                 &ps__submit_model_reply__descriptor, (ProtobufCMessage **)&rep,
+                                 10000, &eb), PS_ENOTSUP);
     ck_assert_msg(strstr(eb.msg, "sparse table 0 exists with dim 4") != NULL, "%s", eb.msg);
     ps_test_ctr_release(&m2);
+  }
+  {
+    /* the same table, other dense settings, with --replace: refused too */
+    ps_test_ctr m3;
+    ps_test_ctr_model(&m3, &sh, "sgd", 0.25f, 77);
+    Ps__SubmitModelRequest q = PS__SUBMIT_MODEL_REQUEST__INIT;
+    q.model = m3.spec, q.replace = 1;
+    Ps__SubmitModelReply *rep = NULL;
+    ck_assert_int_eq(ps_rpc_call(c.r[0], "/ps.Ps/SubmitModel", &q.base,
+                                 &ps__submit_model_reply__descriptor, (ProtobufCMessage **)&rep,
+                                 10000, &eb), PS_ENOTSUP);
+    /* the same spec again is still the no-op it always was */
+    q.model = m.spec;
+    ck_assert_int_eq(ps_rpc_call(c.r[0], "/ps.Ps/SubmitModel", &q.base,
+                                 &ps__submit_model_reply__descriptor, (ProtobufCMessage **)&rep,
+                                 10000, &eb), 0);
+    ck_assert(!rep->created && !rep->replaced);
+    protobuf_c_message_free_unpacked(&rep->base, NULL);
+    ps_test_ctr_release(&m3);
   }
   /* keys by shard, as a worker routes them */
   static uint16_t map[PS_PLACE_ROW_BUCKETS];

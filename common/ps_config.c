@@ -786,7 +786,8 @@ static int cfg_training_post(cfg_ctx *x, void *base, yaml_node_t *n, const yaml_
   while (strcmp(cfg_training_slots[k].name, "topk")) k++;
   if (n && marks[k].index != n->start_mark.index && strcmp(t->codec, "topk"))
     cfg_warn(x, (ps_config *)((char *)base - offsetof(ps_config, training)), marks[k],
-             "'topk' applies under codec topk only; codec %s ignores it", t->codec);
+             "'topk' applies to topk pushes only: codec %s sends none (psctl submit "
+             "--codec topk or --tensor-codec NAME=topk would use it)", t->codec);
   return 0;
 }
 static const cfg_table cfg_training_table =

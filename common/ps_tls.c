@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <openssl/bio.h>
 #include <openssl/crypto.h>
+#include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
 #include <openssl/x509_vfy.h>
@@ -78,6 +79,13 @@ static const char *tls_time(const ASN1_TIME *t, char *buf, size_t cap) {
   return buf;
 }
 
+/* tls_no_passphrase: a key protected by a passphrase is refused, never
+ * asked for on a terminal (OpenSSL's default callback would). */
+static int tls_no_passphrase(char *buf, int size, int rwflag, void *u) {
+  (void)buf, (void)size, (void)rwflag, (void)u;
+  return 0;
+}
+
 /* tls_certs reads every certificate of PEM (its first in *FIRST, the rest
  * appended to *MORE, made when NULL); 0 or PS_ECONFIG naming PATH. */
 static int tls_certs(const char *pem, const char *path, X509 **first, STACK_OF(X509) **more,
@@ -86,7 +94,7 @@ static int tls_certs(const char *pem, const char *path, X509 **first, STACK_OF(X
   if (!b) return ps_errf(eb, PS_ENOMEM, "out of memory reading '%s'", path);
   X509 *x;
   int n = 0, rc = 0;
-  while (rc == 0 && (x = PEM_read_bio_X509(b, NULL, NULL, NULL))) {
+  while (rc == 0 && (x = PEM_read_bio_X509(b, NULL, tls_no_passphrase, NULL))) {
     if (n++ == 0 && first) {
       *first = x;
       continue;
@@ -97,6 +105,7 @@ static int tls_certs(const char *pem, const char *path, X509 **first, STACK_OF(X
     }
   }
   BIO_free(b);
+  ERR_clear_error(); /* the end of the file (no start line) is no error here */
   if (rc == 0 && n == 0) rc = ps_errf(eb, PS_ECONFIG, "'%s': no certificate in it", path);
   return rc;
 }
@@ -116,8 +125,9 @@ static int tls_check_pem(const char *ca_pem, const char *cert_pem, const char *k
   int rc = tls_certs(cert_pem, cert, &leaf, &chain, eb);
   if (rc == 0) {
     BIO *b = BIO_new_mem_buf(key_pem, -1);
-    pk = b ? PEM_read_bio_PrivateKey(b, NULL, NULL, NULL) : NULL;
+    pk = b ? PEM_read_bio_PrivateKey(b, NULL, tls_no_passphrase, NULL) : NULL;
     BIO_free(b);
+    ERR_clear_error();
     if (!pk) rc = ps_errf(eb, PS_ECONFIG, "'%s': no private key in it (or one protected by a "
                           "passphrase)", key);
     else if (X509_check_private_key(leaf, pk) != 1)
@@ -144,6 +154,7 @@ static int tls_check_pem(const char *ca_pem, const char *cert_pem, const char *k
       rc = ps_errf(eb, PS_ECONFIG, "certificate '%s' does not chain to the CA in '%s': %s", cert,
                    ca, X509_verify_cert_error_string(X509_STORE_CTX_get_error(ctx)));
   }
+  ERR_clear_error(); /* (a failed check leaves OpenSSL's reasons queued on this thread) */
   X509_STORE_CTX_free(ctx);
   X509_STORE_free(store);
   sk_X509_pop_free(anchors, X509_free);

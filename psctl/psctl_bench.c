@@ -72,8 +72,9 @@ typedef struct bench_shard {
 
 /* The worker id the bench's pushes and pulls name: the last one the
  * shards accept (2 x workers.count + 1), which registration hands out
- * last; bench_lease takes it back (rejoin) should a worker that held it
- * have been declared dead, and gives it up (done) at the end. */
+ * last; its heartbeats (bench_beats) take it back (rejoin) should a
+ * worker that held it have been declared dead, hold its lease while the
+ * bench runs, and give it up (done) at the end. */
 static uint32_t bench_worker;
 
 /* ---- the four transfer kinds -------------------------------------------------- */
@@ -330,10 +331,10 @@ static void bench_spec(Ps__ModelSpec *spec, Ps__TensorSpec *t, Ps__TensorSpec **
   spec->chunk_elems = chunk_elems;
 }
 
-/* bench_lease sends every shard a heartbeat for bench_worker: at the
- * start (LEAVING 0) one marked rejoin, at the end one marked leaving and
- * done.  Best effort: a shard that misses it says so in the push or pull
- * that follows. */
+/* bench_lease sends every shard a heartbeat for bench_worker: while the
+ * bench runs (LEAVING 0) one marked rejoin, at the end one marked leaving
+ * and done.  Best effort: a shard that misses it says so in the push or
+ * pull that follows. */
 static void bench_lease(psctl_cluster *cl, int leaving) {
   size_t n = cl->cfg.nshards;
   ps_rpc_reply *out = calloc(n, sizeof *out);
@@ -348,6 +349,56 @@ static void bench_lease(psctl_cluster *cl, int leaving) {
                   5000, out);
   ps_rpc_replies_free(out, n);
   free(out);
+}
+
+/* The heartbeat thread: bench_worker's lease held while the bench runs,
+ * its phases without a request of that worker (a big model's submit, the
+ * wait for a flush) included. */
+typedef struct bench_beats {
+  psctl_cluster *cl;
+  pthread_t thread;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int quit, started;
+} bench_beats;
+
+static void *bench_beats_main(void *arg) {
+  bench_beats *b = arg;
+  pthread_mutex_lock(&b->mu);
+  while (!b->quit) {
+    pthread_mutex_unlock(&b->mu);
+    bench_lease(b->cl, 0);
+    struct timespec until = ps_deadline_ns((uint64_t)b->cl->cfg.workers.heartbeat_ms * 1000000u);
+    pthread_mutex_lock(&b->mu);
+    while (!b->quit && pthread_cond_timedwait(&b->cv, &b->mu, &until) == 0) {
+    }
+  }
+  pthread_mutex_unlock(&b->mu);
+  return NULL;
+}
+
+/* bench_beats_start sends the first heartbeat and starts the thread (its
+ * failure leaves the lease to the requests themselves). */
+static void bench_beats_start(bench_beats *b, psctl_cluster *cl) {
+  *b = (bench_beats){.cl = cl};
+  pthread_mutex_init(&b->mu, NULL);
+  ps_cond_init_mono(&b->cv);
+  bench_lease(cl, 0);
+  b->started = pthread_create(&b->thread, NULL, bench_beats_main, b) == 0;
+}
+
+/* bench_beats_stop ends the thread and leaves the worker id as done. */
+static void bench_beats_stop(bench_beats *b) {
+  if (b->started) {
+    pthread_mutex_lock(&b->mu);
+    b->quit = 1;
+    pthread_cond_signal(&b->cv);
+    pthread_mutex_unlock(&b->mu);
+    pthread_join(b->thread, NULL);
+  }
+  pthread_mutex_destroy(&b->mu);
+  pthread_cond_destroy(&b->cv);
+  bench_lease(b->cl, 1);
 }
 
 /* bench_connect opens each shard's channel client and (unless SKIP_GRPC)
@@ -707,7 +758,8 @@ int psctl_bench_main(int argc, char **argv) {
   int rc = sh && ids ? 0 : ps_errf(&eb, PS_ENOMEM, "out of memory");
   for (size_t i = 0; i < n && rc == 0; i++) ids[i] = cl.cfg.shards[i].id;
   bench_worker = 2 * cl.cfg.workers.count + 1;
-  if (rc == 0) bench_lease(&cl, 0);
+  bench_beats beats;
+  bench_beats_start(&beats, &cl);
   if (rc == 0)
     rc = bench_connect(&cl, sh, (uint64_t)(o.request_mib * 262144), !o.skip_grpc, o.sockbuf,
                        &eb);
@@ -717,7 +769,7 @@ int psctl_bench_main(int argc, char **argv) {
     bench_print(&cl, &o, results, small);
   if (rc < 0) fprintf(stderr, "psctl bench: %s\n", eb.msg);
   if (sh) bench_disconnect(sh, n);
-  bench_lease(&cl, 1);
+  bench_beats_stop(&beats);
   free(sh);
   free(ids);
   psctl_cluster_close(&cl);

@@ -93,9 +93,10 @@
  *     connection stays pre-hello (invariant 8's meta cap, nothing else
  *     served); a missing, unknown or wrong proof gets one error frame
  *     (status PS_EPERM: clients do not retry it) and a close, and counts
- *     in chan_auth_refused, as does a client that closes after the
- *     shard's proof without sending its own (it found that proof wrong:
- *     another secret under the key id).  A replayed hello meets a
+ *     in chan_auth_refused, as does a client that closes (EOF) after
+ *     the shard's proof without sending its own (it found that proof
+ *     wrong, another secret under the key id, or wants a MAC this shard
+ *     does not give).  A replayed hello meets a
  *     fresh Ns, so its old proof is wrong.
  * 10. With security.payload_mac the shard says so in its challenge (bound
  *     into both proofs) and every frame after the hello, both ways, ends in
@@ -1580,9 +1581,10 @@ static void conn_read(uv_stream_t *s, ssize_t nread, const uv_buf_t *buf) {
   (void)buf;
   if (nread < 0) {
     if (c->rx.state != PS_CHAN_RX_HDR || c->rx.got) psd_shard_count_error(c->chan->sh); /* truncated */
-    if (c->hello_proving) /* invariant 9: the client found this shard's proof wrong */
-      conn_auth_refused(c, "a client left after the shard's proof, without its own (its secret "
-                           "file has another secret for that key id?)");
+    if (c->hello_proving && nread == UV_EOF) /* invariant 9: it refused this shard */
+      conn_auth_refused(c, "a client closed after the shard's proof without its own: its "
+                           "secret file has another secret for that key id, or it wants "
+                           "payload_mac and this shard does not MAC");
     conn_close(c);
     return;
   }

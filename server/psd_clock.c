@@ -485,14 +485,15 @@ void psd_clock_release_all(psd_clock *c, int status, const char *msg) {
   }
 }
 
-/* clock_drop takes worker ID out of every clock table and re-checks the
- * parked pulls; returns how many tables held it. */
-static size_t clock_drop(psd_clock *c, uint32_t id, uint64_t now_ms) {
+/* clock_drop takes worker ID out of every clock table where its clock
+ * is at most MAX_CLOCK and re-checks the parked pulls; returns how many
+ * tables it left. */
+static size_t clock_drop(psd_clock *c, uint32_t id, uint64_t max_clock, uint64_t now_ms) {
   size_t n = 0;
   for (size_t i = 0; i < c->nm; i++) {
     psd_clock_model *m = c->m[i];
     clock_entry *e = clock_entry_find(m, id);
-    if (!e) continue;
+    if (!e || e->clock > max_clock) continue;
     *e = m->ent[--m->nent];
     c->dirty = 1;
     n++;
@@ -508,7 +509,14 @@ static void clock_expire(psd_clock *c, clock_worker *w, uint64_t now_ms) {
   clock_part_orphan(c, w->id);
   clock_part_balance(c);
   c->dirty = 1;
-  clock_drop(c, w->id, now_ms);
+  clock_drop(c, w->id, UINT64_MAX, now_ms);
+}
+
+/* psd_clock_slowest: see psd_clock.h. */
+uint64_t psd_clock_slowest(const psd_clock *c, const char *model) {
+  const psd_clock_model *m = model ? clock_model_find(c, model) : NULL;
+  const clock_entry *s = m ? clock_slowest(m) : NULL;
+  return s ? s->clock : 0;
 }
 
 /* psd_clock_set_pid: see psd_clock.h. */
@@ -518,9 +526,9 @@ void psd_clock_set_pid(psd_clock *c, uint32_t worker, uint32_t pid) {
 }
 
 /* psd_clock_step_out: see psd_clock.h. */
-size_t psd_clock_step_out(psd_clock *c, uint32_t worker, uint64_t now_ms) {
+size_t psd_clock_step_out(psd_clock *c, uint32_t worker, uint64_t clock, uint64_t now_ms) {
   const clock_worker *w = clock_worker_find(c, worker);
-  return w && !w->dead ? clock_drop(c, worker, now_ms) : 0;
+  return w && !w->dead ? clock_drop(c, worker, clock, now_ms) : 0;
 }
 
 /* psd_clock_expired: see psd_clock.h. */
@@ -797,8 +805,11 @@ size_t psd_clock_partitions(const psd_clock *c, uint32_t rank, uint32_t nparts, 
 
 int psd_clock_set_data_size(psd_clock *c, uint64_t samples, ps_errbuf *eb) {
   if (!samples || samples == c->data_size) return 0;
+  /* a job under way: a partition being trained, or between its first
+   * and its last epoch (a finished job, or a new one, takes any size) */
   for (uint32_t i = 0; c->data_size && i < c->o.nparts; i++)
-    if (c->part[i].active || c->part[i].epoch || c->part[i].offset)
+    if (c->part[i].active || c->part[i].offset ||
+        (c->part[i].epoch && c->part[i].epoch < c->job_epochs))
       return ps_errf(eb, PS_ECONFIG, "this worker's training set has %" PRIu64 " samples, the "
                      "job's %" PRIu64 ": its data files or data.limit differ from the other "
                      "workers'", samples, c->data_size);

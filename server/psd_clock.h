@@ -189,16 +189,22 @@ int psd_clock_expired(const psd_clock *c, uint32_t worker);
  * not count), UINT64_MAX when the table does not know it. */
 uint64_t psd_clock_silent_ms(const psd_clock *c, uint32_t worker, uint64_t now_ms);
 
+/* psd_clock_slowest returns the slowest live clock in MODEL's table (0
+ * when it has none or no such model). */
+uint64_t psd_clock_slowest(const psd_clock *c, const char *model);
+
 /* psd_clock_set_pid records WORKER's process id PID (0: not said, kept)
  * for status; an unknown worker is left alone. */
 void psd_clock_set_pid(psd_clock *c, uint32_t worker, uint32_t pid);
 
-/* psd_clock_step_out takes live WORKER out of every clock table (the
- * pulls waiting on it are re-checked), its lease and partitions kept: it
- * has nothing to train for now.  Its next push or pull enters it again
+/* psd_clock_step_out takes live WORKER out of every clock table where
+ * its clock is at most CLOCK (the clock it said it stopped at: a late
+ * step-out, overtaken by the worker's return at a later clock, leaves it
+ * in), the pulls waiting on it re-checked, its lease and partitions kept:
+ * it has nothing to train for now.  Its next push or pull enters it again
  * (invariant 1).  An unknown or dead worker is left alone.  Returns how
  * many tables it left (0: it was in none). */
-size_t psd_clock_step_out(psd_clock *c, uint32_t worker, uint64_t now_ms);
+size_t psd_clock_step_out(psd_clock *c, uint32_t worker, uint64_t clock, uint64_t now_ms);
 
 /* psd_clock_leave makes WORKER DEAD at once (it stops): it leaves every
  * clock table and the pulls waiting on it are re-checked; its partitions
@@ -268,10 +274,12 @@ int psd_clock_progress(psd_clock *c, uint32_t worker, const psd_part_pos *pos, u
                        ps_errbuf *eb);
 
 /* psd_clock_set_data_size records the training set's size as a worker
- * loaded it (SAMPLES; for status).  Once the job has begun (a partition
- * trained or being trained) another size is PS_ECONFIG: that worker
- * cut other partitions (its data files or data.limit differ), and would
- * train some samples twice and leave others out. */
+ * loaded it (SAMPLES; for status).  While a job is under way (a
+ * partition being trained, or past its first epoch and short of its
+ * last) another size is PS_ECONFIG: that worker cut other partitions
+ * (its data files or data.limit differ), and would train some samples
+ * twice and leave others out.  A finished job takes a new size (the
+ * next job's data). */
 int psd_clock_set_data_size(psd_clock *c, uint64_t samples, ps_errbuf *eb);
 
 /* Partition table and epoch accounting for status: psd_clock_nparts

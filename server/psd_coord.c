@@ -305,6 +305,7 @@ int psd_coord_heartbeat(psd_shard *sh, const Ps__HeartbeatRequest *req,
     reply->granted->epoch = pos.epoch;
     reply->granted->offset = reply->granted->started = pos.offset;
     reply->granted->size = pos.size;
+    reply->start_clock = psd_clock_slowest(sh->clock, req->model);
   }
   return 0;
 }

@@ -622,16 +622,19 @@ static int psd_main_can_listen(const char *what, const char *addr, ps_errbuf *eb
   if (g != 0)
     return ps_errf(eb, PS_EUNAVAIL, "cannot listen on %s address '%s': %s", what, addr,
                    gai_strerror(g));
-  int err = 0;
-  int fd = socket(ai->ai_family, ai->ai_socktype | SOCK_CLOEXEC, ai->ai_protocol);
-  int one = 1;
-  if (fd < 0 || setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
-      bind(fd, ai->ai_addr, ai->ai_addrlen) < 0)
-    err = ps_errf(eb, PS_EUNAVAIL, "cannot listen on %s address '%s': %s", what, addr,
-                  strerror(errno));
-  if (fd >= 0) close(fd);
+  /* as gRPC does: one address the name resolves to that binds is enough */
+  int why = 0, bound = 0;
+  for (const struct addrinfo *a = ai; a && !bound; a = a->ai_next) {
+    int fd = socket(a->ai_family, a->ai_socktype | SOCK_CLOEXEC, a->ai_protocol), one = 1;
+    bound = fd >= 0 && setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) == 0 &&
+            bind(fd, a->ai_addr, a->ai_addrlen) == 0;
+    if (!bound && !why) why = errno;
+    if (fd >= 0) close(fd);
+  }
   freeaddrinfo(ai);
-  return err;
+  if (bound) return 0;
+  return ps_errf(eb, PS_EUNAVAIL, "cannot listen on %s address '%s': %s", what, addr,
+                 strerror(why));
 }
 
 /* psd_main_open opens the store and both listeners; 0, or 1 after one

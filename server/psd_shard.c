@@ -336,7 +336,7 @@ int psd_shard_heartbeat(psd_shard *sh, const Ps__HeartbeatRequest *req,
               : sh->coordinator ? " before it finished: its data partitions go to the live workers"
                                 : " before it finished");
   }
-  if (err == 0 && req->idle && !req->leaving && psd_clock_step_out(sh->clock, req->worker, now))
+  if (err == 0 && req->idle && !req->leaving && psd_clock_step_out(sh->clock, req->worker, req->clock, now))
     ps_info("worker %u waits for a partition to claim: out of the clock tables until it pushes "
             "or pulls again", req->worker);
   psd_shard_clock_arm(sh);

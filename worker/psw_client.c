@@ -404,6 +404,12 @@ static int psw_connect(psw_client *c, psw_shard *s, ps_errbuf *eb) {
                                 psw_shm_want(c, s), PSW_CONNECT_TIMEOUT_MS, eb);
   if (err < 0) {
     s->ch = NULL;
+    /* an aggregator that refuses this worker's key (another secret file
+     * there) is one that failed: the roots may take the key */
+    if (err == PS_EPERM && s->via_agg) {
+      ps_errbuf why = *eb;
+      err = ps_errf(eb, PS_EUNAVAIL, "%s", why.msg);
+    }
     return err;
   }
   ps_chan_set_timeout(s->ch, c->io_timeout_ms);

@@ -30,6 +30,7 @@ struct psw_coord {
   volatile sig_atomic_t *stop;
   ps_rpc **rpc;                  /* one channel per shard, in cfg order */
   size_t coord;                  /* index of the coordinator shard */
+  uint64_t grant_clock;          /* the last grant's start_clock (training thread) */
   Ps__RegisterWorkerReply *reg;  /* the last registration's reply */
   pthread_t thread;
   pthread_mutex_t mu;
@@ -487,12 +488,16 @@ int psw_coord_claim(psw_coord *c, const psw_coord_part *fin, uint32_t epochs, ui
     const Ps__PartProgress *g = r->granted;
     *out = (psw_coord_part){.part = g->partition, .epoch = g->epoch, .offset = g->offset,
                             .started = g->offset, .size = g->size};
+    c->grant_clock = r->start_clock;
     err = 1;
   }
   if (err >= 0 && r->assigned) coord_set_parts(c, r->partitions, r->n_partitions);
   protobuf_c_message_free_unpacked(&r->base, NULL);
   return err;
 }
+
+/* psw_coord_grant_clock: see psw_coord.h. */
+uint64_t psw_coord_grant_clock(const psw_coord *c) { return c->grant_clock; }
 
 /* psw_coord_step_out: see psw_coord.h. */
 void psw_coord_step_out(psw_coord *c) {

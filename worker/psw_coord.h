@@ -132,6 +132,10 @@ typedef struct psw_coord_part {
 int psw_coord_claim(psw_coord *c, const psw_coord_part *fin, uint32_t epochs, uint64_t data_size,
                     psw_coord_part *out, int *job_done, ps_errbuf *eb);
 
+/* psw_coord_grant_clock returns the slowest live clock the coordinator
+ * gave with the last grant (0: none said). */
+uint64_t psw_coord_grant_clock(const psw_coord *c);
+
 /* psw_coord_step_out tells every shard that this worker has nothing to
  * train for now (a heartbeat marked idle): it leaves their clock tables,
  * so bsp/ssp pulls of the others do not wait for it, and keeps its lease

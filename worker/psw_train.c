@@ -823,12 +823,22 @@ static int run_claim(psw_run *x, const psw_coord_part *fin, psw_coord_part *pos,
         err = psw_coord_claim(x->coord, NULL, x->o->epochs, x->data_total, pos, &done, eb);
       fin = NULL;
       if (err >= 0) x->r->job_done = done;
-      if (err != 0 || done) {
-        if (err > 0 && waited)
-          ps_info("worker %u: took over partition %u (epoch %u) after waiting", x->rank,
-                  pos->part, pos->epoch + 1);
-        return err;
+      if (err > 0 && waited) {
+        /* out of the clock tables meanwhile: it goes on at the slowest
+         * live clock (as a worker that registers now would; under bsp the
+         * others would otherwise wait for it to catch up alone), from
+         * parameters pulled now, not those of before the wait */
+        uint64_t at = psw_coord_grant_clock(x->coord);
+        if (at > x->clock) {
+          x->clock0 += at - x->clock;
+          x->clock = at;
+        }
+        ps_info("worker %u: took over partition %u (epoch %u) after waiting; going on at clock "
+                "%llu", x->rank, pos->part, pos->epoch + 1, (unsigned long long)x->clock);
+        if ((err = psw_client_pull_all(x->cl, 0, x->clock, eb)) < 0) return err;
+        return 1;
       }
+      if (err != 0 || done) return err;
       if (!waited)
         ps_info("worker %u: nothing left to claim; waiting while other workers finish their "
                 "partitions (one whose worker dies comes here)", x->rank);

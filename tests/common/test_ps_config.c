@@ -268,7 +268,7 @@ START_TEST(test_config_require_cert_warning) {
       {"security:\n  mode: none\n", NULL},
       {"security: none\n", NULL},
       {"security: none\ntraining:\n  topk: 0.1\n",
-       "c.yaml:4:9: warning: 'topk' applies under codec topk only; codec fp32 ignores it"},
+       "c.yaml:4:9: warning: 'topk' applies to topk pushes only: codec fp32 sends none"},
       {"security: none\ntraining:\n  topk: 0.1\n  codec: topk\n", NULL},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

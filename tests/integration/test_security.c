@@ -606,6 +606,19 @@ START_TEST(test_sec_pair_checked) {
   sec_expired_pair(cert, key);
   ck_assert_int_eq(ps_tls_check(cert, cert, key, &eb), PS_ECONFIG);
   ck_assert_msg(strstr(eb.msg, "old.pem' expired on"), "%s", eb.msg);
+  /* a key under a passphrase: refused, never asked for */
+  char enc[700];
+  snprintf(enc, sizeof enc, "%s/enc.key", sec_dir);
+  EVP_PKEY *pk = EVP_PKEY_Q_keygen(NULL, NULL, "EC", "P-256");
+  FILE *kf = fopen(enc, "w");
+  ck_assert(pk && kf);
+  ck_assert(PEM_write_PrivateKey(kf, pk, EVP_aes_128_cbc(), (unsigned char *)"pw", 2, NULL,
+                                 NULL));
+  fclose(kf);
+  EVP_PKEY_free(pk);
+  ck_assert_int_eq(chmod(enc, 0600), 0);
+  ck_assert_int_eq(ps_tls_check(t->ca, t->worker_cert, enc, &eb), PS_ECONFIG);
+  ck_assert_msg(strstr(eb.msg, "protected by a passphrase"), "%s", eb.msg);
   snprintf(other, sizeof other, "%s/other/ca.pem", sec_dir);
   ck_assert_int_eq(ps_tls_check(other, t->cert, t->key, &eb), PS_ECONFIG);
   ck_assert_msg(strstr(eb.msg, "does not chain to the CA in"), "%s", eb.msg);

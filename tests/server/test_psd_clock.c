@@ -86,12 +86,12 @@ START_TEST(test_step_out) {
   ck_assert_int_eq(psd_clock_pull(c, "m", 1, 0, 10, &a.p, &eb), 0);
   ck_assert_int_eq(psd_clock_pushed(c, "m", 0, 0, 20, &eb), 0);
   ck_assert_int_eq(psd_clock_pull(c, "m", 0, 1, 20, &a.p, &eb), 1); /* waits for w1 */
-  ck_assert_uint_eq(psd_clock_step_out(c, 1, 30), 1);
+  ck_assert_uint_eq(psd_clock_step_out(c, 1, 0, 30), 1);
   ck_assert_int_eq(a.released, 1);
   ck_assert_int_eq(a.status, 0);
   ck_assert_int_eq(psd_clock_model_clock(c, "m", 1), -1);
-  ck_assert_uint_eq(psd_clock_step_out(c, 1, 40), 0); /* in no table now */
-  ck_assert_uint_eq(psd_clock_step_out(c, 7, 40), 0); /* unknown */
+  ck_assert_uint_eq(psd_clock_step_out(c, 1, 0, 40), 0); /* in no table now */
+  ck_assert_uint_eq(psd_clock_step_out(c, 7, 0, 40), 0); /* unknown */
   ck_assert_int_eq(psd_clock_expired(c, 1), 0);
   /* w0 runs ahead alone */
   ck_assert_int_eq(psd_clock_pushed(c, "m", 0, 1, 50, &eb), 0);
@@ -104,6 +104,9 @@ START_TEST(test_step_out) {
   ck_assert_int_eq(psd_clock_pushed(c, "m", 1, 1, 80, &eb), 0);
   ck_assert_int_eq(psd_clock_pushed(c, "m", 1, 2, 90, &eb), 0);
   ck_assert_int_eq(a.released, 2);
+  /* a late step-out of clock 0, overtaken by its return: it stays in */
+  ck_assert_uint_eq(psd_clock_step_out(c, 1, 0, 95), 0);
+  ck_assert_int_eq(psd_clock_model_clock(c, "m", 1), 3);
   /* its lease ran on: a heartbeat keeps it alive, no expiry */
   ck_assert_int_eq(psd_clock_heartbeat(c, 1, "m", 3, 0, 0, "h", "cpu", 900, &eb), 0);
   psd_clock_tick(c, 1500);
@@ -498,6 +501,10 @@ START_TEST(test_partitions_progress_and_failover) {
     ck_assert_uint_eq(ei.trained, 80);
     ck_assert_uint_eq(ei.done_parts, 8);
   }
+  /* the job is finished: the next one may bring another training set */
+  ck_assert_int_eq(psd_clock_set_data_size(c, 80, &eb), 0);
+  ck_assert_msg(psd_clock_set_data_size(c, 96, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(psd_clock_data_size(c), 96);
   /* another model: a new job (nothing is being trained); while it
    * trains, a claim for the first one is refused */
   ck_assert_int_eq(psd_clock_claim(c, own, "m2", 1, 1400, &g, &done, &eb), 1);

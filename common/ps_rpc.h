@@ -13,13 +13,6 @@
 #include "ps_error.h"
 
 #define PS_RPC_MAX_MSG (1 << 30)
-/* A channel to a shard that went away tries again after 100 ms, then
- * at most every 500 ms (gRPC's default backoff grows to 120 s), and gives
- * a try 2 s at least (gRPC's default: 20 s; a shard's TLS handshake takes
- * a few round trips, which a WAN link may stretch past 1 s). */
-#define PS_RPC_RECONNECT_MIN_MS 100
-#define PS_RPC_RECONNECT_MAX_MS 500
-#define PS_RPC_CONNECT_MIN_MS 2000
 
 typedef struct ps_rpc ps_rpc;
 

@@ -172,7 +172,7 @@ int psd_clock_check_worker(const psd_clock *c, uint32_t worker, ps_errbuf *eb) {
   if (worker < c->cap) return 0;
   return ps_errf(eb, PS_EINVAL,
                  "worker %" PRIu32 " is outside this cluster's worker ids (0..%" PRIu32
-                 ": 2 x workers.count %" PRIu32 " + 2)",
+                 ", that is 2 x workers.count + 1 with workers.count %" PRIu32 ")",
                  worker, c->cap - 1, c->o.world_size);
 }
 

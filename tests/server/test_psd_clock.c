@@ -605,8 +605,8 @@ START_TEST(test_world_bounds_table) {
     ck_assert_int_eq(psd_clock_touch(c, id, 10, &eb), want);
     ck_assert_int_eq(psd_clock_heartbeat(c, id, "m", 1, 0, 0, "h", "cpu", 10, &eb), want);
   }
-  ck_assert_str_eq(eb.msg, "worker 29999 is outside this cluster's worker ids (0..7: 2 x "
-                           "workers.count 3 + 2)");
+  ck_assert_str_eq(eb.msg, "worker 29999 is outside this cluster's worker ids (0..7, that is 2 "
+                           "x workers.count + 1 with workers.count 3)");
   ck_assert_uint_eq(psd_clock_nworkers(c), 8);
   ck_assert_int_eq(psd_clock_model_clock(c, "m", 8), -1);
   psd_clock_free(c);

@@ -35,7 +35,7 @@ static int rpc_open_creds(ps_rpc **out, const char *addr, grpc_channel_credentia
   /* gRPC's own reconnect backoff stays (1 s, growing): with a faster one
    * a short-lived client (psctl) that reached a dead shard had a
    * reconnect timer fire while it exited, and gRPC's threads then crashed
-   * in the exit's destructors (SIGSEGV, 1 run in about 20). */
+   * in the exit's destructors (SIGSEGV, now and then). */
   static const struct { const char *key; int value; } iargs[] = {
       {GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, PS_RPC_MAX_MSG},
       {GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, PS_RPC_MAX_MSG}};

@@ -127,6 +127,20 @@ void ps_test_write_file(const char *path, const char *text) {
   ck_assert_int_eq(fclose(f), 0);
 }
 
+/* ps_test_file_replace: see ps_test.h. */
+void ps_test_file_replace(const char *src, const char *dst, const char *from, const char *to) {
+  size_t len;
+  char *text = ps_test_read_file(src, &len), *at = strstr(text, from);
+  ck_assert_msg(at != NULL, "no '%s' in %s", from, src);
+  size_t cap = len + strlen(to) + 1;
+  char *out = malloc(cap);
+  ck_assert_ptr_nonnull(out);
+  snprintf(out, cap, "%.*s%s%s", (int)(at - text), text, to, at + strlen(from));
+  ps_test_write_file(dst, out);
+  free(text);
+  free(out);
+}
+
 /* ps_test_count_files: see ps_test.h. */
 int ps_test_count_files(const char *dir, const char *suffix, int empty_only) {
   DIR *d = opendir(dir);
@@ -310,16 +324,7 @@ int ps_test_chan_connect_shm(ps_chan_client **c, const char *addr, const char *c
 const char *ps_test_sync_yaml(const char *dir, int nshards, const char *extra, int *grpc_ports,
                               int *chan_ports) {
   const char *path = ps_test_cluster_yaml(dir, nshards, extra, grpc_ports, chan_ports);
-  size_t len;
-  char *y = ps_test_read_file(path, &len);
-  char *at = strstr(y, "  mode: periodic\n");
-  ck_assert_ptr_nonnull(at);
-  char *out = malloc(len + 16);
-  ck_assert_ptr_nonnull(out);
-  snprintf(out, len + 16, "%.*s  mode: sync\n%s", (int)(at - y), y, at + strlen("  mode: periodic\n"));
-  ps_test_write_file(path, out);
-  free(y);
-  free(out);
+  ps_test_file_replace(path, path, "  mode: periodic\n", "  mode: sync\n");
   return path;
 }
 

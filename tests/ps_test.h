@@ -55,6 +55,11 @@ void ps_test_write_file(const char *path, const char *text);
  * EMPTY_ONLY: those of 0 bytes only); DIR must exist. */
 int ps_test_count_files(const char *dir, const char *suffix, int empty_only);
 
+/* ps_test_file_replace writes SRC's text to DST (SRC itself is fine)
+ * with its first FROM replaced by TO; fails the test when SRC has no
+ * FROM. */
+void ps_test_file_replace(const char *src, const char *dst, const char *from, const char *to);
+
 /* ps_test_read_file returns PATH's contents NUL-terminated (the caller
  * owns and frees it), *LEN its length when LEN is not NULL; fails the test
  * when PATH cannot be read. */

@@ -528,14 +528,7 @@ START_TEST(test_sync_log_then_periodic) {
   snprintf(addr, sizeof addr, "127.0.0.1:%d", cp);
   uint64_t v;
   /* the same cluster under periodic */
-  size_t len;
-  char *y = ps_test_read_file(yaml, &len), *at = strstr(y, "  mode: sync\n");
-  ck_assert_ptr_nonnull(at);
-  char *out = malloc(len + 16);
-  snprintf(out, len + 16, "%.*s  mode: periodic\n%s", (int)(at - y), y, at + strlen("  mode: sync\n"));
-  ps_test_write_file(yaml, out);
-  free(y);
-  free(out);
+  ps_test_file_replace(yaml, yaml, "  mode: sync\n", "  mode: periodic\n");
   pid_t pid = cl_start(yaml, log, gp, cp);
   cl_tally t;
   snprintf(t.chan_addr, sizeof t.chan_addr, "%s", addr);

@@ -73,16 +73,8 @@ static void tf_start_c(tf_ctx *x, int count, int min, int epochs, const char *la
            "  test_labels: " TF_DATA "/t10k-labels-idx1-ubyte.gz\n"
            "  scale: 1/255\n  partitions: %d\n  limit: %d\n",
            count, min, epochs, TF_BATCH, TF_PARTS, limit);
-  snprintf(x->yaml, sizeof x->yaml, "%s", ps_test_cluster_yaml(x->dir, 2, extra, x->gp, x->cp));
-  if (sync) {
-    char *text = ps_test_read_file(x->yaml, NULL), *at = strstr(text, "mode: periodic\n");
-    ck_assert_ptr_nonnull(at);
-    FILE *f = fopen(x->yaml, "w");
-    ck_assert_ptr_nonnull(f);
-    fprintf(f, "%.*smode: sync\n%s", (int)(at - text), text, at + strlen("mode: periodic\n"));
-    fclose(f);
-    free(text);
-  }
+  snprintf(x->yaml, sizeof x->yaml, "%s",
+           (sync ? ps_test_sync_yaml : ps_test_cluster_yaml)(x->dir, 2, extra, x->gp, x->cp));
   ps_test_start_shards(x->yaml, x->dir, 2, x->gp, x->cp, x->shard);
   ps_test_submit_mlp(x->dir, x->yaml, layers, lr, consistency, NULL);
 }
@@ -98,16 +90,21 @@ static void tf_log(const tf_ctx *x, int i, char *buf, size_t cap) {
   snprintf(buf, cap, "%s/psw%d.log", x->dir, i);
 }
 
-/* tf_spawn_slow starts one more registering worker, --slowdown SLOWDOWN
- * (NULL: none); returns its index. */
-static int tf_spawn_slow(tf_ctx *x, const char *slowdown) {
+/* tf_spawn_with starts one more registering worker on cluster file YAML,
+ * --slowdown SLOWDOWN (NULL: none); returns its index. */
+static int tf_spawn_with(tf_ctx *x, const char *yaml, const char *slowdown) {
   ck_assert_int_lt(x->nw, TF_MAXW);
   char log[700];
   tf_log(x, x->nw, log, sizeof log);
-  char *argv[] = {(char *)ps_test_bin("psw"), "--config", x->yaml, "--quiet",
+  char *argv[] = {(char *)ps_test_bin("psw"), "--config", (char *)yaml, "--quiet",
                   slowdown ? "--slowdown" : NULL, (char *)slowdown, NULL};
   x->w[x->nw] = ps_test_spawn(argv, log, NULL);
   return x->nw++;
+}
+
+/* tf_spawn_slow: tf_spawn_with on the cluster file. */
+static int tf_spawn_slow(tf_ctx *x, const char *slowdown) {
+  return tf_spawn_with(x, x->yaml, slowdown);
 }
 
 /* tf_spawn starts one more registering worker; returns its index. */
@@ -398,20 +395,10 @@ END_TEST
 /* tf_spawn_edited starts a worker on a copy of the cluster file with FROM
  * replaced by TO (NAME: the copy's name); returns its index. */
 static int tf_spawn_edited(tf_ctx *x, const char *name, const char *from, const char *to) {
-  char *yaml = ps_test_read_file(x->yaml, NULL), path[700], log[700];
-  char *at = strstr(yaml, from);
-  ck_assert_msg(at != NULL, "no '%s' in %s", from, x->yaml);
+  char path[700];
   snprintf(path, sizeof path, "%s/%s", x->dir, name);
-  FILE *f = fopen(path, "w");
-  ck_assert_ptr_nonnull(f);
-  fprintf(f, "%.*s%s%s", (int)(at - yaml), yaml, to, at + strlen(from));
-  fclose(f);
-  free(yaml);
-  ck_assert_int_lt(x->nw, TF_MAXW);
-  tf_log(x, x->nw, log, sizeof log);
-  char *argv[] = {(char *)ps_test_bin("psw"), "--config", path, "--quiet", NULL};
-  x->w[x->nw] = ps_test_spawn(argv, log, NULL);
-  return x->nw++;
+  ps_test_file_replace(x->yaml, path, from, to);
+  return tf_spawn_with(x, path, NULL);
 }
 
 /* tf_refused waits for worker I to exit non-zero with WHY in its log. */

@@ -623,17 +623,10 @@ START_TEST(test_sec_pair_checked) {
   ck_assert_int_eq(ps_tls_check(other, t->cert, t->key, &eb), PS_ECONFIG);
   ck_assert_msg(strstr(eb.msg, "does not chain to the CA in"), "%s", eb.msg);
   /* psd -t: the shard's key swapped for the worker's */
-  char *yaml = ps_test_read_file(sec_yaml, NULL);
   char path[700], log[700];
   snprintf(path, sizeof path, "%s/swapped.yaml", sec_dir);
   snprintf(log, sizeof log, "%s/swapped.log", sec_dir);
-  char *at = strstr(yaml, "shard.key");
-  ck_assert_ptr_nonnull(at);
-  FILE *f = fopen(path, "w");
-  ck_assert_ptr_nonnull(f);
-  fprintf(f, "%.*sworker.key%s", (int)(at - yaml), yaml, at + strlen("shard.key"));
-  fclose(f);
-  free(yaml);
+  ps_test_file_replace(sec_yaml, path, "shard.key", "worker.key");
   char *argv[] = {(char *)ps_test_bin("psd"), "-t", "--config", path, NULL};
   ck_assert_int_eq(ps_test_run(argv, log, 20000), 2);
   char *out = ps_test_read_file(log, NULL);

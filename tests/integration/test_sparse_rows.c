@@ -212,16 +212,9 @@ static void sd_counts(const sd_tally *t, long long *n, const char *log) {
 static const char *sd_yaml(const char *dir, const char *mode, unsigned flush_ms, int *gp, int *cp) {
   static const char was[] = "  mode: periodic\n  flush_interval_ms: 200\n";
   const char *path = ps_test_cluster_yaml(dir, 1, "sparse:\n  memory_rows: 8\n", gp, cp);
-  size_t len;
-  char *y = ps_test_read_file(path, &len);
-  char *at = strstr(y, was);
-  ck_assert_ptr_nonnull(at);
-  char *out = malloc(len + 96);
-  snprintf(out, len + 96, "%.*s  mode: %s\n  flush_interval_ms: %u\n%s", (int)(at - y), y, mode,
-           flush_ms, at + strlen(was));
-  ps_test_write_file(path, out);
-  free(y);
-  free(out);
+  char now[96];
+  snprintf(now, sizeof now, "  mode: %s\n  flush_interval_ms: %u\n", mode, flush_ms);
+  ps_test_file_replace(path, path, was, now);
   return path;
 }
 
@@ -647,14 +640,7 @@ START_TEST(test_sparse_sync_log_then_periodic) {
   sd_push_rounds(r, e.t, 3);
   ps_rpc_close(r);
   ck_assert(WIFSIGNALED(ps_test_stop(e.pid, SIGKILL, 5000)));
-  size_t len;
-  char *y = ps_test_read_file(e.yaml, &len), *at = strstr(y, "  mode: sync\n");
-  ck_assert_ptr_nonnull(at);
-  char *out = malloc(len + 16);
-  snprintf(out, len + 16, "%.*s  mode: periodic\n%s", (int)(at - y), y, at + strlen("  mode: sync\n"));
-  ps_test_write_file(e.yaml, out);
-  free(y);
-  free(out);
+  ps_test_file_replace(e.yaml, e.yaml, "  mode: sync\n", "  mode: periodic\n");
   pid_t pid = ps_test_dur_start(e.yaml, e.log, e.gp, e.cp, NULL);
   long long n[SD_KEYS];
   sd_counts(e.t, n, e.log);

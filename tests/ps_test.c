@@ -539,16 +539,23 @@ int ps_test_wait_port(int port, int timeout_ms) {
   return -1;
 }
 
-void ps_test_submit(ps_rpc *r, const Ps__ModelSpec *spec, int replace, int timeout_ms) {
+/* ps_test_submit_call: see ps_test.h. */
+int ps_test_submit_call(ps_rpc *r, const Ps__ModelSpec *spec, int replace, int timeout_ms,
+                        Ps__SubmitModelReply **rep, ps_errbuf *eb) {
   Ps__SubmitModelRequest req = PS__SUBMIT_MODEL_REQUEST__INIT;
   req.model = (Ps__ModelSpec *)spec;
   req.replace = replace;
-  ProtobufCMessage *rep = NULL;
+  *rep = NULL;
+  return ps_rpc_call(r, "/ps.Ps/SubmitModel", &req.base, &ps__submit_model_reply__descriptor,
+                     (ProtobufCMessage **)rep, timeout_ms, eb);
+}
+
+void ps_test_submit(ps_rpc *r, const Ps__ModelSpec *spec, int replace, int timeout_ms) {
+  Ps__SubmitModelReply *rep;
   ps_errbuf eb;
-  int err = ps_rpc_call(r, "/ps.Ps/SubmitModel", &req.base, &ps__submit_model_reply__descriptor,
-                        &rep, timeout_ms, &eb);
+  int err = ps_test_submit_call(r, spec, replace, timeout_ms, &rep, &eb);
   ck_assert_msg(err == 0, "submit '%s': %s", spec->name, eb.msg);
-  protobuf_c_message_free_unpacked(rep, NULL);
+  protobuf_c_message_free_unpacked(&rep->base, NULL);
 }
 
 /* ps_test_tmpfs_make: see ps_test.h. */

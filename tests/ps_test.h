@@ -240,6 +240,12 @@ void ps_test_ctr_model(ps_test_ctr *m, const psw_ctr_shape *sh, const char *kind
                        uint64_t seed);
 void ps_test_ctr_release(ps_test_ctr *m);
 
+/* ps_test_submit_call calls SubmitModel with SPEC and REPLACE on the
+ * shard behind R within TIMEOUT_MS: the call's result, *REP its reply on
+ * success (the caller frees it). */
+int ps_test_submit_call(ps_rpc *r, const Ps__ModelSpec *spec, int replace, int timeout_ms,
+                        Ps__SubmitModelReply **rep, ps_errbuf *eb);
+
 /* ps_test_submit registers SPEC on the shard behind R (SubmitModel with
  * REPLACE) within TIMEOUT_MS; fails the test with the model's name and the
  * shard's message when the call fails. */

@@ -97,11 +97,7 @@ static ps_chan_client *rpc_chan(int shard) {
 
 static int rpc_submit(ps_rpc *r, const Ps__ModelSpec *spec, int replace, Ps__SubmitModelReply **rep,
                       ps_errbuf *eb) {
-  Ps__SubmitModelRequest req = PS__SUBMIT_MODEL_REQUEST__INIT;
-  req.model = (Ps__ModelSpec *)spec;
-  req.replace = replace;
-  return ps_rpc_call(r, "/ps.Ps/SubmitModel", &req.base, &ps__submit_model_reply__descriptor,
-                     (ProtobufCMessage **)rep, 5000, eb);
+  return ps_test_submit_call(r, spec, replace, 5000, rep, eb);
 }
 
 /* rpc_push_as pushes as WORKER; rpc_push as worker 0. */

@@ -91,19 +91,12 @@ START_TEST(test_sparse_rpc) {
     psw_ctr_shape wide = {2, 2 * DIM, 1, NULL, 0, 0, 0};
     ps_test_ctr m2;
     ps_test_ctr_model(&m2, &wide, "sgd", 0.5f, 77);
-    Ps__SubmitModelRequest q = PS__SUBMIT_MODEL_REQUEST__INIT;
-    q.model = m2.spec, q.replace = 1;
-    Ps__SubmitModelReply *rep = NULL;
+    Ps__SubmitModelReply *rep;
     /* with --replace: a model with tables is not replaced (its rows would stay) */
-    ck_assert_int_eq(ps_rpc_call(c.r[0], "/ps.Ps/SubmitModel", &q.base,
-                                 &ps__submit_model_reply__descriptor, (ProtobufCMessage **)&rep,
-                                 10000, &eb), PS_ENOTSUP);
+    ck_assert_int_eq(ps_test_submit_call(c.r[0], m2.spec, 1, 10000, &rep, &eb), PS_ENOTSUP);
     ck_assert_msg(strstr(eb.msg, "whose rows a replace cannot drop") != NULL, "%s", eb.msg);
     /* without: the table's dim is what refuses it */
-    q.replace = 0;
-    ck_assert_int_eq(ps_rpc_call(c.r[0], "/ps.Ps/SubmitModel", &q.base,
-                                 &ps__submit_model_reply__descriptor, (ProtobufCMessage **)&rep,
-                                 10000, &eb), PS_ENOTSUP);
+    ck_assert_int_eq(ps_test_submit_call(c.r[0], m2.spec, 0, 10000, &rep, &eb), PS_ENOTSUP);
     ck_assert_msg(strstr(eb.msg, "sparse table 0 exists with dim 4") != NULL, "%s", eb.msg);
     ps_test_ctr_release(&m2);
   }
@@ -111,17 +104,10 @@ START_TEST(test_sparse_rpc) {
     /* the same table, other dense settings, with --replace: refused too */
     ps_test_ctr m3;
     ps_test_ctr_model(&m3, &sh, "sgd", 0.25f, 77);
-    Ps__SubmitModelRequest q = PS__SUBMIT_MODEL_REQUEST__INIT;
-    q.model = m3.spec, q.replace = 1;
-    Ps__SubmitModelReply *rep = NULL;
-    ck_assert_int_eq(ps_rpc_call(c.r[0], "/ps.Ps/SubmitModel", &q.base,
-                                 &ps__submit_model_reply__descriptor, (ProtobufCMessage **)&rep,
-                                 10000, &eb), PS_ENOTSUP);
+    Ps__SubmitModelReply *rep;
+    ck_assert_int_eq(ps_test_submit_call(c.r[0], m3.spec, 1, 10000, &rep, &eb), PS_ENOTSUP);
     /* the same spec again is still the no-op it always was */
-    q.model = m.spec;
-    ck_assert_int_eq(ps_rpc_call(c.r[0], "/ps.Ps/SubmitModel", &q.base,
-                                 &ps__submit_model_reply__descriptor, (ProtobufCMessage **)&rep,
-                                 10000, &eb), 0);
+    ck_assert_int_eq(ps_test_submit_call(c.r[0], m.spec, 1, 10000, &rep, &eb), 0);
     ck_assert(!rep->created && !rep->replaced);
     protobuf_c_message_free_unpacked(&rep->base, NULL);
     ps_test_ctr_release(&m3);

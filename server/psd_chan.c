@@ -251,6 +251,12 @@ typedef struct psd_conn {
   uint64_t req_nbytes;        /* the push being received: its payload bytes */
 } psd_conn;
 
+/* A refusal counter's last log line: the count then (0: none yet) and
+ * its uv_now (chan_said_count). */
+typedef struct chan_said {
+  uint64_t logged, ms;
+} chan_said;
+
 typedef struct psd_chan {
   psd_shard *sh;
   uv_tcp_t listener;
@@ -260,14 +266,12 @@ typedef struct psd_chan {
   int closing;
   uv_async_t wake;            /* resumes released connections (invariant 7) */
   uv_timer_t sweep;           /* closes idle connections (invariant 8) */
-  uint64_t refused_logged;    /* sh->ctr.chan_refused at the last log line */
-  uint64_t refused_log_ms;    /* uv_now of that line */
+  chan_said refused;          /* of sh->ctr.chan_refused */
   uint64_t fd_other;          /* open descriptors not the channel's, when last counted */
   uint64_t fd_sample_ms;      /* uv_now of that count */
   int fd_sampled;
   ps_auth_keys keys;          /* security.secret_file (invariant 9); none: no auth */
-  uint64_t auth_logged;       /* sh->ctr.chan_auth_refused at the last log line */
-  uint64_t auth_log_ms;       /* uv_now of that line */
+  chan_said auth_refused;     /* of sh->ctr.chan_auth_refused */
   uint64_t shm_fds;           /* regions' descriptors still open (invariant 11) */
 } psd_chan;
 
@@ -450,20 +454,28 @@ int psd_chan_hello_check(const ps_config *cfg, const ps_chan_hdr *h, const Ps__C
   return 0;
 }
 
+/* chan_said_count counts one refusal in *CTR and logs WHAT ("...
+ * connection(s)") with WHY at most every CHAN_REFUSE_LOG_MS (S: the
+ * counter's last line). */
+static void chan_said_count(psd_chan *ch, uint64_t *ctr, chan_said *s, const char *what,
+                            const char *why) {
+  (*ctr)++;
+  uint64_t now = uv_now(ch->sh->loop);
+  if (s->logged == 0 || now - s->ms >= CHAN_REFUSE_LOG_MS) {
+    ps_warn("channel: refused %llu %s since the last report: %s",
+            (unsigned long long)(*ctr - s->logged), what, why);
+    s->logged = *ctr;
+    s->ms = now;
+  }
+}
+
 /* conn_auth_refused counts a failed hello authentication of C in
- * chan_auth_refused and logs it (MSG: why) at most every
+ * chan_auth_refused and logs it (MSG: why), at most every
  * CHAN_REFUSE_LOG_MS. */
 static void conn_auth_refused(psd_conn *c, const char *msg) {
   psd_chan *ch = c->chan;
-  psd_shard *sh = ch->sh;
-  sh->ctr.chan_auth_refused++;
-  uint64_t now = uv_now(sh->loop);
-  if (ch->auth_logged == 0 || now - ch->auth_log_ms >= CHAN_REFUSE_LOG_MS) {
-    ps_warn("channel: refused %llu unauthenticated connection(s) since the last report: %s",
-            (unsigned long long)(sh->ctr.chan_auth_refused - ch->auth_logged), msg);
-    ch->auth_logged = sh->ctr.chan_auth_refused;
-    ch->auth_log_ms = now;
-  }
+  chan_said_count(ch, &ch->sh->ctr.chan_auth_refused, &ch->auth_refused,
+                  "unauthenticated connection(s)", msg);
 }
 
 /* conn_hello_refuse answers the hello with error STATUS / MSG and closes
@@ -1715,16 +1727,15 @@ static void chan_sweep(uv_timer_t *t) {
   psd_chan *ch = t->data;
   psd_shard *sh = ch->sh;
   uint64_t now = uv_now(sh->loop);
-  if (sh->ctr.chan_refused > ch->refused_logged &&
-      now - ch->refused_log_ms >= CHAN_REFUSE_LOG_MS) {
+  if (sh->ctr.chan_refused > ch->refused.logged && now - ch->refused.ms >= CHAN_REFUSE_LOG_MS) {
     /* the tail of a burst that chan_refuse did not log */
     ps_warn("channel: refused %llu more connection(s) in the last %llu s "
             "(limits.max_connections %u, %u open, or short of file descriptors)",
-            (unsigned long long)(sh->ctr.chan_refused - ch->refused_logged),
-            (unsigned long long)(now - ch->refused_log_ms) / 1000, sh->cfg->max_connections,
+            (unsigned long long)(sh->ctr.chan_refused - ch->refused.logged),
+            (unsigned long long)(now - ch->refused.ms) / 1000, sh->cfg->max_connections,
             sh->chan_conns);
-    ch->refused_logged = sh->ctr.chan_refused;
-    ch->refused_log_ms = now;
+    ch->refused.logged = sh->ctr.chan_refused;
+    ch->refused.ms = now;
   }
   for (psd_conn *c = ch->conns, *next; c; c = next) {
     next = c->next;
@@ -1750,15 +1761,7 @@ static void chan_sweep(uv_timer_t *t) {
  * Counted, and logged at most every CHAN_REFUSE_LOG_MS. */
 static void chan_refuse(psd_conn *c, const char *why, int answer) {
   psd_chan *ch = c->chan;
-  psd_shard *sh = ch->sh;
-  sh->ctr.chan_refused++;
-  uint64_t now = uv_now(sh->loop);
-  if (ch->refused_logged == 0 || now - ch->refused_log_ms >= CHAN_REFUSE_LOG_MS) {
-    ps_warn("channel: refused %llu connection(s) since the last report: %s",
-            (unsigned long long)(sh->ctr.chan_refused - ch->refused_logged), why);
-    ch->refused_logged = sh->ctr.chan_refused;
-    ch->refused_log_ms = now;
-  }
+  chan_said_count(ch, &ch->sh->ctr.chan_refused, &ch->refused, "connection(s)", why);
   c->paused = 1;
   if (answer)
     conn_reply_error(c, PS_EUNAVAIL, why, 0, 1);

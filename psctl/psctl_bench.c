@@ -365,13 +365,14 @@ typedef struct bench_beats {
 static void *bench_beats_main(void *arg) {
   bench_beats *b = arg;
   pthread_mutex_lock(&b->mu);
-  while (!b->quit) {
-    pthread_mutex_unlock(&b->mu);
-    bench_lease(b->cl, 0);
+  for (;;) { /* (bench_beats_start sent the first beat) */
     struct timespec until = ps_deadline_ns((uint64_t)b->cl->cfg.workers.heartbeat_ms * 1000000u);
-    pthread_mutex_lock(&b->mu);
     while (!b->quit && pthread_cond_timedwait(&b->cv, &b->mu, &until) == 0) {
     }
+    if (b->quit) break;
+    pthread_mutex_unlock(&b->mu);
+    bench_lease(b->cl, 0);
+    pthread_mutex_lock(&b->mu);
   }
   pthread_mutex_unlock(&b->mu);
   return NULL;

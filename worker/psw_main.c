@@ -186,6 +186,15 @@ static void psw_signals(void) {
   signal(SIGPIPE, SIG_IGN);
 }
 
+/* psw_exit_code maps a run's outcome to the exit code (see the top of this
+ * file): a configuration error found at run time (a key file others may
+ * read, a certificate that does not match its key) is bad input too. */
+static int psw_exit_code(int err, const psw_train_result *r) {
+  if (ps_stop_signal) return 128 + ps_stop_signal;
+  if (err == 0) return 0;
+  return r->bad_input || err == PS_ECONFIG ? 2 : 1;
+}
+
 /* main: see the top of this file for the exit codes. */
 int main(int argc, char **argv) {
   ps_log_init("psw", LOG_INFO);
@@ -234,7 +243,7 @@ int main(int argc, char **argv) {
     int err = psw_train_evaluate(&o, &r, &version, &eb);
     if (err < 0) ps_err("evaluate '%s': %s (%s)", o.model, eb.msg, ps_errname(err));
     else psw_train_eval_json(stdout, o.model, &r, version);
-    rc = ps_stop_signal ? 128 + ps_stop_signal : err == 0 ? 0 : r.bad_input ? 2 : 1;
+    rc = psw_exit_code(err, &r);
     goto release_config;
   }
   int err = psw_train_run(&o, &r, &eb);
@@ -242,7 +251,7 @@ int main(int argc, char **argv) {
     ps_err("worker %u: %s (%s)", r.rank, eb.msg, ps_errname(err));
   psw_train_json(stdout, o.model, o.batch, &r);
   psw_train_result_free(&r);
-  rc = ps_stop_signal ? 128 + ps_stop_signal : err == 0 ? 0 : r.bad_input ? 2 : 1;
+  rc = psw_exit_code(err, &r);
 release_config:
   ps_config_release(&cfg);
   return rc;

@@ -558,6 +558,16 @@ START_TEST(test_sec_file_modes) {
   ck_assert_msg(strstr(out, sec_cfg.security.tls.key) && strstr(out, "readable"), "%s", out);
   free(out);
   ck_assert_int_eq(ps_test_run(argv, log, 20000), 0);
+  /* psw exits 2 (a configuration error, as psctl does), naming the file */
+  ck_assert_int_eq(chmod(sec_cfg.security.secret_file, 0644), 0);
+  char *wargv[] = {(char *)ps_test_bin("psw"), "--config", sec_yaml, "--model", "mlp", "--rank", "0", NULL};
+  snprintf(log, sizeof log, "%s/psw.log", dir);
+  rc = ps_test_run(wargv, log, 20000);
+  ck_assert_int_eq(chmod(sec_cfg.security.secret_file, 0600), 0);
+  out = ps_test_read_file(log, NULL);
+  ck_assert_msg(rc == 2 && strstr(out, sec_cfg.security.secret_file) && strstr(out, "readable"),
+                "exit %d: %s", rc, out);
+  free(out);
 }
 END_TEST
 

@@ -1,17 +1,20 @@
 /* ps_tls: gRPC SSL credentials from the cluster file (see ps_tls.h). */
 #include "ps_tls.h"
 
+#include <arpa/inet.h>
 #include <errno.h>
 #include <openssl/bio.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
 #include <openssl/pem.h>
 #include <openssl/x509.h>
+#include <openssl/x509v3.h>
 #include <openssl/x509_vfy.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "ps_addr.h"
 #include "ps_auth.h"
 
 #define PS_TLS_MAX_PEM (1u << 20)
@@ -172,6 +175,52 @@ int ps_tls_check(const char *ca, const char *cert, const char *key, ps_errbuf *e
   free(ca_pem);
   free(cert_pem);
   ps_tls_free_secret(key_pem);
+  return rc;
+}
+
+/* tls_is_any says whether HOST is a wildcard listen address, which no
+ * client dials. */
+static int tls_is_any(const char *host) {
+  return !strcmp(host, "0.0.0.0") || !strcmp(host, "::") || !host[0];
+}
+
+/* ps_tls_check_hosts: see ps_tls.h. */
+int ps_tls_check_hosts(const char *cert, const char *const *addrs, size_t n, ps_errbuf *eb) {
+  char *pem;
+  X509 *leaf = NULL;
+  STACK_OF(X509) *chain = NULL;
+  int rc = ps_tls_read(cert, 0, &pem, eb);
+  if (rc == 0) rc = tls_certs(pem, cert, &leaf, &chain, eb);
+  char missing[512] = "";
+  size_t nmiss = 0, len = 0;
+  for (size_t i = 0; rc == 0 && i < n; i++) {
+    char host[256];
+    int port;
+    ps_errbuf ab;
+    if (!addrs[i] || ps_addr_split(addrs[i], host, sizeof host, &port, &ab) < 0 ||
+        tls_is_any(host))
+      continue;
+    unsigned char ip[16];
+    int is_ip = inet_pton(AF_INET, host, ip) == 1 || inet_pton(AF_INET6, host, ip) == 1;
+    /* as gRPC checks: an address against the IP SANs only, a name against
+     * the DNS SANs (the subject's CN where there are none), no partial
+     * wildcards */
+    int ok = is_ip ? X509_check_ip_asc(leaf, host, 0) == 1
+                   : X509_check_host(leaf, host, 0, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS, NULL) == 1;
+    if (ok || strstr(missing, host)) continue;
+    nmiss++;
+    if (len < sizeof missing)
+      len += (size_t)snprintf(missing + len, sizeof missing - len, "%s%s", len ? ", " : "", host);
+  }
+  ERR_clear_error();
+  if (rc == 0 && nmiss)
+    rc = ps_errf(eb, PS_ECONFIG, "certificate '%s' does not name %s (no matching subjectAltName): "
+                 "clients that dial %s refuse the handshake; add %s (scripts/mkcerts makes one "
+                 "SAN per shard host)", cert, missing, nmiss == 1 ? "it" : "them",
+                 nmiss == 1 ? "it" : "them");
+  sk_X509_pop_free(chain, X509_free);
+  X509_free(leaf);
+  free(pem);
   return rc;
 }
 

@@ -30,6 +30,13 @@ void ps_tls_free_secret(char *p);
  * 0, PS_ECONFIG or PS_EIO, naming the file and what is wrong. */
 int ps_tls_check(const char *ca, const char *cert, const char *key, ps_errbuf *eb);
 
+/* ps_tls_check_hosts checks that certificate CERT names the host of each
+ * of ADDRS[0..N) ("host:port"; NULL entries and wildcard hosts skipped)
+ * as gRPC clients check it when they dial that address: an IP address
+ * among its IP SANs, a name among its DNS SANs (its CN where it has
+ * none).  0, or PS_ECONFIG / PS_EIO listing the hosts it does not name. */
+int ps_tls_check_hosts(const char *cert, const char *const *addrs, size_t n, ps_errbuf *eb);
+
 /* ps_tls_server_creds makes the shard's server credentials in *OUT
  * (caller releases with grpc_server_credentials_release), its pair first
  * checked as ps_tls_check does. */

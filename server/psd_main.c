@@ -784,6 +784,28 @@ static int psd_main_check_security(const ps_config *cfg, int agg, ps_errbuf *eb)
   return rc;
 }
 
+/* psd_main_check_names warns, under TLS, when the shards' certificate
+ * does not name the gRPC host that clients dial: ME's, AGG's, or (psd -t
+ * with neither) every shard's and aggregator's.  Their handshakes would
+ * fail with gRPC's terse "peer name" error, far from the cause. */
+static void psd_main_check_names(const ps_config *cfg, const char *path, const ps_shard_conf *me,
+                                 const ps_agg_conf *agg) {
+  if (cfg->security.mode != PS_SEC_TLS || !cfg->security.tls.cert) return;
+  size_t n = 0;
+  const char **addrs = calloc(cfg->nshards + cfg->naggs + 1, sizeof *addrs);
+  if (!addrs) return;
+  if (agg) addrs[n++] = agg->grpc_addr;
+  else if (me) addrs[n++] = me->grpc_addr;
+  else {
+    for (size_t i = 0; i < cfg->nshards; i++) addrs[n++] = cfg->shards[i].grpc_addr;
+    for (size_t i = 0; i < cfg->naggs; i++) addrs[n++] = cfg->aggs[i].grpc_addr;
+  }
+  ps_errbuf eb;
+  if (ps_tls_check_hosts(cfg->security.tls.cert, addrs, n, &eb) < 0)
+    fprintf(stderr, "%s: warning: security.tls.cert: %s\n", path, eb.msg);
+  free(addrs);
+}
+
 /* psd_main_warn_plaintext warns when ME serves gRPC without TLS on an
  * address other hosts can reach, or an unauthenticated channel there. */
 static void psd_main_warn_plaintext(const ps_config *cfg, const ps_shard_conf *me) {
@@ -910,6 +932,7 @@ int main(int argc, char **argv) {
     ps_config_release(&cfg);
     return 2;
   }
+  psd_main_check_names(&cfg, a.config, me, agg);
   /* an aggregator serves on its own addresses, under an id no shard has */
   ps_shard_conf agg_addrs = {.id = UINT32_MAX, .grpc_addr = agg ? agg->grpc_addr : NULL,
                              .channel_addr = agg ? agg->channel_addr : NULL};

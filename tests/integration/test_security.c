@@ -642,6 +642,26 @@ START_TEST(test_sec_pair_checked) {
   char *out = ps_test_read_file(log, NULL);
   ck_assert_msg(strstr(out, "worker.key' is not the private key of certificate"), "%s", out);
   free(out);
+  /* a shard host the certificate does not name (gRPC clients would refuse
+   * the handshake): psd -t warns, naming it; the file as made, no warning */
+  char *ok[] = {(char *)ps_test_bin("psd"), "-t", "--config", sec_yaml, NULL};
+  snprintf(log, sizeof log, "%s/names-ok.log", sec_dir);
+  ck_assert_int_eq(ps_test_run(ok, log, 20000), 0);
+  out = ps_test_read_file(log, NULL);
+  ck_assert_msg(!strstr(out, "warning"), "%s", out);
+  free(out);
+  ps_test_file_replace(sec_yaml, path, "grpc: 127.0.0.1:", "grpc: localhost:");
+  snprintf(log, sizeof log, "%s/names.log", sec_dir);
+  ck_assert_int_eq(ps_test_run(argv, log, 20000), 0);
+  out = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(out, "warning: security.tls.cert: certificate") &&
+                    strstr(out, "does not name localhost"),
+                "%s", out);
+  free(out);
+  const char *addrs[] = {"127.0.0.1:1", "0.0.0.0:2", "localhost:3", "[::1]:4"};
+  ck_assert_int_eq(ps_tls_check_hosts(t->cert, addrs, 2, &eb), 0);
+  ck_assert_int_eq(ps_tls_check_hosts(t->cert, addrs, 4, &eb), PS_ECONFIG);
+  ck_assert_msg(strstr(eb.msg, "does not name localhost, ::1 ("), "%s", eb.msg);
 }
 END_TEST
 

@@ -701,6 +701,7 @@ int psd_clock_job_reset(psd_clock *c, const char *model, ps_errbuf *eb) {
   c->ep = NULL;
   c->nep = c->ep_cap = 0;
   c->job_epochs = 0;
+  c->data_size = 0; /* the new job's first claim says it */
   clock_part_balance(c);
   c->dirty = 1;
   return 0;
@@ -720,9 +721,37 @@ static int clock_job_for(psd_clock *c, const char *model, ps_errbuf *eb) {
   return psd_clock_job_reset(c, model, eb);
 }
 
+/* clock_job_begun says whether the job trained anything yet: a partition
+ * being trained, part-way through, or past an epoch. */
+static int clock_job_begun(const psd_clock *c) {
+  for (uint32_t i = 0; i < c->o.nparts; i++)
+    if (c->part[i].active || c->part[i].offset || c->part[i].epoch) return 1;
+  return 0;
+}
+
+/* clock_data_size checks SAMPLES, a claimant's training-set size (0: not
+ * said), against the job's (invariant 7): a job keeps the size of its
+ * first claim for its whole life, finished or not (a worker that cut
+ * other partitions would train some samples twice and leave others out,
+ * and more epochs on another set would count another set's samples); a
+ * new job takes a new one.  Nothing changes when it is refused. */
+static int clock_data_size(psd_clock *c, uint64_t samples, ps_errbuf *eb) {
+  if (!samples || samples == c->data_size) return 0;
+  if (c->data_size && clock_job_begun(c))
+    return ps_errf(eb, PS_ECONFIG, "this worker's training set has %" PRIu64 " samples, the "
+                   "job's %" PRIu64 ": its data files or data.limit differ from those of the "
+                   "workers that trained model '%s' so far (a job keeps its training set; "
+                   "submitting the model again with --replace starts it over)",
+                   samples, c->data_size, c->job_model ? c->job_model : "");
+  c->data_size = samples;
+  c->dirty = 1;
+  return 0;
+}
+
 /* psd_clock_claim: see psd_clock.h. */
 int psd_clock_claim(psd_clock *c, uint32_t worker, const char *model, uint32_t epochs,
-                    uint64_t now_ms, psd_part_pos *pos, int *done, ps_errbuf *eb) {
+                    uint64_t data_size, uint64_t now_ms, psd_part_pos *pos, int *done,
+                    ps_errbuf *eb) {
   clock_worker *w;
   int err = clock_worker_get(c, worker, now_ms, 0, &w, eb);
   if (err < 0) return err;
@@ -730,6 +759,7 @@ int psd_clock_claim(psd_clock *c, uint32_t worker, const char *model, uint32_t e
     return ps_errf(eb, PS_EINVAL, "worker %" PRIu32 " did not register: it has no partitions",
                    worker);
   if ((err = clock_job_for(c, model ? model : "", eb)) < 0) return err;
+  if ((err = clock_data_size(c, data_size, eb)) < 0) return err;
   *done = 0;
   if (epochs > c->job_epochs) c->job_epochs = epochs;
   uint32_t i = clock_part_pick(c, worker, 0);
@@ -803,20 +833,6 @@ size_t psd_clock_partitions(const psd_clock *c, uint32_t rank, uint32_t nparts, 
   return n;
 }
 
-int psd_clock_set_data_size(psd_clock *c, uint64_t samples, ps_errbuf *eb) {
-  if (!samples || samples == c->data_size) return 0;
-  /* a job under way: a partition being trained, or between its first
-   * and its last epoch (a finished job, or a new one, takes any size) */
-  for (uint32_t i = 0; c->data_size && i < c->o.nparts; i++)
-    if (c->part[i].active || c->part[i].offset ||
-        (c->part[i].epoch && c->part[i].epoch < c->job_epochs))
-      return ps_errf(eb, PS_ECONFIG, "this worker's training set has %" PRIu64 " samples, the "
-                     "job's %" PRIu64 ": its data files or data.limit differ from the other "
-                     "workers'", samples, c->data_size);
-  c->data_size = samples;
-  c->dirty = 1;
-  return 0;
-}
 uint32_t psd_clock_nparts(const psd_clock *c) { return c->o.nparts; }
 size_t psd_clock_nepochs(const psd_clock *c) { return c->nep; }
 uint32_t psd_clock_job_epochs(const psd_clock *c) { return c->job_epochs; }

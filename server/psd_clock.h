@@ -261,9 +261,15 @@ const char *psd_clock_job_model(const psd_clock *c);
  * epoch is finished; the job's count is the largest claimed).  Returns 1
  * with *POS (resume at pos->offset), 0 when nothing is left for it (*DONE
  * set when every partition finished), or a PS_E* code (PS_EEXPIRED,
- * PS_EINVAL for a worker that did not register). */
+ * PS_EINVAL for a worker that did not register).  DATA_SIZE: the samples
+ * in the worker's training set (0: not said; the job's first claim sets
+ * the job's, psd_clock_data_size returns it); another size is PS_ECONFIG
+ * once the job trained anything, finished or not: that worker cut other
+ * partitions (its data files or data.limit differ).  A new job takes a
+ * new size.  A refused claim changes nothing. */
 int psd_clock_claim(psd_clock *c, uint32_t worker, const char *model, uint32_t epochs,
-                    uint64_t now_ms, psd_part_pos *pos, int *done, ps_errbuf *eb);
+                    uint64_t data_size, uint64_t now_ms, psd_part_pos *pos, int *done,
+                    ps_errbuf *eb);
 
 /* psd_clock_progress records POS reported by WORKER (invariant 7): 0, or
  * PS_ENOENT when the partition is not WORKER's active one at that epoch
@@ -272,15 +278,6 @@ int psd_clock_claim(psd_clock *c, uint32_t worker, const char *model, uint32_t e
  * report. */
 int psd_clock_progress(psd_clock *c, uint32_t worker, const psd_part_pos *pos, uint64_t now_ms,
                        ps_errbuf *eb);
-
-/* psd_clock_set_data_size records the training set's size as a worker
- * loaded it (SAMPLES; for status).  While a job is under way (a
- * partition being trained, or past its first epoch and short of its
- * last) another size is PS_ECONFIG: that worker cut other partitions
- * (its data files or data.limit differ), and would train some samples
- * twice and leave others out.  A finished job takes a new size (the
- * next job's data). */
-int psd_clock_set_data_size(psd_clock *c, uint64_t samples, ps_errbuf *eb);
 
 /* Partition table and epoch accounting for status: psd_clock_nparts
  * partitions, psd_clock_nepochs epochs (0..n-1) seen. */

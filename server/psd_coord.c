@@ -276,8 +276,6 @@ static psd_part_pos coord_pos(const Ps__PartProgress *p) {
 int psd_coord_heartbeat(psd_shard *sh, const Ps__HeartbeatRequest *req,
                         Ps__HeartbeatReply *reply, uint64_t now_ms, ps_errbuf *eb) {
   if (!sh->coordinator || !sh->clock) return 0;
-  int err = psd_clock_set_data_size(sh->clock, req->data_size, eb);
-  if (err < 0) return err;
   if (req->n_progress && !(reply->refused = calloc(req->n_progress, sizeof *reply->refused)))
     return ps_errf(eb, PS_ENOMEM, "out of memory");
   for (size_t i = 0; i < req->n_progress; i++) {
@@ -293,8 +291,8 @@ int psd_coord_heartbeat(psd_shard *sh, const Ps__HeartbeatRequest *req,
   }
   if (!req->claim) return 0;
   psd_part_pos pos;
-  int done = 0, got = psd_clock_claim(sh->clock, req->worker, req->model, req->epochs, now_ms, &pos,
-                            &done, eb);
+  int done = 0, got = psd_clock_claim(sh->clock, req->worker, req->model, req->epochs,
+                                      req->data_size, now_ms, &pos, &done, eb);
   if (got < 0) return got;
   reply->job_done = done;
   if (got == 1) {

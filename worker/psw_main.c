@@ -186,13 +186,11 @@ static void psw_signals(void) {
   signal(SIGPIPE, SIG_IGN);
 }
 
-/* psw_exit_code maps a run's outcome to the exit code (see the top of this
- * file): a configuration error found at run time (a key file others may
- * read, a certificate that does not match its key) is bad input too. */
+/* psw_exit_code maps a run's outcome to the exit code (see the top of
+ * this file). */
 static int psw_exit_code(int err, const psw_train_result *r) {
   if (ps_stop_signal) return 128 + ps_stop_signal;
-  if (err == 0) return 0;
-  return r->bad_input || err == PS_ECONFIG ? 2 : 1;
+  return err == 0 ? 0 : r->bad_input ? 2 : 1;
 }
 
 /* main: see the top of this file for the exit codes. */

@@ -233,7 +233,8 @@ static int run_join(psw_run *x, ps_errbuf *eb) {
   const psw_train_opts *o = x->o;
   psw_coord_conf cc = {.cfg = o->cfg, .model = o->model, .device = x->r->device, .stop = o->stop};
   int err = psw_coord_new(&x->coord, &cc, eb);
-  if (err < 0) return err;
+  if (err < 0) /* a key or secret file of its own (others may read it, ...) */
+    return err == PS_ECONFIG ? run_bad(x, err) : err;
   if (o->register_worker) {
     psw_coord_reg reg;
     if ((err = psw_coord_register(x->coord, &reg, eb)) < 0) return err;
@@ -368,8 +369,8 @@ static int run_setup(psw_run *x, ps_errbuf *eb) {
                         /* sequential steps: a push's log sync (durability
                          * sync) overlaps the next step's compute */
                         .defer_acks = !x->r->overlap};
-  if ((err = psw_client_open(&x->cl, &cc, eb)) < 0)
-    return err == PS_ENOENT || err == PS_EINVAL ? run_bad(x, err) : err;
+  if ((err = psw_client_open(&x->cl, &cc, eb)) < 0) /* no such model, a bad key file, ... */
+    return err == PS_ENOENT || err == PS_EINVAL || err == PS_ECONFIG ? run_bad(x, err) : err;
   /* The shards enforce the model's consistency, which may be stricter
    * than the cluster file's: overlap pulls one step ahead and would wait
    * on its own push under bsp (or ssp with staleness 0). */
@@ -1009,8 +1010,8 @@ static int run_eval_setup(psw_run *x, ps_errbuf *eb) {
   if (err < 0) return err;
   psw_client_conf cc = {.cfg = x->o->cfg, .model = x->o->model, .worker = 0, .be = x->be,
                         .nbufs = 1, .stop = x->o->stop};
-  if ((err = psw_client_open(&x->cl, &cc, eb)) < 0)
-    return err == PS_ENOENT || err == PS_EINVAL ? run_bad(x, err) : err;
+  if ((err = psw_client_open(&x->cl, &cc, eb)) < 0) /* no such model, a bad key file, ... */
+    return err == PS_ENOENT || err == PS_EINVAL || err == PS_ECONFIG ? run_bad(x, err) : err;
   if ((err = psw_graph_from_spec(psw_client_spec(x->cl), &x->g, eb)) < 0) {
     ps_errbuf m = *eb;
     return run_bad(x, ps_errf(eb, err, "model '%s': %s", x->o->model, m.msg));

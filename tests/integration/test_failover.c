@@ -90,21 +90,22 @@ static void tf_log(const tf_ctx *x, int i, char *buf, size_t cap) {
   snprintf(buf, cap, "%s/psw%d.log", x->dir, i);
 }
 
-/* tf_spawn_with starts one more registering worker on cluster file YAML,
- * --slowdown SLOWDOWN (NULL: none); returns its index. */
-static int tf_spawn_with(tf_ctx *x, const char *yaml, const char *slowdown) {
+/* tf_spawn_with starts one more registering worker on cluster file YAML
+ * with option OPT VAL (OPT NULL: none); returns its index. */
+static int tf_spawn_with(tf_ctx *x, const char *yaml, const char *opt, const char *val) {
   ck_assert_int_lt(x->nw, TF_MAXW);
   char log[700];
   tf_log(x, x->nw, log, sizeof log);
-  char *argv[] = {(char *)ps_test_bin("psw"), "--config", (char *)yaml, "--quiet",
-                  slowdown ? "--slowdown" : NULL, (char *)slowdown, NULL};
+  char *argv[] = {(char *)ps_test_bin("psw"), "--config", (char *)yaml, "--quiet", (char *)opt,
+                  (char *)val, NULL};
   x->w[x->nw] = ps_test_spawn(argv, log, NULL);
   return x->nw++;
 }
 
-/* tf_spawn_slow: tf_spawn_with on the cluster file. */
+/* tf_spawn_slow: tf_spawn_with on the cluster file, --slowdown SLOWDOWN
+ * (NULL: none). */
 static int tf_spawn_slow(tf_ctx *x, const char *slowdown) {
-  return tf_spawn_with(x, x->yaml, slowdown);
+  return tf_spawn_with(x, x->yaml, slowdown ? "--slowdown" : NULL, slowdown);
 }
 
 /* tf_spawn starts one more registering worker; returns its index. */
@@ -398,17 +399,17 @@ static int tf_spawn_edited(tf_ctx *x, const char *name, const char *from, const 
   char path[700];
   snprintf(path, sizeof path, "%s/%s", x->dir, name);
   ps_test_file_replace(x->yaml, path, from, to);
-  return tf_spawn_with(x, path, NULL);
+  return tf_spawn_with(x, path, NULL, NULL);
 }
 
-/* tf_refused waits for worker I to exit non-zero with WHY in its log. */
+/* tf_refused waits for worker I to exit 1 (refused) with WHY in its log. */
 static void tf_refused(tf_ctx *x, int i, const char *why) {
   char log[700];
   tf_log(x, i, log, sizeof log);
   int st = ps_test_wait_pid(x->w[i], 60000);
   x->w[i] = 0;
-  ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) != 0, "worker %d was not refused; "
-                "see %s", i, log);
+  ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 1, "worker %d was not refused "
+                "(exit %d); see %s", i, st >= 0 && WIFEXITED(st) ? WEXITSTATUS(st) : -1, log);
   char *text = ps_test_read_file(log, NULL);
   ck_assert_msg(strstr(text, why), "no '%s' in %s", why, log);
   free(text);
@@ -434,6 +435,18 @@ START_TEST(test_failover_data_mismatch) {
   uint64_t retrained;
   tf_check_accounting(&x, TF_SAMPLES, 0, &retrained);
   ck_assert_uint_eq(retrained, 0);
+  /* the job is done: more epochs on another training set are refused too
+   * (exit 1, as the README says), and the refusal leaves the job as it
+   * was: workers with the job's data go on with it to the end */
+  char more[16], path[700];
+  snprintf(more, sizeof more, "%d", x.epochs + 1);
+  snprintf(path, sizeof path, "%s/limit.yaml", x.dir);
+  l = tf_spawn_with(&x, path, "--epochs", more);
+  tf_refused(&x, l, "samples, the job's 10000");
+  tf_spawn_with(&x, x.yaml, "--epochs", more);
+  tf_wait_all(&x, NULL);
+  x.epochs++;
+  tf_check_accounting(&x, TF_SAMPLES, 0, &retrained);
   tf_finish(&x);
 }
 END_TEST

@@ -400,11 +400,11 @@ static const char *tparts(const psd_clock *c, uint32_t rank, char *buf) {
   return buf;
 }
 
-/* tclaim claims for WORKER (epochs 2) and returns the partition, -1 for
- * none (*DONE set). */
+/* tclaim claims for WORKER (epochs 2, a training set of 80 samples) and
+ * returns the partition, -1 for none (*DONE set). */
 static int tclaim(psd_clock *c, uint32_t worker, uint64_t now, psd_part_pos *pos, int *done) {
   ps_errbuf eb;
-  int got = psd_clock_claim(c, worker, "m", 2, now, pos, done, &eb);
+  int got = psd_clock_claim(c, worker, "m", 2, 80, now, pos, done, &eb);
   ck_assert_int_ge(got, 0);
   return got ? (int)pos->part : -1;
 }
@@ -501,17 +501,24 @@ START_TEST(test_partitions_progress_and_failover) {
     ck_assert_uint_eq(ei.trained, 80);
     ck_assert_uint_eq(ei.done_parts, 8);
   }
-  /* the job is finished: the next one may bring another training set */
-  ck_assert_int_eq(psd_clock_set_data_size(c, 80, &eb), 0);
-  ck_assert_msg(psd_clock_set_data_size(c, 96, &eb) == 0, "%s", eb.msg);
-  ck_assert_uint_eq(psd_clock_data_size(c), 96);
-  /* another model: a new job (nothing is being trained); while it
-   * trains, a claim for the first one is refused */
-  ck_assert_int_eq(psd_clock_claim(c, own, "m2", 1, 1400, &g, &done, &eb), 1);
+  /* the job is finished, and keeps its training set: more epochs on
+   * another one are refused, and the refusal changes nothing */
+  ck_assert_int_eq(psd_clock_claim(c, own, "m", 3, 96, 1400, &g, &done, &eb), PS_ECONFIG);
+  ck_assert_msg(strstr(eb.msg, "has 96 samples, the job's 80") && strstr(eb.msg, "'m'"), "%s",
+                eb.msg);
+  ck_assert_uint_eq(psd_clock_data_size(c), 80);
+  ck_assert_uint_eq(psd_clock_job_epochs(c), 2);
+  ck_assert_int_eq(psd_clock_claim(c, own, "m", 2, 80, 1400, &g, &done, &eb), 0);
+  ck_assert_int_eq(done, 1);
+  /* another model: a new job (nothing is being trained) with its own
+   * training set; while it trains, a claim for the first one is refused
+   * as such, whatever its data */
+  ck_assert_int_eq(psd_clock_claim(c, own, "m2", 1, 96, 1400, &g, &done, &eb), 1);
   ck_assert_str_eq(psd_clock_job_model(c), "m2");
+  ck_assert_uint_eq(psd_clock_data_size(c), 96);
   ck_assert_uint_eq(g.epoch, 0);
   ck_assert_uint_eq(psd_clock_nepochs(c), 0);
-  ck_assert_int_eq(psd_clock_claim(c, own, "m", 1, 1400, &g, &done, &eb), PS_EEXIST);
+  ck_assert_int_eq(psd_clock_claim(c, own, "m", 1, 80, 1400, &g, &done, &eb), PS_EEXIST);
   ck_assert_ptr_nonnull(strstr(eb.msg, "model 'm2'"));
   psd_clock_free(c);
 }
@@ -532,10 +539,8 @@ START_TEST(test_save_load) {
   ck_assert_int_eq(tclaim(c, 1, 10, &pos, &done), 4);
   ck_assert_int_eq(tprog(c, 1, pos, 3, 6, 20), 0);
   ck_assert_int_eq(psd_clock_pushed(c, "m", 1, 6, 20, &eb), 0);
-  ck_assert_int_eq(psd_clock_set_data_size(c, 80, &eb), 0);
-  ck_assert_int_eq(psd_clock_set_data_size(c, 80, &eb), 0);
   /* the job has begun: another training set is refused */
-  ck_assert_int_eq(psd_clock_set_data_size(c, 96, &eb), PS_ECONFIG);
+  ck_assert_int_eq(psd_clock_claim(c, 0, "m", 2, 96, 20, &pos, &done, &eb), PS_ECONFIG);
   ck_assert_msg(strstr(eb.msg, "96 samples, the job's 80"), "%s", eb.msg);
   ck_assert_uint_eq(psd_clock_data_size(c), 80);
   ck_assert_int_eq(psd_clock_dirty(c), 1);

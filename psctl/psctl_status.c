@@ -265,7 +265,8 @@ static void psctl_status_workers(const Ps__ListWorkersReply *w, const char *why)
  * invariant 7). */
 static void psctl_status_parts(const Ps__ListWorkersReply *w) {
   if (!w || !w->n_partitions) return;
-  printf("\npartitions (%u epochs claimed, data set %llu samples):\n", w->job_epochs,
+  printf("\npartitions of model '%s' (%u epochs claimed, data set %llu samples):\n",
+         w->job_model && *w->job_model ? w->job_model : "-", w->job_epochs,
          (unsigned long long)w->data_size);
   printf("%-9s %-6s %-6s %10s %10s %10s %s\n", "PARTITION", "OWNER", "EPOCH", "OFFSET",
          "IN FLIGHT", "SIZE", "STATE");
@@ -450,7 +451,10 @@ static void psctl_status_json_workers(const Ps__ListWorkersReply *w) {
   }
   putchar(']');
   if (!w->n_partitions) return;
-  printf(",\"job\":{\"job_epochs\":%u,\"data_size\":%llu,\"partitions\":[", w->job_epochs,
+  printf(",\"job\":{\"model\":");
+  if (w->job_model && *w->job_model) psctl_json_str(w->job_model);
+  else printf("null");
+  printf(",\"job_epochs\":%u,\"data_size\":%llu,\"partitions\":[", w->job_epochs,
          (unsigned long long)w->data_size);
   for (size_t i = 0; i < w->n_partitions; i++) {
     const Ps__PartitionInfo *p = w->partitions[i];

@@ -761,7 +761,14 @@ int psd_clock_claim(psd_clock *c, uint32_t worker, const char *model, uint32_t e
   if ((err = clock_job_for(c, model ? model : "", eb)) < 0) return err;
   if ((err = clock_data_size(c, data_size, eb)) < 0) return err;
   *done = 0;
-  if (epochs > c->job_epochs) c->job_epochs = epochs;
+  if (epochs > c->job_epochs) {
+    /* partitions that had finished are unfinished again (more epochs for
+     * a finished job): spread them over the live workers, or the first
+     * to claim would own them all and the others would train one
+     * partition epoch after epoch */
+    c->job_epochs = epochs;
+    clock_part_balance(c);
+  }
   uint32_t i = clock_part_pick(c, worker, 0);
   if (i == UINT32_MAX) {
     /* nothing of its own left: one from the most loaded worker, or one

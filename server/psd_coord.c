@@ -324,6 +324,8 @@ int psd_coord_list(psd_shard *sh, Ps__ListWorkersReply *reply, ps_errbuf *eb) {
   size_t ne = psd_clock_nepochs(sh->clock);
   reply->job_epochs = psd_clock_job_epochs(sh->clock);
   reply->data_size = psd_clock_data_size(sh->clock);
+  if (psd_clock_job_model(sh->clock)) /* borrowed: packed before the loop moves on */
+    reply->job_model = (char *)psd_clock_job_model(sh->clock);
   Ps__PartitionInfo *pi = calloc(np ? np : 1, sizeof *pi);
   Ps__PartitionInfo **pp = calloc(np ? np : 1, sizeof *pp);
   Ps__PartProgress *pg = calloc(np ? np : 1, sizeof *pg);

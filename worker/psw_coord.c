@@ -174,10 +174,27 @@ int psw_coord_register(psw_coord *c, psw_coord_reg *reg, ps_errbuf *eb) {
   return 0;
 }
 
-/* coord_live_count counts the live workers the coordinator lists (any
- * rank; INT_MAX when the job has begun: a partition is being trained or
- * was, so a joining worker does not wait), and takes this worker's partitions from the list
- * (invariant 4); a negative PS_E* code when it did not answer. */
+/* coord_under_way says whether the partition table R lists is a job of
+ * MODEL that has begun and not finished (a worker joining it does not
+ * wait for the others).  A psd that does not name the job's model (before
+ * job_model) counts any progress. */
+static int coord_under_way(const Ps__ListWorkersReply *r, const char *model) {
+  int named = r->job_model && *r->job_model;
+  if (named && strcmp(r->job_model, model) != 0) return 0; /* another model's: a new job */
+  for (size_t i = 0; i < r->n_partitions; i++) {
+    const Ps__PartProgress *q = r->partitions[i]->pos, *q0 = r->partitions[0]->pos;
+    if (!q || !q0) continue;
+    if (r->partitions[i]->active || q->offset || q->epoch != q0->epoch) return 1;
+    if (q->epoch && (!named || q->epoch < r->job_epochs)) return 1;
+  }
+  return 0; /* not begun, or finished: more epochs start like a new job */
+}
+
+/* coord_live_count counts the live workers of this worker's model that
+ * the coordinator lists (any rank, its own included), or INT_MAX when
+ * that model's job is under way; a negative PS_E* code when it does not
+ * answer.  It also takes this worker's partitions from the list
+ * (invariant 4). */
 static int coord_live_count(psw_coord *c, ps_errbuf *eb) {
   Ps__ListWorkersRequest req = PS__LIST_WORKERS_REQUEST__INIT;
   ProtobufCMessage *resp = NULL;
@@ -189,14 +206,13 @@ static int coord_live_count(psw_coord *c, ps_errbuf *eb) {
   for (size_t i = 0; i < r->n_workers; i++) {
     const Ps__WorkerInfo *w = r->workers[i];
     int live = w->state && strcmp(w->state, "DEAD") != 0 && strcmp(w->state, "DONE") != 0;
-    n += live; /* any rank: past workers.count too (elastic) */
     if (live && c->registered && w->rank == c->worker)
       coord_set_parts(c, w->partitions, w->n_partitions);
+    /* any rank: past workers.count too (elastic); another model's
+     * workers train another job */
+    n += live && (!w->model || !*w->model || !strcmp(w->model, c->model));
   }
-  for (size_t i = 0; i < r->n_partitions; i++) {
-    const Ps__PartProgress *q = r->partitions[i]->pos;
-    if (r->partitions[i]->active || (q && (q->epoch || q->offset))) n = INT_MAX;
-  }
+  if (coord_under_way(r, c->model)) n = INT_MAX;
   protobuf_c_message_free_unpacked(resp, NULL);
   return n;
 }

@@ -451,6 +451,35 @@ START_TEST(test_failover_data_mismatch) {
 }
 END_TEST
 
+/* More epochs for a finished job: a worker started with a larger
+ * --epochs waits for workers.min like a new job's first worker (the
+ * finished job's workers, listed DONE, do not count), the job goes on
+ * once the second comes, and the accounting is exact. */
+START_TEST(test_failover_more_epochs) {
+  TF_NEED_DATA();
+  tf_ctx x = {0};
+  tf_start(&x, 2, 2, 1, "logreg", "0.002", TF_SAMPLES);
+  tf_spawn(&x);
+  tf_spawn(&x);
+  tf_wait_all(&x, NULL);
+  char more[16];
+  snprintf(more, sizeof more, "%d", x.epochs + 1);
+  tf_spawn_with(&x, x.yaml, "--epochs", more);
+  usleep(1500 * 1000); /* retry_ms is 10 s: it waits for the second */
+  Ps__ListWorkersReply *r = tf_list(&x);
+  ck_assert_str_eq(r->job_model, "m");
+  ck_assert_msg(r->job_epochs == 1, "a lone worker claimed epoch 2 without waiting for "
+                "workers.min (job epochs %u)", r->job_epochs);
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  tf_spawn_with(&x, x.yaml, "--epochs", more);
+  tf_wait_all(&x, NULL);
+  x.epochs++;
+  uint64_t retrained;
+  tf_check_accounting(&x, TF_SAMPLES, 0, &retrained);
+  tf_finish(&x);
+}
+END_TEST
+
 /* A coordinator killed (SIGKILL) under durability sync loses no
  * acknowledged push, and its saved progress (at most 100 ms old) is
  * behind what was acknowledged: the samples since are trained again,
@@ -575,6 +604,7 @@ Suite *psw_failover_suite(void) {
   tcase_add_test(tc, test_failover_coordinator_restart);
   tcase_add_test(tc, test_failover_end_of_job);
   tcase_add_test(tc, test_failover_data_mismatch);
+  tcase_add_test(tc, test_failover_more_epochs);
   tcase_add_test(tc, test_failover_coordinator_killed_sync);
   tcase_add_test(tc, test_failover_partitions_changed);
   tcase_add_test(tc, test_failover_long_mlp);

@@ -524,6 +524,38 @@ START_TEST(test_partitions_progress_and_failover) {
 }
 END_TEST
 
+/* More epochs for a finished job: its partitions are spread again over
+ * the live workers, so a worker that registered after the end does not
+ * train one partition epoch after epoch while the first owns the rest. */
+START_TEST(test_partitions_more_epochs) {
+  psd_clock *c = tclock(0);
+  ps_errbuf eb;
+  uint32_t r;
+  uint64_t sc;
+  char b[64];
+  int done;
+  psd_part_pos pos;
+  ck_assert_int_eq(psd_clock_register(c, "m", "h", 10, "cpu", 0, &r, &sc, &eb), 0);
+  for (int n = 0; tclaim(c, 0, 10, &pos, &done) >= 0; n++) {
+    ck_assert_int_eq(tprog(c, 0, pos, 10, 10, 10), 0);
+    ck_assert_int_lt(n, 100);
+  }
+  ck_assert_int_eq(done, 1);
+  ck_assert_int_eq(psd_clock_register(c, "m", "h", 11, "cpu", 0, &r, &sc, &eb), 0);
+  ck_assert_str_eq(tparts(c, 1, b), ""); /* nothing unfinished to share */
+  ck_assert_int_eq(psd_clock_claim(c, 0, "m", 3, 80, 20, &pos, &done, &eb), 1);
+  ck_assert_str_eq(tparts(c, 1, b), "4,5,6,7");
+  int seen[8] = {0};
+  for (int k = 0; k < 4; k++) {
+    ck_assert_int_eq(psd_clock_claim(c, 1, "m", 3, 80, 20, &pos, &done, &eb), 1);
+    ck_assert_uint_eq(pos.epoch, 2);
+    ck_assert_int_eq(seen[pos.part]++, 0);
+    ck_assert_int_eq(tprog(c, 1, pos, 10, 10, 20), 0);
+  }
+  psd_clock_free(c);
+}
+END_TEST
+
 /* Persistence (invariant 10): a saved table loads into a fresh one with
  * the same partitions, counts, workers and clocks; a damaged text is
  * refused naming its line. */
@@ -699,6 +731,7 @@ Suite *psd_clock_suite(void) {
   tcase_add_test(tc, test_reentrant_release);
   tcase_add_test(tc, test_register_holds_leave_releases);
   tcase_add_test(tc, test_partitions_progress_and_failover);
+  tcase_add_test(tc, test_partitions_more_epochs);
   tcase_add_test(tc, test_save_load);
   tcase_add_test(tc, test_world_bounds_table);
   tcase_add_test(tc, test_silent_ms);

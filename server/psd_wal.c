@@ -728,10 +728,28 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
       w->skipped++;
       continue;
     }
-    if ((rc = wal_read_seg(w, i, &buf, &n, eb)) < 0) break;
-    if (n > 0 && (rc = wal_sync_seg(w, i, eb)) < 0) break;
     char name[32];
     wal_seg_name(name, sizeof name, w->segs[i].first);
+    /* Its name is at most the record the replay needs next (invariant 4:
+     * the segments before it held every record below it, synced): else
+     * those records are lost, whether or not it holds any itself (the
+     * last segment a crash left before any record reached it). */
+    uint64_t need = (last > from ? last : from) + 1;
+    if (w->segs[i].first > need) {
+      if (ended[0])
+        rc = ps_errf(eb, PS_EIO, "redo log '%s': segment '%s' starts at record %" PRIu64 ", but "
+                     "record %" PRIu64 " is missing%s: refusing to replay past acknowledged "
+                     "records", w->dir, name, w->segs[i].first, need, ended);
+      else
+        rc = ps_errf(eb, PS_EIO, "redo log '%s': segment '%s' starts at record %" PRIu64 ", but "
+                     "the store's snapshot ends at record %" PRIu64 " and record %" PRIu64 " is "
+                     "missing (is a log segment or the snapshot missing, or the snapshot from "
+                     "another store?): refusing to start", w->dir, name, w->segs[i].first, from,
+                     need);
+      break;
+    }
+    if ((rc = wal_read_seg(w, i, &buf, &n, eb)) < 0) break;
+    if (n > 0 && (rc = wal_sync_seg(w, i, eb)) < 0) break;
     int stop = 0; /* a segment before the last whose records end before its bytes */
     while (rc == 0 && off < n && !stop) {
       const char *bad = wal_check(buf + off, n - off);

@@ -74,9 +74,10 @@
  *     first record that is bad or does not follow the
  *     one before ends its records (what follows is not read, invariant 4);
  *     a bad first record there, a gap in the sequence after FROM (also
- *     where a segment's records ended early: the message says where), or
- *     a log that starts after FROM + 1 is refused (PS_EIO) with a message
- *     saying which.
+ *     where a segment's records ended early: the message says where; a
+ *     segment named past the record needed next is one, whether or not it
+ *     holds any record), or a log that starts after FROM + 1 is refused
+ *     (PS_EIO) with a message saying which.
  *     Before all that, damaged bytes where records may follow (in the last
  *     segment, or in one whose records end before the next segment's
  *     first) are stepped over, with a warning, to the first intact record

@@ -1061,6 +1061,55 @@ START_TEST(test_corrupt_inside_earlier_segment) {
 }
 END_TEST
 
+/* The same damage when the next segment holds no record (the last one,
+ * which a crash left before any record reached it: empty, or a reused
+ * file's older bytes): its name still says which records the damaged
+ * one held, so the loss is refused, not read as the log's end.  So is
+ * an earlier segment cut short. */
+START_TEST(test_damage_before_recordless_segment) {
+  for (int k = 0; k < 3; k++) {
+    const char *dir = ps_test_tmpdir();
+    write_log(dir, 4, 10, 0, NULL); /* segment 1: records 1..4, 26 bytes each */
+    write_log(dir, 4, 10, 0, NULL); /* segment 5: records 5..8 */
+    char p[1024], q[1024];
+    snprintf(p, sizeof p, "%s/0000000000000001.log", dir);
+    snprintf(q, sizeof q, "%s/0000000000000005.log", dir);
+    off_t rec3 = seg_rec(p, 2);
+    if (k < 2) { /* record 3's payload damaged */
+      int fd = open(p, O_RDWR);
+      ck_assert_int_ge(fd, 0);
+      uint8_t b;
+      ck_assert_int_eq(pread(fd, &b, 1, rec3 + 16 + 3), 1);
+      b ^= 0x40;
+      ck_assert_int_eq(pwrite(fd, &b, 1, rec3 + 16 + 3), 1);
+      close(fd);
+    } else { /* cut short inside record 3 */
+      ck_assert_int_eq(truncate(p, rec3 + 5), 0);
+    }
+    if (k == 1) { /* segment 5 as a reused file: an older log's record 1 */
+      size_t len;
+      char *recs = ps_test_read_file(p, &len);
+      FILE *f = fopen(q, "wb");
+      ck_assert_ptr_nonnull(f);
+      ck_assert_uint_eq(fwrite(recs + seg_rec(p, 0), 1, 26, f), 26);
+      fclose(f);
+      free(recs);
+    } else {
+      ck_assert_int_eq(truncate(q, 0), 0);
+    }
+    replayed r;
+    ps_errbuf eb;
+    replay_count(dir, 0, &r, PS_EIO, &eb);
+    ck_assert_msg(strstr(eb.msg, "record 3 is missing") && strstr(eb.msg, "starts at record 5") &&
+                      strstr(eb.msg, "ends its records at offset"),
+                  "case %d: %s", k, eb.msg);
+    /* a snapshot that holds records 3 and 4 needs nothing from them */
+    ck_assert_msg(replay_count(dir, 4, &r, 0, &eb) == 0, "case %d: %s", k, eb.msg);
+    ck_assert_uint_eq(r.n, 0);
+  }
+}
+END_TEST
+
 /* Bytes after the records of a segment before the last (a reused file's
  * old records, an O_DIRECT write's zeros: files are not cut at a roll,
  * invariant 6) are no part of the log: not read, not cut, nothing
@@ -2235,6 +2284,7 @@ Suite *psd_wal_suite(void) {
   tcase_add_test(tc, test_missing_earlier_segment_refused);
   tcase_add_test(tc, test_corrupt_earlier_segment_refused);
   tcase_add_test(tc, test_corrupt_inside_earlier_segment);
+  tcase_add_test(tc, test_damage_before_recordless_segment);
   tcase_add_test(tc, test_stale_name_not_skipped);
   tcase_add_test(tc, test_old_bytes_after_earlier_segment);
   tcase_add_loop_test(tc, test_reused_segments, 0, 2);

@@ -152,8 +152,16 @@ static uint32_t psd_main_log_retry_ms(const ps_config *cfg) {
   return cfg->flush_interval_ms < 1000 ? cfg->flush_interval_ms : 1000;
 }
 
+/* psd_main_log_reserve: the free space the redo log keeps on its disk
+ * (psd_wal invariant 9): room for a snapshot of every model (an SST file
+ * and RocksDB's compaction of it: twice the models' bytes) and 64 MiB
+ * for RocksDB's own files; psd_wal caps it at a quarter of the disk. */
+static uint64_t psd_main_log_reserve(const psd_main *m) {
+  return (64ull << 20) + 2 * psd_store_bytes(m->sh.store);
+}
+
 /* psd_main_wal_state is the redo log's state callback (psd_wal.h): a
- * failing log turns a serving shard DEGRADED (it stops acknowledging
+ * failing log, or one short of disk space, turns a serving shard DEGRADED (it stops acknowledging
  * pushes: refused before they apply); a log that works again makes it
  * SERVING unless a flush is failing too. */
 static void psd_main_wal_state(void *arg, int err, const char *msg) {
@@ -162,8 +170,11 @@ static void psd_main_wal_state(void *arg, int err, const char *msg) {
   m->wal_failed = err < 0;
   if (err < 0) snprintf(m->wal_fail_msg, sizeof m->wal_fail_msg, "%s", msg);
   if (err < 0) {
-    ps_err("shard %u degraded: the redo log fails (%s), pushes are refused; retrying every "
-           "%u ms", sh->me->id, msg, psd_main_log_retry_ms(sh->cfg));
+    if (err == PS_EDEGRADED) /* short of space (psd_wal invariant 9): the message says so */
+      ps_err("shard %u degraded: %s", sh->me->id, msg);
+    else
+      ps_err("shard %u degraded: the redo log fails (%s), pushes are refused; retrying every "
+             "%u ms", sh->me->id, msg, psd_main_log_retry_ms(sh->cfg));
     if (sh->state == PSD_SERVING) {
       psd_shard_set_state(sh, PSD_DEGRADED, msg);
       sd_notifyf(0, "STATUS=degraded: %s", msg);
@@ -285,7 +296,7 @@ static int psd_main_recover(psd_main *m) {
   psd_wal_opts o = {.dir = dir, .max_batch_bytes = cfg->group_commit_max_bytes,
                     .max_wait_us = cfg->group_commit_max_wait_us,
                     .retry_ms = psd_main_log_retry_ms(cfg), .on_state = psd_main_wal_state,
-                    .arg = m};
+                    .arg = m, .reserve_bytes = psd_main_log_reserve(m)};
   psd_wal *w = NULL;
   ps_errbuf eb = {{0}};
   /* the dense snapshot and the sparse rows may hold different positions:
@@ -451,6 +462,7 @@ static void psd_main_on_flush_timer(uv_timer_t *t) {
   if (m->flush_busy || m->sh.state == PSD_DRAINING) return;
   psd_flush *f = NULL;
   m->flush_snap_ms = psd_main_unix_ms();
+  if (m->sh.wal) psd_wal_set_reserve(m->sh.wal, psd_main_log_reserve(m)); /* models come, go */
   /* a failing sparse snapshot does not hold the dense one back: both are
    * tried, and either failing makes the flush a failure */
   int persist = 0;

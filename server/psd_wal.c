@@ -24,6 +24,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <time.h>
 #include <unistd.h>
 #include <zlib.h>
@@ -102,6 +103,9 @@ struct psd_wal {
   int drop_pending;        /* psd_wal_drop_spares asked */
   int stop;
   int failed, err_code, changed;
+  int low;                 /* short of space (invariant 9) */
+  uint64_t reserve;        /* psd_wal_set_reserve */
+  char low_msg[300];
   uint64_t lent_seq;       /* failing: the first record with a piece still lent
                             * (wal_unlend found no memory); it and later ones
                             * wait for their answer.  UINT64_MAX: none */
@@ -403,6 +407,7 @@ int psd_wal_open(psd_wal **out, const psd_wal_opts *o, ps_errbuf *eb) {
   w->o = *o;
   w->o.dir = w->dir;
   if (!w->o.retry_ms) w->o.retry_ms = 1000;
+  w->reserve = o->reserve_bytes;
   if (!w->o.segment_bytes) w->o.segment_bytes = 64u << 20;
   w->fd = w->dirfd = -1;
   w->direct = !o->buffered;
@@ -1369,7 +1374,7 @@ static void wal_trim(psd_wal *w, uint64_t upto) {
     wal_seg_name(name, sizeof name, s->first);
     char sp[32];
     wal_spare_name(sp, sizeof sp, s->first);
-    int spare = w->nspare < WAL_SPARES; /* reused by a later roll (invariant 6) */
+    int spare = w->nspare < WAL_SPARES && !w->low; /* reused by a later roll (invariants 6, 9) */
     if (i + 1 < w->nsegs && s->last <= upto &&
         (spare ? renameat(w->dirfd, name, w->dirfd, sp) : unlinkat(w->dirfd, name, 0)) == 0) {
       if (spare) w->spare[w->nspare++] = s->first;
@@ -1412,14 +1417,53 @@ static void wal_sleep(psd_wal *w) {
     if (pthread_cond_timedwait(&w->cv, &w->mu, &dl) == ETIMEDOUT) break;
 }
 
+/* wal_check_space looks at the free space of the log's filesystem
+ * (invariant 9) and sets or clears w->low, dropping the spares when it
+ * becomes short.  Writer thread; takes mu. */
+static void wal_check_space(psd_wal *w) {
+  struct statvfs sv;
+  if (fstatvfs(w->dirfd, &sv) < 0 || !sv.f_blocks) return; /* not known: not short */
+  uint64_t avail = (uint64_t)sv.f_bavail * sv.f_frsize, size = (uint64_t)sv.f_blocks * sv.f_frsize;
+  pthread_mutex_lock(&w->mu);
+  uint64_t reserve = w->reserve < size / 4 ? w->reserve : size / 4;
+  int was = w->low, low = reserve && avail < (was ? reserve + reserve / 4 : reserve);
+  if (low != was) {
+    w->low = low;
+    w->changed = 1;
+    if (low)
+      snprintf(w->low_msg, sizeof w->low_msg, "the redo log's disk is nearly full (%.1f MiB "
+               "free in '%s', under the %.1f MiB kept for the snapshot that lets the log shrink): "
+               "pushes are refused until it does (or space is freed)", (double)avail / 1048576.0,
+               w->dir, (double)reserve / 1048576.0);
+  }
+  pthread_mutex_unlock(&w->mu);
+  if (low && !was) wal_drop_spares(w, "the disk is nearly full");
+  if (low != was)
+    ps_info("redo log '%s': %.1f MiB free, reserve %.1f MiB: %s", w->dir,
+            (double)avail / 1048576.0, (double)reserve / 1048576.0,
+            low ? "short of space, refusing new pushes" : "space again");
+}
+
 static void *wal_thread(void *arg) {
   psd_wal *w = arg;
   char why[300];
   pthread_mutex_lock(&w->mu);
   for (;;) {
     if (!w->wlen) {
-      while (!w->stop && !w->pend_len && !w->trunc_pending && !w->drop_pending)
-        pthread_cond_wait(&w->cv, &w->mu);
+      while (!w->stop && !w->pend_len && !w->trunc_pending && !w->drop_pending) {
+        if (!w->low) {
+          pthread_cond_wait(&w->cv, &w->mu);
+          continue;
+        }
+        /* short of space: look again every retry_ms (a snapshot's cut,
+         * or the operator, may free some) */
+        struct timespec dl = ps_deadline_ns((uint64_t)w->o.retry_ms * 1000000);
+        if (pthread_cond_timedwait(&w->cv, &w->mu, &dl) != ETIMEDOUT) continue;
+        pthread_mutex_unlock(&w->mu);
+        wal_check_space(w);
+        pthread_mutex_lock(&w->mu);
+        if (w->changed && w->started) uv_async_send(&w->async);
+      }
       if (w->stop && !w->pend_len) break;
       wal_wait_more(w);
       if (w->pend_len && wal_take(w) < 0) { /* no memory: not a hot loop */
@@ -1434,6 +1478,7 @@ static void *wal_thread(void *arg) {
     if (w->wlen || drop) w->busy_since_ns = wal_now_ns();
     pthread_mutex_unlock(&w->mu);
     if (drop) wal_drop_spares(w, "a snapshot failed");
+    if (w->wlen) wal_check_space(w);
     uint64_t wns = 0, sns = 0;
     if (w->wlen && !w->wsealed) wal_seal(w);
     int rc = w->wlen ? wal_write(w, &wns, &sns, why, sizeof why) : 0;
@@ -1487,7 +1532,9 @@ static void *wal_thread(void *arg) {
       if (trunc) wal_trim(w, upto);
       else if (wal_open_seg(w, w->segs[w->nsegs - 1].last + 1, why, sizeof why) < 0)
         ps_warn("%s", why);
+      if (trunc) wal_check_space(w); /* the cut may have freed what it was short of */
       pthread_mutex_lock(&w->mu);
+      if (w->changed && w->started) uv_async_send(&w->async);
       w->busy_since_ns = 0;
     }
   }
@@ -1544,10 +1591,10 @@ static void wal_unlink(psd_wal *w, psd_wal_waiter *wt) {
 static void wal_complete(psd_wal *w, int end) {
   uint64_t t0 = wal_loop_lock(w);
   uint64_t synced = w->synced_seq;
-  int failed = w->failed, changed = w->changed, code = w->err_code;
+  int failed = w->failed, changed = w->changed, code = w->err_code, low = w->low;
   uint64_t lent = w->lent_seq;
   char msg[sizeof w->err_msg + 160];
-  snprintf(msg, sizeof msg, "%s", w->err_msg);
+  snprintf(msg, sizeof msg, "%s", failed || !low ? w->err_msg : w->low_msg);
   w->changed = 0;
   pthread_mutex_unlock(&w->mu);
   wal_loop_time(w, t0);
@@ -1567,9 +1614,11 @@ static void wal_complete(psd_wal *w, int end) {
       psd_done_finish(&wt->done, end ? end : PS_EDEGRADED, m2);
     }
   }
-  if (changed && failed != w->loop_failed) {
-    w->loop_failed = failed;
-    if (w->o.on_state) w->o.on_state(w->o.arg, failed ? code : 0, failed ? msg : NULL);
+  int bad = failed || low; /* either refuses new pushes (invariant 9) */
+  if (changed && bad != w->loop_failed) {
+    w->loop_failed = bad;
+    if (w->o.on_state)
+      w->o.on_state(w->o.arg, !bad ? 0 : failed ? code : PS_EDEGRADED, bad ? msg : NULL);
   }
 }
 
@@ -1592,6 +1641,13 @@ int psd_wal_start(psd_wal *w, uv_loop_t *loop, ps_errbuf *eb) {
   w->started = 1;
   pthread_mutex_unlock(&w->mu);
   return 0;
+}
+
+/* psd_wal_set_reserve: see psd_wal.h. */
+void psd_wal_set_reserve(psd_wal *w, uint64_t bytes) {
+  pthread_mutex_lock(&w->mu);
+  w->reserve = bytes;
+  pthread_mutex_unlock(&w->mu);
 }
 
 /* psd_wal_append: see psd_wal.h. */

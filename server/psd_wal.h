@@ -159,6 +159,20 @@
  *     its push and the later ones are not answered until a later
  *     attempt copies it or a retry syncs it.
  *
+ *  9. Space: the log must not take the disk space that the snapshot
+ *     freeing it needs (the snapshot waits for the log's sync of what it
+ *     holds, psd_store invariant 11, so a log that filled the disk would
+ *     stay stuck until an operator freed space).  Before each group, and
+ *     every retry_ms while short, the writer looks at the filesystem's
+ *     free space: under the reserve (psd_wal_set_reserve, at most a
+ *     quarter of the filesystem) the log is short: it says so through
+ *     on_state like a failure (the shard refuses new pushes, DEGRADED)
+ *     but goes on writing the records it holds, into the reserve, so the
+ *     next snapshot can be taken and the log cut; spares are dropped and
+ *     none kept meanwhile.  Back above the reserve and a quarter more, it
+ *     works again (on_state 0).  A write that fails anyway (ENOSPC) is a
+ *     failure as in invariant 3.
+ *
  * Threads: psd_wal_append, _wait, _cancel, _truncate, _stats, _stop run
  * on the loop thread; waiters are called there (from a uv_async). */
 #ifndef PSD_WAL_H
@@ -197,6 +211,8 @@ typedef struct psd_wal_opts {
    * ARG is sync_arg.  A test seam, as sync is. */
   int (*copy_alloc)(void **p, size_t n, void *arg);
   int buffered;               /* 1: never O_DIRECT (invariant 7; tests) */
+  uint64_t reserve_bytes;     /* free space kept on the log's filesystem (invariant 9);
+                               * 0: none; psd_wal_set_reserve changes it */
 } psd_wal_opts;
 
 /* A push waiting for its record's sync; the caller owns the struct, sets
@@ -344,6 +360,11 @@ int psd_wal_id(psd_wal *w, uint64_t *id, ps_errbuf *eb);
 /* psd_wal_nonempty: 1 when the opened log has a segment file with bytes
  * (spares do not count), else 0; before the replay. */
 int psd_wal_nonempty(const psd_wal *w);
+/* psd_wal_set_reserve sets the free space the log keeps on its
+ * filesystem (invariant 9) to BYTES, at most a quarter of the
+ * filesystem's size.  Any thread. */
+void psd_wal_set_reserve(psd_wal *w, uint64_t bytes);
+
 /* psd_wal_dir: the log's directory (psd_wal_opts.dir). */
 const char *psd_wal_dir(const psd_wal *w);
 int psd_wal_set_id(psd_wal *w, uint64_t id, ps_errbuf *eb);

@@ -709,6 +709,71 @@ START_TEST(test_disk_full_sync) {
 }
 END_TEST
 
+/* A sync shard's own log on a small disk never fills it (psd_wal
+ * invariant 9): short of the reserve kept for the snapshot that lets the
+ * log shrink, the shard refuses pushes (DEGRADED), the next snapshot cuts
+ * the log, and it serves again by itself; pushes of twice the disk's size
+ * go through, and after SIGKILL every acknowledged push is there.  (The
+ * log used to fill the disk, and the snapshot, which waits for the log's
+ * sync, could then never be taken: DEGRADED until an operator freed
+ * space.) */
+START_TEST(test_log_fills_disk_sync) {
+  if (!du.mounted) PS_SKIP("%s", du.why);
+  int gp, cp;
+  char yaml[700], log[700];
+  snprintf(yaml, sizeof yaml, "%s", cl_sync_yaml(du.dir, &gp, &cp));
+  snprintf(log, sizeof log, "%s/psd0.log", du.dir);
+  pid_t pid = cl_start(yaml, log, gp, cp);
+  cl_submit(gp);
+  ps_chan_client *c;
+  ps_errbuf eb;
+  char addr[64];
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", cp);
+  ck_assert_int_eq(ps_test_chan_connect(&c, addr, "test", 10000, &eb), 0);
+  size_t n = CL_CHUNKS * CL_ELEMS;
+  float *g = malloc(n * sizeof(float));
+  for (size_t i = 0; i < n; i++) g[i] = -1.0f;
+  uint32_t ids[CL_CHUNKS];
+  for (uint32_t i = 0; i < CL_CHUNKS; i++) ids[i] = i;
+  cl_tally t;
+  snprintf(t.chan_addr, sizeof t.chan_addr, "%s", addr);
+  uint64_t v, acked = 0, refused = 0, want = (2 * 96ull << 20) / (n * sizeof(float));
+  cl_pull(&t, g, &v, log); /* (the fixture's disk may hold the last test's pushes) */
+  float base = g[0];
+  for (size_t i = 0; i < n; i++) g[i] = -1.0f;
+  int64_t end = ps_test_now_ms() + 40000;
+  while (acked < want) {
+    ck_assert_msg(ps_test_now_ms() < end, "%llu of %llu pushes acknowledged in 40 s, %llu "
+                  "refused: the log filled the disk and stayed stuck? see %s",
+                  (unsigned long long)acked, (unsigned long long)want,
+                  (unsigned long long)refused, log);
+    int err = ps_test_push(c, "cl", ids, CL_CHUNKS, g, n, 0, 0, 0, &v, &eb);
+    if (err == 0) {
+      acked++;
+      continue;
+    }
+    ck_assert_msg(err == PS_EDEGRADED && strstr(eb.msg, "degraded"), "refusal %d: %s", err,
+                  eb.msg);
+    refused++;
+    usleep(20000);
+  }
+  ck_assert_msg(refused > 0, "never short of space: the test tested nothing (see %s)", log);
+  char *text = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(text, "nearly full"), "no word of the disk in %s", log);
+  free(text);
+  ps_chan_close(c);
+  ps_test_stop(pid, SIGKILL, 5000);
+  pid = cl_start(yaml, log, gp, cp);
+  cl_pull(&t, g, &v, log);
+  ck_assert_msg(g[0] == base + (float)acked, "value %g after the restart, %g before and %llu "
+                "pushes acknowledged; see %s", (double)g[0], (double)base,
+                (unsigned long long)acked, log);
+  int st = ps_test_stop(pid, SIGTERM, 15000);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd ended with status %d", st);
+  free(g);
+}
+END_TEST
+
 /* cl_snapshot_pos returns the position of LOG's last "redo log replayed:
  * N records after the snapshot's P" line (-1: none). */
 static long long cl_snapshot_pos(const char *log) {
@@ -1157,6 +1222,7 @@ Suite *psd_durability_suite(void) {
   tcase_add_unchecked_fixture(tc, du_setup, du_teardown);
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, test_disk_full_sync);
+  tcase_add_test(tc, test_log_fills_disk_sync);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -2261,6 +2261,62 @@ START_TEST(test_store_replay_coded) {
 }
 END_TEST
 
+/* ---- space (invariant 9) ---------------------------------------------------------- */
+
+static ps_test_tmpfs sp_fs;
+static void sp_setup(void) { ps_test_tmpfs_make(&sp_fs, "ps_test_wal", "size=16m"); }
+static void sp_teardown(void) { ps_test_tmpfs_remove(&sp_fs); }
+
+/* A log on a small disk stops short of the reserve kept for the snapshot
+ * that lets it shrink: it says so (PS_EDEGRADED through on_state: the
+ * shard refuses new pushes) but still syncs the records it was given,
+ * keeps no spares, and works again once a snapshot's cut frees space. */
+START_TEST(test_space_reserve) {
+  if (!sp_fs.mounted) PS_SKIP("%s", sp_fs.why);
+  char dir[700];
+  snprintf(dir, sizeof dir, "%s/redo", sp_fs.mnt);
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  seam sm = {0};
+  psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 20,
+                    .segment_bytes = 1 << 20, .on_state = on_state, .sync = seam_sync,
+                    .sync_arg = &sm, .reserve_bytes = 64ull << 20 /* capped: 4 MiB */};
+  state_calls = 0;
+  psd_wal *w = wal_started(&o, &loop);
+  static waiter ws[256];
+  uint64_t off = 0;
+  size_t n = 0;
+  while (state_calls == 0) { /* 64 KiB records, each synced before the next */
+    ck_assert_msg(n < 256, "16 MiB written and the log never said it was short");
+    append_n(w, ws + n, 1, 65536, &sm, &off);
+    run_until(&loop, ws + n, 1);
+    ck_assert_int_eq(ws[n].status, 0);
+    n++;
+    uv_run(&loop, UV_RUN_NOWAIT);
+  }
+  ck_assert_int_eq(state_last, PS_EDEGRADED);
+  ck_assert_msg(n > 100, "short after %zu records", n); /* 12 MiB before the reserve */
+  /* still written and synced: the reserve is for this */
+  append_n(w, ws + n, 1, 65536, &sm, &off);
+  run_until(&loop, ws + n, 1);
+  ck_assert_int_eq(ws[n].status, 0);
+  ck_assert_int_eq(ps_test_count_files(dir, ".free", 0), 0);
+  /* a snapshot holds them all: the cut frees the space */
+  psd_wal_truncate(w, ws[n].wt.seq);
+  int64_t end = ps_test_now_ms() + 10000;
+  while (state_calls < 2 && ps_test_now_ms() < end) {
+    uv_run(&loop, UV_RUN_NOWAIT);
+    usleep(1000);
+  }
+  ck_assert_int_eq(state_calls, 2);
+  ck_assert_int_eq(state_last, 0);
+  psd_wal_stop(w);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  psd_wal_free(w);
+  uv_loop_close(&loop);
+}
+END_TEST
+
 Suite *psd_wal_suite(void) {
   Suite *s = suite_create("psd_wal");
   TCase *tc = tcase_create("core");
@@ -2300,6 +2356,11 @@ Suite *psd_wal_suite(void) {
   tcase_add_test(tc, test_store_replay_fuzzy_snapshot);
   tcase_add_test(tc, test_store_replay_bad_count);
   tcase_add_test(tc, test_store_replay_coded);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("space");
+  tcase_set_timeout(tc, 60);
+  tcase_add_unchecked_fixture(tc, sp_setup, sp_teardown);
+  tcase_add_test(tc, test_space_reserve);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -313,6 +313,12 @@ int psd_clock_set_model(psd_clock *c, const char *model, uint32_t staleness, uin
   return 0;
 }
 
+/* psd_clock_model_fresh: see psd_clock.h. */
+void psd_clock_model_fresh(psd_clock *c, const char *model) {
+  psd_clock_model *m = clock_model_find(c, model);
+  if (m) m->max_gap = m->parked_total = m->timeouts = 0;
+}
+
 /* psd_clock_check_live: see psd_clock.h. */
 int psd_clock_check_live(const psd_clock *c, uint32_t worker, ps_errbuf *eb) {
   int err = psd_clock_check_worker(c, worker, eb);

@@ -155,6 +155,11 @@ void psd_clock_free(psd_clock *c);
 int psd_clock_set_model(psd_clock *c, const char *model, uint32_t staleness, uint64_t now_ms,
                         ps_errbuf *eb);
 
+/* psd_clock_model_fresh zeroes MODEL's figures for status (the largest
+ * gap served, the pulls ever parked, the timeouts): a model submitted
+ * anew or replaced starts counting again. */
+void psd_clock_model_fresh(psd_clock *c, const char *model);
+
 /* psd_clock_check_worker: 0 when WORKER belongs to the world (invariant
  * 8), else PS_EINVAL naming the world.  Every call below that names a
  * worker checks it too; a caller that changes other state first (a push)

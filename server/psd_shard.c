@@ -437,6 +437,7 @@ int psd_shard_submit(psd_shard *sh, const Ps__ModelSpec *spec, int replace,
     const char *job = psd_clock_job_model(sh->clock);
     if (err == 0 && created && job && !strcmp(job, spec->name))
       err = psd_clock_job_reset(sh->clock, spec->name, eb);
+    if (created) psd_clock_model_fresh(sh->clock, spec->name); /* as the tau histogram */
     psd_shard_clock_arm(sh);
     if (err < 0) return psd_shard_done(sh, err);
   }

@@ -69,6 +69,19 @@ START_TEST(test_bsp_parks_until_push) {
   ck_assert_uint_eq(st.parked, 0);
   ck_assert_uint_eq(st.max_gap, 0);
   ck_assert_uint_eq(st.parked_total, 1);
+  /* a model submitted anew counts again (an asp run's gap would read as
+   * a broken bound under the bsp that replaced it) */
+  ck_assert_int_eq(psd_clock_set_model(c, "m", PSD_CLOCK_ASP, 40, &eb), 0);
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 0, 1, 40, &eb), 0);
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 0, 2, 40, &eb), 0);
+  ck_assert_int_eq(psd_clock_pull(c, "m", 0, 3, 40, &a.p, &eb), 0);
+  ck_assert_int_eq(psd_clock_stats_of(c, "m", &st), 0);
+  ck_assert_uint_gt(st.max_gap, 0);
+  psd_clock_model_fresh(c, "m");
+  ck_assert_int_eq(psd_clock_stats_of(c, "m", &st), 0);
+  ck_assert_uint_eq(st.max_gap, 0);
+  ck_assert_uint_eq(st.parked_total, 0);
+  ck_assert_uint_eq(st.timeouts, 0);
   psd_clock_free(c);
 }
 END_TEST

@@ -21,8 +21,10 @@
  * configuration error. */
 #include <errno.h>
 #include <getopt.h>
+#include <inttypes.h>
 #include <malloc.h>
 #include <netdb.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -41,6 +43,7 @@
 #include "ps_config.h"
 #include "ps_log.h"
 #include "ps_stop.h"
+#include "ps_time.h"
 #include "ps_tls.h"
 #include "psd_agg.h"
 #include "psd_chan.h"
@@ -58,6 +61,7 @@ typedef struct psd_main {
   uv_signal_t sig[3];
   uv_timer_t flush_timer, watchdog_timer, drain_timer, wal_timer;
   uint64_t wal_stall_ms;     /* the log's stalled sync was said to run this long (0: none) */
+  uint64_t wal_stall_seen;   /* ... and was last seen running this long */
   uv_work_t flush_work;
   psd_probe probe;           /* rebuilds a gRPC server that stopped accepting */
   psd_flush *flush;          /* the flush being written, or NULL */
@@ -447,11 +451,12 @@ static void psd_main_on_wal_timer(uv_timer_t *t) {
             "answering?); pushes wait for it, none is acknowledged meanwhile",
             m->sh.me->id, (double)ws.busy_ms / 1e3);
     m->wal_stall_ms = ws.busy_ms;
-  } else if (m->wal_stall_ms && ws.busy_ms < m->wal_stall_ms) {
-    ps_info("shard %u: the redo log's stalled disk work ended (it ran over %.1f s)",
-            m->sh.me->id, (double)m->wal_stall_ms / 1e3);
+  } else if (m->wal_stall_ms && ws.busy_ms < m->wal_stall_seen) {
+    ps_info("shard %u: the redo log's stalled disk work ended (it ran %.1f to %.1f s)",
+            m->sh.me->id, (double)m->wal_stall_seen / 1e3, (double)m->wal_stall_seen / 1e3 + 1);
     m->wal_stall_ms = 0;
   }
+  m->wal_stall_seen = m->wal_stall_ms ? ws.busy_ms : 0; /* this timer's period: 1 s */
 }
 
 /* psd_main_on_flush_timer snapshots dirty state on the loop (the sparse
@@ -504,6 +509,57 @@ static void psd_main_close_walk(uv_handle_t *h, void *arg) {
   if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
+/* The stop's disk work (the log's last sync, the final snapshot) runs on
+ * the loop, whose stall check (psd_main_on_wal_timer) cannot run then:
+ * a watch thread says in the log when it has waited PSD_MAIN_WAL_STALL_MS
+ * or longer, and again at each doubling. */
+typedef struct psd_stop_watch {
+  pthread_t thread;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int done, started;
+  uint32_t shard;
+} psd_stop_watch;
+
+static void *psd_stop_watch_run(void *arg) {
+  psd_stop_watch *w = arg;
+  int64_t t0 = ps_now_ms(), warn = PSD_MAIN_WAL_STALL_MS;
+  pthread_mutex_lock(&w->mu);
+  while (!w->done) {
+    struct timespec dl = ps_deadline_ns(250u * 1000000u);
+    pthread_cond_timedwait(&w->cv, &w->mu, &dl);
+    int64_t waited = ps_now_ms() - t0;
+    if (w->done || waited < warn) continue;
+    ps_warn("shard %" PRIu32 ": stopping: the final flush has waited %.0f s for the disk (the "
+            "disk is not answering?); it goes on waiting (what the log acknowledged is on disk "
+            "already: a kill loses none of it)", w->shard, (double)waited / 1e3);
+    warn *= 2;
+  }
+  pthread_mutex_unlock(&w->mu);
+  return NULL;
+}
+
+/* psd_stop_watch_start starts W for SHARD; nothing when the thread
+ * cannot start (the stop goes on, unwatched). */
+static void psd_stop_watch_start(psd_stop_watch *w, uint32_t shard) {
+  *w = (psd_stop_watch){.shard = shard};
+  pthread_mutex_init(&w->mu, NULL);
+  ps_cond_init_mono(&w->cv);
+  w->started = pthread_create(&w->thread, NULL, psd_stop_watch_run, w) == 0;
+}
+
+static void psd_stop_watch_end(psd_stop_watch *w) {
+  if (w->started) {
+    pthread_mutex_lock(&w->mu);
+    w->done = 1;
+    pthread_cond_signal(&w->cv);
+    pthread_mutex_unlock(&w->mu);
+    pthread_join(w->thread, NULL);
+  }
+  pthread_mutex_destroy(&w->mu);
+  pthread_cond_destroy(&w->cv);
+}
+
 /* psd_main_finish runs once the drain is over: stops gRPC, flushes
  * synchronously, closes every handle so the loop ends. */
 static void psd_main_finish(psd_main *m) {
@@ -518,6 +574,8 @@ static void psd_main_finish(psd_main *m) {
   psd_grpc_stop(sh, left < 200 ? 200 : (int)(left > 5000 ? 5000 : left));
   sd_notify(0, "STATUS=final flush");
   ps_errbuf eb = {{0}};
+  psd_stop_watch watch;
+  psd_stop_watch_start(&watch, sh->me->id);
   psd_agg_stop(sh->agg); /* sums still waiting for workers are answered: shutting down */
   /* the final snapshot, too, holds only pushes the log has on disk
    * (psd_store invariant 11): a crash before the exit must not leave it
@@ -544,6 +602,7 @@ static void psd_main_finish(psd_main *m) {
   if (err >= 0 && sh->wal && psd_wal_discard(sh->wal, psd_store_log_seq(sh->store), &eb) < 0)
     ps_warn("shard %u: %s; the next start reads the log but replays none of it", sh->me->id,
             eb.msg);
+  psd_stop_watch_end(&watch);
   psd_chan_close(sh);
   uv_walk(&m->loop, psd_main_close_walk, NULL);
 }

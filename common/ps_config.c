@@ -167,7 +167,7 @@ static int cfg_uint(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, uint64_t *v) 
   uint64_t u = 0;
   int rc = ps_parse_uint(t + (*t == '-'), &u); /* a minus is reported as out of range */
   if (rc == PS_EINVAL) return cfg_err(x, m, "expected an integer for '%s'", s->name);
-  int neg = *t == '-' && u != 0;
+  int neg = *t == '-'; /* "-0" too: decimal, without sign */
   if (neg || rc < 0 || u < s->min || u > s->max)
     return cfg_err(x, m, "'%s' is %s, outside %" PRIu64 "..%" PRIu64, s->name, t, s->min,
                    s->max);
@@ -778,16 +778,23 @@ static int cfg_workers_post(cfg_ctx *x, void *base, yaml_node_t *n, const yaml_m
 
 static const cfg_table cfg_workers_table =
     CFG_TABLE("in 'workers'", cfg_workers_slots, cfg_workers_post);
-/* cfg_training_post: topk set under another push codec is kept (it
- * applies once the codec is topk) with a warning. */
+/* cfg_training_post: topk set under another push codec, and staleness
+ * under another consistency than ssp, are kept (they apply once the codec
+ * is topk, the consistency ssp) with a warning. */
 static int cfg_training_post(cfg_ctx *x, void *base, yaml_node_t *n, const yaml_mark_t *marks) {
   const ps_train_conf *t = base;
-  size_t k = 0; /* topk's slot */
+  ps_config *c = (ps_config *)((char *)base - offsetof(ps_config, training));
+  size_t k = 0, st = 0; /* topk's slot, staleness's */
   while (strcmp(cfg_training_slots[k].name, "topk")) k++;
+  while (strcmp(cfg_training_slots[st].name, "staleness")) st++;
   if (n && marks[k].index != n->start_mark.index && strcmp(t->codec, "topk"))
-    cfg_warn(x, (ps_config *)((char *)base - offsetof(ps_config, training)), marks[k],
+    cfg_warn(x, c, marks[k],
              "'topk' applies to topk pushes only: codec %s sends none (psctl submit "
              "--codec topk or --tensor-codec NAME=topk would use it)", t->codec);
+  /* likewise a staleness bound under bsp (0) or asp (none) */
+  if (n && marks[st].index != n->start_mark.index && strcmp(t->consistency, "ssp"))
+    cfg_warn(x, c, marks[st], "'staleness' applies under consistency ssp only: %s ignores it",
+             t->consistency);
   return 0;
 }
 static const cfg_table cfg_training_table =
@@ -1006,7 +1013,9 @@ static int cfg_top_post(cfg_ctx *x, void *base, yaml_node_t *n, const yaml_mark_
   if (c->idle_timeout_ms > c->training.pull_timeout_ms) return 0;
   yaml_node_t *lim = cfg_value_node(x, n, "limits");
   yaml_node_t *v = cfg_value_node(x, lim, "idle_timeout_ms");
-  yaml_node_t *at = v ? v : lim ? lim : n;
+  /* at the key the file sets: idle_timeout_ms, else pull_timeout_ms */
+  yaml_node_t *pt = cfg_value_node(x, cfg_value_node(x, n, "training"), "pull_timeout_ms");
+  yaml_node_t *at = v ? v : pt ? pt : lim ? lim : n;
   return cfg_err(x, at->start_mark,
                  "'idle_timeout_ms' (%" PRIu32 ") must exceed training's 'pull_timeout_ms' (%" PRIu32
                  ")", c->idle_timeout_ms, c->training.pull_timeout_ms);

@@ -270,6 +270,11 @@ START_TEST(test_config_require_cert_warning) {
       {"security: none\ntraining:\n  topk: 0.1\n",
        "c.yaml:4:9: warning: 'topk' applies to topk pushes only: codec fp32 sends none"},
       {"security: none\ntraining:\n  topk: 0.1\n  codec: topk\n", NULL},
+      {"security: none\ntraining:\n  consistency: bsp\n  staleness: 3\n",
+       "c.yaml:5:14: warning: 'staleness' applies under consistency ssp only: bsp ignores it"},
+      {"security: none\ntraining:\n  staleness: 3\n",
+       "c.yaml:4:14: warning: 'staleness' applies under consistency ssp only: asp ignores it"},
+      {"security: none\ntraining:\n  staleness: 3\n  consistency: ssp\n", NULL},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     char text[600];
@@ -374,6 +379,8 @@ static const struct bad_case {
 } bad_cases[] = {
     {"cluster: a\nsparse:\n  memory_rows: -5\n" SHARD0, PS_ECONFIG,
      "3:16: 'memory_rows' is -5, outside 0..1099511627776"},
+    {"cluster: a\ndurability:\n  group_commit_max_wait_us: -0\n" SHARD0, PS_ECONFIG,
+     "3:29: 'group_commit_max_wait_us' is -0, outside 0..1000000"},
     {"cluster: a\nsparse:\n  memory_rows: 1099511627777\n" SHARD0, PS_ECONFIG,
      "3:16: 'memory_rows' is 1099511627777, outside 0..1099511627776"},
     {"cluster: a\nsparse:\n  admit_after: 1000001\n" SHARD0, PS_ECONFIG,
@@ -509,7 +516,7 @@ static const struct bad_case {
     {"cluster: a\nlimits:\n  idle_timeout_ms: 30000\n" SHARD0 SEC0, PS_ECONFIG,
      "3:20: 'idle_timeout_ms' (30000) must exceed training's 'pull_timeout_ms' (30000)"},
     {"cluster: a\ntraining:\n  pull_timeout_ms: 200000\n" SHARD0 SEC0, PS_ECONFIG,
-     "1:1: 'idle_timeout_ms' (120000) must exceed training's 'pull_timeout_ms' (200000)"},
+     "3:20: 'idle_timeout_ms' (120000) must exceed training's 'pull_timeout_ms' (200000)"},
     {"cluster: a\nlimits:\n  max_shard_bytes: 1125899906842625\n" SHARD0, PS_ECONFIG,
      "3:20: 'max_shard_bytes' is 1125899906842625, outside 0..1125899906842624"},
     {"cluster: a\n" SHARD0, PS_ECONFIG, "1:1: missing required key 'security' at the top level"},

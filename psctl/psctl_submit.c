@@ -29,8 +29,11 @@ static const char psctl_submit_usage[] =
     "Checks the graph file, checks that every shard is up, then registers the model on every\n"
     "shard.  Defaults: sgd, lr 0.01, momentum 0.9, beta1 0.9, beta2 0.999, eps 1e-8, seed 1,\n"
     "the cluster's chunk size, constant lr (--lr-decay: lr * GAMMA^(t/N) after t updates of a\n"
-    "chunk).  --replace replaces a model of that name with different settings.\n"
-    "Consistency, staleness and staleness weight default to the cluster file's training section.\n"
+    "chunk).  --momentum applies to momentum and nesterov, --beta1/--beta2 to adam, --eps to\n"
+    "adam and adagrad; a flag the optimizer does not use is refused, as is --lr-decay-steps\n"
+    "without --lr-decay.  --replace replaces a model of that name with different settings.\n"
+    "Consistency, staleness and staleness weight default to the cluster file's training section;\n"
+    "--staleness (the ssp bound) contradicts bsp and asp.\n"
     "--clip-norm X: workers scale each step's whole gradient to an L2 norm of at most X before\n"
     "they push, and shards refuse a chunk whose own gradient norm exceeds X (default 0: none).\n"
     "--codec: how workers encode gradients on the wire (with error feedback); --pull-codec: how\n"
@@ -54,6 +57,8 @@ typedef struct psctl_submit_opts {
   const char *codec, *pull_codec;             /* NULL: the cluster file's */
   double topk;                                /* 0: the cluster file's */
   int64_t codec_warmup, codec_min_elems;      /* -1: the cluster file's */
+  const char *given[8];                       /* optimizer flags given (psctl_submit_fits) */
+  size_t ngiven;
   char *tensor_codec[64];                     /* "NAME=CODEC" from argv */
   size_t ntensor_codec;
 } psctl_submit_opts;
@@ -87,6 +92,37 @@ static int psctl_submit_float(psctl_submit_opts *o, int key, const char *arg) {
     return 0;
   }
   return -1;
+}
+
+/* psctl_submit_fits refuses an optimizer flag the chosen optimizer does
+ * not use (it would be ignored without a word): --momentum outside
+ * momentum and nesterov, --beta1/--beta2 outside adam, --eps outside adam
+ * and adagrad, --lr-decay-steps without --lr-decay.  0, or 1 said on
+ * stderr.  An unknown optimizer is the shards' to refuse. */
+static int psctl_submit_fits(const psctl_submit_opts *o) {
+  static const struct { const char *flag, *kinds; } uses[] = {
+      {"momentum", " momentum nesterov "}, {"beta1", " adam "}, {"beta2", " adam "},
+      {"eps", " adam adagrad "}};
+  static const char *const known[] = {"sgd", "momentum", "nesterov", "adam", "adagrad"};
+  int k = 0;
+  for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) k |= !strcmp(o->opt.kind, known[i]);
+  for (size_t g = 0; k && g < o->ngiven; g++)
+    for (size_t i = 0; i < sizeof uses / sizeof uses[0]; i++) {
+      char want[32];
+      snprintf(want, sizeof want, " %s ", o->opt.kind);
+      if (strcmp(o->given[g], uses[i].flag) || strstr(uses[i].kinds, want)) continue;
+      fprintf(stderr, "psctl submit: --%s does not apply to --optimizer %s (used by%.*s)\n",
+              uses[i].flag, o->opt.kind, (int)strlen(uses[i].kinds) - 1, uses[i].kinds);
+      return 1;
+    }
+  for (size_t g = 0; g < o->ngiven; g++)
+    if (!strcmp(o->given[g], "lr-decay-steps") && o->opt.lr_decay_steps &&
+        !(o->opt.lr_decay > 0 && o->opt.lr_decay < 1)) {
+      fprintf(stderr, "psctl submit: --lr-decay-steps needs --lr-decay GAMMA (0 < GAMMA < 1): "
+              "without it the rate never decays\n");
+      return 1;
+    }
+  return 0;
 }
 
 /* psctl_submit_args parses argv; 0, or an exit code (-1: --help). */
@@ -173,7 +209,11 @@ static int psctl_submit_args(int argc, char **argv, psctl_submit_opts *o) {
       case '?': bad = 1; break;
       default: bad = psctl_submit_float(o, c, optarg); break;
     }
+    if (!bad && o->ngiven < sizeof o->given / sizeof o->given[0] && strchr("m12eG", c))
+      o->given[o->ngiven++] = c == 'm' ? "momentum" : c == '1' ? "beta1" : c == '2' ? "beta2"
+                              : c == 'e' ? "eps" : "lr-decay-steps";
   }
+  if (!bad) bad = psctl_submit_fits(o);
   if (!bad && optind + 1 == argc) o->file = argv[optind];
   if (bad || !o->file || !o->name) {
     if (!bad) fprintf(stderr, "psctl submit: %s\n", !o->name ? "--name NAME is required" : "one graph FILE is required");
@@ -207,6 +247,10 @@ static int psctl_submit_consistency(const psctl_submit_opts *o, const ps_config 
       return 2;
     }
     s = 0;
+  }
+  if (!strcmp(c, "asp") && o->staleness > 0) {
+    fprintf(stderr, "psctl submit: --staleness %u contradicts asp (no bound: use ssp)\n", s);
+    return 2;
   }
   spec->consistency = (char *)c;
   spec->staleness = !strcmp(c, "asp") ? 0 : s;

@@ -556,6 +556,14 @@ START_TEST(test_cli_bad_flags) {
       {"psctl", "submit m.pb --name m --codec '' --config '%s'", "--codec wants a codec name"},
       {"psctl", "submit m.pb --name m --chunk-elems 67108865 --config '%s'",
        "--chunk-elems wants an integer in [0, 67108864]"},
+      {"psctl", "submit m.pb --name m --beta1 0.5 --config '%s'",
+       "--beta1 does not apply to --optimizer sgd (used by adam)"},
+      {"psctl", "submit m.pb --name m --optimizer adam --momentum 0.5 --config '%s'",
+       "--momentum does not apply to --optimizer adam (used by momentum nesterov)"},
+      {"psctl", "submit m.pb --name m --optimizer momentum --eps 1e-6 --config '%s'",
+       "--eps does not apply to --optimizer momentum (used by adam adagrad)"},
+      {"psctl", "submit m.pb --name m --lr-decay-steps 5 --config '%s'",
+       "--lr-decay-steps needs --lr-decay GAMMA"},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     char args[1200];

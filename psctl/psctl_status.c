@@ -638,6 +638,7 @@ static int psctl_status_args(int argc, char **argv, psctl_status_opts *o) {
     }
   }
   if (optind < argc || o->timeout_ms <= 0) {
+    if (optind < argc) fprintf(stderr, "psctl status: unexpected argument '%s'\n", argv[optind]);
     psctl_status_usage_to(stderr);
     return 2;
   }

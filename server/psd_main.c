@@ -113,12 +113,23 @@ static void psd_main_why(psd_main *m) {
  * memory, refuses submits; the store closed RocksDB and the flush timer
  * retries, reopening it), a success after one turns it back to SERVING.
  * last_flush_unix_ms is the time up to which every accepted update is on
- * disk.  Failures in a row are logged when their message changes and
- * every 60th time, not at every tick. */
+ * disk.  Failures in a row are logged when their message changes (but
+ * for its numbers) and every 60th time, not at every tick. */
+/* psd_main_same_but_numbers says whether A and B differ only in their
+ * digits (RocksDB names a new file each time the same failure recurs). */
+static int psd_main_same_but_numbers(const char *a, const char *b) {
+  for (;; a++, b++) {
+    while (*a >= '0' && *a <= '9') a++;
+    while (*b >= '0' && *b <= '9') b++;
+    if (*a != *b) return 0;
+    if (!*a) return 1;
+  }
+}
+
 static void psd_main_flushed(psd_main *m, int status, const ps_errbuf *eb, int64_t snap_ms) {
   psd_shard *sh = &m->sh;
   if (status < 0) {
-    int changed = strcmp(m->flush_fail_msg, eb->msg) != 0;
+    int changed = !psd_main_same_but_numbers(m->flush_fail_msg, eb->msg);
     if (sh->state == PSD_SERVING) {
       char why[sizeof eb->msg + 32];
       snprintf(why, sizeof why, "its last flush failed: %s", eb->msg);

@@ -539,6 +539,7 @@ START_TEST(test_cli_bad_flags) {
       {"psctl", "export --config '%s' --model '' -o m.npz", "bad model name ''"},
       {"psctl", "export --config '%s' --model m -o m.npz --timeout-ms 0", "--timeout-ms wants"},
       {"psctl", "status --config '%s' --timeout x", "--timeout wants an integer"},
+      {"psctl", "status --config '%s' extra", "unexpected argument 'extra'"},
       {"psctl", "status --config '%s' --interval 99", "--interval wants an integer in [100, 600000]"},
       {"psctl", "status --config '%s' --interval 600001",
        "--interval wants an integer in [100, 600000], got '600001'"},

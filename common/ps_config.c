@@ -645,6 +645,13 @@ static int cfg_data_post(cfg_ctx *x, void *base, yaml_node_t *n, const yaml_mark
       return cfg_err(x, n ? n->start_mark : marks[0], "'%s' and '%s' go together in 'data'",
                      img, lab);
   }
+  /* fewer samples than partitions: some partitions hold none */
+  size_t lim = 0;
+  while (strcmp(cfg_data_slots[lim].name, "limit")) lim++;
+  if (d->limit && d->limit < d->partitions)
+    cfg_warn(x, (ps_config *)((char *)base - offsetof(ps_config, data)), marks[lim],
+             "'limit' (%" PRIu32 ") is below 'partitions' (%" PRIu32 "): %" PRIu32
+             " partitions hold no sample", d->limit, d->partitions, d->partitions - d->limit);
   return 0;
 }
 

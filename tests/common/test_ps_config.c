@@ -275,6 +275,10 @@ START_TEST(test_config_require_cert_warning) {
       {"security: none\ntraining:\n  staleness: 3\n",
        "c.yaml:4:14: warning: 'staleness' applies under consistency ssp only: asp ignores it"},
       {"security: none\ntraining:\n  staleness: 3\n  consistency: ssp\n", NULL},
+      {"security: none\ndata:\n  limit: 10\n",
+       "c.yaml:4:10: warning: 'limit' (10) is below 'partitions' (16): 6 partitions hold no "
+       "sample"},
+      {"security: none\ndata:\n  limit: 16\n", NULL},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     char text[600];

@@ -106,7 +106,25 @@ static uint32_t crc32c_hw(uint32_t crc, const void *buf, size_t n) {
 }
 #endif
 
+/* crc32c_mulmod: A times B modulo the polynomial (reflected: bit 31 is
+ * x^0), as zlib's multmodp. */
+static uint32_t crc32c_mulmod(uint32_t a, uint32_t b) {
+  uint32_t m = 1u << 31, p = 0;
+  for (; a; m >>= 1) {
+    if (a & m) {
+      p ^= b;
+      a &= ~m;
+    }
+    b = b & 1 ? (b >> 1) ^ CRC32C_POLY : b >> 1;
+  }
+  return p;
+}
+
+static uint32_t crc32c_x2n[64]; /* x^(8 2^k) modulo the polynomial */
+
 static void crc32c_init(void) {
+  crc32c_x2n[0] = 1u << 23; /* x^8 */
+  for (int k = 1; k < 64; k++) crc32c_x2n[k] = crc32c_mulmod(crc32c_x2n[k - 1], crc32c_x2n[k - 1]);
   for (uint32_t n = 0; n < 256; n++) {
     uint32_t c = n;
     for (int k = 0; k < 8; k++) c = c & 1 ? (c >> 1) ^ CRC32C_POLY : c >> 1;
@@ -148,6 +166,16 @@ uint32_t ps_crc32c_sw(uint32_t crc, const void *buf, size_t n) {
 int ps_crc32c_hw(void) {
   pthread_once(&crc32c_once, crc32c_init);
   return crc32c_have_hw;
+}
+
+/* ps_crc32c_combine: see ps_crc32c.h.  Shifting CRC1 over LEN2 zero bytes
+ * is multiplying it by x^(8 LEN2): one product per bit of LEN2, with
+ * x^(8 2^k) from crc32c_x2n. */
+uint32_t ps_crc32c_combine(uint32_t crc1, uint32_t crc2, uint64_t len2) {
+  pthread_once(&crc32c_once, crc32c_init);
+  for (int k = 0; len2; len2 >>= 1, k++)
+    if (len2 & 1) crc1 = crc32c_mulmod(crc32c_x2n[k], crc1);
+  return crc1 ^ crc2;
 }
 
 /* ps_crc32c: see ps_crc32c.h. */

@@ -15,6 +15,13 @@
  * version this CPU runs. */
 uint32_t ps_crc32c(uint32_t crc, const void *p, size_t n);
 
+/* ps_crc32c_combine: the checksum of a followed by b from CRC1 (of a),
+ * CRC2 (of b) and LEN2 (b's length), as zlib's crc32_combine: in
+ * O(log LEN2) steps, without b's bytes.  So the checksum of any range of
+ * a buffer follows from the checksums of its prefixes:
+ * crc(b) = crc(a b) ^ ps_crc32c_combine(crc(a), 0, len(b)). */
+uint32_t ps_crc32c_combine(uint32_t crc1, uint32_t crc2, uint64_t len2);
+
 /* ps_crc32c_sw: the portable version (tests compare the two). */
 uint32_t ps_crc32c_sw(uint32_t crc, const void *p, size_t n);
 

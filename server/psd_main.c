@@ -347,7 +347,20 @@ static int psd_main_recover(psd_main *m) {
   uint64_t end = st.replay_last ? st.replay_last : st.last_seq;
   int ahead = err == 0 && top > end;
   if (err == 0 && (!sync || ahead)) {
-    if (ahead)
+    /* TOP may be the sparse rows' position alone (kept even without
+     * sparse tables): a stop whose log failed and whose final dense
+     * snapshot failed too still lets the rows' writer write theirs
+     * (psd_main_finish); the dense snapshot then lacks those records */
+    if (ahead && top > m->dur_d)
+      ps_warn("shard %u: the sparse rows' snapshot holds records up to %llu, but the dense "
+              "snapshot only %llu and the redo log ends at %llu: records %llu to %llu are in "
+              "neither (pushes the log never synced, so never acknowledged: left by a stop "
+              "whose log and final snapshot failed); taking a snapshot of the replayed state "
+              "and starting the log after %llu", sh->me->id, (unsigned long long)top,
+              (unsigned long long)m->dur_d, (unsigned long long)end,
+              (unsigned long long)(end > m->dur_d ? end : m->dur_d) + 1,
+              (unsigned long long)top, (unsigned long long)top);
+    else if (ahead)
       ps_warn("shard %u: the snapshot holds records up to %llu, the redo log ends at %llu: "
               "taking a snapshot of the replayed state and starting the log after %llu",
               sh->me->id, (unsigned long long)top, (unsigned long long)end,

@@ -599,15 +599,92 @@ typedef struct wal_found {
   size_t end;        /* where the last of them ends (0: none) */
   size_t first_at;   /* where the first of them starts */
   uint64_t first_seq;
-  int cut;           /* the search ended early, or left candidates unchecked */
-  size_t cut_at;     /* where it first did (when cut) */
+  int cut;           /* the search ended early (its budget) */
+  size_t cut_at;     /* where (when cut) */
   int later;         /* a group after the bad record's was written (end marks) */
 } wal_found;
 
-/* wal_found_cut notes in F that the search skipped or stopped at AT. */
+/* wal_found_cut notes in F that the search stopped at AT. */
 static void wal_found_cut(wal_found *f, size_t at) {
   if (!f->cut) f->cut_at = at;
   f->cut = 1;
+}
+
+/* The search after a bad record (wal_count_after) checks a candidate's
+ * checksum from the checksums of the segment's prefixes: the bytes after
+ * the bad record are hashed once, in steps of WAL_PFX_STEP, per checksum
+ * kind (made at the first candidate of that kind longer than
+ * WAL_PFX_MIN), and a candidate of any length then costs at most about
+ * 2 WAL_PFX_STEP bytes and two ps_crc32c_combine / crc32_combine calls.
+ * (A reused file's older pushes hold many candidates: a float's top half
+ * followed by a zero float, a ReLU's dead unit, reads as a seq of 12k to
+ * 49k, with a length field up to the file's end from the float before;
+ * checked byte by byte, a few of them ate any budget within a megabyte
+ * of the bad record.) */
+#define WAL_PFX_STEP 1024
+#define WAL_PFX_MIN (2 * WAL_PFX_STEP)
+
+typedef struct wal_pfx {
+  uint32_t *c; /* c[k]: the checksum of the bytes from the base, k steps */
+  size_t nc;
+  int tried;   /* made, or its memory was refused */
+} wal_pfx;
+
+/* wal_pfx_sum extends checksum C (CRC-32C when C32, else zlib's) by N
+ * bytes at P. */
+static uint32_t wal_pfx_sum(int c32, uint32_t c, const uint8_t *p, size_t n) {
+  return c32 ? ps_crc32c(c, p, n) : (uint32_t)crc32_z(c, p, n);
+}
+
+/* wal_pfx_shift: checksum C followed by N zero-checksum bytes' effect,
+ * i.e. combine(C, 0, N). */
+static uint32_t wal_pfx_shift(int c32, uint32_t c, size_t n) {
+  return c32 ? ps_crc32c_combine(c, 0, n) : (uint32_t)crc32_combine(c, 0, (z_off_t)n);
+}
+
+/* wal_pfx_at: the checksum of BUF's bytes from BASE to X (made tables). */
+static uint32_t wal_pfx_at(const wal_pfx *pf, int c32, const uint8_t *buf, size_t base, size_t x) {
+  size_t k = (x - base) / WAL_PFX_STEP;
+  if (k >= pf->nc) k = pf->nc - 1;
+  size_t from = base + k * WAL_PFX_STEP;
+  return wal_pfx_sum(c32, pf->c[k], buf + from, x - from);
+}
+
+/* wal_count_check: wal_check for the candidate at AT of BUF (N bytes),
+ * through PF[2] (the prefix checksums from BASE, per kind) when it is
+ * long; adds the bytes it hashes to *COST. */
+static const char *wal_count_check(const uint8_t *buf, size_t n, size_t base, size_t at,
+                                   wal_pfx pf[2], uint64_t *cost) {
+  uint32_t len = wal_len(buf + at); /* the caller saw it fit */
+  int c32 = (wal_get32(buf + at) & WAL_CRC32C) != 0;
+  wal_pfx *p = &pf[c32];
+  if (len > WAL_PFX_MIN && !p->tried) {
+    p->tried = 1;
+    p->nc = (n - base) / WAL_PFX_STEP + 1;
+    p->c = malloc(p->nc * sizeof *p->c);
+    if (p->c) {
+      uint32_t c = 0;
+      for (size_t k = 0; k < p->nc; k++) {
+        p->c[k] = c;
+        size_t from = base + k * WAL_PFX_STEP;
+        if (k + 1 < p->nc) c = wal_pfx_sum(c32, c, buf + from, WAL_PFX_STEP);
+      }
+      *cost += n - base;
+    }
+  }
+  if (len <= WAL_PFX_MIN || !p->c) {
+    *cost += len;
+    return wal_check(buf + at, n - at);
+  }
+  size_t a = at + WAL_HDR, b = a + len;
+  uint32_t ca = wal_pfx_at(p, c32, buf, base, a), cb = wal_pfx_at(p, c32, buf, base, b);
+  uint32_t payload = cb ^ wal_pfx_shift(c32, ca, len); /* of the bytes from A to B */
+  uint32_t h = wal_pfx_sum(c32, 0, buf + at, 4);
+  h = wal_pfx_sum(c32, h, buf + at + 8, 8);
+  *cost += 2 * WAL_PFX_STEP + 256; /* and the combines' products */
+  uint32_t sum = c32 ? ps_crc32c_combine(h, payload, len)
+                     : (uint32_t)crc32_combine(h, payload, (z_off_t)len);
+  return sum == wal_get32(buf + at + 4) ? NULL : "checksum mismatch";
 }
 
 /* wal_count_after looks for the intact records of this log after a bad
@@ -622,20 +699,21 @@ static void wal_found_cut(wal_found *f, size_t at) {
  * a record found (the chain of a log's records), or is followed by what
  * may follow a record (wal_may_follow); else (the last record before a
  * reused file's older bytes looks like that) only when its length field
- * carries the CRC-32C flag, as this version's records do, and while a
- * second budget, 2 times the bytes after OFF and 16 MiB, lasts: an older
- * record's payload may hold many values that look like seqs, each with a
- * length field that would make its checksum long.  All checksums together over
- * more than 8 times those bytes and 64 MiB end the search.  The end marks
- * of segment SEG_FIRST found say whether a group after the bad record's
- * (which starts at GSTART) was written: one of a group starting later, or
- * a record after the end mark of the group starting at GSTART. */
+ * carries the CRC-32C flag, as this version's records do.  A checksum
+ * costs a candidate at most about 2 KiB whatever its length (the prefix
+ * checksums above), so every candidate is checked; all of them together
+ * over more than 8 times the bytes after OFF and 64 MiB (bytes that look
+ * like records at nearly every offset: no log or crash writes such)
+ * end the search.  The end marks of segment SEG_FIRST found say whether
+ * a group after the bad record's (which starts at GSTART) was written:
+ * one of a group starting later, or a record after the end mark of the
+ * group starting at GSTART. */
 static void wal_count_after(const uint8_t *buf, size_t n, size_t off, uint64_t next,
                             uint64_t seg_first, size_t gstart, wal_found *f) {
-  uint64_t budget = 8 * (uint64_t)(n - off) + (64u << 20);
+  uint64_t budget = 8 * (uint64_t)(n - off) + (64u << 20), cost = 0;
   size_t own_end = 0; /* after the end mark of the group starting at GSTART */
-  uint64_t loose = 2 * (uint64_t)(n - off) + (16u << 20);
   uint64_t expect = 0; /* right after a record found: the seq the next one holds */
+  wal_pfx pf[2] = {{0}};
   *f = (wal_found){0};
   for (size_t at = off + 1; at < n && n - at >= WAL_HDR;) {
     uint64_t seq = wal_get64(buf + at + 8), len = wal_len(buf + at);
@@ -643,20 +721,17 @@ static void wal_count_after(const uint8_t *buf, size_t n, size_t off, uint64_t n
     int skip = seq == WAL_SKIP_SEQ;
     int fits = (skip ? len < WAL_SKIP_MAX : seq >= next && seq - next <= window) &&
                len <= n - at - WAL_HDR; /* not one, or one past the file's end */
+    /* this version's records carry the CRC-32C flag: an older sparse
+     * push's small keys, read as a length, do not */
     if (fits && !(expect && (skip || seq == expect)) &&
-        !wal_may_follow(buf, n, at + WAL_HDR + len, seq, next, window + len / WAL_HDR + 1)) {
-      /* this version's records carry the CRC-32C flag: an older sparse
-       * push's small keys, read as a length, do not */
-      if (!(wal_get32(buf + at) & WAL_CRC32C)) fits = 0;
-      else if (len > loose) fits = 0, wal_found_cut(f, at);
-      else loose -= len;
-    }
-    if (fits && len > budget) {
+        !wal_may_follow(buf, n, at + WAL_HDR + len, seq, next, window + len / WAL_HDR + 1) &&
+        !(wal_get32(buf + at) & WAL_CRC32C))
+      fits = 0;
+    if (fits && cost > budget) {
       wal_found_cut(f, at);
       break;
     }
-    if (fits) budget -= len;
-    if (fits && !wal_check(buf + at, n - at)) {
+    if (fits && !wal_count_check(buf, n, off, at, pf, &cost)) {
       at += WAL_HDR + len;
       uint64_t ms;
       if (!skip) {
@@ -672,6 +747,8 @@ static void wal_count_after(const uint8_t *buf, size_t n, size_t off, uint64_t n
       at++;
     }
   }
+  free(pf[0].c);
+  free(pf[1].c);
   if (own_end && f->end > own_end) f->later = 1; /* records after its group's end */
 }
 
@@ -834,16 +911,20 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
                                                 n - off - WAL_HDR < wal_len(buf + off);
         /* (f: the search above, made for every bad record of the last segment) */
         uint64_t group = w->o.max_batch_bytes + w->o.max_batch_bytes / 8 + 2 * WAL_SKIP_MAX;
-        /* A group written after the bad record's starts within GROUP bytes
-         * of it (groups are written one after the other): a search cut
-         * farther on (a reused file's older bytes that look like records,
-         * typically) could only miss records behind a second damaged
-         * group, so it is not worth a warning after every crash. */
+        /* The search checks every candidate (a reused file's older
+         * bytes cost it little whatever their length fields say), so it
+         * ends early only on bytes that look like records at nearly every
+         * offset, which no crash leaves.  A group written after the bad
+         * record's starts within GROUP bytes of it (groups are written
+         * one after the other): a search cut farther on could only miss
+         * records behind a second damaged group. */
         if (f.cut && f.cut_at - off <= group)
           ps_warn("redo log '%s/%s': the search for intact records after the bad one at offset "
-                  "%zu ended early or skipped some at offset %zu (too many checksums over "
-                  "bytes that look like records): it may have missed some", w->dir, name, off,
-                  f.cut_at);
+                  "%zu stopped at offset %zu, where nearly every byte offset looks like the "
+                  "start of a record (no crash leaves such bytes: a damaged disk, or bytes "
+                  "not written by psd?): records of this log after it, if any, were not looked "
+                  "for (a group written after the bad record's would make it a refusal)",
+                  w->dir, name, off, f.cut_at);
         w->scan_cut = f.cut;
         uint64_t after = f.n;
         size_t end = f.end; /* where the dropped records end (past it: no record) */

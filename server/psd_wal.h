@@ -49,8 +49,11 @@
  *     seq or later at any byte offset, since the bad header's length may
  *     be the damage; a candidate's checksum is computed when it follows
  *     a record found, or is followed by the file's end, zeros or a next
- *     or skip header, or else carries the CRC-32C flag, within bounded
- *     checksummed bytes: wal_count_after), logged and cut off; but when a
+ *     or skip header, or else carries the CRC-32C flag; each check costs
+ *     about 2 KiB whatever the length field claims, from checksums of the
+ *     segment's prefixes, so a reused file's older bytes, however many
+ *     candidates they hold, never cut the search short: wal_count_after),
+ *     logged and cut off; but when a
  *     group after the bad record's was written, the bad record was synced
  *     (a group is written only once the one before is synced): refused
  *     (PS_EIO), nothing cut.  Each group's write ends in its end mark, a
@@ -240,7 +243,8 @@ typedef struct psd_wal_stats {
   uint64_t replay_skipped; /* segments it did not read: the snapshot held them */
   uint64_t replay_ms;      /* how long it took */
   int replay_scan_cut;     /* its search for intact records after a bad one
-                            * ended early (wal_count_after's budget) */
+                            * ended early (wal_count_after's budget: bytes
+                            * that look like records at nearly every offset) */
   uint64_t write_us;       /* the writer's time in pwrite, all groups */
   uint64_t sync_us;        /* its time in fdatasync, all groups */
   uint64_t loop_us;        /* the loop thread's time inside psd_wal_append,

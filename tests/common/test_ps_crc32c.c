@@ -1,7 +1,7 @@
 /* Tests for ps_crc32c: the known CRC-32C vectors (RFC 3720 B.4 and the
  * usual "123456789"), the same value from the SSE4.2 and the portable
  * versions over every length and alignment the three-stream blocks cut
- * differently, and chaining. */
+ * differently, chaining, and combining (ps_crc32c_combine). */
 #include <stdlib.h>
 #include <string.h>
 
@@ -57,11 +57,31 @@ START_TEST(test_hw_matches_sw) {
 }
 END_TEST
 
+/* combine: the checksum of a range follows from its prefixes' (the redo
+ * log's search after a bad record checks long candidates so) */
+START_TEST(test_combine) {
+  size_t cap = 70000;
+  uint8_t *b = malloc(cap);
+  for (size_t i = 0; i < cap; i++) b[i] = (uint8_t)(i * 131 + (i >> 9));
+  size_t cuts[] = {0, 1, 8, 4095, 4096, 30001, cap};
+  for (size_t i = 0; i < sizeof cuts / sizeof cuts[0]; i++) {
+    size_t k = cuts[i];
+    uint32_t a = ps_crc32c(0, b, k), c = ps_crc32c(0, b + k, cap - k);
+    ck_assert_uint_eq(ps_crc32c_combine(a, c, cap - k), ps_crc32c(0, b, cap));
+    /* a range from two prefixes */
+    ck_assert_uint_eq(ps_crc32c(0, b, cap) ^ ps_crc32c_combine(a, 0, cap - k), c);
+  }
+  ck_assert_uint_eq(ps_crc32c_combine(0x12345678u, 0x9abcdef0u, 0), 0x12345678u ^ 0x9abcdef0u);
+  free(b);
+}
+END_TEST
+
 Suite *ps_crc32c_suite(void) {
   Suite *s = suite_create("ps_crc32c");
   TCase *tc = tcase_create("core");
   tcase_add_test(tc, test_known_vectors);
   tcase_add_test(tc, test_hw_matches_sw);
+  tcase_add_test(tc, test_combine);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -14,6 +14,7 @@
 #include "ps_config.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <float.h>
 #include <inttypes.h>
 #include <math.h>
@@ -1136,9 +1137,22 @@ int ps_config_load_buf(ps_config *c, const char *name, const void *buf, size_t l
   return r;
 }
 
+FILE *ps_config_fopen(const char *path) {
+  int fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC);
+  if (fd < 0) return NULL;
+  int fl = fcntl(fd, F_GETFL);
+  FILE *f = fl >= 0 && fcntl(fd, F_SETFL, fl & ~O_NONBLOCK) == 0 ? fdopen(fd, "rb") : NULL;
+  if (!f) {
+    int e = errno;
+    close(fd);
+    errno = e;
+  }
+  return f;
+}
+
 int ps_config_load(ps_config *c, const char *path, ps_errbuf *eb) {
   memset(c, 0, sizeof *c);
-  FILE *f = fopen(path, "rb");
+  FILE *f = ps_config_fopen(path);
   if (!f) return ps_errf(eb, PS_EIO, "%s: cannot open: %s", path, strerror(errno));
   struct stat st;
   int r = 0;

@@ -12,6 +12,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include "ps_error.h"
 
@@ -162,6 +163,12 @@ typedef struct ps_config {
  * with "PATH:LINE:COL: message" in EB and leaves nothing to release.
  * The caller releases a loaded config with ps_config_release. */
 int ps_config_load(ps_config *c, const char *path, ps_errbuf *eb);
+
+/* ps_config_fopen opens PATH (the cluster file, or a file it names) for
+ * reading like fopen(PATH, "rb"), but a FIFO nobody writes to reads as
+ * empty instead of blocking the open forever (a pipe with a writer, such
+ * as a shell's process substitution, reads as usual).  NULL with errno. */
+FILE *ps_config_fopen(const char *path);
 
 /* ps_config_load_buf is ps_config_load of LEN bytes at BUF (borrowed),
  * reported under NAME; PS_ECONFIG for more than PS_CONFIG_MAX_BYTES. */

@@ -12,9 +12,16 @@ static void ps_stop_on_signal(int sig) {
   ps_stop_signal = sig;
 }
 
-void ps_stop_install(int restart) {
+void ps_stop_install(int restart, int hup) {
   struct sigaction sa = {.sa_handler = ps_stop_on_signal, .sa_flags = restart ? SA_RESTART : 0};
   sigemptyset(&sa.sa_mask);
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGINT, &sa, NULL);
+  if (hup) {
+    sigaction(SIGHUP, &sa, NULL);
+  } else {
+    struct sigaction ign = {.sa_handler = SIG_IGN};
+    sigemptyset(&ign.sa_mask);
+    sigaction(SIGHUP, &ign, NULL);
+  }
 }

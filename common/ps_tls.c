@@ -25,7 +25,7 @@ int ps_tls_read(const char *path, int private_, char **out, ps_errbuf *eb) {
     int rc = ps_auth_private_file(path, eb);
     if (rc < 0) return rc;
   }
-  FILE *f = fopen(path, "rb");
+  FILE *f = ps_config_fopen(path);
   if (!f) return ps_errf(eb, PS_ECONFIG, "'%s': cannot open: %s", path, strerror(errno));
   char *buf = malloc(PS_TLS_MAX_PEM + 1);
   if (!buf) {

@@ -823,7 +823,12 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
       "                                      run as aggregator NAME (the 'aggregators' list):\n"
       "                                      sum local workers' pushes, serve their pulls\n"
       "       psd -t|--test --config FILE [--shard N | --aggregator NAME]\n"
-      "                                      check the configuration and exit\n";
+      "                                      check the configuration and exit\n"
+      "SIGTERM or SIGINT drains and stops the shard (a second one during its start ends it at\n"
+      "once); SIGHUP reloads security.secret_file once it serves (ignored while it starts).\n"
+      "Exit status: 0 stopped cleanly (or by a signal while starting; -t: the file is good),\n"
+      "1 a runtime failure (the store, the redo log, a listener: the log says which), 2 bad\n"
+      "usage or configuration.\n";
   a->config = NULL;
   a->shard = -1;
   a->aggregator = NULL;
@@ -1000,8 +1005,9 @@ int main(int argc, char **argv) {
   if (code) return code < 0 ? 0 : code;
   /* a start: SIGTERM or SIGINT before the loop's handlers take over
    * (psd_main_handles; the store's open, the replay) stops the replay at
-   * the next record it applies, or drains as soon as psd serves */
-  if (!a.test) ps_stop_install(1);
+   * the next record it applies, or drains as soon as psd serves; SIGHUP
+   * (a key reload) is ignored until the loop's handler takes it over */
+  if (!a.test) ps_stop_install(1, 0);
   ps_config cfg;
   ps_errbuf eb = {{0}};
   if (ps_config_load(&cfg, a.config, &eb) < 0) {

@@ -25,7 +25,7 @@
  *
  * Exit codes: 0 success, 1 runtime failure (a shard down past
  * workers.retry_ms, ...), 2 bad usage, configuration, data or graph,
- * 128+N when stopped by signal N (SIGINT 130, SIGTERM 143) after the
+ * 128+N when stopped by signal N (SIGHUP 129, SIGINT 130, SIGTERM 143) after the
  * current step. */
 #include <errno.h>
 #include <getopt.h>
@@ -75,7 +75,8 @@ static const char psw_usage[] =
     "OPENBLAS_CORETYPE; nothing when OpenBLAS's own choice stands) and exits 0.\n"
     "Exit status: 0 done, 1 a runtime failure (a shard or the coordinator unreachable\n"
     "past workers.retry_ms, a refusal), 2 bad usage, configuration, data or graph,\n"
-    "128+N stopped by signal N after the current step (SIGINT 130, SIGTERM 143).\n";
+    "128+N stopped by signal N after the current step (SIGHUP 129, SIGINT 130, SIGTERM 143;\n"
+    "a second one ends psw at once).\n";
 
 /* psw_num parses a non-negative integer option into *OUT; 0 or -1. */
 static int psw_num(const char *name, const char *s, long max, long *out) {
@@ -182,7 +183,7 @@ static int psw_opts(const psw_args *a, const ps_config *cfg, psw_train_opts *o) 
 /* psw_signals installs the stop handlers (no SA_RESTART: blocking waits
  * return and notice the request). */
 static void psw_signals(void) {
-  ps_stop_install(0);
+  ps_stop_install(0, 1);
   signal(SIGPIPE, SIG_IGN);
 }
 

@@ -2,6 +2,7 @@
  * bad file with its exact "file:line:col: message". */
 #include <math.h>
 #include <stdio.h>
+#include <sys/stat.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
@@ -686,6 +687,11 @@ START_TEST(test_config_unreadable) {
   ck_assert_int_eq(ps_config_load(&c, dir, &eb), PS_EIO);
   snprintf(want, sizeof want, "%s: cannot read: Is a directory", dir);
   ck_assert_str_eq(eb.msg, want);
+  /* a FIFO nobody writes to reads as empty: no open that blocks forever */
+  snprintf(path, sizeof path, "%s/fifo.yaml", dir);
+  ck_assert_int_eq(mkfifo(path, 0600), 0);
+  ck_assert_int_eq(ps_config_load(&c, path, &eb), PS_ECONFIG);
+  ck_assert_msg(strstr(eb.msg, "empty configuration"), "%s", eb.msg);
 }
 END_TEST
 

@@ -559,10 +559,14 @@ static void run_straggle(psw_run *x, double compute_ms) {
 }
 
 /* run_after_step tells the heartbeats where the worker is and checks that
- * it still holds its rank (psw_coord invariant 2). */
+ * it still holds its rank (psw_coord invariant 2).  Its steps/s are its
+ * own steps (clock - clock0) over its training time: a worker that joined
+ * a running job starts at the slowest live clock, a jump it did not
+ * train. */
 static int run_after_step(psw_run *x, ps_errbuf *eb) {
   double wall_s = (run_now_ms() - x->t_train_ms) / 1e3;
-  psw_coord_update(x->coord, x->clock, wall_s > 0 ? (float)((double)x->clock / wall_s) : 0,
+  double own = (double)(x->clock - x->clock0);
+  psw_coord_update(x->coord, x->clock, wall_s > 0 ? (float)(own / wall_s) : 0,
                    (float)run_blocked_share(x));
   return psw_coord_lost(x->coord, eb);
 }

@@ -11,6 +11,8 @@
  *  - join: 2 workers (workers.min 2, count 3) and a third one mid-epoch:
  *    it trains partitions taken from the others, nothing is skipped or
  *    retrained.
+ *  - join rate: a worker that joins a running job reports its own
+ *    steps per second, not its start clock over its time.
  *  - drain: SIGTERM to one of 3 workers mid-run: it reports its offset
  *    with nothing in flight and leaves; the others finish its partition
  *    from there (no sample retrained, none skipped).
@@ -336,6 +338,69 @@ START_TEST(test_failover_join) {
 }
 END_TEST
 
+/* tf_worker finds the worker of process PID in the coordinator's table:
+ * 1 with its clock and steps/s, 0 when it is not listed (yet). */
+static int tf_worker(tf_ctx *x, pid_t pid, uint64_t *clock, double *steps_per_s) {
+  Ps__ListWorkersReply *r = tf_list(x);
+  int found = 0;
+  for (size_t i = 0; i < r->n_workers && !found; i++)
+    if (r->workers[i]->pid == (uint32_t)pid && !strcmp(r->workers[i]->state, "ALIVE")) {
+      *clock = r->workers[i]->clock;
+      *steps_per_s = r->workers[i]->steps_per_s;
+      found = 1;
+    }
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  return found;
+}
+
+/* tf_start_clock returns the start clock worker I's log names (waiting
+ * up to 20 s for it). */
+static uint64_t tf_start_clock(tf_ctx *x, int i) {
+  char log[700];
+  tf_log(x, i, log, sizeof log);
+  for (int64_t end = ps_test_now_ms() + 20000;; usleep(20000)) {
+    char *text = access(log, R_OK) == 0 ? ps_test_read_file(log, NULL) : NULL;
+    const char *at = text ? strstr(text, "start clock ") : NULL;
+    uint64_t c = at ? strtoull(at + strlen("start clock "), NULL, 10) : 0;
+    free(text);
+    if (at) return c;
+    ck_assert_msg(ps_test_now_ms() < end, "worker %d never registered; see %s", i, log);
+  }
+}
+
+/* Steps/s of a worker that joined a running job count its own steps,
+ * not the start clock it was given (asp: a fast worker alone far
+ * ahead, then a joiner slowed 1000 times, a few steps in seconds; the
+ * rate it reports stays within what it trained since its first step). */
+START_TEST(test_failover_join_rate) {
+  TF_NEED_DATA();
+  tf_ctx x = {0};
+  tf_start_c(&x, 2, 1, 400, "logreg", "0.002", TF_SAMPLES, "asp", 0);
+  int fast = tf_spawn(&x);
+  tf_wait_trained(&x, 3, TF_SAMPLES / 2); /* its clock is past 500 */
+  int slow = tf_spawn_slow(&x, "1000");
+  uint64_t c0 = tf_start_clock(&x, slow), c = 0;
+  ck_assert_msg(c0 > 400, "the joiner started at clock %llu", (unsigned long long)c0);
+  double sps = 0;
+  int64_t end = ps_test_now_ms() + 30000;
+  while (!tf_worker(&x, x.w[slow], &c, &sps) || c <= c0) {
+    ck_assert_msg(ps_test_now_ms() < end, "the joiner took no step; see %s", x.dir);
+    usleep(20000);
+  }
+  int64_t t1 = ps_test_now_ms(); /* it has trained a step by now */
+  usleep(3000 * 1000);
+  ck_assert(tf_worker(&x, x.w[slow], &c, &sps));
+  double since = (double)(ps_test_now_ms() - t1) / 1e3 - 1.0; /* a step, a heartbeat */
+  double own = (double)(c - c0) / since;
+  ck_assert_msg(sps <= own + 1e-3, "the joiner (start clock %llu, clock %llu) reports %.1f "
+                "steps/s; its own steps give at most %.1f", (unsigned long long)c0,
+                (unsigned long long)c, sps, own);
+  for (int i = fast; i <= slow; i++) ps_test_stop(x.w[i], SIGKILL, 5000);
+  x.w[fast] = x.w[slow] = 0;
+  tf_finish(&x);
+}
+END_TEST
+
 /* Drain: SIGTERM hands the offset over exactly. */
 START_TEST(test_failover_sigterm_drain) {
   TF_NEED_DATA();
@@ -609,5 +674,11 @@ Suite *psw_failover_suite(void) {
   tcase_add_test(tc, test_failover_partitions_changed);
   tcase_add_test(tc, test_failover_long_mlp);
   suite_add_tcase(s, tc);
+  /* what a worker says and does when the job changes under it */
+  TCase *tw = tcase_create("failover_worker");
+  tcase_set_timeout(tw, 120);
+  tcase_add_unchecked_fixture(tw, ps_test_procs_setup, ps_test_procs_teardown);
+  tcase_add_test(tw, test_failover_join_rate);
+  suite_add_tcase(s, tw);
   return s;
 }

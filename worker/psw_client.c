@@ -613,6 +613,58 @@ static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, int nsent,
   return first;
 }
 
+/* psw_same_layout says whether SPEC cuts into the chunks the client's
+ * layout has (tensors, chunks, their sizes and shards): a model replaced
+ * with the same shape does (its job starts over; the worker goes on). */
+static int psw_same_layout(const psw_client *c, const Ps__ModelSpec *spec) {
+  uint32_t *ids = calloc(c->cfg->nshards + 1, sizeof *ids);
+  if (!ids) return 1; /* cannot tell: the shard's own error stands */
+  ps_config_shard_ids(c->cfg, ids);
+  ps_layout l;
+  ps_errbuf eb;
+  int same = 0;
+  if (ps_layout_build(&l, spec, c->cfg->chunk_elems, ids, c->cfg->nshards, &eb) == 0) {
+    const ps_layout *o = &c->layout;
+    same = l.nparams == o->nparams && l.ntensors == o->ntensors && l.nchunks == o->nchunks;
+    for (size_t i = 0; same && i < l.nchunks; i++)
+      same = l.chunks[i].tensor == o->chunks[i].tensor &&
+             l.chunks[i].offset == o->chunks[i].offset && l.chunks[i].len == o->chunks[i].len &&
+             l.chunks[i].shard == o->chunks[i].shard;
+    ps_layout_release(&l);
+  }
+  free(ids);
+  return same;
+}
+
+/* psw_refused turns shard S's refusal ERR (WHY) of a push or pull into
+ * the call's error (invariant 10).  A request naming chunks the shard
+ * does not have, or of another size (PS_ENOENT, PS_EINVAL), is what a
+ * model replaced with another layout (psctl submit --replace) or removed
+ * since the client fetched it gets: the shard's spec is fetched again to
+ * say which.  Never PS_ENOENT, which callers read as a partition taken
+ * away (psw_train). */
+static int psw_refused(psw_client *c, psw_shard *s, int err, const ps_errbuf *why,
+                       ps_errbuf *eb) {
+  if (err != PS_ENOENT && err != PS_EINVAL)
+    return ps_errf(eb, err, "shard %u: %s", s->conf->id, why->msg);
+  Ps__GetModelRequest req = PS__GET_MODEL_REQUEST__INIT;
+  req.name = c->model;
+  ProtobufCMessage *resp = NULL;
+  ps_errbuf geb;
+  int gerr = psw_call_once(c->cfg, s->conf->grpc_addr, "/ps.Ps/GetModel", &req.base,
+                           &ps__get_model_reply__descriptor, &resp, PSW_GETMODEL_TIMEOUT_MS, &geb);
+  if (gerr == PS_ENOENT)
+    return ps_errf(eb, PS_EINVAL, "model '%s' is no longer on the cluster (shard %u: %s)",
+                   c->model, s->conf->id, why->msg);
+  const Ps__GetModelReply *r = (const Ps__GetModelReply *)resp;
+  int changed = gerr == 0 && r->model && !psw_same_layout(c, r->model);
+  if (resp) protobuf_c_message_free_unpacked(resp, NULL);
+  if (changed)
+    return ps_errf(eb, PS_EINVAL, "model '%s' was replaced with another layout (shard %u: %s); "
+                   "start the workers again", c->model, s->conf->id, why->msg);
+  return ps_errf(eb, PS_EINVAL, "shard %u: %s", s->conf->id, why->msg);
+}
+
 /* psw_round runs one push/pull round over every shard that has chunks.
  * Shards that fail retryably are marked down (*DOWN counts them); those
  * that refused the worker as expired are counted in *EXPIRED (message in
@@ -661,7 +713,7 @@ static int psw_round(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
     else if (err == PS_EEXPIRED && (*expired)++ == 0)
       ps_errf(xeb, err, "shard %u: %s", s->conf->id, reb.msg);
     else if (err < 0 && err != PS_EEXPIRED && !fatal)
-      fatal = ps_errf(eb, err, "shard %u: %s", s->conf->id, reb.msg);
+      fatal = psw_refused(c, s, err, &reb, eb);
   }
   for (size_t k = 0; k < c->nshards; k++)
     if (c->shards[k].nids && !c->shards[k].ch) (*down)++;

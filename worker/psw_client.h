@@ -91,6 +91,14 @@
  *     are copied through (one copy on this side instead of the socket's
  *     two).  The byte counters count these payloads as before;
  *     psw_client_shm_bytes says how many went through shared memory.
+ * 10. The layout is fetched once, at open.  A shard that refuses a push
+ *     or pull as naming chunks it does not have, or of another size
+ *     (PS_ENOENT, PS_EINVAL), is asked for the model's spec again: when
+ *     the model was replaced with another layout (psctl submit --replace)
+ *     or removed, the call fails with PS_EINVAL saying so (the worker
+ *     must start again: nothing it could push or pull fits any more); a
+ *     replace with the same layout is no such refusal.  Such a refusal is
+ *     never PS_ENOENT to the caller.
  *
  * Thread-safety: a client is used by one thread at a time, except that
  * psw_client_start hands one push/pull to the client's own communication

@@ -625,6 +625,15 @@ static int run_order(psw_run *x, uint32_t p, uint32_t epoch, uint64_t n, ps_errb
   return 0;
 }
 
+/* run_step_failed takes back the step whose push or pull failed with ERR
+ * (its clock and its samples in ACC, ACC0 before it: it trained
+ * nothing the job counts) and returns ERR. */
+static int run_step_failed(psw_run *x, psw_epoch_acc *acc, const psw_epoch_acc *acc0, int err) {
+  *acc = *acc0;
+  x->clock--;
+  return err;
+}
+
 /* run_part trains partition POS from pos->offset to its end (or a stop).
  * Before each batch is pushed the coordinator learns how far the worker
  * may have got (psw_coord invariant 6); after it, pos->offset counts the
@@ -659,6 +668,7 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
     return ps_errf(eb, err, "communication thread busy");
   while (off < v->n) {
     uint32_t rows = (uint32_t)(v->n - off < x->o->batch ? v->n - off : x->o->batch);
+    psw_epoch_acc acc0 = *acc; /* a step whose push fails is not counted */
     psw_coord_part tell = *pos;
     tell.offset = acked;
     tell.started = off + rows;
@@ -681,7 +691,7 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
     x->clock++;
     off += rows;
     int last = off == v->n || run_stopping(x);
-    if (ov && (err = run_wait_job(x, eb)) < 0) return err;
+    if (ov && (err = run_wait_job(x, eb)) < 0) return run_step_failed(x, acc, &acc0, err);
     if (ov) acked = prev_end; /* the previous step's push is in */
     run_next nx = {x, v, off, 0};
     if (!last) nx.n = (uint32_t)(v->n - off < x->o->batch ? v->n - off : x->o->batch);
@@ -689,7 +699,7 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
       psw_client_start(x->cl, cur, x->clock - 1, cur, x->clock + 1);
       cur = 1 - cur;
     } else if ((err = run_push_pull(x, cur, x->clock - 1, 0, x->clock, &nx, eb)) < 0) {
-      return err;
+      return run_step_failed(x, acc, &acc0, err);
     } else { /* deferred acks (psw_client invariant 8): the older pushes' are in */
       memmove(ends + 1, ends, PSW_CLIENT_ACK_DEPTH * sizeof *ends);
       ends[0] = off;

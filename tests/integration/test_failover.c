@@ -11,6 +11,8 @@
  *  - join: 2 workers (workers.min 2, count 3) and a third one mid-epoch:
  *    it trains partitions taken from the others, nothing is skipped or
  *    retrained.
+ *  - replace: a model replaced with another layout mid-job makes its
+ *    workers exit 1 saying so.
  *  - join rate: a worker that joins a running job reports its own
  *    steps per second, not its start clock over its time.
  *  - drain: SIGTERM to one of 3 workers mid-run: it reports its offset
@@ -401,6 +403,48 @@ START_TEST(test_failover_join_rate) {
 }
 END_TEST
 
+/* A model replaced mid-job with another layout (psctl submit --replace,
+ * another layer list): every worker training it exits 1 at its next
+ * step saying the model was replaced and to start the workers again,
+ * instead of claiming partition after partition against chunks the
+ * shards no longer hold (it used to loop forever, ~350 lines/s, counting
+ * each failed step). */
+START_TEST(test_failover_replace_shape) {
+  TF_NEED_DATA();
+  tf_ctx x = {0};
+  tf_start(&x, 2, 2, 60, "784,32,10", "0.002", TF_SAMPLES);
+  tf_spawn(&x);
+  tf_spawn(&x);
+  tf_wait_trained(&x, 0, TF_SAMPLES / 4);
+  char pb[600], log[700];
+  snprintf(pb, sizeof pb, "%s/m2.pb", x.dir);
+  snprintf(log, sizeof log, "%s/psctl-replace.log", x.dir);
+  char *model[] = {(char *)ps_test_bin("psctl"), "model", "mlp", "--layers", "784,16,10", "-o",
+                   pb, NULL};
+  ck_assert_msg(ps_test_run(model, log, 20000) == 0, "psctl model failed; see %s", log);
+  char *submit[] = {(char *)ps_test_bin("psctl"), "submit", pb, "--name", "m", "--config",
+                    x.yaml, "--optimizer", "adam", "--lr", "0.002", "--consistency", "bsp",
+                    "--replace", NULL};
+  ck_assert_msg(ps_test_run(submit, log, 30000) == 0, "psctl submit failed; see %s", log);
+  for (int i = 0; i < 2; i++) {
+    tf_log(&x, i, log, sizeof log);
+    int st = ps_test_wait_pid(x.w[i], 20000);
+    ck_assert_msg(st >= 0, "worker %d goes on after the replace; see %s", i, log);
+    x.w[i] = 0;
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "worker %d exited %d; see %s", i,
+                  WIFEXITED(st) ? WEXITSTATUS(st) : -1, log);
+    char *text = ps_test_read_file(log, NULL);
+    ck_assert_msg(strstr(text, "model 'm' was replaced with another layout") &&
+                      strstr(text, "start the workers again"), "see %s", log);
+    int lines = 0;
+    for (const char *p = text; (p = strchr(p, '\n')); p++) lines++;
+    ck_assert_msg(lines < 40, "worker %d wrote %d lines; see %s", i, lines, log);
+    free(text);
+  }
+  tf_finish(&x);
+}
+END_TEST
+
 /* Drain: SIGTERM hands the offset over exactly. */
 START_TEST(test_failover_sigterm_drain) {
   TF_NEED_DATA();
@@ -679,6 +723,7 @@ Suite *psw_failover_suite(void) {
   tcase_set_timeout(tw, 120);
   tcase_add_unchecked_fixture(tw, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_add_test(tw, test_failover_join_rate);
+  tcase_add_test(tw, test_failover_replace_shape);
   suite_add_tcase(s, tw);
   return s;
 }

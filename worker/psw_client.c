@@ -19,6 +19,7 @@
 #define PSW_GETMODEL_TIMEOUT_MS 3000
 #define PSW_CONNECT_TIMEOUT_MS 2000
 #define PSW_AGG_PROBE_MS 1000 /* psw_client_agg_return's wait for each connection */
+#define PSW_STOP_POLL_MS 100  /* how often a pull's wait looks at the stop flag (invariant 11) */
 
 /* One shard as this worker sees it. */
 typedef struct psw_shard {
@@ -91,6 +92,7 @@ struct psw_client {
   psw_shard *shards;
   uint64_t reconnects;
   uint64_t parked_ms;       /* pulls held parked by the shards, in total */
+  uint64_t pushes_skipped;  /* a round's push a shard never got (down; invariant 11) */
   int (*rejoin)(void *arg, ps_errbuf *eb); /* invariant 5 */
   /* workers.aggregator (DESIGN.md "Hierarchy"): every shard's connection
    * goes to it until one fails; from then on to the root shards. */
@@ -572,6 +574,35 @@ static int psw_ack_wait(psw_shard *s, ps_errbuf *eb) {
   return err < 0 ? ps_errf(eb, err, "push failed: %s", reb.msg) : 0;
 }
 
+/* psw_pull_await waits for S's pull reply (request s->pull_id), looking
+ * at the stop flag every PSW_STOP_POLL_MS (invariant 11): a pull may wait
+ * parked on the shard up to pull_timeout_ms.  0 once the reply is in, or
+ * the connection broke (ps_chan_recv_id then says how; after the I/O
+ * timeout without a byte it is made to time out at once), or
+ * PS_ESHUTDOWN when a stop came first: the reply is left in flight. */
+static int psw_pull_await(psw_client *c, psw_shard *s, uint64_t clock, ps_errbuf *eb) {
+  if (!c->stop) return 0;
+  uint64_t tx, rx, seen;
+  ps_chan_bytes(s->ch, &tx, &seen);
+  int64_t quiet_since = ps_now_ms();
+  for (;;) {
+    ps_errbuf web;
+    if (ps_chan_wait_id(s->ch, s->pull_id, PSW_STOP_POLL_MS, &web) != 0) return 0;
+    if (*c->stop)
+      return ps_errf(eb, PS_ESHUTDOWN, "stopped while waiting for the pull of clock %llu",
+                     (unsigned long long)clock);
+    ps_chan_bytes(s->ch, &tx, &rx);
+    int64_t now = ps_now_ms();
+    if (rx != seen) {
+      seen = rx;
+      quiet_since = now;
+    } else if (now - quiet_since >= c->io_timeout_ms) {
+      ps_chan_set_timeout(s->ch, 1); /* psw_recv sets it back */
+      return 0;
+    }
+  }
+}
+
 /* psw_recv receives S's NSENT replies; the first error is returned, but
  * every reply is read unless the connection broke.  *PARKED_MS: how long
  * the shard kept the pull parked.  Deferring acks (invariant 8), the pull
@@ -579,8 +610,8 @@ static int psw_ack_wait(psw_shard *s, ps_errbuf *eb) {
  * later round (unless the pull failed: then it is waited for here); then
  * the answers earlier rounds left are taken: those already in, and the
  * oldest ones, waited for, down to PSW_CLIENT_ACK_DEPTH left. */
-static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, int nsent,
-                    uint32_t *parked_ms, ps_errbuf *eb) {
+static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, uint64_t pull_clock,
+                    int nsent, uint32_t *parked_ms, ps_errbuf *eb) {
   int first = 0;
   int defer = c->defer_acks && gbuf >= 0 && nsent == 2;
   *parked_ms = 0;
@@ -592,7 +623,9 @@ static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, int nsent,
       s->ack_ids[s->nacks++] = s->push_id; /* at most the depth were left */
       break;
     }
-    int err = ps_chan_recv_id(s->ch, is_push ? s->push_id : s->pull_id, &version, &reb);
+    int err = is_push ? 0 : psw_pull_await(c, s, pull_clock, &reb);
+    if (err == 0) err = ps_chan_recv_id(s->ch, is_push ? s->push_id : s->pull_id, &version, &reb);
+    if (!is_push) ps_chan_set_timeout(s->ch, c->io_timeout_ms);
     if (is_push) psw_push_answer(s, err, version);
     if (err == 0 && !is_push) {
       if (s->pull_codec != PS_CODEC_FP32) psw_decode_pull(c, s, pbuf);
@@ -685,6 +718,7 @@ static int psw_round(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
      * round's push goes out. */
     int err = s->ch ? 0 : psw_reconnect(c, s, &seb);
     if (err < 0) {
+      if (gbuf >= 0) c->pushes_skipped++;
       if (!fatal) fatal = ps_errf(eb, err, "shard %u: %s", s->conf->id, seb.msg);
       continue;
     }
@@ -707,9 +741,11 @@ static int psw_round(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
     if (sent[k] < 0) continue;
     ps_errbuf reb;
     uint32_t ms;
-    int err = psw_recv(c, s, gbuf, pbuf, sent[k], &ms, &reb);
+    int err = psw_recv(c, s, gbuf, pbuf, pull_clock, sent[k], &ms, &reb);
     if (ms > parked) parked = ms;
-    if (err < 0 && psw_retryable(err)) psw_shard_down(c, s, &reb);
+    if (err == PS_ESHUTDOWN && c->stop && *c->stop && ps_chan_alive(s->ch)) {
+      if (!fatal) fatal = ps_errf(eb, err, "shard %u: %s", s->conf->id, reb.msg);
+    } else if (err < 0 && psw_retryable(err)) psw_shard_down(c, s, &reb);
     else if (err == PS_EEXPIRED && (*expired)++ == 0)
       ps_errf(xeb, err, "shard %u: %s", s->conf->id, reb.msg);
     else if (err < 0 && err != PS_EEXPIRED && !fatal)
@@ -1095,6 +1131,13 @@ uint64_t psw_client_shm_bytes(const psw_client *c) {
     ps_chan_shm_bytes(c->shards[k].ch, &tx, &rx);
     n += c->shards[k].shm_closed + tx + rx;
   }
+  return n;
+}
+
+/* psw_client_pushes_lost: see psw_client.h. */
+uint64_t psw_client_pushes_lost(const psw_client *c) {
+  uint64_t n = c->pushes_skipped;
+  for (size_t k = 0; k < c->nshards; k++) n += c->shards[k].pushes_unanswered;
   return n;
 }
 

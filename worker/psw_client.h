@@ -99,6 +99,13 @@
  *     must start again: nothing it could push or pull fits any more); a
  *     replace with the same layout is no such refusal.  Such a refusal is
  *     never PS_ENOENT to the caller.
+ * 11. A stop (conf->stop set) ends a round's wait for a pull, which a
+ *     shard may hold parked up to pull_timeout_ms, within
+ *     PSW_STOP_POLL_MS: the call fails with PS_ESHUTDOWN once every push
+ *     answer of the round is in (they are not parked), the pull's reply
+ *     left in flight, the connection kept (it is no shard failure).
+ *     psw_client_pushes_lost then says whether every push went out and
+ *     was acknowledged.
  *
  * Thread-safety: a client is used by one thread at a time, except that
  * psw_client_start hands one push/pull to the client's own communication
@@ -161,6 +168,13 @@ uint64_t psw_client_nparams(const psw_client *c);
  * host memory owned by the client. */
 float *psw_client_params(psw_client *c, int buf);
 float *psw_client_grads(psw_client *c, int buf);
+
+/* psw_client_pushes_lost returns the pushes that were not acknowledged:
+ * answered with an error or never (invariants 4, 8), or that a shard
+ * never got because it was down when the round went out; compared before
+ * and after a round (and psw_client_settle), it says whether that
+ * round's push reached and was acknowledged by every shard. */
+uint64_t psw_client_pushes_lost(const psw_client *c);
 
 /* psw_client_parked_ms returns how long, in all, the shards kept this
  * client's pulls parked by the staleness bound (per round the longest

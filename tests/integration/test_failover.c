@@ -13,6 +13,9 @@
  *    retrained.
  *  - replace: a model replaced with another layout mid-job makes its
  *    workers exit 1 saying so.
+ *  - SIGTERM while parked: a worker whose pull waits for a stopped
+ *    worker (bsp) leaves at once on SIGTERM, reporting what every shard
+ *    acknowledged (nothing retrained).
  *  - join rate: a worker that joins a running job reports its own
  *    steps per second, not its start clock over its time.
  *  - drain: SIGTERM to one of 3 workers mid-run: it reports its offset
@@ -55,6 +58,8 @@ typedef struct tf_ctx {
   pid_t w[TF_MAXW];   /* worker processes, started in order */
   int nw;
   int epochs;
+  int lease_ms;        /* workers.lease_ms; 0: 1000 */
+  int pull_timeout_ms; /* training.pull_timeout_ms; 0: the default */
 } tf_ctx;
 
 /* tf_start writes the cluster file (COUNT workers expected, MIN to
@@ -65,18 +70,19 @@ static void tf_start_c(tf_ctx *x, int count, int min, int epochs, const char *la
                        const char *lr, int limit, const char *consistency, int sync) {
   x->epochs = epochs;
   snprintf(x->dir, sizeof x->dir, "%s", ps_test_tmpdir());
-  char extra[2048];
+  char extra[2048], pt[64] = "";
+  if (x->pull_timeout_ms) snprintf(pt, sizeof pt, "  pull_timeout_ms: %d\n", x->pull_timeout_ms);
   snprintf(extra, sizeof extra,
            "workers:\n  count: %d\n  min: %d\n  device: cpu\n  retry_ms: 10000\n"
-           "  heartbeat_ms: 200\n  lease_ms: 1000\n"
-           "training:\n  model: m\n  epochs: %d\n  batch_size: %d\n  seed: 1\n"
+           "  heartbeat_ms: 200\n  lease_ms: %d\n"
+           "training:\n  model: m\n  epochs: %d\n  batch_size: %d\n  seed: 1\n%s"
            "data:\n  format: idx\n"
            "  train_images: " TF_DATA "/train-images-idx3-ubyte.gz\n"
            "  train_labels: " TF_DATA "/train-labels-idx1-ubyte.gz\n"
            "  test_images: " TF_DATA "/t10k-images-idx3-ubyte.gz\n"
            "  test_labels: " TF_DATA "/t10k-labels-idx1-ubyte.gz\n"
            "  scale: 1/255\n  partitions: %d\n  limit: %d\n",
-           count, min, epochs, TF_BATCH, TF_PARTS, limit);
+           count, min, x->lease_ms ? x->lease_ms : 1000, epochs, TF_BATCH, pt, TF_PARTS, limit);
   snprintf(x->yaml, sizeof x->yaml, "%s",
            (sync ? ps_test_sync_yaml : ps_test_cluster_yaml)(x->dir, 2, extra, x->gp, x->cp));
   ps_test_start_shards(x->yaml, x->dir, 2, x->gp, x->cp, x->shard);
@@ -445,6 +451,56 @@ START_TEST(test_failover_replace_shape) {
 }
 END_TEST
 
+/* tf_epochs_retrained returns the samples the coordinator counts
+ * retrained, over every epoch. */
+static uint64_t tf_epochs_retrained(tf_ctx *x) {
+  Ps__ListWorkersReply *r = tf_list(x);
+  uint64_t n = 0;
+  for (size_t e = 0; e < r->n_epochs; e++) n += r->epochs[e]->retrained;
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  return n;
+}
+
+/* SIGTERM while the worker's pull waits parked (bsp, the other worker
+ * stopped with SIGSTOP, pull_timeout_ms 20 s, leases of 60 s): the stop
+ * ends the wait within a heartbeat or so, the worker reports the offset
+ * every shard acknowledged (nothing retrained), says stopped true and
+ * exits 143 (it used to wait out pull_timeout_ms, say stopped false and
+ * leave its last acknowledged batch counted in flight). */
+START_TEST(test_failover_sigterm_parked) {
+  TF_NEED_DATA();
+  tf_ctx x = {.lease_ms = 60000, .pull_timeout_ms = 20000};
+  tf_start(&x, 2, 2, 30, "logreg", "0.002", TF_SAMPLES);
+  int a = tf_spawn(&x), b = tf_spawn(&x);
+  tf_wait_trained(&x, 0, TF_SAMPLES / 4);
+  ck_assert_int_eq(kill(x.w[b], SIGSTOP), 0);
+  usleep(1000 * 1000); /* worker a's next pull parks on the shards */
+  uint32_t parked = 0;
+  for (int s = 0; s < 2; s++) {
+    Ps__StatusReply *ss = ps_test_status(x.gp[s]);
+    parked += ss->n_models ? ss->models[0]->parked : 0;
+    protobuf_c_message_free_unpacked(&ss->base, NULL);
+  }
+  ck_assert_msg(parked > 0, "no pull parked with worker %d stopped; see %s", b, x.dir);
+  int64_t t = ps_test_now_ms();
+  char log[700];
+  tf_log(&x, a, log, sizeof log);
+  int st = ps_test_stop(x.w[a], SIGTERM, 15000);
+  int64_t took = ps_test_now_ms() - t;
+  x.w[a] = 0;
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 128 + SIGTERM, "worker %d exited %d after "
+                "%lld ms; see %s", a, WIFEXITED(st) ? WEXITSTATUS(st) : -1, (long long)took, log);
+  ck_assert_msg(took < 3000, "the stop took %lld ms; see %s", (long long)took, log);
+  char *text = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(ps_test_last_line(text), "\"stopped\":true"), "see %s", log);
+  free(text);
+  ck_assert_uint_eq(tf_epochs_retrained(&x), 0);
+  ps_test_stop(x.w[b], SIGKILL, 5000);
+  x.w[b] = 0;
+  tf_finish(&x);
+}
+END_TEST
+
 /* Drain: SIGTERM hands the offset over exactly. */
 START_TEST(test_failover_sigterm_drain) {
   TF_NEED_DATA();
@@ -724,6 +780,7 @@ Suite *psw_failover_suite(void) {
   tcase_add_unchecked_fixture(tw, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_add_test(tw, test_failover_join_rate);
   tcase_add_test(tw, test_failover_replace_shape);
+  tcase_add_test(tw, test_failover_sigterm_parked);
   suite_add_tcase(s, tw);
   return s;
 }

@@ -106,6 +106,21 @@
  *     left in flight, the connection kept (it is no shard failure).
  *     psw_client_pushes_lost then says whether every push went out and
  *     was acknowledged.
+ * 12. A shard that answers is up, whatever it answers: its connection is
+ *     kept and its other reply read.  A pull it held parked past
+ *     pull_timeout_ms (PS_ETIMEDOUT naming the slowest worker: the
+ *     staleness bound) is pulled again from every shard, with no
+ *     reconnect, for as long as the shards answer so (the slowest
+ *     worker's lease bounds it when that worker is dead or stopped;
+ *     workers.retry_ms does not: no shard failed); the wait is said on
+ *     stderr at first, at most every PSW_SAY_AGAIN_MS while it lasts and
+ *     when it ends.  A push it refuses as DEGRADED (durability sync, a
+ *     failing disk) is not resent (invariant 4; nothing is pulled again:
+ *     the round's pull was served), said the same way, and once the shard
+ *     has refused pushes for workers.retry_ms the call fails with
+ *     PS_EDEGRADED.  A shard that fails again after each reconnect
+ *     (the first failure's time counts) is given up once it has failed for
+ *     workers.retry_ms.
  *
  * Thread-safety: a client is used by one thread at a time, except that
  * psw_client_start hands one push/pull to the client's own communication

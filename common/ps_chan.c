@@ -875,6 +875,25 @@ int ps_chan_recv_id(ps_chan_client *c, uint64_t id, uint64_t *version, ps_errbuf
   return e ? chan_take(c, e, NULL, version, eb) : rc;
 }
 
+/* ps_chan_wait_id: see ps_chan.h. */
+int ps_chan_wait_id(ps_chan_client *c, uint64_t id, int wait_ms, ps_errbuf *eb) {
+  chan_pending *e = chan_find(c, id);
+  if (!e)
+    return ps_errf(eb, PS_EINVAL, "channel '%s': request %llu is not in flight", c->addr,
+                   (unsigned long long)id);
+  if (e->done) return 1;
+  int rc = chan_check_usable(c, eb);
+  if (rc < 0) return rc;
+  struct pollfd p = {.fd = c->fd, .events = POLLIN};
+  int r = poll(&p, 1, wait_ms > 0 ? wait_ms : 0);
+  if (r < 0 && errno != EINTR)
+    return chan_break(c, eb, PS_EIO, "channel '%s': poll: %s", strerror(errno));
+  if (r <= 0) return 0; /* nothing yet (or a signal): the caller looks again */
+  rc = rx_progress(c, eb);
+  if ((e = chan_find(c, id)) && e->done) return 1; /* a reply whole before a close counts */
+  return rc < 0 ? rc : 0;
+}
+
 /* ps_chan_done: see ps_chan.h. */
 int ps_chan_done(const ps_chan_client *c, uint64_t id) {
   const chan_pending *e = chan_find((ps_chan_client *)c, id);

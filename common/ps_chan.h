@@ -302,6 +302,14 @@ int ps_chan_recv(ps_chan_client *c, uint64_t *req_id, uint64_t *version, ps_errb
 int ps_chan_recv_id(ps_chan_client *c, uint64_t id, uint64_t *version, ps_errbuf *eb);
 int ps_chan_done(const ps_chan_client *c, uint64_t id);
 
+/* ps_chan_wait_id waits at most WAIT_MS for request ID's reply, reading
+ * what arrives meanwhile (other replies are kept for their own calls):
+ * 1 when ID's reply is in whole (ps_chan_recv_id then takes it without
+ * waiting), 0 when not yet (C stays usable: no timeout counts here, so a
+ * caller can look at a stop request between waits), or a PS_E* code when
+ * C broke (PS_EINVAL when ID is not in flight). */
+int ps_chan_wait_id(ps_chan_client *c, uint64_t id, int wait_ms, ps_errbuf *eb);
+
 /* ps_chan_unordered: 1 when the hello agreed on unordered acks. */
 int ps_chan_unordered(const ps_chan_client *c);
 

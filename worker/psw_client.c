@@ -19,6 +19,8 @@
 #define PSW_GETMODEL_TIMEOUT_MS 3000
 #define PSW_CONNECT_TIMEOUT_MS 2000
 #define PSW_AGG_PROBE_MS 1000 /* psw_client_agg_return's wait for each connection */
+#define PSW_STOP_POLL_MS 100  /* how often a pull's wait looks at the stop flag (invariant 11) */
+#define PSW_SAY_AGAIN_MS 10000 /* a long wait is said again at most this often (invariant 12) */
 
 /* One shard as this worker sees it. */
 typedef struct psw_shard {
@@ -57,6 +59,9 @@ typedef struct psw_shard {
   int64_t down_since_ms;     /* 0 while healthy */
   uint32_t delay_ms;         /* next backoff sleep */
   ps_errbuf down_eb;         /* why it went down */
+  int redown;                /* it failed again after a reconnect, still down (invariant 12) */
+  int64_t refused_since_ms;  /* it refuses pushes (DEGRADED) since; 0: it takes them */
+  int64_t refused_said_ms;   /* ... said last then (invariant 12) */
   int via_agg;               /* its connection is (or was to be) to the aggregator */
   int down_said;             /* its own failure was logged (not only the aggregator's) */
 } psw_shard;
@@ -91,6 +96,7 @@ struct psw_client {
   psw_shard *shards;
   uint64_t reconnects;
   uint64_t parked_ms;       /* pulls held parked by the shards, in total */
+  uint64_t pushes_skipped;  /* a round's push a shard never got (down; invariant 11) */
   int (*rejoin)(void *arg, ps_errbuf *eb); /* invariant 5 */
   /* workers.aggregator (DESIGN.md "Hierarchy"): every shard's connection
    * goes to it until one fails; from then on to the root shards. */
@@ -348,6 +354,7 @@ static void psw_shard_down(psw_client *c, psw_shard *s, const ps_errbuf *why) {
     ps_warn("worker %u: aggregator %s (%s): %s; going to the root shards directly", c->worker,
             c->agg->name, c->agg->channel_addr, why->msg);
   }
+  if (s->down_since_ms && s->ch) s->redown = 1; /* reconnected, and failed again */
   psw_shard_close(s, NULL);
   if (!s->down_since_ms) {
     s->down_since_ms = ps_now_ms();
@@ -368,6 +375,7 @@ static void psw_shard_up(psw_client *c, psw_shard *s) {
             s->conf->id, s->conf->channel_addr, (double)(ps_now_ms() - s->down_since_ms) / 1e3);
   s->down_since_ms = 0;
   s->down_said = 0;
+  s->redown = 0;
   s->delay_ms = PS_BACKOFF_FIRST_MS;
 }
 
@@ -418,8 +426,14 @@ static int psw_connect(psw_client *c, psw_shard *s, ps_errbuf *eb) {
 }
 
 /* psw_reconnect reopens S's connection, sleeping with exponential backoff
- * between attempts, until it works or S has been down for retry_ms. */
+ * between attempts, until it works or S has been down for retry_ms (since
+ * its first failure: a shard whose every round fails again is not up). */
 static int psw_reconnect(psw_client *c, psw_shard *s, ps_errbuf *eb) {
+  /* one that takes connections but fails each round again counts too */
+  if (s->redown && ps_now_ms() - s->down_since_ms >= (int64_t)c->cfg->workers.retry_ms)
+    return ps_errf(eb, PS_EUNAVAIL, "shard %u (%s) has failed for %u ms (workers.retry_ms): %s",
+                   s->conf->id, s->conf->channel_addr, c->cfg->workers.retry_ms,
+                   s->down_eb.msg);
   for (;;) {
     int err = ps_sleep_ms(s->delay_ms, c->stop);
     if (err < 0) return ps_errf(eb, err, "stopped while shard %u was down", s->conf->id);
@@ -572,6 +586,35 @@ static int psw_ack_wait(psw_shard *s, ps_errbuf *eb) {
   return err < 0 ? ps_errf(eb, err, "push failed: %s", reb.msg) : 0;
 }
 
+/* psw_pull_await waits for S's pull reply (request s->pull_id), looking
+ * at the stop flag every PSW_STOP_POLL_MS (invariant 11): a pull may wait
+ * parked on the shard up to pull_timeout_ms.  0 once the reply is in, or
+ * the connection broke (ps_chan_recv_id then says how; after the I/O
+ * timeout without a byte it is made to time out at once), or
+ * PS_ESHUTDOWN when a stop came first: the reply is left in flight. */
+static int psw_pull_await(psw_client *c, psw_shard *s, uint64_t clock, ps_errbuf *eb) {
+  if (!c->stop) return 0;
+  uint64_t tx, rx, seen;
+  ps_chan_bytes(s->ch, &tx, &seen);
+  int64_t quiet_since = ps_now_ms();
+  for (;;) {
+    ps_errbuf web;
+    if (ps_chan_wait_id(s->ch, s->pull_id, PSW_STOP_POLL_MS, &web) != 0) return 0;
+    if (*c->stop)
+      return ps_errf(eb, PS_ESHUTDOWN, "stopped while waiting for the pull of clock %llu",
+                     (unsigned long long)clock);
+    ps_chan_bytes(s->ch, &tx, &rx);
+    int64_t now = ps_now_ms();
+    if (rx != seen) {
+      seen = rx;
+      quiet_since = now;
+    } else if (now - quiet_since >= c->io_timeout_ms) {
+      ps_chan_set_timeout(s->ch, 1); /* psw_recv sets it back */
+      return 0;
+    }
+  }
+}
+
 /* psw_recv receives S's NSENT replies; the first error is returned, but
  * every reply is read unless the connection broke.  *PARKED_MS: how long
  * the shard kept the pull parked.  Deferring acks (invariant 8), the pull
@@ -579,9 +622,10 @@ static int psw_ack_wait(psw_shard *s, ps_errbuf *eb) {
  * later round (unless the pull failed: then it is waited for here); then
  * the answers earlier rounds left are taken: those already in, and the
  * oldest ones, waited for, down to PSW_CLIENT_ACK_DEPTH left. */
-static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, int nsent,
-                    uint32_t *parked_ms, ps_errbuf *eb) {
+static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, uint64_t pull_clock,
+                    int nsent, uint32_t *parked_ms, int *pull_err, ps_errbuf *eb) {
   int first = 0;
+  *pull_err = 0;
   int defer = c->defer_acks && gbuf >= 0 && nsent == 2;
   *parked_ms = 0;
   for (int i = 0; i < nsent; i++) {
@@ -592,7 +636,12 @@ static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, int nsent,
       s->ack_ids[s->nacks++] = s->push_id; /* at most the depth were left */
       break;
     }
-    int err = ps_chan_recv_id(s->ch, is_push ? s->push_id : s->pull_id, &version, &reb);
+    int err = is_push ? 0 : psw_pull_await(c, s, pull_clock, &reb);
+    if (err == 0) err = ps_chan_recv_id(s->ch, is_push ? s->push_id : s->pull_id, &version, &reb);
+    if (!is_push) {
+      ps_chan_set_timeout(s->ch, c->io_timeout_ms);
+      *pull_err = err;
+    }
     if (is_push) psw_push_answer(s, err, version);
     if (err == 0 && !is_push) {
       if (s->pull_codec != PS_CODEC_FP32) psw_decode_pull(c, s, pbuf);
@@ -603,7 +652,9 @@ static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, int nsent,
       first = err;
       ps_errf(eb, err, "%s failed: %s", is_push ? "push" : "pull", reb.msg);
     }
-    if (err < 0 && psw_retryable(err) && !(defer && !is_push)) break;
+    /* a broken connection answers nothing more; a shard's refusal leaves
+     * it usable, and the other reply is read (invariant 12) */
+    if (err < 0 && psw_retryable(err) && !(defer && !is_push) && !ps_chan_alive(s->ch)) break;
   }
   while (s->nacks > PSW_CLIENT_ACK_DEPTH || (s->nacks && ps_chan_done(s->ch, s->ack_ids[0]))) {
     ps_errbuf reb;
@@ -613,16 +664,119 @@ static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, int nsent,
   return first;
 }
 
+/* psw_same_layout says whether SPEC cuts into the chunks the client's
+ * layout has (tensors, chunks, their sizes and shards): a model replaced
+ * with the same shape does (its job starts over; the worker goes on). */
+static int psw_same_layout(const psw_client *c, const Ps__ModelSpec *spec) {
+  uint32_t *ids = calloc(c->cfg->nshards + 1, sizeof *ids);
+  if (!ids) return 1; /* cannot tell: the shard's own error stands */
+  ps_config_shard_ids(c->cfg, ids);
+  ps_layout l;
+  ps_errbuf eb;
+  int same = 0;
+  if (ps_layout_build(&l, spec, c->cfg->chunk_elems, ids, c->cfg->nshards, &eb) == 0) {
+    const ps_layout *o = &c->layout;
+    same = l.nparams == o->nparams && l.ntensors == o->ntensors && l.nchunks == o->nchunks;
+    for (size_t i = 0; same && i < l.nchunks; i++)
+      same = l.chunks[i].tensor == o->chunks[i].tensor &&
+             l.chunks[i].offset == o->chunks[i].offset && l.chunks[i].len == o->chunks[i].len &&
+             l.chunks[i].shard == o->chunks[i].shard;
+    ps_layout_release(&l);
+  }
+  free(ids);
+  return same;
+}
+
+/* psw_refused turns shard S's refusal ERR (WHY) of a push or pull into
+ * the call's error (invariant 10).  A request naming chunks the shard
+ * does not have, or of another size (PS_ENOENT, PS_EINVAL), is what a
+ * model replaced with another layout (psctl submit --replace) or removed
+ * since the client fetched it gets: the shard's spec is fetched again to
+ * say which.  Never PS_ENOENT, which callers read as a partition taken
+ * away (psw_train). */
+static int psw_refused(psw_client *c, psw_shard *s, int err, const ps_errbuf *why,
+                       ps_errbuf *eb) {
+  if (err != PS_ENOENT && err != PS_EINVAL)
+    return ps_errf(eb, err, "shard %u: %s", s->conf->id, why->msg);
+  Ps__GetModelRequest req = PS__GET_MODEL_REQUEST__INIT;
+  req.name = c->model;
+  ProtobufCMessage *resp = NULL;
+  ps_errbuf geb;
+  int gerr = psw_call_once(c->cfg, s->conf->grpc_addr, "/ps.Ps/GetModel", &req.base,
+                           &ps__get_model_reply__descriptor, &resp, PSW_GETMODEL_TIMEOUT_MS, &geb);
+  if (gerr == PS_ENOENT)
+    return ps_errf(eb, PS_EINVAL, "model '%s' is no longer on the cluster (shard %u: %s)",
+                   c->model, s->conf->id, why->msg);
+  const Ps__GetModelReply *r = (const Ps__GetModelReply *)resp;
+  int changed = gerr == 0 && r->model && !psw_same_layout(c, r->model);
+  if (resp) protobuf_c_message_free_unpacked(resp, NULL);
+  if (changed)
+    return ps_errf(eb, PS_EINVAL, "model '%s' was replaced with another layout (shard %u: %s); "
+                   "start the workers again", c->model, s->conf->id, why->msg);
+  return ps_errf(eb, PS_EINVAL, "shard %u: %s", s->conf->id, why->msg);
+}
+
+/* psw_push_refused notes that S refused a push as DEGRADED (WHY), its
+ * connection kept and the round's pull served (invariant 12): said at
+ * the first refusal and at most every PSW_SAY_AGAIN_MS after; once S has
+ * refused for workers.retry_ms, PS_EDEGRADED ends the call. */
+static int psw_push_refused(psw_client *c, psw_shard *s, const ps_errbuf *why, ps_errbuf *eb) {
+  int64_t now = ps_now_ms();
+  uint32_t budget = c->cfg->workers.retry_ms;
+  if (!s->refused_since_ms) {
+    s->refused_since_ms = s->refused_said_ms = now;
+    ps_warn("worker %u: shard %u (%s): %s; going on without its updates there for up to %u ms "
+            "(workers.retry_ms)", c->worker, s->conf->id, s->conf->channel_addr, why->msg, budget);
+    return 0;
+  }
+  if (now - s->refused_since_ms >= (int64_t)budget)
+    return ps_errf(eb, PS_EDEGRADED, "shard %u (%s) has refused pushes for %u ms "
+                   "(workers.retry_ms): %s", s->conf->id, s->conf->channel_addr, budget, why->msg);
+  if (now - s->refused_said_ms >= PSW_SAY_AGAIN_MS) {
+    s->refused_said_ms = now;
+    ps_warn("worker %u: shard %u still refuses pushes after %.1f s (giving up at %.1f s): %s",
+            c->worker, s->conf->id, (double)(now - s->refused_since_ms) / 1e3,
+            (double)budget / 1e3, why->msg);
+  }
+  return 0;
+}
+
+/* psw_push_taken notes that S acknowledged a push again after refusing
+ * them. */
+static void psw_push_taken(psw_client *c, psw_shard *s) {
+  if (!s->refused_since_ms) return;
+  ps_warn("worker %u: shard %u (%s) takes pushes again after %.1f s", c->worker, s->conf->id,
+          s->conf->channel_addr, (double)(ps_now_ms() - s->refused_since_ms) / 1e3);
+  s->refused_since_ms = 0;
+}
+
+/* psw_slow_said notes that a pull of PULL_CLOCK gave up parked (WHY: the
+ * shard's timeout, naming the slowest worker), waiting since *SINCE (0:
+ * the first), said last at *SAID (invariant 12). */
+static void psw_slow_said(psw_client *c, uint64_t pull_clock, int64_t *since, int64_t *said,
+                          const ps_errbuf *why) {
+  int64_t now = ps_now_ms();
+  if (!*since) {
+    *since = *said = now;
+    ps_warn("worker %u: %s; waiting for that worker: the pull goes on once it catches up or its "
+            "lease (workers.lease_ms) runs out", c->worker, why->msg);
+  } else if (now - *said >= PSW_SAY_AGAIN_MS) {
+    *said = now;
+    ps_warn("worker %u: the pull of clock %llu still waits for a slower worker after %.1f s: %s",
+            c->worker, (unsigned long long)pull_clock, (double)(now - *since) / 1e3, why->msg);
+  }
+}
+
 /* psw_round runs one push/pull round over every shard that has chunks.
  * Shards that fail retryably are marked down (*DOWN counts them); those
  * that refused the worker as expired are counted in *EXPIRED (message in
  * XEB; invariant 5); any other failure is returned. */
 static int psw_round(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
                      uint64_t pull_clock, size_t *down, size_t *expired, ps_errbuf *xeb,
-                     ps_errbuf *eb) {
+                     size_t *slow, ps_errbuf *seb_slow, ps_errbuf *eb) {
   int sent[c->nshards > 0 ? c->nshards : 1];
   int fatal = 0;
-  *down = *expired = 0;
+  *down = *expired = *slow = 0;
   for (size_t k = 0; k < c->nshards; k++) {
     psw_shard *s = &c->shards[k];
     sent[k] = -1;
@@ -633,6 +787,7 @@ static int psw_round(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
      * round's push goes out. */
     int err = s->ch ? 0 : psw_reconnect(c, s, &seb);
     if (err < 0) {
+      if (gbuf >= 0) c->pushes_skipped++;
       if (!fatal) fatal = ps_errf(eb, err, "shard %u: %s", s->conf->id, seb.msg);
       continue;
     }
@@ -655,13 +810,23 @@ static int psw_round(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
     if (sent[k] < 0) continue;
     ps_errbuf reb;
     uint32_t ms;
-    int err = psw_recv(c, s, gbuf, pbuf, sent[k], &ms, &reb);
+    int pull_err;
+    uint64_t acked0 = s->pushes_acked;
+    int err = psw_recv(c, s, gbuf, pbuf, pull_clock, sent[k], &ms, &pull_err, &reb);
+    int alive = err < 0 && ps_chan_alive(s->ch); /* the shard answered: it is up */
     if (ms > parked) parked = ms;
-    if (err < 0 && psw_retryable(err)) psw_shard_down(c, s, &reb);
+    if (s->pushes_acked > acked0) psw_push_taken(c, s);
+    if (err == PS_ESHUTDOWN && c->stop && *c->stop && alive) {
+      if (!fatal) fatal = ps_errf(eb, err, "shard %u: %s", s->conf->id, reb.msg);
+    } else if (alive && pull_err == PS_ETIMEDOUT && psw_retryable(err)) { /* parked too long */
+      if ((*slow)++ == 0) ps_errf(seb_slow, err, "shard %u: %s", s->conf->id, reb.msg);
+    } else if (alive && err == PS_EDEGRADED && pull_err == 0) { /* the pull is in */
+      if ((err = psw_push_refused(c, s, &reb, eb)) < 0 && !fatal) fatal = err;
+    } else if (err < 0 && psw_retryable(err)) psw_shard_down(c, s, &reb);
     else if (err == PS_EEXPIRED && (*expired)++ == 0)
       ps_errf(xeb, err, "shard %u: %s", s->conf->id, reb.msg);
     else if (err < 0 && err != PS_EEXPIRED && !fatal)
-      fatal = ps_errf(eb, err, "shard %u: %s", s->conf->id, reb.msg);
+      fatal = psw_refused(c, s, err, &reb, eb);
   }
   for (size_t k = 0; k < c->nshards; k++)
     if (c->shards[k].nids && !c->shards[k].ch) (*down)++;
@@ -717,13 +882,14 @@ static int psw_push_pull(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
                          uint64_t pull_clock, ps_errbuf *eb) {
   if (gbuf >= c->nbufs || pbuf >= c->nbufs)
     return ps_errf(eb, PS_EINVAL, "buffer %d/%d out of range", gbuf, pbuf);
-  int64_t expired_since = 0;
+  int64_t expired_since = 0, slow_since = 0, slow_said = 0;
   uint32_t delay = PS_BACKOFF_FIRST_MS;
   int via_agg = c->agg && !c->agg_down;
   for (;;) {
-    size_t down = 0, expired = 0;
-    ps_errbuf xeb = {""};
-    int err = psw_round(c, gbuf, push_clock, pbuf, pull_clock, &down, &expired, &xeb, eb);
+    size_t down = 0, expired = 0, slow = 0;
+    ps_errbuf xeb = {""}, seb = {""};
+    int err = psw_round(c, gbuf, push_clock, pbuf, pull_clock, &down, &expired, &xeb, &slow,
+                        &seb, eb);
     if (err < 0) return err;
     /* The aggregator died with this push unanswered: the sum holding it
      * may never have reached the roots, so they may hold this worker (and
@@ -731,10 +897,15 @@ static int psw_push_pull(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
      * not one a lost push would make the roots wait for forever (BSP):
      * one step of staleness at most, once, at failover. */
     if (via_agg && c->agg_down && gbuf >= 0 && pull_clock > push_clock) pull_clock = push_clock;
-    if (!down && !expired) {
+    if (!down && !expired && !slow) {
       for (size_t k = 0; k < c->nshards; k++) psw_shard_up(c, &c->shards[k]);
+      if (slow_since)
+        ps_warn("worker %u: the pull of clock %llu went on after waiting %.1f s for a slower "
+                "worker", c->worker, (unsigned long long)pull_clock,
+                (double)(ps_now_ms() - slow_since) / 1e3);
       return 0;
     }
+    if (slow) psw_slow_said(c, pull_clock, &slow_since, &slow_said, &seb);
     if (expired && (err = psw_rejoin(c, &expired_since, &delay, &xeb, eb)) < 0) return err;
     for (size_t k = 0; k < c->nshards; k++) {
       psw_shard *s = &c->shards[k];
@@ -753,8 +924,13 @@ int psw_client_settle(psw_client *c, ps_errbuf *eb) {
     while (s->nacks) {
       ps_errbuf seb;
       int err = psw_ack_wait(s, &seb);
-      if (err < 0 && psw_retryable(err)) psw_shard_down(c, s, &seb); /* the next round reconnects */
-      else if (err < 0 && !fatal) fatal = ps_errf(eb, err, "shard %u: %s", s->conf->id, seb.msg);
+      if (err == PS_EDEGRADED && ps_chan_alive(s->ch)) { /* invariant 12 */
+        if ((err = psw_push_refused(c, s, &seb, eb)) < 0 && !fatal) fatal = err;
+      } else if (err < 0 && psw_retryable(err)) {
+        psw_shard_down(c, s, &seb); /* the next round reconnects */
+      } else if (err < 0 && !fatal) {
+        fatal = ps_errf(eb, err, "shard %u: %s", s->conf->id, seb.msg);
+      }
     }
   }
   return fatal;
@@ -875,6 +1051,7 @@ int psw_client_agg_return(psw_client *c) {
     s->via_agg = 1;
     s->down_since_ms = 0;
     s->down_said = 0;
+    s->redown = 0;
     s->delay_ms = PS_BACKOFF_FIRST_MS;
   }
   free(ch);
@@ -1043,6 +1220,13 @@ uint64_t psw_client_shm_bytes(const psw_client *c) {
     ps_chan_shm_bytes(c->shards[k].ch, &tx, &rx);
     n += c->shards[k].shm_closed + tx + rx;
   }
+  return n;
+}
+
+/* psw_client_pushes_lost: see psw_client.h. */
+uint64_t psw_client_pushes_lost(const psw_client *c) {
+  uint64_t n = c->pushes_skipped;
+  for (size_t k = 0; k < c->nshards; k++) n += c->shards[k].pushes_unanswered;
   return n;
 }
 

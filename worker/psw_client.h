@@ -91,6 +91,36 @@
  *     are copied through (one copy on this side instead of the socket's
  *     two).  The byte counters count these payloads as before;
  *     psw_client_shm_bytes says how many went through shared memory.
+ * 10. The layout is fetched once, at open.  A shard that refuses a push
+ *     or pull as naming chunks it does not have, or of another size
+ *     (PS_ENOENT, PS_EINVAL), is asked for the model's spec again: when
+ *     the model was replaced with another layout (psctl submit --replace)
+ *     or removed, the call fails with PS_EINVAL saying so (the worker
+ *     must start again: nothing it could push or pull fits any more); a
+ *     replace with the same layout is no such refusal.  Such a refusal is
+ *     never PS_ENOENT to the caller.
+ * 11. A stop (conf->stop set) ends a round's wait for a pull, which a
+ *     shard may hold parked up to pull_timeout_ms, within
+ *     PSW_STOP_POLL_MS: the call fails with PS_ESHUTDOWN once every push
+ *     answer of the round is in (they are not parked), the pull's reply
+ *     left in flight, the connection kept (it is no shard failure).
+ *     psw_client_pushes_lost then says whether every push went out and
+ *     was acknowledged.
+ * 12. A shard that answers is up, whatever it answers: its connection is
+ *     kept and its other reply read.  A pull it held parked past
+ *     pull_timeout_ms (PS_ETIMEDOUT naming the slowest worker: the
+ *     staleness bound) is pulled again from every shard, with no
+ *     reconnect, for as long as the shards answer so (the slowest
+ *     worker's lease bounds it when that worker is dead or stopped;
+ *     workers.retry_ms does not: no shard failed); the wait is said on
+ *     stderr at first, at most every PSW_SAY_AGAIN_MS while it lasts and
+ *     when it ends.  A push it refuses as DEGRADED (durability sync, a
+ *     failing disk) is not resent (invariant 4; nothing is pulled again:
+ *     the round's pull was served), said the same way, and once the shard
+ *     has refused pushes for workers.retry_ms the call fails with
+ *     PS_EDEGRADED.  A shard that fails again after each reconnect
+ *     (the first failure's time counts) is given up once it has failed for
+ *     workers.retry_ms.
  *
  * Thread-safety: a client is used by one thread at a time, except that
  * psw_client_start hands one push/pull to the client's own communication
@@ -153,6 +183,13 @@ uint64_t psw_client_nparams(const psw_client *c);
  * host memory owned by the client. */
 float *psw_client_params(psw_client *c, int buf);
 float *psw_client_grads(psw_client *c, int buf);
+
+/* psw_client_pushes_lost returns the pushes that were not acknowledged:
+ * answered with an error or never (invariants 4, 8), or that a shard
+ * never got because it was down when the round went out; compared before
+ * and after a round (and psw_client_settle), it says whether that
+ * round's push reached and was acknowledged by every shard. */
+uint64_t psw_client_pushes_lost(const psw_client *c);
 
 /* psw_client_parked_ms returns how long, in all, the shards kept this
  * client's pulls parked by the staleness bound (per round the longest

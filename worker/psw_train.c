@@ -559,10 +559,14 @@ static void run_straggle(psw_run *x, double compute_ms) {
 }
 
 /* run_after_step tells the heartbeats where the worker is and checks that
- * it still holds its rank (psw_coord invariant 2). */
+ * it still holds its rank (psw_coord invariant 2).  Its steps/s are its
+ * own steps (clock - clock0) over its training time: a worker that joined
+ * a running job starts at the slowest live clock, a jump it did not
+ * train. */
 static int run_after_step(psw_run *x, ps_errbuf *eb) {
   double wall_s = (run_now_ms() - x->t_train_ms) / 1e3;
-  psw_coord_update(x->coord, x->clock, wall_s > 0 ? (float)((double)x->clock / wall_s) : 0,
+  double own = (double)(x->clock - x->clock0);
+  psw_coord_update(x->coord, x->clock, wall_s > 0 ? (float)(own / wall_s) : 0,
                    (float)run_blocked_share(x));
   return psw_coord_lost(x->coord, eb);
 }
@@ -621,6 +625,35 @@ static int run_order(psw_run *x, uint32_t p, uint32_t epoch, uint64_t n, ps_errb
   return 0;
 }
 
+/* run_step_failed takes back the step whose push or pull failed with ERR
+ * (its clock and its samples in ACC, ACC0 before it: it trained
+ * nothing the job counts) and returns ERR. */
+static int run_step_failed(psw_run *x, psw_epoch_acc *acc, const psw_epoch_acc *acc0, int err) {
+  *acc = *acc0;
+  x->clock--;
+  return err;
+}
+
+/* run_part_stop ends partition POS when a stop cut a round short while
+ * it waited (a pull parked for a slower worker, a shard down: psw_client
+ * invariant 11), the pushes up to sample END sent: every push answer due
+ * is taken, and when no push went unacknowledged since LOST0
+ * (psw_client_pushes_lost; UINT64_MAX: not known) the partition is
+ * trained up to END, else only up to ACKED, with END in flight.  Reported
+ * at once, as a stop at a step's end is (1, or an error). */
+static int run_part_stop(psw_run *x, psw_coord_part *pos, uint64_t acked, uint64_t end,
+                         uint64_t lost0, ps_errbuf *eb) {
+  ps_errbuf seb;
+  int all = psw_client_settle(x->cl, &seb) == 0 && psw_client_pushes_lost(x->cl) == lost0;
+  pos->offset = all ? end : acked;
+  pos->started = end;
+  ps_info("worker %u: stopped while waiting for parameters: partition %u trained up to sample "
+          "%llu%s", x->rank, pos->part, (unsigned long long)pos->offset,
+          all ? "" : " (a push was not acknowledged: the samples after may be trained again)");
+  int err = run_tell(x, pos, eb);
+  return err < 0 && err != PS_ENOENT ? err : 1;
+}
+
 /* run_part trains partition POS from pos->offset to its end (or a stop).
  * Before each batch is pushed the coordinator learns how far the worker
  * may have got (psw_coord invariant 6); after it, pos->offset counts the
@@ -655,6 +688,8 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
     return ps_errf(eb, err, "communication thread busy");
   while (off < v->n) {
     uint32_t rows = (uint32_t)(v->n - off < x->o->batch ? v->n - off : x->o->batch);
+    psw_epoch_acc acc0 = *acc; /* a step whose push fails is not counted */
+    uint64_t lost0 = ov ? UINT64_MAX : psw_client_pushes_lost(x->cl); /* overlap: not known */
     psw_coord_part tell = *pos;
     tell.offset = acked;
     tell.started = off + rows;
@@ -677,7 +712,12 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
     x->clock++;
     off += rows;
     int last = off == v->n || run_stopping(x);
-    if (ov && (err = run_wait_job(x, eb)) < 0) return err;
+    if (ov && (err = run_wait_job(x, eb)) < 0) { /* this batch was not pushed yet */
+      run_step_failed(x, acc, &acc0, err);
+      if (err == PS_ESHUTDOWN && run_stopping(x))
+        return run_part_stop(x, pos, acked, prev_end, lost0, eb);
+      return err;
+    }
     if (ov) acked = prev_end; /* the previous step's push is in */
     run_next nx = {x, v, off, 0};
     if (!last) nx.n = (uint32_t)(v->n - off < x->o->batch ? v->n - off : x->o->batch);
@@ -685,7 +725,9 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
       psw_client_start(x->cl, cur, x->clock - 1, cur, x->clock + 1);
       cur = 1 - cur;
     } else if ((err = run_push_pull(x, cur, x->clock - 1, 0, x->clock, &nx, eb)) < 0) {
-      return err;
+      if (err == PS_ESHUTDOWN && run_stopping(x)) /* the push went out: its pull waited */
+        return run_part_stop(x, pos, acked, off, lost0, eb);
+      return run_step_failed(x, acc, &acc0, err);
     } else { /* deferred acks (psw_client invariant 8): the older pushes' are in */
       memmove(ends + 1, ends, PSW_CLIENT_ACK_DEPTH * sizeof *ends);
       ends[0] = off;

@@ -11,6 +11,13 @@
  *  - join: 2 workers (workers.min 2, count 3) and a third one mid-epoch:
  *    it trains partitions taken from the others, nothing is skipped or
  *    retrained.
+ *  - replace: a model replaced with another layout mid-job makes its
+ *    workers exit 1 saying so.
+ *  - SIGTERM while parked: a worker whose pull waits for a stopped
+ *    worker (bsp) leaves at once on SIGTERM, reporting what every shard
+ *    acknowledged (nothing retrained).
+ *  - join rate: a worker that joins a running job reports its own
+ *    steps per second, not its start clock over its time.
  *  - drain: SIGTERM to one of 3 workers mid-run: it reports its offset
  *    with nothing in flight and leaves; the others finish its partition
  *    from there (no sample retrained, none skipped).
@@ -51,6 +58,8 @@ typedef struct tf_ctx {
   pid_t w[TF_MAXW];   /* worker processes, started in order */
   int nw;
   int epochs;
+  int lease_ms;        /* workers.lease_ms; 0: 1000 */
+  int pull_timeout_ms; /* training.pull_timeout_ms; 0: the default */
 } tf_ctx;
 
 /* tf_start writes the cluster file (COUNT workers expected, MIN to
@@ -61,18 +70,19 @@ static void tf_start_c(tf_ctx *x, int count, int min, int epochs, const char *la
                        const char *lr, int limit, const char *consistency, int sync) {
   x->epochs = epochs;
   snprintf(x->dir, sizeof x->dir, "%s", ps_test_tmpdir());
-  char extra[2048];
+  char extra[2048], pt[64] = "";
+  if (x->pull_timeout_ms) snprintf(pt, sizeof pt, "  pull_timeout_ms: %d\n", x->pull_timeout_ms);
   snprintf(extra, sizeof extra,
            "workers:\n  count: %d\n  min: %d\n  device: cpu\n  retry_ms: 10000\n"
-           "  heartbeat_ms: 200\n  lease_ms: 1000\n"
-           "training:\n  model: m\n  epochs: %d\n  batch_size: %d\n  seed: 1\n"
+           "  heartbeat_ms: 200\n  lease_ms: %d\n"
+           "training:\n  model: m\n  epochs: %d\n  batch_size: %d\n  seed: 1\n%s"
            "data:\n  format: idx\n"
            "  train_images: " TF_DATA "/train-images-idx3-ubyte.gz\n"
            "  train_labels: " TF_DATA "/train-labels-idx1-ubyte.gz\n"
            "  test_images: " TF_DATA "/t10k-images-idx3-ubyte.gz\n"
            "  test_labels: " TF_DATA "/t10k-labels-idx1-ubyte.gz\n"
            "  scale: 1/255\n  partitions: %d\n  limit: %d\n",
-           count, min, epochs, TF_BATCH, TF_PARTS, limit);
+           count, min, x->lease_ms ? x->lease_ms : 1000, epochs, TF_BATCH, pt, TF_PARTS, limit);
   snprintf(x->yaml, sizeof x->yaml, "%s",
            (sync ? ps_test_sync_yaml : ps_test_cluster_yaml)(x->dir, 2, extra, x->gp, x->cp));
   ps_test_start_shards(x->yaml, x->dir, 2, x->gp, x->cp, x->shard);
@@ -332,6 +342,161 @@ START_TEST(test_failover_join) {
                 line);
   free(text);
   ck_assert_uint_eq(tf_max_gap(&x), 0);
+  tf_finish(&x);
+}
+END_TEST
+
+/* tf_worker finds the worker of process PID in the coordinator's table:
+ * 1 with its clock and steps/s, 0 when it is not listed (yet). */
+static int tf_worker(tf_ctx *x, pid_t pid, uint64_t *clock, double *steps_per_s) {
+  Ps__ListWorkersReply *r = tf_list(x);
+  int found = 0;
+  for (size_t i = 0; i < r->n_workers && !found; i++)
+    if (r->workers[i]->pid == (uint32_t)pid && !strcmp(r->workers[i]->state, "ALIVE")) {
+      *clock = r->workers[i]->clock;
+      *steps_per_s = r->workers[i]->steps_per_s;
+      found = 1;
+    }
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  return found;
+}
+
+/* tf_start_clock returns the start clock worker I's log names (waiting
+ * up to 20 s for it). */
+static uint64_t tf_start_clock(tf_ctx *x, int i) {
+  char log[700];
+  tf_log(x, i, log, sizeof log);
+  for (int64_t end = ps_test_now_ms() + 20000;; usleep(20000)) {
+    char *text = access(log, R_OK) == 0 ? ps_test_read_file(log, NULL) : NULL;
+    const char *at = text ? strstr(text, "start clock ") : NULL;
+    uint64_t c = at ? strtoull(at + strlen("start clock "), NULL, 10) : 0;
+    free(text);
+    if (at) return c;
+    ck_assert_msg(ps_test_now_ms() < end, "worker %d never registered; see %s", i, log);
+  }
+}
+
+/* Steps/s of a worker that joined a running job count its own steps,
+ * not the start clock it was given (asp: a fast worker alone far
+ * ahead, then a joiner slowed 1000 times, a few steps in seconds; the
+ * rate it reports stays within what it trained since its first step). */
+START_TEST(test_failover_join_rate) {
+  TF_NEED_DATA();
+  tf_ctx x = {0};
+  tf_start_c(&x, 2, 1, 400, "logreg", "0.002", TF_SAMPLES, "asp", 0);
+  int fast = tf_spawn(&x);
+  tf_wait_trained(&x, 3, TF_SAMPLES / 2); /* its clock is past 500 */
+  int slow = tf_spawn_slow(&x, "1000");
+  uint64_t c0 = tf_start_clock(&x, slow), c = 0;
+  ck_assert_msg(c0 > 400, "the joiner started at clock %llu", (unsigned long long)c0);
+  double sps = 0;
+  int64_t end = ps_test_now_ms() + 30000;
+  while (!tf_worker(&x, x.w[slow], &c, &sps) || c <= c0) {
+    ck_assert_msg(ps_test_now_ms() < end, "the joiner took no step; see %s", x.dir);
+    usleep(20000);
+  }
+  int64_t t1 = ps_test_now_ms(); /* it has trained a step by now */
+  usleep(3000 * 1000);
+  ck_assert(tf_worker(&x, x.w[slow], &c, &sps));
+  double since = (double)(ps_test_now_ms() - t1) / 1e3 - 1.0; /* a step, a heartbeat */
+  double own = (double)(c - c0) / since;
+  ck_assert_msg(sps <= own + 1e-3, "the joiner (start clock %llu, clock %llu) reports %.1f "
+                "steps/s; its own steps give at most %.1f", (unsigned long long)c0,
+                (unsigned long long)c, sps, own);
+  for (int i = fast; i <= slow; i++) ps_test_stop(x.w[i], SIGKILL, 5000);
+  x.w[fast] = x.w[slow] = 0;
+  tf_finish(&x);
+}
+END_TEST
+
+/* A model replaced mid-job with another layout (psctl submit --replace,
+ * another layer list): every worker training it exits 1 at its next
+ * step saying the model was replaced and to start the workers again,
+ * instead of claiming partition after partition against chunks the
+ * shards no longer hold (it used to loop forever, ~350 lines/s, counting
+ * each failed step). */
+START_TEST(test_failover_replace_shape) {
+  TF_NEED_DATA();
+  tf_ctx x = {0};
+  tf_start(&x, 2, 2, 60, "784,32,10", "0.002", TF_SAMPLES);
+  tf_spawn(&x);
+  tf_spawn(&x);
+  tf_wait_trained(&x, 0, TF_SAMPLES / 4);
+  char pb[600], log[700];
+  snprintf(pb, sizeof pb, "%s/m2.pb", x.dir);
+  snprintf(log, sizeof log, "%s/psctl-replace.log", x.dir);
+  char *model[] = {(char *)ps_test_bin("psctl"), "model", "mlp", "--layers", "784,16,10", "-o",
+                   pb, NULL};
+  ck_assert_msg(ps_test_run(model, log, 20000) == 0, "psctl model failed; see %s", log);
+  char *submit[] = {(char *)ps_test_bin("psctl"), "submit", pb, "--name", "m", "--config",
+                    x.yaml, "--optimizer", "adam", "--lr", "0.002", "--consistency", "bsp",
+                    "--replace", NULL};
+  ck_assert_msg(ps_test_run(submit, log, 30000) == 0, "psctl submit failed; see %s", log);
+  for (int i = 0; i < 2; i++) {
+    tf_log(&x, i, log, sizeof log);
+    int st = ps_test_wait_pid(x.w[i], 20000);
+    ck_assert_msg(st >= 0, "worker %d goes on after the replace; see %s", i, log);
+    x.w[i] = 0;
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "worker %d exited %d; see %s", i,
+                  WIFEXITED(st) ? WEXITSTATUS(st) : -1, log);
+    char *text = ps_test_read_file(log, NULL);
+    ck_assert_msg(strstr(text, "model 'm' was replaced with another layout") &&
+                      strstr(text, "start the workers again"), "see %s", log);
+    int lines = 0;
+    for (const char *p = text; (p = strchr(p, '\n')); p++) lines++;
+    ck_assert_msg(lines < 40, "worker %d wrote %d lines; see %s", i, lines, log);
+    free(text);
+  }
+  tf_finish(&x);
+}
+END_TEST
+
+/* tf_epochs_retrained returns the samples the coordinator counts
+ * retrained, over every epoch. */
+static uint64_t tf_epochs_retrained(tf_ctx *x) {
+  Ps__ListWorkersReply *r = tf_list(x);
+  uint64_t n = 0;
+  for (size_t e = 0; e < r->n_epochs; e++) n += r->epochs[e]->retrained;
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  return n;
+}
+
+/* SIGTERM while the worker's pull waits parked (bsp, the other worker
+ * stopped with SIGSTOP, pull_timeout_ms 20 s, leases of 60 s): the stop
+ * ends the wait within a heartbeat or so, the worker reports the offset
+ * every shard acknowledged (nothing retrained), says stopped true and
+ * exits 143 (it used to wait out pull_timeout_ms, say stopped false and
+ * leave its last acknowledged batch counted in flight). */
+START_TEST(test_failover_sigterm_parked) {
+  TF_NEED_DATA();
+  tf_ctx x = {.lease_ms = 60000, .pull_timeout_ms = 20000};
+  tf_start(&x, 2, 2, 30, "logreg", "0.002", TF_SAMPLES);
+  int a = tf_spawn(&x), b = tf_spawn(&x);
+  tf_wait_trained(&x, 0, TF_SAMPLES / 4);
+  ck_assert_int_eq(kill(x.w[b], SIGSTOP), 0);
+  usleep(1000 * 1000); /* worker a's next pull parks on the shards */
+  uint32_t parked = 0;
+  for (int s = 0; s < 2; s++) {
+    Ps__StatusReply *ss = ps_test_status(x.gp[s]);
+    parked += ss->n_models ? ss->models[0]->parked : 0;
+    protobuf_c_message_free_unpacked(&ss->base, NULL);
+  }
+  ck_assert_msg(parked > 0, "no pull parked with worker %d stopped; see %s", b, x.dir);
+  int64_t t = ps_test_now_ms();
+  char log[700];
+  tf_log(&x, a, log, sizeof log);
+  int st = ps_test_stop(x.w[a], SIGTERM, 15000);
+  int64_t took = ps_test_now_ms() - t;
+  x.w[a] = 0;
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 128 + SIGTERM, "worker %d exited %d after "
+                "%lld ms; see %s", a, WIFEXITED(st) ? WEXITSTATUS(st) : -1, (long long)took, log);
+  ck_assert_msg(took < 3000, "the stop took %lld ms; see %s", (long long)took, log);
+  char *text = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(ps_test_last_line(text), "\"stopped\":true"), "see %s", log);
+  free(text);
+  ck_assert_uint_eq(tf_epochs_retrained(&x), 0);
+  ps_test_stop(x.w[b], SIGKILL, 5000);
+  x.w[b] = 0;
   tf_finish(&x);
 }
 END_TEST
@@ -609,5 +774,13 @@ Suite *psw_failover_suite(void) {
   tcase_add_test(tc, test_failover_partitions_changed);
   tcase_add_test(tc, test_failover_long_mlp);
   suite_add_tcase(s, tc);
+  /* what a worker says and does when the job changes under it */
+  TCase *tw = tcase_create("failover_worker");
+  tcase_set_timeout(tw, 120);
+  tcase_add_unchecked_fixture(tw, ps_test_procs_setup, ps_test_procs_teardown);
+  tcase_add_test(tw, test_failover_join_rate);
+  tcase_add_test(tw, test_failover_replace_shape);
+  tcase_add_test(tw, test_failover_sigterm_parked);
+  suite_add_tcase(s, tw);
   return s;
 }

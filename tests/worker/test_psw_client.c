@@ -7,7 +7,11 @@
  * survive a restart.  Under durability sync, with the fsync shim's gate
  * holding the shard's log syncs, deferred acks: a push/pull returns on the
  * pull while the push is not yet counted as acknowledged, and a push whose
- * shard died before its sync is counted unanswered.
+ * shard died before its sync is counted unanswered.  A pull parked past
+ * pull_timeout_ms is pulled again without a reconnect until the slow
+ * worker's lease runs out; a shard that refuses pushes (DEGRADED: the
+ * shim fails its syncs) is given up after workers.retry_ms, never
+ * reconnected.
  *
  * Every psd started is recorded in shared memory so the unchecked
  * teardown stops it by PID even when a test failed half-way. */
@@ -50,13 +54,12 @@ static void pc_start(pc_ctx *x) {
                 "psd did not start; see %s", x->log);
 }
 
-/* pc_init_mode writes a 1-shard cluster with RETRY_MS (durability sync
- * with the fsync shim's gate when SYNC), starts it and loads the config. */
-static void pc_init_mode(pc_ctx *x, uint32_t retry_ms, int sync) {
+/* pc_init_extra writes a 1-shard cluster with EXTRA (top-level keys;
+ * durability sync with the fsync shim's gate when SYNC), starts it and
+ * loads the config. */
+static void pc_init_extra(pc_ctx *x, const char *extra, int sync) {
   signal(SIGPIPE, SIG_IGN);
   snprintf(x->dir, sizeof x->dir, "%s", ps_test_tmpdir());
-  char extra[128];
-  snprintf(extra, sizeof extra, "workers:\n  retry_ms: %u\n", retry_ms);
   snprintf(x->yaml, sizeof x->yaml, "%s",
            sync ? ps_test_sync_yaml(x->dir, 1, extra, &x->gp, &x->cp)
                 : ps_test_cluster_yaml(x->dir, 1, extra, &x->gp, &x->cp));
@@ -68,6 +71,13 @@ static void pc_init_mode(pc_ctx *x, uint32_t retry_ms, int sync) {
   ps_errbuf eb;
   ck_assert_msg(ps_config_load(&x->cfg, x->yaml, &eb) == 0, "%s", eb.msg);
   ck_assert_msg(ps_gpu_cpu_open(1, &x->be, &eb) == 0, "%s", eb.msg);
+}
+
+/* pc_init_mode: pc_init_extra with workers.retry_ms RETRY_MS. */
+static void pc_init_mode(pc_ctx *x, uint32_t retry_ms, int sync) {
+  char extra[128];
+  snprintf(extra, sizeof extra, "workers:\n  retry_ms: %u\n", retry_ms);
+  pc_init_extra(x, extra, sync);
 }
 
 static void pc_init(pc_ctx *x, uint32_t retry_ms) { pc_init_mode(x, retry_ms, 0); }
@@ -82,7 +92,8 @@ static void pc_fini(pc_ctx *x) {
 /* pc_submit_codec registers model NAME: a 40-30-10 MLP graph (1570
  * parameters, several 1024-element chunks), SGD with PC_LR, pushes in
  * CODEC (NULL: fp32) after WARMUP steps. */
-static void pc_submit_codec(pc_ctx *x, const char *name, const char *codec, uint32_t warmup) {
+static void pc_submit_full(pc_ctx *x, const char *name, const char *codec, uint32_t warmup,
+                           const char *consistency) {
   static const uint32_t layers[] = {40, 30, 10};
   ps_errbuf eb;
   uint8_t *buf;
@@ -100,6 +111,8 @@ static void pc_submit_codec(pc_ctx *x, const char *name, const char *codec, uint
   char *had = spec->codec;
   if (codec) spec->codec = (char *)codec;
   spec->codec_warmup_steps = warmup;
+  char *had_c = spec->consistency;
+  if (consistency) spec->consistency = (char *)consistency;
   ps_rpc *r;
   char addr[64];
   snprintf(addr, sizeof addr, "127.0.0.1:%d", x->gp);
@@ -108,9 +121,14 @@ static void pc_submit_codec(pc_ctx *x, const char *name, const char *codec, uint
   ps_rpc_close(r);
   spec->optimizer = NULL;
   spec->codec = had;
+  spec->consistency = had_c;
   psw_graph_spec_free(spec);
   psw_graph_free(g);
   free(buf);
+}
+
+static void pc_submit_codec(pc_ctx *x, const char *name, const char *codec, uint32_t warmup) {
+  pc_submit_full(x, name, codec, warmup, NULL);
 }
 
 static void pc_submit(pc_ctx *x, const char *name) { pc_submit_codec(x, name, NULL, 0); }
@@ -382,6 +400,81 @@ START_TEST(test_client_gives_up_in_budget) {
 }
 END_TEST
 
+/* A pull parked past pull_timeout_ms (bsp, worker 1 at clock 0 and
+ * silent) is the shard answering, not the shard down: the client pulls
+ * again without reconnecting, past workers.retry_ms, until worker 1's
+ * lease runs out and the pull is served (psw_client invariant 12; it
+ * used to reconnect after each timeout and say the shard was down). */
+START_TEST(test_client_parked_timeout) {
+  pc_ctx x = {0};
+  pc_init_extra(&x, "workers:\n  retry_ms: 500\n  lease_ms: 2500\n  heartbeat_ms: 200\n"
+                "training:\n  pull_timeout_ms: 300\n", 0);
+  pc_submit_full(&x, "pc8", NULL, 0, "bsp");
+  psw_client *c = pc_open(&x, "pc8", 1);
+  ps_errbuf eb;
+  ck_assert_msg(psw_client_pull_all(c, 0, 0, &eb) == 0, "%s", eb.msg);
+  const ps_layout *l = psw_client_layout(c);
+  char addr[64];
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", x.gp);
+  ps_rpc *r;
+  ck_assert_int_eq(ps_test_rpc_open(&r, addr, &eb), 0);
+  ck_assert_msg(ps_test_beat(r, 1, 0, &eb) == 0, "%s", eb.msg); /* leased: its lease runs out */
+  ps_rpc_close(r);
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", x.cp);
+  ps_chan_client *ch;
+  ck_assert_msg(ps_test_chan_connect(&ch, addr, x.cfg.cluster, 5000, &eb) == 0, "%s", eb.msg);
+  uint32_t *ids = calloc(l->nchunks, sizeof *ids);
+  float *out = calloc(l->nparams, sizeof *out);
+  for (uint32_t i = 0; i < l->nchunks; i++) ids[i] = i;
+  uint64_t version;
+  ck_assert_msg(ps_test_pull(ch, "pc8", ids, l->nchunks, out, l->nparams, 1, 0, &version, &eb) == 0,
+                "worker 1's pull: %s", eb.msg);
+  ps_chan_close(ch);
+  free(ids);
+  free(out);
+  int64_t t0 = ps_test_now_ms();
+  int rc = psw_client_push_pull(c, 0, 0, 0, 1, &eb);
+  int64_t took = ps_test_now_ms() - t0;
+  ck_assert_msg(rc == 0, "%s", eb.msg);
+  ck_assert_msg(took >= 1000 && took < 8000, "served after %lld ms", (long long)took);
+  ck_assert_uint_eq(psw_client_reconnects(c), 0);
+  psw_client_close(c);
+  pc_fini(&x);
+}
+END_TEST
+
+/* A shard that refuses pushes (DEGRADED under sync: its log syncs fail)
+ * keeps its connection, and the client, going on without its updates
+ * there, gives up once it has refused them for workers.retry_ms
+ * (psw_client invariant 12; it used to reconnect and pull everything
+ * again at every step, with no bound). */
+START_TEST(test_client_degraded_bound) {
+  pc_ctx x = {0};
+  pc_init_mode(&x, 1500, 1);
+  pc_submit(&x, "pc9");
+  psw_client *c = pc_open_acks(&x, "pc9", 1, 1);
+  ps_errbuf eb;
+  ck_assert_msg(psw_client_pull_all(c, 0, 0, &eb) == 0, "%s", eb.msg);
+  char fail[700];
+  snprintf(fail, sizeof fail, "%s.fail", x.gate);
+  ps_test_write_file(fail, "fail\n");
+  int64_t t0 = ps_test_now_ms();
+  int rc = 0;
+  for (uint64_t t = 0; rc == 0 && ps_test_now_ms() - t0 < 8000; t++) {
+    rc = psw_client_push_pull(c, 0, t, 0, t + 1, &eb);
+    usleep(20000);
+  }
+  int64_t took = ps_test_now_ms() - t0;
+  unlink(fail);
+  ck_assert_msg(rc == PS_EDEGRADED && strstr(eb.msg, "refused pushes for 1500 ms"),
+                "after %lld ms: %d %s", (long long)took, rc, rc ? eb.msg : "");
+  ck_assert_msg(took >= 1500 && took < 5000, "gave up after %lld ms", (long long)took);
+  ck_assert_uint_eq(psw_client_reconnects(c), 0);
+  psw_client_close(c);
+  pc_fini(&x);
+}
+END_TEST
+
 /* pc_counts asserts the client's push counts of its one shard. */
 static void pc_counts(const psw_client *c, uint64_t acked, uint64_t unanswered, const char *when) {
   uint64_t a = 0, u = 0;
@@ -534,6 +627,8 @@ Suite *psw_client_suite(void) {
   tcase_add_test(tc, test_client_shard_restart);
   tcase_add_test(tc, test_client_codec_warmup);
   tcase_add_test(tc, test_client_gives_up_in_budget);
+  tcase_add_test(tc, test_client_parked_timeout);
+  tcase_add_test(tc, test_client_degraded_bound);
   tcase_add_test(tc, test_client_deferred_ack);
   tcase_add_test(tc, test_client_shared_vectors);
   suite_add_tcase(s, tc);

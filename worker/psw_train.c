@@ -654,6 +654,13 @@ static int run_part_stop(psw_run *x, psw_coord_part *pos, uint64_t acked, uint64
   return err < 0 && err != PS_ENOENT ? err : 1;
 }
 
+/* run_say_retrain logs that partition PART is trained again from sample
+ * FROM: a push went unanswered, so its batch may not be applied. */
+static void run_say_retrain(const psw_run *x, uint32_t part, uint64_t from) {
+  ps_info("worker %u: a push went unanswered (a shard's connection broke): partition %u is "
+          "trained again from sample %llu", x->rank, part, (unsigned long long)from);
+}
+
 /* run_part trains partition POS from pos->offset to its end (or a stop).
  * Before each batch is pushed the coordinator learns how far the worker
  * may have got (psw_coord invariant 6); after it, pos->offset counts the
@@ -728,6 +735,16 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
       if (err == PS_ESHUTDOWN && run_stopping(x)) /* the push went out: its pull waited */
         return run_part_stop(x, pos, acked, off, lost0, eb);
       return run_step_failed(x, acc, &acc0, err);
+    } else if (psw_client_pushes_lost(x->cl) != lost0 && !run_stopping(x)) {
+      /* A push of this round, or a deferred one, went unanswered (a
+       * shard's connection broke and the client reconnected): it may
+       * not be applied, so the samples from the last acknowledged one on
+       * are trained again, as at a handover (the offset told the
+       * coordinator never passed them). */
+      run_say_retrain(x, pos->part, acked);
+      off = acked;
+      for (int i = 0; i <= PSW_CLIENT_ACK_DEPTH; i++) ends[i] = acked;
+      last = 0;
     } else { /* deferred acks (psw_client invariant 8): the older pushes' are in */
       memmove(ends + 1, ends, PSW_CLIENT_ACK_DEPTH * sizeof *ends);
       ends[0] = off;
@@ -742,8 +759,17 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
     run_report(x, pos->epoch, (*step)++, acc, t0);
     if (last) break;
   }
-  /* every push is in (its answer taken): nothing in flight */
+  /* every push is in (its answer taken): nothing in flight; one that went
+   * unanswered meanwhile sends the worker back to train the partition's
+   * unacknowledged end again (as in the loop) */
+  uint64_t lost1 = psw_client_pushes_lost(x->cl);
   if ((err = psw_client_settle(x->cl, eb)) < 0) return err;
+  if (!ov && off == v->n && acked < off && psw_client_pushes_lost(x->cl) != lost1 &&
+      !run_stopping(x)) {
+    run_say_retrain(x, pos->part, acked);
+    pos->offset = acked;
+    return run_part(x, pos, acc, step, t0, eb);
+  }
   pos->offset = off;
   pos->started = pos->offset;
   if (off == v->n) return 0;

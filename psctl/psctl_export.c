@@ -15,9 +15,13 @@
 #include <errno.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <limits.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include "ps.pb-c.h"
 #include "ps_model.h"
@@ -34,8 +38,9 @@ static const char psctl_export_usage[] =
     "float32 array per tensor with its shape (numpy.load reads it), and for each embedding\n"
     "table NAME.rows (float32, [rows, dim]) and NAME.keys (uint64, [rows]): every row the\n"
     "shards hold, read page by page (not one instant while training runs; zip64 past 4 GiB).\n"
-    "The file is replaced atomically (-o is also --output).  --timeout-ms bounds each\n"
-    "shard's export and each page of rows (default 60000).\n"
+    "The file is replaced atomically (-o is also --output; a symlink is followed, and a\n"
+    "directory, device or FIFO refused; a stop by signal leaves no partial file).\n"
+    "--timeout-ms bounds each shard's export and each page of rows (default 60000).\n"
     "Exit status: 0, 1 when a shard is down, the model is unknown or the export is\n"
     "inconsistent (nothing is written then), 2 on bad usage or a bad configuration.\n";
 
@@ -283,10 +288,57 @@ out_asm:
 }
 
 /* psctl_export_main: see psctl.h. */
+/* The temporary file of the export in progress (both writers make
+ * "PATH.tmp.PID" beside PATH), removed when a signal stops psctl. */
+static char psctl_export_tmp[4200];
+
+static void psctl_export_on_signal(int sig) {
+  unlink(psctl_export_tmp); /* async-signal-safe: unlink, signal, raise */
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+/* psctl_export_target checks -o PATH before anything is read: a file or
+ * nothing (replaced or made, by a rename), never a device, a FIFO or a
+ * directory (a rename onto /dev/null would replace it for the whole
+ * machine); a symlink is followed, so that the file it names is replaced
+ * and the link stays.  The path to write goes to OUT.  0, or 2 said on
+ * stderr. */
+static int psctl_export_target(const char *path, char *out, size_t cap) {
+  struct stat st;
+  const char *real = path;
+  char buf[PATH_MAX];
+  if (lstat(path, &st) == 0 && S_ISLNK(st.st_mode)) {
+    if (!realpath(path, buf)) {
+      fprintf(stderr, "psctl export: -o '%s': a link to nothing usable: %s\n", path,
+              strerror(errno));
+      return 2;
+    }
+    real = buf;
+  }
+  if (stat(real, &st) == 0 && !S_ISREG(st.st_mode)) {
+    fprintf(stderr, "psctl export: -o '%s' is not a regular file (a directory, device or FIFO): "
+            "the export replaces the file it names\n", path);
+    return 2;
+  }
+  if (snprintf(out, cap, "%s", real) >= (int)cap) {
+    fprintf(stderr, "psctl export: -o '%s': path too long\n", path);
+    return 2;
+  }
+  return 0;
+}
+
 int psctl_export_main(int argc, char **argv) {
   psctl_export_opts o;
   int code = psctl_export_args(argc, argv, &o);
   if (code) return code < 0 ? 0 : code;
+  char out[PATH_MAX + 1];
+  if ((code = psctl_export_target(o.out, out, sizeof out)) != 0) return code;
+  o.out = out;
+  snprintf(psctl_export_tmp, sizeof psctl_export_tmp, "%s.tmp.%ld", out, (long)getpid());
+  struct sigaction sa = {.sa_handler = psctl_export_on_signal};
+  sigemptyset(&sa.sa_mask);
+  for (int i = 0, sigs[] = {SIGINT, SIGTERM, SIGHUP}; i < 3; i++) sigaction(sigs[i], &sa, NULL);
   psctl_cluster c;
   ps_errbuf eb = {""};
   if (psctl_cluster_open(&c, o.config, &eb) < 0) {

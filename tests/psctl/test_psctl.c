@@ -538,6 +538,8 @@ START_TEST(test_cli_bad_flags) {
        "--metrics-csv '/nonexistent/m.csv': No such file or directory"},
       {"psctl", "export --config '%s' --model '' -o m.npz", "bad model name ''"},
       {"psctl", "export --config '%s' --model m -o m.npz --timeout-ms 0", "--timeout-ms wants"},
+      {"psctl", "export --config '%s' --model m -o /dev/null",
+       "-o '/dev/null' is not a regular file"},
       {"psctl", "status --config '%s' --timeout x", "--timeout wants an integer"},
       {"psctl", "status --config '%s' extra", "unexpected argument 'extra'"},
       {"psctl", "status --config '%s' --interval 99", "--interval wants an integer in [100, 600000]"},

@@ -1062,6 +1062,14 @@ int psw_train_run(const psw_train_opts *o, psw_train_result *r, ps_errbuf *eb) {
     psw_client_wait(x.cl, NULL); /* nothing in flight while the counts are read */
     run_push_counts(&x, r);
   }
+  /* a stop that came anywhere (waiting for workers.min, for a shard or
+   * the coordinator) says so, like one between steps */
+  if (run_stopping(&x)) {
+    r->stopped = 1;
+    if (o->register_worker && r->job_done < 0) r->job_done = 0;
+    ps_info("worker %u: stopped by %s%s", r->rank, strsignal((int)*o->stop),
+            r->job_done > 0 ? "" : " before the job's end");
+  }
   r->partitions = x.parts; /* handed over */
   r->npartitions = x.nparts;
   x.parts = NULL;

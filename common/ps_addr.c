@@ -1,6 +1,7 @@
 /* ps_addr: see ps_addr.h. */
 #include "ps_addr.h"
 
+#include <arpa/inet.h>
 #include <string.h>
 
 /* ps_addr_split: see ps_addr.h. */
@@ -21,6 +22,14 @@ int ps_addr_split(const char *addr, char *host, size_t hostlen, int *port, ps_er
     return ps_errf(eb, PS_EINVAL, "bad address '%s' (want host:port)", addr ? addr : "");
   memcpy(host, h, hl);
   host[hl] = 0;
+  /* an address written as one (digits and dots, or in brackets) must be
+   * one: 999.1.1.1 is no host name either, and only the bind would say */
+  unsigned char ip[16];
+  int v6 = addr[0] == '[';
+  if ((v6 || strspn(host, "0123456789.") == hl) &&
+      inet_pton(v6 ? AF_INET6 : AF_INET, host, ip) != 1)
+    return ps_errf(eb, PS_EINVAL, "bad address '%s' ('%s' is no %s address)", addr, host,
+                   v6 ? "IPv6" : "IPv4");
   const char *p = colon + 1;
   size_t nd = strspn(p, "0123456789");
   long v = 0;

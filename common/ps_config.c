@@ -43,6 +43,7 @@ typedef struct cfg_type {
   int (*load)(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, void *field);
   /* release frees what load stored in FIELD (NULL: nothing to free). */
   void (*release)(const cfg_slot *s, void *field);
+  int number;       /* a quoted scalar ("5") is a string, not one of these */
 } cfg_type;
 
 struct cfg_slot {
@@ -142,6 +143,10 @@ static int cfg_scalar(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, const char 
   if (n->type != YAML_SCALAR_NODE || cfg_is_null(n))
     return cfg_err(x, n->start_mark, "expected %s for '%s'", s->type->what, s->name);
   *text = (const char *)n->data.scalar.value;
+  if (s->type->number && (n->data.scalar.style == YAML_SINGLE_QUOTED_SCALAR_STYLE ||
+                          n->data.scalar.style == YAML_DOUBLE_QUOTED_SCALAR_STYLE))
+    return cfg_err(x, n->start_mark, "expected %s for '%s', not the string '%s' (no quotes)",
+                   s->type->what, s->name, *text);
   return 1;
 }
 
@@ -324,6 +329,10 @@ static int cfg_check_hostport(cfg_ctx *x, const cfg_slot *s, const char *t, yaml
   int port;
   ps_errbuf eb;
   int ok = ps_addr_split(t, host, sizeof host, &port, &eb) == 0;
+  const char *ip = ok ? NULL : strstr(eb.msg, " is no IPv"); /* "'HOST' is no IPv4 address)" */
+  if (ip)
+    return cfg_err(x, m, "bad address '%s' for '%s' ('%s'%.*s)", t, s->name, host,
+                   (int)strcspn(ip, ")"), ip);
   if (!ok)
     return cfg_err(x, m, "bad address '%s' for '%s' (expected host:port, port 1..65535)", t,
                    s->name);
@@ -454,14 +463,16 @@ static void cfg_release_section(const cfg_slot *s, void *field) {
   cfg_release_table(s->arg, field);
 }
 
-static const cfg_type cfg_t_u32 = {"an integer", cfg_load_u32, NULL};
-static const cfg_type cfg_t_u64 = {"an integer", cfg_load_u64, NULL};
-static const cfg_type cfg_t_double = {"a number", cfg_load_double, NULL};
-static const cfg_type cfg_t_str = {"a string", cfg_load_str, cfg_release_str};
-static const cfg_type cfg_t_enum = {"a string", cfg_load_enum, NULL};
-static const cfg_type cfg_t_numlist = {"a list of numbers", cfg_load_numlist,
-                                        cfg_release_numlist};
-static const cfg_type cfg_t_section = {"a mapping", cfg_load_section, cfg_release_section};
+static const cfg_type cfg_t_u32 = {.what = "an integer", .load = cfg_load_u32, .number = 1};
+static const cfg_type cfg_t_u64 = {.what = "an integer", .load = cfg_load_u64, .number = 1};
+static const cfg_type cfg_t_double = {.what = "a number", .load = cfg_load_double, .number = 1};
+static const cfg_type cfg_t_str = {.what = "a string", .load = cfg_load_str,
+                                   .release = cfg_release_str};
+static const cfg_type cfg_t_enum = {.what = "a string", .load = cfg_load_enum};
+static const cfg_type cfg_t_numlist = {.what = "a list of numbers", .load = cfg_load_numlist,
+                                       .release = cfg_release_numlist};
+static const cfg_type cfg_t_section = {.what = "a mapping", .load = cfg_load_section,
+                                       .release = cfg_release_section};
 
 #define CFG_TABLE(where, slots, post) {where, slots, sizeof slots / sizeof slots[0], post}
 
@@ -934,7 +945,8 @@ static void cfg_release_list(const cfg_slot *s, void *field) {
   *np = 0;
 }
 
-static const cfg_type cfg_t_list = {"a list", cfg_load_list, cfg_release_list};
+static const cfg_type cfg_t_list = {.what = "a list", .load = cfg_load_list,
+                                    .release = cfg_release_list};
 static const cfg_list cfg_shard_list = {&cfg_shard_table, sizeof(ps_shard_conf),
                                         offsetof(ps_config, shards), offsetof(ps_config, nshards),
                                         cfg_shard_dups};

@@ -837,15 +837,31 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
   while ((c = getopt_long(argc, argv, "c:s:a:th", opts, NULL)) != -1) {
     uint64_t id;
     switch (c) {
-      case 'c': a->config = optarg; break;
+      case 'c':
+        if (a->config || !*optarg) {
+          fprintf(stderr, "psd: %s\n", a->config ? "--config given twice" : "--config wants a file");
+          return 2;
+        }
+        a->config = optarg;
+        break;
       case 's':
+        if (a->shard >= 0) {
+          fprintf(stderr, "psd: --shard given twice\n");
+          return 2;
+        }
         if (ps_parse_uint(optarg, &id) < 0 || id > UINT32_MAX) {
           fprintf(stderr, "psd: bad shard id '%s'\n", optarg);
           return 2;
         }
         a->shard = (long)id;
         break;
-      case 'a': a->aggregator = optarg; break;
+      case 'a':
+        if (a->aggregator) {
+          fprintf(stderr, "psd: --aggregator given twice\n");
+          return 2;
+        }
+        a->aggregator = optarg;
+        break;
       case 't': a->test = 1; break;
       case 'h': fputs(usage, stdout); return -1;
       default: fputs(usage, stderr); return 2;

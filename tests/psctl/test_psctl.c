@@ -526,6 +526,8 @@ START_TEST(test_cli_bad_flags) {
       {"psd", "-t --config '%s' --shard -1", "bad shard id '-1'"},
       {"psd", "-t --config '%s' --shard", "requires an argument"},
       {"psd", "-t --config '%s' --bogus", "unrecognized option '--bogus'"},
+      {"psd", "-t --config '%s' --shard 0 --shard 1", "--shard given twice"},
+      {"psd", "-t --config= --shard 0", "--config wants a file"},
       {"psw", "--config '%s' --model 'a b'", "bad model name 'a b'"},
       {"psw", "--config '%s' --model ''", "bad model name ''"},
       {"psw", "--config '%s' --model m --epochs x", "bad value 'x' for --epochs"},

@@ -576,7 +576,8 @@ static void psctl_status_json_aggs(const psctl_agg *x, size_t n) {
 
 static const char psctl_status_usage[] =
     "usage: psctl status [--config FILE] [--json] [--timeout MS] [--interval MS]\n"
-    "Asks every shard at once (deadline --timeout, default 2000 ms, per request) and\n"
+    "Asks every shard at once (deadline --timeout, default 2000 ms, per request: a shard\n"
+    "that never answers costs up to three of them, the two samples and the workers' list) and\n"
     "prints one row per shard: id, address, state, models, parameters held, highest\n"
     "model version, pushes/s and pulls/s (from two Status samples taken --interval ms\n"
     "apart, default %d, %d..%d, by the shard's own uptime clock: a longer interval\n"

@@ -381,9 +381,23 @@ static int wal_scan(psd_wal *w, ps_errbuf *eb) {
       else unlinkat(w->dirfd, e->d_name, 0);
       continue;
     }
-    if (!wal_named(e->d_name, ".log")) continue;
+    size_t nl = strlen(e->d_name);
+    int dotlog = nl > 4 && !strcmp(e->d_name + nl - 4, ".log");
+    if (!dotlog) {
+      /* what psd writes there: id (id.tmp while it is made); "." and ".." */
+      if (strcmp(e->d_name, "id") && strcmp(e->d_name, "id.tmp") && e->d_name[0] != '.')
+        ps_warn("redo log '%s': '%s' is no file of the log: ignored", w->dir, e->d_name);
+      continue;
+    }
     uint64_t first = strtoull(e->d_name, &end, 16);
-    if (end != e->d_name + 16) continue;
+    if (!wal_named(e->d_name, ".log") || end != e->d_name + 16) {
+      /* a segment renamed by hand may hold acknowledged records: not
+       * skipped without a word */
+      rc = ps_errf(eb, PS_EIO, "redo log '%s': '%s' is no segment name (16 hex digits, the "
+                   "first record's seq, then .log): rename it back or move it away", w->dir,
+                   e->d_name);
+      continue;
+    }
     struct stat st;
     if (fstatat(w->dirfd, e->d_name, &st, 0) < 0)
       rc = ps_errf(eb, PS_EIO, "cannot stat '%s/%s': %s", w->dir, e->d_name, strerror(errno));
@@ -463,8 +477,11 @@ int psd_wal_id(psd_wal *w, uint64_t *id, ps_errbuf *eb) {
   ssize_t n = read(fd, b, sizeof b - 1);
   close(fd);
   char end;
-  if (n < 0 || sscanf(b, "psd redo log %16" SCNx64 "%c", id, &end) != 2 || end != '\n' ||
-      (size_t)n != strlen("psd redo log \n") + 16 || !*id) {
+  /* its newline may be missing (a file written by hand, an editor) */
+  size_t want = strlen("psd redo log ") + 16;
+  int got = n < 0 ? 0 : sscanf(b, "psd redo log %16" SCNx64 "%c", id, &end);
+  if (n < 0 || (got == 2 && (end != '\n' || (size_t)n != want + 1)) ||
+      (got == 1 && (size_t)n != want) || got < 1 || !*id) {
     *id = 0;
     return ps_errf(eb, PS_EIO, "'%s/id' is not a redo log id (\"psd redo log\" and 16 hex digits)",
                    w->dir);

@@ -1042,6 +1042,45 @@ START_TEST(test_missing_earlier_segment_refused) {
 }
 END_TEST
 
+/* The log's directory holds its segments, spares and id: a segment whose
+ * name was changed (it may hold acknowledged records) is refused, not
+ * skipped; another file is ignored with a warning; an id written without
+ * its newline reads. */
+START_TEST(test_foreign_files) {
+  const char *dir = ps_test_tmpdir();
+  write_log(dir, 4, 10, 0, NULL);
+  char p[1024], q[1024];
+  snprintf(p, sizeof p, "%s/notes.txt", dir);
+  ps_test_write_file(p, "hello\n");
+  replayed r;
+  ps_errbuf eb;
+  ck_assert_uint_eq(replay_count(dir, 0, &r, 0, &eb), 0);
+  ck_assert_uint_eq(r.n, 4);
+  snprintf(p, sizeof p, "%s/0000000000000001.log", dir);
+  snprintf(q, sizeof q, "%s/1.log", dir);
+  ck_assert_int_eq(rename(p, q), 0);
+  psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20};
+  psd_wal *w;
+  ck_assert_int_eq(psd_wal_open(&w, &o, &eb), PS_EIO);
+  ck_assert_msg(strstr(eb.msg, "'1.log' is no segment name"), "%s", eb.msg);
+  ck_assert_int_eq(rename(q, p), 0);
+  w = wal_open(dir, 1 << 20, NULL);
+  uint64_t id;
+  snprintf(p, sizeof p, "%s/id", dir);
+  ps_test_write_file(p, "psd redo log 00000000000000ab");
+  ck_assert_msg(psd_wal_id(w, &id, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(id, 0xab);
+  ps_test_write_file(p, "psd redo log 00000000000000ab\n");
+  ck_assert_msg(psd_wal_id(w, &id, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(id, 0xab);
+  ps_test_write_file(p, "psd redo log 00000000000000ab\nx");
+  ck_assert_int_eq(psd_wal_id(w, &id, &eb), PS_EIO);
+  ps_test_write_file(p, "psd redo log 00000000000000a");
+  ck_assert_int_eq(psd_wal_id(w, &id, &eb), PS_EIO);
+  psd_wal_free(w);
+}
+END_TEST
+
 /* An earlier segment cut short after 20 bytes (its first record damaged)
  * is refused when the replay needs its records; when the snapshot holds
  * them all (1..4), it is not read (psd_wal_replay), and the later
@@ -2407,6 +2446,7 @@ Suite *psd_wal_suite(void) {
   tcase_add_test(tc, test_damaged_mark);
   tcase_add_test(tc, test_torn_single_record_group);
   tcase_add_test(tc, test_empty_log);
+  tcase_add_test(tc, test_foreign_files);
   tcase_add_test(tc, test_log_after_missing_snapshot);
   tcase_add_test(tc, test_missing_earlier_segment_refused);
   tcase_add_test(tc, test_corrupt_earlier_segment_refused);

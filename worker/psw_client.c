@@ -186,6 +186,15 @@ static int psw_fetch_spec(psw_client *c, ps_errbuf *eb) {
   }
 }
 
+/* psw_client_check_model: see psw_client.h. */
+int psw_client_check_model(const ps_config *cfg, const char *model, volatile sig_atomic_t *stop,
+                           ps_errbuf *eb) {
+  psw_client c = {.cfg = cfg, .model = (char *)model, .stop = stop};
+  int err = psw_fetch_spec(&c, eb);
+  if (c.reply) protobuf_c_message_free_unpacked(&c.reply->base, NULL);
+  return err;
+}
+
 /* psw_export_shard reads shard S's chunks with Export into parameter
  * buffer PBUF; it must send exactly the chunks placement gives it. */
 static int psw_export_shard(psw_client *c, psw_shard *s, int pbuf, int timeout_ms,

@@ -170,6 +170,14 @@ typedef struct psw_client_conf {
  * PS_ENOMEM; message in EB.  *OUT is freed with psw_client_close. */
 int psw_client_open(psw_client **out, const psw_client_conf *conf, ps_errbuf *eb);
 
+/* psw_client_check_model asks the shards for MODEL's spec as
+ * psw_client_open does first (retrying unreachable ones within
+ * workers.retry_ms, STOP ends the wait), so that a worker learns that the
+ * model is missing before it registers: 0, PS_ENOENT, or another error as
+ * psw_client_open. */
+int psw_client_check_model(const ps_config *cfg, const char *model, volatile sig_atomic_t *stop,
+                           ps_errbuf *eb);
+
 /* psw_client_close stops the communication thread (after its job), closes
  * the connections and frees the vectors and the spec; NULL is a no-op. */
 void psw_client_close(psw_client *c);

@@ -236,6 +236,9 @@ static int run_join(psw_run *x, ps_errbuf *eb) {
   if (err < 0) /* a key or secret file of its own (others may read it, ...) */
     return err == PS_ECONFIG ? run_bad(x, err) : err;
   if (o->register_worker) {
+    /* a model not submitted yet: said before a rank is taken */
+    if ((err = psw_client_check_model(o->cfg, o->model, o->stop, eb)) < 0)
+      return err == PS_ENOENT || err == PS_EINVAL ? run_bad(x, err) : err;
     psw_coord_reg reg;
     if ((err = psw_coord_register(x->coord, &reg, eb)) < 0) return err;
     x->rank = reg.rank;

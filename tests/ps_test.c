@@ -197,6 +197,22 @@ double ps_test_json_num(const char *line, const char *key) {
   return v;
 }
 
+/* ps_test_json_sum: see ps_test.h. */
+uint64_t ps_test_json_sum(const char *line, const char *key) {
+  char pat[64];
+  snprintf(pat, sizeof pat, "\"%s\":[", key);
+  const char *p = strstr(line, pat);
+  ck_assert_msg(p != NULL, "no '%s' list in: %s", key, line);
+  uint64_t n = 0;
+  for (p += strlen(pat); *p && *p != ']'; p += *p == ',') {
+    char *end;
+    n += strtoull(p, &end, 10);
+    ck_assert_msg(end != p, "'%s' is not a list of numbers in: %s", key, line);
+    p = end;
+  }
+  return n;
+}
+
 const char *ps_test_security_yaml = "security:\n  mode: none\n";
 
 /* The security section of the last cluster file written (PS_TEST_SECURITY). */

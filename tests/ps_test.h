@@ -73,6 +73,10 @@ const char *ps_test_last_line(char *text);
  * fails the test when KEY is missing or its value is not a number. */
 double ps_test_json_num(const char *line, const char *key);
 
+/* ps_test_json_sum returns the sum of the list of numbers after "KEY": in
+ * LINE ("pushes_unanswered":[0,1] gives 1); fails the test without one. */
+uint64_t ps_test_json_sum(const char *line, const char *key);
+
 /* ps_test_cluster_yaml writes a cluster file for NSHARDS shards on
  * 127.0.0.1 with fresh ports and data dirs under DIR to DIR/cluster.yaml
  * and returns its path (static storage).  EXTRA is appended verbatim (top

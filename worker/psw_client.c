@@ -40,6 +40,8 @@ typedef struct psw_shard {
   uint64_t pushes_acked;     /* pushes this shard answered with success */
   uint64_t pushes_unanswered;/* pushes sent (or begun) whose answer never came:
                                 applied or not, nobody knows (invariant 4) */
+  uint64_t pushes_broken;    /* of those, the ones whose connection broke or whose
+                                send failed (not answered with a refusal) */
   uint64_t push_id, pull_id; /* request ids of the round's push and pull */
   /* Pushes whose answer is still due, oldest first (invariant 8): one
    * more than the depth while a round collects. */
@@ -229,9 +231,11 @@ int psw_client_export(psw_client *c, int pbuf, int timeout_ms, uint64_t *version
       return ps_errf(eb, err, "export from shard %u (%s): %s", c->shards[i].conf->id,
                      c->shards[i].conf->grpc_addr, m.msg);
     }
-    if (v < *version) *version = v;
+    /* a shard that holds no chunk of the model is pushed nothing: its
+     * version (0) says nothing of the model's */
+    if (c->shards[i].nids && v < *version) *version = v;
   }
-  if (!c->nshards) *version = 0;
+  if (*version == UINT64_MAX) *version = 0;
   return 0;
 }
 
@@ -343,6 +347,7 @@ static void psw_shard_close(psw_shard *s, ps_chan_client *ch) {
     }
     memmove(s->ack_ids, s->ack_ids + 1, --s->nacks * sizeof *s->ack_ids);
     s->pushes_unanswered++;
+    s->pushes_broken++;
   }
   uint64_t tx, rx;
   ps_chan_bytes(s->ch, &tx, &rx);
@@ -546,6 +551,7 @@ static int psw_send(psw_client *c, psw_shard *s, int gbuf, uint64_t push_clock, 
     s->push_tx += tx1 - tx0; /* a send writes its own frame only */
     if (err < 0) {
       s->pushes_unanswered++; /* part of it may have gone out */
+      s->pushes_broken++;
       return err;
     }
     (*nsent)++;
@@ -567,7 +573,7 @@ static int psw_send(psw_client *c, psw_shard *s, int gbuf, uint64_t push_clock, 
       nseg = 1;
     }
     if (err == 0) err = ps_chan_send_pullv(s->ch, &r, seg, nseg, &s->pull_id, eb);
-    if (err < 0 && gbuf >= 0) s->pushes_unanswered++; /* its reply is never read */
+    if (err < 0 && gbuf >= 0) s->pushes_unanswered++, s->pushes_broken++; /* reply never read */
     if (err < 0) return err;
     (*nsent)++;
   }
@@ -606,9 +612,11 @@ static int psw_pull_await(psw_client *c, psw_shard *s, uint64_t clock, ps_errbuf
   uint64_t tx, rx, seen;
   ps_chan_bytes(s->ch, &tx, &seen);
   int64_t quiet_since = ps_now_ms();
-  for (;;) {
+  /* the first look does not wait: a stop that came while another shard's
+   * pull was awaited ends this one's wait at once, not a poll later */
+  for (int wait = 0;; wait = PSW_STOP_POLL_MS) {
     ps_errbuf web;
-    if (ps_chan_wait_id(s->ch, s->pull_id, PSW_STOP_POLL_MS, &web) != 0) return 0;
+    if (ps_chan_wait_id(s->ch, s->pull_id, wait, &web) != 0) return 0;
     if (*c->stop)
       return ps_errf(eb, PS_ESHUTDOWN, "stopped while waiting for the pull of clock %llu",
                      (unsigned long long)clock);
@@ -828,6 +836,7 @@ static int psw_round(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
     if (err == PS_ESHUTDOWN && c->stop && *c->stop && alive) {
       if (!fatal) fatal = ps_errf(eb, err, "shard %u: %s", s->conf->id, reb.msg);
     } else if (alive && pull_err == PS_ETIMEDOUT && psw_retryable(err)) { /* parked too long */
+      psw_shard_up(c, s); /* it answers: a later break counts retry_ms from then */
       if ((*slow)++ == 0) ps_errf(seb_slow, err, "shard %u: %s", s->conf->id, reb.msg);
     } else if (alive && err == PS_EDEGRADED && pull_err == 0) { /* the pull is in */
       if ((err = psw_push_refused(c, s, &reb, eb)) < 0 && !fatal) fatal = err;
@@ -1236,6 +1245,13 @@ uint64_t psw_client_shm_bytes(const psw_client *c) {
 uint64_t psw_client_pushes_lost(const psw_client *c) {
   uint64_t n = c->pushes_skipped;
   for (size_t k = 0; k < c->nshards; k++) n += c->shards[k].pushes_unanswered;
+  return n;
+}
+
+/* psw_client_pushes_unknown: see psw_client.h. */
+uint64_t psw_client_pushes_unknown(const psw_client *c) {
+  uint64_t n = c->pushes_skipped;
+  for (size_t k = 0; k < c->nshards; k++) n += c->shards[k].pushes_broken;
   return n;
 }
 

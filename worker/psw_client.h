@@ -199,6 +199,12 @@ float *psw_client_grads(psw_client *c, int buf);
  * round's push reached and was acknowledged by every shard. */
 uint64_t psw_client_pushes_lost(const psw_client *c);
 
+/* psw_client_pushes_unknown returns, of those, the pushes that a shard
+ * may not have applied without saying so: never sent to it (it was
+ * down), or whose connection broke before the answer came (a refusal the
+ * shard answered is not counted: invariant 12 goes on without it). */
+uint64_t psw_client_pushes_unknown(const psw_client *c);
+
 /* psw_client_parked_ms returns how long, in all, the shards kept this
  * client's pulls parked by the staleness bound (per round the longest
  * over the shards).  Read it when no push/pull is in flight. */
@@ -281,7 +287,8 @@ void psw_client_idle_once(psw_client *c, void (*fn)(void *arg), void *arg);
 /* psw_client_export reads every chunk of the model from every shard with
  * the Export call (which no clock table sees: an evaluator never holds
  * bsp/ssp workers back) into parameter buffer PBUF.  *VERSION: the
- * smallest shard version.  PS_EUNAVAIL / PS_ETIMEDOUT when a shard does
+ * smallest version of the shards that hold a chunk of it (0: none).
+ * PS_EUNAVAIL / PS_ETIMEDOUT when a shard does
  * not answer within TIMEOUT_MS, PS_EPROTO when a reply misses or repeats
  * chunks; message in EB.  Not while a job runs. */
 int psw_client_export(psw_client *c, int pbuf, int timeout_ms, uint64_t *version, ps_errbuf *eb);

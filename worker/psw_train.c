@@ -658,10 +658,11 @@ static int run_part_stop(psw_run *x, psw_coord_part *pos, uint64_t acked, uint64
 }
 
 /* run_say_retrain logs that partition PART is trained again from sample
- * FROM: a push went unanswered, so its batch may not be applied. */
+ * FROM: a push may not have been applied. */
 static void run_say_retrain(const psw_run *x, uint32_t part, uint64_t from) {
-  ps_info("worker %u: a push went unanswered (a shard's connection broke): partition %u is "
-          "trained again from sample %llu", x->rank, part, (unsigned long long)from);
+  ps_info("worker %u: a push may not have been applied (a shard's connection broke before "
+          "its answer, or the shard was down): partition %u is trained again from sample %llu",
+          x->rank, part, (unsigned long long)from);
 }
 
 /* run_part trains partition POS from pos->offset to its end (or a stop).
@@ -700,6 +701,7 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
     uint32_t rows = (uint32_t)(v->n - off < x->o->batch ? v->n - off : x->o->batch);
     psw_epoch_acc acc0 = *acc; /* a step whose push fails is not counted */
     uint64_t lost0 = ov ? UINT64_MAX : psw_client_pushes_lost(x->cl); /* overlap: not known */
+    uint64_t unknown0 = psw_client_pushes_unknown(x->cl);
     psw_coord_part tell = *pos;
     tell.offset = acked;
     tell.started = off + rows;
@@ -738,12 +740,14 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
       if (err == PS_ESHUTDOWN && run_stopping(x)) /* the push went out: its pull waited */
         return run_part_stop(x, pos, acked, off, lost0, eb);
       return run_step_failed(x, acc, &acc0, err);
-    } else if (psw_client_pushes_lost(x->cl) != lost0 && !run_stopping(x)) {
-      /* A push of this round, or a deferred one, went unanswered (a
-       * shard's connection broke and the client reconnected): it may
-       * not be applied, so the samples from the last acknowledged one on
-       * are trained again, as at a handover (the offset told the
-       * coordinator never passed them). */
+    } else if (psw_client_pushes_unknown(x->cl) != unknown0 && !run_stopping(x)) {
+      /* A push of this round, or a deferred one, may not be applied
+       * (psw_client_pushes_unknown: a shard's connection broke before
+       * its answer, or the shard was down), so the samples from the last
+       * acknowledged one on are trained again, as at a handover (the
+       * offset told the coordinator never passed them).  A refusal the
+       * shard answered goes on without its updates (psw_client
+       * invariant 12). */
       run_say_retrain(x, pos->part, acked);
       off = acked;
       for (int i = 0; i <= PSW_CLIENT_ACK_DEPTH; i++) ends[i] = acked;
@@ -765,9 +769,9 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
   /* every push is in (its answer taken): nothing in flight; one that went
    * unanswered meanwhile sends the worker back to train the partition's
    * unacknowledged end again (as in the loop) */
-  uint64_t lost1 = psw_client_pushes_lost(x->cl);
+  uint64_t unknown1 = psw_client_pushes_unknown(x->cl);
   if ((err = psw_client_settle(x->cl, eb)) < 0) return err;
-  if (!ov && off == v->n && acked < off && psw_client_pushes_lost(x->cl) != lost1 &&
+  if (!ov && off == v->n && acked < off && psw_client_pushes_unknown(x->cl) != unknown1 &&
       !run_stopping(x)) {
     run_say_retrain(x, pos->part, acked);
     pos->offset = acked;

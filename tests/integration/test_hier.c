@@ -723,7 +723,12 @@ START_TEST(test_hier_failover) {
     ck_assert_msg(strstr(out, "aggregator h0 (127.0.0.1:") && strstr(out, "answers again; back "
                   "to it"), "worker %d did not return to the aggregator; see %s", i, x.log[i]);
     free(out);
-    ck_assert_int_eq((int)ps_test_json_num(x.json[i], "steps"), 10 * 16);
+    /* every batch, and again those whose push to the dying aggregator
+     * may not have been applied (at most three a push: the deferred ones) */
+    int steps = (int)ps_test_json_num(x.json[i], "steps");
+    int again = 3 * (int)ps_test_json_sum(x.json[i], "pushes_unanswered");
+    ck_assert_msg(steps >= 10 * 16 && steps <= 10 * 16 + again, "worker %d: %d steps, %d "
+                  "retrained at most; see %s", i, steps, again, x.log[i]);
   }
   /* the restarted aggregator summed the returned workers' pushes */
   Ps__StatusReply *ag = ps_test_status(x.agg_gp);

@@ -407,7 +407,12 @@ START_TEST(test_netlab_cut_shard) {
          (ps_test_now_ms() - t0) / 1e3);
   for (int r = 0; r < 2; r++) {
     /* 4 partitions of 2500 each, batch 64 within a partition: 160 steps */
-    ck_assert_int_eq((int)ps_test_json_num(json[r], "steps"), 12 * 160);
+    /* and again those whose push to the cut shard may not have been
+     * applied (at most three a push: the deferred ones) */
+    int steps = (int)ps_test_json_num(json[r], "steps");
+    int again = 3 * (int)ps_test_json_sum(json[r], "pushes_unanswered");
+    ck_assert_msg(steps >= 12 * 160 && steps <= 12 * 160 + again, "worker %d: %d steps, %d "
+                  "retrained at most", r, steps, again);
     ck_assert_int_eq((int)ps_test_json_num(json[r], "epochs"), 12);
     double acc = ps_test_json_num(json[r], "test_accuracy");
     /* logistic regression at lr 0.003 wanders from epoch to epoch

@@ -470,6 +470,10 @@ START_TEST(test_client_degraded_bound) {
                 "after %lld ms: %d %s", (long long)took, rc, rc ? eb.msg : "");
   ck_assert_msg(took >= 1500 && took < 5000, "gave up after %lld ms", (long long)took);
   ck_assert_uint_eq(psw_client_reconnects(c), 0);
+  /* the refusals were answered: lost, but none of unknown fate (which
+   * would send the trainer back to train those samples again) */
+  ck_assert_uint_gt(psw_client_pushes_lost(c), 0);
+  ck_assert_uint_eq(psw_client_pushes_unknown(c), 0);
   psw_client_close(c);
   pc_fini(&x);
 }

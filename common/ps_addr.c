@@ -2,6 +2,7 @@
 #include "ps_addr.h"
 
 #include <arpa/inet.h>
+#include <stdio.h>
 #include <string.h>
 
 /* ps_addr_split: see ps_addr.h. */
@@ -26,8 +27,10 @@ int ps_addr_split(const char *addr, char *host, size_t hostlen, int *port, ps_er
    * one: 999.1.1.1 is no host name either, and only the bind would say */
   unsigned char ip[16];
   int v6 = addr[0] == '[';
+  char bare[64]; /* an IPv6 address without its zone ("%eth0") */
+  snprintf(bare, sizeof bare, "%.*s", (int)strcspn(host, "%"), host);
   if ((v6 || strspn(host, "0123456789.") == hl) &&
-      inet_pton(v6 ? AF_INET6 : AF_INET, host, ip) != 1)
+      inet_pton(v6 ? AF_INET6 : AF_INET, bare, ip) != 1)
     return ps_errf(eb, PS_EINVAL, "bad address '%s' ('%s' is no %s address)", addr, host,
                    v6 ? "IPv6" : "IPv4");
   const char *p = colon + 1;

@@ -470,7 +470,7 @@ static const cfg_type cfg_t_str = {.what = "a string", .load = cfg_load_str,
                                    .release = cfg_release_str};
 static const cfg_type cfg_t_enum = {.what = "a string", .load = cfg_load_enum};
 static const cfg_type cfg_t_numlist = {.what = "a list of numbers", .load = cfg_load_numlist,
-                                       .release = cfg_release_numlist};
+                                       .release = cfg_release_numlist, .number = 1 /* items */};
 static const cfg_type cfg_t_section = {.what = "a mapping", .load = cfg_load_section,
                                        .release = cfg_release_section};
 

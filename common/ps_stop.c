@@ -17,8 +17,10 @@ void ps_stop_install(int restart, int hup) {
   sigemptyset(&sa.sa_mask);
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGINT, &sa, NULL);
-  if (hup) {
-    sigaction(SIGHUP, &sa, NULL);
+  struct sigaction was;
+  if (hup) { /* but one ignored from the start (nohup) stays ignored */
+    if (sigaction(SIGHUP, NULL, &was) == 0 && was.sa_handler != SIG_IGN)
+      sigaction(SIGHUP, &sa, NULL);
   } else {
     struct sigaction ign = {.sa_handler = SIG_IGN};
     sigemptyset(&ign.sa_mask);

@@ -14,7 +14,8 @@ extern volatile sig_atomic_t ps_stop_signal;
  * with SA_RESTART (interrupted system calls go on), else without (a
  * blocking wait returns EINTR and notices the request).  HUP: SIGHUP is a
  * stop request too (a worker whose terminal or session closed stops as
- * cleanly as at SIGTERM), else it is ignored until the program handles it
+ * cleanly as at SIGTERM; unless the process started with SIGHUP ignored,
+ * as under nohup, which stays so), else it is ignored until the program handles it
  * itself (psd reloads keys on SIGHUP once it serves: one sent while it
  * starts, systemd's reload say, must not kill it). */
 void ps_stop_install(int restart, int hup);

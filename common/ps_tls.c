@@ -207,7 +207,13 @@ int ps_tls_check_hosts(const char *cert, const char *const *addrs, size_t n, ps_
      * wildcards */
     int ok = is_ip ? X509_check_ip_asc(leaf, host, 0) == 1
                    : X509_check_host(leaf, host, 0, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS, NULL) == 1;
-    if (ok || strstr(missing, host)) continue;
+    int seen = 0; /* the same host in an earlier address: checked there */
+    for (size_t j = 0; j < i && !seen; j++) {
+      char h2[256];
+      int p2;
+      seen = addrs[j] && ps_addr_split(addrs[j], h2, sizeof h2, &p2, &ab) == 0 && !strcmp(h2, host);
+    }
+    if (ok || seen) continue;
     nmiss++;
     if (len < sizeof missing)
       len += (size_t)snprintf(missing + len, sizeof missing - len, "%s%s", len ? ", " : "", host);

@@ -288,8 +288,9 @@ out_asm:
 }
 
 /* psctl_export_main: see psctl.h. */
-/* The temporary file of the export in progress (both writers make
- * "PATH.tmp.PID" beside PATH), removed when a signal stops psctl. */
+/* The temporary file of the export in progress (both archive writers
+ * make "PATH.tmp.PID" beside PATH), removed when a signal stops psctl
+ * (the table keys' scratch file is unlinked as soon as it is open). */
 static char psctl_export_tmp[4200];
 
 static void psctl_export_on_signal(int sig) {

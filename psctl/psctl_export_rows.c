@@ -93,6 +93,7 @@ static int psctl_rows_table(psctl_cluster *c, const char *model, uint32_t t, con
     fprintf(stderr, "psctl export: cannot create '%s': %s\n", kpath, strerror(errno));
     goto out;
   }
+  unlink(kpath); /* read back through KF only: nothing is left if a signal ends psctl */
   ps_config_shard_ids(&c->cfg, ids);
   ps_place_row_map(model, t, ids, ns, map);
   uint64_t seed = ps_place_row_seed(model, t), shape[2] = {0, dim}, n = 0;
@@ -119,10 +120,7 @@ static int psctl_rows_table(psctl_cluster *c, const char *model, uint32_t t, con
 out_eb:
   fprintf(stderr, "psctl export: %s\n", eb.msg);
 out:
-  if (kf) {
-    fclose(kf);
-    unlink(kpath);
-  }
+  if (kf) fclose(kf);
   free(ids);
   free(map);
   return code;

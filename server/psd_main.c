@@ -543,6 +543,7 @@ typedef struct psd_stop_watch {
   pthread_cond_t cv;
   int done, started;
   uint32_t shard;
+  const char *kill;          /* what a kill now would lose */
 } psd_stop_watch;
 
 static void *psd_stop_watch_run(void *arg) {
@@ -554,22 +555,23 @@ static void *psd_stop_watch_run(void *arg) {
     pthread_cond_timedwait(&w->cv, &w->mu, &dl);
     int64_t waited = ps_now_ms() - t0;
     if (w->done || waited < warn) continue;
-    ps_warn("shard %" PRIu32 ": stopping: the final flush has waited %.0f s for the disk (the "
-            "disk is not answering?); it goes on waiting (what the log acknowledged is on disk "
-            "already: a kill loses none of it)", w->shard, (double)waited / 1e3);
+    ps_warn("shard %" PRIu32 ": stopping: the final snapshot has waited %.0f s for the disk "
+            "(the disk is not answering?); it goes on waiting (%s)", w->shard,
+            (double)waited / 1e3, w->kill);
     warn *= 2;
   }
   pthread_mutex_unlock(&w->mu);
   return NULL;
 }
 
-/* psd_stop_watch_start starts W for SHARD; nothing when the thread
- * cannot start (the stop goes on, unwatched). */
-static void psd_stop_watch_start(psd_stop_watch *w, uint32_t shard) {
-  *w = (psd_stop_watch){.shard = shard};
+/* psd_stop_watch_start starts W for SHARD, KILL saying what a kill would
+ * lose (NULL: no watch); nothing when the thread cannot start (the stop
+ * goes on, unwatched). */
+static void psd_stop_watch_start(psd_stop_watch *w, uint32_t shard, const char *kill) {
+  *w = (psd_stop_watch){.shard = shard, .kill = kill};
   pthread_mutex_init(&w->mu, NULL);
   ps_cond_init_mono(&w->cv);
-  w->started = pthread_create(&w->thread, NULL, psd_stop_watch_run, w) == 0;
+  w->started = kill && pthread_create(&w->thread, NULL, psd_stop_watch_run, w) == 0;
 }
 
 static void psd_stop_watch_end(psd_stop_watch *w) {
@@ -598,8 +600,6 @@ static void psd_main_finish(psd_main *m) {
   psd_grpc_stop(sh, left < 200 ? 200 : (int)(left > 5000 ? 5000 : left));
   sd_notify(0, "STATUS=final flush");
   ps_errbuf eb = {{0}};
-  psd_stop_watch watch;
-  psd_stop_watch_start(&watch, sh->me->id);
   psd_agg_stop(sh->agg); /* sums still waiting for workers are answered: shutting down */
   /* the final snapshot, too, holds only pushes the log has on disk
    * (psd_store invariant 11): a crash before the exit must not leave it
@@ -610,6 +610,15 @@ static void psd_main_finish(psd_main *m) {
   if (sh->wal && sh->store && psd_wal_wait_synced(sh->wal, psd_store_log_seq(sh->store), &eb) < 0)
     ps_warn("final flush of shard %u: %s; writing the snapshot anyway", sh->me->id, eb.msg);
   atomic_store(&m->final_flush, 1);
+  /* (the log's wait above says itself when it is long) */
+  psd_stop_watch watch;
+  psd_stop_watch_start(&watch, sh->me->id,
+                       !sh->store ? NULL /* an aggregator: no snapshot, no watch */
+                       : sh->wal && !m->wal_failed
+                           ? "what the log acknowledged is on disk already: a kill loses none "
+                             "of it"
+                           : "the updates since the last flush are in memory only: a kill "
+                             "loses them");
   int err = sh->store ? psd_store_flush(sh->store, &eb) : 0;
   const char *what = "";
   if (err >= 0 && (err = psd_shard_sparse_flush(sh, &eb)) < 0) what = "'s sparse rows";

@@ -136,7 +136,7 @@ struct psd_wal {
   uv_async_t async;
   int started, stopped;
   psd_wal_waiter *head, *tail;
-  int loop_failed;
+  int loop_failed;         /* the state on_state last said: 0 works, 1 short, 2 failing */
   int writer_done;         /* the writer thread ended (under mu) */
   uint64_t replayed, dropped, replay_ms, replay_last, skipped;
   int scan_cut;            /* the replay's search for intact records ended early */
@@ -1712,11 +1712,13 @@ static void wal_complete(psd_wal *w, int end) {
       psd_done_finish(&wt->done, end ? end : PS_EDEGRADED, m2);
     }
   }
-  int bad = failed || low; /* either refuses new pushes (invariant 9) */
-  if (changed && bad != w->loop_failed) {
-    w->loop_failed = bad;
+  /* either refuses new pushes (invariant 9); a failure while short is
+   * said too (its cause is another) */
+  int state = failed ? 2 : low ? 1 : 0;
+  if (changed && state != w->loop_failed) {
+    w->loop_failed = state;
     if (w->o.on_state)
-      w->o.on_state(w->o.arg, !bad ? 0 : failed ? code : PS_EDEGRADED, bad ? msg : NULL);
+      w->o.on_state(w->o.arg, !state ? 0 : failed ? code : PS_EDEGRADED, state ? msg : NULL);
   }
 }
 

@@ -588,6 +588,8 @@ static const struct bad_case {
      "2:14: expected an integer for 'chunk_elems', not the string '5' (no quotes)"},
     {"cluster: a\ntraining:\n  epochs: '5'\n" SHARD0 SEC0, PS_ECONFIG,
      "3:11: expected an integer for 'epochs', not the string '5' (no quotes)"},
+    {"cluster: a\nworkers:\n  slowdown: [1, \"2\"]\n" SHARD0 SEC0, PS_ECONFIG,
+     "3:17: expected a list of numbers for 'slowdown', not the string '2' (no quotes)"},
     /* Every documented key, refused with its name: type, range, pairing. */
     {"cluster: a\ndurability:\n  flush_interval_ms: 0\n" SHARD0, PS_ECONFIG,
      "3:22: 'flush_interval_ms' is 0, outside 1..3600000"},

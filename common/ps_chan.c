@@ -776,6 +776,7 @@ int ps_chan_send_pushv(ps_chan_client *c, const ps_req *r, const struct iovec *s
   }
   meta.shm = 1;
   meta.shm_off = off;
+  meta.shm_len = total;
   if ((rc = chan_send_frame(c, &meta, NULL, 0, e, &id, eb)) < 0) return rc;
   c->shm_push_id[slot] = id;
   c->shm_tx += total;
@@ -806,6 +807,7 @@ int ps_chan_send_pullv(ps_chan_client *c, const ps_req *r, const struct iovec *d
     e->shm = 1;
     meta.shm = 1;
     meta.shm_off = e->shm_off;
+    meta.shm_len = e->want_bytes;
   }
   uint64_t id = 0;
   if ((rc = chan_send_owned(c, &meta, NULL, 0, e, &id, eb)) < 0) return rc;

@@ -794,6 +794,12 @@ static int conn_shm_check(psd_conn *c, const Ps__ChanMeta *m, uint64_t nbytes, i
     return ps_errf(eb, PS_EINVAL, "%s of model '%s' in shared memory: %s", what, m->model,
                    !c->shm.map ? "this connection has no region" : "it also carries data");
   }
+  if (m->shm_len && m->shm_len != nbytes) { /* the client's layout is not the shard's */
+    psd_shard_count_error(c->chan->sh);
+    return ps_errf(eb, PS_EINVAL, "%s of model '%s' in shared memory: %llu bytes there, the "
+                   "chunks named need %llu (was the model replaced?)", what, m->model,
+                   (unsigned long long)m->shm_len, (unsigned long long)nbytes);
+  }
   if (!ps_shm_holds(&c->shm, m->shm_off, nbytes)) {
     psd_shard_count_error(c->chan->sh);
     return ps_errf(eb, PS_EINVAL, "%s of model '%s' in shared memory: %llu bytes at offset %llu "

@@ -20,6 +20,7 @@
 #define PSW_CONNECT_TIMEOUT_MS 2000
 #define PSW_AGG_PROBE_MS 1000 /* psw_client_agg_return's wait for each connection */
 #define PSW_STOP_POLL_MS 100  /* how often a pull's wait looks at the stop flag (invariant 11) */
+#define PSW_STOP_PUSH_GRACE_MS 2000 /* a stop waits this long for a push's answer */
 #define PSW_SAY_AGAIN_MS 10000 /* a long wait is said again at most this often (invariant 12) */
 
 /* One shard as this worker sees it. */
@@ -580,13 +581,19 @@ static int psw_send(psw_client *c, psw_shard *s, int gbuf, uint64_t push_clock, 
   return 0;
 }
 
-/* psw_push_answer counts the answer ERR (VERSION) to S's push. */
+/* psw_push_answer counts the answer ERR (VERSION) to S's push: a push
+ * whose connection broke before its answer, or that the shard refused
+ * for an expired lease (before applying it), counts in pushes_broken too
+ * (the trainer trains its batch again); a DEGRADED shard's refusal does
+ * not (invariant 12). */
 static void psw_push_answer(psw_shard *s, int err, uint64_t version) {
   if (err == 0) {
     s->pushed_version = version;
     s->pushes_acked++;
   }
   if (err < 0 && psw_retryable(err)) s->pushes_unanswered++;
+  if (err == PS_EEXPIRED || (err < 0 && psw_retryable(err) && !ps_chan_alive(s->ch)))
+    s->pushes_broken++;
 }
 
 /* psw_ack_wait takes S's oldest deferred push answer (invariant 8),
@@ -601,25 +608,33 @@ static int psw_ack_wait(psw_shard *s, ps_errbuf *eb) {
   return err < 0 ? ps_errf(eb, err, "push failed: %s", reb.msg) : 0;
 }
 
-/* psw_pull_await waits for S's pull reply (request s->pull_id), looking
- * at the stop flag every PSW_STOP_POLL_MS (invariant 11): a pull may wait
- * parked on the shard up to pull_timeout_ms.  0 once the reply is in, or
- * the connection broke (ps_chan_recv_id then says how; after the I/O
- * timeout without a byte it is made to time out at once), or
- * PS_ESHUTDOWN when a stop came first: the reply is left in flight. */
-static int psw_pull_await(psw_client *c, psw_shard *s, uint64_t clock, ps_errbuf *eb) {
+/* psw_await waits for S's reply to request ID (its push when PUSH, else
+ * its pull of CLOCK), looking at the stop flag every PSW_STOP_POLL_MS
+ * (invariant 11): a pull may wait parked on the shard up to
+ * pull_timeout_ms, and a shard that hangs answers neither.  0 once the
+ * reply is in, or the connection broke (ps_chan_recv_id then says how;
+ * after the I/O timeout without a byte it is made to time out at once),
+ * or PS_ESHUTDOWN when a stop came first: the reply is left in flight. */
+static int psw_await(psw_client *c, psw_shard *s, uint64_t id, int push, uint64_t clock,
+                     ps_errbuf *eb) {
   if (!c->stop) return 0;
   uint64_t tx, rx, seen;
   ps_chan_bytes(s->ch, &tx, &seen);
   int64_t quiet_since = ps_now_ms();
   /* the first look does not wait: a stop that came while another shard's
-   * pull was awaited ends this one's wait at once, not a poll later */
+   * pull was awaited ends this one's wait at once, not a poll later; a
+   * push's answer, which normally follows within a sync, is waited for
+   * PSW_STOP_PUSH_GRACE_MS more (the step then ends with nothing in
+   * flight: an exact handover), not for a shard that hangs */
+  int64_t stop_at = 0;
   for (int wait = 0;; wait = PSW_STOP_POLL_MS) {
     ps_errbuf web;
-    if (ps_chan_wait_id(s->ch, s->pull_id, wait, &web) != 0) return 0;
-    if (*c->stop)
-      return ps_errf(eb, PS_ESHUTDOWN, "stopped while waiting for the pull of clock %llu",
-                     (unsigned long long)clock);
+    if (ps_chan_wait_id(s->ch, id, wait, &web) != 0) return 0;
+    if (*c->stop && !stop_at) stop_at = ps_now_ms();
+    if (*c->stop && (!push || ps_now_ms() - stop_at >= PSW_STOP_PUSH_GRACE_MS))
+      return push ? ps_errf(eb, PS_ESHUTDOWN, "stopped while waiting for the answer to a push")
+                  : ps_errf(eb, PS_ESHUTDOWN, "stopped while waiting for the pull of clock %llu",
+                            (unsigned long long)clock);
     ps_chan_bytes(s->ch, &tx, &rx);
     int64_t now = ps_now_ms();
     if (rx != seen) {
@@ -653,12 +668,11 @@ static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, uint64_t pu
       s->ack_ids[s->nacks++] = s->push_id; /* at most the depth were left */
       break;
     }
-    int err = is_push ? 0 : psw_pull_await(c, s, pull_clock, &reb);
-    if (err == 0) err = ps_chan_recv_id(s->ch, is_push ? s->push_id : s->pull_id, &version, &reb);
-    if (!is_push) {
-      ps_chan_set_timeout(s->ch, c->io_timeout_ms);
-      *pull_err = err;
-    }
+    uint64_t id = is_push ? s->push_id : s->pull_id;
+    int err = psw_await(c, s, id, is_push, pull_clock, &reb);
+    if (err == 0) err = ps_chan_recv_id(s->ch, id, &version, &reb);
+    ps_chan_set_timeout(s->ch, c->io_timeout_ms); /* (psw_await may have cut it) */
+    if (!is_push) *pull_err = err;
     if (is_push) psw_push_answer(s, err, version);
     if (err == 0 && !is_push) {
       if (s->pull_codec != PS_CODEC_FP32) psw_decode_pull(c, s, pbuf);

@@ -102,8 +102,10 @@
  * 11. A stop (conf->stop set) ends a round's wait for a pull, which a
  *     shard may hold parked up to pull_timeout_ms, within
  *     PSW_STOP_POLL_MS: the call fails with PS_ESHUTDOWN once every push
- *     answer of the round is in (they are not parked), the pull's reply
- *     left in flight, the connection kept (it is no shard failure).
+ *     answer of the round is in (they are not parked; one that does not
+ *     come within PSW_STOP_PUSH_GRACE_MS of the stop, a shard that
+ *     hangs, is left in flight too), the pull's reply left in flight, the
+ *     connection kept (it is no shard failure).
  *     psw_client_pushes_lost then says whether every push went out and
  *     was acknowledged.
  * 12. A shard that answers is up, whatever it answers: its connection is

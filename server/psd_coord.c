@@ -182,7 +182,7 @@ static void coord_on_save_timer(uv_timer_t *t) {
 /* coord_read reads PATH into *TEXT (malloc'd, NUL-terminated); 1 when it
  * does not exist. */
 static int coord_read(const char *path, char **text, ps_errbuf *eb) {
-  FILE *f = fopen(path, "rb");
+  FILE *f = ps_config_fopen(path); /* a FIFO there reads as empty, not forever */
   if (!f && errno == ENOENT) return 1;
   if (!f) return ps_errf(eb, PS_EIO, "%s: cannot open: %s", path, strerror(errno));
   size_t cap = 1 << 16, n = 0, k;

@@ -55,11 +55,23 @@
 #include "psd_store.h"
 #include "psd_wal.h"
 
+/* The stop's watch (psd_stop_watch_run). */
+typedef struct psd_stop_watch {
+  pthread_t thread;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int done, started;
+  uint32_t shard;
+  int64_t first_ms;          /* the first warning (then at each doubling) */
+  const char *kill;          /* what a kill now would lose */
+} psd_stop_watch;
+
 typedef struct psd_main {
   psd_shard sh;
   uv_loop_t loop;
   uv_signal_t sig[3];
   uv_timer_t flush_timer, watchdog_timer, drain_timer, wal_timer;
+  psd_stop_watch watch;      /* from the drain's start to the exit */
   uint64_t wal_stall_ms;     /* the log's stalled sync was said to run this long (0: none) */
   uint64_t wal_stall_seen;   /* ... and was last seen running this long */
   uv_work_t flush_work;
@@ -533,42 +545,37 @@ static void psd_main_close_walk(uv_handle_t *h, void *arg) {
   if (!uv_is_closing(h)) uv_close(h, NULL);
 }
 
-/* The stop's disk work (the log's last sync, the final snapshot) runs on
- * the loop, whose stall check (psd_main_on_wal_timer) cannot run then:
- * a watch thread says in the log when it has waited PSD_MAIN_WAL_STALL_MS
- * or longer, and again at each doubling. */
-typedef struct psd_stop_watch {
-  pthread_t thread;
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  int done, started;
-  uint32_t shard;
-  const char *kill;          /* what a kill now would lose */
-} psd_stop_watch;
+/* The stop's disk work (the coordinator's state saved at the drain's
+ * start, the log's last sync, the final snapshot) runs on the loop, whose
+ * stall check (psd_main_on_wal_timer) and drain deadline cannot run then:
+ * a watch thread, from the drain's start to the exit, says in the log when
+ * the stop has run drain_timeout_ms + 5 s, and again at each doubling. */
 
 static void *psd_stop_watch_run(void *arg) {
   psd_stop_watch *w = arg;
-  int64_t t0 = ps_now_ms(), warn = PSD_MAIN_WAL_STALL_MS;
+  int64_t t0 = ps_now_ms(), warn = w->first_ms;
   pthread_mutex_lock(&w->mu);
   while (!w->done) {
     struct timespec dl = ps_deadline_ns(250u * 1000000u);
     pthread_cond_timedwait(&w->cv, &w->mu, &dl);
     int64_t waited = ps_now_ms() - t0;
     if (w->done || waited < warn) continue;
-    ps_warn("shard %" PRIu32 ": stopping: the final snapshot has waited %.0f s for the disk "
-            "(the disk is not answering?); it goes on waiting (%s)", w->shard,
-            (double)waited / 1e3, w->kill);
+    ps_warn("shard %" PRIu32 ": the stop has run %.0f s: past the drain, it waits for the "
+            "disk (the coordinator's state, the redo log's sync or the final snapshot: the disk "
+            "is not answering?) and goes on waiting (%s)", w->shard, (double)waited / 1e3,
+            w->kill);
     warn *= 2;
   }
   pthread_mutex_unlock(&w->mu);
   return NULL;
 }
 
-/* psd_stop_watch_start starts W for SHARD, KILL saying what a kill would
- * lose (NULL: no watch); nothing when the thread cannot start (the stop
- * goes on, unwatched). */
-static void psd_stop_watch_start(psd_stop_watch *w, uint32_t shard, const char *kill) {
-  *w = (psd_stop_watch){.shard = shard, .kill = kill};
+/* psd_stop_watch_start starts W for SHARD, first saying so after
+ * FIRST_MS, KILL saying what a kill would lose (NULL: no watch); nothing
+ * when the thread cannot start (the stop goes on, unwatched). */
+static void psd_stop_watch_start(psd_stop_watch *w, uint32_t shard, int64_t first_ms,
+                                 const char *kill) {
+  *w = (psd_stop_watch){.shard = shard, .first_ms = first_ms, .kill = kill};
   pthread_mutex_init(&w->mu, NULL);
   ps_cond_init_mono(&w->cv);
   w->started = kill && pthread_create(&w->thread, NULL, psd_stop_watch_run, w) == 0;
@@ -610,15 +617,6 @@ static void psd_main_finish(psd_main *m) {
   if (sh->wal && sh->store && psd_wal_wait_synced(sh->wal, psd_store_log_seq(sh->store), &eb) < 0)
     ps_warn("final flush of shard %u: %s; writing the snapshot anyway", sh->me->id, eb.msg);
   atomic_store(&m->final_flush, 1);
-  /* (the log's wait above says itself when it is long) */
-  psd_stop_watch watch;
-  psd_stop_watch_start(&watch, sh->me->id,
-                       !sh->store ? NULL /* an aggregator: no snapshot, no watch */
-                       : sh->wal && !m->wal_failed
-                           ? "what the log acknowledged is on disk already: a kill loses none "
-                             "of it"
-                           : "the updates since the last flush are in memory only: a kill "
-                             "loses them");
   int err = sh->store ? psd_store_flush(sh->store, &eb) : 0;
   const char *what = "";
   if (err >= 0 && (err = psd_shard_sparse_flush(sh, &eb)) < 0) what = "'s sparse rows";
@@ -635,7 +633,7 @@ static void psd_main_finish(psd_main *m) {
   if (err >= 0 && sh->wal && psd_wal_discard(sh->wal, psd_store_log_seq(sh->store), &eb) < 0)
     ps_warn("shard %u: %s; the next start reads the log but replays none of it", sh->me->id,
             eb.msg);
-  psd_stop_watch_end(&watch);
+  psd_stop_watch_end(&m->watch);
   psd_chan_close(sh);
   uv_walk(&m->loop, psd_main_close_walk, NULL);
 }
@@ -659,6 +657,16 @@ static void psd_main_drain(psd_main *m, int signum) {
   if (sh->agg_me) ps_info("%s: draining aggregator %s", strsignal(signum), sh->agg_me->name);
   else ps_info("%s: draining shard %u", strsignal(signum), sh->me->id);
   sd_notify(0, "STOPPING=1\nSTATUS=draining");
+  /* from here the loop may block on the disk (the coordinator's state is
+   * saved at once; the final snapshot), where its own timers cannot say
+   * so: a thread of its own does, once the drain's time is past */
+  psd_stop_watch_start(&m->watch, sh->me->id, (int64_t)sh->cfg->drain_timeout_ms + 5000,
+                       !sh->store ? NULL /* an aggregator: nothing on disk, no watch */
+                       : sh->wal && !m->wal_failed
+                           ? "what the log acknowledged is on disk already: a kill loses none "
+                             "of it"
+                           : "the updates since the last flush are in memory only: a kill "
+                             "loses them");
   psd_shard_set_state(sh, PSD_DRAINING, NULL);
   psd_shard_clock_stop(sh); /* parked pulls are answered: shutting down */
   uv_timer_stop(&m->flush_timer);

@@ -104,6 +104,7 @@ struct psd_wal {
   int stop;
   int failed, err_code, changed;
   int low;                 /* short of space (invariant 9) */
+  int cap_said;            /* the reserve's cap was said to fall short */
   uint64_t reserve;        /* psd_wal_set_reserve */
   char low_msg[300];
   uint64_t lent_seq;       /* failing: the first record with a piece still lent
@@ -470,7 +471,7 @@ int psd_wal_has_records(const char *dir) {
 /* psd_wal_id: see psd_wal.h. */
 int psd_wal_id(psd_wal *w, uint64_t *id, ps_errbuf *eb) {
   *id = 0;
-  int fd = openat(w->dirfd, "id", O_RDONLY | O_CLOEXEC);
+  int fd = openat(w->dirfd, "id", O_RDONLY | O_NONBLOCK | O_CLOEXEC); /* (a FIFO: no hang) */
   if (fd < 0 && errno == ENOENT) return 0;
   if (fd < 0) return ps_errf(eb, PS_EIO, "cannot open '%s/id': %s", w->dir, strerror(errno));
   char b[64] = "";
@@ -522,7 +523,7 @@ int psd_wal_set_id(psd_wal *w, uint64_t id, ps_errbuf *eb) {
 static int wal_read_seg(psd_wal *w, size_t i, uint8_t **buf, size_t *len, ps_errbuf *eb) {
   char name[32];
   wal_seg_name(name, sizeof name, w->segs[i].first);
-  int fd = openat(w->dirfd, name, O_RDONLY | O_CLOEXEC);
+  int fd = openat(w->dirfd, name, O_RDONLY | O_NONBLOCK | O_CLOEXEC); /* (a FIFO: no hang) */
   if (fd < 0) return ps_errf(eb, PS_EIO, "cannot open '%s/%s': %s", w->dir, name, strerror(errno));
   struct stat st;
   int rc = fstat(fd, &st) < 0 ? ps_errf(eb, PS_EIO, "cannot stat '%s/%s'", w->dir, name) : 0;
@@ -561,7 +562,7 @@ static const char *wal_check(const uint8_t *p, size_t n) {
 static int wal_starts_ok(psd_wal *w, size_t i) {
   char name[32];
   wal_seg_name(name, sizeof name, w->segs[i].first);
-  int fd = openat(w->dirfd, name, O_RDONLY | O_CLOEXEC);
+  int fd = openat(w->dirfd, name, O_RDONLY | O_NONBLOCK | O_CLOEXEC); /* (a FIFO: no hang) */
   uint8_t h[WAL_HDR], *rec = NULL;
   int ok = fd >= 0 && pread(fd, h, WAL_HDR, 0) == WAL_HDR && wal_get64(h + 8) == w->segs[i].first;
   size_t n = ok ? WAL_HDR + (size_t)wal_len(h) : 0; /* the record, header and payload */
@@ -897,7 +898,16 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
         rc = wal_cut(w, i, rend, eb);
         break;
       }
-      if (!bad && rend == 0 && seq != w->segs[i].first) bad = "first record does not match the name";
+      if (!bad && rend == 0 && seq != w->segs[i].first) {
+        /* an intact record of a later seq than the name (a reused file's
+         * records are older): the file was renamed; its records may be
+         * acknowledged ones, so it is neither cut nor removed */
+        rc = ps_errf(eb, PS_EIO, "redo log '%s/%s' starts with record %" PRIu64 ", not %" PRIu64
+                     " as its name says (a segment renamed by hand?): refusing to start (its "
+                     "name would be %016" PRIx64 ".log)", w->dir, name, seq, w->segs[i].first,
+                     seq);
+        break;
+      }
       if (!bad && seq <= last) bad = "sequence number goes back";
       if (i + 1 < w->nsegs && rend > 0 && (bad || seq != last + 1)) {
         /* before the last segment, the first record that does not follow
@@ -1524,6 +1534,8 @@ static void wal_check_space(psd_wal *w) {
   uint64_t avail = (uint64_t)sv.f_bavail * sv.f_frsize, size = (uint64_t)sv.f_blocks * sv.f_frsize;
   pthread_mutex_lock(&w->mu);
   uint64_t reserve = w->reserve < size / 4 ? w->reserve : size / 4;
+  int capped = reserve < w->reserve && !w->cap_said;
+  if (capped) w->cap_said = 1;
   int was = w->low, low = reserve && avail < (was ? reserve + reserve / 4 : reserve);
   if (low != was) {
     w->low = low;
@@ -1534,7 +1546,14 @@ static void wal_check_space(psd_wal *w) {
                "pushes are refused until it does (or space is freed)", (double)avail / 1048576.0,
                w->dir, (double)reserve / 1048576.0);
   }
+  uint64_t want = w->reserve;
   pthread_mutex_unlock(&w->mu);
+  if (capped)
+    ps_warn("redo log '%s': its disk (%.1f MiB) is small: the room kept free for the snapshot "
+            "that lets the log shrink is a quarter of it, %.1f MiB, under the %.1f MiB that "
+            "snapshot may take; once the log has filled the rest, the shard may stay DEGRADED "
+            "until space is freed", w->dir, (double)size / 1048576.0,
+            (double)reserve / 1048576.0, (double)want / 1048576.0);
   if (low && !was) wal_drop_spares(w, "the disk is nearly full");
   if (low != was)
     ps_info("redo log '%s': %.1f MiB free, reserve %.1f MiB: %s", w->dir,

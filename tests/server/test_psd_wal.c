@@ -1082,6 +1082,19 @@ START_TEST(test_foreign_files) {
   ps_test_write_file(p, "psd redo log 00000000000000a");
   ck_assert_int_eq(psd_wal_id(w, &id, &eb), PS_EIO);
   psd_wal_free(w);
+  /* a segment renamed to a lower name: its intact first record says so;
+   * refused, and the file is neither cut nor removed */
+  write_log(dir, 4, 10, 0, NULL); /* segment 5: records 5..8 */
+  snprintf(p, sizeof p, "%s/0000000000000005.log", dir);
+  snprintf(q, sizeof q, "%s/0000000000000004.log", dir);
+  ck_assert_int_eq(rename(p, q), 0);
+  struct stat sb;
+  ck_assert_int_eq(stat(q, &sb), 0);
+  off_t size = sb.st_size;
+  replay_count(dir, 0, &r, PS_EIO, &eb);
+  ck_assert_msg(strstr(eb.msg, "starts with record 5, not 4"), "%s", eb.msg);
+  ck_assert_int_eq(stat(q, &sb), 0);
+  ck_assert_int_eq(sb.st_size, size);
 }
 END_TEST
 

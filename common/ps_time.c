@@ -63,3 +63,47 @@ uint32_t ps_backoff_nap(int64_t start_ms, uint32_t delay, uint32_t budget_ms) {
   if (left <= 0) return 0;
   return (int64_t)delay < left ? delay : (uint32_t)left;
 }
+
+/* ps_ticker_main is T's thread: a full period between calls, whatever
+ * wakes the wait early but a stop. */
+static void *ps_ticker_main(void *arg) {
+  ps_ticker *t = arg;
+  pthread_mutex_lock(&t->mu);
+  for (;;) {
+    struct timespec until = ps_deadline_ns((uint64_t)t->period_ms * 1000000u);
+    while (!t->quit && pthread_cond_timedwait(&t->cv, &t->mu, &until) == 0) {
+    }
+    if (t->quit) break;
+    pthread_mutex_unlock(&t->mu);
+    t->fn(t->arg, ps_now_ms() - t->t0_ms);
+    pthread_mutex_lock(&t->mu);
+  }
+  pthread_mutex_unlock(&t->mu);
+  return NULL;
+}
+
+int ps_ticker_start(ps_ticker *t, uint32_t period_ms, void (*fn)(void *arg, int64_t ms),
+                    void *arg) {
+  *t = (ps_ticker){.period_ms = period_ms, .t0_ms = ps_now_ms(), .fn = fn, .arg = arg};
+  pthread_mutex_init(&t->mu, NULL);
+  ps_cond_init_mono(&t->cv);
+  if (pthread_create(&t->thread, NULL, ps_ticker_main, t) == 0) {
+    t->started = 1;
+    return 0;
+  }
+  pthread_mutex_destroy(&t->mu);
+  pthread_cond_destroy(&t->cv);
+  return -1;
+}
+
+void ps_ticker_stop(ps_ticker *t) {
+  if (!t->started) return;
+  pthread_mutex_lock(&t->mu);
+  t->quit = 1;
+  pthread_cond_signal(&t->cv);
+  pthread_mutex_unlock(&t->mu);
+  pthread_join(t->thread, NULL);
+  pthread_mutex_destroy(&t->mu);
+  pthread_cond_destroy(&t->cv);
+  t->started = 0;
+}

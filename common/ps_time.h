@@ -33,6 +33,31 @@ int ps_cond_init_mono(pthread_cond_t *cv);
  * now, for a condition made by ps_cond_init_mono. */
 struct timespec ps_deadline_ns(uint64_t ns);
 
+/* ps_ticker: FN(ARG, MS) called on a thread of its own every PERIOD_MS
+ * (MS: the milliseconds since ps_ticker_start) until ps_ticker_stop,
+ * which wakes it and joins it; the waits run on CLOCK_MONOTONIC.  A
+ * program's periodic side work (psctl bench's heartbeats, psd's watch
+ * over a stop) that must go on while its main thread blocks. */
+typedef struct ps_ticker {
+  pthread_t thread;
+  pthread_mutex_t mu;
+  pthread_cond_t cv;
+  int quit, started;
+  uint32_t period_ms;
+  int64_t t0_ms;
+  void (*fn)(void *arg, int64_t ms);
+  void *arg;
+} ps_ticker;
+
+/* ps_ticker_start starts T; 0, or -1 when its thread cannot start (then
+ * nothing runs, and ps_ticker_stop does nothing). */
+int ps_ticker_start(ps_ticker *t, uint32_t period_ms, void (*fn)(void *arg, int64_t ms),
+                    void *arg);
+
+/* ps_ticker_stop ends T's thread (after the call of FN under way, if
+ * any) and releases it; a T never started (zeroed) is fine. */
+void ps_ticker_stop(ps_ticker *t);
+
 /* ps_backoff_next returns the delay after DELAY: twice it, at most
  * PS_BACKOFF_MAX_MS. */
 uint32_t ps_backoff_next(uint32_t delay);

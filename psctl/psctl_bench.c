@@ -356,49 +356,26 @@ static void bench_lease(psctl_cluster *cl, int leaving) {
  * wait for a flush) included. */
 typedef struct bench_beats {
   psctl_cluster *cl;
-  pthread_t thread;
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  int quit, started;
+  ps_ticker ticker;
 } bench_beats;
 
-static void *bench_beats_main(void *arg) {
-  bench_beats *b = arg;
-  pthread_mutex_lock(&b->mu);
-  for (;;) { /* (bench_beats_start sent the first beat) */
-    struct timespec until = ps_deadline_ns((uint64_t)b->cl->cfg.workers.heartbeat_ms * 1000000u);
-    while (!b->quit && pthread_cond_timedwait(&b->cv, &b->mu, &until) == 0) {
-    }
-    if (b->quit) break;
-    pthread_mutex_unlock(&b->mu);
-    bench_lease(b->cl, 0);
-    pthread_mutex_lock(&b->mu);
-  }
-  pthread_mutex_unlock(&b->mu);
-  return NULL;
+static void bench_beat(void *arg, int64_t ms) {
+  (void)ms;
+  bench_lease(((bench_beats *)arg)->cl, 0);
 }
 
-/* bench_beats_start sends the first heartbeat and starts the thread (its
- * failure leaves the lease to the requests themselves). */
+/* bench_beats_start sends the first heartbeat and starts the thread, one
+ * every workers.heartbeat_ms (its failure leaves the lease to the
+ * requests themselves). */
 static void bench_beats_start(bench_beats *b, psctl_cluster *cl) {
-  *b = (bench_beats){.cl = cl};
-  pthread_mutex_init(&b->mu, NULL);
-  ps_cond_init_mono(&b->cv);
+  b->cl = cl;
   bench_lease(cl, 0);
-  b->started = pthread_create(&b->thread, NULL, bench_beats_main, b) == 0;
+  ps_ticker_start(&b->ticker, cl->cfg.workers.heartbeat_ms, bench_beat, b);
 }
 
 /* bench_beats_stop ends the thread and leaves the worker id as done. */
 static void bench_beats_stop(bench_beats *b) {
-  if (b->started) {
-    pthread_mutex_lock(&b->mu);
-    b->quit = 1;
-    pthread_cond_signal(&b->cv);
-    pthread_mutex_unlock(&b->mu);
-    pthread_join(b->thread, NULL);
-  }
-  pthread_mutex_destroy(&b->mu);
-  pthread_cond_destroy(&b->cv);
+  ps_ticker_stop(&b->ticker);
   bench_lease(b->cl, 1);
 }
 

@@ -24,7 +24,6 @@
 #include <inttypes.h>
 #include <malloc.h>
 #include <netdb.h>
-#include <pthread.h>
 #include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
@@ -55,14 +54,11 @@
 #include "psd_store.h"
 #include "psd_wal.h"
 
-/* The stop's watch (psd_stop_watch_run). */
+/* The stop's watch (psd_stop_watch_tick). */
 typedef struct psd_stop_watch {
-  pthread_t thread;
-  pthread_mutex_t mu;
-  pthread_cond_t cv;
-  int done, started;
+  ps_ticker ticker;
   uint32_t shard;
-  int64_t first_ms;          /* the first warning (then at each doubling) */
+  int64_t warn_ms;           /* the next warning (the first, then at each doubling) */
   const char *kill;          /* what a kill now would lose */
 } psd_stop_watch;
 
@@ -551,23 +547,14 @@ static void psd_main_close_walk(uv_handle_t *h, void *arg) {
  * a watch thread, from the drain's start to the exit, says in the log when
  * the stop has run drain_timeout_ms + 5 s, and again at each doubling. */
 
-static void *psd_stop_watch_run(void *arg) {
+/* psd_stop_watch_tick: the watch's thread, every 250 ms (ps_ticker). */
+static void psd_stop_watch_tick(void *arg, int64_t ms) {
   psd_stop_watch *w = arg;
-  int64_t t0 = ps_now_ms(), warn = w->first_ms;
-  pthread_mutex_lock(&w->mu);
-  while (!w->done) {
-    struct timespec dl = ps_deadline_ns(250u * 1000000u);
-    pthread_cond_timedwait(&w->cv, &w->mu, &dl);
-    int64_t waited = ps_now_ms() - t0;
-    if (w->done || waited < warn) continue;
-    ps_warn("shard %" PRIu32 ": the stop has run %.0f s: past the drain, it waits for the "
-            "disk (the coordinator's state, the redo log's sync or the final snapshot: the disk "
-            "is not answering?) and goes on waiting (%s)", w->shard, (double)waited / 1e3,
-            w->kill);
-    warn *= 2;
-  }
-  pthread_mutex_unlock(&w->mu);
-  return NULL;
+  if (ms < w->warn_ms) return;
+  ps_warn("shard %" PRIu32 ": the stop has run %.0f s: past the drain, it waits for the disk "
+          "(the coordinator's state, the redo log's sync or the final snapshot: the disk is not "
+          "answering?) and goes on waiting (%s)", w->shard, (double)ms / 1e3, w->kill);
+  w->warn_ms *= 2;
 }
 
 /* psd_stop_watch_start starts W for SHARD, first saying so after
@@ -575,22 +562,8 @@ static void *psd_stop_watch_run(void *arg) {
  * when the thread cannot start (the stop goes on, unwatched). */
 static void psd_stop_watch_start(psd_stop_watch *w, uint32_t shard, int64_t first_ms,
                                  const char *kill) {
-  *w = (psd_stop_watch){.shard = shard, .first_ms = first_ms, .kill = kill};
-  pthread_mutex_init(&w->mu, NULL);
-  ps_cond_init_mono(&w->cv);
-  w->started = kill && pthread_create(&w->thread, NULL, psd_stop_watch_run, w) == 0;
-}
-
-static void psd_stop_watch_end(psd_stop_watch *w) {
-  if (w->started) {
-    pthread_mutex_lock(&w->mu);
-    w->done = 1;
-    pthread_cond_signal(&w->cv);
-    pthread_mutex_unlock(&w->mu);
-    pthread_join(w->thread, NULL);
-  }
-  pthread_mutex_destroy(&w->mu);
-  pthread_cond_destroy(&w->cv);
+  *w = (psd_stop_watch){.shard = shard, .warn_ms = first_ms, .kill = kill};
+  if (kill) ps_ticker_start(&w->ticker, 250, psd_stop_watch_tick, w);
 }
 
 /* psd_main_finish runs once the drain is over: stops gRPC, flushes
@@ -633,7 +606,7 @@ static void psd_main_finish(psd_main *m) {
   if (err >= 0 && sh->wal && psd_wal_discard(sh->wal, psd_store_log_seq(sh->store), &eb) < 0)
     ps_warn("shard %u: %s; the next start reads the log but replays none of it", sh->me->id,
             eb.msg);
-  psd_stop_watch_end(&m->watch);
+  ps_ticker_stop(&m->watch.ticker);
   psd_chan_close(sh);
   uv_walk(&m->loop, psd_main_close_walk, NULL);
 }

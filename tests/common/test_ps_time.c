@@ -1,8 +1,11 @@
 /* Tests for ps_time: the clock, stop-aware sleeps, the retry backoff. */
 #include <errno.h>
+#include <stdatomic.h>
+#include <unistd.h>
 
 #include "ps_error.h"
 #include "ps_test.h"
+
 #include "ps_time.h"
 
 START_TEST(test_sleep_and_clock) {
@@ -41,6 +44,31 @@ START_TEST(test_mono_deadline) {
 }
 END_TEST
 
+/* A ticker calls its function every period, with the time since its
+ * start, until stopped (and never after); a zeroed one stops fine. */
+static atomic_int tick_calls;
+static int64_t tick_last_ms;
+static void tick(void *arg, int64_t ms) {
+  (void)arg;
+  tick_last_ms = ms;
+  atomic_fetch_add(&tick_calls, 1);
+}
+
+START_TEST(test_ticker) {
+  ps_ticker t;
+  ck_assert_int_eq(ps_ticker_start(&t, 20, tick, NULL), 0);
+  usleep(150000);
+  ps_ticker_stop(&t);
+  int n = atomic_load(&tick_calls);
+  ck_assert_msg(n >= 2 && n <= 8, "%d calls in 150 ms of a 20 ms ticker", n);
+  ck_assert_int_ge(tick_last_ms, 20 * (int64_t)n);
+  usleep(60000);
+  ck_assert_int_eq(atomic_load(&tick_calls), n);
+  ps_ticker z = {0};
+  ps_ticker_stop(&z);
+}
+END_TEST
+
 START_TEST(test_backoff) {
   uint32_t d = PS_BACKOFF_FIRST_MS, seen[8];
   for (int i = 0; i < 8; i++) seen[i] = d = ps_backoff_next(d);
@@ -68,6 +96,7 @@ Suite *ps_time_suite(void) {
   tcase_add_test(tc, test_sleep_and_clock);
   tcase_add_test(tc, test_backoff);
   tcase_add_test(tc, test_mono_deadline);
+  tcase_add_test(tc, test_ticker);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -57,8 +57,8 @@ typedef struct psctl_submit_opts {
   const char *codec, *pull_codec;             /* NULL: the cluster file's */
   double topk;                                /* 0: the cluster file's */
   int64_t codec_warmup, codec_min_elems;      /* -1: the cluster file's */
-  const char *given[8];                       /* optimizer flags given (psctl_submit_fits) */
-  size_t ngiven;
+  unsigned given;                             /* psctl_opt_uses' flags given (bits) */
+  int decay_steps_given;                      /* --lr-decay-steps */
   char *tensor_codec[64];                     /* "NAME=CODEC" from argv */
   size_t ntensor_codec;
 } psctl_submit_opts;
@@ -94,34 +94,39 @@ static int psctl_submit_float(psctl_submit_opts *o, int key, const char *arg) {
   return -1;
 }
 
+/* The optimizer flags only some optimizers use: the option's letter, its
+ * name and the kinds that use it (blank-separated, blanks around). */
+static const struct {
+  int key;
+  const char *flag, *kinds;
+} psctl_opt_uses[] = {{'m', "momentum", " momentum nesterov "},
+                      {'1', "beta1", " adam "},
+                      {'2', "beta2", " adam "},
+                      {'e', "eps", " adam adagrad "}};
+
 /* psctl_submit_fits refuses an optimizer flag the chosen optimizer does
- * not use (it would be ignored without a word): --momentum outside
- * momentum and nesterov, --beta1/--beta2 outside adam, --eps outside adam
- * and adagrad, --lr-decay-steps without --lr-decay.  0, or 1 said on
- * stderr.  An unknown optimizer is the shards' to refuse. */
+ * not use (it would be ignored without a word, psctl_opt_uses), and
+ * --lr-decay-steps without --lr-decay.  0, or 1 said on stderr.  An
+ * unknown optimizer is the shards' to refuse. */
 static int psctl_submit_fits(const psctl_submit_opts *o) {
-  static const struct { const char *flag, *kinds; } uses[] = {
-      {"momentum", " momentum nesterov "}, {"beta1", " adam "}, {"beta2", " adam "},
-      {"eps", " adam adagrad "}};
   static const char *const known[] = {"sgd", "momentum", "nesterov", "adam", "adagrad"};
   int k = 0;
   for (size_t i = 0; i < sizeof known / sizeof known[0]; i++) k |= !strcmp(o->opt.kind, known[i]);
-  for (size_t g = 0; k && g < o->ngiven; g++)
-    for (size_t i = 0; i < sizeof uses / sizeof uses[0]; i++) {
-      char want[32];
-      snprintf(want, sizeof want, " %s ", o->opt.kind);
-      if (strcmp(o->given[g], uses[i].flag) || strstr(uses[i].kinds, want)) continue;
-      fprintf(stderr, "psctl submit: --%s does not apply to --optimizer %s (used by%.*s)\n",
-              uses[i].flag, o->opt.kind, (int)strlen(uses[i].kinds) - 1, uses[i].kinds);
-      return 1;
-    }
-  for (size_t g = 0; g < o->ngiven; g++)
-    if (!strcmp(o->given[g], "lr-decay-steps") && o->opt.lr_decay_steps &&
-        !(o->opt.lr_decay > 0 && o->opt.lr_decay < 1)) {
-      fprintf(stderr, "psctl submit: --lr-decay-steps needs --lr-decay GAMMA (0 < GAMMA < 1): "
-              "without it the rate never decays\n");
-      return 1;
-    }
+  char want[32];
+  snprintf(want, sizeof want, " %s ", o->opt.kind);
+  for (size_t i = 0; k && i < sizeof psctl_opt_uses / sizeof psctl_opt_uses[0]; i++) {
+    if (!(o->given >> i & 1) || strstr(psctl_opt_uses[i].kinds, want)) continue;
+    fprintf(stderr, "psctl submit: --%s does not apply to --optimizer %s (used by%.*s)\n",
+            psctl_opt_uses[i].flag, o->opt.kind, (int)strlen(psctl_opt_uses[i].kinds) - 1,
+            psctl_opt_uses[i].kinds);
+    return 1;
+  }
+  if (o->decay_steps_given && o->opt.lr_decay_steps &&
+      !(o->opt.lr_decay > 0 && o->opt.lr_decay < 1)) {
+    fprintf(stderr, "psctl submit: --lr-decay-steps needs --lr-decay GAMMA (0 < GAMMA < 1): "
+            "without it the rate never decays\n");
+    return 1;
+  }
   return 0;
 }
 
@@ -209,9 +214,9 @@ static int psctl_submit_args(int argc, char **argv, psctl_submit_opts *o) {
       case '?': bad = 1; break;
       default: bad = psctl_submit_float(o, c, optarg); break;
     }
-    if (!bad && o->ngiven < sizeof o->given / sizeof o->given[0] && strchr("m12eG", c))
-      o->given[o->ngiven++] = c == 'm' ? "momentum" : c == '1' ? "beta1" : c == '2' ? "beta2"
-                              : c == 'e' ? "eps" : "lr-decay-steps";
+    for (size_t i = 0; i < sizeof psctl_opt_uses / sizeof psctl_opt_uses[0]; i++)
+      if (c == psctl_opt_uses[i].key) o->given |= 1u << i;
+    if (c == 'G') o->decay_steps_given = 1;
   }
   if (!bad) bad = psctl_submit_fits(o);
   if (!bad && optind + 1 == argc) o->file = argv[optind];

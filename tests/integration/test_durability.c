@@ -625,53 +625,67 @@ static void du_state(const char *yaml, const char *dir, char *out, size_t n, cha
   snprintf(why, wn, "%.*s", *nl ? (int)strcspn(nl + 1, "\n") : 0, *nl ? nl + 1 : "");
 }
 
+/* A sync shard 0 on the fixture's disk, model "cl" submitted, a channel
+ * client to it and a gradient of -1 for every chunk (du_open). */
+typedef struct du_shard {
+  int gp, cp;
+  char yaml[700], log[700], addr[64];
+  pid_t pid;
+  ps_chan_client *c;
+  float *g;                  /* CL_CHUNKS * CL_ELEMS, all -1 (the caller frees) */
+  uint32_t ids[CL_CHUNKS];   /* every chunk */
+} du_shard;
+
+static void du_open(du_shard *d) {
+  snprintf(d->yaml, sizeof d->yaml, "%s", cl_sync_yaml(du.dir, &d->gp, &d->cp));
+  snprintf(d->log, sizeof d->log, "%s/psd0.log", du.dir);
+  d->pid = cl_start(d->yaml, d->log, d->gp, d->cp);
+  cl_submit(d->gp);
+  ps_errbuf eb;
+  snprintf(d->addr, sizeof d->addr, "127.0.0.1:%d", d->cp);
+  ck_assert_int_eq(ps_test_chan_connect(&d->c, d->addr, "test", 10000, &eb), 0);
+  d->g = malloc(CL_CHUNKS * CL_ELEMS * sizeof(float));
+  ck_assert_ptr_nonnull(d->g);
+  for (size_t i = 0; i < CL_CHUNKS * CL_ELEMS; i++) d->g[i] = -1.0f;
+  for (uint32_t i = 0; i < CL_CHUNKS; i++) d->ids[i] = i;
+}
+
 START_TEST(test_disk_full_sync) {
   if (!du.mounted) PS_SKIP("%s", du.why);
-  int gp, cp;
-  char yaml[700], log[700], filler[700], state[64], why[600];
-  snprintf(yaml, sizeof yaml, "%s", cl_sync_yaml(du.dir, &gp, &cp));
-  snprintf(log, sizeof log, "%s/psd0.log", du.dir);
+  du_shard d;
+  du_open(&d);
+  char filler[700], state[64], why[600];
   snprintf(filler, sizeof filler, "%s/filler", du.mnt);
-  pid_t pid = cl_start(yaml, log, gp, cp);
-  cl_submit(gp);
-  ps_chan_client *c;
   ps_errbuf eb;
-  char addr[64];
-  snprintf(addr, sizeof addr, "127.0.0.1:%d", cp);
-  ck_assert_int_eq(ps_test_chan_connect(&c, addr, "test", 10000, &eb), 0);
-  float *g = malloc(CL_CHUNKS * CL_ELEMS * sizeof(float));
-  for (size_t i = 0; i < CL_CHUNKS * CL_ELEMS; i++) g[i] = -1.0f;
-  uint32_t ids[CL_CHUNKS];
-  for (uint32_t i = 0; i < CL_CHUNKS; i++) ids[i] = i;
   uint64_t v, acked = 0;
   for (int i = 0; i < 5; i++, acked++)
-    ck_assert_int_eq(ps_test_push(c, "cl", ids, CL_CHUNKS, g, CL_CHUNKS * CL_ELEMS, 0, 0, 0, &v,
-                                  &eb), 0);
+    ck_assert_int_eq(ps_test_push(d.c, "cl", d.ids, CL_CHUNKS, d.g, CL_CHUNKS * CL_ELEMS, 0, 0,
+                                  0, &v, &eb), 0);
   /* full: pushes (64 KiB records) until one is refused; none may be acknowledged
    * unless on disk, and the refusal names the log */
   du_fill(filler);
   int err = 0;
   for (int i = 0; i < 200 && err == 0; i++) {
-    err = ps_test_push(c, "cl", ids, CL_CHUNKS, g, CL_CHUNKS * CL_ELEMS, 0, 0, 0, &v, &eb);
+    err = ps_test_push(d.c, "cl", d.ids, CL_CHUNKS, d.g, CL_CHUNKS * CL_ELEMS, 0, 0, 0, &v, &eb);
     if (err == 0) acked++;
     else ck_assert_msg(err == PS_EDEGRADED && strstr(eb.msg, "redo log"),
                        "refusal: %d '%s', want PS_EDEGRADED naming the redo log", err, eb.msg);
     if (err == 0) du_fill(filler);
   }
-  ck_assert_msg(err == PS_EDEGRADED, "pushes still acknowledged on a full disk; see %s", log);
+  ck_assert_msg(err == PS_EDEGRADED, "pushes still acknowledged on a full disk; see %s", d.log);
   int64_t end = ps_test_now_ms() + 10000;
   do {
     /* A failed snapshot removes its partial SST file, and the log may
      * take the space it freed: fill it again and push to the last chunk
      * (the tally reads chunk 0) so the shard writes to a full disk. */
     du_fill(filler);
-    ps_test_push(c, "cl", ids + CL_CHUNKS - 1, 1, g, CL_ELEMS, 0, 0, 0, &v, &eb);
-    du_state(yaml, du.dir, state, sizeof state, why, sizeof why);
+    ps_test_push(d.c, "cl", d.ids + CL_CHUNKS - 1, 1, d.g, CL_ELEMS, 0, 0, 0, &v, &eb);
+    du_state(d.yaml, du.dir, state, sizeof state, why, sizeof why);
   } while (strcmp(state, "DEGRADED") && ps_test_now_ms() < end && usleep(100000) == 0);
-  ck_assert_msg(!strcmp(state, "DEGRADED"), "state %s, want DEGRADED; see %s", state, log);
+  ck_assert_msg(!strcmp(state, "DEGRADED"), "state %s, want DEGRADED; see %s", state, d.log);
   ck_assert_msg(strstr(why, "redo log") || strstr(why, "flush"), "state_why '%s'", why);
   /* refused before it applies while degraded */
-  err = ps_test_push(c, "cl", ids, 1, g, CL_ELEMS, 0, 0, 0, &v, &eb);
+  err = ps_test_push(d.c, "cl", d.ids, 1, d.g, CL_ELEMS, 0, 0, 0, &v, &eb);
   ck_assert_msg(err == PS_EDEGRADED && strstr(eb.msg, "degraded"), "%d %s", err, eb.msg);
   /* the log's spares give their space back; a few retries reopen the store
    * on the full disk meanwhile (each failed open leaves an empty RocksDB
@@ -685,27 +699,27 @@ START_TEST(test_disk_full_sync) {
   ck_assert_int_eq(unlink(filler), 0);
   end = ps_test_now_ms() + 15000;
   do {
-    du_state(yaml, du.dir, state, sizeof state, why, sizeof why);
+    du_state(d.yaml, du.dir, state, sizeof state, why, sizeof why);
   } while (strcmp(state, "SERVING") && ps_test_now_ms() < end && usleep(100000) == 0);
-  ck_assert_msg(!strcmp(state, "SERVING"), "state %s, want SERVING; see %s", state, log);
+  ck_assert_msg(!strcmp(state, "SERVING"), "state %s, want SERVING; see %s", state, d.log);
   for (int i = 0; i < 3; i++, acked++)
-    ck_assert_int_eq(ps_test_push(c, "cl", ids, CL_CHUNKS, g, CL_CHUNKS * CL_ELEMS, 0, 0, 0, &v,
-                                  &eb), 0);
-  ps_chan_close(c);
-  ps_test_stop(pid, SIGKILL, 5000);
-  pid = cl_start(yaml, log, gp, cp);
+    ck_assert_int_eq(ps_test_push(d.c, "cl", d.ids, CL_CHUNKS, d.g, CL_CHUNKS * CL_ELEMS, 0, 0,
+                                  0, &v, &eb), 0);
+  ps_chan_close(d.c);
+  ps_test_stop(d.pid, SIGKILL, 5000);
+  d.pid = cl_start(d.yaml, d.log, d.gp, d.cp);
   cl_tally t;
-  snprintf(t.chan_addr, sizeof t.chan_addr, "%s", addr);
-  cl_pull(&t, g, &v, log);
+  snprintf(t.chan_addr, sizeof t.chan_addr, "%s", d.addr);
+  cl_pull(&t, d.g, &v, d.log);
   ck_assert_int_le(ps_test_count_files(store, ".log", 1), 1); /* the open one at most */
   /* the refused push that failed the log may be applied (it was logged
    * by the retry): acked <= value <= acked + 1 */
-  ck_assert_msg(g[0] >= (float)acked && g[0] <= (float)acked + 1,
-                "value %g after the restart, %llu pushes acknowledged; see %s", (double)g[0],
-                (unsigned long long)acked, log);
-  int st = ps_test_stop(pid, SIGTERM, 15000);
+  ck_assert_msg(d.g[0] >= (float)acked && d.g[0] <= (float)acked + 1,
+                "value %g after the restart, %llu pushes acknowledged; see %s", (double)d.g[0],
+                (unsigned long long)acked, d.log);
+  int st = ps_test_stop(d.pid, SIGTERM, 15000);
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd ended with status %d", st);
-  free(g);
+  free(d.g);
 }
 END_TEST
 
@@ -719,35 +733,23 @@ END_TEST
  * space.) */
 START_TEST(test_log_fills_disk_sync) {
   if (!du.mounted) PS_SKIP("%s", du.why);
-  int gp, cp;
-  char yaml[700], log[700];
-  snprintf(yaml, sizeof yaml, "%s", cl_sync_yaml(du.dir, &gp, &cp));
-  snprintf(log, sizeof log, "%s/psd0.log", du.dir);
-  pid_t pid = cl_start(yaml, log, gp, cp);
-  cl_submit(gp);
-  ps_chan_client *c;
-  ps_errbuf eb;
-  char addr[64];
-  snprintf(addr, sizeof addr, "127.0.0.1:%d", cp);
-  ck_assert_int_eq(ps_test_chan_connect(&c, addr, "test", 10000, &eb), 0);
+  du_shard d;
+  du_open(&d);
   size_t n = CL_CHUNKS * CL_ELEMS;
-  float *g = malloc(n * sizeof(float));
-  for (size_t i = 0; i < n; i++) g[i] = -1.0f;
-  uint32_t ids[CL_CHUNKS];
-  for (uint32_t i = 0; i < CL_CHUNKS; i++) ids[i] = i;
+  ps_errbuf eb;
   cl_tally t;
-  snprintf(t.chan_addr, sizeof t.chan_addr, "%s", addr);
+  snprintf(t.chan_addr, sizeof t.chan_addr, "%s", d.addr);
   uint64_t v, acked = 0, refused = 0, want = (2 * 96ull << 20) / (n * sizeof(float));
-  cl_pull(&t, g, &v, log); /* (the fixture's disk may hold the last test's pushes) */
-  float base = g[0];
-  for (size_t i = 0; i < n; i++) g[i] = -1.0f;
+  cl_pull(&t, d.g, &v, d.log); /* (the fixture's disk may hold the last test's pushes) */
+  float base = d.g[0];
+  for (size_t i = 0; i < n; i++) d.g[i] = -1.0f;
   int64_t end = ps_test_now_ms() + 40000;
   while (acked < want) {
     ck_assert_msg(ps_test_now_ms() < end, "%llu of %llu pushes acknowledged in 40 s, %llu "
                   "refused: the log filled the disk and stayed stuck? see %s",
                   (unsigned long long)acked, (unsigned long long)want,
-                  (unsigned long long)refused, log);
-    int err = ps_test_push(c, "cl", ids, CL_CHUNKS, g, n, 0, 0, 0, &v, &eb);
+                  (unsigned long long)refused, d.log);
+    int err = ps_test_push(d.c, "cl", d.ids, CL_CHUNKS, d.g, n, 0, 0, 0, &v, &eb);
     if (err == 0) {
       acked++;
       continue;
@@ -757,20 +759,20 @@ START_TEST(test_log_fills_disk_sync) {
     refused++;
     usleep(20000);
   }
-  ck_assert_msg(refused > 0, "never short of space: the test tested nothing (see %s)", log);
-  char *text = ps_test_read_file(log, NULL);
-  ck_assert_msg(strstr(text, "nearly full"), "no word of the disk in %s", log);
+  ck_assert_msg(refused > 0, "never short of space: the test tested nothing (see %s)", d.log);
+  char *text = ps_test_read_file(d.log, NULL);
+  ck_assert_msg(strstr(text, "nearly full"), "no word of the disk in %s", d.log);
   free(text);
-  ps_chan_close(c);
-  ps_test_stop(pid, SIGKILL, 5000);
-  pid = cl_start(yaml, log, gp, cp);
-  cl_pull(&t, g, &v, log);
-  ck_assert_msg(g[0] == base + (float)acked, "value %g after the restart, %g before and %llu "
-                "pushes acknowledged; see %s", (double)g[0], (double)base,
-                (unsigned long long)acked, log);
-  int st = ps_test_stop(pid, SIGTERM, 15000);
+  ps_chan_close(d.c);
+  ps_test_stop(d.pid, SIGKILL, 5000);
+  d.pid = cl_start(d.yaml, d.log, d.gp, d.cp);
+  cl_pull(&t, d.g, &v, d.log);
+  ck_assert_msg(d.g[0] == base + (float)acked, "value %g after the restart, %g before and %llu "
+                "pushes acknowledged; see %s", (double)d.g[0], (double)base,
+                (unsigned long long)acked, d.log);
+  int st = ps_test_stop(d.pid, SIGTERM, 15000);
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd ended with status %d", st);
-  free(g);
+  free(d.g);
 }
 END_TEST
 

@@ -344,6 +344,19 @@ static void on_state(void *arg, int err, const char *msg) {
   state_last = err;
 }
 
+/* wait_works_again runs LOOP until on_state has been called twice (the
+ * log failed or ran short, then works again), at most BOUND_MS, and
+ * checks that. */
+static void wait_works_again(uv_loop_t *loop, int bound_ms) {
+  int64_t end = ps_test_now_ms() + bound_ms;
+  while (state_calls < 2 && ps_test_now_ms() < end) {
+    uv_run(loop, UV_RUN_NOWAIT);
+    usleep(1000);
+  }
+  ck_assert_int_eq(state_calls, 2);
+  ck_assert_int_eq(state_last, 0);
+}
+
 START_TEST(test_sync_failure_retried) {
   wal_buffered = _i;
   const char *dir = ps_test_tmpdir();
@@ -364,14 +377,7 @@ START_TEST(test_sync_failure_retried) {
   append_n(w, ws, 5, 100, &sm, &off);
   run_until(&loop, ws, 5);
   ck_assert_int_eq(ws[0].status, PS_EDEGRADED);
-  /* wait for the retries to succeed */
-  int64_t end = ps_test_now_ms() + 10000;
-  while (state_calls < 2 && ps_test_now_ms() < end) {
-    uv_run(&loop, UV_RUN_NOWAIT);
-    usleep(1000);
-  }
-  ck_assert_int_eq(state_calls, 2);
-  ck_assert_int_eq(state_last, 0);
+  wait_works_again(&loop, 10000); /* the retries succeed */
   psd_wal_stop(w);
   uv_run(&loop, UV_RUN_DEFAULT);
   psd_wal_free(w);
@@ -398,12 +404,7 @@ START_TEST(test_writer_waits) {
   uint64_t off = 0;
   int64_t t0 = ps_test_now_ms();
   append_n(w, ws, 1, 100, &sm, &off);
-  while (state_calls < 2 && ps_test_now_ms() < t0 + 20000) {
-    uv_run(&loop, UV_RUN_NOWAIT);
-    usleep(1000);
-  }
-  ck_assert_int_eq(state_calls, 2);
-  ck_assert_int_eq(state_last, 0);
+  wait_works_again(&loop, 20000);
   int64_t took = ps_test_now_ms() - t0;
   ck_assert_msg(took >= 300, "3 failed syncs retried within %lld ms (retry_ms 100)",
                 (long long)took);
@@ -2429,13 +2430,7 @@ START_TEST(test_space_reserve) {
   ck_assert_int_eq(ps_test_count_files(dir, ".free", 0), 0);
   /* a snapshot holds them all: the cut frees the space */
   psd_wal_truncate(w, ws[n].wt.seq);
-  int64_t end = ps_test_now_ms() + 10000;
-  while (state_calls < 2 && ps_test_now_ms() < end) {
-    uv_run(&loop, UV_RUN_NOWAIT);
-    usleep(1000);
-  }
-  ck_assert_int_eq(state_calls, 2);
-  ck_assert_int_eq(state_last, 0);
+  wait_works_again(&loop, 10000);
   psd_wal_stop(w);
   uv_run(&loop, UV_RUN_DEFAULT);
   psd_wal_free(w);

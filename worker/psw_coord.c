@@ -181,9 +181,10 @@ int psw_coord_register(psw_coord *c, psw_coord_reg *reg, ps_errbuf *eb) {
 static int coord_under_way(const Ps__ListWorkersReply *r, const char *model) {
   int named = r->job_model && *r->job_model;
   if (named && strcmp(r->job_model, model) != 0) return 0; /* another model's: a new job */
-  for (size_t i = 0; i < r->n_partitions; i++) {
-    const Ps__PartProgress *q = r->partitions[i]->pos, *q0 = r->partitions[0]->pos;
-    if (!q || !q0) continue;
+  const Ps__PartProgress *q0 = r->n_partitions ? r->partitions[0]->pos : NULL;
+  for (size_t i = 0; q0 && i < r->n_partitions; i++) {
+    const Ps__PartProgress *q = r->partitions[i]->pos;
+    if (!q) continue;
     if (r->partitions[i]->active || q->offset || q->epoch != q0->epoch) return 1;
     if (q->epoch && (!named || q->epoch < r->job_epochs)) return 1;
   }

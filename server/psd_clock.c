@@ -388,7 +388,7 @@ int psd_clock_register(psd_clock *c, const char *model, const char *host, uint32
   uint32_t r = UINT32_MAX;
   for (size_t i = 0; i < c->nw && host; i++)
     if (!c->w[i].dead && c->w[i].registered && c->w[i].pid == pid && c->w[i].host &&
-        !strcmp(c->w[i].host, host) && c->w[i].id < c->o.world_size)
+        !strcmp(c->w[i].host, host))
       r = c->w[i].id;
   /* invariant 8: within the expected world first, then past it */
   uint32_t lo[2] = {0, c->o.world_size}, hi[2] = {c->o.world_size, c->cap};

@@ -362,9 +362,14 @@ static void *coord_main(void *arg) {
 int psw_coord_start(psw_coord *c, uint32_t worker, int registered, ps_errbuf *eb) {
   c->worker = worker;
   c->registered = registered;
-  c->rejoin_next = 1; /* a new process takes its rank back on every shard (invariant 5) */
   c->heartbeat_ms = registered && c->reg && c->reg->heartbeat_ms ? c->reg->heartbeat_ms
                                                                  : c->cfg->workers.heartbeat_ms;
+  /* A new process takes its rank back on every shard (invariant 5)
+   * before its first push or pull, which a shard that declared the rank's
+   * last holder dead would refuse; the thread's first beat does it again
+   * for a shard that missed this one. */
+  coord_heartbeat_all(c, worker, 0, 0, 1, 0);
+  c->rejoin_next = 1;
   if (pthread_create(&c->thread, NULL, coord_main, c) != 0)
     return ps_errf(eb, PS_ENOMEM, "cannot start the heartbeat thread");
   c->started = 1;

@@ -299,8 +299,8 @@ START_TEST(test_cancel_and_release_all) {
 }
 END_TEST
 
-/* Ranks: in registration order, the same one for a retry, past the world
- * size up to the cap (2 x 3 + 2) for a worker restarted while its old
+/* Ranks: in registration order, the same one for a retry (past the world
+ * size too), past the world size up to the cap (2 x 3 + 2) for a worker restarted while its old
  * lease lives, none beyond, and a dead worker's rank for a newcomer. */
 START_TEST(test_register_ranks) {
   psd_clock *c = tclock(0);
@@ -319,6 +319,10 @@ START_TEST(test_register_ranks) {
     ck_assert_int_eq(psd_clock_register(c, "m", "d", 10 + k, "cpu", 0, &r, &sc, &eb), 0);
     ck_assert_uint_eq(r, k);
   }
+  /* a retry past the world size too (it used to get a new rank, and the
+   * worker took itself for replaced) */
+  ck_assert_int_eq(psd_clock_register(c, "m", "d", 13, "cpu", 0, &r, &sc, &eb), 0);
+  ck_assert_uint_eq(r, 3);
   ck_assert_int_eq(psd_clock_register(c, "m", "e", 99, "cpu", 0, &r, &sc, &eb), PS_EEXIST);
   ck_assert_ptr_nonnull(strstr(eb.msg, "all 8 worker ids"));
   for (uint32_t k = 3; k < 8; k++) psd_clock_leave(c, k, 10, 1);

@@ -689,6 +689,9 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
   run_note_part(x, pos->part);
   int ov = x->r->overlap, cur = 0;
   uint64_t acked = pos->offset, off = pos->offset, prev_end = pos->offset;
+  /* overlap: psw_client_pushes_unknown when the job out was started
+   * (read only while no job runs) */
+  uint64_t unknown_job = ov ? psw_client_pushes_unknown(x->cl) : 0;
   /* ends[i]: where the step i rounds back ended (deferred acks) */
   uint64_t ends[PSW_CLIENT_ACK_DEPTH + 1];
   for (int i = 0; i <= PSW_CLIENT_ACK_DEPTH; i++) ends[i] = pos->offset;
@@ -701,7 +704,6 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
     uint32_t rows = (uint32_t)(v->n - off < x->o->batch ? v->n - off : x->o->batch);
     psw_epoch_acc acc0 = *acc; /* a step whose push fails is not counted */
     uint64_t lost0 = ov ? UINT64_MAX : psw_client_pushes_lost(x->cl); /* overlap: not known */
-    uint64_t unknown0 = psw_client_pushes_unknown(x->cl);
     psw_coord_part tell = *pos;
     tell.offset = acked;
     tell.started = off + rows;
@@ -730,10 +732,24 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
         return run_part_stop(x, pos, acked, prev_end, lost0, eb);
       return err;
     }
+    if (ov && psw_client_pushes_unknown(x->cl) != unknown_job && !run_stopping(x)) {
+      /* The job's push (the previous batch) may not be applied, as in
+       * the sequential path below: this batch, computed on the pull that
+       * followed it, is dropped, and the partition is trained again from
+       * the last acknowledged batch, on a pull into buffer 0 (run_part's
+       * entry state). */
+      run_step_failed(x, acc, &acc0, 0);
+      run_say_retrain(x, pos->part, acked);
+      pos->offset = acked;
+      if ((err = run_push_pull(x, -1, 0, 0, x->clock, NULL, eb)) < 0) return err;
+      return run_part(x, pos, acc, step, t0, eb);
+    }
     if (ov) acked = prev_end; /* the previous step's push is in */
+    uint64_t unknown0 = psw_client_pushes_unknown(x->cl); /* no job runs now */
     run_next nx = {x, v, off, 0};
     if (!last) nx.n = (uint32_t)(v->n - off < x->o->batch ? v->n - off : x->o->batch);
     if (ov && !last) {
+      unknown_job = unknown0;
       psw_client_start(x->cl, cur, x->clock - 1, cur, x->clock + 1);
       cur = 1 - cur;
     } else if ((err = run_push_pull(x, cur, x->clock - 1, 0, x->clock, &nx, eb)) < 0) {

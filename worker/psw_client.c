@@ -718,33 +718,77 @@ static int psw_same_layout(const psw_client *c, const Ps__ModelSpec *spec) {
   return same;
 }
 
+/* psw_str_eq compares two optional protobuf strings (NULL reads as ""). */
+static int psw_str_eq(const char *a, const char *b) { return !strcmp(a ? a : "", b ? b : ""); }
+
+/* psw_same_worker_side says whether SPEC asks the same of the worker as
+ * the client's (the same layout given): its graph, clipping and codecs.
+ * What only the shards apply (optimizer, learning rate, seed,
+ * consistency) may differ. */
+static int psw_same_worker_side(const psw_client *c, const Ps__ModelSpec *spec) {
+  const Ps__ModelSpec *o = c->reply->model;
+  if (o->graph.len != spec->graph.len ||
+      (o->graph.len && memcmp(o->graph.data, spec->graph.data, o->graph.len)) ||
+      o->clip_norm != spec->clip_norm || !psw_str_eq(o->codec, spec->codec) ||
+      !psw_str_eq(o->pull_codec, spec->pull_codec) || o->topk != spec->topk ||
+      o->codec_warmup_steps != spec->codec_warmup_steps ||
+      o->codec_min_elems != spec->codec_min_elems || o->n_tensors != spec->n_tensors)
+    return 0;
+  for (size_t i = 0; i < o->n_tensors; i++)
+    if (!psw_str_eq(o->tensors[i]->codec, spec->tensors[i]->codec)) return 0;
+  return 1;
+}
+
+/* psw_spec_check asks shard S for the model's spec again and compares it
+ * with the client's: 0 when the worker may go on (the same layout and
+ * worker side: psw_same_worker_side), else PS_EINVAL saying that the
+ * model is gone or was replaced and the workers must start again (WHY,
+ * may be NULL: the refusal that made the client ask); 0 too when the
+ * shard does not answer (it cannot tell). */
+static int psw_spec_check(psw_client *c, psw_shard *s, const ps_errbuf *why, ps_errbuf *eb) {
+  Ps__GetModelRequest req = PS__GET_MODEL_REQUEST__INIT;
+  req.name = c->model;
+  ProtobufCMessage *resp = NULL;
+  ps_errbuf geb;
+  char tail[sizeof why->msg + 32] = "";
+  if (why) snprintf(tail, sizeof tail, " (shard %u: %s)", s->conf->id, why->msg);
+  int gerr = psw_call_once(c->cfg, s->conf->grpc_addr, "/ps.Ps/GetModel", &req.base,
+                           &ps__get_model_reply__descriptor, &resp, PSW_GETMODEL_TIMEOUT_MS, &geb);
+  if (gerr == PS_ENOENT)
+    return ps_errf(eb, PS_EINVAL, "model '%s' is no longer on the cluster%s", c->model, tail);
+  if (gerr < 0) return 0; /* cannot tell: a refusal of the data path will */
+  const Ps__ModelSpec *spec = ((const Ps__GetModelReply *)resp)->model;
+  int err = 0;
+  if (spec && !psw_same_layout(c, spec))
+    err = ps_errf(eb, PS_EINVAL, "model '%s' was replaced with another layout%s; start the "
+                  "workers again", c->model, tail);
+  else if (spec && !psw_same_worker_side(c, spec))
+    err = ps_errf(eb, PS_EINVAL, "model '%s' was replaced with another graph, clip norm or "
+                  "codec%s; start the workers again", c->model, tail);
+  protobuf_c_message_free_unpacked(resp, NULL);
+  return err;
+}
+
 /* psw_refused turns shard S's refusal ERR (WHY) of a push or pull into
  * the call's error (invariant 10).  A request naming chunks the shard
  * does not have, or of another size (PS_ENOENT, PS_EINVAL), is what a
  * model replaced with another layout (psctl submit --replace) or removed
  * since the client fetched it gets: the shard's spec is fetched again to
- * say which.  Never PS_ENOENT, which callers read as a partition taken
- * away (psw_train). */
+ * say which (psw_spec_check).  Never PS_ENOENT, which callers read as a
+ * partition taken away (psw_train). */
 static int psw_refused(psw_client *c, psw_shard *s, int err, const ps_errbuf *why,
                        ps_errbuf *eb) {
   if (err != PS_ENOENT && err != PS_EINVAL)
     return ps_errf(eb, err, "shard %u: %s", s->conf->id, why->msg);
-  Ps__GetModelRequest req = PS__GET_MODEL_REQUEST__INIT;
-  req.name = c->model;
-  ProtobufCMessage *resp = NULL;
-  ps_errbuf geb;
-  int gerr = psw_call_once(c->cfg, s->conf->grpc_addr, "/ps.Ps/GetModel", &req.base,
-                           &ps__get_model_reply__descriptor, &resp, PSW_GETMODEL_TIMEOUT_MS, &geb);
-  if (gerr == PS_ENOENT)
-    return ps_errf(eb, PS_EINVAL, "model '%s' is no longer on the cluster (shard %u: %s)",
-                   c->model, s->conf->id, why->msg);
-  const Ps__GetModelReply *r = (const Ps__GetModelReply *)resp;
-  int changed = gerr == 0 && r->model && !psw_same_layout(c, r->model);
-  if (resp) protobuf_c_message_free_unpacked(resp, NULL);
-  if (changed)
-    return ps_errf(eb, PS_EINVAL, "model '%s' was replaced with another layout (shard %u: %s); "
-                   "start the workers again", c->model, s->conf->id, why->msg);
+  if (psw_spec_check(c, s, why, eb) < 0) return PS_EINVAL;
   return ps_errf(eb, PS_EINVAL, "shard %u: %s", s->conf->id, why->msg);
+}
+
+/* psw_client_spec_check: see psw_client.h. */
+int psw_client_spec_check(psw_client *c, ps_errbuf *eb) {
+  for (size_t k = 0; k < c->nshards; k++)
+    if (c->shards[k].nids) return psw_spec_check(c, &c->shards[k], NULL, eb);
+  return 0;
 }
 
 /* psw_push_refused notes that S refused a push as DEGRADED (WHY), its

@@ -184,6 +184,14 @@ int psw_client_check_model(const ps_config *cfg, const char *model, volatile sig
  * the connections and frees the vectors and the spec; NULL is a no-op. */
 void psw_client_close(psw_client *c);
 
+/* psw_client_spec_check asks a shard holding the model's chunks for its
+ * spec again: 0 when the worker may go on with its own (the same layout,
+ * graph, clip norm and codecs: a submit that changed only what the shards
+ * apply, such as the optimizer or the seed), PS_EINVAL saying the model
+ * is gone or was replaced and the workers must start again (0 when no
+ * shard answers: it cannot tell).  Not while a job runs. */
+int psw_client_spec_check(psw_client *c, ps_errbuf *eb);
+
 /* The fetched spec and its layout (borrowed for the client's life). */
 const Ps__ModelSpec *psw_client_spec(const psw_client *c);
 const ps_layout *psw_client_layout(const psw_client *c);

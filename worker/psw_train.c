@@ -1004,7 +1004,10 @@ static int run_train(psw_run *x, ps_errbuf *eb) {
     err = run_part(x, &pos, &acc, &step, t0, eb);
     if (err == PS_ENOENT) {
       ps_info("worker %u: %s; claiming another", x->rank, eb->msg);
-      continue;
+      /* taken away at a handover, or by a new job: a model submitted
+       * again (--replace) whose graph, clip norm or codecs changed ends
+       * the worker, before it pushes anything computed with the old ones */
+      if ((err = psw_client_spec_check(x->cl, eb)) == 0) continue;
     }
     if (err < 0) {
       run_epoch_done(x, epoch, &acc, t0, 0, NULL);

@@ -11,8 +11,9 @@
  *  - join: 2 workers (workers.min 2, count 3) and a third one mid-epoch:
  *    it trains partitions taken from the others, nothing is skipped or
  *    retrained.
- *  - replace: a model replaced with another layout mid-job makes its
- *    workers exit 1 saying so.
+ *  - replace: a model replaced with another layout or graph mid-job
+ *    makes its workers exit 1 saying so; one at another learning rate
+ *    keeps them training the new job to its end.
  *  - SIGTERM while parked: a worker whose pull waits for a stopped
  *    worker (bsp) leaves at once on SIGTERM, reporting what every shard
  *    acknowledged (nothing retrained).
@@ -409,29 +410,37 @@ START_TEST(test_failover_join_rate) {
 }
 END_TEST
 
-/* A model replaced mid-job with another layout (psctl submit --replace,
- * another layer list): every worker training it exits 1 at its next
- * step saying the model was replaced and to start the workers again,
- * instead of claiming partition after partition against chunks the
- * shards no longer hold (it used to loop forever, ~350 lines/s, counting
- * each failed step). */
-START_TEST(test_failover_replace_shape) {
-  TF_NEED_DATA();
+/* tf_replace trains model "m" (784,32,10, relu) with 2 workers for
+ * EPOCHS, replaces it a quarter into the first epoch with a model of
+ * LAYERS and ACTIVATION at LR (psctl submit --replace) and checks the
+ * workers: WANT NULL, they go on and finish the job; else each exits 1
+ * at its next step saying WANT and to start the workers again (not
+ * claiming partition after partition, nor training on with its old
+ * graph). */
+static void tf_replace(int epochs, const char *layers, const char *activation, const char *lr,
+                       const char *want) {
   tf_ctx x = {0};
-  tf_start(&x, 2, 2, 60, "784,32,10", "0.002", TF_SAMPLES);
+  tf_start(&x, 2, 2, epochs, "784,32,10", "0.002", TF_SAMPLES);
   tf_spawn(&x);
   tf_spawn(&x);
   tf_wait_trained(&x, 0, TF_SAMPLES / 4);
   char pb[600], log[700];
   snprintf(pb, sizeof pb, "%s/m2.pb", x.dir);
   snprintf(log, sizeof log, "%s/psctl-replace.log", x.dir);
-  char *model[] = {(char *)ps_test_bin("psctl"), "model", "mlp", "--layers", "784,16,10", "-o",
-                   pb, NULL};
+  char *model[] = {(char *)ps_test_bin("psctl"), "model", "mlp", "--layers", (char *)layers,
+                   "--activation", (char *)activation, "-o", pb, NULL};
   ck_assert_msg(ps_test_run(model, log, 20000) == 0, "psctl model failed; see %s", log);
   char *submit[] = {(char *)ps_test_bin("psctl"), "submit", pb, "--name", "m", "--config",
-                    x.yaml, "--optimizer", "adam", "--lr", "0.002", "--consistency", "bsp",
+                    x.yaml, "--optimizer", "adam", "--lr", (char *)lr, "--consistency", "bsp",
                     "--replace", NULL};
   ck_assert_msg(ps_test_run(submit, log, 30000) == 0, "psctl submit failed; see %s", log);
+  if (!want) {
+    tf_wait_all(&x, NULL);
+    uint64_t retrained;
+    tf_check_accounting(&x, TF_SAMPLES, (uint64_t)TF_SAMPLES, &retrained);
+    tf_finish(&x);
+    return;
+  }
   for (int i = 0; i < 2; i++) {
     tf_log(&x, i, log, sizeof log);
     int st = ps_test_wait_pid(x.w[i], 20000);
@@ -440,14 +449,37 @@ START_TEST(test_failover_replace_shape) {
     ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1, "worker %d exited %d; see %s", i,
                   WIFEXITED(st) ? WEXITSTATUS(st) : -1, log);
     char *text = ps_test_read_file(log, NULL);
-    ck_assert_msg(strstr(text, "model 'm' was replaced with another layout") &&
-                      strstr(text, "start the workers again"), "see %s", log);
+    ck_assert_msg(strstr(text, want) && strstr(text, "start the workers again"), "see %s", log);
     int lines = 0;
     for (const char *p = text; (p = strchr(p, '\n')); p++) lines++;
     ck_assert_msg(lines < 40, "worker %d wrote %d lines; see %s", i, lines, log);
     free(text);
   }
   tf_finish(&x);
+}
+
+/* Another layer list: it used to loop forever, ~350 lines/s, counting
+ * each failed step. */
+START_TEST(test_failover_replace_shape) {
+  TF_NEED_DATA();
+  tf_replace(60, "784,16,10", "relu", "0.002", "model 'm' was replaced with another layout");
+}
+END_TEST
+
+/* The same tensors under another activation: the workers went on with
+ * the old graph (and the new one, evaluated on what they trained, was at
+ * chance). */
+START_TEST(test_failover_replace_graph) {
+  TF_NEED_DATA();
+  tf_replace(60, "784,32,10", "sigmoid", "0.002", "model 'm' was replaced with another graph");
+}
+END_TEST
+
+/* The same graph at another learning rate (what the shards apply): the
+ * workers train the new job to its end. */
+START_TEST(test_failover_replace_lr) {
+  TF_NEED_DATA();
+  tf_replace(3, "784,32,10", "relu", "0.001", NULL);
 }
 END_TEST
 
@@ -794,6 +826,8 @@ Suite *psw_failover_suite(void) {
   tcase_add_unchecked_fixture(tw, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_add_test(tw, test_failover_join_rate);
   tcase_add_test(tw, test_failover_replace_shape);
+  tcase_add_test(tw, test_failover_replace_graph);
+  tcase_add_test(tw, test_failover_replace_lr);
   tcase_add_test(tw, test_failover_sigterm_parked);
   suite_add_tcase(s, tw);
   return s;

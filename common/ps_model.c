@@ -43,6 +43,32 @@ const char *ps_consistency_name(ps_consistency c) {
   return (unsigned)c < 3 ? ps_consistency_names[c] : "unknown";
 }
 
+/* name_cmp orders tensor specs by name (qsort). */
+static int name_cmp(const void *a, const void *b) {
+  return strcmp((*(const Ps__TensorSpec *const *)a)->name, (*(const Ps__TensorSpec *const *)b)->name);
+}
+
+/* ps_layout_unique refuses SPEC when two tensors share a name (sorted:
+ * a spec of many tensors is checked in N log N). */
+static int ps_layout_unique(const Ps__ModelSpec *spec, ps_errbuf *eb) {
+  const Ps__TensorSpec **by = malloc(spec->n_tensors * sizeof *by);
+  if (!by) return ps_errf(eb, PS_ENOMEM, "out of memory");
+  for (size_t t = 0; t < spec->n_tensors; t++) {
+    by[t] = spec->tensors[t];
+    if (!by[t]->name || !by[t]->name[0]) {
+      free(by);
+      return ps_errf(eb, PS_EINVAL, "model '%s': tensor %zu has no name", spec->name, t);
+    }
+  }
+  qsort(by, spec->n_tensors, sizeof *by, name_cmp);
+  int rc = 0;
+  for (size_t t = 1; t < spec->n_tensors && !rc; t++)
+    if (strcmp(by[t - 1]->name, by[t]->name) == 0)
+      rc = ps_errf(eb, PS_EINVAL, "model '%s': duplicate tensor '%s'", spec->name, by[t]->name);
+  free(by);
+  return rc;
+}
+
 int ps_layout_build(ps_layout *l, const Ps__ModelSpec *spec, uint32_t chunk_elems,
                     const uint32_t *shard_ids, size_t nshards, ps_errbuf *eb) {
   memset(l, 0, sizeof *l);
@@ -67,21 +93,13 @@ int ps_layout_build(ps_layout *l, const Ps__ModelSpec *spec, uint32_t chunk_elem
   l->codec_warmup = spec->codec_warmup_steps;
   l->codec_min_elems = spec->codec_min_elems ? spec->codec_min_elems : 1024;
   l->ntensors = spec->n_tensors;
+  if ((rc = ps_layout_unique(spec, eb)) < 0) return rc;
   l->tensors = calloc(l->ntensors, sizeof *l->tensors);
   if (!l->tensors) return ps_errf(eb, PS_ENOMEM, "out of memory");
   uint64_t nchunks = 0;
   for (size_t t = 0; t < spec->n_tensors; t++) {
     const Ps__TensorSpec *ts = spec->tensors[t];
     ps_tensor_info *ti = &l->tensors[t];
-    if (!ts->name || !ts->name[0]) {
-      ps_layout_release(l);
-      return ps_errf(eb, PS_EINVAL, "model '%s': tensor %zu has no name", spec->name, t);
-    }
-    for (size_t u = 0; u < t; u++)
-      if (strcmp(spec->tensors[u]->name, ts->name) == 0) {
-        ps_layout_release(l);
-        return ps_errf(eb, PS_EINVAL, "model '%s': duplicate tensor '%s'", spec->name, ts->name);
-      }
     if (ts->n_shape == 0) {
       ps_layout_release(l);
       return ps_errf(eb, PS_EINVAL, "tensor '%s' has no shape", ts->name);

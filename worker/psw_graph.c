@@ -22,6 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ps_pb.h"
 #include "ps_place.h"
 
 enum { V_PARAM, V_INPUT, V_NODE };
@@ -59,6 +60,8 @@ struct psw_graph {
   Ps__Graph__Graph *pb;
   size_t nvals, nnodes, nparams;
   val *vals;
+  uint32_t *index;        /* value id + 1 by name hash (find_val); 0: free */
+  size_t imask;           /* index slots - 1 (a power of two) */
   gnode *nodes;
   uint64_t total;         /* floats in the flat parameter vector */
   int features, labels, targets, ids; /* value ids or -1 */
@@ -292,25 +295,54 @@ static int chk_concat(psw_graph *g, gnode *n, val *out, ps_errbuf *eb) {
 
 /* ---- checking -------------------------------------------------------------- */
 
-/* find_val returns the id of the value named NAME among the first LIMIT
- * values, or -1. */
-static int find_val(const psw_graph *g, const char *name, size_t limit) {
-  for (size_t i = 0; i < limit; i++)
-    if (strcmp(g->vals[i].name, name) == 0) return (int)i;
+/* name_hash: FNV-1a of NAME (the value index's hash). */
+static uint32_t name_hash(const char *name) {
+  uint32_t h = 2166136261u;
+  for (const unsigned char *p = (const unsigned char *)name; *p; p++) h = (h ^ *p) * 16777619u;
+  return h;
+}
+
+/* find_val returns the id of the value named NAME, or -1 (g->index: an
+ * open-addressing table of value id + 1, so that a graph of many values
+ * is checked in linear time). */
+static int find_val(const psw_graph *g, const char *name) {
+  for (size_t i = name_hash(name) & g->imask; g->index[i]; i = (i + 1) & g->imask)
+    if (strcmp(g->vals[g->index[i] - 1].name, name) == 0) return (int)g->index[i] - 1;
   return -1;
 }
 
 /* add_val appends a value named NAME, refusing empty and duplicate names. */
 static int add_val(psw_graph *g, const char *what, const char *name, val **out, ps_errbuf *eb) {
   if (!name || !*name) return ps_errf(eb, PS_EINVAL, "%s has no name", what);
-  if (find_val(g, name, g->nvals) >= 0)
+  if (find_val(g, name) >= 0)
     return ps_errf(eb, PS_EINVAL, "%s: duplicate name '%s'", what, name);
+  size_t i = name_hash(name) & g->imask;
+  while (g->index[i]) i = (i + 1) & g->imask;
+  g->index[i] = (uint32_t)g->nvals + 1;
   val *v = &g->vals[g->nvals++];
   memset(v, 0, sizeof *v);
   v->name = name;
   v->producer = -1;
   *out = v;
   return 0;
+}
+
+/* check_param_name checks parameter NAME as a file name too: psctl
+ * export writes NAME.npy (an embedding table NAME.rows.npy and
+ * NAME.keys.npy) into its archive, so a name is at most 255 bytes
+ * without control characters, and its '/'-separated parts are neither
+ * empty, "." nor ".." (no absolute path, none that climbs out). */
+static int check_param_name(const char *name, ps_errbuf *eb) {
+  int rc = ps_text_check("parameter name", name, 255, eb);
+  if (rc) return rc;
+  for (const char *p = name;;) {
+    size_t n = strcspn(p, "/");
+    if (!n || (n == 1 && p[0] == '.') || (n == 2 && p[0] == '.' && p[1] == '.'))
+      return ps_errf(eb, PS_EINVAL, "parameter name '%s': an empty, '.' or '..' part (it names "
+                     "a file in psctl export's archive)", name);
+    if (!p[n]) return 0;
+    p += n + 1;
+  }
 }
 
 static int check_params(psw_graph *g, ps_errbuf *eb) {
@@ -320,6 +352,7 @@ static int check_params(psw_graph *g, ps_errbuf *eb) {
     snprintf(what, sizeof what, "params[%zu]", i);
     val *v;
     int rc = add_val(g, what, p->name, &v, eb);
+    if (!rc) rc = check_param_name(p->name, eb);
     if (rc) return rc;
     if (p->sparse) {
       if (p->n_shape != 1 || !p->shape[0] || p->shape[0] > 65536)
@@ -354,6 +387,14 @@ static int check_params(psw_graph *g, ps_errbuf *eb) {
     g->total += (uint64_t)v->rows * v->cols;
   }
   g->nparams = g->pb->n_params;
+  /* psctl export's members for the table: no tensor may take them */
+  for (int k = 0; g->table >= 0 && k < 2; k++) {
+    char member[300];
+    snprintf(member, sizeof member, "%s.%s", g->vals[g->table].name, k ? "keys" : "rows");
+    if (find_val(g, member) >= 0)
+      return ps_errf(eb, PS_EINVAL, "parameter '%s': psctl export names embedding table '%s' "
+                     "'%s' in its archive", member, g->vals[g->table].name, member);
+  }
   return 0;
 }
 
@@ -423,7 +464,7 @@ static int check_node(psw_graph *g, size_t i, ps_errbuf *eb) {
     return ps_errf(eb, PS_EINVAL, "node '%s': op '%s' has 1 output, got %zu", pn->name, pn->op,
                    pn->n_outputs);
   for (int k = 0; k < n->op->nin; k++) {
-    n->in[k] = find_val(g, pn->inputs[k], g->nvals);
+    n->in[k] = find_val(g, pn->inputs[k]);
     if (n->in[k] < 0)
       return ps_errf(eb, PS_EINVAL, "node '%s': input '%s' is not defined before this node",
                      pn->name, pn->inputs[k]);
@@ -448,7 +489,7 @@ static int check_node(psw_graph *g, size_t i, ps_errbuf *eb) {
 static int check_loss(psw_graph *g, ps_errbuf *eb) {
   const char *loss = g->pb->loss;
   if (!*loss) return ps_errf(eb, PS_EINVAL, "graph has no loss (field 'loss' is empty)");
-  g->loss = find_val(g, loss, g->nvals);
+  g->loss = find_val(g, loss);
   if (g->loss < 0) return ps_errf(eb, PS_EINVAL, "loss '%s' is not defined", loss);
   const val *l = &g->vals[g->loss];
   char s[48];
@@ -464,14 +505,17 @@ static int check_loss(psw_graph *g, ps_errbuf *eb) {
       if (p >= 0) g->nodes[p].live = 1;
     }
   }
-  for (size_t p = 0; p < g->nparams; p++) {
-    int used = 0;
-    for (size_t i = 0; i < g->nnodes && !used; i++)
-      for (int k = 0; k < g->nodes[i].op->nin; k++)
-        used |= g->nodes[i].live && g->nodes[i].in[k] == (int)p;
-    if (!used)
-      return ps_errf(eb, PS_EINVAL, "parameter '%s' does not affect the loss '%s'", g->vals[p].name, loss);
-  }
+  uint8_t *used = calloc(g->nparams ? g->nparams : 1, 1); /* read by a live node */
+  if (!used) return ps_errf(eb, PS_ENOMEM, "graph: out of memory");
+  for (size_t i = 0; i < g->nnodes; i++)
+    for (int k = 0; g->nodes[i].live && k < g->nodes[i].op->nin; k++)
+      if ((size_t)g->nodes[i].in[k] < g->nparams) used[g->nodes[i].in[k]] = 1;
+  size_t p = 0;
+  while (p < g->nparams && used[p]) p++;
+  free(used);
+  if (p < g->nparams)
+    return ps_errf(eb, PS_EINVAL, "parameter '%s' does not affect the loss '%s'", g->vals[p].name,
+                   loss);
   g->acc_node = -1;
   for (size_t i = 0; i < g->nnodes; i++)
     if (strcmp(g->nodes[i].op->name, "softmax_xent") == 0 && (g->acc_node < 0 || g->nodes[i].live))
@@ -494,7 +538,7 @@ static int check_loss(psw_graph *g, ps_errbuf *eb) {
 }
 
 /* plan marks fusions and gradient accumulation (invariants 3 and 4). */
-static void plan(psw_graph *g) {
+static int plan(psw_graph *g, ps_errbuf *eb) {
   for (size_t i = 0; i + 1 < g->nnodes; i++) {
     gnode *d = &g->nodes[i], *a = &g->nodes[i + 1];
     if (strcmp(d->op->name, "dense") == 0 && a->op->act != PS_GPU_ACT_NONE &&
@@ -503,25 +547,38 @@ static void plan(psw_graph *g) {
       a->fused = 1;
     }
   }
+  /* A live node's backward accumulates into an input that a later live
+   * node reads too (read[v]: one does, seen walking back from the end). */
+  uint8_t *read = calloc(g->nvals ? g->nvals : 1, 1);
+  if (!read) return ps_errf(eb, PS_ENOMEM, "graph: out of memory");
+  for (size_t i = g->nnodes; i-- > 0;) {
+    gnode *n = &g->nodes[i];
+    if (!n->live) continue;
+    for (int k = 0; k < n->op->nin; k++) n->acc[k] = read[n->in[k]];
+    for (int k = 0; k < n->op->nin; k++) read[n->in[k]] = 1;
+  }
+  free(read);
   for (size_t i = 0; i < g->nnodes; i++) {
     gnode *n = &g->nodes[i];
-    for (int k = 0; k < n->op->nin && n->live; k++)
-      for (size_t j = i + 1; j < g->nnodes && !n->acc[k]; j++)
-        for (int q = 0; q < g->nodes[j].op->nin; q++)
-          if (g->nodes[j].live && g->nodes[j].in[q] == n->in[k]) n->acc[k] = 1;
     /* The same value twice in one node: the later slot writes first. */
     for (int k = 0; k < n->op->nin; k++)
       for (int q = k + 1; q < n->op->nin; q++)
         if (n->in[q] == n->in[k]) n->acc[k] = 1;
   }
+  return 0;
 }
 
 static int check_graph(psw_graph *g, ps_errbuf *eb) {
   const Ps__Graph__Graph *pb = g->pb;
   size_t nv = pb->n_params + pb->n_inputs + pb->n_nodes;
+  if (nv > UINT32_MAX / 4) return ps_errf(eb, PS_EINVAL, "graph: %zu values", nv);
+  size_t slots = 16;
+  while (slots < 2 * nv) slots *= 2;
+  g->imask = slots - 1;
+  g->index = calloc(slots, sizeof *g->index);
   g->vals = calloc(nv ? nv : 1, sizeof *g->vals);
   g->nodes = calloc(pb->n_nodes ? pb->n_nodes : 1, sizeof *g->nodes);
-  if (!g->vals || !g->nodes) return ps_errf(eb, PS_ENOMEM, "graph: out of memory");
+  if (!g->index || !g->vals || !g->nodes) return ps_errf(eb, PS_ENOMEM, "graph: out of memory");
   g->nnodes = pb->n_nodes;
   g->features = g->labels = g->targets = g->ids = g->table = -1;
   int rc = check_params(g, eb);
@@ -537,8 +594,7 @@ static int check_graph(psw_graph *g, ps_errbuf *eb) {
     if (!g->vals[i].nconsumers)
       return ps_errf(eb, PS_EINVAL, "parameter '%s' is not used by any node", g->vals[i].name);
   if ((rc = check_loss(g, eb))) return rc;
-  plan(g);
-  return 0;
+  return plan(g, eb);
 }
 
 /* ---- loading ----------------------------------------------------------------- */
@@ -612,9 +668,14 @@ int psw_graph_load(const void *buf, size_t len, psw_graph **out, ps_errbuf *eb) 
     return wire_diagnose(buf, len, eb);
   }
   const char *tag0 = pb_tag0(&g->pb->base);
+  /* protobuf-c cuts a string at a NUL and takes bad UTF-8: ps_pb_unpack
+   * refuses both (the shards would refuse the spec's tensor names) */
+  ProtobufCMessage *strict = NULL;
   int rc = tag0 ? ps_errf(eb, PS_EFORMAT, "a '%s' has a field numbered 0 (not valid protobuf)",
                           tag0)
-                : check_graph(g, eb);
+                : ps_pb_unpack(&ps__graph__graph__descriptor, buf, len, &strict, eb);
+  if (strict) protobuf_c_message_free_unpacked(strict, NULL);
+  if (!rc) rc = check_graph(g, eb);
   if (rc) {
     psw_graph_free(g);
     return rc;
@@ -687,6 +748,7 @@ void psw_graph_free(psw_graph *g) {
   if (!g) return;
   if (g->pb) ps__graph__graph__free_unpacked(g->pb, NULL);
   free(g->vals);
+  free(g->index);
   free(g->nodes);
   free(g);
 }

@@ -204,6 +204,57 @@ START_TEST(test_errors_params_and_loss) {
 }
 END_TEST
 
+/* Parameter names are file names in psctl export's archive: no control
+ * character, no empty, "." or ".." part (a name could climb out of the
+ * directory the archive is unpacked into), and, as every string of the
+ * file, no NUL (protobuf-c cut "WX1" with a NUL for X to "W", and the
+ * model was submitted so) and no bad UTF-8. */
+START_TEST(test_errors_names) {
+  static const struct { const char *name, *msg; } bad[] = {
+      {"../W1", "parameter name '../W1': an empty, '.' or '..' part (it names a file in psctl "
+                "export's archive)"},
+      {"/tmp/W1", "parameter name '/tmp/W1': an empty, '.' or '..' part (it names a file in "
+                  "psctl export's archive)"},
+      {"a//W1", "parameter name 'a//W1': an empty, '.' or '..' part (it names a file in psctl "
+                "export's archive)"},
+      {"a/./W1", "parameter name 'a/./W1': an empty, '.' or '..' part (it names a file in "
+                 "psctl export's archive)"},
+      {"W1/", "parameter name 'W1/': an empty, '.' or '..' part (it names a file in psctl "
+              "export's archive)"},
+      {"W\x1b[1m", "parameter name holds a control character (byte 1)"},
+  };
+  tgraph t;
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    tg_mlp(&t, 6, 5, 3);
+    t.P[0].name = (char *)bad[i].name;
+    t.nin[0][1] = (char *)bad[i].name;
+    expect_error(&t, PS_EINVAL, bad[i].msg);
+  }
+  tg_mlp(&t, 6, 5, 3);
+  t.P[0].name = t.nin[0][1] = "layer.1/W";
+  psw_graph *g = NULL;
+  ps_errbuf eb = {{0}};
+  ck_assert_msg(tg_load(&t, &g, &eb) == 0, "%s", eb.msg);
+  psw_graph_free(g);
+  /* a NUL and a byte that is not UTF-8, patched into the packed file */
+  for (int k = 0; k < 2; k++) {
+    tg_mlp(&t, 6, 5, 3);
+    t.P[0].name = t.nin[0][1] = "WX1";
+    size_t len = ps__graph__graph__get_packed_size(&t.g);
+    uint8_t *buf = malloc(len);
+    ck_assert_ptr_nonnull(buf);
+    ps__graph__graph__pack(&t.g, buf);
+    for (size_t i = 0; i + 3 <= len; i++)
+      if (!memcmp(buf + i, "WX1", 3)) buf[i + 1] = k ? 0xff : 0;
+    g = NULL;
+    ck_assert_int_eq(psw_graph_load(buf, len, &g, &eb), PS_EINVAL);
+    ck_assert_ptr_null(g);
+    ck_assert_msg(strstr(eb.msg, "is not valid UTF-8 or holds a NUL byte"), "%s", eb.msg);
+    free(buf);
+  }
+}
+END_TEST
+
 /* Found by tests/fuzz/fuzz_graph: a field numbered 0, spelled 80 00,
  * passed protobuf-c's unpack and the graph checks, but the graph that
  * psw_graph_to_spec packs from it (00 00) no longer unpacks, so workers
@@ -452,6 +503,7 @@ Suite *psw_graph_suite(void) {
   tcase_add_test(tc, test_errors_params_and_loss);
   tcase_add_test(tc, test_errors_truncated_file);
   tcase_add_test(tc, test_errors_field_zero);
+  tcase_add_test(tc, test_errors_names);
   tcase_add_test(tc, test_graph_gradient_xent);
   tcase_add_test(tc, test_graph_gradient_shared_weights_mse);
   tcase_add_test(tc, test_exec_batches_and_spec);

@@ -246,6 +246,14 @@ START_TEST(test_ctr_bad_graphs) {
   pb->params[1]->hash_buckets = 10;
   TRY("parameter 'W1': hash_buckets is for embedding tables");
   pb->params[1]->hash_buckets = 0;
+  /* a dense parameter named as psctl export names the table's keys
+   * (export then failed for good: duplicate member 'emb.keys') */
+  char *w1 = pb->params[1]->name;
+  pb->params[1]->name = pb->nodes[2]->inputs[1] = "emb.keys";
+  TRY("parameter 'emb.keys': psctl export names embedding table 'emb' 'emb.keys' in its "
+      "archive");
+  pb->params[1]->name = w1;
+  pb->nodes[2]->inputs[1] = w;
   /* a softmax over the single logit */
   char *op = pb->nodes[pb->n_nodes - 1]->op;
   pb->nodes[pb->n_nodes - 1]->op = "softmax_xent";

@@ -77,8 +77,10 @@ static int psctl_export_args(int argc, char **argv, psctl_export_opts *o) {
   if (!bad && optind < argc) {
     fprintf(stderr, "psctl export: unexpected argument '%s'\n", argv[optind]);
     bad = 1;
-  } else if (!bad && (!o->model || !o->out)) {
-    fprintf(stderr, "psctl export: %s is required\n", !o->model ? "--model NAME" : "-o FILE");
+  } else if (!bad && (!o->model || !o->out || !*o->out)) {
+    fprintf(stderr, "psctl export: %s\n", !o->model ? "--model NAME is required"
+                                         : !o->out  ? "-o FILE is required"
+                                                    : "-o names no file (an empty path)");
     bad = 1;
   } else if (!bad && ps_name_check("model", o->model, &eb) < 0) {
     fprintf(stderr, "psctl export: %s\n", eb.msg);
@@ -299,6 +301,39 @@ static void psctl_export_on_signal(int sig) {
   raise(sig);
 }
 
+/* psctl_export_dangling writes to BUF (PATH_MAX) the file that symlink
+ * PATH would name once made: its links followed (at most 40) to a name
+ * that does not exist yet, in a directory that does.  0, or -1 with
+ * errno set. */
+static int psctl_export_dangling(const char *path, char *buf) {
+  char cur[PATH_MAX], next[PATH_MAX], dir[PATH_MAX];
+  if (snprintf(cur, sizeof cur, "%s", path) >= (int)sizeof cur) return errno = ENAMETOOLONG, -1;
+  struct stat st;
+  for (int hops = 0; lstat(cur, &st) == 0; hops++) {
+    if (!S_ISLNK(st.st_mode) || hops == 40) return errno = hops == 40 ? ELOOP : EEXIST, -1;
+    ssize_t n = readlink(cur, next, sizeof next - 1);
+    if (n < 0) return -1;
+    next[n] = 0;
+    const char *slash = strrchr(cur, '/');
+    int len = next[0] == '/' || !slash ? snprintf(dir, sizeof dir, "%s", next)
+                                       : snprintf(dir, sizeof dir, "%.*s/%s",
+                                                  (int)(slash - cur), cur, next);
+    if (len >= (int)sizeof dir) return errno = ENAMETOOLONG, -1;
+    memcpy(cur, dir, (size_t)len + 1);
+  }
+  if (errno != ENOENT) return -1;
+  /* CUR does not exist: its directory must */
+  char *slash = strrchr(cur, '/');
+  const char *base = slash ? slash + 1 : cur;
+  if (slash == cur) snprintf(dir, sizeof dir, "/");
+  else if (slash) snprintf(dir, sizeof dir, "%.*s", (int)(slash - cur), cur);
+  else snprintf(dir, sizeof dir, ".");
+  if (!*base || !realpath(dir, next)) return errno = errno ? errno : ENOENT, -1;
+  if (snprintf(buf, PATH_MAX, "%s/%s", strcmp(next, "/") ? next : "", base) >= PATH_MAX)
+    return errno = ENAMETOOLONG, -1;
+  return 0;
+}
+
 /* psctl_export_target checks -o PATH before anything is read: a file or
  * nothing (replaced or made, by a rename), never a device, a FIFO or a
  * directory (a rename onto /dev/null would replace it for the whole
@@ -310,7 +345,7 @@ static int psctl_export_target(const char *path, char *out, size_t cap) {
   const char *real = path;
   char buf[PATH_MAX];
   if (lstat(path, &st) == 0 && S_ISLNK(st.st_mode)) {
-    if (!realpath(path, buf)) {
+    if (!realpath(path, buf) && (errno != ENOENT || psctl_export_dangling(path, buf) < 0)) {
       fprintf(stderr, "psctl export: -o '%s': a link to nothing usable: %s\n", path,
               strerror(errno));
       return 2;

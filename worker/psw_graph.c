@@ -19,6 +19,7 @@
 #include "psw_graph.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -354,6 +355,10 @@ static int check_params(psw_graph *g, ps_errbuf *eb) {
     int rc = add_val(g, what, p->name, &v, eb);
     if (!rc) rc = check_param_name(p->name, eb);
     if (rc) return rc;
+    /* as the shards will check the spec (ps_layout_build) */
+    if (!isfinite(p->scale) || fabsf(p->scale) > 1e30f)
+      return ps_errf(eb, PS_EINVAL, "parameter '%s': initializer scale %g is not a finite number "
+                     "up to 1e30", p->name, (double)p->scale);
     if (p->sparse) {
       if (p->n_shape != 1 || !p->shape[0] || p->shape[0] > 65536)
         return ps_errf(eb, PS_EINVAL, "embedding table '%s': shape must be [dim] with dim 1..65536",
@@ -382,6 +387,9 @@ static int check_params(psw_graph *g, ps_errbuf *eb) {
     v->kind = V_PARAM;
     v->rows = p->n_shape == 2 ? p->shape[0] : 1;
     v->cols = p->n_shape == 2 ? p->shape[1] : p->shape[0];
+    if ((uint64_t)v->rows * v->cols > (UINT64_C(1) << 40) || g->total > (UINT64_C(1) << 50))
+      return ps_errf(eb, PS_EINVAL, "parameter '%s': %llu elements (at most 2^40 a tensor)",
+                     p->name, (unsigned long long)v->rows * v->cols);
     v->offset = g->total;
     v->needs_grad = 1;
     g->total += (uint64_t)v->rows * v->cols;

@@ -193,6 +193,16 @@ START_TEST(test_errors_params_and_loss) {
   tg_mlp(&t, 6, 5, 3);
   t.P[3].name = "W1";
   expect_error(&t, PS_EINVAL, "params[3]: duplicate name 'W1'");
+  /* what the shards refuse in the spec, refused in the file (psctl model
+   * show printed these) */
+  tg_mlp(&t, 6, 5, 3);
+  t.P[0].scale = NAN;
+  expect_error(&t, PS_EINVAL, "parameter 'W1': initializer scale nan is not a finite number up "
+               "to 1e30");
+  tg_mlp(&t, 6, 5, 3);
+  t.pshape[0][0] = t.pshape[0][1] = 4294967295u;
+  expect_error(&t, PS_EINVAL, "parameter 'W1': 18446744065119617025 elements (at most 2^40 a "
+               "tensor)");
   tg_mlp(&t, 6, 5, 3);
   t.I[1].kind = "images";
   expect_error(&t, PS_EINVAL, "input 'y': unknown kind 'images' (expected features, labels, targets or ids)");

@@ -640,16 +640,19 @@ static const char bench_usage[] =
     "       psctl bench [--config FILE] --memory-params N [--request-mib R]\n"
     "Submits a dense benchmark model (one float32 tensor of M MiB, default 64, SGD) and\n"
     "prints the median over N rounds (default 5) of push and pull MB/s over the tensor\n"
-    "channel and over gRPC, with R MiB requests (default 4), one thread per shard, D\n"
+    "channel and over gRPC (--skip-grpc: the channel only; the gRPC rows and JSON keys\n"
+    "are left out), with R MiB requests (default 4), one thread per shard, D\n"
     "requests in flight per channel (default 2), and beside each the rate over all N\n"
     "rounds together (\"overall\": their bytes over their summed time, which counts\n"
     "the rounds a shard's flush slowed); then 1 KiB pushes/s with 8 in flight\n"
     "for S seconds (default 2; 0 skips), and as long gRPC Push calls/s of 1 KiB, one at a\n"
-    "time (unless --skip-grpc).  --memory-params submits an Adam model of N\n"
+    "time (but with --skip-grpc).  --memory-params submits an Adam model of N\n"
     "parameters, pushes every chunk once, waits for a flush and prints each shard's\n"
     "parameter count as JSON (scripts/bench_net measures the shards' memory).\n"
     "--sockbuf sets the channel clients' SO_SNDBUF/SO_RCVBUF (default 0: kernel autotuning;\n"
-    "else at least 65536).\n";
+    "else at least 65536).\n"
+    "Exit status: 0, 1 when a shard is down or refuses the model or a request, 2 for\n"
+    "usage/config errors.\n";
 
 /* bench_args parses argv into O; 0, or an exit code (-1: --help). */
 static int bench_args(int argc, char **argv, bench_opts *o) {

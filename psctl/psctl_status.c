@@ -329,7 +329,7 @@ static void psctl_status_json_row(const psctl_row *r) {
   printf(",\"channel\":");
   psctl_json_str(r->sc->channel_addr);
   if (!r->st) {
-    printf(",\"state\":\"%s\",\"error\":", psctl_down_state(r->err));
+    printf(",\"state\":\"%s\",\"state_why\":\"\",\"error\":", psctl_down_state(r->err));
     psctl_json_str(r->why);
     printf("}");
     return;
@@ -428,7 +428,7 @@ static void psctl_status_json_row(const psctl_row *r) {
 static void psctl_status_json_workers(const Ps__ListWorkersReply *w) {
   printf(",\"workers\":");
   if (!w) {
-    printf("null");
+    printf("null,\"job\":null");
     return;
   }
   putchar('[');
@@ -450,7 +450,10 @@ static void psctl_status_json_workers(const Ps__ListWorkersReply *w) {
     printf("]}");
   }
   putchar(']');
-  if (!w->n_partitions) return;
+  if (!w->n_partitions) {
+    printf(",\"job\":null");
+    return;
+  }
   printf(",\"job\":{\"model\":");
   if (w->job_model && *w->job_model) psctl_json_str(w->job_model);
   else printf("null");

@@ -320,8 +320,10 @@ static int psctl_submit_check_up(psctl_cluster *c, psctl_reply *r) {
 }
 
 /* psctl_submit_report prints each shard's answer and, when some failed,
- * which shards have the model and which do not.  Returns the exit code. */
-static int psctl_submit_report(const psctl_cluster *c, const char *name, psctl_reply *r) {
+ * which shards have the model (TABLES: it has embedding tables) and which
+ * do not.  Returns the exit code. */
+static int psctl_submit_report(const psctl_cluster *c, const char *name, int tables,
+                               psctl_reply *r) {
   size_t n = c->cfg.nshards, ok = 0;
   for (size_t i = 0; i < n; i++) {
     const ps_shard_conf *s = &c->cfg.shards[i];
@@ -348,8 +350,10 @@ static int psctl_submit_report(const psctl_cluster *c, const char *name, psctl_r
       again = 0;
   }
   if (exists)
-    fprintf(stderr, "psctl submit: a model named '%s' with other settings exists; "
-                    "--replace replaces it\n", name);
+    fprintf(stderr, "psctl submit: a model named '%s' with other settings exists; %s\n", name,
+            tables ? "a model with embedding tables cannot be replaced: submit it under "
+                     "another name"
+                   : "--replace replaces it");
   fprintf(stderr, "psctl submit: model '%s' with these settings is on shards [", name);
   for (size_t i = 0, k = 0; i < n; i++)
     if (!r[i].err) fprintf(stderr, "%s%u", k++ ? ", " : "", c->cfg.shards[i].id);
@@ -399,7 +403,8 @@ int psctl_submit_main(int argc, char **argv) {
   req.model = spec, req.replace = o.replace;
   psctl_call_all(&c, "/ps.Ps/SubmitModel", &req.base, &ps__submit_model_reply__descriptor,
                  PSCTL_SUBMIT_TIMEOUT_MS, r);
-  code = psctl_submit_report(&c, o.name, r);
+  int tables = psw_graph_embedding(g, NULL, NULL, NULL, NULL) == 0;
+  code = psctl_submit_report(&c, o.name, tables, r);
   psctl_replies_free(r, c.cfg.nshards);
 close_cluster:
   free(r);

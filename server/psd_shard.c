@@ -421,9 +421,14 @@ int psd_shard_submit(psd_shard *sh, const Ps__ModelSpec *spec, int replace,
   const Ps__ModelSpec *old = psd_store_spec(sh->store, spec->name);
   if (replace && old && (psd_shard_sparse_tables(old) || psd_shard_sparse_tables(spec)) &&
       psd_store_replaces(sh->store, spec))
-    return psd_shard_done(sh, ps_errf(eb, PS_ENOTSUP, "model '%s' has embedding tables, whose "
-                                      "rows a replace cannot drop: submit the new model under "
-                                      "another name", spec->name));
+    return psd_shard_done(sh, psd_shard_sparse_tables(old)
+                                  ? ps_errf(eb, PS_ENOTSUP, "model '%s' has embedding tables, "
+                                            "whose rows a replace cannot drop: submit the new "
+                                            "model under another name", spec->name)
+                                  : ps_errf(eb, PS_ENOTSUP, "the new model '%s' has embedding "
+                                            "tables, and a replace cannot put a model with "
+                                            "tables in place of another: submit it under "
+                                            "another name", spec->name));
   /* embedding tables: checked before the store takes the spec, added after */
   if ((err = psd_shard_sparse_check(sh, spec, eb)) < 0) return psd_shard_done(sh, err);
   err = psd_store_submit(sh->store, spec, replace, &created, &nchunks, &nparams, eb);

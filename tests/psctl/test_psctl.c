@@ -519,6 +519,11 @@ START_TEST(test_psctl_submit) {
 
   /* A shard SIGKILLed: a new model goes nowhere. */
   pt_kill(&x, 1);
+  /* its JSON row keeps the keys of a live one's (state_why), and "job"
+   * is there, null, when the coordinator holds no partition table */
+  ck_assert_int_eq(pt_psctl(&x, "status --json --config '%s'", x.yaml), 1);
+  ck_assert_msg(pt_contains(x.out, "\"state\":\"DOWN\",\"state_why\":\"\",\"error\":") &&
+                    pt_contains(x.out, "\"job\":"), "see %s", x.out);
   ck_assert_int_eq(pt_psctl(&x, "submit lr.pb --name m2 --config '%s'", x.yaml), 1);
   ck_assert_uint_eq(pt_status_nmodels(&x, 0), 2);
   ck_assert_ptr_null(pt_get_model(&x, 0, "m2", &rep));

@@ -106,6 +106,22 @@ START_TEST(test_sparse_rpc) {
     ps_test_ctr_model(&m3, &sh, "sgd", 0.25f, 77);
     Ps__SubmitModelReply *rep;
     ck_assert_int_eq(ps_test_submit_call(c.r[0], m3.spec, 1, 10000, &rep, &eb), PS_ENOTSUP);
+    /* a dense model replaced by one with tables: refused, the message
+     * naming the new model's tables (it blamed the dense model's) */
+    Ps__OptimizerSpec opt = PS__OPTIMIZER_SPEC__INIT;
+    opt.kind = "sgd", opt.lr = 0.1f;
+    uint32_t shape[1] = {16};
+    Ps__TensorSpec t = PS__TENSOR_SPEC__INIT, *tp = &t;
+    t.name = "w", t.shape = shape, t.n_shape = 1;
+    Ps__ModelSpec d = PS__MODEL_SPEC__INIT;
+    d.name = "dn", d.tensors = &tp, d.n_tensors = 1, d.optimizer = &opt;
+    ck_assert_int_eq(ps_test_submit_call(c.r[0], &d, 0, 10000, &rep, &eb), 0);
+    protobuf_c_message_free_unpacked(&rep->base, NULL);
+    char *name = m3.spec->name;
+    m3.spec->name = "dn";
+    ck_assert_int_eq(ps_test_submit_call(c.r[0], m3.spec, 1, 10000, &rep, &eb), PS_ENOTSUP);
+    ck_assert_msg(strstr(eb.msg, "the new model 'dn' has embedding tables") != NULL, "%s", eb.msg);
+    m3.spec->name = name;
     /* the same spec again is still the no-op it always was */
     ck_assert_int_eq(ps_test_submit_call(c.r[0], m.spec, 1, 10000, &rep, &eb), 0);
     ck_assert(!rep->created && !rep->replaced);

@@ -295,6 +295,7 @@ int psd_coord_heartbeat(psd_shard *sh, const Ps__HeartbeatRequest *req,
                                       req->data_size, now_ms, &pos, &done, eb);
   if (got < 0) return got;
   reply->job_done = done;
+  reply->job_epochs = psd_clock_job_epochs(sh->clock);
   if (got == 1) {
     if (!(reply->granted = malloc(sizeof *reply->granted)))
       return ps_errf(eb, PS_ENOMEM, "out of memory");

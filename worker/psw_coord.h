@@ -136,6 +136,10 @@ int psw_coord_claim(psw_coord *c, const psw_coord_part *fin, uint32_t epochs, ui
  * gave with the last grant (0: none said). */
 uint64_t psw_coord_grant_clock(const psw_coord *c);
 
+/* psw_coord_job_epochs returns the job's epoch count the last claim's
+ * answer gave: the largest its workers asked for (0: none said). */
+uint32_t psw_coord_job_epochs(const psw_coord *c);
+
 /* psw_coord_step_out tells every shard that this worker has nothing to
  * train for now (a heartbeat marked idle): it leaves their clock tables,
  * so bsp/ssp pulls of the others do not wait for it, and keeps its lease

@@ -41,6 +41,7 @@ typedef struct psw_run {
   ps_gpu_backend *be;
   psw_client *cl;
   psw_coord *coord;     /* membership: registration, heartbeats */
+  uint32_t epochs;      /* the job's epoch count: --epochs, or more (run_claim) */
   uint32_t rank, workers;
   uint32_t *parts;      /* the partitions trained in the current local epoch */
   size_t nparts;
@@ -580,9 +581,9 @@ static void run_report(psw_run *x, uint32_t epoch, uint64_t s, const psw_epoch_a
                        double t_epoch_ms) {
   double spent = x->train_s + (run_now_ms() - t_epoch_ms) / 1e3;
   uint64_t steps = x->steps_per_epoch > s + 1 ? x->steps_per_epoch : s + 1;
-  uint64_t done = x->clock - x->clock0, total = steps * x->o->epochs;
+  uint64_t done = x->clock - x->clock0, total = steps * x->epochs;
   psw_progress_sample st = {
-      .epoch = epoch + 1, .epochs = x->o->epochs, .step = s + 1, .steps = steps,
+      .epoch = epoch + 1, .epochs = x->epochs, .step = s + 1, .steps = steps,
       .loss = acc->loss_sum / (double)acc->samples,
       .accuracy = (double)acc->correct / (double)acc->samples,
       .samples_per_sec = spent > 0 ? (double)(x->r->samples + acc->samples) / spent : 0,
@@ -915,6 +916,12 @@ static int run_claim(psw_run *x, const psw_coord_part *fin, psw_coord_part *pos,
         err = psw_coord_claim(x->coord, NULL, x->o->epochs, x->data_total, pos, &done, eb);
       fin = NULL;
       if (err >= 0) x->r->job_done = done;
+      uint32_t je = err >= 0 ? psw_coord_job_epochs(x->coord) : 0;
+      if (je > x->epochs) { /* workers that asked for more started the job */
+        ps_info("worker %u: the job trains %u epochs, the most its workers asked for: more "
+                "than this worker's %u, which trains on with it", x->rank, je, x->epochs);
+        x->epochs = je;
+      }
       if (err > 0 && waited) {
         /* out of the clock tables meanwhile: it goes on at the slowest
          * live clock (as a worker that registers now would; under bsp the
@@ -1065,7 +1072,7 @@ int psw_train_run(const psw_train_opts *o, psw_train_result *r, ps_errbuf *eb) {
   memset(r, 0, sizeof *r);
   r->test_loss = r->test_accuracy = r->train_loss = r->test_auc = r->test_logloss = NAN;
   r->job_done = r->sparse_lost = -1;
-  psw_run x = {.o = o, .r = r};
+  psw_run x = {.o = o, .r = r, .epochs = o->epochs};
   x.t0_ms = (int64_t)run_now_ms();
   if (!o->epochs || !o->batch || (!o->register_worker && o->rank >= o->workers)) {
     r->bad_input = 1;

@@ -330,7 +330,9 @@ START_TEST(test_failover_join) {
   tf_spawn(&x);
   tf_spawn(&x);
   tf_wait_trained(&x, 0, TF_SAMPLES / 4);
-  int third = tf_spawn(&x);
+  /* it asks for fewer epochs than the job's: it trains on with the job
+   * and says so (its progress said "epoch 17/7") */
+  int third = tf_spawn_with(&x, x.yaml, "--epochs", "1");
   tf_wait_all(&x, NULL);
   uint64_t retrained;
   ck_assert_uint_eq(tf_check_accounting(&x, TF_SAMPLES, 0, &retrained), 0);
@@ -341,6 +343,8 @@ START_TEST(test_failover_join) {
   const char *line = ps_test_last_line(text);
   ck_assert_msg(ps_test_json_num(line, "steps") > 0, "the joining worker trained nothing: %s",
                 line);
+  ck_assert_msg(strstr(text, "the job trains 30 epochs, the most its workers asked for"),
+                "see %s", log);
   free(text);
   ck_assert_uint_eq(tf_max_gap(&x), 0);
   tf_finish(&x);

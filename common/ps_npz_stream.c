@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -108,6 +109,8 @@ int ps_npz_stream_open(ps_npz_stream **out, const char *path, ps_errbuf *eb) {
     free(z);
     return rc;
   }
+  struct stat st; /* a file replaced keeps its mode (not the umask's) */
+  if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) (void)fchmod(fileno(z->f), st.st_mode & 07777);
   *out = z;
   return 0;
 }

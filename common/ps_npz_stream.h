@@ -39,8 +39,9 @@ typedef struct ps_npz_stream ps_npz_stream;
 
 typedef enum ps_npz_dtype { PS_NPZ_F4 = 0, PS_NPZ_U8 = 1 } ps_npz_dtype;
 
-/* ps_npz_stream_open creates the temporary file of PATH.  PS_EINVAL (a
- * path too long, a big-endian host), PS_EIO / PS_ENOSPC. */
+/* ps_npz_stream_open creates the temporary file of PATH (with the mode
+ * of the file PATH names when there is one: close replaces it).
+ * PS_EINVAL (a path too long, a big-endian host), PS_EIO / PS_ENOSPC. */
 int ps_npz_stream_open(ps_npz_stream **out, const char *path, ps_errbuf *eb);
 
 /* ps_npz_stream_set_zip64_at: sizes and offsets at or above AT use

@@ -10,6 +10,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "ps_npz.h"
@@ -111,6 +112,13 @@ START_TEST(test_npz_stream_members) {
   ck_assert_uint_eq(e->shape[0], 3);
   ck_assert_int_eq(memcmp(e->data, v, sizeof v), 0);
   ps_npz_release(&r);
+  /* a replaced file keeps its mode (a 0440 file came back 0644) */
+  ck_assert_int_eq(chmod(path, 0440), 0);
+  ck_assert_int_eq(ps_npz_stream_open(&z, path, &eb), 0);
+  ck_assert_int_eq(ps_npz_stream_close(z, &eb), 0);
+  struct stat st;
+  ck_assert_int_eq(stat(path, &st), 0);
+  ck_assert_uint_eq(st.st_mode & 07777, 0440);
 }
 END_TEST
 

@@ -121,10 +121,14 @@ static int psctl_submit_fits(const psctl_submit_opts *o) {
             psctl_opt_uses[i].kinds);
     return 1;
   }
-  if (o->decay_steps_given && o->opt.lr_decay_steps &&
-      !(o->opt.lr_decay > 0 && o->opt.lr_decay < 1)) {
+  if (o->decay_steps_given && o->opt.lr_decay_steps && o->opt.lr_decay == 0) {
     fprintf(stderr, "psctl submit: --lr-decay-steps needs --lr-decay GAMMA (0 < GAMMA < 1): "
             "without it the rate never decays\n");
+    return 1;
+  }
+  if (o->opt.lr_decay != 0 && !(o->opt.lr_decay > 0 && o->opt.lr_decay < 1)) {
+    fprintf(stderr, "psctl submit: --lr-decay wants GAMMA with 0 < GAMMA < 1, got %g\n",
+            (double)o->opt.lr_decay);
     return 1;
   }
   return 0;
@@ -300,6 +304,12 @@ static int psctl_submit_codecs(psctl_submit_opts *o, const ps_config *cfg, Ps__M
     fprintf(stderr, "psctl submit: %s\n", eb.msg);
     return 2;
   }
+  /* as psd -t warns of training.topk under another codec */
+  int topk_used = l.push_codec == PS_CODEC_TOPK;
+  for (size_t i = 0; i < l.ntensors; i++) topk_used |= l.tensors[i].push_codec == PS_CODEC_TOPK;
+  if (o->topk > 0 && !topk_used)
+    fprintf(stderr, "psctl submit: warning: --topk applies to topk pushes only, and no tensor "
+                    "of this model is pushed with topk\n");
   ps_layout_release(&l);
   return 0;
 }

@@ -500,6 +500,8 @@ START_TEST(test_psctl_submit) {
   ck_assert_msg(pt_psctl(&x, "submit lr.pb --name mc --codec onebit --pull-codec int8 --topk 0.05 "
                              "--codec-warmup-steps 10 --codec-min-elems 5 --tensor-codec b1=fp16 "
                              "--config '%s'", x.yaml) == 0, "codec submit failed, see %s", x.err);
+  /* --topk with no tensor pushed by topk: said, as psd -t says it of the file */
+  ck_assert_msg(pt_contains(x.err, "--topk applies to topk pushes only"), "see %s", x.err);
   for (int s = 0; s < PT_NSHARDS; s++) {
     ck_assert_ptr_nonnull(pt_get_model(&x, s, "mc", &rep));
     const Ps__ModelSpec *sp = rep->model;
@@ -590,6 +592,8 @@ START_TEST(test_cli_bad_flags) {
        "--momentum does not apply to --optimizer adam (used by momentum nesterov)"},
       {"psctl", "submit m.pb --name m --optimizer momentum --eps 1e-6 --config '%s'",
        "--eps does not apply to --optimizer momentum (used by adam adagrad)"},
+      {"psctl", "submit m.pb --name m --lr-decay 1.5 --lr-decay-steps 10 --config '%s'",
+       "--lr-decay wants GAMMA with 0 < GAMMA < 1, got 1.5"},
       {"psctl", "submit m.pb --name m --lr-decay-steps 5 --config '%s'",
        "--lr-decay-steps needs --lr-decay GAMMA"},
   };

@@ -55,6 +55,11 @@ typedef ps_rpc_reply psctl_reply;
 int psctl_call_all(psctl_cluster *c, const char *method, const ProtobufCMessage *req,
                    const ProtobufCMessageDescriptor *resp_desc, int timeout_ms, psctl_reply *out);
 
+/* psctl_call_failed says how a shard's call failed with ERR, after "shard
+ * N (ADDR) ": "refuses psctl" (its certificate's role), "did not answer
+ * in time", else "is down". */
+const char *psctl_call_failed(int err);
+
 /* psctl_replies_free frees the replies in OUT[0..N) and zeroes them. */
 #define psctl_replies_free ps_rpc_replies_free
 

@@ -43,6 +43,12 @@ void psctl_cluster_close(psctl_cluster *c) {
   memset(c, 0, sizeof *c);
 }
 
+/* psctl_call_failed: see psctl.h. */
+const char *psctl_call_failed(int err) {
+  return err == PS_EPERM ? "refuses psctl" : err == PS_ETIMEDOUT ? "did not answer in time"
+                                                                 : "is down";
+}
+
 /* psctl_call_all: see psctl.h. */
 int psctl_call_all(psctl_cluster *c, const char *method, const ProtobufCMessage *req,
                    const ProtobufCMessageDescriptor *resp_desc, int timeout_ms, psctl_reply *out) {

@@ -113,8 +113,8 @@ static int psctl_export_spec(psctl_cluster *c, const char *model, Ps__GetModelRe
               model, s->id);
       return 1;
     }
-    fprintf(stderr, "psctl export: shard %" PRIu32 " (%s) is down: %s\n", s->id, s->grpc_addr,
-            eb.msg[0] ? eb.msg : ps_strerror(err));
+    fprintf(stderr, "psctl export: shard %" PRIu32 " (%s) %s: %s\n", s->id, s->grpc_addr,
+            psctl_call_failed(err), eb.msg[0] ? eb.msg : ps_strerror(err));
   }
   fprintf(stderr, "psctl export: no shard answered; nothing written\n");
   return 1;
@@ -158,7 +158,7 @@ static int psctl_export_gather(psctl_export_asm *a, psctl_cluster *c, const char
     if (r[i].err)
       fprintf(stderr, "psctl export: shard %" PRIu32 " (%s) %s: %s\n", c->cfg.shards[i].id,
               c->cfg.shards[i].grpc_addr, r[i].err == PS_ENOENT ? "does not have the model" :
-              "is down", r[i].eb.msg[0] ? r[i].eb.msg : ps_strerror(r[i].err));
+              psctl_call_failed(r[i].err), r[i].eb.msg[0] ? r[i].eb.msg : ps_strerror(r[i].err));
   for (size_t i = 0; !code && i < n; i++)
     code = psctl_export_place(a, c, i, (const Ps__ExportReply *)r[i].resp);
   for (size_t ch = 0; !code && ch < a->l->nchunks; ch++)

@@ -322,8 +322,8 @@ static int psctl_submit_check_up(psctl_cluster *c, psctl_reply *r) {
                               r);
   for (size_t i = 0; i < c->cfg.nshards; i++)
     if (r[i].err)
-      fprintf(stderr, "psctl submit: shard %u (%s) is down: %s\n", c->cfg.shards[i].id,
-              c->cfg.shards[i].grpc_addr, r[i].eb.msg);
+      fprintf(stderr, "psctl submit: shard %u (%s) %s: %s\n", c->cfg.shards[i].id,
+              c->cfg.shards[i].grpc_addr, psctl_call_failed(r[i].err), r[i].eb.msg);
   psctl_replies_free(r, c->cfg.nshards);
   if (failed) fprintf(stderr, "psctl submit: nothing submitted\n");
   return failed ? 1 : 0;

@@ -657,6 +657,13 @@ static int cfg_data_post(cfg_ctx *x, void *base, yaml_node_t *n, const yaml_mark
       return cfg_err(x, n ? n->start_mark : marks[0], "'%s' and '%s' go together in 'data'",
                      img, lab);
   }
+  /* a scale criteo's features do not take (they are log-scaled) */
+  size_t sc = 0;
+  while (strcmp(cfg_data_slots[sc].name, "scale")) sc++;
+  if (n && marks[sc].index != n->start_mark.index && !strcmp(d->format, "criteo"))
+    cfg_warn(x, (ps_config *)((char *)base - offsetof(ps_config, data)), marks[sc],
+             "'scale' does not apply to format 'criteo' (its integer features are taken as "
+             "sign(x) log(1 + |x|))");
   /* fewer samples than partitions: some partitions hold none */
   size_t lim = 0;
   while (strcmp(cfg_data_slots[lim].name, "limit")) lim++;

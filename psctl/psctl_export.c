@@ -211,8 +211,9 @@ static int psctl_export_stream(psctl_cluster *c, const ps_npz_array *arr, const 
     fprintf(stderr, "psctl export: %s\n", eb.msg);
     return 1;
   }
-  printf("wrote model '%s' to %s: %zu tensors, %" PRIu64 " parameters, %zu embedding tables, "
-         "%" PRIu64 " rows\n", spec->name, path, l->ntensors, l->nparams, ntables, nrows);
+  printf("wrote model '%s' to %s: %zu tensor%s, %" PRIu64 " parameters, %zu embedding table%s, "
+         "%" PRIu64 " rows\n", spec->name, path, l->ntensors, l->ntensors == 1 ? "" : "s",
+         l->nparams, ntables, ntables == 1 ? "" : "s", nrows);
   return 0;
 }
 

@@ -280,6 +280,9 @@ START_TEST(test_config_require_cert_warning) {
        "c.yaml:4:10: warning: 'limit' (10) is below 'partitions' (16): 6 partitions hold no "
        "sample"},
       {"security: none\ndata:\n  limit: 16\n", NULL},
+      {"security: none\ndata:\n  format: criteo\n  scale: 1/255\n",
+       "c.yaml:5:10: warning: 'scale' does not apply to format 'criteo'"},
+      {"security: none\ndata:\n  scale: 1/255\n", NULL},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     char text[600];

@@ -600,7 +600,7 @@ START_TEST(test_sparse_export) {
                   "-o", npz, NULL};
   int st = ps_test_run(argv, plog, 60000);
   char *pl = ps_test_read_file(plog, NULL);
-  ck_assert_msg(st == 0 && strstr(pl, "1 embedding tables, 48 rows"), "psctl export: %s", pl);
+  ck_assert_msg(st == 0 && strstr(pl, "1 embedding table, 48 rows"), "psctl export: %s", pl);
   free(pl);
   char *out = ps_test_npz_py(d, npz);
   /* the expected members, as the checker prints them */

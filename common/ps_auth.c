@@ -112,9 +112,13 @@ static const char *auth_add(ps_auth_keys *ks, const ps_auth_key *k) {
 int ps_auth_load(ps_auth_keys *ks, const char *path, ps_errbuf *eb) {
   memset(ks, 0, sizeof *ks);
   int rc = ps_auth_private_file(path, eb);
-  if (rc < 0) return rc;
+  if (rc < 0) { /* say which file of the security section it is */
+    ps_errbuf why = *eb;
+    return ps_errf(eb, rc, "security.secret_file %s", why.msg);
+  }
   FILE *f = fopen(path, "r");
-  if (!f) return ps_errf(eb, PS_EIO, "'%s': cannot open: %s", path, strerror(errno));
+  if (!f)
+    return ps_errf(eb, PS_EIO, "security.secret_file '%s': cannot open: %s", path, strerror(errno));
   char line[1024];
   size_t lineno = 0;
   while (rc == 0 && fgets(line, sizeof line, f)) {

@@ -1146,6 +1146,30 @@ START_TEST(test_sec_client_key_rotation) {
 }
 END_TEST
 
+
+/* A directory where a security file belongs: the message names the key
+ * (tls.ca, tls.key, secret_file) and says the same for each. */
+START_TEST(test_sec_file_names_key) {
+  const char *dir = ps_test_tmpdir();
+  char kdir[600], f[700];
+  snprintf(kdir, sizeof kdir, "%s/kdir", dir);
+  ck_assert_int_eq(mkdir(kdir, 0700), 0);
+  snprintf(f, sizeof f, "%s/some.pem", dir);
+  ps_test_write_file(f, "-----BEGIN CERTIFICATE-----\n");
+  ps_errbuf eb;
+  ck_assert_int_lt(ps_tls_check(kdir, f, f, &eb), 0);
+  ck_assert_msg(strstr(eb.msg, "security.tls.ca '") && strstr(eb.msg, "not a regular file"), "%s",
+                eb.msg);
+  ck_assert_int_lt(ps_tls_check(f, f, kdir, &eb), 0);
+  ck_assert_msg(strstr(eb.msg, "security.tls.key '") && strstr(eb.msg, "not a regular file"),
+                "%s", eb.msg);
+  ps_auth_keys k;
+  ck_assert_int_eq(ps_auth_load(&k, kdir, &eb), PS_ECONFIG);
+  ck_assert_msg(strstr(eb.msg, "security.secret_file '") && strstr(eb.msg, "not a regular file"),
+                "%s", eb.msg);
+}
+END_TEST
+
 Suite *security_suite(void) {
   Suite *s = suite_create("security");
   TCase *tc = tcase_create("mtls");
@@ -1176,6 +1200,7 @@ Suite *security_suite(void) {
   suite_add_tcase(s, tc);
   tc = tcase_create("unit");
   tcase_add_test(tc, test_sec_role_subject);
+  tcase_add_test(tc, test_sec_file_names_key);
   suite_add_tcase(s, tc);
   return s;
 }

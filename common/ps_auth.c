@@ -14,6 +14,8 @@
 #include <string.h>
 #include <sys/stat.h>
 
+#include "ps_log.h"
+
 static const char *const ps_role_names[PS_ROLE_COUNT] = {"none", "worker", "aggregator",
                                                          "operator"};
 
@@ -110,9 +112,13 @@ static const char *auth_add(ps_auth_keys *ks, const ps_auth_key *k) {
 int ps_auth_load(ps_auth_keys *ks, const char *path, ps_errbuf *eb) {
   memset(ks, 0, sizeof *ks);
   int rc = ps_auth_private_file(path, eb);
-  if (rc < 0) return rc;
+  if (rc < 0) { /* say which file of the security section it is */
+    ps_errbuf why = *eb;
+    return ps_errf(eb, rc, "security.secret_file %s", why.msg);
+  }
   FILE *f = fopen(path, "r");
-  if (!f) return ps_errf(eb, PS_EIO, "'%s': cannot open: %s", path, strerror(errno));
+  if (!f)
+    return ps_errf(eb, PS_EIO, "security.secret_file '%s': cannot open: %s", path, strerror(errno));
   char line[1024];
   size_t lineno = 0;
   while (rc == 0 && fgets(line, sizeof line, f)) {
@@ -172,6 +178,60 @@ int ps_auth_client_key(const char *secret_file, int role, ps_auth_keys *ks,
   }
   return 0;
 }
+
+/* ---- a client's key, read again at each connection ------------------------- */
+
+int ps_auth_client_open(ps_auth_client *ac, const char *secret_file, int role, ps_errbuf *eb) {
+  memset(ac, 0, sizeof *ac);
+  ac->role = role;
+  if (!secret_file) return 0;
+  ps_auth_keys ks;
+  const ps_auth_key *k;
+  int rc = ps_auth_client_key(secret_file, role, &ks, &k, eb);
+  if (rc < 0) return rc;
+  ac->key = *k;
+  ps_auth_release(&ks);
+  ac->path = secret_file;
+  pthread_mutex_init(&ac->mu, NULL);
+  ac->open = 1;
+  return 0;
+}
+
+int ps_auth_client_now(ps_auth_client *ac, ps_auth_key *out) {
+  if (!ac->open) return 0;
+  ps_auth_keys ks;
+  const ps_auth_key *k;
+  ps_errbuf eb;
+  int rc = ps_auth_client_key(ac->path, ac->role, &ks, &k, &eb);
+  pthread_mutex_lock(&ac->mu);
+  if (rc < 0) {
+    if (!ac->failing)
+      ps_warn("channel key: cannot read the secret file again (%s); key '%s' stays in use "
+              "until it can", eb.msg, ac->key.id);
+    ac->failing = 1;
+  } else {
+    if (strcmp(k->id, ac->key.id) || k->len != ac->key.len ||
+        CRYPTO_memcmp(k->secret, ac->key.secret, k->len))
+      ps_info("channel key: '%s' now proves key '%s' (was '%s') for new connections", ac->path,
+              k->id, ac->key.id);
+    else if (ac->failing)
+      ps_info("channel key: '%s' reads again; key '%s' unchanged", ac->path, k->id);
+    ac->key = *k;
+    ac->failing = 0;
+    ps_auth_release(&ks);
+  }
+  *out = ac->key;
+  pthread_mutex_unlock(&ac->mu);
+  return 1;
+}
+
+void ps_auth_client_close(ps_auth_client *ac) {
+  if (!ac || !ac->open) return;
+  pthread_mutex_destroy(&ac->mu);
+  OPENSSL_cleanse(ac, sizeof *ac);
+}
+
+void ps_auth_key_wipe(ps_auth_key *k) { OPENSSL_cleanse(k, sizeof *k); }
 
 int ps_auth_nonce(uint8_t out[PS_AUTH_NONCE], ps_errbuf *eb) {
   if (RAND_bytes(out, PS_AUTH_NONCE) != 1)

@@ -25,6 +25,7 @@
 #ifndef PS_AUTH_H
 #define PS_AUTH_H
 
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -92,6 +93,45 @@ const ps_auth_key *ps_auth_pick(const ps_auth_keys *k, int role);
  * caller releases *KS with ps_auth_release. */
 int ps_auth_client_key(const char *secret_file, int role, ps_auth_keys *ks,
                        const ps_auth_key **key, ps_errbuf *eb);
+
+/* ---- a client's key, read again at each connection -------------------------
+ * A client (psw, psctl, an aggregator towards its roots) proves the last
+ * key of its role in its secret file.  Rotation (README "Security") moves
+ * that file to a new key while the client runs, so a client reads the
+ * file again whenever it opens a channel (ps_auth_client_now): a moved
+ * file takes effect at its next connection, and a connection never
+ * proves a key the shards were told to forget only because the client
+ * started before the move.  A file that cannot be read then (being
+ * rewritten, a mode others may read, no key of the role) keeps the key
+ * the client had, with one warning until a read works again.  Thread-safe
+ * (a mutex); each call hands out a copy, so connections never share the
+ * key being replaced. */
+typedef struct ps_auth_client {
+  const char *path;         /* the secret file (borrowed); NULL: no channel auth */
+  int role;
+  int open;                 /* the mutex is initialised */
+  int failing;              /* the last read failed and said so */
+  pthread_mutex_t mu;
+  ps_auth_key key;          /* the key proven now */
+} ps_auth_client;
+
+/* ps_auth_client_open reads SECRET_FILE (NULL: no channel auth) for a
+ * client of ROLE into AC (zeroed first) as ps_auth_client_key does: at
+ * start a file without a key of ROLE is an error (PS_ECONFIG / PS_EIO). */
+int ps_auth_client_open(ps_auth_client *ac, const char *secret_file, int role, ps_errbuf *eb);
+
+/* ps_auth_client_now reads AC's file again and copies the key to prove now
+ * into *OUT (the caller wipes it with ps_auth_key_wipe once the hello is
+ * done): 1, or 0 when AC has no file (*OUT untouched: no auth).  A file
+ * that cannot be read keeps the old key (a warning, once until it reads
+ * again); a new key is logged at info level. */
+int ps_auth_client_now(ps_auth_client *ac, ps_auth_key *out);
+
+/* ps_auth_client_close wipes AC's key; idempotent (a zeroed AC is fine). */
+void ps_auth_client_close(ps_auth_client *ac);
+
+/* ps_auth_key_wipe zeroes K in a way the compiler keeps (a secret). */
+void ps_auth_key_wipe(ps_auth_key *k);
 
 /* ps_auth_nonce fills OUT with random bytes (RAND_bytes); 0 or PS_EINTERNAL. */
 int ps_auth_nonce(uint8_t out[PS_AUTH_NONCE], ps_errbuf *eb);

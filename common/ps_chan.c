@@ -8,7 +8,10 @@
  *     waiting; one that agreed to unordered acks in the hello (ps_chan.h)
  *     may answer a push after requests behind it, and a reply then belongs
  *     to the waiting request with its id.  Either way a reply that matches
- *     no waiting request breaks the client.  A request collected out of
+ *     no waiting request breaks the client, except one of request id 0
+ *     (no request has it): the shard's word on the connection (its refusal
+ *     at accept: limits.max_connections, descriptors), which breaks the
+ *     client with what the shard said.  A request collected out of
  *     order (ps_chan_recv_id) leaves a hole in the ring, dropped once it
  *     reaches the head.
  *  3. Reply bytes are parsed by ps_chan_rx, the frame decoder the shard
@@ -246,6 +249,8 @@ struct ps_chan_client {
   size_t nlive;           /* entries not collected: requests in flight */
   size_t nwait;           /* of those, the ones whose reply is not complete */
   uint64_t rx_id;         /* the request the reply being read answers */
+  int rx_conn;            /* the frame being read has request id 0: the shard's word on
+                             the connection, no request's reply (invariant 2) */
   int want_unordered;     /* asked for unordered acks in the hello */
   int unordered;          /* the shard agreed (invariant 2) */
   /* receive state machine (invariant 3) */
@@ -399,9 +404,12 @@ static int rx_after_hdr(void *arg) {
   ps_errbuf *eb = c->rx_eb;
   if (ps_chan_hdr_decode(&c->rx.h, c->rx.hdrbuf, CHAN_CLIENT_MAX_DATA) < 0)
     return chan_break(c, eb, PS_EPROTO, "channel '%s': %s", "bad reply header");
-  /* invariant 2: the oldest waiting request, or with unordered acks any */
-  chan_pending *e = c->unordered ? chan_find(c, c->rx.h.req_id) : chan_oldest_waiting(c);
-  if (!e || e->done || c->rx.h.req_id != e->id || c->rx.h.meta_len == 0)
+  /* invariant 2: the oldest waiting request, or with unordered acks any;
+   * id 0 (never a request's) is the shard's word on the connection */
+  c->rx_conn = c->rx.h.req_id == 0;
+  chan_pending *e = c->unordered && !c->rx_conn ? chan_find(c, c->rx.h.req_id)
+                                                : chan_oldest_waiting(c);
+  if (!e || e->done || (c->rx.h.req_id != e->id && !c->rx_conn) || c->rx.h.meta_len == 0)
     return chan_break(c, eb, PS_EPROTO, "channel '%s': %s", "unexpected reply");
   c->rx_id = e->id;
   if (!!(c->rx.h.flags & PS_CHAN_FLAG_MAC) != !!c->mac)
@@ -427,6 +435,24 @@ static void chan_shm_copy_out(ps_chan_client *c, const chan_pending *e) {
   }
 }
 
+/* chan_said_conn breaks C with what the shard said of the connection in
+ * M (freed here), a frame of request id 0: an error frame's status and
+ * message (the shard refused the connection at accept: limits, descriptors),
+ * escaped; anything else is an unexpected reply. */
+static int chan_said_conn(ps_chan_client *c, Ps__ChanMeta *m, ps_errbuf *eb) {
+  char said[600], shown[512];
+  int err = PS_EPROTO;
+  if ((int)m->op == PS__CHAN_OP__CHAN_ERROR && m->message && *m->message) {
+    err = m->status < 0 ? m->status : PS_EPROTO;
+    snprintf(said, sizeof said, "the shard refused the connection: %s",
+             ps_log_escape(shown, sizeof shown, m->message, 400));
+  } else {
+    snprintf(said, sizeof said, "unexpected reply");
+  }
+  ps__chan_meta__free_unpacked(m, NULL);
+  return chan_break(c, eb, err, "channel '%s': %s", said);
+}
+
 /* rx_after_meta decodes a complete reply meta into the current entry and
  * chooses where its data goes; returns 0 or a PS_E* code (broken). */
 static int rx_after_meta(void *arg) {
@@ -438,6 +464,8 @@ static int rx_after_meta(void *arg) {
   if (ps_pb_unpack(&ps__chan_meta__descriptor, c->rx.meta, c->rx.h.meta_len,
                    (ProtobufCMessage **)&m, &ueb) < 0)
     return chan_break(c, eb, PS_EPROTO, "channel '%s': %s", "undecodable reply meta");
+  if (c->rx_conn) /* what the shard said, rather than "unexpected reply" */
+    return chan_said_conn(c, m, eb);
   uint64_t dlen = c->rx.h.data_len;
   e->version = m->version;
   e->parked_ms = m->parked_ms;

@@ -61,3 +61,17 @@ const char *ps_log_u32s(char *buf, size_t cap, const uint32_t *v, size_t n) {
   if (i < n) snprintf(buf + len, cap - len, ",...");
   return buf;
 }
+
+/* ps_log_escape: see ps_log.h. */
+const char *ps_log_escape(char *buf, size_t cap, const char *s, size_t max) {
+  size_t o = 0, i = 0;
+  if (!s) s = "";
+  for (; s[i] && i < max && o + 4 + 4 < cap; i++) { /* room for "\xNN" and "..." */
+    unsigned char c = (unsigned char)s[i];
+    if (c >= 0x20 && c < 0x7f && c != '\'' && c != '\\') buf[o++] = (char)c;
+    else o += (size_t)snprintf(buf + o, cap - o, "\\x%02x", c);
+  }
+  if (s[i]) o += (size_t)snprintf(buf + o, cap - o, "...");
+  buf[o] = '\0';
+  return buf;
+}

@@ -28,4 +28,12 @@ void ps_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)
  * table cells. */
 const char *ps_log_u32s(char *buf, size_t cap, const uint32_t *v, size_t n);
 
+/* ps_log_escape writes the first MAX bytes of S (NULL: "") into BUF (CAP
+ * bytes) with every byte outside printable ASCII, and the quote ' and
+ * backslash, as \xNN, ending in "..." when S is longer or BUF too small; returns BUF.
+ * For strings a peer chose (key ids, cluster and model names) that reach
+ * a log line or an error message: a newline in them must not start a
+ * forged log line.  CAP >= 8. */
+const char *ps_log_escape(char *buf, size_t cap, const char *s, size_t max);
+
 #endif

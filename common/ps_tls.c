@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 
 #include "ps_addr.h"
 #include "ps_auth.h"
@@ -21,9 +22,12 @@
 
 int ps_tls_read(const char *path, int private_, char **out, ps_errbuf *eb) {
   *out = NULL;
+  struct stat st;
   if (private_) {
     int rc = ps_auth_private_file(path, eb);
     if (rc < 0) return rc;
+  } else if (stat(path, &st) == 0 && !S_ISREG(st.st_mode)) { /* as a private file says */
+    return ps_errf(eb, PS_ECONFIG, "'%s': not a regular file", path);
   }
   FILE *f = ps_config_fopen(path);
   if (!f) return ps_errf(eb, PS_ECONFIG, "'%s': cannot open: %s", path, strerror(errno));
@@ -56,15 +60,22 @@ void ps_tls_free_secret(char *p) {
   free(p);
 }
 
-/* tls_pair reads CA, CERT and KEY (each may be NULL: left NULL). */
-static int tls_pair(const char *ca, const char *cert, const char *key, char **ca_pem,
-                    char **cert_pem, char **key_pem, ps_errbuf *eb) {
+/* tls_pair reads CA, CERT and KEY (each may be NULL: left NULL); WHO
+ * names the pair's keys in security.tls ("": cert and key, "worker_":
+ * worker_cert and worker_key), and a failure's message says which key's
+ * file it was. */
+static int tls_pair(const char *ca, const char *cert, const char *key, const char *who,
+                    char **ca_pem, char **cert_pem, char **key_pem, ps_errbuf *eb) {
   *ca_pem = *cert_pem = *key_pem = NULL;
   int rc = 0;
+  const char *name = "ca", *part = "";
   if (ca) rc = ps_tls_read(ca, 0, ca_pem, eb);
-  if (rc == 0 && cert) rc = ps_tls_read(cert, 0, cert_pem, eb);
-  if (rc == 0 && key) rc = ps_tls_read(key, 1, key_pem, eb);
+  if (rc == 0 && cert) part = "cert", rc = ps_tls_read(cert, 0, cert_pem, eb);
+  if (rc == 0 && key) part = "key", rc = ps_tls_read(key, 1, key_pem, eb);
   if (rc < 0) {
+    ps_errbuf why = *eb;
+    if (*part) ps_errf(eb, rc, "security.tls.%s%s %s", who, part, why.msg);
+    else ps_errf(eb, rc, "security.tls.%s %s", name, why.msg);
     free(*ca_pem);
     free(*cert_pem);
     ps_tls_free_secret(*key_pem);
@@ -170,7 +181,7 @@ static int tls_check_pem(const char *ca_pem, const char *cert_pem, const char *k
 /* ps_tls_check: see ps_tls.h. */
 int ps_tls_check(const char *ca, const char *cert, const char *key, ps_errbuf *eb) {
   char *ca_pem, *cert_pem, *key_pem;
-  int rc = tls_pair(ca, cert, key, &ca_pem, &cert_pem, &key_pem, eb);
+  int rc = tls_pair(ca, cert, key, "", &ca_pem, &cert_pem, &key_pem, eb);
   if (rc == 0 && cert && key) rc = tls_check_pem(ca_pem, cert_pem, key_pem, ca, cert, key, eb);
   free(ca_pem);
   free(cert_pem);
@@ -238,7 +249,7 @@ int ps_tls_server_creds(const ps_config *cfg, grpc_server_credentials **out, ps_
   }
   const ps_tls_conf *t = &cfg->security.tls;
   char *ca, *cert, *key;
-  int rc = tls_pair(t->ca, t->cert, t->key, &ca, &cert, &key, eb);
+  int rc = tls_pair(t->ca, t->cert, t->key, "", &ca, &cert, &key, eb);
   if (rc == 0) rc = tls_check_pem(ca, cert, key, t->ca, t->cert, t->key, eb);
   if (rc < 0) {
     free(ca);
@@ -276,7 +287,8 @@ int ps_tls_channel_creds(const ps_config *cfg, int role, grpc_channel_credential
     return ps_errf(eb, PS_ECONFIG, "security.tls.%s_cert is not set, and the shards refuse a "
                    "client without a certificate (security.require_client_cert)", which);
   char *ca, *cert, *key;
-  int rc = tls_pair(t->ca, cf, kf, &ca, &cert, &key, eb);
+  int rc = tls_pair(t->ca, cf, kf, which ? (role == PS_ROLE_WORKER ? "worker_" : "operator_") : "",
+                    &ca, &cert, &key, eb);
   if (rc == 0 && cert) rc = tls_check_pem(ca, cert, key, t->ca, cf, kf, eb);
   if (rc < 0) {
     free(ca);

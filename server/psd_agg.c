@@ -121,8 +121,9 @@ struct psd_agg {
   uint8_t *resend;          /* [worker * nshards + shard]: ask that root again */
   uint64_t stamp;           /* psd_agg_conn_stamp's last */
   uint32_t over_said;       /* the most live local workers over me->workers logged */
-  ps_auth_keys keys;        /* security.secret_file: the aggregator's channel key */
-  const ps_auth_key *key;   /* in keys, or NULL (an unauthenticated channel) */
+  ps_auth_client auth;      /* security.secret_file: the aggregator's channel key ... */
+  ps_auth_key key;          /* ... as the links prove it (read again at SIGHUP) */
+  int keyed;                /* 0: an unauthenticated channel */
 };
 
 static void agg_timer_arm(psd_agg *a);
@@ -1133,9 +1134,10 @@ int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_a
                    a->left && a->retry_ms && a->resend
                ? 0 : ps_errf(eb, PS_ENOMEM, "out of memory");
   if (rc == 0)
-    rc = ps_auth_client_key(cfg->security.secret_file, PS_ROLE_AGGREGATOR, &a->keys, &a->key, eb);
+    rc = ps_auth_client_open(&a->auth, cfg->security.secret_file, PS_ROLE_AGGREGATOR, eb);
+  if (rc == 0) a->keyed = ps_auth_client_now(&a->auth, &a->key);
   if (rc < 0) {
-    ps_auth_release(&a->keys);
+    ps_auth_client_close(&a->auth);
     free(a->shard_ids);
     free(a->links);
     free(a->seen_ms);
@@ -1158,7 +1160,8 @@ int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_a
     l->a = a;
     l->root = &cfg->shards[i / a->per_shard];
     /* a pull may stay parked on the root up to pull_timeout_ms */
-    if ((rc = psd_chan_client_new(&l->cc, loop, l->root->channel_addr, cfg->cluster, a->key,
+    if ((rc = psd_chan_client_new(&l->cc, loop, l->root->channel_addr, cfg->cluster,
+                         a->keyed ? &a->key : NULL,
                          cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0,
                          AGG_CONNECT_TIMEOUT_MS, ps_config_reply_timeout_ms(cfg),
                          eb)) < 0) {
@@ -1224,7 +1227,8 @@ void psd_agg_free(psd_agg *a) {
     agg_model_free(m);
   }
   free(a->shard_ids);
-  ps_auth_release(&a->keys);
+  ps_auth_client_close(&a->auth);
+  ps_auth_key_wipe(&a->key);
   free(a->seen_ms);
   free(a->busy);
   free(a->nconn);
@@ -1255,4 +1259,9 @@ size_t psd_agg_workers(psd_agg *a, uint32_t *ids) {
   for (uint32_t w = 0; w < a->nseen; w++)
     if (a->seen_ms[w] && now - a->seen_ms[w] <= a->cfg->workers.lease_ms) ids[n++] = w;
   return n;
+}
+
+/* psd_agg_reload_key: see psd_agg.h. */
+void psd_agg_reload_key(psd_agg *a) {
+  if (a->keyed) ps_auth_client_now(&a->auth, &a->key); /* the links copy it per hello */
 }

@@ -149,6 +149,12 @@ int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_a
  * links' clients and the loop handles (run the loop afterwards); free
  * with psd_agg_free once the loop has run.  Idempotent. */
 void psd_agg_stop(psd_agg *a);
+
+/* psd_agg_reload_key reads security.secret_file again for the key the
+ * aggregator proves to its roots (SIGHUP, psd_chan_reload_keys): links
+ * connecting from now on prove the file's last aggregator key; a file
+ * that cannot be read keeps the old key (a warning).  Loop thread. */
+void psd_agg_reload_key(psd_agg *a);
 void psd_agg_free(psd_agg *a);
 
 /* psd_agg_conn_stamp returns the stamp of a connection accepted now, for

@@ -87,6 +87,19 @@
  *     closes connections that moved no byte, in or out, for
  *     idle_timeout_ms and have no pull parked; a long reply still draining
  *     (libuv's write queue shrinking) is activity.
+ *  8a. Strangers cannot hold the limit: a connection must finish its
+ *     hello (with security.secret_file: prove its key) within
+ *     CHAN_HELLO_MS of its accept (idle_timeout_ms when shorter), however
+ *     it trickles bytes; the sweep (at most a quarter of that apart)
+ *     closes it otherwise, counted in chan_idle_closed and logged at most
+ *     every CHAN_REFUSE_LOG_MS.  And at max_connections a new connection
+ *     is not refused while any counted one is still in its hello: the
+ *     oldest of those is closed (counted in chan_refused) and the new one
+ *     admitted, so a worker's hello competes only with the strangers that
+ *     arrive during it; only when every connection is past its hello is
+ *     the new one refused (the error frame of invariant 8, request id 0:
+ *     the client shows its message).  Without a secret file the hello
+ *     proves nothing, so anyone who says it holds a slot until idle.
  *  9. With security.secret_file the hello is a challenge-response
  *     (ps_auth.h): HELLO(key id, Nc) -> HELLO(Ns, shard's proof) ->
  *     HELLO(client's proof) -> HELLO.  Until the proof checks out the
@@ -156,7 +169,10 @@
  *     then refuses the log, or cuts it as torn): what a process of the
  *     same user could do anyway, writing into the shard's memory or files.
  *     psw keeps the promise; ps_chan's client never moves a held region
- *     and copies every payload through its areas. */
+ *     and copies every payload through its areas.
+ * 12. Strings a peer chose (key ids, cluster names) reach a log line or an
+ *     error message only through ps_log_escape (\xNN for control bytes):
+ *     an unauthenticated peer cannot forge a log line. */
 #include "psd_chan.h"
 
 #include <openssl/crypto.h>
@@ -182,6 +198,7 @@
 #define CHAN_BEAT_MAX (1u << 20)
 #define CHAN_MAX_ACKS 64u         /* pushes waiting for their sync per connection (7b) */
 #define CHAN_SWEEP_MS 5000u      /* longest period of the idle sweep (invariant 8) */
+#define CHAN_HELLO_MS 5000u      /* longest time from accept to a finished hello (8a) */
 #define CHAN_REFUSE_LOG_MS 10000 /* at most one log line about refusals this often */
 #define CHAN_FD_SAMPLE_MS 1000   /* descriptors counted at most this often ... */
 #define CHAN_FD_SAMPLE_NEAR_MS 100 /* ... or this often near the reserve */
@@ -243,6 +260,7 @@ typedef struct psd_conn {
   uint32_t agg_worker1;       /* an aggregator's: its worker + 1 (psd_shard_forward_conn) */
   int counted;                /* counts in sh->chan_conns (not a refused one) */
   uint64_t last_ms;           /* uv_now of its last byte moved (invariant 8) */
+  uint64_t accept_ms;         /* uv_now of its accept: the hello's deadline runs (8a) */
   size_t last_wq;             /* libuv's write queue size at the last sweep */
   uint64_t shm_want;          /* region bytes the first HELLO asked for (invariant 11) */
   int shm_hold;               /* ... and that it holds pushes there until answered */
@@ -272,6 +290,8 @@ typedef struct psd_chan {
   int fd_sampled;
   ps_auth_keys keys;          /* security.secret_file (invariant 9); none: no auth */
   chan_said auth_refused;     /* of sh->ctr.chan_auth_refused */
+  chan_said hello_late;       /* hellos past their deadline (8a), in chan_idle_closed */
+  uint64_t hello_late_n;      /* their count (chan_idle_closed counts idle ones too) */
   uint64_t shm_fds;           /* regions' descriptors still open (invariant 11) */
 } psd_chan;
 
@@ -448,25 +468,44 @@ int psd_chan_hello_check(const ps_config *cfg, const ps_chan_hdr *h, const Ps__C
   if (m->proto_version != PS_CHAN_VERSION)
     return ps_errf(eb, PS_EPROTO, "protocol version %u not supported (want %d)",
                    m->proto_version, PS_CHAN_VERSION);
-  if (!m->cluster || strcmp(m->cluster, cluster) != 0)
+  if (!m->cluster || strcmp(m->cluster, cluster) != 0) {
+    char shown[4 * 64 + 8]; /* the peer's words: escaped (invariant 12) */
     return ps_errf(eb, PS_EPROTO, "wrong cluster '%s' (this is '%s')",
-                   m->cluster ? m->cluster : "", cluster);
+                   ps_log_escape(shown, sizeof shown, m->cluster, 64), cluster);
+  }
   return 0;
 }
 
-/* chan_said_count counts one refusal in *CTR and logs WHAT ("...
- * connection(s)") with WHY at most every CHAN_REFUSE_LOG_MS (S: the
- * counter's last line). */
-static void chan_said_count(psd_chan *ch, uint64_t *ctr, chan_said *s, const char *what,
-                            const char *why) {
+/* chan_said_verb counts one refusal in *CTR and logs "VERB N WHAT" (WHAT:
+ * "... connection(s)") with WHY at most every CHAN_REFUSE_LOG_MS (S: the
+ * counter's last line); chan_said_tail logs the count not yet said once
+ * that time has passed (the sweep: the tail of a burst). */
+static void chan_said_verb(psd_chan *ch, uint64_t *ctr, chan_said *s, const char *verb,
+                           const char *what, const char *why) {
   (*ctr)++;
   uint64_t now = uv_now(ch->sh->loop);
   if (s->logged == 0 || now - s->ms >= CHAN_REFUSE_LOG_MS) {
-    ps_warn("channel: refused %llu %s since the last report: %s",
+    ps_warn("channel: %s %llu %s since the last report: %s", verb,
             (unsigned long long)(*ctr - s->logged), what, why);
     s->logged = *ctr;
     s->ms = now;
   }
+}
+
+static void chan_said_count(psd_chan *ch, uint64_t *ctr, chan_said *s, const char *what,
+                            const char *why) {
+  chan_said_verb(ch, ctr, s, "refused", what, why);
+}
+
+static void chan_said_tail(psd_chan *ch, uint64_t ctr, chan_said *s, const char *verb,
+                           const char *what, const char *why) {
+  uint64_t now = uv_now(ch->sh->loop);
+  if (ctr <= s->logged || now - s->ms < CHAN_REFUSE_LOG_MS) return;
+  ps_warn("channel: %s %llu more %s in the last %llu s: %s", verb,
+          (unsigned long long)(ctr - s->logged), what, (unsigned long long)(now - s->ms) / 1000,
+          why);
+  s->logged = ctr;
+  s->ms = now;
 }
 
 /* conn_auth_refused counts a failed hello authentication of C in
@@ -606,14 +645,15 @@ static int conn_hello_ok(psd_conn *c) {
  * (invariant 9): the key it names, the shard's nonce and proof. */
 static int conn_hello_challenge(psd_conn *c, const Ps__ChanMeta *m) {
   psd_chan *ch = c->chan;
-  char why[160];
+  char why[200], shown[4 * PS_AUTH_ID_MAX + 8];
   const ps_auth_key *k = ps_auth_find(&ch->keys, m->key_id && *m->key_id ? m->key_id : NULL);
   if (!m->key_id || !*m->key_id || m->nonce.len != PS_AUTH_NONCE)
     return conn_hello_refuse(c, PS_EPERM, "channel authentication required: this shard has "
                              "security.secret_file and the hello names no key (or no 32-byte "
                              "nonce)", 1);
   if (!k) {
-    snprintf(why, sizeof why, "channel authentication failed: unknown key id '%.32s'", m->key_id);
+    snprintf(why, sizeof why, "channel authentication failed: unknown key id '%s'",
+             ps_log_escape(shown, sizeof shown, m->key_id, PS_AUTH_ID_MAX)); /* invariant 12 */
     return conn_hello_refuse(c, PS_EPERM, why, 1);
   }
   ps_errbuf eb;
@@ -1727,12 +1767,33 @@ static void chan_on_wake(uv_async_t *a) {
   }
 }
 
+/* chan_hello_ms: the hello's deadline (invariant 8a). */
+static uint64_t chan_hello_ms(const psd_chan *ch) {
+  uint64_t idle = ch->sh->cfg->idle_timeout_ms;
+  return idle < CHAN_HELLO_MS ? idle : CHAN_HELLO_MS;
+}
+
+/* conn_hello_late closes C, accepted hello_ms ago and still in its hello
+ * (invariant 8a): counted in chan_idle_closed, logged at most every
+ * CHAN_REFUSE_LOG_MS. */
+static void conn_hello_late(psd_conn *c, uint64_t hello_ms) {
+  psd_chan *ch = c->chan;
+  char why[160];
+  snprintf(why, sizeof why, "no hello within %llu ms of the connect (a stranger holding a "
+           "slot, or a client on a very slow path)", (unsigned long long)hello_ms);
+  ch->sh->ctr.chan_idle_closed++;
+  chan_said_verb(ch, &ch->hello_late_n, &ch->hello_late, "closed", "connection(s)", why);
+  conn_close(c);
+}
+
 /* chan_sweep closes the connections idle for idle_timeout_ms (invariant
- * 8). */
+ * 8) and those past their hello's deadline (8a). */
 static void chan_sweep(uv_timer_t *t) {
   psd_chan *ch = t->data;
   psd_shard *sh = ch->sh;
-  uint64_t now = uv_now(sh->loop);
+  uint64_t now = uv_now(sh->loop), hello_ms = chan_hello_ms(ch);
+  chan_said_tail(ch, ch->hello_late_n, &ch->hello_late, "closed", "connection(s)",
+                 "no hello in time (invariant 8a)");
   if (sh->ctr.chan_refused > ch->refused.logged && now - ch->refused.ms >= CHAN_REFUSE_LOG_MS) {
     /* the tail of a burst that chan_refuse did not log */
     ps_warn("channel: refused %llu more connection(s) in the last %llu s "
@@ -1749,6 +1810,10 @@ static void chan_sweep(uv_timer_t *t) {
     if (wq != c->last_wq) { /* a long reply is still moving */
       c->last_wq = wq;
       c->last_ms = now;
+    }
+    if (!c->closing && c->counted && !c->hello_done && now - c->accept_ms >= hello_ms) {
+      conn_hello_late(c, hello_ms);
+      continue;
     }
     if (c->closing || c->parked || c->op_pending || c->spec_pending || c->acks ||
         now - c->last_ms < sh->cfg->idle_timeout_ms)
@@ -1799,9 +1864,26 @@ static uint64_t chan_fds_free(psd_chan *ch, uint64_t limit, uint64_t reserve) {
   return left;
 }
 
+/* chan_evict makes room for NEW at max_connections (invariant 8a): the
+ * oldest connection still in its hello is closed; 0 when one was, 1 when
+ * every connection is past its hello (NEW is refused then). */
+static int chan_evict(psd_chan *ch, psd_conn *new_) {
+  psd_conn *old = NULL;
+  for (psd_conn *c = ch->conns; c; c = c->next) /* newest first */
+    if (c != new_ && c->counted && !c->closing && !c->hello_done) old = c;
+  if (!old) return 1;
+  char why[200];
+  snprintf(why, sizeof why, "shard %u holds its limit of %u channel connections "
+           "(limits.max_connections): the oldest one still in its hello was closed to admit "
+           "a new one", ch->sh->me->id, ch->sh->cfg->max_connections);
+  chan_said_count(ch, &ch->sh->ctr.chan_refused, &ch->refused, "connection(s)", why);
+  conn_close(old);
+  return 0;
+}
+
 /* chan_accept: a new connection on the listener; admitted, or refused
- * when the shard holds max_connections or is short of descriptors
- * (invariant 8). */
+ * when the shard holds max_connections of connections past their hello
+ * or is short of descriptors (invariants 8, 8a). */
 static void chan_accept(uv_stream_t *server, int status) {
   psd_chan *ch = server->data;
   psd_shard *sh = ch->sh;
@@ -1816,7 +1898,7 @@ static void chan_accept(uv_stream_t *server, int status) {
   c->next = ch->conns;
   if (ch->conns) ch->conns->prev = c;
   ch->conns = c;
-  c->last_ms = uv_now(sh->loop);
+  c->last_ms = c->accept_ms = uv_now(sh->loop);
   if (uv_accept(server, (uv_stream_t *)&c->tcp) < 0) {
     conn_close(c);
     return;
@@ -1833,7 +1915,7 @@ static void chan_accept(uv_stream_t *server, int status) {
     chan_refuse(c, why, 0);
     return;
   }
-  if (sh->chan_conns >= sh->cfg->max_connections) {
+  if (sh->chan_conns >= sh->cfg->max_connections && chan_evict(ch, c)) {
     snprintf(why, sizeof why, "shard %u holds its limit of %u channel connections "
              "(limits.max_connections)", sh->me->id, sh->cfg->max_connections);
     chan_refuse(c, why, left / 2 >= reserve);
@@ -1895,7 +1977,7 @@ int psd_chan_start(psd_shard *sh, ps_errbuf *eb) {
   uv_async_init(sh->loop, &ch->wake, chan_on_wake);
   ch->wake.data = ch;
   ch->handles++;
-  uint64_t sweep_ms = sh->cfg->idle_timeout_ms / 4;
+  uint64_t sweep_ms = chan_hello_ms(ch) / 4; /* <= idle_timeout_ms / 4 (invariant 8a) */
   if (sweep_ms > CHAN_SWEEP_MS) sweep_ms = CHAN_SWEEP_MS;
   if (sweep_ms == 0) sweep_ms = 1;
   uv_timer_init(sh->loop, &ch->sweep);
@@ -1938,6 +2020,7 @@ int psd_chan_reload_keys(psd_shard *sh, size_t *nkeys, ps_errbuf *eb) {
   ps_auth_release(&ch->keys); /* connections mid-hello hold copies (invariant 9) */
   ch->keys = k;
   *nkeys = k.n;
+  if (sh->agg) psd_agg_reload_key(sh->agg); /* its own key towards the roots, too */
   return 0;
 }
 

@@ -18,7 +18,12 @@
  * free (closed at accept, psd_fd.h); both refusals count in
  * sh->ctr.chan_refused.  A connection that moves no byte for
  * cfg->idle_timeout_ms, unless a pull of it is parked, is closed (counted
- * in sh->ctr.chan_idle_closed).  sh->chan_conns is the number open. */
+ * in sh->ctr.chan_idle_closed), as is one that has not finished its HELLO
+ * within a few seconds of its accept (psd_chan.c invariant 8a); at
+ * max_connections the oldest connection still in its HELLO is closed
+ * (counted in chan_refused) to admit a new one, which is refused only
+ * when every open connection is past its HELLO.  sh->chan_conns is the
+ * number open. */
 #ifndef PSD_CHAN_H
 #define PSD_CHAN_H
 
@@ -42,7 +47,9 @@ void psd_chan_close(psd_shard *sh);
 
 /* psd_chan_reload_keys reads security.secret_file again (SIGHUP: a key
  * added or retired without a restart; connections keep the key they
- * proved).  On error the old keys stay.  *NKEYS: keys now accepted. */
+ * proved).  On error the old keys stay.  *NKEYS: keys now accepted.  On
+ * an aggregator, the key it proves to its roots is read again too
+ * (psd_agg_reload_key). */
 int psd_chan_reload_keys(psd_shard *sh, size_t *nkeys, ps_errbuf *eb);
 
 /* psd_chan_secured says whether the channel asks for the hello's proof. */

@@ -56,7 +56,8 @@ struct psd_chan_client {
   uv_loop_t *loop;
   char addr[256], host[256], port[8];
   char *cluster;
-  const ps_auth_key *key;
+  const ps_auth_key *key;   /* borrowed: its owner may change it between hellos */
+  ps_auth_key hkey;         /* *key as the hello in progress began: it proves this one */
   int want_mac;
   int connect_ms, io_ms;
   int state;
@@ -452,17 +453,18 @@ static void cc_hello_send(psd_chan_client *c, int step) {
     meta.cluster = c->cluster;
     if (c->key) {
       ps_errbuf eb;
+      c->hkey = *c->key; /* a SIGHUP may reload *key before the proof (psd_agg) */
       if (ps_auth_nonce(c->nc, &eb) < 0) {
         cc_fail(c, PS_EINTERNAL, "channel '%s': %s", eb.msg);
         return;
       }
-      meta.key_id = (char *)c->key->id;
+      meta.key_id = (char *)c->hkey.id;
       meta.nonce.data = c->nc;
       meta.nonce.len = sizeof c->nc;
       meta.payload_mac = c->want_mac ? 1 : 0;
     }
   } else {
-    ps_auth_proof(c->key, 0, c->cluster, c->nc, c->ns, c->peer_mac, mine);
+    ps_auth_proof(&c->hkey, 0, c->cluster, c->nc, c->ns, c->peer_mac, mine);
     meta.auth.data = mine;
     meta.auth.len = sizeof mine;
   }
@@ -507,7 +509,7 @@ static void cc_hello_next(psd_chan_client *c) {
               "(no security.secret_file there?)");
       return;
     }
-    if (!ps_auth_check(c->key, 1, c->cluster, c->nc, c->ns, c->peer_mac, c->proof,
+    if (!ps_auth_check(&c->hkey, 1, c->cluster, c->nc, c->ns, c->peer_mac, c->proof,
                        c->proof_len)) {
       cc_fail(c, PS_EPERM, "channel '%s': %s", "the shard's proof of the key is wrong "
               "(another secret file?)");
@@ -521,7 +523,7 @@ static void cc_hello_next(psd_chan_client *c) {
     cc_hello_send(c, 2);
     return;
   }
-  if (c->peer_mac && ps_auth_mac_new(&c->mac, c->key, c->cluster, c->nc, c->ns) < 0) {
+  if (c->peer_mac && ps_auth_mac_new(&c->mac, &c->hkey, c->cluster, c->nc, c->ns) < 0) {
     cc_fail(c, PS_ENOMEM, "channel '%s': %s", "out of memory");
     return;
   }
@@ -720,6 +722,7 @@ int psd_chan_client_new(psd_chan_client **out, uv_loop_t *loop, const char *addr
 static void cc_timer_closed(uv_handle_t *h) {
   psd_chan_client *c = h->data;
   ps_chan_rx_release(&c->rx);
+  ps_auth_key_wipe(&c->hkey);
   free(c->cluster);
   free(c);
 }

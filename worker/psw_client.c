@@ -111,8 +111,7 @@ struct psw_client {
   psw_job job;
   void (*idle_fn)(void *arg); /* psw_client_idle_once: runs in the next round */
   void *idle_arg;
-  ps_auth_keys keys;        /* security.secret_file: the channel key it proves */
-  const ps_auth_key *key;   /* in keys, or NULL */
+  ps_auth_client auth;      /* security.secret_file: read again at each connection */
   /* Invariant 9: grads[0] and params[0] as one page-aligned mapping (the
    * layout of a region's push and pull areas), when they may be placed in
    * a shard's shared memory; NULL: the backend's host_alloc. */
@@ -423,8 +422,12 @@ static uint64_t psw_shm_want(const psw_client *c, const psw_shard *s) {
 static int psw_connect(psw_client *c, psw_shard *s, ps_errbuf *eb) {
   s->via_agg = c->agg && !c->agg_down;
   const char *addr = s->via_agg ? c->agg->channel_addr : s->conf->channel_addr;
-  int err = ps_chan_connect_shm(&s->ch, addr, c->cfg->cluster, c->key, psw_chan_flags(c, s),
-                                psw_shm_want(c, s), PSW_CONNECT_TIMEOUT_MS, eb);
+  ps_auth_key key; /* the secret file's key now: a rotation moved it (ps_auth.h) */
+  int keyed = ps_auth_client_now(&c->auth, &key);
+  int err = ps_chan_connect_shm(&s->ch, addr, c->cfg->cluster, keyed ? &key : NULL,
+                                psw_chan_flags(c, s), psw_shm_want(c, s), PSW_CONNECT_TIMEOUT_MS,
+                                eb);
+  ps_auth_key_wipe(&key);
   if (err < 0) {
     s->ch = NULL;
     /* an aggregator that refuses this worker's key (another secret file
@@ -1104,13 +1107,17 @@ int psw_client_agg_return(psw_client *c) {
   if (!ch) return 0;
   ps_errbuf eb = {""};
   int err = 0;
+  ps_auth_key key; /* the secret file's key now (ps_auth.h) */
+  int keyed = ps_auth_client_now(&c->auth, &key);
   for (size_t k = 0; k < c->nshards && err == 0; k++) {
     if (!c->shards[k].nids) continue;
-    err = ps_chan_connect_auth(&ch[k], c->agg->channel_addr, c->cfg->cluster, c->key,
-                               psw_chan_flags(c, &c->shards[k]), PSW_AGG_PROBE_MS, &eb);
+    err = ps_chan_connect_auth(&ch[k], c->agg->channel_addr, c->cfg->cluster,
+                               keyed ? &key : NULL, psw_chan_flags(c, &c->shards[k]),
+                               PSW_AGG_PROBE_MS, &eb);
     if (err < 0) ch[k] = NULL;
     else ps_chan_set_timeout(ch[k], c->io_timeout_ms);
   }
+  ps_auth_key_wipe(&key);
   if (err < 0) {
     for (size_t k = 0; k < c->nshards; k++) ps_chan_close(ch[k]);
     free(ch);
@@ -1144,7 +1151,7 @@ int psw_client_agg_return(psw_client *c) {
  * that hold chunks (a shard that is down now is retried at the first
  * pull). */
 static int psw_open_shards(psw_client *c, ps_errbuf *eb) {
-  int rc = ps_auth_client_key(c->cfg->security.secret_file, PS_ROLE_WORKER, &c->keys, &c->key, eb);
+  int rc = ps_auth_client_open(&c->auth, c->cfg->security.secret_file, PS_ROLE_WORKER, eb);
   if (rc < 0) return rc;
   c->nshards = c->cfg->nshards;
   c->shards = calloc(c->nshards, sizeof *c->shards);
@@ -1229,7 +1236,7 @@ void psw_client_close(psw_client *c) {
   if (c->shards) psw_client_settle(c, NULL); /* the last answers count (invariant 8) */
   pthread_mutex_destroy(&c->job.mu);
   pthread_cond_destroy(&c->job.cv);
-  ps_auth_release(&c->keys);
+  ps_auth_client_close(&c->auth);
   for (size_t k = 0; c->shards && k < c->nshards; k++) {
     psw_shard *s = &c->shards[k];
     ps_chan_close(s->ch);

@@ -59,8 +59,7 @@ struct psw_coord {
    * (invariant 7): */
   ps_chan_client *bch;
   int64_t bch_retry_ms;          /* no new connection before this time */
-  ps_auth_keys keys;             /* security.secret_file's worker key */
-  const ps_auth_key *key;
+  ps_auth_client auth;           /* security.secret_file's worker key, read at each connect */
 };
 
 /* psw_coord_new: see psw_coord.h. */
@@ -81,8 +80,7 @@ int psw_coord_new(psw_coord **out, const psw_coord_conf *conf, ps_errbuf *eb) {
   int err = 0;
   if (!c->model || !c->device || !c->rpc) err = ps_errf(eb, PS_ENOMEM, "out of memory");
   if (err == 0)
-    err = ps_auth_client_key(conf->cfg->security.secret_file, PS_ROLE_WORKER, &c->keys, &c->key,
-                             eb);
+    err = ps_auth_client_open(&c->auth, conf->cfg->security.secret_file, PS_ROLE_WORKER, eb);
   const ps_shard_conf *co = ps_config_coordinator(conf->cfg);
   for (size_t i = 0; err == 0 && i < conf->cfg->nshards; i++) {
     err = ps_rpc_open_cfg(&c->rpc[i], conf->cfg->shards[i].grpc_addr, conf->cfg, PS_ROLE_WORKER,
@@ -418,9 +416,12 @@ static int coord_beat_chan(psw_coord *c, const Ps__HeartbeatRequest *req,
   if (!c->bch) {
     if (now < c->bch_retry_ms) return PS_EUNAVAIL;
     const ps_shard_conf *co = &c->cfg->shards[c->coord];
-    err = ps_chan_connect_auth(&c->bch, co->channel_addr, c->cfg->cluster, c->key,
+    ps_auth_key key; /* the file's key now: a rotation may have moved it (ps_auth.h) */
+    int keyed = ps_auth_client_now(&c->auth, &key);
+    err = ps_chan_connect_auth(&c->bch, co->channel_addr, c->cfg->cluster, keyed ? &key : NULL,
                                c->cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0,
                                PSW_COORD_CALL_MS, eb);
+    ps_auth_key_wipe(&key);
   }
   size_t n = ps__heartbeat_request__get_packed_size(req);
   uint8_t *buf = err == 0 ? malloc(n ? n : 1) : NULL;
@@ -614,7 +615,7 @@ void psw_coord_free(psw_coord *c, int leaving, int done) {
   for (size_t i = 0; c->rpc && i < c->cfg->nshards; i++) ps_rpc_close(c->rpc[i]);
   free(c->rpc);
   ps_chan_close(c->bch);
-  ps_auth_release(&c->keys);
+  ps_auth_client_close(&c->auth);
   if (c->reg) protobuf_c_message_free_unpacked(&c->reg->base, NULL);
   free(c->parts);
   pthread_mutex_destroy(&c->mu);

@@ -60,8 +60,7 @@ struct psw_sparse {
   uint8_t *via_chan;           /* this request's rows to shard k are on ch[k] */
   uint8_t *rx;                 /* pulled rows as they arrive, a region per shard */
   size_t rxcap;
-  ps_auth_keys auth;           /* security.secret_file's worker key */
-  const ps_auth_key *key;
+  ps_auth_client auth;         /* security.secret_file's worker key, read at each connect */
 };
 
 void psw_sparse_set_stop(psw_sparse *s, volatile sig_atomic_t *stop) { s->stop = stop; }
@@ -100,7 +99,7 @@ int psw_sparse_open(psw_sparse **out, const ps_config *cfg, const char *model, u
   }
   int rc = 0;
   if (cfg->sparse.plane == PS_SPARSE_PLANE_CHANNEL)
-    rc = ps_auth_client_key(cfg->security.secret_file, PS_ROLE_WORKER, &s->auth, &s->key, eb);
+    rc = ps_auth_client_open(&s->auth, cfg->security.secret_file, PS_ROLE_WORKER, eb);
   if (rc) {
     free(ids);
     psw_sparse_close(s);
@@ -126,7 +125,7 @@ void psw_sparse_close(psw_sparse *s) {
   free(s->ch_retry_ms);
   free(s->via_chan);
   free(s->rx);
-  ps_auth_release(&s->auth);
+  ps_auth_client_close(&s->auth);
   free(s->rpc);
   free(s->start);
   free(s->pos);
@@ -241,9 +240,13 @@ static ps_chan_client *chan_get(psw_sparse *s, size_t k) {
   int64_t now = ps_now_ms();
   if (now < s->ch_retry_ms[k]) return NULL;
   ps_errbuf eb;
+  ps_auth_key key; /* the file's key now: a rotation may have moved it (ps_auth.h) */
+  int keyed = ps_auth_client_now(&s->auth, &key);
   int rc = ps_chan_connect_auth(&s->ch[k], s->cfg->shards[k].channel_addr, s->cfg->cluster,
-                                s->key, s->cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0,
+                                keyed ? &key : NULL,
+                                s->cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0,
                                 PSW_SPARSE_CONNECT_MS, &eb);
+  ps_auth_key_wipe(&key);
   if (rc) {
     s->ch_retry_ms[k] = now + PSW_SPARSE_CHAN_RETRY_MS;
     return NULL;

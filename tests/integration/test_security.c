@@ -917,6 +917,259 @@ START_TEST(test_sec_mac_tampered) {
 }
 END_TEST
 
+
+/* ---- strangers at the channel's limit (a shard of its own) ---------------- */
+
+static pid_t lim_pid;
+static int lim_cp, lim_gp, lim_up_ok;
+static char lim_chan[64], lim_grpc[64], lim_log[700];
+
+/* Starts a shard with limits {max_connections: 4, idle_timeout_ms: 3000}
+ * and the suite's security (unchecked fixture; after sec_up). */
+static void lim_up(void) {
+  sec_up();
+  if (!sec_up_ok) return;
+  char path[700];
+  snprintf(path, sizeof path, "%s/tls.yaml", sec_dir);
+  static char sec[4200];
+  FILE *f = fopen(path, "r");
+  size_t n = f ? fread(sec, 1, 4000, f) : 0;
+  if (f) fclose(f);
+  sec[n] = '\0';
+  const char *saved = ps_test_security_yaml;
+  ps_test_security_yaml = sec;
+  char dir[600];
+  snprintf(dir, sizeof dir, "%s/lim", sec_dir);
+  mkdir(dir, 0700);
+  const char *yaml = ps_test_cluster_yaml(
+      dir, 1,
+      "limits:\n  max_connections: 4\n  idle_timeout_ms: 3000\ntraining:\n  pull_timeout_ms: 1000\n",
+      &lim_gp, &lim_cp);
+  ps_test_security_yaml = saved;
+  snprintf(lim_chan, sizeof lim_chan, "127.0.0.1:%d", lim_cp);
+  snprintf(lim_grpc, sizeof lim_grpc, "127.0.0.1:%d", lim_gp);
+  snprintf(lim_log, sizeof lim_log, "%s/psd.log", dir);
+  lim_pid = ps_test_psd(yaml, 0, lim_log, NULL);
+  lim_up_ok = ps_test_wait_port(lim_cp, 15000) == 0 && ps_test_wait_port(lim_gp, 5000) == 0;
+  if (!lim_up_ok) fprintf(stderr, "security: the limits psd did not start; see %s\n", lim_log);
+}
+
+static void lim_down(void) {
+  if (lim_pid > 0) ps_test_stop(lim_pid, SIGTERM, 10000);
+  lim_pid = 0;
+  sec_down();
+}
+
+/* lim_stranger connects to the limits shard and sends one byte of a
+ * hello header. */
+static int lim_stranger(void) {
+  int saved = sec_cp;
+  sec_cp = lim_cp;
+  int fd = raw_connect();
+  sec_cp = saved;
+  ck_assert_int_eq(send(fd, "P", 1, MSG_NOSIGNAL), 1);
+  return fd;
+}
+
+/* lim_closed: the shard closed FD (EOF or reset), looked at without
+ * waiting. */
+static int lim_closed(int fd) {
+  struct pollfd pf = {.fd = fd, .events = POLLIN};
+  if (poll(&pf, 1, 0) != 1) return 0;
+  char b;
+  return recv(fd, &b, 1, MSG_DONTWAIT) <= 0;
+}
+
+/* A hello key id with a newline is logged escaped: no forged log line. */
+START_TEST(test_sec_log_injection) {
+  ck_assert_msg(lim_up_ok, "the limits psd is not running");
+  ps_auth_keys keys;
+  const ps_auth_key *key = sec_worker_key(&keys);
+  uint8_t nc[PS_AUTH_NONCE];
+  Ps__ChanMeta hello;
+  raw_hello(&hello, key, nc, 3);
+  hello.key_id = "evil\n2026-01-01T00:00:00.000Z psd[1] info: FORGED LINE";
+  int saved = sec_cp;
+  sec_cp = lim_cp;
+  int fd = raw_connect();
+  sec_cp = saved;
+  raw_send(fd, &hello, 1);
+  Ps__ChanMeta *ch = raw_recv(fd);
+  ck_assert_ptr_nonnull(ch);
+  ck_assert_int_eq(ch->op, PS__CHAN_OP__CHAN_ERROR);
+  ck_assert_msg(!strchr(ch->message, '\n') && strstr(ch->message, "evil\\x0a2026"), "%s",
+                ch->message);
+  ps__chan_meta__free_unpacked(ch, NULL);
+  close(fd);
+  ps_auth_release(&keys);
+  char *text = NULL;
+  int64_t end = ps_test_now_ms() + 5000;
+  do { /* the refusal's log line */
+    free(text);
+    usleep(50000);
+    text = ps_test_read_file(lim_log, NULL);
+  } while (!strstr(text, "unknown key id") && ps_test_now_ms() < end);
+  ck_assert_msg(strstr(text, "unknown key id 'evil\\x0a2026"), "%s", text);
+  ck_assert_msg(!strstr(text, "\n2026-01-01T00:00:00.000Z psd[1]"), "a forged line: %s", text);
+  free(text);
+}
+END_TEST
+
+/* Strangers that hold every slot with a hello trickling in keep no worker
+ * out: the oldest is closed to admit it, and none outlives the hello's
+ * deadline (3 s here: idle_timeout_ms) however it trickles.  At the limit
+ * with every connection past its hello, the client says what the shard
+ * said. */
+START_TEST(test_sec_hello_deadline) {
+  ck_assert_msg(lim_up_ok, "the limits psd is not running");
+  Ps__StatusReply *st = sec_status_at(lim_grpc);
+  uint64_t refused0 = st->chan_refused, idle0 = st->chan_idle_closed;
+  ps__status_reply__free_unpacked(st, NULL);
+  int fds[4];
+  for (int i = 0; i < 4; i++) fds[i] = lim_stranger();
+  usleep(200000);
+  ps_auth_keys keys;
+  const ps_auth_key *key = sec_worker_key(&keys);
+  ps_errbuf eb;
+  ps_chan_client *c[5] = {0};
+  ck_assert_msg(ps_chan_connect_auth(&c[0], lim_chan, "test", key, 0, 5000, &eb) == 0,
+                "a worker kept out by strangers: %s", eb.msg);
+  /* The strangers trickle a byte every 500 ms: all are closed within the
+   * deadline plus a sweep (3 s + 0.75 s), evicted or late. */
+  int64_t start = ps_test_now_ms();
+  int open = 4;
+  while (open && ps_test_now_ms() - start < 6000) {
+    open = 0;
+    for (int i = 0; i < 4; i++) {
+      if (fds[i] < 0) continue;
+      if (lim_closed(fds[i]) || send(fds[i], "S", 1, MSG_NOSIGNAL) < 0) {
+        close(fds[i]);
+        fds[i] = -1;
+      } else {
+        open++;
+      }
+    }
+    usleep(500000);
+  }
+  ck_assert_msg(open == 0, "%d stranger(s) still open after %lld ms", open,
+                (long long)(ps_test_now_ms() - start));
+  st = sec_status_at(lim_grpc);
+  ck_assert_uint_ge(st->chan_refused, refused0 + 1);  /* the one evicted */
+  ck_assert_uint_ge(st->chan_idle_closed, idle0 + 3); /* the late ones */
+  ps__status_reply__free_unpacked(st, NULL);
+  char *text = ps_test_read_file(lim_log, NULL);
+  ck_assert_msg(strstr(text, "no hello within 3000 ms"), "%s", text);
+  free(text);
+  /* Four workers hold the limit: the fifth hears why (c[0] is idle by
+   * now: connected again). */
+  ps_chan_close(c[0]);
+  for (int i = 0; i < 4; i++)
+    ck_assert_msg(ps_chan_connect_auth(&c[i], lim_chan, "test", key, 0, 5000, &eb) == 0, "%s",
+                  eb.msg);
+  ck_assert_int_eq(ps_chan_connect_auth(&c[4], lim_chan, "test", key, 0, 5000, &eb), PS_EUNAVAIL);
+  ck_assert_msg(strstr(eb.msg, "holds its limit of 4 channel connections"), "%s", eb.msg);
+  for (int i = 0; i < 5; i++) ps_chan_close(c[i]);
+  ps_auth_release(&keys);
+}
+END_TEST
+
+/* A client's key is read again at each connection (ps_auth_client): the
+ * README's rotation (new line on the shard, SIGHUP, the client's file
+ * moved, the old line removed, SIGHUP) leaves a running client able to
+ * connect again; a file it cannot read then keeps the key it had. */
+START_TEST(test_sec_client_key_rotation) {
+  sec_ensure_model();
+  const char *path = sec_cfg.security.secret_file;
+  size_t len;
+  char *old = ps_test_read_file(path, &len);
+  char mine[700];
+  snprintf(mine, sizeof mine, "%s/client.secret", ps_test_tmpdir());
+  ps_test_write_file(mine, old); /* the client's own file, as the shard's was */
+  ck_assert_int_eq(chmod(mine, 0600), 0);
+  ps_auth_client ac;
+  ps_errbuf eb;
+  ck_assert_msg(ps_auth_client_open(&ac, mine, PS_ROLE_WORKER, &eb) == 0, "%s", eb.msg);
+  ps_auth_key k;
+  float out[SEC_ELEMS];
+  ck_assert_int_eq(ps_auth_client_now(&ac, &k), 1);
+  ck_assert_str_eq(k.id, "worker-1");
+  ck_assert_msg(sec_pull(&k, out, &eb) == 0, "%s", eb.msg);
+  static const char rot_line[] =
+      "rot-3 worker c0c1c2c3c4c5c6c7c8c9cacbcccdcecfd0d1d2d3d4d5d6d7d8d9dadbdcdddedf\n";
+  /* 1. the new line on the shard, SIGHUP */
+  char *text = malloc(len + 200);
+  snprintf(text, len + 200, "%s%s", old, rot_line);
+  ps_test_write_file(path, text);
+  ck_assert_int_eq(chmod(path, 0600), 0);
+  ck_assert_int_eq(kill(sec_pid, SIGHUP), 0);
+  usleep(300000);
+  /* 2. the client's file moved to the new key */
+  ps_test_write_file(mine, rot_line);
+  ck_assert_int_eq(chmod(mine, 0600), 0);
+  /* 3. the old worker line removed from the shard, SIGHUP */
+  char *keep = malloc(len + 200), *o = keep;
+  for (char *line = text, *nl; *line; line = nl + 1) {
+    nl = strchr(line, '\n');
+    if (!nl) break;
+    if (strncmp(line, "worker-1 ", 9)) {
+      memcpy(o, line, (size_t)(nl + 1 - line));
+      o += nl + 1 - line;
+    }
+  }
+  *o = '\0';
+  ps_test_write_file(path, keep);
+  ck_assert_int_eq(chmod(path, 0600), 0);
+  ck_assert_int_eq(kill(sec_pid, SIGHUP), 0);
+  int64_t end = ps_test_now_ms() + 10000;
+  int rc;
+  while ((rc = sec_pull(&k, out, &eb)) == 0 && ps_test_now_ms() < end) usleep(50000);
+  ck_assert_int_eq(rc, PS_EPERM); /* the key the client started with is gone */
+  /* The client's next connection proves the moved key. */
+  ck_assert_int_eq(ps_auth_client_now(&ac, &k), 1);
+  ck_assert_str_eq(k.id, "rot-3");
+  ck_assert_msg(sec_pull(&k, out, &eb) == 0, "after the rotation: %s", eb.msg);
+  /* A file it cannot read (others may) keeps the key. */
+  ck_assert_int_eq(chmod(mine, 0644), 0);
+  ck_assert_int_eq(ps_auth_client_now(&ac, &k), 1);
+  ck_assert_str_eq(k.id, "rot-3");
+  ck_assert_msg(sec_pull(&k, out, &eb) == 0, "%s", eb.msg);
+  ps_auth_key_wipe(&k);
+  ps_auth_client_close(&ac);
+  /* The shard's file as it was. */
+  ps_test_write_file(path, old);
+  ck_assert_int_eq(chmod(path, 0600), 0);
+  ck_assert_int_eq(kill(sec_pid, SIGHUP), 0);
+  usleep(300000);
+  free(keep);
+  free(text);
+  free(old);
+}
+END_TEST
+
+
+/* A directory where a security file belongs: the message names the key
+ * (tls.ca, tls.key, secret_file) and says the same for each. */
+START_TEST(test_sec_file_names_key) {
+  const char *dir = ps_test_tmpdir();
+  char kdir[600], f[700];
+  snprintf(kdir, sizeof kdir, "%s/kdir", dir);
+  ck_assert_int_eq(mkdir(kdir, 0700), 0);
+  snprintf(f, sizeof f, "%s/some.pem", dir);
+  ps_test_write_file(f, "-----BEGIN CERTIFICATE-----\n");
+  ps_errbuf eb;
+  ck_assert_int_lt(ps_tls_check(kdir, f, f, &eb), 0);
+  ck_assert_msg(strstr(eb.msg, "security.tls.ca '") && strstr(eb.msg, "not a regular file"), "%s",
+                eb.msg);
+  ck_assert_int_lt(ps_tls_check(f, f, kdir, &eb), 0);
+  ck_assert_msg(strstr(eb.msg, "security.tls.key '") && strstr(eb.msg, "not a regular file"),
+                "%s", eb.msg);
+  ps_auth_keys k;
+  ck_assert_int_eq(ps_auth_load(&k, kdir, &eb), PS_ECONFIG);
+  ck_assert_msg(strstr(eb.msg, "security.secret_file '") && strstr(eb.msg, "not a regular file"),
+                "%s", eb.msg);
+}
+END_TEST
+
 Suite *security_suite(void) {
   Suite *s = suite_create("security");
   TCase *tc = tcase_create("mtls");
@@ -931,6 +1184,13 @@ Suite *security_suite(void) {
   tcase_add_test(tc, test_sec_python_health);
   tcase_add_test(tc, test_sec_file_modes);
   tcase_add_test(tc, test_sec_key_rotation);
+  tcase_add_test(tc, test_sec_client_key_rotation);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("limits");
+  tcase_add_unchecked_fixture(tc, lim_up, lim_down);
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, test_sec_log_injection);
+  tcase_add_test(tc, test_sec_hello_deadline);
   suite_add_tcase(s, tc);
   tc = tcase_create("payload_mac");
   tcase_add_unchecked_fixture(tc, mac_up, mac_down);
@@ -940,6 +1200,7 @@ Suite *security_suite(void) {
   suite_add_tcase(s, tc);
   tc = tcase_create("unit");
   tcase_add_test(tc, test_sec_role_subject);
+  tcase_add_test(tc, test_sec_file_names_key);
   suite_add_tcase(s, tc);
   return s;
 }

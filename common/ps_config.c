@@ -122,6 +122,8 @@ static const char *cfg_choices(const char *const *names, char *list, size_t cap)
   return list;
 }
 
+static const char *const cfg_bools[] = {"false", "true", NULL}; /* enum of booleans */
+
 /* cfg_scalar gives the text of N, or of the slot's default when N is NULL.
  * Returns 1 with *TEXT set, 0 when there is nothing to store (no default),
  * or PS_ECONFIG when N is not a non-null scalar (naming the choices of a
@@ -143,10 +145,11 @@ static int cfg_scalar(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, const char 
   if (n->type != YAML_SCALAR_NODE || cfg_is_null(n))
     return cfg_err(x, n->start_mark, "expected %s for '%s'", s->type->what, s->name);
   *text = (const char *)n->data.scalar.value;
-  if (s->type->number && (n->data.scalar.style == YAML_SINGLE_QUOTED_SCALAR_STYLE ||
-                          n->data.scalar.style == YAML_DOUBLE_QUOTED_SCALAR_STYLE))
+  int quoted = n->data.scalar.style == YAML_SINGLE_QUOTED_SCALAR_STYLE ||
+               n->data.scalar.style == YAML_DOUBLE_QUOTED_SCALAR_STYLE;
+  if (quoted && (s->type->number || s->arg == cfg_bools)) /* YAML's "true" is a string */
     return cfg_err(x, n->start_mark, "expected %s for '%s', not the string '%s' (no quotes)",
-                   s->type->what, s->name, *text);
+                   s->type->number ? s->type->what : "true or false", s->name, *text);
   return 1;
 }
 
@@ -485,7 +488,6 @@ static const char *const cfg_formats[] = {"idx", "csv", "criteo", NULL};
 /* ps_codec.h's names (push: any; pull: values only) */
 static const char *const cfg_push_codecs[] = {"fp32", "fp16", "int8", "onebit", "topk", NULL};
 static const char *const cfg_pull_codecs[] = {"fp32", "fp16", "int8", NULL};
-static const char *const cfg_bools[] = {"false", "true", NULL};
 static const char *const cfg_sparse_planes[] = {"channel", "grpc", NULL}; /* ps_sparse_plane */
 
 static const cfg_slot cfg_durability_slots[] = {

@@ -593,6 +593,8 @@ static const struct bad_case {
      "3:11: expected an integer for 'epochs', not the string '5' (no quotes)"},
     {"cluster: a\nworkers:\n  slowdown: [1, \"2\"]\n" SHARD0 SEC0, PS_ECONFIG,
      "3:17: expected a list of numbers for 'slowdown', not the string '2' (no quotes)"},
+    {"cluster: a\nworkers:\n  overlap: \"true\"\n" SHARD0 SEC0, PS_ECONFIG,
+     "3:12: expected true or false for 'overlap', not the string 'true' (no quotes)"},
     /* Every documented key, refused with its name: type, range, pairing. */
     {"cluster: a\ndurability:\n  flush_interval_ms: 0\n" SHARD0, PS_ECONFIG,
      "3:22: 'flush_interval_ms' is 0, outside 1..3600000"},

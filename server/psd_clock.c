@@ -825,6 +825,9 @@ int psd_clock_progress(psd_clock *c, uint32_t worker, const psd_part_pos *pos, u
                    pos->part, pos->offset, pos->started, pos->size, p->offset, p->size);
   psd_epoch_info *e = clock_epoch(c, p->epoch);
   if (e) e->trained += pos->offset - p->offset;
+  /* the worker trains again from its offset what it had started past it
+   * (a push it sent may not have been applied): counted as at a handover */
+  if (e && pos->started < p->started) e->retrained += p->started - pos->offset;
   p->size = pos->size;
   p->offset = pos->offset;
   p->started = pos->started;

@@ -29,22 +29,26 @@ int ps_role_parse(const char *s, size_t len) {
   return -1;
 }
 
-/* ps_role_from_subject: the first OU=ROLE attribute of SUBJECT, split at
- * commas (gRPC writes the subject RFC 2253 style; an escaped comma inside
- * a value cannot form "OU=worker" on its own). */
+/* ps_role_from_subject: the role the OU=ROLE attributes of SUBJECT name,
+ * split at commas (gRPC writes the subject RFC 2253 style; an escaped
+ * comma inside a value cannot form "OU=worker" on its own); none when
+ * two of them name different roles (which would win depends on the
+ * order a library writes them in). */
 int ps_role_from_subject(const char *subject) {
   if (!subject) return PS_ROLE_NONE;
   const char *p = subject;
+  int role = PS_ROLE_NONE;
   while (*p) {
     while (*p == ' ' || *p == ',' || *p == '/') p++;
     size_t n = strcspn(p, ",/");
     if (n > 3 && !strncmp(p, "OU=", 3)) {
       int r = ps_role_parse(p + 3, n - 3);
-      if (r > 0) return r;
+      if (r > 0 && role != PS_ROLE_NONE && r != role) return PS_ROLE_NONE;
+      if (r > 0) role = r;
     }
     p += n;
   }
-  return PS_ROLE_NONE;
+  return role;
 }
 
 int ps_auth_private_file(const char *path, ps_errbuf *eb) {

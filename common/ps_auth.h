@@ -47,7 +47,8 @@ const char *ps_role_name(int role);
 int ps_role_parse(const char *s, size_t len);
 
 /* ps_role_from_subject returns the role in the OU of an RFC 2253 subject
- * ("CN=w1,OU=worker,O=psd"), or PS_ROLE_NONE. */
+ * ("CN=w1,OU=worker,O=psd"), or PS_ROLE_NONE (also when two OUs name
+ * different roles). */
 int ps_role_from_subject(const char *subject);
 
 /* ps_auth_private_file checks that PATH is a regular file that neither

@@ -672,6 +672,11 @@ START_TEST(test_sec_role_subject) {
   ck_assert_int_eq(ps_role_from_subject("/O=psd/OU=aggregator/CN=x"), PS_ROLE_AGGREGATOR);
   ck_assert_int_eq(ps_role_from_subject("CN=OU=operator"), PS_ROLE_NONE);
   ck_assert_int_eq(ps_role_from_subject("CN=x,OU=shard"), PS_ROLE_NONE);
+  /* two roles: none (the one that won depended on the subject's order) */
+  ck_assert_int_eq(ps_role_from_subject("CN=x,OU=operator,OU=worker,O=psd"), PS_ROLE_NONE);
+  ck_assert_int_eq(ps_role_from_subject("/O=psd/OU=worker/OU=operator/CN=x"), PS_ROLE_NONE);
+  ck_assert_int_eq(ps_role_from_subject("CN=x,OU=worker,OU=worker"), PS_ROLE_WORKER);
+  ck_assert_int_eq(ps_role_from_subject("CN=x,OU=team-a,OU=worker"), PS_ROLE_WORKER);
   ck_assert_int_eq(ps_role_from_subject("OU=workers"), PS_ROLE_NONE);
   ck_assert_int_eq(ps_role_from_subject(NULL), PS_ROLE_NONE);
 }

@@ -317,7 +317,8 @@ static int rejoin(psw_sparse *s, int64_t *since, uint32_t *delay, ps_errbuf *eb)
     if (now - *since >= (int64_t)s->cfg->workers.retry_ms)
       return ps_errf(eb, PS_EEXPIRED, "still refused after rejoining for %u ms: %s",
                      s->cfg->workers.retry_ms, why.msg);
-    if (ps_sleep_ms(*delay, s->stop) < 0) return ps_errf(eb, PS_ESHUTDOWN, "stopped while rejoining");
+    if (ps_sleep_ms(*delay, s->stop) < 0)
+      return ps_errf(eb, PS_ESHUTDOWN, "stopped while rejoining");
     *delay = ps_backoff_next(*delay);
   }
   int rc = s->rejoin(s->rejoin_arg, eb);

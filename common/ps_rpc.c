@@ -210,16 +210,44 @@ static void rpc_cq_destroy(grpc_completion_queue *cq) {
   grpc_completion_queue_destroy(cq);
 }
 
+/* rpc_cq_wait waits for CQ's one call C to complete (its deadline ends
+ * it at the latest), looking at *STOP every PS_RPC_STOP_POLL_MS when STOP
+ * is not NULL: once it has been set for GRACE_MS the call is cancelled
+ * (it then completes at once, cancelled).  Returns 1 when the call
+ * completed, 0 when the queue failed, PS_ESHUTDOWN when cancelled. */
+static int rpc_cq_wait(grpc_completion_queue *cq, rpc_call *c, volatile sig_atomic_t *stop,
+                       int grace_ms) {
+  if (!stop) return rpc_cq_next(cq).type == GRPC_OP_COMPLETE;
+  int64_t stop_at = 0;
+  int cancelled = 0;
+  for (;;) {
+    gpr_timespec slice = cancelled ? gpr_inf_future(GPR_CLOCK_REALTIME)
+                                   : rpc_deadline(PS_RPC_STOP_POLL_MS);
+    grpc_event ev = grpc_completion_queue_next(cq, slice, NULL);
+    if (ev.type == GRPC_OP_COMPLETE) return cancelled ? PS_ESHUTDOWN : 1;
+    if (ev.type != GRPC_QUEUE_TIMEOUT) return 0;
+    if (*stop && !stop_at) stop_at = ps_now_ms();
+    if (*stop && ps_now_ms() - stop_at >= grace_ms) {
+      grpc_call_cancel(c->call, NULL);
+      cancelled = 1;
+    }
+  }
+}
+
 /* ps_rpc_invoke sends the slice REQ (consumed) as one unary call and
- * returns the reply's bytes in *RESP (caller frees with free()). */
+ * returns the reply's bytes in *RESP (caller frees with free()); STOP and
+ * GRACE_MS as ps_rpc_call_stop says. */
 static int ps_rpc_invoke(ps_rpc *r, const char *method, grpc_slice req, void **resp,
-                         size_t *resp_len, int timeout_ms, ps_errbuf *eb) {
+                         size_t *resp_len, int timeout_ms, volatile sig_atomic_t *stop,
+                         int grace_ms, ps_errbuf *eb) {
   grpc_completion_queue *cq = grpc_completion_queue_create_for_next(NULL);
   rpc_call c;
   rpc_call_start(&c, r, cq, method, req, rpc_deadline(timeout_ms), eb);
   grpc_slice_unref(req);
-  int done = c.err == 0 && rpc_cq_next(cq).type == GRPC_OP_COMPLETE;
-  int err = rpc_call_finish(&c, done, method, resp, resp_len, eb);
+  int done = c.err == 0 ? rpc_cq_wait(cq, &c, stop, grace_ms) : 0;
+  int err = rpc_call_finish(&c, done != 0, method, resp, resp_len, eb);
+  if (done == PS_ESHUTDOWN && err) /* (an answer that beat the cancel stands) */
+    err = ps_errf(eb, PS_ESHUTDOWN, "stopped while waiting for the answer to '%s'", method);
   rpc_cq_destroy(cq);
   return err;
 }
@@ -228,7 +256,7 @@ static int ps_rpc_invoke(ps_rpc *r, const char *method, grpc_slice req, void **r
 int ps_rpc_call_raw(ps_rpc *r, const char *method, const void *req, size_t req_len,
                     void **resp, size_t *resp_len, int timeout_ms, ps_errbuf *eb) {
   grpc_slice s = grpc_slice_from_copied_buffer(req, req_len);
-  return ps_rpc_invoke(r, method, s, resp, resp_len, timeout_ms, eb);
+  return ps_rpc_invoke(r, method, s, resp, resp_len, timeout_ms, NULL, 0, eb);
 }
 
 /* rpc_pack packs REQ into a slice that owns its buffer (no second copy). */
@@ -253,18 +281,26 @@ static int rpc_unpack(const char *method, const ProtobufCMessageDescriptor *resp
   return 0;
 }
 
-/* ps_rpc_call packs REQ, calls, and unpacks the reply with RESP_DESC. */
-int ps_rpc_call(ps_rpc *r, const char *method, const ProtobufCMessage *req,
-                const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
-                int timeout_ms, ps_errbuf *eb) {
+/* ps_rpc_call_stop packs REQ, calls, and unpacks the reply with
+ * RESP_DESC; see ps_rpc.h. */
+int ps_rpc_call_stop(ps_rpc *r, const char *method, const ProtobufCMessage *req,
+                     const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
+                     int timeout_ms, volatile sig_atomic_t *stop, int grace_ms, ps_errbuf *eb) {
   grpc_slice s;
   int err = rpc_pack(method, req, &s, eb);
   if (err < 0) return err;
   void *rbuf = NULL;
   size_t rlen = 0;
-  err = ps_rpc_invoke(r, method, s, &rbuf, &rlen, timeout_ms, eb);
+  err = ps_rpc_invoke(r, method, s, &rbuf, &rlen, timeout_ms, stop, grace_ms, eb);
   if (err < 0) return err;
   return rpc_unpack(method, resp_desc, rbuf, rlen, resp, eb);
+}
+
+/* ps_rpc_call is ps_rpc_call_stop that no stop ends. */
+int ps_rpc_call(ps_rpc *r, const char *method, const ProtobufCMessage *req,
+                const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
+                int timeout_ms, ps_errbuf *eb) {
+  return ps_rpc_call_stop(r, method, req, resp_desc, resp, timeout_ms, NULL, 0, eb);
 }
 
 /* ps_rpc_call_all: every call is started before the first is waited

@@ -8,6 +8,7 @@
 #define PS_RPC_H
 
 #include <protobuf-c/protobuf-c.h>
+#include <signal.h>
 
 #include "ps_config.h"
 #include "ps_error.h"
@@ -36,6 +37,17 @@ int ps_rpc_open_cfg(ps_rpc **out, const char *addr, const ps_config *cfg, int ro
 int ps_rpc_call(ps_rpc *r, const char *method, const ProtobufCMessage *req,
                 const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
                 int timeout_ms, ps_errbuf *eb);
+
+/* ps_rpc_call_stop is ps_rpc_call that a stop can end: its wait looks at
+ * *STOP (a signal handler's flag; NULL: never) every PS_RPC_STOP_POLL_MS,
+ * and once *STOP has been set for GRACE_MS (0: at once) the call is
+ * cancelled and fails with PS_ESHUTDOWN (EB says "stopped"); whether the
+ * server acted on it is then not known (an answer that came before the
+ * cancel took effect is returned as usual). */
+#define PS_RPC_STOP_POLL_MS 100
+int ps_rpc_call_stop(ps_rpc *r, const char *method, const ProtobufCMessage *req,
+                     const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
+                     int timeout_ms, volatile sig_atomic_t *stop, int grace_ms, ps_errbuf *eb);
 
 /* ps_rpc_call_raw is ps_rpc_call on serialized bytes: *RESP (caller frees
  * with free()) receives the reply's bytes. */

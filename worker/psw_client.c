@@ -19,8 +19,6 @@
 #define PSW_GETMODEL_TIMEOUT_MS 3000
 #define PSW_CONNECT_TIMEOUT_MS 2000
 #define PSW_AGG_PROBE_MS 1000 /* psw_client_agg_return's wait for each connection */
-#define PSW_STOP_POLL_MS 100  /* how often a pull's wait looks at the stop flag (invariant 11) */
-#define PSW_STOP_PUSH_GRACE_MS 2000 /* a stop waits this long for a push's answer */
 #define PSW_SAY_AGAIN_MS 10000 /* a long wait is said again at most this often (invariant 12) */
 
 /* One shard as this worker sees it. */
@@ -611,43 +609,50 @@ static int psw_ack_wait(psw_shard *s, ps_errbuf *eb) {
   return err < 0 ? ps_errf(eb, err, "push failed: %s", reb.msg) : 0;
 }
 
-/* psw_await waits for S's reply to request ID (its push when PUSH, else
- * its pull of CLOCK), looking at the stop flag every PSW_STOP_POLL_MS
- * (invariant 11): a pull may wait parked on the shard up to
- * pull_timeout_ms, and a shard that hangs answers neither.  0 once the
- * reply is in, or the connection broke (ps_chan_recv_id then says how;
- * after the I/O timeout without a byte it is made to time out at once),
- * or PS_ESHUTDOWN when a stop came first: the reply is left in flight. */
-static int psw_await(psw_client *c, psw_shard *s, uint64_t id, int push, uint64_t clock,
-                     ps_errbuf *eb) {
-  if (!c->stop) return 0;
+/* psw_chan_await: see psw_client.h. */
+int psw_chan_await(ps_chan_client *ch, uint64_t id, volatile sig_atomic_t *stop, int grace_ms,
+                   int io_timeout_ms) {
+  if (!stop) return 0;
   uint64_t tx, rx, seen;
-  ps_chan_bytes(s->ch, &tx, &seen);
+  ps_chan_bytes(ch, &tx, &seen);
   int64_t quiet_since = ps_now_ms();
   /* the first look does not wait: a stop that came while another shard's
-   * pull was awaited ends this one's wait at once, not a poll later; a
+   * reply was awaited ends this one's wait at once, not a poll later; a
    * push's answer, which normally follows within a sync, is waited for
-   * PSW_STOP_PUSH_GRACE_MS more (the step then ends with nothing in
-   * flight: an exact handover), not for a shard that hangs */
+   * GRACE_MS more (the step then ends with nothing in flight: an exact
+   * handover), not for a shard that hangs */
   int64_t stop_at = 0;
   for (int wait = 0;; wait = PSW_STOP_POLL_MS) {
     ps_errbuf web;
-    if (ps_chan_wait_id(s->ch, id, wait, &web) != 0) return 0;
-    if (*c->stop && !stop_at) stop_at = ps_now_ms();
-    if (*c->stop && (!push || ps_now_ms() - stop_at >= PSW_STOP_PUSH_GRACE_MS))
-      return push ? ps_errf(eb, PS_ESHUTDOWN, "stopped while waiting for the answer to a push")
-                  : ps_errf(eb, PS_ESHUTDOWN, "stopped while waiting for the pull of clock %llu",
-                            (unsigned long long)clock);
-    ps_chan_bytes(s->ch, &tx, &rx);
+    if (ps_chan_wait_id(ch, id, wait, &web) != 0) return 0;
+    if (*stop && !stop_at) stop_at = ps_now_ms();
+    if (*stop && ps_now_ms() - stop_at >= grace_ms) return PS_ESHUTDOWN;
+    ps_chan_bytes(ch, &tx, &rx);
     int64_t now = ps_now_ms();
     if (rx != seen) {
       seen = rx;
       quiet_since = now;
-    } else if (now - quiet_since >= c->io_timeout_ms) {
-      ps_chan_set_timeout(s->ch, 1); /* psw_recv sets it back */
+    } else if (now - quiet_since >= io_timeout_ms) {
+      ps_chan_set_timeout(ch, 1); /* the caller sets it back */
       return 0;
     }
   }
+}
+
+/* psw_await waits for S's reply to request ID (its push when PUSH, else
+ * its pull of CLOCK) as psw_chan_await says (invariant 11): a pull may
+ * wait parked on the shard up to pull_timeout_ms, and a shard that hangs
+ * answers neither.  A push's answer is waited for PSW_STOP_PUSH_GRACE_MS
+ * past a stop.  PS_ESHUTDOWN when a stop came first: the reply is left
+ * in flight. */
+static int psw_await(psw_client *c, psw_shard *s, uint64_t id, int push, uint64_t clock,
+                     ps_errbuf *eb) {
+  if (psw_chan_await(s->ch, id, c->stop, push ? PSW_STOP_PUSH_GRACE_MS : 0,
+                     c->io_timeout_ms) == 0)
+    return 0;
+  return push ? ps_errf(eb, PS_ESHUTDOWN, "stopped while waiting for the answer to a push")
+              : ps_errf(eb, PS_ESHUTDOWN, "stopped while waiting for the pull of clock %llu",
+                        (unsigned long long)clock);
 }
 
 /* psw_recv receives S's NSENT replies; the first error is returned, but

@@ -136,6 +136,7 @@
 #include <stdint.h>
 
 #include "ps.pb-c.h"
+#include "ps_chan.h"
 #include "ps_config.h"
 #include "ps_error.h"
 #include "ps_gpu.h"
@@ -244,6 +245,21 @@ void psw_client_bytes(const psw_client *c, uint64_t *sent, uint64_t *received,
  * payload bytes (both ways) that went through shared memory (invariant
  * 9).  Read it when no push/pull is in flight. */
 uint64_t psw_client_shm_bytes(const psw_client *c);
+
+/* psw_chan_await waits for request ID's reply on CH, looking at *STOP
+ * every PSW_STOP_POLL_MS (invariant 11; the sparse tables' client,
+ * psw_sparse.h, waits the same way): 0 once the reply is in, or CH broke
+ * (ps_chan_recv_id then says how), or nothing arrived on CH for
+ * IO_TIMEOUT_MS (CH's I/O timeout is then cut to 1 ms, so that
+ * ps_chan_recv_id times out at once: the caller sets it back), at once
+ * when STOP is NULL (ps_chan_recv_id then waits out CH's own timeout);
+ * PS_ESHUTDOWN once *STOP has been set for GRACE_MS (0 for a pull, which
+ * a shard may hold parked; PSW_STOP_PUSH_GRACE_MS for a push's answer,
+ * which follows within a sync), the reply left in flight. */
+#define PSW_STOP_POLL_MS 100        /* how often a wait looks at the stop flag */
+#define PSW_STOP_PUSH_GRACE_MS 2000 /* a stop waits this long for a push's answer */
+int psw_chan_await(ps_chan_client *ch, uint64_t id, volatile sig_atomic_t *stop, int grace_ms,
+                   int io_timeout_ms);
 
 /* psw_retryable says whether ERR means "the shard is (momentarily) not
  * there": the connection is closed and reopened with backoff (invariant

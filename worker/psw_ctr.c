@@ -113,14 +113,31 @@ static int ctr_parse(psw_ctr *c, uint64_t i, char *p, const char *path, uint64_t
   return 0;
 }
 
+/* ctr_zcheck returns F's read error, if any, after LINE lines: a gzip
+ * stream that ends early (zlib's Z_BUF_ERROR, "unexpected end of file"),
+ * or whose data or check does not decode, is an error naming the file:
+ * read on, a cut log would train as a shorter one, or fail on its cut
+ * last line with a misleading field count. */
+static int ctr_zcheck(gzFile f, const char *path, uint64_t line, ps_errbuf *eb) {
+  int zerr = Z_OK;
+  const char *msg = gzerror(f, &zerr);
+  if (zerr == Z_OK) return 0;
+  if (zerr == Z_ERRNO)
+    return ps_errf(eb, PS_EIO, "%s:%llu: %s", path, (unsigned long long)line + 1, strerror(errno));
+  return ps_errf(eb, PS_EFORMAT, "%s: truncated or corrupt gzip file after line %llu (%s)", path,
+                 (unsigned long long)line, msg);
+}
+
 /* ctr_read parses the lines of F into C. */
 static int ctr_read(psw_ctr *c, gzFile f, const char *path, uint64_t limit, char *buf,
                     ps_errbuf *eb) {
   uint64_t line = 0, cap = 0;
   int rc = 0;
   while (!rc && (!limit || c->n < limit) && gzgets(f, buf, CTR_LINE_MAX + 2)) {
-    line++;
     size_t len = strlen(buf); /* a NUL byte ends the line early: then a field is missing */
+    /* a line without its end is the file's last, or where its stream broke */
+    if ((!len || buf[len - 1] != '\n') && (rc = ctr_zcheck(f, path, line, eb))) break;
+    line++;
     if (len == CTR_LINE_MAX + 1 && buf[len - 1] != '\n')
       return ps_errf(eb, PS_EFORMAT, "%s:%llu: line longer than %d bytes", path,
                      (unsigned long long)line, CTR_LINE_MAX);
@@ -130,12 +147,7 @@ static int ctr_read(psw_ctr *c, gzFile f, const char *path, uint64_t limit, char
     if (ctr_reserve(c, c->n + 1, &cap)) return ps_errf(eb, PS_ENOMEM, "%s: out of memory", path);
     if (!(rc = ctr_parse(c, c->n, buf, path, line, eb))) c->n++;
   }
-  int zerr = Z_OK;
-  const char *msg = gzerror(f, &zerr);
-  if (!rc && zerr != Z_OK && zerr != Z_BUF_ERROR)
-    rc = ps_errf(eb, zerr == Z_ERRNO ? PS_EIO : PS_EFORMAT, "%s:%llu: %s", path,
-                 (unsigned long long)line + 1, zerr == Z_ERRNO ? strerror(errno) : msg);
-  return rc;
+  return rc ? rc : ctr_zcheck(f, path, line, eb);
 }
 
 int psw_ctr_load(psw_ctr *c, const char *path, uint64_t limit, ps_errbuf *eb) {

@@ -195,6 +195,21 @@ static int idx_fits(idx_file *f, uint64_t n, ps_errbuf *eb) {
                  f->path, n, f->kind, f->rec, f->size, most);
 }
 
+/* idx_check_end reads a gzipped F on from the end of its last record to
+ * the end of its stream (BUF: LEN bytes of scratch): the gzip trailer
+ * holds the check of all the data, and zlib reads a stream cut short as
+ * its end, so a file cut there would pass as whole. */
+static int idx_check_end(idx_file *f, unsigned char *buf, unsigned len, ps_errbuf *eb) {
+  if (gzdirect(f->f)) return 0;
+  int k;
+  while ((k = gzread(f->f, buf, len)) > 0) f->off += (uint64_t)k;
+  int zerr = Z_OK;
+  const char *msg = gzerror(f->f, &zerr);
+  if (zerr == Z_OK) return 0;
+  return ps_errf(eb, PS_EFORMAT, "%s: byte %" PRIu64 ": truncated or corrupt gzip file (%s)",
+                 f->path, f->off, zerr == Z_ERRNO ? strerror(errno) : msg);
+}
+
 static void idx_close(idx_file *f) {
   if (f->f) gzclose(f->f);
   f->f = NULL;
@@ -254,6 +269,8 @@ static int idx_load_ranges(psw_dataset *d, idx_file *im, idx_file *lb, const dat
       r = idx_read_labels(lb, rg[i].begin, rg[i].end, d->y + at, buf, 1u << 20, eb);
     at += rg[i].end - rg[i].begin;
   }
+  if (r == 0 && nrg && rg[nrg - 1].end == im->count) /* read up to the end: check it */
+    if ((r = idx_check_end(im, buf, 1u << 20, eb)) == 0) r = idx_check_end(lb, buf, 1u << 20, eb);
   free(buf);
   return r;
 }
@@ -316,13 +333,14 @@ static int csv_slurp(const char *path, char **buf, size_t *len, ps_errbuf *eb) {
       cap *= 2;
     }
   }
+  int zerr = Z_OK;
+  const char *msg = b ? gzerror(f, &zerr) : NULL;
   if (!b) r = ps_errf(eb, PS_ENOMEM, "%s: out of memory", path);
-  else if (k < 0) {
-    int zerr;
-    const char *msg = gzerror(f, &zerr);
-    r = ps_errf(eb, PS_EFORMAT, "%s: byte %zu: %s", path, n, zerr == Z_ERRNO ? strerror(errno) : msg);
-    free(b);
-  }
+  else if (zerr == Z_ERRNO) /* zlib reads a gzip stream cut short as its end: Z_BUF_ERROR */
+    r = ps_errf(eb, PS_EIO, "%s: byte %zu: %s", path, n, strerror(errno));
+  else if (k < 0 || zerr != Z_OK)
+    r = ps_errf(eb, PS_EFORMAT, "%s: byte %zu: truncated or corrupt gzip file (%s)", path, n, msg);
+  if (r) free(b);
   gzclose(f);
   if (r == 0) {
     b[n] = 0;

@@ -10,7 +10,9 @@
  * (again after PSW_SPARSE_CHAN_RETRY_MS), or a pull whose connection broke
  * or that the shard refused as psw_retryable says (then the pull is made
  * on gRPC with psw_sparse.h's waits).  A push is never sent twice: one
- * whose connection broke is lost as on gRPC.  A connection the shard
+ * whose connection broke is lost as on gRPC (one a shard refused as
+ * expired was not applied: it goes again after the rejoin).  Replies are
+ * taken by request id, each wait looking at the stop flag (chan_take).  A connection the shard
  * closed while idle (a restart) is seen before the next request
  * (ps_chan_alive) and opened again, so no push is lost to it. */
 #include "psw_sparse.h"
@@ -34,6 +36,10 @@
 #define PSW_SPARSE_CONNECT_MS 2000      /* a channel connect and hello */
 #define PSW_SPARSE_CHAN_RETRY_MS 1000   /* no new channel after a failed connect for this long */
 #define PSW_SPARSE_CHAN_OLD_MS 60000    /* ... nor to a shard that did not offer rows */
+#define PSW_SPARSE_SAY_AGAIN_MS 10000   /* a pull's long wait for a slower worker said again */
+/* a gRPC pull that timed out this long before the reply timeout (the
+ * shard's pull_timeout_ms + 5 s) was answered by the shard: parked */
+#define PSW_SPARSE_ANSWERED_MS 2500
 
 struct psw_sparse {
   const ps_config *cfg;
@@ -58,12 +64,25 @@ struct psw_sparse {
   ps_chan_client **ch;         /* open connection, or NULL */
   int64_t *ch_retry_ms;        /* no new connection before this time */
   uint8_t *via_chan;           /* this request's rows to shard k are on ch[k] */
+  uint64_t *req_id;            /* ... as this request id there */
+  uint8_t *todo;               /* this request still owes shard k a call */
+  /* psw_sparse_set_rejoin: a refusal as expired rejoins (may be NULL) */
+  int (*rejoin)(void *arg, ps_errbuf *eb);
+  void *rejoin_arg;
   uint8_t *rx;                 /* pulled rows as they arrive, a region per shard */
   size_t rxcap;
   ps_auth_client auth;         /* security.secret_file's worker key, read at each connect */
 };
 
 void psw_sparse_set_stop(psw_sparse *s, volatile sig_atomic_t *stop) { s->stop = stop; }
+
+void psw_sparse_set_rejoin(psw_sparse *s, int (*rejoin)(void *arg, ps_errbuf *eb), void *arg) {
+  s->rejoin = rejoin;
+  s->rejoin_arg = arg;
+}
+
+/* stopping says whether a stop was asked for (psw_sparse_set_stop). */
+static int stopping(const psw_sparse *s) { return s->stop && *s->stop; }
 
 ps_codec_id psw_sparse_row_codec(ps_codec_id model_codec) {
   return model_codec == PS_CODEC_FP32 || model_codec == PS_CODEC_FP16 ? model_codec
@@ -91,8 +110,11 @@ int psw_sparse_open(psw_sparse **out, const ps_config *cfg, const char *model, u
     s->ch = calloc(cfg->nshards, sizeof *s->ch);
     s->ch_retry_ms = calloc(cfg->nshards, sizeof *s->ch_retry_ms);
     s->via_chan = calloc(cfg->nshards, 1);
+    s->req_id = calloc(cfg->nshards, sizeof *s->req_id);
+    s->todo = calloc(cfg->nshards, 1);
   }
-  if (!s || !ids || !s->rpc || !s->start || !s->ch || !s->ch_retry_ms || !s->via_chan) {
+  if (!s || !ids || !s->rpc || !s->start || !s->ch || !s->ch_retry_ms || !s->via_chan ||
+      !s->req_id || !s->todo) {
     free(ids);
     psw_sparse_close(s);
     return ps_errf(eb, PS_ENOMEM, "sparse client: out of memory");
@@ -124,6 +146,8 @@ void psw_sparse_close(psw_sparse *s) {
   free(s->ch);
   free(s->ch_retry_ms);
   free(s->via_chan);
+  free(s->req_id);
+  free(s->todo);
   free(s->rx);
   ps_auth_client_close(&s->auth);
   free(s->rpc);
@@ -179,17 +203,19 @@ static int group(psw_sparse *s, const uint64_t *keys, uint32_t n, ps_errbuf *eb)
   return 0;
 }
 
-/* call_once makes call METHOD on shard K, opening its channel first; a
- * channel whose call failed as if the shard were not there is closed
- * (the next call opens a new one). */
+/* call_once makes call METHOD on shard K, opening its gRPC channel first;
+ * a stop ends the wait for the answer GRACE_MS after it came
+ * (ps_rpc_call_stop: PS_ESHUTDOWN).  A channel whose call failed as if
+ * the shard were not there is closed (the next call opens a new one). */
 static int call_once(psw_sparse *s, size_t k, const char *method, const ProtobufCMessage *req,
                      const ProtobufCMessageDescriptor *desc, ProtobufCMessage **rep,
-                     ps_errbuf *eb) {
+                     int grace_ms, ps_errbuf *eb) {
   int rc = 0;
   if (!s->rpc[k])
     rc = ps_rpc_open_cfg(&s->rpc[k], s->cfg->shards[k].grpc_addr, s->cfg, PS_ROLE_WORKER, eb);
-  if (!rc) rc = ps_rpc_call(s->rpc[k], method, req, desc, rep,
-                            ps_config_reply_timeout_ms(s->cfg), eb); /* a pull may park */
+  if (!rc) rc = ps_rpc_call_stop(s->rpc[k], method, req, desc, rep,
+                                 ps_config_reply_timeout_ms(s->cfg), /* a pull may park */
+                                 s->stop, grace_ms, eb);
   if (rc && psw_retryable(rc) && s->rpc[k]) {
     ps_rpc_close(s->rpc[k]);
     s->rpc[k] = NULL;
@@ -201,24 +227,66 @@ static int call_once(psw_sparse *s, size_t k, const char *method, const Protobuf
   return rc;
 }
 
-/* call makes a pull's call on shard K, again with backoff (100 ms doubling
- * to 2 s) while the shard is not there, for at most workers.retry_ms,
- * saying on stderr when it is lost and when it is back (psw_client.h
- * invariant 4; a pull changes nothing a second one would not). */
+/* slow_said notes that a pull of CLOCK came back from the shard parked
+ * past pull_timeout_ms (WHY: its timeout, naming the slowest worker),
+ * waiting since *SINCE (0: the first time), said last at *SAID: as the
+ * dense pull's wait (psw_client.h invariant 12). */
+static void slow_said(const psw_sparse *s, uint64_t clock, int64_t *since, int64_t *said,
+                      const ps_errbuf *why) {
+  int64_t now = ps_now_ms();
+  if (!*since) {
+    *since = *said = now;
+    ps_warn("worker %u: sparse table '%s'/%u: %s; waiting for that worker: the pull goes on once "
+            "it catches up or its lease (workers.lease_ms) runs out", s->worker, s->model,
+            s->table, why->msg);
+  } else if (now - *said >= PSW_SPARSE_SAY_AGAIN_MS) {
+    *said = now;
+    ps_warn("worker %u: sparse table '%s'/%u: the pull of clock %llu still waits for a slower "
+            "worker after %.1f s: %s", s->worker, s->model, s->table, (unsigned long long)clock,
+            (double)(now - *since) / 1e3, why->msg);
+  }
+}
+
+/* slow_over says that a pull of CLOCK that waited for a slower worker
+ * since SINCE (0: it did not) went on. */
+static void slow_over(const psw_sparse *s, uint64_t clock, int64_t since) {
+  if (since)
+    ps_warn("worker %u: sparse table '%s'/%u: the pull of clock %llu went on after waiting %.1f s "
+            "for a slower worker", s->worker, s->model, s->table, (unsigned long long)clock,
+            (double)(ps_now_ms() - since) / 1e3);
+}
+
+/* call makes a pull's call (of CLOCK) on shard K, again with backoff (100
+ * ms doubling to 2 s) while the shard is not there, for at most
+ * workers.retry_ms, saying in the log when it is lost and when it is back
+ * (psw_client.h invariant 4; a pull changes nothing a second one would
+ * not).  A pull the shard answered with its parked timeout (PS_ETIMEDOUT
+ * well before the reply timeout: the shard is up) is made again at once,
+ * for as long as the shard answers so (invariant 12).  A stop ends the
+ * wait: PS_ESHUTDOWN. */
 static int call(psw_sparse *s, size_t k, const char *method, const ProtobufCMessage *req,
-                const ProtobufCMessageDescriptor *desc, ProtobufCMessage **rep, ps_errbuf *eb) {
-  int64_t start = 0;
+                const ProtobufCMessageDescriptor *desc, ProtobufCMessage **rep, uint64_t clock,
+                ps_errbuf *eb) {
+  int64_t start = 0, slow_since = 0, slow_at = 0;
+  int64_t answered_ms = ps_config_reply_timeout_ms(s->cfg) - PSW_SPARSE_ANSWERED_MS;
   uint32_t delay = PS_BACKOFF_FIRST_MS;
   for (;;) {
-    int rc = call_once(s, k, method, req, desc, rep, eb);
+    int64_t t0 = ps_now_ms();
+    int rc = call_once(s, k, method, req, desc, rep, 0, eb);
+    if (rc == PS_ESHUTDOWN && stopping(s)) return rc;
+    if (rc == PS_ETIMEDOUT && ps_now_ms() - t0 < answered_ms) {
+      slow_said(s, clock, &slow_since, &slow_at, eb);
+      continue;
+    }
     if (rc == 0 && start)
-      fprintf(stderr, "psw: sparse table '%s'/%u: shard %u is back\n", s->model, s->table,
+      ps_info("worker %u: sparse table '%s'/%u: shard %u is back", s->worker, s->model, s->table,
               s->cfg->shards[k].id);
+    if (rc == 0) slow_over(s, clock, slow_since);
     if (rc == 0 || !psw_retryable(rc)) return rc;
     if (!start) {
       start = ps_now_ms();
-      fprintf(stderr, "psw: sparse table '%s'/%u: %s; retrying for up to %u ms\n", s->model,
-              s->table, eb->msg, s->cfg->workers.retry_ms);
+      ps_warn("worker %u: sparse table '%s'/%u: %s; retrying for up to %u ms (workers.retry_ms)",
+              s->worker, s->model, s->table, eb->msg, s->cfg->workers.retry_ms);
     }
     uint32_t nap = ps_backoff_nap(start, delay, s->cfg->workers.retry_ms);
     if (!nap) {
@@ -228,6 +296,60 @@ static int call(psw_sparse *s, size_t k, const char *method, const ProtobufCMess
     if (ps_sleep_ms(nap, s->stop) < 0) return ps_errf(eb, PS_ESHUTDOWN, "stopped");
     delay = ps_backoff_next(delay);
   }
+}
+
+/* rejoin handles a request that a shard refused as expired (EB: the
+ * refusal; that shard applied nothing of it): the rejoin hook (register
+ * again, rejoin every shard), after a backoff nap when the shards refused
+ * again, for at most workers.retry_ms since *SINCE (0: the first refusal),
+ * as psw_client.h invariant 5 says; the caller then asks the shards that
+ * refused again.  Without a hook the refusal stands. */
+static int rejoin(psw_sparse *s, int64_t *since, uint32_t *delay, ps_errbuf *eb) {
+  if (!s->rejoin) return PS_EEXPIRED;
+  ps_errbuf why = *eb;
+  int64_t now = ps_now_ms();
+  if (!*since) {
+    *since = now;
+    ps_warn("worker %u: sparse table '%s'/%u: %s; rejoining", s->worker, s->model, s->table,
+            why.msg);
+  } else {
+    if (now - *since >= (int64_t)s->cfg->workers.retry_ms)
+      return ps_errf(eb, PS_EEXPIRED, "still refused after rejoining for %u ms: %s",
+                     s->cfg->workers.retry_ms, why.msg);
+    if (ps_sleep_ms(*delay, s->stop) < 0)
+      return ps_errf(eb, PS_ESHUTDOWN, "stopped while rejoining");
+    *delay = ps_backoff_next(*delay);
+  }
+  int rc = s->rejoin(s->rejoin_arg, eb);
+  if (rc == 0)
+    ps_warn("worker %u: sparse table '%s'/%u: rejoined; asking the shards that refused again",
+            s->worker, s->model, s->table);
+  return rc;
+}
+
+/* settle records shard K's result R (message in REB) of a request: the
+ * shard is done with (s->todo cleared) unless it refused the worker as
+ * expired (the first such refusal kept in XEB); the first other failure
+ * goes to *RC and EB. */
+static void settle(psw_sparse *s, size_t k, int r, const ps_errbuf *reb, int *rc, ps_errbuf *xeb,
+                   ps_errbuf *eb) {
+  if (r == PS_EEXPIRED) {
+    if (!xeb->msg[0]) *xeb = *reb;
+    return;
+  }
+  s->todo[k] = 0;
+  if (r && !*rc) {
+    *rc = r;
+    *eb = *reb;
+  }
+}
+
+/* round_end is a round's result: RC, else PS_EEXPIRED with the refusal
+ * XEB when a shard refused the worker as expired, else 0. */
+static int round_end(int rc, const ps_errbuf *xeb, ps_errbuf *eb) {
+  if (rc || !xeb->msg[0]) return rc;
+  *eb = *xeb;
+  return PS_EEXPIRED;
 }
 
 /* chan_get returns shard K's channel for rows, opening it when none is
@@ -294,6 +416,21 @@ static int scatter(psw_sparse *s, uint32_t a, uint32_t b, ps_codec_id codec, siz
   return 0;
 }
 
+/* chan_take takes the answer to request ID on shard K's channel, waiting
+ * for it as psw_chan_await says (GRACE_MS: how long a stop waits): 0 or
+ * the answer's error (EB), or PS_ESHUTDOWN when a stop came first: the
+ * connection, which still owes the answer, is then dropped. */
+static int chan_take(psw_sparse *s, size_t k, uint64_t id, int grace_ms, ps_errbuf *eb) {
+  int timeout = ps_config_reply_timeout_ms(s->cfg);
+  if (psw_chan_await(s->ch[k], id, s->stop, grace_ms, timeout) == PS_ESHUTDOWN) {
+    chan_drop(s, k);
+    return ps_errf(eb, PS_ESHUTDOWN, "stopped while waiting for its answer");
+  }
+  int rc = ps_chan_recv_id(s->ch[k], id, NULL, eb);
+  ps_chan_set_timeout(s->ch[k], timeout); /* (psw_chan_await may have cut it) */
+  return rc;
+}
+
 /* pull_grpc pulls the rows of shard K (grouped keys A..B) with SparsePull
  * (waiting for the shard: call). */
 static int pull_grpc(psw_sparse *s, size_t k, uint32_t a, uint32_t b, ps_codec_id codec,
@@ -304,7 +441,7 @@ static int pull_grpc(psw_sparse *s, size_t k, uint32_t a, uint32_t b, ps_codec_i
   q.worker = s->worker, q.clock = clock, q.codec = codec;
   Ps__SparsePullReply *rep = NULL;
   int rc = call(s, k, "/ps.Ps/SparsePull", &q.base, &ps__sparse_pull_reply__descriptor,
-                (ProtobufCMessage **)&rep, eb);
+                (ProtobufCMessage **)&rep, clock, eb);
   if (rc) return rc;
   if (rep->codec != (uint32_t)codec || rep->rows.len != (size_t)(b - a) * rb)
     rc = ps_errf(eb, PS_EFORMAT, "shard %u: %zu bytes of %s rows for %u keys of dim %u in %s",
@@ -316,21 +453,74 @@ static int pull_grpc(psw_sparse *s, size_t k, uint32_t a, uint32_t b, ps_codec_i
   return rc;
 }
 
-/* pull_chan_recv takes the reply of shard K's pull sent on its channel:
- * 0 with the rows scattered, 1 when the pull must be made on gRPC (the
- * connection broke, or the shard was not there: psw_retryable), or the
- * shard's refusal. */
+/* pull_chan_recv takes the reply of shard K's pull of CLOCK sent on its
+ * channel (request s->req_id[k]): 0 with the rows scattered, 1 when the
+ * pull must be made on gRPC (the connection broke, or the shard was not
+ * there: psw_retryable), PS_ESHUTDOWN (a stop: chan_take), or the shard's
+ * refusal.  A pull the shard held parked past pull_timeout_ms (PS_ETIMEDOUT
+ * naming the slowest worker, the connection alive: the shard is up) is
+ * sent again on the channel, for as long as the shard answers so
+ * (psw_client.h invariant 12). */
 static int pull_chan_recv(psw_sparse *s, size_t k, uint32_t a, uint32_t b, ps_codec_id codec,
-                          float *rows, ps_errbuf *eb) {
+                          uint64_t clock, float *rows, ps_errbuf *eb) {
   const size_t rb = ps_codec_size(codec, s->dim, 0);
-  int rc = ps_chan_recv(s->ch[k], NULL, NULL, eb);
-  if (rc == 0) return scatter(s, a, b, codec, rb, s->rx + (size_t)a * rb, rows, eb);
-  if (psw_retryable(rc) || !ps_chan_alive(s->ch[k])) {
-    chan_drop(s, k);
-    return 1;
+  int64_t slow_since = 0, slow_at = 0;
+  for (;;) {
+    int rc = chan_take(s, k, s->req_id[k], 0, eb);
+    if (rc == 0) {
+      slow_over(s, clock, slow_since);
+      return scatter(s, a, b, codec, rb, s->rx + (size_t)a * rb, rows, eb);
+    }
+    if (rc == PS_ESHUTDOWN && stopping(s)) return rc;
+    if (rc == PS_ETIMEDOUT && ps_chan_alive(s->ch[k])) {
+      ps_errbuf why = *eb;
+      ps_errf(&why, rc, "shard %u: %s", s->cfg->shards[k].id, eb->msg);
+      slow_said(s, clock, &slow_since, &slow_at, &why);
+      ps_chan_sparse q = chan_req(s, a, b, codec, clock);
+      if (ps_chan_send_sparse_pull(s->ch[k], &q, s->rx + (size_t)a * rb, (size_t)(b - a) * rb,
+                                   &s->req_id[k], eb) == 0)
+        continue;
+      rc = PS_EUNAVAIL; /* could not ask again: on gRPC */
+    }
+    if (psw_retryable(rc) || !ps_chan_alive(s->ch[k])) {
+      chan_drop(s, k);
+      return 1;
+    }
+    ps_errbuf inner = *eb;
+    return ps_errf(eb, rc, "shard %u: %s", s->cfg->shards[k].id, inner.msg);
   }
-  ps_errbuf inner = *eb;
-  return ps_errf(eb, rc, "shard %u: %s", s->cfg->shards[k].id, inner.msg);
+}
+
+/* pull_round pulls the rows of the shards the pull still owes (s->todo):
+ * the channels' requests all sent before any reply is read, then gRPC for
+ * the rest (once no shard failed).  Returns 0, the first failure, or
+ * PS_EEXPIRED when a shard refused the worker as expired (that shard
+ * still owed: round_end). */
+static int pull_round(psw_sparse *s, ps_codec_id codec, uint64_t clock, float *rows,
+                      ps_errbuf *eb) {
+  const size_t rb = ps_codec_size(codec, s->dim, 0);
+  int rc = 0;
+  ps_errbuf reb, xeb = {""};
+  for (size_t k = 0; k < s->nshards; k++) { /* every shard's request out first */
+    uint32_t a = s->start[k], b = s->start[k + 1];
+    ps_chan_client *ch = s->todo[k] ? chan_get(s, k) : NULL;
+    ps_chan_sparse q = chan_req(s, a, b, codec, clock);
+    s->via_chan[k] = ch && ps_chan_send_sparse_pull(ch, &q, s->rx + (size_t)a * rb,
+                                                    (size_t)(b - a) * rb, &s->req_id[k],
+                                                    &reb) == 0;
+    if (ch && !s->via_chan[k]) chan_drop(s, k);
+  }
+  for (size_t k = 0; k < s->nshards; k++) { /* every channel reply taken, even after an error */
+    if (!s->todo[k] || !s->via_chan[k]) continue;
+    int r = pull_chan_recv(s, k, s->start[k], s->start[k + 1], codec, clock, rows, &reb);
+    if (r == 1) s->via_chan[k] = 0; /* on gRPC below */
+    else settle(s, k, r, &reb, &rc, &xeb, eb);
+  }
+  for (size_t k = 0; k < s->nshards && !rc; k++) /* then gRPC, which may wait for a shard */
+    if (s->todo[k] && !s->via_chan[k])
+      settle(s, k, pull_grpc(s, k, s->start[k], s->start[k + 1], codec, clock, rows, &reb), &reb,
+             &rc, &xeb, eb);
+  return round_end(rc, &xeb, eb);
 }
 
 int psw_sparse_pull(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, float *rows,
@@ -339,26 +529,11 @@ int psw_sparse_pull(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, float *
   if (rc) return rc;
   /* a reader (psw --evaluate) reads the rows exactly */
   ps_codec_id codec = clock < s->warmup || clock == PS_CLOCK_READER ? PS_CODEC_FP32 : s->pull_codec;
-  const size_t rb = ps_codec_size(codec, s->dim, 0);
-  for (size_t k = 0; k < s->nshards; k++) { /* every shard's request out first */
-    uint32_t a = s->start[k], b = s->start[k + 1];
-    ps_chan_client *ch = a < b ? chan_get(s, k) : NULL;
-    ps_chan_sparse q = chan_req(s, a, b, codec, clock);
-    s->via_chan[k] = ch && ps_chan_send_sparse_pull(ch, &q, s->rx + (size_t)a * rb,
-                                                    (size_t)(b - a) * rb, NULL, eb) == 0;
-    if (ch && !s->via_chan[k]) chan_drop(s, k);
-  }
-  for (size_t k = 0; k < s->nshards; k++) { /* every channel reply taken, even after an error */
-    uint32_t a = s->start[k], b = s->start[k + 1];
-    if (a == b || !s->via_chan[k]) continue;
-    int r = pull_chan_recv(s, k, a, b, codec, rows, eb);
-    if (r == 1) s->via_chan[k] = 0; /* on gRPC below */
-    else if (r && !rc) rc = r;
-  }
-  for (size_t k = 0; k < s->nshards && !rc; k++) { /* then gRPC, which may wait for a shard */
-    uint32_t a = s->start[k], b = s->start[k + 1];
-    if (a < b && !s->via_chan[k]) rc = pull_grpc(s, k, a, b, codec, clock, rows, eb);
-  }
+  for (size_t k = 0; k < s->nshards; k++) s->todo[k] = s->start[k] < s->start[k + 1];
+  int64_t since = 0;
+  uint32_t delay = PS_BACKOFF_FIRST_MS;
+  while ((rc = pull_round(s, codec, clock, rows, eb)) == PS_EEXPIRED)
+    if ((rc = rejoin(s, &since, &delay, eb)) < 0) return rc;
   return rc;
 }
 
@@ -368,6 +543,89 @@ static void push_lost(psw_sparse *s, uint32_t n, const ps_errbuf *eb) {
   ps_warn("worker %u: sparse table '%s'/%u: a push of %u rows is lost (%s); not resent "
           "(counted in sparse_pushes_lost)", s->worker, s->model, s->table, n, eb->msg);
   s->lost_pushes++;
+}
+
+/* push_chan_answer takes the answer to shard K's push sent on its channel
+ * (a stop waits PSW_STOP_PUSH_GRACE_MS for it: chan_take); a connection
+ * that broke is dropped (PS_EUNAVAIL or how it broke). */
+static int push_chan_answer(psw_sparse *s, size_t k, ps_errbuf *eb) {
+  int r = chan_take(s, k, s->req_id[k], PSW_STOP_PUSH_GRACE_MS, eb);
+  if (r == PS_ESHUTDOWN && stopping(s)) return r;
+  if (r && !psw_retryable(r) && !ps_chan_alive(s->ch[k])) r = PS_EUNAVAIL; /* broke */
+  if (r && psw_retryable(r)) chan_drop(s, k);
+  if (r) {
+    ps_errbuf inner = *eb;
+    ps_errf(eb, r, "shard %u: %s", s->cfg->shards[k].id, inner.msg);
+  }
+  return r;
+}
+
+/* push_grpc pushes the rows of shard K (grouped keys A..B, RB bytes each
+ * at OUT in CODEC) with SparsePush: one call, never sent again. */
+static int push_grpc(psw_sparse *s, size_t k, uint32_t a, uint32_t b, const uint8_t *out,
+                     size_t rb, ps_codec_id codec, uint64_t clock, ps_errbuf *eb) {
+  Ps__SparsePushRequest q = PS__SPARSE_PUSH_REQUEST__INIT;
+  q.model = s->model, q.table = s->table, q.keys = s->keys + a, q.n_keys = b - a;
+  q.rows.data = (uint8_t *)out + (size_t)a * rb, q.rows.len = (size_t)(b - a) * rb;
+  q.worker = s->worker, q.clock = clock, q.codec = codec;
+  Ps__SparsePushReply *rep = NULL;
+  int r = call_once(s, k, "/ps.Ps/SparsePush", &q.base, &ps__sparse_push_reply__descriptor,
+                    (ProtobufCMessage **)&rep, PSW_STOP_PUSH_GRACE_MS, eb);
+  if (!r) protobuf_c_message_free_unpacked(&rep->base, NULL);
+  return r;
+}
+
+/* push_round sends the push (the grouped keys' rows, RB bytes each at OUT
+ * in CODEC) to the shards it still owes (s->todo): on the channels all
+ * sent before any answer is read, then gRPC (once no shard failed).  A
+ * push lost with its connection, or whose answer a stop did not wait for,
+ * is counted (push_lost), not resent.  Returns 0, PS_ESHUTDOWN after a
+ * stop, the first failure, or PS_EEXPIRED when a shard refused the worker
+ * as expired (that shard applied nothing and is still owed: round_end). */
+static int push_round(psw_sparse *s, const uint8_t *out, size_t rb, ps_codec_id codec,
+                      uint64_t clock, ps_errbuf *eb) {
+  int rc = 0, stopped = 0;
+  ps_errbuf reb, xeb = {""};
+  for (size_t k = 0; k < s->nshards; k++) { /* on the channels: every shard's push out first */
+    uint32_t a = s->start[k], b = s->start[k + 1];
+    ps_chan_client *ch = s->todo[k] ? chan_get(s, k) : NULL;
+    ps_chan_sparse q = chan_req(s, a, b, codec, clock);
+    s->via_chan[k] = ch != NULL;
+    if (ch && ps_chan_send_sparse_push(ch, &q, out + (size_t)a * rb, (size_t)(b - a) * rb,
+                                       &s->req_id[k], &reb) < 0) {
+      push_lost(s, b - a, &reb); /* part of it may have left */
+      chan_drop(s, k);
+      s->todo[k] = 0;
+    }
+  }
+  for (size_t k = 0; k < s->nshards; k++) {
+    uint32_t a = s->start[k], b = s->start[k + 1];
+    if (!s->todo[k]) continue;
+    int r;
+    if (s->via_chan[k]) {
+      r = push_chan_answer(s, k, &reb);
+    } else if (rc || stopped) {
+      s->todo[k] = 0; /* failed already: no more gRPC calls */
+      continue;
+    } else {
+      r = push_grpc(s, k, a, b, out, rb, codec, clock, &reb);
+    }
+    if (r == PS_ESHUTDOWN && stopping(s)) { /* its answer not waited for: as lost */
+      push_lost(s, b - a, &reb);
+      s->todo[k] = 0;
+      stopped = 1;
+      continue;
+    }
+    if (r && psw_retryable(r)) { /* lost with the connection: not resent */
+      push_lost(s, b - a, &reb);
+      r = 0;
+    }
+    settle(s, k, r, &reb, &rc, &xeb, eb);
+  }
+  if (stopped)
+    return ps_errf(eb, PS_ESHUTDOWN, "stopped while a push of sparse table '%s'/%u was out",
+                   s->model, s->table);
+  return round_end(rc, &xeb, eb);
 }
 
 int psw_sparse_push(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, const float *grads,
@@ -384,47 +642,10 @@ int psw_sparse_push(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, const f
    * chunk of the model advances on sparse pushes (psd_shard_sparse.h
    * "Clocks"); else a worker that had no key there would hold the others'
    * sparse pulls back under bsp / ssp. */
-  for (size_t k = 0; k < s->nshards; k++) { /* on the channels: every shard's push out first */
-    uint32_t a = s->start[k], b = s->start[k + 1];
-    ps_chan_client *ch = chan_get(s, k);
-    ps_chan_sparse q = chan_req(s, a, b, codec, clock);
-    s->via_chan[k] = ch != NULL;
-    if (ch && ps_chan_send_sparse_push(ch, &q, out + (size_t)a * rb, (size_t)(b - a) * rb, NULL,
-                                       eb) < 0) {
-      push_lost(s, b - a, eb); /* part of it may have left */
-      chan_drop(s, k);
-      s->via_chan[k] = 2;
-    }
-  }
-  for (size_t k = 0; k < s->nshards; k++) {
-    uint32_t a = s->start[k], b = s->start[k + 1];
-    if (s->via_chan[k] == 2) continue;
-    int r;
-    if (s->via_chan[k]) {
-      r = ps_chan_recv(s->ch[k], NULL, NULL, eb);
-      if (r && !psw_retryable(r) && !ps_chan_alive(s->ch[k])) r = PS_EUNAVAIL; /* broke */
-      if (r && psw_retryable(r)) chan_drop(s, k);
-      if (r) {
-        ps_errbuf inner = *eb;
-        ps_errf(eb, r, "shard %u: %s", s->cfg->shards[k].id, inner.msg);
-      }
-    } else if (rc) {
-      continue; /* failed already: no more gRPC calls */
-    } else {
-      Ps__SparsePushRequest q = PS__SPARSE_PUSH_REQUEST__INIT;
-      q.model = s->model, q.table = s->table, q.keys = s->keys + a, q.n_keys = b - a;
-      q.rows.data = out + (size_t)a * rb, q.rows.len = (size_t)(b - a) * rb;
-      q.worker = s->worker, q.clock = clock, q.codec = codec;
-      Ps__SparsePushReply *rep = NULL;
-      r = call_once(s, k, "/ps.Ps/SparsePush", &q.base, &ps__sparse_push_reply__descriptor,
-                    (ProtobufCMessage **)&rep, eb);
-      if (!r) protobuf_c_message_free_unpacked(&rep->base, NULL);
-    }
-    if (r && psw_retryable(r)) { /* lost with the connection: not resent */
-      push_lost(s, b - a, eb);
-      r = 0;
-    }
-    if (r && !rc) rc = r;
-  }
+  for (size_t k = 0; k < s->nshards; k++) s->todo[k] = 1;
+  int64_t since = 0;
+  uint32_t delay = PS_BACKOFF_FIRST_MS;
+  while ((rc = push_round(s, out, rb, codec, clock, eb)) == PS_EEXPIRED)
+    if ((rc = rejoin(s, &since, &delay, eb)) < 0) return rc;
   return rc;
 }

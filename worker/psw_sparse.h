@@ -17,11 +17,26 @@
  * invariant 4 says: a pull's call is made again with backoff for at most
  * workers.retry_ms (a pull may then have counted toward a key's admission
  * twice); a push's call is not resent (it may have been applied: sending
- * it again could apply it twice), it is dropped with a line on stderr and
+ * it again could apply it twice), it is dropped with a line in the log and
  * counted (psw_sparse_lost_pushes), and the push goes on to the other
- * shards; the next pull waits for the shard.  Any other refusal fails the
- * request (nothing of a failed pull is returned; a push may have reached
- * the shards before the failing one).
+ * shards; the next pull waits for the shard.  A pull the shard held
+ * parked past pull_timeout_ms (it answers PS_ETIMEDOUT naming the slowest
+ * worker) is asked again for as long as the shard answers so, as the
+ * dense pull is (psw_client.h invariant 12).  A shard that refuses the
+ * worker as expired (PS_EEXPIRED: it declared it dead and applied nothing)
+ * makes the client call the rejoin hook (psw_sparse_set_rejoin) and ask
+ * that shard again, its rows only, for at most workers.retry_ms while the
+ * shards still refuse (invariant 5; a push so refused is not lost: it is
+ * applied once, after the rejoin).  Any other refusal fails the request
+ * (nothing of a failed pull is returned; a push may have reached the
+ * shards before the failing one).
+ *
+ * Stops (psw_sparse_set_stop): every wait for a shard, on the channel or
+ * on gRPC, looks at the stop flag every PSW_STOP_POLL_MS (psw_chan_await,
+ * ps_rpc_call_stop), a push's answer PSW_STOP_PUSH_GRACE_MS more; a stop
+ * fails the request with PS_ESHUTDOWN, a connection that still owes an
+ * answer is dropped, and a push whose answer was not waited for is
+ * counted lost.
  *
  * Not thread-safe: one per worker thread. */
 #ifndef PSW_SPARSE_H
@@ -58,9 +73,14 @@ ps_codec_id psw_sparse_row_codec(ps_codec_id model_codec);
 void psw_sparse_set_codecs(psw_sparse *s, ps_codec_id push, ps_codec_id pull, uint64_t warmup);
 
 /* psw_sparse_set_stop: a set *STOP (a signal handler's flag) ends a
- * pull's wait for a shard with PS_ESHUTDOWN.  psw_sparse_lost_pushes
- * counts the shard calls of pushes lost with a connection. */
+ * request's wait for a shard with PS_ESHUTDOWN (the file comment's
+ * "Stops").  psw_sparse_set_rejoin: REJOIN(ARG) registers the worker again
+ * and rejoins every shard after a shard refused it as expired (0, or why
+ * not; psw_coord_rejoin); without it the refusal fails the request.
+ * psw_sparse_lost_pushes counts the shard calls of pushes lost with a
+ * connection or to a stop. */
 void psw_sparse_set_stop(psw_sparse *s, volatile sig_atomic_t *stop);
+void psw_sparse_set_rejoin(psw_sparse *s, int (*rejoin)(void *arg, ps_errbuf *eb), void *arg);
 uint64_t psw_sparse_lost_pushes(const psw_sparse *s);
 
 /* psw_sparse_pull writes the rows of the NKEYS distinct KEYS to ROWS

@@ -273,6 +273,11 @@ static int run_join(psw_run *x, ps_errbuf *eb) {
   return psw_coord_start(x->coord, x->rank, o->register_worker, eb);
 }
 
+/* run_rejoin is the clients' rejoin hook (psw_client invariant 5, and the
+ * sparse table's): the worker registers again and rejoins every shard
+ * (psw_coord invariant 5). */
+static int run_rejoin(void *coord, ps_errbuf *eb) { return psw_coord_rejoin(coord, eb); }
+
 /* run_sparse_open prepares the sparse side of a model with an embedding
  * table, for batches of up to MAXB rows: the table's client (as worker
  * rank), the key index and the row buffers.  A dense model needs none.
@@ -285,6 +290,7 @@ static int run_sparse_open(psw_run *x, uint32_t maxb, ps_errbuf *eb) {
   int err = psw_sparse_open(&x->sp, x->o->cfg, x->o->model, table, x->tdim, x->rank, eb);
   if (err < 0) return err;
   psw_sparse_set_stop(x->sp, x->o->stop);
+  psw_sparse_set_rejoin(x->sp, run_rejoin, x->coord);
   /* the model's codecs, as rows can take them (psw_sparse_row_codec) */
   const Ps__ModelSpec *spec = psw_client_spec(x->cl);
   ps_codec_id push = PS_CODEC_FP32, pull = PS_CODEC_FP32;
@@ -354,10 +360,6 @@ static uint32_t run_correct(const int32_t *y, uint32_t n, const float *p) {
   for (uint32_t i = 0; i < n; i++) c += (p[i] > 0.5f) == (y[i] != 0);
   return c;
 }
-
-/* run_rejoin is the client's rejoin hook (psw_client invariant 5): the
- * worker registers again and rejoins every shard (psw_coord invariant 5). */
-static int run_rejoin(void *coord, ps_errbuf *eb) { return psw_coord_rejoin(coord, eb); }
 
 /* run_setup opens the backend, the client (which fetches the spec and its
  * graph from the cluster), the executor, the data and the batch buffers. */
@@ -640,20 +642,23 @@ static int run_step_failed(psw_run *x, psw_epoch_acc *acc, const psw_epoch_acc *
 
 /* run_part_stop ends partition POS when a stop cut a round short while
  * it waited (a pull parked for a slower worker, a shard down: psw_client
- * invariant 11), the pushes up to sample END sent: every push answer due
- * is taken, and when no push went unacknowledged since LOST0
- * (psw_client_pushes_lost; UINT64_MAX: not known) the partition is
- * trained up to END, else only up to ACKED, with END in flight.  Reported
- * at once, as a stop at a step's end is (1, or an error). */
+ * invariant 11, psw_sparse.h "Stops"), the pushes up to sample END sent:
+ * every push answer due is taken, and when no push went unacknowledged
+ * since LOST0 (psw_client_pushes_lost; UINT64_MAX: not known) the
+ * partition is trained up to END, else only up to ACKED, with END (and
+ * the OUT samples after it, whose sparse push the stop cut short) in
+ * flight.  Reported at once, as a stop at a step's end is (1, or an
+ * error). */
 static int run_part_stop(psw_run *x, psw_coord_part *pos, uint64_t acked, uint64_t end,
-                         uint64_t lost0, ps_errbuf *eb) {
+                         uint64_t out, uint64_t lost0, ps_errbuf *eb) {
   ps_errbuf seb;
   int all = psw_client_settle(x->cl, &seb) == 0 && psw_client_pushes_lost(x->cl) == lost0;
   pos->offset = all ? end : acked;
-  pos->started = end;
+  pos->started = end + out;
   ps_info("worker %u: stopped while waiting for parameters: partition %u trained up to sample "
           "%llu%s", x->rank, pos->part, (unsigned long long)pos->offset,
-          all ? "" : " (a push was not acknowledged: the samples after may be trained again)");
+          !all ? " (a push was not acknowledged: the samples after may be trained again)"
+          : out ? " (a sparse push was cut short: the batch after may be trained again)" : "");
   int err = run_tell(x, pos, eb);
   return err < 0 && err != PS_ENOENT ? err : 1;
 }
@@ -714,10 +719,18 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
       return err;
     }
     double tc = run_now_ms();
+    uint64_t slost0 = x->sp ? psw_sparse_lost_pushes(x->sp) : 0;
     err = run_compute(x, v, off, rows, cur, acc, eb);
     double tw = run_now_ms();
     int terr = run_tell_wait(x, pos->part, err < 0 ? NULL : eb);
     x->report_wait_ms += run_now_ms() - tw;
+    if (err == PS_ESHUTDOWN && run_stopping(x) && terr == 0) {
+      /* the batch's sparse pull or push waited for a shard (psw_sparse.h
+       * "Stops"): nothing of it went out, or a part of its sparse push */
+      if (ov) psw_client_wait(x->cl, NULL);
+      int out = x->sp && psw_sparse_lost_pushes(x->sp) != slost0;
+      return run_part_stop(x, pos, acked, off, out ? rows : 0, out ? UINT64_MAX : lost0, eb);
+    }
     if (err == 0) err = terr;
     if (err < 0) {
       if (ov) psw_client_wait(x->cl, NULL);
@@ -730,7 +743,7 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
     if (ov && (err = run_wait_job(x, eb)) < 0) { /* this batch was not pushed yet */
       run_step_failed(x, acc, &acc0, err);
       if (err == PS_ESHUTDOWN && run_stopping(x))
-        return run_part_stop(x, pos, acked, prev_end, lost0, eb);
+        return run_part_stop(x, pos, acked, prev_end, 0, lost0, eb);
       return err;
     }
     if (ov && psw_client_pushes_unknown(x->cl) != unknown_job && !run_stopping(x)) {
@@ -755,7 +768,7 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
       cur = 1 - cur;
     } else if ((err = run_push_pull(x, cur, x->clock - 1, 0, x->clock, &nx, eb)) < 0) {
       if (err == PS_ESHUTDOWN && run_stopping(x)) /* the push went out: its pull waited */
-        return run_part_stop(x, pos, acked, off, lost0, eb);
+        return run_part_stop(x, pos, acked, off, 0, lost0, eb);
       return run_step_failed(x, acc, &acc0, err);
     } else if (psw_client_pushes_unknown(x->cl) != unknown0 && !run_stopping(x)) {
       /* A push of this round, or a deferred one, may not be applied

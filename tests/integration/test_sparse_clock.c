@@ -532,6 +532,159 @@ START_TEST(test_no_dense_shard) {
 }
 END_TEST
 
+/* The worker's client of the table (psw_sparse) for WORKER on the "one"
+ * shard, on PLANE; *CFG is released by the caller. */
+static psw_sparse *sc_client(ps_config *cfg, const char *model, uint32_t worker, int plane) {
+  ps_errbuf eb;
+  ck_assert_msg(ps_config_load(cfg, sc_yaml, &eb) == 0, "%s", eb.msg);
+  cfg->sparse.plane = plane;
+  psw_sparse *sp;
+  ck_assert_msg(psw_sparse_open(&sp, cfg, model, 0, SC_DIM, worker, &eb) == 0, "%s", eb.msg);
+  return sp;
+}
+
+/* A psw_sparse_pull in a thread. */
+typedef struct sc_cpull {
+  psw_sparse *sp;
+  uint64_t clock;
+  int err;
+  ps_errbuf eb;
+  float rows[SC_NKEYS * SC_DIM];
+  ps_test_bg bg;
+} sc_cpull;
+
+static void sc_cpull_run(void *arg) {
+  sc_cpull *p = arg;
+  p->err = psw_sparse_pull(p->sp, sc_keys, SC_NKEYS, p->rows, p->clock, &p->eb);
+}
+
+/* sc_stderr_to sends stderr to PATH (returns the saved fd) and back
+ * (sc_stderr_back). */
+static int sc_stderr_to(const char *path) {
+  fflush(stderr);
+  int saved = dup(2);
+  ck_assert(freopen(path, "w", stderr) != NULL);
+  return saved;
+}
+
+static void sc_stderr_back(int saved) {
+  fflush(stderr);
+  dup2(saved, 2);
+  close(saved);
+}
+
+/* The client's pull parked past pull_timeout_ms on the channel (the
+ * slowest worker alive and behind): the shard is up, so the client asks
+ * it again on the channel, saying it waits for that worker, until the
+ * slowest worker's push releases it (it used to take the timeout for a
+ * shard that is down: gRPC, "retrying for up to retry_ms"). */
+START_TEST(test_client_parked_chan) {
+  ps_rpc *r;
+  ps_errbuf eb;
+  sc_behind(&r, one.addr, "cpk", "bsp", 0);
+  ps_config cfg;
+  sc_cpull p = {.sp = sc_client(&cfg, "cpk", 0, PS_SPARSE_PLANE_CHANNEL), .clock = 1};
+  char errlog[700];
+  snprintf(errlog, sizeof errlog, "%s/client.err", ps_test_tmpdir());
+  int saved = sc_stderr_to(errlog);
+  ps_test_bg_start(&p.bg, sc_cpull_run, &p);
+  int64_t t0 = ps_test_now_ms();
+  while (ps_test_now_ms() < t0 + SC_PULL_TIMEOUT_MS + 1500 && !ps_test_bg_done(&p.bg)) {
+    for (uint32_t w = 0; w < 2; w++) ps_test_beat(r, w, 0, &eb); /* both alive, 1 behind */
+    usleep(100000);
+  }
+  int early = ps_test_bg_done(&p.bg);
+  sc_dense_push(r, "cpk", 1, 0); /* the slowest worker's step: the pull goes on */
+  int back = ps_test_bg_wait(&p.bg, 5000);
+  sc_stderr_back(saved);
+  char *text = ps_test_read_file(errlog, NULL);
+  ck_assert_msg(!early, "the pull came back before the slowest worker pushed: %d %s; log: %s",
+                p.err, p.eb.msg, text);
+  ck_assert_msg(back && p.err == 0, "the released pull: %d %s; log: %s", p.err, p.eb.msg, text);
+  ck_assert_msg(strstr(text, "waiting for that worker") && strstr(text, "went on after waiting"),
+                "log: %s", text);
+  ck_assert_msg(!strstr(text, "retrying"), "a parked pull taken for a shard down: %s", text);
+  free(text);
+  psw_sparse_close(p.sp);
+  ps_config_release(&cfg);
+  ps_rpc_close(r);
+}
+END_TEST
+
+/* A stop ends the client's wait for a parked pull within about 100 ms
+ * on either plane (PS_ESHUTDOWN); it used to wait out the reply timeout
+ * (pull_timeout_ms + 5 s) on the channel, then as long again on gRPC. */
+START_TEST(test_client_stop) {
+  ps_rpc *r;
+  static const char *models[2] = {"cst0", "cst1"};
+  static const int planes[2] = {PS_SPARSE_PLANE_CHANNEL, PS_SPARSE_PLANE_GRPC};
+  for (int i = 0; i < 2; i++) {
+    sc_behind(&r, one.addr, models[i], "bsp", 0);
+    ps_config cfg;
+    static volatile sig_atomic_t stop;
+    stop = 0;
+    sc_cpull p = {.sp = sc_client(&cfg, models[i], 0, planes[i]), .clock = 1};
+    psw_sparse_set_stop(p.sp, &stop);
+    ps_test_bg_start(&p.bg, sc_cpull_run, &p);
+    ck_assert_msg(!ps_test_bg_wait(&p.bg, 500), "plane %d: the pull was not parked", planes[i]);
+    int64_t t0 = ps_test_now_ms();
+    stop = 1;
+    ck_assert_msg(ps_test_bg_wait(&p.bg, 10000), "plane %d: the stop did not end the pull",
+                  planes[i]);
+    int64_t took = ps_test_now_ms() - t0;
+    ck_assert_msg(p.err == PS_ESHUTDOWN, "plane %d: %d %s", planes[i], p.err, p.eb.msg);
+    ck_assert_msg(took < 700, "plane %d: the stop took %lld ms", planes[i], (long long)took);
+    psw_sparse_close(p.sp);
+    ps_config_release(&cfg);
+    sc_dense_push(r, models[i], 1, 0);
+    ps_rpc_close(r);
+  }
+}
+END_TEST
+
+/* The rejoin hook of sc_client's worker 1: a heartbeat marked rejoin. */
+static int sc_hook_calls;
+static int sc_hook(void *arg, ps_errbuf *eb) {
+  sc_hook_calls++;
+  return ps_test_beat(arg, 1, 1, eb);
+}
+
+/* A worker the shard declared dead (its lease expired): its client's
+ * pull and push are refused as expired; the client rejoins (its hook) and
+ * asks again, and the push is applied once (it used to fail the step:
+ * psw exited 1 where a dense model's worker rejoined). */
+START_TEST(test_client_rejoin) {
+  ps_rpc *r;
+  ps_errbuf eb;
+  sc_behind(&r, one.addr, "crj", "asp", 0);
+  ps_config cfg;
+  psw_sparse *sp = sc_client(&cfg, "crj", 1, PS_SPARSE_PLANE_CHANNEL);
+  psw_sparse_set_rejoin(sp, sc_hook, r);
+  float before[SC_NKEYS * SC_DIM], after[SC_NKEYS * SC_DIM], g[SC_NKEYS * SC_DIM];
+  for (int i = 0; i < SC_NKEYS * SC_DIM; i++) g[i] = 0.5f;
+  ck_assert_msg(psw_sparse_pull(sp, sc_keys, SC_NKEYS, before, 0, &eb) == 0, "%s", eb.msg);
+  for (int step = 0; step < 2; step++) {
+    usleep((SC_LEASE_MS + 800) * 1000); /* silent past its lease: declared dead */
+    ck_assert_int_eq(sc_pull_now(one.addr, "crj", 1, 1, &eb), PS_EEXPIRED);
+    sc_hook_calls = 0;
+    int rc = step ? psw_sparse_pull(sp, sc_keys, SC_NKEYS, after, 1, &eb)
+                  : psw_sparse_push(sp, sc_keys, SC_NKEYS, g, 0, &eb);
+    ck_assert_msg(rc == 0, "%s after the lease expired: %s", step ? "pull" : "push", eb.msg);
+    ck_assert_int_eq(sc_hook_calls, 1);
+  }
+  ck_assert_uint_eq(psw_sparse_lost_pushes(sp), 0);
+  for (int i = 0; i < SC_NKEYS * SC_DIM; i++) /* sgd, learning rate 1: applied once */
+    ck_assert_msg(after[i] == before[i] - 0.5f, "row value %d: %g, was %g", i, after[i], before[i]);
+  /* without a hook the refusal stands */
+  psw_sparse_set_rejoin(sp, NULL, NULL);
+  usleep((SC_LEASE_MS + 800) * 1000);
+  ck_assert_int_eq(psw_sparse_pull(sp, sc_keys, SC_NKEYS, after, 2, &eb), PS_EEXPIRED);
+  psw_sparse_close(sp);
+  ps_config_release(&cfg);
+  ps_rpc_close(r);
+}
+END_TEST
+
 Suite *psd_sparse_clock_suite(void) {
   Suite *s = suite_create("psd_sparse_clock");
   TCase *tc = tcase_create("one");
@@ -544,6 +697,9 @@ Suite *psd_sparse_clock_suite(void) {
   tcase_add_test(tc, test_reader);
   tcase_add_test(tc, test_timeout_chan);
   tcase_add_test(tc, test_lease_expiry);
+  tcase_add_test(tc, test_client_parked_chan);
+  tcase_add_test(tc, test_client_stop);
+  tcase_add_test(tc, test_client_rejoin);
   suite_add_tcase(s, tc);
   TCase *own = tcase_create("own");
   tcase_set_timeout(own, 60);

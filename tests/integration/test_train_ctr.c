@@ -51,9 +51,9 @@ static void tc_split(const char *src, int keep, const char *a, const char *b) {
 }
 
 /* tc_cluster generates the log (GEN; else two lines of each file are
- * written by hand), writes the cluster file, starts both shards and
- * submits the ctr model. */
-static void tc_cluster(tc_ctx *x, int gen_log) {
+ * written by hand), writes the cluster file (WORKERS: more lines of its
+ * workers section), starts both shards and submits the ctr model. */
+static void tc_cluster(tc_ctx *x, int gen_log, const char *workers) {
   snprintf(x->dir, sizeof x->dir, "%s", ps_test_tmpdir());
   char all[600], log[600], pb[600], extra[2048];
   snprintf(all, sizeof all, "%s/all.tsv", x->dir);
@@ -74,11 +74,11 @@ static void tc_cluster(tc_ctx *x, int gen_log) {
   }
   /* each shard holds about 42k rows of the table after the pass */
   snprintf(extra, sizeof extra,
-           "workers:\n  count: 2\n  device: cpu\n  retry_ms: 10000\n"
+           "workers:\n  count: 2\n  device: cpu\n  retry_ms: 10000\n%s"
            "training:\n  model: ctr\n  epochs: 1\n  batch_size: 256\n  seed: 1\n"
            "sparse:\n  memory_rows: 20000\n"
            "data:\n  format: criteo\n  train_images: %s\n  test_images: %s\n  partitions: 8\n",
-           x->train, x->test);
+           workers, x->train, x->test);
   snprintf(x->yaml, sizeof x->yaml, "%s", ps_test_cluster_yaml(x->dir, 2, extra, x->gp, x->cp));
   ps_test_start_shards(x->yaml, x->dir, 2, x->gp, x->cp, x->shard);
   snprintf(pb, sizeof pb, "%s/ctr.pb", x->dir);
@@ -104,7 +104,7 @@ static const char *tc_evaluate(const tc_ctx *x, const char *name, char **text) {
 
 START_TEST(test_train_ctr_two_workers) {
   tc_ctx x = {0};
-  tc_cluster(&x, 1);
+  tc_cluster(&x, 1, "");
   char *t0;
   const char *l0 = tc_evaluate(&x, "eval0", &t0);
   double ll0 = ps_test_json_num(l0, "test_logloss"), auc0 = ps_test_json_num(l0, "test_auc");
@@ -158,7 +158,7 @@ END_TEST
 
 START_TEST(test_train_ctr_bad_line) {
   tc_ctx x = {0};
-  tc_cluster(&x, 0);
+  tc_cluster(&x, 0, "");
   /* a third line without its label */
   char *text = ps_test_read_file(x.train, NULL);
   size_t n = strlen(text);
@@ -182,6 +182,107 @@ START_TEST(test_train_ctr_bad_line) {
 }
 END_TEST
 
+/* tc_trained returns the samples the coordinator (shard 0) counts
+ * trained in the first epoch so far. */
+static uint64_t tc_trained(const tc_ctx *x) {
+  ps_rpc *rpc;
+  ps_errbuf eb = {""};
+  char addr[64];
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", x->gp[0]);
+  ck_assert_int_eq(ps_test_rpc_open(&rpc, addr, &eb), 0);
+  Ps__ListWorkersRequest req = PS__LIST_WORKERS_REQUEST__INIT;
+  Ps__ListWorkersReply *r = NULL;
+  ck_assert_msg(ps_rpc_call(rpc, "/ps.Ps/ListWorkers", &req.base,
+                            &ps__list_workers_reply__descriptor, (ProtobufCMessage **)&r, 5000,
+                            &eb) == 0, "ListWorkers: %s", eb.msg);
+  ps_rpc_close(rpc);
+  uint64_t n = r->n_epochs ? r->epochs[0]->trained : 0;
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  return n;
+}
+
+/* tc_spawn starts the two workers (each step slowed SLOWDOWN times, so
+ * that the pass lasts) into W, their logs in LOG, and waits until the
+ * coordinator counts AT samples trained. */
+static void tc_spawn(tc_ctx *x, const char *slowdown, pid_t w[2], char log[2][600], uint64_t at) {
+  for (int r = 0; r < 2; r++) {
+    snprintf(log[r], sizeof log[r], "%s/psw%d.log", x->dir, r);
+    char *argv[] = {(char *)ps_test_bin("psw"), "--config", x->yaml, "--slowdown",
+                    (char *)slowdown, NULL};
+    w[r] = ps_test_spawn(argv, log[r], NULL);
+  }
+  for (int64_t end = ps_test_now_ms() + 60000; tc_trained(x) < at;) {
+    ck_assert_msg(ps_test_now_ms() < end, "training never reached %llu samples; see %s",
+                  (unsigned long long)at, x->dir);
+    for (int r = 0; r < 2; r++)
+      ck_assert_msg(ps_test_wait_pid(w[r], 0) < 0, "worker %d ended early; see %s", r, log[r]);
+    usleep(20000);
+  }
+}
+
+/* A worker of the table model stopped (SIGSTOP) past its lease: a shard
+ * declared it dead and refuses its sparse pull or push as expired; it
+ * rejoins (registers again, takes its rank back on every shard) and goes
+ * on, as a dense model's worker does, and the pass trains every sample.
+ * It used to exit 1 ("... was declared dead ...: it must register again
+ * before it pushes or pulls"). */
+START_TEST(test_train_ctr_lease_rejoin) {
+  tc_ctx x = {0};
+  tc_cluster(&x, 1, "  heartbeat_ms: 200\n  lease_ms: 1000\n");
+  pid_t w[2];
+  char log[2][600];
+  tc_spawn(&x, "4", w, log, 2048);
+  ck_assert_int_eq(kill(w[1], SIGSTOP), 0);
+  usleep(2500 * 1000); /* past the lease: declared dead */
+  ck_assert_int_eq(kill(w[1], SIGCONT), 0);
+  for (int r = 0; r < 2; r++) {
+    int st = ps_test_wait_pid(w[r], 90000);
+    ck_assert_msg(st >= 0, "worker %d did not finish within 90 s; see %s", r, log[r]);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "worker %d exited %d; see %s", r,
+                  WIFEXITED(st) ? WEXITSTATUS(st) : -1, log[r]);
+  }
+  char *text = ps_test_read_file(log[1], NULL);
+  ck_assert_msg(strstr(text, "declared this worker dead") || strstr(text, "was declared dead"),
+                "worker 1 was not declared dead (the test stopped it too briefly); see %s", log[1]);
+  printf("test_train_ctr_lease_rejoin: the sparse client %s\n",
+         strstr(text, "sparse table 'ctr'/0: rejoined") ? "rejoined" : "was not refused");
+  free(text);
+  ck_assert_uint_eq(tc_trained(&x), TC_TRAIN); /* every sample trained, once in the count */
+  for (int s = 0; s < 2; s++) ck_assert_int_eq(ps_test_stop(x.shard[s], SIGTERM, 10000), 0);
+}
+END_TEST
+
+/* SIGTERM while a shard hangs (SIGSTOP; pull_timeout_ms 30 s): the
+ * workers' sparse pulls, waiting for it, end within about 100 ms and the
+ * workers leave with "stopped": true (exit 143); they used to wait out the
+ * reply timeout on the channel and again on gRPC, 70 s. */
+START_TEST(test_train_ctr_sigterm_shard_hangs) {
+  tc_ctx x = {0};
+  tc_cluster(&x, 1, "");
+  pid_t w[2];
+  char log[2][600];
+  tc_spawn(&x, "2", w, log, 1024);
+  ck_assert_int_eq(kill(x.shard[1], SIGSTOP), 0);
+  usleep(1500 * 1000); /* the workers wait for it */
+  int64_t t0 = ps_test_now_ms();
+  for (int r = 0; r < 2; r++) ck_assert_int_eq(kill(w[r], SIGTERM), 0);
+  for (int r = 0; r < 2; r++) {
+    int st = ps_test_wait_pid(w[r], 20000);
+    int64_t took = ps_test_now_ms() - t0;
+    if (st < 0) ps_test_stop(w[r], SIGKILL, 5000);
+    ck_assert_msg(st >= 0 && took < 6000, "worker %d took %lld ms to stop; see %s", r,
+                  (long long)took, log[r]);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 128 + SIGTERM, "worker %d exited %d; see %s",
+                  r, WIFEXITED(st) ? WEXITSTATUS(st) : -1, log[r]);
+    char *text = ps_test_read_file(log[r], NULL);
+    ck_assert_msg(strstr(ps_test_last_line(text), "\"stopped\":true"), "see %s", log[r]);
+    free(text);
+  }
+  ck_assert_int_eq(kill(x.shard[1], SIGCONT), 0);
+  for (int s = 0; s < 2; s++) ck_assert_int_eq(ps_test_stop(x.shard[s], SIGTERM, 10000), 0);
+}
+END_TEST
+
 Suite *psw_train_ctr_suite(void) {
   Suite *s = suite_create("psw_train_ctr");
   TCase *tc = tcase_create("ctr");
@@ -189,6 +290,8 @@ Suite *psw_train_ctr_suite(void) {
   tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_add_test(tc, test_train_ctr_two_workers);
   tcase_add_test(tc, test_train_ctr_bad_line);
+  tcase_add_test(tc, test_train_ctr_lease_rejoin);
+  tcase_add_test(tc, test_train_ctr_sigterm_shard_hangs);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -100,6 +100,55 @@ START_TEST(test_ctr_bad_line) {
 }
 END_TEST
 
+/* A gzipped log cut anywhere past its gzip header, or with a byte of its
+ * deflate stream changed, is an error naming the file and what is wrong,
+ * never a shorter data set nor a misleading "N tab-separated fields". */
+START_TEST(test_ctr_truncated_gzip) {
+  static char text[300 * 400];
+  char *p = text;
+  for (int i = 0; i < 300; i++) {
+    p += sprintf(p, "%d\t%d", i & 1, i * 7919);
+    for (int f = 1; f < PSW_CTR_DENSE; f++) p += sprintf(p, "\t%d", (i * f) % 97);
+    for (int f = 0; f < PSW_CTR_FIELDS; f++)
+      p += sprintf(p, "\t%x", (unsigned)(i * 2654435761u >> f));
+    *p++ = '\n';
+  }
+  *p = 0;
+  const char *path = write_tmp("whole.tsv.gz", text, 1);
+  size_t n = 0;
+  char *gz = ps_test_read_file(path, &n);
+  psw_ctr c;
+  ps_errbuf eb;
+  ck_assert_msg(psw_ctr_load(&c, path, 0, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(c.n, 300);
+  psw_ctr_release(&c);
+  char cut[512];
+  snprintf(cut, sizeof cut, "%s/cut.tsv.gz", ps_test_tmpdir());
+  size_t at[] = {12, n / 7, n / 3, n / 2, n - 40, n - 9, n - 4, n - 1};
+  for (size_t k = 0; k < sizeof at / sizeof at[0]; k++) {
+    FILE *f = fopen(cut, "wb");
+    ck_assert_ptr_nonnull(f);
+    ck_assert_uint_eq(fwrite(gz, 1, at[k], f), at[k]);
+    fclose(f);
+    int rc = psw_ctr_load(&c, cut, 0, &eb);
+    ck_assert_msg(rc == PS_EFORMAT, "cut at %zu of %zu bytes: rc %d, %llu samples (%s)", at[k], n,
+                  rc, (unsigned long long)c.n, rc ? eb.msg : "");
+    ck_assert_msg(strstr(eb.msg, cut) == eb.msg && strstr(eb.msg, "truncated or corrupt gzip"),
+                  "cut at %zu: %s", at[k], eb.msg);
+    ck_assert_ptr_null(c.label);
+  }
+  gz[n / 2] ^= 0x55; /* a changed byte: a bad stream or a bad CRC */
+  FILE *f = fopen(cut, "wb");
+  ck_assert_ptr_nonnull(f);
+  ck_assert_uint_eq(fwrite(gz, 1, n, f), n);
+  fclose(f);
+  ck_assert_int_eq(psw_ctr_load(&c, cut, 0, &eb), PS_EFORMAT);
+  ck_assert_msg(strstr(eb.msg, cut) == eb.msg && strstr(eb.msg, "truncated or corrupt gzip"), "%s",
+                eb.msg);
+  free(gz);
+}
+END_TEST
+
 /* scripts/gen_ctr writes what psw_ctr reads: 3000 lines, gzipped, with
  * Zipf ids (a few ids cover many lines) and its summary line. */
 START_TEST(test_gen_ctr_round_trip) {
@@ -141,6 +190,7 @@ Suite *psw_ctr_suite(void) {
   tcase_set_timeout(tc, 150);
   tcase_add_test(tc, test_ctr_values);
   tcase_add_loop_test(tc, test_ctr_bad_line, 0, (int)(sizeof bad_lines / sizeof bad_lines[0]));
+  tcase_add_test(tc, test_ctr_truncated_gzip);
   tcase_add_test(tc, test_gen_ctr_round_trip);
   suite_add_tcase(s, tc);
   return s;

@@ -186,6 +186,52 @@ START_TEST(test_idx_corrupt_gzip) {
 }
 END_TEST
 
+/* cut_file drops the last DROP bytes of PATH. */
+static void cut_file(const char *path, size_t drop) {
+  size_t n = 0;
+  free(ps_test_read_file(path, &n));
+  ck_assert(n > drop);
+  ck_assert_int_eq(truncate(path, (off_t)(n - drop)), 0);
+}
+
+/* A gzipped IDX file whose data is whole but whose gzip trailer (the
+ * check of all its data) was cut is an error too, when the last record is
+ * read; so is a gzipped CSV file cut anywhere (zlib reads a cut stream as
+ * its end: the file would load as a shorter one). */
+START_TEST(test_gzip_cut_short) {
+  char img[600], lab[600];
+  psw_dataset d;
+  ps_errbuf eb = {""};
+  write_idx(ps_test_tmpdir(), 1, NS, 1000, NS, img, lab);
+  cut_file(img, 4); /* the trailer's length field */
+  ck_assert_int_eq(psw_data_load_idx(&d, img, lab, 1.0f, NULL, &eb), PS_EFORMAT);
+  ck_assert_msg(strstr(eb.msg, img) == eb.msg && strstr(eb.msg, "truncated or corrupt gzip"),
+                "%s", eb.msg);
+  write_idx(ps_test_tmpdir(), 1, NS, 1000, NS, img, lab);
+  cut_file(lab, 1);
+  ck_assert_int_eq(psw_data_load_idx(&d, img, lab, 1.0f, NULL, &eb), PS_EFORMAT);
+  ck_assert_msg(strstr(eb.msg, lab) == eb.msg && strstr(eb.msg, "truncated or corrupt gzip"),
+                "%s", eb.msg);
+  /* a partition short of the last record does not read that far */
+  uint32_t zero = 0;
+  psw_data_sel sel = {.nparts = 2, .parts = &zero, .nsel = 1};
+  ck_assert_msg(psw_data_load_idx(&d, img, lab, 1.0f, &sel, &eb) == 0, "%s", eb.msg);
+  psw_data_release(&d);
+  char csv[600], text[4096], *p = text;
+  for (int i = 0; i < 200; i++) p += sprintf(p, "%d,%d,%d\n", i % 3, i * 7, i * 13);
+  sprintf(csv, "%s/d.csv.gz", ps_test_tmpdir());
+  for (size_t drop = 1; drop <= 64; drop *= 4) {
+    write_bytes(csv, text, strlen(text), 1);
+    cut_file(csv, drop);
+    int rc = psw_data_load_csv(&d, csv, 1.0f, NULL, &eb);
+    ck_assert_msg(rc == PS_EFORMAT, "cut by %zu: rc %d, %llu samples", drop, rc,
+                  (unsigned long long)d.n);
+    ck_assert_msg(strstr(eb.msg, csv) == eb.msg && strstr(eb.msg, "truncated or corrupt gzip"),
+                  "%s", eb.msg);
+  }
+}
+END_TEST
+
 static const char csv_good[] =
     "label,a,b,c\r\n"
     "1, 0.5, 2,4\r\n"
@@ -454,6 +500,7 @@ Suite *psw_data_suite(void) {
   tcase_add_loop_test(tc, test_idx_partitions, 0, 2);
   tcase_add_loop_test(tc, test_idx_bad_files, 0, 2);
   tcase_add_test(tc, test_idx_corrupt_gzip);
+  tcase_add_test(tc, test_gzip_cut_short);
   tcase_add_loop_test(tc, test_csv_good, 0, 2);
   tcase_add_loop_test(tc, test_csv_bad, 0, (int)(sizeof csv_bad_cases / sizeof csv_bad_cases[0]));
   tcase_add_test(tc, test_load_by_config);

@@ -154,6 +154,13 @@ static int tls_check_pem(const char *ca_pem, const char *cert_pem, const char *k
     rc = ps_errf(eb, PS_ECONFIG, "certificate '%s' is not valid before %s", cert,
                  tls_time(X509_get0_notBefore(leaf), t, sizeof t));
   if (rc == 0) rc = tls_certs(ca_pem, ca, NULL, &anchors, eb);
+  /* a leaf as tls.ca would let this pair chain (to itself) and no peer's */
+  int cas = 0;
+  for (int i = 0; rc == 0 && i < sk_X509_num(anchors); i++)
+    cas += X509_check_ca(sk_X509_value(anchors, i)) >= 1;
+  if (rc == 0 && !cas)
+    rc = ps_errf(eb, PS_ECONFIG, "'%s' holds no CA certificate (basicConstraints CA:TRUE): "
+                 "tls.ca names the CA that signs every certificate of the cluster", ca);
   if (rc == 0 && (!(store = X509_STORE_new()) || !(ctx = X509_STORE_CTX_new())))
     rc = ps_errf(eb, PS_ENOMEM, "out of memory checking '%s'", cert);
   for (int i = 0; rc == 0 && i < sk_X509_num(anchors); i++)

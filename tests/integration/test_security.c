@@ -632,6 +632,10 @@ START_TEST(test_sec_pair_checked) {
   snprintf(other, sizeof other, "%s/other/ca.pem", sec_dir);
   ck_assert_int_eq(ps_tls_check(other, t->cert, t->key, &eb), PS_ECONFIG);
   ck_assert_msg(strstr(eb.msg, "does not chain to the CA in"), "%s", eb.msg);
+  /* the shard's own certificate as tls.ca: it chained to itself, and no
+   * client's did */
+  ck_assert_int_eq(ps_tls_check(t->cert, t->cert, t->key, &eb), PS_ECONFIG);
+  ck_assert_msg(strstr(eb.msg, "holds no CA certificate"), "%s", eb.msg);
   /* psd -t: the shard's key swapped for the worker's */
   char path[700], log[700];
   snprintf(path, sizeof path, "%s/swapped.yaml", sec_dir);

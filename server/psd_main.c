@@ -642,6 +642,7 @@ static void psd_main_drain(psd_main *m, int signum) {
                              "loses them");
   psd_shard_set_state(sh, PSD_DRAINING, NULL);
   psd_shard_clock_stop(sh); /* parked pulls are answered: shutting down */
+  psd_agg_drain(sh->agg);   /* held sums go to the roots now, waiting pulls are answered */
   uv_timer_stop(&m->flush_timer);
   uv_timer_stop(&m->watchdog_timer);
   psd_probe_stop(&m->probe); /* gRPC stops on purpose now */

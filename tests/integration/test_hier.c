@@ -30,6 +30,8 @@
  *  - a root killed mid-run under durability sync, one worker behind the
  *    aggregator: the push the aggregator answers with the root's failure
  *    is trained again, so the root's version covers every batch;
+ *  - a SIGTERM'd aggregator forwards the sum it holds at once and answers
+ *    the push with the root's acknowledgement before it exits;
  *  - a root whose gRPC port never answers: the aggregator serves other
  *    connections while it fetches the model's layout off its loop, and
  *    the failed fetch answers the requests that waited for it;
@@ -937,6 +939,60 @@ START_TEST(test_hier_root_restart) {
 }
 END_TEST
 
+/* test_hier_sigterm_forwards: a SIGTERM'd aggregator forwards the sums it
+ * holds at once and answers their workers with the roots' answers, so its
+ * drain ends promptly with nothing dropped.  A push through the
+ * aggregator (sums wait up to 20 s for 3 workers) is held; at SIGTERM it
+ * is acknowledged (the root applied the sum) and the aggregator exits 0
+ * well within drain_timeout_ms (5 s): it used to hold the sum until
+ * max_delay_ms, time the drain out, answer the push "shutting down" and
+ * drop it. */
+START_TEST(test_hier_sigterm_forwards) {
+  th_ctx x = {0};
+  ps_rpc *rpc;
+  ps_errbuf eb = {""};
+  th_bare_delay(&x, &rpc, 20000);
+  th_submit(rpc, "m", NULL);
+  ps_rpc_close(rpc);
+  static float g[TH_ELEMS];
+  for (int i = 0; i < TH_ELEMS; i++) g[i] = 0.5f;
+  const uint32_t ids[3] = {0, 1, 2};
+  ps_chan_client *w = th_chan(x.agg_cp);
+  ps_req r = {.model = "m", .ids = ids, .nids = 3, .worker = 0, .clock = 0, .grads = g,
+              .nbytes = sizeof g};
+  struct iovec src = {g, sizeof g};
+  uint64_t id = 0, v = 0;
+  ck_assert_msg(ps_chan_send_pushv(w, &r, &src, 1, &id, &eb) == 0, "%s", eb.msg);
+  int64_t deadline = ps_test_now_ms() + 10000;
+  uint64_t in = 0;
+  while (ps_test_now_ms() < deadline && !in) {
+    Ps__StatusReply *st = ps_test_status(x.agg_gp);
+    in = st->agg_pushes_in;
+    protobuf_c_message_free_unpacked(&st->base, NULL);
+    if (!in) usleep(10000);
+  }
+  ck_assert_msg(in == 1, "the aggregator did not take the push; see %s", x.agg_log);
+  int64_t t0 = ps_test_now_ms();
+  ck_assert_int_eq(kill(x.agg, SIGTERM), 0);
+  int rc = ps_chan_recv_id(w, id, &v, &eb);
+  ck_assert_msg(rc == 0, "the held push at SIGTERM: %d %s (see %s)", rc, eb.msg, x.agg_log);
+  int st = ps_test_wait_pid(x.agg, 10000);
+  int64_t took = ps_test_now_ms() - t0;
+  ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "aggregator: status %d; see %s",
+                st, x.agg_log);
+  x.agg = 0;
+  ck_assert_msg(took < 4000, "the aggregator took %lld ms to stop; see %s", (long long)took,
+                x.agg_log);
+  ck_assert_msg(!th_log_wait(x.agg_log, "drain timed out", 0), "see %s", x.agg_log);
+  Ps__StatusReply *root = ps_test_status(x.gp[0]);
+  ck_assert_uint_eq(root->sum_pushes, 1);
+  ck_assert_uint_eq(root->models[0]->version, v);
+  protobuf_c_message_free_unpacked(&root->base, NULL);
+  ps_chan_close(w);
+  th_finish(&x);
+}
+END_TEST
+
 START_TEST(test_hier_flags) {
   th_ctx x = {0};
   snprintf(x.dir, sizeof x.dir, "%s", ps_test_tmpdir());
@@ -975,6 +1031,7 @@ Suite *hier_suite(void) {
   tcase_add_test(tc, test_hier_flags);
   tcase_add_test(tc, test_hier_spec_off_loop);
   tcase_add_test(tc, test_hier_root_restart);
+  tcase_add_test(tc, test_hier_sigterm_forwards);
   tcase_add_test(tc, test_hier_sum_is_one_update);
   tcase_add_test(tc, test_hier_clocks_start_over);
   tcase_add_test(tc, test_hier_clock_entered);

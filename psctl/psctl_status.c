@@ -134,8 +134,12 @@ static void psctl_status_conns(const psctl_row *rows, size_t n) {
   for (size_t i = 0; i < n; i++) {
     const Ps__StatusReply *s = rows[i].st;
     if (!s || !(s->auth_refused || s->chan_auth_refused)) continue;
-    printf("shard %u (security %s): %llu gRPC calls refused for their role, "
-           "%llu channel hellos refused\n", s->shard, s->security ? s->security : "?",
+    /* auth_refused: gRPC calls, and channel pushes of a sum from a
+     * connection without an aggregator key; chan_auth_refused: hellos
+     * (key proofs) and, with the payload MAC, frames */
+    printf("shard %u (security %s): %llu requests refused for the caller's role (gRPC calls, "
+           "channel pushes of a sum), %llu channel connections refused (key proof or frame "
+           "MAC)\n", s->shard, s->security ? s->security : "?",
            (unsigned long long)s->auth_refused, (unsigned long long)s->chan_auth_refused);
   }
 }
@@ -599,7 +603,8 @@ static const char psctl_status_usage[] =
     "pulls answered without a fetch of their own, and the workers that pushed or pulled\n"
     "through each within a lease.  --json prints the\n"
     "same as one JSON object.\n"
-    "Exit status: 0 when every shard is SERVING, 1 otherwise, 2 for usage/config errors.\n";
+    "Exit status: 0 when every shard and every aggregator of the file is SERVING, 1\n"
+    "otherwise (one DOWN, REFUSED, draining or not yet serving), 2 for usage/config errors.\n";
 
 static void psctl_status_usage_to(FILE *f) {
   fprintf(f, psctl_status_usage, PSCTL_STATUS_GAP_MS, PSCTL_STATUS_GAP_MIN_MS,
@@ -727,11 +732,15 @@ int psctl_status_main(int argc, char **argv) {
                   &ps__list_workers_reply__descriptor, (ProtobufCMessage **)&workers,
                   o.timeout_ms, &leb) < 0)
     workers = NULL;
-  size_t serving = 0;
+  size_t serving = 0, aggs_serving = 0;
   for (size_t i = 0; i < n; i++) {
     psctl_status_row(&rows[i], &c.cfg.shards[i], &a[i], &b[i], now);
     if (rows[i].st && !strcmp(rows[i].st->state, "SERVING")) serving++;
   }
+  /* a dead or hung aggregator fails its workers over to the roots: a
+   * monitoring script must see it in the exit status too */
+  for (size_t i = 0; i < naggs; i++)
+    if (aggs[i].b && !strcmp(aggs[i].b->state, "SERVING")) aggs_serving++;
   if (o.json) {
     printf("{\"cluster\":");
     psctl_json_str(c.cfg.cluster);
@@ -756,7 +765,7 @@ int psctl_status_main(int argc, char **argv) {
     psctl_status_aggs(aggs, naggs);
   }
   if (workers) protobuf_c_message_free_unpacked(&workers->base, NULL);
-  code = serving == n ? 0 : 1;
+  code = serving == n && aggs_serving == naggs ? 0 : 1;
 out:
   if (a) psctl_replies_free(a, n);
   if (b) psctl_replies_free(b, n);

@@ -107,6 +107,7 @@ struct psd_agg {
   size_t nlinks, per_shard; /* per_shard links per root: [0] pushes, the rest pulls */
   agg_link *links;
   int stopped;
+  int draining;             /* psd_agg_drain ran: no spec fetch waits any more */
   psd_agg_stats st;
   uint64_t *seen_ms;        /* per worker id (< nseen): uv_now + 1 of its last request or
                                answer, 0 never */
@@ -368,7 +369,7 @@ static int agg_model_get(psd_agg *a, const char *model, uint64_t stamp, agg_mode
 
 /* psd_agg_spec_wait: see psd_agg.h. */
 int psd_agg_spec_wait(psd_agg *a, const char *model, uint64_t stamp, psd_op *op, ps_errbuf *eb) {
-  if (a->stopped) return 0; /* the request's own call says so */
+  if (a->stopped || a->draining) return 0; /* the request's own call says so */
   agg_spec_fetch *f = agg_fetch_find(a, model);
   if (!f) {
     agg_model *m = agg_model_find(a, model);
@@ -1190,6 +1191,19 @@ static void agg_fail_all(psd_agg *a, int code, const char *msg) {
     while (c->waiters) agg_op_done_pop(&c->waiters, code, msg);
   for (agg_spec_fetch *f = a->fetches; f; f = f->next)
     while (f->waiters) agg_op_done_pop(&f->waiters, code, msg);
+}
+
+/* psd_agg_drain: see psd_agg.h. */
+void psd_agg_drain(psd_agg *a) {
+  if (!a || a->stopped) return;
+  a->draining = 1;
+  while (a->groups) agg_forward(a, a->groups);
+  const char *why = "aggregator is shutting down";
+  for (agg_copy *c = a->copies; c; c = c->next)
+    while (c->waiters) agg_op_done_pop(&c->waiters, PS_ESHUTDOWN, why);
+  for (agg_spec_fetch *f = a->fetches; f; f = f->next)
+    while (f->waiters) agg_op_done_pop(&f->waiters, PS_ESHUTDOWN, why);
+  agg_timer_arm(a);
 }
 
 /* psd_agg_stop: see psd_agg.h.  The links' clients close: the jobs in

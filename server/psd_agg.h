@@ -145,6 +145,18 @@ typedef struct psd_agg_stats {
 int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_agg_conf *me,
                 ps_errbuf *eb);
 
+/* psd_agg_drain (at SIGTERM, before the drain waits for the requests in
+ * flight) forwards every open sum at once, whatever it still waits for:
+ * its workers are answered with the roots' answer (invariant 2), not
+ * held until max_delay_ms and then dropped by psd_agg_stop.  Pulls
+ * waiting for a root fetch (which a root may hold parked up to
+ * pull_timeout_ms) and requests waiting for a model's layout are
+ * answered PS_ESHUTDOWN now, as a draining shard answers its parked
+ * pulls: nothing is applied by them, and their workers go to the roots
+ * directly.  The aggregator keeps running for the forwarded sums;
+ * idempotent. */
+void psd_agg_drain(psd_agg *a);
+
 /* psd_agg_stop answers every pending op with PS_ESHUTDOWN, closes the
  * links' clients and the loop handles (run the loop afterwards); free
  * with psd_agg_free once the loop has run.  Idempotent. */
@@ -168,8 +180,9 @@ uint64_t psd_agg_conn_stamp(psd_agg *a);
  * opened after it) and OP (done.fn and arg set by the caller) finishes
  * once it is done: status 0, ask again; a PS_E* code when a model never
  * fetched could not be (the roots' word, PS_EUNAVAIL when none answered).
- * A failed fetch again keeps the layout it has.  psd_agg_cancel takes OP
- * back.  PS_ENOMEM (OP unused). */
+ * A failed fetch again keeps the layout it has; 0 at once too once the
+ * aggregator drains or stops (the request's own call refuses it).
+ * psd_agg_cancel takes OP back.  PS_ENOMEM (OP unused). */
 int psd_agg_spec_wait(psd_agg *a, const char *model, uint64_t stamp, psd_op *op, ps_errbuf *eb);
 
 /* psd_agg_payload validates a push (PUSH non-zero) or pull of R against

@@ -642,6 +642,7 @@ static void psd_main_drain(psd_main *m, int signum) {
                              "loses them");
   psd_shard_set_state(sh, PSD_DRAINING, NULL);
   psd_shard_clock_stop(sh); /* parked pulls are answered: shutting down */
+  psd_agg_drain(sh->agg);   /* held sums go to the roots now, waiting pulls are answered */
   uv_timer_stop(&m->flush_timer);
   uv_timer_stop(&m->watchdog_timer);
   psd_probe_stop(&m->probe); /* gRPC stops on purpose now */
@@ -871,22 +872,56 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
   return 0;
 }
 
+/* psd_main_check_agg checks what an aggregator of CFG needs besides the
+ * shard's pair, the way it will use it: under TLS the worker pair, which
+ * it presents to the roots for their models (GetModel; none while the
+ * roots require a client certificate is refused as psw refuses it), and
+ * a key of its role in the secret file, to prove to the roots.  Else its
+ * workers would be the ones to fail, each pull "no root shard answered".
+ * 0 or PS_ECONFIG / PS_EIO with the path in EB. */
+static int psd_main_check_agg(const ps_config *cfg, ps_errbuf *eb) {
+  const ps_security_conf *s = &cfg->security;
+  int rc = 0;
+  if (s->mode == PS_SEC_TLS && !s->tls.worker_cert && s->require_client_cert)
+    return ps_errf(eb, PS_ECONFIG, "security.tls.worker_cert is not set, and the shards refuse "
+                   "a client without a certificate (security.require_client_cert): an "
+                   "aggregator asks the root shards for models with the worker pair");
+  if (s->mode == PS_SEC_TLS && s->tls.worker_cert &&
+      (rc = ps_tls_check(s->tls.ca, s->tls.worker_cert, s->tls.worker_key, eb)) < 0) {
+    ps_errbuf why = *eb;
+    return ps_errf(eb, rc, "%s (security.tls.worker_cert and worker_key: an aggregator asks "
+                   "the root shards for models with the worker pair)", why.msg);
+  }
+  if (s->secret_file) {
+    ps_auth_keys k;
+    const ps_auth_key *mine;
+    rc = ps_auth_client_key(s->secret_file, PS_ROLE_AGGREGATOR, &k, &mine, eb);
+    ps_auth_release(&k);
+    if (rc < 0) {
+      ps_errbuf why = *eb;
+      return ps_errf(eb, rc, "%s (an aggregator proves a key of its role to the root shards)",
+                     why.msg);
+    }
+  }
+  return 0;
+}
+
 /* psd_main_check_security reads what the shard's security section names
  * (certificates, owner-only key and secret files) the way serving will,
- * and checks the shard's certificate and key (ps_tls_check); an
- * aggregator (AGG) needs a key of its role in the secret file, to prove
- * to the roots.  0 or PS_ECONFIG / PS_EIO with the path in EB. */
-static int psd_main_check_security(const ps_config *cfg, int agg, ps_errbuf *eb) {
+ * and checks the shard's certificate and key (ps_tls_check); with AGGS
+ * (an aggregator runs or is checked, or psd -t checks the whole file and
+ * it names aggregators) also what an aggregator needs (psd_main_check_agg).
+ * 0 or PS_ECONFIG / PS_EIO with the path in EB. */
+static int psd_main_check_security(const ps_config *cfg, int aggs, ps_errbuf *eb) {
   const ps_security_conf *s = &cfg->security;
   int rc = 0;
   if (s->mode == PS_SEC_TLS) rc = ps_tls_check(s->tls.ca, s->tls.cert, s->tls.key, eb);
   if (rc == 0 && s->secret_file) {
     ps_auth_keys k;
-    const ps_auth_key *mine;
-    rc = agg ? ps_auth_client_key(s->secret_file, PS_ROLE_AGGREGATOR, &k, &mine, eb)
-             : ps_auth_load(&k, s->secret_file, eb);
+    rc = ps_auth_load(&k, s->secret_file, eb);
     ps_auth_release(&k);
   }
+  if (rc == 0 && aggs) rc = psd_main_check_agg(cfg, eb);
   return rc;
 }
 
@@ -1027,7 +1062,10 @@ int main(int argc, char **argv) {
     ps_config_release(&cfg);
     return 2;
   }
-  if (psd_main_check_security(&cfg, a.aggregator != NULL, &eb) < 0) {
+  /* psd -t with neither --shard nor --aggregator checks the whole file:
+   * what its aggregators need too */
+  int aggs = a.aggregator || (a.test && a.shard < 0 && cfg.naggs > 0);
+  if (psd_main_check_security(&cfg, aggs, &eb) < 0) {
     fprintf(stderr, "%s: security: %s\n", a.config, eb.msg);
     ps_config_release(&cfg);
     return 2;

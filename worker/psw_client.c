@@ -582,18 +582,26 @@ static int psw_send(psw_client *c, psw_shard *s, int gbuf, uint64_t push_clock, 
   return 0;
 }
 
-/* psw_push_answer counts the answer ERR (VERSION) to S's push: a push
- * whose connection broke before its answer, or that the shard refused
- * for an expired lease (before applying it), counts in pushes_broken too
- * (the trainer trains its batch again); a DEGRADED shard's refusal does
- * not (invariant 12). */
-static void psw_push_answer(psw_shard *s, int err, uint64_t version) {
+/* psw_push_answer counts the answer ERR (VERSION) to S's push (ANSWERED:
+ * ERR came from the peer, not from this worker's stop): a push whose
+ * connection broke before its answer, or that the shard refused for an
+ * expired lease (before applying it), counts in pushes_broken too (the
+ * trainer trains its batch again); a DEGRADED shard's refusal does not
+ * (invariant 12).  Through the aggregator a retryable error answered on
+ * a live connection is a root's failure relayed (psd_agg.h invariant 5:
+ * a link that broke, timed out or could not connect, with the sum in
+ * flight or not yet sent): the push may or may not have been applied,
+ * as if the worker's own connection to that root had broken.  Only
+ * DEGRADED is a root's own refusal there (it applied nothing). */
+static void psw_push_answer(psw_shard *s, int err, uint64_t version, int answered) {
   if (err == 0) {
     s->pushed_version = version;
     s->pushes_acked++;
   }
   if (err < 0 && psw_retryable(err)) s->pushes_unanswered++;
-  if (err == PS_EEXPIRED || (err < 0 && psw_retryable(err) && !ps_chan_alive(s->ch)))
+  int relayed = answered && s->via_agg && err != PS_EDEGRADED;
+  if (err == PS_EEXPIRED ||
+      (err < 0 && psw_retryable(err) && (relayed || !ps_chan_alive(s->ch))))
     s->pushes_broken++;
 }
 
@@ -605,7 +613,7 @@ static int psw_ack_wait(psw_shard *s, ps_errbuf *eb) {
   memmove(s->ack_ids, s->ack_ids + 1, --s->nacks * sizeof *s->ack_ids);
   ps_errbuf reb;
   int err = ps_chan_recv_id(s->ch, id, &version, &reb);
-  psw_push_answer(s, err, version);
+  psw_push_answer(s, err, version, 1);
   return err < 0 ? ps_errf(eb, err, "push failed: %s", reb.msg) : 0;
 }
 
@@ -677,11 +685,11 @@ static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, uint64_t pu
       break;
     }
     uint64_t id = is_push ? s->push_id : s->pull_id;
-    int err = psw_await(c, s, id, is_push, pull_clock, &reb);
+    int err = psw_await(c, s, id, is_push, pull_clock, &reb), answered = err == 0;
     if (err == 0) err = ps_chan_recv_id(s->ch, id, &version, &reb);
     ps_chan_set_timeout(s->ch, c->io_timeout_ms); /* (psw_await may have cut it) */
     if (!is_push) *pull_err = err;
-    if (is_push) psw_push_answer(s, err, version);
+    if (is_push) psw_push_answer(s, err, version, answered);
     if (err == 0 && !is_push) {
       if (s->pull_codec != PS_CODEC_FP32) psw_decode_pull(c, s, pbuf);
       s->version[pbuf] = version;

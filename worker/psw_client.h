@@ -46,7 +46,10 @@
  *     go there); a push left unanswered by the dead aggregator is not
  *     resent, and the pull repeated behind it asks for the push's clock
  *     (the roots may never have seen that push: they must not wait for
- *     it).  psw_client_agg_return, called by the trainer at an epoch
+ *     it).  A push the aggregator answers with a retryable error (a root
+ *     it could not reach, or whose link failed with the sum in flight;
+ *     not DEGRADED, a root's own refusal) is one of unknown fate, as if
+ *     the connection had broken (psw_client_pushes_unknown).  psw_client_agg_return, called by the trainer at an epoch
  *     boundary, probes the aggregator and, when it answers again, moves
  *     every connection back to it at once.
  *  8. Deferred acks (conf->defer_acks; for durability `sync`, where a
@@ -212,8 +215,10 @@ uint64_t psw_client_pushes_lost(const psw_client *c);
 
 /* psw_client_pushes_unknown returns, of those, the pushes that a shard
  * may not have applied without saying so: never sent to it (it was
- * down), or whose connection broke before the answer came (a refusal the
- * shard answered is not counted: invariant 12 goes on without it). */
+ * down), or whose connection broke before the answer came, or, through
+ * the aggregator, that it answered with a root's failure (invariant 7; a
+ * refusal the shard answered, DEGRADED, is not counted: invariant 12 goes
+ * on without it). */
 uint64_t psw_client_pushes_unknown(const psw_client *c);
 
 /* psw_client_parked_ms returns how long, in all, the shards kept this

@@ -27,6 +27,11 @@
  *  - a root that stops and comes back: a push through the aggregator
  *    fails while it is down (the worker's connection stays) and is
  *    acknowledged once it is back (the link connects again);
+ *  - a root killed mid-run under durability sync, one worker behind the
+ *    aggregator: the push the aggregator answers with the root's failure
+ *    is trained again, so the root's version covers every batch;
+ *  - a SIGTERM'd aggregator forwards the sum it holds at once and answers
+ *    the push with the root's acknowledgement before it exits;
  *  - a root whose gRPC port never answers: the aggregator serves other
  *    connections while it fetches the model's layout off its loop, and
  *    the failed fetch answers the requests that waited for it;
@@ -62,10 +67,13 @@ typedef struct th_ctx {
   pid_t shard[2], agg;
   char *json[TH_N];
   int lease_ms;  /* workers.lease_ms (0: 3000) */
+  int nw;        /* workers (and h0's workers; 0: TH_N) */
+  int sync;      /* durability sync */
 } th_ctx;
 
-/* th_start writes the cluster file (aggregator h0 for 3 workers; sums
- * wait up to DELAY ms for all of them), starts both roots and, when AGG,
+/* th_start writes the cluster file (aggregator h0 for 3 workers, or
+ * X->nw; sums wait up to DELAY ms for all of them; durability sync when
+ * X->sync), starts both roots and, when AGG,
  * the aggregator, and submits model "m" (logreg) with CONSISTENCY,
  * STALENESS and plain SGD. */
 static void th_start(th_ctx *x, int agg, const char *consistency, const char *staleness,
@@ -87,8 +95,11 @@ static void th_start(th_ctx *x, int agg, const char *consistency, const char *st
            "  test_images: " TH_DATA "/t10k-images-idx3-ubyte.gz\n"
            "  test_labels: " TH_DATA "/t10k-labels-idx1-ubyte.gz\n"
            "  scale: 1/255\n  partitions: 6\n  limit: 3000\n",
-           x->agg_gp, x->agg_cp, TH_N, delay_ms, TH_N, x->lease_ms ? x->lease_ms : 3000, epochs);
-  snprintf(x->yaml, sizeof x->yaml, "%s", ps_test_cluster_yaml(x->dir, 2, extra, x->gp, x->cp));
+           x->agg_gp, x->agg_cp, x->nw ? x->nw : TH_N, delay_ms, x->nw ? x->nw : TH_N,
+           x->lease_ms ? x->lease_ms : 3000, epochs);
+  snprintf(x->yaml, sizeof x->yaml, "%s",
+           x->sync ? ps_test_sync_yaml(x->dir, 2, extra, x->gp, x->cp)
+                   : ps_test_cluster_yaml(x->dir, 2, extra, x->gp, x->cp));
   ps_test_start_shards(x->yaml, x->dir, 2, x->gp, x->cp, x->shard);
   if (agg) {
     snprintf(x->agg_log, sizeof x->agg_log, "%s/agg.log", x->dir);
@@ -755,6 +766,50 @@ START_TEST(test_hier_failover) {
 }
 END_TEST
 
+/* A root killed mid-run under durability sync, behind the aggregator
+ * (sums forwarded at once, one worker): the push the aggregator forwarded
+ * to it fails, and the aggregator answers the worker with the root's
+ * failure on the worker's still-open connection.  That push may or may
+ * not have been applied, like one whose own connection broke (README
+ * "Data failover"): the worker trains its batch again from the last
+ * acknowledged offset.  So the root's version (pushes applied, restored
+ * by its replay, plus those after) covers every batch of every epoch (it
+ * used to fall one short: the failed push counted its samples trained). */
+START_TEST(test_hier_root_killed_sync) {
+  TH_NEED_DATA();
+  th_ctx x = {.nw = 1, .sync = 1};
+  const int epochs = 6;
+  th_start(&x, 1, "bsp", "0", 0, epochs);
+  pid_t w = th_spawn(&x, 0, 1, NULL);
+  int64_t deadline = ps_test_now_ms() + 60000;
+  uint64_t v = 0;
+  while (ps_test_now_ms() < deadline && v < 40) {
+    Ps__StatusReply *st = ps_test_status(x.gp[1]);
+    v = st->n_models ? st->models[0]->version : 0;
+    protobuf_c_message_free_unpacked(&st->base, NULL);
+    usleep(10000);
+  }
+  ck_assert_msg(v >= 40, "shard 1 applied %llu pushes; see %s", (unsigned long long)v, x.log[0]);
+  int st = ps_test_stop(x.shard[1], SIGKILL, 10000);
+  ck_assert(WIFSIGNALED(st));
+  char log[700];
+  snprintf(log, sizeof log, "%s/psd1-again.log", x.dir);
+  x.shard[1] = ps_test_psd(x.yaml, 1, log, NULL);
+  ck_assert_msg(ps_test_wait_port(x.gp[1], 20000) == 0, "shard 1 did not come back; see %s", log);
+  th_wait(&x, &w, 1);
+  /* 3000 samples in 6 partitions of 500: 8 batches of 64 each */
+  const uint64_t batches = 6 * 8 * (uint64_t)epochs;
+  Ps__StatusReply *sk = ps_test_status(x.gp[1]);
+  ck_assert_uint_eq(sk->n_models, 1);
+  uint64_t version = sk->models[0]->version;
+  protobuf_c_message_free_unpacked(&sk->base, NULL);
+  ck_assert_msg(version >= batches, "shard 1 applied %llu pushes, fewer than the job's %llu "
+                "batches: samples were skipped (worker: %s; see %s)", (unsigned long long)version,
+                (unsigned long long)batches, x.json[0], x.dir);
+  th_finish(&x);
+}
+END_TEST
+
 /* A local worker killed mid-training under BSP, sums waiting up to 10 s
  * for all 3, leases of 120 s (longer than the test waits): the worker
  * leaves through the aggregator (psd_agg.h invariant 6: its connections
@@ -884,6 +939,60 @@ START_TEST(test_hier_root_restart) {
 }
 END_TEST
 
+/* test_hier_sigterm_forwards: a SIGTERM'd aggregator forwards the sums it
+ * holds at once and answers their workers with the roots' answers, so its
+ * drain ends promptly with nothing dropped.  A push through the
+ * aggregator (sums wait up to 20 s for 3 workers) is held; at SIGTERM it
+ * is acknowledged (the root applied the sum) and the aggregator exits 0
+ * well within drain_timeout_ms (5 s): it used to hold the sum until
+ * max_delay_ms, time the drain out, answer the push "shutting down" and
+ * drop it. */
+START_TEST(test_hier_sigterm_forwards) {
+  th_ctx x = {0};
+  ps_rpc *rpc;
+  ps_errbuf eb = {""};
+  th_bare_delay(&x, &rpc, 20000);
+  th_submit(rpc, "m", NULL);
+  ps_rpc_close(rpc);
+  static float g[TH_ELEMS];
+  for (int i = 0; i < TH_ELEMS; i++) g[i] = 0.5f;
+  const uint32_t ids[3] = {0, 1, 2};
+  ps_chan_client *w = th_chan(x.agg_cp);
+  ps_req r = {.model = "m", .ids = ids, .nids = 3, .worker = 0, .clock = 0, .grads = g,
+              .nbytes = sizeof g};
+  struct iovec src = {g, sizeof g};
+  uint64_t id = 0, v = 0;
+  ck_assert_msg(ps_chan_send_pushv(w, &r, &src, 1, &id, &eb) == 0, "%s", eb.msg);
+  int64_t deadline = ps_test_now_ms() + 10000;
+  uint64_t in = 0;
+  while (ps_test_now_ms() < deadline && !in) {
+    Ps__StatusReply *st = ps_test_status(x.agg_gp);
+    in = st->agg_pushes_in;
+    protobuf_c_message_free_unpacked(&st->base, NULL);
+    if (!in) usleep(10000);
+  }
+  ck_assert_msg(in == 1, "the aggregator did not take the push; see %s", x.agg_log);
+  int64_t t0 = ps_test_now_ms();
+  ck_assert_int_eq(kill(x.agg, SIGTERM), 0);
+  int rc = ps_chan_recv_id(w, id, &v, &eb);
+  ck_assert_msg(rc == 0, "the held push at SIGTERM: %d %s (see %s)", rc, eb.msg, x.agg_log);
+  int st = ps_test_wait_pid(x.agg, 10000);
+  int64_t took = ps_test_now_ms() - t0;
+  ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "aggregator: status %d; see %s",
+                st, x.agg_log);
+  x.agg = 0;
+  ck_assert_msg(took < 4000, "the aggregator took %lld ms to stop; see %s", (long long)took,
+                x.agg_log);
+  ck_assert_msg(!th_log_wait(x.agg_log, "drain timed out", 0), "see %s", x.agg_log);
+  Ps__StatusReply *root = ps_test_status(x.gp[0]);
+  ck_assert_uint_eq(root->sum_pushes, 1);
+  ck_assert_uint_eq(root->models[0]->version, v);
+  protobuf_c_message_free_unpacked(&root->base, NULL);
+  ps_chan_close(w);
+  th_finish(&x);
+}
+END_TEST
+
 START_TEST(test_hier_flags) {
   th_ctx x = {0};
   snprintf(x.dir, sizeof x.dir, "%s", ps_test_tmpdir());
@@ -922,6 +1031,7 @@ Suite *hier_suite(void) {
   tcase_add_test(tc, test_hier_flags);
   tcase_add_test(tc, test_hier_spec_off_loop);
   tcase_add_test(tc, test_hier_root_restart);
+  tcase_add_test(tc, test_hier_sigterm_forwards);
   tcase_add_test(tc, test_hier_sum_is_one_update);
   tcase_add_test(tc, test_hier_clocks_start_over);
   tcase_add_test(tc, test_hier_clock_entered);
@@ -931,6 +1041,7 @@ Suite *hier_suite(void) {
   tcase_add_test(tc, test_hier_ssp_bound);
   tcase_add_test(tc, test_hier_failover);
   tcase_add_test(tc, test_hier_dead_worker);
+  tcase_add_test(tc, test_hier_root_killed_sync);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -669,6 +669,107 @@ START_TEST(test_sec_pair_checked) {
 }
 END_TEST
 
+/* sec_t runs psd -t on the file at PATH (AGG: --aggregator AGG; SHARD:
+ * --shard 0) with its output in LOG; the exit status, *OUT the output. */
+static int sec_t(const char *path, const char *agg, int shard, const char *log, char **out) {
+  char *argv[8] = {(char *)ps_test_bin("psd"), "-t", "--config", (char *)path};
+  int n = 4;
+  if (agg) argv[n++] = "--aggregator", argv[n++] = (char *)agg;
+  if (shard) argv[n++] = "--shard", argv[n++] = "0";
+  argv[n] = NULL;
+  int rc = ps_test_run(argv, log, 20000);
+  *out = ps_test_read_file(log, NULL);
+  return rc;
+}
+
+/* An aggregator checks its own needs before it starts (README "Security":
+ * each program checks its own pair): the worker pair it presents to the
+ * roots for their models, and an aggregator key in the secret file.
+ * `psd -t --aggregator a1` and `psd --aggregator a1` exit 2 naming the
+ * file (they used to start, and every worker behind the aggregator exited
+ * 1 with "no root shard answered"); plain `psd -t` checks what the file's
+ * aggregators need too; `psd -t --shard 0` only the shard's. */
+START_TEST(test_sec_aggregator_checked) {
+  ck_assert_msg(sec_up_ok, "psd is not running");
+  const ps_tls_conf *t = &sec_cfg.security.tls;
+  char path[700], log[700], base[700], cert[700], key[700], secret[700];
+  snprintf(base, sizeof base, "%s/agg-base.yaml", sec_dir);
+  snprintf(path, sizeof path, "%s/agg.yaml", sec_dir);
+  snprintf(log, sizeof log, "%s/agg-t.log", sec_dir);
+  char *text = ps_test_read_file(sec_yaml, NULL);
+  size_t len = strlen(text) + 256;
+  char *yaml = malloc(len);
+  snprintf(yaml, len, "%saggregators:\n  - {name: a1, grpc: '127.0.0.1:1', channel: "
+           "'127.0.0.1:2', workers: 1}\n", text);
+  ps_test_write_file(base, yaml);
+  free(yaml);
+  free(text);
+  char *out;
+  ck_assert_msg(sec_t(base, "a1", 0, log, &out) == 0, "%s", out);
+  free(out);
+  ck_assert_msg(sec_t(base, NULL, 0, log, &out) == 0, "%s", out);
+  free(out);
+  /* the worker key readable by the group (its mode put back before any
+   * check can fail: the suite's other tests use it) */
+  ck_assert_int_eq(chmod(t->worker_key, 0640), 0);
+  char *o_agg, *o_all, *o_shard, *o_run;
+  int rc = sec_t(base, "a1", 0, log, &o_agg);
+  int rc_all = sec_t(base, NULL, 0, log, &o_all);
+  int rc_shard = sec_t(base, NULL, 1, log, &o_shard);
+  char *run[] = {(char *)ps_test_bin("psd"), "--config", base, "--aggregator", "a1", NULL};
+  snprintf(log, sizeof log, "%s/agg-run.log", sec_dir);
+  int rc_run = ps_test_run(run, log, 20000);
+  o_run = ps_test_read_file(log, NULL);
+  ck_assert_int_eq(chmod(t->worker_key, 0600), 0);
+  ck_assert_msg(rc == 2 && strstr(o_agg, t->worker_key) && strstr(o_agg, "mode 640") &&
+                strstr(o_agg, "worker pair"), "exit %d: %s", rc, o_agg);
+  ck_assert_msg(rc_all == 2 && strstr(o_all, t->worker_key), "plain -t: exit %d: %s", rc_all,
+                o_all);
+  ck_assert_msg(rc_shard == 0, "-t --shard 0 needs no worker pair: exit %d: %s", rc_shard,
+                o_shard);
+  ck_assert_msg(rc_run == 2 && strstr(o_run, t->worker_key), "psd --aggregator: exit %d: %s",
+                rc_run, o_run);
+  free(o_agg);
+  free(o_all);
+  free(o_shard);
+  free(o_run);
+  snprintf(log, sizeof log, "%s/agg-t.log", sec_dir);
+  /* no worker pair while the roots require a client certificate */
+  ps_test_file_replace(base, path, "    worker_cert:", "    #worker_cert:");
+  ps_test_file_replace(path, path, "    worker_key:", "    #worker_key:");
+  rc = sec_t(path, "a1", 0, log, &out);
+  ck_assert_msg(rc == 2 && strstr(out, "worker_cert is not set"), "exit %d: %s", rc, out);
+  free(out);
+  /* an expired worker certificate */
+  snprintf(cert, sizeof cert, "%s/wold.pem", sec_dir);
+  snprintf(key, sizeof key, "%s/wold.key", sec_dir);
+  sec_expired_pair(cert, key);
+  ps_test_file_replace(base, path, t->worker_cert, cert);
+  ps_test_file_replace(path, path, t->worker_key, key);
+  rc = sec_t(path, "a1", 0, log, &out);
+  ck_assert_msg(rc == 2 && strstr(out, "wold.pem' expired on"), "exit %d: %s", rc, out);
+  free(out);
+  /* a secret file without an aggregator key: the aggregator, and plain
+   * psd -t on a file that names one, say so; the shard alone needs none */
+  snprintf(secret, sizeof secret, "%s/noagg.secret", sec_dir);
+  ps_test_write_file(secret, "w1 worker "
+                     "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n");
+  ck_assert_int_eq(chmod(secret, 0600), 0);
+  ps_test_file_replace(base, path, sec_cfg.security.secret_file, secret);
+  rc = sec_t(path, "a1", 0, log, &out);
+  ck_assert_msg(rc == 2 && strstr(out, "has no key of role 'aggregator'"), "exit %d: %s", rc,
+                out);
+  free(out);
+  rc = sec_t(path, NULL, 0, log, &out);
+  ck_assert_msg(rc == 2 && strstr(out, "has no key of role 'aggregator'"), "plain -t: exit %d: "
+                "%s", rc, out);
+  free(out);
+  rc = sec_t(path, NULL, 1, log, &out);
+  ck_assert_msg(rc == 0, "-t --shard 0: exit %d: %s", rc, out);
+  free(out);
+}
+END_TEST
+
 /* Roles from certificate subjects, as gRPC writes them. */
 START_TEST(test_sec_role_subject) {
   ck_assert_int_eq(ps_role_from_subject("CN=t-worker,OU=worker,O=psd"), PS_ROLE_WORKER);
@@ -1187,6 +1288,7 @@ Suite *security_suite(void) {
   tcase_add_test(tc, test_sec_no_credentials);
   tcase_add_test(tc, test_sec_wrong_certificate);
   tcase_add_test(tc, test_sec_pair_checked);
+  tcase_add_test(tc, test_sec_aggregator_checked);
   tcase_add_test(tc, test_sec_roles);
   tcase_add_test(tc, test_sec_replayed_hello);
   tcase_add_test(tc, test_sec_wrong_secret);

@@ -710,6 +710,46 @@ START_TEST(test_psctl_bench) {
 }
 END_TEST
 
+/* psctl status and aggregators: the exit status counts them (README: exit
+ * 1 if any is not SERVING; a dead aggregator's workers fail over, and a
+ * monitoring script must see it): with the file's aggregator not running
+ * its row says DOWN and psctl exits 1 (it used to exit 0); started, the
+ * row says SERVING and psctl exits 0. */
+START_TEST(test_psctl_status_aggregator) {
+  char dir[512], log[700], out[700], extra[512];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  snprintf(out, sizeof out, "%s/status.out", dir);
+  snprintf(log, sizeof log, "%s/agg.log", dir);
+  int agp = ps_test_free_port(), acp;
+  do acp = ps_test_free_port();
+  while (acp == agp);
+  snprintf(extra, sizeof extra,
+           "aggregators:\n  - {name: a0, grpc: \"127.0.0.1:%d\", channel: \"127.0.0.1:%d\", "
+           "workers: 1}\n", agp, acp);
+  int gp[1], cp[1];
+  pid_t shard[1];
+  const char *yaml = ps_test_cluster_yaml(dir, 1, extra, gp, cp);
+  char y[600];
+  snprintf(y, sizeof y, "%s", yaml);
+  ps_test_start_shards(y, dir, 1, gp, cp, shard);
+  char *argv[] = {(char *)ps_test_bin("psctl"), "status", "--config", y, "--interval", "100",
+                  NULL};
+  ck_assert_int_eq(ps_test_run(argv, out, 20000), 1);
+  char *text = ps_test_read_file(out, NULL);
+  ck_assert_msg(strstr(text, "aggregators:") && strstr(text, "DOWN"), "%s", text);
+  free(text);
+  char *agg[] = {(char *)ps_test_bin("psd"), "--config", y, "--aggregator", "a0", NULL};
+  pid_t a = ps_test_spawn(agg, log, NULL);
+  ck_assert_msg(ps_test_wait_port(agp, 10000) == 0, "aggregator not up; see %s", log);
+  int rc = ps_test_run(argv, out, 20000);
+  text = ps_test_read_file(out, NULL);
+  ck_assert_msg(rc == 0 && strstr(text, "SERVING"), "exit %d: %s", rc, text);
+  free(text);
+  ps_test_stop(a, SIGTERM, 10000);
+  ps_test_stop(shard[0], SIGTERM, 10000);
+}
+END_TEST
+
 Suite *psctl_suite(void) {
   Suite *s = suite_create("psctl");
   struct {
@@ -721,7 +761,8 @@ Suite *psctl_suite(void) {
                {"submit_budget", test_psctl_submit_budget},
                {"cli_bad_flags", test_cli_bad_flags},
                {"psd_t_group_commit", test_psd_t_group_commit_periodic},
-               {"bench", test_psctl_bench}};
+               {"bench", test_psctl_bench},
+               {"status_aggregator", test_psctl_status_aggregator}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     TCase *tc = tcase_create(cases[i].name);
     tcase_set_timeout(tc, 180);

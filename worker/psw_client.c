@@ -583,25 +583,25 @@ static int psw_send(psw_client *c, psw_shard *s, int gbuf, uint64_t push_clock, 
 }
 
 /* psw_push_answer counts the answer ERR (VERSION) to S's push (ANSWERED:
- * ERR came from the peer, not from this worker's stop): a push whose
- * connection broke before its answer, or that the shard refused for an
- * expired lease (before applying it), counts in pushes_broken too (the
- * trainer trains its batch again); a DEGRADED shard's refusal does not
- * (invariant 12).  Through the aggregator a retryable error answered on
- * a live connection is a root's failure relayed (psd_agg.h invariant 5:
- * a link that broke, timed out or could not connect, with the sum in
- * flight or not yet sent): the push may or may not have been applied,
- * as if the worker's own connection to that root had broken.  Only
- * DEGRADED is a root's own refusal there (it applied nothing). */
+ * ERR came from the peer, not from this worker's stop).  A retryable
+ * error, or a refusal for an expired lease, counts in pushes_broken too
+ * (the trainer trains its batch again): the connection broke before the
+ * answer (applied or not), the shard refused it unapplied (draining,
+ * restarting: a sample is trained at least once), or, through the
+ * aggregator, a root's failure was relayed (psd_agg.h invariant 5: a link
+ * that broke, timed out or could not connect, with the sum in flight or
+ * not yet sent: applied or not).  A DEGRADED refusal does not: the worker
+ * goes on without its updates there (invariant 12), as it does when its
+ * own stop cut the wait short. */
 static void psw_push_answer(psw_shard *s, int err, uint64_t version, int answered) {
   if (err == 0) {
     s->pushed_version = version;
     s->pushes_acked++;
   }
   if (err < 0 && psw_retryable(err)) s->pushes_unanswered++;
-  int relayed = answered && s->via_agg && err != PS_EDEGRADED;
+  int refused = answered && err != PS_EDEGRADED;
   if (err == PS_EEXPIRED ||
-      (err < 0 && psw_retryable(err) && (relayed || !ps_chan_alive(s->ch))))
+      (err < 0 && psw_retryable(err) && (refused || !ps_chan_alive(s->ch))))
     s->pushes_broken++;
 }
 

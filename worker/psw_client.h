@@ -214,11 +214,12 @@ float *psw_client_grads(psw_client *c, int buf);
 uint64_t psw_client_pushes_lost(const psw_client *c);
 
 /* psw_client_pushes_unknown returns, of those, the pushes that a shard
- * may not have applied without saying so: never sent to it (it was
- * down), or whose connection broke before the answer came, or, through
- * the aggregator, that it answered with a root's failure (invariant 7; a
- * refusal the shard answered, DEGRADED, is not counted: invariant 12 goes
- * on without it). */
+ * may not have applied, whose samples are trained again: never sent to it
+ * (it was down), whose connection broke before the answer came, that it
+ * refused unapplied with a retryable error (draining, restarting) or for
+ * an expired lease, or, through the aggregator, that it answered with a
+ * root's failure (invariant 7).  A DEGRADED refusal is not counted:
+ * invariant 12 goes on without it. */
 uint64_t psw_client_pushes_unknown(const psw_client *c);
 
 /* psw_client_parked_ms returns how long, in all, the shards kept this

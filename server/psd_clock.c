@@ -817,7 +817,9 @@ int psd_clock_progress(psd_clock *c, uint32_t worker, const psd_part_pos *pos, u
                    pos->part, pos->epoch, worker, owner, p->epoch,
                    p->active ? "being trained" : "not claimed: a claim hands it out");
   }
-  if (!pos->size || (p->size && p->size != pos->size) || pos->offset < p->offset ||
+  /* size 0: an empty partition (fewer samples than partitions), finished
+   * by its first report */
+  if ((p->size && p->size != pos->size) || pos->offset < p->offset ||
       pos->offset > pos->size || pos->started < pos->offset || pos->started > pos->size)
     return ps_errf(eb, PS_EINVAL,
                    "partition %" PRIu32 ": bad progress offset %" PRIu64 " started %" PRIu64

@@ -489,6 +489,22 @@ START_TEST(test_failover_replace_lr) {
 }
 END_TEST
 
+/* Fewer samples than partitions (data.limit 5, 12 partitions: psd -t
+ * warns): the empty partitions are finished as the others are (every
+ * worker of such a job exited 1 on "bad progress offset"). */
+START_TEST(test_failover_empty_partitions) {
+  TF_NEED_DATA();
+  tf_ctx x = {0};
+  tf_start(&x, 2, 2, 2, "logreg", "0.002", 5);
+  tf_spawn(&x);
+  tf_spawn(&x);
+  tf_wait_all(&x, NULL);
+  uint64_t retrained;
+  tf_check_accounting(&x, 5, 0, &retrained);
+  tf_finish(&x);
+}
+END_TEST
+
 /* tf_epochs_retrained returns the samples the coordinator counts
  * retrained, over every epoch. */
 static uint64_t tf_epochs_retrained(tf_ctx *x) {
@@ -834,6 +850,7 @@ Suite *psw_failover_suite(void) {
   tcase_add_test(tw, test_failover_replace_shape);
   tcase_add_test(tw, test_failover_replace_graph);
   tcase_add_test(tw, test_failover_replace_lr);
+  tcase_add_test(tw, test_failover_empty_partitions);
   tcase_add_test(tw, test_failover_sigterm_parked);
   suite_add_tcase(s, tw);
   return s;

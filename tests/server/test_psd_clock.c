@@ -547,6 +547,33 @@ START_TEST(test_partitions_progress_and_failover) {
 }
 END_TEST
 
+/* An empty partition (fewer samples than partitions) is finished by its
+ * report of size 0: it was refused as a bad offset, and every worker of
+ * such a job exited 1.  A partition whose size is known cannot be
+ * reported empty. */
+START_TEST(test_partition_empty) {
+  psd_clock *c = tclock(0);
+  ps_errbuf eb;
+  uint32_t r;
+  uint64_t sc;
+  int done;
+  psd_part_pos pos;
+  ck_assert_int_eq(psd_clock_register(c, "m", "h", 10, "cpu", 0, &r, &sc, &eb), 0);
+  ck_assert_int_eq(tclaim(c, r, 10, &pos, &done), 0);
+  pos.offset = pos.started = pos.size = 0;
+  ck_assert_msg(psd_clock_progress(c, r, &pos, 20, &eb) == 0, "%s", eb.msg);
+  psd_part_info in;
+  psd_clock_part_info(c, 0, &in);
+  ck_assert_uint_eq(in.pos.epoch, 1);
+  ck_assert_int_eq(in.active, 0);
+  ck_assert_int_eq(tclaim(c, r, 30, &pos, &done), 1);
+  ck_assert_int_eq(tprog(c, r, pos, 4, 8, 40), 0); /* size 10 now known */
+  pos.offset = pos.started = pos.size = 0;
+  ck_assert_int_eq(psd_clock_progress(c, r, &pos, 50, &eb), PS_EINVAL);
+  psd_clock_free(c);
+}
+END_TEST
+
 /* More epochs for a finished job: its partitions are spread again over
  * the live workers, so a worker that registered after the end does not
  * train one partition epoch after epoch while the first owns the rest. */
@@ -755,6 +782,7 @@ Suite *psd_clock_suite(void) {
   tcase_add_test(tc, test_register_holds_leave_releases);
   tcase_add_test(tc, test_partitions_progress_and_failover);
   tcase_add_test(tc, test_partitions_more_epochs);
+  tcase_add_test(tc, test_partition_empty);
   tcase_add_test(tc, test_save_load);
   tcase_add_test(tc, test_world_bounds_table);
   tcase_add_test(tc, test_silent_ms);

@@ -18,6 +18,7 @@
 #include <sys/stat.h>
 #include <zlib.h>
 
+#include "ps_log.h"
 #include "ps_place.h"
 #include "psw_ctr.h"
 
@@ -258,6 +259,9 @@ static int idx_load_ranges(psw_dataset *d, idx_file *im, idx_file *lb, const dat
                            size_t nrg, float scale, ps_errbuf *eb) {
   float lut[256];
   for (int i = 0; i < 256; i++) lut[i] = (float)i * scale;
+  if (!isfinite(lut[255]))
+    return ps_errf(eb, PS_EINVAL, "%s: data.scale %g makes pixel 255 %g, not a finite number",
+                   im->path, (double)scale, (double)lut[255]);
   uint64_t bufrecs = (1u << 20) / im->rec + 1;
   unsigned char *buf = malloc(bufrecs * im->rec > (1u << 20) ? bufrecs * im->rec : (1u << 20));
   if (!buf) return ps_errf(eb, PS_ENOMEM, "out of memory");
@@ -427,6 +431,8 @@ static int csv_parse_row(const char *path, const csv_line *l, uint32_t dim, uint
     fe = end != p ? csv_field_end(end) : NULL;
     if (!fe || !isfinite(f)) return csv_bad_field(path, l, j + 2, p, "a finite number", eb);
     x[j] = f * scale;
+    if (!isfinite(x[j]))
+      return csv_bad_field(path, l, j + 2, p, "a number that data.scale leaves finite", eb);
   }
   return 0;
 }
@@ -471,8 +477,16 @@ int psw_data_load_csv(psw_dataset *d, const char *path, float scale, const psw_d
   csv_line *lines = NULL;
   int r = csv_slurp(path, &buf, &len, eb);
   if (r < 0) return r;
-  if ((r = csv_split(buf, len, &lines, &nlines, eb)) < 0) goto out_buf;
+  /* a UTF-8 byte order mark (spreadsheets write one) is not part of line 1 */
+  size_t bom = len >= 3 && !memcmp(buf, "\xef\xbb\xbf", 3) ? 3 : 0;
+  if ((r = csv_split(buf + bom, len - bom, &lines, &nlines, eb)) < 0) goto out_buf;
   size_t skip = nlines > 0 && csv_is_header(lines[0].text);
+  static char said[512]; /* a file is loaded again for each block of partitions: said once */
+  if (skip && strncmp(said, path, sizeof said)) {
+    ps_info("%s:%" PRIu64 ": a header line (its first field is not a number): skipped", path,
+            lines[0].lineno);
+    snprintf(said, sizeof said, "%s", path);
+  }
   r = csv_load_lines(d, path, lines + skip, nlines - skip, scale, sel, eb);
   if (r < 0) psw_data_release(d);
   free(lines);

@@ -265,6 +265,21 @@ START_TEST(test_csv_good) {
   ck_assert_int_eq(d.y[1], 2);
   ck_assert(d.x[3] == 8);
   psw_data_release(&d);
+  /* A byte order mark before the first sample: not a header (the first
+   * sample was skipped as one) */
+  char bom[256];
+  snprintf(bom, sizeof bom, "\xef\xbb\xbf%s", csv_good + 13);
+  write_bytes(path, bom, strlen(bom), _i);
+  ck_assert_msg(psw_data_load_csv(&d, path, 1.0f, NULL, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(d.n, 4);
+  ck_assert_int_eq(d.y[0], 1);
+  psw_data_release(&d);
+  /* a feature the scale makes infinite: refused at load, not as a NaN
+   * loss in training */
+  write_bytes(path, "1,2\n0,1e30\n", 11, _i);
+  ck_assert_int_eq(psw_data_load_csv(&d, path, 1e9f, NULL, &eb), PS_EFORMAT);
+  ck_assert_msg(strstr(eb.msg, ":2: field 2 '1e30' is not a number that data.scale leaves "
+                               "finite"), "%s", eb.msg);
 }
 END_TEST
 

@@ -57,6 +57,9 @@ static const char psw_usage[] =
     "       psw --config FILE [--model NAME] --evaluate\n"
     "       psw --blas-kernel\n"
     "Trains model NAME (default training.model); the graph is fetched from the cluster.\n"
+    "--metrics-csv FILE appends a row per epoch to FILE (a header line first when FILE is\n"
+    "empty; the file is opened at start, so a bad path fails at once); --quiet drops the\n"
+    "progress lines (the log's other lines and the JSON line stay).\n"
     "Without --rank the worker registers with the coordinator shard for its rank, the\n"
     "world size and its data partitions; --rank R runs as rank R among W workers (default\n"
     "workers.count) without registering.  --slowdown F (>= 1) sleeps (F-1) x the compute\n"
@@ -194,6 +197,17 @@ static int psw_exit_code(int err, const psw_train_result *r) {
   return err == 0 ? 0 : r->bad_input ? 2 : 1;
 }
 
+/* psw_flush_result flushes stdout, where the JSON result line went: a
+ * line that could not be written (a full disk, a closed stdout) turns
+ * exit status 0 into 1, said on stderr. */
+static int psw_flush_result(int rc) {
+  errno = 0;
+  if (fflush(stdout) == 0 && !ferror(stdout)) return rc;
+  fprintf(stderr, "psw: the result line could not be written to stdout: %s\n",
+          errno ? strerror(errno) : "write error");
+  return rc ? rc : 1;
+}
+
 /* main: see the top of this file for the exit codes. */
 int main(int argc, char **argv) {
   ps_log_init("psw", LOG_INFO);
@@ -253,5 +267,5 @@ int main(int argc, char **argv) {
   rc = psw_exit_code(err, &r);
 release_config:
   ps_config_release(&cfg);
-  return rc;
+  return psw_flush_result(rc);
 }

@@ -891,8 +891,10 @@ static int run_finish_epoch(psw_run *x, uint32_t epoch, const psw_epoch_acc *acc
   r->epochs = epoch + 1;
   st.wall_s = (run_now_ms() - (double)x->t0_ms) / 1e3;
   psw_progress_epoch(&x->prog, &st);
+  /* a file that took the first rows and fails now (a full disk): a
+   * runtime failure (exit 1), not bad usage */
   if (x->o->metrics_csv && (err = psw_metrics_append(x->o->metrics_csv, &st, eb)) < 0)
-    return run_bad(x, err);
+    return err;
   return 0;
 }
 
@@ -1020,6 +1022,10 @@ static int run_train(psw_run *x, ps_errbuf *eb) {
       t0 = run_now_ms();
       x->nparts = 0;
     }
+    /* a stop during the claim or the epoch's evaluation: no step more (the
+     * partition, claimed at its offset, goes back as it is when the worker
+     * leaves) */
+    if (run_stopping(x)) break;
     if (pos.epoch > epoch) epoch = pos.epoch;
     err = run_part(x, &pos, &acc, &step, t0, eb);
     if (err == PS_ENOENT) {

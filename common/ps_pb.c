@@ -50,6 +50,7 @@ static int pb_check_strings(const ProtobufCMessageDescriptor *desc, const uint8_
   if (depth > PS_PB_MAX_DEPTH)
     return ps_errf(eb, PS_EINVAL, "%s nested deeper than %d messages", desc->short_name,
                    PS_PB_MAX_DEPTH);
+  if (!len) return 0; /* (BUF may be NULL then: no pointer arithmetic on it) */
   const uint8_t *p = buf, *end = buf + len;
   while (p < end) {
     uint64_t tag, n;

@@ -12,10 +12,12 @@
 #include "ps_npz.h"
 
 #include <errno.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -204,15 +206,36 @@ static int npz_write_file(FILE *f, const ps_npz_array *arrays, size_t n, ps_errb
   return r;
 }
 
+/* ps_npz_tmp_open: see ps_npz.h. */
+int ps_npz_tmp_open(const char *path, char *tmp, size_t cap, FILE **out, ps_errbuf *eb) {
+  *out = NULL;
+  if (snprintf(tmp, cap, "%s.tmp.%ld", path, (long)getpid()) >= (int)cap)
+    return ps_errf(eb, PS_EINVAL, "path '%s' is too long", path);
+  /* O_EXCL: never through a link someone left at that name */
+  int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  if (fd < 0 && errno == EEXIST && unlink(tmp) == 0) /* left by an earlier process of this pid */
+    fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
+  if (!f) {
+    int e = errno;
+    if (fd >= 0) {
+      close(fd);
+      unlink(tmp);
+    }
+    return ps_errf(eb, ps_err_from_errno(e), "cannot create '%s': %s", tmp, strerror(e));
+  }
+  struct stat st; /* a file replaced keeps its mode, not the umask's */
+  if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) (void)fchmod(fd, st.st_mode & 07777);
+  *out = f;
+  return 0;
+}
+
 int ps_npz_write(const char *path, const ps_npz_array *arrays, size_t n, ps_errbuf *eb) {
   int r = npz_check(arrays, n, eb);
   if (r < 0) return r;
   char tmp[4096];
-  if (snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof tmp)
-    return ps_errf(eb, PS_EINVAL, "path '%s' is too long", path);
-  FILE *f = fopen(tmp, "wb");
-  if (!f)
-    return ps_errf(eb, ps_err_from_errno(errno), "cannot create '%s': %s", tmp, strerror(errno));
+  FILE *f;
+  if ((r = ps_npz_tmp_open(path, tmp, sizeof tmp, &f, eb)) < 0) return r;
   r = npz_write_file(f, arrays, n, eb);
   if (r == 0 && (fflush(f) != 0 || fsync(fileno(f)) != 0))
     r = ps_errf(eb, ps_err_from_errno(errno), "writing '%s': %s", tmp, strerror(errno));

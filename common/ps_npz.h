@@ -15,6 +15,7 @@
 #define PS_NPZ_H
 
 #include <stddef.h>
+#include <stdio.h>
 #include <stdint.h>
 
 #include "ps_error.h"
@@ -35,6 +36,13 @@ typedef struct ps_npz_array {
  * name, shape), PS_ETOOBIG (4 GiB or more, or 65535 members), PS_EIO /
  * PS_ENOSPC (writing), with a message in EB; on error no file is left. */
 int ps_npz_write(const char *path, const ps_npz_array *arrays, size_t n, ps_errbuf *eb);
+
+/* ps_npz_tmp_open creates the temporary file of PATH, "PATH.tmp.PID"
+ * (its name in TMP, CAP bytes), for a writer that renames it over PATH:
+ * made anew (O_EXCL: a link left at that name is not followed) with the
+ * mode of the file PATH names when there is one.  0 with *OUT, or
+ * PS_EINVAL (too long) / the create's error, said in EB. */
+int ps_npz_tmp_open(const char *path, char *tmp, size_t cap, FILE **out, ps_errbuf *eb);
 
 /* One array read back; owned by its ps_npz. */
 typedef struct ps_npz_entry {

@@ -8,7 +8,6 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -98,19 +97,16 @@ int ps_npz_stream_open(ps_npz_stream **out, const char *path, ps_errbuf *eb) {
     return ps_errf(eb, PS_EINVAL, "'%s': .npz streams are written on little-endian hosts only", path);
   ps_npz_stream *z = calloc(1, sizeof *z);
   if (!z) return ps_errf(eb, PS_ENOMEM, "out of memory");
-  if (snprintf(z->path, sizeof z->path, "%s", path) >= (int)sizeof z->path ||
-      snprintf(z->tmp, sizeof z->tmp, "%s.tmp.%ld", path, (long)getpid()) >= (int)sizeof z->tmp) {
+  if (snprintf(z->path, sizeof z->path, "%s", path) >= (int)sizeof z->path) {
     free(z);
     return ps_errf(eb, PS_EINVAL, "path '%s' is too long", path);
   }
   z->zip64_at = 0xffffffffu;
-  if (!(z->f = fopen(z->tmp, "wb"))) {
-    int rc = ps_errf(eb, ps_err_from_errno(errno), "cannot create '%s': %s", z->tmp, strerror(errno));
+  int rc = ps_npz_tmp_open(path, z->tmp, sizeof z->tmp, &z->f, eb);
+  if (rc < 0) {
     free(z);
     return rc;
   }
-  struct stat st; /* a file replaced keeps its mode (not the umask's) */
-  if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) (void)fchmod(fileno(z->f), st.st_mode & 07777);
   *out = z;
   return 0;
 }

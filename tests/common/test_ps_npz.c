@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -75,6 +76,25 @@ START_TEST(test_npz_roundtrip) {
   ck_assert_ptr_null(ps_npz_find(&z, "t.npy"));
   ps_npz_release(&z);
   ps_npz_release(&z);
+  /* written again over a 0600 file: the file keeps its mode (dense
+   * exports came back 0644), and a link left at the temporary name is
+   * not followed */
+  ck_assert_int_eq(chmod(path, 0600), 0);
+  char tmp[700], victim[700];
+  snprintf(tmp, sizeof tmp, "%s.tmp.%ld", path, (long)getpid());
+  snprintf(victim, sizeof victim, "%s.victim", path);
+  FILE *vf = fopen(victim, "w");
+  ck_assert_ptr_nonnull(vf);
+  fputs("keep", vf);
+  fclose(vf);
+  ck_assert_int_eq(symlink(victim, tmp), 0);
+  ck_assert_msg(ps_npz_write(path, arrays, NARRAYS, &eb) == 0, "%s", eb.msg);
+  struct stat st;
+  ck_assert_int_eq(stat(path, &st), 0);
+  ck_assert_uint_eq(st.st_mode & 07777, 0600);
+  char *v = ps_test_read_file(victim, NULL);
+  ck_assert_str_eq(v, "keep");
+  free(v);
 }
 END_TEST
 

@@ -185,10 +185,15 @@ static int tls_check_pem(const char *ca_pem, const char *cert_pem, const char *k
   return rc;
 }
 
-/* ps_tls_check: see ps_tls.h. */
+/* ps_tls_check, ps_tls_check_pair: see ps_tls.h. */
 int ps_tls_check(const char *ca, const char *cert, const char *key, ps_errbuf *eb) {
+  return ps_tls_check_pair(ca, cert, key, "", eb);
+}
+
+int ps_tls_check_pair(const char *ca, const char *cert, const char *key, const char *who,
+                      ps_errbuf *eb) {
   char *ca_pem, *cert_pem, *key_pem;
-  int rc = tls_pair(ca, cert, key, "", &ca_pem, &cert_pem, &key_pem, eb);
+  int rc = tls_pair(ca, cert, key, who, &ca_pem, &cert_pem, &key_pem, eb);
   if (rc == 0 && cert && key) rc = tls_check_pem(ca_pem, cert_pem, key_pem, ca, cert, key, eb);
   free(ca_pem);
   free(cert_pem);

@@ -29,6 +29,11 @@ void ps_tls_free_secret(char *p);
  * to a certificate in CA (an intermediate there counts as an anchor).
  * 0, PS_ECONFIG or PS_EIO, naming the file and what is wrong. */
 int ps_tls_check(const char *ca, const char *cert, const char *key, ps_errbuf *eb);
+/* ps_tls_check_pair is ps_tls_check of the pair whose keys in
+ * security.tls WHO names ("": cert and key, "worker_": worker_cert and
+ * worker_key, "operator_"), as a file's failure says. */
+int ps_tls_check_pair(const char *ca, const char *cert, const char *key, const char *who,
+                      ps_errbuf *eb);
 
 /* ps_tls_check_hosts checks that certificate CERT names the host of each
  * of ADDRS[0..N) ("host:port"; NULL entries and wildcard hosts skipped)

@@ -1872,10 +1872,10 @@ static int chan_evict(psd_chan *ch, psd_conn *new_) {
   for (psd_conn *c = ch->conns; c; c = c->next) /* newest first */
     if (c != new_ && c->counted && !c->closing && !c->hello_done) old = c;
   if (!old) return 1;
-  char why[200];
-  snprintf(why, sizeof why, "shard %u holds its limit of %u channel connections "
+  char why[240], me[96];
+  snprintf(why, sizeof why, "%s holds its limit of %u channel connections "
            "(limits.max_connections): the oldest one still in its hello was closed to admit "
-           "a new one", ch->sh->me->id, ch->sh->cfg->max_connections);
+           "a new one", psd_shard_who(ch->sh, me, sizeof me), ch->sh->cfg->max_connections);
   chan_said_count(ch, &ch->sh->ctr.chan_refused, &ch->refused, "connection(s)", why);
   conn_close(old);
   return 0;
@@ -1905,19 +1905,20 @@ static void chan_accept(uv_stream_t *server, int status) {
   }
   uv_tcp_nodelay(&c->tcp, 1);
   if (sh->agg) c->agg_stamp = psd_agg_conn_stamp(sh->agg);
-  char why[200];
+  char why[240], me[96];
+  psd_shard_who(sh, me, sizeof me);
   uint64_t limit = psd_fd_limit(), reserve = psd_fd_reserve(limit);
   uint64_t left = limit == UINT64_MAX ? UINT64_MAX : chan_fds_free(ch, limit, reserve);
   if (left < reserve) {
-    snprintf(why, sizeof why, "shard %u is short of file descriptors: %llu of %llu free, "
-             "%llu kept for gRPC and RocksDB", sh->me->id, (unsigned long long)left,
+    snprintf(why, sizeof why, "%s is short of file descriptors: %llu of %llu free, "
+             "%llu kept for gRPC and RocksDB", me, (unsigned long long)left,
              (unsigned long long)limit, (unsigned long long)reserve);
     chan_refuse(c, why, 0);
     return;
   }
   if (sh->chan_conns >= sh->cfg->max_connections && chan_evict(ch, c)) {
-    snprintf(why, sizeof why, "shard %u holds its limit of %u channel connections "
-             "(limits.max_connections)", sh->me->id, sh->cfg->max_connections);
+    snprintf(why, sizeof why, "%s holds its limit of %u channel connections "
+             "(limits.max_connections)", me, sh->cfg->max_connections);
     chan_refuse(c, why, left / 2 >= reserve);
     return;
   }

@@ -887,7 +887,8 @@ static int psd_main_check_agg(const ps_config *cfg, ps_errbuf *eb) {
                    "a client without a certificate (security.require_client_cert): an "
                    "aggregator asks the root shards for models with the worker pair");
   if (s->mode == PS_SEC_TLS && s->tls.worker_cert &&
-      (rc = ps_tls_check(s->tls.ca, s->tls.worker_cert, s->tls.worker_key, eb)) < 0) {
+      (rc = ps_tls_check_pair(s->tls.ca, s->tls.worker_cert, s->tls.worker_key, "worker_",
+                              eb)) < 0) {
     ps_errbuf why = *eb;
     return ps_errf(eb, rc, "%s (security.tls.worker_cert and worker_key: an aggregator asks "
                    "the root shards for models with the worker pair)", why.msg);

@@ -70,6 +70,13 @@ static const int psd_state_refuses[][PSD_REQ_N] = {
     [PSD_DEGRADED] = {0, PSD_IF_SYNC, 0, PS_EDEGRADED},
 };
 
+/* psd_shard_who: see psd_shard.h. */
+const char *psd_shard_who(const psd_shard *sh, char *buf, size_t cap) {
+  if (sh->agg_me) snprintf(buf, cap, "aggregator %s", sh->agg_me->name);
+  else snprintf(buf, cap, "shard %u", sh->me->id);
+  return buf;
+}
+
 /* psd_shard_accepting returns 0 when the shard takes a request of kind REQ
  * now, else the code refusing it (psd_state_refuses) with a message
  * saying why. */
@@ -77,9 +84,8 @@ static int psd_shard_accepting(const psd_shard *sh, psd_req req, ps_errbuf *eb) 
   int code = psd_state_refuses[sh->state][req];
   if (code == PSD_IF_SYNC) code = sh->cfg->durability == PS_DUR_SYNC ? PS_EDEGRADED : 0;
   if (code == 0) return 0;
-  char me[96]; /* an aggregator serves under an id no shard has */
-  if (sh->agg_me) snprintf(me, sizeof me, "aggregator %s", sh->agg_me->name);
-  else snprintf(me, sizeof me, "shard %u", sh->me->id);
+  char me[96];
+  psd_shard_who(sh, me, sizeof me);
   switch (code) {
     case PS_EDEGRADED:
       return ps_errf(eb, PS_EDEGRADED,

@@ -137,6 +137,10 @@ int psd_shard_pull_view(psd_shard *sh, const ps_req *r, struct iovec *seg, size_
  * answer the error). */
 int psd_shard_push_durable(psd_shard *sh, struct psd_wal_waiter *wt, ps_errbuf *eb);
 
+/* psd_shard_who writes "shard N", or "aggregator NAME" for an aggregator
+ * (which serves under an id no shard has), to BUF (CAP bytes); BUF. */
+const char *psd_shard_who(const psd_shard *sh, char *buf, size_t cap);
+
 /* The forward backend (an aggregator, sh->agg; psd_agg.h): push R and
  * pull R complete through OP (1), or now (a pull: 0, OP's data set), or
  * fail with a PS_E* code; counted like the store's. */

@@ -722,7 +722,8 @@ START_TEST(test_sec_aggregator_checked) {
   o_run = ps_test_read_file(log, NULL);
   ck_assert_int_eq(chmod(t->worker_key, 0600), 0);
   ck_assert_msg(rc == 2 && strstr(o_agg, t->worker_key) && strstr(o_agg, "mode 640") &&
-                strstr(o_agg, "worker pair"), "exit %d: %s", rc, o_agg);
+                strstr(o_agg, "worker pair") && strstr(o_agg, "security.tls.worker_key '"),
+                "exit %d: %s", rc, o_agg);
   ck_assert_msg(rc_all == 2 && strstr(o_all, t->worker_key), "plain -t: exit %d: %s", rc_all,
                 o_all);
   ck_assert_msg(rc_shard == 0, "-t --shard 0 needs no worker pair: exit %d: %s", rc_shard,

@@ -435,20 +435,23 @@ static void chan_shm_copy_out(ps_chan_client *c, const chan_pending *e) {
   }
 }
 
-/* chan_said_conn breaks C with what the shard said of the connection in
- * M (freed here), a frame of request id 0: an error frame's status and
- * message (the shard refused the connection at accept: limits, descriptors),
- * escaped; anything else is an unexpected reply. */
-static int chan_said_conn(ps_chan_client *c, Ps__ChanMeta *m, ps_errbuf *eb) {
-  char said[600], shown[512];
-  int err = PS_EPROTO;
-  if ((int)m->op == PS__CHAN_OP__CHAN_ERROR && m->message && *m->message) {
-    err = m->status < 0 ? m->status : PS_EPROTO;
-    snprintf(said, sizeof said, "the shard refused the connection: %s",
-             ps_log_escape(shown, sizeof shown, m->message, 400));
-  } else {
-    snprintf(said, sizeof said, "unexpected reply");
+/* ps_chan_conn_said: see ps_chan.h. */
+int ps_chan_conn_said(const Ps__ChanMeta *m, char *said, size_t cap) {
+  char shown[512];
+  if ((int)m->op != PS__CHAN_OP__CHAN_ERROR || !m->message || !*m->message) {
+    snprintf(said, cap, "unexpected reply");
+    return PS_EPROTO;
   }
+  snprintf(said, cap, "the shard refused the connection: %s",
+           ps_log_escape(shown, sizeof shown, m->message, 400));
+  return m->status < 0 ? m->status : PS_EPROTO;
+}
+
+/* chan_said_conn breaks C with what the shard said of the connection in
+ * M (freed here), a frame of request id 0 (ps_chan_conn_said). */
+static int chan_said_conn(ps_chan_client *c, Ps__ChanMeta *m, ps_errbuf *eb) {
+  char said[600];
+  int err = ps_chan_conn_said(m, said, sizeof said);
   ps__chan_meta__free_unpacked(m, NULL);
   return chan_break(c, eb, err, "channel '%s': %s", said);
 }

@@ -238,6 +238,14 @@ int ps_chan_send_sparse_pull(ps_chan_client *c, const ps_chan_sparse *q, void *r
 int ps_chan_send_sparse_push(ps_chan_client *c, const ps_chan_sparse *q, const void *rows,
                              size_t nbytes, uint64_t *req_id, ps_errbuf *eb);
 
+/* ps_chan_conn_said writes to SAID (CAP bytes) what a server said of a
+ * connection in M, a frame of request id 0: an error frame's message
+ * ("the shard refused the connection: ...", escaped; refused at accept:
+ * limits, descriptors), else "unexpected reply"; returns the error code
+ * (its status, or PS_EPROTO). */
+struct Ps__ChanMeta;
+int ps_chan_conn_said(const struct Ps__ChanMeta *m, char *said, size_t cap);
+
 /* ps_chan_features: the ChanFeature bits (PS_CHAN_FEAT_*) of the shard's
  * HELLO reply (0 for a shard that predates them; C NULL: 0). */
 uint32_t ps_chan_features(const ps_chan_client *c);

@@ -76,6 +76,7 @@ struct psd_chan_client {
   uint64_t next_id, gen;
   ps_chan_rx rx;
   psd_chan_client_req *rxq;          /* the request the reply being read answers */
+  int rx_conn;              /* the frame being read is of request id 0: of the connection */
   int direct;               /* the last buffer was a pull's destination */
   uint8_t stage[CC_STAGE];
 };
@@ -234,6 +235,9 @@ static int rx_hdr(void *arg) {
   if (ps_chan_hdr_decode(&c->rx.h, c->rx.hdrbuf, CC_MAX_DATA) < 0)
     return cc_break(c, "bad reply header");
   psd_chan_client_req *e = cc_expected(c);
+  /* request id 0: the server's word on the connection (refused at accept) */
+  c->rx_conn = c->rx.h.req_id == 0 && c->rx.h.meta_len > 0;
+  if (c->rx_conn) return 0;
   if (!e || c->rx.h.req_id != e->id || c->rx.h.meta_len == 0)
     return cc_break(c, "unexpected reply");
   if (!!(c->rx.h.flags & PS_CHAN_FLAG_MAC) != !!c->mac)
@@ -290,6 +294,13 @@ static int rx_meta(void *arg) {
   if (ps_pb_unpack(&ps__chan_meta__descriptor, c->rx.meta, c->rx.h.meta_len,
                    (ProtobufCMessage **)&m, &ueb) < 0)
     return cc_break(c, "undecodable reply meta");
+  if (c->rx_conn) { /* what the server said, rather than "unexpected reply" */
+    char said[600];
+    int err = ps_chan_conn_said(m, said, sizeof said);
+    ps__chan_meta__free_unpacked(m, NULL);
+    cc_fail(c, err, "channel '%s': %s", said);
+    return err;
+  }
   uint64_t dlen = c->rx.h.data_len;
   e->done.version = m->version;
   if ((int)m->op == PS__CHAN_OP__CHAN_HELLO && e->op == PS__CHAN_OP__CHAN_HELLO &&

@@ -234,7 +234,7 @@ END_TEST
 
 /* ---- a fake shard ------------------------------------------------------------------- */
 
-enum { TF_SILENT, TF_HELLO_SILENT, TF_HELLO_CLOSE };
+enum { TF_SILENT, TF_HELLO_SILENT, TF_HELLO_CLOSE, TF_LIMIT };
 
 typedef struct tc_fake {
   int lfd, port, mode;
@@ -279,7 +279,19 @@ static void *tf_main(void *arg) {
   int fd = accept(f->lfd, NULL, NULL);
   if (fd < 0) return NULL;
   ps_chan_hdr h;
-  if (f->mode != TF_SILENT && tf_frame(fd, &h) == 0) {
+  if (f->mode == TF_LIMIT) { /* refused at accept, as a shard at max_connections does */
+    Ps__ChanMeta m = PS__CHAN_META__INIT;
+    m.op = PS__CHAN_OP__CHAN_ERROR;
+    m.status = PS_EUNAVAIL;
+    m.message = "shard 0 holds its limit of 1 channel connections (limits.max_connections)";
+    uint8_t mb[256], hb[PS_CHAN_HDR_LEN];
+    size_t ml = ps__chan_meta__pack(&m, mb);
+    ps_chan_hdr rh = {.magic = PS_CHAN_MAGIC, .version = PS_CHAN_VERSION,
+                      .meta_len = (uint32_t)ml, .req_id = 0};
+    ps_chan_hdr_encode(hb, &rh);
+    if (write(fd, hb, sizeof hb) == (ssize_t)sizeof hb && write(fd, mb, ml) == (ssize_t)ml)
+      f->got_request = 0;
+  } else if (f->mode != TF_SILENT && tf_frame(fd, &h) == 0) {
     Ps__ChanMeta m = PS__CHAN_META__INIT;
     m.op = PS__CHAN_OP__CHAN_HELLO;
     m.proto_version = PS_CHAN_VERSION;
@@ -356,6 +368,18 @@ START_TEST(test_cc_bounded_waits) {
 }
 END_TEST
 
+/* A shard at its connection limit says so at accept (a frame of request
+ * id 0): the aggregator's link reports what it said (it said "unexpected
+ * reply"). */
+START_TEST(test_cc_limit_said) {
+  int got;
+  tc_res r = tf_case(TF_LIMIT, 5000, 5000, &got);
+  ck_assert_int_eq(r.status, PS_EUNAVAIL);
+  ck_assert_msg(strstr(r.msg, "the shard refused the connection: shard 0 holds its limit"),
+                "%s", r.msg);
+}
+END_TEST
+
 Suite *psd_chan_client_suite(void) {
   Suite *s = suite_create("psd_chan_client");
   TCase *tc = tcase_create("psd_chan_client");
@@ -365,6 +389,7 @@ Suite *psd_chan_client_suite(void) {
   tcase_add_test(tc, test_cc_refused);
   tcase_add_test(tc, test_cc_peer_dies);
   tcase_add_test(tc, test_cc_bounded_waits);
+  tcase_add_test(tc, test_cc_limit_said);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -508,9 +508,10 @@ static void chan_said_tail(psd_chan *ch, uint64_t ctr, chan_said *s, const char 
   s->ms = now;
 }
 
-/* conn_auth_refused counts a failed hello authentication of C in
+/* conn_auth_refused counts a connection C refused before its hello
+ * succeeded (its key proof, or a frame or hello out of the protocol) in
  * chan_auth_refused and logs it (MSG: why), at most every
- * CHAN_REFUSE_LOG_MS. */
+ * CHAN_REFUSE_LOG_MS: a stranger cannot fill the log. */
 static void conn_auth_refused(psd_conn *c, const char *msg) {
   psd_chan *ch = c->chan;
   chan_said_count(ch, &ch->sh->ctr.chan_auth_refused, &ch->auth_refused,
@@ -705,8 +706,11 @@ static int conn_hello(psd_conn *c, const Ps__ChanMeta *m) {
   if (rc == 0) c->shm_want = m->shm_bytes;           /* invariant 11 */
   if (rc == 0) c->shm_hold = m->shm_hold != 0;
   if (rc == 0) return c->chan->keys.n ? conn_hello_challenge(c, m) : conn_hello_ok(c);
-  if (!answer) return rc;
-  return conn_hello_refuse(c, PS_EPROTO, eb.msg, 0);
+  if (!answer) {
+    conn_auth_refused(c, eb.msg);
+    return rc;
+  }
+  return conn_hello_refuse(c, PS_EPROTO, eb.msg, 1);
 }
 
 /* conn_req describes the push or pull of meta M (borrowed) as a request. */
@@ -1506,7 +1510,8 @@ static int conn_meta_done(psd_conn *c) {
   ps_errbuf eb;
   if (ps_pb_unpack(&ps__chan_meta__descriptor, c->rx.meta, c->rx.h.meta_len, (ProtobufCMessage **)&m,
                    &eb) < 0) {
-    ps_warn("channel: %s; closing the connection", eb.msg);
+    if (!c->hello_done) conn_auth_refused(c, eb.msg); /* a stranger's: counted, not one line each */
+    else ps_warn("channel: %s; closing the connection", eb.msg);
     return PS_EPROTO;
   }
   c->rx.got = 0;
@@ -1563,13 +1568,18 @@ static int conn_meta_act(psd_conn *c, Ps__ChanMeta *m) {
 /* conn_hdr_done checks a complete header; 0 or a PS_E* code (close). */
 static int conn_hdr_done(psd_conn *c) {
   int rc = ps_chan_hdr_decode(&c->rx.h, c->rx.hdrbuf, c->chan->sh->cfg->max_request_bytes);
-  if (rc < 0 || c->rx.h.meta_len == 0) return rc < 0 ? rc : PS_EPROTO;
+  if (rc < 0 || c->rx.h.meta_len == 0) {
+    if (!c->hello_done) conn_auth_refused(c, "a malformed frame header before the hello");
+    return rc < 0 ? rc : PS_EPROTO;
+  }
   if (!!(c->rx.h.flags & PS_CHAN_FLAG_MAC) != !!c->mac) { /* invariant 10 */
     if (c->mac) c->chan->sh->ctr.chan_auth_refused++; /* a frame without its MAC */
     return PS_EPROTO;
   }
-  if (!c->hello_done && (c->rx.h.meta_len > PS_CHAN_HELLO_META_MAX || c->rx.h.data_len))
+  if (!c->hello_done && (c->rx.h.meta_len > PS_CHAN_HELLO_META_MAX || c->rx.h.data_len)) {
+    conn_auth_refused(c, "a first frame too large for a hello");
     return PS_EPROTO; /* invariant 8: no big buffer for a peer that has not said hello */
+  }
   return 0; /* the decoder makes room for the meta */
 }
 

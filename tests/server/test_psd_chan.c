@@ -37,8 +37,8 @@
 #define MAX_REQ (64u << 20)
 
 static pid_t psd_pid;
-static char grpc_addr[64], chan_addr[64];
-static int started;
+static char grpc_addr[64], chan_addr[64], psd_log[600];
+static int started, grpc_port;
 
 /* Starts one psd for the whole suite (unchecked fixture: runs in the
  * runner, before the tests fork). */
@@ -49,6 +49,8 @@ static void psd_up(void) {
   snprintf(extra, sizeof extra, "limits:\n  max_request_bytes: %u\n", MAX_REQ);
   const char *yaml = ps_test_cluster_yaml(dir, 1, extra, &gp, &cp);
   snprintf(log, sizeof log, "%s/psd.log", dir);
+  snprintf(psd_log, sizeof psd_log, "%s", log);
+  grpc_port = gp;
   snprintf(grpc_addr, sizeof grpc_addr, "127.0.0.1:%d", gp);
   snprintf(chan_addr, sizeof chan_addr, "127.0.0.1:%d", cp);
   psd_pid = ps_test_psd(yaml, 0, log, NULL);
@@ -454,6 +456,9 @@ START_TEST(test_bad_frames_close_only_their_connection) {
       {"oversize data", bad_oversize},  {"undecodable meta", bad_meta},
       {"cluster with a NUL", bad_cluster_nul},
   };
+  Ps__StatusReply *st = ps_test_status(grpc_port);
+  uint64_t refused0 = st->chan_auth_refused;
+  protobuf_c_message_free_unpacked(&st->base, NULL);
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     int fd = raw_open();
     cases[i].send(fd);
@@ -462,6 +467,22 @@ START_TEST(test_bad_frames_close_only_their_connection) {
     ck_assert_uint_eq(pull_all(good, "bf", after), v_before);
     ck_assert_msg(memcmp(before, after, sizeof before) == 0, "%s changed values", cases[i].what);
   }
+  /* the four refused before their hello are counted, and a stranger's
+   * flood of them is not a line each in the log: 200 more of them */
+  for (int i = 0; i < 200; i++) {
+    int fd = raw_open();
+    bad_garbage(fd);
+    ck_assert(raw_closed(fd));
+    close(fd);
+  }
+  st = ps_test_status(grpc_port);
+  ck_assert_uint_ge(st->chan_auth_refused, refused0 + 204);
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  char *text = ps_test_read_file(psd_log, NULL);
+  int lines = 0;
+  for (const char *q = text; (q = strstr(q, "malformed frame header before the hello")); q++) lines++;
+  ck_assert_msg(lines <= 3, "%d log lines for the malformed frames", lines);
+  free(text);
   /* The client reports a wrong cluster with the server's reason. */
   ps_chan_client *c = NULL;
   ps_errbuf eb;

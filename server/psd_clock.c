@@ -385,10 +385,14 @@ int psd_clock_register(psd_clock *c, const char *model, const char *host, uint32
                        const char *device, uint64_t now_ms, uint32_t *rank,
                        uint64_t *start_clock, ps_errbuf *eb) {
   psd_clock_tick(c, now_ms); /* expired leases free their ranks first */
+  /* the same process (HOST and PID) asking again gets its rank back,
+   * live (a retried registration) or declared dead meanwhile (cut off past
+   * its lease: it registers again to rejoin), unless another took it or
+   * it finished (its rank is the next run's) */
   uint32_t r = UINT32_MAX;
-  for (size_t i = 0; i < c->nw && host; i++)
-    if (!c->w[i].dead && c->w[i].registered && c->w[i].pid == pid && c->w[i].host &&
-        !strcmp(c->w[i].host, host))
+  for (size_t i = 0; i < c->nw && host && pid; i++)
+    if (c->w[i].registered && clock_worker_rank(&c->w[i]) != RANK_FINISHED &&
+        c->w[i].pid == pid && c->w[i].host && !strcmp(c->w[i].host, host))
       r = c->w[i].id;
   /* invariant 8: within the expected world first, then past it */
   uint32_t lo[2] = {0, c->o.world_size}, hi[2] = {c->o.world_size, c->cap};

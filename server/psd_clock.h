@@ -313,8 +313,9 @@ int psd_clock_load(psd_clock *c, const char *text, uint64_t now_ms, ps_errbuf *e
 int psd_clock_dirty(const psd_clock *c);
 
 /* psd_clock_register hands out a rank (the worker id) for a new worker:
- * the same one to a live worker of the same HOST and PID (a retried
- * registration), else a rank no live worker holds, by invariant 8's
+ * the same one to a worker of the same HOST and PID (PID not 0), live (a
+ * retried registration) or declared dead (one that registers again to
+ * rejoin after its lease expired), else a rank no live worker holds, by invariant 8's
  * order; the partitions are then balanced (invariant 7).  PS_EEXIST when
  * every rank below the cap is held by a live worker.
  * *START_CLOCK: the slowest live clock of MODEL here (0 when none); the

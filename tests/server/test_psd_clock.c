@@ -763,6 +763,26 @@ START_TEST(test_expired_refused_until_rejoin) {
   ck_assert_int_eq(psd_clock_pushed(c, "m", 0, 1, 1600, &eb), 0);
   ck_assert_int_eq(psd_clock_expired(c, 0), 0);
   psd_clock_free(c);
+  /* every lease expired at once (the coordinator's host cut off): each
+   * process registering again gets its own rank back, whatever the order
+   * (the first got rank 0 and the others exited: "rank went to another
+   * worker") */
+  c = tclock(0);
+  for (int i = 0; i < 3; i++)
+    ck_assert_int_eq(psd_clock_register(c, "m", "h", 10 + i, "cpu", 0, &r, &sc, &eb), 0);
+  psd_clock_tick(c, 5000);
+  for (uint32_t k = 0; k < 3; k++) ck_assert_int_eq(psd_clock_expired(c, k), 1);
+  for (int i = 2; i >= 0; i--) {
+    ck_assert_int_eq(psd_clock_register(c, "m", "h", 10 + i, "cpu", 5100, &r, &sc, &eb), 0);
+    ck_assert_uint_eq(r, (uint32_t)i);
+  }
+  /* a new process meanwhile takes a free rank, not a dead worker's own */
+  psd_clock_tick(c, 9000);
+  ck_assert_int_eq(psd_clock_register(c, "m", "h2", 10, "cpu", 9000, &r, &sc, &eb), 0);
+  ck_assert_uint_eq(r, 0); /* host h2: another process, given the lowest died rank */
+  ck_assert_int_eq(psd_clock_register(c, "m", "h", 10, "cpu", 9100, &r, &sc, &eb), 0);
+  ck_assert_uint_ne(r, 0); /* its rank went to h2's: a new one */
+  psd_clock_free(c);
 }
 END_TEST
 

@@ -270,6 +270,7 @@ struct ps_chan_client {
   uint8_t *reply;          /* the data of the last beat reply ps_chan_recv returned */
   size_t reply_len;
   uint32_t features;       /* the shard's HELLO reply's ChanFeature bits */
+  int helloed;             /* the hello succeeded: a frame of id 0 is an unexpected reply */
   /* shared memory (invariant 7) */
   uint64_t shm_want;       /* asked for in the hello */
   uint64_t shm_offer;      /* the last HELLO reply's: bytes, process, descriptor, token */
@@ -406,7 +407,7 @@ static int rx_after_hdr(void *arg) {
     return chan_break(c, eb, PS_EPROTO, "channel '%s': %s", "bad reply header");
   /* invariant 2: the oldest waiting request, or with unordered acks any;
    * id 0 (never a request's) is the shard's word on the connection */
-  c->rx_conn = c->rx.h.req_id == 0;
+  c->rx_conn = c->rx.h.req_id == 0 && !c->helloed; /* after the hello: never (unMACed) */
   chan_pending *e = c->unordered && !c->rx_conn ? chan_find(c, c->rx.h.req_id)
                                                 : chan_oldest_waiting(c);
   if (!e || e->done || (c->rx.h.req_id != e->id && !c->rx_conn) || c->rx.h.meta_len == 0)
@@ -444,7 +445,7 @@ int ps_chan_conn_said(const Ps__ChanMeta *m, char *said, size_t cap) {
   }
   snprintf(said, cap, "the shard refused the connection: %s",
            ps_log_escape(shown, sizeof shown, m->message, 400));
-  return m->status < 0 ? m->status : PS_EPROTO;
+  return PS_EUNAVAIL; /* (not the frame's status: no MAC vouches for it) a shard's limit passes */
 }
 
 /* chan_said_conn breaks C with what the shard said of the connection in
@@ -1248,6 +1249,7 @@ int ps_chan_connect_shm(ps_chan_client **out, const char *addr, const char *clus
   c->shm.fd = -1;
   int rc = chan_dial(c, eb);
   if (rc == 0) rc = chan_hello(c, cluster, key, flags & PS_CHAN_AUTH_MAC, eb);
+  if (rc == 0) c->helloed = 1;
   if (rc == 0) chan_shm_map(c);
   if (rc < 0) {
     ps_chan_close(c);

@@ -239,10 +239,11 @@ int ps_chan_send_sparse_push(ps_chan_client *c, const ps_chan_sparse *q, const v
                              size_t nbytes, uint64_t *req_id, ps_errbuf *eb);
 
 /* ps_chan_conn_said writes to SAID (CAP bytes) what a server said of a
- * connection in M, a frame of request id 0: an error frame's message
- * ("the shard refused the connection: ...", escaped; refused at accept:
- * limits, descriptors), else "unexpected reply"; returns the error code
- * (its status, or PS_EPROTO). */
+ * connection in M, a frame of request id 0 before the hello succeeded: an
+ * error frame's message ("the shard refused the connection: ...",
+ * escaped; refused at accept: limits, descriptors), else "unexpected
+ * reply"; returns PS_EUNAVAIL (the refusal passes: retryable, whatever
+ * status the frame claims, since nothing authenticates it) or PS_EPROTO. */
 struct Ps__ChanMeta;
 int ps_chan_conn_said(const struct Ps__ChanMeta *m, char *said, size_t cap);
 

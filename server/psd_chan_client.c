@@ -235,8 +235,9 @@ static int rx_hdr(void *arg) {
   if (ps_chan_hdr_decode(&c->rx.h, c->rx.hdrbuf, CC_MAX_DATA) < 0)
     return cc_break(c, "bad reply header");
   psd_chan_client_req *e = cc_expected(c);
-  /* request id 0: the server's word on the connection (refused at accept) */
-  c->rx_conn = c->rx.h.req_id == 0 && c->rx.h.meta_len > 0;
+  /* request id 0 before the hello succeeded: the server's word on the
+   * connection (refused at accept); after it, an unexpected reply */
+  c->rx_conn = c->rx.h.req_id == 0 && c->rx.h.meta_len > 0 && c->state != CC_READY;
   if (c->rx_conn) return 0;
   if (!e || c->rx.h.req_id != e->id || c->rx.h.meta_len == 0)
     return cc_break(c, "unexpected reply");

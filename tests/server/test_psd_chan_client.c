@@ -234,7 +234,7 @@ END_TEST
 
 /* ---- a fake shard ------------------------------------------------------------------- */
 
-enum { TF_SILENT, TF_HELLO_SILENT, TF_HELLO_CLOSE, TF_LIMIT };
+enum { TF_SILENT, TF_HELLO_SILENT, TF_HELLO_CLOSE, TF_LIMIT, TF_HELLO_ID0 };
 
 typedef struct tc_fake {
   int lfd, port, mode;
@@ -272,6 +272,22 @@ static void tf_wait_close(int fd) {
   }
 }
 
+/* tf_id0 writes an error frame of request id 0 with STATUS (what a shard
+ * at its connection limit sends at accept). */
+static void tf_id0(int fd, int status) {
+  Ps__ChanMeta m = PS__CHAN_META__INIT;
+  m.op = PS__CHAN_OP__CHAN_ERROR;
+  m.status = status;
+  m.message = "shard 0 holds its limit of 1 channel connections (limits.max_connections)";
+  uint8_t mb[256], hb[PS_CHAN_HDR_LEN];
+  size_t ml = ps__chan_meta__pack(&m, mb);
+  ps_chan_hdr rh = {.magic = PS_CHAN_MAGIC, .version = PS_CHAN_VERSION,
+                    .meta_len = (uint32_t)ml, .req_id = 0};
+  ps_chan_hdr_encode(hb, &rh);
+  if (write(fd, hb, sizeof hb) != (ssize_t)sizeof hb || write(fd, mb, ml) != (ssize_t)ml)
+    return;
+}
+
 static void *tf_main(void *arg) {
   tc_fake *f = arg;
   struct pollfd pf = {.fd = f->lfd, .events = POLLIN};
@@ -280,17 +296,7 @@ static void *tf_main(void *arg) {
   if (fd < 0) return NULL;
   ps_chan_hdr h;
   if (f->mode == TF_LIMIT) { /* refused at accept, as a shard at max_connections does */
-    Ps__ChanMeta m = PS__CHAN_META__INIT;
-    m.op = PS__CHAN_OP__CHAN_ERROR;
-    m.status = PS_EUNAVAIL;
-    m.message = "shard 0 holds its limit of 1 channel connections (limits.max_connections)";
-    uint8_t mb[256], hb[PS_CHAN_HDR_LEN];
-    size_t ml = ps__chan_meta__pack(&m, mb);
-    ps_chan_hdr rh = {.magic = PS_CHAN_MAGIC, .version = PS_CHAN_VERSION,
-                      .meta_len = (uint32_t)ml, .req_id = 0};
-    ps_chan_hdr_encode(hb, &rh);
-    if (write(fd, hb, sizeof hb) == (ssize_t)sizeof hb && write(fd, mb, ml) == (ssize_t)ml)
-      f->got_request = 0;
+    tf_id0(fd, PS_EUNAVAIL);
   } else if (f->mode != TF_SILENT && tf_frame(fd, &h) == 0) {
     Ps__ChanMeta m = PS__CHAN_META__INIT;
     m.op = PS__CHAN_OP__CHAN_HELLO;
@@ -307,6 +313,7 @@ static void *tf_main(void *arg) {
       close(fd);
       return NULL;
     }
+    if (f->mode == TF_HELLO_ID0) tf_id0(fd, PS_EINVAL); /* injected after the hello */
   }
   tf_wait_close(fd);
   close(fd);
@@ -377,6 +384,12 @@ START_TEST(test_cc_limit_said) {
   ck_assert_int_eq(r.status, PS_EUNAVAIL);
   ck_assert_msg(strstr(r.msg, "the shard refused the connection: shard 0 holds its limit"),
                 "%s", r.msg);
+  /* after the hello a frame of id 0 is no one's word (it carries no MAC an
+   * injected one could not forge): an unexpected reply, retryable, never
+   * the status it claims */
+  r = tf_case(TF_HELLO_ID0, 5000, 5000, &got);
+  ck_assert_int_eq(r.status, PS_EPROTO);
+  ck_assert_msg(strstr(r.msg, "unexpected reply"), "%s", r.msg);
 }
 END_TEST
 

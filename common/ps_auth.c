@@ -229,6 +229,23 @@ int ps_auth_client_now(ps_auth_client *ac, ps_auth_key *out) {
   return 1;
 }
 
+void ps_auth_client_proved(ps_auth_client *ac, const ps_auth_key *k) {
+  if (!ac->open) return;
+  pthread_mutex_lock(&ac->mu);
+  ac->proven = *k;
+  ac->has_proven = 1;
+  pthread_mutex_unlock(&ac->mu);
+}
+
+int ps_auth_client_fallback(ps_auth_client *ac, const char *new_id, ps_auth_key *out) {
+  if (!ac->open) return 0;
+  pthread_mutex_lock(&ac->mu);
+  int ok = ac->has_proven && strcmp(ac->proven.id, new_id) != 0;
+  if (ok) *out = ac->proven;
+  pthread_mutex_unlock(&ac->mu);
+  return ok;
+}
+
 void ps_auth_client_close(ps_auth_client *ac) {
   if (!ac || !ac->open) return;
   pthread_mutex_destroy(&ac->mu);

@@ -113,7 +113,9 @@ typedef struct ps_auth_client {
   int open;                 /* the mutex is initialised */
   int failing;              /* the last read failed and said so */
   pthread_mutex_t mu;
-  ps_auth_key key;          /* the key proven now */
+  ps_auth_key key;          /* the key the file names now */
+  ps_auth_key proven;       /* the last key a hello proved (has_proven) */
+  int has_proven;
 } ps_auth_client;
 
 /* ps_auth_client_open reads SECRET_FILE (NULL: no channel auth) for a
@@ -127,6 +129,15 @@ int ps_auth_client_open(ps_auth_client *ac, const char *secret_file, int role, p
  * that cannot be read keeps the old key (a warning, once until it reads
  * again); a new key is logged at info level. */
 int ps_auth_client_now(ps_auth_client *ac, ps_auth_key *out);
+
+/* ps_auth_client_proved notes that a hello proved K (the key a refused
+ * new one falls back to: ps_auth_client_fallback).  ps_auth_client_fallback
+ * copies into *OUT the last key a hello proved when it is not key id
+ * NEW_ID: 1, else 0.  A file shared with the shards names the new key as
+ * soon as it is edited, before the shards' SIGHUP; a connection refused
+ * for the new key then proves the old one (README "Security"). */
+void ps_auth_client_proved(ps_auth_client *ac, const ps_auth_key *k);
+int ps_auth_client_fallback(ps_auth_client *ac, const char *new_id, ps_auth_key *out);
 
 /* ps_auth_client_close wipes AC's key; idempotent (a zeroed AC is fine). */
 void ps_auth_client_close(ps_auth_client *ac);

@@ -1259,6 +1259,29 @@ int ps_chan_connect_shm(ps_chan_client **out, const char *addr, const char *clus
   return 0;
 }
 
+/* ps_chan_connect_client: see ps_chan.h. */
+int ps_chan_connect_client(ps_chan_client **out, const char *addr, const char *cluster,
+                           ps_auth_client *ac, int flags, uint64_t shm_bytes, int timeout_ms,
+                           ps_errbuf *eb) {
+  ps_auth_key key, old;
+  int keyed = ps_auth_client_now(ac, &key);
+  int rc = ps_chan_connect_shm(out, addr, cluster, keyed ? &key : NULL, flags, shm_bytes,
+                               timeout_ms, eb);
+  if (rc == PS_EPERM && keyed && ps_auth_client_fallback(ac, key.id, &old)) {
+    ps_errbuf why = *eb;
+    rc = ps_chan_connect_shm(out, addr, cluster, &old, flags, shm_bytes, timeout_ms, eb);
+    if (rc == 0)
+      ps_warn("channel '%s': refused key '%s' (%s); proving key '%s' as before, until the "
+              "shards know the new one (a SIGHUP after the secret file's edit)", addr, key.id,
+              why.msg, old.id);
+    ps_auth_key_wipe(&old);
+  } else if (rc == 0 && keyed) {
+    ps_auth_client_proved(ac, &key);
+  }
+  ps_auth_key_wipe(&key);
+  return rc;
+}
+
 /* ps_chan_connect: see ps_chan.h. */
 int ps_chan_connect(ps_chan_client **out, const char *addr, const char *cluster,
                     int timeout_ms, ps_errbuf *eb) {

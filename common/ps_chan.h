@@ -179,6 +179,17 @@ int ps_chan_connect_shm(ps_chan_client **out, const char *addr, const char *clus
                         const struct ps_auth_key *key, int flags, uint64_t shm_bytes,
                         int timeout_ms, ps_errbuf *eb);
 
+/* ps_chan_connect_client is ps_chan_connect_shm proving the key AC's
+ * secret file names now (ps_auth_client_now; none when AC has no file),
+ * and, when the shard refuses that key (PS_EPERM) and an earlier hello
+ * proved another, that one (said once per change: the shards were not
+ * told the new key yet); a key that completes a hello is noted
+ * (ps_auth_client_proved). */
+struct ps_auth_client;
+int ps_chan_connect_client(ps_chan_client **out, const char *addr, const char *cluster,
+                           struct ps_auth_client *ac, int flags, uint64_t shm_bytes,
+                           int timeout_ms, ps_errbuf *eb);
+
 /* ps_chan_shm: 1 when C has a mapped region, its data start in *DATA and
  * its size in *BYTES (either may be NULL); 0 otherwise (C NULL too).  The
  * first half is where pushes that do not lie in the region are copied,

@@ -420,12 +420,9 @@ static uint64_t psw_shm_want(const psw_client *c, const psw_shard *s) {
 static int psw_connect(psw_client *c, psw_shard *s, ps_errbuf *eb) {
   s->via_agg = c->agg && !c->agg_down;
   const char *addr = s->via_agg ? c->agg->channel_addr : s->conf->channel_addr;
-  ps_auth_key key; /* the secret file's key now: a rotation moved it (ps_auth.h) */
-  int keyed = ps_auth_client_now(&c->auth, &key);
-  int err = ps_chan_connect_shm(&s->ch, addr, c->cfg->cluster, keyed ? &key : NULL,
-                                psw_chan_flags(c, s), psw_shm_want(c, s), PSW_CONNECT_TIMEOUT_MS,
-                                eb);
-  ps_auth_key_wipe(&key);
+  /* the secret file's key now: a rotation moved it (ps_auth.h) */
+  int err = ps_chan_connect_client(&s->ch, addr, c->cfg->cluster, &c->auth, psw_chan_flags(c, s),
+                                   psw_shm_want(c, s), PSW_CONNECT_TIMEOUT_MS, eb);
   if (err < 0) {
     s->ch = NULL;
     /* an aggregator that refuses this worker's key (another secret file
@@ -1120,17 +1117,13 @@ int psw_client_agg_return(psw_client *c) {
   if (!ch) return 0;
   ps_errbuf eb = {""};
   int err = 0;
-  ps_auth_key key; /* the secret file's key now (ps_auth.h) */
-  int keyed = ps_auth_client_now(&c->auth, &key);
-  for (size_t k = 0; k < c->nshards && err == 0; k++) {
+  for (size_t k = 0; k < c->nshards && err == 0; k++) { /* the file's key now (ps_auth.h) */
     if (!c->shards[k].nids) continue;
-    err = ps_chan_connect_auth(&ch[k], c->agg->channel_addr, c->cfg->cluster,
-                               keyed ? &key : NULL, psw_chan_flags(c, &c->shards[k]),
-                               PSW_AGG_PROBE_MS, &eb);
+    err = ps_chan_connect_client(&ch[k], c->agg->channel_addr, c->cfg->cluster, &c->auth,
+                                 psw_chan_flags(c, &c->shards[k]), 0, PSW_AGG_PROBE_MS, &eb);
     if (err < 0) ch[k] = NULL;
     else ps_chan_set_timeout(ch[k], c->io_timeout_ms);
   }
-  ps_auth_key_wipe(&key);
   if (err < 0) {
     for (size_t k = 0; k < c->nshards; k++) ps_chan_close(ch[k]);
     free(ch);

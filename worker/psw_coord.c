@@ -416,12 +416,10 @@ static int coord_beat_chan(psw_coord *c, const Ps__HeartbeatRequest *req,
   if (!c->bch) {
     if (now < c->bch_retry_ms) return PS_EUNAVAIL;
     const ps_shard_conf *co = &c->cfg->shards[c->coord];
-    ps_auth_key key; /* the file's key now: a rotation may have moved it (ps_auth.h) */
-    int keyed = ps_auth_client_now(&c->auth, &key);
-    err = ps_chan_connect_auth(&c->bch, co->channel_addr, c->cfg->cluster, keyed ? &key : NULL,
-                               c->cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0,
-                               PSW_COORD_CALL_MS, eb);
-    ps_auth_key_wipe(&key);
+    /* the file's key now: a rotation may have moved it (ps_auth.h) */
+    err = ps_chan_connect_client(&c->bch, co->channel_addr, c->cfg->cluster, &c->auth,
+                                 c->cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0, 0,
+                                 PSW_COORD_CALL_MS, eb);
   }
   size_t n = ps__heartbeat_request__get_packed_size(req);
   uint8_t *buf = err == 0 ? malloc(n ? n : 1) : NULL;

@@ -362,13 +362,10 @@ static ps_chan_client *chan_get(psw_sparse *s, size_t k) {
   int64_t now = ps_now_ms();
   if (now < s->ch_retry_ms[k]) return NULL;
   ps_errbuf eb;
-  ps_auth_key key; /* the file's key now: a rotation may have moved it (ps_auth.h) */
-  int keyed = ps_auth_client_now(&s->auth, &key);
-  int rc = ps_chan_connect_auth(&s->ch[k], s->cfg->shards[k].channel_addr, s->cfg->cluster,
-                                keyed ? &key : NULL,
-                                s->cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0,
-                                PSW_SPARSE_CONNECT_MS, &eb);
-  ps_auth_key_wipe(&key);
+  /* the file's key now: a rotation may have moved it (ps_auth.h) */
+  int rc = ps_chan_connect_client(&s->ch[k], s->cfg->shards[k].channel_addr, s->cfg->cluster,
+                                  &s->auth, s->cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0,
+                                  0, PSW_SPARSE_CONNECT_MS, &eb);
   if (rc) {
     s->ch_retry_ms[k] = now + PSW_SPARSE_CHAN_RETRY_MS;
     return NULL;

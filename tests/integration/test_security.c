@@ -1258,6 +1258,41 @@ START_TEST(test_sec_client_key_rotation) {
 END_TEST
 
 
+/* A secret file shared by shard and client: the edit that adds the new
+ * key reaches the client before the shard's SIGHUP, so the client's next
+ * connection names a key the shard does not know yet; it proves the key
+ * its last hello proved instead (it exited 1 on "unknown key id"). */
+START_TEST(test_sec_client_key_shared_file) {
+  sec_ensure_model();
+  size_t len;
+  char *old = ps_test_read_file(sec_cfg.security.secret_file, &len);
+  char mine[700];
+  snprintf(mine, sizeof mine, "%s/shared.secret", ps_test_tmpdir());
+  ps_test_write_file(mine, old);
+  ck_assert_int_eq(chmod(mine, 0600), 0);
+  ps_auth_client ac;
+  ps_errbuf eb;
+  ck_assert_msg(ps_auth_client_open(&ac, mine, PS_ROLE_WORKER, &eb) == 0, "%s", eb.msg);
+  int flags = sec_cfg.security.payload_mac ? PS_CHAN_AUTH_MAC : 0;
+  ps_chan_client *ch = NULL;
+  ck_assert_msg(ps_chan_connect_client(&ch, sec_chan, sec_cfg.cluster, &ac, flags, 0, 5000,
+                                       &eb) == 0, "%s", eb.msg);
+  ps_chan_close(ch);
+  char *text = malloc(len + 200);
+  snprintf(text, len + 200, "%s%s", old,
+           "rot-9 worker a0a1a2a3a4a5a6a7a8a9aaabacadaeafb0b1b2b3b4b5b6b7b8b9babbbcbdbebf\n");
+  ps_test_write_file(mine, text); /* edited; the shard not told (no SIGHUP) */
+  ck_assert_int_eq(chmod(mine, 0600), 0);
+  ch = NULL;
+  ck_assert_msg(ps_chan_connect_client(&ch, sec_chan, sec_cfg.cluster, &ac, flags, 0, 5000,
+                                       &eb) == 0, "with the new key not yet known: %s", eb.msg);
+  ps_chan_close(ch);
+  ps_auth_client_close(&ac);
+  free(text);
+  free(old);
+}
+END_TEST
+
 /* A directory where a security file belongs: the message names the key
  * (tls.ca, tls.key, secret_file) and says the same for each. */
 START_TEST(test_sec_file_names_key) {
@@ -1297,6 +1332,7 @@ Suite *security_suite(void) {
   tcase_add_test(tc, test_sec_file_modes);
   tcase_add_test(tc, test_sec_key_rotation);
   tcase_add_test(tc, test_sec_client_key_rotation);
+  tcase_add_test(tc, test_sec_client_key_shared_file);
   suite_add_tcase(s, tc);
   tc = tcase_create("limits");
   tcase_add_unchecked_fixture(tc, lim_up, lim_down);

@@ -17,6 +17,14 @@
  *    never sent twice: psw_client invariant 4).
  *  - stale_lab: a lab whose owner is gone is removed by the next `netlab
  *    up`; one whose owner lives is left alone.
+ *  - usage: every usage error (an option without its value, a bad host
+ *    name, extra arguments, values `up` refuses, an --extra file netlab
+ *    cannot compose with) exits 2 with a message and nothing on stdout;
+ *    needs no lab (nor root).
+ *  - hosts_yaml: a lab made under timeout(1) belongs to the caller; one
+ *    host parser for every command; `netlab yaml` composes with an extra
+ *    file's workers: section into a file psd -t loads; an owner gone by
+ *    the end of `up` is reported; the self-check at 1 mbit.
  *  - lease_outlived: a worker host cut off for longer than lease_ms is
  *    declared dead; the other trains on; the cut worker's first word after
  *    the heal is answered "expired" (a push or pull refused: psd_clock
@@ -564,6 +572,244 @@ START_TEST(test_netlab_stale_lab) {
 }
 END_TEST
 
+/* ---- netlab's own arguments ------------------------------------------- */
+
+/* nl_sh runs shell command CMD (a bounded wait) with stdout in DIR/out and
+ * stderr in DIR/err, returns its exit code and sets *OUT and *ERR to them
+ * (the caller frees both). */
+static int nl_sh(const char *dir, const char *cmd, char **out, char **err) {
+  char line[2048], log[700];
+  snprintf(line, sizeof line, "%s >'%s/out' 2>'%s/err'", cmd, dir, dir);
+  snprintf(log, sizeof log, "%s/sh.log", dir);
+  char *argv[] = {"/bin/sh", "-c", line, NULL};
+  int rc = nl_run(argv, log, 30000);
+  snprintf(log, sizeof log, "%s/out", dir);
+  *out = ps_test_read_file(log, NULL);
+  snprintf(log, sizeof log, "%s/err", dir);
+  *err = ps_test_read_file(log, NULL);
+  return rc;
+}
+
+/* A usage error exits 2 with a message on stderr that names it and
+ * nothing on stdout: an option without its value (which `shift 2` under
+ * `set -e` once turned into a silent exit 1), a bad host name (once a bash
+ * syntax error, or h01 taken as h1 by one command and refused otherwise by
+ * the others), extra arguments, names and values `up` refuses, and an
+ * --extra file netlab cannot compose with (once raw grep/cat errors and a
+ * partial cluster file on stdout).  No lab is needed: each is refused
+ * before a lab is looked at, or names one that does not exist. */
+START_TEST(test_netlab_usage) {
+  static const struct {
+    const char *args; /* after scripts/netlab; %s: the test's directory */
+    int rc;
+    const char *says;
+  } c[] = {
+      {"up --hosts", 2, "netlab: up: --hosts needs a value"},
+      {"up --hosts 2 --rate", 2, "up: --rate needs a value"},
+      {"up --hosts 1 --check-secs 0 --owner", 2, "up: --owner needs a value"},
+      {"up --hosts 1 --check-secs", 2, "up: --check-secs needs a value"},
+      {"up --hosts 1 --check-secs 0 --lab", 2, "up: --lab needs a value"},
+      {"up --lab", 2, "up: --lab needs a value"},
+      {"up --hosts 1 --check-secs 0 --lab ''", 2, "up: --lab needs a value"},
+      {"yaml --shards", 2, "yaml: --shards needs a value"},
+      {"yaml --shards 1 --workers", 2, "yaml: --workers needs a value"},
+      {"up --hosts 1 --check-secs 0 --owner 1", 2, "--owner 1 never ends"},
+      {"up --hosts 1 --check-secs 0 --rate 64bit", 2, "--rate 64bit is below 1mbit"},
+      {"up --hosts 1 --check-secs 0 --rate 500kbit", 2, "--rate 500kbit is below 1mbit"},
+      {"up --hosts 1 --check-secs 0 --rate 5xbit", 2, "rate '5xbit' is not N[k|m|g]bit"},
+      {"up --hosts 1 --check-secs 0 --lab x1", 2, "lab 'x1': a lab's name is nl<digits>"},
+      {"up --hosts 1 --check-secs 0 --owner $$ --lab nl1", 2, "a lab is named for its owner"},
+      {"addr", 2, "addr: which host?"},
+      {"addr H1", 2, "addr: host 'H1' is not hN"},
+      {"addr h01", 2, "addr: host 'h01' is not hN"},
+      {"cut h01", 2, "cut: host 'h01' is not hN"},
+      {"heal h01", 2, "heal: host 'h01' is not hN"},
+      {"stats h01", 2, "stats: host 'h01' is not hN"},
+      {"exec h01 true", 2, "exec: host 'h01' is not hN"},
+      {"addr h1 extra", 2, "addr: one HOST, not 'h1 extra'"},
+      {"cut h1 extra", 2, "cut: one HOST, not 'h1 extra'"},
+      {"stats h1 extra", 2, "stats: one HOST, not 'h1 extra'"},
+      {"addr --lab nl999999999 h1", 1, "no lab 'nl999999999'"},
+      {"addr --lab nl999999999", 2, "addr: which host?"},
+      {"list extra", 2, "list: no arguments"},
+      {"down --stale extra", 2, "down: --lab NAME or --stale"},
+      {"down --lab nl999999999 --stale", 2, "down: --lab NAME or --stale"},
+      {"yaml --shards 1 --workers 1 --extra /nonexistent/x.yaml", 2,
+       "--extra '/nonexistent/x.yaml' is not a readable file"},
+      {"yaml --shards 1 --workers 1 --extra %s", 2, "is not a readable file"},
+      {"yaml --shards 1 --workers 1 --extra %s/cluster.yaml", 2, "gives 'cluster:' (line 2)"},
+      {"yaml --shards 1 --workers 1 --extra %s/shards.yaml", 2, "gives 'shards:' (line 1)"},
+      {"yaml --shards 1 --workers 1 --extra %s/security.yaml", 2, "gives 'security:' (line 3)"},
+      {"yaml --shards 1 --workers 1 --extra %s/flow.yaml", 2,
+       "'workers:' (line 1) is neither a block nor a one-line flow mapping"},
+  };
+  char dir[512], path[700];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  snprintf(path, sizeof path, "%s/cluster.yaml", dir);
+  ps_test_write_file(path, "chunk_elems: 1024\ncluster: mine\n");
+  snprintf(path, sizeof path, "%s/shards.yaml", dir);
+  ps_test_write_file(path, "shards: []\n");
+  snprintf(path, sizeof path, "%s/security.yaml", dir);
+  ps_test_write_file(path, "workers:\n  device: cpu\nsecurity:\n  mode: none\n");
+  snprintf(path, sizeof path, "%s/flow.yaml", dir);
+  ps_test_write_file(path, "workers: {device: cpu,\n  retry_ms: 5000}\n");
+  for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
+    char args[700], cmd[1024], *out, *err;
+    snprintf(args, sizeof args, c[i].args, dir);
+    snprintf(cmd, sizeof cmd, NL_SCRIPT " %s", args);
+    int rc = nl_sh(dir, cmd, &out, &err);
+    if (rc == 0 && !strncmp(out, "nl", 2)) { /* an `up` that should have been refused */
+      char down[256];
+      snprintf(down, sizeof down, NL_SCRIPT " down --lab %.*s >/dev/null 2>&1",
+               (int)strcspn(out, "\n"), out);
+      if (system(down) != 0) fprintf(stderr, "%s failed\n", down);
+    }
+    ck_assert_msg(rc == c[i].rc && strstr(err, c[i].says) &&
+                      !strstr(err, NL_SCRIPT ": line"), /* bash's own errors */
+                  "netlab %s: exit %d (not %d), stderr: %s (wanted: %s)", args, rc, c[i].rc, err,
+                  c[i].says);
+    ck_assert_msg(out[0] == '\0', "netlab %s printed on stdout: %s", args, out);
+    free(out);
+    free(err);
+  }
+  /* $NETLAB is a lab's name too */
+  char *out, *err;
+  ck_assert_int_eq(nl_sh(dir, "NETLAB=x1 " NL_SCRIPT " addr h1", &out, &err), 2);
+  ck_assert_msg(strstr(err, "NETLAB='x1' is not a lab's name"), "stderr: %s", err);
+  free(out);
+  free(err);
+}
+END_TEST
+
+/* nl_expect runs netlab ARGV... (NULL-terminated, at most 14) with its
+ * output (stdout and stderr) in DIR/NAME.out, checks it exits RC, and
+ * returns the output (the caller frees it). */
+static char *nl_expect(const char *dir, const char *name, int rc, ...) {
+  char *argv[16] = {NL_SCRIPT};
+  int n = 1;
+  va_list ap;
+  va_start(ap, rc);
+  for (char *a; (a = va_arg(ap, char *)) && n < 15;) argv[n++] = a;
+  va_end(ap);
+  argv[n] = NULL;
+  char out[700];
+  snprintf(out, sizeof out, "%s/%s.out", dir, name);
+  int got = nl_run(argv, out, 30000);
+  char *text = ps_test_read_file(out, NULL);
+  ck_assert_msg(got == rc, "netlab %s %s exited %d, not %d: %s", argv[1], n > 2 ? argv[2] : "",
+                got, rc, text);
+  return text;
+}
+
+/* nl_yaml_case writes EXTRA, makes the cluster file of 1 shard and 2
+ * workers in lab LAB with it and a data directory of ': ' and a quote in
+ * it, and checks that psd -t loads it and that it holds WANT (the count
+ * as netlab put it in) and the data directory as one string. */
+static void nl_yaml_case(const char *dir, const char *lab, const char *extra, const char *want) {
+  char ex[700], yaml[700], data[700], quoted[800], log[700];
+  snprintf(ex, sizeof ex, "%s/extra.yaml", dir);
+  ps_test_write_file(ex, extra);
+  snprintf(data, sizeof data, "%s/a b: c'd", dir);
+  snprintf(yaml, sizeof yaml, "%s/cluster.yaml", dir);
+  char *argv[] = {NL_SCRIPT, "yaml", "--lab", (char *)lab, "--shards", "1", "--workers", "2",
+                  "--data-dir", data, "--extra", ex, NULL};
+  ck_assert_msg(nl_run(argv, yaml, 10000) == 0, "netlab yaml failed; see %s", yaml);
+  snprintf(log, sizeof log, "%s/psd-t.log", dir);
+  char *t[] = {(char *)ps_test_bin("psd"), "-t", "--config", yaml, "--shard", "0", NULL};
+  int rc = nl_run(t, log, 10000);
+  char *text = ps_test_read_file(yaml, NULL), *said = ps_test_read_file(log, NULL);
+  ck_assert_msg(rc == 0, "psd -t refused netlab's YAML for extra %s: %s\n%s", extra, said, text);
+  ck_assert_msg(strstr(text, want), "no '%s' in netlab's YAML for extra %s:\n%s", want, extra,
+                text);
+  snprintf(quoted, sizeof quoted, "data_dir: '%s/a b: c''d/shard0'\n", dir);
+  ck_assert_msg(strstr(text, quoted), "no %s in:\n%s", quoted, text);
+  free(text);
+  free(said);
+}
+
+/* One lab, one host parser: a lab of 3 hosts made under timeout(1) with the
+ * default owner belongs to the test process (timeout's parent: timeout
+ * itself ends with netlab, and its lab would be stale at once); every
+ * command takes h0..h2 and refuses h3 with the same message; netlab yaml
+ * composes with an extra file's workers: section (a block indented 4
+ * spaces, a one-line flow mapping, with or without its own count) into a
+ * file psd -t loads.  Then a lab whose owner is gone when up ends says so,
+ * and its self-check at 1 mbit speaks in the rate's units and does not
+ * call a rate above the target missed. */
+START_TEST(test_netlab_hosts_yaml) {
+  const char *why = nl_permitted();
+  if (why) PS_SKIP("network namespaces are not permitted here: %s", why);
+  if (access("/usr/bin/timeout", X_OK) != 0) PS_SKIP("no /usr/bin/timeout");
+  char dir[512], lab[32], want[128], log[700];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  snprintf(lab, sizeof lab, "nl%d", (int)getpid());
+  snprintf(log, sizeof log, "%s/up.out", dir);
+  char *up[] = {"/usr/bin/timeout", "60", NL_SCRIPT, "up", "--hosts", "3", "--check-secs", "0",
+                NULL};
+  ck_assert_msg(nl_run(up, log, 60000) == 0, "netlab up failed; see %s", log);
+  char *text = ps_test_read_file(log, NULL);
+  snprintf(want, sizeof want, "lab %s up: 3 hosts at 1gbit (h0 = 10.77.0.10), owner %d (", lab,
+           (int)getpid());
+  ck_assert_msg(strstr(text, want), "no '%s' in: %s", want, text);
+  ck_assert_msg(!strstr(text, "WARNING"), "up: %s", text);
+  free(text);
+  text = nl_expect(dir, "list", 0, "list", NULL);
+  snprintf(want, sizeof want, "%s owner=%d hosts=3 rate=1gbit live\n", lab, (int)getpid());
+  ck_assert_msg(strstr(text, want), "no '%s' in netlab list: %s", want, text);
+  free(text);
+  text = nl_expect(dir, "addr", 0, "addr", "--lab", lab, "h2", NULL);
+  ck_assert_str_eq(text, "10.77.0.12\n");
+  free(text);
+  static const char *const cmds[] = {"addr", "cut", "heal", "stats", "exec"};
+  snprintf(want, sizeof want, "lab '%s' has hosts h0..h2, not 'h3'", lab);
+  for (int i = 0; i < 5; i++) {
+    text = nl_expect(dir, cmds[i], 2, cmds[i], "--lab", lab, "h3", i == 4 ? "true" : NULL, NULL);
+    ck_assert_msg(strstr(text, want), "netlab %s h3: %s", cmds[i], text);
+    free(text);
+  }
+  text = nl_expect(dir, "stats", 0, "stats", "--lab", lab, "h0", NULL);
+  unsigned long long tx, rx;
+  char end;
+  ck_assert_msg(sscanf(text, "%llu %llu%c", &tx, &rx, &end) == 3 && end == '\n', "stats: %s", text);
+  free(text);
+  nl_yaml_case(dir, lab, "workers:\n    device: cpu\n    retry_ms: 5000\n",
+               "workers:\n    count: 2\n    device: cpu\n");
+  nl_yaml_case(dir, lab, "workers: {device: cpu}   # flow\n", "workers: {count: 2, device: cpu}");
+  nl_yaml_case(dir, lab, "workers: {count: 3, device: cpu}\n", "workers: {count: 3, device: cpu}");
+  nl_yaml_case(dir, lab, "workers:\n  device: cpu\n  count: 3\n", "workers:\n  device: cpu\n  count: 3\n");
+  nl_yaml_case(dir, lab, "training:\n  epochs: 1\n", "workers:\n  count: 2\ntraining:\n");
+  free(nl_expect(dir, "down", 0, "down", "--lab", lab, NULL));
+  ck_assert(!nl_lab_exists(lab));
+  if (system("command -v iperf3 >/dev/null") != 0) {
+    printf("test_netlab_hosts_yaml: no iperf3: the self-check at 1 mbit is not tried\n");
+    return;
+  }
+  /* an owner that ends during up (its self-check runs 2 s); a zombie is
+   * gone, so the test need not reap it first */
+  char *sleeper[] = {"/bin/sleep", "1", NULL}, owner[16], gone[32];
+  snprintf(log, sizeof log, "%s/sleep.log", dir);
+  pid_t p = ps_test_spawn(sleeper, log, NULL);
+  snprintf(owner, sizeof owner, "%d", (int)p);
+  snprintf(gone, sizeof gone, "nl%d", (int)p);
+  text = nl_expect(dir, "up-gone", 0, "up", "--owner", owner, "--hosts", "2", "--rate", "1mbit",
+                   "--check-secs", "1", NULL);
+  ps_test_wait_pid(p, 5000);
+  free(nl_expect(dir, "down-gone", 0, "down", "--lab", gone, NULL));
+  printf("test_netlab_hosts_yaml: %s", strstr(text, "netlab: self-check") ?: text);
+  ck_assert_msg(strstr(text, "WARNING: lab ") && strstr(text, "is gone already"),
+                "up did not say its owner is gone: %s", text);
+  int missed = strstr(text, "self-check MISSED") != NULL, below = 0;
+  for (const char *l = text; (l = strstr(l, "self-check iperf3 ")); l++) {
+    const char *of = strstr(l, " of 1 Mbit/s (");
+    ck_assert_msg(of && of < strchr(l, '\n'), "self-check line: %.*s", (int)strcspn(l, "\n"), l);
+    below |= atoi(of + strlen(" of 1 Mbit/s (")) < 90;
+  }
+  ck_assert_msg(missed == below, "self-check %s though %s direction fell short: %s",
+                missed ? "missed" : "passed", below ? "a" : "no", text);
+  free(text);
+}
+END_TEST
+
 /* nl_teardown (unchecked, in the runner) removes labs whose test process
  * is gone: what a test that failed half-way left. */
 static void nl_teardown(void) {
@@ -574,6 +820,13 @@ static void nl_teardown(void) {
 
 Suite *netlab_suite(void) {
   Suite *s = suite_create("netlab");
+  /* netlab's own arguments and commands: seconds, not training runs */
+  TCase *args = tcase_create("args");
+  tcase_set_timeout(args, 60);
+  tcase_add_unchecked_fixture(args, ps_test_procs_setup, nl_teardown);
+  tcase_add_test(args, test_netlab_usage);
+  tcase_add_test(args, test_netlab_hosts_yaml);
+  suite_add_tcase(s, args);
   TCase *tc = tcase_create("lab");
   tcase_set_timeout(tc, 120);
   tcase_add_unchecked_fixture(tc, ps_test_procs_setup, nl_teardown);

@@ -831,9 +831,10 @@ int psd_clock_progress(psd_clock *c, uint32_t worker, const psd_part_pos *pos, u
                    pos->part, pos->offset, pos->started, pos->size, p->offset, p->size);
   psd_epoch_info *e = clock_epoch(c, p->epoch);
   if (e) e->trained += pos->offset - p->offset;
-  /* the worker trains again from its offset what it had started past it
-   * (a push it sent may not have been applied): counted as at a handover */
-  if (e && pos->started < p->started) e->retrained += p->started - pos->offset;
+  /* what the worker says it trains again (a push of unknown fate), at
+   * most what it had started past its offset */
+  uint64_t again = pos->retrained, most = p->started > pos->offset ? p->started - pos->offset : 0;
+  if (e) e->retrained += again < most ? again : most;
   p->size = pos->size;
   p->offset = pos->offset;
   p->started = pos->started;

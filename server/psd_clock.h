@@ -230,6 +230,7 @@ typedef struct psd_part_pos {
   uint64_t offset;           /* samples trained (pushes acknowledged everywhere) */
   uint64_t started;          /* end of the samples pushed or being pushed */
   uint64_t size;             /* samples in it; 0 while no worker said */
+  uint64_t retrained;        /* a report's samples trained again since the last one */
 } psd_part_pos;
 
 #define PSD_CLOCK_NOBODY UINT32_MAX /* owner of a partition no live worker holds */

@@ -268,7 +268,7 @@ void psd_coord_stop(psd_shard *sh) {
 /* coord_pos converts a wire position. */
 static psd_part_pos coord_pos(const Ps__PartProgress *p) {
   return (psd_part_pos){.part = p->partition, .epoch = p->epoch, .offset = p->offset,
-                        .started = p->started, .size = p->size};
+                        .started = p->started, .size = p->size, .retrained = p->retrained};
 }
 
 /* psd_coord_heartbeat: see psd_coord.h.  Progress first (a finished
@@ -341,8 +341,8 @@ int psd_coord_list(psd_shard *sh, Ps__ListWorkersReply *reply, ps_errbuf *eb) {
     psd_clock_part_info(sh->clock, i, &in);
     ps__partition_info__init(&pi[i]);
     ps__part_progress__init(&pg[i]);
-    pg[i] = (Ps__PartProgress){pg[i].base, in.pos.part, in.pos.epoch, in.pos.offset,
-                               in.pos.started, in.pos.size};
+    pg[i].partition = in.pos.part, pg[i].epoch = in.pos.epoch, pg[i].offset = in.pos.offset;
+    pg[i].started = in.pos.started, pg[i].size = in.pos.size;
     pi[i].pos = &pg[i];
     pi[i].owned = in.owner != PSD_CLOCK_NOBODY;
     pi[i].owner = pi[i].owned ? in.owner : 0;

@@ -458,6 +458,7 @@ static int coord_progress_call(psw_coord *c, const psw_coord_part *pos, int clai
     pp.epoch = pos->epoch;
     pp.offset = pos->offset;
     pp.started = pos->started;
+    pp.retrained = pos->retrained;
     pp.size = pos->size;
     req.progress = &ppp;
     req.n_progress = 1;

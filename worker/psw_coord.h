@@ -121,6 +121,7 @@ uint64_t psw_coord_partitions(psw_coord *c, uint32_t *out, size_t cap, size_t *n
 typedef struct psw_coord_part {
   uint32_t part, epoch;
   uint64_t offset, started, size;
+  uint64_t retrained; /* a report's: samples gone back over since the last (a retrain) */
 } psw_coord_part;
 
 /* psw_coord_claim reports FIN (may be NULL: a partition it just finished

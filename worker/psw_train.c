@@ -718,6 +718,7 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
       if (ov) psw_client_wait(x->cl, NULL);
       return err;
     }
+    pos->retrained = 0; /* said (tell.retrained) */
     double tc = run_now_ms();
     uint64_t slost0 = x->sp ? psw_sparse_lost_pushes(x->sp) : 0;
     err = run_compute(x, v, off, rows, cur, acc, eb);
@@ -754,6 +755,7 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
        * entry state). */
       run_step_failed(x, acc, &acc0, 0);
       run_say_retrain(x, pos->part, acked);
+      pos->retrained += prev_end - acked;
       pos->offset = acked;
       if ((err = run_push_pull(x, -1, 0, 0, x->clock, NULL, eb)) < 0) return err;
       return run_part(x, pos, acc, step, t0, eb);
@@ -779,6 +781,7 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
        * shard answered goes on without its updates (psw_client
        * invariant 12). */
       run_say_retrain(x, pos->part, acked);
+      pos->retrained += off - acked; /* counted by the next report */
       off = acked;
       for (int i = 0; i <= PSW_CLIENT_ACK_DEPTH; i++) ends[i] = acked;
       last = 0;
@@ -804,6 +807,7 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
   if (!ov && off == v->n && acked < off && psw_client_pushes_unknown(x->cl) != unknown1 &&
       !run_stopping(x)) {
     run_say_retrain(x, pos->part, acked);
+    pos->retrained += off - acked;
     pos->offset = acked;
     return run_part(x, pos, acc, step, t0, eb);
   }

@@ -467,13 +467,22 @@ static int coord_progress_call(psw_coord *c, const psw_coord_part *pos, int clai
   req.epochs = epochs;
   req.data_size = data_size;
   ps_errbuf ceb;
-  if (pos && !claim && coord_beat_chan(c, &req, out, &ceb) == 0) return 0;
   int64_t start = ps_now_ms();
+  if (pos && !claim && coord_beat_chan(c, &req, out, &ceb) == 0) return 0;
   uint32_t delay = PS_BACKOFF_FIRST_MS;
   for (;;) {
+    /* a stopping worker's last report takes PSW_COORD_CALL_MS in all, the
+     * channel's try included: a hung coordinator does not hold the stop */
+    int timeout = PSW_COORD_CALL_MS;
+    if (c->stop && *c->stop) {
+      int64_t left = PSW_COORD_CALL_MS - (ps_now_ms() - start);
+      if (left < 200) return ps_errf(eb, PS_ESHUTDOWN, "stopped: the coordinator did not "
+                                     "answer within %d ms", PSW_COORD_CALL_MS);
+      timeout = (int)left;
+    }
     ProtobufCMessage *resp = NULL;
     int err = ps_rpc_call(c->rpc[c->coord], "/ps.Ps/Heartbeat", &req.base,
-                          &ps__heartbeat_reply__descriptor, &resp, PSW_COORD_CALL_MS, eb);
+                          &ps__heartbeat_reply__descriptor, &resp, timeout, eb);
     if (err == 0) {
       *out = (Ps__HeartbeatReply *)resp;
       return 0;

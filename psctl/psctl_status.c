@@ -135,11 +135,13 @@ static void psctl_status_conns(const psctl_row *rows, size_t n) {
     const Ps__StatusReply *s = rows[i].st;
     if (!s || !(s->auth_refused || s->chan_auth_refused)) continue;
     /* auth_refused: gRPC calls, and channel pushes of a sum from a
-     * connection without an aggregator key; chan_auth_refused: hellos
-     * (key proofs) and, with the payload MAC, frames */
+     * connection without an aggregator key; chan_auth_refused: connections
+     * refused before their hello succeeded and, with the payload MAC,
+     * frames */
     printf("shard %u (security %s): %llu requests refused for the caller's role (gRPC calls, "
-           "channel pushes of a sum), %llu channel connections refused (key proof or frame "
-           "MAC)\n", s->shard, s->security ? s->security : "?",
+           "channel pushes of a sum), %llu channel connections refused (a hello's key proof "
+           "or form, a frame out of the protocol, or a frame's MAC)\n", s->shard,
+           s->security ? s->security : "?",
            (unsigned long long)s->auth_refused, (unsigned long long)s->chan_auth_refused);
   }
 }

@@ -363,7 +363,8 @@ static int psctl_submit_report(const psctl_cluster *c, const char *name, int tab
     fprintf(stderr, "psctl submit: a model named '%s' with other settings exists; %s\n", name,
             tables ? "a model with embedding tables cannot be replaced: submit it under "
                      "another name"
-                   : "--replace replaces it");
+                   : "--replace replaces it (unless it has embedding tables: then submit "
+                     "this one under another name)");
   fprintf(stderr, "psctl submit: model '%s' with these settings is on shards [", name);
   for (size_t i = 0, k = 0; i < n; i++)
     if (!r[i].err) fprintf(stderr, "%s%u", k++ ? ", " : "", c->cfg.shards[i].id);

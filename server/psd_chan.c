@@ -292,6 +292,7 @@ typedef struct psd_chan {
   chan_said auth_refused;     /* of sh->ctr.chan_auth_refused */
   chan_said hello_late;       /* hellos past their deadline (8a), in chan_idle_closed */
   uint64_t hello_late_n;      /* their count (chan_idle_closed counts idle ones too) */
+  uint64_t swept_ms;          /* uv_now of the last sweep (a stalled loop: chan_sweep) */
   uint64_t shm_fds;           /* regions' descriptors still open (invariant 11) */
 } psd_chan;
 
@@ -1802,8 +1803,13 @@ static void chan_sweep(uv_timer_t *t) {
   psd_chan *ch = t->data;
   psd_shard *sh = ch->sh;
   uint64_t now = uv_now(sh->loop), hello_ms = chan_hello_ms(ch);
+  /* after a loop that stood still longer than the hello's deadline (a
+   * long flush on the loop thread), hellos may be waiting unread in their
+   * sockets: this round closes none for lateness (the loop reads first) */
+  int stalled = ch->swept_ms && now - ch->swept_ms > hello_ms;
+  ch->swept_ms = now;
   chan_said_tail(ch, ch->hello_late_n, &ch->hello_late, "closed", "connection(s)",
-                 "no hello in time (invariant 8a)");
+                 "no hello in time");
   if (sh->ctr.chan_refused > ch->refused.logged && now - ch->refused.ms >= CHAN_REFUSE_LOG_MS) {
     /* the tail of a burst that chan_refuse did not log */
     ps_warn("channel: refused %llu more connection(s) in the last %llu s "
@@ -1821,7 +1827,8 @@ static void chan_sweep(uv_timer_t *t) {
       c->last_wq = wq;
       c->last_ms = now;
     }
-    if (!c->closing && c->counted && !c->hello_done && now - c->accept_ms >= hello_ms) {
+    if (!stalled && !c->closing && c->counted && !c->hello_done &&
+        now - c->accept_ms >= hello_ms) {
       conn_hello_late(c, hello_ms);
       continue;
     }

@@ -1063,14 +1063,17 @@ int main(int argc, char **argv) {
     ps_config_release(&cfg);
     return 2;
   }
-  /* psd -t with neither --shard nor --aggregator checks the whole file:
-   * what its aggregators need too */
-  int aggs = a.aggregator || (a.test && a.shard < 0 && cfg.naggs > 0);
-  if (psd_main_check_security(&cfg, aggs, &eb) < 0) {
+  /* an aggregator checks what it needs; psd -t with neither --shard nor
+   * --aggregator checks the whole file, and warns of what its aggregators
+   * would lack (a shard's host may not hold the worker pair they use) */
+  if (psd_main_check_security(&cfg, a.aggregator != NULL, &eb) < 0) {
     fprintf(stderr, "%s: security: %s\n", a.config, eb.msg);
     ps_config_release(&cfg);
     return 2;
   }
+  if (a.test && !a.aggregator && a.shard < 0 && cfg.naggs > 0 && psd_main_check_agg(&cfg, &eb) < 0)
+    fprintf(stderr, "%s: warning: security: %s; the aggregators started from this file on this "
+            "host would exit 2 (psd -t --aggregator NAME checks one)\n", a.config, eb.msg);
   const ps_agg_conf *agg = a.aggregator ? ps_config_agg(&cfg, a.aggregator) : NULL;
   if (a.aggregator && !agg) {
     fprintf(stderr, "%s: no aggregator named '%s' in the 'aggregators' list\n", a.config,

@@ -213,10 +213,15 @@ static int call_once(psw_sparse *s, size_t k, const char *method, const Protobuf
   int rc = 0;
   if (!s->rpc[k])
     rc = ps_rpc_open_cfg(&s->rpc[k], s->cfg->shards[k].grpc_addr, s->cfg, PS_ROLE_WORKER, eb);
+  int64_t t0 = ps_now_ms();
   if (!rc) rc = ps_rpc_call_stop(s->rpc[k], method, req, desc, rep,
                                  ps_config_reply_timeout_ms(s->cfg), /* a pull may park */
                                  s->stop, grace_ms, eb);
-  if (rc && psw_retryable(rc) && s->rpc[k]) {
+  /* a timeout the shard answered (a parked pull, well before the reply's
+   * deadline) keeps the channel: it is asked again on it */
+  int answered = rc == PS_ETIMEDOUT &&
+                 ps_now_ms() - t0 < ps_config_reply_timeout_ms(s->cfg) - PSW_SPARSE_ANSWERED_MS;
+  if (rc && psw_retryable(rc) && !answered && s->rpc[k]) {
     ps_rpc_close(s->rpc[k]);
     s->rpc[k] = NULL;
   }

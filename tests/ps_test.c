@@ -391,8 +391,11 @@ const char *ps_test_cluster_yaml(const char *dir, int nshards, const char *extra
   FILE *m = open_memstream(&buf, &len);
   fprintf(m, "cluster: test\nchunk_elems: 1024\ndurability:\n  mode: periodic\n"
              "  flush_interval_ms: 200\n%sshards:\n", ps_test_env_security(dir));
-  int used[2 * 64], nused = 0; /* the kernel may hand out a port again */
+  int used[2 * 64 + 32], nused = 0; /* the kernel may hand out a port again */
   ck_assert_int_le(nshards, 64);
+  /* ports EXTRA names already (an aggregator's, picked before) are taken */
+  for (const char *q = extra; q && nused < 32 && (q = strstr(q, "127.0.0.1:")); q += 10)
+    used[nused++] = atoi(q + 10);
   for (int i = 0; i < nshards; i++) {
     int pick[2];
     for (int k = 0; k < 2; k++) {

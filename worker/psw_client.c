@@ -88,6 +88,7 @@ struct psw_client {
   int nbufs;
   int io_timeout_ms;
   volatile sig_atomic_t *stop;
+  int64_t stop_seen_ms;      /* when a wait first saw the stop (psw_chan_await); 0: not yet */
   Ps__GetModelReply *reply; /* owns the spec */
   ps_layout layout;
   int have_layout;
@@ -615,8 +616,8 @@ static int psw_ack_wait(psw_shard *s, ps_errbuf *eb) {
 }
 
 /* psw_chan_await: see psw_client.h. */
-int psw_chan_await(ps_chan_client *ch, uint64_t id, volatile sig_atomic_t *stop, int grace_ms,
-                   int io_timeout_ms) {
+int psw_chan_await(ps_chan_client *ch, uint64_t id, volatile sig_atomic_t *stop,
+                   int64_t *stop_seen, int grace_ms, int io_timeout_ms) {
   if (!stop) return 0;
   uint64_t tx, rx, seen;
   ps_chan_bytes(ch, &tx, &seen);
@@ -626,12 +627,12 @@ int psw_chan_await(ps_chan_client *ch, uint64_t id, volatile sig_atomic_t *stop,
    * push's answer, which normally follows within a sync, is waited for
    * GRACE_MS more (the step then ends with nothing in flight: an exact
    * handover), not for a shard that hangs */
-  int64_t stop_at = 0;
+  int64_t own = 0, *stop_at = stop_seen ? stop_seen : &own;
   for (int wait = 0;; wait = PSW_STOP_POLL_MS) {
     ps_errbuf web;
     if (ps_chan_wait_id(ch, id, wait, &web) != 0) return 0;
-    if (*stop && !stop_at) stop_at = ps_now_ms();
-    if (*stop && ps_now_ms() - stop_at >= grace_ms) return PS_ESHUTDOWN;
+    if (*stop && !*stop_at) *stop_at = ps_now_ms();
+    if (*stop && ps_now_ms() - *stop_at >= grace_ms) return PS_ESHUTDOWN;
     ps_chan_bytes(ch, &tx, &rx);
     int64_t now = ps_now_ms();
     if (rx != seen) {
@@ -652,7 +653,7 @@ int psw_chan_await(ps_chan_client *ch, uint64_t id, volatile sig_atomic_t *stop,
  * in flight. */
 static int psw_await(psw_client *c, psw_shard *s, uint64_t id, int push, uint64_t clock,
                      ps_errbuf *eb) {
-  if (psw_chan_await(s->ch, id, c->stop, push ? PSW_STOP_PUSH_GRACE_MS : 0,
+  if (psw_chan_await(s->ch, id, c->stop, &c->stop_seen_ms, push ? PSW_STOP_PUSH_GRACE_MS : 0,
                      c->io_timeout_ms) == 0)
     return 0;
   return push ? ps_errf(eb, PS_ESHUTDOWN, "stopped while waiting for the answer to a push")

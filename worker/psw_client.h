@@ -261,11 +261,14 @@ uint64_t psw_client_shm_bytes(const psw_client *c);
  * when STOP is NULL (ps_chan_recv_id then waits out CH's own timeout);
  * PS_ESHUTDOWN once *STOP has been set for GRACE_MS (0 for a pull, which
  * a shard may hold parked; PSW_STOP_PUSH_GRACE_MS for a push's answer,
- * which follows within a sync), the reply left in flight. */
+ * which follows within a sync), the reply left in flight.  *STOP_SEEN
+ * (may be NULL: this wait's own) is when a wait first saw the stop (0:
+ * none yet): waits that share it share one grace, so that shards that
+ * hang cost a stop GRACE_MS in all, not each. */
 #define PSW_STOP_POLL_MS 100        /* how often a wait looks at the stop flag */
 #define PSW_STOP_PUSH_GRACE_MS 2000 /* a stop waits this long for a push's answer */
-int psw_chan_await(ps_chan_client *ch, uint64_t id, volatile sig_atomic_t *stop, int grace_ms,
-                   int io_timeout_ms);
+int psw_chan_await(ps_chan_client *ch, uint64_t id, volatile sig_atomic_t *stop,
+                   int64_t *stop_seen, int grace_ms, int io_timeout_ms);
 
 /* psw_retryable says whether ERR means "the shard is (momentarily) not
  * there": the connection is closed and reopened with backoff (invariant

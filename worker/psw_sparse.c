@@ -55,6 +55,7 @@ struct psw_sparse {
   float *buf;
   size_t cap, bufcap;
   volatile sig_atomic_t *stop; /* psw_sparse_set_stop; may be NULL */
+  int64_t stop_seen_ms;        /* when a wait first saw the stop (psw_chan_await) */
   ps_codec_id push_codec, pull_codec;
   uint64_t warmup;             /* clocks before the codecs apply */
   uint8_t *enc;                /* a push's encoded rows */
@@ -424,7 +425,8 @@ static int scatter(psw_sparse *s, uint32_t a, uint32_t b, ps_codec_id codec, siz
  * connection, which still owes the answer, is then dropped. */
 static int chan_take(psw_sparse *s, size_t k, uint64_t id, int grace_ms, ps_errbuf *eb) {
   int timeout = ps_config_reply_timeout_ms(s->cfg);
-  if (psw_chan_await(s->ch[k], id, s->stop, grace_ms, timeout) == PS_ESHUTDOWN) {
+  if (psw_chan_await(s->ch[k], id, s->stop, &s->stop_seen_ms, grace_ms, timeout) ==
+      PS_ESHUTDOWN) {
     chan_drop(s, k);
     return ps_errf(eb, PS_ESHUTDOWN, "stopped while waiting for its answer");
   }

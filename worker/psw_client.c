@@ -839,20 +839,18 @@ static void psw_push_taken(psw_client *c, psw_shard *s) {
   s->refused_since_ms = 0;
 }
 
-/* psw_slow_said notes that a pull of PULL_CLOCK gave up parked (WHY: the
- * shard's timeout, naming the slowest worker), waiting since *SINCE (0:
- * the first), said last at *SAID (invariant 12). */
-static void psw_slow_said(psw_client *c, uint64_t pull_clock, int64_t *since, int64_t *said,
-                          const ps_errbuf *why) {
+/* psw_slow_said: see psw_client.h. */
+void psw_slow_said(const char *who, uint64_t pull_clock, int64_t *since, int64_t *said,
+                   const char *why) {
   int64_t now = ps_now_ms();
   if (!*since) {
     *since = *said = now;
-    ps_warn("worker %u: %s; waiting for that worker: the pull goes on once it catches up or its "
-            "lease (workers.lease_ms) runs out", c->worker, why->msg);
+    ps_warn("%s: %s; waiting for that worker: the pull goes on once it catches up or its "
+            "lease (workers.lease_ms) runs out", who, why);
   } else if (now - *said >= PSW_SAY_AGAIN_MS) {
     *said = now;
-    ps_warn("worker %u: the pull of clock %llu still waits for a slower worker after %.1f s: %s",
-            c->worker, (unsigned long long)pull_clock, (double)(now - *since) / 1e3, why->msg);
+    ps_warn("%s: the pull of clock %llu still waits for a slower worker after %.1f s: %s", who,
+            (unsigned long long)pull_clock, (double)(now - *since) / 1e3, why);
   }
 }
 
@@ -924,28 +922,39 @@ static int psw_round(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
   return fatal;
 }
 
-/* psw_rejoin handles a round some shard refused as expired (invariant 5):
- * the rejoin hook, after a backoff sleep when the shards refused again,
- * for at most retry_ms since *SINCE (set at the first refusal).  XEB: the
- * refusal. */
-static int psw_rejoin(psw_client *c, int64_t *since, uint32_t *delay, const ps_errbuf *xeb,
-                      ps_errbuf *eb) {
-  if (!c->rejoin) return ps_errf(eb, PS_EEXPIRED, "%s", xeb->msg);
+/* psw_rejoin_step: see psw_client.h. */
+int psw_rejoin_step(const psw_rejoin_ctx *r, int64_t *since, uint32_t *delay, const char *why_in,
+                    ps_errbuf *eb) {
+  char why[sizeof eb->msg]; /* WHY_IN may be EB's own message */
+  snprintf(why, sizeof why, "%s", why_in);
+  if (!r->rejoin) return ps_errf(eb, PS_EEXPIRED, "%s", why);
   int64_t now = ps_now_ms();
   if (!*since) {
     *since = now;
-    ps_warn("worker %u: %s; rejoining", c->worker, xeb->msg);
+    ps_warn("%s: %s; rejoining", r->who, why);
   } else {
-    if (now - *since >= (int64_t)c->cfg->workers.retry_ms)
-      return ps_errf(eb, PS_EEXPIRED, "still refused after rejoining for %u ms: %s",
-                     c->cfg->workers.retry_ms, xeb->msg);
-    int err = ps_sleep_ms(*delay, c->stop);
+    if (now - *since >= (int64_t)r->retry_ms)
+      return ps_errf(eb, PS_EEXPIRED, "still refused after rejoining for %u ms: %s", r->retry_ms,
+                     why);
+    int err = ps_sleep_ms(*delay, r->stop);
     if (err < 0) return ps_errf(eb, err, "stopped while rejoining");
     *delay = ps_backoff_next(*delay);
   }
-  int err = c->rejoin(c->rejoin_arg, eb);
-  if (err == 0) ps_warn("worker %u: rejoined; parameters pulled again", c->worker);
+  int err = r->rejoin(r->arg, eb);
+  if (err == 0) ps_warn("%s: rejoined; %s", r->who, r->after);
   return err;
+}
+
+/* psw_rejoin handles a round some shard refused as expired (invariant 5):
+ * psw_rejoin_step with the client's hook. */
+static int psw_rejoin(psw_client *c, int64_t *since, uint32_t *delay, const ps_errbuf *xeb,
+                      ps_errbuf *eb) {
+  char who[32];
+  snprintf(who, sizeof who, "worker %u", c->worker);
+  psw_rejoin_ctx r = {.rejoin = c->rejoin, .arg = c->rejoin_arg, .stop = c->stop,
+                      .retry_ms = c->cfg->workers.retry_ms, .who = who,
+                      .after = "parameters pulled again"};
+  return psw_rejoin_step(&r, since, delay, xeb->msg, eb);
 }
 
 /* psw_client_push_pull: see psw_client.h.  After any shard went down and
@@ -995,7 +1004,11 @@ static int psw_push_pull(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
                 (double)(ps_now_ms() - slow_since) / 1e3);
       return 0;
     }
-    if (slow) psw_slow_said(c, pull_clock, &slow_since, &slow_said, &seb);
+    if (slow) {
+      char who[32];
+      snprintf(who, sizeof who, "worker %u", c->worker);
+      psw_slow_said(who, pull_clock, &slow_since, &slow_said, seb.msg);
+    }
     if (expired && (err = psw_rejoin(c, &expired_since, &delay, &xeb, eb)) < 0) return err;
     for (size_t k = 0; k < c->nshards; k++) {
       psw_shard *s = &c->shards[k];

@@ -270,6 +270,33 @@ uint64_t psw_client_shm_bytes(const psw_client *c);
 int psw_chan_await(ps_chan_client *ch, uint64_t id, volatile sig_atomic_t *stop,
                    int64_t *stop_seen, int grace_ms, int io_timeout_ms);
 
+/* psw_slow_said notes, for WHO ("worker N", ...), that a pull of
+ * PULL_CLOCK came back parked past pull_timeout_ms (WHY: the shard's
+ * timeout, naming the slowest worker), waiting since *SINCE (0: the
+ * first), said last at *SAID: at the first and at most every 10 s
+ * (invariant 12; the sparse client says it the same way). */
+void psw_slow_said(const char *who, uint64_t pull_clock, int64_t *since, int64_t *said,
+                   const char *why);
+
+/* A refusal as expired is handled by a rejoin hook (psw_coord_rejoin:
+ * register again, rejoin every shard), for WHO, within RETRY_MS, a STOP
+ * ending the backoff naps; AFTER says what follows a rejoin. */
+typedef struct psw_rejoin_ctx {
+  int (*rejoin)(void *arg, ps_errbuf *eb); /* NULL: no hook, the refusal stands */
+  void *arg;
+  volatile sig_atomic_t *stop;
+  uint32_t retry_ms;
+  const char *who, *after;
+} psw_rejoin_ctx;
+
+/* psw_rejoin_step handles one refusal as expired (WHY) by R's hook, after
+ * a backoff nap (*DELAY, doubling) when the shards refused again, for at
+ * most R->retry_ms since *SINCE (set at the first refusal, which is
+ * said): 0 once rejoined, PS_EEXPIRED past retry_ms (or with no hook),
+ * PS_ESHUTDOWN on a stop, or the hook's error (invariant 5). */
+int psw_rejoin_step(const psw_rejoin_ctx *r, int64_t *since, uint32_t *delay, const char *why,
+                    ps_errbuf *eb);
+
 /* psw_retryable says whether ERR means "the shard is (momentarily) not
  * there": the connection is closed and reopened with backoff (invariant
  * 4).  Anything else from a shard is an answer and ends the call.  The

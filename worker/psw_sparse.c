@@ -36,7 +36,6 @@
 #define PSW_SPARSE_CONNECT_MS 2000      /* a channel connect and hello */
 #define PSW_SPARSE_CHAN_RETRY_MS 1000   /* no new channel after a failed connect for this long */
 #define PSW_SPARSE_CHAN_OLD_MS 60000    /* ... nor to a shard that did not offer rows */
-#define PSW_SPARSE_SAY_AGAIN_MS 10000   /* a pull's long wait for a slower worker said again */
 /* a gRPC pull that timed out this long before the reply timeout (the
  * shard's pull_timeout_ms + 5 s) was answered by the shard: parked */
 #define PSW_SPARSE_ANSWERED_MS 2500
@@ -233,24 +232,20 @@ static int call_once(psw_sparse *s, size_t k, const char *method, const Protobuf
   return rc;
 }
 
+/* sparse_who writes "worker N: sparse table 'M'/T" (the client's log
+ * prefix) to BUF (CAP bytes); BUF. */
+static const char *sparse_who(const psw_sparse *s, char *buf, size_t cap) {
+  snprintf(buf, cap, "worker %u: sparse table '%s'/%u", s->worker, s->model, s->table);
+  return buf;
+}
+
 /* slow_said notes that a pull of CLOCK came back from the shard parked
- * past pull_timeout_ms (WHY: its timeout, naming the slowest worker),
- * waiting since *SINCE (0: the first time), said last at *SAID: as the
- * dense pull's wait (psw_client.h invariant 12). */
+ * past pull_timeout_ms (WHY), as the dense pull's wait does
+ * (psw_slow_said). */
 static void slow_said(const psw_sparse *s, uint64_t clock, int64_t *since, int64_t *said,
                       const ps_errbuf *why) {
-  int64_t now = ps_now_ms();
-  if (!*since) {
-    *since = *said = now;
-    ps_warn("worker %u: sparse table '%s'/%u: %s; waiting for that worker: the pull goes on once "
-            "it catches up or its lease (workers.lease_ms) runs out", s->worker, s->model,
-            s->table, why->msg);
-  } else if (now - *said >= PSW_SPARSE_SAY_AGAIN_MS) {
-    *said = now;
-    ps_warn("worker %u: sparse table '%s'/%u: the pull of clock %llu still waits for a slower "
-            "worker after %.1f s: %s", s->worker, s->model, s->table, (unsigned long long)clock,
-            (double)(now - *since) / 1e3, why->msg);
-  }
+  char who[160];
+  psw_slow_said(sparse_who(s, who, sizeof who), clock, since, said, why->msg);
 }
 
 /* slow_over says that a pull of CLOCK that waited for a slower worker
@@ -311,26 +306,11 @@ static int call(psw_sparse *s, size_t k, const char *method, const ProtobufCMess
  * as psw_client.h invariant 5 says; the caller then asks the shards that
  * refused again.  Without a hook the refusal stands. */
 static int rejoin(psw_sparse *s, int64_t *since, uint32_t *delay, ps_errbuf *eb) {
-  if (!s->rejoin) return PS_EEXPIRED;
-  ps_errbuf why = *eb;
-  int64_t now = ps_now_ms();
-  if (!*since) {
-    *since = now;
-    ps_warn("worker %u: sparse table '%s'/%u: %s; rejoining", s->worker, s->model, s->table,
-            why.msg);
-  } else {
-    if (now - *since >= (int64_t)s->cfg->workers.retry_ms)
-      return ps_errf(eb, PS_EEXPIRED, "still refused after rejoining for %u ms: %s",
-                     s->cfg->workers.retry_ms, why.msg);
-    if (ps_sleep_ms(*delay, s->stop) < 0)
-      return ps_errf(eb, PS_ESHUTDOWN, "stopped while rejoining");
-    *delay = ps_backoff_next(*delay);
-  }
-  int rc = s->rejoin(s->rejoin_arg, eb);
-  if (rc == 0)
-    ps_warn("worker %u: sparse table '%s'/%u: rejoined; asking the shards that refused again",
-            s->worker, s->model, s->table);
-  return rc;
+  char who[160];
+  psw_rejoin_ctx r = {.rejoin = s->rejoin, .arg = s->rejoin_arg, .stop = s->stop,
+                      .retry_ms = s->cfg->workers.retry_ms, .who = sparse_who(s, who, sizeof who),
+                      .after = "asking the shards that refused again"};
+  return psw_rejoin_step(&r, since, delay, eb->msg, eb);
 }
 
 /* settle records shard K's result R (message in REB) of a request: the

@@ -32,6 +32,7 @@ struct psw_coord {
   size_t coord;                  /* index of the coordinator shard */
   uint64_t grant_clock;          /* the last grant's start_clock (training thread) */
   uint32_t job_epochs;           /* the last claim answer's job_epochs (training thread) */
+  int fin_refused;               /* the last claim's finished partition was refused */
   Ps__RegisterWorkerReply *reg;  /* the last registration's reply */
   pthread_t thread;
   pthread_mutex_t mu;
@@ -516,6 +517,7 @@ int psw_coord_claim(psw_coord *c, const psw_coord_part *fin, uint32_t epochs, ui
   if (err < 0) return err;
   err = coord_progress_answer(r, NULL, eb);
   *job_done = r->job_done;
+  c->fin_refused = fin && r->n_refused;
   if (err == 0) c->job_epochs = r->job_epochs;
   if (err == 0 && r->granted) {
     const Ps__PartProgress *g = r->granted;
@@ -529,9 +531,11 @@ int psw_coord_claim(psw_coord *c, const psw_coord_part *fin, uint32_t epochs, ui
   return err;
 }
 
-/* psw_coord_grant_clock, psw_coord_job_epochs: see psw_coord.h. */
+/* psw_coord_grant_clock, psw_coord_job_epochs, psw_coord_fin_refused:
+ * see psw_coord.h. */
 uint64_t psw_coord_grant_clock(const psw_coord *c) { return c->grant_clock; }
 uint32_t psw_coord_job_epochs(const psw_coord *c) { return c->job_epochs; }
+int psw_coord_fin_refused(const psw_coord *c) { return c->fin_refused; }
 
 /* psw_coord_step_out: see psw_coord.h. */
 void psw_coord_step_out(psw_coord *c) {

@@ -141,6 +141,11 @@ uint64_t psw_coord_grant_clock(const psw_coord *c);
  * answer gave: the largest its workers asked for (0: none said). */
 uint32_t psw_coord_job_epochs(const psw_coord *c);
 
+/* psw_coord_fin_refused says whether the last claim's report of the
+ * partition it finished was refused: taken away meanwhile (a handover, or
+ * a new job: the model submitted again). */
+int psw_coord_fin_refused(const psw_coord *c);
+
 /* psw_coord_step_out tells every shard that this worker has nothing to
  * train for now (a heartbeat marked idle): it leaves their clock tables,
  * so bsp/ssp pulls of the others do not wait for it, and keeps its lease

@@ -933,6 +933,12 @@ static int run_claim(psw_run *x, const psw_coord_part *fin, psw_coord_part *pos,
       int err = psw_coord_claim(x->coord, fin, x->o->epochs, x->data_total, pos, &done, eb);
       if (err == PS_EEXPIRED && (err = psw_coord_rejoin(x->coord, eb)) == 0)
         err = psw_coord_claim(x->coord, NULL, x->o->epochs, x->data_total, pos, &done, eb);
+      /* a finished partition's report refused: as a partition taken away
+       * mid-way (run_train), a new job's spec may ask the worker to stop */
+      if (err >= 0 && fin && psw_coord_fin_refused(x->coord)) {
+        int serr = psw_client_spec_check(x->cl, eb);
+        if (serr < 0) return serr;
+      }
       fin = NULL;
       if (err >= 0) x->r->job_done = done;
       uint32_t je = err >= 0 ? psw_coord_job_epochs(x->coord) : 0;

@@ -1081,7 +1081,7 @@ static int cfg_load_doc(cfg_ctx *x, ps_config *c) {
 
 /* cfg_check_depth scans BUF's tokens and refuses a nesting deeper than
  * PS_CONFIG_MAX_DEPTH (block and flow collections together) at the token
- * that passes it.  libyaml's scanner keeps one simple-key slot per flow
+ * that passes it, and any YAML tag.  libyaml's scanner keeps one simple-key slot per flow
  * level and walks them all for every token, so stopping at the bound
  * keeps this pass linear; the loader then never sees a deep file.
  * Syntax errors are left for the loader to report. */
@@ -1095,6 +1095,15 @@ static int cfg_check_depth(cfg_ctx *x, const unsigned char *buf, size_t len) {
     if (!yaml_parser_scan(&p, &t)) break;
     yaml_token_type_t type = t.type;
     yaml_mark_t m = t.start_mark;
+    if (type == YAML_TAG_TOKEN) {
+      /* A tag changes how YAML would read the value (!!str false is a
+       * string) while the loader hands psd the same plain text either
+       * way: refused rather than silently read by psd's own rules. */
+      r = cfg_err(x, m, "YAML tag '%s%s' (psd reads values by its own rules; remove the tag)",
+                  (const char *)t.data.tag.handle, (const char *)t.data.tag.suffix);
+      yaml_token_delete(&t);
+      break;
+    }
     yaml_token_delete(&t);
     if (type == YAML_STREAM_END_TOKEN) break;
     if (type == YAML_BLOCK_SEQUENCE_START_TOKEN || type == YAML_BLOCK_MAPPING_START_TOKEN ||

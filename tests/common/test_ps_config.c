@@ -673,6 +673,12 @@ static const struct bad_case {
      "8:37: bad address 'h:0' for 'channel' (expected host:port, port 1..65535)"},
     {"cluster: a\nx: [[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]]\n",
      PS_ECONFIG, "2:35: nested deeper than 32 levels"},
+    /* A tag would change how YAML reads the value (!!str false is the
+     * string, which psd would take as the boolean): refused, not ignored. */
+    {"cluster: a\nworkers:\n  overlap: !!str false\n" SHARD0, PS_ECONFIG,
+     "3:12: YAML tag '!!str' (psd reads values by its own rules; remove the tag)"},
+    {"cluster: a\ntraining: !!map\n  epochs: !<tag:yaml.org,2002:int> 3\n" SHARD0, PS_ECONFIG,
+     "2:11: YAML tag '!!map' (psd reads values by its own rules; remove the tag)"},
 };
 
 START_TEST(test_config_bad_file) {

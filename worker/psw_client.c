@@ -130,15 +130,16 @@ int psw_retryable(int err) {
 /* ---- spec and layout ------------------------------------------------------- */
 
 /* psw_call_once makes one gRPC call on a connection of its own to ADDR
- * (ps_rpc_call's arguments and result). */
-static int psw_call_once(const ps_config *cfg, const char *addr, const char *method,
+ * (ps_rpc_call's arguments and result); a stop ends it at once
+ * (PS_ESHUTDOWN): these calls (the spec, an export) change nothing. */
+static int psw_call_once(const psw_client *c, const char *addr, const char *method,
                          const ProtobufCMessage *req,
                          const ProtobufCMessageDescriptor *resp_desc, ProtobufCMessage **resp,
                          int timeout_ms, ps_errbuf *eb) {
   ps_rpc *rpc = NULL;
-  int err = ps_rpc_open_cfg(&rpc, addr, cfg, PS_ROLE_WORKER, eb);
+  int err = ps_rpc_open_cfg(&rpc, addr, c->cfg, PS_ROLE_WORKER, eb);
   if (err < 0) return err;
-  err = ps_rpc_call(rpc, method, req, resp_desc, resp, timeout_ms, eb);
+  err = ps_rpc_call_stop(rpc, method, req, resp_desc, resp, timeout_ms, c->stop, 0, eb);
   ps_rpc_close(rpc);
   return err;
 }
@@ -149,7 +150,7 @@ static int psw_try_get_model(psw_client *c, size_t i, ps_errbuf *eb) {
   Ps__GetModelRequest req = PS__GET_MODEL_REQUEST__INIT;
   req.name = c->model;
   ProtobufCMessage *resp = NULL;
-  int err = psw_call_once(c->cfg, c->cfg->shards[i].grpc_addr, "/ps.Ps/GetModel", &req.base,
+  int err = psw_call_once(c, c->cfg->shards[i].grpc_addr, "/ps.Ps/GetModel", &req.base,
                           &ps__get_model_reply__descriptor, &resp, PSW_GETMODEL_TIMEOUT_MS, eb);
   if (err < 0) return err;
   c->reply = (Ps__GetModelReply *)resp;
@@ -203,7 +204,7 @@ static int psw_export_shard(psw_client *c, psw_shard *s, int pbuf, int timeout_m
   Ps__ExportRequest req = PS__EXPORT_REQUEST__INIT;
   req.model = c->model;
   ProtobufCMessage *resp = NULL;
-  int err = psw_call_once(c->cfg, s->conf->grpc_addr, "/ps.Ps/Export", &req.base,
+  int err = psw_call_once(c, s->conf->grpc_addr, "/ps.Ps/Export", &req.base,
                           &ps__export_reply__descriptor, &resp, timeout_ms, eb);
   if (err < 0) return err;
   const Ps__ExportReply *r = (const Ps__ExportReply *)resp;
@@ -766,7 +767,7 @@ static int psw_spec_check(psw_client *c, psw_shard *s, const ps_errbuf *why, ps_
   ps_errbuf geb;
   char tail[sizeof why->msg + 32] = "";
   if (why) snprintf(tail, sizeof tail, " (shard %u: %s)", s->conf->id, why->msg);
-  int gerr = psw_call_once(c->cfg, s->conf->grpc_addr, "/ps.Ps/GetModel", &req.base,
+  int gerr = psw_call_once(c, s->conf->grpc_addr, "/ps.Ps/GetModel", &req.base,
                            &ps__get_model_reply__descriptor, &resp, PSW_GETMODEL_TIMEOUT_MS, &geb);
   if (gerr == PS_ENOENT)
     return ps_errf(eb, PS_EINVAL, "model '%s' is no longer on the cluster%s", c->model, tail);

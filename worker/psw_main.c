@@ -254,8 +254,11 @@ int main(int argc, char **argv) {
   if (a.evaluate) {
     uint64_t version;
     int err = psw_train_evaluate(&o, &r, &version, &eb);
-    if (err < 0) ps_err("evaluate '%s': %s (%s)", o.model, eb.msg, ps_errname(err));
-    else psw_train_eval_json(stdout, o.model, &r, version);
+    int stopped = ps_stop_signal && (err == 0 || err == PS_ESHUTDOWN);
+    if (err < 0 && !stopped) ps_err("evaluate '%s': %s (%s)", o.model, eb.msg, ps_errname(err));
+    else if (err < 0) ps_info("evaluate '%s': stopped by %s before it finished", o.model,
+                              strsignal((int)ps_stop_signal));
+    if (err == 0 || stopped) psw_train_eval_json(stdout, o.model, &r, err == 0 ? version : 0, stopped);
     rc = psw_exit_code(err, &r);
     goto release_config;
   }

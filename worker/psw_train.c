@@ -1226,7 +1226,7 @@ static void json_model(FILE *out, const char *model) {
 
 /* psw_train_eval_json: see psw_train.h. */
 void psw_train_eval_json(FILE *out, const char *model, const psw_train_result *r,
-                         uint64_t version) {
+                         uint64_t version, int stopped) {
   json_model(out, model);
   json_num(out, "test_loss", r->test_loss, "%.6f");
   json_num(out, "test_accuracy", r->test_accuracy, "%.4f");
@@ -1234,7 +1234,7 @@ void psw_train_eval_json(FILE *out, const char *model, const psw_train_result *r
   json_num(out, "test_logloss", r->test_logloss, "%.6f");
   fprintf(out, ",\"version\":%llu", (unsigned long long)version);
   json_num(out, "wall_s", r->wall_s, "%.3f");
-  fputs("}\n", out);
+  fprintf(out, ",\"stopped\":%s}\n", stopped ? "true" : "false");
   fflush(out);
 }
 

@@ -174,6 +174,24 @@ START_TEST(test_train_unknown_model_and_sigterm) {
   ck_assert_msg(line[0] == '{' && strstr(line, "\"stopped\":true"), "last line: %s", line);
   ck_assert(ps_test_json_num(line, "steps") >= 1);
   free(text);
+  /* An evaluation stopped while a shard does not answer: its JSON line
+   * still comes, saying stopped, as training's does. */
+  snprintf(log, sizeof log, "%s/evaluate.log", x.dir);
+  char *ev[] = {(char *)ps_test_bin("psw"), "--config", x.yaml, "--evaluate", NULL};
+  kill(x.shard[0], SIGSTOP);
+  pid = ps_test_spawn(ev, log, NULL);
+  usleep(1500 * 1000);
+  kill(pid, SIGTERM);
+  st = ps_test_wait_pid(pid, 15000);
+  kill(x.shard[0], SIGCONT);
+  ck_assert_msg(st >= 0, "psw --evaluate did not stop within 15 s of SIGTERM");
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 143, "exit status %d", st);
+  text = ps_test_read_file(log, NULL);
+  line = ps_test_last_line(text);
+  ck_assert_msg(line[0] == '{' && strstr(line, "\"stopped\":true") &&
+                    strstr(line, "\"test_accuracy\":null"),
+                "last line: %s", line);
+  free(text);
   tt_stop_shards(&x);
 }
 END_TEST

@@ -1111,6 +1111,23 @@ static void agg_on_done(uv_async_t *h) {
 
 /* ---- life --------------------------------------------------------------------- */
 
+/* agg_free_tables frees what psd_agg_new allocated (the key, the tables)
+ * and A itself. */
+static void agg_free_tables(psd_agg *a) {
+  ps_auth_client_close(&a->auth);
+  ps_auth_key_wipe(&a->key);
+  free(a->shard_ids);
+  free(a->links);
+  free(a->seen_ms);
+  free(a->busy);
+  free(a->nconn);
+  free(a->closed_ms);
+  free(a->left);
+  free(a->retry_ms);
+  free(a->resend);
+  free(a);
+}
+
 /* psd_agg_new: see psd_agg.h. */
 int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_agg_conf *me,
                 ps_errbuf *eb) {
@@ -1138,17 +1155,7 @@ int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_a
     rc = ps_auth_client_open(&a->auth, cfg->security.secret_file, PS_ROLE_AGGREGATOR, eb);
   if (rc == 0) a->keyed = ps_auth_client_now(&a->auth, &a->key);
   if (rc < 0) {
-    ps_auth_client_close(&a->auth);
-    free(a->shard_ids);
-    free(a->links);
-    free(a->seen_ms);
-    free(a->busy);
-    free(a->nconn);
-    free(a->closed_ms);
-    free(a->left);
-    free(a->retry_ms);
-    free(a->resend);
-    free(a);
+    agg_free_tables(a);
     return rc;
   }
   ps_config_shard_ids(cfg, a->shard_ids);
@@ -1240,24 +1247,13 @@ void psd_agg_free(psd_agg *a) {
     a->models = m->next;
     agg_model_free(m);
   }
-  free(a->shard_ids);
-  ps_auth_client_close(&a->auth);
-  ps_auth_key_wipe(&a->key);
-  free(a->seen_ms);
-  free(a->busy);
-  free(a->nconn);
-  free(a->closed_ms);
-  free(a->left);
-  free(a->retry_ms);
-  free(a->resend);
   for (agg_job *j = a->done, *next; j; j = next) { /* finished after the loop's last turn */
     next = j->next;
     if (j->push) agg_group_free(j->g);
     free(j->data);
     free(j);
   }
-  free(a->links);
-  free(a);
+  agg_free_tables(a);
 }
 
 /* psd_agg_conn_stamp: see psd_agg.h. */

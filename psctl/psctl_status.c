@@ -606,7 +606,8 @@ static const char psctl_status_usage[] =
     "through each within a lease.  --json prints the\n"
     "same as one JSON object.\n"
     "Exit status: 0 when every shard and every aggregator of the file is SERVING, 1\n"
-    "otherwise (one DOWN, REFUSED, draining or not yet serving), 2 for usage/config errors.\n";
+    "otherwise (one DOWN, REFUSED, DEGRADED or not yet serving; a shard stopping on SIGTERM\n"
+    "shows DOWN, its listeners closed at once), 2 for usage/config errors.\n";
 
 static void psctl_status_usage_to(FILE *f) {
   fprintf(f, psctl_status_usage, PSCTL_STATUS_GAP_MS, PSCTL_STATUS_GAP_MIN_MS,

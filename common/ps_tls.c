@@ -20,6 +20,17 @@
 
 #define PS_TLS_MAX_PEM (1u << 20)
 
+/* ps_tls_security_name: see ps_tls.h. */
+const char *ps_tls_security_name(const ps_security_conf *s) {
+  /* 0: no channel secret, 1: the hello's proof, 2: and every frame MACed */
+  int chan = !s->secret_file ? 0 : s->payload_mac ? 2 : 1;
+  static const char *const names[3][3] = {
+      {"none", "none+chan-hmac", "none+chan-hmac+payload-mac"},
+      {"mtls", "mtls+chan-hmac", "mtls+chan-hmac+payload-mac"},
+      {"tls", "tls+chan-hmac", "tls+chan-hmac+payload-mac"}};
+  return names[s->mode != PS_SEC_TLS ? 0 : s->require_client_cert ? 1 : 2][chan];
+}
+
 int ps_tls_read(const char *path, int private_, char **out, ps_errbuf *eb) {
   *out = NULL;
   struct stat st;

@@ -42,6 +42,15 @@ int ps_tls_check_pair(const char *ca, const char *cert, const char *key, const c
  * none).  0, or PS_ECONFIG / PS_EIO listing the hosts it does not name. */
 int ps_tls_check_hosts(const char *cert, const char *const *addrs, size_t n, ps_errbuf *eb);
 
+/* ps_tls_security_name names how a cluster with security section S
+ * authenticates: "none", "tls" (a client certificate not required) or
+ * "mtls" (mutual TLS) on the control plane, then "+chan-hmac" when the
+ * channel asks for the hello's proof (a secret file), and then
+ * "+payload-mac" when every frame carries a MAC.  One name for one
+ * cluster wherever it is shown (the shard's Status, psctl bench --json);
+ * static. */
+const char *ps_tls_security_name(const ps_security_conf *s);
+
 /* ps_tls_server_creds makes the shard's server credentials in *OUT
  * (caller releases with grpc_server_credentials_release), its pair first
  * checked as ps_tls_check does. */

@@ -34,6 +34,7 @@
 #include "ps_time.h"
 #include "psctl.h"
 #include "ps_auth.h"
+#include "ps_tls.h"
 
 #define BENCH_TIMEOUT_MS 60000
 
@@ -612,10 +613,9 @@ static void bench_print(const psctl_cluster *cl, const bench_opts *o, const benc
                bench_kinds[k].key, results[k].overall);
     if (small[0] >= 0) printf(",\"small_push_per_sec\":%.0f", small[0]);
     if (small[1] >= 0) printf(",\"small_grpc_calls_per_sec\":%.0f", small[1]);
+    /* named as the shards' Status names it (psctl status --json) */
     if (cl->cfg.security.mode == PS_SEC_TLS || cl->cfg.security.secret_file)
-      printf(",\"security\":\"%s%s%s\"", cl->cfg.security.mode == PS_SEC_TLS ? "tls" : "none",
-             cl->cfg.security.secret_file ? "+chan-hmac" : "",
-             cl->cfg.security.payload_mac ? "+payload-mac" : "");
+      printf(",\"security\":\"%s\"", ps_tls_security_name(&cl->cfg.security));
     printf("}\n");
     return;
   }

@@ -11,6 +11,7 @@
 #include "ps_log.h"
 #include "ps_model.h"
 #include "ps_pb.h"
+#include "ps_tls.h"
 #include "psd_wal.h"
 #include "psd_coord.h"
 
@@ -587,14 +588,7 @@ int psd_shard_pull_view(psd_shard *sh, const ps_req *r, struct iovec *seg, size_
 
 /* psd_shard_security_name says how the shard authenticates (static). */
 const char *psd_shard_security_name(const psd_shard *sh) {
-  const ps_security_conf *s = &sh->cfg->security;
-  /* 0: no channel secret, 1: the hello's proof, 2: and every frame MACed */
-  int chan = !s->secret_file ? 0 : s->payload_mac ? 2 : 1;
-  static const char *const names[3][3] = {
-      {"none", "none+chan-hmac", "none+chan-hmac+payload-mac"},
-      {"mtls", "mtls+chan-hmac", "mtls+chan-hmac+payload-mac"},
-      {"tls", "tls+chan-hmac", "tls+chan-hmac+payload-mac"}};
-  return names[s->mode != PS_SEC_TLS ? 0 : s->require_client_cert ? 1 : 2][chan];
+  return ps_tls_security_name(&sh->cfg->security);
 }
 
 /* psd_shard_status fills REPLY; model names are copied, the state and

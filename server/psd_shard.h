@@ -222,9 +222,8 @@ void psd_shard_status_release(Ps__StatusReply *reply);
  * such as malformed frames, which never reach a handler). */
 void psd_shard_count_error(psd_shard *sh);
 
-/* psd_shard_security_name: "none", "tls" or "mtls" (control plane), with
- * "+chan-hmac" when the channel asks for the hello's proof, and then
- * "+payload-mac" when every frame carries a MAC; static. */
+/* psd_shard_security_name: ps_tls_security_name of the shard's file
+ * ("mtls+chan-hmac", ...); static. */
 const char *psd_shard_security_name(const psd_shard *sh);
 
 #endif

@@ -478,6 +478,23 @@ START_TEST(test_sec_wrong_secret) {
 }
 END_TEST
 
+/* psctl names the cluster's security as the shard does: `psctl bench
+ * --json` said "tls+chan-hmac" where `psctl status --json` (the shard's
+ * Status) said "mtls+chan-hmac" for the same mutual-TLS cluster. */
+START_TEST(test_sec_bench_names_mode) {
+  ck_assert_msg(sec_up_ok, "psd is not running");
+  char log[700];
+  snprintf(log, sizeof log, "%s/bench.log", ps_test_tmpdir());
+  char *argv[] = {(char *)ps_test_bin("psctl"), "bench", "--config", sec_yaml, "--json",
+                  "--model-mib", "1", "--rounds", "1", "--small-secs", "0", "--skip-grpc", NULL};
+  int rc = ps_test_run(argv, log, 60000);
+  char *out = ps_test_read_file(log, NULL);
+  ck_assert_msg(rc == 0 && strstr(out, "\"security\":\"mtls+chan-hmac\""), "exit %d: %s", rc,
+                out);
+  free(out);
+}
+END_TEST
+
 /* A stock gRPC client (Debian python3-grpcio) calls Health/Check over TLS
  * with the right certificate, and cannot without one or in plaintext. */
 START_TEST(test_sec_python_health) {
@@ -1330,6 +1347,7 @@ Suite *security_suite(void) {
   tcase_add_test(tc, test_sec_replayed_hello);
   tcase_add_test(tc, test_sec_wrong_secret);
   tcase_add_test(tc, test_sec_python_health);
+  tcase_add_test(tc, test_sec_bench_names_mode);
   tcase_add_test(tc, test_sec_file_modes);
   tcase_add_test(tc, test_sec_key_rotation);
   tcase_add_test(tc, test_sec_client_key_rotation);

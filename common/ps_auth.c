@@ -51,16 +51,36 @@ int ps_role_from_subject(const char *subject) {
   return role;
 }
 
+/* auth_access writes to BUF who may do what with a file of MODE beyond
+ * its owner: "readable by its group", "readable and writable by its group
+ * and others", "readable by its group, writable by others". */
+static void auth_access(unsigned mode, char *buf, size_t cap) {
+  static const char *const verbs[8] = {"",
+                                       "executable",
+                                       "writable",
+                                       "writable and executable",
+                                       "readable",
+                                       "readable and executable",
+                                       "readable and writable",
+                                       "readable, writable and executable"};
+  unsigned g = mode >> 3 & 7, o = mode & 7;
+  if (g == o) snprintf(buf, cap, "%s by its group and others", verbs[g]);
+  else if (g && o) snprintf(buf, cap, "%s by its group, %s by others", verbs[g], verbs[o]);
+  else snprintf(buf, cap, "%s by %s", verbs[g | o], g ? "its group" : "others");
+}
+
 int ps_auth_private_file(const char *path, ps_errbuf *eb) {
   struct stat st;
   if (stat(path, &st) < 0)
     return ps_errf(eb, errno == ENOENT ? PS_ECONFIG : PS_EIO, "'%s': cannot open: %s", path,
                    strerror(errno));
   if (!S_ISREG(st.st_mode)) return ps_errf(eb, PS_ECONFIG, "'%s': not a regular file", path);
-  if (st.st_mode & (S_IRWXG | S_IRWXO))
-    return ps_errf(eb, PS_ECONFIG,
-                   "'%s' is readable or writable by others (mode %03o): it holds a secret; "
-                   "chmod 600 it", path, (unsigned)(st.st_mode & 0777));
+  if (st.st_mode & (S_IRWXG | S_IRWXO)) {
+    char who[96];
+    auth_access((unsigned)st.st_mode & 077, who, sizeof who);
+    return ps_errf(eb, PS_ECONFIG, "'%s' is %s (mode %03o): it holds a secret; chmod 600 it",
+                   path, who, (unsigned)(st.st_mode & 0777));
+  }
   return 0;
 }
 

@@ -52,8 +52,8 @@ int ps_role_parse(const char *s, size_t len);
 int ps_role_from_subject(const char *subject);
 
 /* ps_auth_private_file checks that PATH is a regular file that neither
- * its group nor others may read or write; 0, or PS_ECONFIG / PS_EIO with
- * the path in EB. */
+ * its group nor others may read, write or execute; 0, or PS_ECONFIG /
+ * PS_EIO with the path, and who may do what, in EB. */
 int ps_auth_private_file(const char *path, ps_errbuf *eb);
 
 #define PS_AUTH_ID_MAX 32

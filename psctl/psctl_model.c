@@ -62,7 +62,9 @@ static int psctl_model_args(int argc, char **argv, psctl_model_opts *o) {
       case 'i':
       case 'k':
         snprintf(cmd, sizeof cmd, "model %s", argv[0]);
-        if (psctl_parse_u64(cmd, c == 'i' ? "inputs" : "classes", optarg, 1, 1L << 24, &v) < 0)
+        /* a softmax over one class learns nothing: --classes from 2 */
+        if (psctl_parse_u64(cmd, c == 'i' ? "inputs" : "classes", optarg, c == 'i' ? 1 : 2,
+                            1L << 24, &v) < 0)
           return 2;
         *(c == 'i' ? &o->inputs : &o->classes) = (long)v;
         break;
@@ -177,8 +179,9 @@ static int psctl_model_logreg(int argc, char **argv) {
   psctl_model_opts o;
   int code = psctl_model_args(argc, argv, &o);
   if (code) return code < 0 ? 0 : code;
-  if (o.inputs <= 0 || o.inputs > (1L << 24) || o.classes < 2 || o.classes > (1L << 24)) {
-    fprintf(stderr, "psctl model logreg: --inputs N (> 0) and --classes K (>= 2) are required\n");
+  if (!o.inputs || !o.classes) { /* the values given were checked by psctl_model_args */
+    fprintf(stderr, "psctl model logreg: %s is required\n",
+            !o.inputs ? "--inputs N" : "--classes K");
     return 2;
   }
   uint32_t layers[2] = {(uint32_t)o.inputs, (uint32_t)o.classes};

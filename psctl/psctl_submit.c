@@ -32,8 +32,9 @@ static const char psctl_submit_usage[] =
     "chunk).  --chunk-elems N: float32 elements per chunk, 1..67108864; 0 (the default): each\n"
     "shard's chunk_elems, fixed in the model when it is registered.\n"
     "--momentum applies to momentum and nesterov, --beta1/--beta2 to adam, --eps to\n"
-    "adam and adagrad; a flag the optimizer does not use is refused, as is --lr-decay-steps\n"
-    "without --lr-decay.  --replace replaces a model of that name with different settings.\n"
+    "adam and adagrad; a flag the optimizer does not use is refused, as are --lr-decay-steps\n"
+    "without --lr-decay and --lr-decay without --lr-decay-steps.  --replace replaces a model\n"
+    "of that name with different settings.\n"
     "Consistency, staleness and staleness weight default to the cluster file's training section;\n"
     "--staleness (the ssp bound) contradicts bsp and asp.\n"
     "--clip-norm X: workers scale each step's whole gradient to an L2 norm of at most X before\n"
@@ -107,8 +108,9 @@ static const struct {
                       {'e', "eps", " adam adagrad "}};
 
 /* psctl_submit_fits refuses an optimizer flag the chosen optimizer does
- * not use (it would be ignored without a word, psctl_opt_uses), and
- * --lr-decay-steps without --lr-decay.  0, or 1 said on stderr.  An
+ * not use (it would be ignored without a word, psctl_opt_uses),
+ * --lr-decay-steps without --lr-decay, and --lr-decay without
+ * --lr-decay-steps.  0, or 1 said on stderr.  An
  * unknown optimizer is the shards' to refuse. */
 static int psctl_submit_fits(const psctl_submit_opts *o) {
   static const char *const known[] = {"sgd", "momentum", "nesterov", "adam", "adagrad"};
@@ -131,6 +133,12 @@ static int psctl_submit_fits(const psctl_submit_opts *o) {
   if (o->opt.lr_decay != 0 && !(o->opt.lr_decay > 0 && o->opt.lr_decay < 1)) {
     fprintf(stderr, "psctl submit: --lr-decay wants GAMMA with 0 < GAMMA < 1, got %g\n",
             (double)o->opt.lr_decay);
+    return 1;
+  }
+  /* said here by the flags' names, not later by the spec's fields */
+  if (o->opt.lr_decay != 0 && !o->opt.lr_decay_steps) {
+    fprintf(stderr, "psctl submit: --lr-decay GAMMA needs --lr-decay-steps N (> 0): lr falls by "
+            "GAMMA over each N updates of a chunk\n");
     return 1;
   }
   return 0;

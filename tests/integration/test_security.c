@@ -537,8 +537,18 @@ START_TEST(test_sec_file_modes) {
   ck_assert_int_eq(chmod(path, 0644), 0);
   ck_assert_int_eq(ps_auth_load(&k, path, &eb), PS_ECONFIG);
   ck_assert_msg(strstr(eb.msg, path) && strstr(eb.msg, "mode 644"), "%s", eb.msg);
+  ck_assert_msg(strstr(eb.msg, "readable by its group and others (mode 644)"), "%s", eb.msg);
+  /* the message names who may read it: mode 640 used to say "by others" */
   ck_assert_int_eq(chmod(path, 0640), 0);
   ck_assert_int_eq(ps_auth_load(&k, path, &eb), PS_ECONFIG);
+  ck_assert_msg(strstr(eb.msg, "readable by its group (mode 640)"), "%s", eb.msg);
+  ck_assert_int_eq(chmod(path, 0602), 0);
+  ck_assert_int_eq(ps_auth_load(&k, path, &eb), PS_ECONFIG);
+  ck_assert_msg(strstr(eb.msg, "writable by others (mode 602)"), "%s", eb.msg);
+  ck_assert_int_eq(chmod(path, 0670), 0);
+  ck_assert_int_eq(ps_auth_load(&k, path, &eb), PS_ECONFIG);
+  ck_assert_msg(strstr(eb.msg, "readable, writable and executable by its group (mode 670)"), "%s",
+                eb.msg);
   ck_assert_int_eq(chmod(path, 0600), 0);
   ck_assert_msg(ps_auth_load(&k, path, &eb) == 0, "%s", eb.msg);
   ck_assert_uint_eq(k.n, 1);

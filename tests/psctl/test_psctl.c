@@ -596,6 +596,19 @@ START_TEST(test_cli_bad_flags) {
        "--lr-decay wants GAMMA with 0 < GAMMA < 1, got 1.5"},
       {"psctl", "submit m.pb --name m --lr-decay-steps 5 --config '%s'",
        "--lr-decay-steps needs --lr-decay GAMMA"},
+      /* the flags by name, as above (it said "optimizer lr_decay needs
+       * lr_decay_steps > 0", after reading the graph file) */
+      {"psctl", "submit m.pb --name m --lr-decay 0.9 --config '%s'",
+       "--lr-decay GAMMA needs --lr-decay-steps N"},
+      {"psctl", "submit m.pb --name m --lr-decay 0.9 --lr-decay-steps 0 --config '%s'",
+       "--lr-decay GAMMA needs --lr-decay-steps N"},
+      /* the value out of range named (it said both flags "are required") */
+      {"psctl", "model logreg --inputs 784 --classes 1 -o x.pb",
+       "--classes wants an integer in [2, 16777216], got '1'"},
+      {"psctl", "model logreg --inputs 0 --classes 10 -o x.pb",
+       "--inputs wants an integer in [1, 16777216], got '0'"},
+      {"psctl", "model logreg --classes 10 -o x.pb", "--inputs N is required"},
+      {"psctl", "model logreg --inputs 784 -o x.pb", "--classes K is required"},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     char args[1200];

@@ -650,7 +650,7 @@ static const char bench_usage[] =
     "parameters, pushes every chunk once, waits for a flush and prints each shard's\n"
     "parameter count as JSON (scripts/bench_net measures the shards' memory).\n"
     "--sockbuf sets the channel clients' SO_SNDBUF/SO_RCVBUF (default 0: kernel autotuning;\n"
-    "else at least 65536).\n"
+    "else at least 65536).  Short forms: -c FILE (--config), -j (--json), -h (--help).\n"
     "Exit status: 0, 1 when a shard is down or refuses the model or a request, 2 for\n"
     "usage/config errors.\n";
 

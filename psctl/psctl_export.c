@@ -41,6 +41,7 @@ static const char psctl_export_usage[] =
     "The file is replaced atomically (-o is also --output; a symlink is followed, and a\n"
     "directory, device or FIFO refused; a stop by signal leaves no partial file).\n"
     "--timeout-ms bounds each shard's export and each page of rows (default 60000).\n"
+    "Short forms: -m NAME (--model), -c FILE (--config), -h (--help).\n"
     "Exit status: 0, 1 when a shard is down, the model is unknown or the export is\n"
     "inconsistent (nothing is written then), 2 on bad usage or a bad configuration.\n";
 

@@ -25,7 +25,7 @@ static const char psctl_model_usage[] =
     "with --hash-buckets, else raw 64-bit ids) looked up for F fields (each field's ids pooled,\n"
     "default sum), concatenated after N dense features, relu layers of the given widths (none\n"
     "by default) down to one logit, sigmoid cross-entropy; metrics auc and logloss.\n"
-    "-o is also --output.  show: inputs, parameters, nodes with their shapes, loss and\n"
+    "-o is also --output, -h --help.  show: inputs, parameters, nodes with their shapes, loss and\n"
     "parameter count.  Exit status: 0, 1 on i/o failure, 2 on bad usage or a bad graph file.\n";
 
 typedef struct psctl_model_opts {

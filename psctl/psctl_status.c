@@ -604,7 +604,7 @@ static const char psctl_status_usage[] =
     "per second, worker pushes summed, sums forwarded, pulls, root fetches, the share of\n"
     "pulls answered without a fetch of their own, and the workers that pushed or pulled\n"
     "through each within a lease.  --json prints the\n"
-    "same as one JSON object.\n"
+    "same as one JSON object.  Short forms: -c FILE (--config), -j (--json), -h (--help).\n"
     "Exit status: 0 when every shard and every aggregator of the file is SERVING, 1\n"
     "otherwise (one DOWN, REFUSED, DEGRADED or not yet serving; a shard stopping on SIGTERM\n"
     "shows DOWN, its listeners closed at once), 2 for usage/config errors.\n";

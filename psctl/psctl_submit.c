@@ -45,6 +45,7 @@ static const char psctl_submit_usage[] =
     "under --codec-min-elems N elements stay fp32.  These default to the cluster file's training\n"
     "section (fp32, fp32, 0.01, 0, 1024).  --tensor-codec NAME=CODEC (repeatable) sets one\n"
     "tensor's push codec.\n"
+    "Short forms: -n NAME (--name), -c FILE (--config), -h (--help).\n"
     "Exit status: 0, 1 when a shard is down or refuses (it says which shards have the model;\n"
     "run again to complete), 2 on bad usage or a bad file.\n";
 

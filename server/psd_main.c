@@ -817,6 +817,8 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
       "                                      check the configuration and exit\n"
       "SIGTERM or SIGINT drains and stops the shard (a second one during its start ends it at\n"
       "once); SIGHUP reloads security.secret_file once it serves (ignored while it starts).\n"
+      "Short forms: -c FILE (--config), -s N (--shard), -a NAME (--aggregator), -t (--test),\n"
+      "-h (--help).\n"
       "Exit status: 0 stopped cleanly (or by a signal while starting; -t: the file is good),\n"
       "1 a runtime failure (the store, the redo log, a listener: the log says which), 2 bad\n"
       "usage or configuration.\n";

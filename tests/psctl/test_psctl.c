@@ -18,6 +18,7 @@
  * Every process started is recorded in shared memory so that the
  * unchecked teardown stops it by PID even when an assertion failed
  * half-way (Check runs each test in a child of the runner). */
+#include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
 #include <signal.h>
@@ -622,6 +623,63 @@ START_TEST(test_cli_bad_flags) {
 }
 END_TEST
 
+/* pt_help_names says whether HELP names the short option -L: "-L"
+ * standing alone ("-o FILE", "-t|--test", "(-c)"), not inside a word or a
+ * long option. */
+static int pt_help_names(const char *help, char l) {
+  for (const char *p = help; (p = strchr(p, '-')); p++) {
+    char prev = p > help ? p[-1] : ' ', next = p[2];
+    if (p[1] == l && !isalnum((unsigned char)prev) && prev != '-' &&
+        !isalnum((unsigned char)next) && next != '-')
+      return 1;
+  }
+  return 0;
+}
+
+/* Every short option psd, psw and each psctl command accepts is in its
+ * --help: `psctl status -c FILE` worked as --config FILE without a word
+ * of it, and psw took 16 letters its help never named.  Each letter is
+ * tried before a flag that does not exist: getopt either refuses the
+ * letter ("invalid option -- 'L'") or takes it (its argument, if any,
+ * is the bogus flag) and then the command exits 2 on bad usage or
+ * configuration, doing nothing. */
+START_TEST(test_cli_short_options) {
+  pt_ctx x;
+  pt_init(&x);
+  static const char *const cmds[][2] = {{"psd", ""},           {"psw", ""},
+                                        {"psctl", "status"},   {"psctl", "submit"},
+                                        {"psctl", "export"},   {"psctl", "bench"},
+                                        {"psctl", "model mlp"}};
+  const char *bin_dir = ps_test_bin("psctl");
+  char cwd[1024] = "";
+  if (bin_dir[0] != '/') ck_assert(getcwd(cwd, sizeof cwd) != NULL);
+  for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+    const char *bin = ps_test_bin(cmds[i][0]);
+    char cmd[4096], accepted[700];
+    snprintf(accepted, sizeof accepted, "%s/accepted.txt", x.dir);
+    int n = snprintf(cmd, sizeof cmd,
+                     "cd '%s' && for l in {a..z} {A..Z}; do timeout 20 '%s%s%s' %s -$l "
+                     "--no-such-flag-zz < /dev/null 2>&1 | grep -q \"invalid option -- '$l'\" "
+                     "|| printf %%s $l; done > '%s'",
+                     x.dir, cwd, *cwd ? "/" : "", bin, cmds[i][1], accepted);
+    ck_assert(n > 0 && (size_t)n < sizeof cmd);
+    char *shell[] = {"/bin/bash", "-c", cmd, NULL};
+    ck_assert_int_eq(ps_test_run(shell, x.log, 120000), 0);
+    char *letters = ps_test_read_file(accepted, NULL);
+    ck_assert_int_eq(pt_run(&x, cmds[i][0], "%s --help", cmds[i][1]), 0);
+    char *help = ps_test_read_file(x.out, NULL);
+    ck_assert_msg(strchr(letters, 'h'), "%s %s: -h refused (accepted: '%s')", cmds[i][0],
+                  cmds[i][1], letters);
+    for (const char *l = letters; *l; l++)
+      ck_assert_msg(pt_help_names(help, *l), "%s %s takes -%c, which its --help does not name:\n%s",
+                    cmds[i][0], cmds[i][1], *l, help);
+    free(help);
+    free(letters);
+  }
+  pt_cleanup(&x);
+}
+END_TEST
+
 /* psd -t: group_commit_* keys set under mode periodic (which ignores
  * them) pass with a warning saying so and where; under sync, or absent,
  * no warning. */
@@ -773,6 +831,7 @@ Suite *psctl_suite(void) {
                {"submit", test_psctl_submit},
                {"submit_budget", test_psctl_submit_budget},
                {"cli_bad_flags", test_cli_bad_flags},
+               {"cli_short_options", test_cli_short_options},
                {"psd_t_group_commit", test_psd_t_group_commit_periodic},
                {"bench", test_psctl_bench},
                {"status_aggregator", test_psctl_status_aggregator}};

@@ -41,6 +41,9 @@ typedef struct psw_shard {
                                 applied or not, nobody knows (invariant 4) */
   uint64_t pushes_broken;    /* of those, the ones whose connection broke or whose
                                 send failed (not answered with a refusal) */
+  uint64_t pushes_refused;   /* of those, the ones answered DEGRADED: refused, not
+                                applied (invariant 12; psw_client_say_refused) */
+  uint64_t pushes_unsynced;  /* ... answered DEGRADED as applied in memory only */
   uint64_t push_id, pull_id; /* request ids of the round's push and pull */
   /* Pushes whose answer is still due, oldest first (invariant 8): one
    * more than the depth while a round collects. */
@@ -591,8 +594,15 @@ static int psw_send(psw_client *c, psw_shard *s, int gbuf, uint64_t push_clock, 
  * that broke, timed out or could not connect, with the sum in flight or
  * not yet sent: applied or not).  A DEGRADED refusal does not: the worker
  * goes on without its updates there (invariant 12), as it does when its
- * own stop cut the wait short. */
-static void psw_push_answer(psw_shard *s, int err, uint64_t version, int answered) {
+ * own stop cut the wait short; it counts as refused, or as unsynced when
+ * WHY, the answer's message (read only then), says the push was applied
+ * in memory and its sync failed (README "Durability"). */
+static void psw_push_answer(psw_shard *s, int err, uint64_t version, int answered,
+                            const char *why) {
+  if (answered && err == PS_EDEGRADED) {
+    if (strstr(why, "applied in memory")) s->pushes_unsynced++;
+    else s->pushes_refused++;
+  }
   if (err == 0) {
     s->pushed_version = version;
     s->pushes_acked++;
@@ -612,7 +622,7 @@ static int psw_ack_wait(psw_shard *s, ps_errbuf *eb) {
   memmove(s->ack_ids, s->ack_ids + 1, --s->nacks * sizeof *s->ack_ids);
   ps_errbuf reb;
   int err = ps_chan_recv_id(s->ch, id, &version, &reb);
-  psw_push_answer(s, err, version, 1);
+  psw_push_answer(s, err, version, 1, reb.msg);
   return err < 0 ? ps_errf(eb, err, "push failed: %s", reb.msg) : 0;
 }
 
@@ -688,7 +698,7 @@ static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, uint64_t pu
     if (err == 0) err = ps_chan_recv_id(s->ch, id, &version, &reb);
     ps_chan_set_timeout(s->ch, c->io_timeout_ms); /* (psw_await may have cut it) */
     if (!is_push) *pull_err = err;
-    if (is_push) psw_push_answer(s, err, version, answered);
+    if (is_push) psw_push_answer(s, err, version, answered, reb.msg);
     if (err == 0 && !is_push) {
       if (s->pull_codec != PS_CODEC_FP32) psw_decode_pull(c, s, pbuf);
       s->version[pbuf] = version;
@@ -1301,6 +1311,24 @@ size_t psw_client_push_counts(const psw_client *c, uint64_t *acked, uint64_t *un
     unanswered[k] = c->shards[k].pushes_unanswered;
   }
   return c->nshards;
+}
+
+/* psw_client_say_refused: see psw_client.h. */
+void psw_client_say_refused(const psw_client *c) {
+  for (size_t k = 0; k < c->nshards; k++) {
+    const psw_shard *s = &c->shards[k];
+    unsigned long long all = s->pushes_acked + s->pushes_unanswered;
+    if (s->pushes_refused)
+      ps_warn("worker %u: %llu of %llu pushes to shard %u (%s) were refused while it was "
+              "DEGRADED and not sent again: the model lacks those updates (the shard's log "
+              "says why it was DEGRADED)", c->worker, (unsigned long long)s->pushes_refused,
+              all, s->conf->id, s->conf->channel_addr);
+    if (s->pushes_unsynced)
+      ps_warn("worker %u: %llu of %llu pushes to shard %u (%s) were applied in memory only, "
+              "their sync failed while it was DEGRADED: a crash of that shard before its log "
+              "takes them loses them", c->worker, (unsigned long long)s->pushes_unsynced, all,
+              s->conf->id, s->conf->channel_addr);
+  }
 }
 
 /* psw_client_bytes: see psw_client.h. */

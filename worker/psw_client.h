@@ -234,11 +234,20 @@ uint64_t psw_client_version(const psw_client *c, int buf, uint32_t shard);
 /* psw_client_push_counts copies, for the first MAX shards in the config's
  * order, the pushes each shard acknowledged to ACKED[k] and those whose
  * answer never came (the connection broke first: applied or not, the worker
- * cannot know; they are not sent again) to UNANSWERED[k]; returns the
- * number of shards.  A push refused with an answer is in neither.  Read it
- * when no push/pull is in flight. */
+ * cannot know; they are not sent again), and those a DEGRADED shard
+ * answered with its refusal (invariant 12: not sent again either), to
+ * UNANSWERED[k]; returns the number of shards.  Another push refused with
+ * an answer is in neither.  Read it when no push/pull is in flight. */
 size_t psw_client_push_counts(const psw_client *c, uint64_t *acked, uint64_t *unanswered,
                               size_t max);
+
+/* psw_client_say_refused warns, per shard, of the pushes a DEGRADED shard
+ * refused (invariant 12: the worker went on without them, so the model
+ * lacks those updates: a run that ends well must not look complete) and
+ * of those it answered as applied in memory only (their sync failed: a
+ * crash of the shard loses them); nothing when there were none.  Read it
+ * when no push/pull is in flight, at the end of a run. */
+void psw_client_say_refused(const psw_client *c);
 
 /* psw_client_bytes writes the bytes this client's tensor-channel
  * connections sent and received in all (frame headers included; closed

@@ -1079,8 +1079,10 @@ static int run_pick_overlap(const psw_train_opts *o) {
 }
 
 /* run_push_counts copies the client's per-shard push counts into R
- * (left empty when out of memory: the JSON line then shows none). */
+ * (left empty when out of memory: the JSON line then shows none), and
+ * warns of the pushes a DEGRADED shard refused. */
 static void run_push_counts(psw_run *x, psw_train_result *r) {
+  psw_client_say_refused(x->cl); /* before the JSON line, which counts them unanswered */
   psw_client_bytes(x->cl, &r->bytes_sent, &r->bytes_received, &r->push_bytes);
   r->shm_bytes = psw_client_shm_bytes(x->cl);
   size_t n = psw_client_push_counts(x->cl, NULL, NULL, 0);

@@ -950,6 +950,55 @@ START_TEST(test_clean_stop_no_log) {
 }
 END_TEST
 
+/* A worker whose pushes a DEGRADED shard refused (its log's syncs fail)
+ * goes on without them, within workers.retry_ms, and ends with exit 0
+ * (psw_client invariant 12); it used to say so once, at the first
+ * refusal, and then end as a run that succeeded.  Its log's last word
+ * before the JSON line now counts the pushes the shard did not apply:
+ * the model lacks those updates. */
+START_TEST(test_worker_degraded_said) {
+  const char *dir = ps_test_tmpdir();
+  char train[600], extra[1600], psw_log[700];
+  snprintf(train, sizeof train, "%s/train.csv", dir);
+  FILE *f = fopen(train, "w");
+  ck_assert(f != NULL);
+  for (int i = 0; i < 320; i++) { /* 10 steps of 32: three classes, 4 features */
+    fprintf(f, "%d", i % 3);
+    for (int j = 0; j < 4; j++) fprintf(f, ",%d", j == i % 3);
+    fputc('\n', f);
+  }
+  ck_assert(fclose(f) == 0);
+  snprintf(extra, sizeof extra,
+           "workers:\n  count: 1\n  retry_ms: 60000\n"
+           "training:\n  model: m\n  epochs: 1\n  batch_size: 32\n"
+           "data:\n  format: csv\n  train_images: %s\n  test_images: %s\n  scale: 1\n",
+           train, train);
+  ps_test_gated gt;
+  ps_test_gated_init(&gt, dir, extra, 0);
+  pid_t pid = ps_test_dur_start(gt.yaml, gt.log, gt.gp, gt.cp, gt.env.env);
+  ps_test_submit_mlp(dir, gt.yaml, "4,8,3", "0.01", "asp", NULL);
+  ps_test_write_file(gt.fail, "fail\n"); /* every push: refused, or applied but not synced */
+  snprintf(psw_log, sizeof psw_log, "%s/psw.log", dir);
+  char *argv[] = {(char *)ps_test_bin("psw"), "--config", gt.yaml, "--rank", "0", "--workers",
+                  "1", NULL};
+  int rc = ps_test_run(argv, psw_log, 60000);
+  char *text = ps_test_read_file(psw_log, NULL);
+  ck_assert_msg(rc == 0, "psw exit %d; see %s", rc, psw_log);
+  /* the warning comes before the JSON line and counts the refusals */
+  const char *said = strstr(text, " were refused while it was DEGRADED");
+  const char *json = strstr(text, "{\"model\":");
+  ck_assert_msg(said && json && said < json, "no count of the refused pushes before the JSON "
+                "line; see %s", psw_log);
+  const char *to = strstr(text, " pushes to shard 0 (");
+  ck_assert_msg(strstr(said, "the model lacks those updates") && to && to < said, "see %s",
+                psw_log);
+  ck_assert_msg(ps_test_json_sum(json, "pushes_unanswered") > 0, "see %s", psw_log);
+  free(text);
+  unlink(gt.fail);
+  cl_stop_clean(pid, gt.log);
+}
+END_TEST
+
 /* cl_full_segments counts the segments holding records in DIR's shard's
  * redo directory. */
 static int cl_full_segments(const char *dir) {
@@ -1211,6 +1260,7 @@ Suite *psd_durability_suite(void) {
   tcase_add_test(tc, test_sync_log_then_periodic);
   tcase_add_test(tc, test_snapshot_waits_for_log);
   tcase_add_test(tc, test_clean_stop_no_log);
+  tcase_add_test(tc, test_worker_degraded_said);
   tcase_add_test(tc, test_snapshot_ahead_warned);
   tcase_add_test(tc, test_covered_log_dropped);
   tcase_add_test(tc, test_stop_during_replay);

@@ -36,6 +36,11 @@ enum {
 #undef PS_ERR_ENUM
 };
 
+/* PS_DEGRADED_IN_MEMORY is the part of a DEGRADED shard's answer to a
+ * push that says the push was applied in memory but its log sync failed
+ * (README "Durability"); psw tells such answers from refusals by it. */
+#define PS_DEGRADED_IN_MEMORY "this push is applied in memory but not on disk"
+
 /* ps_strerror returns a static description of a PS_E* code (or "success",
  * or "unknown error"). */
 const char *ps_strerror(int err);

@@ -600,7 +600,7 @@ static int psw_send(psw_client *c, psw_shard *s, int gbuf, uint64_t push_clock, 
 static void psw_push_answer(psw_shard *s, int err, uint64_t version, int answered,
                             const char *why) {
   if (answered && err == PS_EDEGRADED) {
-    if (strstr(why, "applied in memory")) s->pushes_unsynced++;
+    if (strstr(why, PS_DEGRADED_IN_MEMORY)) s->pushes_unsynced++;
     else s->pushes_refused++;
   }
   if (err == 0) {

@@ -62,7 +62,7 @@ typedef struct psctl_submit_opts {
   double topk;                                /* 0: the cluster file's */
   int64_t codec_warmup, codec_min_elems;      /* -1: the cluster file's */
   unsigned given;                             /* psctl_opt_uses' flags given (bits) */
-  int decay_steps_given;                      /* --lr-decay-steps */
+  int decay_steps_given, decay_given;         /* --lr-decay-steps, --lr-decay */
   char *tensor_codec[64];                     /* "NAME=CODEC" from argv */
   size_t ntensor_codec;
 } psctl_submit_opts;
@@ -126,12 +126,12 @@ static int psctl_submit_fits(const psctl_submit_opts *o) {
             psctl_opt_uses[i].kinds);
     return 1;
   }
-  if (o->decay_steps_given && o->opt.lr_decay_steps && o->opt.lr_decay == 0) {
+  if (o->decay_steps_given && o->opt.lr_decay_steps && !o->decay_given) {
     fprintf(stderr, "psctl submit: --lr-decay-steps needs --lr-decay GAMMA (0 < GAMMA < 1): "
             "without it the rate never decays\n");
     return 1;
   }
-  if (o->opt.lr_decay != 0 && !(o->opt.lr_decay > 0 && o->opt.lr_decay < 1)) {
+  if (o->decay_given && !(o->opt.lr_decay > 0 && o->opt.lr_decay < 1)) {
     fprintf(stderr, "psctl submit: --lr-decay wants GAMMA with 0 < GAMMA < 1, got %g\n",
             (double)o->opt.lr_decay);
     return 1;
@@ -232,6 +232,7 @@ static int psctl_submit_args(int argc, char **argv, psctl_submit_opts *o) {
     for (size_t i = 0; i < sizeof psctl_opt_uses / sizeof psctl_opt_uses[0]; i++)
       if (c == psctl_opt_uses[i].key) o->given |= 1u << i;
     if (c == 'G') o->decay_steps_given = 1;
+    if (c == 'g') o->decay_given = 1;
   }
   if (!bad) bad = psctl_submit_fits(o);
   if (!bad && optind + 1 == argc) o->file = argv[optind];

@@ -597,6 +597,8 @@ START_TEST(test_cli_bad_flags) {
        "--lr-decay wants GAMMA with 0 < GAMMA < 1, got 1.5"},
       {"psctl", "submit m.pb --name m --lr-decay-steps 5 --config '%s'",
        "--lr-decay-steps needs --lr-decay GAMMA"},
+      {"psctl", "submit m.pb --name m --lr-decay 0 --lr-decay-steps 5 --config '%s'",
+       "--lr-decay wants GAMMA with 0 < GAMMA < 1, got 0"},
       /* the flags by name, as above (it said "optimizer lr_decay needs
        * lr_decay_steps > 0", after reading the graph file) */
       {"psctl", "submit m.pb --name m --lr-decay 0.9 --config '%s'",

@@ -785,6 +785,10 @@ static int psd_main_open(psd_main *m) {
     return 1;
   }
   if (psd_main_recover(m)) return 1;
+  /* every update the shard holds is on disk now (the snapshot restored,
+   * under sync the log replayed, synced and kept until the next one):
+   * FLUSHED says so, not "never" until the first snapshot */
+  if (!sh->last_flush_unix_ms) sh->last_flush_unix_ms = psd_main_unix_ms();
   if ((err = psd_shard_clock_start(sh, &eb)) < 0) {
     ps_err("shard %u: cannot make the clock table: %s", sh->me->id, eb.msg);
     return 1;

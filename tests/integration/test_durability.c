@@ -550,6 +550,29 @@ START_TEST(test_sync_log_then_periodic) {
 }
 END_TEST
 
+/* Right after a start that replayed the log, `psctl status` does not say
+ * FLUSHED "never": the restored state is on disk (the snapshot, and the
+ * log it replayed, which it keeps until the next snapshot); it said so
+ * until the first snapshot, a flush_interval_ms later. */
+START_TEST(test_flushed_after_replay) {
+  const char *dir = ps_test_tmpdir();
+  int gp, cp;
+  char yaml[700], log[700];
+  ps_test_stop(cl_pushes(dir, yaml, sizeof yaml, &gp, &cp, 50), SIGKILL, 5000);
+  ps_test_file_replace(yaml, yaml, "flush_interval_ms: 200\n", "flush_interval_ms: 600000\n");
+  snprintf(log, sizeof log, "%s/psd0-restart.log", dir);
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  long long t0 = (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  pid_t pid = cl_start(yaml, log, gp, cp);
+  ck_assert_msg(cl_last_replayed(log) > 0, "nothing replayed; see %s", log);
+  long long lf = cl_status_num(yaml, dir, "s[\"last_flush_unix_ms\"]");
+  ck_assert_msg(lf >= t0, "last_flush_unix_ms %lld after a start at %lld; see %s", lf, t0, log);
+  int st = ps_test_stop(pid, SIGTERM, 15000);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd ended with status %d", st);
+}
+END_TEST
+
 /* A store and a log keep one id: another store's redo directory put in
  * place of a store's own is refused at the start (it used to be replayed
  * onto the store, which then held neither's state); a removed log is a
@@ -1292,6 +1315,7 @@ Suite *psd_durability_suite(void) {
   tcase_add_test(tc, test_stalled_sync_shown);
   tcase_add_test(tc, test_status_interval);
   tcase_add_test(tc, test_foreign_log_refused);
+  tcase_add_test(tc, test_flushed_after_replay);
   tcase_add_test(tc, test_log_id_pending_finished);
   suite_add_tcase(s, tc);
   tc = tcase_create("disk_full");

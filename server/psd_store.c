@@ -156,6 +156,7 @@ struct psd_store {
   uint32_t chunk_elems;
   uint64_t max_bytes;    /* budget of psd_store_bytes; 0: none */
   int db_failed;         /* a submit's write failed: close db at the next flush */
+  uint32_t fail_closes;  /* psd_flush_finish closes after failed flushes, in a row */
   psd_model **models;
   size_t nmodels;
   uint64_t next_gen;
@@ -1705,11 +1706,16 @@ void psd_flush_finish(psd_store *s, psd_flush *f, int status) {
   if (status < 0 && f->db) {
     if (!f->reopen) s->db = NULL;
     rocksdb_close(f->db);
-    ps_warn("store '%s' closed after a failed flush; the next flush reopens it", s->dir);
+    /* a full disk fails every retry (each flush_interval_ms): said at the
+     * first and every 60th in a row, as psd_main says the flush's error */
+    if (s->fail_closes++ % 60 == 0)
+      ps_warn("store '%s' closed after a failed flush (%" PRIu32 " in a row); the next flush "
+              "reopens it", s->dir, s->fail_closes);
   } else if (status == 0 && f->reopen) {
     s->db = f->db;
     ps_info("store '%s' reopened", s->dir);
   }
+  if (status == 0) s->fail_closes = 0;
   if (status == 0) s->log_seq_flushed = f->log_seq;
   for (size_t i = 0; status < 0 && i < f->nchunks; i++)
     for (size_t j = 0; j < s->nmodels; j++) {

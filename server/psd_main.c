@@ -390,9 +390,12 @@ static int psd_main_recover(psd_main *m) {
               (unsigned long long)top, (unsigned long long)top);
     else if (ahead)
       ps_warn("shard %u: the snapshot holds records up to %llu, the redo log ends at %llu: "
-              "taking a snapshot of the replayed state and starting the log after %llu",
-              sh->me->id, (unsigned long long)top, (unsigned long long)end,
-              (unsigned long long)top);
+              "taking a snapshot of the replayed state and starting the log after %llu. If "
+              "the log was restored from an older copy or lost its newest segment, the pushes "
+              "acknowledged after record %llu are lost (the snapshot cannot tell that from a "
+              "shard killed before its last pushes were synced, which loses nothing "
+              "acknowledged)", sh->me->id, (unsigned long long)top, (unsigned long long)end,
+              (unsigned long long)top, (unsigned long long)top);
     psd_store_log_note(sh->store, top);
     err = psd_store_flush(sh->store, &eb);
     if (err == 0) err = psd_shard_sparse_flush(sh, &eb);

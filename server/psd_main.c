@@ -255,15 +255,22 @@ static void psd_main_truncate(psd_main *m) {
 
 /* psd_main_bind_log checks that redo log W (in DIR) is this store's: the
  * store and the log keep the same random id (psd_store_log_id,
- * psd_wal_id).  A log of another id, or a log with records and an id
- * while the store has none (the store was replaced), is refused; the
- * first log of a store gets a new id.  A log without an id (written
- * before ids, or its id file removed) takes the store's, with a warning
- * saying what cannot be checked or may be lost.  0 or an error (EB). */
+ * psd_wal_id).  A log of another id, a log with records and an id while
+ * the store has none (the store was replaced), or a log with records and
+ * no id while the store has one (its id file removed: another store's
+ * log passes as any store's) is refused; the first log of a store gets a
+ * new id.  A log without an id and without records (removed) takes the
+ * store's, with a warning saying what may be lost; so does a log from
+ * before ids beside a store from before ids, which cannot be checked.
+ * That last pair gets its id in two writes, the store's marked pending
+ * until the log's is written, so that a crash between them (a store with
+ * an id, a log with records and none) is told apart from a removed id and
+ * finished.  0 or an error (EB). */
 static int psd_main_bind_log(psd_main *m, psd_wal *w, const char *dir, ps_errbuf *eb) {
   psd_shard *sh = &m->sh;
   uint64_t sid = 0, lid = 0;
-  int rc = psd_store_log_id(sh->store, &sid, eb);
+  int pending = 0;
+  int rc = psd_store_log_id(sh->store, &sid, &pending, eb);
   if (rc == 0) rc = psd_wal_id(w, &lid, eb);
   if (rc < 0) return rc;
   int recs = psd_wal_nonempty(w);
@@ -272,36 +279,49 @@ static int psd_main_bind_log(psd_main *m, psd_wal *w, const char *dir, ps_errbuf
                    "(id %016" PRIx64 "): it comes from another store or data directory; "
                    "refusing to replay it (put this store's own redo directory back)",
                    dir, lid, sh->me->data_dir, sid);
-  if (sid && lid) return 0;
+  /* pending: a crash after the log's id was written, before the mark went */
+  if (sid && lid) return pending ? psd_store_set_log_id(sh->store, sid, 0, eb) : 0;
   if (lid && recs)
     return ps_errf(eb, PS_EIO, "redo log '%s' (id %016" PRIx64 ") holds records, but store '%s' "
                    "holds no log id: the store is not the one this log was written for "
                    "(replaced, or from another data directory); refusing to replay it",
                    dir, lid, sh->me->data_dir);
-  if (lid) return psd_store_set_log_id(sh->store, lid, eb);
+  if (lid) return psd_store_set_log_id(sh->store, lid, 0, eb);
   if (sid) {
+    if (recs && !pending)
+      return ps_errf(eb, PS_EIO, "redo log '%s' holds records but no id, while store '%s' was "
+                     "logged to redo log %016" PRIx64 ": its id file was removed, so nothing "
+                     "says it is this store's log (another store's would pass too); refusing "
+                     "to replay it. Put this store's own redo directory back; if this log is "
+                     "certainly the store's own, write its id back: printf 'psd redo log "
+                     "%016" PRIx64 "\\n' > '%s/id'", dir, sh->me->data_dir, sid, sid, dir);
     if (recs)
-      ps_warn("shard %u: redo log '%s' has no id (a psd before log ids wrote it): it cannot be "
-              "checked against store '%s'; taken as its log", sh->me->id, dir, sh->me->data_dir);
+      ps_warn("shard %u: redo log '%s' (from before log ids) gets store '%s''s id %016" PRIx64
+              ": the start that gave it stopped between the store's write and the log's",
+              sh->me->id, dir, sh->me->data_dir, sid);
     else
       ps_warn("shard %u: store '%s' was logged to redo log %016" PRIx64 ", but '%s' holds no log "
               "and no id: if that log was removed, the pushes it held after the snapshot's "
               "record %" PRIu64 " are lost; a new log starts", sh->me->id, sh->me->data_dir, sid,
               dir, psd_store_log_seq(sh->store));
-    return psd_wal_set_id(w, sid, eb);
+    rc = psd_wal_set_id(w, sid, eb);
+    return rc || !pending ? rc : psd_store_set_log_id(sh->store, sid, 0, eb);
   }
   uint64_t id = 0;
   while (!id)
     if (getrandom(&id, sizeof id, 0) != (ssize_t)sizeof id)
       return ps_errf(eb, PS_EIO, "getrandom: %s", strerror(errno));
-  /* a crash between the two writes leaves a pair the next start accepts:
-   * a log with records (written before ids) gets its id after the store */
   if (recs) {
-    rc = psd_store_set_log_id(sh->store, id, eb);
-    return rc ? rc : psd_wal_set_id(w, id, eb);
+    ps_warn("shard %u: redo log '%s' and store '%s' have no id (a psd before log ids wrote "
+            "them): the log cannot be checked against the store; taken as its log",
+            sh->me->id, dir, sh->me->data_dir);
+    rc = psd_store_set_log_id(sh->store, id, 1, eb);
+    if (rc == 0) rc = psd_wal_set_id(w, id, eb);
+    return rc ? rc : psd_store_set_log_id(sh->store, id, 0, eb);
   }
+  /* no records: the log's id first, which alone the next start takes */
   rc = psd_wal_set_id(w, id, eb);
-  return rc ? rc : psd_store_set_log_id(sh->store, id, eb);
+  return rc ? rc : psd_store_set_log_id(sh->store, id, 0, eb);
 }
 
 /* psd_main_recover replays the redo log in DATA_DIR/redo after the
@@ -370,9 +390,12 @@ static int psd_main_recover(psd_main *m) {
               (unsigned long long)top, (unsigned long long)top);
     else if (ahead)
       ps_warn("shard %u: the snapshot holds records up to %llu, the redo log ends at %llu: "
-              "taking a snapshot of the replayed state and starting the log after %llu",
-              sh->me->id, (unsigned long long)top, (unsigned long long)end,
-              (unsigned long long)top);
+              "taking a snapshot of the replayed state and starting the log after %llu. If "
+              "the log was restored from an older copy or lost its newest segment, the pushes "
+              "acknowledged after record %llu are lost (the snapshot cannot tell that from a "
+              "shard killed before its last pushes were synced, which loses nothing "
+              "acknowledged)", sh->me->id, (unsigned long long)top, (unsigned long long)end,
+              (unsigned long long)top, (unsigned long long)top);
     psd_store_log_note(sh->store, top);
     err = psd_store_flush(sh->store, &eb);
     if (err == 0) err = psd_shard_sparse_flush(sh, &eb);
@@ -765,6 +788,10 @@ static int psd_main_open(psd_main *m) {
     return 1;
   }
   if (psd_main_recover(m)) return 1;
+  /* every update the shard holds is on disk now (the snapshot restored,
+   * under sync the log replayed, synced and kept until the next one):
+   * FLUSHED says so, not "never" until the first snapshot */
+  if (!sh->last_flush_unix_ms) sh->last_flush_unix_ms = psd_main_unix_ms();
   if ((err = psd_shard_clock_start(sh, &eb)) < 0) {
     ps_err("shard %u: cannot make the clock table: %s", sh->me->id, eb.msg);
     return 1;

@@ -17,6 +17,11 @@
  *                                    invariant 9, are read as seq 0)
  *   "w"                              u64 redo log seq the snapshot holds
  *                                    (durability sync; written by every flush)
+ *   "i"                              u64 id of its redo log (psd_store_log_id)
+ *   "a"                              u64 the same id, while the log's copy of
+ *                                    it may be unwritten (a log from before
+ *                                    ids being given the store's; older psd
+ *                                    ignore the key)
  *
  * Redo log records of pushes (psd_store_log_push, psd_store_replay):
  *   u8 kind 1, u8 name length, name, u64 gen, u32 worker, u64 clock,
@@ -151,6 +156,7 @@ struct psd_store {
   uint32_t chunk_elems;
   uint64_t max_bytes;    /* budget of psd_store_bytes; 0: none */
   int db_failed;         /* a submit's write failed: close db at the next flush */
+  uint32_t fail_closes;  /* psd_flush_finish closes after failed flushes, in a row */
   psd_model **models;
   size_t nmodels;
   uint64_t next_gen;
@@ -1164,12 +1170,12 @@ void psd_store_log_note(psd_store *s, uint64_t seq) {
   if (seq > s->log_seq) s->log_seq = seq;
 }
 
-/* psd_store_log_id: see psd_store.h. */
-int psd_store_log_id(psd_store *s, uint64_t *id, ps_errbuf *eb) {
+/* psd_store_get_id reads the 8-byte id under KEY into *ID (0: none). */
+static int psd_store_get_id(psd_store *s, const char *key, uint64_t *id, ps_errbuf *eb) {
   char *err = NULL;
   size_t len = 0;
   *id = 0;
-  char *v = rocksdb_get(s->db, s->ro, "i", 1, &len, &err);
+  char *v = rocksdb_get(s->db, s->ro, key, 1, &len, &err);
   if (err) return psd_store_rdb_err(eb, err, "cannot read store", s->dir);
   if (!v) return 0;
   int ok = len == 8;
@@ -1180,10 +1186,25 @@ int psd_store_log_id(psd_store *s, uint64_t *id, ps_errbuf *eb) {
   return 0;
 }
 
-/* psd_store_set_log_id: see psd_store.h. */
-int psd_store_set_log_id(psd_store *s, uint64_t id, ps_errbuf *eb) {
+/* psd_store_log_id: see psd_store.h. */
+int psd_store_log_id(psd_store *s, uint64_t *id, int *pending, ps_errbuf *eb) {
+  uint64_t a = 0;
+  int rc = psd_store_get_id(s, "i", id, eb);
+  if (rc == 0) rc = psd_store_get_id(s, "a", &a, eb);
+  *pending = rc == 0 && *id && a == *id;
+  return rc;
+}
+
+/* psd_store_set_log_id: see psd_store.h.  One synced batch: the id and
+ * its pending mark come and go together with it. */
+int psd_store_set_log_id(psd_store *s, uint64_t id, int pending, ps_errbuf *eb) {
   char *err = NULL;
-  rocksdb_put(s->db, s->wsync, "i", 1, (const char *)&id, 8, &err);
+  rocksdb_writebatch_t *b = rocksdb_writebatch_create();
+  rocksdb_writebatch_put(b, "i", 1, (const char *)&id, 8);
+  if (pending) rocksdb_writebatch_put(b, "a", 1, (const char *)&id, 8);
+  else rocksdb_writebatch_delete(b, "a", 1);
+  rocksdb_write(s->db, s->wsync, b, &err);
+  rocksdb_writebatch_destroy(b);
   return err ? psd_store_rdb_err(eb, err, "cannot write store", s->dir) : 0;
 }
 
@@ -1685,11 +1706,16 @@ void psd_flush_finish(psd_store *s, psd_flush *f, int status) {
   if (status < 0 && f->db) {
     if (!f->reopen) s->db = NULL;
     rocksdb_close(f->db);
-    ps_warn("store '%s' closed after a failed flush; the next flush reopens it", s->dir);
+    /* a full disk fails every retry (each flush_interval_ms): said at the
+     * first and every 60th in a row, as psd_main says the flush's error */
+    if (s->fail_closes++ % 60 == 0)
+      ps_warn("store '%s' closed after a failed flush (%" PRIu32 " in a row); the next flush "
+              "reopens it", s->dir, s->fail_closes);
   } else if (status == 0 && f->reopen) {
     s->db = f->db;
     ps_info("store '%s' reopened", s->dir);
   }
+  if (status == 0) s->fail_closes = 0;
   if (status == 0) s->log_seq_flushed = f->log_seq;
   for (size_t i = 0; status < 0 && i < f->nchunks; i++)
     for (size_t j = 0; j < s->nmodels; j++) {

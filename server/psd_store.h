@@ -232,10 +232,15 @@ void psd_store_log_note(psd_store *s, uint64_t seq);
 int psd_store_replay(psd_store *s, uint64_t seq, const uint8_t *rec, size_t len, ps_errbuf *eb);
 /* psd_store_log_id reads the id of the redo log this store was last
  * replayed from or logged to (key "i", psd_wal_id): *ID 0 when it holds
- * none (a fresh store, or one written before log ids); 0 or PS_EIO.
- * psd_store_set_log_id stores ID (synced); 0 or an error. */
-int psd_store_log_id(psd_store *s, uint64_t *id, ps_errbuf *eb);
-int psd_store_set_log_id(psd_store *s, uint64_t id, ps_errbuf *eb);
+ * none (a fresh store, or one written before log ids); *PENDING 1 when
+ * it was stored pending (below) and not since; 0 or PS_EIO.
+ * psd_store_set_log_id stores ID (synced); PENDING 1 marks it as given
+ * to a log that has no id yet, whose own copy is written next (a start
+ * that finds the store's id and the log without one can then tell that
+ * crash from a log whose id was removed), 0 clears the mark; 0 or an
+ * error. */
+int psd_store_log_id(psd_store *s, uint64_t *id, int *pending, ps_errbuf *eb);
+int psd_store_set_log_id(psd_store *s, uint64_t id, int pending, ps_errbuf *eb);
 
 /* psd_rdb_options makes the RocksDB options both of a shard's databases
  * (the store, the sparse rows) start from: no preallocated files

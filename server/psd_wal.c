@@ -402,6 +402,10 @@ static int wal_scan(psd_wal *w, ps_errbuf *eb) {
     struct stat st;
     if (fstatat(w->dirfd, e->d_name, &st, 0) < 0)
       rc = ps_errf(eb, PS_EIO, "cannot stat '%s/%s': %s", w->dir, e->d_name, strerror(errno));
+    else if (!S_ISREG(st.st_mode)) /* read as a segment, its "records" blamed the one before */
+      rc = ps_errf(eb, PS_EIO, "redo log '%s': '%s' is not a regular file (a segment's name "
+                   "on a directory or other entry): remove it or move it away", w->dir,
+                   e->d_name);
     else if (wal_seg_add(w, first, 0, (uint64_t)st.st_size) < 0)
       rc = ps_errf(eb, PS_ENOMEM, "out of memory");
   }
@@ -801,9 +805,12 @@ static int wal_sync_seg(psd_wal *w, size_t i, ps_errbuf *eb) {
   char name[32];
   wal_seg_name(name, sizeof name, w->segs[i].first);
   int fd = openat(w->dirfd, name, O_WRONLY | O_CLOEXEC);
-  int rc = fd < 0 || fdatasync(fd) < 0 ? -1 : 0;
+  if (fd < 0) /* the step that fails for a read-only file: said as such */
+    return ps_errf(eb, wal_code(errno), "cannot open '%s/%s' for writing: %s (psd writes its "
+                   "redo log: give its user write access)", w->dir, name, strerror(errno));
+  int rc = fdatasync(fd) < 0 ? -1 : 0;
   int e = errno;
-  if (fd >= 0) close(fd);
+  close(fd);
   if (rc < 0)
     return ps_errf(eb, wal_code(e), "cannot sync '%s/%s': %s", w->dir, name, strerror(e));
   return 0;

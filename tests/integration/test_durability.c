@@ -44,6 +44,7 @@
  *    acknowledged push is there. */
 #include <dirent.h>
 #include <errno.h>
+#include <inttypes.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <pthread.h>
@@ -58,6 +59,7 @@
 #include <unistd.h>
 
 #include "ps_chan.h"
+#include "psd_store.h"
 #include "ps_codec.h"
 #include "ps_rpc.h"
 #include "ps_test.h"
@@ -548,6 +550,29 @@ START_TEST(test_sync_log_then_periodic) {
 }
 END_TEST
 
+/* Right after a start that replayed the log, `psctl status` does not say
+ * FLUSHED "never": the restored state is on disk (the snapshot, and the
+ * log it replayed, which it keeps until the next snapshot); it said so
+ * until the first snapshot, a flush_interval_ms later. */
+START_TEST(test_flushed_after_replay) {
+  const char *dir = ps_test_tmpdir();
+  int gp, cp;
+  char yaml[700], log[700];
+  ps_test_stop(cl_pushes(dir, yaml, sizeof yaml, &gp, &cp, 50), SIGKILL, 5000);
+  ps_test_file_replace(yaml, yaml, "flush_interval_ms: 200\n", "flush_interval_ms: 600000\n");
+  snprintf(log, sizeof log, "%s/psd0-restart.log", dir);
+  struct timespec ts;
+  clock_gettime(CLOCK_REALTIME, &ts);
+  long long t0 = (long long)ts.tv_sec * 1000 + ts.tv_nsec / 1000000;
+  pid_t pid = cl_start(yaml, log, gp, cp);
+  ck_assert_msg(cl_last_replayed(log) > 0, "nothing replayed; see %s", log);
+  long long lf = cl_status_num(yaml, dir, "s[\"last_flush_unix_ms\"]");
+  ck_assert_msg(lf >= t0, "last_flush_unix_ms %lld after a start at %lld; see %s", lf, t0, log);
+  int st = ps_test_stop(pid, SIGTERM, 15000);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd ended with status %d", st);
+}
+END_TEST
+
 /* A store and a log keep one id: another store's redo directory put in
  * place of a store's own is refused at the start (it used to be replayed
  * onto the store, which then held neither's state); a removed log is a
@@ -577,6 +602,20 @@ START_TEST(test_foreign_log_refused) {
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0 && strstr(text, "is not the log of store"),
                 "psd ended with %d; see %s", st, log);
   free(text);
+  /* its id file removed: refused too (it was taken as a log from before
+   * ids and its 200 records replayed onto x's store) */
+  snprintf(cmd, sizeof cmd, "rm '%s/id'", redo);
+  ck_assert_int_eq(system(cmd), 0);
+  snprintf(log, sizeof log, "%s/psd0-noid.log", dx);
+  pid = ps_test_psd(yx, 0, log, NULL);
+  st = ps_test_wait_pid(pid, 30000);
+  ck_assert_msg(st != -1, "psd started on another store's log without its id; see %s", log);
+  text = ps_test_read_file(log, &len);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0 && strstr(text, "holds records but no id") &&
+                    strstr(text, "refusing to replay it") && strstr(text, "printf 'psd redo log "),
+                "psd ended with %d; see %s", st, log);
+  ck_assert_msg(!strstr(text, "redo log replayed"), "see %s", log);
+  free(text);
   /* the log removed: a warning, then the snapshot's state */
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", redo);
   ck_assert_int_eq(system(cmd), 0);
@@ -586,6 +625,63 @@ START_TEST(test_foreign_log_refused) {
   text = ps_test_read_file(log, &len);
   ck_assert_msg(strstr(text, "holds no log and no id") && strstr(text, "are lost"), "see %s", log);
   free(text);
+}
+END_TEST
+
+/* cl_store_id reads (and, SET >= 0, stores with pending SET) the log id
+ * of DIR's shard 0 store, psd stopped; returns whether it was pending. */
+static int cl_store_id(const char *dir, uint64_t *id, int set) {
+  char sd[800];
+  snprintf(sd, sizeof sd, "%s/shard0", dir);
+  uint32_t ids[] = {0};
+  psd_store_opts o = {.dir = sd, .shard_index = 0, .shard_ids = ids, .nshards = 1,
+                      .chunk_elems = 1024};
+  psd_store *s;
+  ps_errbuf eb;
+  int pending = 0;
+  ck_assert_msg(psd_store_open(&s, &o, &eb) == 0, "open '%s': %s", sd, eb.msg);
+  ck_assert_msg(psd_store_log_id(s, id, &pending, &eb) == 0, "%s", eb.msg);
+  if (set >= 0) ck_assert_msg(psd_store_set_log_id(s, *id, set, &eb) == 0, "%s", eb.msg);
+  psd_store_close(s);
+  return pending;
+}
+
+/* A store and a log from before ids get one in two writes, the store's
+ * marked pending until the log's is written: a start stopped between them
+ * (here: the mark set by hand, the log's id file removed) leaves a store
+ * with an id beside a log with records and none, which the next start
+ * finishes (the log replayed, its id written, the mark cleared) instead of
+ * refusing it as a log whose id was removed. */
+START_TEST(test_log_id_pending_finished) {
+  const char *dir = ps_test_tmpdir();
+  int gp, cp;
+  char yaml[700], log[700], p[800];
+  ps_test_stop(cl_pushes(dir, yaml, sizeof yaml, &gp, &cp, 200), SIGKILL, 5000);
+  uint64_t sid = 0, lid = 0;
+  ck_assert_int_eq(cl_store_id(dir, &sid, 1), 0);
+  ck_assert_uint_ne(sid, 0);
+  snprintf(p, sizeof p, "%s/shard0/redo/id", dir);
+  ck_assert_int_eq(unlink(p), 0);
+  snprintf(log, sizeof log, "%s/psd0-pending.log", dir);
+  pid_t pid = cl_start(yaml, log, gp, cp);
+  cl_tally t;
+  snprintf(t.chan_addr, sizeof t.chan_addr, "127.0.0.1:%d", cp);
+  float *got = malloc(CL_CHUNKS * CL_ELEMS * sizeof(float));
+  uint64_t v;
+  cl_pull(&t, got, &v, log);
+  free(got);
+  ck_assert_uint_eq(v, 200);
+  int st = ps_test_stop(pid, SIGTERM, 15000);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd ended with status %d", st);
+  size_t len;
+  char *text = ps_test_read_file(log, &len);
+  ck_assert_msg(strstr(text, "stopped between the store's write and the log's"), "see %s", log);
+  free(text);
+  char *idt = ps_test_read_file(p, &len);
+  ck_assert_int_eq(sscanf(idt, "psd redo log %16" SCNx64, &lid), 1);
+  free(idt);
+  ck_assert_uint_eq(lid, sid);
+  ck_assert_int_eq(cl_store_id(dir, &lid, -1), 0); /* the mark cleared */
 }
 END_TEST
 
@@ -1038,7 +1134,8 @@ START_TEST(test_snapshot_ahead_warned) {
   ck_assert_float_eq(cl_restart_value(&gt, &pid), 11.0f);
   size_t len;
   char *text = ps_test_read_file(gt.log, &len);
-  ck_assert_msg(strstr(text, "the snapshot holds records up to 11, the redo log ends at 10"),
+  ck_assert_msg(strstr(text, "the snapshot holds records up to 11, the redo log ends at 10") &&
+                    strstr(text, "the pushes acknowledged after record 11 are lost"),
                 "no warning; see %s", gt.log);
   free(text);
   ck_assert_int_eq(cl_push_one(gt.chan), 0);
@@ -1269,6 +1366,8 @@ Suite *psd_durability_suite(void) {
   tcase_add_test(tc, test_stalled_sync_shown);
   tcase_add_test(tc, test_status_interval);
   tcase_add_test(tc, test_foreign_log_refused);
+  tcase_add_test(tc, test_flushed_after_replay);
+  tcase_add_test(tc, test_log_id_pending_finished);
   suite_add_tcase(s, tc);
   tc = tcase_create("disk_full");
   tcase_add_unchecked_fixture(tc, du_setup, du_teardown);

@@ -4,6 +4,7 @@
  * failed flush and reopened by the next, the memory budget at submit,
  * chunk records written before they carried a log seq, and the byte
  * counters in the version record (and version records without them). */
+#include <fcntl.h>
 #include <math.h>
 #include <signal.h>
 #include <stdio.h>
@@ -914,6 +915,62 @@ START_TEST(test_failed_flush_reopens) {
 }
 END_TEST
 
+/* count_in counts NEEDLE in HAY. */
+static int count_in(const char *hay, const char *needle) {
+  int n = 0;
+  for (const char *p = hay; (p = strstr(p, needle)) != NULL; p++) n++;
+  return n;
+}
+
+/* fail_flushes has N flushes of A fail after the write (as on a full
+ * disk, retried every second), the log's messages appended to ERRLOG. */
+static void fail_flushes(psd_store *a, int n, const char *errlog) {
+  fflush(stderr);
+  int saved = dup(2), lf = open(errlog, O_WRONLY | O_CREAT | O_APPEND, 0644);
+  ck_assert(saved >= 0 && lf >= 0);
+  dup2(lf, 2);
+  ps_errbuf eb;
+  for (int i = 0; i < n; i++) {
+    psd_flush *f;
+    ck_assert_msg(psd_flush_prepare(a, &f, &eb) == 0, "%s", eb.msg);
+    ck_assert_ptr_nonnull(f);
+    ck_assert_msg(i == 0 || psd_flush_write(f, &eb) == 0, "%s", eb.msg); /* reopens */
+    psd_flush_finish(a, f, PS_ENOSPC);
+  }
+  fflush(stderr);
+  dup2(saved, 2);
+  close(saved);
+  close(lf);
+}
+
+/* A flush failing at every retry closes the store each time: that is said
+ * at the first and every 60th in a row (as the flush's own error), not at
+ * each (20 lines in 20 s of a full disk); a new run of failures after a
+ * flush that worked is said again. */
+START_TEST(test_failed_flush_close_said_rarely) {
+  const char *tmp = ps_test_tmpdir();
+  char *da = strdup(path_in(tmp, "a")), *errlog = strdup(path_in(tmp, "stderr"));
+  spec_buf sb;
+  ps_errbuf eb;
+  psd_store *a = open_store(da, 0, 1);
+  submit(a, make_spec(&sb, "m", 9, "adam"));
+  push_all(a, 1);
+  fail_flushes(a, 20, errlog);
+  char *text = ps_test_read_file(errlog, NULL);
+  ck_assert_msg(count_in(text, "closed after a failed flush") == 1, "%s", text);
+  free(text);
+  ck_assert_msg(psd_store_flush(a, &eb) == 0, "%s", eb.msg);
+  push_all(a, 2);
+  fail_flushes(a, 2, errlog);
+  text = ps_test_read_file(errlog, NULL);
+  ck_assert_msg(count_in(text, "closed after a failed flush") == 2, "%s", text);
+  free(text);
+  psd_store_close(a);
+  free(da);
+  free(errlog);
+}
+END_TEST
+
 /* size_str formats B as psd_store's messages do. */
 static const char *size_str(char *buf, uint64_t b) {
   static const char *const units[] = {"KiB", "MiB", "GiB", "TiB"};
@@ -1020,6 +1077,7 @@ Suite *psd_store_suite(void) {
   tcase_add_test(tc, test_open_failures);
   tcase_add_test(tc, test_open_no_dead_space);
   tcase_add_test(tc, test_failed_flush_reopens);
+  tcase_add_test(tc, test_failed_flush_close_said_rarely);
   tcase_add_test(tc, test_submit_budget);
   tcase_add_test(tc, test_open_chunk_records_without_seq);
   tcase_add_test(tc, test_version_record_counters);

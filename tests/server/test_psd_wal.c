@@ -31,9 +31,12 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <linux/capability.h>
 #include <zlib.h>
 
 #include "ps_crc32c.h"
@@ -1096,6 +1099,72 @@ START_TEST(test_foreign_files) {
   ck_assert_msg(strstr(eb.msg, "starts with record 5, not 4"), "%s", eb.msg);
   ck_assert_int_eq(stat(q, &sb), 0);
   ck_assert_int_eq(sb.st_size, size);
+}
+END_TEST
+
+/* An entry named like a segment that is no regular file (a directory)
+ * is refused by its own name (it was taken for a segment, and the
+ * message blamed the real one before it: "ends its records at offset
+ * ... (checksum mismatch)"). */
+START_TEST(test_segment_not_a_file) {
+  const char *dir = ps_test_tmpdir();
+  write_log(dir, 4, 10, 0, NULL);
+  char p[1024];
+  snprintf(p, sizeof p, "%s/0000000000009999.log", dir);
+  ck_assert_int_eq(mkdir(p, 0755), 0);
+  psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20};
+  psd_wal *w = NULL;
+  ps_errbuf eb;
+  ck_assert_int_eq(psd_wal_open(&w, &o, &eb), PS_EIO);
+  ck_assert_msg(strstr(eb.msg, "'0000000000009999.log' is not a regular file") &&
+                    !strstr(eb.msg, "0000000000000001.log"), "%s", eb.msg);
+}
+END_TEST
+
+/* nocaps_replay replays DIR's log from a child process without
+ * capabilities (root's CAP_DAC_OVERRIDE opens a read-only file for
+ * writing anyway); the error message in MSG, the replay's code returned. */
+static int nocaps_replay(const char *dir, char *msg, size_t n) {
+  int fds[2];
+  ck_assert_int_eq(pipe(fds), 0);
+  pid_t pid = fork();
+  ck_assert_int_ge(pid, 0);
+  if (pid == 0) {
+    close(fds[0]);
+    struct __user_cap_header_struct h = {.version = _LINUX_CAPABILITY_VERSION_3, .pid = 0};
+    struct __user_cap_data_struct d[2] = {{0}};
+    if (geteuid() == 0 && syscall(SYS_capset, &h, d) < 0) _exit(100);
+    psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20};
+    psd_wal *w = NULL;
+    ps_errbuf eb = {{0}};
+    replayed r = {0};
+    int rc = psd_wal_open(&w, &o, &eb);
+    if (rc == 0) rc = psd_wal_replay(w, 0, count_rec, &r, &eb);
+    psd_wal_free(w);
+    if (write(fds[1], eb.msg, strlen(eb.msg)) < 0) _exit(101);
+    _exit(-rc);
+  }
+  close(fds[1]);
+  ssize_t got = read(fds[0], msg, n - 1);
+  msg[got > 0 ? got : 0] = 0;
+  close(fds[0]);
+  int st;
+  ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) < 100, "child: status %d", st);
+  return -WEXITSTATUS(st);
+}
+
+/* A segment psd cannot open for writing (read-only, psd not root): the
+ * message names the open that failed ("cannot sync" said before). */
+START_TEST(test_segment_read_only) {
+  const char *dir = ps_test_tmpdir();
+  write_log(dir, 4, 10, 0, NULL);
+  char p[1024], msg[1024];
+  snprintf(p, sizeof p, "%s/0000000000000001.log", dir);
+  ck_assert_int_eq(chmod(p, 0444), 0);
+  ck_assert_int_eq(nocaps_replay(dir, msg, sizeof msg), PS_EIO);
+  ck_assert_msg(strstr(msg, "cannot open") && strstr(msg, "0000000000000001.log' for writing") &&
+                    strstr(msg, "Permission denied") && !strstr(msg, "sync"), "%s", msg);
 }
 END_TEST
 
@@ -2459,6 +2528,8 @@ Suite *psd_wal_suite(void) {
   tcase_add_test(tc, test_torn_single_record_group);
   tcase_add_test(tc, test_empty_log);
   tcase_add_test(tc, test_foreign_files);
+  tcase_add_test(tc, test_segment_not_a_file);
+  tcase_add_test(tc, test_segment_read_only);
   tcase_add_test(tc, test_log_after_missing_snapshot);
   tcase_add_test(tc, test_missing_earlier_segment_refused);
   tcase_add_test(tc, test_corrupt_earlier_segment_refused);

@@ -570,13 +570,71 @@ void ps_codec_decode(ps_codec_id id, const void *in, uint32_t n, float topk, flo
   ps_codecs[id].decode_acc(in, n, topk, 1.0f, out);
 }
 
-void ps_codec_encode_ef(ps_codec_id id, const float *g, uint32_t n, float topk, float *residual,
-                        void *out) {
+/* codec_norm returns the L2 norm of the decoding of IN (a lossy codec's
+ * chunk of N elements), read off the bytes (summed in double, as the
+ * shard's clip check does). */
+static double codec_norm(ps_codec_id id, const uint8_t *in, uint32_t n, float topk) {
+  double sum = 0;
+  if (id == PS_CODEC_FP16) {
+    for (uint32_t i = 0; i < n; i++) {
+      uint16_t h;
+      memcpy(&h, in + 2 * (size_t)i, 2);
+      double v = ps_codec_h2f(h);
+      sum += v * v;
+    }
+  } else if (id == PS_CODEC_INT8) {
+    const int8_t *q = (const int8_t *)(in + 4);
+    for (uint32_t i = 0; i < n; i++) sum += (double)(q[i] * q[i]);
+    sum *= (double)get_f32(in) * get_f32(in);
+  } else if (id == PS_CODEC_ONEBIT) {
+    sum = (double)get_f32(in) * get_f32(in) * n;
+  } else if (id == PS_CODEC_TOPK) {
+    uint32_t k = ps_codec_topk_k(n, topk);
+    for (uint32_t j = 0; j < k; j++) {
+      double v = get_f32(in + 4 * ((size_t)k + j));
+      sum += v * v;
+    }
+  }
+  return sqrt(sum);
+}
+
+/* codec_scale multiplies the decoding of IN (a lossy codec's chunk of N
+ * elements) by A in (0, 1], in place: the scale of int8 and onebit, the
+ * values of topk, each half of fp16 (rounded again: at most 2^-11
+ * relative more).  The same as encoding the input times A (the kept
+ * indices, signs and steps do not depend on the input's scale). */
+static void codec_scale(ps_codec_id id, uint8_t *in, uint32_t n, float topk, float a) {
+  if (id == PS_CODEC_FP16) {
+    for (uint32_t i = 0; i < n; i++) {
+      uint16_t h;
+      memcpy(&h, in + 2 * (size_t)i, 2);
+      h = ps_codec_f2h(ps_codec_h2f(h) * a);
+      memcpy(in + 2 * (size_t)i, &h, 2);
+    }
+  } else if (id == PS_CODEC_INT8 || id == PS_CODEC_ONEBIT) {
+    float s = get_f32(in) * a;
+    memcpy(in, &s, 4);
+  } else if (id == PS_CODEC_TOPK) {
+    uint32_t k = ps_codec_topk_k(n, topk);
+    for (uint32_t j = 0; j < k; j++) {
+      uint8_t *p = in + 4 * ((size_t)k + j);
+      float v = get_f32(p) * a;
+      memcpy(p, &v, 4);
+    }
+  }
+}
+
+void ps_codec_encode_ef(ps_codec_id id, const float *g, uint32_t n, float topk, float clip,
+                        float *residual, void *out) {
   if (id == PS_CODEC_FP32) {
     ps_codec_encode(id, g, n, topk, out);
     return;
   }
   for (uint32_t i = 0; i < n; i++) residual[i] += g[i];
   ps_codec_encode(id, residual, n, topk, out);
+  if (clip > 0) {
+    double norm = codec_norm(id, out, n, topk);
+    if (norm > clip) codec_scale(id, out, n, topk, (float)(clip / norm));
+  }
   ps_codec_decode_acc(id, out, n, topk, -1.0f, residual);
 }

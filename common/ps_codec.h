@@ -116,9 +116,17 @@ void ps_codec_decode(ps_codec_id id, const void *in, uint32_t n, float topk, flo
 
 /* ps_codec_encode_ef encodes G (N floats) with error feedback: RESIDUAL
  * (N floats, zero at first) += G, encode RESIDUAL to OUT, RESIDUAL -= its
- * decoding.  fp32 sends G as it is and leaves RESIDUAL alone. */
-void ps_codec_encode_ef(ps_codec_id id, const float *g, uint32_t n, float topk, float *residual,
-                        void *out);
+ * decoding.  fp32 sends G as it is and leaves RESIDUAL alone.
+ *
+ * CLIP > 0 (the model's clip_norm): an encoding whose decoding has an L2
+ * norm above CLIP is scaled down to CLIP (fp16 within its 2^-11 rounding)
+ * before the residual takes it off, so that what the shard decodes stays
+ * within the clip_norm it checks each chunk against, while the residual
+ * (the gradients given plus what earlier steps left out) may exceed it;
+ * what the scaling took off stays in RESIDUAL for the next steps, and the
+ * invariant above still holds.  G itself is the caller's to clip. */
+void ps_codec_encode_ef(ps_codec_id id, const float *g, uint32_t n, float topk, float clip,
+                        float *residual, void *out);
 
 /* ps_absmax_bits returns max |x| over N floats as the bits of |x|
  * (monotone in |x| for finite floats; >= 0x7f800000 when one is not

@@ -82,6 +82,7 @@ int ps_layout_build(ps_layout *l, const Ps__ModelSpec *spec, uint32_t chunk_elem
   if (rc == 0) rc = ps_stale_weight_parse(spec->name, spec->staleness_weight, &l->stale_weight, eb);
   if (rc == 0) rc = ps_codec_parse(spec->codec, "codec", &l->push_codec, eb);
   if (rc < 0) return rc;
+  l->push_wire = l->push_codec;
   if (ps_codec_parse(spec->pull_codec, "pull codec", &l->pull_codec, eb) < 0 ||
       l->pull_codec > PS_CODEC_INT8)
     return ps_errf(eb, PS_EINVAL, "model '%s': pull codec '%s' is not one of fp32, fp16, int8",
@@ -130,7 +131,13 @@ int ps_layout_build(ps_layout *l, const Ps__ModelSpec *spec, uint32_t chunk_elem
       return PS_EINVAL;
     }
     int small = n < l->codec_min_elems;
-    ti->push_codec = ts->codec && *ts->codec ? tc : small ? PS_CODEC_FP32 : PS_CODEC_N;
+    /* under an fp32 model, only the tensors with a codec of their own
+     * are compressed (push_wire names another codec then) */
+    ti->push_codec = ts->codec && *ts->codec                     ? tc
+                     : small || l->push_codec == PS_CODEC_FP32 ? PS_CODEC_FP32
+                                                               : PS_CODEC_N;
+    if (l->push_wire == PS_CODEC_FP32 && ti->push_codec != PS_CODEC_N)
+      l->push_wire = ti->push_codec;
     ti->pull_codec = small ? PS_CODEC_FP32 : PS_CODEC_N;
     ti->name = ts->name;
     ti->nelems = n;

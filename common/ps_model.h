@@ -49,8 +49,8 @@ typedef struct ps_tensor_info {
   uint32_t nchunks;
   uint64_t fan_in, fan_out;
   /* Its chunks' codec in a compressed push / pull: fp32 for a small
-   * tensor, TensorSpec.codec for a push when set, else PS_CODEC_N (the
-   * request's codec). */
+   * tensor, TensorSpec.codec for a push when set, else fp32 for a push
+   * under an fp32 model, else PS_CODEC_N (the request's codec). */
   ps_codec_id push_codec, pull_codec;
 } ps_tensor_info;
 
@@ -65,6 +65,12 @@ typedef struct ps_layout {
   ps_stale_weight stale_weight;
   /* The spec's codecs, parsed once (ps_codec.h, ModelSpec.codec...). */
   ps_codec_id push_codec, pull_codec;
+  /* The codec a compressed push names (PushRequest.codec, ChanMeta.codec;
+   * fp32 names an uncompressed one, as in the warm-up): the model's push
+   * codec, or under an fp32 model the first codec a tensor has of its own
+   * (TensorSpec.codec; the other tensors then travel fp32), fp32 when no
+   * tensor is compressed.  The only compressed codec a shard takes. */
+  ps_codec_id push_wire;
   float topk;             /* fraction topk keeps */
   uint32_t codec_warmup;  /* steps each worker sends uncompressed */
   uint32_t codec_min_elems;
@@ -84,7 +90,8 @@ void ps_layout_release(ps_layout *l);
 /* ps_layout_chunk_codec returns the codec chunk ID travels in within a
  * push (PUSH non-zero) or pull whose codec is C: fp32 when C is, else the
  * tensor's codec for that direction (a small tensor stays fp32, a
- * TensorSpec.codec overrides the push codec). */
+ * TensorSpec.codec overrides the push codec, and under an fp32 model the
+ * other tensors push fp32: C is then push_wire). */
 ps_codec_id ps_layout_chunk_codec(const ps_layout *l, uint32_t id, ps_codec_id c, int push);
 
 /* ps_layout_payload_bytes returns the payload bytes of the chunks IDS

@@ -588,7 +588,7 @@ static void agg_forward(psd_agg *a, agg_group *g) {
       const ps_chunk *c = &l->chunks[g->ids[i]];
       ps_codec_id cc = ps_layout_chunk_codec(l, g->ids[i], g->codec, 1);
       float *res = g->m->residual + l->tensors[c->tensor].model_offset + c->offset;
-      ps_codec_encode_ef(cc, s, c->len, l->topk, res, o);
+      ps_codec_encode_ef(cc, s, c->len, l->topk, 0, res, o); /* a sum: no one clip_norm */
       o += ps_codec_size(cc, c->len, l->topk);
       s += c->len;
     }

@@ -1015,27 +1015,48 @@ static int psd_store_check_ids(const psd_store *s, const psd_model *m, const uin
   return rc;
 }
 
-/* psd_store_codec_check refuses an unknown codec, and for a pull one
- * that is not fp32, fp16 or int8. */
-static int psd_store_codec_check(const psd_model *m, ps_codec_id c, int push, ps_errbuf *eb) {
+/* psd_store_codec_check refuses an unknown codec, for a pull one that is
+ * not fp32, fp16 or int8, and for a new push (not REPLAY) one the model
+ * does not push in.  The shard enforces the model's codec (README
+ * "Gradient compression"): fp32 (the warm-up, and any uncompressed push)
+ * or the one codec a compressed push of the model names (push_wire).
+ * Another is a worker that fetched the model before a replace changed
+ * its codec: PS_EINVAL, which makes it ask for the spec again and stop
+ * (psw_refused).  A replayed push was taken when it came. */
+static int psd_store_codec_check(const psd_model *m, ps_codec_id c, int push, uint64_t replay,
+                                 ps_errbuf *eb) {
   if (!ps_codec_valid(c))
     return ps_errf(eb, PS_EINVAL, "%s to model '%s': unknown codec %u", push ? "push" : "pull",
                    m->spec->name, (unsigned)c);
   if (!push && c > PS_CODEC_INT8)
     return ps_errf(eb, PS_EINVAL, "pull of model '%s': codec '%s' is for gradients (fp32, fp16 "
                    "or int8 for values)", m->spec->name, ps_codec_name(c));
+  ps_codec_id want = m->layout.push_wire;
+  if (push && !replay && c != PS_CODEC_FP32 && c != want)
+    return ps_errf(eb, PS_EINVAL,
+                   "push to model '%s' came in %s, but its pushes are %s%s; was the model "
+                   "replaced with another codec? start its workers again (nothing applied)",
+                   m->spec->name, ps_codec_name(c), ps_codec_name(want),
+                   want == PS_CODEC_FP32 ? "" : " or fp32");
   return 0;
+}
+
+/* psd_store_payload_at is psd_store_payload, for the replay of log
+ * record REPLAY when not 0. */
+static int psd_store_payload_at(const psd_store *s, const ps_req *r, int push, uint64_t replay,
+                                uint64_t *nelems, uint64_t *nbytes, ps_errbuf *eb) {
+  const psd_model *m = psd_store_model(s, r->model, eb);
+  if (!m) return PS_ENOENT;
+  int rc = psd_store_codec_check(m, r->codec, push, replay, eb);
+  if (rc == 0) rc = psd_store_check_ids(s, m, r->ids, r->nids, nelems, eb);
+  if (rc == 0) *nbytes = ps_layout_payload_bytes(&m->layout, r->ids, r->nids, r->codec, push);
+  return rc;
 }
 
 /* psd_store_payload: see psd_store.h. */
 int psd_store_payload(const psd_store *s, const ps_req *r, int push, uint64_t *nelems,
                       uint64_t *nbytes, ps_errbuf *eb) {
-  const psd_model *m = psd_store_model(s, r->model, eb);
-  if (!m) return PS_ENOENT;
-  int rc = psd_store_codec_check(m, r->codec, push, eb);
-  if (rc == 0) rc = psd_store_check_ids(s, m, r->ids, r->nids, nelems, eb);
-  if (rc == 0) *nbytes = ps_layout_payload_bytes(&m->layout, r->ids, r->nids, r->codec, push);
-  return rc;
+  return psd_store_payload_at(s, r, push, 0, nelems, nbytes, eb);
 }
 
 /* psd_tau_bucket returns the histogram bucket of TAU: 0, 1, 2, 3-4, 5-8,
@@ -1314,7 +1335,7 @@ static int psd_store_push_at(psd_store *s, const ps_req *r, uint64_t replay, uin
   const uint32_t *ids = r->ids;
   size_t nids = r->nids;
   uint64_t nelems, want;
-  int rc = psd_store_payload(s, r, 1, &nelems, &want, eb);
+  int rc = psd_store_payload_at(s, r, 1, replay, &nelems, &want, eb);
   if (rc < 0) return rc;
   if (r->nbytes != want || (want && !r->grads))
     return ps_errf(eb, PS_EINVAL,

@@ -87,8 +87,9 @@ const Ps__ModelSpec *psd_store_spec(const psd_store *s, const char *model);
  * those chunks to *NELEMS and the payload bytes in R->codec (push when
  * PUSH, else pull; ps_layout_payload_bytes) to *NBYTES.  PS_ENOENT for an
  * unknown model or a chunk not held here; PS_EINVAL for an empty or
- * duplicate id list, an unknown codec, or a pull codec other than fp32,
- * fp16, int8. */
+ * duplicate id list, an unknown codec, a pull codec other than fp32,
+ * fp16, int8, or a push codec other than fp32 and the model's push_wire
+ * (ps_model.h: a worker from before a replace changed the codec). */
 int psd_store_payload(const psd_store *s, const ps_req *r, int push, uint64_t *nelems,
                       uint64_t *nbytes, ps_errbuf *eb);
 

@@ -471,10 +471,12 @@ static int psw_reconnect(psw_client *c, psw_shard *s, ps_errbuf *eb) {
 /* ---- one round: send to every shard, then receive every reply -------------- */
 
 /* psw_codecs returns the push (PUSH) or pull codec of a step at CLOCK:
- * fp32 during the model's warm-up steps, else the model's. */
+ * fp32 during the model's warm-up steps, else the model's (for a push,
+ * the one that names its tensors' codecs: push_wire, which is not fp32
+ * when only a tensor's own codec compresses). */
 static ps_codec_id psw_codec(const psw_client *c, uint64_t clock, int push) {
   if (clock < c->layout.codec_warmup) return PS_CODEC_FP32;
-  return push ? c->layout.push_codec : c->layout.pull_codec;
+  return push ? c->layout.push_wire : c->layout.pull_codec;
 }
 
 /* psw_chunk_at returns the flat-vector offset of chunk ID. */
@@ -495,7 +497,10 @@ static int psw_grow(uint8_t **buf, uint64_t *len, uint64_t n) {
 
 /* psw_encode encodes S's chunks of gradient buffer GBUF in CODEC, with
  * error feedback, into s->genc; *NBYTES: the payload size.  0 or
- * PS_ENOMEM. */
+ * PS_ENOMEM.  Under a clip norm each chunk's encoding is scaled down to
+ * it (ps_codec_encode_ef): the gradients come clipped (psw_train), but
+ * the residual added to them is not, and the shard refuses a decoded
+ * chunk over the clip norm. */
 static int psw_encode(psw_client *c, psw_shard *s, int gbuf, ps_codec_id codec, uint64_t *nbytes,
                       ps_errbuf *eb) {
   const ps_layout *l = &c->layout;
@@ -505,11 +510,11 @@ static int psw_encode(psw_client *c, psw_shard *s, int gbuf, ps_codec_id codec, 
   if (psw_grow(&s->genc, &s->genc_len, *nbytes) < 0)
     return ps_errf(eb, PS_ENOMEM, "out of memory for an encoded push");
   uint8_t *out = s->genc;
-  float *res = s->residual;
+  float *res = s->residual, clip = c->reply->model->clip_norm;
   for (size_t i = 0; i < s->nids; i++) {
     uint32_t id = s->ids[i], len = l->chunks[id].len;
     ps_codec_id cc = ps_layout_chunk_codec(l, id, codec, 1);
-    ps_codec_encode_ef(cc, c->grads[gbuf] + psw_chunk_at(c, id), len, l->topk, res, out);
+    ps_codec_encode_ef(cc, c->grads[gbuf] + psw_chunk_at(c, id), len, l->topk, clip, res, out);
     out += ps_codec_size(cc, len, l->topk);
     res += len;
   }

@@ -74,7 +74,7 @@ int main(int argc, char **argv) {
       double t0 = bench_now();
       for (int r = 0; r < REPS; r++) {
         if (id == PS_CODEC_TOPK) bench_topk_ef(g, n, exact, res, buf, paths[exact]);
-        else ps_codec_encode_ef(id, g, n, 0.01f, res, buf);
+        else ps_codec_encode_ef(id, g, n, 0.01f, 0, res, buf);
       }
       double t1 = bench_now();
       for (int r = 0; r < REPS; r++) ps_codec_decode(id, buf, n, 0.01f, out);

@@ -259,8 +259,46 @@ START_TEST(test_error_feedback) {
     for (int t = 0; t < steps; t++) {
       fill_random(g, n, 1000 + (uint64_t)t * n);
       for (int i = 0; i < n; i++) gsum[i] += g[i];
-      ps_codec_encode_ef(id, g, n, 0.05f, res, buf);
+      ps_codec_encode_ef(id, g, n, 0.05f, 0, res, buf);
       ps_codec_decode_acc(id, buf, n, 0.05f, 1.0f, sent);
+      for (int i = 0; i < n; i++)
+        ck_assert_msg(fabsf(sent[i] + res[i] - gsum[i]) <= 1e-4f * (1 + fabsf(gsum[i])),
+                      "%s step %d element %d: %g + %g != %g", ps_codec_name(id), t, i,
+                      (double)sent[i], (double)res[i], (double)gsum[i]);
+    }
+  }
+}
+END_TEST
+
+/* Error feedback under a clip norm: every codec's decoded chunk stays
+ * within the clip (fp16 within its rounding, under the shard's 1e-3
+ * room) although gradient plus residual is far over it, and the sum of
+ * what was sent plus the residual is still the sum of the gradients. */
+START_TEST(test_error_feedback_clip) {
+  enum { n = 1000, steps = 20 };
+  static float g[n], res[n], sent[n], gsum[n], one[n];
+  static uint8_t buf[4 * n];
+  for (int id = 1; id < PS_CODEC_N; id++) {
+    memset(res, 0, sizeof res);
+    memset(sent, 0, sizeof sent);
+    memset(gsum, 0, sizeof gsum);
+    double clip = 0;
+    for (int t = 0; t < steps; t++) {
+      fill_random(g, n, 2000 + (uint64_t)t * n);
+      if (t == 0) { /* the gradients come clipped: each step's norm is the clip */
+        for (int i = 0; i < n; i++) clip += (double)g[i] * g[i];
+        clip = sqrt(clip);
+      }
+      double gn = 0;
+      for (int i = 0; i < n; i++) gn += (double)g[i] * g[i];
+      for (int i = 0; i < n; i++) g[i] *= (float)(clip / sqrt(gn));
+      for (int i = 0; i < n; i++) gsum[i] += g[i];
+      ps_codec_encode_ef(id, g, n, 0.05f, (float)clip, res, buf);
+      ps_codec_decode(id, buf, n, 0.05f, one);
+      double norm = 0;
+      for (int i = 0; i < n; i++) norm += (double)one[i] * one[i], sent[i] += one[i];
+      ck_assert_msg(sqrt(norm) <= clip * (1 + 1e-3), "%s step %d: decoded norm %g over clip %g",
+                    ps_codec_name(id), t, sqrt(norm), clip);
       for (int i = 0; i < n; i++)
         ck_assert_msg(fabsf(sent[i] + res[i] - gsum[i]) <= 1e-4f * (1 + fabsf(gsum[i])),
                       "%s step %d element %d: %g + %g != %g", ps_codec_name(id), t, i,
@@ -322,6 +360,7 @@ Suite *ps_codec_suite(void) {
   tcase_add_test(tc, test_topk_sampled);
   tcase_add_test(tc, test_fp16);
   tcase_add_test(tc, test_error_feedback);
+  tcase_add_test(tc, test_error_feedback_clip);
   tcase_add_test(tc, test_bad_input);
   suite_add_tcase(s, tc);
   return s;

@@ -760,6 +760,7 @@ START_TEST(test_rpc_codec_same_over_channel) {
   rpc_model m;
   rpc_model_init(&m, "codec", 0.1f);
   m.spec.topk = 0.1f;
+  m.spec.codec = (char *)ps_codec_name(codec); /* the shard takes no other (nor fp32) */
   ps_layout l;
   rpc_layout(&l, &m);
   ps_errbuf eb;
@@ -882,15 +883,27 @@ START_TEST(test_rpc_codec_bad_input) {
   uint64_t v;
   ck_assert_int_eq(ps_test_pull(c, "bad", &id, 1, before, 1024, 0, 0, &v, &eb), 0);
   uint8_t buf[8192];
+  /* a codec the model does not push in (a worker from before a replace) */
+  ps_codec_encode(PS_CODEC_FP16, g, 1024, 0, buf);
+  rpc_codec_refused(r, c, &id, 1, buf, 2048, PS_CODEC_FP16, before, 1024,
+                    "came in fp16, but its pushes are fp32;");
+  m.spec.codec = "int8";
+  rpc_reset(r, &m); /* the same seed: the same values before */
+  rpc_codec_refused(r, c, &id, 1, buf, 2048, PS_CODEC_FP16, before, 1024,
+                    "came in fp16, but its pushes are int8 or fp32;");
   ps_codec_encode(PS_CODEC_INT8, g, 1024, 0, buf);
   rpc_codec_refused(r, c, &id, 1, buf, 1027, PS_CODEC_INT8, before, 1024, "its 1024 elements need 1028");
   rpc_codec_refused(r, c, &id, 1, buf, 1028, 9, before, 1024, "unknown codec 9");
   float nan = NAN, inf = INFINITY;
   memcpy(buf, &nan, 4);
   rpc_codec_refused(r, c, &id, 1, buf, 1028, PS_CODEC_INT8, before, 1024, "int8 scale nan");
+  m.spec.codec = "onebit";
+  rpc_reset(r, &m);
   ps_codec_encode(PS_CODEC_ONEBIT, g, 1024, 0, buf);
   memcpy(buf, &inf, 4);
   rpc_codec_refused(r, c, &id, 1, buf, 132, PS_CODEC_ONEBIT, before, 1024, "onebit scale inf");
+  m.spec.codec = "topk";
+  rpc_reset(r, &m);
   ps_codec_encode(PS_CODEC_TOPK, g, 1024, l.topk, buf); /* k = 11 */
   uint32_t idx = 1024;
   memcpy(buf + 4, &idx, 4);
@@ -908,6 +921,8 @@ START_TEST(test_rpc_codec_bad_input) {
   ck_assert_ptr_null(rpc_pull_codec(r, "bad", &id, 1, PS_CODEC_TOPK, &nb, &err, &eb));
   ck_assert_int_eq(err, PS_EINVAL);
   /* still serving: a good compressed push applies */
+  m.spec.codec = "int8";
+  rpc_reset(r, &m);
   ps_codec_encode(PS_CODEC_INT8, g, 1024, 0, buf);
   ck_assert_int_eq(rpc_push_codec(r, "bad", &id, 1, buf, 1028, PS_CODEC_INT8, &eb), 0);
   ps_chan_close(c);

@@ -2349,10 +2349,10 @@ static int log_hook_tally(void *arg, const struct iovec *iov, int niov, void **o
 }
 
 /* push_coded pushes K random gradients to random chunk sets of S (model
- * "m", laid out as L), encoded in CODEC (each chunk in the codec L gives
- * it); *FLOAT_BYTES grows by the bytes their floats take. */
-static void push_coded(psd_store *s, const ps_layout *l, int k, ps_codec_id codec,
-                       uint64_t *float_bytes) {
+ * MODEL, laid out as L, as "m" is), encoded in CODEC (each chunk in the
+ * codec L gives it); *FLOAT_BYTES grows by the bytes their floats take. */
+static void push_coded(psd_store *s, const char *model, const ps_layout *l, int k,
+                       ps_codec_id codec, uint64_t *float_bytes) {
   float g[128];
   uint8_t enc[3 * 128 * 4];
   for (int i = 0; i < k; i++) {
@@ -2370,7 +2370,7 @@ static void push_coded(psd_store *s, const ps_layout *l, int k, ps_codec_id code
     }
     ck_assert_uint_eq(nbytes, ps_layout_payload_bytes(l, ids, n, codec, 1));
     *float_bytes += elems * 4;
-    ps_req r = {.model = "m", .ids = ids, .nids = n, .worker = 2, .version = seen,
+    ps_req r = {.model = model, .ids = ids, .nids = n, .worker = 2, .version = seen,
                 .codec = codec, .grads = enc, .nbytes = nbytes};
     ps_errbuf eb;
     ck_assert_msg(psd_store_push(s, &r, NULL, &eb) == 0, "%s", eb.msg);
@@ -2392,19 +2392,32 @@ START_TEST(test_store_replay_coded) {
   Ps__ModelSpec *spec = adam_spec(&sb);
   spec->codec_min_elems = 1; /* the 1000-element tensor is compressed */
   spec->topk = 0.25f;
-  ps_layout l;
-  ps_errbuf eb;
-  ck_assert_int_eq(ps_layout_build(&l, spec, 128, wal_ids1, 1, &eb), 0);
-  psd_wal *w;
-  psd_store *s = logged_store(dir, logdir, &loop, spec, &w);
-  psd_store_set_log(s, log_hook_tally, w);
-  memset(&logged, 0, sizeof logged);
+  /* a model per codec (a shard takes pushes in its model's codec or
+   * fp32), "m" the first; the fp32 pushes go to "m" */
   static const ps_codec_id codecs[] = {PS_CODEC_FP16, PS_CODEC_INT8, PS_CODEC_ONEBIT,
                                        PS_CODEC_TOPK, PS_CODEC_FP32};
+  static const char *const models[] = {"m", "m_int8", "m_onebit", "m_topk", "m"};
+  ps_layout ls[4], l;
+  ps_errbuf eb;
+  psd_wal *w;
+  psd_store *s = NULL;
+  for (int c = 0; c < 4; c++) {
+    spec->name = (char *)models[c];
+    spec->codec = (char *)ps_codec_name(codecs[c]);
+    ck_assert_int_eq(ps_layout_build(&ls[c], spec, 128, wal_ids1, 1, &eb), 0);
+    int created;
+    if (c == 0) s = logged_store(dir, logdir, &loop, spec, &w);
+    else ck_assert_int_eq(psd_store_submit(s, spec, 0, &created, NULL, NULL, &eb), 0);
+  }
+  spec->name = (char *)models[0];
+  spec->codec = (char *)ps_codec_name(codecs[0]);
+  ck_assert_int_eq(ps_layout_build(&l, spec, 128, wal_ids1, 1, &eb), 0);
+  psd_store_set_log(s, log_hook_tally, w);
+  memset(&logged, 0, sizeof logged);
   uint64_t float_bytes = 0;
   for (int round = 0; round < 2; round++) {
     for (size_t c = 0; c < sizeof codecs / sizeof codecs[0]; c++)
-      push_coded(s, &l, 6, codecs[c], &float_bytes);
+      push_coded(s, models[c], &ls[c < 4 ? c : 0], 6, codecs[c], &float_bytes);
     if (round == 0) { /* a snapshot in the middle */
       ck_assert_int_eq(psd_store_flush(s, &eb), 0);
       psd_wal_truncate(w, psd_store_log_seq(s));
@@ -2452,6 +2465,7 @@ START_TEST(test_store_replay_coded) {
   ck_assert_int_eq(psd_store_replay(s, 61, rec, sizeof rec, &eb), PS_EIO);
   ck_assert_msg(strstr(eb.msg, "does not apply"), "%s", eb.msg);
   psd_store_close(s);
+  for (int c = 0; c < 4; c++) ps_layout_release(&ls[c]);
   ps_layout_release(&l);
   uv_loop_close(&loop);
 }

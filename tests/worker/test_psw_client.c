@@ -92,8 +92,11 @@ static void pc_fini(pc_ctx *x) {
 /* pc_submit_codec registers model NAME: a 40-30-10 MLP graph (1570
  * parameters, several 1024-element chunks), SGD with PC_LR, pushes in
  * CODEC (NULL: fp32) after WARMUP steps. */
-static void pc_submit_full(pc_ctx *x, const char *name, const char *codec, uint32_t warmup,
-                           const char *consistency) {
+/* pc_submit_opts: pc_submit_full with clip_norm CLIP, the largest
+ * tensor's own push codec BIG (NULL: none), replacing the model when
+ * REPLACE. */
+static void pc_submit_opts(pc_ctx *x, const char *name, const char *codec, uint32_t warmup,
+                           const char *consistency, float clip, const char *big, int replace) {
   static const uint32_t layers[] = {40, 30, 10};
   ps_errbuf eb;
   uint8_t *buf;
@@ -113,18 +116,32 @@ static void pc_submit_full(pc_ctx *x, const char *name, const char *codec, uint3
   spec->codec_warmup_steps = warmup;
   char *had_c = spec->consistency;
   if (consistency) spec->consistency = (char *)consistency;
+  spec->clip_norm = clip;
+  size_t bt = 0;
+  for (size_t t = 0; t < spec->n_tensors; t++)
+    if (spec->tensors[t]->shape[0] * (spec->tensors[t]->n_shape > 1 ? spec->tensors[t]->shape[1] : 1) >
+        spec->tensors[bt]->shape[0] * (spec->tensors[bt]->n_shape > 1 ? spec->tensors[bt]->shape[1] : 1))
+      bt = t;
+  char *had_t = spec->tensors[bt]->codec;
+  if (big) spec->tensors[bt]->codec = (char *)big;
   ps_rpc *r;
   char addr[64];
   snprintf(addr, sizeof addr, "127.0.0.1:%d", x->gp);
   ck_assert_int_eq(ps_test_rpc_open(&r, addr, &eb), 0);
-  ps_test_submit(r, spec, 0, 10000);
+  ps_test_submit(r, spec, replace, 10000);
   ps_rpc_close(r);
   spec->optimizer = NULL;
   spec->codec = had;
   spec->consistency = had_c;
+  spec->tensors[bt]->codec = had_t;
   psw_graph_spec_free(spec);
   psw_graph_free(g);
   free(buf);
+}
+
+static void pc_submit_full(pc_ctx *x, const char *name, const char *codec, uint32_t warmup,
+                           const char *consistency) {
+  pc_submit_opts(x, name, codec, warmup, consistency, 0, NULL, 0);
 }
 
 static void pc_submit_codec(pc_ctx *x, const char *name, const char *codec, uint32_t warmup) {
@@ -380,6 +397,105 @@ START_TEST(test_client_codec_warmup) {
 }
 END_TEST
 
+/* A tensor's own codec under an fp32 model (psctl submit --tensor-codec
+ * W=int8 without --codec): the 1200-weight tensor's chunks go int8, the
+ * rest fp32, in the shard's wire bytes and the client's push frames. */
+START_TEST(test_client_tensor_codec) {
+  pc_ctx x = {0};
+  pc_init(&x, 20000);
+  pc_submit_opts(&x, "pct", NULL, 0, NULL, 0, "int8", 0);
+  psw_client *c = pc_open(&x, "pct", 1);
+  const ps_layout *l = psw_client_layout(c);
+  uint64_t n = psw_client_nparams(c), big = 0, bigchunks = 0;
+  for (size_t t = 0; t < l->ntensors; t++)
+    if (l->tensors[t].nelems > big) big = l->tensors[t].nelems, bigchunks = l->tensors[t].nchunks;
+  ck_assert_uint_eq(big, 1200);
+  ps_errbuf eb;
+  ck_assert_msg(psw_client_pull_all(c, 0, 0, &eb) == 0, "%s", eb.msg);
+  float *g = psw_client_grads(c, 0);
+  uint64_t raw0, wire0, raw, wire, sent, recv, push0, push;
+  pc_bytes(&x, "pct", &raw0, &wire0);
+  for (uint64_t i = 0; i < n; i++) g[i] = 0.01f * (float)(i % 7) - 0.03f;
+  psw_client_bytes(c, &sent, &recv, &push0);
+  ck_assert_msg(psw_client_push_all(c, 0, 0, &eb) == 0, "push: %s", eb.msg);
+  psw_client_bytes(c, &sent, &recv, &push);
+  pc_bytes(&x, "pct", &raw, &wire);
+  ck_assert_uint_eq(raw - raw0, 4 * n);
+  uint64_t want = 4 * (n - big) + big + 4 * bigchunks; /* int8: a scale per chunk */
+  ck_assert_msg(wire - wire0 == want, "push sent %llu payload bytes, not %llu (W int8, rest fp32)",
+                (unsigned long long)(wire - wire0), (unsigned long long)want);
+  ck_assert_uint_lt(push - push0, 4 * n - 2 * big);
+  psw_client_close(c);
+  pc_fini(&x);
+}
+END_TEST
+
+/* Error feedback under a clip norm: the gradients pushed each have the
+ * clip norm, but what topk and onebit encode is the gradient plus the
+ * residual, whose norm grows past it; the client scales each chunk's
+ * encoding down to the clip norm, so the shard (which refuses a decoded
+ * chunk over it) takes every push. */
+START_TEST(test_client_clip_codec) {
+  static const char *const codecs[] = {"topk", "onebit", "int8"};
+  pc_ctx x = {0};
+  pc_init(&x, 20000);
+  for (int k = 0; k < 3; k++) {
+    char name[32];
+    snprintf(name, sizeof name, "pcc%d", k);
+    const float clip = 0.5f;
+    pc_submit_opts(&x, name, codecs[k], 0, NULL, clip, NULL, 0);
+    psw_client *c = pc_open(&x, name, 1);
+    uint64_t n = psw_client_nparams(c);
+    ps_errbuf eb;
+    ck_assert_msg(psw_client_pull_all(c, 0, 0, &eb) == 0, "%s", eb.msg);
+    float *g = psw_client_grads(c, 0);
+    for (uint64_t t = 0; t < 30; t++) {
+      double norm = 0;
+      for (uint64_t i = 0; i < n; i++) {
+        g[i] = (float)((int)(i * 7 % 11) - 5) + 0.5f; /* the same each step: what topk leaves grows */
+        norm += (double)g[i] * g[i];
+      }
+      for (uint64_t i = 0; i < n; i++) g[i] *= (float)(clip / sqrt(norm)); /* as psw_train clips */
+      ck_assert_msg(psw_client_push_all(c, 0, t, &eb) == 0, "%s push %llu: %s", codecs[k],
+                    (unsigned long long)t, eb.msg);
+    }
+    psw_client_close(c);
+  }
+  pc_fini(&x);
+}
+END_TEST
+
+/* The shard enforces the model's codec: a client that fetched an int8
+ * model pushes int8 after psctl submit --replace made it fp32 (the same
+ * layout); the shard refuses it, nothing applied, and the client, asking
+ * for the spec again, says the model was replaced ("... graph, clip norm
+ * or codec"), the error psw exits 1 with. */
+START_TEST(test_client_replaced_codec) {
+  pc_ctx x = {0};
+  pc_init(&x, 20000);
+  pc_submit_codec(&x, "pcr", "int8", 0);
+  psw_client *c = pc_open(&x, "pcr", 1);
+  const ps_layout *l = psw_client_layout(c);
+  uint64_t n = psw_client_nparams(c);
+  ps_errbuf eb;
+  ck_assert_msg(psw_client_pull_all(c, 0, 0, &eb) == 0, "%s", eb.msg);
+  float *g = psw_client_grads(c, 0);
+  for (uint64_t i = 0; i < n; i++) g[i] = 0.01f * (float)(i % 7) - 0.03f;
+  ck_assert_msg(psw_client_push_all(c, 0, 0, &eb) == 0, "push: %s", eb.msg);
+  pc_submit_opts(&x, "pcr", NULL, 0, NULL, 0, NULL, 1);
+  float *before = pc_direct(&x, "pcr", l);
+  int err = psw_client_push_all(c, 0, 1, &eb);
+  ck_assert_msg(err == PS_EINVAL && strstr(eb.msg, "replaced with another graph, clip norm or codec") &&
+                strstr(eb.msg, "came in int8"), "push after the replace: %d %s", err, eb.msg);
+  float *after = pc_direct(&x, "pcr", l);
+  pc_same(after, before, n, "the replaced model after a refused push");
+  free(before);
+  free(after);
+  psw_client_close(c);
+  pc_fini(&x);
+}
+END_TEST
+
 START_TEST(test_client_gives_up_in_budget) {
   pc_ctx x = {0};
   pc_init(&x, 1500);
@@ -630,6 +746,9 @@ Suite *psw_client_suite(void) {
   tcase_add_test(tc, test_client_matches_direct_pull);
   tcase_add_test(tc, test_client_shard_restart);
   tcase_add_test(tc, test_client_codec_warmup);
+  tcase_add_test(tc, test_client_tensor_codec);
+  tcase_add_test(tc, test_client_clip_codec);
+  tcase_add_test(tc, test_client_replaced_codec);
   tcase_add_test(tc, test_client_gives_up_in_budget);
   tcase_add_test(tc, test_client_parked_timeout);
   tcase_add_test(tc, test_client_degraded_bound);

@@ -1135,15 +1135,21 @@ static int cfg_parse(cfg_ctx *x, const unsigned char *buf, size_t len, ps_config
   }
   x->doc = &doc;
   r = cfg_load_doc(x, c);
-  if (r == 0) {
-    /* A second document would be silently ignored: refuse it. */
+  /* A second document would be silently ignored: refuse it.  An empty
+   * one (a "---" after the file's, as some tools write) holds nothing to
+   * ignore; libyaml ends the stream with a document without a root. */
+  for (int more = r == 0; more;) {
     if (!yaml_parser_load(&parser, &extra)) {
       r = cfg_yaml_error(x, &parser);
-    } else {
-      yaml_node_t *n = yaml_document_get_root_node(&extra);
-      if (n) r = cfg_err(x, n->start_mark, "more than one yaml document");
-      yaml_document_delete(&extra);
+      break;
     }
+    yaml_node_t *n = yaml_document_get_root_node(&extra);
+    more = n != NULL;
+    if (n && !cfg_is_null(n)) {
+      r = cfg_err(x, n->start_mark, "more than one yaml document");
+      more = 0;
+    }
+    yaml_document_delete(&extra);
   }
   yaml_document_delete(&doc);
 out_parser:

@@ -351,6 +351,22 @@ START_TEST(test_config_data_dir_per_host) {
 }
 END_TEST
 
+/* Files that load, with the warning they give (NULL: none): a trailing
+ * empty document. */
+START_TEST(test_config_loads) {
+  static const struct {
+    const char *text, *warn;
+  } cases[] = {
+      {"cluster: t\nsecurity: none\nshards:\n  - {id: 0, grpc: 'a:1', channel: 'a:2', data_dir: "
+       "/d}\n---\n", NULL},
+      {"cluster: t\nsecurity: none\nshards:\n  - {id: 0, grpc: 'a:1', channel: 'a:2', data_dir: "
+       "/d}\n--- ~\n---\n# the end\n...\n", NULL},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+    expect_warning(cases[i].text, cases[i].warn, NULL, i);
+}
+END_TEST
+
 START_TEST(test_config_repo_examples) {
   /* The shipped examples must load (tests run from the repository root). */
   static const char *files[] = {"config/local-2shards.yaml", "config/fmnist-demo.yaml"};
@@ -679,6 +695,9 @@ static const struct bad_case {
      "3:12: YAML tag '!!str' (psd reads values by its own rules; remove the tag)"},
     {"cluster: a\ntraining: !!map\n  epochs: !<tag:yaml.org,2002:int> 3\n" SHARD0, PS_ECONFIG,
      "2:11: YAML tag '!!map' (psd reads values by its own rules; remove the tag)"},
+    /* an empty document after the file's is fine, a second one that is not empty is not */
+    {"cluster: a\n" SHARD0 SEC0 "---\n---\ncluster: b\n", PS_ECONFIG,
+     "10:1: more than one yaml document"},
 };
 
 START_TEST(test_config_bad_file) {
@@ -792,6 +811,7 @@ Suite *ps_config_suite(void) {
   tcase_add_test(tc, test_config_mode_shorthand);
   tcase_add_test(tc, test_config_data_dir_per_host);
   tcase_add_test(tc, test_config_repo_examples);
+  tcase_add_test(tc, test_config_loads);
   tcase_add_loop_test(tc, test_config_bad_file, 0, (int)(sizeof bad_cases / sizeof bad_cases[0]));
   tcase_add_test(tc, test_config_unreadable);
   tcase_add_test(tc, test_config_hostile_sizes);

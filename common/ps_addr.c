@@ -34,12 +34,19 @@ int ps_addr_split(const char *addr, char *host, size_t hostlen, int *port, ps_er
     return ps_errf(eb, PS_EINVAL, "bad address '%s' ('%s' is no %s address)", addr, host,
                    v6 ? "IPv6" : "IPv4");
   const char *p = colon + 1;
-  size_t nd = strspn(p, "0123456789");
+  size_t nd = strspn(p, "0123456789"), z = strspn(p, "0");
   long v = 0;
-  for (size_t i = 0; i < nd && i < 5; i++) v = v * 10 + (p[i] - '0');
-  if (nd == 0 || nd > 5 || p[nd] || v < 1 || v > 65535) {
+  for (size_t i = z; i < nd && i < z + 5; i++) v = v * 10 + (p[i] - '0');
+  if (nd == 0 || nd - z > 5 || p[nd] || v < 1 || v > 65535) {
     *port = -1;
     return ps_errf(eb, PS_EINVAL, "bad port in address '%s' (want 1..65535)", addr);
+  }
+  /* 07000 is 7000 here but octal 3584 to some readers (YAML 1.1,
+   * inet_aton's parts): refused, as the cluster file's integers are */
+  if (z) {
+    *port = -1;
+    return ps_errf(eb, PS_EINVAL, "bad port in address '%s' (%s has a leading zero: write %ld)",
+                   addr, p, v);
   }
   *port = (int)v;
   return 0;

@@ -155,15 +155,36 @@ static int cfg_scalar(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, const char 
 
 /* ---- integers ---------------------------------------------------------- */
 
+/* cfg_leading_zero says whether S holds a run of digits that starts with
+ * 0 and goes on with a digit ("010", "-02.5", "1/02"), outside fractions
+ * and exponents ("0.05", "1e05" are fine).  YAML 1.1 reads 010 as octal
+ * 8 where psd would read 10, so psd reads neither. */
+static int cfg_leading_zero(const char *s) {
+  for (const char *p = s; *p; p++) {
+    if (*p == 'e' || *p == 'E') p += strcspn(p, "/") - 1; /* (the exponent) */
+    else if (*p == '0' && p[1] >= '0' && p[1] <= '9' &&
+             (p == s || !strchr("0123456789.", p[-1])))
+      return 1;
+  }
+  return 0;
+}
+
 /* ps_parse_uint: see ps_config.h. */
 int ps_parse_uint(const char *s, uint64_t *v) {
   size_t nd = strspn(s, "0123456789");
-  if (nd == 0 || s[nd]) return PS_EINVAL;
+  if (nd == 0 || s[nd] || (s[0] == '0' && nd > 1)) return PS_EINVAL;
   errno = 0;
   unsigned long long u = strtoull(s, NULL, 10);
   if (errno == ERANGE) return PS_ETOOBIG;
   *v = u;
   return 0;
+}
+
+/* cfg_no_leading_zero reports the slot's value T (at M) as written with
+ * a leading zero. */
+static int cfg_no_leading_zero(cfg_ctx *x, const cfg_slot *s, const char *t, yaml_mark_t m) {
+  return cfg_err(x, m, "'%s' is %s: no leading zeros (YAML 1.1 would read it as octal)",
+                 s->name, t);
 }
 
 /* cfg_uint parses N (or the default) as a decimal integer within the
@@ -175,6 +196,8 @@ static int cfg_uint(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, uint64_t *v) 
   if (r <= 0) return r;
   uint64_t u = 0;
   int rc = ps_parse_uint(t + (*t == '-'), &u); /* a minus is reported as out of range */
+  if (rc == PS_EINVAL && cfg_leading_zero(t) && strspn(t, "-0123456789") == strlen(t))
+    return cfg_no_leading_zero(x, s, t, m);
   if (rc == PS_EINVAL) return cfg_err(x, m, "expected an integer for '%s'", s->name);
   int neg = *t == '-'; /* "-0" too: decimal, without sign */
   if (neg || rc < 0 || u < s->min || u > s->max)
@@ -204,18 +227,27 @@ static int cfg_load_u64(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, void *fie
  * ("0x10"), "inf", "nan" and leading blanks. */
 int ps_parse_number(const char *s, double *v) {
   char *end;
-  if (s[strspn(s, "0123456789.eE+-/")]) return PS_EINVAL;
+  if (s[strspn(s, "0123456789.eE+-/")] || cfg_leading_zero(s)) return PS_EINVAL;
   errno = 0;
-  double a = strtod(s, &end);
-  if (end == s || errno == ERANGE) return PS_EINVAL;
+  double a = strtod(s, &end), b = 1;
+  int range = errno == ERANGE; /* strtod saturates: HUGE_VAL, or 0 and subnormals */
+  if (end == s) return PS_EINVAL;
   if (*end == '/') {
     const char *b0 = end + 1;
-    double b = strtod(b0, &end);
-    if (end == b0 || errno == ERANGE || b == 0) return PS_EINVAL;
-    a /= b;
+    errno = 0;
+    b = strtod(b0, &end);
+    if (end == b0 || (b == 0 && errno != ERANGE)) return PS_EINVAL;
+    range |= errno == ERANGE;
   }
-  if (*end || !isfinite(a)) return PS_EINVAL;
-  *v = a;
+  if (*end) return PS_EINVAL;
+  double q = a / b; /* (b is 0 only after an underflow) */
+  if (isnan(q)) q = HUGE_VAL; /* inf/inf, 0/0: both parts out of range, called too large */
+  if (isinf(q) || (q != 0 && fabs(q) < DBL_MIN) || (q == 0 && a != 0)) range = 1;
+  if (range) {
+    *v = isinf(q) ? q : copysign(0, q);
+    return PS_ETOOBIG;
+  }
+  *v = q;
   return 0;
 }
 
@@ -224,10 +256,16 @@ static int cfg_load_double(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, void *
   yaml_mark_t m;
   int r = cfg_scalar(x, s, n, &t, &m);
   if (r <= 0) return r;
-  double v;
-  if (ps_parse_number(t, &v) < 0)
-    return cfg_err(x, m, "expected a number for '%s'", s->name);
-  if (!(v >= s->dmin && v <= s->dmax))
+  double v = 0;
+  int rc = ps_parse_number(t, &v);
+  if (rc == PS_EINVAL && cfg_leading_zero(t) && strspn(t, "0123456789.eE+-/") == strlen(t))
+    return cfg_no_leading_zero(x, s, t, m);
+  if (rc == PS_EINVAL) return cfg_err(x, m, "expected a number for '%s'", s->name);
+  /* beyond a double: too large is outside any range; too near 0 is
+   * outside one that starts above 0 */
+  if (rc == PS_ETOOBIG && v == 0 && s->dmin <= 0)
+    return cfg_err(x, m, "'%s' is %s, nearer 0 than a double holds (write 0)", s->name, t);
+  if (rc < 0 || !(v >= s->dmin && v <= s->dmax))
     return cfg_err(x, m, "'%s' is %s, outside %g..%g", s->name, t, s->dmin, s->dmax);
   *(double *)field = v;
   return 0;
@@ -332,10 +370,11 @@ static int cfg_check_hostport(cfg_ctx *x, const cfg_slot *s, const char *t, yaml
   int port;
   ps_errbuf eb;
   int ok = ps_addr_split(t, host, sizeof host, &port, &eb) == 0;
-  const char *ip = ok ? NULL : strstr(eb.msg, " is no IPv"); /* "'HOST' is no IPv4 address)" */
-  if (ip)
-    return cfg_err(x, m, "bad address '%s' for '%s' ('%s'%.*s)", t, s->name, host,
-                   (int)strcspn(ip, ")"), ip);
+  /* ps_addr_split's own reason where it names one: "('HOST' is no IPv4
+   * address)", "(07000 has a leading zero: write 7000)"; neither holds a '(' */
+  const char *why = ok ? NULL : strrchr(eb.msg, '(');
+  if (why && (strstr(why, " is no IPv") || strstr(why, " leading zero")))
+    return cfg_err(x, m, "bad address '%s' for '%s' %s", t, s->name, why);
   if (!ok)
     return cfg_err(x, m, "bad address '%s' for '%s' (expected host:port, port 1..65535)", t,
                    s->name);

@@ -63,6 +63,37 @@ START_TEST(test_addr_v6) {
 }
 END_TEST
 
+/* A port with a leading zero is refused (07000 read as octal elsewhere
+ * would be another port); the message says what to write instead.  Up to
+ * now 07000 passed (5 digits) while 034010 was "bad port" (6). */
+START_TEST(test_addr_port_leading_zero) {
+  static const struct {
+    const char *addr, *why;
+  } bad[] = {{"127.0.0.1:07000", "07000 has a leading zero: write 7000"},
+             {"127.0.0.1:034010", "034010 has a leading zero: write 34010"},
+             {"[::1]:00080", "00080 has a leading zero: write 80"},
+             {"h:01", "01 has a leading zero: write 1"}};
+  char host[64];
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    int port = 7;
+    ps_errbuf eb = {{0}};
+    ck_assert_int_eq(ps_addr_split(bad[i].addr, host, sizeof host, &port, &eb), PS_EINVAL);
+    ck_assert_int_eq(port, -1);
+    ck_assert_msg(strstr(eb.msg, bad[i].addr) && strstr(eb.msg, bad[i].why), "%s: %s",
+                  bad[i].addr, eb.msg);
+  }
+  /* all zeros, or too large without them: the range is at fault */
+  static const char *range[] = {"h:00", "h:0065536", "h:000000000000000000080000"};
+  for (size_t i = 0; i < sizeof range / sizeof *range; i++) {
+    int port = 7;
+    ps_errbuf eb = {{0}};
+    ck_assert_int_eq(ps_addr_split(range[i], host, sizeof host, &port, &eb), PS_EINVAL);
+    ck_assert_int_eq(port, -1);
+    ck_assert_msg(strstr(eb.msg, "want 1..65535"), "%s: %s", range[i], eb.msg);
+  }
+}
+END_TEST
+
 Suite *ps_addr_suite(void) {
   Suite *s = suite_create("ps_addr");
   TCase *tc = tcase_create("core");
@@ -70,6 +101,7 @@ Suite *ps_addr_suite(void) {
   tcase_add_test(tc, test_addr_bad_port);
   tcase_add_test(tc, test_addr_junk);
   tcase_add_test(tc, test_addr_v6);
+  tcase_add_test(tc, test_addr_port_leading_zero);
   suite_add_tcase(s, tc);
   return s;
 }

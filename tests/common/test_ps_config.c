@@ -352,7 +352,7 @@ START_TEST(test_config_data_dir_per_host) {
 END_TEST
 
 /* Files that load, with the warning they give (NULL: none): a trailing
- * empty document. */
+ * empty document, values without leading zeros. */
 START_TEST(test_config_loads) {
   static const struct {
     const char *text, *warn;
@@ -361,6 +361,8 @@ START_TEST(test_config_loads) {
        "/d}\n---\n", NULL},
       {"cluster: t\nsecurity: none\nshards:\n  - {id: 0, grpc: 'a:1', channel: 'a:2', data_dir: "
        "/d}\n--- ~\n---\n# the end\n...\n", NULL},
+      {"cluster: t\nsecurity: none\nshards:\n  - {id: 0, grpc: 'a:10', channel: 'a:2', data_dir: "
+       "/d}\nlimits: {drain_timeout_ms: 0}\ndata: {scale: 0.5e-3}\n", NULL},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
     expect_warning(cases[i].text, cases[i].warn, NULL, i);
@@ -695,6 +697,40 @@ static const struct bad_case {
      "3:12: YAML tag '!!str' (psd reads values by its own rules; remove the tag)"},
     {"cluster: a\ntraining: !!map\n  epochs: !<tag:yaml.org,2002:int> 3\n" SHARD0, PS_ECONFIG,
      "2:11: YAML tag '!!map' (psd reads values by its own rules; remove the tag)"},
+    /* No leading zeros: YAML 1.1 reads 010 as octal 8, psd read it as 10;
+     * a port's too (07000 passed, 034010 was a "bad address"). */
+    {"cluster: a\nshards:\n  - {id: 01, grpc: 'h:1', channel: 'h:2', data_dir: d}\n" SEC0, PS_ECONFIG,
+     "3:10: 'id' is 01: no leading zeros (YAML 1.1 would read it as octal)"},
+    {"cluster: a\nchunk_elems: 0100\n" SHARD0 SEC0, PS_ECONFIG,
+     "2:14: 'chunk_elems' is 0100: no leading zeros (YAML 1.1 would read it as octal)"},
+    {"cluster: a\nlimits:\n  drain_timeout_ms: 00\n" SHARD0 SEC0, PS_ECONFIG,
+     "3:21: 'drain_timeout_ms' is 00: no leading zeros (YAML 1.1 would read it as octal)"},
+    {"cluster: a\ndata:\n  scale: 010\n" SHARD0 SEC0, PS_ECONFIG,
+     "3:10: 'scale' is 010: no leading zeros (YAML 1.1 would read it as octal)"},
+    {"cluster: a\ndata:\n  scale: 1/0255\n" SHARD0 SEC0, PS_ECONFIG,
+     "3:10: 'scale' is 1/0255: no leading zeros (YAML 1.1 would read it as octal)"},
+    {"cluster: a\nworkers:\n  slowdown: [1, -02.5]\n" SHARD0 SEC0, PS_ECONFIG,
+     "3:17: 'slowdown' is -02.5: no leading zeros (YAML 1.1 would read it as octal)"},
+    {"cluster: a\nshards:\n  - {id: 0, grpc: '127.0.0.1:07000', channel: 'h:1', data_dir: d}\n" SEC0,
+     PS_ECONFIG,
+     "3:19: bad address '127.0.0.1:07000' for 'grpc' (07000 has a leading zero: write 7000)"},
+    {"cluster: a\nshards:\n  - {id: 0, grpc: 'h:2', channel: '127.0.0.1:034010', data_dir: d}\n" SEC0,
+     PS_ECONFIG,
+     "3:35: bad address '127.0.0.1:034010' for 'channel' (034010 has a leading zero: write "
+     "34010)"},
+    /* A number beyond a double is out of range, not "expected a number". */
+    {"cluster: a\nworkers:\n  jitter_prob: 1e400\n" SHARD0 SEC0, PS_ECONFIG,
+     "3:16: 'jitter_prob' is 1e400, outside 0..1"},
+    {"cluster: a\nworkers:\n  jitter_prob: -1e400\n" SHARD0 SEC0, PS_ECONFIG,
+     "3:16: 'jitter_prob' is -1e400, outside 0..1"},
+    {"cluster: a\nworkers:\n  slowdown: [1, 1e999]\n" SHARD0 SEC0, PS_ECONFIG,
+     "3:17: 'slowdown' is 1e999, outside 1..1000"},
+    {"cluster: a\ndata:\n  scale: 1e300/1e-300\n" SHARD0 SEC0, PS_ECONFIG,
+     "3:10: 'scale' is 1e300/1e-300, outside 1e-09..1e+09"},
+    {"cluster: a\ndata:\n  scale: 1e-400\n" SHARD0 SEC0, PS_ECONFIG,
+     "3:10: 'scale' is 1e-400, outside 1e-09..1e+09"},
+    {"cluster: a\nworkers:\n  jitter_prob: 1e-400\n" SHARD0 SEC0, PS_ECONFIG,
+     "3:16: 'jitter_prob' is 1e-400, nearer 0 than a double holds (write 0)"},
     /* an empty document after the file's is fine, a second one that is not empty is not */
     {"cluster: a\n" SHARD0 SEC0 "---\n---\ncluster: b\n", PS_ECONFIG,
      "10:1: more than one yaml document"},
@@ -775,12 +811,22 @@ START_TEST(test_parse_numbers) {
   } nums[] = {{"0.5", 0.5},   {"-3.9e-3", -3.9e-3}, {"1/4", 0.25}, {"+2", 2},   {"7", 7},
               {"1e3/1e1", 100}, {"0x10", NAN},      {"inf", NAN},  {"nan", NAN}, {" 1", NAN},
               {"1 ", NAN},    {"", NAN},            {"1/0", NAN},  {"1/", NAN},  {"1e-400", NAN},
-              {"1e400", NAN}, {"1e300/1e-300", NAN}, {"1/2/3", NAN}, {"-", NAN}};
+              {"1e400", NAN}, {"1e300/1e-300", NAN}, {"1/2/3", NAN}, {"-", NAN},
+              {"010", NAN},   {"00.5", NAN},        {"-07", NAN},  {"1/02", NAN}, {"0", 0},
+              {"-0.25", -0.25}, {"10.05", 10.05},   {"1e05", 1e5}, {"0/1", 0},
+              {"1e-200/1e200", NAN}, {"-1e400", NAN}};
   for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
     double v = -42;
     int rc = ps_parse_number(nums[i].s, &v);
     if (isnan(nums[i].want)) {
-      ck_assert_msg(rc == PS_EINVAL && v == -42, "'%s' taken as %g", nums[i].s, v);
+      /* beyond a double: out of range (the value saturated), not "no number" */
+      int over = strstr(nums[i].s, "e400") || strstr(nums[i].s, "e300/");
+      int under = strstr(nums[i].s, "e-400") || strstr(nums[i].s, "e-200/");
+      if (over || under)
+        ck_assert_msg(rc == PS_ETOOBIG && (over ? isinf(v) : v == 0), "'%s': %d, %g", nums[i].s,
+                      rc, v);
+      else
+        ck_assert_msg(rc == PS_EINVAL && v == -42, "'%s' taken as %g", nums[i].s, v);
     } else {
       ck_assert_msg(rc == 0, "'%s' refused", nums[i].s);
       ck_assert_double_eq_tol(v, nums[i].want, 1e-12);
@@ -792,7 +838,9 @@ START_TEST(test_parse_numbers) {
     uint64_t want;
   } ints[] = {{"0", 0, 0},           {"18446744073709551615", 0, UINT64_MAX},
               {"18446744073709551616", PS_ETOOBIG, 0}, {"+5", PS_EINVAL, 0}, {"-1", PS_EINVAL, 0},
-              {"0x10", PS_EINVAL, 0}, {" 1", PS_EINVAL, 0}, {"", PS_EINVAL, 0}, {"1.0", PS_EINVAL, 0}};
+              {"0x10", PS_EINVAL, 0}, {" 1", PS_EINVAL, 0}, {"", PS_EINVAL, 0}, {"1.0", PS_EINVAL, 0},
+              {"01", PS_EINVAL, 0}, {"00", PS_EINVAL, 0}, {"0018446744073709551616", PS_EINVAL, 0},
+              {"10", 0, 10}};
   for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
     uint64_t v = 7;
     ck_assert_msg(ps_parse_uint(ints[i].s, &v) == ints[i].rc, "'%s'", ints[i].s);

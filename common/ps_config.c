@@ -880,6 +880,31 @@ static int cfg_same_dir(const char *a, const char *b) {
   return na == nb && !memcmp(a, b, na);
 }
 
+/* cfg_addr_pair checks address A (its value at AM) against B, given
+ * earlier in the file (at BM), as ps_addr_same compares them: one
+ * address twice is an error; a wildcard host and another address on its
+ * port are an error too when ONE_HOST (one psd's two addresses), else a
+ * warning (the two may run on different hosts).  0 or PS_ECONFIG. */
+static int cfg_addr_pair(cfg_ctx *x, ps_config *c, const char *a, yaml_mark_t am,
+                         const char *b, yaml_mark_t bm, int one_host) {
+  int rel = ps_addr_same(a, b);
+  if (rel == PS_ADDR_OTHER) return 0;
+  if (!strcmp(a, b))
+    return cfg_err(x, am, "duplicate address '%s' (first at line %zu)", a, bm.line + 1);
+  if (rel == PS_ADDR_SAME || one_host)
+    return cfg_err(x, am, "duplicate address '%s', the same as '%s' (line %zu)%s", a, b,
+                   bm.line + 1, rel == PS_ADDR_SAME ? "" : ": one psd's two addresses share "
+                   "its host");
+  char host[256];
+  int port;
+  ps_errbuf eb;
+  ps_addr_split(ps_addr_wildcard(a) ? a : b, host, sizeof host, &port, &eb);
+  cfg_warn(x, c, am, "'%s' and '%s' (line %zu) share port %d and '%s' is every address of "
+           "its host: on one host the second to start cannot bind (fine on different hosts)",
+           a, b, bm.line + 1, port, host);
+  return 0;
+}
+
 /* cfg_shard_dups checks shard I against shards 0..I (ids and addresses are
  * unique across the cluster; a data_dir named twice on one host is
  * warned about); MARKS holds each shard's value marks. */
@@ -894,12 +919,11 @@ static int cfg_shard_dups(cfg_ctx *x, ps_config *c, size_t i,
   for (size_t j = 0; j <= i; j++) {
     const char *other[2] = {c->shards[j].grpc_addr, c->shards[j].channel_addr};
     for (int a = 0; a < 2; a++)
-      for (int b = 0; b < 2; b++) {
-        if (j == i && b >= a) continue;
-        if (strcmp(mine[a], other[b])) continue;
-        return cfg_err(x, marks[i][CFG_SHARD_GRPC + a], "duplicate address '%s' (first at line %zu)",
-                       mine[a], marks[j][CFG_SHARD_GRPC + b].line + 1);
-      }
+      for (int b = 0; b < 2; b++)
+        if ((j < i || b < a) &&
+            cfg_addr_pair(x, c, mine[a], marks[i][CFG_SHARD_GRPC + a], other[b],
+                          marks[j][CFG_SHARD_GRPC + b], j == i) < 0)
+          return PS_ECONFIG;
   }
   /* one psd per directory (psd_store_lock_dir refuses a second): the same
    * data_dir on one host name is most likely a mistake, but shards in
@@ -934,11 +958,11 @@ static int cfg_agg_dups(cfg_ctx *x, ps_config *c, size_t i,
                      g->name, marks[j][CFG_AGG_NAME].line + 1);
     const char *other[2] = {c->aggs[j].grpc_addr, c->aggs[j].channel_addr};
     for (int a = 0; a < 2; a++)
-      for (int b = 0; b < 2; b++) {
-        if ((j == i && b >= a) || strcmp(mine[a], other[b])) continue;
-        return cfg_err(x, marks[i][CFG_AGG_GRPC + a], "duplicate address '%s' (first at line %zu)",
-                       mine[a], marks[j][CFG_AGG_GRPC + b].line + 1);
-      }
+      for (int b = 0; b < 2; b++)
+        if ((j < i || b < a) &&
+            cfg_addr_pair(x, c, mine[a], marks[i][CFG_AGG_GRPC + a], other[b],
+                          marks[j][CFG_AGG_GRPC + b], j == i) < 0)
+          return PS_ECONFIG;
   }
   return 0;
 }
@@ -1038,18 +1062,29 @@ static yaml_node_t *cfg_value_node(cfg_ctx *x, yaml_node_t *n, const char *key) 
   return NULL;
 }
 
+/* cfg_item returns item I of sequence LIST, or FALLBACK when LIST is
+ * none (a list loaded from it has its items). */
+static yaml_node_t *cfg_item(cfg_ctx *x, yaml_node_t *list, size_t i, yaml_node_t *fallback) {
+  if (!list || list->type != YAML_SEQUENCE_NODE ||
+      i >= (size_t)(list->data.sequence.items.top - list->data.sequence.items.start))
+    return fallback;
+  return cfg_node(x, list->data.sequence.items.start[i]);
+}
+
 /* cfg_aggs_post checks the aggregators against the shards (no address
- * twice), each one's max_delay_ms against the workers' wait for a reply
+ * twice as ps_addr_same compares them; a wildcard's port is warned
+ * about), each one's max_delay_ms against the workers' wait for a reply
  * (training.pull_timeout_ms + 5 s: a push held for the whole delay still
  * leaves the root 5 s), and workers.aggregator against the aggregators
  * (a known name). */
-static int cfg_aggs_post(cfg_ctx *x, const ps_config *c, yaml_node_t *n) {
+static int cfg_aggs_post(cfg_ctx *x, ps_config *c, yaml_node_t *n) {
   yaml_node_t *list = cfg_value_node(x, n, "aggregators");
+  yaml_node_t *shards = cfg_value_node(x, n, "shards");
+  static const char *const keys[2] = {"grpc", "channel"};
   for (size_t i = 0; i < c->naggs; i++) {
     const ps_agg_conf *g = &c->aggs[i];
     const char *mine[2] = {g->grpc_addr, g->channel_addr};
-    yaml_node_t *e = list && list->type == YAML_SEQUENCE_NODE
-                         ? cfg_node(x, list->data.sequence.items.start[i]) : n;
+    yaml_node_t *e = cfg_item(x, list, i, n);
     if (g->max_delay_ms >= c->training.pull_timeout_ms) {
       yaml_node_t *v = cfg_value_node(x, e, "max_delay_ms");
       return cfg_err(x, (v ? v : e)->start_mark,
@@ -1058,11 +1093,23 @@ static int cfg_aggs_post(cfg_ctx *x, const ps_config *c, yaml_node_t *n) {
                      "its worker's wait for the reply", g->name, g->max_delay_ms,
                      c->training.pull_timeout_ms);
     }
-    for (size_t j = 0; j < c->nshards; j++)
+    for (size_t j = 0; j < c->nshards; j++) {
+      const char *theirs[2] = {c->shards[j].grpc_addr, c->shards[j].channel_addr};
+      yaml_node_t *se = cfg_item(x, shards, j, n);
       for (int a = 0; a < 2; a++)
-        if (!strcmp(mine[a], c->shards[j].grpc_addr) || !strcmp(mine[a], c->shards[j].channel_addr))
-          return cfg_err(x, e->start_mark, "aggregator '%s': address '%s' is shard %" PRIu32 "'s",
-                         g->name, mine[a], c->shards[j].id);
+        for (int b = 0; b < 2; b++) {
+          int rel = ps_addr_same(mine[a], theirs[b]);
+          char as[300] = ""; /* the shard's text where it differs */
+          if (strcmp(mine[a], theirs[b])) snprintf(as, sizeof as, " ('%s')", theirs[b]);
+          if (rel == PS_ADDR_SAME)
+            return cfg_err(x, e->start_mark, "aggregator '%s': address '%s' is shard %" PRIu32
+                           "'s%s", g->name, mine[a], c->shards[j].id, as);
+          yaml_node_t *am = cfg_value_node(x, e, keys[a]), *bm = cfg_value_node(x, se, keys[b]);
+          if (rel == PS_ADDR_MAYBE)
+            cfg_addr_pair(x, c, mine[a], (am ? am : e)->start_mark, theirs[b],
+                          (bm ? bm : se)->start_mark, 0);
+        }
+    }
   }
   const char *want = c->workers.aggregator;
   if (!want || ps_config_agg(c, want)) return 0;
@@ -1074,7 +1121,7 @@ static int cfg_aggs_post(cfg_ctx *x, const ps_config *c, yaml_node_t *n) {
 /* cfg_top_post: a connection with a parked pull is busy, so an idle
  * connection must be allowed to outwait the longest pull. */
 static int cfg_top_post(cfg_ctx *x, void *base, yaml_node_t *n, const yaml_mark_t *marks) {
-  const ps_config *c = base;
+  ps_config *c = base;
   int r = cfg_aggs_post(x, c, n);
   if (r < 0) return r;
   (void)marks;

@@ -351,12 +351,29 @@ START_TEST(test_config_data_dir_per_host) {
 }
 END_TEST
 
-/* Files that load, with the warning they give (NULL: none): a trailing
- * empty document, values without leading zeros. */
+/* Files that load, with the warning they give (NULL: none): a wildcard
+ * address and another on its port may be on different hosts (a warning),
+ * addresses that differ only look alike, a trailing empty document. */
 START_TEST(test_config_loads) {
   static const struct {
     const char *text, *warn;
   } cases[] = {
+      {"cluster: t\nsecurity: none\nshards:\n"
+       "  - {id: 0, grpc: '0.0.0.0:7000', channel: 'a:2', data_dir: /d}\n"
+       "  - {id: 1, grpc: '10.0.0.2:7000', channel: 'b:2', data_dir: /d}\n",
+       "c.yaml:5:19: warning: '10.0.0.2:7000' and '0.0.0.0:7000' (line 4) share port 7000 and "
+       "'0.0.0.0' is every address of its host: on one host the second to start cannot bind "
+       "(fine on different hosts)"},
+      {"cluster: t\nsecurity: none\nshards:\n"
+       "  - {id: 0, grpc: 'a:1', channel: '[::]:7000', data_dir: /d}\n"
+       "aggregators:\n  - {name: g, grpc: 'b:7000', channel: 'b:2', workers: 1}\n",
+       "c.yaml:6:21: warning: 'b:7000' and '[::]:7000' (line 4) share port 7000 and '::' is "
+       "every address of its host"},
+      {"cluster: t\nsecurity: none\nshards:\n"
+       "  - {id: 0, grpc: '127.0.0.1:7000', channel: '127.0.0.2:7000', data_dir: /d}\n"
+       "  - {id: 1, grpc: '[::1]:7001', channel: '[::2]:7001', data_dir: /e}\n"
+       "  - {id: 2, grpc: 'host-a:7002', channel: '10.0.0.1:7002', data_dir: /f}\n",
+       NULL},
       {"cluster: t\nsecurity: none\nshards:\n  - {id: 0, grpc: 'a:1', channel: 'a:2', data_dir: "
        "/d}\n---\n", NULL},
       {"cluster: t\nsecurity: none\nshards:\n  - {id: 0, grpc: 'a:1', channel: 'a:2', data_dir: "
@@ -697,6 +714,26 @@ static const struct bad_case {
      "3:12: YAML tag '!!str' (psd reads values by its own rules; remove the tag)"},
     {"cluster: a\ntraining: !!map\n  epochs: !<tag:yaml.org,2002:int> 3\n" SHARD0, PS_ECONFIG,
      "2:11: YAML tag '!!map' (psd reads values by its own rules; remove the tag)"},
+    /* One address however it is written: inet_pton's reading of an IP
+     * address, localhost the loopback one, host names without case (they
+     * passed psd -t as different strings, then failed to bind). */
+    {"cluster: a\nshards:\n  - {id: 0, grpc: '[::1]:34010', channel: 'h:1', data_dir: d}\n"
+     "  - {id: 1, grpc: '[0:0::1]:34010', channel: 'h:2', data_dir: e}\n" SEC0, PS_ECONFIG,
+     "4:19: duplicate address '[0:0::1]:34010', the same as '[::1]:34010' (line 3)"},
+    {"cluster: a\nshards:\n  - {id: 0, grpc: 'localhost:34010', channel: 'h:1', data_dir: d}\n"
+     "  - {id: 1, grpc: 'h:2', channel: '127.0.0.1:34010', data_dir: e}\n" SEC0, PS_ECONFIG,
+     "4:35: duplicate address '127.0.0.1:34010', the same as 'localhost:34010' (line 3)"},
+    {"cluster: a\nshards:\n  - {id: 0, grpc: 'localhost:3', channel: '[::1]:3', data_dir: d}\n" SEC0,
+     PS_ECONFIG, "3:43: duplicate address '[::1]:3', the same as 'localhost:3' (line 3)"},
+    /* one psd's own two addresses are on one host: a wildcard is an error there */
+    {"cluster: a\nshards:\n  - {id: 0, grpc: '0.0.0.0:3', channel: '127.0.0.1:3', data_dir: d}\n" SEC0,
+     PS_ECONFIG, "3:41: duplicate address '127.0.0.1:3', the same as '0.0.0.0:3' (line 3): "
+     "one psd's two addresses share its host"},
+    {"cluster: a\n" SHARD0 "aggregators:\n  - {name: g, grpc: 'H:2', channel: 'h:6', workers: 2}\n"
+     SEC0, PS_ECONFIG, "8:5: aggregator 'g': address 'H:2' is shard 0's ('h:2')"},
+    {"cluster: a\n" SHARD0 "aggregators:\n  - {name: g, grpc: '10.0.0.1:5', channel: 'h:6', "
+     "workers: 2}\n  - {name: k, grpc: '[::ffff:10.0.0.1]:5', channel: 'h:8', workers: 2}\n" SEC0,
+     PS_ECONFIG, "9:21: duplicate address '[::ffff:10.0.0.1]:5', the same as '10.0.0.1:5' (line 8)"},
     /* No leading zeros: YAML 1.1 reads 010 as octal 8, psd read it as 10;
      * a port's too (07000 passed, 034010 was a "bad address"). */
     {"cluster: a\nshards:\n  - {id: 01, grpc: 'h:1', channel: 'h:2', data_dir: d}\n" SEC0, PS_ECONFIG,

@@ -20,4 +20,24 @@
  * message. */
 int ps_addr_split(const char *addr, char *host, size_t hostlen, int *port, ps_errbuf *eb);
 
+/* How two addresses relate (ps_addr_same). */
+enum ps_addr_rel {
+  PS_ADDR_OTHER = 0, /* different (or one is no address) */
+  PS_ADDR_SAME = 1,  /* one socket address: two listeners on one host cannot both bind it */
+  PS_ADDR_MAYBE = 2, /* one port, and one is a wildcard host (0.0.0.0, [::]): the same on one
+                        host, nothing on two */
+};
+
+/* ps_addr_same says how addresses A and B relate, without DNS: IP
+ * addresses are compared as inet_pton reads them ([0:0::1] is [::1],
+ * [::ffff:10.0.0.1] is 10.0.0.1), 'localhost' as the loopback address
+ * of either family, other host names without case.  A wildcard host
+ * takes its port on every address of its host: 0.0.0.0 the IPv4 ones
+ * (names and localhost included), [::] all of them (dual stack). */
+int ps_addr_same(const char *a, const char *b);
+
+/* ps_addr_wildcard says whether ADDR's host is a wildcard: 0.0.0.0 or
+ * [::] (however written); 0 for one that is no address. */
+int ps_addr_wildcard(const char *addr);
+
 #endif

@@ -155,15 +155,36 @@ static int cfg_scalar(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, const char 
 
 /* ---- integers ---------------------------------------------------------- */
 
+/* cfg_leading_zero says whether S holds a run of digits that starts with
+ * 0 and goes on with a digit ("010", "-02.5", "1/02"), outside fractions
+ * and exponents ("0.05", "1e05" are fine).  YAML 1.1 reads 010 as octal
+ * 8 where psd would read 10, so psd reads neither. */
+static int cfg_leading_zero(const char *s) {
+  for (const char *p = s; *p; p++) {
+    if (*p == 'e' || *p == 'E') p += strcspn(p, "/") - 1; /* (the exponent) */
+    else if (*p == '0' && p[1] >= '0' && p[1] <= '9' &&
+             (p == s || !strchr("0123456789.", p[-1])))
+      return 1;
+  }
+  return 0;
+}
+
 /* ps_parse_uint: see ps_config.h. */
 int ps_parse_uint(const char *s, uint64_t *v) {
   size_t nd = strspn(s, "0123456789");
-  if (nd == 0 || s[nd]) return PS_EINVAL;
+  if (nd == 0 || s[nd] || (s[0] == '0' && nd > 1)) return PS_EINVAL;
   errno = 0;
   unsigned long long u = strtoull(s, NULL, 10);
   if (errno == ERANGE) return PS_ETOOBIG;
   *v = u;
   return 0;
+}
+
+/* cfg_no_leading_zero reports the slot's value T (at M) as written with
+ * a leading zero. */
+static int cfg_no_leading_zero(cfg_ctx *x, const cfg_slot *s, const char *t, yaml_mark_t m) {
+  return cfg_err(x, m, "'%s' is %s: no leading zeros (YAML 1.1 would read it as octal)",
+                 s->name, t);
 }
 
 /* cfg_uint parses N (or the default) as a decimal integer within the
@@ -175,6 +196,8 @@ static int cfg_uint(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, uint64_t *v) 
   if (r <= 0) return r;
   uint64_t u = 0;
   int rc = ps_parse_uint(t + (*t == '-'), &u); /* a minus is reported as out of range */
+  if (rc == PS_EINVAL && cfg_leading_zero(t) && strspn(t, "-0123456789") == strlen(t))
+    return cfg_no_leading_zero(x, s, t, m);
   if (rc == PS_EINVAL) return cfg_err(x, m, "expected an integer for '%s'", s->name);
   int neg = *t == '-'; /* "-0" too: decimal, without sign */
   if (neg || rc < 0 || u < s->min || u > s->max)
@@ -204,18 +227,27 @@ static int cfg_load_u64(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, void *fie
  * ("0x10"), "inf", "nan" and leading blanks. */
 int ps_parse_number(const char *s, double *v) {
   char *end;
-  if (s[strspn(s, "0123456789.eE+-/")]) return PS_EINVAL;
+  if (s[strspn(s, "0123456789.eE+-/")] || cfg_leading_zero(s)) return PS_EINVAL;
   errno = 0;
-  double a = strtod(s, &end);
-  if (end == s || errno == ERANGE) return PS_EINVAL;
+  double a = strtod(s, &end), b = 1;
+  int range = errno == ERANGE; /* strtod saturates: HUGE_VAL, or 0 and subnormals */
+  if (end == s) return PS_EINVAL;
   if (*end == '/') {
     const char *b0 = end + 1;
-    double b = strtod(b0, &end);
-    if (end == b0 || errno == ERANGE || b == 0) return PS_EINVAL;
-    a /= b;
+    errno = 0;
+    b = strtod(b0, &end);
+    if (end == b0 || (b == 0 && errno != ERANGE)) return PS_EINVAL;
+    range |= errno == ERANGE;
   }
-  if (*end || !isfinite(a)) return PS_EINVAL;
-  *v = a;
+  if (*end) return PS_EINVAL;
+  double q = a / b; /* (b is 0 only after an underflow) */
+  if (isnan(q)) q = HUGE_VAL; /* inf/inf, 0/0: both parts out of range, called too large */
+  if (isinf(q) || (q != 0 && fabs(q) < DBL_MIN) || (q == 0 && a != 0)) range = 1;
+  if (range) {
+    *v = isinf(q) ? q : copysign(0, q);
+    return PS_ETOOBIG;
+  }
+  *v = q;
   return 0;
 }
 
@@ -224,10 +256,16 @@ static int cfg_load_double(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, void *
   yaml_mark_t m;
   int r = cfg_scalar(x, s, n, &t, &m);
   if (r <= 0) return r;
-  double v;
-  if (ps_parse_number(t, &v) < 0)
-    return cfg_err(x, m, "expected a number for '%s'", s->name);
-  if (!(v >= s->dmin && v <= s->dmax))
+  double v = 0;
+  int rc = ps_parse_number(t, &v);
+  if (rc == PS_EINVAL && cfg_leading_zero(t) && strspn(t, "0123456789.eE+-/") == strlen(t))
+    return cfg_no_leading_zero(x, s, t, m);
+  if (rc == PS_EINVAL) return cfg_err(x, m, "expected a number for '%s'", s->name);
+  /* beyond a double: too large is outside any range; too near 0 is
+   * outside one that starts above 0 */
+  if (rc == PS_ETOOBIG && v == 0 && s->dmin <= 0)
+    return cfg_err(x, m, "'%s' is %s, nearer 0 than a double holds (write 0)", s->name, t);
+  if (rc < 0 || !(v >= s->dmin && v <= s->dmax))
     return cfg_err(x, m, "'%s' is %s, outside %g..%g", s->name, t, s->dmin, s->dmax);
   *(double *)field = v;
   return 0;
@@ -332,10 +370,11 @@ static int cfg_check_hostport(cfg_ctx *x, const cfg_slot *s, const char *t, yaml
   int port;
   ps_errbuf eb;
   int ok = ps_addr_split(t, host, sizeof host, &port, &eb) == 0;
-  const char *ip = ok ? NULL : strstr(eb.msg, " is no IPv"); /* "'HOST' is no IPv4 address)" */
-  if (ip)
-    return cfg_err(x, m, "bad address '%s' for '%s' ('%s'%.*s)", t, s->name, host,
-                   (int)strcspn(ip, ")"), ip);
+  /* ps_addr_split's own reason where it names one: "('HOST' is no IPv4
+   * address)", "(07000 has a leading zero: write 7000)"; neither holds a '(' */
+  const char *why = ok ? NULL : strrchr(eb.msg, '(');
+  if (why && (strstr(why, " is no IPv") || strstr(why, " leading zero")))
+    return cfg_err(x, m, "bad address '%s' for '%s' %s", t, s->name, why);
   if (!ok)
     return cfg_err(x, m, "bad address '%s' for '%s' (expected host:port, port 1..65535)", t,
                    s->name);
@@ -841,6 +880,31 @@ static int cfg_same_dir(const char *a, const char *b) {
   return na == nb && !memcmp(a, b, na);
 }
 
+/* cfg_addr_pair checks address A (its value at AM) against B, given
+ * earlier in the file (at BM), as ps_addr_same compares them: one
+ * address twice is an error; a wildcard host and another address on its
+ * port are an error too when ONE_HOST (one psd's two addresses), else a
+ * warning (the two may run on different hosts).  0 or PS_ECONFIG. */
+static int cfg_addr_pair(cfg_ctx *x, ps_config *c, const char *a, yaml_mark_t am,
+                         const char *b, yaml_mark_t bm, int one_host) {
+  int rel = ps_addr_same(a, b);
+  if (rel == PS_ADDR_OTHER) return 0;
+  if (!strcmp(a, b))
+    return cfg_err(x, am, "duplicate address '%s' (first at line %zu)", a, bm.line + 1);
+  if (rel == PS_ADDR_SAME || one_host)
+    return cfg_err(x, am, "duplicate address '%s', the same as '%s' (line %zu)%s", a, b,
+                   bm.line + 1, rel == PS_ADDR_SAME ? "" : ": one psd's two addresses share "
+                   "its host");
+  char host[256];
+  int port;
+  ps_errbuf eb;
+  ps_addr_split(ps_addr_wildcard(a) ? a : b, host, sizeof host, &port, &eb);
+  cfg_warn(x, c, am, "'%s' and '%s' (line %zu) share port %d and '%s' is every address of "
+           "its host: on one host the second to start cannot bind (fine on different hosts)",
+           a, b, bm.line + 1, port, host);
+  return 0;
+}
+
 /* cfg_shard_dups checks shard I against shards 0..I (ids and addresses are
  * unique across the cluster; a data_dir named twice on one host is
  * warned about); MARKS holds each shard's value marks. */
@@ -855,12 +919,11 @@ static int cfg_shard_dups(cfg_ctx *x, ps_config *c, size_t i,
   for (size_t j = 0; j <= i; j++) {
     const char *other[2] = {c->shards[j].grpc_addr, c->shards[j].channel_addr};
     for (int a = 0; a < 2; a++)
-      for (int b = 0; b < 2; b++) {
-        if (j == i && b >= a) continue;
-        if (strcmp(mine[a], other[b])) continue;
-        return cfg_err(x, marks[i][CFG_SHARD_GRPC + a], "duplicate address '%s' (first at line %zu)",
-                       mine[a], marks[j][CFG_SHARD_GRPC + b].line + 1);
-      }
+      for (int b = 0; b < 2; b++)
+        if ((j < i || b < a) &&
+            cfg_addr_pair(x, c, mine[a], marks[i][CFG_SHARD_GRPC + a], other[b],
+                          marks[j][CFG_SHARD_GRPC + b], j == i) < 0)
+          return PS_ECONFIG;
   }
   /* one psd per directory (psd_store_lock_dir refuses a second): the same
    * data_dir on one host name is most likely a mistake, but shards in
@@ -895,11 +958,11 @@ static int cfg_agg_dups(cfg_ctx *x, ps_config *c, size_t i,
                      g->name, marks[j][CFG_AGG_NAME].line + 1);
     const char *other[2] = {c->aggs[j].grpc_addr, c->aggs[j].channel_addr};
     for (int a = 0; a < 2; a++)
-      for (int b = 0; b < 2; b++) {
-        if ((j == i && b >= a) || strcmp(mine[a], other[b])) continue;
-        return cfg_err(x, marks[i][CFG_AGG_GRPC + a], "duplicate address '%s' (first at line %zu)",
-                       mine[a], marks[j][CFG_AGG_GRPC + b].line + 1);
-      }
+      for (int b = 0; b < 2; b++)
+        if ((j < i || b < a) &&
+            cfg_addr_pair(x, c, mine[a], marks[i][CFG_AGG_GRPC + a], other[b],
+                          marks[j][CFG_AGG_GRPC + b], j == i) < 0)
+          return PS_ECONFIG;
   }
   return 0;
 }
@@ -999,18 +1062,29 @@ static yaml_node_t *cfg_value_node(cfg_ctx *x, yaml_node_t *n, const char *key) 
   return NULL;
 }
 
+/* cfg_item returns item I of sequence LIST, or FALLBACK when LIST is
+ * none (a list loaded from it has its items). */
+static yaml_node_t *cfg_item(cfg_ctx *x, yaml_node_t *list, size_t i, yaml_node_t *fallback) {
+  if (!list || list->type != YAML_SEQUENCE_NODE ||
+      i >= (size_t)(list->data.sequence.items.top - list->data.sequence.items.start))
+    return fallback;
+  return cfg_node(x, list->data.sequence.items.start[i]);
+}
+
 /* cfg_aggs_post checks the aggregators against the shards (no address
- * twice), each one's max_delay_ms against the workers' wait for a reply
+ * twice as ps_addr_same compares them; a wildcard's port is warned
+ * about), each one's max_delay_ms against the workers' wait for a reply
  * (training.pull_timeout_ms + 5 s: a push held for the whole delay still
  * leaves the root 5 s), and workers.aggregator against the aggregators
  * (a known name). */
-static int cfg_aggs_post(cfg_ctx *x, const ps_config *c, yaml_node_t *n) {
+static int cfg_aggs_post(cfg_ctx *x, ps_config *c, yaml_node_t *n) {
   yaml_node_t *list = cfg_value_node(x, n, "aggregators");
+  yaml_node_t *shards = cfg_value_node(x, n, "shards");
+  static const char *const keys[2] = {"grpc", "channel"};
   for (size_t i = 0; i < c->naggs; i++) {
     const ps_agg_conf *g = &c->aggs[i];
     const char *mine[2] = {g->grpc_addr, g->channel_addr};
-    yaml_node_t *e = list && list->type == YAML_SEQUENCE_NODE
-                         ? cfg_node(x, list->data.sequence.items.start[i]) : n;
+    yaml_node_t *e = cfg_item(x, list, i, n);
     if (g->max_delay_ms >= c->training.pull_timeout_ms) {
       yaml_node_t *v = cfg_value_node(x, e, "max_delay_ms");
       return cfg_err(x, (v ? v : e)->start_mark,
@@ -1019,11 +1093,23 @@ static int cfg_aggs_post(cfg_ctx *x, const ps_config *c, yaml_node_t *n) {
                      "its worker's wait for the reply", g->name, g->max_delay_ms,
                      c->training.pull_timeout_ms);
     }
-    for (size_t j = 0; j < c->nshards; j++)
+    for (size_t j = 0; j < c->nshards; j++) {
+      const char *theirs[2] = {c->shards[j].grpc_addr, c->shards[j].channel_addr};
+      yaml_node_t *se = cfg_item(x, shards, j, n);
       for (int a = 0; a < 2; a++)
-        if (!strcmp(mine[a], c->shards[j].grpc_addr) || !strcmp(mine[a], c->shards[j].channel_addr))
-          return cfg_err(x, e->start_mark, "aggregator '%s': address '%s' is shard %" PRIu32 "'s",
-                         g->name, mine[a], c->shards[j].id);
+        for (int b = 0; b < 2; b++) {
+          int rel = ps_addr_same(mine[a], theirs[b]);
+          char as[300] = ""; /* the shard's text where it differs */
+          if (strcmp(mine[a], theirs[b])) snprintf(as, sizeof as, " ('%s')", theirs[b]);
+          if (rel == PS_ADDR_SAME)
+            return cfg_err(x, e->start_mark, "aggregator '%s': address '%s' is shard %" PRIu32
+                           "'s%s", g->name, mine[a], c->shards[j].id, as);
+          yaml_node_t *am = cfg_value_node(x, e, keys[a]), *bm = cfg_value_node(x, se, keys[b]);
+          if (rel == PS_ADDR_MAYBE)
+            cfg_addr_pair(x, c, mine[a], (am ? am : e)->start_mark, theirs[b],
+                          (bm ? bm : se)->start_mark, 0);
+        }
+    }
   }
   const char *want = c->workers.aggregator;
   if (!want || ps_config_agg(c, want)) return 0;
@@ -1035,7 +1121,7 @@ static int cfg_aggs_post(cfg_ctx *x, const ps_config *c, yaml_node_t *n) {
 /* cfg_top_post: a connection with a parked pull is busy, so an idle
  * connection must be allowed to outwait the longest pull. */
 static int cfg_top_post(cfg_ctx *x, void *base, yaml_node_t *n, const yaml_mark_t *marks) {
-  const ps_config *c = base;
+  ps_config *c = base;
   int r = cfg_aggs_post(x, c, n);
   if (r < 0) return r;
   (void)marks;
@@ -1135,15 +1221,21 @@ static int cfg_parse(cfg_ctx *x, const unsigned char *buf, size_t len, ps_config
   }
   x->doc = &doc;
   r = cfg_load_doc(x, c);
-  if (r == 0) {
-    /* A second document would be silently ignored: refuse it. */
+  /* A second document would be silently ignored: refuse it.  An empty
+   * one (a "---" after the file's, as some tools write) holds nothing to
+   * ignore; libyaml ends the stream with a document without a root. */
+  for (int more = r == 0; more;) {
     if (!yaml_parser_load(&parser, &extra)) {
       r = cfg_yaml_error(x, &parser);
-    } else {
-      yaml_node_t *n = yaml_document_get_root_node(&extra);
-      if (n) r = cfg_err(x, n->start_mark, "more than one yaml document");
-      yaml_document_delete(&extra);
+      break;
     }
+    yaml_node_t *n = yaml_document_get_root_node(&extra);
+    more = n != NULL;
+    if (n && !cfg_is_null(n)) {
+      r = cfg_err(x, n->start_mark, "more than one yaml document");
+      more = 0;
+    }
+    yaml_document_delete(&extra);
   }
   yaml_document_delete(&doc);
 out_parser:

@@ -176,16 +176,21 @@ int ps_config_load_buf(ps_config *c, const char *name, const void *buf, size_t l
                        ps_errbuf *eb);
 
 /* ps_parse_uint parses S as the cluster file reads an integer: decimal
- * digits only (no sign, no blank, not empty).  0 with the value in *V,
+ * digits only (no sign, no blank, not empty) without a leading zero ("0"
+ * alone is fine; YAML 1.1 reads 010 as octal 8).  0 with the value in *V,
  * PS_EINVAL when S is not that, PS_ETOOBIG when it exceeds 2^64 - 1.
  * Command-line flags of psd, psw and psctl read integers with it too. */
 int ps_parse_uint(const char *s, uint64_t *v);
 
 /* ps_parse_number parses S as the cluster file reads a number: a decimal
  * with an optional sign and exponent ("0.5", "-3.9e-3") or a fraction of
- * two of them ("1/255"), whole (no blank, not empty), finite.  0 with the
- * value in *V, or PS_EINVAL (also for hex, "inf", "nan", an underflow or
- * overflow).  psctl's and psw's number flags read numbers with it too. */
+ * two of them ("1/255"), whole (no blank, not empty), without a leading
+ * zero in an integer part ("0.05" and "1e05" are fine, "010" and "00.5"
+ * are not).  0 with the value in *V; PS_EINVAL when S is not that (also
+ * for hex, "inf", "nan", a division by 0); PS_ETOOBIG when it is one but
+ * a double cannot hold it, a part or the quotient (*V is then +-HUGE_VAL
+ * when too large, +-0 when too near 0).  psctl's and psw's number flags
+ * read numbers with it too. */
 int ps_parse_number(const char *s, double *v);
 
 /* ps_config_release frees everything ps_config_load allocated; idempotent. */

@@ -63,6 +63,89 @@ START_TEST(test_addr_v6) {
 }
 END_TEST
 
+/* A port with a leading zero is refused (07000 read as octal elsewhere
+ * would be another port); the message says what to write instead.  Up to
+ * now 07000 passed (5 digits) while 034010 was "bad port" (6). */
+START_TEST(test_addr_port_leading_zero) {
+  static const struct {
+    const char *addr, *why;
+  } bad[] = {{"127.0.0.1:07000", "07000 has a leading zero: write 7000"},
+             {"127.0.0.1:034010", "034010 has a leading zero: write 34010"},
+             {"[::1]:00080", "00080 has a leading zero: write 80"},
+             {"h:01", "01 has a leading zero: write 1"}};
+  char host[64];
+  for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+    int port = 7;
+    ps_errbuf eb = {{0}};
+    ck_assert_int_eq(ps_addr_split(bad[i].addr, host, sizeof host, &port, &eb), PS_EINVAL);
+    ck_assert_int_eq(port, -1);
+    ck_assert_msg(strstr(eb.msg, bad[i].addr) && strstr(eb.msg, bad[i].why), "%s: %s",
+                  bad[i].addr, eb.msg);
+  }
+  /* all zeros, or too large without them: the range is at fault */
+  static const char *range[] = {"h:00", "h:0065536", "h:000000000000000000080000"};
+  for (size_t i = 0; i < sizeof range / sizeof *range; i++) {
+    int port = 7;
+    ps_errbuf eb = {{0}};
+    ck_assert_int_eq(ps_addr_split(range[i], host, sizeof host, &port, &eb), PS_EINVAL);
+    ck_assert_int_eq(port, -1);
+    ck_assert_msg(strstr(eb.msg, "want 1..65535"), "%s: %s", range[i], eb.msg);
+  }
+}
+END_TEST
+
+/* ps_addr_same: one address however it is written (IP addresses as
+ * inet_pton reads them, localhost as the loopback address, host names
+ * without case), a wildcard and another address on one port only maybe,
+ * and no DNS. */
+START_TEST(test_addr_same) {
+  static const struct {
+    const char *a, *b;
+    int want;
+  } cases[] = {
+      {"127.0.0.1:7000", "127.0.0.1:7000", PS_ADDR_SAME},
+      {"[::1]:34010", "[0:0::1]:34010", PS_ADDR_SAME},
+      {"[::1]:34010", "[0000:0:0:0:0:0:0:1]:34010", PS_ADDR_SAME},
+      {"localhost:34010", "127.0.0.1:34010", PS_ADDR_SAME},
+      {"[::1]:34010", "localhost:34010", PS_ADDR_SAME},
+      {"LocalHost:1", "localhost:1", PS_ADDR_SAME},
+      {"Host-B:7101", "host-b:7101", PS_ADDR_SAME},
+      {"[::ffff:10.0.0.1]:5", "10.0.0.1:5", PS_ADDR_SAME},
+      {"[fe80::1%eth0]:80", "[fe80::0:1%eth0]:80", PS_ADDR_SAME},
+      {"0.0.0.0:7000", "0.0.0.0:7000", PS_ADDR_SAME},
+      {"[::]:7000", "[0::0]:7000", PS_ADDR_SAME},
+      /* a wildcard takes the port on every address of its host */
+      {"0.0.0.0:7000", "10.0.0.2:7000", PS_ADDR_MAYBE},
+      {"host-b:7000", "0.0.0.0:7000", PS_ADDR_MAYBE},
+      {"localhost:7000", "0.0.0.0:7000", PS_ADDR_MAYBE},
+      {"[::]:7000", "0.0.0.0:7000", PS_ADDR_MAYBE},
+      {"[::]:7000", "10.0.0.2:7000", PS_ADDR_MAYBE},
+      {"[::]:7000", "[::1]:7000", PS_ADDR_MAYBE},
+      {"0.0.0.0:7000", "[::1]:7000", PS_ADDR_OTHER}, /* an IPv4 wildcard only */
+      {"0.0.0.0:7000", "10.0.0.2:7001", PS_ADDR_OTHER},
+      {"127.0.0.1:7000", "127.0.0.2:7000", PS_ADDR_OTHER},
+      {"127.0.0.1:7000", "127.0.0.1:7001", PS_ADDR_OTHER},
+      {"localhost:7000", "10.0.0.1:7000", PS_ADDR_OTHER},
+      {"host-a:7000", "host-b:7000", PS_ADDR_OTHER},
+      {"host-a:7000", "10.0.0.1:7000", PS_ADDR_OTHER}, /* no DNS */
+      {"[fe80::1%eth0]:80", "[fe80::1%eth1]:80", PS_ADDR_OTHER},
+      {"h:7000", "h:07000", PS_ADDR_OTHER}, /* not an address */
+      {"h", "h", PS_ADDR_OTHER},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    ck_assert_msg(ps_addr_same(cases[i].a, cases[i].b) == cases[i].want, "%s %s: %d",
+                  cases[i].a, cases[i].b, ps_addr_same(cases[i].a, cases[i].b));
+    ck_assert_msg(ps_addr_same(cases[i].b, cases[i].a) == cases[i].want, "%s %s", cases[i].b,
+                  cases[i].a);
+  }
+  ck_assert(ps_addr_wildcard("0.0.0.0:1") && ps_addr_wildcard("[::]:1") &&
+            ps_addr_wildcard("[0:0::0]:1") && ps_addr_wildcard("[::ffff:0.0.0.0]:1"));
+  ck_assert(!ps_addr_wildcard("127.0.0.1:1") && !ps_addr_wildcard("[::1]:1") &&
+            !ps_addr_wildcard("localhost:1") && !ps_addr_wildcard("0.0.0.0") &&
+            !ps_addr_wildcard("0.0.0.0:01"));
+}
+END_TEST
+
 Suite *ps_addr_suite(void) {
   Suite *s = suite_create("ps_addr");
   TCase *tc = tcase_create("core");
@@ -70,6 +153,8 @@ Suite *ps_addr_suite(void) {
   tcase_add_test(tc, test_addr_bad_port);
   tcase_add_test(tc, test_addr_junk);
   tcase_add_test(tc, test_addr_v6);
+  tcase_add_test(tc, test_addr_port_leading_zero);
+  tcase_add_test(tc, test_addr_same);
   suite_add_tcase(s, tc);
   return s;
 }

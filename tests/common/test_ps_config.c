@@ -351,6 +351,41 @@ START_TEST(test_config_data_dir_per_host) {
 }
 END_TEST
 
+/* Files that load, with the warning they give (NULL: none): a wildcard
+ * address and another on its port may be on different hosts (a warning),
+ * addresses that differ only look alike, a trailing empty document. */
+START_TEST(test_config_loads) {
+  static const struct {
+    const char *text, *warn;
+  } cases[] = {
+      {"cluster: t\nsecurity: none\nshards:\n"
+       "  - {id: 0, grpc: '0.0.0.0:7000', channel: 'a:2', data_dir: /d}\n"
+       "  - {id: 1, grpc: '10.0.0.2:7000', channel: 'b:2', data_dir: /d}\n",
+       "c.yaml:5:19: warning: '10.0.0.2:7000' and '0.0.0.0:7000' (line 4) share port 7000 and "
+       "'0.0.0.0' is every address of its host: on one host the second to start cannot bind "
+       "(fine on different hosts)"},
+      {"cluster: t\nsecurity: none\nshards:\n"
+       "  - {id: 0, grpc: 'a:1', channel: '[::]:7000', data_dir: /d}\n"
+       "aggregators:\n  - {name: g, grpc: 'b:7000', channel: 'b:2', workers: 1}\n",
+       "c.yaml:6:21: warning: 'b:7000' and '[::]:7000' (line 4) share port 7000 and '::' is "
+       "every address of its host"},
+      {"cluster: t\nsecurity: none\nshards:\n"
+       "  - {id: 0, grpc: '127.0.0.1:7000', channel: '127.0.0.2:7000', data_dir: /d}\n"
+       "  - {id: 1, grpc: '[::1]:7001', channel: '[::2]:7001', data_dir: /e}\n"
+       "  - {id: 2, grpc: 'host-a:7002', channel: '10.0.0.1:7002', data_dir: /f}\n",
+       NULL},
+      {"cluster: t\nsecurity: none\nshards:\n  - {id: 0, grpc: 'a:1', channel: 'a:2', data_dir: "
+       "/d}\n---\n", NULL},
+      {"cluster: t\nsecurity: none\nshards:\n  - {id: 0, grpc: 'a:1', channel: 'a:2', data_dir: "
+       "/d}\n--- ~\n---\n# the end\n...\n", NULL},
+      {"cluster: t\nsecurity: none\nshards:\n  - {id: 0, grpc: 'a:10', channel: 'a:2', data_dir: "
+       "/d}\nlimits: {drain_timeout_ms: 0}\ndata: {scale: 0.5e-3}\n", NULL},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++)
+    expect_warning(cases[i].text, cases[i].warn, NULL, i);
+}
+END_TEST
+
 START_TEST(test_config_repo_examples) {
   /* The shipped examples must load (tests run from the repository root). */
   static const char *files[] = {"config/local-2shards.yaml", "config/fmnist-demo.yaml"};
@@ -679,6 +714,63 @@ static const struct bad_case {
      "3:12: YAML tag '!!str' (psd reads values by its own rules; remove the tag)"},
     {"cluster: a\ntraining: !!map\n  epochs: !<tag:yaml.org,2002:int> 3\n" SHARD0, PS_ECONFIG,
      "2:11: YAML tag '!!map' (psd reads values by its own rules; remove the tag)"},
+    /* One address however it is written: inet_pton's reading of an IP
+     * address, localhost the loopback one, host names without case (they
+     * passed psd -t as different strings, then failed to bind). */
+    {"cluster: a\nshards:\n  - {id: 0, grpc: '[::1]:34010', channel: 'h:1', data_dir: d}\n"
+     "  - {id: 1, grpc: '[0:0::1]:34010', channel: 'h:2', data_dir: e}\n" SEC0, PS_ECONFIG,
+     "4:19: duplicate address '[0:0::1]:34010', the same as '[::1]:34010' (line 3)"},
+    {"cluster: a\nshards:\n  - {id: 0, grpc: 'localhost:34010', channel: 'h:1', data_dir: d}\n"
+     "  - {id: 1, grpc: 'h:2', channel: '127.0.0.1:34010', data_dir: e}\n" SEC0, PS_ECONFIG,
+     "4:35: duplicate address '127.0.0.1:34010', the same as 'localhost:34010' (line 3)"},
+    {"cluster: a\nshards:\n  - {id: 0, grpc: 'localhost:3', channel: '[::1]:3', data_dir: d}\n" SEC0,
+     PS_ECONFIG, "3:43: duplicate address '[::1]:3', the same as 'localhost:3' (line 3)"},
+    /* one psd's own two addresses are on one host: a wildcard is an error there */
+    {"cluster: a\nshards:\n  - {id: 0, grpc: '0.0.0.0:3', channel: '127.0.0.1:3', data_dir: d}\n" SEC0,
+     PS_ECONFIG, "3:41: duplicate address '127.0.0.1:3', the same as '0.0.0.0:3' (line 3): "
+     "one psd's two addresses share its host"},
+    {"cluster: a\n" SHARD0 "aggregators:\n  - {name: g, grpc: 'H:2', channel: 'h:6', workers: 2}\n"
+     SEC0, PS_ECONFIG, "8:5: aggregator 'g': address 'H:2' is shard 0's ('h:2')"},
+    {"cluster: a\n" SHARD0 "aggregators:\n  - {name: g, grpc: '10.0.0.1:5', channel: 'h:6', "
+     "workers: 2}\n  - {name: k, grpc: '[::ffff:10.0.0.1]:5', channel: 'h:8', workers: 2}\n" SEC0,
+     PS_ECONFIG, "9:21: duplicate address '[::ffff:10.0.0.1]:5', the same as '10.0.0.1:5' (line 8)"},
+    /* No leading zeros: YAML 1.1 reads 010 as octal 8, psd read it as 10;
+     * a port's too (07000 passed, 034010 was a "bad address"). */
+    {"cluster: a\nshards:\n  - {id: 01, grpc: 'h:1', channel: 'h:2', data_dir: d}\n" SEC0, PS_ECONFIG,
+     "3:10: 'id' is 01: no leading zeros (YAML 1.1 would read it as octal)"},
+    {"cluster: a\nchunk_elems: 0100\n" SHARD0 SEC0, PS_ECONFIG,
+     "2:14: 'chunk_elems' is 0100: no leading zeros (YAML 1.1 would read it as octal)"},
+    {"cluster: a\nlimits:\n  drain_timeout_ms: 00\n" SHARD0 SEC0, PS_ECONFIG,
+     "3:21: 'drain_timeout_ms' is 00: no leading zeros (YAML 1.1 would read it as octal)"},
+    {"cluster: a\ndata:\n  scale: 010\n" SHARD0 SEC0, PS_ECONFIG,
+     "3:10: 'scale' is 010: no leading zeros (YAML 1.1 would read it as octal)"},
+    {"cluster: a\ndata:\n  scale: 1/0255\n" SHARD0 SEC0, PS_ECONFIG,
+     "3:10: 'scale' is 1/0255: no leading zeros (YAML 1.1 would read it as octal)"},
+    {"cluster: a\nworkers:\n  slowdown: [1, -02.5]\n" SHARD0 SEC0, PS_ECONFIG,
+     "3:17: 'slowdown' is -02.5: no leading zeros (YAML 1.1 would read it as octal)"},
+    {"cluster: a\nshards:\n  - {id: 0, grpc: '127.0.0.1:07000', channel: 'h:1', data_dir: d}\n" SEC0,
+     PS_ECONFIG,
+     "3:19: bad address '127.0.0.1:07000' for 'grpc' (07000 has a leading zero: write 7000)"},
+    {"cluster: a\nshards:\n  - {id: 0, grpc: 'h:2', channel: '127.0.0.1:034010', data_dir: d}\n" SEC0,
+     PS_ECONFIG,
+     "3:35: bad address '127.0.0.1:034010' for 'channel' (034010 has a leading zero: write "
+     "34010)"},
+    /* A number beyond a double is out of range, not "expected a number". */
+    {"cluster: a\nworkers:\n  jitter_prob: 1e400\n" SHARD0 SEC0, PS_ECONFIG,
+     "3:16: 'jitter_prob' is 1e400, outside 0..1"},
+    {"cluster: a\nworkers:\n  jitter_prob: -1e400\n" SHARD0 SEC0, PS_ECONFIG,
+     "3:16: 'jitter_prob' is -1e400, outside 0..1"},
+    {"cluster: a\nworkers:\n  slowdown: [1, 1e999]\n" SHARD0 SEC0, PS_ECONFIG,
+     "3:17: 'slowdown' is 1e999, outside 1..1000"},
+    {"cluster: a\ndata:\n  scale: 1e300/1e-300\n" SHARD0 SEC0, PS_ECONFIG,
+     "3:10: 'scale' is 1e300/1e-300, outside 1e-09..1e+09"},
+    {"cluster: a\ndata:\n  scale: 1e-400\n" SHARD0 SEC0, PS_ECONFIG,
+     "3:10: 'scale' is 1e-400, outside 1e-09..1e+09"},
+    {"cluster: a\nworkers:\n  jitter_prob: 1e-400\n" SHARD0 SEC0, PS_ECONFIG,
+     "3:16: 'jitter_prob' is 1e-400, nearer 0 than a double holds (write 0)"},
+    /* an empty document after the file's is fine, a second one that is not empty is not */
+    {"cluster: a\n" SHARD0 SEC0 "---\n---\ncluster: b\n", PS_ECONFIG,
+     "10:1: more than one yaml document"},
 };
 
 START_TEST(test_config_bad_file) {
@@ -756,12 +848,22 @@ START_TEST(test_parse_numbers) {
   } nums[] = {{"0.5", 0.5},   {"-3.9e-3", -3.9e-3}, {"1/4", 0.25}, {"+2", 2},   {"7", 7},
               {"1e3/1e1", 100}, {"0x10", NAN},      {"inf", NAN},  {"nan", NAN}, {" 1", NAN},
               {"1 ", NAN},    {"", NAN},            {"1/0", NAN},  {"1/", NAN},  {"1e-400", NAN},
-              {"1e400", NAN}, {"1e300/1e-300", NAN}, {"1/2/3", NAN}, {"-", NAN}};
+              {"1e400", NAN}, {"1e300/1e-300", NAN}, {"1/2/3", NAN}, {"-", NAN},
+              {"010", NAN},   {"00.5", NAN},        {"-07", NAN},  {"1/02", NAN}, {"0", 0},
+              {"-0.25", -0.25}, {"10.05", 10.05},   {"1e05", 1e5}, {"0/1", 0},
+              {"1e-200/1e200", NAN}, {"-1e400", NAN}};
   for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
     double v = -42;
     int rc = ps_parse_number(nums[i].s, &v);
     if (isnan(nums[i].want)) {
-      ck_assert_msg(rc == PS_EINVAL && v == -42, "'%s' taken as %g", nums[i].s, v);
+      /* beyond a double: out of range (the value saturated), not "no number" */
+      int over = strstr(nums[i].s, "e400") || strstr(nums[i].s, "e300/");
+      int under = strstr(nums[i].s, "e-400") || strstr(nums[i].s, "e-200/");
+      if (over || under)
+        ck_assert_msg(rc == PS_ETOOBIG && (over ? isinf(v) : v == 0), "'%s': %d, %g", nums[i].s,
+                      rc, v);
+      else
+        ck_assert_msg(rc == PS_EINVAL && v == -42, "'%s' taken as %g", nums[i].s, v);
     } else {
       ck_assert_msg(rc == 0, "'%s' refused", nums[i].s);
       ck_assert_double_eq_tol(v, nums[i].want, 1e-12);
@@ -773,7 +875,9 @@ START_TEST(test_parse_numbers) {
     uint64_t want;
   } ints[] = {{"0", 0, 0},           {"18446744073709551615", 0, UINT64_MAX},
               {"18446744073709551616", PS_ETOOBIG, 0}, {"+5", PS_EINVAL, 0}, {"-1", PS_EINVAL, 0},
-              {"0x10", PS_EINVAL, 0}, {" 1", PS_EINVAL, 0}, {"", PS_EINVAL, 0}, {"1.0", PS_EINVAL, 0}};
+              {"0x10", PS_EINVAL, 0}, {" 1", PS_EINVAL, 0}, {"", PS_EINVAL, 0}, {"1.0", PS_EINVAL, 0},
+              {"01", PS_EINVAL, 0}, {"00", PS_EINVAL, 0}, {"0018446744073709551616", PS_EINVAL, 0},
+              {"10", 0, 10}};
   for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
     uint64_t v = 7;
     ck_assert_msg(ps_parse_uint(ints[i].s, &v) == ints[i].rc, "'%s'", ints[i].s);
@@ -792,6 +896,7 @@ Suite *ps_config_suite(void) {
   tcase_add_test(tc, test_config_mode_shorthand);
   tcase_add_test(tc, test_config_data_dir_per_host);
   tcase_add_test(tc, test_config_repo_examples);
+  tcase_add_test(tc, test_config_loads);
   tcase_add_loop_test(tc, test_config_bad_file, 0, (int)(sizeof bad_cases / sizeof bad_cases[0]));
   tcase_add_test(tc, test_config_unreadable);
   tcase_add_test(tc, test_config_hostile_sizes);

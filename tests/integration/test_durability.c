@@ -10,9 +10,10 @@
  *    the region (psd_chan invariant 11).
  *    Channel pushes go to 1..3 chunks, or to all 16 (64 KiB, logged from
  *    the channel's own buffer: psd_wal invariant 8, zero copy).  The
- *    third channel connection pushes encoded, in fp16 or onebit (both
- *    carry -1 exactly), which the log holds as received and the replay
- *    decodes (psd_store's record kind 3).
+ *    third channel connection pushes in the model's codec, onebit (it
+ *    carries -1 exactly), or in fp32 through the same coded path (a shard
+ *    takes only those two), which the log holds as received and the
+ *    replay decodes (psd_store's record kind 3).
  *    The model is one tensor of zeros with SGD, lr 1, and every gradient
  *    is -1, so a chunk's value is exactly the number of pushes applied to
  *    it.  The test keeps its own tally per chunk: pushes acknowledged, and
@@ -80,7 +81,7 @@ typedef struct cl_pusher {
   cl_tally *t;
   int grpc;
   int unordered;             /* a channel asking for unordered acks */
-  int coded;                 /* a channel pushing fp16 or onebit */
+  int coded;                 /* a channel pushing onebit or fp32, coded */
   int shm;                   /* its connection got a region */
   uint64_t acked;            /* its pushes acknowledged */
   uint64_t rng;
@@ -183,7 +184,7 @@ static void *cl_pusher_main(void *arg) {
     int pull_err = 0;
     err = p->grpc        ? cl_push_grpc(r, ids, n, g)
           : p->coded     ? cl_push_coded(c, ids, n, g,
-                                         cl_rand(&p->rng) % 2 ? PS_CODEC_FP16 : PS_CODEC_ONEBIT,
+                                         cl_rand(&p->rng) % 2 ? PS_CODEC_FP32 : PS_CODEC_ONEBIT,
                                          (uint8_t *)scratch)
           : p->unordered ? cl_push_unordered(c, ids, n, g, scratch, &pull_err)
                          : ps_test_push(c, "cl", ids, n, g, n * CL_ELEMS, 0, 0, 0, &v, &eb);
@@ -365,6 +366,7 @@ static void cl_submit(int gp) {
   opt.lr = 1;
   Ps__ModelSpec spec = PS__MODEL_SPEC__INIT;
   spec.name = "cl";
+  spec.codec = "onebit"; /* the coded pushes' (the shard takes it or fp32) */
   spec.n_tensors = 1;
   spec.tensors = &tsp;
   spec.optimizer = &opt;

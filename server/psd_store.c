@@ -1098,25 +1098,26 @@ static double psd_store_norm(const float *g, uint32_t n) {
 }
 
 /* psd_store_check_chunk checks the push of gradient G (weighted by W) to
- * chunk ID of M before anything changes: finite, within the model's
- * clip_norm, and an update that leaves every value finite (by the chunk's
- * bounds, or else tried on a copy).  Writes the chunk's bounds after the
- * update to *AFTER.  0 or PS_EINVAL / PS_ENOMEM with a message. */
+ * chunk ID of M before anything changes: finite, of a norm within CLIP
+ * (0: not checked), and an update that leaves every value finite (by the
+ * chunk's bounds, or else tried on a copy).  Writes the chunk's bounds
+ * after the update to *AFTER.  0 or PS_EINVAL / PS_ENOMEM with a
+ * message. */
 static int psd_store_check_chunk(psd_store *s, const psd_model *m, uint32_t id, const float *g,
-                                 float w, psd_optim_bounds *after, ps_errbuf *eb) {
+                                 float w, double clip, psd_optim_bounds *after, ps_errbuf *eb) {
   const psd_cstate *c = &m->chunks[id];
   uint32_t len = m->layout.chunks[id].len;
   float gmax = psd_optim_absmax(g, len);
   if (!isfinite(gmax))
     return ps_errf(eb, PS_EINVAL, "gradient of chunk %" PRIu32 " of model '%s' is not finite", id,
                    m->spec->name);
-  float clip = m->spec->clip_norm;
   if (clip > 0) {
     double norm = psd_store_norm(g, len);
     if (norm > clip * (1 + 1e-3)) /* room for the worker's float rounding */
       return ps_errf(eb, PS_EINVAL,
-                     "gradient of chunk %" PRIu32 " of model '%s' has norm %g, over its clip_norm %g",
-                     id, m->spec->name, norm, (double)clip);
+                     "gradient of chunk %" PRIu32 " of model '%s' has norm %g, over its clip_norm "
+                     "%g%s", id, m->spec->name, norm, (double)m->spec->clip_norm,
+                     clip > m->spec->clip_norm ? " times the workers summed" : "");
   }
   if (psd_optim_predict(&m->optim, &c->bound, (double)gmax * w, c->step + 1, after)) return 0;
   /* Not certain: try the update on a copy of the chunk. */
@@ -1355,10 +1356,14 @@ static int psd_store_push_at(psd_store *s, const ps_req *r, uint64_t replay, uin
   psd_optim_bounds *after = psd_store_grow(s->after, &s->after_cap, nids, sizeof *after);
   if (after) s->after = after;
   if (!scratch || !after) return ps_errf(eb, PS_ENOMEM, "out of memory for a push to '%s'", r->model);
+  /* Each worker clips its own gradient: an aggregator's sum of N may be N
+   * times as long.  A replayed push passed this when it came (its record
+   * does not say how many it summed). */
+  double clip = replay ? 0 : (double)m->spec->clip_norm * (r->nsummed > 1 ? (double)r->nsummed : 1);
   const float *g = grads;
   for (size_t i = 0; i < nids; i++) {
     if ((!replay || m->chunks[ids[i]].seq < replay) &&
-        (rc = psd_store_check_chunk(s, m, ids[i], g, w, &s->after[i], eb)) < 0)
+        (rc = psd_store_check_chunk(s, m, ids[i], g, w, clip, &s->after[i], eb)) < 0)
       return rc;
     g += m->layout.chunks[ids[i]].len;
   }

@@ -43,6 +43,7 @@
  *    worker saw acknowledged was applied, and the model learned.
  *
  * Skipped (visibly) without the dataset. */
+#include <math.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdio.h>
@@ -325,6 +326,50 @@ START_TEST(test_hier_sum_is_one_update) {
   ck_assert_int_eq(ps_test_push(agg[0], "hier", bad, 1, g[0], 1024, 0, 1, v, &v, &eb), PS_EINVAL);
   ck_assert_msg(strstr(eb.msg, "no chunk 7"), "%s", eb.msg);
   for (int w = 0; w < 3; w++) ps_chan_close(agg[w]);
+  ps_chan_close(root);
+  th_finish(&x);
+}
+END_TEST
+
+/* A model's clip_norm bounds each worker's gradient; a sum of N workers'
+ * may be N times as long: the root takes an aggregator's sum within N x
+ * the clip (it refused the sum of three pushes each within the clip). */
+START_TEST(test_hier_clip_sum) {
+  th_ctx x = {0};
+  ps_rpc *rpc;
+  ps_errbuf eb = {""};
+  th_bare(&x, &rpc);
+  static float h[TH_ELEMS];
+  ps_test_rng_init();
+  double norm = 0;
+  for (int i = 0; i < TH_ELEMS; i++) h[i] = ps_test_rnd(), norm += (double)h[i] * h[i];
+  Ps__ModelSpec spec;
+  Ps__TensorSpec t, *ts;
+  Ps__OptimizerSpec opt;
+  uint32_t shape;
+  th_spec(&spec, &t, &ts, &opt, &shape, "clip");
+  spec.clip_norm = (float)sqrt(norm); /* each push's own norm: within it */
+  ps_test_submit(rpc, &spec, 0, 10000);
+  ps_rpc_close(rpc);
+  const uint32_t ids[3] = {0, 1, 2};
+  ps_chan_client *agg[3];
+  for (uint32_t w = 0; w < 3; w++) {
+    agg[w] = th_chan(x.agg_cp);
+    ps_req r = {.model = "clip", .ids = ids, .nids = 3, .worker = w, .clock = 0};
+    struct iovec seg = {h, sizeof h};
+    ck_assert_msg(ps_chan_send_pushv(agg[w], &r, &seg, 1, NULL, &eb) == 0, "%s", eb.msg);
+  }
+  uint64_t v;
+  for (int w = 0; w < 3; w++) {
+    ck_assert_msg(ps_chan_recv(agg[w], NULL, &v, &eb) == 0, "worker %d: %s", w, eb.msg);
+    ck_assert_uint_eq(v, 1); /* one update: the sum, taken */
+    ps_chan_close(agg[w]);
+  }
+  /* one worker's push over the clip is still refused, at the root too */
+  for (int i = 0; i < TH_ELEMS; i++) h[i] *= 2;
+  ps_chan_client *root = th_chan(x.cp[0]);
+  ck_assert_int_eq(ps_test_push(root, "clip", ids, 3, h, TH_ELEMS, 0, 1, v, &v, &eb), PS_EINVAL);
+  ck_assert_msg(strstr(eb.msg, "over its clip_norm"), "%s", eb.msg);
   ps_chan_close(root);
   th_finish(&x);
 }
@@ -1033,6 +1078,7 @@ Suite *hier_suite(void) {
   tcase_add_test(tc, test_hier_root_restart);
   tcase_add_test(tc, test_hier_sigterm_forwards);
   tcase_add_test(tc, test_hier_sum_is_one_update);
+  tcase_add_test(tc, test_hier_clip_sum);
   tcase_add_test(tc, test_hier_clocks_start_over);
   tcase_add_test(tc, test_hier_clock_entered);
   tcase_add_test(tc, test_hier_codec);

@@ -112,7 +112,12 @@
  *     psw_client_pushes_lost then says whether every push went out and
  *     was acknowledged.
  * 12. A shard that answers is up, whatever it answers: its connection is
- *     kept and its other reply read.  A pull it held parked past
+ *     kept and its other reply read, but for a push refused for good (not
+ *     retryable, not expired: the call fails), whose pull is not waited
+ *     for: the refused push raised no clock, so under bsp (or with
+ *     overlap under ssp) that pull would wait parked for this worker
+ *     itself; its reply is left in flight (deferring acks, a push answer
+ *     that comes in while the pull is awaited is taken first).  A pull it held parked past
  *     pull_timeout_ms (PS_ETIMEDOUT naming the slowest worker: the
  *     staleness bound) is pulled again from every shard, with no
  *     reconnect, for as long as the shards answer so (the slowest
@@ -232,10 +237,11 @@ uint64_t psw_client_parked_ms(const psw_client *c);
 uint64_t psw_client_version(const psw_client *c, int buf, uint32_t shard);
 
 /* psw_client_push_counts copies, for the first MAX shards in the config's
- * order, the pushes each shard acknowledged to ACKED[k] and those whose
- * answer never came (the connection broke first: applied or not, the worker
- * cannot know; they are not sent again) to UNANSWERED[k]; returns the
- * number of shards.  A push refused with an answer is in neither.  Read it
+ * order, the pushes each shard acknowledged to ACKED[k] and those it did
+ * not to UNANSWERED[k]: refused (an error answer: nothing applied) or
+ * whose answer never came (the connection broke first: applied or not,
+ * the worker cannot know; they are not sent again); returns the number of
+ * shards.  A push never sent (its shard down) is in neither.  Read it
  * when no push/pull is in flight. */
 size_t psw_client_push_counts(const psw_client *c, uint64_t *acked, uint64_t *unanswered,
                               size_t max);

@@ -19,7 +19,8 @@
  *  - failover: a killed worker's partitions go to the survivor (the
  *    accounting of it: tests/integration/test_failover.c);
  *  - the model's settings, not the cluster file's (a tiny CSV, no
- *    dataset): a push refused under bsp ends the worker at once.
+ *    dataset): a push refused under bsp ends the worker at once, and
+ *    --overlap follows the submitted model's consistency.
  *
  * Skipped (visibly) without the dataset.  Every process is recorded
  * (ps_test_procs_setup) so the unchecked teardown stops it by PID even
@@ -387,6 +388,26 @@ START_TEST(test_consistency_refused_push) {
 }
 END_TEST
 
+/* psw --overlap follows the consistency of the model the shards enforce,
+ * not the cluster file's: a model submitted asp under a file that says
+ * bsp overlaps (it used to run sequentially, "consistency 'bsp' allows
+ * no overlap"), and one submitted bsp under a file that says asp does
+ * not. */
+START_TEST(test_consistency_overlap_from_model) {
+  tq_ctx x = {0};
+  tq_start(&x, _i ? "asp" : "bsp");
+  tq_submit(&x, "0.1", _i ? "bsp" : "asp", NULL);
+  char *out;
+  int rc = tq_worker(&x, "--overlap", &out);
+  const char *line = ps_test_last_line(out);
+  ck_assert_msg(rc == 0, "exit %d: %s", rc, line);
+  ck_assert_msg(strstr(line, _i ? "\"overlap\":false" : "\"overlap\":true") &&
+                    (int)ps_test_json_num(line, "steps") == 4, "%s", line);
+  free(out);
+  tq_finish(&x);
+}
+END_TEST
+
 Suite *psw_consistency_suite(void) {
   Suite *s = suite_create("psw_consistency");
   TCase *tc = tcase_create("consistency");
@@ -401,6 +422,7 @@ Suite *psw_consistency_suite(void) {
   tcase_set_timeout(tc, 60);
   tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_add_loop_test(tc, test_consistency_refused_push, 0, 2);
+  tcase_add_loop_test(tc, test_consistency_overlap_from_model, 0, 2);
   suite_add_tcase(s, tc);
   return s;
 }

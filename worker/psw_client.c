@@ -769,13 +769,26 @@ static int psw_same_layout(const psw_client *c, const Ps__ModelSpec *spec) {
 /* psw_str_eq compares two optional protobuf strings (NULL reads as ""). */
 static int psw_str_eq(const char *a, const char *b) { return !strcmp(a ? a : "", b ? b : ""); }
 
+/* psw_same_bound says whether SPEC has the client's staleness bound:
+ * the same consistency, and under ssp the same staleness.  The worker's
+ * schedule depends on it (overlap: psw_train), and its clock, run apart
+ * from the others' under a looser bound, would hold them back (or be
+ * held) for as many steps under a stricter one. */
+static int psw_same_bound(const psw_client *c, const Ps__ModelSpec *spec) {
+  ps_consistency now = PS_ASP;
+  ps_errbuf eb;
+  if (ps_consistency_parse(spec->name, spec->consistency, &now, &eb) < 0) return 0;
+  return now == c->layout.consistency &&
+         (now != PS_SSP || spec->staleness == c->reply->model->staleness);
+}
+
 /* psw_same_worker_side says whether SPEC asks the same of the worker as
- * the client's (the same layout given): its graph, clipping and codecs.
- * What only the shards apply (optimizer, learning rate, seed,
- * consistency) may differ. */
+ * the client's (the same layout given): its graph, clipping, codecs and
+ * staleness bound (psw_same_bound).  What only the shards apply
+ * (optimizer, learning rate, seed, staleness weight) may differ. */
 static int psw_same_worker_side(const psw_client *c, const Ps__ModelSpec *spec) {
   const Ps__ModelSpec *o = c->reply->model;
-  if (o->graph.len != spec->graph.len ||
+  if (!psw_same_bound(c, spec) || o->graph.len != spec->graph.len ||
       (o->graph.len && memcmp(o->graph.data, spec->graph.data, o->graph.len)) ||
       o->clip_norm != spec->clip_norm || !psw_str_eq(o->codec, spec->codec) ||
       !psw_str_eq(o->pull_codec, spec->pull_codec) || o->topk != spec->topk ||
@@ -811,8 +824,8 @@ static int psw_spec_check(psw_client *c, psw_shard *s, const ps_errbuf *why, ps_
     err = ps_errf(eb, PS_EINVAL, "model '%s' was replaced with another layout%s; start the "
                   "workers again", c->model, tail);
   else if (spec && !psw_same_worker_side(c, spec))
-    err = ps_errf(eb, PS_EINVAL, "model '%s' was replaced with another graph, clip norm or "
-                  "codec%s; start the workers again", c->model, tail);
+    err = ps_errf(eb, PS_EINVAL, "model '%s' was replaced with another graph, clip norm, "
+                  "codec or consistency%s; start the workers again", c->model, tail);
   protobuf_c_message_free_unpacked(resp, NULL);
   return err;
 }

@@ -195,8 +195,9 @@ void psw_client_close(psw_client *c);
 
 /* psw_client_spec_check asks a shard holding the model's chunks for its
  * spec again: 0 when the worker may go on with its own (the same layout,
- * graph, clip norm and codecs: a submit that changed only what the shards
- * apply, such as the optimizer or the seed), PS_EINVAL saying the model
+ * graph, clip norm, codecs and consistency with its staleness: a submit
+ * that changed only what the shards apply, such as the optimizer or the
+ * seed), PS_EINVAL saying the model
  * is gone or was replaced and the workers must start again (0 when no
  * shard answers: it cannot tell).  Not while a job runs. */
 int psw_client_spec_check(psw_client *c, ps_errbuf *eb);

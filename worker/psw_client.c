@@ -590,7 +590,8 @@ static int psw_send(psw_client *c, psw_shard *s, int gbuf, uint64_t push_clock, 
 }
 
 /* psw_push_answer counts the answer ERR (VERSION) to S's push (ANSWERED:
- * ERR came from the peer, not from this worker's stop).  A retryable
+ * ERR came from the peer, not from this worker's stop): acknowledged, or
+ * unanswered (not acknowledged: whatever the error).  A retryable
  * error, or a refusal for an expired lease, counts in pushes_broken too
  * (the trainer trains its batch again): the connection broke before the
  * answer (applied or not), the shard refused it unapplied (draining,
@@ -612,7 +613,7 @@ static void psw_push_answer(psw_shard *s, int err, uint64_t version, int answere
     s->pushed_version = version;
     s->pushes_acked++;
   }
-  if (err < 0 && psw_retryable(err)) s->pushes_unanswered++;
+  if (err < 0) s->pushes_unanswered++;
   int refused = answered && err != PS_EDEGRADED;
   if (err == PS_EEXPIRED ||
       (err < 0 && psw_retryable(err) && (refused || !ps_chan_alive(s->ch))))
@@ -631,10 +632,14 @@ static int psw_ack_wait(psw_shard *s, ps_errbuf *eb) {
   return err < 0 ? ps_errf(eb, err, "push failed: %s", reb.msg) : 0;
 }
 
-/* psw_chan_await: see psw_client.h. */
-int psw_chan_await(ps_chan_client *ch, uint64_t id, volatile sig_atomic_t *stop,
-                   int64_t *stop_seen, int grace_ms, int io_timeout_ms) {
-  if (!stop) return 0;
+/* psw_chan_await_or is psw_chan_await that also returns 0 once request
+ * OR's reply is in (OR 0: none), polling even without a stop flag. */
+static int psw_chan_await_or(ps_chan_client *ch, uint64_t id, uint64_t or,
+                             volatile sig_atomic_t *stop, int64_t *stop_seen, int grace_ms,
+                             int io_timeout_ms) {
+  static volatile sig_atomic_t never;
+  if (!stop && !or) return 0;
+  if (!stop) stop = &never;
   uint64_t tx, rx, seen;
   ps_chan_bytes(ch, &tx, &seen);
   int64_t quiet_since = ps_now_ms();
@@ -646,7 +651,7 @@ int psw_chan_await(ps_chan_client *ch, uint64_t id, volatile sig_atomic_t *stop,
   int64_t own = 0, *stop_at = stop_seen ? stop_seen : &own;
   for (int wait = 0;; wait = PSW_STOP_POLL_MS) {
     ps_errbuf web;
-    if (ps_chan_wait_id(ch, id, wait, &web) != 0) return 0;
+    if (ps_chan_wait_id(ch, id, wait, &web) != 0 || (or && ps_chan_done(ch, or))) return 0;
     if (*stop && !*stop_at) *stop_at = ps_now_ms();
     if (*stop && ps_now_ms() - *stop_at >= grace_ms) return PS_ESHUTDOWN;
     ps_chan_bytes(ch, &tx, &rx);
@@ -661,29 +666,49 @@ int psw_chan_await(ps_chan_client *ch, uint64_t id, volatile sig_atomic_t *stop,
   }
 }
 
+/* psw_chan_await: see psw_client.h. */
+int psw_chan_await(ps_chan_client *ch, uint64_t id, volatile sig_atomic_t *stop,
+                   int64_t *stop_seen, int grace_ms, int io_timeout_ms) {
+  return psw_chan_await_or(ch, id, 0, stop, stop_seen, grace_ms, io_timeout_ms);
+}
+
 /* psw_await waits for S's reply to request ID (its push when PUSH, else
  * its pull of CLOCK) as psw_chan_await says (invariant 11): a pull may
  * wait parked on the shard up to pull_timeout_ms, and a shard that hangs
  * answers neither.  A push's answer is waited for PSW_STOP_PUSH_GRACE_MS
  * past a stop.  PS_ESHUTDOWN when a stop came first: the reply is left
- * in flight. */
-static int psw_await(psw_client *c, psw_shard *s, uint64_t id, int push, uint64_t clock,
-                     ps_errbuf *eb) {
-  if (psw_chan_await(s->ch, id, c->stop, &c->stop_seen_ms, push ? PSW_STOP_PUSH_GRACE_MS : 0,
-                     c->io_timeout_ms) == 0)
+ * in flight.  OR (0: none): the wait also ends once that request's reply
+ * is in. */
+static int psw_await(psw_client *c, psw_shard *s, uint64_t id, uint64_t or, int push,
+                     uint64_t clock, ps_errbuf *eb) {
+  if (psw_chan_await_or(s->ch, id, or, c->stop, &c->stop_seen_ms,
+                        push ? PSW_STOP_PUSH_GRACE_MS : 0, c->io_timeout_ms) == 0)
     return 0;
   return push ? ps_errf(eb, PS_ESHUTDOWN, "stopped while waiting for the answer to a push")
               : ps_errf(eb, PS_ESHUTDOWN, "stopped while waiting for the pull of clock %llu",
                         (unsigned long long)clock);
 }
 
+/* psw_push_refused_fatal says whether a push's answer ERR is a refusal
+ * that ends the round (psw_round: not retryable, not for an expired
+ * lease): the shard applied nothing, so it raised no clock, and the pull
+ * behind it may be parked on that very clock (under bsp it waits for the
+ * worker itself).  That pull is not waited for: its reply is left in
+ * flight (the connection is kept, as after a stop: invariant 11). */
+static int psw_push_refused_fatal(int err) {
+  return err < 0 && !psw_retryable(err) && err != PS_EEXPIRED;
+}
+
 /* psw_recv receives S's NSENT replies; the first error is returned, but
- * every reply is read unless the connection broke.  *PARKED_MS: how long
- * the shard kept the pull parked.  Deferring acks (invariant 8), the pull
- * is taken first, and a push answer that is not in by then is left for a
- * later round (unless the pull failed: then it is waited for here); then
- * the answers earlier rounds left are taken: those already in, and the
- * oldest ones, waited for, down to PSW_CLIENT_ACK_DEPTH left. */
+ * every reply is read unless the connection broke or the push was
+ * refused (psw_push_refused_fatal).  *PARKED_MS: how long the shard kept
+ * the pull parked.  Deferring acks (invariant 8), the pull is taken
+ * first, and a push answer that is not in by then is left for a later
+ * round (unless the pull failed: then it is waited for here); a push
+ * answer that comes in while the pull is awaited (a refusal comes at
+ * once, ahead of the pull) is taken first.  Then the answers earlier
+ * rounds left are taken: those already in, and the oldest ones, waited
+ * for, down to PSW_CLIENT_ACK_DEPTH left. */
 static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, uint64_t pull_clock,
                     int nsent, uint32_t *parked_ms, int *pull_err, ps_errbuf *eb) {
   int first = 0;
@@ -699,7 +724,13 @@ static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, uint64_t pu
       break;
     }
     uint64_t id = is_push ? s->push_id : s->pull_id;
-    int err = psw_await(c, s, id, is_push, pull_clock, &reb), answered = err == 0;
+    uint64_t or = defer && !is_push ? s->push_id : 0;
+    int err = psw_await(c, s, id, or, is_push, pull_clock, &reb), answered = err == 0;
+    if (or && err == 0 && !ps_chan_done(s->ch, id) && ps_chan_done(s->ch, or)) {
+      defer = 0; /* the push's answer came first: taken first */
+      i = -1;
+      continue;
+    }
     if (err == 0) err = ps_chan_recv_id(s->ch, id, &version, &reb);
     ps_chan_set_timeout(s->ch, c->io_timeout_ms); /* (psw_await may have cut it) */
     if (!is_push) *pull_err = err;
@@ -714,8 +745,10 @@ static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, uint64_t pu
       ps_errf(eb, err, "%s failed: %s", is_push ? "push" : "pull", reb.msg);
     }
     /* a broken connection answers nothing more; a shard's refusal leaves
-     * it usable, and the other reply is read (invariant 12) */
+     * it usable, and the other reply is read (invariant 12), but for a
+     * push refused for good */
     if (err < 0 && psw_retryable(err) && !(defer && !is_push) && !ps_chan_alive(s->ch)) break;
+    if (is_push && answered && psw_push_refused_fatal(err)) break;
   }
   while (s->nacks > PSW_CLIENT_ACK_DEPTH || (s->nacks && ps_chan_done(s->ch, s->ack_ids[0]))) {
     ps_errbuf reb;
@@ -751,13 +784,26 @@ static int psw_same_layout(const psw_client *c, const Ps__ModelSpec *spec) {
 /* psw_str_eq compares two optional protobuf strings (NULL reads as ""). */
 static int psw_str_eq(const char *a, const char *b) { return !strcmp(a ? a : "", b ? b : ""); }
 
+/* psw_same_bound says whether SPEC has the client's staleness bound:
+ * the same consistency, and under ssp the same staleness.  The worker's
+ * schedule depends on it (overlap: psw_train), and its clock, run apart
+ * from the others' under a looser bound, would hold them back (or be
+ * held) for as many steps under a stricter one. */
+static int psw_same_bound(const psw_client *c, const Ps__ModelSpec *spec) {
+  ps_consistency now = PS_ASP;
+  ps_errbuf eb;
+  if (ps_consistency_parse(spec->name, spec->consistency, &now, &eb) < 0) return 0;
+  return now == c->layout.consistency &&
+         (now != PS_SSP || spec->staleness == c->reply->model->staleness);
+}
+
 /* psw_same_worker_side says whether SPEC asks the same of the worker as
- * the client's (the same layout given): its graph, clipping and codecs.
- * What only the shards apply (optimizer, learning rate, seed,
- * consistency) may differ. */
+ * the client's (the same layout given): its graph, clipping, codecs and
+ * staleness bound (psw_same_bound).  What only the shards apply
+ * (optimizer, learning rate, seed, staleness weight) may differ. */
 static int psw_same_worker_side(const psw_client *c, const Ps__ModelSpec *spec) {
   const Ps__ModelSpec *o = c->reply->model;
-  if (o->graph.len != spec->graph.len ||
+  if (!psw_same_bound(c, spec) || o->graph.len != spec->graph.len ||
       (o->graph.len && memcmp(o->graph.data, spec->graph.data, o->graph.len)) ||
       o->clip_norm != spec->clip_norm || !psw_str_eq(o->codec, spec->codec) ||
       !psw_str_eq(o->pull_codec, spec->pull_codec) || o->topk != spec->topk ||
@@ -793,8 +839,8 @@ static int psw_spec_check(psw_client *c, psw_shard *s, const ps_errbuf *why, ps_
     err = ps_errf(eb, PS_EINVAL, "model '%s' was replaced with another layout%s; start the "
                   "workers again", c->model, tail);
   else if (spec && !psw_same_worker_side(c, spec))
-    err = ps_errf(eb, PS_EINVAL, "model '%s' was replaced with another graph, clip norm or "
-                  "codec%s; start the workers again", c->model, tail);
+    err = ps_errf(eb, PS_EINVAL, "model '%s' was replaced with another graph, clip norm, "
+                  "codec or consistency%s; start the workers again", c->model, tail);
   protobuf_c_message_free_unpacked(resp, NULL);
   return err;
 }

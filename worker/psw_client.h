@@ -112,7 +112,12 @@
  *     psw_client_pushes_lost then says whether every push went out and
  *     was acknowledged.
  * 12. A shard that answers is up, whatever it answers: its connection is
- *     kept and its other reply read.  A pull it held parked past
+ *     kept and its other reply read, but for a push refused for good (not
+ *     retryable, not expired: the call fails), whose pull is not waited
+ *     for: the refused push raised no clock, so under bsp (or with
+ *     overlap under ssp) that pull would wait parked for this worker
+ *     itself; its reply is left in flight (deferring acks, a push answer
+ *     that comes in while the pull is awaited is taken first).  A pull it held parked past
  *     pull_timeout_ms (PS_ETIMEDOUT naming the slowest worker: the
  *     staleness bound) is pulled again from every shard, with no
  *     reconnect, for as long as the shards answer so (the slowest
@@ -190,8 +195,9 @@ void psw_client_close(psw_client *c);
 
 /* psw_client_spec_check asks a shard holding the model's chunks for its
  * spec again: 0 when the worker may go on with its own (the same layout,
- * graph, clip norm and codecs: a submit that changed only what the shards
- * apply, such as the optimizer or the seed), PS_EINVAL saying the model
+ * graph, clip norm, codecs and consistency with its staleness: a submit
+ * that changed only what the shards apply, such as the optimizer or the
+ * seed), PS_EINVAL saying the model
  * is gone or was replaced and the workers must start again (0 when no
  * shard answers: it cannot tell).  Not while a job runs. */
 int psw_client_spec_check(psw_client *c, ps_errbuf *eb);
@@ -232,12 +238,12 @@ uint64_t psw_client_parked_ms(const psw_client *c);
 uint64_t psw_client_version(const psw_client *c, int buf, uint32_t shard);
 
 /* psw_client_push_counts copies, for the first MAX shards in the config's
- * order, the pushes each shard acknowledged to ACKED[k] and those whose
- * answer never came (the connection broke first: applied or not, the worker
- * cannot know; they are not sent again), and those a DEGRADED shard
- * answered with its refusal (invariant 12: not sent again either), to
- * UNANSWERED[k]; returns the number of shards.  Another push refused with
- * an answer is in neither.  Read it when no push/pull is in flight. */
+ * order, the pushes each shard acknowledged to ACKED[k] and those it did
+ * not to UNANSWERED[k]: refused (an error answer: nothing applied) or
+ * whose answer never came (the connection broke first: applied or not,
+ * the worker cannot know; they are not sent again); returns the number of
+ * shards.  A push never sent (its shard down) is in neither.  Read it
+ * when no push/pull is in flight. */
 size_t psw_client_push_counts(const psw_client *c, uint64_t *acked, uint64_t *unanswered,
                               size_t max);
 

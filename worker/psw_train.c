@@ -361,31 +361,44 @@ static uint32_t run_correct(const int32_t *y, uint32_t n, const float *p) {
   return c;
 }
 
+/* run_open_client opens the client for the schedule x->r->overlap says:
+ * two buffers and ordered acks with overlap, else one buffer and
+ * deferred acks (a push's log sync under durability sync overlaps the
+ * next step's compute). */
+static int run_open_client(psw_run *x, ps_errbuf *eb) {
+  psw_client_conf cc = {.cfg = x->o->cfg, .model = x->o->model, .worker = x->rank,
+                        .be = x->be, .nbufs = x->r->overlap ? 2 : 1, .stop = x->o->stop,
+                        /* a pull may wait parked on a shard up to pull_timeout_ms */
+                        .io_timeout_ms = ps_config_reply_timeout_ms(x->o->cfg),
+                        .rejoin = run_rejoin, .rejoin_arg = x->coord,
+                        .defer_acks = !x->r->overlap};
+  int err = psw_client_open(&x->cl, &cc, eb);
+  /* no such model, a bad key file, ... */
+  return err == PS_ENOENT || err == PS_EINVAL || err == PS_ECONFIG ? run_bad(x, err) : err;
+}
+
 /* run_setup opens the backend, the client (which fetches the spec and its
  * graph from the cluster), the executor, the data and the batch buffers. */
 static int run_setup(psw_run *x, ps_errbuf *eb) {
   int err = run_open_backend(x, eb);
   if (err < 0) return err;
   if ((err = run_join(x, eb)) < 0) return err;
-  psw_client_conf cc = {.cfg = x->o->cfg, .model = x->o->model, .worker = x->rank,
-                        .be = x->be, .nbufs = x->r->overlap ? 2 : 1, .stop = x->o->stop,
-                        /* a pull may wait parked on a shard up to pull_timeout_ms */
-                        .io_timeout_ms = ps_config_reply_timeout_ms(x->o->cfg),
-                        .rejoin = run_rejoin, .rejoin_arg = x->coord,
-                        /* sequential steps: a push's log sync (durability
-                         * sync) overlaps the next step's compute */
-                        .defer_acks = !x->r->overlap};
-  if ((err = psw_client_open(&x->cl, &cc, eb)) < 0) /* no such model, a bad key file, ... */
-    return err == PS_ENOENT || err == PS_EINVAL || err == PS_ECONFIG ? run_bad(x, err) : err;
-  /* The shards enforce the model's consistency, which may be stricter
-   * than the cluster file's: overlap pulls one step ahead and would wait
-   * on its own push under bsp (or ssp with staleness 0). */
+  if ((err = run_open_client(x, eb)) < 0) return err;
+  /* The shards enforce the model's consistency, not the cluster file's:
+   * overlap pulls one step ahead and would wait on its own push under bsp
+   * (or ssp with staleness 0).  A model that allows none gets sequential
+   * steps, on a client opened again for them. */
   const Ps__ModelSpec *sp = psw_client_spec(x->cl);
   ps_consistency mode = psw_client_layout(x->cl)->consistency;
-  if (x->r->overlap && (mode == PS_BSP || (mode == PS_SSP && sp->staleness < 1))) {
-    ps_info("model '%s' is %s (staleness %u): steps run sequentially", x->o->model,
-            ps_consistency_name(mode), sp->staleness);
+  uint32_t staleness = sp->staleness;
+  if (x->r->overlap && (mode == PS_BSP || (mode == PS_SSP && staleness < 1))) {
+    if (!x->o->quiet)
+      ps_info("model '%s' is %s (staleness %u), which allows no overlap: steps run "
+              "sequentially", x->o->model, ps_consistency_name(mode), staleness);
     x->r->overlap = 0;
+    psw_client_close(x->cl);
+    x->cl = NULL;
+    if ((err = run_open_client(x, eb)) < 0) return err;
   }
   if ((err = psw_graph_from_spec(psw_client_spec(x->cl), &x->g, eb)) < 0) {
     ps_errbuf m = *eb;
@@ -1061,23 +1074,6 @@ static int run_train(psw_run *x, ps_errbuf *eb) {
   return run_epoch_done(x, epoch, &acc, t0, !x->r->stopped, eb);
 }
 
-/* run_pick_overlap says whether the consistency model allows the
- * staleness-1 schedule the options ask for. */
-static int run_pick_overlap(const psw_train_opts *o) {
-  const ps_train_conf *t = &o->cfg->training;
-  if (!o->overlap) return 0;
-  ps_consistency c = PS_ASP;
-  ps_errbuf eb;
-  if (ps_consistency_parse(o->model, t->consistency, &c, &eb) < 0) c = PS_ASP; /* psd -t refuses it */
-  if (c == PS_BSP || (c == PS_SSP && t->staleness < 1)) {
-    if (!o->quiet)
-      ps_info("consistency '%s' (staleness %u) allows no overlap: steps run sequentially",
-              t->consistency, t->staleness);
-    return 0;
-  }
-  return 1;
-}
-
 /* run_push_counts copies the client's per-shard push counts into R
  * (left empty when out of memory: the JSON line then shows none), and
  * warns of the pushes a DEGRADED shard refused. */
@@ -1110,7 +1106,7 @@ int psw_train_run(const psw_train_opts *o, psw_train_result *r, ps_errbuf *eb) {
     return ps_errf(eb, PS_EINVAL, "rank %u of %u workers, %u epochs of batch %u", o->rank,
                    o->workers, o->epochs, o->batch);
   }
-  r->overlap = run_pick_overlap(o);
+  r->overlap = o->overlap != 0; /* as the model's consistency allows (run_setup) */
   x.rank = r->rank = o->register_worker ? 0 : o->rank;
   x.workers = r->workers = o->workers;
   psw_progress_init(&x.prog, stderr, x.rank, o->quiet);

@@ -12,7 +12,9 @@
  *     g_{t-1} and pulls P_{t+1} into the other buffer, so P_{t+1} lacks
  *     only g_t: a staleness of one step.  Needs a consistency model that
  *     allows it (asp, or ssp with staleness >= 1); with bsp (or ssp with
- *     staleness 0) the run is sequential whatever was asked.
+ *     staleness 0) the run is sequential whatever was asked.  The model's
+ *     consistency decides (its spec, which the shards enforce), not the
+ *     cluster file's training section.
  *
  * A model with an embedding table (psw_graph_embedding) also pulls, per
  * step and on the training thread, the rows of the batch's distinct keys

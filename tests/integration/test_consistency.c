@@ -17,7 +17,10 @@
  *    slow one's by a margin (lock-step: equal; measured over 2x in 4 idle
  *    runs, 1.6x with a build running beside it), and it finishes first;
  *  - failover: a killed worker's partitions go to the survivor (the
- *    accounting of it: tests/integration/test_failover.c).
+ *    accounting of it: tests/integration/test_failover.c);
+ *  - the model's settings, not the cluster file's (a tiny CSV, no
+ *    dataset): a push refused under bsp ends the worker at once, and
+ *    --overlap follows the submitted model's consistency.
  *
  * Skipped (visibly) without the dataset.  Every process is recorded
  * (ps_test_procs_setup) so the unchecked teardown stops it by PID even
@@ -288,6 +291,123 @@ START_TEST(test_consistency_failover_partitions) {
 }
 END_TEST
 
+/* ---- the model's settings against the worker's (no dataset needed) ---- */
+
+/* A small cluster: 2 shards with chunks of 4 elements (logistic
+ * regression of 3 inputs and 2 classes, 8 parameters, spans both), one
+ * partition of 4 CSV samples, one registering worker, batch 1; the
+ * cluster file says consistency FILE_CONS. */
+typedef struct tq_ctx {
+  char dir[512], yaml[600], pb[600], log[600];
+  int gp[2], cp[2];
+  pid_t shard[2];
+} tq_ctx;
+
+/* tq_start writes the data and the cluster file, starts the shards and
+ * builds the model's graph (not submitted: tq_submit). */
+static void tq_start(tq_ctx *x, const char *file_cons) {
+  snprintf(x->dir, sizeof x->dir, "%s", ps_test_tmpdir());
+  char train[600], extra[1400];
+  snprintf(train, sizeof train, "%s/train.csv", x->dir);
+  ps_test_write_file(train, "0,0.5,-1.0,2.0\n0,0.5,-1.0,2.0\n0,0.5,-1.0,2.0\n0,0.5,-1.0,2.0\n");
+  snprintf(extra, sizeof extra,
+           "workers:\n  count: 1\n  device: cpu\n  retry_ms: 10000\n"
+           "training:\n  model: lr\n  epochs: 1\n  batch_size: 1\n  seed: 1\n"
+           "  consistency: %s\n"
+           "data:\n  format: csv\n  train_images: %s\n  scale: 1\n  partitions: 1\n",
+           file_cons, train);
+  snprintf(x->yaml, sizeof x->yaml, "%s", ps_test_cluster_yaml(x->dir, 2, extra, x->gp, x->cp));
+  ps_test_file_replace(x->yaml, x->yaml, "chunk_elems: 1024", "chunk_elems: 4");
+  ps_test_start_shards(x->yaml, x->dir, 2, x->gp, x->cp, x->shard);
+  snprintf(x->pb, sizeof x->pb, "%s/lr.pb", x->dir);
+  snprintf(x->log, sizeof x->log, "%s/psctl.log", x->dir);
+  char *model[] = {(char *)ps_test_bin("psctl"), "model", "logreg", "--inputs", "3",
+                   "--classes", "2", "-o", x->pb, NULL};
+  ck_assert_msg(ps_test_run(model, x->log, 20000) == 0, "psctl model failed; see %s", x->log);
+}
+
+/* tq_submit submits model "lr" (--replace) with SGD at LR under
+ * CONSISTENCY (STALENESS: its ssp bound, or NULL). */
+static void tq_submit(tq_ctx *x, const char *lr, const char *consistency, const char *staleness) {
+  char *submit[] = {(char *)ps_test_bin("psctl"), "submit", x->pb, "--name", "lr", "--config",
+                    x->yaml, "--replace", "--optimizer", "sgd", "--lr", (char *)lr,
+                    "--consistency", (char *)consistency, staleness ? "--staleness" : NULL,
+                    (char *)staleness, NULL};
+  ck_assert_msg(ps_test_run(submit, x->log, 30000) == 0, "psctl submit failed; see %s", x->log);
+}
+
+/* tq_worker runs the worker (with option OPT, may be NULL) to its end
+ * within 20 s and returns its exit status; *OUT: its log (the caller
+ * frees it), whose last line is the JSON line. */
+static int tq_worker(tq_ctx *x, const char *opt, char **out) {
+  char log[600];
+  snprintf(log, sizeof log, "%s/psw.log", x->dir);
+  char *argv[] = {(char *)ps_test_bin("psw"), "--config", x->yaml, (char *)opt, NULL};
+  pid_t w = ps_test_spawn(argv, log, NULL);
+  int st = ps_test_wait_pid(w, 20000);
+  if (st < 0) ps_test_stop(w, SIGTERM, 5000);
+  ck_assert_msg(st >= 0, "the worker did not finish within 20 s; see %s", log);
+  ck_assert_msg(WIFEXITED(st), "the worker was killed; see %s", log);
+  *out = ps_test_read_file(log, NULL);
+  return WEXITSTATUS(st);
+}
+
+/* tq_finish stops the shards. */
+static void tq_finish(tq_ctx *x) {
+  for (int s = 0; s < 2; s++)
+    if (x->shard[s] > 0) ps_test_stop(x->shard[s], SIGTERM, 10000);
+}
+
+/* A push a shard refuses (an update that would make a parameter
+ * non-finite: lr 3e38) raises no clock there, so under bsp the pull
+ * behind it waited for the worker itself, forever (pull after pull timed
+ * out naming worker 0), and the refusal was never said; with overlap
+ * under ssp 1 the same for pull_timeout_ms (30 s).  The worker must fail
+ * at once, saying why, count the refused push and leave the partition's
+ * offset where it was. */
+START_TEST(test_consistency_refused_push) {
+  tq_ctx x = {0};
+  tq_start(&x, _i ? "ssp" : "bsp");
+  tq_submit(&x, "3e38", _i ? "ssp" : "bsp", _i ? "1" : NULL);
+  char *out;
+  int rc = tq_worker(&x, _i ? "--overlap" : NULL, &out);
+  ck_assert_msg(rc == 1 && strstr(out, "non-finite") && strstr(out, "refused"),
+                "exit %d: %s", rc, out);
+  const char *line = ps_test_last_line(out);
+  ck_assert_msg(ps_test_json_sum(line, "pushes_unanswered") >= 1, "%s", line);
+  char log[600];
+  snprintf(log, sizeof log, "%s/status.json", x.dir);
+  char *status[] = {(char *)ps_test_bin("psctl"), "status", "--config", x.yaml, "--json", NULL};
+  ck_assert_msg(ps_test_run(status, log, 20000) == 0, "psctl status failed; see %s", log);
+  char *st = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(st, "\"offset\":0,") && !strstr(st, "\"offset\":1,"),
+                "the partition's offset passed the refused push: %s", st);
+  free(st);
+  free(out);
+  tq_finish(&x);
+}
+END_TEST
+
+/* psw --overlap follows the consistency of the model the shards enforce,
+ * not the cluster file's: a model submitted asp under a file that says
+ * bsp overlaps (it used to run sequentially, "consistency 'bsp' allows
+ * no overlap"), and one submitted bsp under a file that says asp does
+ * not. */
+START_TEST(test_consistency_overlap_from_model) {
+  tq_ctx x = {0};
+  tq_start(&x, _i ? "asp" : "bsp");
+  tq_submit(&x, "0.1", _i ? "bsp" : "asp", NULL);
+  char *out;
+  int rc = tq_worker(&x, "--overlap", &out);
+  const char *line = ps_test_last_line(out);
+  ck_assert_msg(rc == 0, "exit %d: %s", rc, line);
+  ck_assert_msg(strstr(line, _i ? "\"overlap\":false" : "\"overlap\":true") &&
+                    (int)ps_test_json_num(line, "steps") == 4, "%s", line);
+  free(out);
+  tq_finish(&x);
+}
+END_TEST
+
 Suite *psw_consistency_suite(void) {
   Suite *s = suite_create("psw_consistency");
   TCase *tc = tcase_create("consistency");
@@ -297,6 +417,12 @@ Suite *psw_consistency_suite(void) {
   tcase_add_test(tc, test_consistency_ssp_bound);
   tcase_add_test(tc, test_consistency_asp_straggler);
   tcase_add_loop_test(tc, test_consistency_failover_partitions, 0, 2);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("model_settings");
+  tcase_set_timeout(tc, 60);
+  tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
+  tcase_add_loop_test(tc, test_consistency_refused_push, 0, 2);
+  tcase_add_loop_test(tc, test_consistency_overlap_from_model, 0, 2);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -416,17 +416,18 @@ START_TEST(test_failover_join_rate) {
 }
 END_TEST
 
-/* tf_replace trains model "m" (784,32,10, relu) with 2 workers for
- * EPOCHS, replaces it a quarter into the first epoch with a model of
- * LAYERS and ACTIVATION at LR (psctl submit --replace) and checks the
+/* tf_replace trains model "m" (784,32,10, relu) under consistency FROM
+ * with 2 workers for EPOCHS, replaces it a quarter into the first epoch
+ * with a bsp model of LAYERS and ACTIVATION at LR (psctl submit
+ * --replace) and checks the
  * workers: WANT NULL, they go on and finish the job; else each exits 1
  * at its next step saying WANT and to start the workers again (not
  * claiming partition after partition, nor training on with its old
  * graph). */
-static void tf_replace(int epochs, const char *layers, const char *activation, const char *lr,
-                       const char *want) {
+static void tf_replace(const char *from, int epochs, const char *layers, const char *activation,
+                       const char *lr, const char *want) {
   tf_ctx x = {0};
-  tf_start(&x, 2, 2, epochs, "784,32,10", "0.002", TF_SAMPLES);
+  tf_start_c(&x, 2, 2, epochs, "784,32,10", "0.002", TF_SAMPLES, from, 0);
   char pb[600], log[700];
   snprintf(pb, sizeof pb, "%s/m2.pb", x.dir);
   snprintf(log, sizeof log, "%s/psctl-replace.log", x.dir);
@@ -470,7 +471,7 @@ static void tf_replace(int epochs, const char *layers, const char *activation, c
  * each failed step. */
 START_TEST(test_failover_replace_shape) {
   TF_NEED_DATA();
-  tf_replace(600, "784,16,10", "relu", "0.002", "model 'm' was replaced with another layout");
+  tf_replace("bsp", 600, "784,16,10", "relu", "0.002", "model 'm' was replaced with another layout");
 }
 END_TEST
 
@@ -479,7 +480,8 @@ END_TEST
  * chance). */
 START_TEST(test_failover_replace_graph) {
   TF_NEED_DATA();
-  tf_replace(600, "784,32,10", "sigmoid", "0.002", "model 'm' was replaced with another graph");
+  tf_replace("bsp", 600, "784,32,10", "sigmoid", "0.002",
+             "model 'm' was replaced with another graph");
 }
 END_TEST
 
@@ -487,7 +489,19 @@ END_TEST
  * workers train the new job to its end. */
 START_TEST(test_failover_replace_lr) {
   TF_NEED_DATA();
-  tf_replace(20, "784,32,10", "relu", "0.001", NULL);
+  tf_replace("bsp", 20, "784,32,10", "relu", "0.001", NULL);
+}
+END_TEST
+
+/* The same graph under another consistency (asp to bsp): the workers'
+ * clocks, run apart under asp, would park the fast ones until the
+ * slowest caught up, and a worker's schedule (overlap) depends on the
+ * bound; they exit to be started again, joining at the slowest live
+ * clock (they went on, parked, before). */
+START_TEST(test_failover_replace_consistency) {
+  TF_NEED_DATA();
+  tf_replace("asp", 600, "784,32,10", "relu", "0.002",
+             "model 'm' was replaced with another graph, clip norm, codec or consistency");
 }
 END_TEST
 
@@ -871,6 +885,7 @@ Suite *psw_failover_suite(void) {
   tcase_add_test(tw, test_failover_replace_shape);
   tcase_add_test(tw, test_failover_replace_graph);
   tcase_add_test(tw, test_failover_replace_lr);
+  tcase_add_test(tw, test_failover_replace_consistency);
   tcase_add_test(tw, test_failover_empty_partitions);
   tcase_add_test(tw, test_failover_sigterm_parked);
   suite_add_tcase(s, tw);

@@ -271,8 +271,9 @@ int main(int argc, char **argv) {
     goto release_config;
   }
   int err = psw_train_run(&o, &r, &eb);
+  char who[32];
   if (err < 0 && !(ps_stop_signal && err == PS_ESHUTDOWN))
-    ps_err("worker %u: %s (%s)", r.rank, eb.msg, ps_errname(err));
+    ps_err("%s: %s (%s)", psw_train_who(&r, who, sizeof who), eb.msg, ps_errname(err));
   psw_train_json(stdout, o.model, o.batch, &r);
   psw_train_result_free(&r);
   rc = psw_exit_code(err, &r);

@@ -1,7 +1,6 @@
 /* ps_gpu: backend registry and selection by device name. */
 #include "ps_gpu.h"
 
-#include <errno.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
@@ -34,13 +33,28 @@ static int cuda_open(int ordinal, ps_gpu_backend **be, ps_errbuf *eb) {
 #endif
 }
 
-/* parse_ordinal reads the N of "cuda:N" into *ORD; 0 or PS_EINVAL. */
-static int parse_ordinal(const char *s, int *ord) {
-  char *end;
-  errno = 0;
-  long v = strtol(s, &end, 10);
-  if (errno || end == s || *end || v < 0 || v > 1023) return PS_EINVAL;
-  *ord = (int)v;
+/* ps_gpu_device_parse: see ps_gpu.h.  Digits are counted, not converted
+ * first, so that no spelling strtol would take ("+1", " 1", "-0", "01")
+ * and no overflow gets through. */
+int ps_gpu_device_parse(const char *device, int *ordinal, ps_errbuf *eb) {
+  int ord = 0;
+  if (!device) device = "auto";
+  if (!strcmp(device, "cpu")) ord = -1;
+  else if (strcmp(device, "auto") && strcmp(device, "cuda")) {
+    if (strncmp(device, "cuda:", 5))
+      return ps_errf(eb, PS_EINVAL, "unknown device '%s' (expected %s)", device,
+                     PS_GPU_DEVICE_RULE);
+    const char *n = device + 5;
+    size_t len = strspn(n, "0123456789");
+    _Static_assert(PS_GPU_MAX_ORDINAL == 999, "the digit count below is the range check");
+    if (!len || n[len] || (n[0] == '0' && len > 1) || len > 3)
+      return ps_errf(eb, PS_EINVAL,
+                     "device '%s': expected cuda:N with N a device number from 0 to %d, "
+                     "no leading zeros",
+                     device, PS_GPU_MAX_ORDINAL);
+    ord = atoi(n);
+  }
+  if (ordinal) *ordinal = ord;
   return 0;
 }
 
@@ -48,20 +62,15 @@ static int parse_ordinal(const char *s, int *ord) {
  * missing or has no device (and says nothing: that is the normal case). */
 int ps_gpu_open(const char *device, ps_gpu_backend **be, ps_errbuf *eb) {
   *be = NULL;
+  int ord, err = ps_gpu_device_parse(device, &ord, eb);
+  if (err < 0) return err;
   if (!device || strcmp(device, "auto") == 0) {
     ps_errbuf ignored;
     if (cuda_open(0, be, &ignored) == 0) return 0;
     return ps_gpu_cpu_open(1, be, eb);
   }
-  if (strcmp(device, "cpu") == 0) return ps_gpu_cpu_open(1, be, eb);
-  if (strcmp(device, "cuda") == 0) return cuda_open(0, be, eb);
-  if (strncmp(device, "cuda:", 5) == 0) {
-    int ord;
-    if (parse_ordinal(device + 5, &ord))
-      return ps_errf(eb, PS_EINVAL, "device '%s': expected cuda:N with N a device number", device);
-    return cuda_open(ord, be, eb);
-  }
-  return ps_errf(eb, PS_EINVAL, "unknown device '%s' (expected auto, cpu, cuda or cuda:N)", device);
+  if (ord < 0) return ps_gpu_cpu_open(1, be, eb);
+  return cuda_open(ord, be, eb);
 }
 
 /* ps_gpu_close releases BE through its own table. */

@@ -190,11 +190,27 @@ struct ps_gpu_backend {
   void *impl;           /* backend's private state */
 };
 
-/* ps_gpu_open opens the backend named by DEVICE: "auto" (CUDA when this
- * build has the cuda backend and a device exists, else the CPU), "cpu",
- * "cuda" (ordinal 0) or "cuda:N".  "cuda" without a device or without a
- * CUDA build fails with PS_EDEVICE; a malformed name with PS_EINVAL; the
- * message is in EB.  *BE is released with ps_gpu_close. */
+/* Device names, one rule for every entry point (psw --device,
+ * workers.device through ps_gpu_open, ps_bench_gpu --device): "auto",
+ * "cpu", "cuda" (= cuda:0) or "cuda:N" with N in 0..PS_GPU_MAX_ORDINAL
+ * written in decimal digits without leading zeros (cuda:0, cuda:7,
+ * cuda:999; not cuda:01, cuda:+1 or cuda:1000), so that each device has
+ * one name.  PS_GPU_DEVICE_RULE is that rule in words, for messages and
+ * usage texts. */
+#define PS_GPU_MAX_ORDINAL 999
+#define PS_GPU_DEVICE_RULE "auto, cpu, cuda or cuda:N (N from 0 to 999, no leading zeros)"
+
+/* ps_gpu_device_parse checks DEVICE against that rule: 0 with *ORDINAL
+ * the CUDA ordinal it names (0 for auto and cuda, -1 for cpu; ORDINAL may
+ * be NULL), or PS_EINVAL with a message naming DEVICE and the rule in EB. */
+int ps_gpu_device_parse(const char *device, int *ordinal, ps_errbuf *eb);
+
+/* ps_gpu_open opens the backend named by DEVICE (NULL: "auto"): "auto"
+ * (CUDA when this build has the cuda backend and a device exists, else
+ * the CPU), "cpu", "cuda" (ordinal 0) or "cuda:N".  "cuda" without a
+ * device or without a CUDA build fails with PS_EDEVICE; a name
+ * ps_gpu_device_parse refuses with PS_EINVAL; the message is in EB.  *BE
+ * is released with ps_gpu_close. */
 int ps_gpu_open(const char *device, ps_gpu_backend **be, ps_errbuf *eb);
 
 /* ps_gpu_close releases BE (NULL is a no-op). */

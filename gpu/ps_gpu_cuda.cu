@@ -25,6 +25,7 @@
  *     CUDA's own text, is logged and kept for ps_gpu_cuda_last_error. */
 #include <cublas_v2.h>
 #include <cuda_runtime.h>
+#include <dlfcn.h>
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
@@ -928,6 +929,17 @@ static int open_err(ps_errbuf *eb, int ordinal, const char *what, cudaError_t e)
     }                                                              \
   } while (0)
 
+/* driver_found says whether the NVIDIA driver's library, libcuda.so.1, can
+ * be loaded.  Without it CUDA's runtime reports cudaErrorInsufficientDriver,
+ * whose text ("CUDA driver version is insufficient ...") sends the user to
+ * upgrade a driver that is not there at all. */
+static int driver_found(void) {
+  void *h = dlopen("libcuda.so.1", RTLD_LAZY | RTLD_NOLOAD); /* the runtime's, if it loaded it */
+  if (!h) h = dlopen("libcuda.so.1", RTLD_LAZY);
+  if (h) dlclose(h);
+  return h != NULL;
+}
+
 /* ps_gpu_cuda_open: see ps_gpu.h.  Checks that the device exists and that
  * this build carries kernels for it, then creates the streams, events and
  * cuBLAS handle (fp32 math). */
@@ -935,6 +947,13 @@ extern "C" int ps_gpu_cuda_open(int ordinal, ps_gpu_backend **be, ps_errbuf *eb)
   *be = NULL;
   int ndev = 0, rc;
   cudaError_t e = cudaGetDeviceCount(&ndev);
+  if (e == cudaErrorInsufficientDriver && !driver_found()) {
+    (void)cudaGetLastError();
+    return ps_errf(eb, PS_EDEVICE,
+                   "device 'cuda:%d': no usable CUDA device: no NVIDIA driver (libcuda.so.1) "
+                   "found (CUDA: %s)",
+                   ordinal, cudaGetErrorString(e));
+  }
   if (e != cudaSuccess) return open_err(eb, ordinal, "no usable CUDA device", e);
   if (ordinal < 0 || ordinal >= ndev)
     return ps_errf(eb, PS_EDEVICE, "device 'cuda:%d': no such device (%d found)", ordinal, ndev);

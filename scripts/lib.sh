@@ -14,6 +14,10 @@
 #                 "security:\n  mode: none")
 #   stop_pid PID  SIGTERM, wait at most 10 s, SIGKILL; drops PID from PIDS
 #   lib_usage     prints the calling script's header comment (its --help)
+# The demo and the benchmarks first cd to the repository root (cd
+# "$(dirname "$0")/.."), so that they run from any directory: their
+# relative paths (scripts/..., config/..., build/...) and a relative
+# PS_BIN or PS_DATA are taken from there.
 
 BIN=${PS_BIN:-build/bin}
 PIDS=()
@@ -44,8 +48,10 @@ ps_tmpdir() { # sets LIB_TMP (not in a subshell: cleanup needs it)
   LIB_TMP=$(mktemp -d "${TMPDIR:-/tmp}/$1.XXXXXX")
 }
 
-lib_usage() {
-  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"
+lib_usage() { # $0 as started may be relative to a directory the script has left
+  local self=$0
+  [ -r "$self" ] || self=scripts/${0##*/}
+  awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$self"
 }
 
 free_port() { # the sockets stay bound until all are picked: no repeats

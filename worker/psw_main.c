@@ -36,6 +36,7 @@
 
 #include "ps_fpu.h"
 #include "ps_config.h"
+#include "ps_gpu.h"
 #include "ps_gpu_blas.h"
 #include "ps_log.h"
 #include "ps_pb.h"
@@ -60,6 +61,8 @@ static const char psw_usage[] =
     "--metrics-csv FILE appends a row per epoch to FILE (a header line first when FILE is\n"
     "empty; the file is opened at start, so a bad path fails at once); --quiet drops the\n"
     "progress lines (the log's other lines and the JSON line stay).\n"
+    "--device D (default workers.device): auto (a CUDA device when there is one, else\n"
+    "the CPU), cpu, cuda (= cuda:0) or cuda:N, N from 0 to 999 without leading zeros.\n"
     "Without --rank the worker registers with the coordinator shard for its rank, the\n"
     "world size and its data partitions; --rank R runs as rank R among W workers (default\n"
     "workers.count) without registering.  --slowdown F (>= 1) sleeps (F-1) x the compute\n"
@@ -147,10 +150,15 @@ static int psw_parse(int argc, char **argv, psw_args *a) {
     if (k) puts(k);
     return -1;
   }
+  /* the device rule of ps_gpu.h, which ps_gpu_open applies; said with
+   * the value, before anything runs */
+  ps_errbuf deb;
+  if (!bad && a->device && ps_gpu_device_parse(a->device, NULL, &deb) < 0) {
+    fprintf(stderr, "psw: --device takes %s, not '%s'\n", PS_GPU_DEVICE_RULE, a->device);
+    bad = 1;
+  }
   const char *why = optind < argc ? "unexpected argument"
                     : !a->config ? "--config is required"
-                    : a->device && !ps_device_ok(a->device)
-                        ? "--device takes auto, cpu, cuda or cuda:N"
                     : a->workers >= 0 && a->rank < 0 ? "--workers goes with --rank (without "
                                                        "--rank the coordinator hands both out)"
                                                      : NULL;
@@ -267,8 +275,9 @@ int main(int argc, char **argv) {
     goto release_config;
   }
   int err = psw_train_run(&o, &r, &eb);
+  char who[32];
   if (err < 0 && !(ps_stop_signal && err == PS_ESHUTDOWN))
-    ps_err("worker %u: %s (%s)", r.rank, eb.msg, ps_errname(err));
+    ps_err("%s: %s (%s)", psw_train_who(&r, who, sizeof who), eb.msg, ps_errname(err));
   psw_train_json(stdout, o.model, o.batch, &r);
   psw_train_result_free(&r);
   rc = psw_exit_code(err, &r);

@@ -243,6 +243,7 @@ static int run_join(psw_run *x, ps_errbuf *eb) {
     psw_coord_reg reg;
     if ((err = psw_coord_register(x->coord, &reg, eb)) < 0) return err;
     x->rank = reg.rank;
+    x->r->ranked = 1;
     x->workers = reg.world_size;
     x->clock = x->clock0 = reg.start_clock;
     uint32_t np = o->cfg->data.partitions;
@@ -1108,6 +1109,7 @@ int psw_train_run(const psw_train_opts *o, psw_train_result *r, ps_errbuf *eb) {
   }
   r->overlap = o->overlap != 0; /* as the model's consistency allows (run_setup) */
   x.rank = r->rank = o->register_worker ? 0 : o->rank;
+  r->ranked = !o->register_worker;
   x.workers = r->workers = o->workers;
   psw_progress_init(&x.prog, stderr, x.rank, o->quiet);
   int err = run_setup(&x, eb);
@@ -1127,7 +1129,8 @@ int psw_train_run(const psw_train_opts *o, psw_train_result *r, ps_errbuf *eb) {
   if (run_stopping(&x)) {
     r->stopped = 1;
     if (o->register_worker && r->job_done < 0) r->job_done = 0;
-    ps_info("worker %u: stopped by %s%s", r->rank, strsignal((int)*o->stop),
+    char who[32];
+    ps_info("%s: stopped by %s%s", psw_train_who(r, who, sizeof who), strsignal((int)*o->stop),
             r->job_done > 0 ? "" : " before the job's end");
   }
   r->partitions = x.parts; /* handed over */
@@ -1236,11 +1239,19 @@ void psw_train_eval_json(FILE *out, const char *model, const psw_train_result *r
   fflush(out);
 }
 
+/* psw_train_who: see psw_train.h. */
+const char *psw_train_who(const psw_train_result *r, char *buf, size_t cap) {
+  if (r->ranked) snprintf(buf, cap, "worker %u", r->rank);
+  else snprintf(buf, cap, "worker");
+  return buf;
+}
+
 /* psw_train_json: see psw_train.h. */
 void psw_train_json(FILE *out, const char *model, uint32_t batch, const psw_train_result *r) {
   json_model(out, model);
-  fprintf(out, ",\"rank\":%u,\"epochs\":%u,\"steps\":%llu", r->rank, r->epochs,
-          (unsigned long long)r->steps);
+  if (r->ranked) fprintf(out, ",\"rank\":%u", r->rank);
+  else fputs(",\"rank\":null", out);
+  fprintf(out, ",\"epochs\":%u,\"steps\":%llu", r->epochs, (unsigned long long)r->steps);
   json_num(out, "train_loss", r->train_loss, "%.6f");
   json_num(out, "test_loss", r->test_loss, "%.6f");
   json_num(out, "test_accuracy", r->test_accuracy, "%.4f");

@@ -85,6 +85,9 @@ typedef struct psw_train_result {
                                   other workers were still unfinished; -1: a fixed rank */
   int bad_input;               /* the failure was the config's, data's or graph's */
   uint32_t rank, workers;      /* the rank that ran (given or registered) */
+  int ranked;                  /* 1 once it had a rank (--rank, or registered); 0: it
+                                  failed or stopped before registering, and rank means
+                                  nothing (the JSON line says "rank":null) */
   double blocked_share;        /* share of the training wall time spent waiting
                                   for parameters (pulls, parked or not) */
   double parked_share;         /* time the shards held the pulls parked by
@@ -137,8 +140,14 @@ int psw_train_evaluate(const psw_train_opts *o, psw_train_result *r, uint64_t *v
 void psw_train_eval_json(FILE *out, const char *model, const psw_train_result *r,
                          uint64_t version, int stopped);
 
-/* psw_train_json writes R as one JSON object line (with MODEL, R's rank
- * and the batch size BATCH) to OUT. */
+/* psw_train_json writes R as one JSON object line (with MODEL, R's rank,
+ * null when R->ranked is 0, and the batch size BATCH) to OUT. */
 void psw_train_json(FILE *out, const char *model, uint32_t batch, const psw_train_result *r);
+
+/* psw_train_who writes how the log names R's worker into BUF (CAP bytes):
+ * "worker R", or "worker" alone while it had no rank (R->ranked 0: a
+ * registering worker that failed before the coordinator gave it one);
+ * returns BUF. */
+const char *psw_train_who(const psw_train_result *r, char *buf, size_t cap);
 
 #endif

@@ -9,17 +9,26 @@
  * over the whole chunk, both with error feedback, and the paths the
  * sampled one took over all its chunks are counted.
  *
- *   ps_bench_codec [--elems N]   N: elements per chunk (default 65536) */
+ *   ps_bench_codec [--elems N]   N: elements per chunk, 1..67108864 (the
+ *                                range of chunk_elems; default 65536)
+ *
+ * A bad flag or value: a message naming it and the usage on stderr, exit
+ * status 2; --help: the usage on stdout, status 0. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
 #include "ps_codec.h"
+#include "ps_config.h"
 #include "ps_place.h"
 
 #define ROUNDS 5
 #define REPS 200
+#define MAX_ELEMS 67108864 /* chunk_elems's largest (README, Configuration) */
+
+static const char usage[] = "usage: ps_bench_codec [--elems N]   (N: elements per chunk, 1.."
+                            "67108864, default 65536)\n";
 
 static double bench_now(void) {
   struct timespec t;
@@ -48,15 +57,35 @@ static void bench_topk_ef(const float *g, uint32_t n, int exact, float *res, uin
 
 int main(int argc, char **argv) {
   uint32_t n = 65536;
-  if (argc == 3 && !strcmp(argv[1], "--elems")) n = (uint32_t)strtoul(argv[2], NULL, 10);
-  else if (argc != 1) {
-    fprintf(stderr, "usage: ps_bench_codec [--elems N]\n");
-    return 2;
+  for (int i = 1; i < argc; i++) {
+    const char *a = argv[i];
+    uint64_t v = 0;
+    if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+      fputs(usage, stdout);
+      return 0;
+    }
+    if (strcmp(a, "--elems")) {
+      fprintf(stderr, "ps_bench_codec: unknown argument '%s'\n%s", a, usage);
+      return 2;
+    }
+    if (i + 1 == argc) {
+      fprintf(stderr, "ps_bench_codec: --elems wants a value\n%s", usage);
+      return 2;
+    }
+    /* the flags' integer parser: no sign, no blank, no wrap-around */
+    if (ps_parse_uint(argv[++i], &v) < 0 || v < 1 || v > MAX_ELEMS) {
+      fprintf(stderr, "ps_bench_codec: bad value '%s' for --elems (an integer from 1 to %d)\n%s",
+              argv[i], MAX_ELEMS, usage);
+      return 2;
+    }
+    n = (uint32_t)v;
   }
-  if (n == 0) return 2;
   float *g = malloc(n * sizeof *g), *res = calloc(n, sizeof *res), *out = malloc(n * sizeof *out);
   uint8_t *buf = malloc((size_t)n * 8);
-  if (!g || !res || !out || !buf) return 1;
+  if (!g || !res || !out || !buf) {
+    fprintf(stderr, "ps_bench_codec: out of memory for %u-element chunks\n", n);
+    return 1;
+  }
   for (uint32_t i = 0; i < n; i++) {
     uint64_t r = ps_mix64(i);
     float v = -2.0f;

@@ -399,8 +399,15 @@ extern "C" {
 
 /* ---- devices and errors --------------------------------------------------------- */
 
+/* PS_CUDA_EMU_NO_DRIVER=1: the emulated runtime finds no driver, as
+ * CUDA's does on a machine without libcuda.so.1 (cudaErrorInsufficientDriver). */
 cudaError_t cudaGetDeviceCount(int *count) {
   if (!count) return fail(cudaErrorInvalidValue);
+  const char *nd = getenv("PS_CUDA_EMU_NO_DRIVER");
+  if (nd && !strcmp(nd, "1")) {
+    *count = 0;
+    return fail(cudaErrorInsufficientDriver);
+  }
   *count = kDevices;
   return cudaSuccess;
 }
@@ -458,6 +465,8 @@ const char *cudaGetErrorString(cudaError_t error) {
     case cudaErrorInvalidConfiguration: return "invalid configuration argument";
     case cudaErrorInvalidDevicePointer: return "invalid device pointer";
     case cudaErrorInvalidMemcpyDirection: return "invalid copy direction for memcpy";
+    case cudaErrorInsufficientDriver:
+      return "CUDA driver version is insufficient for CUDA runtime version";
     case cudaErrorNoDevice: return "no CUDA-capable device is detected";
     case cudaErrorInvalidDevice: return "invalid device ordinal";
     case cudaErrorInvalidResourceHandle: return "invalid resource handle";
@@ -473,6 +482,7 @@ const char *cudaGetErrorName(cudaError_t error) {
     case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
     case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
     case cudaErrorInvalidMemcpyDirection: return "cudaErrorInvalidMemcpyDirection";
+    case cudaErrorInsufficientDriver: return "cudaErrorInsufficientDriver";
     case cudaErrorNoDevice: return "cudaErrorNoDevice";
     case cudaErrorInvalidDevice: return "cudaErrorInvalidDevice";
     case cudaErrorInvalidResourceHandle: return "cudaErrorInvalidResourceHandle";

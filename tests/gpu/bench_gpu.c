@@ -1,6 +1,6 @@
 /* ps_bench_gpu: a compute backend's MLP step against its own sgemm rate.
  *
- *   ps_bench_gpu [--device cuda:N] [--iters N] [--tf32] [--layers W,W,..] [--batch B]
+ *   ps_bench_gpu [--device cuda|cuda:N] [--iters N] [--tf32] [--layers W,W,..] [--batch B]
  *   ps_bench_gpu --device cpu [--layers 784,256,128,10] [--batch 256] [--threads 1,2]
  *                [--iters N]
  *
@@ -43,13 +43,18 @@
  * Like psw, it first makes OpenBLAS run the best kernel the CPU has
  * (ps_gpu_blas_select: it may execute itself again).
  *
- * Exits 1 on any failure, 2 on a bad argument. */
+ * --help prints the usage on stdout (status 0).  A bad flag or value, or
+ * flags that do not go together (--tf32 or --threads with --device cpu
+ * or not), print what was wrong and the usage on stderr: status 2.  Any
+ * other failure: status 1. */
 #include <math.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
+#include "ps_config.h"
 #include "ps_gpu.h"
 #include "ps_gpu_blas.h"
 #ifdef PS_HAVE_CUDA_BACKEND
@@ -496,59 +501,107 @@ static int bench_cpu(mlp *m, const int *threads, size_t nt, int iters) {
 /* ---- arguments ----------------------------------------------------------------- */
 
 /* parse_list reads "A,B,..." of integers in [LO, HI] into OUT (at most
- * MAX); returns the count, or -1. */
-static int parse_list(const char *s, long lo, long hi, long *out, int max) {
+ * MAX), each read as every flag reads an integer (ps_parse_uint: digits
+ * only, no sign or blank, no wrap-around); returns the count, or -1. */
+static int parse_list(const char *s, uint64_t lo, uint64_t hi, long *out, int max) {
   int n = 0;
-  while (*s && n < max) {
-    char *end;
-    long v = strtol(s, &end, 10);
-    if (end == s || v < lo || v > hi || (*end && *end != ',')) return -1;
-    out[n++] = v;
-    s = *end ? end + 1 : end;
+  for (;;) {
+    char tok[24];
+    size_t len = strcspn(s, ",");
+    uint64_t v;
+    if (n == max || len >= sizeof tok) return -1;
+    memcpy(tok, s, len);
+    tok[len] = 0;
+    if (ps_parse_uint(tok, &v) < 0 || v < lo || v > hi) return -1;
+    out[n++] = (long)v;
+    if (!s[len]) return n;
+    s += len + 1;
   }
-  return *s ? -1 : n;
 }
 
 static const char usage[] =
-    "usage: ps_bench_gpu [--device cuda:N] [--iters N] [--tf32] [--layers W,W,..] [--batch B]\n"
+    "usage: ps_bench_gpu [--device cuda|cuda:N] [--iters N] [--tf32] [--layers W,W,..]"
+    " [--batch B]\n"
     "       ps_bench_gpu --device cpu [--layers 784,256,128,10] [--batch 256] [--threads 1,2]"
-    " [--iters N]\n";
+    " [--iters N]\n"
+    "  --device  " PS_GPU_DEVICE_RULE "\n"
+    "  --iters   steps per round, 1..1000000    --batch  1..1048576\n"
+    "  --layers  2 to 17 widths, each 1..1048576  --threads  1 to 8 OpenBLAS thread counts,"
+    " each 1..1024\n"
+    "  --tf32    cuda only: TF32 gemm math\n";
+
+/* bench_bad reports a bad command line, what was wrong and then the
+ * usage; the exit status 2. */
+static int bench_bad(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
+static int bench_bad(const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  fputs("ps_bench_gpu: ", stderr);
+  vfprintf(stderr, fmt, ap);
+  va_end(ap);
+  fprintf(stderr, "\n%s", usage);
+  return 2;
+}
 
 int main(int argc, char **argv) {
+  for (int i = 1; i < argc; i++)
+    if (!strcmp(argv[i], "--help") || !strcmp(argv[i], "-h")) {
+      fputs(usage, stdout);
+      return 0;
+    }
   ps_errbuf beb;
   if (ps_gpu_blas_select(argv, &beb) < 0)
     fprintf(stderr, "ps_bench_gpu: %s; going on with OpenBLAS's own kernel\n", beb.msg);
-  const char *device = "cuda", *layers = NULL, *threads = "1,2";
-  int iters = 0, tf32 = 0;
-  long batch = 0, v[MAXL + 1];
+  const char *device = "cuda", *layers = NULL, *threads = NULL;
+  int tf32 = 0;
+  long iters = 0, batch = 0, v[MAXL + 1], tl[MAXT];
+  int nl = 0, nt = 0;
   for (int i = 1; i < argc; i++) {
-    const char *a = argv[i], *val = i + 1 < argc ? argv[i + 1] : NULL;
+    const char *a = argv[i], *val;
     if (!strcmp(a, "--tf32")) {
       tf32 = 1;
       continue;
     }
-    if (!val) goto bad;
-    if (!strcmp(a, "--device")) device = val;
-    else if (!strcmp(a, "--iters") && atoi(val) > 0) iters = atoi(val);
-    else if (!strcmp(a, "--layers")) layers = val;
-    else if (!strcmp(a, "--threads")) threads = val;
-    else if (strcmp(a, "--batch") || parse_list(val, 1, 1 << 20, &batch, 1) != 1) goto bad;
-    i++;
+    if (strcmp(a, "--device") && strcmp(a, "--iters") && strcmp(a, "--layers") &&
+        strcmp(a, "--threads") && strcmp(a, "--batch"))
+      return bench_bad("unknown argument '%s'", a);
+    if (i + 1 == argc) return bench_bad("%s wants a value", a);
+    val = argv[++i];
+    ps_errbuf eb;
+    if (!strcmp(a, "--device")) {
+      if (ps_gpu_device_parse(val, NULL, &eb) < 0) return bench_bad("--device: %s", eb.msg);
+      device = val;
+    } else if (!strcmp(a, "--iters")) {
+      if (parse_list(val, 1, 1000000, &iters, 1) != 1)
+        return bench_bad("bad value '%s' for --iters (an integer from 1 to 1000000)", val);
+    } else if (!strcmp(a, "--batch")) {
+      if (parse_list(val, 1, 1 << 20, &batch, 1) != 1)
+        return bench_bad("bad value '%s' for --batch (an integer from 1 to 1048576)", val);
+    } else if (!strcmp(a, "--layers")) {
+      if ((nl = parse_list(val, 1, 1 << 20, v, MAXL + 1)) < 2)
+        return bench_bad("bad value '%s' for --layers (2 to %d widths W,W,.., each from 1 to "
+                         "1048576)", val, MAXL + 1);
+      layers = val;
+    } else {
+      if ((nt = parse_list(val, 1, 1024, tl, MAXT)) < 1)
+        return bench_bad("bad value '%s' for --threads (1 to %d thread counts T,T,.., each from "
+                         "1 to 1024)", val, MAXT);
+      threads = val;
+    }
   }
   int cpu = !strcmp(device, "cpu");
+  if (cpu && tf32) return bench_bad("--tf32 is a cuda gemm math: not with --device cpu");
+  if (!cpu && threads)
+    return bench_bad("--threads '%s' is for --device cpu (OpenBLAS threads), not '%s'", threads,
+                     device);
   mlp m = {.batch = (uint32_t)(batch ? batch : cpu ? 256 : 1024)};
-  int n = parse_list(layers ? layers : cpu ? "784,256,128,10" : "4096,4096,4096,10", 1, 1 << 20,
-                     v, MAXL + 1);
-  if (n < 2) goto bad;
-  m.nl = (size_t)n - 1;
-  for (int i = 0; i < n; i++) m.widths[i] = (uint32_t)v[i];
-  if (!cpu) return bench_cuda(device, &m, iters ? iters : 20, tf32);
-  long tl[MAXT];
-  int t[MAXT], nt = parse_list(threads, 1, 1024, tl, MAXT);
-  if (nt < 1 || tf32) goto bad;
+  if (!layers)
+    nl = parse_list(cpu ? "784,256,128,10" : "4096,4096,4096,10", 1, 1 << 20, v, MAXL + 1);
+  m.nl = (size_t)nl - 1;
+  for (int i = 0; i < nl; i++) m.widths[i] = (uint32_t)v[i];
+  if (!cpu) return bench_cuda(device, &m, iters ? (int)iters : 20, tf32);
+  if (!threads) nt = parse_list("1,2", 1, 1024, tl, MAXT);
+  int t[MAXT];
   for (int i = 0; i < nt; i++) t[i] = (int)tl[i];
-  return bench_cpu(&m, t, (size_t)nt, iters);
-bad:
-  fputs(usage, stderr);
-  return 2;
+  return bench_cpu(&m, t, (size_t)nt, (int)iters);
 }

@@ -357,13 +357,46 @@ START_TEST(test_open_devices) {
     ck_assert_msg(strstr(eb.msg, "cuda") != NULL, "message: %s", eb.msg);
   }
   ck_assert_int_eq(ps_gpu_open("gpu", &b, &eb), PS_EINVAL);
-  ck_assert_str_eq(eb.msg, "unknown device 'gpu' (expected auto, cpu, cuda or cuda:N)");
+  ck_assert_str_eq(eb.msg, "unknown device 'gpu' (expected auto, cpu, cuda or cuda:N (N from 0 "
+                           "to 999, no leading zeros))");
   ck_assert_int_eq(ps_gpu_open("cuda:x", &b, &eb), PS_EINVAL);
-  ck_assert_str_eq(eb.msg, "device 'cuda:x': expected cuda:N with N a device number");
+  ck_assert_str_eq(eb.msg, "device 'cuda:x': expected cuda:N with N a device number from 0 to "
+                           "999, no leading zeros");
   ps_gpu_act a;
   ck_assert_int_eq(ps_gpu_act_parse("tanh", &a), 0);
   ck_assert_int_eq(a, PS_GPU_ACT_TANH);
   ck_assert_int_eq(ps_gpu_act_parse("gelu", &a), PS_EINVAL);
+}
+END_TEST
+
+/* cuda:N has one spelling per device and a stated range: every name
+ * strtol would also have read (a sign, a blank, leading zeros) or that
+ * is out of range is refused as malformed (PS_EINVAL, the rule in the
+ * message), before any device is looked at; the range's ends are names
+ * (PS_EDEVICE here at most: no such device). */
+START_TEST(test_device_names) {
+  static const char *const bad[] = {"cuda:", "cuda:01", "cuda:00000001", "cuda:0999",
+                                    "cuda:1000", "cuda:+1", "cuda:-0", "cuda: 1", "cuda:1 ",
+                                    "cuda:99999999999999999999", "CUDA", "cuda0", ""};
+  ps_gpu_backend *b = NULL;
+  ps_errbuf eb;
+  int ord = 7;
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    ck_assert_msg(ps_gpu_device_parse(bad[i], &ord, &eb) == PS_EINVAL, "'%s' accepted", bad[i]);
+    ck_assert_msg(strstr(eb.msg, "0 to 999, no leading zeros") != NULL, "'%s': %s", bad[i], eb.msg);
+    ck_assert_int_eq(ps_gpu_open(bad[i], &b, &eb), PS_EINVAL);
+    ck_assert(b == NULL);
+  }
+  static const struct { const char *name; int ord; } good[] = {
+      {"auto", 0}, {"cpu", -1}, {"cuda", 0}, {"cuda:0", 0}, {"cuda:7", 7}, {"cuda:10", 10},
+      {"cuda:999", 999}};
+  for (size_t i = 0; i < sizeof good / sizeof good[0]; i++) {
+    ck_assert_msg(ps_gpu_device_parse(good[i].name, &ord, &eb) == 0, "'%s': %s", good[i].name,
+                  eb.msg);
+    ck_assert_int_eq(ord, good[i].ord);
+  }
+  int rc = ps_gpu_open("cuda:999", &b, &eb); /* no machine has 1000 GPUs */
+  ck_assert_msg(rc == PS_EDEVICE && b == NULL, "cuda:999: %d %s", rc, eb.msg);
 }
 END_TEST
 
@@ -540,6 +573,7 @@ Suite *ps_gpu_cpu_suite(void) {
   tcase_add_test(tc, test_memory_and_copies);
   tcase_add_test(tc, test_idle_helpers_sleep);
   tcase_add_test(tc, test_open_devices);
+  tcase_add_test(tc, test_device_names);
   tcase_add_test(tc, test_sigmoid_xent);
   tcase_add_test(tc, test_embed_backward);
   tcase_add_test(tc, test_cols);

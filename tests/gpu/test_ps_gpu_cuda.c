@@ -15,6 +15,7 @@
  * selection test runs everywhere.  The same suite is also built against
  * the host emulator (tests/cuda_emu, program ps_tests_cuda_emu), where a
  * device "exists" and every test runs. */
+#include <dlfcn.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -211,6 +212,38 @@ START_TEST(test_open_selection) {
   ps_gpu_close(b);
 }
 END_TEST
+
+#ifdef PS_HAVE_CUDA_BACKEND
+/* Without the NVIDIA driver (no libcuda.so.1; on the emulator
+ * PS_CUDA_EMU_NO_DRIVER=1, which the real runtime ignores) CUDA's runtime
+ * says its "driver version is insufficient": the message says instead
+ * that there is no driver, with CUDA's text in parentheses. */
+START_TEST(test_open_no_driver) {
+  setenv("PS_CUDA_EMU_NO_DRIVER", "1", 1);
+  int n = 0;
+  cudaError_t e = cudaGetDeviceCount(&n);
+  (void)cudaGetLastError();
+  void *h = dlopen("libcuda.so.1", RTLD_LAZY);
+  if (h) dlclose(h);
+  if (e != cudaErrorInsufficientDriver || h)
+    PS_SKIP("the NVIDIA driver is here (libcuda.so.1 %s, cudaGetDeviceCount: %s)",
+            h ? "loads" : "does not load", cudaGetErrorString(e));
+  ps_gpu_backend *b = NULL;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_gpu_open("cuda:2", &b, &eb), PS_EDEVICE);
+  ck_assert(b == NULL);
+  char want[512];
+  snprintf(want, sizeof want,
+           "device 'cuda:2': no usable CUDA device: no NVIDIA driver (libcuda.so.1) found "
+           "(CUDA: %s)",
+           cudaGetErrorString(e));
+  ck_assert_str_eq(eb.msg, want);
+  ck_assert_int_eq(ps_gpu_open("auto", &b, &eb), 0); /* still falls back to the CPU */
+  ck_assert_str_eq(b->name, "cpu");
+  ps_gpu_close(b);
+}
+END_TEST
+#endif
 
 /* ---- gemm ------------------------------------------------------------------ */
 
@@ -850,6 +883,9 @@ Suite *ps_gpu_cuda_suite(void) {
   tcase_add_checked_fixture(tc, setup, teardown);
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, test_open_selection);
+#ifdef PS_HAVE_CUDA_BACKEND
+  tcase_add_test(tc, test_open_no_driver);
+#endif
   tcase_add_test(tc, test_gemm);
   tcase_add_test(tc, test_bias_add);
   tcase_add_test(tc, test_bias_grad);

@@ -150,6 +150,25 @@ START_TEST(test_train_unknown_model_and_sigterm) {
   ck_assert_msg(strstr(text, "--device takes auto, cpu, cuda or cuda:N") && !strstr(text, "{\""),
                 "%s", text); /* (no result line: it never ran) */
   free(text);
+  /* out of cuda:N's range: the message states the range and the value */
+  snprintf(log, sizeof log, "%s/baddevice1000.log", x.dir);
+  char *dev1000[] = {(char *)ps_test_bin("psw"), "--config", x.yaml, "--device", "cuda:1000", NULL};
+  ck_assert_int_eq(ps_test_run(dev1000, log, 30000), 2);
+  text = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(text, "psw: --device takes auto, cpu, cuda or cuda:N (N from 0 to 999, no "
+                             "leading zeros), not 'cuda:1000'"),
+                "%s", text);
+  free(text);
+  /* A registering worker whose device fails before it registers has no
+   * rank: its log says "worker:" and its JSON line "rank":null. */
+  snprintf(log, sizeof log, "%s/nodevice.log", x.dir);
+  char *nodev[] = {(char *)ps_test_bin("psw"), "--config", x.yaml, "--device", "cuda:999", NULL};
+  ck_assert_int_eq(ps_test_run(nodev, log, 30000), 2);
+  text = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(text, "worker: device 'cuda:999'") && !strstr(text, "worker 0") &&
+                    strstr(ps_test_last_line(text), "\"rank\":null,"),
+                "%s", text);
+  free(text);
   /* A long run stopped by SIGTERM once it has started stepping. */
   snprintf(log, sizeof log, "%s/sigterm.log", x.dir);
   char *argv[] = {(char *)ps_test_bin("psw"), "--config", x.yaml, "--rank", "0", "--workers",

@@ -106,7 +106,7 @@ PROGS := $(BIN)/psd $(BIN)/psw $(BIN)/psctl
 TEST_SRCS ?= $(filter-out tests/gpu/bench_gpu.c tests/common/bench_codec.c tests/gpu/blas_shim.c tests/fuzz/% tests/long/% tests/server/bench_durability.c tests/server/fsync_shim.c,$(shell find tests -name '*.c' 2>/dev/null | sort))
 TEST_OBJS := $(patsubst %.c,$(OBJ)/%.o,$(TEST_SRCS))
 
-.PHONY: all deps test test-long crash-loop failover-long check demo bench install clean fuzz fuzz-build FORCE
+.PHONY: all deps test test-long crash-loop failover-long check demo bench install install-unit clean fuzz fuzz-build FORCE
 FORCE:
 # Generated protobuf-c sources are kept, not deleted as intermediates.
 .SECONDARY: $(PB_C) $(PB_H)
@@ -286,11 +286,18 @@ bench: deps
 	PS_BIN=$(BIN) scripts/bench $(BENCH_ARGS)
 
 PREFIX ?= /usr/local
-install: all
-	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)/etc/systemd/system $(DESTDIR)$(PREFIX)/share/doc/psd
+install: all install-unit
+	install -d $(DESTDIR)$(PREFIX)/bin $(DESTDIR)$(PREFIX)/share/doc/psd
 	install -m 755 $(PROGS) $(DESTDIR)$(PREFIX)/bin/
-	install -m 644 config/psd@.service $(DESTDIR)/etc/systemd/system/
 	install -m 644 README.md $(DESTDIR)$(PREFIX)/share/doc/psd/  # the unit's Documentation=
+
+# The unit in config/ names /usr/local (PREFIX's default) and stays a
+# valid unit as it is; the one installed names PREFIX's psd and README.
+install-unit:
+	install -d $(DESTDIR)/etc/systemd/system
+	sed 's#/usr/local/#$(PREFIX)/#g' config/psd@.service > $(DESTDIR)/etc/systemd/system/psd@.service.tmp
+	chmod 644 $(DESTDIR)/etc/systemd/system/psd@.service.tmp
+	mv $(DESTDIR)/etc/systemd/system/psd@.service.tmp $(DESTDIR)/etc/systemd/system/psd@.service
 
 clean:
 	rm -rf $(B)

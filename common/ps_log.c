@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
@@ -16,18 +17,32 @@ static int log_journal = -1; /* -1: not yet checked */
 static const char *const log_names[] = {"emerg", "alert", "crit", "error",
                                         "warning", "notice", "info", "debug"};
 
+/* log_to_journal says whether stderr is the stream JOURNAL_STREAM names
+ * ("DEV:INODE", systemd's convention): the variable is inherited by
+ * children whose stderr went elsewhere (psd ... 2>file under a unit), and
+ * a file must get timestamps and the program's name, not "<N>" alone. */
+static int log_to_journal(void) {
+  const char *v = getenv("JOURNAL_STREAM");
+  unsigned long long dev, ino;
+  int end = 0;
+  struct stat st;
+  if (!v || sscanf(v, "%llu:%llu%n", &dev, &ino, &end) != 2 || v[end] != '\0') return 0;
+  return fstat(STDERR_FILENO, &st) == 0 && (unsigned long long)st.st_dev == dev &&
+         (unsigned long long)st.st_ino == ino;
+}
+
 void ps_log_init(const char *prog, int max_level) {
   if (prog) {
     const char *slash = strrchr(prog, '/');
     log_prog = slash ? slash + 1 : prog;
   }
   log_max = max_level;
-  log_journal = getenv("JOURNAL_STREAM") != NULL;
+  log_journal = log_to_journal();
 }
 
 void ps_log(int level, const char *fmt, ...) {
   if (level > log_max) return;
-  if (log_journal < 0) log_journal = getenv("JOURNAL_STREAM") != NULL;
+  if (log_journal < 0) log_journal = log_to_journal();
   char line[2048];
   int n;
   if (log_journal) {

@@ -1,7 +1,8 @@
 /* ps_log: one line per message on stderr, syslog levels.
  *
- * With JOURNAL_STREAM set (stderr connected to journald) lines carry a
- * "<N>" priority prefix and no timestamp; otherwise
+ * With stderr connected to journald (JOURNAL_STREAM names stderr's
+ * device and inode, checked at ps_log_init) lines carry a "<N>" priority
+ * prefix and no timestamp; otherwise
  * "2026-11-24T10:00:00.123Z psd[pid] warning: message".  Thread-safe
  * (one write(2) per line). */
 #ifndef PS_LOG_H

@@ -25,6 +25,7 @@
 #include <malloc.h>
 #include <netdb.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -88,10 +89,19 @@ typedef struct psd_main {
   unsigned flush_failures;   /* failed flushes in a row */
   char flush_fail_msg[sizeof(ps_errbuf)]; /* the last one's message */
   uint64_t drain_deadline_ms;
+  int drain_said;            /* the drain said what it waits for */
   int exit_code;
   int wal_failed;            /* the redo log's writer is failing (sync) */
   char wal_fail_msg[sizeof(ps_errbuf)]; /* why */
   int replay_stopped;        /* a SIGTERM/SIGINT ended the start's replay */
+  ps_ticker start_ticker;    /* systemd's start timeout and stop (psd_main_start_tick) */
+  atomic_int replaying;      /* the replay runs ... */
+  atomic_uint_fast64_t replayed; /* ... and has applied this many records */
+  uint64_t replayed_seen;    /* (the start ticker's) */
+  int64_t extend_next_ms;    /* (the start ticker's) */
+  int stopping_said;         /* (the start ticker's) STOPPING=1 sent */
+  int start_errno;           /* why the start failed, for systemd (0: no errno known) */
+  char start_fail[sizeof(ps_errbuf) + 64]; /* ... and its message, or "" */
   atomic_int final_flush;    /* the stop's flush: the sparse rows wait for no log */
   int dir_lock;              /* data_dir, locked (psd_store_lock_dir), or -1 */
 } psd_main;
@@ -213,6 +223,48 @@ static void psd_main_wal_state(void *arg, int err, const char *msg) {
   psd_main_why(m); /* still DEGRADED: the flush */
 }
 
+/* psd_main_start_failed logs why the start fails (one error line, FMT)
+ * and keeps it for systemd (psd_main_serve: STATUS=, and ERRNO= where
+ * ERR, a PS_E* code, stands for one errno). */
+static void psd_main_start_failed(psd_main *m, int err, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static void psd_main_start_failed(psd_main *m, int err, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(m->start_fail, sizeof m->start_fail, fmt, ap);
+  va_end(ap);
+  ps_err("%s", m->start_fail);
+  m->start_errno = err == PS_ENOSPC ? ENOSPC : err == PS_ENOMEM ? ENOMEM
+                   : err == PS_EPERM ? EACCES : err == PS_ELOCKED ? EWOULDBLOCK : 0;
+}
+
+/* During the start, the start ticker (a thread: the store's open and the
+ * replay block the loop) tells systemd
+ *  - STOPPING=1 as soon as a SIGTERM/SIGINT came (the replay stops at
+ *    its next record, a start past it drains once it serves), and
+ *  - EXTEND_TIMEOUT_USEC every PSD_MAIN_EXTEND_MS, so that a replay or a
+ *    store open longer than the unit's TimeoutStartSec is not killed
+ *    (killed, psd would exit 0 and be started again, to replay from the
+ *    start).  A replay that applied no record since the last extension
+ *    gets none: a start stuck on its disk still times out. */
+#define PSD_MAIN_EXTEND_MS 5000
+#define PSD_MAIN_EXTEND_USEC 30000000ull /* 30 s: six ticks' margin */
+static void psd_main_start_tick(void *arg, int64_t ms) {
+  psd_main *m = arg;
+  int sig = ps_stop_signal;
+  if (sig && !m->stopping_said) {
+    m->stopping_said = 1;
+    sd_notifyf(0, "STOPPING=1\nSTATUS=stopping: %s during the start",
+               sig == SIGINT ? "SIGINT" : "SIGTERM");
+  }
+  if (sig || ms < m->extend_next_ms) return;
+  m->extend_next_ms = ms + PSD_MAIN_EXTEND_MS;
+  uint64_t done = atomic_load(&m->replayed);
+  if (atomic_load(&m->replaying) && done == m->replayed_seen) return;
+  m->replayed_seen = done;
+  sd_notifyf(0, "EXTEND_TIMEOUT_USEC=%llu", PSD_MAIN_EXTEND_USEC);
+}
+
 /* psd_main_log_append is the store's log hook (psd_store_set_log). */
 static int psd_main_log_append(void *arg, const struct iovec *iov, int niov, void **own,
                                size_t *own_cap, const ps_lend *lend, uint64_t *seq,
@@ -243,6 +295,7 @@ static int psd_main_replay_one(void *arg, uint64_t seq, const uint8_t *p, size_t
     m->replay_stopped = 1;
     return ps_errf(eb, PS_ESHUTDOWN, "%s during the replay", strsignal(ps_stop_signal));
   }
+  atomic_fetch_add(&m->replayed, 1);
   if (len && p[0] == PSD_SPARSE_LOG_PUSH)
     return seq <= m->replay_from_sp ? 0 : psd_shard_sparse_replay(&m->sh, seq, p, len, eb);
   return seq <= m->replay_from_d ? 0 : psd_store_replay(m->sh.store, seq, p, len, eb);
@@ -335,7 +388,7 @@ static int psd_main_recover(psd_main *m) {
   snprintf(dir, sizeof dir, "%s/redo", sh->me->data_dir);
   int sync = cfg->durability == PS_DUR_SYNC;
   if (!sync && !psd_wal_has_records(dir)) return 0;
-  sd_notify(0, "STATUS=replaying the redo log");
+  sd_notifyf(0, "STATUS=replaying the redo log\nEXTEND_TIMEOUT_USEC=%llu", PSD_MAIN_EXTEND_USEC);
   psd_wal_opts o = {.dir = dir, .max_batch_bytes = cfg->group_commit_max_bytes,
                     .max_wait_us = cfg->group_commit_max_wait_us,
                     .retry_ms = psd_main_log_retry_ms(cfg), .on_state = psd_main_wal_state,
@@ -349,7 +402,9 @@ static int psd_main_recover(psd_main *m) {
   uint64_t from = m->replay_from_d < m->replay_from_sp ? m->replay_from_d : m->replay_from_sp;
   int err = psd_wal_open(&w, &o, &eb);
   if (err == 0) err = psd_main_bind_log(m, w, dir, &eb);
+  atomic_store(&m->replaying, 1);
   if (err == 0) err = psd_wal_replay(w, from, psd_main_replay_one, m, &eb);
+  atomic_store(&m->replaying, 0);
   psd_wal_stats st = {0};
   if (err == 0) {
     psd_wal_stats_get(w, &st);
@@ -432,7 +487,8 @@ static int psd_main_recover(psd_main *m) {
       ps_info("shard %u: %s; stopping (the next start replays the log again)", sh->me->id,
               eb.msg);
     /* the message says why (a corrupt record is no i/o error) */
-    else ps_err("shard %u: cannot recover from the redo log: %s", sh->me->id, eb.msg);
+    else psd_main_start_failed(m, err, "shard %u: cannot recover from the redo log: %s",
+                               sh->me->id, eb.msg);
     return 1;
   }
   return 0;
@@ -601,7 +657,7 @@ static void psd_main_finish(psd_main *m) {
   uint64_t now = uv_now(&m->loop);
   uint64_t left = m->drain_deadline_ms > now ? m->drain_deadline_ms - now : 0;
   psd_grpc_stop(sh, left < 200 ? 200 : (int)(left > 5000 ? 5000 : left));
-  sd_notify(0, "STATUS=final flush");
+  sd_notify(0, sh->store ? "STATUS=final flush" : "STATUS=stopping: answering what is left");
   ps_errbuf eb = {{0}};
   psd_agg_stop(sh->agg); /* sums still waiting for workers are answered: shutting down */
   /* the final snapshot, too, holds only pushes the log has on disk
@@ -640,9 +696,22 @@ static void psd_main_on_drain_timer(uv_timer_t *t) {
   psd_main *m = t->data;
   if (m->flush_busy) return; /* its after-callback must run before the final flush */
   uint64_t now = uv_now(&m->loop);
-  if (m->sh.inflight > 0 && now < m->drain_deadline_ms) return;
-  if (m->sh.inflight > 0)
-    ps_warn("drain timed out with %u requests in flight", m->sh.inflight);
+  const psd_shard *sh = &m->sh;
+  char who[128];
+  if (sh->agg_me) snprintf(who, sizeof who, "aggregator %s", sh->agg_me->name);
+  else snprintf(who, sizeof who, "shard %u", sh->me->id);
+  if (sh->inflight > 0 && now < m->drain_deadline_ms) {
+    if (!m->drain_said) /* once: the stop may take all of drain_timeout_ms */
+      ps_info("%s: draining: waiting up to %llu ms for %u requests in flight, whose replies are "
+              "not written yet (%u channel connections open: a worker that does not read its "
+              "connection, a stopped one say, holds them to the end)", who,
+              (unsigned long long)(m->drain_deadline_ms - now), sh->inflight, sh->chan_conns);
+    m->drain_said = 1;
+    return;
+  }
+  if (sh->inflight > 0)
+    ps_warn("%s: drain timed out after drain_timeout_ms (%u ms) with %u requests in flight; "
+            "stopping without their replies", who, sh->cfg->drain_timeout_ms, sh->inflight);
   psd_main_finish(m);
 }
 
@@ -754,12 +823,12 @@ static int psd_main_open(psd_main *m) {
   ps_errbuf eb = {{0}};
   int err = psd_store_lock_dir(sh->me->data_dir, &m->dir_lock, &eb);
   if (err < 0) {
-    ps_err("shard %u: cannot open the store: %s", sh->me->id, eb.msg);
+    psd_main_start_failed(m, err, "shard %u: cannot open the store: %s", sh->me->id, eb.msg);
     return 1;
   }
   if ((err = psd_main_can_listen("grpc", sh->me->grpc_addr, &eb)) < 0 ||
       (err = psd_main_can_listen("channel", sh->me->channel_addr, &eb)) < 0) {
-    ps_err("shard %u: %s", sh->me->id, eb.msg);
+    psd_main_start_failed(m, err, "shard %u: %s", sh->me->id, eb.msg);
     return 1;
   }
   uint32_t *ids = calloc(cfg->nshards, sizeof *ids);
@@ -779,12 +848,14 @@ static int psd_main_open(psd_main *m) {
   err = psd_store_open(&sh->store, &o, &eb);
   free(ids);
   if (err < 0) {
-    ps_err("shard %u: cannot open the store: %s (%s)", sh->me->id, eb.msg, ps_strerror(err));
+    psd_main_start_failed(m, err, "shard %u: cannot open the store: %s (%s)", sh->me->id, eb.msg,
+                          ps_strerror(err));
     return 1;
   }
   /* the rows before the replay: the log may hold sparse pushes */
   if ((err = psd_shard_sparse_open(sh, &eb)) < 0) {
-    ps_err("shard %u: cannot open the sparse tables: %s (%s)", sh->me->id, eb.msg, ps_strerror(err));
+    psd_main_start_failed(m, err, "shard %u: cannot open the sparse tables: %s (%s)", sh->me->id,
+                          eb.msg, ps_strerror(err));
     return 1;
   }
   if (psd_main_recover(m)) return 1;
@@ -793,12 +864,13 @@ static int psd_main_open(psd_main *m) {
    * FLUSHED says so, not "never" until the first snapshot */
   if (!sh->last_flush_unix_ms) sh->last_flush_unix_ms = psd_main_unix_ms();
   if ((err = psd_shard_clock_start(sh, &eb)) < 0) {
-    ps_err("shard %u: cannot make the clock table: %s", sh->me->id, eb.msg);
+    psd_main_start_failed(m, err, "shard %u: cannot make the clock table: %s", sh->me->id,
+                          eb.msg);
     return 1;
   }
   sd_notify(0, "STATUS=starting listeners");
   if ((err = psd_grpc_start(sh, &eb)) < 0 || (err = psd_chan_start(sh, &eb)) < 0) {
-    ps_err("shard %u: %s", sh->me->id, eb.msg);
+    psd_main_start_failed(m, err, "shard %u: %s", sh->me->id, eb.msg);
     return 1;
   }
   return 0;
@@ -814,7 +886,7 @@ static int psd_main_open_agg(psd_main *m) {
   if (err == 0) err = psd_grpc_start(sh, &eb);
   if (err == 0) err = psd_chan_start(sh, &eb);
   if (err < 0) {
-    ps_err("aggregator %s: %s", sh->agg_me->name, eb.msg);
+    psd_main_start_failed(m, err, "aggregator %s: %s", sh->agg_me->name, eb.msg);
     return 1;
   }
   return 0;
@@ -1008,7 +1080,10 @@ static int psd_main_serve(psd_main *m, const ps_config *cfg, const ps_shard_conf
   sh->loop = &m->loop;
   sh->state = PSD_STARTING;
   sh->start_ms = uv_hrtime() / 1000000;
+  m->extend_next_ms = PSD_MAIN_EXTEND_MS; /* the first: under TimeoutStartSec anyway */
+  ps_ticker_start(&m->start_ticker, 250, psd_main_start_tick, m); /* none: no extensions */
   int code = sh->agg_me ? psd_main_open_agg(m) : psd_main_open(m);
+  ps_ticker_stop(&m->start_ticker);
   if (code == 0 && psd_main_handles(m) < 0) {
     ps_err("cannot install signal handlers");
     code = 1;
@@ -1038,6 +1113,13 @@ static int psd_main_serve(psd_main *m, const ps_config *cfg, const ps_shard_conf
     code = m->exit_code;
   } else {
     if (m->replay_stopped) code = 0; /* a stop asked for, not a failure */
+    /* systemd hears why the start failed, or that it stops */
+    if (code != 0 && m->start_errno)
+      sd_notifyf(0, "STATUS=%s\nERRNO=%d", m->start_fail, m->start_errno);
+    else if (code != 0)
+      sd_notifyf(0, "STATUS=%s",
+                 m->start_fail[0] ? m->start_fail : "the start failed: see the log");
+    if (ps_stop_signal) sd_notify(0, "STOPPING=1");
     psd_grpc_stop(sh, 0);
     psd_wal_stop(sh->wal);
     if (sh->chan) psd_chan_close(sh);

@@ -518,7 +518,8 @@ void psd_rdb_drop_empty_wals(const char *dir) {
   while ((e = readdir(d)) != NULL) {
     size_t n = strspn(e->d_name, "0123456789");
     struct stat st;
-    if (n >= 6 && !strcmp(e->d_name + n, ".log") &&
+    int info_log = !strncmp(e->d_name, "LOG.old.", 8); /* RocksDB's, moved aside at an open */
+    if (((n >= 6 && !strcmp(e->d_name + n, ".log")) || info_log) &&
         fstatat(dirfd(d), e->d_name, &st, AT_SYMLINK_NOFOLLOW) == 0 && S_ISREG(st.st_mode) &&
         st.st_size == 0)
       unlinkat(dirfd(d), e->d_name, 0);

@@ -255,7 +255,10 @@ rocksdb_options_t *psd_rdb_options(char **err);
 /* psd_rdb_drop_empty_wals removes DIR's empty RocksDB write-ahead logs
  * (NNNNNN.log of 0 bytes) while its database is closed: every open that
  * fails on a full disk leaves one, which no later open removes; an empty
- * one holds no write, so nothing is lost. */
+ * one holds no write, so nothing is lost.  Empty rotated info logs
+ * (LOG.old.N: each open moves LOG aside, and only an open that succeeds
+ * trims them to keep_log_file_num) go too, so that a DEGRADED shard
+ * retrying its reopen for hours leaves one, not one per retry. */
 void psd_rdb_drop_empty_wals(const char *dir);
 
 #endif

@@ -42,6 +42,34 @@ static int sd_has_line(const char *msg, const char *line, int prefix) {
   return 0;
 }
 
+/* sd_socket binds a notify socket in DIR (systemd's end) and writes
+ * NOTIFY_SOCKET=its path into ENV (ENV_LEN bytes); the descriptor. */
+static int sd_socket(const char *dir, char *env, size_t env_len) {
+  int fd = socket(AF_UNIX, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+  ck_assert_int_ge(fd, 0);
+  struct sockaddr_un sa = {.sun_family = AF_UNIX};
+  int n = snprintf(sa.sun_path, sizeof sa.sun_path, "%s/notify.sock", dir);
+  ck_assert(n > 0 && (size_t)n < sizeof sa.sun_path);
+  ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+  snprintf(env, env_len, "NOTIFY_SOCKET=%s", sa.sun_path);
+  return fd;
+}
+
+/* sd_until reads FD's datagrams, each appended to ALL (CAP bytes), until
+ * one has the line LINE (a prefix when PREFIX) or TIMEOUT_MS passed: 1
+ * when it came. */
+static int sd_until(int fd, char *all, size_t cap, const char *line, int prefix, int timeout_ms) {
+  char msg[4096];
+  int64_t end = ps_test_now_ms() + timeout_ms;
+  while (ps_test_now_ms() < end) {
+    if (sd_recv(fd, msg, sizeof msg, 200) < 0) continue;
+    size_t n = strlen(all);
+    snprintf(all + n, cap - n, "%s\n", msg);
+    if (sd_has_line(msg, line, prefix)) return 1;
+  }
+  return 0;
+}
+
 static ps_rpc *sd_rpc(int port) {
   char addr[64];
   snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
@@ -184,6 +212,100 @@ START_TEST(test_systemd_store_locked) {
 }
 END_TEST
 
+/* A start that fails tells systemd why before it exits 1: STATUS= with
+ * the log's line, and ERRNO= where one errno says it (a store another psd
+ * holds: EWOULDBLOCK).  It said nothing: systemctl status showed the last
+ * phase ("opening store"). */
+START_TEST(test_systemd_start_failed) {
+  char d[512], file[600], log[600], env[700], all[8192] = "";
+  snprintf(d, sizeof d, "%s", ps_test_tmpdir());
+  int gp;
+  const char *yaml = ps_test_cluster_yaml(d, 1, NULL, &gp, NULL);
+  snprintf(file, sizeof file, "%s/shard0", d); /* data_dir, a file */
+  FILE *f = fopen(file, "w");
+  ck_assert_ptr_nonnull(f);
+  fclose(f);
+  snprintf(log, sizeof log, "%s/psd.log", d);
+  int fd = sd_socket(d, env, sizeof env);
+  char *envp[] = {env, NULL};
+  pid_t pid = ps_test_psd(yaml, 0, log, envp);
+  int st = ps_test_wait_pid(pid, 20000);
+  ck_assert_msg(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 1, "psd: status %d", st);
+  sd_until(fd, all, sizeof all, "STATUS=shard 0: cannot open the store: ", 1, 2000);
+  ck_assert_msg(sd_has_line(all, "STATUS=shard 0: cannot open the store: ", 1),
+                "no STATUS= saying why; got:\n%s", all);
+  ck_assert_msg(!sd_has_line(all, "READY=1", 0), "READY=1 from a failed start:\n%s", all);
+
+  /* the store another psd holds */
+  ck_assert_int_eq(unlink(file), 0);
+  pid_t a = ps_test_psd(yaml, 0, log, NULL);
+  ck_assert_int_eq(ps_test_wait_port(gp, 10000), 0);
+  all[0] = '\0';
+  pid = ps_test_psd(yaml, 0, log, envp);
+  st = ps_test_wait_pid(pid, 20000);
+  ck_assert_msg(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 1, "psd: status %d", st);
+  char want[32];
+  snprintf(want, sizeof want, "ERRNO=%d", EWOULDBLOCK);
+  sd_until(fd, all, sizeof all, want, 0, 2000);
+  ck_assert_msg(sd_has_line(all, want, 0) && strstr(all, "STATUS=shard 0: cannot open the store: "
+                                                    "data_dir"), "no %s with its STATUS; got:\n%s",
+                want, all);
+  st = ps_test_stop(a, SIGTERM, 10000);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "first psd: status %d", st);
+  close(fd);
+}
+END_TEST
+
+/* Under sync the redo log's replay extends systemd's start timeout
+ * (EXTEND_TIMEOUT_USEC, then every 5 s while it applies records), and a
+ * SIGTERM during the start says STOPPING=1 at once (it said nothing when
+ * the stop came before the replay's end: the start ended with exit 0 and
+ * no word). */
+START_TEST(test_systemd_replay_notify) {
+  char d[512], log[600], env[700], cmd[1400], all[8192] = "";
+  snprintf(d, sizeof d, "%s", ps_test_tmpdir());
+  int gp;
+  const char *yaml = ps_test_sync_yaml(d, 1, NULL, &gp, NULL);
+  /* no snapshot after the seed: the log holds its push */
+  snprintf(cmd, sizeof cmd, "sed -i 's/flush_interval_ms: 200$/flush_interval_ms: 600000/' '%s' "
+           "&& grep -q 'flush_interval_ms: 600000$' '%s'", yaml, yaml);
+  ck_assert_int_eq(system(cmd), 0);
+  snprintf(log, sizeof log, "%s/psd.log", d);
+  pid_t pid = ps_test_psd(yaml, 0, log, NULL);
+  ck_assert_int_eq(ps_test_wait_port(gp, 10000), 0);
+  ps_rpc *r = sd_rpc(gp);
+  sd_seed(r);
+  ps_rpc_close(r);
+  ps_test_stop(pid, SIGKILL, 10000);
+
+  /* stopped as soon as it opens the store (before or in the replay) */
+  int fd = sd_socket(d, env, sizeof env);
+  char *envp[] = {env, NULL};
+  pid = ps_test_psd(yaml, 0, log, envp);
+  ck_assert_msg(sd_until(fd, all, sizeof all, "STATUS=opening store", 0, 15000),
+                "no 'STATUS=opening store'; got:\n%s", all);
+  ck_assert_int_eq(kill(pid, SIGTERM), 0);
+  ck_assert_msg(sd_until(fd, all, sizeof all, "STOPPING=1", 0, 10000),
+                "no STOPPING=1 after a SIGTERM in the start; got:\n%s", all);
+  int st = ps_test_wait_pid(pid, 10000);
+  ck_assert_msg(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd: status %d", st);
+  ck_assert_msg(!sd_has_line(all, "READY=1", 0), "READY=1:\n%s", all);
+
+  /* a start to the end: the replay extends the start's timeout */
+  all[0] = '\0';
+  pid = ps_test_psd(yaml, 0, log, envp);
+  ck_assert_msg(sd_until(fd, all, sizeof all, "READY=1", 0, 15000), "no READY=1; got:\n%s", all);
+  ck_assert_msg(strstr(all, "STATUS=replaying the redo log\nEXTEND_TIMEOUT_USEC="),
+                "no EXTEND_TIMEOUT_USEC at the replay; got:\n%s", all);
+  r = sd_rpc(gp);
+  sd_check_restored(r);
+  ps_rpc_close(r);
+  st = ps_test_stop(pid, SIGTERM, 10000);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd: status %d", st);
+  close(fd);
+}
+END_TEST
+
 /* A port another process holds: psd says which address and why, exit 1,
  * before it opens (or makes) the store. */
 START_TEST(test_systemd_port_taken) {
@@ -227,6 +349,15 @@ START_TEST(test_systemd_unit_verify) {
   ck_assert_int_eq(system(cmd), 0);
   snprintf(cmd, sizeof cmd, "grep -q '^Type=notify$' '%s' && grep -q '^WatchdogSec=' '%s'", unit, unit);
   ck_assert_msg(system(cmd) == 0, "the unit is not Type=notify with a watchdog");
+  /* exit 2 (bad configuration) is not restarted; no ExecStartPre fails in
+   * its place, whose status RestartPreventExitStatus would not see */
+  snprintf(cmd, sizeof cmd, "grep -q '^RestartPreventExitStatus=2$' '%s' && "
+           "! grep -q '^ExecStartPre=' '%s'", unit, unit);
+  ck_assert_msg(system(cmd) == 0, "exit 2 is restarted, or an ExecStartPre may exit 2");
+  /* a relative data_dir resolves in the state directory, not in / */
+  snprintf(cmd, sizeof cmd, "grep -q '^StateDirectory=psd$' '%s' && "
+           "grep -q '^WorkingDirectory=/var/lib/psd$' '%s'", unit, unit);
+  ck_assert_msg(system(cmd) == 0, "WorkingDirectory is not the StateDirectory");
   snprintf(cmd, sizeof cmd, "systemd-analyze verify '%s' > '%s' 2>&1", unit, out);
   int rc = system(cmd);
   FILE *f = fopen(out, "r");
@@ -238,6 +369,37 @@ START_TEST(test_systemd_unit_verify) {
 }
 END_TEST
 
+/* make install-unit PREFIX=P writes a unit that runs P/bin/psd and names
+ * P's README (it named /usr/local/bin/psd whatever PREFIX was), and that
+ * systemd-analyze verify accepts. */
+START_TEST(test_systemd_unit_prefix) {
+  if (system("command -v systemd-analyze >/dev/null 2>&1 && command -v make >/dev/null 2>&1") != 0)
+    PS_SKIP("systemd-analyze or make is not installed");
+  char d[512], psd[512], cmd[4200], unit[700];
+  snprintf(d, sizeof d, "%s", ps_test_tmpdir());
+  ck_assert_ptr_nonnull(realpath(ps_test_bin("psd"), psd));
+  /* PREFIX/bin/psd is the built psd (verify wants it to exist) */
+  snprintf(cmd, sizeof cmd, "mkdir -p '%s/p/bin' && ln -s '%s' '%s/p/bin/psd' && "
+           "env -u MAKEFLAGS -u MFLAGS -u MAKELEVEL make -s --no-print-directory install-unit "
+           "DESTDIR='%s/root' PREFIX='%s/p' > '%s/make.out' 2>&1", d, psd, d, d, d, d);
+  ck_assert_msg(system(cmd) == 0, "make install-unit failed: see %s/make.out", d);
+  snprintf(unit, sizeof unit, "%s/root/etc/systemd/system/psd@.service", d);
+  char *text = ps_test_read_file(unit, NULL), want[700];
+  ck_assert_ptr_nonnull(text);
+  snprintf(want, sizeof want, "ExecStart=%s/p/bin/psd --config ", d);
+  ck_assert_msg(strstr(text, want), "no '%s' in %s", want, unit);
+  snprintf(want, sizeof want, "Documentation=file:%s/p/share/doc/psd/README.md", d);
+  ck_assert_msg(strstr(text, want), "no '%s' in %s", want, unit);
+  free(text);
+  snprintf(cmd, sizeof cmd, "! grep -v '^#' '%s' | grep /usr/local", unit);
+  ck_assert_msg(system(cmd) == 0, "%s still names /usr/local", unit);
+  snprintf(cmd, sizeof cmd, "cp '%s' '%s/psd@0.service' && systemd-analyze verify "
+           "'%s/psd@0.service' > '%s/verify.out' 2>&1 && ! test -s '%s/verify.out'", unit, d, d,
+           d, d);
+  ck_assert_msg(system(cmd) == 0, "systemd-analyze verify: see %s/verify.out", d);
+}
+END_TEST
+
 Suite *psd_systemd_suite(void) {
   Suite *s = suite_create("psd_systemd");
   TCase *tc = tcase_create("notify");
@@ -246,7 +408,10 @@ Suite *psd_systemd_suite(void) {
   tcase_add_test(tc, test_systemd_notify);
   tcase_add_test(tc, test_systemd_store_locked);
   tcase_add_test(tc, test_systemd_port_taken);
+  tcase_add_test(tc, test_systemd_start_failed);
+  tcase_add_test(tc, test_systemd_replay_notify);
   tcase_add_test(tc, test_systemd_unit_verify);
+  tcase_add_test(tc, test_systemd_unit_prefix);
   suite_add_tcase(s, tc);
   return s;
 }

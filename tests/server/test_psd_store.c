@@ -971,6 +971,42 @@ START_TEST(test_failed_flush_close_said_rarely) {
 }
 END_TEST
 
+/* count_info_logs counts RocksDB's rotated info logs (LOG.old.*) in DIR. */
+static int count_info_logs(const char *dir) {
+  char cmd[700];
+  snprintf(cmd, sizeof cmd, "exit $(ls '%s' | grep -c '^LOG\\.old\\.')", dir);
+  int st = system(cmd);
+  return WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* Reopens that keep failing (a DEGRADED shard retries at every flush
+ * interval) leave a bounded number of rotated info logs: each RocksDB
+ * open moves LOG to a new, empty LOG.old.N, which no open that fails
+ * removes (21 of them after 10 s at flush_interval_ms 500). */
+START_TEST(test_failed_reopens_bound_info_logs) {
+  const char *tmp = ps_test_tmpdir();
+  char *da = strdup(path_in(tmp, "a")), *moved = strdup(path_in(tmp, "moved"));
+  spec_buf sb;
+  ps_errbuf eb;
+  psd_store *a = open_store(da, 0, 1);
+  submit(a, make_spec(&sb, "m", 9, "adam"));
+  push_all(a, 1);
+  ck_assert_int_eq(psd_store_flush(a, &eb), 0);
+  push_all(a, 2);
+  psd_flush *f;
+  ck_assert_int_eq(psd_flush_prepare(a, &f, &eb), 0);
+  psd_flush_finish(a, f, PS_ENOSPC); /* closed: the next flushes reopen */
+  /* the directory gone, each reopen fails (and leaves RocksDB's LOG) */
+  ck_assert_int_eq(rename(da, moved), 0);
+  for (int i = 0; i < 12; i++) ck_assert_int_lt(psd_store_flush(a, &eb), 0);
+  int n = count_info_logs(da);
+  ck_assert_msg(n >= 0 && n <= 2, "%d LOG.old files after 12 failed reopens", n);
+  psd_store_close(a);
+  free(da);
+  free(moved);
+}
+END_TEST
+
 /* size_str formats B as psd_store's messages do. */
 static const char *size_str(char *buf, uint64_t b) {
   static const char *const units[] = {"KiB", "MiB", "GiB", "TiB"};
@@ -1078,6 +1114,7 @@ Suite *psd_store_suite(void) {
   tcase_add_test(tc, test_open_no_dead_space);
   tcase_add_test(tc, test_failed_flush_reopens);
   tcase_add_test(tc, test_failed_flush_close_said_rarely);
+  tcase_add_test(tc, test_failed_reopens_bound_info_logs);
   tcase_add_test(tc, test_submit_budget);
   tcase_add_test(tc, test_open_chunk_records_without_seq);
   tcase_add_test(tc, test_version_record_counters);

@@ -39,7 +39,9 @@ static const char psctl_export_usage[] =
     "table NAME.rows (float32, [rows, dim]) and NAME.keys (uint64, [rows]): every row the\n"
     "shards hold, read page by page (not one instant while training runs; zip64 past 4 GiB).\n"
     "The file is replaced atomically (-o is also --output; a symlink is followed, and a\n"
-    "directory, device or FIFO refused; a stop by signal leaves no partial file).\n"
+    "directory, device or FIFO refused; a stop by signal leaves no partial file, where\n"
+    "the filesystem has O_TMPFILE; elsewhere, NFS say, only SIGINT, SIGTERM and SIGHUP\n"
+    "remove FILE.npz.tmp.PID).\n"
     "--timeout-ms bounds each shard's export and each page of rows (default 60000).\n"
     "Short forms: -m NAME (--model), -c FILE (--config), -h (--help).\n"
     "Exit status: 0, 1 when a shard is down, the model is unknown or the export is\n"
@@ -292,9 +294,11 @@ out_asm:
 }
 
 /* psctl_export_main: see psctl.h. */
-/* The temporary file of the export in progress (both archive writers
- * make "PATH.tmp.PID" beside PATH), removed when a signal stops psctl
- * (the table keys' scratch file is unlinked as soon as it is open). */
+/* The name of the export's temporary file (ps_npz_tmp_open: both
+ * archive writers use "PATH.tmp.PID" beside PATH, unnamed until the
+ * rename where the filesystem has O_TMPFILE), removed when a signal
+ * stops psctl (the table keys' scratch file is unlinked as soon as it is
+ * open). */
 static char psctl_export_tmp[4200];
 
 static void psctl_export_on_signal(int sig) {
@@ -376,7 +380,10 @@ int psctl_export_main(int argc, char **argv) {
   snprintf(psctl_export_tmp, sizeof psctl_export_tmp, "%s.tmp.%ld", out, (long)getpid());
   struct sigaction sa = {.sa_handler = psctl_export_on_signal};
   sigemptyset(&sa.sa_mask);
-  for (int i = 0, sigs[] = {SIGINT, SIGTERM, SIGHUP}; i < 3; i++) sigaction(sigs[i], &sa, NULL);
+  struct sigaction was; /* but a SIGHUP ignored from the start (nohup) stays ignored */
+  for (int i = 0, sigs[] = {SIGINT, SIGTERM, SIGHUP}; i < 3; i++)
+    if (sigs[i] != SIGHUP || sigaction(SIGHUP, NULL, &was) < 0 || was.sa_handler != SIG_IGN)
+      sigaction(sigs[i], &sa, NULL);
   psctl_cluster c;
   ps_errbuf eb = {""};
   if (psctl_cluster_open(&c, o.config, &eb) < 0) {

@@ -142,6 +142,26 @@ static int psctl_export_place(psctl_export_asm *a, const psctl_cluster *c, size_
   return 1;
 }
 
+/* psctl_export_missing says, once per shard, that shard I answered
+ * without chunks it should hold (the layout puts them there): it stopped,
+ * restarted or lost the model between psctl's calls.  1 when it did, else 0. */
+static int psctl_export_missing(const psctl_export_asm *a, const psctl_cluster *c, size_t i) {
+  size_t want = 0, lack = 0, first = 0;
+  for (size_t ch = 0; ch < a->l->nchunks; ch++) {
+    if (a->l->chunks[ch].shard != i) continue;
+    want++;
+    if (a->from[ch] < 0 && !lack++) first = ch;
+  }
+  if (!lack) return 0;
+  const ps_chunk *cc = &a->l->chunks[first];
+  fprintf(stderr, "psctl export: shard %" PRIu32 " (%s) did not answer its part of the model: "
+          "its reply lacks %zu of the %zu chunks it holds (the first: chunk %zu, tensor '%s', "
+          "elements %" PRIu64 "..); it stopped, restarted or lost the model during the export: "
+          "run it again\n", c->cfg.shards[i].id, c->cfg.shards[i].grpc_addr, lack, want, first,
+          a->l->tensors[cc->tensor].name, cc->offset);
+  return 1;
+}
+
 /* psctl_export_gather asks every shard for its chunks and fills A.
  * Returns 0, or 1 after printing which shard failed or what is missing. */
 static int psctl_export_gather(psctl_export_asm *a, psctl_cluster *c, const char *model,
@@ -164,14 +184,8 @@ static int psctl_export_gather(psctl_export_asm *a, psctl_cluster *c, const char
               psctl_call_failed(r[i].err), r[i].eb.msg[0] ? r[i].eb.msg : ps_strerror(r[i].err));
   for (size_t i = 0; !code && i < n; i++)
     code = psctl_export_place(a, c, i, (const Ps__ExportReply *)r[i].resp);
-  for (size_t ch = 0; !code && ch < a->l->nchunks; ch++)
-    if (a->from[ch] < 0) {
-      const ps_chunk *cc = &a->l->chunks[ch];
-      fprintf(stderr, "psctl export: chunk %zu (tensor '%s', elements %" PRIu64 "..) came from "
-              "no shard (shard %" PRIu32 " should hold it)\n", ch, a->l->tensors[cc->tensor].name,
-              cc->offset, c->cfg.shards[cc->shard].id);
-      code = 1;
-    }
+  for (size_t i = 0, placed = !code; placed && i < n; i++) /* every shard short of its chunks */
+    code |= psctl_export_missing(a, c, i);
   psctl_replies_free(r, n);
   free(r);
   if (code) fprintf(stderr, "psctl export: nothing written\n");

@@ -206,13 +206,35 @@ static int npz_write_file(FILE *f, const ps_npz_array *arrays, size_t n, ps_errb
   return r;
 }
 
+/* npz_tmp_anon opens an unnamed file (O_TMPFILE) in the directory of
+ * PATH: a writer killed before ps_npz_tmp_commit leaves nothing.  The fd,
+ * or -1 where the filesystem has no O_TMPFILE (NFS, older kernels) or
+ * /proc, which linkat needs to name it later, is missing. */
+static int npz_tmp_anon(const char *path) {
+  char dir[4096];
+  const char *slash = strrchr(path, '/');
+  int n = !slash ? snprintf(dir, sizeof dir, ".")
+          : slash == path ? snprintf(dir, sizeof dir, "/")
+                          : snprintf(dir, sizeof dir, "%.*s", (int)(slash - path), path);
+  if (n < 0 || n >= (int)sizeof dir) return -1;
+  int fd = open(dir, O_TMPFILE | O_WRONLY | O_CLOEXEC, 0666);
+  char proc[64];
+  snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+  if (fd >= 0 && access(proc, F_OK) != 0) {
+    close(fd);
+    fd = -1;
+  }
+  return fd;
+}
+
 /* ps_npz_tmp_open: see ps_npz.h. */
 int ps_npz_tmp_open(const char *path, char *tmp, size_t cap, FILE **out, ps_errbuf *eb) {
   *out = NULL;
   if (snprintf(tmp, cap, "%s.tmp.%ld", path, (long)getpid()) >= (int)cap)
     return ps_errf(eb, PS_EINVAL, "path '%s' is too long", path);
+  int fd = npz_tmp_anon(path), named = fd < 0;
   /* O_EXCL: never through a link someone left at that name */
-  int fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
+  if (named) fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
   if (fd < 0 && errno == EEXIST && unlink(tmp) == 0) /* left by an earlier process of this pid */
     fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0666);
   FILE *f = fd >= 0 ? fdopen(fd, "wb") : NULL;
@@ -220,7 +242,7 @@ int ps_npz_tmp_open(const char *path, char *tmp, size_t cap, FILE **out, ps_errb
     int e = errno;
     if (fd >= 0) {
       close(fd);
-      unlink(tmp);
+      if (named) unlink(tmp);
     }
     return ps_errf(eb, ps_err_from_errno(e), "cannot create '%s': %s", tmp, strerror(e));
   }
@@ -228,6 +250,26 @@ int ps_npz_tmp_open(const char *path, char *tmp, size_t cap, FILE **out, ps_errb
   if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) (void)fchmod(fd, st.st_mode & 07777);
   *out = f;
   return 0;
+}
+
+/* ps_npz_tmp_commit: see ps_npz.h. */
+int ps_npz_tmp_commit(FILE *f, const char *tmp, const char *path, ps_errbuf *eb) {
+  struct stat st;
+  int fd = fileno(f);
+  if (fstat(fd, &st) == 0 && st.st_nlink == 0) { /* unnamed (O_TMPFILE): its name now */
+    char proc[64];
+    snprintf(proc, sizeof proc, "/proc/self/fd/%d", fd);
+    int r = linkat(AT_FDCWD, proc, AT_FDCWD, tmp, AT_SYMLINK_FOLLOW); /* never over a link */
+    if (r < 0 && errno == EEXIST && unlink(tmp) == 0) /* left by an earlier process of this pid */
+      r = linkat(AT_FDCWD, proc, AT_FDCWD, tmp, AT_SYMLINK_FOLLOW);
+    if (r < 0)
+      return ps_errf(eb, ps_err_from_errno(errno), "cannot link '%s': %s", tmp, strerror(errno));
+  }
+  if (rename(tmp, path) == 0) return 0;
+  int e = errno;
+  unlink(tmp);
+  return ps_errf(eb, ps_err_from_errno(e), "cannot rename '%s' to '%s': %s", tmp, path,
+                 strerror(e));
 }
 
 int ps_npz_write(const char *path, const ps_npz_array *arrays, size_t n, ps_errbuf *eb) {
@@ -239,12 +281,10 @@ int ps_npz_write(const char *path, const ps_npz_array *arrays, size_t n, ps_errb
   r = npz_write_file(f, arrays, n, eb);
   if (r == 0 && (fflush(f) != 0 || fsync(fileno(f)) != 0))
     r = ps_errf(eb, ps_err_from_errno(errno), "writing '%s': %s", tmp, strerror(errno));
-  if (fclose(f) != 0 && r == 0)
-    r = ps_errf(eb, ps_err_from_errno(errno), "writing '%s': %s", tmp, strerror(errno));
-  if (r == 0 && rename(tmp, path) != 0)
-    r = ps_errf(eb, ps_err_from_errno(errno), "cannot rename '%s' to '%s': %s", tmp, path,
-                strerror(errno));
-  if (r < 0) unlink(tmp);
+  int named = 0; /* PATH replaced: nothing to remove after that */
+  if (r == 0) named = (r = ps_npz_tmp_commit(f, tmp, path, eb)) == 0;
+  fclose(f); /* written and synced already: a close cannot lose data */
+  if (r < 0 && !named) unlink(tmp);
   return r;
 }
 

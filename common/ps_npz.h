@@ -31,18 +31,29 @@ typedef struct ps_npz_array {
 } ps_npz_array;
 
 /* ps_npz_write writes the N arrays to PATH atomically: a temporary file
- * next to it ("PATH.tmp.PID"), fsync, then rename over PATH, so PATH is
+ * next to it (ps_npz_tmp_open), fsync, then rename over PATH, so PATH is
  * either the old file or the complete new one.  Returns 0, PS_EINVAL (bad
  * name, shape), PS_ETOOBIG (4 GiB or more, or 65535 members), PS_EIO /
  * PS_ENOSPC (writing), with a message in EB; on error no file is left. */
 int ps_npz_write(const char *path, const ps_npz_array *arrays, size_t n, ps_errbuf *eb);
 
-/* ps_npz_tmp_open creates the temporary file of PATH, "PATH.tmp.PID"
- * (its name in TMP, CAP bytes), for a writer that renames it over PATH:
- * made anew (O_EXCL: a link left at that name is not followed) with the
- * mode of the file PATH names when there is one.  0 with *OUT, or
- * PS_EINVAL (too long) / the create's error, said in EB. */
+/* ps_npz_tmp_open creates the temporary file of PATH, for a writer that
+ * puts it in PATH's place with ps_npz_tmp_commit; its name, "PATH.tmp.PID",
+ * goes to TMP (CAP bytes).  Where PATH's filesystem has O_TMPFILE the
+ * file has no name until the commit, so a process killed before it
+ * (SIGKILL included) leaves nothing; elsewhere it is made at that name
+ * at once (O_EXCL: a link left at that name is not followed) and only
+ * the writer's own cleanup removes it.  It has the mode of the file PATH
+ * names when there is one.  0 with *OUT, or PS_EINVAL (too long) / the
+ * create's error, said in EB. */
 int ps_npz_tmp_open(const char *path, char *tmp, size_t cap, FILE **out, ps_errbuf *eb);
+
+/* ps_npz_tmp_commit puts the temporary file F of ps_npz_tmp_open (TMP
+ * its name), written, flushed and synced, in PATH's place: it gets its
+ * name TMP if it has none (linkat, never over a link left there), then is
+ * renamed over PATH.  Call before fclose(F).  0, or the error said in EB,
+ * TMP removed. */
+int ps_npz_tmp_commit(FILE *f, const char *tmp, const char *path, ps_errbuf *eb);
 
 /* One array read back; owned by its ps_npz. */
 typedef struct ps_npz_entry {

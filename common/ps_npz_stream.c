@@ -286,12 +286,10 @@ int ps_npz_stream_close(ps_npz_stream *z, ps_errbuf *eb) {
     rc = ps_errf(eb, z->failed, "'%s' not written: a member of it failed earlier", z->path);
   if (!rc) rc = zs_directory(z, eb);
   if (!rc && (fflush(z->f) != 0 || fsync(fileno(z->f)) != 0)) rc = zs_io(z, "sync", eb);
-  if (fclose(z->f) != 0 && !rc) rc = zs_io(z, "close", eb);
+  if (!rc) rc = ps_npz_tmp_commit(z->f, z->tmp, z->path, eb); /* removes it on error */
+  else unlink(z->tmp); /* the named one (ps_npz_tmp_open's fallback) */
+  fclose(z->f); /* written and synced already: a close cannot lose data */
   z->f = NULL;
-  if (!rc && rename(z->tmp, z->path) != 0)
-    rc = ps_errf(eb, ps_err_from_errno(errno), "cannot rename '%s' to '%s': %s", z->tmp, z->path,
-                 strerror(errno));
-  if (rc) unlink(z->tmp);
   zs_free(z);
   return rc;
 }

@@ -22,10 +22,11 @@
  * tests).  Elements: float32 ('<f4') or uint64 ('<u8'), little-endian
  * hosts only.
  *
- * The file is written to "PATH.tmp.PID" and renamed over PATH by
- * ps_npz_stream_close after an fsync, so PATH is the old file or the
- * complete new one; any error (or ps_npz_stream_abort) removes the
- * temporary file.  Not thread-safe: one writer per stream. */
+ * The file is written to the temporary file of PATH (ps_npz_tmp_open:
+ * unnamed where the filesystem has O_TMPFILE, else "PATH.tmp.PID") and
+ * put in PATH's place by ps_npz_stream_close after an fsync, so PATH is
+ * the old file or the complete new one; any error (or
+ * ps_npz_stream_abort) removes the temporary file.  Not thread-safe: one writer per stream. */
 #ifndef PS_NPZ_STREAM_H
 #define PS_NPZ_STREAM_H
 

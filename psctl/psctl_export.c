@@ -39,7 +39,9 @@ static const char psctl_export_usage[] =
     "table NAME.rows (float32, [rows, dim]) and NAME.keys (uint64, [rows]): every row the\n"
     "shards hold, read page by page (not one instant while training runs; zip64 past 4 GiB).\n"
     "The file is replaced atomically (-o is also --output; a symlink is followed, and a\n"
-    "directory, device or FIFO refused; a stop by signal leaves no partial file).\n"
+    "directory, device or FIFO refused; a stop by signal leaves no partial file, where\n"
+    "the filesystem has O_TMPFILE; elsewhere, NFS say, only SIGINT, SIGTERM and SIGHUP\n"
+    "remove FILE.npz.tmp.PID).\n"
     "--timeout-ms bounds each shard's export and each page of rows (default 60000).\n"
     "Short forms: -m NAME (--model), -c FILE (--config), -h (--help).\n"
     "Exit status: 0, 1 when a shard is down, the model is unknown or the export is\n"
@@ -140,6 +142,26 @@ static int psctl_export_place(psctl_export_asm *a, const psctl_cluster *c, size_
   return 1;
 }
 
+/* psctl_export_missing says, once per shard, that shard I answered
+ * without chunks it should hold (the layout puts them there): it stopped,
+ * restarted or lost the model between psctl's calls.  1 when it did, else 0. */
+static int psctl_export_missing(const psctl_export_asm *a, const psctl_cluster *c, size_t i) {
+  size_t want = 0, lack = 0, first = 0;
+  for (size_t ch = 0; ch < a->l->nchunks; ch++) {
+    if (a->l->chunks[ch].shard != i) continue;
+    want++;
+    if (a->from[ch] < 0 && !lack++) first = ch;
+  }
+  if (!lack) return 0;
+  const ps_chunk *cc = &a->l->chunks[first];
+  fprintf(stderr, "psctl export: shard %" PRIu32 " (%s) did not answer its part of the model: "
+          "its reply lacks %zu of the %zu chunks it holds (the first: chunk %zu, tensor '%s', "
+          "elements %" PRIu64 "..); it stopped, restarted or lost the model during the export: "
+          "run it again\n", c->cfg.shards[i].id, c->cfg.shards[i].grpc_addr, lack, want, first,
+          a->l->tensors[cc->tensor].name, cc->offset);
+  return 1;
+}
+
 /* psctl_export_gather asks every shard for its chunks and fills A.
  * Returns 0, or 1 after printing which shard failed or what is missing. */
 static int psctl_export_gather(psctl_export_asm *a, psctl_cluster *c, const char *model,
@@ -162,14 +184,8 @@ static int psctl_export_gather(psctl_export_asm *a, psctl_cluster *c, const char
               psctl_call_failed(r[i].err), r[i].eb.msg[0] ? r[i].eb.msg : ps_strerror(r[i].err));
   for (size_t i = 0; !code && i < n; i++)
     code = psctl_export_place(a, c, i, (const Ps__ExportReply *)r[i].resp);
-  for (size_t ch = 0; !code && ch < a->l->nchunks; ch++)
-    if (a->from[ch] < 0) {
-      const ps_chunk *cc = &a->l->chunks[ch];
-      fprintf(stderr, "psctl export: chunk %zu (tensor '%s', elements %" PRIu64 "..) came from "
-              "no shard (shard %" PRIu32 " should hold it)\n", ch, a->l->tensors[cc->tensor].name,
-              cc->offset, c->cfg.shards[cc->shard].id);
-      code = 1;
-    }
+  for (size_t i = 0, placed = !code; placed && i < n; i++) /* every shard short of its chunks */
+    code |= psctl_export_missing(a, c, i);
   psctl_replies_free(r, n);
   free(r);
   if (code) fprintf(stderr, "psctl export: nothing written\n");
@@ -292,9 +308,11 @@ out_asm:
 }
 
 /* psctl_export_main: see psctl.h. */
-/* The temporary file of the export in progress (both archive writers
- * make "PATH.tmp.PID" beside PATH), removed when a signal stops psctl
- * (the table keys' scratch file is unlinked as soon as it is open). */
+/* The name of the export's temporary file (ps_npz_tmp_open: both
+ * archive writers use "PATH.tmp.PID" beside PATH, unnamed until the
+ * rename where the filesystem has O_TMPFILE), removed when a signal
+ * stops psctl (the table keys' scratch file is unlinked as soon as it is
+ * open). */
 static char psctl_export_tmp[4200];
 
 static void psctl_export_on_signal(int sig) {
@@ -376,7 +394,10 @@ int psctl_export_main(int argc, char **argv) {
   snprintf(psctl_export_tmp, sizeof psctl_export_tmp, "%s.tmp.%ld", out, (long)getpid());
   struct sigaction sa = {.sa_handler = psctl_export_on_signal};
   sigemptyset(&sa.sa_mask);
-  for (int i = 0, sigs[] = {SIGINT, SIGTERM, SIGHUP}; i < 3; i++) sigaction(sigs[i], &sa, NULL);
+  struct sigaction was; /* but a SIGHUP ignored from the start (nohup) stays ignored */
+  for (int i = 0, sigs[] = {SIGINT, SIGTERM, SIGHUP}; i < 3; i++)
+    if (sigs[i] != SIGHUP || sigaction(SIGHUP, NULL, &was) < 0 || was.sa_handler != SIG_IGN)
+      sigaction(sigs[i], &sa, NULL);
   psctl_cluster c;
   ps_errbuf eb = {""};
   if (psctl_cluster_open(&c, o.config, &eb) < 0) {

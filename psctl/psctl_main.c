@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include "ps_log.h"
+#include "ps_proc.h"
 #include "psctl.h"
 
 static const struct psctl_cmd {
@@ -28,10 +29,9 @@ static void psctl_usage(FILE *f) {
           PSCTL_DEFAULT_CONFIG);
 }
 
-/* main returns the subcommand's exit code; 0 for --help, 2 for a missing
- * or unknown command. */
-int main(int argc, char **argv) {
-  ps_log_init("psctl", LOG_WARNING);
+/* psctl_dispatch returns the subcommand's exit code; 0 for --help, 2
+ * for a missing or unknown command. */
+static int psctl_dispatch(int argc, char **argv) {
   if (argc < 2) {
     psctl_usage(stderr);
     return 2;
@@ -45,4 +45,14 @@ int main(int argc, char **argv) {
   fprintf(stderr, "psctl: unknown command '%s'\n", argv[1]);
   psctl_usage(stderr);
   return 2;
+}
+
+/* main: the subcommand's exit code, 1 where it succeeded but what it
+ * printed could not be written (a full disk, a closed stdout): a script
+ * reading `psctl status --json > f` must not take an empty f for an
+ * answer. */
+int main(int argc, char **argv) {
+  ps_proc_start(); /* first: fds 0-2 open, no signal blocked (ps_proc.h) */
+  ps_log_init("psctl", LOG_WARNING);
+  return ps_proc_flush_stdout("psctl", "the output", psctl_dispatch(argc, argv));
 }

@@ -40,6 +40,7 @@
 #include "ps_gpu_blas.h"
 #include "ps_log.h"
 #include "ps_pb.h"
+#include "ps_proc.h"
 #include "ps_stop.h"
 #include "psw_train.h"
 
@@ -209,19 +210,9 @@ static int psw_exit_code(int err, const psw_train_result *r) {
   return err == 0 ? 0 : r->bad_input ? 2 : 1;
 }
 
-/* psw_flush_result flushes stdout, where the JSON result line went: a
- * line that could not be written (a full disk, a closed stdout) turns
- * exit status 0 into 1, said on stderr. */
-static int psw_flush_result(int rc) {
-  errno = 0;
-  if (fflush(stdout) == 0 && !ferror(stdout)) return rc;
-  fprintf(stderr, "psw: the result line could not be written to stdout: %s\n",
-          errno ? strerror(errno) : "write error");
-  return rc ? rc : 1;
-}
-
 /* main: see the top of this file for the exit codes. */
 int main(int argc, char **argv) {
+  ps_proc_start(); /* first: fds 0-2 open, no signal blocked (ps_proc.h) */
   ps_log_init("psw", LOG_INFO);
   ps_errbuf eb = {{0}};
   /* First: it may execute psw again (nothing else done yet is lost). */
@@ -283,5 +274,6 @@ int main(int argc, char **argv) {
   rc = psw_exit_code(err, &r);
 release_config:
   ps_config_release(&cfg);
-  return psw_flush_result(rc);
+  /* the JSON line that could not be written turns 0 into 1 */
+  return ps_proc_flush_stdout("psw", "the result line", rc);
 }

@@ -2,15 +2,18 @@
  * NumPy (Debian's /usr/bin/python3) reads what we write and we read what
  * NumPy writes; bad archives fail with their message. */
 #include <dirent.h>
+#include <signal.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
 
 #include "ps_npz.h"
+#include "ps_npz_stream.h"
 #include "ps_test.h"
 
 #define PY "/usr/bin/python3"
@@ -333,6 +336,46 @@ START_TEST(test_npz_replaces_atomically) {
 }
 END_TEST
 
+/* A writer killed half-way (SIGKILL: no handler runs) leaves nothing in
+ * the directory where the filesystem has O_TMPFILE ($TMPDIR's tmpfs or
+ * ext4 has): it left a full-size "PATH.tmp.PID" that later runs never
+ * removed.  Both writers' temporary file (ps_npz_tmp_open), through the
+ * streaming writer. */
+START_TEST(test_npz_killed_writer_leaves_nothing) {
+  char dir[600], path[700];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  snprintf(path, sizeof path, "%s/k.npz", dir);
+  for (int stream = 0; stream < 2; stream++) {
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+      static float big[1 << 18];
+      ps_errbuf eb;
+      if (stream) {
+        ps_npz_stream *z;
+        uint64_t sh[1] = {0};
+        if (ps_npz_stream_open(&z, path, &eb) < 0 ||
+            ps_npz_stream_begin(z, "w", PS_NPZ_F4, 1, sh, &eb) < 0 ||
+            ps_npz_stream_write(z, big, 1 << 18, &eb) < 0)
+          _exit(3);
+      } else {
+        char tmp[800];
+        FILE *f;
+        if (ps_npz_tmp_open(path, tmp, sizeof tmp, &f, &eb) < 0 ||
+            fwrite(big, sizeof big, 1, f) != 1 || fflush(f) != 0)
+          _exit(3);
+      }
+      raise(SIGKILL);
+      _exit(4);
+    }
+    int st = ps_test_wait_pid(pid, 10000);
+    ck_assert_msg(st != -1 && WIFSIGNALED(st) && WTERMSIG(st) == SIGKILL, "writer: status 0x%x", st);
+    ck_assert_msg(count_files(dir) == 0, "%s writer killed with SIGKILL left %d file(s) in %s",
+                  stream ? "the streaming" : "the", count_files(dir), dir);
+  }
+}
+END_TEST
+
 Suite *ps_npz_suite(void) {
   Suite *s = suite_create("ps_npz");
   TCase *tc = tcase_create("core");
@@ -345,6 +388,7 @@ Suite *ps_npz_suite(void) {
   tcase_add_test(tc, test_npz_bad_archives);
   tcase_add_test(tc, test_npz_refuses_lying_sizes);
   tcase_add_test(tc, test_npz_replaces_atomically);
+  tcase_add_test(tc, test_npz_killed_writer_leaves_nothing);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -783,6 +783,49 @@ START_TEST(test_psctl_bench) {
 }
 END_TEST
 
+/* pt_psctl_to runs `psctl ARGS` in X->dir with stdout redirected as REDIR
+ * ("> /dev/full", ">&-") and stderr to X->err; its exit code, -1 when it
+ * did not exit normally. */
+static int pt_psctl_to(pt_ctx *x, const char *redir, const char *args) {
+  char cmd[4096], cwd[1024] = "";
+  const char *bin = ps_test_bin("psctl");
+  if (bin[0] != '/') ck_assert(getcwd(cwd, sizeof cwd) != NULL);
+  snprintf(cmd, sizeof cmd, "cd '%s' && timeout 60 '%s%s%s' %s %s 2> '%s'", x->dir, cwd,
+           *cwd ? "/" : "", bin, args, redir, x->err);
+  int st = system(cmd);
+  return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
+}
+
+/* psctl's output that cannot be written (stdout on a full disk, or
+ * closed): exit 1 and a line on stderr, as psw does; it exited 0, and a
+ * script reading `psctl status --json > f` took an empty f for an answer. */
+START_TEST(test_psctl_output_errors) {
+  pt_ctx x;
+  pt_init(&x);
+  for (int s = 0; s < PT_NSHARDS; s++) pt_start(&x, s);
+  ck_assert_int_eq(pt_psctl(&x, "model mlp --layers 20,16,3 -o mlp.pb"), 0);
+  char status[700], json[720];
+  snprintf(status, sizeof status, "status --config '%s'", x.yaml);
+  snprintf(json, sizeof json, "status --config '%s' --json", x.yaml);
+  const char *cmds[] = {status, json, "model show mlp.pb", "--help"};
+  const char *redirs[] = {"> /dev/full", ">&-"};
+  for (size_t c = 0; c < sizeof cmds / sizeof cmds[0]; c++) {
+    ck_assert_msg(pt_psctl_to(&x, "> /dev/null", cmds[c]) == 0, "psctl %s failed, see %s",
+                  cmds[c], x.err);
+    for (size_t r = 0; r < 2; r++) {
+      int rc = pt_psctl_to(&x, redirs[r], cmds[c]);
+      ck_assert_msg(rc == 1, "psctl %s %s: exit %d, want 1", cmds[c], redirs[r], rc);
+      ck_assert_msg(pt_contains(x.err, "psctl: the output could not be written to stdout: "),
+                    "psctl %s %s does not say why, see %s", cmds[c], redirs[r], x.err);
+    }
+  }
+  /* a command that failed keeps its own exit code */
+  ck_assert_int_eq(pt_psctl_to(&x, "> /dev/full", "model show"), 2);
+  pt_stop_all(&x);
+  pt_cleanup(&x);
+}
+END_TEST
+
 /* psctl status and aggregators: the exit status counts them (README: exit
  * 1 if any is not SERVING; a dead aggregator's workers fail over, and a
  * monitoring script must see it): with the file's aggregator not running
@@ -836,7 +879,8 @@ Suite *psctl_suite(void) {
                {"cli_short_options", test_cli_short_options},
                {"psd_t_group_commit", test_psd_t_group_commit_periodic},
                {"bench", test_psctl_bench},
-               {"status_aggregator", test_psctl_status_aggregator}};
+               {"status_aggregator", test_psctl_status_aggregator},
+               {"output_errors", test_psctl_output_errors}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     TCase *tc = tcase_create(cases[i].name);
     tcase_set_timeout(tc, 180);

@@ -1,0 +1,34 @@
+/* ps_proc: see ps_proc.h. */
+#include "ps_proc.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static int proc_stdout_closed; /* stdout was closed at the start */
+
+void ps_proc_start(void) {
+  /* in order: open(2) returns the lowest free descriptor, the one closed */
+  for (int fd = STDIN_FILENO; fd <= STDERR_FILENO; fd++) {
+    if (fcntl(fd, F_GETFD) >= 0 || errno != EBADF) continue;
+    int got = open("/dev/null", O_RDWR);
+    if (got >= 0 && got != fd) close(got); /* cannot happen; never keep a stray one */
+    if (fd == STDOUT_FILENO) proc_stdout_closed = 1;
+  }
+  sigset_t none;
+  sigemptyset(&none);
+  sigprocmask(SIG_SETMASK, &none, NULL);
+}
+
+int ps_proc_flush_stdout(const char *prog, const char *what, int rc) {
+  errno = 0;
+  if (fflush(stdout) == 0 && !ferror(stdout) && !proc_stdout_closed) return rc;
+  fprintf(stderr, "%s: %s could not be written to stdout: %s\n", prog, what,
+          proc_stdout_closed ? "it was closed when the program started"
+          : errno            ? strerror(errno)
+                             : "write error");
+  return rc ? rc : 1;
+}

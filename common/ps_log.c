@@ -1,6 +1,8 @@
 /* ps_log: stderr logging with syslog levels, journald-aware. */
 #include "ps_log.h"
 
+#include <poll.h>
+#include <pthread.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -13,6 +15,8 @@
 static const char *log_prog = "ps";
 static int log_max = LOG_INFO;
 static int log_journal = -1; /* -1: not yet checked */
+static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
+static unsigned long long log_dropped; /* lines stderr could not take (under log_mu) */
 
 static const char *const log_names[] = {"emerg", "alert", "crit", "error",
                                         "warning", "notice", "info", "debug"};
@@ -40,31 +44,61 @@ void ps_log_init(const char *prog, int max_level) {
   log_journal = log_to_journal();
 }
 
+/* log_prefix writes LEVEL's line prefix into LINE (CAP bytes); returns
+ * its length. */
+static int log_prefix(char *line, size_t cap, int level) {
+  if (log_journal) return snprintf(line, cap, "<%d>", level);
+  struct timeval tv;
+  struct tm tm;
+  gettimeofday(&tv, NULL);
+  gmtime_r(&tv.tv_sec, &tm);
+  return snprintf(line, cap, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ %s[%d] %s: ",
+                  tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
+                  tm.tm_sec, (int)(tv.tv_usec / 1000), log_prog, (int)getpid(),
+                  log_names[level & 7]);
+}
+
+/* log_write writes LINE (LEN bytes, at most PIPE_BUF) to stderr only when
+ * stderr can take it now, else counts it dropped: a pipe nobody reads
+ * (a stalled journald, a terminal's reader stopped) must not block the
+ * thread that logs, an event loop among them, and SIGTERM with it.  A
+ * pipe or socket that polls writable takes a line this short whole.  The
+ * next line written is preceded by the count dropped.  Under log_mu, so
+ * that no other thread fills the room between the poll and the write. */
+static void log_write(const char *line, size_t len) {
+  pthread_mutex_lock(&log_mu);
+  struct pollfd p = {.fd = STDERR_FILENO, .events = POLLOUT};
+  if (poll(&p, 1, 0) != 1 || !(p.revents & POLLOUT) || (p.revents & (POLLERR | POLLNVAL))) {
+    log_dropped++;
+  } else {
+    if (log_dropped) {
+      char note[256];
+      int n = log_prefix(note, sizeof note, LOG_WARNING);
+      n += snprintf(note + n, sizeof note - (size_t)n,
+                    "%llu log lines dropped: stderr took no more (nobody read it)\n",
+                    log_dropped);
+      ssize_t w = write(STDERR_FILENO, note, (size_t)n);
+      (void)w;
+      log_dropped = 0;
+    }
+    ssize_t w = write(STDERR_FILENO, line, len);
+    (void)w;
+  }
+  pthread_mutex_unlock(&log_mu);
+}
+
 void ps_log(int level, const char *fmt, ...) {
   if (level > log_max) return;
   if (log_journal < 0) log_journal = log_to_journal();
   char line[2048];
-  int n;
-  if (log_journal) {
-    n = snprintf(line, sizeof line, "<%d>", level);
-  } else {
-    struct timeval tv;
-    struct tm tm;
-    gettimeofday(&tv, NULL);
-    gmtime_r(&tv.tv_sec, &tm);
-    n = snprintf(line, sizeof line, "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ %s[%d] %s: ",
-                 tm.tm_year + 1900, tm.tm_mon + 1, tm.tm_mday, tm.tm_hour, tm.tm_min,
-                 tm.tm_sec, (int)(tv.tv_usec / 1000), log_prog, (int)getpid(),
-                 log_names[level & 7]);
-  }
+  int n = log_prefix(line, sizeof line, level);
   va_list ap;
   va_start(ap, fmt);
   int m = vsnprintf(line + n, sizeof line - (size_t)n - 1, fmt, ap);
   va_end(ap);
   size_t len = (size_t)n + (m < 0 ? 0 : ((size_t)m < sizeof line - (size_t)n - 1 ? (size_t)m : sizeof line - (size_t)n - 2));
   line[len++] = '\n';
-  ssize_t w = write(STDERR_FILENO, line, len);
-  (void)w;
+  log_write(line, len);
 }
 
 /* ps_log_u32s: see ps_log.h. */

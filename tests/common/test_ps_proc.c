@@ -10,9 +10,11 @@
  *
  * Every process started is recorded (ps_test_procs_setup) and stopped by
  * PID. */
+#include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -101,6 +103,42 @@ START_TEST(test_proc_blocked_signals) {
 }
 END_TEST
 
+/* psd whose stderr is a full pipe nobody reads (a stalled journald) still
+ * serves and stops at SIGTERM: its first log line blocked its start, and
+ * a blocked write held the event loop that SIGTERM needs.  The lines it
+ * could not write are counted in the next one it writes. */
+START_TEST(test_proc_full_stderr) {
+  char dir[512], yaml[600], fifo[700];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  int gp[1], cp[1];
+  snprintf(yaml, sizeof yaml, "%s", ps_test_cluster_yaml(dir, 1, NULL, gp, cp));
+  snprintf(fifo, sizeof fifo, "%s/stderr.fifo", dir);
+  ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+  int rd = open(fifo, O_RDWR | O_NONBLOCK); /* the reader that never reads (yet) */
+  int fill = open(fifo, O_WRONLY | O_NONBLOCK); /* its own description: psd's stays blocking */
+  ck_assert(rd >= 0 && fill >= 0);
+  static char junk[4096];
+  memset(junk, 'x', sizeof junk);
+  while (write(fill, junk, sizeof junk) > 0) continue;
+  close(fill);
+  char *argv[] = {"/bin/sh", "-c", "exec \"$0\" --config \"$1\" --shard 0 2>\"$2\"",
+                  (char *)ps_test_bin("psd"), yaml, fifo, NULL};
+  pid_t pid = ps_test_spawn(argv, NULL, NULL);
+  ck_assert_msg(ps_test_wait_port(gp[0], 15000) == 0, "psd with a full stderr did not listen");
+  char buf[4096];
+  while (read(rd, buf, sizeof buf) > 0) continue; /* room again: the next line comes with the count */
+  kill(pid, SIGHUP); /* it logs that there is nothing to reload */
+  usleep(500 * 1000);
+  pp_stops(pid, 0, "psd with a full stderr");
+  size_t got = 0;
+  ssize_t r;
+  while (got + 1 < sizeof buf && (r = read(rd, buf + got, sizeof buf - 1 - got)) > 0) got += (size_t)r;
+  buf[got] = '\0';
+  close(rd);
+  ck_assert_msg(strstr(buf, "log lines dropped: stderr took no more"), "stderr after: %s", buf);
+}
+END_TEST
+
 Suite *ps_proc_suite(void) {
   Suite *s = suite_create("ps_proc");
   TCase *tc = tcase_create("start");
@@ -108,6 +146,7 @@ Suite *ps_proc_suite(void) {
   tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_add_test(tc, test_proc_closed_std_fds);
   tcase_add_test(tc, test_proc_blocked_signals);
+  tcase_add_test(tc, test_proc_full_stderr);
   suite_add_tcase(s, tc);
   return s;
 }

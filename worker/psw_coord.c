@@ -191,12 +191,27 @@ static int coord_under_way(const Ps__ListWorkersReply *r, const char *model) {
   return 0; /* not begun, or finished: more epochs start like a new job */
 }
 
+/* coord_finished says whether the partition table R lists is a job of
+ * MODEL whose every partition has trained its job's epochs, EPOCHS at
+ * least (a worker asking no more finds nothing to do in it). */
+static int coord_finished(const Ps__ListWorkersReply *r, const char *model, uint32_t epochs) {
+  if (!r->job_model || strcmp(r->job_model, model) != 0 || !r->n_partitions ||
+      r->job_epochs < epochs)
+    return 0;
+  for (size_t i = 0; i < r->n_partitions; i++) {
+    const Ps__PartProgress *q = r->partitions[i]->pos;
+    if (!q || r->partitions[i]->active || q->epoch < r->job_epochs) return 0;
+  }
+  return 1;
+}
+
 /* coord_live_count counts the live workers of this worker's model that
  * the coordinator lists (any rank, its own included), or INT_MAX when
- * that model's job is under way; a negative PS_E* code when it does not
- * answer.  It also takes this worker's partitions from the list
- * (invariant 4). */
-static int coord_live_count(psw_coord *c, ps_errbuf *eb) {
+ * that model's job is under way, or finished for a worker of EPOCHS (its
+ * claim then says so: no one else need come); a negative PS_E* code when
+ * it does not answer.  It also takes this worker's partitions from the
+ * list (invariant 4). */
+static int coord_live_count(psw_coord *c, uint32_t epochs, ps_errbuf *eb) {
   Ps__ListWorkersRequest req = PS__LIST_WORKERS_REQUEST__INIT;
   ProtobufCMessage *resp = NULL;
   int err = ps_rpc_call(c->rpc[c->coord], "/ps.Ps/ListWorkers", &req.base,
@@ -213,17 +228,18 @@ static int coord_live_count(psw_coord *c, ps_errbuf *eb) {
      * workers train another job */
     n += live && (!w->model || !*w->model || !strcmp(w->model, c->model));
   }
-  if (coord_under_way(r, c->model)) n = INT_MAX;
+  if (coord_under_way(r, c->model) || coord_finished(r, c->model, epochs)) n = INT_MAX;
   protobuf_c_message_free_unpacked(resp, NULL);
   return n;
 }
 
 /* psw_coord_wait_world: see psw_coord.h. */
-int psw_coord_wait_world(psw_coord *c, uint32_t world, uint32_t timeout_ms, ps_errbuf *eb) {
+int psw_coord_wait_world(psw_coord *c, uint32_t world, uint32_t epochs, uint32_t timeout_ms,
+                         ps_errbuf *eb) {
   int64_t end = ps_now_ms() + timeout_ms;
   int seen = 0;
   for (;;) {
-    int n = coord_live_count(c, eb);
+    int n = coord_live_count(c, epochs, eb);
     if (n >= (int)world) return 0;
     if (n > seen) seen = n;
     if (ps_now_ms() >= end)

@@ -90,9 +90,12 @@ int psw_coord_register(psw_coord *c, psw_coord_reg *reg, ps_errbuf *eb);
 
 /* psw_coord_wait_world waits until the coordinator lists WORLD live
  * workers or the job has begun (a worker joining a running job does not
- * wait), polling, for at most TIMEOUT_MS.  Returns 0, PS_ETIMEDOUT
+ * wait) or has finished its EPOCHS (the worker's own count: its claim
+ * finds nothing to do, whether the job ended before it came or while it
+ * waited), polling, for at most TIMEOUT_MS.  Returns 0, PS_ETIMEDOUT
  * (the count seen is in EB's message) or PS_ESHUTDOWN. */
-int psw_coord_wait_world(psw_coord *c, uint32_t world, uint32_t timeout_ms, ps_errbuf *eb);
+int psw_coord_wait_world(psw_coord *c, uint32_t world, uint32_t epochs, uint32_t timeout_ms,
+                         ps_errbuf *eb);
 
 /* psw_coord_start starts the heartbeat thread for worker id WORKER
  * (invariant 2).  REGISTERED: re-register when a shard says expired. */

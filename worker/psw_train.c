@@ -251,9 +251,9 @@ static int run_join(psw_run *x, ps_errbuf *eb) {
       return ps_errf(eb, PS_ENOMEM, "out of memory");
     psw_coord_partitions(x->coord, x->parts, np, &x->nparts);
     char list[256];
-    ps_info("registered as worker %u of %u: partitions [%s], start clock %llu", x->rank,
-            x->workers, ps_log_u32s(list, sizeof list, x->parts, x->nparts),
-            (unsigned long long)reg.start_clock);
+    ps_info("registered as worker %u of %u, start clock %llu: holds partitions [%s] now (it "
+            "claims the next ones from the coordinator as it trains)", x->rank, x->workers,
+            (unsigned long long)reg.start_clock, ps_log_u32s(list, sizeof list, x->parts, x->nparts));
   } else {
     uint32_t nparts = o->cfg->data.partitions;
     if (!(x->parts = malloc((nparts ? nparts : 1) * sizeof *x->parts)))
@@ -925,7 +925,7 @@ static int run_wait_world(psw_run *x, ps_errbuf *eb) {
   uint32_t need = wc->min ? wc->min : wc->count;
   if (!x->o->register_worker || need < 2) return 0;
   ps_errbuf w = {""};
-  int err = psw_coord_wait_world(x->coord, need, wc->retry_ms, &w);
+  int err = psw_coord_wait_world(x->coord, need, x->o->epochs, wc->retry_ms, &w);
   if (err == PS_ESHUTDOWN) return ps_errf(eb, err, "stopped");
   if (err < 0) ps_warn("worker %u: %s; training anyway", x->rank, w.msg);
   return 0;

@@ -595,7 +595,8 @@ END_TEST
  * last, and waits (out of the clock tables); the slow one is SIGKILLed
  * then.  Its partition comes to the waiting worker once its lease ends,
  * which finishes the job: every epoch trained exactly, at most the batch
- * in flight retrained. */
+ * in flight retrained.  A worker started after the end finds nothing to
+ * do at once, without waiting for workers.min. */
 START_TEST(test_failover_end_of_job) {
   TF_NEED_DATA();
   tf_ctx x = {0};
@@ -623,6 +624,17 @@ START_TEST(test_failover_end_of_job) {
   ck_assert_uint_ge(tf_check_accounting(&x, TF_SAMPLES, TF_BATCH, &retrained), 1);
   char *text = ps_test_read_file(log, NULL);
   ck_assert_msg(strstr(text, "took over partition"), "see %s", log);
+  free(text);
+  /* a worker started once the job is done finds nothing to do at once:
+   * it does not wait workers.retry_ms for workers.min (2) to register */
+  int64_t t0 = ps_test_now_ms();
+  int late = tf_spawn(&x);
+  tf_wait_all(&x, NULL);
+  tf_log(&x, late, log, sizeof log);
+  text = ps_test_read_file(log, NULL);
+  ck_assert_msg(ps_test_now_ms() - t0 < 8000 && !strstr(text, "training anyway"),
+                "the late worker waited for others (%lld ms); see %s",
+                (long long)(ps_test_now_ms() - t0), log);
   free(text);
   tf_finish(&x);
 }

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include "ps_log.h"
@@ -497,22 +498,34 @@ out_buf:
 
 /* ---- by configuration ---------------------------------------------------- */
 
+/* data_conf_files returns in F the files of the training or test set
+ * (TEST) of C: images and labels for idx, one file (F[1] NULL) for csv
+ * and criteo; PS_ECONFIG when C names them not. */
+static int data_conf_files(const ps_data_conf *c, int test, const char *f[2], ps_errbuf *eb) {
+  int idx = !c->format || !strcmp(c->format, "idx");
+  f[0] = test ? c->test_images : c->train_images;
+  f[1] = !idx ? NULL : test ? c->test_labels : c->train_labels;
+  const char *set = test ? "test" : "training", *key = test ? "test" : "train";
+  if (!f[0] || (idx && !f[1]))
+    return idx ? ps_errf(eb, PS_ECONFIG, "no %s set in 'data' (%s_images, %s_labels)", set, key, key)
+               : ps_errf(eb, PS_ECONFIG, "no %s set in 'data' (%s_images)", set, key);
+  return 0;
+}
+
 static int data_conf_idx(psw_dataset *d, const ps_data_conf *c, int test,
                          const psw_data_sel *sel, ps_errbuf *eb) {
-  const char *im = test ? c->test_images : c->train_images;
-  const char *lb = test ? c->test_labels : c->train_labels;
-  if (!im || !lb)
-    return ps_errf(eb, PS_ECONFIG, "no %s set in 'data' (%s_images, %s_labels)",
-                   test ? "test" : "training", test ? "test" : "train", test ? "test" : "train");
-  return psw_data_load_idx(d, im, lb, (float)c->scale, sel, eb);
+  const char *f[2];
+  int r = data_conf_files(c, test, f, eb);
+  return r < 0 ? r : psw_data_load_idx(d, f[0], f[1], (float)c->scale, sel, eb);
 }
 
 /* data_conf_file returns in *F the one file of the training or test set
  * (csv, criteo); PS_ECONFIG when C names none. */
 static int data_conf_file(const ps_data_conf *c, int test, const char **f, ps_errbuf *eb) {
-  *f = test ? c->test_images : c->train_images;
-  return *f ? 0 : ps_errf(eb, PS_ECONFIG, "no %s set in 'data' (%s_images)",
-                          test ? "test" : "training", test ? "test" : "train");
+  const char *two[2];
+  int r = data_conf_files(c, test, two, eb);
+  *f = two[0];
+  return r;
 }
 
 static int data_conf_csv(psw_dataset *d, const ps_data_conf *c, int test,
@@ -576,6 +589,17 @@ int psw_data_load(psw_dataset *d, const ps_data_conf *conf, int test, const uint
     if (!strcmp(fmt, data_formats[i].name))
       return data_formats[i].load(d, conf, test, test ? NULL : &sel, eb);
   return ps_errf(eb, PS_ECONFIG, "unknown data format '%s'", fmt);
+}
+
+/* psw_data_conf_check: see psw_data.h. */
+int psw_data_conf_check(const ps_data_conf *conf, int test, ps_errbuf *eb) {
+  const char *files[2];
+  int err = data_conf_files(conf, test, files, eb);
+  for (int i = 0; err == 0 && i < 2; i++)
+    if (files[i] && access(files[i], R_OK) != 0)
+      err = ps_errf(eb, PS_ECONFIG, "%s set: cannot read '%s': %s", test ? "test" : "training",
+                    files[i], strerror(errno));
+  return err;
 }
 
 void psw_data_release(psw_dataset *d) {

@@ -84,6 +84,12 @@ int psw_data_load_csv(psw_dataset *d, const char *path, float scale, const psw_d
 int psw_data_load(psw_dataset *d, const ps_data_conf *conf, int test, const uint32_t *parts,
                   size_t nsel, ps_errbuf *eb);
 
+/* psw_data_conf_check checks, before anything else is done, that CONF
+ * names the files of its training set (TEST == 0) or test set and that
+ * they can be read: 0, or PS_ECONFIG saying which is missing (a worker
+ * learns of a typo before it takes a rank or waits for the shards). */
+int psw_data_conf_check(const ps_data_conf *conf, int test, ps_errbuf *eb);
+
 /* psw_data_release frees D's arrays and zeroes it; idempotent. */
 void psw_data_release(psw_dataset *d);
 

@@ -236,6 +236,11 @@ static int run_join(psw_run *x, ps_errbuf *eb) {
   int err = psw_coord_new(&x->coord, &cc, eb);
   if (err < 0) /* a key or secret file of its own (others may read it, ...) */
     return err == PS_ECONFIG ? run_bad(x, err) : err;
+  /* the data files too, before a rank is taken or a shard waited for */
+  const ps_data_conf *d = &o->cfg->data;
+  if ((err = psw_data_conf_check(d, 0, eb)) < 0 ||
+      (d->test_images && (err = psw_data_conf_check(d, 1, eb)) < 0))
+    return run_bad(x, err);
   if (o->register_worker) {
     /* a model not submitted yet: said before a rank is taken */
     if ((err = psw_client_check_model(o->cfg, o->model, o->stop, eb)) < 0)
@@ -1145,7 +1150,9 @@ int psw_train_run(const psw_train_opts *o, psw_train_result *r, ps_errbuf *eb) {
 /* run_eval_setup opens what an evaluation needs: backend, client (spec
  * and graph from the cluster), executor and the test set. */
 static int run_eval_setup(psw_run *x, ps_errbuf *eb) {
-  int err = run_open_backend(x, eb);
+  int err = psw_data_conf_check(&x->o->cfg->data, 1, eb); /* before the shards are asked */
+  if (err < 0) return run_bad(x, err);
+  err = run_open_backend(x, eb);
   if (err < 0) return err;
   psw_client_conf cc = {.cfg = x->o->cfg, .model = x->o->model, .worker = 0, .be = x->be,
                         .nbufs = 1, .stop = x->o->stop};
@@ -1160,9 +1167,6 @@ static int run_eval_setup(psw_run *x, ps_errbuf *eb) {
   if ((err = psw_exec_create(x->g, x->be, PSW_EVAL_BATCH, &x->ex, eb)) < 0) return err;
   if ((err = run_sparse_open(x, PSW_EVAL_BATCH, eb)) < 0) return err;
   const ps_data_conf *d = &x->o->cfg->data;
-  if (!d->test_images)
-    return run_bad(x, ps_errf(eb, PS_ECONFIG, "%s: no test set (data.test_images)",
-                              x->o->cfg->path));
   if ((err = psw_data_load(&x->test, d, 1, NULL, 0, eb)) < 0) return run_bad(x, err);
   if (!x->test.n) return run_bad(x, ps_errf(eb, PS_ECONFIG, "the test set is empty"));
   x->have_test = 1;

@@ -212,6 +212,20 @@ START_TEST(test_train_unknown_model_and_sigterm) {
                 "last line: %s", line);
   free(text);
   tt_stop_shards(&x);
+  /* a data file it cannot read is said at once, the shards down or not
+   * (it waited workers.retry_ms for them first) */
+  char badyaml[700];
+  snprintf(badyaml, sizeof badyaml, "%s/bad-data.yaml", x.dir);
+  ps_test_file_replace(x.yaml, badyaml, "train-labels-idx1", "no-such-labels");
+  snprintf(log, sizeof log, "%s/baddata.log", x.dir);
+  char *bd[] = {(char *)ps_test_bin("psw"), "--config", badyaml, NULL};
+  t0 = ps_test_now_ms();
+  ck_assert_int_eq(ps_test_run(bd, log, 30000), 2);
+  text = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(text, "cannot read") && strstr(text, "no-such-labels") &&
+                    ps_test_now_ms() - t0 < 5000,
+                "%lld ms: %s", (long long)(ps_test_now_ms() - t0), text);
+  free(text);
 }
 END_TEST
 

@@ -929,6 +929,7 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
   int c;
   while ((c = getopt_long(argc, argv, "c:s:a:th", opts, NULL)) != -1) {
     uint64_t id;
+    ps_errbuf eb;
     switch (c) {
       case 'c':
         if (a->config || !*optarg) {
@@ -942,8 +943,8 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
           fprintf(stderr, "psd: --shard given twice\n");
           return 2;
         }
-        if (ps_parse_uint(optarg, &id) < 0 || id > UINT32_MAX) {
-          fprintf(stderr, "psd: bad shard id '%s'\n", optarg);
+        if (ps_flag_uint("--shard", optarg, 0, UINT32_MAX, &id, &eb) < 0) {
+          fprintf(stderr, "psd: %s\n", eb.msg);
           return 2;
         }
         a->shard = (long)id;

@@ -991,20 +991,23 @@ static int cfg_shard_dups(cfg_ctx *x, ps_config *c, size_t i,
   }
   /* one psd per directory (psd_store_lock_dir refuses a second): the same
    * data_dir on one host name is most likely a mistake, but shards in
-   * containers of one machine may each have their own /data: a warning */
+   * containers of one machine may each have their own /data: a warning.
+   * One host as an address, not as text (localhost is 127.0.0.1). */
   char host[256], other_host[256];
   int port;
   ps_errbuf eb;
   if (ps_addr_split(s->grpc_addr, host, sizeof host, &port, &eb) < 0) return 0; /* (checked) */
   for (size_t j = 0; j < i; j++) {
     if (!cfg_same_dir(c->shards[j].data_dir, s->data_dir) ||
-        ps_addr_split(c->shards[j].grpc_addr, other_host, sizeof other_host, &port, &eb) < 0 ||
-        strcmp(host, other_host))
+        !ps_addr_same_host(s->grpc_addr, c->shards[j].grpc_addr) ||
+        ps_addr_split(c->shards[j].grpc_addr, other_host, sizeof other_host, &port, &eb) < 0)
       continue;
+    char there[300] = ""; /* the other's host, when written otherwise */
+    if (strcmp(host, other_host)) snprintf(there, sizeof there, " ('%s' there)", other_host);
     cfg_warn(x, c, marks[i][CFG_SHARD_DATA_DIR],
-             "'data_dir' '%s' is shard %" PRIu32 "'s too (line %zu), on the same host '%s': "
+             "'data_dir' '%s' is shard %" PRIu32 "'s too (line %zu), on the same host '%s'%s: "
              "unless they run apart (containers), the second one to start is refused",
-             s->data_dir, c->shards[j].id, marks[j][CFG_SHARD_DATA_DIR].line + 1, host);
+             s->data_dir, c->shards[j].id, marks[j][CFG_SHARD_DATA_DIR].line + 1, host, there);
     break;
   }
   return 0;

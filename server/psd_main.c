@@ -1059,11 +1059,8 @@ static void psd_main_warn_plaintext(const ps_config *cfg, const ps_shard_conf *m
   const char *what[2] = {"gRPC control plane in plaintext (security.mode: none)",
                          "tensor channel without authentication (no security.secret_file)"};
   for (int i = 0; i < 2; i++) {
-    char host[256];
-    int port;
-    ps_errbuf eb;
-    if (!open[i] || ps_addr_split(addrs[i], host, sizeof host, &port, &eb) < 0) continue;
-    if (!strncmp(host, "127.", 4) || !strcmp(host, "::1") || !strcmp(host, "localhost")) continue;
+    /* loopback as an address, not as text: LOCALHOST and [0:0::1] are */
+    if (!open[i] || ps_addr_loopback(addrs[i])) continue;
     ps_warn("serving the %s on the non-loopback address '%s': anyone who reaches it may "
             "change the models", what[i], addrs[i]);
   }

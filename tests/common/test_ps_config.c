@@ -349,6 +349,32 @@ START_TEST(test_config_data_dir_per_host) {
              cases[i].b);
     expect_warning(text, cases[i].warn, NULL, i);
   }
+  /* one host however it is written: the hosts compared as addresses
+   * (ps_addr_same_host), not as text; 'localhost' and 127.0.0.1 counted
+   * as two hosts */
+  static const struct {
+    const char *a, *b, *warn;
+  } hosts[] = {
+      {"localhost", "127.0.0.1", "on the same host '127.0.0.1' ('localhost' there)"},
+      {"127.0.0.1", "[::1]", "on the same host '::1' ('127.0.0.1' there)"},
+      {"LOCALHOST", "localhost", "on the same host 'localhost' ('LOCALHOST' there)"},
+      {"[::1]", "[0:0::1]", "on the same host '0:0::1' ('::1' there)"},
+      {"Host-A", "host-a", "on the same host 'host-a' ('Host-A' there)"},
+      {"127.0.0.1", "127.0.0.2", "on the same host '127.0.0.2' ('127.0.0.1' there)"},
+      {"[::ffff:10.0.0.1]", "10.0.0.1", "on the same host '10.0.0.1'"},
+      {"10.0.0.1", "10.0.0.2", NULL},
+      {"localhost", "10.0.0.1", NULL},
+      {"host-a", "10.0.0.1", NULL}, /* no DNS */
+  };
+  for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++) {
+    char text[400];
+    snprintf(text, sizeof text,
+             "cluster: t\nsecurity: none\nshards:\n"
+             "  - {id: 0, grpc: '%s:1', channel: '%s:2', data_dir: /d}\n"
+             "  - {id: 1, grpc: '%s:3', channel: '%s:4', data_dir: /d}\n",
+             hosts[i].a, hosts[i].a, hosts[i].b, hosts[i].b);
+    expect_warning(text, hosts[i].warn, NULL, i);
+  }
 }
 END_TEST
 

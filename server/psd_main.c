@@ -920,8 +920,8 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
       "Short forms: -c FILE (--config), -s N (--shard), -a NAME (--aggregator), -t (--test),\n"
       "-h (--help).\n"
       "Exit status: 0 stopped cleanly (or by a signal while starting; -t: the file is good),\n"
-      "1 a runtime failure (the store, the redo log, a listener: the log says which), 2 bad\n"
-      "usage or configuration.\n";
+      "1 a runtime failure (the store, the redo log, a listener: the log says which; -t: its\n"
+      "result line could not be written to stdout), 2 bad usage or configuration.\n";
   a->config = NULL;
   a->shard = -1;
   a->aggregator = NULL;
@@ -1155,7 +1155,7 @@ int main(int argc, char **argv) {
   ps_log_init("psd", LOG_INFO);
   psd_args a;
   int code = psd_main_args(argc, argv, &a);
-  if (code) return code < 0 ? 0 : code;
+  if (code) return code < 0 ? ps_proc_flush_stdout("psd", "the help", 0) : code;
   /* a start: SIGTERM or SIGINT before the loop's handlers take over
    * (psd_main_handles; the store's open, the replay) stops the replay at
    * the next record it applies, or drains as soon as psd serves; SIGHUP
@@ -1201,7 +1201,8 @@ int main(int argc, char **argv) {
     printf("%s: configuration ok (%zu shard%s, %zu aggregator%s)\n", a.config, cfg.nshards,
            cfg.nshards == 1 ? "" : "s", cfg.naggs, cfg.naggs == 1 ? "" : "s");
     ps_config_release(&cfg);
-    return 0;
+    /* a check whose verdict went nowhere is no check: exit 1 */
+    return ps_proc_flush_stdout("psd", "the result line", 0);
   }
   /* Every descriptor the hard limit allows: gRPC core stops accepting for
    * good after one accept fails with EMFILE (psd_fd.h). */

@@ -224,7 +224,7 @@ int main(int argc, char **argv) {
   ps_fpu_flush_subnormals(); /* before any thread: they inherit it */
   psw_args a;
   int rc = psw_parse(argc, argv, &a);
-  if (rc) return rc < 0 ? 0 : rc;
+  if (rc) return rc < 0 ? ps_proc_flush_stdout("psw", "the output", 0) : rc;
   ps_config cfg;
   if (ps_config_load(&cfg, a.config, &eb) < 0) {
     fprintf(stderr, "psw: %s\n", eb.msg);

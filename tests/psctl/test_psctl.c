@@ -815,18 +815,50 @@ START_TEST(test_psctl_bench) {
 }
 END_TEST
 
-/* pt_psctl_to runs `psctl ARGS` in X->dir with stdout redirected as REDIR
+/* pt_prog_to runs `PROG ARGS` in X->dir with stdout redirected as REDIR
  * ("> /dev/full", ">&-") and stderr to X->err; its exit code, -1 when it
- * did not exit normally. */
-static int pt_psctl_to(pt_ctx *x, const char *redir, const char *args) {
+ * did not exit normally.  pt_psctl_to: PROG psctl. */
+static int pt_prog_to(pt_ctx *x, const char *prog, const char *redir, const char *args) {
   char cmd[4096], cwd[1024] = "";
-  const char *bin = ps_test_bin("psctl");
+  const char *bin = ps_test_bin(prog);
   if (bin[0] != '/') ck_assert(getcwd(cwd, sizeof cwd) != NULL);
   snprintf(cmd, sizeof cmd, "cd '%s' && timeout 60 '%s%s%s' %s %s 2> '%s'", x->dir, cwd,
            *cwd ? "/" : "", bin, args, redir, x->err);
   int st = system(cmd);
   return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
+#define pt_psctl_to(x, redir, args) pt_prog_to(x, "psctl", redir, args)
+
+/* psd -t's "configuration ok" that cannot be written: exit 1 and a line on
+ * stderr, as psw and psctl do (it exited 0, so `psd -t > f && use f` took
+ * a file without the line for a checked one). */
+START_TEST(test_psd_t_output_errors) {
+  pt_ctx x;
+  pt_init(&x);
+  char args[700];
+  snprintf(args, sizeof args, "-t --config '%s'", x.yaml);
+  ck_assert_msg(pt_prog_to(&x, "psd", "> /dev/null", args) == 0, "psd %s failed, see %s", args,
+                x.err);
+  const char *redirs[] = {"> /dev/full", ">&-"};
+  for (size_t r = 0; r < 2; r++) {
+    int rc = pt_prog_to(&x, "psd", redirs[r], args);
+    ck_assert_msg(rc == 1, "psd %s %s: exit %d, want 1", args, redirs[r], rc);
+    ck_assert_msg(pt_contains(x.err, "psd: the result line could not be written to stdout: "),
+                  "psd %s %s does not say why, see %s", args, redirs[r], x.err);
+  }
+  /* --help likewise, psw's too */
+  ck_assert_int_eq(pt_prog_to(&x, "psd", "> /dev/full", "--help"), 1);
+  ck_assert_msg(pt_contains(x.err, "psd: the help could not be written to stdout: "), "see %s",
+                x.err);
+  ck_assert_int_eq(pt_prog_to(&x, "psw", ">&-", "--help"), 1);
+  ck_assert_msg(pt_contains(x.err, "psw: the output could not be written to stdout: "), "see %s",
+                x.err);
+  ck_assert_int_eq(pt_prog_to(&x, "psw", "> /dev/null", "--help"), 0);
+  /* a bad file keeps its own exit code */
+  ck_assert_int_eq(pt_prog_to(&x, "psd", "> /dev/full", "-t --config /nonexistent.yaml"), 2);
+  pt_cleanup(&x);
+}
+END_TEST
 
 /* psctl's output that cannot be written (stdout on a full disk, or
  * closed): exit 1 and a line on stderr, as psw does; it exited 0, and a
@@ -912,7 +944,8 @@ Suite *psctl_suite(void) {
                {"psd_t_group_commit", test_psd_t_group_commit_periodic},
                {"bench", test_psctl_bench},
                {"status_aggregator", test_psctl_status_aggregator},
-               {"output_errors", test_psctl_output_errors}};
+               {"output_errors", test_psctl_output_errors},
+               {"psd_t_output_errors", test_psd_t_output_errors}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     TCase *tc = tcase_create(cases[i].name);
     tcase_set_timeout(tc, 180);

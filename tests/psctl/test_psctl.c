@@ -479,6 +479,31 @@ START_TEST(test_psctl_submit) {
     ck_assert_float_eq(pt_lr(&x, s, "m"), 0.02f);
   }
 
+  /* topk keeping half a chunk or more sends no fewer bytes than fp32 (8
+   * bytes per kept element): submitted, with a warning that says so (it
+   * went through silently); under 0.5, or with topk unused, none */
+  static const struct {
+    const char *flags, *warn;
+  } tk[] = {
+      {"--codec topk --topk 0.5", "--topk 0.5 sends 1.00x the bytes of fp32"},
+      {"--codec topk --topk 1", "--topk 1 sends 2.00x the bytes of fp32 (8 bytes per kept "
+                                "element against 4 per element): fp32, which is exact, or a "
+                                "fraction under 0.5 would send fewer"},
+      {"--tensor-codec W1=topk --topk 0.75", "--topk 0.75 sends 1.50x the bytes of fp32"},
+      {"--codec topk --topk 0.49", NULL},
+      {"--codec int8 --topk 0.9", NULL},
+  };
+  for (size_t i = 0; i < sizeof tk / sizeof tk[0]; i++) {
+    ck_assert_msg(pt_psctl(&x, "submit lr.pb --name m --optimizer adam --lr 0.02 --replace %s "
+                               "--config '%s'", tk[i].flags, x.yaml) == 0,
+                  "%s: failed, see %s", tk[i].flags, x.err);
+    if (tk[i].warn)
+      ck_assert_msg(pt_contains(x.err, tk[i].warn), "%s: no '%s' in %s", tk[i].flags,
+                    tk[i].warn, x.err);
+    else
+      ck_assert_msg(!pt_contains(x.err, "the bytes of fp32"), "%s: see %s", tk[i].flags, x.err);
+  }
+
   /* Codecs: bad values are refused before anything is sent (2); good
    * ones land in the model's spec on every shard. */
   static const char *const bad[][2] = {
@@ -653,6 +678,29 @@ START_TEST(test_cli_bad_flags) {
     ck_assert_msg(pt_contains(x.err, cases[i].want), "%s %s: no \"%s\" in %s", cases[i].prog, args,
                   cases[i].want, x.err);
   }
+  /* --tensor-codec naming the embedding table, which 'psctl model show'
+   * lists: it is said to be one, with the codecs its rows travel in (it
+   * said "the model has no tensor 'emb'") */
+  ck_assert_int_eq(pt_psctl(&x, "model ctr --fields 2 --dim 4 --dense 3 -o ctr.pb"), 0);
+  static const struct {
+    const char *flags, *want;
+  } emb[] = {
+      {"", "--tensor-codec: 'emb' is an embedding table (sparse), not a dense tensor: its rows "
+           "travel in the model's codecs, pushed as fp32 (--codec fp32) and pulled as fp32 "
+           "(--pull-codec); --tensor-codec does not apply to them: set --codec and --pull-codec"},
+      {"--codec onebit --pull-codec int8",
+       "pushed as int8 (--codec onebit: onebit and topk push rows as int8) and pulled as int8"},
+      {"--codec fp16", "pushed as fp16 (--codec fp16) and pulled as fp32"},
+  };
+  for (size_t i = 0; i < sizeof emb / sizeof emb[0]; i++) {
+    ck_assert_int_eq(pt_psctl(&x, "submit ctr.pb --name c %s --tensor-codec emb=int8 --config '%s'",
+                              emb[i].flags, x.yaml), 2);
+    ck_assert_msg(pt_contains(x.err, emb[i].want), "%s: no '%s' in %s", emb[i].flags,
+                  emb[i].want, x.err);
+  }
+  ck_assert_int_eq(pt_psctl(&x, "submit ctr.pb --name c --tensor-codec W9=int8 --config '%s'",
+                            x.yaml), 2);
+  ck_assert_msg(pt_contains(x.err, "the model has no tensor 'W9'"), "see %s", x.err);
   pt_cleanup(&x);
 }
 END_TEST

@@ -115,6 +115,30 @@ static int addr_host_same(const addr_id *a, const addr_id *b) {
   return !memcmp(a->ip, b->ip, 16) && !strcmp(a->name, b->name);
 }
 
+/* addr_loopback says whether ID is a loopback host: localhost, 127.0.0.0/8
+ * (a mapped one too) or ::1 (any zone). */
+static int addr_loopback(const addr_id *id) {
+  static const unsigned char lo6[16] = {[15] = 1};
+  return id->kind == ADDR_LOCAL || (id->kind == AF_INET && id->ip[0] == 127) ||
+         (id->kind == AF_INET6 && !memcmp(id->ip, lo6, 16));
+}
+
+/* ps_addr_loopback: see ps_addr.h. */
+int ps_addr_loopback(const char *addr) {
+  addr_id id;
+  return addr_id_of(addr, &id) == 0 && addr_loopback(&id);
+}
+
+/* ps_addr_same_host: see ps_addr.h. */
+int ps_addr_same_host(const char *a, const char *b) {
+  addr_id x, y;
+  if (addr_id_of(a, &x) < 0 || addr_id_of(b, &y) < 0) return 0;
+  if (addr_loopback(&x) && addr_loopback(&y)) return 1; /* one machine, any of its loopbacks */
+  int ax = addr_any(&x), ay = addr_any(&y);
+  if (ax || ay) return ax == ay;
+  return addr_host_same(&x, &y);
+}
+
 /* ps_addr_wildcard: see ps_addr.h. */
 int ps_addr_wildcard(const char *addr) {
   addr_id id;

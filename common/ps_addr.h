@@ -40,4 +40,17 @@ int ps_addr_same(const char *a, const char *b);
  * [::] (however written); 0 for one that is no address. */
 int ps_addr_wildcard(const char *addr);
 
+/* ps_addr_loopback says whether ADDR's host is a loopback address, so
+ * that no other host reaches it: 'localhost' (any case), 127.0.0.0/8 and
+ * [::1], IP addresses as inet_pton reads them ([0:0::1], [::ffff:127.0.0.1]).
+ * 0 for a wildcard, another name (no DNS) or one that is no address. */
+int ps_addr_loopback(const char *addr);
+
+/* ps_addr_same_host says whether addresses A and B, ports aside, name one
+ * host as far as their text tells, without DNS: both loopback (all of
+ * them are one machine's), the same host address as ps_addr_same compares
+ * it (host names without case; a name and an IP address are never one),
+ * or both the same wildcard.  0 when either is no address. */
+int ps_addr_same_host(const char *a, const char *b);
+
 #endif

@@ -251,6 +251,70 @@ int ps_parse_number(const char *s, double *v) {
   return 0;
 }
 
+/* ---- command-line flags: the same rules, with the reason said --------- */
+
+/* flag_uint_why parses ARG into *V within [MIN, MAX]; NULL, or why not.
+ * A minus before digits is out of range, as in the file (cfg_uint). */
+static const char *flag_uint_why(const char *arg, uint64_t min, uint64_t max, uint64_t *v,
+                                 char *fix, size_t fixlen) {
+  int neg = *arg == '-';
+  int rc = ps_parse_uint(arg + neg, v);
+  if (rc == PS_EINVAL && cfg_leading_zero(arg) && strspn(arg, "-0123456789") == strlen(arg)) {
+    const char *d = arg + neg + strspn(arg + neg, "0");
+    snprintf(fix, fixlen, "a leading zero (write %s%s)", neg ? "-" : "", *d ? d : "0");
+    return fix;
+  }
+  if (rc == PS_EINVAL) return "not an integer (decimal digits only)";
+  if (neg || rc < 0 || *v < min || *v > max) return "out of range";
+  return NULL;
+}
+
+/* ps_flag_uint: see ps_config.h. */
+int ps_flag_uint(const char *flag, const char *arg, uint64_t min, uint64_t max, uint64_t *v,
+                 ps_errbuf *eb) {
+  uint64_t u = 0;
+  char fix[128];
+  const char *why = flag_uint_why(arg, min, max, &u, fix, sizeof fix);
+  if (why)
+    return ps_errf(eb, PS_EINVAL, "%s wants an integer in [%" PRIu64 ", %" PRIu64 "], got '%s': %s",
+                   flag, min, max, arg, why);
+  *v = u;
+  return 0;
+}
+
+/* flag_number_why parses ARG into *V within [MIN, MAX]; NULL, or why not. */
+static const char *flag_number_why(const char *arg, double min, double max, double *v) {
+  int rc = ps_parse_number(arg, v);
+  if (rc == PS_EINVAL && cfg_leading_zero(arg) &&
+      strspn(arg, "0123456789.eE+-/") == strlen(arg))
+    return "a leading zero in an integer part (write it without: numbers are decimal)";
+  if (rc == PS_EINVAL)
+    return "not a number (a decimal such as 0.5 or 3.9e-3, or a fraction such as 1/255)";
+  if (rc == PS_ETOOBIG && *v == 0 && min <= 0 && max >= 0)
+    return "nearer 0 than a double holds (write 0)";
+  if (rc == PS_ETOOBIG) return "out of range (beyond a double)";
+  if (*arg == '+' && min >= 0) return "a sign (write it without)";
+  if (!(*v >= min && *v <= max) || (*arg == '-' && min >= 0)) return "out of range";
+  return NULL;
+}
+
+/* ps_flag_number: see ps_config.h. */
+int ps_flag_number(const char *flag, const char *arg, double min, double max, double *v,
+                   ps_errbuf *eb) {
+  double x = 0;
+  const char *why = flag_number_why(arg, min, max, &x);
+  if (!why) {
+    *v = x;
+    return 0;
+  }
+  if (min == -DBL_MAX && max == DBL_MAX)
+    return ps_errf(eb, PS_EINVAL, "%s wants a number, got '%s': %s", flag, arg, why);
+  if (max == DBL_MAX)
+    return ps_errf(eb, PS_EINVAL, "%s wants a number >= %g, got '%s': %s", flag, min, arg, why);
+  return ps_errf(eb, PS_EINVAL, "%s wants a number in [%g, %g], got '%s': %s", flag, min, max,
+                 arg, why);
+}
+
 static int cfg_load_double(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, void *field) {
   const char *t = NULL;
   yaml_mark_t m;
@@ -927,20 +991,23 @@ static int cfg_shard_dups(cfg_ctx *x, ps_config *c, size_t i,
   }
   /* one psd per directory (psd_store_lock_dir refuses a second): the same
    * data_dir on one host name is most likely a mistake, but shards in
-   * containers of one machine may each have their own /data: a warning */
+   * containers of one machine may each have their own /data: a warning.
+   * One host as an address, not as text (localhost is 127.0.0.1). */
   char host[256], other_host[256];
   int port;
   ps_errbuf eb;
   if (ps_addr_split(s->grpc_addr, host, sizeof host, &port, &eb) < 0) return 0; /* (checked) */
   for (size_t j = 0; j < i; j++) {
     if (!cfg_same_dir(c->shards[j].data_dir, s->data_dir) ||
-        ps_addr_split(c->shards[j].grpc_addr, other_host, sizeof other_host, &port, &eb) < 0 ||
-        strcmp(host, other_host))
+        !ps_addr_same_host(s->grpc_addr, c->shards[j].grpc_addr) ||
+        ps_addr_split(c->shards[j].grpc_addr, other_host, sizeof other_host, &port, &eb) < 0)
       continue;
+    char there[300] = ""; /* the other's host, when written otherwise */
+    if (strcmp(host, other_host)) snprintf(there, sizeof there, " ('%s' there)", other_host);
     cfg_warn(x, c, marks[i][CFG_SHARD_DATA_DIR],
-             "'data_dir' '%s' is shard %" PRIu32 "'s too (line %zu), on the same host '%s': "
+             "'data_dir' '%s' is shard %" PRIu32 "'s too (line %zu), on the same host '%s'%s: "
              "unless they run apart (containers), the second one to start is refused",
-             s->data_dir, c->shards[j].id, marks[j][CFG_SHARD_DATA_DIR].line + 1, host);
+             s->data_dir, c->shards[j].id, marks[j][CFG_SHARD_DATA_DIR].line + 1, host, there);
     break;
   }
   return 0;

@@ -193,6 +193,27 @@ int ps_parse_uint(const char *s, uint64_t *v);
  * read numbers with it too. */
 int ps_parse_number(const char *s, double *v);
 
+/* ps_flag_uint parses ARG, the value of the command-line flag FLAG
+ * ("--shard", or "--layers item 2"), as ps_parse_uint does, within
+ * [MIN, MAX] into *V (a minus before digits counts as out of range).
+ * 0, or PS_EINVAL (*V untouched) with "FLAG wants an integer in [MIN,
+ * MAX], got 'ARG': WHY" in EB, WHY one of "a leading zero (write N)",
+ * "out of range", "not an integer (decimal digits only)".  The integer
+ * flags of psd, psw and psctl all read their values with it. */
+int ps_flag_uint(const char *flag, const char *arg, uint64_t min, uint64_t max, uint64_t *v,
+                 ps_errbuf *eb);
+
+/* ps_flag_number is ps_flag_uint for a number (ps_parse_number) in [MIN,
+ * MAX]; when MIN >= 0 a sign is refused too.  The message reads "FLAG
+ * wants a number, got 'ARG': WHY" when the range is [-DBL_MAX, DBL_MAX],
+ * "... a number >= MIN ..." when MAX is DBL_MAX, else "... a number in
+ * [MIN, MAX] ...", WHY one of "a leading zero in an integer part ...",
+ * "not a number ...", "out of range" ("... (beyond a double)" for 1e400),
+ * "nearer 0 than a double holds (write 0)" (1e-400 where 0 is in range),
+ * "a sign (write it without)". */
+int ps_flag_number(const char *flag, const char *arg, double min, double max, double *v,
+                   ps_errbuf *eb);
+
 /* ps_config_release frees everything ps_config_load allocated; idempotent. */
 void ps_config_release(ps_config *c);
 

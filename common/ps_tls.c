@@ -212,12 +212,6 @@ int ps_tls_check_pair(const char *ca, const char *cert, const char *key, const c
   return rc;
 }
 
-/* tls_is_any says whether HOST is a wildcard listen address, which no
- * client dials. */
-static int tls_is_any(const char *host) {
-  return !strcmp(host, "0.0.0.0") || !strcmp(host, "::") || !host[0];
-}
-
 /* ps_tls_check_hosts: see ps_tls.h. */
 int ps_tls_check_hosts(const char *cert, const char *const *addrs, size_t n, ps_errbuf *eb) {
   char *pem;
@@ -231,8 +225,10 @@ int ps_tls_check_hosts(const char *cert, const char *const *addrs, size_t n, ps_
     char host[256];
     int port;
     ps_errbuf ab;
+    /* a wildcard listen address (however written: [0:0::0]) no client
+     * dials; every other host is checked as written, as TLS checks it */
     if (!addrs[i] || ps_addr_split(addrs[i], host, sizeof host, &port, &ab) < 0 ||
-        tls_is_any(host))
+        ps_addr_wildcard(addrs[i]))
       continue;
     unsigned char ip[16];
     int is_ip = inet_pton(AF_INET, host, ip) == 1 || inet_pton(AF_INET6, host, ip) == 1;

@@ -64,21 +64,21 @@ const char *psctl_call_failed(int err);
 #define psctl_replies_free ps_rpc_replies_free
 
 /* psctl_parse_u64 parses ARG, the value of --FLAG of `psctl CMD`, as a whole
- * decimal integer in [MIN, MAX] into *V: digits only, so a sign, a blank or
- * trailing junk ("5x") is refused.  0, or -1 after printing "psctl CMD:
- * --FLAG wants an integer in [MIN, MAX], got 'ARG'" to stderr (*V is then
- * untouched; the caller exits 2). */
+ * decimal integer in [MIN, MAX] into *V, as every integer flag reads one
+ * (ps_flag_uint: digits only, no leading zero).  0, or -1 after printing
+ * "psctl CMD: --FLAG wants an integer in [MIN, MAX], got 'ARG': WHY" to
+ * stderr, WHY saying what is wrong (*V is then untouched; the caller
+ * exits 2). */
 int psctl_parse_u64(const char *cmd, const char *flag, const char *arg, uint64_t min,
                     uint64_t max, uint64_t *v);
 
 /* psctl_parse_double parses ARG, the value of --FLAG of `psctl CMD`, as a
  * number in [MIN, MAX] into *V, as the cluster file reads one
- * (ps_parse_number: decimals, exponents, fractions "A/B"; hex, nan, inf,
- * blanks, trailing junk and over/underflow refused); when MIN >= 0 any
- * sign is refused too.
- * 0, or -1 after printing "psctl CMD: --FLAG wants a number, got 'ARG'"
- * (or "... wants a number in [MIN, MAX], ..." when it is out of range;
- * "... >= MIN ..." when MAX is DBL_MAX) to stderr (*V is then untouched; the caller exits 2). */
+ * (ps_flag_number: decimals, exponents, fractions "A/B"; hex, nan, inf,
+ * blanks, trailing junk, leading zeros and over/underflow refused); when
+ * MIN >= 0 any sign is refused too.  0, or -1 after printing "psctl CMD:
+ * ps_flag_number's message" to stderr ("--FLAG wants a number [in [MIN,
+ * MAX]|>= MIN], got 'ARG': WHY"; *V is then untouched; the caller exits 2). */
 int psctl_parse_double(const char *cmd, const char *flag, const char *arg, double min,
                        double max, double *v);
 

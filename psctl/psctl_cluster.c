@@ -58,33 +58,25 @@ int psctl_call_all(psctl_cluster *c, const char *method, const ProtobufCMessage 
 /* psctl_parse_u64: see psctl.h. */
 int psctl_parse_u64(const char *cmd, const char *flag, const char *arg, uint64_t min,
                     uint64_t max, uint64_t *v) {
-  uint64_t x = 0;
-  if (ps_parse_uint(arg, &x) < 0 || x < min || x > max) {
-    fprintf(stderr, "psctl %s: --%s wants an integer in [%llu, %llu], got '%s'\n", cmd, flag,
-            (unsigned long long)min, (unsigned long long)max, arg);
+  char name[80];
+  ps_errbuf eb;
+  snprintf(name, sizeof name, "--%s", flag);
+  if (ps_flag_uint(name, arg, min, max, v, &eb) < 0) {
+    fprintf(stderr, "psctl %s: %s\n", cmd, eb.msg);
     return -1;
   }
-  *v = x;
   return 0;
 }
 
 /* psctl_parse_double: see psctl.h. */
 int psctl_parse_double(const char *cmd, const char *flag, const char *arg, double min,
                        double max, double *v) {
-  double x = 0;
-  int sign = arg[0] == '-' || arg[0] == '+';
-  if (ps_parse_number(arg, &x) < 0) {
-    fprintf(stderr, "psctl %s: --%s wants a number, got '%s'\n", cmd, flag, arg);
+  char name[80];
+  ps_errbuf eb;
+  snprintf(name, sizeof name, "--%s", flag);
+  if (ps_flag_number(name, arg, min, max, v, &eb) < 0) {
+    fprintf(stderr, "psctl %s: %s\n", cmd, eb.msg);
     return -1;
   }
-  if (x < min || x > max || (sign && min >= 0)) {
-    if (max == DBL_MAX)
-      fprintf(stderr, "psctl %s: --%s wants a number >= %g, got '%s'\n", cmd, flag, min, arg);
-    else
-      fprintf(stderr, "psctl %s: --%s wants a number in [%g, %g], got '%s'\n", cmd, flag, min,
-              max, arg);
-    return -1;
-  }
-  *v = x;
   return 0;
 }

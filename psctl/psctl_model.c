@@ -140,20 +140,29 @@ static int psctl_model_build(const char *cmd, const char *name, const uint32_t *
   return psctl_model_write(cmd, buf, len, path);
 }
 
-/* parse_layers reads "784,256,10" into LAYERS (at most MAX); the count or -1. */
-static int parse_layers(const char *s, uint32_t *layers, int max) {
+/* parse_layers reads "784,256,10" into LAYERS (at most MAX), each width
+ * read as every integer flag is (ps_flag_uint, 1..2^24).  The count, or
+ * -1: with a message naming the item in EB when a width is bad, with
+ * EB's message empty when the list's shape is (an empty item, a trailing
+ * comma, more than MAX). */
+static int parse_layers(const char *s, uint32_t *layers, int max, ps_errbuf *eb) {
   int n = 0;
-  while (s && *s && n < max) {
-    if (!isdigit((unsigned char)*s)) return -1; /* no sign, no blank, no empty width */
-    char *end;
-    errno = 0;
-    long v = strtol(s, &end, 10);
-    if (errno || end == s || v <= 0 || v > (1L << 24) || (*end && *end != ',')) return -1;
+  eb->msg[0] = 0;
+  while (s && *s) {
+    size_t len = strcspn(s, ",");
+    char flag[40];
+    if (n == max || len == 0 || (s[len] == ',' && !s[len + 1])) return -1;
+    snprintf(flag, sizeof flag, "--layers item %d", n + 1);
+    char *item = strndup(s, len);
+    uint64_t v = 0;
+    int rc = item ? ps_flag_uint(flag, item, 1, 1u << 24, &v, eb)
+                  : ps_errf(eb, PS_ENOMEM, "out of memory");
+    free(item);
+    if (rc < 0) return -1;
     layers[n++] = (uint32_t)v;
-    if (*end == ',' && !end[1]) return -1; /* a trailing comma */
-    s = *end ? end + 1 : end;
+    s += len + (s[len] == ',');
   }
-  return s && !*s ? n : -1;
+  return s ? n : -1;
 }
 
 static int psctl_model_mlp(int argc, char **argv) {
@@ -161,8 +170,13 @@ static int psctl_model_mlp(int argc, char **argv) {
   int code = psctl_model_args(argc, argv, &o);
   if (code) return code < 0 ? 0 : code;
   uint32_t layers[64];
-  int n = parse_layers(o.layers, layers, 64);
+  ps_errbuf eb;
+  int n = parse_layers(o.layers, layers, 64, &eb);
   ps_gpu_act act;
+  if (n < 0 && eb.msg[0]) {
+    fprintf(stderr, "psctl model mlp: %s\n", eb.msg);
+    return 2;
+  }
   if (n < 2) {
     fprintf(stderr, "psctl model mlp: --layers wants 2 to 64 positive widths like 784,256,10, got '%s'\n",
             o.layers ? o.layers : "");
@@ -198,7 +212,12 @@ static int psctl_model_ctr(int argc, char **argv) {
     return 2;
   }
   uint32_t layers[62];
-  int n = o.layers ? parse_layers(o.layers, layers, 62) : 0;
+  ps_errbuf eb;
+  int n = o.layers ? parse_layers(o.layers, layers, 62, &eb) : 0;
+  if (n < 0 && eb.msg[0]) {
+    fprintf(stderr, "psctl model ctr: %s\n", eb.msg);
+    return 2;
+  }
   if (n < 0) {
     fprintf(stderr, "psctl model ctr: --layers wants up to 62 positive widths like 256,128, got '%s'\n",
             o.layers);
@@ -212,7 +231,6 @@ static int psctl_model_ctr(int argc, char **argv) {
                      o.hash_buckets, !strcmp(o.pooling, "mean")};
   uint8_t *buf;
   size_t len;
-  ps_errbuf eb;
   if (psw_graph_ctr_pack(o.name ? o.name : "ctr", &c, &buf, &len, &eb)) {
     fprintf(stderr, "psctl model ctr: %s\n", eb.msg);
     return 2;

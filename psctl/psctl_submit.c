@@ -16,6 +16,7 @@
 #include "ps_model.h"
 #include "psctl.h"
 #include "psw_graph.h"
+#include "psw_sparse.h"
 
 #define PSCTL_SUBMIT_TIMEOUT_MS 10000
 
@@ -41,10 +42,12 @@ static const char psctl_submit_usage[] =
     "they push, and shards refuse a chunk whose own gradient norm exceeds X (default 0: none).\n"
     "--codec: how workers encode gradients on the wire (with error feedback); --pull-codec: how\n"
     "shards encode the parameters workers pull; --topk F: the fraction of each chunk topk\n"
-    "sends; the first --codec-warmup-steps N steps of each worker go uncompressed; tensors\n"
+    "sends (8 bytes per kept element: from 0.5 on no fewer bytes than fp32, which is warned\n"
+    "about); the first --codec-warmup-steps N steps of each worker go uncompressed; tensors\n"
     "under --codec-min-elems N elements stay fp32.  These default to the cluster file's training\n"
     "section (fp32, fp32, 0.01, 0, 1024).  --tensor-codec NAME=CODEC (repeatable) sets one\n"
-    "tensor's push codec.\n"
+    "dense tensor's push codec; an embedding table's rows travel in --codec (onebit and topk\n"
+    "as int8) and --pull-codec.\n"
     "Short forms: -n NAME (--name), -c FILE (--config), -h (--help).\n"
     "Exit status: 0, 1 when a shard is down or refuses (it says which shards have the model;\n"
     "run again to complete), 2 on bad usage or a bad file.\n";
@@ -279,11 +282,60 @@ static int psctl_submit_consistency(const psctl_submit_opts *o, const ps_config 
   return 0;
 }
 
+/* psctl_submit_no_tensor says on stderr that --tensor-codec NAME names no
+ * dense tensor of SPEC: when NAME is an embedding table of G, which codecs
+ * its rows travel in instead (README "Embedding tables"). */
+static void psctl_submit_no_tensor(const psw_graph *g, const Ps__ModelSpec *spec,
+                                   const char *name) {
+  const Ps__Graph__Graph *gp = psw_graph_proto(g);
+  size_t p = 0;
+  while (p < gp->n_params && (!gp->params[p]->sparse || strcmp(gp->params[p]->name, name))) p++;
+  if (p == gp->n_params) {
+    fprintf(stderr, "psctl submit: --tensor-codec: the model has no tensor '%s' (it names "
+                    "a dense tensor of 'psctl model show')\n", name);
+    return;
+  }
+  ps_codec_id push, pull;
+  ps_errbuf eb;
+  if (ps_codec_parse(spec->codec, "codec", &push, &eb) < 0 ||
+      ps_codec_parse(spec->pull_codec, "pull codec", &pull, &eb) < 0) {
+    push = PS_CODEC_N; /* (said below, by ps_layout_build's check) */
+  }
+  ps_codec_id row = push == PS_CODEC_N ? push : psw_sparse_row_codec(push);
+  if (row == PS_CODEC_N)
+    fprintf(stderr, "psctl submit: --tensor-codec: '%s' is an embedding table (sparse), not a "
+                    "dense tensor: its rows travel in the model's --codec and --pull-codec (onebit "
+                    "and topk push them as int8); --tensor-codec does not apply to them\n", name);
+  else
+    fprintf(stderr, "psctl submit: --tensor-codec: '%s' is an embedding table (sparse), not a "
+                    "dense tensor: its rows travel in the model's codecs, pushed as %s (--codec "
+                    "%s%s) and pulled as %s (--pull-codec); --tensor-codec does not apply to "
+                    "them: set --codec and --pull-codec\n", name, ps_codec_name(row),
+            ps_codec_name(push), row != push ? ": onebit and topk push rows as int8" : "",
+            ps_codec_name(pull));
+}
+
+/* psctl_submit_topk_warn warns when topk, which some tensor is pushed
+ * with, keeps a fraction F (from --topk when FROM_FLAG, else
+ * training.topk) that sends no fewer bytes than fp32: 8 bytes per kept
+ * element against 4 per element, so from F = 0.5 on fp32, which is
+ * exact, costs no more.  The submit goes on: a warning only. */
+static void psctl_submit_topk_warn(double f, int from_flag) {
+  if (f < 0.5) return;
+  fprintf(stderr, "psctl submit: warning: %s %g sends %.2fx the bytes of fp32 (8 bytes per kept "
+                  "element against 4 per element): fp32, which is exact, %s\n",
+          from_flag ? "--topk" : "training.topk", f, 2 * f,
+          f > 0.5 ? "or a fraction under 0.5 would send fewer"
+                  : "would send as many, a fraction under 0.5 fewer");
+}
+
 /* psctl_submit_codecs fills SPEC's codec settings from O, else from
  * CFG's training section (strings borrowed from argv or CFG; the '=' of
  * each --tensor-codec is cut) and checks them as a shard will
- * (ps_layout_build); 0 or 2 (said on stderr). */
-static int psctl_submit_codecs(psctl_submit_opts *o, const ps_config *cfg, Ps__ModelSpec *spec) {
+ * (ps_layout_build), with G the model's graph; 0 or 2 (said on
+ * stderr). */
+static int psctl_submit_codecs(psctl_submit_opts *o, const ps_config *cfg, const psw_graph *g,
+                               Ps__ModelSpec *spec) {
   const ps_train_conf *t = &cfg->training;
   spec->codec = (char *)(o->codec ? o->codec : t->codec);
   spec->pull_codec = (char *)(o->pull_codec ? o->pull_codec : t->pull_codec);
@@ -302,9 +354,7 @@ static int psctl_submit_codecs(psctl_submit_opts *o, const ps_config *cfg, Ps__M
     size_t t = 0;
     while (t < spec->n_tensors && strcmp(spec->tensors[t]->name, o->tensor_codec[i])) t++;
     if (t == spec->n_tensors) {
-      fprintf(stderr, "psctl submit: --tensor-codec: the model has no tensor '%s' (it names "
-                      "a dense tensor of 'psctl model show'; an embedding table's rows are "
-                      "not pushed with a tensor codec)\n", o->tensor_codec[i]);
+      psctl_submit_no_tensor(g, spec, o->tensor_codec[i]);
       return 2;
     }
     spec->tensors[t]->codec = eq + 1;
@@ -322,6 +372,7 @@ static int psctl_submit_codecs(psctl_submit_opts *o, const ps_config *cfg, Ps__M
   if (o->topk > 0 && !topk_used)
     fprintf(stderr, "psctl submit: warning: --topk applies to topk pushes only, and no tensor "
                     "of this model is pushed with topk\n");
+  if (topk_used) psctl_submit_topk_warn(spec->topk, o->topk > 0);
   ps_layout_release(&l);
   return 0;
 }
@@ -417,7 +468,7 @@ int psctl_submit_main(int argc, char **argv) {
     fprintf(stderr, "psctl submit: %s\n", eb.msg);
     goto free_spec;
   }
-  if (psctl_submit_consistency(&o, &c.cfg, spec) || psctl_submit_codecs(&o, &c.cfg, spec))
+  if (psctl_submit_consistency(&o, &c.cfg, spec) || psctl_submit_codecs(&o, &c.cfg, g, spec))
     goto close_cluster;
   code = 1;
   r = calloc(c.cfg.nshards, sizeof *r);

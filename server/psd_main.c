@@ -920,8 +920,8 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
       "Short forms: -c FILE (--config), -s N (--shard), -a NAME (--aggregator), -t (--test),\n"
       "-h (--help).\n"
       "Exit status: 0 stopped cleanly (or by a signal while starting; -t: the file is good),\n"
-      "1 a runtime failure (the store, the redo log, a listener: the log says which), 2 bad\n"
-      "usage or configuration.\n";
+      "1 a runtime failure (the store, the redo log, a listener: the log says which; -t: its\n"
+      "result line could not be written to stdout), 2 bad usage or configuration.\n";
   a->config = NULL;
   a->shard = -1;
   a->aggregator = NULL;
@@ -929,6 +929,7 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
   int c;
   while ((c = getopt_long(argc, argv, "c:s:a:th", opts, NULL)) != -1) {
     uint64_t id;
+    ps_errbuf eb;
     switch (c) {
       case 'c':
         if (a->config || !*optarg) {
@@ -942,8 +943,8 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
           fprintf(stderr, "psd: --shard given twice\n");
           return 2;
         }
-        if (ps_parse_uint(optarg, &id) < 0 || id > UINT32_MAX) {
-          fprintf(stderr, "psd: bad shard id '%s'\n", optarg);
+        if (ps_flag_uint("--shard", optarg, 0, UINT32_MAX, &id, &eb) < 0) {
+          fprintf(stderr, "psd: %s\n", eb.msg);
           return 2;
         }
         a->shard = (long)id;
@@ -1058,11 +1059,8 @@ static void psd_main_warn_plaintext(const ps_config *cfg, const ps_shard_conf *m
   const char *what[2] = {"gRPC control plane in plaintext (security.mode: none)",
                          "tensor channel without authentication (no security.secret_file)"};
   for (int i = 0; i < 2; i++) {
-    char host[256];
-    int port;
-    ps_errbuf eb;
-    if (!open[i] || ps_addr_split(addrs[i], host, sizeof host, &port, &eb) < 0) continue;
-    if (!strncmp(host, "127.", 4) || !strcmp(host, "::1") || !strcmp(host, "localhost")) continue;
+    /* loopback as an address, not as text: LOCALHOST and [0:0::1] are */
+    if (!open[i] || ps_addr_loopback(addrs[i])) continue;
     ps_warn("serving the %s on the non-loopback address '%s': anyone who reaches it may "
             "change the models", what[i], addrs[i]);
   }
@@ -1157,7 +1155,7 @@ int main(int argc, char **argv) {
   ps_log_init("psd", LOG_INFO);
   psd_args a;
   int code = psd_main_args(argc, argv, &a);
-  if (code) return code < 0 ? 0 : code;
+  if (code) return code < 0 ? ps_proc_flush_stdout("psd", "the help", 0) : code;
   /* a start: SIGTERM or SIGINT before the loop's handlers take over
    * (psd_main_handles; the store's open, the replay) stops the replay at
    * the next record it applies, or drains as soon as psd serves; SIGHUP
@@ -1203,7 +1201,8 @@ int main(int argc, char **argv) {
     printf("%s: configuration ok (%zu shard%s, %zu aggregator%s)\n", a.config, cfg.nshards,
            cfg.nshards == 1 ? "" : "s", cfg.naggs, cfg.naggs == 1 ? "" : "s");
     ps_config_release(&cfg);
-    return 0;
+    /* a check whose verdict went nowhere is no check: exit 1 */
+    return ps_proc_flush_stdout("psd", "the result line", 0);
   }
   /* Every descriptor the hard limit allows: gRPC core stops accepting for
    * good after one accept fails with EMFILE (psd_fd.h). */

@@ -92,22 +92,25 @@ static const char psw_usage[] =
 /* psw_num parses a non-negative integer option into *OUT; 0 or -1. */
 static int psw_num(const char *name, const char *s, long max, long *out) {
   uint64_t v = 0;
-  if (ps_parse_uint(s, &v) < 0 || v > (uint64_t)max) {
-    fprintf(stderr, "psw: bad value '%s' for --%s\n", s, name);
+  char flag[40];
+  ps_errbuf eb;
+  snprintf(flag, sizeof flag, "--%s", name);
+  if (ps_flag_uint(flag, s, 0, (uint64_t)max, &v, &eb) < 0) {
+    fprintf(stderr, "psw: %s\n", eb.msg);
     return -1;
   }
   *out = (long)v;
   return 0;
 }
 
-/* psw_factor parses a straggler factor (a number >= 1) into *OUT; 0 or -1. */
+/* psw_factor parses a straggler factor (a number from 1 to 1000) into
+ * *OUT; 0 or -1. */
 static int psw_factor(const char *s, double *out) {
-  double v = 0;
-  if (ps_parse_number(s, &v) < 0 || !(v >= 1 && v <= 1000)) {
-    fprintf(stderr, "psw: bad value '%s' for --slowdown (a number from 1 to 1000)\n", s);
+  ps_errbuf eb;
+  if (ps_flag_number("--slowdown", s, 1, 1000, out, &eb) < 0) {
+    fprintf(stderr, "psw: %s\n", eb.msg);
     return -1;
   }
-  *out = v;
   return 0;
 }
 
@@ -221,7 +224,7 @@ int main(int argc, char **argv) {
   ps_fpu_flush_subnormals(); /* before any thread: they inherit it */
   psw_args a;
   int rc = psw_parse(argc, argv, &a);
-  if (rc) return rc < 0 ? 0 : rc;
+  if (rc) return rc < 0 ? ps_proc_flush_stdout("psw", "the output", 0) : rc;
   ps_config cfg;
   if (ps_config_load(&cfg, a.config, &eb) < 0) {
     fprintf(stderr, "psw: %s\n", eb.msg);

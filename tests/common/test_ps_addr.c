@@ -146,6 +146,42 @@ START_TEST(test_addr_same) {
 }
 END_TEST
 
+/* ps_addr_loopback and ps_addr_same_host: the loopback and same-host
+ * judgements psd's plaintext warning and the data_dir check make, on
+ * addresses as ps_addr_same reads them, not on their text. */
+START_TEST(test_addr_loopback_same_host) {
+  static const char *const lo[] = {"localhost:1", "LOCALHOST:1", "LocalHost:1", "127.0.0.1:1",
+                                   "127.1.2.3:1", "[::1]:1", "[0:0::1]:1",
+                                   "[0000:0:0:0:0:0:0:1]:1", "[::ffff:127.0.0.1]:1"};
+  for (size_t i = 0; i < sizeof lo / sizeof *lo; i++)
+    ck_assert_msg(ps_addr_loopback(lo[i]), "%s", lo[i]);
+  static const char *const not_lo[] = {"10.0.0.1:1", "0.0.0.0:1", "[::]:1", "host-a:1",
+                                       "localhost.example:1", "[::2]:1", "128.0.0.1:1",
+                                       "localhost", "127.0.0.1:01", "[::ffff:10.0.0.1]:1"};
+  for (size_t i = 0; i < sizeof not_lo / sizeof *not_lo; i++)
+    ck_assert_msg(!ps_addr_loopback(not_lo[i]), "%s", not_lo[i]);
+  static const struct {
+    const char *a, *b;
+    int want;
+  } cases[] = {
+      {"localhost:1", "127.0.0.1:2", 1},   {"LOCALHOST:1", "[::1]:2", 1},
+      {"127.0.0.1:1", "127.0.0.2:2", 1},   {"[0:0::1]:1", "[::1]:1", 1},
+      {"Host-A:1", "host-a:2", 1},         {"[::ffff:10.0.0.1]:1", "10.0.0.1:2", 1},
+      {"0.0.0.0:1", "0.0.0.0:2", 1},       {"[::]:1", "[0::0]:2", 1},
+      {"10.0.0.1:1", "10.0.0.2:1", 0},     {"localhost:1", "10.0.0.1:1", 0},
+      {"host-a:1", "10.0.0.1:1", 0},       {"0.0.0.0:1", "10.0.0.1:1", 0},
+      {"0.0.0.0:1", "[::]:1", 0},          {"0.0.0.0:1", "127.0.0.1:1", 0},
+      {"h:1", "h", 0},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    ck_assert_msg(ps_addr_same_host(cases[i].a, cases[i].b) == cases[i].want, "%s %s",
+                  cases[i].a, cases[i].b);
+    ck_assert_msg(ps_addr_same_host(cases[i].b, cases[i].a) == cases[i].want, "%s %s",
+                  cases[i].b, cases[i].a);
+  }
+}
+END_TEST
+
 Suite *ps_addr_suite(void) {
   Suite *s = suite_create("ps_addr");
   TCase *tc = tcase_create("core");
@@ -155,6 +191,7 @@ Suite *ps_addr_suite(void) {
   tcase_add_test(tc, test_addr_v6);
   tcase_add_test(tc, test_addr_port_leading_zero);
   tcase_add_test(tc, test_addr_same);
+  tcase_add_test(tc, test_addr_loopback_same_host);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -1,5 +1,6 @@
 /* Tests for ps_config: a full file read back, defaults, and every kind of
  * bad file with its exact "file:line:col: message". */
+#include <float.h>
 #include <math.h>
 #include <stdio.h>
 #include <sys/stat.h>
@@ -347,6 +348,32 @@ START_TEST(test_config_data_dir_per_host) {
              "  - {id: 0, grpc: 'a:1', channel: 'a:2', data_dir: /d}\n  - %s\n",
              cases[i].b);
     expect_warning(text, cases[i].warn, NULL, i);
+  }
+  /* one host however it is written: the hosts compared as addresses
+   * (ps_addr_same_host), not as text; 'localhost' and 127.0.0.1 counted
+   * as two hosts */
+  static const struct {
+    const char *a, *b, *warn;
+  } hosts[] = {
+      {"localhost", "127.0.0.1", "on the same host '127.0.0.1' ('localhost' there)"},
+      {"127.0.0.1", "[::1]", "on the same host '::1' ('127.0.0.1' there)"},
+      {"LOCALHOST", "localhost", "on the same host 'localhost' ('LOCALHOST' there)"},
+      {"[::1]", "[0:0::1]", "on the same host '0:0::1' ('::1' there)"},
+      {"Host-A", "host-a", "on the same host 'host-a' ('Host-A' there)"},
+      {"127.0.0.1", "127.0.0.2", "on the same host '127.0.0.2' ('127.0.0.1' there)"},
+      {"[::ffff:10.0.0.1]", "10.0.0.1", "on the same host '10.0.0.1'"},
+      {"10.0.0.1", "10.0.0.2", NULL},
+      {"localhost", "10.0.0.1", NULL},
+      {"host-a", "10.0.0.1", NULL}, /* no DNS */
+  };
+  for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++) {
+    char text[400];
+    snprintf(text, sizeof text,
+             "cluster: t\nsecurity: none\nshards:\n"
+             "  - {id: 0, grpc: '%s:1', channel: '%s:2', data_dir: /d}\n"
+             "  - {id: 1, grpc: '%s:3', channel: '%s:4', data_dir: /d}\n",
+             hosts[i].a, hosts[i].a, hosts[i].b, hosts[i].b);
+    expect_warning(text, hosts[i].warn, NULL, i);
   }
 }
 END_TEST
@@ -886,6 +913,72 @@ START_TEST(test_parse_numbers) {
 }
 END_TEST
 
+/* The flag readers: the file's rules, and the reason said with the flag
+ * and the value (psd said "bad shard id '01'", psctl "wants a number"
+ * for 1e400). */
+START_TEST(test_flag_values) {
+  static const struct {
+    const char *s;
+    uint64_t min, max;
+    const char *msg; /* NULL: taken */
+  } ints[] = {
+      {"7", 0, 10, NULL},
+      {"0", 0, 10, NULL},
+      {"01", 0, 10, "--f wants an integer in [0, 10], got '01': a leading zero (write 1)"},
+      {"000", 0, 10, "got '000': a leading zero (write 0)"},
+      {"11", 0, 10, "--f wants an integer in [0, 10], got '11': out of range"},
+      {"-1", 0, 10, "got '-1': out of range"},
+      {"-0", 0, 10, "got '-0': out of range"},
+      {"99999999999999999999", 0, UINT64_MAX, "got '99999999999999999999': out of range"},
+      {"1.0", 0, 10, "got '1.0': not an integer (decimal digits only)"},
+      {"+1", 0, 10, "got '+1': not an integer"},
+      {"", 0, 10, "got '': not an integer"},
+  };
+  for (size_t i = 0; i < sizeof ints / sizeof ints[0]; i++) {
+    uint64_t v = 42;
+    ps_errbuf eb = {{0}};
+    int rc = ps_flag_uint("--f", ints[i].s, ints[i].min, ints[i].max, &v, &eb);
+    if (!ints[i].msg) {
+      ck_assert_msg(rc == 0, "'%s': %s", ints[i].s, eb.msg);
+      continue;
+    }
+    ck_assert_msg(rc == PS_EINVAL && v == 42, "'%s' taken", ints[i].s);
+    ck_assert_msg(strstr(eb.msg, ints[i].msg), "'%s': %s", ints[i].s, eb.msg);
+  }
+  static const struct {
+    const char *s;
+    double min, max;
+    const char *msg;
+  } nums[] = {
+      {"0.5", 0, 1, NULL},
+      {"1/4", 0, 1, NULL},
+      {"-2", -DBL_MAX, DBL_MAX, NULL},
+      {"+2", 1, 1000, "--f wants a number in [1, 1000], got '+2': a sign (write it without)"},
+      {"1e400", 1e-6, 1, "--f wants a number in [1e-06, 1], got '1e400': out of range (beyond a double)"},
+      {"1e400", -DBL_MAX, DBL_MAX, "--f wants a number, got '1e400': out of range (beyond a double)"},
+      {"1e-400", 0, DBL_MAX, "--f wants a number >= 0, got '1e-400': nearer 0 than a double holds (write 0)"},
+      {"1e-400", 1e-6, 1, "got '1e-400': out of range (beyond a double)"},
+      {"00.5", 0, 1, "got '00.5': a leading zero in an integer part"},
+      {"1/02", 0, 1, "got '1/02': a leading zero"},
+      {"0x10", 0, DBL_MAX, "got '0x10': not a number"},
+      {"nan", -DBL_MAX, DBL_MAX, "got 'nan': not a number"},
+      {"2", 0, 1, "--f wants a number in [0, 1], got '2': out of range"},
+      {"-0", 0, 1, "got '-0': out of range"},
+  };
+  for (size_t i = 0; i < sizeof nums / sizeof nums[0]; i++) {
+    double v = 42;
+    ps_errbuf eb = {{0}};
+    int rc = ps_flag_number("--f", nums[i].s, nums[i].min, nums[i].max, &v, &eb);
+    if (!nums[i].msg) {
+      ck_assert_msg(rc == 0, "'%s': %s", nums[i].s, eb.msg);
+      continue;
+    }
+    ck_assert_msg(rc == PS_EINVAL && v == 42, "'%s' taken", nums[i].s);
+    ck_assert_msg(strstr(eb.msg, nums[i].msg), "'%s': %s", nums[i].s, eb.msg);
+  }
+}
+END_TEST
+
 Suite *ps_config_suite(void) {
   Suite *s = suite_create("ps_config");
   TCase *tc = tcase_create("core");
@@ -901,6 +994,7 @@ Suite *ps_config_suite(void) {
   tcase_add_test(tc, test_config_unreadable);
   tcase_add_test(tc, test_config_hostile_sizes);
   tcase_add_test(tc, test_parse_numbers);
+  tcase_add_test(tc, test_flag_values);
   suite_add_tcase(s, tc);
   return s;
 }

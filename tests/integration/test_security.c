@@ -14,6 +14,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "ps.pb-c.h"
@@ -693,6 +694,10 @@ START_TEST(test_sec_pair_checked) {
   ck_assert_int_eq(ps_tls_check_hosts(t->cert, addrs, 2, &eb), 0);
   ck_assert_int_eq(ps_tls_check_hosts(t->cert, addrs, 4, &eb), PS_ECONFIG);
   ck_assert_msg(strstr(eb.msg, "does not name localhost, ::1 ("), "%s", eb.msg);
+  /* a wildcard however written is dialed by no client: no SAN to check
+   * ([0:0::0] was checked as an IP SAN, compared as text with "::") */
+  const char *wild[] = {"127.0.0.1:1", "[0:0::0]:2", "[::ffff:0.0.0.0]:3", "[::]:4"};
+  ck_assert_msg(ps_tls_check_hosts(t->cert, wild, 4, &eb) == 0, "%s", eb.msg);
 }
 END_TEST
 
@@ -1344,6 +1349,53 @@ START_TEST(test_sec_file_names_key) {
 }
 END_TEST
 
+/* sec_v6_loopback says whether this host has [::1] to bind. */
+static int sec_v6_loopback(void) {
+  int fd = socket(AF_INET6, SOCK_STREAM, 0);
+  struct sockaddr_in6 a = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+  int ok = fd >= 0 && bind(fd, (struct sockaddr *)&a, sizeof a) == 0;
+  if (fd >= 0) close(fd);
+  return ok;
+}
+
+/* psd warns of plaintext gRPC and an unauthenticated channel only on an
+ * address other hosts can reach: loopback however it is written
+ * (LOCALHOST, [0:0::1]) is none.  It compared the text with
+ * "localhost", "::1" and "127." and warned of both. */
+START_TEST(test_sec_plaintext_loopback) {
+  char dir[600], path[700], log[700], gfrom[64], gto[64], cfrom[64], cto[64];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  int gp, cp;
+  const char *saved = ps_test_security_yaml;
+  ps_test_security_yaml = "security:\n  mode: none\n";
+  const char *yaml = ps_test_cluster_yaml(dir, 1, NULL, &gp, &cp);
+  ps_test_security_yaml = saved;
+  int v6 = sec_v6_loopback();
+  snprintf(gfrom, sizeof gfrom, "grpc: 127.0.0.1:%d\n", gp);
+  snprintf(gto, sizeof gto, "grpc: LOCALHOST:%d\n", gp);
+  snprintf(cfrom, sizeof cfrom, "channel: 127.0.0.1:%d\n", cp);
+  snprintf(cto, sizeof cto, v6 ? "channel: '[0:0::1]:%d'\n" : "channel: 127.0.0.9:%d\n",
+           cp); /* (no ::1: another loopback address) */
+  snprintf(path, sizeof path, "%s/loop.yaml", dir);
+  ps_test_file_replace(yaml, path, gfrom, gto);
+  ps_test_file_replace(path, path, cfrom, cto);
+  snprintf(log, sizeof log, "%s/psd.log", dir);
+  pid_t pid = ps_test_psd(path, 0, log, NULL);
+  char *text = NULL;
+  for (int i = 0; i < 300 && (!text || !strstr(text, "shard 0 serving")); i++) {
+    free(text);
+    usleep(50000);
+    text = ps_test_read_file(log, NULL);
+  }
+  ck_assert_int_eq(WEXITSTATUS(ps_test_stop(pid, SIGTERM, 10000)), 0);
+  free(text);
+  text = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(text, "shard 0 serving"), "psd did not serve (channel %s): %s", cto, text);
+  ck_assert_msg(!strstr(text, "non-loopback"), "warned of a loopback address: %s", text);
+  free(text);
+}
+END_TEST
+
 Suite *security_suite(void) {
   Suite *s = suite_create("security");
   TCase *tc = tcase_create("mtls");
@@ -1378,6 +1430,11 @@ Suite *security_suite(void) {
   tc = tcase_create("unit");
   tcase_add_test(tc, test_sec_role_subject);
   tcase_add_test(tc, test_sec_file_names_key);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("plaintext");
+  tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, test_sec_plaintext_loopback);
   suite_add_tcase(s, tc);
   return s;
 }

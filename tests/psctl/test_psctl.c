@@ -479,6 +479,31 @@ START_TEST(test_psctl_submit) {
     ck_assert_float_eq(pt_lr(&x, s, "m"), 0.02f);
   }
 
+  /* topk keeping half a chunk or more sends no fewer bytes than fp32 (8
+   * bytes per kept element): submitted, with a warning that says so (it
+   * went through silently); under 0.5, or with topk unused, none */
+  static const struct {
+    const char *flags, *warn;
+  } tk[] = {
+      {"--codec topk --topk 0.5", "--topk 0.5 sends 1.00x the bytes of fp32"},
+      {"--codec topk --topk 1", "--topk 1 sends 2.00x the bytes of fp32 (8 bytes per kept "
+                                "element against 4 per element): fp32, which is exact, or a "
+                                "fraction under 0.5 would send fewer"},
+      {"--tensor-codec W1=topk --topk 0.75", "--topk 0.75 sends 1.50x the bytes of fp32"},
+      {"--codec topk --topk 0.49", NULL},
+      {"--codec int8 --topk 0.9", NULL},
+  };
+  for (size_t i = 0; i < sizeof tk / sizeof tk[0]; i++) {
+    ck_assert_msg(pt_psctl(&x, "submit lr.pb --name m --optimizer adam --lr 0.02 --replace %s "
+                               "--config '%s'", tk[i].flags, x.yaml) == 0,
+                  "%s: failed, see %s", tk[i].flags, x.err);
+    if (tk[i].warn)
+      ck_assert_msg(pt_contains(x.err, tk[i].warn), "%s: no '%s' in %s", tk[i].flags,
+                    tk[i].warn, x.err);
+    else
+      ck_assert_msg(!pt_contains(x.err, "the bytes of fp32"), "%s: see %s", tk[i].flags, x.err);
+  }
+
   /* Codecs: bad values are refused before anything is sent (2); good
    * ones land in the model's spec on every shard. */
   static const char *const bad[][2] = {
@@ -546,20 +571,51 @@ START_TEST(test_cli_bad_flags) {
     const char *prog, *args; /* args: a printf format taking the cluster file */
     const char *want;
   } cases[] = {
-      {"psd", "-t --config '%s' --shard ''", "bad shard id ''"},
-      {"psd", "-t --config '%s' --shard ' 0'", "bad shard id ' 0'"},
-      {"psd", "-t --config '%s' --shard -1", "bad shard id '-1'"},
+      {"psd", "-t --config '%s' --shard ''",
+       "--shard wants an integer in [0, 4294967295], got '': not an integer"},
+      {"psd", "-t --config '%s' --shard ' 0'", "got ' 0': not an integer (decimal digits only)"},
+      {"psd", "-t --config '%s' --shard -1", "got '-1': out of range"},
+      /* why a value is refused, said by every integer and number flag of
+       * the three programs as the cluster file says it (they said "bad
+       * shard id '01'", "bad value", or "wants a number" for 1e400) */
+      {"psd", "-t --config '%s' --shard 01",
+       "psd: --shard wants an integer in [0, 4294967295], got '01': a leading zero (write 1)"},
+      {"psd", "-t --config '%s' --shard 4294967296", "got '4294967296': out of range"},
+      {"psd", "-t --config '%s' --shard 99999999999999999999", "out of range"},
+      {"psw", "--config '%s' --model m --epochs 007",
+       "psw: --epochs wants an integer in [0, 100000], got '007': a leading zero (write 7)"},
+      {"psw", "--config '%s' --model m --rank 4096",
+       "psw: --rank wants an integer in [0, 4095], got '4096': out of range"},
+      {"psw", "--config '%s' --model m --slowdown 1e400",
+       "psw: --slowdown wants a number in [1, 1000], got '1e400': out of range (beyond a double)"},
+      {"psw", "--config '%s' --model m --slowdown 02",
+       "--slowdown wants a number in [1, 1000], got '02': a leading zero"},
+      {"psctl", "submit m.pb --name m --topk 1e400 --config '%s'",
+       "--topk wants a number in [1e-06, 1], got '1e400': out of range (beyond a double)"},
+      {"psctl", "submit m.pb --name m --lr 1e400 --config '%s'",
+       "--lr wants a number, got '1e400': out of range (beyond a double)"},
+      {"psctl", "submit m.pb --name m --lr 00.5 --config '%s'",
+       "--lr wants a number, got '00.5': a leading zero"},
+      {"psctl", "submit m.pb --name m --seed 012 --config '%s'",
+       "--seed wants an integer in [0, 18446744073709551615], got '012': a leading zero (write 12)"},
+      {"psctl", "status --config '%s' --timeout 0100", "got '0100': a leading zero (write 100)"},
+      {"psctl", "model mlp --layers 784,0256,10 -o x.pb",
+       "--layers item 2 wants an integer in [1, 16777216], got '0256': a leading zero (write 256)"},
+      {"psctl", "model mlp --layers 784,0,10 -o x.pb",
+       "--layers item 2 wants an integer in [1, 16777216], got '0': out of range"},
+      {"psctl", "model ctr --fields 2 --dim 4 --dense 3 --layers 16,x -o x.pb",
+       "--layers item 2 wants an integer in [1, 16777216], got 'x': not an integer"},
       {"psd", "-t --config '%s' --shard", "requires an argument"},
       {"psd", "-t --config '%s' --bogus", "unrecognized option '--bogus'"},
       {"psd", "-t --config '%s' --shard 0 --shard 1", "--shard given twice"},
       {"psd", "-t --config= --shard 0", "--config wants a file"},
       {"psw", "--config '%s' --model 'a b'", "bad model name 'a b'"},
       {"psw", "--config '%s' --model ''", "bad model name ''"},
-      {"psw", "--config '%s' --model m --epochs x", "bad value 'x' for --epochs"},
-      {"psw", "--config '%s' --model m --batch -1", "bad value '-1' for --batch"},
-      {"psw", "--config '%s' --model m --epochs ' 2'", "bad value ' 2' for --epochs"},
-      {"psw", "--config '%s' --model m --slowdown 0x2", "bad value '0x2' for --slowdown"},
-      {"psw", "--config '%s' --model m --slowdown 0.5", "bad value '0.5' for --slowdown"},
+      {"psw", "--config '%s' --model m --epochs x", "--epochs wants an integer in [0, 100000], got 'x': not an integer"},
+      {"psw", "--config '%s' --model m --batch -1", "--batch wants an integer in [0, 1048576], got '-1': out of range"},
+      {"psw", "--config '%s' --model m --epochs ' 2'", "--epochs wants an integer in [0, 100000], got ' 2'"},
+      {"psw", "--config '%s' --model m --slowdown 0x2", "--slowdown wants a number in [1, 1000], got '0x2': not a number"},
+      {"psw", "--config '%s' --model m --slowdown 0.5", "--slowdown wants a number in [1, 1000], got '0.5': out of range"},
       {"psw", "--config '%s' --model m --blas-threads", "requires an argument"},
       {"psw", "--config '%s' --model m --metrics-csv /nonexistent/m.csv",
        "--metrics-csv '/nonexistent/m.csv': No such file or directory"},
@@ -576,14 +632,15 @@ START_TEST(test_cli_bad_flags) {
       {"psctl", "bench --config '%s' --rounds -3", "--rounds wants an integer"},
       {"psctl", "bench --config '%s' --model-mib 0", "--model-mib wants a size above 0"},
       {"psctl", "bench --config '%s' --request-mib 0", "--request-mib wants at least 0.001 MiB"},
-      {"psctl", "bench --config '%s' --request-mib 0x10", "--request-mib wants a number, got '0x10'"},
+      {"psctl", "bench --config '%s' --request-mib 0x10", "--request-mib wants a number >= 0, got '0x10': not a number"},
       {"psctl", "bench --config '%s' --sockbuf 4096", "--sockbuf wants 0"},
       {"psctl", "bench --config '%s' --request-mib 300", "is above limits.max_request_bytes"},
       {"psctl", "model show /dev/zero", "/dev/zero: more than 64 MiB: not a graph"},
-      {"psctl", "model mlp --layers +784,10 -o x.pb", "--layers wants 2 to 64 positive widths"},
+      {"psctl", "model mlp --layers +784,10 -o x.pb", "--layers item 1 wants an integer in [1, 16777216], got '+784'"},
+      {"psctl", "model mlp --layers 784 -o x.pb", "--layers wants 2 to 64 positive widths"},
       {"psctl", "model mlp --layers 784,10, -o x.pb", "--layers wants 2 to 64 positive widths"},
       {"psctl", "model mlp --layers 784,10 --name 'a b' -o x.pb", "--name: bad model name 'a b'"},
-      {"psctl", "submit m.pb --name m --lr inf --config '%s'", "--lr wants a number, got 'inf'"},
+      {"psctl", "submit m.pb --name m --lr inf --config '%s'", "--lr wants a number, got 'inf': not a number"},
       {"psctl", "submit m.pb --name m --codec '' --config '%s'", "--codec wants a codec name"},
       {"psctl", "submit m.pb --name m --chunk-elems 67108865 --config '%s'",
        "--chunk-elems wants an integer in [0, 67108864]"},
@@ -621,6 +678,29 @@ START_TEST(test_cli_bad_flags) {
     ck_assert_msg(pt_contains(x.err, cases[i].want), "%s %s: no \"%s\" in %s", cases[i].prog, args,
                   cases[i].want, x.err);
   }
+  /* --tensor-codec naming the embedding table, which 'psctl model show'
+   * lists: it is said to be one, with the codecs its rows travel in (it
+   * said "the model has no tensor 'emb'") */
+  ck_assert_int_eq(pt_psctl(&x, "model ctr --fields 2 --dim 4 --dense 3 -o ctr.pb"), 0);
+  static const struct {
+    const char *flags, *want;
+  } emb[] = {
+      {"", "--tensor-codec: 'emb' is an embedding table (sparse), not a dense tensor: its rows "
+           "travel in the model's codecs, pushed as fp32 (--codec fp32) and pulled as fp32 "
+           "(--pull-codec); --tensor-codec does not apply to them: set --codec and --pull-codec"},
+      {"--codec onebit --pull-codec int8",
+       "pushed as int8 (--codec onebit: onebit and topk push rows as int8) and pulled as int8"},
+      {"--codec fp16", "pushed as fp16 (--codec fp16) and pulled as fp32"},
+  };
+  for (size_t i = 0; i < sizeof emb / sizeof emb[0]; i++) {
+    ck_assert_int_eq(pt_psctl(&x, "submit ctr.pb --name c %s --tensor-codec emb=int8 --config '%s'",
+                              emb[i].flags, x.yaml), 2);
+    ck_assert_msg(pt_contains(x.err, emb[i].want), "%s: no '%s' in %s", emb[i].flags,
+                  emb[i].want, x.err);
+  }
+  ck_assert_int_eq(pt_psctl(&x, "submit ctr.pb --name c --tensor-codec W9=int8 --config '%s'",
+                            x.yaml), 2);
+  ck_assert_msg(pt_contains(x.err, "the model has no tensor 'W9'"), "see %s", x.err);
   pt_cleanup(&x);
 }
 END_TEST
@@ -783,18 +863,50 @@ START_TEST(test_psctl_bench) {
 }
 END_TEST
 
-/* pt_psctl_to runs `psctl ARGS` in X->dir with stdout redirected as REDIR
+/* pt_prog_to runs `PROG ARGS` in X->dir with stdout redirected as REDIR
  * ("> /dev/full", ">&-") and stderr to X->err; its exit code, -1 when it
- * did not exit normally. */
-static int pt_psctl_to(pt_ctx *x, const char *redir, const char *args) {
+ * did not exit normally.  pt_psctl_to: PROG psctl. */
+static int pt_prog_to(pt_ctx *x, const char *prog, const char *redir, const char *args) {
   char cmd[4096], cwd[1024] = "";
-  const char *bin = ps_test_bin("psctl");
+  const char *bin = ps_test_bin(prog);
   if (bin[0] != '/') ck_assert(getcwd(cwd, sizeof cwd) != NULL);
   snprintf(cmd, sizeof cmd, "cd '%s' && timeout 60 '%s%s%s' %s %s 2> '%s'", x->dir, cwd,
            *cwd ? "/" : "", bin, args, redir, x->err);
   int st = system(cmd);
   return st != -1 && WIFEXITED(st) ? WEXITSTATUS(st) : -1;
 }
+#define pt_psctl_to(x, redir, args) pt_prog_to(x, "psctl", redir, args)
+
+/* psd -t's "configuration ok" that cannot be written: exit 1 and a line on
+ * stderr, as psw and psctl do (it exited 0, so `psd -t > f && use f` took
+ * a file without the line for a checked one). */
+START_TEST(test_psd_t_output_errors) {
+  pt_ctx x;
+  pt_init(&x);
+  char args[700];
+  snprintf(args, sizeof args, "-t --config '%s'", x.yaml);
+  ck_assert_msg(pt_prog_to(&x, "psd", "> /dev/null", args) == 0, "psd %s failed, see %s", args,
+                x.err);
+  const char *redirs[] = {"> /dev/full", ">&-"};
+  for (size_t r = 0; r < 2; r++) {
+    int rc = pt_prog_to(&x, "psd", redirs[r], args);
+    ck_assert_msg(rc == 1, "psd %s %s: exit %d, want 1", args, redirs[r], rc);
+    ck_assert_msg(pt_contains(x.err, "psd: the result line could not be written to stdout: "),
+                  "psd %s %s does not say why, see %s", args, redirs[r], x.err);
+  }
+  /* --help likewise, psw's too */
+  ck_assert_int_eq(pt_prog_to(&x, "psd", "> /dev/full", "--help"), 1);
+  ck_assert_msg(pt_contains(x.err, "psd: the help could not be written to stdout: "), "see %s",
+                x.err);
+  ck_assert_int_eq(pt_prog_to(&x, "psw", ">&-", "--help"), 1);
+  ck_assert_msg(pt_contains(x.err, "psw: the output could not be written to stdout: "), "see %s",
+                x.err);
+  ck_assert_int_eq(pt_prog_to(&x, "psw", "> /dev/null", "--help"), 0);
+  /* a bad file keeps its own exit code */
+  ck_assert_int_eq(pt_prog_to(&x, "psd", "> /dev/full", "-t --config /nonexistent.yaml"), 2);
+  pt_cleanup(&x);
+}
+END_TEST
 
 /* psctl's output that cannot be written (stdout on a full disk, or
  * closed): exit 1 and a line on stderr, as psw does; it exited 0, and a
@@ -880,7 +992,8 @@ Suite *psctl_suite(void) {
                {"psd_t_group_commit", test_psd_t_group_commit_periodic},
                {"bench", test_psctl_bench},
                {"status_aggregator", test_psctl_status_aggregator},
-               {"output_errors", test_psctl_output_errors}};
+               {"output_errors", test_psctl_output_errors},
+               {"psd_t_output_errors", test_psd_t_output_errors}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     TCase *tc = tcase_create(cases[i].name);
     tcase_set_timeout(tc, 180);

@@ -646,12 +646,12 @@ static int psctl_status_args(int argc, char **argv, psctl_status_opts *o) {
         o->interval_ms = (int)v;
         break;
       case 'h': psctl_status_usage_to(stdout); return -1;
-      default: psctl_status_usage_to(stderr); return 2;
+      default: fputs("see 'psctl status --help'\n", stderr); return 2;
     }
   }
   if (optind < argc || o->timeout_ms <= 0) {
     if (optind < argc) fprintf(stderr, "psctl status: unexpected argument '%s'\n", argv[optind]);
-    psctl_status_usage_to(stderr);
+    fputs("see 'psctl status --help'\n", stderr);
     return 2;
   }
   return 0;

@@ -9,8 +9,9 @@
 #                        one section; scripts/bench --list names them)
 #   make SANITIZE=address,undefined test
 #   make fuzz            the libFuzzer targets (tests/fuzz), FUZZ_SECONDS (600) each
-#   make test-long       make fuzz and the other long tests (the durability crash loop,
-#                        CRASH_ITERS=60 kill-restart iterations; PS_TEST_LONG=1 suites)
+#   make test-long       the long tests: crash-loop (the durability crash loop,
+#                        CRASH_ITERS=60 kill-restart iterations), failover-long
+#                        (PS_TEST_LONG=1: 4 workers, one killed every 10 s), fuzz
 #
 # Objects go to build/obj (build/obj-san-* with SANITIZE), generated code to
 # build/gen, programs to build/bin.

@@ -693,7 +693,7 @@ static int bench_args(int argc, char **argv, bench_opts *o) {
         bad = psctl_parse_double("bench", "small-secs", optarg, 0, DBL_MAX, &o->small_secs);
         break;
       case 'h': fputs(bench_usage, stdout); return -1;
-      default: fputs(bench_usage, stderr); return 2;
+      default: fputs("see 'psctl bench --help'\n", stderr); return 2;
     }
     if (bad) return 2;
   }
@@ -706,7 +706,7 @@ static int bench_args(int argc, char **argv, bench_opts *o) {
                         : NULL;
   if (why || o->rounds < 1 || o->depth < 1 || o->sockbuf < 0 || o->memory_params > 4000000000ull) {
     if (why) fprintf(stderr, "psctl bench: %s\n", why);
-    fputs(bench_usage, stderr);
+    fputs("see 'psctl bench --help'\n", stderr);
     return 2;
   }
   return 0;

@@ -89,7 +89,7 @@ static int psctl_export_args(int argc, char **argv, psctl_export_opts *o) {
     fprintf(stderr, "psctl export: %s\n", eb.msg);
     bad = 1;
   }
-  if (bad) fputs(psctl_export_usage, stderr);
+  if (bad) fputs("see 'psctl export --help'\n", stderr);
   return bad ? 2 : 0;
 }
 

@@ -33,7 +33,7 @@ static void psctl_usage(FILE *f) {
  * for a missing or unknown command. */
 static int psctl_dispatch(int argc, char **argv) {
   if (argc < 2) {
-    psctl_usage(stderr);
+    fputs("psctl: no command given\nsee 'psctl --help'\n", stderr);
     return 2;
   }
   if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
@@ -42,8 +42,7 @@ static int psctl_dispatch(int argc, char **argv) {
   }
   for (size_t i = 0; i < PSCTL_NCMDS; i++)
     if (!strcmp(argv[1], psctl_cmds[i].name)) return psctl_cmds[i].main(argc - 1, argv + 1);
-  fprintf(stderr, "psctl: unknown command '%s'\n", argv[1]);
-  psctl_usage(stderr);
+  fprintf(stderr, "psctl: unknown command '%s'\nsee 'psctl --help'\n", argv[1]);
   return 2;
 }
 

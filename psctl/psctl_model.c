@@ -85,12 +85,12 @@ static int psctl_model_args(int argc, char **argv, psctl_model_opts *o) {
       case 'n': o->name = optarg; break;
       case 'o': o->out = optarg; break;
       case 'h': fputs(psctl_model_usage, stdout); return -1;
-      default: fputs(psctl_model_usage, stderr); return 2;
+      default: fputs("see 'psctl model --help'\n", stderr); return 2;
     }
   }
   if (optind < argc || !o->out) {
-    fprintf(stderr, "psctl model %s: %s\n%s", argv[0], o->out ? "unexpected argument" : "-o FILE is required",
-            psctl_model_usage);
+    fprintf(stderr, "psctl model %s: %s\nsee 'psctl model --help'\n", argv[0],
+            o->out ? "unexpected argument" : "-o FILE is required");
     return 2;
   }
   ps_errbuf eb;
@@ -244,7 +244,8 @@ static int psctl_model_show(int argc, char **argv) {
     return 0;
   }
   if (argc != 2) {
-    fputs(psctl_model_usage, stderr);
+    fprintf(stderr, "psctl model show: %s\nsee 'psctl model --help'\n",
+            argc < 2 ? "one graph FILE is required" : "one graph FILE only");
     return 2;
   }
   psw_graph *g;
@@ -273,7 +274,7 @@ static const struct {
 /* psctl_model_main dispatches "model mlp|logreg|show" (see psctl.h). */
 int psctl_model_main(int argc, char **argv) {
   if (argc < 2) {
-    fputs(psctl_model_usage, stderr);
+    fputs("psctl model: which kind? mlp, logreg, ctr or show\nsee 'psctl model --help'\n", stderr);
     return 2;
   }
   if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
@@ -282,6 +283,7 @@ int psctl_model_main(int argc, char **argv) {
   }
   for (size_t i = 0; i < sizeof psctl_model_cmds / sizeof psctl_model_cmds[0]; i++)
     if (!strcmp(argv[1], psctl_model_cmds[i].name)) return psctl_model_cmds[i].main(argc - 1, argv + 1);
-  fprintf(stderr, "psctl model: unknown kind '%s'\n%s", argv[1], psctl_model_usage);
+  fprintf(stderr, "psctl model: unknown kind '%s' (mlp, logreg, ctr or show)\nsee 'psctl model --help'\n",
+          argv[1]);
   return 2;
 }

@@ -271,9 +271,9 @@ static void psctl_status_workers(const Ps__ListWorkersReply *w, const char *why)
  * invariant 7). */
 static void psctl_status_parts(const Ps__ListWorkersReply *w) {
   if (!w || !w->n_partitions) return;
-  printf("\npartitions of model '%s' (%u epochs claimed, data set %llu samples):\n",
+  printf("\npartitions of model '%s' (%u epoch%s claimed, data set %llu samples):\n",
          w->job_model && *w->job_model ? w->job_model : "-", w->job_epochs,
-         (unsigned long long)w->data_size);
+         w->job_epochs == 1 ? "" : "s", (unsigned long long)w->data_size);
   printf("%-9s %-6s %-6s %10s %10s %10s %s\n", "PARTITION", "OWNER", "EPOCH", "OFFSET",
          "IN FLIGHT", "SIZE", "STATE");
   for (size_t i = 0; i < w->n_partitions; i++) {
@@ -646,12 +646,12 @@ static int psctl_status_args(int argc, char **argv, psctl_status_opts *o) {
         o->interval_ms = (int)v;
         break;
       case 'h': psctl_status_usage_to(stdout); return -1;
-      default: psctl_status_usage_to(stderr); return 2;
+      default: fputs("see 'psctl status --help'\n", stderr); return 2;
     }
   }
   if (optind < argc || o->timeout_ms <= 0) {
     if (optind < argc) fprintf(stderr, "psctl status: unexpected argument '%s'\n", argv[optind]);
-    psctl_status_usage_to(stderr);
+    fputs("see 'psctl status --help'\n", stderr);
     return 2;
   }
   return 0;

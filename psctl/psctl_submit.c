@@ -241,7 +241,7 @@ static int psctl_submit_args(int argc, char **argv, psctl_submit_opts *o) {
   if (!bad && optind + 1 == argc) o->file = argv[optind];
   if (bad || !o->file || !o->name) {
     if (!bad) fprintf(stderr, "psctl submit: %s\n", !o->name ? "--name NAME is required" : "one graph FILE is required");
-    fputs(psctl_submit_usage, stderr);
+    fputs("see 'psctl submit --help'\n", stderr); /* the error, not 30 lines of usage */
     return 2;
   }
   return 0;

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""PyTorch reference for the "sparse" benchmark (issue 19).
+"""PyTorch reference for the "sparse" benchmark (scripts/bench_sparse).
 
 Trains the click-through model of `psctl model ctr` on a Criteo TSV log
 (scripts/gen_ctr writes one): 26 categorical fields, each an
@@ -22,8 +22,27 @@ import math
 import sys
 import time
 
-import numpy as np
-import torch
+
+def parse_args():
+    """The command line, parsed before numpy and torch load (so that --help
+    and a usage error need neither)."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--train", required=True)
+    ap.add_argument("--test", required=True)
+    ap.add_argument("--dim", type=int, default=16)
+    ap.add_argument("--layers", default="64,32")
+    ap.add_argument("--batch", type=int, default=512)
+    ap.add_argument("--lr", type=float, default=0.05)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--seed", type=int, default=1)
+    return ap.parse_args()
+
+
+if __name__ == "__main__":
+    ARGS = parse_args()
+
+import numpy as np  # noqa: E402 (after the arguments)
+import torch  # noqa: E402
 
 NDENSE, NFIELDS = 13, 26
 
@@ -92,17 +111,7 @@ def auc(p, y):
     return float((ranks[ys == 1].sum() - npos * (npos + 1) / 2) / (npos * nneg))
 
 
-def main():
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--train", required=True)
-    ap.add_argument("--test", required=True)
-    ap.add_argument("--dim", type=int, default=16)
-    ap.add_argument("--layers", default="64,32")
-    ap.add_argument("--batch", type=int, default=512)
-    ap.add_argument("--lr", type=float, default=0.05)
-    ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--seed", type=int, default=1)
-    a = ap.parse_args()
+def main(a):
     torch.manual_seed(a.seed)
     torch.set_num_threads(a.threads)
     vocab = [dict() for _ in range(NFIELDS)]
@@ -134,4 +143,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    main(ARGS)

@@ -93,6 +93,12 @@ def psw_blas_kernel():
         return None
 
 
+# The arguments first: --help and a usage error need neither psw nor
+# numpy and torch.
+if __name__ == "__main__":
+    AP, ARGS = parse_args()
+    os.environ["OPENBLAS_NUM_THREADS"] = str(ARGS.blas_threads)
+
 # The OpenBLAS kernel, set before numpy/torch load OpenBLAS (it reads
 # OPENBLAS_CORETYPE only then): the user's choice, or the one psw runs.
 if "OPENBLAS_CORETYPE" in os.environ:
@@ -106,10 +112,6 @@ else:
         BLAS_SOURCE = "OpenBLAS's choice"
     else:
         BLAS_SOURCE = "OpenBLAS's choice; psw --blas-kernel could not run"
-
-if __name__ == "__main__":
-    AP, ARGS = parse_args()
-    os.environ["OPENBLAS_NUM_THREADS"] = str(ARGS.blas_threads)
 
 import numpy as np  # noqa: E402 (after OPENBLAS_NUM_THREADS is set)
 import torch

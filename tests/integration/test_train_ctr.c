@@ -150,6 +150,13 @@ START_TEST(test_train_ctr_two_workers) {
   ck_assert_msg(strstr(st, "\"evictions\":0,") == NULL && strstr(st, "\"evictions\":"),
                 "no row was evicted: %s", st);
   free(st);
+  /* the text's partition table of this 1-epoch job: "1 epoch", not "1 epochs" */
+  snprintf(out, sizeof out, "%s/status.txt", x.dir);
+  char *text_status[] = {(char *)ps_test_bin("psctl"), "status", "--config", x.yaml, NULL};
+  ck_assert_msg(ps_test_run(text_status, out, 20000) == 0, "psctl status failed; see %s", out);
+  st = ps_test_read_file(out, NULL);
+  ck_assert_msg(strstr(st, "partitions of model 'ctr' (1 epoch claimed, "), "%s", st);
+  free(st);
   free(t0);
   free(t1);
   for (int s = 0; s < 2; s++) ck_assert_int_eq(ps_test_stop(x.shard[s], SIGTERM, 10000), 0);

@@ -705,6 +705,52 @@ START_TEST(test_cli_bad_flags) {
 }
 END_TEST
 
+/* A psctl usage error says what was wrong in one line and where the
+ * help is, "see 'psctl CMD --help'": it was followed by the command's
+ * whole usage text (30 lines for submit), which buried the error. */
+START_TEST(test_cli_usage_error_short) {
+  pt_ctx x;
+  pt_init(&x);
+  static const struct {
+    const char *args, *want, *see;
+  } cases[] = {
+      {"submit m.pb --name m --optimizer adam --momentum 0.5",
+       "--momentum does not apply to --optimizer adam", "psctl submit --help"},
+      {"submit --name m", "one graph FILE is required", "psctl submit --help"},
+      {"submit m.pb", "--name NAME is required", "psctl submit --help"},
+      {"submit m.pb --name m --no-such-flag", "no-such-flag", "psctl submit --help"},
+      {"status extra", "unexpected argument 'extra'", "psctl status --help"},
+      {"status --no-such-flag", "no-such-flag", "psctl status --help"},
+      {"export --model m", "-o FILE is required", "psctl export --help"},
+      {"export --no-such-flag", "no-such-flag", "psctl export --help"},
+      {"bench extra", "unexpected argument", "psctl bench --help"},
+      {"bench --no-such-flag", "no-such-flag", "psctl bench --help"},
+      {"model mlp --layers 4,2", "-o FILE is required", "psctl model --help"},
+      {"model mlp --no-such-flag", "no-such-flag", "psctl model --help"},
+      {"model", "psctl model: ", "psctl model --help"},
+      {"model nosuch", "unknown kind 'nosuch'", "psctl model --help"},
+      {"model show", "psctl model show: ", "psctl model --help"},
+      {"nosuch", "unknown command 'nosuch'", "psctl --help"},
+      {"", "psctl: ", "psctl --help"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    int rc = pt_run(&x, "psctl", "%s", cases[i].args);
+    char *err = ps_test_read_file(x.err, NULL);
+    int lines = 0;
+    for (const char *p = err; *p; p++) lines += *p == '\n';
+    char see[96];
+    snprintf(see, sizeof see, "see '%s'", cases[i].see);
+    ck_assert_msg(rc == 2, "psctl %s: exit %d, not 2: %s", cases[i].args, rc, err);
+    ck_assert_msg(strstr(err, cases[i].want) && strstr(err, see) && !strstr(err, "usage:") &&
+                      lines <= 3,
+                  "psctl %s: want \"%s\" and \"%s\" in a few lines, no usage text; got:\n%s",
+                  cases[i].args, cases[i].want, see, err);
+    free(err);
+  }
+  pt_cleanup(&x);
+}
+END_TEST
+
 /* pt_help_names says whether HELP names the short option -L: "-L"
  * standing alone ("-o FILE", "-t|--test", "(-c)"), not inside a word or a
  * long option. */
@@ -988,6 +1034,7 @@ Suite *psctl_suite(void) {
                {"submit", test_psctl_submit},
                {"submit_budget", test_psctl_submit_budget},
                {"cli_bad_flags", test_cli_bad_flags},
+               {"cli_usage_error_short", test_cli_usage_error_short},
                {"cli_short_options", test_cli_short_options},
                {"psd_t_group_commit", test_psd_t_group_commit_periodic},
                {"bench", test_psctl_bench},

@@ -627,12 +627,12 @@ static void psctl_status_builds(const psctl_row *rows, size_t n, const psctl_agg
       if (rows[j].st && psctl_same_build(psctl_build(rows[j].st), b))
         printf("%s %u", k++ ? "," : "", rows[j].st->shard);
     printf(" %s %s%s, psctl is %s\n", k > 1 ? "run" : "runs",
-           b ? "psd " : "a psd older than build reports", b ? b : "", me);
+           b ? "psd " : "a psd too old to report its build", b ? b : "", me);
   }
   for (size_t i = 0; i < naggs; i++)
     if (x[i].b)
       printf("aggregator %s runs %s%s, psctl is %s\n", x[i].g->name,
-             psctl_build(x[i].b) ? "psd " : "a psd older than build reports",
+             psctl_build(x[i].b) ? "psd " : "a psd too old to report its build",
              psctl_build(x[i].b) ? psctl_build(x[i].b) : "", me);
 }
 

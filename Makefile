@@ -129,6 +129,20 @@ $(GEN)/%.pb-c.c $(GEN)/%.pb-c.h: proto/%.proto
 	@mkdir -p $(GEN)
 	protoc-c --proto_path=proto --c_out=$(GEN) $<
 
+# The build string (common/ps_version.h), asked of git at every make but
+# written only when it changed: ps_version.o alone is compiled again (and
+# the programs linked) after a commit or a first uncommitted change.
+# "unknown" outside a git checkout (a source tarball, or git refusing the
+# directory's owner); never the network.
+$(GEN)/ps_version_gen.h: FORCE
+	@mkdir -p $(GEN)
+	@v=unknown; if [ -e .git ] && d=$$(git describe --always --dirty 2>/dev/null) && \
+	  t=$$(TZ=UTC git show -s --format=%cd --date=format-local:%Y-%m-%dT%H:%MZ HEAD 2>/dev/null); \
+	  then v=$$(printf '%s (%s)' "$$d" "$$t" | tr -d '"\\'); fi; \
+	printf '#define PS_VERSION_STRING "%s"\n' "$$v" > $@.tmp.$$$$; \
+	if cmp -s $@.tmp.$$$$ $@; then rm -f $@.tmp.$$$$; else mv $@.tmp.$$$$ $@; fi
+$(OBJ)/common/ps_version.o: $(GEN)/ps_version_gen.h
+
 $(OBJ)/gen/%.o: $(GEN)/%.c $(PB_H)
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) -w -c -o $@ $<
@@ -263,6 +277,7 @@ fuzz: deps
 	$(MAKE) --no-print-directory fuzz-build
 	FUZZ_BIN=$(FUZZ_BIN) FUZZ_CC=$(FUZZ_CC) scripts/fuzz run $(FUZZ_SECONDS) $(subst $(comma), ,$(FUZZ_TARGETS))
 
+$(FUZZ_OBJ)/common/ps_version.o: $(GEN)/ps_version_gen.h
 $(FUZZ_OBJ)/gen/%.o: $(GEN)/%.c $(PB_H)
 	@mkdir -p $(dir $@)
 	$(FUZZ_CC) $(FUZZ_CFLAGS) -w -c -o $@ $<

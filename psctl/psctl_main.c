@@ -5,6 +5,7 @@
 
 #include "ps_log.h"
 #include "ps_proc.h"
+#include "ps_version.h"
 #include "psctl.h"
 
 static const struct psctl_cmd {
@@ -25,12 +26,14 @@ static void psctl_usage(FILE *f) {
   fprintf(f, "usage: psctl COMMAND [--config FILE] [ARGS...]\n\ncommands:\n");
   for (size_t i = 0; i < PSCTL_NCMDS; i++)
     fprintf(f, "  %-8s %s\n", psctl_cmds[i].name, psctl_cmds[i].help);
-  fprintf(f, "\nThe cluster file defaults to ./%s.  'psctl COMMAND --help' describes a command.\n",
+  fprintf(f, "\nThe cluster file defaults to ./%s.  'psctl COMMAND --help' describes a command.\n"
+          "'psctl --version' prints psctl's build (commit and its UTC date); 'psctl status'\n"
+          "shows each shard's.\n",
           PSCTL_DEFAULT_CONFIG);
 }
 
-/* psctl_dispatch returns the subcommand's exit code; 0 for --help, 2
- * for a missing or unknown command. */
+/* psctl_dispatch returns the subcommand's exit code; 0 for --help and
+ * --version, 2 for a missing or unknown command. */
 static int psctl_dispatch(int argc, char **argv) {
   if (argc < 2) {
     fputs("psctl: no command given\nsee 'psctl --help'\n", stderr);
@@ -38,6 +41,10 @@ static int psctl_dispatch(int argc, char **argv) {
   }
   if (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
     psctl_usage(stdout);
+    return 0;
+  }
+  if (!strcmp(argv[1], "--version")) {
+    ps_version_print("psctl");
     return 0;
   }
   for (size_t i = 0; i < PSCTL_NCMDS; i++)

@@ -15,6 +15,7 @@
 #include "ps_pb.h"
 #include "ps_auth.h"
 #include "ps_rpc.h"
+#include "ps_version.h"
 #include "psctl.h"
 
 
@@ -328,6 +329,20 @@ static void psctl_json_num(double v) {
     printf("%.3f", v);
 }
 
+/* psctl_build returns the build S reported (StatusReply.build), NULL for
+ * none: S is NULL, or from a psd older than the field. */
+static const char *psctl_build(const Ps__StatusReply *s) {
+  return s && s->build && *s->build ? s->build : NULL;
+}
+
+/* psctl_json_build prints the "build" member of S's object: its build,
+ * or null. */
+static void psctl_json_build(const Ps__StatusReply *s) {
+  printf(",\"build\":");
+  if (psctl_build(s)) psctl_json_str(psctl_build(s));
+  else printf("null");
+}
+
 /* psctl_status_json_row prints one shard's JSON object. */
 static void psctl_status_json_row(const psctl_row *r) {
   printf("{\"id\":%u,\"address\":", r->sc->id);
@@ -337,7 +352,7 @@ static void psctl_status_json_row(const psctl_row *r) {
   if (!r->st) {
     printf(",\"state\":\"%s\",\"state_why\":\"\",\"error\":", psctl_down_state(r->err));
     psctl_json_str(r->why);
-    printf("}");
+    printf(",\"build\":null}");
     return;
   }
   const Ps__StatusReply *s = r->st;
@@ -345,6 +360,7 @@ static void psctl_status_json_row(const psctl_row *r) {
   psctl_json_str(s->state);
   printf(",\"state_why\":");
   psctl_json_str(s->state_why ? s->state_why : "");
+  psctl_json_build(s);
   printf(",\"uptime_ms\":%llu,\"models\":[", (unsigned long long)s->uptime_ms);
   for (size_t i = 0; i < s->n_models; i++) {
     printf("%s{\"name\":", i ? "," : "");
@@ -559,13 +575,14 @@ static void psctl_status_json_aggs(const psctl_agg *x, size_t n) {
     if (!b) {
       printf(",\"state\":\"%s\",\"error\":", psctl_down_state(x[i].err));
       psctl_json_str(x[i].why.msg);
-      putchar('}');
+      printf(",\"build\":null}");
       continue;
     }
     double fwd, hit;
     psctl_agg_rates(&x[i], &fwd, &hit);
     printf(",\"state\":");
     psctl_json_str(b->state);
+    psctl_json_build(b);
     printf(",\"pushes_in\":%llu,\"forwarded\":%llu,\"pulls\":%llu,\"pull_hits\":%llu,"
            "\"fetches\":%llu,\"forwarded_per_s\":",
            (unsigned long long)b->agg_pushes_in, (unsigned long long)b->agg_forwarded,
@@ -581,6 +598,42 @@ static void psctl_status_json_aggs(const psctl_agg *x, size_t n) {
     printf("]}");
   }
   putchar(']');
+}
+
+/* psctl_same_build: A and B are the same build (NULL: none reported). */
+static int psctl_same_build(const char *a, const char *b) {
+  return a && b ? !strcmp(a, b) : a == b;
+}
+
+/* psctl_status_builds prints, unless every shard and aggregator that
+ * answered runs psctl's own build, the build each runs (shards of one
+ * build on one line) and psctl's: README's compatibility notes are dated
+ * by build, and a cluster upgraded half-way must show it. */
+static void psctl_status_builds(const psctl_row *rows, size_t n, const psctl_agg *x, size_t naggs) {
+  const char *me = ps_version();
+  int differ = 0;
+  for (size_t i = 0; i < n; i++)
+    differ |= rows[i].st && !psctl_same_build(psctl_build(rows[i].st), me);
+  for (size_t i = 0; i < naggs; i++) differ |= x[i].b && !psctl_same_build(psctl_build(x[i].b), me);
+  if (!differ) return;
+  for (size_t i = 0; i < n; i++) {
+    const char *b = psctl_build(rows[i].st);
+    size_t j = 0, k = 0;
+    while (j < i && !(rows[j].st && psctl_same_build(psctl_build(rows[j].st), b))) j++;
+    if (!rows[i].st || j < i) continue; /* did not answer, or on shard j's line */
+    for (j = i; j < n; j++) k += rows[j].st && psctl_same_build(psctl_build(rows[j].st), b);
+    printf("shard%s", k > 1 ? "s" : "");
+    for (j = i, k = 0; j < n; j++)
+      if (rows[j].st && psctl_same_build(psctl_build(rows[j].st), b))
+        printf("%s %u", k++ ? "," : "", rows[j].st->shard);
+    printf(" %s %s%s, psctl is %s\n", k > 1 ? "run" : "runs",
+           b ? "psd " : "a psd too old to report its build", b ? b : "", me);
+  }
+  for (size_t i = 0; i < naggs; i++)
+    if (x[i].b)
+      printf("aggregator %s runs %s%s, psctl is %s\n", x[i].g->name,
+             psctl_build(x[i].b) ? "psd " : "a psd too old to report its build",
+             psctl_build(x[i].b) ? psctl_build(x[i].b) : "", me);
 }
 
 static const char psctl_status_usage[] =
@@ -603,8 +656,9 @@ static const char psctl_status_usage[] =
     "REFUSED.  Aggregators of the file (its 'aggregators' list) follow: sums forwarded\n"
     "per second, worker pushes summed, sums forwarded, pulls, root fetches, the share of\n"
     "pulls answered without a fetch of their own, and the workers that pushed or pulled\n"
-    "through each within a lease.  --json prints the\n"
-    "same as one JSON object.  Short forms: -c FILE (--config), -j (--json), -h (--help).\n"
+    "through each within a lease.  A line names the build (psd --version) of each shard and\n"
+    "aggregator unless all run psctl's own ('build' in --json, null when none was\n"
+    "reported).  --json prints the same as one JSON object.  Short forms: -c FILE (--config), -j (--json), -h (--help).\n"
     "Exit status: 0 when every shard and every aggregator of the file is SERVING, 1\n"
     "otherwise (one DOWN, REFUSED, DEGRADED or not yet serving; a shard stopping on SIGTERM\n"
     "shows DOWN, its listeners closed at once), 2 for usage/config errors.\n";
@@ -758,6 +812,7 @@ int psctl_status_main(int argc, char **argv) {
     printf("}\n");
   } else {
     psctl_status_table(rows, n);
+    psctl_status_builds(rows, n, aggs, naggs);
     psctl_status_conns(rows, n);
     psctl_status_wal(rows, n);
     psctl_status_each_model(rows, n, psctl_status_model_row);

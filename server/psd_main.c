@@ -3,6 +3,7 @@
  *   psd --config FILE --shard N     serve shard N
  *   psd --config FILE --aggregator NAME  run as aggregator NAME (psd_agg.h)
  *   psd -t --config FILE [--shard N | --aggregator NAME] check the configuration and exit
+ *   psd --version                   print the build (ps_version.h) and exit
  *
  * The main thread runs a libuv loop: signals, the flush timer, systemd
  * watchdog pings, the tensor channel and the handlers of gRPC requests
@@ -46,6 +47,7 @@
 #include "ps_stop.h"
 #include "ps_time.h"
 #include "ps_tls.h"
+#include "ps_version.h"
 #include "psd_agg.h"
 #include "psd_chan.h"
 #include "psd_fd.h"
@@ -907,6 +909,7 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
                                        {"aggregator", required_argument, 0, 'a'},
                                        {"test", no_argument, 0, 't'},
                                        {"help", no_argument, 0, 'h'},
+                                       {"version", no_argument, 0, 'V'},
                                        {0, 0, 0, 0}};
   static const char usage[] =
       "usage: psd --config FILE --shard N    serve shard N of the cluster file\n"
@@ -915,6 +918,7 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
       "                                      sum local workers' pushes, serve their pulls\n"
       "       psd -t|--test --config FILE [--shard N | --aggregator NAME]\n"
       "                                      check the configuration and exit\n"
+      "       psd --version                   print the build (commit and its UTC date) and exit\n"
       "SIGTERM or SIGINT drains and stops the shard (a second one during its start ends it at\n"
       "once); SIGHUP reloads security.secret_file once it serves (ignored while it starts).\n"
       "Short forms: -c FILE (--config), -s N (--shard), -a NAME (--aggregator), -t (--test),\n"
@@ -958,6 +962,7 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
         break;
       case 't': a->test = 1; break;
       case 'h': fputs(usage, stdout); return -1;
+      case 'V': ps_version_print("psd"); return -1;
       default: fputs(usage, stderr); return 2;
     }
   }
@@ -1098,13 +1103,13 @@ static int psd_main_serve(psd_main *m, const ps_config *cfg, const ps_shard_conf
   } else if (code == 0) {
     psd_shard_set_state(sh, PSD_SERVING, NULL);
     if (sh->agg_me) {
-      ps_info("aggregator %s serving %u local workers: grpc %s, channel %s, security %s",
-              sh->agg_me->name, sh->agg_me->workers, me->grpc_addr, me->channel_addr,
-              psd_shard_security_name(sh));
+      ps_info("aggregator %s serving %u local workers: grpc %s, channel %s, security %s, "
+              "build %s", sh->agg_me->name, sh->agg_me->workers, me->grpc_addr,
+              me->channel_addr, psd_shard_security_name(sh), ps_version());
       sd_notifyf(0, "READY=1\nSTATUS=aggregator %s", sh->agg_me->name);
     } else {
-      ps_info("shard %u serving: grpc %s, channel %s, security %s", me->id, me->grpc_addr,
-              me->channel_addr, psd_shard_security_name(sh));
+      ps_info("shard %u serving: grpc %s, channel %s, security %s, build %s", me->id,
+              me->grpc_addr, me->channel_addr, psd_shard_security_name(sh), ps_version());
       sd_notifyf(0, "READY=1\nSTATUS=serving shard %u", me->id);
     }
     psd_main_warn_plaintext(cfg, me);

@@ -12,6 +12,7 @@
 #include "ps_model.h"
 #include "ps_pb.h"
 #include "ps_tls.h"
+#include "ps_version.h"
 #include "psd_wal.h"
 #include "psd_coord.h"
 
@@ -617,6 +618,7 @@ void psd_shard_status(psd_shard *sh, Ps__StatusReply *reply) {
   reply->auth_refused = sh->ctr.auth_refused;
   reply->chan_auth_refused = sh->ctr.chan_auth_refused;
   reply->security = (char *)psd_shard_security_name(sh);
+  reply->build = (char *)ps_version(); /* static */
   if (sh->wal) {
     psd_wal_stats ws;
     psd_wal_stats_get(sh->wal, &ws);

@@ -42,6 +42,7 @@
 #include "ps_pb.h"
 #include "ps_proc.h"
 #include "ps_stop.h"
+#include "ps_version.h"
 #include "psw_train.h"
 
 /* Command-line values; NULL / -1 means "from the YAML file". */
@@ -58,6 +59,7 @@ static const char psw_usage[] =
     "           [--blas-threads N] [--slowdown F] [--aggregator NAME] [--quiet]\n"
     "       psw --config FILE [--model NAME] --evaluate\n"
     "       psw --blas-kernel\n"
+    "       psw --version\n"
     "Trains model NAME (default training.model); the graph is fetched from the cluster.\n"
     "--metrics-csv FILE appends a row per epoch to FILE (a header line first when FILE is\n"
     "empty; the file is opened at start, so a bad path fails at once); --quiet drops the\n"
@@ -80,6 +82,7 @@ static const char psw_usage[] =
     "line of the log and of psctl status names the kernel that runs and who chose it.\n"
     "--blas-kernel prints the kernel psw picks on this machine (a value for\n"
     "OPENBLAS_CORETYPE; nothing when OpenBLAS's own choice stands) and exits 0.\n"
+    "--version prints the build (commit and its UTC date) and exits 0.\n"
     "Short forms: -c (--config), -m (--model), -r (--rank), -w (--workers), -d (--device),\n"
     "-e (--epochs), -b (--batch), -M (--metrics-csv), -O (--overlap), -N (--no-overlap),\n"
     "-T (--blas-threads), -S (--slowdown), -A (--aggregator), -E (--evaluate), -q (--quiet),\n"
@@ -123,7 +126,7 @@ static int psw_parse(int argc, char **argv, psw_args *a) {
       {"batch", 1, 0, 'b'},   {"metrics-csv", 1, 0, 'M'}, {"no-overlap", 0, 0, 'N'}, {"overlap", 0, 0, 'O'},
       {"blas-threads", 1, 0, 'T'}, {"quiet", 0, 0, 'q'},  {"help", 0, 0, 'h'},
       {"slowdown", 1, 0, 'S'},     {"evaluate", 0, 0, 'E'}, {"blas-kernel", 0, 0, 'K'},
-      {"aggregator", 1, 0, 'A'},
+      {"aggregator", 1, 0, 'A'},   {"version", 0, 0, 'V'},
       {0, 0, 0, 0}};
   *a = (psw_args){.rank = -1, .workers = -1, .epochs = -1, .batch = -1, .blas_threads = -1, .overlap = -1};
   int ch, bad = 0;
@@ -146,6 +149,7 @@ static int psw_parse(int argc, char **argv, psw_args *a) {
       case 'b': bad |= psw_num("batch", optarg, 1048576, &a->batch); break;
       case 'T': bad |= psw_num("blas-threads", optarg, 256, &a->blas_threads); break;
       case 'h': fputs(psw_usage, stdout); return -1;
+      case 'V': ps_version_print("psw"); return -1;
       default: bad = 1;
     }
   }

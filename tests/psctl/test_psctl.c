@@ -36,6 +36,7 @@
 #include "ps_npz.h"
 #include "ps_rpc.h"
 #include "ps_test.h"
+#include "ps_version.h"
 
 #define PT_NSHARDS 2
 typedef struct pt_ctx {
@@ -988,7 +989,8 @@ END_TEST
  * 1 if any is not SERVING; a dead aggregator's workers fail over, and a
  * monitoring script must see it): with the file's aggregator not running
  * its row says DOWN and psctl exits 1 (it used to exit 0); started, the
- * row says SERVING and psctl exits 0. */
+ * row says SERVING and psctl exits 0, and --json gives its build (the one
+ * this test was built from, as psd was). */
 START_TEST(test_psctl_status_aggregator) {
   char dir[512], log[700], out[700], extra[512];
   snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
@@ -1019,8 +1021,63 @@ START_TEST(test_psctl_status_aggregator) {
   text = ps_test_read_file(out, NULL);
   ck_assert_msg(rc == 0 && strstr(text, "SERVING"), "exit %d: %s", rc, text);
   free(text);
+  char jout[720], want[300];
+  snprintf(jout, sizeof jout, "%s/status.json", dir);
+  char *jargv[] = {argv[0], "status", "--json", "--config", y, "--interval", "100", NULL};
+  rc = ps_test_run(jargv, jout, 20000);
+  text = ps_test_read_file(jout, NULL);
+  snprintf(want, sizeof want, "\"build\":\"%s\"", ps_version());
+  const char *ag = strstr(text, "\"aggregators\":[{\"name\":\"a0\"");
+  ck_assert_msg(rc == 0 && ag && strstr(ag, want), "exit %d, no %s for a0: %s", rc, want, text);
+  free(text);
   ps_test_stop(a, SIGTERM, 10000);
   ps_test_stop(shard[0], SIGTERM, 10000);
+}
+END_TEST
+
+/* psd, psw and psctl --version: exit 0 and print "NAME BUILD", one build
+ * for the three (one make), each --help naming --version; a live shard's
+ * Status carries its build: psctl status --json gives it as the shard's
+ * "build", equal to psd --version's, and null for a shard that did not
+ * answer; the text adds no build line when every shard runs psctl's
+ * build.  (README dates its compatibility notes by build: before, no
+ * program said which it was.) */
+START_TEST(test_version) {
+  pt_ctx x;
+  pt_init(&x);
+  static const char *const progs[] = {"psd", "psw", "psctl"};
+  char builds[3][256];
+  for (size_t i = 0; i < 3; i++) {
+    int rc = pt_run(&x, progs[i], "--version");
+    char *out = ps_test_read_file(x.out, NULL), *err = ps_test_read_file(x.err, NULL);
+    size_t n = strlen(progs[i]);
+    char *nl = strchr(out, '\n');
+    ck_assert_msg(rc == 0 && !strncmp(out, progs[i], n) && out[n] == ' ' && nl &&
+                      nl > out + n + 1 && !nl[1],
+                  "%s --version: exit %d, printed '%s', stderr '%s'", progs[i], rc, out, err);
+    *nl = 0;
+    snprintf(builds[i], sizeof builds[i], "%s", out + n + 1);
+    free(out);
+    free(err);
+    ck_assert_int_eq(pt_run(&x, progs[i], "--help"), 0);
+    ck_assert_msg(pt_contains(x.out, "--version"), "%s --help does not name --version", progs[i]);
+  }
+  ck_assert_str_eq(builds[1], builds[0]);
+  ck_assert_str_eq(builds[2], builds[0]);
+  pt_start(&x, 0); /* shard 1 stays down */
+  ck_assert_int_eq(pt_psctl(&x, "status --json --config '%s' --interval 100", x.yaml), 1);
+  char *js = ps_test_read_file(x.out, NULL), want[300];
+  snprintf(want, sizeof want, "\"build\":\"%s\"", builds[0]);
+  const char *s0 = strstr(js, "{\"id\":0,"), *s1 = strstr(js, "{\"id\":1,");
+  const char *b0 = s0 ? strstr(s0, "\"build\":") : NULL;
+  ck_assert_msg(s0 && s1 && s0 < s1 && b0 && b0 < s1 && !strncmp(b0, want, strlen(want)),
+                "shard 0's build is not psd's '%s': %s", builds[0], js);
+  ck_assert_msg(strstr(s1, "\"build\":null"), "shard 1 (down) has a build: %s", js);
+  free(js);
+  ck_assert_int_eq(pt_psctl(&x, "status --config '%s' --interval 100", x.yaml), 1);
+  ck_assert_msg(!pt_contains(x.out, "psctl is"), "a build line with one build everywhere");
+  pt_stop_all(&x);
+  pt_cleanup(&x);
 }
 END_TEST
 
@@ -1040,7 +1097,8 @@ Suite *psctl_suite(void) {
                {"bench", test_psctl_bench},
                {"status_aggregator", test_psctl_status_aggregator},
                {"output_errors", test_psctl_output_errors},
-               {"psd_t_output_errors", test_psd_t_output_errors}};
+               {"psd_t_output_errors", test_psd_t_output_errors},
+               {"version", test_version}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     TCase *tc = tcase_create(cases[i].name);
     tcase_set_timeout(tc, 180);

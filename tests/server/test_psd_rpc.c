@@ -18,6 +18,7 @@
 #include "ps_rpc.h"
 #include "ps_test.h"
 #include "ps_time.h"
+#include "ps_version.h"
 
 #define RPC_MAX_REQ 65536 /* max_request_bytes in the test cluster */
 
@@ -409,6 +410,7 @@ START_TEST(test_rpc_status_health) {
     ck_assert_str_eq(st->state, "SERVING");
     ck_assert_str_eq(st->grpc_addr, rpc_addr[s]);
     ck_assert_str_eq(st->channel_addr, rpc_chan_addr[s]);
+    ck_assert_str_eq(st->build, ps_version()); /* psd and this test: one make */
     protobuf_c_message_free_unpacked(&st->base, NULL);
     Grpc__Health__V1__HealthCheckRequest hreq = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
     Grpc__Health__V1__HealthCheckResponse *h = NULL;

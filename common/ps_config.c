@@ -33,6 +33,8 @@ typedef struct cfg_ctx {
   const char *path;
   yaml_document_t *doc;
   ps_errbuf *eb;
+  const unsigned char *buf; /* the file's text (cfg_v6_hint), LEN bytes */
+  size_t len;
 } cfg_ctx;
 
 typedef struct cfg_slot cfg_slot;
@@ -1208,16 +1210,34 @@ static const cfg_table cfg_top_table = CFG_TABLE("at the top level", cfg_top_slo
 /* ---- loading ----------------------------------------------------------- */
 
 /* cfg_yaml_error reports the parser's error with its position. */
+/* cfg_v6_hint returns a hint when the line holding byte AT looks like an
+ * unquoted IPv6 address ("key: [::1]:7000", which YAML reads as a list
+ * followed by text), else "". */
+static const char *cfg_v6_hint(const cfg_ctx *x, size_t at) {
+  if (!x->buf || at > x->len) return "";
+  size_t b = at, e = at;
+  while (b > 0 && x->buf[b - 1] != '\n') b--;
+  while (e < x->len && x->buf[e] != '\n') e++;
+  for (size_t i = b; i + 2 < e; i++)
+    if (x->buf[i] == ':' && x->buf[i + 1] == ' ' && x->buf[i + 2] == '[')
+      for (size_t j = i + 3; j + 1 < e; j++)
+        if (x->buf[j] == ']' && x->buf[j + 1] == ':')
+          return " (an IPv6 address must be quoted: \"[::1]:7000\")";
+  return "";
+}
+
 static int cfg_yaml_error(cfg_ctx *x, const yaml_parser_t *p) {
   if (p->error == YAML_MEMORY_ERROR) return ps_errf(x->eb, PS_ENOMEM, "%s: out of memory", x->path);
   if (p->error == YAML_READER_ERROR)
     return ps_errf(x->eb, PS_ECONFIG, "%s: byte %zu: %s", x->path, p->problem_offset,
                    p->problem ? p->problem : "cannot read");
+  const char *hint = cfg_v6_hint(x, p->problem_mark.index);
+  if (!*hint && p->context) hint = cfg_v6_hint(x, p->context_mark.index);
   if (p->context)
-    return cfg_err(x, p->problem_mark, "%s (%s from line %zu)",
+    return cfg_err(x, p->problem_mark, "%s (%s from line %zu)%s",
                    p->problem ? p->problem : "yaml syntax error", p->context,
-                   p->context_mark.line + 1);
-  return cfg_err(x, p->problem_mark, "%s", p->problem ? p->problem : "yaml syntax error");
+                   p->context_mark.line + 1, hint);
+  return cfg_err(x, p->problem_mark, "%s%s", p->problem ? p->problem : "yaml syntax error", hint);
 }
 
 /* cfg_load_doc loads the parsed document's root into C. */
@@ -1313,7 +1333,7 @@ out_parser:
 int ps_config_load_buf(ps_config *c, const char *name, const void *buf, size_t len,
                        ps_errbuf *eb) {
   memset(c, 0, sizeof *c);
-  cfg_ctx x = {.path = name, .doc = NULL, .eb = eb};
+  cfg_ctx x = {.path = name, .doc = NULL, .eb = eb, .buf = buf, .len = len};
   int r;
   if (len > PS_CONFIG_MAX_BYTES)
     r = ps_errf(eb, PS_ECONFIG, "%s: %zu bytes, more than the %u a configuration may have", name,

@@ -571,6 +571,9 @@ static const struct bad_case {
      "4:4: did not find expected '-' indicator (while parsing a block collection from line 3)"},
     {"cluster: [a\n", PS_ECONFIG,
      "2:1: did not find expected ',' or ']' (while parsing a flow sequence from line 1)"},
+    {"cluster: a\nshards:\n  - id: 0\n    grpc: [::1]:7000\n", PS_ECONFIG,
+     "4:12: did not find expected node content (while parsing a flow node from line 4) (an IPv6 "
+     "address must be quoted: \"[::1]:7000\")"},
     {"- a\n- b\n", PS_ECONFIG, "1:1: expected a mapping at the top level"},
     {"# nothing\n", PS_ECONFIG,
      "1:1: empty configuration (expected a mapping with 'cluster' and 'shards')"},

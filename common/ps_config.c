@@ -138,13 +138,16 @@ static int cfg_scalar(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, const char 
     return s->def != NULL;
   }
   *m = n->start_mark;
-  if ((n->type != YAML_SCALAR_NODE || cfg_is_null(n)) &&
+  if (cfg_is_null(n)) /* README "Rules": never a value */
+    return cfg_err(x, n->start_mark, "'%s' has an empty value (%s)", s->name,
+                   s->required ? "it needs one" : "leave the key out to get its default");
+  if (n->type != YAML_SCALAR_NODE &&
       (s->type == &cfg_t_enum || s->check == cfg_check_oneof)) {
     char list[200];
     return cfg_err(x, n->start_mark, "expected one of %s for '%s'",
                    cfg_choices(s->arg, list, sizeof list), s->name);
   }
-  if (n->type != YAML_SCALAR_NODE || cfg_is_null(n))
+  if (n->type != YAML_SCALAR_NODE)
     return cfg_err(x, n->start_mark, "expected %s for '%s'", s->type->what, s->name);
   *text = (const char *)n->data.scalar.value;
   int quoted = n->data.scalar.style == YAML_SINGLE_QUOTED_SCALAR_STYLE ||

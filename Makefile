@@ -309,9 +309,14 @@ install: all install-unit
 
 # The unit in config/ names /usr/local (PREFIX's default) and stays a
 # valid unit as it is; the one installed names PREFIX's psd and README.
+# PREFIX must be an absolute path of plain characters (a sed replacement
+# and a unit's ExecStart take it as written); trailing slashes are dropped.
 install-unit:
+	@p='$(PREFIX)'; case "$$p" in /*) ;; *) echo "install-unit: PREFIX must be an absolute path, not '$$p'" >&2; exit 2;; esac; \
+	case "$$p" in *[!A-Za-z0-9._/+-]*) echo "install-unit: PREFIX '$$p' holds a character other than letters, digits and ._/+-" >&2; exit 2;; esac
 	install -d $(DESTDIR)/etc/systemd/system
-	sed 's#/usr/local/#$(PREFIX)/#g' config/psd@.service > $(DESTDIR)/etc/systemd/system/psd@.service.tmp
+	p='$(PREFIX)'; while case "$$p" in */) true;; *) false;; esac; do p=$${p%/}; done; \
+	sed "s#/usr/local/#$$p/#g" config/psd@.service > $(DESTDIR)/etc/systemd/system/psd@.service.tmp
 	chmod 644 $(DESTDIR)/etc/systemd/system/psd@.service.tmp
 	mv $(DESTDIR)/etc/systemd/system/psd@.service.tmp $(DESTDIR)/etc/systemd/system/psd@.service
 

@@ -244,7 +244,8 @@ int ps_npz_tmp_open(const char *path, char *tmp, size_t cap, FILE **out, ps_errb
       close(fd);
       if (named) unlink(tmp);
     }
-    return ps_errf(eb, ps_err_from_errno(e), "cannot create '%s': %s", tmp, strerror(e));
+    /* named as the user gave it: the temporary name is ours */
+    return ps_errf(eb, ps_err_from_errno(e), "cannot write '%s': %s", path, strerror(e));
   }
   struct stat st; /* a file replaced keeps its mode, not the umask's */
   if (stat(path, &st) == 0 && S_ISREG(st.st_mode)) (void)fchmod(fd, st.st_mode & 07777);

@@ -140,6 +140,10 @@ static int psctl_submit_fits(const psctl_submit_opts *o) {
     return 1;
   }
   /* said here by the flags' names, not later by the spec's fields */
+  if (o->decay_given && o->decay_steps_given && !o->opt.lr_decay_steps) {
+    fprintf(stderr, "psctl submit: --lr-decay-steps wants N > 0, got 0\n");
+    return 1;
+  }
   if (o->opt.lr_decay != 0 && !o->opt.lr_decay_steps) {
     fprintf(stderr, "psctl submit: --lr-decay GAMMA needs --lr-decay-steps N (> 0): lr falls by "
             "GAMMA over each N updates of a chunk\n");

@@ -584,11 +584,15 @@ static void agg_forward(psd_agg *a, agg_group *g) {
   } else {
     uint8_t *o = out;
     const float *s = g->sum;
+    /* the root takes a sum of N within N x clip_norm (each worker clipped
+     * its own); the sum plus the aggregator's residual may exceed it, so
+     * the encoding is scaled down to it as a worker's is */
+    float clip = g->m->reply->model->clip_norm * (float)(g->nworkers ? g->nworkers : 1);
     for (size_t i = 0; i < g->nids; i++) {
       const ps_chunk *c = &l->chunks[g->ids[i]];
       ps_codec_id cc = ps_layout_chunk_codec(l, g->ids[i], g->codec, 1);
       float *res = g->m->residual + l->tensors[c->tensor].model_offset + c->offset;
-      ps_codec_encode_ef(cc, s, c->len, l->topk, 0, res, o); /* a sum: no one clip_norm */
+      ps_codec_encode_ef(cc, s, c->len, l->topk, clip, res, o);
       o += ps_codec_size(cc, c->len, l->topk);
       s += c->len;
     }

@@ -175,8 +175,9 @@
  *     an unauthenticated peer cannot forge a log line. */
 #include "psd_chan.h"
 
-#include <openssl/crypto.h>
+#include <netdb.h>
 #include <netinet/in.h>
+#include <openssl/crypto.h>
 #include <stdatomic.h>
 #include <unistd.h>
 #include <stdlib.h>
@@ -1946,7 +1947,8 @@ static void chan_accept(uv_stream_t *server, int status) {
 
 /* ---- listener --------------------------------------------------------------- */
 
-/* chan_parse_addr parses "host:port" (IPv4 or [IPv6]) into SA. */
+/* chan_parse_addr parses "host:port" (IPv4, [IPv6], or a host name, resolved
+ * once: its first address) into SA. */
 static int chan_parse_addr(const char *addr, struct sockaddr_storage *sa, ps_errbuf *eb) {
   char host[128];
   int port;
@@ -1956,7 +1958,20 @@ static int chan_parse_addr(const char *addr, struct sockaddr_storage *sa, ps_err
                               addr ? addr : "");
   if (uv_ip4_addr(host, port, (struct sockaddr_in *)sa) == 0) return 0;
   if (uv_ip6_addr(host, port, (struct sockaddr_in6 *)sa) == 0) return 0;
-  return ps_errf(eb, PS_EINVAL, "channel address '%s': not a numeric IP address", addr);
+  /* a host name (localhost, the machine's own name), as gRPC's address
+   * takes one and the clients resolve it: its first address */
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai = NULL;
+  int g = getaddrinfo(host, NULL, &hints, &ai);
+  if (g != 0 || !ai || ai->ai_addrlen > sizeof *sa) {
+    if (ai) freeaddrinfo(ai);
+    return ps_errf(eb, PS_EINVAL, "channel address '%s': cannot resolve '%s': %s", addr, host,
+                   g ? gai_strerror(g) : "no address");
+  }
+  memcpy(sa, ai->ai_addr, ai->ai_addrlen);
+  if (sa->ss_family == AF_INET) ((struct sockaddr_in *)sa)->sin_port = htons((uint16_t)port);
+  else ((struct sockaddr_in6 *)sa)->sin6_port = htons((uint16_t)port);
+  freeaddrinfo(ai);
+  return 0;
 }
 
 static void chan_listener_closed(uv_handle_t *h) {

@@ -264,7 +264,9 @@ int main(int argc, char **argv) {
   if (a.evaluate) {
     uint64_t version;
     int err = psw_train_evaluate(&o, &r, &version, &eb);
-    int stopped = ps_stop_signal && (err == 0 || err == PS_ESHUTDOWN);
+    /* stopped: the signal came before the figures were (a complete
+     * evaluation's line says false; the exit status still says the signal) */
+    int stopped = ps_stop_signal && err == PS_ESHUTDOWN;
     if (err < 0 && !stopped) ps_err("evaluate '%s': %s (%s)", o.model, eb.msg, ps_errname(err));
     else if (err < 0) ps_info("evaluate '%s': stopped by %s before it finished", o.model,
                               strsignal((int)ps_stop_signal));

@@ -1270,7 +1270,9 @@ void psw_train_json(FILE *out, const char *model, uint32_t batch, const psw_trai
            "%.4f");
   json_num(out, "compute_samples_per_sec",
            r->compute_s > 0 ? (double)r->compute_samples / r->compute_s : NAN, "%.1f");
-  fprintf(out, ",\"workers\":%u,\"slowdown\":%g,\"partitions\":[", r->workers, r->slowdown);
+  fprintf(out, ",\"workers\":%u", r->workers);
+  json_num(out, "slowdown", r->slowdown >= 1 ? r->slowdown : NAN, "%g"); /* null: never ranked */
+  fputs(",\"partitions\":[", out);
   for (size_t i = 0; i < r->npartitions; i++) fprintf(out, "%s%u", i ? "," : "", r->partitions[i]);
   fputc(']', out);
   json_u64s(out, "pushes_acked", r->pushes_acked, r->nshards);

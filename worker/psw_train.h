@@ -135,8 +135,8 @@ int psw_train_evaluate(const psw_train_opts *o, psw_train_result *r, uint64_t *v
 /* psw_train_eval_json writes the evaluation's JSON line:
  * {"model":…,"test_loss":…,"test_accuracy":…,"test_auc":…,"test_logloss":…,
  * "version":…,"wall_s":…,"stopped":…} (auc and logloss null but for binary
- * classifiers; STOPPED: a signal ended it, the figures null when it came
- * before the evaluation finished). */
+ * classifiers; STOPPED: a signal ended it before the figures were in,
+ * which are then null). */
 void psw_train_eval_json(FILE *out, const char *model, const psw_train_result *r,
                          uint64_t version, int stopped);
 

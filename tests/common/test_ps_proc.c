@@ -70,10 +70,17 @@ static pid_t pp_spawn_blocked(char *const argv[], const char *log, int ignore) {
 }
 
 START_TEST(test_proc_blocked_signals) {
-  char dir[512], yaml[600], log[700], y2[600];
+  char dir[512], yaml[600], log[700], y2[600], extra[900];
   snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
   int gp[1], cp[1];
-  snprintf(yaml, sizeof yaml, "%s", ps_test_cluster_yaml(dir, 1, NULL, gp, cp));
+  /* a training set psw can read (it checks before it waits for the shard) */
+  snprintf(log, sizeof log, "%s/d.csv", dir);
+  FILE *csv = fopen(log, "w");
+  ck_assert_ptr_nonnull(csv);
+  fputs("0,1,2\n1,2,3\n", csv);
+  fclose(csv);
+  snprintf(extra, sizeof extra, "data:\n  format: csv\n  train_images: %s\n", log);
+  snprintf(yaml, sizeof yaml, "%s", ps_test_cluster_yaml(dir, 1, extra, gp, cp));
   snprintf(log, sizeof log, "%s/psd.log", dir);
   char *psd[] = {(char *)ps_test_bin("psd"), "--config", yaml, "--shard", "0", NULL};
   pid_t pid = pp_spawn_blocked(psd, log, 1);

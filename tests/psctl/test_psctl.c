@@ -662,7 +662,7 @@ START_TEST(test_cli_bad_flags) {
       {"psctl", "submit m.pb --name m --lr-decay 0.9 --config '%s'",
        "--lr-decay GAMMA needs --lr-decay-steps N"},
       {"psctl", "submit m.pb --name m --lr-decay 0.9 --lr-decay-steps 0 --config '%s'",
-       "--lr-decay GAMMA needs --lr-decay-steps N"},
+       "--lr-decay-steps wants N > 0, got 0"},
       /* the value out of range named (it said both flags "are required") */
       {"psctl", "model logreg --inputs 784 --classes 1 -o x.pb",
        "--classes wants an integer in [2, 16777216], got '1'"},

@@ -303,8 +303,11 @@ END_TEST
  * worker went on past it (psw_client invariant 13): it says so to the
  * shard, which raises its clock as the push would have, and its pull of
  * the next step is served.  It used to wait for itself ("slowest live
- * worker 0 is at clock c") for ever.  Three kills, the worker bounded to
- * 120 s, pull_timeout_ms 3 s (a wait for itself is said within 3 s). */
+ * worker 0 is at clock c") for ever, when a kill fell between a step's
+ * dense pull and its sparse pull: a narrow window this test hits only
+ * now and then (psw_client's test_client_lost_push_bsp makes that order
+ * every time).  Three kills, the worker bounded to 120 s,
+ * pull_timeout_ms 3 s (a wait for itself is said within 3 s). */
 START_TEST(test_train_ctr_bsp_shard_restart) {
   tc_ctx x = {.sync = 1, .consistency = "bsp", .training = "  pull_timeout_ms: 3000\n"};
   tc_cluster(&x, 1, "");

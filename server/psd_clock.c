@@ -442,6 +442,18 @@ int psd_clock_pushed(psd_clock *c, const char *model, uint32_t worker, uint64_t 
   return 0;
 }
 
+/* psd_clock_moved_on: see psd_clock.h. */
+int psd_clock_moved_on(psd_clock *c, const char *model, uint32_t worker, uint64_t clock,
+                       uint64_t now_ms, ps_errbuf *eb) {
+  psd_clock_model *m = clock_model_find(c, model);
+  if (!m) return ps_errf(eb, PS_ENOENT, "no clock table of model '%s' here", model);
+  int err = clock_worker_get(c, worker, now_ms, 0, NULL, eb);
+  if (err < 0) return err;
+  if ((err = clock_raise(c, m, worker, clock, eb)) < 0) return err;
+  clock_serve_ready(c, m, now_ms);
+  return 0;
+}
+
 /* psd_clock_pull: see psd_clock.h. */
 int psd_clock_pull(psd_clock *c, const char *model, uint32_t worker, uint64_t clock,
                    uint64_t now_ms, psd_park *p, ps_errbuf *eb) {

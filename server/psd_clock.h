@@ -77,6 +77,17 @@
  *     sets it to where the worker is (up, or down when a push was lost
  *     with the restart: else its own pull would wait for it forever).  psd_clock_dirty says
  *     whether anything persisted changed since the last save.
+ * 11. A worker may go on past a push a shard never applied: one lost with
+ *     its connection (the shard restarted, or the frame was cut), or
+ *     refused as DEGRADED.  Its clock here then stays at that step, and
+ *     under bsp (ssp: a few steps later) its own next pull would wait for
+ *     it for ever, its lease alive.  The worker knows (psw_client
+ *     invariant 13) and says so (psd_clock_moved_on: raised as the push
+ *     would have; the gradients are lost, the samples trained again).  The
+ *     shard cannot tell by itself: a pull above the worker's own clock
+ *     also comes from an aggregator whose sum holding the worker's push is
+ *     still on its way (psd_agg.h invariant 6), and raising it then would
+ *     let the others past that push.
  *
  * Not thread-safe: one thread (the shard's loop) calls everything. */
 #ifndef PSD_CLOCK_H
@@ -332,6 +343,14 @@ int psd_clock_register(psd_clock *c, const char *model, const char *host, uint32
  * returns). */
 int psd_clock_pushed(psd_clock *c, const char *model, uint32_t worker, uint64_t clock,
                      uint64_t now_ms, ps_errbuf *eb);
+
+/* psd_clock_moved_on raises live WORKER's clock of MODEL to CLOCK
+ * (invariant 11: its push of step CLOCK - 1 here may be lost), entering
+ * it when it is in no table of MODEL, and releases the pulls that became
+ * servable.  PS_ENOENT for a model not declared here (nothing created),
+ * PS_EEXPIRED for an expired worker (invariant 9). */
+int psd_clock_moved_on(psd_clock *c, const char *model, uint32_t worker, uint64_t clock,
+                       uint64_t now_ms, ps_errbuf *eb);
 
 /* psd_clock_pull admits a pull of WORKER at CLOCK of MODEL: returns 0 when
  * it may be served now (the gap is recorded), 1 when it was parked into P

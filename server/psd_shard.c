@@ -299,6 +299,15 @@ int psd_shard_heartbeat(psd_shard *sh, const Ps__HeartbeatRequest *req,
   if ((err = psd_shard_check_worker_text(req->model, req->host, req->device, eb)) < 0)
     return psd_shard_done(sh, err);
   uint64_t now = psd_shard_now_ms(sh);
+  /* psd_clock invariant 11: a worker that went on past a push this shard
+   * may never have applied; an expired one learns it (reply->expired) */
+  if (req->moved_on && !req->leaving) {
+    err = psd_clock_moved_on(sh->clock, req->model, req->worker, req->moved_on, now, eb);
+    psd_shard_clock_arm(sh);
+    reply->expired = err == PS_EEXPIRED;
+    reply->lease_ms = sh->cfg->workers.lease_ms;
+    return err == PS_EEXPIRED ? 0 : psd_shard_done(sh, err);
+  }
   /* A worker this shard declared DEAD learns it here (its rank may have
    * been handed out again): it registers anew, then rejoins (psd_clock
    * invariant 9); until then its beats change nothing. */

@@ -45,10 +45,12 @@ typedef struct psw_shard {
                                 applied (invariant 12; psw_client_say_refused) */
   uint64_t pushes_unsynced;  /* ... answered DEGRADED as applied in memory only */
   uint64_t push_id, pull_id; /* request ids of the round's push and pull */
+  uint64_t push_clock;       /* clock of the round's push */
   /* Pushes whose answer is still due, oldest first (invariant 8): one
-   * more than the depth while a round collects. */
-  uint64_t ack_ids[PSW_CLIENT_ACK_DEPTH + 1];
+   * more than the depth while a round collects; and their clocks. */
+  uint64_t ack_ids[PSW_CLIENT_ACK_DEPTH + 1], ack_clocks[PSW_CLIENT_ACK_DEPTH + 1];
   int nacks;
+  uint64_t moved_on;         /* invariant 13: to say before the next pull (0: nothing) */
   /* Codecs (ps_codec.h).  The error-feedback residual of every chunk of
    * this shard (its chunks' elements back to back, in ids order) lives
    * here for the client's life: it survives a reconnect, and a worker that
@@ -339,6 +341,12 @@ static int psw_alloc_vectors(psw_client *c, ps_errbuf *eb) {
 
 static int psw_ack_wait(psw_shard *s, ps_errbuf *eb);
 
+/* psw_moved_on notes that S may never apply the push of step CLOCK
+ * (invariant 13): its clock there is raised before the next pull. */
+static void psw_moved_on(psw_shard *s, uint64_t clock) {
+  if (clock + 1 > s->moved_on) s->moved_on = clock + 1;
+}
+
 /* psw_shard_close closes S's connection (NULL: none), keeping its byte
  * counts, and puts CH (may be NULL) in its place. */
 static void psw_shard_close(psw_shard *s, ps_chan_client *ch) {
@@ -348,7 +356,9 @@ static void psw_shard_close(psw_shard *s, ps_chan_client *ch) {
       psw_ack_wait(s, &eb);
       continue;
     }
+    psw_moved_on(s, s->ack_clocks[0]);
     memmove(s->ack_ids, s->ack_ids + 1, --s->nacks * sizeof *s->ack_ids);
+    memmove(s->ack_clocks, s->ack_clocks + 1, s->nacks * sizeof *s->ack_clocks);
     s->pushes_unanswered++;
     s->pushes_broken++;
   }
@@ -558,9 +568,11 @@ static int psw_send(psw_client *c, psw_shard *s, int gbuf, uint64_t push_clock, 
     if (err == 0) err = ps_chan_send_pushv(s->ch, &r, seg, nseg, &s->push_id, eb);
     ps_chan_bytes(s->ch, &tx1, &rx);
     s->push_tx += tx1 - tx0; /* a send writes its own frame only */
+    s->push_clock = push_clock;
     if (err < 0) {
       s->pushes_unanswered++; /* part of it may have gone out */
       s->pushes_broken++;
+      psw_moved_on(s, push_clock);
       return err;
     }
     (*nsent)++;
@@ -582,7 +594,10 @@ static int psw_send(psw_client *c, psw_shard *s, int gbuf, uint64_t push_clock, 
       nseg = 1;
     }
     if (err == 0) err = ps_chan_send_pullv(s->ch, &r, seg, nseg, &s->pull_id, eb);
-    if (err < 0 && gbuf >= 0) s->pushes_unanswered++, s->pushes_broken++; /* reply never read */
+    if (err < 0 && gbuf >= 0) { /* its reply is never read */
+      s->pushes_unanswered++, s->pushes_broken++;
+      psw_moved_on(s, push_clock);
+    }
     if (err < 0) return err;
     (*nsent)++;
   }
@@ -604,7 +619,7 @@ static int psw_send(psw_client *c, psw_shard *s, int gbuf, uint64_t push_clock, 
  * WHY, the answer's message (read only then), says the push was applied
  * in memory and its sync failed (README "Durability"). */
 static void psw_push_answer(psw_shard *s, int err, uint64_t version, int answered,
-                            const char *why) {
+                            const char *why, uint64_t clock) {
   if (answered && err == PS_EDEGRADED) {
     if (strstr(why, PS_DEGRADED_IN_MEMORY)) s->pushes_unsynced++;
     else s->pushes_refused++;
@@ -614,6 +629,7 @@ static void psw_push_answer(psw_shard *s, int err, uint64_t version, int answere
     s->pushes_acked++;
   }
   if (err < 0) s->pushes_unanswered++;
+  if (err < 0) psw_moved_on(s, clock); /* raising a clock the push raised changes nothing */
   int refused = answered && err != PS_EDEGRADED;
   if (err == PS_EEXPIRED ||
       (err < 0 && psw_retryable(err) && (refused || !ps_chan_alive(s->ch))))
@@ -624,11 +640,12 @@ static void psw_push_answer(psw_shard *s, int err, uint64_t version, int answere
  * waiting for it when it is not in yet; 0, or the push's error (EB). */
 static int psw_ack_wait(psw_shard *s, ps_errbuf *eb) {
   if (!s->nacks) return 0;
-  uint64_t id = s->ack_ids[0], version = 0;
+  uint64_t id = s->ack_ids[0], clock = s->ack_clocks[0], version = 0;
   memmove(s->ack_ids, s->ack_ids + 1, --s->nacks * sizeof *s->ack_ids);
+  memmove(s->ack_clocks, s->ack_clocks + 1, s->nacks * sizeof *s->ack_clocks);
   ps_errbuf reb;
   int err = ps_chan_recv_id(s->ch, id, &version, &reb);
-  psw_push_answer(s, err, version, 1, reb.msg);
+  psw_push_answer(s, err, version, 1, reb.msg, clock);
   return err < 0 ? ps_errf(eb, err, "push failed: %s", reb.msg) : 0;
 }
 
@@ -699,6 +716,34 @@ static int psw_push_refused_fatal(int err) {
   return err < 0 && !psw_retryable(err) && err != PS_EEXPIRED;
 }
 
+/* psw_say_moved_on tells shard S that the worker went on past a push S
+ * may never have applied (invariant 13): a heartbeat with moved_on, on
+ * the shard's own gRPC address (the roots hold the clocks, also behind
+ * an aggregator), which raises the worker's clock there as the push
+ * would have.  Said once: a shard that does not answer is told again
+ * before the next pull. */
+static void psw_say_moved_on(psw_client *c, psw_shard *s) {
+  Ps__HeartbeatRequest req = PS__HEARTBEAT_REQUEST__INIT;
+  req.worker = c->worker;
+  req.model = c->model;
+  req.clock = req.moved_on = s->moved_on;
+  ProtobufCMessage *resp = NULL;
+  ps_errbuf eb;
+  int err = psw_call_once(c, s->conf->grpc_addr, "/ps.Ps/Heartbeat", &req.base,
+                          &ps__heartbeat_reply__descriptor, &resp, PSW_GETMODEL_TIMEOUT_MS, &eb);
+  if (err == 0 && ((Ps__HeartbeatReply *)resp)->expired) /* its rejoin enters it again */
+    err = ps_errf(&eb, PS_EEXPIRED, "declared dead there");
+  if (resp) protobuf_c_message_free_unpacked(resp, NULL);
+  if (err < 0) {
+    ps_debug("worker %u: shard %u not told of clock %llu yet: %s", c->worker, s->conf->id,
+             (unsigned long long)s->moved_on, eb.msg);
+    return;
+  }
+  ps_debug("worker %u: shard %u told that the worker went on to clock %llu", c->worker,
+           s->conf->id, (unsigned long long)s->moved_on);
+  s->moved_on = 0;
+}
+
 /* psw_recv receives S's NSENT replies; the first error is returned, but
  * every reply is read unless the connection broke or the push was
  * refused (psw_push_refused_fatal).  *PARKED_MS: how long the shard kept
@@ -720,6 +765,7 @@ static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, uint64_t pu
     ps_errbuf reb;
     int is_push = gbuf >= 0 && (defer ? i == 1 : i == 0);
     if (defer && is_push && !first && !ps_chan_done(s->ch, s->push_id)) {
+      s->ack_clocks[s->nacks] = s->push_clock;
       s->ack_ids[s->nacks++] = s->push_id; /* at most the depth were left */
       break;
     }
@@ -734,7 +780,11 @@ static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, uint64_t pu
     if (err == 0) err = ps_chan_recv_id(s->ch, id, &version, &reb);
     ps_chan_set_timeout(s->ch, c->io_timeout_ms); /* (psw_await may have cut it) */
     if (!is_push) *pull_err = err;
-    if (is_push) psw_push_answer(s, err, version, answered, reb.msg);
+    if (is_push) psw_push_answer(s, err, version, answered, reb.msg, s->push_clock);
+    /* a refused push raised no clock: the pull behind it, parked on this
+     * worker's own clock under bsp, is released by the word (invariant 13) */
+    if (is_push && answered && err == PS_EDEGRADED && ps_chan_alive(s->ch))
+      psw_say_moved_on(c, s);
     if (err == 0 && !is_push) {
       if (s->pull_codec != PS_CODEC_FP32) psw_decode_pull(c, s, pbuf);
       s->version[pbuf] = version;
@@ -940,6 +990,7 @@ static int psw_round(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
       if (!fatal) fatal = ps_errf(eb, err, "shard %u: %s", s->conf->id, seb.msg);
       continue;
     }
+    if (s->moved_on && pbuf >= 0) psw_say_moved_on(c, s); /* before the pull: invariant 13 */
     err = psw_send(c, s, gbuf, push_clock, pbuf, pull_clock, &sent[k], &seb);
     if (err < 0 && psw_retryable(err)) {
       psw_shard_down(c, s, &seb);

@@ -131,6 +131,18 @@
  *     PS_EDEGRADED.  A shard that fails again after each reconnect
  *     (the first failure's time counts) is given up once it has failed for
  *     workers.retry_ms.
+ * 13. A push a shard may never have applied (unanswered: its connection
+ *     broke, or its send failed; or refused, DEGRADED) raised no clock
+ *     there, yet the worker goes on past it (invariants 4, 12): under bsp
+ *     its next pull would wait on that shard for the worker itself, for
+ *     ever (psd_clock invariant 11; a restarted shard's clock of it may
+ *     already stand at that step, put there by another request, a table
+ *     model's sparse pull).  So the client tells the shard, on its gRPC
+ *     address, before its next pull there (a refusal: at once, the pull
+ *     behind it parked): a heartbeat with moved_on, the push's clock + 1,
+ *     which raises the worker's clock as the push would have (nothing if
+ *     it was applied).  The push's gradients stay lost (not resent); the
+ *     trainer trains its samples again (psw_client_pushes_unknown).
  *
  * Thread-safety: a client is used by one thread at a time, except that
  * psw_client_start hands one push/pull to the client's own communication

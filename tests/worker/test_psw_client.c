@@ -595,6 +595,78 @@ START_TEST(test_client_degraded_bound) {
 }
 END_TEST
 
+/* pc_stop_main sets the stop flag ARG after 6 s: a bound on a wait that
+ * would otherwise last for ever. */
+static volatile sig_atomic_t pc_stop_flag;
+static void *pc_stop_main(void *arg) {
+  (void)arg;
+  for (int i = 0; i < 600 && !pc_stop_flag; i++) usleep(10000);
+  pc_stop_flag = 1;
+  return NULL;
+}
+
+/* A push lost with the shard (SIGKILLed, started again) under bsp, after
+ * another request of the worker put its clock on the new shard at that
+ * step (a table model's sparse pull does: it comes first in a step): the
+ * worker went on past the push and says so (psw_client invariant 13), so
+ * its pull of the next step is served (its clock is raised as the push
+ * would have).  It used to wait for itself ("slowest live worker 0 is at
+ * clock 1") for ever; bounded here by a stop after 6 s.  Deferring acks
+ * (DEFER) the lost push is the round's; one more push is lost with its
+ * deferred answer in the second case. */
+static void pc_lost_push(int defer) {
+  pc_ctx x = {0};
+  pc_init_extra(&x, "workers:\n  retry_ms: 20000\ntraining:\n  pull_timeout_ms: 300\n", 0);
+  pc_submit_full(&x, "pcl", NULL, 0, "bsp");
+  pc_stop_flag = 0;
+  psw_client_conf cc = {.cfg = &x.cfg, .model = "pcl", .worker = 0, .be = x.be, .nbufs = 1,
+                        .io_timeout_ms = 5000, .defer_acks = defer, .stop = &pc_stop_flag};
+  psw_client *c = NULL;
+  ps_errbuf eb;
+  ck_assert_msg(psw_client_open(&c, &cc, &eb) == 0, "psw_client_open: %s", eb.msg);
+  const ps_layout *l = psw_client_layout(c);
+  ck_assert_msg(psw_client_pull_all(c, 0, 0, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psw_client_push_pull(c, 0, 0, 0, 1, &eb) == 0, "%s", eb.msg);
+  ck_assert_int_eq(ps_test_stop(x.pid, SIGKILL, 5000) & 0x7f, SIGKILL);
+  pc_start(&x);
+  /* worker 0's clock on the new shard: 1 (its pull of step 1) */
+  char addr[64];
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", x.cp);
+  ps_chan_client *ch;
+  ck_assert_msg(ps_test_chan_connect(&ch, addr, x.cfg.cluster, 5000, &eb) == 0, "%s", eb.msg);
+  uint32_t *ids = calloc(l->nchunks, sizeof *ids);
+  float *out = calloc(l->nparams, sizeof *out);
+  for (uint32_t i = 0; i < l->nchunks; i++) ids[i] = i;
+  uint64_t version;
+  ck_assert_msg(ps_test_pull(ch, "pcl", ids, l->nchunks, out, l->nparams, 0, 1, &version, &eb) == 0,
+                "the pull of step 1: %s", eb.msg);
+  ps_chan_close(ch);
+  free(ids);
+  free(out);
+  pthread_t th;
+  ck_assert_int_eq(pthread_create(&th, NULL, pc_stop_main, NULL), 0);
+  int64_t t0 = ps_test_now_ms();
+  /* the push of step 1 goes into the old connection: lost */
+  int rc = psw_client_push_pull(c, 0, 1, 0, 2, &eb);
+  int64_t took = ps_test_now_ms() - t0;
+  pc_stop_flag = 1;
+  pthread_join(th, NULL);
+  pc_stop_flag = 0;
+  ck_assert_msg(rc == 0, "the pull of step 2 after %lld ms: %d %s", (long long)took, rc, eb.msg);
+  ck_assert_uint_gt(psw_client_pushes_unknown(c), 0);
+  /* and on: the next steps are served as ever */
+  ck_assert_msg(psw_client_push_pull(c, 0, 2, 0, 3, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psw_client_settle(c, &eb) == 0, "%s", eb.msg);
+  psw_client_close(c);
+  pc_fini(&x);
+}
+
+START_TEST(test_client_lost_push_bsp) { pc_lost_push(0); }
+END_TEST
+
+START_TEST(test_client_lost_push_bsp_deferred) { pc_lost_push(1); }
+END_TEST
+
 /* pc_counts asserts the client's push counts of its one shard. */
 static void pc_counts(const psw_client *c, uint64_t acked, uint64_t unanswered, const char *when) {
   uint64_t a = 0, u = 0;
@@ -752,6 +824,8 @@ Suite *psw_client_suite(void) {
   tcase_add_test(tc, test_client_gives_up_in_budget);
   tcase_add_test(tc, test_client_parked_timeout);
   tcase_add_test(tc, test_client_degraded_bound);
+  tcase_add_test(tc, test_client_lost_push_bsp);
+  tcase_add_test(tc, test_client_lost_push_bsp_deferred);
   tcase_add_test(tc, test_client_deferred_ack);
   tcase_add_test(tc, test_client_shared_vectors);
   suite_add_tcase(s, tc);

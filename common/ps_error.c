@@ -49,15 +49,18 @@ enum { G_OK = 0, G_INVALID_ARGUMENT = 3, G_PERMISSION_DENIED = 7, G_UNAUTHENTICA
        G_FAILED_PRECONDITION = 9, G_ABORTED = 10, G_UNIMPLEMENTED = 12, G_INTERNAL = 13,
        G_UNAVAILABLE = 14, G_DATA_LOSS = 15 };
 
+/* A full disk goes as UNAVAILABLE, as a DEGRADED shard's refusal does (a
+ * failing disk either way; the message says which): RESOURCE_EXHAUSTED
+ * comes back as PS_ETOOBIG, a request too large, which nobody retries. */
 int ps_err_to_grpc(int err) {
   switch (err) {
     case 0: return G_OK;
     case PS_EINVAL: case PS_EPROTO: case PS_EFORMAT: return G_INVALID_ARGUMENT;
     case PS_ENOENT: return G_NOT_FOUND;
     case PS_EEXIST: return G_ALREADY_EXISTS;
-    case PS_ETOOBIG: case PS_ENOMEM: case PS_ENOSPC: return G_RESOURCE_EXHAUSTED;
+    case PS_ETOOBIG: case PS_ENOMEM: return G_RESOURCE_EXHAUSTED;
     case PS_ETIMEDOUT: return G_DEADLINE_EXCEEDED;
-    case PS_EUNAVAIL: case PS_ESHUTDOWN: case PS_EDEGRADED: return G_UNAVAILABLE;
+    case PS_EUNAVAIL: case PS_ESHUTDOWN: case PS_EDEGRADED: case PS_ENOSPC: return G_UNAVAILABLE;
     case PS_ENOTSUP: return G_UNIMPLEMENTED;
     case PS_ELOCKED: case PS_ECONFIG: return G_FAILED_PRECONDITION;
     case PS_EEXPIRED: return G_ABORTED;

@@ -53,7 +53,9 @@ int ps_err_from_errno(int e);
 
 /* ps_err_to_grpc maps a PS_E* code to a grpc_status_code value (int, so
  * this header needs no gRPC); ps_err_from_grpc is its inverse where one
- * exists (otherwise PS_EUNAVAIL / PS_EINTERNAL). */
+ * exists (otherwise PS_EUNAVAIL / PS_EINTERNAL).  A failing disk
+ * (PS_EDEGRADED, PS_ENOSPC) goes as UNAVAILABLE, which comes back as
+ * PS_EUNAVAIL: gRPC has no code of its own for it. */
 int ps_err_to_grpc(int err);
 int ps_err_from_grpc(int status);
 

@@ -213,7 +213,9 @@ static uint64_t val_seq(const sp_table *t, const char *v, size_t len) {
  * written go first).  Buffers go in in the order they were
  * sealed (a later one may hold newer copies of the same rows); a buffer
  * that failed (a full disk) stops the ones after it and is tried again at
- * the next seal.  At most SPILL_SEALED sealed buffers wait: sealing one
+ * the next seal (a snapshot tries it alone first: buf_retry), while
+ * evictions wait (spill_refused: the rows stay in memory, over the
+ * budget, and no request waits for a write that fails).  At most SPILL_SEALED sealed buffers wait: sealing one
  * more waits for the oldest (the loop blocks only when rows are evicted
  * faster than the disk takes them), so the buffers hold at most
  * (1 + SPILL_SEALED) x SPILL_BYTES, plus what one snapshot writes.
@@ -497,6 +499,30 @@ static int buf_wait(psd_sparse *s, uint64_t gen, ps_errbuf *eb) {
 static int buf_sync(psd_sparse *s, ps_errbuf *eb) {
   int rc = buf_seal(s, eb);
   return rc ? rc : buf_wait(s, s->gen, eb);
+}
+
+/* spill_refused (loop): a buffer failed (the disk refuses writes) and no
+ * seal has written it since.  Evictions wait for that (invariant 3): the
+ * rows stay in memory rather than pile up in the open buffer, and no
+ * request waits for a write that fails. */
+static int spill_refused(psd_sparse *s) {
+  if (!s->sealed) return 0;
+  ps_errbuf eb;
+  pthread_mutex_lock(&s->mu);
+  int rc = buf_failed(s, &eb);
+  pthread_mutex_unlock(&s->mu);
+  return rc != 0;
+}
+
+/* buf_retry (loop) has the writer write the failed buffers again and
+ * waits for them: 0 once they are in RocksDB's files, else the error. */
+static int buf_retry(psd_sparse *s, ps_errbuf *eb) {
+  pthread_mutex_lock(&s->mu);
+  for (sp_buf *b = s->sealed; b; b = b->next)
+    if (b->state == BUF_FAILED) b->state = BUF_QUEUED;
+  pthread_cond_broadcast(&s->cv);
+  pthread_mutex_unlock(&s->mu);
+  return buf_wait(s, s->gen, eb);
 }
 
 /* ---- the key index -------------------------------------------------------- */
@@ -961,6 +987,7 @@ static int cmp_u64(const void *a, const void *b) {
  * rows touched longest ago go, the changed ones written first. */
 static int evict(psd_sparse *s, sp_table *t, ps_errbuf *eb) {
   if (!s->memory_rows || t->nrows <= s->memory_rows) return 0;
+  if (spill_refused(s)) return 0; /* the rows stay until the disk takes writes */
   size_t keep = s->memory_rows - s->memory_rows / 8, drop = t->nrows - keep;
   /* the drop-th oldest clock, THR, by counting rows per clock: clocks
    * are request ticks, so the span of the rows' clocks is about the
@@ -1000,8 +1027,12 @@ static int evict(psd_sparse *s, sp_table *t, ps_errbuf *eb) {
   size_t at_thr = drop - below; /* rows with clock == thr to drop, lowest index first */
   for (size_t r = 0; r < t->nrows; r++)
     if (t->clock[r] < thr || (t->clock[r] == thr && at_thr && at_thr--)) mark[r] = 1;
-  int rc = write_rows(s, t, mark, eb);
-  if (rc) return rc;
+  /* a buffer that fails to seal (the disk refuses it) fails no request:
+   * the rows given are in the open buffer, which stays open and serves
+   * them, and the next evictions wait for the disk (spill_refused) */
+  ps_errbuf seb;
+  int rc = write_rows(s, t, mark, &seb);
+  if (rc == PS_ENOMEM) return ps_errf(eb, rc, "%s", seb.msg);
   size_t w = 0;
   for (size_t r = 0; r < t->nrows; r++) {
     if (mark[r]) continue;
@@ -1363,6 +1394,20 @@ int psd_sparse_log_start(psd_sparse *s, uint64_t fallback, uint64_t *from, ps_er
 
 int psd_sparse_snapshot(psd_sparse *s, uint64_t log_seq, int *persist, ps_errbuf *eb) {
   *persist = 0;
+  /* after a failed write the buffer that failed goes first: while the
+   * disk still refuses it, the changed rows stay in memory rather than
+   * being copied into the open buffer once more at every snapshot; once
+   * it is in, the tables the refusal left over their budget are brought
+   * back under it (invariant 3) */
+  if (spill_refused(s)) {
+    int rc = buf_retry(s, eb);
+    if (rc) {
+      s->unpersisted = 1;
+      return rc;
+    }
+    for (size_t i = 0; i < s->ntables && !rc; i++) rc = evict(s, s->tables[i], eb);
+    if (rc) return rc;
+  }
   for (size_t i = 0; i < s->ntables; i++) {
     sp_table *t = s->tables[i];
     int dirty = 0;
@@ -1433,6 +1478,41 @@ int psd_sparse_row(psd_sparse *s, const char *model, uint32_t table, uint64_t ke
   return 0;
 }
 
+/* export_held (loop) collects in s->ka the keys of T after AFTER (every
+ * key when !RESUME) that memory or a write buffer holds, sorted, each
+ * once; *M receives their count.  For an export while the disk refuses
+ * the buffers: those rows are not in RocksDB's files. */
+static int export_held(psd_sparse *s, sp_table *t, int resume, uint64_t after, size_t *m,
+                       ps_errbuf *eb) {
+  size_t n = t->nrows;
+  if (s->open) n += s->open->n;
+  for (const sp_buf *b = s->sealed; b; b = b->next) n += b->n;
+  if (grow_to(&s->ka, &s->ka_cap, n ? n : 1, sizeof *s->ka))
+    return ps_errf(eb, PS_ENOMEM, "sparse export: out of memory");
+  key_at *ka = s->ka;
+  n = 0;
+  for (size_t r = 0; r < t->nrows; r++)
+    if (!resume || t->keys[r] > after) ka[n++] = (key_at){t->keys[r], 0};
+  for (const sp_buf *b = s->open; b; b = b == s->open ? s->sealed : b->next)
+    for (size_t i = 0; i < b->n; i++)
+      if (b->ent[i].t == t && (!resume || b->ent[i].key > after))
+        ka[n++] = (key_at){b->ent[i].key, 0};
+  qsort(ka, n, sizeof *ka, cmp_key_at);
+  size_t u = 0;
+  for (size_t i = 0; i < n; i++)
+    if (!u || ka[i].key != ka[u - 1].key) ka[u++] = ka[i];
+  *m = u;
+  return 0;
+}
+
+/* export_value: the newest copy of held key KEY of T (memory, else the
+ * newest write buffer's). */
+static const float *export_value(const psd_sparse *s, const sp_table *t, uint64_t key) {
+  int64_t r = index_find(t, key);
+  if (r >= 0) return row_data(t, (size_t)r);
+  return (const float *)(buf_lookup(s, t, key) + VAL_HDR);
+}
+
 int psd_sparse_export(psd_sparse *s, const char *model, uint32_t table, int resume, uint64_t after,
                       size_t limit, uint64_t *keys, float *rows, size_t *n, int *done,
                       ps_errbuf *eb) {
@@ -1441,30 +1521,50 @@ int psd_sparse_export(psd_sparse *s, const char *model, uint32_t table, int resu
   sp_table *t = table_find(s, model, table);
   if (!t) return ps_errf(eb, PS_ENOENT, "model '%s' has no sparse table %u", model, table);
   if (resume && after == UINT64_MAX) return 0;
-  int rc = write_rows(s, t, NULL, eb); /* rows not on disk yet, and changed ones */
-  if (!rc) rc = buf_sync(s, eb);
-  if (rc) return rc;
+  /* RocksDB's files hold every row once the buffers are in; while the
+   * disk refuses them, the rows in memory and in the buffers are read
+   * beside the files (held: newer than the files' copies) */
+  size_t held = 0, h = 0;
+  int rc = 0;
+  if (!spill_refused(s)) {
+    rc = write_rows(s, t, NULL, eb); /* rows not on disk yet, and changed ones */
+    if (!rc) rc = buf_sync(s, eb);
+    if (rc == PS_ENOMEM) return rc;
+  }
+  if ((rc || spill_refused(s)) && (rc = export_held(s, t, resume, after, &held, eb)))
+    return rc;
   char k[KEY_MAX_LEN];
   size_t kn = row_key(t, resume ? after + 1 : 0, k), pre = kn - 8;
   rocksdb_iterator_t *it = rocksdb_create_iterator(s->db, s->ro);
-  for (rocksdb_iter_seek(it, k, kn); rocksdb_iter_valid(it); rocksdb_iter_next(it)) {
-    size_t klen, vlen;
-    const char *ik = rocksdb_iter_key(it, &klen);
-    if (klen != kn || memcmp(ik, k, pre)) break; /* past the table */
+  rocksdb_iter_seek(it, k, kn);
+  for (;;) {
+    size_t klen = 0, vlen;
+    const char *ik = rocksdb_iter_valid(it) ? rocksdb_iter_key(it, &klen) : NULL;
+    if (ik && (klen != kn || memcmp(ik, k, pre))) ik = NULL; /* past the table */
+    uint64_t key = 0;
+    for (int i = 0; ik && i < 8; i++) key = key << 8 | (unsigned char)ik[pre + i];
+    if (!ik && h == held) break;
     if (*n == limit) {
       *done = 0;
       break;
     }
-    const char *v = rocksdb_iter_value(it, &vlen);
-    if (!val_ok(t, vlen)) {
-      rc = ps_errf(eb, PS_EIO, "sparse rows '%s': a row of '%s'/%u has %zu bytes", s->dir,
-                   t->model, t->id, vlen);
-      break;
+    const float *v;
+    if (h < held && (!ik || s->ka[h].key <= key)) { /* held: newer than the files' copy */
+      if (ik && s->ka[h].key == key) rocksdb_iter_next(it);
+      key = s->ka[h++].key;
+      v = export_value(s, t, key);
+    } else {
+      const char *val = rocksdb_iter_value(it, &vlen);
+      if (!val_ok(t, vlen)) {
+        rc = ps_errf(eb, PS_EIO, "sparse rows '%s': a row of '%s'/%u has %zu bytes", s->dir,
+                     t->model, t->id, vlen);
+        break;
+      }
+      v = (const float *)(val + VAL_HDR);
+      rocksdb_iter_next(it);
     }
-    uint64_t key = 0;
-    for (int i = 0; i < 8; i++) key = key << 8 | (unsigned char)ik[pre + i];
     keys[*n] = key;
-    memcpy(rows + *n * t->dim, v + VAL_HDR, t->dim * sizeof(float));
+    memcpy(rows + *n * t->dim, v, t->dim * sizeof(float));
     (*n)++;
   }
   char *err = NULL;

@@ -32,6 +32,11 @@
  *     disk read), then the rest with one MultiGet.  A row read back is
  *     bit-identical to the row evicted (values, slots, update count,
  *     clock).
+ *     Exception: while the disk refuses the write buffers (one failed
+ *     and no seal has written it since: a full disk), nothing is evicted
+ *     and the table may hold more than M rows; requests are served all
+ *     the same.  The next snapshot writes the failed buffer first; once
+ *     it is in, every table is brought back to at most M rows.
  *  4. A request that fails validation (unknown table, key count and
  *     payload that disagree, duplicate keys, NaN/Inf gradients, an update
  *     that would leave a value or slot non-finite, a log that fails)
@@ -80,9 +85,11 @@
  *     the writer (sealing another waits on the loop).  So the buffers
  *     hold at most 32 MiB plus the rows of one snapshot (every changed
  *     row in memory), as RocksDB's two 16 MiB write buffers did.
- *     A buffer that fails (a full disk) stops the ones after it, fails
- *     the persist and the eviction that must wait for it, and is tried
- *     again at the next seal; its rows stay readable meanwhile.
+ *     A buffer that fails (a full disk) stops the ones after it and
+ *     fails the persist that waits for it (no request: invariant 3's
+ *     exception), and is tried again at the next snapshot, alone (the
+ *     changed rows are copied in only once it is in); its rows stay
+ *     readable meanwhile.
  *
  * Stored row: update count (u64), clock (u64), DIM x (1 + slots) floats,
  * seq (u64), host byte order; rows written before the seq existed are
@@ -201,8 +208,10 @@ void psd_sparse_table_at(const psd_sparse *s, size_t i, const char **model, uint
  * RocksDB (as an eviction would) and reads up to LIMIT rows in key order
  * after key AFTER (from the first when !RESUME): their keys to KEYS and
  * values (dim floats each, no slots) to ROWS, the count to *N; *DONE
- * says no row follows.  PS_ENOENT for an unknown table, PS_EIO from
- * RocksDB (a stored row of the wrong size included). */
+ * says no row follows.  While the disk refuses the write buffers
+ * (invariant 7) the rows in memory and in the buffers are read beside
+ * RocksDB's files instead.  PS_ENOENT for an unknown table, PS_ENOMEM,
+ * PS_EIO from RocksDB (a stored row of the wrong size included). */
 int psd_sparse_export(psd_sparse *s, const char *model, uint32_t table, int resume, uint64_t after,
                       size_t limit, uint64_t *keys, float *rows, size_t *n, int *done,
                       ps_errbuf *eb);
@@ -269,8 +278,8 @@ int psd_sparse_replay(psd_sparse *s, uint64_t seq, const uint8_t *rec, size_t le
  * *PERSIST says whether a buffer is not in RocksDB's files yet or the
  * last persist failed (call psd_sparse_persist then, and
  * psd_sparse_persist_failed if it fails).  PS_ENOMEM, or the error of
- * an older buffer that failed again (the rows given stay in the open
- * buffer: the next snapshot seals them). */
+ * an older buffer that failed again (tried alone first: the changed
+ * rows stay in memory, the next snapshot writes them). */
 int psd_sparse_snapshot(psd_sparse *s, uint64_t log_seq, int *persist, ps_errbuf *eb);
 int psd_sparse_persist(psd_sparse *s, ps_errbuf *eb);
 void psd_sparse_persist_failed(psd_sparse *s);

@@ -39,6 +39,9 @@
 /* a gRPC pull that timed out this long before the reply timeout (the
  * shard's pull_timeout_ms + 5 s) was answered by the shard: parked */
 #define PSW_SPARSE_ANSWERED_MS 2500
+/* lost pushes are said at the first, then at most this often (as the
+ * dense client says a shard's refusals: psw_client.h invariant 12) */
+#define PSW_SPARSE_SAY_AGAIN_MS 10000
 
 struct psw_sparse {
   const ps_config *cfg;
@@ -60,6 +63,8 @@ struct psw_sparse {
   uint8_t *enc;                /* a push's encoded rows */
   size_t enccap;
   uint64_t lost_pushes;        /* shard calls of pushes lost with a connection */
+  int64_t lost_said_ms;        /* when a lost push was last said (push_lost) */
+  uint64_t lost_unsaid, rows_unsaid; /* pushes (and their rows) lost since then, not said */
   /* the tensor channel (file comment), per shard: */
   ps_chan_client **ch;         /* open connection, or NULL */
   int64_t *ch_retry_ms;        /* no new connection before this time */
@@ -521,12 +526,28 @@ int psw_sparse_pull(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, float *
   return rc;
 }
 
-/* push_lost counts shard K's push of N rows lost with its connection
- * (not resent: it may have been applied) and says so. */
+/* push_lost counts a push of N rows lost with its connection, or refused
+ * by a DEGRADED shard (not resent: it may have been applied), and says
+ * so: the first, then at most every PSW_SPARSE_SAY_AGAIN_MS with the
+ * count lost since (a shard refusing every push would otherwise take a
+ * line per step). */
 static void push_lost(psw_sparse *s, uint32_t n, const ps_errbuf *eb) {
-  ps_warn("worker %u: sparse table '%s'/%u: a push of %u rows is lost (%s); not resent "
-          "(counted in sparse_pushes_lost)", s->worker, s->model, s->table, n, eb->msg);
+  int64_t now = ps_now_ms();
   s->lost_pushes++;
+  s->lost_unsaid++;
+  s->rows_unsaid += n;
+  if (s->lost_said_ms && now - s->lost_said_ms < PSW_SPARSE_SAY_AGAIN_MS) return;
+  if (s->lost_unsaid == 1)
+    ps_warn("worker %u: sparse table '%s'/%u: a push of %u rows is lost (%s); not resent "
+            "(counted in sparse_pushes_lost; said at most every %d s)", s->worker, s->model,
+            s->table, n, eb->msg, PSW_SPARSE_SAY_AGAIN_MS / 1000);
+  else
+    ps_warn("worker %u: sparse table '%s'/%u: %llu pushes (%llu rows) lost in the last %.1f s, "
+            "the last: %s; not resent (counted in sparse_pushes_lost)", s->worker, s->model,
+            s->table, (unsigned long long)s->lost_unsaid, (unsigned long long)s->rows_unsaid,
+            (double)(now - s->lost_said_ms) / 1e3, eb->msg);
+  s->lost_said_ms = now;
+  s->lost_unsaid = s->rows_unsaid = 0;
 }
 
 /* push_chan_answer takes the answer to shard K's push sent on its channel

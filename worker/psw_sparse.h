@@ -17,8 +17,10 @@
  * invariant 4 says: a pull's call is made again with backoff for at most
  * workers.retry_ms (a pull may then have counted toward a key's admission
  * twice); a push's call is not resent (it may have been applied: sending
- * it again could apply it twice), it is dropped with a line in the log and
- * counted (psw_sparse_lost_pushes), and the push goes on to the other
+ * it again could apply it twice), it is dropped and counted
+ * (psw_sparse_lost_pushes), said in the log at the first and at most
+ * every 10 s after with the count lost since (a DEGRADED shard refuses
+ * every push), and the push goes on to the other
  * shards; the next pull waits for the shard.  A pull the shard held
  * parked past pull_timeout_ms (it answers PS_ETIMEDOUT naming the slowest
  * worker) is asked again for as long as the shard answers so, as the

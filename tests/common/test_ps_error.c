@@ -24,10 +24,27 @@ START_TEST(test_errf_wraps_own_message) {
 }
 END_TEST
 
+/* A full disk reads as one on the gRPC plane: a code a client retries
+ * once the shard has room (UNAVAILABLE, as a DEGRADED shard's refusal),
+ * not "request too large" (RESOURCE_EXHAUSTED comes back as
+ * PS_ETOOBIG, which it gives up on). */
+START_TEST(test_grpc_full_disk) {
+  ck_assert_int_eq(ps_err_from_grpc(ps_err_to_grpc(PS_ENOSPC)), PS_EUNAVAIL);
+  ck_assert_int_eq(ps_err_to_grpc(PS_ENOSPC), ps_err_to_grpc(PS_EDEGRADED));
+  ck_assert_int_eq(ps_err_from_grpc(ps_err_to_grpc(PS_ETOOBIG)), PS_ETOOBIG);
+  /* every code comes back as itself or as the class the plane keeps */
+  static const int same[] = {PS_EINVAL, PS_ENOENT, PS_EEXIST, PS_ETOOBIG, PS_ETIMEDOUT,
+                             PS_EUNAVAIL, PS_ENOTSUP, PS_ECONFIG, PS_EEXPIRED, PS_EIO, PS_EPERM};
+  for (size_t i = 0; i < sizeof same / sizeof same[0]; i++)
+    ck_assert_int_eq(ps_err_from_grpc(ps_err_to_grpc(same[i])), same[i]);
+}
+END_TEST
+
 Suite *ps_error_suite(void) {
   Suite *s = suite_create("ps_error");
   TCase *tc = tcase_create("core");
   tcase_add_test(tc, test_errf_wraps_own_message);
+  tcase_add_test(tc, test_grpc_full_disk);
   suite_add_tcase(s, tc);
   return s;
 }

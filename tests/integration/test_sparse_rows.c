@@ -374,6 +374,8 @@ static void *sd_restart_main(void *arg) {
  * under sync: a pull while the shard is down waits for it and returns the
  * rows it held; a push while it is down is dropped (not resent), counted
  * and said, and the request goes on. */
+enum { SD_LOST = 5 }; /* pushes sent to the dead shard */
+
 START_TEST(test_sparse_client_restart) {
   sd_env e;
   sd_setup(&e, "sync", 200);
@@ -393,9 +395,24 @@ START_TEST(test_sparse_client_restart) {
   ck_assert_uint_eq(psw_sparse_lost_pushes(sp), 0);
   int st = ps_test_stop(pid, SIGKILL, 5000);
   ck_assert(WIFSIGNALED(st));
-  /* a push to the dead shard: dropped, the call goes on */
-  ck_assert_msg(psw_sparse_push(sp, t->keys, SD_KEYS, g, 1, &eb) == 0, "%s", eb.msg);
-  ck_assert_uint_eq(psw_sparse_lost_pushes(sp), 1);
+  /* pushes to the dead shard: dropped, the call goes on; said once, not
+   * a line each (at most every 10 s, as the dense client says refusals) */
+  char errlog[700];
+  snprintf(errlog, sizeof errlog, "%s/client.err", ps_test_tmpdir());
+  fflush(stderr);
+  int saved = dup(2);
+  ck_assert(freopen(errlog, "w", stderr) != NULL);
+  for (int i = 0; i < SD_LOST; i++)
+    ck_assert_msg(psw_sparse_push(sp, t->keys, SD_KEYS, g, 1, &eb) == 0, "%s", eb.msg);
+  fflush(stderr);
+  dup2(saved, 2);
+  close(saved);
+  ck_assert_uint_eq(psw_sparse_lost_pushes(sp), SD_LOST);
+  char *said = ps_test_read_file(errlog, NULL);
+  int lines = 0;
+  for (const char *q = said; (q = strstr(q, "not resent")); q++) lines++;
+  ck_assert_msg(lines == 1, "%d lines about %d lost pushes, want 1:\n%s", lines, SD_LOST, said);
+  free(said);
   /* a pull waits for the restart */
   sd_restart rs = {.yaml = yaml, .log = log, .pause_ms = 1500};
   ck_assert_int_eq(pthread_create(&rs.th, NULL, sd_restart_main, &rs), 0);
@@ -411,7 +428,7 @@ START_TEST(test_sparse_client_restart) {
   }
   /* and pushes reach the restarted shard */
   ck_assert_msg(psw_sparse_push(sp, t->keys, SD_KEYS, g, 2, &eb) == 0, "%s", eb.msg);
-  ck_assert_uint_eq(psw_sparse_lost_pushes(sp), 1);
+  ck_assert_uint_eq(psw_sparse_lost_pushes(sp), SD_LOST);
   ck_assert_msg(psw_sparse_pull(sp, t->keys, 1, rows, 2, &eb) == 0, "%s", eb.msg);
   ck_assert_int_eq(ps_init_row(init, "uniform", 0.05f, 11, 0, t->keys[0], SD_DIM), 0);
   ck_assert(fabsf(rows[0] - init[0] - 4.0f) < 1e-3f);

@@ -4,6 +4,8 @@
  * (values, optimizer slots, update count, clock), bad input refused with
  * no row changed, admission after k pulls, flush and reopen, redo log
  * records replayed into the same rows. */
+#include <errno.h>
+#include <fcntl.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -811,6 +813,141 @@ START_TEST(test_refused_push_creates_no_row) {
 }
 END_TEST
 
+/* ---- a full disk (the shard DEGRADED) -------------------------------------- */
+
+/* The fixture's small filesystem (made in the runner, inherited by the
+ * test; unmounted however the test ends). */
+static ps_test_tmpfs full_fs;
+
+static void full_setup(void) { ps_test_tmpfs_make(&full_fs, "ps_test_sparse_full", "size=64m"); }
+static void full_teardown(void) { ps_test_tmpfs_remove(&full_fs); }
+
+/* fill appends to PATH until its filesystem is full. */
+static void fill(const char *path) {
+  int fd = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+  ck_assert_msg(fd >= 0, "open '%s': %s", path, strerror(errno));
+  static char block[1 << 16];
+  ssize_t n;
+  while ((n = write(fd, block, sizeof block)) > 0) {
+  }
+  int e = errno;
+  close(fd);
+  ck_assert_msg(n < 0 && e == ENOSPC, "filling '%s' ended with %s", path, strerror(e));
+}
+
+enum { FD_DIM = 1024, FD_BUDGET = 256, FD_BATCH = 128 };
+
+/* full_pull pulls N keys from FIRST of table 3 (FD_DIM wide): served. */
+static void full_pull(psd_sparse *s, uint64_t first, size_t n, float *rows) {
+  uint64_t keys[FD_BATCH];
+  for (size_t i = 0; i < n; i++) keys[i] = first + i;
+  ps_errbuf eb;
+  int rc = psd_sparse_pull(s, "ctr", 3, keys, n, rows, n * FD_DIM, &eb);
+  ck_assert_msg(rc == 0, "pull of keys %llu.. on a full disk: %s (%s)",
+                (unsigned long long)first, eb.msg, ps_errname(rc));
+}
+
+/* full_export reads table 3 whole, page by page, and checks that it holds
+ * the keys 0..N-1, each with the value WANT gives. */
+static void full_export(psd_sparse *s, uint64_t n, const float *want) {
+  enum { PAGE = 1000 };
+  uint64_t *keys = malloc(PAGE * sizeof *keys), after = 0, seen = 0;
+  float *rows = malloc((size_t)PAGE * FD_DIM * sizeof *rows);
+  ck_assert(keys && rows);
+  int done = 0, resume = 0;
+  while (!done) {
+    size_t got;
+    ps_errbuf eb;
+    ck_assert_msg(psd_sparse_export(s, "ctr", 3, resume, after, PAGE, keys, rows, &got, &done,
+                                    &eb) == 0, "export on a full disk: %s", eb.msg);
+    for (size_t i = 0; i < got; i++, seen++) {
+      ck_assert_uint_eq(keys[i], seen);
+      ck_assert_msg(memcmp(rows + i * FD_DIM, want + seen * FD_DIM, FD_DIM * sizeof(float)) == 0,
+                    "exported row %llu differs", (unsigned long long)seen);
+    }
+    if (got) after = keys[got - 1];
+    resume = 1;
+  }
+  ck_assert_uint_eq(seen, n);
+  free(keys);
+  free(rows);
+}
+
+/* A disk that refuses the rows' writes (full) while rows must be evicted:
+ * pulls and pushes are served, the rows that cannot be written stay in
+ * memory (over memory_rows), an export reads them; once the disk takes
+ * writes again the next snapshot writes them and the budget holds again
+ * after the next request.  Before the fix the pull whose eviction sealed
+ * a write buffer behind the failed one failed with the disk's error (a
+ * shard answered it "No space left on device"), and so did an export. */
+START_TEST(test_full_disk_serves_rows) {
+  if (!full_fs.mounted) PS_SKIP("%s", full_fs.why);
+  char dir[700], filler[700];
+  snprintf(dir, sizeof dir, "%s/sparse", full_fs.mnt);
+  snprintf(filler, sizeof filler, "%s/filler", full_fs.mnt);
+  psd_sparse *s = open_sparse(dir, FD_BUDGET, 0);
+  Ps__OptimizerSpec spec = PS__OPTIMIZER_SPEC__INIT;
+  spec.kind = "sgd";
+  spec.lr = 0.5f;
+  psd_sparse_table_opts t = {.model = "ctr", .table = 3, .dim = FD_DIM, .init = "normal",
+                             .scale = 0.1f, .seed = 9, .optim = &spec};
+  ps_errbuf eb;
+  ck_assert_msg(psd_sparse_add_table(s, &t, &eb) == 0, "%s", eb.msg);
+  fill(filler);
+  enum { N = 6144 }; /* 24 MiB of rows: more than a write buffer past the budget */
+  float *want = malloc((size_t)N * FD_DIM * sizeof *want), *g = malloc(FD_BATCH * FD_DIM * sizeof *g);
+  ck_assert(want && g);
+  full_pull(s, 0, FD_BATCH, want);
+  /* a snapshot's buffer fails: the disk refuses writes from here on */
+  int persist = 0, rc;
+  ck_assert_int_eq(psd_sparse_snapshot(s, 0, &persist, &eb), 0);
+  ck_assert(persist);
+  ck_assert_msg(psd_sparse_persist(s, &eb) == PS_ENOSPC, "persist on a full disk: %s", eb.msg);
+  psd_sparse_persist_failed(s);
+  /* pulls of new keys, each over the budget; every 8th batch pushed too */
+  for (uint64_t k = FD_BATCH; k < N; k += FD_BATCH) {
+    full_pull(s, k, FD_BATCH, want + k * FD_DIM);
+    if (k / FD_BATCH % 8) continue;
+    uint64_t keys[FD_BATCH];
+    for (int i = 0; i < FD_BATCH; i++) keys[i] = k + (uint64_t)i;
+    for (int i = 0; i < FD_BATCH * FD_DIM; i++) g[i] = 0.01f * (float)(i % 7);
+    ck_assert_msg(psd_sparse_push(s, "ctr", 3, keys, FD_BATCH, g, FD_BATCH * FD_DIM, &eb) == 0,
+                  "push on a full disk: %s", eb.msg);
+    full_pull(s, k, FD_BATCH, want + k * FD_DIM);
+  }
+  /* the first rows come back as they were (from memory or the buffers) */
+  float *again = malloc(FD_BATCH * FD_DIM * sizeof *again);
+  ck_assert_ptr_nonnull(again);
+  full_pull(s, 0, FD_BATCH, again);
+  ck_assert_int_eq(memcmp(again, want, FD_BATCH * FD_DIM * sizeof(float)), 0);
+  full_export(s, N, want);
+  /* the snapshot still fails while the disk is full */
+  rc = psd_sparse_snapshot(s, 0, &persist, &eb);
+  if (!rc && persist) rc = psd_sparse_persist(s, &eb);
+  ck_assert_msg(rc == PS_ENOSPC, "snapshot on a full disk: %d %s", rc, eb.msg);
+  psd_sparse_persist_failed(s);
+  /* room again: the snapshot writes everything; the budget holds again */
+  ck_assert_int_eq(unlink(filler), 0);
+  ck_assert_int_eq(psd_sparse_snapshot(s, 0, &persist, &eb), 0);
+  ck_assert_msg(psd_sparse_persist(s, &eb) == 0, "persist with room again: %s", eb.msg);
+  full_pull(s, 0, FD_BATCH, again);
+  psd_sparse_stats st;
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 3, &st), 0);
+  ck_assert_msg(st.rows_mem <= FD_BUDGET, "%llu rows in memory after the disk came back, budget %d",
+                (unsigned long long)st.rows_mem, FD_BUDGET);
+  ck_assert_int_eq(memcmp(again, want, FD_BATCH * FD_DIM * sizeof(float)), 0);
+  ck_assert_msg(psd_sparse_flush(s, 0, &eb) == 0, "%s", eb.msg);
+  psd_sparse_close(s);
+  s = open_sparse(dir, FD_BUDGET, 0);
+  ck_assert_msg(psd_sparse_add_table(s, &t, &eb) == 0, "%s", eb.msg);
+  full_export(s, N, want);
+  psd_sparse_close(s);
+  free(want);
+  free(g);
+  free(again);
+}
+END_TEST
+
 Suite *psd_sparse_suite(void) {
   Suite *s = suite_create("psd_sparse");
   TCase *tc = tcase_create("tables");
@@ -827,6 +964,11 @@ Suite *psd_sparse_suite(void) {
   tcase_add_test(tc, test_flush_and_reopen);
   tcase_add_test(tc, test_log_and_replay);
   tcase_add_test(tc, test_refused_push_creates_no_row);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("full_disk");
+  tcase_set_timeout(tc, 120);
+  tcase_add_unchecked_fixture(tc, full_setup, full_teardown);
+  tcase_add_test(tc, test_full_disk_serves_rows);
   suite_add_tcase(s, tc);
   return s;
 }

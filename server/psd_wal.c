@@ -1730,8 +1730,8 @@ static void wal_complete(psd_wal *w, int end) {
   if (failed || end) {
     char m2[sizeof msg + 200];
     if (end) snprintf(m2, sizeof m2, "the shard stopped before the redo log was synced");
-    else snprintf(m2, sizeof m2, "shard degraded: %s: " PS_DEGRADED_IN_MEMORY
-                  " (it is logged once the disk works again); do not resend it", msg);
+    else snprintf(m2, sizeof m2, "shard degraded: " PS_DEGRADED_IN_MEMORY
+                  " (it is logged once the disk works again; do not resend it): %s", msg);
     while (w->head && (end || w->head->seq < lent)) { /* (a lent piece's push waits) */
       psd_wal_waiter *wt = w->head;
       wal_unlink(w, wt);
@@ -1859,8 +1859,8 @@ int psd_wal_wait(psd_wal *w, psd_wal_waiter *wt, ps_errbuf *eb) {
   wal_loop_time(w, t0);
   if (wt->seq <= synced) return 0;
   if (failed)
-    return ps_errf(eb, PS_EDEGRADED, "shard degraded: %s: " PS_DEGRADED_IN_MEMORY
-                   " (it is logged once the disk works again); do not resend it", msg);
+    return ps_errf(eb, PS_EDEGRADED, "shard degraded: " PS_DEGRADED_IN_MEMORY
+                   " (it is logged once the disk works again; do not resend it): %s", msg);
   if (w->stopped) return ps_errf(eb, PS_ESHUTDOWN, "the redo log is closed");
   wt->next = NULL;
   wt->prev = w->tail;

@@ -51,6 +51,7 @@ typedef struct psw_shard {
   uint64_t ack_ids[PSW_CLIENT_ACK_DEPTH + 1], ack_clocks[PSW_CLIENT_ACK_DEPTH + 1];
   int nacks;
   uint64_t moved_on;         /* invariant 13: to say before the next pull (0: nothing) */
+  int clocked;               /* the model's pulls wait on clocks (bsp, ssp): moved_on matters */
   /* Codecs (ps_codec.h).  The error-feedback residual of every chunk of
    * this shard (its chunks' elements back to back, in ids order) lives
    * here for the client's life: it survives a reconnect, and a worker that
@@ -342,8 +343,13 @@ static int psw_alloc_vectors(psw_client *c, ps_errbuf *eb) {
 static int psw_ack_wait(psw_shard *s, ps_errbuf *eb);
 
 /* psw_moved_on notes that S may never apply the push of step CLOCK
- * (invariant 13): its clock there is raised before the next pull. */
+ * (invariant 13): its clock there is raised before the next pull.  Not
+ * under asp (no pull waits on a clock), and not for a push that went to
+ * an aggregator: the aggregator may still forward the sum holding it, and
+ * a root told first would let other workers past that step (psd_agg.h
+ * invariant 6; psw_round's failover pulls at the push's clock instead). */
 static void psw_moved_on(psw_shard *s, uint64_t clock) {
+  if (!s->clocked || s->via_agg) return;
   if (clock + 1 > s->moved_on) s->moved_on = clock + 1;
 }
 
@@ -629,7 +635,9 @@ static void psw_push_answer(psw_shard *s, int err, uint64_t version, int answere
     s->pushes_acked++;
   }
   if (err < 0) s->pushes_unanswered++;
-  if (err < 0) psw_moved_on(s, clock); /* raising a clock the push raised changes nothing */
+  /* (raising a clock the push raised changes nothing, but costs a call) */
+  if (err < 0 && !(answered && err == PS_EDEGRADED && strstr(why, PS_DEGRADED_IN_MEMORY)))
+    psw_moved_on(s, clock);
   int refused = answered && err != PS_EDEGRADED;
   if (err == PS_EEXPIRED ||
       (err < 0 && psw_retryable(err) && (refused || !ps_chan_alive(s->ch))))
@@ -783,7 +791,7 @@ static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, uint64_t pu
     if (is_push) psw_push_answer(s, err, version, answered, reb.msg, s->push_clock);
     /* a refused push raised no clock: the pull behind it, parked on this
      * worker's own clock under bsp, is released by the word (invariant 13) */
-    if (is_push && answered && err == PS_EDEGRADED && ps_chan_alive(s->ch))
+    if (is_push && answered && err == PS_EDEGRADED && s->moved_on && ps_chan_alive(s->ch))
       psw_say_moved_on(c, s);
     if (err == 0 && !is_push) {
       if (s->pull_codec != PS_CODEC_FP32) psw_decode_pull(c, s, pbuf);
@@ -1293,6 +1301,7 @@ static int psw_open_shards(psw_client *c, ps_errbuf *eb) {
     psw_shard *s = &c->shards[k];
     s->index = (uint32_t)k;
     s->conf = &c->cfg->shards[k];
+    s->clocked = c->layout.consistency != PS_ASP;
     int err = psw_shard_segments(c, s, eb);
     if (err < 0) return err;
     if (!s->nids) continue;

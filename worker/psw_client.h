@@ -143,6 +143,10 @@
  *     which raises the worker's clock as the push would have (nothing if
  *     it was applied).  The push's gradients stay lost (not resent); the
  *     trainer trains its samples again (psw_client_pushes_unknown).
+ *     Not under asp (no pull waits), not for a DEGRADED answer that the
+ *     push was applied in memory (it raised the clock), and not for a push
+ *     sent to an aggregator, which may still forward the sum holding it:
+ *     a root told first would let other workers past that step.
  *
  * Thread-safety: a client is used by one thread at a time, except that
  * psw_client_start hands one push/pull to the client's own communication

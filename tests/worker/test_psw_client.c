@@ -468,8 +468,8 @@ END_TEST
 /* The shard enforces the model's codec: a client that fetched an int8
  * model pushes int8 after psctl submit --replace made it fp32 (the same
  * layout); the shard refuses it, nothing applied, and the client, asking
- * for the spec again, says the model was replaced ("... graph, clip norm
- * or codec"), the error psw exits 1 with. */
+ * for the spec again, says the model was replaced ("... graph, clip norm,
+ * codec or consistency"), the error psw exits 1 with. */
 START_TEST(test_client_replaced_codec) {
   pc_ctx x = {0};
   pc_init(&x, 20000);
@@ -485,8 +485,10 @@ START_TEST(test_client_replaced_codec) {
   pc_submit_opts(&x, "pcr", NULL, 0, NULL, 0, NULL, 1);
   float *before = pc_direct(&x, "pcr", l);
   int err = psw_client_push_all(c, 0, 1, &eb);
-  ck_assert_msg(err == PS_EINVAL && strstr(eb.msg, "replaced with another graph, clip norm, codec or consistency") &&
-                strstr(eb.msg, "came in int8"), "push after the replace: %d %s", err, eb.msg);
+  ck_assert_msg(err == PS_EINVAL &&
+                    strstr(eb.msg, "replaced with another graph, clip norm, codec or consistency") &&
+                    strstr(eb.msg, "came in int8"),
+                "push after the replace: %d %s", err, eb.msg);
   float *after = pc_direct(&x, "pcr", l);
   pc_same(after, before, n, "the replaced model after a refused push");
   free(before);

@@ -16,6 +16,7 @@ static const char *log_prog = "ps";
 static int log_max = LOG_INFO;
 static int log_journal = -1; /* -1: not yet checked */
 static pthread_mutex_t log_mu = PTHREAD_MUTEX_INITIALIZER;
+#define LOG_ERR_WAIT_MS 500 /* how long an error line waits for room (log_write) */
 static unsigned long long log_dropped; /* lines stderr could not take (under log_mu) */
 
 static const char *const log_names[] = {"emerg", "alert", "crit", "error",
@@ -58,17 +59,22 @@ static int log_prefix(char *line, size_t cap, int level) {
                   log_names[level & 7]);
 }
 
-/* log_write writes LINE (LEN bytes, at most PIPE_BUF) to stderr only when
- * stderr can take it now, else counts it dropped: a pipe nobody reads
- * (a stalled journald, a terminal's reader stopped) must not block the
- * thread that logs, an event loop among them, and SIGTERM with it.  A
- * pipe or socket that polls writable takes a line this short whole.  The
- * next line written is preceded by the count dropped.  Under log_mu, so
- * that no other thread fills the room between the poll and the write. */
-static void log_write(const char *line, size_t len) {
+/* log_write writes LINE (LEN bytes, at most PIPE_BUF; of LEVEL) to stderr
+ * only when stderr can take it now, else counts it dropped: a pipe nobody
+ * reads (a stalled journald, a terminal's reader stopped) must not block
+ * the thread that logs, an event loop among them, and SIGTERM with it.
+ * An error line waits up to LOG_ERR_WAIT_MS first: a reader that is only
+ * slow still gets a program's last words.  A pipe or socket that polls
+ * writable takes a line this short whole.  The next line written is
+ * preceded by the count dropped.  Under log_mu, so that no other thread
+ * fills the room between the poll and the write. */
+static void log_write(const char *line, size_t len, int level) {
   pthread_mutex_lock(&log_mu);
   struct pollfd p = {.fd = STDERR_FILENO, .events = POLLOUT};
-  if (poll(&p, 1, 0) != 1 || !(p.revents & POLLOUT) || (p.revents & (POLLERR | POLLNVAL))) {
+  /* an error line (often a program's last words before it exits) waits a
+   * little for a reader that is only slow */
+  int wait_ms = level <= LOG_ERR ? LOG_ERR_WAIT_MS : 0;
+  if (poll(&p, 1, wait_ms) != 1 || !(p.revents & POLLOUT) || (p.revents & (POLLERR | POLLNVAL))) {
     log_dropped++;
   } else {
     if (log_dropped) {
@@ -98,7 +104,7 @@ void ps_log(int level, const char *fmt, ...) {
   va_end(ap);
   size_t len = (size_t)n + (m < 0 ? 0 : ((size_t)m < sizeof line - (size_t)n - 1 ? (size_t)m : sizeof line - (size_t)n - 2));
   line[len++] = '\n';
-  log_write(line, len);
+  log_write(line, len, level);
 }
 
 /* ps_log_u32s: see ps_log.h. */

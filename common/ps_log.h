@@ -5,8 +5,9 @@
  * prefix and no timestamp; otherwise
  * "2026-11-24T10:00:00.123Z psd[pid] warning: message".  Thread-safe
  * (one write(2) per line, under a lock).  A line stderr cannot take at
- * once (a full pipe nobody reads) is dropped, not waited for: the next
- * line written is preceded by a warning with the count dropped. */
+ * once (a full pipe nobody reads) is dropped, not waited for (an error
+ * line waits up to half a second): the next line written is preceded by a
+ * warning with the count dropped. */
 #ifndef PS_LOG_H
 #define PS_LOG_H
 

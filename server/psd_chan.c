@@ -182,6 +182,7 @@
 #include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "ps_addr.h"
 #include "ps_auth.h"
@@ -1968,9 +1969,21 @@ static int chan_parse_addr(const char *addr, struct sockaddr_storage *sa, ps_err
                    g ? gai_strerror(g) : "no address");
   }
   memcpy(sa, ai->ai_addr, ai->ai_addrlen);
-  if (sa->ss_family == AF_INET) ((struct sockaddr_in *)sa)->sin_port = htons((uint16_t)port);
-  else ((struct sockaddr_in6 *)sa)->sin6_port = htons((uint16_t)port);
   freeaddrinfo(ai);
+  int loop;
+  if (sa->ss_family == AF_INET) {
+    struct sockaddr_in *in = (struct sockaddr_in *)sa;
+    in->sin_port = htons((uint16_t)port);
+    loop = (ntohl(in->sin_addr.s_addr) >> 24) == 127;
+  } else {
+    struct sockaddr_in6 *in6 = (struct sockaddr_in6 *)sa;
+    in6->sin6_port = htons((uint16_t)port);
+    loop = IN6_IS_ADDR_LOOPBACK(&in6->sin6_addr);
+  }
+  /* Debian maps a machine's own name to 127.0.1.1 in /etc/hosts */
+  if (loop && strcasecmp(host, "localhost") != 0)
+    ps_warn("channel address '%s': '%s' is a loopback address here: workers on other hosts "
+            "cannot reach this shard's channel (write its IP address)", addr, host);
   return 0;
 }
 

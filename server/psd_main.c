@@ -102,6 +102,7 @@ typedef struct psd_main {
   atomic_uint_fast64_t replayed; /* ... and has applied this many records */
   uint64_t replayed_seen;    /* (the start ticker's) */
   int64_t extend_next_ms;    /* (the start ticker's) */
+  int64_t extend_other_ms;   /* (the start ticker's) extended outside the replay */
   int stopping_said;         /* (the start ticker's) STOPPING=1 sent */
   int start_errno;           /* why the start failed, for systemd (0: no errno known) */
   char start_fail[sizeof(ps_errbuf) + 64]; /* ... and its message, or "" */
@@ -249,9 +250,13 @@ static void psd_main_start_failed(psd_main *m, int err, const char *fmt, ...) {
  *    store open longer than the unit's TimeoutStartSec is not killed
  *    (killed, psd would exit 0 and be started again, to replay from the
  *    start).  A replay that applied no record since the last extension
- *    gets none: a start stuck on its disk still times out. */
+ *    gets none: a start stuck on its disk still times out; outside the
+ *    replay (a store open, a snapshot, whose progress cannot be seen)
+ *    extensions stop after PSD_MAIN_EXTEND_OTHER_MS in all, so that a
+ *    start hung on its disk there times out too. */
 #define PSD_MAIN_EXTEND_MS 5000
 #define PSD_MAIN_EXTEND_USEC 30000000ull /* 30 s: six ticks' margin */
+#define PSD_MAIN_EXTEND_OTHER_MS (10 * 60 * 1000)
 static void psd_main_start_tick(void *arg, int64_t ms) {
   psd_main *m = arg;
   int sig = ps_stop_signal;
@@ -263,7 +268,9 @@ static void psd_main_start_tick(void *arg, int64_t ms) {
   if (sig || ms < m->extend_next_ms) return;
   m->extend_next_ms = ms + PSD_MAIN_EXTEND_MS;
   uint64_t done = atomic_load(&m->replayed);
-  if (atomic_load(&m->replaying) && done == m->replayed_seen) return;
+  int replaying = atomic_load(&m->replaying);
+  if (replaying && done == m->replayed_seen) return;
+  if (!replaying && (m->extend_other_ms += PSD_MAIN_EXTEND_MS) > PSD_MAIN_EXTEND_OTHER_MS) return;
   m->replayed_seen = done;
   sd_notifyf(0, "EXTEND_TIMEOUT_USEC=%llu", PSD_MAIN_EXTEND_USEC);
 }

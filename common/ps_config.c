@@ -126,6 +126,13 @@ static const char *cfg_choices(const char *const *names, char *list, size_t cap)
 
 static const char *const cfg_bools[] = {"false", "true", NULL}; /* enum of booleans */
 
+/* cfg_empty refuses N, an empty value of slot S (README "Rules": never a
+ * value), saying what to do instead. */
+static int cfg_empty(cfg_ctx *x, const cfg_slot *s, const yaml_node_t *n) {
+  return cfg_err(x, n->start_mark, "'%s' has an empty value (%s)", s->name,
+                 s->required ? "it needs one" : "leave the key out to get its default");
+}
+
 /* cfg_scalar gives the text of N, or of the slot's default when N is NULL.
  * Returns 1 with *TEXT set, 0 when there is nothing to store (no default),
  * or PS_ECONFIG when N is not a non-null scalar (naming the choices of a
@@ -138,9 +145,7 @@ static int cfg_scalar(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, const char 
     return s->def != NULL;
   }
   *m = n->start_mark;
-  if (cfg_is_null(n)) /* README "Rules": never a value */
-    return cfg_err(x, n->start_mark, "'%s' has an empty value (%s)", s->name,
-                   s->required ? "it needs one" : "leave the key out to get its default");
+  if (cfg_is_null(n)) return cfg_empty(x, s, n);
   if (n->type != YAML_SCALAR_NODE &&
       (s->type == &cfg_t_enum || s->check == cfg_check_oneof)) {
     char list[200];
@@ -350,6 +355,7 @@ typedef struct cfg_numlist {
 
 static int cfg_load_numlist(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, void *field) {
   if (!n) return 0;
+  if (cfg_is_null(n)) return cfg_empty(x, s, n);
   if (n->type != YAML_SEQUENCE_NODE)
     return cfg_err(x, n->start_mark, "expected a list of numbers for '%s'", s->name);
   size_t count = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
@@ -1054,7 +1060,8 @@ static int cfg_load_list(cfg_ctx *x, const cfg_slot *s, yaml_node_t *n, void *fi
   void **arr = (void **)((char *)field + l->arr_off);
   size_t *np = (size_t *)((char *)field + l->n_off);
   if (!n) return 0; /* absent: an empty list (a required one never gets here) */
-  if (n->type != YAML_SEQUENCE_NODE || cfg_is_null(n))
+  if (cfg_is_null(n)) return cfg_empty(x, s, n);
+  if (n->type != YAML_SEQUENCE_NODE)
     return cfg_err(x, n->start_mark, "expected a list for '%s'", s->name);
   size_t count = (size_t)(n->data.sequence.items.top - n->data.sequence.items.start);
   if (count < s->min || count > s->max)

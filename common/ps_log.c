@@ -1,6 +1,7 @@
 /* ps_log: stderr logging with syslog levels, journald-aware. */
 #include "ps_log.h"
 
+#include <limits.h>
 #include <poll.h>
 #include <pthread.h>
 #include <stdarg.h>
@@ -91,6 +92,12 @@ static void log_write(const char *line, size_t len, int level) {
     (void)w;
   }
   pthread_mutex_unlock(&log_mu);
+}
+
+/* ps_log_raw: see ps_log.h. */
+void ps_log_raw(const char *text, size_t len) {
+  if (len > PIPE_BUF) len = PIPE_BUF;
+  log_write(text, len, LOG_INFO);
 }
 
 void ps_log(int level, const char *fmt, ...) {

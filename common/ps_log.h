@@ -22,6 +22,11 @@ void ps_log_init(const char *prog, int max_level);
 
 void ps_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
+/* ps_log_raw writes TEXT (LEN bytes, at most PIPE_BUF are kept) to
+ * stderr as it is, with no prefix, by the same rule as a log line: dropped
+ * (and counted) when stderr cannot take it at once.  For progress lines. */
+void ps_log_raw(const char *text, size_t len);
+
 #define ps_err(...) ps_log(LOG_ERR, __VA_ARGS__)
 #define ps_warn(...) ps_log(LOG_WARNING, __VA_ARGS__)
 #define ps_info(...) ps_log(LOG_INFO, __VA_ARGS__)

@@ -281,7 +281,7 @@ int ps_npz_write(const char *path, const ps_npz_array *arrays, size_t n, ps_errb
   if ((r = ps_npz_tmp_open(path, tmp, sizeof tmp, &f, eb)) < 0) return r;
   r = npz_write_file(f, arrays, n, eb);
   if (r == 0 && (fflush(f) != 0 || fsync(fileno(f)) != 0))
-    r = ps_errf(eb, ps_err_from_errno(errno), "writing '%s': %s", tmp, strerror(errno));
+    r = ps_errf(eb, ps_err_from_errno(errno), "writing '%s': %s", path, strerror(errno));
   int named = 0; /* PATH replaced: nothing to remove after that */
   if (r == 0) named = (r = ps_npz_tmp_commit(f, tmp, path, eb)) == 0;
   fclose(f); /* written and synced already: a close cannot lose data */

@@ -48,7 +48,7 @@ static void zs_put32(unsigned char *p, uint64_t v) { zs_put16(p, v & 0xffff), zs
 static void zs_put64(unsigned char *p, uint64_t v) { zs_put32(p, v & 0xffffffffu), zs_put32(p + 4, v >> 32); }
 
 static int zs_io(ps_npz_stream *z, const char *what, ps_errbuf *eb) {
-  return ps_errf(eb, ps_err_from_errno(errno ? errno : EIO), "writing '%s': %s: %s", z->tmp, what,
+  return ps_errf(eb, ps_err_from_errno(errno ? errno : EIO), "writing '%s': %s: %s", z->path, what,
                  strerror(errno ? errno : EIO));
 }
 

@@ -595,10 +595,14 @@ int psw_data_load(psw_dataset *d, const ps_data_conf *conf, int test, const uint
 int psw_data_conf_check(const ps_data_conf *conf, int test, ps_errbuf *eb) {
   const char *files[2];
   int err = data_conf_files(conf, test, files, eb);
+  struct stat st;
   for (int i = 0; err == 0 && i < 2; i++)
-    if (files[i] && access(files[i], R_OK) != 0)
+    if (files[i] && (access(files[i], R_OK) != 0 || stat(files[i], &st) != 0))
       err = ps_errf(eb, PS_ECONFIG, "%s set: cannot read '%s': %s", test ? "test" : "training",
                     files[i], strerror(errno));
+    else if (files[i] && S_ISDIR(st.st_mode))
+      err = ps_errf(eb, PS_ECONFIG, "%s set: '%s' is a directory, not a data file",
+                    test ? "test" : "training", files[i]);
   return err;
 }
 

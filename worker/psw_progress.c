@@ -2,10 +2,12 @@
 #include "psw_progress.h"
 
 #include <errno.h>
+#include <stdarg.h>
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
 
+#include "ps_log.h"
 #include "ps_time.h"
 
 #define PSW_PROGRESS_TTY_MS 200
@@ -17,6 +19,27 @@ static const char *progress_eta(char *buf, size_t len, double s) {
   else if (t >= 60) snprintf(buf, len, "%ldm%02lds", t / 60, t % 60);
   else snprintf(buf, len, "%lds", t);
   return buf;
+}
+
+/* progress_say writes one progress line: on stderr as log lines are
+ * written (ps_log_raw: dropped when a full pipe cannot take it, rather
+ * than holding the step), on any other stream as it is. */
+__attribute__((format(printf, 2, 3))) static void progress_say(psw_progress *p,
+                                                               const char *fmt, ...) {
+  char line[512];
+  va_list ap;
+  va_start(ap, fmt);
+  int n = vsnprintf(line, sizeof line, fmt, ap);
+  va_end(ap);
+  if (n < 0) return;
+  size_t len = (size_t)n < sizeof line ? (size_t)n : sizeof line - 1;
+  if (p->out == stderr) {
+    fflush(stderr);
+    ps_log_raw(line, len);
+  } else {
+    fwrite(line, 1, len, p->out);
+    fflush(p->out);
+  }
 }
 
 /* psw_progress_init: see psw_progress.h. */
@@ -37,33 +60,30 @@ void psw_progress_step(psw_progress *p, const psw_progress_sample *s) {
   if (!p->tty && s->step == s->steps) return; /* the epoch line follows */
   p->last_ms = now;
   char eta[32];
-  fprintf(p->out, "%sworker %u: epoch %u/%u step %llu/%llu loss %.4f acc %.4f %.0f samples/s ETA %s%s",
-          p->tty ? "\r" : "", p->rank, s->epoch, s->epochs, (unsigned long long)s->step,
-          (unsigned long long)s->steps, s->loss, s->accuracy, s->samples_per_sec,
-          progress_eta(eta, sizeof eta, s->eta_s), p->tty ? "\033[K" : "\n");
-  fflush(p->out);
+  progress_say(p, "%sworker %u: epoch %u/%u step %llu/%llu loss %.4f acc %.4f %.0f samples/s ETA %s%s",
+               p->tty ? "\r" : "", p->rank, s->epoch, s->epochs, (unsigned long long)s->step,
+               (unsigned long long)s->steps, s->loss, s->accuracy, s->samples_per_sec,
+               progress_eta(eta, sizeof eta, s->eta_s), p->tty ? "\033[K" : "\n");
   p->live = p->tty;
 }
 
 /* psw_progress_end: see psw_progress.h. */
 void psw_progress_end(psw_progress *p) {
   if (!p->live) return;
-  fputc('\n', p->out);
-  fflush(p->out);
+  progress_say(p, "\n");
   p->live = 0;
 }
 
 /* psw_progress_epoch: see psw_progress.h. */
 void psw_progress_epoch(psw_progress *p, const psw_epoch_stats *e) {
   if (p->quiet) return;
-  if (p->live) fputs("\r\033[K", p->out);
+  progress_say(p,
+               "%sworker %u: epoch %u done: step %llu train loss %.4f acc %.4f, test loss %.4f "
+               "acc %.4f, %.0f samples/s, %.1f s\n",
+               p->live ? "\r\033[K" : "", p->rank, e->epoch, (unsigned long long)e->step,
+               e->train_loss, e->train_accuracy, e->test_loss, e->test_accuracy,
+               e->samples_per_sec, e->wall_s);
   p->live = 0;
-  fprintf(p->out,
-          "worker %u: epoch %u done: step %llu train loss %.4f acc %.4f, test loss %.4f acc "
-          "%.4f, %.0f samples/s, %.1f s\n",
-          p->rank, e->epoch, (unsigned long long)e->step, e->train_loss, e->train_accuracy,
-          e->test_loss, e->test_accuracy, e->samples_per_sec, e->wall_s);
-  fflush(p->out);
 }
 
 /* psw_metrics_append: see psw_progress.h. */

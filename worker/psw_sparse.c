@@ -70,6 +70,7 @@ struct psw_sparse {
   int64_t *ch_retry_ms;        /* no new connection before this time */
   uint8_t *via_chan;           /* this request's rows to shard k are on ch[k] */
   uint64_t *req_id;            /* ... as this request id there */
+  uint64_t *moved_on;          /* per shard: a clock to say before its next pull (say_moved_on) */
   uint8_t *todo;               /* this request still owes shard k a call */
   /* psw_sparse_set_rejoin: a refusal as expired rejoins (may be NULL) */
   int (*rejoin)(void *arg, ps_errbuf *eb);
@@ -116,10 +117,11 @@ int psw_sparse_open(psw_sparse **out, const ps_config *cfg, const char *model, u
     s->ch_retry_ms = calloc(cfg->nshards, sizeof *s->ch_retry_ms);
     s->via_chan = calloc(cfg->nshards, 1);
     s->req_id = calloc(cfg->nshards, sizeof *s->req_id);
+    s->moved_on = calloc(cfg->nshards, sizeof *s->moved_on);
     s->todo = calloc(cfg->nshards, 1);
   }
   if (!s || !ids || !s->rpc || !s->start || !s->ch || !s->ch_retry_ms || !s->via_chan ||
-      !s->req_id || !s->todo) {
+      !s->req_id || !s->moved_on || !s->todo) {
     free(ids);
     psw_sparse_close(s);
     return ps_errf(eb, PS_ENOMEM, "sparse client: out of memory");
@@ -152,6 +154,7 @@ void psw_sparse_close(psw_sparse *s) {
   free(s->ch_retry_ms);
   free(s->via_chan);
   free(s->req_id);
+  free(s->moved_on);
   free(s->todo);
   free(s->rx);
   ps_auth_client_close(&s->auth);
@@ -485,11 +488,33 @@ static int pull_chan_recv(psw_sparse *s, size_t k, uint32_t a, uint32_t b, ps_co
  * the rest (once no shard failed).  Returns 0, the first failure, or
  * PS_EEXPIRED when a shard refused the worker as expired (that shard
  * still owed: round_end). */
+/* say_moved_on tells shard K that the worker went on past a sparse push
+ * it may never have applied (psw_client.h invariant 13): on a shard that
+ * holds no dense chunk of the model the sparse push is what moves the
+ * worker's clock, and under bsp its next pull would wait there on the
+ * worker itself.  A heartbeat with moved_on; said again before the next
+ * pull when the shard does not answer. */
+static void say_moved_on(psw_sparse *s, size_t k) {
+  Ps__HeartbeatRequest q = PS__HEARTBEAT_REQUEST__INIT;
+  q.worker = s->worker, q.model = s->model, q.clock = q.moved_on = s->moved_on[k];
+  Ps__HeartbeatReply *rep = NULL;
+  ps_errbuf eb;
+  int r = call_once(s, k, "/ps.Ps/Heartbeat", &q.base, &ps__heartbeat_reply__descriptor,
+                    (ProtobufCMessage **)&rep, 0, &eb);
+  if (r == 0 && !rep->expired) s->moved_on[k] = 0; /* (expired: its rejoin enters it again) */
+  if (rep) protobuf_c_message_free_unpacked(&rep->base, NULL);
+  if (s->moved_on[k]) ps_debug("worker %u: shard %u not told of clock %llu yet: %s", s->worker,
+                               s->cfg->shards[k].id, (unsigned long long)s->moved_on[k],
+                               r ? eb.msg : "declared dead there");
+}
+
 static int pull_round(psw_sparse *s, ps_codec_id codec, uint64_t clock, float *rows,
                       ps_errbuf *eb) {
   const size_t rb = ps_codec_size(codec, s->dim, 0);
   int rc = 0;
   ps_errbuf reb, xeb = {""};
+  for (size_t k = 0; k < s->nshards; k++) /* before the pulls: none waits on this worker */
+    if (s->todo[k] && s->moved_on[k] && clock != PS_CLOCK_READER) say_moved_on(s, k);
   for (size_t k = 0; k < s->nshards; k++) { /* every shard's request out first */
     uint32_t a = s->start[k], b = s->start[k + 1];
     ps_chan_client *ch = s->todo[k] ? chan_get(s, k) : NULL;
@@ -531,8 +556,9 @@ int psw_sparse_pull(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, float *
  * so: the first, then at most every PSW_SPARSE_SAY_AGAIN_MS with the
  * count lost since (a shard refusing every push would otherwise take a
  * line per step). */
-static void push_lost(psw_sparse *s, uint32_t n, const ps_errbuf *eb) {
+static void push_lost(psw_sparse *s, size_t k, uint64_t clock, uint32_t n, const ps_errbuf *eb) {
   int64_t now = ps_now_ms();
+  if (clock != PS_CLOCK_READER && clock + 1 > s->moved_on[k]) s->moved_on[k] = clock + 1;
   s->lost_pushes++;
   s->lost_unsaid++;
   s->rows_unsaid += n;
@@ -598,7 +624,7 @@ static int push_round(psw_sparse *s, const uint8_t *out, size_t rb, ps_codec_id 
     s->via_chan[k] = ch != NULL;
     if (ch && ps_chan_send_sparse_push(ch, &q, out + (size_t)a * rb, (size_t)(b - a) * rb,
                                        &s->req_id[k], &reb) < 0) {
-      push_lost(s, b - a, &reb); /* part of it may have left */
+      push_lost(s, k, clock, b - a, &reb); /* part of it may have left */
       chan_drop(s, k);
       s->todo[k] = 0;
     }
@@ -616,13 +642,13 @@ static int push_round(psw_sparse *s, const uint8_t *out, size_t rb, ps_codec_id 
       r = push_grpc(s, k, a, b, out, rb, codec, clock, &reb);
     }
     if (r == PS_ESHUTDOWN && stopping(s)) { /* its answer not waited for: as lost */
-      push_lost(s, b - a, &reb);
+      push_lost(s, k, clock, b - a, &reb);
       s->todo[k] = 0;
       stopped = 1;
       continue;
     }
     if (r && psw_retryable(r)) { /* lost with the connection: not resent */
-      push_lost(s, b - a, &reb);
+      push_lost(s, k, clock, b - a, &reb);
       r = 0;
     }
     settle(s, k, r, &reb, &rc, &xeb, eb);

@@ -571,6 +571,9 @@ static const struct bad_case {
      "4:4: did not find expected '-' indicator (while parsing a block collection from line 3)"},
     {"cluster: [a\n", PS_ECONFIG,
      "2:1: did not find expected ',' or ']' (while parsing a flow sequence from line 1)"},
+    {"cluster: a\nshards:\n", PS_ECONFIG, "2:8: 'shards' has an empty value (it needs one)"},
+    {"cluster: a\nworkers:\n  slowdown:\n" SHARD0, PS_ECONFIG,
+     "3:12: 'slowdown' has an empty value (leave the key out to get its default)"},
     {"cluster: a\nshards:\n  - id: 0\n    grpc: [::1]:7000\n", PS_ECONFIG,
      "4:12: did not find expected node content (while parsing a flow node from line 4) (an IPv6 "
      "address must be quoted: \"[::1]:7000\")"},

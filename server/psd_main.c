@@ -1167,7 +1167,7 @@ int main(int argc, char **argv) {
   ps_log_init("psd", LOG_INFO);
   psd_args a;
   int code = psd_main_args(argc, argv, &a);
-  if (code) return code < 0 ? ps_proc_flush_stdout("psd", "the help", 0) : code;
+  if (code) return code < 0 ? ps_proc_flush_stdout("psd", "its output", 0) : code;
   /* a start: SIGTERM or SIGINT before the loop's handlers take over
    * (psd_main_handles; the store's open, the replay) stops the replay at
    * the next record it applies, or drains as soon as psd serves; SIGHUP

@@ -51,6 +51,7 @@ typedef struct psw_args {
   long rank, workers, epochs, batch, blas_threads;
   double slowdown;  /* 0: from the YAML file */
   int overlap, quiet, evaluate, blas_kernel; /* overlap: -1 = the YAML's */
+  int help, version;
 } psw_args;
 
 static const char psw_usage[] =
@@ -148,10 +149,16 @@ static int psw_parse(int argc, char **argv, psw_args *a) {
       case 'e': bad |= psw_num("epochs", optarg, 100000, &a->epochs); break;
       case 'b': bad |= psw_num("batch", optarg, 1048576, &a->batch); break;
       case 'T': bad |= psw_num("blas-threads", optarg, 256, &a->blas_threads); break;
-      case 'h': fputs(psw_usage, stdout); return -1;
-      case 'V': ps_version_print("psw"); return -1;
+      case 'h': a->help = 1; break;
+      case 'V': a->version = 1; break;
       default: bad = 1;
     }
+  }
+  /* after the whole line: a bad option before --help is still a usage error */
+  if (!bad && (a->help || a->version)) {
+    if (a->help) fputs(psw_usage, stdout);
+    else ps_version_print("psw");
+    return -1;
   }
   if (!bad && a->blas_kernel && optind == argc) {
     const char *k = ps_gpu_blas_kernel();

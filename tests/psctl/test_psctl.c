@@ -943,7 +943,7 @@ START_TEST(test_psd_t_output_errors) {
   }
   /* --help likewise, psw's too */
   ck_assert_int_eq(pt_prog_to(&x, "psd", "> /dev/full", "--help"), 1);
-  ck_assert_msg(pt_contains(x.err, "psd: the help could not be written to stdout: "), "see %s",
+  ck_assert_msg(pt_contains(x.err, "psd: its output could not be written to stdout: "), "see %s",
                 x.err);
   ck_assert_int_eq(pt_prog_to(&x, "psw", ">&-", "--help"), 1);
   ck_assert_msg(pt_contains(x.err, "psw: the output could not be written to stdout: "), "see %s",

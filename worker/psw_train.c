@@ -981,6 +981,9 @@ static int run_claim(psw_run *x, const psw_coord_part *fin, psw_coord_part *pos,
         if ((err = psw_client_pull_all(x->cl, 0, x->clock, eb)) < 0) return err;
         return 1;
       }
+      if (err == 0 && done && x->clock == x->clock0 && !waited)
+        ps_info("worker %u: the job of model '%s' is finished already (%u epochs): nothing to "
+                "train", x->rank, x->o->model, x->epochs);
       if (err != 0 || done) return err;
       if (!waited)
         ps_info("worker %u: nothing left to claim; waiting while other workers finish their "

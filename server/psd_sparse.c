@@ -449,6 +449,14 @@ static int buf_failed(const psd_sparse *s, ps_errbuf *eb) {
   return 0;
 }
 
+/* buf_requeue_failed (under mu) queues the failed buffers for the writer
+ * again. */
+static void buf_requeue_failed(psd_sparse *s) {
+  for (sp_buf *b = s->sealed; b; b = b->next)
+    if (b->state == BUF_FAILED) b->state = BUF_QUEUED;
+  pthread_cond_broadcast(&s->cv);
+}
+
 /* buf_seal (loop) seals the open buffer (none when it is empty) and hands
  * it to the writer; failed buffers are queued again first.  With
  * SPILL_SEALED buffers waiting it waits for the oldest; when that one
@@ -456,9 +464,7 @@ static int buf_failed(const psd_sparse *s, ps_errbuf *eb) {
 static int buf_seal(psd_sparse *s, ps_errbuf *eb) {
   int rc = 0;
   pthread_mutex_lock(&s->mu);
-  for (sp_buf *b = s->sealed; b; b = b->next)
-    if (b->state == BUF_FAILED) b->state = BUF_QUEUED;
-  pthread_cond_broadcast(&s->cv);
+  buf_requeue_failed(s);
   sp_buf *o = s->open;
   if (o && (o->n || o->has_w)) {
     while (buf_pending(s) >= SPILL_SEALED && !(rc = buf_failed(s, eb)))
@@ -518,9 +524,7 @@ static int spill_refused(psd_sparse *s) {
  * waits for them: 0 once they are in RocksDB's files, else the error. */
 static int buf_retry(psd_sparse *s, ps_errbuf *eb) {
   pthread_mutex_lock(&s->mu);
-  for (sp_buf *b = s->sealed; b; b = b->next)
-    if (b->state == BUF_FAILED) b->state = BUF_QUEUED;
-  pthread_cond_broadcast(&s->cv);
+  buf_requeue_failed(s);
   pthread_mutex_unlock(&s->mu);
   return buf_wait(s, s->gen, eb);
 }

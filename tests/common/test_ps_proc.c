@@ -132,6 +132,10 @@ START_TEST(test_proc_full_stderr) {
                   (char *)ps_test_bin("psd"), yaml, fifo, NULL};
   pid_t pid = ps_test_spawn(argv, NULL, NULL);
   ck_assert_msg(ps_test_wait_port(gp[0], 15000) == 0, "psd with a full stderr did not listen");
+  /* a line it must drop while the pipe is full: its port can listen before
+   * it logs that it serves, so that alone may come after the drain below */
+  kill(pid, SIGHUP);
+  usleep(500 * 1000);
   char buf[4096];
   while (read(rd, buf, sizeof buf) > 0) continue; /* room again: the next line comes with the count */
   kill(pid, SIGHUP); /* it logs that there is nothing to reload */

@@ -20,7 +20,9 @@
  *    worker's sparse pull and push are refused (PS_EEXPIRED).
  *  - a shard that holds none of the model's dense chunks (two shards): the
  *    sparse push of a step advances the clock there (an empty one too,
- *    which psw_sparse_push sends where a step has no key).
+ *    which psw_sparse_push sends where a step has no key); a push of the
+ *    worker's client lost there (refused DEGRADED) is said by a moved_on
+ *    heartbeat before its next pull, which is served.
  *  - a pull parked when its shard stops (SIGTERM) is answered with the
  *    shutdown error on both planes; when it is killed, both planes' calls
  *    come back with an error. */
@@ -120,9 +122,10 @@ static size_t sc_held(ps_rpc *r, const char *model, uint32_t *ids, size_t *bytes
   return n;
 }
 
-/* sc_dense_push pushes a zero gradient for every chunk of MODEL the shard
- * behind R holds, as WORKER at CLOCK. */
-static void sc_dense_push(ps_rpc *r, const char *model, uint32_t worker, uint64_t clock) {
+/* sc_dense_push_rc pushes a zero gradient for every chunk of MODEL the
+ * shard behind R holds, as WORKER at CLOCK; returns the call's result. */
+static int sc_dense_push_rc(ps_rpc *r, const char *model, uint32_t worker, uint64_t clock,
+                            ps_errbuf *eb) {
   uint32_t ids[64];
   size_t bytes;
   size_t n = sc_held(r, model, ids, &bytes);
@@ -137,12 +140,18 @@ static void sc_dense_push(ps_rpc *r, const char *model, uint32_t worker, uint64_
   q.worker = worker;
   q.clock = clock;
   ProtobufCMessage *rep = NULL;
-  ps_errbuf eb;
-  int err = ps_rpc_call(r, "/ps.Ps/Push", &q.base, &ps__push_reply__descriptor, &rep, 5000, &eb);
+  int err = ps_rpc_call(r, "/ps.Ps/Push", &q.base, &ps__push_reply__descriptor, &rep, 5000, eb);
   free(g);
+  if (rep) protobuf_c_message_free_unpacked(rep, NULL);
+  return err;
+}
+
+/* sc_dense_push is sc_dense_push_rc that must succeed. */
+static void sc_dense_push(ps_rpc *r, const char *model, uint32_t worker, uint64_t clock) {
+  ps_errbuf eb;
+  int err = sc_dense_push_rc(r, model, worker, clock, &eb);
   ck_assert_msg(err == 0, "dense push of worker %u at %llu: %s", worker,
                 (unsigned long long)clock, eb.msg);
-  protobuf_c_message_free_unpacked(rep, NULL);
 }
 
 /* sc_sparse_push pushes gradient 0 for the N keys KEYS of MODEL as WORKER
@@ -463,6 +472,37 @@ END_TEST
 START_TEST(test_kill_releases) { sc_stopped(SIGKILL); }
 END_TEST
 
+/* sc_bare_model submits bsp models named PREFIX0, PREFIX1, ... to both
+ * shards behind R until one of them holds none of a model's dense chunks
+ * (placement is deterministic: the first name whose chunks all sit on one
+ * shard); its name into MODEL (16 bytes), returns that shard's index. */
+static int sc_bare_model(ps_rpc *r[2], const char *prefix, char *model) {
+  for (int k = 0; k < 32; k++) {
+    snprintf(model, 16, "%s%d", prefix, k);
+    for (int i = 0; i < 2; i++) sc_submit(r[i], model, "bsp", 0);
+    for (int i = 0; i < 2; i++)
+      if (!sc_held(r[i], model, NULL, NULL)) return i;
+  }
+  ck_abort_msg("no model of 32 left a shard without dense chunks");
+  return -1;
+}
+
+/* sc_bare_keys finds a key of MODEL's table the shard at ADDR holds (a
+ * misplaced one is refused before its clock) into *KEY and one it does
+ * not into *OTHER, by pulls of worker 0 at clock 0. */
+static void sc_bare_keys(const char *addr, const char *model, uint64_t *key, uint64_t *other) {
+  *key = *other = 0;
+  for (uint64_t k = 1; k < 1000 && (!*key || !*other); k++) {
+    sc_pull p = {.addr = addr, .model = model, .keys = &k, .nkeys = 1, .worker = 0};
+    sc_pull_once(&p);
+    ck_assert_msg(p.err == 0 || p.err == PS_EINVAL, "%s", p.eb.msg);
+    if (p.err == 0 && !*key) *key = k;
+    if (p.err != 0 && !*other) *other = k;
+  }
+  ck_assert_uint_ne(*key, 0);
+  ck_assert_uint_ne(*other, 0);
+}
+
 /* Two shards, a model one of them holds no dense chunk of: there the
  * sparse push of a step advances the clock (a push of no keys too). */
 START_TEST(test_no_dense_shard) {
@@ -471,29 +511,10 @@ START_TEST(test_no_dense_shard) {
   ps_rpc *r[2];
   ps_errbuf eb;
   for (int i = 0; i < 2; i++) ck_assert_int_eq(ps_test_rpc_open(&r[i], sh[i].addr, &eb), 0);
-  /* placement is deterministic: the first name whose chunks all sit on
-   * one shard */
   char model[16];
-  int bare = -1;
-  for (int k = 0; k < 32 && bare < 0; k++) {
-    snprintf(model, sizeof model, "nd%d", k);
-    for (int i = 0; i < 2; i++) sc_submit(r[i], model, "bsp", 0);
-    for (int i = 0; i < 2 && bare < 0; i++)
-      if (!sc_held(r[i], model, NULL, NULL)) bare = i;
-  }
-  ck_assert_msg(bare >= 0, "no model of 32 left a shard without dense chunks");
-  /* a key that shard holds (a misplaced one is refused before its
-   * clock), and one it does not */
-  uint64_t key = 0, other = 0;
-  for (uint64_t k = 1; k < 1000 && (!key || !other); k++) {
-    sc_pull p = {.addr = sh[bare].addr, .model = model, .keys = &k, .nkeys = 1, .worker = 0};
-    sc_pull_once(&p);
-    ck_assert_msg(p.err == 0 || p.err == PS_EINVAL, "%s", p.eb.msg);
-    if (p.err == 0 && !key) key = k;
-    if (p.err != 0 && !other) other = k;
-  }
-  ck_assert_uint_ne(key, 0);
-  ck_assert_uint_ne(other, 0);
+  int bare = sc_bare_model(r, "nd", model);
+  uint64_t key, other;
+  sc_bare_keys(sh[bare].addr, model, &key, &other);
   sc_pull w1 = {.addr = sh[bare].addr, .model = model, .keys = &key, .nkeys = 1, .worker = 1};
   sc_pull_once(&w1);
   ck_assert_msg(w1.err == 0, "%s", w1.eb.msg);
@@ -546,6 +567,8 @@ static psw_sparse *sc_client(ps_config *cfg, const char *model, uint32_t worker,
 /* A psw_sparse_pull in a thread. */
 typedef struct sc_cpull {
   psw_sparse *sp;
+  const uint64_t *keys; /* NULL: sc_keys */
+  uint32_t nkeys;
   uint64_t clock;
   int err;
   ps_errbuf eb;
@@ -555,7 +578,8 @@ typedef struct sc_cpull {
 
 static void sc_cpull_run(void *arg) {
   sc_cpull *p = arg;
-  p->err = psw_sparse_pull(p->sp, sc_keys, SC_NKEYS, p->rows, p->clock, &p->eb);
+  p->err = psw_sparse_pull(p->sp, p->keys ? p->keys : sc_keys, p->keys ? p->nkeys : SC_NKEYS,
+                           p->rows, p->clock, &p->eb);
 }
 
 /* sc_stderr_to sends stderr to PATH (returns the saved fd) and back
@@ -685,6 +709,101 @@ START_TEST(test_client_rejoin) {
 }
 END_TEST
 
+/* sc_start_gated starts two sync shards into SH as sc_start does, each
+ * under the fsync shim with its gate DIR/gateI: the file FAIL[i] (700
+ * bytes each; DIR/gateI.fail) makes shard i's log syncs fail (DEGRADED). */
+static void sc_start_gated(sc_shard sh[2], char fail[2][700]) {
+  const char *dir = ps_test_tmpdir();
+  int gp[2], cp[2];
+  char extra[256];
+  snprintf(extra, sizeof extra,
+           "workers:\n  count: 2\n  heartbeat_ms: 100\n  lease_ms: %d\n"
+           "training:\n  pull_timeout_ms: %d\n", SC_LONG_LEASE_MS, SC_PULL_TIMEOUT_MS);
+  snprintf(sc_yaml, sizeof sc_yaml, "%s", ps_test_sync_yaml(dir, 2, extra, gp, cp));
+  static ps_test_shim_env env[2];
+  for (int i = 0; i < 2; i++) {
+    char g[600];
+    snprintf(g, sizeof g, "%s/gate%d", dir, i);
+    snprintf(fail[i], 700, "%s.fail", g);
+    ps_test_shim_env_init(&env[i], NULL, g);
+    snprintf(sh[i].log, sizeof sh[i].log, "%s/psd%d.log", dir, i);
+    sh[i].pid = ps_test_psd(sc_yaml, i, sh[i].log, env[i].env);
+    snprintf(sh[i].addr, sizeof sh[i].addr, "127.0.0.1:%d", gp[i]);
+    snprintf(sh[i].chan, sizeof sh[i].chan, "127.0.0.1:%d", cp[i]);
+  }
+  for (int i = 0; i < 2; i++)
+    ck_assert_msg(ps_test_wait_port(gp[i], 15000) == 0 && ps_test_wait_port(cp[i], 15000) == 0,
+                  "psd did not start, see %s", sh[i].log);
+}
+
+/* sc_degrade makes shard WHICH of R DEGRADED: a dense push of a model it
+ * holds chunks of (asp, submitted as dg0, dg1, ...) while FAIL exists. */
+static void sc_degrade(ps_rpc *r[2], int which, const char *fail) {
+  char model[16];
+  int k = 0;
+  do {
+    snprintf(model, sizeof model, "dg%d", k);
+    for (int i = 0; i < 2; i++) sc_submit(r[i], model, "asp", 0);
+  } while (!sc_held(r[which], model, NULL, NULL) && ++k < 32);
+  ck_assert_int_lt(k, 32);
+  ps_test_write_file(fail, "fail\n");
+  ps_errbuf eb;
+  int err = sc_dense_push_rc(r[which], model, 0, 0, &eb);
+  /* (gRPC has no code for it: UNAVAILABLE, as the shard says) */
+  ck_assert_msg(err < 0 && strstr(eb.msg, "degraded"), "a push with the log's syncs failing: "
+                "%d %s", err, err ? eb.msg : "");
+}
+
+/* A sparse push lost on a shard that holds none of the model's dense
+ * chunks (refused there DEGRADED) under bsp: the worker's client tells
+ * the shard it moved on (a moved_on heartbeat) before its next pull
+ * there, so that pull is served.  The push is what moves the worker's
+ * clock on such a shard, so the pull used to wait for the worker itself
+ * ("slowest live worker 0"), asked again at every pull timeout, until a
+ * stop.  psw_client's test_client_lost_push_bsp is the dense path's. */
+START_TEST(test_client_moved_on) {
+  sc_shard sh[2];
+  char fail[2][700];
+  sc_start_gated(sh, fail);
+  ps_rpc *r[2];
+  ps_errbuf eb;
+  for (int i = 0; i < 2; i++) ck_assert_int_eq(ps_test_rpc_open(&r[i], sh[i].addr, &eb), 0);
+  char model[16];
+  int bare = sc_bare_model(r, "mo", model);
+  uint64_t key, other;
+  sc_bare_keys(sh[bare].addr, model, &key, &other);
+  ps_config cfg;
+  ck_assert_msg(ps_config_load(&cfg, sc_yaml, &eb) == 0, "%s", eb.msg);
+  psw_sparse *sp;
+  ck_assert_msg(psw_sparse_open(&sp, &cfg, model, 0, SC_DIM, 0, &eb) == 0, "%s", eb.msg);
+  static volatile sig_atomic_t stop;
+  stop = 0;
+  psw_sparse_set_stop(sp, &stop);
+  float g[SC_DIM] = {0};
+  sc_cpull p = {.sp = sp};
+  for (uint64_t c = 0; c < 2; c++) { /* steps 0 and 1: pulled, and step 0 pushed */
+    ck_assert_msg(psw_sparse_pull(sp, &key, 1, p.rows, c, &eb) == 0, "pull %llu: %s",
+                  (unsigned long long)c, eb.msg);
+    if (!c) ck_assert_msg(psw_sparse_push(sp, &key, 1, g, c, &eb) == 0, "%s", eb.msg);
+  }
+  sc_degrade(r, bare, fail[bare]);
+  ck_assert_msg(psw_sparse_push(sp, &key, 1, g, 1, &eb) == 0, "%s", eb.msg); /* refused: lost */
+  ck_assert_uint_eq(psw_sparse_lost_pushes(sp), 1);
+  p.keys = &key, p.nkeys = 1, p.clock = 2; /* the pull of step 2 */
+  ps_test_bg_start(&p.bg, sc_cpull_run, &p);
+  int served = ps_test_bg_wait(&p.bg, SC_PULL_TIMEOUT_MS + 1500);
+  stop = 1; /* the old client's wait had no end but this */
+  ck_assert_msg(ps_test_bg_wait(&p.bg, 10000), "the pull of step 2 did not end at a stop");
+  unlink(fail[bare]);
+  ck_assert_msg(served && p.err == 0, "the pull of step 2 after a lost push %s: %d %s",
+                served ? "failed" : "still waited", p.err, p.eb.msg);
+  psw_sparse_close(sp);
+  ps_config_release(&cfg);
+  for (int i = 0; i < 2; i++) ps_rpc_close(r[i]);
+  sc_stop(sh, 2);
+}
+END_TEST
+
 Suite *psd_sparse_clock_suite(void) {
   Suite *s = suite_create("psd_sparse_clock");
   TCase *tc = tcase_create("one");
@@ -703,9 +822,12 @@ Suite *psd_sparse_clock_suite(void) {
   suite_add_tcase(s, tc);
   TCase *own = tcase_create("own");
   tcase_set_timeout(own, 60);
+  /* its shards stopped by PID when a test fails before it stops them */
+  tcase_add_unchecked_fixture(own, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_add_test(own, test_stop_releases);
   tcase_add_test(own, test_kill_releases);
   tcase_add_test(own, test_no_dense_shard);
+  tcase_add_test(own, test_client_moved_on);
   suite_add_tcase(s, own);
   return s;
 }

@@ -9,6 +9,9 @@
  *    models then hold p0 - lr (g0 + g1 + g2) to rounding;
  *  - replace: a model replaced on the root (another shape, then another
  *    seed) is seen through the running aggregator by new connections;
+ *  - clip: the root takes a sum of N within N x clip_norm, and the
+ *    aggregator's topk re-encoding of a sum with its residual is scaled
+ *    down to that bound;
  *  - sum: under BSP with plain SGD, each root shard sees exactly one push
  *    per clock, every one the sum of the 3 workers (Status sum_pushes,
  *    sum_grads, version), its recorded gap stays 0, and the aggregator
@@ -371,6 +374,70 @@ START_TEST(test_hier_clip_sum) {
   ck_assert_int_eq(ps_test_push(root, "clip", ids, 3, h, TH_ELEMS, 0, 1, v, &v, &eb), PS_EINVAL);
   ck_assert_msg(strstr(eb.msg, "over its clip_norm"), "%s", eb.msg);
   ps_chan_close(root);
+  th_finish(&x);
+}
+END_TEST
+
+/* th_topk_push sends worker W's push of clock CLOCK (version seen V) on
+ * C: chunk 0 of model "ctk", topk, its K kept values all VAL on the
+ * elements FIRST..FIRST+K-1. */
+static void th_topk_push(ps_chan_client *c, uint32_t w, uint64_t clock, uint64_t v,
+                         uint32_t first, uint32_t k, float val) {
+  static float g[1024];
+  static uint8_t enc[1024 * 8];
+  static const uint32_t id = 0;
+  memset(g, 0, sizeof g);
+  for (uint32_t i = 0; i < k; i++) g[first + i] = val;
+  ps_codec_encode(PS_CODEC_TOPK, g, 1024, 0, enc);
+  ps_req r = {.model = "ctk", .ids = &id, .nids = 1, .worker = w, .clock = clock, .version = v,
+              .codec = PS_CODEC_TOPK};
+  struct iovec seg = {enc, ps_codec_size(PS_CODEC_TOPK, 1024, 0)};
+  ps_errbuf eb = {""};
+  ck_assert_msg(ps_chan_send_pushv(c, &r, &seg, 1, NULL, &eb) == 0, "%s", eb.msg);
+}
+
+/* The aggregator re-encodes a sum of N with its residual (error feedback),
+ * so what a topk encoding left out comes back with a later sum: the
+ * encoding may exceed N x clip_norm although every push is within the
+ * clip, and is scaled down to that bound as a worker's is (the root
+ * refused it, over its clip_norm).  Chunk 0 keeps its k largest values;
+ * clock 0: each of 3 workers puts its k on a set of k elements of its
+ * own, the sum sends the first set (ties: the lowest indices) and keeps
+ * the other two; clock 1: all 3 push the second set, which then holds 4
+ * pushes' worth: 4 x 0.499 against 3 x 0.5. */
+START_TEST(test_hier_clip_topk) {
+  th_ctx x = {0};
+  ps_rpc *rpc;
+  ps_errbuf eb = {""};
+  th_bare(&x, &rpc);
+  Ps__ModelSpec spec;
+  Ps__TensorSpec t, *ts;
+  Ps__OptimizerSpec opt;
+  uint32_t shape;
+  th_spec(&spec, &t, &ts, &opt, &shape, "ctk");
+  spec.codec = "topk"; /* its default fraction: k of chunk 0's 1024 */
+  spec.clip_norm = 0.5f;
+  ps_test_submit(rpc, &spec, 0, 10000);
+  ps_rpc_close(rpc);
+  const uint32_t k = ps_codec_topk_k(1024, 0);
+  const float val = 0.499f / sqrtf((float)k); /* a push's norm: 0.499 */
+  ps_chan_client *agg[3];
+  for (uint32_t w = 0; w < 3; w++) agg[w] = th_chan(x.agg_cp);
+  uint64_t v = 0;
+  for (uint64_t clock = 0; clock < 2; clock++) {
+    for (uint32_t w = 0; w < 3; w++)
+      th_topk_push(agg[w], w, clock, v, clock ? k : w * k, k, val);
+    uint64_t got[3];
+    for (int w = 0; w < 3; w++)
+      ck_assert_msg(ps_chan_recv(agg[w], NULL, &got[w], &eb) == 0, "clock %llu, worker %d: %s",
+                    (unsigned long long)clock, w, eb.msg);
+    v = got[0];
+    ck_assert_uint_eq(v, clock + 1); /* one update a clock: the sum, taken */
+  }
+  Ps__StatusReply *st = ps_test_status(x.gp[0]);
+  ck_assert_uint_eq(st->sum_pushes, 2);
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  for (int w = 0; w < 3; w++) ps_chan_close(agg[w]);
   th_finish(&x);
 }
 END_TEST
@@ -1079,6 +1146,7 @@ Suite *hier_suite(void) {
   tcase_add_test(tc, test_hier_sigterm_forwards);
   tcase_add_test(tc, test_hier_sum_is_one_update);
   tcase_add_test(tc, test_hier_clip_sum);
+  tcase_add_test(tc, test_hier_clip_topk);
   tcase_add_test(tc, test_hier_clocks_start_over);
   tcase_add_test(tc, test_hier_clock_entered);
   tcase_add_test(tc, test_hier_codec);

@@ -266,16 +266,18 @@ static void coord_beat_init(psw_coord *c, Ps__HeartbeatRequest *req, uint32_t wo
 }
 
 /* coord_heartbeat_all sends one heartbeat for worker WORKER to every
- * shard (LEAVING, DONE, REJOIN: see HeartbeatRequest); returns 1 when a
- * shard said the worker had expired. */
+ * shard (LEAVING, DONE, REJOIN: see HeartbeatRequest; IDLE_AT, not NULL:
+ * marked idle, stepping out of the clock tables up to that clock); returns
+ * 1 when a shard said the worker had expired. */
 static int coord_heartbeat_all(psw_coord *c, uint32_t worker, int leaving, int done,
-                               int rejoin, int idle) {
+                               int rejoin, const uint64_t *idle_at) {
   Ps__HeartbeatRequest req;
   coord_beat_init(c, &req, worker);
   req.rejoin = rejoin;
   req.leaving = leaving;
   req.done = done;
-  req.idle = idle;
+  req.idle = idle_at != NULL;
+  if (idle_at) req.clock = *idle_at;
   int timeout = c->heartbeat_ms < PSW_COORD_CALL_MS ? (int)c->heartbeat_ms : PSW_COORD_CALL_MS;
   if (timeout < 200) timeout = 200;
   size_t n = c->cfg->nshards;
@@ -321,17 +323,20 @@ static int coord_reregister(psw_coord *c, uint64_t seen) {
   int err = c->registered ? coord_register_once(c, &eb) : 0;
   if (err == 0 && (!c->registered || c->reg->rank == old)) {
     if (c->registered) coord_set_parts(c, c->reg->partitions, c->reg->n_partitions);
-    int still = coord_heartbeat_all(c, old, 0, 0, 1, 0);
+    /* counted before the shards hear of it: the coordinator takes the
+     * trainer's reports again from now on, and the trainer must not see
+     * one refused before it sees the rejoin (psw_coord_rejoins) */
     pthread_mutex_lock(&c->mu);
     c->rejoins++;
     pthread_mutex_unlock(&c->mu);
+    int still = coord_heartbeat_all(c, old, 0, 0, 1, NULL);
     pthread_mutex_unlock(&c->rejoin_mu);
     if (still) ps_warn("worker %u: a shard missed the rejoin; it is tried again", old);
     return 0;
   }
   /* Not ours: give the rank we were offered back at once (as died, so
    * that its partitions keep going to the living). */
-  if (err == 0) coord_heartbeat_all(c, c->reg->rank, 1, 0, 0, 0);
+  if (err == 0) coord_heartbeat_all(c, c->reg->rank, 1, 0, 0, NULL);
   pthread_mutex_lock(&c->mu);
   c->lost = 1;
   if (err < 0)
@@ -352,6 +357,15 @@ int psw_coord_rejoin(psw_coord *c, ps_errbuf *eb) {
   return 0;
 }
 
+/* psw_coord_rejoins: see psw_coord.h. */
+uint64_t psw_coord_rejoins(psw_coord *c) {
+  if (!c) return 0;
+  pthread_mutex_lock(&c->mu);
+  uint64_t n = c->rejoins;
+  pthread_mutex_unlock(&c->mu);
+  return n;
+}
+
 /* coord_main: the heartbeat thread (invariant 2). */
 static void *coord_main(void *arg) {
   psw_coord *c = arg;
@@ -364,7 +378,7 @@ static void *coord_main(void *arg) {
     /* The period runs from the round's start: a round that waits out a
      * silent shard does not push the next beat later. */
     struct timespec until = ps_deadline_ns((uint64_t)c->heartbeat_ms * 1000000u);
-    int expired = coord_heartbeat_all(c, c->worker, 0, 0, rejoin, 0);
+    int expired = coord_heartbeat_all(c, c->worker, 0, 0, rejoin, NULL);
     if (expired) coord_reregister(c, seen);
     pthread_mutex_lock(&c->mu);
     while (!c->quit && pthread_cond_timedwait(&c->cv, &c->mu, &until) != ETIMEDOUT) {
@@ -384,7 +398,7 @@ int psw_coord_start(psw_coord *c, uint32_t worker, int registered, ps_errbuf *eb
    * before its first push or pull, which a shard that declared the rank's
    * last holder dead would refuse; the thread's first beat does it again
    * for a shard that missed this one. */
-  coord_heartbeat_all(c, worker, 0, 0, 1, 0);
+  coord_heartbeat_all(c, worker, 0, 0, 1, NULL);
   c->rejoin_next = 1;
   if (pthread_create(&c->thread, NULL, coord_main, c) != 0)
     return ps_errf(eb, PS_ENOMEM, "cannot start the heartbeat thread");
@@ -554,11 +568,11 @@ uint32_t psw_coord_job_epochs(const psw_coord *c) { return c->job_epochs; }
 int psw_coord_fin_refused(const psw_coord *c) { return c->fin_refused; }
 
 /* psw_coord_step_out: see psw_coord.h. */
-void psw_coord_step_out(psw_coord *c) {
+void psw_coord_step_out(psw_coord *c, uint64_t clock) {
   pthread_mutex_lock(&c->mu);
   int lost = c->lost;
   pthread_mutex_unlock(&c->mu);
-  if (!lost) coord_heartbeat_all(c, c->worker, 0, 0, 0, 1);
+  if (!lost) coord_heartbeat_all(c, c->worker, 0, 0, 0, &clock);
 }
 
 /* psw_coord_report: see psw_coord.h. */
@@ -638,7 +652,7 @@ void psw_coord_free(psw_coord *c, int leaving, int done) {
     pthread_cond_signal(&c->cv);
     pthread_mutex_unlock(&c->mu);
     pthread_join(c->thread, NULL);
-    if (leaving && !c->lost) coord_heartbeat_all(c, c->worker, 1, done, 0, 0);
+    if (leaving && !c->lost) coord_heartbeat_all(c, c->worker, 1, done, 0, NULL);
   }
   for (size_t i = 0; c->rpc && i < c->cfg->nshards; i++) ps_rpc_close(c->rpc[i]);
   free(c->rpc);

@@ -30,6 +30,11 @@
  *     the data path, the heartbeat thread when a beat is answered
  *     "expired".  The first beats of a new process are marked rejoin too:
  *     it takes its rank, whatever an earlier process of it left behind.
+ *     psw_coord_rejoins counts the comebacks (not those first beats),
+ *     from the moment the coordinator took the worker back: the trainer
+ *     then steps out of the clock tables and goes on at the slowest live
+ *     clock, as at a claim after waiting (its own clock may be far
+ *     behind the living's).
  *  6. Partition progress (psd_clock invariant 7): the training thread
  *     claims each partition it trains from the coordinator
  *     (psw_coord_claim) and reports its place before each push
@@ -49,9 +54,9 @@
  *     PSW_COORD_CHAN_RETRY_MS (a shard that predates CHAN_BEAT closes
  *     the connection, so an old coordinator costs one try a second).
  *
- * Thread-safety: psw_coord_update, psw_coord_lost, psw_coord_rejoin and
- * psw_coord_partitions may be called from any thread while the heartbeat thread runs; the rest
- * from one thread. */
+ * Thread-safety: psw_coord_update, psw_coord_lost, psw_coord_rejoin,
+ * psw_coord_rejoins and psw_coord_partitions may be called from any
+ * thread while the heartbeat thread runs; the rest from one thread. */
 #ifndef PSW_COORD_H
 #define PSW_COORD_H
 
@@ -107,6 +112,12 @@ int psw_coord_start(psw_coord *c, uint32_t worker, int registered, ps_errbuf *eb
  * worker (as psw_coord_lost; message in EB). */
 int psw_coord_rejoin(psw_coord *c, ps_errbuf *eb);
 
+/* psw_coord_rejoins returns how many times the worker came back after a
+ * shard declared it dead (invariant 5), by either thread; thread-safe.
+ * A change tells the trainer that its clock may lie far behind the
+ * living's (it was stopped or cut off past its lease). */
+uint64_t psw_coord_rejoins(psw_coord *c);
+
 /* psw_coord_update sets the figures the next heartbeats carry. */
 void psw_coord_update(psw_coord *c, uint64_t clock, float steps_per_s, float blocked_share);
 
@@ -150,11 +161,12 @@ uint32_t psw_coord_job_epochs(const psw_coord *c);
 int psw_coord_fin_refused(const psw_coord *c);
 
 /* psw_coord_step_out tells every shard that this worker has nothing to
- * train for now (a heartbeat marked idle): it leaves their clock tables,
- * so bsp/ssp pulls of the others do not wait for it, and keeps its lease
- * and rank; its next push or pull enters it again.  A shard that misses
- * it keeps it until the next call. */
-void psw_coord_step_out(psw_coord *c);
+ * train for now (a heartbeat marked idle, carrying CLOCK: the latest
+ * clock it pushed or pulled at): it leaves their clock tables where its
+ * clock is at most CLOCK, so bsp/ssp pulls of the others do not wait for
+ * it, and keeps its lease and rank; its next push or pull enters it
+ * again.  A shard that misses it keeps it until the next call. */
+void psw_coord_step_out(psw_coord *c, uint64_t clock);
 
 /* psw_coord_report reports POS (invariant 6): 0, PS_ENOENT when the
  * partition is no longer this worker's (drop it), or a PS_E* code. */

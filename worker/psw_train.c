@@ -71,6 +71,7 @@ typedef struct psw_run {
   int reader;           /* psw --evaluate: rows pulled at PS_CLOCK_READER */
   uint64_t clock0;      /* where it started: the slowest live clock when
                            it registered (0 in a fresh run) */
+  uint64_t rejoins;     /* psw_coord_rejoins as of the last claim */
   double train_s;       /* seconds spent training (evaluation excluded) */
   int64_t t0_ms;
   psw_progress prog;
@@ -949,9 +950,19 @@ static int run_claim(psw_run *x, const psw_coord_part *fin, psw_coord_part *pos,
   if (x->o->register_worker) {
     for (int waited = 0;; waited++) {
       int done = 0;
+      /* Back after a shard declared it dead (stopped or cut off past its
+       * lease): its pulls since the rejoin entered it at its old clock,
+       * far behind the living, whom it would hold back under bsp/ssp
+       * until it caught up alone.  Out of the clock tables first (up to
+       * the overlap's pull, one step ahead), so that the grant's start
+       * clock is the living's slowest. */
+      if (psw_coord_rejoins(x->coord) != x->rejoins) psw_coord_step_out(x->coord, x->clock + 1);
       int err = psw_coord_claim(x->coord, fin, x->o->epochs, x->data_total, pos, &done, eb);
       if (err == PS_EEXPIRED && (err = psw_coord_rejoin(x->coord, eb)) == 0)
         err = psw_coord_claim(x->coord, NULL, x->o->epochs, x->data_total, pos, &done, eb);
+      uint64_t rejoins = psw_coord_rejoins(x->coord);
+      int back = rejoins != x->rejoins;
+      x->rejoins = rejoins;
       /* a finished partition's report refused: as a partition taken away
        * mid-way (run_train), a new job's spec may ask the worker to stop */
       if (err >= 0 && fin && psw_coord_fin_refused(x->coord)) {
@@ -966,18 +977,20 @@ static int run_claim(psw_run *x, const psw_coord_part *fin, psw_coord_part *pos,
                 "than this worker's %u, which trains on with it", x->rank, je, x->epochs);
         x->epochs = je;
       }
-      if (err > 0 && waited) {
-        /* out of the clock tables meanwhile: it goes on at the slowest
-         * live clock (as a worker that registers now would; under bsp the
-         * others would otherwise wait for it to catch up alone), from
-         * parameters pulled now, not those of before the wait */
+      if (err > 0 && (waited || back)) {
+        /* out of the clock tables meanwhile (waiting, or declared dead):
+         * it goes on at the slowest live clock (as a worker that
+         * registers now would; under bsp the others would otherwise wait
+         * for it to catch up alone), from parameters pulled now, not
+         * those of before the wait */
         uint64_t at = psw_coord_grant_clock(x->coord);
         if (at > x->clock) {
           x->clock0 += at - x->clock;
           x->clock = at;
         }
-        ps_info("worker %u: took over partition %u (epoch %u) after waiting; going on at clock "
-                "%llu", x->rank, pos->part, pos->epoch + 1, (unsigned long long)x->clock);
+        ps_info("worker %u: took over partition %u (epoch %u) after %s; going on at clock "
+                "%llu", x->rank, pos->part, pos->epoch + 1,
+                waited ? "waiting" : "rejoining", (unsigned long long)x->clock);
         if ((err = psw_client_pull_all(x->cl, 0, x->clock, eb)) < 0) return err;
         return 1;
       }
@@ -988,7 +1001,7 @@ static int run_claim(psw_run *x, const psw_coord_part *fin, psw_coord_part *pos,
       if (!waited)
         ps_info("worker %u: nothing left to claim; waiting while other workers finish their "
                 "partitions (one whose worker dies comes here)", x->rank);
-      psw_coord_step_out(x->coord);
+      psw_coord_step_out(x->coord, x->clock);
       if (ps_sleep_ms(x->o->cfg->workers.heartbeat_ms, x->o->stop) < 0 || run_stopping(x)) {
         ps_info("worker %u: stopped while waiting: the job is not done", x->rank);
         return 0;

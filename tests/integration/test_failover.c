@@ -17,6 +17,9 @@
  *  - SIGTERM while parked: a worker whose pull waits for a stopped
  *    worker (bsp) leaves at once on SIGTERM, reporting what every shard
  *    acknowledged (nothing retrained).
+ *  - rejoin under ssp: a worker stopped past its lease and continued
+ *    goes on at the slowest live clock; the living worker's clock never
+ *    stands still for long after it comes back.
  *  - join rate: a worker that joins a running job reports its own
  *    steps per second, not its start clock over its time.
  *  - drain: SIGTERM to one of 3 workers mid-run: it reports its offset
@@ -61,6 +64,7 @@ typedef struct tf_ctx {
   int epochs;
   int lease_ms;        /* workers.lease_ms; 0: 1000 */
   int pull_timeout_ms; /* training.pull_timeout_ms; 0: the default */
+  const char *staleness; /* the model's ssp bound (NULL: none said) */
 } tf_ctx;
 
 /* tf_start writes the cluster file (COUNT workers expected, MIN to
@@ -87,7 +91,7 @@ static void tf_start_c(tf_ctx *x, int count, int min, int epochs, const char *la
   snprintf(x->yaml, sizeof x->yaml, "%s",
            (sync ? ps_test_sync_yaml : ps_test_cluster_yaml)(x->dir, 2, extra, x->gp, x->cp));
   ps_test_start_shards(x->yaml, x->dir, 2, x->gp, x->cp, x->shard);
-  ps_test_submit_mlp(x->dir, x->yaml, layers, lr, consistency, NULL);
+  ps_test_submit_mlp(x->dir, x->yaml, layers, lr, consistency, x->staleness);
 }
 
 /* tf_start: tf_start_c under bsp. */
@@ -368,6 +372,45 @@ static int tf_worker(tf_ctx *x, pid_t pid, uint64_t *clock, double *steps_per_s)
   return found;
 }
 
+/* tf_wait_state waits (up to 10 s) until the coordinator lists the
+ * worker of process PID in STATE. */
+static void tf_wait_state(tf_ctx *x, pid_t pid, const char *state) {
+  for (int64_t end = ps_test_now_ms() + 10000;; usleep(20000)) {
+    Ps__ListWorkersReply *r = tf_list(x);
+    int found = 0;
+    for (size_t i = 0; i < r->n_workers && !found; i++)
+      found = r->workers[i]->pid == (uint32_t)pid && !strcmp(r->workers[i]->state, state);
+    protobuf_c_message_free_unpacked(&r->base, NULL);
+    if (found) return;
+    ck_assert_msg(ps_test_now_ms() < end, "worker of pid %d never listed %s; see %s", (int)pid,
+                  state, x->dir);
+  }
+}
+
+/* tf_longest_stall watches the clock of the worker of process PID in
+ * the coordinator's table for FOR_MS and returns the longest time (ms)
+ * it stood still; *STEPS: the steps it took meanwhile. */
+static int64_t tf_longest_stall(tf_ctx *x, pid_t pid, int for_ms, uint64_t *steps) {
+  uint64_t c0 = 0, c = 0, last = 0;
+  double sps;
+  ck_assert_msg(tf_worker(x, pid, &c0, &sps), "worker of pid %d is not alive; see %s", (int)pid,
+                x->dir);
+  last = c0;
+  int64_t t = ps_test_now_ms(), end = t + for_ms, moved = t, longest = 0;
+  for (; t < end; t = ps_test_now_ms()) {
+    usleep(10000);
+    ck_assert_msg(tf_worker(x, pid, &c, &sps), "worker of pid %d left; see %s", (int)pid, x->dir);
+    int64_t now = ps_test_now_ms();
+    if (c != last) {
+      last = c;
+      moved = now;
+    }
+    if (now - moved > longest) longest = now - moved;
+  }
+  *steps = last - c0;
+  return longest;
+}
+
 /* tf_start_clock returns the start clock worker I's log names (waiting
  * up to 20 s for it). */
 static uint64_t tf_start_clock(tf_ctx *x, int i) {
@@ -567,6 +610,49 @@ START_TEST(test_failover_sigterm_parked) {
   ck_assert_uint_eq(tf_epochs_retrained(&x), 0);
   ps_test_stop(x.w[b], SIGKILL, 5000);
   x.w[b] = 0;
+  tf_finish(&x);
+}
+END_TEST
+
+/* A worker declared dead that comes back does not hold the living back
+ * (ssp, staleness 2, 2 workers, leases of 1 s): b is stopped with
+ * SIGSTOP past its lease and a trains on alone for 3 s more (thousands
+ * of steps), then b is continued.  b registers again, keeps its rank and
+ * goes on at the slowest live clock (as a worker that joins does), so
+ * a's clock keeps moving: its longest stall in the 5 s after b resumed
+ * stays far below the 3 s b would need to catch up alone (it used to
+ * come back at its old clock, which parked a's pulls until b had run
+ * those steps: 2.7 s measured; 46-100 ms since).  The bound held
+ * throughout. */
+START_TEST(test_failover_rejoin_ssp) {
+  TF_NEED_DATA();
+  tf_ctx x = {.staleness = "2"};
+  tf_start_c(&x, 2, 2, 400, "logreg", "0.002", TF_SAMPLES, "ssp", 0);
+  int a = tf_spawn(&x), b = tf_spawn(&x);
+  tf_wait_trained(&x, 0, TF_SAMPLES / 4);
+  ck_assert_int_eq(kill(x.w[b], SIGSTOP), 0);
+  tf_wait_state(&x, x.w[b], "DEAD");
+  usleep(3000 * 1000); /* a runs ahead alone */
+  ck_assert_int_eq(kill(x.w[b], SIGCONT), 0);
+  uint64_t steps;
+  int64_t stall = tf_longest_stall(&x, x.w[a], 5000, &steps);
+  tf_wait_state(&x, x.w[b], "ALIVE"); /* b did come back */
+  char log[700];
+  tf_log(&x, b, log, sizeof log);
+  char *text = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(text, "registering again"), "worker b did not register again; see %s",
+                log);
+  const char *on = strstr(text, "after rejoining; going on at clock ");
+  on = on ? on + strlen("after rejoining; going on at clock ") : "(not said)";
+  fprintf(stderr, "rejoin under ssp: worker a's longest stall %lld ms, %llu steps in 5 s; "
+          "worker b went on at clock %.*s\n", (long long)stall, (unsigned long long)steps,
+          (int)strcspn(on, "\n"), on);
+  free(text);
+  ck_assert_msg(stall < 1000, "worker a stood still for %lld ms after worker b rejoined "
+                "(%llu steps in 5 s); see %s", (long long)stall, (unsigned long long)steps, x.dir);
+  ck_assert_uint_le(tf_max_gap(&x), 2);
+  for (int i = a; i <= b; i++) ps_test_stop(x.w[i], SIGKILL, 5000);
+  x.w[a] = x.w[b] = 0;
   tf_finish(&x);
 }
 END_TEST
@@ -901,6 +987,7 @@ Suite *psw_failover_suite(void) {
   tcase_add_test(tw, test_failover_replace_consistency);
   tcase_add_test(tw, test_failover_empty_partitions);
   tcase_add_test(tw, test_failover_sigterm_parked);
+  tcase_add_test(tw, test_failover_rejoin_ssp);
   suite_add_tcase(s, tw);
   return s;
 }

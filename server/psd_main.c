@@ -754,20 +754,34 @@ static void psd_main_drain(psd_main *m, int signum) {
   uv_timer_start(&m->drain_timer, psd_main_on_drain_timer, 0, 5);
 }
 
-static void psd_main_on_signal(uv_signal_t *s, int signum) {
-  psd_main *m = s->data;
-  if (signum == SIGHUP) {
-    ps_errbuf eb;
-    size_t n;
-    if (!m->sh.cfg->security.secret_file)
-      ps_info("sighup: nothing to reload (no security.secret_file); configuration unchanged");
-    else if (psd_chan_reload_keys(&m->sh, &n, &eb) < 0)
-      ps_err("sighup: channel keys not reloaded, the old ones stay: %s", eb.msg);
-    else
-      ps_info("sighup: channel keys reloaded: %zu accepted", n);
+/* psd_main_reload reloads at SIGHUP what psd reads again there: the
+ * channel keys (security.secret_file) and the TLS certificate, key and
+ * CA gRPC serves to new connections.  A file that fails keeps the old. */
+static void psd_main_reload(psd_main *m) {
+  const ps_security_conf *sec = &m->sh.cfg->security;
+  ps_errbuf eb;
+  size_t n;
+  if (!sec->secret_file && !m->sh.tls)
+    ps_info("sighup: nothing to reload (no security.secret_file, no TLS); configuration "
+            "unchanged");
+  if (sec->secret_file && psd_chan_reload_keys(&m->sh, &n, &eb) < 0)
+    ps_err("sighup: channel keys not reloaded, the old ones stay: %s", eb.msg);
+  else if (sec->secret_file)
+    ps_info("sighup: channel keys reloaded: %zu accepted", n);
+  if (!m->sh.tls) return;
+  if (psd_grpc_reload_tls(&m->sh, &eb) < 0) {
+    ps_err("sighup: TLS certificate not reloaded, new connections still get the old one: %s",
+           eb.msg);
     return;
   }
-  psd_main_drain(m, signum);
+  ps_info("sighup: TLS certificate reloaded: '%s' (serial %s) and CA '%s' for new connections; "
+          "open ones keep theirs", sec->tls.cert, ps_tls_server_serial(m->sh.tls), sec->tls.ca);
+}
+
+static void psd_main_on_signal(uv_signal_t *s, int signum) {
+  psd_main *m = s->data;
+  if (signum == SIGHUP) psd_main_reload(m);
+  else psd_main_drain(m, signum);
 }
 
 /* psd_main_handles starts signals, the flush timer, watchdog pings and
@@ -927,7 +941,9 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
       "                                      check the configuration and exit\n"
       "       psd --version                   print the build (commit and its UTC date) and exit\n"
       "SIGTERM or SIGINT drains and stops the shard (a second one during its start ends it at\n"
-      "once); SIGHUP reloads security.secret_file once it serves (ignored while it starts).\n"
+      "once).  SIGHUP, once it serves (ignored while it starts), reloads security.secret_file\n"
+      "and the TLS certificate, key and CA (security.tls: new connections get them); a file\n"
+      "that fails keeps the old ones and logs why.\n"
       "Short forms: -c FILE (--config), -s N (--shard), -a NAME (--aggregator), -t (--test),\n"
       "-h (--help).\n"
       "Exit status: 0 stopped cleanly (or by a signal while starting; -t: the file is good),\n"
@@ -1146,6 +1162,8 @@ static int psd_main_serve(psd_main *m, const ps_config *cfg, const ps_shard_conf
   psd_agg_free(sh->agg);
   sh->agg = NULL;
   psd_store_close(sh->store);
+  ps_tls_server_free(sh->tls); /* the last server that fetched from it is gone */
+  sh->tls = NULL;
   if (m->dir_lock >= 0) close(m->dir_lock);
   uv_loop_close(&m->loop);
   return code;

@@ -1598,6 +1598,55 @@ START_TEST(test_sec_cert_reload) {
 }
 END_TEST
 
+/* Expiry: psd -t and psd's start warn of a certificate (the shard's, the
+ * CA's) that expires within 30 days, naming the file and the date (they
+ * said "configuration ok" of one 50 s from its end), and a running psd
+ * logs when its certificate has expired: clients then fail with
+ * "certificate verify failed", and the log said nothing of why. */
+START_TEST(test_sec_cert_expiry) {
+  char dir[600], certs[700], log[700];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  int gp, cp;
+  const char *yaml = rel_cluster(dir, "exp", &gp, &cp);
+  char cyaml[700];
+  snprintf(cyaml, sizeof cyaml, "%s", yaml);
+  snprintf(certs, sizeof certs, "%s/exp", dir);
+  snprintf(log, sizeof log, "%s/t1.log", dir); /* a log each: ps_test_run appends */
+  char *out;
+  ck_assert_int_eq(sec_t(cyaml, NULL, 0, log, &out), 0);
+  ck_assert_msg(!strstr(out, "warning"), "%s", out);
+  free(out);
+  rel_resign(certs, "shard", 11, 50);
+  snprintf(log, sizeof log, "%s/t2.log", dir);
+  ck_assert_int_eq(sec_t(cyaml, NULL, 0, log, &out), 0);
+  ck_assert_msg(strstr(out, "warning") && strstr(out, "exp/shard.pem' expires on") &&
+                    strstr(out, " GMT (in "),
+                "%s", out);
+  free(out);
+  rel_resign(certs, "ca", 12, 20L * 86400); /* the CA itself: 20 days left */
+  rel_resign(certs, "shard", 13, 100L * 86400);
+  snprintf(log, sizeof log, "%s/t3.log", dir);
+  ck_assert_int_eq(sec_t(cyaml, NULL, 1, log, &out), 0);
+  ck_assert_msg(strstr(out, "exp/ca.pem' expires on") && !strstr(out, "shard.pem' expires"),
+                "%s", out);
+  free(out);
+  /* a shard whose certificate ends 4 s after it starts: its start warns,
+   * and its log says when it has expired */
+  rel_resign(certs, "ca", 14, 100L * 86400);
+  rel_resign(certs, "shard", 15, 4);
+  snprintf(log, sizeof log, "%s/psd.log", dir);
+  pid_t pid = ps_test_psd(cyaml, 0, log, NULL);
+  ck_assert_msg(rel_wait_log(log, "shard.pem' expires on", 10000), "see %s", log);
+  ck_assert_msg(rel_wait_log(log, "shard.pem' expired on", 15000),
+                "no log line when the certificate expired: see %s", log);
+  ck_assert_int_eq(WEXITSTATUS(ps_test_stop(pid, SIGTERM, 10000)), 0);
+  out = ps_test_read_file(log, NULL);
+  const char *at = strstr(out, "expired on");
+  ck_assert_msg(at && !strstr(at + 1, "expired on"), "said once: %s", out);
+  free(out);
+}
+END_TEST
+
 Suite *security_suite(void) {
   Suite *s = suite_create("security");
   TCase *tc = tcase_create("mtls");
@@ -1642,6 +1691,7 @@ Suite *security_suite(void) {
   tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_set_timeout(tc, 90);
   tcase_add_test(tc, test_sec_cert_reload);
+  tcase_add_test(tc, test_sec_cert_expiry);
   suite_add_tcase(s, tc);
   return s;
 }

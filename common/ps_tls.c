@@ -433,10 +433,11 @@ int ps_tls_server_creds(const ps_config *cfg, ps_tls_server *tls, grpc_server_cr
   pthread_mutex_lock(&tls->mu);
   tls->fresh = 1;
   pthread_mutex_unlock(&tls->mu);
-  grpc_ssl_server_credentials_options *o = grpc_ssl_server_credentials_create_options_using_config_fetcher(
+  grpc_ssl_client_certificate_request_type req =
       cfg->security.require_client_cert ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
-                                        : GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY,
-      tls_server_fetch, tls);
+                                        : GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY;
+  grpc_ssl_server_credentials_options *o =
+      grpc_ssl_server_credentials_create_options_using_config_fetcher(req, tls_server_fetch, tls);
   *out = o ? grpc_ssl_server_credentials_create_with_options(o) : NULL; /* takes O */
   if (!*out)
     return ps_errf(eb, PS_ECONFIG, "cannot make TLS server credentials from '%s'",

@@ -2,7 +2,9 @@
 #include "ps_tls.h"
 
 #include <arpa/inet.h>
+#include <pthread.h>
 #include <errno.h>
+#include <openssl/bn.h>
 #include <openssl/bio.h>
 #include <openssl/crypto.h>
 #include <openssl/err.h>
@@ -14,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 
 #include "ps_addr.h"
 #include "ps_auth.h"
@@ -260,32 +263,185 @@ int ps_tls_check_hosts(const char *cert, const char *const *addrs, size_t n, ps_
   return rc;
 }
 
-int ps_tls_server_creds(const ps_config *cfg, grpc_server_credentials **out, ps_errbuf *eb) {
-  *out = NULL;
-  if (cfg->security.mode != PS_SEC_TLS) {
-    *out = grpc_insecure_server_credentials_create();
-    return 0;
+/* tls_date writes Unix time T as certificates' dates print (tls_time). */
+static const char *tls_date(int64_t t, char *buf, size_t cap) {
+  ASN1_TIME *a = ASN1_TIME_set(NULL, (time_t)t);
+  if (a) tls_time(a, buf, cap);
+  else snprintf(buf, cap, "%lld (Unix time)", (long long)t);
+  ASN1_TIME_free(a);
+  return buf;
+}
+
+/* tls_pem_end finds the earliest end (notAfter, Unix time) among the
+ * certificates of PEM (file PATH) in *END, and the first one's serial
+ * (hex) in SERIAL when not NULL.  0, PS_ECONFIG or PS_ENOMEM. */
+static int tls_pem_end(const char *pem, const char *path, int64_t *end, char *serial,
+                       size_t cap, ps_errbuf *eb) {
+  X509 *first = NULL;
+  STACK_OF(X509) *more = NULL;
+  int rc = tls_certs(pem, path, &first, &more, eb);
+  int n = rc == 0 ? 1 + (more ? sk_X509_num(more) : 0) : 0;
+  for (int i = 0; i < n; i++) {
+    X509 *x = i == 0 ? first : sk_X509_value(more, i - 1);
+    struct tm tm;
+    if (!ASN1_TIME_to_tm(X509_get0_notAfter(x), &tm)) {
+      rc = ps_errf(eb, PS_ECONFIG, "'%s': a certificate with an unreadable end date", path);
+      break;
+    }
+    int64_t t = (int64_t)timegm(&tm);
+    if (i == 0 || t < *end) *end = t;
   }
-  const ps_tls_conf *t = &cfg->security.tls;
-  char *ca, *cert, *key;
+  if (rc == 0 && serial) {
+    BIGNUM *bn = ASN1_INTEGER_to_BN(X509_get0_serialNumber(first), NULL);
+    char *hex = bn ? BN_bn2hex(bn) : NULL;
+    snprintf(serial, cap, "%s", hex ? hex : "?");
+    OPENSSL_free(hex);
+    BN_free(bn);
+  }
+  ERR_clear_error();
+  sk_X509_pop_free(more, X509_free);
+  X509_free(first);
+  return rc;
+}
+
+/* tls_end_say: ps_tls_expiry's verdict on END, a certificate of PATH. */
+static int tls_end_say(const char *path, int64_t end, int64_t within_s, ps_errbuf *eb) {
+  int64_t left = end - (int64_t)time(NULL);
+  if (left > within_s) return 0;
+  char d[64], in[48];
+  if (left <= 0) {
+    ps_errf(eb, PS_ECONFIG, "certificate '%s' expired on %s", path, tls_date(end, d, sizeof d));
+    return 1;
+  }
+  if (left >= 86400) snprintf(in, sizeof in, "%lld days", (long long)(left / 86400));
+  else if (left >= 3600) snprintf(in, sizeof in, "%lld hours", (long long)(left / 3600));
+  else snprintf(in, sizeof in, "%lld s", (long long)left);
+  ps_errf(eb, PS_ECONFIG, "certificate '%s' expires on %s (in %s)", path,
+          tls_date(end, d, sizeof d), in);
+  return 1;
+}
+
+/* ps_tls_expiry: see ps_tls.h. */
+int ps_tls_expiry(const char *path, int64_t within_s, ps_errbuf *eb) {
+  char *pem;
+  int64_t end = 0;
+  int rc = ps_tls_read(path, 0, &pem, eb);
+  if (rc == 0) rc = tls_pem_end(pem, path, &end, NULL, 0, eb);
+  free(pem);
+  return rc < 0 ? rc : tls_end_say(path, end, within_s, eb);
+}
+
+struct ps_tls_server {
+  const ps_config *cfg;
+  pthread_mutex_t mu;  /* guards the PEMs and fresh: gRPC's threads fetch */
+  char *ca, *cert, *key; /* the last good files (key wiped when replaced) */
+  int fresh;           /* the PEMs are newer than what gRPC fetched last */
+  int64_t end;         /* cert's end (Unix time) */
+  char serial[128];    /* cert's serial, hex */
+};
+
+/* tls_server_load reads and checks the three files; 0 and S holds them
+ * (fresh), or the error and S is unchanged. */
+static int tls_server_load(ps_tls_server *s, ps_errbuf *eb) {
+  const ps_tls_conf *t = &s->cfg->security.tls;
+  char *ca, *cert, *key, serial[sizeof s->serial];
+  int64_t end = 0;
   int rc = tls_pair(t->ca, t->cert, t->key, "", &ca, &cert, &key, eb);
   if (rc == 0) rc = tls_check_pem(ca, cert, key, t->ca, t->cert, t->key, eb);
+  if (rc == 0) rc = tls_pem_end(cert, t->cert, &end, serial, sizeof serial, eb);
   if (rc < 0) {
     free(ca);
     free(cert);
     ps_tls_free_secret(key);
     return rc;
   }
-  grpc_ssl_pem_key_cert_pair pair = {key, cert};
-  *out = grpc_ssl_server_credentials_create_ex(
-      ca, &pair, 1,
+  pthread_mutex_lock(&s->mu);
+  char *oca = s->ca, *ocert = s->cert, *okey = s->key;
+  s->ca = ca, s->cert = cert, s->key = key;
+  s->fresh = 1;
+  s->end = end;
+  memcpy(s->serial, serial, sizeof serial);
+  pthread_mutex_unlock(&s->mu);
+  free(oca);
+  free(ocert);
+  ps_tls_free_secret(okey);
+  return 0;
+}
+
+/* tls_server_fetch is gRPC's certificate-config fetcher, called on its
+ * threads at each handshake (and once when a port is added): the PEMs
+ * when they are newer than gRPC's (gRPC takes and destroys the config),
+ * else UNCHANGED. */
+static grpc_ssl_certificate_config_reload_status tls_server_fetch(
+    void *user, grpc_ssl_server_certificate_config **config) {
+  ps_tls_server *s = user;
+  grpc_ssl_certificate_config_reload_status st = GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_UNCHANGED;
+  *config = NULL;
+  pthread_mutex_lock(&s->mu);
+  if (s->fresh) {
+    grpc_ssl_pem_key_cert_pair pair = {s->key, s->cert};
+    *config = grpc_ssl_server_certificate_config_create(s->ca, &pair, 1); /* copies */
+    /* (out of memory: FAIL, gRPC keeps what it has and tries again next time) */
+    st = *config ? GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_NEW : GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_FAIL;
+    s->fresh = !*config;
+  }
+  pthread_mutex_unlock(&s->mu);
+  return st;
+}
+
+/* ps_tls_server_open, _reload, _expiry, _serial, _free: see ps_tls.h. */
+int ps_tls_server_open(const ps_config *cfg, ps_tls_server **out, ps_errbuf *eb) {
+  ps_tls_server *s = calloc(1, sizeof *s);
+  *out = NULL;
+  if (!s) return ps_errf(eb, PS_ENOMEM, "out of memory reading the TLS files");
+  s->cfg = cfg;
+  pthread_mutex_init(&s->mu, NULL);
+  int rc = tls_server_load(s, eb);
+  if (rc < 0) {
+    ps_tls_server_free(s);
+    return rc;
+  }
+  *out = s;
+  return 0;
+}
+
+int ps_tls_server_reload(ps_tls_server *s, ps_errbuf *eb) { return tls_server_load(s, eb); }
+
+int ps_tls_server_expiry(const ps_tls_server *s, int64_t within_s, ps_errbuf *eb) {
+  return tls_end_say(s->cfg->security.tls.cert, s->end, within_s, eb);
+}
+
+const char *ps_tls_server_serial(const ps_tls_server *s) { return s->serial; }
+
+void ps_tls_server_free(ps_tls_server *s) {
+  if (!s) return;
+  free(s->ca);
+  free(s->cert);
+  ps_tls_free_secret(s->key);
+  pthread_mutex_destroy(&s->mu);
+  free(s);
+}
+
+int ps_tls_server_creds(const ps_config *cfg, ps_tls_server *tls, grpc_server_credentials **out,
+                        ps_errbuf *eb) {
+  *out = NULL;
+  if (cfg->security.mode != PS_SEC_TLS) {
+    *out = grpc_insecure_server_credentials_create();
+    return 0;
+  }
+  /* the new port's first fetch gets the PEMs, whatever an earlier server took */
+  pthread_mutex_lock(&tls->mu);
+  tls->fresh = 1;
+  pthread_mutex_unlock(&tls->mu);
+  grpc_ssl_client_certificate_request_type req =
       cfg->security.require_client_cert ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
-                                        : GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY,
-      NULL);
-  free(ca);
-  free(cert);
-  ps_tls_free_secret(key);
-  if (!*out) return ps_errf(eb, PS_ECONFIG, "cannot make TLS server credentials from '%s'", t->cert);
+                                        : GRPC_SSL_REQUEST_CLIENT_CERTIFICATE_AND_VERIFY;
+  grpc_ssl_server_credentials_options *o =
+      grpc_ssl_server_credentials_create_options_using_config_fetcher(req, tls_server_fetch, tls);
+  *out = o ? grpc_ssl_server_credentials_create_with_options(o) : NULL; /* takes O */
+  if (!*out)
+    return ps_errf(eb, PS_ECONFIG, "cannot make TLS server credentials from '%s'",
+                   cfg->security.tls.cert);
   return 0;
 }
 

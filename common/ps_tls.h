@@ -11,6 +11,7 @@
 #define PS_TLS_H
 
 #include <grpc/grpc_security.h>
+#include <stdint.h>
 
 #include "ps_config.h"
 #include "ps_error.h"
@@ -51,10 +52,52 @@ int ps_tls_check_hosts(const char *cert, const char *const *addrs, size_t n, ps_
  * static. */
 const char *ps_tls_security_name(const ps_security_conf *s);
 
-/* ps_tls_server_creds makes the shard's server credentials in *OUT
- * (caller releases with grpc_server_credentials_release), its pair first
- * checked as ps_tls_check does. */
-int ps_tls_server_creds(const ps_config *cfg, grpc_server_credentials **out, ps_errbuf *eb);
+/* ps_tls_expiry checks when the certificates in PEM file PATH end: 0
+ * when each is valid for WITHIN_S seconds more, 1 when one is not (the
+ * earliest), with "certificate 'PATH' expires on DATE (in N days)" or
+ * "... expired on DATE" in EB; PS_ECONFIG / PS_EIO when PATH cannot be
+ * read. */
+int ps_tls_expiry(const char *path, int64_t within_s, ps_errbuf *eb);
+
+/* ps_tls_server: the TLS pair and CA a gRPC server presents and trusts.
+ * It holds the last good PEMs of security.tls.{ca,cert,key}; the
+ * credentials made from it (ps_tls_server_creds) ask it for them through
+ * gRPC core's certificate-config fetcher, which gRPC calls on its own
+ * threads at every new handshake.  A reload (SIGHUP) therefore reaches
+ * the next connection, while open ones keep the pair they were made with;
+ * a reload that fails keeps the old PEMs.  It outlives the servers made
+ * with it (psd_grpc_restart makes a new one from the same object), and
+ * each credentials from it back one grpc_server_add_http2_port (gRPC
+ * fetches the first config there).  Thread-safe. */
+typedef struct ps_tls_server ps_tls_server;
+
+/* ps_tls_server_open reads and checks (as ps_tls_check does) CFG's
+ * security.tls ca, cert and key (mode tls) into *OUT (freed with
+ * ps_tls_server_free; CFG borrowed for its life).  0, PS_ECONFIG, PS_EIO
+ * or PS_ENOMEM naming the file. */
+int ps_tls_server_open(const ps_config *cfg, ps_tls_server **out, ps_errbuf *eb);
+
+/* ps_tls_server_reload reads and checks the three files again: 0 and the
+ * next handshake gets them, or the error (naming the file) and the old
+ * ones stay. */
+int ps_tls_server_reload(ps_tls_server *s, ps_errbuf *eb);
+
+/* ps_tls_server_expiry is ps_tls_expiry of the certificate S holds now
+ * (as loaded: its file may have changed since). */
+int ps_tls_server_expiry(const ps_tls_server *s, int64_t within_s, ps_errbuf *eb);
+
+/* ps_tls_server_serial: the serial number (hex) of the certificate S
+ * holds now; valid until the next reload. */
+const char *ps_tls_server_serial(const ps_tls_server *s);
+
+void ps_tls_server_free(ps_tls_server *s);
+
+/* ps_tls_server_creds makes a server's credentials in *OUT (caller
+ * releases with grpc_server_credentials_release): insecure when CFG's
+ * mode is none, else SSL fed by TLS (not NULL then), requiring a client
+ * certificate when security.require_client_cert. */
+int ps_tls_server_creds(const ps_config *cfg, ps_tls_server *tls, grpc_server_credentials **out,
+                        ps_errbuf *eb);
 
 /* ps_tls_channel_creds makes a client's credentials for ROLE (ps_auth.h:
  * PS_ROLE_WORKER uses the worker pair, PS_ROLE_OPERATOR the operator pair,

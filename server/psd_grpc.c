@@ -745,7 +745,12 @@ int psd_grpc_start(psd_shard *sh, ps_errbuf *eb) {
   g->cq = grpc_completion_queue_create_for_next(NULL);
   grpc_server_register_completion_queue(g->server, g->cq, NULL);
   grpc_server_credentials *cr;
-  int err = ps_tls_server_creds(sh->cfg, &cr, eb);
+  int err = 0;
+  /* the pair is read once, and then at SIGHUP only (psd_grpc_reload_tls):
+   * a restart serves what the last good reload read */
+  if (sh->cfg->security.mode == PS_SEC_TLS && !sh->tls)
+    err = ps_tls_server_open(sh->cfg, &sh->tls, eb);
+  if (err == 0) err = ps_tls_server_creds(sh->cfg, sh->tls, &cr, eb);
   if (err < 0) goto undo_server;
   int port = grpc_server_add_http2_port(g->server, sh->me->grpc_addr, cr);
   grpc_server_credentials_release(cr);
@@ -863,4 +868,10 @@ int psd_grpc_restart(psd_shard *sh, int drain_ms, ps_errbuf *eb) {
   grpc_shutdown();
   if (err == 0) sh->ctr.grpc_restarts++;
   return err;
+}
+
+/* psd_grpc_reload_tls: see psd_grpc.h. */
+int psd_grpc_reload_tls(psd_shard *sh, ps_errbuf *eb) {
+  if (!sh->tls) return ps_errf(eb, PS_ENOTSUP, "the gRPC server does not serve TLS");
+  return ps_tls_server_reload(sh->tls, eb);
 }

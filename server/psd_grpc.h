@@ -39,4 +39,11 @@ void psd_grpc_stop(psd_shard *sh, int drain_ms);
  * 2 s more when calls must be cancelled. */
 int psd_grpc_restart(psd_shard *sh, int drain_ms, ps_errbuf *eb);
 
+/* psd_grpc_reload_tls reads the TLS certificate, key and CA again
+ * (SIGHUP) into sh->tls: new connections get them, open ones keep the
+ * pair they were made with; on failure (the error in EB, naming the
+ * file) the old ones stay.  PS_ENOTSUP when the shard serves no TLS.
+ * Loop thread. */
+int psd_grpc_reload_tls(psd_shard *sh, ps_errbuf *eb);
+
 #endif

@@ -71,6 +71,8 @@ typedef struct psd_main {
   uv_loop_t loop;
   uv_signal_t sig[3];
   uv_timer_t flush_timer, watchdog_timer, drain_timer, wal_timer;
+  uv_timer_t cert_timer;     /* the TLS certificate's end (psd_main_on_cert_timer) */
+  int cert_said;             /* ... 1: that it ends within a week was said, 2: that it ended */
   psd_stop_watch watch;      /* from the drain's start to the exit */
   uint64_t wal_stall_ms;     /* the log's stalled sync was said to run this long (0: none) */
   uint64_t wal_stall_seen;   /* ... and was last seen running this long */
@@ -754,20 +756,56 @@ static void psd_main_drain(psd_main *m, int signum) {
   uv_timer_start(&m->drain_timer, psd_main_on_drain_timer, 0, 5);
 }
 
-static void psd_main_on_signal(uv_signal_t *s, int signum) {
-  psd_main *m = s->data;
-  if (signum == SIGHUP) {
-    ps_errbuf eb;
-    size_t n;
-    if (!m->sh.cfg->security.secret_file)
-      ps_info("sighup: nothing to reload (no security.secret_file); configuration unchanged");
-    else if (psd_chan_reload_keys(&m->sh, &n, &eb) < 0)
-      ps_err("sighup: channel keys not reloaded, the old ones stay: %s", eb.msg);
-    else
-      ps_info("sighup: channel keys reloaded: %zu accepted", n);
+/* psd_main_on_cert_timer says in the log, once each, that the TLS
+ * certificate gRPC serves ends within a week, and that it has ended:
+ * from then on every new client refuses the handshake ("certificate
+ * verify failed") and nothing else here says why.  A reload starts over. */
+static void psd_main_on_cert_timer(uv_timer_t *t) {
+  psd_main *m = t->data;
+  ps_errbuf eb;
+  if (!m->sh.tls || m->cert_said == 2) return;
+  if (ps_tls_server_expiry(m->sh.tls, 0, &eb) == 1) {
+    ps_err("security.tls.cert: %s: clients refuse every new connection to this server "
+           "(\"certificate verify failed\"); put a renewed certificate in place and send psd "
+           "SIGHUP (README.md, \"Renewing certificates\")", eb.msg);
+    m->cert_said = 2;
+  } else if (m->cert_said == 0 && ps_tls_server_expiry(m->sh.tls, 7 * 86400, &eb) == 1) {
+    ps_warn("security.tls.cert: %s: renew it and send psd SIGHUP before then (README.md, "
+            "\"Renewing certificates\")", eb.msg);
+    m->cert_said = 1;
+  }
+}
+
+/* psd_main_reload reloads at SIGHUP what psd reads again there: the
+ * channel keys (security.secret_file) and the TLS certificate, key and
+ * CA gRPC serves to new connections.  A file that fails keeps the old. */
+static void psd_main_reload(psd_main *m) {
+  const ps_security_conf *sec = &m->sh.cfg->security;
+  ps_errbuf eb;
+  size_t n;
+  if (!sec->secret_file && !m->sh.tls)
+    ps_info("sighup: nothing to reload (no security.secret_file, no TLS); configuration "
+            "unchanged");
+  if (sec->secret_file && psd_chan_reload_keys(&m->sh, &n, &eb) < 0)
+    ps_err("sighup: channel keys not reloaded, the old ones stay: %s", eb.msg);
+  else if (sec->secret_file)
+    ps_info("sighup: channel keys reloaded: %zu accepted", n);
+  if (!m->sh.tls) return;
+  if (psd_grpc_reload_tls(&m->sh, &eb) < 0) {
+    ps_err("sighup: TLS certificate not reloaded, new connections still get the old one: %s",
+           eb.msg);
     return;
   }
-  psd_main_drain(m, signum);
+  ps_info("sighup: TLS certificate reloaded: '%s' (serial %s) and CA '%s' for new connections; "
+          "open ones keep theirs", sec->tls.cert, ps_tls_server_serial(m->sh.tls), sec->tls.ca);
+  m->cert_said = 0;
+  psd_main_on_cert_timer(&m->cert_timer); /* a renewal that ends soon as well says so now */
+}
+
+static void psd_main_on_signal(uv_signal_t *s, int signum) {
+  psd_main *m = s->data;
+  if (signum == SIGHUP) psd_main_reload(m);
+  else psd_main_drain(m, signum);
 }
 
 /* psd_main_handles starts signals, the flush timer, watchdog pings and
@@ -783,7 +821,14 @@ static int psd_main_handles(psd_main *m) {
   uv_timer_init(&m->loop, &m->watchdog_timer);
   uv_timer_init(&m->loop, &m->wal_timer);
   uv_timer_init(&m->loop, &m->drain_timer);
+  uv_timer_init(&m->loop, &m->cert_timer);
   m->flush_timer.data = m->watchdog_timer.data = m->drain_timer.data = m->wal_timer.data = m;
+  m->cert_timer.data = m;
+  if (m->sh.tls) {
+    ps_errbuf eb; /* an end within a week was said at the start (psd_main_check_ends) */
+    m->cert_said = ps_tls_server_expiry(m->sh.tls, 7 * 86400, &eb) == 1;
+    uv_timer_start(&m->cert_timer, psd_main_on_cert_timer, 1000, 1000); /* a compare a second */
+  }
   if (m->sh.wal) uv_timer_start(&m->wal_timer, psd_main_on_wal_timer, 1000, 1000);
   uint64_t iv = m->sh.cfg->flush_interval_ms ? m->sh.cfg->flush_interval_ms : 1000;
   if (m->sh.store) uv_timer_start(&m->flush_timer, psd_main_on_flush_timer, iv, iv);
@@ -927,7 +972,9 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
       "                                      check the configuration and exit\n"
       "       psd --version                   print the build (commit and its UTC date) and exit\n"
       "SIGTERM or SIGINT drains and stops the shard (a second one during its start ends it at\n"
-      "once); SIGHUP reloads security.secret_file once it serves (ignored while it starts).\n"
+      "once).  SIGHUP, once it serves (ignored while it starts), reloads security.secret_file\n"
+      "and the TLS certificate, key and CA (security.tls: new connections get them); a file\n"
+      "that fails keeps the old ones and logs why.\n"
       "Short forms: -c FILE (--config), -s N (--shard), -a NAME (--aggregator), -t (--test),\n"
       "-h (--help).\n"
       "Exit status: 0 stopped cleanly (or by a signal while starting; -t: the file is good),\n"
@@ -1041,6 +1088,23 @@ static int psd_main_check_security(const ps_config *cfg, int aggs, ps_errbuf *eb
   return rc;
 }
 
+/* psd_main_check_ends warns, under TLS, of a certificate that ends within
+ * 30 days: the shard's, the CA's (AGG: the worker pair's too, which an
+ * aggregator presents to its roots), naming the file and the date.  An
+ * ended one fails psd_main_check_security before this. */
+static void psd_main_check_ends(const ps_config *cfg, const char *path, int agg) {
+  const ps_tls_conf *t = &cfg->security.tls;
+  if (cfg->security.mode != PS_SEC_TLS) return;
+  const char *files[3] = {t->cert, t->ca, agg ? t->worker_cert : NULL};
+  const char *keys[3] = {"cert", "ca", "worker_cert"};
+  for (int i = 0; i < 3; i++) {
+    ps_errbuf eb;
+    if (files[i] && ps_tls_expiry(files[i], 30 * 86400, &eb) == 1)
+      fprintf(stderr, "%s: warning: security.tls.%s: %s: renew it before then and send psd "
+              "SIGHUP (README.md, \"Renewing certificates\")\n", path, keys[i], eb.msg);
+  }
+}
+
 /* psd_main_check_names warns, under TLS, when the shards' certificate
  * does not name the gRPC host that clients dial: ME's, AGG's, or (psd -t
  * with neither) every shard's and aggregator's.  Their handshakes would
@@ -1146,6 +1210,8 @@ static int psd_main_serve(psd_main *m, const ps_config *cfg, const ps_shard_conf
   psd_agg_free(sh->agg);
   sh->agg = NULL;
   psd_store_close(sh->store);
+  ps_tls_server_free(sh->tls); /* the last server that fetched from it is gone */
+  sh->tls = NULL;
   if (m->dir_lock >= 0) close(m->dir_lock);
   uv_loop_close(&m->loop);
   return code;
@@ -1205,6 +1271,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   psd_main_check_names(&cfg, a.config, me, agg);
+  psd_main_check_ends(&cfg, a.config, agg != NULL);
   /* an aggregator serves on its own addresses, under an id no shard has */
   ps_shard_conf agg_addrs = {.id = UINT32_MAX, .grpc_addr = agg ? agg->grpc_addr : NULL,
                              .channel_addr = agg ? agg->channel_addr : NULL};

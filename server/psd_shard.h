@@ -68,6 +68,7 @@ typedef struct psd_counters {
 } psd_counters;
 
 struct psd_grpc;
+struct ps_tls_server;
 struct psd_chan;
 struct psd_wal;
 struct psd_wal_waiter;
@@ -87,6 +88,10 @@ typedef struct psd_shard {
   uint32_t inflight;          /* requests accepted and not yet answered */
   uint32_t chan_conns;        /* tensor-channel connections open now */
   struct psd_grpc *grpc;
+  /* the TLS pair and CA gRPC serves (ps_tls.h), NULL in plaintext: read at
+   * the first psd_grpc_start, kept across gRPC restarts, read again at
+   * SIGHUP (psd_grpc_reload_tls); freed by whoever ends the shard */
+  struct ps_tls_server *tls;
   struct psd_chan *chan;
   psd_clock *clock;           /* leases, clocks, parked pulls (psd_shard_clock_start) */
   uv_timer_t clock_timer;     /* fires at psd_clock_next_ms */

@@ -5,7 +5,9 @@
 #include <errno.h>
 #include <openssl/evp.h>
 #include <openssl/pem.h>
+#include <openssl/ssl.h>
 #include <openssl/x509.h>
+#include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
 #include <signal.h>
@@ -14,6 +16,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -1396,6 +1399,254 @@ START_TEST(test_sec_plaintext_loopback) {
 }
 END_TEST
 
+/* ---- certificate reload and expiry ----------------------------------------- */
+
+/* rel_resign rewrites DIR/WHAT.pem (mkcerts' "shard" or "ca") re-signed
+ * by the CA in DIR with serial SERIAL, valid from a minute ago for
+ * VALID_S seconds: the same subject, SANs and key, so the same pair. */
+static void rel_resign(const char *dir, const char *what, long serial, long valid_s) {
+  char path[1024];
+  X509 *ca = NULL, *x = NULL;
+  EVP_PKEY *cakey = NULL;
+  snprintf(path, sizeof path, "%s/ca.pem", dir);
+  FILE *f = fopen(path, "r");
+  ck_assert(f && (ca = PEM_read_X509(f, NULL, NULL, NULL)));
+  fclose(f);
+  snprintf(path, sizeof path, "%s/ca.key", dir);
+  f = fopen(path, "r");
+  ck_assert(f && (cakey = PEM_read_PrivateKey(f, NULL, NULL, NULL)));
+  fclose(f);
+  snprintf(path, sizeof path, "%s/%s.pem", dir, what);
+  f = fopen(path, "r");
+  ck_assert(f && (x = PEM_read_X509(f, NULL, NULL, NULL)));
+  fclose(f);
+  ASN1_INTEGER_set(X509_get_serialNumber(x), serial);
+  X509_gmtime_adj(X509_getm_notBefore(x), -60);
+  X509_gmtime_adj(X509_getm_notAfter(x), valid_s);
+  X509_set_issuer_name(x, X509_get_subject_name(ca));
+  ck_assert(X509_sign(x, cakey, EVP_sha256()) > 0);
+  f = fopen(path, "w");
+  ck_assert(f && PEM_write_X509(f, x));
+  fclose(f);
+  X509_free(x);
+  X509_free(ca);
+  EVP_PKEY_free(cakey);
+}
+
+/* rel_serial makes a new TLS connection to 127.0.0.1:PORT (ALPN h2, the
+ * worker pair in DIR) and returns the serial of the certificate the
+ * server presents (-1 for one over a long: mkcerts' random ones); -2
+ * when the handshake fails. */
+static long rel_serial(int port, const char *dir) {
+  char cert[1024], key[1024];
+  snprintf(cert, sizeof cert, "%s/worker.pem", dir);
+  snprintf(key, sizeof key, "%s/worker.key", dir);
+  SSL_CTX *ctx = SSL_CTX_new(TLS_client_method());
+  ck_assert(ctx);
+  static const unsigned char alpn[] = {2, 'h', '2'};
+  SSL_CTX_set_alpn_protos(ctx, alpn, sizeof alpn);
+  SSL_CTX_use_certificate_file(ctx, cert, SSL_FILETYPE_PEM);
+  SSL_CTX_use_PrivateKey_file(ctx, key, SSL_FILETYPE_PEM);
+  int fd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
+                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  struct timeval tv = {5, 0}; /* a bounded handshake */
+  setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+  long serial = -2;
+  SSL *ssl = NULL;
+  if (connect(fd, (struct sockaddr *)&a, sizeof a) == 0 && (ssl = SSL_new(ctx))) {
+    SSL_set_fd(ssl, fd);
+    X509 *peer = SSL_connect(ssl) == 1 ? SSL_get1_peer_certificate(ssl) : NULL;
+    if (peer) serial = ASN1_INTEGER_get(X509_get0_serialNumber(peer));
+    X509_free(peer);
+  }
+  SSL_free(ssl);
+  close(fd);
+  SSL_CTX_free(ctx);
+  return serial;
+}
+
+/* rel_wait_log waits up to MS for TEXT in the file at LOG: 1 or 0. */
+static int rel_wait_log(const char *log, const char *text, int ms) {
+  int64_t end = ps_test_now_ms() + ms;
+  for (;;) {
+    char *s = access(log, F_OK) == 0 ? ps_test_read_file(log, NULL) : NULL;
+    int found = s && strstr(s, text);
+    free(s);
+    if (found) return 1;
+    if (ps_test_now_ms() >= end) return 0;
+    usleep(50000);
+  }
+}
+
+/* rel_cluster makes certificates (scripts/mkcerts) in DIR/NAME and a
+ * one-shard cluster file that uses them (its path; ports in *GP, *CP). */
+static const char *rel_cluster(const char *dir, const char *name, int *gp, int *cp) {
+  char path[700];
+  ck_assert_int_eq(sec_mkcerts(dir, name), 0);
+  snprintf(path, sizeof path, "%s/%s.yaml", dir, name);
+  char *sec = ps_test_read_file(path, NULL);
+  const char *saved = ps_test_security_yaml;
+  ps_test_security_yaml = sec;
+  const char *yaml = ps_test_cluster_yaml(dir, 1, "workers:\n  count: 1\n", gp, cp);
+  ps_test_security_yaml = saved;
+  free(sec);
+  return yaml;
+}
+
+/* rel_status calls Status as the operator of the file at YAML on
+ * 127.0.0.1:PORT over R (NULL: a new channel, closed after); 0 or the
+ * PS_E* code. */
+static int rel_status(ps_rpc *r, const char *yaml, int port, ps_errbuf *eb) {
+  ps_config cfg;
+  char addr[64];
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", port);
+  int rc = ps_config_load(&cfg, yaml, eb);
+  if (rc < 0) return rc; /* (nothing to release) */
+  ps_rpc *own = NULL;
+  if (rc == 0 && !r) rc = ps_rpc_open_cfg(&own, addr, &cfg, PS_ROLE_OPERATOR, eb);
+  Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
+  Ps__StatusReply *rep = NULL;
+  if (rc == 0)
+    rc = ps_rpc_call(r ? r : own, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,
+                     (ProtobufCMessage **)&rep, 5000, eb);
+  if (rep) ps__status_reply__free_unpacked(rep, NULL);
+  ps_rpc_close(own);
+  ps_config_release(&cfg);
+  return rc;
+}
+
+/* SIGHUP reloads the shard's TLS certificate, key and CA for new
+ * connections (they were read once at start: a renewed certificate
+ * needed a restart, an expired one cut off every new client): a
+ * re-signed certificate is what new handshakes get, a channel opened
+ * before keeps working, a bad file keeps the old pair (an error in the
+ * log), and a CA file holding the old and a new CA lets clients of
+ * either in (the CA rollover README.md describes). */
+START_TEST(test_sec_cert_reload) {
+  char dir[600], certs[700], log[700], opyaml[700], ca[800], both[700];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  int gp, cp;
+  const char *yaml = rel_cluster(dir, "rel", &gp, &cp);
+  char cyaml[700];
+  snprintf(cyaml, sizeof cyaml, "%s", yaml);
+  ck_assert_int_eq(sec_mkcerts(dir, "next"), 0);
+  snprintf(certs, sizeof certs, "%s/rel", dir);
+  snprintf(log, sizeof log, "%s/psd.log", dir);
+  pid_t pid = ps_test_psd(cyaml, 0, log, NULL);
+  ck_assert_msg(ps_test_wait_port(cp, 15000) == 0 && ps_test_wait_port(gp, 5000) == 0,
+                "psd did not start: see %s", log);
+  ck_assert_msg(rel_wait_log(log, "shard 0 serving", 10000), "psd did not serve: see %s", log);
+  long first = rel_serial(gp, certs);
+  ck_assert_msg(first != -2 && first != 4242, "serial %ld", first);
+  ps_config cfg;
+  ps_errbuf eb;
+  ck_assert_msg(ps_config_load(&cfg, cyaml, &eb) == 0, "%s", eb.msg);
+  char addr[64];
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", gp);
+  ps_rpc *old;
+  ck_assert_msg(ps_rpc_open_cfg(&old, addr, &cfg, PS_ROLE_OPERATOR, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(rel_status(old, cyaml, gp, &eb) == 0, "%s", eb.msg);
+  /* a renewed certificate (the same key, a new serial), then SIGHUP */
+  rel_resign(certs, "shard", 4242, 100L * 86400);
+  ck_assert_int_eq(kill(pid, SIGHUP), 0);
+  int64_t end = ps_test_now_ms() + 10000;
+  long now;
+  while ((now = rel_serial(gp, certs)) != 4242 && ps_test_now_ms() < end) usleep(100000);
+  ck_assert_msg(now == 4242, "after SIGHUP new connections get serial %ld, not the renewed "
+                "certificate's 4242: see %s", now, log);
+  ck_assert_msg(rel_wait_log(log, "sighup: TLS certificate reloaded", 5000), "see %s", log);
+  ck_assert_msg(rel_status(old, cyaml, gp, &eb) == 0, "the channel opened before: %s", eb.msg);
+  ck_assert_msg(rel_status(NULL, cyaml, gp, &eb) == 0, "a new channel: %s", eb.msg);
+  /* a bad file: the error in the log, the renewed pair stays */
+  char shard[800], *good;
+  snprintf(shard, sizeof shard, "%s/shard.pem", certs);
+  good = ps_test_read_file(shard, NULL);
+  ps_test_write_file(shard, "not a certificate\n");
+  ck_assert_int_eq(kill(pid, SIGHUP), 0);
+  ck_assert_msg(rel_wait_log(log, "sighup: TLS certificate not reloaded", 5000), "see %s", log);
+  ck_assert_int_eq(rel_serial(gp, certs), 4242);
+  ck_assert_msg(rel_status(NULL, cyaml, gp, &eb) == 0, "after a bad file: %s", eb.msg);
+  ps_test_write_file(shard, good);
+  free(good);
+  /* CA rollover: the CA file holds the old and the new CA; an operator of
+   * the new CA is refused until the shard reloads it */
+  snprintf(ca, sizeof ca, "%s/ca.pem", certs);
+  char *oldca = ps_test_read_file(ca, NULL);
+  snprintf(both, sizeof both, "%s/next/ca.pem", dir);
+  char *newca = ps_test_read_file(both, NULL);
+  size_t len = strlen(oldca) + strlen(newca) + 1;
+  char *text = malloc(len);
+  snprintf(text, len, "%s%s", oldca, newca);
+  ps_test_write_file(ca, text);
+  snprintf(opyaml, sizeof opyaml, "%s/next-op.yaml", dir);
+  ps_test_file_replace(cyaml, opyaml, "rel/operator.pem", "next/operator.pem");
+  ps_test_file_replace(opyaml, opyaml, "rel/operator.key", "next/operator.key");
+  ck_assert_int_ne(rel_status(NULL, opyaml, gp, &eb), 0);
+  ck_assert_int_eq(kill(pid, SIGHUP), 0);
+  end = ps_test_now_ms() + 10000;
+  int rc;
+  while ((rc = rel_status(NULL, opyaml, gp, &eb)) != 0 && ps_test_now_ms() < end) usleep(100000);
+  ck_assert_msg(rc == 0, "an operator of the new CA after SIGHUP: %s", eb.msg);
+  ck_assert_msg(rel_status(NULL, cyaml, gp, &eb) == 0, "an operator of the old CA: %s", eb.msg);
+  free(text);
+  free(oldca);
+  free(newca);
+  ps_rpc_close(old);
+  ps_config_release(&cfg);
+  ck_assert_int_eq(WEXITSTATUS(ps_test_stop(pid, SIGTERM, 10000)), 0);
+}
+END_TEST
+
+/* Expiry: psd -t and psd's start warn of a certificate (the shard's, the
+ * CA's) that expires within 30 days, naming the file and the date (they
+ * said "configuration ok" of one 50 s from its end), and a running psd
+ * logs when its certificate has expired: clients then fail with
+ * "certificate verify failed", and the log said nothing of why. */
+START_TEST(test_sec_cert_expiry) {
+  char dir[600], certs[700], log[700];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  int gp, cp;
+  const char *yaml = rel_cluster(dir, "exp", &gp, &cp);
+  char cyaml[700];
+  snprintf(cyaml, sizeof cyaml, "%s", yaml);
+  snprintf(certs, sizeof certs, "%s/exp", dir);
+  snprintf(log, sizeof log, "%s/t1.log", dir); /* a log each: ps_test_run appends */
+  char *out;
+  ck_assert_int_eq(sec_t(cyaml, NULL, 0, log, &out), 0);
+  ck_assert_msg(!strstr(out, "warning"), "%s", out);
+  free(out);
+  rel_resign(certs, "shard", 11, 50);
+  snprintf(log, sizeof log, "%s/t2.log", dir);
+  ck_assert_int_eq(sec_t(cyaml, NULL, 0, log, &out), 0);
+  ck_assert_msg(strstr(out, "warning") && strstr(out, "exp/shard.pem' expires on") &&
+                    strstr(out, " GMT (in "),
+                "%s", out);
+  free(out);
+  rel_resign(certs, "ca", 12, 20L * 86400); /* the CA itself: 20 days left */
+  rel_resign(certs, "shard", 13, 100L * 86400);
+  snprintf(log, sizeof log, "%s/t3.log", dir);
+  ck_assert_int_eq(sec_t(cyaml, NULL, 1, log, &out), 0);
+  ck_assert_msg(strstr(out, "exp/ca.pem' expires on") && !strstr(out, "shard.pem' expires"),
+                "%s", out);
+  free(out);
+  /* a shard whose certificate ends 4 s after it starts: its start warns,
+   * and its log says when it has expired */
+  rel_resign(certs, "ca", 14, 100L * 86400);
+  rel_resign(certs, "shard", 15, 4);
+  snprintf(log, sizeof log, "%s/psd.log", dir);
+  pid_t pid = ps_test_psd(cyaml, 0, log, NULL);
+  ck_assert_msg(rel_wait_log(log, "shard.pem' expires on", 10000), "see %s", log);
+  ck_assert_msg(rel_wait_log(log, "shard.pem' expired on", 15000),
+                "no log line when the certificate expired: see %s", log);
+  ck_assert_int_eq(WEXITSTATUS(ps_test_stop(pid, SIGTERM, 10000)), 0);
+  out = ps_test_read_file(log, NULL);
+  const char *at = strstr(out, "expired on");
+  ck_assert_msg(at && !strstr(at + 1, "expired on"), "said once: %s", out);
+  free(out);
+}
+END_TEST
+
 Suite *security_suite(void) {
   Suite *s = suite_create("security");
   TCase *tc = tcase_create("mtls");
@@ -1435,6 +1686,12 @@ Suite *security_suite(void) {
   tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, test_sec_plaintext_loopback);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("cert_reload");
+  tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
+  tcase_set_timeout(tc, 90);
+  tcase_add_test(tc, test_sec_cert_reload);
+  tcase_add_test(tc, test_sec_cert_expiry);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -642,6 +642,15 @@ START_TEST(test_netlab_usage) {
       {"yaml --shards 1 --workers 1 --extra %s/security.yaml", 2, "gives 'security:' (line 3)"},
       {"yaml --shards 1 --workers 1 --extra %s/flow.yaml", 2,
        "'workers:' (line 1) is neither a block nor a one-line flow mapping"},
+      /* a quoted key is the same key to YAML (once let through, and psd -t
+       * then refused the file: "duplicate key 'shards'") */
+      {"yaml --shards 1 --workers 1 --extra %s/dq.yaml", 2, "gives 'shards:' (line 1)"},
+      {"yaml --shards 1 --workers 1 --extra %s/sq.yaml", 2, "gives 'cluster:' (line 3)"},
+      {"yaml --shards 1 --workers 1 --extra %s/qflow.yaml", 2,
+       "'workers:' (line 1) is neither a block nor a one-line flow mapping"},
+      /* a flow mapping as the whole file: its keys are top-level keys too */
+      {"yaml --shards 1 --workers 1 --extra %s/top.yaml", 2,
+       "line 2 is a flow mapping {...} at the top level"},
   };
   char dir[512], path[700];
   snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
@@ -653,6 +662,14 @@ START_TEST(test_netlab_usage) {
   ps_test_write_file(path, "workers:\n  device: cpu\nsecurity:\n  mode: none\n");
   snprintf(path, sizeof path, "%s/flow.yaml", dir);
   ps_test_write_file(path, "workers: {device: cpu,\n  retry_ms: 5000}\n");
+  snprintf(path, sizeof path, "%s/dq.yaml", dir);
+  ps_test_write_file(path, "\"shards\": []\n");
+  snprintf(path, sizeof path, "%s/sq.yaml", dir);
+  ps_test_write_file(path, "workers:\n  device: cpu\n'cluster' : mine\n");
+  snprintf(path, sizeof path, "%s/qflow.yaml", dir);
+  ps_test_write_file(path, "\"workers\": {device: cpu,\n  retry_ms: 5000}\n");
+  snprintf(path, sizeof path, "%s/top.yaml", dir);
+  ps_test_write_file(path, "# all in one\n{shards: [], workers: {device: cpu}}\n");
   for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
     char args[700], cmd[1024], *out, *err;
     snprintf(args, sizeof args, c[i].args, dir);
@@ -778,6 +795,15 @@ START_TEST(test_netlab_hosts_yaml) {
   nl_yaml_case(dir, lab, "workers: {count: 3, device: cpu}\n", "workers: {count: 3, device: cpu}");
   nl_yaml_case(dir, lab, "workers:\n  device: cpu\n  count: 3\n", "workers:\n  device: cpu\n  count: 3\n");
   nl_yaml_case(dir, lab, "training:\n  epochs: 1\n", "workers:\n  count: 2\ntraining:\n");
+  /* quoted keys are the same keys (netlab once added a workers: of its
+   * own in front, and psd -t refused the duplicate) */
+  nl_yaml_case(dir, lab, "\"workers\": {device: cpu}\n",
+               "\"workers\": {count: 2, device: cpu}");
+  nl_yaml_case(dir, lab, "'workers' :\n  device: cpu\n",
+               "'workers' :\n  count: 2\n  device: cpu\n");
+  nl_yaml_case(dir, lab, "workers:\n  device: cpu\n  \"count\": 3\n",
+               "workers:\n  device: cpu\n  \"count\": 3\n");
+  nl_yaml_case(dir, lab, "workers: {'count': 3}\n", "\nworkers: {'count': 3}\n");
   free(nl_expect(dir, "down", 0, "down", "--lab", lab, NULL));
   ck_assert(!nl_lab_exists(lab));
   if (system("command -v iperf3 >/dev/null") != 0) {

@@ -596,8 +596,9 @@ static int nl_sh(const char *dir, const char *cmd, char **out, char **err) {
  * syntax error, or h01 taken as h1 by one command and refused otherwise by
  * the others), extra arguments, names and values `up` refuses, and an
  * --extra file netlab cannot compose with (once raw grep/cat errors and a
- * partial cluster file on stdout).  No lab is needed: each is refused
- * before a lab is looked at, or names one that does not exist. */
+ * partial cluster file on stdout; a quoted "shards": let through, which
+ * psd -t then refused as a duplicate key).  No lab is needed: each is
+ * refused before a lab is looked at, or names one that does not exist. */
 START_TEST(test_netlab_usage) {
   static const struct {
     const char *args; /* after scripts/netlab; %s: the test's directory */
@@ -749,10 +750,12 @@ static void nl_yaml_case(const char *dir, const char *lab, const char *extra, co
  * itself ends with netlab, and its lab would be stale at once); every
  * command takes h0..h2 and refuses h3 with the same message; netlab yaml
  * composes with an extra file's workers: section (a block indented 4
- * spaces, a one-line flow mapping, with or without its own count) into a
- * file psd -t loads.  Then a lab whose owner is gone when up ends says so,
- * and its self-check at 1 mbit speaks in the rate's units and does not
- * call a rate above the target missed. */
+ * spaces, a one-line flow mapping, with or without its own count, its keys
+ * quoted or not) into a file psd -t loads.  exec exits with the command's
+ * status, and says so itself when the command is missing or not
+ * executable.  Then a lab whose owner is gone when up ends says so, and
+ * its self-check at 1 mbit speaks in the rate's units and does not call a
+ * rate above the target missed. */
 START_TEST(test_netlab_hosts_yaml) {
   const char *why = nl_permitted();
   if (why) PS_SKIP("network namespaces are not permitted here: %s", why);
@@ -789,6 +792,26 @@ START_TEST(test_netlab_hosts_yaml) {
   char end;
   ck_assert_msg(sscanf(text, "%llu %llu%c", &tx, &rx, &end) == 3 && end == '\n', "stats: %s", text);
   free(text);
+  /* exec becomes the command: its exit status is the command's; a command
+   * that is not there, or not executable, is netlab's message (once
+   * /bin/sh's "h0: 1: exec: ...: not found", named for the host) with
+   * sh's status for it, 127 or 126 */
+  free(nl_expect(dir, "exec-7", 7, "exec", "--lab", lab, "h0", "sh", "-c", "exit 7", NULL));
+  char plain[700];
+  snprintf(plain, sizeof plain, "%s/plain.txt", dir);
+  ps_test_write_file(plain, "not a program\n");
+  const struct {
+    const char *prog, *says;
+    int rc;
+  } bad[] = {{"/nonexistent/prog", "netlab: exec: /nonexistent/prog: not found (", 127},
+             {"nl-no-such-prog", "netlab: exec: nl-no-such-prog: not found (", 127},
+             {plain, ": not executable (", 126}};
+  for (int i = 0; i < 3; i++) {
+    text = nl_expect(dir, "exec-bad", bad[i].rc, "exec", "--lab", lab, "h0", bad[i].prog, NULL);
+    ck_assert_msg(strstr(text, bad[i].says) && !strstr(text, "h0: "), "netlab exec %s: %s",
+                  bad[i].prog, text);
+    free(text);
+  }
   nl_yaml_case(dir, lab, "workers:\n    device: cpu\n    retry_ms: 5000\n",
                "workers:\n    count: 2\n    device: cpu\n");
   nl_yaml_case(dir, lab, "workers: {device: cpu}   # flow\n", "workers: {count: 2, device: cpu}");

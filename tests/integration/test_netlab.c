@@ -596,8 +596,10 @@ static int nl_sh(const char *dir, const char *cmd, char **out, char **err) {
  * syntax error, or h01 taken as h1 by one command and refused otherwise by
  * the others), extra arguments, names and values `up` refuses, and an
  * --extra file netlab cannot compose with (once raw grep/cat errors and a
- * partial cluster file on stdout).  No lab is needed: each is refused
- * before a lab is looked at, or names one that does not exist. */
+ * partial cluster file on stdout; a quoted "shards": let through, which
+ * psd -t then refused as a duplicate key), and `up` without --hosts.  No
+ * lab is needed: each is refused before a lab is looked at, or names one
+ * that does not exist. */
 START_TEST(test_netlab_usage) {
   static const struct {
     const char *args; /* after scripts/netlab; %s: the test's directory */
@@ -605,6 +607,7 @@ START_TEST(test_netlab_usage) {
     const char *says;
   } c[] = {
       {"up --hosts", 2, "netlab: up: --hosts needs a value"},
+      {"up --check-secs 0", 2, "up: --hosts N is required"},
       {"up --hosts 2 --rate", 2, "up: --rate needs a value"},
       {"up --hosts 1 --check-secs 0 --owner", 2, "up: --owner needs a value"},
       {"up --hosts 1 --check-secs", 2, "up: --check-secs needs a value"},
@@ -642,6 +645,15 @@ START_TEST(test_netlab_usage) {
       {"yaml --shards 1 --workers 1 --extra %s/security.yaml", 2, "gives 'security:' (line 3)"},
       {"yaml --shards 1 --workers 1 --extra %s/flow.yaml", 2,
        "'workers:' (line 1) is neither a block nor a one-line flow mapping"},
+      /* a quoted key is the same key to YAML (once let through, and psd -t
+       * then refused the file: "duplicate key 'shards'") */
+      {"yaml --shards 1 --workers 1 --extra %s/dq.yaml", 2, "gives 'shards:' (line 1)"},
+      {"yaml --shards 1 --workers 1 --extra %s/sq.yaml", 2, "gives 'cluster:' (line 3)"},
+      {"yaml --shards 1 --workers 1 --extra %s/qflow.yaml", 2,
+       "'workers:' (line 1) is neither a block nor a one-line flow mapping"},
+      /* a flow mapping as the whole file: its keys are top-level keys too */
+      {"yaml --shards 1 --workers 1 --extra %s/top.yaml", 2,
+       "line 2 is a flow mapping {...} at the top level"},
   };
   char dir[512], path[700];
   snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
@@ -653,6 +665,14 @@ START_TEST(test_netlab_usage) {
   ps_test_write_file(path, "workers:\n  device: cpu\nsecurity:\n  mode: none\n");
   snprintf(path, sizeof path, "%s/flow.yaml", dir);
   ps_test_write_file(path, "workers: {device: cpu,\n  retry_ms: 5000}\n");
+  snprintf(path, sizeof path, "%s/dq.yaml", dir);
+  ps_test_write_file(path, "\"shards\": []\n");
+  snprintf(path, sizeof path, "%s/sq.yaml", dir);
+  ps_test_write_file(path, "workers:\n  device: cpu\n'cluster' : mine\n");
+  snprintf(path, sizeof path, "%s/qflow.yaml", dir);
+  ps_test_write_file(path, "\"workers\": {device: cpu,\n  retry_ms: 5000}\n");
+  snprintf(path, sizeof path, "%s/top.yaml", dir);
+  ps_test_write_file(path, "# all in one\n{shards: [], workers: {device: cpu}}\n");
   for (size_t i = 0; i < sizeof c / sizeof c[0]; i++) {
     char args[700], cmd[1024], *out, *err;
     snprintf(args, sizeof args, c[i].args, dir);
@@ -732,10 +752,14 @@ static void nl_yaml_case(const char *dir, const char *lab, const char *extra, co
  * itself ends with netlab, and its lab would be stale at once); every
  * command takes h0..h2 and refuses h3 with the same message; netlab yaml
  * composes with an extra file's workers: section (a block indented 4
- * spaces, a one-line flow mapping, with or without its own count) into a
- * file psd -t loads.  Then a lab whose owner is gone when up ends says so,
- * and its self-check at 1 mbit speaks in the rate's units and does not
- * call a rate above the target missed. */
+ * spaces, a one-line flow mapping, with or without its own count, its keys
+ * quoted or not) into a file psd -t loads.  exec exits with the command's
+ * status, and says so itself when the command is missing or not
+ * executable; with two labs and none of the caller's, --lab is required
+ * (a usage error).  Then a lab whose owner is gone when up ends says so,
+ * and its self-check at 1 mbit gives its figures in kbit/s (enough to
+ * match the percentage) and does not call a rate above the target
+ * missed. */
 START_TEST(test_netlab_hosts_yaml) {
   const char *why = nl_permitted();
   if (why) PS_SKIP("network namespaces are not permitted here: %s", why);
@@ -772,12 +796,63 @@ START_TEST(test_netlab_hosts_yaml) {
   char end;
   ck_assert_msg(sscanf(text, "%llu %llu%c", &tx, &rx, &end) == 3 && end == '\n', "stats: %s", text);
   free(text);
+  /* exec becomes the command: its exit status is the command's; a command
+   * that is not there, or not executable, is netlab's message (once
+   * /bin/sh's "h0: 1: exec: ...: not found", named for the host) with
+   * sh's status for it, 127 or 126 */
+  free(nl_expect(dir, "exec-7", 7, "exec", "--lab", lab, "h0", "sh", "-c", "exit 7", NULL));
+  char plain[700];
+  snprintf(plain, sizeof plain, "%s/plain.txt", dir);
+  ps_test_write_file(plain, "not a program\n");
+  const struct {
+    const char *prog, *says;
+    int rc;
+  } bad[] = {{"/nonexistent/prog", "netlab: exec: /nonexistent/prog: not found (", 127},
+             {"nl-no-such-prog", "netlab: exec: nl-no-such-prog: not found (", 127},
+             {plain, ": not executable (", 126}};
+  for (int i = 0; i < 3; i++) {
+    text = nl_expect(dir, "exec-bad", bad[i].rc, "exec", "--lab", lab, "h0", bad[i].prog, NULL);
+    ck_assert_msg(strstr(text, bad[i].says) && !strstr(text, "h0: "), "netlab exec %s: %s",
+                  bad[i].prog, text);
+    free(text);
+  }
+  /* a second lab (of one host): up counts it in the singular; a caller
+   * with no lab of its own and no --lab must name one of the two, a usage
+   * error (2), as every other missing argument is */
+  char *sleeper60[] = {"/bin/sleep", "60", NULL}, other_owner[16], other[32];
+  snprintf(log, sizeof log, "%s/sleep60.log", dir);
+  pid_t keep = ps_test_spawn(sleeper60, log, NULL);
+  snprintf(other_owner, sizeof other_owner, "%d", (int)keep);
+  snprintf(other, sizeof other, "nl%d", (int)keep);
+  text = nl_expect(dir, "up-other", 0, "up", "--owner", other_owner, "--hosts", "1",
+                   "--check-secs", "0", NULL);
+  snprintf(want, sizeof want, "lab %s up: 1 host at 1gbit", other);
+  ck_assert_msg(strstr(text, want), "no '%s' in: %s", want, text);
+  free(text);
+  char *out, *err; /* netlab's parent: that sh, which has no lab */
+  int rc = nl_sh(dir, "env -u NETLAB /bin/sh -c '" NL_SCRIPT " addr h0; exit $?'", &out, &err);
+  free(nl_expect(dir, "down-other", 0, "down", "--lab", other, NULL));
+  ps_test_stop(keep, SIGKILL, 5000);
+  ck_assert_msg(rc == 2 && strstr(err, "several labs (") && strstr(err, "name one with --lab"),
+                "netlab addr h0 with several labs: exit %d: %s", rc, err);
+  ck_assert_str_eq(out, "");
+  free(out);
+  free(err);
   nl_yaml_case(dir, lab, "workers:\n    device: cpu\n    retry_ms: 5000\n",
                "workers:\n    count: 2\n    device: cpu\n");
   nl_yaml_case(dir, lab, "workers: {device: cpu}   # flow\n", "workers: {count: 2, device: cpu}");
   nl_yaml_case(dir, lab, "workers: {count: 3, device: cpu}\n", "workers: {count: 3, device: cpu}");
   nl_yaml_case(dir, lab, "workers:\n  device: cpu\n  count: 3\n", "workers:\n  device: cpu\n  count: 3\n");
   nl_yaml_case(dir, lab, "training:\n  epochs: 1\n", "workers:\n  count: 2\ntraining:\n");
+  /* quoted keys are the same keys (netlab once added a workers: of its
+   * own in front, and psd -t refused the duplicate) */
+  nl_yaml_case(dir, lab, "\"workers\": {device: cpu}\n",
+               "\"workers\": {count: 2, device: cpu}");
+  nl_yaml_case(dir, lab, "'workers' :\n  device: cpu\n",
+               "'workers' :\n  count: 2\n  device: cpu\n");
+  nl_yaml_case(dir, lab, "workers:\n  device: cpu\n  \"count\": 3\n",
+               "workers:\n  device: cpu\n  \"count\": 3\n");
+  nl_yaml_case(dir, lab, "workers: {'count': 3}\n", "\nworkers: {'count': 3}\n");
   free(nl_expect(dir, "down", 0, "down", "--lab", lab, NULL));
   ck_assert(!nl_lab_exists(lab));
   if (system("command -v iperf3 >/dev/null") != 0) {
@@ -798,11 +873,17 @@ START_TEST(test_netlab_hosts_yaml) {
   printf("test_netlab_hosts_yaml: %s", strstr(text, "netlab: self-check") ?: text);
   ck_assert_msg(strstr(text, "WARNING: lab ") && strstr(text, "is gone already"),
                 "up did not say its owner is gone: %s", text);
+  /* below 10 Mbit/s in kbit/s: the figure must say what the percentage
+   * says (once "1 Mbit/s of 1 Mbit/s (126 %)") */
   int missed = strstr(text, "self-check MISSED") != NULL, below = 0;
   for (const char *l = text; (l = strstr(l, "self-check iperf3 ")); l++) {
-    const char *of = strstr(l, " of 1 Mbit/s (");
+    const char *of = strstr(l, " kbit/s of 1000 kbit/s (");
     ck_assert_msg(of && of < strchr(l, '\n'), "self-check line: %.*s", (int)strcspn(l, "\n"), l);
-    below |= atoi(of + strlen(" of 1 Mbit/s (")) < 90;
+    const char *got = of;
+    while (got > l && got[-1] >= '0' && got[-1] <= '9') got--;
+    int pct = atoi(of + strlen(" kbit/s of 1000 kbit/s ("));
+    ck_assert_msg(atoi(got) / 10 == pct, "self-check line: %.*s", (int)strcspn(l, "\n"), l);
+    below |= pct < 90;
   }
   ck_assert_msg(missed == below, "self-check %s though %s direction fell short: %s",
                 missed ? "missed" : "passed", below ? "a" : "no", text);

@@ -447,6 +447,66 @@ START_TEST(test_train_blas_kernel) {
 }
 END_TEST
 
+/* A model on some shards only: three shards whose budget
+ * (limits.max_shard_bytes, 70000 bytes: shard 0's part of a 784-64-10
+ * MLP under sgd takes 64828, the others' over 73000) leaves it on shard 0
+ * only, the others refuse psctl submit (exit 1).  psw, with
+ * the coordinator (shard 0) holding the model, must end with exit 2 and
+ * name the shards that lack it before it registers (the second worker it
+ * would wait workers.retry_ms for never comes), and a fixed --rank as
+ * well, before its first pull. */
+START_TEST(test_train_model_on_some_shards) {
+  if (access(TT_DATA "/train-images-idx3-ubyte.gz", R_OK) != 0)
+    PS_SKIP("dataset-fashion-mnist is not installed (%s)", TT_DATA);
+  char dir[512], pb[600], log[600];
+  int gp[3], cp[3];
+  pid_t shard[3];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  static const char extra[] =
+      "limits:\n  max_shard_bytes: 70000\n"
+      "workers:\n  count: 2\n  device: cpu\n  retry_ms: 5000\n"
+      "training:\n  model: fm\n  epochs: 1\n  batch_size: 64\n"
+      "data:\n  format: idx\n"
+      "  train_images: " TT_DATA "/train-images-idx3-ubyte.gz\n"
+      "  train_labels: " TT_DATA "/train-labels-idx1-ubyte.gz\n"
+      "  scale: 1/255\n  partitions: 4\n  limit: 1000\n";
+  const char *yaml = ps_test_cluster_yaml(dir, 3, extra, gp, cp);
+  ps_test_start_shards(yaml, dir, 3, gp, cp, shard);
+  snprintf(pb, sizeof pb, "%s/fm.pb", dir);
+  snprintf(log, sizeof log, "%s/psctl.log", dir);
+  char *model[] = {(char *)ps_test_bin("psctl"), "model", "mlp", "--layers", "784,64,10", "-o",
+                   pb, NULL};
+  ck_assert_msg(ps_test_run(model, log, 20000) == 0, "psctl model failed; see %s", log);
+  char *submit[] = {(char *)ps_test_bin("psctl"), "submit", pb, "--name", "fm", "--config",
+                    (char *)yaml, NULL};
+  ck_assert_int_eq(ps_test_run(submit, log, 30000), 1);
+  char *text = ps_test_read_file(log, NULL);
+  const char *off = strstr(text, "and not on shards [");
+  ck_assert_msg(off && strstr(text, "is on shards [0"), "psctl: %s", text);
+  char want[64];
+  snprintf(want, sizeof want, "not on shards [%.*s]", (int)strcspn(off + 19, "]"), off + 19);
+  free(text);
+  for (int fixed = 0; fixed < 2; fixed++) {
+    snprintf(log, sizeof log, "%s/psw%d.log", dir, fixed);
+    char *reg[] = {(char *)ps_test_bin("psw"), "-c", (char *)yaml, "-e", "1", NULL};
+    char *rank[] = {(char *)ps_test_bin("psw"), "-c", (char *)yaml, "-r", "0", "-w", "1", NULL};
+    int64_t t0 = ps_test_now_ms();
+    int rc = ps_test_run(fixed ? rank : reg, log, 20000);
+    text = ps_test_read_file(log, NULL);
+    ck_assert_msg(rc == 2, "%s: exit %d, not 2: %s", fixed ? "--rank" : "registering", rc, text);
+    ck_assert_msg(strstr(text, "model 'fm' is on shards [0") && strstr(text, want) &&
+                      strstr(text, "submit it again (psctl submit; --replace") && !strstr(text, "no longer") &&
+                      !strstr(text, "registered as"),
+                  "%s: %s", want, text);
+    /* it asked, it did not wait for the second worker */
+    ck_assert_msg(ps_test_now_ms() - t0 < 4000, "took %lld ms",
+                  (long long)(ps_test_now_ms() - t0));
+    free(text);
+  }
+  for (int s = 0; s < 3; s++) ps_test_stop(shard[s], SIGTERM, 10000);
+}
+END_TEST
+
 Suite *psw_train_suite(void) {
   Suite *s = suite_create("psw_train");
   TCase *tc = tcase_create("logreg");
@@ -457,6 +517,11 @@ Suite *psw_train_suite(void) {
   tcase_add_test(tc, test_train_mlp_cuda_emulated);
   tcase_add_test(tc, test_train_clip_norm);
   tcase_add_test(tc, test_train_blas_kernel);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("model_check");
+  tcase_set_timeout(tc, 60);
+  tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
+  tcase_add_test(tc, test_train_model_on_some_shards);
   suite_add_tcase(s, tc);
   return s;
 }

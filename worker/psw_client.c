@@ -99,6 +99,9 @@ struct psw_client {
   size_t spec_from;         /* the shard that answered it */
   uint8_t *held;            /* per shard: seen holding the model (a spec or a pull
                                answered; invariant 10) */
+  uint8_t *spec_seen;       /* the last spec a check found, packed (NULL: the open's) */
+  size_t spec_seen_len;
+  uint64_t spec_changes;    /* psw_client_spec_changes */
   ps_layout layout;
   int have_layout;
   float *params[PSW_CLIENT_MAX_BUFS];
@@ -880,6 +883,36 @@ static int psw_same_worker_side(const psw_client *c, const Ps__ModelSpec *spec) 
   return 1;
 }
 
+/* psw_spec_pack packs SPEC into a new buffer *OUT (*LEN bytes); 0 or
+ * PS_ENOMEM. */
+static int psw_spec_pack(const Ps__ModelSpec *spec, uint8_t **out, size_t *len, ps_errbuf *eb) {
+  *len = protobuf_c_message_get_packed_size(&spec->base);
+  if (!(*out = malloc(*len ? *len : 1))) return ps_errf(eb, PS_ENOMEM, "out of memory");
+  protobuf_c_message_pack(&spec->base, *out);
+  return 0;
+}
+
+/* psw_spec_note counts SPEC, which the worker may go on with, as a
+ * replace (c->spec_changes) when it differs from the last one seen (the
+ * open's at first): a submit with other settings that only the shards
+ * apply, which restarts the job (psw_client_spec_changes). */
+static int psw_spec_note(psw_client *c, const Ps__ModelSpec *spec, ps_errbuf *eb) {
+  if (!c->spec_seen && psw_spec_pack(c->reply->model, &c->spec_seen, &c->spec_seen_len, eb) < 0)
+    return PS_ENOMEM;
+  uint8_t *now;
+  size_t len;
+  if (psw_spec_pack(spec, &now, &len, eb) < 0) return PS_ENOMEM;
+  if (len == c->spec_seen_len && !memcmp(now, c->spec_seen, len)) {
+    free(now);
+    return 0;
+  }
+  free(c->spec_seen);
+  c->spec_seen = now;
+  c->spec_seen_len = len;
+  c->spec_changes++;
+  return 0;
+}
+
 /* psw_spec_check asks shard S for the model's spec again and compares it
  * with the client's: 0 when the worker may go on (the same layout and
  * worker side: psw_same_worker_side), else PS_EINVAL saying that the
@@ -913,6 +946,7 @@ static int psw_spec_check(psw_client *c, psw_shard *s, const ps_errbuf *why, ps_
   else if (spec && !psw_same_worker_side(c, spec))
     err = ps_errf(eb, PS_EINVAL, "model '%s' was replaced with another graph, clip norm, "
                   "codec or consistency%s; start the workers again", c->model, tail);
+  if (err == 0 && spec) err = psw_spec_note(c, spec, eb);
   protobuf_c_message_free_unpacked(resp, NULL);
   return err;
 }
@@ -931,6 +965,9 @@ static int psw_refused(psw_client *c, psw_shard *s, int err, const ps_errbuf *wh
   if (psw_spec_check(c, s, why, eb) < 0) return PS_EINVAL;
   return ps_errf(eb, PS_EINVAL, "shard %u: %s", s->conf->id, why->msg);
 }
+
+/* psw_client_spec_changes: see psw_client.h. */
+uint64_t psw_client_spec_changes(const psw_client *c) { return c->spec_changes; }
 
 /* psw_client_spec_check: see psw_client.h. */
 int psw_client_spec_check(psw_client *c, ps_errbuf *eb) {
@@ -1487,6 +1524,7 @@ void psw_client_close(psw_client *c) {
   if (c->zc) munmap(c->zc, 2 * c->zc_area); /* after the connections: none maps onto it */
   if (c->have_layout) ps_layout_release(&c->layout);
   free(c->held);
+  free(c->spec_seen);
   if (c->reply) protobuf_c_message_free_unpacked(&c->reply->base, NULL);
   free(c->model);
   free(c);

@@ -225,6 +225,13 @@ void psw_client_close(psw_client *c);
  * shard answers: it cannot tell).  Not while a job runs. */
 int psw_client_spec_check(psw_client *c, ps_errbuf *eb);
 
+/* psw_client_spec_changes counts the specs that a check (above, or a
+ * refusal's: invariant 10) found other than the one before (the open's
+ * at first) and let the worker go on with: each is a submit --replace
+ * with settings only the shards apply, which restarts the job from its
+ * first epoch (psd_clock_job_reset). */
+uint64_t psw_client_spec_changes(const psw_client *c);
+
 /* The fetched spec and its layout (borrowed for the client's life). */
 const Ps__ModelSpec *psw_client_spec(const psw_client *c);
 const ps_layout *psw_client_layout(const psw_client *c);

@@ -507,6 +507,78 @@ START_TEST(test_train_model_on_some_shards) {
 }
 END_TEST
 
+/* tt_csv_epochs reads the epoch column of the metrics file PATH into
+ * EP (at most CAP rows, header skipped); returns the row count. */
+static int tt_csv_epochs(const char *path, int *ep, int cap) {
+  if (access(path, R_OK) != 0) return 0;
+  char *rows = ps_test_read_file(path, NULL);
+  int n = 0;
+  for (const char *p = strchr(rows, '\n'); p && p[1] && n < cap; p = strchr(p + 1, '\n'))
+    ep[n++] = atoi(p + 1);
+  free(rows);
+  return n;
+}
+
+/* A replace that keeps the workers (another learning rate) restarts the
+ * job from its first epoch: the worker says so at once and its log lines
+ * and metrics rows count the epochs from 1 again.  They went on at the
+ * old job's epoch, silent (no row) until the new job passed it, then
+ * wrote that epoch twice. */
+START_TEST(test_train_replace_restarts_epochs) {
+  if (access(TT_DATA "/train-images-idx3-ubyte.gz", R_OK) != 0)
+    PS_SKIP("dataset-fashion-mnist is not installed (%s)", TT_DATA);
+  char dir[512], log[600], csv[600], slog[600];
+  int gp[1], cp[1];
+  pid_t shard[1];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  static const char extra[] =
+      "workers:\n  count: 1\n  device: cpu\n  retry_ms: 5000\n"
+      "training:\n  model: m\n  epochs: 1\n  batch_size: 64\n"
+      "data:\n  format: idx\n"
+      "  train_images: " TT_DATA "/train-images-idx3-ubyte.gz\n"
+      "  train_labels: " TT_DATA "/train-labels-idx1-ubyte.gz\n"
+      "  scale: 1/255\n  partitions: 2\n  limit: 2000\n";
+  const char *yaml = ps_test_cluster_yaml(dir, 1, extra, gp, cp);
+  ps_test_start_shards(yaml, dir, 1, gp, cp, shard);
+  ps_test_submit_mlp(dir, yaml, "logreg", "0.001", "asp", NULL);
+  snprintf(log, sizeof log, "%s/psw.log", dir);
+  snprintf(csv, sizeof csv, "%s/m.csv", dir);
+  snprintf(slog, sizeof slog, "%s/replace.log", dir);
+  char *argv[] = {(char *)ps_test_bin("psw"), "-c", (char *)yaml, "-e", "100000", "-M", csv, NULL};
+  pid_t w = ps_test_spawn(argv, log, NULL);
+  int ep[4096], n = 0;
+  int64_t t0 = ps_test_now_ms();
+  while ((n = tt_csv_epochs(csv, ep, 4096)) < 3 && ps_test_now_ms() - t0 < 20000) usleep(20000);
+  ck_assert_msg(n >= 3, "fewer than 3 epochs in 20 s; see %s", log);
+  char pb[600];
+  snprintf(pb, sizeof pb, "%s/m.pb", dir);
+  char *submit[] = {(char *)ps_test_bin("psctl"), "submit", pb, "--name", "m", "--config",
+                    (char *)yaml, "--optimizer", "adam", "--lr", "0.002", "--consistency", "asp",
+                    "--replace", NULL};
+  ck_assert_msg(ps_test_run(submit, slog, 30000) == 0, "psctl submit failed; see %s", slog);
+  /* past the replace: a row of epoch 1 after a later one, then 2 */
+  int back = -1;
+  t0 = ps_test_now_ms();
+  do {
+    usleep(20000);
+    n = tt_csv_epochs(csv, ep, 4096);
+    for (int i = 1; back < 0 && i < n; i++)
+      if (ep[i] <= ep[i - 1]) back = i;
+  } while ((back < 0 || n < back + 2) && ps_test_now_ms() - t0 < 10000);
+  ps_test_stop(w, SIGTERM, 10000);
+  ps_test_stop(shard[0], SIGTERM, 10000);
+  char *text = ps_test_read_file(log, NULL);
+  ck_assert_msg(back > 0 && n >= back + 2, "no epoch 1 again within 10 s of the replace (%d "
+                "rows, the last epoch %d); see %s", n, n ? ep[n - 1] : 0, log);
+  /* every row counts on by one, but the restart's, which is epoch 1 */
+  for (int i = 1; i < n; i++)
+    ck_assert_msg(ep[i] == (i == back ? 1 : ep[i - 1] + 1), "row %d: epoch %d after %d; see %s",
+                  i + 1, ep[i], ep[i - 1], csv);
+  ck_assert_msg(strstr(text, "the job restarted from epoch 1"), "see %s", log);
+  free(text);
+}
+END_TEST
+
 Suite *psw_train_suite(void) {
   Suite *s = suite_create("psw_train");
   TCase *tc = tcase_create("logreg");
@@ -522,6 +594,11 @@ Suite *psw_train_suite(void) {
   tcase_set_timeout(tc, 60);
   tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_add_test(tc, test_train_model_on_some_shards);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("restart");
+  tcase_set_timeout(tc, 60);
+  tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
+  tcase_add_test(tc, test_train_replace_restarts_epochs);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -579,6 +579,40 @@ START_TEST(test_train_replace_restarts_epochs) {
 }
 END_TEST
 
+/* psw's usage errors as psctl's commands say theirs: the program's name
+ * (not the path it was started by), the error, and a pointer to --help
+ * instead of the whole help text; --version has no short form, as in
+ * psd and psctl, and --help says so. */
+START_TEST(test_train_usage_errors) {
+  char log[600];
+  snprintf(log, sizeof log, "%s/usage.log", ps_test_tmpdir());
+  static const struct {
+    const char *arg, *want;
+  } cases[] = {
+      {"-V", "psw: invalid option -- 'V'\nsee 'psw --help'\n"},
+      {"--bogus", "psw: unrecognized option '--bogus'\nsee 'psw --help'\n"},
+      {"-q", "psw: --config is required\nsee 'psw --help'\n"},
+      {"--device=gpu", "psw: --device takes auto, cpu, cuda or cuda:N (N from 0 to 999, no "
+                       "leading zeros), not 'gpu'\nsee 'psw --help'\n"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    unlink(log);
+    char *argv[] = {(char *)ps_test_bin("psw"), (char *)cases[i].arg, NULL};
+    ck_assert_int_eq(ps_test_run(argv, log, 10000), 2);
+    char *text = ps_test_read_file(log, NULL);
+    ck_assert_msg(!strcmp(text, cases[i].want), "psw %s said:\n%s", cases[i].arg, text);
+    free(text);
+  }
+  unlink(log);
+  char *help[] = {(char *)ps_test_bin("psw"), "--help", NULL};
+  ck_assert_int_eq(ps_test_run(help, log, 10000), 0);
+  char *text = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(text, "--version and --blas-kernel have none") && !strstr(text, "-V "),
+                "%s", text);
+  free(text);
+}
+END_TEST
+
 Suite *psw_train_suite(void) {
   Suite *s = suite_create("psw_train");
   TCase *tc = tcase_create("logreg");
@@ -594,6 +628,7 @@ Suite *psw_train_suite(void) {
   tcase_set_timeout(tc, 60);
   tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_add_test(tc, test_train_model_on_some_shards);
+  tcase_add_test(tc, test_train_usage_errors);
   suite_add_tcase(s, tc);
   tc = tcase_create("restart");
   tcase_set_timeout(tc, 60);

@@ -613,6 +613,41 @@ START_TEST(test_train_usage_errors) {
 }
 END_TEST
 
+/* A worker waiting for workers.min says so once, at the start of the
+ * wait (it said nothing for up to workers.retry_ms), and how it ended. */
+START_TEST(test_train_wait_world_said) {
+  if (access(TT_DATA "/train-images-idx3-ubyte.gz", R_OK) != 0)
+    PS_SKIP("dataset-fashion-mnist is not installed (%s)", TT_DATA);
+  char dir[512], log[600];
+  int gp[1], cp[1];
+  pid_t shard[1];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  static const char extra[] =
+      "workers:\n  count: 3\n  min: 2\n  device: cpu\n  retry_ms: 1500\n"
+      "training:\n  model: m\n  epochs: 1\n  batch_size: 64\n"
+      "data:\n  format: idx\n"
+      "  train_images: " TT_DATA "/train-images-idx3-ubyte.gz\n"
+      "  train_labels: " TT_DATA "/train-labels-idx1-ubyte.gz\n"
+      "  scale: 1/255\n  partitions: 2\n  limit: 256\n";
+  const char *yaml = ps_test_cluster_yaml(dir, 1, extra, gp, cp);
+  ps_test_start_shards(yaml, dir, 1, gp, cp, shard);
+  ps_test_submit_mlp(dir, yaml, "logreg", "0.001", "asp", NULL);
+  snprintf(log, sizeof log, "%s/psw.log", dir);
+  char *argv[] = {(char *)ps_test_bin("psw"), "-c", (char *)yaml, NULL};
+  ck_assert_int_eq(ps_test_run(argv, log, 20000), 0);
+  ps_test_stop(shard[0], SIGTERM, 10000);
+  char *text = ps_test_read_file(log, NULL);
+  static const char want[] = "worker 0: waiting for 2 of 3 workers (workers.min of "
+                             "workers.count) to register, up to 1500 ms (workers.retry_ms): 1 "
+                             "so far";
+  const char *at = strstr(text, want), *anyway = strstr(text, "training anyway");
+  ck_assert_msg(at && !strstr(at + sizeof want - 1, "waiting for 2 of 3") && anyway &&
+                    at < anyway,
+                "%s", text);
+  free(text);
+}
+END_TEST
+
 Suite *psw_train_suite(void) {
   Suite *s = suite_create("psw_train");
   TCase *tc = tcase_create("logreg");
@@ -629,6 +664,7 @@ Suite *psw_train_suite(void) {
   tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_add_test(tc, test_train_model_on_some_shards);
   tcase_add_test(tc, test_train_usage_errors);
+  tcase_add_test(tc, test_train_wait_world_said);
   suite_add_tcase(s, tc);
   tc = tcase_create("restart");
   tcase_set_timeout(tc, 60);

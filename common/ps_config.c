@@ -456,18 +456,37 @@ static int cfg_check_hostport(cfg_ctx *x, const cfg_slot *s, const char *t, yaml
   return 0;
 }
 
-/* ps_device_ok: see ps_config.h. */
-int ps_device_ok(const char *t) {
-  if (!strcmp(t, "auto") || !strcmp(t, "cpu") || !strcmp(t, "cuda")) return 1;
-  return !strncmp(t, "cuda:", 5) && t[5] && strspn(t + 5, "0123456789") == strlen(t + 5) &&
-         strlen(t + 5) <= 3;
+/* ps_device_parse: see ps_config.h.  Digits are counted, not converted
+ * first, so that no spelling strtol would take ("+1", " 1", "-0", "01")
+ * and no overflow gets through. */
+int ps_device_parse(const char *device, int *ordinal, ps_errbuf *eb) {
+  int ord = 0;
+  if (!device) device = "auto";
+  if (!strcmp(device, "cpu")) ord = -1;
+  else if (strcmp(device, "auto") && strcmp(device, "cuda")) {
+    if (strncmp(device, "cuda:", 5))
+      return ps_errf(eb, PS_EINVAL, "unknown device '%s' (expected %s)", device, PS_DEVICE_RULE);
+    const char *n = device + 5;
+    size_t len = strspn(n, "0123456789");
+    _Static_assert(PS_DEVICE_MAX_ORDINAL == 999, "the digit count below is the range check");
+    if (!len || n[len] || (n[0] == '0' && len > 1) || len > 3)
+      return ps_errf(eb, PS_EINVAL,
+                     "device '%s': expected cuda:N with N a device number from 0 to %d, "
+                     "no leading zeros",
+                     device, PS_DEVICE_MAX_ORDINAL);
+    ord = atoi(n);
+  }
+  if (ordinal) *ordinal = ord;
+  return 0;
 }
 
-/* cfg_check_device accepts auto, cpu, cuda and cuda:N. */
+/* cfg_check_device takes the devices psw takes (ps_device_parse), and
+ * refuses the others with psw's message. */
 static int cfg_check_device(cfg_ctx *x, const cfg_slot *s, const char *t, yaml_mark_t m) {
-  if (ps_device_ok(t)) return 0;
-  return cfg_err(x, m, "unknown value '%s' for '%s' (expected auto, cpu, cuda or cuda:N)", t,
-                 s->name);
+  (void)s;
+  ps_errbuf eb;
+  if (ps_device_parse(t, NULL, &eb) == 0) return 0;
+  return cfg_err(x, m, "%s", eb.msg);
 }
 
 /* cfg_check_name: the cluster name travels in the channel hello. */

@@ -246,8 +246,20 @@ int ps_config_reply_timeout_ms(const ps_config *c);
  * default 0 in a cluster without a shard 0).  Borrowed from C. */
 const ps_shard_conf *ps_config_coordinator(const ps_config *c);
 
-/* ps_device_ok says whether T names a worker device: auto, cpu, cuda or
- * cuda:N (N up to 3 digits), as workers.device and psw --device take. */
-int ps_device_ok(const char *t);
+/* Device names, one rule for every entry point (workers.device, checked
+ * here at load and so by psd -t; psw --device; ps_gpu_open;
+ * ps_bench_gpu --device): "auto", "cpu", "cuda" (= cuda:0) or "cuda:N"
+ * with N in 0..PS_DEVICE_MAX_ORDINAL written in decimal digits without
+ * leading zeros (cuda:0, cuda:7, cuda:999; not cuda:01, cuda:+1 or
+ * cuda:1000), so that each device has one name.  PS_DEVICE_RULE is that
+ * rule in words, for messages and usage texts. */
+#define PS_DEVICE_MAX_ORDINAL 999
+#define PS_DEVICE_RULE "auto, cpu, cuda or cuda:N (N from 0 to 999, no leading zeros)"
+
+/* ps_device_parse checks DEVICE (NULL: "auto") against that rule: 0 with
+ * *ORDINAL the CUDA ordinal it names (0 for auto and cuda, -1 for cpu;
+ * ORDINAL may be NULL), or PS_EINVAL with a message naming DEVICE and the
+ * rule in EB. */
+int ps_device_parse(const char *device, int *ordinal, ps_errbuf *eb);
 
 #endif

@@ -33,29 +33,9 @@ static int cuda_open(int ordinal, ps_gpu_backend **be, ps_errbuf *eb) {
 #endif
 }
 
-/* ps_gpu_device_parse: see ps_gpu.h.  Digits are counted, not converted
- * first, so that no spelling strtol would take ("+1", " 1", "-0", "01")
- * and no overflow gets through. */
+/* ps_gpu_device_parse: see ps_gpu.h. */
 int ps_gpu_device_parse(const char *device, int *ordinal, ps_errbuf *eb) {
-  int ord = 0;
-  if (!device) device = "auto";
-  if (!strcmp(device, "cpu")) ord = -1;
-  else if (strcmp(device, "auto") && strcmp(device, "cuda")) {
-    if (strncmp(device, "cuda:", 5))
-      return ps_errf(eb, PS_EINVAL, "unknown device '%s' (expected %s)", device,
-                     PS_GPU_DEVICE_RULE);
-    const char *n = device + 5;
-    size_t len = strspn(n, "0123456789");
-    _Static_assert(PS_GPU_MAX_ORDINAL == 999, "the digit count below is the range check");
-    if (!len || n[len] || (n[0] == '0' && len > 1) || len > 3)
-      return ps_errf(eb, PS_EINVAL,
-                     "device '%s': expected cuda:N with N a device number from 0 to %d, "
-                     "no leading zeros",
-                     device, PS_GPU_MAX_ORDINAL);
-    ord = atoi(n);
-  }
-  if (ordinal) *ordinal = ord;
-  return 0;
+  return ps_device_parse(device, ordinal, eb);
 }
 
 /* ps_gpu_open: see ps_gpu.h.  "auto" falls back to the CPU when CUDA is

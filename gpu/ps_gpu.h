@@ -30,6 +30,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "ps_config.h"
 #include "ps_error.h"
 
 /* Device tags: host memory, or a CUDA device ordinal (>= 0). */
@@ -190,19 +191,13 @@ struct ps_gpu_backend {
   void *impl;           /* backend's private state */
 };
 
-/* Device names, one rule for every entry point (psw --device,
- * workers.device through ps_gpu_open, ps_bench_gpu --device): "auto",
- * "cpu", "cuda" (= cuda:0) or "cuda:N" with N in 0..PS_GPU_MAX_ORDINAL
- * written in decimal digits without leading zeros (cuda:0, cuda:7,
- * cuda:999; not cuda:01, cuda:+1 or cuda:1000), so that each device has
- * one name.  PS_GPU_DEVICE_RULE is that rule in words, for messages and
- * usage texts. */
-#define PS_GPU_MAX_ORDINAL 999
-#define PS_GPU_DEVICE_RULE "auto, cpu, cuda or cuda:N (N from 0 to 999, no leading zeros)"
+/* Device names: the one rule of ps_config.h (ps_device_parse), which
+ * workers.device is checked against when the cluster file loads (psd -t
+ * too) and ps_gpu_open applies. */
+#define PS_GPU_MAX_ORDINAL PS_DEVICE_MAX_ORDINAL
+#define PS_GPU_DEVICE_RULE PS_DEVICE_RULE
 
-/* ps_gpu_device_parse checks DEVICE against that rule: 0 with *ORDINAL
- * the CUDA ordinal it names (0 for auto and cuda, -1 for cpu; ORDINAL may
- * be NULL), or PS_EINVAL with a message naming DEVICE and the rule in EB. */
+/* ps_gpu_device_parse is ps_device_parse. */
 int ps_gpu_device_parse(const char *device, int *ordinal, ps_errbuf *eb);
 
 /* ps_gpu_open opens the backend named by DEVICE (NULL: "auto"): "auto"

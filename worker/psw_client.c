@@ -96,6 +96,12 @@ struct psw_client {
   volatile sig_atomic_t *stop;
   int64_t stop_seen_ms;      /* when a wait first saw the stop (psw_chan_await); 0: not yet */
   Ps__GetModelReply *reply; /* owns the spec */
+  size_t spec_from;         /* the shard that answered it */
+  uint8_t *held;            /* per shard: seen holding the model (a spec or a pull
+                               answered; invariant 10) */
+  uint8_t *spec_seen;       /* the last spec a check found, packed (NULL: the open's) */
+  size_t spec_seen_len;
+  uint64_t spec_changes;    /* psw_client_spec_changes */
   ps_layout layout;
   int have_layout;
   float *params[PSW_CLIENT_MAX_BUFS];
@@ -170,21 +176,33 @@ static int psw_try_get_model(psw_client *c, size_t i, ps_errbuf *eb) {
 }
 
 /* psw_fetch_spec tries every shard in turn, backing off between rounds,
- * for at most workers.retry_ms.  PS_ENOENT (and other answers) end it at
- * once: the cluster's shards hold the same models. */
+ * for at most workers.retry_ms, and takes the first spec answered
+ * (c->spec_from: that shard).  A shard without the model does not end
+ * the round: a model can be on some shards only (submit refused it on
+ * the others, limits.max_shard_bytes), which psw_check_shards then names.
+ * A round in which shards answered, none with the model, ends it with
+ * PS_ENOENT; another answer ends it at once. */
 static int psw_fetch_spec(psw_client *c, ps_errbuf *eb) {
   int64_t start = ps_now_ms();
   uint32_t delay = PS_BACKOFF_FIRST_MS;
   for (;;) {
-    int err = 0;
+    int err = 0, missing = -1;
+    ps_errbuf meb = {""};
     for (size_t i = 0; i < c->cfg->nshards; i++) {
       err = psw_try_get_model(c, i, eb);
-      if (err == 0) return 0;
-      if (err == PS_ENOENT)
-        return ps_errf(eb, err, "model '%s' is not on the cluster (shard %u: %s)", c->model,
-                       c->cfg->shards[i].id, eb->msg);
-      if (!psw_retryable(err)) return err;
+      if (err == 0) {
+        c->spec_from = i;
+        return 0;
+      }
+      if (err == PS_ENOENT && missing < 0) {
+        missing = (int)i;
+        meb = *eb;
+      }
+      if (err != PS_ENOENT && !psw_retryable(err)) return err;
     }
+    if (missing >= 0)
+      return ps_errf(eb, PS_ENOENT, "model '%s' is not on the cluster (shard %u: %s)", c->model,
+                     c->cfg->shards[missing].id, meb.msg);
     uint32_t nap = ps_backoff_nap(start, delay, c->cfg->workers.retry_ms);
     if (!nap)
       return ps_errf(eb, err, "no shard answered GetModel '%s' within %u ms: %s", c->model,
@@ -192,15 +210,6 @@ static int psw_fetch_spec(psw_client *c, ps_errbuf *eb) {
     if ((err = ps_sleep_ms(nap, c->stop)) < 0) return ps_errf(eb, err, "stopped");
     delay = ps_backoff_next(delay);
   }
-}
-
-/* psw_client_check_model: see psw_client.h. */
-int psw_client_check_model(const ps_config *cfg, const char *model, volatile sig_atomic_t *stop,
-                           ps_errbuf *eb) {
-  psw_client c = {.cfg = cfg, .model = (char *)model, .stop = stop};
-  int err = psw_fetch_spec(&c, eb);
-  if (c.reply) protobuf_c_message_free_unpacked(&c.reply->base, NULL);
-  return err;
 }
 
 /* psw_export_shard reads shard S's chunks with Export into parameter
@@ -796,6 +805,7 @@ static int psw_recv(psw_client *c, psw_shard *s, int gbuf, int pbuf, uint64_t pu
     if (err == 0 && !is_push) {
       if (s->pull_codec != PS_CODEC_FP32) psw_decode_pull(c, s, pbuf);
       s->version[pbuf] = version;
+      if (c->held) c->held[s->index] = 1;
       *parked_ms = ps_chan_last_parked_ms(s->ch);
     }
     if (err < 0 && !first) {
@@ -873,6 +883,36 @@ static int psw_same_worker_side(const psw_client *c, const Ps__ModelSpec *spec) 
   return 1;
 }
 
+/* psw_spec_pack packs SPEC into a new buffer *OUT (*LEN bytes); 0 or
+ * PS_ENOMEM. */
+static int psw_spec_pack(const Ps__ModelSpec *spec, uint8_t **out, size_t *len, ps_errbuf *eb) {
+  *len = protobuf_c_message_get_packed_size(&spec->base);
+  if (!(*out = malloc(*len ? *len : 1))) return ps_errf(eb, PS_ENOMEM, "out of memory");
+  protobuf_c_message_pack(&spec->base, *out);
+  return 0;
+}
+
+/* psw_spec_note counts SPEC, which the worker may go on with, as a
+ * replace (c->spec_changes) when it differs from the last one seen (the
+ * open's at first): a submit with other settings that only the shards
+ * apply, which restarts the job (psw_client_spec_changes). */
+static int psw_spec_note(psw_client *c, const Ps__ModelSpec *spec, ps_errbuf *eb) {
+  if (!c->spec_seen && psw_spec_pack(c->reply->model, &c->spec_seen, &c->spec_seen_len, eb) < 0)
+    return PS_ENOMEM;
+  uint8_t *now;
+  size_t len;
+  if (psw_spec_pack(spec, &now, &len, eb) < 0) return PS_ENOMEM;
+  if (len == c->spec_seen_len && !memcmp(now, c->spec_seen, len)) {
+    free(now);
+    return 0;
+  }
+  free(c->spec_seen);
+  c->spec_seen = now;
+  c->spec_seen_len = len;
+  c->spec_changes++;
+  return 0;
+}
+
 /* psw_spec_check asks shard S for the model's spec again and compares it
  * with the client's: 0 when the worker may go on (the same layout and
  * worker side: psw_same_worker_side), else PS_EINVAL saying that the
@@ -888,9 +928,16 @@ static int psw_spec_check(psw_client *c, psw_shard *s, const ps_errbuf *why, ps_
   if (why) snprintf(tail, sizeof tail, " (shard %u: %s)", s->conf->id, why->msg);
   int gerr = psw_call_once(c, s->conf->grpc_addr, "/ps.Ps/GetModel", &req.base,
                            &ps__get_model_reply__descriptor, &resp, PSW_GETMODEL_TIMEOUT_MS, &geb);
-  if (gerr == PS_ENOENT)
+  /* "no longer" only where this worker saw it: a shard that did not
+   * answer when the client opened may never have had it */
+  if (gerr == PS_ENOENT && c->held && c->held[s->index])
     return ps_errf(eb, PS_EINVAL, "model '%s' is no longer on the cluster%s", c->model, tail);
+  if (gerr == PS_ENOENT)
+    return ps_errf(eb, PS_EINVAL, "model '%s' is not on shard %u, which holds part of it, and "
+                   "this worker never saw it there%s: submit it again (psctl submit; --replace "
+                   "with other settings) once every shard takes it", c->model, s->conf->id, tail);
   if (gerr < 0) return 0; /* cannot tell: a refusal of the data path will */
+  if (c->held) c->held[s->index] = 1;
   const Ps__ModelSpec *spec = ((const Ps__GetModelReply *)resp)->model;
   int err = 0;
   if (spec && !psw_same_layout(c, spec))
@@ -899,6 +946,7 @@ static int psw_spec_check(psw_client *c, psw_shard *s, const ps_errbuf *why, ps_
   else if (spec && !psw_same_worker_side(c, spec))
     err = ps_errf(eb, PS_EINVAL, "model '%s' was replaced with another graph, clip norm, "
                   "codec or consistency%s; start the workers again", c->model, tail);
+  if (err == 0 && spec) err = psw_spec_note(c, spec, eb);
   protobuf_c_message_free_unpacked(resp, NULL);
   return err;
 }
@@ -917,6 +965,9 @@ static int psw_refused(psw_client *c, psw_shard *s, int err, const ps_errbuf *wh
   if (psw_spec_check(c, s, why, eb) < 0) return PS_EINVAL;
   return ps_errf(eb, PS_EINVAL, "shard %u: %s", s->conf->id, why->msg);
 }
+
+/* psw_client_spec_changes: see psw_client.h. */
+uint64_t psw_client_spec_changes(const psw_client *c) { return c->spec_changes; }
 
 /* psw_client_spec_check: see psw_client.h. */
 int psw_client_spec_check(psw_client *c, ps_errbuf *eb) {
@@ -1325,6 +1376,77 @@ static int psw_build_layout(psw_client *c, ps_errbuf *eb) {
   return err;
 }
 
+/* psw_shard_list writes the ids of the shards in cfg order whose LACK
+ * entry is WANT as "0, 2" into BUF (CAP bytes, cut short with "...");
+ * returns BUF. */
+static const char *psw_shard_list(const psw_client *c, const uint8_t *lack, int want, char *buf,
+                                  size_t cap) {
+  size_t len = 0;
+  buf[0] = 0;
+  for (size_t k = 0; k < c->cfg->nshards && len < cap; k++)
+    if (lack[k] == want)
+      len += (size_t)snprintf(buf + len, cap - len, "%s%u", len ? ", " : "", c->cfg->shards[k].id);
+  if (len >= cap && cap > 4) memcpy(buf + cap - 4, "...", 4);
+  return buf;
+}
+
+/* psw_check_shards asks every shard that holds chunks of the model
+ * (its layout) but for c->spec_from, which answered the spec, whether it
+ * has the model (invariant 10): submit puts a model on every shard, but
+ * a shard may refuse it (limits.max_shard_bytes) and leave it on some
+ * only, where a pull would first fail after the wait for the other
+ * workers.  PS_ENOENT names the shards that lack it; a shard that does
+ * not answer cannot tell (the data path retries it).  c->held notes the
+ * shards seen holding it. */
+static int psw_check_shards(psw_client *c, ps_errbuf *eb) {
+  size_t n = c->cfg->nshards;
+  uint8_t *lack = calloc(n + 1, 1);
+  if (!(c->held = calloc(n + 1, 1)) || !lack) {
+    free(lack);
+    return ps_errf(eb, PS_ENOMEM, "out of memory");
+  }
+  Ps__GetModelReply *spec = c->reply;
+  c->held[c->spec_from] = 1;
+  int nlack = 0;
+  for (size_t k = 0; k < n; k++) {
+    uint32_t *ids = NULL;
+    uint64_t nelems = 0;
+    long nids = ps_layout_shard_chunks(&c->layout, (uint32_t)k, &ids, &nelems);
+    free(ids);
+    if (k == c->spec_from || nids <= 0) continue;
+    ps_errbuf geb;
+    c->reply = NULL;
+    int err = psw_try_get_model(c, k, &geb);
+    if (c->reply) protobuf_c_message_free_unpacked(&c->reply->base, NULL);
+    c->held[k] = err == 0;
+    lack[k] = err == PS_ENOENT;
+    nlack += lack[k];
+  }
+  c->reply = spec;
+  char on[128], off[128];
+  if (nlack) {
+    for (size_t k = 0; k < n; k++) lack[k] = lack[k] ? 2 : c->held[k];
+    ps_errf(eb, PS_ENOENT, "model '%s' is on shards [%s] but not on shards [%s], which hold part "
+            "of it (psctl submit was refused there: limits.max_shard_bytes, say): submit it "
+            "again (psctl submit; --replace with other settings) once every shard takes it", c->model,
+            psw_shard_list(c, lack, 1, on, sizeof on), psw_shard_list(c, lack, 2, off, sizeof off));
+  }
+  free(lack);
+  return nlack ? PS_ENOENT : 0;
+}
+
+/* psw_client_check_model: see psw_client.h. */
+int psw_client_check_model(const ps_config *cfg, const char *model, volatile sig_atomic_t *stop,
+                           ps_errbuf *eb) {
+  psw_client c = {.cfg = cfg, .model = (char *)model, .stop = stop};
+  int err = psw_fetch_spec(&c, eb);
+  if (err == 0 && (err = psw_build_layout(&c, eb)) == 0) err = psw_check_shards(&c, eb);
+  if (c.have_layout) ps_layout_release(&c.layout);
+  if (c.reply) protobuf_c_message_free_unpacked(&c.reply->base, NULL);
+  free(c.held);
+  return err;
+}
+
 /* psw_client_open: see psw_client.h. */
 int psw_client_open(psw_client **out, const psw_client_conf *conf, ps_errbuf *eb) {
   *out = NULL;
@@ -1351,6 +1473,7 @@ int psw_client_open(psw_client **out, const psw_client_conf *conf, ps_errbuf *eb
   }
   if ((err = psw_fetch_spec(c, eb)) < 0) goto close_client;
   if ((err = psw_build_layout(c, eb)) < 0) goto close_client;
+  if ((err = psw_check_shards(c, eb)) < 0) goto close_client;
   if ((err = psw_alloc_vectors(c, eb)) < 0) goto close_client;
   if ((err = psw_open_shards(c, eb)) < 0) goto close_client;
   if (pthread_create(&c->job.thread, NULL, psw_job_main, c) != 0) {
@@ -1400,6 +1523,8 @@ void psw_client_close(psw_client *c) {
   }
   if (c->zc) munmap(c->zc, 2 * c->zc_area); /* after the connections: none maps onto it */
   if (c->have_layout) ps_layout_release(&c->layout);
+  free(c->held);
+  free(c->spec_seen);
   if (c->reply) protobuf_c_message_free_unpacked(&c->reply->base, NULL);
   free(c->model);
   free(c);

@@ -1,7 +1,8 @@
 /* psw_client: a worker's view of the cluster for one model.
  *
  * The client fetches the model's spec with GetModel from any reachable
- * shard, builds the chunk layout over the config's shard ids, allocates
+ * shard, builds the chunk layout over the config's shard ids, checks that
+ * every shard holding chunks of it has the model (invariant 10), allocates
  * NBUFS flat parameter vectors and NBUFS flat gradient vectors with the
  * backend's host_alloc (the layout of ps_layout's model offsets, which is
  * also psw_graph's flat vector), and opens one tensor-channel connection
@@ -94,14 +95,19 @@
  *     are copied through (one copy on this side instead of the socket's
  *     two).  The byte counters count these payloads as before;
  *     psw_client_shm_bytes says how many went through shared memory.
- * 10. The layout is fetched once, at open.  A shard that refuses a push
+ * 10. The layout is fetched once, at open, and every other shard that
+ *     holds chunks of it is asked for the model then: a model on some
+ *     shards only (submit refused on the others: limits.max_shard_bytes)
+ *     fails the open with PS_ENOENT naming the shards that lack it (a
+ *     shard that does not answer cannot tell).  A shard that refuses a push
  *     or pull as naming chunks it does not have, or of another size
  *     (PS_ENOENT, PS_EINVAL), is asked for the model's spec again: when
  *     the model was replaced with another layout (psctl submit --replace)
  *     or removed, the call fails with PS_EINVAL saying so (the worker
- *     must start again: nothing it could push or pull fits any more); a
- *     replace with the same layout is no such refusal.  Such a refusal is
- *     never PS_ENOENT to the caller.
+ *     must start again: nothing it could push or pull fits any more;
+ *     "no longer on the cluster" only from a shard seen holding it, by a
+ *     spec or a pull it answered); a replace with the same layout is no
+ *     such refusal.  Such a refusal is never PS_ENOENT to the caller.
  * 11. A stop (conf->stop set) ends a round's wait for a pull, which a
  *     shard may hold parked up to pull_timeout_ms, within
  *     PSW_STOP_POLL_MS: the call fails with PS_ESHUTDOWN once every push
@@ -199,9 +205,10 @@ int psw_client_open(psw_client **out, const psw_client_conf *conf, ps_errbuf *eb
 
 /* psw_client_check_model asks the shards for MODEL's spec as
  * psw_client_open does first (retrying unreachable ones within
- * workers.retry_ms, STOP ends the wait), so that a worker learns that the
- * model is missing before it registers: 0, PS_ENOENT, or another error as
- * psw_client_open. */
+ * workers.retry_ms, STOP ends the wait), and every shard that holds
+ * chunks of it for the model (invariant 10), so that a worker learns that
+ * the model is missing, everywhere or on some shards, before it
+ * registers: 0, PS_ENOENT, or another error as psw_client_open. */
 int psw_client_check_model(const ps_config *cfg, const char *model, volatile sig_atomic_t *stop,
                            ps_errbuf *eb);
 
@@ -217,6 +224,13 @@ void psw_client_close(psw_client *c);
  * is gone or was replaced and the workers must start again (0 when no
  * shard answers: it cannot tell).  Not while a job runs. */
 int psw_client_spec_check(psw_client *c, ps_errbuf *eb);
+
+/* psw_client_spec_changes counts the specs that a check (above, or a
+ * refusal's: invariant 10) found other than the one before (the open's
+ * at first) and let the worker go on with: each is a submit --replace
+ * with settings only the shards apply, which restarts the job from its
+ * first epoch (psd_clock_job_reset). */
+uint64_t psw_client_spec_changes(const psw_client *c);
 
 /* The fetched spec and its layout (borrowed for the client's life). */
 const Ps__ModelSpec *psw_client_spec(const psw_client *c);

@@ -237,11 +237,16 @@ static int coord_live_count(psw_coord *c, uint32_t epochs, ps_errbuf *eb) {
 int psw_coord_wait_world(psw_coord *c, uint32_t world, uint32_t epochs, uint32_t timeout_ms,
                          ps_errbuf *eb) {
   int64_t end = ps_now_ms() + timeout_ms;
-  int seen = 0;
+  int seen = 0, said = 0;
   for (;;) {
     int n = coord_live_count(c, epochs, eb);
     if (n >= (int)world) return 0;
     if (n > seen) seen = n;
+    /* said once: the wait may last timeout_ms, silent otherwise */
+    if (n >= 0 && !said++)
+      ps_info("worker %u: waiting for %u of %u workers (workers.min of workers.count) to "
+              "register, up to %u ms (workers.retry_ms): %d so far", c->worker, world,
+              c->cfg->workers.count, timeout_ms, n);
     if (ps_now_ms() >= end)
       return ps_errf(eb, PS_ETIMEDOUT, "%d of %u workers registered after %u ms", seen, world,
                      timeout_ms);

@@ -98,7 +98,8 @@ int psw_coord_register(psw_coord *c, psw_coord_reg *reg, ps_errbuf *eb);
  * wait) or has finished its EPOCHS (the worker's own count: its claim
  * finds nothing to do, whether the job ended before it came or while it
  * waited), polling, for at most TIMEOUT_MS.  Returns 0, PS_ETIMEDOUT
- * (the count seen is in EB's message) or PS_ESHUTDOWN. */
+ * (the count seen is in EB's message) or PS_ESHUTDOWN.  A wait is said
+ * once, on the log, when it begins. */
 int psw_coord_wait_world(psw_coord *c, uint32_t world, uint32_t epochs, uint32_t timeout_ms,
                          ps_errbuf *eb);
 

@@ -87,7 +87,8 @@ static const char psw_usage[] =
     "Short forms: -c (--config), -m (--model), -r (--rank), -w (--workers), -d (--device),\n"
     "-e (--epochs), -b (--batch), -M (--metrics-csv), -O (--overlap), -N (--no-overlap),\n"
     "-T (--blas-threads), -S (--slowdown), -A (--aggregator), -E (--evaluate), -q (--quiet),\n"
-    "-h (--help).\n"
+    "-h (--help); --version and --blas-kernel have none (--version has none in psd and\n"
+    "psctl either).\n"
     "Exit status: 0 done, 1 a runtime failure (a shard or the coordinator unreachable\n"
     "past workers.retry_ms, a refusal), 2 bad usage, configuration, data or graph,\n"
     "128+N stopped by signal N after the current step (SIGHUP 129, SIGINT 130, SIGTERM 143;\n"
@@ -119,7 +120,8 @@ static int psw_factor(const char *s, double *out) {
 }
 
 /* psw_parse parses argv into *A; 0, or the exit code (-1: done, exit 0:
- * --help, --blas-kernel). */
+ * --help, --blas-kernel).  A usage error is said in one line, then a
+ * pointer to --help (as psctl's commands do), not the whole help text. */
 static int psw_parse(int argc, char **argv, psw_args *a) {
   static const struct option opts[] = {
       {"config", 1, 0, 'c'},  {"model", 1, 0, 'm'},       {"rank", 1, 0, 'r'},
@@ -131,6 +133,10 @@ static int psw_parse(int argc, char **argv, psw_args *a) {
       {0, 0, 0, 0}};
   *a = (psw_args){.rank = -1, .workers = -1, .epochs = -1, .batch = -1, .blas_threads = -1, .overlap = -1};
   int ch, bad = 0;
+  /* getopt's messages name argv[0]: "psw", as psd's and psctl's say
+   * theirs, not the path psw was started by */
+  char *prog = argv[0];
+  argv[0] = "psw";
   while ((ch = getopt_long(argc, argv, "c:m:r:w:d:e:b:M:NOT:qhS:EA:", opts, NULL)) != -1) {
     switch (ch) {
       case 'c': a->config = optarg; break;
@@ -154,6 +160,7 @@ static int psw_parse(int argc, char **argv, psw_args *a) {
       default: bad = 1;
     }
   }
+  argv[0] = prog;
   /* after the whole line: a bad option before --help is still a usage error */
   if (!bad && (a->help || a->version)) {
     if (a->help) fputs(psw_usage, stdout);
@@ -181,7 +188,7 @@ static int psw_parse(int argc, char **argv, psw_args *a) {
     fprintf(stderr, "psw: %s\n", why);
     bad = 1;
   }
-  if (bad) fputs(psw_usage, stderr);
+  if (bad) fputs("see 'psw --help'\n", stderr);
   return bad ? 2 : 0;
 }
 

@@ -72,6 +72,7 @@ typedef struct psw_run {
   uint64_t clock0;      /* where it started: the slowest live clock when
                            it registered (0 in a fresh run) */
   uint64_t rejoins;     /* psw_coord_rejoins as of the last claim */
+  uint64_t spec_changes; /* psw_client_spec_changes as of the last restart */
   double train_s;       /* seconds spent training (evaluation excluded) */
   int64_t t0_ms;
   psw_progress prog;
@@ -1034,9 +1035,40 @@ static int run_epoch_done(psw_run *x, uint32_t epoch, psw_epoch_acc *acc, double
   return evaluate && acc->samples ? run_finish_epoch(x, epoch, acc, eb) : 0;
 }
 
+/* run_restarted says whether the job restarted since the last call: the
+ * model was submitted again with settings only the shards apply
+ * (psw_client_spec_changes), which a check of the spec finds after a
+ * refusal (run_train, run_claim) or, asked here, after a claim of an
+ * epoch below the worker's EPOCH (else a dead worker's late partition). */
+static int run_restarted(psw_run *x, const psw_coord_part *pos, uint32_t epoch, ps_errbuf *eb) {
+  if (x->o->register_worker && pos->epoch < epoch &&
+      psw_client_spec_changes(x->cl) == x->spec_changes) {
+    int err = psw_client_spec_check(x->cl, eb);
+    if (err < 0) return err;
+  }
+  uint64_t n = psw_client_spec_changes(x->cl);
+  int restarted = n != x->spec_changes;
+  x->spec_changes = n;
+  return restarted;
+}
+
+/* run_restart ends local epoch EPOCH (ACC, begun at T0) at a job's
+ * restart, unevaluated and without a metrics row: its steps trained the
+ * old job's epoch.  The new job counts from its first epoch, to the
+ * worker's own --epochs (its claims raise them again). */
+static void run_restart(psw_run *x, uint32_t epoch, psw_epoch_acc *acc, double t0) {
+  run_epoch_done(x, epoch, acc, t0, 0, NULL);
+  ps_info("worker %u: model '%s' was submitted again (psctl submit --replace): the job "
+          "restarted from epoch 1 (this worker's epoch %u ends here unevaluated, at step %llu)",
+          x->rank, x->o->model, epoch + 1, (unsigned long long)(x->clock - x->clock0));
+  x->epochs = x->o->epochs;
+  x->r->epochs = 0;
+}
+
 /* run_train pulls the starting point and trains claimed partitions until
  * none is left: a local epoch ends when a claim brings a later epoch (or
- * the last), and is evaluated then. */
+ * the last), and is evaluated then; or when the job restarted (a replace),
+ * and the epochs count from the first again. */
 static int run_train(psw_run *x, ps_errbuf *eb) {
   int err = run_wait_world(x, eb);
   if (err < 0) return err;
@@ -1057,8 +1089,11 @@ static int run_train(psw_run *x, ps_errbuf *eb) {
     finp = NULL;
     if (got < 0) return err = got;
     if (got == 0) break;
-    if (pos.epoch > epoch && (acc.samples || step)) {
-      if ((err = run_epoch_done(x, epoch, &acc, t0, 1, eb)) < 0) return err;
+    int restarted = run_restarted(x, &pos, epoch, eb);
+    if (restarted < 0) return err = restarted;
+    if (restarted || (pos.epoch > epoch && (acc.samples || step))) {
+      if (restarted) run_restart(x, epoch, &acc, t0);
+      else if ((err = run_epoch_done(x, epoch, &acc, t0, 1, eb)) < 0) return err;
       /* nothing in flight: a worker that failed over from its aggregator
        * goes back to it if it answers again (psw_client invariant 7) */
       psw_client_agg_return(x->cl);
@@ -1066,6 +1101,7 @@ static int run_train(psw_run *x, ps_errbuf *eb) {
       step = 0;
       t0 = run_now_ms();
       x->nparts = 0;
+      if (restarted) epoch = pos.epoch;
     }
     /* a stop during the claim or the epoch's evaluation: no step more (the
      * partition, claimed at its offset, goes back as it is when the worker

@@ -525,8 +525,17 @@ static const struct bad_case {
     {"cluster: a\ntraining:\n  topk: 0\n" SHARD0, PS_ECONFIG, "3:9: 'topk' is 0, outside 1e-06..1"},
     {"cluster: a\ntraining:\n  codec_min_elems: 0\n" SHARD0, PS_ECONFIG,
      "3:20: 'codec_min_elems' is 0, outside 1..4294967295"},
+    /* the device rule is psw's (ps_device_parse), message and all: psd
+     * -t took cuda:01 and cuda:007, which psw then refused */
     {"cluster: a\nworkers:\n  device: gpu\n" SHARD0, PS_ECONFIG,
-     "3:11: unknown value 'gpu' for 'device' (expected auto, cpu, cuda or cuda:N)"},
+     "3:11: unknown device 'gpu' (expected auto, cpu, cuda or cuda:N (N from 0 to 999, no "
+     "leading zeros))"},
+    {"cluster: a\nworkers:\n  device: cuda:01\n" SHARD0, PS_ECONFIG,
+     "3:11: device 'cuda:01': expected cuda:N with N a device number from 0 to 999, no "
+     "leading zeros"},
+    {"cluster: a\nworkers:\n  device: \"cuda:007\"\n" SHARD0, PS_ECONFIG,
+     "3:11: device 'cuda:007': expected cuda:N with N a device number from 0 to 999, no "
+     "leading zeros"},
     {"cluster: a\nworkers:\n  slowdown: [1, 0.5]\n" SHARD0, PS_ECONFIG,
      "3:17: 'slowdown' is 0.5, outside 1..1000"},
     {"cluster: a\nworkers:\n  slowdown: 2\n" SHARD0, PS_ECONFIG,

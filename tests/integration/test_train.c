@@ -447,6 +447,207 @@ START_TEST(test_train_blas_kernel) {
 }
 END_TEST
 
+/* A model on some shards only: three shards whose budget
+ * (limits.max_shard_bytes, 70000 bytes: shard 0's part of a 784-64-10
+ * MLP under sgd takes 64828, the others' over 73000) leaves it on shard 0
+ * only, the others refuse psctl submit (exit 1).  psw, with
+ * the coordinator (shard 0) holding the model, must end with exit 2 and
+ * name the shards that lack it before it registers (the second worker it
+ * would wait workers.retry_ms for never comes), and a fixed --rank as
+ * well, before its first pull. */
+START_TEST(test_train_model_on_some_shards) {
+  if (access(TT_DATA "/train-images-idx3-ubyte.gz", R_OK) != 0)
+    PS_SKIP("dataset-fashion-mnist is not installed (%s)", TT_DATA);
+  char dir[512], pb[600], log[600];
+  int gp[3], cp[3];
+  pid_t shard[3];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  static const char extra[] =
+      "limits:\n  max_shard_bytes: 70000\n"
+      "workers:\n  count: 2\n  device: cpu\n  retry_ms: 5000\n"
+      "training:\n  model: fm\n  epochs: 1\n  batch_size: 64\n"
+      "data:\n  format: idx\n"
+      "  train_images: " TT_DATA "/train-images-idx3-ubyte.gz\n"
+      "  train_labels: " TT_DATA "/train-labels-idx1-ubyte.gz\n"
+      "  scale: 1/255\n  partitions: 4\n  limit: 1000\n";
+  const char *yaml = ps_test_cluster_yaml(dir, 3, extra, gp, cp);
+  ps_test_start_shards(yaml, dir, 3, gp, cp, shard);
+  snprintf(pb, sizeof pb, "%s/fm.pb", dir);
+  snprintf(log, sizeof log, "%s/psctl.log", dir);
+  char *model[] = {(char *)ps_test_bin("psctl"), "model", "mlp", "--layers", "784,64,10", "-o",
+                   pb, NULL};
+  ck_assert_msg(ps_test_run(model, log, 20000) == 0, "psctl model failed; see %s", log);
+  char *submit[] = {(char *)ps_test_bin("psctl"), "submit", pb, "--name", "fm", "--config",
+                    (char *)yaml, NULL};
+  ck_assert_int_eq(ps_test_run(submit, log, 30000), 1);
+  char *text = ps_test_read_file(log, NULL);
+  const char *off = strstr(text, "and not on shards [");
+  ck_assert_msg(off && strstr(text, "is on shards [0"), "psctl: %s", text);
+  char want[64];
+  snprintf(want, sizeof want, "not on shards [%.*s]", (int)strcspn(off + 19, "]"), off + 19);
+  free(text);
+  for (int fixed = 0; fixed < 2; fixed++) {
+    snprintf(log, sizeof log, "%s/psw%d.log", dir, fixed);
+    char *reg[] = {(char *)ps_test_bin("psw"), "-c", (char *)yaml, "-e", "1", NULL};
+    char *rank[] = {(char *)ps_test_bin("psw"), "-c", (char *)yaml, "-r", "0", "-w", "1", NULL};
+    int64_t t0 = ps_test_now_ms();
+    int rc = ps_test_run(fixed ? rank : reg, log, 20000);
+    text = ps_test_read_file(log, NULL);
+    ck_assert_msg(rc == 2, "%s: exit %d, not 2: %s", fixed ? "--rank" : "registering", rc, text);
+    ck_assert_msg(strstr(text, "model 'fm' is on shards [0") && strstr(text, want) &&
+                      strstr(text, "submit it again (psctl submit; --replace") && !strstr(text, "no longer") &&
+                      !strstr(text, "registered as"),
+                  "%s: %s", want, text);
+    /* it asked, it did not wait for the second worker */
+    ck_assert_msg(ps_test_now_ms() - t0 < 4000, "took %lld ms",
+                  (long long)(ps_test_now_ms() - t0));
+    free(text);
+  }
+  for (int s = 0; s < 3; s++) ps_test_stop(shard[s], SIGTERM, 10000);
+}
+END_TEST
+
+/* tt_csv_epochs reads the epoch column of the metrics file PATH into
+ * EP (at most CAP rows, header skipped); returns the row count. */
+static int tt_csv_epochs(const char *path, int *ep, int cap) {
+  if (access(path, R_OK) != 0) return 0;
+  char *rows = ps_test_read_file(path, NULL);
+  int n = 0;
+  for (const char *p = strchr(rows, '\n'); p && p[1] && n < cap; p = strchr(p + 1, '\n'))
+    ep[n++] = atoi(p + 1);
+  free(rows);
+  return n;
+}
+
+/* A replace that keeps the workers (another learning rate) restarts the
+ * job from its first epoch: the worker says so at once and its log lines
+ * and metrics rows count the epochs from 1 again.  They went on at the
+ * old job's epoch, silent (no row) until the new job passed it, then
+ * wrote that epoch twice. */
+START_TEST(test_train_replace_restarts_epochs) {
+  if (access(TT_DATA "/train-images-idx3-ubyte.gz", R_OK) != 0)
+    PS_SKIP("dataset-fashion-mnist is not installed (%s)", TT_DATA);
+  char dir[512], log[600], csv[600], slog[600];
+  int gp[1], cp[1];
+  pid_t shard[1];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  static const char extra[] =
+      "workers:\n  count: 1\n  device: cpu\n  retry_ms: 5000\n"
+      "training:\n  model: m\n  epochs: 1\n  batch_size: 64\n"
+      "data:\n  format: idx\n"
+      "  train_images: " TT_DATA "/train-images-idx3-ubyte.gz\n"
+      "  train_labels: " TT_DATA "/train-labels-idx1-ubyte.gz\n"
+      "  scale: 1/255\n  partitions: 2\n  limit: 2000\n";
+  const char *yaml = ps_test_cluster_yaml(dir, 1, extra, gp, cp);
+  ps_test_start_shards(yaml, dir, 1, gp, cp, shard);
+  ps_test_submit_mlp(dir, yaml, "logreg", "0.001", "asp", NULL);
+  snprintf(log, sizeof log, "%s/psw.log", dir);
+  snprintf(csv, sizeof csv, "%s/m.csv", dir);
+  snprintf(slog, sizeof slog, "%s/replace.log", dir);
+  char *argv[] = {(char *)ps_test_bin("psw"), "-c", (char *)yaml, "-e", "100000", "-M", csv, NULL};
+  pid_t w = ps_test_spawn(argv, log, NULL);
+  int ep[4096], n = 0;
+  int64_t t0 = ps_test_now_ms();
+  while ((n = tt_csv_epochs(csv, ep, 4096)) < 3 && ps_test_now_ms() - t0 < 20000) usleep(20000);
+  ck_assert_msg(n >= 3, "fewer than 3 epochs in 20 s; see %s", log);
+  char pb[600];
+  snprintf(pb, sizeof pb, "%s/m.pb", dir);
+  char *submit[] = {(char *)ps_test_bin("psctl"), "submit", pb, "--name", "m", "--config",
+                    (char *)yaml, "--optimizer", "adam", "--lr", "0.002", "--consistency", "asp",
+                    "--replace", NULL};
+  ck_assert_msg(ps_test_run(submit, slog, 30000) == 0, "psctl submit failed; see %s", slog);
+  /* past the replace: a row of epoch 1 after a later one, then 2 */
+  int back = -1;
+  t0 = ps_test_now_ms();
+  do {
+    usleep(20000);
+    n = tt_csv_epochs(csv, ep, 4096);
+    for (int i = 1; back < 0 && i < n; i++)
+      if (ep[i] <= ep[i - 1]) back = i;
+  } while ((back < 0 || n < back + 2) && ps_test_now_ms() - t0 < 10000);
+  ps_test_stop(w, SIGTERM, 10000);
+  ps_test_stop(shard[0], SIGTERM, 10000);
+  char *text = ps_test_read_file(log, NULL);
+  ck_assert_msg(back > 0 && n >= back + 2, "no epoch 1 again within 10 s of the replace (%d "
+                "rows, the last epoch %d); see %s", n, n ? ep[n - 1] : 0, log);
+  /* every row counts on by one, but the restart's, which is epoch 1 */
+  for (int i = 1; i < n; i++)
+    ck_assert_msg(ep[i] == (i == back ? 1 : ep[i - 1] + 1), "row %d: epoch %d after %d; see %s",
+                  i + 1, ep[i], ep[i - 1], csv);
+  ck_assert_msg(strstr(text, "the job restarted from epoch 1"), "see %s", log);
+  free(text);
+}
+END_TEST
+
+/* psw's usage errors as psctl's commands say theirs: the program's name
+ * (not the path it was started by), the error, and a pointer to --help
+ * instead of the whole help text; --version has no short form, as in
+ * psd and psctl, and --help says so. */
+START_TEST(test_train_usage_errors) {
+  char log[600];
+  snprintf(log, sizeof log, "%s/usage.log", ps_test_tmpdir());
+  static const struct {
+    const char *arg, *want;
+  } cases[] = {
+      {"-V", "psw: invalid option -- 'V'\nsee 'psw --help'\n"},
+      {"--bogus", "psw: unrecognized option '--bogus'\nsee 'psw --help'\n"},
+      {"-q", "psw: --config is required\nsee 'psw --help'\n"},
+      {"--device=gpu", "psw: --device takes auto, cpu, cuda or cuda:N (N from 0 to 999, no "
+                       "leading zeros), not 'gpu'\nsee 'psw --help'\n"},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    unlink(log);
+    char *argv[] = {(char *)ps_test_bin("psw"), (char *)cases[i].arg, NULL};
+    ck_assert_int_eq(ps_test_run(argv, log, 10000), 2);
+    char *text = ps_test_read_file(log, NULL);
+    ck_assert_msg(!strcmp(text, cases[i].want), "psw %s said:\n%s", cases[i].arg, text);
+    free(text);
+  }
+  unlink(log);
+  char *help[] = {(char *)ps_test_bin("psw"), "--help", NULL};
+  ck_assert_int_eq(ps_test_run(help, log, 10000), 0);
+  char *text = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(text, "--version and --blas-kernel have none") && !strstr(text, "-V "),
+                "%s", text);
+  free(text);
+}
+END_TEST
+
+/* A worker waiting for workers.min says so once, at the start of the
+ * wait (it said nothing for up to workers.retry_ms), and how it ended. */
+START_TEST(test_train_wait_world_said) {
+  if (access(TT_DATA "/train-images-idx3-ubyte.gz", R_OK) != 0)
+    PS_SKIP("dataset-fashion-mnist is not installed (%s)", TT_DATA);
+  char dir[512], log[600];
+  int gp[1], cp[1];
+  pid_t shard[1];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  static const char extra[] =
+      "workers:\n  count: 3\n  min: 2\n  device: cpu\n  retry_ms: 1500\n"
+      "training:\n  model: m\n  epochs: 1\n  batch_size: 64\n"
+      "data:\n  format: idx\n"
+      "  train_images: " TT_DATA "/train-images-idx3-ubyte.gz\n"
+      "  train_labels: " TT_DATA "/train-labels-idx1-ubyte.gz\n"
+      "  scale: 1/255\n  partitions: 2\n  limit: 256\n";
+  const char *yaml = ps_test_cluster_yaml(dir, 1, extra, gp, cp);
+  ps_test_start_shards(yaml, dir, 1, gp, cp, shard);
+  ps_test_submit_mlp(dir, yaml, "logreg", "0.001", "asp", NULL);
+  snprintf(log, sizeof log, "%s/psw.log", dir);
+  char *argv[] = {(char *)ps_test_bin("psw"), "-c", (char *)yaml, NULL};
+  ck_assert_int_eq(ps_test_run(argv, log, 20000), 0);
+  ps_test_stop(shard[0], SIGTERM, 10000);
+  char *text = ps_test_read_file(log, NULL);
+  static const char want[] = "worker 0: waiting for 2 of 3 workers (workers.min of "
+                             "workers.count) to register, up to 1500 ms (workers.retry_ms): 1 "
+                             "so far";
+  const char *at = strstr(text, want), *anyway = strstr(text, "training anyway");
+  ck_assert_msg(at && !strstr(at + sizeof want - 1, "waiting for 2 of 3") && anyway &&
+                    at < anyway,
+                "%s", text);
+  free(text);
+}
+END_TEST
+
 Suite *psw_train_suite(void) {
   Suite *s = suite_create("psw_train");
   TCase *tc = tcase_create("logreg");
@@ -457,6 +658,18 @@ Suite *psw_train_suite(void) {
   tcase_add_test(tc, test_train_mlp_cuda_emulated);
   tcase_add_test(tc, test_train_clip_norm);
   tcase_add_test(tc, test_train_blas_kernel);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("model_check");
+  tcase_set_timeout(tc, 60);
+  tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
+  tcase_add_test(tc, test_train_model_on_some_shards);
+  tcase_add_test(tc, test_train_usage_errors);
+  tcase_add_test(tc, test_train_wait_world_said);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("restart");
+  tcase_set_timeout(tc, 60);
+  tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
+  tcase_add_test(tc, test_train_replace_restarts_epochs);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -1349,6 +1349,42 @@ START_TEST(test_sec_file_names_key) {
 }
 END_TEST
 
+/* scripts/mkcerts names every shard's and aggregator's gRPC host in the
+ * shards' certificate, however the file writes them: in YAML's flow style
+ * several on one line (its sed took the last 'grpc:' of each line, and
+ * the certificate named 127.0.0.2 alone).  An unknown option is named
+ * before the usage. */
+START_TEST(test_sec_mkcerts_hosts) {
+  const char *dir = ps_test_tmpdir();
+  char pre[700], cmd[2400], cert[700], log[700];
+  snprintf(pre, sizeof pre, "%s/flow.yaml", dir);
+  ps_test_write_file(pre,
+                     "cluster: flow\n"
+                     "shards: [{id: 0, grpc: 127.0.0.1:41000, channel: 127.0.0.1:41100, data_dir: "
+                     "/x}, {id: 1, grpc: '127.0.0.2:41001', channel: 127.0.0.2:41101, data_dir: /y}]\n"
+                     "aggregators: [{name: a1, grpc: \"127.0.0.3:41200\", channel: "
+                     "127.0.0.3:41201, workers: 2}]  # grpc: 127.0.0.9:1\n"
+                     "# grpc: 127.0.0.8:1\n");
+  snprintf(cmd, sizeof cmd, "scripts/mkcerts --config '%s' --out '%s/flow' > /dev/null", pre, dir);
+  ck_assert_int_eq(system(cmd), 0);
+  snprintf(cert, sizeof cert, "%s/flow/shard.pem", dir);
+  const char *addrs[] = {"127.0.0.1:41000", "127.0.0.2:41001", "127.0.0.3:41200"};
+  ps_errbuf eb;
+  ck_assert_msg(ps_tls_check_hosts(cert, addrs, 3, &eb) == 0, "%s", eb.msg);
+  /* a comment names no host */
+  const char *commented[] = {"127.0.0.9:1", "127.0.0.8:1"};
+  ck_assert_int_eq(ps_tls_check_hosts(cert, commented, 2, &eb), PS_ECONFIG);
+  snprintf(log, sizeof log, "%s/bogus.log", dir);
+  char *argv[] = {"scripts/mkcerts", "--bogus", NULL};
+  ck_assert_int_eq(ps_test_run(argv, log, 20000), 2);
+  char *out = ps_test_read_file(log, NULL);
+  ck_assert_msg(!strncmp(out, "mkcerts: unknown option '--bogus'\n", 34) &&
+                    strstr(out, "--config cluster.yaml --out DIR"),
+                "%s", out);
+  free(out);
+}
+END_TEST
+
 /* sec_v6_loopback says whether this host has [::1] to bind. */
 static int sec_v6_loopback(void) {
   int fd = socket(AF_INET6, SOCK_STREAM, 0);
@@ -1430,6 +1466,7 @@ Suite *security_suite(void) {
   tc = tcase_create("unit");
   tcase_add_test(tc, test_sec_role_subject);
   tcase_add_test(tc, test_sec_file_names_key);
+  tcase_add_test(tc, test_sec_mkcerts_hosts);
   suite_add_tcase(s, tc);
   tc = tcase_create("plaintext");
   tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);

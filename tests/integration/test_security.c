@@ -1432,6 +1432,44 @@ START_TEST(test_sec_plaintext_loopback) {
 }
 END_TEST
 
+/* psd -t warns of plaintext on a non-loopback address as a start does
+ * (README: mode none "warns at start"): a file with a shard on 0.0.0.0
+ * and a channel on 10.1.2.3 printed "configuration ok" alone.  The
+ * loopback file gets no warning. */
+START_TEST(test_sec_t_plaintext) {
+  char dir[600], path[700], log[700], from[64], to[64];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  int gp, cp;
+  const char *saved = ps_test_security_yaml;
+  ps_test_security_yaml = "security:\n  mode: none\n";
+  const char *yaml = ps_test_cluster_yaml(dir, 1, NULL, &gp, &cp);
+  ps_test_security_yaml = saved;
+  char *out;
+  snprintf(log, sizeof log, "%s/t-loop.log", dir);
+  ck_assert_int_eq(sec_t(yaml, NULL, 0, log, &out), 0);
+  ck_assert_msg(!strstr(out, "non-loopback"), "warned of a loopback address: %s", out);
+  free(out);
+  snprintf(path, sizeof path, "%s/open.yaml", dir);
+  snprintf(from, sizeof from, "grpc: 127.0.0.1:%d\n", gp);
+  snprintf(to, sizeof to, "grpc: 0.0.0.0:%d\n", gp);
+  ps_test_file_replace(yaml, path, from, to);
+  snprintf(from, sizeof from, "channel: 127.0.0.1:%d\n", cp);
+  snprintf(to, sizeof to, "channel: 10.1.2.3:%d\n", cp);
+  ps_test_file_replace(path, path, from, to);
+  for (int shard = 0; shard < 2; shard++) { /* the whole file, and --shard 0 */
+    snprintf(log, sizeof log, "%s/t-open%d.log", dir, shard);
+    ck_assert_int_eq(sec_t(path, NULL, shard, log, &out), 0);
+    ck_assert_msg(strstr(out, "configuration ok") && strstr(out, "warning:") &&
+                      strstr(out, "plaintext (security.mode: none) would be served on the "
+                                  "non-loopback address '0.0.0.0:") &&
+                      strstr(out, "without authentication (no security.secret_file) would be "
+                                  "served on the non-loopback address '10.1.2.3:"),
+                  "--shard %d: %s", shard, out);
+    free(out);
+  }
+}
+END_TEST
+
 Suite *security_suite(void) {
   Suite *s = suite_create("security");
   TCase *tc = tcase_create("mtls");
@@ -1472,6 +1510,7 @@ Suite *security_suite(void) {
   tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, test_sec_plaintext_loopback);
+  tcase_add_test(tc, test_sec_t_plaintext);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -1349,6 +1349,127 @@ START_TEST(test_sec_file_names_key) {
 }
 END_TEST
 
+/* sec_leaf writes DIR/NAME.pem and NAME.key, a certificate of role ROLE
+ * that the suite's CA signs with extension lines EXT (openssl's
+ * extfile syntax, '\n' between them); 0 or -1. */
+static int sec_leaf(const char *name, const char *role, const char *ext) {
+  char cmd[4096], dir[600];
+  snprintf(dir, sizeof dir, "%s/tls", sec_dir);
+  snprintf(cmd, sizeof cmd,
+           "cd '%s' && openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "
+           "%s.key -out %s.csr -subj /O=psd/OU=%s/CN=%s 2>/dev/null && printf '%s\n' > %s.ext && "
+           "openssl x509 -req -in %s.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 "
+           "-extfile %s.ext -out %s.pem 2>/dev/null && chmod 600 %s.key",
+           dir, name, name, role, name, ext, name, name, name, name, name);
+  return system(cmd) == 0 ? 0 : -1;
+}
+
+/* sec_client_yaml writes to PATH a cluster file for the suite's shard
+ * with security section SEC ("" keeps the suite's), the operator pair
+ * replaced by DIR/tls/NAME.pem and .key when NAME is given, and a short
+ * workers.retry_ms. */
+static void sec_client_yaml(const char *path, const char *sec, const char *name) {
+  char tmp[700], from[64], to[64];
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  char *text = ps_test_read_file(sec_yaml, NULL);
+  if (*sec) { /* the suite's section ends before "shards:" (ps_test_cluster_yaml) */
+    char *a = strstr(text, "security:"), *b = a ? strstr(a, "shards:") : NULL;
+    ck_assert(a && b);
+    *a = '\0';
+    FILE *f = fopen(tmp, "w");
+    ck_assert(f);
+    fprintf(f, "%s%s%s", text, sec, b);
+    fclose(f);
+  } else {
+    ps_test_write_file(tmp, text);
+  }
+  free(text);
+  ps_test_file_replace(tmp, path, "count: 2\n", "count: 2\n  retry_ms: 1500\n");
+  for (int k = 0; name && k < 2; k++) {
+    snprintf(from, sizeof from, "tls/operator.%s", k ? "key" : "pem");
+    snprintf(to, sizeof to, "tls/%s.%s", name, k ? "key" : "pem");
+    ps_test_file_replace(path, path, from, to);
+  }
+}
+
+/* A client whose certificate the shards would refuse in the handshake
+ * (its extendedKeyUsage serverAuth only; the CA's own certificate) is
+ * refused at its start, saying why: psctl showed the shard "DOWN ...
+ * Socket closed".  A client the shard refuses in the handshake (here
+ * plaintext against TLS) sees the shard REFUSED with a hint at the
+ * cause, psw's last message the same; a port nobody listens on stays
+ * DOWN. */
+START_TEST(test_sec_handshake_refused) {
+  ck_assert_msg(sec_up_ok, "psd is not running");
+  sec_ensure_model();
+  ck_assert_int_eq(sec_leaf("sa", "operator", "basicConstraints=critical,CA:FALSE\n"
+                            "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth"), 0);
+  char path[700], log[700];
+  snprintf(path, sizeof path, "%s/sa.yaml", sec_dir);
+  sec_client_yaml(path, "", "sa");
+  ps_config cfg;
+  ps_errbuf eb;
+  ps_rpc *r;
+  ck_assert_msg(ps_config_load(&cfg, path, &eb) == 0, "%s", eb.msg);
+  ck_assert_int_eq(ps_rpc_open_cfg(&r, sec_grpc, &cfg, PS_ROLE_OPERATOR, &eb), PS_ECONFIG);
+  ck_assert_msg(strstr(eb.msg, "sa.pem' is not for TLS clients") &&
+                    strstr(eb.msg, "extendedKeyUsage lacks clientAuth") &&
+                    strstr(eb.msg, "operator_cert"), "%s", eb.msg);
+  ps_config_release(&cfg);
+  char *out;
+  snprintf(log, sizeof log, "%s/sa.log", sec_dir);
+  char *st[] = {(char *)ps_test_bin("psctl"), "status", "--config", path, NULL};
+  ck_assert_int_eq(ps_test_run(st, log, 20000), 2);
+  out = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(out, "extendedKeyUsage lacks clientAuth"), "%s", out);
+  free(out);
+  snprintf(path, sizeof path, "%s/ca-op.yaml", sec_dir); /* the CA's pair as psctl's */
+  sec_client_yaml(path, "", "ca");
+  ck_assert_msg(ps_config_load(&cfg, path, &eb) == 0, "%s", eb.msg);
+  ck_assert_int_eq(ps_rpc_open_cfg(&r, sec_grpc, &cfg, PS_ROLE_OPERATOR, &eb), PS_ECONFIG);
+  ck_assert_msg(strstr(eb.msg, "ca.pem' is not for TLS clients") &&
+                    strstr(eb.msg, "keyUsage allows neither digitalSignature nor keyAgreement"),
+                "%s", eb.msg);
+  ps_config_release(&cfg);
+  /* plaintext against the TLS shard */
+  snprintf(path, sizeof path, "%s/plain.yaml", sec_dir);
+  sec_client_yaml(path, "security: none\n", NULL);
+  snprintf(log, sizeof log, "%s/plain-status.log", sec_dir);
+  st[3] = path;
+  ck_assert_int_eq(ps_test_run(st, log, 30000), 1);
+  out = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(out, "REFUSED") && strstr(out, "the handshake on them failed") &&
+                    strstr(out, "security.mode") && !strstr(out, "DOWN"), "%s", out);
+  free(out);
+  char train[700];
+  snprintf(train, sizeof train, "%s/train.csv", sec_dir); /* psw checks its data first */
+  ps_test_write_file(train, "0,0.5,-1.0,2.0\n");
+  FILE *f = fopen(path, "a");
+  ck_assert(f);
+  fprintf(f, "data:\n  format: csv\n  train_images: %s\n  scale: 1\n  partitions: 1\n", train);
+  fclose(f);
+  char *w[] = {(char *)ps_test_bin("psw"), "--config", path, "--model", "m", "--rank", "0", NULL};
+  snprintf(log, sizeof log, "%s/plain-psw.log", sec_dir);
+  ck_assert_int_ne(ps_test_run(w, log, 60000), 0);
+  out = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(out, "no shard answered GetModel") && strstr(out, "the handshake on them failed") &&
+                    strstr(out, "security.mode"), "%s", out);
+  free(out);
+  /* nothing listens: DOWN, no hint */
+  char closed[64];
+  snprintf(closed, sizeof closed, "127.0.0.1:%d", ps_test_free_port());
+  snprintf(log, sizeof log, "%s/down.yaml", sec_dir);
+  ps_test_file_replace(path, log, sec_grpc, closed);
+  snprintf(path, sizeof path, "%s/down-status.log", sec_dir);
+  st[3] = log;
+  ck_assert_int_eq(ps_test_run(st, path, 30000), 1);
+  out = ps_test_read_file(path, NULL);
+  ck_assert_msg(strstr(out, "DOWN") && !strstr(out, "REFUSED") && !strstr(out, "handshake"),
+                "%s", out);
+  free(out);
+}
+END_TEST
+
 /* scripts/mkcerts names every shard's and aggregator's gRPC host in the
  * shards' certificate, however the file writes them: in YAML's flow style
  * several on one line (its sed took the last 'grpc:' of each line, and
@@ -1488,6 +1609,7 @@ Suite *security_suite(void) {
   tcase_add_test(tc, test_sec_key_rotation);
   tcase_add_test(tc, test_sec_client_key_rotation);
   tcase_add_test(tc, test_sec_client_key_shared_file);
+  tcase_add_test(tc, test_sec_handshake_refused);
   suite_add_tcase(s, tc);
   tc = tcase_create("limits");
   tcase_add_unchecked_fixture(tc, lim_up, lim_down);

@@ -1506,6 +1506,47 @@ START_TEST(test_sec_mkcerts_hosts) {
 }
 END_TEST
 
+/* README "Running psd as its own user": on mkcerts' output, psd run as
+ * another user (nobody, group nogroup for psd's) reads its files once the
+ * recipe gives it the key, the secret and (mode 710) the directory; only
+ * the key and secret, the recipe's old form, left it "Permission denied"
+ * on the directory.  Needs root (and setpriv) to switch users. */
+START_TEST(test_sec_own_user_recipe) {
+  if (geteuid() != 0 || system("command -v setpriv > /dev/null") != 0)
+    PS_SKIP("needs root and setpriv to run psd -t as another user");
+  char dir[600], path[700], cmd[3000], log[700];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  ck_assert_int_eq(chmod(dir, 0711), 0); /* (mkdtemp's 700: nobody could not reach the files) */
+  ck_assert_int_eq(sec_mkcerts(dir, "own"), 0);
+  snprintf(path, sizeof path, "%s/own.yaml", dir);
+  char *sec = ps_test_read_file(path, NULL);
+  snprintf(path, sizeof path, "%s/own-cluster.yaml", dir);
+  char yaml[8192];
+  snprintf(yaml, sizeof yaml, "cluster: test\n%sshards:\n  - {id: 0, grpc: '127.0.0.1:1', "
+           "channel: '127.0.0.1:2', data_dir: /x}\n", sec);
+  free(sec);
+  ps_test_write_file(path, yaml);
+  ck_assert_int_eq(chmod(path, 0644), 0);
+  snprintf(log, sizeof log, "%s/own.log", dir);
+  snprintf(cmd, sizeof cmd, "chown nobody:nogroup '%s/own/shard.key' '%s/own/cluster.secret' && "
+           "setpriv --reuid=nobody --regid=nogroup --clear-groups '%s' -t --config '%s' "
+           ">> '%s' 2>&1", dir, dir, ps_test_bin("psd"), path, log);
+  int rc = system(cmd);
+  char *out = ps_test_read_file(log, NULL);
+  ck_assert_msg(WIFEXITED(rc) && WEXITSTATUS(rc) == 2 && strstr(out, "Permission denied"),
+                "exit %d: %s", rc, out);
+  free(out);
+  snprintf(cmd, sizeof cmd, "chown root:nogroup '%s/own' && chmod 710 '%s/own' && "
+           "setpriv --reuid=nobody --regid=nogroup --clear-groups '%s' -t --config '%s' "
+           ">> '%s' 2>&1", dir, dir, ps_test_bin("psd"), path, log);
+  rc = system(cmd);
+  out = ps_test_read_file(log, NULL);
+  ck_assert_msg(WIFEXITED(rc) && WEXITSTATUS(rc) == 0 && strstr(out, "configuration ok"),
+                "exit %d: %s", rc, out);
+  free(out);
+}
+END_TEST
+
 /* sec_v6_loopback says whether this host has [::1] to bind. */
 static int sec_v6_loopback(void) {
   int fd = socket(AF_INET6, SOCK_STREAM, 0);
@@ -1627,6 +1668,7 @@ Suite *security_suite(void) {
   tcase_add_test(tc, test_sec_role_subject);
   tcase_add_test(tc, test_sec_file_names_key);
   tcase_add_test(tc, test_sec_mkcerts_hosts);
+  tcase_add_test(tc, test_sec_own_user_recipe);
   suite_add_tcase(s, tc);
   tc = tcase_create("plaintext");
   tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);

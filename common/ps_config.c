@@ -57,6 +57,8 @@ struct cfg_slot {
   uint64_t min, max;        /* integer range; list length range */
   double dmin, dmax;        /* number range */
   const void *arg;          /* enum names (NULL-terminated) or sub-table */
+  const char *needs;        /* no default, required where its section's post check
+                               says ("a path"): what an empty value lacks */
   /* check validates a string value TEXT (at mark M); 0 or PS_ECONFIG. */
   int (*check)(cfg_ctx *x, const cfg_slot *s, const char *text, yaml_mark_t m);
 };
@@ -127,8 +129,11 @@ static const char *cfg_choices(const char *const *names, char *list, size_t cap)
 static const char *const cfg_bools[] = {"false", "true", NULL}; /* enum of booleans */
 
 /* cfg_empty refuses N, an empty value of slot S (README "Rules": never a
- * value), saying what to do instead. */
+ * value), saying what to do instead: leaving the key out helps only a key
+ * that has a default. */
 static int cfg_empty(cfg_ctx *x, const cfg_slot *s, const yaml_node_t *n) {
+  if (s->needs) return cfg_err(x, n->start_mark, "'%s' has an empty value (it needs %s)",
+                               s->name, s->needs);
   return cfg_err(x, n->start_mark, "'%s' has an empty value (%s)", s->name,
                  s->required ? "it needs one" : "leave the key out to get its default");
 }
@@ -816,9 +821,11 @@ static yaml_node_t *cfg_value_node(cfg_ctx *x, yaml_node_t *n, const char *key);
 static const char *const cfg_sec_modes[] = {"none", "tls", NULL};
 
 static const cfg_slot cfg_tls_slots[] = {
-    {.name = "ca", .type = &cfg_t_str, .offset = offsetof(ps_tls_conf, ca)},
-    {.name = "cert", .type = &cfg_t_str, .offset = offsetof(ps_tls_conf, cert)},
-    {.name = "key", .type = &cfg_t_str, .offset = offsetof(ps_tls_conf, key)},
+    /* required by cfg_tls_post, not here: an absent 'tls' is loaded too */
+    {.name = "ca", .type = &cfg_t_str, .offset = offsetof(ps_tls_conf, ca), .needs = "a path"},
+    {.name = "cert", .type = &cfg_t_str, .offset = offsetof(ps_tls_conf, cert),
+     .needs = "a path"},
+    {.name = "key", .type = &cfg_t_str, .offset = offsetof(ps_tls_conf, key), .needs = "a path"},
     {.name = "worker_cert", .type = &cfg_t_str, .offset = offsetof(ps_tls_conf, worker_cert)},
     {.name = "worker_key", .type = &cfg_t_str, .offset = offsetof(ps_tls_conf, worker_key)},
     {.name = "operator_cert", .type = &cfg_t_str, .offset = offsetof(ps_tls_conf, operator_cert)},

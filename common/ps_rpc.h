@@ -74,6 +74,16 @@ int ps_rpc_call_all(ps_rpc *const *r, size_t n, const char *method, const Protob
 /* ps_rpc_replies_free frees the replies in OUT[0..N) and zeroes them. */
 void ps_rpc_replies_free(ps_rpc_reply *out, size_t n);
 
+/* ps_rpc_explain_handshake looks at a call to ADDR that failed with ERR
+ * (message in EB): when gRPC could not connect for a reason a failed
+ * handshake gives ("Socket closed", "Handshake failed", a reset) and a
+ * plain TCP connect to ADDR completes now, within TIMEOUT_MS, the server
+ * listens but refused this client's TLS, or plaintext: EB is rewritten to
+ * say so and what to check (security.mode, the certificate), and it
+ * returns 1.  Else 0, EB untouched: an address nobody listens on stays
+ * unreachable. */
+int ps_rpc_explain_handshake(const char *addr, int err, ps_errbuf *eb, int timeout_ms);
+
 void ps_rpc_close(ps_rpc *r);
 
 #endif

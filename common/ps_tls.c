@@ -199,6 +199,36 @@ static int tls_check_pem(const char *ca_pem, const char *cert_pem, const char *k
   return rc;
 }
 
+/* tls_check_client_use checks that certificate CERT_PEM (file CERT, named
+ * by key security.tls.WHOcert) may authenticate a TLS client, as the
+ * shards' OpenSSL checks it in the handshake (purpose sslclient): else
+ * the shard closes the connection there, and the client sees only
+ * "Socket closed".  0 or PS_ECONFIG saying which extension is wrong. */
+static int tls_check_client_use(const char *cert_pem, const char *cert, const char *who,
+                                ps_errbuf *eb) {
+  X509 *leaf = NULL;
+  STACK_OF(X509) *chain = NULL;
+  int rc = tls_certs(cert_pem, cert, &leaf, &chain, eb);
+  if (rc == 0 && X509_check_purpose(leaf, X509_PURPOSE_SSL_CLIENT, 0) != 1) {
+    uint32_t flags = X509_get_extension_flags(leaf);
+    const char *why =
+        flags & EXFLAG_XKUSAGE && !(X509_get_extended_key_usage(leaf) & XKU_SSL_CLIENT)
+            ? "its extendedKeyUsage lacks clientAuth"
+        : flags & EXFLAG_KUSAGE &&
+                !(X509_get_key_usage(leaf) & (KU_DIGITAL_SIGNATURE | KU_KEY_AGREEMENT))
+            ? "its keyUsage allows neither digitalSignature nor keyAgreement"
+            : "its extensions do not allow TLS client authentication";
+    rc = ps_errf(eb, PS_ECONFIG, "certificate '%s' is not for TLS clients (%s): the shards "
+                 "would refuse it in the handshake; set security.tls.%scert to a client "
+                 "certificate (extendedKeyUsage clientAuth: scripts/mkcerts makes them)", cert,
+                 why, who);
+  }
+  ERR_clear_error();
+  sk_X509_pop_free(chain, X509_free);
+  X509_free(leaf);
+  return rc;
+}
+
 /* ps_tls_check, ps_tls_check_pair: see ps_tls.h. */
 int ps_tls_check(const char *ca, const char *cert, const char *key, ps_errbuf *eb) {
   return ps_tls_check_pair(ca, cert, key, "", eb);
@@ -209,6 +239,7 @@ int ps_tls_check_pair(const char *ca, const char *cert, const char *key, const c
   char *ca_pem, *cert_pem, *key_pem;
   int rc = tls_pair(ca, cert, key, who, &ca_pem, &cert_pem, &key_pem, eb);
   if (rc == 0 && cert && key) rc = tls_check_pem(ca_pem, cert_pem, key_pem, ca, cert, key, eb);
+  if (rc == 0 && cert && *who) rc = tls_check_client_use(cert_pem, cert, who, eb);
   free(ca_pem);
   free(cert_pem);
   ps_tls_free_secret(key_pem);
@@ -462,9 +493,10 @@ int ps_tls_channel_creds(const ps_config *cfg, int role, grpc_channel_credential
     return ps_errf(eb, PS_ECONFIG, "security.tls.%s_cert is not set, and the shards refuse a "
                    "client without a certificate (security.require_client_cert)", which);
   char *ca, *cert, *key;
-  int rc = tls_pair(t->ca, cf, kf, which ? (role == PS_ROLE_WORKER ? "worker_" : "operator_") : "",
-                    &ca, &cert, &key, eb);
+  const char *who = which ? (role == PS_ROLE_WORKER ? "worker_" : "operator_") : "";
+  int rc = tls_pair(t->ca, cf, kf, who, &ca, &cert, &key, eb);
   if (rc == 0 && cert) rc = tls_check_pem(ca, cert, key, t->ca, cf, kf, eb);
+  if (rc == 0 && cert) rc = tls_check_client_use(cert, cf, who, eb);
   if (rc < 0) {
     free(ca);
     free(cert);

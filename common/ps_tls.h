@@ -32,7 +32,10 @@ void ps_tls_free_secret(char *p);
 int ps_tls_check(const char *ca, const char *cert, const char *key, ps_errbuf *eb);
 /* ps_tls_check_pair is ps_tls_check of the pair whose keys in
  * security.tls WHO names ("": cert and key, "worker_": worker_cert and
- * worker_key, "operator_"), as a file's failure says. */
+ * worker_key, "operator_"), as a file's failure says; a client's pair
+ * (WHO not "") must also be one for TLS clients (purpose sslclient: an
+ * extendedKeyUsage, where it has one, with clientAuth), as the shards
+ * check it in the handshake. */
 int ps_tls_check_pair(const char *ca, const char *cert, const char *key, const char *who,
                       ps_errbuf *eb);
 
@@ -103,7 +106,8 @@ int ps_tls_server_creds(const ps_config *cfg, ps_tls_server *tls, grpc_server_cr
  * PS_ROLE_WORKER uses the worker pair, PS_ROLE_OPERATOR the operator pair,
  * PS_ROLE_NONE presents no certificate) in *OUT (caller releases with
  * grpc_channel_credentials_release).  CFG NULL: insecure.  The pair is
- * checked as ps_tls_check does; a worker or operator without one, when
+ * checked as ps_tls_check_pair checks a client's; a worker or operator
+ * without one, when
  * the shards require a client certificate, is PS_ECONFIG at once. */
 int ps_tls_channel_creds(const ps_config *cfg, int role, grpc_channel_credentials **out,
                          ps_errbuf *eb);

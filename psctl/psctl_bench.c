@@ -613,9 +613,9 @@ static void bench_print(const psctl_cluster *cl, const bench_opts *o, const benc
                bench_kinds[k].key, results[k].overall);
     if (small[0] >= 0) printf(",\"small_push_per_sec\":%.0f", small[0]);
     if (small[1] >= 0) printf(",\"small_grpc_calls_per_sec\":%.0f", small[1]);
-    /* named as the shards' Status names it (psctl status --json) */
-    if (cl->cfg.security.mode == PS_SEC_TLS || cl->cfg.security.secret_file)
-      printf(",\"security\":\"%s\"", ps_tls_security_name(&cl->cfg.security));
+    /* named as the shards' Status names it (psctl status --json), "none"
+     * too: a table of runs compares them by it */
+    printf(",\"security\":\"%s\"", ps_tls_security_name(&cl->cfg.security));
     printf("}\n");
     return;
   }

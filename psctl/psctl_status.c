@@ -39,8 +39,17 @@ typedef struct psctl_row {
 
 /* psctl_down_state names the state of a shard or aggregator whose Status
  * failed with ERR: REFUSED when it refused this client (its certificate's
- * role), else DOWN. */
+ * role, or its handshake: psctl_explain), else DOWN. */
 static const char *psctl_down_state(int err) { return err == PS_EPERM ? "REFUSED" : "DOWN"; }
+
+/* psctl_explain makes the failure *ERR (message EB) of a Status to ADDR
+ * a refusal (PS_EPERM) when the address takes TCP connections but closed
+ * psctl's during the handshake (ps_rpc_explain_handshake): gRPC says
+ * only "failed to connect", and DOWN sent the reader to a running shard's
+ * network instead of to security.mode or the certificate. */
+static void psctl_explain(const char *addr, int *err, ps_errbuf *eb, int timeout_ms) {
+  if (*err < 0 && ps_rpc_explain_handshake(addr, *err, eb, timeout_ms)) *err = PS_EPERM;
+}
 
 /* psctl_status_row combines the two samples A (may have failed) and B of
  * shard SC into ROW. */
@@ -652,8 +661,10 @@ static const char psctl_status_usage[] =
     "disk is not answering).  A shard that fails the second sample after it answered\n"
     "the first (not by its deadline) is asked again on a new connection: it may have\n"
     "restarted (no rates).\n"
-    "An unreachable shard shows DOWN, one that refuses psctl's certificate (its role)\n"
-    "REFUSED.  Aggregators of the file (its 'aggregators' list) follow: sums forwarded\n"
+    "An unreachable shard shows DOWN, one that refuses psctl's certificate (its role) or\n"
+    "closes psctl's connection during the TLS handshake (while its port takes TCP\n"
+    "connections: a security.mode or a certificate it does not accept) REFUSED, saying\n"
+    "what to check.  Aggregators of the file (its 'aggregators' list) follow: sums forwarded\n"
     "per second, worker pushes summed, sums forwarded, pulls, root fetches, the share of\n"
     "pulls answered without a fetch of their own, and the workers that pushed or pulled\n"
     "through each within a lease.  A line names the build (psd --version) of each shard and\n"
@@ -777,7 +788,12 @@ int psctl_status_main(int argc, char **argv) {
   if (answered) nanosleep(&gap, NULL);
   psctl_call_all(&c, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor, o.timeout_ms, b);
   psctl_status_again(&c, &req, a, b, o.timeout_ms);
-  for (size_t i = 0; i < naggs; i++) psctl_agg_sample(&aggs[i], &aggs[i].b, o.timeout_ms);
+  for (size_t i = 0; i < naggs; i++) {
+    psctl_agg_sample(&aggs[i], &aggs[i].b, o.timeout_ms);
+    if (!aggs[i].b) psctl_explain(aggs[i].g->grpc_addr, &aggs[i].err, &aggs[i].why, o.timeout_ms);
+  }
+  for (size_t i = 0; i < n; i++)
+    psctl_explain(c.cfg.shards[i].grpc_addr, &b[i].err, &b[i].eb, o.timeout_ms);
   struct timeval tv;
   gettimeofday(&tv, NULL);
   int64_t now = (int64_t)tv.tv_sec * 1000 + tv.tv_usec / 1000;

@@ -1128,17 +1128,33 @@ static void psd_main_check_names(const ps_config *cfg, const char *path, const p
 }
 
 /* psd_main_warn_plaintext warns when ME serves gRPC without TLS on an
- * address other hosts can reach, or an unauthenticated channel there. */
-static void psd_main_warn_plaintext(const ps_config *cfg, const ps_shard_conf *me) {
-  const char *addrs[2] = {me->grpc_addr, me->channel_addr};
+ * address other hosts can reach, or an unauthenticated channel there: in
+ * the log at start (PATH NULL), or, for psd -t (PATH the file's), on
+ * stderr for ME or, ME NULL, for every shard and aggregator of CFG. */
+static void psd_main_warn_plaintext(const ps_config *cfg, const char *path,
+                                    const ps_shard_conf *me) {
   int open[2] = {cfg->security.mode != PS_SEC_TLS, !cfg->security.secret_file};
   const char *what[2] = {"gRPC control plane in plaintext (security.mode: none)",
                          "tensor channel without authentication (no security.secret_file)"};
-  for (int i = 0; i < 2; i++) {
-    /* loopback as an address, not as text: LOCALHOST and [0:0::1] are */
-    if (!open[i] || ps_addr_loopback(addrs[i])) continue;
-    ps_warn("serving the %s on the non-loopback address '%s': anyone who reaches it may "
-            "change the models", what[i], addrs[i]);
+  size_t n = me ? 1 : cfg->nshards + cfg->naggs;
+  for (size_t k = 0; k < n; k++) {
+    const char *addrs[2];
+    if (me) addrs[0] = me->grpc_addr, addrs[1] = me->channel_addr;
+    else if (k < cfg->nshards)
+      addrs[0] = cfg->shards[k].grpc_addr, addrs[1] = cfg->shards[k].channel_addr;
+    else
+      addrs[0] = cfg->aggs[k - cfg->nshards].grpc_addr,
+      addrs[1] = cfg->aggs[k - cfg->nshards].channel_addr;
+    for (int i = 0; i < 2; i++) {
+      /* loopback as an address, not as text: LOCALHOST and [0:0::1] are */
+      if (!open[i] || ps_addr_loopback(addrs[i])) continue;
+      if (path)
+        fprintf(stderr, "%s: warning: the %s would be served on the non-loopback address "
+                "'%s': anyone who reaches it may change the models\n", path, what[i], addrs[i]);
+      else
+        ps_warn("serving the %s on the non-loopback address '%s': anyone who reaches it may "
+                "change the models", what[i], addrs[i]);
+    }
   }
 }
 
@@ -1183,7 +1199,7 @@ static int psd_main_serve(psd_main *m, const ps_config *cfg, const ps_shard_conf
               me->grpc_addr, me->channel_addr, psd_shard_security_name(sh), ps_version());
       sd_notifyf(0, "READY=1\nSTATUS=serving shard %u", me->id);
     }
-    psd_main_warn_plaintext(cfg, me);
+    psd_main_warn_plaintext(cfg, NULL, me);
     uv_run(&m->loop, UV_RUN_DEFAULT);
     code = m->exit_code;
   } else {
@@ -1277,6 +1293,7 @@ int main(int argc, char **argv) {
                              .channel_addr = agg ? agg->channel_addr : NULL};
   if (agg) me = &agg_addrs;
   if (a.test) {
+    psd_main_warn_plaintext(&cfg, a.config, agg || a.shard >= 0 ? me : NULL);
     printf("%s: configuration ok (%zu shard%s, %zu aggregator%s)\n", a.config, cfg.nshards,
            cfg.nshards == 1 ? "" : "s", cfg.naggs, cfg.naggs == 1 ? "" : "s");
     ps_config_release(&cfg);

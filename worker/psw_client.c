@@ -188,6 +188,7 @@ static int psw_fetch_spec(psw_client *c, ps_errbuf *eb) {
   for (;;) {
     int err = 0, missing = -1;
     ps_errbuf meb = {""};
+    const char *last = NULL; /* the address of the last failure, EB's */
     for (size_t i = 0; i < c->cfg->nshards; i++) {
       err = psw_try_get_model(c, i, eb);
       if (err == 0) {
@@ -199,14 +200,19 @@ static int psw_fetch_spec(psw_client *c, ps_errbuf *eb) {
         meb = *eb;
       }
       if (err != PS_ENOENT && !psw_retryable(err)) return err;
+      if (err != PS_ENOENT) last = c->cfg->shards[i].grpc_addr;
     }
     if (missing >= 0)
       return ps_errf(eb, PS_ENOENT, "model '%s' is not on the cluster (shard %u: %s)", c->model,
                      c->cfg->shards[missing].id, meb.msg);
     uint32_t nap = ps_backoff_nap(start, delay, c->cfg->workers.retry_ms);
-    if (!nap)
+    if (!nap) {
+      /* a shard that listens but refuses this worker's handshake is no
+       * unreachable one: say what to check */
+      if (last) ps_rpc_explain_handshake(last, err, eb, PSW_GETMODEL_TIMEOUT_MS);
       return ps_errf(eb, err, "no shard answered GetModel '%s' within %u ms: %s", c->model,
                      c->cfg->workers.retry_ms, eb->msg);
+    }
     if ((err = ps_sleep_ms(nap, c->stop)) < 0) return ps_errf(eb, err, "stopped");
     delay = ps_backoff_next(delay);
   }

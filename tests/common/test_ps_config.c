@@ -739,6 +739,11 @@ static const struct bad_case {
      "10:5: missing required key 'ca' in 'security.tls'"},
     {"cluster: a\n" SHARD0 TLS0 "    key: b.key\n", PS_ECONFIG,
      "10:5: missing required key 'cert' in 'security.tls'"},
+    /* ca, cert and key have no default: an empty one needs a path */
+    {"cluster: a\n" SHARD0 TLS0 "    cert:\n    key: b.key\n", PS_ECONFIG,
+     "11:10: 'cert' has an empty value (it needs a path)"},
+    {"cluster: a\n" SHARD0 "security:\n  mode: tls\n  tls:\n    ca: ~\n", PS_ECONFIG,
+     "10:9: 'ca' has an empty value (it needs a path)"},
     {"cluster: a\n" SHARD0 "security: {mode: tls, tls: x}\n", PS_ECONFIG,
      "7:28: expected a mapping for 'tls', got the value 'x'"
      " (a section's keys go on the lines below it, indented)"},

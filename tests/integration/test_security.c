@@ -1352,6 +1352,204 @@ START_TEST(test_sec_file_names_key) {
 }
 END_TEST
 
+/* sec_leaf writes DIR/NAME.pem and NAME.key, a certificate of role ROLE
+ * that the suite's CA signs with extension lines EXT (openssl's
+ * extfile syntax, '\n' between them); 0 or -1. */
+static int sec_leaf(const char *name, const char *role, const char *ext) {
+  char cmd[4096], dir[600];
+  snprintf(dir, sizeof dir, "%s/tls", sec_dir);
+  snprintf(cmd, sizeof cmd,
+           "cd '%s' && openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "
+           "%s.key -out %s.csr -subj /O=psd/OU=%s/CN=%s 2>/dev/null && printf '%s\n' > %s.ext && "
+           "openssl x509 -req -in %s.csr -CA ca.pem -CAkey ca.key -CAcreateserial -days 2 "
+           "-extfile %s.ext -out %s.pem 2>/dev/null && chmod 600 %s.key",
+           dir, name, name, role, name, ext, name, name, name, name, name);
+  return system(cmd) == 0 ? 0 : -1;
+}
+
+/* sec_client_yaml writes to PATH a cluster file for the suite's shard
+ * with security section SEC ("" keeps the suite's), the operator pair
+ * replaced by DIR/tls/NAME.pem and .key when NAME is given, and a short
+ * workers.retry_ms. */
+static void sec_client_yaml(const char *path, const char *sec, const char *name) {
+  char tmp[700], from[64], to[64];
+  snprintf(tmp, sizeof tmp, "%s.tmp", path);
+  char *text = ps_test_read_file(sec_yaml, NULL);
+  if (*sec) { /* the suite's section ends before "shards:" (ps_test_cluster_yaml) */
+    char *a = strstr(text, "security:"), *b = a ? strstr(a, "shards:") : NULL;
+    ck_assert(a && b);
+    *a = '\0';
+    FILE *f = fopen(tmp, "w");
+    ck_assert(f);
+    fprintf(f, "%s%s%s", text, sec, b);
+    fclose(f);
+  } else {
+    ps_test_write_file(tmp, text);
+  }
+  free(text);
+  ps_test_file_replace(tmp, path, "count: 2\n", "count: 2\n  retry_ms: 1500\n");
+  for (int k = 0; name && k < 2; k++) {
+    snprintf(from, sizeof from, "tls/operator.%s", k ? "key" : "pem");
+    snprintf(to, sizeof to, "tls/%s.%s", name, k ? "key" : "pem");
+    ps_test_file_replace(path, path, from, to);
+  }
+}
+
+/* A client whose certificate the shards would refuse in the handshake
+ * (its extendedKeyUsage serverAuth only; the CA's own certificate) is
+ * refused at its start, saying why: psctl showed the shard "DOWN ...
+ * Socket closed".  A client the shard refuses in the handshake (here
+ * plaintext against TLS) sees the shard REFUSED with a hint at the
+ * cause, psw's last message the same; a port nobody listens on stays
+ * DOWN. */
+START_TEST(test_sec_handshake_refused) {
+  ck_assert_msg(sec_up_ok, "psd is not running");
+  sec_ensure_model();
+  ck_assert_int_eq(sec_leaf("sa", "operator", "basicConstraints=critical,CA:FALSE\n"
+                            "keyUsage=critical,digitalSignature\nextendedKeyUsage=serverAuth"), 0);
+  char path[700], log[700];
+  snprintf(path, sizeof path, "%s/sa.yaml", sec_dir);
+  sec_client_yaml(path, "", "sa");
+  ps_config cfg;
+  ps_errbuf eb;
+  ps_rpc *r;
+  ck_assert_msg(ps_config_load(&cfg, path, &eb) == 0, "%s", eb.msg);
+  ck_assert_int_eq(ps_rpc_open_cfg(&r, sec_grpc, &cfg, PS_ROLE_OPERATOR, &eb), PS_ECONFIG);
+  ck_assert_msg(strstr(eb.msg, "sa.pem' is not for TLS clients") &&
+                    strstr(eb.msg, "extendedKeyUsage lacks clientAuth") &&
+                    strstr(eb.msg, "operator_cert"), "%s", eb.msg);
+  ps_config_release(&cfg);
+  char *out;
+  snprintf(log, sizeof log, "%s/sa.log", sec_dir);
+  char *st[] = {(char *)ps_test_bin("psctl"), "status", "--config", path, NULL};
+  ck_assert_int_eq(ps_test_run(st, log, 20000), 2);
+  out = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(out, "extendedKeyUsage lacks clientAuth"), "%s", out);
+  free(out);
+  snprintf(path, sizeof path, "%s/ca-op.yaml", sec_dir); /* the CA's pair as psctl's */
+  sec_client_yaml(path, "", "ca");
+  ck_assert_msg(ps_config_load(&cfg, path, &eb) == 0, "%s", eb.msg);
+  ck_assert_int_eq(ps_rpc_open_cfg(&r, sec_grpc, &cfg, PS_ROLE_OPERATOR, &eb), PS_ECONFIG);
+  ck_assert_msg(strstr(eb.msg, "ca.pem' is not for TLS clients") &&
+                    strstr(eb.msg, "keyUsage allows neither digitalSignature nor keyAgreement"),
+                "%s", eb.msg);
+  ps_config_release(&cfg);
+  /* plaintext against the TLS shard */
+  snprintf(path, sizeof path, "%s/plain.yaml", sec_dir);
+  sec_client_yaml(path, "security: none\n", NULL);
+  snprintf(log, sizeof log, "%s/plain-status.log", sec_dir);
+  st[3] = path;
+  ck_assert_int_eq(ps_test_run(st, log, 30000), 1);
+  out = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(out, "REFUSED") && strstr(out, "the handshake on them failed") &&
+                    strstr(out, "security.mode") && !strstr(out, "DOWN"), "%s", out);
+  free(out);
+  char train[700];
+  snprintf(train, sizeof train, "%s/train.csv", sec_dir); /* psw checks its data first */
+  ps_test_write_file(train, "0,0.5,-1.0,2.0\n");
+  FILE *f = fopen(path, "a");
+  ck_assert(f);
+  fprintf(f, "data:\n  format: csv\n  train_images: %s\n  scale: 1\n  partitions: 1\n", train);
+  fclose(f);
+  char *w[] = {(char *)ps_test_bin("psw"), "--config", path, "--model", "m", "--rank", "0", NULL};
+  snprintf(log, sizeof log, "%s/plain-psw.log", sec_dir);
+  ck_assert_int_ne(ps_test_run(w, log, 60000), 0);
+  out = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(out, "no shard answered GetModel") && strstr(out, "the handshake on them failed") &&
+                    strstr(out, "security.mode"), "%s", out);
+  free(out);
+  /* nothing listens: DOWN, no hint */
+  char closed[64];
+  snprintf(closed, sizeof closed, "127.0.0.1:%d", ps_test_free_port());
+  snprintf(log, sizeof log, "%s/down.yaml", sec_dir);
+  ps_test_file_replace(path, log, sec_grpc, closed);
+  snprintf(path, sizeof path, "%s/down-status.log", sec_dir);
+  st[3] = log;
+  ck_assert_int_eq(ps_test_run(st, path, 30000), 1);
+  out = ps_test_read_file(path, NULL);
+  ck_assert_msg(strstr(out, "DOWN") && !strstr(out, "REFUSED") && !strstr(out, "handshake"),
+                "%s", out);
+  free(out);
+}
+END_TEST
+
+/* scripts/mkcerts names every shard's and aggregator's gRPC host in the
+ * shards' certificate, however the file writes them: in YAML's flow style
+ * several on one line (its sed took the last 'grpc:' of each line, and
+ * the certificate named 127.0.0.2 alone).  An unknown option is named
+ * before the usage. */
+START_TEST(test_sec_mkcerts_hosts) {
+  const char *dir = ps_test_tmpdir();
+  char pre[700], cmd[2400], cert[700], log[700];
+  snprintf(pre, sizeof pre, "%s/flow.yaml", dir);
+  ps_test_write_file(pre,
+                     "cluster: flow\n"
+                     "shards: [{id: 0, grpc: 127.0.0.1:41000, channel: 127.0.0.1:41100, data_dir: "
+                     "/x}, {id: 1, grpc: '127.0.0.2:41001', channel: 127.0.0.2:41101, data_dir: /y}]\n"
+                     "aggregators: [{name: a1, grpc: \"127.0.0.3:41200\", channel: "
+                     "127.0.0.3:41201, workers: 2}]  # grpc: 127.0.0.9:1\n"
+                     "# grpc: 127.0.0.8:1\n");
+  snprintf(cmd, sizeof cmd, "scripts/mkcerts --config '%s' --out '%s/flow' > /dev/null", pre, dir);
+  ck_assert_int_eq(system(cmd), 0);
+  snprintf(cert, sizeof cert, "%s/flow/shard.pem", dir);
+  const char *addrs[] = {"127.0.0.1:41000", "127.0.0.2:41001", "127.0.0.3:41200"};
+  ps_errbuf eb;
+  ck_assert_msg(ps_tls_check_hosts(cert, addrs, 3, &eb) == 0, "%s", eb.msg);
+  /* a comment names no host */
+  const char *commented[] = {"127.0.0.9:1", "127.0.0.8:1"};
+  ck_assert_int_eq(ps_tls_check_hosts(cert, commented, 2, &eb), PS_ECONFIG);
+  snprintf(log, sizeof log, "%s/bogus.log", dir);
+  char *argv[] = {"scripts/mkcerts", "--bogus", NULL};
+  ck_assert_int_eq(ps_test_run(argv, log, 20000), 2);
+  char *out = ps_test_read_file(log, NULL);
+  ck_assert_msg(!strncmp(out, "mkcerts: unknown option '--bogus'\n", 34) &&
+                    strstr(out, "--config cluster.yaml --out DIR"),
+                "%s", out);
+  free(out);
+}
+END_TEST
+
+/* README "Running psd as its own user": on mkcerts' output, psd run as
+ * another user (nobody, group nogroup for psd's) reads its files once the
+ * recipe gives it the key, the secret and (mode 710) the directory; only
+ * the key and secret, the recipe's old form, left it "Permission denied"
+ * on the directory.  Needs root (and setpriv) to switch users. */
+START_TEST(test_sec_own_user_recipe) {
+  if (geteuid() != 0 || system("command -v setpriv > /dev/null") != 0)
+    PS_SKIP("needs root and setpriv to run psd -t as another user");
+  char dir[600], path[700], cmd[3000], log[700];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  ck_assert_int_eq(chmod(dir, 0711), 0); /* (mkdtemp's 700: nobody could not reach the files) */
+  ck_assert_int_eq(sec_mkcerts(dir, "own"), 0);
+  snprintf(path, sizeof path, "%s/own.yaml", dir);
+  char *sec = ps_test_read_file(path, NULL);
+  snprintf(path, sizeof path, "%s/own-cluster.yaml", dir);
+  char yaml[8192];
+  snprintf(yaml, sizeof yaml, "cluster: test\n%sshards:\n  - {id: 0, grpc: '127.0.0.1:1', "
+           "channel: '127.0.0.1:2', data_dir: /x}\n", sec);
+  free(sec);
+  ps_test_write_file(path, yaml);
+  ck_assert_int_eq(chmod(path, 0644), 0);
+  snprintf(log, sizeof log, "%s/own.log", dir);
+  snprintf(cmd, sizeof cmd, "chown nobody:nogroup '%s/own/shard.key' '%s/own/cluster.secret' && "
+           "setpriv --reuid=nobody --regid=nogroup --clear-groups '%s' -t --config '%s' "
+           ">> '%s' 2>&1", dir, dir, ps_test_bin("psd"), path, log);
+  int rc = system(cmd);
+  char *out = ps_test_read_file(log, NULL);
+  ck_assert_msg(WIFEXITED(rc) && WEXITSTATUS(rc) == 2 && strstr(out, "Permission denied"),
+                "exit %d: %s", rc, out);
+  free(out);
+  snprintf(cmd, sizeof cmd, "chown root:nogroup '%s/own' && chmod 710 '%s/own' && "
+           "setpriv --reuid=nobody --regid=nogroup --clear-groups '%s' -t --config '%s' "
+           ">> '%s' 2>&1", dir, dir, ps_test_bin("psd"), path, log);
+  rc = system(cmd);
+  out = ps_test_read_file(log, NULL);
+  ck_assert_msg(WIFEXITED(rc) && WEXITSTATUS(rc) == 0 && strstr(out, "configuration ok"),
+                "exit %d: %s", rc, out);
+  free(out);
+}
+END_TEST
+
 /* sec_v6_loopback says whether this host has [::1] to bind. */
 static int sec_v6_loopback(void) {
   int fd = socket(AF_INET6, SOCK_STREAM, 0);
@@ -1647,6 +1845,44 @@ START_TEST(test_sec_cert_expiry) {
 }
 END_TEST
 
+/* psd -t warns of plaintext on a non-loopback address as a start does
+ * (README: mode none "warns at start"): a file with a shard on 0.0.0.0
+ * and a channel on 10.1.2.3 printed "configuration ok" alone.  The
+ * loopback file gets no warning. */
+START_TEST(test_sec_t_plaintext) {
+  char dir[600], path[700], log[700], from[64], to[64];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  int gp, cp;
+  const char *saved = ps_test_security_yaml;
+  ps_test_security_yaml = "security:\n  mode: none\n";
+  const char *yaml = ps_test_cluster_yaml(dir, 1, NULL, &gp, &cp);
+  ps_test_security_yaml = saved;
+  char *out;
+  snprintf(log, sizeof log, "%s/t-loop.log", dir);
+  ck_assert_int_eq(sec_t(yaml, NULL, 0, log, &out), 0);
+  ck_assert_msg(!strstr(out, "non-loopback"), "warned of a loopback address: %s", out);
+  free(out);
+  snprintf(path, sizeof path, "%s/open.yaml", dir);
+  snprintf(from, sizeof from, "grpc: 127.0.0.1:%d\n", gp);
+  snprintf(to, sizeof to, "grpc: 0.0.0.0:%d\n", gp);
+  ps_test_file_replace(yaml, path, from, to);
+  snprintf(from, sizeof from, "channel: 127.0.0.1:%d\n", cp);
+  snprintf(to, sizeof to, "channel: 10.1.2.3:%d\n", cp);
+  ps_test_file_replace(path, path, from, to);
+  for (int shard = 0; shard < 2; shard++) { /* the whole file, and --shard 0 */
+    snprintf(log, sizeof log, "%s/t-open%d.log", dir, shard);
+    ck_assert_int_eq(sec_t(path, NULL, shard, log, &out), 0);
+    ck_assert_msg(strstr(out, "configuration ok") && strstr(out, "warning:") &&
+                      strstr(out, "plaintext (security.mode: none) would be served on the "
+                                  "non-loopback address '0.0.0.0:") &&
+                      strstr(out, "without authentication (no security.secret_file) would be "
+                                  "served on the non-loopback address '10.1.2.3:"),
+                  "--shard %d: %s", shard, out);
+    free(out);
+  }
+}
+END_TEST
+
 Suite *security_suite(void) {
   Suite *s = suite_create("security");
   TCase *tc = tcase_create("mtls");
@@ -1665,6 +1901,7 @@ Suite *security_suite(void) {
   tcase_add_test(tc, test_sec_key_rotation);
   tcase_add_test(tc, test_sec_client_key_rotation);
   tcase_add_test(tc, test_sec_client_key_shared_file);
+  tcase_add_test(tc, test_sec_handshake_refused);
   suite_add_tcase(s, tc);
   tc = tcase_create("limits");
   tcase_add_unchecked_fixture(tc, lim_up, lim_down);
@@ -1681,11 +1918,14 @@ Suite *security_suite(void) {
   tc = tcase_create("unit");
   tcase_add_test(tc, test_sec_role_subject);
   tcase_add_test(tc, test_sec_file_names_key);
+  tcase_add_test(tc, test_sec_mkcerts_hosts);
+  tcase_add_test(tc, test_sec_own_user_recipe);
   suite_add_tcase(s, tc);
   tc = tcase_create("plaintext");
   tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, test_sec_plaintext_loopback);
+  tcase_add_test(tc, test_sec_t_plaintext);
   suite_add_tcase(s, tc);
   tc = tcase_create("cert_reload");
   tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);

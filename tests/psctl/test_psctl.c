@@ -884,7 +884,8 @@ static double pt_json_num(const char *path, const char *key) {
 }
 
 /* psctl bench against two shards: every transfer kind has its median
- * round and its rate over all rounds (JSON), and the table shows both. */
+ * round and its rate over all rounds (JSON), and the table shows both;
+ * --json names the cluster's security, "none" included. */
 START_TEST(test_psctl_bench) {
   pt_ctx x;
   pt_init(&x);
@@ -901,6 +902,8 @@ START_TEST(test_psctl_bench) {
     ck_assert_msg(med > 0 && ov > 0, "%s: %g, overall %g, see %s", kinds[k], med, ov, x.out);
   }
   ck_assert_msg(pt_json_num(x.out, "small_push_per_sec") > 0, "no small pushes, see %s", x.out);
+  /* named always, as psctl status --json names it: "none" too */
+  ck_assert_msg(pt_contains(x.out, "\"security\":\""), "no security key, see %s", x.out);
   ck_assert_int_eq(pt_psctl(&x, "bench --config '%s' --model-mib 1 --rounds 1 --small-secs 0 "
                                 "--skip-grpc", x.yaml), 0);
   ck_assert_msg(pt_contains(x.out, "overall MB/s") && !pt_contains(x.out, "grpc"),

@@ -44,8 +44,9 @@ static const char psctl_export_usage[] =
     "remove FILE.npz.tmp.PID).\n"
     "--timeout-ms bounds each shard's export and each page of rows (default 60000).\n"
     "Short forms: -m NAME (--model), -c FILE (--config), -h (--help).\n"
-    "Exit status: 0, 1 when a shard is down, the model is unknown or the export is\n"
-    "inconsistent (nothing is written then), 2 on bad usage or a bad configuration.\n";
+    "Exit status: 0, 1 when a shard is down or not the shard the file says (psctl status\n"
+    "shows MISMATCH), the model is unknown or the export is inconsistent (nothing is\n"
+    "written then), 2 on bad usage or a bad configuration.\n";
 
 typedef struct psctl_export_opts {
   const char *config, *model, *out;
@@ -405,7 +406,9 @@ int psctl_export_main(int argc, char **argv) {
     return 2;
   }
   Ps__GetModelReply *rep = NULL;
-  code = psctl_export_spec(&c, o.model, &rep);
+  code = psctl_check_cluster(&c, "export", PSCTL_EXPORT_SPEC_TIMEOUT_MS, 0) ? 1 : 0;
+  if (code) fprintf(stderr, "psctl export: nothing written\n");
+  else code = psctl_export_spec(&c, o.model, &rep);
   if (code == 0) {
     code = psctl_export_model(&c, rep->model, o.out, o.timeout_ms);
     protobuf_c_message_free_unpacked(&rep->base, NULL);

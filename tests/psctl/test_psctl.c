@@ -1219,6 +1219,57 @@ START_TEST(test_psctl_status_partial) {
 }
 END_TEST
 
+/* An export racing a --replace: shard 1 holds model 'm' replaced with
+ * another chunk size after shard 0 gave psctl its spec, so shard 1's
+ * chunks do not fit the layout psctl built.  The export writes nothing
+ * and says the model was most likely replaced during it, to run it again
+ * (before: "placement puts on another shard (does the config list the
+ * cluster's shards?)", which the cluster check rules out). */
+START_TEST(test_psctl_export_replaced) {
+  pt_ctx x;
+  pt_init(&x);
+  ck_assert_int_eq(pt_psctl(&x, "model logreg --inputs 64 --classes 10 -o m.pb"), 0);
+  pt_start(&x, 0);
+  pt_start(&x, 1);
+  ck_assert_int_eq(pt_psctl(&x, "submit m.pb -c '%s' -n m", x.yaml), 0);
+  Ps__GetModelReply *rep;
+  Ps__ModelSpec *spec = pt_get_model(&x, 1, "m", &rep);
+  ck_assert(spec != NULL);
+  spec->chunk_elems = 64; /* 11 chunks where shard 0's spec has 2 */
+  ps_test_submit(x.rpc[1], spec, 1, 10000);
+  protobuf_c_message_free_unpacked(&rep->base, NULL);
+  ck_assert_int_eq(pt_psctl(&x, "export -c '%s' -m m -o m.npz", x.yaml), 1);
+  ck_assert_msg(pt_contains(x.err, "psctl export: shard 1 (127.0.0.1:") &&
+                    pt_contains(x.err, "the model was most likely replaced (psctl submit "
+                                       "--replace) during the export: run it again") &&
+                    !pt_contains(x.err, "does the config"), "see %s", x.err);
+  struct stat st;
+  char npz[700];
+  snprintf(npz, sizeof npz, "%s/m.npz", x.dir);
+  ck_assert_int_ne(stat(npz, &st), 0);
+  pt_stop_all(&x);
+  pt_cleanup(&x);
+}
+END_TEST
+
+/* export -o in a directory that does not exist, directly or through a
+ * symlink: exit 2 both (a bad argument, said before any shard is asked),
+ * where a plain path gave 1 after the whole export and a link 2. */
+START_TEST(test_psctl_export_output_dir) {
+  pt_ctx x;
+  pt_init(&x); /* no shard runs: the argument is refused first */
+  ck_assert_int_eq(pt_psctl(&x, "export -c '%s' -m m -o nodir/m.npz", x.yaml), 2);
+  ck_assert_msg(pt_contains(x.err, "-o 'nodir/m.npz': no directory to make it in"), "see %s",
+                x.err);
+  char link[700];
+  snprintf(link, sizeof link, "%s/link.npz", x.dir);
+  ck_assert_int_eq(symlink("nodir/m.npz", link), 0);
+  ck_assert_int_eq(pt_psctl(&x, "export -c '%s' -m m -o link.npz", x.yaml), 2);
+  ck_assert_msg(pt_contains(x.err, "-o 'link.npz'"), "see %s", x.err);
+  pt_cleanup(&x);
+}
+END_TEST
+
 Suite *psctl_suite(void) {
   Suite *s = suite_create("psctl");
   struct {
@@ -1238,7 +1289,9 @@ Suite *psctl_suite(void) {
                {"psd_t_output_errors", test_psd_t_output_errors},
                {"version", test_version},
                {"cluster_mismatch", test_psctl_cluster_mismatch},
-               {"status_partial", test_psctl_status_partial}};
+               {"status_partial", test_psctl_status_partial},
+               {"export_replaced", test_psctl_export_replaced},
+               {"export_output_dir", test_psctl_export_output_dir}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     TCase *tc = tcase_create(cases[i].name);
     tcase_set_timeout(tc, 180);

@@ -1270,6 +1270,33 @@ START_TEST(test_psctl_export_output_dir) {
 }
 END_TEST
 
+/* psctl bench with shard 1 stopped (SIGSTOP: it accepts and never
+ * answers): --timeout 1500 ends it with exit 1 in seconds, naming shard 1
+ * (before: no --timeout, about 65 s and a message naming a channel
+ * address only).  With both shards up, a small model's sizes print as
+ * given ("model 0.01 MiB", "0.001 MiB requests"; before: "0 MiB"). */
+START_TEST(test_psctl_bench_hung) {
+  pt_ctx x;
+  pt_init(&x);
+  pt_start(&x, 0);
+  pt_start(&x, 1);
+  ck_assert_int_eq(kill(x.pid[1], SIGSTOP), 0);
+  int64_t t0 = ps_test_now_ms();
+  int rc = pt_psctl(&x, "bench -c '%s' --timeout 1500 --model-mib 0.01 --request-mib 0.001 "
+                        "--rounds 1 --small-secs 0 --skip-grpc", x.yaml);
+  int64_t ms = ps_test_now_ms() - t0;
+  kill(x.pid[1], SIGCONT);
+  ck_assert_msg(rc == 1 && ms < 15000 && pt_contains(x.err, "shard 1 (127.0.0.1:"),
+                "exit %d after %lld ms, see %s", rc, (long long)ms, x.err);
+  ck_assert_int_eq(pt_psctl(&x, "bench -c '%s' --timeout 10000 --model-mib 0.01 --request-mib "
+                                "0.001 --rounds 1 --small-secs 0 --skip-grpc", x.yaml), 0);
+  ck_assert_msg(pt_contains(x.out, "model 0.01 MiB over 2 shards, 0.001 MiB requests"), "see %s",
+                x.out);
+  pt_stop_all(&x);
+  pt_cleanup(&x);
+}
+END_TEST
+
 Suite *psctl_suite(void) {
   Suite *s = suite_create("psctl");
   struct {
@@ -1291,7 +1318,8 @@ Suite *psctl_suite(void) {
                {"cluster_mismatch", test_psctl_cluster_mismatch},
                {"status_partial", test_psctl_status_partial},
                {"export_replaced", test_psctl_export_replaced},
-               {"export_output_dir", test_psctl_export_output_dir}};
+               {"export_output_dir", test_psctl_export_output_dir},
+               {"bench_hung", test_psctl_bench_hung}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     TCase *tc = tcase_create(cases[i].name);
     tcase_set_timeout(tc, 180);

@@ -473,8 +473,8 @@ int psctl_submit_main(int argc, char **argv) {
   }
   spec->seed = o.seed, spec->chunk_elems = o.chunk_elems, spec->optimizer = &o.opt;
   spec->clip_norm = (float)o.clip_norm;
-  if (ps_modelspec_check(spec, &eb)) {
-    fprintf(stderr, "psctl submit: %s\n", eb.msg);
+  if (ps_modelspec_check(spec, &eb)) { /* mostly the flags' optimizer settings */
+    fprintf(stderr, "psctl submit: %s\nsee 'psctl submit --help'\n", eb.msg);
     goto free_spec;
   }
   if (psctl_cluster_open(&c, o.config, &eb) < 0) {

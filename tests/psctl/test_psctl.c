@@ -1297,6 +1297,30 @@ START_TEST(test_psctl_bench_hung) {
 }
 END_TEST
 
+/* Small refusals: --version with an argument (psd, psctl) exits 2; a
+ * bench option getopt refuses is prefixed "psctl bench"; --rounds 0 and
+ * an optimizer's bad lr end with the "see --help" line every other
+ * refusal has. */
+START_TEST(test_cli_refusals) {
+  pt_ctx x;
+  pt_init(&x);
+  ck_assert_int_eq(pt_run(&x, "psd", "--version extra"), 2);
+  ck_assert_msg(pt_contains(x.err, "--version takes no argument, got 'extra'"), "see %s", x.err);
+  ck_assert_int_eq(pt_psctl(&x, "--version extra"), 2);
+  ck_assert_msg(pt_contains(x.err, "--version takes no argument, got 'extra'"), "see %s", x.err);
+  ck_assert_int_eq(pt_psctl(&x, "bench --bogus"), 2);
+  ck_assert_msg(pt_contains(x.err, "psctl bench: unrecognized option '--bogus'") &&
+                    pt_contains(x.err, "see 'psctl bench --help'"), "see %s", x.err);
+  ck_assert_int_eq(pt_psctl(&x, "bench --rounds 0"), 2);
+  ck_assert_msg(pt_contains(x.err, "see 'psctl bench --help'"), "see %s", x.err);
+  ck_assert_int_eq(pt_psctl(&x, "model logreg --inputs 4 --classes 2 -o m.pb"), 0);
+  ck_assert_int_eq(pt_psctl(&x, "submit m.pb -n m --lr 0 -c '%s'", x.yaml), 2);
+  ck_assert_msg(pt_contains(x.err, "lr must be") && pt_contains(x.err, "see 'psctl submit --help'"),
+                "see %s", x.err);
+  pt_cleanup(&x);
+}
+END_TEST
+
 Suite *psctl_suite(void) {
   Suite *s = suite_create("psctl");
   struct {
@@ -1319,7 +1343,8 @@ Suite *psctl_suite(void) {
                {"status_partial", test_psctl_status_partial},
                {"export_replaced", test_psctl_export_replaced},
                {"export_output_dir", test_psctl_export_output_dir},
-               {"bench_hung", test_psctl_bench_hung}};
+               {"bench_hung", test_psctl_bench_hung},
+               {"cli_refusals", test_cli_refusals}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     TCase *tc = tcase_create(cases[i].name);
     tcase_set_timeout(tc, 180);

@@ -116,7 +116,9 @@ static void psctl_status_table(const psctl_row *rows, size_t n) {
       snprintf(age, sizeof age, "%.1fs ago", r->flush_age_s);
     snprintf(pr, sizeof pr, r->push_rate < 0 ? "-" : "%.1f", r->push_rate);
     snprintf(lr, sizeof lr, r->pull_rate < 0 ? "-" : "%.1f", r->pull_rate);
-    printf("%-5u %-21s %-10s %6zu %12llu %9llu %9s %9s %9s %9s %10s %9s\n", r->st->shard,
+    /* a MISMATCH shard goes by the file's id, as its line below the table */
+    printf("%-5u %-21s %-10s %6zu %12llu %9llu %9s %9s %9s %9s %10s %9s\n",
+           r->mismatch ? r->sc->id : r->st->shard,
            r->sc->grpc_addr, psctl_row_state(r), r->st->n_models, (unsigned long long)r->params,
            (unsigned long long)r->version, pr, lr, psctl_human(in, sizeof in, (double)r->st->bytes_in),
            psctl_human(out, sizeof out, (double)r->st->bytes_out), age,
@@ -132,8 +134,8 @@ static void psctl_status_table(const psctl_row *rows, size_t n) {
 static void psctl_status_conns(const psctl_row *rows, size_t n) {
   for (size_t i = 0; i < n; i++)
     if (rows[i].mismatch)
-      printf("shard %u is MISMATCH: %s; this file does not describe the cluster\n",
-             rows[i].sc->id, rows[i].mismatch_why);
+      printf("shard %u is MISMATCH: %s: use the cluster's own file\n", rows[i].sc->id,
+             rows[i].mismatch_why);
   for (size_t i = 0; i < n; i++)
     if (rows[i].st && rows[i].st->state_why && rows[i].st->state_why[0])
       printf("shard %u is %s: %s\n", rows[i].st->shard, rows[i].st->state, rows[i].st->state_why);

@@ -1298,7 +1298,8 @@ START_TEST(test_psctl_bench_hung) {
 END_TEST
 
 /* Small refusals: --version with an argument (psd, psctl) exits 2; a
- * bench option getopt refuses is prefixed "psctl bench"; --rounds 0 and
+ * bench (model mlp) option getopt refuses is prefixed "psctl bench"
+ * ("psctl model mlp"); --rounds 0 and
  * an optimizer's bad lr end with the "see --help" line every other
  * refusal has. */
 START_TEST(test_cli_refusals) {
@@ -1311,6 +1312,9 @@ START_TEST(test_cli_refusals) {
   ck_assert_int_eq(pt_psctl(&x, "bench --bogus"), 2);
   ck_assert_msg(pt_contains(x.err, "psctl bench: unrecognized option '--bogus'") &&
                     pt_contains(x.err, "see 'psctl bench --help'"), "see %s", x.err);
+  ck_assert_int_eq(pt_psctl(&x, "model mlp --bogus"), 2);
+  ck_assert_msg(pt_contains(x.err, "psctl model mlp: unrecognized option '--bogus'"), "see %s",
+                x.err);
   ck_assert_int_eq(pt_psctl(&x, "bench --rounds 0"), 2);
   ck_assert_msg(pt_contains(x.err, "see 'psctl bench --help'"), "see %s", x.err);
   ck_assert_int_eq(pt_psctl(&x, "model logreg --inputs 4 --classes 2 -o m.pb"), 0);

@@ -28,6 +28,7 @@
 
 #include "ps_addr.h"
 #include "ps_pb.h"
+#include "ps_place.h"
 
 typedef struct cfg_ctx {
   const char *path;
@@ -1439,6 +1440,12 @@ const ps_shard_conf *ps_config_shard(const ps_config *c, uint32_t id) {
 
 void ps_config_shard_ids(const ps_config *c, uint32_t *ids) {
   for (size_t i = 0; i < c->nshards; i++) ids[i] = c->shards[i].id;
+}
+
+uint64_t ps_config_place_id(const ps_config *c) {
+  uint64_t sum = 0; /* a sum: rendezvous placement does not depend on the ids' order */
+  for (size_t i = 0; i < c->nshards; i++) sum += ps_mix64((uint64_t)c->shards[i].id + 1);
+  return ps_mix64(sum ^ ps_mix64(((uint64_t)c->chunk_elems << 32) | (uint32_t)c->nshards));
 }
 
 const ps_shard_conf *ps_config_coordinator(const ps_config *c) {

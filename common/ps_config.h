@@ -224,6 +224,13 @@ const ps_shard_conf *ps_config_shard(const ps_config *c, uint32_t id);
  * (caller-owned, c->nshards entries): the list placement hashes over. */
 void ps_config_shard_ids(const ps_config *c, uint32_t *ids);
 
+/* ps_config_place_id returns a fingerprint of what chunk placement
+ * depends on in C: the set of shard ids (not their order) and
+ * chunk_elems.  Two files with the same id place every chunk on the same
+ * shard id; psd reports it in Status (place_id) so that psctl can tell a
+ * file of another cluster from its own.  Thread-safe. */
+uint64_t ps_config_place_id(const ps_config *c);
+
 /* ps_config_shard_budget returns C's limits.max_shard_bytes, or when it
  * is 0 (the default) a third of the memory this process may use: the
  * cgroup's memory.max when one is set, else physical memory.  A third,

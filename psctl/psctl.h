@@ -18,6 +18,7 @@
 #include <stdint.h>
 #include <protobuf-c/protobuf-c.h>
 
+#include "ps.pb-c.h"
 #include "ps_config.h"
 #include "ps_error.h"
 #include "ps_rpc.h"
@@ -59,6 +60,25 @@ int psctl_call_all(psctl_cluster *c, const char *method, const ProtobufCMessage 
  * N (ADDR) ": "refuses psctl" (its certificate's role), "did not answer
  * in time", else "is down". */
 const char *psctl_call_failed(int err);
+
+/* psctl_mismatch says whether shard I of C's file is the shard whose
+ * Status is S: 0 when it is, or when S cannot tell (a psd too old to send
+ * its cluster: only its id is compared); 1 after writing to WHY (LEN
+ * bytes) "the shard at ADDR says it is shard K of cluster 'X' with N
+ * shards; this file says ...".  A file of another cluster, or listing
+ * other shards, places chunks elsewhere: submit would register a model
+ * on some of the cluster's shards only and export would read the wrong
+ * ones. */
+int psctl_mismatch(const psctl_cluster *c, size_t i, const Ps__StatusReply *s, char *why,
+                   size_t len);
+
+/* psctl_check_cluster asks every shard of C for Status (deadline
+ * TIMEOUT_MS) and prints "psctl CMD: " and psctl_mismatch's message to
+ * stderr for each one that is not the shard the file says.  Shards that do
+ * not answer are left to the command's own calls, unless ALL: then each
+ * is said ("shard N (ADDR) did not answer in time: ...") and counted.
+ * Returns the number of shards found wanting. */
+int psctl_check_cluster(psctl_cluster *c, const char *cmd, int timeout_ms, int all);
 
 /* psctl_replies_free frees the replies in OUT[0..N) and zeroes them. */
 #define psctl_replies_free ps_rpc_replies_free

@@ -36,7 +36,7 @@
 #include "ps_auth.h"
 #include "ps_tls.h"
 
-#define BENCH_TIMEOUT_MS 60000
+#define BENCH_TIMEOUT_MS 60000 /* default --timeout */
 
 typedef struct bench_opts {
   const char *config;
@@ -77,6 +77,10 @@ typedef struct bench_shard {
  * worker that held it have been declared dead, hold its lease while the
  * bench runs, and give it up (done) at the end. */
 static uint32_t bench_worker;
+
+/* How long any one call or channel request may take (--timeout, ms): a
+ * hung shard fails the bench with its name after this long. */
+static int bench_timeout_ms = BENCH_TIMEOUT_MS;
 
 /* ---- the four transfer kinds -------------------------------------------------- */
 
@@ -119,7 +123,7 @@ static int bench_grpc_push(bench_shard *s, ps_errbuf *eb) {
     req.grads.len = r->nelems * sizeof(float);
     ProtobufCMessage *resp = NULL;
     int rc = ps_rpc_call(s->rpc, "/ps.Ps/Push", &req.base, &ps__push_reply__descriptor, &resp,
-                         BENCH_TIMEOUT_MS, eb);
+                         bench_timeout_ms, eb);
     if (rc < 0) return rc;
     protobuf_c_message_free_unpacked(resp, NULL);
   }
@@ -137,7 +141,7 @@ static int bench_grpc_pull(bench_shard *s, ps_errbuf *eb) {
     req.n_chunk_ids = r->nids;
     ProtobufCMessage *resp = NULL;
     int rc = ps_rpc_call(s->rpc, "/ps.Ps/Pull", &req.base, &ps__pull_reply__descriptor, &resp,
-                         BENCH_TIMEOUT_MS, eb);
+                         bench_timeout_ms, eb);
     if (rc < 0) return rc;
     Ps__PullReply *rep = (Ps__PullReply *)resp;
     if (rep->values.len != r->nelems * sizeof(float)) {
@@ -254,7 +258,7 @@ static int bench_submit(psctl_cluster *cl, Ps__ModelSpec *spec, ps_errbuf *eb) {
   psctl_reply *out = calloc(n, sizeof *out);
   if (!out) return ps_errf(eb, PS_ENOMEM, "out of memory");
   psctl_call_all(cl, "/ps.Ps/SubmitModel", &req.base, &ps__submit_model_reply__descriptor,
-                 BENCH_TIMEOUT_MS, out);
+                 bench_timeout_ms, out);
   int rc = 0;
   for (size_t i = 0; i < n && rc == 0; i++)
     if (out[i].err < 0)
@@ -392,9 +396,12 @@ static int bench_connect(psctl_cluster *cl, bench_shard *sh, uint64_t req_elems,
     sh[i].rpc = cl->rpc[i];
     rc = ps_chan_connect_auth(&sh[i].chan, sh[i].conf->channel_addr, cl->cfg.cluster, key,
                               cl->cfg.security.payload_mac ? PS_CHAN_AUTH_MAC : 0,
-                              BENCH_TIMEOUT_MS, eb);
+                              bench_timeout_ms, eb);
+    if (rc < 0) /* the channel's message names its address only */
+      rc = ps_errf(eb, rc, "shard %u (channel %s): %s", sh[i].conf->id, sh[i].conf->channel_addr,
+                   eb->msg);
     if (rc == 0 && sockbuf) rc = ps_chan_set_bufsize(sh[i].chan, sockbuf, sockbuf, eb);
-    if (rc == 0) ps_chan_set_timeout(sh[i].chan, BENCH_TIMEOUT_MS); /* a stall fails, not hangs */
+    if (rc == 0) ps_chan_set_timeout(sh[i].chan, bench_timeout_ms); /* a stall fails, not hangs */
     if (rc == 0 && grpc && !(sh[i].scratch = malloc(req_elems * sizeof(float))))
       rc = ps_errf(eb, PS_ENOMEM, "out of memory");
   }
@@ -429,7 +436,7 @@ static double bench_small_grpc(bench_shard *sh0, uint32_t id, const float *g, do
   while (t1 - t0 < secs) {
     ProtobufCMessage *resp;
     if (ps_rpc_call(sh0->rpc, "/ps.Ps/Push", &req.base, &ps__push_reply__descriptor, &resp,
-                    BENCH_TIMEOUT_MS, eb) < 0)
+                    bench_timeout_ms, eb) < 0)
       return -1;
     protobuf_c_message_free_unpacked(resp, NULL);
     done++;
@@ -619,7 +626,7 @@ static void bench_print(const psctl_cluster *cl, const bench_opts *o, const benc
     printf("}\n");
     return;
   }
-  printf("model %.0f MiB over %zu shards, %.0f MiB requests, %d in flight per shard, "
+  printf("model %g MiB over %zu shards, %g MiB requests, %d in flight per shard, "
          "median of %d rounds\n", o->model_mib, cl->cfg.nshards, o->request_mib, o->depth,
          o->rounds);
   printf("%-9s %-5s %10s %12s\n", "transport", "op", "MB/s", "overall MB/s");
@@ -636,7 +643,7 @@ static void bench_print(const psctl_cluster *cl, const bench_opts *o, const benc
 static const char bench_usage[] =
     "usage: psctl bench [--config FILE] [--json] [--rounds N] [--model-mib M]\n"
     "                   [--request-mib R] [--depth D] [--small-secs S] [--skip-grpc]\n"
-    "                   [--sockbuf BYTES]\n"
+    "                   [--sockbuf BYTES] [--timeout MS]\n"
     "       psctl bench [--config FILE] --memory-params N [--request-mib R]\n"
     "Submits a dense benchmark model (one float32 tensor of M MiB, default 64, SGD) and\n"
     "prints the median over N rounds (default 5) of push and pull MB/s over the tensor\n"
@@ -650,8 +657,11 @@ static const char bench_usage[] =
     "parameters, pushes every chunk once, waits for a flush and prints each shard's\n"
     "parameter count as JSON (scripts/bench_net measures the shards' memory).\n"
     "--sockbuf sets the channel clients' SO_SNDBUF/SO_RCVBUF (default 0: kernel autotuning;\n"
-    "else at least 65536).  Short forms: -c FILE (--config), -j (--json), -h (--help).\n"
-    "Exit status: 0, 1 when a shard is down or refuses the model or a request, 2 for\n"
+    "else at least 65536).  --timeout MS bounds each call and request, and the first Status\n"
+    "of every shard (default 60000): a shard that does not answer in time fails the bench\n"
+    "with its id.  Short forms: -c FILE (--config), -j (--json), -h (--help).\n"
+    "Exit status: 0, 1 when a shard is down, is not the shard the file says (psctl status\n"
+    "shows MISMATCH) or refuses the model or a request, 2 for\n"
     "usage/config errors.\n";
 
 /* bench_args parses argv into O; 0, or an exit code (-1: --help). */
@@ -662,7 +672,7 @@ static int bench_args(int argc, char **argv, bench_opts *o) {
       {"request-mib", required_argument, 0, 'q'}, {"depth", required_argument, 0, 'd'},
       {"small-secs", required_argument, 0, 's'},  {"skip-grpc", no_argument, 0, 'G'},
       {"memory-params", required_argument, 0, 'M'}, {"sockbuf", required_argument, 0, 'B'},
-      {"help", no_argument, 0, 'h'},
+      {"timeout", required_argument, 0, 'T'}, {"help", no_argument, 0, 'h'},
       {0, 0, 0, 0}};
   *o = (bench_opts){.rounds = 5, .depth = 2, .model_mib = 64, .request_mib = 4, .small_secs = 2};
   optind = 1;
@@ -692,10 +702,17 @@ static int bench_args(int argc, char **argv, bench_opts *o) {
       case 's':
         bad = psctl_parse_double("bench", "small-secs", optarg, 0, DBL_MAX, &o->small_secs);
         break;
+      case 'T':
+        bad = psctl_parse_u64("bench", "timeout", optarg, 1, 3600000, &u);
+        if (!bad) bench_timeout_ms = (int)u;
+        break;
       case 'h': fputs(bench_usage, stdout); return -1;
-      default: fputs("see 'psctl bench --help'\n", stderr); return 2;
+      default: bad = 1; break;
     }
-    if (bad) return 2;
+    if (bad) {
+      fputs("see 'psctl bench --help'\n", stderr);
+      return 2;
+    }
   }
   const char *why = optind < argc ? "unexpected argument"
                     : o->model_mib <= 0 || o->model_mib * 262144 > 4e9
@@ -739,6 +756,14 @@ int psctl_bench_main(int argc, char **argv) {
   int rc = sh && ids ? 0 : ps_errf(&eb, PS_ENOMEM, "out of memory");
   for (size_t i = 0; i < n && rc == 0; i++) ids[i] = cl.cfg.shards[i].id;
   bench_worker = 2 * cl.cfg.workers.count + 1;
+  /* every shard up and the file's own, before a model is replaced anywhere */
+  if (rc == 0 && psctl_check_cluster(&cl, "bench", bench_timeout_ms, 1)) {
+    fprintf(stderr, "psctl bench: nothing measured\n");
+    free(sh);
+    free(ids);
+    psctl_cluster_close(&cl);
+    return 1;
+  }
   bench_beats beats;
   bench_beats_start(&beats, &cl);
   if (rc == 0)

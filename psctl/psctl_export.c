@@ -44,8 +44,11 @@ static const char psctl_export_usage[] =
     "remove FILE.npz.tmp.PID).\n"
     "--timeout-ms bounds each shard's export and each page of rows (default 60000).\n"
     "Short forms: -m NAME (--model), -c FILE (--config), -h (--help).\n"
-    "Exit status: 0, 1 when a shard is down, the model is unknown or the export is\n"
-    "inconsistent (nothing is written then), 2 on bad usage or a bad configuration.\n";
+    "Exit status: 0, 1 when a shard is down or not the shard the file says (psctl status\n"
+    "shows MISMATCH), the model is unknown, the export is inconsistent or FILE.npz cannot\n"
+    "be written (nothing is written then), 2 on bad usage or a bad configuration, -o in a\n"
+    "directory that does not exist included (a link to one too): checked before anything\n"
+    "is read.\n";
 
 typedef struct psctl_export_opts {
   const char *config, *model, *out;
@@ -131,14 +134,23 @@ typedef struct psctl_export_asm {
 } psctl_export_asm;
 
 /* psctl_export_place copies the chunks of shard I's reply R into A.
- * Returns 0, or 1 after printing what is inconsistent. */
+ * Returns 0, or 1 after printing what is inconsistent.  The shards were
+ * found to be the file's (psctl_check_cluster), so chunks that do not fit
+ * the layout come from another spec of the model than the one psctl read
+ * first: it was replaced (--replace) between psctl's GetModel and this
+ * shard's Export. */
 static int psctl_export_place(psctl_export_asm *a, const psctl_cluster *c, size_t i,
                               const Ps__ExportReply *r) {
   ps_errbuf eb;
   if (ps_layout_place(a->l, (uint32_t)i, r->chunk_ids, r->n_chunk_ids, r->values.data,
                       r->values.len, a->values, a->from, &eb) >= 0)
     return 0;
-  fprintf(stderr, "psctl export: shard %" PRIu32 " %s\n", c->cfg.shards[i].id, eb.msg);
+  char *guess = strstr(eb.msg, " (does the config"); /* ps_layout_place's guess: checked */
+  if (guess) *guess = 0;
+  fprintf(stderr, "psctl export: shard %" PRIu32 " (%s) %s: its chunks do not fit the model's "
+          "spec psctl read first; the model was most likely replaced (psctl submit --replace) "
+          "during the export: run it again\n", c->cfg.shards[i].id, c->cfg.shards[i].grpc_addr,
+          eb.msg);
   return 1;
 }
 
@@ -354,12 +366,26 @@ static int psctl_export_dangling(const char *path, char *buf) {
   return 0;
 }
 
+/* psctl_export_in_dir says whether the directory PATH would be made in
+ * exists: 0, or -1 with errno (ENOENT, ENOTDIR, ...). */
+static int psctl_export_in_dir(const char *path) {
+  char dir[PATH_MAX];
+  struct stat st;
+  const char *slash = strrchr(path, '/');
+  if (!slash) return 0; /* the working directory */
+  snprintf(dir, sizeof dir, "%.*s", slash == path ? 1 : (int)(slash - path), path);
+  if (stat(dir, &st) < 0) return -1;
+  return S_ISDIR(st.st_mode) ? 0 : (errno = ENOTDIR, -1);
+}
+
 /* psctl_export_target checks -o PATH before anything is read: a file or
- * nothing (replaced or made, by a rename), never a device, a FIFO or a
- * directory (a rename onto /dev/null would replace it for the whole
- * machine); a symlink is followed, so that the file it names is replaced
- * and the link stays.  The path to write goes to OUT.  0, or 2 said on
- * stderr. */
+ * nothing (replaced or made, by a rename) in a directory that exists,
+ * never a device, a FIFO or a directory (a rename onto /dev/null would
+ * replace it for the whole machine); a symlink is followed, so that the
+ * file it names is replaced and the link stays.  The path to write goes
+ * to OUT.  0, or 2 said on stderr: a path that cannot name a file to
+ * write is a bad argument, whether a link leads there or not (and an
+ * export of hours is not read only to fail at the end). */
 static int psctl_export_target(const char *path, char *out, size_t cap) {
   struct stat st;
   const char *real = path;
@@ -371,6 +397,11 @@ static int psctl_export_target(const char *path, char *out, size_t cap) {
       return 2;
     }
     real = buf;
+  }
+  if (stat(real, &st) < 0 && psctl_export_in_dir(real) < 0) {
+    fprintf(stderr, "psctl export: -o '%s': no directory to make it in: %s\n", path,
+            strerror(errno));
+    return 2;
   }
   if (stat(real, &st) == 0 && !S_ISREG(st.st_mode)) {
     fprintf(stderr, "psctl export: -o '%s' is not a regular file (a directory, device or FIFO): "
@@ -405,7 +436,9 @@ int psctl_export_main(int argc, char **argv) {
     return 2;
   }
   Ps__GetModelReply *rep = NULL;
-  code = psctl_export_spec(&c, o.model, &rep);
+  code = psctl_check_cluster(&c, "export", PSCTL_EXPORT_SPEC_TIMEOUT_MS, 0) ? 1 : 0;
+  if (code) fprintf(stderr, "psctl export: nothing written\n");
+  else code = psctl_export_spec(&c, o.model, &rep);
   if (code == 0) {
     code = psctl_export_model(&c, rep->model, o.out, o.timeout_ms);
     protobuf_c_message_free_unpacked(&rep->base, NULL);

@@ -32,6 +32,16 @@ static void psctl_usage(FILE *f) {
           PSCTL_DEFAULT_CONFIG);
 }
 
+/* psctl_run runs CMD with argv[1] (its name) as its argv[0], which
+ * getopt_long names in its own messages: "psctl CMD" there, as in every
+ * other message of the command ("psctl bench: unrecognized option ..."). */
+static int psctl_run(const struct psctl_cmd *cmd, int argc, char **argv) {
+  static char name[32];
+  snprintf(name, sizeof name, "psctl %s", cmd->name);
+  argv[1] = name;
+  return cmd->main(argc - 1, argv + 1);
+}
+
 /* psctl_dispatch returns the subcommand's exit code; 0 for --help and
  * --version, 2 for a missing or unknown command. */
 static int psctl_dispatch(int argc, char **argv) {
@@ -44,11 +54,16 @@ static int psctl_dispatch(int argc, char **argv) {
     return 0;
   }
   if (!strcmp(argv[1], "--version")) {
+    if (argc > 2) { /* a script's typo must not read as a build */
+      fprintf(stderr, "psctl: --version takes no argument, got '%s'\nsee 'psctl --help'\n",
+              argv[2]);
+      return 2;
+    }
     ps_version_print("psctl");
     return 0;
   }
   for (size_t i = 0; i < PSCTL_NCMDS; i++)
-    if (!strcmp(argv[1], psctl_cmds[i].name)) return psctl_cmds[i].main(argc - 1, argv + 1);
+    if (!strcmp(argv[1], psctl_cmds[i].name)) return psctl_run(&psctl_cmds[i], argc, argv);
   fprintf(stderr, "psctl: unknown command '%s'\nsee 'psctl --help'\n", argv[1]);
   return 2;
 }

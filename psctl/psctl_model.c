@@ -54,6 +54,12 @@ static int psctl_model_args(int argc, char **argv, psctl_model_opts *o) {
   optind = 1;
   int c;
   char cmd[64];
+  /* getopt_long names argv[0] in its own messages: "psctl model KIND" there
+   * too (static: argv keeps it after this returns) */
+  static char prog[64];
+  const char *kind = argv[0];
+  snprintf(prog, sizeof prog, "psctl model %s", kind);
+  argv[0] = prog;
   uint64_t v;
   while ((c = getopt_long(argc, argv, "o:h", opts, NULL)) != -1) {
     switch (c) {
@@ -61,7 +67,7 @@ static int psctl_model_args(int argc, char **argv, psctl_model_opts *o) {
       case 'a': o->act = optarg; break;
       case 'i':
       case 'k':
-        snprintf(cmd, sizeof cmd, "model %s", argv[0]);
+        snprintf(cmd, sizeof cmd, "model %s", kind);
         /* a softmax over one class learns nothing: --classes from 2 */
         if (psctl_parse_u64(cmd, c == 'i' ? "inputs" : "classes", optarg, c == 'i' ? 1 : 2,
                             1L << 24, &v) < 0)
@@ -71,14 +77,14 @@ static int psctl_model_args(int argc, char **argv, psctl_model_opts *o) {
       case 'f':
       case 'd':
       case 'e':
-        snprintf(cmd, sizeof cmd, "model %s", argv[0]);
+        snprintf(cmd, sizeof cmd, "model %s", kind);
         if (psctl_parse_u64(cmd, c == 'f' ? "fields" : c == 'd' ? "dim" : "dense", optarg, 1,
                             c == 'd' ? 65536 : 1L << 20, &v) < 0)
           return 2;
         *(c == 'f' ? &o->fields : c == 'd' ? &o->dim : &o->dense) = (long)v;
         break;
       case 'b':
-        snprintf(cmd, sizeof cmd, "model %s", argv[0]);
+        snprintf(cmd, sizeof cmd, "model %s", kind);
         if (psctl_parse_u64(cmd, "hash-buckets", optarg, 0, UINT64_MAX, &o->hash_buckets) < 0) return 2;
         break;
       case 'p': o->pooling = optarg; break;
@@ -89,13 +95,13 @@ static int psctl_model_args(int argc, char **argv, psctl_model_opts *o) {
     }
   }
   if (optind < argc || !o->out) {
-    fprintf(stderr, "psctl model %s: %s\nsee 'psctl model --help'\n", argv[0],
+    fprintf(stderr, "psctl model %s: %s\nsee 'psctl model --help'\n", kind,
             o->out ? "unexpected argument" : "-o FILE is required");
     return 2;
   }
   ps_errbuf eb;
   if (o->name && ps_name_check("model", o->name, &eb) < 0) { /* as psctl submit --name */
-    fprintf(stderr, "psctl model %s: --name: %s\n", argv[0], eb.msg);
+    fprintf(stderr, "psctl model %s: --name: %s\n", kind, eb.msg);
     return 2;
   }
   return 0;

@@ -35,6 +35,8 @@ typedef struct psctl_row {
   double push_rate, pull_rate; /* < 0: unknown */
   double flush_age_s;          /* < 0: never flushed */
   double sync_rate, per_sync;  /* redo log: syncs/s, pushes per sync; < 0: unknown */
+  int mismatch;                /* st is not the shard the file says (psctl_mismatch) ... */
+  char mismatch_why[512];      /* ... and how */
 } psctl_row;
 
 /* psctl_down_state names the state of a shard or aggregator whose Status
@@ -49,6 +51,13 @@ static const char *psctl_down_state(int err) { return err == PS_EPERM ? "REFUSED
  * network instead of to security.mode or the certificate. */
 static void psctl_explain(const char *addr, int *err, ps_errbuf *eb, int timeout_ms) {
   if (*err < 0 && ps_rpc_explain_handshake(addr, *err, eb, timeout_ms)) *err = PS_EPERM;
+}
+
+/* psctl_row_state names R's state: DOWN or REFUSED, MISMATCH for a shard
+ * that is not the one the file says (another cluster's, or another shard
+ * list's), else the shard's own. */
+static const char *psctl_row_state(const psctl_row *r) {
+  return !r->st ? psctl_down_state(r->err) : r->mismatch ? "MISMATCH" : r->st->state;
 }
 
 /* psctl_status_row combines the two samples A (may have failed) and B of
@@ -116,8 +125,10 @@ static void psctl_status_table(const psctl_row *rows, size_t n) {
       snprintf(age, sizeof age, "%.1fs ago", r->flush_age_s);
     snprintf(pr, sizeof pr, r->push_rate < 0 ? "-" : "%.1f", r->push_rate);
     snprintf(lr, sizeof lr, r->pull_rate < 0 ? "-" : "%.1f", r->pull_rate);
-    printf("%-5u %-21s %-10s %6zu %12llu %9llu %9s %9s %9s %9s %10s %9s\n", r->st->shard,
-           r->sc->grpc_addr, r->st->state, r->st->n_models, (unsigned long long)r->params,
+    /* a MISMATCH shard goes by the file's id, as its line below the table */
+    printf("%-5u %-21s %-10s %6zu %12llu %9llu %9s %9s %9s %9s %10s %9s\n",
+           r->mismatch ? r->sc->id : r->st->shard,
+           r->sc->grpc_addr, psctl_row_state(r), r->st->n_models, (unsigned long long)r->params,
            (unsigned long long)r->version, pr, lr, psctl_human(in, sizeof in, (double)r->st->bytes_in),
            psctl_human(out, sizeof out, (double)r->st->bytes_out), age,
            psctl_human(disk, sizeof disk, (double)r->st->disk_bytes));
@@ -130,6 +141,10 @@ static void psctl_status_table(const psctl_row *rows, size_t n) {
  * authentication, those counts (nothing when none did: the table stays
  * as it was for a healthy cluster). */
 static void psctl_status_conns(const psctl_row *rows, size_t n) {
+  for (size_t i = 0; i < n; i++)
+    if (rows[i].mismatch)
+      printf("shard %u is MISMATCH: %s: use the cluster's own file\n", rows[i].sc->id,
+             rows[i].mismatch_why);
   for (size_t i = 0; i < n; i++)
     if (rows[i].st && rows[i].st->state_why && rows[i].st->state_why[0])
       printf("shard %u is %s: %s\n", rows[i].st->shard, rows[i].st->state, rows[i].st->state_why);
@@ -190,14 +205,17 @@ static void psctl_status_each_model(const psctl_row *rows, size_t n, psctl_model
   }
 }
 
-/* psctl_status_model_row prints a model with its consistency: tau
+/* psctl_status_model_row prints a model with its optimizer and learning
+ * rate ("-" from a psd before them), its consistency: tau
  * histogram (buckets 0, 1, 2, 3-4, 5-8, 9-16, >16), the largest clock gap
  * a pull was served at, pulls parked now / ever / timed out. */
 static void psctl_status_model_row(const Ps__StatusReply *s, const Ps__ModelStatus *m, int header) {
   if (header)
-    printf("\n%-16s %-5s %-7s %-8s %-44s %6s %s\n", "MODEL", "SHARD", "CONSIST", "WEIGHT",
-           "TAU 0/1/2/3-4/5-8/9-16/>16", "MAXGAP", "PARKED NOW/EVER/TIMEOUT");
-  char mode[16], hist[128] = "-";
+    printf("\n%-16s %-5s %-18s %-7s %-8s %-44s %6s %s\n", "MODEL", "SHARD", "OPTIMIZER LR",
+           "CONSIST", "WEIGHT", "TAU 0/1/2/3-4/5-8/9-16/>16", "MAXGAP", "PARKED NOW/EVER/TIMEOUT");
+  char mode[16], hist[128] = "-", opt[48] = "-";
+  if (m->optimizer && *m->optimizer)
+    snprintf(opt, sizeof opt, "%s %.6g", m->optimizer, (double)m->lr);
   if (!strcmp(m->consistency, "ssp"))
     snprintf(mode, sizeof mode, "ssp(%u)", m->staleness);
   else
@@ -206,7 +224,7 @@ static void psctl_status_model_row(const Ps__StatusReply *s, const Ps__ModelStat
   for (size_t k = 0; k < m->n_tau_hist && off < sizeof hist; k++)
     off += (size_t)snprintf(hist + off, sizeof hist - off, "%s%llu", k ? "/" : "",
                             (unsigned long long)m->tau_hist[k]);
-  printf("%-16s %-5u %-7s %-8s %-44s %6llu %llu/%llu/%llu\n", m->name, s->shard, mode,
+  printf("%-16s %-5u %-18s %-7s %-8s %-44s %6llu %llu/%llu/%llu\n", m->name, s->shard, opt, mode,
          m->staleness_weight, hist, (unsigned long long)m->max_gap,
          (unsigned long long)m->parked, (unsigned long long)m->pulls_parked,
          (unsigned long long)m->pull_timeouts);
@@ -228,6 +246,72 @@ static void psctl_status_codec_row(const Ps__StatusReply *s, const Ps__ModelStat
   for (size_t k = 0; k < m->n_codec_tensors && k < m->n_tensor_codecs; k++)
     printf("%s%s=%s", k ? ", " : "  (tensors: ", m->codec_tensors[k], m->tensor_codecs[k]);
   printf("%s\n", m->n_codec_tensors && m->n_tensor_codecs ? ")" : "");
+}
+
+static void psctl_json_str(const char *s);
+
+/* psctl_answered returns R's Status when the shard answered and is the
+ * file's shard, else NULL. */
+static const Ps__StatusReply *psctl_answered(const psctl_row *r) {
+  return r->mismatch ? NULL : r->st;
+}
+
+/* psctl_holds says whether Status S lists model NAME. */
+static int psctl_holds(const Ps__StatusReply *s, const char *name) {
+  for (size_t m = 0; m < s->n_models; m++)
+    if (!strcmp(s->models[m]->name, name)) return 1;
+  return 0;
+}
+
+/* psctl_status_ids prints the ids of the shards that answered and hold
+ * (HOLDS 1) or lack (0) model NAME, separated by SEP. */
+static void psctl_status_ids(const psctl_row *rows, size_t n, const char *name, int holds,
+                             const char *sep) {
+  for (size_t k = 0, c = 0; k < n; k++)
+    if (psctl_answered(&rows[k]) && psctl_holds(rows[k].st, name) == holds)
+      printf("%s%u", c++ ? sep : "", rows[k].sc->id);
+}
+
+/* psctl_status_partial prints, for each model that some shards which
+ * answered (and are the file's) hold and others lack, a line naming both
+ * sets: workers cannot train it (a memory budget refused it on one, or a
+ * submit stopped half-way).  JSON: the "partial_models" member, one
+ * object per such model.  Returns the number of such models. */
+static size_t psctl_status_partial(const psctl_row *rows, size_t n, int json) {
+  size_t nbad = 0;
+  if (json) printf(",\"partial_models\":[");
+  for (size_t i = 0; i < n; i++) {
+    const Ps__StatusReply *s = psctl_answered(&rows[i]);
+    for (size_t j = 0; s && j < s->n_models; j++) {
+      const char *name = s->models[j]->name;
+      int seen = 0, lacks = 0; /* on a shard before i (said there); lacking on one */
+      for (size_t k = 0; k < n; k++) {
+        const Ps__StatusReply *t = psctl_answered(&rows[k]);
+        if (t && psctl_holds(t, name)) seen |= k < i;
+        else lacks |= t != NULL;
+      }
+      if (seen || !lacks) continue;
+      if (json) {
+        printf("%s{\"name\":", nbad ? "," : "");
+        psctl_json_str(name);
+        printf(",\"on\":[");
+        psctl_status_ids(rows, n, name, 1, ",");
+        printf("],\"missing\":[");
+        psctl_status_ids(rows, n, name, 0, ",");
+        printf("]}");
+      } else {
+        printf("model '%s' is on shards [", name);
+        psctl_status_ids(rows, n, name, 1, ", ");
+        printf("] and not on shards [");
+        psctl_status_ids(rows, n, name, 0, ", ");
+        printf("]: workers cannot train it; 'psctl submit' it again (its refusal says why a "
+               "shard lacks it)\n");
+      }
+      nbad++;
+    }
+  }
+  if (json) putchar(']');
+  return nbad;
 }
 
 /* psctl_status_sparse prints each shard's sparse tables: rows in memory,
@@ -352,54 +436,83 @@ static void psctl_json_build(const Ps__StatusReply *s) {
   else printf("null");
 }
 
-/* psctl_status_json_row prints one shard's JSON object. */
+/* The members of a shard's JSON object after "build" (psctl_status_json_row),
+ * in order: a shard that did not answer has each of them null, so that a
+ * script reading s["params"] gets None rather than a KeyError (README). */
+static const char *const psctl_json_shard_keys[] = {
+    "uptime_ms", "models", "params", "version", "pushes", "pulls", "pushes_per_s",
+    "pulls_per_s", "bytes_in", "bytes_out", "errors", "last_flush_unix_ms", "last_flush_age_s",
+    "disk_bytes", "chan_connections", "chan_refused", "chan_idle_closed", "grpc_restarts",
+    "security", "auth_refused", "chan_auth_refused", "chan_shm_bytes", "chan_shm_connections",
+    "redo_log", "sparse_tables"};
+
+/* psctl_status_json_model prints model M's JSON object. */
+static void psctl_status_json_model(const Ps__ModelStatus *m) {
+  printf("{\"name\":");
+  psctl_json_str(m->name);
+  printf(",\"chunks\":%u,\"params\":%llu,\"version\":%llu,\"optimizer\":", m->chunks,
+         (unsigned long long)m->params, (unsigned long long)m->version);
+  if (m->optimizer && *m->optimizer) { /* a psd before the field sends none */
+    psctl_json_str(m->optimizer);
+    printf(",\"lr\":%.7g", (double)m->lr); /* a float: 7 digits */
+  } else {
+    printf("null,\"lr\":null");
+  }
+  printf(",\"consistency\":");
+  psctl_json_str(m->consistency);
+  printf(",\"staleness\":%u,\"staleness_weight\":", m->staleness);
+  psctl_json_str(m->staleness_weight);
+  printf(",\"tau_hist\":[");
+  for (size_t k = 0; k < m->n_tau_hist; k++)
+    printf("%s%llu", k ? "," : "", (unsigned long long)m->tau_hist[k]);
+  printf("],\"max_gap\":%llu,\"parked\":%u,\"pulls_parked\":%llu,\"pull_timeouts\":%llu",
+         (unsigned long long)m->max_gap, m->parked, (unsigned long long)m->pulls_parked,
+         (unsigned long long)m->pull_timeouts);
+  printf(",\"codec\":");
+  psctl_json_str(*m->codec ? m->codec : "fp32");
+  printf(",\"pull_codec\":");
+  psctl_json_str(*m->pull_codec ? m->pull_codec : "fp32");
+  printf(",\"tensor_codecs\":{");
+  for (size_t k = 0; k < m->n_codec_tensors && k < m->n_tensor_codecs; k++) {
+    if (k) putchar(',');
+    psctl_json_str(m->codec_tensors[k]);
+    putchar(':');
+    psctl_json_str(m->tensor_codecs[k]);
+  }
+  printf("}");
+  printf(",\"bytes_raw\":%llu,\"bytes_wire\":%llu}", (unsigned long long)m->bytes_raw,
+         (unsigned long long)m->bytes_wire);
+}
+
+/* psctl_status_json_row prints one shard's JSON object: every member for
+ * every shard, null where it did not answer. */
 static void psctl_status_json_row(const psctl_row *r) {
   printf("{\"id\":%u,\"address\":", r->sc->id);
   psctl_json_str(r->sc->grpc_addr);
   printf(",\"channel\":");
   psctl_json_str(r->sc->channel_addr);
+  printf(",\"state\":");
+  psctl_json_str(psctl_row_state(r));
+  printf(",\"state_why\":");
+  psctl_json_str(r->st && r->st->state_why ? r->st->state_why : "");
+  printf(",\"error\":");
+  if (r->st) printf("null");
+  else psctl_json_str(r->why);
+  printf(",\"mismatch\":");
+  if (r->mismatch) psctl_json_str(r->mismatch_why);
+  else printf("null");
+  psctl_json_build(r->st);
   if (!r->st) {
-    printf(",\"state\":\"%s\",\"state_why\":\"\",\"error\":", psctl_down_state(r->err));
-    psctl_json_str(r->why);
-    printf(",\"build\":null}");
+    for (size_t k = 0; k < sizeof psctl_json_shard_keys / sizeof *psctl_json_shard_keys; k++)
+      printf(",\"%s\":null", psctl_json_shard_keys[k]);
+    putchar('}');
     return;
   }
   const Ps__StatusReply *s = r->st;
-  printf(",\"state\":");
-  psctl_json_str(s->state);
-  printf(",\"state_why\":");
-  psctl_json_str(s->state_why ? s->state_why : "");
-  psctl_json_build(s);
   printf(",\"uptime_ms\":%llu,\"models\":[", (unsigned long long)s->uptime_ms);
   for (size_t i = 0; i < s->n_models; i++) {
-    printf("%s{\"name\":", i ? "," : "");
-    psctl_json_str(s->models[i]->name);
-    const Ps__ModelStatus *m = s->models[i];
-    printf(",\"chunks\":%u,\"params\":%llu,\"version\":%llu,\"consistency\":", m->chunks,
-           (unsigned long long)m->params, (unsigned long long)m->version);
-    psctl_json_str(m->consistency);
-    printf(",\"staleness\":%u,\"staleness_weight\":", m->staleness);
-    psctl_json_str(m->staleness_weight);
-    printf(",\"tau_hist\":[");
-    for (size_t k = 0; k < m->n_tau_hist; k++)
-      printf("%s%llu", k ? "," : "", (unsigned long long)m->tau_hist[k]);
-    printf("],\"max_gap\":%llu,\"parked\":%u,\"pulls_parked\":%llu,\"pull_timeouts\":%llu",
-           (unsigned long long)m->max_gap, m->parked, (unsigned long long)m->pulls_parked,
-           (unsigned long long)m->pull_timeouts);
-    printf(",\"codec\":");
-    psctl_json_str(*m->codec ? m->codec : "fp32");
-    printf(",\"pull_codec\":");
-    psctl_json_str(*m->pull_codec ? m->pull_codec : "fp32");
-    printf(",\"tensor_codecs\":{");
-    for (size_t k = 0; k < m->n_codec_tensors && k < m->n_tensor_codecs; k++) {
-      if (k) putchar(',');
-      psctl_json_str(m->codec_tensors[k]);
-      putchar(':');
-      psctl_json_str(m->tensor_codecs[k]);
-    }
-    printf("}");
-    printf(",\"bytes_raw\":%llu,\"bytes_wire\":%llu}", (unsigned long long)m->bytes_raw,
-           (unsigned long long)m->bytes_wire);
+    if (i) putchar(',');
+    psctl_status_json_model(s->models[i]);
   }
   printf("],\"params\":%llu,\"version\":%llu,\"pushes\":%llu,\"pulls\":%llu,\"pushes_per_s\":",
          (unsigned long long)r->params, (unsigned long long)r->version,
@@ -664,15 +777,22 @@ static const char psctl_status_usage[] =
     "An unreachable shard shows DOWN, one that refuses psctl's certificate (its role) or\n"
     "closes psctl's connection during the TLS handshake (while its port takes TCP\n"
     "connections: a security.mode or a certificate it does not accept) REFUSED, saying\n"
-    "what to check.  Aggregators of the file (its 'aggregators' list) follow: sums forwarded\n"
-    "per second, worker pushes summed, sums forwarded, pulls, root fetches, the share of\n"
-    "pulls answered without a fetch of their own, and the workers that pushed or pulled\n"
-    "through each within a lease.  A line names the build (psd --version) of each shard and\n"
+    "what to check; one that is not the shard this file says (another cluster's name, id,\n"
+    "shard count, or shard ids and chunk_elems; a psd too old to say: its id only)\n"
+    "MISMATCH, with a line saying what it says it is.  Model rows name the optimizer and\n"
+    "learning rate.  A model that some shards hold and others lack gets a line naming\n"
+    "both.  Aggregators of the file (its 'aggregators' list) follow: sums forwarded per\n"
+    "second, worker pushes summed, sums forwarded, pulls, root fetches, the share of pulls\n"
+    "answered without a fetch of their own, and the workers that pushed or pulled through\n"
+    "each within a lease.  A line names the build (psd --version) of each shard and\n"
     "aggregator unless all run psctl's own ('build' in --json, null when none was\n"
-    "reported).  --json prints the same as one JSON object.  Short forms: -c FILE (--config), -j (--json), -h (--help).\n"
+    "reported).  --json prints the same as one JSON object (\"partial_models\" for models\n"
+    "on some shards only; every shard object has every member, null where it did not\n"
+    "answer).  Short forms: -c FILE (--config), -j (--json), -h (--help).\n"
     "Exit status: 0 when every shard and every aggregator of the file is SERVING, 1\n"
-    "otherwise (one DOWN, REFUSED, DEGRADED or not yet serving; a shard stopping on SIGTERM\n"
-    "shows DOWN, its listeners closed at once), 2 for usage/config errors.\n";
+    "otherwise (one DOWN, REFUSED, MISMATCH, DEGRADED or not yet serving, or a model on\n"
+    "some shards only; a shard stopping on SIGTERM shows DOWN, its listeners closed at\n"
+    "once), 2 for usage/config errors.\n";
 
 static void psctl_status_usage_to(FILE *f) {
   fprintf(f, psctl_status_usage, PSCTL_STATUS_GAP_MS, PSCTL_STATUS_GAP_MIN_MS,
@@ -805,10 +925,12 @@ int psctl_status_main(int argc, char **argv) {
                   &ps__list_workers_reply__descriptor, (ProtobufCMessage **)&workers,
                   o.timeout_ms, &leb) < 0)
     workers = NULL;
-  size_t serving = 0, aggs_serving = 0;
+  size_t serving = 0, aggs_serving = 0, partial = 0;
   for (size_t i = 0; i < n; i++) {
     psctl_status_row(&rows[i], &c.cfg.shards[i], &a[i], &b[i], now);
-    if (rows[i].st && !strcmp(rows[i].st->state, "SERVING")) serving++;
+    rows[i].mismatch = rows[i].st && psctl_mismatch(&c, i, rows[i].st, rows[i].mismatch_why,
+                                                    sizeof rows[i].mismatch_why);
+    if (!strcmp(psctl_row_state(&rows[i]), "SERVING")) serving++;
   }
   /* a dead or hung aggregator fails its workers over to the roots: a
    * monitoring script must see it in the exit status too */
@@ -823,6 +945,7 @@ int psctl_status_main(int argc, char **argv) {
       psctl_status_json_row(&rows[i]);
     }
     putchar(']');
+    partial = psctl_status_partial(rows, n, 1);
     psctl_status_json_workers(workers);
     psctl_status_json_aggs(aggs, naggs);
     printf("}\n");
@@ -831,6 +954,7 @@ int psctl_status_main(int argc, char **argv) {
     psctl_status_builds(rows, n, aggs, naggs);
     psctl_status_conns(rows, n);
     psctl_status_wal(rows, n);
+    partial = psctl_status_partial(rows, n, 0);
     psctl_status_each_model(rows, n, psctl_status_model_row);
     psctl_status_each_model(rows, n, psctl_status_codec_row);
     psctl_status_sparse(rows, n);
@@ -839,7 +963,7 @@ int psctl_status_main(int argc, char **argv) {
     psctl_status_aggs(aggs, naggs);
   }
   if (workers) protobuf_c_message_free_unpacked(&workers->base, NULL);
-  code = serving == n && aggs_serving == naggs ? 0 : 1;
+  code = serving == n && aggs_serving == naggs && !partial ? 0 : 1;
 out:
   if (a) psctl_replies_free(a, n);
   if (b) psctl_replies_free(b, n);

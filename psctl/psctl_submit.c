@@ -27,8 +27,9 @@ static const char psctl_submit_usage[] =
     "         [--consistency bsp|ssp|asp] [--staleness S] [--staleness-weight none|inverse]\n"
     "         [--clip-norm X] [--codec fp32|fp16|int8|onebit|topk] [--pull-codec fp32|fp16|int8]\n"
     "         [--topk F] [--codec-warmup-steps N] [--codec-min-elems N] [--tensor-codec NAME=CODEC]\n"
-    "Checks the graph file, checks that every shard is up, then registers the model on every\n"
-    "shard.  Defaults: sgd, lr 0.01, momentum 0.9, beta1 0.9, beta2 0.999, eps 1e-8, seed 1,\n"
+    "Checks the graph file, checks that every shard is up and is the shard the file says\n"
+    "(its cluster, id and shard list: psctl status shows MISMATCH), then registers the model\n"
+    "on every shard.  Defaults: sgd, lr 0.01, momentum 0.9, beta1 0.9, beta2 0.999, eps 1e-8, seed 1,\n"
     "the cluster's chunk size, constant lr (--lr-decay: lr * GAMMA^(t/N) after t updates of a\n"
     "chunk).  --chunk-elems N: float32 elements per chunk, 1..67108864; 0 (the default): each\n"
     "shard's chunk_elems, fixed in the model when it is registered.\n"
@@ -382,18 +383,26 @@ static int psctl_submit_codecs(psctl_submit_opts *o, const ps_config *cfg, const
 }
 
 /* psctl_submit_check_up asks every shard for Status; returns 0 when all
- * answer, else prints the ones that did not and returns 1. */
+ * answer and each is the shard the file says (psctl_mismatch), else
+ * prints the ones that did not or are not and returns 1. */
 static int psctl_submit_check_up(psctl_cluster *c, psctl_reply *r) {
   Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
   int failed = psctl_call_all(c, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor, 3000,
                               r);
+  char why[512];
+  int other = 0;
   for (size_t i = 0; i < c->cfg.nshards; i++)
     if (r[i].err)
       fprintf(stderr, "psctl submit: shard %u (%s) %s: %s\n", c->cfg.shards[i].id,
               c->cfg.shards[i].grpc_addr, psctl_call_failed(r[i].err), r[i].eb.msg);
+    else if (psctl_mismatch(c, i, (const Ps__StatusReply *)r[i].resp, why, sizeof why) && ++other)
+      fprintf(stderr, "psctl submit: %s\n", why);
   psctl_replies_free(r, c->cfg.nshards);
-  if (failed) fprintf(stderr, "psctl submit: nothing submitted\n");
-  return failed ? 1 : 0;
+  if (other)
+    fprintf(stderr, "psctl submit: this cluster file (%s) does not describe the shards it names: "
+            "use the cluster's own file (the one the shards were started with)\n", c->cfg.path);
+  if (failed || other) fprintf(stderr, "psctl submit: nothing submitted\n");
+  return failed || other ? 1 : 0;
 }
 
 /* psctl_submit_report prints each shard's answer and, when some failed,
@@ -464,8 +473,8 @@ int psctl_submit_main(int argc, char **argv) {
   }
   spec->seed = o.seed, spec->chunk_elems = o.chunk_elems, spec->optimizer = &o.opt;
   spec->clip_norm = (float)o.clip_norm;
-  if (ps_modelspec_check(spec, &eb)) {
-    fprintf(stderr, "psctl submit: %s\n", eb.msg);
+  if (ps_modelspec_check(spec, &eb)) { /* mostly the flags' optimizer settings */
+    fprintf(stderr, "psctl submit: %s\nsee 'psctl submit --help'\n", eb.msg);
     goto free_spec;
   }
   if (psctl_cluster_open(&c, o.config, &eb) < 0) {

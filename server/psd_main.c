@@ -984,7 +984,7 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
   a->shard = -1;
   a->aggregator = NULL;
   a->test = 0;
-  int c;
+  int c, version = 0;
   while ((c = getopt_long(argc, argv, "c:s:a:th", opts, NULL)) != -1) {
     uint64_t id;
     ps_errbuf eb;
@@ -1016,9 +1016,18 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
         break;
       case 't': a->test = 1; break;
       case 'h': fputs(usage, stdout); return -1;
-      case 'V': ps_version_print("psd"); return -1;
+      case 'V': version = 1; break;
       default: fputs(usage, stderr); return 2;
     }
+  }
+  if (version && optind < argc) { /* a script's typo must not read as a build */
+    fprintf(stderr, "psd: --version takes no argument, got '%s'\nsee 'psd --help'\n",
+            argv[optind]);
+    return 2;
+  }
+  if (version) {
+    ps_version_print("psd");
+    return -1;
   }
   const char *why = optind < argc ? "an argument that is no option"
                     : !a->config ? "--config FILE is required"

@@ -628,6 +628,9 @@ void psd_shard_status(psd_shard *sh, Ps__StatusReply *reply) {
   reply->chan_auth_refused = sh->ctr.chan_auth_refused;
   reply->security = (char *)psd_shard_security_name(sh);
   reply->build = (char *)ps_version(); /* static */
+  reply->cluster = sh->cfg->cluster ? sh->cfg->cluster : "";
+  reply->cluster_shards = (uint32_t)sh->cfg->nshards;
+  reply->place_id = ps_config_place_id(sh->cfg);
   if (sh->wal) {
     psd_wal_stats ws;
     psd_wal_stats_get(sh->wal, &ws);
@@ -704,6 +707,10 @@ void psd_shard_status(psd_shard *sh, Ps__StatusReply *reply) {
     }
     m->codec_tensors = tc;
     m->tensor_codecs = tc ? tc + ntc : NULL;
+    if (info.spec->optimizer) {
+      m->optimizer = info.spec->optimizer->kind; /* borrowed from the spec */
+      m->lr = info.spec->optimizer->lr;
+    }
     m->bytes_raw = info.bytes_raw;
     m->bytes_wire = info.bytes_wire;
     psd_clock_stats st;

@@ -1084,6 +1084,250 @@ START_TEST(test_version) {
 }
 END_TEST
 
+/* pt_yaml_variant writes X->dir/NAME: X->yaml with FROM replaced by TO
+ * (FROM NULL: nothing), "cluster: test" by "cluster: CLUSTER", and
+ * without the shards after the first NSHARDS; returns its path (static). */
+static const char *pt_yaml_variant(pt_ctx *x, const char *name, const char *cluster,
+                                   int nshards, const char *from, const char *to) {
+  static char path[700];
+  char *t = ps_test_read_file(x->yaml, NULL), cut[32], head[64];
+  snprintf(cut, sizeof cut, "  - id: %d\n", nshards);
+  char *end = nshards < PT_NSHARDS ? strstr(t, cut) : NULL;
+  if (end) *end = 0;
+  char *c = strstr(t, "cluster: test\n");
+  ck_assert(c != NULL);
+  snprintf(path, sizeof path, "%s/%s", x->dir, name);
+  snprintf(head, sizeof head, "cluster: %s\n", cluster);
+  FILE *f = fopen(path, "w");
+  ck_assert(f != NULL);
+  fprintf(f, "%.*s%s%s", (int)(c - t), t, head, c + strlen("cluster: test\n"));
+  fclose(f);
+  free(t);
+  if (from) ps_test_file_replace(path, path, from, to);
+  return path;
+}
+
+/* A cluster file that is not the shards' own (another cluster's name and
+ * only shard 0 of 2; the two shards' addresses swapped; another
+ * chunk_elems): status shows the shard MISMATCH and exits 1, submit
+ * registers nothing, export writes nothing, each saying what the shard
+ * says it is and what the file says.  Before, status said SERVING, submit
+ * registered the model on shard 0 only ("on all 1 shards", exit 0) and
+ * export failed later with a misleading "lacks 2 of the 4 chunks". */
+START_TEST(test_psctl_cluster_mismatch) {
+  pt_ctx x;
+  pt_init(&x);
+  ck_assert_int_eq(pt_psctl(&x, "model logreg --inputs 8 --classes 2 -o m.pb"), 0);
+  pt_start(&x, 0);
+  pt_start(&x, 1);
+  const char *other = pt_yaml_variant(&x, "other.yaml", "other", 1, NULL, NULL);
+  ck_assert_int_eq(pt_psctl(&x, "status -c '%s' --interval 100", other), 1);
+  ck_assert_msg(pt_contains(x.out, "MISMATCH") &&
+                    pt_contains(x.out, "says it is shard 0 of cluster 'test' with 2 shards; this "
+                                       "file says shard 0 of 'other' with 1"),
+                "status does not flag the other cluster's file, see %s", x.out);
+  ck_assert_int_eq(pt_psctl(&x, "status -c '%s' --json --interval 100", other), 1);
+  ck_assert_msg(pt_contains(x.out, "\"state\":\"MISMATCH\"") &&
+                    pt_contains(x.out, "\"mismatch\":\"the shard at 127.0.0.1:"),
+                "status --json does not flag it, see %s", x.out);
+  ck_assert_int_eq(pt_psctl(&x, "submit m.pb -c '%s' -n fromother", other), 1);
+  ck_assert_msg(pt_contains(x.err, "this file says shard 0 of 'other' with 1") &&
+                    pt_contains(x.err, "nothing submitted"), "see %s", x.err);
+  ck_assert_uint_eq(pt_status_nmodels(&x, 0), 0);
+  ck_assert_int_eq(pt_psctl(&x, "submit m.pb -c '%s' -n m", x.yaml), 0);
+  ck_assert_int_eq(pt_psctl(&x, "export -c '%s' -m m -o m.npz", other), 1);
+  ck_assert_msg(pt_contains(x.err, "says it is shard 0 of cluster 'test' with 2 shards") &&
+                    pt_contains(x.err, "nothing written"), "see %s", x.err);
+  char a0[64], a1[64];
+  snprintf(a0, sizeof a0, "grpc: 127.0.0.1:%d\n", x.gp[0]);
+  snprintf(a1, sizeof a1, "grpc: 127.0.0.1:%d\n", x.gp[1]);
+  const char *swap = pt_yaml_variant(&x, "swap.yaml", "test", 2, a0, "grpc: SWAP\n");
+  ps_test_file_replace(swap, swap, a1, a0);
+  ps_test_file_replace(swap, swap, "grpc: SWAP\n", a1);
+  ck_assert_int_eq(pt_psctl(&x, "export -c '%s' -m m -o m.npz", swap), 1);
+  ck_assert_msg(pt_contains(x.err, "says it is shard 1 of cluster 'test' with 2 shards; this file "
+                                   "says shard 0 of 'test' with 2"), "see %s", x.err);
+  const char *chunks = pt_yaml_variant(&x, "chunks.yaml", "test", 2, "chunk_elems: 1024\n",
+                                       "chunk_elems: 2048\n");
+  ck_assert_int_eq(pt_psctl(&x, "status -c '%s' --interval 100", chunks), 1);
+  ck_assert_msg(pt_contains(x.out, "MISMATCH") && pt_contains(x.out, "another chunk_elems"),
+                "see %s", x.out);
+  ck_assert_int_eq(pt_psctl(&x, "status -c '%s' --interval 100", x.yaml), 0);
+  ck_assert_msg(!pt_contains(x.out, "MISMATCH"), "the cluster's own file MISMATCH, see %s", x.out);
+  ck_assert_int_eq(pt_psctl(&x, "export -c '%s' -m m -o m.npz", x.yaml), 0);
+  pt_stop_all(&x);
+  pt_cleanup(&x);
+}
+END_TEST
+
+/* A model on shard 0 only (registered there alone, as when a memory
+ * budget refused it on shard 1): status names the shards that hold it
+ * and those that lack it, in the text and in --json's "partial_models",
+ * and exits 1 (before: all SERVING, exit 0).  The model rows carry each
+ * model's optimizer and learning rate.  A DOWN shard's JSON object has
+ * every member a serving shard's has, null (before: 7 of them, and
+ * s["params"] raised KeyError). */
+START_TEST(test_psctl_status_partial) {
+  pt_ctx x;
+  pt_init(&x);
+  ck_assert_int_eq(pt_psctl(&x, "model logreg --inputs 8 --classes 2 -o m.pb"), 0);
+  pt_start(&x, 0);
+  pt_start(&x, 1);
+  ck_assert_int_eq(pt_psctl(&x, "submit m.pb -c '%s' -n whole --optimizer adam --lr 0.002",
+                            x.yaml), 0);
+  Ps__GetModelReply *rep;
+  Ps__ModelSpec *spec = pt_get_model(&x, 0, "whole", &rep);
+  ck_assert(spec != NULL);
+  char *whole = spec->name;
+  spec->name = "half";
+  ps_test_submit(x.rpc[0], spec, 0, 10000);
+  spec->name = whole;
+  protobuf_c_message_free_unpacked(&rep->base, NULL);
+  ck_assert_int_eq(pt_psctl(&x, "status -c '%s' --interval 100", x.yaml), 1);
+  ck_assert_msg(pt_contains(x.out, "model 'half' is on shards [0] and not on shards [1]") &&
+                    !pt_contains(x.out, "model 'whole' is on"),
+                "status does not name the shard lacking 'half', see %s", x.out);
+  ck_assert_msg(pt_contains(x.out, "adam 0.002"), "no optimizer and lr, see %s", x.out);
+  ck_assert_int_eq(pt_psctl(&x, "status -c '%s' --json --interval 100", x.yaml), 1);
+  ck_assert_msg(pt_contains(x.out, "\"partial_models\":[{\"name\":\"half\",\"on\":[0],"
+                                   "\"missing\":[1]}]") &&
+                    pt_contains(x.out, "\"optimizer\":\"adam\",\"lr\":0.002"),
+                "see %s", x.out);
+  pt_kill(&x, 1);
+  ck_assert_int_eq(pt_psctl(&x, "status -c '%s' --json --interval 100", x.yaml), 1);
+  char *js = ps_test_read_file(x.out, NULL);
+  const char *s1 = strstr(js, "{\"id\":1,");
+  ck_assert_msg(s1 && strstr(js, "\"partial_models\":[]"), "%s", js);
+  static const char *const keys[] = {
+      "state_why", "error", "mismatch", "build", "uptime_ms", "models", "params", "version",
+      "pushes", "pulls", "pushes_per_s", "pulls_per_s", "bytes_in", "bytes_out", "errors",
+      "last_flush_unix_ms", "last_flush_age_s", "disk_bytes", "chan_connections",
+      "chan_refused", "chan_idle_closed", "grpc_restarts", "security", "auth_refused",
+      "chan_auth_refused", "chan_shm_bytes", "chan_shm_connections", "redo_log",
+      "sparse_tables"};
+  for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
+    char key[64];
+    snprintf(key, sizeof key, "\"%s\":", keys[k]);
+    const char *in0 = strstr(js, key);
+    ck_assert_msg(in0 && in0 < s1 && strstr(s1, key), "'%s' not in both shards' objects: %s",
+                  keys[k], js);
+    if (strcmp(keys[k], "state_why") && strcmp(keys[k], "error")) {
+      snprintf(key, sizeof key, "\"%s\":null", keys[k]);
+      ck_assert_msg(strstr(s1, key), "the DOWN shard's '%s' is not null: %s", keys[k], js);
+    }
+  }
+  free(js);
+  pt_stop_all(&x);
+  pt_cleanup(&x);
+}
+END_TEST
+
+/* An export racing a --replace: shard 1 holds model 'm' replaced with
+ * another chunk size after shard 0 gave psctl its spec, so shard 1's
+ * chunks do not fit the layout psctl built.  The export writes nothing
+ * and says the model was most likely replaced during it, to run it again
+ * (before: "placement puts on another shard (does the config list the
+ * cluster's shards?)", which the cluster check rules out). */
+START_TEST(test_psctl_export_replaced) {
+  pt_ctx x;
+  pt_init(&x);
+  ck_assert_int_eq(pt_psctl(&x, "model logreg --inputs 64 --classes 10 -o m.pb"), 0);
+  pt_start(&x, 0);
+  pt_start(&x, 1);
+  ck_assert_int_eq(pt_psctl(&x, "submit m.pb -c '%s' -n m", x.yaml), 0);
+  Ps__GetModelReply *rep;
+  Ps__ModelSpec *spec = pt_get_model(&x, 1, "m", &rep);
+  ck_assert(spec != NULL);
+  spec->chunk_elems = 64; /* 11 chunks where shard 0's spec has 2 */
+  ps_test_submit(x.rpc[1], spec, 1, 10000);
+  protobuf_c_message_free_unpacked(&rep->base, NULL);
+  ck_assert_int_eq(pt_psctl(&x, "export -c '%s' -m m -o m.npz", x.yaml), 1);
+  ck_assert_msg(pt_contains(x.err, "psctl export: shard 1 (127.0.0.1:") &&
+                    pt_contains(x.err, "the model was most likely replaced (psctl submit "
+                                       "--replace) during the export: run it again") &&
+                    !pt_contains(x.err, "does the config"), "see %s", x.err);
+  struct stat st;
+  char npz[700];
+  snprintf(npz, sizeof npz, "%s/m.npz", x.dir);
+  ck_assert_int_ne(stat(npz, &st), 0);
+  pt_stop_all(&x);
+  pt_cleanup(&x);
+}
+END_TEST
+
+/* export -o in a directory that does not exist, directly or through a
+ * symlink: exit 2 both (a bad argument, said before any shard is asked),
+ * where a plain path gave 1 after the whole export and a link 2. */
+START_TEST(test_psctl_export_output_dir) {
+  pt_ctx x;
+  pt_init(&x); /* no shard runs: the argument is refused first */
+  ck_assert_int_eq(pt_psctl(&x, "export -c '%s' -m m -o nodir/m.npz", x.yaml), 2);
+  ck_assert_msg(pt_contains(x.err, "-o 'nodir/m.npz': no directory to make it in"), "see %s",
+                x.err);
+  char link[700];
+  snprintf(link, sizeof link, "%s/link.npz", x.dir);
+  ck_assert_int_eq(symlink("nodir/m.npz", link), 0);
+  ck_assert_int_eq(pt_psctl(&x, "export -c '%s' -m m -o link.npz", x.yaml), 2);
+  ck_assert_msg(pt_contains(x.err, "-o 'link.npz'"), "see %s", x.err);
+  pt_cleanup(&x);
+}
+END_TEST
+
+/* psctl bench with shard 1 stopped (SIGSTOP: it accepts and never
+ * answers): --timeout 1500 ends it with exit 1 in seconds, naming shard 1
+ * (before: no --timeout, about 65 s and a message naming a channel
+ * address only).  With both shards up, a small model's sizes print as
+ * given ("model 0.01 MiB", "0.001 MiB requests"; before: "0 MiB"). */
+START_TEST(test_psctl_bench_hung) {
+  pt_ctx x;
+  pt_init(&x);
+  pt_start(&x, 0);
+  pt_start(&x, 1);
+  ck_assert_int_eq(kill(x.pid[1], SIGSTOP), 0);
+  int64_t t0 = ps_test_now_ms();
+  int rc = pt_psctl(&x, "bench -c '%s' --timeout 1500 --model-mib 0.01 --request-mib 0.001 "
+                        "--rounds 1 --small-secs 0 --skip-grpc", x.yaml);
+  int64_t ms = ps_test_now_ms() - t0;
+  kill(x.pid[1], SIGCONT);
+  ck_assert_msg(rc == 1 && ms < 15000 && pt_contains(x.err, "shard 1 (127.0.0.1:"),
+                "exit %d after %lld ms, see %s", rc, (long long)ms, x.err);
+  ck_assert_int_eq(pt_psctl(&x, "bench -c '%s' --timeout 10000 --model-mib 0.01 --request-mib "
+                                "0.001 --rounds 1 --small-secs 0 --skip-grpc", x.yaml), 0);
+  ck_assert_msg(pt_contains(x.out, "model 0.01 MiB over 2 shards, 0.001 MiB requests"), "see %s",
+                x.out);
+  pt_stop_all(&x);
+  pt_cleanup(&x);
+}
+END_TEST
+
+/* Small refusals: --version with an argument (psd, psctl) exits 2; a
+ * bench (model mlp) option getopt refuses is prefixed "psctl bench"
+ * ("psctl model mlp"); --rounds 0 and
+ * an optimizer's bad lr end with the "see --help" line every other
+ * refusal has. */
+START_TEST(test_cli_refusals) {
+  pt_ctx x;
+  pt_init(&x);
+  ck_assert_int_eq(pt_run(&x, "psd", "--version extra"), 2);
+  ck_assert_msg(pt_contains(x.err, "--version takes no argument, got 'extra'"), "see %s", x.err);
+  ck_assert_int_eq(pt_psctl(&x, "--version extra"), 2);
+  ck_assert_msg(pt_contains(x.err, "--version takes no argument, got 'extra'"), "see %s", x.err);
+  ck_assert_int_eq(pt_psctl(&x, "bench --bogus"), 2);
+  ck_assert_msg(pt_contains(x.err, "psctl bench: unrecognized option '--bogus'") &&
+                    pt_contains(x.err, "see 'psctl bench --help'"), "see %s", x.err);
+  ck_assert_int_eq(pt_psctl(&x, "model mlp --bogus"), 2);
+  ck_assert_msg(pt_contains(x.err, "psctl model mlp: unrecognized option '--bogus'"), "see %s",
+                x.err);
+  ck_assert_int_eq(pt_psctl(&x, "bench --rounds 0"), 2);
+  ck_assert_msg(pt_contains(x.err, "see 'psctl bench --help'"), "see %s", x.err);
+  ck_assert_int_eq(pt_psctl(&x, "model logreg --inputs 4 --classes 2 -o m.pb"), 0);
+  ck_assert_int_eq(pt_psctl(&x, "submit m.pb -n m --lr 0 -c '%s'", x.yaml), 2);
+  ck_assert_msg(pt_contains(x.err, "lr must be") && pt_contains(x.err, "see 'psctl submit --help'"),
+                "see %s", x.err);
+  pt_cleanup(&x);
+}
+END_TEST
+
 Suite *psctl_suite(void) {
   Suite *s = suite_create("psctl");
   struct {
@@ -1101,7 +1345,13 @@ Suite *psctl_suite(void) {
                {"status_aggregator", test_psctl_status_aggregator},
                {"output_errors", test_psctl_output_errors},
                {"psd_t_output_errors", test_psd_t_output_errors},
-               {"version", test_version}};
+               {"version", test_version},
+               {"cluster_mismatch", test_psctl_cluster_mismatch},
+               {"status_partial", test_psctl_status_partial},
+               {"export_replaced", test_psctl_export_replaced},
+               {"export_output_dir", test_psctl_export_output_dir},
+               {"bench_hung", test_psctl_bench_hung},
+               {"cli_refusals", test_cli_refusals}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     TCase *tc = tcase_create(cases[i].name);
     tcase_set_timeout(tc, 180);

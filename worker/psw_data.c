@@ -361,14 +361,22 @@ static int csv_is_blank(const char *s) {
 }
 
 /* csv_split cuts BUF into lines, skipping blank ones, into *LINES (caller
- * frees), NUL-terminating each. */
-static int csv_split(char *buf, size_t len, csv_line **lines, size_t *nlines, ps_errbuf *eb) {
+ * frees), NUL-terminating each.  A NUL byte in a line is refused: the
+ * parsers would stop at it and take "7<NUL>garbage" for 7. */
+static int csv_split(const char *path, char *buf, size_t len, csv_line **lines, size_t *nlines,
+                     ps_errbuf *eb) {
   size_t cap = 1024, n = 0;
   csv_line *v = malloc(cap * sizeof *v);
   uint64_t lineno = 0;
   for (char *p = buf; v && p < buf + len;) {
     char *nl = memchr(p, '\n', (size_t)(buf + len - p));
     char *end = nl ? nl : buf + len;
+    const char *nul = memchr(p, 0, (size_t)(end - p));
+    if (nul) {
+      free(v);
+      return ps_errf(eb, PS_EFORMAT, "%s:%" PRIu64 ": a NUL byte at column %zu (CSV is text: a "
+                     "binary or UTF-16 file?)", path, lineno + 1, (size_t)(nul - p) + 1);
+    }
     *end = 0;
     if (end > p && end[-1] == '\r') end[-1] = 0;
     lineno++;
@@ -480,7 +488,7 @@ int psw_data_load_csv(psw_dataset *d, const char *path, float scale, const psw_d
   if (r < 0) return r;
   /* a UTF-8 byte order mark (spreadsheets write one) is not part of line 1 */
   size_t bom = len >= 3 && !memcmp(buf, "\xef\xbb\xbf", 3) ? 3 : 0;
-  if ((r = csv_split(buf + bom, len - bom, &lines, &nlines, eb)) < 0) goto out_buf;
+  if ((r = csv_split(path, buf + bom, len - bom, &lines, &nlines, eb)) < 0) goto out_buf;
   size_t skip = nlines > 0 && csv_is_header(lines[0].text);
   static char said[512]; /* a file is loaded again for each block of partitions: said once */
   if (skip && strncmp(said, path, sizeof said)) {

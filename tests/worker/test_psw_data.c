@@ -286,21 +286,28 @@ END_TEST
 static const struct csv_bad {
   const char *text;
   const char *msg; /* after "PATH" */
+  size_t len;      /* of TEXT, which may hold a NUL (0: strlen) */
 } csv_bad_cases[] = {
-    {"l,a,b\n1,2,3\n\n4,abc,6\n", ":4: field 2 'abc' is not a finite number"},
-    {"1,2,3\n4,5,6\n7,8\n", ":3: 2 fields, expected 3 as on line 1"},
-    {"h,a\n1,2\n\n1,2,3\n", ":4: 3 fields, expected 2 as on line 2"},
-    {"1,2\n1.5,3\n", ":2: field 1 '1.5' is not an integer label"},
-    {"1,2\n1,nan\n", ":2: field 2 'nan' is not a finite number"},
-    {"1,2\n1,\n", ":2: field 2 '' is not a finite number"},
-    {"1\n", ":1: expected a label and at least one feature"},
-    {"label,x\n\n", ": no samples"},
+    {"l,a,b\n1,2,3\n\n4,abc,6\n", ":4: field 2 'abc' is not a finite number", 0},
+    {"1,2,3\n4,5,6\n7,8\n", ":3: 2 fields, expected 3 as on line 1", 0},
+    {"h,a\n1,2\n\n1,2,3\n", ":4: 3 fields, expected 2 as on line 2", 0},
+    {"1,2\n1.5,3\n", ":2: field 1 '1.5' is not an integer label", 0},
+    {"1,2\n1,nan\n", ":2: field 2 'nan' is not a finite number", 0},
+    {"1,2\n1,\n", ":2: field 2 '' is not a finite number", 0},
+    {"1\n", ":1: expected a label and at least one feature", 0},
+    {"label,x\n\n", ": no samples", 0},
+    /* a NUL ends strtof's number: '7\0garbage' read as 7 */
+    {"1,2\n0,7\0garbage\n", ":2: a NUL byte at column 4 (CSV is text: a binary or UTF-16 file?)",
+     16},
+    {"1,2\n\0\n3,4\n", ":2: a NUL byte at column 1 (CSV is text: a binary or UTF-16 file?)", 10},
+    {"l\0,x\n1,2\n", ":1: a NUL byte at column 2 (CSV is text: a binary or UTF-16 file?)", 9},
 };
 
 START_TEST(test_csv_bad) {
   char path[600];
   sprintf(path, "%s/bad.csv", ps_test_tmpdir());
-  write_bytes(path, csv_bad_cases[_i].text, strlen(csv_bad_cases[_i].text), 0);
+  size_t len = csv_bad_cases[_i].len ? csv_bad_cases[_i].len : strlen(csv_bad_cases[_i].text);
+  write_bytes(path, csv_bad_cases[_i].text, len, 0);
   psw_dataset d;
   ps_errbuf eb = {""};
   ck_assert_int_eq(psw_data_load_csv(&d, path, 1.0f, NULL, &eb), PS_EFORMAT);

@@ -6,7 +6,9 @@
  *   2. out counts the uncompressed bytes delivered (read or skipped):
  *      the byte offsets in messages, as `zcat FILE | xxd` shows them.
  *   3. between: a gzip member ended; the next byte of the file starts
- *      another member, or there is none. */
+ *      another member, or there is none.
+ *   4. line[lpos, lhave) holds data psw_gz_gets read ahead: the next
+ *      bytes of a read or gets come from there first. */
 #include "psw_gz.h"
 
 #include <errno.h>
@@ -32,6 +34,8 @@ struct psw_gz {
   int zinit;
   unsigned char in[GZ_IN];
   unsigned char scratch[GZ_SCRATCH]; /* where skipped gzip data is inflated to */
+  size_t lpos, lhave;
+  unsigned char line[GZ_SCRATCH];
 };
 
 /* gz_fill moves what is left of in[] to its start and reads once more
@@ -170,8 +174,38 @@ static int gz_copy(psw_gz *z, unsigned char *dst, size_t len, size_t *got, ps_er
   return 0;
 }
 
-int psw_gz_read(psw_gz *z, void *buf, size_t len, size_t *got, ps_errbuf *eb) {
+static int gz_raw(psw_gz *z, void *buf, size_t len, size_t *got, ps_errbuf *eb) {
   return z->direct ? gz_copy(z, buf, len, got, eb) : gz_inflate(z, buf, len, got, eb);
+}
+
+int psw_gz_read(psw_gz *z, void *buf, size_t len, size_t *got, ps_errbuf *eb) {
+  size_t k = z->lhave - z->lpos < len ? z->lhave - z->lpos : len, more = 0;
+  if (k && buf) memcpy(buf, z->line + z->lpos, k);
+  z->lpos += k;
+  int r = k < len ? gz_raw(z, buf ? (unsigned char *)buf + k : NULL, len - k, &more, eb) : 0;
+  *got = k + more;
+  return r;
+}
+
+int psw_gz_gets(psw_gz *z, char *buf, size_t cap, size_t *len, ps_errbuf *eb) {
+  int r = 0;
+  *len = 0;
+  while (*len + 1 < cap) {
+    if (z->lpos == z->lhave) {
+      z->lpos = 0;
+      r = gz_raw(z, z->line, GZ_SCRATCH, &z->lhave, eb);
+      if (r || !z->lhave) break;
+    }
+    size_t k = z->lhave - z->lpos < cap - 1 - *len ? z->lhave - z->lpos : cap - 1 - *len;
+    const unsigned char *nl = memchr(z->line + z->lpos, '\n', k);
+    if (nl) k = (size_t)(nl - (z->line + z->lpos)) + 1;
+    memcpy(buf + *len, z->line + z->lpos, k);
+    *len += k;
+    z->lpos += k;
+    if (nl) break;
+  }
+  buf[*len] = 0;
+  return r;
 }
 
 void psw_gz_close(psw_gz *z) {

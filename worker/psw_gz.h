@@ -34,6 +34,12 @@ int psw_gz_direct(const psw_gz *z);
  * Returns 0 or a PS_E* code (then *GOT bytes were read before it). */
 int psw_gz_read(psw_gz *z, void *buf, size_t len, size_t *got, ps_errbuf *eb);
 
+/* psw_gz_gets reads a line, up to and with its '\n', or CAP - 1 bytes
+ * when it is longer, into BUF (CAP >= 2 bytes), NUL-terminated, and
+ * stores its length in *LEN (0: the end of the data).  Returns as
+ * psw_gz_read.  Reads and gets may be mixed. */
+int psw_gz_gets(psw_gz *z, char *buf, size_t cap, size_t *len, ps_errbuf *eb);
+
 /* psw_gz_close releases Z (NULL is a no-op). */
 void psw_gz_close(psw_gz *z);
 

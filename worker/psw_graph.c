@@ -721,6 +721,8 @@ static const char *pb_tag0(const ProtobufCMessage *m) {
 
 int psw_graph_load(const void *buf, size_t len, psw_graph **out, ps_errbuf *eb) {
   *out = NULL;
+  /* 0 bytes unpack as a graph with nothing in it: "no features input" */
+  if (!len) return ps_errf(eb, PS_EFORMAT, "empty graph (0 bytes)");
   psw_graph *g = calloc(1, sizeof *g);
   if (!g) return ps_errf(eb, PS_ENOMEM, "graph: out of memory");
   g->pb = ps__graph__graph__unpack(NULL, len, buf);
@@ -770,6 +772,8 @@ int psw_graph_load_file(const char *path, psw_graph **g, ps_errbuf *eb) {
   else if (!rc && ferror(f))
     rc = ps_errf(eb, PS_EIO, "%s: cannot read: %s", path, why ? strerror(why) : "read error");
   fclose(f);
+  if (!rc && !len) /* a failed download, a `touch`, a file written over */
+    rc = ps_errf(eb, PS_EFORMAT, "%s: the file is empty (0 bytes), not a graph", path);
   if (!rc && (rc = psw_graph_load(buf, len, g, eb))) {
     ps_errbuf inner = *eb;
     ps_errf(eb, rc, "%s: %s", path, inner.msg);

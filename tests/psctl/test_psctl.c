@@ -446,6 +446,14 @@ START_TEST(test_psctl_model_show) {
   ck_assert_msg(!strchr(out, 0x1b) && !strchr(err, 0x1b), "an ESC printed raw: %s%s", out, err);
   free(out);
   free(err);
+  /* An empty file: said so */
+  snprintf(path, sizeof path, "%s/empty.pb", x.dir);
+  f = fopen(path, "wb");
+  ck_assert(f != NULL);
+  ck_assert_int_eq(fclose(f), 0);
+  ck_assert_int_eq(pt_psctl(&x, "model show empty.pb"), 2);
+  ck_assert_msg(pt_contains(x.err, "empty.pb: the file is empty (0 bytes), not a graph"), "see %s",
+                x.err);
   pt_cleanup(&x);
 }
 END_TEST

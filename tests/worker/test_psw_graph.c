@@ -332,6 +332,26 @@ START_TEST(test_errors_field_zero) {
 }
 END_TEST
 
+/* An empty file (a failed download, `touch`): said so, not "graph has
+ * no features input" (0 bytes unpack as a graph with nothing in it). */
+START_TEST(test_errors_empty_file) {
+  char path[512];
+  snprintf(path, sizeof path, "%s/empty.pb", ps_test_tmpdir());
+  FILE *f = fopen(path, "wb");
+  ck_assert(f != NULL);
+  ck_assert_int_eq(fclose(f), 0);
+  psw_graph *g = (psw_graph *)1;
+  ps_errbuf eb;
+  ck_assert_int_eq(psw_graph_load_file(path, &g, &eb), PS_EFORMAT);
+  ck_assert(g == NULL);
+  char want[700];
+  snprintf(want, sizeof want, "%s: the file is empty (0 bytes), not a graph", path);
+  ck_assert_str_eq(eb.msg, want);
+  ck_assert_int_eq(psw_graph_load("", 0, &g, &eb), PS_EFORMAT);
+  ck_assert_str_eq(eb.msg, "empty graph (0 bytes)");
+}
+END_TEST
+
 START_TEST(test_errors_truncated_file) {
   tgraph t;
   tg_mlp(&t, 6, 5, 3);
@@ -536,6 +556,7 @@ Suite *psw_graph_suite(void) {
   tcase_add_test(tc, test_errors_ops_and_shapes);
   tcase_add_test(tc, test_errors_params_and_loss);
   tcase_add_test(tc, test_errors_truncated_file);
+  tcase_add_test(tc, test_errors_empty_file);
   tcase_add_test(tc, test_errors_field_zero);
   tcase_add_test(tc, test_errors_names);
   tcase_add_test(tc, test_graph_gradient_xent);

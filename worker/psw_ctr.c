@@ -1,5 +1,5 @@
 /* psw_ctr: the Criteo TSV reader (see psw_ctr.h).  Lines are read with
- * gzgets, which reads gzipped and plain files alike, into a 64 KiB
+ * psw_gz_gets, which reads gzipped and plain files alike, into a 64 KiB
  * buffer; each line is parsed in place, field by field, into arrays that
  * double as they fill. */
 #include "psw_ctr.h"
@@ -9,9 +9,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <zlib.h>
 
 #include "ps_place.h"
+#include "psw_gz.h"
 
 #define CTR_LINE_MAX (64 * 1024)
 #define CTR_NFIELDS (1 + PSW_CTR_DENSE + PSW_CTR_FIELDS)
@@ -113,52 +113,41 @@ static int ctr_parse(psw_ctr *c, uint64_t i, char *p, const char *path, uint64_t
   return 0;
 }
 
-/* ctr_zcheck returns F's read error, if any, after LINE lines: a gzip
- * stream that ends early (zlib's Z_BUF_ERROR, "unexpected end of file"),
- * or whose data or check does not decode, is an error naming the file:
- * read on, a cut log would train as a shorter one, or fail on its cut
- * last line with a misleading field count. */
-static int ctr_zcheck(gzFile f, const char *path, uint64_t line, ps_errbuf *eb) {
-  int zerr = Z_OK;
-  const char *msg = gzerror(f, &zerr);
-  if (zerr == Z_OK) return 0;
-  if (zerr == Z_ERRNO)
-    return ps_errf(eb, PS_EIO, "%s:%llu: %s", path, (unsigned long long)line + 1, strerror(errno));
-  return ps_errf(eb, PS_EFORMAT, "%s: truncated or corrupt gzip file after line %llu (%s)", path,
-                 (unsigned long long)line, msg);
-}
-
-/* ctr_read parses the lines of F into C. */
-static int ctr_read(psw_ctr *c, gzFile f, const char *path, uint64_t limit, char *buf,
+/* ctr_read parses the lines of Z into C.  A gzip stream that ends early,
+ * does not decode or has other bytes after it is psw_gz's error naming
+ * the file: read on, a cut log would train as a shorter one, or fail on
+ * its cut last line with a misleading field count. */
+static int ctr_read(psw_ctr *c, psw_gz *z, const char *path, uint64_t limit, char *buf,
                     ps_errbuf *eb) {
   uint64_t line = 0, cap = 0;
+  size_t got;
   int rc = 0;
-  while (!rc && (!limit || c->n < limit) && gzgets(f, buf, CTR_LINE_MAX + 2)) {
+  while ((!limit || c->n < limit) && !(rc = psw_gz_gets(z, buf, CTR_LINE_MAX + 2, &got, eb)) &&
+         got) {
     size_t len = strlen(buf); /* a NUL byte ends the line early: then a field is missing */
-    /* a line without its end is the file's last, or where its stream broke */
-    if ((!len || buf[len - 1] != '\n') && (rc = ctr_zcheck(f, path, line, eb))) break;
     line++;
-    if (len == CTR_LINE_MAX + 1 && buf[len - 1] != '\n')
+    if (got == CTR_LINE_MAX + 1 && buf[got - 1] != '\n')
       return ps_errf(eb, PS_EFORMAT, "%s:%llu: line longer than %d bytes", path,
                      (unsigned long long)line, CTR_LINE_MAX);
     if (len && buf[len - 1] == '\n') buf[--len] = 0;
     if (len && buf[len - 1] == '\r') buf[--len] = 0;
     if (!buf[strspn(buf, " ")]) continue;
     if (ctr_reserve(c, c->n + 1, &cap)) return ps_errf(eb, PS_ENOMEM, "%s: out of memory", path);
-    if (!(rc = ctr_parse(c, c->n, buf, path, line, eb))) c->n++;
+    if ((rc = ctr_parse(c, c->n, buf, path, line, eb))) break;
+    c->n++;
   }
-  return rc ? rc : ctr_zcheck(f, path, line, eb);
+  return rc;
 }
 
 int psw_ctr_load(psw_ctr *c, const char *path, uint64_t limit, ps_errbuf *eb) {
   memset(c, 0, sizeof *c);
-  gzFile f = gzopen(path, "rb");
-  if (!f) return ps_errf(eb, PS_EIO, "%s: cannot open: %s", path, strerror(errno ? errno : ENOMEM));
-  gzbuffer(f, 1 << 18);
+  psw_gz *z;
+  int rc = psw_gz_open(&z, path, eb);
+  if (rc < 0) return rc;
   char *buf = malloc(CTR_LINE_MAX + 2);
-  int rc = buf ? ctr_read(c, f, path, limit, buf, eb) : ps_errf(eb, PS_ENOMEM, "%s: out of memory", path);
+  rc = buf ? ctr_read(c, z, path, limit, buf, eb) : ps_errf(eb, PS_ENOMEM, "%s: out of memory", path);
   free(buf);
-  gzclose(f);
+  psw_gz_close(z);
   if (rc) psw_ctr_release(c);
   return rc;
 }

@@ -19,7 +19,8 @@
  * Errors: PS_EIO (cannot open, read error), PS_EFORMAT "PATH:LINE: field
  * N (what): message" (1-based lines counted as in the file, blank ones
  * included; fields 1-based: 1 the label, 2-14 the integers, 15-40 the
- * categorical ones), PS_ENOMEM.
+ * categorical ones), PS_EFORMAT from psw_gz (a gzip stream cut short or
+ * corrupt, bytes after it that are no gzip member), PS_ENOMEM.
  *
  * Thread-safety: no global state; a loaded log is read-only. */
 #ifndef PSW_CTR_H

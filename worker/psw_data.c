@@ -1,7 +1,7 @@
 /* psw_data: IDX and CSV readers, partitions, per-epoch shuffling.
  *
- * Both readers go through zlib's gzFile, which reads gzipped and plain
- * files alike.  Invariants:
+ * Both readers go through psw_gz, which reads gzipped and plain files
+ * alike and refuses bytes after a gzip stream.  Invariants:
  *   1. A selection resolves to ascending, disjoint sample ranges, so an
  *      IDX file is only ever seeked forward (a backward gzseek would
  *      decompress from the start again).
@@ -17,11 +17,10 @@
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
-#include <zlib.h>
-
 #include "ps_log.h"
 #include "ps_place.h"
 #include "psw_ctr.h"
+#include "psw_gz.h"
 
 typedef struct data_range {
   uint64_t begin, end;
@@ -82,7 +81,7 @@ static int data_ranges(uint64_t total, const psw_data_sel *sel, data_range **out
 /* ---- IDX ----------------------------------------------------------------- */
 
 typedef struct idx_file {
-  gzFile f;
+  psw_gz *z;
   const char *path;
   uint64_t off;     /* uncompressed offset of the next byte */
   uint64_t count;   /* records */
@@ -103,35 +102,19 @@ static int idx_truncated(idx_file *f, ps_errbuf *eb) {
                  f->count);
 }
 
-/* idx_read reads exactly LEN bytes. */
+/* idx_read reads exactly LEN bytes (BUF NULL: skips them).  A gzip
+ * stream cut short or corrupt is psw_gz's "truncated or corrupt gzip
+ * file" error; data that ends early in a whole file is idx_truncated. */
 static int idx_read(idx_file *f, void *buf, uint64_t len, ps_errbuf *eb) {
-  uint64_t got = 0;
-  while (got < len) {
-    unsigned want = len - got > (1u << 30) ? (1u << 30) : (unsigned)(len - got);
-    int k = gzread(f->f, (char *)buf + got, want);
-    if (k <= 0) {
-      int zerr = Z_OK;
-      const char *msg = gzerror(f->f, &zerr);
-      f->off += got;
-      if (k < 0 && zerr != Z_BUF_ERROR)
-        return ps_errf(eb, PS_EFORMAT, "%s: byte %" PRIu64 ": %s", f->path, f->off,
-                       zerr == Z_ERRNO ? strerror(errno) : msg);
-      return idx_truncated(f, eb);
-    }
-    got += (uint64_t)k;
-  }
-  f->off += len;
-  return 0;
+  size_t got = 0;
+  int r = psw_gz_read(f->z, buf, (size_t)len, &got, eb);
+  f->off += got;
+  return r < 0 ? r : got < len ? idx_truncated(f, eb) : 0;
 }
 
 /* idx_seek moves forward to uncompressed offset OFF. */
 static int idx_seek(idx_file *f, uint64_t off, ps_errbuf *eb) {
-  if (off == f->off) return 0;
-  if (gzseek(f->f, (z_off_t)off, SEEK_SET) < 0)
-    return ps_errf(eb, PS_EFORMAT, "%s: byte %" PRIu64 ": cannot seek (truncated file?)",
-                   f->path, off);
-  f->off = off;
-  return 0;
+  return off == f->off ? 0 : idx_read(f, NULL, off - f->off, eb);
 }
 
 static uint32_t idx_be32(const unsigned char *p) {
@@ -145,12 +128,11 @@ static int idx_open(idx_file *f, const char *path, unsigned ndims, const char *k
   memset(f, 0, sizeof *f);
   f->path = path;
   f->kind = kind;
-  if (!(f->f = gzopen(path, "rb")))
-    return ps_errf(eb, PS_EIO, "%s: cannot open: %s", path, strerror(errno ? errno : ENOMEM));
-  gzbuffer(f->f, 1 << 18);
+  int r = psw_gz_open(&f->z, path, eb);
+  if (r < 0) return r;
   unsigned char h[16];
   uint32_t want = 0x00000800u | ndims;
-  int r = idx_read(f, h, 4, eb);
+  r = idx_read(f, h, 4, eb);
   if (r == 0 && idx_be32(h) != want)
     r = ps_errf(eb, PS_EFORMAT, "%s: byte 0: bad magic 0x%08" PRIx32 " (expected 0x%08" PRIx32
                 ", IDX %s file)", path, idx_be32(h), want, kind);
@@ -167,8 +149,8 @@ static int idx_open(idx_file *f, const char *path, unsigned ndims, const char *k
     r = ps_errf(eb, PS_EFORMAT, "%s: byte 8: records of %" PRIu64 " bytes are too large", path,
                 f->rec);
   if (r < 0) {
-    gzclose(f->f);
-    f->f = NULL;
+    psw_gz_close(f->z);
+    f->z = NULL;
     return r;
   }
   f->count = f->dims[0];
@@ -178,12 +160,21 @@ static int idx_open(idx_file *f, const char *path, unsigned ndims, const char *k
   return 0;
 }
 
+/* idx_longer reports a file with MORE bytes after its last record. */
+static int idx_longer(idx_file *f, uint64_t more, ps_errbuf *eb) {
+  return ps_errf(eb, PS_EFORMAT, "%s: byte %" PRIu64 ": %" PRIu64 " more bytes after the last of "
+                 "the %" PRIu64 " %ss its header counts (two files joined, or one written over "
+                 "a longer one?)", f->path, f->hdr + f->count * f->rec, more, f->count, f->kind);
+}
+
 /* idx_fits checks that the file can hold its first N records before
  * anything is sized from its header: a plain file holds its size (else
- * it is truncated), a gzip one at most 1032 times that (deflate's
- * largest ratio). */
+ * it is truncated; more is refused too, whichever records are loaded), a
+ * gzip one at most 1032 times that (deflate's largest ratio). */
 static int idx_fits(idx_file *f, uint64_t n, ps_errbuf *eb) {
-  int plain = gzdirect(f->f);
+  int plain = psw_gz_direct(f->z);
+  uint64_t whole = f->hdr + f->count * f->rec; /* count < 2^32, rec <= 2^24 */
+  if (plain && f->size != UINT64_MAX && f->size > whole) return idx_longer(f, f->size - whole, eb);
   uint64_t most = f->size == UINT64_MAX ? UINT64_MAX
                   : plain ? (f->size > f->hdr ? f->size - f->hdr : 0)
                   : f->size > UINT64_MAX / 1032 ? UINT64_MAX : f->size * 1032;
@@ -197,24 +188,24 @@ static int idx_fits(idx_file *f, uint64_t n, ps_errbuf *eb) {
                  f->path, n, f->kind, f->rec, f->size, most);
 }
 
-/* idx_check_end reads a gzipped F on from the end of its last record to
- * the end of its stream (BUF: LEN bytes of scratch): the gzip trailer
- * holds the check of all the data, and zlib reads a stream cut short as
- * its end, so a file cut there would pass as whole. */
-static int idx_check_end(idx_file *f, unsigned char *buf, unsigned len, ps_errbuf *eb) {
-  if (gzdirect(f->f)) return 0;
-  int k;
-  while ((k = gzread(f->f, buf, len)) > 0) f->off += (uint64_t)k;
-  int zerr = Z_OK;
-  const char *msg = gzerror(f->f, &zerr);
-  if (zerr == Z_OK) return 0;
-  return ps_errf(eb, PS_EFORMAT, "%s: byte %" PRIu64 ": truncated or corrupt gzip file (%s)",
-                 f->path, f->off, zerr == Z_ERRNO ? strerror(errno) : msg);
+/* idx_check_end reads F on from the end of its last record to the end
+ * of the file: the gzip trailer holds the check of all the data (a file
+ * cut there would pass as whole), and bytes after the records (in the
+ * stream, or in a second gzip member) are not data its header counts. */
+static int idx_check_end(idx_file *f, ps_errbuf *eb) {
+  uint64_t more = 0;
+  size_t got;
+  int r;
+  do {
+    r = psw_gz_read(f->z, NULL, 1u << 20, &got, eb);
+    more += got;
+  } while (r == 0 && got == 1u << 20);
+  return r < 0 ? r : more ? idx_longer(f, more, eb) : 0;
 }
 
 static void idx_close(idx_file *f) {
-  if (f->f) gzclose(f->f);
-  f->f = NULL;
+  psw_gz_close(f->z);
+  f->z = NULL;
 }
 
 /* idx_read_images reads records [BEGIN, END) of IM into X as scaled floats
@@ -275,7 +266,7 @@ static int idx_load_ranges(psw_dataset *d, idx_file *im, idx_file *lb, const dat
     at += rg[i].end - rg[i].begin;
   }
   if (r == 0 && nrg && rg[nrg - 1].end == im->count) /* read up to the end: check it */
-    if ((r = idx_check_end(im, buf, 1u << 20, eb)) == 0) r = idx_check_end(lb, buf, 1u << 20, eb);
+    if ((r = idx_check_end(im, eb)) == 0) r = idx_check_end(lb, eb);
   free(buf);
   return r;
 }
@@ -323,30 +314,20 @@ typedef struct csv_line {
 /* csv_slurp reads the whole (possibly gzipped) file into *BUF (caller
  * frees) with a NUL after the *LEN bytes. */
 static int csv_slurp(const char *path, char **buf, size_t *len, ps_errbuf *eb) {
-  gzFile f = gzopen(path, "rb");
-  if (!f) return ps_errf(eb, PS_EIO, "%s: cannot open: %s", path, strerror(errno ? errno : ENOMEM));
-  gzbuffer(f, 1 << 18);
-  size_t cap = 1 << 20, n = 0;
+  psw_gz *z;
+  int r = psw_gz_open(&z, path, eb);
+  if (r < 0) return r;
+  size_t cap = 1 << 20, n = 0, got = 0;
   char *b = malloc(cap + 1);
-  int r = 0, k = 0;
-  while (b && (k = gzread(f, b + n, (unsigned)(cap - n))) > 0) {
-    n += (size_t)k;
-    if (n == cap) {
-      char *nb = realloc(b, 2 * cap + 1);
-      if (!nb) free(b);
-      b = nb;
-      cap *= 2;
-    }
+  while (b && (r = psw_gz_read(z, b + n, cap - n, &got, eb)) == 0 && (n += got) == cap) {
+    char *nb = realloc(b, 2 * cap + 1);
+    if (!nb) free(b);
+    b = nb;
+    cap *= 2;
   }
-  int zerr = Z_OK;
-  const char *msg = b ? gzerror(f, &zerr) : NULL;
   if (!b) r = ps_errf(eb, PS_ENOMEM, "%s: out of memory", path);
-  else if (zerr == Z_ERRNO) /* zlib reads a gzip stream cut short as its end: Z_BUF_ERROR */
-    r = ps_errf(eb, PS_EIO, "%s: byte %zu: %s", path, n, strerror(errno));
-  else if (k < 0 || zerr != Z_OK)
-    r = ps_errf(eb, PS_EFORMAT, "%s: byte %zu: truncated or corrupt gzip file (%s)", path, n, msg);
-  if (r) free(b);
-  gzclose(f);
+  else if (r) free(b);
+  psw_gz_close(z);
   if (r == 0) {
     b[n] = 0;
     *buf = b;
@@ -361,14 +342,22 @@ static int csv_is_blank(const char *s) {
 }
 
 /* csv_split cuts BUF into lines, skipping blank ones, into *LINES (caller
- * frees), NUL-terminating each. */
-static int csv_split(char *buf, size_t len, csv_line **lines, size_t *nlines, ps_errbuf *eb) {
+ * frees), NUL-terminating each.  A NUL byte in a line is refused: the
+ * parsers would stop at it and take "7<NUL>garbage" for 7. */
+static int csv_split(const char *path, char *buf, size_t len, csv_line **lines, size_t *nlines,
+                     ps_errbuf *eb) {
   size_t cap = 1024, n = 0;
   csv_line *v = malloc(cap * sizeof *v);
   uint64_t lineno = 0;
   for (char *p = buf; v && p < buf + len;) {
     char *nl = memchr(p, '\n', (size_t)(buf + len - p));
     char *end = nl ? nl : buf + len;
+    const char *nul = memchr(p, 0, (size_t)(end - p));
+    if (nul) {
+      free(v);
+      return ps_errf(eb, PS_EFORMAT, "%s:%" PRIu64 ": a NUL byte at column %zu (CSV is text: a "
+                     "binary or UTF-16 file?)", path, lineno + 1, (size_t)(nul - p) + 1);
+    }
     *end = 0;
     if (end > p && end[-1] == '\r') end[-1] = 0;
     lineno++;
@@ -480,7 +469,7 @@ int psw_data_load_csv(psw_dataset *d, const char *path, float scale, const psw_d
   if (r < 0) return r;
   /* a UTF-8 byte order mark (spreadsheets write one) is not part of line 1 */
   size_t bom = len >= 3 && !memcmp(buf, "\xef\xbb\xbf", 3) ? 3 : 0;
-  if ((r = csv_split(buf + bom, len - bom, &lines, &nlines, eb)) < 0) goto out_buf;
+  if ((r = csv_split(path, buf + bom, len - bom, &lines, &nlines, eb)) < 0) goto out_buf;
   size_t skip = nlines > 0 && csv_is_header(lines[0].text);
   static char said[512]; /* a file is loaded again for each block of partitions: said once */
   if (skip && strncmp(said, path, sizeof said)) {

@@ -20,8 +20,13 @@
  * to, not parsed).
  *
  * Errors: PS_EIO (cannot open) or PS_EFORMAT with "PATH: byte OFFSET: ..."
- * (IDX, offsets into the uncompressed stream) or "PATH:LINE: ..." (CSV);
- * PS_EINVAL for bad arguments; PS_ENOMEM.
+ * (IDX, offsets into the uncompressed stream; a gzip stream cut short or
+ * corrupt, either format: "... truncated or corrupt gzip file (WHY)"),
+ * "PATH: compressed byte OFFSET: ..." (bytes after the gzip stream that
+ * are no gzip member, psw_gz.h) or "PATH:LINE: ..." (CSV); PS_EINVAL for
+ * bad arguments; PS_ENOMEM.  An IDX file with bytes after its last
+ * record is refused (a plain one whatever is loaded, a gzipped one when
+ * its last record is).
  *
  * Thread-safety: functions keep no global state; a loaded dataset is
  * read-only and may be shared by threads. */

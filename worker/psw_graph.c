@@ -20,6 +20,8 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -576,8 +578,59 @@ static int plan(psw_graph *g, ps_errbuf *eb) {
   return 0;
 }
 
+/* text_check is ps_text_check without a length limit, WHAT naming the
+ * string as "node 2 output 1" (1-based) when its own text may not be
+ * printed. */
+static int text_check(const char *text, ps_errbuf *eb, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+static int text_check(const char *text, ps_errbuf *eb, const char *fmt, ...) {
+  for (const char *p = text; p && *p; p++)
+    if ((unsigned char)*p < 0x20 || *p == 0x7f) {
+      char what[96];
+      va_list ap;
+      va_start(ap, fmt);
+      vsnprintf(what, sizeof what, fmt, ap);
+      va_end(ap);
+      return ps_text_check(what, text, SIZE_MAX, eb);
+    }
+  return 0;
+}
+
+/* check_texts refuses a control character in any string of the graph,
+ * first of all: the other checks, psctl model show and psw's log print
+ * them, and an escape sequence or a newline there would reach a terminal
+ * or forge a log line.  (Parameter names are file names too:
+ * check_param_name checks the rest.) */
+static int check_texts(const Ps__Graph__Graph *pb, ps_errbuf *eb) {
+  int rc = text_check(pb->name, eb, "graph name");
+  for (size_t i = 0; !rc && i < pb->n_params; i++)
+    if (!(rc = text_check(pb->params[i]->name, eb, "parameter name")))
+      rc = text_check(pb->params[i]->init, eb, "parameter %zu init", i + 1);
+  for (size_t i = 0; !rc && i < pb->n_inputs; i++)
+    if (!(rc = text_check(pb->inputs[i]->name, eb, "input %zu name", i + 1)))
+      rc = text_check(pb->inputs[i]->kind, eb, "input %zu kind", i + 1);
+  for (size_t i = 0; !rc && i < pb->n_nodes; i++) {
+    const Ps__Graph__Node *n = pb->nodes[i];
+    if (!(rc = text_check(n->name, eb, "node %zu name", i + 1)))
+      rc = text_check(n->op, eb, "node %zu op", i + 1);
+    for (size_t k = 0; !rc && k < n->n_inputs; k++)
+      rc = text_check(n->inputs[k], eb, "node %zu input %zu", i + 1, k + 1);
+    for (size_t k = 0; !rc && k < n->n_outputs; k++)
+      rc = text_check(n->outputs[k], eb, "node %zu output %zu", i + 1, k + 1);
+    for (size_t k = 0; !rc && k < n->n_attrs; k++)
+      if (!(rc = text_check(n->attrs[k]->name, eb, "node %zu attribute %zu name", i + 1, k + 1)))
+        rc = text_check(n->attrs[k]->s, eb, "node %zu attribute %zu value", i + 1, k + 1);
+  }
+  if (!rc) rc = text_check(pb->loss, eb, "loss");
+  for (size_t i = 0; !rc && i < pb->n_metrics; i++)
+    rc = text_check(pb->metrics[i], eb, "metric %zu", i + 1);
+  return rc;
+}
+
 static int check_graph(psw_graph *g, ps_errbuf *eb) {
   const Ps__Graph__Graph *pb = g->pb;
+  int rc = check_texts(pb, eb);
+  if (rc) return rc;
   size_t nv = pb->n_params + pb->n_inputs + pb->n_nodes;
   if (nv > UINT32_MAX / 4) return ps_errf(eb, PS_EINVAL, "graph: %zu values", nv);
   size_t slots = 16;
@@ -589,7 +642,7 @@ static int check_graph(psw_graph *g, ps_errbuf *eb) {
   if (!g->index || !g->vals || !g->nodes) return ps_errf(eb, PS_ENOMEM, "graph: out of memory");
   g->nnodes = pb->n_nodes;
   g->features = g->labels = g->targets = g->ids = g->table = -1;
-  int rc = check_params(g, eb);
+  rc = check_params(g, eb);
   if (!rc) rc = check_inputs(g, eb);
   for (size_t i = 0; !rc && i < pb->n_nodes; i++) rc = check_node(g, i, eb);
   if (rc) return rc;
@@ -668,6 +721,8 @@ static const char *pb_tag0(const ProtobufCMessage *m) {
 
 int psw_graph_load(const void *buf, size_t len, psw_graph **out, ps_errbuf *eb) {
   *out = NULL;
+  /* 0 bytes unpack as a graph with nothing in it: "no features input" */
+  if (!len) return ps_errf(eb, PS_EFORMAT, "empty graph (0 bytes)");
   psw_graph *g = calloc(1, sizeof *g);
   if (!g) return ps_errf(eb, PS_ENOMEM, "graph: out of memory");
   g->pb = ps__graph__graph__unpack(NULL, len, buf);
@@ -717,6 +772,8 @@ int psw_graph_load_file(const char *path, psw_graph **g, ps_errbuf *eb) {
   else if (!rc && ferror(f))
     rc = ps_errf(eb, PS_EIO, "%s: cannot read: %s", path, why ? strerror(why) : "read error");
   fclose(f);
+  if (!rc && !len) /* a failed download, a `touch`, a file written over */
+    rc = ps_errf(eb, PS_EFORMAT, "%s: the file is empty (0 bytes), not a graph", path);
   if (!rc && (rc = psw_graph_load(buf, len, g, eb))) {
     ps_errbuf inner = *eb;
     ps_errf(eb, rc, "%s: %s", path, inner.msg);

@@ -37,6 +37,7 @@
 #include "ps_rpc.h"
 #include "ps_test.h"
 #include "ps_version.h"
+#include "psw_graph.h"
 
 #define PT_NSHARDS 2
 typedef struct pt_ctx {
@@ -423,6 +424,36 @@ START_TEST(test_psctl_model_show) {
   ck_assert_msg(pt_contains(x.err, "--fields F, --dim D and --dense N are required"), "see %s", x.err);
   ck_assert_int_eq(pt_psctl(&x, "model ctr --fields 2 --dim 4 --dense 1 --pooling max -o c3.pb"), 2);
   ck_assert_msg(pt_contains(x.err, "unknown pooling 'max'"), "see %s", x.err);
+
+  /* A graph named with a terminal's clear-screen and a newline: refused,
+   * and nothing of it reaches the terminal raw (it was printed as
+   * "graph 'g<ESC>[2J<LF>'") */
+  uint32_t layers[] = {4, 3};
+  uint8_t *pb;
+  size_t pblen;
+  ps_errbuf eb;
+  ck_assert_int_eq(psw_graph_mlp_pack("g\x1b[2J\n", layers, 2, PS_GPU_ACT_RELU, &pb, &pblen, &eb), 0);
+  snprintf(path, sizeof path, "%s/esc.pb", x.dir);
+  f = fopen(path, "wb");
+  ck_assert(f != NULL);
+  ck_assert_uint_eq(fwrite(pb, 1, pblen, f), pblen);
+  ck_assert_int_eq(fclose(f), 0);
+  free(pb);
+  ck_assert_int_eq(pt_psctl(&x, "model show esc.pb"), 2);
+  ck_assert_msg(pt_contains(x.err, "esc.pb: graph name holds a control character (byte 1)"),
+                "see %s", x.err);
+  char *out = ps_test_read_file(x.out, NULL), *err = ps_test_read_file(x.err, NULL);
+  ck_assert_msg(!strchr(out, 0x1b) && !strchr(err, 0x1b), "an ESC printed raw: %s%s", out, err);
+  free(out);
+  free(err);
+  /* An empty file: said so */
+  snprintf(path, sizeof path, "%s/empty.pb", x.dir);
+  f = fopen(path, "wb");
+  ck_assert(f != NULL);
+  ck_assert_int_eq(fclose(f), 0);
+  ck_assert_int_eq(pt_psctl(&x, "model show empty.pb"), 2);
+  ck_assert_msg(pt_contains(x.err, "empty.pb: the file is empty (0 bytes), not a graph"), "see %s",
+                x.err);
   pt_cleanup(&x);
 }
 END_TEST

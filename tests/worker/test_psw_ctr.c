@@ -184,6 +184,38 @@ START_TEST(test_gen_ctr_round_trip) {
 }
 END_TEST
 
+/* A gzipped log of two gzip members (`cat a.gz b.gz`) reads as one, as
+ * zcat reads it; bytes after the last member that are no gzip member are
+ * refused naming the file (zlib's gzFile dropped them unread: a log with
+ * garbage appended trained as whole). */
+START_TEST(test_ctr_gzip_members) {
+  char path[512], *one = write_tmp("one.tsv.gz", good_log, 1);
+  snprintf(path, sizeof path, "%s", one);
+  size_t n;
+  char *gz = ps_test_read_file(path, &n);
+  FILE *f = fopen(path, "ab");
+  ck_assert_ptr_nonnull(f);
+  ck_assert_uint_eq(fwrite(gz, 1, n, f), n);
+  ck_assert_int_eq(fclose(f), 0);
+  free(gz);
+  psw_ctr c;
+  ps_errbuf eb;
+  ck_assert_msg(psw_ctr_load(&c, path, 0, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(c.n, 4);
+  ck_assert_int_eq(c.label[2], 1);
+  psw_ctr_release(&c);
+  f = fopen(path, "ab");
+  ck_assert_ptr_nonnull(f);
+  ck_assert(fputs("0\t1\n", f) >= 0);
+  ck_assert_int_eq(fclose(f), 0);
+  ck_assert_int_eq(psw_ctr_load(&c, path, 0, &eb), PS_EFORMAT);
+  ck_assert_msg(strstr(eb.msg, path) == eb.msg &&
+                strstr(eb.msg, ": data after the end of the gzip stream that is not another "
+                               "gzip member"), "%s", eb.msg);
+  ck_assert_ptr_null(c.label);
+}
+END_TEST
+
 Suite *psw_ctr_suite(void) {
   Suite *s = suite_create("psw_ctr");
   TCase *tc = tcase_create("reader");
@@ -191,6 +223,7 @@ Suite *psw_ctr_suite(void) {
   tcase_add_test(tc, test_ctr_values);
   tcase_add_loop_test(tc, test_ctr_bad_line, 0, (int)(sizeof bad_lines / sizeof bad_lines[0]));
   tcase_add_test(tc, test_ctr_truncated_gzip);
+  tcase_add_test(tc, test_ctr_gzip_members);
   tcase_add_test(tc, test_gen_ctr_round_trip);
   suite_add_tcase(s, tc);
   return s;

@@ -182,7 +182,100 @@ START_TEST(test_idx_corrupt_gzip) {
   char prefix[700];
   snprintf(prefix, sizeof prefix, "%s: byte ", img);
   ck_assert_msg(!strncmp(eb.msg, prefix, strlen(prefix)), "%s", eb.msg);
-  ck_assert_msg(strstr(eb.msg, "truncated file") != NULL, "%s", eb.msg);
+  ck_assert_msg(strstr(eb.msg, ": truncated or corrupt gzip file (unexpected end of file)"),
+                "%s", eb.msg);
+  /* A reserved deflate block type in the first block: what inflate says
+   * in the parentheses, as README documents */
+  write_idx(ps_test_tmpdir(), 1, NS, 1000, NS, img, lab);
+  f = fopen(img, "r+b");
+  ck_assert_ptr_nonnull(f);
+  ck_assert_int_eq(fseek(f, 10, SEEK_SET), 0); /* after gzip's 10-byte header */
+  int b0 = fgetc(f);
+  ck_assert_int_eq(fseek(f, 10, SEEK_SET), 0);
+  ck_assert_int_eq(fputc(b0 | 0x06, f), b0 | 0x06); /* BTYPE 11 */
+  ck_assert_int_eq(fclose(f), 0);
+  ck_assert_int_eq(psw_data_load_idx(&d, img, lab, 1.0f, NULL, &eb), PS_EFORMAT);
+  snprintf(prefix, sizeof prefix, "%s: byte 0: truncated or corrupt gzip file (invalid block type)",
+           img);
+  ck_assert_str_eq(eb.msg, prefix);
+}
+END_TEST
+
+/* append_file appends LEN bytes to PATH as they are. */
+static void append_file(const char *path, const void *data, size_t len) {
+  FILE *f = fopen(path, "ab");
+  ck_assert_ptr_nonnull(f);
+  ck_assert_uint_eq(fwrite(data, 1, len, f), len);
+  ck_assert_int_eq(fclose(f), 0);
+}
+
+/* append_gz_member appends LEN bytes to PATH as a gzip member of its own
+ * (as `cat a.gz b.gz` makes). */
+static void append_gz_member(const char *path, const void *data, size_t len) {
+  char tmp[700];
+  snprintf(tmp, sizeof tmp, "%s.member", path);
+  write_bytes(tmp, data, len, 1);
+  size_t n;
+  char *member = ps_test_read_file(tmp, &n);
+  append_file(path, member, n);
+  free(member);
+  unlink(tmp);
+}
+
+/* An IDX file longer than its header says: 5 bytes after the last image,
+ * in a plain file (_i 0), in the gzip stream (1), in a second gzip member
+ * (2); or 5 bytes after the gzip stream that are no gzip member (3).
+ * Each was loaded as the file's first part: now refused, naming it. */
+START_TEST(test_idx_trailing) {
+  char img[600], lab[600], want[1200];
+  const char *dir = ps_test_tmpdir();
+  write_idx(dir, 0, NS, 1000, NS, img, lab);
+  append_file(img, "extra", 5);
+  if (_i) { /* the same bytes gzipped, or the IDX file gzipped and then the extra bytes */
+    size_t n;
+    char *plain = ps_test_read_file(img, &n);
+    write_idx(dir, 1, NS, 1000, NS, img, lab);
+    if (_i == 1) write_bytes(img, plain, n, 1);
+    if (_i == 2) append_gz_member(img, "extra", 5);
+    if (_i == 3) append_file(img, "extra", 5);
+    free(plain);
+  }
+  psw_dataset d;
+  ps_errbuf eb = {""};
+  ck_assert_int_eq(psw_data_load_idx(&d, img, lab, 1.0f, NULL, &eb), PS_EFORMAT);
+  ck_assert_ptr_null(d.x);
+  if (_i == 3) {
+    snprintf(want, sizeof want, "%s: compressed byte ", img);
+    ck_assert_msg(!strncmp(eb.msg, want, strlen(want)) &&
+                  strstr(eb.msg, ": data after the end of the gzip stream that is not another "
+                                 "gzip member"), "%s", eb.msg);
+    return;
+  }
+  snprintf(want, sizeof want, "%s: byte 76: 5 more bytes after the last of the 10 images its "
+           "header counts (two files joined, or one written over a longer one?)", img);
+  ck_assert_str_eq(eb.msg, want);
+}
+END_TEST
+
+/* A gzipped CSV file of two gzip members (`cat a.gz b.gz`) reads as one
+ * stream, as zcat reads it; bytes after the last member that are no gzip
+ * member are refused (they were dropped unread). */
+START_TEST(test_gzip_members) {
+  char csv[600];
+  snprintf(csv, sizeof csv, "%s/m.csv.gz", ps_test_tmpdir());
+  write_bytes(csv, "1,2\n3,4\n", 8, 1);
+  append_gz_member(csv, "5,6\n", 4);
+  psw_dataset d;
+  ps_errbuf eb = {""};
+  ck_assert_msg(psw_data_load_csv(&d, csv, 1.0f, NULL, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(d.n, 3);
+  ck_assert_int_eq(d.y[2], 5);
+  psw_data_release(&d);
+  append_file(csv, "7,8\n", 4);
+  ck_assert_int_eq(psw_data_load_csv(&d, csv, 1.0f, NULL, &eb), PS_EFORMAT);
+  ck_assert_msg(strstr(eb.msg, csv) == eb.msg &&
+                strstr(eb.msg, ": data after the end of the gzip stream that is not another "
+                               "gzip member"), "%s", eb.msg);
 }
 END_TEST
 
@@ -286,21 +379,28 @@ END_TEST
 static const struct csv_bad {
   const char *text;
   const char *msg; /* after "PATH" */
+  size_t len;      /* of TEXT, which may hold a NUL (0: strlen) */
 } csv_bad_cases[] = {
-    {"l,a,b\n1,2,3\n\n4,abc,6\n", ":4: field 2 'abc' is not a finite number"},
-    {"1,2,3\n4,5,6\n7,8\n", ":3: 2 fields, expected 3 as on line 1"},
-    {"h,a\n1,2\n\n1,2,3\n", ":4: 3 fields, expected 2 as on line 2"},
-    {"1,2\n1.5,3\n", ":2: field 1 '1.5' is not an integer label"},
-    {"1,2\n1,nan\n", ":2: field 2 'nan' is not a finite number"},
-    {"1,2\n1,\n", ":2: field 2 '' is not a finite number"},
-    {"1\n", ":1: expected a label and at least one feature"},
-    {"label,x\n\n", ": no samples"},
+    {"l,a,b\n1,2,3\n\n4,abc,6\n", ":4: field 2 'abc' is not a finite number", 0},
+    {"1,2,3\n4,5,6\n7,8\n", ":3: 2 fields, expected 3 as on line 1", 0},
+    {"h,a\n1,2\n\n1,2,3\n", ":4: 3 fields, expected 2 as on line 2", 0},
+    {"1,2\n1.5,3\n", ":2: field 1 '1.5' is not an integer label", 0},
+    {"1,2\n1,nan\n", ":2: field 2 'nan' is not a finite number", 0},
+    {"1,2\n1,\n", ":2: field 2 '' is not a finite number", 0},
+    {"1\n", ":1: expected a label and at least one feature", 0},
+    {"label,x\n\n", ": no samples", 0},
+    /* a NUL ends strtof's number: '7\0garbage' read as 7 */
+    {"1,2\n0,7\0garbage\n", ":2: a NUL byte at column 4 (CSV is text: a binary or UTF-16 file?)",
+     16},
+    {"1,2\n\0\n3,4\n", ":2: a NUL byte at column 1 (CSV is text: a binary or UTF-16 file?)", 10},
+    {"l\0,x\n1,2\n", ":1: a NUL byte at column 2 (CSV is text: a binary or UTF-16 file?)", 9},
 };
 
 START_TEST(test_csv_bad) {
   char path[600];
   sprintf(path, "%s/bad.csv", ps_test_tmpdir());
-  write_bytes(path, csv_bad_cases[_i].text, strlen(csv_bad_cases[_i].text), 0);
+  size_t len = csv_bad_cases[_i].len ? csv_bad_cases[_i].len : strlen(csv_bad_cases[_i].text);
+  write_bytes(path, csv_bad_cases[_i].text, len, 0);
   psw_dataset d;
   ps_errbuf eb = {""};
   ck_assert_int_eq(psw_data_load_csv(&d, path, 1.0f, NULL, &eb), PS_EFORMAT);
@@ -516,6 +616,8 @@ Suite *psw_data_suite(void) {
   tcase_add_loop_test(tc, test_idx_bad_files, 0, 2);
   tcase_add_test(tc, test_idx_corrupt_gzip);
   tcase_add_test(tc, test_gzip_cut_short);
+  tcase_add_loop_test(tc, test_idx_trailing, 0, 4);
+  tcase_add_test(tc, test_gzip_members);
   tcase_add_loop_test(tc, test_csv_good, 0, 2);
   tcase_add_loop_test(tc, test_csv_bad, 0, (int)(sizeof csv_bad_cases / sizeof csv_bad_cases[0]));
   tcase_add_test(tc, test_load_by_config);

@@ -240,6 +240,30 @@ START_TEST(test_errors_names) {
     t.nin[0][1] = (char *)bad[i].name;
     expect_error(&t, PS_EINVAL, bad[i].msg);
   }
+  /* Control characters in the graph's other strings: names that psctl
+   * model show and the error messages print (a terminal's escape codes,
+   * a newline forging a line) */
+  static const struct { int where; const char *msg; } ctl[] = {
+      {0, "graph name holds a control character (byte 1)"},
+      {1, "input 1 name holds a control character (byte 1)"},
+      {2, "node 2 name holds a control character (byte 1)"},
+      {3, "node 2 output 1 holds a control character (byte 1)"},
+      {4, "node 1 op holds a control character (byte 1)"},
+      {5, "loss holds a control character (byte 1)"},
+  };
+  for (size_t i = 0; i < sizeof ctl / sizeof ctl[0]; i++) {
+    tg_mlp(&t, 6, 5, 3);
+    char *bad = "g\x1b[2J\n";
+    switch (ctl[i].where) {
+      case 0: t.g.name = bad; break;
+      case 1: t.I[0].name = t.nin[0][0] = bad; break;
+      case 2: t.N[1].name = bad; break;
+      case 3: t.nout[1][0] = t.nin[2][0] = bad; break;
+      case 4: t.N[0].op = bad; break;
+      case 5: t.g.loss = bad; break;
+    }
+    expect_error(&t, PS_EINVAL, ctl[i].msg);
+  }
   tg_mlp(&t, 6, 5, 3);
   t.P[0].name = t.nin[0][1] = "layer.1/W";
   psw_graph *g = NULL;
@@ -305,6 +329,26 @@ START_TEST(test_errors_field_zero) {
   psw_graph_spec_free(spec);
   psw_graph_free(g);
   free(mlp);
+}
+END_TEST
+
+/* An empty file (a failed download, `touch`): said so, not "graph has
+ * no features input" (0 bytes unpack as a graph with nothing in it). */
+START_TEST(test_errors_empty_file) {
+  char path[512];
+  snprintf(path, sizeof path, "%s/empty.pb", ps_test_tmpdir());
+  FILE *f = fopen(path, "wb");
+  ck_assert(f != NULL);
+  ck_assert_int_eq(fclose(f), 0);
+  psw_graph *g = (psw_graph *)1;
+  ps_errbuf eb;
+  ck_assert_int_eq(psw_graph_load_file(path, &g, &eb), PS_EFORMAT);
+  ck_assert(g == NULL);
+  char want[700];
+  snprintf(want, sizeof want, "%s: the file is empty (0 bytes), not a graph", path);
+  ck_assert_str_eq(eb.msg, want);
+  ck_assert_int_eq(psw_graph_load("", 0, &g, &eb), PS_EFORMAT);
+  ck_assert_str_eq(eb.msg, "empty graph (0 bytes)");
 }
 END_TEST
 
@@ -512,6 +556,7 @@ Suite *psw_graph_suite(void) {
   tcase_add_test(tc, test_errors_ops_and_shapes);
   tcase_add_test(tc, test_errors_params_and_loss);
   tcase_add_test(tc, test_errors_truncated_file);
+  tcase_add_test(tc, test_errors_empty_file);
   tcase_add_test(tc, test_errors_field_zero);
   tcase_add_test(tc, test_errors_names);
   tcase_add_test(tc, test_graph_gradient_xent);

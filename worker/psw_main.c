@@ -162,6 +162,10 @@ static int psw_parse(int argc, char **argv, psw_args *a) {
   }
   argv[0] = prog;
   /* after the whole line: a bad option before --help is still a usage error */
+  if (!bad && a->version && !a->help && optind < argc) { /* a script's typo must not read as a build */
+    fprintf(stderr, "psw: --version takes no argument, got '%s'\nsee 'psw --help'\n", argv[optind]);
+    return 2;
+  }
   if (!bad && (a->help || a->version)) {
     if (a->help) fputs(psw_usage, stdout);
     else ps_version_print("psw");

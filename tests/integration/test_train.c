@@ -604,6 +604,12 @@ START_TEST(test_train_usage_errors) {
     free(text);
   }
   unlink(log);
+  char *extra[] = {(char *)ps_test_bin("psw"), "--version", "extra", NULL};
+  ck_assert_int_eq(ps_test_run(extra, log, 10000), 2); /* as psd and psctl */
+  char *said = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(said, "psw: --version takes no argument, got 'extra'"), "%s", said);
+  free(said);
+  unlink(log);
   char *help[] = {(char *)ps_test_bin("psw"), "--help", NULL};
   ck_assert_int_eq(ps_test_run(help, log, 10000), 0);
   char *text = ps_test_read_file(log, NULL);

@@ -365,9 +365,12 @@ static void psctl_status_workers(const Ps__ListWorkersReply *w, const char *why)
  * invariant 7). */
 static void psctl_status_parts(const Ps__ListWorkersReply *w) {
   if (!w || !w->n_partitions) return;
-  printf("\npartitions of model '%s' (%u epoch%s claimed, data set %llu samples):\n",
-         w->job_model && *w->job_model ? w->job_model : "-", w->job_epochs,
-         w->job_epochs == 1 ? "" : "s", (unsigned long long)w->data_size);
+  if (w->job_model && *w->job_model)
+    printf("\npartitions of model '%s' (%u epoch%s claimed, data set %llu samples):\n",
+           w->job_model, w->job_epochs, w->job_epochs == 1 ? "" : "s",
+           (unsigned long long)w->data_size);
+  else /* the table exists before a worker claims: no model, epochs or data set yet */
+    printf("\npartitions (no worker has claimed one yet):\n");
   printf("%-9s %-6s %-6s %10s %10s %10s %s\n", "PARTITION", "OWNER", "EPOCH", "OFFSET",
          "IN FLIGHT", "SIZE", "STATE");
   for (size_t i = 0; i < w->n_partitions; i++) {
@@ -376,10 +379,11 @@ static void psctl_status_parts(const Ps__ListWorkersReply *w) {
     char owner[16] = "-";
     if (p->owned) snprintf(owner, sizeof owner, "%u", p->owner);
     int finished = w->job_epochs && q->epoch >= w->job_epochs;
-    printf("%-9u %-6s %-6u %10llu %10llu %10llu %s\n", q->partition, owner,
+    char size[24] = "-"; /* a partition's size is said by the worker that claims it */
+    if (q->size) snprintf(size, sizeof size, "%llu", (unsigned long long)q->size);
+    printf("%-9u %-6s %-6u %10llu %10llu %10s %s\n", q->partition, owner,
            finished ? w->job_epochs : q->epoch + 1,
-           (unsigned long long)q->offset, (unsigned long long)(q->started - q->offset),
-           (unsigned long long)q->size,
+           (unsigned long long)q->offset, (unsigned long long)(q->started - q->offset), size,
            finished ? "finished" : p->active ? "training" : p->owned ? "queued" : "waiting");
   }
   if (!w->n_epochs) return;

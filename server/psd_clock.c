@@ -547,6 +547,12 @@ void psd_clock_set_pid(psd_clock *c, uint32_t worker, uint32_t pid) {
   if (w && pid) w->pid = pid;
 }
 
+/* psd_clock_grace: see psd_clock.h (invariant 10). */
+void psd_clock_grace(psd_clock *c, uint64_t now_ms) {
+  for (size_t i = 0; i < c->nw; i++)
+    if (!c->w[i].dead && c->w[i].last_ms < now_ms) c->w[i].last_ms = now_ms;
+}
+
 /* psd_clock_step_out: see psd_clock.h. */
 size_t psd_clock_step_out(psd_clock *c, uint32_t worker, uint64_t clock, uint64_t now_ms) {
   const clock_worker *w = clock_worker_find(c, worker);
@@ -1056,8 +1062,11 @@ int psd_clock_save(psd_clock *c, char **buf, size_t *len, ps_errbuf *eb) {
                         c->ep[e].done_parts);
   for (size_t i = 0; !bad && i < c->nw; i++) {
     const clock_worker *w = &c->w[i];
-    bad = clock_appendf(&b, &n, &cap, "worker %" PRIu32 " %d %d %d %d %" PRIu32 " %" PRIu64 "\n",
-                        w->id, w->registered, w->leased, w->dead, w->left, w->pid, w->clock);
+    /* the host last: the rest of the line (a save of an older psd ends
+     * at the clock) */
+    bad = clock_appendf(&b, &n, &cap, "worker %" PRIu32 " %d %d %d %d %" PRIu32 " %" PRIu64
+                        "%s%s\n", w->id, w->registered, w->leased, w->dead, w->left, w->pid,
+                        w->clock, w->host ? " " : "", w->host ? w->host : "");
   }
   for (size_t i = 0; !bad && i < c->nm; i++)
     for (size_t k = 0; !bad && k < c->m[i]->nent; k++)
@@ -1112,7 +1121,7 @@ static int clock_load_line(psd_clock *c, const char *l, uint64_t now_ms, ps_errb
     return 0;
   }
   if (sscanf(l, "worker %" SCNu32 " %d %d %d %d %" SCNu32 " %" SCNu64 "%n", &a, &f1, &f2, &f3,
-             &f4, &h, &x, &k) == 7 && !l[k]) {
+             &f4, &h, &x, &k) == 7 && (!l[k] || (l[k] == ' ' && l[k + 1]))) {
     clock_worker *w;
     int err = clock_worker_get(c, a, now_ms, 1, &w, eb);
     if (err < 0) return err;
@@ -1122,6 +1131,9 @@ static int clock_load_line(psd_clock *c, const char *l, uint64_t now_ms, ps_errb
     w->left = f4 != 0;
     w->pid = h;
     w->clock = x;
+    /* its host with its pid: a worker registering again after the
+     * restart is known by both (psd_clock_register) */
+    if (l[k]) clock_setstr(&w->host, l + k + 1);
     return 0;
   }
   if (sscanf(l, "clock %255s %" SCNu32 " %" SCNu64 "%n", name, &a, &x, &k) == 3 && !l[k]) {

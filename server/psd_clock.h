@@ -69,10 +69,14 @@
  *     never held a lease (a bare client that pushes and pulls without
  *     heartbeats: it could not rejoin).
  * 10. Persistence: psd_clock_save writes the partition table, the epoch
- *     counts, the workers and every model's clock table as text;
- *     psd_clock_load restores them into a new table, the workers alive
- *     with a fresh lease (they have lease_ms to reach the restarted
- *     coordinator before they expire as usual).  A restored clock holds
+ *     counts, the workers (with their host and pid: one that registers
+ *     again after the restart keeps its rank) and every model's clock
+ *     table as text; psd_clock_load restores them into a new table (a
+ *     save whose worker lines have no host, an older psd's, too), the
+ *     workers alive with a fresh lease, which psd_clock_grace starts
+ *     again when the coordinator serves: they have lease_ms from then to
+ *     reach it (they could not while it was down) before they expire as
+ *     usual.  A restored clock holds
  *     the others back as before, until the worker's first push or pull
  *     sets it to where the worker is (up, or down when a push was lost
  *     with the restart: else its own pull would wait for it forever).  psd_clock_dirty says
@@ -212,6 +216,10 @@ uint64_t psd_clock_slowest(const psd_clock *c, const char *model);
 /* psd_clock_set_pid records WORKER's process id PID (0: not said, kept)
  * for status; an unknown worker is left alone. */
 void psd_clock_set_pid(psd_clock *c, uint32_t worker, uint32_t pid);
+
+/* psd_clock_grace restarts the lease of every live worker at NOW_MS: a
+ * restored coordinator serves (invariant 10). */
+void psd_clock_grace(psd_clock *c, uint64_t now_ms);
 
 /* psd_clock_step_out takes live WORKER out of every clock table where
  * its clock is at most CLOCK (the clock it said it stopped at: a late

@@ -205,6 +205,13 @@ int psd_shard_clock_start(psd_shard *sh, ps_errbuf *eb) {
   return err;
 }
 
+/* psd_shard_clock_serving: see psd_shard.h. */
+void psd_shard_clock_serving(psd_shard *sh) {
+  if (!sh->clock) return;
+  psd_clock_grace(sh->clock, psd_shard_now_ms(sh));
+  psd_shard_clock_arm(sh);
+}
+
 /* psd_shard_clock_stop: see psd_shard.h. */
 void psd_shard_clock_stop(psd_shard *sh) {
   if (!sh->clock) return;

@@ -144,8 +144,12 @@ static int coord_retryable(int err) {
          err == PS_EDEGRADED;
 }
 
-/* psw_coord_register: see psw_coord.h. */
-int psw_coord_register(psw_coord *c, psw_coord_reg *reg, ps_errbuf *eb) {
+/* coord_register_retry registers (coord_register_once), retrying an
+ * unreachable coordinator for workers.retry_ms (invariant 1): also when
+ * registering again after an expiry, which a restarted coordinator causes
+ * (the worker's channel to it may still wait out gRPC's reconnect backoff
+ * when it serves again, and fails at once meanwhile). */
+static int coord_register_retry(psw_coord *c, ps_errbuf *eb) {
   const ps_shard_conf *co = &c->cfg->shards[c->coord];
   int64_t start = ps_now_ms();
   uint32_t delay = PS_BACKOFF_FIRST_MS;
@@ -165,6 +169,13 @@ int psw_coord_register(psw_coord *c, psw_coord_reg *reg, ps_errbuf *eb) {
     if (ps_sleep_ms(nap, c->stop) < 0) return ps_errf(eb, PS_ESHUTDOWN, "stopped");
     delay = ps_backoff_next(delay);
   }
+  return 0;
+}
+
+/* psw_coord_register: see psw_coord.h. */
+int psw_coord_register(psw_coord *c, psw_coord_reg *reg, ps_errbuf *eb) {
+  int err = coord_register_retry(c, eb);
+  if (err < 0) return err;
   const Ps__RegisterWorkerReply *r = c->reg;
   coord_set_parts(c, r->partitions, r->n_partitions);
   *reg = (psw_coord_reg){.rank = r->rank, .world_size = r->world_size,
@@ -320,7 +331,7 @@ static int coord_reregister(psw_coord *c, uint64_t seen) {
   }
   ps_warn("worker %u: a shard had declared this worker dead (lease expired); %s", old,
           c->registered ? "registering again" : "rejoining with its fixed rank");
-  int err = c->registered ? coord_register_once(c, &eb) : 0;
+  int err = c->registered ? coord_register_retry(c, &eb) : 0;
   if (err == 0 && (!c->registered || c->reg->rank == old)) {
     if (c->registered) coord_set_parts(c, c->reg->partitions, c->reg->n_partitions);
     /* counted before the shards hear of it: the coordinator takes the

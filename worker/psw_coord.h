@@ -5,7 +5,10 @@
  * Invariants:
  *  1. Registration retries an unreachable coordinator with backoff (100 ms
  *     doubling to 2 s) for at most workers.retry_ms; an answer that is an
- *     error (not the coordinator, every rank held) ends it at once.
+ *     error (not the coordinator, every rank held) ends it at once.  So
+ *     does registering again after an expiry (invariant 2): a restarted
+ *     coordinator may be reached before the worker's channel to it is
+ *     done with gRPC's reconnect backoff, whose calls fail at once.
  *  2. Once started, the thread heartbeats every shard every heartbeat_ms
  *     (from the registration reply, else workers.heartbeat_ms) with the
  *     figures last given to psw_coord_update.  A shard that answers

@@ -28,6 +28,8 @@
  *  - coordinator restart: shard 0 stopped and started again mid-run
  *    restores the partition and clock tables (coordinator.state); the
  *    job completes with the same exact accounting.
+ *  - coordinator SIGKILLed, back 5 s later (lease 2 s): every worker
+ *    keeps its rank and goes on.
  *  - end of job: a worker with nothing left to claim waits; the last
  *    one training (asp, slowed) is SIGKILLed, and the waiting worker
  *    takes its partition over and finishes the job.
@@ -959,6 +961,74 @@ START_TEST(test_failover_long_mlp) {
 }
 END_TEST
 
+/* tf_rank_of returns the rank the coordinator lists for the live worker
+ * of process PID, or -1. */
+static int tf_rank_of(tf_ctx *x, pid_t pid) {
+  Ps__ListWorkersReply *r = tf_list(x);
+  int rank = -1;
+  for (size_t i = 0; i < r->n_workers; i++)
+    if (r->workers[i]->pid == (uint32_t)pid && !strcmp(r->workers[i]->state, "ALIVE"))
+      rank = (int)r->workers[i]->rank;
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  return rank;
+}
+
+/* tf_running says whether worker I's process has not exited (it is
+ * reaped when it has: *STATUS its wait status). */
+static int tf_running(tf_ctx *x, int i, int *status) {
+  *status = ps_test_wait_pid(x->w[i], 0);
+  if (*status < 0) return 1;
+  x->w[i] = 0;
+  return 0;
+}
+
+/* The coordinator SIGKILLed and started again 5 s later, past the
+ * workers' 2 s lease (asp, 3 workers): each worker keeps its rank (the
+ * restart kept each registration's host with its pid, and a worker whose
+ * channel was still in gRPC's reconnect backoff retries its registration
+ * within workers.retry_ms), none exits.  It used to give rank 0 to the
+ * first process that registered again, and the others exited 1 ("rank
+ * went to another worker"), or all of them ("registering again failed:
+ * ... Connection refused"). */
+START_TEST(test_failover_coordinator_kill9_ranks) {
+  TF_NEED_DATA();
+  tf_ctx x = {.lease_ms = 2000};
+  tf_start_c(&x, 3, 3, 400, "logreg", "0.002", TF_SAMPLES, "asp", 0);
+  int rank[3];
+  for (int i = 0; i < 3; i++) tf_spawn_slow(&x, "3");
+  tf_wait_trained(&x, 0, TF_SAMPLES / 10);
+  for (int i = 0; i < 3; i++) {
+    rank[i] = tf_rank_of(&x, x.w[i]);
+    ck_assert_int_ge(rank[i], 0);
+  }
+  ck_assert_int_eq(kill(x.shard[0], SIGKILL), 0);
+  ps_test_wait_pid(x.shard[0], 5000);
+  /* 5 s: the workers' channels retry at about 1, 2.6, 5.2 and 9.3 s
+   * (gRPC's backoff), so their next try comes a lease after it serves */
+  usleep(5000 * 1000);
+  char log[700];
+  snprintf(log, sizeof log, "%s/psd0-again.log", x.dir);
+  x.shard[0] = ps_test_psd(x.yaml, 0, log, NULL);
+  ck_assert_msg(ps_test_wait_port(x.gp[0], 20000) == 0, "shard 0 did not come back; see %s",
+                log);
+  /* past a lease from the restart, and the registrations' retries */
+  for (int64_t end = ps_test_now_ms() + 8000; ps_test_now_ms() < end; usleep(100000))
+    for (int i = 0; i < 3; i++) {
+      int st = 0;
+      char wlog[700];
+      tf_log(&x, i, wlog, sizeof wlog);
+      ck_assert_msg(tf_running(&x, i, &st), "worker %d (rank %d) exited %d after the "
+                    "coordinator's restart; see %s", i, rank[i],
+                    WIFEXITED(st) ? WEXITSTATUS(st) : -1, wlog);
+    }
+  for (int i = 0; i < 3; i++)
+    ck_assert_msg(tf_rank_of(&x, x.w[i]) == rank[i], "worker %d is not rank %d any more; see %s",
+                  i, rank[i], x.dir);
+  for (int i = 0; i < 3; i++) ps_test_stop(x.w[i], SIGKILL, 5000), x.w[i] = 0;
+  tf_finish(&x);
+}
+END_TEST
+
 Suite *psw_failover_suite(void) {
   Suite *s = suite_create("psw_failover");
   TCase *tc = tcase_create("failover");
@@ -989,5 +1059,11 @@ Suite *psw_failover_suite(void) {
   tcase_add_test(tw, test_failover_sigterm_parked);
   tcase_add_test(tw, test_failover_rejoin_ssp);
   suite_add_tcase(s, tw);
+  /* who holds a rank across a coordinator's restart and a worker's stop */
+  TCase *tr = tcase_create("failover_ranks");
+  tcase_set_timeout(tr, 60);
+  tcase_add_unchecked_fixture(tr, ps_test_procs_setup, ps_test_procs_teardown);
+  tcase_add_test(tr, test_failover_coordinator_kill9_ranks);
+  suite_add_tcase(s, tr);
   return s;
 }

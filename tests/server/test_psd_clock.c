@@ -793,6 +793,53 @@ START_TEST(test_expired_refused_until_rejoin) {
 }
 END_TEST
 
+/* A coordinator restart (invariant 10) keeps each worker's host with its
+ * pid: a worker declared dead after the restart (its heartbeat channel
+ * was still reconnecting) that registers again gets its own rank back,
+ * whatever the order (before, the host was lost with the restart and the
+ * first process to register took rank 0, the others exiting with "rank
+ * went to another worker"); a save without hosts (an older coordinator)
+ * still loads. */
+START_TEST(test_restart_keeps_ranks) {
+  psd_clock *c = tclock(0);
+  ps_errbuf eb;
+  uint32_t r;
+  uint64_t sc;
+  for (int i = 0; i < 3; i++)
+    ck_assert_int_eq(psd_clock_register(c, "m", "h", 10 + i, "cpu", 0, &r, &sc, &eb), 0);
+  char *text;
+  size_t len;
+  ck_assert_int_eq(psd_clock_save(c, &text, &len, &eb), 0);
+  psd_clock *d = tclock(0);
+  ck_assert_int_eq(psd_clock_load(d, text, 5000, &eb), 0);
+  psd_clock_tick(d, 6100); /* nobody reached it within the lease */
+  for (uint32_t k = 0; k < 3; k++) ck_assert_int_eq(psd_clock_expired(d, k), 1);
+  for (int i = 2; i >= 0; i--) {
+    ck_assert_int_eq(psd_clock_register(d, "m", "h", 10 + i, "cpu", 6200, &r, &sc, &eb), 0);
+    ck_assert_uint_eq(r, (uint32_t)i);
+  }
+  psd_clock_free(d);
+  /* the lease of a restored worker runs from psd_clock_grace (the
+   * coordinator serving again), not from the load */
+  d = tclock(0);
+  ck_assert_int_eq(psd_clock_load(d, text, 5000, &eb), 0);
+  psd_clock_grace(d, 5800);
+  psd_clock_tick(d, 6100);
+  ck_assert_int_eq(psd_clock_expired(d, 0), 0);
+  psd_clock_tick(d, 6800);
+  ck_assert_int_eq(psd_clock_expired(d, 0), 1);
+  psd_clock_free(d);
+  /* an older save: "worker" lines end at the clock */
+  d = tclock(0);
+  ck_assert_int_eq(psd_clock_load(d, "psd-clock 1\njob 0 data 0 parts 8\n"
+                                  "worker 0 1 1 0 0 10 0\nend\n", 5000, &eb), 0);
+  ck_assert_int_eq(psd_clock_expired(d, 0), 0);
+  psd_clock_free(d);
+  free(text);
+  psd_clock_free(c);
+}
+END_TEST
+
 Suite *psd_clock_suite(void) {
   Suite *s = suite_create("psd_clock");
   TCase *tc = tcase_create("core");
@@ -813,6 +860,7 @@ Suite *psd_clock_suite(void) {
   tcase_add_test(tc, test_save_load);
   tcase_add_test(tc, test_world_bounds_table);
   tcase_add_test(tc, test_silent_ms);
+  tcase_add_test(tc, test_restart_keeps_ranks);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -371,3 +371,8 @@ void ps_rpc_close(ps_rpc *r) {
   free(r);
   grpc_shutdown();
 }
+
+/* ps_rpc_reset_backoff: see ps_rpc.h. */
+void ps_rpc_reset_backoff(ps_rpc *r) {
+  if (r) grpc_channel_reset_connect_backoff(r->ch);
+}

@@ -76,4 +76,12 @@ void ps_rpc_replies_free(ps_rpc_reply *out, size_t n);
 
 void ps_rpc_close(ps_rpc *r);
 
+/* ps_rpc_reset_backoff makes R's channel try to connect again at its next
+ * call, not after gRPC's reconnect backoff (1 s growing 1.6 times a try:
+ * 9 s and more after a peer that was down for 5 s), whose calls fail at
+ * once meanwhile.  For a caller that retries on its own schedule, before
+ * each retry (a worker reaching a restarted coordinator within its
+ * lease); thread-safe. */
+void ps_rpc_reset_backoff(ps_rpc *r);
+
 #endif

@@ -167,6 +167,7 @@ static int coord_register_retry(psw_coord *c, ps_errbuf *eb) {
       ps_warn("coordinator shard %u (%s): %s; retrying for up to %u ms", co->id, co->grpc_addr,
               eb->msg, c->cfg->workers.retry_ms);
     if (ps_sleep_ms(nap, c->stop) < 0) return ps_errf(eb, PS_ESHUTDOWN, "stopped");
+    ps_rpc_reset_backoff(c->rpc[c->coord]); /* the retry reaches a coordinator back meanwhile */
     delay = ps_backoff_next(delay);
   }
   return 0;
@@ -300,8 +301,15 @@ static int coord_heartbeat_all(psw_coord *c, uint32_t worker, int leaving, int d
   ps_rpc_call_all(c->rpc, n, "/ps.Ps/Heartbeat", &req.base, &ps__heartbeat_reply__descriptor,
                   timeout, out);
   int expired = 0;
+  pthread_mutex_lock(&c->mu);
+  int quit = c->quit;
+  pthread_mutex_unlock(&c->mu);
   for (size_t i = 0; i < n; i++) {
     const Ps__HeartbeatReply *r = (const Ps__HeartbeatReply *)out[i].resp;
+    /* a shard that restarts is reached at the next beat, within its
+     * lease, not when gRPC's reconnect backoff ends (9 s and more after a
+     * shard down for 5 s); not at the leaving beat: nothing follows it */
+    if (!r && out[i].err == PS_EUNAVAIL && !quit) ps_rpc_reset_backoff(c->rpc[i]);
     if (!r) continue;
     expired |= r->expired;
     if (r->assigned && i == c->coord && worker == c->worker)
@@ -535,6 +543,9 @@ static int coord_progress_call(psw_coord *c, const psw_coord_part *pos, int clai
     uint32_t nap = ps_backoff_nap(start, delay, c->cfg->workers.retry_ms);
     if ((!coord_retryable(err) && err != PS_EINTERNAL) || !nap) return err;
     if (ps_sleep_ms(nap, c->stop) < 0) return ps_errf(eb, PS_ESHUTDOWN, "stopped");
+    /* a restarted coordinator is reached at the next try, not when gRPC's
+     * reconnect backoff ends (seconds after, past workers.retry_ms) */
+    ps_rpc_reset_backoff(c->rpc[c->coord]);
     delay = ps_backoff_next(delay);
   }
 }

@@ -8,7 +8,11 @@
  *     error (not the coordinator, every rank held) ends it at once.  So
  *     does registering again after an expiry (invariant 2): a restarted
  *     coordinator may be reached before the worker's channel to it is
- *     done with gRPC's reconnect backoff, whose calls fail at once.
+ *     done with gRPC's reconnect backoff, whose calls fail at once.  So
+ *     each retry, and each heartbeat that found a shard unreachable,
+ *     resets that channel's backoff (ps_rpc_reset_backoff): a shard back
+ *     from a restart is reached at the worker's next try or beat, within
+ *     its lease, not seconds later.
  *  2. Once started, the thread heartbeats every shard every heartbeat_ms
  *     (from the registration reply, else workers.heartbeat_ms) with the
  *     figures last given to psw_coord_update.  A shard that answers

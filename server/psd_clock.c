@@ -541,10 +541,27 @@ uint64_t psd_clock_slowest(const psd_clock *c, const char *model) {
   return s ? s->clock : 0;
 }
 
-/* psd_clock_set_pid: see psd_clock.h. */
+/* psd_clock_set_pid: see psd_clock.h.  A registered worker keeps its
+ * registration's pid: a heartbeat from another process (one stopped past
+ * its lease whose rank went to the registering one) must not make itself
+ * the holder (psd_clock_holder). */
 void psd_clock_set_pid(psd_clock *c, uint32_t worker, uint32_t pid) {
   clock_worker *w = clock_worker_find(c, worker);
-  if (w && pid) w->pid = pid;
+  if (w && pid && !(w->registered && w->pid)) w->pid = pid;
+}
+
+/* psd_clock_holder: see psd_clock.h (invariant 12). */
+int psd_clock_holder(const psd_clock *c, uint32_t worker, const char *host, uint32_t pid,
+                     ps_errbuf *eb) {
+  const clock_worker *w = clock_worker_find(c, worker);
+  if (!w || w->dead || !w->registered || !w->pid || !pid) return 0;
+  int other_host = host && *host && w->host && strcmp(host, w->host) != 0;
+  if (w->pid == pid && !other_host) return 0;
+  return ps_errf(eb, PS_EEXPIRED,
+                 "worker %" PRIu32 " is held by pid %" PRIu32 " on %s, which registered after "
+                 "this process (pid %" PRIu32 " on %s) was declared dead: it must stop or "
+                 "register again",
+                 worker, w->pid, w->host ? w->host : "?", pid, host && *host ? host : "?");
 }
 
 /* psd_clock_grace: see psd_clock.h (invariant 10). */

@@ -92,6 +92,15 @@
  *     also comes from an aggregator whose sum holding the worker's push is
  *     still on its way (psd_agg.h invariant 6), and raising it then would
  *     let the others past that push.
+ * 12. A registered rank is held by the process that registered it (its
+ *     host and pid): psd_clock_holder tells the coordinator to refuse,
+ *     as expired, what another process sends in its name (one stopped
+ *     past its lease, whose rank went to a new worker meanwhile, then
+ *     resumed: its leave would declare the new worker dead, its progress
+ *     would move the new worker's partition).  Heartbeats never change a
+ *     registered worker's pid.  Fixed ranks and bare clients (never
+ *     registered), dead ranks and requests without a pid are not told
+ *     apart.
  *
  * Not thread-safe: one thread (the shard's loop) calls everything. */
 #ifndef PSD_CLOCK_H
@@ -214,8 +223,15 @@ uint64_t psd_clock_silent_ms(const psd_clock *c, uint32_t worker, uint64_t now_m
 uint64_t psd_clock_slowest(const psd_clock *c, const char *model);
 
 /* psd_clock_set_pid records WORKER's process id PID (0: not said, kept)
- * for status; an unknown worker is left alone. */
+ * for status; an unknown worker, or a registered one (its registration's
+ * pid stays: invariant 12), is left alone. */
 void psd_clock_set_pid(psd_clock *c, uint32_t worker, uint32_t pid);
+
+/* psd_clock_holder: 0 when a request naming WORKER from process PID on
+ * HOST may be the rank holder's (invariant 12), else PS_EEXPIRED naming
+ * the holder. */
+int psd_clock_holder(const psd_clock *c, uint32_t worker, const char *host, uint32_t pid,
+                     ps_errbuf *eb);
 
 /* psd_clock_grace restarts the lease of every live worker at NOW_MS: a
  * restored coordinator serves (invariant 10). */

@@ -60,6 +60,10 @@ struct psw_coord {
    * (invariant 7): */
   ps_chan_client *bch;
   int64_t bch_retry_ms;          /* no new connection before this time */
+  /* The fence (invariant 8): */
+  uint32_t lease_ms;             /* the lease the shards hold this worker to */
+  int64_t lease_ok_ms;           /* when the last request the coordinator answered as
+                                    live was sent (under mu; 0: none yet) */
   ps_auth_client auth;           /* security.secret_file's worker key, read at each connect */
 };
 
@@ -277,6 +281,25 @@ static void coord_beat_init(psw_coord *c, Ps__HeartbeatRequest *req, uint32_t wo
   pthread_mutex_unlock(&c->mu);
 }
 
+/* coord_lease_ok notes that the coordinator answered a request of this
+ * worker sent at SENT as live: its lease ran from then on (invariant 8). */
+static void coord_lease_ok(psw_coord *c, int64_t sent) {
+  pthread_mutex_lock(&c->mu);
+  if (sent > c->lease_ok_ms) c->lease_ok_ms = sent;
+  pthread_mutex_unlock(&c->mu);
+}
+
+/* coord_lease_stale says whether this worker's lease may have run out
+ * since the coordinator last answered it as live (invariant 8): the
+ * process was stopped, or cut off, that long.  CLOCK_MONOTONIC counts
+ * while a process is stopped. */
+static int coord_lease_stale(psw_coord *c) {
+  pthread_mutex_lock(&c->mu);
+  int64_t ok = c->lease_ok_ms;
+  pthread_mutex_unlock(&c->mu);
+  return c->started && ok && ps_now_ms() - ok >= (int64_t)c->lease_ms;
+}
+
 /* coord_heartbeat_all sends one heartbeat for worker WORKER to every
  * shard (LEAVING, DONE, REJOIN: see HeartbeatRequest; IDLE_AT, not NULL:
  * marked idle, stepping out of the clock tables up to that clock); returns
@@ -298,8 +321,11 @@ static int coord_heartbeat_all(psw_coord *c, uint32_t worker, int leaving, int d
   /* All shards at once: black-holed shards cost the round one timeout,
    * not one each, so the living still hear from us within their lease.
    * A shard that is down misses this beat; the data path says so. */
+  int64_t sent = ps_now_ms();
   ps_rpc_call_all(c->rpc, n, "/ps.Ps/Heartbeat", &req.base, &ps__heartbeat_reply__descriptor,
                   timeout, out);
+  const Ps__HeartbeatReply *cr = (const Ps__HeartbeatReply *)out[c->coord].resp;
+  if (cr && !cr->expired && worker == c->worker && !leaving) coord_lease_ok(c, sent);
   int expired = 0;
   pthread_mutex_lock(&c->mu);
   int quit = c->quit;
@@ -397,7 +423,12 @@ static void *coord_main(void *arg) {
     /* The period runs from the round's start: a round that waits out a
      * silent shard does not push the next beat later. */
     struct timespec until = ps_deadline_ns((uint64_t)c->heartbeat_ms * 1000000u);
-    int expired = coord_heartbeat_all(c, c->worker, 0, 0, rejoin, NULL);
+    /* a worker that lost its rank stops: its beats would only be
+     * refused in the name of the rank's new holder */
+    pthread_mutex_lock(&c->mu);
+    int lost = c->lost;
+    pthread_mutex_unlock(&c->mu);
+    int expired = !lost && coord_heartbeat_all(c, c->worker, 0, 0, rejoin, NULL);
     if (expired) coord_reregister(c, seen);
     pthread_mutex_lock(&c->mu);
     while (!c->quit && pthread_cond_timedwait(&c->cv, &c->mu, &until) != ETIMEDOUT) {
@@ -413,6 +444,8 @@ int psw_coord_start(psw_coord *c, uint32_t worker, int registered, ps_errbuf *eb
   c->registered = registered;
   c->heartbeat_ms = registered && c->reg && c->reg->heartbeat_ms ? c->reg->heartbeat_ms
                                                                  : c->cfg->workers.heartbeat_ms;
+  c->lease_ms = registered && c->reg && c->reg->lease_ms ? c->reg->lease_ms
+                                                         : c->cfg->workers.lease_ms;
   /* A new process takes its rank back on every shard (invariant 5)
    * before its first push or pull, which a shard that declared the rank's
    * last holder dead would refuse; the thread's first beat does it again
@@ -493,6 +526,34 @@ static int coord_beat_chan(psw_coord *c, const Ps__HeartbeatRequest *req,
   return err;
 }
 
+/* coord_fence asks the coordinator, by a plain heartbeat, whether this
+ * worker still holds its lease before a report or claim goes out whose
+ * lease may have run out (invariant 8).  0 with the reply in *OUT when
+ * it says expired (or refused: another process holds the rank); else
+ * -1, the lease confirmed or the coordinator silent (the report then
+ * goes out, and is answered or retried as usual). */
+static int coord_fence(psw_coord *c, Ps__HeartbeatReply **out) {
+  Ps__HeartbeatRequest req;
+  coord_beat_init(c, &req, c->worker);
+  ProtobufCMessage *resp = NULL;
+  ps_errbuf eb;
+  int64_t sent = ps_now_ms();
+  if (ps_rpc_call(c->rpc[c->coord], "/ps.Ps/Heartbeat", &req.base,
+                  &ps__heartbeat_reply__descriptor, &resp, PSW_COORD_CALL_MS, &eb) < 0)
+    return -1;
+  Ps__HeartbeatReply *r = (Ps__HeartbeatReply *)resp;
+  if (r->expired) {
+    ps_warn("worker %u: silent past its lease (%u ms: the process was stopped or cut off), and "
+            "the coordinator answers that it is out (declared dead, or its rank went to another "
+            "process): it reports nothing before it registers again", c->worker, c->lease_ms);
+    *out = r;
+    return 0;
+  }
+  coord_lease_ok(c, sent);
+  protobuf_c_message_free_unpacked(resp, NULL);
+  return -1;
+}
+
 /* coord_progress_call sends the coordinator one heartbeat of the training
  * thread carrying POS (may be NULL) and, with CLAIM, a claim; retries an
  * unreachable coordinator for workers.retry_ms.  *OUT: the reply (caller
@@ -518,7 +579,11 @@ static int coord_progress_call(psw_coord *c, const psw_coord_part *pos, int clai
   req.data_size = data_size;
   ps_errbuf ceb;
   int64_t start = ps_now_ms();
-  if (pos && !claim && coord_beat_chan(c, &req, out, &ceb) == 0) return 0;
+  if (coord_lease_stale(c) && coord_fence(c, out) == 0) return 0; /* expired: *OUT says it */
+  if (pos && !claim && coord_beat_chan(c, &req, out, &ceb) == 0) {
+    if (!(*out)->expired) coord_lease_ok(c, start);
+    return 0;
+  }
   uint32_t delay = PS_BACKOFF_FIRST_MS;
   for (;;) {
     /* a stopping worker's last report takes PSW_COORD_CALL_MS in all, the
@@ -535,6 +600,7 @@ static int coord_progress_call(psw_coord *c, const psw_coord_part *pos, int clai
                           &ps__heartbeat_reply__descriptor, &resp, timeout, eb);
     if (err == 0) {
       *out = (Ps__HeartbeatReply *)resp;
+      if (!(*out)->expired) coord_lease_ok(c, start);
       return 0;
     }
     /* a call cut short by a coordinator going down (gRPC CANCELLED, seen

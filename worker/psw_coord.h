@@ -60,6 +60,17 @@
  *     report by gRPC; the channel is tried again after
  *     PSW_COORD_CHAN_RETRY_MS (a shard that predates CHAN_BEAT closes
  *     the connection, so an old coordinator costs one try a second).
+ *  8. The fence: a worker whose last request the coordinator answered
+ *     as live was sent a lease ago or more (CLOCK_MONOTONIC, which counts
+ *     while the process is stopped: SIGSTOP, a VM paused) may have lost
+ *     its rank meanwhile, to a new process.  Its next report or claim
+ *     then goes out only after a plain heartbeat to the coordinator
+ *     confirms the lease; one answered expired (declared dead, or the
+ *     rank held by another process: psd_clock invariant 12) makes the
+ *     report PS_EEXPIRED unsent, and the trainer registers again or stops
+ *     (invariant 2).  Every push and pull of a step waits for its report
+ *     (invariant 6), so none goes out in another worker's name.  A
+ *     worker that lost its rank sends no more heartbeats.
  *
  * Thread-safety: psw_coord_update, psw_coord_lost, psw_coord_rejoin,
  * psw_coord_rejoins and psw_coord_partitions may be called from any

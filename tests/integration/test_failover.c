@@ -30,6 +30,8 @@
  *    job completes with the same exact accounting.
  *  - coordinator SIGKILLed, back 5 s later (lease 2 s): every worker
  *    keeps its rank and goes on.
+ *  - a worker SIGSTOPped past its lease whose rank a new worker took,
+ *    then continued: it stops, the new worker keeps the rank and trains.
  *  - end of job: a worker with nothing left to claim waits; the last
  *    one training (asp, slowed) is SIGKILLed, and the waiting worker
  *    takes its partition over and finishes the job.
@@ -1029,6 +1031,55 @@ START_TEST(test_failover_coordinator_kill9_ranks) {
 }
 END_TEST
 
+/* A worker SIGSTOPped past its lease whose rank a new process took
+ * meanwhile (ssp 2, 3 workers), then SIGCONTed: the coordinator refuses
+ * what it sends in that rank's name (its heartbeats, progress, leave) as
+ * expired, so it registers again, is offered another rank and stops
+ * saying so; the new worker keeps the rank, alive and training.  The
+ * resumed one used to claim the rank's partition, exit 1 on "bad
+ * progress offset" and leave in the rank's name, which declared the new
+ * worker dead. */
+START_TEST(test_failover_stopped_rank_taken) {
+  TF_NEED_DATA();
+  tf_ctx x = {.staleness = "2"};
+  tf_start_c(&x, 3, 3, 400, "logreg", "0.002", TF_SAMPLES, "ssp", 0);
+  for (int i = 0; i < 3; i++) tf_spawn_slow(&x, "3");
+  tf_wait_trained(&x, 0, TF_SAMPLES / 10);
+  int b = 1, rank = tf_rank_of(&x, x.w[b]);
+  ck_assert_int_ge(rank, 0);
+  ck_assert_int_eq(kill(x.w[b], SIGSTOP), 0);
+  tf_wait_state(&x, x.w[b], "DEAD");
+  int c = tf_spawn_slow(&x, "3");
+  for (int64_t end = ps_test_now_ms() + 10000; tf_rank_of(&x, x.w[c]) < 0; usleep(20000))
+    ck_assert_msg(ps_test_now_ms() < end, "the new worker never registered; see %s", x.dir);
+  ck_assert_int_eq(tf_rank_of(&x, x.w[c]), rank);
+  usleep(1500 * 1000); /* it claims and trains */
+  ck_assert_int_eq(kill(x.w[b], SIGCONT), 0);
+  char log[700];
+  tf_log(&x, b, log, sizeof log);
+  int st = ps_test_wait_pid(x.w[b], 15000);
+  ck_assert_msg(st >= 0, "the resumed worker did not stop; see %s", log);
+  x.w[b] = 0;
+  char *text = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(text, "went to another worker") && !strstr(text, "bad progress"),
+                "the resumed worker did not stop for its rank going to another; see %s", log);
+  free(text);
+  usleep(1500 * 1000);
+  ck_assert_msg(tf_rank_of(&x, x.w[c]) == rank, "the new worker lost rank %d; see %s", rank,
+                x.dir);
+  uint64_t c0 = 0, c1 = 0;
+  double sps;
+  ck_assert(tf_worker(&x, x.w[c], &c0, &sps));
+  usleep(1500 * 1000);
+  ck_assert(tf_worker(&x, x.w[c], &c1, &sps));
+  ck_assert_msg(c1 > c0, "the new worker stands at clock %llu; see %s", (unsigned long long)c1,
+                x.dir);
+  for (int i = 0; i < x.nw; i++)
+    if (x.w[i] > 0) ps_test_stop(x.w[i], SIGKILL, 5000), x.w[i] = 0;
+  tf_finish(&x);
+}
+END_TEST
+
 Suite *psw_failover_suite(void) {
   Suite *s = suite_create("psw_failover");
   TCase *tc = tcase_create("failover");
@@ -1064,6 +1115,7 @@ Suite *psw_failover_suite(void) {
   tcase_set_timeout(tr, 60);
   tcase_add_unchecked_fixture(tr, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_add_test(tr, test_failover_coordinator_kill9_ranks);
+  tcase_add_test(tr, test_failover_stopped_rank_taken);
   suite_add_tcase(s, tr);
   return s;
 }

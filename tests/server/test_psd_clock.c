@@ -840,6 +840,41 @@ START_TEST(test_restart_keeps_ranks) {
 }
 END_TEST
 
+/* Finding: a worker stopped past its lease whose rank went to a new
+ * process meanwhile is not the rank's holder: psd_clock_holder tells the
+ * coordinator to refuse what it sends (its leave would declare the new
+ * worker dead, its progress would move another's partition).  Fixed
+ * ranks (never registered) and requests without a pid are not told
+ * apart. */
+START_TEST(test_holder) {
+  psd_clock *c = tclock(0);
+  ps_errbuf eb;
+  uint32_t r;
+  uint64_t sc;
+  for (int i = 0; i < 2; i++)
+    ck_assert_int_eq(psd_clock_register(c, "m", "h", 10 + i, "cpu", 0, &r, &sc, &eb), 0);
+  ck_assert_int_eq(psd_clock_heartbeat(c, 0, "m", 0, 0, 0, "h", "cpu", 1000, &eb), 0);
+  psd_clock_tick(c, 1500); /* rank 1 stopped: dead */
+  ck_assert_int_eq(psd_clock_register(c, "m", "h", 20, "cpu", 1500, &r, &sc, &eb), 0);
+  ck_assert_uint_eq(r, 1);
+  ck_assert_int_eq(psd_clock_holder(c, 1, "h", 20, &eb), 0);
+  /* the stopped one, resumed */
+  ck_assert_int_eq(psd_clock_holder(c, 1, "h", 11, &eb), PS_EEXPIRED);
+  ck_assert_msg(strstr(eb.msg, "held by pid 20 on h"), "%s", eb.msg);
+  ck_assert_int_eq(psd_clock_holder(c, 1, "h2", 20, &eb), PS_EEXPIRED); /* another host */
+  ck_assert_int_eq(psd_clock_holder(c, 1, "h", 0, &eb), 0);             /* says no pid */
+  ck_assert_int_eq(psd_clock_holder(c, 0, "h", 10, &eb), 0);
+  ck_assert_int_eq(psd_clock_holder(c, 5, "h", 99, &eb), 0);            /* unknown */
+  /* a heartbeat of another process does not take the holder's pid */
+  psd_clock_set_pid(c, 1, 11);
+  ck_assert_int_eq(psd_clock_holder(c, 1, "h", 20, &eb), 0);
+  /* a bare client's rank: anyone */
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 4, 0, 1500, &eb), 0);
+  ck_assert_int_eq(psd_clock_holder(c, 4, "x", 1, &eb), 0);
+  psd_clock_free(c);
+}
+END_TEST
+
 Suite *psd_clock_suite(void) {
   Suite *s = suite_create("psd_clock");
   TCase *tc = tcase_create("core");
@@ -861,6 +896,7 @@ Suite *psd_clock_suite(void) {
   tcase_add_test(tc, test_world_bounds_table);
   tcase_add_test(tc, test_silent_ms);
   tcase_add_test(tc, test_restart_keeps_ranks);
+  tcase_add_test(tc, test_holder);
   suite_add_tcase(s, tc);
   return s;
 }

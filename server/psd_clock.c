@@ -50,6 +50,8 @@ typedef struct clock_part {
   uint64_t offset, started, size;
   uint32_t owner;            /* rank or PSD_CLOCK_NOBODY */
   int active;
+  int restored;              /* loaded from a save, not claimed nor reported since:
+                                started, and a claim, may lag the worker (invariant 10) */
 } clock_part;
 
 struct psd_clock {
@@ -650,7 +652,7 @@ static void clock_part_orphan(psd_clock *c, uint32_t rank) {
       }
     }
     p->started = p->offset;
-    p->active = 0;
+    p->active = p->restored = 0;
     p->owner = PSD_CLOCK_NOBODY;
   }
 }
@@ -832,6 +834,7 @@ int psd_clock_claim(psd_clock *c, uint32_t worker, const char *model, uint32_t e
   clock_part *p = &c->part[i];
   p->owner = worker;
   p->active = 1;
+  p->restored = 0;
   p->started = p->offset;
   c->dirty = 1;
   clock_part_pos(c, i, pos);
@@ -847,6 +850,12 @@ int psd_clock_progress(psd_clock *c, uint32_t worker, const psd_part_pos *pos, u
     return ps_errf(eb, PS_EINVAL, "partition %" PRIu32 " out of range (%" PRIu32 " partitions)",
                    pos->part, c->o.nparts);
   clock_part *p = &c->part[pos->part];
+  /* its owner claimed it after the last save, which the restart lost
+   * (invariant 10): it goes on with it rather than train again what it
+   * trained since the saved offset */
+  if (p->restored && !p->active && p->owner == worker && p->epoch == pos->epoch &&
+      pos->offset >= p->offset)
+    p->active = 1;
   if (p->owner != worker || !p->active || p->epoch != pos->epoch) {
     char owner[32] = "nobody";
     if (p->owner != PSD_CLOCK_NOBODY) snprintf(owner, sizeof owner, "worker %" PRIu32, p->owner);
@@ -867,12 +876,17 @@ int psd_clock_progress(psd_clock *c, uint32_t worker, const psd_part_pos *pos, u
   psd_epoch_info *e = clock_epoch(c, p->epoch);
   if (e) e->trained += pos->offset - p->offset;
   /* what the worker says it trains again (a push of unknown fate), at
-   * most what it had started past its offset */
+   * most what it had started past its offset; after a restore the saved
+   * started may lag the worker's offset (invariant 10: its pushes went on
+   * for up to PSD_COORD_SAVE_MS after the last save), so only the rest of
+   * the partition bounds it */
   uint64_t again = pos->retrained, most = p->started > pos->offset ? p->started - pos->offset : 0;
+  if (p->restored) most = pos->size - pos->offset;
   if (e) e->retrained += again < most ? again : most;
   p->size = pos->size;
   p->offset = pos->offset;
   p->started = pos->started;
+  p->restored = 0;
   if (p->offset == p->size) {
     if (e) e->done_parts++;
     p->epoch++;
@@ -1126,7 +1140,8 @@ static int clock_load_line(psd_clock *c, const char *l, uint64_t now_ms, ps_errb
         (f1 != 0 && f1 != 1))
       return ps_errf(eb, PS_EFORMAT, "bad partition entry");
     c->part[a] = (clock_part){.epoch = e, .offset = x, .started = y, .size = z,
-                              .owner = o < 0 ? PSD_CLOCK_NOBODY : (uint32_t)o, .active = f1};
+                              .owner = o < 0 ? PSD_CLOCK_NOBODY : (uint32_t)o, .active = f1,
+                              .restored = 1};
     return 0;
   }
   if (sscanf(l, "epoch %" SCNu32 " %" SCNu64 " %" SCNu64 " %" SCNu32 " %" SCNu32 "%n", &e, &x,

@@ -76,7 +76,12 @@
  *     workers alive with a fresh lease, which psd_clock_grace starts
  *     again when the coordinator serves: they have lease_ms from then to
  *     reach it (they could not while it was down) before they expire as
- *     usual.  A restored clock holds
+ *     usual.  Saves are periodic, so a partition's saved state may lag
+ *     its worker's: until the partition's first claim or report after the
+ *     restore, a report's retrained is bounded by the partition's rest,
+ *     not by started, and its owner's report of it at its epoch and past
+ *     its offset is taken though it is not active (the claim came after
+ *     the save: the worker goes on with it, nothing is trained again).  A restored clock holds
  *     the others back as before, until the worker's first push or pull
  *     sets it to where the worker is (up, or down when a push was lost
  *     with the restart: else its own pull would wait for it forever).  psd_clock_dirty says

@@ -840,6 +840,66 @@ START_TEST(test_restart_keeps_ranks) {
 }
 END_TEST
 
+/* After a coordinator restart the restored started of an active
+ * partition is up to PSD_COORD_SAVE_MS old: the samples its worker says
+ * it trains again (a push lost with the restart) count as retrained, not
+ * 0 because the stale started lies behind the worker's offset. */
+START_TEST(test_restart_counts_retrained) {
+  psd_clock *c = tclock(0);
+  ps_errbuf eb;
+  uint32_t r;
+  uint64_t sc;
+  int done;
+  psd_part_pos pos;
+  ck_assert_int_eq(psd_clock_register(c, "m", "h", 10, "cpu", 0, &r, &sc, &eb), 0);
+  int part = tclaim(c, 0, 10, &pos, &done);
+  ck_assert_int_ge(part, 0);
+  ck_assert_int_eq(tprog(c, 0, pos, 2, 4, 20), 0);
+  char *text;
+  size_t len;
+  ck_assert_int_eq(psd_clock_save(c, &text, &len, &eb), 0);
+  psd_clock *d = tclock(0);
+  ck_assert_int_eq(psd_clock_load(d, text, 5000, &eb), 0);
+  /* the worker got to 6 (unsaved) and its push of [6, 8) was lost with
+   * the restart: it goes back over those 2 samples */
+  pos.retrained = 2;
+  ck_assert_int_eq(tprog(d, 0, pos, 6, 8, 5100), 0);
+  psd_epoch_info ei;
+  psd_clock_epoch_info(d, 0, &ei);
+  ck_assert_uint_eq(ei.trained, 6);
+  ck_assert_uint_eq(ei.retrained, 2);
+  /* once reported, started bounds the count again */
+  pos.retrained = 5;
+  ck_assert_int_eq(tprog(d, 0, pos, 6, 8, 5200), 0);
+  psd_clock_epoch_info(d, 0, &ei);
+  ck_assert_uint_eq(ei.retrained, 4);
+  psd_clock_free(d);
+  free(text);
+  /* a claim after the last save: the restored partition is its owner's
+   * but not active; the owner's report past the saved offset goes on
+   * with it (it was refused, and the worker trained those samples again
+   * from the saved offset, counted nowhere) */
+  ck_assert_int_eq(tprog(c, 0, pos, 10, 10, 30), 0); /* finished */
+  ck_assert_int_eq(psd_clock_save(c, &text, &len, &eb), 0);
+  int next = tclaim(c, 0, 40, &pos, &done);
+  ck_assert_int_ge(next, 0);
+  d = tclock(0);
+  ck_assert_int_eq(psd_clock_load(d, text, 5000, &eb), 0);
+  pos.retrained = 0;
+  ck_assert_int_eq(tprog(d, 0, pos, 4, 6, 5100), 0);
+  psd_part_info in;
+  psd_clock_part_info(d, (uint32_t)next, &in);
+  ck_assert_int_eq(in.active, 1);
+  ck_assert_uint_eq(in.pos.offset, 4);
+  /* another worker's report of it is still refused */
+  ck_assert_int_eq(psd_clock_register(d, "m", "h", 11, "cpu", 5100, &r, &sc, &eb), 0);
+  ck_assert_int_eq(tprog(d, r, pos, 5, 6, 5100), PS_ENOENT);
+  psd_clock_free(d);
+  free(text);
+  psd_clock_free(c);
+}
+END_TEST
+
 /* Finding: a worker stopped past its lease whose rank went to a new
  * process meanwhile is not the rank's holder: psd_clock_holder tells the
  * coordinator to refuse what it sends (its leave would declare the new
@@ -896,6 +956,7 @@ Suite *psd_clock_suite(void) {
   tcase_add_test(tc, test_world_bounds_table);
   tcase_add_test(tc, test_silent_ms);
   tcase_add_test(tc, test_restart_keeps_ranks);
+  tcase_add_test(tc, test_restart_counts_retrained);
   tcase_add_test(tc, test_holder);
   suite_add_tcase(s, tc);
   return s;

@@ -72,6 +72,7 @@ typedef struct psw_run {
   uint64_t clock0;      /* where it started: the slowest live clock when
                            it registered (0 in a fresh run) */
   uint64_t rejoins;     /* psw_coord_rejoins as of the last claim */
+  uint64_t expired_said; /* psw_client_pushes_expired as of the last retrain said */
   double train_s;       /* seconds spent training (evaluation excluded) */
   int64_t t0_ms;
   psw_progress prog;
@@ -684,11 +685,18 @@ static int run_part_stop(psw_run *x, psw_coord_part *pos, uint64_t acked, uint64
 }
 
 /* run_say_retrain logs that partition PART is trained again from sample
- * FROM: a push may not have been applied. */
-static void run_say_retrain(const psw_run *x, uint32_t part, uint64_t from) {
-  ps_info("worker %u: a push may not have been applied (a shard's connection broke before "
-          "its answer, or the shard was down): partition %u is trained again from sample %llu",
-          x->rank, part, (unsigned long long)from);
+ * FROM: a push may not have been applied, and why (a refusal for an
+ * expired lease is no broken connection: the operator looks elsewhere). */
+static void run_say_retrain(psw_run *x, uint32_t part, uint64_t from) {
+  uint64_t expired = psw_client_pushes_expired(x->cl);
+  int lease = expired != x->expired_said;
+  x->expired_said = expired;
+  ps_info("worker %u: %s: partition %u is trained again from sample %llu", x->rank,
+          lease ? "a push was refused, not applied (a shard had declared this worker dead: "
+                  "its lease expired)"
+                : "a push may not have been applied (a shard's connection broke before its "
+                  "answer, or the shard was down)",
+          part, (unsigned long long)from);
 }
 
 /* run_part trains partition POS from pos->offset to its end (or a stop).

@@ -249,6 +249,32 @@ static int coord_live_count(psw_coord *c, uint32_t epochs, ps_errbuf *eb) {
   return n;
 }
 
+/* psw_coord_check_fixed: see psw_coord.h. */
+int psw_coord_check_fixed(psw_coord *c, uint32_t rank, uint32_t workers, ps_errbuf *eb) {
+  Ps__ListWorkersRequest req = PS__LIST_WORKERS_REQUEST__INIT;
+  ProtobufCMessage *resp = NULL;
+  ps_errbuf ceb;
+  if (ps_rpc_call(c->rpc[c->coord], "/ps.Ps/ListWorkers", &req.base,
+                  &ps__list_workers_reply__descriptor, &resp, PSW_COORD_CALL_MS, &ceb) < 0)
+    return 0; /* no coordinator to ask: a fixed rank needs none */
+  const Ps__ListWorkersReply *r = (const Ps__ListWorkersReply *)resp;
+  int err = 0;
+  if (coord_under_way(r, c->model)) {
+    uint32_t live = 0;
+    for (size_t i = 0; i < r->n_workers; i++)
+      live += r->workers[i]->state && (!strcmp(r->workers[i]->state, "ALIVE") ||
+                                       !strcmp(r->workers[i]->state, "LATE"));
+    err = ps_errf(eb, PS_EEXIST,
+                  "--rank %u --workers %u: the coordinator has an elastic job of model '%s' "
+                  "under way (%u live workers; its partitions are claimed as it trains): a fixed "
+                  "rank would train partitions p %% %u == %u again on top of it; start psw "
+                  "without --rank to join it, or after it finished",
+                  rank, workers, c->model, live, workers, rank);
+  }
+  protobuf_c_message_free_unpacked(resp, NULL);
+  return err;
+}
+
 /* psw_coord_wait_world: see psw_coord.h. */
 int psw_coord_wait_world(psw_coord *c, uint32_t world, uint32_t epochs, uint32_t timeout_ms,
                          ps_errbuf *eb) {

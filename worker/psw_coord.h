@@ -120,6 +120,14 @@ int psw_coord_register(psw_coord *c, psw_coord_reg *reg, ps_errbuf *eb);
 int psw_coord_wait_world(psw_coord *c, uint32_t world, uint32_t epochs, uint32_t timeout_ms,
                          ps_errbuf *eb);
 
+/* psw_coord_check_fixed: before a fixed rank (--rank RANK --workers
+ * WORKERS, no registration) trains, PS_EEXIST (message in EB) when the
+ * coordinator has an elastic job of this model under way: its partitions
+ * go to the registered workers as they claim them, and the fixed rank
+ * would train its own share again on top of theirs.  0 otherwise, and
+ * when the coordinator does not answer (a fixed rank needs none). */
+int psw_coord_check_fixed(psw_coord *c, uint32_t rank, uint32_t workers, ps_errbuf *eb);
+
 /* psw_coord_start starts the heartbeat thread for worker id WORKER
  * (invariant 2).  REGISTERED: re-register when a shard says expired. */
 int psw_coord_start(psw_coord *c, uint32_t worker, int registered, ps_errbuf *eb);

@@ -262,6 +262,9 @@ static int run_join(psw_run *x, ps_errbuf *eb) {
             "claims the next ones from the coordinator as it trains)", x->rank, x->workers,
             (unsigned long long)reg.start_clock, ps_log_u32s(list, sizeof list, x->parts, x->nparts));
   } else {
+    /* a fixed rank in a running elastic job trains its share twice */
+    if ((err = psw_coord_check_fixed(x->coord, x->rank, x->workers, eb)) < 0)
+      return run_bad(x, err);
     uint32_t nparts = o->cfg->data.partitions;
     if (!(x->parts = malloc((nparts ? nparts : 1) * sizeof *x->parts)))
       return ps_errf(eb, PS_ENOMEM, "out of memory");

@@ -32,6 +32,7 @@
  *    keeps its rank and goes on.
  *  - a worker SIGSTOPped past its lease whose rank a new worker took,
  *    then continued: it stops, the new worker keeps the rank and trains.
+ *  - a fixed --rank started into a running elastic job: refused, exit 2.
  *  - end of job: a worker with nothing left to claim waits; the last
  *    one training (asp, slowed) is SIGKILLed, and the waiting worker
  *    takes its partition over and finishes the job.
@@ -1093,6 +1094,34 @@ START_TEST(test_failover_stopped_rank_taken) {
 }
 END_TEST
 
+/* A fixed --rank started into a running elastic job (2 registered
+ * workers, one SIGKILLed, then psw --rank 1 --workers 2) is refused at
+ * start, exit 2, naming the job: it used to train partitions p % 2 == 1
+ * every epoch on top of the job (half the data twice) and exit 0. */
+START_TEST(test_failover_fixed_rank_refused) {
+  TF_NEED_DATA();
+  tf_ctx x = {0};
+  tf_start_c(&x, 2, 2, 400, "logreg", "0.002", TF_SAMPLES, "asp", 0);
+  tf_spawn_slow(&x, "3");
+  int b = tf_spawn_slow(&x, "3");
+  tf_wait_trained(&x, 0, TF_SAMPLES / 10);
+  ps_test_stop(x.w[b], SIGKILL, 5000);
+  x.w[b] = 0;
+  char log[700];
+  tf_log(&x, x.nw, log, sizeof log);
+  char *argv[] = {(char *)ps_test_bin("psw"), "--config", x.yaml, "--quiet", "--rank", "1",
+                  "--workers", "2", NULL};
+  int rc = ps_test_run(argv, log, 20000);
+  char *text = ps_test_read_file(log, NULL);
+  ck_assert_msg(rc == 2 && strstr(text, "elastic job of model 'm' under way"),
+                "a fixed rank in a running elastic job exited %d; see %s", rc, log);
+  free(text);
+  ps_test_stop(x.w[0], SIGKILL, 5000);
+  x.w[0] = 0;
+  tf_finish(&x);
+}
+END_TEST
+
 Suite *psw_failover_suite(void) {
   Suite *s = suite_create("psw_failover");
   TCase *tc = tcase_create("failover");
@@ -1129,6 +1158,7 @@ Suite *psw_failover_suite(void) {
   tcase_add_unchecked_fixture(tr, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_add_test(tr, test_failover_coordinator_kill9_ranks);
   tcase_add_test(tr, test_failover_stopped_rank_taken);
+  tcase_add_test(tr, test_failover_fixed_rank_refused);
   suite_add_tcase(s, tr);
   return s;
 }

@@ -411,6 +411,10 @@ int psd_clock_register(psd_clock *c, const char *model, const char *host, uint32
   w->registered = w->leased = 1;
   w->pid = pid;
   w->steps_per_s = w->blocked_share = 0;
+  if (!host || !*host) { /* not the rank's last holder's: invariant 12 compares it */
+    free(w->host);
+    w->host = NULL;
+  }
   clock_setstr(&w->host, host);
   clock_setstr(&w->device, device);
   clock_setstr(&w->model, model);

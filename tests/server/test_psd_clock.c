@@ -931,6 +931,11 @@ START_TEST(test_holder) {
   /* a bare client's rank: anyone */
   ck_assert_int_eq(psd_clock_pushed(c, "m", 4, 0, 1500, &eb), 0);
   ck_assert_int_eq(psd_clock_holder(c, 4, "x", 1, &eb), 0);
+  /* a registration without a host does not inherit the last holder's */
+  psd_clock_tick(c, 3000);
+  ck_assert_int_eq(psd_clock_register(c, "m", "", 30, "cpu", 3000, &r, &sc, &eb), 0);
+  ck_assert_uint_eq(r, 0);
+  ck_assert_int_eq(psd_clock_holder(c, 0, "h9", 30, &eb), 0);
   psd_clock_free(c);
 }
 END_TEST

@@ -425,3 +425,8 @@ int ps_rpc_explain_handshake(const char *addr, int err, ps_errbuf *eb, int timeo
           why.msg);
   return 1;
 }
+
+/* ps_rpc_reset_backoff: see ps_rpc.h. */
+void ps_rpc_reset_backoff(ps_rpc *r) {
+  if (r) grpc_channel_reset_connect_backoff(r->ch);
+}

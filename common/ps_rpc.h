@@ -86,4 +86,12 @@ int ps_rpc_explain_handshake(const char *addr, int err, ps_errbuf *eb, int timeo
 
 void ps_rpc_close(ps_rpc *r);
 
+/* ps_rpc_reset_backoff makes R's channel try to connect again at its next
+ * call, not after gRPC's reconnect backoff (1 s growing 1.6 times a try:
+ * 9 s and more after a peer that was down for 5 s), whose calls fail at
+ * once meanwhile.  For a caller that retries on its own schedule, before
+ * each retry (a worker reaching a restarted coordinator within its
+ * lease); thread-safe. */
+void ps_rpc_reset_backoff(ps_rpc *r);
+
 #endif

@@ -50,6 +50,8 @@ typedef struct clock_part {
   uint64_t offset, started, size;
   uint32_t owner;            /* rank or PSD_CLOCK_NOBODY */
   int active;
+  int restored;              /* loaded from a save, not claimed nor reported since:
+                                started, and a claim, may lag the worker (invariant 10) */
 } clock_part;
 
 struct psd_clock {
@@ -409,6 +411,10 @@ int psd_clock_register(psd_clock *c, const char *model, const char *host, uint32
   w->registered = w->leased = 1;
   w->pid = pid;
   w->steps_per_s = w->blocked_share = 0;
+  if (!host || !*host) { /* not the rank's last holder's: invariant 12 compares it */
+    free(w->host);
+    w->host = NULL;
+  }
   clock_setstr(&w->host, host);
   clock_setstr(&w->device, device);
   clock_setstr(&w->model, model);
@@ -541,10 +547,33 @@ uint64_t psd_clock_slowest(const psd_clock *c, const char *model) {
   return s ? s->clock : 0;
 }
 
-/* psd_clock_set_pid: see psd_clock.h. */
+/* psd_clock_set_pid: see psd_clock.h.  A registered worker keeps its
+ * registration's pid: a heartbeat from another process (one stopped past
+ * its lease whose rank went to the registering one) must not make itself
+ * the holder (psd_clock_holder). */
 void psd_clock_set_pid(psd_clock *c, uint32_t worker, uint32_t pid) {
   clock_worker *w = clock_worker_find(c, worker);
-  if (w && pid) w->pid = pid;
+  if (w && pid && !(w->registered && w->pid)) w->pid = pid;
+}
+
+/* psd_clock_holder: see psd_clock.h (invariant 12). */
+int psd_clock_holder(const psd_clock *c, uint32_t worker, const char *host, uint32_t pid,
+                     ps_errbuf *eb) {
+  const clock_worker *w = clock_worker_find(c, worker);
+  if (!w || w->dead || !w->registered || !w->pid || !pid) return 0;
+  int other_host = host && *host && w->host && strcmp(host, w->host) != 0;
+  if (w->pid == pid && !other_host) return 0;
+  return ps_errf(eb, PS_EEXPIRED,
+                 "worker %" PRIu32 " is held by pid %" PRIu32 " on %s, which registered after "
+                 "this process (pid %" PRIu32 " on %s) was declared dead: it must stop or "
+                 "register again",
+                 worker, w->pid, w->host ? w->host : "?", pid, host && *host ? host : "?");
+}
+
+/* psd_clock_grace: see psd_clock.h (invariant 10). */
+void psd_clock_grace(psd_clock *c, uint64_t now_ms) {
+  for (size_t i = 0; i < c->nw; i++)
+    if (!c->w[i].dead && c->w[i].last_ms < now_ms) c->w[i].last_ms = now_ms;
 }
 
 /* psd_clock_step_out: see psd_clock.h. */
@@ -627,7 +656,7 @@ static void clock_part_orphan(psd_clock *c, uint32_t rank) {
       }
     }
     p->started = p->offset;
-    p->active = 0;
+    p->active = p->restored = 0;
     p->owner = PSD_CLOCK_NOBODY;
   }
 }
@@ -809,6 +838,7 @@ int psd_clock_claim(psd_clock *c, uint32_t worker, const char *model, uint32_t e
   clock_part *p = &c->part[i];
   p->owner = worker;
   p->active = 1;
+  p->restored = 0;
   p->started = p->offset;
   c->dirty = 1;
   clock_part_pos(c, i, pos);
@@ -824,6 +854,12 @@ int psd_clock_progress(psd_clock *c, uint32_t worker, const psd_part_pos *pos, u
     return ps_errf(eb, PS_EINVAL, "partition %" PRIu32 " out of range (%" PRIu32 " partitions)",
                    pos->part, c->o.nparts);
   clock_part *p = &c->part[pos->part];
+  /* its owner claimed it after the last save, which the restart lost
+   * (invariant 10): it goes on with it rather than train again what it
+   * trained since the saved offset */
+  if (p->restored && !p->active && p->owner == worker && p->epoch == pos->epoch &&
+      pos->offset >= p->offset)
+    p->active = 1;
   if (p->owner != worker || !p->active || p->epoch != pos->epoch) {
     char owner[32] = "nobody";
     if (p->owner != PSD_CLOCK_NOBODY) snprintf(owner, sizeof owner, "worker %" PRIu32, p->owner);
@@ -844,12 +880,17 @@ int psd_clock_progress(psd_clock *c, uint32_t worker, const psd_part_pos *pos, u
   psd_epoch_info *e = clock_epoch(c, p->epoch);
   if (e) e->trained += pos->offset - p->offset;
   /* what the worker says it trains again (a push of unknown fate), at
-   * most what it had started past its offset */
+   * most what it had started past its offset; after a restore the saved
+   * started may lag the worker's offset (invariant 10: its pushes went on
+   * for up to PSD_COORD_SAVE_MS after the last save), so only the rest of
+   * the partition bounds it */
   uint64_t again = pos->retrained, most = p->started > pos->offset ? p->started - pos->offset : 0;
+  if (p->restored) most = pos->size - pos->offset;
   if (e) e->retrained += again < most ? again : most;
   p->size = pos->size;
   p->offset = pos->offset;
   p->started = pos->started;
+  p->restored = 0;
   if (p->offset == p->size) {
     if (e) e->done_parts++;
     p->epoch++;
@@ -1056,8 +1097,11 @@ int psd_clock_save(psd_clock *c, char **buf, size_t *len, ps_errbuf *eb) {
                         c->ep[e].done_parts);
   for (size_t i = 0; !bad && i < c->nw; i++) {
     const clock_worker *w = &c->w[i];
-    bad = clock_appendf(&b, &n, &cap, "worker %" PRIu32 " %d %d %d %d %" PRIu32 " %" PRIu64 "\n",
-                        w->id, w->registered, w->leased, w->dead, w->left, w->pid, w->clock);
+    /* the host last: the rest of the line (a save of an older psd ends
+     * at the clock) */
+    bad = clock_appendf(&b, &n, &cap, "worker %" PRIu32 " %d %d %d %d %" PRIu32 " %" PRIu64
+                        "%s%s\n", w->id, w->registered, w->leased, w->dead, w->left, w->pid,
+                        w->clock, w->host ? " " : "", w->host ? w->host : "");
   }
   for (size_t i = 0; !bad && i < c->nm; i++)
     for (size_t k = 0; !bad && k < c->m[i]->nent; k++)
@@ -1100,7 +1144,8 @@ static int clock_load_line(psd_clock *c, const char *l, uint64_t now_ms, ps_errb
         (f1 != 0 && f1 != 1))
       return ps_errf(eb, PS_EFORMAT, "bad partition entry");
     c->part[a] = (clock_part){.epoch = e, .offset = x, .started = y, .size = z,
-                              .owner = o < 0 ? PSD_CLOCK_NOBODY : (uint32_t)o, .active = f1};
+                              .owner = o < 0 ? PSD_CLOCK_NOBODY : (uint32_t)o, .active = f1,
+                              .restored = 1};
     return 0;
   }
   if (sscanf(l, "epoch %" SCNu32 " %" SCNu64 " %" SCNu64 " %" SCNu32 " %" SCNu32 "%n", &e, &x,
@@ -1112,7 +1157,7 @@ static int clock_load_line(psd_clock *c, const char *l, uint64_t now_ms, ps_errb
     return 0;
   }
   if (sscanf(l, "worker %" SCNu32 " %d %d %d %d %" SCNu32 " %" SCNu64 "%n", &a, &f1, &f2, &f3,
-             &f4, &h, &x, &k) == 7 && !l[k]) {
+             &f4, &h, &x, &k) == 7 && (!l[k] || (l[k] == ' ' && l[k + 1]))) {
     clock_worker *w;
     int err = clock_worker_get(c, a, now_ms, 1, &w, eb);
     if (err < 0) return err;
@@ -1122,6 +1167,9 @@ static int clock_load_line(psd_clock *c, const char *l, uint64_t now_ms, ps_errb
     w->left = f4 != 0;
     w->pid = h;
     w->clock = x;
+    /* its host with its pid: a worker registering again after the
+     * restart is known by both (psd_clock_register) */
+    if (l[k]) clock_setstr(&w->host, l + k + 1);
     return 0;
   }
   if (sscanf(l, "clock %255s %" SCNu32 " %" SCNu64 "%n", name, &a, &x, &k) == 3 && !l[k]) {

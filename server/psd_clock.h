@@ -69,10 +69,19 @@
  *     never held a lease (a bare client that pushes and pulls without
  *     heartbeats: it could not rejoin).
  * 10. Persistence: psd_clock_save writes the partition table, the epoch
- *     counts, the workers and every model's clock table as text;
- *     psd_clock_load restores them into a new table, the workers alive
- *     with a fresh lease (they have lease_ms to reach the restarted
- *     coordinator before they expire as usual).  A restored clock holds
+ *     counts, the workers (with their host and pid: one that registers
+ *     again after the restart keeps its rank) and every model's clock
+ *     table as text; psd_clock_load restores them into a new table (a
+ *     save whose worker lines have no host, an older psd's, too), the
+ *     workers alive with a fresh lease, which psd_clock_grace starts
+ *     again when the coordinator serves: they have lease_ms from then to
+ *     reach it (they could not while it was down) before they expire as
+ *     usual.  Saves are periodic, so a partition's saved state may lag
+ *     its worker's: until the partition's first claim or report after the
+ *     restore, a report's retrained is bounded by the partition's rest,
+ *     not by started, and its owner's report of it at its epoch and past
+ *     its offset is taken though it is not active (the claim came after
+ *     the save: the worker goes on with it, nothing is trained again).  A restored clock holds
  *     the others back as before, until the worker's first push or pull
  *     sets it to where the worker is (up, or down when a push was lost
  *     with the restart: else its own pull would wait for it forever).  psd_clock_dirty says
@@ -88,6 +97,15 @@
  *     also comes from an aggregator whose sum holding the worker's push is
  *     still on its way (psd_agg.h invariant 6), and raising it then would
  *     let the others past that push.
+ * 12. A registered rank is held by the process that registered it (its
+ *     host and pid): psd_clock_holder tells the coordinator to refuse,
+ *     as expired, what another process sends in its name (one stopped
+ *     past its lease, whose rank went to a new worker meanwhile, then
+ *     resumed: its leave would declare the new worker dead, its progress
+ *     would move the new worker's partition).  Heartbeats never change a
+ *     registered worker's pid.  Fixed ranks and bare clients (never
+ *     registered), dead ranks and requests without a pid are not told
+ *     apart.
  *
  * Not thread-safe: one thread (the shard's loop) calls everything. */
 #ifndef PSD_CLOCK_H
@@ -210,8 +228,19 @@ uint64_t psd_clock_silent_ms(const psd_clock *c, uint32_t worker, uint64_t now_m
 uint64_t psd_clock_slowest(const psd_clock *c, const char *model);
 
 /* psd_clock_set_pid records WORKER's process id PID (0: not said, kept)
- * for status; an unknown worker is left alone. */
+ * for status; an unknown worker, or a registered one (its registration's
+ * pid stays: invariant 12), is left alone. */
 void psd_clock_set_pid(psd_clock *c, uint32_t worker, uint32_t pid);
+
+/* psd_clock_holder: 0 when a request naming WORKER from process PID on
+ * HOST may be the rank holder's (invariant 12), else PS_EEXPIRED naming
+ * the holder. */
+int psd_clock_holder(const psd_clock *c, uint32_t worker, const char *host, uint32_t pid,
+                     ps_errbuf *eb);
+
+/* psd_clock_grace restarts the lease of every live worker at NOW_MS: a
+ * restored coordinator serves (invariant 10). */
+void psd_clock_grace(psd_clock *c, uint64_t now_ms);
 
 /* psd_clock_step_out takes live WORKER out of every clock table where
  * its clock is at most CLOCK (the clock it said it stopped at: a late

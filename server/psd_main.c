@@ -1198,6 +1198,7 @@ static int psd_main_serve(psd_main *m, const ps_config *cfg, const ps_shard_conf
     code = m->exit_code;
   } else if (code == 0) {
     psd_shard_set_state(sh, PSD_SERVING, NULL);
+    psd_shard_clock_serving(sh);
     if (sh->agg_me) {
       ps_info("aggregator %s serving %u local workers: grpc %s, channel %s, security %s, "
               "build %s", sh->agg_me->name, sh->agg_me->workers, me->grpc_addr,

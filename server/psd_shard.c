@@ -205,6 +205,13 @@ int psd_shard_clock_start(psd_shard *sh, ps_errbuf *eb) {
   return err;
 }
 
+/* psd_shard_clock_serving: see psd_shard.h. */
+void psd_shard_clock_serving(psd_shard *sh) {
+  if (!sh->clock) return;
+  psd_clock_grace(sh->clock, psd_shard_now_ms(sh));
+  psd_shard_clock_arm(sh);
+}
+
 /* psd_shard_clock_stop: see psd_shard.h. */
 void psd_shard_clock_stop(psd_shard *sh) {
   if (!sh->clock) return;
@@ -299,6 +306,21 @@ int psd_shard_heartbeat(psd_shard *sh, const Ps__HeartbeatRequest *req,
   if ((err = psd_shard_check_worker_text(req->model, req->host, req->device, eb)) < 0)
     return psd_shard_done(sh, err);
   uint64_t now = psd_shard_now_ms(sh);
+  /* psd_clock invariant 12: what another process sends in a registered
+   * rank's name (one stopped past its lease whose rank went to a new
+   * worker, then resumed) changes nothing here; it learns it is out
+   * (expired), registers again and stops when the rank is not given
+   * back.  Only the coordinator knows who registered. */
+  ps_errbuf why;
+  if (sh->coordinator && psd_clock_holder(sh->clock, req->worker, req->host, req->pid, &why) < 0) {
+    ps_info("worker %u: %s%s refused: %s", req->worker,
+            req->leaving ? "a leave" : req->n_progress ? "a progress report" : "a heartbeat",
+            req->claim ? " with a claim" : "", why.msg);
+    reply->expired = !req->leaving;
+    reply->stayed = req->leaving;
+    reply->lease_ms = sh->cfg->workers.lease_ms;
+    return 0;
+  }
   /* psd_clock invariant 11: a worker that went on past a push this shard
    * may never have applied; an expired one learns it (reply->expired) */
   if (req->moved_on && !req->leaving) {

@@ -179,8 +179,13 @@ int psd_shard_held(psd_shard *sh, const char *model, const uint32_t **ids, size_
  * table (workers.* and training.pull_timeout_ms of the config), declares
  * the consistency of every model the store holds and starts its timer;
  * psd_shard_clock_stop releases every parked pull with PS_ESHUTDOWN (the
- * timer handle is closed with the loop's other handles). */
+ * timer handle is closed with the loop's other handles).
+ * psd_shard_clock_serving runs when the shard starts serving: the leases
+ * of the workers a coordinator restored start then (psd_clock invariant
+ * 10), not at the load, which the store's restore and the log's replay
+ * may follow by seconds. */
 int psd_shard_clock_start(psd_shard *sh, ps_errbuf *eb);
+void psd_shard_clock_serving(psd_shard *sh);
 void psd_shard_clock_stop(psd_shard *sh);
 
 /* psd_shard_staleness returns SPEC's bound: 0 (bsp), staleness (ssp) or

@@ -41,6 +41,7 @@ typedef struct psw_shard {
                                 applied or not, nobody knows (invariant 4) */
   uint64_t pushes_broken;    /* of those, the ones whose connection broke or whose
                                 send failed (not answered with a refusal) */
+  uint64_t pushes_expired;   /* of those, the ones refused for an expired lease */
   uint64_t pushes_refused;   /* of those, the ones answered DEGRADED: refused, not
                                 applied (invariant 12; psw_client_say_refused) */
   uint64_t pushes_unsynced;  /* ... answered DEGRADED as applied in memory only */
@@ -657,6 +658,7 @@ static void psw_push_answer(psw_shard *s, int err, uint64_t version, int answere
   if (err == PS_EEXPIRED ||
       (err < 0 && psw_retryable(err) && (refused || !ps_chan_alive(s->ch))))
     s->pushes_broken++;
+  if (err == PS_EEXPIRED) s->pushes_expired++;
 }
 
 /* psw_ack_wait takes S's oldest deferred push answer (invariant 8),
@@ -1608,6 +1610,13 @@ uint64_t psw_client_pushes_lost(const psw_client *c) {
 uint64_t psw_client_pushes_unknown(const psw_client *c) {
   uint64_t n = c->pushes_skipped;
   for (size_t k = 0; k < c->nshards; k++) n += c->shards[k].pushes_broken;
+  return n;
+}
+
+/* psw_client_pushes_expired: see psw_client.h. */
+uint64_t psw_client_pushes_expired(const psw_client *c) {
+  uint64_t n = 0;
+  for (size_t k = 0; k < c->nshards; k++) n += c->shards[k].pushes_expired;
   return n;
 }
 

@@ -258,6 +258,11 @@ uint64_t psw_client_pushes_lost(const psw_client *c);
  * invariant 12 goes on without it. */
 uint64_t psw_client_pushes_unknown(const psw_client *c);
 
+/* psw_client_pushes_expired returns, of those, the pushes a shard
+ * refused because it had declared this worker dead (its lease expired):
+ * the trainer says so rather than blame a connection. */
+uint64_t psw_client_pushes_expired(const psw_client *c);
+
 /* psw_client_parked_ms returns how long, in all, the shards kept this
  * client's pulls parked by the staleness bound (per round the longest
  * over the shards).  Read it when no push/pull is in flight. */

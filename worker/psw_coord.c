@@ -60,6 +60,10 @@ struct psw_coord {
    * (invariant 7): */
   ps_chan_client *bch;
   int64_t bch_retry_ms;          /* no new connection before this time */
+  /* The fence (invariant 8): */
+  uint32_t lease_ms;             /* the lease the shards hold this worker to */
+  int64_t lease_ok_ms;           /* when the last request the coordinator answered as
+                                    live was sent (under mu; 0: none yet) */
   ps_auth_client auth;           /* security.secret_file's worker key, read at each connect */
 };
 
@@ -144,8 +148,12 @@ static int coord_retryable(int err) {
          err == PS_EDEGRADED;
 }
 
-/* psw_coord_register: see psw_coord.h. */
-int psw_coord_register(psw_coord *c, psw_coord_reg *reg, ps_errbuf *eb) {
+/* coord_register_retry registers (coord_register_once), retrying an
+ * unreachable coordinator for workers.retry_ms (invariant 1): also when
+ * registering again after an expiry, which a restarted coordinator causes
+ * (the worker's channel to it may still wait out gRPC's reconnect backoff
+ * when it serves again, and fails at once meanwhile). */
+static int coord_register_retry(psw_coord *c, ps_errbuf *eb) {
   const ps_shard_conf *co = &c->cfg->shards[c->coord];
   int64_t start = ps_now_ms();
   uint32_t delay = PS_BACKOFF_FIRST_MS;
@@ -163,8 +171,16 @@ int psw_coord_register(psw_coord *c, psw_coord_reg *reg, ps_errbuf *eb) {
       ps_warn("coordinator shard %u (%s): %s; retrying for up to %u ms", co->id, co->grpc_addr,
               eb->msg, c->cfg->workers.retry_ms);
     if (ps_sleep_ms(nap, c->stop) < 0) return ps_errf(eb, PS_ESHUTDOWN, "stopped");
+    ps_rpc_reset_backoff(c->rpc[c->coord]); /* the retry reaches a coordinator back meanwhile */
     delay = ps_backoff_next(delay);
   }
+  return 0;
+}
+
+/* psw_coord_register: see psw_coord.h. */
+int psw_coord_register(psw_coord *c, psw_coord_reg *reg, ps_errbuf *eb) {
+  int err = coord_register_retry(c, eb);
+  if (err < 0) return err;
   const Ps__RegisterWorkerReply *r = c->reg;
   coord_set_parts(c, r->partitions, r->n_partitions);
   *reg = (psw_coord_reg){.rank = r->rank, .world_size = r->world_size,
@@ -233,6 +249,32 @@ static int coord_live_count(psw_coord *c, uint32_t epochs, ps_errbuf *eb) {
   return n;
 }
 
+/* psw_coord_check_fixed: see psw_coord.h. */
+int psw_coord_check_fixed(psw_coord *c, uint32_t rank, uint32_t workers, ps_errbuf *eb) {
+  Ps__ListWorkersRequest req = PS__LIST_WORKERS_REQUEST__INIT;
+  ProtobufCMessage *resp = NULL;
+  ps_errbuf ceb;
+  if (ps_rpc_call(c->rpc[c->coord], "/ps.Ps/ListWorkers", &req.base,
+                  &ps__list_workers_reply__descriptor, &resp, PSW_COORD_CALL_MS, &ceb) < 0)
+    return 0; /* no coordinator to ask: a fixed rank needs none */
+  const Ps__ListWorkersReply *r = (const Ps__ListWorkersReply *)resp;
+  int err = 0;
+  if (coord_under_way(r, c->model)) {
+    uint32_t live = 0;
+    for (size_t i = 0; i < r->n_workers; i++)
+      live += r->workers[i]->state && (!strcmp(r->workers[i]->state, "ALIVE") ||
+                                       !strcmp(r->workers[i]->state, "LATE"));
+    err = ps_errf(eb, PS_EEXIST,
+                  "--rank %u --workers %u: the coordinator has an elastic job of model '%s' "
+                  "under way (%u live workers; its partitions are claimed as it trains): a fixed "
+                  "rank would train partitions p %% %u == %u again on top of it; start psw "
+                  "without --rank to join it, or after it finished",
+                  rank, workers, c->model, live, workers, rank);
+  }
+  protobuf_c_message_free_unpacked(resp, NULL);
+  return err;
+}
+
 /* psw_coord_wait_world: see psw_coord.h. */
 int psw_coord_wait_world(psw_coord *c, uint32_t world, uint32_t epochs, uint32_t timeout_ms,
                          ps_errbuf *eb) {
@@ -270,6 +312,25 @@ static void coord_beat_init(psw_coord *c, Ps__HeartbeatRequest *req, uint32_t wo
   pthread_mutex_unlock(&c->mu);
 }
 
+/* coord_lease_ok notes that the coordinator answered a request of this
+ * worker sent at SENT as live: its lease ran from then on (invariant 8). */
+static void coord_lease_ok(psw_coord *c, int64_t sent) {
+  pthread_mutex_lock(&c->mu);
+  if (sent > c->lease_ok_ms) c->lease_ok_ms = sent;
+  pthread_mutex_unlock(&c->mu);
+}
+
+/* coord_lease_stale says whether this worker's lease may have run out
+ * since the coordinator last answered it as live (invariant 8): the
+ * process was stopped, or cut off, that long.  CLOCK_MONOTONIC counts
+ * while a process is stopped. */
+static int coord_lease_stale(psw_coord *c) {
+  pthread_mutex_lock(&c->mu);
+  int64_t ok = c->lease_ok_ms;
+  pthread_mutex_unlock(&c->mu);
+  return c->started && ok && ps_now_ms() - ok >= (int64_t)c->lease_ms;
+}
+
 /* coord_heartbeat_all sends one heartbeat for worker WORKER to every
  * shard (LEAVING, DONE, REJOIN: see HeartbeatRequest; IDLE_AT, not NULL:
  * marked idle, stepping out of the clock tables up to that clock); returns
@@ -291,11 +352,21 @@ static int coord_heartbeat_all(psw_coord *c, uint32_t worker, int leaving, int d
   /* All shards at once: black-holed shards cost the round one timeout,
    * not one each, so the living still hear from us within their lease.
    * A shard that is down misses this beat; the data path says so. */
+  int64_t sent = ps_now_ms();
   ps_rpc_call_all(c->rpc, n, "/ps.Ps/Heartbeat", &req.base, &ps__heartbeat_reply__descriptor,
                   timeout, out);
+  const Ps__HeartbeatReply *cr = (const Ps__HeartbeatReply *)out[c->coord].resp;
+  if (cr && !cr->expired && worker == c->worker && !leaving) coord_lease_ok(c, sent);
   int expired = 0;
+  pthread_mutex_lock(&c->mu);
+  int quit = c->quit;
+  pthread_mutex_unlock(&c->mu);
   for (size_t i = 0; i < n; i++) {
     const Ps__HeartbeatReply *r = (const Ps__HeartbeatReply *)out[i].resp;
+    /* a shard that restarts is reached at the next beat, within its
+     * lease, not when gRPC's reconnect backoff ends (9 s and more after a
+     * shard down for 5 s); not at the leaving beat: nothing follows it */
+    if (!r && out[i].err == PS_EUNAVAIL && !quit) ps_rpc_reset_backoff(c->rpc[i]);
     if (!r) continue;
     expired |= r->expired;
     if (r->assigned && i == c->coord && worker == c->worker)
@@ -325,7 +396,7 @@ static int coord_reregister(psw_coord *c, uint64_t seen) {
   }
   ps_warn("worker %u: a shard had declared this worker dead (lease expired); %s", old,
           c->registered ? "registering again" : "rejoining with its fixed rank");
-  int err = c->registered ? coord_register_once(c, &eb) : 0;
+  int err = c->registered ? coord_register_retry(c, &eb) : 0;
   if (err == 0 && (!c->registered || c->reg->rank == old)) {
     if (c->registered) coord_set_parts(c, c->reg->partitions, c->reg->n_partitions);
     /* counted before the shards hear of it: the coordinator takes the
@@ -383,7 +454,12 @@ static void *coord_main(void *arg) {
     /* The period runs from the round's start: a round that waits out a
      * silent shard does not push the next beat later. */
     struct timespec until = ps_deadline_ns((uint64_t)c->heartbeat_ms * 1000000u);
-    int expired = coord_heartbeat_all(c, c->worker, 0, 0, rejoin, NULL);
+    /* a worker that lost its rank stops: its beats would only be
+     * refused in the name of the rank's new holder */
+    pthread_mutex_lock(&c->mu);
+    int lost = c->lost;
+    pthread_mutex_unlock(&c->mu);
+    int expired = !lost && coord_heartbeat_all(c, c->worker, 0, 0, rejoin, NULL);
     if (expired) coord_reregister(c, seen);
     pthread_mutex_lock(&c->mu);
     while (!c->quit && pthread_cond_timedwait(&c->cv, &c->mu, &until) != ETIMEDOUT) {
@@ -399,6 +475,8 @@ int psw_coord_start(psw_coord *c, uint32_t worker, int registered, ps_errbuf *eb
   c->registered = registered;
   c->heartbeat_ms = registered && c->reg && c->reg->heartbeat_ms ? c->reg->heartbeat_ms
                                                                  : c->cfg->workers.heartbeat_ms;
+  c->lease_ms = registered && c->reg && c->reg->lease_ms ? c->reg->lease_ms
+                                                         : c->cfg->workers.lease_ms;
   /* A new process takes its rank back on every shard (invariant 5)
    * before its first push or pull, which a shard that declared the rank's
    * last holder dead would refuse; the thread's first beat does it again
@@ -479,6 +557,34 @@ static int coord_beat_chan(psw_coord *c, const Ps__HeartbeatRequest *req,
   return err;
 }
 
+/* coord_fence asks the coordinator, by a plain heartbeat, whether this
+ * worker still holds its lease before a report or claim goes out whose
+ * lease may have run out (invariant 8).  0 with the reply in *OUT when
+ * it says expired (or refused: another process holds the rank); else
+ * -1, the lease confirmed or the coordinator silent (the report then
+ * goes out, and is answered or retried as usual). */
+static int coord_fence(psw_coord *c, Ps__HeartbeatReply **out) {
+  Ps__HeartbeatRequest req;
+  coord_beat_init(c, &req, c->worker);
+  ProtobufCMessage *resp = NULL;
+  ps_errbuf eb;
+  int64_t sent = ps_now_ms();
+  if (ps_rpc_call(c->rpc[c->coord], "/ps.Ps/Heartbeat", &req.base,
+                  &ps__heartbeat_reply__descriptor, &resp, PSW_COORD_CALL_MS, &eb) < 0)
+    return -1;
+  Ps__HeartbeatReply *r = (Ps__HeartbeatReply *)resp;
+  if (r->expired) {
+    ps_warn("worker %u: silent past its lease (%u ms: the process was stopped or cut off), and "
+            "the coordinator answers that it is out (declared dead, or its rank went to another "
+            "process): it reports nothing before it registers again", c->worker, c->lease_ms);
+    *out = r;
+    return 0;
+  }
+  coord_lease_ok(c, sent);
+  protobuf_c_message_free_unpacked(resp, NULL);
+  return -1;
+}
+
 /* coord_progress_call sends the coordinator one heartbeat of the training
  * thread carrying POS (may be NULL) and, with CLAIM, a claim; retries an
  * unreachable coordinator for workers.retry_ms.  *OUT: the reply (caller
@@ -504,7 +610,11 @@ static int coord_progress_call(psw_coord *c, const psw_coord_part *pos, int clai
   req.data_size = data_size;
   ps_errbuf ceb;
   int64_t start = ps_now_ms();
-  if (pos && !claim && coord_beat_chan(c, &req, out, &ceb) == 0) return 0;
+  if (coord_lease_stale(c) && coord_fence(c, out) == 0) return 0; /* expired: *OUT says it */
+  if (pos && !claim && coord_beat_chan(c, &req, out, &ceb) == 0) {
+    if (!(*out)->expired) coord_lease_ok(c, start);
+    return 0;
+  }
   uint32_t delay = PS_BACKOFF_FIRST_MS;
   for (;;) {
     /* a stopping worker's last report takes PSW_COORD_CALL_MS in all, the
@@ -521,6 +631,7 @@ static int coord_progress_call(psw_coord *c, const psw_coord_part *pos, int clai
                           &ps__heartbeat_reply__descriptor, &resp, timeout, eb);
     if (err == 0) {
       *out = (Ps__HeartbeatReply *)resp;
+      if (!(*out)->expired) coord_lease_ok(c, start);
       return 0;
     }
     /* a call cut short by a coordinator going down (gRPC CANCELLED, seen
@@ -529,6 +640,9 @@ static int coord_progress_call(psw_coord *c, const psw_coord_part *pos, int clai
     uint32_t nap = ps_backoff_nap(start, delay, c->cfg->workers.retry_ms);
     if ((!coord_retryable(err) && err != PS_EINTERNAL) || !nap) return err;
     if (ps_sleep_ms(nap, c->stop) < 0) return ps_errf(eb, PS_ESHUTDOWN, "stopped");
+    /* a restarted coordinator is reached at the next try, not when gRPC's
+     * reconnect backoff ends (seconds after, past workers.retry_ms) */
+    ps_rpc_reset_backoff(c->rpc[c->coord]);
     delay = ps_backoff_next(delay);
   }
 }

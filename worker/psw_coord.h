@@ -5,7 +5,14 @@
  * Invariants:
  *  1. Registration retries an unreachable coordinator with backoff (100 ms
  *     doubling to 2 s) for at most workers.retry_ms; an answer that is an
- *     error (not the coordinator, every rank held) ends it at once.
+ *     error (not the coordinator, every rank held) ends it at once.  So
+ *     does registering again after an expiry (invariant 2): a restarted
+ *     coordinator may be reached before the worker's channel to it is
+ *     done with gRPC's reconnect backoff, whose calls fail at once.  So
+ *     each retry, and each heartbeat that found a shard unreachable,
+ *     resets that channel's backoff (ps_rpc_reset_backoff): a shard back
+ *     from a restart is reached at the worker's next try or beat, within
+ *     its lease, not seconds later.
  *  2. Once started, the thread heartbeats every shard every heartbeat_ms
  *     (from the registration reply, else workers.heartbeat_ms) with the
  *     figures last given to psw_coord_update.  A shard that answers
@@ -53,6 +60,17 @@
  *     report by gRPC; the channel is tried again after
  *     PSW_COORD_CHAN_RETRY_MS (a shard that predates CHAN_BEAT closes
  *     the connection, so an old coordinator costs one try a second).
+ *  8. The fence: a worker whose last request the coordinator answered
+ *     as live was sent a lease ago or more (CLOCK_MONOTONIC, which counts
+ *     while the process is stopped: SIGSTOP, a VM paused) may have lost
+ *     its rank meanwhile, to a new process.  Its next report or claim
+ *     then goes out only after a plain heartbeat to the coordinator
+ *     confirms the lease; one answered expired (declared dead, or the
+ *     rank held by another process: psd_clock invariant 12) makes the
+ *     report PS_EEXPIRED unsent, and the trainer registers again or stops
+ *     (invariant 2).  Every push and pull of a step waits for its report
+ *     (invariant 6), so none goes out in another worker's name.  A
+ *     worker that lost its rank sends no more heartbeats.
  *
  * Thread-safety: psw_coord_update, psw_coord_lost, psw_coord_rejoin,
  * psw_coord_rejoins and psw_coord_partitions may be called from any
@@ -102,6 +120,14 @@ int psw_coord_register(psw_coord *c, psw_coord_reg *reg, ps_errbuf *eb);
  * once, on the log, when it begins. */
 int psw_coord_wait_world(psw_coord *c, uint32_t world, uint32_t epochs, uint32_t timeout_ms,
                          ps_errbuf *eb);
+
+/* psw_coord_check_fixed: before a fixed rank (--rank RANK --workers
+ * WORKERS, no registration) trains, PS_EEXIST (message in EB) when the
+ * coordinator has an elastic job of this model under way: its partitions
+ * go to the registered workers as they claim them, and the fixed rank
+ * would train its own share again on top of theirs.  0 otherwise, and
+ * when the coordinator does not answer (a fixed rank needs none). */
+int psw_coord_check_fixed(psw_coord *c, uint32_t rank, uint32_t workers, ps_errbuf *eb);
 
 /* psw_coord_start starts the heartbeat thread for worker id WORKER
  * (invariant 2).  REGISTERED: re-register when a shard says expired. */

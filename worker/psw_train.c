@@ -73,6 +73,7 @@ typedef struct psw_run {
                            it registered (0 in a fresh run) */
   uint64_t rejoins;     /* psw_coord_rejoins as of the last claim */
   uint64_t spec_changes; /* psw_client_spec_changes as of the last restart */
+  uint64_t expired_said; /* psw_client_pushes_expired as of the last retrain said */
   double train_s;       /* seconds spent training (evaluation excluded) */
   int64_t t0_ms;
   psw_progress prog;
@@ -262,6 +263,9 @@ static int run_join(psw_run *x, ps_errbuf *eb) {
             "claims the next ones from the coordinator as it trains)", x->rank, x->workers,
             (unsigned long long)reg.start_clock, ps_log_u32s(list, sizeof list, x->parts, x->nparts));
   } else {
+    /* a fixed rank in a running elastic job trains its share twice */
+    if ((err = psw_coord_check_fixed(x->coord, x->rank, x->workers, eb)) < 0)
+      return run_bad(x, err);
     uint32_t nparts = o->cfg->data.partitions;
     if (!(x->parts = malloc((nparts ? nparts : 1) * sizeof *x->parts)))
       return ps_errf(eb, PS_ENOMEM, "out of memory");
@@ -685,11 +689,18 @@ static int run_part_stop(psw_run *x, psw_coord_part *pos, uint64_t acked, uint64
 }
 
 /* run_say_retrain logs that partition PART is trained again from sample
- * FROM: a push may not have been applied. */
-static void run_say_retrain(const psw_run *x, uint32_t part, uint64_t from) {
-  ps_info("worker %u: a push may not have been applied (a shard's connection broke before "
-          "its answer, or the shard was down): partition %u is trained again from sample %llu",
-          x->rank, part, (unsigned long long)from);
+ * FROM: a push may not have been applied, and why (a refusal for an
+ * expired lease is no broken connection: the operator looks elsewhere). */
+static void run_say_retrain(psw_run *x, uint32_t part, uint64_t from) {
+  uint64_t expired = psw_client_pushes_expired(x->cl);
+  int lease = expired != x->expired_said;
+  x->expired_said = expired;
+  ps_info("worker %u: %s: partition %u is trained again from sample %llu", x->rank,
+          lease ? "a push was refused, not applied (a shard had declared this worker dead: "
+                  "its lease expired)"
+                : "a push may not have been applied (a shard's connection broke before its "
+                  "answer, or the shard was down)",
+          part, (unsigned long long)from);
 }
 
 /* run_part trains partition POS from pos->offset to its end (or a stop).

@@ -28,6 +28,11 @@
  *  - coordinator restart: shard 0 stopped and started again mid-run
  *    restores the partition and clock tables (coordinator.state); the
  *    job completes with the same exact accounting.
+ *  - coordinator SIGKILLed, back 5 s later (lease 2 s): every worker
+ *    keeps its rank and goes on.
+ *  - a worker SIGSTOPped past its lease whose rank a new worker took,
+ *    then continued: it stops, the new worker keeps the rank and trains.
+ *  - a fixed --rank started into a running elastic job: refused, exit 2.
  *  - end of job: a worker with nothing left to claim waits; the last
  *    one training (asp, slowed) is SIGKILLed, and the waiting worker
  *    takes its partition over and finishes the job.
@@ -959,6 +964,164 @@ START_TEST(test_failover_long_mlp) {
 }
 END_TEST
 
+/* tf_rank_of returns the rank the coordinator lists for the live worker
+ * of process PID, or -1. */
+static int tf_rank_of(tf_ctx *x, pid_t pid) {
+  Ps__ListWorkersReply *r = tf_list(x);
+  int rank = -1;
+  for (size_t i = 0; i < r->n_workers; i++)
+    if (r->workers[i]->pid == (uint32_t)pid && !strcmp(r->workers[i]->state, "ALIVE"))
+      rank = (int)r->workers[i]->rank;
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  return rank;
+}
+
+/* tf_running says whether worker I's process has not exited (it is
+ * reaped when it has: *STATUS its wait status). */
+static int tf_running(tf_ctx *x, int i, int *status) {
+  *status = ps_test_wait_pid(x->w[i], 0);
+  if (*status < 0) return 1;
+  x->w[i] = 0;
+  return 0;
+}
+
+/* The coordinator SIGKILLed and started again 5 s later, past the
+ * workers' 2 s lease (asp, 3 workers): each worker keeps its rank (the
+ * restart kept each registration's host with its pid, and a worker whose
+ * channel was still in gRPC's reconnect backoff retries its registration
+ * within workers.retry_ms), none exits.  It used to give rank 0 to the
+ * first process that registered again, and the others exited 1 ("rank
+ * went to another worker"), or all of them ("registering again failed:
+ * ... Connection refused"). */
+START_TEST(test_failover_coordinator_kill9_ranks) {
+  TF_NEED_DATA();
+  tf_ctx x = {.lease_ms = 2000};
+  tf_start_c(&x, 3, 3, 400, "logreg", "0.002", TF_SAMPLES, "asp", 0);
+  int rank[3];
+  for (int i = 0; i < 3; i++) tf_spawn_slow(&x, "3");
+  tf_wait_trained(&x, 0, TF_SAMPLES / 10);
+  for (int i = 0; i < 3; i++) {
+    rank[i] = tf_rank_of(&x, x.w[i]);
+    ck_assert_int_ge(rank[i], 0);
+  }
+  ck_assert_int_eq(kill(x.shard[0], SIGKILL), 0);
+  ps_test_wait_pid(x.shard[0], 5000);
+  /* 5 s: the workers' channels retry at about 1, 2.6, 5.2 and 9.3 s
+   * (gRPC's backoff), so their next try comes a lease after it serves */
+  usleep(5000 * 1000);
+  char log[700];
+  snprintf(log, sizeof log, "%s/psd0-again.log", x.dir);
+  x.shard[0] = ps_test_psd(x.yaml, 0, log, NULL);
+  ck_assert_msg(ps_test_wait_port(x.gp[0], 20000) == 0, "shard 0 did not come back; see %s",
+                log);
+  /* past a lease from the restart, and the registrations' retries */
+  for (int64_t end = ps_test_now_ms() + 8000; ps_test_now_ms() < end; usleep(100000))
+    for (int i = 0; i < 3; i++) {
+      int st = 0;
+      char wlog[700];
+      tf_log(&x, i, wlog, sizeof wlog);
+      ck_assert_msg(tf_running(&x, i, &st), "worker %d (rank %d) exited %d after the "
+                    "coordinator's restart; see %s", i, rank[i],
+                    WIFEXITED(st) ? WEXITSTATUS(st) : -1, wlog);
+    }
+  for (int i = 0; i < 3; i++)
+    ck_assert_msg(tf_rank_of(&x, x.w[i]) == rank[i], "worker %d is not rank %d any more; see %s",
+                  i, rank[i], x.dir);
+  for (int i = 0; i < 3; i++) ps_test_stop(x.w[i], SIGKILL, 5000);
+  /* a batch a worker trains again (its push cut short by the kill) is
+   * counted retrained, though the restored table's started lags it */
+  int again = 0;
+  for (int i = 0; i < 3; i++) {
+    char wlog[700];
+    tf_log(&x, i, wlog, sizeof wlog);
+    char *text = ps_test_read_file(wlog, NULL);
+    again += strstr(text, "is trained again from sample") != NULL;
+    free(text);
+    x.w[i] = 0;
+  }
+  ck_assert_msg(!again || tf_epochs_retrained(&x) > 0, "%d workers trained a batch again, none "
+                "counted retrained; see %s", again, x.dir);
+  tf_finish(&x);
+}
+END_TEST
+
+/* A worker SIGSTOPped past its lease whose rank a new process took
+ * meanwhile (ssp 2, 3 workers), then SIGCONTed: the coordinator refuses
+ * what it sends in that rank's name (its heartbeats, progress, leave) as
+ * expired, so it registers again, is offered another rank and stops
+ * saying so; the new worker keeps the rank, alive and training.  The
+ * resumed one used to claim the rank's partition, exit 1 on "bad
+ * progress offset" and leave in the rank's name, which declared the new
+ * worker dead. */
+START_TEST(test_failover_stopped_rank_taken) {
+  TF_NEED_DATA();
+  tf_ctx x = {.staleness = "2"};
+  tf_start_c(&x, 3, 3, 400, "logreg", "0.002", TF_SAMPLES, "ssp", 0);
+  for (int i = 0; i < 3; i++) tf_spawn_slow(&x, "3");
+  tf_wait_trained(&x, 0, TF_SAMPLES / 10);
+  int b = 1, rank = tf_rank_of(&x, x.w[b]);
+  ck_assert_int_ge(rank, 0);
+  ck_assert_int_eq(kill(x.w[b], SIGSTOP), 0);
+  tf_wait_state(&x, x.w[b], "DEAD");
+  int c = tf_spawn_slow(&x, "3");
+  for (int64_t end = ps_test_now_ms() + 10000; tf_rank_of(&x, x.w[c]) < 0; usleep(20000))
+    ck_assert_msg(ps_test_now_ms() < end, "the new worker never registered; see %s", x.dir);
+  ck_assert_int_eq(tf_rank_of(&x, x.w[c]), rank);
+  usleep(1500 * 1000); /* it claims and trains */
+  ck_assert_int_eq(kill(x.w[b], SIGCONT), 0);
+  char log[700];
+  tf_log(&x, b, log, sizeof log);
+  int st = ps_test_wait_pid(x.w[b], 15000);
+  ck_assert_msg(st >= 0, "the resumed worker did not stop; see %s", log);
+  x.w[b] = 0;
+  char *text = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(text, "went to another worker") && !strstr(text, "bad progress"),
+                "the resumed worker did not stop for its rank going to another; see %s", log);
+  free(text);
+  usleep(1500 * 1000);
+  ck_assert_msg(tf_rank_of(&x, x.w[c]) == rank, "the new worker lost rank %d; see %s", rank,
+                x.dir);
+  uint64_t c0 = 0, c1 = 0;
+  double sps;
+  ck_assert(tf_worker(&x, x.w[c], &c0, &sps));
+  usleep(1500 * 1000);
+  ck_assert(tf_worker(&x, x.w[c], &c1, &sps));
+  ck_assert_msg(c1 > c0, "the new worker stands at clock %llu; see %s", (unsigned long long)c1,
+                x.dir);
+  for (int i = 0; i < x.nw; i++)
+    if (x.w[i] > 0) ps_test_stop(x.w[i], SIGKILL, 5000), x.w[i] = 0;
+  tf_finish(&x);
+}
+END_TEST
+
+/* A fixed --rank started into a running elastic job (2 registered
+ * workers, one SIGKILLed, then psw --rank 1 --workers 2) is refused at
+ * start, exit 2, naming the job: it used to train partitions p % 2 == 1
+ * every epoch on top of the job (half the data twice) and exit 0. */
+START_TEST(test_failover_fixed_rank_refused) {
+  TF_NEED_DATA();
+  tf_ctx x = {0};
+  tf_start_c(&x, 2, 2, 400, "logreg", "0.002", TF_SAMPLES, "asp", 0);
+  tf_spawn_slow(&x, "3");
+  int b = tf_spawn_slow(&x, "3");
+  tf_wait_trained(&x, 0, TF_SAMPLES / 10);
+  ps_test_stop(x.w[b], SIGKILL, 5000);
+  x.w[b] = 0;
+  char log[700];
+  tf_log(&x, x.nw, log, sizeof log);
+  char *argv[] = {(char *)ps_test_bin("psw"), "--config", x.yaml, "--quiet", "--rank", "1",
+                  "--workers", "2", NULL};
+  int rc = ps_test_run(argv, log, 20000);
+  char *text = ps_test_read_file(log, NULL);
+  ck_assert_msg(rc == 2 && strstr(text, "elastic job of model 'm' under way"),
+                "a fixed rank in a running elastic job exited %d; see %s", rc, log);
+  free(text);
+  ps_test_stop(x.w[0], SIGKILL, 5000);
+  x.w[0] = 0;
+  tf_finish(&x);
+}
+END_TEST
+
 Suite *psw_failover_suite(void) {
   Suite *s = suite_create("psw_failover");
   TCase *tc = tcase_create("failover");
@@ -989,5 +1152,13 @@ Suite *psw_failover_suite(void) {
   tcase_add_test(tw, test_failover_sigterm_parked);
   tcase_add_test(tw, test_failover_rejoin_ssp);
   suite_add_tcase(s, tw);
+  /* who holds a rank across a coordinator's restart and a worker's stop */
+  TCase *tr = tcase_create("failover_ranks");
+  tcase_set_timeout(tr, 60);
+  tcase_add_unchecked_fixture(tr, ps_test_procs_setup, ps_test_procs_teardown);
+  tcase_add_test(tr, test_failover_coordinator_kill9_ranks);
+  tcase_add_test(tr, test_failover_stopped_rank_taken);
+  tcase_add_test(tr, test_failover_fixed_rank_refused);
+  suite_add_tcase(s, tr);
   return s;
 }

@@ -793,6 +793,153 @@ START_TEST(test_expired_refused_until_rejoin) {
 }
 END_TEST
 
+/* A coordinator restart (invariant 10) keeps each worker's host with its
+ * pid: a worker declared dead after the restart (its heartbeat channel
+ * was still reconnecting) that registers again gets its own rank back,
+ * whatever the order (before, the host was lost with the restart and the
+ * first process to register took rank 0, the others exiting with "rank
+ * went to another worker"); a save without hosts (an older coordinator)
+ * still loads. */
+START_TEST(test_restart_keeps_ranks) {
+  psd_clock *c = tclock(0);
+  ps_errbuf eb;
+  uint32_t r;
+  uint64_t sc;
+  for (int i = 0; i < 3; i++)
+    ck_assert_int_eq(psd_clock_register(c, "m", "h", 10 + i, "cpu", 0, &r, &sc, &eb), 0);
+  char *text;
+  size_t len;
+  ck_assert_int_eq(psd_clock_save(c, &text, &len, &eb), 0);
+  psd_clock *d = tclock(0);
+  ck_assert_int_eq(psd_clock_load(d, text, 5000, &eb), 0);
+  psd_clock_tick(d, 6100); /* nobody reached it within the lease */
+  for (uint32_t k = 0; k < 3; k++) ck_assert_int_eq(psd_clock_expired(d, k), 1);
+  for (int i = 2; i >= 0; i--) {
+    ck_assert_int_eq(psd_clock_register(d, "m", "h", 10 + i, "cpu", 6200, &r, &sc, &eb), 0);
+    ck_assert_uint_eq(r, (uint32_t)i);
+  }
+  psd_clock_free(d);
+  /* the lease of a restored worker runs from psd_clock_grace (the
+   * coordinator serving again), not from the load */
+  d = tclock(0);
+  ck_assert_int_eq(psd_clock_load(d, text, 5000, &eb), 0);
+  psd_clock_grace(d, 5800);
+  psd_clock_tick(d, 6100);
+  ck_assert_int_eq(psd_clock_expired(d, 0), 0);
+  psd_clock_tick(d, 6800);
+  ck_assert_int_eq(psd_clock_expired(d, 0), 1);
+  psd_clock_free(d);
+  /* an older save: "worker" lines end at the clock */
+  d = tclock(0);
+  ck_assert_int_eq(psd_clock_load(d, "psd-clock 1\njob 0 data 0 parts 8\n"
+                                  "worker 0 1 1 0 0 10 0\nend\n", 5000, &eb), 0);
+  ck_assert_int_eq(psd_clock_expired(d, 0), 0);
+  psd_clock_free(d);
+  free(text);
+  psd_clock_free(c);
+}
+END_TEST
+
+/* After a coordinator restart the restored started of an active
+ * partition is up to PSD_COORD_SAVE_MS old: the samples its worker says
+ * it trains again (a push lost with the restart) count as retrained, not
+ * 0 because the stale started lies behind the worker's offset. */
+START_TEST(test_restart_counts_retrained) {
+  psd_clock *c = tclock(0);
+  ps_errbuf eb;
+  uint32_t r;
+  uint64_t sc;
+  int done;
+  psd_part_pos pos;
+  ck_assert_int_eq(psd_clock_register(c, "m", "h", 10, "cpu", 0, &r, &sc, &eb), 0);
+  int part = tclaim(c, 0, 10, &pos, &done);
+  ck_assert_int_ge(part, 0);
+  ck_assert_int_eq(tprog(c, 0, pos, 2, 4, 20), 0);
+  char *text;
+  size_t len;
+  ck_assert_int_eq(psd_clock_save(c, &text, &len, &eb), 0);
+  psd_clock *d = tclock(0);
+  ck_assert_int_eq(psd_clock_load(d, text, 5000, &eb), 0);
+  /* the worker got to 6 (unsaved) and its push of [6, 8) was lost with
+   * the restart: it goes back over those 2 samples */
+  pos.retrained = 2;
+  ck_assert_int_eq(tprog(d, 0, pos, 6, 8, 5100), 0);
+  psd_epoch_info ei;
+  psd_clock_epoch_info(d, 0, &ei);
+  ck_assert_uint_eq(ei.trained, 6);
+  ck_assert_uint_eq(ei.retrained, 2);
+  /* once reported, started bounds the count again */
+  pos.retrained = 5;
+  ck_assert_int_eq(tprog(d, 0, pos, 6, 8, 5200), 0);
+  psd_clock_epoch_info(d, 0, &ei);
+  ck_assert_uint_eq(ei.retrained, 4);
+  psd_clock_free(d);
+  free(text);
+  /* a claim after the last save: the restored partition is its owner's
+   * but not active; the owner's report past the saved offset goes on
+   * with it (it was refused, and the worker trained those samples again
+   * from the saved offset, counted nowhere) */
+  ck_assert_int_eq(tprog(c, 0, pos, 10, 10, 30), 0); /* finished */
+  ck_assert_int_eq(psd_clock_save(c, &text, &len, &eb), 0);
+  int next = tclaim(c, 0, 40, &pos, &done);
+  ck_assert_int_ge(next, 0);
+  d = tclock(0);
+  ck_assert_int_eq(psd_clock_load(d, text, 5000, &eb), 0);
+  pos.retrained = 0;
+  ck_assert_int_eq(tprog(d, 0, pos, 4, 6, 5100), 0);
+  psd_part_info in;
+  psd_clock_part_info(d, (uint32_t)next, &in);
+  ck_assert_int_eq(in.active, 1);
+  ck_assert_uint_eq(in.pos.offset, 4);
+  /* another worker's report of it is still refused */
+  ck_assert_int_eq(psd_clock_register(d, "m", "h", 11, "cpu", 5100, &r, &sc, &eb), 0);
+  ck_assert_int_eq(tprog(d, r, pos, 5, 6, 5100), PS_ENOENT);
+  psd_clock_free(d);
+  free(text);
+  psd_clock_free(c);
+}
+END_TEST
+
+/* Finding: a worker stopped past its lease whose rank went to a new
+ * process meanwhile is not the rank's holder: psd_clock_holder tells the
+ * coordinator to refuse what it sends (its leave would declare the new
+ * worker dead, its progress would move another's partition).  Fixed
+ * ranks (never registered) and requests without a pid are not told
+ * apart. */
+START_TEST(test_holder) {
+  psd_clock *c = tclock(0);
+  ps_errbuf eb;
+  uint32_t r;
+  uint64_t sc;
+  for (int i = 0; i < 2; i++)
+    ck_assert_int_eq(psd_clock_register(c, "m", "h", 10 + i, "cpu", 0, &r, &sc, &eb), 0);
+  ck_assert_int_eq(psd_clock_heartbeat(c, 0, "m", 0, 0, 0, "h", "cpu", 1000, &eb), 0);
+  psd_clock_tick(c, 1500); /* rank 1 stopped: dead */
+  ck_assert_int_eq(psd_clock_register(c, "m", "h", 20, "cpu", 1500, &r, &sc, &eb), 0);
+  ck_assert_uint_eq(r, 1);
+  ck_assert_int_eq(psd_clock_holder(c, 1, "h", 20, &eb), 0);
+  /* the stopped one, resumed */
+  ck_assert_int_eq(psd_clock_holder(c, 1, "h", 11, &eb), PS_EEXPIRED);
+  ck_assert_msg(strstr(eb.msg, "held by pid 20 on h"), "%s", eb.msg);
+  ck_assert_int_eq(psd_clock_holder(c, 1, "h2", 20, &eb), PS_EEXPIRED); /* another host */
+  ck_assert_int_eq(psd_clock_holder(c, 1, "h", 0, &eb), 0);             /* says no pid */
+  ck_assert_int_eq(psd_clock_holder(c, 0, "h", 10, &eb), 0);
+  ck_assert_int_eq(psd_clock_holder(c, 5, "h", 99, &eb), 0);            /* unknown */
+  /* a heartbeat of another process does not take the holder's pid */
+  psd_clock_set_pid(c, 1, 11);
+  ck_assert_int_eq(psd_clock_holder(c, 1, "h", 20, &eb), 0);
+  /* a bare client's rank: anyone */
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 4, 0, 1500, &eb), 0);
+  ck_assert_int_eq(psd_clock_holder(c, 4, "x", 1, &eb), 0);
+  /* a registration without a host does not inherit the last holder's */
+  psd_clock_tick(c, 3000);
+  ck_assert_int_eq(psd_clock_register(c, "m", "", 30, "cpu", 3000, &r, &sc, &eb), 0);
+  ck_assert_uint_eq(r, 0);
+  ck_assert_int_eq(psd_clock_holder(c, 0, "h9", 30, &eb), 0);
+  psd_clock_free(c);
+}
+END_TEST
+
 Suite *psd_clock_suite(void) {
   Suite *s = suite_create("psd_clock");
   TCase *tc = tcase_create("core");
@@ -813,6 +960,9 @@ Suite *psd_clock_suite(void) {
   tcase_add_test(tc, test_save_load);
   tcase_add_test(tc, test_world_bounds_table);
   tcase_add_test(tc, test_silent_ms);
+  tcase_add_test(tc, test_restart_keeps_ranks);
+  tcase_add_test(tc, test_restart_counts_retrained);
+  tcase_add_test(tc, test_holder);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -597,6 +597,41 @@ START_TEST(test_client_degraded_bound) {
 }
 END_TEST
 
+/* A push the shard refuses because it declared the worker dead (a
+ * heartbeat gave it a lease, then silence past workers.lease_ms) counts
+ * among the pushes of unknown fate (trained again) and, apart, as
+ * refused for an expired lease (psw_client_pushes_expired): the trainer
+ * says the lease expired, not that a connection broke (it said "a shard's
+ * connection broke before its answer, or the shard was down"). */
+START_TEST(test_client_expired_push) {
+  pc_ctx x = {0};
+  pc_init_extra(&x, "workers:\n  retry_ms: 1000\n  heartbeat_ms: 100\n  lease_ms: 300\n", 0);
+  pc_submit(&x, "pc11");
+  psw_client *c = pc_open(&x, "pc11", 1);
+  ps_errbuf eb;
+  ck_assert_msg(psw_client_pull_all(c, 0, 0, &eb) == 0, "%s", eb.msg);
+  ps_rpc *rpc;
+  char addr[64];
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", x.gp);
+  ck_assert_int_eq(ps_test_rpc_open(&rpc, addr, &eb), 0);
+  Ps__HeartbeatRequest hb = PS__HEARTBEAT_REQUEST__INIT;
+  hb.worker = 0;
+  hb.model = "pc11";
+  ProtobufCMessage *resp = NULL;
+  ck_assert_msg(ps_rpc_call(rpc, "/ps.Ps/Heartbeat", &hb.base, &ps__heartbeat_reply__descriptor,
+                            &resp, 5000, &eb) == 0, "%s", eb.msg);
+  protobuf_c_message_free_unpacked(resp, NULL);
+  ps_rpc_close(rpc);
+  usleep(800 * 1000); /* past the lease: declared dead */
+  int rc = psw_client_push_pull(c, 0, 0, 0, 1, &eb);
+  ck_assert_msg(rc == PS_EEXPIRED, "push after the lease: %d %s", rc, rc ? eb.msg : "");
+  ck_assert_uint_gt(psw_client_pushes_unknown(c), 0);
+  ck_assert_uint_eq(psw_client_pushes_expired(c), 1);
+  psw_client_close(c);
+  pc_fini(&x);
+}
+END_TEST
+
 /* pc_stop_main sets the stop flag ARG after 6 s: a bound on a wait that
  * would otherwise last for ever. */
 static volatile sig_atomic_t pc_stop_flag;
@@ -826,6 +861,7 @@ Suite *psw_client_suite(void) {
   tcase_add_test(tc, test_client_gives_up_in_budget);
   tcase_add_test(tc, test_client_parked_timeout);
   tcase_add_test(tc, test_client_degraded_bound);
+  tcase_add_test(tc, test_client_expired_push);
   tcase_add_test(tc, test_client_lost_push_bsp);
   tcase_add_test(tc, test_client_lost_push_bsp_deferred);
   tcase_add_test(tc, test_client_deferred_ack);

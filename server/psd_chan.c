@@ -43,6 +43,18 @@
  *     order read, synchronously).  Backpressure: while more than
  *     CHAN_MAX_QUEUED reply bytes wait in libuv, the connection stops
  *     reading; unparsed staged bytes wait with it.
+ *  4a. The same shard-wide: ch->queued counts every connection's reply
+ *     bytes waiting in libuv (c->queued, summed as they are queued and
+ *     written or cancelled).  While it is over limits.max_queued_bytes, a
+ *     connection that has replies of its own queued stops reading after
+ *     the request at hand (one reply more each at most); one with none
+ *     reads on, and one paused resumes once its own replies are written,
+ *     so a client that reads its replies is never held by those that do
+ *     not.  The sweep then closes slow readers while over the limit: of
+ *     the connections with replies queued that took none of them
+ *     (c->wrote_ms: a write done, or libuv's write queue shrinking) for
+ *     chan_slow_ms, the one holding the most first, counted in
+ *     chan_slow_closed and logged (rate-limited) with its peer.
  *  5. sh->inflight counts a request from its complete meta to the write
  *     callback of its reply.
  *  6. Protocol violations close only that connection (after writing an
@@ -197,6 +209,7 @@
 
 #define CHAN_STAGE 16384
 #define CHAN_MAX_QUEUED (16u << 20)
+#define CHAN_SLOW_MS 10000u      /* a reader with replies queued, none taken this long, is slow (4a) */
 #define CHAN_BEAT_MAX (1u << 20)
 #define CHAN_MAX_ACKS 64u         /* pushes waiting for their sync per connection (7b) */
 #define CHAN_SWEEP_MS 5000u      /* longest period of the idle sweep (invariant 8) */
@@ -264,6 +277,7 @@ typedef struct psd_conn {
   uint64_t last_ms;           /* uv_now of its last byte moved (invariant 8) */
   uint64_t accept_ms;         /* uv_now of its accept: the hello's deadline runs (8a) */
   size_t last_wq;             /* libuv's write queue size at the last sweep */
+  uint64_t wrote_ms;          /* uv_now of its last reply bytes taken, or of its first queued (4a) */
   uint64_t shm_want;          /* region bytes the first HELLO asked for (invariant 11) */
   int shm_hold;               /* ... and that it holds pushes there until answered */
   ps_shm shm;                 /* the region offered; map NULL: none */
@@ -296,6 +310,8 @@ typedef struct psd_chan {
   uint64_t hello_late_n;      /* their count (chan_idle_closed counts idle ones too) */
   uint64_t swept_ms;          /* uv_now of the last sweep (a stalled loop: chan_sweep) */
   uint64_t shm_fds;           /* regions' descriptors still open (invariant 11) */
+  uint64_t queued;            /* reply bytes queued in libuv, all connections (4a) */
+  chan_said slow;             /* of sh->ctr.chan_slow_closed (4a) */
 } psd_chan;
 
 typedef struct chan_wr {
@@ -356,12 +372,35 @@ static void conn_give_buf(psd_conn *c, void *p, size_t cap) {
   c->spare_cap = cap;
 }
 
+/* conn_queued_add counts N reply bytes handed to libuv for C, in its
+ * total and the channel's (invariants 4, 4a); conn_queued_sub takes back
+ * N written or cancelled.  A connection's stall is timed from its first
+ * queued byte. */
+static void conn_queued_add(psd_conn *c, size_t n) {
+  if (c->queued == 0) c->wrote_ms = uv_now(c->chan->sh->loop);
+  c->queued += n;
+  c->chan->queued += n;
+}
+
+static void conn_queued_sub(psd_conn *c, size_t n) {
+  c->queued -= n;
+  c->chan->queued -= n;
+}
+
+/* conn_backlogged: C must stop reading for the replies it has queued:
+ * over CHAN_MAX_QUEUED of its own (invariant 4), or any while the
+ * channel's are over limits.max_queued_bytes (4a). */
+static int conn_backlogged(const psd_conn *c) {
+  return c->queued > CHAN_MAX_QUEUED ||
+         (c->queued && c->chan->queued > c->chan->sh->cfg->max_queued_bytes);
+}
+
 /* conn_may_resume: C is paused and open, waits for nothing (a parked
  * pull, a sync, a forwarded request, a layout: invariants 7, 7c) and its
- * replies in flight are within CHAN_MAX_QUEUED. */
+ * replies in flight allow reading (conn_backlogged). */
 static int conn_may_resume(const psd_conn *c) {
   return c->paused && !c->closing && !c->parked && !c->syncing && !c->op_pending &&
-         !c->spec_pending && c->queued <= CHAN_MAX_QUEUED;
+         !c->spec_pending && !conn_backlogged(c);
 }
 
 /* wr_done finishes a reply write: counters, backpressure, deferred close. */
@@ -370,8 +409,8 @@ static void wr_done(uv_write_t *req, int status) {
   psd_conn *c = w->conn;
   psd_shard *sh = c->chan->sh;
   if (w->inflight && sh->inflight) sh->inflight--;
-  c->queued -= w->bytes;
-  if (status == 0) c->last_ms = uv_now(c->chan->sh->loop);
+  conn_queued_sub(c, w->bytes);
+  if (status == 0) c->last_ms = c->wrote_ms = uv_now(c->chan->sh->loop);
   conn_give_buf(c, w->data, w->data_cap); /* before a resume serves the next pull */
   if (status < 0 && status != UV_ECANCELED) conn_close(c);
   else if (w->close_after) conn_close(c);
@@ -421,10 +460,10 @@ static int conn_reply_to(psd_conn *c, uint64_t req_id, const Ps__ChanMeta *meta,
     bufs[nbufs++] = uv_buf_init((char *)w->tag, sizeof w->tag);
     w->bytes += sizeof w->tag;
   }
-  c->queued += w->bytes;
+  conn_queued_add(c, w->bytes);
   int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, nbufs, wr_done);
   if (r < 0) {
-    c->queued -= w->bytes;
+    conn_queued_sub(c, w->bytes);
     if (inflight && c->chan->sh->inflight) c->chan->sh->inflight--;
     free(data);
     free(w);
@@ -519,6 +558,22 @@ static void conn_auth_refused(psd_conn *c, const char *msg) {
   psd_chan *ch = c->chan;
   chan_said_count(ch, &ch->sh->ctr.chan_auth_refused, &ch->auth_refused,
                   "unauthenticated connection(s)", msg);
+}
+
+/* conn_peer writes C's peer address ("127.0.0.1:5312", "[::1]:5312")
+ * into BUF for a log line; "an unknown peer" when it has none. */
+static const char *conn_peer(psd_conn *c, char *buf, size_t cap) {
+  struct sockaddr_storage a;
+  int len = sizeof a;
+  char host[64] = "";
+  snprintf(buf, cap, "an unknown peer");
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&a, &len) < 0) return buf;
+  if (a.ss_family == AF_INET && uv_ip4_name((struct sockaddr_in *)&a, host, sizeof host) == 0)
+    snprintf(buf, cap, "%s:%u", host, ntohs(((struct sockaddr_in *)&a)->sin_port));
+  else if (a.ss_family == AF_INET6 &&
+           uv_ip6_name((struct sockaddr_in6 *)&a, host, sizeof host) == 0)
+    snprintf(buf, cap, "[%s]:%u", host, ntohs(((struct sockaddr_in6 *)&a)->sin6_port));
+  return buf;
 }
 
 /* conn_hello_refuse answers the hello with error STATUS / MSG and closes
@@ -738,9 +793,9 @@ static void conn_write_tail(psd_conn *c, void *buf, size_t cap, size_t len) {
   }
   *w = (chan_wr){.conn = c, .inflight = 1, .bytes = len, .data = buf, .data_cap = cap};
   uv_buf_t b = uv_buf_init(buf, (unsigned)len);
-  c->queued += len;
+  conn_queued_add(c, len);
   if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, wr_done) < 0) {
-    c->queued -= len;
+    conn_queued_sub(c, len);
     if (sh->inflight) sh->inflight--;
     free(buf);
     free(w);
@@ -804,7 +859,7 @@ static int conn_pull_direct(psd_conn *c, const Ps__ChanMeta *m, const ps_req *r,
   int n = uv_try_write((uv_stream_t *)&c->tcp, bufs, (unsigned)(2 + nseg));
   size_t sent = n > 0 ? (size_t)n : 0; /* an error: uv_write below meets it again */
   if (sent == total) {
-    c->last_ms = uv_now(sh->loop);
+    c->last_ms = c->wrote_ms = uv_now(sh->loop);
     if (sh->inflight) sh->inflight--;
     return 1;
   }
@@ -1004,7 +1059,7 @@ static void conn_forward(psd_conn *c, const ps_req *r, int push, uint32_t codec)
   c->op_pending = 0;
   if (rc < 0) conn_reply_error(c, rc, eb.msg, 1, 0);
   else conn_pull_reply(c, c->op.done.data, c->op.done.nbytes, c->op.done.version, codec);
-  if (c->closing || c->queued > CHAN_MAX_QUEUED) return; /* wr_done resumes */
+  if (c->closing || conn_backlogged(c)) return; /* wr_done resumes */
   c->paused = 0; /* conn_feed goes on with what is staged */
   uv_read_start((uv_stream_t *)&c->tcp, conn_alloc, conn_read);
 }
@@ -1591,7 +1646,7 @@ static int conn_hdr_done(psd_conn *c) {
 /* The decoder's callbacks (ps_chan_rx_ops) over a connection. */
 static int rx_more(void *arg) {
   psd_conn *c = arg;
-  if (c->queued > CHAN_MAX_QUEUED && !c->paused) { /* invariant 4 */
+  if (conn_backlogged(c) && !c->paused) { /* invariants 4, 4a */
     c->paused = 1;
     uv_read_stop((uv_stream_t *)&c->tcp);
   }
@@ -1799,8 +1854,45 @@ static void conn_hello_late(psd_conn *c, uint64_t hello_ms) {
   conn_close(c);
 }
 
+/* chan_slow_ms: how long a connection with replies queued may take none
+ * before it counts as a slow reader (invariant 4a): CHAN_SLOW_MS, or a
+ * quarter of idle_timeout_ms when that is shorter (a reader that slow is
+ * closed as idle soon anyway). */
+static uint64_t chan_slow_ms(const psd_chan *ch) {
+  uint64_t q = ch->sh->cfg->idle_timeout_ms / 4;
+  return q < CHAN_SLOW_MS ? q : CHAN_SLOW_MS;
+}
+
+/* chan_shed closes slow readers while the channel's queued replies are
+ * over limits.max_queued_bytes (invariant 4a): the one holding the most
+ * first, until the rest fit or none is slow.  A closed connection's
+ * replies are freed when libuv cancels them (next loop turn), so the
+ * bytes still held are reckoned here. */
+static void chan_shed(psd_chan *ch, uint64_t now) {
+  uint64_t limit = ch->sh->cfg->max_queued_bytes, held = ch->queued, slow_ms = chan_slow_ms(ch);
+  while (held > limit) {
+    psd_conn *worst = NULL;
+    for (psd_conn *c = ch->conns; c; c = c->next)
+      if (!c->closing && c->queued && now - c->wrote_ms >= slow_ms &&
+          (!worst || c->queued > worst->queued))
+        worst = c;
+    if (!worst) return; /* every holder reads: the replies drain */
+    char why[400], peer[96];
+    snprintf(why, sizeof why, "the last, %s, held %llu KiB of replies and took none for %llu "
+             "ms while the shard's queued replies (%llu KiB) were over limits.max_queued_bytes "
+             "(%llu KiB): a client that does not read its replies",
+             conn_peer(worst, peer, sizeof peer), (unsigned long long)worst->queued >> 10,
+             (unsigned long long)(now - worst->wrote_ms), (unsigned long long)held >> 10,
+             (unsigned long long)limit >> 10);
+    chan_said_verb(ch, &ch->sh->ctr.chan_slow_closed, &ch->slow, "closed",
+                   "slow reader connection(s)", why);
+    held -= worst->queued;
+    conn_close(worst);
+  }
+}
+
 /* chan_sweep closes the connections idle for idle_timeout_ms (invariant
- * 8) and those past their hello's deadline (8a). */
+ * 8), those past their hello's deadline (8a) and slow readers (4a). */
 static void chan_sweep(uv_timer_t *t) {
   psd_chan *ch = t->data;
   psd_shard *sh = ch->sh;
@@ -1825,6 +1917,7 @@ static void chan_sweep(uv_timer_t *t) {
   for (psd_conn *c = ch->conns, *next; c; c = next) {
     next = c->next;
     size_t wq = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+    if (wq < c->last_wq) c->wrote_ms = now; /* the peer takes its replies (4a) */
     if (wq != c->last_wq) { /* a long reply is still moving */
       c->last_wq = wq;
       c->last_ms = now;
@@ -1842,6 +1935,9 @@ static void chan_sweep(uv_timer_t *t) {
              (unsigned long long)(now - c->last_ms));
     conn_close(c);
   }
+  chan_shed(ch, now);
+  chan_said_tail(ch, sh->ctr.chan_slow_closed, &ch->slow, "closed", "slow reader connection(s)",
+                 "they held replies unread over limits.max_queued_bytes");
 }
 
 /* chan_refuse closes connection C, which the limits do not admit, without

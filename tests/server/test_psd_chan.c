@@ -895,6 +895,130 @@ START_TEST(test_pull_answered_before_push_sync) {
 }
 END_TEST
 
+/* ---- slow readers: a third psd with limits.max_queued_bytes of SR_QUEUED ---- */
+
+#define SR_QUEUED (4u << 20)
+#define SR_IDLE_MS 8000 /* chan_slow_ms: a quarter, 2 s */
+#define SR_CHUNK (1u << 18) /* 1 MiB of fp32 */
+#define SR_PEERS 12
+#define SR_PULLS 30
+
+static pid_t sr_pid;
+static char sr_grpc[64], sr_chan[64], sr_log[600];
+static int sr_started, sr_gport;
+
+static void sr_up(void) {
+  const char *dir = ps_test_tmpdir();
+  char extra[200];
+  int cp;
+  snprintf(extra, sizeof extra,
+           "limits:\n  max_queued_bytes: %u\n  idle_timeout_ms: %d\n"
+           "training:\n  pull_timeout_ms: 1000\n", SR_QUEUED, SR_IDLE_MS);
+  const char *yaml = ps_test_cluster_yaml(dir, 1, extra, &sr_gport, &cp);
+  snprintf(sr_log, sizeof sr_log, "%s/psd.log", dir);
+  snprintf(sr_grpc, sizeof sr_grpc, "127.0.0.1:%d", sr_gport);
+  snprintf(sr_chan, sizeof sr_chan, "127.0.0.1:%d", cp);
+  sr_pid = ps_test_psd(yaml, 0, sr_log, NULL);
+  sr_started = ps_test_wait_port(cp, 15000) == 0 && ps_test_wait_port(sr_gport, 5000) == 0;
+  if (!sr_started) fprintf(stderr, "psd (slow readers) did not start; see %s\n", sr_log);
+}
+
+static void sr_down(void) {
+  if (sr_pid > 0) ps_test_stop(sr_pid, SIGTERM, 10000);
+  sr_pid = 0;
+}
+
+/* sr_hostile connects to the slow-readers psd with a 4 KiB receive
+ * buffer, says hello and sends SR_PULLS pulls of chunks 0 and 1 (2 MiB
+ * each) that it never reads. */
+static int sr_hostile(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0), rcv = 4096;
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                          .sin_port = htons((uint16_t)atoi(strrchr(sr_chan, ':') + 1))};
+  ck_assert_int_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+  raw_hello(fd, "test");
+  Ps__ChanMeta m = PS__CHAN_META__INIT;
+  m.op = PS__CHAN_OP__CHAN_PULL;
+  m.model = "sr";
+  m.n_chunk_ids = 2;
+  m.chunk_ids = (uint32_t *)all_ids;
+  for (int i = 0; i < SR_PULLS; i++) raw_frame(fd, &m, 0, 0);
+  return fd;
+}
+
+/* Clients that never read their replies (the outside tester's attack,
+ * scaled down) hold no more than about limits.max_queued_bytes of the
+ * shard's memory between them, not CHAN_MAX_QUEUED (16 MiB) each; a
+ * healthy client that reads its replies is served all along; and the
+ * slow readers are closed within a few seconds, counted in
+ * chan_slow_closed and logged with their peer.  Before, the shard grew
+ * by about 18 MiB per such client and kept them until idle. */
+START_TEST(test_slow_readers_bounded) {
+  RAW_NEEDS_PLAIN_CHANNEL();
+  ck_assert_msg(sr_started, "psd is not running");
+  uint32_t ws[] = {4 * SR_CHUNK};
+  Ps__TensorSpec w = PS__TENSOR_SPEC__INIT;
+  w.name = "w"; w.n_shape = 1; w.shape = ws; w.init = "ones";
+  Ps__TensorSpec *ts[] = {&w};
+  Ps__OptimizerSpec opt = PS__OPTIMIZER_SPEC__INIT;
+  opt.kind = "sgd"; opt.lr = 0.5f;
+  Ps__ModelSpec spec = PS__MODEL_SPEC__INIT;
+  spec.name = "sr"; spec.seed = 7; spec.n_tensors = 1; spec.tensors = ts;
+  spec.optimizer = &opt; spec.chunk_elems = SR_CHUNK;
+  ps_rpc *r;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_test_rpc_open(&r, sr_grpc, &eb), 0);
+  ps_test_submit(r, &spec, 1, 10000);
+  ps_rpc_close(r);
+  ps_chan_client *good;
+  ck_assert_msg(ps_test_chan_connect(&good, sr_chan, "test", 5000, &eb) == 0, "%s", eb.msg);
+  static float out[4 * SR_CHUNK];
+  uint64_t v;
+  ck_assert_int_eq(ps_test_pull(good, "sr", all_ids, 4, out, 4 * SR_CHUNK, 0, 0, &v, &eb), 0);
+  long rss0 = psd_rss_kb(sr_pid);
+  int fds[SR_PEERS];
+  for (int i = 0; i < SR_PEERS; i++) fds[i] = sr_hostile();
+  /* the healthy client is served while they hold their replies */
+  long peak = 0;
+  int64_t t0 = ps_test_now_ms();
+  while (ps_test_now_ms() - t0 < 1500) {
+    int64_t t = ps_test_now_ms();
+    int rc = ps_test_pull(good, "sr", all_ids, 4, out, 4 * SR_CHUNK, 0, 0, &v, &eb);
+    ck_assert_msg(rc == 0, "a healthy pull beside the slow readers: %s", eb.msg);
+    ck_assert_msg(ps_test_now_ms() - t < 1000, "a healthy pull took %lld ms",
+                  (long long)(ps_test_now_ms() - t));
+    long kb = psd_rss_kb(sr_pid);
+    if (kb > peak) peak = kb;
+    usleep(100000);
+  }
+  ck_assert_msg(peak - rss0 < 64 * 1024, "%d clients that do not read grew the shard by %ld KiB "
+                "(limits.max_queued_bytes %u KiB)", SR_PEERS, peak - rss0, SR_QUEUED >> 10);
+  /* within chan_slow_ms (2 s) and a sweep or two the slow readers go,
+   * the largest first, until what the rest hold (2 MiB or so each) fits
+   * the limit (those go when idle) */
+  Ps__StatusReply *st = NULL;
+  int64_t end = ps_test_now_ms() + 5000;
+  for (;;) {
+    st = ps_test_status(sr_gport);
+    if (st->chan_slow_closed >= SR_PEERS / 2 || ps_test_now_ms() > end) break;
+    protobuf_c_message_free_unpacked(&st->base, NULL);
+    usleep(200000);
+  }
+  ck_assert_msg(st->chan_slow_closed >= SR_PEERS / 2 && st->chan_slow_closed <= SR_PEERS,
+                "%llu of %d slow readers closed", (unsigned long long)st->chan_slow_closed,
+                SR_PEERS);
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  ck_assert_int_eq(ps_test_pull(good, "sr", all_ids, 4, out, 4 * SR_CHUNK, 0, 0, &v, &eb), 0);
+  ps_chan_close(good);
+  for (int i = 0; i < SR_PEERS; i++) close(fds[i]);
+  char *text = ps_test_read_file(sr_log, NULL);
+  ck_assert_msg(strstr(text, "slow reader connection(s) since the last report: the last, "
+                             "127.0.0.1:"), "no log line names a slow reader");
+  free(text);
+}
+END_TEST
+
 Suite *psd_chan_suite(void) {
   Suite *s = suite_create("psd_chan");
   TCase *tc = tcase_create("psd");
@@ -921,6 +1045,11 @@ Suite *psd_chan_suite(void) {
   tcase_set_timeout(ua, 60);
   tcase_add_test(ua, test_pull_answered_before_push_sync);
   suite_add_tcase(s, ua);
+  TCase *sr = tcase_create("slow_readers");
+  tcase_add_unchecked_fixture(sr, sr_up, sr_down);
+  tcase_set_timeout(sr, 60);
+  tcase_add_test(sr, test_slow_readers_bounded);
+  suite_add_tcase(s, sr);
   tc = tcase_create("hello");
   tcase_add_test(tc, test_hello_check);
   suite_add_tcase(s, tc);

@@ -15,7 +15,8 @@
  *     when its meta is complete, before any data is read; a refused push's
  *     data is read into a scratch buffer and dropped, then answered with a
  *     CHAN_ERROR frame.  A data_len above cfg->max_request_bytes closes the
- *     connection (ps_chan_hdr_decode).
+ *     connection (ps_chan_hdr_decode) once a CHAN_ERROR saying so is
+ *     written (invariant 6).
  *  2a. A beat (CHAN_BEAT: a packed HeartbeatRequest of at most
  *     CHAN_BEAT_MAX bytes) is read like a push's data and answered with
  *     psd_shard_heartbeat's reply, packed, as gRPC's Heartbeat is.
@@ -58,7 +59,14 @@
  *  5. sh->inflight counts a request from its complete meta to the write
  *     callback of its reply.
  *  6. Protocol violations close only that connection (after writing an
- *     error frame where the peer may learn something from it).
+ *     error frame where the peer may learn something from it).  After the
+ *     hello each is counted in chan_bad_frames and logged (rate-limited,
+ *     with the peer and the reason: conn_bad_frame); a header announcing
+ *     data over limits.max_request_bytes is answered with a CHAN_ERROR
+ *     (PS_ETOOBIG, the limit named) and the connection closes once it is
+ *     written.  Before the hello they count in chan_auth_refused (9).  A
+ *     push refused by the shard's checks (answered, the connection kept)
+ *     is logged rate-limited too (conn_push_refused).
  *  7. A pull, dense or sparse, that must wait for slower workers
  *     (psd_shard_pull_admit, psd_shard_sparse_pull_admit) is parked
  *     (a sparse pull's keys stay in the data buffer meanwhile): the
@@ -312,6 +320,9 @@ typedef struct psd_chan {
   uint64_t shm_fds;           /* regions' descriptors still open (invariant 11) */
   uint64_t queued;            /* reply bytes queued in libuv, all connections (4a) */
   chan_said slow;             /* of sh->ctr.chan_slow_closed (4a) */
+  chan_said bad;              /* of sh->ctr.chan_bad_frames (invariant 6) */
+  chan_said push_refused;     /* pushes refused by the shard's checks (invariant 6) ... */
+  uint64_t push_refused_n;    /* ... and their count */
 } psd_chan;
 
 typedef struct chan_wr {
@@ -574,6 +585,30 @@ static const char *conn_peer(psd_conn *c, char *buf, size_t cap) {
            uv_ip6_name((struct sockaddr_in6 *)&a, host, sizeof host) == 0)
     snprintf(buf, cap, "[%s]:%u", host, ntohs(((struct sockaddr_in6 *)&a)->sin6_port));
   return buf;
+}
+
+/* conn_bad_frame counts a frame out of the protocol after the hello
+ * (invariant 6: the caller closes C) in chan_bad_frames and logs it with
+ * the peer and WHY, at most every CHAN_REFUSE_LOG_MS: a client sending
+ * garbage leaves a trace, but cannot fill the log. */
+static void conn_bad_frame(psd_conn *c, const char *why) {
+  psd_chan *ch = c->chan;
+  char line[400], peer[96];
+  snprintf(line, sizeof line, "the last from %s: %s", conn_peer(c, peer, sizeof peer), why);
+  chan_said_verb(ch, &ch->sh->ctr.chan_bad_frames, &ch->bad, "closed",
+                 "connection(s) for a frame out of the protocol", line);
+}
+
+/* conn_push_refused logs a push the shard's checks refused with MSG
+ * (answered, the connection kept; already counted in errors), at most
+ * every CHAN_REFUSE_LOG_MS: an operator sees why a worker's pushes fail
+ * (NaN gradients, an unknown model, wrong sizes) without a line each. */
+static void conn_push_refused(psd_conn *c, const char *msg) {
+  psd_chan *ch = c->chan;
+  char line[600], peer[96], shown[4 * 120 + 8]; /* the message names the peer's model (12) */
+  snprintf(line, sizeof line, "the last from %s: %s", conn_peer(c, peer, sizeof peer),
+           ps_log_escape(shown, sizeof shown, msg, 120));
+  chan_said_verb(ch, &ch->push_refused_n, &ch->push_refused, "refused", "push(es)", line);
 }
 
 /* conn_hello_refuse answers the hello with error STATUS / MSG and closes
@@ -1300,6 +1335,7 @@ static void conn_push_end(psd_conn *c) {
   c->rx.got = 0;
   c->req = NULL;
   c->req_err = 0;
+  if (rc < 0) conn_push_refused(c, c->req_eb.msg);
   if (rc < 0) conn_reply_error(c, rc, c->req_eb.msg, 1, 0);
   else conn_push_durable(c, version);
   ps__chan_meta__free_unpacked(m, NULL);
@@ -1475,6 +1511,7 @@ static void conn_sparse_end(psd_conn *c) {
       conn_sparse_ack(c);
     }
   }
+  if (rc < 0 && (int)m->op == PS__CHAN_OP__CHAN_SPARSE_PUSH) conn_push_refused(c, eb.msg);
   if (rc < 0) conn_reply_error(c, rc, eb.msg, 1, 0); /* the entry points counted it */
   ps__chan_meta__free_unpacked(m, NULL);
 }
@@ -1569,7 +1606,7 @@ static int conn_meta_done(psd_conn *c) {
   if (ps_pb_unpack(&ps__chan_meta__descriptor, c->rx.meta, c->rx.h.meta_len, (ProtobufCMessage **)&m,
                    &eb) < 0) {
     if (!c->hello_done) conn_auth_refused(c, eb.msg); /* a stranger's: counted, not one line each */
-    else ps_warn("channel: %s; closing the connection", eb.msg);
+    else conn_bad_frame(c, eb.msg);
     return PS_EPROTO;
   }
   c->rx.got = 0;
@@ -1580,6 +1617,27 @@ static int conn_meta_done(psd_conn *c) {
     ps_auth_mac_update(c->mac, 'C', c->rx.meta, c->rx.h.meta_len);
   }
   return conn_meta_act(c, m);
+}
+
+/* conn_bad_op counts and logs request M, which no handler takes after
+ * the hello (invariant 6): what it is, so the log says why the client
+ * was cut off. */
+static void conn_bad_op(psd_conn *c, const Ps__ChanMeta *m) {
+  char why[160];
+  int op = (int)m->op;
+  if (op == PS__CHAN_OP__CHAN_HELLO)
+    snprintf(why, sizeof why, "a second hello on a connection past its hello");
+  else if (op == PS__CHAN_OP__CHAN_ERROR)
+    snprintf(why, sizeof why, "a CHAN_ERROR frame (the shard's to send, not a client's)");
+  else if ((op == PS__CHAN_OP__CHAN_PUSH || op == PS__CHAN_OP__CHAN_PULL || conn_is_sparse(m)) &&
+           !m->model)
+    snprintf(why, sizeof why, "a push or pull (op %d) that names no model", op);
+  else if (op == PS__CHAN_OP__CHAN_PULL)
+    snprintf(why, sizeof why, "a pull that carries %llu bytes of data",
+             (unsigned long long)c->rx.h.data_len);
+  else
+    snprintf(why, sizeof why, "unknown op %d (a client of another version?)", op);
+  conn_bad_frame(c, why);
 }
 
 /* conn_meta_act acts on request M (its meta complete, MAC begun): a push
@@ -1617,21 +1675,54 @@ static int conn_meta_act(psd_conn *c, Ps__ChanMeta *m) {
     if (c->rx.h.data_len == 0) conn_data_done(c);
     return 0;
   } else {
+    conn_bad_op(c, m);
     rc = PS_EPROTO;
   }
   ps__chan_meta__free_unpacked(m, NULL);
   return rc;
 }
 
+/* conn_too_big answers a request whose header announces data over
+ * limits.max_request_bytes (invariant 6): a CHAN_ERROR that names the
+ * limit, then the close once it is written; nothing more is read (the
+ * data that follows cannot be skipped cheaply, nor trusted). */
+static int conn_too_big(psd_conn *c) {
+  psd_shard *sh = c->chan->sh;
+  char msg[240];
+  snprintf(msg, sizeof msg, "a request with %llu bytes of data: over this shard's "
+           "limits.max_request_bytes %llu; the connection is closed (split the request, or "
+           "raise the limit on every shard)", (unsigned long long)c->rx.h.data_len,
+           (unsigned long long)sh->cfg->max_request_bytes);
+  conn_bad_frame(c, msg);
+  psd_shard_count_error(sh);
+  c->paused = 1; /* the decoder stops at the next step (rx_more) */
+  uv_read_stop((uv_stream_t *)&c->tcp);
+  c->rx.h.meta_len = 0; /* the decoder makes no room for a meta it will not read */
+  conn_reply_error(c, PS_ETOOBIG, msg, 0, 1);
+  return 0;
+}
+
 /* conn_hdr_done checks a complete header; 0 or a PS_E* code (close). */
 static int conn_hdr_done(psd_conn *c) {
   int rc = ps_chan_hdr_decode(&c->rx.h, c->rx.hdrbuf, c->chan->sh->cfg->max_request_bytes);
+  if (rc == PS_ETOOBIG && c->hello_done && c->rx.h.meta_len) return conn_too_big(c);
   if (rc < 0 || c->rx.h.meta_len == 0) {
-    if (!c->hello_done) conn_auth_refused(c, "a malformed frame header before the hello");
+    if (!c->hello_done) {
+      conn_auth_refused(c, "a malformed frame header before the hello");
+    } else {
+      char why[200];
+      snprintf(why, sizeof why, "a malformed frame header (magic 0x%08x, version %u, flags "
+               "0x%x, meta %u bytes, data %llu bytes; want magic 0x%08x, version %d, a meta "
+               "of 1..%u bytes)", c->rx.h.magic, c->rx.h.version, c->rx.h.flags,
+               c->rx.h.meta_len, (unsigned long long)c->rx.h.data_len, PS_CHAN_MAGIC,
+               PS_CHAN_VERSION, (unsigned)PS_CHAN_MAX_META);
+      conn_bad_frame(c, why);
+    }
     return rc < 0 ? rc : PS_EPROTO;
   }
   if (!!(c->rx.h.flags & PS_CHAN_FLAG_MAC) != !!c->mac) { /* invariant 10 */
     if (c->mac) c->chan->sh->ctr.chan_auth_refused++; /* a frame without its MAC */
+    else if (c->hello_done) conn_bad_frame(c, "a frame flagged with a MAC the hello did not agree on");
     return PS_EPROTO;
   }
   if (!c->hello_done && (c->rx.h.meta_len > PS_CHAN_HELLO_META_MAX || c->rx.h.data_len)) {
@@ -1938,6 +2029,10 @@ static void chan_sweep(uv_timer_t *t) {
   chan_shed(ch, now);
   chan_said_tail(ch, sh->ctr.chan_slow_closed, &ch->slow, "closed", "slow reader connection(s)",
                  "they held replies unread over limits.max_queued_bytes");
+  chan_said_tail(ch, sh->ctr.chan_bad_frames, &ch->bad, "closed",
+                 "connection(s) for a frame out of the protocol", "bad frames after the hello");
+  chan_said_tail(ch, ch->push_refused_n, &ch->push_refused, "refused", "push(es)",
+                 "answered with their error");
 }
 
 /* chan_refuse closes connection C, which the limits do not admit, without

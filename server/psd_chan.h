@@ -26,7 +26,8 @@
  * number open.  Replies queued, all connections together, are bounded by
  * cfg->max_queued_bytes: over it, connections holding replies stop
  * reading and the slow readers among them are closed (counted in
- * sh->ctr.chan_slow_closed; psd_chan.c invariant 4a). */
+ * sh->ctr.chan_slow_closed; psd_chan.c invariant 4a).  A bad frame after
+ * the HELLO counts in sh->ctr.chan_bad_frames and is logged (invariant 6). */
 #ifndef PSD_CHAN_H
 #define PSD_CHAN_H
 

@@ -637,6 +637,7 @@ void psd_shard_status(psd_shard *sh, Ps__StatusReply *reply) {
   reply->grpc_restarts = sh->ctr.grpc_restarts;
   reply->auth_refused = sh->ctr.auth_refused;
   reply->chan_auth_refused = sh->ctr.chan_auth_refused;
+  reply->chan_bad_frames = sh->ctr.chan_bad_frames;
   reply->chan_slow_closed = sh->ctr.chan_slow_closed;
   reply->security = (char *)psd_shard_security_name(sh);
   reply->build = (char *)ps_version(); /* static */

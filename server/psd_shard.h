@@ -61,6 +61,7 @@ typedef struct psd_counters {
   uint64_t grpc_restarts;    /* gRPC servers rebuilt by the self-probe (psd_probe.h) */
   uint64_t auth_refused;     /* gRPC calls refused for the caller's role (psd_grpc.c) */
   uint64_t chan_auth_refused;/* channel hellos refused: no, unknown or wrong proof */
+  uint64_t chan_bad_frames;  /* channel connections closed for a bad frame after the hello */
   uint64_t chan_slow_closed; /* channel connections closed as slow readers (max_queued_bytes) */
   uint64_t chan_shm_bytes;   /* payload bytes through shared memory (psd_chan invariant 11) */
   uint64_t chan_shm_conns;   /* channel connections with a region now */

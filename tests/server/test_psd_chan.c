@@ -493,6 +493,155 @@ START_TEST(test_bad_frames_close_only_their_connection) {
 END_TEST
 
 
+/* ---- bad frames after the hello: counted, logged, the oversize answered ---- */
+
+/* raw_read_full reads N bytes from FD within 5 s; 1 when it did. */
+static int raw_read_full(int fd, void *buf, size_t n) {
+  int64_t end = ps_test_now_ms() + 5000;
+  size_t got = 0;
+  while (got < n && ps_test_now_ms() < end) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (poll(&p, 1, 100) <= 0) continue;
+    ssize_t r = read(fd, (uint8_t *)buf + got, n - got);
+    if (r <= 0) return 0;
+    got += (size_t)r;
+  }
+  return got == n;
+}
+
+/* raw_read_meta reads the next frame the shard sends on FD (no data
+ * expected) and returns its meta (caller frees), or NULL when the
+ * connection closed first. */
+static Ps__ChanMeta *raw_read_meta(int fd) {
+  uint8_t hdr[PS_CHAN_HDR_LEN], meta[4096];
+  ps_chan_hdr h;
+  if (!raw_read_full(fd, hdr, sizeof hdr)) return NULL;
+  ck_assert_int_eq(ps_chan_hdr_decode(&h, hdr, 0), 0);
+  ck_assert_uint_le(h.meta_len, sizeof meta);
+  if (!raw_read_full(fd, meta, h.meta_len)) return NULL;
+  return ps__chan_meta__unpack(NULL, h.meta_len, meta);
+}
+
+/* raw_hdr writes a bare header on FD: MAGIC, META_LEN bytes of meta
+ * (not sent) and DATA_LEN of data announced. */
+static void raw_hdr(int fd, uint32_t magic, uint32_t meta_len, uint64_t data_len) {
+  uint8_t hdr[PS_CHAN_HDR_LEN];
+  ps_chan_hdr h = {.magic = magic, .version = PS_CHAN_VERSION, .meta_len = meta_len,
+                   .data_len = data_len, .req_id = 2};
+  ps_chan_hdr_encode(hdr, &h);
+  ck_assert_int_eq(write(fd, hdr, sizeof hdr), (ssize_t)sizeof hdr);
+}
+
+static void ah_zeros(int fd) {
+  uint8_t z[PS_CHAN_HDR_LEN + 16] = {0};
+  ck_assert_int_eq(write(fd, z, sizeof z), (ssize_t)sizeof z);
+}
+static void ah_op(int fd, int op) {
+  Ps__ChanMeta m = PS__CHAN_META__INIT;
+  m.op = (Ps__ChanOp)op;
+  m.model = "bh";
+  raw_frame(fd, &m, 0, 0);
+}
+static void ah_op99(int fd) { ah_op(fd, 99); }
+static void ah_error(int fd) { ah_op(fd, PS__CHAN_OP__CHAN_ERROR); }
+static void ah_hello2(int fd) { raw_hello(fd, "test"); }
+static void ah_magic(int fd) { raw_hdr(fd, 0x12345678, 8, 0); }
+static void ah_meta_huge(int fd) { raw_hdr(fd, PS_CHAN_MAGIC, PS_CHAN_MAX_META + 1, 0); }
+static void ah_push(int fd, uint64_t data_len) {
+  Ps__ChanMeta m = PS__CHAN_META__INIT;
+  m.op = PS__CHAN_OP__CHAN_PUSH;
+  m.model = "bh";
+  m.n_chunk_ids = 1;
+  m.chunk_ids = (uint32_t *)all_ids;
+  raw_frame(fd, &m, data_len, 0);
+}
+static void ah_push_2e63(int fd) { ah_push(fd, UINT64_C(1) << 63); }
+static void ah_push_1g(int fd) { ah_push(fd, UINT64_C(1) << 30); }
+
+/* Frames out of the protocol after a good hello (the outside tester's
+ * list: all zeros, op 99, a second HELLO, a client's CHAN_ERROR, data of
+ * 2^63 or 1 GiB over max_request_bytes, a meta over 16 MiB, a bad
+ * magic) each close their connection, count in chan_bad_frames and
+ * leave a log line naming the peer, a few lines for all of them (rate
+ * limited); a request over max_request_bytes first hears why, in a
+ * CHAN_ERROR that names the limit.  Before, each closed in silence. */
+START_TEST(test_bad_frames_after_hello_counted) {
+  RAW_NEEDS_PLAIN_CHANNEL();
+  submit_model("bh", W_ELEMS, 256);
+  struct {
+    const char *what;
+    void (*send)(int fd);
+    int too_big;
+  } cases[] = {
+      {"all zeros", ah_zeros, 0},        {"op 99", ah_op99, 0},
+      {"a second hello", ah_hello2, 0},  {"a client's CHAN_ERROR", ah_error, 0},
+      {"data_len 2^63", ah_push_2e63, 1}, {"data_len 1 GiB", ah_push_1g, 1},
+      {"meta over 16 MiB", ah_meta_huge, 0}, {"bad magic", ah_magic, 0},
+  };
+  size_t n = sizeof cases / sizeof cases[0];
+  Ps__StatusReply *st = ps_test_status(grpc_port);
+  uint64_t bad0 = st->chan_bad_frames, refused0 = st->chan_auth_refused;
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  for (size_t i = 0; i < n; i++) {
+    int fd = raw_open();
+    raw_hello(fd, "test");
+    Ps__ChanMeta *hello = raw_read_meta(fd);
+    ck_assert_msg(hello && (int)hello->op == PS__CHAN_OP__CHAN_HELLO, "%s: no hello reply",
+                  cases[i].what);
+    ps__chan_meta__free_unpacked(hello, NULL);
+    cases[i].send(fd);
+    if (cases[i].too_big) {
+      Ps__ChanMeta *e = raw_read_meta(fd);
+      ck_assert_msg(e != NULL, "%s: closed without an error frame", cases[i].what);
+      ck_assert_int_eq((int)e->op, PS__CHAN_OP__CHAN_ERROR);
+      ck_assert_int_eq(e->status, PS_ETOOBIG);
+      char lim[64];
+      snprintf(lim, sizeof lim, "limits.max_request_bytes %u", MAX_REQ);
+      ck_assert_msg(e->message && strstr(e->message, lim), "%s: message '%s'", cases[i].what,
+                    e->message ? e->message : "");
+      ps__chan_meta__free_unpacked(e, NULL);
+    }
+    ck_assert_msg(raw_closed(fd), "%s: connection left open", cases[i].what);
+    close(fd);
+  }
+  st = ps_test_status(grpc_port);
+  ck_assert_uint_eq(st->chan_bad_frames, bad0 + n);
+  ck_assert_uint_eq(st->chan_auth_refused, refused0); /* they all said hello */
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  char *text = ps_test_read_file(psd_log, NULL);
+  int lines = 0;
+  for (const char *q = text; (q = strstr(q, "frame out of the protocol")); q++) lines++;
+  ck_assert_msg(lines >= 1 && lines <= 2, "%d log lines for %zu bad frames", lines, n);
+  ck_assert_msg(strstr(text, "the last from 127.0.0.1:"), "the log names no peer");
+  free(text);
+}
+END_TEST
+
+/* A refused push is answered (the connection kept) and logged, rate
+ * limited, with the peer and the reason; before, psd said nothing. */
+START_TEST(test_refused_push_logged) {
+  submit_model("rp", W_ELEMS, 256);
+  ps_chan_client *c = chan_open();
+  static float g[256];
+  ps_errbuf eb;
+  uint64_t v;
+  g[3] = NAN;
+  for (int i = 0; i < 20; i++) {
+    ck_assert_int_lt(ps_test_push(c, "rp", all_ids, 1, g, 256, 0, 0, 0, &v, &eb), 0);
+    ck_assert_int_lt(ps_test_push(c, "no-such\nmodel", all_ids, 1, g, 256, 0, 0, 0, &v, &eb), 0);
+  }
+  g[3] = 0;
+  ck_assert_msg(ps_test_push(c, "rp", all_ids, 1, g, 256, 0, 0, 0, &v, &eb) == 0, "%s", eb.msg);
+  ps_chan_close(c);
+  char *text = ps_test_read_file(psd_log, NULL);
+  int lines = 0;
+  for (const char *q = text; (q = strstr(q, "push(es) since the last report")); q++) lines++;
+  ck_assert_msg(lines >= 1 && lines <= 2, "%d log lines for 40 refused pushes", lines);
+  ck_assert_msg(!strstr(text, "no-such\nmodel"), "a peer's newline reached the log");
+  free(text);
+}
+END_TEST
+
 /* A peer that leaves with replies still queued (it sent pulls, never read,
  * half-closed, then reset) costs only its connection: the server's next
  * write fails with EPIPE, which must not raise a SIGPIPE that kills psd. */
@@ -1031,6 +1180,8 @@ Suite *psd_chan_suite(void) {
   tcase_add_test(tc, test_direct_pull_partly_sent);
   tcase_add_test(tc, test_errors_keep_connection);
   tcase_add_test(tc, test_bad_frames_close_only_their_connection);
+  tcase_add_test(tc, test_bad_frames_after_hello_counted);
+  tcase_add_test(tc, test_refused_push_logged);
   tcase_add_test(tc, test_peer_gone_with_replies_queued);
   tcase_add_test(tc, test_prehello_meta_capped);
   suite_add_tcase(s, tc);

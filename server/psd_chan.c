@@ -148,7 +148,8 @@
  *     client's PS_CHAN_SHM_PUSH_AREAS + 1), and the connection's peer
  *     address is the shard's own local address (same host); anything else,
  *     or a region that cannot be made, is no offer and the data stays on
- *     TCP.  The offer comes after the hello's authentication (invariant 9).
+ *     TCP; a region that cannot be made (out of memory or descriptors) is
+ *     logged, with the peer and why, at most every CHAN_REFUSE_LOG_MS.  The offer comes after the hello's authentication (invariant 9).
  *     The region's descriptor stays open (counted with the connection's in
  *     invariant 8's reckoning) until the client's first request that names
  *     the region (it has opened it by then) or the close; the mapping
@@ -323,6 +324,8 @@ typedef struct psd_chan {
   chan_said bad;              /* of sh->ctr.chan_bad_frames (invariant 6) */
   chan_said push_refused;     /* pushes refused by the shard's checks (invariant 6) ... */
   uint64_t push_refused_n;    /* ... and their count */
+  chan_said shm_failed;       /* regions that could not be made (invariant 11) ... */
+  uint64_t shm_failed_n;      /* ... and their count */
 } psd_chan;
 
 typedef struct chan_wr {
@@ -681,6 +684,15 @@ static int conn_shm_offer(psd_conn *c) {
   else if (!conn_same_host(c)) why = "the client is on another host";
   else if (lend && !(c->lend = calloc(1, sizeof *c->lend))) why = "out of memory";
   if (!why && ps_shm_create(&c->shm, bytes, &eb) < 0) why = eb.msg;
+  /* the rules said yes, but the region could not be made: the operator should know */
+  if (why && (why == eb.msg || !strcmp(why, "out of memory"))) {
+    char line[700], peer[96];
+    snprintf(line, sizeof line, "the last for %s, %llu bytes asked: %s (short of memory or of "
+             "descriptors?); its pushes and pulls are copied through the socket",
+             conn_peer(c, peer, sizeof peer), (unsigned long long)c->shm_want, why);
+    chan_said_verb(ch, &ch->shm_failed_n, &ch->shm_failed, "served",
+                   "connection(s) over TCP without the shared memory they asked for", line);
+  }
   if (why) {
     ps_debug("channel: no shared memory for a connection (%llu bytes asked): %s",
              (unsigned long long)c->shm_want, why);
@@ -2033,6 +2045,8 @@ static void chan_sweep(uv_timer_t *t) {
                  "connection(s) for a frame out of the protocol", "bad frames after the hello");
   chan_said_tail(ch, ch->push_refused_n, &ch->push_refused, "refused", "push(es)",
                  "answered with their error");
+  chan_said_tail(ch, ch->shm_failed_n, &ch->shm_failed, "served",
+                 "connection(s) over TCP without shared memory", "regions that could not be made");
 }
 
 /* chan_refuse closes connection C, which the limits do not admit, without

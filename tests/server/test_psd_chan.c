@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -1168,6 +1169,53 @@ START_TEST(test_slow_readers_bounded) {
 }
 END_TEST
 
+/* psd_vm_kb returns PID's address space in KiB (VmSize), or -1. */
+static long psd_vm_kb(pid_t pid) {
+  char path[64], line[256];
+  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+  FILE *f = fopen(path, "r");
+  long kb = -1;
+  while (f && fgets(line, sizeof line, f))
+    if (sscanf(line, "VmSize: %ld kB", &kb) == 1) break;
+  if (f) fclose(f);
+  return kb;
+}
+
+/* A co-located client asks for a region the shard cannot map (its
+ * address space capped, as the outside tester's 4 GiB cap did): the hello
+ * offers none and the connection goes on over TCP, and the log says so,
+ * with the peer and why.  Before, it fell back in silence. */
+START_TEST(test_shm_unmade_logged) {
+  RAW_NEEDS_PLAIN_CHANNEL();
+  ck_assert_msg(sr_started, "psd is not running");
+  struct rlimit old, cap;
+  ck_assert_int_eq(prlimit(sr_pid, RLIMIT_AS, NULL, &old), 0);
+  long vm = psd_vm_kb(sr_pid);
+  ck_assert_int_gt(vm, 0);
+  cap = (struct rlimit){.rlim_cur = (rlim_t)(vm + 96 * 1024) * 1024, .rlim_max = old.rlim_max};
+  int fd = ps_test_raw_open(sr_chan);
+  Ps__ChanMeta m = PS__CHAN_META__INIT;
+  m.op = PS__CHAN_OP__CHAN_HELLO;
+  m.proto_version = PS_CHAN_VERSION;
+  m.cluster = "test";
+  m.shm_bytes = 256u << 20; /* two areas of 128 MiB: within max_request_bytes each */
+  /* capped only for the hello's moment: 96 MiB more than it maps now */
+  ck_assert_int_eq(prlimit(sr_pid, RLIMIT_AS, &cap, NULL), 0);
+  raw_frame(fd, &m, 0, 0);
+  Ps__ChanMeta *h = raw_read_meta(fd);
+  ck_assert_int_eq(prlimit(sr_pid, RLIMIT_AS, &old, NULL), 0);
+  ck_assert_msg(h && (int)h->op == PS__CHAN_OP__CHAN_HELLO, "no hello reply");
+  ck_assert_uint_eq(h->shm_bytes, 0);
+  ps__chan_meta__free_unpacked(h, NULL);
+  close(fd);
+  char *text = ps_test_read_file(sr_log, NULL);
+  const char *l = strstr(text, "without the shared memory they asked for");
+  ck_assert_msg(l && strstr(l, "the last for 127.0.0.1:") && strstr(l, "268435456 bytes asked"),
+                "no log line says a region could not be made");
+  free(text);
+}
+END_TEST
+
 Suite *psd_chan_suite(void) {
   Suite *s = suite_create("psd_chan");
   TCase *tc = tcase_create("psd");
@@ -1200,6 +1248,7 @@ Suite *psd_chan_suite(void) {
   tcase_add_unchecked_fixture(sr, sr_up, sr_down);
   tcase_set_timeout(sr, 60);
   tcase_add_test(sr, test_slow_readers_bounded);
+  tcase_add_test(sr, test_shm_unmade_logged);
   suite_add_tcase(s, sr);
   tc = tcase_create("hello");
   tcase_add_test(tc, test_hello_check);

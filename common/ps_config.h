@@ -138,6 +138,7 @@ typedef struct ps_config {
   uint32_t drain_timeout_ms;  /* SIGTERM: wait for in-flight requests, default 5000 */
   uint32_t max_connections;   /* tensor-channel connections at once, default 1024 */
   uint32_t idle_timeout_ms;   /* close a silent connection, > pull_timeout_ms, default 120000 */
+  uint64_t max_queued_bytes;  /* channel reply bytes queued, all connections, default 256 MiB */
   uint64_t max_shard_bytes;   /* memory budget of a shard's models; 0: ps_config_shard_budget */
   size_t nshards;
   ps_shard_conf *shards;      /* nshards entries, in file order */

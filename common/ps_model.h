@@ -33,6 +33,14 @@ const char *ps_consistency_name(ps_consistency c);
  * (no staleness bound, no lease, no rank held; psd_shard_sparse.h). */
 #define PS_CLOCK_READER UINT64_MAX
 
+/* PS_CLOCK_MAX: the largest clock a worker's push or pull may carry (a
+ * training step; 2^62, centuries of steps).  Workers move their clocks
+ * on by one a step, or jump to the slowest live clock on a rejoin or a
+ * takeover, so a clock beyond it is a client's bug or a forged request;
+ * the shard refuses it (psd_shard_clock_check) and the clock table never
+ * holds one: clock + 1, gaps and the table's int64 views cannot wrap. */
+#define PS_CLOCK_MAX (UINT64_C(1) << 62)
+
 typedef struct ps_chunk {
   uint32_t tensor;      /* index into the spec's tensors */
   uint32_t index;       /* chunk index within the tensor */

@@ -15,7 +15,8 @@
  *     when its meta is complete, before any data is read; a refused push's
  *     data is read into a scratch buffer and dropped, then answered with a
  *     CHAN_ERROR frame.  A data_len above cfg->max_request_bytes closes the
- *     connection (ps_chan_hdr_decode).
+ *     connection (ps_chan_hdr_decode) once a CHAN_ERROR saying so is
+ *     written (invariant 6).
  *  2a. A beat (CHAN_BEAT: a packed HeartbeatRequest of at most
  *     CHAN_BEAT_MAX bytes) is read like a push's data and answered with
  *     psd_shard_heartbeat's reply, packed, as gRPC's Heartbeat is.
@@ -43,10 +44,29 @@
  *     order read, synchronously).  Backpressure: while more than
  *     CHAN_MAX_QUEUED reply bytes wait in libuv, the connection stops
  *     reading; unparsed staged bytes wait with it.
+ *  4a. The same shard-wide: ch->queued counts every connection's reply
+ *     bytes waiting in libuv (c->queued, summed as they are queued and
+ *     written or cancelled).  While it is over limits.max_queued_bytes, a
+ *     connection that has replies of its own queued stops reading after
+ *     the request at hand (one reply more each at most); one with none
+ *     reads on, and one paused resumes once its own replies are written,
+ *     so a client that reads its replies is never held by those that do
+ *     not.  The sweep then closes slow readers while over the limit: of
+ *     the connections with replies queued that took none of them
+ *     (c->wrote_ms: a write done, or libuv's write queue shrinking) for
+ *     chan_slow_ms, the one holding the most first, counted in
+ *     chan_slow_closed and logged (rate-limited) with its peer.
  *  5. sh->inflight counts a request from its complete meta to the write
  *     callback of its reply.
  *  6. Protocol violations close only that connection (after writing an
- *     error frame where the peer may learn something from it).
+ *     error frame where the peer may learn something from it).  After the
+ *     hello each is counted in chan_bad_frames and logged (rate-limited,
+ *     with the peer and the reason: conn_bad_frame); a header announcing
+ *     data over limits.max_request_bytes is answered with a CHAN_ERROR
+ *     (PS_ETOOBIG, the limit named) and the connection closes once it is
+ *     written.  Before the hello they count in chan_auth_refused (9).  A
+ *     push refused by the shard's checks (answered, the connection kept)
+ *     is logged rate-limited too (conn_push_refused).
  *  7. A pull, dense or sparse, that must wait for slower workers
  *     (psd_shard_pull_admit, psd_shard_sparse_pull_admit) is parked
  *     (a sparse pull's keys stay in the data buffer meanwhile): the
@@ -128,7 +148,8 @@
  *     client's PS_CHAN_SHM_PUSH_AREAS + 1), and the connection's peer
  *     address is the shard's own local address (same host); anything else,
  *     or a region that cannot be made, is no offer and the data stays on
- *     TCP.  The offer comes after the hello's authentication (invariant 9).
+ *     TCP; a region that cannot be made (out of memory or descriptors) is
+ *     logged, with the peer and why, at most every CHAN_REFUSE_LOG_MS.  The offer comes after the hello's authentication (invariant 9).
  *     The region's descriptor stays open (counted with the connection's in
  *     invariant 8's reckoning) until the client's first request that names
  *     the region (it has opened it by then) or the close; the mapping
@@ -197,6 +218,7 @@
 
 #define CHAN_STAGE 16384
 #define CHAN_MAX_QUEUED (16u << 20)
+#define CHAN_SLOW_MS 10000u      /* a reader with replies queued, none taken this long, is slow (4a) */
 #define CHAN_BEAT_MAX (1u << 20)
 #define CHAN_MAX_ACKS 64u         /* pushes waiting for their sync per connection (7b) */
 #define CHAN_SWEEP_MS 5000u      /* longest period of the idle sweep (invariant 8) */
@@ -264,6 +286,7 @@ typedef struct psd_conn {
   uint64_t last_ms;           /* uv_now of its last byte moved (invariant 8) */
   uint64_t accept_ms;         /* uv_now of its accept: the hello's deadline runs (8a) */
   size_t last_wq;             /* libuv's write queue size at the last sweep */
+  uint64_t wrote_ms;          /* uv_now of its last reply bytes taken, or of its first queued (4a) */
   uint64_t shm_want;          /* region bytes the first HELLO asked for (invariant 11) */
   int shm_hold;               /* ... and that it holds pushes there until answered */
   ps_shm shm;                 /* the region offered; map NULL: none */
@@ -296,6 +319,13 @@ typedef struct psd_chan {
   uint64_t hello_late_n;      /* their count (chan_idle_closed counts idle ones too) */
   uint64_t swept_ms;          /* uv_now of the last sweep (a stalled loop: chan_sweep) */
   uint64_t shm_fds;           /* regions' descriptors still open (invariant 11) */
+  uint64_t queued;            /* reply bytes queued in libuv, all connections (4a) */
+  chan_said slow;             /* of sh->ctr.chan_slow_closed (4a) */
+  chan_said bad;              /* of sh->ctr.chan_bad_frames (invariant 6) */
+  chan_said push_refused;     /* pushes refused by the shard's checks (invariant 6) ... */
+  uint64_t push_refused_n;    /* ... and their count */
+  chan_said shm_failed;       /* regions that could not be made (invariant 11) ... */
+  uint64_t shm_failed_n;      /* ... and their count */
 } psd_chan;
 
 typedef struct chan_wr {
@@ -356,12 +386,35 @@ static void conn_give_buf(psd_conn *c, void *p, size_t cap) {
   c->spare_cap = cap;
 }
 
+/* conn_queued_add counts N reply bytes handed to libuv for C, in its
+ * total and the channel's (invariants 4, 4a); conn_queued_sub takes back
+ * N written or cancelled.  A connection's stall is timed from its first
+ * queued byte. */
+static void conn_queued_add(psd_conn *c, size_t n) {
+  if (c->queued == 0) c->wrote_ms = uv_now(c->chan->sh->loop);
+  c->queued += n;
+  c->chan->queued += n;
+}
+
+static void conn_queued_sub(psd_conn *c, size_t n) {
+  c->queued -= n;
+  c->chan->queued -= n;
+}
+
+/* conn_backlogged: C must stop reading for the replies it has queued:
+ * over CHAN_MAX_QUEUED of its own (invariant 4), or any while the
+ * channel's are over limits.max_queued_bytes (4a). */
+static int conn_backlogged(const psd_conn *c) {
+  return c->queued > CHAN_MAX_QUEUED ||
+         (c->queued && c->chan->queued > c->chan->sh->cfg->max_queued_bytes);
+}
+
 /* conn_may_resume: C is paused and open, waits for nothing (a parked
  * pull, a sync, a forwarded request, a layout: invariants 7, 7c) and its
- * replies in flight are within CHAN_MAX_QUEUED. */
+ * replies in flight allow reading (conn_backlogged). */
 static int conn_may_resume(const psd_conn *c) {
   return c->paused && !c->closing && !c->parked && !c->syncing && !c->op_pending &&
-         !c->spec_pending && c->queued <= CHAN_MAX_QUEUED;
+         !c->spec_pending && !conn_backlogged(c);
 }
 
 /* wr_done finishes a reply write: counters, backpressure, deferred close. */
@@ -370,8 +423,8 @@ static void wr_done(uv_write_t *req, int status) {
   psd_conn *c = w->conn;
   psd_shard *sh = c->chan->sh;
   if (w->inflight && sh->inflight) sh->inflight--;
-  c->queued -= w->bytes;
-  if (status == 0) c->last_ms = uv_now(c->chan->sh->loop);
+  conn_queued_sub(c, w->bytes);
+  if (status == 0) c->last_ms = c->wrote_ms = uv_now(c->chan->sh->loop);
   conn_give_buf(c, w->data, w->data_cap); /* before a resume serves the next pull */
   if (status < 0 && status != UV_ECANCELED) conn_close(c);
   else if (w->close_after) conn_close(c);
@@ -421,10 +474,10 @@ static int conn_reply_to(psd_conn *c, uint64_t req_id, const Ps__ChanMeta *meta,
     bufs[nbufs++] = uv_buf_init((char *)w->tag, sizeof w->tag);
     w->bytes += sizeof w->tag;
   }
-  c->queued += w->bytes;
+  conn_queued_add(c, w->bytes);
   int r = uv_write(&w->req, (uv_stream_t *)&c->tcp, bufs, nbufs, wr_done);
   if (r < 0) {
-    c->queued -= w->bytes;
+    conn_queued_sub(c, w->bytes);
     if (inflight && c->chan->sh->inflight) c->chan->sh->inflight--;
     free(data);
     free(w);
@@ -521,6 +574,46 @@ static void conn_auth_refused(psd_conn *c, const char *msg) {
                   "unauthenticated connection(s)", msg);
 }
 
+/* conn_peer writes C's peer address ("127.0.0.1:5312", "[::1]:5312")
+ * into BUF for a log line; "an unknown peer" when it has none. */
+static const char *conn_peer(psd_conn *c, char *buf, size_t cap) {
+  struct sockaddr_storage a;
+  int len = sizeof a;
+  char host[64] = "";
+  snprintf(buf, cap, "an unknown peer");
+  if (uv_tcp_getpeername(&c->tcp, (struct sockaddr *)&a, &len) < 0) return buf;
+  if (a.ss_family == AF_INET && uv_ip4_name((struct sockaddr_in *)&a, host, sizeof host) == 0)
+    snprintf(buf, cap, "%s:%u", host, ntohs(((struct sockaddr_in *)&a)->sin_port));
+  else if (a.ss_family == AF_INET6 &&
+           uv_ip6_name((struct sockaddr_in6 *)&a, host, sizeof host) == 0)
+    snprintf(buf, cap, "[%s]:%u", host, ntohs(((struct sockaddr_in6 *)&a)->sin6_port));
+  return buf;
+}
+
+/* conn_bad_frame counts a frame out of the protocol after the hello
+ * (invariant 6: the caller closes C) in chan_bad_frames and logs it with
+ * the peer and WHY, at most every CHAN_REFUSE_LOG_MS: a client sending
+ * garbage leaves a trace, but cannot fill the log. */
+static void conn_bad_frame(psd_conn *c, const char *why) {
+  psd_chan *ch = c->chan;
+  char line[400], peer[96];
+  snprintf(line, sizeof line, "the last from %s: %s", conn_peer(c, peer, sizeof peer), why);
+  chan_said_verb(ch, &ch->sh->ctr.chan_bad_frames, &ch->bad, "closed",
+                 "connection(s) for a frame out of the protocol", line);
+}
+
+/* conn_push_refused logs a push the shard's checks refused with MSG
+ * (answered, the connection kept; already counted in errors), at most
+ * every CHAN_REFUSE_LOG_MS: an operator sees why a worker's pushes fail
+ * (NaN gradients, an unknown model, wrong sizes) without a line each. */
+static void conn_push_refused(psd_conn *c, const char *msg) {
+  psd_chan *ch = c->chan;
+  char line[600], peer[96], shown[4 * 120 + 8]; /* the message names the peer's model (12) */
+  snprintf(line, sizeof line, "the last from %s: %s", conn_peer(c, peer, sizeof peer),
+           ps_log_escape(shown, sizeof shown, msg, 120));
+  chan_said_verb(ch, &ch->push_refused_n, &ch->push_refused, "refused", "push(es)", line);
+}
+
 /* conn_hello_refuse answers the hello with error STATUS / MSG and closes
  * once it is written; an authentication failure (AUTH) is counted
  * (conn_auth_refused). */
@@ -591,6 +684,15 @@ static int conn_shm_offer(psd_conn *c) {
   else if (!conn_same_host(c)) why = "the client is on another host";
   else if (lend && !(c->lend = calloc(1, sizeof *c->lend))) why = "out of memory";
   if (!why && ps_shm_create(&c->shm, bytes, &eb) < 0) why = eb.msg;
+  /* the rules said yes, but the region could not be made: the operator should know */
+  if (why && (why == eb.msg || !strcmp(why, "out of memory"))) {
+    char line[700], peer[96];
+    snprintf(line, sizeof line, "the last for %s, %llu bytes asked: %s (short of memory or of "
+             "descriptors?); its pushes and pulls are copied through the socket",
+             conn_peer(c, peer, sizeof peer), (unsigned long long)c->shm_want, why);
+    chan_said_verb(ch, &ch->shm_failed_n, &ch->shm_failed, "served",
+                   "connection(s) over TCP without the shared memory they asked for", line);
+  }
   if (why) {
     ps_debug("channel: no shared memory for a connection (%llu bytes asked): %s",
              (unsigned long long)c->shm_want, why);
@@ -738,9 +840,9 @@ static void conn_write_tail(psd_conn *c, void *buf, size_t cap, size_t len) {
   }
   *w = (chan_wr){.conn = c, .inflight = 1, .bytes = len, .data = buf, .data_cap = cap};
   uv_buf_t b = uv_buf_init(buf, (unsigned)len);
-  c->queued += len;
+  conn_queued_add(c, len);
   if (uv_write(&w->req, (uv_stream_t *)&c->tcp, &b, 1, wr_done) < 0) {
-    c->queued -= len;
+    conn_queued_sub(c, len);
     if (sh->inflight) sh->inflight--;
     free(buf);
     free(w);
@@ -804,7 +906,7 @@ static int conn_pull_direct(psd_conn *c, const Ps__ChanMeta *m, const ps_req *r,
   int n = uv_try_write((uv_stream_t *)&c->tcp, bufs, (unsigned)(2 + nseg));
   size_t sent = n > 0 ? (size_t)n : 0; /* an error: uv_write below meets it again */
   if (sent == total) {
-    c->last_ms = uv_now(sh->loop);
+    c->last_ms = c->wrote_ms = uv_now(sh->loop);
     if (sh->inflight) sh->inflight--;
     return 1;
   }
@@ -1004,7 +1106,7 @@ static void conn_forward(psd_conn *c, const ps_req *r, int push, uint32_t codec)
   c->op_pending = 0;
   if (rc < 0) conn_reply_error(c, rc, eb.msg, 1, 0);
   else conn_pull_reply(c, c->op.done.data, c->op.done.nbytes, c->op.done.version, codec);
-  if (c->closing || c->queued > CHAN_MAX_QUEUED) return; /* wr_done resumes */
+  if (c->closing || conn_backlogged(c)) return; /* wr_done resumes */
   c->paused = 0; /* conn_feed goes on with what is staged */
   uv_read_start((uv_stream_t *)&c->tcp, conn_alloc, conn_read);
 }
@@ -1245,6 +1347,7 @@ static void conn_push_end(psd_conn *c) {
   c->rx.got = 0;
   c->req = NULL;
   c->req_err = 0;
+  if (rc < 0) conn_push_refused(c, c->req_eb.msg);
   if (rc < 0) conn_reply_error(c, rc, c->req_eb.msg, 1, 0);
   else conn_push_durable(c, version);
   ps__chan_meta__free_unpacked(m, NULL);
@@ -1420,6 +1523,7 @@ static void conn_sparse_end(psd_conn *c) {
       conn_sparse_ack(c);
     }
   }
+  if (rc < 0 && (int)m->op == PS__CHAN_OP__CHAN_SPARSE_PUSH) conn_push_refused(c, eb.msg);
   if (rc < 0) conn_reply_error(c, rc, eb.msg, 1, 0); /* the entry points counted it */
   ps__chan_meta__free_unpacked(m, NULL);
 }
@@ -1514,7 +1618,7 @@ static int conn_meta_done(psd_conn *c) {
   if (ps_pb_unpack(&ps__chan_meta__descriptor, c->rx.meta, c->rx.h.meta_len, (ProtobufCMessage **)&m,
                    &eb) < 0) {
     if (!c->hello_done) conn_auth_refused(c, eb.msg); /* a stranger's: counted, not one line each */
-    else ps_warn("channel: %s; closing the connection", eb.msg);
+    else conn_bad_frame(c, eb.msg);
     return PS_EPROTO;
   }
   c->rx.got = 0;
@@ -1525,6 +1629,27 @@ static int conn_meta_done(psd_conn *c) {
     ps_auth_mac_update(c->mac, 'C', c->rx.meta, c->rx.h.meta_len);
   }
   return conn_meta_act(c, m);
+}
+
+/* conn_bad_op counts and logs request M, which no handler takes after
+ * the hello (invariant 6): what it is, so the log says why the client
+ * was cut off. */
+static void conn_bad_op(psd_conn *c, const Ps__ChanMeta *m) {
+  char why[160];
+  int op = (int)m->op;
+  if (op == PS__CHAN_OP__CHAN_HELLO)
+    snprintf(why, sizeof why, "a second hello on a connection past its hello");
+  else if (op == PS__CHAN_OP__CHAN_ERROR)
+    snprintf(why, sizeof why, "a CHAN_ERROR frame (the shard's to send, not a client's)");
+  else if ((op == PS__CHAN_OP__CHAN_PUSH || op == PS__CHAN_OP__CHAN_PULL || conn_is_sparse(m)) &&
+           !m->model)
+    snprintf(why, sizeof why, "a push or pull (op %d) that names no model", op);
+  else if (op == PS__CHAN_OP__CHAN_PULL)
+    snprintf(why, sizeof why, "a pull that carries %llu bytes of data",
+             (unsigned long long)c->rx.h.data_len);
+  else
+    snprintf(why, sizeof why, "unknown op %d (a client of another version?)", op);
+  conn_bad_frame(c, why);
 }
 
 /* conn_meta_act acts on request M (its meta complete, MAC begun): a push
@@ -1562,21 +1687,54 @@ static int conn_meta_act(psd_conn *c, Ps__ChanMeta *m) {
     if (c->rx.h.data_len == 0) conn_data_done(c);
     return 0;
   } else {
+    conn_bad_op(c, m);
     rc = PS_EPROTO;
   }
   ps__chan_meta__free_unpacked(m, NULL);
   return rc;
 }
 
+/* conn_too_big answers a request whose header announces data over
+ * limits.max_request_bytes (invariant 6): a CHAN_ERROR that names the
+ * limit, then the close once it is written; nothing more is read (the
+ * data that follows cannot be skipped cheaply, nor trusted). */
+static int conn_too_big(psd_conn *c) {
+  psd_shard *sh = c->chan->sh;
+  char msg[240];
+  snprintf(msg, sizeof msg, "a request with %llu bytes of data: over this shard's "
+           "limits.max_request_bytes %llu; the connection is closed (split the request, or "
+           "raise the limit on every shard)", (unsigned long long)c->rx.h.data_len,
+           (unsigned long long)sh->cfg->max_request_bytes);
+  conn_bad_frame(c, msg);
+  psd_shard_count_error(sh);
+  c->paused = 1; /* the decoder stops at the next step (rx_more) */
+  uv_read_stop((uv_stream_t *)&c->tcp);
+  c->rx.h.meta_len = 0; /* the decoder makes no room for a meta it will not read */
+  conn_reply_error(c, PS_ETOOBIG, msg, 0, 1);
+  return 0;
+}
+
 /* conn_hdr_done checks a complete header; 0 or a PS_E* code (close). */
 static int conn_hdr_done(psd_conn *c) {
   int rc = ps_chan_hdr_decode(&c->rx.h, c->rx.hdrbuf, c->chan->sh->cfg->max_request_bytes);
+  if (rc == PS_ETOOBIG && c->hello_done && c->rx.h.meta_len) return conn_too_big(c);
   if (rc < 0 || c->rx.h.meta_len == 0) {
-    if (!c->hello_done) conn_auth_refused(c, "a malformed frame header before the hello");
+    if (!c->hello_done) {
+      conn_auth_refused(c, "a malformed frame header before the hello");
+    } else {
+      char why[200];
+      snprintf(why, sizeof why, "a malformed frame header (magic 0x%08x, version %u, flags "
+               "0x%x, meta %u bytes, data %llu bytes; want magic 0x%08x, version %d, a meta "
+               "of 1..%u bytes)", c->rx.h.magic, c->rx.h.version, c->rx.h.flags,
+               c->rx.h.meta_len, (unsigned long long)c->rx.h.data_len, PS_CHAN_MAGIC,
+               PS_CHAN_VERSION, (unsigned)PS_CHAN_MAX_META);
+      conn_bad_frame(c, why);
+    }
     return rc < 0 ? rc : PS_EPROTO;
   }
   if (!!(c->rx.h.flags & PS_CHAN_FLAG_MAC) != !!c->mac) { /* invariant 10 */
     if (c->mac) c->chan->sh->ctr.chan_auth_refused++; /* a frame without its MAC */
+    else if (c->hello_done) conn_bad_frame(c, "a frame flagged with a MAC the hello did not agree on");
     return PS_EPROTO;
   }
   if (!c->hello_done && (c->rx.h.meta_len > PS_CHAN_HELLO_META_MAX || c->rx.h.data_len)) {
@@ -1591,7 +1749,7 @@ static int conn_hdr_done(psd_conn *c) {
 /* The decoder's callbacks (ps_chan_rx_ops) over a connection. */
 static int rx_more(void *arg) {
   psd_conn *c = arg;
-  if (c->queued > CHAN_MAX_QUEUED && !c->paused) { /* invariant 4 */
+  if (conn_backlogged(c) && !c->paused) { /* invariants 4, 4a */
     c->paused = 1;
     uv_read_stop((uv_stream_t *)&c->tcp);
   }
@@ -1799,8 +1957,45 @@ static void conn_hello_late(psd_conn *c, uint64_t hello_ms) {
   conn_close(c);
 }
 
+/* chan_slow_ms: how long a connection with replies queued may take none
+ * before it counts as a slow reader (invariant 4a): CHAN_SLOW_MS, or a
+ * quarter of idle_timeout_ms when that is shorter (a reader that slow is
+ * closed as idle soon anyway). */
+static uint64_t chan_slow_ms(const psd_chan *ch) {
+  uint64_t q = ch->sh->cfg->idle_timeout_ms / 4;
+  return q < CHAN_SLOW_MS ? q : CHAN_SLOW_MS;
+}
+
+/* chan_shed closes slow readers while the channel's queued replies are
+ * over limits.max_queued_bytes (invariant 4a): the one holding the most
+ * first, until the rest fit or none is slow.  A closed connection's
+ * replies are freed when libuv cancels them (next loop turn), so the
+ * bytes still held are reckoned here. */
+static void chan_shed(psd_chan *ch, uint64_t now) {
+  uint64_t limit = ch->sh->cfg->max_queued_bytes, held = ch->queued, slow_ms = chan_slow_ms(ch);
+  while (held > limit) {
+    psd_conn *worst = NULL;
+    for (psd_conn *c = ch->conns; c; c = c->next)
+      if (!c->closing && c->queued && now - c->wrote_ms >= slow_ms &&
+          (!worst || c->queued > worst->queued))
+        worst = c;
+    if (!worst) return; /* every holder reads: the replies drain */
+    char why[400], peer[96];
+    snprintf(why, sizeof why, "the last, %s, held %llu KiB of replies and took none for %llu "
+             "ms while the shard's queued replies (%llu KiB) were over limits.max_queued_bytes "
+             "(%llu KiB): a client that does not read its replies",
+             conn_peer(worst, peer, sizeof peer), (unsigned long long)worst->queued >> 10,
+             (unsigned long long)(now - worst->wrote_ms), (unsigned long long)held >> 10,
+             (unsigned long long)limit >> 10);
+    chan_said_verb(ch, &ch->sh->ctr.chan_slow_closed, &ch->slow, "closed",
+                   "slow reader connection(s)", why);
+    held -= worst->queued;
+    conn_close(worst);
+  }
+}
+
 /* chan_sweep closes the connections idle for idle_timeout_ms (invariant
- * 8) and those past their hello's deadline (8a). */
+ * 8), those past their hello's deadline (8a) and slow readers (4a). */
 static void chan_sweep(uv_timer_t *t) {
   psd_chan *ch = t->data;
   psd_shard *sh = ch->sh;
@@ -1825,6 +2020,7 @@ static void chan_sweep(uv_timer_t *t) {
   for (psd_conn *c = ch->conns, *next; c; c = next) {
     next = c->next;
     size_t wq = uv_stream_get_write_queue_size((uv_stream_t *)&c->tcp);
+    if (wq < c->last_wq) c->wrote_ms = now; /* the peer takes its replies (4a) */
     if (wq != c->last_wq) { /* a long reply is still moving */
       c->last_wq = wq;
       c->last_ms = now;
@@ -1842,6 +2038,15 @@ static void chan_sweep(uv_timer_t *t) {
              (unsigned long long)(now - c->last_ms));
     conn_close(c);
   }
+  chan_shed(ch, now);
+  chan_said_tail(ch, sh->ctr.chan_slow_closed, &ch->slow, "closed", "slow reader connection(s)",
+                 "they held replies unread over limits.max_queued_bytes");
+  chan_said_tail(ch, sh->ctr.chan_bad_frames, &ch->bad, "closed",
+                 "connection(s) for a frame out of the protocol", "bad frames after the hello");
+  chan_said_tail(ch, ch->push_refused_n, &ch->push_refused, "refused", "push(es)",
+                 "answered with their error");
+  chan_said_tail(ch, ch->shm_failed_n, &ch->shm_failed, "served",
+                 "connection(s) over TCP without shared memory", "regions that could not be made");
 }
 
 /* chan_refuse closes connection C, which the limits do not admit, without

@@ -23,7 +23,11 @@
  * max_connections the oldest connection still in its HELLO is closed
  * (counted in chan_refused) to admit a new one, which is refused only
  * when every open connection is past its HELLO.  sh->chan_conns is the
- * number open. */
+ * number open.  Replies queued, all connections together, are bounded by
+ * cfg->max_queued_bytes: over it, connections holding replies stop
+ * reading and the slow readers among them are closed (counted in
+ * sh->ctr.chan_slow_closed; psd_chan.c invariant 4a).  A bad frame after
+ * the HELLO counts in sh->ctr.chan_bad_frames and is logged (invariant 6). */
 #ifndef PSD_CHAN_H
 #define PSD_CHAN_H
 

@@ -14,6 +14,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ps_model.h"
+
 typedef struct clock_entry {
   uint32_t worker;
   uint64_t clock;
@@ -227,9 +229,14 @@ static clock_entry *clock_entry_find(psd_clock_model *m, uint32_t worker) {
   return NULL;
 }
 
-/* clock_raise raises WORKER's clock in M to at least CLOCK (entering it). */
+/* clock_raise raises WORKER's clock in M to at least CLOCK (entering it);
+ * one beyond PS_CLOCK_MAX + 1 is refused, so that nothing in the table
+ * wraps (the shard refuses such requests before: psd_shard_clock_check). */
 static int clock_raise(psd_clock *c, psd_clock_model *m, uint32_t worker, uint64_t clock,
                        ps_errbuf *eb) {
+  if (clock > PS_CLOCK_MAX + 1)
+    return ps_errf(eb, PS_EINVAL, "clock %" PRIu64 " of worker %" PRIu32 " is beyond the "
+                   "largest a worker reaches (%" PRIu64 ")", clock, worker, PS_CLOCK_MAX);
   clock_entry *e = clock_entry_find(m, worker);
   if (!e) {
     if (m->nent == m->cap) {
@@ -360,7 +367,7 @@ int psd_clock_heartbeat(psd_clock *c, uint32_t worker, const char *model, uint64
   w->leased = 1;
   w->steps_per_s = steps_per_s;
   w->blocked_share = blocked_share;
-  if (clock > w->clock) w->clock = clock;
+  if (clock > w->clock && clock <= PS_CLOCK_MAX) w->clock = clock; /* beyond: a bogus beat's */
   clock_setstr(&w->host, host);
   clock_setstr(&w->device, device);
   clock_setstr(&w->model, model);
@@ -443,6 +450,9 @@ int psd_clock_pushed(psd_clock *c, const char *model, uint32_t worker, uint64_t 
   if (err < 0) return err;
   psd_clock_model *m = clock_model_get(c, model, eb);
   if (!m) return PS_ENOMEM;
+  if (clock > PS_CLOCK_MAX) /* clock + 1 must not wrap */
+    return ps_errf(eb, PS_EINVAL, "clock %" PRIu64 " of worker %" PRIu32 " is beyond the "
+                   "largest a worker reaches (%" PRIu64 ")", clock, worker, PS_CLOCK_MAX);
   if ((err = clock_raise(c, m, worker, clock + 1, eb)) < 0) return err;
   clock_serve_ready(c, m, now_ms);
   return 0;

@@ -500,11 +500,21 @@ static int psd_shard_too_big(psd_shard *sh, const ps_req *r, uint64_t nbytes, ps
                  (unsigned long long)sh->cfg->max_request_bytes);
 }
 
-/* psd_shard_payload validates a push or pull request's model, ids and
- * codec and sizes its payload. */
+/* psd_shard_clock_check: see psd_shard.h. */
+int psd_shard_clock_check(const char *what, const char *model, uint64_t clock, ps_errbuf *eb) {
+  if (clock <= PS_CLOCK_MAX) return 0;
+  return ps_errf(eb, PS_EINVAL, "%s of model '%s' at clock %llu: beyond the largest clock a "
+                 "worker reaches (%llu); refused (a client's bug or a forged request)", what,
+                 model ? model : "", (unsigned long long)clock,
+                 (unsigned long long)PS_CLOCK_MAX);
+}
+
+/* psd_shard_payload validates a push or pull request's model, ids,
+ * codec and clock and sizes its payload. */
 int psd_shard_payload(psd_shard *sh, const ps_req *r, int push, uint64_t *nelems,
                       uint64_t *nbytes, ps_errbuf *eb) {
   int err = psd_shard_accepting(sh, PSD_REQ_READ, eb);
+  if (err == 0) err = psd_shard_clock_check(push ? "push" : "pull", r->model, r->clock, eb);
   if (err == 0)
     err = sh->agg ? psd_agg_payload(sh->agg, r, push, nelems, nbytes, eb)
                   : psd_store_payload(sh->store, r, push, nelems, nbytes, eb);
@@ -517,6 +527,7 @@ int psd_shard_push(psd_shard *sh, const ps_req *r, uint64_t *version, ps_errbuf 
   int err = psd_shard_accepting(sh, PSD_REQ_PUSH, eb);
   if (err == 0) err = psd_shard_stored(sh, eb);
   if (err == 0) err = psd_shard_too_big(sh, r, r->nbytes, eb);
+  if (err == 0) err = psd_shard_clock_check("push", r->model, r->clock, eb);
   if (err < 0) return psd_shard_done(sh, err);
   /* An aggregator's push sums the gradients of R->summed (DESIGN.md
    * "Hierarchy"); a plain push is its worker's alone. */
@@ -648,6 +659,8 @@ void psd_shard_status(psd_shard *sh, Ps__StatusReply *reply) {
   reply->grpc_restarts = sh->ctr.grpc_restarts;
   reply->auth_refused = sh->ctr.auth_refused;
   reply->chan_auth_refused = sh->ctr.chan_auth_refused;
+  reply->chan_bad_frames = sh->ctr.chan_bad_frames;
+  reply->chan_slow_closed = sh->ctr.chan_slow_closed;
   reply->security = (char *)psd_shard_security_name(sh);
   reply->build = (char *)ps_version(); /* static */
   reply->cluster = sh->cfg->cluster ? sh->cfg->cluster : "";

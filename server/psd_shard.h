@@ -61,6 +61,8 @@ typedef struct psd_counters {
   uint64_t grpc_restarts;    /* gRPC servers rebuilt by the self-probe (psd_probe.h) */
   uint64_t auth_refused;     /* gRPC calls refused for the caller's role (psd_grpc.c) */
   uint64_t chan_auth_refused;/* channel hellos refused: no, unknown or wrong proof */
+  uint64_t chan_bad_frames;  /* channel connections closed for a bad frame after the hello */
+  uint64_t chan_slow_closed; /* channel connections closed as slow readers (max_queued_bytes) */
   uint64_t chan_shm_bytes;   /* payload bytes through shared memory (psd_chan invariant 11) */
   uint64_t chan_shm_conns;   /* channel connections with a region now */
   uint64_t agg_pushes;       /* pushes that summed an aggregator's workers (ps_req.summed) */
@@ -124,6 +126,11 @@ int psd_shard_submit(psd_shard *sh, const Ps__ModelSpec *spec, int replace,
  * psd_shard_pull fills R->out (psd_store_pull, after
  * psd_shard_pull_admit); *VERSION receives the model's version.
  * Counters count payload bytes as they travel (encoded). */
+/* psd_shard_clock_check refuses (PS_EINVAL, saying so) a push or pull
+ * (WHAT) of MODEL by a worker at CLOCK beyond PS_CLOCK_MAX (ps_model.h);
+ * 0 otherwise.  psd_shard_payload and the sparse entry points call it
+ * before anything is read or applied.  Pure; any thread. */
+int psd_shard_clock_check(const char *what, const char *model, uint64_t clock, ps_errbuf *eb);
 int psd_shard_payload(psd_shard *sh, const ps_req *r, int push, uint64_t *nelems,
                       uint64_t *nbytes, ps_errbuf *eb);
 int psd_shard_push(psd_shard *sh, const ps_req *r, uint64_t *version, ps_errbuf *eb);

@@ -332,6 +332,10 @@ int psd_shard_sparse_pull_admit(psd_shard *sh, const Ps__SparsePullRequest *r, p
   int rc = sps_codec(sh, "pull", r->codec, eb);
   if (!rc) rc = sps_request(sh, 0, r->model, r->table, r->keys, r->n_keys, r->worker, &dim, eb);
   if (rc || r->clock == PS_CLOCK_READER) return rc; /* a reader: outside the clock table */
+  if ((rc = psd_shard_clock_check("sparse pull", r->model, r->clock, eb)) < 0) {
+    psd_shard_count_error(sh);
+    return rc;
+  }
   return psd_shard_pull_admit(sh, r->model, r->worker, r->clock, p, eb); /* dense pulls' path */
 }
 
@@ -352,6 +356,8 @@ int psd_shard_sparse_push(psd_shard *sh, const Ps__SparsePushRequest *r, ps_errb
   uint32_t dim = 0;
   int rc = sps_codec(sh, "push", r->codec, eb);
   if (!rc) rc = sps_request(sh, 1, r->model, r->table, r->keys, r->n_keys, r->worker, &dim, eb);
+  if (!rc && (rc = psd_shard_clock_check("sparse push", r->model, r->clock, eb)) < 0)
+    psd_shard_count_error(sh);
   /* a worker declared dead is refused before anything is applied, as a
    * dense push is (psd_clock invariant 9) */
   if (!rc && sh->clock && (rc = psd_clock_check_live(sh->clock, r->worker, eb)) < 0)

@@ -26,6 +26,7 @@ static const char good_yaml[] =
     "  drain_timeout_ms: 0\n"
     "  max_connections: 64\n"
     "  idle_timeout_ms: 40000\n"
+    "  max_queued_bytes: 33554432\n"
     "  max_shard_bytes: 1073741824\n"
     "shards:\n"
     "  - id: 3\n"
@@ -99,6 +100,7 @@ START_TEST(test_config_good_file) {
   ck_assert_uint_eq(c.drain_timeout_ms, 0);
   ck_assert_uint_eq(c.max_connections, 64);
   ck_assert_uint_eq(c.idle_timeout_ms, 40000);
+  ck_assert_uint_eq(c.max_queued_bytes, 32u << 20);
   ck_assert_uint_eq(c.max_shard_bytes, 1u << 30);
   ck_assert_uint_eq(ps_config_shard_budget(&c), 1u << 30);
   ck_assert_uint_eq(c.nshards, 2);
@@ -172,6 +174,7 @@ START_TEST(test_config_defaults) {
   ck_assert_uint_eq(c.drain_timeout_ms, 5000);
   ck_assert_uint_eq(c.max_connections, 1024);
   ck_assert_uint_eq(c.idle_timeout_ms, 120000);
+  ck_assert_uint_eq(c.max_queued_bytes, 256u << 20);
   ck_assert_uint_eq(c.max_shard_bytes, 0);
   /* The default budget is a third of what this process may use. */
   uint64_t budget = ps_config_shard_budget(&c);
@@ -608,6 +611,10 @@ static const struct bad_case {
      "3:20: 'idle_timeout_ms' (120000) must exceed training's 'pull_timeout_ms' (200000)"},
     {"cluster: a\nlimits:\n  max_shard_bytes: 1125899906842625\n" SHARD0, PS_ECONFIG,
      "3:20: 'max_shard_bytes' is 1125899906842625, outside 0..1125899906842624"},
+    {"cluster: a\nlimits:\n  max_queued_bytes: 1048575\n" SHARD0, PS_ECONFIG,
+     "3:21: 'max_queued_bytes' is 1048575, outside 1048576..1099511627776"},
+    {"cluster: a\nlimits:\n  max_queued_bytes: 1099511627777\n" SHARD0, PS_ECONFIG,
+     "3:21: 'max_queued_bytes' is 1099511627777, outside 1048576..1099511627776"},
     {"cluster: a\n" SHARD0, PS_ECONFIG, "1:1: missing required key 'security' at the top level"},
     {"cluster: a\n" SHARD0 "security: {}\n", PS_ECONFIG,
      "7:11: missing required key 'mode' in 'security'"},

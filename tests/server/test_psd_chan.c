@@ -18,6 +18,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/time.h>
 #include <unistd.h>
@@ -493,6 +494,156 @@ START_TEST(test_bad_frames_close_only_their_connection) {
 END_TEST
 
 
+/* ---- bad frames after the hello: counted, logged, the oversize answered ---- */
+
+/* raw_read_full reads N bytes from FD within 5 s; 1 when it did. */
+static int raw_read_full(int fd, void *buf, size_t n) {
+  int64_t end = ps_test_now_ms() + 5000;
+  size_t got = 0;
+  while (got < n && ps_test_now_ms() < end) {
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (poll(&p, 1, 100) <= 0) continue;
+    ssize_t r = read(fd, (uint8_t *)buf + got, n - got);
+    if (r <= 0) return 0;
+    got += (size_t)r;
+  }
+  return got == n;
+}
+
+/* raw_read_meta reads the next frame the shard sends on FD (no data
+ * expected) and returns its meta (caller frees), or NULL when the
+ * connection closed first. */
+static Ps__ChanMeta *raw_read_meta(int fd) {
+  uint8_t hdr[PS_CHAN_HDR_LEN], meta[4096];
+  ps_chan_hdr h;
+  if (!raw_read_full(fd, hdr, sizeof hdr)) return NULL;
+  ck_assert_int_eq(ps_chan_hdr_decode(&h, hdr, 0), 0);
+  ck_assert_uint_le(h.meta_len, sizeof meta);
+  if (!raw_read_full(fd, meta, h.meta_len)) return NULL;
+  return ps__chan_meta__unpack(NULL, h.meta_len, meta);
+}
+
+/* raw_hdr writes a bare header on FD: MAGIC, META_LEN bytes of meta
+ * (not sent) and DATA_LEN of data announced. */
+static void raw_hdr(int fd, uint32_t magic, uint32_t meta_len, uint64_t data_len) {
+  uint8_t hdr[PS_CHAN_HDR_LEN];
+  ps_chan_hdr h = {.magic = magic, .version = PS_CHAN_VERSION, .meta_len = meta_len,
+                   .data_len = data_len, .req_id = 2};
+  ps_chan_hdr_encode(hdr, &h);
+  ck_assert_int_eq(write(fd, hdr, sizeof hdr), (ssize_t)sizeof hdr);
+}
+
+static void ah_zeros(int fd) {
+  uint8_t z[PS_CHAN_HDR_LEN + 16] = {0};
+  ck_assert_int_eq(write(fd, z, sizeof z), (ssize_t)sizeof z);
+}
+static void ah_op(int fd, int op) {
+  Ps__ChanMeta m = PS__CHAN_META__INIT;
+  m.op = (Ps__ChanOp)op;
+  m.model = "bh";
+  raw_frame(fd, &m, 0, 0);
+}
+static void ah_op99(int fd) { ah_op(fd, 99); }
+static void ah_error(int fd) { ah_op(fd, PS__CHAN_OP__CHAN_ERROR); }
+static void ah_hello2(int fd) { raw_hello(fd, "test"); }
+static void ah_magic(int fd) { raw_hdr(fd, 0x12345678, 8, 0); }
+static void ah_meta_huge(int fd) { raw_hdr(fd, PS_CHAN_MAGIC, PS_CHAN_MAX_META + 1, 0); }
+static void ah_push(int fd, uint64_t data_len) {
+  Ps__ChanMeta m = PS__CHAN_META__INIT;
+  m.op = PS__CHAN_OP__CHAN_PUSH;
+  m.model = "bh";
+  m.n_chunk_ids = 1;
+  m.chunk_ids = (uint32_t *)all_ids;
+  raw_frame(fd, &m, data_len, 0);
+}
+static void ah_push_2e63(int fd) { ah_push(fd, UINT64_C(1) << 63); }
+static void ah_push_1g(int fd) { ah_push(fd, UINT64_C(1) << 30); }
+
+/* Frames out of the protocol after a good hello (the outside tester's
+ * list: all zeros, op 99, a second HELLO, a client's CHAN_ERROR, data of
+ * 2^63 or 1 GiB over max_request_bytes, a meta over 16 MiB, a bad
+ * magic) each close their connection, count in chan_bad_frames and
+ * leave a log line naming the peer, a few lines for all of them (rate
+ * limited); a request over max_request_bytes first hears why, in a
+ * CHAN_ERROR that names the limit.  Before, each closed in silence. */
+START_TEST(test_bad_frames_after_hello_counted) {
+  RAW_NEEDS_PLAIN_CHANNEL();
+  submit_model("bh", W_ELEMS, 256);
+  struct {
+    const char *what;
+    void (*send)(int fd);
+    int too_big;
+  } cases[] = {
+      {"all zeros", ah_zeros, 0},        {"op 99", ah_op99, 0},
+      {"a second hello", ah_hello2, 0},  {"a client's CHAN_ERROR", ah_error, 0},
+      {"data_len 2^63", ah_push_2e63, 1}, {"data_len 1 GiB", ah_push_1g, 1},
+      {"meta over 16 MiB", ah_meta_huge, 0}, {"bad magic", ah_magic, 0},
+  };
+  size_t n = sizeof cases / sizeof cases[0];
+  Ps__StatusReply *st = ps_test_status(grpc_port);
+  uint64_t bad0 = st->chan_bad_frames, refused0 = st->chan_auth_refused;
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  for (size_t i = 0; i < n; i++) {
+    int fd = raw_open();
+    raw_hello(fd, "test");
+    Ps__ChanMeta *hello = raw_read_meta(fd);
+    ck_assert_msg(hello && (int)hello->op == PS__CHAN_OP__CHAN_HELLO, "%s: no hello reply",
+                  cases[i].what);
+    ps__chan_meta__free_unpacked(hello, NULL);
+    cases[i].send(fd);
+    if (cases[i].too_big) {
+      Ps__ChanMeta *e = raw_read_meta(fd);
+      ck_assert_msg(e != NULL, "%s: closed without an error frame", cases[i].what);
+      ck_assert_int_eq((int)e->op, PS__CHAN_OP__CHAN_ERROR);
+      ck_assert_int_eq(e->status, PS_ETOOBIG);
+      char lim[64];
+      snprintf(lim, sizeof lim, "limits.max_request_bytes %u", MAX_REQ);
+      ck_assert_msg(e->message && strstr(e->message, lim), "%s: message '%s'", cases[i].what,
+                    e->message ? e->message : "");
+      ps__chan_meta__free_unpacked(e, NULL);
+    }
+    ck_assert_msg(raw_closed(fd), "%s: connection left open", cases[i].what);
+    close(fd);
+  }
+  st = ps_test_status(grpc_port);
+  ck_assert_uint_eq(st->chan_bad_frames, bad0 + n);
+  ck_assert_uint_eq(st->chan_auth_refused, refused0); /* they all said hello */
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  char *text = ps_test_read_file(psd_log, NULL);
+  int lines = 0;
+  for (const char *q = text; (q = strstr(q, "frame out of the protocol")); q++) lines++;
+  /* one line, or a few when the suite ran long: earlier tests' lines, a tail */
+  ck_assert_msg(lines >= 1 && lines <= 4, "%d log lines for %zu bad frames", lines, n);
+  ck_assert_msg(strstr(text, "the last from 127.0.0.1:"), "the log names no peer");
+  free(text);
+}
+END_TEST
+
+/* A refused push is answered (the connection kept) and logged, rate
+ * limited, with the peer and the reason; before, psd said nothing. */
+START_TEST(test_refused_push_logged) {
+  submit_model("rp", W_ELEMS, 256);
+  ps_chan_client *c = chan_open();
+  static float g[256];
+  ps_errbuf eb;
+  uint64_t v;
+  g[3] = NAN;
+  for (int i = 0; i < 20; i++) {
+    ck_assert_int_lt(ps_test_push(c, "rp", all_ids, 1, g, 256, 0, 0, 0, &v, &eb), 0);
+    ck_assert_int_lt(ps_test_push(c, "no-such\nmodel", all_ids, 1, g, 256, 0, 0, 0, &v, &eb), 0);
+  }
+  g[3] = 0;
+  ck_assert_msg(ps_test_push(c, "rp", all_ids, 1, g, 256, 0, 0, 0, &v, &eb) == 0, "%s", eb.msg);
+  ps_chan_close(c);
+  char *text = ps_test_read_file(psd_log, NULL);
+  int lines = 0;
+  for (const char *q = text; (q = strstr(q, "push(es) since the last report")); q++) lines++;
+  ck_assert_msg(lines >= 1 && lines <= 4, "%d log lines for 40 refused pushes", lines);
+  ck_assert_msg(!strstr(text, "no-such\nmodel"), "a peer's newline reached the log");
+  free(text);
+}
+END_TEST
+
 /* A peer that leaves with replies still queued (it sent pulls, never read,
  * half-closed, then reset) costs only its connection: the server's next
  * write fails with EPIPE, which must not raise a SIGPIPE that kills psd. */
@@ -895,6 +1046,177 @@ START_TEST(test_pull_answered_before_push_sync) {
 }
 END_TEST
 
+/* ---- slow readers: a third psd with limits.max_queued_bytes of SR_QUEUED ---- */
+
+#define SR_QUEUED (4u << 20)
+#define SR_IDLE_MS 8000 /* chan_slow_ms: a quarter, 2 s */
+#define SR_CHUNK (1u << 18) /* 1 MiB of fp32 */
+#define SR_PEERS 12
+#define SR_PULLS 30
+
+static pid_t sr_pid;
+static char sr_grpc[64], sr_chan[64], sr_log[600];
+static int sr_started, sr_gport;
+
+static void sr_up(void) {
+  const char *dir = ps_test_tmpdir();
+  char extra[200];
+  int cp;
+  snprintf(extra, sizeof extra,
+           "limits:\n  max_queued_bytes: %u\n  idle_timeout_ms: %d\n"
+           "training:\n  pull_timeout_ms: 1000\n", SR_QUEUED, SR_IDLE_MS);
+  const char *yaml = ps_test_cluster_yaml(dir, 1, extra, &sr_gport, &cp);
+  snprintf(sr_log, sizeof sr_log, "%s/psd.log", dir);
+  snprintf(sr_grpc, sizeof sr_grpc, "127.0.0.1:%d", sr_gport);
+  snprintf(sr_chan, sizeof sr_chan, "127.0.0.1:%d", cp);
+  sr_pid = ps_test_psd(yaml, 0, sr_log, NULL);
+  sr_started = ps_test_wait_port(cp, 15000) == 0 && ps_test_wait_port(sr_gport, 5000) == 0;
+  if (!sr_started) fprintf(stderr, "psd (slow readers) did not start; see %s\n", sr_log);
+}
+
+static void sr_down(void) {
+  if (sr_pid > 0) ps_test_stop(sr_pid, SIGTERM, 10000);
+  sr_pid = 0;
+}
+
+/* sr_hostile connects to the slow-readers psd with a 4 KiB receive
+ * buffer, says hello and sends SR_PULLS pulls of chunks 0 and 1 (2 MiB
+ * each) that it never reads. */
+static int sr_hostile(void) {
+  int fd = socket(AF_INET, SOCK_STREAM, 0), rcv = 4096;
+  setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcv, sizeof rcv);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK),
+                          .sin_port = htons((uint16_t)atoi(strrchr(sr_chan, ':') + 1))};
+  ck_assert_int_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+  raw_hello(fd, "test");
+  Ps__ChanMeta m = PS__CHAN_META__INIT;
+  m.op = PS__CHAN_OP__CHAN_PULL;
+  m.model = "sr";
+  m.n_chunk_ids = 2;
+  m.chunk_ids = (uint32_t *)all_ids;
+  for (int i = 0; i < SR_PULLS; i++) raw_frame(fd, &m, 0, 0);
+  return fd;
+}
+
+/* Clients that never read their replies (the outside tester's attack,
+ * scaled down) hold no more than about limits.max_queued_bytes of the
+ * shard's memory between them, not CHAN_MAX_QUEUED (16 MiB) each; a
+ * healthy client that reads its replies is served all along; and the
+ * slow readers are closed within a few seconds, counted in
+ * chan_slow_closed and logged with their peer.  Before, the shard grew
+ * by about 18 MiB per such client and kept them until idle. */
+START_TEST(test_slow_readers_bounded) {
+  RAW_NEEDS_PLAIN_CHANNEL();
+  ck_assert_msg(sr_started, "psd is not running");
+  uint32_t ws[] = {4 * SR_CHUNK};
+  Ps__TensorSpec w = PS__TENSOR_SPEC__INIT;
+  w.name = "w"; w.n_shape = 1; w.shape = ws; w.init = "ones";
+  Ps__TensorSpec *ts[] = {&w};
+  Ps__OptimizerSpec opt = PS__OPTIMIZER_SPEC__INIT;
+  opt.kind = "sgd"; opt.lr = 0.5f;
+  Ps__ModelSpec spec = PS__MODEL_SPEC__INIT;
+  spec.name = "sr"; spec.seed = 7; spec.n_tensors = 1; spec.tensors = ts;
+  spec.optimizer = &opt; spec.chunk_elems = SR_CHUNK;
+  ps_rpc *r;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_test_rpc_open(&r, sr_grpc, &eb), 0);
+  ps_test_submit(r, &spec, 1, 10000);
+  ps_rpc_close(r);
+  ps_chan_client *good;
+  ck_assert_msg(ps_test_chan_connect(&good, sr_chan, "test", 5000, &eb) == 0, "%s", eb.msg);
+  static float out[4 * SR_CHUNK];
+  uint64_t v;
+  ck_assert_int_eq(ps_test_pull(good, "sr", all_ids, 4, out, 4 * SR_CHUNK, 0, 0, &v, &eb), 0);
+  long rss0 = psd_rss_kb(sr_pid);
+  int fds[SR_PEERS];
+  for (int i = 0; i < SR_PEERS; i++) fds[i] = sr_hostile();
+  /* the healthy client is served while they hold their replies */
+  long peak = 0;
+  int64_t t0 = ps_test_now_ms();
+  while (ps_test_now_ms() - t0 < 1500) {
+    int64_t t = ps_test_now_ms();
+    int rc = ps_test_pull(good, "sr", all_ids, 4, out, 4 * SR_CHUNK, 0, 0, &v, &eb);
+    ck_assert_msg(rc == 0, "a healthy pull beside the slow readers: %s", eb.msg);
+    ck_assert_msg(ps_test_now_ms() - t < 1000, "a healthy pull took %lld ms",
+                  (long long)(ps_test_now_ms() - t));
+    long kb = psd_rss_kb(sr_pid);
+    if (kb > peak) peak = kb;
+    usleep(100000);
+  }
+  ck_assert_msg(peak - rss0 < 64 * 1024, "%d clients that do not read grew the shard by %ld KiB "
+                "(limits.max_queued_bytes %u KiB)", SR_PEERS, peak - rss0, SR_QUEUED >> 10);
+  /* within chan_slow_ms (2 s) and a sweep or two the slow readers go,
+   * the largest first, until what the rest hold (2 MiB or so each) fits
+   * the limit (those go when idle) */
+  Ps__StatusReply *st = NULL;
+  int64_t end = ps_test_now_ms() + 5000;
+  for (;;) {
+    st = ps_test_status(sr_gport);
+    if (st->chan_slow_closed >= SR_PEERS / 2 || ps_test_now_ms() > end) break;
+    protobuf_c_message_free_unpacked(&st->base, NULL);
+    usleep(200000);
+  }
+  ck_assert_msg(st->chan_slow_closed >= SR_PEERS / 2 && st->chan_slow_closed <= SR_PEERS,
+                "%llu of %d slow readers closed", (unsigned long long)st->chan_slow_closed,
+                SR_PEERS);
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  ck_assert_int_eq(ps_test_pull(good, "sr", all_ids, 4, out, 4 * SR_CHUNK, 0, 0, &v, &eb), 0);
+  ps_chan_close(good);
+  for (int i = 0; i < SR_PEERS; i++) close(fds[i]);
+  char *text = ps_test_read_file(sr_log, NULL);
+  ck_assert_msg(strstr(text, "slow reader connection(s) since the last report: the last, "
+                             "127.0.0.1:"), "no log line names a slow reader");
+  free(text);
+}
+END_TEST
+
+/* psd_vm_kb returns PID's address space in KiB (VmSize), or -1. */
+static long psd_vm_kb(pid_t pid) {
+  char path[64], line[256];
+  snprintf(path, sizeof path, "/proc/%d/status", (int)pid);
+  FILE *f = fopen(path, "r");
+  long kb = -1;
+  while (f && fgets(line, sizeof line, f))
+    if (sscanf(line, "VmSize: %ld kB", &kb) == 1) break;
+  if (f) fclose(f);
+  return kb;
+}
+
+/* A co-located client asks for a region the shard cannot map (its
+ * address space capped, as the outside tester's 4 GiB cap did): the hello
+ * offers none and the connection goes on over TCP, and the log says so,
+ * with the peer and why.  Before, it fell back in silence. */
+START_TEST(test_shm_unmade_logged) {
+  RAW_NEEDS_PLAIN_CHANNEL();
+  ck_assert_msg(sr_started, "psd is not running");
+  struct rlimit old, cap;
+  ck_assert_int_eq(prlimit(sr_pid, RLIMIT_AS, NULL, &old), 0);
+  long vm = psd_vm_kb(sr_pid);
+  ck_assert_int_gt(vm, 0);
+  cap = (struct rlimit){.rlim_cur = (rlim_t)(vm + 96 * 1024) * 1024, .rlim_max = old.rlim_max};
+  int fd = ps_test_raw_open(sr_chan);
+  Ps__ChanMeta m = PS__CHAN_META__INIT;
+  m.op = PS__CHAN_OP__CHAN_HELLO;
+  m.proto_version = PS_CHAN_VERSION;
+  m.cluster = "test";
+  m.shm_bytes = 256u << 20; /* two areas of 128 MiB: within max_request_bytes each */
+  /* capped only for the hello's moment: 96 MiB more than it maps now */
+  ck_assert_int_eq(prlimit(sr_pid, RLIMIT_AS, &cap, NULL), 0);
+  raw_frame(fd, &m, 0, 0);
+  Ps__ChanMeta *h = raw_read_meta(fd);
+  ck_assert_int_eq(prlimit(sr_pid, RLIMIT_AS, &old, NULL), 0);
+  ck_assert_msg(h && (int)h->op == PS__CHAN_OP__CHAN_HELLO, "no hello reply");
+  ck_assert_uint_eq(h->shm_bytes, 0);
+  ps__chan_meta__free_unpacked(h, NULL);
+  close(fd);
+  char *text = ps_test_read_file(sr_log, NULL);
+  const char *l = strstr(text, "without the shared memory they asked for");
+  ck_assert_msg(l && strstr(l, "the last for 127.0.0.1:") && strstr(l, "268435456 bytes asked"),
+                "no log line says a region could not be made");
+  free(text);
+}
+END_TEST
+
 Suite *psd_chan_suite(void) {
   Suite *s = suite_create("psd_chan");
   TCase *tc = tcase_create("psd");
@@ -907,6 +1229,8 @@ Suite *psd_chan_suite(void) {
   tcase_add_test(tc, test_direct_pull_partly_sent);
   tcase_add_test(tc, test_errors_keep_connection);
   tcase_add_test(tc, test_bad_frames_close_only_their_connection);
+  tcase_add_test(tc, test_bad_frames_after_hello_counted);
+  tcase_add_test(tc, test_refused_push_logged);
   tcase_add_test(tc, test_peer_gone_with_replies_queued);
   tcase_add_test(tc, test_prehello_meta_capped);
   suite_add_tcase(s, tc);
@@ -921,6 +1245,12 @@ Suite *psd_chan_suite(void) {
   tcase_set_timeout(ua, 60);
   tcase_add_test(ua, test_pull_answered_before_push_sync);
   suite_add_tcase(s, ua);
+  TCase *sr = tcase_create("slow_readers");
+  tcase_add_unchecked_fixture(sr, sr_up, sr_down);
+  tcase_set_timeout(sr, 60);
+  tcase_add_test(sr, test_slow_readers_bounded);
+  tcase_add_test(sr, test_shm_unmade_logged);
+  suite_add_tcase(s, sr);
   tc = tcase_create("hello");
   tcase_add_test(tc, test_hello_check);
   suite_add_tcase(s, tc);

@@ -446,6 +446,42 @@ START_TEST(test_inverse_weight) {
 }
 END_TEST
 
+/* A clock beyond PS_CLOCK_MAX (the outside tester's 2^64-1) is refused
+ * on a push and a pull, over gRPC and the channel, before anything is
+ * applied or entered: before, the table's clock + 1 wrapped a new worker
+ * to 0, and another worker's bsp pull at clock 1 parked behind it until
+ * its lease ran out. */
+START_TEST(test_clock_beyond_bound_refused) {
+  ps_rpc *r;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_test_rpc_open(&r, cons_addr, &eb), 0);
+  cons_rejoin(r);
+  cons_submit(r, "wrap", "bsp", 0, NULL);
+  ck_assert_int_eq(cons_push(r, "wrap", 0, 0, 0, 1.0f, &eb), 0); /* worker 0 at 1 */
+  int rc = cons_push(r, "wrap", 1, UINT64_MAX, 0, 1.0f, &eb);
+  ck_assert_msg(rc == PS_EINVAL && strstr(eb.msg, "beyond the largest clock"),
+                "a push at clock 2^64-1: %d %s", rc, rc ? eb.msg : "applied");
+  /* worker 1 did not enter at a wrapped 0: worker 0's next pull is served */
+  ck_assert_int_eq(cons_pull_now(r, "wrap", 0, 1), 0);
+  ck_assert_int_eq(cons_pull_now(r, "wrap", 1, UINT64_MAX), PS_EINVAL);
+  ps_chan_client *ch;
+  ck_assert_msg(ps_test_chan_connect(&ch, cons_chan, "test", 5000, &eb) == 0, "%s", eb.msg);
+  float out[8], g[8] = {0};
+  uint64_t v;
+  rc = ps_test_pull(ch, "wrap", cons_ids, 1, out, 8, 1, UINT64_MAX, &v, &eb);
+  ck_assert_msg(rc == PS_EINVAL && strstr(eb.msg, "beyond the largest clock"),
+                "a channel pull at clock 2^64-1: %d %s", rc, rc ? eb.msg : "served");
+  rc = ps_test_push(ch, "wrap", cons_ids, 1, g, 8, 1, UINT64_MAX, 0, &v, &eb);
+  ck_assert_msg(rc == PS_EINVAL, "a channel push at clock 2^64-1: %d %s", rc, rc ? eb.msg : "");
+  ps_chan_close(ch);
+  Ps__StatusReply *st;
+  const Ps__ModelStatus *ms = cons_model_status(r, "wrap", &st);
+  ck_assert_uint_eq(ms->max_gap, 0); /* bsp: never above S = 0 */
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  ps_rpc_close(r);
+}
+END_TEST
+
 Suite *psd_consistency_suite(void) {
   Suite *s = suite_create("psd_consistency");
   TCase *tc = tcase_create("rpc");
@@ -458,6 +494,7 @@ Suite *psd_consistency_suite(void) {
   tcase_add_test(tc, test_lease_expiry_releases_parked);
   tcase_add_test(tc, test_parked_pull_times_out);
   tcase_add_test(tc, test_inverse_weight);
+  tcase_add_test(tc, test_clock_beyond_bound_refused);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -150,11 +150,15 @@ static void psctl_status_conns(const psctl_row *rows, size_t n) {
       printf("shard %u is %s: %s\n", rows[i].st->shard, rows[i].st->state, rows[i].st->state_why);
   for (size_t i = 0; i < n; i++) {
     const Ps__StatusReply *s = rows[i].st;
-    if (!s || !(s->chan_refused || s->chan_idle_closed || s->grpc_restarts)) continue;
-    printf("shard %u: channel %u open, %llu refused at accept, %llu closed idle; "
+    if (!s || !(s->chan_refused || s->chan_idle_closed || s->chan_bad_frames ||
+                s->chan_slow_closed || s->grpc_restarts))
+      continue;
+    printf("shard %u: channel %u open, %llu refused at accept, %llu closed idle, %llu closed "
+           "for a frame out of the protocol, %llu closed as slow readers; "
            "grpc server rebuilt %llu times\n",
            s->shard, s->chan_connections, (unsigned long long)s->chan_refused,
-           (unsigned long long)s->chan_idle_closed, (unsigned long long)s->grpc_restarts);
+           (unsigned long long)s->chan_idle_closed, (unsigned long long)s->chan_bad_frames,
+           (unsigned long long)s->chan_slow_closed, (unsigned long long)s->grpc_restarts);
   }
   for (size_t i = 0; i < n; i++) {
     const Ps__StatusReply *s = rows[i].st;
@@ -446,7 +450,8 @@ static void psctl_json_build(const Ps__StatusReply *s) {
 static const char *const psctl_json_shard_keys[] = {
     "uptime_ms", "models", "params", "version", "pushes", "pulls", "pushes_per_s",
     "pulls_per_s", "bytes_in", "bytes_out", "errors", "last_flush_unix_ms", "last_flush_age_s",
-    "disk_bytes", "chan_connections", "chan_refused", "chan_idle_closed", "grpc_restarts",
+    "disk_bytes", "chan_connections", "chan_refused", "chan_idle_closed", "chan_bad_frames",
+    "chan_slow_closed", "grpc_restarts",
     "security", "auth_refused", "chan_auth_refused", "chan_shm_bytes", "chan_shm_connections",
     "redo_log", "sparse_tables"};
 
@@ -530,9 +535,11 @@ static void psctl_status_json_row(const psctl_row *r) {
          (unsigned long long)s->errors, (long long)s->last_flush_unix_ms);
   psctl_json_num(r->flush_age_s);
   printf(",\"disk_bytes\":%llu,\"chan_connections\":%u,\"chan_refused\":%llu,"
-         "\"chan_idle_closed\":%llu,\"grpc_restarts\":%llu,\"security\":",
+         "\"chan_idle_closed\":%llu,\"chan_bad_frames\":%llu,\"chan_slow_closed\":%llu,"
+         "\"grpc_restarts\":%llu,\"security\":",
          (unsigned long long)s->disk_bytes, s->chan_connections,
          (unsigned long long)s->chan_refused, (unsigned long long)s->chan_idle_closed,
+         (unsigned long long)s->chan_bad_frames, (unsigned long long)s->chan_slow_closed,
          (unsigned long long)s->grpc_restarts);
   psctl_json_str(s->security ? s->security : "");
   printf(",\"auth_refused\":%llu,\"chan_auth_refused\":%llu,\"chan_shm_bytes\":%llu,"

@@ -117,6 +117,10 @@ START_TEST(test_sparse_rpc) {
     d.name = "dn", d.tensors = &tp, d.n_tensors = 1, d.optimizer = &opt;
     ck_assert_int_eq(ps_test_submit_call(c.r[0], &d, 0, 10000, &rep, &eb), 0);
     protobuf_c_message_free_unpacked(&rep->base, NULL);
+    /* on both shards, as psctl submits: psctl status below says a model
+     * on some shards only (exit 1) */
+    ck_assert_int_eq(ps_test_submit_call(c.r[1], &d, 0, 10000, &rep, &eb), 0);
+    protobuf_c_message_free_unpacked(&rep->base, NULL);
     char *name = m3.spec->name;
     m3.spec->name = "dn";
     ck_assert_int_eq(ps_test_submit_call(c.r[0], m3.spec, 1, 10000, &rep, &eb), PS_ENOTSUP);

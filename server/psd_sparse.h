@@ -29,7 +29,10 @@
  *     snapshot or the redo log makes rows durable, not each eviction); a
  *     miss reads the request's missing keys back from the write buffers
  *     (a row whose file is not in yet, or that was written lately: no
- *     disk read), then the rest with one MultiGet.  A row read back is
+ *     disk read), then the rest with one MultiGet; it reads nothing while
+ *     every row of the table on disk is also in memory (none was on disk
+ *     when the table was added and none was evicted since: a miss is a
+ *     new key).  A row read back is
  *     bit-identical to the row evicted (values, slots, update count,
  *     clock).
  *     Exception: while the disk refuses the write buffers (one failed
@@ -75,9 +78,11 @@
  *  7. Write buffers: rows given to RocksDB do not go through its
  *     memtable (a skiplist: a random insert or lookup cost about a
  *     microsecond, most of a budgeted shard's time) but into psd's open
- *     write buffer, a hash of (table, key) -> stored row.  At 16 MiB (or
- *     at a snapshot, an export, a flush) the buffer is sealed and a
- *     writer thread writes it, in key order, as one SST file (synced)
+ *     write buffer, a hash of (table, key) -> stored row.  Evictions
+ *     seal it at 16 MiB; a snapshot, an export or a flush gives it all
+ *     its rows first and seals it once (a seal may wait for the writer:
+ *     once per snapshot, not once per 16 MiB of a large one).  A writer
+ *     thread writes a sealed buffer, in key order, as one SST file (synced)
  *     that RocksDB ingests whole (no memtable, no WAL).  A sealed buffer
  *     serves its rows until its file is in, and after that as long as
  *     all buffers (the open one included) hold at most 32 MiB: the

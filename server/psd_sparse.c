@@ -102,6 +102,7 @@ struct psd_sparse {
   char *dir;
   uint64_t memory_rows;
   uint32_t admit_after;
+  uint64_t max_new_rows;        /* keys without a row per request; 0: no limit */
   rocksdb_t *db;
   rocksdb_options_t *opts;
   rocksdb_block_based_table_options_t *bbto;
@@ -786,6 +787,7 @@ int psd_sparse_open(psd_sparse **out, const psd_sparse_opts *o, ps_errbuf *eb) {
   }
   s->memory_rows = o->memory_rows;
   s->admit_after = o->admit_after;
+  s->max_new_rows = o->max_new_rows;
   pthread_mutex_init(&s->mu, NULL);
   pthread_cond_init(&s->cv, NULL);
   s->io = rocksdb_ingestexternalfileoptions_create();
@@ -1170,6 +1172,27 @@ static int find_rows(psd_sparse *s, sp_table *t, const uint64_t *keys, size_t n,
   return read_back(s, t, keys, n, eb);
 }
 
+/* too_many_new refuses a request that names NNEW keys without a row
+ * when that is more than max_new_rows: creating (or counting) each costs
+ * the loop about half a microsecond, and a request of a million new keys
+ * held it, and every other worker's requests, for a second or more. */
+static int too_many_new(const psd_sparse *s, const sp_table *t, const char *what, size_t nnew,
+                        ps_errbuf *eb) {
+  if (!s->max_new_rows || nnew <= s->max_new_rows) return 0;
+  return ps_errf(eb, PS_ETOOBIG, "sparse %s '%s'/%u: %zu of its keys have no row, more than the "
+                 "%llu new rows one request may create (sparse.max_new_rows): send them in "
+                 "smaller requests", what, t->model, t->id, nnew,
+                 (unsigned long long)s->max_new_rows);
+}
+
+/* evict_after_refusal keeps invariant 3 after a request refused once
+ * it read rows back (they stay in memory: invariant 4) and returns RC. */
+static int evict_after_refusal(psd_sparse *s, sp_table *t, int rc) {
+  ps_errbuf eb;
+  evict(s, t, &eb); /* (a failure leaves rows over budget until the next request) */
+  return rc;
+}
+
 /* create_row materialises KEY from the initializer into a new row. */
 static int create_row(sp_table *t, uint64_t key, int64_t *out, ps_errbuf *eb) {
   size_t r;
@@ -1194,6 +1217,7 @@ int psd_sparse_pull(psd_sparse *s, const char *model, uint32_t table, const uint
   if ((rc = find_rows(s, t, keys, nkeys, eb))) return rc;
   size_t nnew = 0;
   for (size_t i = 0; i < nkeys; i++) nnew += s->rowof[i] < 0;
+  if ((rc = too_many_new(s, t, "pull", nnew, eb))) return evict_after_refusal(s, t, rc);
   /* (with admission, the keys admitted now are not known yet: no room
    * is made for keys that may get none) */
   if (nnew && s->admit_after <= 1 && rows_reserve(t, nnew))
@@ -1343,8 +1367,12 @@ int psd_sparse_push(psd_sparse *s, const char *model, uint32_t table, const uint
   /* a key admitted without a row is updated from its initial row; its
    * row is created only once every update checked out, so a refused
    * push materialises none */
+  size_t nnew = 0;
   for (size_t i = 0; i < nkeys; i++)
-    if (s->rowof[i] < 0 && admitted(s, t, keys[i])) s->rowof[i] = -2;
+    if (s->rowof[i] < 0 && admitted(s, t, keys[i])) s->rowof[i] = -2, nnew++;
+  if ((rc = too_many_new(s, t, "push", nnew, eb))) return evict_after_refusal(s, t, rc);
+  if (nnew && rows_reserve(t, nnew))
+    return ps_errf(eb, PS_ENOMEM, "sparse push: out of memory for %zu new rows", nnew);
   if ((rc = updates_stage(s, t, keys, nkeys, grads, eb))) return rc;
   size_t nrows0 = t->nrows;
   if ((rc = updates_create(s, t, keys, nkeys, eb))) return rc;

@@ -41,7 +41,8 @@
  *     the same.  The next snapshot writes the failed buffer first; once
  *     it is in, every table is brought back to at most M rows.
  *  4. A request that fails validation (unknown table, key count and
- *     payload that disagree, duplicate keys, NaN/Inf gradients, an update
+ *     payload that disagree, duplicate keys, more keys without a row than
+ *     max_new_rows, NaN/Inf gradients, an update
  *     that would leave a value or slot non-finite, a log that fails)
  *     changes no row and creates none (a push updates copies, from the
  *     initial row for a key without one, and creates rows only once every
@@ -129,6 +130,7 @@ typedef struct psd_sparse_opts {
   const char *dir;         /* RocksDB directory of the rows (created; its parent must exist) */
   uint64_t memory_rows;    /* per table: rows kept in memory; 0: no limit (YAML sparse.memory_rows) */
   uint32_t admit_after;    /* pulls before a key gets a row; 0 and 1: at once (sparse.admit_after) */
+  uint64_t max_new_rows;   /* keys without a row one request may name; 0: no limit (sparse.max_new_rows) */
 } psd_sparse_opts;
 
 typedef struct psd_sparse_table_opts {
@@ -178,13 +180,15 @@ int psd_sparse_add_table(psd_sparse *s, const psd_sparse_table_opts *t, ps_errbu
  * to ROWS (NFLOATS = nkeys x dim floats, in key order), creating,
  * admitting or reading back rows as invariants 1 and 3 say.  PS_ENOENT
  * for an unknown table; PS_EINVAL for NFLOATS != nkeys x dim or a key
- * given twice; PS_EIO from RocksDB. */
+ * given twice; PS_ETOOBIG when more than max_new_rows of the keys have
+ * no row (in memory or on disk), none created; PS_EIO from RocksDB. */
 int psd_sparse_pull(psd_sparse *s, const char *model, uint32_t table, const uint64_t *keys,
                     size_t nkeys, float *rows, size_t nfloats, ps_errbuf *eb);
 
 /* psd_sparse_push applies GRADS (NFLOATS = nkeys x dim floats, row i the
  * gradient of KEYS[i]) with the table's optimizer, row by row (invariant
- * 2).  Errors as psd_sparse_pull, plus PS_EINVAL for a NaN or infinite
+ * 2).  Errors as psd_sparse_pull (PS_ETOOBIG counting the admitted keys
+ * without a row), plus PS_EINVAL for a NaN or infinite
  * gradient or an update that would make a row non-finite; nothing changes
  * then (invariant 4). */
 int psd_sparse_push(psd_sparse *s, const char *model, uint32_t table, const uint64_t *keys,

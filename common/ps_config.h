@@ -112,6 +112,7 @@ typedef struct ps_security_conf {
 typedef struct ps_sparse_conf {
   uint64_t memory_rows; /* rows per table and shard kept in memory; 0: no limit (default) */
   uint32_t admit_after; /* pulls before a key gets a row; 0 (default) and 1: at once */
+  uint64_t max_new_rows;/* keys without a row one pull or push may name; 0: no limit */
   int plane;            /* enum ps_sparse_plane: how psw moves rows (default channel) */
 } ps_sparse_conf;
 /* sparse.plane: rows on the tensor channel where the shard offers it

@@ -142,7 +142,8 @@ int psd_shard_sparse_open(psd_shard *sh, ps_errbuf *eb) {
   struct psd_shard_sparse *sp = calloc(1, sizeof *sp);
   if (!sp) return ps_errf(eb, PS_ENOMEM, "out of memory");
   psd_sparse_opts o = {.dir = dir, .memory_rows = sh->cfg->sparse.memory_rows,
-                       .admit_after = sh->cfg->sparse.admit_after};
+                       .admit_after = sh->cfg->sparse.admit_after,
+                       .max_new_rows = sh->cfg->sparse.max_new_rows};
   int rc = psd_sparse_open(&sp->rows, &o, eb);
   if (rc) {
     free(sp);

@@ -1,8 +1,8 @@
 /* psd_shard_sparse: a shard's sparse tables behind its request handlers
  * (the store of rows is psd_sparse.h; this is the shard's side of it).
  *
- * The shard opens one psd_sparse in DATA_DIR/sparse (sparse.memory_rows
- * and sparse.admit_after of the config) and, for every model whose graph
+ * The shard opens one psd_sparse in DATA_DIR/sparse (sparse.memory_rows,
+ * sparse.admit_after and sparse.max_new_rows of the config) and, for every model whose graph
  * has an embedding table (ps.graph.Param.sparse), one table per such
  * parameter: at submit and, after a restart, for every model the store
  * restored.  A table's rows are the ones whose bucket is placed on this

@@ -4,7 +4,9 @@
  * Memory layout of a table: rows live in a dense slab (row i at data + i
  * * rowf, rowf = dim x (1 + slots)) with parallel arrays of keys, update
  * counts, clocks and flags; an open-addressing index (linear probing on
- * ps_mix64(key), load <= 1/2) maps a key to its row + 1.  Eviction
+ * ps_mix64(key), load <= 1/2) maps a key to its row + 1; a request
+ * makes room for all the rows it creates at once, and its loops
+ * prefetch the index slots of the keys a few places ahead.  Eviction
  * finds the clock below which the oldest rows lie from a histogram of
  * the rows' clocks (request ticks: O(rows)), gives the changed ones to
  * the write buffer, compacts the slab and rebuilds the index, once per
@@ -90,7 +92,9 @@ typedef struct sp_table {
   uint32_t *aseen;
   size_t an, acap;
   uint64_t tick;
-  int any_on_disk;           /* the table may have rows in RocksDB */
+  int any_cold;              /* RocksDB or the write buffers may hold rows of it that are
+                              * not in memory: some were on disk when it was added, or
+                              * rows were evicted since (else a miss is a new key) */
   psd_sparse_stats st;
 } sp_table;
 
@@ -98,6 +102,7 @@ struct psd_sparse {
   char *dir;
   uint64_t memory_rows;
   uint32_t admit_after;
+  uint64_t max_new_rows;        /* keys without a row per request; 0: no limit */
   rocksdb_t *db;
   rocksdb_options_t *opts;
   rocksdb_block_based_table_options_t *bbto;
@@ -259,17 +264,21 @@ static const char *buf_lookup(const psd_sparse *s, const sp_table *t, uint64_t k
   return v;
 }
 
-/* buf_slot returns where the stored row of KEY of T goes in the open
- * buffer (its old copy there, or a new entry); NULL when out of memory. */
-static char *buf_slot(psd_sparse *s, sp_table *t, uint64_t key) {
-  if (!s->open && !(s->open = calloc(1, sizeof *s->open))) return NULL;
+/* buf_reserve makes room in the open buffer (made when there is none)
+ * for N more rows of T, so that a snapshot's rows grow it once; 0 or
+ * PS_ENOMEM. */
+static int buf_reserve(psd_sparse *s, const sp_table *t, size_t n) {
+  if (!s->open && !(s->open = calloc(1, sizeof *s->open))) return PS_ENOMEM;
   sp_buf *b = s->open;
-  size_t len = val_len(t);
-  if ((b->n + 1) * 2 > b->icap) {
+  if (grow_to(&b->ent, &b->cap, b->n + n, sizeof *b->ent) ||
+      grow_to(&b->data, &b->dcap, b->used + n * val_len(t), 1))
+    return PS_ENOMEM;
+  if ((b->n + n) * 2 > b->icap) {
     size_t c = b->icap ? b->icap * 2 : 4096;
-    if (c > UINT32_MAX) return NULL;
+    while (c < (b->n + n) * 2) c *= 2;
+    if (c > UINT32_MAX) return PS_ENOMEM;
     uint32_t *ix = calloc(c, sizeof *ix);
-    if (!ix) return NULL;
+    if (!ix) return PS_ENOMEM;
     for (size_t i = 0; i < b->n; i++) {
       size_t h = buf_hash(b->ent[i].t, b->ent[i].key) & (c - 1);
       while (ix[h]) h = (h + 1) & (c - 1);
@@ -279,14 +288,26 @@ static char *buf_slot(psd_sparse *s, sp_table *t, uint64_t key) {
     b->ix = ix;
     b->icap = c;
   }
+  return 0;
+}
+
+/* buf_prefetch asks for the open buffer's index slot of KEY of T. */
+static void buf_prefetch(const psd_sparse *s, const sp_table *t, uint64_t key) {
+  if (s->open && s->open->icap)
+    __builtin_prefetch(&s->open->ix[buf_hash(t, key) & (s->open->icap - 1)]);
+}
+
+/* buf_slot returns where the stored row of KEY of T goes in the open
+ * buffer (its old copy there, or a new entry); NULL when out of memory. */
+static char *buf_slot(psd_sparse *s, sp_table *t, uint64_t key) {
+  if (buf_reserve(s, t, 1)) return NULL;
+  sp_buf *b = s->open;
+  size_t len = val_len(t);
   size_t mask = b->icap - 1, h = buf_hash(t, key) & mask;
   for (; b->ix[h]; h = (h + 1) & mask) {
     const sp_ent *e = &b->ent[b->ix[h] - 1];
     if (e->key == key && e->t == t) return b->data + e->off;
   }
-  if (grow_to(&b->ent, &b->cap, b->n + 1, sizeof *b->ent) ||
-      grow_to(&b->data, &b->dcap, b->used + len, 1))
-    return NULL;
   b->ent[b->n] = (sp_ent){t, key, b->used};
   b->ix[h] = (uint32_t)(++b->n);
   b->used += len;
@@ -542,6 +563,15 @@ static int64_t index_find(const sp_table *t, uint64_t key) {
   }
 }
 
+/* Requests look up and insert keys in random order, each a cache miss
+ * in an index of a large table: the loops ask for the slot of the key
+ * PREFETCH_AHEAD places on while they work on this one. */
+#define PREFETCH_AHEAD 8
+
+static void index_prefetch(const sp_table *t, uint64_t key) {
+  if (t->icap) __builtin_prefetch(&t->index[ps_mix64(key) & (t->icap - 1)]);
+}
+
 /* index_put records row R (its key in t->keys) in an index with room. */
 static void index_put(sp_table *t, size_t r) {
   size_t mask = t->icap - 1, h = ps_mix64(t->keys[r]) & mask;
@@ -562,11 +592,16 @@ static int index_rebuild(sp_table *t, size_t cap) {
   return 0;
 }
 
-/* row_new appends a row for KEY (contents to be set by the caller) and
- * returns its index in *R; PS_ENOMEM leaves the table as it was. */
-static int row_new(sp_table *t, uint64_t key, size_t *r) {
-  if (t->nrows == t->cap) {
-    size_t c = t->cap ? t->cap * 2 : 64;
+/* rows_reserve makes room for N more rows, in the arrays and in the
+ * index (load <= 1/2), so that appending them moves nothing: a request
+ * that creates a million rows grew them 15 times over, and the index as
+ * often, each growth putting every row in again.  PS_ENOMEM leaves the
+ * table as it was (the arrays may have grown). */
+static int rows_reserve(sp_table *t, size_t n) {
+  size_t want = t->nrows + n;
+  if (want > t->cap) {
+    size_t c = t->cap ? t->cap : 64;
+    while (c < want) c *= 2;
     if (c > UINT32_MAX - 1) return PS_ENOMEM;
     uint64_t *k = realloc(t->keys, c * sizeof *k);
     if (k) t->keys = k;
@@ -583,7 +618,14 @@ static int row_new(sp_table *t, uint64_t key, size_t *r) {
     t->data = d;
     t->cap = c;
   }
-  if ((t->nrows + 1) * 2 > t->icap && index_rebuild(t, t->cap)) return PS_ENOMEM;
+  if (want * 2 > t->icap && index_rebuild(t, t->cap)) return PS_ENOMEM;
+  return 0;
+}
+
+/* row_new appends a row for KEY (contents to be set by the caller) and
+ * returns its index in *R; PS_ENOMEM leaves the table as it was. */
+static int row_new(sp_table *t, uint64_t key, size_t *r) {
+  if (rows_reserve(t, 1)) return PS_ENOMEM;
   *r = t->nrows++;
   t->keys[*r] = key;
   t->rseq[*r] = 0;
@@ -716,7 +758,7 @@ int psd_sparse_add_table(psd_sparse *s, const psd_sparse_table_opts *o, ps_errbu
   t->rowf = (size_t)o->dim * (1 + t->nslots);
   t->scale = o->scale;
   t->seed = o->seed;
-  t->any_on_disk = table_on_disk(s, t);
+  t->any_cold = table_on_disk(s, t);
   s->tables[s->ntables++] = t;
   return 0;
 }
@@ -745,6 +787,7 @@ int psd_sparse_open(psd_sparse **out, const psd_sparse_opts *o, ps_errbuf *eb) {
   }
   s->memory_rows = o->memory_rows;
   s->admit_after = o->admit_after;
+  s->max_new_rows = o->max_new_rows;
   pthread_mutex_init(&s->mu, NULL);
   pthread_cond_init(&s->cv, NULL);
   s->io = rocksdb_ingestexternalfileoptions_create();
@@ -867,13 +910,21 @@ static int cmp_key_at(const void *a, const void *b) {
 /* write_rows gives RocksDB the rows of T whose MARK[r] is set (every
  * row without MARK) and that changed since they were last given (or
  * never were): into the open write buffer, sealed once it holds
- * SPILL_BYTES.  Rows given are clean and count as on disk (the buffers
- * serve them until their file is in). */
+ * SPILL_BYTES when MARK is an eviction's (without MARK, a snapshot or an
+ * export, the caller seals it once all tables are in: a seal may wait
+ * for the writer, and a snapshot of a million new rows sealed every 16
+ * MiB held the loop for seconds).  Rows given are clean and count as on
+ * disk (the buffers serve them until their file is in). */
 static int write_rows(psd_sparse *s, sp_table *t, const uint8_t *mark, ps_errbuf *eb) {
-  uint64_t n = 0;
-  for (size_t r = 0; r < t->nrows; r++) {
+  uint64_t n = 0, todo = 0;
+#define WRITE_ROW(r) ((!mark || mark[r]) && (t->flags[r] & ROW_DIRTY || !(t->flags[r] & ROW_ON_DISK)))
+  for (size_t r = 0; r < t->nrows; r++) todo += WRITE_ROW(r);
+  if (todo && buf_reserve(s, t, todo)) return ps_errf(eb, PS_ENOMEM, "sparse rows: out of memory");
+  for (size_t r = 0, ahead = 0; r < t->nrows; r++) {
     if (mark && !mark[r]) continue;
-    if (t->flags[r] & ROW_DIRTY || !(t->flags[r] & ROW_ON_DISK)) {
+    if (WRITE_ROW(r)) {
+      for (ahead = ahead > r ? ahead : r + 1; ahead < t->nrows && ahead <= r + PREFETCH_AHEAD; ahead++)
+        if (WRITE_ROW(ahead)) buf_prefetch(s, t, t->keys[ahead]);
       char *v = buf_slot(s, t, t->keys[r]);
       if (!v) {
         t->st.disk_writes += n;
@@ -885,9 +936,9 @@ static int write_rows(psd_sparse *s, sp_table *t, const uint8_t *mark, ps_errbuf
     }
     t->flags[r] = ROW_ON_DISK;
   }
+#undef WRITE_ROW
   t->st.disk_writes += n;
-  if (n) t->any_on_disk = 1;
-  if (s->open && s->open->used >= SPILL_BYTES) return buf_seal(s, eb);
+  if (mark && s->open && s->open->used >= SPILL_BYTES) return buf_seal(s, eb);
   if (n && s->sealed) { /* room for the open buffer: older written ones go */
     pthread_mutex_lock(&s->mu);
     buf_reap(s, 0);
@@ -914,7 +965,7 @@ static int load_row(sp_table *t, uint64_t key, const char *v, size_t len, size_t
  * their rowof. */
 static int read_back(psd_sparse *s, sp_table *t, const uint64_t *keys, size_t n, ps_errbuf *eb) {
   size_t m = 0;
-  if (!t->any_on_disk) return 0;
+  if (!t->any_cold) return 0; /* every row on disk is in memory: the misses are new keys */
   for (size_t i = 0; i < n; i++) {
     if (s->rowof[i] >= 0) continue;
     const char *v = buf_lookup(s, t, keys[i]);
@@ -1051,6 +1102,7 @@ static int evict(psd_sparse *s, sp_table *t, ps_errbuf *eb) {
     w++;
   }
   t->st.evictions += t->nrows - w;
+  if (w < t->nrows) t->any_cold = 1;
   t->nrows = w;
   t->st.rows_mem = w;
   memset(t->index, 0, t->icap * sizeof *t->index);
@@ -1088,6 +1140,11 @@ static int request_check(psd_sparse *s, const char *model, uint32_t table, const
     return ps_errf(eb, PS_ENOMEM, "sparse %s: out of memory", what);
   memset(s->set_used, 0, c);
   for (size_t i = 0; i < n; i++) {
+    if (i + PREFETCH_AHEAD < n) {
+      size_t p = ps_mix64(keys[i + PREFETCH_AHEAD]) & (c - 1);
+      __builtin_prefetch(&s->set_used[p]);
+      __builtin_prefetch(&s->set[p]);
+    }
     size_t h = ps_mix64(keys[i]) & (c - 1);
     for (; s->set_used[h]; h = (h + 1) & (c - 1))
       if (s->set[h] == keys[i])
@@ -1104,6 +1161,7 @@ static int request_check(psd_sparse *s, const char *model, uint32_t table, const
  * rows read back from RocksDB; -1 for keys without a row. */
 static int find_rows(psd_sparse *s, sp_table *t, const uint64_t *keys, size_t n, ps_errbuf *eb) {
   for (size_t i = 0; i < n; i++) {
+    if (i + PREFETCH_AHEAD < n) index_prefetch(t, keys[i + PREFETCH_AHEAD]);
     s->rowof[i] = index_find(t, keys[i]);
     if (s->rowof[i] >= 0) {
       t->st.hits++;
@@ -1112,6 +1170,27 @@ static int find_rows(psd_sparse *s, sp_table *t, const uint64_t *keys, size_t n,
     }
   }
   return read_back(s, t, keys, n, eb);
+}
+
+/* too_many_new refuses a request that names NNEW keys without a row
+ * when that is more than max_new_rows: creating (or counting) each costs
+ * the loop about half a microsecond, and a request of a million new keys
+ * held it, and every other worker's requests, for a second or more. */
+static int too_many_new(const psd_sparse *s, const sp_table *t, const char *what, size_t nnew,
+                        ps_errbuf *eb) {
+  if (!s->max_new_rows || nnew <= s->max_new_rows) return 0;
+  return ps_errf(eb, PS_ETOOBIG, "sparse %s '%s'/%u: %zu of its keys have no row, more than the "
+                 "%llu new rows one request may create (sparse.max_new_rows): send them in "
+                 "smaller requests", what, t->model, t->id, nnew,
+                 (unsigned long long)s->max_new_rows);
+}
+
+/* evict_after_refusal keeps invariant 3 after a request refused once
+ * it read rows back (they stay in memory: invariant 4) and returns RC. */
+static int evict_after_refusal(psd_sparse *s, sp_table *t, int rc) {
+  ps_errbuf eb;
+  evict(s, t, &eb); /* (a failure leaves rows over budget until the next request) */
+  return rc;
 }
 
 /* create_row materialises KEY from the initializer into a new row. */
@@ -1136,8 +1215,17 @@ int psd_sparse_pull(psd_sparse *s, const char *model, uint32_t table, const uint
   if (rc) return rc;
   t->tick++;
   if ((rc = find_rows(s, t, keys, nkeys, eb))) return rc;
-  for (size_t i = 0; i < nkeys && !rc; i++) {
+  size_t nnew = 0;
+  for (size_t i = 0; i < nkeys; i++) nnew += s->rowof[i] < 0;
+  if ((rc = too_many_new(s, t, "pull", nnew, eb))) return evict_after_refusal(s, t, rc);
+  /* (with admission, the keys admitted now are not known yet: no room
+   * is made for keys that may get none) */
+  if (nnew && s->admit_after <= 1 && rows_reserve(t, nnew))
+    return ps_errf(eb, PS_ENOMEM, "sparse pull: out of memory for %zu new rows", nnew);
+  for (size_t i = 0, ahead = 0; i < nkeys && !rc; i++) {
     if (s->rowof[i] >= 0) continue;
+    for (ahead = ahead > i ? ahead : i + 1; ahead < nkeys && ahead <= i + PREFETCH_AHEAD; ahead++)
+      if (s->rowof[ahead] < 0) index_prefetch(t, keys[ahead]);
     uint32_t seen = 1;
     if (s->admit_after > 1 && (rc = admit_seen(t, keys[i], &seen)))
       return ps_errf(eb, rc, "sparse pull: out of memory");
@@ -1279,8 +1367,12 @@ int psd_sparse_push(psd_sparse *s, const char *model, uint32_t table, const uint
   /* a key admitted without a row is updated from its initial row; its
    * row is created only once every update checked out, so a refused
    * push materialises none */
+  size_t nnew = 0;
   for (size_t i = 0; i < nkeys; i++)
-    if (s->rowof[i] < 0 && admitted(s, t, keys[i])) s->rowof[i] = -2;
+    if (s->rowof[i] < 0 && admitted(s, t, keys[i])) s->rowof[i] = -2, nnew++;
+  if ((rc = too_many_new(s, t, "push", nnew, eb))) return evict_after_refusal(s, t, rc);
+  if (nnew && rows_reserve(t, nnew))
+    return ps_errf(eb, PS_ENOMEM, "sparse push: out of memory for %zu new rows", nnew);
   if ((rc = updates_stage(s, t, keys, nkeys, grads, eb))) return rc;
   size_t nrows0 = t->nrows;
   if ((rc = updates_create(s, t, keys, nkeys, eb))) return rc;

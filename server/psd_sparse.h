@@ -29,7 +29,10 @@
  *     snapshot or the redo log makes rows durable, not each eviction); a
  *     miss reads the request's missing keys back from the write buffers
  *     (a row whose file is not in yet, or that was written lately: no
- *     disk read), then the rest with one MultiGet.  A row read back is
+ *     disk read), then the rest with one MultiGet; it reads nothing while
+ *     every row of the table on disk is also in memory (none was on disk
+ *     when the table was added and none was evicted since: a miss is a
+ *     new key).  A row read back is
  *     bit-identical to the row evicted (values, slots, update count,
  *     clock).
  *     Exception: while the disk refuses the write buffers (one failed
@@ -38,7 +41,8 @@
  *     the same.  The next snapshot writes the failed buffer first; once
  *     it is in, every table is brought back to at most M rows.
  *  4. A request that fails validation (unknown table, key count and
- *     payload that disagree, duplicate keys, NaN/Inf gradients, an update
+ *     payload that disagree, duplicate keys, more keys without a row than
+ *     max_new_rows, NaN/Inf gradients, an update
  *     that would leave a value or slot non-finite, a log that fails)
  *     changes no row and creates none (a push updates copies, from the
  *     initial row for a key without one, and creates rows only once every
@@ -75,9 +79,11 @@
  *  7. Write buffers: rows given to RocksDB do not go through its
  *     memtable (a skiplist: a random insert or lookup cost about a
  *     microsecond, most of a budgeted shard's time) but into psd's open
- *     write buffer, a hash of (table, key) -> stored row.  At 16 MiB (or
- *     at a snapshot, an export, a flush) the buffer is sealed and a
- *     writer thread writes it, in key order, as one SST file (synced)
+ *     write buffer, a hash of (table, key) -> stored row.  Evictions
+ *     seal it at 16 MiB; a snapshot, an export or a flush gives it all
+ *     its rows first and seals it once (a seal may wait for the writer:
+ *     once per snapshot, not once per 16 MiB of a large one).  A writer
+ *     thread writes a sealed buffer, in key order, as one SST file (synced)
  *     that RocksDB ingests whole (no memtable, no WAL).  A sealed buffer
  *     serves its rows until its file is in, and after that as long as
  *     all buffers (the open one included) hold at most 32 MiB: the
@@ -124,6 +130,7 @@ typedef struct psd_sparse_opts {
   const char *dir;         /* RocksDB directory of the rows (created; its parent must exist) */
   uint64_t memory_rows;    /* per table: rows kept in memory; 0: no limit (YAML sparse.memory_rows) */
   uint32_t admit_after;    /* pulls before a key gets a row; 0 and 1: at once (sparse.admit_after) */
+  uint64_t max_new_rows;   /* keys without a row one request may name; 0: no limit (sparse.max_new_rows) */
 } psd_sparse_opts;
 
 typedef struct psd_sparse_table_opts {
@@ -173,13 +180,15 @@ int psd_sparse_add_table(psd_sparse *s, const psd_sparse_table_opts *t, ps_errbu
  * to ROWS (NFLOATS = nkeys x dim floats, in key order), creating,
  * admitting or reading back rows as invariants 1 and 3 say.  PS_ENOENT
  * for an unknown table; PS_EINVAL for NFLOATS != nkeys x dim or a key
- * given twice; PS_EIO from RocksDB. */
+ * given twice; PS_ETOOBIG when more than max_new_rows of the keys have
+ * no row (in memory or on disk), none created; PS_EIO from RocksDB. */
 int psd_sparse_pull(psd_sparse *s, const char *model, uint32_t table, const uint64_t *keys,
                     size_t nkeys, float *rows, size_t nfloats, ps_errbuf *eb);
 
 /* psd_sparse_push applies GRADS (NFLOATS = nkeys x dim floats, row i the
  * gradient of KEYS[i]) with the table's optimizer, row by row (invariant
- * 2).  Errors as psd_sparse_pull, plus PS_EINVAL for a NaN or infinite
+ * 2).  Errors as psd_sparse_pull (PS_ETOOBIG counting the admitted keys
+ * without a row), plus PS_EINVAL for a NaN or infinite
  * gradient or an update that would make a row non-finite; nothing changes
  * then (invariant 4). */
 int psd_sparse_push(psd_sparse *s, const char *model, uint32_t table, const uint64_t *keys,

@@ -61,6 +61,7 @@ static const char good_yaml[] =
     "sparse:\n"
     "  memory_rows: 1000000\n"
     "  admit_after: 2\n"
+    "  max_new_rows: 0\n"
     "  plane: grpc\n"
     "security:\n"
     "  mode: tls\n"
@@ -146,6 +147,7 @@ START_TEST(test_config_good_file) {
   ck_assert_int_eq(c.security.payload_mac, 1);
   ck_assert_uint_eq(c.sparse.memory_rows, 1000000);
   ck_assert_uint_eq(c.sparse.admit_after, 2);
+  ck_assert_uint_eq(c.sparse.max_new_rows, 0);
   ck_assert_int_eq(c.sparse.plane, PS_SPARSE_PLANE_GRPC);
   ck_assert_ptr_eq(ps_config_shard(&c, 8), &c.shards[1]);
   ck_assert_ptr_null(ps_config_shard(&c, 4));
@@ -210,6 +212,7 @@ START_TEST(test_config_defaults) {
   ck_assert_int_eq(c.security.payload_mac, 0);
   ck_assert_uint_eq(c.sparse.memory_rows, 0);
   ck_assert_uint_eq(c.sparse.admit_after, 0);
+  ck_assert_uint_eq(c.sparse.max_new_rows, 262144);
   ck_assert_int_eq(c.sparse.plane, PS_SPARSE_PLANE_CHANNEL);
   ps_config_release(&c);
 }

@@ -71,6 +71,35 @@ static void push(psd_sparse *s, const uint64_t *keys, size_t n, const float *g) 
   ck_assert_msg(psd_sparse_push(s, "ctr", 2, keys, n, g, n * D, &eb) == 0, "%s", eb.msg);
 }
 
+/* max_new_rows bounds the rows one request may create (the loop's time
+ * on it): a pull or push naming more keys without a row is refused
+ * whole, PS_ETOOBIG, creating none; keys with a row do not count. */
+START_TEST(test_max_new_rows) {
+  psd_sparse_opts o = {.dir = ps_test_tmpdir(), .max_new_rows = 4};
+  psd_sparse *s;
+  ps_errbuf eb;
+  ck_assert_msg(psd_sparse_open(&s, &o, &eb) == 0, "%s", eb.msg);
+  add_table(s, "adagrad", 0.1f);
+  uint64_t keys[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  float rows[8 * D], g[8 * D];
+  for (int i = 0; i < 8 * D; i++) g[i] = 0.25f;
+  ck_assert_int_eq(psd_sparse_pull(s, "ctr", 2, keys, 5, rows, 5 * D, &eb), PS_ETOOBIG);
+  ck_assert_msg(strstr(eb.msg, "sparse.max_new_rows") != NULL, "%s", eb.msg);
+  ck_assert_int_eq(psd_sparse_push(s, "ctr", 2, keys, 5, g, 5 * D, &eb), PS_ETOOBIG);
+  psd_sparse_stats st;
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.created, 0);
+  ck_assert_uint_eq(st.rows_mem, 0);
+  ck_assert_int_eq(psd_sparse_row(s, "ctr", 2, 1, NULL, NULL, NULL, NULL, NULL, &eb), PS_ENOENT);
+  pull(s, keys, 4, rows);     /* 4 new: at the limit */
+  pull(s, keys, 8, rows);     /* 4 with a row, 4 new */
+  push(s, keys, 8, g);        /* all have rows */
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.created, 8);
+  psd_sparse_close(s);
+}
+END_TEST
+
 START_TEST(test_pull_creates_from_initializer) {
   psd_sparse *s = open_sparse(ps_test_tmpdir(), 0, 0);
   add_table(s, "sgd", 0.1f);
@@ -964,6 +993,7 @@ Suite *psd_sparse_suite(void) {
   tcase_add_test(tc, test_flush_and_reopen);
   tcase_add_test(tc, test_log_and_replay);
   tcase_add_test(tc, test_refused_push_creates_no_row);
+  tcase_add_test(tc, test_max_new_rows);
   suite_add_tcase(s, tc);
   tc = tcase_create("full_disk");
   tcase_set_timeout(tc, 120);

@@ -905,7 +905,7 @@ static const cfg_slot cfg_sparse_slots[] = {
     {.name = "admit_after", .type = &cfg_t_u32, .offset = offsetof(ps_sparse_conf, admit_after),
      .def = "0", .min = 0, .max = 1000000},
     {.name = "max_new_rows", .type = &cfg_t_u64, .offset = offsetof(ps_sparse_conf, max_new_rows),
-     .def = "262144", .min = 0, .max = UINT64_C(1) << 40},
+     .def = "1048576", .min = 0, .max = UINT64_C(1) << 40},
     {.name = "plane", .type = &cfg_t_enum, .offset = offsetof(ps_sparse_conf, plane),
      .def = "channel", .arg = cfg_sparse_planes},
 };

@@ -212,7 +212,7 @@ START_TEST(test_config_defaults) {
   ck_assert_int_eq(c.security.payload_mac, 0);
   ck_assert_uint_eq(c.sparse.memory_rows, 0);
   ck_assert_uint_eq(c.sparse.admit_after, 0);
-  ck_assert_uint_eq(c.sparse.max_new_rows, 262144);
+  ck_assert_uint_eq(c.sparse.max_new_rows, 1048576);
   ck_assert_int_eq(c.sparse.plane, PS_SPARSE_PLANE_CHANNEL);
   ps_config_release(&c);
 }
@@ -461,6 +461,10 @@ static const struct bad_case {
      "3:16: 'memory_rows' is 1099511627777, outside 0..1099511627776"},
     {"cluster: a\nsparse:\n  admit_after: 1000001\n" SHARD0, PS_ECONFIG,
      "3:16: 'admit_after' is 1000001, outside 0..1000000"},
+    {"cluster: a\nsparse:\n  max_new_rows: 1099511627777\n" SHARD0, PS_ECONFIG,
+     "3:17: 'max_new_rows' is 1099511627777, outside 0..1099511627776"},
+    {"cluster: a\nsparse:\n  max_new_rows: many\n" SHARD0, PS_ECONFIG,
+     "3:17: expected an integer for 'max_new_rows'"},
     {"cluster: a\nsparse:\n  rows: 5\n" SHARD0, PS_ECONFIG, "3:3: unknown key 'rows' in 'sparse'"},
     {"cluster: a\nsparse: 100\n" SHARD0, PS_ECONFIG,
      "2:9: expected a mapping for 'sparse', got the value '100' (a section's keys go on the "

@@ -1122,6 +1122,48 @@ START_TEST(test_failover_fixed_rank_refused) {
 }
 END_TEST
 
+/* A shard whose loop stalls (here SIGSTOPped for twice the 1 s lease,
+ * which is the same to its leases) does not declare its workers dead on
+ * resuming: their heartbeats waited unread in its sockets and are read
+ * right after.  It says once that its loop was stalled; the workers go
+ * on without registering again.  (It used to sweep the leases first and
+ * declare both dead: "lease expired (silent for 2xxx ms)".) */
+START_TEST(test_failover_shard_stalled) {
+  TF_NEED_DATA();
+  tf_ctx x = {0};
+  tf_start_c(&x, 2, 2, 400, "logreg", "0.002", TF_SAMPLES, "asp", 0);
+  int a = tf_spawn(&x), b = tf_spawn(&x);
+  tf_wait_trained(&x, 0, TF_SAMPLES / 8);
+  for (int s = 1; s >= 0; s--) { /* a plain shard, then the coordinator */
+    ck_assert_int_eq(kill(x.shard[s], SIGSTOP), 0);
+    usleep(2000 * 1000);
+    ck_assert_int_eq(kill(x.shard[s], SIGCONT), 0);
+    usleep(1500 * 1000); /* the workers' beats come in */
+  }
+  for (int s = 0; s < 2; s++) {
+    char log[700];
+    snprintf(log, sizeof log, "%s/psd%d.log", x.dir, s);
+    char *text = ps_test_read_file(log, NULL);
+    ck_assert_msg(!strstr(text, "lease expired"), "shard %d declared a worker dead; see %s", s,
+                  log);
+    ck_assert_msg(strstr(text, "event loop was stalled"), "shard %d did not say its loop "
+                  "stalled; see %s", s, log);
+    free(text);
+  }
+  for (int i = a; i <= b; i++) {
+    char log[700];
+    tf_log(&x, i, log, sizeof log);
+    char *text = ps_test_read_file(log, NULL);
+    ck_assert_msg(!strstr(text, "registering again"), "worker %d was declared dead; see %s", i,
+                  log);
+    free(text);
+    ps_test_stop(x.w[i], SIGKILL, 5000);
+    x.w[i] = 0;
+  }
+  tf_finish(&x);
+}
+END_TEST
+
 Suite *psw_failover_suite(void) {
   Suite *s = suite_create("psw_failover");
   TCase *tc = tcase_create("failover");
@@ -1160,5 +1202,11 @@ Suite *psw_failover_suite(void) {
   tcase_add_test(tr, test_failover_stopped_rank_taken);
   tcase_add_test(tr, test_failover_fixed_rank_refused);
   suite_add_tcase(s, tr);
+  /* a shard's own stall is no worker's silence */
+  TCase *ts = tcase_create("failover_stall");
+  tcase_set_timeout(ts, 60);
+  tcase_add_unchecked_fixture(ts, ps_test_procs_setup, ps_test_procs_teardown);
+  tcase_add_test(ts, test_failover_shard_stalled);
+  suite_add_tcase(s, ts);
   return s;
 }

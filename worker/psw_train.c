@@ -1167,6 +1167,7 @@ static void run_push_counts(psw_run *x, psw_train_result *r) {
 int psw_train_run(const psw_train_opts *o, psw_train_result *r, ps_errbuf *eb) {
   memset(r, 0, sizeof *r);
   r->test_loss = r->test_accuracy = r->train_loss = r->test_auc = r->test_logloss = NAN;
+  r->blocked_share = r->parked_share = r->report_wait_share = NAN; /* no step: no share */
   r->job_done = r->sparse_lost = -1;
   psw_run x = {.o = o, .r = r, .epochs = o->epochs};
   x.t0_ms = (int64_t)run_now_ms();
@@ -1182,7 +1183,9 @@ int psw_train_run(const psw_train_opts *o, psw_train_result *r, ps_errbuf *eb) {
   psw_progress_init(&x.prog, stderr, x.rank, o->quiet);
   int err = run_setup(&x, eb);
   if (err == 0) err = run_train(&x, eb);
-  if (x.t_train_ms > 0) {
+  /* shares of a run that trained: one that found the job finished spent
+   * its short life asking the coordinator, no share of training */
+  if (x.t_train_ms > 0 && x.clock > x.clock0) {
     r->blocked_share = run_blocked_share(&x);
     double wall = run_now_ms() - x.t_train_ms;
     if (wall > 0) r->report_wait_share = x.report_wait_ms / wall;

@@ -1164,6 +1164,30 @@ START_TEST(test_failover_shard_stalled) {
 }
 END_TEST
 
+/* A worker that finds the job finished already trains no step: its JSON
+ * line says so with null shares (blocked, parked, report wait), not the
+ * share of its short life spent asking the coordinator (0.9984 seen). */
+START_TEST(test_failover_finished_shares_null) {
+  TF_NEED_DATA();
+  tf_ctx x = {0};
+  tf_start(&x, 1, 1, 1, "logreg", "0.002", 1200);
+  tf_spawn(&x);
+  tf_wait_all(&x, NULL);
+  int late = tf_spawn(&x);
+  tf_wait_all(&x, NULL);
+  char log[700];
+  tf_log(&x, late, log, sizeof log);
+  char *text = ps_test_read_file(log, NULL);
+  const char *line = ps_test_last_line(text);
+  ck_assert_msg(strstr(line, "\"steps\":0,"), "the late worker trained; see %s", log);
+  ck_assert_msg(strstr(line, "\"blocked_share\":null") && strstr(line, "\"parked_share\":null") &&
+                    strstr(line, "\"report_wait_share\":null"),
+                "shares of no training: %s", line);
+  free(text);
+  tf_finish(&x);
+}
+END_TEST
+
 Suite *psw_failover_suite(void) {
   Suite *s = suite_create("psw_failover");
   TCase *tc = tcase_create("failover");
@@ -1202,6 +1226,12 @@ Suite *psw_failover_suite(void) {
   tcase_add_test(tr, test_failover_stopped_rank_taken);
   tcase_add_test(tr, test_failover_fixed_rank_refused);
   suite_add_tcase(s, tr);
+  /* what a worker's lines say when it trained little or nothing */
+  TCase *tp = tcase_create("failover_report");
+  tcase_set_timeout(tp, 60);
+  tcase_add_unchecked_fixture(tp, ps_test_procs_setup, ps_test_procs_teardown);
+  tcase_add_test(tp, test_failover_finished_shares_null);
+  suite_add_tcase(s, tp);
   /* a shard's own stall is no worker's silence */
   TCase *ts = tcase_create("failover_stall");
   tcase_set_timeout(ts, 60);

@@ -202,6 +202,13 @@ static void clock_heard(clock_worker *w, uint64_t now_ms) {
   w->credit_ms = 0;
 }
 
+/* clock_waited notes that a parked pull of W ended at NOW_MS: W was
+ * alive while it waited, unless it left or died meanwhile (its pull
+ * outlives it until released: no word of it, its silence goes on). */
+static void clock_waited(clock_worker *w, uint64_t now_ms) {
+  if (w && !w->dead) clock_heard(w, now_ms);
+}
+
 /* clock_lease_end returns when W's lease runs out: lease_ms of silence,
  * not counting the loop's stalls (invariant 3). */
 static uint64_t clock_lease_end(const psd_clock *c, const clock_worker *w) {
@@ -320,7 +327,7 @@ static void clock_serve_ready(psd_clock *c, psd_clock_model *m, uint64_t now_ms)
     clock_unlink(c, p);
     if (gap > m->max_gap) m->max_gap = gap;
     clock_worker *w = clock_worker_find(c, p->worker);
-    if (w) clock_heard(w, now_ms);
+    clock_waited(w, now_ms);
     psd_done_finish(&p->done, 0, NULL);
   }
 }
@@ -972,7 +979,7 @@ static void clock_timeout(psd_clock *c, psd_park *p, uint64_t now_ms) {
   m->timeouts++;
   clock_unlink(c, p);
   clock_worker *w = clock_worker_find(c, p->worker);
-  if (w) clock_heard(w, now_ms);
+  clock_waited(w, now_ms);
   psd_done_finish(&p->done, PS_ETIMEDOUT, msg);
 }
 
@@ -1070,7 +1077,7 @@ void psd_clock_worker(const psd_clock *c, size_t i, uint64_t now_ms, psd_worker_
   info->age_ms = now_ms > w->last_ms ? now_ms - w->last_ms : 0;
   info->steps_per_s = w->steps_per_s;
   info->blocked_share = w->blocked_share;
-  if (w->nparked) info->age_ms = 0;
+  if (w->nparked && !w->dead) info->age_ms = 0; /* alive while it waits, not once gone */
   if (clock_worker_rank(w) == RANK_FINISHED)
     info->state = PSD_WORKER_DONE;
   else if (w->dead || (!w->nparked && now_ms >= clock_lease_end(c, w)))

@@ -973,6 +973,33 @@ START_TEST(test_stall_extends_leases) {
 }
 END_TEST
 
+/* A worker that left (SIGTERM) while its pull was parked shows how long
+ * ago it last spoke, growing: a parked pull is a live worker's sign of
+ * life, not a departed one's, and its later release is no word of it
+ * (status showed such a worker DEAD with its heartbeat "0.0s ago"). */
+START_TEST(test_left_age_grows) {
+  psd_clock *c = tclock(0);
+  ps_errbuf eb;
+  tpark a;
+  tpark_init(&a);
+  ck_assert_int_eq(psd_clock_heartbeat(c, 0, "m", 0, 0, 0, "h", "cpu", 0, &eb), 0);
+  ck_assert_int_eq(psd_clock_pull(c, "m", 1, 0, 0, &a.p, &eb), 0);
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 0, 0, 100, &eb), 0);
+  ck_assert_int_eq(psd_clock_pull(c, "m", 0, 1, 100, &a.p, &eb), 1); /* parked for w1 */
+  psd_clock_leave(c, 0, 100, 0);
+  psd_worker_info in;
+  psd_clock_worker(c, 0, 600, &in);
+  ck_assert_int_eq(in.state, PSD_WORKER_DEAD);
+  ck_assert_uint_eq(in.age_ms, 500);
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 1, 0, 700, &eb), 0); /* releases w0's pull */
+  ck_assert_int_eq(a.released, 1);
+  psd_clock_worker(c, 0, 900, &in);
+  ck_assert_int_eq(in.state, PSD_WORKER_DEAD);
+  ck_assert_uint_eq(in.age_ms, 800);
+  psd_clock_free(c);
+}
+END_TEST
+
 Suite *psd_clock_suite(void) {
   Suite *s = suite_create("psd_clock");
   TCase *tc = tcase_create("core");
@@ -997,6 +1024,7 @@ Suite *psd_clock_suite(void) {
   tcase_add_test(tc, test_restart_counts_retrained);
   tcase_add_test(tc, test_holder);
   tcase_add_test(tc, test_stall_extends_leases);
+  tcase_add_test(tc, test_left_age_grows);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -970,7 +970,7 @@ static int run_claim(psw_run *x, const psw_coord_part *fin, psw_coord_part *pos,
        * clock is the living's slowest. */
       if (psw_coord_rejoins(x->coord) != x->rejoins) psw_coord_step_out(x->coord, x->clock + 1);
       int err = psw_coord_claim(x->coord, fin, x->o->epochs, x->data_total, pos, &done, eb);
-      if (err == PS_EEXPIRED && (err = psw_coord_rejoin(x->coord, eb)) == 0)
+      if (err == PS_EEXPIRED && (err = psw_coord_rejoin(x->coord, eb)) >= 0)
         err = psw_coord_claim(x->coord, NULL, x->o->epochs, x->data_total, pos, &done, eb);
       uint64_t rejoins = psw_coord_rejoins(x->coord);
       int back = rejoins != x->rejoins;

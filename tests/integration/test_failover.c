@@ -1188,6 +1188,43 @@ START_TEST(test_failover_finished_shares_null) {
 }
 END_TEST
 
+/* tf_count returns how many times NEEDLE occurs in TEXT. */
+static int tf_count(const char *text, const char *needle) {
+  int n = 0;
+  for (const char *p = text; (p = strstr(p, needle)); p += strlen(needle)) n++;
+  return n;
+}
+
+/* One expiry, one rejoin (asp, overlapping pushes, 2 workers, leases of
+ * 1 s): b is stopped past its lease, then continued.  Its heartbeat
+ * thread and its data path (several pushes and pulls in flight, each
+ * refused as expired) all see the expiry; b registers again once and
+ * says so once (it used to register again for each refusal: three
+ * "registering again" / "rejoined" pairs within 2 s). */
+START_TEST(test_failover_one_rejoin) {
+  TF_NEED_DATA();
+  tf_ctx x = {0};
+  tf_start_c(&x, 2, 2, 400, "logreg", "0.002", TF_SAMPLES, "asp", 0);
+  int a = tf_spawn(&x), b = tf_spawn(&x);
+  tf_wait_trained(&x, 0, TF_SAMPLES / 8);
+  ck_assert_int_eq(kill(x.w[b], SIGSTOP), 0);
+  tf_wait_state(&x, x.w[b], "DEAD");
+  ck_assert_int_eq(kill(x.w[b], SIGCONT), 0);
+  tf_wait_state(&x, x.w[b], "ALIVE");
+  usleep(2500 * 1000); /* the refusals of what was in flight come back */
+  char log[700];
+  tf_log(&x, b, log, sizeof log);
+  char *text = ps_test_read_file(log, NULL);
+  int n = tf_count(text, "registering again"), m = tf_count(text, "rejoined;");
+  free(text);
+  ck_assert_msg(n == 1 && m <= 1, "worker b registered again %d times (%d rejoined lines) "
+                "after one expiry; see %s", n, m, log);
+  for (int i = a; i <= b; i++) ps_test_stop(x.w[i], SIGKILL, 5000);
+  x.w[a] = x.w[b] = 0;
+  tf_finish(&x);
+}
+END_TEST
+
 Suite *psw_failover_suite(void) {
   Suite *s = suite_create("psw_failover");
   TCase *tc = tcase_create("failover");
@@ -1231,6 +1268,7 @@ Suite *psw_failover_suite(void) {
   tcase_set_timeout(tp, 60);
   tcase_add_unchecked_fixture(tp, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_add_test(tp, test_failover_finished_shares_null);
+  tcase_add_test(tp, test_failover_one_rejoin);
   suite_add_tcase(s, tp);
   /* a shard's own stall is no worker's silence */
   TCase *ts = tcase_create("failover_stall");

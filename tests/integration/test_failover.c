@@ -1225,6 +1225,65 @@ START_TEST(test_failover_one_rejoin) {
 }
 END_TEST
 
+/* A worker out past its lease while the others go on (asp, 2 workers, a
+ * small data set so that epochs fly, b stopped with SIGSTOP for 3 s)
+ * reports its epochs truly when it comes back: no epoch line repeats the
+ * step count of the one before (a batch computed before it learnt it was
+ * declared dead, its report refused, is no step: it used to end an epoch
+ * "done" at the same step, evaluated on the same parameters), and an
+ * epoch number it skips (the others trained it) is said, not silent. */
+START_TEST(test_failover_rejoin_epochs) {
+  TF_NEED_DATA();
+  tf_ctx x = {0};
+  tf_start_c(&x, 2, 2, 400, "logreg", "0.002", 1200, "asp", 0);
+  int a = tf_spawn(&x);
+  char log[700];
+  tf_log(&x, x.nw, log, sizeof log);
+  char *argv[] = {(char *)ps_test_bin("psw"), "--config", x.yaml, NULL};
+  x.w[x.nw] = ps_test_spawn(argv, log, NULL);
+  int b = x.nw++;
+  for (int64_t end = ps_test_now_ms() + 30000;; usleep(20000)) {
+    char *text = access(log, R_OK) == 0 ? ps_test_read_file(log, NULL) : NULL;
+    int n = text ? tf_count(text, " done: step ") : 0;
+    free(text);
+    if (n >= 2) break;
+    ck_assert_msg(ps_test_now_ms() < end, "worker b never finished 2 epochs; see %s", log);
+  }
+  ck_assert_int_eq(kill(x.w[b], SIGSTOP), 0);
+  tf_wait_state(&x, x.w[b], "DEAD");
+  usleep(3000 * 1000); /* a trains epochs alone */
+  ck_assert_int_eq(kill(x.w[b], SIGCONT), 0);
+  usleep(3000 * 1000);
+  for (int i = a; i <= b; i++) ps_test_stop(x.w[i], SIGKILL, 5000);
+  x.w[a] = x.w[b] = 0;
+  char *text = ps_test_read_file(log, NULL);
+  unsigned prev_epoch = 0;
+  unsigned long long prev_step = 0;
+  int said_skip = 0, lines = 0;
+  for (char *l = text; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+    if (strstr(l, "trained by the other workers") &&
+        strstr(l, "trained by the other workers") < strchr(l, '\n'))
+      said_skip = 1;
+    const char *d = strstr(l, ": epoch ");
+    unsigned e;
+    unsigned long long st;
+    if (!d || d > strchr(l, '\n') || sscanf(d, ": epoch %u done: step %llu", &e, &st) != 2)
+      continue;
+    lines++;
+    ck_assert_msg(!prev_epoch || st > prev_step, "epoch %u done at step %llu, as epoch %u; "
+                  "see %s", e, st, prev_epoch, log);
+    ck_assert_msg(!prev_epoch || e == prev_epoch + 1 || said_skip, "epoch %u done after epoch "
+                  "%u, the skip not said; see %s", e, prev_epoch, log);
+    prev_epoch = e;
+    prev_step = st;
+    said_skip = 0;
+  }
+  ck_assert_msg(lines >= 3, "only %d epoch lines; see %s", lines, log);
+  free(text);
+  tf_finish(&x);
+}
+END_TEST
+
 Suite *psw_failover_suite(void) {
   Suite *s = suite_create("psw_failover");
   TCase *tc = tcase_create("failover");
@@ -1269,6 +1328,7 @@ Suite *psw_failover_suite(void) {
   tcase_add_unchecked_fixture(tp, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_add_test(tp, test_failover_finished_shares_null);
   tcase_add_test(tp, test_failover_one_rejoin);
+  tcase_add_test(tp, test_failover_rejoin_epochs);
   suite_add_tcase(s, tp);
   /* a shard's own stall is no worker's silence */
   TCase *ts = tcase_create("failover_stall");

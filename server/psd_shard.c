@@ -159,9 +159,12 @@ static void psd_shard_stall_check(psd_shard *sh, uint64_t now) {
   uint64_t due = sh->clock_due_ms;
   if (!sh->clock || !due || now < due + psd_shard_watch_ms(sh)) return;
   char me[96];
-  ps_warn("%s: its event loop was stalled for %llu ms (a long request held it, or the process "
-          "was stopped): the workers' leases are extended by as much, as their heartbeats "
-          "waited unread", psd_shard_who(sh, me, sizeof me), (unsigned long long)(now - due));
+  /* said when a heartbeat or more went unread; a shorter one (a busy
+   * machine) is credited quietly */
+  if (now - due >= sh->cfg->workers.heartbeat_ms)
+    ps_warn("%s: its event loop was stalled for %llu ms (a long request held it, or the process "
+            "was stopped): the workers' leases are extended by as much, as their heartbeats "
+            "waited unread", psd_shard_who(sh, me, sizeof me), (unsigned long long)(now - due));
   psd_clock_stalled(sh->clock, now - due, now);
   sh->clock_due_ms = now; /* credited once; the timer still fires at once */
 }

@@ -43,6 +43,7 @@ typedef struct clock_worker {
   int left;                  /* dead because it said it was done */
   uint32_t nparked;
   uint64_t last_ms, clock;
+  uint64_t credit_ms;        /* loop stalls since last_ms, not its silence (invariant 3) */
   float steps_per_s, blocked_share;
 } clock_worker;
 
@@ -194,6 +195,26 @@ static int clock_expired_err(uint32_t id, ps_errbuf *eb) {
                  id);
 }
 
+/* clock_heard notes that W spoke (or was alive in a parked pull) at
+ * NOW_MS: its lease starts again, with no stall credited. */
+static void clock_heard(clock_worker *w, uint64_t now_ms) {
+  w->last_ms = now_ms;
+  w->credit_ms = 0;
+}
+
+/* clock_waited notes that a parked pull of W ended at NOW_MS: W was
+ * alive while it waited, unless it left or died meanwhile (its pull
+ * outlives it until released: no word of it, its silence goes on). */
+static void clock_waited(clock_worker *w, uint64_t now_ms) {
+  if (w && !w->dead) clock_heard(w, now_ms);
+}
+
+/* clock_lease_end returns when W's lease runs out: lease_ms of silence,
+ * not counting the loop's stalls (invariant 3). */
+static uint64_t clock_lease_end(const psd_clock *c, const clock_worker *w) {
+  return w->last_ms + c->o.lease_ms + w->credit_ms;
+}
+
 /* clock_worker_get sets *OUT to worker ID's slot (made when missing),
  * alive again and with its lease refreshed.  PS_EINVAL for an id outside
  * the world (invariant 8); PS_EEXPIRED, unless REVIVE, for an expired
@@ -217,7 +238,7 @@ static int clock_worker_get(psd_clock *c, uint32_t id, uint64_t now_ms, int revi
     w->id = id;
   }
   w->dead = w->left = 0;
-  w->last_ms = now_ms;
+  clock_heard(w, now_ms);
   if (out) *out = w;
   return 0;
 }
@@ -306,7 +327,7 @@ static void clock_serve_ready(psd_clock *c, psd_clock_model *m, uint64_t now_ms)
     clock_unlink(c, p);
     if (gap > m->max_gap) m->max_gap = gap;
     clock_worker *w = clock_worker_find(c, p->worker);
-    if (w) w->last_ms = now_ms;
+    clock_waited(w, now_ms);
     psd_done_finish(&p->done, 0, NULL);
   }
 }
@@ -583,7 +604,7 @@ int psd_clock_holder(const psd_clock *c, uint32_t worker, const char *host, uint
 /* psd_clock_grace: see psd_clock.h (invariant 10). */
 void psd_clock_grace(psd_clock *c, uint64_t now_ms) {
   for (size_t i = 0; i < c->nw; i++)
-    if (!c->w[i].dead && c->w[i].last_ms < now_ms) c->w[i].last_ms = now_ms;
+    if (!c->w[i].dead && c->w[i].last_ms < now_ms) clock_heard(&c->w[i], now_ms);
 }
 
 /* psd_clock_step_out: see psd_clock.h. */
@@ -958,7 +979,7 @@ static void clock_timeout(psd_clock *c, psd_park *p, uint64_t now_ms) {
   m->timeouts++;
   clock_unlink(c, p);
   clock_worker *w = clock_worker_find(c, p->worker);
-  if (w) w->last_ms = now_ms;
+  clock_waited(w, now_ms);
   psd_done_finish(&p->done, PS_ETIMEDOUT, msg);
 }
 
@@ -969,8 +990,7 @@ void psd_clock_tick(psd_clock *c, uint64_t now_ms) {
     again = 0;
     for (size_t i = 0; i < c->nw; i++) {
       clock_worker *w = &c->w[i];
-      if (w->dead || w->nparked || now_ms - w->last_ms < c->o.lease_ms || now_ms < w->last_ms)
-        continue;
+      if (w->dead || w->nparked || now_ms < clock_lease_end(c, w)) continue;
       /* clock_expire runs release callbacks, which may grow c->w */
       uint32_t id = w->id;
       uint64_t silent = now_ms - w->last_ms;
@@ -989,13 +1009,25 @@ void psd_clock_tick(psd_clock *c, uint64_t now_ms) {
   }
 }
 
+/* psd_clock_stalled: see psd_clock.h.  A credit, not a moved last_ms:
+ * status still shows how long the worker has been silent. */
+void psd_clock_stalled(psd_clock *c, uint64_t stall_ms, uint64_t now_ms) {
+  for (size_t i = 0; i < c->nw; i++) {
+    clock_worker *w = &c->w[i];
+    if (w->dead || now_ms <= w->last_ms) continue;
+    /* only the part of the stall since it last spoke was lost to it */
+    uint64_t lost = now_ms - w->last_ms < stall_ms ? now_ms - w->last_ms : stall_ms;
+    w->credit_ms += lost;
+  }
+}
+
 /* psd_clock_next_ms: see psd_clock.h. */
 uint64_t psd_clock_next_ms(const psd_clock *c, uint64_t now_ms) {
   (void)now_ms;
   uint64_t t = UINT64_MAX;
   for (size_t i = 0; i < c->nw; i++)
-    if (!c->w[i].dead && !c->w[i].nparked && c->w[i].last_ms + c->o.lease_ms < t)
-      t = c->w[i].last_ms + c->o.lease_ms;
+    if (!c->w[i].dead && !c->w[i].nparked && clock_lease_end(c, &c->w[i]) < t)
+      t = clock_lease_end(c, &c->w[i]);
   for (size_t i = 0; i < c->nm; i++)
     for (const psd_park *p = c->m[i]->head; p; p = p->next)
       if (p->deadline_ms < t) t = p->deadline_ms;
@@ -1045,10 +1077,10 @@ void psd_clock_worker(const psd_clock *c, size_t i, uint64_t now_ms, psd_worker_
   info->age_ms = now_ms > w->last_ms ? now_ms - w->last_ms : 0;
   info->steps_per_s = w->steps_per_s;
   info->blocked_share = w->blocked_share;
-  if (w->nparked) info->age_ms = 0;
+  if (w->nparked && !w->dead) info->age_ms = 0; /* alive while it waits, not once gone */
   if (clock_worker_rank(w) == RANK_FINISHED)
     info->state = PSD_WORKER_DONE;
-  else if (w->dead || info->age_ms >= c->o.lease_ms)
+  else if (w->dead || (!w->nparked && now_ms >= clock_lease_end(c, w)))
     info->state = PSD_WORKER_DEAD;
   else if (info->age_ms > 2ull * c->o.heartbeat_ms)
     info->state = PSD_WORKER_LATE;

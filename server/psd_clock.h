@@ -14,7 +14,9 @@
  *  3. Leases: any request of a worker (heartbeat, push, pull) refreshes its
  *     lease.  A worker with a pull parked here is alive.  A worker silent
  *     for lease_ms is DEAD: it leaves every clock table (the pulls waiting
- *     on it are re-checked) and its rank becomes free.
+ *     on it are re-checked) and its rank becomes free.  Time the shard's
+ *     loop was stalled (psd_clock_stalled: it read nothing, so a worker's
+ *     beats waited unread) is not silence: it extends the lease.
  *  4. A parked pull gives up at its deadline (pull_timeout_ms after it was
  *     parked) with PS_ETIMEDOUT and a message naming the slowest worker
  *     and its clock.
@@ -219,8 +221,10 @@ int psd_clock_heartbeat(psd_clock *c, uint32_t worker, const char *model, uint64
 int psd_clock_expired(const psd_clock *c, uint32_t worker);
 
 /* psd_clock_silent_ms returns how long WORKER has sent nothing here at
- * NOW_MS (its last request or released pull; a pull parked for it does
- * not count), UINT64_MAX when the table does not know it. */
+ * NOW_MS (its last request or released pull, one released after it left
+ * or died excepted; a pull parked for it does not count), UINT64_MAX
+ * when the table does not know it.  Status's heartbeat age is the same,
+ * but 0 for a live worker with a pull parked here. */
 uint64_t psd_clock_silent_ms(const psd_clock *c, uint32_t worker, uint64_t now_ms);
 
 /* psd_clock_slowest returns the slowest live clock in MODEL's table (0
@@ -398,6 +402,13 @@ void psd_clock_release_all(psd_clock *c, int status, const char *msg);
 /* psd_clock_tick expires leases (invariant 3) and times parked pulls out
  * (invariant 4) as of NOW_MS. */
 void psd_clock_tick(psd_clock *c, uint64_t now_ms);
+
+/* psd_clock_stalled says that the caller's loop read no request for the
+ * STALL_MS before NOW_MS (a long request held it, or the process was
+ * stopped): each live worker's lease is extended by the part of the
+ * stall since its last word (invariant 3), until its next word.  Call it
+ * before the tick that would expire them. */
+void psd_clock_stalled(psd_clock *c, uint64_t stall_ms, uint64_t now_ms);
 
 /* psd_clock_next_ms returns the earliest time a tick has work (a lease to
  * expire, a parked pull's deadline), or UINT64_MAX. */

@@ -139,10 +139,43 @@ int psd_shard_held(psd_shard *sh, const char *model, const uint32_t **ids, size_
 
 /* ---- consistency ----------------------------------------------------------- */
 
-/* psd_shard_now_ms: the loop's millisecond clock (the timer's base). */
+/* psd_shard_watch_ms: the longest the clock timer waits while leases
+ * run, and the lateness that counts as a stalled loop: half a heartbeat
+ * (a quarter lease when shorter, never under 100 ms of timer jitter). */
+static uint64_t psd_shard_watch_ms(const psd_shard *sh) {
+  uint64_t w = sh->cfg->workers.heartbeat_ms / 2, q = sh->cfg->workers.lease_ms / 4;
+  if (q < w) w = q;
+  return w < 100 ? 100 : w;
+}
+
+/* psd_shard_stall_check credits a stalled loop to the leases (psd_clock
+ * invariant 3): the clock timer overdue by a watch period at NOW means
+ * the loop ran nothing since its due time (one long request, or the
+ * process stopped), so the heartbeats of that time still wait unread in
+ * the sockets and must not count as silence.  Runs before any use of
+ * NOW by the table, so neither the timer nor a request's own tick (a
+ * registration's) expires a worker for the shard's own silence. */
+static void psd_shard_stall_check(psd_shard *sh, uint64_t now) {
+  uint64_t due = sh->clock_due_ms;
+  if (!sh->clock || !due || now < due + psd_shard_watch_ms(sh)) return;
+  char me[96];
+  /* said when a heartbeat or more went unread; a shorter one (a busy
+   * machine) is credited quietly */
+  if (now - due >= sh->cfg->workers.heartbeat_ms)
+    ps_warn("%s: its event loop was stalled for %llu ms (a long request held it, or the process "
+            "was stopped): the workers' leases are extended by as much, as their heartbeats "
+            "waited unread", psd_shard_who(sh, me, sizeof me), (unsigned long long)(now - due));
+  psd_clock_stalled(sh->clock, now - due, now);
+  sh->clock_due_ms = now; /* credited once; the timer still fires at once */
+}
+
+/* psd_shard_now_ms: the loop's millisecond clock (the timer's base),
+ * after crediting a stall that ended just now (psd_shard_stall_check). */
 static uint64_t psd_shard_now_ms(psd_shard *sh) {
   uv_update_time(sh->loop);
-  return uv_now(sh->loop);
+  uint64_t now = uv_now(sh->loop);
+  psd_shard_stall_check(sh, now);
+  return now;
 }
 
 /* psd_shard_staleness: see psd_shard.h. */
@@ -155,21 +188,32 @@ uint32_t psd_shard_staleness(const Ps__ModelSpec *spec) {
 
 static void psd_shard_on_clock_timer(uv_timer_t *t);
 
-/* psd_shard_clock_arm (re)starts the timer for the table's next deadline. */
+/* psd_shard_clock_arm (re)starts the timer for the table's next
+ * deadline, a watch period away at most while leases run (so that its
+ * lateness shows a stalled loop: psd_shard_stall_check).  A timer due
+ * sooner already stays as it is: re-arming it later at each request
+ * would hide the stall it is late for. */
 static void psd_shard_clock_arm(psd_shard *sh) {
   if (!sh->clock) return;
   uint64_t now = uv_now(sh->loop), next = psd_clock_next_ms(sh->clock, now);
   if (next == UINT64_MAX) {
     uv_timer_stop(&sh->clock_timer);
+    sh->clock_due_ms = 0;
     return;
   }
-  uv_timer_start(&sh->clock_timer, psd_shard_on_clock_timer, next > now ? next - now : 0, 0);
+  if (next > now + psd_shard_watch_ms(sh)) next = now + psd_shard_watch_ms(sh);
+  if (next < now) next = now;
+  if (sh->clock_due_ms && sh->clock_due_ms <= next) return;
+  uv_timer_start(&sh->clock_timer, psd_shard_on_clock_timer, next - now, 0);
+  sh->clock_due_ms = next;
 }
 
 /* psd_shard_on_clock_timer expires leases and times parked pulls out. */
 static void psd_shard_on_clock_timer(uv_timer_t *t) {
   psd_shard *sh = t->data;
-  psd_clock_tick(sh->clock, psd_shard_now_ms(sh));
+  uint64_t now = psd_shard_now_ms(sh); /* credits a stall first */
+  sh->clock_due_ms = 0;
+  psd_clock_tick(sh->clock, now);
   psd_shard_clock_arm(sh);
 }
 
@@ -217,6 +261,7 @@ void psd_shard_clock_stop(psd_shard *sh) {
   if (!sh->clock) return;
   psd_clock_release_all(sh->clock, PS_ESHUTDOWN, "shard is shutting down");
   uv_timer_stop(&sh->clock_timer);
+  sh->clock_due_ms = 0;
   psd_coord_stop(sh);
 }
 

@@ -96,7 +96,8 @@ typedef struct psd_shard {
   struct ps_tls_server *tls;
   struct psd_chan *chan;
   psd_clock *clock;           /* leases, clocks, parked pulls (psd_shard_clock_start) */
-  uv_timer_t clock_timer;     /* fires at psd_clock_next_ms */
+  uv_timer_t clock_timer;     /* fires at psd_clock_next_ms, or sooner (psd_shard_clock_arm) */
+  uint64_t clock_due_ms;      /* when clock_timer should fire (0: stopped); lateness = a stalled loop */
   int coordinator;            /* this shard registers workers */
   struct psd_wal *wal;        /* the redo log (durability sync), else NULL */
   uv_timer_t save_timer;      /* saves the coordinator's table (psd_coord.h) */

@@ -1110,8 +1110,7 @@ int psw_rejoin_step(const psw_rejoin_ctx *r, int64_t *since, uint32_t *delay, co
   if (!r->rejoin) return ps_errf(eb, PS_EEXPIRED, "%s", why);
   int64_t now = ps_now_ms();
   if (!*since) {
-    *since = now;
-    ps_warn("%s: %s; rejoining", r->who, why);
+    *since = now; /* said with the rejoin: a stale refusal says nothing */
   } else {
     if (now - *since >= (int64_t)r->retry_ms)
       return ps_errf(eb, PS_EEXPIRED, "still refused after rejoining for %u ms: %s", r->retry_ms,
@@ -1121,8 +1120,8 @@ int psw_rejoin_step(const psw_rejoin_ctx *r, int64_t *since, uint32_t *delay, co
     *delay = ps_backoff_next(*delay);
   }
   int err = r->rejoin(r->arg, eb);
-  if (err == 0) ps_warn("%s: rejoined; %s", r->who, r->after);
-  return err;
+  if (err == 0) ps_warn("%s: rejoined; %s (refused: %s)", r->who, r->after, why);
+  return err < 0 ? err : 0;
 }
 
 /* psw_rejoin handles a round some shard refused as expired (invariant 5):

@@ -341,9 +341,12 @@ typedef struct psw_rejoin_ctx {
 
 /* psw_rejoin_step handles one refusal as expired (WHY) by R's hook, after
  * a backoff nap (*DELAY, doubling) when the shards refused again, for at
- * most R->retry_ms since *SINCE (set at the first refusal, which is
- * said): 0 once rejoined, PS_EEXPIRED past retry_ms (or with no hook),
- * PS_ESHUTDOWN on a stop, or the hook's error (invariant 5). */
+ * most R->retry_ms since *SINCE (set at the first refusal): 0 once
+ * rejoined (said with WHY) or when the hook answers 1 (no shard holds the
+ * worker expired any more: the refusal's request went out before a
+ * rejoin already done; nothing said, so one expiry logs one rejoin),
+ * PS_EEXPIRED past retry_ms (or with no hook), PS_ESHUTDOWN on a stop,
+ * or the hook's error (invariant 5). */
 int psw_rejoin_step(const psw_rejoin_ctx *r, int64_t *since, uint32_t *delay, const char *why,
                     ps_errbuf *eb);
 

@@ -379,10 +379,14 @@ static int coord_heartbeat_all(psw_coord *c, uint32_t worker, int leaving, int d
 
 /* coord_reregister registers again after a shard declared the worker
  * DEAD, then rejoins every shard (invariant 5); a different rank (or
- * none) marks the worker lost.  Returns 0 or PS_EEXIST (lost); a worker
- * that did not register (a fixed rank) only rejoins.  SEEN: the rejoin
- * count when the expiry was seen; a rejoin done since (by the other
- * thread) makes this one needless (UINT64_MAX: always rejoin). */
+ * none) marks the worker lost.  Returns 0, 1 when nothing was needed, or
+ * PS_EEXIST (lost); a worker that did not register (a fixed rank) only
+ * rejoins.  SEEN: the rejoin count when the expiry was seen; a rejoin
+ * done since (by the other thread) makes this one needless.  UINT64_MAX:
+ * the data path's refusal, whose request may have gone out before the
+ * last rejoin (a push's answer comes a step later, several requests are
+ * in flight): a plain beat first asks whether any shard still holds the
+ * worker expired, so that one expiry makes one rejoin. */
 static int coord_reregister(psw_coord *c, uint64_t seen) {
   ps_errbuf eb = {""};
   uint32_t old = c->worker;
@@ -390,9 +394,9 @@ static int coord_reregister(psw_coord *c, uint64_t seen) {
   pthread_mutex_lock(&c->mu);
   int lost = c->lost, done_since = seen != UINT64_MAX && c->rejoins != seen;
   pthread_mutex_unlock(&c->mu);
-  if (lost || done_since) {
+  if (lost || done_since || (seen == UINT64_MAX && !coord_heartbeat_all(c, old, 0, 0, 0, NULL))) {
     pthread_mutex_unlock(&c->rejoin_mu);
-    return lost ? PS_EEXIST : 0;
+    return lost ? PS_EEXIST : 1;
   }
   ps_warn("worker %u: a shard had declared this worker dead (lease expired); %s", old,
           c->registered ? "registering again" : "rejoining with its fixed rank");
@@ -430,7 +434,7 @@ int psw_coord_rejoin(psw_coord *c, ps_errbuf *eb) {
   if (!c) return ps_errf(eb, PS_EEXPIRED, "declared dead and no coordinator to rejoin");
   int err = coord_reregister(c, UINT64_MAX);
   if (err < 0) return psw_coord_lost(c, eb);
-  return 0;
+  return err;
 }
 
 /* psw_coord_rejoins: see psw_coord.h. */

@@ -135,8 +135,10 @@ int psw_coord_start(psw_coord *c, uint32_t worker, int registered, ps_errbuf *eb
 
 /* psw_coord_rejoin registers again and rejoins every shard after a shard
  * refused a push or pull as expired (invariant 5); thread-safe (one rejoin
- * at a time).  Returns 0, or PS_EEXIST when the rank went to another
- * worker (as psw_coord_lost; message in EB). */
+ * at a time).  Returns 0 when it rejoined, 1 when no shard holds the
+ * worker expired any more (the refusal predates a rejoin already done,
+ * by either thread: nothing done, nothing logged), or PS_EEXIST when the
+ * rank went to another worker (as psw_coord_lost; message in EB). */
 int psw_coord_rejoin(psw_coord *c, ps_errbuf *eb);
 
 /* psw_coord_rejoins returns how many times the worker came back after a

@@ -2,6 +2,7 @@
 #include "psw_progress.h"
 
 #include <errno.h>
+#include <math.h>
 #include <stdarg.h>
 #include <string.h>
 #include <time.h>
@@ -74,15 +75,24 @@ void psw_progress_end(psw_progress *p) {
   p->live = 0;
 }
 
+/* progress_fig writes V as "%.4f" into BUF, or "-" when no figure ran
+ * (NAN: no test set evaluated), so that nothing reads as one. */
+static const char *progress_fig(char *buf, size_t cap, double v) {
+  if (isfinite(v)) snprintf(buf, cap, "%.4f", v);
+  else snprintf(buf, cap, "-");
+  return buf;
+}
+
 /* psw_progress_epoch: see psw_progress.h. */
 void psw_progress_epoch(psw_progress *p, const psw_epoch_stats *e) {
   if (p->quiet) return;
+  char tl[32], ta[32];
   progress_say(p,
-               "%sworker %u: epoch %u done: step %llu train loss %.4f acc %.4f, test loss %.4f "
-               "acc %.4f, %.0f samples/s, %.1f s\n",
+               "%sworker %u: epoch %u done: step %llu train loss %.4f acc %.4f, test loss %s "
+               "acc %s, %.0f samples/s, %.1f s\n",
                p->live ? "\r\033[K" : "", p->rank, e->epoch, (unsigned long long)e->step,
-               e->train_loss, e->train_accuracy, e->test_loss, e->test_accuracy,
-               e->samples_per_sec, e->wall_s);
+               e->train_loss, e->train_accuracy, progress_fig(tl, sizeof tl, e->test_loss),
+               progress_fig(ta, sizeof ta, e->test_accuracy), e->samples_per_sec, e->wall_s);
   p->live = 0;
 }
 

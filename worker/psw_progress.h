@@ -3,7 +3,8 @@
  *
  * On a terminal, progress is one line redrawn with '\r' (at most every
  * 200 ms); otherwise plain lines, one every PSW_PROGRESS_PLAIN_MS and one
- * per epoch.  Not thread-safe: one thread reports. */
+ * per epoch (its test figures "-" when none was evaluated: no test set).
+ * Not thread-safe: one thread reports. */
 #ifndef PSW_PROGRESS_H
 #define PSW_PROGRESS_H
 

@@ -766,6 +766,9 @@ static int run_part(psw_run *x, psw_coord_part *pos, psw_epoch_acc *acc, uint64_
     }
     if (err == 0) err = terr;
     if (err < 0) {
+      /* not pushed (its report refused: declared dead, the partition
+       * another's): no step, so not in the epoch's figures either */
+      *acc = acc0;
       if (ov) psw_client_wait(x->cl, NULL);
       return err;
     }
@@ -970,7 +973,7 @@ static int run_claim(psw_run *x, const psw_coord_part *fin, psw_coord_part *pos,
        * clock is the living's slowest. */
       if (psw_coord_rejoins(x->coord) != x->rejoins) psw_coord_step_out(x->coord, x->clock + 1);
       int err = psw_coord_claim(x->coord, fin, x->o->epochs, x->data_total, pos, &done, eb);
-      if (err == PS_EEXPIRED && (err = psw_coord_rejoin(x->coord, eb)) == 0)
+      if (err == PS_EEXPIRED && (err = psw_coord_rejoin(x->coord, eb)) >= 0)
         err = psw_coord_claim(x->coord, NULL, x->o->epochs, x->data_total, pos, &done, eb);
       uint64_t rejoins = psw_coord_rejoins(x->coord);
       int back = rejoins != x->rejoins;
@@ -1076,6 +1079,19 @@ static void run_restart(psw_run *x, uint32_t epoch, psw_epoch_acc *acc, double t
   x->r->epochs = 0;
 }
 
+/* run_say_skipped says that the worker's next partition is of epoch TO
+ * while it trained nothing of epochs FROM to TO - 1 (0-based): the others
+ * did (it joined late, or was out: declared dead, waiting), so its epoch
+ * lines jump, and not silently. */
+static void run_say_skipped(psw_run *x, uint32_t from, uint32_t to) {
+  if (to == from + 1)
+    ps_info("worker %u: the job is at epoch %u now: epoch %u was trained by the other workers, "
+            "not here", x->rank, to + 1, from + 1);
+  else
+    ps_info("worker %u: the job is at epoch %u now: epochs %u to %u were trained by the other "
+            "workers, not here", x->rank, to + 1, from + 1, to);
+}
+
 /* run_train pulls the starting point and trains claimed partitions until
  * none is left: a local epoch ends when a claim brings a later epoch (or
  * the last), and is evaluated then; or when the job restarted (a replace),
@@ -1102,6 +1118,8 @@ static int run_train(psw_run *x, ps_errbuf *eb) {
     if (got == 0) break;
     int restarted = run_restarted(x, &pos, epoch, eb);
     if (restarted < 0) return err = restarted;
+    /* the first epoch this worker has no line for: after the one it trains */
+    uint32_t unsaid = acc.samples || step ? epoch + 1 : epoch;
     if (restarted || (pos.epoch > epoch && (acc.samples || step))) {
       if (restarted) run_restart(x, epoch, &acc, t0);
       else if ((err = run_epoch_done(x, epoch, &acc, t0, 1, eb)) < 0) return err;
@@ -1118,6 +1136,7 @@ static int run_train(psw_run *x, ps_errbuf *eb) {
      * partition, claimed at its offset, goes back as it is when the worker
      * leaves) */
     if (run_stopping(x)) break;
+    if (!restarted && pos.epoch > unsaid) run_say_skipped(x, unsaid, pos.epoch);
     if (pos.epoch > epoch) epoch = pos.epoch;
     err = run_part(x, &pos, &acc, &step, t0, eb);
     if (err == PS_ENOENT) {
@@ -1167,6 +1186,7 @@ static void run_push_counts(psw_run *x, psw_train_result *r) {
 int psw_train_run(const psw_train_opts *o, psw_train_result *r, ps_errbuf *eb) {
   memset(r, 0, sizeof *r);
   r->test_loss = r->test_accuracy = r->train_loss = r->test_auc = r->test_logloss = NAN;
+  r->blocked_share = r->parked_share = r->report_wait_share = NAN; /* no step: no share */
   r->job_done = r->sparse_lost = -1;
   psw_run x = {.o = o, .r = r, .epochs = o->epochs};
   x.t0_ms = (int64_t)run_now_ms();
@@ -1182,7 +1202,9 @@ int psw_train_run(const psw_train_opts *o, psw_train_result *r, ps_errbuf *eb) {
   psw_progress_init(&x.prog, stderr, x.rank, o->quiet);
   int err = run_setup(&x, eb);
   if (err == 0) err = run_train(&x, eb);
-  if (x.t_train_ms > 0) {
+  /* shares of a run that trained: one that found the job finished spent
+   * its short life asking the coordinator, no share of training */
+  if (x.t_train_ms > 0 && x.clock > x.clock0) {
     r->blocked_share = run_blocked_share(&x);
     double wall = run_now_ms() - x.t_train_ms;
     if (wall > 0) r->report_wait_share = x.report_wait_ms / wall;

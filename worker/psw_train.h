@@ -89,7 +89,9 @@ typedef struct psw_train_result {
                                   failed or stopped before registering, and rank means
                                   nothing (the JSON line says "rank":null) */
   double blocked_share;        /* share of the training wall time spent waiting
-                                  for parameters (pulls, parked or not) */
+                                  for parameters (pulls, parked or not); this
+                                  and the two shares below are NAN (JSON null)
+                                  for a run that trained no step */
   double parked_share;         /* time the shards held the pulls parked by
                                   the staleness bound / training wall time
                                   (within blocked_share unless overlapping) */

@@ -1122,6 +1122,168 @@ START_TEST(test_failover_fixed_rank_refused) {
 }
 END_TEST
 
+/* A shard whose loop stalls (here SIGSTOPped for twice the 1 s lease,
+ * which is the same to its leases) does not declare its workers dead on
+ * resuming: their heartbeats waited unread in its sockets and are read
+ * right after.  It says once that its loop was stalled; the workers go
+ * on without registering again.  (It used to sweep the leases first and
+ * declare both dead: "lease expired (silent for 2xxx ms)".) */
+START_TEST(test_failover_shard_stalled) {
+  TF_NEED_DATA();
+  tf_ctx x = {0};
+  tf_start_c(&x, 2, 2, 400, "logreg", "0.002", TF_SAMPLES, "asp", 0);
+  int a = tf_spawn(&x), b = tf_spawn(&x);
+  tf_wait_trained(&x, 0, TF_SAMPLES / 8);
+  for (int s = 1; s >= 0; s--) { /* a plain shard, then the coordinator */
+    ck_assert_int_eq(kill(x.shard[s], SIGSTOP), 0);
+    usleep(2000 * 1000);
+    ck_assert_int_eq(kill(x.shard[s], SIGCONT), 0);
+    usleep(1500 * 1000); /* the workers' beats come in */
+  }
+  for (int s = 0; s < 2; s++) {
+    char log[700];
+    snprintf(log, sizeof log, "%s/psd%d.log", x.dir, s);
+    char *text = ps_test_read_file(log, NULL);
+    ck_assert_msg(!strstr(text, "lease expired"), "shard %d declared a worker dead; see %s", s,
+                  log);
+    ck_assert_msg(strstr(text, "event loop was stalled"), "shard %d did not say its loop "
+                  "stalled; see %s", s, log);
+    free(text);
+  }
+  for (int i = a; i <= b; i++) {
+    char log[700];
+    tf_log(&x, i, log, sizeof log);
+    char *text = ps_test_read_file(log, NULL);
+    ck_assert_msg(!strstr(text, "registering again"), "worker %d was declared dead; see %s", i,
+                  log);
+    free(text);
+    ps_test_stop(x.w[i], SIGKILL, 5000);
+    x.w[i] = 0;
+  }
+  tf_finish(&x);
+}
+END_TEST
+
+/* A worker that finds the job finished already trains no step: its JSON
+ * line says so with null shares (blocked, parked, report wait), not the
+ * share of its short life spent asking the coordinator (0.9984 seen). */
+START_TEST(test_failover_finished_shares_null) {
+  TF_NEED_DATA();
+  tf_ctx x = {0};
+  tf_start(&x, 1, 1, 1, "logreg", "0.002", 1200);
+  tf_spawn(&x);
+  tf_wait_all(&x, NULL);
+  int late = tf_spawn(&x);
+  tf_wait_all(&x, NULL);
+  char log[700];
+  tf_log(&x, late, log, sizeof log);
+  char *text = ps_test_read_file(log, NULL);
+  const char *line = ps_test_last_line(text);
+  ck_assert_msg(strstr(line, "\"steps\":0,"), "the late worker trained; see %s", log);
+  ck_assert_msg(strstr(line, "\"blocked_share\":null") && strstr(line, "\"parked_share\":null") &&
+                    strstr(line, "\"report_wait_share\":null"),
+                "shares of no training: %s", line);
+  free(text);
+  tf_finish(&x);
+}
+END_TEST
+
+/* tf_count returns how many times NEEDLE occurs in TEXT. */
+static int tf_count(const char *text, const char *needle) {
+  int n = 0;
+  for (const char *p = text; (p = strstr(p, needle)); p += strlen(needle)) n++;
+  return n;
+}
+
+/* One expiry, one rejoin (asp, overlapping pushes, 2 workers, leases of
+ * 1 s): b is stopped past its lease, then continued.  Its heartbeat
+ * thread and its data path (several pushes and pulls in flight, each
+ * refused as expired) all see the expiry; b registers again once and
+ * says so once (it used to register again for each refusal: three
+ * "registering again" / "rejoined" pairs within 2 s). */
+START_TEST(test_failover_one_rejoin) {
+  TF_NEED_DATA();
+  tf_ctx x = {0};
+  tf_start_c(&x, 2, 2, 400, "logreg", "0.002", TF_SAMPLES, "asp", 0);
+  int a = tf_spawn(&x), b = tf_spawn(&x);
+  tf_wait_trained(&x, 0, TF_SAMPLES / 8);
+  ck_assert_int_eq(kill(x.w[b], SIGSTOP), 0);
+  tf_wait_state(&x, x.w[b], "DEAD");
+  ck_assert_int_eq(kill(x.w[b], SIGCONT), 0);
+  tf_wait_state(&x, x.w[b], "ALIVE");
+  usleep(2500 * 1000); /* the refusals of what was in flight come back */
+  char log[700];
+  tf_log(&x, b, log, sizeof log);
+  char *text = ps_test_read_file(log, NULL);
+  int n = tf_count(text, "registering again"), m = tf_count(text, "rejoined;");
+  free(text);
+  ck_assert_msg(n == 1 && m <= 1, "worker b registered again %d times (%d rejoined lines) "
+                "after one expiry; see %s", n, m, log);
+  for (int i = a; i <= b; i++) ps_test_stop(x.w[i], SIGKILL, 5000);
+  x.w[a] = x.w[b] = 0;
+  tf_finish(&x);
+}
+END_TEST
+
+/* A worker out past its lease while the others go on (asp, 2 workers, a
+ * small data set so that epochs fly, b stopped with SIGSTOP for 3 s)
+ * reports its epochs truly when it comes back: no epoch line repeats the
+ * step count of the one before (a batch computed before it learnt it was
+ * declared dead, its report refused, is no step: it used to end an epoch
+ * "done" at the same step, evaluated on the same parameters), and an
+ * epoch number it skips (the others trained it) is said, not silent. */
+START_TEST(test_failover_rejoin_epochs) {
+  TF_NEED_DATA();
+  tf_ctx x = {0};
+  tf_start_c(&x, 2, 2, 400, "logreg", "0.002", 1200, "asp", 0);
+  int a = tf_spawn(&x);
+  char log[700];
+  tf_log(&x, x.nw, log, sizeof log);
+  char *argv[] = {(char *)ps_test_bin("psw"), "--config", x.yaml, NULL};
+  x.w[x.nw] = ps_test_spawn(argv, log, NULL);
+  int b = x.nw++;
+  for (int64_t end = ps_test_now_ms() + 30000;; usleep(20000)) {
+    char *text = access(log, R_OK) == 0 ? ps_test_read_file(log, NULL) : NULL;
+    int n = text ? tf_count(text, " done: step ") : 0;
+    free(text);
+    if (n >= 2) break;
+    ck_assert_msg(ps_test_now_ms() < end, "worker b never finished 2 epochs; see %s", log);
+  }
+  ck_assert_int_eq(kill(x.w[b], SIGSTOP), 0);
+  tf_wait_state(&x, x.w[b], "DEAD");
+  usleep(3000 * 1000); /* a trains epochs alone */
+  ck_assert_int_eq(kill(x.w[b], SIGCONT), 0);
+  usleep(3000 * 1000);
+  for (int i = a; i <= b; i++) ps_test_stop(x.w[i], SIGKILL, 5000);
+  x.w[a] = x.w[b] = 0;
+  char *text = ps_test_read_file(log, NULL);
+  unsigned prev_epoch = 0;
+  unsigned long long prev_step = 0;
+  int said_skip = 0, lines = 0;
+  for (char *l = text; l && *l; l = strchr(l, '\n') ? strchr(l, '\n') + 1 : NULL) {
+    if (strstr(l, "trained by the other workers") &&
+        strstr(l, "trained by the other workers") < strchr(l, '\n'))
+      said_skip = 1;
+    const char *d = strstr(l, ": epoch ");
+    unsigned e;
+    unsigned long long st;
+    if (!d || d > strchr(l, '\n') || sscanf(d, ": epoch %u done: step %llu", &e, &st) != 2)
+      continue;
+    lines++;
+    ck_assert_msg(!prev_epoch || st > prev_step, "epoch %u done at step %llu, as epoch %u; "
+                  "see %s", e, st, prev_epoch, log);
+    ck_assert_msg(!prev_epoch || e == prev_epoch + 1 || said_skip, "epoch %u done after epoch "
+                  "%u, the skip not said; see %s", e, prev_epoch, log);
+    prev_epoch = e;
+    prev_step = st;
+    said_skip = 0;
+  }
+  ck_assert_msg(lines >= 3, "only %d epoch lines; see %s", lines, log);
+  free(text);
+  tf_finish(&x);
+}
+END_TEST
+
 Suite *psw_failover_suite(void) {
   Suite *s = suite_create("psw_failover");
   TCase *tc = tcase_create("failover");
@@ -1160,5 +1322,19 @@ Suite *psw_failover_suite(void) {
   tcase_add_test(tr, test_failover_stopped_rank_taken);
   tcase_add_test(tr, test_failover_fixed_rank_refused);
   suite_add_tcase(s, tr);
+  /* what a worker's lines say when it trained little or nothing */
+  TCase *tp = tcase_create("failover_report");
+  tcase_set_timeout(tp, 60);
+  tcase_add_unchecked_fixture(tp, ps_test_procs_setup, ps_test_procs_teardown);
+  tcase_add_test(tp, test_failover_finished_shares_null);
+  tcase_add_test(tp, test_failover_one_rejoin);
+  tcase_add_test(tp, test_failover_rejoin_epochs);
+  suite_add_tcase(s, tp);
+  /* a shard's own stall is no worker's silence */
+  TCase *ts = tcase_create("failover_stall");
+  tcase_set_timeout(ts, 60);
+  tcase_add_unchecked_fixture(ts, ps_test_procs_setup, ps_test_procs_teardown);
+  tcase_add_test(ts, test_failover_shard_stalled);
+  suite_add_tcase(s, ts);
   return s;
 }

@@ -940,6 +940,66 @@ START_TEST(test_holder) {
 }
 END_TEST
 
+/* A stalled loop (a long request, a stopped process) is no worker's
+ * silence: the beats it could not read arrive right after, so the stall
+ * extends the leases it overlapped; a worker silent past that still
+ * expires, and status shows its true age meanwhile. */
+START_TEST(test_stall_extends_leases) {
+  psd_clock *c = tclock(0);
+  ps_errbuf eb;
+  ck_assert_int_eq(psd_clock_heartbeat(c, 0, "m", 0, 0, 0, "h", "cpu", 100, &eb), 0);
+  ck_assert_int_eq(psd_clock_heartbeat(c, 1, "m", 0, 0, 0, "h", "cpu", 100, &eb), 0);
+  /* the loop ran nothing from 200 to 14200 */
+  psd_clock_stalled(c, 14000, 14200);
+  ck_assert_uint_eq(psd_clock_next_ms(c, 14200), 100 + 1000 + 14000);
+  psd_clock_tick(c, 14200);
+  ck_assert_int_eq(texpired, 0);
+  psd_worker_info in;
+  psd_clock_worker(c, 0, 14200, &in);
+  ck_assert_uint_eq(in.age_ms, 14100);
+  ck_assert_int_ne(in.state, PSD_WORKER_DEAD);
+  /* w0's queued beat is read; w1 stays silent and expires a lease later */
+  ck_assert_int_eq(psd_clock_heartbeat(c, 0, "m", 0, 0, 0, "h", "cpu", 14210, &eb), 0);
+  psd_clock_tick(c, 15099);
+  ck_assert_int_eq(texpired, 0);
+  psd_clock_tick(c, 15100);
+  ck_assert_int_eq(texpired, 1);
+  ck_assert_uint_eq(texpired_worker, 1);
+  /* the beat read cleared w0's credit: its next silence counts in full */
+  psd_clock_tick(c, 15210);
+  ck_assert_int_eq(texpired, 2);
+  ck_assert_uint_eq(texpired_worker, 0);
+  psd_clock_free(c);
+}
+END_TEST
+
+/* A worker that left (SIGTERM) while its pull was parked shows how long
+ * ago it last spoke, growing: a parked pull is a live worker's sign of
+ * life, not a departed one's, and its later release is no word of it
+ * (status showed such a worker DEAD with its heartbeat "0.0s ago"). */
+START_TEST(test_left_age_grows) {
+  psd_clock *c = tclock(0);
+  ps_errbuf eb;
+  tpark a;
+  tpark_init(&a);
+  ck_assert_int_eq(psd_clock_heartbeat(c, 0, "m", 0, 0, 0, "h", "cpu", 0, &eb), 0);
+  ck_assert_int_eq(psd_clock_pull(c, "m", 1, 0, 0, &a.p, &eb), 0);
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 0, 0, 100, &eb), 0);
+  ck_assert_int_eq(psd_clock_pull(c, "m", 0, 1, 100, &a.p, &eb), 1); /* parked for w1 */
+  psd_clock_leave(c, 0, 100, 0);
+  psd_worker_info in;
+  psd_clock_worker(c, 0, 600, &in);
+  ck_assert_int_eq(in.state, PSD_WORKER_DEAD);
+  ck_assert_uint_eq(in.age_ms, 500);
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 1, 0, 700, &eb), 0); /* releases w0's pull */
+  ck_assert_int_eq(a.released, 1);
+  psd_clock_worker(c, 0, 900, &in);
+  ck_assert_int_eq(in.state, PSD_WORKER_DEAD);
+  ck_assert_uint_eq(in.age_ms, 800);
+  psd_clock_free(c);
+}
+END_TEST
+
 Suite *psd_clock_suite(void) {
   Suite *s = suite_create("psd_clock");
   TCase *tc = tcase_create("core");
@@ -963,6 +1023,8 @@ Suite *psd_clock_suite(void) {
   tcase_add_test(tc, test_restart_keeps_ranks);
   tcase_add_test(tc, test_restart_counts_retrained);
   tcase_add_test(tc, test_holder);
+  tcase_add_test(tc, test_stall_extends_leases);
+  tcase_add_test(tc, test_left_age_grows);
   suite_add_tcase(s, tc);
   return s;
 }

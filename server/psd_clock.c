@@ -793,10 +793,23 @@ int psd_clock_job_reset(psd_clock *c, const char *model, ps_errbuf *eb) {
 const char *psd_clock_job_model(const psd_clock *c) { return c->job_model; }
 
 /* clock_job_for makes MODEL the table's job (invariant 7): kept when it is
- * already, a new job when no partition is being trained, else PS_EEXIST. */
+ * already, a new job when no partition is being trained, else PS_EEXIST.
+ * A table with no job takes MODEL as it is: it is new or reset (nothing
+ * to clear), or restored from a save made before the job's first claim
+ * (invariant 10), whose restored marks the partitions its workers
+ * claimed after that save still need, and whose progress since the
+ * restore (their owners' reports, taken by those marks) is the job's: a
+ * reset at the restart's first claim, another worker's, cleared both,
+ * and the owners' next reports were refused, their retrains counted
+ * nowhere. */
 static int clock_job_for(psd_clock *c, const char *model, ps_errbuf *eb) {
   if (c->job_model && !strcmp(c->job_model, model)) return 0;
-  for (uint32_t i = 0; c->job_model && i < c->o.nparts; i++)
+  if (!c->job_model) {
+    if (!(c->job_model = strdup(model))) return ps_errf(eb, PS_ENOMEM, "out of memory");
+    c->dirty = 1;
+    return 0;
+  }
+  for (uint32_t i = 0; i < c->o.nparts; i++)
     if (c->part[i].active)
       return ps_errf(eb, PS_EEXIST, "the data partitions are being trained for model '%s' "
                      "(one job at a time): model '%s' must wait", c->job_model, model);
@@ -885,6 +898,25 @@ int psd_clock_progress(psd_clock *c, uint32_t worker, const psd_part_pos *pos, u
     return ps_errf(eb, PS_EINVAL, "partition %" PRIu32 " out of range (%" PRIu32 " partitions)",
                    pos->part, c->o.nparts);
   clock_part *p = &c->part[pos->part];
+  /* its owner finished the saved epoch after the last save and claimed
+   * the next (invariant 10): those epochs' rest is counted trained and
+   * finished, as their lost reports would have, and the report is taken
+   * below at its own epoch (checked first: a refused report changes
+   * nothing) */
+  if (p->restored && !p->active && p->owner == worker && pos->epoch > p->epoch &&
+      (!c->job_epochs || pos->epoch < c->job_epochs) && pos->size &&
+      (!p->size || p->size == pos->size) && p->offset <= pos->size && pos->offset <= pos->size &&
+      pos->started >= pos->offset && pos->started <= pos->size && clock_epoch(c, pos->epoch)) {
+    for (uint32_t k = p->epoch; k < pos->epoch; k++) {
+      psd_epoch_info *e = clock_epoch(c, k);
+      e->trained += pos->size - (k == p->epoch ? p->offset : 0);
+      e->done_parts++;
+    }
+    p->epoch = pos->epoch;
+    p->offset = p->started = 0;
+    p->size = pos->size;
+    c->dirty = 1;
+  }
   /* its owner claimed it after the last save, which the restart lost
    * (invariant 10): it goes on with it rather than train again what it
    * trained since the saved offset */

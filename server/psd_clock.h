@@ -83,7 +83,13 @@
  *     restore, a report's retrained is bounded by the partition's rest,
  *     not by started, and its owner's report of it at its epoch and past
  *     its offset is taken though it is not active (the claim came after
- *     the save: the worker goes on with it, nothing is trained again).  A restored clock holds
+ *     the save: the worker goes on with it, nothing is trained again),
+ *     and so is its report at a later epoch (it finished the saved one
+ *     after the save: that epoch's rest, and any between, is counted
+ *     trained and finished, as the lost reports would have); a
+ *     save made before the job's first claim names no job, and the first
+ *     claim after the restore takes the table as it is, the restored
+ *     marks kept (a new job would clear them).  A restored clock holds
  *     the others back as before, until the worker's first push or pull
  *     sets it to where the worker is (up, or down when a push was lost
  *     with the restart: else its own pull would wait for it forever).  psd_clock_dirty says
@@ -298,9 +304,11 @@ typedef struct psd_epoch_info {
 /* The partition table trains one model at a time, its job: a claim for
  * another model starts a new job (every partition at epoch 0, the counts
  * cleared) when no partition is being trained, else is refused with
- * PS_EEXIST.  psd_clock_job_reset starts a new job for MODEL (NULL: none)
- * at once (a model submitted again); psd_clock_job_model returns the
- * job's model (NULL: none; borrowed). */
+ * PS_EEXIST; a table with no job takes the claim's model as it is (new,
+ * or restored from a save made before the first claim: invariant 10).
+ * psd_clock_job_reset starts a new job for MODEL (NULL: none) at once (a
+ * model submitted again); psd_clock_job_model returns the job's model
+ * (NULL: none; borrowed). */
 int psd_clock_job_reset(psd_clock *c, const char *model, ps_errbuf *eb);
 const char *psd_clock_job_model(const psd_clock *c);
 

@@ -900,6 +900,91 @@ START_TEST(test_restart_counts_retrained) {
 }
 END_TEST
 
+/* Finding (psw_failover/failover_ranks): the coordinator's last save came
+ * before the job's first claim (the workers had registered; a save runs
+ * every PSD_COORD_SAVE_MS in the background, and the kill came before
+ * the next one finished), so the restored table named no job.  The
+ * first claim after the restart, another worker's, took the table for a
+ * new job and reset it, and with it the restored marks: the owner's
+ * report of the partition it had claimed after the save was refused as
+ * "not claimed", its retrain counted nowhere, the partition went to
+ * another.  A table without a job holds nothing to reset: the claim
+ * adopts the model and the restored partitions stay their owners'. */
+START_TEST(test_restart_before_first_claim) {
+  psd_clock *c = tclock(0);
+  ps_errbuf eb;
+  uint32_t r;
+  uint64_t sc;
+  int done;
+  psd_part_pos pos, other;
+  for (uint32_t i = 0; i < 3; i++)
+    ck_assert_int_eq(psd_clock_register(c, "m", "h", 10 + i, "cpu", 0, &r, &sc, &eb), 0);
+  char *text;
+  size_t len;
+  ck_assert_int_eq(psd_clock_save(c, &text, &len, &eb), 0);
+  int part = tclaim(c, 0, 10, &pos, &done); /* after the save */
+  ck_assert_int_ge(part, 0);
+  psd_clock *d = tclock(0);
+  ck_assert_int_eq(psd_clock_load(d, text, 5000, &eb), 0);
+  ck_assert_ptr_null(psd_clock_job_model(d));
+  ck_assert_int_ge(tclaim(d, 1, 5050, &other, &done), 0);
+  ck_assert_int_ne((int)other.part, part);
+  ck_assert_str_eq(psd_clock_job_model(d), "m");
+  /* worker 0 got to 6, its push of [6, 8) lost with the restart: it
+   * trains them again */
+  pos.retrained = 2;
+  ck_assert_int_eq(tprog(d, 0, pos, 6, 8, 5100), 0);
+  psd_part_info in;
+  psd_clock_part_info(d, (uint32_t)part, &in);
+  ck_assert_int_eq(in.active, 1);
+  ck_assert_uint_eq(in.owner, 0);
+  ck_assert_uint_eq(in.pos.offset, 6);
+  psd_epoch_info ei;
+  psd_clock_epoch_info(d, 0, &ei);
+  ck_assert_uint_eq(ei.trained, 6);
+  ck_assert_uint_eq(ei.retrained, 2);
+  ck_assert_uint_eq(psd_clock_job_epochs(d), 2);
+  ck_assert_uint_eq(psd_clock_data_size(d), 80);
+  psd_clock_free(d);
+  /* the owner's report first, taken by the restored marks, then another
+   * worker's first claim: the job goes on, the owner's next report too */
+  d = tclock(0);
+  ck_assert_int_eq(psd_clock_load(d, text, 5000, &eb), 0);
+  pos.retrained = 2;
+  ck_assert_int_eq(tprog(d, 0, pos, 6, 8, 5100), 0);
+  ck_assert_int_ge(tclaim(d, 1, 5150, &other, &done), 0);
+  ck_assert_int_ne((int)other.part, part);
+  pos.retrained = 0;
+  ck_assert_int_eq(tprog(d, 0, pos, 8, 10, 5200), 0);
+  psd_clock_epoch_info(d, 0, &ei);
+  ck_assert_uint_eq(ei.trained, 8);
+  ck_assert_uint_eq(ei.retrained, 2);
+  psd_clock_free(d);
+  /* the owner finished the saved epoch after the save and trains the
+   * next: that epoch's rest counts trained and finished, the report is
+   * taken at its own epoch; a later epoch's report of another's
+   * partition stays refused */
+  d = tclock(0);
+  ck_assert_int_eq(psd_clock_load(d, text, 5000, &eb), 0);
+  pos.epoch = 1;
+  pos.retrained = 2;
+  ck_assert_int_eq(tprog(d, 1, pos, 0, 2, 5100), PS_ENOENT);
+  ck_assert_int_eq(tprog(d, 0, pos, 0, 2, 5100), 0);
+  psd_clock_part_info(d, (uint32_t)part, &in);
+  ck_assert_int_eq(in.active, 1);
+  ck_assert_uint_eq(in.pos.epoch, 1);
+  psd_clock_epoch_info(d, 0, &ei);
+  ck_assert_uint_eq(ei.trained, 10);
+  ck_assert_uint_eq(ei.done_parts, 1);
+  psd_clock_epoch_info(d, 1, &ei);
+  ck_assert_uint_eq(ei.trained, 0);
+  ck_assert_uint_eq(ei.retrained, 2);
+  psd_clock_free(d);
+  free(text);
+  psd_clock_free(c);
+}
+END_TEST
+
 /* Finding: a worker stopped past its lease whose rank went to a new
  * process meanwhile is not the rank's holder: psd_clock_holder tells the
  * coordinator to refuse what it sends (its leave would declare the new
@@ -1022,6 +1107,7 @@ Suite *psd_clock_suite(void) {
   tcase_add_test(tc, test_silent_ms);
   tcase_add_test(tc, test_restart_keeps_ranks);
   tcase_add_test(tc, test_restart_counts_retrained);
+  tcase_add_test(tc, test_restart_before_first_claim);
   tcase_add_test(tc, test_holder);
   tcase_add_test(tc, test_stall_extends_leases);
   tcase_add_test(tc, test_left_age_grows);

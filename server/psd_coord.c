@@ -252,6 +252,14 @@ int psd_coord_restore(psd_shard *sh, ps_errbuf *eb) {
   return 0;
 }
 
+/* psd_coord_save_soon: see psd_coord.h.  A save in flight is not waited
+ * for: the timer's next tick, PSD_COORD_SAVE_MS later, writes what changed
+ * since. */
+void psd_coord_save_soon(psd_shard *sh) {
+  if (!sh->save_timer_on) return;
+  uv_timer_start(&sh->save_timer, coord_on_save_timer, 0, PSD_COORD_SAVE_MS);
+}
+
 /* psd_coord_stop: see psd_coord.h. */
 void psd_coord_stop(psd_shard *sh) {
   if (!sh->save_timer_on) return;

@@ -32,6 +32,13 @@ int psd_coord_restore(psd_shard *sh, ps_errbuf *eb);
  * when not); failures are logged (the next save retries). */
 void psd_coord_save(psd_shard *sh, int force);
 
+/* psd_coord_save_soon starts the next background save now rather than at
+ * the timer's next tick: a registration hands out a rank that a restart
+ * must know (psd_clock_register matches a worker's host and pid), and a
+ * crash within the 100 ms between ticks lost it, so the worker found no
+ * rank of its own after the restart.  Nothing when no timer runs. */
+void psd_coord_save_soon(psd_shard *sh);
+
 /* psd_coord_stop saves a last time and closes the save timer (the handle
  * is closed by the loop's next run). */
 void psd_coord_stop(psd_shard *sh);

@@ -327,6 +327,7 @@ int psd_shard_register(psd_shard *sh, const Ps__RegisterWorkerRequest *req,
                            psd_shard_now_ms(sh), &rank, &start, eb);
   psd_shard_clock_arm(sh);
   if (err < 0) return psd_shard_done(sh, err);
+  psd_coord_save_soon(sh); /* the rank, with the host and pid it goes by */
   if (shard_partitions(sh, rank, &reply->partitions, &reply->n_partitions) < 0)
     return psd_shard_done(sh, ps_errf(eb, PS_ENOMEM, "out of memory"));
   reply->worker = reply->rank = rank;

@@ -28,6 +28,9 @@ typedef struct psd_coord_bg {
   int retry;     /* the last background save failed: the next one writes */
   ps_errbuf said; /* the failure last logged (msg "": none) */
   int stopped;   /* psd_coord_stop ran while busy: the after-callback frees */
+  int soon;      /* psd_coord_save_soon asked while busy: the after-callback
+                    starts the next save at once */
+  uv_timer_t *timer; /* the shard's save timer (that next save) */
   char *text;
   size_t len;
   int err;
@@ -139,6 +142,8 @@ static void coord_bg_work(uv_work_t *w) {
 }
 
 /* coord_bg_after ends a background save (loop thread). */
+static void coord_on_save_timer(uv_timer_t *t);
+
 static void coord_bg_after(uv_work_t *w, int status) {
   psd_coord_bg *bg = w->data;
   bg->busy = 0;
@@ -150,7 +155,12 @@ static void coord_bg_after(uv_work_t *w, int status) {
   } else {
     coord_bg_said(bg, NULL);
   }
-  if (bg->stopped) coord_bg_free(bg);
+  if (bg->stopped) {
+    coord_bg_free(bg);
+  } else if (bg->soon) {
+    bg->soon = 0;
+    uv_timer_start(bg->timer, coord_on_save_timer, 0, PSD_COORD_SAVE_MS);
+  }
 }
 
 /* coord_on_save_timer saves a changed table, written off the loop. */
@@ -243,6 +253,7 @@ int psd_coord_restore(psd_shard *sh, ps_errbuf *eb) {
     coord_path(sh, ".tmp", bg->tmp, sizeof bg->tmp);
     coord_path(sh, "", bg->path, sizeof bg->path);
     snprintf(bg->dir, sizeof bg->dir, "%s", sh->me->data_dir);
+    bg->timer = &sh->save_timer;
   }
   sh->coord_bg = bg;
   uv_timer_init(sh->loop, &sh->save_timer);
@@ -253,11 +264,13 @@ int psd_coord_restore(psd_shard *sh, ps_errbuf *eb) {
 }
 
 /* psd_coord_save_soon: see psd_coord.h.  A save in flight is not waited
- * for: the timer's next tick, PSD_COORD_SAVE_MS later, writes what changed
- * since. */
+ * for: its after-callback starts the next one at once (several workers
+ * register within a millisecond, and each rank must be on disk before a
+ * crash can take it). */
 void psd_coord_save_soon(psd_shard *sh) {
   if (!sh->save_timer_on) return;
-  uv_timer_start(&sh->save_timer, coord_on_save_timer, 0, PSD_COORD_SAVE_MS);
+  if (sh->coord_bg && sh->coord_bg->busy) sh->coord_bg->soon = 1;
+  else uv_timer_start(&sh->save_timer, coord_on_save_timer, 0, PSD_COORD_SAVE_MS);
 }
 
 /* psd_coord_stop: see psd_coord.h. */

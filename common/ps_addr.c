@@ -2,9 +2,14 @@
 #include "ps_addr.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <poll.h>
 #include <stdio.h>
 #include <string.h>
 #include <strings.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 /* ps_addr_split: see ps_addr.h. */
 int ps_addr_split(const char *addr, char *host, size_t hostlen, int *port, ps_errbuf *eb) {
@@ -156,4 +161,43 @@ int ps_addr_same(const char *a, const char *b) {
   /* a wildcard and another host's address: 0.0.0.0 takes no IPv6 one */
   const addr_id *other = ax ? &y : &x;
   return (ax ? ax : ay) == 4 && other->kind == AF_INET6 ? PS_ADDR_OTHER : PS_ADDR_MAYBE;
+}
+
+/* addr_connect connects socket FD to AI within TIMEOUT_MS; 0 or a PS_E*. */
+static int addr_connect(int fd, const struct addrinfo *ai, const char *addr, int timeout_ms,
+                        ps_errbuf *eb) {
+  if (connect(fd, ai->ai_addr, ai->ai_addrlen) < 0 && errno != EINPROGRESS)
+    return ps_errf(eb, PS_EUNAVAIL, "connect to '%s': %s", addr, strerror(errno));
+  struct pollfd p = {.fd = fd, .events = POLLOUT};
+  int r;
+  while ((r = poll(&p, 1, timeout_ms)) < 0 && errno == EINTR) {}
+  if (r == 0) return ps_errf(eb, PS_ETIMEDOUT, "connect to '%s': timed out", addr);
+  int err = 0;
+  socklen_t el = sizeof err;
+  if (r < 0 || getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0) err = errno;
+  if (err) return ps_errf(eb, PS_EUNAVAIL, "connect to '%s': %s", addr, strerror(err));
+  return 0;
+}
+
+/* ps_addr_dial: see ps_addr.h. */
+int ps_addr_dial(const char *what, const char *addr, int timeout_ms, int *fd, ps_errbuf *eb) {
+  char host[256], service[8];
+  int port;
+  *fd = -1;
+  if (ps_addr_split(addr, host, sizeof host, &port, eb) < 0)
+    return ps_errf(eb, PS_EINVAL, "bad %s address '%s' (want host:port)", what, addr);
+  snprintf(service, sizeof service, "%d", port);
+  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai;
+  int g = getaddrinfo(host, service, &hints, &ai);
+  if (g) return ps_errf(eb, PS_EINVAL, "%s address '%s': %s", what, addr, gai_strerror(g));
+  int s = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  int rc = s < 0 ? ps_errf(eb, ps_err_from_errno(errno), "socket: %s", strerror(errno))
+                 : addr_connect(s, ai, addr, timeout_ms, eb);
+  freeaddrinfo(ai);
+  if (rc < 0) {
+    if (s >= 0) close(s);
+    return rc;
+  }
+  *fd = s;
+  return 0;
 }

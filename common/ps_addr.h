@@ -2,7 +2,8 @@
  *
  * One parser for the addresses of the cluster file and the channel: the
  * config check, the channel client (ps_chan) and the channel listener
- * (psd_chan) all split with ps_addr_split.  Pure functions; thread-safe. */
+ * (psd_chan) all split with ps_addr_split.  Pure functions but
+ * ps_addr_dial, the one client-side TCP connect; thread-safe. */
 #ifndef PS_ADDR_H
 #define PS_ADDR_H
 
@@ -52,5 +53,12 @@ int ps_addr_loopback(const char *addr);
  * it (host names without case; a name and an IP address are never one),
  * or both the same wildcard.  0 when either is no address. */
 int ps_addr_same_host(const char *a, const char *b);
+
+/* ps_addr_dial opens a non-blocking TCP connection to ADDR ("host:port",
+ * its first resolved address) within TIMEOUT_MS and sets *FD to it; 0, or
+ * a PS_E* code with *FD -1 and EB saying why (WHAT names the address in
+ * the messages: "channel").  The channel client dials with it, and
+ * ps_rpc_explain_handshake to see whether an address takes TCP at all. */
+int ps_addr_dial(const char *what, const char *addr, int timeout_ms, int *fd, ps_errbuf *eb);
 
 #endif

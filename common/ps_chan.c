@@ -1117,33 +1117,10 @@ int ps_chan_pull(ps_chan_client *c, const ps_req *r, uint64_t *version, ps_errbu
 /* ---- connection ------------------------------------------------------------- */
 
 /* chan_dial opens a non-blocking TCP connection to C->addr within the
- * timeout; sets C->fd.  0 or a PS_E* code. */
+ * timeout (ps_addr_dial); sets C->fd.  0 or a PS_E* code. */
 static int chan_dial(ps_chan_client *c, ps_errbuf *eb) {
-  char host[256], service[8];
-  int port;
-  if (ps_addr_split(c->addr, host, sizeof host, &port, eb) < 0)
-    return ps_errf(eb, PS_EINVAL, "bad channel address '%s' (want host:port)", c->addr);
-  snprintf(service, sizeof service, "%d", port);
-  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai;
-  int g = getaddrinfo(host, service, &hints, &ai);
-  if (g) return ps_errf(eb, PS_EINVAL, "channel address '%s': %s", c->addr, gai_strerror(g));
-  c->fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  int rc = 0;
-  if (c->fd < 0) {
-    rc = ps_errf(eb, ps_err_from_errno(errno), "socket: %s", strerror(errno));
-  } else if (connect(c->fd, ai->ai_addr, ai->ai_addrlen) < 0 && errno != EINPROGRESS) {
-    rc = ps_errf(eb, PS_EUNAVAIL, "connect to '%s': %s", c->addr, strerror(errno));
-  }
-  freeaddrinfo(ai);
+  int rc = ps_addr_dial("channel", c->addr, c->timeout_ms, &c->fd, eb);
   if (rc < 0) return rc;
-  struct pollfd p = {.fd = c->fd, .events = POLLOUT};
-  int r;
-  while ((r = poll(&p, 1, c->timeout_ms)) < 0 && errno == EINTR) {}
-  if (r == 0) return ps_errf(eb, PS_ETIMEDOUT, "connect to '%s': timed out", c->addr);
-  int err = 0;
-  socklen_t el = sizeof err;
-  if (r < 0 || getsockopt(c->fd, SOL_SOCKET, SO_ERROR, &err, &el) < 0) err = errno;
-  if (err) return ps_errf(eb, PS_EUNAVAIL, "connect to '%s': %s", c->addr, strerror(err));
   int one = 1;
   setsockopt(c->fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
   return 0;

@@ -16,12 +16,8 @@
 #include <grpc/grpc_security.h>
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
-#include <errno.h>
-#include <netdb.h>
-#include <poll.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/socket.h>
 #include <unistd.h>
 
 #include "ps_addr.h"
@@ -381,30 +377,6 @@ void ps_rpc_close(ps_rpc *r) {
 
 /* ---- a connection refused in its handshake ----------------------------------- */
 
-/* rpc_tcp_connects says whether a plain TCP connect to ADDR completes
- * within TIMEOUT_MS (the connection is closed at once): 1 or 0. */
-static int rpc_tcp_connects(const char *addr, int timeout_ms) {
-  char host[256], service[8];
-  int port;
-  ps_errbuf eb;
-  if (ps_addr_split(addr, host, sizeof host, &port, &eb) < 0) return 0;
-  snprintf(service, sizeof service, "%d", port);
-  struct addrinfo hints = {.ai_family = AF_UNSPEC, .ai_socktype = SOCK_STREAM}, *ai;
-  if (getaddrinfo(host, service, &hints, &ai)) return 0;
-  int fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-  int ok = fd >= 0 && (connect(fd, ai->ai_addr, ai->ai_addrlen) == 0 || errno == EINPROGRESS);
-  freeaddrinfo(ai);
-  if (ok) {
-    struct pollfd p = {.fd = fd, .events = POLLOUT};
-    int r, err = 0;
-    socklen_t el = sizeof err;
-    while ((r = poll(&p, 1, timeout_ms)) < 0 && errno == EINTR) {}
-    ok = r == 1 && getsockopt(fd, SOL_SOCKET, SO_ERROR, &err, &el) == 0 && err == 0;
-  }
-  if (fd >= 0) close(fd);
-  return ok;
-}
-
 /* ps_rpc_explain_handshake: see ps_rpc.h. */
 int ps_rpc_explain_handshake(const char *addr, int err, ps_errbuf *eb, int timeout_ms) {
   /* what gRPC core says when the connection was made but its handshake
@@ -417,7 +389,10 @@ int ps_rpc_explain_handshake(const char *addr, int err, ps_errbuf *eb, int timeo
   int sign = 0;
   for (size_t i = 0; i < sizeof signs / sizeof signs[0]; i++) sign |= !!strstr(eb->msg, signs[i]);
   /* honest only when the address does take TCP connections */
-  if (!sign || !rpc_tcp_connects(addr, timeout_ms)) return 0;
+  int fd;
+  ps_errbuf ceb;
+  if (!sign || ps_addr_dial("grpc", addr, timeout_ms, &fd, &ceb) < 0) return 0;
+  close(fd);
   ps_errbuf why = *eb;
   ps_errf(eb, err, "'%s' takes TCP connections but the handshake on them failed: does "
           "security.mode match the shard's, and do the shard and this client accept each "

@@ -615,7 +615,7 @@ START_TEST(test_cli_bad_flags) {
       {"psd", "-t --config '%s' --shard 4294967296", "got '4294967296': out of range"},
       {"psd", "-t --config '%s' --shard 99999999999999999999", "out of range"},
       {"psw", "--config '%s' --model m --epochs 007",
-       "psw: --epochs wants an integer in [0, 100000], got '007': a leading zero (write 7)"},
+       "psw: --epochs wants an integer in [1, 100000], got '007': a leading zero (write 7)"},
       {"psw", "--config '%s' --model m --rank 4096",
        "psw: --rank wants an integer in [0, 4095], got '4096': out of range"},
       {"psw", "--config '%s' --model m --slowdown 1e400",
@@ -643,9 +643,20 @@ START_TEST(test_cli_bad_flags) {
       {"psd", "-t --config= --shard 0", "--config wants a file"},
       {"psw", "--config '%s' --model 'a b'", "bad model name 'a b'"},
       {"psw", "--config '%s' --model ''", "bad model name ''"},
-      {"psw", "--config '%s' --model m --epochs x", "--epochs wants an integer in [0, 100000], got 'x': not an integer"},
-      {"psw", "--config '%s' --model m --batch -1", "--batch wants an integer in [0, 1048576], got '-1': out of range"},
-      {"psw", "--config '%s' --model m --epochs ' 2'", "--epochs wants an integer in [0, 100000], got ' 2'"},
+      {"psw", "--config '%s' --model m --epochs x", "--epochs wants an integer in [1, 100000], got 'x': not an integer"},
+      {"psw", "--config '%s' --model m --batch -1", "--batch wants an integer in [1, 1048576], got '-1': out of range"},
+      {"psw", "--config '%s' --model m --epochs ' 2'", "--epochs wants an integer in [1, 100000], got ' 2'"},
+      /* the range said is the one taken (it said [0, ...], then refused
+       * 0 with "--batch must be at least 1") */
+      {"psw", "--config '%s' --model m --batch 0", "psw: --batch wants an integer in [1, 1048576], got '0': out of range"},
+      {"psw", "--config '%s' --model m --epochs 0", "psw: --epochs wants an integer in [1, 100000], got '0': out of range"},
+      {"psw", "--config '%s' --model m --blas-threads 0", "psw: --blas-threads wants an integer in [1, 256], got '0': out of range"},
+      {"psw", "--config '%s' --model m --rank 0 --workers 0", "psw: --workers wants an integer in [1, 4096], got '0': out of range"},
+      /* no --workers: the count is the file's, and the message says so
+       * (it said "--rank must be below --workers") */
+      {"psw", "--config '%s' --model m --rank 7",
+       "psw: --rank 7 must be below the worker count 1 (workers.count: give --workers)"},
+      {"psw", "--config '%s' --model m --rank 7 --workers 7", "psw: --rank 7 must be below the worker count 7 (--workers)"},
       {"psw", "--config '%s' --model m --slowdown 0x2", "--slowdown wants a number in [1, 1000], got '0x2': not a number"},
       {"psw", "--config '%s' --model m --slowdown 0.5", "--slowdown wants a number in [1, 1000], got '0.5': out of range"},
       {"psw", "--config '%s' --model m --blas-threads", "requires an argument"},

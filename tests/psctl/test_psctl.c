@@ -1209,6 +1209,41 @@ END_TEST
  * model's optimizer and learning rate.  A DOWN shard's JSON object has
  * every member a serving shard's has, null (before: 7 of them, and
  * s["params"] raised KeyError). */
+/* Every member psctl status --json writes, at every depth (a shard's,
+ * a model's, a sparse table's, the top level's), is named in README.md as
+ * `name`: a script reads them by name, and README is where it finds
+ * them (uptime_ms, errors, pushes_per_s, tau_hist, bytes_raw and others
+ * were written and named nowhere). */
+START_TEST(test_psctl_status_json_readme) {
+  pt_ctx x;
+  pt_init(&x);
+  for (int s = 0; s < PT_NSHARDS; s++) pt_start(&x, s);
+  ck_assert_int_eq(pt_psctl(&x, "model ctr --fields 2 --dim 4 --dense 3 -o ctr.pb"), 0);
+  ck_assert_int_eq(pt_psctl(&x, "submit ctr.pb --name c --config '%s'", x.yaml), 0);
+  ck_assert_int_eq(pt_psctl(&x, "status --json --config '%s'", x.yaml), 0);
+  char *json = ps_test_read_file(x.out, NULL), *readme = ps_test_read_file("README.md", NULL);
+  ck_assert_msg(strstr(json, "\"sparse_tables\":[{"), "no sparse table in %s", x.out);
+  int keys = 0;
+  for (const char *p = json; (p = strchr(p, '"')) != NULL;) {
+    const char *e = strchr(p + 1, '"');
+    ck_assert(e != NULL);
+    if (e[1] == ':') { /* a member's name (no value string in this output holds '":') */
+      char want[80];
+      snprintf(want, sizeof want, "`%.*s`", (int)(e - p - 1), p + 1);
+      ck_assert_msg(strstr(readme, want), "psctl status --json writes %s, which README.md does "
+                    "not name", want);
+      keys++;
+    }
+    p = e + 1;
+  }
+  ck_assert_int_gt(keys, 60);
+  free(json);
+  free(readme);
+  pt_stop_all(&x);
+  pt_cleanup(&x);
+}
+END_TEST
+
 START_TEST(test_psctl_status_partial) {
   pt_ctx x;
   pt_init(&x);
@@ -1390,6 +1425,7 @@ Suite *psctl_suite(void) {
                {"version", test_version},
                {"cluster_mismatch", test_psctl_cluster_mismatch},
                {"status_partial", test_psctl_status_partial},
+               {"status_json_readme", test_psctl_status_json_readme},
                {"export_replaced", test_psctl_export_replaced},
                {"export_output_dir", test_psctl_export_output_dir},
                {"bench_hung", test_psctl_bench_hung},

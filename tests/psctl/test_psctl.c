@@ -500,6 +500,12 @@ START_TEST(test_psctl_submit) {
   ck_assert_msg(pt_contains(x.err, "--replace"), "the error does not mention --replace, see %s", x.err);
   /* ... and no advice to run it again, which cannot help */
   ck_assert_msg(!pt_contains(x.err, "run the same command again"), "see %s", x.err);
+  /* ... and no "is on shards []": both hold 'm', with the old settings
+   * (it said "model 'm' with these settings is on shards [] and not on
+   * shards [0, 1]") */
+  ck_assert_msg(pt_contains(x.err, "psctl submit: no shard took model 'm' with these settings; "
+                            "the refusals above say why") &&
+                !pt_contains(x.err, "on shards []"), "see %s", x.err);
   for (int s = 0; s < PT_NSHARDS; s++) ck_assert_float_eq(pt_lr(&x, s, "m"), 0.01f);
 
   /* With --replace: 0 and the new lr on every shard. */

@@ -441,13 +441,20 @@ static int psctl_submit_report(const psctl_cluster *c, const char *name, int tab
                      "another name"
                    : "--replace replaces it (unless it has embedding tables: then submit "
                      "this one under another name)");
-  fprintf(stderr, "psctl submit: model '%s' with these settings is on shards [", name);
-  for (size_t i = 0, k = 0; i < n; i++)
-    if (!r[i].err) fprintf(stderr, "%s%u", k++ ? ", " : "", c->cfg.shards[i].id);
-  fprintf(stderr, "] and not on shards [");
-  for (size_t i = 0, k = 0; i < n; i++)
-    if (r[i].err) fprintf(stderr, "%s%u", k++ ? ", " : "", c->cfg.shards[i].id);
-  fprintf(stderr, "]; %s\n", again ? "run the same command again to complete it (submission is "
+  /* none took it: "is on shards []" read as if the model were on no
+   * shard, when a refused one may well hold it, with other settings */
+  if (!ok) {
+    fprintf(stderr, "psctl submit: no shard took model '%s' with these settings", name);
+  } else {
+    fprintf(stderr, "psctl submit: model '%s' with these settings is on shards [", name);
+    for (size_t i = 0, k = 0; i < n; i++)
+      if (!r[i].err) fprintf(stderr, "%s%u", k++ ? ", " : "", c->cfg.shards[i].id);
+    fprintf(stderr, "] and not on shards [");
+    for (size_t i = 0, k = 0; i < n; i++)
+      if (r[i].err) fprintf(stderr, "%s%u", k++ ? ", " : "", c->cfg.shards[i].id);
+    fputc(']', stderr);
+  }
+  fprintf(stderr, "; %s\n", again ? "run the same command again to complete it (submission is "
                                      "idempotent)" : "the refusals above say why");
   return 1;
 }

@@ -94,13 +94,13 @@ static const char psw_usage[] =
     "128+N stopped by signal N after the current step (SIGHUP 129, SIGINT 130, SIGTERM 143;\n"
     "a second one ends psw at once).\n";
 
-/* psw_num parses a non-negative integer option into *OUT; 0 or -1. */
-static int psw_num(const char *name, const char *s, long max, long *out) {
+/* psw_num parses an integer option in [MIN, MAX] into *OUT; 0 or -1. */
+static int psw_num(const char *name, const char *s, long min, long max, long *out) {
   uint64_t v = 0;
   char flag[40];
   ps_errbuf eb;
   snprintf(flag, sizeof flag, "--%s", name);
-  if (ps_flag_uint(flag, s, 0, (uint64_t)max, &v, &eb) < 0) {
+  if (ps_flag_uint(flag, s, (uint64_t)min, (uint64_t)max, &v, &eb) < 0) {
     fprintf(stderr, "psw: %s\n", eb.msg);
     return -1;
   }
@@ -150,11 +150,12 @@ static int psw_parse(int argc, char **argv, psw_args *a) {
       case 'E': a->evaluate = 1; break;
       case 'K': a->blas_kernel = 1; break;
       case 'S': bad |= psw_factor(optarg, &a->slowdown); break;
-      case 'r': bad |= psw_num("rank", optarg, 4095, &a->rank); break;
-      case 'w': bad |= psw_num("workers", optarg, 4096, &a->workers); break;
-      case 'e': bad |= psw_num("epochs", optarg, 100000, &a->epochs); break;
-      case 'b': bad |= psw_num("batch", optarg, 1048576, &a->batch); break;
-      case 'T': bad |= psw_num("blas-threads", optarg, 256, &a->blas_threads); break;
+      /* the range said is the range taken: a 0 for a count is refused here, by name */
+      case 'r': bad |= psw_num("rank", optarg, 0, 4095, &a->rank); break;
+      case 'w': bad |= psw_num("workers", optarg, 1, 4096, &a->workers); break;
+      case 'e': bad |= psw_num("epochs", optarg, 1, 100000, &a->epochs); break;
+      case 'b': bad |= psw_num("batch", optarg, 1, 1048576, &a->batch); break;
+      case 'T': bad |= psw_num("blas-threads", optarg, 1, 256, &a->blas_threads); break;
       case 'h': a->help = 1; break;
       case 'V': a->version = 1; break;
       default: bad = 1;
@@ -209,11 +210,15 @@ static int psw_opts(const psw_args *a, const ps_config *cfg, psw_train_opts *o) 
       .metrics_csv = a->metrics_csv, .overlap = a->overlap >= 0 ? a->overlap : cfg->workers.overlap,
       .blas_threads = a->blas_threads < 0 ? (int)cfg->workers.blas_threads : (int)a->blas_threads,
       .quiet = a->quiet, .stop = &ps_stop_signal};
-  ps_errbuf eb;
+  ps_errbuf eb, rk;
+  /* the worker count --rank is held to: --workers, or the file's when none is given */
+  if (o->rank >= o->workers)
+    snprintf(rk.msg, sizeof rk.msg, "--rank %u must be below the worker count %u (%s)", o->rank,
+             o->workers, a->workers < 0 ? "workers.count: give --workers" : "--workers");
   const char *why = !o->model ? "no model: give --model or set training.model"
                     : ps_name_check("model", o->model, &eb) < 0 ? eb.msg
                     : !o->workers ? "--workers must be at least 1"
-                    : o->rank >= o->workers ? "--rank must be below --workers"
+                    : o->rank >= o->workers ? rk.msg
                     : !o->epochs ? "--epochs must be at least 1"
                     : !o->batch ? "--batch must be at least 1"
                     : o->blas_threads < 1 ? "--blas-threads must be at least 1" : NULL;

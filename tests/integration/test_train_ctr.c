@@ -35,6 +35,7 @@ typedef struct tc_ctx {
   int sync;                  /* durability sync (else the tests' periodic) */
   const char *consistency;   /* psctl submit --consistency (NULL: asp) */
   const char *training;      /* more lines of the training section (NULL: none) */
+  const char *sparse;        /* more lines of the sparse section (NULL: none) */
 } tc_ctx;
 
 /* tc_split writes the first KEEP lines of SRC to A and the rest to B. */
@@ -79,9 +80,9 @@ static void tc_cluster(tc_ctx *x, int gen_log, const char *workers) {
   snprintf(extra, sizeof extra,
            "workers:\n  count: 2\n  device: cpu\n  retry_ms: 10000\n%s"
            "training:\n  model: ctr\n  epochs: 1\n  batch_size: 256\n  seed: 1\n%s"
-           "sparse:\n  memory_rows: 20000\n"
+           "sparse:\n  memory_rows: 20000\n%s"
            "data:\n  format: criteo\n  train_images: %s\n  test_images: %s\n  partitions: 8\n",
-           workers, x->training ? x->training : "", x->train, x->test);
+           workers, x->training ? x->training : "", x->sparse ? x->sparse : "", x->train, x->test);
   snprintf(x->yaml, sizeof x->yaml, "%s",
            x->sync ? ps_test_sync_yaml(x->dir, 2, extra, x->gp, x->cp)
                    : ps_test_cluster_yaml(x->dir, 2, extra, x->gp, x->cp));
@@ -191,6 +192,32 @@ START_TEST(test_train_ctr_bad_line) {
   snprintf(want, sizeof want, "%s:3: field 1 (label): expected 0 or 1", x.train);
   ck_assert_msg(strstr(text, want), "no '%s' in: %s", want, text);
   free(text);
+  for (int s = 0; s < 2; s++) ck_assert_int_eq(ps_test_stop(x.shard[s], SIGTERM, 10000), 0);
+}
+END_TEST
+
+/* A first step with more new keys on a shard than sparse.max_new_rows:
+ * the shard refuses the pull whole; psw, which made the request, says
+ * what its user can change (the batch, or the shards' limit) instead of
+ * passing on only the shard's "send them in smaller requests", and exits
+ * 1, in training and in psw --evaluate alike. */
+START_TEST(test_train_ctr_max_new_rows) {
+  tc_ctx x = {.sparse = "  max_new_rows: 4\n"}; /* the first line's 25 ids: about 12 per shard */
+  tc_cluster(&x, 0, "  min: 1\n");
+  const char *mode[] = {"train", "eval"};
+  for (int m = 0; m < 2; m++) {
+    char log[600];
+    snprintf(log, sizeof log, "%s/%s.log", x.dir, mode[m]);
+    char *argv[] = {(char *)ps_test_bin("psw"), "--config", x.yaml, m ? "--evaluate" : "--quiet",
+                    NULL};
+    ck_assert_int_eq(ps_test_run(argv, log, 60000), 1);
+    char *text = ps_test_read_file(log, NULL);
+    ck_assert_msg(strstr(text, "more than the 4 new rows one request may create "
+                               "(sparse.max_new_rows)"), "%s: %s", mode[m], text);
+    ck_assert_msg(strstr(text, "lower --batch (training.batch_size), or raise that limit in the "
+                               "shards' cluster file"), "%s: %s", mode[m], text);
+    free(text);
+  }
   for (int s = 0; s < 2; s++) ck_assert_int_eq(ps_test_stop(x.shard[s], SIGTERM, 10000), 0);
 }
 END_TEST
@@ -349,6 +376,7 @@ Suite *psw_train_ctr_suite(void) {
   tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_add_test(tc, test_train_ctr_two_workers);
   tcase_add_test(tc, test_train_ctr_bad_line);
+  tcase_add_test(tc, test_train_ctr_max_new_rows);
   tcase_add_test(tc, test_train_ctr_lease_rejoin);
   tcase_add_test(tc, test_train_ctr_sigterm_shard_hangs);
   suite_add_tcase(s, tc);

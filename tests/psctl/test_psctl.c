@@ -500,6 +500,12 @@ START_TEST(test_psctl_submit) {
   ck_assert_msg(pt_contains(x.err, "--replace"), "the error does not mention --replace, see %s", x.err);
   /* ... and no advice to run it again, which cannot help */
   ck_assert_msg(!pt_contains(x.err, "run the same command again"), "see %s", x.err);
+  /* ... and no "is on shards []": both hold 'm', with the old settings
+   * (it said "model 'm' with these settings is on shards [] and not on
+   * shards [0, 1]") */
+  ck_assert_msg(pt_contains(x.err, "psctl submit: no shard took model 'm' with these settings; "
+                            "the refusals above say why") &&
+                !pt_contains(x.err, "on shards []"), "see %s", x.err);
   for (int s = 0; s < PT_NSHARDS; s++) ck_assert_float_eq(pt_lr(&x, s, "m"), 0.01f);
 
   /* With --replace: 0 and the new lr on every shard. */
@@ -615,7 +621,7 @@ START_TEST(test_cli_bad_flags) {
       {"psd", "-t --config '%s' --shard 4294967296", "got '4294967296': out of range"},
       {"psd", "-t --config '%s' --shard 99999999999999999999", "out of range"},
       {"psw", "--config '%s' --model m --epochs 007",
-       "psw: --epochs wants an integer in [0, 100000], got '007': a leading zero (write 7)"},
+       "psw: --epochs wants an integer in [1, 100000], got '007': a leading zero (write 7)"},
       {"psw", "--config '%s' --model m --rank 4096",
        "psw: --rank wants an integer in [0, 4095], got '4096': out of range"},
       {"psw", "--config '%s' --model m --slowdown 1e400",
@@ -643,9 +649,20 @@ START_TEST(test_cli_bad_flags) {
       {"psd", "-t --config= --shard 0", "--config wants a file"},
       {"psw", "--config '%s' --model 'a b'", "bad model name 'a b'"},
       {"psw", "--config '%s' --model ''", "bad model name ''"},
-      {"psw", "--config '%s' --model m --epochs x", "--epochs wants an integer in [0, 100000], got 'x': not an integer"},
-      {"psw", "--config '%s' --model m --batch -1", "--batch wants an integer in [0, 1048576], got '-1': out of range"},
-      {"psw", "--config '%s' --model m --epochs ' 2'", "--epochs wants an integer in [0, 100000], got ' 2'"},
+      {"psw", "--config '%s' --model m --epochs x", "--epochs wants an integer in [1, 100000], got 'x': not an integer"},
+      {"psw", "--config '%s' --model m --batch -1", "--batch wants an integer in [1, 1048576], got '-1': out of range"},
+      {"psw", "--config '%s' --model m --epochs ' 2'", "--epochs wants an integer in [1, 100000], got ' 2'"},
+      /* the range said is the one taken (it said [0, ...], then refused
+       * 0 with "--batch must be at least 1") */
+      {"psw", "--config '%s' --model m --batch 0", "psw: --batch wants an integer in [1, 1048576], got '0': out of range"},
+      {"psw", "--config '%s' --model m --epochs 0", "psw: --epochs wants an integer in [1, 100000], got '0': out of range"},
+      {"psw", "--config '%s' --model m --blas-threads 0", "psw: --blas-threads wants an integer in [1, 256], got '0': out of range"},
+      {"psw", "--config '%s' --model m --rank 0 --workers 0", "psw: --workers wants an integer in [1, 4096], got '0': out of range"},
+      /* no --workers: the count is the file's, and the message says so
+       * (it said "--rank must be below --workers") */
+      {"psw", "--config '%s' --model m --rank 7",
+       "psw: --rank 7 must be below the worker count 1 (workers.count: give --workers)"},
+      {"psw", "--config '%s' --model m --rank 7 --workers 7", "psw: --rank 7 must be below the worker count 7 (--workers)"},
       {"psw", "--config '%s' --model m --slowdown 0x2", "--slowdown wants a number in [1, 1000], got '0x2': not a number"},
       {"psw", "--config '%s' --model m --slowdown 0.5", "--slowdown wants a number in [1, 1000], got '0.5': out of range"},
       {"psw", "--config '%s' --model m --blas-threads", "requires an argument"},
@@ -1198,6 +1215,41 @@ END_TEST
  * model's optimizer and learning rate.  A DOWN shard's JSON object has
  * every member a serving shard's has, null (before: 7 of them, and
  * s["params"] raised KeyError). */
+/* Every member psctl status --json writes, at every depth (a shard's,
+ * a model's, a sparse table's, the top level's), is named in README.md as
+ * `name`: a script reads them by name, and README is where it finds
+ * them (uptime_ms, errors, pushes_per_s, tau_hist, bytes_raw and others
+ * were written and named nowhere). */
+START_TEST(test_psctl_status_json_readme) {
+  pt_ctx x;
+  pt_init(&x);
+  for (int s = 0; s < PT_NSHARDS; s++) pt_start(&x, s);
+  ck_assert_int_eq(pt_psctl(&x, "model ctr --fields 2 --dim 4 --dense 3 -o ctr.pb"), 0);
+  ck_assert_int_eq(pt_psctl(&x, "submit ctr.pb --name c --config '%s'", x.yaml), 0);
+  ck_assert_int_eq(pt_psctl(&x, "status --json --config '%s'", x.yaml), 0);
+  char *json = ps_test_read_file(x.out, NULL), *readme = ps_test_read_file("README.md", NULL);
+  ck_assert_msg(strstr(json, "\"sparse_tables\":[{"), "no sparse table in %s", x.out);
+  int keys = 0;
+  for (const char *p = json; (p = strchr(p, '"')) != NULL;) {
+    const char *e = strchr(p + 1, '"');
+    ck_assert(e != NULL);
+    if (e[1] == ':') { /* a member's name (no value string in this output holds '":') */
+      char want[80];
+      snprintf(want, sizeof want, "`%.*s`", (int)(e - p - 1), p + 1);
+      ck_assert_msg(strstr(readme, want), "psctl status --json writes %s, which README.md does "
+                    "not name", want);
+      keys++;
+    }
+    p = e + 1;
+  }
+  ck_assert_int_gt(keys, 60);
+  free(json);
+  free(readme);
+  pt_stop_all(&x);
+  pt_cleanup(&x);
+}
+END_TEST
+
 START_TEST(test_psctl_status_partial) {
   pt_ctx x;
   pt_init(&x);
@@ -1379,6 +1431,7 @@ Suite *psctl_suite(void) {
                {"version", test_version},
                {"cluster_mismatch", test_psctl_cluster_mismatch},
                {"status_partial", test_psctl_status_partial},
+               {"status_json_readme", test_psctl_status_json_readme},
                {"export_replaced", test_psctl_export_replaced},
                {"export_output_dir", test_psctl_export_output_dir},
                {"bench_hung", test_psctl_bench_hung},

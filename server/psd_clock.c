@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "ps_model.h"
+#include "psd_stall.h"
 
 typedef struct clock_entry {
   uint32_t worker;
@@ -1046,10 +1047,7 @@ void psd_clock_tick(psd_clock *c, uint64_t now_ms) {
 void psd_clock_stalled(psd_clock *c, uint64_t stall_ms, uint64_t now_ms) {
   for (size_t i = 0; i < c->nw; i++) {
     clock_worker *w = &c->w[i];
-    if (w->dead || now_ms <= w->last_ms) continue;
-    /* only the part of the stall since it last spoke was lost to it */
-    uint64_t lost = now_ms - w->last_ms < stall_ms ? now_ms - w->last_ms : stall_ms;
-    w->credit_ms += lost;
+    if (!w->dead) w->credit_ms += psd_stall_lost(w->last_ms, stall_ms, now_ms);
   }
 }
 

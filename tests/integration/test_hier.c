@@ -592,23 +592,23 @@ static void th_beat_root(ps_rpc *rpc) {
     ck_assert_msg(ps_test_beat(rpc, w, 0, &eb) == 0, "worker %u's beat: %s", w, eb.msg);
 }
 
-/* An aggregator whose loop stalls (here SIGSTOPped for twice the 1 s
+/* An aggregator whose loop stalls (here SIGSTOPped for twice the 1.5 s
  * lease, which is the same to its leases) does not count its local
  * workers gone for the silence it caused.  Three workers summed clock 0;
- * workers 0 and 1 pushed clock 1 and the sum waits (up to 3 s) for
+ * workers 0 and 1 pushed clock 1 and the sum waits (up to 10 s) for
  * worker 2, whose push goes out while the aggregator is stopped and waits
  * unread in its socket.  On resuming, the aggregator credits the stall to
  * the leases (and says so once), reads worker 2's push and forwards one
  * sum of the three.  (It used to fire its timer first, count worker 2
  * gone, a lease silent, and forward the sum of two; worker 2's push then
- * went alone after the 3 s delay: 3 sums of clocks 0 and 1, not 2.)  The
+ * went alone after the 10 s delay: 3 sums of clocks 0 and 1, not 2.)  The
  * test beats the root for the workers meanwhile, so that the root's
  * leases are not at issue. */
 START_TEST(test_hier_agg_stalled) {
-  th_ctx x = {.lease_ms = 1000};
+  th_ctx x = {.lease_ms = 1500};
   ps_rpc *rpc;
   ps_errbuf eb = {""};
-  th_bare_delay(&x, &rpc, 3000);
+  th_bare_delay(&x, &rpc, 10000);
   th_submit(rpc, "s", NULL);
   static float g[TH_ELEMS];
   for (int i = 0; i < TH_ELEMS; i++) g[i] = 0.01f * (float)(i % 5);
@@ -636,10 +636,10 @@ START_TEST(test_hier_agg_stalled) {
     if (in < 5) usleep(5000);
   }
   ck_assert_msg(in == 5, "the aggregator took %llu pushes, not 5", (unsigned long long)in);
-  ck_assert_int_eq(kill(x.agg, SIGSTOP), 0);
+  ck_assert_int_eq(ps_test_sigstop(x.agg, 5000), 0);
   ps_req r2 = {.model = "s", .ids = ids, .nids = 3, .worker = 2, .clock = 1, .version = v};
   ck_assert_msg(ps_chan_send_pushv(a[2], &r2, &seg, 1, &id[2], &eb) == 0, "%s", eb.msg);
-  for (int k = 0; k < 10; k++) {
+  for (int k = 0; k < 15; k++) {
     usleep(200 * 1000);
     th_beat_root(rpc);
   }

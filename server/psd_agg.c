@@ -14,6 +14,7 @@
 #include "ps_time.h"
 #include "psd_chan_client.h"
 #include "psd_clock.h"
+#include "psd_stall.h"
 
 #define AGG_GETMODEL_TIMEOUT_MS 3000
 #define AGG_CONNECT_TIMEOUT_MS 2000
@@ -101,7 +102,8 @@ struct psd_agg {
   agg_group *groups;
   agg_copy *copies;
   agg_spec_fetch *fetches;  /* GetModel calls on the way (invariant 7) */
-  uv_timer_t timer;         /* forwards groups at their deadline */
+  uv_timer_t timer;         /* forwards groups at their deadline; its lateness: a stall */
+  psd_stall stall;          /* the loop's stall watch on timer (psd_stall.h) */
   uv_async_t done_async;    /* runs the finished jobs on the next loop turn */
   agg_job *done;            /* finished jobs, newest first */
   size_t nlinks, per_shard; /* per_shard links per root: [0] pushes, the rest pulls */
@@ -111,6 +113,7 @@ struct psd_agg {
   psd_agg_stats st;
   uint64_t *seen_ms;        /* per worker id (< nseen): uv_now + 1 of its last request or
                                answer, 0 never */
+  uint64_t *credit_ms;      /* per worker id: the loop's stalls since seen_ms, no silence */
   uint8_t *busy;            /* agg_expected's scratch: nseen flags */
   uint32_t nseen;           /* psd_clock_rank_cap(workers.count): the ids a worker may have */
   uint32_t *nconn;          /* per worker id: its open connections (invariant 6) */
@@ -128,6 +131,7 @@ struct psd_agg {
 };
 
 static void agg_timer_arm(psd_agg *a);
+static uint64_t agg_now(psd_agg *a);
 static void agg_forget(psd_agg *a, uint32_t shard, uint32_t w);
 static void agg_op_add(psd_op **list, psd_op *op);
 static void agg_op_done_pop(psd_op **list, int code, const char *msg);
@@ -522,8 +526,7 @@ void psd_agg_conn_worker(psd_agg *a, uint32_t w, int delta) {
     return;
   }
   if (!a->nconn[w] || --a->nconn[w]) return;
-  uv_update_time(a->loop);
-  a->closed_ms[w] = uv_now(a->loop) + 1;
+  a->closed_ms[w] = agg_now(a) + 1;
   agg_timer_arm(a);
 }
 
@@ -633,14 +636,41 @@ static void agg_forget(psd_agg *a, uint32_t shard, uint32_t w) {
       }
 }
 
+/* agg_stalled credits a stall of the loop of STALL_MS that ended at NOW
+ * to every worker's lease here (psd_stall.h): its requests of that time
+ * waited unread in the sockets. */
+static void agg_stalled(psd_agg *a, uint64_t stall_ms, uint64_t now) {
+  for (uint32_t w = 0; w < a->nseen; w++)
+    if (a->seen_ms[w]) a->credit_ms[w] += psd_stall_lost(a->seen_ms[w] - 1, stall_ms, now);
+}
+
+/* agg_now returns the loop's updated millisecond clock, after crediting
+ * a stall that ended just now (psd_stall_check): call it before any use
+ * of the time by the leases. */
+static uint64_t agg_now(psd_agg *a) {
+  uv_update_time(a->loop);
+  uint64_t now = uv_now(a->loop), stall = psd_stall_check(&a->stall, now);
+  if (stall) agg_stalled(a, stall, now);
+  return now;
+}
+
+/* agg_silent returns how long worker W (seen before) has been silent
+ * here at NOW: since its last request or answer, less the loop's stalls
+ * since (agg_stalled). */
+static uint64_t agg_silent(const psd_agg *a, uint32_t w, uint64_t now) {
+  uint64_t last = a->seen_ms[w] - 1, silent = now > last ? now - last : 0;
+  return silent > a->credit_ms[w] ? silent - a->credit_ms[w] : 0;
+}
+
 /* agg_touch notes that worker W is active now; one back after a lease of
  * silence may be another worker of its rank: known nowhere. */
 static void agg_touch(psd_agg *a, uint32_t w) {
   if (w >= a->nseen) return;
-  uint64_t now = uv_now(a->loop);
-  if (a->seen_ms[w] && now - (a->seen_ms[w] - 1) > a->cfg->workers.lease_ms)
+  uint64_t now = agg_now(a);
+  if (a->seen_ms[w] && agg_silent(a, w, now) > a->cfg->workers.lease_ms)
     agg_forget(a, UINT32_MAX, w);
   a->seen_ms[w] = now + 1;
+  a->credit_ms[w] = 0;
 }
 
 /* agg_mark_busy sets a->busy[w] for every worker with a push in an open
@@ -703,9 +733,9 @@ static void agg_leaves(psd_agg *a, uint64_t now) {
  * here is less than a lease old (then the root's lease decides). */
 static void agg_leave_done(psd_agg *a, agg_job *j) {
   uint32_t w = j->r.worker, id = a->cfg->shards[j->shard].id;
-  uint64_t now = uv_now(a->loop), hb = a->cfg->workers.heartbeat_ms;
+  uint64_t now = agg_now(a), hb = a->cfg->workers.heartbeat_ms;
   if (j->status < 0 || (j->stayed && !j->gone)) {
-    if (a->nconn[w] || !a->left[w] || now - (a->seen_ms[w] - 1) >= a->cfg->workers.lease_ms)
+    if (a->nconn[w] || !a->left[w] || agg_silent(a, w, now) >= a->cfg->workers.lease_ms)
       return;
     a->resend[(size_t)w * a->cfg->nshards + j->shard] = 1;
     if (!a->retry_ms[w]) a->retry_ms[w] = now + hb;
@@ -740,11 +770,12 @@ static uint32_t agg_expected(psd_agg *a, uint64_t now, uint64_t *next_ms) {
     uint64_t last = a->seen_ms[w] - 1;
     if (a->busy[w]) {
       live++;
-    } else if (now - last > lease || a->left[w]) {
+    } else if (agg_silent(a, w, now) > lease || a->left[w]) {
       gone++;
     } else {
       live++;
-      if (last + lease + 1 < next) next = last + lease + 1;
+      uint64_t at = last + a->credit_ms[w] + lease + 1;
+      if (at < next) next = at;
     }
   }
   if (next_ms) *next_ms = next;
@@ -761,9 +792,20 @@ static uint32_t agg_expected(psd_agg *a, uint64_t now, uint64_t *next_ms) {
   return want ? want : 1;
 }
 
+/* agg_watching: whether a local worker's lease runs here at NOW (seen
+ * within a lease, and not left): its silence counts, so the loop's stalls
+ * must be seen (psd_stall.h). */
+static int agg_watching(const psd_agg *a, uint64_t now) {
+  for (uint32_t w = 0; w < a->nseen; w++)
+    if (a->seen_ms[w] && !a->left[w] && agg_silent(a, w, now) <= a->cfg->workers.lease_ms)
+      return 1;
+  return 0;
+}
+
 /* agg_timer_arm starts the timer for the earliest group deadline, the
  * moment a local worker would count as gone while sums are open, or the
- * next leave through the aggregator (invariant 6). */
+ * next leave through the aggregator (invariant 6); a watch period away at
+ * most while leases run here (psd_stall_arm). */
 static void agg_timer_arm(psd_agg *a) {
   if (a->stopped) return;
   uint64_t now = uv_now(a->loop), next = UINT64_MAX, gone_at;
@@ -779,8 +821,7 @@ static void agg_timer_arm(psd_agg *a) {
     uint64_t at = agg_leave_at(a, w);
     if (at < next) next = at;
   }
-  if (next == UINT64_MAX) uv_timer_stop(&a->timer);
-  else uv_timer_start(&a->timer, agg_on_timer, next > now ? next - now : 0, 0);
+  psd_stall_arm(&a->stall, now, next, agg_watching(a, now));
 }
 
 /* agg_on_timer lets the workers due leave (invariant 6) and forwards the
@@ -788,8 +829,8 @@ static void agg_timer_arm(psd_agg *a) {
  * (invariant 1). */
 static void agg_on_timer(uv_timer_t *t) {
   psd_agg *a = t->data;
-  uv_update_time(a->loop);
-  uint64_t now = uv_now(a->loop);
+  uint64_t now = agg_now(a); /* credits a stall first */
+  psd_stall_fired(&a->stall);
   agg_mark_busy(a);
   agg_leaves(a, now);
   uint32_t want = agg_expected(a, now, NULL);
@@ -843,8 +884,7 @@ static agg_group *agg_group_open(psd_agg *a, agg_model *m, uint32_t shard, const
   g->codec = r->codec;
   g->version = r->version;
   g->nelems = nelems;
-  uv_update_time(a->loop);
-  g->first_ms = uv_now(a->loop);
+  g->first_ms = agg_now(a);
   g->next = a->groups;
   a->groups = g;
   return g;
@@ -1083,7 +1123,7 @@ static void agg_on_done(uv_async_t *h) {
   psd_agg *a = h->data;
   agg_job *list = a->done;
   a->done = NULL;
-  uv_update_time(a->loop); /* agg_touch's clock */
+  agg_now(a); /* agg_touch's clock, a stall credited */
   agg_job *rev = NULL; /* oldest first */
   while (list) {
     agg_job *n = list->next;
@@ -1123,6 +1163,7 @@ static void agg_free_tables(psd_agg *a) {
   free(a->shard_ids);
   free(a->links);
   free(a->seen_ms);
+  free(a->credit_ms);
   free(a->busy);
   free(a->nconn);
   free(a->closed_ms);
@@ -1146,14 +1187,15 @@ int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_a
   a->links = calloc(a->nlinks, sizeof *a->links);
   a->nseen = psd_clock_rank_cap(cfg->workers.count);
   a->seen_ms = calloc(a->nseen, sizeof *a->seen_ms);
+  a->credit_ms = calloc(a->nseen + 1, sizeof *a->credit_ms);
   a->busy = calloc(a->nseen + 1, 1);
   a->nconn = calloc(a->nseen + 1, sizeof *a->nconn);
   a->closed_ms = calloc(a->nseen + 1, sizeof *a->closed_ms);
   a->left = calloc(a->nseen + 1, 1);
   a->retry_ms = calloc(a->nseen + 1, sizeof *a->retry_ms);
   a->resend = calloc((size_t)a->nseen * cfg->nshards + 1, 1);
-  int rc = a->shard_ids && a->links && a->seen_ms && a->busy && a->nconn && a->closed_ms &&
-                   a->left && a->retry_ms && a->resend
+  int rc = a->shard_ids && a->links && a->seen_ms && a->credit_ms && a->busy && a->nconn &&
+                   a->closed_ms && a->left && a->retry_ms && a->resend
                ? 0 : ps_errf(eb, PS_ENOMEM, "out of memory");
   if (rc == 0)
     rc = ps_auth_client_open(&a->auth, cfg->security.secret_file, PS_ROLE_AGGREGATOR, eb);
@@ -1165,6 +1207,10 @@ int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_a
   ps_config_shard_ids(cfg, a->shard_ids);
   uv_timer_init(loop, &a->timer);
   a->timer.data = a;
+  char who[96];
+  snprintf(who, sizeof who, "aggregator %s", me->name);
+  psd_stall_init(&a->stall, &a->timer, agg_on_timer, cfg->workers.heartbeat_ms,
+                 cfg->workers.lease_ms, who, "requests");
   uv_async_init(loop, &a->done_async, agg_on_done);
   a->done_async.data = a;
   for (size_t i = 0; i < a->nlinks; i++) {
@@ -1224,7 +1270,10 @@ void psd_agg_stop(psd_agg *a) {
   a->stopped = 1;
   agg_fail_all(a, PS_ESHUTDOWN, "aggregator is shutting down");
   for (size_t i = 0; i < a->nlinks; i++) psd_chan_client_close(a->links[i].cc);
-  if (!uv_is_closing((uv_handle_t *)&a->timer)) uv_close((uv_handle_t *)&a->timer, NULL);
+  if (!uv_is_closing((uv_handle_t *)&a->timer)) {
+    psd_stall_stop(&a->stall);
+    uv_close((uv_handle_t *)&a->timer, NULL);
+  }
   if (!uv_is_closing((uv_handle_t *)&a->done_async))
     uv_close((uv_handle_t *)&a->done_async, NULL);
 }
@@ -1268,10 +1317,10 @@ void psd_agg_stats_get(const psd_agg *a, psd_agg_stats *st) { *st = a->st; }
 
 /* psd_agg_workers: see psd_agg.h. */
 size_t psd_agg_workers(psd_agg *a, uint32_t *ids) {
-  uint64_t now = uv_now(a->loop) + 1;
+  uint64_t now = agg_now(a);
   size_t n = 0;
   for (uint32_t w = 0; w < a->nseen; w++)
-    if (a->seen_ms[w] && now - a->seen_ms[w] <= a->cfg->workers.lease_ms) ids[n++] = w;
+    if (a->seen_ms[w] && agg_silent(a, w, now) <= a->cfg->workers.lease_ms) ids[n++] = w;
   return n;
 }
 

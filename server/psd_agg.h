@@ -35,6 +35,11 @@
  *     local worker holds the others' sums (for max_delay_ms per clock at
  *     most) until it left (a few heartbeats after its connections closed)
  *     or, its connections still open, its lease ran out, and not after.
+ *     Time the aggregator's own loop was stalled (psd_stall.h: a long
+ *     request held it, or the process was stopped) is no worker's
+ *     silence: its requests waited unread, so the stall extends that
+ *     lease (here, in invariant 6's forgetting and in status's workers)
+ *     and is logged once.
  *  2. A worker's push is answered only once the root has answered the
  *     forwarded sum that contains it, with the root's answer: nothing an
  *     aggregator acknowledged is lost with it.

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "ps_model.h"
+#include "psd_stall.h"
 
 typedef struct clock_entry {
   uint32_t worker;
@@ -623,7 +624,8 @@ int psd_clock_expired(const psd_clock *c, uint32_t worker) {
 uint64_t psd_clock_silent_ms(const psd_clock *c, uint32_t worker, uint64_t now_ms) {
   const clock_worker *w = clock_worker_find(c, worker);
   if (!w) return UINT64_MAX;
-  return now_ms > w->last_ms ? now_ms - w->last_ms : 0;
+  uint64_t silent = now_ms > w->last_ms ? now_ms - w->last_ms : 0;
+  return silent > w->credit_ms ? silent - w->credit_ms : 0; /* a stall is no silence (inv. 3) */
 }
 
 /* psd_clock_leave: see psd_clock.h. */
@@ -1046,10 +1048,7 @@ void psd_clock_tick(psd_clock *c, uint64_t now_ms) {
 void psd_clock_stalled(psd_clock *c, uint64_t stall_ms, uint64_t now_ms) {
   for (size_t i = 0; i < c->nw; i++) {
     clock_worker *w = &c->w[i];
-    if (w->dead || now_ms <= w->last_ms) continue;
-    /* only the part of the stall since it last spoke was lost to it */
-    uint64_t lost = now_ms - w->last_ms < stall_ms ? now_ms - w->last_ms : stall_ms;
-    w->credit_ms += lost;
+    if (!w->dead) w->credit_ms += psd_stall_lost(w->last_ms, stall_ms, now_ms);
   }
 }
 

@@ -228,9 +228,10 @@ int psd_clock_expired(const psd_clock *c, uint32_t worker);
 
 /* psd_clock_silent_ms returns how long WORKER has sent nothing here at
  * NOW_MS (its last request or released pull, one released after it left
- * or died excepted; a pull parked for it does not count), UINT64_MAX
- * when the table does not know it.  Status's heartbeat age is the same,
- * but 0 for a live worker with a pull parked here. */
+ * or died excepted; a pull parked for it does not count), less the
+ * loop's stalls since (psd_clock_stalled: its words waited unread then),
+ * UINT64_MAX when the table does not know it.  Status's heartbeat age
+ * counts the stalls, and is 0 for a live worker with a pull parked here. */
 uint64_t psd_clock_silent_ms(const psd_clock *c, uint32_t worker, uint64_t now_ms);
 
 /* psd_clock_slowest returns the slowest live clock in MODEL's table (0

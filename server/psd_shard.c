@@ -139,34 +139,15 @@ int psd_shard_held(psd_shard *sh, const char *model, const uint32_t **ids, size_
 
 /* ---- consistency ----------------------------------------------------------- */
 
-/* psd_shard_watch_ms: the longest the clock timer waits while leases
- * run, and the lateness that counts as a stalled loop: half a heartbeat
- * (a quarter lease when shorter, never under 100 ms of timer jitter). */
-static uint64_t psd_shard_watch_ms(const psd_shard *sh) {
-  uint64_t w = sh->cfg->workers.heartbeat_ms / 2, q = sh->cfg->workers.lease_ms / 4;
-  if (q < w) w = q;
-  return w < 100 ? 100 : w;
-}
-
 /* psd_shard_stall_check credits a stalled loop to the leases (psd_clock
- * invariant 3): the clock timer overdue by a watch period at NOW means
- * the loop ran nothing since its due time (one long request, or the
- * process stopped), so the heartbeats of that time still wait unread in
- * the sockets and must not count as silence.  Runs before any use of
- * NOW by the table, so neither the timer nor a request's own tick (a
- * registration's) expires a worker for the shard's own silence. */
+ * invariant 3, psd_stall.h): the heartbeats of that time still wait
+ * unread in the sockets and must not count as silence.  Runs before any
+ * use of NOW by the table, so neither the timer nor a request's own tick
+ * (a registration's) expires a worker for the shard's own silence. */
 static void psd_shard_stall_check(psd_shard *sh, uint64_t now) {
-  uint64_t due = sh->clock_due_ms;
-  if (!sh->clock || !due || now < due + psd_shard_watch_ms(sh)) return;
-  char me[96];
-  /* said when a heartbeat or more went unread; a shorter one (a busy
-   * machine) is credited quietly */
-  if (now - due >= sh->cfg->workers.heartbeat_ms)
-    ps_warn("%s: its event loop was stalled for %llu ms (a long request held it, or the process "
-            "was stopped): the workers' leases are extended by as much, as their heartbeats "
-            "waited unread", psd_shard_who(sh, me, sizeof me), (unsigned long long)(now - due));
-  psd_clock_stalled(sh->clock, now - due, now);
-  sh->clock_due_ms = now; /* credited once; the timer still fires at once */
+  if (!sh->clock) return;
+  uint64_t stall = psd_stall_check(&sh->clock_stall, now);
+  if (stall) psd_clock_stalled(sh->clock, stall, now);
 }
 
 /* psd_shard_now_ms: the loop's millisecond clock (the timer's base),
@@ -189,30 +170,19 @@ uint32_t psd_shard_staleness(const Ps__ModelSpec *spec) {
 static void psd_shard_on_clock_timer(uv_timer_t *t);
 
 /* psd_shard_clock_arm (re)starts the timer for the table's next
- * deadline, a watch period away at most while leases run (so that its
- * lateness shows a stalled loop: psd_shard_stall_check).  A timer due
- * sooner already stays as it is: re-arming it later at each request
- * would hide the stall it is late for. */
+ * deadline, a watch period away at most (so that its lateness shows a
+ * stalled loop: psd_stall_arm). */
 static void psd_shard_clock_arm(psd_shard *sh) {
   if (!sh->clock) return;
-  uint64_t now = uv_now(sh->loop), next = psd_clock_next_ms(sh->clock, now);
-  if (next == UINT64_MAX) {
-    uv_timer_stop(&sh->clock_timer);
-    sh->clock_due_ms = 0;
-    return;
-  }
-  if (next > now + psd_shard_watch_ms(sh)) next = now + psd_shard_watch_ms(sh);
-  if (next < now) next = now;
-  if (sh->clock_due_ms && sh->clock_due_ms <= next) return;
-  uv_timer_start(&sh->clock_timer, psd_shard_on_clock_timer, next - now, 0);
-  sh->clock_due_ms = next;
+  uint64_t now = uv_now(sh->loop);
+  psd_stall_arm(&sh->clock_stall, now, psd_clock_next_ms(sh->clock, now), 1);
 }
 
 /* psd_shard_on_clock_timer expires leases and times parked pulls out. */
 static void psd_shard_on_clock_timer(uv_timer_t *t) {
   psd_shard *sh = t->data;
   uint64_t now = psd_shard_now_ms(sh); /* credits a stall first */
-  sh->clock_due_ms = 0;
+  psd_stall_fired(&sh->clock_stall);
   psd_clock_tick(sh->clock, now);
   psd_shard_clock_arm(sh);
 }
@@ -238,6 +208,10 @@ int psd_shard_clock_start(psd_shard *sh, ps_errbuf *eb) {
   sh->coordinator = ps_config_coordinator(cfg) == sh->me;
   uv_timer_init(sh->loop, &sh->clock_timer);
   sh->clock_timer.data = sh;
+  char me[96];
+  psd_stall_init(&sh->clock_stall, &sh->clock_timer, psd_shard_on_clock_timer,
+                 cfg->workers.heartbeat_ms, cfg->workers.lease_ms,
+                 psd_shard_who(sh, me, sizeof me), "heartbeats");
   uint64_t now = psd_shard_now_ms(sh);
   size_t n = sh->store ? psd_store_nmodels(sh->store) : 0;
   for (size_t i = 0; i < n && err == 0; i++) {
@@ -260,8 +234,7 @@ void psd_shard_clock_serving(psd_shard *sh) {
 void psd_shard_clock_stop(psd_shard *sh) {
   if (!sh->clock) return;
   psd_clock_release_all(sh->clock, PS_ESHUTDOWN, "shard is shutting down");
-  uv_timer_stop(&sh->clock_timer);
-  sh->clock_due_ms = 0;
+  psd_stall_stop(&sh->clock_stall);
   psd_coord_stop(sh);
 }
 

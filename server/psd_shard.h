@@ -35,6 +35,7 @@
 #include "ps_error.h"
 #include "psd_agg.h"
 #include "psd_clock.h"
+#include "psd_stall.h"
 #include "psd_store.h"
 
 typedef enum psd_state {
@@ -97,7 +98,7 @@ typedef struct psd_shard {
   struct psd_chan *chan;
   psd_clock *clock;           /* leases, clocks, parked pulls (psd_shard_clock_start) */
   uv_timer_t clock_timer;     /* fires at psd_clock_next_ms, or sooner (psd_shard_clock_arm) */
-  uint64_t clock_due_ms;      /* when clock_timer should fire (0: stopped); lateness = a stalled loop */
+  psd_stall clock_stall;      /* clock_timer's lateness: a stalled loop (psd_stall.h) */
   int coordinator;            /* this shard registers workers */
   struct psd_wal *wal;        /* the redo log (durability sync), else NULL */
   uv_timer_t save_timer;      /* saves the coordinator's table (psd_coord.h) */

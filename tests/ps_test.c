@@ -525,6 +525,22 @@ int ps_test_wait_pid(pid_t pid, int timeout_ms) {
   }
 }
 
+int ps_test_sigstop(pid_t pid, int timeout_ms) {
+  if (kill(pid, SIGSTOP) != 0) return -1;
+  char path[64];
+  snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+  int64_t end = ps_test_now_ms() + timeout_ms;
+  for (;;) {
+    char *stat = ps_test_read_file(path, NULL);
+    const char *p = stat ? strrchr(stat, ')') : NULL; /* the name may hold anything */
+    int stopped = p && p[1] == ' ' && p[2] == 'T';
+    free(stat);
+    if (stopped) return 0;
+    if (ps_test_now_ms() >= end) return -1;
+    usleep(1000);
+  }
+}
+
 int ps_test_stop(pid_t pid, int sig, int timeout_ms) {
   kill(pid, sig);
   int st = ps_test_wait_pid(pid, timeout_ms);

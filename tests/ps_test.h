@@ -161,6 +161,11 @@ typedef struct ps_test_gated {
 } ps_test_gated;
 void ps_test_gated_init(ps_test_gated *g, const char *dir, const char *extra, int fsync_log);
 
+/* ps_test_sigstop sends PID SIGSTOP and waits up to TIMEOUT_MS until it
+ * is stopped (kill returns before: a request sent right after could
+ * still be read); 0, or -1 on timeout. */
+int ps_test_sigstop(pid_t pid, int timeout_ms);
+
 /* ps_test_wait_pid waits up to TIMEOUT_MS for PID to exit; returns its
  * wait status, or -1 on timeout (the process is left running). */
 int ps_test_wait_pid(pid_t pid, int timeout_ms);

@@ -240,17 +240,20 @@ static void th_spec(Ps__ModelSpec *spec, Ps__TensorSpec *t, Ps__TensorSpec **ts,
 }
 
 /* th_bare_delay starts one root shard and aggregator h0 (3 workers, sums
- * wait up to DELAY_MS for all of them) and opens *RPC to the root. */
+ * wait up to DELAY_MS for all of them; X->lease_ms: leases that long,
+ * heartbeats of 200 ms, else the defaults) and opens *RPC to the root. */
 static void th_bare_delay(th_ctx *x, ps_rpc **rpc, int delay_ms) {
   snprintf(x->dir, sizeof x->dir, "%s", ps_test_tmpdir());
   x->agg_gp = ps_test_free_port();
   do x->agg_cp = ps_test_free_port();
   while (x->agg_cp == x->agg_gp);
-  char extra[512];
+  char extra[512], lease[64] = "";
+  if (x->lease_ms)
+    snprintf(lease, sizeof lease, "  heartbeat_ms: 200\n  lease_ms: %d\n", x->lease_ms);
   snprintf(extra, sizeof extra,
            "aggregators:\n  - {name: h0, grpc: \"127.0.0.1:%d\", channel: \"127.0.0.1:%d\", "
-           "workers: 3, max_delay_ms: %d}\nworkers:\n  count: 3\n", x->agg_gp, x->agg_cp,
-           delay_ms);
+           "workers: 3, max_delay_ms: %d}\nworkers:\n  count: 3\n%s", x->agg_gp, x->agg_cp,
+           delay_ms, lease);
   snprintf(x->yaml, sizeof x->yaml, "%s", ps_test_cluster_yaml(x->dir, 1, extra, x->gp, x->cp));
   ps_test_start_shards(x->yaml, x->dir, 1, x->gp, x->cp, x->shard);
   snprintf(x->agg_log, sizeof x->agg_log, "%s/agg.log", x->dir);
@@ -577,6 +580,99 @@ START_TEST(test_hier_clock_entered) {
   ps_chan_close(a0);
   ps_chan_close(a1);
   ps_chan_close(root);
+  th_finish(&x);
+}
+END_TEST
+
+/* th_beat_root beats workers 0..2 on the root (RPC): bare channel
+ * clients behind the aggregator beat no root themselves. */
+static void th_beat_root(ps_rpc *rpc) {
+  ps_errbuf eb = {""};
+  for (uint32_t w = 0; w < 3; w++)
+    ck_assert_msg(ps_test_beat(rpc, w, 0, &eb) == 0, "worker %u's beat: %s", w, eb.msg);
+}
+
+/* An aggregator whose loop stalls (here SIGSTOPped for twice the 1.5 s
+ * lease, which is the same to its leases) does not count its local
+ * workers gone for the silence it caused.  Three workers summed clock 0;
+ * workers 0 and 1 pushed clock 1 and the sum waits (up to 10 s) for
+ * worker 2, whose push goes out while the aggregator is stopped and waits
+ * unread in its socket.  On resuming, the aggregator credits the stall to
+ * the leases (and says so once), reads worker 2's push and forwards one
+ * sum of the three.  (It used to fire its timer first, count worker 2
+ * gone, a lease silent, and forward the sum of two; worker 2's push then
+ * went alone after the 10 s delay: 3 sums of clocks 0 and 1, not 2.)  The
+ * test beats the root for the workers meanwhile, so that the root's
+ * leases are not at issue. */
+START_TEST(test_hier_agg_stalled) {
+  th_ctx x = {.lease_ms = 1500};
+  ps_rpc *rpc;
+  ps_errbuf eb = {""};
+  th_bare_delay(&x, &rpc, 10000);
+  th_submit(rpc, "s", NULL);
+  static float g[TH_ELEMS];
+  for (int i = 0; i < TH_ELEMS; i++) g[i] = 0.01f * (float)(i % 5);
+  const uint32_t ids[3] = {0, 1, 2};
+  struct iovec seg = {g, sizeof g};
+  ps_chan_client *a[3];
+  uint64_t id[3], v = 0;
+  for (uint32_t w = 0; w < 3; w++) a[w] = th_chan(x.agg_cp);
+  for (uint32_t w = 0; w < 3; w++) {
+    ps_req r = {.model = "s", .ids = ids, .nids = 3, .worker = w, .clock = 0};
+    ck_assert_msg(ps_chan_send_pushv(a[w], &r, &seg, 1, NULL, &eb) == 0, "%s", eb.msg);
+  }
+  for (int w = 0; w < 3; w++)
+    ck_assert_msg(ps_chan_recv(a[w], NULL, &v, &eb) == 0, "worker %d: %s", w, eb.msg);
+  th_beat_root(rpc);
+  for (uint32_t w = 0; w < 2; w++) {
+    ps_req r = {.model = "s", .ids = ids, .nids = 3, .worker = w, .clock = 1, .version = v};
+    ck_assert_msg(ps_chan_send_pushv(a[w], &r, &seg, 1, &id[w], &eb) == 0, "%s", eb.msg);
+  }
+  uint64_t in = 0;
+  for (int64_t until = ps_test_now_ms() + 10000; in < 5 && ps_test_now_ms() < until;) {
+    Ps__StatusReply *ag = ps_test_status(x.agg_gp);
+    in = ag->agg_pushes_in;
+    protobuf_c_message_free_unpacked(&ag->base, NULL);
+    if (in < 5) usleep(5000);
+  }
+  ck_assert_msg(in == 5, "the aggregator took %llu pushes, not 5", (unsigned long long)in);
+  ck_assert_int_eq(ps_test_sigstop(x.agg, 5000), 0);
+  ps_req r2 = {.model = "s", .ids = ids, .nids = 3, .worker = 2, .clock = 1, .version = v};
+  ck_assert_msg(ps_chan_send_pushv(a[2], &r2, &seg, 1, &id[2], &eb) == 0, "%s", eb.msg);
+  for (int k = 0; k < 15; k++) {
+    usleep(200 * 1000);
+    th_beat_root(rpc);
+  }
+  ck_assert_int_eq(kill(x.agg, SIGCONT), 0);
+  int done[3] = {0};
+  for (int64_t until = ps_test_now_ms() + 20000; ps_test_now_ms() < until;) {
+    int all = 1;
+    for (int w = 0; w < 3; w++) {
+      if (!done[w]) done[w] = ps_chan_wait_id(a[w], id[w], 50, &eb);
+      ck_assert_msg(done[w] >= 0, "worker %d: %s", w, eb.msg);
+      all &= done[w];
+    }
+    if (all) break;
+    th_beat_root(rpc);
+  }
+  for (int w = 0; w < 3; w++) {
+    ck_assert_msg(done[w] == 1, "worker %d's push of clock 1 was not answered", w);
+    ck_assert_msg(ps_chan_recv_id(a[w], id[w], &v, &eb) == 0, "worker %d: %s", w, eb.msg);
+  }
+  Ps__StatusReply *ag = ps_test_status(x.agg_gp);
+  ck_assert_uint_eq(ag->agg_pushes_in, 6);
+  ck_assert_msg(ag->agg_forwarded == 2, "the aggregator forwarded %llu sums for 2 clocks of 3 "
+                "workers (it counted worker 2 gone for its own stall); see %s",
+                (unsigned long long)ag->agg_forwarded, x.agg_log);
+  protobuf_c_message_free_unpacked(&ag->base, NULL);
+  Ps__StatusReply *st = ps_test_status(x.gp[0]);
+  ck_assert_uint_eq(st->sum_pushes, 2);
+  ck_assert_uint_eq(st->sum_grads, 6);
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  ck_assert_msg(th_log_wait(x.agg_log, "aggregator h0: its event loop was stalled", 1000),
+                "the aggregator did not say its loop stalled; see %s", x.agg_log);
+  for (int w = 0; w < 3; w++) ps_chan_close(a[w]);
+  ps_rpc_close(rpc);
   th_finish(&x);
 }
 END_TEST
@@ -1157,5 +1253,11 @@ Suite *hier_suite(void) {
   tcase_add_test(tc, test_hier_dead_worker);
   tcase_add_test(tc, test_hier_root_killed_sync);
   suite_add_tcase(s, tc);
+  /* an aggregator's own stall is no local worker's silence */
+  TCase *ts = tcase_create("hier_stall");
+  tcase_add_unchecked_fixture(ts, ps_test_procs_setup, ps_test_procs_teardown);
+  tcase_set_timeout(ts, 60);
+  tcase_add_test(ts, test_hier_agg_stalled);
+  suite_add_tcase(s, ts);
   return s;
 }

@@ -167,6 +167,33 @@ START_TEST(test_silent_ms) {
 }
 END_TEST
 
+/* psd_clock_silent_ms does not count the loop's stalls (an aggregator's
+ * leave read right after one would drop a worker whose beats waited
+ * unread behind it): a stall since the worker's last word is no silence,
+ * one before it changes nothing, and its next word clears the credit. */
+START_TEST(test_silent_ms_stall) {
+  psd_clock *c = tclock(0);
+  ps_errbuf eb;
+  ck_assert_int_eq(psd_clock_heartbeat(c, 0, "m", 0, 0, 0, "h", "cpu", 100, &eb), 0);
+  ck_assert_int_eq(psd_clock_heartbeat(c, 1, "m", 0, 0, 0, "h", "cpu", 100, &eb), 0);
+  psd_clock_stalled(c, 5000, 5200); /* the loop ran nothing from 200 to 5200 */
+  ck_assert_uint_eq(psd_clock_silent_ms(c, 0, 5200), 100);
+  ck_assert_uint_eq(psd_clock_silent_ms(c, 0, 5500), 400);
+  /* w1's beat read after the stall: a stall then (the part since 5300) */
+  ck_assert_int_eq(psd_clock_heartbeat(c, 1, "m", 0, 0, 0, "h", "cpu", 5300, &eb), 0);
+  psd_clock_stalled(c, 1000, 6500);
+  ck_assert_uint_eq(psd_clock_silent_ms(c, 1, 6500), 200);
+  ck_assert_uint_eq(psd_clock_silent_ms(c, 0, 6500), 400); /* 6400, 6000 of them stalls */
+  ck_assert_int_eq(psd_clock_heartbeat(c, 0, "m", 0, 0, 0, "h", "cpu", 6600, &eb), 0);
+  ck_assert_uint_eq(psd_clock_silent_ms(c, 0, 7000), 400);
+  /* status still shows the whole age */
+  psd_worker_info in;
+  psd_clock_worker(c, 1, 6500, &in);
+  ck_assert_uint_eq(in.age_ms, 1200);
+  psd_clock_free(c);
+}
+END_TEST
+
 /* SSP s=2: up to 2 clocks ahead is served, 3 parks; the max gap is 2. */
 START_TEST(test_ssp_bound) {
   psd_clock *c = tclock(2);
@@ -1110,6 +1137,7 @@ Suite *psd_clock_suite(void) {
   tcase_add_test(tc, test_restart_before_first_claim);
   tcase_add_test(tc, test_holder);
   tcase_add_test(tc, test_stall_extends_leases);
+  tcase_add_test(tc, test_silent_ms_stall);
   tcase_add_test(tc, test_left_age_grows);
   suite_add_tcase(s, tc);
   return s;

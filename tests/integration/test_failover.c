@@ -1135,7 +1135,7 @@ START_TEST(test_failover_shard_stalled) {
   int a = tf_spawn(&x), b = tf_spawn(&x);
   tf_wait_trained(&x, 0, TF_SAMPLES / 8);
   for (int s = 1; s >= 0; s--) { /* a plain shard, then the coordinator */
-    ck_assert_int_eq(kill(x.shard[s], SIGSTOP), 0);
+    ck_assert_int_eq(ps_test_sigstop(x.shard[s], 5000), 0); /* stopped before the 2 s count */
     usleep(2000 * 1000);
     ck_assert_int_eq(kill(x.shard[s], SIGCONT), 0);
     usleep(1500 * 1000); /* the workers' beats come in */

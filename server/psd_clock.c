@@ -419,10 +419,12 @@ int psd_clock_register(psd_clock *c, const char *model, const char *host, uint32
   /* the same process (HOST and PID) asking again gets its rank back,
    * live (a retried registration) or declared dead meanwhile (cut off past
    * its lease: it registers again to rejoin), unless another took it or
-   * it finished (its rank is the next run's) */
+   * it finished (its rank is the next run's); so does the process whose
+   * heartbeats a restarted coordinator that lost its registration heard
+   * (invariant 13): the rank is the one it trains in */
   uint32_t r = UINT32_MAX;
   for (size_t i = 0; i < c->nw && host && pid; i++)
-    if (c->w[i].registered && clock_worker_rank(&c->w[i]) != RANK_FINISHED &&
+    if ((c->w[i].registered ? clock_worker_rank(&c->w[i]) != RANK_FINISHED : !c->w[i].dead) &&
         c->w[i].pid == pid && c->w[i].host && !strcmp(c->w[i].host, host))
       r = c->w[i].id;
   /* invariant 8: within the expected world first, then past it */
@@ -618,6 +620,12 @@ size_t psd_clock_step_out(psd_clock *c, uint32_t worker, uint64_t clock, uint64_
 int psd_clock_expired(const psd_clock *c, uint32_t worker) {
   const clock_worker *w = clock_worker_find(c, worker);
   return w && w->dead;
+}
+
+/* psd_clock_unregistered: see psd_clock.h. */
+int psd_clock_unregistered(const psd_clock *c, uint32_t worker) {
+  const clock_worker *w = clock_worker_find(c, worker);
+  return w && !w->dead && !w->registered;
 }
 
 /* psd_clock_silent_ms: see psd_clock.h. */
@@ -852,9 +860,10 @@ int psd_clock_claim(psd_clock *c, uint32_t worker, const char *model, uint32_t e
   clock_worker *w;
   int err = clock_worker_get(c, worker, now_ms, 0, &w, eb);
   if (err < 0) return err;
-  if (!w->registered)
-    return ps_errf(eb, PS_EINVAL, "worker %" PRIu32 " did not register: it has no partitions",
-                   worker);
+  if (!w->registered) /* invariant 13: as an expiry, it registers again */
+    return ps_errf(eb, PS_EEXPIRED, "worker %" PRIu32 " did not register here (or a restart of "
+                   "this coordinator lost its registration): it has no partitions and must "
+                   "register again", worker);
   if ((err = clock_job_for(c, model ? model : "", eb)) < 0) return err;
   if ((err = clock_data_size(c, data_size, eb)) < 0) return err;
   *done = 0;

@@ -114,6 +114,16 @@
  *     registered worker's pid.  Fixed ranks and bare clients (never
  *     registered), dead ranks and requests without a pid are not told
  *     apart.
+ * 13. A restarted coordinator may have lost a registration (it came
+ *     after the last save: invariant 10): the worker's heartbeats then
+ *     name a rank the table holds no registration of.  They are taken (a
+ *     fixed rank's never register) and the coordinator says so in its
+ *     reply (psd_clock_unregistered); its claim is refused as expired.  A
+ *     worker that registered registers again, and psd_clock_register
+ *     gives the process whose beats made the rank's record (its host and
+ *     pid) that rank back.  A rank another process registered meanwhile
+ *     is that one's (invariant 12): the beats of the process that lost
+ *     it are refused as expired, and it is offered another rank.
  *
  * Not thread-safe: one thread (the shard's loop) calls everything. */
 #ifndef PSD_CLOCK_H
@@ -226,6 +236,11 @@ int psd_clock_heartbeat(psd_clock *c, uint32_t worker, const char *model, uint64
  * lease expired or it left); 0 for a live or unknown worker. */
 int psd_clock_expired(const psd_clock *c, uint32_t worker);
 
+/* psd_clock_unregistered says whether WORKER is in the table, live, and
+ * holds no registration (invariant 13: a fixed rank, or a worker whose
+ * registration a restart lost); 0 for an unknown or dead worker. */
+int psd_clock_unregistered(const psd_clock *c, uint32_t worker);
+
 /* psd_clock_silent_ms returns how long WORKER has sent nothing here at
  * NOW_MS (its last request or released pull, one released after it left
  * or died excepted; a pull parked for it does not count), less the
@@ -320,7 +335,7 @@ const char *psd_clock_job_model(const psd_clock *c);
  * epoch is finished; the job's count is the largest claimed).  Returns 1
  * with *POS (resume at pos->offset), 0 when nothing is left for it (*DONE
  * set when every partition finished), or a PS_E* code (PS_EEXPIRED,
- * PS_EINVAL for a worker that did not register).  DATA_SIZE: the samples
+ * PS_EEXPIRED too for a worker that did not register: invariant 13).  DATA_SIZE: the samples
  * in the worker's training set (0: not said; the job's first claim sets
  * the job's, psd_clock_data_size returns it); another size is PS_ECONFIG
  * once the job trained anything, finished or not: that worker cut other
@@ -369,7 +384,9 @@ int psd_clock_dirty(const psd_clock *c);
 /* psd_clock_register hands out a rank (the worker id) for a new worker:
  * the same one to a worker of the same HOST and PID (PID not 0), live (a
  * retried registration) or declared dead (one that registers again to
- * rejoin after its lease expired), else a rank no live worker holds, by invariant 8's
+ * rejoin after its lease expired), or unregistered with that pid and
+ * host from its heartbeats (a registration a restart lost: invariant
+ * 13), else a rank no live worker holds, by invariant 8's
  * order; the partitions are then balanced (invariant 7).  PS_EEXIST when
  * every rank below the cap is held by a live worker.
  * *START_CLOCK: the slowest live clock of MODEL here (0 when none); the

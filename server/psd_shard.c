@@ -403,6 +403,8 @@ int psd_shard_heartbeat(psd_shard *sh, const Ps__HeartbeatRequest *req,
   /* The coordinator tells a live worker its share of the data, which
    * changes when a worker dies or a rank is taken again. */
   if (sh->coordinator && !req->leaving && !reply->expired) {
+    /* psd_clock invariant 13: a restart may have lost its registration */
+    reply->unregistered = psd_clock_unregistered(sh->clock, req->worker);
     if ((err = psd_coord_heartbeat(sh, req, reply, now, eb)) < 0) return psd_shard_done(sh, err);
     if (shard_partitions(sh, req->worker, &reply->partitions, &reply->n_partitions) < 0)
       return psd_shard_done(sh, ps_errf(eb, PS_ENOMEM, "out of memory"));

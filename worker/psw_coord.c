@@ -331,10 +331,17 @@ static int coord_lease_stale(psw_coord *c) {
   return c->started && ok && ps_now_ms() - ok >= (int64_t)c->lease_ms;
 }
 
+/* What makes a registered worker register again (invariant 2): a shard
+ * declared it dead, or the coordinator holds no registration of it (a
+ * restart lost it: psd_clock invariant 13). */
+enum { COORD_EXPIRED = 1, COORD_UNREGISTERED = 2 };
+
 /* coord_heartbeat_all sends one heartbeat for worker WORKER to every
  * shard (LEAVING, DONE, REJOIN: see HeartbeatRequest; IDLE_AT, not NULL:
  * marked idle, stepping out of the clock tables up to that clock); returns
- * 1 when a shard said the worker had expired. */
+ * COORD_EXPIRED when a shard said the worker had expired, COORD_UNREGISTERED
+ * when the coordinator said it holds no registration of this registered
+ * worker (either or both; 0: neither). */
 static int coord_heartbeat_all(psw_coord *c, uint32_t worker, int leaving, int done,
                                int rejoin, const uint64_t *idle_at) {
   Ps__HeartbeatRequest req;
@@ -368,7 +375,9 @@ static int coord_heartbeat_all(psw_coord *c, uint32_t worker, int leaving, int d
      * shard down for 5 s); not at the leaving beat: nothing follows it */
     if (!r && out[i].err == PS_EUNAVAIL && !quit) ps_rpc_reset_backoff(c->rpc[i]);
     if (!r) continue;
-    expired |= r->expired;
+    if (r->expired) expired |= COORD_EXPIRED;
+    if (r->unregistered && i == c->coord && worker == c->worker && c->registered && !leaving)
+      expired |= COORD_UNREGISTERED;
     if (r->assigned && i == c->coord && worker == c->worker)
       coord_set_parts(c, r->partitions, r->n_partitions);
   }
@@ -378,28 +387,37 @@ static int coord_heartbeat_all(psw_coord *c, uint32_t worker, int leaving, int d
 }
 
 /* coord_reregister registers again after a shard declared the worker
- * DEAD, then rejoins every shard (invariant 5); a different rank (or
+ * DEAD, or the coordinator lost its registration (WHY: coord_heartbeat_all's
+ * answer), then rejoins every shard (invariant 5); a different rank (or
  * none) marks the worker lost.  Returns 0, 1 when nothing was needed, or
  * PS_EEXIST (lost); a worker that did not register (a fixed rank) only
  * rejoins.  SEEN: the rejoin count when the expiry was seen; a rejoin
  * done since (by the other thread) makes this one needless.  UINT64_MAX:
- * the data path's refusal, whose request may have gone out before the
- * last rejoin (a push's answer comes a step later, several requests are
- * in flight): a plain beat first asks whether any shard still holds the
- * worker expired, so that one expiry makes one rejoin. */
-static int coord_reregister(psw_coord *c, uint64_t seen) {
+ * the data path's or a claim's refusal, whose request may have gone out
+ * before the last rejoin (a push's answer comes a step later, several
+ * requests are in flight): a plain beat first asks whether any shard
+ * still holds the worker expired, or the coordinator unregistered, so
+ * that one expiry makes one rejoin. */
+static int coord_reregister(psw_coord *c, uint64_t seen, int why) {
   ps_errbuf eb = {""};
   uint32_t old = c->worker;
   pthread_mutex_lock(&c->rejoin_mu);
   pthread_mutex_lock(&c->mu);
   int lost = c->lost, done_since = seen != UINT64_MAX && c->rejoins != seen;
   pthread_mutex_unlock(&c->mu);
-  if (lost || done_since || (seen == UINT64_MAX && !coord_heartbeat_all(c, old, 0, 0, 0, NULL))) {
+  if (!lost && !done_since && seen == UINT64_MAX) why = coord_heartbeat_all(c, old, 0, 0, 0, NULL);
+  if (lost || done_since || !why) {
     pthread_mutex_unlock(&c->rejoin_mu);
     return lost ? PS_EEXIST : 1;
   }
-  ps_warn("worker %u: a shard had declared this worker dead (lease expired); %s", old,
-          c->registered ? "registering again" : "rejoining with its fixed rank");
+  const char *cause = why & COORD_EXPIRED ? "lease expired" : "the coordinator lost its "
+                                                              "registration";
+  if (why & COORD_EXPIRED)
+    ps_warn("worker %u: a shard had declared this worker dead (lease expired); %s", old,
+            c->registered ? "registering again" : "rejoining with its fixed rank");
+  else
+    ps_warn("worker %u: the coordinator holds no registration of this worker (it restarted "
+            "without it); registering again", old);
   int err = c->registered ? coord_register_retry(c, &eb) : 0;
   if (err == 0 && (!c->registered || c->reg->rank == old)) {
     if (c->registered) coord_set_parts(c, c->reg->partitions, c->reg->n_partitions);
@@ -420,10 +438,10 @@ static int coord_reregister(psw_coord *c, uint64_t seen) {
   pthread_mutex_lock(&c->mu);
   c->lost = 1;
   if (err < 0)
-    ps_errf(&c->lost_eb, PS_EEXIST, "lease expired and registering again failed: %s", eb.msg);
+    ps_errf(&c->lost_eb, PS_EEXIST, "%s and registering again failed: %s", cause, eb.msg);
   else
-    ps_errf(&c->lost_eb, PS_EEXIST, "lease expired and rank %u went to another worker (the "
-            "coordinator offered rank %u)", old, c->reg->rank);
+    ps_errf(&c->lost_eb, PS_EEXIST, "%s and rank %u went to another worker (the coordinator "
+            "offered rank %u)", cause, old, c->reg->rank);
   pthread_mutex_unlock(&c->mu);
   pthread_mutex_unlock(&c->rejoin_mu);
   return PS_EEXIST;
@@ -432,7 +450,7 @@ static int coord_reregister(psw_coord *c, uint64_t seen) {
 /* psw_coord_rejoin: see psw_coord.h. */
 int psw_coord_rejoin(psw_coord *c, ps_errbuf *eb) {
   if (!c) return ps_errf(eb, PS_EEXPIRED, "declared dead and no coordinator to rejoin");
-  int err = coord_reregister(c, UINT64_MAX);
+  int err = coord_reregister(c, UINT64_MAX, 0);
   if (err < 0) return psw_coord_lost(c, eb);
   return err;
 }
@@ -463,8 +481,8 @@ static void *coord_main(void *arg) {
     pthread_mutex_lock(&c->mu);
     int lost = c->lost;
     pthread_mutex_unlock(&c->mu);
-    int expired = !lost && coord_heartbeat_all(c, c->worker, 0, 0, rejoin, NULL);
-    if (expired) coord_reregister(c, seen);
+    int why = lost ? 0 : coord_heartbeat_all(c, c->worker, 0, 0, rejoin, NULL);
+    if (why) coord_reregister(c, seen, why);
     pthread_mutex_lock(&c->mu);
     while (!c->quit && pthread_cond_timedwait(&c->cv, &c->mu, &until) != ETIMEDOUT) {
     }
@@ -652,11 +670,15 @@ static int coord_progress_call(psw_coord *c, const psw_coord_part *pos, int clai
 }
 
 /* coord_progress_answer turns a reply to a progress beat into 0,
- * PS_EEXPIRED or PS_ENOENT (refused). */
-static int coord_progress_answer(const Ps__HeartbeatReply *r, const psw_coord_part *pos,
-                                 ps_errbuf *eb) {
+ * PS_EEXPIRED (declared dead, or unregistered: the trainer registers
+ * again, psw_coord_rejoin) or PS_ENOENT (refused). */
+static int coord_progress_answer(const psw_coord *c, const Ps__HeartbeatReply *r,
+                                 const psw_coord_part *pos, ps_errbuf *eb) {
   if (r->expired)
     return ps_errf(eb, PS_EEXPIRED, "the coordinator declared worker dead (lease expired)");
+  if (r->unregistered && c->registered)
+    return ps_errf(eb, PS_EEXPIRED, "the coordinator holds no registration of this worker (it "
+                   "restarted without it)");
   if (pos && r->n_refused)
     return ps_errf(eb, PS_ENOENT, "partition %u is no longer this worker's", pos->part);
   return 0;
@@ -668,7 +690,7 @@ int psw_coord_claim(psw_coord *c, const psw_coord_part *fin, uint32_t epochs, ui
   Ps__HeartbeatReply *r;
   int err = coord_progress_call(c, fin, 1, epochs, data_size, &r, eb);
   if (err < 0) return err;
-  err = coord_progress_answer(r, NULL, eb);
+  err = coord_progress_answer(c, r, NULL, eb);
   *job_done = r->job_done;
   c->fin_refused = fin && r->n_refused;
   if (err == 0) c->job_epochs = r->job_epochs;
@@ -703,7 +725,7 @@ int psw_coord_report(psw_coord *c, const psw_coord_part *pos, ps_errbuf *eb) {
   Ps__HeartbeatReply *r;
   int err = coord_progress_call(c, pos, 0, 0, 0, &r, eb);
   if (err < 0) return err;
-  err = coord_progress_answer(r, pos, eb);
+  err = coord_progress_answer(c, r, pos, eb);
   protobuf_c_message_free_unpacked(&r->base, NULL);
   return err;
 }

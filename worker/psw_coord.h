@@ -17,7 +17,10 @@
  *     (from the registration reply, else workers.heartbeat_ms) with the
  *     figures last given to psw_coord_update.  A shard that answers
  *     "expired" (it declared the worker DEAD) makes a registered worker
- *     register again; should the coordinator then hand out another rank
+ *     register again, and so does a coordinator that answers
+ *     "unregistered" (it restarted without the worker's registration:
+ *     psd_clock invariant 13; a fixed rank ignores it), or refuses a
+ *     claim as expired; should the coordinator then hand out another rank
  *     (ours went to a newcomer), psw_coord_lost reports it and the worker
  *     must stop: two workers must never share a rank.
  *  3. psw_coord_free with LEAVING sends one last heartbeat marked leaving

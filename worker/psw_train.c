@@ -625,14 +625,16 @@ static void run_report(psw_run *x, uint32_t epoch, uint64_t s, const psw_epoch_a
 }
 
 /* run_tell_wait waits for the report run_tell_start sent (psw_coord
- * invariant 6); a worker declared dead rejoins first (its partition is
- * then another's: PS_ENOENT). */
+ * invariant 6); a worker declared dead, or whose registration a
+ * restarted coordinator lost, registers again first (its partition is
+ * then another's, or nobody's until claimed: PS_ENOENT). */
 static int run_tell_wait(psw_run *x, uint32_t part, ps_errbuf *eb) {
   if (!x->o->register_worker) return 0;
   int err = psw_coord_report_wait(x->coord, eb);
   if (err == PS_EEXPIRED) {
+    ps_errbuf why = *eb;
     if ((err = psw_coord_rejoin(x->coord, eb)) < 0) return err;
-    return ps_errf(eb, PS_ENOENT, "declared dead: partition %u went to another worker", part);
+    return ps_errf(eb, PS_ENOENT, "%s: partition %u is no longer this worker's", why.msg, part);
   }
   return err;
 }

@@ -30,6 +30,8 @@
  *    job completes with the same exact accounting.
  *  - coordinator SIGKILLed, back 5 s later (lease 2 s): every worker
  *    keeps its rank and goes on.
+ *  - coordinator restarted from a table without a worker's registration:
+ *    the worker registers again, keeps its rank and trains on.
  *  - a worker SIGSTOPped past its lease whose rank a new worker took,
  *    then continued: it stops, the new worker keeps the rank and trains.
  *  - a fixed --rank started into a running elastic job: refused, exit 2.
@@ -886,6 +888,16 @@ START_TEST(test_failover_coordinator_killed_sync_overlap) {
 }
 END_TEST
 
+/* tf_restart_coordinator starts shard 0 again (stopped or killed),
+ * logging to psd0-again.log (its path in LOG), and waits until it
+ * serves. */
+static void tf_restart_coordinator(tf_ctx *x, char *log, size_t cap) {
+  snprintf(log, cap, "%s/psd0-again.log", x->dir);
+  x->shard[0] = ps_test_psd(x->yaml, 0, log, NULL);
+  ck_assert_msg(ps_test_wait_port(x->gp[0], 20000) == 0, "shard 0 did not come back; see %s",
+                log);
+}
+
 /* Coordinator restart: shard 0 is stopped (SIGTERM) mid-run and started
  * again; it restores the partition table and the clock table from
  * coordinator.state, the workers go on (one whose lease ran out while the
@@ -901,10 +913,7 @@ START_TEST(test_failover_coordinator_restart) {
   tf_wait_trained(&x, 1, TF_SAMPLES / 2);
   ps_test_stop(x.shard[0], SIGTERM, 10000);
   char log[700];
-  snprintf(log, sizeof log, "%s/psd0-again.log", x.dir);
-  x.shard[0] = ps_test_psd(x.yaml, 0, log, NULL);
-  ck_assert_msg(ps_test_wait_port(x.gp[0], 20000) == 0, "shard 0 did not come back; see %s",
-                log);
+  tf_restart_coordinator(&x, log, sizeof log);
   tf_wait_all(&x, NULL);
   uint64_t retrained;
   uint32_t handovers = tf_check_accounting(&x, TF_SAMPLES, UINT64_MAX, &retrained);
@@ -1010,10 +1019,7 @@ START_TEST(test_failover_coordinator_kill9_ranks) {
    * (gRPC's backoff), so their next try comes a lease after it serves */
   usleep(5000 * 1000);
   char log[700];
-  snprintf(log, sizeof log, "%s/psd0-again.log", x.dir);
-  x.shard[0] = ps_test_psd(x.yaml, 0, log, NULL);
-  ck_assert_msg(ps_test_wait_port(x.gp[0], 20000) == 0, "shard 0 did not come back; see %s",
-                log);
+  tf_restart_coordinator(&x, log, sizeof log);
   /* past a lease from the restart, and the registrations' retries */
   for (int64_t end = ps_test_now_ms() + 8000; ps_test_now_ms() < end; usleep(100000))
     for (int i = 0; i < 3; i++) {
@@ -1041,6 +1047,87 @@ START_TEST(test_failover_coordinator_kill9_ranks) {
   }
   ck_assert_msg(!again || tf_epochs_retrained(&x) > 0, "%d workers trained a batch again, none "
                 "counted retrained; see %s", again, x.dir);
+  tf_finish(&x);
+}
+END_TEST
+
+/* tf_forget_rank rewrites the coordinator's saved table in DIR as if it
+ * had been saved before rank RANK registered (a kill within the save of
+ * its registration: psd_clock invariant 13): no worker line or clock
+ * entry of it, its partitions nobody's. */
+static void tf_forget_rank(const char *dir, int rank) {
+  char path[700];
+  snprintf(path, sizeof path, "%s/shard0/coordinator.state", dir);
+  char *text = ps_test_read_file(path, NULL), *save = NULL;
+  size_t cap = strlen(text) + 64, n = 0;
+  char *out = calloc(1, cap);
+  ck_assert_ptr_nonnull(out);
+  int dropped = 0;
+  for (char *l = strtok_r(text, "\n", &save); l; l = strtok_r(NULL, "\n", &save)) {
+    unsigned a, e, act;
+    unsigned long long off, st, sz;
+    long long owner;
+    char model[64];
+    int k = 0;
+    if (sscanf(l, "worker %u %n", &a, &k) == 1 && k && (int)a == rank) {
+      dropped++;
+      continue;
+    }
+    if (sscanf(l, "clock %63s %u", model, &a) == 2 && (int)a == rank) continue;
+    if (sscanf(l, "part %u %u %llu %llu %llu %lld %u", &a, &e, &off, &st, &sz, &owner,
+               &act) == 7 && owner == rank) {
+      n += (size_t)snprintf(out + n, cap - n, "part %u %u %llu %llu %llu -1 0\n", a, e, off,
+                            off, sz);
+      continue;
+    }
+    n += (size_t)snprintf(out + n, cap - n, "%s\n", l);
+    ck_assert_uint_lt(n, cap);
+  }
+  ck_assert_msg(dropped == 1, "no worker %d in the saved table %s", rank, path);
+  ps_test_write_file(path, out);
+  free(out);
+  free(text);
+}
+
+/* A coordinator restarted without a worker's registration (it was
+ * killed within the save of it; here its saved table is rewritten so,
+ * deterministically): the worker's claims and reports name a rank the
+ * coordinator holds no registration of.  It registers again, as after
+ * an expiry, gets its rank back (the coordinator knows its process by
+ * its heartbeats' host and pid) and trains on; the job completes with
+ * every sample counted.  Its claim used to be refused ("worker 1 did not
+ * register: it has no partitions") and the worker exited 1. */
+START_TEST(test_failover_coordinator_lost_registration) {
+  TF_NEED_DATA();
+  tf_ctx x = {0};
+  /* asp: under bsp a push the stop cut short is said moved on after the
+   * rejoin's step-out, which entered the worker behind its own pull
+   * (found, not fixed here) */
+  tf_start_c(&x, 2, 2, 12, "logreg", "0.002", TF_SAMPLES, "asp", 0);
+  tf_spawn(&x);
+  tf_spawn(&x);
+  tf_wait_trained(&x, 0, TF_SAMPLES / 2);
+  int lost = tf_rank_of(&x, x.w[1]) == 1 ? 1 : 0; /* rank 1's: 0 is the other's */
+  ck_assert_int_eq(tf_rank_of(&x, x.w[lost]), 1);
+  int st = ps_test_stop(x.shard[0], SIGTERM, 10000);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd 0: status %d; see %s", st, x.dir);
+  tf_forget_rank(x.dir, 1);
+  char log[700], wlog[700];
+  tf_restart_coordinator(&x, log, sizeof log);
+  tf_log(&x, lost, wlog, sizeof wlog);
+  tf_wait_all(&x, NULL);
+  uint64_t retrained;
+  tf_check_accounting(&x, TF_SAMPLES, UINT64_MAX, &retrained);
+  char *text = ps_test_read_file(wlog, NULL);
+  ck_assert_msg(strstr(text, "the coordinator holds no registration of this worker") &&
+                    !strstr(text, "rank 1 went to another worker"),
+                "see %s", wlog);
+  free(text);
+  text = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(text, "coordinator state restored") &&
+                    strstr(text, "worker 1 registered:"),
+                "the worker did not register its rank again; see %s", log);
+  free(text);
   tf_finish(&x);
 }
 END_TEST
@@ -1319,6 +1406,7 @@ Suite *psw_failover_suite(void) {
   tcase_set_timeout(tr, 60);
   tcase_add_unchecked_fixture(tr, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_add_test(tr, test_failover_coordinator_kill9_ranks);
+  tcase_add_test(tr, test_failover_coordinator_lost_registration);
   tcase_add_test(tr, test_failover_stopped_rank_taken);
   tcase_add_test(tr, test_failover_fixed_rank_refused);
   suite_add_tcase(s, tr);

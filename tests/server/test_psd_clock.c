@@ -867,6 +867,48 @@ START_TEST(test_restart_keeps_ranks) {
 }
 END_TEST
 
+/* Invariant 13: a coordinator restarted from a save made before a
+ * registration (killed within that save) hears the worker's heartbeats
+ * in a rank it holds no registration of.  It says so
+ * (psd_clock_unregistered), refuses its claim as expired (it was
+ * PS_EINVAL, and the worker exited), keeps the rank from newcomers while
+ * the beats come, and gives it back to that process (host and pid) when
+ * it registers again. */
+START_TEST(test_restart_lost_registration) {
+  psd_clock *c = tclock(0);
+  ps_errbuf eb;
+  uint32_t r;
+  uint64_t sc;
+  int done;
+  psd_part_pos pos;
+  ck_assert_int_eq(psd_clock_register(c, "m", "h", 10, "cpu", 0, &r, &sc, &eb), 0);
+  char *text;
+  size_t len;
+  ck_assert_int_eq(psd_clock_save(c, &text, &len, &eb), 0);
+  psd_clock *d = tclock(0);
+  ck_assert_int_eq(psd_clock_load(d, text, 5000, &eb), 0);
+  ck_assert_int_eq(psd_clock_heartbeat(d, 1, "m", 4, 0, 0, "h", "cpu", 5100, &eb), 0);
+  psd_clock_set_pid(d, 1, 11);
+  ck_assert_int_eq(psd_clock_unregistered(d, 1), 1);
+  ck_assert_int_eq(psd_clock_unregistered(d, 0), 0);
+  ck_assert_int_eq(psd_clock_unregistered(d, 2), 0);
+  ck_assert_int_eq(psd_clock_claim(d, 1, "m", 2, 80, 5100, &pos, &done, &eb), PS_EEXPIRED);
+  ck_assert_msg(strstr(eb.msg, "must register again"), "%s", eb.msg);
+  /* a newcomer does not get the rank whose beats come */
+  ck_assert_int_eq(psd_clock_register(d, "m", "h", 12, "cpu", 5200, &r, &sc, &eb), 0);
+  ck_assert_uint_eq(r, 2);
+  ck_assert_int_eq(psd_clock_register(d, "m", "h", 11, "cpu", 5300, &r, &sc, &eb), 0);
+  ck_assert_uint_eq(r, 1);
+  ck_assert_int_eq(psd_clock_unregistered(d, 1), 0);
+  ck_assert_int_ge(psd_clock_claim(d, 1, "m", 2, 80, 5300, &pos, &done, &eb), 0);
+  /* another process's beats in that rank are refused now (invariant 12) */
+  ck_assert_int_eq(psd_clock_holder(d, 1, "h", 13, &eb), PS_EEXPIRED);
+  psd_clock_free(d);
+  free(text);
+  psd_clock_free(c);
+}
+END_TEST
+
 /* After a coordinator restart the restored started of an active
  * partition is up to PSD_COORD_SAVE_MS old: the samples its worker says
  * it trains again (a push lost with the restart) count as retrained, not
@@ -1135,6 +1177,7 @@ Suite *psd_clock_suite(void) {
   tcase_add_test(tc, test_restart_keeps_ranks);
   tcase_add_test(tc, test_restart_counts_retrained);
   tcase_add_test(tc, test_restart_before_first_claim);
+  tcase_add_test(tc, test_restart_lost_registration);
   tcase_add_test(tc, test_holder);
   tcase_add_test(tc, test_stall_extends_leases);
   tcase_add_test(tc, test_silent_ms_stall);

@@ -519,6 +519,59 @@ START_TEST(test_hier_clocks_start_over) {
 }
 END_TEST
 
+/* A local worker killed (its connection closed) and another started in
+ * its place, as README's failover has it: the dead one counts as live
+ * until it leaves (3 heartbeats after its close), yet it is no longer
+ * connected, so the aggregator must not warn that 4 workers use it,
+ * more than its 'workers' (3): that told the operator to raise a
+ * setting that was right. */
+START_TEST(test_hier_replaced_worker_not_over) {
+  th_ctx x = {0};
+  ps_rpc *rpc;
+  ps_errbuf eb = {""};
+  th_bare_delay(&x, &rpc, 50);
+  Ps__ModelSpec spec;
+  Ps__TensorSpec t, *ts;
+  Ps__OptimizerSpec opt;
+  uint32_t shape;
+  th_spec(&spec, &t, &ts, &opt, &shape, "a");
+  spec.consistency = "asp";
+  ps_test_submit(rpc, &spec, 0, 10000);
+  ps_rpc_close(rpc);
+  static float g[TH_ELEMS], p[TH_ELEMS];
+  ps_test_rng_init();
+  for (int i = 0; i < TH_ELEMS; i++) g[i] = 0.01f * ps_test_rnd();
+  const uint32_t ids[3] = {0, 1, 2};
+  ps_chan_client *agg[3];
+  uint64_t v;
+  for (uint32_t w = 0; w < 3; w++) {
+    agg[w] = th_chan(x.agg_cp);
+    ck_assert_msg(ps_test_pull(agg[w], "a", ids, 3, p, TH_ELEMS, w, 0, &v, &eb) == 0,
+                  "worker %u: %s", w, eb.msg);
+    ck_assert_msg(ps_test_push(agg[w], "a", ids, 3, g, TH_ELEMS, w, 0, v, &v, &eb) == 0,
+                  "worker %u: %s", w, eb.msg);
+  }
+  ps_chan_close(agg[2]); /* kill -9 */
+  int64_t t0 = ps_test_now_ms();
+  agg[2] = th_chan(x.agg_cp); /* the worker started in its place, rank 3 */
+  ck_assert_msg(ps_test_pull(agg[2], "a", ids, 3, p, TH_ELEMS, 3, 1, &v, &eb) == 0, "%s",
+                eb.msg);
+  for (uint32_t w = 0; w < 3; w++)
+    ck_assert_msg(ps_test_push(agg[w], "a", ids, 3, g, TH_ELEMS, w == 2 ? 3 : w, 1, v, &v,
+                               &eb) == 0, "worker %u: %s", w, eb.msg);
+  /* worker 2 leaves 3 heartbeats (3 s) after its close: before that it
+   * still counts as live, which is what this test is about */
+  ck_assert_msg(ps_test_now_ms() - t0 < 2500, "too slow (%lld ms): worker 2 may have left",
+                (long long)(ps_test_now_ms() - t0));
+  char *log = ps_test_read_file(x.agg_log, NULL);
+  ck_assert_msg(log && !strstr(log, "local workers use it"), "a false warning in %s:\n%s",
+                x.agg_log, log ? log : "");
+  free(log);
+  for (int w = 0; w < 3; w++) ps_chan_close(agg[w]);
+  th_finish(&x);
+}
+END_TEST
+
 /* th_parked waits up to 10 s until root PORT holds N parked pulls of its
  * first model; returns how many it holds then. */
 static uint64_t th_parked(int port, uint64_t n) {
@@ -1145,6 +1198,7 @@ Suite *hier_suite(void) {
   tcase_add_test(tc, test_hier_root_restart);
   tcase_add_test(tc, test_hier_sigterm_forwards);
   tcase_add_test(tc, test_hier_sum_is_one_update);
+  tcase_add_test(tc, test_hier_replaced_worker_not_over);
   tcase_add_test(tc, test_hier_clip_sum);
   tcase_add_test(tc, test_hier_clip_topk);
   tcase_add_test(tc, test_hier_clocks_start_over);

@@ -763,28 +763,33 @@ static void agg_leave_done(psd_agg *a, agg_job *j) {
  * nothing waiting would count as gone, UINT64_MAX when none. */
 static uint32_t agg_expected(psd_agg *a, uint64_t now, uint64_t *next_ms) {
   uint64_t lease = a->cfg->workers.lease_ms, next = UINT64_MAX;
-  uint32_t live = 0, gone = 0;
+  uint32_t live = 0, gone = 0, using = 0;
   agg_mark_busy(a);
   for (uint32_t w = 0; w < a->nseen; w++) {
     if (!a->seen_ms[w]) continue;
     uint64_t last = a->seen_ms[w] - 1;
     if (a->busy[w]) {
       live++;
+      using++;
     } else if (agg_silent(a, w, now) > lease || a->left[w]) {
       gone++;
     } else {
       live++;
+      /* the warning counts only live workers still connected: a killed
+       * one, whose connections closed, is live until it leaves, and
+       * the worker started in its place is no worker too many */
+      if (a->nconn[w]) using++;
       uint64_t at = last + a->credit_ms[w] + lease + 1;
       if (at < next) next = at;
     }
   }
   if (next_ms) *next_ms = next;
-  if (live > a->me->workers && live > a->over_said) {
-    a->over_said = live;
+  if (using > a->me->workers && using > a->over_said) {
+    a->over_said = using;
     ps_warn("aggregator %s: %u local workers use it, more than its 'workers' (%u): a sum goes "
             "to the roots before all of them pushed, and their parked pulls may hold all of its "
             "%u pull links to a root; set aggregators[].workers to the workers that use it",
-            a->me->name, live, a->me->workers, a->me->workers);
+            a->me->name, using, a->me->workers, a->me->workers);
   }
   uint32_t want = a->me->workers > gone ? a->me->workers - gone : 0;
   if (live > want) want = live;

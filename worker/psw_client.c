@@ -71,6 +71,7 @@ typedef struct psw_shard {
   int64_t refused_since_ms;  /* it refuses pushes (DEGRADED) since; 0: it takes them */
   int64_t refused_said_ms;   /* ... said last then (invariant 12) */
   int via_agg;               /* its connection is (or was to be) to the aggregator */
+  int round_agg;             /* this round's push to it goes through the aggregator */
   int down_said;             /* its own failure was logged (not only the aggregator's) */
 } psw_shard;
 
@@ -1162,19 +1163,30 @@ static int psw_push_pull(psw_client *c, int gbuf, uint64_t push_clock, int pbuf,
     return ps_errf(eb, PS_EINVAL, "buffer %d/%d out of range", gbuf, pbuf);
   int64_t expired_since = 0, slow_since = 0, slow_said = 0;
   uint32_t delay = PS_BACKOFF_FIRST_MS;
-  int via_agg = c->agg && !c->agg_down;
   for (;;) {
     size_t down = 0, expired = 0, slow = 0;
     ps_errbuf xeb = {""}, seb = {""};
+    /* Which pushes go through the aggregator: every connection while it
+     * serves, and after a failure through it the connections that did
+     * not fail then (they stay on it until they break or the epoch
+     * boundary moves every connection back: psw_client_agg_return). */
+    for (size_t k = 0; k < c->nshards; k++) {
+      psw_shard *s = &c->shards[k];
+      s->round_agg = s->ch ? s->via_agg : c->agg && !c->agg_down;
+    }
     int err = psw_round(c, gbuf, push_clock, pbuf, pull_clock, &down, &expired, &xeb, &slow,
                         &seb, eb);
     if (err < 0) return err;
-    /* The aggregator died with this push unanswered: the sum holding it
-     * may never have reached the roots, so they may hold this worker (and
-     * its neighbours) at PUSH_CLOCK.  The repeated pull asks for that clock,
-     * not one a lost push would make the roots wait for forever (BSP):
-     * one step of staleness at most, once, at failover. */
-    if (via_agg && c->agg_down && gbuf >= 0 && pull_clock > push_clock) pull_clock = push_clock;
+    /* A connection through the aggregator broke with this push
+     * unanswered: the sum holding it may never have reached the roots, so
+     * they may hold this worker (and its neighbours) at PUSH_CLOCK.  The
+     * repeated pull asks for that clock, not one a lost push would make
+     * the roots wait for forever (BSP): one step of staleness at most,
+     * once, at failover. */
+    int agg_lost = 0;
+    for (size_t k = 0; k < c->nshards; k++)
+      if (c->shards[k].round_agg && c->shards[k].nids && !c->shards[k].ch) agg_lost = 1;
+    if (agg_lost && gbuf >= 0 && pull_clock > push_clock) pull_clock = push_clock;
     if (!down && !expired && !slow) {
       for (size_t k = 0; k < c->nshards; k++) psw_shard_up(c, &c->shards[k]);
       if (slow_since)

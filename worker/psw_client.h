@@ -44,10 +44,11 @@
  *     forwards each request to the shard whose chunks it names.  The first
  *     connection that breaks switches the client to the shards' own
  *     addresses for the rest of its life (the reconnects of invariant 4
- *     go there); a push left unanswered by the dead aggregator is not
- *     resent, and the pull repeated behind it asks for the push's clock
- *     (the roots may never have seen that push: they must not wait for
- *     it).  A push the aggregator answers with a retryable error (a root
+ *     go there; the connections that did not break stay on the
+ *     aggregator until they do); a push left unanswered by the dead
+ *     aggregator, on any connection still through it, is not resent, and
+ *     the pull repeated behind it asks for the push's clock (the roots may
+ *     never have seen that push: they must not wait for it).  A push the aggregator answers with a retryable error (a root
  *     it could not reach, or whose link failed with the sum in flight;
  *     not DEGRADED, a root's own refusal) is one of unknown fate, as if
  *     the connection had broken (psw_client_pushes_unknown).  psw_client_agg_return, called by the trainer at an epoch

@@ -48,6 +48,7 @@
  * Skipped (visibly) without the dataset. */
 #include <math.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -58,8 +59,11 @@
 #include "ps.pb-c.h"
 #include "ps_chan.h"
 #include "ps_codec.h"
+#include "ps_config.h"
+#include "ps_gpu.h"
 #include "ps_rpc.h"
 #include "ps_test.h"
+#include "psw_client.h"
 
 #define TH_DATA "/usr/share/datasets/fashion-mnist"
 #define TH_WAIT_MS 90000
@@ -214,6 +218,17 @@ static void th_submit(ps_rpc *rpc, const char *name, const char *codec) {
   uint32_t shape;
   th_spec(&spec, &t, &ts, &opt, &shape, name);
   if (codec) spec.codec = (char *)codec;
+  ps_test_submit(rpc, &spec, 0, 10000);
+}
+
+/* th_submit_asp: th_submit's model NAME under asp. */
+static void th_submit_asp(ps_rpc *rpc, const char *name) {
+  Ps__ModelSpec spec;
+  Ps__TensorSpec t, *ts;
+  Ps__OptimizerSpec opt;
+  uint32_t shape;
+  th_spec(&spec, &t, &ts, &opt, &shape, name);
+  spec.consistency = "asp";
   ps_test_submit(rpc, &spec, 0, 10000);
 }
 
@@ -459,13 +474,7 @@ START_TEST(test_hier_clocks_start_over) {
   ps_errbuf eb = {""};
   th_bare(&x, &rpc); /* sums wait up to 10 s for the 3 workers */
   th_submit(rpc, "b", NULL);
-  Ps__ModelSpec spec;
-  Ps__TensorSpec t, *ts;
-  Ps__OptimizerSpec opt;
-  uint32_t shape;
-  th_spec(&spec, &t, &ts, &opt, &shape, "a");
-  spec.consistency = "asp";
-  ps_test_submit(rpc, &spec, 0, 10000);
+  th_submit_asp(rpc, "a");
   ps_rpc_close(rpc);
   static float g[TH_ELEMS], p0[TH_ELEMS], p1[TH_ELEMS];
   ps_test_rng_init();
@@ -518,6 +527,149 @@ START_TEST(test_hier_clocks_start_over) {
                             10000), "no warning in %s", x.agg_log);
   ps_chan_close(fourth);
   for (int w = 0; w < 3; w++) ps_chan_close(agg[w]);
+  th_finish(&x);
+}
+END_TEST
+
+/* A local worker killed (its connection closed) and another started in
+ * its place, as README's failover has it: the dead one counts as live
+ * until it leaves (3 heartbeats after its close), yet it is no longer
+ * connected, so the aggregator must not warn that 4 workers use it,
+ * more than its 'workers' (3): that told the operator to raise a
+ * setting that was right. */
+START_TEST(test_hier_replaced_worker_not_over) {
+  th_ctx x = {0};
+  ps_rpc *rpc;
+  ps_errbuf eb = {""};
+  th_bare_delay(&x, &rpc, 50);
+  th_submit_asp(rpc, "a");
+  ps_rpc_close(rpc);
+  static float g[TH_ELEMS], p[TH_ELEMS];
+  ps_test_rng_init();
+  for (int i = 0; i < TH_ELEMS; i++) g[i] = 0.01f * ps_test_rnd();
+  const uint32_t ids[3] = {0, 1, 2};
+  ps_chan_client *agg[3];
+  uint64_t v;
+  for (uint32_t w = 0; w < 3; w++) {
+    agg[w] = th_chan(x.agg_cp);
+    ck_assert_msg(ps_test_pull(agg[w], "a", ids, 3, p, TH_ELEMS, w, 0, &v, &eb) == 0,
+                  "worker %u: %s", w, eb.msg);
+    ck_assert_msg(ps_test_push(agg[w], "a", ids, 3, g, TH_ELEMS, w, 0, v, &v, &eb) == 0,
+                  "worker %u: %s", w, eb.msg);
+  }
+  ps_chan_close(agg[2]); /* kill -9 */
+  int64_t t0 = ps_test_now_ms();
+  agg[2] = th_chan(x.agg_cp); /* the worker started in its place, rank 3 */
+  ck_assert_msg(ps_test_pull(agg[2], "a", ids, 3, p, TH_ELEMS, 3, 1, &v, &eb) == 0, "%s",
+                eb.msg);
+  for (uint32_t w = 0; w < 3; w++)
+    ck_assert_msg(ps_test_push(agg[w], "a", ids, 3, g, TH_ELEMS, w == 2 ? 3 : w, 1, v, &v,
+                               &eb) == 0, "worker %u: %s", w, eb.msg);
+  /* worker 2 leaves 3 heartbeats (3 s) after its close: before that it
+   * still counts as live, which is what this test is about */
+  ck_assert_msg(ps_test_now_ms() - t0 < 2500, "too slow (%lld ms): worker 2 may have left",
+                (long long)(ps_test_now_ms() - t0));
+  char *log = ps_test_read_file(x.agg_log, NULL);
+  ck_assert_msg(log && !strstr(log, "local workers use it"), "a false warning in %s:\n%s",
+                x.agg_log, log ? log : "");
+  free(log);
+  for (int w = 0; w < 3; w++) ps_chan_close(agg[w]);
+  th_finish(&x);
+}
+END_TEST
+
+/* One psw_client round in a thread (th_half_round), bounded by a stop. */
+typedef struct th_round {
+  psw_client *c;
+  uint64_t push_clock, pull_clock;
+  volatile sig_atomic_t *stop;
+  int rc;
+  ps_errbuf eb;
+} th_round;
+
+static void *th_round_main(void *arg) {
+  th_round *r = arg;
+  r->rc = psw_client_push_pull(r->c, 0, r->push_clock, 0, r->pull_clock, &r->eb);
+  return NULL;
+}
+
+/* th_round_run runs R's round and, MS_BEFORE ms into it, calls FN(X)
+ * (NULL: nothing); it stops the round after 15 s: its return code. */
+static int th_round_run(th_round *r, void (*fn)(th_ctx *), th_ctx *x, int ms_before) {
+  pthread_t th;
+  *r->stop = 0;
+  ck_assert_int_eq(pthread_create(&th, NULL, th_round_main, r), 0);
+  usleep((useconds_t)ms_before * 1000);
+  if (fn) fn(x);
+  int64_t t0 = ps_test_now_ms();
+  while (ps_test_now_ms() - t0 < 15000 && pthread_tryjoin_np(th, NULL) != 0) usleep(20000);
+  *r->stop = 1;
+  pthread_join(th, NULL);
+  return r->rc;
+}
+
+/* th_restart_root1 kills root 1 and starts it again once the
+ * aggregator's hold of a push (2 s) is over: the sum fails there. */
+static void th_restart_root1(th_ctx *x) {
+  ck_assert(WIFSIGNALED(ps_test_stop(x->shard[1], SIGKILL, 10000)));
+  usleep(2500 * 1000);
+  char log[640];
+  snprintf(log, sizeof log, "%s/psd1-again.log", x->dir);
+  x->shard[1] = ps_test_psd(x->yaml, 1, log, NULL);
+  ck_assert_msg(ps_test_wait_port(x->cp[1], 15000) == 0, "root 1 not back; see %s", log);
+}
+
+static void th_kill_agg(th_ctx *x) {
+  ck_assert_int_eq(ps_test_stop(x->agg, SIGKILL, 5000) & 0x7f, SIGKILL);
+  x->agg = 0;
+}
+
+/* A worker half on its aggregator: a failure through the aggregator (a
+ * root stopped behind it) sends the failed connection to the roots, while
+ * its connection to the other root stays on the aggregator until the
+ * epoch boundary.  The aggregator then dies holding this worker's push to
+ * that root (it waits for a second local worker): the push is lost, so
+ * the root holds the worker at the push's clock, and under BSP its pull
+ * of the next clock waited for itself for ever ("slowest live worker 0
+ * is at clock 2"): a kill -9 of a root, then of the aggregator, stopped a
+ * whole job.  The pull after such a loss asks for the push's clock. */
+START_TEST(test_hier_half_failover_lost_push) {
+  TH_NEED_DATA();
+  th_ctx x = {0};
+  x.nw = 2;            /* the aggregator waits for 2 workers ... */
+  x.lease_ms = 120000; /* (no heartbeats here) */
+  x.sync = 1;          /* root 1 is killed */
+  th_start(&x, 1, "bsp", "0", 2000, 1); /* ... up to 2 s: holds the one worker's push */
+  ps_config cfg;
+  ps_errbuf eb = {""};
+  ck_assert_msg(ps_config_load(&cfg, x.yaml, &eb) == 0, "%s", eb.msg);
+  free(cfg.workers.aggregator);
+  cfg.workers.aggregator = strdup("h0");
+  ps_gpu_backend *be;
+  ck_assert_msg(ps_gpu_cpu_open(1, &be, &eb) == 0, "%s", eb.msg);
+  static volatile sig_atomic_t stop;
+  stop = 0;
+  psw_client_conf cc = {.cfg = &cfg, .model = "m", .worker = 0, .be = be, .nbufs = 1,
+                        .io_timeout_ms = 10000, .stop = &stop};
+  psw_client *c = NULL;
+  ck_assert_msg(psw_client_open(&c, &cc, &eb) == 0, "psw_client_open: %s", eb.msg);
+  ck_assert_msg(psw_client_pull_all(c, 0, 0, &eb) == 0, "%s", eb.msg);
+  th_round r = {.c = c, .stop = &stop};
+  r.push_clock = 0, r.pull_clock = 1; /* through the aggregator */
+  ck_assert_msg(th_round_run(&r, NULL, &x, 0) == 0, "step 0: %s", r.eb.msg);
+  /* root 1 dies while the aggregator holds step 1's push: root 1's
+   * connection goes to the roots, root 0's stays on the aggregator */
+  r.push_clock = 1, r.pull_clock = 2;
+  ck_assert_msg(th_round_run(&r, th_restart_root1, &x, 500) == 0, "step 1: %s", r.eb.msg);
+  /* the aggregator dies holding step 2's push to root 0 */
+  r.push_clock = 2, r.pull_clock = 3;
+  int rc = th_round_run(&r, th_kill_agg, &x, 700);
+  ck_assert_msg(rc == 0, "step 2, the aggregator killed: %d %s", rc, r.eb.msg);
+  r.push_clock = 3, r.pull_clock = 4; /* and on, on the roots */
+  ck_assert_msg(th_round_run(&r, NULL, &x, 0) == 0, "step 3: %s", r.eb.msg);
+  psw_client_close(c);
+  ps_gpu_close(be);
+  ps_config_release(&cfg);
   th_finish(&x);
 }
 END_TEST
@@ -1241,6 +1393,8 @@ Suite *hier_suite(void) {
   tcase_add_test(tc, test_hier_root_restart);
   tcase_add_test(tc, test_hier_sigterm_forwards);
   tcase_add_test(tc, test_hier_sum_is_one_update);
+  tcase_add_test(tc, test_hier_replaced_worker_not_over);
+  tcase_add_test(tc, test_hier_half_failover_lost_push);
   tcase_add_test(tc, test_hier_clip_sum);
   tcase_add_test(tc, test_hier_clip_topk);
   tcase_add_test(tc, test_hier_clocks_start_over);

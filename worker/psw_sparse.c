@@ -1,5 +1,6 @@
 /* psw_sparse: keys split by shard with a counting sort, one request per
- * shard, rows scattered back to the caller's order.
+ * shard (a pull: per part of at most sparse.max_new_rows keys, pull_part),
+ * rows scattered back to the caller's order.
  *
  * Planes (sparse.plane): with `channel` a shard's rows go over its tensor
  * channel (CHAN_SPARSE_PULL / _PUSH) once a connection to it is open and
@@ -53,6 +54,7 @@ struct psw_sparse {
   ps_rpc **rpc;             /* per shard, opened on first use */
   /* per request: keys grouped by shard (start[s] .. start[s + 1]) */
   uint32_t *start, *pos;    /* nshards + 1; nkeys: original index of grouped key i */
+  uint32_t *lo, *hi;        /* per shard: the grouped keys of this pull request (pull_part) */
   uint64_t *keys;
   float *buf;
   size_t cap, bufcap;
@@ -113,6 +115,8 @@ int psw_sparse_open(psw_sparse **out, const ps_config *cfg, const char *model, u
   if (s) {
     s->rpc = calloc(cfg->nshards, sizeof *s->rpc);
     s->start = calloc(cfg->nshards + 1, sizeof *s->start);
+    s->lo = calloc(cfg->nshards, sizeof *s->lo);
+    s->hi = calloc(cfg->nshards, sizeof *s->hi);
     s->ch = calloc(cfg->nshards, sizeof *s->ch);
     s->ch_retry_ms = calloc(cfg->nshards, sizeof *s->ch_retry_ms);
     s->via_chan = calloc(cfg->nshards, 1);
@@ -120,7 +124,7 @@ int psw_sparse_open(psw_sparse **out, const ps_config *cfg, const char *model, u
     s->moved_on = calloc(cfg->nshards, sizeof *s->moved_on);
     s->todo = calloc(cfg->nshards, 1);
   }
-  if (!s || !ids || !s->rpc || !s->start || !s->ch || !s->ch_retry_ms || !s->via_chan ||
+  if (!s || !ids || !s->rpc || !s->start || !s->lo || !s->hi || !s->ch || !s->ch_retry_ms || !s->via_chan ||
       !s->req_id || !s->moved_on || !s->todo) {
     free(ids);
     psw_sparse_close(s);
@@ -160,6 +164,8 @@ void psw_sparse_close(psw_sparse *s) {
   ps_auth_client_close(&s->auth);
   free(s->rpc);
   free(s->start);
+  free(s->lo);
+  free(s->hi);
   free(s->pos);
   free(s->keys);
   free(s->buf);
@@ -516,7 +522,7 @@ static int pull_round(psw_sparse *s, ps_codec_id codec, uint64_t clock, float *r
   for (size_t k = 0; k < s->nshards; k++) /* before the pulls: none waits on this worker */
     if (s->todo[k] && s->moved_on[k] && clock != PS_CLOCK_READER) say_moved_on(s, k);
   for (size_t k = 0; k < s->nshards; k++) { /* every shard's request out first */
-    uint32_t a = s->start[k], b = s->start[k + 1];
+    uint32_t a = s->lo[k], b = s->hi[k];
     ps_chan_client *ch = s->todo[k] ? chan_get(s, k) : NULL;
     ps_chan_sparse q = chan_req(s, a, b, codec, clock);
     s->via_chan[k] = ch && ps_chan_send_sparse_pull(ch, &q, s->rx + (size_t)a * rb,
@@ -526,15 +532,30 @@ static int pull_round(psw_sparse *s, ps_codec_id codec, uint64_t clock, float *r
   }
   for (size_t k = 0; k < s->nshards; k++) { /* every channel reply taken, even after an error */
     if (!s->todo[k] || !s->via_chan[k]) continue;
-    int r = pull_chan_recv(s, k, s->start[k], s->start[k + 1], codec, clock, rows, &reb);
+    int r = pull_chan_recv(s, k, s->lo[k], s->hi[k], codec, clock, rows, &reb);
     if (r == 1) s->via_chan[k] = 0; /* on gRPC below */
     else settle(s, k, r, &reb, &rc, &xeb, eb);
   }
   for (size_t k = 0; k < s->nshards && !rc; k++) /* then gRPC, which may wait for a shard */
     if (s->todo[k] && !s->via_chan[k])
-      settle(s, k, pull_grpc(s, k, s->start[k], s->start[k + 1], codec, clock, rows, &reb), &reb,
-             &rc, &xeb, eb);
+      settle(s, k, pull_grpc(s, k, s->lo[k], s->hi[k], codec, clock, rows, &reb), &reb, &rc,
+             &xeb, eb);
   return round_end(rc, &xeb, eb);
+}
+
+/* pull_part sets each shard's request of part PART of a pull (s->lo,
+ * s->hi, s->todo): its grouped keys PART * PER .. (PART + 1) * PER, or
+ * none where it has fewer; 0 when no shard has any left. */
+static int pull_part(psw_sparse *s, uint64_t part, uint64_t per) {
+  int any = 0;
+  for (size_t k = 0; k < s->nshards; k++) {
+    uint64_t n = s->start[k + 1] - s->start[k], from = part * per;
+    s->lo[k] = s->start[k] + (uint32_t)(from < n ? from : n);
+    s->hi[k] = s->start[k] + (uint32_t)(from + per < n ? from + per : n);
+    s->todo[k] = s->lo[k] < s->hi[k];
+    any |= s->todo[k];
+  }
+  return any;
 }
 
 int psw_sparse_pull(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, float *rows,
@@ -543,11 +564,15 @@ int psw_sparse_pull(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, float *
   if (rc) return rc;
   /* a reader (psw --evaluate) reads the rows exactly */
   ps_codec_id codec = clock < s->warmup || clock == PS_CLOCK_READER ? PS_CODEC_FP32 : s->pull_codec;
-  for (size_t k = 0; k < s->nshards; k++) s->todo[k] = s->start[k] < s->start[k + 1];
-  int64_t since = 0;
-  uint32_t delay = PS_BACKOFF_FIRST_MS;
-  while ((rc = pull_round(s, codec, clock, rows, eb)) == PS_EEXPIRED)
-    if ((rc = rejoin(s, &since, &delay, eb)) < 0) return rc;
+  /* at most sparse.max_new_rows keys per request, as a shard takes them
+   * (each key counted as new: the client cannot know which have rows) */
+  uint64_t per = s->cfg->sparse.max_new_rows ? s->cfg->sparse.max_new_rows : UINT32_MAX;
+  for (uint64_t part = 0; !rc && pull_part(s, part, per); part++) {
+    int64_t since = 0;
+    uint32_t delay = PS_BACKOFF_FIRST_MS;
+    while ((rc = pull_round(s, codec, clock, rows, eb)) == PS_EEXPIRED)
+      if ((rc = rejoin(s, &since, &delay, eb)) < 0) return rc;
+  }
   return rc;
 }
 

@@ -9,7 +9,16 @@
  * its distinct keys by shard (ps_place_row_map: one hash per key) and
  * makes one request per shard that holds any (the channel's all sent
  * before any reply is read, gRPC's in turn); rows come back in the
- * caller's key order.  Sparse traffic goes to the root shards directly
+ * caller's key order.  A pull names at most sparse.max_new_rows keys
+ * (of the client's config) per request, as a shard creates at most that
+ * many rows for one: where a shard has more it is asked in parts, one
+ * round of requests after the other, each at the same clock (pulls of
+ * one step are admitted alike and never advance a clock: the shard's
+ * clock rules, psd_shard_sparse.h, are the same for one part or many).
+ * A push is not split: it follows the pull of the same keys, which gave
+ * each key that may get a row its row (with sparse.admit_after, a key
+ * the pull did not admit is not admitted by the push either), so it
+ * creates none and stays the step's one push per shard.  Sparse traffic goes to the root shards directly
  * (never through an aggregator), in the row codecs below, without the
  * staleness bound.
  * A shard that is not there (the errors psw_retryable names: down,

@@ -352,11 +352,13 @@ static int run_sparse_pull(psw_run *x, uint32_t n, uint64_t clock, psw_sparse_ba
   double t = run_now_ms();
   err = psw_sparse_pull(x->sp, keys, nk, x->rows, clock, eb);
   x->blocked_ms += run_now_ms() - t;
-  if (err == PS_ETOOBIG) { /* the shard's advice (smaller requests) is psw's to follow: say how */
+  if (err == PS_ETOOBIG) { /* psw makes the requests: say what its user can change */
     ps_errbuf m = *eb;
-    return ps_errf(eb, err, "%s; psw sends a batch's distinct keys (%u keys of %u samples here) "
-                   "to each shard in one request: lower --batch (training.batch_size), or raise "
-                   "that limit in the shards' cluster file and restart them", m.msg, nk, n);
+    return ps_errf(eb, err, "%s; psw asks each shard for a batch's distinct keys (%u keys of %u "
+                   "samples here) in requests of at most sparse.max_new_rows keys (%llu in psw's "
+                   "cluster file, 0: all in one): give psw the shards' cluster file, or lower "
+                   "--batch (training.batch_size)", m.msg, nk, n,
+                   (unsigned long long)x->o->cfg->sparse.max_new_rows);
   }
   if (err < 0) return err;
   *sb = (psw_sparse_batch){.rows = x->rows, .row_grads = x->rgrads};

@@ -196,32 +196,6 @@ START_TEST(test_train_ctr_bad_line) {
 }
 END_TEST
 
-/* A first step with more new keys on a shard than sparse.max_new_rows:
- * the shard refuses the pull whole; psw, which made the request, says
- * what its user can change (the batch, or the shards' limit) instead of
- * passing on only the shard's "send them in smaller requests", and exits
- * 1, in training and in psw --evaluate alike. */
-START_TEST(test_train_ctr_max_new_rows) {
-  tc_ctx x = {.sparse = "  max_new_rows: 4\n"}; /* the first line's 25 ids: about 12 per shard */
-  tc_cluster(&x, 0, "  min: 1\n");
-  const char *mode[] = {"train", "eval"};
-  for (int m = 0; m < 2; m++) {
-    char log[600];
-    snprintf(log, sizeof log, "%s/%s.log", x.dir, mode[m]);
-    char *argv[] = {(char *)ps_test_bin("psw"), "--config", x.yaml, m ? "--evaluate" : "--quiet",
-                    NULL};
-    ck_assert_int_eq(ps_test_run(argv, log, 60000), 1);
-    char *text = ps_test_read_file(log, NULL);
-    ck_assert_msg(strstr(text, "more than the 4 new rows one request may create "
-                               "(sparse.max_new_rows)"), "%s: %s", mode[m], text);
-    ck_assert_msg(strstr(text, "lower --batch (training.batch_size), or raise that limit in the "
-                               "shards' cluster file"), "%s: %s", mode[m], text);
-    free(text);
-  }
-  for (int s = 0; s < 2; s++) ck_assert_int_eq(ps_test_stop(x.shard[s], SIGTERM, 10000), 0);
-}
-END_TEST
-
 /* tc_trained returns the samples the coordinator (shard 0) counts
  * trained in the first epoch so far. */
 static uint64_t tc_trained(const tc_ctx *x) {
@@ -240,6 +214,78 @@ static uint64_t tc_trained(const tc_ctx *x) {
   protobuf_c_message_free_unpacked(&r->base, NULL);
   return n;
 }
+
+/* Batches with more distinct keys on a shard than sparse.max_new_rows
+ * (300 here; a batch of 256 lines names about 3000 per shard): psw asks
+ * each shard for them in parts of at most 300 keys, so --evaluate and a
+ * pass train as with no limit (one worker: every sample, 8 x 12 steps;
+ * AUC as test_train_ctr_two_workers'), and the table holds the rows.  The
+ * worker sent a shard's keys in one request, which the shard refused
+ * whole: exit 1 at the first step.  A worker whose file has a larger
+ * limit than the shards' is still refused, and says to give it theirs.
+ * Twice: every key admitted at once on the channel, then with
+ * sparse.admit_after 2 (a key's row made at its second pull; pushes, not
+ * split, create none) on gRPC (sparse.plane). */
+START_TEST(test_train_ctr_max_new_rows) {
+  static const char *const sparse[] = {"  max_new_rows: 300\n",
+                                       "  max_new_rows: 300\n  admit_after: 2\n  plane: grpc\n"};
+  tc_ctx x = {.sparse = sparse[_i]};
+  tc_cluster(&x, 1, "  min: 1\n");
+  /* first (the table has no row yet), a worker told of no limit: one
+   * request per shard, refused; it says why */
+  char yaml0[700], log[600], *text;
+  snprintf(yaml0, sizeof yaml0, "%s/nolimit.yaml", x.dir);
+  text = ps_test_read_file(x.yaml, NULL);
+  char *lim = strstr(text, "max_new_rows: 300");
+  ck_assert(lim != NULL);
+  memcpy(lim, "max_new_rows: 0  ", strlen("max_new_rows: 300"));
+  ps_test_write_file(yaml0, text);
+  free(text);
+  snprintf(log, sizeof log, "%s/nolimit.log", x.dir);
+  char *ev[] = {(char *)ps_test_bin("psw"), "--config", yaml0, "--evaluate", NULL};
+  ck_assert_int_eq(ps_test_run(ev, log, 60000), 1);
+  text = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(text, "more than the 300 new rows one request may create "
+                             "(sparse.max_new_rows)"), "%s", text);
+  ck_assert_msg(strstr(text, "(0 in psw's cluster file, 0: all in one): give psw the shards' "
+                             "cluster file"), "%s", text);
+  free(text);
+  char *t0;
+  const char *l0 = tc_evaluate(&x, "eval0", &t0);
+  double ll0 = ps_test_json_num(l0, "test_logloss");
+  snprintf(log, sizeof log, "%s/train.log", x.dir);
+  char *argv[] = {(char *)ps_test_bin("psw"), "--config", x.yaml, "--quiet", NULL};
+  int st = ps_test_run(argv, log, 100000);
+  text = ps_test_read_file(log, NULL);
+  ck_assert_msg(st == 0, "psw exited %d: %s", st, text);
+  const char *line = ps_test_last_line(text);
+  printf("test_train_ctr_max_new_rows %d: %s\n", _i, line);
+  ck_assert_int_eq((int)ps_test_json_num(line, "steps"), 8 * 12);
+  ck_assert_msg(ps_test_json_num(line, "test_auc") > TC_MIN_AUC &&
+                ps_test_json_num(line, "test_logloss") < ll0 - 0.05, "%s", line);
+  ck_assert_uint_eq(tc_trained(&x), TC_TRAIN);
+  free(text);
+  char *t1;
+  const char *l1 = tc_evaluate(&x, "eval1", &t1);
+  ck_assert_msg(ps_test_json_num(l1, "test_auc") > TC_MIN_AUC, "after training: %s", l1);
+  /* the table's rows: far more than one request per shard could create */
+  char out[600], npz[600];
+  snprintf(out, sizeof out, "%s/export.log", x.dir);
+  snprintf(npz, sizeof npz, "%s/ctr.npz", x.dir);
+  char *exp[] = {(char *)ps_test_bin("psctl"), "export", "--config", x.yaml, "--model", "ctr",
+                 "-o", npz, NULL};
+  ck_assert_msg(ps_test_run(exp, out, 30000) == 0, "psctl export failed; see %s", out);
+  text = ps_test_read_file(out, NULL);
+  const char *at = strstr(text, "1 embedding table, ");
+  ck_assert_msg(at, "%s", text);
+  long rows = strtol(at + strlen("1 embedding table, "), NULL, 10);
+  ck_assert_msg(rows > 20 * 300, "%ld rows: %s", rows, text);
+  free(text);
+  free(t0);
+  free(t1);
+  for (int s = 0; s < 2; s++) ck_assert_int_eq(ps_test_stop(x.shard[s], SIGTERM, 10000), 0);
+}
+END_TEST
 
 /* tc_spawn starts the two workers (each step slowed SLOWDOWN times, so
  * that the pass lasts) into W, their logs in LOG, and waits until the
@@ -376,7 +422,7 @@ Suite *psw_train_ctr_suite(void) {
   tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_add_test(tc, test_train_ctr_two_workers);
   tcase_add_test(tc, test_train_ctr_bad_line);
-  tcase_add_test(tc, test_train_ctr_max_new_rows);
+  tcase_add_loop_test(tc, test_train_ctr_max_new_rows, 0, 2);
   tcase_add_test(tc, test_train_ctr_lease_rejoin);
   tcase_add_test(tc, test_train_ctr_sigterm_shard_hangs);
   suite_add_tcase(s, tc);

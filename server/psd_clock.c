@@ -45,6 +45,8 @@ typedef struct clock_worker {
   uint32_t nparked;
   uint64_t last_ms, clock;
   uint64_t credit_ms;        /* loop stalls since last_ms, not its silence (invariant 3) */
+  uint64_t out_clock;        /* the largest clock it stepped out at (psd_clock_step_out),
+                                + 1; 0: never (invariant 11) */
   float steps_per_s, blocked_share;
 } clock_worker;
 
@@ -482,13 +484,22 @@ int psd_clock_pushed(psd_clock *c, const char *model, uint32_t worker, uint64_t 
   return 0;
 }
 
-/* psd_clock_moved_on: see psd_clock.h. */
+/* psd_clock_moved_on: see psd_clock.h.  A word about a push from before
+ * the worker stepped out (CLOCK at most the step-out's), while it is
+ * still out (no entry, or a provisional one: it did not push or pull
+ * since), is dropped: the step-out came after that push, and the
+ * worker's next pull or push enters it where it is (entered or set here,
+ * at the push's clock, it would stand behind its own next pull: a
+ * rejoiner goes on at the slowest live clock). */
 int psd_clock_moved_on(psd_clock *c, const char *model, uint32_t worker, uint64_t clock,
                        uint64_t now_ms, ps_errbuf *eb) {
   psd_clock_model *m = clock_model_find(c, model);
   if (!m) return ps_errf(eb, PS_ENOENT, "no clock table of model '%s' here", model);
-  int err = clock_worker_get(c, worker, now_ms, 0, NULL, eb);
+  clock_worker *w;
+  int err = clock_worker_get(c, worker, now_ms, 0, &w, eb);
   if (err < 0) return err;
+  const clock_entry *e = clock_entry_find(m, worker);
+  if (clock < w->out_clock && (!e || e->restored)) return 0;
   if ((err = clock_raise(c, m, worker, clock, eb)) < 0) return err;
   clock_serve_ready(c, m, now_ms);
   return 0;
@@ -612,8 +623,10 @@ void psd_clock_grace(psd_clock *c, uint64_t now_ms) {
 
 /* psd_clock_step_out: see psd_clock.h. */
 size_t psd_clock_step_out(psd_clock *c, uint32_t worker, uint64_t clock, uint64_t now_ms) {
-  const clock_worker *w = clock_worker_find(c, worker);
-  return w && !w->dead ? clock_drop(c, worker, clock, now_ms) : 0;
+  clock_worker *w = clock_worker_find(c, worker);
+  if (!w || w->dead) return 0;
+  if (clock < UINT64_MAX && clock + 1 > w->out_clock) w->out_clock = clock + 1;
+  return clock_drop(c, worker, clock, now_ms);
 }
 
 /* psd_clock_expired: see psd_clock.h. */

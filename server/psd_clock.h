@@ -104,7 +104,13 @@
  *     shard cannot tell by itself: a pull above the worker's own clock
  *     also comes from an aggregator whose sum holding the worker's push is
  *     still on its way (psd_agg.h invariant 6), and raising it then would
- *     let the others past that push.
+ *     let the others past that push.  A word that comes after the
+ *     worker stepped out (psd_clock_step_out) at that push's clock + 1 or
+ *     later, while it is still out (no entry, or a provisional one),
+ *     changes nothing: the push came before the step-out, which took the
+ *     worker out of the tables, and its next pull or push enters it where
+ *     it is.  Entered at the push's clock, it would stand behind its own
+ *     next pull: a rejoiner goes on at the slowest live clock, above it.
  * 12. A registered rank is held by the process that registered it (its
  *     host and pid): psd_clock_holder tells the coordinator to refuse,
  *     as expired, what another process sends in its name (one stopped
@@ -273,7 +279,7 @@ void psd_clock_grace(psd_clock *c, uint64_t now_ms);
  * step-out, overtaken by the worker's return at a later clock, leaves it
  * in), the pulls waiting on it re-checked, its lease and partitions kept:
  * it has nothing to train for now.  Its next push or pull enters it again
- * (invariant 1).  An unknown or dead worker is left alone.  Returns how
+ * (invariant 1); a psd_clock_moved_on up to CLOCK does not (invariant 11).  An unknown or dead worker is left alone.  Returns how
  * many tables it left (0: it was in none). */
 size_t psd_clock_step_out(psd_clock *c, uint32_t worker, uint64_t clock, uint64_t now_ms);
 
@@ -406,8 +412,10 @@ int psd_clock_pushed(psd_clock *c, const char *model, uint32_t worker, uint64_t 
 /* psd_clock_moved_on raises live WORKER's clock of MODEL to CLOCK
  * (invariant 11: its push of step CLOCK - 1 here may be lost), entering
  * it when it is in no table of MODEL, and releases the pulls that became
- * servable.  PS_ENOENT for a model not declared here (nothing created),
- * PS_EEXPIRED for an expired worker (invariant 9). */
+ * servable; nothing (0) when it stepped out at CLOCK or later and is out
+ * of MODEL's table still (or in it provisionally only: invariant 11).
+ * PS_ENOENT for a model not declared here (nothing created), PS_EEXPIRED
+ * for an expired worker (invariant 9). */
 int psd_clock_moved_on(psd_clock *c, const char *model, uint32_t worker, uint64_t clock,
                        uint64_t now_ms, ps_errbuf *eb);
 

@@ -148,7 +148,10 @@
  *     address, before its next pull there (a refusal: at once, the pull
  *     behind it parked): a heartbeat with moved_on, the push's clock + 1,
  *     which raises the worker's clock as the push would have (nothing if
- *     it was applied).  The push's gradients stay lost (not resent); the
+ *     it was applied, nor once the worker stepped out of the clock tables
+ *     past that step: psd_clock invariant 11; a rejoiner that goes on at
+ *     the slowest live clock would otherwise be put back behind its own
+ *     next pull).  The push's gradients stay lost (not resent); the
  *     trainer trains its samples again (psw_client_pushes_unknown).
  *     Not under asp (no pull waits), not for a DEGRADED answer that the
  *     push was applied in memory (it raised the clock), and not for a push

@@ -143,6 +143,93 @@ START_TEST(test_step_out) {
 }
 END_TEST
 
+/* A worker's word that it went on past a lost push (psd_clock_moved_on,
+ * invariant 11) that arrives after it stepped out of the tables at or
+ * past that clock changes nothing: the push it stands for came before the
+ * step-out, and the worker comes back at its next pull, at a clock of its
+ * own (a rejoiner jumps to the slowest live one).  It used to enter the
+ * worker again at the lost push's clock, behind its own next pull: under
+ * bsp that pull waited for the worker itself ("slowest live worker 1 at
+ * clock 81") for ever.  A word about a push after its return raises its
+ * clock as ever, even below the step-out's clock. */
+START_TEST(test_moved_on_after_step_out) {
+  psd_clock *c = tclock(0);
+  ps_errbuf eb;
+  tpark a;
+  tpark_init(&a);
+  ck_assert_int_eq(psd_clock_pull(c, "m", 0, 0, 10, &a.p, &eb), 0);
+  ck_assert_int_eq(psd_clock_pull(c, "m", 1, 0, 10, &a.p, &eb), 0);
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 0, 0, 20, &eb), 0);
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 1, 0, 20, &eb), 0); /* both at 1 */
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 0, 1, 30, &eb), 0); /* w1's push of 1 is lost */
+  ck_assert_int_eq(psd_clock_pull(c, "m", 0, 2, 30, &a.p, &eb), 1); /* waits for w1 */
+  /* w1 rejoins: it steps out up to its clock (2) + 1, and w0 goes on */
+  ck_assert_uint_eq(psd_clock_step_out(c, 1, 3, 40), 1);
+  ck_assert_int_eq(a.released, 1);
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 0, 2, 50, &eb), 0);
+  ck_assert_uint_eq(psd_clock_slowest(c, "m"), 3); /* the grant's start clock */
+  /* the word it still owed (clock 2), then its pull at the grant's 3 */
+  ck_assert_int_eq(psd_clock_moved_on(c, "m", 1, 2, 60, &eb), 0);
+  ck_assert_int_eq(psd_clock_model_clock(c, "m", 1), -1);
+  tpark b;
+  tpark_init(&b);
+  ck_assert_int_eq(psd_clock_pull(c, "m", 1, 3, 60, &b.p, &eb), 0);
+  ck_assert_int_eq(psd_clock_model_clock(c, "m", 1), 3);
+  /* back, at 3: a push of step 3 lost is said and raises it */
+  ck_assert_int_eq(psd_clock_moved_on(c, "m", 1, 4, 70, &eb), 0);
+  ck_assert_int_eq(psd_clock_model_clock(c, "m", 1), 4);
+  /* a step-out past the return's clock (no jump: it pulls at its own
+   * clock, below the step-out's), then a push lost: said, it counts */
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 0, 3, 80, &eb), 0);
+  ck_assert_uint_eq(psd_clock_step_out(c, 1, 5, 90), 1);
+  ck_assert_int_eq(psd_clock_pull(c, "m", 1, 4, 100, &b.p, &eb), 0);
+  ck_assert_int_eq(psd_clock_moved_on(c, "m", 1, 5, 110, &eb), 0);
+  ck_assert_int_eq(psd_clock_model_clock(c, "m", 1), 5);
+  ck_assert_int_eq(psd_clock_pull(c, "m", 1, 5, 110, &b.p, &eb), 1); /* w0 is at 4 */
+  ck_assert_int_eq(psd_clock_pushed(c, "m", 0, 4, 120, &eb), 0);
+  ck_assert_int_eq(b.released, 1);
+  ck_assert_int_eq(b.status, 0);
+  psd_clock_free(c);
+}
+END_TEST
+
+/* The same after an expiry (ssp, staleness 2): w1, declared dead,
+ * registers again while w0 is far ahead, which enters it provisionally at
+ * w0's clock (the slowest live); its step-out, at its own clock, leaves
+ * that entry in.  The word about the push it lost before the expiry must
+ * not set that entry down to its old clock: its pull at the grant's clock
+ * would wait for itself.  (Before: parked, "slowest live worker 1".) */
+START_TEST(test_moved_on_after_rejoin_provisional) {
+  psd_clock *c = tclock(2);
+  ps_errbuf eb;
+  tpark a;
+  tpark_init(&a);
+  uint32_t r0, r1;
+  uint64_t start;
+  ck_assert_int_eq(psd_clock_register(c, "m", "h", 100, "cpu", 0, &r0, &start, &eb), 0);
+  ck_assert_int_eq(psd_clock_register(c, "m", "h", 101, "cpu", 0, &r1, &start, &eb), 0);
+  ck_assert_uint_eq(r1, 1);
+  ck_assert_int_eq(psd_clock_pull(c, "m", r0, 0, 10, &a.p, &eb), 0);
+  ck_assert_int_eq(psd_clock_pull(c, "m", r1, 0, 10, &a.p, &eb), 0);
+  ck_assert_int_eq(psd_clock_pushed(c, "m", r1, 0, 20, &eb), 0); /* its push of 1 is lost */
+  for (uint64_t k = 0; k < 3; k++) ck_assert_int_eq(psd_clock_pushed(c, "m", r0, k, 500, &eb), 0);
+  ck_assert_int_eq(psd_clock_heartbeat(c, r0, "m", 3, 0, 0, "h", "cpu", 1500, &eb), 0);
+  psd_clock_tick(c, 1500); /* w1 silent past its lease */
+  ck_assert_int_eq(psd_clock_expired(c, r1), 1);
+  for (uint64_t k = 3; k < 50; k++) ck_assert_int_eq(psd_clock_pushed(c, "m", r0, k, 1600, &eb), 0);
+  ck_assert_int_eq(psd_clock_register(c, "m", "h", 101, "cpu", 1700, &r1, &start, &eb), 0);
+  ck_assert_uint_eq(r1, 1);
+  ck_assert_uint_eq(start, 50);
+  ck_assert_uint_eq(psd_clock_step_out(c, r1, 3, 1700), 0); /* its clock 2, + 1 */
+  ck_assert_int_eq(psd_clock_moved_on(c, "m", r1, 2, 1710, &eb), 0);
+  tpark b;
+  tpark_init(&b);
+  ck_assert_int_eq(psd_clock_pull(c, "m", r1, 50, 1710, &b.p, &eb), 0);
+  ck_assert_int_eq(psd_clock_model_clock(c, "m", r1), 50);
+  psd_clock_free(c);
+}
+END_TEST
+
 /* psd_clock_silent_ms (an aggregator's conditional leave): unknown
  * workers have no last word; a request is one, a pull parked for the
  * worker is not, its release is. */
@@ -1159,6 +1246,8 @@ Suite *psd_clock_suite(void) {
   TCase *tc = tcase_create("core");
   tcase_add_test(tc, test_bsp_parks_until_push);
   tcase_add_test(tc, test_step_out);
+  tcase_add_test(tc, test_moved_on_after_step_out);
+  tcase_add_test(tc, test_moved_on_after_rejoin_provisional);
   tcase_add_test(tc, test_expired_refused_until_rejoin);
   tcase_add_test(tc, test_ssp_bound);
   tcase_add_test(tc, test_asp_never_parks);

@@ -642,6 +642,54 @@ static void *pc_stop_main(void *arg) {
   return NULL;
 }
 
+/* pc_lost_push_open starts a 1-shard cluster (pulls parked at most
+ * 300 ms) with bsp model NAME, opens worker 0's client on it (DEFER:
+ * deferred acks; the stop flag pc_stop_flag, cleared), pulls, pushes
+ * step 0 and pulls step 1, then SIGKILLs the shard and starts it again:
+ * the client's connection is the dead one's.  *L: the model's layout. */
+static psw_client *pc_lost_push_open(pc_ctx *x, const char *name, int defer,
+                                     const ps_layout **l) {
+  pc_init_extra(x, "workers:\n  retry_ms: 20000\ntraining:\n  pull_timeout_ms: 300\n", 0);
+  pc_submit_full(x, name, NULL, 0, "bsp");
+  pc_stop_flag = 0;
+  psw_client_conf cc = {.cfg = &x->cfg, .model = name, .worker = 0, .be = x->be, .nbufs = 1,
+                        .io_timeout_ms = 5000, .defer_acks = defer, .stop = &pc_stop_flag};
+  psw_client *c = NULL;
+  ps_errbuf eb;
+  ck_assert_msg(psw_client_open(&c, &cc, &eb) == 0, "psw_client_open: %s", eb.msg);
+  *l = psw_client_layout(c);
+  ck_assert_msg(psw_client_pull_all(c, 0, 0, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psw_client_push_pull(c, 0, 0, 0, 1, &eb) == 0, "%s", eb.msg);
+  ck_assert_int_eq(ps_test_stop(x->pid, SIGKILL, 5000) & 0x7f, SIGKILL);
+  pc_start(x);
+  return c;
+}
+
+/* pc_raw_step sends, on a connection of its own to X's shard, worker
+ * WORKER's pull (PUSH 0) or zero push (PUSH 1) of every chunk of model
+ * NAME (layout L) at CLOCK, as another request or worker would. */
+static void pc_raw_step(pc_ctx *x, const char *name, const ps_layout *l, int push,
+                        uint32_t worker, uint64_t clock) {
+  char addr[64];
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", x->cp);
+  ps_chan_client *ch;
+  ps_errbuf eb;
+  ck_assert_msg(ps_test_chan_connect(&ch, addr, x->cfg.cluster, 5000, &eb) == 0, "%s", eb.msg);
+  uint32_t *ids = calloc(l->nchunks, sizeof *ids);
+  float *buf = calloc(l->nparams, sizeof *buf);
+  for (uint32_t i = 0; i < l->nchunks; i++) ids[i] = i;
+  uint64_t version;
+  int err = push ? ps_test_push(ch, name, ids, l->nchunks, buf, l->nparams, worker, clock, 0,
+                                &version, &eb)
+                 : ps_test_pull(ch, name, ids, l->nchunks, buf, l->nparams, worker, clock,
+                                &version, &eb);
+  ck_assert_msg(err == 0, "worker %u's %s of step %llu: %s", worker, push ? "push" : "pull",
+                (unsigned long long)clock, eb.msg);
+  ps_chan_close(ch);
+  free(ids);
+  free(buf);
+}
+
 /* A push lost with the shard (SIGKILLed, started again) under bsp, after
  * another request of the worker put its clock on the new shard at that
  * step (a table model's sparse pull does: it comes first in a step): the
@@ -653,33 +701,11 @@ static void *pc_stop_main(void *arg) {
  * deferred answer in the second case. */
 static void pc_lost_push(int defer) {
   pc_ctx x = {0};
-  pc_init_extra(&x, "workers:\n  retry_ms: 20000\ntraining:\n  pull_timeout_ms: 300\n", 0);
-  pc_submit_full(&x, "pcl", NULL, 0, "bsp");
-  pc_stop_flag = 0;
-  psw_client_conf cc = {.cfg = &x.cfg, .model = "pcl", .worker = 0, .be = x.be, .nbufs = 1,
-                        .io_timeout_ms = 5000, .defer_acks = defer, .stop = &pc_stop_flag};
-  psw_client *c = NULL;
+  const ps_layout *l;
+  psw_client *c = pc_lost_push_open(&x, "pcl", defer, &l);
   ps_errbuf eb;
-  ck_assert_msg(psw_client_open(&c, &cc, &eb) == 0, "psw_client_open: %s", eb.msg);
-  const ps_layout *l = psw_client_layout(c);
-  ck_assert_msg(psw_client_pull_all(c, 0, 0, &eb) == 0, "%s", eb.msg);
-  ck_assert_msg(psw_client_push_pull(c, 0, 0, 0, 1, &eb) == 0, "%s", eb.msg);
-  ck_assert_int_eq(ps_test_stop(x.pid, SIGKILL, 5000) & 0x7f, SIGKILL);
-  pc_start(&x);
   /* worker 0's clock on the new shard: 1 (its pull of step 1) */
-  char addr[64];
-  snprintf(addr, sizeof addr, "127.0.0.1:%d", x.cp);
-  ps_chan_client *ch;
-  ck_assert_msg(ps_test_chan_connect(&ch, addr, x.cfg.cluster, 5000, &eb) == 0, "%s", eb.msg);
-  uint32_t *ids = calloc(l->nchunks, sizeof *ids);
-  float *out = calloc(l->nparams, sizeof *out);
-  for (uint32_t i = 0; i < l->nchunks; i++) ids[i] = i;
-  uint64_t version;
-  ck_assert_msg(ps_test_pull(ch, "pcl", ids, l->nchunks, out, l->nparams, 0, 1, &version, &eb) == 0,
-                "the pull of step 1: %s", eb.msg);
-  ps_chan_close(ch);
-  free(ids);
-  free(out);
+  pc_raw_step(&x, "pcl", l, 0, 0, 1);
   pthread_t th;
   ck_assert_int_eq(pthread_create(&th, NULL, pc_stop_main, NULL), 0);
   int64_t t0 = ps_test_now_ms();
@@ -702,6 +728,54 @@ START_TEST(test_client_lost_push_bsp) { pc_lost_push(0); }
 END_TEST
 
 START_TEST(test_client_lost_push_bsp_deferred) { pc_lost_push(1); }
+END_TEST
+
+/* A push lost with the shard (SIGKILLed, started again) under bsp, the
+ * last before the worker stepped out of the clock tables (a rejoiner, at
+ * its claim: psw_train's run_claim, up to its clock + 1), and then goes
+ * on at the slowest live clock, above its own (the grant's start clock,
+ * here worker 1's 3): the word it still owed about that push (clock 2,
+ * said before its next pull) must not put it back into the table behind
+ * that pull.  It did: the pull of clock 3 waited for "slowest live worker
+ * 0 at clock 2", itself, for ever (bounded here by a stop after 6 s). */
+START_TEST(test_client_lost_push_step_out) {
+  pc_ctx x = {0};
+  const ps_layout *l;
+  psw_client *c = pc_lost_push_open(&x, "pcso", 0, &l);
+  ps_errbuf eb;
+  /* the push of step 1 goes into the old connection: lost, and no pull
+   * follows it (the partition's last step) */
+  ck_assert_msg(psw_client_push_all(c, 0, 1, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_gt(psw_client_pushes_unknown(c), 0);
+  /* worker 1 goes on to clock 3 on the new shard */
+  pc_raw_step(&x, "pcso", l, 1, 1, 2);
+  /* worker 0 steps out up to its clock (2) + 1, as a rejoiner's claim does */
+  char addr[64];
+  ps_rpc *rpc;
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", x.gp);
+  ck_assert_int_eq(ps_test_rpc_open(&rpc, addr, &eb), 0);
+  Ps__HeartbeatRequest hb = PS__HEARTBEAT_REQUEST__INIT;
+  hb.worker = 0;
+  hb.model = "pcso";
+  hb.idle = 1;
+  hb.clock = 3;
+  ProtobufCMessage *resp = NULL;
+  ck_assert_msg(ps_rpc_call(rpc, "/ps.Ps/Heartbeat", &hb.base, &ps__heartbeat_reply__descriptor,
+                            &resp, 5000, &eb) == 0, "%s", eb.msg);
+  protobuf_c_message_free_unpacked(resp, NULL);
+  ps_rpc_close(rpc);
+  pthread_t th;
+  ck_assert_int_eq(pthread_create(&th, NULL, pc_stop_main, NULL), 0);
+  int64_t t0 = ps_test_now_ms();
+  int rc = psw_client_pull_all(c, 0, 3, &eb); /* at the slowest live clock */
+  int64_t took = ps_test_now_ms() - t0;
+  pc_stop_flag = 1;
+  pthread_join(th, NULL);
+  pc_stop_flag = 0;
+  ck_assert_msg(rc == 0, "the pull of clock 3 after %lld ms: %d %s", (long long)took, rc, eb.msg);
+  psw_client_close(c);
+  pc_fini(&x);
+}
 END_TEST
 
 /* pc_counts asserts the client's push counts of its one shard. */
@@ -864,6 +938,7 @@ Suite *psw_client_suite(void) {
   tcase_add_test(tc, test_client_expired_push);
   tcase_add_test(tc, test_client_lost_push_bsp);
   tcase_add_test(tc, test_client_lost_push_bsp_deferred);
+  tcase_add_test(tc, test_client_lost_push_step_out);
   tcase_add_test(tc, test_client_deferred_ack);
   tcase_add_test(tc, test_client_shared_vectors);
   suite_add_tcase(s, tc);

@@ -170,12 +170,14 @@ uint32_t psd_shard_staleness(const Ps__ModelSpec *spec) {
 static void psd_shard_on_clock_timer(uv_timer_t *t);
 
 /* psd_shard_clock_arm (re)starts the timer for the table's next
- * deadline, a watch period away at most (so that its lateness shows a
- * stalled loop: psd_stall_arm). */
+ * deadline, a watch period away at most while leases run (so that its
+ * lateness shows a stalled loop: psd_stall_arm), or stops it when the
+ * table has none (no live worker, no parked pull): no lease to extend,
+ * no stall to say. */
 static void psd_shard_clock_arm(psd_shard *sh) {
   if (!sh->clock) return;
-  uint64_t now = uv_now(sh->loop);
-  psd_stall_arm(&sh->clock_stall, now, psd_clock_next_ms(sh->clock, now), 1);
+  uint64_t now = uv_now(sh->loop), next = psd_clock_next_ms(sh->clock, now);
+  psd_stall_arm(&sh->clock_stall, now, next, next != UINT64_MAX);
 }
 
 /* psd_shard_on_clock_timer expires leases and times parked pulls out. */

@@ -38,6 +38,8 @@
  *  - end of job: a worker with nothing left to claim waits; the last
  *    one training (asp, slowed) is SIGKILLed, and the waiting worker
  *    takes its partition over and finishes the job.
+ *  - a shard no worker uses, stopped for many heartbeats: it says nothing
+ *    of a stall (no lease to extend).
  * Every worker that ends by itself says job_done true: one with nothing
  * left to claim waits for the others' partitions.
  * The longer variant (MLP, 4 workers, a kill every 10 s) runs under
@@ -1251,6 +1253,36 @@ START_TEST(test_failover_shard_stalled) {
 }
 END_TEST
 
+/* A shard no worker uses watches no lease: stopped for many heartbeats
+ * (or held by a long request), it says nothing of a stall when it
+ * resumes, as no worker's lease was extended.  (psd_stall's watch kept
+ * its timer firing every watch period with no lease to watch, and it
+ * logged "its event loop was stalled ...: the workers' leases are
+ * extended" with no worker there.) */
+START_TEST(test_failover_idle_shard_stall_quiet) {
+  char dir[512];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  int gp, cp;
+  const char *yaml = ps_test_cluster_yaml(
+      dir, 1, "workers:\n  count: 1\n  heartbeat_ms: 100\n  lease_ms: 400\n", &gp, &cp);
+  char log[600];
+  snprintf(log, sizeof log, "%s/psd0.log", dir);
+  pid_t pid;
+  ps_test_start_shards(yaml, dir, 1, &gp, &cp, &pid);
+  usleep(500 * 1000); /* serving, its timer (if any) armed */
+  ck_assert_int_eq(ps_test_sigstop(pid, 5000), 0);
+  usleep(1500 * 1000); /* 15 heartbeats */
+  ck_assert_int_eq(kill(pid, SIGCONT), 0);
+  ck_assert_int_eq(ps_test_wait_port(gp, 5000), 0); /* a request read after the stop */
+  usleep(1000 * 1000);
+  char *text = ps_test_read_file(log, NULL);
+  ck_assert_msg(!strstr(text, "event loop was stalled"), "a shard with no worker said its "
+                "workers' leases were extended; see %s", log);
+  free(text);
+  ps_test_stop(pid, SIGTERM, 10000);
+}
+END_TEST
+
 /* A worker that finds the job finished already trains no step: its JSON
  * line says so with null shares (blocked, parked, report wait), not the
  * share of its short life spent asking the coordinator (0.9984 seen). */
@@ -1423,6 +1455,7 @@ Suite *psw_failover_suite(void) {
   tcase_set_timeout(ts, 60);
   tcase_add_unchecked_fixture(ts, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_add_test(ts, test_failover_shard_stalled);
+  tcase_add_test(ts, test_failover_idle_shard_stall_quiet);
   suite_add_tcase(s, ts);
   return s;
 }

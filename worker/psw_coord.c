@@ -64,6 +64,9 @@ struct psw_coord {
   uint32_t lease_ms;             /* the lease the shards hold this worker to */
   int64_t lease_ok_ms;           /* when the last request the coordinator answered as
                                     live was sent (under mu; 0: none yet) */
+  /* The last step-out (psw_coord_step_out; training thread only): */
+  uint64_t out_clock;            /* its clock */
+  unsigned char *out_ok;         /* per shard: answered it (it is out there) */
   ps_auth_client auth;           /* security.secret_file's worker key, read at each connect */
 };
 
@@ -76,6 +79,7 @@ int psw_coord_new(psw_coord **out, const psw_coord_conf *conf, ps_errbuf *eb) {
   c->model = strdup(conf->model);
   c->device = strdup(conf->device ? conf->device : "");
   c->rpc = calloc(conf->cfg->nshards, sizeof *c->rpc);
+  c->out_ok = calloc(conf->cfg->nshards ? conf->cfg->nshards : 1, 1);
   pthread_mutex_init(&c->mu, NULL);
   pthread_mutex_init(&c->rejoin_mu, NULL);
   ps_cond_init_mono(&c->cv); /* the beat's wait: a wall-clock step must not stretch it */
@@ -83,7 +87,8 @@ int psw_coord_new(psw_coord **out, const psw_coord_conf *conf, ps_errbuf *eb) {
   pthread_cond_init(&c->rcv, NULL);
   if (gethostname(c->host, sizeof c->host - 1) < 0) strcpy(c->host, "?");
   int err = 0;
-  if (!c->model || !c->device || !c->rpc) err = ps_errf(eb, PS_ENOMEM, "out of memory");
+  if (!c->model || !c->device || !c->rpc || !c->out_ok)
+    err = ps_errf(eb, PS_ENOMEM, "out of memory");
   if (err == 0)
     err = ps_auth_client_open(&c->auth, conf->cfg->security.secret_file, PS_ROLE_WORKER, eb);
   const ps_shard_conf *co = ps_config_coordinator(conf->cfg);
@@ -338,7 +343,8 @@ enum { COORD_EXPIRED = 1, COORD_UNREGISTERED = 2 };
 
 /* coord_heartbeat_all sends one heartbeat for worker WORKER to every
  * shard (LEAVING, DONE, REJOIN: see HeartbeatRequest; IDLE_AT, not NULL:
- * marked idle, stepping out of the clock tables up to that clock); returns
+ * marked idle, stepping out of the clock tables up to that clock: each
+ * shard that answers is marked in out_ok); returns
  * COORD_EXPIRED when a shard said the worker had expired, COORD_UNREGISTERED
  * when the coordinator said it holds no registration of this registered
  * worker (either or both; 0: neither). */
@@ -375,6 +381,7 @@ static int coord_heartbeat_all(psw_coord *c, uint32_t worker, int leaving, int d
      * shard down for 5 s); not at the leaving beat: nothing follows it */
     if (!r && out[i].err == PS_EUNAVAIL && !quit) ps_rpc_reset_backoff(c->rpc[i]);
     if (!r) continue;
+    if (idle_at) c->out_ok[i] = 1;
     if (r->expired) expired |= COORD_EXPIRED;
     if (r->unregistered && i == c->coord && worker == c->worker && c->registered && !leaving)
       expired |= COORD_UNREGISTERED;
@@ -717,7 +724,40 @@ void psw_coord_step_out(psw_coord *c, uint64_t clock) {
   pthread_mutex_lock(&c->mu);
   int lost = c->lost;
   pthread_mutex_unlock(&c->mu);
+  c->out_clock = clock;
+  memset(c->out_ok, 0, c->cfg->nshards);
   if (!lost) coord_heartbeat_all(c, c->worker, 0, 0, 0, &clock);
+}
+
+/* coord_out_missing returns the first shard that has not answered the
+ * last step-out, or SIZE_MAX when every one has. */
+static size_t coord_out_missing(const psw_coord *c) {
+  for (size_t i = 0; i < c->cfg->nshards; i++)
+    if (!c->out_ok[i]) return i;
+  return SIZE_MAX;
+}
+
+/* psw_coord_stepped_out: see psw_coord.h. */
+int psw_coord_stepped_out(psw_coord *c, ps_errbuf *eb) {
+  int64_t start = ps_now_ms();
+  uint32_t delay = PS_BACKOFF_FIRST_MS;
+  size_t miss;
+  while ((miss = coord_out_missing(c)) != SIZE_MAX) {
+    if (psw_coord_lost(c, eb) < 0) return PS_EEXIST;
+    uint32_t nap = ps_backoff_nap(start, delay, c->cfg->workers.retry_ms);
+    if (!nap)
+      return ps_errf(eb, PS_ETIMEDOUT, "shard %u did not answer this worker's step-out of the "
+                     "clock tables (up to clock %llu) within %u ms (workers.retry_ms): a pull "
+                     "there above that clock would wait for this worker itself",
+                     c->cfg->shards[miss].id, (unsigned long long)c->out_clock,
+                     c->cfg->workers.retry_ms);
+    if (ps_sleep_ms(nap, c->stop) < 0) return ps_errf(eb, PS_ESHUTDOWN, "stopped");
+    delay = ps_backoff_next(delay);
+    /* to every shard again (the ones out already ignore it): the answers
+     * mark the rest */
+    coord_heartbeat_all(c, c->worker, 0, 0, 0, &c->out_clock);
+  }
+  return 0;
 }
 
 /* psw_coord_report: see psw_coord.h. */
@@ -801,6 +841,7 @@ void psw_coord_free(psw_coord *c, int leaving, int done) {
   }
   for (size_t i = 0; c->rpc && i < c->cfg->nshards; i++) ps_rpc_close(c->rpc[i]);
   free(c->rpc);
+  free(c->out_ok);
   ps_chan_close(c->bch);
   ps_auth_client_close(&c->auth);
   if (c->reg) protobuf_c_message_free_unpacked(&c->reg->base, NULL);

@@ -44,7 +44,8 @@
  *     from the moment the coordinator took the worker back: the trainer
  *     then steps out of the clock tables and goes on at the slowest live
  *     clock, as at a claim after waiting (its own clock may be far
- *     behind the living's).
+ *     behind the living's), once every shard took the step-out
+ *     (psw_coord_stepped_out).
  *  6. Partition progress (psd_clock invariant 7): the training thread
  *     claims each partition it trains from the coordinator
  *     (psw_coord_claim) and reports its place before each push
@@ -197,8 +198,22 @@ int psw_coord_fin_refused(const psw_coord *c);
  * clock it pushed or pulled at): it leaves their clock tables where its
  * clock is at most CLOCK, so bsp/ssp pulls of the others do not wait for
  * it, and keeps its lease and rank; its next push or pull enters it
- * again.  A shard that misses it keeps it until the next call. */
+ * again.  Best effort: a shard that misses it (no answer within the
+ * beat's timeout) keeps it until psw_coord_stepped_out or the next call. */
 void psw_coord_step_out(psw_coord *c, uint64_t clock);
+
+/* psw_coord_stepped_out makes sure every shard took the last
+ * psw_coord_step_out: it sends it again to every shard, backing off,
+ * until each has answered one (0), for at most workers.retry_ms
+ * (PS_ETIMEDOUT naming a shard that did not), PS_ESHUTDOWN on a stop,
+ * PS_EEXIST when the worker lost its rank (psw_coord_lost).  Call it
+ * before pulling at a clock above the step-out's (the trainer's jump to
+ * the grant's clock): a shard that missed the step-out keeps the
+ * worker's old clock, which a pull never raises (psd_clock invariant 1),
+ * so the pull would wait there for the worker itself ("slowest live
+ * worker N"), for ever.  Returns 0 at once when every shard answered
+ * the step-out. */
+int psw_coord_stepped_out(psw_coord *c, ps_errbuf *eb);
 
 /* psw_coord_report reports POS (invariant 6): 0, PS_ENOENT when the
  * partition is no longer this worker's (drop it), or a PS_E* code. */

@@ -981,7 +981,8 @@ static int run_claim(psw_run *x, const psw_coord_part *fin, psw_coord_part *pos,
        * until it caught up alone.  Out of the clock tables first (up to
        * the overlap's pull, one step ahead), so that the grant's start
        * clock is the living's slowest. */
-      if (psw_coord_rejoins(x->coord) != x->rejoins) psw_coord_step_out(x->coord, x->clock + 1);
+      int stepped = psw_coord_rejoins(x->coord) != x->rejoins;
+      if (stepped) psw_coord_step_out(x->coord, x->clock + 1);
       int err = psw_coord_claim(x->coord, fin, x->o->epochs, x->data_total, pos, &done, eb);
       if (err == PS_EEXPIRED && (err = psw_coord_rejoin(x->coord, eb)) >= 0)
         err = psw_coord_claim(x->coord, NULL, x->o->epochs, x->data_total, pos, &done, eb);
@@ -1007,8 +1008,16 @@ static int run_claim(psw_run *x, const psw_coord_part *fin, psw_coord_part *pos,
          * it goes on at the slowest live clock (as a worker that
          * registers now would; under bsp the others would otherwise wait
          * for it to catch up alone), from parameters pulled now, not
-         * those of before the wait */
+         * those of before the wait.  A jump needs every shard to have
+         * taken the step-out first: one that missed it (its beat timed
+         * out) keeps the worker's old clock, which the pull does not
+         * raise, and the pull would wait there for the worker itself,
+         * for ever.  A comeback found at this claim (refused as expired)
+         * has not stepped out yet: the shards that did not declare it
+         * dead hold its old clock. */
+        if (back && !stepped) psw_coord_step_out(x->coord, x->clock + 1);
         uint64_t at = psw_coord_grant_clock(x->coord);
+        if (at > x->clock && (err = psw_coord_stepped_out(x->coord, eb)) < 0) return err;
         if (at > x->clock) {
           x->clock0 += at - x->clock;
           x->clock = at;

@@ -11,16 +11,22 @@
  * pull_timeout_ms is pulled again without a reconnect until the slow
  * worker's lease runs out; a shard that refuses pushes (DEGRADED: the
  * shim fails its syncs) is given up after workers.retry_ms, never
- * reconnected.
+ * reconnected.  A step-out of the clock tables that missed the shard
+ * (its gRPC port black-holed) is sent again before the pull at the
+ * slowest live clock, which waited for the worker itself.
  *
  * Every psd started is recorded in shared memory so the unchecked
  * teardown stops it by PID even when a test failed half-way. */
+#include <arpa/inet.h>
 #include <math.h>
+#include <netinet/in.h>
+#include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -31,6 +37,7 @@
 #include "ps_rpc.h"
 #include "ps_test.h"
 #include "psw_client.h"
+#include "psw_coord.h"
 #include "psw_graph.h"
 
 #define PC_LR 0.5f
@@ -778,6 +785,157 @@ START_TEST(test_client_lost_push_step_out) {
 }
 END_TEST
 
+/* pc_fwd: a loopback address that black-holes the connections made in
+ * the first OPEN_MS after pc_fwd_start (accepted, never read, closed
+ * then: what was sent there never arrives), then forwards each new
+ * connection to port TO (the shard's gRPC port): a shard whose gRPC
+ * port does not answer for a while, its data path up (heartbeats there
+ * time out, pulls do not). */
+typedef struct pc_fwd {
+  int lfd, port, to, open_ms;
+  volatile int quit;
+  pthread_t th;
+} pc_fwd;
+
+#define PC_FWD_FDS 16
+
+/* pc_fwd_main: pc_fwd's thread. */
+static void *pc_fwd_main(void *arg) {
+  pc_fwd *f = arg;
+  int64_t t0 = ps_test_now_ms();
+  struct pollfd p[1 + PC_FWD_FDS]; /* the listener, then pairs: [1,2], [3,4], ... */
+  int n = 1, held[PC_FWD_FDS], nheld = 0, open = 0;
+  p[0] = (struct pollfd){.fd = f->lfd, .events = POLLIN};
+  char buf[65536];
+  while (!f->quit) {
+    if (!open && ps_test_now_ms() - t0 >= f->open_ms) {
+      while (nheld) close(held[--nheld]);
+      open = 1;
+    }
+    if (poll(p, (nfds_t)n, 20) <= 0) continue;
+    for (int i = 1; i < n; i++) {
+      if (!p[i].revents || p[i].fd < 0) continue;
+      int peer = ((i - 1) ^ 1) + 1;
+      ssize_t got = read(p[i].fd, buf, sizeof buf), off = 0;
+      while (got > 0 && off < got) {
+        ssize_t w = write(p[peer].fd, buf + off, (size_t)(got - off));
+        if (w <= 0) break;
+        off += w;
+      }
+      if (got <= 0 || off < got) { /* one side closed: close both */
+        close(p[i].fd);
+        close(p[peer].fd);
+        p[i].fd = p[peer].fd = -1;
+      }
+    }
+    if (!(p[0].revents & POLLIN)) continue;
+    int a = accept(f->lfd, NULL, NULL);
+    if (a < 0) continue;
+    if (!open || n + 2 > 1 + PC_FWD_FDS) {
+      if (nheld < PC_FWD_FDS) held[nheld++] = a;
+      else close(a);
+      continue;
+    }
+    int b = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in to = {.sin_family = AF_INET, .sin_port = htons((uint16_t)f->to),
+                             .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    if (b >= 0 && connect(b, (struct sockaddr *)&to, sizeof to) == 0) {
+      p[n++] = (struct pollfd){.fd = a, .events = POLLIN};
+      p[n++] = (struct pollfd){.fd = b, .events = POLLIN};
+    } else {
+      close(a);
+      if (b >= 0) close(b);
+    }
+  }
+  while (nheld) close(held[--nheld]);
+  for (int i = 1; i < n; i++)
+    if (p[i].fd >= 0) close(p[i].fd);
+  return NULL;
+}
+
+/* pc_fwd_start listens on a free loopback port (F->port) and starts F's
+ * thread. */
+static void pc_fwd_start(pc_fwd *f, int to, int open_ms) {
+  f->to = to;
+  f->open_ms = open_ms;
+  f->quit = 0;
+  f->lfd = socket(AF_INET, SOCK_STREAM, 0);
+  ck_assert_int_ge(f->lfd, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t len = sizeof a;
+  ck_assert_int_eq(bind(f->lfd, (struct sockaddr *)&a, sizeof a), 0);
+  ck_assert_int_eq(getsockname(f->lfd, (struct sockaddr *)&a, &len), 0);
+  ck_assert_int_eq(listen(f->lfd, 16), 0);
+  f->port = ntohs(a.sin_port);
+  ck_assert_int_eq(pthread_create(&f->th, NULL, pc_fwd_main, f), 0);
+}
+
+static void pc_fwd_stop(pc_fwd *f) {
+  f->quit = 1;
+  pthread_join(f->th, NULL);
+  close(f->lfd);
+}
+
+/* A rejoiner's step-out of the clock tables (psw_coord_step_out, best
+ * effort) that misses a shard (its beat timed out: 200 ms on a loaded
+ * machine; here the shard's gRPC port does not answer for 500 ms) left
+ * the worker there at its old clock, which a pull does not raise: its
+ * pull at the grant's clock, the slowest live one (worker 1's 3), waited
+ * on that shard for "slowest live worker 0 at clock 1", itself, for ever
+ * (bounded here by a stop after 6 s).  psw_coord_stepped_out, which
+ * run_claim calls before that pull, sends the step-out again until the
+ * shard took it. */
+START_TEST(test_client_step_out_missed) {
+  pc_ctx x = {0};
+  pc_init_extra(&x, "workers:\n  retry_ms: 20000\ntraining:\n  pull_timeout_ms: 300\n", 0);
+  pc_submit_full(&x, "pcsm", NULL, 0, "bsp");
+  pc_stop_flag = 0;
+  psw_client_conf cc = {.cfg = &x.cfg, .model = "pcsm", .worker = 0, .be = x.be, .nbufs = 1,
+                        .io_timeout_ms = 5000, .stop = &pc_stop_flag};
+  psw_client *c = NULL;
+  ps_errbuf eb;
+  ck_assert_msg(psw_client_open(&c, &cc, &eb) == 0, "psw_client_open: %s", eb.msg);
+  const ps_layout *l = psw_client_layout(c);
+  /* worker 0 at clock 1; worker 1 goes on to clock 3 */
+  ck_assert_msg(psw_client_pull_all(c, 0, 0, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(psw_client_push_pull(c, 0, 0, 0, 1, &eb) == 0, "%s", eb.msg);
+  pc_raw_step(&x, "pcsm", l, 1, 1, 2);
+  /* worker 0's control plane reaches the shard through the forwarder */
+  pc_fwd f;
+  pc_fwd_start(&f, x.gp, 500);
+  ps_config ccfg;
+  ck_assert_msg(ps_config_load(&ccfg, x.yaml, &eb) == 0, "%s", eb.msg);
+  char addr[64];
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", f.port);
+  free(ccfg.shards[0].grpc_addr);
+  ccfg.shards[0].grpc_addr = strdup(addr);
+  psw_coord *co = NULL;
+  psw_coord_conf pcc = {.cfg = &ccfg, .model = "pcsm", .stop = &pc_stop_flag};
+  ck_assert_msg(psw_coord_new(&co, &pcc, &eb) == 0, "%s", eb.msg);
+  int64_t t0 = ps_test_now_ms();
+  psw_coord_step_out(co, 2); /* timed out: missed */
+  int rc = psw_coord_stepped_out(co, &eb); /* bounded by workers.retry_ms */
+  ck_assert_msg(rc == 0, "step-out after %lld ms: %d %s", (long long)(ps_test_now_ms() - t0),
+                rc, eb.msg);
+  pthread_t th;
+  ck_assert_int_eq(pthread_create(&th, NULL, pc_stop_main, NULL), 0);
+  t0 = ps_test_now_ms();
+  rc = psw_client_pull_all(c, 0, 3, &eb); /* at the slowest live clock */
+  int64_t took = ps_test_now_ms() - t0;
+  pc_stop_flag = 1;
+  pthread_join(th, NULL);
+  pc_stop_flag = 0;
+  ck_assert_msg(rc == 0, "the pull of clock 3 after %lld ms: %d %s", (long long)took, rc, eb.msg);
+  /* taken once: a shard that answered is not asked again */
+  ck_assert_int_eq(psw_coord_stepped_out(co, &eb), 0);
+  psw_coord_free(co, 0, 0);
+  pc_fwd_stop(&f);
+  ps_config_release(&ccfg);
+  psw_client_close(c);
+  pc_fini(&x);
+}
+END_TEST
+
 /* pc_counts asserts the client's push counts of its one shard. */
 static void pc_counts(const psw_client *c, uint64_t acked, uint64_t unanswered, const char *when) {
   uint64_t a = 0, u = 0;
@@ -939,6 +1097,7 @@ Suite *psw_client_suite(void) {
   tcase_add_test(tc, test_client_lost_push_bsp);
   tcase_add_test(tc, test_client_lost_push_bsp_deferred);
   tcase_add_test(tc, test_client_lost_push_step_out);
+  tcase_add_test(tc, test_client_step_out_missed);
   tcase_add_test(tc, test_client_deferred_ack);
   tcase_add_test(tc, test_client_shared_vectors);
   suite_add_tcase(s, tc);

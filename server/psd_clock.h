@@ -279,8 +279,9 @@ void psd_clock_grace(psd_clock *c, uint64_t now_ms);
  * step-out, overtaken by the worker's return at a later clock, leaves it
  * in), the pulls waiting on it re-checked, its lease and partitions kept:
  * it has nothing to train for now.  Its next push or pull enters it again
- * (invariant 1); a psd_clock_moved_on up to CLOCK does not (invariant 11).  An unknown or dead worker is left alone.  Returns how
- * many tables it left (0: it was in none). */
+ * (invariant 1); a psd_clock_moved_on up to CLOCK does not (invariant
+ * 11).  An unknown or dead worker is left alone.  Returns how many
+ * tables it left (0: it was in none). */
 size_t psd_clock_step_out(psd_clock *c, uint32_t worker, uint64_t clock, uint64_t now_ms);
 
 /* psd_clock_leave makes WORKER DEAD at once (it stops): it leaves every

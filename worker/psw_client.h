@@ -48,12 +48,14 @@
  *     aggregator until they do); a push left unanswered by the dead
  *     aggregator, on any connection still through it, is not resent, and
  *     the pull repeated behind it asks for the push's clock (the roots may
- *     never have seen that push: they must not wait for it).  A push the aggregator answers with a retryable error (a root
- *     it could not reach, or whose link failed with the sum in flight;
- *     not DEGRADED, a root's own refusal) is one of unknown fate, as if
- *     the connection had broken (psw_client_pushes_unknown).  psw_client_agg_return, called by the trainer at an epoch
- *     boundary, probes the aggregator and, when it answers again, moves
- *     every connection back to it at once.
+ *     never have seen that push: they must not wait for it).  A push the
+ *     aggregator answers with a retryable error (a root it could not
+ *     reach, or whose link failed with the sum in flight; not DEGRADED,
+ *     a root's own refusal) is one of unknown fate, as if the connection
+ *     had broken (psw_client_pushes_unknown).  psw_client_agg_return,
+ *     called by the trainer at an epoch boundary, probes the aggregator
+ *     and, when it answers again, moves every connection back to it at
+ *     once.
  *  8. Deferred acks (conf->defer_acks; for durability `sync`, where a
  *     shard acknowledges a push only once its redo log synced it): the
  *     connections ask for unordered acks (ps_chan.h), and a push/pull

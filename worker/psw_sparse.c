@@ -124,8 +124,8 @@ int psw_sparse_open(psw_sparse **out, const ps_config *cfg, const char *model, u
     s->moved_on = calloc(cfg->nshards, sizeof *s->moved_on);
     s->todo = calloc(cfg->nshards, 1);
   }
-  if (!s || !ids || !s->rpc || !s->start || !s->lo || !s->hi || !s->ch || !s->ch_retry_ms || !s->via_chan ||
-      !s->req_id || !s->moved_on || !s->todo) {
+  if (!s || !ids || !s->rpc || !s->start || !s->lo || !s->hi || !s->ch || !s->ch_retry_ms ||
+      !s->via_chan || !s->req_id || !s->moved_on || !s->todo) {
     free(ids);
     psw_sparse_close(s);
     return ps_errf(eb, PS_ENOMEM, "sparse client: out of memory");

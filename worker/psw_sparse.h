@@ -18,9 +18,9 @@
  * A push is not split: it follows the pull of the same keys, which gave
  * each key that may get a row its row (with sparse.admit_after, a key
  * the pull did not admit is not admitted by the push either), so it
- * creates none and stays the step's one push per shard.  Sparse traffic goes to the root shards directly
- * (never through an aggregator), in the row codecs below, without the
- * staleness bound.
+ * creates none and stays the step's one push per shard.  Sparse
+ * traffic goes to the root shards directly (never through an
+ * aggregator), in the row codecs below, without the staleness bound.
  * A shard that is not there (the errors psw_retryable names: down,
  * restarting, draining, degraded) is waited for as psw_client.h's
  * invariant 4 says: a pull's call is made again with backoff for at most

@@ -658,8 +658,7 @@ static uint64_t agg_now(psd_agg *a) {
  * here at NOW: since its last request or answer, less the loop's stalls
  * since (agg_stalled). */
 static uint64_t agg_silent(const psd_agg *a, uint32_t w, uint64_t now) {
-  uint64_t last = a->seen_ms[w] - 1, silent = now > last ? now - last : 0;
-  return silent > a->credit_ms[w] ? silent - a->credit_ms[w] : 0;
+  return psd_stall_silence(a->seen_ms[w] - 1, a->credit_ms[w], now);
 }
 
 /* agg_touch notes that worker W is active now; one back after a lease of

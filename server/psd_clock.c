@@ -645,8 +645,7 @@ int psd_clock_unregistered(const psd_clock *c, uint32_t worker) {
 uint64_t psd_clock_silent_ms(const psd_clock *c, uint32_t worker, uint64_t now_ms) {
   const clock_worker *w = clock_worker_find(c, worker);
   if (!w) return UINT64_MAX;
-  uint64_t silent = now_ms > w->last_ms ? now_ms - w->last_ms : 0;
-  return silent > w->credit_ms ? silent - w->credit_ms : 0; /* a stall is no silence (inv. 3) */
+  return psd_stall_silence(w->last_ms, w->credit_ms, now_ms); /* invariant 3 */
 }
 
 /* psd_clock_leave: see psd_clock.h. */

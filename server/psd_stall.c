@@ -59,3 +59,9 @@ uint64_t psd_stall_lost(uint64_t last_ms, uint64_t stall_ms, uint64_t now_ms) {
   if (now_ms <= last_ms) return 0;
   return now_ms - last_ms < stall_ms ? now_ms - last_ms : stall_ms;
 }
+
+/* psd_stall_silence: see psd_stall.h. */
+uint64_t psd_stall_silence(uint64_t last_ms, uint64_t credit_ms, uint64_t now_ms) {
+  uint64_t silent = now_ms > last_ms ? now_ms - last_ms : 0;
+  return silent > credit_ms ? silent - credit_ms : 0;
+}

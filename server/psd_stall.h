@@ -60,4 +60,9 @@ uint64_t psd_stall_check(psd_stall *s, uint64_t now);
  * extended by that much (until its next word). */
 uint64_t psd_stall_lost(uint64_t last_ms, uint64_t stall_ms, uint64_t now_ms);
 
+/* psd_stall_silence returns how long a worker last heard from at LAST_MS
+ * has been silent at NOW_MS, less CREDIT_MS of the loop's stalls since
+ * (psd_stall_lost's sum): a stall is no silence. */
+uint64_t psd_stall_silence(uint64_t last_ms, uint64_t credit_ms, uint64_t now_ms);
+
 #endif

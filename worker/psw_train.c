@@ -1017,8 +1017,8 @@ static int run_claim(psw_run *x, const psw_coord_part *fin, psw_coord_part *pos,
          * dead hold its old clock. */
         if (back && !stepped) psw_coord_step_out(x->coord, x->clock + 1);
         uint64_t at = psw_coord_grant_clock(x->coord);
-        if (at > x->clock && (err = psw_coord_stepped_out(x->coord, eb)) < 0) return err;
         if (at > x->clock) {
+          if ((err = psw_coord_stepped_out(x->coord, eb)) < 0) return err;
           x->clock0 += at - x->clock;
           x->clock = at;
         }

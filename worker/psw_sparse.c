@@ -558,6 +558,15 @@ static int pull_part(psw_sparse *s, uint64_t part, uint64_t per) {
   return any;
 }
 
+/* request_keys: the most keys one request to a shard may name so that it
+ * fits limits.max_request_bytes (of the client's config), each key
+ * counted PSW_SPARSE_KEY_BYTES + 4 x dim bytes (psw_sparse.h); at least
+ * 1 (a row over the limit alone is the shard's to refuse). */
+static uint64_t request_keys(const psw_sparse *s) {
+  uint64_t n = s->cfg->max_request_bytes / (PSW_SPARSE_KEY_BYTES + (uint64_t)s->dim * 4);
+  return n ? n : 1;
+}
+
 int psw_sparse_pull(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, float *rows,
                     uint64_t clock, ps_errbuf *eb) {
   int rc = group(s, keys, nkeys, eb);
@@ -565,8 +574,10 @@ int psw_sparse_pull(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, float *
   /* a reader (psw --evaluate) reads the rows exactly */
   ps_codec_id codec = clock < s->warmup || clock == PS_CLOCK_READER ? PS_CODEC_FP32 : s->pull_codec;
   /* at most sparse.max_new_rows keys per request, as a shard takes them
-   * (each key counted as new: the client cannot know which have rows) */
+   * (each key counted as new: the client cannot know which have rows),
+   * and at most what limits.max_request_bytes holds */
   uint64_t per = s->cfg->sparse.max_new_rows ? s->cfg->sparse.max_new_rows : UINT32_MAX;
+  if (request_keys(s) < per) per = request_keys(s);
   for (uint64_t part = 0; !rc && pull_part(s, part, per); part++) {
     int64_t since = 0;
     uint32_t delay = PS_BACKOFF_FIRST_MS;
@@ -603,12 +614,16 @@ static void push_lost(psw_sparse *s, size_t k, uint64_t clock, uint32_t n, const
 
 /* push_chan_answer takes the answer to shard K's push sent on its channel
  * (a stop waits PSW_STOP_PUSH_GRACE_MS for it: chan_take); a connection
- * that broke is dropped (PS_EUNAVAIL or how it broke). */
+ * that broke is dropped (PS_EUNAVAIL or how it broke).  A push over the
+ * shard's limits.max_request_bytes is answered PS_ETOOBIG, nothing of it
+ * applied, and the connection closed (psd_chan.c invariant 6): a refusal,
+ * not a push lost with its connection. */
 static int push_chan_answer(psw_sparse *s, size_t k, ps_errbuf *eb) {
   int r = chan_take(s, k, s->req_id[k], PSW_STOP_PUSH_GRACE_MS, eb);
   if (r == PS_ESHUTDOWN && stopping(s)) return r;
-  if (r && !psw_retryable(r) && !ps_chan_alive(s->ch[k])) r = PS_EUNAVAIL; /* broke */
-  if (r && psw_retryable(r)) chan_drop(s, k);
+  int too_big = r == PS_ETOOBIG;
+  if (r && !too_big && !psw_retryable(r) && !ps_chan_alive(s->ch[k])) r = PS_EUNAVAIL; /* broke */
+  if ((r && psw_retryable(r)) || (too_big && !ps_chan_alive(s->ch[k]))) chan_drop(s, k);
   if (r) {
     ps_errbuf inner = *eb;
     ps_errf(eb, r, "shard %u: %s", s->cfg->shards[k].id, inner.msg);
@@ -684,9 +699,32 @@ static int push_round(psw_sparse *s, const uint8_t *out, size_t rb, ps_codec_id 
   return round_end(rc, &xeb, eb);
 }
 
+/* push_fits refuses a push (grouped by group) that names more keys on a
+ * shard than one request holds (request_keys), before any is sent: a
+ * step's push to a shard is one request (psw_sparse.h). */
+static int push_fits(const psw_sparse *s, ps_errbuf *eb) {
+  uint64_t per = request_keys(s), row = PSW_SPARSE_KEY_BYTES + (uint64_t)s->dim * 4;
+  for (size_t k = 0; k < s->nshards; k++) {
+    uint64_t n = s->start[k + 1] - s->start[k];
+    if (n <= per) continue;
+    return ps_errf(eb, PS_ETOOBIG, "sparse table '%s'/%u: a push of %llu keys to shard %u takes "
+                   "%llu bytes (%llu keys x (%d + dim %u x 4) bytes), over "
+                   "limits.max_request_bytes %llu (%llu keys of this table at most): a step's "
+                   "push to a shard is one request, as it advances the worker's clock there; "
+                   "raise limits.max_request_bytes to at least %llu in every shard's and psw's "
+                   "cluster file, or lower --batch (training.batch_size)", s->model, s->table,
+                   (unsigned long long)n, s->cfg->shards[k].id, (unsigned long long)(n * row),
+                   (unsigned long long)n, PSW_SPARSE_KEY_BYTES, s->dim,
+                   (unsigned long long)s->cfg->max_request_bytes, (unsigned long long)per,
+                   (unsigned long long)(n * row));
+  }
+  return 0;
+}
+
 int psw_sparse_push(psw_sparse *s, const uint64_t *keys, uint32_t nkeys, const float *grads,
                     uint64_t clock, ps_errbuf *eb) {
   int rc = group(s, keys, nkeys, eb);
+  if (!rc) rc = push_fits(s, eb);
   if (rc) return rc;
   ps_codec_id codec = clock < s->warmup ? PS_CODEC_FP32 : s->push_codec;
   const size_t rb = ps_codec_size(codec, s->dim, 0);

@@ -11,14 +11,24 @@
  * before any reply is read, gRPC's in turn); rows come back in the
  * caller's key order.  A pull names at most sparse.max_new_rows keys
  * (of the client's config) per request, as a shard creates at most that
- * many rows for one: where a shard has more it is asked in parts, one
+ * many rows for one, and at most as many as limits.max_request_bytes
+ * holds, each key counted PSW_SPARSE_KEY_BYTES + 4 x dim bytes (a shard
+ * refuses a request whose rows take more than the limit in fp32, a
+ * channel frame whose keys and rows do, a gRPC message of more than the
+ * limit + 1 MiB): where a shard has more it is asked in parts, one
  * round of requests after the other, each at the same clock (pulls of
  * one step are admitted alike and never advance a clock: the shard's
  * clock rules, psd_shard_sparse.h, are the same for one part or many).
  * A push is not split: it follows the pull of the same keys, which gave
  * each key that may get a row its row (with sparse.admit_after, a key
  * the pull did not admit is not admitted by the push either), so it
- * creates none and stays the step's one push per shard.  Sparse
+ * creates none and stays the step's one push per shard (on a shard that
+ * holds no dense chunk of the model the push advances the worker's
+ * clock: a first part would let other workers' pulls past the step
+ * before the rest is in).  A push with more keys on a shard than
+ * limits.max_request_bytes holds (as above) is refused before any shard
+ * is sent anything (PS_ETOOBIG naming the limit, the keys and bytes, and
+ * what to raise).  Sparse
  * traffic goes to the root shards directly (never through an
  * aggregator), in the row codecs below, without the staleness bound.
  * A shard that is not there (the errors psw_retryable names: down,
@@ -62,6 +72,11 @@
 #include "ps_error.h"
 
 typedef struct psw_sparse psw_sparse;
+
+/* A key's own bytes in a request, at most, beside its row's 4 x dim: 8
+ * on the channel, up to 10 as a protobuf varint on gRPC, and room for an
+ * int8 row's scale (4). */
+#define PSW_SPARSE_KEY_BYTES 16
 
 /* psw_sparse_open prepares the client of table TABLE (the embedding
  * parameter's index) of MODEL with rows of DIM floats, for worker WORKER,

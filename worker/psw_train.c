@@ -356,9 +356,11 @@ static int run_sparse_pull(psw_run *x, uint32_t n, uint64_t clock, psw_sparse_ba
     ps_errbuf m = *eb;
     return ps_errf(eb, err, "%s; psw asks each shard for a batch's distinct keys (%u keys of %u "
                    "samples here) in requests of at most sparse.max_new_rows keys (%llu in psw's "
-                   "cluster file, 0: all in one): give psw the shards' cluster file, or lower "
-                   "--batch (training.batch_size)", m.msg, nk, n,
-                   (unsigned long long)x->o->cfg->sparse.max_new_rows);
+                   "cluster file, 0: no limit) and of at most limits.max_request_bytes (%llu "
+                   "there): give psw the shards' cluster file, or lower --batch "
+                   "(training.batch_size)", m.msg, nk, n,
+                   (unsigned long long)x->o->cfg->sparse.max_new_rows,
+                   (unsigned long long)x->o->cfg->max_request_bytes);
   }
   if (err < 0) return err;
   *sb = (psw_sparse_batch){.rows = x->rows, .row_grads = x->rgrads};
@@ -370,7 +372,13 @@ static int run_sparse_pull(psw_run *x, uint32_t n, uint64_t clock, psw_sparse_ba
 static int run_sparse_push(psw_run *x, uint64_t clock, ps_errbuf *eb) {
   uint32_t nk;
   const uint64_t *keys = psw_embed_keys(x->pe, &nk);
-  return psw_sparse_push(x->sp, keys, nk, x->rgrads, clock, eb);
+  int err = psw_sparse_push(x->sp, keys, nk, x->rgrads, clock, eb);
+  if (err == PS_ETOOBIG) { /* psw's own check (psw_sparse.h) or a shard's smaller limit */
+    ps_errbuf m = *eb;
+    return ps_errf(eb, err, "%s (a batch of %u distinct keys here; psw's cluster file must be "
+                   "the shards')", m.msg, nk);
+  }
+  return err;
 }
 
 /* run_correct counts the N rows whose sigmoid output, thresholded at

@@ -208,10 +208,13 @@ static void sd_counts(const sd_tally *t, long long *n, const char *log) {
 }
 
 /* sd_yaml writes the one-shard cluster file with MODE and FLUSH_MS, a
- * budget of 8 rows. */
-static const char *sd_yaml(const char *dir, const char *mode, unsigned flush_ms, int *gp, int *cp) {
+ * budget of 8 rows, and EXTRA (more sections; NULL: none). */
+static const char *sd_yaml(const char *dir, const char *mode, unsigned flush_ms,
+                           const char *extra, int *gp, int *cp) {
   static const char was[] = "  mode: periodic\n  flush_interval_ms: 200\n";
-  const char *path = ps_test_cluster_yaml(dir, 1, "sparse:\n  memory_rows: 8\n", gp, cp);
+  char more[512];
+  snprintf(more, sizeof more, "sparse:\n  memory_rows: 8\n%s", extra ? extra : "");
+  const char *path = ps_test_cluster_yaml(dir, 1, more, gp, cp);
   char now[96];
   snprintf(now, sizeof now, "  mode: %s\n  flush_interval_ms: %u\n", mode, flush_ms);
   ps_test_file_replace(path, path, was, now);
@@ -227,11 +230,12 @@ typedef struct sd_env {
   sd_tally *t;
 } sd_env;
 
-/* sd_setup starts shard 0 under durability MODE (snapshots every
- * FLUSH_MS) and submits the model. */
-static void sd_setup(sd_env *e, const char *mode, unsigned flush_ms) {
+/* sd_setup_extra starts shard 0 under durability MODE (snapshots every
+ * FLUSH_MS) with EXTRA in its cluster file (sd_yaml) and submits the
+ * model; sd_setup, with none. */
+static void sd_setup_extra(sd_env *e, const char *mode, unsigned flush_ms, const char *extra) {
   const char *dir = ps_test_tmpdir();
-  snprintf(e->yaml, sizeof e->yaml, "%s", sd_yaml(dir, mode, flush_ms, &e->gp, &e->cp));
+  snprintf(e->yaml, sizeof e->yaml, "%s", sd_yaml(dir, mode, flush_ms, extra, &e->gp, &e->cp));
   snprintf(e->log, sizeof e->log, "%s/psd0.log", dir);
   e->t = malloc(sizeof *e->t);
   sd_init(e->t, e->gp);
@@ -242,6 +246,10 @@ static void sd_setup(sd_env *e, const char *mode, unsigned flush_ms) {
   ck_assert_int_eq(ps_test_rpc_open(&r, e->t->addr, &eb), 0);
   sd_submit(r);
   ps_rpc_close(r);
+}
+
+static void sd_setup(sd_env *e, const char *mode, unsigned flush_ms) {
+  sd_setup_extra(e, mode, flush_ms, NULL);
 }
 
 START_TEST(test_sparse_sync_kill) {
@@ -920,6 +928,73 @@ START_TEST(test_sparse_chan_bad_input) {
 }
 END_TEST
 
+/* Requests over limits.max_request_bytes (1024 here: psw_sparse counts
+ * 16 + 4 x 4 bytes a key, so 32 keys a request): psw_sparse pulls 200
+ * keys of one shard in parts, on the channel and on gRPC, every row its
+ * initial value; a push of them is refused before anything is sent,
+ * naming the limit, the keys, the bytes and what to raise (nothing lost,
+ * rows unchanged), and one of the 32 keys one request holds is applied;
+ * one sent whole by a client whose file has a larger limit is the
+ * shard's refusal (PS_ETOOBIG), not a lost push.  Before, the pull went
+ * in one request, which the shard refused ("a request with 1600 bytes of
+ * data: over this shard's limits.max_request_bytes 1024" on the channel,
+ * "200 rows of 4 floats exceed max_request_bytes 1024" on gRPC), the
+ * push was refused likewise on gRPC and, on the channel, counted lost
+ * with the connection the shard closed (psw_sparse_push returned 0). */
+START_TEST(test_sparse_request_bytes) {
+  sd_env e;
+  sd_setup_extra(&e, "sync", 200, "limits:\n  max_request_bytes: 1024\n");
+  enum { N = 200, FIT = 1024 / (PSW_SPARSE_KEY_BYTES + SD_DIM * 4) };
+  static uint64_t keys[N];
+  static float rows[N * SD_DIM], again[N * SD_DIM], g[N * SD_DIM];
+  float init[SD_DIM];
+  for (int i = 0; i < N; i++) keys[i] = (uint64_t)(i + 1) * 0x9e3779b97f4a7c15ull;
+  for (int i = 0; i < N * SD_DIM; i++) g[i] = 0.25f;
+  ps_errbuf eb;
+  for (int plane = 0; plane < 2; plane++) {
+    ps_config cfg;
+    sd_cfg(&cfg, e.yaml, plane ? PS_SPARSE_PLANE_GRPC : PS_SPARSE_PLANE_CHANNEL, NULL, NULL);
+    psw_sparse *sp;
+    ck_assert_msg(psw_sparse_open(&sp, &cfg, "ctr", 0, SD_DIM, 0, &eb) == 0, "%s", eb.msg);
+    ck_assert_msg(psw_sparse_pull(sp, keys, N, rows, 0, &eb) == 0, "plane %d: %s", plane, eb.msg);
+    for (int k = 0; k < N && !plane; k++) {
+      ck_assert_int_eq(ps_init_row(init, "uniform", 0.05f, 11, 0, keys[k], SD_DIM), 0);
+      for (int d = 0; d < SD_DIM; d++) ck_assert_float_eq(rows[k * SD_DIM + d], init[d]);
+    }
+    ck_assert_int_eq(psw_sparse_push(sp, keys, N, g, 0, &eb), PS_ETOOBIG);
+    ck_assert_msg(strstr(eb.msg, "a push of 200 keys to shard 0 takes 6400 bytes (200 keys x "
+                         "(16 + dim 4 x 4) bytes), over limits.max_request_bytes 1024 (32 keys "
+                         "of this table at most)") &&
+                  strstr(eb.msg, "raise limits.max_request_bytes to at least 6400 in every "
+                         "shard's and psw's cluster file, or lower --batch"), "%s", eb.msg);
+    ck_assert_uint_eq(psw_sparse_lost_pushes(sp), 0);
+    ck_assert_msg(psw_sparse_pull(sp, keys, N, again, 0, &eb) == 0, "%s", eb.msg);
+    ck_assert_int_eq(memcmp(again, rows, sizeof rows), 0);
+    ck_assert_msg(psw_sparse_push(sp, keys, FIT, g, 0, &eb) == 0, "%s", eb.msg);
+    ck_assert_msg(psw_sparse_pull(sp, keys, N, again, 0, &eb) == 0, "%s", eb.msg);
+    for (int i = 0; i < N * SD_DIM; i++)
+      ck_assert_float_eq(again[i], i < FIT * SD_DIM ? rows[i] - 0.25f : rows[i]);
+    ck_assert_uint_eq(psw_sparse_lost_pushes(sp), 0);
+    /* a client told of a larger limit than the shard's sends the push
+     * whole: the shard refuses it (on the channel: answers and closes the
+     * connection), applied nowhere; a refusal, not a lost push (before, on
+     * the channel: counted lost, psw_sparse_push returned 0) */
+    memcpy(rows, again, sizeof rows);
+    cfg.max_request_bytes = 1 << 20;
+    ck_assert_int_eq(psw_sparse_push(sp, keys, N, g, 0, &eb), PS_ETOOBIG);
+    ck_assert_msg(strstr(eb.msg, "max_request_bytes 1024"), "%s", eb.msg);
+    ck_assert_uint_eq(psw_sparse_lost_pushes(sp), 0);
+    cfg.max_request_bytes = 1024;
+    ck_assert_msg(psw_sparse_pull(sp, keys, N, again, 0, &eb) == 0, "%s", eb.msg);
+    ck_assert_int_eq(memcmp(again, rows, sizeof rows), 0);
+    psw_sparse_close(sp);
+    ps_config_release(&cfg);
+  }
+  ck_assert_int_eq(ps_test_stop(e.pid, SIGTERM, 15000), 0);
+  free(e.t);
+}
+END_TEST
+
 /* A stand-in for a shard that predates rows on the channel: it answers
  * the HELLO (offering rows when OFFER, as a shard whose op table lost them
  * would) and closes the connection on any other frame, as an old shard
@@ -1128,6 +1203,7 @@ Suite *psd_sparse_chan_suite(void) {
   tcase_add_test(tc, test_sparse_chan_bad_input);
   tcase_add_test(tc, test_sparse_chan_fallback);
   tcase_add_test(tc, test_sparse_chan_bad_frames);
+  tcase_add_test(tc, test_sparse_request_bytes);
   suite_add_tcase(s, tc);
   return s;
 }

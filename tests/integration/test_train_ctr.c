@@ -36,6 +36,7 @@ typedef struct tc_ctx {
   const char *consistency;   /* psctl submit --consistency (NULL: asp) */
   const char *training;      /* more lines of the training section (NULL: none) */
   const char *sparse;        /* more lines of the sparse section (NULL: none) */
+  const char *top;           /* more sections of the cluster file (NULL: none) */
 } tc_ctx;
 
 /* tc_split writes the first KEEP lines of SRC to A and the rest to B. */
@@ -81,8 +82,9 @@ static void tc_cluster(tc_ctx *x, int gen_log, const char *workers) {
            "workers:\n  count: 2\n  device: cpu\n  retry_ms: 10000\n%s"
            "training:\n  model: ctr\n  epochs: 1\n  batch_size: 256\n  seed: 1\n%s"
            "sparse:\n  memory_rows: 20000\n%s"
-           "data:\n  format: criteo\n  train_images: %s\n  test_images: %s\n  partitions: 8\n",
-           workers, x->training ? x->training : "", x->sparse ? x->sparse : "", x->train, x->test);
+           "data:\n  format: criteo\n  train_images: %s\n  test_images: %s\n  partitions: 8\n%s",
+           workers, x->training ? x->training : "", x->sparse ? x->sparse : "", x->train, x->test,
+           x->top ? x->top : "");
   snprintf(x->yaml, sizeof x->yaml, "%s",
            x->sync ? ps_test_sync_yaml(x->dir, 2, extra, x->gp, x->cp)
                    : ps_test_cluster_yaml(x->dir, 2, extra, x->gp, x->cp));
@@ -247,7 +249,8 @@ START_TEST(test_train_ctr_max_new_rows) {
   text = ps_test_read_file(log, NULL);
   ck_assert_msg(strstr(text, "more than the 300 new rows one request may create "
                              "(sparse.max_new_rows)"), "%s", text);
-  ck_assert_msg(strstr(text, "(0 in psw's cluster file, 0: all in one): give psw the shards' "
+  ck_assert_msg(strstr(text, "(0 in psw's cluster file, 0: no limit) and of at most "
+                             "limits.max_request_bytes (268435456 there): give psw the shards' "
                              "cluster file"), "%s", text);
   free(text);
   char *t0;
@@ -283,6 +286,40 @@ START_TEST(test_train_ctr_max_new_rows) {
   free(text);
   free(t0);
   free(t1);
+  for (int s = 0; s < 2; s++) ck_assert_int_eq(ps_test_stop(x.shard[s], SIGTERM, 10000), 0);
+}
+END_TEST
+
+/* A batch whose distinct keys on a shard take more than
+ * limits.max_request_bytes (64 KiB here: 1365 keys of dim 8 at 16 + 8 x 4
+ * bytes each; a batch of 256 lines names about 3000 per shard): psw
+ * --evaluate pulls them in parts and ends as usual; training fails at its
+ * first push, before sending it, exit 1 (no crash) with an error that
+ * names the limit, the keys and bytes, and what to raise.  Before, the
+ * pull went in one request per shard: the channel's connection was
+ * closed, gRPC refused it ("... rows of 8 floats exceed max_request_bytes
+ * 65536"), and both exited 1 at the first step. */
+START_TEST(test_train_ctr_max_request_bytes) {
+  tc_ctx x = {.top = "limits:\n  max_request_bytes: 65536\n"};
+  tc_cluster(&x, 1, "  min: 1\n");
+  char *t0;
+  const char *l0 = tc_evaluate(&x, "eval0", &t0);
+  ck_assert_msg(ps_test_json_num(l0, "test_auc") > 0.3, "%s", l0);
+  free(t0);
+  char log[600];
+  snprintf(log, sizeof log, "%s/train.log", x.dir);
+  char *argv[] = {(char *)ps_test_bin("psw"), "--config", x.yaml, "--quiet", NULL};
+  int st = ps_test_run(argv, log, 100000);
+  char *text = ps_test_read_file(log, NULL);
+  ck_assert_msg(st == 1, "psw exited %d: %s", st, text);
+  const char *why = strstr(text, "error: ");
+  ck_assert_msg(why, "%s", text);
+  printf("test_train_ctr_max_request_bytes: %.*s\n", (int)strcspn(why, "\n"), why);
+  ck_assert_msg(strstr(text, " bytes), over limits.max_request_bytes 65536 (1365 keys of this "
+                             "table at most): a step's push to a shard is one request") &&
+                strstr(text, "raise limits.max_request_bytes to at least ") &&
+                strstr(text, "or lower --batch (training.batch_size) (a batch of "), "%s", text);
+  free(text);
   for (int s = 0; s < 2; s++) ck_assert_int_eq(ps_test_stop(x.shard[s], SIGTERM, 10000), 0);
 }
 END_TEST
@@ -423,6 +460,7 @@ Suite *psw_train_ctr_suite(void) {
   tcase_add_test(tc, test_train_ctr_two_workers);
   tcase_add_test(tc, test_train_ctr_bad_line);
   tcase_add_loop_test(tc, test_train_ctr_max_new_rows, 0, 2);
+  tcase_add_test(tc, test_train_ctr_max_request_bytes);
   tcase_add_test(tc, test_train_ctr_lease_rejoin);
   tcase_add_test(tc, test_train_ctr_sigterm_shard_hangs);
   suite_add_tcase(s, tc);

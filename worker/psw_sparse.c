@@ -1,6 +1,8 @@
 /* psw_sparse: keys split by shard with a counting sort, one request per
- * shard (a pull: per part of at most sparse.max_new_rows keys, pull_part),
- * rows scattered back to the caller's order.
+ * shard (a pull: per part of at most sparse.max_new_rows keys and of what
+ * limits.max_request_bytes holds, pull_part; a push over the latter is
+ * refused before it is sent, push_fits), rows scattered back to the
+ * caller's order.
  *
  * Planes (sparse.plane): with `channel` a shard's rows go over its tensor
  * channel (CHAN_SPARSE_PULL / _PUSH) once a connection to it is open and

@@ -620,6 +620,12 @@ START_TEST(test_netlab_usage) {
       {"up --hosts 1 --check-secs 0 --rate 64bit", 2, "--rate 64bit is below 1mbit"},
       {"up --hosts 1 --check-secs 0 --rate 500kbit", 2, "--rate 500kbit is below 1mbit"},
       {"up --hosts 1 --check-secs 0 --rate 5xbit", 2, "rate '5xbit' is not N[k|m|g]bit"},
+      /* tbf's bucket (4 ms at the rate) must fit tc's 32 bits: once tc's own
+       * "illegal value for burst" and exit 1, or "not N[k|m|g]bit" past 9 digits */
+      {"up --hosts 1 --check-secs 0 --rate 8001gbit", 2, "--rate 8001gbit is above 8000gbit"},
+      {"up --hosts 1 --check-secs 0 --rate 100000gbit", 2, "--rate 100000gbit is above 8000gbit"},
+      {"up --hosts 1 --check-secs 0 --rate 8000000001kbit", 2, "--rate 8000000001kbit is above 8000gbit"},
+      {"up --hosts 1 --check-secs 0 --rate 99999999999999999999999mbit", 2, "is above 8000gbit"},
       {"up --hosts 1 --check-secs 0 --lab x1", 2, "lab 'x1': a lab's name is nl<digits>"},
       {"up --hosts 1 --check-secs 0 --owner $$ --lab nl1", 2, "a lab is named for its owner"},
       {"addr", 2, "addr: which host?"},

@@ -641,6 +641,8 @@ START_TEST(test_netlab_usage) {
       {"addr --lab nl999999999 h1", 1, "no lab 'nl999999999'"},
       {"addr --lab nl999999999", 2, "addr: which host?"},
       {"list extra", 2, "list: no arguments"},
+      /* once taken and ignored: it listed every lab, exit 0 */
+      {"list --lab nl999999999", 2, "list: no arguments, not '--lab nl999999999'"},
       {"down --stale extra", 2, "down: --lab NAME or --stale"},
       {"down --lab nl999999999 --stale", 2, "down: --lab NAME or --stale"},
       {"yaml --shards 1 --workers 1 --extra /nonexistent/x.yaml", 2,

@@ -620,6 +620,12 @@ START_TEST(test_netlab_usage) {
       {"up --hosts 1 --check-secs 0 --rate 64bit", 2, "--rate 64bit is below 1mbit"},
       {"up --hosts 1 --check-secs 0 --rate 500kbit", 2, "--rate 500kbit is below 1mbit"},
       {"up --hosts 1 --check-secs 0 --rate 5xbit", 2, "rate '5xbit' is not N[k|m|g]bit"},
+      /* tbf's bucket (4 ms at the rate) must fit tc's 32 bits: once tc's own
+       * "illegal value for burst" and exit 1, or "not N[k|m|g]bit" past 9 digits */
+      {"up --hosts 1 --check-secs 0 --rate 8001gbit", 2, "--rate 8001gbit is above 8000gbit"},
+      {"up --hosts 1 --check-secs 0 --rate 100000gbit", 2, "--rate 100000gbit is above 8000gbit"},
+      {"up --hosts 1 --check-secs 0 --rate 8000000001kbit", 2, "--rate 8000000001kbit is above 8000gbit"},
+      {"up --hosts 1 --check-secs 0 --rate 99999999999999999999999mbit", 2, "is above 8000gbit"},
       {"up --hosts 1 --check-secs 0 --lab x1", 2, "lab 'x1': a lab's name is nl<digits>"},
       {"up --hosts 1 --check-secs 0 --owner $$ --lab nl1", 2, "a lab is named for its owner"},
       {"addr", 2, "addr: which host?"},
@@ -635,6 +641,8 @@ START_TEST(test_netlab_usage) {
       {"addr --lab nl999999999 h1", 1, "no lab 'nl999999999'"},
       {"addr --lab nl999999999", 2, "addr: which host?"},
       {"list extra", 2, "list: no arguments"},
+      /* once taken and ignored: it listed every lab, exit 0 */
+      {"list --lab nl999999999", 2, "list: no arguments, not '--lab nl999999999'"},
       {"down --stale extra", 2, "down: --lab NAME or --stale"},
       {"down --lab nl999999999 --stale", 2, "down: --lab NAME or --stale"},
       {"yaml --shards 1 --workers 1 --extra /nonexistent/x.yaml", 2,

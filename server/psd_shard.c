@@ -701,6 +701,10 @@ void psd_shard_status(psd_shard *sh, Ps__StatusReply *reply) {
     reply->wal_replay_ms = ws.replay_ms;
     reply->wal_busy_ms = ws.busy_ms;
   }
+  reply->replay = sh->replay.done;
+  reply->replay_records = sh->replay.records;
+  reply->replay_dropped = sh->replay.dropped;
+  reply->replay_ms = sh->replay.ms;
   reply->sum_pushes = sh->ctr.agg_pushes;
   reply->sum_grads = sh->ctr.agg_summed;
   if (sh->agg) {

@@ -333,11 +333,14 @@ int psd_shard_heartbeat(psd_shard *sh, const Ps__HeartbeatRequest *req,
    * (expired), registers again and stops when the rank is not given
    * back.  Only the coordinator knows who registered. */
   ps_errbuf why;
-  if (sh->coordinator && psd_clock_holder(sh->clock, req->worker, req->host, req->pid, &why) < 0) {
+  int unseen;
+  if (sh->coordinator &&
+      psd_clock_holder(sh->clock, req->worker, req->host, req->pid, &unseen, &why) < 0) {
     ps_info("worker %u: %s%s refused: %s", req->worker,
             req->leaving ? "a leave" : req->n_progress ? "a progress report" : "a heartbeat",
             req->claim ? " with a claim" : "", why.msg);
     reply->expired = !req->leaving;
+    reply->rank_taken = unseen && !req->leaving;
     reply->stayed = req->leaving;
     reply->lease_ms = sh->cfg->workers.lease_ms;
     return 0;

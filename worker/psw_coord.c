@@ -44,7 +44,9 @@ struct psw_coord {
   int lost;                      /* invariant 2 (under mu) */
   int rejoin_next;               /* the next beats carry rejoin (invariant 5; under mu) */
   pthread_mutex_t rejoin_mu;     /* one rejoin at a time (heartbeat or data thread) */
-  uint64_t rejoins;              /* rejoins done (under mu) */
+  uint64_t rejoins;              /* comebacks after a shard declared it dead (under mu) */
+  uint64_t reregs;               /* rejoins done, for any cause (under mu): one cause,
+                                    one rejoin */
   ps_errbuf lost_eb;
   uint32_t *parts;               /* invariant 4 (under mu) */
   size_t nparts;
@@ -404,7 +406,7 @@ static int coord_heartbeat_all(psw_coord *c, uint32_t worker, int leaving, int d
  * answer), then rejoins every shard (invariant 5); a different rank (or
  * none) marks the worker lost.  Returns 0, 1 when nothing was needed, or
  * PS_EEXIST (lost); a worker that did not register (a fixed rank) only
- * rejoins.  SEEN: the rejoin count when the expiry was seen; a rejoin
+ * rejoins.  SEEN: the rejoin count (reregs) when the expiry was seen; a rejoin
  * done since (by the other thread) makes this one needless.  UINT64_MAX:
  * the data path's or a claim's refusal, whose request may have gone out
  * before the last rejoin (a push's answer comes a step later, several
@@ -416,7 +418,7 @@ static int coord_reregister(psw_coord *c, uint64_t seen, int why) {
   uint32_t old = c->worker;
   pthread_mutex_lock(&c->rejoin_mu);
   pthread_mutex_lock(&c->mu);
-  int lost = c->lost, done_since = seen != UINT64_MAX && c->rejoins != seen;
+  int lost = c->lost, done_since = seen != UINT64_MAX && c->reregs != seen;
   pthread_mutex_unlock(&c->mu);
   if (!lost && !done_since && seen == UINT64_MAX) why = coord_heartbeat_all(c, old, 0, 0, 0, NULL);
   if (lost || done_since || !why) {
@@ -444,7 +446,11 @@ static int coord_reregister(psw_coord *c, uint64_t seen, int why) {
      * trainer's reports again from now on, and the trainer must not see
      * one refused before it sees the rejoin (psw_coord_rejoins) */
     pthread_mutex_lock(&c->mu);
-    c->rejoins++;
+    c->reregs++;
+    /* a registration the coordinator lost alone is no comeback: no shard
+     * took the worker out of its clock table, so the trainer neither
+     * steps out nor jumps (invariant 5) */
+    if (why & COORD_EXPIRED) c->rejoins++;
     pthread_mutex_unlock(&c->mu);
     int still = coord_heartbeat_all(c, old, 0, 0, 1, NULL);
     pthread_mutex_unlock(&c->rejoin_mu);
@@ -493,7 +499,7 @@ static void *coord_main(void *arg) {
   pthread_mutex_lock(&c->mu);
   while (!c->quit) {
     int rejoin = c->rejoin_next;
-    uint64_t seen = c->rejoins;
+    uint64_t seen = c->reregs;
     c->rejoin_next = 0;
     pthread_mutex_unlock(&c->mu);
     /* The period runs from the round's start: a round that waits out a

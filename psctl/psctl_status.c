@@ -177,10 +177,16 @@ static void psctl_status_conns(const psctl_row *rows, size_t n) {
 
 /* psctl_status_wal prints, for the shards with a redo log (durability
  * sync), its size, syncs per second and pushes per sync over the sampling
- * gap, and what the start's replay did. */
+ * gap, and what the start's replay did; for a shard without one that
+ * replayed a log at its start (periodic after a sync run), that replay. */
 static void psctl_status_wal(const psctl_row *rows, size_t n) {
   for (size_t i = 0; i < n; i++) {
     const Ps__StatusReply *s = rows[i].st;
+    if (s && !s->wal && s->replay)
+      printf("shard %u: no redo log (durability periodic); start replayed %llu records in "
+             "%llu ms (%llu torn-tail records dropped) from a log an earlier sync run left\n",
+             s->shard, (unsigned long long)s->replay_records, (unsigned long long)s->replay_ms,
+             (unsigned long long)s->replay_dropped);
     if (!s || !s->wal) continue;
     char size[16], sr[16], ps[16];
     snprintf(sr, sizeof sr, rows[i].sync_rate < 0 ? "-" : "%.1f", rows[i].sync_rate);
@@ -453,7 +459,7 @@ static const char *const psctl_json_shard_keys[] = {
     "disk_bytes", "chan_connections", "chan_refused", "chan_idle_closed", "chan_bad_frames",
     "chan_slow_closed", "grpc_restarts",
     "security", "auth_refused", "chan_auth_refused", "chan_shm_bytes", "chan_shm_connections",
-    "redo_log", "sparse_tables"};
+    "redo_log", "start_replay", "sparse_tables"};
 
 /* psctl_status_json_model prints model M's JSON object. */
 static void psctl_status_json_model(const Ps__ModelStatus *m) {
@@ -559,6 +565,13 @@ static void psctl_status_json_row(const psctl_row *r) {
            (unsigned long long)s->wal_replayed, (unsigned long long)s->wal_replay_dropped,
            (unsigned long long)s->wal_replay_ms, (unsigned long long)s->wal_busy_ms);
   }
+  printf(",\"start_replay\":");
+  if (s->replay)
+    printf("{\"replayed\":%llu,\"replay_dropped\":%llu,\"replay_ms\":%llu}",
+           (unsigned long long)s->replay_records, (unsigned long long)s->replay_dropped,
+           (unsigned long long)s->replay_ms);
+  else
+    printf("null");
   printf(",\"sparse_tables\":[");
   for (size_t j = 0; j < s->n_sparse_tables; j++) {
     const Ps__SparseTableStatus *t = s->sparse_tables[j];
@@ -782,7 +795,8 @@ static const char psctl_status_usage[] =
     "Under durability sync a line per shard adds the redo log's size, syncs/s and pushes\n"
     "per sync (same samples) and what the shard's start replayed from it, and a second\n"
     "line when its disk work in flight (a write + fdatasync) has run 1 s or more (the\n"
-    "disk is not answering).  A shard that fails the second sample after it answered\n"
+    "disk is not answering).  Under periodic a shard whose start replayed a log an earlier\n"
+    "sync run left gets a line saying what that replay did.  A shard that fails the second sample after it answered\n"
     "the first (not by its deadline) is asked again on a new connection: it may have\n"
     "restarted (no rates).\n"
     "An unreachable shard shows DOWN, one that refuses psctl's certificate (its role) or\n"

@@ -47,6 +47,8 @@ typedef struct clock_worker {
   uint64_t credit_ms;        /* loop stalls since last_ms, not its silence (invariant 3) */
   uint64_t out_clock;        /* the largest clock it stepped out at (psd_clock_step_out),
                                 + 1; 0: never (invariant 11) */
+  int unseen;                /* registered into a rank with no record here (no earlier
+                                holder declared dead: invariant 13), not loaded from a save */
   float steps_per_s, blocked_share;
 } clock_worker;
 
@@ -438,9 +440,11 @@ int psd_clock_register(psd_clock *c, const char *model, const char *host, uint32
   if (r == UINT32_MAX)
     return ps_errf(eb, PS_EEXIST, "all %" PRIu32 " worker ids are held by live workers",
                    c->cap);
+  int unseen = clock_rank_of(c, r) == RANK_NEVER;
   clock_worker *w;
   int err = clock_worker_get(c, r, now_ms, 1, &w, eb);
   if (err < 0) return err;
+  if (!(w->registered && w->pid == pid)) w->unseen = unseen; /* not a retried registration */
   w->registered = w->leased = 1;
   w->pid = pid;
   w->steps_per_s = w->blocked_share = 0;
@@ -603,11 +607,20 @@ void psd_clock_set_pid(psd_clock *c, uint32_t worker, uint32_t pid) {
 
 /* psd_clock_holder: see psd_clock.h (invariant 12). */
 int psd_clock_holder(const psd_clock *c, uint32_t worker, const char *host, uint32_t pid,
-                     ps_errbuf *eb) {
+                     int *unseen, ps_errbuf *eb) {
   const clock_worker *w = clock_worker_find(c, worker);
+  if (unseen) *unseen = 0;
   if (!w || w->dead || !w->registered || !w->pid || !pid) return 0;
   int other_host = host && *host && w->host && strcmp(host, w->host) != 0;
   if (w->pid == pid && !other_host) return 0;
+  if (unseen) *unseen = w->unseen;
+  if (w->unseen)
+    return ps_errf(eb, PS_EEXPIRED,
+                   "worker %" PRIu32 " is held by pid %" PRIu32 " on %s, which registered it "
+                   "while this coordinator held no registration of this process (pid %" PRIu32
+                   " on %s; a restart lost it), which was not declared dead: it must stop or "
+                   "register again",
+                   worker, w->pid, w->host ? w->host : "?", pid, host && *host ? host : "?");
   return ps_errf(eb, PS_EEXPIRED,
                  "worker %" PRIu32 " is held by pid %" PRIu32 " on %s, which registered after "
                  "this process (pid %" PRIu32 " on %s) was declared dead: it must stop or "

@@ -129,7 +129,10 @@
  *     gives the process whose beats made the rank's record (its host and
  *     pid) that rank back.  A rank another process registered meanwhile
  *     is that one's (invariant 12): the beats of the process that lost
- *     it are refused as expired, and it is offered another rank.
+ *     it are refused as expired, and it is offered another rank; when
+ *     the rank had no record here at that registration (the newcomer came
+ *     before the lost process's beats), the refusal says so
+ *     (HeartbeatReply.rank_taken): that process was never declared dead.
  *
  * Not thread-safe: one thread (the shard's loop) calls everything. */
 #ifndef PSD_CLOCK_H
@@ -266,9 +269,14 @@ void psd_clock_set_pid(psd_clock *c, uint32_t worker, uint32_t pid);
 
 /* psd_clock_holder: 0 when a request naming WORKER from process PID on
  * HOST may be the rank holder's (invariant 12), else PS_EEXPIRED naming
- * the holder. */
+ * the holder.  *UNSEEN (NULL: not asked) is set when the holder
+ * registered the rank while this table had no record of it (invariant
+ * 13: a restart lost the refused process's registration and a newcomer
+ * took the rank before its heartbeats came; it was never declared dead
+ * here), else cleared.  Not kept in the save: a holder loaded from one
+ * is taken as registered after the refused process was declared dead. */
 int psd_clock_holder(const psd_clock *c, uint32_t worker, const char *host, uint32_t pid,
-                     ps_errbuf *eb);
+                     int *unseen, ps_errbuf *eb);
 
 /* psd_clock_grace restarts the lease of every live worker at NOW_MS: a
  * restored coordinator serves (invariant 10). */

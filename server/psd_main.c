@@ -420,6 +420,10 @@ static int psd_main_recover(psd_main *m) {
   psd_wal_stats st = {0};
   if (err == 0) {
     psd_wal_stats_get(w, &st);
+    sh->replay.done = 1;
+    sh->replay.records = st.replayed;
+    sh->replay.dropped = st.replay_dropped;
+    sh->replay.ms = st.replay_ms;
     ps_info("shard %u: redo log replayed: %llu records after the snapshot's %llu in %llu ms "
             "(%llu torn-tail records dropped; %llu segments the snapshot holds not read)",
             sh->me->id, (unsigned long long)st.replayed, (unsigned long long)from,

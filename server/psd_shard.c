@@ -333,11 +333,14 @@ int psd_shard_heartbeat(psd_shard *sh, const Ps__HeartbeatRequest *req,
    * (expired), registers again and stops when the rank is not given
    * back.  Only the coordinator knows who registered. */
   ps_errbuf why;
-  if (sh->coordinator && psd_clock_holder(sh->clock, req->worker, req->host, req->pid, &why) < 0) {
+  int unseen;
+  if (sh->coordinator &&
+      psd_clock_holder(sh->clock, req->worker, req->host, req->pid, &unseen, &why) < 0) {
     ps_info("worker %u: %s%s refused: %s", req->worker,
             req->leaving ? "a leave" : req->n_progress ? "a progress report" : "a heartbeat",
             req->claim ? " with a claim" : "", why.msg);
     reply->expired = !req->leaving;
+    reply->rank_taken = unseen && !req->leaving;
     reply->stayed = req->leaving;
     reply->lease_ms = sh->cfg->workers.lease_ms;
     return 0;
@@ -701,6 +704,10 @@ void psd_shard_status(psd_shard *sh, Ps__StatusReply *reply) {
     reply->wal_replay_ms = ws.replay_ms;
     reply->wal_busy_ms = ws.busy_ms;
   }
+  reply->replay = sh->replay.done;
+  reply->replay_records = sh->replay.records;
+  reply->replay_dropped = sh->replay.dropped;
+  reply->replay_ms = sh->replay.ms;
   reply->sum_pushes = sh->ctr.agg_pushes;
   reply->sum_grads = sh->ctr.agg_summed;
   if (sh->agg) {

@@ -101,6 +101,13 @@ typedef struct psd_shard {
   psd_stall clock_stall;      /* clock_timer's lateness: a stalled loop (psd_stall.h) */
   int coordinator;            /* this shard registers workers */
   struct psd_wal *wal;        /* the redo log (durability sync), else NULL */
+  /* What the start's replay of a redo log did (psd_main_recover): under
+   * sync always, under periodic when a sync run left a log (then wal is
+   * NULL, the log replayed, snapshotted and removed).  Status reports it. */
+  struct {
+    int done;                 /* a log was replayed (the rest are 0 otherwise) */
+    uint64_t records, dropped, ms; /* records applied, torn-tail records cut, its time */
+  } replay;
   uv_timer_t save_timer;      /* saves the coordinator's table (psd_coord.h) */
   int save_timer_on;
   struct psd_coord_bg *coord_bg; /* the timer's saves, written off the loop (psd_coord.c) */

@@ -44,7 +44,9 @@ struct psw_coord {
   int lost;                      /* invariant 2 (under mu) */
   int rejoin_next;               /* the next beats carry rejoin (invariant 5; under mu) */
   pthread_mutex_t rejoin_mu;     /* one rejoin at a time (heartbeat or data thread) */
-  uint64_t rejoins;              /* rejoins done (under mu) */
+  uint64_t rejoins;              /* comebacks after a shard declared it dead (under mu) */
+  uint64_t reregs;               /* rejoins done, for any cause (under mu): one cause,
+                                    one rejoin */
   ps_errbuf lost_eb;
   uint32_t *parts;               /* invariant 4 (under mu) */
   size_t nparts;
@@ -338,8 +340,11 @@ static int coord_lease_stale(psw_coord *c) {
 
 /* What makes a registered worker register again (invariant 2): a shard
  * declared it dead, or the coordinator holds no registration of it (a
- * restart lost it: psd_clock invariant 13). */
-enum { COORD_EXPIRED = 1, COORD_UNREGISTERED = 2 };
+ * restart lost it: psd_clock invariant 13), or the coordinator refused it
+ * because another process registered its rank while it held no
+ * registration of this one (HeartbeatReply.rank_taken: never declared
+ * dead, unless a shard said so too). */
+enum { COORD_EXPIRED = 1, COORD_UNREGISTERED = 2, COORD_TAKEN = 4 };
 
 /* coord_heartbeat_all sends one heartbeat for worker WORKER to every
  * shard (LEAVING, DONE, REJOIN: see HeartbeatRequest; IDLE_AT, not NULL:
@@ -347,7 +352,8 @@ enum { COORD_EXPIRED = 1, COORD_UNREGISTERED = 2 };
  * shard that answers is marked in out_ok); returns
  * COORD_EXPIRED when a shard said the worker had expired, COORD_UNREGISTERED
  * when the coordinator said it holds no registration of this registered
- * worker (either or both; 0: neither). */
+ * worker, COORD_TAKEN when the coordinator refused it as expired for its
+ * rank taken so (any of them; 0: none). */
 static int coord_heartbeat_all(psw_coord *c, uint32_t worker, int leaving, int done,
                                int rejoin, const uint64_t *idle_at) {
   Ps__HeartbeatRequest req;
@@ -382,7 +388,9 @@ static int coord_heartbeat_all(psw_coord *c, uint32_t worker, int leaving, int d
     if (!r && out[i].err == PS_EUNAVAIL && !quit) ps_rpc_reset_backoff(c->rpc[i]);
     if (!r) continue;
     if (idle_at) c->out_ok[i] = 1;
-    if (r->expired) expired |= COORD_EXPIRED;
+    if (r->expired)
+      expired |= r->rank_taken && i == c->coord && worker == c->worker ? COORD_TAKEN
+                                                                       : COORD_EXPIRED;
     if (r->unregistered && i == c->coord && worker == c->worker && c->registered && !leaving)
       expired |= COORD_UNREGISTERED;
     if (r->assigned && i == c->coord && worker == c->worker)
@@ -398,7 +406,7 @@ static int coord_heartbeat_all(psw_coord *c, uint32_t worker, int leaving, int d
  * answer), then rejoins every shard (invariant 5); a different rank (or
  * none) marks the worker lost.  Returns 0, 1 when nothing was needed, or
  * PS_EEXIST (lost); a worker that did not register (a fixed rank) only
- * rejoins.  SEEN: the rejoin count when the expiry was seen; a rejoin
+ * rejoins.  SEEN: the rejoin count (reregs) when the expiry was seen; a rejoin
  * done since (by the other thread) makes this one needless.  UINT64_MAX:
  * the data path's or a claim's refusal, whose request may have gone out
  * before the last rejoin (a push's answer comes a step later, several
@@ -410,17 +418,23 @@ static int coord_reregister(psw_coord *c, uint64_t seen, int why) {
   uint32_t old = c->worker;
   pthread_mutex_lock(&c->rejoin_mu);
   pthread_mutex_lock(&c->mu);
-  int lost = c->lost, done_since = seen != UINT64_MAX && c->rejoins != seen;
+  int lost = c->lost, done_since = seen != UINT64_MAX && c->reregs != seen;
   pthread_mutex_unlock(&c->mu);
   if (!lost && !done_since && seen == UINT64_MAX) why = coord_heartbeat_all(c, old, 0, 0, 0, NULL);
   if (lost || done_since || !why) {
     pthread_mutex_unlock(&c->rejoin_mu);
     return lost ? PS_EEXIST : 1;
   }
-  const char *cause = why & COORD_EXPIRED ? "lease expired" : "the coordinator lost its "
-                                                              "registration";
+  const char *cause = why & COORD_EXPIRED ? "lease expired"
+                      : why & COORD_TAKEN ? "its rank was taken by another worker after the "
+                                            "coordinator restarted without its registration"
+                                          : "the coordinator lost its registration";
   if (why & COORD_EXPIRED)
     ps_warn("worker %u: a shard had declared this worker dead (lease expired); %s", old,
+            c->registered ? "registering again" : "rejoining with its fixed rank");
+  else if (why & COORD_TAKEN)
+    ps_warn("worker %u: rank %u was taken by another worker after the coordinator restarted "
+            "without this worker's registration (it was not declared dead); %s", old, old,
             c->registered ? "registering again" : "rejoining with its fixed rank");
   else
     ps_warn("worker %u: the coordinator holds no registration of this worker (it restarted "
@@ -432,7 +446,11 @@ static int coord_reregister(psw_coord *c, uint64_t seen, int why) {
      * trainer's reports again from now on, and the trainer must not see
      * one refused before it sees the rejoin (psw_coord_rejoins) */
     pthread_mutex_lock(&c->mu);
-    c->rejoins++;
+    c->reregs++;
+    /* a registration the coordinator lost alone is no comeback: no shard
+     * took the worker out of its clock table, so the trainer neither
+     * steps out nor jumps (invariant 5) */
+    if (why & COORD_EXPIRED) c->rejoins++;
     pthread_mutex_unlock(&c->mu);
     int still = coord_heartbeat_all(c, old, 0, 0, 1, NULL);
     pthread_mutex_unlock(&c->rejoin_mu);
@@ -446,9 +464,13 @@ static int coord_reregister(psw_coord *c, uint64_t seen, int why) {
   c->lost = 1;
   if (err < 0)
     ps_errf(&c->lost_eb, PS_EEXIST, "%s and registering again failed: %s", cause, eb.msg);
-  else
+  else if (why & COORD_EXPIRED || !(why & COORD_TAKEN))
     ps_errf(&c->lost_eb, PS_EEXIST, "%s and rank %u went to another worker (the coordinator "
             "offered rank %u)", cause, old, c->reg->rank);
+  else
+    ps_errf(&c->lost_eb, PS_EEXIST, "rank %u was taken by another worker after the coordinator "
+            "restarted without this worker's registration; it was not declared dead (the "
+            "coordinator offered rank %u)", old, c->reg->rank);
   pthread_mutex_unlock(&c->mu);
   pthread_mutex_unlock(&c->rejoin_mu);
   return PS_EEXIST;
@@ -477,7 +499,7 @@ static void *coord_main(void *arg) {
   pthread_mutex_lock(&c->mu);
   while (!c->quit) {
     int rejoin = c->rejoin_next;
-    uint64_t seen = c->rejoins;
+    uint64_t seen = c->reregs;
     c->rejoin_next = 0;
     pthread_mutex_unlock(&c->mu);
     /* The period runs from the round's start: a round that waits out a
@@ -681,6 +703,10 @@ static int coord_progress_call(psw_coord *c, const psw_coord_part *pos, int clai
  * again, psw_coord_rejoin) or PS_ENOENT (refused). */
 static int coord_progress_answer(const psw_coord *c, const Ps__HeartbeatReply *r,
                                  const psw_coord_part *pos, ps_errbuf *eb) {
+  if (r->expired && r->rank_taken)
+    return ps_errf(eb, PS_EEXPIRED, "the coordinator refused this worker: another worker "
+                   "registered its rank after the coordinator restarted without its "
+                   "registration");
   if (r->expired)
     return ps_errf(eb, PS_EEXPIRED, "the coordinator declared worker dead (lease expired)");
   if (r->unregistered && c->registered)

@@ -40,7 +40,9 @@
  *     the data path, the heartbeat thread when a beat is answered
  *     "expired".  The first beats of a new process are marked rejoin too:
  *     it takes its rank, whatever an earlier process of it left behind.
- *     psw_coord_rejoins counts the comebacks (not those first beats),
+ *     psw_coord_rejoins counts the comebacks (not those first beats, nor
+ *     a registration made again only because a restarted coordinator
+ *     lost it: no shard took the worker out of its clock table),
  *     from the moment the coordinator took the worker back: the trainer
  *     then steps out of the clock tables and goes on at the slowest live
  *     clock, as at a claim after waiting (its own clock may be far

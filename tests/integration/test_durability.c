@@ -547,6 +547,21 @@ START_TEST(test_sync_log_then_periodic) {
   ck_assert_msg(!psd_wal_has_records_test(redo), "the log in '%s' was not removed", redo);
   /* the replayed state went into a snapshot: psctl status does not say "never" */
   ck_assert_int_gt(cl_status_num(yaml, dir, "s[\"last_flush_unix_ms\"]"), 0);
+  /* and it says what the replay did, with no redo log (before: redo_log
+   * null and the replay nowhere but in psd's log) */
+  long long want = cl_last_replayed(log);
+  ck_assert_int_eq(cl_status_replayed(yaml, dir), -1);
+  ck_assert_int_eq(cl_status_num(yaml, dir, "-1 if s.get(\"start_replay\") is None else "
+                                 "s[\"start_replay\"][\"replayed\"]"), want);
+  char out[700], cmd[2000];
+  snprintf(out, sizeof out, "%s/status-text", dir);
+  snprintf(cmd, sizeof cmd, "timeout 20 '%s' status --config '%s' > '%s' 2>&1",
+           ps_test_bin("psctl"), yaml, out);
+  ck_assert_int_eq(system(cmd), 0);
+  char *txt = ps_test_read_file(out, NULL), line[200];
+  snprintf(line, sizeof line, "no redo log (durability periodic); start replayed %lld records", want);
+  ck_assert_msg(strstr(txt, line), "no '%s' in psctl status: %s", line, txt);
+  free(txt);
   int st = ps_test_stop(pid, SIGTERM, 15000);
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd ended with status %d", st);
 }

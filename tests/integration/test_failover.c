@@ -1102,10 +1102,10 @@ static void tf_forget_rank(const char *dir, int rank) {
 START_TEST(test_failover_coordinator_lost_registration) {
   TF_NEED_DATA();
   tf_ctx x = {0};
-  /* asp: under bsp a push the stop cut short is said moved on after the
-   * rejoin's step-out, which entered the worker behind its own pull
-   * (found, not fixed here) */
-  tf_start_c(&x, 2, 2, 12, "logreg", "0.002", TF_SAMPLES, "asp", 0);
+  /* bsp: the worker registers again without stepping out of the clock
+   * tables (it was asp while it did: a push the stop cut short was said
+   * moved on after the step-out, which entered it behind its own pull) */
+  tf_start_c(&x, 2, 2, 12, "logreg", "0.002", TF_SAMPLES, "bsp", 0);
   tf_spawn(&x);
   tf_spawn(&x);
   tf_wait_trained(&x, 0, TF_SAMPLES / 2);
@@ -1124,12 +1124,60 @@ START_TEST(test_failover_coordinator_lost_registration) {
   ck_assert_msg(strstr(text, "the coordinator holds no registration of this worker") &&
                     !strstr(text, "rank 1 went to another worker"),
                 "see %s", wlog);
+  /* no shard declared it dead: it does not step out of the clock tables
+   * and jump to the slowest live clock as a comeback does (it did) */
+  ck_assert_msg(!strstr(text, "after rejoining"), "it stepped out as if declared dead; see %s",
+                wlog);
   free(text);
   text = ps_test_read_file(log, NULL);
   ck_assert_msg(strstr(text, "coordinator state restored") &&
                     strstr(text, "worker 1 registered:"),
                 "the worker did not register its rank again; see %s", log);
   free(text);
+  tf_finish(&x);
+}
+END_TEST
+
+/* A coordinator restarted without rank 1's registration, and a newcomer
+ * registered rank 1 before the worker that held it spoke again (it was
+ * SIGSTOPped across the restart, well within its 20 s lease): that worker
+ * is refused, registers again, is offered another rank and stops, saying
+ * that its rank was taken after the coordinator restarted without its
+ * registration.  It used to say "lease expired", though no shard ever
+ * declared it dead. */
+START_TEST(test_failover_coordinator_lost_registration_taken) {
+  TF_NEED_DATA();
+  tf_ctx x = {.lease_ms = 20000};
+  tf_start_c(&x, 2, 2, 400, "logreg", "0.002", TF_SAMPLES, "asp", 0);
+  tf_spawn_slow(&x, "3");
+  tf_spawn_slow(&x, "3");
+  tf_wait_trained(&x, 0, TF_SAMPLES / 10);
+  int lost = tf_rank_of(&x, x.w[1]) == 1 ? 1 : 0;
+  ck_assert_int_eq(tf_rank_of(&x, x.w[lost]), 1);
+  ck_assert_int_eq(kill(x.w[lost], SIGSTOP), 0);
+  int st = ps_test_stop(x.shard[0], SIGTERM, 10000);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd 0: status %d; see %s", st, x.dir);
+  tf_forget_rank(x.dir, 1);
+  char log[700], wlog[700];
+  tf_restart_coordinator(&x, log, sizeof log);
+  int c = tf_spawn_slow(&x, "3");
+  for (int64_t end = ps_test_now_ms() + 15000; tf_rank_of(&x, x.w[c]) < 0; usleep(20000))
+    ck_assert_msg(ps_test_now_ms() < end, "the new worker never registered; see %s", x.dir);
+  ck_assert_int_eq(tf_rank_of(&x, x.w[c]), 1);
+  ck_assert_int_eq(kill(x.w[lost], SIGCONT), 0);
+  tf_log(&x, lost, wlog, sizeof wlog);
+  st = ps_test_wait_pid(x.w[lost], 15000);
+  ck_assert_msg(st >= 0, "the resumed worker did not stop; see %s", wlog);
+  x.w[lost] = 0;
+  char *text = ps_test_read_file(wlog, NULL);
+  ck_assert_msg(strstr(text, "rank 1 was taken by another worker after the coordinator "
+                             "restarted without this worker's registration") &&
+                    !strstr(text, "lease expired"),
+                "the resumed worker does not say its rank was taken; see %s", wlog);
+  free(text);
+  ck_assert_int_eq(tf_rank_of(&x, x.w[c]), 1);
+  for (int i = 0; i < x.nw; i++)
+    if (x.w[i] > 0) ps_test_stop(x.w[i], SIGKILL, 5000), x.w[i] = 0;
   tf_finish(&x);
 }
 END_TEST
@@ -1439,6 +1487,7 @@ Suite *psw_failover_suite(void) {
   tcase_add_unchecked_fixture(tr, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_add_test(tr, test_failover_coordinator_kill9_ranks);
   tcase_add_test(tr, test_failover_coordinator_lost_registration);
+  tcase_add_test(tr, test_failover_coordinator_lost_registration_taken);
   tcase_add_test(tr, test_failover_stopped_rank_taken);
   tcase_add_test(tr, test_failover_fixed_rank_refused);
   suite_add_tcase(s, tr);

@@ -1287,7 +1287,7 @@ START_TEST(test_psctl_status_partial) {
       "last_flush_unix_ms", "last_flush_age_s", "disk_bytes", "chan_connections",
       "chan_refused", "chan_idle_closed", "chan_bad_frames", "chan_slow_closed",
       "grpc_restarts", "security", "auth_refused", "chan_auth_refused", "chan_shm_bytes",
-      "chan_shm_connections", "redo_log", "sparse_tables"};
+      "chan_shm_connections", "redo_log", "start_replay", "sparse_tables"};
   for (size_t k = 0; k < sizeof keys / sizeof keys[0]; k++) {
     char key[64];
     snprintf(key, sizeof key, "\"%s\":", keys[k]);

@@ -954,6 +954,22 @@ START_TEST(test_restart_keeps_ranks) {
 }
 END_TEST
 
+/* tlost_restart returns a coordinator restarted at 5000 from the save
+ * (*TEXT) of *C, which holds rank 0 only (pid 10 on h): as one killed
+ * within the save of rank 1's registration comes back. */
+static psd_clock *tlost_restart(psd_clock **c, char **text) {
+  ps_errbuf eb;
+  uint32_t r;
+  uint64_t sc;
+  size_t len;
+  *c = tclock(0);
+  ck_assert_int_eq(psd_clock_register(*c, "m", "h", 10, "cpu", 0, &r, &sc, &eb), 0);
+  ck_assert_int_eq(psd_clock_save(*c, text, &len, &eb), 0);
+  psd_clock *d = tclock(0);
+  ck_assert_int_eq(psd_clock_load(d, *text, 5000, &eb), 0);
+  return d;
+}
+
 /* Invariant 13: a coordinator restarted from a save made before a
  * registration (killed within that save) hears the worker's heartbeats
  * in a rank it holds no registration of.  It says so
@@ -962,18 +978,13 @@ END_TEST
  * the beats come, and gives it back to that process (host and pid) when
  * it registers again. */
 START_TEST(test_restart_lost_registration) {
-  psd_clock *c = tclock(0);
   ps_errbuf eb;
   uint32_t r;
   uint64_t sc;
   int done;
   psd_part_pos pos;
-  ck_assert_int_eq(psd_clock_register(c, "m", "h", 10, "cpu", 0, &r, &sc, &eb), 0);
   char *text;
-  size_t len;
-  ck_assert_int_eq(psd_clock_save(c, &text, &len, &eb), 0);
-  psd_clock *d = tclock(0);
-  ck_assert_int_eq(psd_clock_load(d, text, 5000, &eb), 0);
+  psd_clock *c, *d = tlost_restart(&c, &text);
   ck_assert_int_eq(psd_clock_heartbeat(d, 1, "m", 4, 0, 0, "h", "cpu", 5100, &eb), 0);
   psd_clock_set_pid(d, 1, 11);
   ck_assert_int_eq(psd_clock_unregistered(d, 1), 1);
@@ -989,7 +1000,46 @@ START_TEST(test_restart_lost_registration) {
   ck_assert_int_eq(psd_clock_unregistered(d, 1), 0);
   ck_assert_int_ge(psd_clock_claim(d, 1, "m", 2, 80, 5300, &pos, &done, &eb), 0);
   /* another process's beats in that rank are refused now (invariant 12) */
-  ck_assert_int_eq(psd_clock_holder(d, 1, "h", 13, &eb), PS_EEXPIRED);
+  ck_assert_int_eq(psd_clock_holder(d, 1, "h", 13, NULL, &eb), PS_EEXPIRED);
+  psd_clock_free(d);
+  free(text);
+  psd_clock_free(c);
+}
+END_TEST
+
+/* Invariant 13, the rank taken: a coordinator restarted without rank
+ * 1's registration gives rank 1 to a newcomer before the lost process's
+ * heartbeats come.  That process's beats are refused as expired, and
+ * the refusal says the rank was taken while the coordinator held no
+ * registration of it, not that it was declared dead (it never was: the
+ * worker said "lease expired").  A retried registration of the
+ * newcomer keeps that; a rank taken after its holder died does not. */
+START_TEST(test_restart_lost_registration_taken) {
+  ps_errbuf eb;
+  uint32_t r;
+  uint64_t sc;
+  char *text;
+  psd_clock *c, *d = tlost_restart(&c, &text);
+  ck_assert_int_eq(psd_clock_register(d, "m", "h", 12, "cpu", 5100, &r, &sc, &eb), 0);
+  ck_assert_uint_eq(r, 1);
+  ck_assert_int_eq(psd_clock_register(d, "m", "h", 12, "cpu", 5150, &r, &sc, &eb), 0);
+  ck_assert_uint_eq(r, 1); /* retried */
+  int unseen = -1;
+  ck_assert_int_eq(psd_clock_holder(d, 1, "h", 11, &unseen, &eb), PS_EEXPIRED);
+  ck_assert_int_eq(unseen, 1);
+  ck_assert_msg(strstr(eb.msg, "held by pid 12 on h") &&
+                    strstr(eb.msg, "held no registration of this process (pid 11 on h; a "
+                                   "restart lost it), which was not declared dead"),
+                "%s", eb.msg);
+  ck_assert_int_eq(psd_clock_holder(d, 1, "h", 12, &unseen, &eb), 0);
+  ck_assert_int_eq(unseen, 0);
+  /* rank 0 restored from the save: taken after its holder died */
+  ck_assert_int_eq(psd_clock_heartbeat(d, 1, "m", 0, 0, 0, "h", "cpu", 6500, &eb), 0);
+  psd_clock_tick(d, 7000);
+  ck_assert_int_eq(psd_clock_register(d, "m", "h", 13, "cpu", 7000, &r, &sc, &eb), 0);
+  ck_assert_uint_eq(r, 0);
+  ck_assert_int_eq(psd_clock_holder(d, 0, "h", 10, &unseen, &eb), PS_EEXPIRED);
+  ck_assert_int_eq(unseen, 0);
   psd_clock_free(d);
   free(text);
   psd_clock_free(c);
@@ -1158,25 +1208,28 @@ START_TEST(test_holder) {
   psd_clock_tick(c, 1500); /* rank 1 stopped: dead */
   ck_assert_int_eq(psd_clock_register(c, "m", "h", 20, "cpu", 1500, &r, &sc, &eb), 0);
   ck_assert_uint_eq(r, 1);
-  ck_assert_int_eq(psd_clock_holder(c, 1, "h", 20, &eb), 0);
-  /* the stopped one, resumed */
-  ck_assert_int_eq(psd_clock_holder(c, 1, "h", 11, &eb), PS_EEXPIRED);
-  ck_assert_msg(strstr(eb.msg, "held by pid 20 on h"), "%s", eb.msg);
-  ck_assert_int_eq(psd_clock_holder(c, 1, "h2", 20, &eb), PS_EEXPIRED); /* another host */
-  ck_assert_int_eq(psd_clock_holder(c, 1, "h", 0, &eb), 0);             /* says no pid */
-  ck_assert_int_eq(psd_clock_holder(c, 0, "h", 10, &eb), 0);
-  ck_assert_int_eq(psd_clock_holder(c, 5, "h", 99, &eb), 0);            /* unknown */
+  ck_assert_int_eq(psd_clock_holder(c, 1, "h", 20, NULL, &eb), 0);
+  /* the stopped one, resumed: declared dead before pid 20 took its rank */
+  int unseen = -1;
+  ck_assert_int_eq(psd_clock_holder(c, 1, "h", 11, &unseen, &eb), PS_EEXPIRED);
+  ck_assert_msg(strstr(eb.msg, "held by pid 20 on h") && strstr(eb.msg, "declared dead"),
+                "%s", eb.msg);
+  ck_assert_int_eq(unseen, 0);
+  ck_assert_int_eq(psd_clock_holder(c, 1, "h2", 20, NULL, &eb), PS_EEXPIRED); /* another host */
+  ck_assert_int_eq(psd_clock_holder(c, 1, "h", 0, NULL, &eb), 0);             /* says no pid */
+  ck_assert_int_eq(psd_clock_holder(c, 0, "h", 10, NULL, &eb), 0);
+  ck_assert_int_eq(psd_clock_holder(c, 5, "h", 99, NULL, &eb), 0);            /* unknown */
   /* a heartbeat of another process does not take the holder's pid */
   psd_clock_set_pid(c, 1, 11);
-  ck_assert_int_eq(psd_clock_holder(c, 1, "h", 20, &eb), 0);
+  ck_assert_int_eq(psd_clock_holder(c, 1, "h", 20, NULL, &eb), 0);
   /* a bare client's rank: anyone */
   ck_assert_int_eq(psd_clock_pushed(c, "m", 4, 0, 1500, &eb), 0);
-  ck_assert_int_eq(psd_clock_holder(c, 4, "x", 1, &eb), 0);
+  ck_assert_int_eq(psd_clock_holder(c, 4, "x", 1, NULL, &eb), 0);
   /* a registration without a host does not inherit the last holder's */
   psd_clock_tick(c, 3000);
   ck_assert_int_eq(psd_clock_register(c, "m", "", 30, "cpu", 3000, &r, &sc, &eb), 0);
   ck_assert_uint_eq(r, 0);
-  ck_assert_int_eq(psd_clock_holder(c, 0, "h9", 30, &eb), 0);
+  ck_assert_int_eq(psd_clock_holder(c, 0, "h9", 30, NULL, &eb), 0);
   psd_clock_free(c);
 }
 END_TEST
@@ -1267,6 +1320,7 @@ Suite *psd_clock_suite(void) {
   tcase_add_test(tc, test_restart_counts_retrained);
   tcase_add_test(tc, test_restart_before_first_claim);
   tcase_add_test(tc, test_restart_lost_registration);
+  tcase_add_test(tc, test_restart_lost_registration_taken);
   tcase_add_test(tc, test_holder);
   tcase_add_test(tc, test_stall_extends_leases);
   tcase_add_test(tc, test_silent_ms_stall);

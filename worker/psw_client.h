@@ -158,7 +158,10 @@
  *     Not under asp (no pull waits), not for a DEGRADED answer that the
  *     push was applied in memory (it raised the clock), and not for a push
  *     sent to an aggregator, which may still forward the sum holding it:
- *     a root told first would let other workers past that step.
+ *     a root told first would let other workers past that step.  But a
+ *     push the aggregator answered DEGRADED is one a root refused (the
+ *     sum holding it is over: psd_agg.h invariants 2 and 5) or the
+ *     aggregator never summed: that root is told as a direct one would be.
  *
  * Thread-safety: a client is used by one thread at a time, except that
  * psw_client_start hands one push/pull to the client's own communication

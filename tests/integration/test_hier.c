@@ -77,6 +77,7 @@ typedef struct th_ctx {
   int lease_ms;  /* workers.lease_ms (0: 3000) */
   int nw;        /* workers (and h0's workers; 0: TH_N) */
   int sync;      /* durability sync */
+  ps_test_shim_env *shim; /* the roots run under the fsync shim (NULL: not) */
 } th_ctx;
 
 /* th_start writes the cluster file (aggregator h0 for 3 workers, or
@@ -108,7 +109,8 @@ static void th_start(th_ctx *x, int agg, const char *consistency, const char *st
   snprintf(x->yaml, sizeof x->yaml, "%s",
            x->sync ? ps_test_sync_yaml(x->dir, 2, extra, x->gp, x->cp)
                    : ps_test_cluster_yaml(x->dir, 2, extra, x->gp, x->cp));
-  ps_test_start_shards(x->yaml, x->dir, 2, x->gp, x->cp, x->shard);
+  ps_test_start_shards_env(x->yaml, x->dir, 2, x->gp, x->cp, x->shard,
+                           x->shim ? x->shim->env : NULL);
   if (agg) {
     snprintf(x->agg_log, sizeof x->agg_log, "%s/agg.log", x->dir);
     char *argv[] = {(char *)ps_test_bin("psd"), "--config", x->yaml, "--aggregator", "h0", NULL};
@@ -608,6 +610,25 @@ static int th_round_run(th_round *r, void (*fn)(th_ctx *), th_ctx *x, int ms_bef
   return r->rc;
 }
 
+/* th_client opens worker 0's client of "m" through h0 on X's cluster
+ * (its config into *CFG, a CPU backend into *BE, stopped by *STOP, set to
+ * 0 here), one buffer, DEFER acks, I/O timeout IO_MS, and pulls clock 0. */
+static psw_client *th_client(th_ctx *x, ps_config *cfg, ps_gpu_backend **be,
+                             volatile sig_atomic_t *stop, int io_ms, int defer) {
+  ps_errbuf eb = {""};
+  ck_assert_msg(ps_config_load(cfg, x->yaml, &eb) == 0, "%s", eb.msg);
+  free(cfg->workers.aggregator);
+  cfg->workers.aggregator = strdup("h0");
+  ck_assert_msg(ps_gpu_cpu_open(1, be, &eb) == 0, "%s", eb.msg);
+  *stop = 0;
+  psw_client_conf cc = {.cfg = cfg, .model = "m", .worker = 0, .be = *be, .nbufs = 1,
+                        .io_timeout_ms = io_ms, .stop = stop, .defer_acks = defer};
+  psw_client *c = NULL;
+  ck_assert_msg(psw_client_open(&c, &cc, &eb) == 0, "psw_client_open: %s", eb.msg);
+  ck_assert_msg(psw_client_pull_all(c, 0, 0, &eb) == 0, "%s", eb.msg);
+  return c;
+}
+
 /* th_restart_root1 kills root 1 and starts it again once the
  * aggregator's hold of a push (2 s) is over: the sum fails there. */
 static void th_restart_root1(th_ctx *x) {
@@ -641,19 +662,9 @@ START_TEST(test_hier_half_failover_lost_push) {
   x.sync = 1;          /* root 1 is killed */
   th_start(&x, 1, "bsp", "0", 2000, 1); /* ... up to 2 s: holds the one worker's push */
   ps_config cfg;
-  ps_errbuf eb = {""};
-  ck_assert_msg(ps_config_load(&cfg, x.yaml, &eb) == 0, "%s", eb.msg);
-  free(cfg.workers.aggregator);
-  cfg.workers.aggregator = strdup("h0");
   ps_gpu_backend *be;
-  ck_assert_msg(ps_gpu_cpu_open(1, &be, &eb) == 0, "%s", eb.msg);
   static volatile sig_atomic_t stop;
-  stop = 0;
-  psw_client_conf cc = {.cfg = &cfg, .model = "m", .worker = 0, .be = be, .nbufs = 1,
-                        .io_timeout_ms = 10000, .stop = &stop};
-  psw_client *c = NULL;
-  ck_assert_msg(psw_client_open(&c, &cc, &eb) == 0, "psw_client_open: %s", eb.msg);
-  ck_assert_msg(psw_client_pull_all(c, 0, 0, &eb) == 0, "%s", eb.msg);
+  psw_client *c = th_client(&x, &cfg, &be, &stop, 10000, 0);
   th_round r = {.c = c, .stop = &stop};
   r.push_clock = 0, r.pull_clock = 1; /* through the aggregator */
   ck_assert_msg(th_round_run(&r, NULL, &x, 0) == 0, "step 0: %s", r.eb.msg);
@@ -667,6 +678,54 @@ START_TEST(test_hier_half_failover_lost_push) {
   ck_assert_msg(rc == 0, "step 2, the aggregator killed: %d %s", rc, r.eb.msg);
   r.push_clock = 3, r.pull_clock = 4; /* and on, on the roots */
   ck_assert_msg(th_round_run(&r, NULL, &x, 0) == 0, "step 3: %s", r.eb.msg);
+  psw_client_close(c);
+  ps_gpu_close(be);
+  ps_config_release(&cfg);
+  th_finish(&x);
+}
+END_TEST
+
+/* A push a root refuses as DEGRADED (durability sync, its redo log's
+ * syncs failing) raised no clock there; behind the aggregator the worker
+ * gets the root's refusal of the sum.  Under bsp the pull behind it then
+ * waits at the root for the worker itself: a direct worker says that it
+ * went on (psw_client invariant 13), but one behind the aggregator never
+ * did ("a push sent to an aggregator may still be forwarded"), though the
+ * refused sum is over, and its pull stayed parked until pull_timeout_ms,
+ * then again, for ever ("slowest live worker 0 is at clock 2"), a whole
+ * job stopped by one root's failing disk. */
+START_TEST(test_hier_degraded_moved_on) {
+  TH_NEED_DATA();
+  th_ctx x = {0};
+  x.nw = 1;            /* sums go out at once */
+  x.lease_ms = 120000; /* (no heartbeats here) */
+  x.sync = 1;
+  static ps_test_shim_env shim;
+  char gate[600], fail[610];
+  snprintf(gate, sizeof gate, "%s/gate", ps_test_tmpdir());
+  snprintf(fail, sizeof fail, "%s.fail", gate);
+  ps_test_shim_env_init(&shim, NULL, gate);
+  x.shim = &shim;
+  th_start(&x, 1, "bsp", "0", 2000, 1);
+  ps_config cfg;
+  ps_gpu_backend *be;
+  static volatile sig_atomic_t stop;
+  /* as psw's: deferred acks, an I/O timeout past the roots' pull_timeout_ms */
+  psw_client *c = th_client(&x, &cfg, &be, &stop, 35000, 1);
+  th_round r = {.c = c, .stop = &stop};
+  r.push_clock = 0, r.pull_clock = 1;
+  ck_assert_msg(th_round_run(&r, NULL, &x, 0) == 0, "step 0: %s", r.eb.msg);
+  FILE *f = fopen(fail, "w"); /* the roots' log syncs fail from now on */
+  ck_assert(f != NULL && fclose(f) == 0);
+  /* the first failed sync: applied in memory, answered DEGRADED; the
+   * roots are DEGRADED from then on and refuse pushes */
+  for (uint64_t k = 1; k < 4; k++) {
+    r.push_clock = k, r.pull_clock = k + 1;
+    int rc = th_round_run(&r, NULL, &x, 0);
+    ck_assert_msg(rc == 0, "step %d, pushes refused: %d %s", (int)k, rc, r.eb.msg);
+  }
+  ck_assert_msg(psw_client_pushes_lost(c) > 0, "no push refused");
+  unlink(fail);
   psw_client_close(c);
   ps_gpu_close(be);
   ps_config_release(&cfg);
@@ -1395,6 +1454,7 @@ Suite *hier_suite(void) {
   tcase_add_test(tc, test_hier_sum_is_one_update);
   tcase_add_test(tc, test_hier_replaced_worker_not_over);
   tcase_add_test(tc, test_hier_half_failover_lost_push);
+  tcase_add_test(tc, test_hier_degraded_moved_on);
   tcase_add_test(tc, test_hier_clip_sum);
   tcase_add_test(tc, test_hier_clip_topk);
   tcase_add_test(tc, test_hier_clocks_start_over);

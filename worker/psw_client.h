@@ -73,7 +73,12 @@
  *     the connection broke or the shard answered a retryable error
  *     (DEGRADED: the log failed), unanswered and never resent (invariant
  *     4).  A round that finds a shard without a connection (left so by
- *     psw_client_settle) reconnects it before it sends.
+ *     psw_client_settle) reconnects it before it sends.  Through an
+ *     aggregator no answer is left pending: it reads a connection's next
+ *     request only once the push before it is answered (psd_chan.c
+ *     conn_forward), so the pull's reply never comes first, and a
+ *     connection through it that breaks loses at most the round's own
+ *     push (invariant 7's failover pull covers it).
  *  9. Shared memory (workers.shared_memory; ps_chan.h "shared memory"):
  *     every connection asks for a region of areas of its shard's fp32
  *     payload each (none with the payload MAC or through an aggregator):

@@ -733,6 +733,47 @@ START_TEST(test_hier_degraded_moved_on) {
 }
 END_TEST
 
+/* Deferred acks (psw_client invariant 8) through the aggregator: it
+ * answers a push before it reads the pull behind it, so no answer is left
+ * pending even while it holds the push (a sum waiting up to 2 s for a
+ * second worker), and its death loses the round's own push only, the
+ * one the failover pull (at that push's clock) covers: an older one lost
+ * with it would be forgotten (nothing but the round's push clock is
+ * remembered for an aggregator's connection). */
+START_TEST(test_hier_deferred_acks_none_pending) {
+  TH_NEED_DATA();
+  th_ctx x = {0};
+  x.nw = 2;            /* the aggregator waits for 2 workers ... */
+  x.lease_ms = 120000; /* (no heartbeats here) */
+  x.sync = 1;
+  th_start(&x, 1, "ssp", "2", 2000, 1); /* ... up to 2 s: holds the one worker's push */
+  ps_config cfg;
+  ps_gpu_backend *be;
+  static volatile sig_atomic_t stop;
+  psw_client *c = th_client(&x, &cfg, &be, &stop, 10000, 1);
+  th_round r = {.c = c, .stop = &stop};
+  for (uint64_t k = 0; k < 2; k++) { /* the pull is served behind the push held */
+    r.push_clock = k, r.pull_clock = k + 1;
+    int64_t t0 = ps_test_now_ms();
+    ck_assert_msg(th_round_run(&r, NULL, &x, 0) == 0, "step %d: %s", (int)k, r.eb.msg);
+    ck_assert_msg(ps_test_now_ms() - t0 >= 1500, "step %d's push not held", (int)k);
+    ck_assert_uint_eq(psw_client_acks_pending(c), 0);
+  }
+  r.push_clock = 2, r.pull_clock = 3; /* the aggregator dies holding step 2's push */
+  int rc = th_round_run(&r, th_kill_agg, &x, 700);
+  ck_assert_msg(rc == 0, "step 2, the aggregator killed: %d %s", rc, r.eb.msg);
+  ck_assert_uint_eq(psw_client_pushes_unknown(c), 2); /* step 2's, to each root */
+  r.push_clock = 3, r.pull_clock = 4; /* and on, on the roots */
+  ck_assert_msg(th_round_run(&r, NULL, &x, 0) == 0, "step 3: %s", r.eb.msg);
+  ck_assert_msg(psw_client_settle(c, &r.eb) == 0, "%s", r.eb.msg);
+  ck_assert_uint_eq(psw_client_pushes_unknown(c), 2);
+  psw_client_close(c);
+  ps_gpu_close(be);
+  ps_config_release(&cfg);
+  th_finish(&x);
+}
+END_TEST
+
 /* th_parked waits up to 10 s until root PORT holds N parked pulls of its
  * first model; returns how many it holds then. */
 static uint64_t th_parked(int port, uint64_t n) {
@@ -1455,6 +1496,7 @@ Suite *hier_suite(void) {
   tcase_add_test(tc, test_hier_replaced_worker_not_over);
   tcase_add_test(tc, test_hier_half_failover_lost_push);
   tcase_add_test(tc, test_hier_degraded_moved_on);
+  tcase_add_test(tc, test_hier_deferred_acks_none_pending);
   tcase_add_test(tc, test_hier_clip_sum);
   tcase_add_test(tc, test_hier_clip_topk);
   tcase_add_test(tc, test_hier_clocks_start_over);

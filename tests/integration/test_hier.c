@@ -610,23 +610,36 @@ static int th_round_run(th_round *r, void (*fn)(th_ctx *), th_ctx *x, int ms_bef
   return r->rc;
 }
 
-/* th_client opens worker 0's client of "m" through h0 on X's cluster
- * (its config into *CFG, a CPU backend into *BE, stopped by *STOP, set to
- * 0 here), one buffer, DEFER acks, I/O timeout IO_MS, and pulls clock 0. */
-static psw_client *th_client(th_ctx *x, ps_config *cfg, ps_gpu_backend **be,
-                             volatile sig_atomic_t *stop, int io_ms, int defer) {
+/* Worker 0's client of "m" through h0 (th_client), its config and
+ * backend, and the stop that bounds its rounds. */
+typedef struct th_worker {
+  ps_config cfg;
+  ps_gpu_backend *be;
+  psw_client *c;
+  volatile sig_atomic_t stop;
+} th_worker;
+
+/* th_client opens W on X's cluster: one buffer, DEFER acks, I/O timeout
+ * IO_MS; it pulls clock 0 and returns W's first round (push 0, pull 1). */
+static th_round th_client(th_ctx *x, th_worker *w, int io_ms, int defer) {
   ps_errbuf eb = {""};
-  ck_assert_msg(ps_config_load(cfg, x->yaml, &eb) == 0, "%s", eb.msg);
-  free(cfg->workers.aggregator);
-  cfg->workers.aggregator = strdup("h0");
-  ck_assert_msg(ps_gpu_cpu_open(1, be, &eb) == 0, "%s", eb.msg);
-  *stop = 0;
-  psw_client_conf cc = {.cfg = cfg, .model = "m", .worker = 0, .be = *be, .nbufs = 1,
-                        .io_timeout_ms = io_ms, .stop = stop, .defer_acks = defer};
-  psw_client *c = NULL;
-  ck_assert_msg(psw_client_open(&c, &cc, &eb) == 0, "psw_client_open: %s", eb.msg);
-  ck_assert_msg(psw_client_pull_all(c, 0, 0, &eb) == 0, "%s", eb.msg);
-  return c;
+  ck_assert_msg(ps_config_load(&w->cfg, x->yaml, &eb) == 0, "%s", eb.msg);
+  free(w->cfg.workers.aggregator);
+  w->cfg.workers.aggregator = strdup("h0");
+  ck_assert_msg(ps_gpu_cpu_open(1, &w->be, &eb) == 0, "%s", eb.msg);
+  w->stop = 0;
+  psw_client_conf cc = {.cfg = &w->cfg, .model = "m", .worker = 0, .be = w->be, .nbufs = 1,
+                        .io_timeout_ms = io_ms, .stop = &w->stop, .defer_acks = defer};
+  ck_assert_msg(psw_client_open(&w->c, &cc, &eb) == 0, "psw_client_open: %s", eb.msg);
+  ck_assert_msg(psw_client_pull_all(w->c, 0, 0, &eb) == 0, "%s", eb.msg);
+  return (th_round){.c = w->c, .stop = &w->stop, .push_clock = 0, .pull_clock = 1};
+}
+
+/* th_client_close closes what th_client opened. */
+static void th_client_close(th_worker *w) {
+  psw_client_close(w->c);
+  ps_gpu_close(w->be);
+  ps_config_release(&w->cfg);
 }
 
 /* th_restart_root1 kills root 1 and starts it again once the
@@ -661,12 +674,9 @@ START_TEST(test_hier_half_failover_lost_push) {
   x.lease_ms = 120000; /* (no heartbeats here) */
   x.sync = 1;          /* root 1 is killed */
   th_start(&x, 1, "bsp", "0", 2000, 1); /* ... up to 2 s: holds the one worker's push */
-  ps_config cfg;
-  ps_gpu_backend *be;
-  static volatile sig_atomic_t stop;
-  psw_client *c = th_client(&x, &cfg, &be, &stop, 10000, 0);
-  th_round r = {.c = c, .stop = &stop};
-  r.push_clock = 0, r.pull_clock = 1; /* through the aggregator */
+  static th_worker w;
+  th_round r = th_client(&x, &w, 10000, 0);
+  /* step 0 through the aggregator */
   ck_assert_msg(th_round_run(&r, NULL, &x, 0) == 0, "step 0: %s", r.eb.msg);
   /* root 1 dies while the aggregator holds step 1's push: root 1's
    * connection goes to the roots, root 0's stays on the aggregator */
@@ -678,9 +688,7 @@ START_TEST(test_hier_half_failover_lost_push) {
   ck_assert_msg(rc == 0, "step 2, the aggregator killed: %d %s", rc, r.eb.msg);
   r.push_clock = 3, r.pull_clock = 4; /* and on, on the roots */
   ck_assert_msg(th_round_run(&r, NULL, &x, 0) == 0, "step 3: %s", r.eb.msg);
-  psw_client_close(c);
-  ps_gpu_close(be);
-  ps_config_release(&cfg);
+  th_client_close(&w);
   th_finish(&x);
 }
 END_TEST
@@ -707,13 +715,9 @@ START_TEST(test_hier_degraded_moved_on) {
   ps_test_shim_env_init(&shim, NULL, gate);
   x.shim = &shim;
   th_start(&x, 1, "bsp", "0", 2000, 1);
-  ps_config cfg;
-  ps_gpu_backend *be;
-  static volatile sig_atomic_t stop;
+  static th_worker w;
   /* as psw's: deferred acks, an I/O timeout past the roots' pull_timeout_ms */
-  psw_client *c = th_client(&x, &cfg, &be, &stop, 35000, 1);
-  th_round r = {.c = c, .stop = &stop};
-  r.push_clock = 0, r.pull_clock = 1;
+  th_round r = th_client(&x, &w, 35000, 1);
   ck_assert_msg(th_round_run(&r, NULL, &x, 0) == 0, "step 0: %s", r.eb.msg);
   FILE *f = fopen(fail, "w"); /* the roots' log syncs fail from now on */
   ck_assert(f != NULL && fclose(f) == 0);
@@ -724,11 +728,9 @@ START_TEST(test_hier_degraded_moved_on) {
     int rc = th_round_run(&r, NULL, &x, 0);
     ck_assert_msg(rc == 0, "step %d, pushes refused: %d %s", (int)k, rc, r.eb.msg);
   }
-  ck_assert_msg(psw_client_pushes_lost(c) > 0, "no push refused");
+  ck_assert_msg(psw_client_pushes_lost(w.c) > 0, "no push refused");
   unlink(fail);
-  psw_client_close(c);
-  ps_gpu_close(be);
-  ps_config_release(&cfg);
+  th_client_close(&w);
   th_finish(&x);
 }
 END_TEST
@@ -747,29 +749,24 @@ START_TEST(test_hier_deferred_acks_none_pending) {
   x.lease_ms = 120000; /* (no heartbeats here) */
   x.sync = 1;
   th_start(&x, 1, "ssp", "2", 2000, 1); /* ... up to 2 s: holds the one worker's push */
-  ps_config cfg;
-  ps_gpu_backend *be;
-  static volatile sig_atomic_t stop;
-  psw_client *c = th_client(&x, &cfg, &be, &stop, 10000, 1);
-  th_round r = {.c = c, .stop = &stop};
+  static th_worker w;
+  th_round r = th_client(&x, &w, 10000, 1);
   for (uint64_t k = 0; k < 2; k++) { /* the pull is served behind the push held */
     r.push_clock = k, r.pull_clock = k + 1;
     int64_t t0 = ps_test_now_ms();
     ck_assert_msg(th_round_run(&r, NULL, &x, 0) == 0, "step %d: %s", (int)k, r.eb.msg);
     ck_assert_msg(ps_test_now_ms() - t0 >= 1500, "step %d's push not held", (int)k);
-    ck_assert_uint_eq(psw_client_acks_pending(c), 0);
+    ck_assert_uint_eq(psw_client_acks_pending(w.c), 0);
   }
   r.push_clock = 2, r.pull_clock = 3; /* the aggregator dies holding step 2's push */
   int rc = th_round_run(&r, th_kill_agg, &x, 700);
   ck_assert_msg(rc == 0, "step 2, the aggregator killed: %d %s", rc, r.eb.msg);
-  ck_assert_uint_eq(psw_client_pushes_unknown(c), 2); /* step 2's, to each root */
+  ck_assert_uint_eq(psw_client_pushes_unknown(w.c), 2); /* step 2's, to each root */
   r.push_clock = 3, r.pull_clock = 4; /* and on, on the roots */
   ck_assert_msg(th_round_run(&r, NULL, &x, 0) == 0, "step 3: %s", r.eb.msg);
-  ck_assert_msg(psw_client_settle(c, &r.eb) == 0, "%s", r.eb.msg);
-  ck_assert_uint_eq(psw_client_pushes_unknown(c), 2);
-  psw_client_close(c);
-  ps_gpu_close(be);
-  ps_config_release(&cfg);
+  ck_assert_msg(psw_client_settle(w.c, &r.eb) == 0, "%s", r.eb.msg);
+  ck_assert_uint_eq(psw_client_pushes_unknown(w.c), 2);
+  th_client_close(&w);
   th_finish(&x);
 }
 END_TEST

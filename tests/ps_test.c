@@ -451,10 +451,15 @@ static void ps_test_record(pid_t pid) {
 
 void ps_test_start_shards(const char *yaml, const char *dir, int n, const int *gp,
                           const int *cp, pid_t *pids) {
+  ps_test_start_shards_env(yaml, dir, n, gp, cp, pids, NULL);
+}
+
+void ps_test_start_shards_env(const char *yaml, const char *dir, int n, const int *gp,
+                              const int *cp, pid_t *pids, char *const envp_add[]) {
   for (int s = 0; s < n; s++) {
     char log[600];
     snprintf(log, sizeof log, "%s/psd%d.log", dir, s);
-    pids[s] = ps_test_psd(yaml, s, log, NULL);
+    pids[s] = ps_test_psd(yaml, s, log, envp_add);
   }
   for (int s = 0; s < n; s++)
     ck_assert_msg(ps_test_wait_port(cp[s], 15000) == 0 && ps_test_wait_port(gp[s], 5000) == 0,

@@ -116,6 +116,10 @@ pid_t ps_test_spawn(char *const argv[], const char *log, char *const envp_add[])
  * the log otherwise. */
 void ps_test_start_shards(const char *yaml, const char *dir, int n, const int *gp,
                           const int *cp, pid_t *pids);
+/* ps_test_start_shards_env is ps_test_start_shards with ENVP_ADD as
+ * ps_test_psd's (NULL: none). */
+void ps_test_start_shards_env(const char *yaml, const char *dir, int n, const int *gp,
+                              const int *cp, pid_t *pids, char *const envp_add[]);
 
 /* The tests' random numbers: ps_test_rng_init (a void(void) fixture) seeds
  * from the time, pid and clock so every run sees fresh inputs, and stores

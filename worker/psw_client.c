@@ -364,9 +364,14 @@ static int psw_ack_wait(psw_shard *s, ps_errbuf *eb);
  * under asp (no pull waits on a clock), and not for a push that went to
  * an aggregator: the aggregator may still forward the sum holding it, and
  * a root told first would let other workers past that step (psd_agg.h
- * invariant 6; psw_round's failover pulls at the push's clock instead). */
-static void psw_moved_on(psw_shard *s, uint64_t clock) {
-  if (!s->clocked || s->via_agg) return;
+ * invariant 6; psw_round's failover pulls at the push's clock instead) --
+ * unless REFUSED: the aggregator answered it DEGRADED, which it does only
+ * with a root's refusal of the sum holding it (psd_agg.h invariants 2
+ * and 5), so no sum holding it is on its way any more and nothing else
+ * raises that clock (under bsp the pull behind it would wait there for
+ * the worker itself, for ever). */
+static void psw_moved_on(psw_shard *s, uint64_t clock, int refused) {
+  if (!s->clocked || (s->via_agg && !refused)) return;
   if (clock + 1 > s->moved_on) s->moved_on = clock + 1;
 }
 
@@ -379,7 +384,7 @@ static void psw_shard_close(psw_shard *s, ps_chan_client *ch) {
       psw_ack_wait(s, &eb);
       continue;
     }
-    psw_moved_on(s, s->ack_clocks[0]);
+    psw_moved_on(s, s->ack_clocks[0], 0);
     memmove(s->ack_ids, s->ack_ids + 1, --s->nacks * sizeof *s->ack_ids);
     memmove(s->ack_clocks, s->ack_clocks + 1, s->nacks * sizeof *s->ack_clocks);
     s->pushes_unanswered++;
@@ -595,7 +600,7 @@ static int psw_send(psw_client *c, psw_shard *s, int gbuf, uint64_t push_clock, 
     if (err < 0) {
       s->pushes_unanswered++; /* part of it may have gone out */
       s->pushes_broken++;
-      psw_moved_on(s, push_clock);
+      psw_moved_on(s, push_clock, 0);
       return err;
     }
     (*nsent)++;
@@ -619,7 +624,7 @@ static int psw_send(psw_client *c, psw_shard *s, int gbuf, uint64_t push_clock, 
     if (err == 0) err = ps_chan_send_pullv(s->ch, &r, seg, nseg, &s->pull_id, eb);
     if (err < 0 && gbuf >= 0) { /* its reply is never read */
       s->pushes_unanswered++, s->pushes_broken++;
-      psw_moved_on(s, push_clock);
+      psw_moved_on(s, push_clock, 0);
     }
     if (err < 0) return err;
     (*nsent)++;
@@ -654,7 +659,7 @@ static void psw_push_answer(psw_shard *s, int err, uint64_t version, int answere
   if (err < 0) s->pushes_unanswered++;
   /* (raising a clock the push raised changes nothing, but costs a call) */
   if (err < 0 && !(answered && err == PS_EDEGRADED && strstr(why, PS_DEGRADED_IN_MEMORY)))
-    psw_moved_on(s, clock);
+    psw_moved_on(s, clock, answered && err == PS_EDEGRADED);
   int refused = answered && err != PS_EDEGRADED;
   if (err == PS_EEXPIRED ||
       (err < 0 && psw_retryable(err) && (refused || !ps_chan_alive(s->ch))))

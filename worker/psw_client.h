@@ -73,7 +73,12 @@
  *     the connection broke or the shard answered a retryable error
  *     (DEGRADED: the log failed), unanswered and never resent (invariant
  *     4).  A round that finds a shard without a connection (left so by
- *     psw_client_settle) reconnects it before it sends.
+ *     psw_client_settle) reconnects it before it sends.  Through an
+ *     aggregator no answer is left pending: it reads a connection's next
+ *     request only once the push before it is answered (psd_chan.c
+ *     conn_forward), so the pull's reply never comes first, and a
+ *     connection through it that breaks loses at most the round's own
+ *     push (invariant 7's failover pull covers it).
  *  9. Shared memory (workers.shared_memory; ps_chan.h "shared memory"):
  *     every connection asks for a region of areas of its shard's fp32
  *     payload each (none with the payload MAC or through an aggregator):
@@ -158,7 +163,10 @@
  *     Not under asp (no pull waits), not for a DEGRADED answer that the
  *     push was applied in memory (it raised the clock), and not for a push
  *     sent to an aggregator, which may still forward the sum holding it:
- *     a root told first would let other workers past that step.
+ *     a root told first would let other workers past that step.  But a
+ *     push the aggregator answered DEGRADED is one a root refused (the
+ *     sum holding it is over: psd_agg.h invariants 2 and 5) or the
+ *     aggregator never summed: that root is told as a direct one would be.
  *
  * Thread-safety: a client is used by one thread at a time, except that
  * psw_client_start hands one push/pull to the client's own communication

@@ -77,6 +77,7 @@ typedef struct th_ctx {
   int lease_ms;  /* workers.lease_ms (0: 3000) */
   int nw;        /* workers (and h0's workers; 0: TH_N) */
   int sync;      /* durability sync */
+  ps_test_shim_env *shim; /* the roots run under the fsync shim (NULL: not) */
 } th_ctx;
 
 /* th_start writes the cluster file (aggregator h0 for 3 workers, or
@@ -108,7 +109,8 @@ static void th_start(th_ctx *x, int agg, const char *consistency, const char *st
   snprintf(x->yaml, sizeof x->yaml, "%s",
            x->sync ? ps_test_sync_yaml(x->dir, 2, extra, x->gp, x->cp)
                    : ps_test_cluster_yaml(x->dir, 2, extra, x->gp, x->cp));
-  ps_test_start_shards(x->yaml, x->dir, 2, x->gp, x->cp, x->shard);
+  ps_test_start_shards_env(x->yaml, x->dir, 2, x->gp, x->cp, x->shard,
+                           x->shim ? x->shim->env : NULL);
   if (agg) {
     snprintf(x->agg_log, sizeof x->agg_log, "%s/agg.log", x->dir);
     char *argv[] = {(char *)ps_test_bin("psd"), "--config", x->yaml, "--aggregator", "h0", NULL};
@@ -608,6 +610,38 @@ static int th_round_run(th_round *r, void (*fn)(th_ctx *), th_ctx *x, int ms_bef
   return r->rc;
 }
 
+/* Worker 0's client of "m" through h0 (th_client), its config and
+ * backend, and the stop that bounds its rounds. */
+typedef struct th_worker {
+  ps_config cfg;
+  ps_gpu_backend *be;
+  psw_client *c;
+  volatile sig_atomic_t stop;
+} th_worker;
+
+/* th_client opens W on X's cluster: one buffer, DEFER acks, I/O timeout
+ * IO_MS; it pulls clock 0 and returns W's first round (push 0, pull 1). */
+static th_round th_client(th_ctx *x, th_worker *w, int io_ms, int defer) {
+  ps_errbuf eb = {""};
+  ck_assert_msg(ps_config_load(&w->cfg, x->yaml, &eb) == 0, "%s", eb.msg);
+  free(w->cfg.workers.aggregator);
+  w->cfg.workers.aggregator = strdup("h0");
+  ck_assert_msg(ps_gpu_cpu_open(1, &w->be, &eb) == 0, "%s", eb.msg);
+  w->stop = 0;
+  psw_client_conf cc = {.cfg = &w->cfg, .model = "m", .worker = 0, .be = w->be, .nbufs = 1,
+                        .io_timeout_ms = io_ms, .stop = &w->stop, .defer_acks = defer};
+  ck_assert_msg(psw_client_open(&w->c, &cc, &eb) == 0, "psw_client_open: %s", eb.msg);
+  ck_assert_msg(psw_client_pull_all(w->c, 0, 0, &eb) == 0, "%s", eb.msg);
+  return (th_round){.c = w->c, .stop = &w->stop, .push_clock = 0, .pull_clock = 1};
+}
+
+/* th_client_close closes what th_client opened. */
+static void th_client_close(th_worker *w) {
+  psw_client_close(w->c);
+  ps_gpu_close(w->be);
+  ps_config_release(&w->cfg);
+}
+
 /* th_restart_root1 kills root 1 and starts it again once the
  * aggregator's hold of a push (2 s) is over: the sum fails there. */
 static void th_restart_root1(th_ctx *x) {
@@ -640,22 +674,9 @@ START_TEST(test_hier_half_failover_lost_push) {
   x.lease_ms = 120000; /* (no heartbeats here) */
   x.sync = 1;          /* root 1 is killed */
   th_start(&x, 1, "bsp", "0", 2000, 1); /* ... up to 2 s: holds the one worker's push */
-  ps_config cfg;
-  ps_errbuf eb = {""};
-  ck_assert_msg(ps_config_load(&cfg, x.yaml, &eb) == 0, "%s", eb.msg);
-  free(cfg.workers.aggregator);
-  cfg.workers.aggregator = strdup("h0");
-  ps_gpu_backend *be;
-  ck_assert_msg(ps_gpu_cpu_open(1, &be, &eb) == 0, "%s", eb.msg);
-  static volatile sig_atomic_t stop;
-  stop = 0;
-  psw_client_conf cc = {.cfg = &cfg, .model = "m", .worker = 0, .be = be, .nbufs = 1,
-                        .io_timeout_ms = 10000, .stop = &stop};
-  psw_client *c = NULL;
-  ck_assert_msg(psw_client_open(&c, &cc, &eb) == 0, "psw_client_open: %s", eb.msg);
-  ck_assert_msg(psw_client_pull_all(c, 0, 0, &eb) == 0, "%s", eb.msg);
-  th_round r = {.c = c, .stop = &stop};
-  r.push_clock = 0, r.pull_clock = 1; /* through the aggregator */
+  static th_worker w;
+  th_round r = th_client(&x, &w, 10000, 0);
+  /* step 0 through the aggregator */
   ck_assert_msg(th_round_run(&r, NULL, &x, 0) == 0, "step 0: %s", r.eb.msg);
   /* root 1 dies while the aggregator holds step 1's push: root 1's
    * connection goes to the roots, root 0's stays on the aggregator */
@@ -667,9 +688,85 @@ START_TEST(test_hier_half_failover_lost_push) {
   ck_assert_msg(rc == 0, "step 2, the aggregator killed: %d %s", rc, r.eb.msg);
   r.push_clock = 3, r.pull_clock = 4; /* and on, on the roots */
   ck_assert_msg(th_round_run(&r, NULL, &x, 0) == 0, "step 3: %s", r.eb.msg);
-  psw_client_close(c);
-  ps_gpu_close(be);
-  ps_config_release(&cfg);
+  th_client_close(&w);
+  th_finish(&x);
+}
+END_TEST
+
+/* A push a root refuses as DEGRADED (durability sync, its redo log's
+ * syncs failing) raised no clock there; behind the aggregator the worker
+ * gets the root's refusal of the sum.  Under bsp the pull behind it then
+ * waits at the root for the worker itself: a direct worker says that it
+ * went on (psw_client invariant 13), but one behind the aggregator never
+ * did ("a push sent to an aggregator may still be forwarded"), though the
+ * refused sum is over, and its pull stayed parked until pull_timeout_ms,
+ * then again, for ever ("slowest live worker 0 is at clock 2"), a whole
+ * job stopped by one root's failing disk. */
+START_TEST(test_hier_degraded_moved_on) {
+  TH_NEED_DATA();
+  th_ctx x = {0};
+  x.nw = 1;            /* sums go out at once */
+  x.lease_ms = 120000; /* (no heartbeats here) */
+  x.sync = 1;
+  static ps_test_shim_env shim;
+  char gate[600], fail[610];
+  snprintf(gate, sizeof gate, "%s/gate", ps_test_tmpdir());
+  snprintf(fail, sizeof fail, "%s.fail", gate);
+  ps_test_shim_env_init(&shim, NULL, gate);
+  x.shim = &shim;
+  th_start(&x, 1, "bsp", "0", 2000, 1);
+  static th_worker w;
+  /* as psw's: deferred acks, an I/O timeout past the roots' pull_timeout_ms */
+  th_round r = th_client(&x, &w, 35000, 1);
+  ck_assert_msg(th_round_run(&r, NULL, &x, 0) == 0, "step 0: %s", r.eb.msg);
+  FILE *f = fopen(fail, "w"); /* the roots' log syncs fail from now on */
+  ck_assert(f != NULL && fclose(f) == 0);
+  /* the first failed sync: applied in memory, answered DEGRADED; the
+   * roots are DEGRADED from then on and refuse pushes */
+  for (uint64_t k = 1; k < 4; k++) {
+    r.push_clock = k, r.pull_clock = k + 1;
+    int rc = th_round_run(&r, NULL, &x, 0);
+    ck_assert_msg(rc == 0, "step %d, pushes refused: %d %s", (int)k, rc, r.eb.msg);
+  }
+  ck_assert_msg(psw_client_pushes_lost(w.c) > 0, "no push refused");
+  unlink(fail);
+  th_client_close(&w);
+  th_finish(&x);
+}
+END_TEST
+
+/* Deferred acks (psw_client invariant 8) through the aggregator: it
+ * answers a push before it reads the pull behind it, so no answer is left
+ * pending even while it holds the push (a sum waiting up to 2 s for a
+ * second worker), and its death loses the round's own push only, the
+ * one the failover pull (at that push's clock) covers: an older one lost
+ * with it would be forgotten (nothing but the round's push clock is
+ * remembered for an aggregator's connection). */
+START_TEST(test_hier_deferred_acks_none_pending) {
+  TH_NEED_DATA();
+  th_ctx x = {0};
+  x.nw = 2;            /* the aggregator waits for 2 workers ... */
+  x.lease_ms = 120000; /* (no heartbeats here) */
+  x.sync = 1;
+  th_start(&x, 1, "ssp", "2", 2000, 1); /* ... up to 2 s: holds the one worker's push */
+  static th_worker w;
+  th_round r = th_client(&x, &w, 10000, 1);
+  for (uint64_t k = 0; k < 2; k++) { /* the pull is served behind the push held */
+    r.push_clock = k, r.pull_clock = k + 1;
+    int64_t t0 = ps_test_now_ms();
+    ck_assert_msg(th_round_run(&r, NULL, &x, 0) == 0, "step %d: %s", (int)k, r.eb.msg);
+    ck_assert_msg(ps_test_now_ms() - t0 >= 1500, "step %d's push not held", (int)k);
+    ck_assert_uint_eq(psw_client_acks_pending(w.c), 0);
+  }
+  r.push_clock = 2, r.pull_clock = 3; /* the aggregator dies holding step 2's push */
+  int rc = th_round_run(&r, th_kill_agg, &x, 700);
+  ck_assert_msg(rc == 0, "step 2, the aggregator killed: %d %s", rc, r.eb.msg);
+  ck_assert_uint_eq(psw_client_pushes_unknown(w.c), 2); /* step 2's, to each root */
+  r.push_clock = 3, r.pull_clock = 4; /* and on, on the roots */
+  ck_assert_msg(th_round_run(&r, NULL, &x, 0) == 0, "step 3: %s", r.eb.msg);
+  ck_assert_msg(psw_client_settle(w.c, &r.eb) == 0, "%s", r.eb.msg);
+  ck_assert_uint_eq(psw_client_pushes_unknown(w.c), 2);
+  th_client_close(&w);
   th_finish(&x);
 }
 END_TEST
@@ -1395,6 +1492,8 @@ Suite *hier_suite(void) {
   tcase_add_test(tc, test_hier_sum_is_one_update);
   tcase_add_test(tc, test_hier_replaced_worker_not_over);
   tcase_add_test(tc, test_hier_half_failover_lost_push);
+  tcase_add_test(tc, test_hier_degraded_moved_on);
+  tcase_add_test(tc, test_hier_deferred_acks_none_pending);
   tcase_add_test(tc, test_hier_clip_sum);
   tcase_add_test(tc, test_hier_clip_topk);
   tcase_add_test(tc, test_hier_clocks_start_over);

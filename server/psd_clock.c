@@ -871,7 +871,8 @@ static int clock_data_size(psd_clock *c, uint64_t samples, ps_errbuf *eb) {
     return ps_errf(eb, PS_ECONFIG, "this worker's training set has %" PRIu64 " samples, the "
                    "job's %" PRIu64 ": its data files or data.limit differ from those of the "
                    "workers that trained model '%s' so far (a job keeps its training set; "
-                   "submitting the model again with --replace starts it over)",
+                   "submitting the model again with --replace and a setting changed starts "
+                   "it over; an identical submit changes nothing)",
                    samples, c->data_size, c->job_model ? c->job_model : "");
   c->data_size = samples;
   c->dirty = 1;

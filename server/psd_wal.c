@@ -1532,6 +1532,17 @@ static void wal_sleep(psd_wal *w) {
     if (pthread_cond_timedwait(&w->cv, &w->mu, &dl) == ETIMEDOUT) break;
 }
 
+/* wal_mib: BYTES in MiB to one decimal, rounded up when UP, else down. */
+static double wal_mib(uint64_t bytes, int up) {
+  return (double)((bytes * 10 + (up ? 1048575 : 0)) / 1048576) / 10.0;
+}
+
+void psd_wal_short_msg(char *buf, size_t n, const char *dir, uint64_t avail, uint64_t reserve) {
+  snprintf(buf, n, "the redo log's disk is nearly full (%.1f MiB free in '%s', under the %.1f MiB "
+           "kept for the snapshot that lets the log shrink): pushes are refused until it does "
+           "(or space is freed)", wal_mib(avail, 0), dir, wal_mib(reserve, 1));
+}
+
 /* wal_check_space looks at the free space of the log's filesystem
  * (invariant 9) and sets or clears w->low, dropping the spares when it
  * becomes short.  Writer thread; takes mu. */
@@ -1547,11 +1558,7 @@ static void wal_check_space(psd_wal *w) {
   if (low != was) {
     w->low = low;
     w->changed = 1;
-    if (low)
-      snprintf(w->low_msg, sizeof w->low_msg, "the redo log's disk is nearly full (%.1f MiB "
-               "free in '%s', under the %.1f MiB kept for the snapshot that lets the log shrink): "
-               "pushes are refused until it does (or space is freed)", (double)avail / 1048576.0,
-               w->dir, (double)reserve / 1048576.0);
+    if (low) psd_wal_short_msg(w->low_msg, sizeof w->low_msg, w->dir, avail, reserve);
   }
   uint64_t want = w->reserve;
   pthread_mutex_unlock(&w->mu);
@@ -1563,8 +1570,8 @@ static void wal_check_space(psd_wal *w) {
             (double)reserve / 1048576.0, (double)want / 1048576.0);
   if (low && !was) wal_drop_spares(w, "the disk is nearly full");
   if (low != was)
-    ps_info("redo log '%s': %.1f MiB free, reserve %.1f MiB: %s", w->dir,
-            (double)avail / 1048576.0, (double)reserve / 1048576.0,
+    ps_info("redo log '%s': %.1f MiB free, reserve %.1f MiB: %s", w->dir, wal_mib(avail, 0),
+            wal_mib(reserve, 1),
             low ? "short of space, refusing new pushes" : "space again");
 }
 

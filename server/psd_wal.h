@@ -368,6 +368,11 @@ int psd_wal_nonempty(const psd_wal *w);
  * filesystem (invariant 9) to BYTES, at most a quarter of the
  * filesystem's size.  Any thread. */
 void psd_wal_set_reserve(psd_wal *w, uint64_t bytes);
+/* psd_wal_short_msg writes to BUF (N bytes) why a log in DIR is short of
+ * space (invariant 9): AVAIL bytes free, under RESERVE.  Both in MiB with
+ * one decimal, the free space rounded down and the reserve up, so that
+ * the message never says "3.0 MiB free, under the 3.0 MiB kept". */
+void psd_wal_short_msg(char *buf, size_t n, const char *dir, uint64_t avail, uint64_t reserve);
 
 /* psd_wal_dir: the log's directory (psd_wal_opts.dir). */
 const char *psd_wal_dir(const psd_wal *w);

@@ -745,6 +745,10 @@ START_TEST(test_save_load) {
   /* the job has begun: another training set is refused */
   ck_assert_int_eq(psd_clock_claim(c, 0, "m", 2, 96, 20, &pos, &done, &eb), PS_ECONFIG);
   ck_assert_msg(strstr(eb.msg, "96 samples, the job's 80"), "%s", eb.msg);
+  /* what restarts the job: an identical submit (psctl says 'already has')
+   * does not, and a user who followed the old advice was refused again */
+  ck_assert_msg(strstr(eb.msg, "--replace and a setting changed starts it over; an identical "
+                               "submit changes nothing"), "%s", eb.msg);
   ck_assert_uint_eq(psd_clock_data_size(c), 80);
   ck_assert_int_eq(psd_clock_dirty(c), 1);
   char *text;

@@ -2529,6 +2529,30 @@ START_TEST(test_space_reserve) {
 }
 END_TEST
 
+/* The short-of-space message never reads as "3.0 MiB free, under the
+ * 3.0 MiB kept" (it did, the free space just under the reserve: a shard
+ * on a 12 MiB disk said so, DEGRADED): the free space is rounded down,
+ * the reserve up. */
+START_TEST(test_space_short_msg) {
+  char m[400], want[200];
+  const uint64_t mib = 1048576;
+  static const uint64_t cases[][3] = {
+      /* avail, reserve, tenths of a MiB shown free then reserve */
+      {3 * mib - 20 * 1024, 3 * mib, 29},  {3 * mib - 1, 3 * mib + 1, 29},
+      {2 * mib + 60 * 1024, 2 * mib + 70 * 1024, 20}, {0, 36 * mib + 100 * 1024, 0}};
+  static const unsigned shown_reserve[] = {30, 31, 21, 361};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    psd_wal_short_msg(m, sizeof m, "/d/redo", cases[i][0], cases[i][1]);
+    snprintf(want, sizeof want, "(%u.%u MiB free in '/d/redo', under the %u.%u MiB kept",
+             (unsigned)cases[i][2] / 10, (unsigned)cases[i][2] % 10, shown_reserve[i] / 10,
+             shown_reserve[i] % 10);
+    ck_assert_msg(strstr(m, want), "case %zu: '%s', want '%s'", i, m, want);
+    ck_assert_msg(strstr(m, "the redo log's disk is nearly full") &&
+                      strstr(m, "pushes are refused"), "case %zu: '%s'", i, m);
+  }
+}
+END_TEST
+
 Suite *psd_wal_suite(void) {
   Suite *s = suite_create("psd_wal");
   TCase *tc = tcase_create("core");
@@ -2577,6 +2601,7 @@ Suite *psd_wal_suite(void) {
   tcase_set_timeout(tc, 60);
   tcase_add_unchecked_fixture(tc, sp_setup, sp_teardown);
   tcase_add_test(tc, test_space_reserve);
+  tcase_add_test(tc, test_space_short_msg);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -184,7 +184,7 @@ static void psctl_status_wal(const psctl_row *rows, size_t n) {
     const Ps__StatusReply *s = rows[i].st;
     if (s && !s->wal && s->replay)
       printf("shard %u: no redo log (durability periodic); start replayed %llu records in "
-             "%llu ms (%llu torn-tail records dropped) from a log an earlier sync run left\n",
+             "%llu ms (torn-tail records dropped: %llu) from a log an earlier sync run left\n",
              s->shard, (unsigned long long)s->replay_records, (unsigned long long)s->replay_ms,
              (unsigned long long)s->replay_dropped);
     if (!s || !s->wal) continue;
@@ -192,7 +192,7 @@ static void psctl_status_wal(const psctl_row *rows, size_t n) {
     snprintf(sr, sizeof sr, rows[i].sync_rate < 0 ? "-" : "%.1f", rows[i].sync_rate);
     snprintf(ps, sizeof ps, rows[i].per_sync < 0 ? "-" : "%.1f", rows[i].per_sync);
     printf("shard %u: redo log %s, %s syncs/s, %s pushes per sync; start replayed %llu records "
-           "in %llu ms (%llu torn-tail records dropped)\n", s->shard,
+           "in %llu ms (torn-tail records dropped: %llu)\n", s->shard,
            psctl_human(size, sizeof size, (double)s->wal_bytes), sr, ps,
            (unsigned long long)s->wal_replayed, (unsigned long long)s->wal_replay_ms,
            (unsigned long long)s->wal_replay_dropped);

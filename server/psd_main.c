@@ -210,7 +210,8 @@ static void psd_main_wal_state(void *arg, int err, const char *msg) {
   if (err < 0) snprintf(m->wal_fail_msg, sizeof m->wal_fail_msg, "%s", msg);
   if (err < 0) {
     if (err == PS_EDEGRADED) /* short of space (psd_wal invariant 9): the message says so */
-      ps_err("shard %u degraded: %s", sh->me->id, msg);
+      ps_err("shard %u degraded: %s; pushes are refused until the next snapshot shrinks the "
+             "log or space is freed", sh->me->id, msg);
     else
       ps_err("shard %u degraded: the redo log fails (%s), pushes are refused; retrying every "
              "%u ms", sh->me->id, msg, psd_main_log_retry_ms(sh->cfg));
@@ -425,7 +426,7 @@ static int psd_main_recover(psd_main *m) {
     sh->replay.dropped = st.replay_dropped;
     sh->replay.ms = st.replay_ms;
     ps_info("shard %u: redo log replayed: %llu records after the snapshot's %llu in %llu ms "
-            "(%llu torn-tail records dropped; %llu segments the snapshot holds not read)",
+            "(torn-tail records dropped: %llu; %llu segments the snapshot holds not read)",
             sh->me->id, (unsigned long long)st.replayed, (unsigned long long)from,
             (unsigned long long)st.replay_ms, (unsigned long long)st.replay_dropped,
             (unsigned long long)st.replay_skipped);

@@ -1539,8 +1539,8 @@ static double wal_mib(uint64_t bytes, int up) {
 
 void psd_wal_short_msg(char *buf, size_t n, const char *dir, uint64_t avail, uint64_t reserve) {
   snprintf(buf, n, "the redo log's disk is nearly full (%.1f MiB free in '%s', under the %.1f MiB "
-           "kept for the snapshot that lets the log shrink): pushes are refused until it does "
-           "(or space is freed)", wal_mib(avail, 0), dir, wal_mib(reserve, 1));
+           "kept for the snapshot that lets the log shrink)", wal_mib(avail, 0), dir,
+           wal_mib(reserve, 1));
 }
 
 /* wal_check_space looks at the free space of the log's filesystem

@@ -416,7 +416,7 @@ static int psd_main_recover(psd_main *m) {
   int err = psd_wal_open(&w, &o, &eb);
   if (err == 0) err = psd_main_bind_log(m, w, dir, &eb);
   atomic_store(&m->replaying, 1);
-  if (err == 0) err = psd_wal_replay(w, from, psd_main_replay_one, m, &eb);
+  int replay_err = err == 0 ? (err = psd_wal_replay(w, from, psd_main_replay_one, m, &eb)) : 0;
   atomic_store(&m->replaying, 0);
   psd_wal_stats st = {0};
   if (err == 0) {
@@ -503,7 +503,14 @@ static int psd_main_recover(psd_main *m) {
     if (m->replay_stopped)
       ps_info("shard %u: %s; stopping (the next start replays the log again)", sh->me->id,
               eb.msg);
-    /* the message says why (a corrupt record is no i/o error) */
+    /* the message says why (a corrupt record is no i/o error); a log the
+     * replay refuses as damaged leaves the operator one way on, which
+     * costs what the log holds past the snapshot: said */
+    else if (replay_err == PS_EIO)
+      psd_main_start_failed(m, err, "shard %u: cannot recover from the redo log: %s. To start "
+                            "from the last snapshot instead, losing the pushes acknowledged "
+                            "after it, move the whole directory '%s' away (keep it to "
+                            "inspect)", sh->me->id, eb.msg, dir);
     else psd_main_start_failed(m, err, "shard %u: cannot recover from the redo log: %s",
                                sh->me->id, eb.msg);
     return 1;

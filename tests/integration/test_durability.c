@@ -645,6 +645,65 @@ START_TEST(test_foreign_log_refused) {
 }
 END_TEST
 
+/* A log the replay refuses as damaged (a record acknowledged long before
+ * the last group, its payload flipped) says how to start anyway and what
+ * it costs; doing what it says (the redo directory moved away) starts the
+ * shard from its snapshot with a warning.  The message said only what was
+ * wrong, and an operator was left guessing (an outside audit). */
+START_TEST(test_corrupt_log_hint) {
+  const char *dir = ps_test_tmpdir();
+  int gp, cp;
+  char yaml[700], log[700], redo[700], addr[64], cmd[3000];
+  snprintf(yaml, sizeof yaml, "%s", cl_sync_yaml(dir, &gp, &cp));
+  /* no snapshot after the submit's: every push is the log's alone */
+  ps_test_file_replace(yaml, yaml, "flush_interval_ms: 200", "flush_interval_ms: 600000");
+  snprintf(log, sizeof log, "%s/psd0.log", dir);
+  snprintf(redo, sizeof redo, "%s/shard0/redo", dir);
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", cp);
+  pid_t pid = cl_start(yaml, log, gp, cp);
+  cl_submit(gp);
+  ps_chan_client *c;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_test_chan_connect(&c, addr, "test", 10000, &eb), 0);
+  float g[CL_ELEMS];
+  for (int i = 0; i < CL_ELEMS; i++) g[i] = -1.0f;
+  uint64_t v;
+  for (uint32_t i = 0; i < 40; i++) { /* one push per sync: 40 groups */
+    uint32_t id = i % CL_CHUNKS;
+    ck_assert_int_eq(ps_test_push(c, "cl", &id, 1, g, CL_ELEMS, 0, 0, 0, &v, &eb), 0);
+  }
+  ps_chan_close(c);
+  ps_test_stop(pid, SIGKILL, 5000);
+  /* the first segment's first record: its payload's byte 8 flipped */
+  snprintf(cmd, sizeof cmd,
+           "f=$(ls '%s'/*.log | head -1) && printf '\\377' | dd of=\"$f\" bs=1 seek=24 "
+           "conv=notrunc status=none", redo);
+  ck_assert_int_eq(system(cmd), 0);
+  char bad[700];
+  snprintf(bad, sizeof bad, "%s/psd0-corrupt.log", dir);
+  pid = ps_test_psd(yaml, 0, bad, NULL);
+  int st = ps_test_wait_pid(pid, 30000);
+  ck_assert_msg(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) != 0,
+                "psd started on a damaged log (%d); see %s", st, bad);
+  char *text = ps_test_read_file(bad, NULL), want[900];
+  snprintf(want, sizeof want, "move the whole directory '%s' away", redo);
+  ck_assert_msg(strstr(text, "cannot recover from the redo log") && strstr(text, want) &&
+                    strstr(text, "losing the pushes acknowledged after it"),
+                "no hint '%s' in %s", want, bad);
+  free(text);
+  /* what it says: the shard starts from its snapshot, the loss said */
+  snprintf(cmd, sizeof cmd, "mv '%s' '%s.bad'", redo, redo);
+  ck_assert_int_eq(system(cmd), 0);
+  snprintf(bad, sizeof bad, "%s/psd0-moved.log", dir);
+  pid = cl_start(yaml, bad, gp, cp);
+  st = ps_test_stop(pid, SIGTERM, 15000);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd ended with status %d", st);
+  text = ps_test_read_file(bad, NULL);
+  ck_assert_msg(strstr(text, "holds no log and no id") && strstr(text, "are lost"), "see %s", bad);
+  free(text);
+}
+END_TEST
+
 /* cl_store_id reads (and, SET >= 0, stores with pending SET) the log id
  * of DIR's shard 0 store, psd stopped; returns whether it was pending. */
 static int cl_store_id(const char *dir, uint64_t *id, int set) {
@@ -1383,6 +1442,7 @@ Suite *psd_durability_suite(void) {
   tcase_add_test(tc, test_stalled_sync_shown);
   tcase_add_test(tc, test_status_interval);
   tcase_add_test(tc, test_foreign_log_refused);
+  tcase_add_test(tc, test_corrupt_log_hint);
   tcase_add_test(tc, test_flushed_after_replay);
   tcase_add_test(tc, test_log_id_pending_finished);
   suite_add_tcase(s, tc);

@@ -16,6 +16,8 @@
 #include <grpc/grpc_security.h>
 #include <grpc/support/alloc.h>
 #include <grpc/support/time.h>
+#include <pthread.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
@@ -25,6 +27,21 @@
 struct ps_rpc {
   grpc_channel *ch;
 };
+
+/* rpc_backup_poll_env sets gRPC's backup poll interval (see
+ * ps_grpc_init) unless the environment already does. */
+static void rpc_backup_poll_env(void) {
+  char ms[16];
+  snprintf(ms, sizeof ms, "%d", PS_RPC_BACKUP_POLL_MS);
+  setenv("GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS", ms, 0);
+}
+
+/* ps_grpc_init: see ps_rpc.h. */
+void ps_grpc_init(void) {
+  static pthread_once_t once = PTHREAD_ONCE_INIT;
+  pthread_once(&once, rpc_backup_poll_env);
+  grpc_init();
+}
 
 /* rpc_open_creds creates the channel over CR (released here) with raised
  * message limits; 0 or PS_ENOMEM / PS_EUNAVAIL. */
@@ -64,14 +81,14 @@ static int rpc_open_creds(ps_rpc **out, const char *addr, grpc_channel_credentia
 
 /* ps_rpc_open: an insecure channel; see ps_rpc.h. */
 int ps_rpc_open(ps_rpc **out, const char *addr, ps_errbuf *eb) {
-  grpc_init();
+  ps_grpc_init();
   return rpc_open_creds(out, addr, grpc_insecure_credentials_create(), eb);
 }
 
 /* ps_rpc_open_cfg: the channel CFG's security asks for; see ps_rpc.h. */
 int ps_rpc_open_cfg(ps_rpc **out, const char *addr, const ps_config *cfg, int role,
                     ps_errbuf *eb) {
-  grpc_init();
+  ps_grpc_init();
   grpc_channel_credentials *cr;
   int err = ps_tls_channel_creds(cfg, role, &cr, eb);
   if (err < 0) {

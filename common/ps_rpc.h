@@ -17,8 +17,21 @@
 
 typedef struct ps_rpc ps_rpc;
 
+/* ps_grpc_init is grpc_init (balanced by grpc_shutdown) for every use of
+ * gRPC in a process (ps_rpc_open, psd's server), so that gRPC reads, at
+ * its first one, a backup poll of PS_RPC_BACKUP_POLL_MS
+ * (GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS, set in the environment
+ * unless it is there already).  Its default, 5 s, is how late a channel
+ * learned of a connection attempt's end when no call was waiting on it:
+ * a channel in TRANSIENT_FAILURE fails calls at once, without polling,
+ * so a shard restarted on the same port was reached 5 to 10 s after its
+ * port opened (the attempt begun before was refused, the next one
+ * connected, each seen at a backup poll only), whatever the backoff. */
+#define PS_RPC_BACKUP_POLL_MS 100
+void ps_grpc_init(void);
+
 /* ps_rpc_open creates an insecure channel to ADDR ("host:port"); it does
- * not connect yet.  Calls grpc_init (balanced by ps_rpc_close). */
+ * not connect yet.  Calls ps_grpc_init (balanced by ps_rpc_close). */
 int ps_rpc_open(ps_rpc **out, const char *addr, ps_errbuf *eb);
 
 /* ps_rpc_open_cfg is ps_rpc_open with the credentials CFG's 'security'

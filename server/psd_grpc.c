@@ -43,6 +43,7 @@
 #include "health.pb-c.h"
 #include "ps_auth.h"
 #include "ps_log.h"
+#include "ps_rpc.h"
 #include "ps_tls.h"
 #include "psd_coord.h"
 #include "psd_shard_sparse.h"
@@ -727,7 +728,7 @@ int psd_grpc_start(psd_shard *sh, ps_errbuf *eb) {
   if (!g) return ps_errf(eb, PS_ENOMEM, "out of memory starting grpc");
   g->sh = sh;
   pthread_mutex_init(&g->mu, NULL);
-  grpc_init();
+  ps_grpc_init();
   uint64_t max = sh->cfg->max_request_bytes + PSD_GRPC_META_SLACK;
   grpc_arg args[3];
   memset(args, 0, sizeof args);
@@ -862,7 +863,7 @@ void psd_grpc_stop(psd_shard *sh, int drain_ms) {
 
 /* psd_grpc_restart: see psd_grpc.h. */
 int psd_grpc_restart(psd_shard *sh, int drain_ms, ps_errbuf *eb) {
-  grpc_init(); /* the library stays up between the old server and the new */
+  ps_grpc_init(); /* the library stays up between the old server and the new */
   psd_grpc_stop(sh, drain_ms);
   int err = psd_grpc_start(sh, eb);
   grpc_shutdown();

@@ -933,6 +933,62 @@ START_TEST(test_rpc_codec_bad_input) {
 }
 END_TEST
 
+/* rc_status calls Status on R (1 s at most); on a failure it resets the
+ * channel's backoff, as a worker does before each retry. */
+static int rc_status(ps_rpc *r, ps_errbuf *eb) {
+  Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
+  ProtobufCMessage *rep = NULL;
+  int err = ps_rpc_call(r, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor, &rep, 1000,
+                        eb);
+  if (rep) protobuf_c_message_free_unpacked(rep, NULL);
+  if (err < 0) ps_rpc_reset_backoff(r);
+  return err;
+}
+
+/* A shard killed (SIGKILL) and started again on the same port is reached
+ * by a client calling every 100 ms (resetting the backoff after each
+ * failure, as workers do) within 1.5 s of its port opening.  gRPC's
+ * default backup poll (5 s) made it 5 to 10 s: a channel in
+ * TRANSIENT_FAILURE fails calls without polling, so the end of each
+ * connection attempt was seen only at a backup poll (ps_grpc_init). */
+START_TEST(test_rpc_reconnect_after_restart) {
+  enum { BOUND_MS = 1500, LIMIT_MS = 30000 };
+  const char *dir = ps_test_tmpdir();
+  int gp, cp;
+  const char *yaml = ps_test_cluster_yaml(dir, 1, NULL, &gp, &cp);
+  char log[600], addr[64];
+  snprintf(log, sizeof log, "%s/psd.log", dir);
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", gp);
+  pid_t pid = ps_test_psd(yaml, 0, log, NULL);
+  ck_assert_msg(ps_test_wait_port(cp, 15000) == 0 && ps_test_wait_port(gp, 5000) == 0,
+                "psd did not start; see %s", log);
+  ps_rpc *r;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_test_rpc_open(&r, addr, &eb), 0);
+  ck_assert_msg(rc_status(r, &eb) == 0, "status: %s", eb.msg);
+  ck_assert_int_ne(ps_test_stop(pid, SIGKILL, 10000), -1);
+  /* down for 1.5 s, called all along: the channel fails (Connection refused) */
+  int fails = 0;
+  for (int64_t end = ps_test_now_ms() + 1500; ps_test_now_ms() < end; usleep(100000))
+    fails += rc_status(r, &eb) < 0;
+  ck_assert_int_gt(fails, 0);
+  pid = ps_test_psd(yaml, 0, log, NULL);
+  int64_t start = ps_test_now_ms(), open_at = 0, ok_at = 0;
+  while (!ok_at && ps_test_now_ms() - start < LIMIT_MS) {
+    if (!open_at && ps_test_wait_port(gp, 0) == 0) open_at = ps_test_now_ms();
+    if (open_at && rc_status(r, &eb) == 0) ok_at = ps_test_now_ms();
+    if (!ok_at) usleep(100000);
+  }
+  ck_assert_msg(open_at, "the restarted psd did not open its port; see %s", log);
+  ck_assert_msg(ok_at && ok_at - open_at <= BOUND_MS,
+                "first answer %lld ms after the port opened (bound %d ms; %s): %s",
+                ok_at ? (long long)(ok_at - open_at) : -1LL, BOUND_MS,
+                ok_at ? "late" : "never", eb.msg);
+  ps_rpc_close(r);
+  ck_assert_int_ne(ps_test_stop(pid, SIGTERM, 10000), -1);
+}
+END_TEST
+
 Suite *psd_rpc_suite(void) {
   Suite *s = suite_create("psd_rpc");
   TCase *tc = tcase_create("grpc");
@@ -949,5 +1005,10 @@ Suite *psd_rpc_suite(void) {
   tcase_add_loop_test(tc, test_rpc_codec_same_over_channel, PS_CODEC_FP16, PS_CODEC_N);
   tcase_add_test(tc, test_rpc_codec_bad_input);
   suite_add_tcase(s, tc);
+  TCase *rc = tcase_create("reconnect");
+  tcase_set_timeout(rc, 90);
+  tcase_add_unchecked_fixture(rc, ps_test_procs_setup, ps_test_procs_teardown);
+  tcase_add_test(rc, test_rpc_reconnect_after_restart);
+  suite_add_tcase(s, rc);
   return s;
 }

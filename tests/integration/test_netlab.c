@@ -540,7 +540,7 @@ END_TEST
  * and psw reconnects, backing off at most 2 s: the job moves again within
  * a few seconds of the heal.  Before, they waited out TCP's retransmission
  * backoff (ss -tin on the shard: backoff 6, RTO 13 s by the heal; psw's
- * own I/O timeout, pull_timeout_ms + 5 s, is later still): 0.8 to 13 s
+ * own I/O timeout, pull_timeout_ms + 5 s, is later still): 0.8 to 14 s
  * after the heal measured, by where the backoff stood, so the test first
  * checks what decides it, the connections given up before the heal.
  * Nothing is applied twice: every acknowledged push is applied, and

@@ -4,6 +4,8 @@
 #include <arpa/inet.h>
 #include <errno.h>
 #include <netdb.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <stdio.h>
 #include <string.h>
@@ -199,5 +201,17 @@ int ps_addr_dial(const char *what, const char *addr, int timeout_ms, int *fd, ps
     return rc;
   }
   *fd = s;
+  return 0;
+}
+
+/* ps_addr_dead_after: see ps_addr.h. */
+int ps_addr_dead_after(int fd, int dead_ms, ps_errbuf *eb) {
+  int one = 1, idle = dead_ms / 2000 > 0 ? dead_ms / 2000 : 1, intvl = 1;
+  unsigned int ut = dead_ms > 0 ? (unsigned int)dead_ms : 1;
+  if (setsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ut, sizeof ut) < 0 ||
+      setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, sizeof one) < 0 ||
+      setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof idle) < 0 ||
+      setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &intvl, sizeof intvl) < 0)
+    return ps_errf(eb, PS_EIO, "TCP_USER_TIMEOUT / keepalive: %s", strerror(errno));
   return 0;
 }

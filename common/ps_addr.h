@@ -61,4 +61,16 @@ int ps_addr_same_host(const char *a, const char *b);
  * ps_rpc_explain_handshake to see whether an address takes TCP at all. */
 int ps_addr_dial(const char *what, const char *addr, int timeout_ms, int *fd, ps_errbuf *eb);
 
+/* ps_addr_dead_after makes the kernel abort TCP socket FD once the peer
+ * acknowledged nothing for DEAD_MS (TCP_USER_TIMEOUT): data it sent, or,
+ * the socket being idle, keepalive probes, which start after DEAD_MS / 2
+ * of silence (at least 1 s) and repeat every second.  A connection whose
+ * path was cut then fails within DEAD_MS instead of waiting out TCP's
+ * exponential retransmission backoff (minutes; after a heal the next
+ * retransmission may still be many seconds off), and the caller's
+ * reconnect takes over.  A live peer acknowledges within a round trip
+ * however busy its process is, so this never ends a slow but live
+ * connection.  0, or PS_EIO with EB saying why. */
+int ps_addr_dead_after(int fd, int dead_ms, ps_errbuf *eb);
+
 #endif

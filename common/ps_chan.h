@@ -349,6 +349,16 @@ void ps_chan_bytes(const ps_chan_client *c, uint64_t *sent, uint64_t *received);
  * (0 leaves that one to the kernel's autotuning, the default). */
 int ps_chan_set_bufsize(ps_chan_client *c, int sndbuf, int rcvbuf, ps_errbuf *eb);
 
+/* ps_chan_set_dead_ms makes the kernel abort C's connection once the
+ * shard acknowledged nothing for DEAD_MS (ps_addr_dead_after): a cut
+ * path then breaks the client (PS_EUNAVAIL, with the kernel's reason:
+ * "Connection timed out", or "No route to host" when the host's own link
+ * went down) within DEAD_MS, not after TCP's retransmission backoff, and
+ * the caller's reconnect takes over.  Should the kernel refuse, the
+ * connection is used as it is (said at debug level): it only waits
+ * longer on a cut. */
+void ps_chan_set_dead_ms(ps_chan_client *c, int dead_ms);
+
 /* ps_chan_close closes the connection and frees C (NULL is fine);
  * requests in flight are abandoned. */
 void ps_chan_close(ps_chan_client *c);

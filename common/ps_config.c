@@ -1515,6 +1515,12 @@ int ps_config_reply_timeout_ms(const ps_config *c) {
   return (int)c->training.pull_timeout_ms + 5000; /* at most 86400000: fits */
 }
 
+/* ps_config_dead_ms: see ps_config.h. */
+int ps_config_dead_ms(const ps_config *c) {
+  uint32_t ms = c->workers.lease_ms / 2;
+  return ms > 1000 ? (int)ms : 1000; /* lease_ms fits an int */
+}
+
 /* ps_config_agg: see ps_config.h. */
 const ps_agg_conf *ps_config_agg(const ps_config *c, const char *name) {
   for (size_t i = 0; name && i < c->naggs; i++)

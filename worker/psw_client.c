@@ -477,6 +477,7 @@ static int psw_connect(psw_client *c, psw_shard *s, ps_errbuf *eb) {
     return err;
   }
   ps_chan_set_timeout(s->ch, c->io_timeout_ms);
+  ps_chan_set_dead_ms(s->ch, ps_config_dead_ms(c->cfg)); /* a cut ends in a reconnect */
   psw_zc_place(c, s);
   return 0;
 }
@@ -1333,6 +1334,7 @@ int psw_client_agg_return(psw_client *c) {
                                  psw_chan_flags(c, &c->shards[k]), 0, PSW_AGG_PROBE_MS, &eb);
     if (err < 0) ch[k] = NULL;
     else ps_chan_set_timeout(ch[k], c->io_timeout_ms);
+    if (err == 0) ps_chan_set_dead_ms(ch[k], ps_config_dead_ms(c->cfg));
   }
   if (err < 0) {
     for (size_t k = 0; k < c->nshards; k++) ps_chan_close(ch[k]);

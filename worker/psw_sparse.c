@@ -379,6 +379,7 @@ static ps_chan_client *chan_get(psw_sparse *s, size_t k) {
     return NULL;
   }
   ps_chan_set_timeout(s->ch[k], ps_config_reply_timeout_ms(s->cfg)); /* a pull may park */
+  ps_chan_set_dead_ms(s->ch[k], ps_config_dead_ms(s->cfg)); /* a cut ends in a reconnect */
   return s->ch[k];
 }
 

@@ -1,5 +1,11 @@
 /* Tests for ps_addr: host:port splitting. */
 #include "ps_addr.h"
+
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
 #include "ps_test.h"
 
 START_TEST(test_addr_good) {
@@ -182,6 +188,38 @@ START_TEST(test_addr_loopback_same_host) {
 }
 END_TEST
 
+/* ps_addr_dead_after: the kernel gives a connection up after DEAD_MS
+ * without an acknowledgement (TCP_USER_TIMEOUT), probing an idle one from
+ * half of it on (whole seconds, at least 1) every second. */
+START_TEST(test_addr_dead_after) {
+  static const struct {
+    int ms, idle;
+  } cases[] = {{10000, 5}, {2500, 1}, {1000, 1}};
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    ck_assert_int_ge(fd, 0);
+    ps_errbuf eb = {""};
+    ck_assert_msg(ps_addr_dead_after(fd, cases[i].ms, &eb) == 0, "%s", eb.msg);
+    unsigned int ut = 0;
+    int v = 0;
+    socklen_t n = sizeof ut;
+    ck_assert_int_eq(getsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ut, &n), 0);
+    ck_assert_uint_eq(ut, (unsigned)cases[i].ms);
+    n = sizeof v;
+    ck_assert_int_eq(getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &v, &n), 0);
+    ck_assert_int_eq(v, 1);
+    ck_assert_int_eq(getsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &v, &n), 0);
+    ck_assert_int_eq(v, cases[i].idle);
+    ck_assert_int_eq(getsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &v, &n), 0);
+    ck_assert_int_eq(v, 1);
+    close(fd);
+  }
+  ps_errbuf eb = {""};
+  ck_assert_int_eq(ps_addr_dead_after(-1, 1000, &eb), PS_EIO);
+  ck_assert_msg(strstr(eb.msg, "TCP_USER_TIMEOUT"), "%s", eb.msg);
+}
+END_TEST
+
 Suite *ps_addr_suite(void) {
   Suite *s = suite_create("ps_addr");
   TCase *tc = tcase_create("core");
@@ -192,6 +230,7 @@ Suite *ps_addr_suite(void) {
   tcase_add_test(tc, test_addr_port_leading_zero);
   tcase_add_test(tc, test_addr_same);
   tcase_add_test(tc, test_addr_loopback_same_host);
+  tcase_add_test(tc, test_addr_dead_after);
   suite_add_tcase(s, tc);
   return s;
 }

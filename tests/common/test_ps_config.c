@@ -186,6 +186,11 @@ START_TEST(test_config_defaults) {
   ck_assert_uint_eq(c.workers.min, 1); /* = count */
   ck_assert_str_eq(c.workers.device, "auto");
   ck_assert_uint_eq(c.workers.retry_ms, 30000);
+  /* half the 5 s lease; at least 1 s */
+  ck_assert_int_eq(ps_config_dead_ms(&c), 2500);
+  c.workers.lease_ms = 1500;
+  ck_assert_int_eq(ps_config_dead_ms(&c), 1000);
+  c.workers.lease_ms = 5000;
   ck_assert_uint_eq(c.workers.nslowdown, 0);
   ck_assert(c.workers.jitter_prob == 0 && c.workers.jitter_factor == 1);
   ck_assert_int_eq(c.workers.shared_memory, 1);

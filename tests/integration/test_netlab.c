@@ -29,6 +29,10 @@
  *    declared dead; the other trains on; the cut worker's first word after
  *    the heal is answered "expired" (a push or pull refused: psd_clock
  *    invariant 9), it registers again, rejoins every shard and finishes.
+ *  - cut_worker_resumes (tcase heal): a worker host cut off for 14 s
+ *    within its lease under SSP; the worker gives its connections up after
+ *    half a lease (TCP_USER_TIMEOUT, keepalive) and the job moves again
+ *    within 6 s of the heal, not when TCP's backoff retransmits.
  *
  * Skipped (visibly) when network namespaces are not permitted (not root,
  * no CAP_NET_ADMIN / CAP_SYS_ADMIN, no iproute2) or the dataset is
@@ -118,8 +122,9 @@ static char *nl_status(nl_ctx *x) {
 }
 
 /* nl_start starts both shards in h0 and h1, waits until psctl on h2 sees
- * both serving, and submits logistic regression as "lr" (Adam, LR). */
-static void nl_start(nl_ctx *x, const char *lr) {
+ * both serving, and submits logistic regression as "lr" (Adam, LR; SSP
+ * with that STALENESS, NULL: the default consistency). */
+static void nl_start(nl_ctx *x, const char *lr, const char *staleness) {
   for (int s = 0; s < 2; s++) {
     char log[700], id[4];
     snprintf(log, sizeof log, "%s/psd%d.log", x->dir, s);
@@ -146,7 +151,8 @@ static void nl_start(nl_ctx *x, const char *lr) {
   free(nl_host_run(x, "h2", "model", ps_test_bin("psctl"), "model", "logreg", "--inputs", "784",
                    "--classes", "10", "-o", pb, NULL));
   free(nl_host_run(x, "h2", "submit", ps_test_bin("psctl"), "submit", pb, "--name", "lr",
-                   "--config", x->yaml, "--optimizer", "adam", "--lr", lr, NULL));
+                   "--config", x->yaml, "--optimizer", "adam", "--lr", lr,
+                   staleness ? "--consistency" : NULL, "ssp", "--staleness", staleness, NULL));
 }
 
 /* nl_workers starts workers 0 and 1 on h2 and h3 with EPOCHS: ranks 0
@@ -317,7 +323,7 @@ START_TEST(test_netlab_train) {
   char *routes = nl_host_run(&x, "h2", "routes", "ip", "-4", "route", "show", "table", "all", NULL);
   ck_assert_msg(!strstr(routes, "default"), "a lab host has a default route: %s", routes);
   free(routes);
-  nl_start(&x, "0.003");
+  nl_start(&x, "0.003", NULL);
   nl_workers(&x, "1", 1);
   char *out[2];
   const char *json[2];
@@ -396,7 +402,7 @@ START_TEST(test_netlab_cut_shard) {
         "  heartbeat_ms: 500\n  lease_ms: 30000\n"
         "training:\n  model: lr\n  epochs: 12\n  batch_size: 64\n  seed: 1\n"
         "  pull_timeout_ms: 500\n" NL_YAML_DATA "  limit: 20000\n");
-  nl_start(&x, "0.003");
+  nl_start(&x, "0.003", NULL);
   nl_workers(&x, "12", 1);
   nl_wait_epoch(&x, 0, 2);
   int64_t t0 = ps_test_now_ms();
@@ -475,7 +481,7 @@ START_TEST(test_netlab_lease_outlived) {
         "  heartbeat_ms: 200\n  lease_ms: 2000\n"
         "training:\n  model: lr\n  epochs: 12\n  batch_size: 64\n  seed: 1\n"
         "  pull_timeout_ms: 500\n" NL_YAML_DATA "  limit: 20000\n");
-  nl_start(&x, "0.003");
+  nl_start(&x, "0.003", NULL);
   nl_workers(&x, "12", 0);
   nl_wait_epoch(&x, 1, 2);
   nl_link(&x, "cut", "h3");
@@ -522,6 +528,72 @@ START_TEST(test_netlab_lease_outlived) {
   for (int r = 0; r < 2; r++)
     ck_assert_msg(!strcmp(nl_worker_state(st, r, state, sizeof state), "DONE"),
                   "worker %d is %s at the end: %s", r, state, st);
+  nl_check_pushes(st, json);
+  nl_end(&x, st, out, json);
+}
+END_TEST
+
+/* A worker host cut off for 14 s, within its lease (20 s), under SSP
+ * (staleness 2: worker 0 soon waits for worker 1).  Worker 1's channel
+ * connections have data or keepalive probes unacknowledged since the cut,
+ * so the kernel gives them up after half a lease (ps_config_dead_ms: 10 s)
+ * and psw reconnects, backing off at most 2 s: the job moves again within
+ * a few seconds of the heal.  Before, they waited out TCP's retransmission
+ * backoff (ss -tin on the shard: backoff 6, RTO 13 s by the heal; psw's
+ * own I/O timeout, pull_timeout_ms + 5 s, is later still): 0.8 to 14 s
+ * after the heal measured, by where the backoff stood, so the test first
+ * checks what decides it, the connections given up before the heal.
+ * Nothing is applied twice: every acknowledged push is applied, and
+ * nothing beyond those whose answer was lost. */
+START_TEST(test_netlab_cut_worker_resumes) {
+  NL_NEED();
+  nl_ctx x = {0};
+  nl_up(&x, "0",
+        "chunk_elems: 1024\n"
+        "workers:\n  count: 2\n  device: cpu\n  retry_ms: 30000\n"
+        "  heartbeat_ms: 500\n  lease_ms: 20000\n"
+        "training:\n  model: lr\n  epochs: 12\n  batch_size: 64\n  seed: 1\n"
+        NL_YAML_DATA "  limit: 20000\n");
+  nl_start(&x, "0.003", "2");
+  nl_workers(&x, "12", 1);
+  nl_wait_epoch(&x, 1, 2);
+  nl_link(&x, "cut", "h3");
+  usleep(14000 * 1000);
+  /* what decides it: by now worker 1 gave its connections up (old: TCP
+   * still had them, psw's I/O timeout 35 s away), whatever phase of the
+   * backoff the stuck data was in, which alone decides how soon a kept
+   * connection would have resumed (0.8 to 13 s after the heal measured) */
+  char *log = ps_test_read_file(x.wlog[1], NULL);
+  int gave_up = strstr(log, "reconnecting for up to") != NULL;
+  free(log);
+  nl_link(&x, "heal", "h3");
+  int64_t healed = ps_test_now_ms();
+  ck_assert_msg(gave_up, "worker 1 still held its connections 14 s into the cut, 4 s past "
+                "their 10 s; see %s", x.wlog[1]);
+  char *st = nl_host_run(&x, "h2", "status", ps_test_bin("psctl"), "status", "--config", x.yaml,
+                         "--json", "--timeout", "3000", "--interval", "100", NULL);
+  unsigned long long v0 = nl_shard_version(st, 0), v = v0;
+  free(st);
+  /* 8 more pushes: both workers moved (worker 0 alone makes 2 at most) */
+  while (v < v0 + 8 && ps_test_now_ms() - healed < 30000) {
+    usleep(100 * 1000);
+    st = nl_host_run(&x, "h2", "status", ps_test_bin("psctl"), "status", "--config", x.yaml,
+                     "--json", "--timeout", "3000", "--interval", "100", NULL);
+    v = nl_shard_version(st, 0);
+    free(st);
+  }
+  double took = (ps_test_now_ms() - healed) / 1e3;
+  printf("test_netlab_cut_worker_resumes: cut 14 s; the job moved again %.1f s after the heal "
+         "(shard 0 at version %llu, %llu at the heal)\n", took, v, v0);
+  ck_assert_msg(v >= v0 + 8, "the job did not move within 30 s of the heal (version %llu, %llu "
+                "at the heal); see %s", v, v0, x.wlog[1]);
+  ck_assert_msg(took < 6.0, "the job moved again only %.1f s after the heal; see %s", took,
+                x.wlog[1]);
+  char *out[2];
+  const char *json[2];
+  nl_wait_workers(&x, out, json);
+  ck_assert_int_eq((int)ps_test_json_num(json[1], "epochs"), 12);
+  st = nl_status(&x);
   nl_check_pushes(st, json);
   nl_end(&x, st, out, json);
 }
@@ -924,5 +996,11 @@ Suite *netlab_suite(void) {
   tcase_add_test(tc, test_netlab_cut_shard);
   tcase_add_test(tc, test_netlab_lease_outlived);
   suite_add_tcase(s, tc);
+  /* a worker's cable pulled within its lease: how soon the job resumes */
+  TCase *heal = tcase_create("heal");
+  tcase_set_timeout(heal, 120);
+  tcase_add_unchecked_fixture(heal, ps_test_procs_setup, nl_teardown);
+  tcase_add_test(heal, test_netlab_cut_worker_resumes);
+  suite_add_tcase(s, heal);
   return s;
 }

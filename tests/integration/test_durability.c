@@ -654,6 +654,18 @@ START_TEST(test_foreign_log_refused) {
 }
 END_TEST
 
+/* cl_start_refused starts DIR's shard on YAML, its log DIR/NAME (path in
+ * LOG, LLEN bytes), and waits up to 30 s for it to end (killed past
+ * that: status -1 in *ST); returns the log's text (caller frees). */
+static char *cl_start_refused(const char *yaml, const char *dir, const char *name, char *log,
+                              size_t llen, int *st) {
+  snprintf(log, llen, "%s/%s", dir, name);
+  pid_t pid = ps_test_psd(yaml, 0, log, NULL);
+  *st = ps_test_wait_pid(pid, 30000);
+  if (*st == -1) ps_test_stop(pid, SIGKILL, 5000);
+  return ps_test_read_file(log, NULL);
+}
+
 /* A log the replay refuses as damaged (a record acknowledged long before
  * the last group, its payload flipped) says how to start anyway and what
  * it costs; doing what it says (the redo directory moved away) starts the
@@ -671,13 +683,11 @@ START_TEST(test_corrupt_log_hint) {
            "f=$(ls '%s'/*.log | head -1) && printf '\\377' | dd of=\"$f\" bs=1 seek=24 "
            "conv=notrunc status=none", redo);
   ck_assert_int_eq(system(cmd), 0);
-  char bad[700];
-  snprintf(bad, sizeof bad, "%s/psd0-corrupt.log", dir);
-  pid_t pid = ps_test_psd(yaml, 0, bad, NULL);
-  int st = ps_test_wait_pid(pid, 30000);
-  ck_assert_msg(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) != 0,
-                "psd started on a damaged log (%d); see %s", st, bad);
-  char *text = ps_test_read_file(bad, NULL), want[900];
+  char bad[700], want[900];
+  int st;
+  char *text = cl_start_refused(yaml, dir, "psd0-corrupt.log", bad, sizeof bad, &st);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0, "psd started on a damaged log (%d); see %s",
+                st, bad);
   snprintf(want, sizeof want, "move the whole directory '%s' away", redo);
   ck_assert_msg(strstr(text, "cannot recover from the redo log") && strstr(text, want) &&
                     strstr(text, "losing the pushes acknowledged after it"),
@@ -687,8 +697,7 @@ START_TEST(test_corrupt_log_hint) {
   snprintf(cmd, sizeof cmd, "mv '%s' '%s.bad'", redo, redo);
   ck_assert_int_eq(system(cmd), 0);
   snprintf(bad, sizeof bad, "%s/psd0-moved.log", dir);
-  pid = cl_start(yaml, bad, gp, cp);
-  st = ps_test_stop(pid, SIGTERM, 15000);
+  st = ps_test_stop(cl_start(yaml, bad, gp, cp), SIGTERM, 15000);
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd ended with status %d", st);
   text = ps_test_read_file(bad, NULL);
   ck_assert_msg(strstr(text, "holds no log and no id") && strstr(text, "are lost"), "see %s", bad);
@@ -718,15 +727,11 @@ START_TEST(test_log_io_error_no_hint) {
   f[strcspn(f, "\n")] = 0;
   snprintf(cmd, sizeof cmd, "chattr +i '%s'", f);
   ck_assert_msg(system(cmd) == 0, "chattr +i '%s' failed (root on ext4 or xfs needed)", f);
-  snprintf(log, sizeof log, "%s/psd0-immutable.log", dir);
-  pid_t pid = ps_test_psd(yaml, 0, log, NULL);
-  int st = ps_test_wait_pid(pid, 30000);
-  if (st == -1) ps_test_stop(pid, SIGKILL, 5000);
+  int st;
+  char *text = cl_start_refused(yaml, dir, "psd0-immutable.log", log, sizeof log, &st);
   snprintf(cmd, sizeof cmd, "chattr -i '%s'", f); /* before any assertion: the dir is removed */
-  int unset = system(cmd);
-  char *text = ps_test_read_file(log, NULL);
-  ck_assert_int_eq(unset, 0);
-  ck_assert_msg(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) != 0,
+  ck_assert_int_eq(system(cmd), 0);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0,
                 "psd started on an immutable segment (%d); see %s", st, log);
   ck_assert_msg(strstr(text, "cannot recover from the redo log") &&
                     strstr(text, "give its user write access"), "see %s", log);
@@ -736,8 +741,7 @@ START_TEST(test_log_io_error_no_hint) {
   free(f);
   /* the segment writable again, the shard starts on its log, nothing lost */
   snprintf(log, sizeof log, "%s/psd0-again.log", dir);
-  pid = cl_start(yaml, log, gp, cp);
-  st = ps_test_stop(pid, SIGTERM, 15000);
+  st = ps_test_stop(cl_start(yaml, log, gp, cp), SIGTERM, 15000);
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd ended with status %d", st);
   text = ps_test_read_file(log, NULL);
   ck_assert_msg(strstr(text, "redo log replayed: 10 records"), "see %s", log);

@@ -496,6 +496,7 @@ static int psd_main_recover(psd_main *m) {
     }
   }
   if (err < 0) {
+    if (replay_err) psd_wal_stats_get(w, &st); /* (replay_refused) */
     psd_store_set_log(sh->store, NULL, NULL);
     psd_shard_sparse_set_log(sh, NULL, NULL);
     psd_shard_sparse_set_durable(sh, NULL, NULL);
@@ -505,8 +506,10 @@ static int psd_main_recover(psd_main *m) {
               eb.msg);
     /* the message says why (a corrupt record is no i/o error); a log the
      * replay refuses as damaged leaves the operator one way on, which
-     * costs what the log holds past the snapshot: said */
-    else if (replay_err == PS_EIO)
+     * costs what the log holds past the snapshot: said.  Not for a system
+     * call's failure (a segment it may not write, a failing disk), where
+     * the log is whole and moving it would lose those pushes for nothing */
+    else if (replay_err == PS_EIO && st.replay_refused)
       psd_main_start_failed(m, err, "shard %u: cannot recover from the redo log: %s. To start "
                             "from the last snapshot instead, losing the pushes acknowledged "
                             "after it, move the whole directory '%s' away (keep it to "

@@ -141,6 +141,7 @@ struct psd_wal {
   int writer_done;         /* the writer thread ended (under mu) */
   uint64_t replayed, dropped, replay_ms, replay_last, skipped;
   int scan_cut;            /* the replay's search for intact records ended early */
+  int refused;             /* the replay refused the log's records (psd_wal_stats) */
   uint64_t loop_ns, loop_max_ns; /* the loop's time inside the log's calls */
   uint64_t lock_ns, lock_max_ns; /* of which waiting for the writer's mutex */
 };
@@ -843,6 +844,7 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
      * last segment a crash left before any record reached it). */
     uint64_t need = (last > from ? last : from) + 1;
     if (w->segs[i].first > need) {
+      w->refused = 1;
       if (ended[0])
         rc = ps_errf(eb, PS_EIO, "redo log '%s': segment '%s' starts at record %" PRIu64 ", but "
                      "record %" PRIu64 " is missing%s: refusing to replay past acknowledged "
@@ -909,6 +911,7 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
         /* an intact record of a later seq than the name (a reused file's
          * records are older): the file was renamed; its records may be
          * acknowledged ones, so it is neither cut nor removed */
+        w->refused = 1;
         rc = ps_errf(eb, PS_EIO, "redo log '%s/%s' starts with record %" PRIu64 ", not %" PRIu64
                      " as its name says (a segment renamed by hand?): refusing to start (its "
                      "name would be %016" PRIx64 ".log)", w->dir, name, seq, w->segs[i].first,
@@ -927,6 +930,7 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
         break;
       }
       if (bad && i + 1 < w->nsegs) {
+        w->refused = 1;
         rc = ps_errf(eb, PS_EIO, "redo log '%s/%s' is corrupt at offset %zu (%s) and later "
                      "segments follow it: refusing to replay past acknowledged records", w->dir,
                      name, off, bad);
@@ -980,6 +984,7 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
          * 8: its record, intact after a damaged skip record, was stepped
          * over to above.) */
         if (f.later) { /* end marks: a group after the bad record's was written */
+          w->refused = 1;
           rc = ps_errf(eb, PS_EIO, "redo log '%s/%s' is corrupt at offset %zu (%s), and a "
                        "group written after the one holding it follows (%" PRIu64 " intact "
                        "records after it): the bad record was synced, so acknowledged records "
@@ -987,6 +992,7 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
           break;
         }
         if (after && end - off > group) {
+          w->refused = 1;
           rc = ps_errf(eb, PS_EIO, "redo log '%s/%s' is corrupt at offset %zu (%s), and %" PRIu64
                        " intact records follow it over %zu bytes, more than one group holds "
                        "(%" PRIu64 " with group_commit_max_bytes %" PRIu64 "): the bad record "
@@ -1028,12 +1034,14 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
       if (seq > from) {
         uint64_t want = (last > from ? last : from) + 1;
         if (seq != want && rend == 0 && ended[0]) {
+          w->refused = 1;
           rc = ps_errf(eb, PS_EIO, "redo log '%s' holds record %" PRIu64 " next, but record "
                        "%" PRIu64 " is missing%s: refusing to replay past acknowledged records",
                        w->dir, seq, want, ended);
           break;
         }
         if (seq != want) {
+          w->refused = 1;
           rc = ps_errf(eb, PS_EIO, "redo log '%s' holds record %" PRIu64 " next, but the store's "
                        "snapshot ends at record %" PRIu64 " and record %" PRIu64 " is missing "
                        "(is a log segment or the snapshot missing, or the snapshot from another "
@@ -1940,6 +1948,7 @@ void psd_wal_stats_get(psd_wal *w, psd_wal_stats *st) {
   st->replay_dropped = w->dropped;
   st->replay_skipped = w->skipped;
   st->replay_scan_cut = w->scan_cut;
+  st->replay_refused = w->refused;
   st->replay_ms = w->replay_ms;
 }
 

@@ -245,6 +245,10 @@ typedef struct psd_wal_stats {
   int replay_scan_cut;     /* its search for intact records after a bad one
                             * ended early (wal_count_after's budget: bytes
                             * that look like records at nearly every offset) */
+  int replay_refused;      /* it refused the log's records (corrupt or missing
+                            * ones), not for a system call's failure (a
+                            * segment it could not read, sync or cut) nor
+                            * FN's: a log damaged, not one unreadable */
   uint64_t write_us;       /* the writer's time in pwrite, all groups */
   uint64_t sync_us;        /* its time in fdatasync, all groups */
   uint64_t loop_us;        /* the loop thread's time inside psd_wal_append,

@@ -485,11 +485,16 @@ void ps_test_crash_loop(int iters) {
 START_TEST(test_crash_loop_short) { ps_test_crash_loop(4); }
 END_TEST
 
-/* cl_pushes starts the one-shard sync cluster of DIR (its yaml in YAML,
- * ports in *GP, *CP), submits and sends N pushes; returns the shard. */
-static pid_t cl_pushes(const char *dir, char *yaml, size_t ylen, int *gp, int *cp, int n) {
+/* cl_pushes_snap starts the one-shard sync cluster of DIR (its yaml in
+ * YAML, ports in *GP, *CP; with NO_SNAP no snapshot after the submit's:
+ * every push is the log's alone), submits and sends N pushes, one per
+ * sync; returns the shard.  cl_pushes: snapshots as usual. */
+static pid_t cl_pushes_snap(const char *dir, char *yaml, size_t ylen, int *gp, int *cp, int n,
+                            int no_snap) {
   char log[700], addr[64];
   snprintf(yaml, ylen, "%s", cl_sync_yaml(dir, gp, cp));
+  if (no_snap)
+    ps_test_file_replace(yaml, yaml, "flush_interval_ms: 200", "flush_interval_ms: 600000");
   snprintf(log, sizeof log, "%s/psd0.log", dir);
   snprintf(addr, sizeof addr, "127.0.0.1:%d", *cp);
   pid_t pid = cl_start(yaml, log, *gp, *cp);
@@ -506,6 +511,10 @@ static pid_t cl_pushes(const char *dir, char *yaml, size_t ylen, int *gp, int *c
   }
   ps_chan_close(c);
   return pid;
+}
+
+static pid_t cl_pushes(const char *dir, char *yaml, size_t ylen, int *gp, int *cp, int n) {
+  return cl_pushes_snap(dir, yaml, ylen, gp, cp, n, 0);
 }
 
 /* cl_disk_bytes checks that `psctl status` counts the redo log of DIR's
@@ -645,6 +654,18 @@ START_TEST(test_foreign_log_refused) {
 }
 END_TEST
 
+/* cl_start_refused starts DIR's shard on YAML, its log DIR/NAME (path in
+ * LOG, LLEN bytes), and waits up to 30 s for it to end (killed past
+ * that: status -1 in *ST); returns the log's text (caller frees). */
+static char *cl_start_refused(const char *yaml, const char *dir, const char *name, char *log,
+                              size_t llen, int *st) {
+  snprintf(log, llen, "%s/%s", dir, name);
+  pid_t pid = ps_test_psd(yaml, 0, log, NULL);
+  *st = ps_test_wait_pid(pid, 30000);
+  if (*st == -1) ps_test_stop(pid, SIGKILL, 5000);
+  return ps_test_read_file(log, NULL);
+}
+
 /* A log the replay refuses as damaged (a record acknowledged long before
  * the last group, its payload flipped) says how to start anyway and what
  * it costs; doing what it says (the redo directory moved away) starts the
@@ -653,39 +674,20 @@ END_TEST
 START_TEST(test_corrupt_log_hint) {
   const char *dir = ps_test_tmpdir();
   int gp, cp;
-  char yaml[700], log[700], redo[700], addr[64], cmd[3000];
-  snprintf(yaml, sizeof yaml, "%s", cl_sync_yaml(dir, &gp, &cp));
-  /* no snapshot after the submit's: every push is the log's alone */
-  ps_test_file_replace(yaml, yaml, "flush_interval_ms: 200", "flush_interval_ms: 600000");
-  snprintf(log, sizeof log, "%s/psd0.log", dir);
+  char yaml[700], redo[700], cmd[3000];
   snprintf(redo, sizeof redo, "%s/shard0/redo", dir);
-  snprintf(addr, sizeof addr, "127.0.0.1:%d", cp);
-  pid_t pid = cl_start(yaml, log, gp, cp);
-  cl_submit(gp);
-  ps_chan_client *c;
-  ps_errbuf eb;
-  ck_assert_int_eq(ps_test_chan_connect(&c, addr, "test", 10000, &eb), 0);
-  float g[CL_ELEMS];
-  for (int i = 0; i < CL_ELEMS; i++) g[i] = -1.0f;
-  uint64_t v;
-  for (uint32_t i = 0; i < 40; i++) { /* one push per sync: 40 groups */
-    uint32_t id = i % CL_CHUNKS;
-    ck_assert_int_eq(ps_test_push(c, "cl", &id, 1, g, CL_ELEMS, 0, 0, 0, &v, &eb), 0);
-  }
-  ps_chan_close(c);
-  ps_test_stop(pid, SIGKILL, 5000);
+  /* 40 groups, none in a snapshot */
+  ps_test_stop(cl_pushes_snap(dir, yaml, sizeof yaml, &gp, &cp, 40, 1), SIGKILL, 5000);
   /* the first segment's first record: its payload's byte 8 flipped */
   snprintf(cmd, sizeof cmd,
            "f=$(ls '%s'/*.log | head -1) && printf '\\377' | dd of=\"$f\" bs=1 seek=24 "
            "conv=notrunc status=none", redo);
   ck_assert_int_eq(system(cmd), 0);
-  char bad[700];
-  snprintf(bad, sizeof bad, "%s/psd0-corrupt.log", dir);
-  pid = ps_test_psd(yaml, 0, bad, NULL);
-  int st = ps_test_wait_pid(pid, 30000);
-  ck_assert_msg(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) != 0,
-                "psd started on a damaged log (%d); see %s", st, bad);
-  char *text = ps_test_read_file(bad, NULL), want[900];
+  char bad[700], want[900];
+  int st;
+  char *text = cl_start_refused(yaml, dir, "psd0-corrupt.log", bad, sizeof bad, &st);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0, "psd started on a damaged log (%d); see %s",
+                st, bad);
   snprintf(want, sizeof want, "move the whole directory '%s' away", redo);
   ck_assert_msg(strstr(text, "cannot recover from the redo log") && strstr(text, want) &&
                     strstr(text, "losing the pushes acknowledged after it"),
@@ -695,11 +697,54 @@ START_TEST(test_corrupt_log_hint) {
   snprintf(cmd, sizeof cmd, "mv '%s' '%s.bad'", redo, redo);
   ck_assert_int_eq(system(cmd), 0);
   snprintf(bad, sizeof bad, "%s/psd0-moved.log", dir);
-  pid = cl_start(yaml, bad, gp, cp);
-  st = ps_test_stop(pid, SIGTERM, 15000);
+  st = ps_test_stop(cl_start(yaml, bad, gp, cp), SIGTERM, 15000);
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd ended with status %d", st);
   text = ps_test_read_file(bad, NULL);
   ck_assert_msg(strstr(text, "holds no log and no id") && strstr(text, "are lost"), "see %s", bad);
+  free(text);
+}
+END_TEST
+
+/* A log the replay cannot use for a system call's failure, not for its
+ * contents (here its segment immutable, chattr +i: the open for the
+ * replay's sync fails, as for a segment the shard's user may not write),
+ * gets the call's error and no advice to move the log away: the log is
+ * whole, and moving it would lose the pushes acknowledged after the
+ * snapshot for nothing.  The hint for a damaged log was given for any
+ * PS_EIO of the replay, this one included ("... give its user write
+ * access). To start from the last snapshot instead, losing the pushes
+ * acknowledged after it, move the whole directory ... away"). */
+START_TEST(test_log_io_error_no_hint) {
+  const char *dir = ps_test_tmpdir();
+  int gp, cp;
+  char yaml[700], redo[700], seg[800], cmd[3000], log[700];
+  snprintf(redo, sizeof redo, "%s/shard0/redo", dir);
+  ps_test_stop(cl_pushes_snap(dir, yaml, sizeof yaml, &gp, &cp, 10, 1), SIGKILL, 5000);
+  snprintf(seg, sizeof seg, "%s/seg", dir);
+  snprintf(cmd, sizeof cmd, "ls '%s'/*.log | head -1 > '%s'", redo, seg);
+  ck_assert_int_eq(system(cmd), 0);
+  char *f = ps_test_read_file(seg, NULL);
+  f[strcspn(f, "\n")] = 0;
+  snprintf(cmd, sizeof cmd, "chattr +i '%s'", f);
+  ck_assert_msg(system(cmd) == 0, "chattr +i '%s' failed (root on ext4 or xfs needed)", f);
+  int st;
+  char *text = cl_start_refused(yaml, dir, "psd0-immutable.log", log, sizeof log, &st);
+  snprintf(cmd, sizeof cmd, "chattr -i '%s'", f); /* before any assertion: the dir is removed */
+  ck_assert_int_eq(system(cmd), 0);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) != 0,
+                "psd started on an immutable segment (%d); see %s", st, log);
+  ck_assert_msg(strstr(text, "cannot recover from the redo log") &&
+                    strstr(text, "give its user write access"), "see %s", log);
+  ck_assert_msg(!strstr(text, "move the whole directory"),
+                "advice to move a whole log away for a system call's failure; see %s", log);
+  free(text);
+  free(f);
+  /* the segment writable again, the shard starts on its log, nothing lost */
+  snprintf(log, sizeof log, "%s/psd0-again.log", dir);
+  st = ps_test_stop(cl_start(yaml, log, gp, cp), SIGTERM, 15000);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd ended with status %d", st);
+  text = ps_test_read_file(log, NULL);
+  ck_assert_msg(strstr(text, "redo log replayed: 10 records"), "see %s", log);
   free(text);
 }
 END_TEST
@@ -1443,6 +1488,7 @@ Suite *psd_durability_suite(void) {
   tcase_add_test(tc, test_status_interval);
   tcase_add_test(tc, test_foreign_log_refused);
   tcase_add_test(tc, test_corrupt_log_hint);
+  tcase_add_test(tc, test_log_io_error_no_hint);
   tcase_add_test(tc, test_flushed_after_replay);
   tcase_add_test(tc, test_log_id_pending_finished);
   suite_add_tcase(s, tc);

@@ -28,9 +28,8 @@ struct ps_rpc {
   grpc_channel *ch;
 };
 
-/* rpc_backup_poll_env sets gRPC's backup poll interval (see
- * ps_grpc_init) unless the environment already does. */
-static void rpc_backup_poll_env(void) {
+/* ps_grpc_env: see ps_rpc.h. */
+void ps_grpc_env(void) {
   char ms[16];
   snprintf(ms, sizeof ms, "%d", PS_RPC_BACKUP_POLL_MS);
   setenv("GRPC_CLIENT_CHANNEL_BACKUP_POLL_INTERVAL_MS", ms, 0);
@@ -39,7 +38,7 @@ static void rpc_backup_poll_env(void) {
 /* ps_grpc_init: see ps_rpc.h. */
 void ps_grpc_init(void) {
   static pthread_once_t once = PTHREAD_ONCE_INIT;
-  pthread_once(&once, rpc_backup_poll_env);
+  pthread_once(&once, ps_grpc_env); /* a main that did not call it */
   grpc_init();
 }
 

@@ -30,6 +30,11 @@ typedef struct ps_rpc ps_rpc;
 #define PS_RPC_BACKUP_POLL_MS 100
 void ps_grpc_init(void);
 
+/* ps_grpc_env sets that variable (unless the environment has it); the
+ * programs' mains call it first, before any thread exists (setenv races
+ * with another thread's getenv), and ps_grpc_init once for the others. */
+void ps_grpc_env(void);
+
 /* ps_rpc_open creates an insecure channel to ADDR ("host:port"); it does
  * not connect yet.  Calls ps_grpc_init (balanced by ps_rpc_close). */
 int ps_rpc_open(ps_rpc **out, const char *addr, ps_errbuf *eb);

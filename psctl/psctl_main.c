@@ -5,6 +5,7 @@
 
 #include "ps_log.h"
 #include "ps_proc.h"
+#include "ps_rpc.h"
 #include "ps_version.h"
 #include "psctl.h"
 
@@ -74,6 +75,7 @@ static int psctl_dispatch(int argc, char **argv) {
  * answer. */
 int main(int argc, char **argv) {
   ps_proc_start(); /* first: fds 0-2 open, no signal blocked (ps_proc.h) */
+  ps_grpc_env();   /* before any thread (ps_rpc.h) */
   ps_log_init("psctl", LOG_WARNING);
   return ps_proc_flush_stdout("psctl", "the output", psctl_dispatch(argc, argv));
 }

@@ -40,10 +40,11 @@
 
 #include "ps_addr.h"
 #include "ps_auth.h"
-#include "ps_fpu.h"
 #include "ps_config.h"
+#include "ps_fpu.h"
 #include "ps_log.h"
 #include "ps_proc.h"
+#include "ps_rpc.h"
 #include "ps_stop.h"
 #include "ps_time.h"
 #include "ps_tls.h"
@@ -1260,6 +1261,7 @@ static int psd_main_serve(psd_main *m, const ps_config *cfg, const ps_shard_conf
 
 int main(int argc, char **argv) {
   ps_proc_start(); /* first: fds 0-2 open, no signal blocked (ps_proc.h) */
+  ps_grpc_env();   /* before any thread (ps_rpc.h) */
   mallopt(M_MMAP_THRESHOLD, 1 << 20); /* big freed buffers go back to the OS */
   /* ... but not the small ones every snapshot allocates and frees again
    * (RocksDB's block buffers, one chunk record each): at glibc's default

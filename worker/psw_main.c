@@ -34,13 +34,14 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "ps_fpu.h"
 #include "ps_config.h"
+#include "ps_fpu.h"
 #include "ps_gpu.h"
 #include "ps_gpu_blas.h"
 #include "ps_log.h"
 #include "ps_pb.h"
 #include "ps_proc.h"
+#include "ps_rpc.h"
 #include "ps_stop.h"
 #include "ps_version.h"
 #include "psw_train.h"
@@ -243,6 +244,7 @@ static int psw_exit_code(int err, const psw_train_result *r) {
 /* main: see the top of this file for the exit codes. */
 int main(int argc, char **argv) {
   ps_proc_start(); /* first: fds 0-2 open, no signal blocked (ps_proc.h) */
+  ps_grpc_env();   /* before any thread (ps_rpc.h) */
   ps_log_init("psw", LOG_INFO);
   ps_errbuf eb = {{0}};
   /* First: it may execute psw again (nothing else done yet is lost). */

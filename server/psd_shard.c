@@ -91,7 +91,8 @@ static int psd_shard_accepting(const psd_shard *sh, psd_req req, ps_errbuf *eb) 
   switch (code) {
     case PS_EDEGRADED:
       return ps_errf(eb, PS_EDEGRADED,
-                     "%s is degraded (%s): %s are refused until the disk works again", me,
+                     "%s is degraded (%s): %s are refused until its disk works and has "
+                     "room again", me,
                      sh->degraded_why, req == PSD_REQ_SUBMIT ? "models" : "pushes");
     case PS_ESHUTDOWN:
       return ps_errf(eb, PS_ESHUTDOWN, "%s is shutting down", me);

@@ -1140,14 +1140,15 @@ END_TEST
 
 /* A coordinator restarted without rank 1's registration, and a newcomer
  * registered rank 1 before the worker that held it spoke again (it was
- * SIGSTOPped across the restart, well within its 20 s lease): that worker
+ * SIGSTOPped across the restart, well within its 60 s lease, which the
+ * test's bounded waits, 40 s at most, never reach): that worker
  * is refused, registers again, is offered another rank and stops, saying
  * that its rank was taken after the coordinator restarted without its
  * registration.  It used to say "lease expired", though no shard ever
  * declared it dead. */
 START_TEST(test_failover_coordinator_lost_registration_taken) {
   TF_NEED_DATA();
-  tf_ctx x = {.lease_ms = 20000};
+  tf_ctx x = {.lease_ms = 60000};
   tf_start_c(&x, 2, 2, 400, "logreg", "0.002", TF_SAMPLES, "asp", 0);
   tf_spawn_slow(&x, "3");
   tf_spawn_slow(&x, "3");

@@ -647,7 +647,7 @@ static const cfg_slot cfg_durability_slots[] = {
 static const cfg_slot cfg_limits_slots[] = {
     {.name = "max_request_bytes", .type = &cfg_t_u64,
      .offset = offsetof(ps_config, max_request_bytes), .def = "268435456", .min = 1024,
-     .max = 1073741824},
+     .max = PS_CONFIG_MAX_REQUEST_BYTES},
     {.name = "drain_timeout_ms", .type = &cfg_t_u32,
      .offset = offsetof(ps_config, drain_timeout_ms), .def = "5000", .min = 0, .max = 600000},
     {.name = "max_connections", .type = &cfg_t_u32,

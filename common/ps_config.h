@@ -10,6 +10,9 @@
 #ifndef PS_CONFIG_H
 #define PS_CONFIG_H
 
+/* the largest limits.max_request_bytes a file may set (1 GiB) */
+#define PS_CONFIG_MAX_REQUEST_BYTES 1073741824
+
 #include <stddef.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -135,7 +138,8 @@ typedef struct ps_config {
   uint32_t group_commit_max_wait_us;/* sync: wait for more pushes before a sync, default 0 */
   char warning[4 * 4096 + 512]; /* "PATH:LINE:COL: warning: ..." lines (keys set in vain, a
                                  * data_dir twice on a host; cut after about 4); "" */
-  uint64_t max_request_bytes; /* largest push/pull payload, default 256 MiB */
+  uint64_t max_request_bytes; /* largest push/pull payload, default 256 MiB, at most
+                                 PS_CONFIG_MAX_REQUEST_BYTES */
   uint32_t drain_timeout_ms;  /* SIGTERM: wait for in-flight requests, default 5000 */
   uint32_t max_connections;   /* tensor-channel connections at once, default 1024 */
   uint32_t idle_timeout_ms;   /* close a silent connection, > pull_timeout_ms, default 120000 */

@@ -710,16 +710,21 @@ static int push_fits(const psw_sparse *s, ps_errbuf *eb) {
   for (size_t k = 0; k < s->nshards; k++) {
     uint64_t n = s->start[k + 1] - s->start[k];
     if (n <= per) continue;
+    char fix[200]; /* the limit can be raised that far */
+    if (n * row <= PS_CONFIG_MAX_REQUEST_BYTES)
+      snprintf(fix, sizeof fix, "raise limits.max_request_bytes to at least %llu in every "
+               "shard's and psw's cluster file, or lower", (unsigned long long)(n * row));
+    else
+      snprintf(fix, sizeof fix, "that is over the most limits.max_request_bytes takes (%d): "
+               "lower", PS_CONFIG_MAX_REQUEST_BYTES);
     return ps_errf(eb, PS_ETOOBIG, "sparse table '%s'/%u: a push of %llu keys to shard %u takes "
                    "%llu bytes (%llu keys x (%d + dim %u x 4) bytes), over "
                    "limits.max_request_bytes %llu (%llu keys of this table at most): a step's "
                    "push to a shard is one request, as it advances the worker's clock there; "
-                   "raise limits.max_request_bytes to at least %llu in every shard's and psw's "
-                   "cluster file, or lower --batch (training.batch_size)", s->model, s->table,
+                   "%s --batch (training.batch_size)", s->model, s->table,
                    (unsigned long long)n, s->cfg->shards[k].id, (unsigned long long)(n * row),
                    (unsigned long long)n, PSW_SPARSE_KEY_BYTES, s->dim,
-                   (unsigned long long)s->cfg->max_request_bytes, (unsigned long long)per,
-                   (unsigned long long)(n * row));
+                   (unsigned long long)s->cfg->max_request_bytes, (unsigned long long)per, fix);
   }
   return 0;
 }

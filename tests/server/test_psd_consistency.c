@@ -269,6 +269,7 @@ START_TEST(test_grpc_pull_parked_until_push) {
   ps_rpc *r;
   ps_errbuf eb;
   ck_assert_int_eq(ps_test_rpc_open(&r, cons_addr, &eb), 0);
+  cons_rejoin(r); /* both workers alive now, however long the test before took */
   cons_submit(r, "bspg", "bsp", 0, NULL);
   ck_assert_int_eq(cons_pull_now(r, "bspg", 0, 0), 0);
   ck_assert_int_eq(cons_pull_now(r, "bspg", 1, 0), 0);
@@ -303,6 +304,7 @@ START_TEST(test_chan_pull_parked_until_push) {
   ps_rpc *r;
   ps_errbuf eb;
   ck_assert_int_eq(ps_test_rpc_open(&r, cons_addr, &eb), 0);
+  cons_rejoin(r); /* both workers alive now, however long the test before took */
   cons_submit(r, "bspc", "ssp", 1, NULL);
   ck_assert_int_eq(cons_pull_now(r, "bspc", 1, 0), 0);
   for (uint64_t k = 0; k < 2; k++) ck_assert_int_eq(cons_push(r, "bspc", 0, k, 0, 1, &eb), 0);
@@ -350,6 +352,7 @@ START_TEST(test_chan_parked_peer_gone) {
   ps_rpc *r;
   ps_errbuf eb;
   ck_assert_int_eq(ps_test_rpc_open(&r, cons_addr, &eb), 0);
+  cons_rejoin(r); /* both workers alive now, however long the test before took */
   cons_submit(r, "gone", "ssp", 1, NULL);
   ck_assert_int_eq(cons_pull_now(r, "gone", 1, 0), 0);
   for (uint64_t k = 0; k < 2; k++) ck_assert_int_eq(cons_push(r, "gone", 0, k, 0, 1, &eb), 0);

@@ -89,12 +89,18 @@ int ps_err_from_grpc(int status) {
 }
 
 int ps_errf(ps_errbuf *eb, int err, const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  ps_verrf(eb, err, fmt, ap);
+  va_end(ap);
+  return err;
+}
+
+/* ps_verrf: see ps_error.h. */
+int ps_verrf(ps_errbuf *eb, int err, const char *fmt, va_list ap) {
   if (eb) { /* through a copy: an argument may be EB's own message */
     char msg[sizeof eb->msg];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
     memcpy(eb->msg, msg, sizeof msg);
   }
   return err;

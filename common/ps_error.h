@@ -6,6 +6,8 @@
 #ifndef PS_ERROR_H
 #define PS_ERROR_H
 
+#include <stdarg.h>
+
 #include <stddef.h>
 
 #define PS_ERRNO_MAP(X)                                                     \
@@ -69,5 +71,9 @@ typedef struct ps_errbuf {
 
 int ps_errf(ps_errbuf *eb, int err, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
+/* ps_verrf is ps_errf with the arguments as AP, for wrappers that
+ * format their own errors. */
+int ps_verrf(ps_errbuf *eb, int err, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
 
 #endif

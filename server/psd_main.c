@@ -417,7 +417,8 @@ static int psd_main_recover(psd_main *m) {
   int err = psd_wal_open(&w, &o, &eb);
   if (err == 0) err = psd_main_bind_log(m, w, dir, &eb);
   atomic_store(&m->replaying, 1);
-  int replay_err = err == 0 ? (err = psd_wal_replay(w, from, psd_main_replay_one, m, &eb)) : 0;
+  int replay_err = 0;
+  if (err == 0) err = replay_err = psd_wal_replay(w, from, psd_main_replay_one, m, &eb);
   atomic_store(&m->replaying, 0);
   psd_wal_stats st = {0};
   if (err == 0) {

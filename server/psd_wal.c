@@ -817,6 +817,18 @@ static int wal_sync_seg(psd_wal *w, size_t i, ps_errbuf *eb) {
   return 0;
 }
 
+/* wal_refuse_records: the replay refuses the log's records (damaged or
+ * missing ones: psd_wal_stats.replay_refused), PS_EIO with EB saying why. */
+__attribute__((format(printf, 3, 4))) static int wal_refuse_records(psd_wal *w, ps_errbuf *eb,
+                                                                    const char *fmt, ...) {
+  va_list ap;
+  va_start(ap, fmt);
+  w->refused = 1;
+  int rc = ps_verrf(eb, PS_EIO, fmt, ap);
+  va_end(ap);
+  return rc;
+}
+
 /* psd_wal_replay: see psd_wal.h. */
 int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, ps_errbuf *eb) {
   uint64_t t0 = uv_hrtime(), last = 0, applied = 0, dropped = 0;
@@ -844,13 +856,12 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
      * last segment a crash left before any record reached it). */
     uint64_t need = (last > from ? last : from) + 1;
     if (w->segs[i].first > need) {
-      w->refused = 1;
       if (ended[0])
-        rc = ps_errf(eb, PS_EIO, "redo log '%s': segment '%s' starts at record %" PRIu64 ", but "
+        rc = wal_refuse_records(w, eb, "redo log '%s': segment '%s' starts at record %" PRIu64 ", but "
                      "record %" PRIu64 " is missing%s: refusing to replay past acknowledged "
                      "records", w->dir, name, w->segs[i].first, need, ended);
       else
-        rc = ps_errf(eb, PS_EIO, "redo log '%s': segment '%s' starts at record %" PRIu64 ", but "
+        rc = wal_refuse_records(w, eb, "redo log '%s': segment '%s' starts at record %" PRIu64 ", but "
                      "the store's snapshot ends at record %" PRIu64 " and record %" PRIu64 " is "
                      "missing (is a log segment or the snapshot missing, or the snapshot from "
                      "another store?): refusing to start", w->dir, name, w->segs[i].first, from,
@@ -911,8 +922,7 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
         /* an intact record of a later seq than the name (a reused file's
          * records are older): the file was renamed; its records may be
          * acknowledged ones, so it is neither cut nor removed */
-        w->refused = 1;
-        rc = ps_errf(eb, PS_EIO, "redo log '%s/%s' starts with record %" PRIu64 ", not %" PRIu64
+        rc = wal_refuse_records(w, eb, "redo log '%s/%s' starts with record %" PRIu64 ", not %" PRIu64
                      " as its name says (a segment renamed by hand?): refusing to start (its "
                      "name would be %016" PRIx64 ".log)", w->dir, name, seq, w->segs[i].first,
                      seq);
@@ -930,8 +940,7 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
         break;
       }
       if (bad && i + 1 < w->nsegs) {
-        w->refused = 1;
-        rc = ps_errf(eb, PS_EIO, "redo log '%s/%s' is corrupt at offset %zu (%s) and later "
+        rc = wal_refuse_records(w, eb, "redo log '%s/%s' is corrupt at offset %zu (%s) and later "
                      "segments follow it: refusing to replay past acknowledged records", w->dir,
                      name, off, bad);
         break;
@@ -984,16 +993,14 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
          * 8: its record, intact after a damaged skip record, was stepped
          * over to above.) */
         if (f.later) { /* end marks: a group after the bad record's was written */
-          w->refused = 1;
-          rc = ps_errf(eb, PS_EIO, "redo log '%s/%s' is corrupt at offset %zu (%s), and a "
+          rc = wal_refuse_records(w, eb, "redo log '%s/%s' is corrupt at offset %zu (%s), and a "
                        "group written after the one holding it follows (%" PRIu64 " intact "
                        "records after it): the bad record was synced, so acknowledged records "
                        "would be lost; refusing to replay", w->dir, name, off, bad, f.n);
           break;
         }
         if (after && end - off > group) {
-          w->refused = 1;
-          rc = ps_errf(eb, PS_EIO, "redo log '%s/%s' is corrupt at offset %zu (%s), and %" PRIu64
+          rc = wal_refuse_records(w, eb, "redo log '%s/%s' is corrupt at offset %zu (%s), and %" PRIu64
                        " intact records follow it over %zu bytes, more than one group holds "
                        "(%" PRIu64 " with group_commit_max_bytes %" PRIu64 "): the bad record "
                        "was synced, so "
@@ -1034,15 +1041,13 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
       if (seq > from) {
         uint64_t want = (last > from ? last : from) + 1;
         if (seq != want && rend == 0 && ended[0]) {
-          w->refused = 1;
-          rc = ps_errf(eb, PS_EIO, "redo log '%s' holds record %" PRIu64 " next, but record "
+          rc = wal_refuse_records(w, eb, "redo log '%s' holds record %" PRIu64 " next, but record "
                        "%" PRIu64 " is missing%s: refusing to replay past acknowledged records",
                        w->dir, seq, want, ended);
           break;
         }
         if (seq != want) {
-          w->refused = 1;
-          rc = ps_errf(eb, PS_EIO, "redo log '%s' holds record %" PRIu64 " next, but the store's "
+          rc = wal_refuse_records(w, eb, "redo log '%s' holds record %" PRIu64 " next, but the store's "
                        "snapshot ends at record %" PRIu64 " and record %" PRIu64 " is missing "
                        "(is a log segment or the snapshot missing, or the snapshot from another "
                        "store?): refusing to start",

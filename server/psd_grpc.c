@@ -521,24 +521,19 @@ static const struct psd_grpc_method {
      psd_grpc_health, PS_ROLES_ANY},
 };
 
-/* psd_grpc_role returns the caller's role: the OU of its verified client
- * certificate's subject (gRPC auth context), PS_ROLE_NONE without one;
+/* psd_grpc_role returns the caller's role: the OU attributes of its
+ * verified client certificate's subject (the certificate itself, from
+ * gRPC's auth context: the printed x509_subject property cannot tell an
+ * OU from a CN that contains ",OU=operator"), PS_ROLE_NONE without one;
  * -1 when the control plane is plaintext (no identities: every role). */
 static int psd_grpc_role(const psd_shard *sh, grpc_call *call) {
   if (sh->cfg->security.mode != PS_SEC_TLS) return -1;
   grpc_auth_context *ctx = grpc_call_auth_context(call);
   if (!ctx) return PS_ROLE_NONE;
-  int role = PS_ROLE_NONE;
   grpc_auth_property_iterator it =
-      grpc_auth_context_find_properties_by_name(ctx, GRPC_X509_SUBJECT_PROPERTY_NAME);
+      grpc_auth_context_find_properties_by_name(ctx, GRPC_X509_PEM_CERT_PROPERTY_NAME);
   const grpc_auth_property *p = grpc_auth_property_iterator_next(&it);
-  if (p && p->value) {
-    char subject[512];
-    size_t n = p->value_length < sizeof subject - 1 ? p->value_length : sizeof subject - 1;
-    memcpy(subject, p->value, n);
-    subject[n] = '\0';
-    role = ps_role_from_subject(subject);
-  }
+  int role = p && p->value ? ps_role_from_cert_pem(p->value, p->value_length) : PS_ROLE_NONE;
   grpc_auth_context_release(ctx);
   return role;
 }

@@ -161,8 +161,10 @@ static void sec_spec(Ps__ModelSpec *spec, Ps__TensorSpec *t, Ps__TensorSpec **tp
   spec->chunk_elems = 256;
 }
 
-/* sec_submit submits model NAME of N floats as ROLE; the call's result. */
-static int sec_submit(int role, const char *name, uint32_t n, int replace, ps_errbuf *eb) {
+/* sec_submit_as submits model NAME of N floats as ROLE with CFG's
+ * certificates; the call's result.  sec_submit: with the suite's. */
+static int sec_submit_as(const ps_config *cfg, int role, const char *name, uint32_t n,
+                         int replace, ps_errbuf *eb) {
   Ps__ModelSpec spec;
   Ps__TensorSpec t, *tp[1];
   Ps__OptimizerSpec opt;
@@ -171,13 +173,17 @@ static int sec_submit(int role, const char *name, uint32_t n, int replace, ps_er
   Ps__SubmitModelRequest req = PS__SUBMIT_MODEL_REQUEST__INIT;
   req.model = &spec;
   req.replace = replace;
-  ps_rpc *r = sec_rpc(&sec_cfg, role);
+  ps_rpc *r = sec_rpc(cfg, role);
   Ps__SubmitModelReply *rep = NULL;
   int rc = ps_rpc_call(r, "/ps.Ps/SubmitModel", &req.base, &ps__submit_model_reply__descriptor,
                        (ProtobufCMessage **)&rep, 10000, eb);
   if (rep) ps__submit_model_reply__free_unpacked(rep, NULL);
   ps_rpc_close(r);
   return rc;
+}
+
+static int sec_submit(int role, const char *name, uint32_t n, int replace, ps_errbuf *eb) {
+  return sec_submit_as(&sec_cfg, role, name, n, replace, eb);
 }
 
 /* sec_model_params: how many parameters model NAME has on the shard. */
@@ -807,20 +813,46 @@ START_TEST(test_sec_aggregator_checked) {
 }
 END_TEST
 
-/* Roles from certificate subjects, as gRPC writes them. */
+/* sec_name_role: the role of a subject made of the "TYPE=VALUE" entries
+ * in ENTRIES (NULL-terminated), each an attribute of its own. */
+static int sec_name_role(const char *const *entries) {
+  X509_NAME *n = X509_NAME_new();
+  ck_assert(n);
+  for (; *entries; entries++) {
+    const char *eq = strchr(*entries, '=');
+    char type[16];
+    ck_assert(eq && (size_t)(eq - *entries) < sizeof type);
+    memcpy(type, *entries, (size_t)(eq - *entries));
+    type[eq - *entries] = '\0';
+    ck_assert(X509_NAME_add_entry_by_txt(n, type, MBSTRING_UTF8, (const unsigned char *)eq + 1,
+                                         -1, -1, 0));
+  }
+  int role = ps_role_from_name(n);
+  X509_NAME_free(n);
+  return role;
+}
+
+/* Roles from the OU attributes of certificate subjects: a CN that prints
+ * like an OU ("x,OU=operator", "x/OU=operator") names no role. */
 START_TEST(test_sec_role_subject) {
-  ck_assert_int_eq(ps_role_from_subject("CN=t-worker,OU=worker,O=psd"), PS_ROLE_WORKER);
-  ck_assert_int_eq(ps_role_from_subject("O=psd, OU=operator, CN=x"), PS_ROLE_OPERATOR);
-  ck_assert_int_eq(ps_role_from_subject("/O=psd/OU=aggregator/CN=x"), PS_ROLE_AGGREGATOR);
-  ck_assert_int_eq(ps_role_from_subject("CN=OU=operator"), PS_ROLE_NONE);
-  ck_assert_int_eq(ps_role_from_subject("CN=x,OU=shard"), PS_ROLE_NONE);
+#define R(...) sec_name_role((const char *const[]){__VA_ARGS__, NULL})
+  ck_assert_int_eq(R("CN=t-worker", "OU=worker", "O=psd"), PS_ROLE_WORKER);
+  ck_assert_int_eq(R("O=psd", "OU=operator", "CN=x"), PS_ROLE_OPERATOR);
+  ck_assert_int_eq(R("O=psd", "OU=aggregator", "CN=x"), PS_ROLE_AGGREGATOR);
+  ck_assert_int_eq(R("CN=OU=operator"), PS_ROLE_NONE);
+  ck_assert_int_eq(R("CN=x,OU=operator", "OU=shard"), PS_ROLE_NONE);
+  ck_assert_int_eq(R("CN=x/OU=operator", "O=psd"), PS_ROLE_NONE);
+  ck_assert_int_eq(R("O=psd,OU=operator", "OU=worker"), PS_ROLE_WORKER);
+  ck_assert_int_eq(R("CN=x", "OU=shard"), PS_ROLE_NONE);
   /* two roles: none (the one that won depended on the subject's order) */
-  ck_assert_int_eq(ps_role_from_subject("CN=x,OU=operator,OU=worker,O=psd"), PS_ROLE_NONE);
-  ck_assert_int_eq(ps_role_from_subject("/O=psd/OU=worker/OU=operator/CN=x"), PS_ROLE_NONE);
-  ck_assert_int_eq(ps_role_from_subject("CN=x,OU=worker,OU=worker"), PS_ROLE_WORKER);
-  ck_assert_int_eq(ps_role_from_subject("CN=x,OU=team-a,OU=worker"), PS_ROLE_WORKER);
-  ck_assert_int_eq(ps_role_from_subject("OU=workers"), PS_ROLE_NONE);
-  ck_assert_int_eq(ps_role_from_subject(NULL), PS_ROLE_NONE);
+  ck_assert_int_eq(R("CN=x", "OU=operator", "OU=worker", "O=psd"), PS_ROLE_NONE);
+  ck_assert_int_eq(R("CN=x", "OU=worker", "OU=worker"), PS_ROLE_WORKER);
+  ck_assert_int_eq(R("CN=x", "OU=team-a", "OU=worker"), PS_ROLE_WORKER);
+  ck_assert_int_eq(R("OU=workers"), PS_ROLE_NONE);
+  ck_assert_int_eq(R("OU=worker\\"), PS_ROLE_NONE);
+#undef R
+  ck_assert_int_eq(ps_role_from_name(NULL), PS_ROLE_NONE);
+  ck_assert_int_eq(ps_role_from_cert_pem("not a certificate", 17), PS_ROLE_NONE);
 }
 END_TEST
 
@@ -1473,6 +1505,38 @@ START_TEST(test_sec_handshake_refused) {
 }
 END_TEST
 
+/* A certificate the suite's CA signed whose OU names no role but whose CN
+ * prints like one ("x,OU=operator" is "CN=x\,OU=operator" in gRPC's
+ * x509_subject, "x/OU=operator" is "CN=x/OU=operator") gets no role: the
+ * role came from splitting that printed subject at ',' and '/', and both
+ * such certificates could submit and replace models as the operator. */
+START_TEST(test_sec_role_spoofed_cn) {
+  ck_assert_msg(sec_up_ok, "psd is not running");
+  sec_ensure_model();
+  const char *ext = "keyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth";
+  ck_assert_int_eq(sec_leaf("spc", "shard/CN=x\\\\,OU=operator", ext), 0);
+  ck_assert_int_eq(sec_leaf("sps", "shard/CN=x\\\\/OU=operator", ext), 0);
+  const char *names[] = {"spc", "sps"};
+  for (int i = 0; i < 2; i++) {
+    char path[700], model[16];
+    snprintf(path, sizeof path, "%s/%s.yaml", sec_dir, names[i]);
+    sec_client_yaml(path, "", names[i]);
+    ps_config cfg;
+    ps_errbuf eb;
+    ck_assert_msg(ps_config_load(&cfg, path, &eb) == 0, "%s", eb.msg);
+    uint64_t refused0 = sec_counter(0);
+    snprintf(model, sizeof model, "spoof%d", i);
+    ck_assert_int_eq(sec_submit_as(&cfg, PS_ROLE_OPERATOR, model, 10, 0, &eb), PS_EPERM);
+    ck_assert_msg(strstr(eb.msg, "not allowed for role 'none'"), "%s: %s", names[i], eb.msg);
+    ck_assert_int_eq(sec_submit_as(&cfg, PS_ROLE_OPERATOR, "m", 10, 1, &eb), PS_EPERM);
+    ps_config_release(&cfg);
+    ck_assert_uint_eq(sec_counter(0), refused0 + 2);
+    ck_assert_uint_eq(sec_model_params(model), 0);
+    ck_assert_uint_eq(sec_model_params("m"), SEC_ELEMS);
+  }
+}
+END_TEST
+
 /* scripts/mkcerts names every shard's and aggregator's gRPC host in the
  * shards' certificate, however the file writes them: in YAML's flow style
  * several on one line (its sed took the last 'grpc:' of each line, and
@@ -1902,6 +1966,7 @@ Suite *security_suite(void) {
   tcase_add_test(tc, test_sec_client_key_rotation);
   tcase_add_test(tc, test_sec_client_key_shared_file);
   tcase_add_test(tc, test_sec_handshake_refused);
+  tcase_add_test(tc, test_sec_role_spoofed_cn);
   suite_add_tcase(s, tc);
   tc = tcase_create("limits");
   tcase_add_unchecked_fixture(tc, lim_up, lim_down);

@@ -319,6 +319,15 @@ START_TEST(test_sec_roles) {
   ck_assert_uint_eq(sec_counter(0), refused0 + 2);
   ck_assert_int_eq(sec_submit(PS_ROLE_OPERATOR, "w2", 10, 0, &eb), 0);
   ck_assert_uint_eq(sec_model_params("w2"), 10);
+  /* the shard's side: a refusal is logged (at most every 10 s), naming the
+   * caller's address and certificate subject; it said nothing before */
+  char log[700];
+  snprintf(log, sizeof log, "%s/psd.log", sec_dir);
+  char *out = ps_test_read_file(log, NULL);
+  const char *line = out ? strstr(out, "grpc: refused ") : NULL;
+  ck_assert_msg(line && strstr(line, "from ipv4:127.0.0.1:") && strstr(line, ", subject 'CN=") &&
+                    strstr(line, "is not allowed for role '"), "%s", out ? out : "(no log)");
+  free(out);
 }
 END_TEST
 

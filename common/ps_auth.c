@@ -50,8 +50,10 @@ int ps_role_from_name(const X509_NAME *name) {
   int role = PS_ROLE_NONE;
   for (int i = X509_NAME_get_index_by_NID(name, NID_organizationalUnitName, -1); i >= 0;
        i = X509_NAME_get_index_by_NID(name, NID_organizationalUnitName, i)) {
-    const ASN1_STRING *v = X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, i));
-    if (v) auth_role_add(&role, (const char *)ASN1_STRING_get0_data(v), (size_t)ASN1_STRING_length(v));
+    unsigned char *u = NULL; /* as UTF-8, whichever string type the CA chose */
+    int n = ASN1_STRING_to_UTF8(&u, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, i)));
+    if (n >= 0) auth_role_add(&role, (const char *)u, (size_t)n);
+    OPENSSL_free(u);
   }
   return role < 0 ? PS_ROLE_NONE : role;
 }

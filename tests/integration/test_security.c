@@ -859,6 +859,14 @@ START_TEST(test_sec_role_subject) {
   ck_assert_int_eq(R("CN=x", "OU=team-a", "OU=worker"), PS_ROLE_WORKER);
   ck_assert_int_eq(R("OU=workers"), PS_ROLE_NONE);
   ck_assert_int_eq(R("OU=worker\\"), PS_ROLE_NONE);
+  X509_NAME *bmp = X509_NAME_new(); /* an OU written as a BMPString (UTF-16) */
+  ck_assert(bmp && X509_NAME_add_entry_by_NID(bmp, NID_organizationalUnitName, V_ASN1_BMPSTRING,
+                                              (const unsigned char *)"\0o\0p\0e\0r\0a\0t\0o\0r",
+                                              16, -1, 0));
+  ck_assert_int_eq(ASN1_STRING_type(X509_NAME_ENTRY_get_data(X509_NAME_get_entry(bmp, 0))),
+                   V_ASN1_BMPSTRING);
+  ck_assert_int_eq(ps_role_from_name(bmp), PS_ROLE_OPERATOR);
+  X509_NAME_free(bmp);
 #undef R
   ck_assert_int_eq(ps_role_from_name(NULL), PS_ROLE_NONE);
   ck_assert_int_eq(ps_role_from_cert_pem("not a certificate", 17), PS_ROLE_NONE);

@@ -1050,6 +1050,102 @@ static int raw_hello_mac(const ps_auth_key *key, ps_auth_mac **m) {
   return fd;
 }
 
+/* mac_push_frame writes into OUT (room for PS_CHAN_HDR_LEN + 256 +
+ * sizeof(float) * SEC_ELEMS + PS_AUTH_MAC bytes) a push of G (SEC_ELEMS
+ * floats) to model "m"'s chunks as request ID, with its MAC as M's next
+ * client frame; returns its length. */
+static size_t mac_push_frame(ps_auth_mac *m, const float *g, uint64_t id, uint8_t *out) {
+  static const uint32_t ids[SEC_CHUNKS] = {0, 1, 2, 3};
+  Ps__ChanMeta pm = PS__CHAN_META__INIT;
+  pm.op = PS__CHAN_OP__CHAN_PUSH;
+  pm.model = "m";
+  pm.chunk_ids = (uint32_t *)ids;
+  pm.n_chunk_ids = SEC_CHUNKS;
+  size_t mlen = ps__chan_meta__get_packed_size(&pm), glen = sizeof(float) * SEC_ELEMS;
+  ck_assert_uint_le(mlen, 256);
+  ps_chan_hdr h = {.magic = PS_CHAN_MAGIC, .version = PS_CHAN_VERSION, .flags = PS_CHAN_FLAG_MAC,
+                   .meta_len = (uint32_t)mlen, .data_len = glen, .req_id = id};
+  ps_chan_hdr_encode(out, &h);
+  ps__chan_meta__pack(&pm, out + PS_CHAN_HDR_LEN);
+  memcpy(out + PS_CHAN_HDR_LEN + mlen, g, glen);
+  size_t n = PS_CHAN_HDR_LEN + mlen + glen;
+  ps_auth_mac_begin(m, 'C');
+  ps_auth_mac_update(m, 'C', out, n);
+  ps_auth_mac_end(m, 'C', out + n);
+  return n + PS_AUTH_MAC;
+}
+
+/* raw_recv_mac reads one MACed reply frame whole (its data and MAC
+ * unchecked) and returns its meta (NULL at EOF). */
+static Ps__ChanMeta *raw_recv_mac(int fd) {
+  uint8_t hdr[PS_CHAN_HDR_LEN], meta[4096];
+  static uint8_t rest[sizeof(float) * SEC_ELEMS + PS_AUTH_MAC];
+  ps_chan_hdr h;
+  if (raw_read(fd, hdr, sizeof hdr) < 0) return NULL;
+  ck_assert_int_eq(ps_chan_hdr_decode(&h, hdr, 0), 0);
+  ck_assert_uint_le(h.meta_len, sizeof meta);
+  ck_assert_uint_le(h.data_len, sizeof rest - PS_AUTH_MAC);
+  ck_assert_int_eq(raw_read(fd, meta, h.meta_len), 0);
+  ck_assert_int_eq(raw_read(fd, rest, h.data_len + PS_AUTH_MAC), 0);
+  return ps__chan_meta__unpack(NULL, h.meta_len, meta);
+}
+
+/* mac_send_ok writes the LEN bytes of FRAME to FD and checks the shard
+ * answers it without an error. */
+static void mac_send_ok(int fd, const uint8_t *frame, size_t len) {
+  ck_assert_int_eq(write(fd, frame, len), (ssize_t)len);
+  Ps__ChanMeta *r = raw_recv_mac(fd);
+  ck_assert_ptr_nonnull(r);
+  ck_assert_msg(r->op == PS__CHAN_OP__CHAN_PUSH && r->status == 0, "op %d status %d: %s",
+                (int)r->op, r->status, r->message ? r->message : "");
+  ps__chan_meta__free_unpacked(r, NULL);
+}
+
+/* With payload_mac, a push recorded on one connection and sent again, on
+ * that connection or a new one, and two pushes sent in the other order,
+ * each close the connection unapplied and are counted: the MAC covers the
+ * frame's count under a key from the hello's nonces. */
+START_TEST(test_sec_mac_replayed) {
+  ck_assert_msg(mac_up_ok, "the payload-MAC psd is not running");
+  ps_auth_keys keys;
+  const ps_auth_key *key = sec_worker_key(&keys);
+  Ps__StatusReply *st = sec_status_at(mac_grpc);
+  uint64_t chan0 = st->chan_auth_refused, pushes0 = st->pushes;
+  ps__status_reply__free_unpacked(st, NULL);
+  static float g[SEC_ELEMS];
+  static uint8_t f1[PS_CHAN_HDR_LEN + 256 + sizeof g + PS_AUTH_MAC], f2[sizeof f1];
+  ps_auth_mac *m;
+  /* recorded and replayed on its own connection */
+  int fd = raw_hello_mac(key, &m);
+  size_t n1 = mac_push_frame(m, g, 10, f1);
+  mac_send_ok(fd, f1, n1);
+  ck_assert_int_eq(write(fd, f1, n1), (ssize_t)n1);
+  ck_assert_ptr_null(raw_recv_mac(fd));
+  close(fd);
+  ps_auth_mac_free(m);
+  /* replayed on a new connection (as its first frame after the hello) */
+  fd = raw_hello_mac(key, &m);
+  ck_assert_int_eq(write(fd, f1, n1), (ssize_t)n1);
+  ck_assert_ptr_null(raw_recv_mac(fd));
+  close(fd);
+  ps_auth_mac_free(m);
+  /* two frames in the other order */
+  fd = raw_hello_mac(key, &m);
+  n1 = mac_push_frame(m, g, 11, f1);
+  size_t n2 = mac_push_frame(m, g, 12, f2);
+  ck_assert_int_eq(write(fd, f2, n2), (ssize_t)n2);
+  ck_assert_int_eq(write(fd, f1, n1), (ssize_t)n1);
+  ck_assert_ptr_null(raw_recv_mac(fd));
+  close(fd);
+  ps_auth_mac_free(m);
+  st = sec_status_at(mac_grpc);
+  ck_assert_uint_eq(st->chan_auth_refused, chan0 + 3);
+  ck_assert_uint_eq(st->pushes, pushes0 + 1); /* the recorded push, once */
+  ps__status_reply__free_unpacked(st, NULL);
+  ps_auth_release(&keys);
+}
+END_TEST
+
 /* A push whose data was changed after its MAC was made, and a frame
  * without its MAC, each close the connection unapplied and are counted. */
 START_TEST(test_sec_mac_tampered) {
@@ -1071,31 +1167,21 @@ START_TEST(test_sec_mac_tampered) {
   /* The push: header, meta, data, then a MAC over other data. */
   ps_auth_mac *m;
   int fd = raw_hello_mac(key, &m);
+  static float g[SEC_ELEMS];
+  static uint8_t frame[PS_CHAN_HDR_LEN + 256 + sizeof g + PS_AUTH_MAC];
+  size_t n = mac_push_frame(m, g, 3, frame);
+  float changed = 1000.0f; /* g[7], changed on the way */
+  memcpy(frame + n - PS_AUTH_MAC - sizeof g + 7 * sizeof(float), &changed, sizeof changed);
+  ck_assert_int_eq(write(fd, frame, n), (ssize_t)n);
+  ck_assert_ptr_null(raw_recv(fd)); /* closed, nothing answered */
+  close(fd);
+  ps_auth_mac_free(m);
+  /* A frame without the MAC flag after a MAC hello. */
   Ps__ChanMeta pm = PS__CHAN_META__INIT;
   pm.op = PS__CHAN_OP__CHAN_PUSH;
   pm.model = "m";
   pm.chunk_ids = (uint32_t *)ids;
   pm.n_chunk_ids = SEC_CHUNKS;
-  static float g[SEC_ELEMS];
-  uint8_t hdr[PS_CHAN_HDR_LEN], meta[256], tag[PS_AUTH_MAC];
-  size_t mlen = ps__chan_meta__pack(&pm, meta);
-  ps_chan_hdr h = {.magic = PS_CHAN_MAGIC, .version = PS_CHAN_VERSION, .flags = PS_CHAN_FLAG_MAC,
-                   .meta_len = (uint32_t)mlen, .data_len = sizeof g, .req_id = 3};
-  ps_chan_hdr_encode(hdr, &h);
-  ps_auth_mac_begin(m, 'C');
-  ps_auth_mac_update(m, 'C', hdr, sizeof hdr);
-  ps_auth_mac_update(m, 'C', meta, mlen);
-  ps_auth_mac_update(m, 'C', g, sizeof g);
-  ps_auth_mac_end(m, 'C', tag);
-  g[7] = 1000.0f; /* changed on the way */
-  ck_assert_int_eq(write(fd, hdr, sizeof hdr), (ssize_t)sizeof hdr);
-  ck_assert_int_eq(write(fd, meta, mlen), (ssize_t)mlen);
-  ck_assert_int_eq(write(fd, g, sizeof g), (ssize_t)sizeof g);
-  ck_assert_int_eq(write(fd, tag, sizeof tag), (ssize_t)sizeof tag);
-  ck_assert_ptr_null(raw_recv(fd)); /* closed, nothing answered */
-  close(fd);
-  ps_auth_mac_free(m);
-  /* A frame without the MAC flag after a MAC hello. */
   fd = raw_hello_mac(key, &m);
   raw_send(fd, &pm, 4);
   ck_assert_ptr_null(raw_recv(fd));
@@ -1996,6 +2082,7 @@ Suite *security_suite(void) {
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, test_sec_mac_round_trip);
   tcase_add_test(tc, test_sec_mac_tampered);
+  tcase_add_test(tc, test_sec_mac_replayed);
   suite_add_tcase(s, tc);
   tc = tcase_create("unit");
   tcase_add_test(tc, test_sec_role_subject);

@@ -1579,6 +1579,28 @@ START_TEST(test_sec_handshake_refused) {
   ck_assert_msg(strstr(out, "REFUSED") && strstr(out, "the handshake on them failed") &&
                     strstr(out, "security.mode") && !strstr(out, "DOWN"), "%s", out);
   free(out);
+  /* submit and export say the same (they said "is down") */
+  char graph[700];
+  snprintf(graph, sizeof graph, "%s/plain.graph", sec_dir);
+  char *mk[] = {(char *)ps_test_bin("psctl"), "model", "logreg", "--inputs", "3", "--classes",
+                "2", "-o", graph, NULL};
+  snprintf(log, sizeof log, "%s/plain-model.log", sec_dir);
+  ck_assert_int_eq(ps_test_run(mk, log, 20000), 0);
+  char npz[700];
+  snprintf(npz, sizeof npz, "%s/plain.npz", sec_dir);
+  char *sub[] = {(char *)ps_test_bin("psctl"), "submit", graph, "--name", "plain", "--config",
+                 path, NULL};
+  char *exp[] = {(char *)ps_test_bin("psctl"), "export", "--model", "m", "-o", npz, "--config",
+                 path, NULL};
+  char **cmds[] = {sub, exp};
+  for (int k = 0; k < 2; k++) {
+    snprintf(log, sizeof log, "%s/plain-%s.log", sec_dir, cmds[k][1]);
+    ck_assert_int_eq(ps_test_run(cmds[k], log, 30000), 1);
+    out = ps_test_read_file(log, NULL);
+    ck_assert_msg(strstr(out, "refuses psctl: '") && strstr(out, "the handshake on them failed") &&
+                      !strstr(out, "is down"), "%s", out);
+    free(out);
+  }
   char train[700];
   snprintf(train, sizeof train, "%s/train.csv", sec_dir); /* psw checks its data first */
   ps_test_write_file(train, "0,0.5,-1.0,2.0\n");

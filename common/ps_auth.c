@@ -3,11 +3,13 @@
 #include "ps_auth.h"
 
 #include <errno.h>
+#include <limits.h>
 #include <openssl/crypto.h>
 #include <openssl/core_names.h>
 #include <openssl/evp.h>
 #include <openssl/params.h>
 #include <openssl/hmac.h>
+#include <openssl/pem.h>
 #include <openssl/rand.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -29,25 +31,40 @@ int ps_role_parse(const char *s, size_t len) {
   return -1;
 }
 
-/* ps_role_from_subject: the role the OU=ROLE attributes of SUBJECT name,
- * split at commas (gRPC writes the subject RFC 2253 style; an escaped
- * comma inside a value cannot form "OU=worker" on its own); none when
- * two of them name different roles (which would win depends on the
- * order a library writes them in). */
-int ps_role_from_subject(const char *subject) {
-  if (!subject) return PS_ROLE_NONE;
-  const char *p = subject;
+/* auth_role_add folds the role of one OU value (LEN bytes at S) into
+ * *ROLE: values that name no role are ignored; a second, different role
+ * makes it none for good (-2 marks that here). */
+static void auth_role_add(int *role, const char *s, size_t len) {
+  int r = ps_role_parse(s, len);
+  if (r <= 0 || *role == -2) return;
+  *role = *role == PS_ROLE_NONE || *role == r ? r : -2;
+}
+
+/* ps_role_from_name: the role the OU attributes of NAME name, read as
+ * attributes (never from a printed subject, where a CN such as
+ * "x,OU=operator" or "x/OU=operator" reads like an OU of its own); none
+ * when two of them name different roles (which would win depends on the
+ * order a CA writes them in). */
+int ps_role_from_name(const X509_NAME *name) {
+  if (!name) return PS_ROLE_NONE;
   int role = PS_ROLE_NONE;
-  while (*p) {
-    while (*p == ' ' || *p == ',' || *p == '/') p++;
-    size_t n = strcspn(p, ",/");
-    if (n > 3 && !strncmp(p, "OU=", 3)) {
-      int r = ps_role_parse(p + 3, n - 3);
-      if (r > 0 && role != PS_ROLE_NONE && r != role) return PS_ROLE_NONE;
-      if (r > 0) role = r;
-    }
-    p += n;
+  for (int i = X509_NAME_get_index_by_NID(name, NID_organizationalUnitName, -1); i >= 0;
+       i = X509_NAME_get_index_by_NID(name, NID_organizationalUnitName, i)) {
+    unsigned char *u = NULL; /* as UTF-8, whichever string type the CA chose */
+    int n = ASN1_STRING_to_UTF8(&u, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, i)));
+    if (n >= 0) auth_role_add(&role, (const char *)u, (size_t)n);
+    OPENSSL_free(u);
   }
+  return role < 0 ? PS_ROLE_NONE : role;
+}
+
+int ps_role_from_cert_pem(const char *pem, size_t len) {
+  if (!pem || !len || len > INT_MAX) return PS_ROLE_NONE;
+  BIO *b = BIO_new_mem_buf(pem, (int)len);
+  X509 *x = b ? PEM_read_bio_X509(b, NULL, NULL, NULL) : NULL;
+  int role = x ? ps_role_from_name(X509_get_subject_name(x)) : PS_ROLE_NONE;
+  X509_free(x);
+  BIO_free(b);
   return role;
 }
 

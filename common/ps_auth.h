@@ -25,6 +25,7 @@
 #ifndef PS_AUTH_H
 #define PS_AUTH_H
 
+#include <openssl/x509.h>
 #include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -46,10 +47,13 @@ const char *ps_role_name(int role);
 /* ps_role_parse returns the role named by the LEN bytes at S, or -1. */
 int ps_role_parse(const char *s, size_t len);
 
-/* ps_role_from_subject returns the role in the OU of an RFC 2253 subject
- * ("CN=w1,OU=worker,O=psd"), or PS_ROLE_NONE (also when two OUs name
- * different roles). */
-int ps_role_from_subject(const char *subject);
+/* ps_role_from_name returns the role that NAME's OU attributes name
+ * (OU=worker, ...; other OUs ignored), or PS_ROLE_NONE (also when two OUs
+ * name different roles).  ps_role_from_cert_pem: the same for the subject
+ * of the PEM certificate in the LEN bytes at PEM (gRPC's x509_pem_cert
+ * auth property); none when it does not parse. */
+int ps_role_from_name(const X509_NAME *name);
+int ps_role_from_cert_pem(const char *pem, size_t len);
 
 /* ps_auth_private_file checks that PATH is a regular file that neither
  * its group nor others may read, write or execute; 0, or PS_ECONFIG /

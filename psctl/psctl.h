@@ -51,10 +51,21 @@ typedef ps_rpc_reply psctl_reply;
 
 /* psctl_call_all is ps_rpc_call_all with REQ on every shard of C.  OUT has
  * cfg.nshards entries (caller-owned; free the replies with
- * psctl_replies_free).  Returns the number of shards whose call failed
- * (0: all answered). */
+ * psctl_replies_free).  A call that failed because the shard's port took
+ * the connection but its handshake failed (a certificate the shard
+ * refuses, security.mode unlike the shard's) is PS_EPERM, its message
+ * saying so (psctl_explain_shard).  Returns the number of shards whose
+ * call failed (0: all answered). */
 int psctl_call_all(psctl_cluster *c, const char *method, const ProtobufCMessage *req,
                    const ProtobufCMessageDescriptor *resp_desc, int timeout_ms, psctl_reply *out);
+
+/* psctl_explain_shard returns ERR, a call to shard I of C that failed with
+ * message EB, as PS_EPERM with EB saying so when the shard's port takes
+ * TCP connections but the handshake on them failed
+ * (ps_rpc_explain_handshake: gRPC says only "failed to connect", and "is
+ * down" sent the reader to a running shard's network instead of to
+ * security.mode or the certificates); else ERR, EB untouched. */
+int psctl_explain_shard(const psctl_cluster *c, size_t i, int err, ps_errbuf *eb, int timeout_ms);
 
 /* psctl_call_failed says how a shard's call failed with ERR, after "shard
  * N (ADDR) ": "refuses psctl" (its certificate's role), "did not answer

@@ -52,7 +52,18 @@ const char *psctl_call_failed(int err) {
 /* psctl_call_all: see psctl.h. */
 int psctl_call_all(psctl_cluster *c, const char *method, const ProtobufCMessage *req,
                    const ProtobufCMessageDescriptor *resp_desc, int timeout_ms, psctl_reply *out) {
-  return ps_rpc_call_all(c->rpc, c->cfg.nshards, method, req, resp_desc, timeout_ms, out);
+  int failed = ps_rpc_call_all(c->rpc, c->cfg.nshards, method, req, resp_desc, timeout_ms, out);
+  for (size_t i = 0; failed > 0 && i < c->cfg.nshards; i++)
+    out[i].err = psctl_explain_shard(c, i, out[i].err, &out[i].eb, timeout_ms);
+  return failed;
+}
+
+/* psctl_explain_shard: see psctl.h. */
+int psctl_explain_shard(const psctl_cluster *c, size_t i, int err, ps_errbuf *eb,
+                        int timeout_ms) {
+  return err < 0 && ps_rpc_explain_handshake(c->cfg.shards[i].grpc_addr, err, eb, timeout_ms)
+             ? PS_EPERM
+             : err;
 }
 
 /* psctl_mismatch: see psctl.h. */

@@ -109,6 +109,7 @@ static int psctl_export_spec(psctl_cluster *c, const char *model, Ps__GetModelRe
                           &ps__get_model_reply__descriptor, &resp,
                           PSCTL_EXPORT_SPEC_TIMEOUT_MS, &eb);
     const ps_shard_conf *s = &c->cfg.shards[i];
+    err = psctl_explain_shard(c, i, err, &eb, PSCTL_EXPORT_SPEC_TIMEOUT_MS);
     if (err == 0 && ((Ps__GetModelReply *)resp)->model) {
       *reply = (Ps__GetModelReply *)resp;
       return 0;

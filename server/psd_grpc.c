@@ -44,6 +44,7 @@
 #include "ps_auth.h"
 #include "ps_log.h"
 #include "ps_rpc.h"
+#include "ps_time.h"
 #include "ps_tls.h"
 #include "psd_coord.h"
 #include "psd_shard_sparse.h"
@@ -89,7 +90,11 @@ typedef struct psd_grpc {
   int shutdown_started;
   char shutdown_tag;              /* its address is the tag */
   psd_grpc_call *parked;          /* parked pulls (invariant 3; loop thread) */
+  uint64_t auth_logged;           /* sh->ctr.auth_refused at the last refusal logged */
+  int64_t auth_log_ms;            /* ps_now_ms of that log line (loop thread) */
 } psd_grpc;
+
+#define PSD_GRPC_REFUSE_LOG_MS 10000 /* at most one log line about refused calls this often */
 
 /* ---- call structs -------------------------------------------------- */
 
@@ -521,40 +526,62 @@ static const struct psd_grpc_method {
      psd_grpc_health, PS_ROLES_ANY},
 };
 
-/* psd_grpc_role returns the caller's role: the OU of its verified client
- * certificate's subject (gRPC auth context), PS_ROLE_NONE without one;
- * -1 when the control plane is plaintext (no identities: every role). */
-static int psd_grpc_role(const psd_shard *sh, grpc_call *call) {
+/* psd_grpc_role returns the caller's role: the OU attributes of its
+ * verified client certificate's subject (the certificate itself, from
+ * gRPC's auth context: the printed x509_subject property cannot tell an
+ * OU from a CN that contains ",OU=operator"), PS_ROLE_NONE without one;
+ * -1 when the control plane is plaintext (no identities: every role).
+ * WHO (CAP bytes) gets the subject as gRPC prints it, escaped for a log
+ * line, or "no client certificate". */
+static int psd_grpc_role(const psd_shard *sh, grpc_call *call, char *who, size_t cap) {
+  snprintf(who, cap, "no client certificate");
   if (sh->cfg->security.mode != PS_SEC_TLS) return -1;
   grpc_auth_context *ctx = grpc_call_auth_context(call);
   if (!ctx) return PS_ROLE_NONE;
-  int role = PS_ROLE_NONE;
   grpc_auth_property_iterator it =
-      grpc_auth_context_find_properties_by_name(ctx, GRPC_X509_SUBJECT_PROPERTY_NAME);
+      grpc_auth_context_find_properties_by_name(ctx, GRPC_X509_PEM_CERT_PROPERTY_NAME);
   const grpc_auth_property *p = grpc_auth_property_iterator_next(&it);
-  if (p && p->value) {
-    char subject[512];
+  int role = p && p->value ? ps_role_from_cert_pem(p->value, p->value_length) : PS_ROLE_NONE;
+  it = grpc_auth_context_find_properties_by_name(ctx, GRPC_X509_SUBJECT_PROPERTY_NAME);
+  if ((p = grpc_auth_property_iterator_next(&it)) && p->value) {
+    char subject[256];
     size_t n = p->value_length < sizeof subject - 1 ? p->value_length : sizeof subject - 1;
     memcpy(subject, p->value, n);
     subject[n] = '\0';
-    role = ps_role_from_subject(subject);
+    char shown[4 * sizeof subject + 8];
+    snprintf(who, cap, "subject '%s'", ps_log_escape(shown, sizeof shown, subject, n));
   }
   grpc_auth_context_release(ctx);
   return role;
 }
 
-/* psd_grpc_allow checks C's caller may call M; 0 or PS_EPERM (counted). */
+/* psd_grpc_allow checks C's caller may call M; 0 or PS_EPERM (counted in
+ * auth_refused and logged with the caller's subject and address, at most
+ * every PSD_GRPC_REFUSE_LOG_MS: a stranger cannot fill the log). */
 static int psd_grpc_allow(psd_shard *sh, psd_grpc_call *c, const struct psd_grpc_method *m,
                           ps_errbuf *eb) {
   if (m->roles == PS_ROLES_ANY) return 0;
-  int role = psd_grpc_role(sh, c->call);
+  char who[4 * 256 + 32];
+  int role = psd_grpc_role(sh, c->call, who, sizeof who);
   if (role < 0 || (m->roles & PS_ROLE_BIT(role))) return 0;
   sh->ctr.auth_refused++;
   psd_shard_count_error(sh);
-  return ps_errf(eb, PS_EPERM, "'%s' is not allowed for role '%s'%s", m->path,
-                 ps_role_name(role),
-                 role == PS_ROLE_NONE ? " (no client certificate, or one whose OU is not "
-                                        "worker, aggregator or operator)" : "");
+  ps_errf(eb, PS_EPERM, "'%s' is not allowed for role '%s'%s", m->path, ps_role_name(role),
+          role == PS_ROLE_NONE ? " (no client certificate, or one whose OU is not "
+                                 "worker, aggregator or operator)" : "");
+  psd_grpc *g = sh->grpc;
+  int64_t now = ps_now_ms();
+  if (g && (g->auth_logged == 0 || now - g->auth_log_ms >= PSD_GRPC_REFUSE_LOG_MS)) {
+    char *peer = grpc_call_get_peer(c->call), shown[4 * 64 + 8];
+    ps_warn("grpc: refused %llu calls for the caller's role since the last report; the last "
+            "from %s, %s: %s", (unsigned long long)(sh->ctr.auth_refused - g->auth_logged),
+            peer ? ps_log_escape(shown, sizeof shown, peer, 64) : "an unknown peer", who,
+            eb->msg);
+    gpr_free(peer);
+    g->auth_logged = sh->ctr.auth_refused;
+    g->auth_log_ms = now;
+  }
+  return PS_EPERM;
 }
 
 /* psd_grpc_method_find returns the table entry for C's method, or NULL. */

@@ -161,8 +161,10 @@ static void sec_spec(Ps__ModelSpec *spec, Ps__TensorSpec *t, Ps__TensorSpec **tp
   spec->chunk_elems = 256;
 }
 
-/* sec_submit submits model NAME of N floats as ROLE; the call's result. */
-static int sec_submit(int role, const char *name, uint32_t n, int replace, ps_errbuf *eb) {
+/* sec_submit_as submits model NAME of N floats as ROLE with CFG's
+ * certificates; the call's result.  sec_submit: with the suite's. */
+static int sec_submit_as(const ps_config *cfg, int role, const char *name, uint32_t n,
+                         int replace, ps_errbuf *eb) {
   Ps__ModelSpec spec;
   Ps__TensorSpec t, *tp[1];
   Ps__OptimizerSpec opt;
@@ -171,13 +173,17 @@ static int sec_submit(int role, const char *name, uint32_t n, int replace, ps_er
   Ps__SubmitModelRequest req = PS__SUBMIT_MODEL_REQUEST__INIT;
   req.model = &spec;
   req.replace = replace;
-  ps_rpc *r = sec_rpc(&sec_cfg, role);
+  ps_rpc *r = sec_rpc(cfg, role);
   Ps__SubmitModelReply *rep = NULL;
   int rc = ps_rpc_call(r, "/ps.Ps/SubmitModel", &req.base, &ps__submit_model_reply__descriptor,
                        (ProtobufCMessage **)&rep, 10000, eb);
   if (rep) ps__submit_model_reply__free_unpacked(rep, NULL);
   ps_rpc_close(r);
   return rc;
+}
+
+static int sec_submit(int role, const char *name, uint32_t n, int replace, ps_errbuf *eb) {
+  return sec_submit_as(&sec_cfg, role, name, n, replace, eb);
 }
 
 /* sec_model_params: how many parameters model NAME has on the shard. */
@@ -313,6 +319,15 @@ START_TEST(test_sec_roles) {
   ck_assert_uint_eq(sec_counter(0), refused0 + 2);
   ck_assert_int_eq(sec_submit(PS_ROLE_OPERATOR, "w2", 10, 0, &eb), 0);
   ck_assert_uint_eq(sec_model_params("w2"), 10);
+  /* the shard's side: a refusal is logged (at most every 10 s), naming the
+   * caller's address and certificate subject; it said nothing before */
+  char log[700];
+  snprintf(log, sizeof log, "%s/psd.log", sec_dir);
+  char *out = ps_test_read_file(log, NULL);
+  const char *line = out ? strstr(out, "grpc: refused ") : NULL;
+  ck_assert_msg(line && strstr(line, "from ipv4:127.0.0.1:") && strstr(line, ", subject 'CN=") &&
+                    strstr(line, "is not allowed for role '"), "%s", out ? out : "(no log)");
+  free(out);
 }
 END_TEST
 
@@ -807,20 +822,54 @@ START_TEST(test_sec_aggregator_checked) {
 }
 END_TEST
 
-/* Roles from certificate subjects, as gRPC writes them. */
+/* sec_name_role: the role of a subject made of the "TYPE=VALUE" entries
+ * in ENTRIES (NULL-terminated), each an attribute of its own. */
+static int sec_name_role(const char *const *entries) {
+  X509_NAME *n = X509_NAME_new();
+  ck_assert(n);
+  for (; *entries; entries++) {
+    const char *eq = strchr(*entries, '=');
+    char type[16];
+    ck_assert(eq && (size_t)(eq - *entries) < sizeof type);
+    memcpy(type, *entries, (size_t)(eq - *entries));
+    type[eq - *entries] = '\0';
+    ck_assert(X509_NAME_add_entry_by_txt(n, type, MBSTRING_UTF8, (const unsigned char *)eq + 1,
+                                         -1, -1, 0));
+  }
+  int role = ps_role_from_name(n);
+  X509_NAME_free(n);
+  return role;
+}
+
+/* Roles from the OU attributes of certificate subjects: a CN that prints
+ * like an OU ("x,OU=operator", "x/OU=operator") names no role. */
 START_TEST(test_sec_role_subject) {
-  ck_assert_int_eq(ps_role_from_subject("CN=t-worker,OU=worker,O=psd"), PS_ROLE_WORKER);
-  ck_assert_int_eq(ps_role_from_subject("O=psd, OU=operator, CN=x"), PS_ROLE_OPERATOR);
-  ck_assert_int_eq(ps_role_from_subject("/O=psd/OU=aggregator/CN=x"), PS_ROLE_AGGREGATOR);
-  ck_assert_int_eq(ps_role_from_subject("CN=OU=operator"), PS_ROLE_NONE);
-  ck_assert_int_eq(ps_role_from_subject("CN=x,OU=shard"), PS_ROLE_NONE);
+#define R(...) sec_name_role((const char *const[]){__VA_ARGS__, NULL})
+  ck_assert_int_eq(R("CN=t-worker", "OU=worker", "O=psd"), PS_ROLE_WORKER);
+  ck_assert_int_eq(R("O=psd", "OU=operator", "CN=x"), PS_ROLE_OPERATOR);
+  ck_assert_int_eq(R("O=psd", "OU=aggregator", "CN=x"), PS_ROLE_AGGREGATOR);
+  ck_assert_int_eq(R("CN=OU=operator"), PS_ROLE_NONE);
+  ck_assert_int_eq(R("CN=x,OU=operator", "OU=shard"), PS_ROLE_NONE);
+  ck_assert_int_eq(R("CN=x/OU=operator", "O=psd"), PS_ROLE_NONE);
+  ck_assert_int_eq(R("O=psd,OU=operator", "OU=worker"), PS_ROLE_WORKER);
+  ck_assert_int_eq(R("CN=x", "OU=shard"), PS_ROLE_NONE);
   /* two roles: none (the one that won depended on the subject's order) */
-  ck_assert_int_eq(ps_role_from_subject("CN=x,OU=operator,OU=worker,O=psd"), PS_ROLE_NONE);
-  ck_assert_int_eq(ps_role_from_subject("/O=psd/OU=worker/OU=operator/CN=x"), PS_ROLE_NONE);
-  ck_assert_int_eq(ps_role_from_subject("CN=x,OU=worker,OU=worker"), PS_ROLE_WORKER);
-  ck_assert_int_eq(ps_role_from_subject("CN=x,OU=team-a,OU=worker"), PS_ROLE_WORKER);
-  ck_assert_int_eq(ps_role_from_subject("OU=workers"), PS_ROLE_NONE);
-  ck_assert_int_eq(ps_role_from_subject(NULL), PS_ROLE_NONE);
+  ck_assert_int_eq(R("CN=x", "OU=operator", "OU=worker", "O=psd"), PS_ROLE_NONE);
+  ck_assert_int_eq(R("CN=x", "OU=worker", "OU=worker"), PS_ROLE_WORKER);
+  ck_assert_int_eq(R("CN=x", "OU=team-a", "OU=worker"), PS_ROLE_WORKER);
+  ck_assert_int_eq(R("OU=workers"), PS_ROLE_NONE);
+  ck_assert_int_eq(R("OU=worker\\"), PS_ROLE_NONE);
+  X509_NAME *bmp = X509_NAME_new(); /* an OU written as a BMPString (UTF-16) */
+  ck_assert(bmp && X509_NAME_add_entry_by_NID(bmp, NID_organizationalUnitName, V_ASN1_BMPSTRING,
+                                              (const unsigned char *)"\0o\0p\0e\0r\0a\0t\0o\0r",
+                                              16, -1, 0));
+  ck_assert_int_eq(ASN1_STRING_type(X509_NAME_ENTRY_get_data(X509_NAME_get_entry(bmp, 0))),
+                   V_ASN1_BMPSTRING);
+  ck_assert_int_eq(ps_role_from_name(bmp), PS_ROLE_OPERATOR);
+  X509_NAME_free(bmp);
+#undef R
+  ck_assert_int_eq(ps_role_from_name(NULL), PS_ROLE_NONE);
+  ck_assert_int_eq(ps_role_from_cert_pem("not a certificate", 17), PS_ROLE_NONE);
 }
 END_TEST
 
@@ -1001,6 +1050,102 @@ static int raw_hello_mac(const ps_auth_key *key, ps_auth_mac **m) {
   return fd;
 }
 
+/* mac_push_frame writes into OUT (room for PS_CHAN_HDR_LEN + 256 +
+ * sizeof(float) * SEC_ELEMS + PS_AUTH_MAC bytes) a push of G (SEC_ELEMS
+ * floats) to model "m"'s chunks as request ID, with its MAC as M's next
+ * client frame; returns its length. */
+static size_t mac_push_frame(ps_auth_mac *m, const float *g, uint64_t id, uint8_t *out) {
+  static const uint32_t ids[SEC_CHUNKS] = {0, 1, 2, 3};
+  Ps__ChanMeta pm = PS__CHAN_META__INIT;
+  pm.op = PS__CHAN_OP__CHAN_PUSH;
+  pm.model = "m";
+  pm.chunk_ids = (uint32_t *)ids;
+  pm.n_chunk_ids = SEC_CHUNKS;
+  size_t mlen = ps__chan_meta__get_packed_size(&pm), glen = sizeof(float) * SEC_ELEMS;
+  ck_assert_uint_le(mlen, 256);
+  ps_chan_hdr h = {.magic = PS_CHAN_MAGIC, .version = PS_CHAN_VERSION, .flags = PS_CHAN_FLAG_MAC,
+                   .meta_len = (uint32_t)mlen, .data_len = glen, .req_id = id};
+  ps_chan_hdr_encode(out, &h);
+  ps__chan_meta__pack(&pm, out + PS_CHAN_HDR_LEN);
+  memcpy(out + PS_CHAN_HDR_LEN + mlen, g, glen);
+  size_t n = PS_CHAN_HDR_LEN + mlen + glen;
+  ps_auth_mac_begin(m, 'C');
+  ps_auth_mac_update(m, 'C', out, n);
+  ps_auth_mac_end(m, 'C', out + n);
+  return n + PS_AUTH_MAC;
+}
+
+/* raw_recv_mac reads one MACed reply frame whole (its data and MAC
+ * unchecked) and returns its meta (NULL at EOF). */
+static Ps__ChanMeta *raw_recv_mac(int fd) {
+  uint8_t hdr[PS_CHAN_HDR_LEN], meta[4096];
+  static uint8_t rest[sizeof(float) * SEC_ELEMS + PS_AUTH_MAC];
+  ps_chan_hdr h;
+  if (raw_read(fd, hdr, sizeof hdr) < 0) return NULL;
+  ck_assert_int_eq(ps_chan_hdr_decode(&h, hdr, 0), 0);
+  ck_assert_uint_le(h.meta_len, sizeof meta);
+  ck_assert_uint_le(h.data_len, sizeof rest - PS_AUTH_MAC);
+  ck_assert_int_eq(raw_read(fd, meta, h.meta_len), 0);
+  ck_assert_int_eq(raw_read(fd, rest, h.data_len + PS_AUTH_MAC), 0);
+  return ps__chan_meta__unpack(NULL, h.meta_len, meta);
+}
+
+/* mac_send_ok writes the LEN bytes of FRAME to FD and checks the shard
+ * answers it without an error. */
+static void mac_send_ok(int fd, const uint8_t *frame, size_t len) {
+  ck_assert_int_eq(write(fd, frame, len), (ssize_t)len);
+  Ps__ChanMeta *r = raw_recv_mac(fd);
+  ck_assert_ptr_nonnull(r);
+  ck_assert_msg(r->op == PS__CHAN_OP__CHAN_PUSH && r->status == 0, "op %d status %d: %s",
+                (int)r->op, r->status, r->message ? r->message : "");
+  ps__chan_meta__free_unpacked(r, NULL);
+}
+
+/* With payload_mac, a push recorded on one connection and sent again, on
+ * that connection or a new one, and two pushes sent in the other order,
+ * each close the connection unapplied and are counted: the MAC covers the
+ * frame's count under a key from the hello's nonces. */
+START_TEST(test_sec_mac_replayed) {
+  ck_assert_msg(mac_up_ok, "the payload-MAC psd is not running");
+  ps_auth_keys keys;
+  const ps_auth_key *key = sec_worker_key(&keys);
+  Ps__StatusReply *st = sec_status_at(mac_grpc);
+  uint64_t chan0 = st->chan_auth_refused, pushes0 = st->pushes;
+  ps__status_reply__free_unpacked(st, NULL);
+  static float g[SEC_ELEMS];
+  static uint8_t f1[PS_CHAN_HDR_LEN + 256 + sizeof g + PS_AUTH_MAC], f2[sizeof f1];
+  ps_auth_mac *m;
+  /* recorded and replayed on its own connection */
+  int fd = raw_hello_mac(key, &m);
+  size_t n1 = mac_push_frame(m, g, 10, f1);
+  mac_send_ok(fd, f1, n1);
+  ck_assert_int_eq(write(fd, f1, n1), (ssize_t)n1);
+  ck_assert_ptr_null(raw_recv_mac(fd));
+  close(fd);
+  ps_auth_mac_free(m);
+  /* replayed on a new connection (as its first frame after the hello) */
+  fd = raw_hello_mac(key, &m);
+  ck_assert_int_eq(write(fd, f1, n1), (ssize_t)n1);
+  ck_assert_ptr_null(raw_recv_mac(fd));
+  close(fd);
+  ps_auth_mac_free(m);
+  /* two frames in the other order */
+  fd = raw_hello_mac(key, &m);
+  n1 = mac_push_frame(m, g, 11, f1);
+  size_t n2 = mac_push_frame(m, g, 12, f2);
+  ck_assert_int_eq(write(fd, f2, n2), (ssize_t)n2);
+  ck_assert_int_eq(write(fd, f1, n1), (ssize_t)n1);
+  ck_assert_ptr_null(raw_recv_mac(fd));
+  close(fd);
+  ps_auth_mac_free(m);
+  st = sec_status_at(mac_grpc);
+  ck_assert_uint_eq(st->chan_auth_refused, chan0 + 3);
+  ck_assert_uint_eq(st->pushes, pushes0 + 1); /* the recorded push, once */
+  ps__status_reply__free_unpacked(st, NULL);
+  ps_auth_release(&keys);
+}
+END_TEST
+
 /* A push whose data was changed after its MAC was made, and a frame
  * without its MAC, each close the connection unapplied and are counted. */
 START_TEST(test_sec_mac_tampered) {
@@ -1022,31 +1167,21 @@ START_TEST(test_sec_mac_tampered) {
   /* The push: header, meta, data, then a MAC over other data. */
   ps_auth_mac *m;
   int fd = raw_hello_mac(key, &m);
+  static float g[SEC_ELEMS];
+  static uint8_t frame[PS_CHAN_HDR_LEN + 256 + sizeof g + PS_AUTH_MAC];
+  size_t n = mac_push_frame(m, g, 3, frame);
+  float changed = 1000.0f; /* g[7], changed on the way */
+  memcpy(frame + n - PS_AUTH_MAC - sizeof g + 7 * sizeof(float), &changed, sizeof changed);
+  ck_assert_int_eq(write(fd, frame, n), (ssize_t)n);
+  ck_assert_ptr_null(raw_recv(fd)); /* closed, nothing answered */
+  close(fd);
+  ps_auth_mac_free(m);
+  /* A frame without the MAC flag after a MAC hello. */
   Ps__ChanMeta pm = PS__CHAN_META__INIT;
   pm.op = PS__CHAN_OP__CHAN_PUSH;
   pm.model = "m";
   pm.chunk_ids = (uint32_t *)ids;
   pm.n_chunk_ids = SEC_CHUNKS;
-  static float g[SEC_ELEMS];
-  uint8_t hdr[PS_CHAN_HDR_LEN], meta[256], tag[PS_AUTH_MAC];
-  size_t mlen = ps__chan_meta__pack(&pm, meta);
-  ps_chan_hdr h = {.magic = PS_CHAN_MAGIC, .version = PS_CHAN_VERSION, .flags = PS_CHAN_FLAG_MAC,
-                   .meta_len = (uint32_t)mlen, .data_len = sizeof g, .req_id = 3};
-  ps_chan_hdr_encode(hdr, &h);
-  ps_auth_mac_begin(m, 'C');
-  ps_auth_mac_update(m, 'C', hdr, sizeof hdr);
-  ps_auth_mac_update(m, 'C', meta, mlen);
-  ps_auth_mac_update(m, 'C', g, sizeof g);
-  ps_auth_mac_end(m, 'C', tag);
-  g[7] = 1000.0f; /* changed on the way */
-  ck_assert_int_eq(write(fd, hdr, sizeof hdr), (ssize_t)sizeof hdr);
-  ck_assert_int_eq(write(fd, meta, mlen), (ssize_t)mlen);
-  ck_assert_int_eq(write(fd, g, sizeof g), (ssize_t)sizeof g);
-  ck_assert_int_eq(write(fd, tag, sizeof tag), (ssize_t)sizeof tag);
-  ck_assert_ptr_null(raw_recv(fd)); /* closed, nothing answered */
-  close(fd);
-  ps_auth_mac_free(m);
-  /* A frame without the MAC flag after a MAC hello. */
   fd = raw_hello_mac(key, &m);
   raw_send(fd, &pm, 4);
   ck_assert_ptr_null(raw_recv(fd));
@@ -1444,6 +1579,28 @@ START_TEST(test_sec_handshake_refused) {
   ck_assert_msg(strstr(out, "REFUSED") && strstr(out, "the handshake on them failed") &&
                     strstr(out, "security.mode") && !strstr(out, "DOWN"), "%s", out);
   free(out);
+  /* submit and export say the same (they said "is down") */
+  char graph[700];
+  snprintf(graph, sizeof graph, "%s/plain.graph", sec_dir);
+  char *mk[] = {(char *)ps_test_bin("psctl"), "model", "logreg", "--inputs", "3", "--classes",
+                "2", "-o", graph, NULL};
+  snprintf(log, sizeof log, "%s/plain-model.log", sec_dir);
+  ck_assert_int_eq(ps_test_run(mk, log, 20000), 0);
+  char npz[700];
+  snprintf(npz, sizeof npz, "%s/plain.npz", sec_dir);
+  char *sub[] = {(char *)ps_test_bin("psctl"), "submit", graph, "--name", "plain", "--config",
+                 path, NULL};
+  char *exp[] = {(char *)ps_test_bin("psctl"), "export", "--model", "m", "-o", npz, "--config",
+                 path, NULL};
+  char **cmds[] = {sub, exp};
+  for (int k = 0; k < 2; k++) {
+    snprintf(log, sizeof log, "%s/plain-%s.log", sec_dir, cmds[k][1]);
+    ck_assert_int_eq(ps_test_run(cmds[k], log, 30000), 1);
+    out = ps_test_read_file(log, NULL);
+    ck_assert_msg(strstr(out, "refuses psctl: '") && strstr(out, "the handshake on them failed") &&
+                      !strstr(out, "is down"), "%s", out);
+    free(out);
+  }
   char train[700];
   snprintf(train, sizeof train, "%s/train.csv", sec_dir); /* psw checks its data first */
   ps_test_write_file(train, "0,0.5,-1.0,2.0\n");
@@ -1470,6 +1627,38 @@ START_TEST(test_sec_handshake_refused) {
   ck_assert_msg(strstr(out, "DOWN") && !strstr(out, "REFUSED") && !strstr(out, "handshake"),
                 "%s", out);
   free(out);
+}
+END_TEST
+
+/* A certificate the suite's CA signed whose OU names no role but whose CN
+ * prints like one ("x,OU=operator" is "CN=x\,OU=operator" in gRPC's
+ * x509_subject, "x/OU=operator" is "CN=x/OU=operator") gets no role: the
+ * role came from splitting that printed subject at ',' and '/', and both
+ * such certificates could submit and replace models as the operator. */
+START_TEST(test_sec_role_spoofed_cn) {
+  ck_assert_msg(sec_up_ok, "psd is not running");
+  sec_ensure_model();
+  const char *ext = "keyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth";
+  ck_assert_int_eq(sec_leaf("spc", "shard/CN=x\\\\,OU=operator", ext), 0);
+  ck_assert_int_eq(sec_leaf("sps", "shard/CN=x\\\\/OU=operator", ext), 0);
+  const char *names[] = {"spc", "sps"};
+  for (int i = 0; i < 2; i++) {
+    char path[700], model[16];
+    snprintf(path, sizeof path, "%s/%s.yaml", sec_dir, names[i]);
+    sec_client_yaml(path, "", names[i]);
+    ps_config cfg;
+    ps_errbuf eb;
+    ck_assert_msg(ps_config_load(&cfg, path, &eb) == 0, "%s", eb.msg);
+    uint64_t refused0 = sec_counter(0);
+    snprintf(model, sizeof model, "spoof%d", i);
+    ck_assert_int_eq(sec_submit_as(&cfg, PS_ROLE_OPERATOR, model, 10, 0, &eb), PS_EPERM);
+    ck_assert_msg(strstr(eb.msg, "not allowed for role 'none'"), "%s: %s", names[i], eb.msg);
+    ck_assert_int_eq(sec_submit_as(&cfg, PS_ROLE_OPERATOR, "m", 10, 1, &eb), PS_EPERM);
+    ps_config_release(&cfg);
+    ck_assert_uint_eq(sec_counter(0), refused0 + 2);
+    ck_assert_uint_eq(sec_model_params(model), 0);
+    ck_assert_uint_eq(sec_model_params("m"), SEC_ELEMS);
+  }
 }
 END_TEST
 
@@ -1902,6 +2091,7 @@ Suite *security_suite(void) {
   tcase_add_test(tc, test_sec_client_key_rotation);
   tcase_add_test(tc, test_sec_client_key_shared_file);
   tcase_add_test(tc, test_sec_handshake_refused);
+  tcase_add_test(tc, test_sec_role_spoofed_cn);
   suite_add_tcase(s, tc);
   tc = tcase_create("limits");
   tcase_add_unchecked_fixture(tc, lim_up, lim_down);
@@ -1914,6 +2104,7 @@ Suite *security_suite(void) {
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, test_sec_mac_round_trip);
   tcase_add_test(tc, test_sec_mac_tampered);
+  tcase_add_test(tc, test_sec_mac_replayed);
   suite_add_tcase(s, tc);
   tc = tcase_create("unit");
   tcase_add_test(tc, test_sec_role_subject);

@@ -4,6 +4,7 @@
 #include "psd_shard_sparse.h"
 
 #include <assert.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -280,6 +281,20 @@ static int psd_shard_check_worker_text(const char *model, const char *host, cons
   return err;
 }
 
+/* psd_shard_check_worker_rates checks the rates a heartbeat reports
+ * (steps/s, share of time blocked): a number psw computes is finite and
+ * not negative; anything else would reach ListWorkers and psctl status,
+ * whose JSON has no NaN or Infinity. */
+static int psd_shard_check_worker_rates(float steps_per_s, float blocked_share, ps_errbuf *eb) {
+  if (!isfinite(steps_per_s) || steps_per_s < 0)
+    return ps_errf(eb, PS_EINVAL, "heartbeat: steps_per_s %g is not a finite number >= 0",
+                   (double)steps_per_s);
+  if (!isfinite(blocked_share) || blocked_share < 0)
+    return ps_errf(eb, PS_EINVAL, "heartbeat: blocked_share %g is not a finite number >= 0",
+                   (double)blocked_share);
+  return 0;
+}
+
 /* psd_shard_register: see psd_shard.h. */
 int psd_shard_register(psd_shard *sh, const Ps__RegisterWorkerRequest *req,
                        Ps__RegisterWorkerReply *reply, ps_errbuf *eb) {
@@ -325,7 +340,8 @@ int psd_shard_heartbeat(psd_shard *sh, const Ps__HeartbeatRequest *req,
   int err = psd_shard_accepting(sh, PSD_REQ_WORKER, eb);
   if (err < 0) return psd_shard_done(sh, err);
   if (!sh->clock) return 0;
-  if ((err = psd_shard_check_worker_text(req->model, req->host, req->device, eb)) < 0)
+  if ((err = psd_shard_check_worker_text(req->model, req->host, req->device, eb)) < 0 ||
+      (err = psd_shard_check_worker_rates(req->steps_per_s, req->blocked_share, eb)) < 0)
     return psd_shard_done(sh, err);
   uint64_t now = psd_shard_now_ms(sh);
   /* psd_clock invariant 12: what another process sends in a registered

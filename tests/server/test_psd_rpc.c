@@ -649,6 +649,64 @@ START_TEST(test_rpc_beat_over_channel) {
 }
 END_TEST
 
+/* A heartbeat whose rates are NaN, infinite or negative (a hostile or
+ * buggy client) is refused over gRPC and the channel alike, records
+ * nothing, and ListWorkers (what psctl status --json prints, where NaN is
+ * not JSON) holds only finite rates. */
+START_TEST(test_rpc_beat_rates_finite) {
+  ps_errbuf eb;
+  ps_rpc *r = rpc_open(1);
+  ps_chan_client *c = rpc_chan(1);
+  Ps__HeartbeatRequest req = PS__HEARTBEAT_REQUEST__INIT;
+  req.worker = 2;
+  req.model = "";
+  req.host = "rates-test";
+  req.clock = 3;
+  req.steps_per_s = 2.5f;
+  req.blocked_share = 0.25f;
+  Ps__HeartbeatReply *b = NULL;
+  ck_assert_msg(rpc_beat_chan(c, &req, &b, &eb) == 0, "good beat: %s", eb.msg);
+  protobuf_c_message_free_unpacked(&b->base, NULL);
+  static const float bad[][2] = {{NAN, 0.5f}, {INFINITY, 0.5f}, {-1.0f, 0.5f}, {1.0f, NAN},
+                                 {1.0f, INFINITY}, {1.0f, -0.5f}, {-INFINITY, -INFINITY}};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    req.steps_per_s = bad[i][0];
+    req.blocked_share = bad[i][1];
+    const char *field = isfinite(bad[i][0]) && bad[i][0] >= 0 ? "blocked_share" : "steps_per_s";
+    Ps__HeartbeatReply *g = NULL;
+    ck_assert_int_eq(ps_rpc_call(r, "/ps.Ps/Heartbeat", &req.base, &ps__heartbeat_reply__descriptor,
+                                 (ProtobufCMessage **)&g, 5000, &eb),
+                     PS_EINVAL);
+    ck_assert_msg(strstr(eb.msg, field) && strstr(eb.msg, "not a finite number"), "case %zu: %s",
+                  i, eb.msg);
+    ck_assert_int_eq(rpc_beat_chan(c, &req, &b, &eb), PS_EINVAL);
+    ck_assert_msg(strstr(eb.msg, field), "case %zu over the channel: %s", i, eb.msg);
+  }
+  Ps__ListWorkersRequest lr = PS__LIST_WORKERS_REQUEST__INIT;
+  Ps__ListWorkersReply *l = NULL;
+  ck_assert_int_eq(ps_rpc_call(r, "/ps.Ps/ListWorkers", &lr.base,
+                               &ps__list_workers_reply__descriptor, (ProtobufCMessage **)&l, 5000,
+                               &eb),
+                   0);
+  int seen = 0;
+  for (size_t i = 0; i < l->n_workers; i++) {
+    const Ps__WorkerInfo *w = l->workers[i];
+    ck_assert_msg(isfinite(w->steps_per_s) && isfinite(w->blocked_share),
+                  "worker %u: steps/s %g, blocked %g", w->worker, (double)w->steps_per_s,
+                  (double)w->blocked_share);
+    if (w->worker == 2) {
+      seen = 1;
+      ck_assert_float_eq(w->steps_per_s, 2.5f); /* the good beat's, unchanged */
+      ck_assert_float_eq(w->blocked_share, 0.25f);
+    }
+  }
+  ck_assert(seen);
+  protobuf_c_message_free_unpacked(&l->base, NULL);
+  ps_chan_close(c);
+  ps_rpc_close(r);
+}
+END_TEST
+
 /* An aggregator's leave for a local worker (leave_if_silent_ms, DESIGN.md
  * "Hierarchy"): refused (stayed, nothing changed) while the worker spoke
  * to the shard within that time, for a worker the shard never heard of,
@@ -1001,6 +1059,7 @@ Suite *psd_rpc_suite(void) {
   tcase_add_test(tc, test_rpc_call_all_holes);
   tcase_add_test(tc, test_rpc_same_over_channel);
   tcase_add_test(tc, test_rpc_beat_over_channel);
+  tcase_add_test(tc, test_rpc_beat_rates_finite);
   tcase_add_test(tc, test_rpc_conditional_leave);
   tcase_add_loop_test(tc, test_rpc_codec_same_over_channel, PS_CODEC_FP16, PS_CODEC_N);
   tcase_add_test(tc, test_rpc_codec_bad_input);

@@ -4,6 +4,7 @@
 #include "psd_shard_sparse.h"
 
 #include <assert.h>
+#include <inttypes.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -565,6 +566,33 @@ int psd_shard_payload(psd_shard *sh, const ps_req *r, int push, uint64_t *nelems
   return psd_shard_done(sh, err);
 }
 
+/* shard_cmp_u32 orders uint32_t values (qsort). */
+static int shard_cmp_u32(const void *a, const void *b) {
+  uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+  return (x > y) - (x < y);
+}
+
+/* shard_summed_once: 0 when no worker appears twice in the N ids of an
+ * aggregator's push (ps_req.summed), else PS_EINVAL: a sum names each
+ * worker it holds once, and the norm a shard allows (clip_norm times the
+ * workers summed) and the sums counted must not grow by repeating one. */
+static int shard_summed_once(const uint32_t *who, size_t n, ps_errbuf *eb) {
+  if (n < 2) return 0;
+  uint32_t *v = malloc(n * sizeof *v);
+  if (!v) return ps_errf(eb, PS_ENOMEM, "out of memory checking a push's %zu summed workers", n);
+  memcpy(v, who, n * sizeof *v);
+  qsort(v, n, sizeof *v, shard_cmp_u32);
+  int err = 0;
+  for (size_t i = 1; i < n && err == 0; i++)
+    if (v[i] == v[i - 1])
+      err = ps_errf(eb, PS_EINVAL,
+                    "a push summing %zu workers names worker %" PRIu32 " twice; refused, "
+                    "nothing applied",
+                    n, v[i]);
+  free(v);
+  return err;
+}
+
 /* psd_shard_push applies gradients; counts bytes in on success. */
 int psd_shard_push(psd_shard *sh, const ps_req *r, uint64_t *version, ps_errbuf *eb) {
   int err = psd_shard_accepting(sh, PSD_REQ_PUSH, eb);
@@ -576,6 +604,7 @@ int psd_shard_push(psd_shard *sh, const ps_req *r, uint64_t *version, ps_errbuf 
    * "Hierarchy"); a plain push is its worker's alone. */
   const uint32_t *who = r->nsummed ? r->summed : &r->worker;
   size_t nwho = r->nsummed ? r->nsummed : 1;
+  if ((err = shard_summed_once(who, nwho, eb)) < 0) return psd_shard_done(sh, err);
   /* a worker declared dead is refused before anything is applied (psd_clock
    * invariant 9): one dead worker in a sum refuses the whole sum */
   for (size_t i = 0; sh->clock && i < nwho; i++)

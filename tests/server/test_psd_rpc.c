@@ -649,6 +649,53 @@ START_TEST(test_rpc_beat_over_channel) {
 }
 END_TEST
 
+/* A push that says it sums several workers (an aggregator's, ps_req.summed)
+ * but names one of them twice is refused whole: nothing applied, the
+ * version unchanged; the same sum with each worker once is applied. */
+START_TEST(test_rpc_summed_twice) {
+  rpc_model m;
+  ps_layout l;
+  ps_rpc *r = rpc_fresh(&m, "summed", &l);
+  ps_chan_client *c = rpc_chan(0);
+  ps_errbuf eb;
+  uint32_t *ids;
+  uint64_t nelems, ver0, ver;
+  size_t nv;
+  int err;
+  long n = ps_layout_shard_chunks(&l, 0, &ids, &nelems);
+  ck_assert_int_gt(n, 0);
+  float *before = rpc_pull(r, "summed", ids, (size_t)n, &nv, &ver0, &err, &eb);
+  ck_assert_int_eq(err, 0);
+  float *g = calloc(nelems, sizeof(float));
+  g[0] = 1;
+  /* workers 0 and 1 only: test_rpc_conditional_leave needs 2 and 3 unheard of here */
+  static const uint32_t twice[][4] = {{0, 0}, {1, 0, 1}, {0, 0, 0, 0}};
+  static const size_t ntwice[] = {2, 3, 4};
+  for (size_t i = 0; i < 3; i++) {
+    ps_req q = {.model = "summed", .ids = ids, .nids = (size_t)n, .worker = twice[i][0],
+                .grads = g, .nbytes = nelems * 4, .summed = twice[i], .nsummed = ntwice[i]};
+    ck_assert_int_eq(ps_chan_push(c, &q, &ver, &eb), PS_EINVAL);
+    ck_assert_msg(strstr(eb.msg, "twice"), "case %zu: %s", i, eb.msg);
+  }
+  float *after = rpc_pull(r, "summed", ids, (size_t)n, &nv, &ver, &err, &eb);
+  ck_assert_int_eq(err, 0);
+  ck_assert_uint_eq(ver, ver0);
+  ck_assert_int_eq(memcmp(before, after, nelems * sizeof(float)), 0);
+  static const uint32_t once[] = {1, 0};
+  ps_req q = {.model = "summed", .ids = ids, .nids = (size_t)n, .worker = 0, .grads = g,
+              .nbytes = nelems * 4, .summed = once, .nsummed = 2};
+  ck_assert_msg(ps_chan_push(c, &q, &ver, &eb) == 0, "a sum of distinct workers: %s", eb.msg);
+  ck_assert_uint_eq(ver, ver0 + 1);
+  free(before);
+  free(after);
+  free(g);
+  free(ids);
+  ps_chan_close(c);
+  ps_rpc_close(r);
+  ps_layout_release(&l);
+}
+END_TEST
+
 /* A heartbeat whose rates are NaN, infinite or negative (a hostile or
  * buggy client) is refused over gRPC and the channel alike, records
  * nothing, and ListWorkers (what psctl status --json prints, where NaN is
@@ -1060,6 +1107,7 @@ Suite *psd_rpc_suite(void) {
   tcase_add_test(tc, test_rpc_same_over_channel);
   tcase_add_test(tc, test_rpc_beat_over_channel);
   tcase_add_test(tc, test_rpc_beat_rates_finite);
+  tcase_add_test(tc, test_rpc_summed_twice);
   tcase_add_test(tc, test_rpc_conditional_leave);
   tcase_add_loop_test(tc, test_rpc_codec_same_over_channel, PS_CODEC_FP16, PS_CODEC_N);
   tcase_add_test(tc, test_rpc_codec_bad_input);

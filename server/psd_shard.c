@@ -575,9 +575,18 @@ static int shard_cmp_u32(const void *a, const void *b) {
 /* shard_summed_once: 0 when no worker appears twice in the N ids of an
  * aggregator's push (ps_req.summed), else PS_EINVAL: a sum names each
  * worker it holds once, and the norm a shard allows (clip_norm times the
- * workers summed) and the sums counted must not grow by repeating one. */
-static int shard_summed_once(const uint32_t *who, size_t n, ps_errbuf *eb) {
+ * workers summed) and the sums counted must not grow by repeating one.
+ * SH's world bounds the list before it is sorted. */
+static int shard_summed_once(const psd_shard *sh, const uint32_t *who, size_t n, ps_errbuf *eb) {
   if (n < 2) return 0;
+  /* distinct ids of the world number at most its rank cap: a longer list
+   * repeats one, refused without sorting it */
+  uint32_t cap = psd_clock_rank_cap(sh->cfg->workers.count);
+  if (n > cap)
+    return ps_errf(eb, PS_EINVAL,
+                   "a push summing %zu workers names one twice: this cluster has %" PRIu32
+                   " worker ids; refused, nothing applied",
+                   n, cap);
   uint32_t *v = malloc(n * sizeof *v);
   if (!v) return ps_errf(eb, PS_ENOMEM, "out of memory checking a push's %zu summed workers", n);
   memcpy(v, who, n * sizeof *v);
@@ -604,7 +613,7 @@ int psd_shard_push(psd_shard *sh, const ps_req *r, uint64_t *version, ps_errbuf 
    * "Hierarchy"); a plain push is its worker's alone. */
   const uint32_t *who = r->nsummed ? r->summed : &r->worker;
   size_t nwho = r->nsummed ? r->nsummed : 1;
-  if ((err = shard_summed_once(who, nwho, eb)) < 0) return psd_shard_done(sh, err);
+  if ((err = shard_summed_once(sh, who, nwho, eb)) < 0) return psd_shard_done(sh, err);
   /* a worker declared dead is refused before anything is applied (psd_clock
    * invariant 9): one dead worker in a sum refuses the whole sum */
   for (size_t i = 0; sh->clock && i < nwho; i++)

@@ -669,9 +669,9 @@ START_TEST(test_rpc_summed_twice) {
   float *g = calloc(nelems, sizeof(float));
   g[0] = 1;
   /* workers 0 and 1 only: test_rpc_conditional_leave needs 2 and 3 unheard of here */
-  static const uint32_t twice[][4] = {{0, 0}, {1, 0, 1}, {0, 0, 0, 0}};
-  static const size_t ntwice[] = {2, 3, 4};
-  for (size_t i = 0; i < 3; i++) {
+  static const uint32_t twice[][5] = {{0, 0}, {1, 0, 1}, {0, 0, 0, 0}, {0, 1, 0, 1, 0}};
+  static const size_t ntwice[] = {2, 3, 4, 5}; /* 5: longer than the world's 4 ids */
+  for (size_t i = 0; i < 4; i++) {
     ps_req q = {.model = "summed", .ids = ids, .nids = (size_t)n, .worker = twice[i][0],
                 .grads = g, .nbytes = nelems * 4, .summed = twice[i], .nsummed = ntwice[i]};
     ck_assert_int_eq(ps_chan_push(c, &q, &ver, &eb), PS_EINVAL);

@@ -582,6 +582,16 @@ static int rpc_beat_chan(ps_chan_client *c, const Ps__HeartbeatRequest *req,
   return err;
 }
 
+/* rpc_beat_req: a heartbeat of WORKER from HOST at CLOCK, no model. */
+static Ps__HeartbeatRequest rpc_beat_req(uint32_t worker, const char *host, uint64_t clock) {
+  Ps__HeartbeatRequest req = PS__HEARTBEAT_REQUEST__INIT;
+  req.worker = worker;
+  req.model = "";
+  req.host = (char *)host;
+  req.clock = clock;
+  return req;
+}
+
 /* rpc_errors returns the errors counter of R's shard. */
 static uint64_t rpc_errors(ps_rpc *r) {
   ps_errbuf eb;
@@ -604,11 +614,7 @@ START_TEST(test_rpc_beat_over_channel) {
   ps_errbuf eb;
   ps_rpc *r = rpc_open(1);
   ps_chan_client *c = rpc_chan(1);
-  Ps__HeartbeatRequest req = PS__HEARTBEAT_REQUEST__INIT;
-  req.worker = 1;
-  req.model = "";
-  req.host = "beat-test";
-  req.clock = 4;
+  Ps__HeartbeatRequest req = rpc_beat_req(1, "beat-test", 4);
   Ps__HeartbeatReply *g = NULL, *b = NULL;
   ck_assert_msg(ps_rpc_call(r, "/ps.Ps/Heartbeat", &req.base, &ps__heartbeat_reply__descriptor,
                             (ProtobufCMessage **)&g, 5000, &eb) == 0, "grpc beat: %s", eb.msg);
@@ -704,11 +710,7 @@ START_TEST(test_rpc_beat_rates_finite) {
   ps_errbuf eb;
   ps_rpc *r = rpc_open(1);
   ps_chan_client *c = rpc_chan(1);
-  Ps__HeartbeatRequest req = PS__HEARTBEAT_REQUEST__INIT;
-  req.worker = 2;
-  req.model = "";
-  req.host = "rates-test";
-  req.clock = 3;
+  Ps__HeartbeatRequest req = rpc_beat_req(2, "rates-test", 3);
   req.steps_per_s = 2.5f;
   req.blocked_share = 0.25f;
   Ps__HeartbeatReply *b = NULL;

@@ -1296,8 +1296,9 @@ static int cfg_load_doc(cfg_ctx *x, ps_config *c) {
 
 /* cfg_check_depth scans BUF's tokens and refuses a nesting deeper than
  * PS_CONFIG_MAX_DEPTH (block and flow collections together) at the token
- * that passes it, and any YAML tag.  libyaml's scanner keeps one simple-key slot per flow
- * level and walks them all for every token, so stopping at the bound
+ * that passes it, any YAML tag and any string holding a NUL byte.
+ * libyaml's scanner keeps one simple-key slot per flow level and walks
+ * them all for every token, so stopping at the bound
  * keeps this pass linear; the loader then never sees a deep file.
  * Syntax errors are left for the loader to report. */
 static int cfg_check_depth(cfg_ctx *x, const unsigned char *buf, size_t len) {
@@ -1316,6 +1317,15 @@ static int cfg_check_depth(cfg_ctx *x, const unsigned char *buf, size_t len) {
        * way: refused rather than silently read by psd's own rules. */
       r = cfg_err(x, m, "YAML tag '%s%s' (psd reads values by its own rules; remove the tag)",
                   (const char *)t.data.tag.handle, (const char *)t.data.tag.suffix);
+      yaml_token_delete(&t);
+      break;
+    }
+    if (type == YAML_SCALAR_TOKEN && memchr(t.data.scalar.value, 0, t.data.scalar.length)) {
+      /* "a\0b" (YAML's \0 escape): every value is read as a C string,
+       * which would end at the NUL, and a name or path cut short there
+       * would pass every later check. */
+      r = cfg_err(x, m, "a string holds a NUL byte (the \\0 escape); psd would read it cut short "
+                        "there");
       yaml_token_delete(&t);
       break;
     }

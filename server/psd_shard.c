@@ -4,6 +4,8 @@
 #include "psd_shard_sparse.h"
 
 #include <assert.h>
+#include <inttypes.h>
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -280,6 +282,20 @@ static int psd_shard_check_worker_text(const char *model, const char *host, cons
   return err;
 }
 
+/* psd_shard_check_worker_rates checks the rates a heartbeat reports
+ * (steps/s, share of time blocked): a number psw computes is finite and
+ * not negative; anything else would reach ListWorkers and psctl status,
+ * whose JSON has no NaN or Infinity. */
+static int psd_shard_check_worker_rates(float steps_per_s, float blocked_share, ps_errbuf *eb) {
+  if (!isfinite(steps_per_s) || steps_per_s < 0)
+    return ps_errf(eb, PS_EINVAL, "heartbeat: steps_per_s %g is not a finite number >= 0",
+                   (double)steps_per_s);
+  if (!isfinite(blocked_share) || blocked_share < 0)
+    return ps_errf(eb, PS_EINVAL, "heartbeat: blocked_share %g is not a finite number >= 0",
+                   (double)blocked_share);
+  return 0;
+}
+
 /* psd_shard_register: see psd_shard.h. */
 int psd_shard_register(psd_shard *sh, const Ps__RegisterWorkerRequest *req,
                        Ps__RegisterWorkerReply *reply, ps_errbuf *eb) {
@@ -325,7 +341,8 @@ int psd_shard_heartbeat(psd_shard *sh, const Ps__HeartbeatRequest *req,
   int err = psd_shard_accepting(sh, PSD_REQ_WORKER, eb);
   if (err < 0) return psd_shard_done(sh, err);
   if (!sh->clock) return 0;
-  if ((err = psd_shard_check_worker_text(req->model, req->host, req->device, eb)) < 0)
+  if ((err = psd_shard_check_worker_text(req->model, req->host, req->device, eb)) < 0 ||
+      (err = psd_shard_check_worker_rates(req->steps_per_s, req->blocked_share, eb)) < 0)
     return psd_shard_done(sh, err);
   uint64_t now = psd_shard_now_ms(sh);
   /* psd_clock invariant 12: what another process sends in a registered
@@ -549,6 +566,42 @@ int psd_shard_payload(psd_shard *sh, const ps_req *r, int push, uint64_t *nelems
   return psd_shard_done(sh, err);
 }
 
+/* shard_cmp_u32 orders uint32_t values (qsort). */
+static int shard_cmp_u32(const void *a, const void *b) {
+  uint32_t x = *(const uint32_t *)a, y = *(const uint32_t *)b;
+  return (x > y) - (x < y);
+}
+
+/* shard_summed_once: 0 when no worker appears twice in the N ids of an
+ * aggregator's push (ps_req.summed), else PS_EINVAL: a sum names each
+ * worker it holds once, and the norm a shard allows (clip_norm times the
+ * workers summed) and the sums counted must not grow by repeating one.
+ * SH's world bounds the list before it is sorted. */
+static int shard_summed_once(const psd_shard *sh, const uint32_t *who, size_t n, ps_errbuf *eb) {
+  if (n < 2) return 0;
+  /* distinct ids of the world number at most its rank cap: a longer list
+   * repeats one, refused without sorting it */
+  uint32_t cap = psd_clock_rank_cap(sh->cfg->workers.count);
+  if (n > cap)
+    return ps_errf(eb, PS_EINVAL,
+                   "a push summing %zu workers names one twice: this cluster has %" PRIu32
+                   " worker ids; refused, nothing applied",
+                   n, cap);
+  uint32_t *v = malloc(n * sizeof *v);
+  if (!v) return ps_errf(eb, PS_ENOMEM, "out of memory checking a push's %zu summed workers", n);
+  memcpy(v, who, n * sizeof *v);
+  qsort(v, n, sizeof *v, shard_cmp_u32);
+  int err = 0;
+  for (size_t i = 1; i < n && err == 0; i++)
+    if (v[i] == v[i - 1])
+      err = ps_errf(eb, PS_EINVAL,
+                    "a push summing %zu workers names worker %" PRIu32 " twice; refused, "
+                    "nothing applied",
+                    n, v[i]);
+  free(v);
+  return err;
+}
+
 /* psd_shard_push applies gradients; counts bytes in on success. */
 int psd_shard_push(psd_shard *sh, const ps_req *r, uint64_t *version, ps_errbuf *eb) {
   int err = psd_shard_accepting(sh, PSD_REQ_PUSH, eb);
@@ -560,6 +613,7 @@ int psd_shard_push(psd_shard *sh, const ps_req *r, uint64_t *version, ps_errbuf 
    * "Hierarchy"); a plain push is its worker's alone. */
   const uint32_t *who = r->nsummed ? r->summed : &r->worker;
   size_t nwho = r->nsummed ? r->nsummed : 1;
+  if ((err = shard_summed_once(sh, who, nwho, eb)) < 0) return psd_shard_done(sh, err);
   /* a worker declared dead is refused before anything is applied (psd_clock
    * invariant 9): one dead worker in a sum refuses the whole sum */
   for (size_t i = 0; sh->clock && i < nwho; i++)

@@ -582,6 +582,16 @@ static int rpc_beat_chan(ps_chan_client *c, const Ps__HeartbeatRequest *req,
   return err;
 }
 
+/* rpc_beat_req: a heartbeat of WORKER from HOST at CLOCK, no model. */
+static Ps__HeartbeatRequest rpc_beat_req(uint32_t worker, const char *host, uint64_t clock) {
+  Ps__HeartbeatRequest req = PS__HEARTBEAT_REQUEST__INIT;
+  req.worker = worker;
+  req.model = "";
+  req.host = (char *)host;
+  req.clock = clock;
+  return req;
+}
+
 /* rpc_errors returns the errors counter of R's shard. */
 static uint64_t rpc_errors(ps_rpc *r) {
   ps_errbuf eb;
@@ -604,11 +614,7 @@ START_TEST(test_rpc_beat_over_channel) {
   ps_errbuf eb;
   ps_rpc *r = rpc_open(1);
   ps_chan_client *c = rpc_chan(1);
-  Ps__HeartbeatRequest req = PS__HEARTBEAT_REQUEST__INIT;
-  req.worker = 1;
-  req.model = "";
-  req.host = "beat-test";
-  req.clock = 4;
+  Ps__HeartbeatRequest req = rpc_beat_req(1, "beat-test", 4);
   Ps__HeartbeatReply *g = NULL, *b = NULL;
   ck_assert_msg(ps_rpc_call(r, "/ps.Ps/Heartbeat", &req.base, &ps__heartbeat_reply__descriptor,
                             (ProtobufCMessage **)&g, 5000, &eb) == 0, "grpc beat: %s", eb.msg);
@@ -644,6 +650,107 @@ START_TEST(test_rpc_beat_over_channel) {
   ck_assert_msg(rpc_beat_chan(c, &req, &b, &eb) == 0, "chan beat after refusals: %s", eb.msg);
   ck_assert_int_eq(b->expired, 0);
   protobuf_c_message_free_unpacked(&b->base, NULL);
+  ps_chan_close(c);
+  ps_rpc_close(r);
+}
+END_TEST
+
+/* A push that says it sums several workers (an aggregator's, ps_req.summed)
+ * but names one of them twice is refused whole: nothing applied, the
+ * version unchanged; the same sum with each worker once is applied. */
+START_TEST(test_rpc_summed_twice) {
+  rpc_model m;
+  ps_layout l;
+  ps_rpc *r = rpc_fresh(&m, "summed", &l);
+  ps_chan_client *c = rpc_chan(0);
+  ps_errbuf eb;
+  uint32_t *ids;
+  uint64_t nelems, ver0, ver;
+  size_t nv;
+  int err;
+  long n = ps_layout_shard_chunks(&l, 0, &ids, &nelems);
+  ck_assert_int_gt(n, 0);
+  float *before = rpc_pull(r, "summed", ids, (size_t)n, &nv, &ver0, &err, &eb);
+  ck_assert_int_eq(err, 0);
+  float *g = calloc(nelems, sizeof(float));
+  g[0] = 1;
+  /* workers 0 and 1 only: test_rpc_conditional_leave needs 2 and 3 unheard of here */
+  static const uint32_t twice[][5] = {{0, 0}, {1, 0, 1}, {0, 0, 0, 0}, {0, 1, 0, 1, 0}};
+  static const size_t ntwice[] = {2, 3, 4, 5}; /* 5: longer than the world's 4 ids */
+  for (size_t i = 0; i < 4; i++) {
+    ps_req q = {.model = "summed", .ids = ids, .nids = (size_t)n, .worker = twice[i][0],
+                .grads = g, .nbytes = nelems * 4, .summed = twice[i], .nsummed = ntwice[i]};
+    ck_assert_int_eq(ps_chan_push(c, &q, &ver, &eb), PS_EINVAL);
+    ck_assert_msg(strstr(eb.msg, "twice"), "case %zu: %s", i, eb.msg);
+  }
+  float *after = rpc_pull(r, "summed", ids, (size_t)n, &nv, &ver, &err, &eb);
+  ck_assert_int_eq(err, 0);
+  ck_assert_uint_eq(ver, ver0);
+  ck_assert_int_eq(memcmp(before, after, nelems * sizeof(float)), 0);
+  static const uint32_t once[] = {1, 0};
+  ps_req q = {.model = "summed", .ids = ids, .nids = (size_t)n, .worker = 0, .grads = g,
+              .nbytes = nelems * 4, .summed = once, .nsummed = 2};
+  ck_assert_msg(ps_chan_push(c, &q, &ver, &eb) == 0, "a sum of distinct workers: %s", eb.msg);
+  ck_assert_uint_eq(ver, ver0 + 1);
+  free(before);
+  free(after);
+  free(g);
+  free(ids);
+  ps_chan_close(c);
+  ps_rpc_close(r);
+  ps_layout_release(&l);
+}
+END_TEST
+
+/* A heartbeat whose rates are NaN, infinite or negative (a hostile or
+ * buggy client) is refused over gRPC and the channel alike, records
+ * nothing, and ListWorkers (what psctl status --json prints, where NaN is
+ * not JSON) holds only finite rates. */
+START_TEST(test_rpc_beat_rates_finite) {
+  ps_errbuf eb;
+  ps_rpc *r = rpc_open(1);
+  ps_chan_client *c = rpc_chan(1);
+  Ps__HeartbeatRequest req = rpc_beat_req(2, "rates-test", 3);
+  req.steps_per_s = 2.5f;
+  req.blocked_share = 0.25f;
+  Ps__HeartbeatReply *b = NULL;
+  ck_assert_msg(rpc_beat_chan(c, &req, &b, &eb) == 0, "good beat: %s", eb.msg);
+  protobuf_c_message_free_unpacked(&b->base, NULL);
+  static const float bad[][2] = {{NAN, 0.5f}, {INFINITY, 0.5f}, {-1.0f, 0.5f}, {1.0f, NAN},
+                                 {1.0f, INFINITY}, {1.0f, -0.5f}, {-INFINITY, -INFINITY}};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    req.steps_per_s = bad[i][0];
+    req.blocked_share = bad[i][1];
+    const char *field = isfinite(bad[i][0]) && bad[i][0] >= 0 ? "blocked_share" : "steps_per_s";
+    Ps__HeartbeatReply *g = NULL;
+    ck_assert_int_eq(ps_rpc_call(r, "/ps.Ps/Heartbeat", &req.base, &ps__heartbeat_reply__descriptor,
+                                 (ProtobufCMessage **)&g, 5000, &eb),
+                     PS_EINVAL);
+    ck_assert_msg(strstr(eb.msg, field) && strstr(eb.msg, "not a finite number"), "case %zu: %s",
+                  i, eb.msg);
+    ck_assert_int_eq(rpc_beat_chan(c, &req, &b, &eb), PS_EINVAL);
+    ck_assert_msg(strstr(eb.msg, field), "case %zu over the channel: %s", i, eb.msg);
+  }
+  Ps__ListWorkersRequest lr = PS__LIST_WORKERS_REQUEST__INIT;
+  Ps__ListWorkersReply *l = NULL;
+  ck_assert_int_eq(ps_rpc_call(r, "/ps.Ps/ListWorkers", &lr.base,
+                               &ps__list_workers_reply__descriptor, (ProtobufCMessage **)&l, 5000,
+                               &eb),
+                   0);
+  int seen = 0;
+  for (size_t i = 0; i < l->n_workers; i++) {
+    const Ps__WorkerInfo *w = l->workers[i];
+    ck_assert_msg(isfinite(w->steps_per_s) && isfinite(w->blocked_share),
+                  "worker %u: steps/s %g, blocked %g", w->worker, (double)w->steps_per_s,
+                  (double)w->blocked_share);
+    if (w->worker == 2) {
+      seen = 1;
+      ck_assert_float_eq(w->steps_per_s, 2.5f); /* the good beat's, unchanged */
+      ck_assert_float_eq(w->blocked_share, 0.25f);
+    }
+  }
+  ck_assert(seen);
+  protobuf_c_message_free_unpacked(&l->base, NULL);
   ps_chan_close(c);
   ps_rpc_close(r);
 }
@@ -1001,6 +1108,8 @@ Suite *psd_rpc_suite(void) {
   tcase_add_test(tc, test_rpc_call_all_holes);
   tcase_add_test(tc, test_rpc_same_over_channel);
   tcase_add_test(tc, test_rpc_beat_over_channel);
+  tcase_add_test(tc, test_rpc_beat_rates_finite);
+  tcase_add_test(tc, test_rpc_summed_twice);
   tcase_add_test(tc, test_rpc_conditional_leave);
   tcase_add_loop_test(tc, test_rpc_codec_same_over_channel, PS_CODEC_FP16, PS_CODEC_N);
   tcase_add_test(tc, test_rpc_codec_bad_input);

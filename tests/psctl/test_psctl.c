@@ -37,6 +37,7 @@
 #include "ps_rpc.h"
 #include "ps_test.h"
 #include "ps_version.h"
+#include "psd_optim.h"
 #include "psw_graph.h"
 #include "psw_train.h"
 
@@ -1292,7 +1293,8 @@ static int pt_flag_in(const char *text, const char *flag) {
 /* Every long flag that psd, psw and psctl name in their --help is named in
  * README.md too: --test, psctl status's --timeout, export's --timeout-ms,
  * submit's --seed, logreg's --inputs/--classes and bench's --rounds,
- * --depth, --skip-grpc and --small-secs were not. */
+ * --depth, --skip-grpc and --small-secs were not.  Each help's lines fit
+ * 100 columns (psctl submit's usage line took 101). */
 START_TEST(test_cli_help_flags_readme) {
   pt_ctx x;
   pt_init(&x);
@@ -1305,6 +1307,12 @@ START_TEST(test_cli_help_flags_readme) {
   for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
     ck_assert_int_eq(pt_run(&x, cmds[i][0], "%s --help", cmds[i][1]), 0);
     char *help = ps_test_read_file(x.out, NULL);
+    for (const char *l = help; *l;) { /* and every line fits 100 columns */
+      size_t n = strcspn(l, "\n");
+      ck_assert_msg(n <= 100, "%s %s --help has a line of %zu columns: %.*s", cmds[i][0],
+                    cmds[i][1], n, (int)n, l);
+      l += n + (l[n] == '\n');
+    }
     for (const char *p = help; (p = strstr(p, "--")) != NULL;) {
       size_t n = 2;
       while (islower((unsigned char)p[n]) || isdigit((unsigned char)p[n]) || p[n] == '-') n++;
@@ -1321,6 +1329,35 @@ START_TEST(test_cli_help_flags_readme) {
   }
   ck_assert_int_gt(flags, 80);
   free(readme);
+  pt_cleanup(&x);
+}
+END_TEST
+
+/* psctl submit --help states the optimizers' defaults as the shards apply
+ * them: it said eps 1e-8 for every optimizer, and adagrad's is 1e-10. */
+START_TEST(test_psctl_submit_help_eps) {
+  pt_ctx x;
+  pt_init(&x);
+  ck_assert_int_eq(pt_psctl(&x, "submit --help"), 0);
+  char *help = ps_test_read_file(x.out, NULL);
+  static const char *const kinds[][2] = {{"adam", " eps "}, {"adagrad", "(adagrad: "}};
+  for (size_t i = 0; i < 2; i++) {
+    Ps__OptimizerSpec spec = PS__OPTIMIZER_SPEC__INIT;
+    spec.kind = (char *)kinds[i][0];
+    spec.lr = 1;
+    psd_optim o;
+    ps_errbuf eb;
+    ck_assert_int_eq(psd_optim_init(&o, &spec, &eb), 0);
+    const char *at = strstr(help, "Defaults:");
+    ck_assert(at != NULL);
+    at = strstr(at, kinds[i][1]);
+    ck_assert_msg(at != NULL, "psctl submit --help names no default eps for %s:\n%s",
+                  kinds[i][0], help);
+    float said = strtof(at + strlen(kinds[i][1]), NULL);
+    ck_assert_msg(said == o.eps, "psctl submit --help says %s's eps is %g; the shards use %g",
+                  kinds[i][0], (double)said, (double)o.eps);
+  }
+  free(help);
   pt_cleanup(&x);
 }
 END_TEST
@@ -1512,7 +1549,8 @@ Suite *psctl_suite(void) {
                {"bench_hung", test_psctl_bench_hung},
                {"cli_refusals", test_cli_refusals},
                {"psw_json_readme", test_psw_json_readme},
-               {"cli_help_flags_readme", test_cli_help_flags_readme}};
+               {"cli_help_flags_readme", test_cli_help_flags_readme},
+               {"submit_help_eps", test_psctl_submit_help_eps}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     TCase *tc = tcase_create(cases[i].name);
     tcase_set_timeout(tc, 180);

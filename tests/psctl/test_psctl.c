@@ -37,7 +37,9 @@
 #include "ps_rpc.h"
 #include "ps_test.h"
 #include "ps_version.h"
+#include "psd_optim.h"
 #include "psw_graph.h"
+#include "psw_train.h"
 
 #define PT_NSHARDS 2
 typedef struct pt_ctx {
@@ -1220,6 +1222,26 @@ END_TEST
  * `name`: a script reads them by name, and README is where it finds
  * them (uptime_ms, errors, pushes_per_s, tau_hist, bytes_raw and others
  * were written and named nowhere). */
+/* pt_readme_names_keys asserts that README names every member of the
+ * JSON text JSON (as `name`), WHO saying what wrote it; the count of
+ * members.  No value string in what it checks may hold '":'. */
+static int pt_readme_names_keys(const char *readme, const char *json, const char *who) {
+  int keys = 0;
+  for (const char *p = json; (p = strchr(p, '"')) != NULL;) {
+    const char *e = strchr(p + 1, '"');
+    ck_assert(e != NULL);
+    if (e[1] == ':') { /* a member's name */
+      char want[80];
+      snprintf(want, sizeof want, "`%.*s`", (int)(e - p - 1), p + 1);
+      ck_assert_msg(strstr(readme, want), "%s writes %s, which README.md does not name", who,
+                    want);
+      keys++;
+    }
+    p = e + 1;
+  }
+  return keys;
+}
+
 START_TEST(test_psctl_status_json_readme) {
   pt_ctx x;
   pt_init(&x);
@@ -1229,23 +1251,113 @@ START_TEST(test_psctl_status_json_readme) {
   ck_assert_int_eq(pt_psctl(&x, "status --json --config '%s'", x.yaml), 0);
   char *json = ps_test_read_file(x.out, NULL), *readme = ps_test_read_file("README.md", NULL);
   ck_assert_msg(strstr(json, "\"sparse_tables\":[{"), "no sparse table in %s", x.out);
-  int keys = 0;
-  for (const char *p = json; (p = strchr(p, '"')) != NULL;) {
-    const char *e = strchr(p + 1, '"');
-    ck_assert(e != NULL);
-    if (e[1] == ':') { /* a member's name (no value string in this output holds '":') */
-      char want[80];
-      snprintf(want, sizeof want, "`%.*s`", (int)(e - p - 1), p + 1);
-      ck_assert_msg(strstr(readme, want), "psctl status --json writes %s, which README.md does "
-                    "not name", want);
-      keys++;
-    }
-    p = e + 1;
-  }
-  ck_assert_int_gt(keys, 60);
+  ck_assert_int_gt(pt_readme_names_keys(readme, json, "psctl status --json"), 60);
   free(json);
   free(readme);
   pt_stop_all(&x);
+  pt_cleanup(&x);
+}
+END_TEST
+
+/* README.md names every member of psw's JSON lines (the training run's
+ * and --evaluate's): 'model', 'workers' and 'batch' were written but
+ * never explained. */
+START_TEST(test_psw_json_readme) {
+  char *readme = ps_test_read_file("README.md", NULL);
+  uint64_t acked[2] = {3, 4}, lost[2] = {0, 1};
+  uint32_t parts[1] = {5};
+  psw_train_result r = {.ranked = 1, .rank = 1, .workers = 2, .job_done = 1, .slowdown = 1,
+                        .partitions = parts, .npartitions = 1, .nshards = 2,
+                        .pushes_acked = acked, .pushes_unanswered = lost, .sparse_lost = 0};
+  char *buf = NULL;
+  size_t len = 0;
+  FILE *f = open_memstream(&buf, &len);
+  ck_assert(f != NULL);
+  psw_train_json(f, "m", 64, &r);
+  psw_train_eval_json(f, "m", &r, 7, 0);
+  ck_assert_int_eq(fclose(f), 0);
+  ck_assert_int_gt(pt_readme_names_keys(readme, buf, "psw's JSON line"), 30);
+  free(buf);
+  free(readme);
+}
+END_TEST
+
+/* pt_flag_in reports whether TEXT holds FLAG (--name) as a whole flag. */
+static int pt_flag_in(const char *text, const char *flag) {
+  size_t n = strlen(flag);
+  for (const char *p = text; (p = strstr(p, flag)) != NULL; p++)
+    if (!isalnum((unsigned char)p[n]) && p[n] != '-') return 1;
+  return 0;
+}
+
+/* Every long flag that psd, psw and psctl name in their --help is named in
+ * README.md too: --test, psctl status's --timeout, export's --timeout-ms,
+ * submit's --seed, logreg's --inputs/--classes and bench's --rounds,
+ * --depth, --skip-grpc and --small-secs were not.  Each help's lines fit
+ * 100 columns (psctl submit's usage line took 101). */
+START_TEST(test_cli_help_flags_readme) {
+  pt_ctx x;
+  pt_init(&x);
+  char *readme = ps_test_read_file("README.md", NULL);
+  static const char *const cmds[][2] = {{"psd", ""},           {"psw", ""},
+                                        {"psctl", ""},         {"psctl", "status"},
+                                        {"psctl", "submit"},   {"psctl", "export"},
+                                        {"psctl", "bench"},    {"psctl", "model"}};
+  int flags = 0;
+  for (size_t i = 0; i < sizeof cmds / sizeof cmds[0]; i++) {
+    ck_assert_int_eq(pt_run(&x, cmds[i][0], "%s --help", cmds[i][1]), 0);
+    char *help = ps_test_read_file(x.out, NULL);
+    for (const char *l = help; *l;) { /* and every line fits 100 columns */
+      size_t n = strcspn(l, "\n");
+      ck_assert_msg(n <= 100, "%s %s --help has a line of %zu columns: %.*s", cmds[i][0],
+                    cmds[i][1], n, (int)n, l);
+      l += n + (l[n] == '\n');
+    }
+    for (const char *p = help; (p = strstr(p, "--")) != NULL;) {
+      size_t n = 2;
+      while (islower((unsigned char)p[n]) || isdigit((unsigned char)p[n]) || p[n] == '-') n++;
+      if (n > 2 && islower((unsigned char)p[2])) {
+        char flag[64];
+        snprintf(flag, sizeof flag, "%.*s", (int)n, p);
+        ck_assert_msg(pt_flag_in(readme, flag), "%s %s --help names %s, which README.md does "
+                      "not", cmds[i][0], cmds[i][1], flag);
+        flags++;
+      }
+      p += n;
+    }
+    free(help);
+  }
+  ck_assert_int_gt(flags, 80);
+  free(readme);
+  pt_cleanup(&x);
+}
+END_TEST
+
+/* psctl submit --help states the optimizers' defaults as the shards apply
+ * them: it said eps 1e-8 for every optimizer, and adagrad's is 1e-10. */
+START_TEST(test_psctl_submit_help_eps) {
+  pt_ctx x;
+  pt_init(&x);
+  ck_assert_int_eq(pt_psctl(&x, "submit --help"), 0);
+  char *help = ps_test_read_file(x.out, NULL);
+  static const char *const kinds[][2] = {{"adam", " eps "}, {"adagrad", "(adagrad: "}};
+  for (size_t i = 0; i < 2; i++) {
+    Ps__OptimizerSpec spec = PS__OPTIMIZER_SPEC__INIT;
+    spec.kind = (char *)kinds[i][0];
+    spec.lr = 1;
+    psd_optim o;
+    ps_errbuf eb;
+    ck_assert_int_eq(psd_optim_init(&o, &spec, &eb), 0);
+    const char *at = strstr(help, "Defaults:");
+    ck_assert(at != NULL);
+    at = strstr(at, kinds[i][1]);
+    ck_assert_msg(at != NULL, "psctl submit --help names no default eps for %s:\n%s",
+                  kinds[i][0], help);
+    float said = strtof(at + strlen(kinds[i][1]), NULL);
+    ck_assert_msg(said == o.eps, "psctl submit --help says %s's eps is %g; the shards use %g",
+                  kinds[i][0], (double)said, (double)o.eps);
+  }
+  free(help);
   pt_cleanup(&x);
 }
 END_TEST
@@ -1435,7 +1547,10 @@ Suite *psctl_suite(void) {
                {"export_replaced", test_psctl_export_replaced},
                {"export_output_dir", test_psctl_export_output_dir},
                {"bench_hung", test_psctl_bench_hung},
-               {"cli_refusals", test_cli_refusals}};
+               {"cli_refusals", test_cli_refusals},
+               {"psw_json_readme", test_psw_json_readme},
+               {"cli_help_flags_readme", test_cli_help_flags_readme},
+               {"submit_help_eps", test_psctl_submit_help_eps}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     TCase *tc = tcase_create(cases[i].name);
     tcase_set_timeout(tc, 180);

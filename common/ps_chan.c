@@ -1280,9 +1280,14 @@ int ps_chan_set_bufsize(ps_chan_client *c, int sndbuf, int rcvbuf, ps_errbuf *eb
 
 /* ps_chan_set_dead_ms: see ps_chan.h. */
 void ps_chan_set_dead_ms(ps_chan_client *c, int dead_ms) {
+  ps_chan_fd_set_dead_ms(c->fd, c->addr, dead_ms);
+}
+
+/* ps_chan_fd_set_dead_ms: see ps_chan.h. */
+void ps_chan_fd_set_dead_ms(int fd, const char *addr, int dead_ms) {
   ps_errbuf why;
-  if (ps_addr_dead_after(c->fd, dead_ms, &why) < 0)
-    ps_debug("channel '%s': %s; a cut path is waited out as TCP retransmits", c->addr, why.msg);
+  if (ps_addr_dead_after(fd, dead_ms, &why) < 0)
+    ps_debug("channel '%s': %s; a cut path is waited out as TCP retransmits", addr, why.msg);
 }
 
 /* ps_chan_close: see ps_chan.h. */

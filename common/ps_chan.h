@@ -359,6 +359,11 @@ int ps_chan_set_bufsize(ps_chan_client *c, int sndbuf, int rcvbuf, ps_errbuf *eb
  * longer on a cut. */
 void ps_chan_set_dead_ms(ps_chan_client *c, int dead_ms);
 
+/* ps_chan_fd_set_dead_ms is ps_chan_set_dead_ms for socket FD of a
+ * channel connection to ADDR that another client opened (psd_chan_client,
+ * an aggregator's link to a root shard). */
+void ps_chan_fd_set_dead_ms(int fd, const char *addr, int dead_ms);
+
 /* ps_chan_close closes the connection and frees C (NULL is fine);
  * requests in flight are abandoned. */
 void ps_chan_close(ps_chan_client *c);

@@ -60,6 +60,7 @@ struct psd_chan_client {
   ps_auth_key hkey;         /* *key as the hello in progress began: it proves this one */
   int want_mac;
   int connect_ms, io_ms;
+  int dead_ms;              /* psd_chan_client_set_dead_ms's (0: none) */
   int state;
   int closing;
   cc_conn *cn;
@@ -542,6 +543,13 @@ static void cc_hello_next(psd_chan_client *c) {
   cc_ready(c);
 }
 
+/* cc_dead gives the connected socket of C c->dead_ms (invariant 7). */
+static void cc_dead(psd_chan_client *c) {
+  uv_os_fd_t fd;
+  if (c->dead_ms > 0 && c->cn && c->cn->tcp_init && uv_fileno((uv_handle_t *)&c->cn->tcp, &fd) == 0)
+    ps_chan_fd_set_dead_ms(fd, c->addr, c->dead_ms);
+}
+
 static void cc_on_connect(uv_connect_t *req, int status) {
   cc_conn *cn = req->data;
   psd_chan_client *c = cn->c;
@@ -551,6 +559,7 @@ static void cc_on_connect(uv_connect_t *req, int status) {
     return;
   }
   uv_tcp_nodelay(&cn->tcp, 1);
+  cc_dead(c);
   cc_state(c, CC_HELLO);
   int rc = uv_read_start((uv_stream_t *)&cn->tcp, cc_alloc, cc_on_read);
   if (rc < 0) {
@@ -700,6 +709,12 @@ int psd_chan_client_beat(psd_chan_client *c, const void *req, size_t len,
 size_t psd_chan_client_inflight(const psd_chan_client *c) { return c->n; }
 
 uint64_t psd_chan_client_gen(const psd_chan_client *c) { return c->gen; }
+
+/* psd_chan_client_set_dead_ms: see psd_chan_client.h. */
+void psd_chan_client_set_dead_ms(psd_chan_client *c, int dead_ms) {
+  c->dead_ms = dead_ms > 0 ? dead_ms : 0;
+  if (c->state >= CC_HELLO) cc_dead(c); /* the connection up now */
+}
 
 /* ---- life ------------------------------------------------------------------------ */
 

@@ -36,7 +36,14 @@
  *     PS_ESHUTDOWN and frees the client once its handles closed (run the
  *     loop afterwards); it may be called from a request's fn.  A client
  *     whose handles a walk over the loop closed, the loop run since (a
- *     process that could not start), is freed at once. */
+ *     process that could not start), is freed at once.
+ *  7. With psd_chan_client_set_dead_ms, each connection's socket gets
+ *     TCP_USER_TIMEOUT and keepalive (ps_chan_set_dead_ms) once it
+ *     connected: a cut path breaks it within dead_ms, data in flight or
+ *     idle, and it fails as any broken connection does (invariant 3: a
+ *     read or write error, PS_EUNAVAIL), the next request connecting
+ *     again, instead of resuming whenever TCP's retransmission backoff
+ *     next tries (up to minutes; many seconds after a heal). */
 #ifndef PSD_CHAN_CLIENT_H
 #define PSD_CHAN_CLIENT_H
 
@@ -102,6 +109,10 @@ size_t psd_chan_client_inflight(const psd_chan_client *c);
 
 /* psd_chan_client_gen: connections that completed a hello so far. */
 uint64_t psd_chan_client_gen(const psd_chan_client *c);
+
+/* psd_chan_client_set_dead_ms: invariant 7 for C's connections from now
+ * on, the one up now too (DEAD_MS <= 0: none from now on, the default). */
+void psd_chan_client_set_dead_ms(psd_chan_client *c, int dead_ms);
 
 /* psd_chan_client_close: invariant 6 (NULL is fine). */
 void psd_chan_client_close(psd_chan_client *c);

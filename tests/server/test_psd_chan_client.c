@@ -11,7 +11,10 @@
  *    closed): the request finishes with PS_EUNAVAIL;
  *  - bounded waits: a peer that never answers the hello, or answers it
  *    but never the request, fails the request with PS_ETIMEDOUT;
- *  - close with requests in flight finishes them with PS_ESHUTDOWN. */
+ *  - close with requests in flight finishes them with PS_ESHUTDOWN;
+ *  - dead_ms: psd_chan_client_set_dead_ms gives the connection's socket
+ *    TCP_USER_TIMEOUT and keepalive (an aggregator's link to a root then
+ *    breaks on a cut path as psw's connections do), the one up now too. */
 #include <math.h>
 #include <poll.h>
 #include <pthread.h>
@@ -19,6 +22,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -327,30 +332,49 @@ static void tf_start(tc_fake *f, int mode) {
   ck_assert_int_eq(pthread_create(&f->t, NULL, tf_main, f), 0);
 }
 
-/* tf_case runs one pull against a fake shard in MODE and returns its result. */
-static tc_res tf_case(int mode, int connect_ms, int io_ms, int *got_request) {
+/* One pull of a client against a fake shard. */
+typedef struct tf_pull {
   tc_fake f;
-  tf_start(&f, mode);
-  char addr[64];
-  snprintf(addr, sizeof addr, "127.0.0.1:%d", f.port);
   uv_loop_t loop;
-  uv_loop_init(&loop);
   psd_chan_client *c;
+  tc_res r;
+  psd_chan_client_req q;
+} tf_pull;
+
+/* tf_pull_start starts a fake shard in MODE and makes K's client's pull
+ * of it (DEAD_MS > 0: psd_chan_client_set_dead_ms first). */
+static void tf_pull_start(tf_pull *k, int mode, int connect_ms, int io_ms, int dead_ms) {
+  memset(k, 0, sizeof *k);
+  tf_start(&k->f, mode);
+  char addr[64];
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", k->f.port);
+  uv_loop_init(&k->loop);
   ps_errbuf eb = {""};
   ck_assert_int_eq(
-      psd_chan_client_new(&c, &loop, addr, "test", NULL, 0, connect_ms, io_ms, &eb), 0);
+      psd_chan_client_new(&k->c, &k->loop, addr, "test", NULL, 0, connect_ms, io_ms, &eb), 0);
+  if (dead_ms > 0) psd_chan_client_set_dead_ms(k->c, dead_ms);
   static float out[16];
   uint32_t ids[1] = {0};
   ps_req pull = {.model = "m", .ids = ids, .nids = 1, .out = out, .nbytes = sizeof out};
-  tc_res r = {0};
-  psd_chan_client_req q = tc_req(&r);
-  ck_assert_int_eq(psd_chan_client_pull(c, &pull, &q, &eb), 0);
-  tc_run(&loop, &r, 1, TC_WAIT_MS);
-  tc_close(&loop, c);
-  pthread_join(f.t, NULL);
-  close(f.lfd);
-  *got_request = f.got_request;
-  return r;
+  k->q = tc_req(&k->r);
+  ck_assert_int_eq(psd_chan_client_pull(k->c, &pull, &k->q, &eb), 0);
+}
+
+/* tf_pull_end closes K's client and waits for its fake shard. */
+static void tf_pull_end(tf_pull *k) {
+  tc_close(&k->loop, k->c);
+  pthread_join(k->f.t, NULL);
+  close(k->f.lfd);
+}
+
+/* tf_case runs one pull against a fake shard in MODE and returns its result. */
+static tc_res tf_case(int mode, int connect_ms, int io_ms, int *got_request) {
+  tf_pull k;
+  tf_pull_start(&k, mode, connect_ms, io_ms, 0);
+  tc_run(&k.loop, &k.r, 1, TC_WAIT_MS);
+  tf_pull_end(&k);
+  *got_request = k.f.got_request;
+  return k.r;
 }
 
 START_TEST(test_cc_peer_dies) {
@@ -393,6 +417,55 @@ START_TEST(test_cc_limit_said) {
 }
 END_TEST
 
+/* tc_client_fd: this process's socket connected to 127.0.0.1:PORT (the
+ * client's end, not the fake shard's accepted one), or -1. */
+static int tc_client_fd(int port) {
+  for (int fd = 0; fd < 4096; fd++) {
+    struct sockaddr_in peer;
+    socklen_t n = sizeof peer;
+    if (getpeername(fd, (struct sockaddr *)&peer, &n) == 0 && peer.sin_family == AF_INET &&
+        ntohs(peer.sin_port) == port)
+      return fd;
+  }
+  return -1;
+}
+
+/* tc_dead_ms_of: FD's TCP_USER_TIMEOUT, and whether keepalive is on. */
+static unsigned tc_dead_ms_of(int fd, int *keepalive) {
+  unsigned ut = 0;
+  socklen_t n = sizeof ut;
+  ck_assert_int_eq(getsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ut, &n), 0);
+  n = sizeof *keepalive;
+  ck_assert_int_eq(getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, keepalive, &n), 0);
+  return ut;
+}
+
+/* An aggregator's root link (psd_agg sets ps_config_dead_ms on it) gets
+ * TCP_USER_TIMEOUT and keepalive on each connection, set before it
+ * connects or while it is up; before, it had neither, and a cut path
+ * waited out TCP's retransmission backoff. */
+START_TEST(test_cc_dead_ms) {
+  tf_pull k; /* the fake answers the hello, never the pull */
+  tf_pull_start(&k, TF_HELLO_SILENT, 5000, 60000, 2500);
+  int64_t until = ps_test_now_ms() + TC_WAIT_MS;
+  while (psd_chan_client_gen(k.c) < 1 && !k.r.done && ps_test_now_ms() < until) {
+    uv_run(&k.loop, UV_RUN_NOWAIT);
+    usleep(1000);
+  }
+  ck_assert_msg(psd_chan_client_gen(k.c) == 1, "no hello within %d ms: %s", TC_WAIT_MS, k.r.msg);
+  int fd = tc_client_fd(k.f.port), ka = 0;
+  ck_assert_int_ge(fd, 0);
+  ck_assert_uint_eq(tc_dead_ms_of(fd, &ka), 2500);
+  ck_assert_int_eq(ka, 1);
+  psd_chan_client_set_dead_ms(k.c, 4000); /* the connection up now */
+  ck_assert_uint_eq(tc_dead_ms_of(fd, &ka), 4000);
+  ck_assert_int_eq(ka, 1);
+  ck_assert_int_eq(k.r.done, 0);
+  tf_pull_end(&k);
+  ck_assert_int_eq(k.r.status, PS_ESHUTDOWN);
+}
+END_TEST
+
 Suite *psd_chan_client_suite(void) {
   Suite *s = suite_create("psd_chan_client");
   TCase *tc = tcase_create("psd_chan_client");
@@ -403,6 +476,7 @@ Suite *psd_chan_client_suite(void) {
   tcase_add_test(tc, test_cc_peer_dies);
   tcase_add_test(tc, test_cc_bounded_waits);
   tcase_add_test(tc, test_cc_limit_said);
+  tcase_add_test(tc, test_cc_dead_ms);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -255,7 +255,8 @@ const ps_agg_conf *ps_config_agg(const ps_config *c, const char *name);
 int ps_config_reply_timeout_ms(const ps_config *c);
 
 /* ps_config_dead_ms: after how long without an acknowledgement a worker's
- * tensor-channel connection is given up by the kernel (ps_chan_set_dead_ms):
+ * tensor-channel connection, or an aggregator's link to a root shard, is
+ * given up by the kernel (ps_chan_set_dead_ms, psd_chan_client_set_dead_ms):
  * half of workers.lease_ms, at least 1 s, so that a worker whose path was
  * cut reconnects within about a second of the heal rather than when TCP's
  * backoff retransmits, and well before its lease runs out. */

@@ -1232,6 +1232,8 @@ int psd_agg_new(psd_agg **out, uv_loop_t *loop, const ps_config *cfg, const ps_a
       *out = a; /* the caller frees it once the loop ran */
       return rc;
     }
+    /* a cut path to the root breaks the link as it breaks psw's (invariant 4) */
+    psd_chan_client_set_dead_ms(l->cc, ps_config_dead_ms(cfg));
   }
   *out = a;
   return 0;

@@ -64,8 +64,9 @@
  *     no push and no other worker's pull while the links outnumber the
  *     parked pulls.  A link connects on its first request and again on
  *     the first after a failure; a failure (refused, closed, no progress
- *     for pull_timeout_ms + 5 s, a bad reply) fails the requests it
- *     carried (invariant 5).  Finished requests are acted on the next
+ *     for pull_timeout_ms + 5 s, a bad reply, a path that acknowledged
+ *     nothing for ps_config_dead_ms: TCP_USER_TIMEOUT and keepalive, as on
+ *     psw's connections) fails the requests it carried (invariant 5).  Finished requests are acted on the next
  *     loop turn (one uv_async), oldest first, never inside the call that
  *     made them.  Everything runs on the loop thread; GetModel alone
  *     runs on libuv's thread pool (invariant 7).

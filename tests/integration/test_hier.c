@@ -38,6 +38,9 @@
  *  - a root whose gRPC port never answers: the aggregator serves other
  *    connections while it fetches the model's layout off its loop, and
  *    the failed fetch answers the requests that waited for it;
+ *  - root links: the aggregator's connections to its root give up a cut
+ *    path as psw's do (TCP_USER_TIMEOUT half a lease, keepalive), read
+ *    off the aggregator's own sockets (pidfd_getfd);
  *  - failover and return: kill -9 the aggregator mid-training under BSP:
  *    every worker goes to the roots directly (a sum lost with the
  *    aggregator must not hold the roots' BSP clocks); the aggregator is
@@ -46,13 +49,19 @@
  *    worker saw acknowledged was applied, and the model learned.
  *
  * Skipped (visibly) without the dataset. */
+#include <dirent.h>
+#include <errno.h>
 #include <math.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <sys/syscall.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -357,6 +366,74 @@ END_TEST
 /* A model's clip_norm bounds each worker's gradient; a sum of N workers'
  * may be N times as long: the root takes an aggregator's sum within N x
  * the clip (it refused the sum of three pushes each within the clip). */
+/* th_root_links checks each of process PID's sockets connected to
+ * 127.0.0.1:PORT (copied here with pidfd_getfd) for TCP_USER_TIMEOUT
+ * DEAD_MS and keepalive; how many it checked (-errno: not permitted here). */
+static int th_root_links(pid_t pid, int port, unsigned dead_ms) {
+  int pfd = (int)syscall(SYS_pidfd_open, pid, 0), n = 0;
+  if (pfd < 0) return -errno;
+  char dir[64];
+  snprintf(dir, sizeof dir, "/proc/%d/fd", (int)pid);
+  DIR *d = opendir(dir);
+  ck_assert_msg(d != NULL, "%s: %s", dir, strerror(errno));
+  for (struct dirent *e; (e = readdir(d));) {
+    if (e->d_name[0] == '.') continue;
+    int fd = (int)syscall(SYS_pidfd_getfd, pfd, atoi(e->d_name), 0);
+    if (fd < 0 && (errno == EPERM || errno == ENOSYS)) {
+      n = -errno;
+      break;
+    }
+    if (fd < 0) continue; /* closed meanwhile */
+    struct sockaddr_in peer;
+    socklen_t len = sizeof peer;
+    if (getpeername(fd, (struct sockaddr *)&peer, &len) == 0 && peer.sin_family == AF_INET &&
+        ntohs(peer.sin_port) == port) {
+      unsigned ut = 0;
+      int ka = 0;
+      len = sizeof ut;
+      ck_assert_int_eq(getsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ut, &len), 0);
+      len = sizeof ka;
+      ck_assert_int_eq(getsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &ka, &len), 0);
+      ck_assert_msg(ut == dead_ms && ka == 1, "the aggregator's link to the root (its fd %s): "
+                    "TCP_USER_TIMEOUT %u ms, keepalive %d; want %u ms, on", e->d_name, ut, ka,
+                    dead_ms);
+      n++;
+    }
+    close(fd);
+  }
+  closedir(d);
+  close(pfd);
+  return n;
+}
+
+/* The aggregator's links to its root (the push link, a pull link) give a
+ * cut path up after half a lease (ps_config_dead_ms: 3 s of 6), as psw's
+ * connections do, and the aggregator then fails what they carried and
+ * connects again (psd_agg invariant 4).  Before, they had no
+ * TCP_USER_TIMEOUT nor keepalive: a cut aggregator-to-root path waited
+ * out TCP's retransmission backoff, many seconds past the heal. */
+START_TEST(test_hier_root_link_dead_ms) {
+  th_ctx x = {.lease_ms = 6000};
+  ps_rpc *rpc;
+  ps_errbuf eb = {""};
+  th_bare_delay(&x, &rpc, 50);
+  th_submit_asp(rpc, "m");
+  ps_rpc_close(rpc);
+  static float g[TH_ELEMS], p[TH_ELEMS];
+  const uint32_t ids[3] = {0, 1, 2};
+  ps_chan_client *agg = th_chan(x.agg_cp);
+  uint64_t v;
+  ck_assert_msg(ps_test_pull(agg, "m", ids, 3, p, TH_ELEMS, 0, 0, &v, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(ps_test_push(agg, "m", ids, 3, g, TH_ELEMS, 0, 0, v, &v, &eb) == 0, "%s", eb.msg);
+  int n = th_root_links(x.agg, x.cp[0], 3000);
+  ps_chan_close(agg);
+  th_finish(&x);
+  if (n < 0) PS_SKIP("pidfd_getfd is not permitted here: %s", strerror(-n));
+  ck_assert_msg(n >= 2, "%d of the aggregator's sockets reach the root's channel, want its push "
+                "and pull links", n);
+}
+END_TEST
+
 START_TEST(test_hier_clip_sum) {
   th_ctx x = {0};
   ps_rpc *rpc;
@@ -1495,6 +1572,7 @@ Suite *hier_suite(void) {
   tcase_add_test(tc, test_hier_degraded_moved_on);
   tcase_add_test(tc, test_hier_deferred_acks_none_pending);
   tcase_add_test(tc, test_hier_clip_sum);
+  tcase_add_test(tc, test_hier_root_link_dead_ms);
   tcase_add_test(tc, test_hier_clip_topk);
   tcase_add_test(tc, test_hier_clocks_start_over);
   tcase_add_test(tc, test_hier_clock_entered);

@@ -29,7 +29,16 @@ typedef struct agg_model {
   uint64_t stamp;           /* a->stamp when the spec was fetched */
   int retired;              /* replaced on the roots: kept for what is in flight */
   uint8_t *known;           /* [shard * nseen + worker]: in that root's clock table (inv. 6) */
+  struct agg_lost *lost;    /* [shard * nseen + worker]: a sum holding its push failed (inv. 5) */
 } agg_model;
+
+/* A worker's push to a root that failed in a forwarded sum (invariant
+ * 5a): its pulls above CLOCK on connections up to STAMP fail too. */
+typedef struct agg_lost {
+  uint64_t clock1;          /* the sum's clock + 1; 0: none */
+  uint64_t stamp;           /* a->stamp when the sum failed */
+  int code;                 /* its failure */
+} agg_lost;
 
 /* A sum being collected (invariant 1). */
 typedef struct agg_group {
@@ -143,6 +152,7 @@ static void agg_model_free(agg_model *m) {
   protobuf_c_message_free_unpacked(&m->reply->base, NULL);
   free(m->residual);
   free(m->known);
+  free(m->lost);
   free(m);
 }
 
@@ -189,13 +199,15 @@ static int agg_model_build(psd_agg *a, const char *model, ProtobufCMessage *resp
                           a->cfg->nshards, eb);
   if (err == 0 && (!(m->residual = calloc(m->layout.nparams ? m->layout.nparams : 1,
                                           sizeof(float))) ||
-                   !(m->known = calloc((size_t)a->cfg->nshards * a->nseen, 1))))
+                   !(m->known = calloc((size_t)a->cfg->nshards * a->nseen, 1)) ||
+                   !(m->lost = calloc((size_t)a->cfg->nshards * a->nseen, sizeof *m->lost))))
     err = ps_errf(eb, PS_ENOMEM, "out of memory for the residual of '%s'", model);
   if (err < 0) {
     if (m->reply->model) ps_layout_release(&m->layout);
     protobuf_c_message_free_unpacked(resp, NULL);
     free(m->residual);
     free(m->known);
+    free(m->lost);
     free(m);
     return err;
   }
@@ -943,6 +955,8 @@ int psd_agg_push(psd_agg *a, const ps_req *r, psd_op *op, ps_errbuf *eb) {
     return err;
   }
   g->workers[g->nworkers++] = r->worker;
+  if (r->worker < a->nseen) /* it pushes again: its pulls go on (invariant 5a) */
+    m->lost[(size_t)shard * a->nseen + r->worker].clock1 = 0;
   if (r->version < g->version) g->version = r->version;
   if (r->clock < g->clock) g->clock = r->clock; /* asp: the oldest */
   agg_op_add(&g->waiters, op);
@@ -954,10 +968,66 @@ int psd_agg_push(psd_agg *a, const ps_req *r, psd_op *op, ps_errbuf *eb) {
   return 1;
 }
 
+/* agg_lost_why says in EB why worker W's pull of CLOCK fails: its push
+ * of L's clock to root SHARD failed (invariant 5a).  PS_EUNAVAIL, whatever
+ * the push's failure: psw fails over on it, where a PS_ETIMEDOUT pull
+ * reads as one parked too long, asked again here. */
+static int agg_lost_why(psd_agg *a, const agg_lost *l, uint32_t shard, uint32_t w,
+                        uint64_t clock, ps_errbuf *eb) {
+  return ps_errf(eb, PS_EUNAVAIL, "pull of clock %llu: the sum holding worker %u's push of "
+                 "clock %llu failed on its way to shard %u (%s), and the root would hold the "
+                 "pull for that push: go to the root shards directly", (unsigned long long)clock, w,
+                 (unsigned long long)(l->clock1 - 1), a->cfg->shards[shard].id,
+                 ps_strerror(l->code));
+}
+
+/* agg_lost_note notes that failed sum G (status CODE, a failure after
+ * which the worker fails over: psw_retryable, not a root's DEGRADED
+ * refusal, which the worker's moved_on word answers) held the pushes of
+ * its workers (invariant 5a) and fails their pulls waiting here above
+ * its clock: parked on the root, or on another worker's fetch there,
+ * they wait for a push that never comes (under bsp until
+ * pull_timeout_ms), and the worker reads its push's failure, and fails
+ * over, only once they are answered. */
+static void agg_lost_note(psd_agg *a, agg_group *g, int code) {
+  if (code != PS_EUNAVAIL && code != PS_EIO && code != PS_ETIMEDOUT && code != PS_EPROTO &&
+      code != PS_ESHUTDOWN)
+    return;
+  for (size_t k = 0; k < g->nworkers; k++) {
+    uint32_t w = g->workers[k];
+    if (w >= a->nseen) continue;
+    agg_lost *l = &g->m->lost[(size_t)g->shard * a->nseen + w];
+    *l = (agg_lost){.clock1 = g->clock + 1, .stamp = a->stamp, .code = code};
+    for (agg_copy *c = a->copies; c; c = c->next) {
+      if (c->m != g->m || c->shard != g->shard) continue;
+      for (psd_op *op = c->waiters, *next; op; op = next) {
+        next = op->next;
+        if (op->worker != w || op->clock <= g->clock) continue;
+        ps_errbuf eb;
+        agg_lost_why(a, l, g->shard, w, op->clock, &eb);
+        psd_agg_cancel(a, op);
+        psd_done_finish(&op->done, PS_EUNAVAIL, eb.msg);
+      }
+    }
+  }
+}
+
+/* agg_lost_pull: 0, or the failure of pull R of worker W to root SHARD
+ * of M that came on a connection opened before a sum holding W's push
+ * of a lower clock failed (invariant 5a). */
+static int agg_lost_pull(psd_agg *a, agg_model *m, uint32_t shard, const ps_req *r,
+                         ps_errbuf *eb) {
+  if (r->worker >= a->nseen) return 0;
+  const agg_lost *l = &m->lost[(size_t)shard * a->nseen + r->worker];
+  if (!l->clock1 || r->conn_stamp > l->stamp || r->clock < l->clock1) return 0;
+  return agg_lost_why(a, l, shard, r->worker, r->clock, eb);
+}
+
 /* agg_push_done answers the workers of a forwarded sum (invariant 2) and
  * marks the copies of its chunks dirty; a copy fetched for a clock above
  * the sum's lacks a push of that clock now, so it stands for the sum's
- * clock from then on (invariant 3). */
+ * clock from then on (invariant 3).  A failed sum fails its workers'
+ * pulls above its clock (agg_lost_note). */
 static void agg_push_done(psd_agg *a, agg_job *j) {
   agg_group *g = j->g;
   for (agg_copy *c = a->copies; c; c = c->next)
@@ -977,6 +1047,7 @@ static void agg_push_done(psd_agg *a, agg_job *j) {
     op->done.version = j->version;
     agg_op_done(op, j->status, j->status < 0 ? j->eb.msg : NULL);
   }
+  if (j->status < 0) agg_lost_note(a, g, j->status);
   agg_group_free(g);
 }
 
@@ -1047,6 +1118,7 @@ int psd_agg_pull(psd_agg *a, const ps_req *r, psd_op *op, ps_errbuf *eb) {
   uint32_t shard;
   int err = agg_resolve(a, r, &m, &shard, eb);
   if (err < 0) return err;
+  if ((err = agg_lost_pull(a, m, shard, r, eb)) < 0) return err;
   agg_copy *c = agg_copy_get(a, m, shard, r);
   if (!c) return ps_errf(eb, PS_ENOMEM, "aggregator out of memory");
   a->st.pulls_in++;

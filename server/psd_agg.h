@@ -73,6 +73,17 @@
  *  5. A root that fails a forwarded request fails the workers' requests
  *     it carried with the root's error (PS_EUNAVAIL when unreachable):
  *     workers retry or fail over to the root shards directly (psw).
+ * 5a. A forwarded sum that fails so (unreachable, broken, timed out, a
+ *     bad reply, the root shutting down: not a DEGRADED or expired
+ *     refusal) fails its workers' pulls of that root waiting here above
+ *     the sum's clock (parked on the root, or on another worker's fetch)
+ *     with its error, and every such pull of theirs that comes on a
+ *     connection opened before the failure, until the worker pushes to
+ *     that root again: under bsp the root would hold them for the lost
+ *     push until pull_timeout_ms, and the worker, which sends its next
+ *     pull before its push is answered, would read the failure only then.
+ *     Answered so, it fails over at once (psw: the first pull from the
+ *     roots asks for the lost push's clock).
  *  6. Clocks and leases (DESIGN.md "Hierarchy", control plane).  Every
  *     local worker's clock is in each root shard's clock table before the
  *     aggregator serves it anything of that shard, as its own first pull

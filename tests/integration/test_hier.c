@@ -33,6 +33,10 @@
  *  - a root killed mid-run under durability sync, one worker behind the
  *    aggregator: the push the aggregator answers with the root's failure
  *    is trained again, so the root's version covers every batch;
+ *  - a sum that fails on its way to a stopped root (no hello): the
+ *    worker's pulls of the next clock, parked on the root or sent after
+ *    the push's answer, fail at once with PS_EUNAVAIL, and psw's client
+ *    goes to the root directly within seconds, not pull_timeout_ms;
  *  - a SIGTERM'd aggregator forwards the sum it holds at once and answers
  *    the push with the root's acknowledgement before it exits;
  *  - a root whose gRPC port never answers: the aggregator serves other
@@ -910,6 +914,97 @@ START_TEST(test_hier_clock_entered) {
 }
 END_TEST
 
+/* A forwarded sum that fails (psd_agg.h invariant 5a): the root never got
+ * the push, so under BSP it holds the worker's pulls of the next clock
+ * for that push until pull_timeout_ms (30 s), and the worker, whose
+ * connection is read on only once its push is answered, sends that pull
+ * after the failure and fails over only once it is answered ("a cut
+ * aggregator-to-root path stalled the job for 40 s after the heal"); it
+ * then asked again, for ever, reading the timeout as a slow worker.  Here
+ * the root is SIGSTOPped while the aggregator holds worker 0's push: the
+ * push link's connect gets no hello (2 s) and the push fails unsent.  A
+ * pull of clock 1 worker 0 parked on the root before, on another
+ * connection, and the one it sends behind the push are both answered at
+ * once with PS_EUNAVAIL (psw's failover). */
+START_TEST(test_hier_push_failed_pull_parked) {
+  th_ctx x = {0};
+  ps_rpc *rpc;
+  ps_errbuf eb = {""};
+  th_bare_delay(&x, &rpc, 2500); /* a lone worker's push is held 2.5 s */
+  th_submit(rpc, "b", NULL);
+  ps_rpc_close(rpc);
+  static float p[TH_ELEMS], g[TH_ELEMS], p2[TH_ELEMS];
+  for (int i = 0; i < TH_ELEMS; i++) g[i] = 0.01f * (float)(i % 7);
+  const uint32_t ids[3] = {0, 1, 2};
+  ps_chan_client *a0 = th_chan(x.agg_cp), *a1 = th_chan(x.agg_cp);
+  uint64_t v, pull_id;
+  ck_assert_msg(ps_test_pull(a0, "b", ids, 3, p, TH_ELEMS, 0, 0, &v, &eb) == 0, "%s", eb.msg);
+  ps_req pull = {.model = "b", .ids = ids, .nids = 3, .worker = 0, .clock = 1};
+  struct iovec ps = {p, sizeof p}, ps2 = {p2, sizeof p2};
+  ck_assert_msg(ps_chan_send_pullv(a1, &pull, &ps, 1, &pull_id, &eb) == 0, "%s", eb.msg);
+  ck_assert_msg(th_parked(x.gp[0], 1) == 1, "the pull of clock 1 is not parked on the root");
+  ck_assert_int_eq(kill(x.shard[0], SIGSTOP), 0);
+  ps_chan_set_timeout(a0, 20000);
+  uint64_t v1;
+  int err = ps_test_push(a0, "b", ids, 3, g, TH_ELEMS, 0, 0, v, &v1, &eb);
+  ck_assert_int_eq(kill(x.shard[0], SIGCONT), 0);
+  ck_assert_msg(err < 0, "the push reached a stopped root: %s", ps_strerror(err));
+  /* both well within the root's pull_timeout_ms (30 s), which held them */
+  ps_chan_set_timeout(a1, 5000);
+  int64_t t0 = ps_test_now_ms();
+  err = ps_chan_recv_id(a1, pull_id, &v, &eb);
+  ck_assert_msg(err == PS_EUNAVAIL && strstr(eb.msg, "push of clock 0"),
+                "the pull parked behind the failed push: %s after %lld ms (%s)",
+                ps_strerror(err), (long long)(ps_test_now_ms() - t0), eb.msg);
+  t0 = ps_test_now_ms();
+  ps_chan_set_timeout(a0, 5000);
+  err = ps_chan_pullv(a0, &pull, &ps2, 1, &v, &eb);
+  ck_assert_msg(err == PS_EUNAVAIL && strstr(eb.msg, "push of clock 0"),
+                "the pull sent after the failed push: %s after %lld ms (%s)", ps_strerror(err),
+                (long long)(ps_test_now_ms() - t0), eb.msg);
+  ps_chan_close(a0);
+  ps_chan_close(a1);
+  th_finish(&x);
+}
+END_TEST
+
+/* th_stop_root0 SIGSTOPs root 0 for 5 s: a push the aggregator forwards
+ * meanwhile gets no hello on its link (2 s) and fails unsent. */
+static void th_stop_root0(th_ctx *x) {
+  ck_assert_int_eq(kill(x->shard[0], SIGSTOP), 0);
+  usleep(5000 * 1000);
+  ck_assert_int_eq(kill(x->shard[0], SIGCONT), 0);
+}
+
+/* The same through psw's client: its round of push 0 and pull 1, the
+ * push failing in the aggregator's sum, goes to the root directly and
+ * pulls clock 0 there within a few seconds of the failure; it stayed on
+ * the aggregator, its pull held on the root for pull_timeout_ms and then
+ * asked again, past the 15 s th_round_run gives it. */
+START_TEST(test_hier_push_failed_failover) {
+  th_ctx x = {0};
+  ps_rpc *rpc;
+  x.lease_ms = 120000; /* (no heartbeats here) */
+  th_bare_delay(&x, &rpc, 2500); /* the lone worker's push is held 2.5 s */
+  th_submit(rpc, "m", NULL);
+  ps_rpc_close(rpc);
+  static th_worker w;
+  /* as psw's: an I/O timeout past the root's pull_timeout_ms */
+  th_round r = th_client(&x, &w, 35000, 0);
+  int64_t t0 = ps_test_now_ms();
+  int rc = th_round_run(&r, th_stop_root0, &x, 300);
+  int64_t ms = ps_test_now_ms() - t0;
+  ck_assert_msg(rc == 0, "the round whose push failed: %d %s after %lld ms", rc, r.eb.msg,
+                (long long)ms);
+  ck_assert_msg(ms < 12000, "the round took %lld ms", (long long)ms);
+  ck_assert_uint_eq(psw_client_pushes_unknown(w.c), 1);
+  r.push_clock = 1, r.pull_clock = 2; /* and on, on the root */
+  ck_assert_msg(th_round_run(&r, NULL, &x, 0) == 0, "step 1: %s", r.eb.msg);
+  th_client_close(&w);
+  th_finish(&x);
+}
+END_TEST
+
 /* th_beat_root beats workers 0..2 on the root (RPC): bare channel
  * clients behind the aggregator beat no root themselves. */
 static void th_beat_root(ps_rpc *rpc) {
@@ -1590,5 +1685,12 @@ Suite *hier_suite(void) {
   tcase_set_timeout(ts, 60);
   tcase_add_test(ts, test_hier_agg_stalled);
   suite_add_tcase(s, ts);
+  /* a failed sum's waiting pulls (quick, no dataset: CK_RUN_CASE=hier_lost) */
+  TCase *tl = tcase_create("hier_lost");
+  tcase_add_unchecked_fixture(tl, ps_test_procs_setup, ps_test_procs_teardown);
+  tcase_set_timeout(tl, 60);
+  tcase_add_test(tl, test_hier_push_failed_pull_parked);
+  tcase_add_test(tl, test_hier_push_failed_failover);
+  suite_add_tcase(s, tl);
   return s;
 }

@@ -1957,6 +1957,49 @@ START_TEST(test_sec_mkcerts_hosts) {
 }
 END_TEST
 
+/* scripts/mkcerts writes, beside cluster.secret (every role's key, for
+ * the shards), a secret file per client host: worker.secret the worker
+ * key alone (a worker's host cannot prove the aggregator key),
+ * aggregator.secret the worker and aggregator keys, operator.secret the
+ * operator's; each the same key as cluster.secret's, owner-only. */
+START_TEST(test_sec_mkcerts_role_secrets) {
+  const char *dir = ps_test_tmpdir();
+  ck_assert_int_eq(sec_mkcerts(dir, "roles"), 0);
+  static const struct {
+    const char *file;
+    unsigned roles;
+  } want[] = {{"worker.secret", PS_ROLE_BIT(PS_ROLE_WORKER)},
+              {"aggregator.secret", PS_ROLE_BIT(PS_ROLE_WORKER) | PS_ROLE_BIT(PS_ROLE_AGGREGATOR)},
+              {"operator.secret", PS_ROLE_BIT(PS_ROLE_OPERATOR)}};
+  char path[700];
+  ps_errbuf eb;
+  ps_auth_keys all, ks;
+  snprintf(path, sizeof path, "%s/roles/cluster.secret", dir);
+  ck_assert_msg(ps_auth_load(&all, path, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(all.n, 3);
+  for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+    snprintf(path, sizeof path, "%s/roles/%s", dir, want[i].file);
+    struct stat st;
+    ck_assert_msg(stat(path, &st) == 0, "mkcerts wrote no %s", want[i].file);
+    ck_assert_uint_eq(st.st_mode & 0777, 0600);
+    ck_assert_msg(ps_auth_load(&ks, path, &eb) == 0, "%s", eb.msg);
+    unsigned roles = 0;
+    for (size_t k = 0; k < ks.n; k++) {
+      roles |= PS_ROLE_BIT(ks.keys[k].role);
+      const ps_auth_key *same = ps_auth_find(&all, ks.keys[k].id);
+      ck_assert_ptr_nonnull(same);
+      ck_assert_int_eq(same->role, ks.keys[k].role);
+      ck_assert(same->len == ks.keys[k].len &&
+                !memcmp(same->secret, ks.keys[k].secret, same->len));
+    }
+    ck_assert_msg(roles == want[i].roles && ks.n == (size_t)__builtin_popcount(roles),
+                  "%s: roles 0x%x", want[i].file, roles);
+    ps_auth_release(&ks);
+  }
+  ps_auth_release(&all);
+}
+END_TEST
+
 /* README "Running psd as its own user": on mkcerts' output, psd run as
  * another user (nobody, group nogroup for psd's) reads its files once the
  * recipe gives it the key, the secret and (mode 710) the directory; only
@@ -2373,6 +2416,7 @@ Suite *security_suite(void) {
   tcase_add_test(tc, test_sec_role_subject);
   tcase_add_test(tc, test_sec_file_names_key);
   tcase_add_test(tc, test_sec_mkcerts_hosts);
+  tcase_add_test(tc, test_sec_mkcerts_role_secrets);
   tcase_add_test(tc, test_sec_own_user_recipe);
   suite_add_tcase(s, tc);
   tc = tcase_create("plaintext");

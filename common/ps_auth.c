@@ -297,13 +297,26 @@ int ps_auth_nonce(uint8_t out[PS_AUTH_NONCE], ps_errbuf *eb) {
   return 0;
 }
 
-/* auth_hmac_msg writes LABEL \0 CLUSTER \0 ID \0 NC NS [MAC] into MSG
+/* auth_put32 / auth_put64 write V little-endian at MSG + *N. */
+static void auth_put32(uint8_t *msg, size_t *n, uint32_t v) {
+  for (int i = 0; i < 4; i++) msg[(*n)++] = (uint8_t)(v >> (8 * i));
+}
+static void auth_put64(uint8_t *msg, size_t *n, uint64_t v) {
+  auth_put32(msg, n, (uint32_t)v);
+  auth_put32(msg, n, (uint32_t)(v >> 32));
+}
+
+/* auth_hmac_msg writes LABEL \0 CLUSTER \0 ID \0 NC NS [FIELDS] into MSG
  * (room for AUTH_MSG_MAX bytes) and returns its length; the NULs keep the
- * fields apart. */
-#define AUTH_MSG_MAX (40 + 64 + PS_AUTH_ID_MAX + 3 + 2 * PS_AUTH_NONCE + 1)
+ * strings apart, the fields have fixed sizes (the token its length
+ * first).  FIELDS: H's (NULL: none, the session key); the last HELLO's
+ * too when ACCEPT. */
+#define AUTH_TOKEN_MAX 64
+#define AUTH_MSG_MAX \
+  (40 + 64 + PS_AUTH_ID_MAX + 3 + 2 * PS_AUTH_NONCE + 4 + 5 * 4 + 8 + 6 * 4 + 8 + AUTH_TOKEN_MAX)
 static size_t auth_hmac_msg(uint8_t *msg, const char *label, const char *cluster,
                             const ps_auth_key *k, const uint8_t *nc, const uint8_t *ns,
-                            int mac) {
+                            const ps_auth_hello *h, int accept) {
   size_t n = 0, cl = cluster ? strnlen(cluster, 63) : 0, ll = strlen(label);
   memcpy(msg + n, label, ll + 1);
   n += ll + 1;
@@ -316,25 +329,45 @@ static size_t auth_hmac_msg(uint8_t *msg, const char *label, const char *cluster
   n += PS_AUTH_NONCE;
   memcpy(msg + n, ns, PS_AUTH_NONCE);
   n += PS_AUTH_NONCE;
-  if (mac >= 0) msg[n++] = (uint8_t)mac;
-  return n;
+  if (!h) return n;
+  auth_put32(msg, &n, PS_AUTH_HELLO_VERSION);
+  auth_put32(msg, &n, h->mac ? 1 : 0);
+  auth_put32(msg, &n, h->want_mac);
+  auth_put32(msg, &n, h->unordered_acks);
+  auth_put32(msg, &n, h->shm_hold);
+  auth_put64(msg, &n, h->shm_bytes);
+  if (!accept) return n;
+  size_t tl = h->token && h->token_len <= AUTH_TOKEN_MAX ? h->token_len : 0;
+  auth_put32(msg, &n, h->features);
+  auth_put32(msg, &n, h->acks);
+  auth_put32(msg, &n, h->granted_hold);
+  auth_put32(msg, &n, h->pulls_only);
+  auth_put32(msg, &n, h->shm_pid);
+  auth_put32(msg, &n, h->shm_fd);
+  auth_put64(msg, &n, h->granted);
+  auth_put32(msg, &n, (uint32_t)h->token_len); /* a longer one than fits: never equal */
+  if (tl) memcpy(msg + n, h->token, tl);
+  return n + tl;
 }
 
-void ps_auth_proof(const ps_auth_key *k, int server, const char *cluster,
-                   const uint8_t nc[PS_AUTH_NONCE], const uint8_t ns[PS_AUTH_NONCE], int mac,
-                   uint8_t out[PS_AUTH_MAC]) {
+void ps_auth_proof(const ps_auth_key *k, int side, const char *cluster,
+                   const uint8_t nc[PS_AUTH_NONCE], const uint8_t ns[PS_AUTH_NONCE],
+                   const ps_auth_hello *h, uint8_t out[PS_AUTH_MAC]) {
+  static const char *const labels[] = {"psd-chan-v2 client", "psd-chan-v2 server",
+                                       "psd-chan-v2 accept"};
+  static const ps_auth_hello none;
   uint8_t msg[AUTH_MSG_MAX];
-  size_t n = auth_hmac_msg(msg, server ? "psd-chan-v1 server" : "psd-chan-v1 client", cluster,
-                           k, nc, ns, mac ? 1 : 0);
+  size_t n = auth_hmac_msg(msg, labels[side == PS_AUTH_SERVER ? 1 : side == PS_AUTH_ACCEPT ? 2 : 0],
+                           cluster, k, nc, ns, h ? h : &none, side == PS_AUTH_ACCEPT);
   unsigned int len = PS_AUTH_MAC;
   HMAC(EVP_sha256(), k->secret, (int)k->len, msg, n, out, &len);
 }
 
-int ps_auth_check(const ps_auth_key *k, int server, const char *cluster,
-                  const uint8_t nc[PS_AUTH_NONCE], const uint8_t ns[PS_AUTH_NONCE], int mac,
-                  const uint8_t *got, size_t got_len) {
+int ps_auth_check(const ps_auth_key *k, int side, const char *cluster,
+                  const uint8_t nc[PS_AUTH_NONCE], const uint8_t ns[PS_AUTH_NONCE],
+                  const ps_auth_hello *h, const uint8_t *got, size_t got_len) {
   uint8_t want[PS_AUTH_MAC];
-  ps_auth_proof(k, server, cluster, nc, ns, mac, want);
+  ps_auth_proof(k, side, cluster, nc, ns, h, want);
   int ok = got_len == PS_AUTH_MAC && CRYPTO_memcmp(want, got, PS_AUTH_MAC) == 0;
   OPENSSL_cleanse(want, sizeof want);
   return ok;
@@ -356,7 +389,7 @@ int ps_auth_mac_new(ps_auth_mac **out, const ps_auth_key *k, const char *cluster
   ps_auth_mac *m = calloc(1, sizeof *m);
   if (!m) return PS_ENOMEM;
   uint8_t msg[AUTH_MSG_MAX];
-  size_t n = auth_hmac_msg(msg, "psd-chan-v1 session", cluster, k, nc, ns, -1);
+  size_t n = auth_hmac_msg(msg, "psd-chan-v1 session", cluster, k, nc, ns, NULL, 0);
   unsigned int len = PS_AUTH_MAC;
   HMAC(EVP_sha256(), k->secret, (int)k->len, msg, n, m->key, &len);
   m->mac = EVP_MAC_fetch(NULL, "HMAC", NULL);

@@ -17,11 +17,12 @@
  * a regular file readable by its owner only.
  *
  * The hello (ps_chan.h): client nonce Nc -> server nonce Ns and the
- * server's proof -> client's proof -> ok.  Both proofs are
- * HMAC-SHA256(secret, label | cluster | key id | Nc | Ns) with a label per
- * side, so neither can be replayed on another connection (fresh nonces)
- * or reflected to the other side; proofs are compared in constant time
- * (CRYPTO_memcmp).  Thread-safe; a loaded key set is read-only. */
+ * server's proof -> client's proof -> ok with the shard's accept MAC.
+ * Each is HMAC-SHA256(secret, label | cluster | key id | Nc | Ns | the
+ * hello's negotiated fields (ps_auth_hello)) with a label per side, so
+ * none can be replayed on another connection (fresh nonces), reflected to
+ * the other side, or kept while a field is changed on the way; they are
+ * compared in constant time (CRYPTO_memcmp).  Thread-safe; a loaded key set is read-only. */
 #ifndef PS_AUTH_H
 #define PS_AUTH_H
 
@@ -152,19 +153,44 @@ void ps_auth_key_wipe(ps_auth_key *k);
 /* ps_auth_nonce fills OUT with random bytes (RAND_bytes); 0 or PS_EINTERNAL. */
 int ps_auth_nonce(uint8_t out[PS_AUTH_NONCE], ps_errbuf *eb);
 
-/* ps_auth_proof computes a side's proof (SERVER: 1 for the shard's, 0 for
- * the client's) over CLUSTER, K's id, the two nonces and the shard's
- * payload-MAC decision MAC (0 or 1: bound into both proofs, so it cannot
- * be turned off on the way) into OUT. */
-void ps_auth_proof(const ps_auth_key *k, int server, const char *cluster,
-                   const uint8_t nc[PS_AUTH_NONCE], const uint8_t ns[PS_AUTH_NONCE], int mac,
-                   uint8_t out[PS_AUTH_MAC]);
+/* The hello's negotiated fields, all of which the proofs cover, so that
+ * one a middleman changed (a feature turned off, unordered acks or shared
+ * memory asked for or refused) fails the hello: what the client's first
+ * HELLO asked for, the shard's payload-MAC decision in its challenge and,
+ * for the accept MAC (PS_AUTH_ACCEPT) only, what the shard's last HELLO
+ * granted.  A field this psd does not send is 0. */
+typedef struct ps_auth_hello {
+  uint32_t want_mac, unordered_acks, shm_hold; /* the client's first HELLO */
+  uint64_t shm_bytes;
+  uint32_t mac;                                /* the shard's challenge: payload_mac */
+  uint32_t features, acks, granted_hold, pulls_only, shm_pid, shm_fd; /* its last HELLO */
+  uint64_t granted;                            /* ... shm_bytes */
+  const uint8_t *token;                        /* ... shm_token (TOKEN_LEN bytes) */
+  size_t token_len;
+} ps_auth_hello;
 
-/* ps_auth_check recomputes the proof and compares it with GOT (GOT_LEN
+/* Whose MAC: the client's proof, the shard's proof, or the shard's
+ * accept MAC over its last HELLO (ps_chan.h). */
+enum { PS_AUTH_CLIENT = 0, PS_AUTH_SERVER = 1, PS_AUTH_ACCEPT = 2 };
+
+/* The hello's auth_version (ps.proto ChanMeta): both sides send it with a
+ * key; either refuses a peer that does not (a psd whose proofs do not
+ * cover the fields of ps_auth_hello: README "Security"). */
+#define PS_AUTH_HELLO_VERSION 2
+
+/* ps_auth_proof computes SIDE's MAC (PS_AUTH_CLIENT, _SERVER, _ACCEPT)
+ * over CLUSTER, K's id, the two nonces and the hello's fields H (the
+ * client's and the challenge's; the accept MAC also the last HELLO's)
+ * into OUT. */
+void ps_auth_proof(const ps_auth_key *k, int side, const char *cluster,
+                   const uint8_t nc[PS_AUTH_NONCE], const uint8_t ns[PS_AUTH_NONCE],
+                   const ps_auth_hello *h, uint8_t out[PS_AUTH_MAC]);
+
+/* ps_auth_check recomputes the MAC and compares it with GOT (GOT_LEN
  * bytes) in constant time; 1 when it matches, else 0. */
-int ps_auth_check(const ps_auth_key *k, int server, const char *cluster,
-                  const uint8_t nc[PS_AUTH_NONCE], const uint8_t ns[PS_AUTH_NONCE], int mac,
-                  const uint8_t *got, size_t got_len);
+int ps_auth_check(const ps_auth_key *k, int side, const char *cluster,
+                  const uint8_t nc[PS_AUTH_NONCE], const uint8_t ns[PS_AUTH_NONCE],
+                  const ps_auth_hello *h, const uint8_t *got, size_t got_len);
 
 /* ---- the payload MAC (security.payload_mac) ------------------------------
  * After the hello both sides derive a session key, HMAC(secret, "psd-chan-v1

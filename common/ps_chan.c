@@ -233,6 +233,7 @@ typedef struct chan_pending {
   uint8_t nonce[PS_AUTH_NONCE], auth[PS_AUTH_MAC];
   size_t nonce_len, auth_len;
   int payload_mac;
+  uint32_t auth_version;  /* the challenge's (ps_auth.h PS_AUTH_HELLO_VERSION) */
   int shm, shm_copy;      /* its payload is in the region (invariant 7): in place, or copied */
   uint64_t shm_off;       /* where, from the region's data start */
 } chan_pending;
@@ -270,6 +271,8 @@ struct ps_chan_client {
   uint8_t *reply;          /* the data of the last beat reply ps_chan_recv returned */
   size_t reply_len;
   uint32_t features;       /* the shard's HELLO reply's ChanFeature bits */
+  ps_auth_hello hello;     /* the hello's fields: asked for, and (the last HELLO reply's)
+                              granted, as the proofs and the accept MAC cover them */
   int helloed;             /* the hello succeeded: a frame of id 0 is an unexpected reply */
   /* shared memory (invariant 7) */
   uint64_t shm_want;       /* asked for in the hello */
@@ -479,6 +482,7 @@ static int rx_after_meta(void *arg) {
     e->auth_len = m->auth.len <= PS_AUTH_MAC ? m->auth.len : 0;
     if (e->auth_len) memcpy(e->auth, m->auth.data, e->auth_len);
     e->payload_mac = m->payload_mac != 0;
+    e->auth_version = m->auth_version;
     c->features = m->features; /* the last HELLO reply's (after a proof: the shard's answer) */
     c->unordered = c->want_unordered && m->unordered_acks; /* the last HELLO's word */
     c->shm_offer = m->shm_bytes; /* invariant 7: the last HELLO's word too */
@@ -488,6 +492,8 @@ static int rx_after_meta(void *arg) {
     c->shm_fd = m->shm_fd;
     c->shm_token_len = m->shm_token.len <= PS_SHM_TOKEN ? m->shm_token.len : 0;
     if (c->shm_token_len) memcpy(c->shm_token, m->shm_token.data, c->shm_token_len);
+    ps_chan_hello_granted(m, &c->hello);
+    c->hello.token = c->shm_token_len ? c->shm_token : NULL; /* m is freed */
   }
   if (m->shm && (!e->shm || dlen || (int)m->op != PS__CHAN_OP__CHAN_PULL ||
                  m->shm_off != e->shm_off)) {
@@ -1128,10 +1134,11 @@ static int chan_dial(ps_chan_client *c, ps_errbuf *eb) {
 
 /* chan_hello_frame sends one HELLO frame META and waits for its reply,
  * whose nonce and proof (when given) go to NONCE / AUTH (NULL: ignored);
- * *NONCE_LEN / *AUTH_LEN receive their lengths, *MAC its payload_mac. */
+ * *NONCE_LEN / *AUTH_LEN receive their lengths, *MAC its payload_mac,
+ * *VERSION its auth_version. */
 static int chan_hello_frame(ps_chan_client *c, Ps__ChanMeta *meta, uint8_t *nonce,
                             size_t *nonce_len, uint8_t *auth, size_t *auth_len, int *mac,
-                            ps_errbuf *eb) {
+                            uint32_t *version, ps_errbuf *eb) {
   chan_pending *e = chan_reserve(c);
   if (!e) return ps_errf(eb, PS_ENOMEM, "channel '%s': out of memory", c->addr);
   e->op = PS__CHAN_OP__CHAN_HELLO;
@@ -1145,48 +1152,81 @@ static int chan_hello_frame(ps_chan_client *c, Ps__ChanMeta *meta, uint8_t *nonc
   if (nonce_len) *nonce_len = head->nonce_len;
   if (auth_len) *auth_len = head->auth_len;
   if (mac) *mac = head->payload_mac;
+  if (version) *version = head->auth_version;
   return ps_chan_recv(c, NULL, NULL, eb);
 }
 
+/* ps_chan_hello_granted: see ps_chan.h. */
+void ps_chan_hello_granted(const Ps__ChanMeta *m, ps_auth_hello *h) {
+  h->features = m->features;
+  h->acks = m->unordered_acks;
+  h->granted_hold = m->shm_hold;
+  h->pulls_only = m->shm_pulls_only;
+  h->shm_pid = m->shm_pid;
+  h->shm_fd = m->shm_fd;
+  h->granted = m->shm_bytes;
+  h->token = m->shm_token.data;
+  h->token_len = m->shm_token.len;
+}
+
 /* chan_hello: HELLO with CLUSTER; with KEY, the challenge-response of
- * ps_auth.h (the shard must prove KEY first, then this client does). */
+ * ps_auth.h (the shard must prove KEY first, then this client does; the
+ * proofs and the shard's accept MAC cover every negotiated field). */
 static int chan_hello(ps_chan_client *c, const char *cluster, const ps_auth_key *key,
                       int want_mac, ps_errbuf *eb) {
   Ps__ChanMeta meta;
   uint8_t nc[PS_AUTH_NONCE], ns[PS_AUTH_NONCE], proof[PS_AUTH_MAC];
   size_t ns_len = 0, proof_len = 0;
+  ps_auth_hello h = {.want_mac = want_mac ? 1 : 0, .unordered_acks = c->want_unordered ? 1 : 0,
+                     .shm_bytes = c->shm_want, .shm_hold = c->shm_want && c->want_hold ? 1 : 0};
+  c->hello = h; /* its replies add what they grant */
   chan_meta_init(&meta, PS__CHAN_OP__CHAN_HELLO, NULL);
   meta.proto_version = PS_CHAN_VERSION;
   meta.cluster = (char *)cluster;
-  meta.unordered_acks = c->want_unordered ? 1 : 0;
-  meta.shm_bytes = c->shm_want;
-  meta.shm_hold = c->shm_want && c->want_hold ? 1 : 0;
+  meta.unordered_acks = h.unordered_acks;
+  meta.shm_bytes = h.shm_bytes;
+  meta.shm_hold = h.shm_hold;
   if (key) {
     int rc = ps_auth_nonce(nc, eb);
     if (rc < 0) return rc;
     meta.key_id = (char *)key->id;
     meta.nonce.data = nc;
     meta.nonce.len = sizeof nc;
-    meta.payload_mac = want_mac ? 1 : 0;
+    meta.payload_mac = h.want_mac;
+    meta.auth_version = PS_AUTH_HELLO_VERSION;
   }
   int mac = 0;
-  int rc = chan_hello_frame(c, &meta, ns, &ns_len, proof, &proof_len, &mac, eb);
+  uint32_t version = 0;
+  int rc = chan_hello_frame(c, &meta, ns, &ns_len, proof, &proof_len, &mac, &version, eb);
   if (rc < 0 || !key) return rc;
   if (ns_len != PS_AUTH_NONCE)
     return ps_errf(eb, PS_EPERM, "channel '%s': the shard does not authenticate the channel "
                    "(no security.secret_file there?)", c->addr);
-  if (!ps_auth_check(key, 1, cluster, nc, ns, mac, proof, proof_len))
+  if (version != PS_AUTH_HELLO_VERSION)
+    return ps_errf(eb, PS_EPERM, "channel '%s': the shard's hello proofs are of version %u, "
+                   "this client's of %d (a psd from before 2026-12-01 03:00 UTC: upgrade it)",
+                   c->addr, version, PS_AUTH_HELLO_VERSION);
+  h.mac = mac ? 1 : 0;
+  if (!ps_auth_check(key, PS_AUTH_SERVER, cluster, nc, ns, &h, proof, proof_len))
     return ps_errf(eb, PS_EPERM, "channel '%s': the shard's proof of key '%s' is wrong "
-                   "(another secret file?)", c->addr, key->id);
+                   "(another secret file, or a field of the hello changed on the way?)",
+                   c->addr, key->id);
   if (want_mac && !mac)
     return ps_errf(eb, PS_EPERM, "channel '%s': the shard does not MAC frames "
                    "(security.payload_mac is false there)", c->addr);
-  ps_auth_proof(key, 0, cluster, nc, ns, mac, proof);
+  ps_auth_proof(key, PS_AUTH_CLIENT, cluster, nc, ns, &h, proof);
   chan_meta_init(&meta, PS__CHAN_OP__CHAN_HELLO, NULL);
   meta.auth.data = proof;
   meta.auth.len = sizeof proof;
-  rc = chan_hello_frame(c, &meta, NULL, NULL, NULL, NULL, NULL, eb);
-  if (rc == 0 && mac && ps_auth_mac_new(&c->mac, key, cluster, nc, ns) < 0)
+  uint8_t accept[PS_AUTH_MAC];
+  size_t accept_len = 0;
+  rc = chan_hello_frame(c, &meta, NULL, NULL, accept, &accept_len, NULL, NULL, eb);
+  if (rc < 0) return rc;
+  c->hello.mac = h.mac;
+  if (!ps_auth_check(key, PS_AUTH_ACCEPT, cluster, nc, ns, &c->hello, accept, accept_len))
+    return ps_errf(eb, PS_EPERM, "channel '%s': the shard's last hello does not carry its MAC "
+                   "of what it granted (a field of the hello changed on the way)", c->addr);
+  if (mac && ps_auth_mac_new(&c->mac, key, cluster, nc, ns) < 0)
     rc = ps_errf(eb, PS_ENOMEM, "channel '%s': out of memory", c->addr);
   return rc;
 }

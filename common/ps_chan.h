@@ -258,6 +258,11 @@ int ps_chan_send_sparse_push(ps_chan_client *c, const ps_chan_sparse *q, const v
 struct Ps__ChanMeta;
 int ps_chan_conn_said(const struct Ps__ChanMeta *m, char *said, size_t cap);
 
+/* ps_chan_hello_granted copies into *H (its client fields untouched) what
+ * the shard's last HELLO M grants, the fields its accept MAC covers
+ * (ps_auth_hello); H->token points into M. */
+void ps_chan_hello_granted(const struct Ps__ChanMeta *m, ps_auth_hello *h);
+
 /* ps_chan_features: the ChanFeature bits (PS_CHAN_FEAT_*) of the shard's
  * HELLO reply (0 for a shard that predates them; C NULL: 0). */
 uint32_t ps_chan_features(const ps_chan_client *c);

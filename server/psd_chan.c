@@ -130,7 +130,14 @@
  *     the shard's proof without sending its own (it found that proof
  *     wrong, another secret under the key id, or wants a MAC this shard
  *     does not give).  A replayed hello meets a
- *     fresh Ns, so its old proof is wrong.
+ *     fresh Ns, so its old proof is wrong.  Both proofs cover every
+ *     field the client's first HELLO asks with (payload_mac,
+ *     unordered_acks, shm_bytes, shm_hold) and the challenge's
+ *     payload_mac; the last HELLO carries in `auth` the accept MAC over
+ *     those and what it grants (features, unordered_acks, the region),
+ *     which the client checks (ps_auth_hello): a field changed on the way
+ *     fails the hello.  A hello without auth_version PS_AUTH_HELLO_VERSION
+ *     (an older psd's proofs) is refused and counted like a wrong proof.
  * 10. With security.payload_mac the shard says so in its challenge (bound
  *     into both proofs) and every frame after the hello, both ways, ends in
  *     a MAC (ps_auth.h).  A request is acted on only once its MAC checked
@@ -288,6 +295,7 @@ typedef struct psd_conn {
   size_t last_wq;             /* libuv's write queue size at the last sweep */
   uint64_t wrote_ms;          /* uv_now of its last reply bytes taken, or of its first queued (4a) */
   uint64_t shm_want;          /* region bytes the first HELLO asked for (invariant 11) */
+  uint32_t want_mac;          /* the first HELLO's payload_mac (invariant 9: proved) */
   int shm_hold;               /* ... and that it holds pushes there until answered */
   ps_shm shm;                 /* the region offered; map NULL: none */
   struct conn_lend *lend;     /* the region as the redo log borrows it (invariant 11) */
@@ -717,7 +725,16 @@ static void conn_shm_used(psd_conn *c) {
   c->chan->shm_fds--;
 }
 
-/* conn_hello_ok ends the hello: HELLO answered, requests served. */
+/* conn_auth_hello fills *H with the fields of C's hello the proofs
+ * cover (invariant 9): the client's first HELLO and the challenge's. */
+static void conn_auth_hello(const psd_conn *c, ps_auth_hello *h) {
+  *h = (ps_auth_hello){.want_mac = c->want_mac, .unordered_acks = c->unordered ? 1 : 0,
+                       .shm_hold = c->shm_hold ? 1 : 0, .shm_bytes = c->shm_want,
+                       .mac = c->chan->sh->cfg->security.payload_mac ? 1 : 0};
+}
+
+/* conn_hello_ok ends the hello: HELLO answered (with keys, with the
+ * accept MAC over what it grants: invariant 9), requests served. */
 static int conn_hello_ok(psd_conn *c) {
   Ps__ChanMeta r = PS__CHAN_META__INIT;
   r.op = PS__CHAN_OP__CHAN_HELLO;
@@ -735,6 +752,15 @@ static int conn_hello_ok(psd_conn *c) {
   }
   c->hello_done = 1;
   c->hello_proving = 0;
+  uint8_t accept[PS_AUTH_MAC];
+  if (c->chan->keys.n) {
+    ps_auth_hello h;
+    conn_auth_hello(c, &h);
+    ps_chan_hello_granted(&r, &h);
+    ps_auth_proof(&c->key, PS_AUTH_ACCEPT, c->chan->sh->cfg->cluster, c->nc, c->ns, &h, accept);
+    r.auth.data = accept;
+    r.auth.len = sizeof accept;
+  }
   ps_auth_mac *mac = NULL;
   int rc = 0;
   if (c->chan->keys.n && c->chan->sh->cfg->security.payload_mac &&
@@ -751,12 +777,19 @@ static int conn_hello_ok(psd_conn *c) {
  * (invariant 9): the key it names, the shard's nonce and proof. */
 static int conn_hello_challenge(psd_conn *c, const Ps__ChanMeta *m) {
   psd_chan *ch = c->chan;
-  char why[200], shown[4 * PS_AUTH_ID_MAX + 8];
+  char why[400], shown[4 * PS_AUTH_ID_MAX + 8];
   const ps_auth_key *k = ps_auth_find(&ch->keys, m->key_id && *m->key_id ? m->key_id : NULL);
   if (!m->key_id || !*m->key_id || m->nonce.len != PS_AUTH_NONCE)
     return conn_hello_refuse(c, PS_EPERM, "channel authentication required: this shard has "
                              "security.secret_file and the hello names no key (or no 32-byte "
                              "nonce)", 1);
+  if (m->auth_version != PS_AUTH_HELLO_VERSION) {
+    snprintf(why, sizeof why, "channel authentication failed: the hello's proofs are of "
+             "version %u, this shard's of %d (a psd from before 2026-12-01 03:00 UTC, whose "
+             "proofs do not cover the negotiated fields, or a field changed on the way)",
+             m->auth_version, PS_AUTH_HELLO_VERSION);
+    return conn_hello_refuse(c, PS_EPERM, why, 1);
+  }
   if (!k) {
     snprintf(why, sizeof why, "channel authentication failed: unknown key id '%s'",
              ps_log_escape(shown, sizeof shown, m->key_id, PS_AUTH_ID_MAX)); /* invariant 12 */
@@ -768,7 +801,9 @@ static int conn_hello_challenge(psd_conn *c, const Ps__ChanMeta *m) {
   memcpy(c->nc, m->nonce.data, PS_AUTH_NONCE);
   uint8_t proof[PS_AUTH_MAC];
   int mac = ch->sh->cfg->security.payload_mac;
-  ps_auth_proof(&c->key, 1, ch->sh->cfg->cluster, c->nc, c->ns, mac, proof);
+  ps_auth_hello h;
+  conn_auth_hello(c, &h);
+  ps_auth_proof(&c->key, PS_AUTH_SERVER, ch->sh->cfg->cluster, c->nc, c->ns, &h, proof);
   Ps__ChanMeta r = PS__CHAN_META__INIT;
   r.op = PS__CHAN_OP__CHAN_HELLO;
   r.proto_version = PS_CHAN_VERSION;
@@ -778,6 +813,7 @@ static int conn_hello_challenge(psd_conn *c, const Ps__ChanMeta *m) {
   r.auth.data = proof;
   r.auth.len = sizeof proof;
   r.payload_mac = mac ? 1 : 0;
+  r.auth_version = PS_AUTH_HELLO_VERSION;
   c->hello_proving = 1;
   return conn_reply(c, &r, NULL, 0, 0, 0, 0);
 }
@@ -786,11 +822,13 @@ static int conn_hello_challenge(psd_conn *c, const Ps__ChanMeta *m) {
 static int conn_hello_proof(psd_conn *c, const Ps__ChanMeta *m) {
   if ((int)m->op != PS__CHAN_OP__CHAN_HELLO || c->rx.h.data_len)
     return conn_hello_refuse(c, PS_EPERM, "channel authentication: expected the hello's proof", 1);
-  if (!ps_auth_check(&c->key, 0, c->chan->sh->cfg->cluster, c->nc, c->ns,
-                     c->chan->sh->cfg->security.payload_mac, m->auth.data, m->auth.len)) {
-    char why[160];
-    snprintf(why, sizeof why, "channel authentication failed: wrong proof of key '%s'",
-             c->key.id);
+  ps_auth_hello h;
+  conn_auth_hello(c, &h);
+  if (!ps_auth_check(&c->key, PS_AUTH_CLIENT, c->chan->sh->cfg->cluster, c->nc, c->ns, &h,
+                     m->auth.data, m->auth.len)) {
+    char why[200];
+    snprintf(why, sizeof why, "channel authentication failed: wrong proof of key '%s' (or "
+             "a field of the hello changed on the way)", c->key.id);
     OPENSSL_cleanse(&c->key, sizeof c->key);
     return conn_hello_refuse(c, PS_EPERM, why, 1);
   }
@@ -810,6 +848,7 @@ static int conn_hello(psd_conn *c, const Ps__ChanMeta *m) {
   if (rc == 0) c->unordered = m->unordered_acks != 0; /* invariant 7b */
   if (rc == 0) c->shm_want = m->shm_bytes;           /* invariant 11 */
   if (rc == 0) c->shm_hold = m->shm_hold != 0;
+  if (rc == 0) c->want_mac = m->payload_mac != 0;
   if (rc == 0) return c->chan->keys.n ? conn_hello_challenge(c, m) : conn_hello_ok(c);
   if (!answer) {
     conn_auth_refused(c, eb.msg);

@@ -73,6 +73,9 @@ struct psd_chan_client {
   uint8_t nc[PS_AUTH_NONCE], ns[PS_AUTH_NONCE], proof[PS_AUTH_MAC];
   size_t ns_len, proof_len;
   int peer_mac;
+  uint32_t peer_version;    /* the challenge's auth_version */
+  ps_auth_hello granted;    /* the last HELLO's fields (its accept MAC in proof) */
+  uint8_t token[64];         /* ... its shm_token */
   ps_auth_mac *mac;
   uint64_t next_id, gen;
   ps_chan_rx rx;
@@ -312,6 +315,15 @@ static int rx_meta(void *arg) {
     c->proof_len = m->auth.len <= PS_AUTH_MAC ? m->auth.len : 0;
     if (c->proof_len) memcpy(c->proof, m->auth.data, c->proof_len);
     c->peer_mac = m->payload_mac != 0;
+    c->peer_version = m->auth_version;
+  } else if ((int)m->op == PS__CHAN_OP__CHAN_HELLO && e->op == PS__CHAN_OP__CHAN_HELLO) {
+    /* the last: what it granted, under its accept MAC (ps_auth.h) */
+    c->proof_len = m->auth.len <= PS_AUTH_MAC ? m->auth.len : 0;
+    if (c->proof_len) memcpy(c->proof, m->auth.data, c->proof_len);
+    size_t tl = m->shm_token.len <= sizeof c->token ? m->shm_token.len : 0;
+    if (tl) memcpy(c->token, m->shm_token.data, tl);
+    ps_chan_hello_granted(m, &c->granted);
+    c->granted.token = tl ? c->token : NULL; /* m is freed */
   }
   int bad = 0;
   if ((int)m->op == PS__CHAN_OP__CHAN_ERROR) {
@@ -455,6 +467,16 @@ static int cc_send(psd_chan_client *c, psd_chan_client_req *q) {
   return -1;
 }
 
+/* cc_auth_hello fills *H with the hello's fields the proofs cover
+ * (ps_auth.h): this client asks for nothing but, maybe, the MAC; with
+ * GRANTED, what the last HELLO granted too (its accept MAC). */
+static void cc_auth_hello(const psd_chan_client *c, ps_auth_hello *h, int granted) {
+  static const ps_auth_hello none;
+  *h = granted ? c->granted : none;
+  h->want_mac = c->want_mac ? 1 : 0;
+  h->mac = c->peer_mac ? 1 : 0;
+}
+
 /* cc_hello_send sends HELLO step STEP (1: cluster and nonce; 2: proof). */
 static void cc_hello_send(psd_chan_client *c, int step) {
   Ps__ChanMeta meta = PS__CHAN_META__INIT;
@@ -475,9 +497,12 @@ static void cc_hello_send(psd_chan_client *c, int step) {
       meta.nonce.data = c->nc;
       meta.nonce.len = sizeof c->nc;
       meta.payload_mac = c->want_mac ? 1 : 0;
+      meta.auth_version = PS_AUTH_HELLO_VERSION;
     }
   } else {
-    ps_auth_proof(&c->hkey, 0, c->cluster, c->nc, c->ns, c->peer_mac, mine);
+    ps_auth_hello h;
+    cc_auth_hello(c, &h, 0);
+    ps_auth_proof(&c->hkey, PS_AUTH_CLIENT, c->cluster, c->nc, c->ns, &h, mine);
     meta.auth.data = mine;
     meta.auth.len = sizeof mine;
   }
@@ -485,7 +510,7 @@ static void cc_hello_send(psd_chan_client *c, int step) {
   c->hello.op = PS__CHAN_OP__CHAN_HELLO;
   c->hello_step = step;
   c->ns_len = c->proof_len = 0;
-  if (step == 1) c->peer_mac = 0;
+  if (step == 1) c->peer_mac = 0, c->peer_version = 0;
   if (!(c->hello.wr = cc_frame(&meta, NULL, 0))) {
     cc_fail(c, PS_ENOMEM, "channel '%s': %s", "out of memory");
     return;
@@ -522,10 +547,17 @@ static void cc_hello_next(psd_chan_client *c) {
               "(no security.secret_file there?)");
       return;
     }
-    if (!ps_auth_check(&c->hkey, 1, c->cluster, c->nc, c->ns, c->peer_mac, c->proof,
+    if (c->peer_version != PS_AUTH_HELLO_VERSION) {
+      cc_fail(c, PS_EPERM, "channel '%s': %s", "the shard's hello proofs are of another "
+              "version (a psd from before 2026-12-01 03:00 UTC: upgrade it)");
+      return;
+    }
+    ps_auth_hello h;
+    cc_auth_hello(c, &h, 0);
+    if (!ps_auth_check(&c->hkey, PS_AUTH_SERVER, c->cluster, c->nc, c->ns, &h, c->proof,
                        c->proof_len)) {
       cc_fail(c, PS_EPERM, "channel '%s': %s", "the shard's proof of the key is wrong "
-              "(another secret file?)");
+              "(another secret file, or a field of the hello changed on the way?)");
       return;
     }
     if (c->want_mac && !c->peer_mac) {
@@ -534,6 +566,14 @@ static void cc_hello_next(psd_chan_client *c) {
       return;
     }
     cc_hello_send(c, 2);
+    return;
+  }
+  ps_auth_hello h;
+  cc_auth_hello(c, &h, 1);
+  if (!ps_auth_check(&c->hkey, PS_AUTH_ACCEPT, c->cluster, c->nc, c->ns, &h, c->proof,
+                     c->proof_len)) {
+    cc_fail(c, PS_EPERM, "channel '%s': %s", "the shard's last hello does not carry its MAC "
+            "of what it granted (a field of the hello changed on the way)");
     return;
   }
   if (c->peer_mac && ps_auth_mac_new(&c->mac, &c->hkey, c->cluster, c->nc, c->ns) < 0) {

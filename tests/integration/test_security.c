@@ -10,6 +10,7 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 #include <poll.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -22,6 +23,7 @@
 
 #include "ps.pb-c.h"
 #include "ps_auth.h"
+#include "psd_chan_client.h"
 #include "ps_chan.h"
 #include "ps_config.h"
 #include "ps_rpc.h"
@@ -333,13 +335,15 @@ END_TEST
 
 /* ---- the channel hello, by hand ------------------------------------------- */
 
-static int raw_connect(void) {
+static int raw_connect_to(int port) {
   int fd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)sec_cp),
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port),
                           .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
   ck_assert_int_eq(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
   return fd;
 }
+
+static int raw_connect(void) { return raw_connect_to(sec_cp); }
 
 static void raw_send(int fd, const Ps__ChanMeta *m, uint64_t id) {
   uint8_t buf[4096];
@@ -404,6 +408,7 @@ static void raw_hello(Ps__ChanMeta *hello, const ps_auth_key *key, uint8_t nc[PS
   hello->key_id = (char *)key->id;
   hello->nonce.data = nc;
   hello->nonce.len = PS_AUTH_NONCE;
+  hello->auth_version = PS_AUTH_HELLO_VERSION;
 }
 
 /* A recorded hello and proof, replayed on a new connection, meet a fresh
@@ -425,8 +430,9 @@ START_TEST(test_sec_replayed_hello) {
   ck_assert_ptr_nonnull(ch);
   ck_assert_int_eq(ch->op, PS__CHAN_OP__CHAN_HELLO);
   ck_assert_uint_eq(ch->nonce.len, PS_AUTH_NONCE);
-  ck_assert(ps_auth_check(key, 1, "test", nc, ch->nonce.data, 0, ch->auth.data, ch->auth.len));
-  ps_auth_proof(key, 0, "test", nc, ch->nonce.data, 0, proof);
+  ck_assert(ps_auth_check(key, PS_AUTH_SERVER, "test", nc, ch->nonce.data, NULL, ch->auth.data,
+                          ch->auth.len));
+  ps_auth_proof(key, PS_AUTH_CLIENT, "test", nc, ch->nonce.data, NULL, proof);
   ps__chan_meta__free_unpacked(ch, NULL);
   ck_assert_int_eq(raw_proof(fd, proof, why), PS__CHAN_OP__CHAN_HELLO); /* accepted */
   close(fd);
@@ -481,8 +487,9 @@ START_TEST(test_sec_wrong_secret) {
   raw_send(fd, &hello, 1);
   Ps__ChanMeta *ch = raw_recv(fd);
   ck_assert_ptr_nonnull(ch);
-  ck_assert(!ps_auth_check(&wrong, 1, "test", nc, ch->nonce.data, 0, ch->auth.data, ch->auth.len));
-  ps_auth_proof(&wrong, 0, "test", nc, ch->nonce.data, 0, proof);
+  ck_assert(!ps_auth_check(&wrong, PS_AUTH_SERVER, "test", nc, ch->nonce.data, NULL,
+                           ch->auth.data, ch->auth.len));
+  ps_auth_proof(&wrong, PS_AUTH_CLIENT, "test", nc, ch->nonce.data, NULL, proof);
   ps__chan_meta__free_unpacked(ch, NULL);
   char why[200];
   ck_assert_int_eq(raw_proof(fd, proof, why), PS__CHAN_OP__CHAN_ERROR);
@@ -494,6 +501,26 @@ START_TEST(test_sec_wrong_secret) {
   ck_assert_uint_eq(st->chan_auth_refused, chan0 + 1);
   ck_assert_uint_eq(st->pulls, pulls0);
   ps__status_reply__free_unpacked(st, NULL);
+}
+END_TEST
+
+/* With a key and no payload MAC a client on the shard's host still gets
+ * its shared-memory region: the shard's accept MAC covers the region's
+ * process, descriptor and token, and the client's check of it passes. */
+START_TEST(test_sec_hello_shm_granted) {
+  ps_auth_keys keys;
+  const ps_auth_key *key = sec_worker_key(&keys);
+  ps_chan_client *c;
+  ps_errbuf eb;
+  ck_assert_msg(ps_chan_connect_shm(&c, sec_chan, "test", key, PS_CHAN_UNORDERED_ACKS, 1 << 20,
+                                    5000, &eb) == 0,
+                "%s", eb.msg);
+  void *data;
+  uint64_t bytes;
+  ck_assert_int_eq(ps_chan_shm(c, &data, &bytes), 1);
+  ck_assert_uint_ne(ps_chan_features(c), 0);
+  ps_chan_close(c);
+  ps_auth_release(&keys);
 }
 END_TEST
 
@@ -1032,18 +1059,16 @@ static int raw_hello_mac(const ps_auth_key *key, ps_auth_mac **m) {
   uint8_t nc[PS_AUTH_NONCE], proof[PS_AUTH_MAC], ns[PS_AUTH_NONCE];
   Ps__ChanMeta hello;
   raw_hello(&hello, key, nc, 5);
-  int saved = sec_cp;
-  sec_cp = mac_cp;
-  int fd = raw_connect();
-  sec_cp = saved;
+  int fd = raw_connect_to(mac_cp);
   raw_send(fd, &hello, 1);
   Ps__ChanMeta *ch = raw_recv(fd);
   ck_assert_ptr_nonnull(ch);
   ck_assert_uint_eq(ch->payload_mac, 1);
   memcpy(ns, ch->nonce.data, sizeof ns);
-  ck_assert(ps_auth_check(key, 1, "test", nc, ns, 1, ch->auth.data, ch->auth.len));
+  ps_auth_hello h = {.mac = 1};
+  ck_assert(ps_auth_check(key, PS_AUTH_SERVER, "test", nc, ns, &h, ch->auth.data, ch->auth.len));
   ps__chan_meta__free_unpacked(ch, NULL);
-  ps_auth_proof(key, 0, "test", nc, ns, 1, proof);
+  ps_auth_proof(key, PS_AUTH_CLIENT, "test", nc, ns, &h, proof);
   char why[200];
   ck_assert_int_eq(raw_proof(fd, proof, why), PS__CHAN_OP__CHAN_HELLO);
   ck_assert_int_eq(ps_auth_mac_new(m, key, "test", nc, ns), 0);
@@ -1195,6 +1220,240 @@ START_TEST(test_sec_mac_tampered) {
   ck_assert_uint_eq(st->chan_auth_refused, chan0 + 2); /* the wrong MAC, the missing one */
   ck_assert_uint_eq(st->pushes, pushes0);
   ps__status_reply__free_unpacked(st, NULL);
+  ps_auth_release(&keys);
+}
+END_TEST
+
+/* raw_hello_fields runs the MAC shard's hello by hand as a client that
+ * asks for SENT (its first HELLO's fields, PS_AUTH_HELLO's client part)
+ * while a middleman sends ON_WIRE instead: returns the op of the shard's
+ * answer to the client's proof (made over SENT), its message into WHY
+ * (200 bytes); *SHARD_OK: the shard's proof checked out over SENT. */
+static int raw_hello_fields(const ps_auth_key *key, const ps_auth_hello *sent,
+                            const ps_auth_hello *on_wire, int *shard_ok, char *why) {
+  uint8_t nc[PS_AUTH_NONCE], proof[PS_AUTH_MAC], ns[PS_AUTH_NONCE];
+  Ps__ChanMeta hello;
+  raw_hello(&hello, key, nc, 6);
+  hello.payload_mac = on_wire->want_mac;
+  hello.unordered_acks = on_wire->unordered_acks;
+  hello.shm_bytes = on_wire->shm_bytes;
+  hello.shm_hold = on_wire->shm_hold;
+  int fd = raw_connect_to(mac_cp);
+  raw_send(fd, &hello, 1);
+  Ps__ChanMeta *ch = raw_recv(fd);
+  ck_assert_ptr_nonnull(ch);
+  ck_assert_int_eq(ch->op, PS__CHAN_OP__CHAN_HELLO);
+  memcpy(ns, ch->nonce.data, sizeof ns);
+  ps_auth_hello h = *sent;
+  h.mac = ch->payload_mac;
+  *shard_ok = ps_auth_check(key, PS_AUTH_SERVER, "test", nc, ns, &h, ch->auth.data, ch->auth.len);
+  ps__chan_meta__free_unpacked(ch, NULL);
+  ps_auth_proof(key, PS_AUTH_CLIENT, "test", nc, ns, &h, proof);
+  Ps__ChanMeta pm = PS__CHAN_META__INIT;
+  pm.op = PS__CHAN_OP__CHAN_HELLO;
+  pm.auth.data = proof;
+  pm.auth.len = PS_AUTH_MAC;
+  raw_send(fd, &pm, 2);
+  ch = raw_recv(fd);
+  ck_assert_ptr_nonnull(ch);
+  int op = ch->op;
+  snprintf(why, 200, "%s", ch->message ? ch->message : "");
+  if (op == PS__CHAN_OP__CHAN_HELLO) { /* its accept MAC covers what it granted */
+    h.features = ch->features;
+    h.acks = ch->unordered_acks;
+    ck_assert(ps_auth_check(key, PS_AUTH_ACCEPT, "test", nc, ns, &h, ch->auth.data, ch->auth.len));
+    h.features = 0;
+    ck_assert(!ps_auth_check(key, PS_AUTH_ACCEPT, "test", nc, ns, &h, ch->auth.data, ch->auth.len));
+  } else {
+    ck_assert_ptr_null(raw_recv(fd)); /* closed after the one error frame */
+  }
+  ps__chan_meta__free_unpacked(ch, NULL);
+  close(fd);
+  return op;
+}
+
+/* A field of the client's first HELLO changed on the way (unordered
+ * acks, shared memory, the payload MAC asked for) makes the shard's proof
+ * wrong for the client and the client's wrong for the shard, which
+ * refuses it and counts it: the proofs cover every negotiated field. */
+START_TEST(test_sec_hello_fields_tampered) {
+  ck_assert_msg(mac_up_ok, "the payload-MAC psd is not running");
+  ps_auth_keys keys;
+  const ps_auth_key *key = sec_worker_key(&keys);
+  Ps__StatusReply *st = sec_status_at(mac_grpc);
+  uint64_t chan0 = st->chan_auth_refused;
+  ps__status_reply__free_unpacked(st, NULL);
+  const ps_auth_hello sent = {.want_mac = 1, .unordered_acks = 1};
+  ps_auth_hello wire[3] = {sent, sent, sent};
+  wire[0].unordered_acks = 0;
+  wire[1].shm_bytes = 1 << 20, wire[1].shm_hold = 1;
+  wire[2].want_mac = 0;
+  char why[200];
+  int shard_ok;
+  /* untouched: accepted, with an accept MAC over what it granted */
+  ck_assert_int_eq(raw_hello_fields(key, &sent, &sent, &shard_ok, why), PS__CHAN_OP__CHAN_HELLO);
+  ck_assert(shard_ok);
+  for (int i = 0; i < 3; i++) {
+    ck_assert_int_eq(raw_hello_fields(key, &sent, &wire[i], &shard_ok, why),
+                     PS__CHAN_OP__CHAN_ERROR);
+    ck_assert_msg(!shard_ok, "tampering %d: the shard's proof still checks out", i);
+    ck_assert_msg(strstr(why, "wrong proof"), "%s", why);
+  }
+  /* a hello of proofs without these fields (an older psd, or the
+   * version taken off on the way): refused before any proof, counted */
+  uint8_t nc[PS_AUTH_NONCE];
+  Ps__ChanMeta hello;
+  raw_hello(&hello, key, nc, 8);
+  hello.auth_version = 0;
+  int fd = raw_connect_to(mac_cp);
+  raw_send(fd, &hello, 1);
+  Ps__ChanMeta *ch = raw_recv(fd);
+  ck_assert_ptr_nonnull(ch);
+  ck_assert_int_eq(ch->op, PS__CHAN_OP__CHAN_ERROR);
+  ck_assert_msg(strstr(ch->message, "proofs are of version 0"), "%s", ch->message);
+  ps__chan_meta__free_unpacked(ch, NULL);
+  ck_assert_ptr_null(raw_recv(fd));
+  close(fd);
+  st = sec_status_at(mac_grpc);
+  ck_assert_uint_eq(st->chan_auth_refused, chan0 + 4);
+  ps__status_reply__free_unpacked(st, NULL);
+  ps_auth_release(&keys);
+}
+END_TEST
+
+/* sec_done records a psd_chan_client request's end in its int (status,
+ * or 1 while it runs). */
+static void sec_done(psd_done *d, int status, const char *msg) {
+  (void)msg;
+  *(int *)d->arg = status;
+}
+
+/* An aggregator's link to its roots (psd_chan_client) proves its key
+ * with the hello's fields and checks the shard's accept MAC: its pull
+ * over the payload MAC is answered. */
+START_TEST(test_sec_mac_async_client) {
+  ck_assert_msg(mac_up_ok, "the payload-MAC psd is not running");
+  ps_auth_keys keys;
+  const ps_auth_key *key = sec_worker_key(&keys);
+  uv_loop_t loop;
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  psd_chan_client *c;
+  ps_errbuf eb;
+  ck_assert_int_eq(psd_chan_client_new(&c, &loop, mac_chan, "test", key, PS_CHAN_AUTH_MAC, 5000,
+                                       5000, &eb), 0);
+  static const uint32_t ids[SEC_CHUNKS] = {0, 1, 2, 3};
+  static float out[SEC_ELEMS];
+  ps_req pull = {.model = "m", .ids = ids, .nids = SEC_CHUNKS, .out = out, .nbytes = sizeof out};
+  int status = 1;
+  psd_chan_client_req q;
+  memset(&q, 0, sizeof q);
+  q.done.fn = sec_done;
+  q.done.arg = &status;
+  ck_assert_int_eq(psd_chan_client_pull(c, &pull, &q, &eb), 0);
+  int64_t until = ps_test_now_ms() + 10000;
+  while (status == 1 && ps_test_now_ms() < until) uv_run(&loop, UV_RUN_NOWAIT), usleep(1000);
+  psd_chan_client_close(c);
+  while (uv_run(&loop, UV_RUN_NOWAIT) && ps_test_now_ms() < until + 10000) usleep(1000);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+  ck_assert_msg(status == 0, "the pull ended with %d", status);
+  ps_auth_release(&keys);
+}
+END_TEST
+
+/* ---- a middleman on the channel (a proxy thread) ---------------------------- */
+
+typedef struct hello_proxy {
+  int lfd, port, to_port;
+  pthread_t th;
+} hello_proxy;
+
+/* proxy_frame reads one frame of meta only from FD into BUF (room for
+ * 4096 bytes); its length, or -1. */
+static ssize_t proxy_frame(int fd, uint8_t *buf) {
+  ps_chan_hdr h;
+  if (raw_read(fd, buf, PS_CHAN_HDR_LEN) < 0 || ps_chan_hdr_decode(&h, buf, 0) < 0 ||
+      h.meta_len > 4096 - PS_CHAN_HDR_LEN || raw_read(fd, buf + PS_CHAN_HDR_LEN, h.meta_len) < 0)
+    return -1;
+  return PS_CHAN_HDR_LEN + h.meta_len;
+}
+
+/* proxy_main takes one connection and relays it to the shard, but clears
+ * the features of the shard's last HELLO (its second frame) on the way. */
+static void *proxy_main(void *arg) {
+  hello_proxy *p = arg;
+  struct pollfd lp = {.fd = p->lfd, .events = POLLIN};
+  if (poll(&lp, 1, 10000) != 1) return NULL;
+  int cfd = accept(p->lfd, NULL, NULL), sfd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)p->to_port),
+                          .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  if (cfd < 0 || connect(sfd, (struct sockaddr *)&a, sizeof a) < 0) goto out;
+  static uint8_t buf[4096];
+  int from_shard = 0;
+  for (;;) {
+    struct pollfd pf[2] = {{.fd = cfd, .events = POLLIN}, {.fd = sfd, .events = POLLIN}};
+    if (poll(pf, 2, 10000) <= 0) break;
+    if (pf[0].revents) {
+      ssize_t n = read(cfd, buf, sizeof buf);
+      if (n <= 0 || write(sfd, buf, (size_t)n) != n) break;
+    }
+    if (!pf[1].revents) continue;
+    if (from_shard >= 2) {
+      ssize_t n = read(sfd, buf, sizeof buf);
+      if (n <= 0 || write(cfd, buf, (size_t)n) != n) break;
+      continue;
+    }
+    ssize_t n = proxy_frame(sfd, buf);
+    if (n < 0) break;
+    if (++from_shard == 2) { /* the last HELLO: a feature taken away */
+      Ps__ChanMeta *m = ps__chan_meta__unpack(NULL, (size_t)n - PS_CHAN_HDR_LEN,
+                                               buf + PS_CHAN_HDR_LEN);
+      if (!m) break;
+      m->features = 0;
+      ps_chan_hdr h;
+      ps_chan_hdr_decode(&h, buf, 0);
+      h.meta_len = (uint32_t)ps__chan_meta__pack(m, buf + PS_CHAN_HDR_LEN);
+      ps_chan_hdr_encode(buf, &h);
+      n = PS_CHAN_HDR_LEN + h.meta_len;
+      ps__chan_meta__free_unpacked(m, NULL);
+    }
+    if (write(cfd, buf, (size_t)n) != n) break;
+  }
+out:
+  if (cfd >= 0) close(cfd);
+  close(sfd);
+  return NULL;
+}
+
+/* A middleman that takes a feature out of the shard's last HELLO: the
+ * client finds the accept MAC wrong and refuses the connection. */
+START_TEST(test_sec_hello_reply_tampered) {
+  ck_assert_msg(mac_up_ok, "the payload-MAC psd is not running");
+  ps_auth_keys keys;
+  const ps_auth_key *key = sec_worker_key(&keys);
+  hello_proxy p = {.to_port = mac_cp};
+  p.lfd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t al = sizeof a;
+  ck_assert_int_eq(bind(p.lfd, (struct sockaddr *)&a, sizeof a), 0);
+  ck_assert_int_eq(listen(p.lfd, 1), 0);
+  ck_assert_int_eq(getsockname(p.lfd, (struct sockaddr *)&a, &al), 0);
+  p.port = ntohs(a.sin_port);
+  ck_assert_int_eq(pthread_create(&p.th, NULL, proxy_main, &p), 0);
+  char addr[64];
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", p.port);
+  ps_chan_client *c = NULL;
+  ps_errbuf eb;
+  int rc = ps_chan_connect_auth(&c, addr, "test", key, PS_CHAN_AUTH_MAC, 5000, &eb);
+  if (c) ps_chan_close(c);
+  pthread_join(p.th, NULL);
+  close(p.lfd);
+  ck_assert_int_eq(rc, PS_EPERM);
+  ck_assert_msg(strstr(eb.msg, "changed on the way"), "%s", eb.msg);
+  /* without the middleman the same client gets in, with the feature */
+  ck_assert_msg(ps_chan_connect_auth(&c, mac_chan, "test", key, PS_CHAN_AUTH_MAC, 5000, &eb) == 0,
+                "%s", eb.msg);
+  ck_assert_uint_ne(ps_chan_features(c), 0);
+  ps_chan_close(c);
   ps_auth_release(&keys);
 }
 END_TEST
@@ -1698,6 +1957,49 @@ START_TEST(test_sec_mkcerts_hosts) {
 }
 END_TEST
 
+/* scripts/mkcerts writes, beside cluster.secret (every role's key, for
+ * the shards), a secret file per client host: worker.secret the worker
+ * key alone (a worker's host cannot prove the aggregator key),
+ * aggregator.secret the worker and aggregator keys, operator.secret the
+ * operator's; each the same key as cluster.secret's, owner-only. */
+START_TEST(test_sec_mkcerts_role_secrets) {
+  const char *dir = ps_test_tmpdir();
+  ck_assert_int_eq(sec_mkcerts(dir, "roles"), 0);
+  static const struct {
+    const char *file;
+    unsigned roles;
+  } want[] = {{"worker.secret", PS_ROLE_BIT(PS_ROLE_WORKER)},
+              {"aggregator.secret", PS_ROLE_BIT(PS_ROLE_WORKER) | PS_ROLE_BIT(PS_ROLE_AGGREGATOR)},
+              {"operator.secret", PS_ROLE_BIT(PS_ROLE_OPERATOR)}};
+  char path[700];
+  ps_errbuf eb;
+  ps_auth_keys all, ks;
+  snprintf(path, sizeof path, "%s/roles/cluster.secret", dir);
+  ck_assert_msg(ps_auth_load(&all, path, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(all.n, 3);
+  for (size_t i = 0; i < sizeof want / sizeof want[0]; i++) {
+    snprintf(path, sizeof path, "%s/roles/%s", dir, want[i].file);
+    struct stat st;
+    ck_assert_msg(stat(path, &st) == 0, "mkcerts wrote no %s", want[i].file);
+    ck_assert_uint_eq(st.st_mode & 0777, 0600);
+    ck_assert_msg(ps_auth_load(&ks, path, &eb) == 0, "%s", eb.msg);
+    unsigned roles = 0;
+    for (size_t k = 0; k < ks.n; k++) {
+      roles |= PS_ROLE_BIT(ks.keys[k].role);
+      const ps_auth_key *same = ps_auth_find(&all, ks.keys[k].id);
+      ck_assert_ptr_nonnull(same);
+      ck_assert_int_eq(same->role, ks.keys[k].role);
+      ck_assert(same->len == ks.keys[k].len &&
+                !memcmp(same->secret, ks.keys[k].secret, same->len));
+    }
+    ck_assert_msg(roles == want[i].roles && ks.n == (size_t)__builtin_popcount(roles),
+                  "%s: roles 0x%x", want[i].file, roles);
+    ps_auth_release(&ks);
+  }
+  ps_auth_release(&all);
+}
+END_TEST
+
 /* README "Running psd as its own user": on mkcerts' output, psd run as
  * another user (nobody, group nogroup for psd's) reads its files once the
  * recipe gives it the key, the secret and (mode 710) the directory; only
@@ -2084,6 +2386,7 @@ Suite *security_suite(void) {
   tcase_add_test(tc, test_sec_roles);
   tcase_add_test(tc, test_sec_replayed_hello);
   tcase_add_test(tc, test_sec_wrong_secret);
+  tcase_add_test(tc, test_sec_hello_shm_granted);
   tcase_add_test(tc, test_sec_python_health);
   tcase_add_test(tc, test_sec_bench_names_mode);
   tcase_add_test(tc, test_sec_file_modes);
@@ -2105,11 +2408,15 @@ Suite *security_suite(void) {
   tcase_add_test(tc, test_sec_mac_round_trip);
   tcase_add_test(tc, test_sec_mac_tampered);
   tcase_add_test(tc, test_sec_mac_replayed);
+  tcase_add_test(tc, test_sec_hello_fields_tampered);
+  tcase_add_test(tc, test_sec_hello_reply_tampered);
+  tcase_add_test(tc, test_sec_mac_async_client);
   suite_add_tcase(s, tc);
   tc = tcase_create("unit");
   tcase_add_test(tc, test_sec_role_subject);
   tcase_add_test(tc, test_sec_file_names_key);
   tcase_add_test(tc, test_sec_mkcerts_hosts);
+  tcase_add_test(tc, test_sec_mkcerts_role_secrets);
   tcase_add_test(tc, test_sec_own_user_recipe);
   suite_add_tcase(s, tc);
   tc = tcase_create("plaintext");

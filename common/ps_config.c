@@ -978,13 +978,42 @@ static const cfg_table cfg_sparse_table = CFG_TABLE("in 'sparse'", cfg_sparse_sl
 
 /* ---- the shard list ---------------------------------------------------- */
 
-/* cfg_same_dir says whether paths A and B are the same but for trailing
- * slashes. */
-static int cfg_same_dir(const char *a, const char *b) {
-  size_t na = strlen(a), nb = strlen(b);
-  while (na > 1 && a[na - 1] == '/') na--;
-  while (nb > 1 && b[nb - 1] == '/') nb--;
-  return na == nb && !memcmp(a, b, na);
+/* cfg_dir_norm writes path P to OUT (CAP bytes) as text to compare:
+ * repeated slashes, "." components and trailing slashes dropped ("/d//./e/"
+ * is "/d/e"; ".." is left alone: resolving it needs the host's
+ * filesystem).  Returns OUT's length, or 0 when P does not fit. */
+static size_t cfg_dir_norm(const char *p, char *out, size_t cap) {
+  size_t n = 0;
+  if (*p == '/') out[n++] = '/';
+  while (*p) {
+    while (*p == '/') p++;
+    size_t len = strcspn(p, "/");
+    if (len && !(len == 1 && *p == '.')) {
+      if (n && out[n - 1] != '/') out[n++] = '/';
+      if (n + len + 1 > cap) return 0;
+      memcpy(out + n, p, len);
+      n += len;
+    }
+    p += len;
+  }
+  if (!n) out[n++] = '.';
+  out[n] = '\0';
+  return n;
+}
+
+/* cfg_dir_rel relates directories A and B as text (cfg_dir_norm): 0
+ * apart (or too long to tell), CFG_DIR_SAME, CFG_DIR_IN (A is inside B)
+ * or CFG_DIR_HOLDS (B is inside A). */
+enum { CFG_DIR_SAME = 1, CFG_DIR_IN, CFG_DIR_HOLDS };
+static int cfg_dir_rel(const char *a, const char *b) {
+  char na[4096], nb[4096];
+  size_t la = cfg_dir_norm(a, na, sizeof na), lb = cfg_dir_norm(b, nb, sizeof nb);
+  if (!la || !lb) return 0;
+  if (la == lb) return memcmp(na, nb, la) ? 0 : CFG_DIR_SAME;
+  const char *lo = la < lb ? na : nb, *hi = la < lb ? nb : na;
+  size_t l = la < lb ? la : lb;
+  if (memcmp(lo, hi, l) || (hi[l] != '/' && strcmp(lo, "/"))) return 0;
+  return la > lb ? CFG_DIR_IN : CFG_DIR_HOLDS;
 }
 
 /* cfg_addr_pair checks address A (its value at AM) against B, given
@@ -1014,7 +1043,8 @@ static int cfg_addr_pair(cfg_ctx *x, ps_config *c, const char *a, yaml_mark_t am
 
 /* cfg_shard_dups checks shard I against shards 0..I (ids and addresses are
  * unique across the cluster; a data_dir named twice on one host is
- * warned about); MARKS holds each shard's value marks. */
+ * warned about, one inside another's there is an error); MARKS holds
+ * each shard's value marks. */
 static int cfg_shard_dups(cfg_ctx *x, ps_config *c, size_t i,
                           yaml_mark_t (*marks)[CFG_MAX_SLOTS]) {
   const ps_shard_conf *s = &c->shards[i];
@@ -1041,12 +1071,22 @@ static int cfg_shard_dups(cfg_ctx *x, ps_config *c, size_t i,
   ps_errbuf eb;
   if (ps_addr_split(s->grpc_addr, host, sizeof host, &port, &eb) < 0) return 0; /* (checked) */
   for (size_t j = 0; j < i; j++) {
-    if (!cfg_same_dir(c->shards[j].data_dir, s->data_dir) ||
-        !ps_addr_same_host(s->grpc_addr, c->shards[j].grpc_addr) ||
+    int rel = cfg_dir_rel(s->data_dir, c->shards[j].data_dir);
+    if (!rel || !ps_addr_same_host(s->grpc_addr, c->shards[j].grpc_addr) ||
         ps_addr_split(c->shards[j].grpc_addr, other_host, sizeof other_host, &port, &eb) < 0)
       continue;
     char there[300] = ""; /* the other's host, when written otherwise */
     if (strcmp(host, other_host)) snprintf(there, sizeof there, " ('%s' there)", other_host);
+    /* One store inside another: both lock and start, and each would read,
+     * count and clean the other's files (nothing at start refuses it). */
+    if (rel != CFG_DIR_SAME)
+      return cfg_err(x, marks[i][CFG_SHARD_DATA_DIR],
+                     "'data_dir' '%s' of shard %" PRIu32 " is %s shard %" PRIu32 "'s '%s' "
+                     "(line %zu), on the same host '%s'%s: the two stores would share files; "
+                     "give each shard a directory of its own",
+                     s->data_dir, s->id, rel == CFG_DIR_IN ? "inside" : "the parent of",
+                     c->shards[j].id, c->shards[j].data_dir, marks[j][CFG_SHARD_DATA_DIR].line + 1,
+                     host, there);
     cfg_warn(x, c, marks[i][CFG_SHARD_DATA_DIR],
              "'data_dir' '%s' is shard %" PRIu32 "'s too (line %zu), on the same host '%s'%s: "
              "unless they run apart (containers), the second one to start is refused",

@@ -113,4 +113,11 @@ int psctl_parse_u64(const char *cmd, const char *flag, const char *arg, uint64_t
 int psctl_parse_double(const char *cmd, const char *flag, const char *arg, double min,
                        double max, double *v);
 
+/* psctl_json_double writes V as a JSON number formatted by FMT (one
+ * double conversion: "%.3f", "%.7g") into BUF and returns BUF, or returns
+ * "null" when V is not finite (JSON has no nan or inf); a value too wide
+ * for FMT in 64 bytes is written "%.17g".  Every number
+ * psctl's JSON output prints from a double goes through it. */
+const char *psctl_json_double(char buf[64], const char *fmt, double v);
+
 #endif

@@ -610,16 +610,20 @@ free_flat:
 static void bench_print(const psctl_cluster *cl, const bench_opts *o, const bench_rate *results,
                         const double *small) {
   if (o->json) {
-    printf("{\"model_bytes\":%.0f,\"shards\":%zu,\"request_bytes\":%.0f,\"rounds\":%d,"
+    char b1[64], b2[64];
+    printf("{\"model_bytes\":%s,\"shards\":%zu,\"request_bytes\":%s,\"rounds\":%d,"
            "\"depth\":%d",
-           o->model_mib * 1048576, cl->cfg.nshards, o->request_mib * 1048576, o->rounds,
-           o->depth);
+           psctl_json_double(b1, "%.0f", o->model_mib * 1048576), cl->cfg.nshards,
+           psctl_json_double(b2, "%.0f", o->request_mib * 1048576), o->rounds, o->depth);
     for (size_t k = 0; k < BENCH_NKINDS; k++)
       if (results[k].median >= 0)
-        printf(",\"%s\":%.1f,\"%s_overall\":%.1f", bench_kinds[k].key, results[k].median,
-               bench_kinds[k].key, results[k].overall);
-    if (small[0] >= 0) printf(",\"small_push_per_sec\":%.0f", small[0]);
-    if (small[1] >= 0) printf(",\"small_grpc_calls_per_sec\":%.0f", small[1]);
+        printf(",\"%s\":%s,\"%s_overall\":%s", bench_kinds[k].key,
+               psctl_json_double(b1, "%.1f", results[k].median), bench_kinds[k].key,
+               psctl_json_double(b2, "%.1f", results[k].overall));
+    if (small[0] >= 0)
+      printf(",\"small_push_per_sec\":%s", psctl_json_double(b1, "%.0f", small[0]));
+    if (small[1] >= 0)
+      printf(",\"small_grpc_calls_per_sec\":%s", psctl_json_double(b1, "%.0f", small[1]));
     /* named as the shards' Status names it (psctl status --json), "none"
      * too: a table of runs compares them by it */
     printf(",\"security\":\"%s\"", ps_tls_security_name(&cl->cfg.security));

@@ -428,12 +428,17 @@ static void psctl_json_str(const char *s) {
   putchar('"');
 }
 
+/* psctl_json_double: see psctl.h. */
+const char *psctl_json_double(char buf[64], const char *fmt, double v) {
+  if (!isfinite(v)) return "null";
+  if (snprintf(buf, 64, fmt, v) >= 64) snprintf(buf, 64, "%.17g", v); /* never cut short */
+  return buf;
+}
+
 /* psctl_json_num prints V, or null when it is negative (unknown). */
 static void psctl_json_num(double v) {
-  if (v < 0 || !isfinite(v))
-    printf("null");
-  else
-    printf("%.3f", v);
+  char b[64];
+  fputs(v < 0 ? "null" : psctl_json_double(b, "%.3f", v), stdout);
 }
 
 /* psctl_build returns the build S reported (StatusReply.build), NULL for
@@ -469,7 +474,8 @@ static void psctl_status_json_model(const Ps__ModelStatus *m) {
          (unsigned long long)m->params, (unsigned long long)m->version);
   if (m->optimizer && *m->optimizer) { /* a psd before the field sends none */
     psctl_json_str(m->optimizer);
-    printf(",\"lr\":%.7g", (double)m->lr); /* a float: 7 digits */
+    char b[64];
+    printf(",\"lr\":%s", psctl_json_double(b, "%.7g", (double)m->lr)); /* a float: 7 digits */
   } else {
     printf("null,\"lr\":null");
   }
@@ -606,10 +612,12 @@ static void psctl_status_json_workers(const Ps__ListWorkersReply *w) {
     psctl_json_str(x->host);
     printf(",\"pid\":%u,\"state\":", x->pid);
     psctl_json_str(x->state);
-    printf(",\"clock\":%llu,\"heartbeat_age_ms\":%llu,\"steps_per_s\":%.3f,"
-           "\"blocked_share\":%.4f,\"device\":",
+    char sps[64], bs[64];
+    printf(",\"clock\":%llu,\"heartbeat_age_ms\":%llu,\"steps_per_s\":%s,"
+           "\"blocked_share\":%s,\"device\":",
            (unsigned long long)x->clock, (unsigned long long)x->heartbeat_age_ms,
-           (double)x->steps_per_s, (double)x->blocked_share);
+           psctl_json_double(sps, "%.3f", (double)x->steps_per_s),
+           psctl_json_double(bs, "%.4f", (double)x->blocked_share));
     psctl_json_str(x->device);
     printf(",\"model\":");
     psctl_json_str(x->model);

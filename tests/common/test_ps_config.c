@@ -351,6 +351,11 @@ START_TEST(test_config_data_dir_per_host) {
        "c.yaml:5:52: warning: 'data_dir' '/d/' is shard 0's too (line 4), on the same host 'a': "
        "unless they run apart (containers), the second one to start is refused"},
       {"{id: 1, grpc: 'a:3', channel: 'a:4', data_dir: /e}", NULL},
+      /* beside, not inside; inside, but on another host */
+      {"{id: 1, grpc: 'a:3', channel: 'a:4', data_dir: /dd}", NULL},
+      {"{id: 1, grpc: 'a:3', channel: 'a:4', data_dir: /d2/d}", NULL},
+      {"{id: 1, grpc: 'b:3', channel: 'b:4', data_dir: /d/1}", NULL},
+      {"{id: 1, grpc: 'b:3', channel: 'b:4', data_dir: /}", NULL},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     char text[400];
@@ -458,6 +463,33 @@ static const struct bad_case {
   int err;
   const char *msg; /* after "PATH:" */
 } bad_cases[] = {
+    /* one shard's data_dir inside another's on one host (either order,
+     * however the paths are spelt): the stores would share files */
+    {"cluster: a\nsecurity: none\nshards:\n"
+     "  - {id: 0, grpc: 'h:1', channel: 'h:2', data_dir: /d}\n"
+     "  - {id: 1, grpc: 'h:3', channel: 'h:4', data_dir: /d/1}\n",
+     PS_ECONFIG,
+     "5:52: 'data_dir' '/d/1' of shard 1 is inside shard 0's '/d' (line 4), on the same host "
+     "'h': the two stores would share files; give each shard a directory of its own"},
+    {"cluster: a\nsecurity: none\nshards:\n"
+     "  - {id: 3, grpc: 'localhost:1', channel: 'h:2', data_dir: '/srv//psd/./0/'}\n"
+     "  - {id: 7, grpc: '127.0.0.1:3', channel: 'h:4', data_dir: /srv/psd}\n",
+     PS_ECONFIG,
+     "5:60: 'data_dir' '/srv/psd' of shard 7 is the parent of shard 3's '/srv//psd/./0/' "
+     "(line 4), on the same host '127.0.0.1' ('localhost' there): the two stores would share "
+     "files; give each shard a directory of its own"},
+    {"cluster: a\nsecurity: none\nshards:\n"
+     "  - {id: 0, grpc: 'h:1', channel: 'h:2', data_dir: /}\n"
+     "  - {id: 1, grpc: 'h:3', channel: 'h:4', data_dir: /var/psd}\n",
+     PS_ECONFIG,
+     "5:52: 'data_dir' '/var/psd' of shard 1 is inside shard 0's '/' (line 4), on the same "
+     "host 'h': the two stores would share files; give each shard a directory of its own"},
+    {"cluster: a\nsecurity: none\nshards:\n"
+     "  - {id: 0, grpc: 'h:1', channel: 'h:2', data_dir: data}\n"
+     "  - {id: 1, grpc: 'h:3', channel: 'h:4', data_dir: data/x}\n",
+     PS_ECONFIG,
+     "5:52: 'data_dir' 'data/x' of shard 1 is inside shard 0's 'data' (line 4), on the same "
+     "host 'h': the two stores would share files; give each shard a directory of its own"},
     {"cluster: a\nsparse:\n  memory_rows: -5\n" SHARD0, PS_ECONFIG,
      "3:16: 'memory_rows' is -5, outside 0..1099511627776"},
     {"cluster: a\ndurability:\n  group_commit_max_wait_us: -0\n" SHARD0, PS_ECONFIG,

@@ -449,7 +449,8 @@ END_TEST
 
 /* A model on some shards only: three shards whose budget
  * (limits.max_shard_bytes, 70000 bytes: shard 0's part of a 784-64-10
- * MLP under sgd takes 64828, the others' over 73000) leaves it on shard 0
+ * MLP under sgd and its spec take under 70000, the others' over 73000)
+ * leaves it on shard 0
  * only, the others refuse psctl submit (exit 1).  psw, with
  * the coordinator (shard 0) holding the model, must end with exit 2 and
  * name the shards that lack it before it registers (the second worker it

@@ -21,6 +21,7 @@
 #include <ctype.h>
 #include <dirent.h>
 #include <errno.h>
+#include <math.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -37,6 +38,7 @@
 #include "ps_rpc.h"
 #include "ps_test.h"
 #include "ps_version.h"
+#include "psctl.h"
 #include "psd_optim.h"
 #include "psw_graph.h"
 #include "psw_train.h"
@@ -1523,6 +1525,23 @@ START_TEST(test_cli_refusals) {
 }
 END_TEST
 
+/* psctl's JSON numbers: a non-finite double (a shard's or worker's
+ * figure gone wrong) is null, never nan or inf, which JSON lacks. */
+START_TEST(test_psctl_json_double) {
+  char b[64];
+  ck_assert_str_eq(psctl_json_double(b, "%.3f", 1.5), "1.500");
+  ck_assert_str_eq(psctl_json_double(b, "%.7g", 0.01f), "0.01");
+  ck_assert_str_eq(psctl_json_double(b, "%.0f", -2), "-2");
+  ck_assert_str_eq(psctl_json_double(b, "%.3f", NAN), "null");
+  ck_assert_str_eq(psctl_json_double(b, "%.3f", -NAN), "null");
+  ck_assert_str_eq(psctl_json_double(b, "%.4f", INFINITY), "null");
+  ck_assert_str_eq(psctl_json_double(b, "%.7g", -INFINITY), "null");
+  /* a fixed format too wide for the buffer: the shortest exact form */
+  ck_assert_str_eq(psctl_json_double(b, "%.0f", 1e300), "1.0000000000000001e+300");
+  ck_assert_str_eq(psctl_json_double(b, "%.3f", -1e70), "-1.0000000000000001e+70");
+}
+END_TEST
+
 Suite *psctl_suite(void) {
   Suite *s = suite_create("psctl");
   struct {
@@ -1550,7 +1569,8 @@ Suite *psctl_suite(void) {
                {"cli_refusals", test_cli_refusals},
                {"psw_json_readme", test_psw_json_readme},
                {"cli_help_flags_readme", test_cli_help_flags_readme},
-               {"submit_help_eps", test_psctl_submit_help_eps}};
+               {"submit_help_eps", test_psctl_submit_help_eps},
+               {"json_double", test_psctl_json_double}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     TCase *tc = tcase_create(cases[i].name);
     tcase_set_timeout(tc, 180);

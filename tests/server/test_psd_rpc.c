@@ -506,6 +506,113 @@ static void rpc_grads(float *g, uint64_t n, int step) {
   for (uint64_t i = 0; i < n; i++) g[i] = (float)((i * 7 + (uint64_t)step) % 13) / 13.0f - 0.5f;
 }
 
+/* Settings of one end-to-end optimizer check (0: the shard's default). */
+static const struct rpc_optim_case {
+  const char *kind;
+  float lr, wd, mu, beta1, beta2, eps, decay;
+  uint32_t decay_steps;
+  int inverse; /* staleness_weight inverse, every other push computed 2 versions back */
+} rpc_optim_cases[] = {
+    {"sgd", 0.1f, 0, 0, 0, 0, 0, 0, 0, 0},
+    {"sgd", 0.1f, 0.01f, 0, 0, 0, 0, 0.5f, 3, 1},
+    {"momentum", 0.05f, 0, 0.8f, 0, 0, 0, 0, 0, 0},
+    {"momentum", 0.05f, 0.01f, 0, 0, 0, 0, 0, 0, 1},
+    {"nesterov", 0.05f, 0.02f, 0.7f, 0, 0, 0, 0.9f, 2, 0},
+    {"adagrad", 0.1f, 0, 0, 0, 0, 0, 0, 0, 0},
+    {"adagrad", 0.1f, 0.01f, 0, 0, 0, 1e-3f, 0.8f, 4, 1},
+    {"adam", 0.01f, 0, 0, 0, 0, 0, 0, 0, 0},
+    {"adam", 0.01f, 0.01f, 0, 0.5f, 0.99f, 1e-3f, 0.7f, 2, 1},
+};
+
+/* Every optimizer through a real shard (submit, pushes over gRPC, pulls)
+ * against a double-precision reference written from README's table, which
+ * for sgd, momentum, nesterov and adagrad is also PyTorch's definition
+ * (torch.optim's first momentum buffer is the gradient: mu * 0 + g); Adam
+ * in README's form, epsilon added before the bias correction. */
+START_TEST(test_rpc_optim_reference) {
+  const struct rpc_optim_case *k = &rpc_optim_cases[_i];
+  char name[32];
+  snprintf(name, sizeof name, "opt%d", _i);
+  rpc_model m;
+  rpc_model_init(&m, name, k->lr);
+  m.opt.kind = (char *)k->kind;
+  m.opt.weight_decay = k->wd, m.opt.momentum = k->mu, m.opt.beta1 = k->beta1;
+  m.opt.beta2 = k->beta2, m.opt.eps = k->eps, m.opt.lr_decay = k->decay;
+  m.opt.lr_decay_steps = k->decay_steps;
+  if (k->inverse) m.spec.staleness_weight = "inverse";
+  ps_layout l;
+  rpc_layout(&l, &m);
+  ps_errbuf eb;
+  uint32_t *ids;
+  uint64_t n;
+  long nids = ps_layout_shard_chunks(&l, 0, &ids, &n);
+  ck_assert_int_gt(nids, 1);
+  ps_rpc *r = rpc_open(0);
+  Ps__SubmitModelReply *rep = NULL;
+  ck_assert_msg(rpc_submit(r, &m.spec, 0, &rep, &eb) == 0, "submit: %s", eb.msg);
+  protobuf_c_message_free_unpacked(&rep->base, NULL);
+  size_t nv;
+  uint64_t ver;
+  int err;
+  float *v = rpc_pull(r, name, ids, (size_t)nids, &nv, &ver, &err, &eb);
+  ck_assert_msg(err == 0 && nv == n, "pull: %s", eb.msg);
+  double *w = malloc(n * 3 * sizeof(double)), *s1 = w + n, *s2 = s1 + n;
+  float *g = malloc(n * sizeof(float));
+  for (uint64_t i = 0; i < n; i++) w[i] = v[i], s1[i] = s2[i] = 0;
+  free(v);
+  int adam = !strcmp(k->kind, "adam"), ada = !strcmp(k->kind, "adagrad");
+  int mom = !strcmp(k->kind, "momentum"), nes = !strcmp(k->kind, "nesterov");
+  double mu = k->mu ? k->mu : 0.9, b1 = k->beta1 ? k->beta1 : 0.9;
+  double b2 = k->beta2 ? k->beta2 : 0.999, eps = k->eps ? k->eps : ada ? 1e-10 : 1e-8;
+  for (int t = 1; t <= 8; t++) {
+    /* every other push computed on the version before last: tau 1 */
+    uint64_t seen = k->inverse && t % 2 == 0 ? (uint64_t)t - 2 : (uint64_t)t - 1;
+    double scale = 1.0 / (1.0 + (double)(t - 1 - seen) * k->inverse);
+    Ps__PushRequest req = PS__PUSH_REQUEST__INIT;
+    req.model = name;
+    req.chunk_ids = ids;
+    req.n_chunk_ids = (size_t)nids;
+    req.version = seen;
+    for (uint64_t i = 0; i < n; i++) g[i] = (float)(0.5 * sin(0.37 * (double)i + t) + 0.1 * t);
+    req.grads.data = (uint8_t *)g;
+    req.grads.len = n * 4;
+    Ps__PushReply *prep = NULL;
+    ck_assert_msg(ps_rpc_call(r, "/ps.Ps/Push", &req.base, &ps__push_reply__descriptor,
+                              (ProtobufCMessage **)&prep, 5000, &eb) == 0, "push %d: %s", t, eb.msg);
+    protobuf_c_message_free_unpacked(&prep->base, NULL);
+    double lr = k->lr * (k->decay ? pow(k->decay, (double)(t - 1) / k->decay_steps) : 1);
+    for (uint64_t i = 0; i < n; i++) {
+      double gi = (double)g[i] * scale + k->wd * w[i];
+      if (mom || nes) {
+        s1[i] = mu * s1[i] + gi;
+        w[i] -= lr * (nes ? gi + mu * s1[i] : s1[i]);
+      } else if (ada) {
+        s1[i] += gi * gi;
+        w[i] -= lr * gi / (sqrt(s1[i]) + eps);
+      } else if (adam) {
+        s1[i] = b1 * s1[i] + (1 - b1) * gi;
+        s2[i] = b2 * s2[i] + (1 - b2) * gi * gi;
+        w[i] -= lr * sqrt(1 - pow(b2, t)) / (1 - pow(b1, t)) * s1[i] / (sqrt(s2[i]) + eps);
+      } else {
+        w[i] -= lr * gi;
+      }
+    }
+    v = rpc_pull(r, name, ids, (size_t)nids, &nv, &ver, &err, &eb);
+    ck_assert_msg(err == 0 && nv == n && ver == (uint64_t)t, "pull %d: %s", t, eb.msg);
+    for (uint64_t i = 0; i < n; i++)
+      ck_assert_msg(fabs(v[i] - w[i]) <= 1e-5 * (1 + fabs(w[i])),
+                    "%s case %d step %d element %llu: %.9g, reference %.9g", k->kind, _i, t,
+                    (unsigned long long)i, (double)v[i], w[i]);
+    free(v);
+  }
+  free(g);
+  free(w);
+  free(ids);
+  ps_rpc_close(r);
+  ps_layout_release(&l);
+}
+END_TEST
+
 /* The same pushes over gRPC and over the tensor channel give identical
  * bytes and versions: the model is run once over each transport from the
  * same initial state, and pulls over both transports agree. */
@@ -1113,6 +1220,8 @@ Suite *psd_rpc_suite(void) {
   tcase_add_test(tc, test_rpc_conditional_leave);
   tcase_add_loop_test(tc, test_rpc_codec_same_over_channel, PS_CODEC_FP16, PS_CODEC_N);
   tcase_add_test(tc, test_rpc_codec_bad_input);
+  tcase_add_loop_test(tc, test_rpc_optim_reference, 0,
+                      (int)(sizeof rpc_optim_cases / sizeof rpc_optim_cases[0]));
   suite_add_tcase(s, tc);
   TCase *rc = tcase_create("reconnect");
   tcase_set_timeout(rc, 90);

@@ -36,8 +36,9 @@ static const char psctl_submit_usage[] =
     "elements per chunk, 1..67108864; 0 (the default): each shard's chunk_elems, fixed in the\n"
     "model when it is registered.\n"
     "--momentum applies to momentum and nesterov, --beta1/--beta2 to adam, --eps to\n"
-    "adam and adagrad; a flag the optimizer does not use is refused, as are --lr-decay-steps\n"
-    "without --lr-decay and --lr-decay without --lr-decay-steps.  --replace replaces a model\n"
+    "adam and adagrad; a flag the optimizer does not use is refused, as is 0 for any of them\n"
+    "(the shards take 0 as unset: the default), --lr-decay-steps without --lr-decay and\n"
+    "--lr-decay without --lr-decay-steps.  --replace replaces a model\n"
     "of that name with different settings.\n"
     "Consistency, staleness and staleness weight default to the cluster file's training section;\n"
     "--staleness (the ssp bound) contradicts bsp and asp.\n"
@@ -107,13 +108,16 @@ static int psctl_submit_float(psctl_submit_opts *o, int key, const char *arg) {
 
 /* The optimizer flags only some optimizers use: the option's letter, its
  * name and the kinds that use it (blank-separated, blanks around). */
+/* None of them can be 0: proto3 sends a 0 as unset, and the shards take
+ * an unset setting as its default (psd_optim.h), so 0 is refused rather
+ * than silently run as the default (ZERO says what the shards would use). */
 static const struct {
   int key;
-  const char *flag, *kinds;
-} psctl_opt_uses[] = {{'m', "momentum", " momentum nesterov "},
-                      {'1', "beta1", " adam "},
-                      {'2', "beta2", " adam "},
-                      {'e', "eps", " adam adagrad "}};
+  const char *flag, *kinds, *zero;
+} psctl_opt_uses[] = {{'m', "momentum", " momentum nesterov ", "0.9 (for no momentum use --optimizer sgd)"},
+                      {'1', "beta1", " adam ", "0.9"},
+                      {'2', "beta2", " adam ", "0.999"},
+                      {'e', "eps", " adam adagrad ", "1e-8 (adagrad: 1e-10)"}};
 
 /* psctl_submit_fits refuses an optimizer flag the chosen optimizer does
  * not use (it would be ignored without a word, psctl_opt_uses),
@@ -131,6 +135,17 @@ static int psctl_submit_fits(const psctl_submit_opts *o) {
     fprintf(stderr, "psctl submit: --%s does not apply to --optimizer %s (used by%.*s)\n",
             psctl_opt_uses[i].flag, o->opt.kind, (int)strlen(psctl_opt_uses[i].kinds) - 1,
             psctl_opt_uses[i].kinds);
+    return 1;
+  }
+  for (size_t i = 0; i < sizeof psctl_opt_uses / sizeof psctl_opt_uses[0]; i++) {
+    float v = 0;
+    for (size_t j = 0; j < sizeof psctl_fopts / sizeof psctl_fopts[0]; j++)
+      if (psctl_fopts[j].key == psctl_opt_uses[i].key)
+        v = *(const float *)((const char *)&o->opt + psctl_fopts[j].off);
+    if (!(o->given >> i & 1) || v != 0.0f) continue;
+    fprintf(stderr, "psctl submit: --%s 0 (or a value that rounds to 0 as a float) is not "
+            "possible: the shards read a 0 as unset and would use the default %s\n",
+            psctl_opt_uses[i].flag, psctl_opt_uses[i].zero);
     return 1;
   }
   if (o->decay_steps_given && o->opt.lr_decay_steps && !o->decay_given) {

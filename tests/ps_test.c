@@ -702,6 +702,24 @@ int ps_test_worker_states(int port, uint32_t worker, const char *state) {
   return n;
 }
 
+/* ps_test_worker_of: see ps_test.h. */
+int ps_test_worker_of(int port, pid_t pid, Ps__WorkerInfo *out) {
+  Ps__ListWorkersRequest req = PS__LIST_WORKERS_REQUEST__INIT;
+  Ps__ListWorkersReply *rep = (Ps__ListWorkersReply *)ps_test_call_port(
+      port, "/ps.Ps/ListWorkers", &req.base, &ps__list_workers_reply__descriptor);
+  int rc = -1;
+  for (size_t i = 0; i < rep->n_workers && rc < 0; i++) {
+    if (rep->workers[i]->pid != (uint32_t)pid) continue;
+    *out = *rep->workers[i];
+    out->host = out->device = out->state = out->model = NULL;
+    out->partitions = NULL;
+    out->n_partitions = 0;
+    rc = 0;
+  }
+  protobuf_c_message_free_unpacked(&rep->base, NULL);
+  return rc;
+}
+
 /* ps_test_ctr_model: see ps_test.h. */
 void ps_test_ctr_model(ps_test_ctr *m, const psw_ctr_shape *sh, const char *kind, float lr,
                        uint64_t seed) {

@@ -203,6 +203,12 @@ Ps__StatusReply *ps_test_status(int port);
  * shard does not answer within 5 s. */
 int ps_test_worker_states(int port, uint32_t worker, const char *state);
 
+/* ps_test_worker_of fills *OUT with what ListWorkers on the shard whose
+ * gRPC port is PORT says of the worker process PID (its host, device,
+ * model and partitions left NULL); 0, or -1 when it lists none.  Fails the
+ * test when the shard does not answer within 5 s. */
+int ps_test_worker_of(int port, pid_t pid, Ps__WorkerInfo *out);
+
 /* ps_test_wait_port waits up to TIMEOUT_MS for a TCP listener on
  * 127.0.0.1:PORT; returns 0 or -1. */
 int ps_test_wait_port(int port, int timeout_ms);

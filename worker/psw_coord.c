@@ -6,6 +6,7 @@
 
 #include <errno.h>
 #include <limits.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
@@ -39,8 +40,8 @@ struct psw_coord {
   pthread_cond_t cv;
   int started, quit, registered;
   uint32_t worker, heartbeat_ms;
-  uint64_t clock;                /* figures for the heartbeat (under mu) */
-  float steps_per_s, blocked_share;
+  uint64_t clock, own;           /* figures for the heartbeat (under mu) */
+  double t0_s, blocked_s, blocked_since_s; /* psw_coord_update, psw_coord_blocked */
   int lost;                      /* invariant 2 (under mu) */
   int rejoin_next;               /* the next beats carry rejoin (invariant 5; under mu) */
   pthread_mutex_t rejoin_mu;     /* one rejoin at a time (heartbeat or data thread) */
@@ -304,7 +305,8 @@ int psw_coord_wait_world(psw_coord *c, uint32_t world, uint32_t epochs, uint32_t
 }
 
 /* coord_beat_init fills REQ with what every heartbeat of WORKER says:
- * who it is and the figures last given to psw_coord_update. */
+ * who it is, its clock, and its steps/s and blocked share as of now
+ * (psw_coord_update's figures and a wait under way, psw_coord_blocked). */
 static void coord_beat_init(psw_coord *c, Ps__HeartbeatRequest *req, uint32_t worker) {
   ps__heartbeat_request__init(req);
   req->worker = worker;
@@ -314,8 +316,10 @@ static void coord_beat_init(psw_coord *c, Ps__HeartbeatRequest *req, uint32_t wo
   req->pid = (uint32_t)getpid();
   pthread_mutex_lock(&c->mu);
   req->clock = c->clock;
-  req->steps_per_s = c->steps_per_s;
-  req->blocked_share = c->blocked_share;
+  double now = ps_now_s(), wall = c->t0_s > 0 ? now - c->t0_s : 0;
+  double blocked = c->blocked_s + (c->blocked_since_s > 0 ? now - c->blocked_since_s : 0);
+  req->steps_per_s = wall > 0 ? (float)((double)c->own / wall) : 0;
+  req->blocked_share = wall > 0 ? (float)fmin(1, blocked / wall) : 0;
   pthread_mutex_unlock(&c->mu);
 }
 
@@ -541,12 +545,21 @@ int psw_coord_start(psw_coord *c, uint32_t worker, int registered, ps_errbuf *eb
 }
 
 /* psw_coord_update: see psw_coord.h. */
-void psw_coord_update(psw_coord *c, uint64_t clock, float steps_per_s, float blocked_share) {
+void psw_coord_update(psw_coord *c, uint64_t clock, uint64_t own, double t0_s, double blocked_s) {
   if (!c) return;
   pthread_mutex_lock(&c->mu);
   c->clock = clock;
-  c->steps_per_s = steps_per_s;
-  c->blocked_share = blocked_share;
+  c->own = own;
+  c->t0_s = t0_s;
+  c->blocked_s = blocked_s;
+  pthread_mutex_unlock(&c->mu);
+}
+
+/* psw_coord_blocked: see psw_coord.h. */
+void psw_coord_blocked(psw_coord *c, double since_s) {
+  if (!c) return;
+  pthread_mutex_lock(&c->mu);
+  c->blocked_since_s = since_s;
   pthread_mutex_unlock(&c->mu);
 }
 

@@ -15,7 +15,8 @@
  *     its lease, not seconds later.
  *  2. Once started, the thread heartbeats every shard every heartbeat_ms
  *     (from the registration reply, else workers.heartbeat_ms) with the
- *     figures last given to psw_coord_update.  A shard that answers
+ *     figures of psw_coord_update and psw_coord_blocked (rates worked
+ *     out at the beat).  A shard that answers
  *     "expired" (it declared the worker DEAD) makes a registered worker
  *     register again, and so does a coordinator that answers
  *     "unregistered" (it restarted without the worker's registration:
@@ -78,7 +79,7 @@
  *     (invariant 6), so none goes out in another worker's name.  A
  *     worker that lost its rank sends no more heartbeats.
  *
- * Thread-safety: psw_coord_update, psw_coord_lost, psw_coord_rejoin,
+ * Thread-safety: psw_coord_update, psw_coord_blocked, psw_coord_lost, psw_coord_rejoin,
  * psw_coord_rejoins and psw_coord_partitions may be called from any
  * thread while the heartbeat thread runs; the rest from one thread. */
 #ifndef PSW_COORD_H
@@ -153,8 +154,18 @@ int psw_coord_rejoin(psw_coord *c, ps_errbuf *eb);
  * living's (it was stopped or cut off past its lease). */
 uint64_t psw_coord_rejoins(psw_coord *c);
 
-/* psw_coord_update sets the figures the next heartbeats carry. */
-void psw_coord_update(psw_coord *c, uint64_t clock, float steps_per_s, float blocked_share);
+/* psw_coord_update sets the figures the next heartbeats carry: CLOCK, the
+ * worker's own steps OWN since it began training at T0_S (ps_now_s()),
+ * and BLOCKED_S, the seconds it has waited on pushes and pulls since.
+ * Each heartbeat works out steps/s and the blocked share at its own time
+ * (a wait under way, psw_coord_blocked, included), so a worker parked
+ * behind a straggler shows its rate falling and its share rising while it
+ * waits, not the figures of its last step. */
+void psw_coord_update(psw_coord *c, uint64_t clock, uint64_t own, double t0_s, double blocked_s);
+
+/* psw_coord_blocked says the worker waits on a push or pull since SINCE_S
+ * (ps_now_s()), or (0) no longer does. */
+void psw_coord_blocked(psw_coord *c, double since_s);
 
 /* psw_coord_lost returns PS_EEXIST when a re-registration gave the worker
  * another rank or none (its rank is held by another worker; message in

@@ -106,6 +106,20 @@ typedef struct psw_epoch_acc {
 /* run_now_ms returns CLOCK_MONOTONIC milliseconds (fractional). */
 static double run_now_ms(void) { return ps_now_s() * 1e3; }
 
+/* run_block_begin starts a wait on pushes or pulls (told to the
+ * heartbeats, which count a wait under way); returns its start for
+ * run_block_end, which adds it to the blocked time. */
+static double run_block_begin(psw_run *x) {
+  double t = run_now_ms();
+  psw_coord_blocked(x->coord, t / 1e3);
+  return t;
+}
+
+static void run_block_end(psw_run *x, double t) {
+  x->blocked_ms += run_now_ms() - t;
+  psw_coord_blocked(x->coord, 0);
+}
+
 /* run_stopping says whether the caller asked the run to stop. */
 static int run_stopping(const psw_run *x) { return x->o->stop && *x->o->stop; }
 
@@ -349,9 +363,9 @@ static int run_sparse_pull(psw_run *x, uint32_t n, uint64_t clock, psw_sparse_ba
   if (err < 0) return err;
   uint32_t nk;
   const uint64_t *keys = psw_embed_keys(x->pe, &nk);
-  double t = run_now_ms();
+  double t = run_block_begin(x);
   err = psw_sparse_pull(x->sp, keys, nk, x->rows, clock, eb);
-  x->blocked_ms += run_now_ms() - t;
+  run_block_end(x, t);
   if (err == PS_ETOOBIG) { /* psw makes the requests: say what its user can change */
     ps_errbuf m = *eb;
     return ps_errf(eb, err, "%s; psw asks each shard for a batch's distinct keys (%u keys of %u "
@@ -543,9 +557,9 @@ static int run_compute(psw_run *x, const run_view *v, uint64_t first, uint32_t r
 /* run_wait_job waits for the communication thread's push/pull, counting
  * the wait as blocked. */
 static int run_wait_job(psw_run *x, ps_errbuf *eb) {
-  double t = run_now_ms();
+  double t = run_block_begin(x);
   int err = psw_client_wait(x->cl, eb);
-  x->blocked_ms += run_now_ms() - t;
+  run_block_end(x, t);
   return err;
 }
 
@@ -575,9 +589,9 @@ static void run_prefetch(void *arg) {
 static int run_push_pull(psw_run *x, int gbuf, uint64_t push_clock, int pbuf,
                          uint64_t pull_clock, run_next *nx, ps_errbuf *eb) {
   if (nx && nx->n) psw_client_idle_once(x->cl, run_prefetch, nx);
-  double t = run_now_ms();
+  double t = run_block_begin(x);
   int err = psw_client_push_pull(x->cl, gbuf, push_clock, pbuf, pull_clock, eb);
-  x->blocked_ms += run_now_ms() - t;
+  run_block_end(x, t);
   return err;
 }
 
@@ -611,10 +625,8 @@ static void run_straggle(psw_run *x, double compute_ms) {
  * a running job starts at the slowest live clock, a jump it did not
  * train. */
 static int run_after_step(psw_run *x, ps_errbuf *eb) {
-  double wall_s = (run_now_ms() - x->t_train_ms) / 1e3;
-  double own = (double)(x->clock - x->clock0);
-  psw_coord_update(x->coord, x->clock, wall_s > 0 ? (float)(own / wall_s) : 0,
-                   (float)run_blocked_share(x));
+  psw_coord_update(x->coord, x->clock, x->clock - x->clock0, x->t_train_ms / 1e3,
+                   x->blocked_ms / 1e3);
   return psw_coord_lost(x->coord, eb);
 }
 
@@ -1126,10 +1138,9 @@ static void run_say_skipped(psw_run *x, uint32_t from, uint32_t to) {
 static int run_train(psw_run *x, ps_errbuf *eb) {
   int err = run_wait_world(x, eb);
   if (err < 0) return err;
-  x->t_train_ms = run_now_ms();
-  double t = x->t_train_ms;
+  double t = x->t_train_ms = run_block_begin(x);
   err = psw_client_pull_all(x->cl, 0, x->clock, eb);
-  x->blocked_ms += run_now_ms() - t;
+  run_block_end(x, t);
   if (err < 0) return err;
   psw_epoch_acc acc = {0};
   uint32_t epoch = 0;

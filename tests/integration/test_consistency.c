@@ -49,22 +49,29 @@ typedef struct tc_ctx {
 /* tc_start writes the cluster file (heartbeats every 200 ms, leases of 3 s),
  * starts both shards and submits model "m" (LAYERS: "logreg" or an MLP
  * layer list) with CONSISTENCY and STALENESS. */
-static void tc_start(tc_ctx *x, const char *layers, const char *consistency,
-                     const char *staleness) {
+static void tc_start_epochs(tc_ctx *x, const char *layers, const char *consistency,
+                            const char *staleness, int epochs) {
   snprintf(x->dir, sizeof x->dir, "%s", ps_test_tmpdir());
-  static const char extra[] =
+  char extra[1200];
+  snprintf(extra, sizeof extra,
       "workers:\n  count: 2\n  device: cpu\n  retry_ms: 10000\n"
-      "  heartbeat_ms: 200\n  lease_ms: 3000\n"
-      "training:\n  model: m\n  epochs: 3\n  batch_size: 64\n  seed: 1\n"
+      "  heartbeat_ms: 200\n  lease_ms: %d\n"
+      "training:\n  model: m\n  epochs: %d\n  batch_size: 64\n  seed: 1\n"
       "data:\n  format: idx\n"
       "  train_images: " TC_DATA "/train-images-idx3-ubyte.gz\n"
       "  train_labels: " TC_DATA "/train-labels-idx1-ubyte.gz\n"
       "  test_images: " TC_DATA "/t10k-images-idx3-ubyte.gz\n"
       "  test_labels: " TC_DATA "/t10k-labels-idx1-ubyte.gz\n"
-      "  scale: 1/255\n  partitions: 8\n  limit: 4000\n";
+      "  scale: 1/255\n  partitions: 8\n  limit: 4000\n", epochs > 3 ? 60000 : 3000, epochs);
   snprintf(x->yaml, sizeof x->yaml, "%s", ps_test_cluster_yaml(x->dir, 2, extra, x->gp, x->cp));
   ps_test_start_shards(x->yaml, x->dir, 2, x->gp, x->cp, x->shard);
   ps_test_submit_mlp(x->dir, x->yaml, layers, "0.001", consistency, staleness);
+}
+
+/* tc_start: tc_start_epochs for 3 epochs, leases of 3 s. */
+static void tc_start(tc_ctx *x, const char *layers, const char *consistency,
+                     const char *staleness) {
+  tc_start_epochs(x, layers, consistency, staleness, 3);
 }
 
 /* tc_spawn starts registering worker I (log in x->log[I]) with the
@@ -250,6 +257,44 @@ START_TEST(test_consistency_asp_straggler) {
 }
 END_TEST
 
+/* A bsp worker parked behind a stopped one (SIGSTOP, within its lease)
+ * tells the coordinator, heartbeat by heartbeat, its steps/s falling and
+ * its blocked share rising: they were the figures of its last step, so
+ * psctl status showed it training at full speed, a third blocked, for as
+ * long as it waited. */
+START_TEST(test_consistency_parked_figures) {
+  TC_NEED_DATA();
+  tc_ctx x = {0};
+  tc_start_epochs(&x, "logreg", "bsp", NULL, 1000);
+  pid_t w[2];
+  for (int i = 0; i < 2; i++) w[i] = tc_spawn(&x, i, NULL, NULL);
+  Ps__WorkerInfo a, b;
+  int64_t end = ps_test_now_ms() + TC_WAIT_MS;
+  for (;;) { /* both training, a few steps in */
+    int ok = ps_test_worker_of(x.gp[0], w[0], &a) == 0 && ps_test_worker_of(x.gp[0], w[1], &b) == 0 &&
+             a.clock >= 20 && b.clock >= 20;
+    if (ok) break;
+    ck_assert_msg(ps_test_now_ms() < end, "the workers did not train; see %s", x.log[0]);
+    usleep(50000);
+  }
+  ck_assert_int_eq(ps_test_sigstop(w[1], 5000), 0);
+  usleep(1500000); /* w[0] parks within a step; heartbeats every 200 ms */
+  ck_assert_int_eq(ps_test_worker_of(x.gp[0], w[0], &a), 0);
+  usleep(3000000);
+  ck_assert_int_eq(ps_test_worker_of(x.gp[0], w[0], &b), 0);
+  kill(w[1], SIGCONT);
+  ck_assert_msg(a.clock == b.clock, "clock %llu then %llu behind a stopped worker under bsp",
+                (unsigned long long)a.clock, (unsigned long long)b.clock);
+  ck_assert_msg(b.heartbeat_age_ms < 1000, "no heartbeat for %llu ms",
+                (unsigned long long)b.heartbeat_age_ms);
+  ck_assert_msg(b.steps_per_s < 0.95f * a.steps_per_s && b.blocked_share > a.blocked_share,
+                "parked 3 s more, steps/s %g -> %g, blocked %g -> %g", a.steps_per_s,
+                b.steps_per_s, a.blocked_share, b.blocked_share);
+  for (int i = 0; i < 2; i++) ck_assert_int_ne(ps_test_stop(w[i], SIGTERM, 10000), -1);
+  tc_finish(&x);
+}
+END_TEST
+
 /* Failover: of two bsp workers, one is stopped after the first epoch —
  * killed (SIGKILL: the survivor waits for its lease, 3 s, to expire) or
  * sent SIGTERM (it leaves at once, not done) —; the survivor trains on
@@ -416,6 +461,7 @@ Suite *psw_consistency_suite(void) {
   tcase_add_test(tc, test_consistency_bsp_and_registration);
   tcase_add_test(tc, test_consistency_ssp_bound);
   tcase_add_test(tc, test_consistency_asp_straggler);
+  tcase_add_test(tc, test_consistency_parked_figures);
   tcase_add_loop_test(tc, test_consistency_failover_partitions, 0, 2);
   suite_add_tcase(s, tc);
   tc = tcase_create("model_settings");

@@ -703,6 +703,14 @@ START_TEST(test_cli_bad_flags) {
        "--momentum does not apply to --optimizer adam (used by momentum nesterov)"},
       {"psctl", "submit m.pb --name m --optimizer momentum --eps 1e-6 --config '%s'",
        "--eps does not apply to --optimizer momentum (used by adam adagrad)"},
+      /* a 0 reaches the shards as unset: they ran momentum 0.9, beta1 0.9, eps 1e-8 */
+      {"psctl", "submit m.pb --name m --optimizer nesterov --momentum 0 --config '%s'",
+       "--momentum 0 (or a value that rounds to 0 as a float) is not possible: the shards read "
+       "a 0 as unset and would use the default 0.9"},
+      {"psctl", "submit m.pb --name m --optimizer adam --beta1 0 --config '%s'",
+       "--beta1 0 (or a value that rounds to 0 as a float) is not possible"},
+      {"psctl", "submit m.pb --name m --optimizer adagrad --eps 1e-60 --config '%s'",
+       "--eps 0 (or a value that rounds to 0 as a float) is not possible"},
       {"psctl", "submit m.pb --name m --lr-decay 1.5 --lr-decay-steps 10 --config '%s'",
        "--lr-decay wants GAMMA with 0 < GAMMA < 1, got 1.5"},
       {"psctl", "submit m.pb --name m --lr-decay-steps 5 --config '%s'",

@@ -506,6 +506,149 @@ static void rpc_grads(float *g, uint64_t n, int step) {
   for (uint64_t i = 0; i < n; i++) g[i] = (float)((i * 7 + (uint64_t)step) % 13) / 13.0f - 0.5f;
 }
 
+/* Settings of one end-to-end optimizer check (0: the shard's default). */
+static const struct rpc_optim_case {
+  const char *kind;
+  float lr, wd, mu, beta1, beta2, eps, decay;
+  uint32_t decay_steps;
+  int inverse; /* staleness_weight inverse, every other push computed 2 versions back */
+} rpc_optim_cases[] = {
+    {"sgd", 0.1f, 0, 0, 0, 0, 0, 0, 0, 0},
+    {"sgd", 0.1f, 0.01f, 0, 0, 0, 0, 0.5f, 3, 1},
+    {"momentum", 0.05f, 0, 0.8f, 0, 0, 0, 0, 0, 0},
+    {"momentum", 0.05f, 0.01f, 0, 0, 0, 0, 0, 0, 1},
+    {"nesterov", 0.05f, 0.02f, 0.7f, 0, 0, 0, 0.9f, 2, 0},
+    {"adagrad", 0.1f, 0, 0, 0, 0, 0, 0, 0, 0},
+    {"adagrad", 0.1f, 0.01f, 0, 0, 0, 1e-3f, 0.8f, 4, 1},
+    {"adam", 0.01f, 0, 0, 0, 0, 0, 0, 0, 0},
+    {"adam", 0.01f, 0.01f, 0, 0.5f, 0.99f, 1e-3f, 0.7f, 2, 1},
+};
+
+/* One optimizer check in progress: the model, the chunks of shard 0 and
+ * the reference state (weights, two slots) in double. */
+typedef struct rpc_optim_run {
+  const struct rpc_optim_case *k;
+  char name[32];
+  rpc_model m;
+  uint32_t *ids;
+  long nids;
+  uint64_t n;
+  double *w, *s1, *s2;
+  float *g;
+} rpc_optim_run;
+
+/* rpc_optim_start submits case I (named NAME) through R, its layout over
+ * NSHARDS shards, and takes shard 0's initial values as the reference's. */
+static void rpc_optim_start(rpc_optim_run *o, ps_rpc *r, int i, const char *name, uint32_t nshards) {
+  const struct rpc_optim_case *k = o->k = &rpc_optim_cases[i];
+  snprintf(o->name, sizeof o->name, "%s", name);
+  rpc_model_init(&o->m, o->name, k->lr);
+  o->m.opt.kind = (char *)k->kind;
+  o->m.opt.weight_decay = k->wd, o->m.opt.momentum = k->mu, o->m.opt.beta1 = k->beta1;
+  o->m.opt.beta2 = k->beta2, o->m.opt.eps = k->eps, o->m.opt.lr_decay = k->decay;
+  o->m.opt.lr_decay_steps = k->decay_steps;
+  if (k->inverse) o->m.spec.staleness_weight = "inverse";
+  ps_layout l;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_layout_build(&l, &o->m.spec, 1024, rpc_ids, nshards, &eb), 0);
+  o->nids = ps_layout_shard_chunks(&l, 0, &o->ids, &o->n);
+  ck_assert_int_gt(o->nids, 1);
+  ps_layout_release(&l);
+  Ps__SubmitModelReply *rep = NULL;
+  ck_assert_msg(rpc_submit(r, &o->m.spec, 0, &rep, &eb) == 0, "submit: %s", eb.msg);
+  protobuf_c_message_free_unpacked(&rep->base, NULL);
+  size_t nv;
+  uint64_t ver;
+  int err;
+  float *v = rpc_pull(r, o->name, o->ids, (size_t)o->nids, &nv, &ver, &err, &eb);
+  ck_assert_msg(err == 0 && nv == o->n, "pull: %s", eb.msg);
+  o->w = malloc(o->n * 3 * sizeof(double));
+  o->s1 = o->w + o->n, o->s2 = o->s1 + o->n;
+  o->g = malloc(o->n * sizeof(float));
+  for (uint64_t j = 0; j < o->n; j++) o->w[j] = v[j], o->s1[j] = o->s2[j] = 0;
+  free(v);
+}
+
+/* rpc_optim_steps pushes steps FROM..TO through R, each followed by a
+ * pull that must match the reference (README's table; for sgd, momentum,
+ * nesterov and adagrad PyTorch's definition too: torch.optim's first
+ * momentum buffer is the gradient, mu * 0 + g; Adam in README's form,
+ * epsilon added before the bias correction). */
+static void rpc_optim_steps(rpc_optim_run *o, ps_rpc *r, int from, int to) {
+  const struct rpc_optim_case *k = o->k;
+  uint64_t n = o->n;
+  double *w = o->w, *s1 = o->s1, *s2 = o->s2;
+  float *g = o->g;
+  int adam = !strcmp(k->kind, "adam"), ada = !strcmp(k->kind, "adagrad");
+  int mom = !strcmp(k->kind, "momentum"), nes = !strcmp(k->kind, "nesterov");
+  double mu = k->mu ? k->mu : 0.9, b1 = k->beta1 ? k->beta1 : 0.9;
+  double b2 = k->beta2 ? k->beta2 : 0.999, eps = k->eps ? k->eps : ada ? 1e-10 : 1e-8;
+  ps_errbuf eb;
+  for (int t = from; t <= to; t++) {
+    /* every other push computed on the version before last: tau 1 */
+    uint64_t seen = k->inverse && t % 2 == 0 ? (uint64_t)t - 2 : (uint64_t)t - 1;
+    double scale = 1.0 / (1.0 + (double)(t - 1 - seen) * k->inverse);
+    Ps__PushRequest req = PS__PUSH_REQUEST__INIT;
+    req.model = o->name;
+    req.chunk_ids = o->ids;
+    req.n_chunk_ids = (size_t)o->nids;
+    req.version = seen;
+    for (uint64_t i = 0; i < n; i++) g[i] = (float)(0.5 * sin(0.37 * (double)i + t) + 0.1 * t);
+    req.grads.data = (uint8_t *)g;
+    req.grads.len = n * 4;
+    Ps__PushReply *prep = NULL;
+    ck_assert_msg(ps_rpc_call(r, "/ps.Ps/Push", &req.base, &ps__push_reply__descriptor,
+                              (ProtobufCMessage **)&prep, 5000, &eb) == 0, "push %d: %s", t, eb.msg);
+    protobuf_c_message_free_unpacked(&prep->base, NULL);
+    double lr = k->lr * (k->decay ? pow(k->decay, (double)(t - 1) / k->decay_steps) : 1);
+    for (uint64_t i = 0; i < n; i++) {
+      double gi = (double)g[i] * scale + k->wd * w[i];
+      if (mom || nes) {
+        s1[i] = mu * s1[i] + gi;
+        w[i] -= lr * (nes ? gi + mu * s1[i] : s1[i]);
+      } else if (ada) {
+        s1[i] += gi * gi;
+        w[i] -= lr * gi / (sqrt(s1[i]) + eps);
+      } else if (adam) {
+        s1[i] = b1 * s1[i] + (1 - b1) * gi;
+        s2[i] = b2 * s2[i] + (1 - b2) * gi * gi;
+        w[i] -= lr * sqrt(1 - pow(b2, t)) / (1 - pow(b1, t)) * s1[i] / (sqrt(s2[i]) + eps);
+      } else {
+        w[i] -= lr * gi;
+      }
+    }
+    size_t nv;
+    uint64_t ver;
+    int err;
+    float *v = rpc_pull(r, o->name, o->ids, (size_t)o->nids, &nv, &ver, &err, &eb);
+    ck_assert_msg(err == 0 && nv == n && ver == (uint64_t)t, "pull %d: %s", t, eb.msg);
+    for (uint64_t i = 0; i < n; i++)
+      ck_assert_msg(fabs(v[i] - w[i]) <= 1e-5 * (1 + fabs(w[i])),
+                    "%s (%s) step %d element %llu: %.9g, reference %.9g", k->kind, o->name, t,
+                    (unsigned long long)i, (double)v[i], w[i]);
+    free(v);
+  }
+}
+
+static void rpc_optim_release(rpc_optim_run *o) {
+  free(o->g);
+  free(o->w);
+  free(o->ids);
+}
+
+/* Every optimizer through a real shard: submit, pushes over gRPC, pulls. */
+START_TEST(test_rpc_optim_reference) {
+  char name[32];
+  snprintf(name, sizeof name, "opt%d", _i);
+  ps_rpc *r = rpc_open(0);
+  rpc_optim_run o;
+  rpc_optim_start(&o, r, _i, name, 2);
+  rpc_optim_steps(&o, r, 1, 8);
+  rpc_optim_release(&o);
+  ps_rpc_close(r);
+}
+END_TEST
+
 /* The same pushes over gRPC and over the tensor channel give identical
  * bytes and versions: the model is run once over each transport from the
  * same initial state, and pulls over both transports agree. */
@@ -1096,6 +1239,39 @@ START_TEST(test_rpc_reconnect_after_restart) {
 }
 END_TEST
 
+/* The optimizer state, steps (lr decay, Adam's bias correction) and
+ * version (staleness weights) survive a restart: after a SIGTERM under
+ * periodic (a snapshot at shutdown; _i 0) or a SIGKILL under sync (the
+ * redo log replayed; _i 1) training carries on as if none happened. */
+START_TEST(test_rpc_optim_restart) {
+  const char *dir = ps_test_tmpdir();
+  int gp, cp;
+  const char *yaml = _i ? ps_test_sync_yaml(dir, 1, NULL, &gp, &cp)
+                        : ps_test_cluster_yaml(dir, 1, NULL, &gp, &cp);
+  char log[600], addr[64];
+  snprintf(log, sizeof log, "%s/psd.log", dir);
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", gp);
+  static const int cases[] = {4, 8}; /* nesterov with lr decay; adam, everything */
+  rpc_optim_run o[2];
+  pid_t pid = ps_test_psd(yaml, 0, log, NULL);
+  ps_rpc *r = NULL;
+  ps_errbuf eb;
+  for (int round = 0; round < 2; round++) {
+    ck_assert_msg(ps_test_wait_port(cp, 15000) == 0 && ps_test_wait_port(gp, 5000) == 0,
+                  "psd did not start; see %s", log);
+    ck_assert_int_eq(ps_test_rpc_open(&r, addr, &eb), 0);
+    for (int c = 0; c < 2; c++) {
+      if (!round) rpc_optim_start(&o[c], r, cases[c], c ? "adam" : "nesterov", 1);
+      rpc_optim_steps(&o[c], r, round ? 6 : 1, round ? 10 : 5);
+    }
+    ps_rpc_close(r);
+    ck_assert_int_ne(ps_test_stop(pid, round || !_i ? SIGTERM : SIGKILL, 10000), -1);
+    if (!round) pid = ps_test_psd(yaml, 0, log, NULL);
+  }
+  for (int c = 0; c < 2; c++) rpc_optim_release(&o[c]);
+}
+END_TEST
+
 Suite *psd_rpc_suite(void) {
   Suite *s = suite_create("psd_rpc");
   TCase *tc = tcase_create("grpc");
@@ -1113,11 +1289,14 @@ Suite *psd_rpc_suite(void) {
   tcase_add_test(tc, test_rpc_conditional_leave);
   tcase_add_loop_test(tc, test_rpc_codec_same_over_channel, PS_CODEC_FP16, PS_CODEC_N);
   tcase_add_test(tc, test_rpc_codec_bad_input);
+  tcase_add_loop_test(tc, test_rpc_optim_reference, 0,
+                      (int)(sizeof rpc_optim_cases / sizeof rpc_optim_cases[0]));
   suite_add_tcase(s, tc);
   TCase *rc = tcase_create("reconnect");
   tcase_set_timeout(rc, 90);
   tcase_add_unchecked_fixture(rc, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_add_test(rc, test_rpc_reconnect_after_restart);
+  tcase_add_loop_test(rc, test_rpc_optim_restart, 0, 2);
   suite_add_tcase(s, rc);
   return s;
 }

@@ -20,6 +20,7 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
 #include <rocksdb/c.h>
@@ -31,6 +32,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
+#include "ps_log.h"
 #include "ps_place.h"
 #include "psd_optim.h"
 
@@ -103,7 +105,10 @@ struct psd_sparse {
   uint64_t memory_rows;
   uint32_t admit_after;
   uint64_t max_new_rows;        /* keys without a row per request; 0: no limit */
-  rocksdb_t *db;
+  rocksdb_t *db;                /* NULL only when a reopen failed both ways (db_reopen) */
+  int db_failed;                /* an ingest failed through db: reopened before the next (mu) */
+  int db_read_only;             /* db is a read-only stand-in until a reopen for writing works */
+  uint32_t reopen_fails;        /* reopens for writing that failed in a row */
   rocksdb_options_t *opts;
   rocksdb_block_based_table_options_t *bbto;
   rocksdb_cache_t *cache;
@@ -327,8 +332,10 @@ static int cmp_ent(const void *a, const void *b) {
 }
 
 /* buf_write (writer thread) writes B as one SST file in key order ("w"
- * last: 'w' > 'r') and ingests it.  0 or a PS_E* code with EB. */
-static int buf_write(psd_sparse *s, const sp_buf *b, ps_errbuf *eb) {
+ * last: 'w' > 'r') and ingests it.  0 or a PS_E* code with EB; *DB_FAILED
+ * says that the ingest itself failed (RocksDB's handle, not psd's file:
+ * the handle may be in its background error state for good, db_reopen). */
+static int buf_write(psd_sparse *s, const sp_buf *b, int *db_failed, ps_errbuf *eb) {
   const sp_ent **ord = malloc((b->n ? b->n : 1) * sizeof *ord);
   if (!ord) return ps_errf(eb, PS_ENOMEM, "sparse rows: out of memory");
   for (size_t i = 0; i < b->n; i++) ord[i] = &b->ent[i];
@@ -367,9 +374,11 @@ static int buf_write(psd_sparse *s, const sp_buf *b, ps_errbuf *eb) {
   void *darg = s->durable_arg;
   pthread_mutex_unlock(&s->mu);
   if (!err && durable && b->max_seq) rc = durable(darg, b->max_seq, eb);
+  if (!err && !rc && !s->db) rc = ps_errf(eb, PS_EIO, "sparse rows '%s': closed", s->dir);
   if (!err && !rc) {
     const char *files[] = {path};
     rocksdb_ingest_external_file(s->db, files, 1, s->io, &err);
+    *db_failed = err != NULL;
   }
   unlink(path); /* moved in (a link, removed here), or a partial file */
   return err ? rdb_err(s, err, "write", eb) : rc;
@@ -401,8 +410,10 @@ static void *writer_main(void *arg) {
       b->state = BUF_WRITING;
       pthread_mutex_unlock(&s->mu);
       ps_errbuf eb;
-      int rc = buf_write(s, b, &eb);
+      int db_failed = 0;
+      int rc = buf_write(s, b, &db_failed, &eb);
       pthread_mutex_lock(&s->mu);
+      if (db_failed) s->db_failed = 1;
       b->state = rc ? BUF_FAILED : BUF_DONE;
       b->code = rc;
       if (rc) b->eb = eb;
@@ -478,12 +489,59 @@ static void buf_requeue_failed(psd_sparse *s) {
   pthread_cond_broadcast(&s->cv);
 }
 
+/* db_reopen (loop) replaces a handle an ingest failed through before a
+ * failed buffer is written again (invariant 7): RocksDB may have gone into
+ * its background error state (a MANIFEST write that met a full disk), in
+ * which it refuses every later ingest even once the disk has room, so the
+ * handle is closed and the directory opened again (psd_rdb_open, as the
+ * dense store reopens its own: psd_store.c invariant 8).  Meanwhile the
+ * writer waits (the failed buffer stops it), so the loop may swap the
+ * handle.  When the open for writing fails (the disk still full), rows
+ * are read through a read-only handle until a later seal's reopen works.
+ * 0, or the open's error (the failed buffers stay failed). */
+static int db_reopen(psd_sparse *s, ps_errbuf *eb) {
+  pthread_mutex_lock(&s->mu);
+  int failed = s->db_failed;
+  pthread_mutex_unlock(&s->mu);
+  if (!failed) return 0;
+  if (s->reopen_fails == 0) ps_warn("sparse rows '%s': RocksDB failed a write; reopening it", s->dir);
+  if (s->cf) rocksdb_column_family_handle_destroy(s->cf);
+  if (s->db) rocksdb_close(s->db);
+  s->cf = NULL;
+  char *err = NULL;
+  s->db = psd_rdb_open(s->opts, s->dir, 0, &s->cf, &err);
+  if (s->db) {
+    ps_info("sparse rows '%s' reopened after %" PRIu32 " failed tries", s->dir, s->reopen_fails);
+    s->reopen_fails = 0;
+    pthread_mutex_lock(&s->mu);
+    s->db_failed = 0;
+    pthread_mutex_unlock(&s->mu);
+    return 0;
+  }
+  int rc = rdb_err(s, err, "reopen", eb);
+  /* a full disk fails every try (each snapshot): said at the first and
+   * every 60th in a row, as the dense store says its failed flushes */
+  if (s->reopen_fails++ % 60 == 0)
+    ps_warn("%s (%" PRIu32 " in a row); rows are read through a read-only handle meanwhile",
+            eb->msg, s->reopen_fails);
+  err = NULL;
+  s->db = psd_rdb_open(s->opts, s->dir, 1, &s->cf, &err);
+  if (!s->db) {
+    ps_errbuf e2;
+    rdb_err(s, err, "open for reading", &e2);
+    ps_err("%s: rows on disk cannot be read until a reopen works", e2.msg);
+  }
+  return rc;
+}
+
 /* buf_seal (loop) seals the open buffer (none when it is empty) and hands
- * it to the writer; failed buffers are queued again first.  With
+ * it to the writer; failed buffers are queued again first (through a
+ * reopened handle when an ingest failed, db_reopen).  With
  * SPILL_SEALED buffers waiting it waits for the oldest; when that one
  * fails, its error (the open buffer stays open, its rows in memory). */
 static int buf_seal(psd_sparse *s, ps_errbuf *eb) {
-  int rc = 0;
+  int rc = db_reopen(s, eb);
+  if (rc) return rc;
   pthread_mutex_lock(&s->mu);
   buf_requeue_failed(s);
   sp_buf *o = s->open;
@@ -544,6 +602,8 @@ static int spill_refused(psd_sparse *s) {
 /* buf_retry (loop) has the writer write the failed buffers again and
  * waits for them: 0 once they are in RocksDB's files, else the error. */
 static int buf_retry(psd_sparse *s, ps_errbuf *eb) {
+  int rc = db_reopen(s, eb);
+  if (rc) return rc;
   pthread_mutex_lock(&s->mu);
   buf_requeue_failed(s);
   pthread_mutex_unlock(&s->mu);
@@ -709,6 +769,7 @@ static sp_table *table_find(const psd_sparse *s, const char *model, uint32_t tab
 static int table_on_disk(const psd_sparse *s, const sp_table *t) {
   char k[KEY_MAX_LEN];
   size_t n = row_key(t, 0, k) - 8;
+  if (!s->db) return 1; /* unknown (db_reopen failed both ways): misses read, and fail */
   rocksdb_iterator_t *it = rocksdb_create_iterator(s->db, s->ro);
   rocksdb_iter_seek(it, k, n);
   int found = 0;
@@ -811,10 +872,7 @@ int psd_sparse_open(psd_sparse **out, const psd_sparse_opts *o, ps_errbuf *eb) {
   rocksdb_options_set_max_write_buffer_number(s->opts, 2);
   rocksdb_options_set_keep_log_file_num(s->opts, 2);
   rocksdb_options_set_info_log_level(s->opts, 4 /* FATAL */);
-  const char *cfname = "default";
-  const rocksdb_options_t *cfopts = s->opts;
-  if (!err) psd_rdb_drop_empty_wals(s->dir);
-  if (!err) s->db = rocksdb_open_column_families(s->opts, s->dir, 1, &cfname, &cfopts, &s->cf, &err);
+  if (!err) s->db = psd_rdb_open(s->opts, s->dir, 0, &s->cf, &err);
   if (err) {
     int rc = rdb_err(s, err, "open", eb);
     psd_sparse_close(s);
@@ -998,6 +1056,7 @@ static int read_back(psd_sparse *s, sp_table *t, const uint64_t *keys, size_t n,
     kl[j] = kbuf + j * KEY_MAX_LEN;
     ks[j] = row_key(t, ka[j].key, kbuf + j * KEY_MAX_LEN);
   }
+  if (!rc && !s->db) rc = ps_errf(eb, PS_EIO, "sparse rows '%s': closed after a failed reopen", s->dir);
   if (!rc) rocksdb_batched_multi_get_cf(s->db, s->ro, s->cf, m, kl, ks, vl, errs, 1);
   for (size_t j = 0; !rc && j < m; j++) {
     size_t vn = 0;
@@ -1545,6 +1604,7 @@ int psd_sparse_row(psd_sparse *s, const char *model, uint32_t table, uint64_t ke
   if (r < 0 && !v) {
     char k[KEY_MAX_LEN], *err = NULL;
     size_t vlen = 0;
+    if (!s->db) return ps_errf(eb, PS_EIO, "sparse rows '%s': closed after a failed reopen", s->dir);
     got = rocksdb_get(s->db, s->ro, k, row_key(t, key, k), &vlen, &err);
     if (err) return rdb_err(s, err, "read", eb);
     if (!got) return ps_errf(eb, PS_ENOENT, "sparse table '%s'/%u has no row %llu", model, table,
@@ -1631,6 +1691,7 @@ int psd_sparse_export(psd_sparse *s, const char *model, uint32_t table, int resu
     return rc;
   char k[KEY_MAX_LEN];
   size_t kn = row_key(t, resume ? after + 1 : 0, k), pre = kn - 8;
+  if (!s->db) return ps_errf(eb, PS_EIO, "sparse rows '%s': closed after a failed reopen", s->dir);
   rocksdb_iterator_t *it = rocksdb_create_iterator(s->db, s->ro);
   rocksdb_iter_seek(it, k, kn);
   for (;;) {
@@ -1683,7 +1744,8 @@ int psd_sparse_stats_get(psd_sparse *s, const char *model, uint32_t table, psd_s
   if (!t) return PS_ENOENT;
   *st = t->st;
   uint64_t v = 0;
-  if (rocksdb_property_int(s->db, "rocksdb.total-sst-files-size", &v) == 0) st->disk_bytes = v;
+  if (s->db && rocksdb_property_int(s->db, "rocksdb.total-sst-files-size", &v) == 0)
+    st->disk_bytes = v;
   return 0;
 }
 

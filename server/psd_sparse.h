@@ -95,7 +95,12 @@
  *     fails the persist that waits for it (no request: invariant 3's
  *     exception), and is tried again at the next snapshot, alone (the
  *     changed rows are copied in only once it is in); its rows stay
- *     readable meanwhile.
+ *     readable meanwhile.  When RocksDB's ingest itself failed (its
+ *     MANIFEST write met the full disk), its handle may refuse every
+ *     later ingest, room or not: the buffer is written again only through
+ *     a reopened handle (as the dense store's, psd_store.c invariant 8);
+ *     while the reopen for writing fails, rows are read through a
+ *     read-only one.
  *
  * Stored row: update count (u64), clock (u64), DIM x (1 + slots) floats,
  * seq (u64), host byte order; rows written before the seq existed are

@@ -588,6 +588,24 @@ rocksdb_options_t *psd_rdb_options(char **err) {
   return o;
 }
 
+/* psd_rdb_open: see psd_store.h. */
+rocksdb_t *psd_rdb_open(const rocksdb_options_t *opts, const char *dir, int read_only,
+                        rocksdb_column_family_handle_t **cf, char **err) {
+  const char *name = "default";
+  const rocksdb_options_t *cfopts = opts;
+  rocksdb_column_family_handle_t *h = NULL;
+  rocksdb_t *db;
+  if (read_only) {
+    db = rocksdb_open_for_read_only_column_families(opts, dir, 1, &name, &cfopts, &h, 0, err);
+  } else {
+    psd_rdb_drop_empty_wals(dir);
+    db = rocksdb_open_column_families(opts, dir, 1, &name, &cfopts, &h, err);
+  }
+  if (cf) *cf = db ? h : NULL;
+  else if (db && h) rocksdb_column_family_handle_destroy(h);
+  return db;
+}
+
 /* psd_store_open_db opens RocksDB at s->dir (psd_rdb_options) with
  * bounded memory: no compression (floats do not compress), 32 MiB write
  * buffers, a small block cache (the store reads only at open). */
@@ -630,8 +648,7 @@ static int psd_store_open_db(psd_store *s, ps_errbuf *eb) {
   rocksdb_options_set_info_log_level(s->opts, 4 /* FATAL */);
   rocksdb_writeoptions_set_sync(s->wsync, 1);
   rocksdb_readoptions_set_fill_cache(s->ro, 0);
-  psd_rdb_drop_empty_wals(s->dir);
-  s->db = rocksdb_open(s->opts, s->dir, &err);
+  s->db = psd_rdb_open(s->opts, s->dir, 0, NULL, &err);
   if (err) return psd_store_rdb_err(eb, err, "cannot open store", s->dir);
   /* A reopen (invariant 8) must find this store, not make an empty one. */
   rocksdb_options_set_create_if_missing(s->opts, 0);
@@ -1659,8 +1676,7 @@ void psd_flush_set_durable(psd_flush *f, psd_flush_durable_fn *fn, void *arg) {
  * stays NULL. */
 static int psd_flush_reopen(psd_flush *f, ps_errbuf *eb) {
   char *err = NULL;
-  psd_rdb_drop_empty_wals(f->dir);
-  rocksdb_t *db = rocksdb_open(f->opts, f->dir, &err);
+  rocksdb_t *db = psd_rdb_open(f->opts, f->dir, 0, NULL, &err);
   if (err) return psd_store_rdb_err(eb, err, "cannot reopen store", f->dir);
   int rc = psd_store_read_meta(db, f->ro, f->dir, f->shard_id, eb);
   if (rc > 0) rc = ps_errf(eb, PS_EIO, "'%s' no longer holds shard %" PRIu32 "'s store", f->dir,

@@ -261,4 +261,16 @@ rocksdb_options_t *psd_rdb_options(char **err);
  * retrying its reopen for hours leaves one, not one per retry. */
 void psd_rdb_drop_empty_wals(const char *dir);
 
+/* psd_rdb_open opens the RocksDB in DIR with OPTS, as every open of a
+ * shard's databases does: the first open, and the reopen of one whose
+ * handle failed a write (psd_store.c invariant 8, psd_sparse.h invariant
+ * 7): its empty write-ahead logs dropped first (psd_rdb_drop_empty_wals),
+ * then opened for writing, or with READ_ONLY for reading only (nothing
+ * written: it works on a full disk).  With CF the default column family's
+ * handle goes to *CF.  NULL with *ERR set (rocksdb_free) on failure. */
+typedef struct rocksdb_t rocksdb_t;
+typedef struct rocksdb_column_family_handle_t rocksdb_column_family_handle_t;
+rocksdb_t *psd_rdb_open(const rocksdb_options_t *opts, const char *dir, int read_only,
+                        rocksdb_column_family_handle_t **cf, char **err);
+
 #endif

@@ -25,6 +25,7 @@
  * is unmounted however the test ends; the test reports itself skipped
  * where mounting is not permitted.  Every wait is bounded. */
 #include <errno.h>
+#include <math.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -36,9 +37,12 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "common/npz_check.h"
 #include "ps.pb-c.h"
+#include "ps_place.h"
 #include "ps_rpc.h"
 #include "ps_test.h"
+#include "psw_ctr.h"
 
 #define DF_CHUNKS 256   /* tensor [256, 1024], chunk_elems 1024 */
 #define DF_ELEMS 1024
@@ -322,12 +326,216 @@ START_TEST(test_disk_full_degraded) {
 }
 END_TEST
 
+/* df_wait_state waits up to 15 s for WANT with a flush at or after
+ * SINCE_MS, and then for psctl status to show it (exit CODE). */
+static void df_wait_state(df_ctx *x, const char *want, int64_t since_ms, int code) {
+  df_wait(x, want, since_ms);
+  df_psctl_state(x, df.dir, want, code);
+}
+
+/* ---- sparse rows on a full disk ------------------------------------------
+ *
+ * The click-through model's embedding table (dim 4, SGD lr 1, gradient -1
+ * everywhere: a row's value minus its initial value is its pushes) with
+ * a budget of 8 rows for 48 keys, so every round of pushes evicts rows
+ * into the sparse RocksDB:
+ *  1. every key pushed, a flush: all on disk;
+ *  2. the disk filled, rounds pushed until the shard stays DEGRADED (the
+ *     sparse rows' write buffer and the dense snapshot fail); psd lives;
+ *  3. while DEGRADED (periodic: pushes served from memory) more rounds,
+ *     acknowledged; nothing is evicted (rows_mem over the budget) and
+ *     every row holds every acknowledged push;
+ *  4. the filler removed: SERVING again, evictions work (rows_mem back
+ *     within the budget), and every row holds every push;
+ *  5. SIGTERM and restart: the rows pulled (most read back from RocksDB's
+ *     files) and `psctl export` equal the rows before.
+ * Where the disk fills decides what fails: here psd's own file of a
+ * write buffer, which leaves RocksDB's handle sound.  A fill that lands
+ * between that file and RocksDB's ingest of it fails RocksDB's MANIFEST
+ * write and leaves the handle refusing every later ingest until it is
+ * reopened: an instant no test outside the process can pick, so
+ * test_full_disk_ingest_reopens (tests/server/test_psd_sparse.c) fills
+ * the disk there from the durable hook. */
+enum { DS_DIM = 4, DS_KEYS = 48 };
+
+typedef struct ds_ctx {
+  df_ctx x;
+  uint64_t keys[DS_KEYS];
+  long long pushes[DS_KEYS]; /* acknowledged */
+} ds_ctx;
+
+/* ds_round pushes every key once (8 pushes of 6 keys), each must be
+ * acknowledged. */
+static void ds_round(ds_ctx *d) {
+  for (int k0 = 0; k0 < DS_KEYS; k0 += 6) {
+    float g[6 * DS_DIM];
+    for (int i = 0; i < 6 * DS_DIM; i++) g[i] = -1.0f;
+    Ps__SparsePushRequest q = PS__SPARSE_PUSH_REQUEST__INIT;
+    q.model = "ctr", q.table = 0, q.keys = d->keys + k0, q.n_keys = 6;
+    q.rows.data = (uint8_t *)g, q.rows.len = sizeof g;
+    ProtobufCMessage *rep = NULL;
+    ps_errbuf eb;
+    ck_assert_msg(ps_rpc_call(d->x.rpc, "/ps.Ps/SparsePush", &q.base,
+                              &ps__sparse_push_reply__descriptor, &rep, 10000, &eb) == 0,
+                  "sparse push: %s; see %s", eb.msg, d->x.log);
+    protobuf_c_message_free_unpacked(rep, NULL);
+    for (int i = 0; i < 6; i++) d->pushes[k0 + i]++;
+  }
+}
+
+/* ds_pull pulls every key into ROWS (DS_KEYS x DS_DIM) and checks that
+ * each row holds its acknowledged pushes, in every element. */
+static void ds_pull(ds_ctx *d, float *rows, const char *when) {
+  Ps__SparsePullRequest q = PS__SPARSE_PULL_REQUEST__INIT;
+  q.model = "ctr", q.table = 0, q.keys = d->keys, q.n_keys = DS_KEYS;
+  Ps__SparsePullReply *rep = NULL;
+  ps_errbuf eb;
+  ck_assert_msg(ps_rpc_call(d->x.rpc, "/ps.Ps/SparsePull", &q.base,
+                            &ps__sparse_pull_reply__descriptor, (ProtobufCMessage **)&rep, 10000,
+                            &eb) == 0, "sparse pull %s: %s", when, eb.msg);
+  ck_assert_uint_eq(rep->rows.len, (size_t)DS_KEYS * DS_DIM * sizeof(float));
+  memcpy(rows, rep->rows.data, rep->rows.len);
+  protobuf_c_message_free_unpacked(&rep->base, NULL);
+  for (int k = 0; k < DS_KEYS; k++) {
+    float init[DS_DIM];
+    ck_assert_int_eq(ps_init_row(init, "uniform", 0.05f, 11, 0, d->keys[k], DS_DIM), 0);
+    for (int j = 0; j < DS_DIM; j++) {
+      float got = rows[k * DS_DIM + j] - init[j];
+      ck_assert_msg(fabsf(got - (float)d->pushes[k]) < 1e-3f,
+                    "%s: key %d element %d holds %g pushes, %lld acknowledged; see %s", when, k, j,
+                    (double)got, d->pushes[k], d->x.log);
+    }
+  }
+}
+
+/* ds_stats writes the table's rows in memory and rows read from disk. */
+static void ds_stats(ds_ctx *d, uint64_t *rows_mem, uint64_t *disk_reads) {
+  Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
+  Ps__StatusReply *st;
+  ps_errbuf eb;
+  ck_assert_msg(ps_rpc_call(d->x.rpc, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,
+                            (ProtobufCMessage **)&st, 5000, &eb) == 0, "status: %s", eb.msg);
+  ck_assert_uint_eq(st->n_sparse_tables, 1);
+  *rows_mem = st->sparse_tables[0]->rows_mem;
+  *disk_reads = st->sparse_tables[0]->disk_reads;
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+}
+
+START_TEST(test_disk_full_sparse) {
+  if (!df.mounted) PS_SKIP("%s", df.why);
+  ds_ctx d;
+  memset(&d, 0, sizeof d);
+  df_ctx *x = &d.x;
+  snprintf(x->log, sizeof x->log, "%s/psd0.log", df.dir);
+  snprintf(x->filler, sizeof x->filler, "%s/filler", df.mnt);
+  snprintf(x->yaml, sizeof x->yaml, "%s",
+           ps_test_cluster_yaml(df.dir, 1, "sparse:\n  memory_rows: 8\n", &x->gp, &x->cp));
+  for (int k = 0; k < DS_KEYS; k++) d.keys[k] = (uint64_t)(k + 1) * 0x9e3779b97f4a7c15ull;
+  df_start(x);
+  psw_ctr_shape sh = {1, DS_DIM, 1, NULL, 0, 0, 0};
+  ps_test_ctr m;
+  ps_test_ctr_model(&m, &sh, "sgd", 1.0f, 11);
+  ps_test_submit(x->rpc, m.spec, 0, 10000);
+  ps_test_ctr_release(&m);
+  float rows[DS_KEYS * DS_DIM], got[DS_KEYS * DS_DIM];
+
+  /* 1 */
+  ds_round(&d);
+  df_wait(x, "SERVING", df_unix_ms());
+
+  /* 2 */
+  char state[32] = "";
+  int64_t last;
+  int degraded = 0;
+  for (int i = 0; i < 120 && degraded < 2; i++) {
+    df_fill(x->filler);
+    ds_round(&d);
+    usleep((degraded ? 500 : 250) * 1000);
+    df_alive(x, "after its disk filled");
+    df_status(x, state, &last);
+    degraded = strcmp(state, "DEGRADED") ? 0 : degraded + 1;
+  }
+  ck_assert_msg(degraded == 2, "shard not staying DEGRADED on a full disk (%s); see %s", state,
+                x->log);
+
+  /* 3 */
+  df_fill(x->filler);
+  for (int i = 0; i < 3; i++) ds_round(&d);
+  ds_pull(&d, rows, "while DEGRADED");
+  uint64_t rows_mem, reads;
+  ds_stats(&d, &rows_mem, &reads);
+  ck_assert_msg(rows_mem > 8, "%llu rows in memory while the disk refuses them, want > 8",
+                (unsigned long long)rows_mem);
+  df_psctl_state(x, df.dir, "DEGRADED", 1);
+  int64_t t_last = df_unix_ms();
+
+  /* 4 */
+  ck_assert_int_eq(unlink(x->filler), 0);
+  df_wait_state(x, "SERVING", t_last, 0);
+  ds_round(&d);
+  ds_stats(&d, &rows_mem, &reads);
+  ck_assert_msg(rows_mem <= 8, "%llu rows in memory once the disk took them again, budget 8; "
+                "see %s", (unsigned long long)rows_mem, x->log);
+  df_wait(x, "SERVING", df_unix_ms()); /* a snapshot after it: the rows evicted are in the files */
+  ds_pull(&d, rows, "after the disk had room again");
+  df_wait(x, "SERVING", df_unix_ms());
+
+  /* 5 */
+  ps_rpc_close(x->rpc);
+  int st = ps_test_stop(x->pid, SIGTERM, 15000);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd ended with status %d; see %s", st,
+                x->log);
+  df_start(x);
+  ds_pull(&d, got, "after a restart");
+  ck_assert_int_eq(memcmp(got, rows, sizeof rows), 0);
+  ds_stats(&d, &rows_mem, &reads); /* the rows not in memory came from RocksDB's files */
+  ck_assert_msg(reads >= DS_KEYS - 8, "%llu rows read back from RocksDB after the restart, want "
+                ">= %d", (unsigned long long)reads, DS_KEYS - 8);
+  char npz[800], plog[800];
+  snprintf(npz, sizeof npz, "%s/ctr.npz", df.dir);
+  snprintf(plog, sizeof plog, "%s/psctl.log", df.dir);
+  char *argv[] = {(char *)ps_test_bin("psctl"), "export", "--config", x->yaml, "--model", "ctr",
+                  "-o", npz, NULL};
+  ck_assert_msg(ps_test_run(argv, plog, 60000) == 0, "psctl export failed; see %s", plog);
+  char *out = ps_test_npz_py(df.dir, npz);
+  /* the export's rows in key order, each as pulled */
+  int ord[DS_KEYS];
+  for (int k = 0; k < DS_KEYS; k++) ord[k] = k;
+  for (int i = 1; i < DS_KEYS; i++)
+    for (int j = i; j > 0 && d.keys[ord[j]] < d.keys[ord[j - 1]]; j--) {
+      int tmp = ord[j];
+      ord[j] = ord[j - 1];
+      ord[j - 1] = tmp;
+    }
+  size_t cap = 64 * DS_KEYS * DS_DIM, n;
+  char *wr = malloc(cap);
+  ck_assert_ptr_nonnull(wr);
+  n = (size_t)snprintf(wr, cap, ".rows.npy <f4 (%d, %d)", DS_KEYS, DS_DIM);
+  for (int k = 0; k < DS_KEYS; k++)
+    for (int j = 0; j < DS_DIM; j++)
+      n += (size_t)snprintf(wr + n, cap - n, " %g", (double)rows[ord[k] * DS_DIM + j]);
+  snprintf(wr + n, cap - n, "\n");
+  ck_assert_msg(strstr(out, wr) != NULL, "the export's rows differ from those pulled:\n%s\n"
+                "wanted:%s", out, wr);
+  free(wr);
+  free(out);
+  ps_rpc_close(x->rpc);
+  st = ps_test_stop(x->pid, SIGTERM, 15000);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd ended with status %d", st);
+}
+END_TEST
+
 Suite *psd_disk_full_suite(void) {
   Suite *s = suite_create("psd_disk_full");
   TCase *tc = tcase_create("degraded");
   tcase_set_timeout(tc, 120);
   tcase_add_unchecked_fixture(tc, df_setup, df_teardown);
   tcase_add_test(tc, test_disk_full_degraded);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("sparse");
+  tcase_set_timeout(tc, 120);
+  tcase_add_unchecked_fixture(tc, df_setup, df_teardown);
+  tcase_add_test(tc, test_disk_full_sparse);
   suite_add_tcase(s, tc);
   return s;
 }

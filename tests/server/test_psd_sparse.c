@@ -902,6 +902,26 @@ static void full_export(psd_sparse *s, uint64_t n, const float *want) {
   free(rows);
 }
 
+/* full_open opens the rows in SUB on the small filesystem (its path to
+ * DIR, the filler's to FILLER: 700 bytes each) with BUDGET rows per table
+ * and adds table ID of DIM floats (SGD at LR, "normal" 0.1, seed 9) as
+ * *T, whose optimizer *SPEC is. */
+static psd_sparse *full_open(const char *sub, uint64_t budget, uint32_t id, uint32_t dim, float lr,
+                             Ps__OptimizerSpec *spec, psd_sparse_table_opts *t, char *dir,
+                             char *filler) {
+  snprintf(dir, 700, "%s/%s", full_fs.mnt, sub);
+  snprintf(filler, 700, "%s/filler", full_fs.mnt);
+  psd_sparse *s = open_sparse(dir, budget, 0);
+  ps__optimizer_spec__init(spec);
+  spec->kind = "sgd";
+  spec->lr = lr;
+  *t = (psd_sparse_table_opts){.model = "ctr", .table = id, .dim = dim, .init = "normal",
+                               .scale = 0.1f, .seed = 9, .optim = spec};
+  ps_errbuf eb;
+  ck_assert_msg(psd_sparse_add_table(s, t, &eb) == 0, "%s", eb.msg);
+  return s;
+}
+
 /* A disk that refuses the rows' writes (full) while rows must be evicted:
  * pulls and pushes are served, the rows that cannot be written stay in
  * memory (over memory_rows), an export reads them; once the disk takes
@@ -912,16 +932,10 @@ static void full_export(psd_sparse *s, uint64_t n, const float *want) {
 START_TEST(test_full_disk_serves_rows) {
   if (!full_fs.mounted) PS_SKIP("%s", full_fs.why);
   char dir[700], filler[700];
-  snprintf(dir, sizeof dir, "%s/sparse", full_fs.mnt);
-  snprintf(filler, sizeof filler, "%s/filler", full_fs.mnt);
-  psd_sparse *s = open_sparse(dir, FD_BUDGET, 0);
-  Ps__OptimizerSpec spec = PS__OPTIMIZER_SPEC__INIT;
-  spec.kind = "sgd";
-  spec.lr = 0.5f;
-  psd_sparse_table_opts t = {.model = "ctr", .table = 3, .dim = FD_DIM, .init = "normal",
-                             .scale = 0.1f, .seed = 9, .optim = &spec};
+  Ps__OptimizerSpec spec;
+  psd_sparse_table_opts t;
+  psd_sparse *s = full_open("sparse", FD_BUDGET, 3, FD_DIM, 0.5f, &spec, &t, dir, filler);
   ps_errbuf eb;
-  ck_assert_msg(psd_sparse_add_table(s, &t, &eb) == 0, "%s", eb.msg);
   fill(filler);
   enum { N = 6144 }; /* 24 MiB of rows: more than a write buffer past the budget */
   float *want = malloc((size_t)N * FD_DIM * sizeof *want), *g = malloc(FD_BATCH * FD_DIM * sizeof *g);
@@ -977,6 +991,127 @@ START_TEST(test_full_disk_serves_rows) {
 }
 END_TEST
 
+/* ---- a failed ingest: the rows' RocksDB reopened ---------------------------- */
+
+static const char *ing_filler; /* ing_durable fills it once when set */
+
+/* ing_durable is the durable hook: it fills the disk once, after the
+ * write buffer's file is written and before RocksDB takes it in. */
+static int ing_durable(void *arg, uint64_t seq, ps_errbuf *eb) {
+  (void)arg, (void)seq, (void)eb;
+  if (ing_filler) fill(ing_filler);
+  ing_filler = NULL;
+  return 0;
+}
+
+/* ing_log is a redo log that keeps nothing and numbers its records. */
+static int ing_log(void *arg, const struct iovec *iov, int niov, uint64_t *seq, ps_errbuf *eb) {
+  (void)iov, (void)niov, (void)eb;
+  *seq = ++*(uint64_t *)arg;
+  return 0;
+}
+
+enum { ING_KEYS = 48, ING_DIM = 4, ING_BUDGET = 8 };
+
+/* ing_check pulls every key and checks that each row is its initial value
+ * minus 0.25 per push (SGD lr 1, gradient 0.25), PUSHES of them. */
+static void ing_check(psd_sparse *s, const uint64_t *keys, int pushes, const char *when) {
+  float rows[ING_KEYS * ING_DIM];
+  ps_errbuf eb;
+  int rc = psd_sparse_pull(s, "ctr", 4, keys, ING_KEYS, rows, ING_KEYS * ING_DIM, &eb);
+  ck_assert_msg(rc == 0, "pull %s: %s", when, eb.msg);
+  for (int k = 0; k < ING_KEYS; k++) {
+    float want[ING_DIM];
+    ck_assert_int_eq(ps_init_row(want, "normal", 0.1f, 9, 4, keys[k], ING_DIM), 0);
+    for (int j = 0; j < ING_DIM; j++) {
+      for (int i = 0; i < pushes; i++) want[j] -= 0.25f;
+      ck_assert_msg(fabsf(rows[k * ING_DIM + j] - want[j]) < 1e-5f,
+                    "%s: key %d element %d is %g, want %g (%d pushes)", when, k, j,
+                    (double)rows[k * ING_DIM + j], (double)want[j], pushes);
+    }
+  }
+}
+
+/* A full disk that fails the ingest itself (RocksDB's MANIFEST write, not
+ * psd's file): the durable hook fills the disk after each write buffer's
+ * file is written and before RocksDB takes it in, round after round, until
+ * an ingest fails (the MANIFEST needs a new page: within some tens of
+ * rounds).  While the disk stays full the snapshot fails (the reopen for
+ * writing too) and every row is still read (evicted ones through a
+ * read-only handle); once the disk has room the next snapshot reopens
+ * RocksDB and writes the failed buffer, evictions work again (the budget
+ * holds), and a reopen of the directory reads every row back.  Before the
+ * fix the handle stayed in RocksDB's background error state: every later
+ * snapshot failed with the MANIFEST's "No space left", room or not. */
+START_TEST(test_full_disk_ingest_reopens) {
+  if (!full_fs.mounted) PS_SKIP("%s", full_fs.why);
+  char dir[700], filler[700];
+  Ps__OptimizerSpec spec;
+  psd_sparse_table_opts t;
+  psd_sparse *s = full_open("ingest", ING_BUDGET, 4, ING_DIM, 1.0f, &spec, &t, dir, filler);
+  ps_errbuf eb;
+  uint64_t seq = 0;
+  psd_sparse_set_log(s, ing_log, &seq);
+  psd_sparse_set_durable(s, ing_durable, NULL);
+  uint64_t keys[ING_KEYS];
+  float g[ING_KEYS * ING_DIM];
+  for (int i = 0; i < ING_KEYS; i++) keys[i] = (uint64_t)i * 7919;
+  for (int i = 0; i < ING_KEYS * ING_DIM; i++) g[i] = 0.25f;
+  int pushes = 0, rc = 0, persist;
+  for (int round = 0; round < 400 && !rc; round++) {
+    for (int k = 0; k < ING_KEYS; k += 6)
+      ck_assert_msg(psd_sparse_push(s, "ctr", 4, keys + k, 6, g + k * ING_DIM, 6 * ING_DIM, &eb)
+                    == 0, "round %d push: %s", round, eb.msg);
+    pushes++;
+    ing_filler = filler;
+    rc = psd_sparse_snapshot(s, seq, &persist, &eb);
+    if (!rc && persist) rc = psd_sparse_persist(s, &eb);
+    ck_assert_msg(!ing_filler, "round %d: no write buffer reached the durable hook", round);
+    if (!rc) ck_assert_int_eq(unlink(filler), 0);
+  }
+  /* RocksDB's own write failed, not psd's file of the buffer */
+  ck_assert_msg(rc == PS_ENOSPC && !strstr(eb.msg, ".sst.tmp"),
+                "no ingest failed on the full disk in 400 rounds: %d %s", rc, eb.msg);
+  psd_sparse_persist_failed(s);
+  /* still full (what the failure freed taken too): the snapshot fails,
+   * every row is served, nothing is evicted */
+  fill(filler);
+  for (int k = 0; k < ING_KEYS; k += 6)
+    ck_assert_msg(psd_sparse_push(s, "ctr", 4, keys + k, 6, g + k * ING_DIM, 6 * ING_DIM, &eb)
+                  == 0, "push on the full disk: %s", eb.msg);
+  pushes++;
+  rc = psd_sparse_snapshot(s, seq, &persist, &eb);
+  if (!rc && persist) rc = psd_sparse_persist(s, &eb);
+  ck_assert_msg(rc == PS_ENOSPC, "snapshot on the full disk: %d %s", rc, eb.msg);
+  psd_sparse_persist_failed(s);
+  ing_check(s, keys, pushes, "on the full disk");
+  /* room again: the snapshot reopens RocksDB and writes everything */
+  ck_assert_int_eq(unlink(filler), 0);
+  rc = psd_sparse_snapshot(s, seq, &persist, &eb);
+  if (!rc && persist) rc = psd_sparse_persist(s, &eb);
+  ck_assert_msg(rc == 0, "snapshot with room again: %s", eb.msg);
+  ing_check(s, keys, pushes, "with room again");
+  psd_sparse_stats st;
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 4, &st), 0);
+  ck_assert_msg(st.rows_mem <= ING_BUDGET, "%llu rows in memory with room again, budget %d",
+                (unsigned long long)st.rows_mem, ING_BUDGET);
+  /* more pushes, evicted and read back through the reopened handle */
+  for (int round = 0; round < 3; round++, pushes++)
+    for (int k = 0; k < ING_KEYS; k += 6)
+      ck_assert_msg(psd_sparse_push(s, "ctr", 4, keys + k, 6, g + k * ING_DIM, 6 * ING_DIM, &eb)
+                    == 0, "push with room again: %s", eb.msg);
+  ck_assert_msg(psd_sparse_flush(s, seq, &eb) == 0, "flush: %s", eb.msg);
+  ing_check(s, keys, pushes, "after more pushes");
+  psd_sparse_close(s);
+  s = open_sparse(dir, ING_BUDGET, 0);
+  ck_assert_msg(psd_sparse_add_table(s, &t, &eb) == 0, "%s", eb.msg);
+  ing_check(s, keys, pushes, "after a reopen");
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 4, &st), 0);
+  ck_assert_uint_ge(st.disk_reads, ING_KEYS - ING_BUDGET);
+  psd_sparse_close(s);
+}
+END_TEST
+
 Suite *psd_sparse_suite(void) {
   Suite *s = suite_create("psd_sparse");
   TCase *tc = tcase_create("tables");
@@ -999,6 +1134,7 @@ Suite *psd_sparse_suite(void) {
   tcase_set_timeout(tc, 120);
   tcase_add_unchecked_fixture(tc, full_setup, full_teardown);
   tcase_add_test(tc, test_full_disk_serves_rows);
+  tcase_add_test(tc, test_full_disk_ingest_reopens);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -286,6 +286,10 @@ int psw_data_load_idx(psw_dataset *d, const char *images, const char *labels, fl
                 " labels", images, im.count, labels, lb.count);
     goto out_labels;
   }
+  if (im.count == 0) { /* as an empty CSV: training on nothing is no success */
+    r = ps_errf(eb, PS_EFORMAT, "%s: byte 4: no samples (its header counts 0 images)", images);
+    goto out_labels;
+  }
   uint64_t total = sel && sel->limit && sel->limit < im.count ? sel->limit : im.count;
   if ((r = idx_fits(&im, total, eb)) < 0 || (r = idx_fits(&lb, total, eb)) < 0) goto out_labels;
   if ((r = data_ranges(total, sel, &rg, &nrg, &n, eb)) < 0) goto out_labels;
@@ -589,9 +593,9 @@ int psw_data_conf_check(const ps_data_conf *conf, int test, ps_errbuf *eb) {
     if (files[i] && (access(files[i], R_OK) != 0 || stat(files[i], &st) != 0))
       err = ps_errf(eb, PS_ECONFIG, "%s set: cannot read '%s': %s", test ? "test" : "training",
                     files[i], strerror(errno));
-    else if (files[i] && S_ISDIR(st.st_mode))
-      err = ps_errf(eb, PS_ECONFIG, "%s set: '%s' is a directory, not a data file",
-                    test ? "test" : "training", files[i]);
+    else if (files[i] && !S_ISREG(st.st_mode)) /* a FIFO would block psw's open */
+      err = ps_errf(eb, PS_ECONFIG, "%s set: '%s' is %s, not a data file",
+                    test ? "test" : "training", files[i], psw_gz_kind(st.st_mode));
   return err;
 }
 

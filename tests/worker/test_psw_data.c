@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -156,6 +157,11 @@ START_TEST(test_idx_bad_files) {
   else
     expect_idx_error(img, lab, PS_EFORMAT,
                      "%s: byte 76: truncated file (image 10 of 4000000000 incomplete)", img);
+  /* A header counting no image (and a label file of none): no samples,
+   * as an empty CSV, not a training run of 0 steps that exits 0. */
+  write_idx(dir, gz, 0, 16, 0, img, lab);
+  expect_idx_error(img, lab, PS_EFORMAT, "%s: byte 4: no samples (its header counts 0 images)",
+                   img);
   /* A file shorter than its header. */
   write_idx(dir, gz, NS, 10, NS, img, lab);
   expect_idx_error(img, lab, PS_EFORMAT, "%s: byte 10: truncated file (in the header)", img);
@@ -163,6 +169,36 @@ START_TEST(test_idx_bad_files) {
   char missing[700];
   snprintf(missing, sizeof missing, "%s/nope", dir);
   expect_idx_error(missing, lab, PS_EIO, "%s: cannot open: No such file or directory", missing);
+}
+END_TEST
+
+/* A data path that is no regular file: a FIFO nobody writes to blocked
+ * psw's open forever, /dev/zero as a CSV grew its buffer until memory
+ * ran out.  Both refused, by the check psw makes before it asks the
+ * shards and by every reader. */
+START_TEST(test_not_regular_files) {
+  char fifo[600], zero[] = "/dev/zero", want[1400];
+  snprintf(fifo, sizeof fifo, "%s/fifo", ps_test_tmpdir());
+  ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+  char *paths[] = {fifo, zero};
+  const char *kinds[] = {"a FIFO", "a character device"};
+  for (int i = 0; i < 2; i++) {
+    ps_data_conf c = {.format = "csv", .train_images = paths[i], .scale = 1, .partitions = 1};
+    ps_errbuf eb = {""};
+    ck_assert_int_eq(psw_data_conf_check(&c, 0, &eb), PS_ECONFIG);
+    snprintf(want, sizeof want, "training set: '%s' is %s, not a data file", paths[i], kinds[i]);
+    ck_assert_str_eq(eb.msg, want);
+    snprintf(want, sizeof want, "%s: %s, not a regular file (psw reads a data file more than "
+             "once and sizes it from its length)", paths[i], kinds[i]);
+    psw_dataset d;
+    ck_assert_int_eq(psw_data_load_csv(&d, paths[i], 1.0f, NULL, &eb), PS_EFORMAT);
+    ck_assert_str_eq(eb.msg, want);
+    ck_assert_int_eq(psw_data_load_idx(&d, paths[i], paths[i], 1.0f, NULL, &eb), PS_EFORMAT);
+    ck_assert_str_eq(eb.msg, want);
+    psw_ctr log;
+    ck_assert_int_eq(psw_ctr_load(&log, paths[i], 0, &eb), PS_EFORMAT);
+    ck_assert_str_eq(eb.msg, want);
+  }
 }
 END_TEST
 
@@ -614,6 +650,7 @@ Suite *psw_data_suite(void) {
   tcase_add_loop_test(tc, test_idx_all, 0, 2);
   tcase_add_loop_test(tc, test_idx_partitions, 0, 2);
   tcase_add_loop_test(tc, test_idx_bad_files, 0, 2);
+  tcase_add_test(tc, test_not_regular_files);
   tcase_add_test(tc, test_idx_corrupt_gzip);
   tcase_add_test(tc, test_gzip_cut_short);
   tcase_add_loop_test(tc, test_idx_trailing, 0, 4);

@@ -124,11 +124,18 @@ static int ctr_read(psw_ctr *c, psw_gz *z, const char *path, uint64_t limit, cha
   int rc = 0;
   while ((!limit || c->n < limit) && !(rc = psw_gz_gets(z, buf, CTR_LINE_MAX + 2, &got, eb)) &&
          got) {
-    size_t len = strlen(buf); /* a NUL byte ends the line early: then a field is missing */
     line++;
     if (got == CTR_LINE_MAX + 1 && buf[got - 1] != '\n')
       return ps_errf(eb, PS_EFORMAT, "%s:%llu: line longer than %d bytes", path,
                      (unsigned long long)line, CTR_LINE_MAX);
+    if (line == 1 && got >= 3 && !memcmp(buf, "\xef\xbb\xbf", 3)) /* a UTF-8 BOM, as CSV */
+      memmove(buf, buf + 3, (got -= 3) + 1);
+    /* a NUL byte would end the line early: "7<NUL>junk" read as 7, or a
+     * field count that misleads */
+    size_t len = strlen(buf);
+    if (len < got)
+      return ps_errf(eb, PS_EFORMAT, "%s:%llu: a NUL byte at column %zu (a Criteo log is text: "
+                     "a binary or UTF-16 file?)", path, (unsigned long long)line, len + 1);
     if (len && buf[len - 1] == '\n') buf[--len] = 0;
     if (len && buf[len - 1] == '\r') buf[--len] = 0;
     if (!buf[strspn(buf, " ")]) continue;

@@ -424,6 +424,8 @@ static int csv_parse_row(const char *path, const csv_line *l, uint32_t dim, uint
     float f = strtof(p, &end);
     fe = end != p ? csv_field_end(end) : NULL;
     if (!fe || !isfinite(f)) return csv_bad_field(path, l, j + 2, p, "a finite number", eb);
+    if (memchr(p, 'x', (size_t)(end - p)) || memchr(p, 'X', (size_t)(end - p))) /* strtof's hex */
+      return csv_bad_field(path, l, j + 2, p, "a decimal number", eb);
     x[j] = f * scale;
     if (!isfinite(x[j]))
       return csv_bad_field(path, l, j + 2, p, "a number that data.scale leaves finite", eb);

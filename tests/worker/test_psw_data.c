@@ -423,6 +423,10 @@ static const struct csv_bad {
     {"1,2\n1.5,3\n", ":2: field 1 '1.5' is not an integer label", 0},
     {"1,2\n1,nan\n", ":2: field 2 'nan' is not a finite number", 0},
     {"1,2\n1,\n", ":2: field 2 '' is not a finite number", 0},
+    /* strtof reads C99 hex floats: "0x10" was 16, "0x1p3" 8 (the
+     * cluster file refuses hex, and no CSV tool writes it) */
+    {"1,2\n1,0x10\n", ":2: field 2 '0x10' is not a decimal number", 0},
+    {"1,2\n1, -0X1p3\n", ":2: field 2 '-0X1p3' is not a decimal number", 0},
     {"1\n", ":1: expected a label and at least one feature", 0},
     {"label,x\n\n", ": no samples", 0},
     /* a NUL ends strtof's number: '7\0garbage' read as 7 */

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ps_log.h"
 #include "ps_place.h"
 #include "psw_gz.h"
 
@@ -53,10 +54,10 @@ static void ctr_field_name(uint32_t f, char *buf, size_t len) {
 /* ctr_bad formats "PATH:LINE: field F (what): MSG 'TEXT'". */
 static int ctr_bad(ps_errbuf *eb, const char *path, uint64_t line, uint32_t f, const char *msg,
                    const char *text) {
-  char what[32];
+  char what[32], shown[24 * 4 + 8]; /* control bytes as \xNN, never raw to a terminal */
   ctr_field_name(f, what, sizeof what);
-  return ps_errf(eb, PS_EFORMAT, "%s:%llu: field %u (%s): %s '%.24s'", path,
-                 (unsigned long long)line, f, what, msg, text);
+  return ps_errf(eb, PS_EFORMAT, "%s:%llu: field %u (%s): %s '%s'", path,
+                 (unsigned long long)line, f, what, msg, ps_log_escape(shown, sizeof shown, text, 24));
 }
 
 /* ctr_int parses field S (NUL-terminated) as a decimal integer. */

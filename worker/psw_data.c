@@ -399,9 +399,11 @@ static uint32_t csv_nfields(const char *s) {
 static int csv_bad_field(const char *path, const csv_line *l, uint32_t field, const char *p,
                          const char *what, ps_errbuf *eb) {
   p += strspn(p, " \t");
+  char text[34], shown[32 * 4 + 8]; /* a CR (old Mac line ends), an escape: as \xNN */
   size_t len = strcspn(p, ",");
-  return ps_errf(eb, PS_EFORMAT, "%s:%" PRIu64 ": field %" PRIu32 " '%.*s' is not %s", path,
-                 l->lineno, field, (int)(len > 32 ? 32 : len), p, what);
+  snprintf(text, sizeof text, "%.*s", (int)(len > 33 ? 33 : len), p);
+  return ps_errf(eb, PS_EFORMAT, "%s:%" PRIu64 ": field %" PRIu32 " '%s' is not %s", path,
+                 l->lineno, field, ps_log_escape(shown, sizeof shown, text, 32), what);
 }
 
 /* csv_parse_row parses line L into label *Y and DIM features X. */

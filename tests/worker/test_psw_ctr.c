@@ -78,6 +78,9 @@ static const struct bad_line {
      "2: field 15 (categorical C1): expected 1-16 hex digits, got 'zz'"},
     {"1\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t00000000000000001\n",
      "2: field 40 (categorical C26): expected 1-16 hex digits, got '00000000000000001'"},
+    /* a control byte shown as \xNN, never raw to the terminal */
+    {"\x1b[2J\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n",
+     "2: field 1 (label): expected 0 or 1, got '\\x1b[2J'"},
     {"1\t2\t3\n", "2: 3 tab-separated fields, expected 40 (label, 13 integer, 26 categorical)"},
     {"1\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n",
      "2: more than 40 tab-separated fields"},

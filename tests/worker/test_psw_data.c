@@ -427,6 +427,9 @@ static const struct csv_bad {
      * cluster file refuses hex, and no CSV tool writes it) */
     {"1,2\n1,0x10\n", ":2: field 2 '0x10' is not a decimal number", 0},
     {"1,2\n1, -0X1p3\n", ":2: field 2 '-0X1p3' is not a decimal number", 0},
+    /* a file of old Mac line ends (CR only) is one line: the CR shown as
+     * \x0d, not written raw to the terminal (it hid the field's end) */
+    {"1,2.5\r0,3\r", ":1: field 2 '2.5\\x0d0' is not a finite number", 0},
     {"1\n", ":1: expected a label and at least one feature", 0},
     {"label,x\n\n", ": no samples", 0},
     /* a NUL ends strtof's number: '7\0garbage' read as 7 */

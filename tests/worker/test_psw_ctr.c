@@ -109,7 +109,7 @@ END_TEST
  * it ended the line, so "7<NUL>junk" as the last field read as 7. */
 START_TEST(test_ctr_bom_and_nul) {
   char text[600];
-  int n = snprintf(text, sizeof text, "\xef\xbb\xbf%s", good_log);
+  snprintf(text, sizeof text, "\xef\xbb\xbf%s", good_log);
   const char *path = write_tmp("bom.tsv", text, 0);
   psw_ctr c;
   ps_errbuf eb;
@@ -118,7 +118,7 @@ START_TEST(test_ctr_bom_and_nul) {
   ck_assert_int_eq(c.label[0], 1);
   psw_ctr_release(&c);
   /* line 3's last field "7<NUL>junk" */
-  n = snprintf(text, sizeof text, "%s", good_log) - 1; /* before its '\n' */
+  int n = snprintf(text, sizeof text, "%s", good_log) - 1; /* before its '\n' */
   memcpy(text + n, "7\0junk\n", 8);
   FILE *f = fopen(path, "wb");
   ck_assert_ptr_nonnull(f);

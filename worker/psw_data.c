@@ -169,20 +169,22 @@ static int idx_longer(idx_file *f, uint64_t more, ps_errbuf *eb) {
 
 /* idx_fits checks that the file can hold its first N records before
  * anything is sized from its header: a plain file holds its size (else
- * it is truncated; more is refused too, whichever records are loaded), a
- * gzip one at most 1032 times that (deflate's largest ratio). */
+ * it is truncated, fewer or more bytes refused whichever records are
+ * loaded, data.limit's first N too), a gzip one at most 1032 times that
+ * (deflate's largest ratio). */
 static int idx_fits(idx_file *f, uint64_t n, ps_errbuf *eb) {
-  int plain = psw_gz_direct(f->z);
   uint64_t whole = f->hdr + f->count * f->rec; /* count < 2^32, rec <= 2^24 */
-  if (plain && f->size != UINT64_MAX && f->size > whole) return idx_longer(f, f->size - whole, eb);
+  if (psw_gz_direct(f->z) && f->size != UINT64_MAX) {
+    if (f->size > whole) return idx_longer(f, f->size - whole, eb);
+    if (f->size < whole) { /* cut short: refused whatever data.limit is */
+      f->off = f->size;
+      return idx_truncated(f, eb);
+    }
+    return 0;
+  }
   uint64_t most = f->size == UINT64_MAX ? UINT64_MAX
-                  : plain ? (f->size > f->hdr ? f->size - f->hdr : 0)
                   : f->size > UINT64_MAX / 1032 ? UINT64_MAX : f->size * 1032;
   if (n <= most / f->rec) return 0;
-  if (plain) {
-    f->off = f->size;
-    return idx_truncated(f, eb);
-  }
   return ps_errf(eb, PS_EFORMAT, "%s: byte 4: %" PRIu64 " %ss of %" PRIu64 " bytes, but %" PRIu64
                  " compressed bytes hold at most %" PRIu64 " (truncated, or not an IDX file)",
                  f->path, n, f->kind, f->rec, f->size, most);

@@ -157,6 +157,18 @@ START_TEST(test_idx_bad_files) {
   else
     expect_idx_error(img, lab, PS_EFORMAT,
                      "%s: byte 76: truncated file (image 10 of 4000000000 incomplete)", img);
+  /* The same file cut short, with data.limit 2: a plain file's size is
+   * checked against its header whatever the limit (it loaded the first 2
+   * images of a file cut in image 9); a gzip one's end is read only with
+   * its last record (README). */
+  if (!gz) {
+    write_idx(dir, gz, NS, 16 + 9 * ROWS * COLS + 3, NS, img, lab);
+    psw_data_sel two = {.limit = 2};
+    ck_assert_int_eq(psw_data_load_idx(&d, img, lab, 1.0f, &two, &eb), PS_EFORMAT);
+    char want[1200];
+    snprintf(want, sizeof want, "%s: byte 73: truncated file (image 9 of 10 incomplete)", img);
+    ck_assert_str_eq(eb.msg, want);
+  }
   /* A header counting no image (and a label file of none): no samples,
    * as an empty CSV, not a training run of 0 steps that exits 0. */
   write_idx(dir, gz, 0, 16, 0, img, lab);

@@ -10,6 +10,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ps_log.h"
 #include "ps_place.h"
 #include "psw_gz.h"
 
@@ -53,10 +54,10 @@ static void ctr_field_name(uint32_t f, char *buf, size_t len) {
 /* ctr_bad formats "PATH:LINE: field F (what): MSG 'TEXT'". */
 static int ctr_bad(ps_errbuf *eb, const char *path, uint64_t line, uint32_t f, const char *msg,
                    const char *text) {
-  char what[32];
+  char what[32], shown[24 * 4 + 8]; /* control bytes as \xNN, never raw to a terminal */
   ctr_field_name(f, what, sizeof what);
-  return ps_errf(eb, PS_EFORMAT, "%s:%llu: field %u (%s): %s '%.24s'", path,
-                 (unsigned long long)line, f, what, msg, text);
+  return ps_errf(eb, PS_EFORMAT, "%s:%llu: field %u (%s): %s '%s'", path,
+                 (unsigned long long)line, f, what, msg, ps_log_escape(shown, sizeof shown, text, 24));
 }
 
 /* ctr_int parses field S (NUL-terminated) as a decimal integer. */
@@ -124,11 +125,18 @@ static int ctr_read(psw_ctr *c, psw_gz *z, const char *path, uint64_t limit, cha
   int rc = 0;
   while ((!limit || c->n < limit) && !(rc = psw_gz_gets(z, buf, CTR_LINE_MAX + 2, &got, eb)) &&
          got) {
-    size_t len = strlen(buf); /* a NUL byte ends the line early: then a field is missing */
     line++;
     if (got == CTR_LINE_MAX + 1 && buf[got - 1] != '\n')
       return ps_errf(eb, PS_EFORMAT, "%s:%llu: line longer than %d bytes", path,
                      (unsigned long long)line, CTR_LINE_MAX);
+    if (line == 1 && got >= 3 && !memcmp(buf, "\xef\xbb\xbf", 3)) /* a UTF-8 BOM, as CSV */
+      memmove(buf, buf + 3, (got -= 3) + 1);
+    /* a NUL byte would end the line early: "7<NUL>junk" read as 7, or a
+     * field count that misleads */
+    size_t len = strlen(buf);
+    if (len < got)
+      return ps_errf(eb, PS_EFORMAT, "%s:%llu: a NUL byte at column %zu (a Criteo log is text: "
+                     "a binary or UTF-16 file?)", path, (unsigned long long)line, len + 1);
     if (len && buf[len - 1] == '\n') buf[--len] = 0;
     if (len && buf[len - 1] == '\r') buf[--len] = 0;
     if (!buf[strspn(buf, " ")]) continue;

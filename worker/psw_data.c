@@ -169,20 +169,22 @@ static int idx_longer(idx_file *f, uint64_t more, ps_errbuf *eb) {
 
 /* idx_fits checks that the file can hold its first N records before
  * anything is sized from its header: a plain file holds its size (else
- * it is truncated; more is refused too, whichever records are loaded), a
- * gzip one at most 1032 times that (deflate's largest ratio). */
+ * it is truncated, fewer or more bytes refused whichever records are
+ * loaded, data.limit's first N too), a gzip one at most 1032 times that
+ * (deflate's largest ratio). */
 static int idx_fits(idx_file *f, uint64_t n, ps_errbuf *eb) {
-  int plain = psw_gz_direct(f->z);
   uint64_t whole = f->hdr + f->count * f->rec; /* count < 2^32, rec <= 2^24 */
-  if (plain && f->size != UINT64_MAX && f->size > whole) return idx_longer(f, f->size - whole, eb);
+  if (psw_gz_direct(f->z) && f->size != UINT64_MAX) {
+    if (f->size > whole) return idx_longer(f, f->size - whole, eb);
+    if (f->size < whole) { /* cut short: refused whatever data.limit is */
+      f->off = f->size;
+      return idx_truncated(f, eb);
+    }
+    return 0;
+  }
   uint64_t most = f->size == UINT64_MAX ? UINT64_MAX
-                  : plain ? (f->size > f->hdr ? f->size - f->hdr : 0)
                   : f->size > UINT64_MAX / 1032 ? UINT64_MAX : f->size * 1032;
   if (n <= most / f->rec) return 0;
-  if (plain) {
-    f->off = f->size;
-    return idx_truncated(f, eb);
-  }
   return ps_errf(eb, PS_EFORMAT, "%s: byte 4: %" PRIu64 " %ss of %" PRIu64 " bytes, but %" PRIu64
                  " compressed bytes hold at most %" PRIu64 " (truncated, or not an IDX file)",
                  f->path, n, f->kind, f->rec, f->size, most);
@@ -284,6 +286,10 @@ int psw_data_load_idx(psw_dataset *d, const char *images, const char *labels, fl
   if (im.count != lb.count) {
     r = ps_errf(eb, PS_EFORMAT, "%s: byte 4: %" PRIu64 " images but '%s' holds %" PRIu64
                 " labels", images, im.count, labels, lb.count);
+    goto out_labels;
+  }
+  if (im.count == 0) { /* as an empty CSV: training on nothing is no success */
+    r = ps_errf(eb, PS_EFORMAT, "%s: byte 4: no samples (its header counts 0 images)", images);
     goto out_labels;
   }
   uint64_t total = sel && sel->limit && sel->limit < im.count ? sel->limit : im.count;
@@ -395,9 +401,11 @@ static uint32_t csv_nfields(const char *s) {
 static int csv_bad_field(const char *path, const csv_line *l, uint32_t field, const char *p,
                          const char *what, ps_errbuf *eb) {
   p += strspn(p, " \t");
+  char text[34], shown[32 * 4 + 8]; /* a CR (old Mac line ends), an escape: as \xNN */
   size_t len = strcspn(p, ",");
-  return ps_errf(eb, PS_EFORMAT, "%s:%" PRIu64 ": field %" PRIu32 " '%.*s' is not %s", path,
-                 l->lineno, field, (int)(len > 32 ? 32 : len), p, what);
+  snprintf(text, sizeof text, "%.*s", (int)(len > 33 ? 33 : len), p);
+  return ps_errf(eb, PS_EFORMAT, "%s:%" PRIu64 ": field %" PRIu32 " '%s' is not %s", path,
+                 l->lineno, field, ps_log_escape(shown, sizeof shown, text, 32), what);
 }
 
 /* csv_parse_row parses line L into label *Y and DIM features X. */
@@ -420,6 +428,8 @@ static int csv_parse_row(const char *path, const csv_line *l, uint32_t dim, uint
     float f = strtof(p, &end);
     fe = end != p ? csv_field_end(end) : NULL;
     if (!fe || !isfinite(f)) return csv_bad_field(path, l, j + 2, p, "a finite number", eb);
+    if (memchr(p, 'x', (size_t)(end - p)) || memchr(p, 'X', (size_t)(end - p))) /* strtof's hex */
+      return csv_bad_field(path, l, j + 2, p, "a decimal number", eb);
     x[j] = f * scale;
     if (!isfinite(x[j]))
       return csv_bad_field(path, l, j + 2, p, "a number that data.scale leaves finite", eb);
@@ -589,9 +599,9 @@ int psw_data_conf_check(const ps_data_conf *conf, int test, ps_errbuf *eb) {
     if (files[i] && (access(files[i], R_OK) != 0 || stat(files[i], &st) != 0))
       err = ps_errf(eb, PS_ECONFIG, "%s set: cannot read '%s': %s", test ? "test" : "training",
                     files[i], strerror(errno));
-    else if (files[i] && S_ISDIR(st.st_mode))
-      err = ps_errf(eb, PS_ECONFIG, "%s set: '%s' is a directory, not a data file",
-                    test ? "test" : "training", files[i]);
+    else if (files[i] && !S_ISREG(st.st_mode)) /* a FIFO would block psw's open */
+      err = ps_errf(eb, PS_ECONFIG, "%s set: '%s' is %s, not a data file",
+                    test ? "test" : "training", files[i], psw_gz_kind(st.st_mode));
   return err;
 }
 

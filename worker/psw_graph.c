@@ -25,6 +25,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "ps_config.h"
 #include "ps_pb.h"
 #include "ps_place.h"
 
@@ -749,7 +750,7 @@ int psw_graph_load(const void *buf, size_t len, psw_graph **out, ps_errbuf *eb) 
 
 int psw_graph_load_file(const char *path, psw_graph **g, ps_errbuf *eb) {
   *g = NULL;
-  FILE *f = fopen(path, "rb");
+  FILE *f = ps_config_fopen(path); /* a FIFO nobody writes to: empty, not a hang */
   if (!f) return ps_errf(eb, ps_err_from_errno(errno), "%s: %s", path, strerror(errno));
   int rc = 0, why = 0;
   size_t cap = 1 << 16, len = 0;

@@ -63,12 +63,20 @@ int psw_gz_open(psw_gz **out, const char *path, ps_errbuf *eb) {
   if (!z) return ps_errf(eb, PS_ENOMEM, "%s: out of memory", path);
   z->path = path;
   z->zs.next_in = z->in;
-  if ((z->fd = open(path, O_RDONLY | O_CLOEXEC)) < 0) {
+  /* O_NONBLOCK: a FIFO with no writer must not block the open (it is
+   * refused below); cleared again for the reads */
+  if ((z->fd = open(path, O_RDONLY | O_NONBLOCK | O_CLOEXEC)) < 0) {
     int e = errno;
     free(z);
     return ps_errf(eb, PS_EIO, "%s: cannot open: %s", path, strerror(e));
   }
-  int r = 0;
+  struct stat st;
+  int fl = fcntl(z->fd, F_GETFL), r = 0;
+  if (fl < 0 || fcntl(z->fd, F_SETFL, fl & ~O_NONBLOCK) < 0 || fstat(z->fd, &st) < 0)
+    r = ps_errf(eb, PS_EIO, "%s: cannot open: %s", path, strerror(errno));
+  else if (!S_ISREG(st.st_mode))
+    r = ps_errf(eb, PS_EFORMAT, "%s: %s, not a regular file (psw reads a data file more than "
+                "once and sizes it from its length)", path, psw_gz_kind(st.st_mode));
   while (r == 0 && z->zs.avail_in < 2 && !z->eof) r = gz_fill(z, eb);
   z->direct = z->zs.avail_in < 2 || z->in[0] != 0x1f || z->in[1] != 0x8b;
   if (r == 0 && !z->direct) { /* 15 + 16: a gzip wrapper, any window size */
@@ -82,6 +90,12 @@ int psw_gz_open(psw_gz **out, const char *path, ps_errbuf *eb) {
   }
   *out = z;
   return 0;
+}
+
+const char *psw_gz_kind(unsigned mode) {
+  return S_ISDIR(mode) ? "a directory" : S_ISFIFO(mode) ? "a FIFO" : S_ISCHR(mode) ? "a character device"
+         : S_ISBLK(mode) ? "a block device" : S_ISSOCK(mode) ? "a socket" : S_ISREG(mode) ? "a regular file"
+         : "a special file";
 }
 
 int psw_gz_direct(const psw_gz *z) {

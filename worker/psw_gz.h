@@ -26,6 +26,12 @@ typedef struct psw_gz psw_gz;
  * release with psw_gz_close. */
 int psw_gz_open(psw_gz **z, const char *path, ps_errbuf *eb);
 
+/* psw_gz_kind names the kind of file of st_mode MODE ("a FIFO", "a
+ * directory", ...) for messages.  psw_gz_open refuses all but regular
+ * files: a FIFO would block (and is read once only), a device such as
+ * /dev/zero never ends. */
+const char *psw_gz_kind(unsigned mode);
+
 /* psw_gz_direct says whether Z reads a plain (not gzipped) file. */
 int psw_gz_direct(const psw_gz *z);
 

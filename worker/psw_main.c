@@ -259,6 +259,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "psw: %s\n", eb.msg);
     return 2;
   }
+  /* keys set in vain, a limit below the partitions: said as psd says them */
+  if (cfg.warning[0]) fprintf(stderr, "%s\n", cfg.warning);
   /* the metrics file is checked now, not after the first epoch's training */
   FILE *mf = a.metrics_csv ? fopen(a.metrics_csv, "a") : NULL;
   if (a.metrics_csv && !mf) {

@@ -766,6 +766,27 @@ START_TEST(test_cli_bad_flags) {
 }
 END_TEST
 
+/* The cluster file's warnings reach psw's stderr, as psd's: psw said
+ * none, so a 'limit' below 'partitions' (README: "it warns") left
+ * partitions of no sample unsaid to the one who runs the worker. */
+START_TEST(test_psw_config_warnings) {
+  pt_ctx x;
+  pt_init(&x);
+  char yaml[700];
+  snprintf(yaml, sizeof yaml, "%s/warn.yaml", x.dir);
+  ps_test_write_file(yaml, "cluster: w\nsecurity: {mode: none}\nshards:\n"
+                           "  - {id: 0, grpc: 127.0.0.1:1, channel: 127.0.0.1:2, data_dir: /x}\n"
+                           "data:\n  limit: 1\n  partitions: 16\n");
+  ck_assert_int_eq(pt_run(&x, "psw", "--config '%s' --model m --metrics-csv /nonexistent/m.csv",
+                          yaml), 2);
+  char want[800];
+  snprintf(want, sizeof want, "%s:6:10: warning: 'limit' (1) is below 'partitions' (16): 15 "
+           "partitions hold no sample", yaml);
+  ck_assert_msg(pt_contains(x.err, want), "no \"%s\" in %s", want, x.err);
+  pt_cleanup(&x);
+}
+END_TEST
+
 /* A psctl usage error says what was wrong in one line and where the
  * help is, "see 'psctl CMD --help'": it was followed by the command's
  * whole usage text (30 lines for submit), which buried the error. */
@@ -1562,6 +1583,7 @@ Suite *psctl_suite(void) {
                {"cli_bad_flags", test_cli_bad_flags},
                {"cli_usage_error_short", test_cli_usage_error_short},
                {"cli_short_options", test_cli_short_options},
+               {"psw_config_warnings", test_psw_config_warnings},
                {"psd_t_group_commit", test_psd_t_group_commit_periodic},
                {"bench", test_psctl_bench},
                {"status_aggregator", test_psctl_status_aggregator},

@@ -78,6 +78,9 @@ static const struct bad_line {
      "2: field 15 (categorical C1): expected 1-16 hex digits, got 'zz'"},
     {"1\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t00000000000000001\n",
      "2: field 40 (categorical C26): expected 1-16 hex digits, got '00000000000000001'"},
+    /* a control byte shown as \xNN, never raw to the terminal */
+    {"\x1b[2J\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n",
+     "2: field 1 (label): expected 0 or 1, got '\\x1b[2J'"},
     {"1\t2\t3\n", "2: 3 tab-separated fields, expected 40 (label, 13 integer, 26 categorical)"},
     {"1\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\t\n",
      "2: more than 40 tab-separated fields"},
@@ -97,6 +100,36 @@ START_TEST(test_ctr_bad_line) {
   ck_assert_ptr_null(c.label);
   ck_assert_int_eq(psw_ctr_load(&c, "/nonexistent/x.tsv", 0, &eb), PS_EIO);
   ck_assert(strstr(eb.msg, "/nonexistent/x.tsv: cannot open") == eb.msg);
+}
+END_TEST
+
+/* A UTF-8 byte order mark before line 1 (a spreadsheet's export) is
+ * skipped, as CSV skips it: it read as the label, "expected 0 or 1, got
+ * '<BOM>1'" with the mark invisible.  A NUL byte is refused where it is:
+ * it ended the line, so "7<NUL>junk" as the last field read as 7. */
+START_TEST(test_ctr_bom_and_nul) {
+  char text[600];
+  snprintf(text, sizeof text, "\xef\xbb\xbf%s", good_log);
+  const char *path = write_tmp("bom.tsv", text, 0);
+  psw_ctr c;
+  ps_errbuf eb;
+  ck_assert_msg(psw_ctr_load(&c, path, 0, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(c.n, 2);
+  ck_assert_int_eq(c.label[0], 1);
+  psw_ctr_release(&c);
+  /* line 3's last field "7<NUL>junk" */
+  int n = snprintf(text, sizeof text, "%s", good_log) - 1; /* before its '\n' */
+  memcpy(text + n, "7\0junk\n", 8);
+  FILE *f = fopen(path, "wb");
+  ck_assert_ptr_nonnull(f);
+  ck_assert_uint_eq(fwrite(text, 1, (size_t)n + 8, f), (size_t)n + 8);
+  ck_assert_int_eq(fclose(f), 0);
+  ck_assert_int_eq(psw_ctr_load(&c, path, 0, &eb), PS_EFORMAT);
+  char want[700];
+  snprintf(want, sizeof want, "%s:3: a NUL byte at column 42 (a Criteo log is text: a binary or "
+           "UTF-16 file?)", path);
+  ck_assert_str_eq(eb.msg, want);
+  ck_assert_ptr_null(c.label);
 }
 END_TEST
 
@@ -222,6 +255,7 @@ Suite *psw_ctr_suite(void) {
   tcase_set_timeout(tc, 150);
   tcase_add_test(tc, test_ctr_values);
   tcase_add_loop_test(tc, test_ctr_bad_line, 0, (int)(sizeof bad_lines / sizeof bad_lines[0]));
+  tcase_add_test(tc, test_ctr_bom_and_nul);
   tcase_add_test(tc, test_ctr_truncated_gzip);
   tcase_add_test(tc, test_ctr_gzip_members);
   tcase_add_test(tc, test_gen_ctr_round_trip);

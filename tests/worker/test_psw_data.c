@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -156,6 +157,23 @@ START_TEST(test_idx_bad_files) {
   else
     expect_idx_error(img, lab, PS_EFORMAT,
                      "%s: byte 76: truncated file (image 10 of 4000000000 incomplete)", img);
+  /* The same file cut short, with data.limit 2: a plain file's size is
+   * checked against its header whatever the limit (it loaded the first 2
+   * images of a file cut in image 9); a gzip one's end is read only with
+   * its last record (README). */
+  if (!gz) {
+    write_idx(dir, gz, NS, 16 + 9 * ROWS * COLS + 3, NS, img, lab);
+    psw_data_sel two = {.limit = 2};
+    ck_assert_int_eq(psw_data_load_idx(&d, img, lab, 1.0f, &two, &eb), PS_EFORMAT);
+    char want[1200];
+    snprintf(want, sizeof want, "%s: byte 73: truncated file (image 9 of 10 incomplete)", img);
+    ck_assert_str_eq(eb.msg, want);
+  }
+  /* A header counting no image (and a label file of none): no samples,
+   * as an empty CSV, not a training run of 0 steps that exits 0. */
+  write_idx(dir, gz, 0, 16, 0, img, lab);
+  expect_idx_error(img, lab, PS_EFORMAT, "%s: byte 4: no samples (its header counts 0 images)",
+                   img);
   /* A file shorter than its header. */
   write_idx(dir, gz, NS, 10, NS, img, lab);
   expect_idx_error(img, lab, PS_EFORMAT, "%s: byte 10: truncated file (in the header)", img);
@@ -163,6 +181,36 @@ START_TEST(test_idx_bad_files) {
   char missing[700];
   snprintf(missing, sizeof missing, "%s/nope", dir);
   expect_idx_error(missing, lab, PS_EIO, "%s: cannot open: No such file or directory", missing);
+}
+END_TEST
+
+/* A data path that is no regular file: a FIFO nobody writes to blocked
+ * psw's open forever, /dev/zero as a CSV grew its buffer until memory
+ * ran out.  Both refused, by the check psw makes before it asks the
+ * shards and by every reader. */
+START_TEST(test_not_regular_files) {
+  char fifo[600], zero[] = "/dev/zero", want[1400];
+  snprintf(fifo, sizeof fifo, "%s/fifo", ps_test_tmpdir());
+  ck_assert_int_eq(mkfifo(fifo, 0600), 0);
+  char *paths[] = {fifo, zero};
+  const char *kinds[] = {"a FIFO", "a character device"};
+  for (int i = 0; i < 2; i++) {
+    ps_data_conf c = {.format = "csv", .train_images = paths[i], .scale = 1, .partitions = 1};
+    ps_errbuf eb = {""};
+    ck_assert_int_eq(psw_data_conf_check(&c, 0, &eb), PS_ECONFIG);
+    snprintf(want, sizeof want, "training set: '%s' is %s, not a data file", paths[i], kinds[i]);
+    ck_assert_str_eq(eb.msg, want);
+    snprintf(want, sizeof want, "%s: %s, not a regular file (psw reads a data file more than "
+             "once and sizes it from its length)", paths[i], kinds[i]);
+    psw_dataset d;
+    ck_assert_int_eq(psw_data_load_csv(&d, paths[i], 1.0f, NULL, &eb), PS_EFORMAT);
+    ck_assert_str_eq(eb.msg, want);
+    ck_assert_int_eq(psw_data_load_idx(&d, paths[i], paths[i], 1.0f, NULL, &eb), PS_EFORMAT);
+    ck_assert_str_eq(eb.msg, want);
+    psw_ctr log;
+    ck_assert_int_eq(psw_ctr_load(&log, paths[i], 0, &eb), PS_EFORMAT);
+    ck_assert_str_eq(eb.msg, want);
+  }
 }
 END_TEST
 
@@ -387,6 +435,13 @@ static const struct csv_bad {
     {"1,2\n1.5,3\n", ":2: field 1 '1.5' is not an integer label", 0},
     {"1,2\n1,nan\n", ":2: field 2 'nan' is not a finite number", 0},
     {"1,2\n1,\n", ":2: field 2 '' is not a finite number", 0},
+    /* strtof reads C99 hex floats: "0x10" was 16, "0x1p3" 8 (the
+     * cluster file refuses hex, and no CSV tool writes it) */
+    {"1,2\n1,0x10\n", ":2: field 2 '0x10' is not a decimal number", 0},
+    {"1,2\n1, -0X1p3\n", ":2: field 2 '-0X1p3' is not a decimal number", 0},
+    /* a file of old Mac line ends (CR only) is one line: the CR shown as
+     * \x0d, not written raw to the terminal (it hid the field's end) */
+    {"1,2.5\r0,3\r", ":1: field 2 '2.5\\x0d0' is not a finite number", 0},
     {"1\n", ":1: expected a label and at least one feature", 0},
     {"label,x\n\n", ": no samples", 0},
     /* a NUL ends strtof's number: '7\0garbage' read as 7 */
@@ -614,6 +669,7 @@ Suite *psw_data_suite(void) {
   tcase_add_loop_test(tc, test_idx_all, 0, 2);
   tcase_add_loop_test(tc, test_idx_partitions, 0, 2);
   tcase_add_loop_test(tc, test_idx_bad_files, 0, 2);
+  tcase_add_test(tc, test_not_regular_files);
   tcase_add_test(tc, test_idx_corrupt_gzip);
   tcase_add_test(tc, test_gzip_cut_short);
   tcase_add_loop_test(tc, test_idx_trailing, 0, 4);

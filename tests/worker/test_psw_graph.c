@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -349,6 +350,13 @@ START_TEST(test_errors_empty_file) {
   ck_assert_str_eq(eb.msg, want);
   ck_assert_int_eq(psw_graph_load("", 0, &g, &eb), PS_EFORMAT);
   ck_assert_str_eq(eb.msg, "empty graph (0 bytes)");
+  /* A FIFO nobody writes to (`psctl model show FIFO`): read as empty, as
+   * the cluster file is, not an open that blocks forever. */
+  snprintf(path, sizeof path, "%s/fifo.pb", ps_test_tmpdir());
+  ck_assert_int_eq(mkfifo(path, 0600), 0);
+  ck_assert_int_eq(psw_graph_load_file(path, &g, &eb), PS_EFORMAT);
+  snprintf(want, sizeof want, "%s: the file is empty (0 bytes), not a graph", path);
+  ck_assert_str_eq(eb.msg, want);
 }
 END_TEST
 

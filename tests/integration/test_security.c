@@ -1339,6 +1339,36 @@ static void sec_done_msg(psd_done *d, int status, const char *msg) {
   sec_done(d, status, msg);
 }
 
+/* sec_cc_pull pulls model m through an aggregator's client of its roots
+ * (psd_chan_client, KEY, payload MAC) from channel ADDR on a loop of its
+ * own, within 20 s; its status (1: none in time), its message in MSG
+ * (400 bytes). */
+static int sec_cc_pull(const char *addr, const ps_auth_key *key, char *msg) {
+  uv_loop_t loop;
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  psd_chan_client *c;
+  ps_errbuf eb;
+  ck_assert_int_eq(
+      psd_chan_client_new(&c, &loop, addr, "test", key, PS_CHAN_AUTH_MAC, 5000, 5000, &eb), 0);
+  static const uint32_t ids[SEC_CHUNKS] = {0, 1, 2, 3};
+  static float out[SEC_ELEMS];
+  ps_req pull = {.model = "m", .ids = ids, .nids = SEC_CHUNKS, .out = out, .nbytes = sizeof out};
+  int status = 1;
+  psd_chan_client_req q;
+  memset(&q, 0, sizeof q);
+  q.done.fn = sec_done_msg;
+  q.done.arg = &status;
+  msg[0] = '\0';
+  sec_done_said = msg;
+  ck_assert_int_eq(psd_chan_client_pull(c, &pull, &q, &eb), 0);
+  int64_t until = ps_test_now_ms() + 20000;
+  while (status == 1 && ps_test_now_ms() < until) uv_run(&loop, UV_RUN_NOWAIT), usleep(1000);
+  psd_chan_client_close(c);
+  while (uv_run(&loop, UV_RUN_NOWAIT) && ps_test_now_ms() < until + 10000) usleep(1000);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+  return status;
+}
+
 /* An aggregator's link to its roots (psd_chan_client) proves its key
  * with the hello's fields and checks the shard's accept MAC: its pull
  * over the payload MAC is answered. */
@@ -1346,27 +1376,9 @@ START_TEST(test_sec_mac_async_client) {
   ck_assert_msg(mac_up_ok, "the payload-MAC psd is not running");
   ps_auth_keys keys;
   const ps_auth_key *key = sec_worker_key(&keys);
-  uv_loop_t loop;
-  ck_assert_int_eq(uv_loop_init(&loop), 0);
-  psd_chan_client *c;
-  ps_errbuf eb;
-  ck_assert_int_eq(psd_chan_client_new(&c, &loop, mac_chan, "test", key, PS_CHAN_AUTH_MAC, 5000,
-                                       5000, &eb), 0);
-  static const uint32_t ids[SEC_CHUNKS] = {0, 1, 2, 3};
-  static float out[SEC_ELEMS];
-  ps_req pull = {.model = "m", .ids = ids, .nids = SEC_CHUNKS, .out = out, .nbytes = sizeof out};
-  int status = 1;
-  psd_chan_client_req q;
-  memset(&q, 0, sizeof q);
-  q.done.fn = sec_done;
-  q.done.arg = &status;
-  ck_assert_int_eq(psd_chan_client_pull(c, &pull, &q, &eb), 0);
-  int64_t until = ps_test_now_ms() + 10000;
-  while (status == 1 && ps_test_now_ms() < until) uv_run(&loop, UV_RUN_NOWAIT), usleep(1000);
-  psd_chan_client_close(c);
-  while (uv_run(&loop, UV_RUN_NOWAIT) && ps_test_now_ms() < until + 10000) usleep(1000);
-  ck_assert_int_eq(uv_loop_close(&loop), 0);
-  ck_assert_msg(status == 0, "the pull ended with %d", status);
+  char msg[400];
+  int status = sec_cc_pull(mac_chan, key, msg);
+  ck_assert_msg(status == 0, "the pull ended with %d: %s", status, msg);
   ps_auth_release(&keys);
 }
 END_TEST
@@ -1507,27 +1519,8 @@ START_TEST(test_sec_hello_middleman_clients) {
     }
     /* an aggregator's link */
     proxy_start(&p, addr);
-    uv_loop_t loop;
-    ck_assert_int_eq(uv_loop_init(&loop), 0);
-    psd_chan_client *cc;
-    ck_assert_int_eq(
-        psd_chan_client_new(&cc, &loop, addr, "test", key, PS_CHAN_AUTH_MAC, 5000, 5000, &eb), 0);
-    static const uint32_t ids[SEC_CHUNKS] = {0, 1, 2, 3};
-    static float out[SEC_ELEMS];
-    ps_req pull = {.model = "m", .ids = ids, .nids = SEC_CHUNKS, .out = out, .nbytes = sizeof out};
-    int status = 1;
-    char msg[400] = "";
-    psd_chan_client_req q;
-    memset(&q, 0, sizeof q);
-    q.done.fn = sec_done_msg;
-    q.done.arg = &status;
-    sec_done_said = msg;
-    ck_assert_int_eq(psd_chan_client_pull(cc, &pull, &q, &eb), 0);
-    int64_t until = ps_test_now_ms() + 20000;
-    while (status == 1 && ps_test_now_ms() < until) uv_run(&loop, UV_RUN_NOWAIT), usleep(1000);
-    psd_chan_client_close(cc);
-    while (uv_run(&loop, UV_RUN_NOWAIT) && ps_test_now_ms() < until + 10000) usleep(1000);
-    ck_assert_int_eq(uv_loop_close(&loop), 0);
+    char msg[400];
+    int status = sec_cc_pull(addr, key, msg);
     pthread_join(p.th, NULL);
     close(p.lfd);
     ck_assert_msg(status == PS_EPERM && strstr(msg, want[frame]),

@@ -1369,11 +1369,11 @@ static int cfg_check_depth(cfg_ctx *x, const unsigned char *buf, size_t len) {
       break;
     }
     if (type == YAML_SCALAR_TOKEN && memchr(t.data.scalar.value, 0, t.data.scalar.length)) {
-      /* "a\0b" (YAML's \0 escape): every value is read as a C string,
+      /* "a\0b" (YAML's \0, \x00 or \u0000 escape): every value is read as a C string,
        * which would end at the NUL, and a name or path cut short there
        * would pass every later check. */
-      r = cfg_err(x, m, "a string holds a NUL byte (the \\0 escape); psd would read it cut short "
-                        "there");
+      r = cfg_err(x, m, "a string holds a NUL byte (YAML's \\0, \\x00 or \\u0000 escape); psd "
+                        "would read it cut short there");
       yaml_token_delete(&t);
       break;
     }

@@ -830,11 +830,22 @@ static const struct bad_case {
     /* A NUL (YAML's \0 escape) would end the C string early: the cluster
      * "h\0x" was taken as "h", a data_dir "/a\0/b" as "/a". */
     {"cluster: \"a\\0x\"\n" SHARD0 SEC0, PS_ECONFIG,
-     "1:10: a string holds a NUL byte (the \\0 escape); psd would read it cut short there"},
+     "1:10: a string holds a NUL byte (YAML's \\0, \\x00 or \\u0000 escape); psd would "
+     "read it cut short there"},
     {"cluster: a\nshards:\n  - {id: 0, grpc: 'h:1', channel: 'h:2', data_dir: \"/d\\0/e\"}\n" SEC0,
-     PS_ECONFIG, "3:52: a string holds a NUL byte (the \\0 escape); psd would read it cut short there"},
+     PS_ECONFIG,
+     "3:52: a string holds a NUL byte (YAML's \\0, \\x00 or \\u0000 escape); psd would "
+     "read it cut short there"},
+    /* the other escapes of a NUL, named by the message too */
+    {"cluster: \"a\\x00x\"\n" SHARD0 SEC0, PS_ECONFIG,
+     "1:10: a string holds a NUL byte (YAML's \\0, \\x00 or \\u0000 escape); psd would "
+     "read it cut short there"},
+    {"cluster: \"a\\u0000x\"\n" SHARD0 SEC0, PS_ECONFIG,
+     "1:10: a string holds a NUL byte (YAML's \\0, \\x00 or \\u0000 escape); psd would "
+     "read it cut short there"},
     {"cluster: a\n\"work\\0ers\": {count: 1}\n" SHARD0 SEC0, PS_ECONFIG,
-     "2:1: a string holds a NUL byte (the \\0 escape); psd would read it cut short there"},
+     "2:1: a string holds a NUL byte (YAML's \\0, \\x00 or \\u0000 escape); psd would "
+     "read it cut short there"},
     /* One address however it is written: inet_pton's reading of an IP
      * address, localhost the loopback one, host names without case (they
      * passed psd -t as different strings, then failed to bind). */

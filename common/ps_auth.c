@@ -312,8 +312,10 @@ static void auth_put64(uint8_t *msg, size_t *n, uint64_t v) {
  * first).  FIELDS: H's (NULL: none, the session key); the last HELLO's
  * too when ACCEPT. */
 #define AUTH_TOKEN_MAX 64
-#define AUTH_MSG_MAX \
-  (40 + 64 + PS_AUTH_ID_MAX + 3 + 2 * PS_AUTH_NONCE + 4 + 5 * 4 + 8 + 6 * 4 + 8 + AUTH_TOKEN_MAX)
+#define AUTH_MSG_MAX                                                                  \
+  (40 + 64 + PS_AUTH_ID_MAX + 3 + 2 * PS_AUTH_NONCE /* label, cluster, id, nonces */ + \
+   4 + 4 * 4 + 8 /* version, mac, want_mac, unordered_acks, shm_hold, shm_bytes */ +   \
+   6 * 4 + 8 + 4 + AUTH_TOKEN_MAX /* ACCEPT: six words, granted, the token's length, it */)
 static size_t auth_hmac_msg(uint8_t *msg, const char *label, const char *cluster,
                             const ps_auth_key *k, const uint8_t *nc, const uint8_t *ns,
                             const ps_auth_hello *h, int accept) {

@@ -178,6 +178,12 @@ enum { PS_AUTH_CLIENT = 0, PS_AUTH_SERVER = 1, PS_AUTH_ACCEPT = 2 };
  * cover the fields of ps_auth_hello: README "Security"). */
 #define PS_AUTH_HELLO_VERSION 2
 
+/* PS_AUTH_OLD_PEER names, in a refusal, a peer whose hello has no
+ * auth_version PS_AUTH_HELLO_VERSION (one text for every side). */
+#define PS_AUTH_OLD_PEER                                                          \
+  "a psd build whose hello carries no auth_version, made before the proofs "    \
+  "covered the negotiated fields: upgrade every process of the cluster together"
+
 /* ps_auth_proof computes SIDE's MAC (PS_AUTH_CLIENT, _SERVER, _ACCEPT)
  * over CLUSTER, K's id, the two nonces and the hello's fields H (the
  * client's and the challenge's; the accept MAC also the last HELLO's)

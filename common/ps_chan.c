@@ -1204,7 +1204,7 @@ static int chan_hello(ps_chan_client *c, const char *cluster, const ps_auth_key 
                    "(no security.secret_file there?)", c->addr);
   if (version != PS_AUTH_HELLO_VERSION)
     return ps_errf(eb, PS_EPERM, "channel '%s': the shard's hello proofs are of version %u, "
-                   "this client's of %d (a psd from before 2026-12-01 03:00 UTC: upgrade it)",
+                   "this client's of %d (" PS_AUTH_OLD_PEER ")",
                    c->addr, version, PS_AUTH_HELLO_VERSION);
   h.mac = mac ? 1 : 0;
   if (!ps_auth_check(key, PS_AUTH_SERVER, cluster, nc, ns, &h, proof, proof_len))

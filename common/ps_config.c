@@ -1003,13 +1003,21 @@ static size_t cfg_dir_norm(const char *p, char *out, size_t cap) {
 
 /* cfg_dir_rel relates directories A and B as text (cfg_dir_norm): 0
  * apart (or too long to tell), CFG_DIR_SAME, CFG_DIR_IN (A is inside B)
- * or CFG_DIR_HOLDS (B is inside A). */
+ * or CFG_DIR_HOLDS (B is inside A).  "." holds every relative path that
+ * does not start with "..". */
 enum { CFG_DIR_SAME = 1, CFG_DIR_IN, CFG_DIR_HOLDS };
 static int cfg_dir_rel(const char *a, const char *b) {
   char na[4096], nb[4096];
   size_t la = cfg_dir_norm(a, na, sizeof na), lb = cfg_dir_norm(b, nb, sizeof nb);
   if (!la || !lb) return 0;
-  if (la == lb) return memcmp(na, nb, la) ? 0 : CFG_DIR_SAME;
+  if (la == lb && !memcmp(na, nb, la)) return CFG_DIR_SAME;
+  int adot = !strcmp(na, "."), bdot = !strcmp(nb, ".");
+  if (adot != bdot) {
+    const char *r = adot ? nb : na; /* the other one */
+    if (*r == '/' || !strcmp(r, "..") || !strncmp(r, "../", 3)) return 0;
+    return adot ? CFG_DIR_HOLDS : CFG_DIR_IN;
+  }
+  if (la == lb) return 0;
   const char *lo = la < lb ? na : nb, *hi = la < lb ? nb : na;
   size_t l = la < lb ? la : lb;
   if (memcmp(lo, hi, l) || (hi[l] != '/' && strcmp(lo, "/"))) return 0;
@@ -1361,11 +1369,11 @@ static int cfg_check_depth(cfg_ctx *x, const unsigned char *buf, size_t len) {
       break;
     }
     if (type == YAML_SCALAR_TOKEN && memchr(t.data.scalar.value, 0, t.data.scalar.length)) {
-      /* "a\0b" (YAML's \0 escape): every value is read as a C string,
+      /* "a\0b" (YAML's \0, \x00 or \u0000 escape): every value is read as a C string,
        * which would end at the NUL, and a name or path cut short there
        * would pass every later check. */
-      r = cfg_err(x, m, "a string holds a NUL byte (the \\0 escape); psd would read it cut short "
-                        "there");
+      r = cfg_err(x, m, "a string holds a NUL byte (YAML's \\0, \\x00 or \\u0000 escape); psd "
+                        "would read it cut short there");
       yaml_token_delete(&t);
       break;
     }

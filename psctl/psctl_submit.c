@@ -107,22 +107,23 @@ static int psctl_submit_float(psctl_submit_opts *o, int key, const char *arg) {
 }
 
 /* The optimizer flags only some optimizers use: the option's letter, its
- * name and the kinds that use it (blank-separated, blanks around). */
-/* None of them can be 0: proto3 sends a 0 as unset, and the shards take
- * an unset setting as its default (psd_optim.h), so 0 is refused rather
- * than silently run as the default (ZERO says what the shards would use). */
+ * name, the kinds that use it (blank-separated, blanks around) and ZERO,
+ * what the shards would use for a 0.  None of them can be 0: proto3 sends
+ * a 0 as unset, and the shards take an unset setting as its default
+ * (psd_optim.h), so 0 is refused rather than silently run as the default. */
 static const struct {
   int key;
   const char *flag, *kinds, *zero;
-} psctl_opt_uses[] = {{'m', "momentum", " momentum nesterov ", "0.9 (for no momentum use --optimizer sgd)"},
-                      {'1', "beta1", " adam ", "0.9"},
-                      {'2', "beta2", " adam ", "0.999"},
-                      {'e', "eps", " adam adagrad ", "1e-8 (adagrad: 1e-10)"}};
+} psctl_opt_uses[] = {
+    {'m', "momentum", " momentum nesterov ", "0.9 (for no momentum use --optimizer sgd)"},
+    {'1', "beta1", " adam ", "0.9"},
+    {'2', "beta2", " adam ", "0.999"},
+    {'e', "eps", " adam adagrad ", "1e-8 (adagrad: 1e-10)"}};
 
 /* psctl_submit_fits refuses an optimizer flag the chosen optimizer does
- * not use (it would be ignored without a word, psctl_opt_uses),
- * --lr-decay-steps without --lr-decay, and --lr-decay without
- * --lr-decay-steps.  0, or 1 said on stderr.  An
+ * not use (it would be ignored without a word, psctl_opt_uses), 0 for
+ * any of those flags, --lr-decay-steps without --lr-decay, and
+ * --lr-decay without --lr-decay-steps.  0, or 1 said on stderr.  An
  * unknown optimizer is the shards' to refuse. */
 static int psctl_submit_fits(const psctl_submit_opts *o) {
   static const char *const known[] = {"sgd", "momentum", "nesterov", "adam", "adagrad"};

@@ -785,8 +785,8 @@ static int conn_hello_challenge(psd_conn *c, const Ps__ChanMeta *m) {
                              "nonce)", 1);
   if (m->auth_version != PS_AUTH_HELLO_VERSION) {
     snprintf(why, sizeof why, "channel authentication failed: the hello's proofs are of "
-             "version %u, this shard's of %d (a psd from before 2026-12-01 03:00 UTC, whose "
-             "proofs do not cover the negotiated fields, or a field changed on the way)",
+             "version %u, this shard's of %d (" PS_AUTH_OLD_PEER "; or the field was "
+             "taken off on the way)",
              m->auth_version, PS_AUTH_HELLO_VERSION);
     return conn_hello_refuse(c, PS_EPERM, why, 1);
   }

@@ -20,6 +20,7 @@
 #include "ps_auth.h"
 #include "ps_chan.h"
 #include "ps_pb.h"
+#include "ps_shm.h"
 
 #define CC_STAGE 8192
 #define CC_MAX_DATA (1ull << 40)
@@ -75,7 +76,7 @@ struct psd_chan_client {
   int peer_mac;
   uint32_t peer_version;    /* the challenge's auth_version */
   ps_auth_hello granted;    /* the last HELLO's fields (its accept MAC in proof) */
-  uint8_t token[64];         /* ... its shm_token */
+  uint8_t token[PS_SHM_TOKEN]; /* ... its shm_token */
   ps_auth_mac *mac;
   uint64_t next_id, gen;
   ps_chan_rx rx;
@@ -549,7 +550,7 @@ static void cc_hello_next(psd_chan_client *c) {
     }
     if (c->peer_version != PS_AUTH_HELLO_VERSION) {
       cc_fail(c, PS_EPERM, "channel '%s': %s", "the shard's hello proofs are of another "
-              "version (a psd from before 2026-12-01 03:00 UTC: upgrade it)");
+              "version (" PS_AUTH_OLD_PEER ")");
       return;
     }
     ps_auth_hello h;

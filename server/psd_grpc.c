@@ -530,11 +530,8 @@ static const struct psd_grpc_method {
  * verified client certificate's subject (the certificate itself, from
  * gRPC's auth context: the printed x509_subject property cannot tell an
  * OU from a CN that contains ",OU=operator"), PS_ROLE_NONE without one;
- * -1 when the control plane is plaintext (no identities: every role).
- * WHO (CAP bytes) gets the subject as gRPC prints it, escaped for a log
- * line, or "no client certificate". */
-static int psd_grpc_role(const psd_shard *sh, grpc_call *call, char *who, size_t cap) {
-  snprintf(who, cap, "no client certificate");
+ * -1 when the control plane is plaintext (no identities: every role). */
+static int psd_grpc_role(const psd_shard *sh, grpc_call *call) {
   if (sh->cfg->security.mode != PS_SEC_TLS) return -1;
   grpc_auth_context *ctx = grpc_call_auth_context(call);
   if (!ctx) return PS_ROLE_NONE;
@@ -542,8 +539,21 @@ static int psd_grpc_role(const psd_shard *sh, grpc_call *call, char *who, size_t
       grpc_auth_context_find_properties_by_name(ctx, GRPC_X509_PEM_CERT_PROPERTY_NAME);
   const grpc_auth_property *p = grpc_auth_property_iterator_next(&it);
   int role = p && p->value ? ps_role_from_cert_pem(p->value, p->value_length) : PS_ROLE_NONE;
-  it = grpc_auth_context_find_properties_by_name(ctx, GRPC_X509_SUBJECT_PROPERTY_NAME);
-  if ((p = grpc_auth_property_iterator_next(&it)) && p->value) {
+  grpc_auth_context_release(ctx);
+  return role;
+}
+
+/* psd_grpc_who writes into WHO (CAP bytes) the caller's certificate
+ * subject as gRPC prints it, escaped for a log line, or "no client
+ * certificate" (only for a refusal's log line: not on every call). */
+static void psd_grpc_who(grpc_call *call, char *who, size_t cap) {
+  snprintf(who, cap, "no client certificate");
+  grpc_auth_context *ctx = grpc_call_auth_context(call);
+  if (!ctx) return;
+  grpc_auth_property_iterator it =
+      grpc_auth_context_find_properties_by_name(ctx, GRPC_X509_SUBJECT_PROPERTY_NAME);
+  const grpc_auth_property *p = grpc_auth_property_iterator_next(&it);
+  if (p && p->value) {
     char subject[256];
     size_t n = p->value_length < sizeof subject - 1 ? p->value_length : sizeof subject - 1;
     memcpy(subject, p->value, n);
@@ -552,7 +562,6 @@ static int psd_grpc_role(const psd_shard *sh, grpc_call *call, char *who, size_t
     snprintf(who, cap, "subject '%s'", ps_log_escape(shown, sizeof shown, subject, n));
   }
   grpc_auth_context_release(ctx);
-  return role;
 }
 
 /* psd_grpc_allow checks C's caller may call M; 0 or PS_EPERM (counted in
@@ -561,8 +570,7 @@ static int psd_grpc_role(const psd_shard *sh, grpc_call *call, char *who, size_t
 static int psd_grpc_allow(psd_shard *sh, psd_grpc_call *c, const struct psd_grpc_method *m,
                           ps_errbuf *eb) {
   if (m->roles == PS_ROLES_ANY) return 0;
-  char who[4 * 256 + 32];
-  int role = psd_grpc_role(sh, c->call, who, sizeof who);
+  int role = psd_grpc_role(sh, c->call);
   if (role < 0 || (m->roles & PS_ROLE_BIT(role))) return 0;
   sh->ctr.auth_refused++;
   psd_shard_count_error(sh);
@@ -572,7 +580,8 @@ static int psd_grpc_allow(psd_shard *sh, psd_grpc_call *c, const struct psd_grpc
   psd_grpc *g = sh->grpc;
   int64_t now = ps_now_ms();
   if (g && (g->auth_logged == 0 || now - g->auth_log_ms >= PSD_GRPC_REFUSE_LOG_MS)) {
-    char *peer = grpc_call_get_peer(c->call), shown[4 * 64 + 8];
+    char *peer = grpc_call_get_peer(c->call), shown[4 * 64 + 8], who[4 * 256 + 32];
+    psd_grpc_who(c->call, who, sizeof who);
     ps_warn("grpc: refused %llu calls for the caller's role since the last report; the last "
             "from %s, %s: %s", (unsigned long long)(sh->ctr.auth_refused - g->auth_logged),
             peer ? ps_log_escape(shown, sizeof shown, peer, 64) : "an unknown peer", who,

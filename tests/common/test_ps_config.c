@@ -356,6 +356,8 @@ START_TEST(test_config_data_dir_per_host) {
       {"{id: 1, grpc: 'a:3', channel: 'a:4', data_dir: /d2/d}", NULL},
       {"{id: 1, grpc: 'b:3', channel: 'b:4', data_dir: /d/1}", NULL},
       {"{id: 1, grpc: 'b:3', channel: 'b:4', data_dir: /}", NULL},
+      /* "." holds no absolute path and none that climbs out of it */
+      {"{id: 1, grpc: 'a:3', channel: 'a:4', data_dir: .}", NULL},
   };
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
     char text[400];
@@ -489,6 +491,19 @@ static const struct bad_case {
      "  - {id: 1, grpc: 'h:3', channel: 'h:4', data_dir: data/x}\n",
      PS_ECONFIG,
      "5:52: 'data_dir' 'data/x' of shard 1 is inside shard 0's 'data' (line 4), on the same "
+     "host 'h': the two stores would share files; give each shard a directory of its own"},
+    /* "." (psd's working directory) holds every relative path below it */
+    {"cluster: a\nsecurity: none\nshards:\n"
+     "  - {id: 0, grpc: 'h:1', channel: 'h:2', data_dir: ./}\n"
+     "  - {id: 1, grpc: 'h:3', channel: 'h:4', data_dir: psd1}\n",
+     PS_ECONFIG,
+     "5:52: 'data_dir' 'psd1' of shard 1 is inside shard 0's './' (line 4), on the same "
+     "host 'h': the two stores would share files; give each shard a directory of its own"},
+    {"cluster: a\nsecurity: none\nshards:\n"
+     "  - {id: 0, grpc: 'h:1', channel: 'h:2', data_dir: a/b}\n"
+     "  - {id: 1, grpc: 'h:3', channel: 'h:4', data_dir: .}\n",
+     PS_ECONFIG,
+     "5:52: 'data_dir' '.' of shard 1 is the parent of shard 0's 'a/b' (line 4), on the same "
      "host 'h': the two stores would share files; give each shard a directory of its own"},
     {"cluster: a\nsparse:\n  memory_rows: -5\n" SHARD0, PS_ECONFIG,
      "3:16: 'memory_rows' is -5, outside 0..1099511627776"},
@@ -815,11 +830,22 @@ static const struct bad_case {
     /* A NUL (YAML's \0 escape) would end the C string early: the cluster
      * "h\0x" was taken as "h", a data_dir "/a\0/b" as "/a". */
     {"cluster: \"a\\0x\"\n" SHARD0 SEC0, PS_ECONFIG,
-     "1:10: a string holds a NUL byte (the \\0 escape); psd would read it cut short there"},
+     "1:10: a string holds a NUL byte (YAML's \\0, \\x00 or \\u0000 escape); psd would "
+     "read it cut short there"},
     {"cluster: a\nshards:\n  - {id: 0, grpc: 'h:1', channel: 'h:2', data_dir: \"/d\\0/e\"}\n" SEC0,
-     PS_ECONFIG, "3:52: a string holds a NUL byte (the \\0 escape); psd would read it cut short there"},
+     PS_ECONFIG,
+     "3:52: a string holds a NUL byte (YAML's \\0, \\x00 or \\u0000 escape); psd would "
+     "read it cut short there"},
+    /* the other escapes of a NUL, named by the message too */
+    {"cluster: \"a\\x00x\"\n" SHARD0 SEC0, PS_ECONFIG,
+     "1:10: a string holds a NUL byte (YAML's \\0, \\x00 or \\u0000 escape); psd would "
+     "read it cut short there"},
+    {"cluster: \"a\\u0000x\"\n" SHARD0 SEC0, PS_ECONFIG,
+     "1:10: a string holds a NUL byte (YAML's \\0, \\x00 or \\u0000 escape); psd would "
+     "read it cut short there"},
     {"cluster: a\n\"work\\0ers\": {count: 1}\n" SHARD0 SEC0, PS_ECONFIG,
-     "2:1: a string holds a NUL byte (the \\0 escape); psd would read it cut short there"},
+     "2:1: a string holds a NUL byte (YAML's \\0, \\x00 or \\u0000 escape); psd would "
+     "read it cut short there"},
     /* One address however it is written: inet_pton's reading of an IP
      * address, localhost the loopback one, host names without case (they
      * passed psd -t as different strings, then failed to bind). */

@@ -367,9 +367,6 @@ START_TEST(test_hier_sum_is_one_update) {
 }
 END_TEST
 
-/* A model's clip_norm bounds each worker's gradient; a sum of N workers'
- * may be N times as long: the root takes an aggregator's sum within N x
- * the clip (it refused the sum of three pushes each within the clip). */
 /* th_root_links checks each of process PID's sockets connected to
  * 127.0.0.1:PORT (copied here with pidfd_getfd) for TCP_USER_TIMEOUT
  * DEAD_MS and keepalive; how many it checked (-errno: not permitted here). */
@@ -438,6 +435,9 @@ START_TEST(test_hier_root_link_dead_ms) {
 }
 END_TEST
 
+/* A model's clip_norm bounds each worker's gradient; a sum of N workers'
+ * may be N times as long: the root takes an aggregator's sum within N x
+ * the clip (it refused the sum of three pushes each within the clip). */
 START_TEST(test_hier_clip_sum) {
   th_ctx x = {0};
   ps_rpc *rpc;

@@ -1310,7 +1310,10 @@ START_TEST(test_sec_hello_fields_tampered) {
   Ps__ChanMeta *ch = raw_recv(fd);
   ck_assert_ptr_nonnull(ch);
   ck_assert_int_eq(ch->op, PS__CHAN_OP__CHAN_ERROR);
-  ck_assert_msg(strstr(ch->message, "proofs are of version 0"), "%s", ch->message);
+  /* named by what its hello lacks, not by a date a reader cannot map to a build */
+  ck_assert_msg(strstr(ch->message, "proofs are of version 0") &&
+                    strstr(ch->message, "carries no auth_version"),
+                "%s", ch->message);
   ps__chan_meta__free_unpacked(ch, NULL);
   ck_assert_ptr_null(raw_recv(fd));
   close(fd);
@@ -1328,6 +1331,44 @@ static void sec_done(psd_done *d, int status, const char *msg) {
   *(int *)d->arg = status;
 }
 
+/* sec_done_msg is sec_done that also keeps MSG in sec_done_said (400
+ * bytes; one request at a time). */
+static char *sec_done_said;
+static void sec_done_msg(psd_done *d, int status, const char *msg) {
+  snprintf(sec_done_said, 400, "%s", msg ? msg : "");
+  sec_done(d, status, msg);
+}
+
+/* sec_cc_pull pulls model m through an aggregator's client of its roots
+ * (psd_chan_client, KEY, payload MAC) from channel ADDR on a loop of its
+ * own, within 20 s; its status (1: none in time), its message in MSG
+ * (400 bytes). */
+static int sec_cc_pull(const char *addr, const ps_auth_key *key, char *msg) {
+  uv_loop_t loop;
+  ck_assert_int_eq(uv_loop_init(&loop), 0);
+  psd_chan_client *c;
+  ps_errbuf eb;
+  ck_assert_int_eq(
+      psd_chan_client_new(&c, &loop, addr, "test", key, PS_CHAN_AUTH_MAC, 5000, 5000, &eb), 0);
+  static const uint32_t ids[SEC_CHUNKS] = {0, 1, 2, 3};
+  static float out[SEC_ELEMS];
+  ps_req pull = {.model = "m", .ids = ids, .nids = SEC_CHUNKS, .out = out, .nbytes = sizeof out};
+  int status = 1;
+  psd_chan_client_req q;
+  memset(&q, 0, sizeof q);
+  q.done.fn = sec_done_msg;
+  q.done.arg = &status;
+  msg[0] = '\0';
+  sec_done_said = msg;
+  ck_assert_int_eq(psd_chan_client_pull(c, &pull, &q, &eb), 0);
+  int64_t until = ps_test_now_ms() + 20000;
+  while (status == 1 && ps_test_now_ms() < until) uv_run(&loop, UV_RUN_NOWAIT), usleep(1000);
+  psd_chan_client_close(c);
+  while (uv_run(&loop, UV_RUN_NOWAIT) && ps_test_now_ms() < until + 10000) usleep(1000);
+  ck_assert_int_eq(uv_loop_close(&loop), 0);
+  return status;
+}
+
 /* An aggregator's link to its roots (psd_chan_client) proves its key
  * with the hello's fields and checks the shard's accept MAC: its pull
  * over the payload MAC is answered. */
@@ -1335,27 +1376,9 @@ START_TEST(test_sec_mac_async_client) {
   ck_assert_msg(mac_up_ok, "the payload-MAC psd is not running");
   ps_auth_keys keys;
   const ps_auth_key *key = sec_worker_key(&keys);
-  uv_loop_t loop;
-  ck_assert_int_eq(uv_loop_init(&loop), 0);
-  psd_chan_client *c;
-  ps_errbuf eb;
-  ck_assert_int_eq(psd_chan_client_new(&c, &loop, mac_chan, "test", key, PS_CHAN_AUTH_MAC, 5000,
-                                       5000, &eb), 0);
-  static const uint32_t ids[SEC_CHUNKS] = {0, 1, 2, 3};
-  static float out[SEC_ELEMS];
-  ps_req pull = {.model = "m", .ids = ids, .nids = SEC_CHUNKS, .out = out, .nbytes = sizeof out};
-  int status = 1;
-  psd_chan_client_req q;
-  memset(&q, 0, sizeof q);
-  q.done.fn = sec_done;
-  q.done.arg = &status;
-  ck_assert_int_eq(psd_chan_client_pull(c, &pull, &q, &eb), 0);
-  int64_t until = ps_test_now_ms() + 10000;
-  while (status == 1 && ps_test_now_ms() < until) uv_run(&loop, UV_RUN_NOWAIT), usleep(1000);
-  psd_chan_client_close(c);
-  while (uv_run(&loop, UV_RUN_NOWAIT) && ps_test_now_ms() < until + 10000) usleep(1000);
-  ck_assert_int_eq(uv_loop_close(&loop), 0);
-  ck_assert_msg(status == 0, "the pull ended with %d", status);
+  char msg[400];
+  int status = sec_cc_pull(mac_chan, key, msg);
+  ck_assert_msg(status == 0, "the pull ended with %d: %s", status, msg);
   ps_auth_release(&keys);
 }
 END_TEST
@@ -1364,6 +1387,7 @@ END_TEST
 
 typedef struct hello_proxy {
   int lfd, port, to_port;
+  int frame;  /* the shard's frame it changes: 1 (the challenge), else 2 (the last HELLO) */
   pthread_t th;
 } hello_proxy;
 
@@ -1377,8 +1401,9 @@ static ssize_t proxy_frame(int fd, uint8_t *buf) {
   return PS_CHAN_HDR_LEN + h.meta_len;
 }
 
-/* proxy_main takes one connection and relays it to the shard, but clears
- * the features of the shard's last HELLO (its second frame) on the way. */
+/* proxy_main takes one connection and relays it to the shard, but on
+ * the way takes auth_version out of the shard's challenge (frame 1) or
+ * clears the features of its last HELLO (frame 2). */
 static void *proxy_main(void *arg) {
   hello_proxy *p = arg;
   struct pollfd lp = {.fd = p->lfd, .events = POLLIN};
@@ -1404,11 +1429,14 @@ static void *proxy_main(void *arg) {
     }
     ssize_t n = proxy_frame(sfd, buf);
     if (n < 0) break;
-    if (++from_shard == 2) { /* the last HELLO: a feature taken away */
+    if (++from_shard == (p->frame == 1 ? 1 : 2)) {
       Ps__ChanMeta *m = ps__chan_meta__unpack(NULL, (size_t)n - PS_CHAN_HDR_LEN,
                                                buf + PS_CHAN_HDR_LEN);
       if (!m) break;
-      m->features = 0;
+      if (p->frame == 1)
+        m->auth_version = 0; /* as an older psd's challenge */
+      else
+        m->features = 0; /* a feature taken away */
       ps_chan_hdr h;
       ps_chan_hdr_decode(&h, buf, 0);
       h.meta_len = (uint32_t)ps__chan_meta__pack(m, buf + PS_CHAN_HDR_LEN);
@@ -1426,21 +1454,27 @@ out:
 
 /* A middleman that takes a feature out of the shard's last HELLO: the
  * client finds the accept MAC wrong and refuses the connection. */
+/* proxy_start starts P's thread (P->to_port, P->frame set), its address
+ * into ADDR (64 bytes). */
+static void proxy_start(hello_proxy *p, char *addr) {
+  p->lfd = socket(AF_INET, SOCK_STREAM, 0);
+  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+  socklen_t al = sizeof a;
+  ck_assert_int_eq(bind(p->lfd, (struct sockaddr *)&a, sizeof a), 0);
+  ck_assert_int_eq(listen(p->lfd, 1), 0);
+  ck_assert_int_eq(getsockname(p->lfd, (struct sockaddr *)&a, &al), 0);
+  p->port = ntohs(a.sin_port);
+  ck_assert_int_eq(pthread_create(&p->th, NULL, proxy_main, p), 0);
+  snprintf(addr, 64, "127.0.0.1:%d", p->port);
+}
+
 START_TEST(test_sec_hello_reply_tampered) {
   ck_assert_msg(mac_up_ok, "the payload-MAC psd is not running");
   ps_auth_keys keys;
   const ps_auth_key *key = sec_worker_key(&keys);
-  hello_proxy p = {.to_port = mac_cp};
-  p.lfd = socket(AF_INET, SOCK_STREAM, 0);
-  struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
-  socklen_t al = sizeof a;
-  ck_assert_int_eq(bind(p.lfd, (struct sockaddr *)&a, sizeof a), 0);
-  ck_assert_int_eq(listen(p.lfd, 1), 0);
-  ck_assert_int_eq(getsockname(p.lfd, (struct sockaddr *)&a, &al), 0);
-  p.port = ntohs(a.sin_port);
-  ck_assert_int_eq(pthread_create(&p.th, NULL, proxy_main, &p), 0);
+  hello_proxy p = {.to_port = mac_cp, .frame = 2};
   char addr[64];
-  snprintf(addr, sizeof addr, "127.0.0.1:%d", p.port);
+  proxy_start(&p, addr);
   ps_chan_client *c = NULL;
   ps_errbuf eb;
   int rc = ps_chan_connect_auth(&c, addr, "test", key, PS_CHAN_AUTH_MAC, 5000, &eb);
@@ -1454,6 +1488,44 @@ START_TEST(test_sec_hello_reply_tampered) {
                 "%s", eb.msg);
   ck_assert_uint_ne(ps_chan_features(c), 0);
   ps_chan_close(c);
+  ps_auth_release(&keys);
+}
+END_TEST
+
+/* The same middleman against the aggregator's client of its roots
+ * (psd_chan_client), and one that takes auth_version out of the shard's
+ * challenge, against both clients: each refuses the connection, saying
+ * why (an accept MAC that does not check; a shard whose hello carries no
+ * auth_version, PS_AUTH_OLD_PEER).  Only psw's client (ps_chan) had such
+ * a middleman test. */
+START_TEST(test_sec_hello_middleman_clients) {
+  ck_assert_msg(mac_up_ok, "the payload-MAC psd is not running");
+  ps_auth_keys keys;
+  const ps_auth_key *key = sec_worker_key(&keys);
+  static const char *const want[] = {"", "carries no auth_version", "changed on the way"};
+  for (int frame = 1; frame <= 2; frame++) {
+    hello_proxy p = {.to_port = mac_cp, .frame = frame};
+    char addr[64];
+    ps_errbuf eb;
+    if (frame == 1) { /* psw's client (frame 2: test_sec_hello_reply_tampered) */
+      proxy_start(&p, addr);
+      ps_chan_client *c = NULL;
+      int rc = ps_chan_connect_auth(&c, addr, "test", key, PS_CHAN_AUTH_MAC, 5000, &eb);
+      if (c) ps_chan_close(c);
+      pthread_join(p.th, NULL);
+      close(p.lfd);
+      ck_assert_int_eq(rc, PS_EPERM);
+      ck_assert_msg(strstr(eb.msg, want[frame]), "frame %d: %s", frame, eb.msg);
+    }
+    /* an aggregator's link */
+    proxy_start(&p, addr);
+    char msg[400];
+    int status = sec_cc_pull(addr, key, msg);
+    pthread_join(p.th, NULL);
+    close(p.lfd);
+    ck_assert_msg(status == PS_EPERM && strstr(msg, want[frame]),
+                  "frame %d: the aggregator's link ended with %d: %s", frame, status, msg);
+  }
   ps_auth_release(&keys);
 }
 END_TEST
@@ -2410,6 +2482,7 @@ Suite *security_suite(void) {
   tcase_add_test(tc, test_sec_mac_replayed);
   tcase_add_test(tc, test_sec_hello_fields_tampered);
   tcase_add_test(tc, test_sec_hello_reply_tampered);
+  tcase_add_test(tc, test_sec_hello_middleman_clients);
   tcase_add_test(tc, test_sec_mac_async_client);
   suite_add_tcase(s, tc);
   tc = tcase_create("unit");

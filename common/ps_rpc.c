@@ -57,7 +57,9 @@ static int rpc_open_creds(ps_rpc **out, const char *addr, grpc_channel_credentia
    * in the exit's destructors (SIGSEGV, now and then). */
   static const struct { const char *key; int value; } iargs[] = {
       {GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH, PS_RPC_MAX_MSG},
-      {GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, PS_RPC_MAX_MSG}};
+      {GRPC_ARG_MAX_SEND_MESSAGE_LENGTH, PS_RPC_MAX_MSG},
+      {GRPC_ARG_KEEPALIVE_TIME_MS, 3600000}, /* what enables the next one */
+      {GRPC_ARG_KEEPALIVE_TIMEOUT_MS, PS_RPC_DEAD_MS}};
   enum { NARGS = sizeof iargs / sizeof iargs[0] };
   grpc_arg args[NARGS];
   memset(args, 0, sizeof args);

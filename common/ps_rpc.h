@@ -14,6 +14,13 @@
 #include "ps_error.h"
 
 #define PS_RPC_MAX_MSG (1 << 30)
+/* A gRPC connection whose peer acknowledged nothing for this long is
+ * given up by the kernel (TCP_USER_TIMEOUT, through gRPC's keepalive
+ * timeout; keepalive pings themselves stay off in practice: an hour), so
+ * that after a network cut the next call connects afresh instead of
+ * waiting out TCP's retransmission backoff on the old connection, which
+ * may leave the next retransmission several seconds past the heal. */
+#define PS_RPC_DEAD_MS 5000
 
 typedef struct ps_rpc ps_rpc;
 

@@ -4,7 +4,11 @@
  * The daemons are started once per test case in an unchecked fixture (the
  * runner's own process), so they are stopped by PID even when a test
  * fails; each test uses its own model names. */
+#include <dirent.h>
 #include <math.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <sys/socket.h>
 #include <signal.h>
 #include <unistd.h>
 #include <stdio.h>
@@ -1272,6 +1276,55 @@ START_TEST(test_rpc_optim_restart) {
 }
 END_TEST
 
+/* rpc_user_timeouts scans this process's TCP sockets connected to PORT
+ * (loopback): how many, and in *MIN the least TCP_USER_TIMEOUT of them. */
+static int rpc_user_timeouts(int port, unsigned *min) {
+  int n = 0;
+  *min = ~0u;
+  DIR *d = opendir("/proc/self/fd");
+  ck_assert_ptr_nonnull(d);
+  for (struct dirent *e; (e = readdir(d));) {
+    int fd = atoi(e->d_name);
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (e->d_name[0] == '.' || fd == dirfd(d) || getpeername(fd, (struct sockaddr *)&ss, &sl) < 0)
+      continue;
+    int peer = ss.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&ss)->sin_port)
+               : ss.ss_family == AF_INET6 ? ntohs(((struct sockaddr_in6 *)&ss)->sin6_port) : -1;
+    unsigned ut = 0;
+    socklen_t ul = sizeof ut;
+    if (peer != port || getsockopt(fd, IPPROTO_TCP, TCP_USER_TIMEOUT, &ut, &ul) < 0) continue;
+    n++;
+    if (ut < *min) *min = ut;
+  }
+  closedir(d);
+  return n;
+}
+
+/* A gRPC connection that a network cut left unacknowledged is given up
+ * by the kernel after PS_RPC_DEAD_MS (TCP_USER_TIMEOUT), as a tensor
+ * channel is: without it a worker's heartbeats after the heal waited for
+ * TCP's retransmission backoff (netlab: no answer on the old connection
+ * for 6 s after the heal, every call timing out), and a worker that the
+ * coordinator had put out of its clock table learnt it only then. */
+START_TEST(test_rpc_dead_connection_bound) {
+  ps_rpc *r = rpc_open(0);
+  Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
+  Ps__StatusReply *st = NULL;
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_rpc_call(r, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,
+                               (ProtobufCMessage **)&st, 5000, &eb), 0);
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  int port = atoi(strrchr(rpc_addr[0], ':') + 1);
+  unsigned min;
+  int n = rpc_user_timeouts(port, &min);
+  ck_assert_msg(n > 0, "no connection to %s found in /proc/self/fd", rpc_addr[0]);
+  ck_assert_msg(min == PS_RPC_DEAD_MS, "a gRPC connection to %s has TCP_USER_TIMEOUT %u ms, "
+                "not %d", rpc_addr[0], min, PS_RPC_DEAD_MS);
+  ps_rpc_close(r);
+}
+END_TEST
+
 Suite *psd_rpc_suite(void) {
   Suite *s = suite_create("psd_rpc");
   TCase *tc = tcase_create("grpc");
@@ -1291,6 +1344,7 @@ Suite *psd_rpc_suite(void) {
   tcase_add_test(tc, test_rpc_codec_bad_input);
   tcase_add_loop_test(tc, test_rpc_optim_reference, 0,
                       (int)(sizeof rpc_optim_cases / sizeof rpc_optim_cases[0]));
+  tcase_add_test(tc, test_rpc_dead_connection_bound);
   suite_add_tcase(s, tc);
   TCase *rc = tcase_create("reconnect");
   tcase_set_timeout(rc, 90);

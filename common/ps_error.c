@@ -26,6 +26,11 @@ const char *ps_errname(int err) {
   return "PS_E?";
 }
 
+int ps_err_path_failed(int err) {
+  return err == PS_EUNAVAIL || err == PS_EIO || err == PS_ETIMEDOUT || err == PS_EPROTO ||
+         err == PS_ESHUTDOWN;
+}
+
 int ps_err_from_errno(int e) {
   switch (e) {
     case 0: return 0;

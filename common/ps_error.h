@@ -53,6 +53,14 @@ const char *ps_errname(int err);
 /* ps_err_from_errno converts a positive errno value to a PS_E* code. */
 int ps_err_from_errno(int e);
 
+/* ps_err_path_failed says whether ERR means "the path to the peer
+ * failed" (PS_EUNAVAIL, PS_EIO, PS_ETIMEDOUT, PS_EPROTO, PS_ESHUTDOWN):
+ * no answer came, or the peer is going away, so a caller may close the
+ * connection and go elsewhere.  psw_retryable is this plus a shard's
+ * PS_EDEGRADED refusal; an aggregator's workers fail over after these
+ * (psd_agg's agg_lost_note). */
+int ps_err_path_failed(int err);
+
 /* ps_err_to_grpc maps a PS_E* code to a grpc_status_code value (int, so
  * this header needs no gRPC); ps_err_from_grpc is its inverse where one
  * exists (otherwise PS_EUNAVAIL / PS_EINTERNAL).  A failing disk

@@ -982,17 +982,15 @@ static int agg_lost_why(psd_agg *a, const agg_lost *l, uint32_t shard, uint32_t 
 }
 
 /* agg_lost_note notes that failed sum G (status CODE, a failure after
- * which the worker fails over: psw_retryable, not a root's DEGRADED
- * refusal, which the worker's moved_on word answers) held the pushes of
- * its workers (invariant 5a) and fails their pulls waiting here above
- * its clock: parked on the root, or on another worker's fetch there,
+ * which the worker fails over: ps_err_path_failed, psw_retryable less a
+ * root's DEGRADED refusal, which the worker's moved_on word answers)
+ * held the pushes of its workers (invariant 5a) and fails their pulls
+ * waiting here above its clock: parked on the root, or on another worker's fetch there,
  * they wait for a push that never comes (under bsp until
  * pull_timeout_ms), and the worker reads its push's failure, and fails
  * over, only once they are answered. */
 static void agg_lost_note(psd_agg *a, agg_group *g, int code) {
-  if (code != PS_EUNAVAIL && code != PS_EIO && code != PS_ETIMEDOUT && code != PS_EPROTO &&
-      code != PS_ESHUTDOWN)
-    return;
+  if (!ps_err_path_failed(code)) return;
   for (size_t k = 0; k < g->nworkers; k++) {
     uint32_t w = g->workers[k];
     if (w >= a->nseen) continue;

@@ -133,13 +133,7 @@ struct psw_client {
 };
 
 /* psw_retryable: see psw_client.h. */
-int psw_retryable(int err) {
-  static const int codes[] = {PS_EUNAVAIL, PS_EIO, PS_ETIMEDOUT, PS_EPROTO, PS_ESHUTDOWN,
-                              PS_EDEGRADED};
-  for (size_t i = 0; i < sizeof codes / sizeof codes[0]; i++)
-    if (err == codes[i]) return 1;
-  return 0;
-}
+int psw_retryable(int err) { return ps_err_path_failed(err) || err == PS_EDEGRADED; }
 
 /* ---- spec and layout ------------------------------------------------------- */
 

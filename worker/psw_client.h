@@ -366,8 +366,9 @@ int psw_rejoin_step(const psw_rejoin_ctx *r, int64_t *since, uint32_t *delay, co
 
 /* psw_retryable says whether ERR means "the shard is (momentarily) not
  * there": the connection is closed and reopened with backoff (invariant
- * 4).  Anything else from a shard is an answer and ends the call.  The
- * sparse tables' client (psw_sparse.h) uses the same rule. */
+ * 4): ps_err_path_failed, or a shard's PS_EDEGRADED refusal.  Anything
+ * else from a shard is an answer and ends the call.  The sparse tables'
+ * client (psw_sparse.h) uses the same rule. */
 int psw_retryable(int err);
 
 /* psw_client_reconnects counts the connections reopened so far. */

@@ -40,11 +40,28 @@ START_TEST(test_grpc_full_disk) {
 }
 END_TEST
 
+/* The failures after which a client goes elsewhere: psw_retryable and
+ * psd_agg's agg_lost_note read this one list (they used to keep copies
+ * that could drift); an answer (a refusal, DEGRADED included) is not one. */
+START_TEST(test_path_failed) {
+  static const int failed[] = {PS_EUNAVAIL, PS_EIO, PS_ETIMEDOUT, PS_EPROTO, PS_ESHUTDOWN};
+  int n = 0;
+  for (int err = 0; err >= PS_EPERM; err--) {
+    int want = 0;
+    for (size_t i = 0; i < sizeof failed / sizeof failed[0]; i++) want |= err == failed[i];
+    ck_assert_msg(ps_err_path_failed(err) == want, "%s", ps_errname(err));
+    n += want;
+  }
+  ck_assert_int_eq(n, 5);
+}
+END_TEST
+
 Suite *ps_error_suite(void) {
   Suite *s = suite_create("ps_error");
   TCase *tc = tcase_create("core");
   tcase_add_test(tc, test_errf_wraps_own_message);
   tcase_add_test(tc, test_grpc_full_disk);
+  tcase_add_test(tc, test_path_failed);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -978,9 +978,12 @@ static void th_stop_root0(th_ctx *x) {
 
 /* The same through psw's client: its round of push 0 and pull 1, the
  * push failing in the aggregator's sum, goes to the root directly and
- * pulls clock 0 there within a few seconds of the failure; it stayed on
- * the aggregator, its pull held on the root for pull_timeout_ms and then
- * asked again, past the 15 s th_round_run gives it. */
+ * pulls clock 0 there within a few seconds of the failure (about 7 s of
+ * waits in all: the push held 2.5 s, the root stopped 5 s); it stayed on
+ * the aggregator, its pull held on the root for pull_timeout_ms (the
+ * default 30 s) and then asked again, past the 15 s th_round_run gives
+ * it after the stop (20.3 s in all): the bound is 20 s, room for a loaded
+ * machine, and the old code's 30 s cannot meet it. */
 START_TEST(test_hier_push_failed_failover) {
   th_ctx x = {0};
   ps_rpc *rpc;
@@ -996,7 +999,7 @@ START_TEST(test_hier_push_failed_failover) {
   int64_t ms = ps_test_now_ms() - t0;
   ck_assert_msg(rc == 0, "the round whose push failed: %d %s after %lld ms", rc, r.eb.msg,
                 (long long)ms);
-  ck_assert_msg(ms < 12000, "the round took %lld ms", (long long)ms);
+  ck_assert_msg(ms < 20000, "the round took %lld ms", (long long)ms);
   ck_assert_uint_eq(psw_client_pushes_unknown(w.c), 1);
   r.push_clock = 1, r.pull_clock = 2; /* and on, on the root */
   ck_assert_msg(th_round_run(&r, NULL, &x, 0) == 0, "step 1: %s", r.eb.msg);

@@ -620,6 +620,54 @@ START_TEST(test_train_usage_errors) {
 }
 END_TEST
 
+/* A label out of range for the model's classes names the data file and
+ * the sample's index in it: it said "training sample N" with N counted
+ * in the partitions loaded (rank 1 of 2 here holds partition 1 of 2,
+ * samples 4..7: file sample 6 was "sample 2"), naming no file. */
+START_TEST(test_train_bad_label_named) {
+  char dir[512], log[600], train[600], test[600];
+  int gp[1], cp[1];
+  pid_t shard[1];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  snprintf(train, sizeof train, "%s/train.csv", dir);
+  snprintf(test, sizeof test, "%s/test.csv", dir);
+  ps_test_write_file(train, "label,a,b,c\n0,1,2,3\n1,1,2,3\n0,1,2,3\n1,1,2,3\n"
+                            "0,1,2,3\n1,1,2,3\n5,1,2,3\n0,1,2,3\n");
+  char extra[2000];
+  snprintf(extra, sizeof extra,
+           "workers:\n  count: 2\n  device: cpu\n  retry_ms: 3000\n"
+           "training:\n  model: m\n  epochs: 1\n  batch_size: 4\n"
+           "data:\n  format: csv\n  train_images: %s\n  test_images: %s\n"
+           "  scale: 1\n  partitions: 2\n", train, test);
+  const char *yaml = ps_test_cluster_yaml(dir, 1, extra, gp, cp);
+  ps_test_start_shards(yaml, dir, 1, gp, cp, shard);
+  ps_test_submit_mlp(dir, yaml, "3,2", "0.001", "asp", NULL);
+  snprintf(log, sizeof log, "%s/psw.log", dir);
+  char want[1400];
+  /* the training set: the sample's index in the file, not in the block */
+  ps_test_write_file(test, "0,1,2,3\n1,1,2,3\n");
+  char *argv[] = {(char *)ps_test_bin("psw"), "-c", (char *)yaml, "--rank", "1", "--workers", "2",
+                  NULL};
+  ck_assert_int_eq(ps_test_run(argv, log, 20000), 2);
+  char *text = ps_test_read_file(log, NULL);
+  snprintf(want, sizeof want, "training set '%s': sample 6 (counted from 0 in the file's order) "
+           "has label 5, model 'm' has 2 classes", train);
+  ck_assert_msg(strstr(text, want), "no \"%s\" in:\n%s", want, text);
+  free(text);
+  /* the test set, named as its own file */
+  ps_test_write_file(train, "0,1,2,3\n1,1,2,3\n0,1,2,3\n1,1,2,3\n");
+  ps_test_write_file(test, "0,1,2,3\n-1,1,2,3\n");
+  unlink(log);
+  ck_assert_int_eq(ps_test_run(argv, log, 20000), 2);
+  text = ps_test_read_file(log, NULL);
+  snprintf(want, sizeof want, "test set '%s': sample 1 (counted from 0 in the file's order) "
+           "has label -1, model 'm' has 2 classes", test);
+  ck_assert_msg(strstr(text, want), "no \"%s\" in:\n%s", want, text);
+  free(text);
+  ps_test_stop(shard[0], SIGTERM, 10000);
+}
+END_TEST
+
 /* A worker waiting for workers.min says so once, at the start of the
  * wait (it said nothing for up to workers.retry_ms), and how it ended. */
 START_TEST(test_train_wait_world_said) {
@@ -672,6 +720,7 @@ Suite *psw_train_suite(void) {
   tcase_add_test(tc, test_train_model_on_some_shards);
   tcase_add_test(tc, test_train_usage_errors);
   tcase_add_test(tc, test_train_wait_world_said);
+  tcase_add_test(tc, test_train_bad_label_named);
   suite_add_tcase(s, tc);
   tc = tcase_create("restart");
   tcase_set_timeout(tc, 60);

@@ -221,6 +221,13 @@ static int run_load_data(psw_run *x, ps_errbuf *eb) {
     return ps_errf(eb, PS_ENOMEM, "out of memory");
   int err = x->nparts ? run_add_block(x, x->parts, x->nparts, eb) : run_add_block(x, &zero, 1, eb);
   if (err < 0) return err;
+  /* fewer samples than partitions: the cluster file's check warned when
+   * 'limit' is the cause, the file's length is known only now */
+  if (x->data_total < nparts && !(cfg->data.limit && cfg->data.limit < nparts))
+    ps_warn("training set '%s': %llu samples for %u partitions (data.partitions): %llu "
+            "partitions hold no sample", cfg->data.train_images,
+            (unsigned long long)x->data_total, nparts,
+            (unsigned long long)(nparts - x->data_total));
   if (cfg->data.test_images) {
     if ((err = psw_data_load(&x->test, &cfg->data, 1, NULL, 0, eb)) < 0) return run_bad(x, err);
     x->have_test = x->test.n > 0;

@@ -1488,6 +1488,10 @@ out_file:
   return r;
 }
 
+void ps_config_print_warnings(const ps_config *c, FILE *f) {
+  if (c->warning[0]) fprintf(f, "%s\n", c->warning);
+}
+
 void ps_config_release(ps_config *c) {
   if (!c) return;
   cfg_release_table(&cfg_top_table, c);

@@ -220,6 +220,12 @@ int ps_flag_uint(const char *flag, const char *arg, uint64_t min, uint64_t max, 
 int ps_flag_number(const char *flag, const char *arg, double min, double max, double *v,
                    ps_errbuf *eb);
 
+/* ps_config_print_warnings writes C's warnings (C->warning, keys set in
+ * vain, a limit below the partitions), a line each, to F (the programs'
+ * stderr: never the output a script reads), and nothing when it has
+ * none. */
+void ps_config_print_warnings(const ps_config *c, FILE *f);
+
 /* ps_config_release frees everything ps_config_load allocated; idempotent. */
 void ps_config_release(ps_config *c);
 

@@ -15,6 +15,7 @@ int psctl_cluster_open(psctl_cluster *c, const char *path, ps_errbuf *eb) {
   memset(c, 0, sizeof *c);
   int err = ps_config_load(&c->cfg, path ? path : PSCTL_DEFAULT_CONFIG, eb);
   if (err < 0) return err;
+  ps_config_print_warnings(&c->cfg, stderr); /* as psd and psw: stdout may be --json */
   c->rpc = calloc(c->cfg.nshards ? c->cfg.nshards : 1, sizeof *c->rpc);
   if (!c->rpc) {
     err = ps_errf(eb, PS_ENOMEM, "out of memory");

@@ -1289,7 +1289,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "%s\n", eb.msg);
     return 2;
   }
-  if (cfg.warning[0]) fprintf(stderr, "%s\n", cfg.warning);
+  ps_config_print_warnings(&cfg, stderr);
   const ps_shard_conf *me = a.shard >= 0 ? ps_config_shard(&cfg, (uint32_t)a.shard) : NULL;
   if (a.shard >= 0 && !me) {
     fprintf(stderr, "%s: no shard with id %ld\n", a.config, a.shard);

@@ -33,6 +33,17 @@ void psw_data_partition(uint64_t n, uint32_t nparts, uint32_t part, uint64_t *be
   *end = (uint64_t)((unsigned __int128)n * (part + 1) / nparts);
 }
 
+uint64_t psw_data_file_index(uint64_t total, uint32_t nparts, const uint32_t *parts, size_t nsel,
+                             uint64_t i) {
+  uint64_t b, e;
+  for (size_t j = 0; parts && j < nsel; j++) {
+    psw_data_partition(total, nparts, parts[j], &b, &e);
+    if (i < e - b) return b + i;
+    i -= e - b;
+  }
+  return i;
+}
+
 size_t psw_data_parts_for_rank(uint32_t nparts, uint32_t rank, uint32_t workers, uint32_t *out) {
   size_t k = 0;
   if (workers == 0) workers = 1;
@@ -509,6 +520,12 @@ static int data_conf_files(const ps_data_conf *c, int test, const char *f[2], ps
     return idx ? ps_errf(eb, PS_ECONFIG, "no %s set in 'data' (%s_images, %s_labels)", set, key, key)
                : ps_errf(eb, PS_ECONFIG, "no %s set in 'data' (%s_images)", set, key);
   return 0;
+}
+
+const char *psw_data_label_file(const ps_data_conf *conf, int test) {
+  int idx = !conf->format || !strcmp(conf->format, "idx");
+  return idx ? (test ? conf->test_labels : conf->train_labels)
+             : (test ? conf->test_images : conf->train_images);
 }
 
 static int data_conf_idx(psw_dataset *d, const ps_data_conf *c, int test,

@@ -65,6 +65,18 @@ typedef struct psw_data_sel {
 void psw_data_partition(uint64_t n, uint32_t nparts, uint32_t part, uint64_t *begin,
                         uint64_t *end);
 
+/* psw_data_file_index returns the index in the (limited) file of sample
+ * I of a dataset of TOTAL samples that holds partitions PARTS[0..NSEL)
+ * (ascending) of NPARTS, as psw_data_load loads them; PARTS NULL: all
+ * (I itself).  Messages name a sample as the user finds it. */
+uint64_t psw_data_file_index(uint64_t total, uint32_t nparts, const uint32_t *parts, size_t nsel,
+                             uint64_t i);
+
+/* psw_data_label_file returns the file that holds the labels of the
+ * training set (TEST == 0) or test set of CONF: the labels file for idx,
+ * the one file for csv and criteo; NULL when CONF names none. */
+const char *psw_data_label_file(const ps_data_conf *conf, int test);
+
 /* psw_data_parts_for_rank writes to OUT (caller-owned, NPARTS entries) the
  * partitions a worker of rank RANK among WORKERS gets by default (p with
  * p % WORKERS == RANK) and returns how many. */

@@ -260,7 +260,7 @@ int main(int argc, char **argv) {
     return 2;
   }
   /* keys set in vain, a limit below the partitions: said as psd says them */
-  if (cfg.warning[0]) fprintf(stderr, "%s\n", cfg.warning);
+  ps_config_print_warnings(&cfg, stderr);
   /* the metrics file is checked now, not after the first epoch's training */
   FILE *mf = a.metrics_csv ? fopen(a.metrics_csv, "a") : NULL;
   if (a.metrics_csv && !mf) {

@@ -146,8 +146,11 @@ static int run_open_backend(psw_run *x, ps_errbuf *eb) {
   return 0;
 }
 
-/* run_check_data checks the data against the graph's inputs. */
-static int run_check_data(psw_run *x, const psw_dataset *d, const char *what, ps_errbuf *eb) {
+/* run_check_data checks the data against the graph's inputs: D holds
+ * training partitions PARTS[0..NSEL), or the test set (PARTS NULL). */
+static int run_check_data(psw_run *x, const psw_dataset *d, const uint32_t *parts, size_t nsel,
+                          ps_errbuf *eb) {
+  const char *what = parts ? "training" : "test";
   uint32_t want = psw_graph_input_dim(x->g), k = psw_graph_classes(x->g);
   if (x->sp && d->fields != x->fields)
     return run_bad(x, ps_errf(eb, PS_EINVAL, "%s set has %u categorical fields per sample, model "
@@ -157,9 +160,14 @@ static int run_check_data(psw_run *x, const psw_dataset *d, const char *what, ps
     return run_bad(x, ps_errf(eb, PS_EINVAL, "%s set has %u features per sample, model '%s' wants %u",
                               what, d->dim, x->o->model, want));
   for (uint64_t i = 0; k && i < d->n; i++)
-    if (d->y[i] < 0 || (uint32_t)d->y[i] >= k)
-      return run_bad(x, ps_errf(eb, PS_EINVAL, "%s sample %llu has label %d, model '%s' has %u classes",
-                                what, (unsigned long long)i, d->y[i], x->o->model, k));
+    if (d->y[i] < 0 || (uint32_t)d->y[i] >= k) { /* named as the user finds it: the file, the sample's index in it */
+      const ps_data_conf *c = &x->o->cfg->data;
+      const char *f = psw_data_label_file(c, !parts);
+      uint64_t at = psw_data_file_index(d->total, c->partitions, parts, nsel, i);
+      return run_bad(x, ps_errf(eb, PS_EINVAL, "%s set '%s': sample %llu (counted from 0 in the "
+                                "file's order) has label %d, model '%s' has %u classes",
+                                what, f ? f : "?", (unsigned long long)at, d->y[i], x->o->model, k));
+    }
   return 0;
 }
 
@@ -174,7 +182,7 @@ static int run_add_block(psw_run *x, const uint32_t *parts, size_t n, ps_errbuf 
   int err = psw_data_load(d, &cfg->data, 0, parts, n, eb);
   if (err < 0) return run_bad(x, err);
   x->nblocks++;
-  if ((err = run_check_data(x, d, "training", eb)) < 0) return err;
+  if ((err = run_check_data(x, d, parts, n, eb)) < 0) return err;
   if (x->dim && d->dim != x->dim)
     return run_bad(x, ps_errf(eb, PS_EFORMAT, "training partitions differ in features"));
   x->dim = d->dim;
@@ -213,10 +221,17 @@ static int run_load_data(psw_run *x, ps_errbuf *eb) {
     return ps_errf(eb, PS_ENOMEM, "out of memory");
   int err = x->nparts ? run_add_block(x, x->parts, x->nparts, eb) : run_add_block(x, &zero, 1, eb);
   if (err < 0) return err;
+  /* fewer samples than partitions: the cluster file's check warned when
+   * 'limit' is the cause, the file's length is known only now */
+  if (x->data_total < nparts && !(cfg->data.limit && cfg->data.limit < nparts))
+    ps_warn("training set '%s': %llu samples for %u partitions (data.partitions): %llu "
+            "partitions hold no sample", cfg->data.train_images,
+            (unsigned long long)x->data_total, nparts,
+            (unsigned long long)(nparts - x->data_total));
   if (cfg->data.test_images) {
     if ((err = psw_data_load(&x->test, &cfg->data, 1, NULL, 0, eb)) < 0) return run_bad(x, err);
     x->have_test = x->test.n > 0;
-    if (x->have_test && (err = run_check_data(x, &x->test, "test", eb)) < 0) return err;
+    if (x->have_test && (err = run_check_data(x, &x->test, NULL, 0, eb)) < 0) return err;
   }
   /* each partition ends in its own short batch: the steps of all, shared */
   uint32_t w = x->workers ? x->workers : 1, np = cfg->data.partitions ? cfg->data.partitions : 1;
@@ -1293,7 +1308,7 @@ static int run_eval_setup(psw_run *x, ps_errbuf *eb) {
   if ((err = psw_data_load(&x->test, d, 1, NULL, 0, eb)) < 0) return run_bad(x, err);
   if (!x->test.n) return run_bad(x, ps_errf(eb, PS_ECONFIG, "the test set is empty"));
   x->have_test = 1;
-  return run_check_data(x, &x->test, "test", eb);
+  return run_check_data(x, &x->test, NULL, 0, eb);
 }
 
 /* psw_train_evaluate: see psw_train.h. */

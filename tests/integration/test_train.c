@@ -620,6 +620,89 @@ START_TEST(test_train_usage_errors) {
 }
 END_TEST
 
+/* tt_csv_cluster writes DIR/train.csv (TRAIN) and the cluster file of
+ * one shard for 2 workers training model "m" (a 3,2 MLP, submitted) on
+ * it in PARTS partitions with DIR/test.csv as test set, and starts the
+ * shard; the paths go to TRAIN_PATH / TEST_PATH (600 bytes each). */
+static const char *tt_csv_cluster(char *dir, const char *train, int parts, char *train_path,
+                                  char *test_path, int *gp, int *cp, pid_t *shard) {
+  snprintf(dir, 512, "%s", ps_test_tmpdir());
+  snprintf(train_path, 600, "%s/train.csv", dir);
+  snprintf(test_path, 600, "%s/test.csv", dir);
+  ps_test_write_file(train_path, train);
+  ps_test_write_file(test_path, "0,1,2,3\n1,1,2,3\n");
+  char extra[2000];
+  snprintf(extra, sizeof extra,
+           "workers:\n  count: 2\n  device: cpu\n  retry_ms: 3000\n"
+           "training:\n  model: m\n  epochs: 1\n  batch_size: 4\n"
+           "data:\n  format: csv\n  train_images: %s\n  test_images: %s\n"
+           "  scale: 1\n  partitions: %d\n", train_path, test_path, parts);
+  const char *yaml = ps_test_cluster_yaml(dir, 1, extra, gp, cp);
+  ps_test_start_shards(yaml, dir, 1, gp, cp, shard);
+  ps_test_submit_mlp(dir, yaml, "3,2", "0.001", "asp", NULL);
+  return yaml;
+}
+
+/* A label out of range for the model's classes names the data file and
+ * the sample's index in it: it said "training sample N" with N counted
+ * in the partitions loaded (rank 1 of 2 here holds partition 1 of 2,
+ * samples 4..7: file sample 6 was "sample 2"), naming no file. */
+START_TEST(test_train_bad_label_named) {
+  char dir[512], log[600], train[600], test[600];
+  int gp[1], cp[1];
+  pid_t shard[1];
+  const char *yaml = tt_csv_cluster(dir, "label,a,b,c\n0,1,2,3\n1,1,2,3\n0,1,2,3\n1,1,2,3\n"
+                                    "0,1,2,3\n1,1,2,3\n5,1,2,3\n0,1,2,3\n", 2, train, test,
+                                    gp, cp, shard);
+  snprintf(log, sizeof log, "%s/psw.log", dir);
+  char want[1400];
+  /* the training set: the sample's index in the file, not in the block */
+  char *argv[] = {(char *)ps_test_bin("psw"), "-c", (char *)yaml, "--rank", "1", "--workers", "2",
+                  NULL};
+  ck_assert_int_eq(ps_test_run(argv, log, 20000), 2);
+  char *text = ps_test_read_file(log, NULL);
+  snprintf(want, sizeof want, "training set '%s': sample 6 (counted from 0 in the file's order) "
+           "has label 5, model 'm' has 2 classes", train);
+  ck_assert_msg(strstr(text, want), "no \"%s\" in:\n%s", want, text);
+  free(text);
+  /* the test set, named as its own file */
+  ps_test_write_file(train, "0,1,2,3\n1,1,2,3\n0,1,2,3\n1,1,2,3\n");
+  ps_test_write_file(test, "0,1,2,3\n-1,1,2,3\n");
+  unlink(log);
+  ck_assert_int_eq(ps_test_run(argv, log, 20000), 2);
+  text = ps_test_read_file(log, NULL);
+  snprintf(want, sizeof want, "test set '%s': sample 1 (counted from 0 in the file's order) "
+           "has label -1, model 'm' has 2 classes", test);
+  ck_assert_msg(strstr(text, want), "no \"%s\" in:\n%s", want, text);
+  free(text);
+  ps_test_stop(shard[0], SIGTERM, 10000);
+}
+END_TEST
+
+/* More partitions than training samples: psw warns once it has read the
+ * file, as the cluster file's check warns for a 'limit' below
+ * 'partitions' (README); it said nothing, and trained on empty
+ * partitions unsaid. */
+START_TEST(test_train_empty_partitions_warned) {
+  char dir[512], log[600], train[600], test[600];
+  int gp[1], cp[1];
+  pid_t shard[1];
+  const char *yaml = tt_csv_cluster(dir, "0,1,2,3\n1,1,2,3\n0,1,2,3\n", 5, train, test, gp, cp,
+                                    shard);
+  snprintf(log, sizeof log, "%s/psw.log", dir);
+  char *argv[] = {(char *)ps_test_bin("psw"), "-c", (char *)yaml, "--rank", "0", "--workers", "1",
+                  NULL};
+  ck_assert_int_eq(ps_test_run(argv, log, 30000), 0);
+  ps_test_stop(shard[0], SIGTERM, 10000);
+  char *text = ps_test_read_file(log, NULL), want[800];
+  snprintf(want, sizeof want, "training set '%s': 3 samples for 5 partitions (data.partitions): 2 "
+           "partitions hold no sample", train);
+  const char *at = strstr(text, want);
+  ck_assert_msg(at && !strstr(at + 1, want), "not once \"%s\" in:\n%s", want, text);
+  free(text);
+}
+END_TEST
+
 /* A worker waiting for workers.min says so once, at the start of the
  * wait (it said nothing for up to workers.retry_ms), and how it ended. */
 START_TEST(test_train_wait_world_said) {
@@ -672,6 +755,8 @@ Suite *psw_train_suite(void) {
   tcase_add_test(tc, test_train_model_on_some_shards);
   tcase_add_test(tc, test_train_usage_errors);
   tcase_add_test(tc, test_train_wait_world_said);
+  tcase_add_test(tc, test_train_bad_label_named);
+  tcase_add_test(tc, test_train_empty_partitions_warned);
   suite_add_tcase(s, tc);
   tc = tcase_create("restart");
   tcase_set_timeout(tc, 60);

@@ -766,23 +766,45 @@ START_TEST(test_cli_bad_flags) {
 }
 END_TEST
 
+/* pt_config_warned runs PROG (in X's dir) with ARGS and '--config FILE'
+ * for a cluster file whose 'limit' is below its 'partitions', checks
+ * its exit status is WANT_RC and that its stderr carries the file's
+ * warning. */
+static void pt_config_warned(pt_ctx *x, const char *prog, const char *args, int want_rc) {
+  char yaml[700];
+  snprintf(yaml, sizeof yaml, "%s/warn.yaml", x->dir);
+  ps_test_write_file(yaml, "cluster: w\nsecurity: {mode: none}\nshards:\n"
+                           "  - {id: 0, grpc: 127.0.0.1:1, channel: 127.0.0.1:2, data_dir: /x}\n"
+                           "data:\n  limit: 1\n  partitions: 16\n");
+  ck_assert_int_eq(pt_run(x, prog, "%s --config '%s'", args, yaml), want_rc);
+  char want[800];
+  snprintf(want, sizeof want, "%s:6:10: warning: 'limit' (1) is below 'partitions' (16): 15 "
+           "partitions hold no sample", yaml);
+  ck_assert_msg(pt_contains(x->err, want), "no \"%s\" in %s", want, x->err);
+}
+
 /* The cluster file's warnings reach psw's stderr, as psd's: psw said
  * none, so a 'limit' below 'partitions' (README: "it warns") left
  * partitions of no sample unsaid to the one who runs the worker. */
 START_TEST(test_psw_config_warnings) {
   pt_ctx x;
   pt_init(&x);
-  char yaml[700];
-  snprintf(yaml, sizeof yaml, "%s/warn.yaml", x.dir);
-  ps_test_write_file(yaml, "cluster: w\nsecurity: {mode: none}\nshards:\n"
-                           "  - {id: 0, grpc: 127.0.0.1:1, channel: 127.0.0.1:2, data_dir: /x}\n"
-                           "data:\n  limit: 1\n  partitions: 16\n");
-  ck_assert_int_eq(pt_run(&x, "psw", "--config '%s' --model m --metrics-csv /nonexistent/m.csv",
-                          yaml), 2);
-  char want[800];
-  snprintf(want, sizeof want, "%s:6:10: warning: 'limit' (1) is below 'partitions' (16): 15 "
-           "partitions hold no sample", yaml);
-  ck_assert_msg(pt_contains(x.err, want), "no \"%s\" in %s", want, x.err);
+  pt_config_warned(&x, "psw", "--model m --metrics-csv /nonexistent/m.csv", 2);
+  pt_cleanup(&x);
+}
+END_TEST
+
+/* psctl prints the cluster file's warnings on stderr too, as psd and
+ * psw do (it printed none), and its --json stdout stays one JSON
+ * document. */
+START_TEST(test_psctl_config_warnings) {
+  pt_ctx x;
+  pt_init(&x);
+  /* exit 1: the file's one shard is DOWN */
+  pt_config_warned(&x, "psctl", "status --json --interval 100 --timeout 500", 1);
+  char *out = ps_test_read_file(x.out, NULL);
+  ck_assert_msg(out[0] == '{' && !strstr(out, "warning"), "stdout: %s", out);
+  free(out);
   pt_cleanup(&x);
 }
 END_TEST
@@ -1584,6 +1606,7 @@ Suite *psctl_suite(void) {
                {"cli_usage_error_short", test_cli_usage_error_short},
                {"cli_short_options", test_cli_short_options},
                {"psw_config_warnings", test_psw_config_warnings},
+               {"psctl_config_warnings", test_psctl_config_warnings},
                {"psd_t_group_commit", test_psd_t_group_commit_periodic},
                {"bench", test_psctl_bench},
                {"status_aggregator", test_psctl_status_aggregator},

@@ -68,6 +68,29 @@ int ps_role_from_cert_pem(const char *pem, size_t len) {
   return role;
 }
 
+int ps_role_cache_get(ps_role_cache *c, const char *pem, size_t len) {
+  if (!pem || !len) return PS_ROLE_NONE;
+  for (unsigned i = 0; i < PS_ROLE_CACHE_N; i++)
+    if (c->e[i].pem && c->e[i].len == len && !memcmp(c->e[i].pem, pem, len)) return c->e[i].role;
+  int role = ps_role_from_cert_pem(pem, len);
+  c->parsed++;
+  char *copy = malloc(len); /* none: the role still, uncached */
+  if (copy) {
+    unsigned i = c->next++ % PS_ROLE_CACHE_N;
+    free(c->e[i].pem);
+    memcpy(copy, pem, len);
+    c->e[i].pem = copy;
+    c->e[i].len = len;
+    c->e[i].role = role;
+  }
+  return role;
+}
+
+void ps_role_cache_free(ps_role_cache *c) {
+  for (unsigned i = 0; i < PS_ROLE_CACHE_N; i++) free(c->e[i].pem);
+  memset(c, 0, sizeof *c);
+}
+
 /* auth_access writes to BUF who may do what with a file of MODE beyond
  * its owner: "readable by its group", "readable and writable by its group
  * and others", "readable by its group, writable by others". */

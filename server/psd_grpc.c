@@ -92,6 +92,7 @@ typedef struct psd_grpc {
   psd_grpc_call *parked;          /* parked pulls (invariant 3; loop thread) */
   uint64_t auth_logged;           /* sh->ctr.auth_refused at the last refusal logged */
   int64_t auth_log_ms;            /* ps_now_ms of that log line (loop thread) */
+  ps_role_cache roles;            /* callers' certificates' roles (loop thread) */
 } psd_grpc;
 
 #define PSD_GRPC_REFUSE_LOG_MS 10000 /* at most one log line about refused calls this often */
@@ -530,15 +531,20 @@ static const struct psd_grpc_method {
  * verified client certificate's subject (the certificate itself, from
  * gRPC's auth context: the printed x509_subject property cannot tell an
  * OU from a CN that contains ",OU=operator"), PS_ROLE_NONE without one;
- * -1 when the control plane is plaintext (no identities: every role). */
-static int psd_grpc_role(const psd_shard *sh, grpc_call *call) {
+ * -1 when the control plane is plaintext (no identities: every role).
+ * Parsed once per certificate: g->roles keeps recent ones by their exact
+ * PEM bytes (a certificate rotated by a SIGHUP reload is parsed anew). */
+static int psd_grpc_role(psd_shard *sh, grpc_call *call) {
   if (sh->cfg->security.mode != PS_SEC_TLS) return -1;
   grpc_auth_context *ctx = grpc_call_auth_context(call);
   if (!ctx) return PS_ROLE_NONE;
   grpc_auth_property_iterator it =
       grpc_auth_context_find_properties_by_name(ctx, GRPC_X509_PEM_CERT_PROPERTY_NAME);
   const grpc_auth_property *p = grpc_auth_property_iterator_next(&it);
-  int role = p && p->value ? ps_role_from_cert_pem(p->value, p->value_length) : PS_ROLE_NONE;
+  psd_grpc *g = sh->grpc;
+  int role = !p || !p->value ? PS_ROLE_NONE
+             : g         ? ps_role_cache_get(&g->roles, p->value, p->value_length)
+                         : ps_role_from_cert_pem(p->value, p->value_length);
   grpc_auth_context_release(ctx);
   return role;
 }
@@ -841,6 +847,7 @@ void psd_grpc_stop_accepting(psd_shard *sh) {
 static void psd_grpc_on_closed(uv_handle_t *h) {
   psd_grpc *g = h->data;
   pthread_mutex_destroy(&g->mu);
+  ps_role_cache_free(&g->roles);
   free(g);
 }
 

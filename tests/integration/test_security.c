@@ -900,6 +900,73 @@ START_TEST(test_sec_role_subject) {
 }
 END_TEST
 
+/* sec_cert_pem returns a self-signed certificate with subject "CN=CN,
+ * OU=OU" as PEM (free it); *LEN: its length. */
+static char *sec_cert_pem(const char *cn, const char *ou, size_t *len) {
+  EVP_PKEY *k = EVP_EC_gen("P-256");
+  X509 *x = X509_new();
+  ck_assert(k && x);
+  X509_NAME *n = X509_get_subject_name(x);
+  ck_assert(X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1,
+                                       -1, 0) &&
+            X509_NAME_add_entry_by_txt(n, "OU", MBSTRING_UTF8, (const unsigned char *)ou, -1,
+                                       -1, 0));
+  ck_assert(X509_set_issuer_name(x, n) && X509_set_pubkey(x, k));
+  ck_assert(X509_gmtime_adj(X509_getm_notBefore(x), 0) &&
+            X509_gmtime_adj(X509_getm_notAfter(x), 3600) && X509_sign(x, k, EVP_sha256()));
+  BIO *b = BIO_new(BIO_s_mem());
+  ck_assert(b && PEM_write_bio_X509(b, x));
+  char *data;
+  long n_ = BIO_get_mem_data(b, &data);
+  ck_assert(n_ > 0);
+  char *pem = malloc((size_t)n_);
+  ck_assert(pem);
+  memcpy(pem, data, (size_t)n_);
+  *len = (size_t)n_;
+  BIO_free(b);
+  X509_free(x);
+  EVP_PKEY_free(k);
+  return pem;
+}
+
+/* psd_grpc's role cache: the same PEM bytes are parsed once; a rotated
+ * certificate (other bytes, another role) is parsed anew, never given the
+ * old one's role; more certificates than it holds still get their roles. */
+START_TEST(test_sec_role_cache) {
+  size_t wl, ol;
+  char *w = sec_cert_pem("t-worker", "worker", &wl), *o = sec_cert_pem("t-worker", "operator", &ol);
+  ps_role_cache c = {0};
+  ck_assert_int_eq(ps_role_cache_get(&c, w, wl), PS_ROLE_WORKER);
+  ck_assert_int_eq(ps_role_cache_get(&c, w, wl), PS_ROLE_WORKER);
+  ck_assert_uint_eq(c.parsed, 1);
+  ck_assert_int_eq(ps_role_cache_get(&c, o, ol), PS_ROLE_OPERATOR);
+  ck_assert_uint_eq(c.parsed, 2);
+  ck_assert_int_eq(ps_role_cache_get(&c, w, wl), PS_ROLE_WORKER);
+  ck_assert_uint_eq(c.parsed, 2);
+  /* a copy of the bytes (another buffer) hits; one byte changed misses */
+  char *w2 = malloc(wl);
+  ck_assert(w2);
+  memcpy(w2, w, wl);
+  ck_assert_int_eq(ps_role_cache_get(&c, w2, wl), PS_ROLE_WORKER);
+  ck_assert_uint_eq(c.parsed, 2);
+  w2[wl / 2] ^= 1;
+  ps_role_cache_get(&c, w2, wl);
+  ck_assert_uint_eq(c.parsed, 3);
+  ck_assert_int_eq(ps_role_cache_get(&c, "junk", 4), PS_ROLE_NONE);
+  for (int i = 0; i < 2 * PS_ROLE_CACHE_N; i++) { /* evictions: still right */
+    size_t l;
+    char *p = sec_cert_pem("x", i % 2 ? "aggregator" : "worker", &l);
+    ck_assert_int_eq(ps_role_cache_get(&c, p, l), i % 2 ? PS_ROLE_AGGREGATOR : PS_ROLE_WORKER);
+    free(p);
+  }
+  ck_assert_int_eq(ps_role_cache_get(&c, o, ol), PS_ROLE_OPERATOR);
+  ps_role_cache_free(&c);
+  free(w);
+  free(w2);
+  free(o);
+}
+END_TEST
+
 /* Rotation: a key added to the shard's secret file is accepted after a
  * SIGHUP, beside the old one; an unreadable file leaves the keys as they
  * were. */
@@ -2487,6 +2554,7 @@ Suite *security_suite(void) {
   suite_add_tcase(s, tc);
   tc = tcase_create("unit");
   tcase_add_test(tc, test_sec_role_subject);
+  tcase_add_test(tc, test_sec_role_cache);
   tcase_add_test(tc, test_sec_file_names_key);
   tcase_add_test(tc, test_sec_mkcerts_hosts);
   tcase_add_test(tc, test_sec_mkcerts_role_secrets);

@@ -90,8 +90,8 @@ typedef struct psd_grpc {
   int shutdown_started;
   char shutdown_tag;              /* its address is the tag */
   psd_grpc_call *parked;          /* parked pulls (invariant 3; loop thread) */
-  uint64_t auth_logged;           /* sh->ctr.auth_refused at the last refusal logged */
-  int64_t auth_log_ms;            /* ps_now_ms of that log line (loop thread) */
+  uint64_t refused;               /* calls refused for the caller's role (loop thread) */
+  ps_said refused_said;           /* their last log line (ps_now_ms) */
   ps_role_cache roles;            /* callers' certificates' roles (loop thread) */
 } psd_grpc;
 
@@ -584,17 +584,17 @@ static int psd_grpc_allow(psd_shard *sh, psd_grpc_call *c, const struct psd_grpc
           role == PS_ROLE_NONE ? " (no client certificate, or one whose OU is not "
                                  "worker, aggregator or operator)" : "");
   psd_grpc *g = sh->grpc;
-  int64_t now = ps_now_ms();
-  if (g && (g->auth_logged == 0 || now - g->auth_log_ms >= PSD_GRPC_REFUSE_LOG_MS)) {
+  uint64_t n = g ? ps_said_due(&g->refused_said, ++g->refused, (uint64_t)ps_now_ms(),
+                               PSD_GRPC_REFUSE_LOG_MS)
+                 : 0;
+  if (n) {
     char *peer = grpc_call_get_peer(c->call), shown[4 * 64 + 8], who[4 * 256 + 32];
     psd_grpc_who(c->call, who, sizeof who);
     ps_warn("grpc: refused %llu calls for the caller's role since the last report; the last "
-            "from %s, %s: %s", (unsigned long long)(sh->ctr.auth_refused - g->auth_logged),
+            "from %s, %s: %s", (unsigned long long)n,
             peer ? ps_log_escape(shown, sizeof shown, peer, 64) : "an unknown peer", who,
             eb->msg);
     gpr_free(peer);
-    g->auth_logged = sh->ctr.auth_refused;
-    g->auth_log_ms = now;
   }
   return PS_EPERM;
 }

@@ -299,11 +299,27 @@ START_TEST(test_sec_wrong_certificate) {
 END_TEST
 
 /* Roles: a worker may read (GetModel, Export, Status) but not submit or
- * replace; the operator may. */
+ * replace; the operator may.  A channel push of a sum with a worker key,
+ * refused first (counted in auth_refused too), is no gRPC call: the gRPC
+ * refusals' log line counts only its own. */
 START_TEST(test_sec_roles) {
   sec_ensure_model();
   uint64_t refused0 = sec_counter(0);
   ps_errbuf eb;
+  ps_auth_keys keys;
+  ps_chan_client *c;
+  ck_assert_msg(ps_chan_connect_auth(&c, sec_chan, "test", sec_worker_key(&keys), 0, 5000, &eb)
+                == 0, "%s", eb.msg);
+  static const uint32_t ids[SEC_CHUNKS] = {0, 1, 2, 3}, sum[] = {0, 1};
+  static float g[SEC_ELEMS];
+  ps_req sq = {.model = "m", .ids = ids, .nids = SEC_CHUNKS, .grads = g, .nbytes = sizeof g,
+               .summed = sum, .nsummed = 2};
+  uint64_t ver;
+  ck_assert_int_eq(ps_chan_push(c, &sq, &ver, &eb), PS_EPERM);
+  ck_assert_msg(strstr(eb.msg, "needs an aggregator's key"), "%s", eb.msg);
+  ps_chan_close(c);
+  ps_auth_release(&keys);
+  ck_assert_uint_eq(sec_counter(0), ++refused0);
   ck_assert_int_eq(sec_submit(PS_ROLE_WORKER, "m", 10, 1, &eb), PS_EPERM);
   ck_assert_msg(strstr(eb.msg, "not allowed for role 'worker'"), "%s", eb.msg);
   ck_assert_int_eq(sec_submit(PS_ROLE_WORKER, "w2", 10, 0, &eb), PS_EPERM);
@@ -329,6 +345,7 @@ START_TEST(test_sec_roles) {
   const char *line = out ? strstr(out, "grpc: refused ") : NULL;
   ck_assert_msg(line && strstr(line, "from ipv4:127.0.0.1:") && strstr(line, ", subject 'CN=") &&
                     strstr(line, "is not allowed for role '"), "%s", out ? out : "(no log)");
+  ck_assert_msg(!strncmp(line, "grpc: refused 1 calls ", 22), "%s", line);
   free(out);
 }
 END_TEST

@@ -18,7 +18,7 @@
  *
  * The hello (ps_chan.h): client nonce Nc -> server nonce Ns and the
  * server's proof -> client's proof -> ok with the shard's accept MAC.
- * Each is HMAC-SHA256(secret, label | cluster | key id | Nc | Ns | the
+ * Each is HMAC-SHA256(secret, label | SHA-256(cluster) | key id | Nc | Ns | the
  * hello's negotiated fields (ps_auth_hello)) with a label per side, so
  * none can be replayed on another connection (fresh nonces), reflected to
  * the other side, or kept while a field is changed on the way; they are

@@ -984,6 +984,33 @@ START_TEST(test_sec_role_cache) {
 }
 END_TEST
 
+/* The hello's proofs and session key cover the whole cluster name: two
+ * names alike in their first 63 characters (or more) accept none of each
+ * other's proofs. */
+START_TEST(test_sec_proof_cluster_whole) {
+  ps_auth_key k = {.id = "w1", .role = PS_ROLE_WORKER, .len = PS_AUTH_SECRET_MIN};
+  memset(k.secret, 7, k.len);
+  uint8_t nc[PS_AUTH_NONCE] = {1}, ns[PS_AUTH_NONCE] = {2}, proof[PS_AUTH_MAC];
+  char a[200], b[200];
+  memset(a, 'c', 150);
+  a[150] = '\0';
+  static const int at[] = {63, 64, 149};
+  for (size_t i = 0; i < sizeof at / sizeof at[0]; i++) {
+    memcpy(b, a, sizeof a);
+    b[at[i]] = 'd';
+    for (int side = PS_AUTH_CLIENT; side <= PS_AUTH_ACCEPT; side++) {
+      ps_auth_proof(&k, side, a, nc, ns, NULL, proof);
+      ck_assert(ps_auth_check(&k, side, a, nc, ns, NULL, proof, sizeof proof));
+      ck_assert_msg(!ps_auth_check(&k, side, b, nc, ns, NULL, proof, sizeof proof),
+                    "side %d: names that differ at byte %d share a proof", side, at[i]);
+    }
+  }
+  b[149] = '\0'; /* a prefix of the other */
+  ps_auth_proof(&k, PS_AUTH_CLIENT, a, nc, ns, NULL, proof);
+  ck_assert(!ps_auth_check(&k, PS_AUTH_CLIENT, b, nc, ns, NULL, proof, sizeof proof));
+}
+END_TEST
+
 /* Rotation: a key added to the shard's secret file is accepted after a
  * SIGHUP, beside the old one; an unreadable file leaves the keys as they
  * were. */
@@ -2572,6 +2599,7 @@ Suite *security_suite(void) {
   tc = tcase_create("unit");
   tcase_add_test(tc, test_sec_role_subject);
   tcase_add_test(tc, test_sec_role_cache);
+  tcase_add_test(tc, test_sec_proof_cluster_whole);
   tcase_add_test(tc, test_sec_file_names_key);
   tcase_add_test(tc, test_sec_mkcerts_hosts);
   tcase_add_test(tc, test_sec_mkcerts_role_secrets);

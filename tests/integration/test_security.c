@@ -2180,6 +2180,31 @@ START_TEST(test_sec_mkcerts_role_secrets) {
     ps_auth_release(&ks);
   }
   ps_auth_release(&all);
+  /* a rerun (--force) over files someone made readable writes new files
+   * (under umask 077), never the new secrets into the old, readable ones */
+  static const char *const kept[] = {"cluster.secret", "worker.secret", "worker.key", "ca.key"};
+  ino_t old[4];
+  for (size_t i = 0; i < 4; i++) {
+    struct stat st;
+    snprintf(path, sizeof path, "%s/roles/%s", dir, kept[i]);
+    ck_assert_int_eq(chmod(path, 0644), 0);
+    ck_assert_int_eq(stat(path, &st), 0);
+    old[i] = st.st_ino;
+    char keep[720]; /* a second link: the old inode's number cannot be reused */
+    snprintf(keep, sizeof keep, "%s/old-%s", dir, kept[i]);
+    ck_assert_int_eq(link(path, keep), 0);
+  }
+  char cmd[2400];
+  snprintf(cmd, sizeof cmd, "scripts/mkcerts --config '%s/roles-pre.yaml' --out '%s/roles' "
+           "--force > /dev/null", dir, dir);
+  ck_assert_int_eq(system(cmd), 0);
+  for (size_t i = 0; i < 4; i++) {
+    struct stat st;
+    snprintf(path, sizeof path, "%s/roles/%s", dir, kept[i]);
+    ck_assert_int_eq(stat(path, &st), 0);
+    ck_assert_msg(st.st_ino != old[i], "%s was rewritten in place, mode 644", kept[i]);
+    ck_assert_uint_eq(st.st_mode & 0777, 0600);
+  }
 }
 END_TEST
 

@@ -68,6 +68,29 @@ int ps_role_from_cert_pem(const char *pem, size_t len) {
   return role;
 }
 
+int ps_role_cache_get(ps_role_cache *c, const char *pem, size_t len) {
+  if (!pem || !len) return PS_ROLE_NONE;
+  for (unsigned i = 0; i < PS_ROLE_CACHE_N; i++)
+    if (c->e[i].pem && c->e[i].len == len && !memcmp(c->e[i].pem, pem, len)) return c->e[i].role;
+  int role = ps_role_from_cert_pem(pem, len);
+  c->parsed++;
+  char *copy = malloc(len); /* none: the role still, uncached */
+  if (copy) {
+    unsigned i = c->next++ % PS_ROLE_CACHE_N;
+    free(c->e[i].pem);
+    memcpy(copy, pem, len);
+    c->e[i].pem = copy;
+    c->e[i].len = len;
+    c->e[i].role = role;
+  }
+  return role;
+}
+
+void ps_role_cache_free(ps_role_cache *c) {
+  for (unsigned i = 0; i < PS_ROLE_CACHE_N; i++) free(c->e[i].pem);
+  memset(c, 0, sizeof *c);
+}
+
 /* auth_access writes to BUF who may do what with a file of MODE beyond
  * its owner: "readable by its group", "readable and writable by its group
  * and others", "readable by its group, writable by others". */
@@ -306,25 +329,27 @@ static void auth_put64(uint8_t *msg, size_t *n, uint64_t v) {
   auth_put32(msg, n, (uint32_t)(v >> 32));
 }
 
-/* auth_hmac_msg writes LABEL \0 CLUSTER \0 ID \0 NC NS [FIELDS] into MSG
- * (room for AUTH_MSG_MAX bytes) and returns its length; the NULs keep the
- * strings apart, the fields have fixed sizes (the token its length
- * first).  FIELDS: H's (NULL: none, the session key); the last HELLO's
+/* auth_hmac_msg writes LABEL \0 SHA-256(CLUSTER) ID \0 NC NS [FIELDS]
+ * into MSG (room for AUTH_MSG_MAX bytes) and returns its length; the NULs
+ * keep the strings apart, the fields have fixed sizes (the token its
+ * length first).  The digest covers the whole cluster name, however long
+ * (two names alike in their first bytes get different proofs).  FIELDS: H's (NULL: none, the session key); the last HELLO's
  * too when ACCEPT. */
 #define AUTH_TOKEN_MAX 64
 #define AUTH_MSG_MAX                                                                  \
-  (40 + 64 + PS_AUTH_ID_MAX + 3 + 2 * PS_AUTH_NONCE /* label, cluster, id, nonces */ + \
+  (40 + 32 + PS_AUTH_ID_MAX + 2 + 2 * PS_AUTH_NONCE /* label, cluster, id, nonces */ + \
    4 + 4 * 4 + 8 /* version, mac, want_mac, unordered_acks, shm_hold, shm_bytes */ +   \
    6 * 4 + 8 + 4 + AUTH_TOKEN_MAX /* ACCEPT: six words, granted, the token's length, it */)
 static size_t auth_hmac_msg(uint8_t *msg, const char *label, const char *cluster,
                             const ps_auth_key *k, const uint8_t *nc, const uint8_t *ns,
                             const ps_auth_hello *h, int accept) {
-  size_t n = 0, cl = cluster ? strnlen(cluster, 63) : 0, ll = strlen(label);
+  size_t n = 0, ll = strlen(label);
   memcpy(msg + n, label, ll + 1);
   n += ll + 1;
-  if (cl) memcpy(msg + n, cluster, cl);
-  n += cl;
-  msg[n++] = 0;
+  if (!cluster) cluster = "";
+  unsigned int dl = 0;
+  EVP_Digest(cluster, strlen(cluster), msg + n, &dl, EVP_sha256(), NULL);
+  n += 32;
   memcpy(msg + n, k->id, strlen(k->id) + 1);
   n += strlen(k->id) + 1;
   memcpy(msg + n, nc, PS_AUTH_NONCE);

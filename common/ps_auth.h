@@ -18,7 +18,7 @@
  *
  * The hello (ps_chan.h): client nonce Nc -> server nonce Ns and the
  * server's proof -> client's proof -> ok with the shard's accept MAC.
- * Each is HMAC-SHA256(secret, label | cluster | key id | Nc | Ns | the
+ * Each is HMAC-SHA256(secret, label | SHA-256(cluster) | key id | Nc | Ns | the
  * hello's negotiated fields (ps_auth_hello)) with a label per side, so
  * none can be replayed on another connection (fresh nonces), reflected to
  * the other side, or kept while a field is changed on the way; they are
@@ -55,6 +55,25 @@ int ps_role_parse(const char *s, size_t len);
  * auth property); none when it does not parse. */
 int ps_role_from_name(const X509_NAME *name);
 int ps_role_from_cert_pem(const char *pem, size_t len);
+
+/* A few recent certificates' roles, keyed by their exact PEM bytes (a
+ * rotated certificate's bytes differ: parsed anew, never an old role);
+ * one thread's (psd_grpc: the loop's).  Zeroed: empty. */
+#define PS_ROLE_CACHE_N 8
+typedef struct ps_role_cache {
+  struct {
+    char *pem;
+    size_t len;
+    int role;
+  } e[PS_ROLE_CACHE_N];
+  unsigned next;   /* the entry replaced next */
+  uint64_t parsed; /* certificates parsed (not found in the cache) */
+} ps_role_cache;
+
+/* ps_role_cache_get is ps_role_from_cert_pem through C; ps_role_cache_free
+ * empties C. */
+int ps_role_cache_get(ps_role_cache *c, const char *pem, size_t len);
+void ps_role_cache_free(ps_role_cache *c);
 
 /* ps_auth_private_file checks that PATH is a regular file that neither
  * its group nor others may read, write or execute; 0, or PS_ECONFIG /

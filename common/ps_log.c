@@ -137,3 +137,11 @@ const char *ps_log_escape(char *buf, size_t cap, const char *s, size_t max) {
   buf[o] = '\0';
   return buf;
 }
+
+uint64_t ps_said_due(ps_said *s, uint64_t ctr, uint64_t now_ms, uint64_t every_ms) {
+  if (s->logged != 0 && now_ms - s->ms < every_ms) return 0;
+  uint64_t n = ctr - s->logged;
+  s->logged = ctr;
+  s->ms = now_ms;
+  return n;
+}

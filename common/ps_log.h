@@ -45,4 +45,16 @@ const char *ps_log_u32s(char *buf, size_t cap, const uint32_t *v, size_t n);
  * forged log line.  CAP >= 8. */
 const char *ps_log_escape(char *buf, size_t cap, const char *s, size_t max);
 
+/* A rate-limited count's last log line: the count then (0: none yet) and
+ * its time in ms (any clock, the same for every call). */
+typedef struct ps_said {
+  uint64_t logged, ms;
+} ps_said;
+
+/* ps_said_due returns how many of CTR (a count just raised) no line has
+ * said yet when one is due at NOW_MS (the first one, or EVERY_MS after
+ * the last), and records it in S as said; 0 when none is due.  One piece
+ * of logic for "refused N ... since the last report" lines. */
+uint64_t ps_said_due(ps_said *s, uint64_t ctr, uint64_t now_ms, uint64_t every_ms);
+
 #endif

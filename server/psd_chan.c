@@ -302,12 +302,6 @@ typedef struct psd_conn {
   uint64_t req_nbytes;        /* the push being received: its payload bytes */
 } psd_conn;
 
-/* A refusal counter's last log line: the count then (0: none yet) and
- * its uv_now (chan_said_count). */
-typedef struct chan_said {
-  uint64_t logged, ms;
-} chan_said;
-
 typedef struct psd_chan {
   psd_shard *sh;
   uv_tcp_t listener;
@@ -317,22 +311,22 @@ typedef struct psd_chan {
   int closing;
   uv_async_t wake;            /* resumes released connections (invariant 7) */
   uv_timer_t sweep;           /* closes idle connections (invariant 8) */
-  chan_said refused;          /* of sh->ctr.chan_refused */
+  ps_said refused;            /* of sh->ctr.chan_refused */
   uint64_t fd_other;          /* open descriptors not the channel's, when last counted */
   uint64_t fd_sample_ms;      /* uv_now of that count */
   int fd_sampled;
   ps_auth_keys keys;          /* security.secret_file (invariant 9); none: no auth */
-  chan_said auth_refused;     /* of sh->ctr.chan_auth_refused */
-  chan_said hello_late;       /* hellos past their deadline (8a), in chan_idle_closed */
+  ps_said auth_refused;       /* of sh->ctr.chan_auth_refused */
+  ps_said hello_late;         /* hellos past their deadline (8a), in chan_idle_closed */
   uint64_t hello_late_n;      /* their count (chan_idle_closed counts idle ones too) */
   uint64_t swept_ms;          /* uv_now of the last sweep (a stalled loop: chan_sweep) */
   uint64_t shm_fds;           /* regions' descriptors still open (invariant 11) */
   uint64_t queued;            /* reply bytes queued in libuv, all connections (4a) */
-  chan_said slow;             /* of sh->ctr.chan_slow_closed (4a) */
-  chan_said bad;              /* of sh->ctr.chan_bad_frames (invariant 6) */
-  chan_said push_refused;     /* pushes refused by the shard's checks (invariant 6) ... */
+  ps_said slow;               /* of sh->ctr.chan_slow_closed (4a) */
+  ps_said bad;                /* of sh->ctr.chan_bad_frames (invariant 6) */
+  ps_said push_refused;       /* pushes refused by the shard's checks (invariant 6) ... */
   uint64_t push_refused_n;    /* ... and their count */
-  chan_said shm_failed;       /* regions that could not be made (invariant 11) ... */
+  ps_said shm_failed;         /* regions that could not be made (invariant 11) ... */
   uint64_t shm_failed_n;      /* ... and their count */
 } psd_chan;
 
@@ -544,24 +538,21 @@ int psd_chan_hello_check(const ps_config *cfg, const ps_chan_hdr *h, const Ps__C
  * "... connection(s)") with WHY at most every CHAN_REFUSE_LOG_MS (S: the
  * counter's last line); chan_said_tail logs the count not yet said once
  * that time has passed (the sweep: the tail of a burst). */
-static void chan_said_verb(psd_chan *ch, uint64_t *ctr, chan_said *s, const char *verb,
+static void chan_said_verb(psd_chan *ch, uint64_t *ctr, ps_said *s, const char *verb,
                            const char *what, const char *why) {
   (*ctr)++;
-  uint64_t now = uv_now(ch->sh->loop);
-  if (s->logged == 0 || now - s->ms >= CHAN_REFUSE_LOG_MS) {
-    ps_warn("channel: %s %llu %s since the last report: %s", verb,
-            (unsigned long long)(*ctr - s->logged), what, why);
-    s->logged = *ctr;
-    s->ms = now;
-  }
+  uint64_t n = ps_said_due(s, *ctr, uv_now(ch->sh->loop), CHAN_REFUSE_LOG_MS);
+  if (n)
+    ps_warn("channel: %s %llu %s since the last report: %s", verb, (unsigned long long)n, what,
+            why);
 }
 
-static void chan_said_count(psd_chan *ch, uint64_t *ctr, chan_said *s, const char *what,
+static void chan_said_count(psd_chan *ch, uint64_t *ctr, ps_said *s, const char *what,
                             const char *why) {
   chan_said_verb(ch, ctr, s, "refused", what, why);
 }
 
-static void chan_said_tail(psd_chan *ch, uint64_t ctr, chan_said *s, const char *verb,
+static void chan_said_tail(psd_chan *ch, uint64_t ctr, ps_said *s, const char *verb,
                            const char *what, const char *why) {
   uint64_t now = uv_now(ch->sh->loop);
   if (ctr <= s->logged || now - s->ms < CHAN_REFUSE_LOG_MS) return;

@@ -90,8 +90,9 @@ typedef struct psd_grpc {
   int shutdown_started;
   char shutdown_tag;              /* its address is the tag */
   psd_grpc_call *parked;          /* parked pulls (invariant 3; loop thread) */
-  uint64_t auth_logged;           /* sh->ctr.auth_refused at the last refusal logged */
-  int64_t auth_log_ms;            /* ps_now_ms of that log line (loop thread) */
+  uint64_t refused;               /* calls refused for the caller's role (loop thread) */
+  ps_said refused_said;           /* their last log line (ps_now_ms) */
+  ps_role_cache roles;            /* callers' certificates' roles (loop thread) */
 } psd_grpc;
 
 #define PSD_GRPC_REFUSE_LOG_MS 10000 /* at most one log line about refused calls this often */
@@ -530,15 +531,20 @@ static const struct psd_grpc_method {
  * verified client certificate's subject (the certificate itself, from
  * gRPC's auth context: the printed x509_subject property cannot tell an
  * OU from a CN that contains ",OU=operator"), PS_ROLE_NONE without one;
- * -1 when the control plane is plaintext (no identities: every role). */
-static int psd_grpc_role(const psd_shard *sh, grpc_call *call) {
+ * -1 when the control plane is plaintext (no identities: every role).
+ * Parsed once per certificate: g->roles keeps recent ones by their exact
+ * PEM bytes (a certificate rotated by a SIGHUP reload is parsed anew). */
+static int psd_grpc_role(psd_shard *sh, grpc_call *call) {
   if (sh->cfg->security.mode != PS_SEC_TLS) return -1;
   grpc_auth_context *ctx = grpc_call_auth_context(call);
   if (!ctx) return PS_ROLE_NONE;
   grpc_auth_property_iterator it =
       grpc_auth_context_find_properties_by_name(ctx, GRPC_X509_PEM_CERT_PROPERTY_NAME);
   const grpc_auth_property *p = grpc_auth_property_iterator_next(&it);
-  int role = p && p->value ? ps_role_from_cert_pem(p->value, p->value_length) : PS_ROLE_NONE;
+  psd_grpc *g = sh->grpc;
+  int role = !p || !p->value ? PS_ROLE_NONE
+             : g         ? ps_role_cache_get(&g->roles, p->value, p->value_length)
+                         : ps_role_from_cert_pem(p->value, p->value_length);
   grpc_auth_context_release(ctx);
   return role;
 }
@@ -578,17 +584,17 @@ static int psd_grpc_allow(psd_shard *sh, psd_grpc_call *c, const struct psd_grpc
           role == PS_ROLE_NONE ? " (no client certificate, or one whose OU is not "
                                  "worker, aggregator or operator)" : "");
   psd_grpc *g = sh->grpc;
-  int64_t now = ps_now_ms();
-  if (g && (g->auth_logged == 0 || now - g->auth_log_ms >= PSD_GRPC_REFUSE_LOG_MS)) {
+  uint64_t n = g ? ps_said_due(&g->refused_said, ++g->refused, (uint64_t)ps_now_ms(),
+                               PSD_GRPC_REFUSE_LOG_MS)
+                 : 0;
+  if (n) {
     char *peer = grpc_call_get_peer(c->call), shown[4 * 64 + 8], who[4 * 256 + 32];
     psd_grpc_who(c->call, who, sizeof who);
     ps_warn("grpc: refused %llu calls for the caller's role since the last report; the last "
-            "from %s, %s: %s", (unsigned long long)(sh->ctr.auth_refused - g->auth_logged),
+            "from %s, %s: %s", (unsigned long long)n,
             peer ? ps_log_escape(shown, sizeof shown, peer, 64) : "an unknown peer", who,
             eb->msg);
     gpr_free(peer);
-    g->auth_logged = sh->ctr.auth_refused;
-    g->auth_log_ms = now;
   }
   return PS_EPERM;
 }
@@ -841,6 +847,7 @@ void psd_grpc_stop_accepting(psd_shard *sh) {
 static void psd_grpc_on_closed(uv_handle_t *h) {
   psd_grpc *g = h->data;
   pthread_mutex_destroy(&g->mu);
+  ps_role_cache_free(&g->roles);
   free(g);
 }
 

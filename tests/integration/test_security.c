@@ -299,11 +299,27 @@ START_TEST(test_sec_wrong_certificate) {
 END_TEST
 
 /* Roles: a worker may read (GetModel, Export, Status) but not submit or
- * replace; the operator may. */
+ * replace; the operator may.  A channel push of a sum with a worker key,
+ * refused first (counted in auth_refused too), is no gRPC call: the gRPC
+ * refusals' log line counts only its own. */
 START_TEST(test_sec_roles) {
   sec_ensure_model();
   uint64_t refused0 = sec_counter(0);
   ps_errbuf eb;
+  ps_auth_keys keys;
+  ps_chan_client *c;
+  ck_assert_msg(ps_chan_connect_auth(&c, sec_chan, "test", sec_worker_key(&keys), 0, 5000, &eb)
+                == 0, "%s", eb.msg);
+  static const uint32_t ids[SEC_CHUNKS] = {0, 1, 2, 3}, sum[] = {0, 1};
+  static float g[SEC_ELEMS];
+  ps_req sq = {.model = "m", .ids = ids, .nids = SEC_CHUNKS, .grads = g, .nbytes = sizeof g,
+               .summed = sum, .nsummed = 2};
+  uint64_t ver;
+  ck_assert_int_eq(ps_chan_push(c, &sq, &ver, &eb), PS_EPERM);
+  ck_assert_msg(strstr(eb.msg, "needs an aggregator's key"), "%s", eb.msg);
+  ps_chan_close(c);
+  ps_auth_release(&keys);
+  ck_assert_uint_eq(sec_counter(0), ++refused0);
   ck_assert_int_eq(sec_submit(PS_ROLE_WORKER, "m", 10, 1, &eb), PS_EPERM);
   ck_assert_msg(strstr(eb.msg, "not allowed for role 'worker'"), "%s", eb.msg);
   ck_assert_int_eq(sec_submit(PS_ROLE_WORKER, "w2", 10, 0, &eb), PS_EPERM);
@@ -329,6 +345,7 @@ START_TEST(test_sec_roles) {
   const char *line = out ? strstr(out, "grpc: refused ") : NULL;
   ck_assert_msg(line && strstr(line, "from ipv4:127.0.0.1:") && strstr(line, ", subject 'CN=") &&
                     strstr(line, "is not allowed for role '"), "%s", out ? out : "(no log)");
+  ck_assert_msg(!strncmp(line, "grpc: refused 1 calls ", 22), "%s", line);
   free(out);
 }
 END_TEST
@@ -897,6 +914,100 @@ START_TEST(test_sec_role_subject) {
 #undef R
   ck_assert_int_eq(ps_role_from_name(NULL), PS_ROLE_NONE);
   ck_assert_int_eq(ps_role_from_cert_pem("not a certificate", 17), PS_ROLE_NONE);
+}
+END_TEST
+
+/* sec_cert_pem returns a self-signed certificate with subject "CN=CN,
+ * OU=OU" as PEM (free it); *LEN: its length. */
+static char *sec_cert_pem(const char *cn, const char *ou, size_t *len) {
+  EVP_PKEY *k = EVP_EC_gen("P-256");
+  X509 *x = X509_new();
+  ck_assert(k && x);
+  X509_NAME *n = X509_get_subject_name(x);
+  ck_assert(X509_NAME_add_entry_by_txt(n, "CN", MBSTRING_UTF8, (const unsigned char *)cn, -1,
+                                       -1, 0) &&
+            X509_NAME_add_entry_by_txt(n, "OU", MBSTRING_UTF8, (const unsigned char *)ou, -1,
+                                       -1, 0));
+  ck_assert(X509_set_issuer_name(x, n) && X509_set_pubkey(x, k));
+  ck_assert(X509_gmtime_adj(X509_getm_notBefore(x), 0) &&
+            X509_gmtime_adj(X509_getm_notAfter(x), 3600) && X509_sign(x, k, EVP_sha256()));
+  BIO *b = BIO_new(BIO_s_mem());
+  ck_assert(b && PEM_write_bio_X509(b, x));
+  char *data;
+  long n_ = BIO_get_mem_data(b, &data);
+  ck_assert(n_ > 0);
+  char *pem = malloc((size_t)n_);
+  ck_assert(pem);
+  memcpy(pem, data, (size_t)n_);
+  *len = (size_t)n_;
+  BIO_free(b);
+  X509_free(x);
+  EVP_PKEY_free(k);
+  return pem;
+}
+
+/* psd_grpc's role cache: the same PEM bytes are parsed once; a rotated
+ * certificate (other bytes, another role) is parsed anew, never given the
+ * old one's role; more certificates than it holds still get their roles. */
+START_TEST(test_sec_role_cache) {
+  size_t wl, ol;
+  char *w = sec_cert_pem("t-worker", "worker", &wl), *o = sec_cert_pem("t-worker", "operator", &ol);
+  ps_role_cache c = {0};
+  ck_assert_int_eq(ps_role_cache_get(&c, w, wl), PS_ROLE_WORKER);
+  ck_assert_int_eq(ps_role_cache_get(&c, w, wl), PS_ROLE_WORKER);
+  ck_assert_uint_eq(c.parsed, 1);
+  ck_assert_int_eq(ps_role_cache_get(&c, o, ol), PS_ROLE_OPERATOR);
+  ck_assert_uint_eq(c.parsed, 2);
+  ck_assert_int_eq(ps_role_cache_get(&c, w, wl), PS_ROLE_WORKER);
+  ck_assert_uint_eq(c.parsed, 2);
+  /* a copy of the bytes (another buffer) hits; one byte changed misses */
+  char *w2 = malloc(wl);
+  ck_assert(w2);
+  memcpy(w2, w, wl);
+  ck_assert_int_eq(ps_role_cache_get(&c, w2, wl), PS_ROLE_WORKER);
+  ck_assert_uint_eq(c.parsed, 2);
+  w2[wl / 2] ^= 1;
+  ps_role_cache_get(&c, w2, wl);
+  ck_assert_uint_eq(c.parsed, 3);
+  ck_assert_int_eq(ps_role_cache_get(&c, "junk", 4), PS_ROLE_NONE);
+  for (int i = 0; i < 2 * PS_ROLE_CACHE_N; i++) { /* evictions: still right */
+    size_t l;
+    char *p = sec_cert_pem("x", i % 2 ? "aggregator" : "worker", &l);
+    ck_assert_int_eq(ps_role_cache_get(&c, p, l), i % 2 ? PS_ROLE_AGGREGATOR : PS_ROLE_WORKER);
+    free(p);
+  }
+  ck_assert_int_eq(ps_role_cache_get(&c, o, ol), PS_ROLE_OPERATOR);
+  ps_role_cache_free(&c);
+  free(w);
+  free(w2);
+  free(o);
+}
+END_TEST
+
+/* The hello's proofs and session key cover the whole cluster name: two
+ * names alike in their first 63 characters (or more) accept none of each
+ * other's proofs. */
+START_TEST(test_sec_proof_cluster_whole) {
+  ps_auth_key k = {.id = "w1", .role = PS_ROLE_WORKER, .len = PS_AUTH_SECRET_MIN};
+  memset(k.secret, 7, k.len);
+  uint8_t nc[PS_AUTH_NONCE] = {1}, ns[PS_AUTH_NONCE] = {2}, proof[PS_AUTH_MAC];
+  char a[200], b[200];
+  memset(a, 'c', 150);
+  a[150] = '\0';
+  static const int at[] = {63, 64, 149};
+  for (size_t i = 0; i < sizeof at / sizeof at[0]; i++) {
+    memcpy(b, a, sizeof a);
+    b[at[i]] = 'd';
+    for (int side = PS_AUTH_CLIENT; side <= PS_AUTH_ACCEPT; side++) {
+      ps_auth_proof(&k, side, a, nc, ns, NULL, proof);
+      ck_assert(ps_auth_check(&k, side, a, nc, ns, NULL, proof, sizeof proof));
+      ck_assert_msg(!ps_auth_check(&k, side, b, nc, ns, NULL, proof, sizeof proof),
+                    "side %d: names that differ at byte %d share a proof", side, at[i]);
+    }
+  }
+  b[149] = '\0'; /* a prefix of the other */
+  ps_auth_proof(&k, PS_AUTH_CLIENT, a, nc, ns, NULL, proof);
+  ck_assert(!ps_auth_check(&k, PS_AUTH_CLIENT, b, nc, ns, NULL, proof, sizeof proof));
 }
 END_TEST
 
@@ -2069,6 +2180,31 @@ START_TEST(test_sec_mkcerts_role_secrets) {
     ps_auth_release(&ks);
   }
   ps_auth_release(&all);
+  /* a rerun (--force) over files someone made readable writes new files
+   * (under umask 077), never the new secrets into the old, readable ones */
+  static const char *const kept[] = {"cluster.secret", "worker.secret", "worker.key", "ca.key"};
+  ino_t old[4];
+  for (size_t i = 0; i < 4; i++) {
+    struct stat st;
+    snprintf(path, sizeof path, "%s/roles/%s", dir, kept[i]);
+    ck_assert_int_eq(chmod(path, 0644), 0);
+    ck_assert_int_eq(stat(path, &st), 0);
+    old[i] = st.st_ino;
+    char keep[720]; /* a second link: the old inode's number cannot be reused */
+    snprintf(keep, sizeof keep, "%s/old-%s", dir, kept[i]);
+    ck_assert_int_eq(link(path, keep), 0);
+  }
+  char cmd[2400];
+  snprintf(cmd, sizeof cmd, "scripts/mkcerts --config '%s/roles-pre.yaml' --out '%s/roles' "
+           "--force > /dev/null", dir, dir);
+  ck_assert_int_eq(system(cmd), 0);
+  for (size_t i = 0; i < 4; i++) {
+    struct stat st;
+    snprintf(path, sizeof path, "%s/roles/%s", dir, kept[i]);
+    ck_assert_int_eq(stat(path, &st), 0);
+    ck_assert_msg(st.st_ino != old[i], "%s was rewritten in place, mode 644", kept[i]);
+    ck_assert_uint_eq(st.st_mode & 0777, 0600);
+  }
 }
 END_TEST
 
@@ -2487,6 +2623,8 @@ Suite *security_suite(void) {
   suite_add_tcase(s, tc);
   tc = tcase_create("unit");
   tcase_add_test(tc, test_sec_role_subject);
+  tcase_add_test(tc, test_sec_role_cache);
+  tcase_add_test(tc, test_sec_proof_cluster_whole);
   tcase_add_test(tc, test_sec_file_names_key);
   tcase_add_test(tc, test_sec_mkcerts_hosts);
   tcase_add_test(tc, test_sec_mkcerts_role_secrets);

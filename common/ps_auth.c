@@ -333,8 +333,8 @@ static void auth_put64(uint8_t *msg, size_t *n, uint64_t v) {
  * into MSG (room for AUTH_MSG_MAX bytes) and returns its length; the NULs
  * keep the strings apart, the fields have fixed sizes (the token its
  * length first).  The digest covers the whole cluster name, however long
- * (two names alike in their first bytes get different proofs).  FIELDS: H's (NULL: none, the session key); the last HELLO's
- * too when ACCEPT. */
+ * (two names alike in their first bytes get different proofs).  FIELDS:
+ * H's (NULL: none, the session key); the last HELLO's too when ACCEPT. */
 #define AUTH_TOKEN_MAX 64
 #define AUTH_MSG_MAX                                                                  \
   (40 + 32 + PS_AUTH_ID_MAX + 2 + 2 * PS_AUTH_NONCE /* label, cluster, id, nonces */ + \

@@ -107,7 +107,6 @@ struct psd_sparse {
   uint64_t max_new_rows;        /* keys without a row per request; 0: no limit */
   rocksdb_t *db;                /* NULL only when a reopen failed both ways (db_reopen) */
   int db_failed;                /* an ingest failed through db: reopened before the next (mu) */
-  int db_read_only;             /* db is a read-only stand-in until a reopen for writing works */
   uint32_t reopen_fails;        /* reopens for writing that failed in a row */
   rocksdb_options_t *opts;
   rocksdb_block_based_table_options_t *bbto;

@@ -2488,6 +2488,18 @@ static ps_test_tmpfs sp_fs;
 static void sp_setup(void) { ps_test_tmpfs_make(&sp_fs, "ps_test_wal", "size=16m"); }
 static void sp_teardown(void) { ps_test_tmpfs_remove(&sp_fs); }
 
+/* sp_wal starts a log in DIR on sp_fs on a new LOOP, synced through SM's
+ * seam, with 1 MiB segments, a 64 MiB reserve (capped to a quarter of
+ * the disk: 4 MiB) and on_state's count reset. */
+static psd_wal *sp_wal(const char *dir, uv_loop_t *loop, seam *sm) {
+  uv_loop_init(loop);
+  psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 20,
+                    .segment_bytes = 1 << 20, .on_state = on_state, .sync = seam_sync,
+                    .sync_arg = sm, .reserve_bytes = 64ull << 20};
+  state_calls = 0;
+  return wal_started(&o, loop);
+}
+
 /* A log on a small disk stops short of the reserve kept for the snapshot
  * that lets it shrink: it says so (PS_EDEGRADED through on_state: the
  * shard refuses new pushes) but still syncs the records it was given,
@@ -2497,13 +2509,8 @@ START_TEST(test_space_reserve) {
   char dir[700];
   snprintf(dir, sizeof dir, "%s/redo", sp_fs.mnt);
   uv_loop_t loop;
-  uv_loop_init(&loop);
   seam sm = {0};
-  psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 20,
-                    .segment_bytes = 1 << 20, .on_state = on_state, .sync = seam_sync,
-                    .sync_arg = &sm, .reserve_bytes = 64ull << 20 /* capped: 4 MiB */};
-  state_calls = 0;
-  psd_wal *w = wal_started(&o, &loop);
+  psd_wal *w = sp_wal(dir, &loop, &sm);
   static waiter ws[256];
   uint64_t off = 0;
   size_t n = 0;
@@ -2572,13 +2579,8 @@ START_TEST(test_space_msg_after_failure) {
   snprintf(dir, sizeof dir, "%s/redo_fail", sp_fs.mnt); /* (test_space_reserve's log stays) */
   snprintf(filler, sizeof filler, "%s/filler", sp_fs.mnt);
   uv_loop_t loop;
-  uv_loop_init(&loop);
   seam sm = {0};
-  psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 20,
-                    .segment_bytes = 1 << 20, .on_state = on_state, .sync = seam_sync,
-                    .sync_arg = &sm, .reserve_bytes = 64ull << 20 /* capped: 4 MiB */};
-  state_calls = 0;
-  psd_wal *w = wal_started(&o, &loop);
+  psd_wal *w = sp_wal(dir, &loop, &sm);
   static waiter ws[2];
   uint64_t off = 0;
   /* the disk full: the log falls short of its reserve, then its write fails */

@@ -81,6 +81,7 @@ typedef struct psd_main {
   psd_probe probe;           /* rebuilds a gRPC server that stopped accepting */
   psd_flush *flush;          /* the flush being written, or NULL */
   int flush_busy;            /* a flush (dense, sparse or both) is being written */
+  int flush_again;           /* ... and another is due at its end (psd_main_flush_soon) */
   int flush_status;
   int sp_persist;            /* the flush persists the sparse rows' memtable */
   int sp_status;
@@ -200,6 +201,22 @@ static uint64_t psd_main_log_reserve(const psd_main *m) {
   return (64ull << 20) + 2 * psd_store_bytes(m->sh.store);
 }
 
+static void psd_main_on_flush_timer(uv_timer_t *t);
+
+/* psd_main_flush_soon takes a snapshot now, or once the one being
+ * written ends, rather than at the next tick: a redo log short of space
+ * shrinks only by a snapshot, and the shard refuses pushes until then
+ * (for up to flush_interval_ms, ten minutes with a long one). */
+static void psd_main_flush_soon(psd_main *m) {
+  if (!uv_is_active((uv_handle_t *)&m->flush_timer)) return; /* not yet, or stopping */
+  if (m->flush_busy) {
+    m->flush_again = 1;
+    return;
+  }
+  uv_timer_start(&m->flush_timer, psd_main_on_flush_timer, 0,
+                 uv_timer_get_repeat(&m->flush_timer));
+}
+
 /* psd_main_wal_state is the redo log's state callback (psd_wal.h): a
  * failing log, or one short of disk space, turns a serving shard DEGRADED (it stops acknowledging
  * pushes: refused before they apply); a log that works again makes it
@@ -210,9 +227,11 @@ static void psd_main_wal_state(void *arg, int err, const char *msg) {
   m->wal_failed = err < 0;
   if (err < 0) snprintf(m->wal_fail_msg, sizeof m->wal_fail_msg, "%s", msg);
   if (err < 0) {
-    if (err == PS_EDEGRADED) /* short of space (psd_wal invariant 9): the message says so */
-      ps_err("shard %u degraded: %s; pushes are refused until the next snapshot shrinks the "
-             "log or space is freed", sh->me->id, msg);
+    if (err == PS_EDEGRADED) { /* short of space (psd_wal invariant 9): the message says so */
+      ps_err("shard %u degraded: %s; pushes are refused until the next snapshot, taken now, "
+             "shrinks the log, or space is freed", sh->me->id, msg);
+      psd_main_flush_soon(m);
+    }
     else
       ps_err("shard %u degraded: the redo log fails (%s), pushes are refused; retrying every "
              "%u ms", sh->me->id, msg, psd_main_log_retry_ms(sh->cfg));
@@ -564,6 +583,10 @@ static void psd_main_flush_end(psd_main *m) {
     m->flush_eb = m->sp_eb;
   }
   psd_main_flushed(m, m->flush_status, &m->flush_eb, m->flush_status < 0 ? 0 : m->flush_snap_ms);
+  if (m->flush_again) {
+    m->flush_again = 0;
+    psd_main_flush_soon(m);
+  }
 }
 
 static void psd_main_flush_after(uv_work_t *w, int status) {

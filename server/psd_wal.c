@@ -1571,8 +1571,12 @@ static void wal_check_space(psd_wal *w) {
   if (low != was) {
     w->low = low;
     w->changed = 1;
-    if (low) psd_wal_short_msg(w->low_msg, sizeof w->low_msg, w->dir, avail, reserve);
   }
+  /* the free space of this look, not of the first: a failed write's
+   * answers say the failure, and once the disk works again the state
+   * falls back to this message (it said the space left while the disk
+   * was full: "0.7 MiB free" with 10 MiB freed since) */
+  if (low) psd_wal_short_msg(w->low_msg, sizeof w->low_msg, w->dir, avail, reserve);
   uint64_t want = w->reserve;
   pthread_mutex_unlock(&w->mu);
   if (capped)

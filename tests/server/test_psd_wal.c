@@ -34,6 +34,7 @@
 #include <sys/syscall.h>
 #include <sys/wait.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <linux/capability.h>
@@ -341,10 +342,12 @@ END_TEST
 /* A failing sync: waiters get PS_EDEGRADED, the state callback says so,
  * the retry writes the records (nothing lost) and says it works again. */
 static int state_calls, state_last;
+static char state_msg[600];
 static void on_state(void *arg, int err, const char *msg) {
-  (void)arg, (void)msg;
+  (void)arg;
   state_calls++;
   state_last = err;
+  snprintf(state_msg, sizeof state_msg, "%s", msg ? msg : "");
 }
 
 /* wait_works_again runs LOOP until on_state has been called twice (the
@@ -2485,6 +2488,18 @@ static ps_test_tmpfs sp_fs;
 static void sp_setup(void) { ps_test_tmpfs_make(&sp_fs, "ps_test_wal", "size=16m"); }
 static void sp_teardown(void) { ps_test_tmpfs_remove(&sp_fs); }
 
+/* sp_wal starts a log in DIR on sp_fs on a new LOOP, synced through SM's
+ * seam, with 1 MiB segments, a 64 MiB reserve (capped to a quarter of
+ * the disk: 4 MiB) and on_state's count reset. */
+static psd_wal *sp_wal(const char *dir, uv_loop_t *loop, seam *sm) {
+  uv_loop_init(loop);
+  psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 20,
+                    .segment_bytes = 1 << 20, .on_state = on_state, .sync = seam_sync,
+                    .sync_arg = sm, .reserve_bytes = 64ull << 20};
+  state_calls = 0;
+  return wal_started(&o, loop);
+}
+
 /* A log on a small disk stops short of the reserve kept for the snapshot
  * that lets it shrink: it says so (PS_EDEGRADED through on_state: the
  * shard refuses new pushes) but still syncs the records it was given,
@@ -2494,13 +2509,8 @@ START_TEST(test_space_reserve) {
   char dir[700];
   snprintf(dir, sizeof dir, "%s/redo", sp_fs.mnt);
   uv_loop_t loop;
-  uv_loop_init(&loop);
   seam sm = {0};
-  psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 20,
-                    .segment_bytes = 1 << 20, .on_state = on_state, .sync = seam_sync,
-                    .sync_arg = &sm, .reserve_bytes = 64ull << 20 /* capped: 4 MiB */};
-  state_calls = 0;
-  psd_wal *w = wal_started(&o, &loop);
+  psd_wal *w = sp_wal(dir, &loop, &sm);
   static waiter ws[256];
   uint64_t off = 0;
   size_t n = 0;
@@ -2522,6 +2532,72 @@ START_TEST(test_space_reserve) {
   /* a snapshot holds them all: the cut frees the space */
   psd_wal_truncate(w, ws[n].wt.seq);
   wait_works_again(&loop, 10000);
+  psd_wal_stop(w);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  psd_wal_free(w);
+  uv_loop_close(&loop);
+}
+END_TEST
+
+/* sp_leave sizes the file PATH (made when missing) so that LEAVE bytes
+ * of sp_fs are free, in one step (a log's retry never sees a state in
+ * between). */
+static void sp_leave(const char *path, uint64_t leave) {
+  struct statvfs sv;
+  struct stat st;
+  int fd = open(path, O_WRONLY | O_CREAT, 0644);
+  ck_assert_int_ge(fd, 0);
+  ck_assert_int_eq(fstatvfs(fd, &sv), 0);
+  ck_assert_int_eq(fstat(fd, &st), 0);
+  uint64_t room = (uint64_t)sv.f_bavail * sv.f_frsize + (uint64_t)st.st_size;
+  ck_assert_msg(room > leave, "%llu free, under %llu", (unsigned long long)room,
+                (unsigned long long)leave);
+  if ((uint64_t)st.st_size > room - leave)
+    ck_assert_int_eq(ftruncate(fd, (off_t)(room - leave)), 0);
+  else
+    ck_assert_int_eq(posix_fallocate(fd, 0, (off_t)(room - leave)), 0);
+  close(fd);
+}
+
+/* sp_wait_state runs LOOP until on_state has been called N times (bounded). */
+static void sp_wait_state(uv_loop_t *loop, int n) {
+  int64_t end = ps_test_now_ms() + 10000;
+  while (state_calls < n && ps_test_now_ms() < end) {
+    uv_run(loop, UV_RUN_NOWAIT);
+    usleep(1000);
+  }
+  ck_assert_int_eq(state_calls, n);
+}
+
+/* A log short of space that then failed a write on the full disk, and
+ * works again once the space is freed, says how much is free now: it
+ * said what was free when it fell short, the disk full then ("0.7 MiB
+ * free" in the DEGRADED reason with 10 MiB freed since). */
+START_TEST(test_space_msg_after_failure) {
+  if (!sp_fs.mounted) PS_SKIP("%s", sp_fs.why);
+  char dir[700], filler[720];
+  snprintf(dir, sizeof dir, "%s/redo_fail", sp_fs.mnt); /* (test_space_reserve's log stays) */
+  snprintf(filler, sizeof filler, "%s/filler", sp_fs.mnt);
+  uv_loop_t loop;
+  seam sm = {0};
+  psd_wal *w = sp_wal(dir, &loop, &sm);
+  static waiter ws[2];
+  uint64_t off = 0;
+  /* the disk full: the log falls short of its reserve, then its write fails */
+  sp_leave(filler, 16384);
+  append_n(w, ws, 1, 65536, &sm, &off);
+  run_until(&loop, ws, 1);
+  ck_assert_int_eq(ws[0].status, PS_EDEGRADED);
+  sp_wait_state(&loop, 1); /* (a wait made after the failure is refused before it is said) */
+  ck_assert_int_ne(state_last, PS_EDEGRADED); /* the write's failure */
+  /* 3 MiB free: still short (4 MiB kept), but the disk works again */
+  sp_leave(filler, 3 << 20);
+  sp_wait_state(&loop, 2);
+  ck_assert_int_eq(state_last, PS_EDEGRADED);
+  ck_assert_msg(strstr(state_msg, "disk is nearly full (2.") ||
+                    strstr(state_msg, "disk is nearly full (3.0"),
+                "'%s' (3 MiB free)", state_msg);
+  unlink(filler);
   psd_wal_stop(w);
   uv_run(&loop, UV_RUN_DEFAULT);
   psd_wal_free(w);
@@ -2603,6 +2679,7 @@ Suite *psd_wal_suite(void) {
   tcase_add_unchecked_fixture(tc, sp_setup, sp_teardown);
   tcase_add_test(tc, test_space_reserve);
   tcase_add_test(tc, test_space_short_msg);
+  tcase_add_test(tc, test_space_msg_after_failure);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -1386,6 +1386,34 @@ START_TEST(test_cli_help_flags_readme) {
 }
 END_TEST
 
+/* psctl status and bench took --timeout MS, export --timeout-ms MS: each
+ * refused the other's spelling (export took --timeout only as getopt's
+ * abbreviation of --timeout-ms).  Each takes both now, as one flag whose
+ * errors name the spelling given, and its --help names both. */
+START_TEST(test_cli_timeout_spellings) {
+  pt_ctx x;
+  pt_init(&x);
+  static const char *const cmds[] = {"status", "export", "bench"};
+  static const char *const flags[] = {"--timeout", "--timeout-ms"};
+  for (size_t i = 0; i < 3; i++) {
+    for (size_t f = 0; f < 2; f++) {
+      ck_assert_int_eq(pt_psctl(&x, "%s %s 0", cmds[i], flags[f]), 2);
+      char want[64];
+      snprintf(want, sizeof want, "psctl %s: %s wants an integer", cmds[i], flags[f]);
+      ck_assert_msg(pt_contains(x.err, want), "psctl %s %s 0: no \"%s\" in %s", cmds[i],
+                    flags[f], want, x.err);
+      ck_assert_msg(pt_psctl(&x, "%s %s 5 --help", cmds[i], flags[f]) == 0,
+                    "psctl %s refuses %s", cmds[i], flags[f]);
+      char *help = ps_test_read_file(x.out, NULL);
+      ck_assert_msg(pt_flag_in(help, flags[f]), "psctl %s --help does not name %s", cmds[i],
+                    flags[f]);
+      free(help);
+    }
+  }
+  pt_cleanup(&x);
+}
+END_TEST
+
 /* psctl submit --help states the optimizers' defaults as the shards apply
  * them: it said eps 1e-8 for every optimizer, and adagrad's is 1e-10. */
 START_TEST(test_psctl_submit_help_eps) {
@@ -1622,6 +1650,7 @@ Suite *psctl_suite(void) {
                {"cli_refusals", test_cli_refusals},
                {"psw_json_readme", test_psw_json_readme},
                {"cli_help_flags_readme", test_cli_help_flags_readme},
+               {"cli_timeout_spellings", test_cli_timeout_spellings},
                {"submit_help_eps", test_psctl_submit_help_eps},
                {"json_double", test_psctl_json_double}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

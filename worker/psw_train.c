@@ -610,13 +610,6 @@ static int run_push_pull(psw_run *x, int gbuf, uint64_t push_clock, int pbuf,
   return err;
 }
 
-/* run_blocked_share returns the share of the training wall time spent
- * waiting for parameters so far. */
-static double run_blocked_share(const psw_run *x) {
-  double wall = run_now_ms() - x->t_train_ms;
-  return wall > 0 ? x->blocked_ms / wall : 0;
-}
-
 /* run_uniform returns a number in [0, 1) from the splitmix64 state *S. */
 static double run_uniform(uint64_t *s) { return (double)(ps_splitmix64(s) >> 11) / 9007199254740992.0; }
 
@@ -1258,8 +1251,9 @@ int psw_train_run(const psw_train_opts *o, psw_train_result *r, ps_errbuf *eb) {
   /* shares of a run that trained: one that found the job finished spent
    * its short life asking the coordinator, no share of training */
   if (x.t_train_ms > 0 && x.clock > x.clock0) {
-    r->blocked_share = run_blocked_share(&x);
-    double wall = run_now_ms() - x.t_train_ms;
+    double now = run_now_ms(), wall = now - x.t_train_ms;
+    /* no wait is under way here: run_block_end closed the last */
+    r->blocked_share = psw_blocked_share(x.t_train_ms / 1e3, x.blocked_ms / 1e3, 0, now / 1e3);
     if (wall > 0) r->report_wait_share = x.report_wait_ms / wall;
     if (x.cl && wall > 0) r->parked_share = (double)psw_client_parked_ms(x.cl) / wall;
   }

@@ -1414,6 +1414,32 @@ START_TEST(test_cli_timeout_spellings) {
 }
 END_TEST
 
+/* A graph with two nodes of one name: psctl submit refused nothing (nor
+ * did the shards), and a message naming the node was ambiguous.  Now the
+ * graph file is refused before any shard is asked (none runs here),
+ * naming the name and both nodes. */
+START_TEST(test_psctl_submit_dup_node) {
+  pt_ctx x;
+  pt_init(&x);
+  size_t len;
+  const char *name;
+  uint8_t *buf = ps_test_graph_dup_node(&len, &name);
+  char path[1200], want[160];
+  snprintf(path, sizeof path, "%s/dup.pb", x.dir);
+  FILE *f = fopen(path, "wb");
+  ck_assert(f != NULL);
+  ck_assert_uint_eq(fwrite(buf, 1, len, f), len);
+  ck_assert_int_eq(fclose(f), 0);
+  free(buf);
+  snprintf(want, sizeof want, "dup.pb: two nodes are named '%s' (nodes[0] and nodes[2])", name);
+  ck_assert_int_eq(pt_psctl(&x, "submit dup.pb --name m --config '%s'", x.yaml), 2);
+  ck_assert_msg(pt_contains(x.err, want), "no \"%s\" in %s", want, x.err);
+  ck_assert_int_eq(pt_psctl(&x, "model show dup.pb"), 2);
+  ck_assert_msg(pt_contains(x.err, want), "no \"%s\" in %s", want, x.err);
+  pt_cleanup(&x);
+}
+END_TEST
+
 /* psctl submit --help states the optimizers' defaults as the shards apply
  * them: it said eps 1e-8 for every optimizer, and adagrad's is 1e-10. */
 START_TEST(test_psctl_submit_help_eps) {
@@ -1651,6 +1677,7 @@ Suite *psctl_suite(void) {
                {"psw_json_readme", test_psw_json_readme},
                {"cli_help_flags_readme", test_cli_help_flags_readme},
                {"cli_timeout_spellings", test_cli_timeout_spellings},
+               {"submit_dup_node", test_psctl_submit_dup_node},
                {"submit_help_eps", test_psctl_submit_help_eps},
                {"json_double", test_psctl_json_double}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

@@ -163,10 +163,15 @@ static int run_check_data(psw_run *x, const psw_dataset *d, const uint32_t *part
     if (d->y[i] < 0 || (uint32_t)d->y[i] >= k) { /* named as the user finds it: the file, the sample's index in it */
       const ps_data_conf *c = &x->o->cfg->data;
       const char *f = psw_data_label_file(c, !parts);
-      uint64_t at = psw_data_file_index(d->total, c->partitions, parts, nsel, i);
-      return run_bad(x, ps_errf(eb, PS_EINVAL, "%s set '%s': sample %llu (counted from 0 in the "
+      uint64_t at = psw_data_file_index(d->total, c->partitions, parts, nsel, i), line = 0;
+      char where[48] = ""; /* a CSV file's line too, as its parse errors say it */
+      ps_errbuf leb;
+      if (f && c->format && !strcmp(c->format, "csv") && psw_data_csv_line(f, at, &line, &leb) == 0)
+        snprintf(where, sizeof where, " line %llu,", (unsigned long long)line);
+      return run_bad(x, ps_errf(eb, PS_EINVAL, "%s set '%s':%s sample %llu (counted from 0 in the "
                                 "file's order) has label %d, model '%s' has %u classes",
-                                what, f ? f : "?", (unsigned long long)at, d->y[i], x->o->model, k));
+                                what, f ? f : "?", where, (unsigned long long)at, d->y[i],
+                                x->o->model, k));
     }
   return 0;
 }

@@ -267,3 +267,51 @@ int ps_modelspec_check(const Ps__ModelSpec *spec, ps_errbuf *eb) {
     return ps_errf(eb, PS_EINVAL, "momentum, beta1 and beta2 must be < 1");
   return 0;
 }
+
+typedef struct node_name {
+  const char *name;
+  size_t i;
+} node_name;
+
+/* node_name_cmp orders by name, then by node index. */
+static int node_name_cmp(const void *a, const void *b) {
+  const node_name *x = a, *y = b;
+  int c = strcmp(x->name, y->name);
+  return c ? c : (x->i > y->i) - (x->i < y->i);
+}
+
+/* ps_graph_node_names_check: see ps_model.h. */
+int ps_graph_node_names_check(const Ps__Graph__Graph *g, ps_errbuf *eb) {
+  if (g->n_nodes < 2) return 0;
+  node_name *v = malloc(g->n_nodes * sizeof *v); /* sorted: linear after n log n */
+  if (!v) return ps_errf(eb, PS_ENOMEM, "graph: out of memory");
+  size_t n = 0;
+  for (size_t i = 0; i < g->n_nodes; i++)
+    if (g->nodes[i]->name && *g->nodes[i]->name) v[n++] = (node_name){g->nodes[i]->name, i};
+  qsort(v, n, sizeof *v, node_name_cmp);
+  size_t k = 1; /* the first two nodes of the (by name) first name taken twice */
+  while (k < n && strcmp(v[k - 1].name, v[k].name) != 0) k++;
+  size_t a = k < n ? v[k - 1].i : 0, b = k < n ? v[k].i : 0;
+  free(v);
+  if (k >= n) return 0;
+  ps_errbuf scratch;
+  const char *name = g->nodes[a]->name;
+  if (ps_text_check("node name", name, 255, &scratch) < 0)
+    return ps_errf(eb, PS_EINVAL, "nodes[%zu] and nodes[%zu] have the same name", a, b);
+  return ps_errf(eb, PS_EINVAL, "two nodes are named '%s' (nodes[%zu] and nodes[%zu]): node "
+                 "names must be unique", name, a, b);
+}
+
+/* ps_modelspec_graph_check: see ps_model.h. */
+int ps_modelspec_graph_check(const Ps__ModelSpec *spec, ps_errbuf *eb) {
+  if (!spec->graph.len) return 0;
+  Ps__Graph__Graph *g = ps__graph__graph__unpack(NULL, spec->graph.len, spec->graph.data);
+  if (!g) return 0; /* not this check's to refuse: the workers' loader says what is wrong */
+  int rc = ps_graph_node_names_check(g, eb);
+  ps__graph__graph__free_unpacked(g, NULL);
+  if (rc < 0) {
+    ps_errbuf inner = *eb;
+    ps_errf(eb, rc, "model '%s': graph: %s", spec->name, inner.msg);
+  }
+  return rc;
+}

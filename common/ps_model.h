@@ -14,6 +14,7 @@
 
 #include "ps_codec.h"
 #include "ps_error.h"
+#include "graph.pb-c.h"
 #include "ps.pb-c.h"
 
 /* Consistency models and staleness weights (psd_clock.h, DESIGN.md
@@ -130,5 +131,17 @@ long ps_layout_place(const ps_layout *l, uint32_t shard, const uint32_t *ids, si
  * names (no control characters, at most 255 bytes) and optimizer settings
  * (known kind, finite lr > 0, ...).  Returns 0 or PS_EINVAL with a message in EB. */
 int ps_modelspec_check(const Ps__ModelSpec *spec, ps_errbuf *eb);
+
+/* ps_graph_node_names_check refuses a graph in which two nodes have the
+ * same name (a message, a print names a node by it), naming the name
+ * (unless it holds a control character) and both nodes (0-based, as
+ * nodes[i]).  Nodes without a name are left to the graph loader.
+ * Returns 0 or PS_EINVAL (ENOMEM) with a message in EB. */
+int ps_graph_node_names_check(const Ps__Graph__Graph *g, ps_errbuf *eb);
+
+/* ps_modelspec_graph_check unpacks SPEC's graph, when it has one, and
+ * checks it with ps_graph_node_names_check: what a shard checks of a
+ * submitted model's graph (psw_graph_load checks the rest). */
+int ps_modelspec_graph_check(const Ps__ModelSpec *spec, ps_errbuf *eb);
 
 #endif

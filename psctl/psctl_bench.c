@@ -662,8 +662,9 @@ static const char bench_usage[] =
     "parameter count as JSON (scripts/bench_net measures the shards' memory).\n"
     "--sockbuf sets the channel clients' SO_SNDBUF/SO_RCVBUF (default 0: kernel autotuning;\n"
     "else at least 65536).  --timeout MS bounds each call and request, and the first Status\n"
-    "of every shard (default 60000): a shard that does not answer in time fails the bench\n"
-    "with its id.  Short forms: -c FILE (--config), -j (--json), -h (--help).\n"
+    "of every shard (default 60000; --timeout-ms is the same flag, as psctl export spells it):\n"
+    "a shard that does not answer in time fails the bench with its id.  Short forms: -c FILE\n"
+    "(--config), -j (--json), -h (--help).\n"
     "Exit status: 0, 1 when a shard is down, is not the shard the file says (psctl status\n"
     "shows MISMATCH) or refuses the model or a request, 2 for\n"
     "usage/config errors.\n";
@@ -676,8 +677,8 @@ static int bench_args(int argc, char **argv, bench_opts *o) {
       {"request-mib", required_argument, 0, 'q'}, {"depth", required_argument, 0, 'd'},
       {"small-secs", required_argument, 0, 's'},  {"skip-grpc", no_argument, 0, 'G'},
       {"memory-params", required_argument, 0, 'M'}, {"sockbuf", required_argument, 0, 'B'},
-      {"timeout", required_argument, 0, 'T'}, {"help", no_argument, 0, 'h'},
-      {0, 0, 0, 0}};
+      {"timeout", required_argument, 0, 'T'}, {"timeout-ms", required_argument, 0, 't'},
+      {"help", no_argument, 0, 'h'},          {0, 0, 0, 0}};
   *o = (bench_opts){.rounds = 5, .depth = 2, .model_mib = 64, .request_mib = 4, .small_secs = 2};
   optind = 1;
   int c;
@@ -707,7 +708,8 @@ static int bench_args(int argc, char **argv, bench_opts *o) {
         bad = psctl_parse_double("bench", "small-secs", optarg, 0, DBL_MAX, &o->small_secs);
         break;
       case 'T':
-        bad = psctl_parse_u64("bench", "timeout", optarg, 1, 3600000, &u);
+      case 't':
+        bad = psctl_parse_u64("bench", c == 'T' ? "timeout" : "timeout-ms", optarg, 1, 3600000, &u);
         if (!bad) bench_timeout_ms = (int)u;
         break;
       case 'h': fputs(bench_usage, stdout); return -1;

@@ -42,7 +42,8 @@ static const char psctl_export_usage[] =
     "directory, device or FIFO refused; a stop by signal leaves no partial file, where\n"
     "the filesystem has O_TMPFILE; elsewhere, NFS say, only SIGINT, SIGTERM and SIGHUP\n"
     "remove FILE.npz.tmp.PID).\n"
-    "--timeout-ms bounds each shard's export and each page of rows (default 60000).\n"
+    "--timeout-ms bounds each shard's export and each page of rows (default 60000; --timeout\n"
+    "is the same flag, as psctl status and bench spell it).\n"
     "Short forms: -m NAME (--model), -c FILE (--config), -h (--help).\n"
     "Exit status: 0, 1 when a shard is down or not the shard the file says (psctl status\n"
     "shows MISMATCH), the model is unknown, the export is inconsistent or FILE.npz cannot\n"
@@ -60,7 +61,8 @@ static int psctl_export_args(int argc, char **argv, psctl_export_opts *o) {
   static const struct option opts[] = {
       {"config", required_argument, 0, 'c'}, {"model", required_argument, 0, 'm'},
       {"output", required_argument, 0, 'o'}, {"timeout-ms", required_argument, 0, 't'},
-      {"help", no_argument, 0, 'h'},         {0, 0, 0, 0}};
+      {"timeout", required_argument, 0, 'T'}, {"help", no_argument, 0, 'h'},
+      {0, 0, 0, 0}};
   memset(o, 0, sizeof *o);
   o->timeout_ms = 60000;
   optind = 1;
@@ -73,7 +75,9 @@ static int psctl_export_args(int argc, char **argv, psctl_export_opts *o) {
       case 'm': o->model = optarg; break;
       case 'o': o->out = optarg; break;
       case 't':
-        bad = psctl_parse_u64("export", "timeout-ms", optarg, 1, 3600000, &v) < 0;
+      case 'T':
+        bad = psctl_parse_u64("export", c == 't' ? "timeout-ms" : "timeout", optarg, 1, 3600000,
+                              &v) < 0;
         if (!bad) o->timeout_ms = (int)v;
         break;
       case 'h': fputs(psctl_export_usage, stdout); return -1;

@@ -821,7 +821,8 @@ static const char psctl_status_usage[] =
     "aggregator unless all run psctl's own ('build' in --json, null when none was\n"
     "reported).  --json prints the same as one JSON object (\"partial_models\" for models\n"
     "on some shards only; every shard object has every member, null where it did not\n"
-    "answer).  Short forms: -c FILE (--config), -j (--json), -h (--help).\n"
+    "answer).  --timeout-ms MS is the same as --timeout MS (psctl export's spelling).\n"
+    "Short forms: -c FILE (--config), -j (--json), -h (--help).\n"
     "Exit status: 0 when every shard and every aggregator of the file is SERVING, 1\n"
     "otherwise (one DOWN, REFUSED, MISMATCH, DEGRADED or not yet serving, or a model on\n"
     "some shards only; a shard stopping on SIGTERM shows DOWN, its listeners closed at\n"
@@ -842,6 +843,7 @@ static int psctl_status_args(int argc, char **argv, psctl_status_opts *o) {
   static const struct option opts[] = {{"config", required_argument, 0, 'c'},
                                        {"json", no_argument, 0, 'j'},
                                        {"timeout", required_argument, 0, 'T'},
+                                       {"timeout-ms", required_argument, 0, 't'},
                                        {"interval", required_argument, 0, 'I'},
                                        {"help", no_argument, 0, 'h'},
                                        {0, 0, 0, 0}};
@@ -854,7 +856,10 @@ static int psctl_status_args(int argc, char **argv, psctl_status_opts *o) {
       case 'c': o->config = optarg; break;
       case 'j': o->json = 1; break;
       case 'T':
-        if (psctl_parse_u64("status", "timeout", optarg, 1, INT_MAX, &v) < 0) return 2;
+      case 't':
+        if (psctl_parse_u64("status", c == 'T' ? "timeout" : "timeout-ms", optarg, 1, INT_MAX,
+                            &v) < 0)
+          return 2;
         o->timeout_ms = (int)v;
         break;
       case 'I':

@@ -69,7 +69,8 @@ int psd_store_replaces(const psd_store *s, const Ps__ModelSpec *spec);
 /* psd_store_submit registers SPEC (copied) and creates this shard's chunks
  * from their initializers, with *CREATED = 1.  The same spec again: 0 with
  * *CREATED = 0.  A different spec under a taken name: PS_EEXIST unless
- * REPLACE, which drops the old model's state (*CREATED = 2).  Bad specs: PS_EINVAL.  PS_ETOOBIG, before
+ * REPLACE, which drops the old model's state (*CREATED = 2).  Bad specs: PS_EINVAL (a graph
+ * with two nodes of one name too: ps_modelspec_graph_check).  PS_ETOOBIG, before
  * anything is allocated, when the store's models would then hold more
  * than max_bytes (the replaced model not counted), naming the model, what
  * it needs here and the budget.  PS_EDEGRADED while the store is closed

@@ -778,3 +778,27 @@ int ps_test_beat(ps_rpc *r, uint32_t w, int rejoin, ps_errbuf *eb) {
   if (rep) protobuf_c_message_free_unpacked(rep, NULL);
   return err;
 }
+
+/* ps_test_graph_dup_node: see ps_test.h. */
+uint8_t *ps_test_graph_dup_node(size_t *len, const char **name) {
+  static char taken[64];
+  uint32_t layers[] = {4, 3, 2};
+  uint8_t *buf;
+  ps_errbuf eb;
+  ck_assert_msg(psw_graph_mlp_pack("dup", layers, 3, PS_GPU_ACT_RELU, &buf, len, &eb) == 0, "%s",
+                eb.msg);
+  Ps__Graph__Graph *g = ps__graph__graph__unpack(NULL, *len, buf);
+  ck_assert(g != NULL && g->n_nodes > 2);
+  free(buf);
+  snprintf(taken, sizeof taken, "%s", g->nodes[0]->name);
+  char *own = g->nodes[2]->name;
+  g->nodes[2]->name = taken;
+  *len = ps__graph__graph__get_packed_size(g);
+  buf = malloc(*len);
+  ck_assert(buf != NULL);
+  ps__graph__graph__pack(g, buf);
+  g->nodes[2]->name = own;
+  ps__graph__graph__free_unpacked(g, NULL);
+  *name = taken;
+  return buf;
+}

@@ -246,6 +246,10 @@ int ps_test_chan_connect_flags(ps_chan_client **c, const char *addr, const char 
 int ps_test_chan_connect_shm(ps_chan_client **c, const char *addr, const char *cluster, int flags,
                              uint64_t shm_bytes, int timeout_ms, ps_errbuf *eb);
 
+/* ps_test_graph_dup_node packs an MLP graph (4, 3, 2) whose node 2 has
+ * node 0's name (returned as *NAME, static); the caller frees the bytes. */
+uint8_t *ps_test_graph_dup_node(size_t *len, const char **name);
+
 /* A click-through model "ctr" of SH (psw_graph_ctr_pack) as a ModelSpec
  * with optimizer KIND at LR and SEED (ps_test_ctr_model); G is its graph
  * (what psw_exec runs).  Built in place: SPEC points at OPT.  Released

@@ -317,9 +317,8 @@ static void coord_beat_init(psw_coord *c, Ps__HeartbeatRequest *req, uint32_t wo
   pthread_mutex_lock(&c->mu);
   req->clock = c->clock;
   double now = ps_now_s(), wall = c->t0_s > 0 ? now - c->t0_s : 0;
-  double blocked = c->blocked_s + (c->blocked_since_s > 0 ? now - c->blocked_since_s : 0);
   req->steps_per_s = wall > 0 ? (float)((double)c->own / wall) : 0;
-  req->blocked_share = wall > 0 ? (float)fmin(1, blocked / wall) : 0;
+  req->blocked_share = (float)psw_blocked_share(c->t0_s, c->blocked_s, c->blocked_since_s, now);
   pthread_mutex_unlock(&c->mu);
 }
 
@@ -553,6 +552,14 @@ void psw_coord_update(psw_coord *c, uint64_t clock, uint64_t own, double t0_s, d
   c->t0_s = t0_s;
   c->blocked_s = blocked_s;
   pthread_mutex_unlock(&c->mu);
+}
+
+/* psw_blocked_share: see psw_coord.h. */
+double psw_blocked_share(double t0_s, double blocked_s, double since_s, double now_s) {
+  double wall = t0_s > 0 ? now_s - t0_s : 0;
+  if (!(wall > 0)) return 0;
+  double blocked = blocked_s + (since_s > 0 ? now_s - since_s : 0);
+  return fmin(1, blocked / wall);
 }
 
 /* psw_coord_blocked: see psw_coord.h. */

@@ -163,6 +163,13 @@ uint64_t psw_coord_rejoins(psw_coord *c);
  * waits, not the figures of its last step. */
 void psw_coord_update(psw_coord *c, uint64_t clock, uint64_t own, double t0_s, double blocked_s);
 
+/* psw_blocked_share returns the share of the time from T0_S to NOW_S
+ * (ps_now_s()) that a worker waited on pushes and pulls: BLOCKED_S of
+ * finished waits, and one under way since SINCE_S (0: none).  In [0, 1];
+ * 0 when T0_S is 0 (not training yet) or not before NOW_S.  psw's JSON
+ * line and every heartbeat take their blocked share from it. */
+double psw_blocked_share(double t0_s, double blocked_s, double since_s, double now_s);
+
 /* psw_coord_blocked says the worker waits on a push or pull since SINCE_S
  * (ps_now_s()), or (0) no longer does. */
 void psw_coord_blocked(psw_coord *c, double since_s);

@@ -480,18 +480,47 @@ out_ranges:
   return r;
 }
 
+/* csv_read reads PATH into *BUF (caller frees) cut into its non-blank
+ * *LINES (caller frees), *SKIP 1 when the first is a header line. */
+static int csv_read(const char *path, char **buf, csv_line **lines, size_t *nlines, size_t *skip,
+                    ps_errbuf *eb) {
+  size_t len = 0;
+  *lines = NULL;
+  *nlines = *skip = 0;
+  int r = csv_slurp(path, buf, &len, eb);
+  if (r < 0) return r;
+  /* a UTF-8 byte order mark (spreadsheets write one) is not part of line 1 */
+  size_t bom = len >= 3 && !memcmp(*buf, "\xef\xbb\xbf", 3) ? 3 : 0;
+  if ((r = csv_split(path, *buf + bom, len - bom, lines, nlines, eb)) < 0) {
+    free(*buf);
+    *buf = NULL;
+    return r;
+  }
+  *skip = *nlines > 0 && csv_is_header((*lines)[0].text);
+  return 0;
+}
+
+int psw_data_csv_line(const char *path, uint64_t index, uint64_t *lineno, ps_errbuf *eb) {
+  char *buf = NULL;
+  csv_line *lines = NULL;
+  size_t nlines, skip;
+  int r = csv_read(path, &buf, &lines, &nlines, &skip, eb);
+  if (r < 0) return r;
+  if (index < nlines - skip) *lineno = lines[skip + index].lineno;
+  else r = ps_errf(eb, PS_EFORMAT, "%s: no sample %" PRIu64 " (the file changed?)", path, index);
+  free(lines);
+  free(buf);
+  return r;
+}
+
 int psw_data_load_csv(psw_dataset *d, const char *path, float scale, const psw_data_sel *sel,
                       ps_errbuf *eb) {
   memset(d, 0, sizeof *d);
   char *buf = NULL;
-  size_t len = 0, nlines = 0;
+  size_t nlines = 0, skip = 0;
   csv_line *lines = NULL;
-  int r = csv_slurp(path, &buf, &len, eb);
+  int r = csv_read(path, &buf, &lines, &nlines, &skip, eb);
   if (r < 0) return r;
-  /* a UTF-8 byte order mark (spreadsheets write one) is not part of line 1 */
-  size_t bom = len >= 3 && !memcmp(buf, "\xef\xbb\xbf", 3) ? 3 : 0;
-  if ((r = csv_split(path, buf + bom, len - bom, &lines, &nlines, eb)) < 0) goto out_buf;
-  size_t skip = nlines > 0 && csv_is_header(lines[0].text);
   static char said[512]; /* a file is loaded again for each block of partitions: said once */
   if (skip && strncmp(said, path, sizeof said)) {
     ps_info("%s:%" PRIu64 ": a header line (its first field is not a number): skipped", path,
@@ -501,7 +530,6 @@ int psw_data_load_csv(psw_dataset *d, const char *path, float scale, const psw_d
   r = csv_load_lines(d, path, lines + skip, nlines - skip, scale, sel, eb);
   if (r < 0) psw_data_release(d);
   free(lines);
-out_buf:
   free(buf);
   return r;
 }

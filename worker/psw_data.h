@@ -89,6 +89,12 @@ size_t psw_data_parts_for_rank(uint32_t nparts, uint32_t rank, uint32_t workers,
 int psw_data_load_idx(psw_dataset *d, const char *images, const char *labels, float scale,
                       const psw_data_sel *sel, ps_errbuf *eb);
 
+/* psw_data_csv_line gives in *LINENO the line (1-based, a header line and
+ * blank lines counted) of CSV file PATH that holds sample INDEX (0-based,
+ * in the file's order), reading the file again: for messages that name a
+ * sample as an editor finds it.  0 or a PS_E* code with a message in EB. */
+int psw_data_csv_line(const char *path, uint64_t index, uint64_t *lineno, ps_errbuf *eb);
+
 /* psw_data_load_csv is psw_data_load_idx for one CSV file. */
 int psw_data_load_csv(psw_dataset *d, const char *path, float scale, const psw_data_sel *sel,
                       ps_errbuf *eb);

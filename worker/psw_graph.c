@@ -26,6 +26,7 @@
 #include <string.h>
 
 #include "ps_config.h"
+#include "ps_model.h"
 #include "ps_pb.h"
 #include "ps_place.h"
 
@@ -645,6 +646,7 @@ static int check_graph(psw_graph *g, ps_errbuf *eb) {
   g->features = g->labels = g->targets = g->ids = g->table = -1;
   rc = check_params(g, eb);
   if (!rc) rc = check_inputs(g, eb);
+  if (!rc) rc = ps_graph_node_names_check(pb, eb); /* before a node's message names one */
   for (size_t i = 0; !rc && i < pb->n_nodes; i++) rc = check_node(g, i, eb);
   if (rc) return rc;
   if (!pb->n_nodes) return ps_errf(eb, PS_EINVAL, "graph has no nodes");

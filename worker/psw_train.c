@@ -163,10 +163,15 @@ static int run_check_data(psw_run *x, const psw_dataset *d, const uint32_t *part
     if (d->y[i] < 0 || (uint32_t)d->y[i] >= k) { /* named as the user finds it: the file, the sample's index in it */
       const ps_data_conf *c = &x->o->cfg->data;
       const char *f = psw_data_label_file(c, !parts);
-      uint64_t at = psw_data_file_index(d->total, c->partitions, parts, nsel, i);
-      return run_bad(x, ps_errf(eb, PS_EINVAL, "%s set '%s': sample %llu (counted from 0 in the "
+      uint64_t at = psw_data_file_index(d->total, c->partitions, parts, nsel, i), line = 0;
+      char where[48] = ""; /* a CSV file's line too, as its parse errors say it */
+      ps_errbuf leb;
+      if (f && c->format && !strcmp(c->format, "csv") && psw_data_csv_line(f, at, &line, &leb) == 0)
+        snprintf(where, sizeof where, " line %llu,", (unsigned long long)line);
+      return run_bad(x, ps_errf(eb, PS_EINVAL, "%s set '%s':%s sample %llu (counted from 0 in the "
                                 "file's order) has label %d, model '%s' has %u classes",
-                                what, f ? f : "?", (unsigned long long)at, d->y[i], x->o->model, k));
+                                what, f ? f : "?", where, (unsigned long long)at, d->y[i],
+                                x->o->model, k));
     }
   return 0;
 }
@@ -608,13 +613,6 @@ static int run_push_pull(psw_run *x, int gbuf, uint64_t push_clock, int pbuf,
   int err = psw_client_push_pull(x->cl, gbuf, push_clock, pbuf, pull_clock, eb);
   run_block_end(x, t);
   return err;
-}
-
-/* run_blocked_share returns the share of the training wall time spent
- * waiting for parameters so far. */
-static double run_blocked_share(const psw_run *x) {
-  double wall = run_now_ms() - x->t_train_ms;
-  return wall > 0 ? x->blocked_ms / wall : 0;
 }
 
 /* run_uniform returns a number in [0, 1) from the splitmix64 state *S. */
@@ -1258,8 +1256,9 @@ int psw_train_run(const psw_train_opts *o, psw_train_result *r, ps_errbuf *eb) {
   /* shares of a run that trained: one that found the job finished spent
    * its short life asking the coordinator, no share of training */
   if (x.t_train_ms > 0 && x.clock > x.clock0) {
-    r->blocked_share = run_blocked_share(&x);
-    double wall = run_now_ms() - x.t_train_ms;
+    double now = run_now_ms(), wall = now - x.t_train_ms;
+    /* no wait is under way here: run_block_end closed the last */
+    r->blocked_share = psw_blocked_share(x.t_train_ms / 1e3, x.blocked_ms / 1e3, 0, now / 1e3);
     if (wall > 0) r->report_wait_share = x.report_wait_ms / wall;
     if (x.cl && wall > 0) r->parked_share = (double)psw_client_parked_ms(x.cl) / wall;
   }

@@ -646,13 +646,15 @@ static const char *tt_csv_cluster(char *dir, const char *train, int parts, char 
 /* A label out of range for the model's classes names the data file and
  * the sample's index in it: it said "training sample N" with N counted
  * in the partitions loaded (rank 1 of 2 here holds partition 1 of 2,
- * samples 4..7: file sample 6 was "sample 2"), naming no file. */
+ * samples 4..7: file sample 6 was "sample 2"), naming no file.  And a
+ * CSV file's line, its header and blank lines counted (it said none:
+ * sample 6 is on line 9 here). */
 START_TEST(test_train_bad_label_named) {
   char dir[512], log[600], train[600], test[600];
   int gp[1], cp[1];
   pid_t shard[1];
   const char *yaml = tt_csv_cluster(dir, "label,a,b,c\n0,1,2,3\n1,1,2,3\n0,1,2,3\n1,1,2,3\n"
-                                    "0,1,2,3\n1,1,2,3\n5,1,2,3\n0,1,2,3\n", 2, train, test,
+                                    "\n0,1,2,3\n1,1,2,3\n5,1,2,3\n0,1,2,3\n", 2, train, test,
                                     gp, cp, shard);
   snprintf(log, sizeof log, "%s/psw.log", dir);
   char want[1400];
@@ -661,7 +663,8 @@ START_TEST(test_train_bad_label_named) {
                   NULL};
   ck_assert_int_eq(ps_test_run(argv, log, 20000), 2);
   char *text = ps_test_read_file(log, NULL);
-  snprintf(want, sizeof want, "training set '%s': sample 6 (counted from 0 in the file's order) "
+  snprintf(want, sizeof want, "training set '%s': line 9, sample 6 (counted from 0 in the file's "
+           "order) "
            "has label 5, model 'm' has 2 classes", train);
   ck_assert_msg(strstr(text, want), "no \"%s\" in:\n%s", want, text);
   free(text);
@@ -671,7 +674,8 @@ START_TEST(test_train_bad_label_named) {
   unlink(log);
   ck_assert_int_eq(ps_test_run(argv, log, 20000), 2);
   text = ps_test_read_file(log, NULL);
-  snprintf(want, sizeof want, "test set '%s': sample 1 (counted from 0 in the file's order) "
+  snprintf(want, sizeof want, "test set '%s': line 2, sample 1 (counted from 0 in the file's "
+           "order) "
            "has label -1, model 'm' has 2 classes", test);
   ck_assert_msg(strstr(text, want), "no \"%s\" in:\n%s", want, text);
   free(text);

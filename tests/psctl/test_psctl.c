@@ -1386,6 +1386,60 @@ START_TEST(test_cli_help_flags_readme) {
 }
 END_TEST
 
+/* psctl status and bench took --timeout MS, export --timeout-ms MS: each
+ * refused the other's spelling (export took --timeout only as getopt's
+ * abbreviation of --timeout-ms).  Each takes both now, as one flag whose
+ * errors name the spelling given, and its --help names both. */
+START_TEST(test_cli_timeout_spellings) {
+  pt_ctx x;
+  pt_init(&x);
+  static const char *const cmds[] = {"status", "export", "bench"};
+  static const char *const flags[] = {"--timeout", "--timeout-ms"};
+  for (size_t i = 0; i < 3; i++) {
+    for (size_t f = 0; f < 2; f++) {
+      ck_assert_int_eq(pt_psctl(&x, "%s %s 0", cmds[i], flags[f]), 2);
+      char want[64];
+      snprintf(want, sizeof want, "psctl %s: %s wants an integer", cmds[i], flags[f]);
+      ck_assert_msg(pt_contains(x.err, want), "psctl %s %s 0: no \"%s\" in %s", cmds[i],
+                    flags[f], want, x.err);
+      ck_assert_msg(pt_psctl(&x, "%s %s 5 --help", cmds[i], flags[f]) == 0,
+                    "psctl %s refuses %s", cmds[i], flags[f]);
+      char *help = ps_test_read_file(x.out, NULL);
+      ck_assert_msg(pt_flag_in(help, flags[f]), "psctl %s --help does not name %s", cmds[i],
+                    flags[f]);
+      free(help);
+    }
+  }
+  pt_cleanup(&x);
+}
+END_TEST
+
+/* A graph with two nodes of one name: psctl submit refused nothing (nor
+ * did the shards), and a message naming the node was ambiguous.  Now the
+ * graph file is refused before any shard is asked (none runs here),
+ * naming the name and both nodes. */
+START_TEST(test_psctl_submit_dup_node) {
+  pt_ctx x;
+  pt_init(&x);
+  size_t len;
+  const char *name;
+  uint8_t *buf = ps_test_graph_dup_node(&len, &name);
+  char path[1200], want[160];
+  snprintf(path, sizeof path, "%s/dup.pb", x.dir);
+  FILE *f = fopen(path, "wb");
+  ck_assert(f != NULL);
+  ck_assert_uint_eq(fwrite(buf, 1, len, f), len);
+  ck_assert_int_eq(fclose(f), 0);
+  free(buf);
+  snprintf(want, sizeof want, "dup.pb: two nodes are named '%s' (nodes[0] and nodes[2])", name);
+  ck_assert_int_eq(pt_psctl(&x, "submit dup.pb --name m --config '%s'", x.yaml), 2);
+  ck_assert_msg(pt_contains(x.err, want), "no \"%s\" in %s", want, x.err);
+  ck_assert_int_eq(pt_psctl(&x, "model show dup.pb"), 2);
+  ck_assert_msg(pt_contains(x.err, want), "no \"%s\" in %s", want, x.err);
+  pt_cleanup(&x);
+}
+END_TEST
+
 /* psctl submit --help states the optimizers' defaults as the shards apply
  * them: it said eps 1e-8 for every optimizer, and adagrad's is 1e-10. */
 START_TEST(test_psctl_submit_help_eps) {
@@ -1622,6 +1676,8 @@ Suite *psctl_suite(void) {
                {"cli_refusals", test_cli_refusals},
                {"psw_json_readme", test_psw_json_readme},
                {"cli_help_flags_readme", test_cli_help_flags_readme},
+               {"cli_timeout_spellings", test_cli_timeout_spellings},
+               {"submit_dup_node", test_psctl_submit_dup_node},
                {"submit_help_eps", test_psctl_submit_help_eps},
                {"json_double", test_psctl_json_double}};
   for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {

@@ -515,6 +515,15 @@ START_TEST(test_bad_input_changes_nothing) {
   bs = make_spec(&sb2, "n", 1, "sgd");
   sb2.t[1].init = "bogus";
   ck_assert_int_eq(psd_store_submit(s, bs, 0, NULL, NULL, NULL, &eb), PS_EINVAL);
+  /* a graph with two nodes of one name, refused naming it (it was taken) */
+  bs = make_spec(&sb2, "n", 1, "sgd");
+  const char *dup;
+  bs->graph.data = ps_test_graph_dup_node(&bs->graph.len, &dup);
+  ck_assert_int_eq(psd_store_submit(s, bs, 0, NULL, NULL, NULL, &eb), PS_EINVAL);
+  snprintf(want, sizeof want, "model 'n': graph: two nodes are named '%s' (nodes[0] and nodes[2])",
+           dup);
+  ck_assert_msg(strstr(eb.msg, want), "no \"%s\" in \"%s\"", want, eb.msg);
+  free(bs->graph.data);
   ck_assert_ptr_null(psd_store_spec(s, "n"));
   ck_assert_uint_eq(psd_store_nmodels(s), 1);
 

@@ -834,6 +834,16 @@ uint32_t psw_graph_classes(const psw_graph *g) {
 
 int psw_graph_binary(const psw_graph *g) { return g->sig_node >= 0; }
 
+uint64_t psw_graph_sample_floats(const psw_graph *g) {
+  uint64_t n = (uint64_t)psw_graph_input_dim(g) + psw_graph_target_dim(g) + 2, maxv = 1;
+  for (size_t v = g->nparams + g->pb->n_inputs; v < g->nvals; v++) {
+    if (g->vals[v].scalar) continue;
+    n += 2 * (uint64_t)g->vals[v].cols;
+    maxv = g->vals[v].cols > maxv ? g->vals[v].cols : maxv;
+  }
+  return n + maxv;
+}
+
 int psw_graph_embedding(const psw_graph *g, uint32_t *param, uint32_t *fields, uint32_t *dim,
                         uint64_t *hash_buckets) {
   if (g->table < 0) return PS_ENOENT;

@@ -62,6 +62,13 @@ uint32_t psw_graph_input_dim(const psw_graph *g);
 uint32_t psw_graph_target_dim(const psw_graph *g);
 uint32_t psw_graph_classes(const psw_graph *g);
 
+/* psw_graph_sample_floats returns the floats an executor of G holds per
+ * sample of its batch (psw_exec_create's max_batch): every value with
+ * its gradient, the largest value once more (scratch), the inputs'
+ * features and targets; the parameters, whose size does not grow with the
+ * batch, are not counted. */
+uint64_t psw_graph_sample_floats(const psw_graph *g);
+
 /* psw_graph_binary says whether G has a sigmoid_xent node (a binary
  * classifier: psw_exec_probs gives its probabilities). */
 int psw_graph_binary(const psw_graph *g);

@@ -22,7 +22,13 @@
 #include "psw_progress.h"
 #include "psw_sparse.h"
 
+/* An evaluation runs the test set in batches of PSW_EVAL_BATCH samples,
+ * fewer where the executor's buffers and the batch's embedding rows
+ * would pass PSW_EVAL_BYTES (run_eval_size): wide tables (dim up to
+ * 65536) or layers would otherwise need gigabytes that a training batch
+ * of a few samples never asks for. */
 #define PSW_EVAL_BATCH 1024
+#define PSW_EVAL_BYTES (256u << 20)
 #define PSW_SEED_RANK_MIX 0x9e3779b97f4a7c15ull
 
 /* One partition's samples inside a loaded block. */
@@ -43,6 +49,7 @@ typedef struct psw_run {
   psw_coord *coord;     /* membership: registration, heartbeats */
   uint32_t epochs;      /* the job's epoch count: --epochs, or more (run_claim) */
   uint32_t rank, workers;
+  uint32_t eval_batch;  /* samples per evaluation batch (run_eval_size) */
   uint32_t *parts;      /* the partitions trained in the current local epoch */
   size_t nparts;
   psw_dataset *blocks;  /* training data loaded so far, one block per load */
@@ -324,6 +331,21 @@ static int run_join(psw_run *x, ps_errbuf *eb) {
  * (psw_coord invariant 5). */
 static int run_rejoin(void *coord, ps_errbuf *eb) { return psw_coord_rejoin(coord, eb); }
 
+/* run_eval_size sets x->eval_batch for graph x->g: PSW_EVAL_BATCH, or
+ * as many samples as PSW_EVAL_BYTES holds (the executor's floats per
+ * sample, and an embedding table's rows and their gradients for each of
+ * the sample's ids), at least 1; returns the larger of it and the
+ * training batch TRAIN_BATCH (0: none), the batch the buffers are made
+ * for. */
+static uint32_t run_eval_size(psw_run *x, uint32_t train_batch) {
+  uint64_t per = psw_graph_sample_floats(x->g);
+  uint32_t fields, dim;
+  if (psw_graph_embedding(x->g, NULL, &fields, &dim, NULL) >= 0) per += 2 * (uint64_t)fields * dim;
+  uint64_t fit = PSW_EVAL_BYTES / (per * sizeof(float));
+  x->eval_batch = fit >= PSW_EVAL_BATCH ? PSW_EVAL_BATCH : fit ? (uint32_t)fit : 1;
+  return train_batch > x->eval_batch ? train_batch : x->eval_batch;
+}
+
 /* run_sparse_open prepares the sparse side of a model with an embedding
  * table, for batches of up to MAXB rows: the table's client (as worker
  * rank), the key index and the row buffers.  A dense model needs none.
@@ -470,7 +492,7 @@ static int run_setup(psw_run *x, ps_errbuf *eb) {
     return run_bad(x, ps_errf(eb, PS_EINVAL, "model '%s': graph has %llu parameters, spec %llu",
                               x->o->model, (unsigned long long)psw_graph_nparams(x->g),
                               (unsigned long long)psw_client_nparams(x->cl)));
-  uint32_t maxb = x->o->batch > PSW_EVAL_BATCH ? x->o->batch : PSW_EVAL_BATCH;
+  uint32_t maxb = run_eval_size(x, x->o->batch);
   if ((err = psw_exec_create(x->g, x->be, maxb, &x->ex, eb)) < 0) return err;
   if ((err = run_sparse_open(x, maxb, eb)) < 0) return err;
   if ((err = run_load_data(x, eb)) < 0) return err;
@@ -937,8 +959,8 @@ static int run_eval(psw_run *x, psw_eval *ev, ps_errbuf *eb) {
   float *probs = x->probs ? malloc(x->test.n * sizeof *probs) : NULL;
   if (x->probs && !probs) return ps_errf(eb, PS_ENOMEM, "out of memory");
   int err = 0;
-  for (uint64_t i = 0; i < x->test.n && !err; i += PSW_EVAL_BATCH) {
-    uint32_t n = (uint32_t)(x->test.n - i < PSW_EVAL_BATCH ? x->test.n - i : PSW_EVAL_BATCH);
+  for (uint64_t i = 0; i < x->test.n && !err; i += x->eval_batch) {
+    uint32_t n = (uint32_t)(x->test.n - i < x->eval_batch ? x->test.n - i : x->eval_batch);
     err = run_eval_batch(x, i, n, &lsum, &correct, probs, eb);
   }
   if (!err) {
@@ -1301,8 +1323,9 @@ static int run_eval_setup(psw_run *x, ps_errbuf *eb) {
   }
   if (psw_graph_nparams(x->g) != psw_client_nparams(x->cl))
     return run_bad(x, ps_errf(eb, PS_EINVAL, "model '%s': graph and spec disagree", x->o->model));
-  if ((err = psw_exec_create(x->g, x->be, PSW_EVAL_BATCH, &x->ex, eb)) < 0) return err;
-  if ((err = run_sparse_open(x, PSW_EVAL_BATCH, eb)) < 0) return err;
+  uint32_t maxb = run_eval_size(x, 0);
+  if ((err = psw_exec_create(x->g, x->be, maxb, &x->ex, eb)) < 0) return err;
+  if ((err = run_sparse_open(x, maxb, eb)) < 0) return err;
   const ps_data_conf *d = &x->o->cfg->data;
   if ((err = psw_data_load(&x->test, d, 1, NULL, 0, eb)) < 0) return run_bad(x, err);
   if (!x->test.n) return run_bad(x, ps_errf(eb, PS_ECONFIG, "the test set is empty"));

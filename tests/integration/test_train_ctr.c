@@ -15,6 +15,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 
 #include "ps_test.h"
@@ -37,6 +38,7 @@ typedef struct tc_ctx {
   const char *training;      /* more lines of the training section (NULL: none) */
   const char *sparse;        /* more lines of the sparse section (NULL: none) */
   const char *top;           /* more sections of the cluster file (NULL: none) */
+  const char *dim;           /* psctl model ctr --dim (NULL: 8) */
 } tc_ctx;
 
 /* tc_split writes the first KEEP lines of SRC to A and the rest to B. */
@@ -91,7 +93,8 @@ static void tc_cluster(tc_ctx *x, int gen_log, const char *workers) {
   ps_test_start_shards(x->yaml, x->dir, 2, x->gp, x->cp, x->shard);
   snprintf(pb, sizeof pb, "%s/ctr.pb", x->dir);
   snprintf(log, sizeof log, "%s/psctl.log", x->dir);
-  char *model[] = {(char *)ps_test_bin("psctl"), "model", "ctr", "--fields", "26", "--dim", "8",
+  char *model[] = {(char *)ps_test_bin("psctl"), "model", "ctr", "--fields", "26", "--dim",
+                   (char *)(x->dim ? x->dim : "8"),
                    "--dense", "13", "--layers", "64,32", "-o", pb, NULL};
   ck_assert_msg(ps_test_run(model, log, 20000) == 0, "psctl model failed; see %s", log);
   char *submit[] = {(char *)ps_test_bin("psctl"), "submit", pb, "--name", "ctr", "--config",
@@ -324,6 +327,43 @@ START_TEST(test_train_ctr_max_request_bytes) {
 }
 END_TEST
 
+/* Rows as wide as psctl model ctr allows (--dim 65536): a sample's
+ * values, rows and their gradients take about 48 MB, so psw evaluates
+ * the test set in batches that fit 256 MiB (run_eval_size), and trains
+ * with --batch 2.  Under a 12 GiB address-space limit (psw itself
+ * reserves a few: BLAS, gRPC) both psw --evaluate and a pass end as
+ * usual.  psw made every executor for 1024 evaluation samples, about
+ * 49 GB here, and exited 1 at start, "cannot allocate buffers for batch
+ * 1024", whatever --batch said (here and on any machine without that
+ * much memory to spare). */
+START_TEST(test_train_ctr_wide_rows) {
+  tc_ctx x = {.dim = "65536"};
+  tc_cluster(&x, 0, "  min: 1\n");
+  struct rlimit old, cap;
+  ck_assert_int_eq(getrlimit(RLIMIT_AS, &old), 0);
+  cap.rlim_cur = 12ull << 30, cap.rlim_max = old.rlim_max;
+  if (old.rlim_max != RLIM_INFINITY && old.rlim_max < cap.rlim_cur) cap.rlim_cur = old.rlim_max;
+  ck_assert_int_eq(setrlimit(RLIMIT_AS, &cap), 0); /* inherited by the workers only */
+  char log[600], *text;
+  snprintf(log, sizeof log, "%s/eval.log", x.dir);
+  char *eval[] = {(char *)ps_test_bin("psw"), "--config", x.yaml, "--evaluate", NULL};
+  int st = ps_test_run(eval, log, 100000);
+  text = ps_test_read_file(log, NULL);
+  ck_assert_msg(st == 0, "psw --evaluate exited %d: %s", st, text);
+  ck_assert_msg(strstr(ps_test_last_line(text), "\"test_auc\":"), "%s", text);
+  free(text);
+  snprintf(log, sizeof log, "%s/train.log", x.dir);
+  char *argv[] = {(char *)ps_test_bin("psw"), "--config", x.yaml, "--batch", "2", "--quiet", NULL};
+  st = ps_test_run(argv, log, 100000);
+  ck_assert_int_eq(setrlimit(RLIMIT_AS, &old), 0);
+  text = ps_test_read_file(log, NULL);
+  ck_assert_msg(st == 0, "psw exited %d: %s", st, text);
+  ck_assert_msg(strstr(ps_test_last_line(text), "\"epochs\":1,"), "%s", text);
+  free(text);
+  for (int s = 0; s < 2; s++) ck_assert_int_eq(ps_test_stop(x.shard[s], SIGTERM, 10000), 0);
+}
+END_TEST
+
 /* tc_spawn starts the two workers (each step slowed SLOWDOWN times, so
  * that the pass lasts) into W, their logs in LOG, and waits until the
  * coordinator counts AT samples trained. */
@@ -461,6 +501,7 @@ Suite *psw_train_ctr_suite(void) {
   tcase_add_test(tc, test_train_ctr_bad_line);
   tcase_add_loop_test(tc, test_train_ctr_max_new_rows, 0, 2);
   tcase_add_test(tc, test_train_ctr_max_request_bytes);
+  tcase_add_test(tc, test_train_ctr_wide_rows);
   tcase_add_test(tc, test_train_ctr_lease_rejoin);
   tcase_add_test(tc, test_train_ctr_sigterm_shard_hangs);
   suite_add_tcase(s, tc);

@@ -92,6 +92,7 @@ struct psw_client {
   const ps_config *cfg;
   char *model;
   uint32_t worker;
+  int reader;                /* psw_client_conf's */
   ps_gpu_backend *be;
   int nbufs;
   int io_timeout_ms;
@@ -457,12 +458,12 @@ static uint64_t psw_shm_want(const psw_client *c, const psw_shard *s) {
 static int psw_connect(psw_client *c, psw_shard *s, ps_errbuf *eb) {
   s->via_agg = c->agg && !c->agg_down;
   const char *addr = s->via_agg ? c->agg->channel_addr : s->conf->channel_addr;
-  /* the secret file's key now: a rotation moved it (ps_auth.h); a root's
-   * hello names this worker, so that the root counts it as heard from
-   * before its first request (psd_agg.h invariant 6) */
+  /* the secret file's key now: a rotation moved it (ps_auth.h); a
+   * training worker's hello to a root names it, so that the root counts
+   * it as heard from before its first request (psd_agg.h invariant 6) */
+  uint32_t named = s->via_agg || c->reader ? PS_CHAN_NO_WORKER : c->worker;
   int err = ps_chan_connect_client(&s->ch, addr, c->cfg->cluster, &c->auth, psw_chan_flags(c, s),
-                                   psw_shm_want(c, s), s->via_agg ? PS_CHAN_NO_WORKER : c->worker,
-                                   PSW_CONNECT_TIMEOUT_MS, eb);
+                                   psw_shm_want(c, s), named, PSW_CONNECT_TIMEOUT_MS, eb);
   if (err < 0) {
     s->ch = NULL;
     /* an aggregator that refuses this worker's key (another secret file
@@ -1480,6 +1481,7 @@ int psw_client_open(psw_client **out, const psw_client_conf *conf, ps_errbuf *eb
   if (!c) return ps_errf(eb, PS_ENOMEM, "out of memory");
   c->cfg = conf->cfg;
   c->worker = conf->worker;
+  c->reader = conf->reader;
   c->agg = ps_config_agg(conf->cfg, conf->cfg->workers.aggregator);
   c->be = conf->be;
   c->nbufs = conf->nbufs;

@@ -329,17 +329,27 @@ static void auth_put64(uint8_t *msg, size_t *n, uint64_t v) {
   auth_put32(msg, n, (uint32_t)(v >> 32));
 }
 
+/* auth_put_worker appends H's worker1 to the N bytes of MSG when set
+ * (last: what comes before has a length of its own, so a message with it
+ * cannot read as one without); returns the new length. */
+static size_t auth_put_worker(uint8_t *msg, size_t n, const ps_auth_hello *h) {
+  if (h->worker1) auth_put32(msg, &n, h->worker1);
+  return n;
+}
+
 /* auth_hmac_msg writes LABEL \0 SHA-256(CLUSTER) ID \0 NC NS [FIELDS]
  * into MSG (room for AUTH_MSG_MAX bytes) and returns its length; the NULs
  * keep the strings apart, the fields have fixed sizes (the token its
  * length first).  The digest covers the whole cluster name, however long
  * (two names alike in their first bytes get different proofs).  FIELDS:
- * H's (NULL: none, the session key); the last HELLO's too when ACCEPT. */
+ * H's (NULL: none, the session key); the last HELLO's too when ACCEPT;
+ * then H's worker1 when set (auth_put_worker). */
 #define AUTH_TOKEN_MAX 64
 #define AUTH_MSG_MAX                                                                  \
   (40 + 32 + PS_AUTH_ID_MAX + 2 + 2 * PS_AUTH_NONCE /* label, cluster, id, nonces */ + \
    4 + 4 * 4 + 8 /* version, mac, want_mac, unordered_acks, shm_hold, shm_bytes */ +   \
-   6 * 4 + 8 + 4 + AUTH_TOKEN_MAX /* ACCEPT: six words, granted, the token's length, it */)
+   6 * 4 + 8 + 4 + AUTH_TOKEN_MAX /* ACCEPT: six words, granted, the token's length, it */ + \
+   4 /* worker1 */)
 static size_t auth_hmac_msg(uint8_t *msg, const char *label, const char *cluster,
                             const ps_auth_key *k, const uint8_t *nc, const uint8_t *ns,
                             const ps_auth_hello *h, int accept) {
@@ -363,7 +373,7 @@ static size_t auth_hmac_msg(uint8_t *msg, const char *label, const char *cluster
   auth_put32(msg, &n, h->unordered_acks);
   auth_put32(msg, &n, h->shm_hold);
   auth_put64(msg, &n, h->shm_bytes);
-  if (!accept) return n;
+  if (!accept) return auth_put_worker(msg, n, h);
   size_t tl = h->token && h->token_len <= AUTH_TOKEN_MAX ? h->token_len : 0;
   auth_put32(msg, &n, h->features);
   auth_put32(msg, &n, h->acks);
@@ -374,7 +384,7 @@ static size_t auth_hmac_msg(uint8_t *msg, const char *label, const char *cluster
   auth_put64(msg, &n, h->granted);
   auth_put32(msg, &n, (uint32_t)h->token_len); /* a longer one than fits: never equal */
   if (tl) memcpy(msg + n, h->token, tl);
-  return n + tl;
+  return auth_put_worker(msg, n + tl, h);
 }
 
 void ps_auth_proof(const ps_auth_key *k, int side, const char *cluster,

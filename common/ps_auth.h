@@ -177,10 +177,14 @@ int ps_auth_nonce(uint8_t out[PS_AUTH_NONCE], ps_errbuf *eb);
  * memory asked for or refused) fails the hello: what the client's first
  * HELLO asked for, the shard's payload-MAC decision in its challenge and,
  * for the accept MAC (PS_AUTH_ACCEPT) only, what the shard's last HELLO
- * granted.  A field this psd does not send is 0. */
+ * granted.  A field this psd does not send is 0.  worker1 (a worker's
+ * own connection: its id + 1, ps.proto hello_worker) goes into the proofs
+ * only when set, last, so that a hello naming no worker (an aggregator's,
+ * psctl's, an older client's) is proved as before. */
 typedef struct ps_auth_hello {
   uint32_t want_mac, unordered_acks, shm_hold; /* the client's first HELLO */
   uint64_t shm_bytes;
+  uint32_t worker1;                            /* ... hello_worker (0: none) */
   uint32_t mac;                                /* the shard's challenge: payload_mac */
   uint32_t features, acks, granted_hold, pulls_only, shm_pid, shm_fd; /* its last HELLO */
   uint64_t granted;                            /* ... shm_bytes */

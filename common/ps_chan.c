@@ -253,6 +253,7 @@ struct ps_chan_client {
   int rx_conn;            /* the frame being read has request id 0: the shard's word on
                              the connection, no request's reply (invariant 2) */
   int want_unordered;     /* asked for unordered acks in the hello */
+  uint32_t worker1;       /* the worker the hello names + 1 (0: none; ps_chan_connect_worker) */
   int unordered;          /* the shard agreed (invariant 2) */
   /* receive state machine (invariant 3) */
   ps_chan_rx rx;
@@ -1178,7 +1179,8 @@ static int chan_hello(ps_chan_client *c, const char *cluster, const ps_auth_key 
   uint8_t nc[PS_AUTH_NONCE], ns[PS_AUTH_NONCE], proof[PS_AUTH_MAC];
   size_t ns_len = 0, proof_len = 0;
   ps_auth_hello h = {.want_mac = want_mac ? 1 : 0, .unordered_acks = c->want_unordered ? 1 : 0,
-                     .shm_bytes = c->shm_want, .shm_hold = c->shm_want && c->want_hold ? 1 : 0};
+                     .shm_bytes = c->shm_want, .shm_hold = c->shm_want && c->want_hold ? 1 : 0,
+                     .worker1 = c->worker1};
   c->hello = h; /* its replies add what they grant */
   chan_meta_init(&meta, PS__CHAN_OP__CHAN_HELLO, NULL);
   meta.proto_version = PS_CHAN_VERSION;
@@ -1186,6 +1188,7 @@ static int chan_hello(ps_chan_client *c, const char *cluster, const ps_auth_key 
   meta.unordered_acks = h.unordered_acks;
   meta.shm_bytes = h.shm_bytes;
   meta.shm_hold = h.shm_hold;
+  meta.hello_worker = h.worker1;
   if (key) {
     int rc = ps_auth_nonce(nc, eb);
     if (rc < 0) return rc;
@@ -1254,6 +1257,14 @@ int ps_chan_connect_auth(ps_chan_client **out, const char *addr, const char *clu
 int ps_chan_connect_shm(ps_chan_client **out, const char *addr, const char *cluster,
                         const ps_auth_key *key, int flags, uint64_t shm_bytes, int timeout_ms,
                         ps_errbuf *eb) {
+  return ps_chan_connect_worker(out, addr, cluster, key, flags, shm_bytes, PS_CHAN_NO_WORKER,
+                                timeout_ms, eb);
+}
+
+/* ps_chan_connect_worker: see ps_chan.h. */
+int ps_chan_connect_worker(ps_chan_client **out, const char *addr, const char *cluster,
+                           const ps_auth_key *key, int flags, uint64_t shm_bytes, uint32_t worker,
+                           int timeout_ms, ps_errbuf *eb) {
   *out = NULL;
   ps_chan_client *c = calloc(1, sizeof *c);
   if (!c) return ps_errf(eb, PS_ENOMEM, "out of memory");
@@ -1263,6 +1274,7 @@ int ps_chan_connect_shm(ps_chan_client **out, const char *addr, const char *clus
   c->want_unordered = (flags & PS_CHAN_UNORDERED_ACKS) != 0;
   c->shm_want = flags & PS_CHAN_AUTH_MAC ? 0 : shm_bytes;
   c->want_hold = (flags & PS_CHAN_SHM_HOLD) != 0;
+  c->worker1 = worker == PS_CHAN_NO_WORKER ? 0 : worker + 1;
   c->shm.fd = -1;
   int rc = chan_dial(c, eb);
   if (rc == 0) rc = chan_hello(c, cluster, key, flags & PS_CHAN_AUTH_MAC, eb);
@@ -1278,15 +1290,16 @@ int ps_chan_connect_shm(ps_chan_client **out, const char *addr, const char *clus
 
 /* ps_chan_connect_client: see ps_chan.h. */
 int ps_chan_connect_client(ps_chan_client **out, const char *addr, const char *cluster,
-                           ps_auth_client *ac, int flags, uint64_t shm_bytes, int timeout_ms,
-                           ps_errbuf *eb) {
+                           ps_auth_client *ac, int flags, uint64_t shm_bytes, uint32_t worker,
+                           int timeout_ms, ps_errbuf *eb) {
   ps_auth_key key, old;
   int keyed = ps_auth_client_now(ac, &key);
-  int rc = ps_chan_connect_shm(out, addr, cluster, keyed ? &key : NULL, flags, shm_bytes,
-                               timeout_ms, eb);
+  int rc = ps_chan_connect_worker(out, addr, cluster, keyed ? &key : NULL, flags, shm_bytes,
+                                  worker, timeout_ms, eb);
   if (rc == PS_EPERM && keyed && ps_auth_client_fallback(ac, key.id, &old)) {
     ps_errbuf why = *eb;
-    rc = ps_chan_connect_shm(out, addr, cluster, &old, flags, shm_bytes, timeout_ms, eb);
+    rc = ps_chan_connect_worker(out, addr, cluster, &old, flags, shm_bytes, worker, timeout_ms,
+                                eb);
     if (rc == 0)
       ps_warn("channel '%s': refused key '%s' (%s); proving key '%s' as before, until the "
               "shards know the new one (a SIGHUP after the secret file's edit)", addr, key.id,

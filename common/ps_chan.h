@@ -179,7 +179,19 @@ int ps_chan_connect_shm(ps_chan_client **out, const char *addr, const char *clus
                         const struct ps_auth_key *key, int flags, uint64_t shm_bytes,
                         int timeout_ms, ps_errbuf *eb);
 
-/* ps_chan_connect_client is ps_chan_connect_shm proving the key AC's
+/* ps_chan_connect_worker is ps_chan_connect_shm for worker WORKER's own
+ * connection to a shard (PS_CHAN_NO_WORKER: none, as ps_chan_connect_shm):
+ * the hello names it (ps.proto hello_worker, covered by the proofs), and
+ * a shard that is no aggregator counts the worker as heard from once the
+ * hello succeeds, so that an aggregator's conditional leave for it does
+ * not remove it before its first request (psd_agg.h invariant 6). */
+#define PS_CHAN_NO_WORKER UINT32_MAX
+int ps_chan_connect_worker(ps_chan_client **out, const char *addr, const char *cluster,
+                           const struct ps_auth_key *key, int flags, uint64_t shm_bytes,
+                           uint32_t worker, int timeout_ms, ps_errbuf *eb);
+
+/* ps_chan_connect_client is ps_chan_connect_worker (WORKER:
+ * PS_CHAN_NO_WORKER for a connection of no worker's own) proving the key AC's
  * secret file names now (ps_auth_client_now; none when AC has no file),
  * and, when the shard refuses that key (PS_EPERM) and an earlier hello
  * proved another, that one (said once per change: the shards were not
@@ -188,7 +200,7 @@ int ps_chan_connect_shm(ps_chan_client **out, const char *addr, const char *clus
 struct ps_auth_client;
 int ps_chan_connect_client(ps_chan_client **out, const char *addr, const char *cluster,
                            struct ps_auth_client *ac, int flags, uint64_t shm_bytes,
-                           int timeout_ms, ps_errbuf *eb);
+                           uint32_t worker, int timeout_ms, ps_errbuf *eb);
 
 /* ps_chan_shm: 1 when C has a mapped region, its data start in *DATA and
  * its size in *BYTES (either may be NULL); 0 otherwise (C NULL too).  The

@@ -107,7 +107,11 @@
  *     through the aggregator: a leaving beat to every root shard, acted on
  *     only by a shard that heard nothing from the worker for 2 x
  *     heartbeat_ms (a worker alive and talking to the roots directly
- *     stays; a shard that kept it or failed is asked again every
+ *     stays, from the moment its own channel connection's hello, which
+ *     names it, was accepted there: psd_chan invariant 9a, so a leave
+ *     queued during a cut and sent at the heal cannot remove a worker
+ *     that failed over and connected but asked nothing yet; a shard
+ *     that kept it or failed is asked again every
  *     heartbeat while the worker stays away, up to a lease after its last
  *     word here); its sums stop waiting for it at once, not after
  *     lease_ms.

@@ -132,12 +132,21 @@
  *     does not give).  A replayed hello meets a
  *     fresh Ns, so its old proof is wrong.  Both proofs cover every
  *     field the client's first HELLO asks with (payload_mac,
- *     unordered_acks, shm_bytes, shm_hold) and the challenge's
+ *     unordered_acks, shm_bytes, shm_hold, hello_worker when set) and the challenge's
  *     payload_mac; the last HELLO carries in `auth` the accept MAC over
  *     those and what it grants (features, unordered_acks, the region),
  *     which the client checks (ps_auth_hello): a field changed on the way
  *     fails the hello.  A hello without auth_version PS_AUTH_HELLO_VERSION
  *     (an older psd's proofs) is refused and counted like a wrong proof.
+ *  9a. A first HELLO naming a worker (hello_worker: a worker's own
+ *     connection; ps_chan_connect_worker) counts, once the hello succeeds,
+ *     as that worker speaking (psd_shard_worker_hello: a live worker's
+ *     lease starts again, on a shard that is no aggregator), so that an
+ *     aggregator's conditional leave for a worker that failed over to
+ *     this shard and connected, but asked nothing yet, finds it speaking
+ *     (psd_agg.h invariant 6).  With keys only a worker's key names one;
+ *     a hello without the field (psctl, an aggregator, an older client)
+ *     names nobody, as before.
  * 10. With security.payload_mac the shard says so in its challenge (bound
  *     into both proofs) and every frame after the hello, both ways, ends in
  *     a MAC (ps_auth.h).  A request is acted on only once its MAC checked
@@ -294,6 +303,7 @@ typedef struct psd_conn {
   uint64_t accept_ms;         /* uv_now of its accept: the hello's deadline runs (8a) */
   size_t last_wq;             /* libuv's write queue size at the last sweep */
   uint64_t wrote_ms;          /* uv_now of its last reply bytes taken, or of its first queued (4a) */
+  uint32_t hello_worker1;     /* the first HELLO's hello_worker: its worker + 1 (9a) */
   uint64_t shm_want;          /* region bytes the first HELLO asked for (invariant 11) */
   uint32_t want_mac;          /* the first HELLO's payload_mac (invariant 9: proved) */
   int shm_hold;               /* ... and that it holds pushes there until answered */
@@ -721,6 +731,7 @@ static void conn_shm_used(psd_conn *c) {
 static void conn_auth_hello(const psd_conn *c, ps_auth_hello *h) {
   *h = (ps_auth_hello){.want_mac = c->want_mac, .unordered_acks = c->unordered ? 1 : 0,
                        .shm_hold = c->shm_hold ? 1 : 0, .shm_bytes = c->shm_want,
+                       .worker1 = c->hello_worker1,
                        .mac = c->chan->sh->cfg->security.payload_mac ? 1 : 0};
 }
 
@@ -759,6 +770,9 @@ static int conn_hello_ok(psd_conn *c) {
     rc = PS_ENOMEM;
   OPENSSL_cleanse(&c->key, sizeof c->key);
   if (rc < 0) return rc;
+  /* invariant 9a: a worker's own connection (a worker's key, with keys) */
+  if (c->hello_worker1 && (!c->chan->keys.n || c->role == PS_ROLE_WORKER))
+    psd_shard_worker_hello(c->chan->sh, c->hello_worker1 - 1);
   rc = conn_reply(c, &r, NULL, 0, 0, 0, 0); /* the last frame without a MAC */
   c->mac = mac;
   return rc;
@@ -840,6 +854,7 @@ static int conn_hello(psd_conn *c, const Ps__ChanMeta *m) {
   if (rc == 0) c->shm_want = m->shm_bytes;           /* invariant 11 */
   if (rc == 0) c->shm_hold = m->shm_hold != 0;
   if (rc == 0) c->want_mac = m->payload_mac != 0;
+  if (rc == 0) c->hello_worker1 = m->hello_worker; /* invariant 9a */
   if (rc == 0) return c->chan->keys.n ? conn_hello_challenge(c, m) : conn_hello_ok(c);
   if (!answer) {
     conn_auth_refused(c, eb.msg);

@@ -374,6 +374,11 @@ int psd_clock_touch(psd_clock *c, uint32_t worker, uint64_t now_ms, ps_errbuf *e
   return clock_worker_get(c, worker, now_ms, 0, NULL, eb);
 }
 
+/* psd_clock_heard: see psd_clock.h. */
+void psd_clock_heard(psd_clock *c, uint32_t worker, uint64_t now_ms) {
+  clock_waited(clock_worker_find(c, worker), now_ms);
+}
+
 /* clock_setstr replaces *DST with a copy of SRC (NULL or "": unchanged). */
 static void clock_setstr(char **dst, const char *src) {
   if (!src || !*src || (*dst && !strcmp(*dst, src))) return;

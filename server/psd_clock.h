@@ -234,6 +234,12 @@ int psd_clock_rejoin(psd_clock *c, uint32_t worker, uint64_t now_ms, ps_errbuf *
  * for a worker that expired (invariant 9). */
 int psd_clock_touch(psd_clock *c, uint32_t worker, uint64_t now_ms, ps_errbuf *eb);
 
+/* psd_clock_heard notes that WORKER spoke at NOW_MS without a request
+ * (its channel connection's hello named it): a live worker's lease starts
+ * again (psd_clock_silent_ms counts from here); an unknown, dead or
+ * departed one stays as it is (a hello registers and revives nobody). */
+void psd_clock_heard(psd_clock *c, uint32_t worker, uint64_t now_ms);
+
 /* psd_clock_heartbeat refreshes the lease and records what the worker
  * says of itself (HOST, DEVICE, MODEL copied; NULL keeps the old);
  * PS_EEXPIRED, recording nothing, for a worker that expired (invariant 9). */

@@ -683,6 +683,13 @@ void psd_shard_forward_conn(psd_shard *sh, uint32_t *who1, uint32_t worker) {
   *who1 = now1;
 }
 
+/* psd_shard_worker_hello: see psd_shard.h. */
+void psd_shard_worker_hello(psd_shard *sh, uint32_t worker) {
+  if (sh->agg || !sh->clock) return;
+  psd_clock_heard(sh->clock, worker, psd_shard_now_ms(sh));
+  psd_shard_clock_arm(sh);
+}
+
 /* psd_shard_pull copies values out (admitted by psd_shard_pull_admit
  * first); counts bytes out on success. */
 int psd_shard_pull(psd_shard *sh, const ps_req *r, uint64_t *version, ps_errbuf *eb) {

@@ -183,6 +183,14 @@ int psd_shard_forward_spec(psd_shard *sh, const char *model, uint64_t stamp, psd
  * closed leave the roots (psd_agg_conn_worker). */
 void psd_shard_forward_conn(psd_shard *sh, uint32_t *who1, uint32_t worker);
 
+/* psd_shard_worker_hello notes that WORKER's own channel connection
+ * finished its hello (ps.proto hello_worker): on a shard with a clock
+ * table that is no aggregator, a live WORKER counts as heard from now
+ * (psd_clock_heard), so that an aggregator's conditional leave for it
+ * (leave_if_silent_ms) finds it speaking even before its first request
+ * on that connection (psd_agg.h invariant 6). */
+void psd_shard_worker_hello(psd_shard *sh, uint32_t worker);
+
 /* psd_shard_spec returns MODEL's registered spec (borrowed from the
  * store until the next submit), or NULL: unknown, or SH is an aggregator.
  * psd_shard_held sets the ids (borrowed likewise) and element count of

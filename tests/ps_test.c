@@ -326,12 +326,21 @@ int ps_test_chan_connect_flags(ps_chan_client **c, const char *addr, const char 
 /* ps_test_chan_connect_shm: see ps_test.h. */
 int ps_test_chan_connect_shm(ps_chan_client **c, const char *addr, const char *cluster, int flags,
                              uint64_t shm_bytes, int timeout_ms, ps_errbuf *eb) {
+  return ps_test_chan_connect_worker(c, addr, cluster, flags, shm_bytes, PS_CHAN_NO_WORKER,
+                                     timeout_ms, eb);
+}
+
+/* ps_test_chan_connect_worker: see ps_test.h. */
+int ps_test_chan_connect_worker(ps_chan_client **c, const char *addr, const char *cluster,
+                                int flags, uint64_t shm_bytes, uint32_t worker, int timeout_ms,
+                                ps_errbuf *eb) {
   ps_auth_keys keys = {0};
   const ps_auth_key *key = NULL;
   int mac = 0;
   int rc = ps_test_chan_key(&keys, &key, &mac, eb);
   if (rc == 0)
-    rc = ps_chan_connect_shm(c, addr, cluster, key, mac | flags, shm_bytes, timeout_ms, eb);
+    rc = ps_chan_connect_worker(c, addr, cluster, key, mac | flags, shm_bytes, worker, timeout_ms,
+                                eb);
   ps_auth_release(&keys);
   return rc;
 }

@@ -240,11 +240,15 @@ void ps_test_raw_frame(int fd, const Ps__ChanMeta *m, uint64_t data_len, uint64_
 /* ps_test_chan_connect_flags is ps_test_chan_connect with more
  * ps_chan_connect_auth FLAGS (PS_CHAN_UNORDERED_ACKS); _shm also asks for
  * SHM_BYTES of shared memory (ps_chan_connect_shm; FLAGS may hold
- * PS_CHAN_SHM_HOLD). */
+ * PS_CHAN_SHM_HOLD); _worker's hello also names WORKER
+ * (ps_chan_connect_worker; PS_CHAN_NO_WORKER: none). */
 int ps_test_chan_connect_flags(ps_chan_client **c, const char *addr, const char *cluster,
                                int flags, int timeout_ms, ps_errbuf *eb);
 int ps_test_chan_connect_shm(ps_chan_client **c, const char *addr, const char *cluster, int flags,
                              uint64_t shm_bytes, int timeout_ms, ps_errbuf *eb);
+int ps_test_chan_connect_worker(ps_chan_client **c, const char *addr, const char *cluster,
+                                int flags, uint64_t shm_bytes, uint32_t worker, int timeout_ms,
+                                ps_errbuf *eb);
 
 /* ps_test_graph_dup_node packs an MLP graph (4, 3, 2) whose node 2 has
  * node 0's name (returned as *NAME, static); the caller frees the bytes. */

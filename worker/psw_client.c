@@ -92,6 +92,7 @@ struct psw_client {
   const ps_config *cfg;
   char *model;
   uint32_t worker;
+  int reader;                /* psw_client_conf's */
   ps_gpu_backend *be;
   int nbufs;
   int io_timeout_ms;
@@ -457,9 +458,12 @@ static uint64_t psw_shm_want(const psw_client *c, const psw_shard *s) {
 static int psw_connect(psw_client *c, psw_shard *s, ps_errbuf *eb) {
   s->via_agg = c->agg && !c->agg_down;
   const char *addr = s->via_agg ? c->agg->channel_addr : s->conf->channel_addr;
-  /* the secret file's key now: a rotation moved it (ps_auth.h) */
+  /* the secret file's key now: a rotation moved it (ps_auth.h); a
+   * training worker's hello to a root names it, so that the root counts
+   * it as heard from before its first request (psd_agg.h invariant 6) */
+  uint32_t named = s->via_agg || c->reader ? PS_CHAN_NO_WORKER : c->worker;
   int err = ps_chan_connect_client(&s->ch, addr, c->cfg->cluster, &c->auth, psw_chan_flags(c, s),
-                                   psw_shm_want(c, s), PSW_CONNECT_TIMEOUT_MS, eb);
+                                   psw_shm_want(c, s), named, PSW_CONNECT_TIMEOUT_MS, eb);
   if (err < 0) {
     s->ch = NULL;
     /* an aggregator that refuses this worker's key (another secret file
@@ -1325,7 +1329,8 @@ int psw_client_agg_return(psw_client *c) {
   for (size_t k = 0; k < c->nshards && err == 0; k++) { /* the file's key now (ps_auth.h) */
     if (!c->shards[k].nids) continue;
     err = ps_chan_connect_client(&ch[k], c->agg->channel_addr, c->cfg->cluster, &c->auth,
-                                 psw_chan_flags(c, &c->shards[k]), 0, PSW_AGG_PROBE_MS, &eb);
+                                 psw_chan_flags(c, &c->shards[k]), 0, PS_CHAN_NO_WORKER,
+                                 PSW_AGG_PROBE_MS, &eb);
     if (err < 0) ch[k] = NULL;
     else ps_chan_set_timeout(ch[k], c->io_timeout_ms);
     if (err == 0) ps_chan_set_dead_ms(ch[k], ps_config_dead_ms(c->cfg));
@@ -1476,6 +1481,7 @@ int psw_client_open(psw_client **out, const psw_client_conf *conf, ps_errbuf *eb
   if (!c) return ps_errf(eb, PS_ENOMEM, "out of memory");
   c->cfg = conf->cfg;
   c->worker = conf->worker;
+  c->reader = conf->reader;
   c->agg = ps_config_agg(conf->cfg, conf->cfg->workers.aggregator);
   c->be = conf->be;
   c->nbufs = conf->nbufs;

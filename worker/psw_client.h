@@ -207,6 +207,8 @@ typedef struct psw_client_conf {
   int (*rejoin)(void *arg, ps_errbuf *eb);
   void *rejoin_arg;
   int defer_acks;         /* invariant 8 */
+  int reader;             /* psw --evaluate: no training worker, so its connections' hellos
+                             name no worker (psd_chan invariant 9a) */
 } psw_client_conf;
 
 /* psw_client_open fetches the spec of CONF->model (retrying unreachable

@@ -604,7 +604,7 @@ static int coord_beat_chan(psw_coord *c, const Ps__HeartbeatRequest *req,
     /* the file's key now: a rotation may have moved it (ps_auth.h) */
     err = ps_chan_connect_client(&c->bch, co->channel_addr, c->cfg->cluster, &c->auth,
                                  c->cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0, 0,
-                                 PSW_COORD_CALL_MS, eb);
+                                 req->worker, PSW_COORD_CALL_MS, eb);
     /* the beat is on every step's path: a cut must not outlast the heal */
     if (err == 0) ps_chan_set_dead_ms(c->bch, ps_config_dead_ms(c->cfg));
   }

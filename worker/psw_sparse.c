@@ -367,7 +367,7 @@ static ps_chan_client *chan_get(psw_sparse *s, size_t k) {
   /* the file's key now: a rotation may have moved it (ps_auth.h) */
   int rc = ps_chan_connect_client(&s->ch[k], s->cfg->shards[k].channel_addr, s->cfg->cluster,
                                   &s->auth, s->cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0,
-                                  0, PSW_SPARSE_CONNECT_MS, &eb);
+                                  0, PS_CHAN_NO_WORKER, PSW_SPARSE_CONNECT_MS, &eb);
   if (rc) {
     s->ch_retry_ms[k] = now + PSW_SPARSE_CHAN_RETRY_MS;
     return NULL;

@@ -1314,7 +1314,7 @@ static int run_eval_setup(psw_run *x, ps_errbuf *eb) {
   err = run_open_backend(x, eb);
   if (err < 0) return err;
   psw_client_conf cc = {.cfg = x->o->cfg, .model = x->o->model, .worker = 0, .be = x->be,
-                        .nbufs = 1, .stop = x->o->stop};
+                        .nbufs = 1, .stop = x->o->stop, .reader = 1};
   if ((err = psw_client_open(&x->cl, &cc, eb)) < 0) /* no such model, a bad key file, ... */
     return err == PS_ENOENT || err == PS_EINVAL || err == PS_ECONFIG ? run_bad(x, err) : err;
   if ((err = psw_graph_from_spec(psw_client_spec(x->cl), &x->g, eb)) < 0) {

@@ -992,11 +992,15 @@ START_TEST(test_hier_push_failed_failover) {
   ps_rpc *rpc;
   x.lease_ms = 120000; /* (no heartbeats here) */
   /* The aggregator asks the root to drop the worker once its connection
-   * closes (the failover), which the root does for a worker silent there
-   * for 2 heartbeats: with no heartbeats in this test a slow machine
-   * (the sanitizers) let that leave overtake the worker's direct pull
-   * ("declared dead"), the race README's Status names; a 30 s heartbeat
-   * keeps it out of this test, which checks the failover's speed. */
+   * closes (the failover), and again every heartbeat while it stays
+   * away, which the root does for a worker silent there for 2
+   * heartbeats: this test's worker sends no heartbeats (psw does), and
+   * its direct pull parked on the root does not count as speaking, so
+   * on a slow machine (the sanitizers) a repeated leave dropped it
+   * ("declared dead"); a 30 s heartbeat keeps that out of this test,
+   * which checks the failover's speed.  (The leave that arrives between
+   * the worker's direct connect and its first request cannot: the hello
+   * names the worker, test_rpc_leave_after_worker_hello.) */
   x.beat_ms = 30000;
   th_bare_delay(&x, &rpc, 2500); /* the lone worker's push is held 2.5 s */
   th_submit(rpc, "m", NULL);

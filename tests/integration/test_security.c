@@ -1349,6 +1349,7 @@ static int raw_hello_fields(const ps_auth_key *key, const ps_auth_hello *sent,
   hello.unordered_acks = on_wire->unordered_acks;
   hello.shm_bytes = on_wire->shm_bytes;
   hello.shm_hold = on_wire->shm_hold;
+  hello.hello_worker = on_wire->worker1;
   int fd = raw_connect_to(mac_cp);
   raw_send(fd, &hello, 1);
   Ps__ChanMeta *ch = raw_recv(fd);
@@ -1384,7 +1385,8 @@ static int raw_hello_fields(const ps_auth_key *key, const ps_auth_hello *sent,
 }
 
 /* A field of the client's first HELLO changed on the way (unordered
- * acks, shared memory, the payload MAC asked for) makes the shard's proof
+ * acks, shared memory, the payload MAC asked for, the worker it names:
+ * added, changed or taken off) makes the shard's proof
  * wrong for the client and the client's wrong for the shard, which
  * refuses it and counts it: the proofs cover every negotiated field. */
 START_TEST(test_sec_hello_fields_tampered) {
@@ -1395,17 +1397,24 @@ START_TEST(test_sec_hello_fields_tampered) {
   uint64_t chan0 = st->chan_auth_refused;
   ps__status_reply__free_unpacked(st, NULL);
   const ps_auth_hello sent = {.want_mac = 1, .unordered_acks = 1};
-  ps_auth_hello wire[3] = {sent, sent, sent};
+  const ps_auth_hello named = {.want_mac = 1, .unordered_acks = 1, .worker1 = 3};
+  enum { NWIRE = 6 };
+  ps_auth_hello wire[NWIRE] = {sent, sent, sent, sent, named, named};
   wire[0].unordered_acks = 0;
   wire[1].shm_bytes = 1 << 20, wire[1].shm_hold = 1;
   wire[2].want_mac = 0;
+  wire[3].worker1 = 3; /* a worker named on the way */
+  wire[4].worker1 = 0; /* the worker taken off */
+  wire[5].worker1 = 4; /* another worker */
   char why[200];
   int shard_ok;
   /* untouched: accepted, with an accept MAC over what it granted */
   ck_assert_int_eq(raw_hello_fields(key, &sent, &sent, &shard_ok, why), PS__CHAN_OP__CHAN_HELLO);
   ck_assert(shard_ok);
-  for (int i = 0; i < 3; i++) {
-    ck_assert_int_eq(raw_hello_fields(key, &sent, &wire[i], &shard_ok, why),
+  ck_assert_int_eq(raw_hello_fields(key, &named, &named, &shard_ok, why), PS__CHAN_OP__CHAN_HELLO);
+  ck_assert(shard_ok);
+  for (int i = 0; i < NWIRE; i++) {
+    ck_assert_int_eq(raw_hello_fields(key, i < 4 ? &sent : &named, &wire[i], &shard_ok, why),
                      PS__CHAN_OP__CHAN_ERROR);
     ck_assert_msg(!shard_ok, "tampering %d: the shard's proof still checks out", i);
     ck_assert_msg(strstr(why, "wrong proof"), "%s", why);
@@ -1429,7 +1438,7 @@ START_TEST(test_sec_hello_fields_tampered) {
   ck_assert_ptr_null(raw_recv(fd));
   close(fd);
   st = sec_status_at(mac_grpc);
-  ck_assert_uint_eq(st->chan_auth_refused, chan0 + 4);
+  ck_assert_uint_eq(st->chan_auth_refused, chan0 + NWIRE + 1);
   ps__status_reply__free_unpacked(st, NULL);
   ps_auth_release(&keys);
 }
@@ -1888,7 +1897,7 @@ START_TEST(test_sec_client_key_shared_file) {
   ck_assert_msg(ps_auth_client_open(&ac, mine, PS_ROLE_WORKER, &eb) == 0, "%s", eb.msg);
   int flags = sec_cfg.security.payload_mac ? PS_CHAN_AUTH_MAC : 0;
   ps_chan_client *ch = NULL;
-  ck_assert_msg(ps_chan_connect_client(&ch, sec_chan, sec_cfg.cluster, &ac, flags, 0, 5000,
+  ck_assert_msg(ps_chan_connect_client(&ch, sec_chan, sec_cfg.cluster, &ac, flags, 0, 1, 5000,
                                        &eb) == 0, "%s", eb.msg);
   ps_chan_close(ch);
   char *text = malloc(len + 200);
@@ -1897,7 +1906,7 @@ START_TEST(test_sec_client_key_shared_file) {
   ps_test_write_file(mine, text); /* edited; the shard not told (no SIGHUP) */
   ck_assert_int_eq(chmod(mine, 0600), 0);
   ch = NULL;
-  ck_assert_msg(ps_chan_connect_client(&ch, sec_chan, sec_cfg.cluster, &ac, flags, 0, 5000,
+  ck_assert_msg(ps_chan_connect_client(&ch, sec_chan, sec_cfg.cluster, &ac, flags, 0, 1, 5000,
                                        &eb) == 0, "with the new key not yet known: %s", eb.msg);
   ps_chan_close(ch);
   ps_auth_client_close(&ac);

@@ -953,6 +953,59 @@ START_TEST(test_rpc_conditional_leave) {
 }
 END_TEST
 
+/* rpc_leave_silent sends over C an aggregator's conditional leave for
+ * WORKER (leave_if_silent_ms SILENT_MS) and returns the reply's stayed. */
+static int rpc_leave_silent(ps_chan_client *c, uint32_t worker, uint32_t silent_ms) {
+  ps_errbuf eb;
+  Ps__HeartbeatRequest lv = PS__HEARTBEAT_REQUEST__INIT;
+  lv.worker = worker;
+  lv.model = "";
+  lv.leaving = 1;
+  lv.leave_if_silent_ms = silent_ms;
+  Ps__HeartbeatReply *b = NULL;
+  ck_assert_msg(rpc_beat_chan(c, &lv, &b, &eb) == 0, "leave: %s", eb.msg);
+  int stayed = (int)b->stayed;
+  protobuf_c_message_free_unpacked(&b->base, NULL);
+  return stayed;
+}
+
+/* The hierarchy's heal race (psd_agg.h invariant 6): a worker that failed
+ * over to the roots opened its own channel connection, whose hello names
+ * it, and has not asked anything on it yet when its aggregator's queued
+ * conditional leave arrives: the hello counts as the worker speaking, so
+ * the worker stays.  A hello that names no worker (psctl, an aggregator,
+ * an older client) counts for nobody: the silent worker leaves, as
+ * before. */
+START_TEST(test_rpc_leave_after_worker_hello) {
+  enum { SILENCE_MS = 1500, LEAVE_IF_MS = 1000 }; /* both well under the 5 s lease */
+  ps_errbuf eb;
+  int port = atoi(strrchr(rpc_addr[0], ':') + 1);
+  ps_chan_client *agg = rpc_chan(0); /* the aggregator's link, naming nobody */
+  Ps__HeartbeatRequest req = PS__HEARTBEAT_REQUEST__INIT;
+  req.worker = 2;
+  req.model = "";
+  req.rejoin = 1; /* whatever an earlier test left of worker 2 */
+  Ps__HeartbeatReply *b = NULL;
+  ck_assert_msg(rpc_beat_chan(agg, &req, &b, &eb) == 0, "beat: %s", eb.msg);
+  protobuf_c_message_free_unpacked(&b->base, NULL);
+  ck_assert_int_eq(ps_test_worker_states(port, 2, "ALIVE"), 1);
+  usleep(SILENCE_MS * 1000);
+  ps_chan_client *w = NULL;
+  ck_assert_msg(ps_test_chan_connect_worker(&w, rpc_chan_addr[0], "test", 0, 0, 2, 5000, &eb) == 0,
+                "worker 2's connection: %s", eb.msg);
+  ck_assert_msg(rpc_leave_silent(agg, 2, LEAVE_IF_MS), "worker 2 removed although its own "
+                "connection's hello just named it");
+  ck_assert_int_eq(ps_test_worker_states(port, 2, "ALIVE"), 1);
+  usleep(SILENCE_MS * 1000);
+  ps_chan_client *anon = rpc_chan(0);
+  ck_assert_int_eq(rpc_leave_silent(agg, 2, LEAVE_IF_MS), 0);
+  ck_assert_int_eq(ps_test_worker_states(port, 2, "DEAD"), 1);
+  ps_chan_close(anon);
+  ps_chan_close(w);
+  ps_chan_close(agg);
+}
+END_TEST
+
 /* rpc_encode encodes gradients G of the chunks IDS of L as a push in
  * CODEC (each chunk on its own, in its chunk codec); returns the payload
  * (caller frees) and its size in *NBYTES. */
@@ -1340,6 +1393,7 @@ Suite *psd_rpc_suite(void) {
   tcase_add_test(tc, test_rpc_beat_rates_finite);
   tcase_add_test(tc, test_rpc_summed_twice);
   tcase_add_test(tc, test_rpc_conditional_leave);
+  tcase_add_test(tc, test_rpc_leave_after_worker_hello);
   tcase_add_loop_test(tc, test_rpc_codec_same_over_channel, PS_CODEC_FP16, PS_CODEC_N);
   tcase_add_test(tc, test_rpc_codec_bad_input);
   tcase_add_loop_test(tc, test_rpc_optim_reference, 0,

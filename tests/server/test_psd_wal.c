@@ -2500,6 +2500,20 @@ static psd_wal *sp_wal(const char *dir, uv_loop_t *loop, seam *sm) {
   return wal_started(&o, loop);
 }
 
+/* sp_wait_said runs LOOP until on_state last said ERR with a message
+ * holding WANT (any when NULL), at most 10 s, and checks that. */
+static void sp_wait_said(uv_loop_t *loop, int err, const char *want) {
+  int64_t end = ps_test_now_ms() + 10000;
+  while (!(state_calls && state_last == err && (!want || strstr(state_msg, want))) &&
+         ps_test_now_ms() < end) {
+    uv_run(loop, UV_RUN_NOWAIT);
+    usleep(1000);
+  }
+  ck_assert_msg(state_calls && state_last == err && (!want || strstr(state_msg, want)),
+                "on_state said %d '%s' (%d calls), not %d '%s'", state_last, state_msg,
+                state_calls, err, want ? want : "");
+}
+
 /* A log on a small disk stops short of the reserve kept for the snapshot
  * that lets it shrink: it says so (PS_EDEGRADED through on_state: the
  * shard refuses new pushes) but still syncs the records it was given,
@@ -2531,7 +2545,7 @@ START_TEST(test_space_reserve) {
   ck_assert_int_eq(ps_test_count_files(dir, ".free", 0), 0);
   /* a snapshot holds them all: the cut frees the space */
   psd_wal_truncate(w, ws[n].wt.seq);
-  wait_works_again(&loop, 10000);
+  sp_wait_said(&loop, 0, NULL); /* (the last record's figure may be said before) */
   psd_wal_stop(w);
   uv_run(&loop, UV_RUN_DEFAULT);
   psd_wal_free(w);
@@ -2598,6 +2612,50 @@ START_TEST(test_space_msg_after_failure) {
                     strstr(state_msg, "disk is nearly full (3.0"),
                 "'%s' (3 MiB free)", state_msg);
   unlink(filler);
+  psd_wal_stop(w);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  psd_wal_free(w);
+  uv_loop_close(&loop);
+}
+END_TEST
+
+/* A log short of space says each new figure of the free space (once:
+ * not at each look): the shard's DEGRADED reason kept the figure of when
+ * it fell short, with space freed since (not enough), and said "under
+ * the 4.0 MiB kept" with more than that free, short until a quarter more. */
+START_TEST(test_space_msg_follows_free) {
+  if (!sp_fs.mounted) PS_SKIP("%s", sp_fs.why);
+  char dir[700], filler[720];
+  snprintf(dir, sizeof dir, "%s/redo_follow", sp_fs.mnt);
+  snprintf(filler, sizeof filler, "%s/filler_follow", sp_fs.mnt);
+  uv_loop_t loop;
+  seam sm = {0};
+  psd_wal *w = sp_wal(dir, &loop, &sm);
+  static waiter ws[1];
+  uint64_t off = 0;
+  sp_leave(filler, 2 << 20); /* short: 4 MiB kept */
+  append_n(w, ws, 1, 4096, &sm, &off);
+  run_until(&loop, ws, 1);
+  ck_assert_int_eq(ws[0].status, 0); /* written into the reserve */
+  sp_wait_said(&loop, PS_EDEGRADED, "nearly full (");
+  ck_assert_msg(!strstr(state_msg, "(3."), "'%s' (2 MiB free)", state_msg);
+  int calls = state_calls;
+  sp_leave(filler, (3 << 20) + (1 << 19)); /* 3.5 MiB: still short */
+  sp_wait_said(&loop, PS_EDEGRADED, "nearly full (3.");
+  /* the same figure is not said again: ten looks (retry_ms 20) */
+  calls = state_calls;
+  int64_t end = ps_test_now_ms() + 200;
+  while (ps_test_now_ms() < end) {
+    uv_run(&loop, UV_RUN_NOWAIT);
+    usleep(1000);
+  }
+  ck_assert_int_eq(state_calls, calls);
+  sp_leave(filler, (4 << 20) + (1 << 19)); /* 4.5 MiB: over the reserve, short until 5 */
+  sp_wait_said(&loop, PS_EDEGRADED, "(4.");
+  ck_assert_msg(strstr(state_msg, "under the 5.0 MiB it waits for: the 4.0 MiB kept"), "'%s'",
+                state_msg);
+  unlink(filler);
+  sp_wait_said(&loop, 0, NULL);
   psd_wal_stop(w);
   uv_run(&loop, UV_RUN_DEFAULT);
   psd_wal_free(w);
@@ -2680,6 +2738,7 @@ Suite *psd_wal_suite(void) {
   tcase_add_test(tc, test_space_reserve);
   tcase_add_test(tc, test_space_short_msg);
   tcase_add_test(tc, test_space_msg_after_failure);
+  tcase_add_test(tc, test_space_msg_follows_free);
   suite_add_tcase(s, tc);
   return s;
 }

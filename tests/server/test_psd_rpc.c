@@ -1205,20 +1205,33 @@ static int rc_status(ps_rpc *r, ps_errbuf *eb) {
  * measured).  gRPC's default backup poll (5 s) made it 5 to 10 s: a channel in
  * TRANSIENT_FAILURE fails calls without polling, so the end of each
  * connection attempt was seen only at a backup poll (ps_grpc_init). */
+/* rc_one starts one shard (cluster file EXTRA as ps_test_cluster_yaml's)
+ * in a new directory, its file in *YAML, its log in LOG (600 bytes) and
+ * its gRPC port in *GP; waits for it to listen and returns its PID with
+ * a connection to it in *R. */
+static pid_t rc_one(const char *extra, const char **yaml, char *log, int *gp, ps_rpc **r) {
+  const char *dir = ps_test_tmpdir();
+  int cp;
+  char addr[64];
+  *yaml = ps_test_cluster_yaml(dir, 1, extra, gp, &cp);
+  snprintf(log, 600, "%s/psd.log", dir);
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", *gp);
+  pid_t pid = ps_test_psd(*yaml, 0, log, NULL);
+  ck_assert_msg(ps_test_wait_port(cp, 15000) == 0 && ps_test_wait_port(*gp, 5000) == 0,
+                "psd did not start; see %s", log);
+  ps_errbuf eb;
+  ck_assert_int_eq(ps_test_rpc_open(r, addr, &eb), 0);
+  return pid;
+}
+
 START_TEST(test_rpc_reconnect_after_restart) {
   enum { BOUND_MS = 3000, LIMIT_MS = 30000 }; /* before: 5 to 10 s */
-  const char *dir = ps_test_tmpdir();
-  int gp, cp;
-  const char *yaml = ps_test_cluster_yaml(dir, 1, NULL, &gp, &cp);
-  char log[600], addr[64];
-  snprintf(log, sizeof log, "%s/psd.log", dir);
-  snprintf(addr, sizeof addr, "127.0.0.1:%d", gp);
-  pid_t pid = ps_test_psd(yaml, 0, log, NULL);
-  ck_assert_msg(ps_test_wait_port(cp, 15000) == 0 && ps_test_wait_port(gp, 5000) == 0,
-                "psd did not start; see %s", log);
+  const char *yaml;
+  char log[600];
+  int gp;
   ps_rpc *r;
   ps_errbuf eb;
-  ck_assert_int_eq(ps_test_rpc_open(&r, addr, &eb), 0);
+  pid_t pid = rc_one(NULL, &yaml, log, &gp, &r);
   ck_assert_msg(rc_status(r, &eb) == 0, "status: %s", eb.msg);
   ck_assert_int_ne(ps_test_stop(pid, SIGKILL, 10000), -1);
   /* down for 1.5 s, called all along: the channel fails (Connection refused) */
@@ -1348,42 +1361,15 @@ START_TEST(test_rpc_submit_tiny_tensors_rss) {
   PS_SKIP("ASan's allocator pads and keeps freed memory");
 #endif
   enum { N = 100000 };
-  const char *dir = ps_test_tmpdir();
-  int gp, cp;
-  const char *yaml =
-      ps_test_cluster_yaml(dir, 1, "limits:\n  max_request_bytes: 16777216\n", &gp, &cp);
-  char log[600], addr[64];
-  snprintf(log, sizeof log, "%s/psd.log", dir);
-  snprintf(addr, sizeof addr, "127.0.0.1:%d", gp);
-  pid_t pid = ps_test_psd(yaml, 0, log, NULL);
-  ck_assert_msg(ps_test_wait_port(cp, 15000) == 0 && ps_test_wait_port(gp, 5000) == 0,
-                "psd did not start; see %s", log);
+  const char *yaml;
+  char log[600];
+  int gp;
   ps_rpc *r;
-  ps_errbuf eb;
-  ck_assert_int_eq(ps_test_rpc_open(&r, addr, &eb), 0);
-  Ps__TensorSpec *t = calloc(N, sizeof *t);
-  Ps__TensorSpec **tp = calloc(N, sizeof *tp);
-  char(*names)[16] = calloc(N, sizeof *names);
-  ck_assert(t && tp && names);
-  static uint32_t one[] = {1};
-  for (size_t i = 0; i < N; i++) {
-    ps__tensor_spec__init(&t[i]);
-    snprintf(names[i], sizeof names[i], "t%zu", i);
-    t[i].name = names[i];
-    t[i].n_shape = 1;
-    t[i].shape = one;
-    tp[i] = &t[i];
-  }
-  Ps__OptimizerSpec opt = PS__OPTIMIZER_SPEC__INIT;
-  opt.kind = "sgd";
-  opt.lr = 0.1f;
-  Ps__ModelSpec spec = PS__MODEL_SPEC__INIT;
-  spec.name = "tiny";
-  spec.n_tensors = N;
-  spec.tensors = tp;
-  spec.optimizer = &opt;
+  pid_t pid = rc_one("limits:\n  max_request_bytes: 16777216\n", &yaml, log, &gp, &r);
+  ps_test_tiny m;
+  ps_test_tiny_make(&m, N);
   int64_t before = rpc_rss(pid);
-  ps_test_submit(r, &spec, 0, 60000);
+  ps_test_submit(r, ps_test_tiny_spec(&m, "tiny"), 0, 60000);
   int64_t after = rpc_rss(pid);
   ck_assert_int_ge(before, 0);
   /* 290 counted, and a little more (RocksDB's memtable, the heap's slack) */
@@ -1392,9 +1378,7 @@ START_TEST(test_rpc_submit_tiny_tensors_rss) {
                 "about 290); see %s", after - before, (after - before) / N, log);
   ps_rpc_close(r);
   ck_assert_int_ne(ps_test_stop(pid, SIGTERM, 15000), -1);
-  free(t);
-  free(tp);
-  free(names);
+  ps_test_tiny_free(&m);
 }
 END_TEST
 

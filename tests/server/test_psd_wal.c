@@ -2553,26 +2553,6 @@ START_TEST(test_space_reserve) {
 }
 END_TEST
 
-/* sp_leave sizes the file PATH (made when missing) so that LEAVE bytes
- * of sp_fs are free, in one step (a log's retry never sees a state in
- * between). */
-static void sp_leave(const char *path, uint64_t leave) {
-  struct statvfs sv;
-  struct stat st;
-  int fd = open(path, O_WRONLY | O_CREAT, 0644);
-  ck_assert_int_ge(fd, 0);
-  ck_assert_int_eq(fstatvfs(fd, &sv), 0);
-  ck_assert_int_eq(fstat(fd, &st), 0);
-  uint64_t room = (uint64_t)sv.f_bavail * sv.f_frsize + (uint64_t)st.st_size;
-  ck_assert_msg(room > leave, "%llu free, under %llu", (unsigned long long)room,
-                (unsigned long long)leave);
-  if ((uint64_t)st.st_size > room - leave)
-    ck_assert_int_eq(ftruncate(fd, (off_t)(room - leave)), 0);
-  else
-    ck_assert_int_eq(posix_fallocate(fd, 0, (off_t)(room - leave)), 0);
-  close(fd);
-}
-
 /* sp_wait_state runs LOOP until on_state has been called N times (bounded). */
 static void sp_wait_state(uv_loop_t *loop, int n) {
   int64_t end = ps_test_now_ms() + 10000;
@@ -2598,14 +2578,14 @@ START_TEST(test_space_msg_after_failure) {
   static waiter ws[2];
   uint64_t off = 0;
   /* the disk full: the log falls short of its reserve, then its write fails */
-  sp_leave(filler, 16384);
+  ps_test_leave_free(filler, 16384);
   append_n(w, ws, 1, 65536, &sm, &off);
   run_until(&loop, ws, 1);
   ck_assert_int_eq(ws[0].status, PS_EDEGRADED);
   sp_wait_state(&loop, 1); /* (a wait made after the failure is refused before it is said) */
   ck_assert_int_ne(state_last, PS_EDEGRADED); /* the write's failure */
   /* 3 MiB free: still short (4 MiB kept), but the disk works again */
-  sp_leave(filler, 3 << 20);
+  ps_test_leave_free(filler, 3 << 20);
   sp_wait_state(&loop, 2);
   ck_assert_int_eq(state_last, PS_EDEGRADED);
   ck_assert_msg(strstr(state_msg, "disk is nearly full (2.") ||
@@ -2633,14 +2613,14 @@ START_TEST(test_space_msg_follows_free) {
   psd_wal *w = sp_wal(dir, &loop, &sm);
   static waiter ws[1];
   uint64_t off = 0;
-  sp_leave(filler, 2 << 20); /* short: 4 MiB kept */
+  ps_test_leave_free(filler, 2 << 20); /* short: 4 MiB kept */
   append_n(w, ws, 1, 4096, &sm, &off);
   run_until(&loop, ws, 1);
   ck_assert_int_eq(ws[0].status, 0); /* written into the reserve */
   sp_wait_said(&loop, PS_EDEGRADED, "nearly full (");
   ck_assert_msg(!strstr(state_msg, "(3."), "'%s' (2 MiB free)", state_msg);
   int calls = state_calls;
-  sp_leave(filler, (3 << 20) + (1 << 19)); /* 3.5 MiB: still short */
+  ps_test_leave_free(filler, (3 << 20) + (1 << 19)); /* 3.5 MiB: still short */
   sp_wait_said(&loop, PS_EDEGRADED, "nearly full (3.");
   /* the same figure is not said again: ten looks (retry_ms 20) */
   calls = state_calls;
@@ -2650,7 +2630,7 @@ START_TEST(test_space_msg_follows_free) {
     usleep(1000);
   }
   ck_assert_int_eq(state_calls, calls);
-  sp_leave(filler, (4 << 20) + (1 << 19)); /* 4.5 MiB: over the reserve, short until 5 */
+  ps_test_leave_free(filler, (4 << 20) + (1 << 19)); /* 4.5 MiB: over the reserve, short until 5 */
   sp_wait_said(&loop, PS_EDEGRADED, "(4.");
   ck_assert_msg(strstr(state_msg, "under the 5.0 MiB it waits for: the 4.0 MiB kept"), "'%s'",
                 state_msg);

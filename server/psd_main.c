@@ -99,6 +99,7 @@ typedef struct psd_main {
   int drain_said;            /* the drain said what it waits for */
   int exit_code;
   int wal_failed;            /* the redo log's writer is failing (sync) */
+  int wal_err;               /* the code it last said (psd_main_wal_state) */
   char wal_fail_msg[sizeof(ps_errbuf)]; /* why */
   int replay_stopped;        /* a SIGTERM/SIGINT ended the start's replay */
   ps_ticker start_ticker;    /* systemd's start timeout and stop (psd_main_start_tick) */
@@ -220,12 +221,21 @@ static void psd_main_flush_soon(psd_main *m) {
 /* psd_main_wal_state is the redo log's state callback (psd_wal.h): a
  * failing log, or one short of disk space, turns a serving shard DEGRADED (it stops acknowledging
  * pushes: refused before they apply); a log that works again makes it
- * SERVING unless a flush is failing too. */
+ * SERVING unless a flush is failing too.  A new message in the same state
+ * (the free space of a log short of it) only updates the reason: logged
+ * on changes of state, not at each figure. */
 static void psd_main_wal_state(void *arg, int err, const char *msg) {
   psd_main *m = arg;
   psd_shard *sh = &m->sh;
+  int again = err < 0 && err == m->wal_err; /* the same state, a new message: not logged */
   m->wal_failed = err < 0;
+  m->wal_err = err;
   if (err < 0) snprintf(m->wal_fail_msg, sizeof m->wal_fail_msg, "%s", msg);
+  if (again) { /* (short of space: the free space now; the snapshot was asked) */
+    if (sh->state == PSD_DEGRADED) sd_notifyf(0, "STATUS=degraded: %s", msg);
+    psd_main_why(m);
+    return;
+  }
   if (err < 0) {
     if (err == PS_EDEGRADED) { /* short of space (psd_wal invariant 9): the message says so */
       ps_err("shard %u degraded: %s; pushes are refused until the next snapshot, taken now, "

@@ -390,7 +390,10 @@ static int psd_store_add(psd_store *s, psd_model *m, ps_errbuf *eb) {
 /* What the budget counts, measured: a model of 100,000 one-element
  * tensors (2 shards, SGD) took 290-300 bytes of heap per tensor on each
  * shard, all of it below; the old count (the chunk bookkeeping alone, 68
- * bytes) let a shard take over 4 times its budget.
+ * bytes) let a shard take over 4 times its budget.  Not counted: a
+ * submit's transient copies (the gRPC request and its unpacked message,
+ * about 200 bytes a tensor more), freed when it ends and handed back to
+ * the system then (psd_grpc_handle's malloc_trim).
  *
  * Bookkeeping of every chunk of a model, held here or not: its layout
  * entry and its state (one calloc each, exact). */

@@ -138,6 +138,7 @@ struct psd_wal {
   int started, stopped;
   psd_wal_waiter *head, *tail;
   int loop_failed;         /* the state on_state last said: 0 works, 1 short, 2 failing */
+  char loop_msg[300 + 160]; /* and its message (err_msg or low_msg, 300, and more) */
   int writer_done;         /* the writer thread ended (under mu) */
   uint64_t replayed, dropped, replay_ms, replay_last, skipped;
   int scan_cut;            /* the replay's search for intact records ended early */
@@ -1551,9 +1552,15 @@ static double wal_mib(uint64_t bytes, int up) {
 }
 
 void psd_wal_short_msg(char *buf, size_t n, const char *dir, uint64_t avail, uint64_t reserve) {
-  snprintf(buf, n, "the redo log's disk is nearly full (%.1f MiB free in '%s', under the %.1f MiB "
-           "kept for the snapshot that lets the log shrink)", wal_mib(avail, 0), dir,
-           wal_mib(reserve, 1));
+  if (avail >= reserve) /* short still, until a quarter more (invariant 9) */
+    snprintf(buf, n, "the redo log's disk is nearly full (%.1f MiB free in '%s', under the %.1f "
+             "MiB it waits for: the %.1f MiB kept for the snapshot that lets the log shrink and "
+             "a quarter more)", wal_mib(avail, 0), dir, wal_mib(reserve + reserve / 4, 1),
+             wal_mib(reserve, 1));
+  else
+    snprintf(buf, n, "the redo log's disk is nearly full (%.1f MiB free in '%s', under the %.1f "
+             "MiB kept for the snapshot that lets the log shrink)", wal_mib(avail, 0), dir,
+             wal_mib(reserve, 1));
 }
 
 /* wal_check_space looks at the free space of the log's filesystem
@@ -1575,8 +1582,15 @@ static void wal_check_space(psd_wal *w) {
   /* the free space of this look, not of the first: a failed write's
    * answers say the failure, and once the disk works again the state
    * falls back to this message (it said the space left while the disk
-   * was full: "0.7 MiB free" with 10 MiB freed since) */
-  if (low) psd_wal_short_msg(w->low_msg, sizeof w->low_msg, w->dir, avail, reserve);
+   * was full: "0.7 MiB free" with 10 MiB freed since).  A new figure
+   * while short is a change too: on_state says it again (the DEGRADED
+   * reason kept the first figure with space freed since, not enough) */
+  if (low) {
+    char m[sizeof w->low_msg];
+    psd_wal_short_msg(m, sizeof m, w->dir, avail, reserve);
+    if (strcmp(m, w->low_msg)) w->changed = 1;
+    memcpy(w->low_msg, m, sizeof m);
+  }
   uint64_t want = w->reserve;
   pthread_mutex_unlock(&w->mu);
   if (capped)
@@ -1741,7 +1755,7 @@ static void wal_complete(psd_wal *w, int end) {
   uint64_t synced = w->synced_seq;
   int failed = w->failed, changed = w->changed, code = w->err_code, low = w->low;
   uint64_t lent = w->lent_seq;
-  char msg[sizeof w->err_msg + 160];
+  char msg[sizeof w->loop_msg];
   snprintf(msg, sizeof msg, "%s", failed || !low ? w->err_msg : w->low_msg);
   w->changed = 0;
   pthread_mutex_unlock(&w->mu);
@@ -1765,8 +1779,9 @@ static void wal_complete(psd_wal *w, int end) {
   /* either refuses new pushes (invariant 9); a failure while short is
    * said too (its cause is another) */
   int state = failed ? 2 : low ? 1 : 0;
-  if (changed && state != w->loop_failed) {
+  if (changed && (state != w->loop_failed || (state && strcmp(msg, w->loop_msg)))) {
     w->loop_failed = state;
+    snprintf(w->loop_msg, sizeof w->loop_msg, "%s", state ? msg : "");
     if (w->o.on_state)
       w->o.on_state(w->o.arg, !state ? 0 : failed ? code : PS_EDEGRADED, state ? msg : NULL);
   }

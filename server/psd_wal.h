@@ -173,8 +173,9 @@
  *     but goes on writing the records it holds, into the reserve, so the
  *     next snapshot can be taken and the log cut; spares are dropped and
  *     none kept meanwhile.  Back above the reserve and a quarter more, it
- *     works again (on_state 0).  A write that fails anyway (ENOSPC) is a
- *     failure as in invariant 3.
+ *     works again (on_state 0); meanwhile on_state says each new figure
+ *     of the free space (in MiB, one decimal).  A write that fails
+ *     anyway (ENOSPC) is a failure as in invariant 3.
  *
  * Threads: psd_wal_append, _wait, _cancel, _truncate, _stats, _stop run
  * on the loop thread; waiters are called there (from a uv_async). */
@@ -196,7 +197,8 @@ typedef struct psd_wal psd_wal;
 typedef int psd_wal_sync_fn(int fd, void *arg);
 
 /* psd_wal_state_fn: the log failed (ERR < 0, MSG says why) or works again
- * (ERR 0).  Loop thread. */
+ * (ERR 0); called again with the same ERR when only MSG changes (the free
+ * space of a log short of it, invariant 9).  Loop thread. */
 typedef void psd_wal_state_fn(void *arg, int err, const char *msg);
 
 typedef struct psd_wal_opts {

@@ -17,6 +17,7 @@
 #include <sys/mount.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -630,6 +631,59 @@ void ps_test_tmpfs_make(ps_test_tmpfs *t, const char *prefix, const char *opts) 
 }
 
 /* ps_test_tmpfs_remove: see ps_test.h. */
+/* ps_test_tiny_make, _spec, _free: see ps_test.h. */
+void ps_test_tiny_make(ps_test_tiny *m, size_t n) {
+  static uint32_t one[] = {1};
+  m->t = calloc(n, sizeof *m->t);
+  m->tp = calloc(n, sizeof *m->tp);
+  m->names = calloc(n, sizeof *m->names);
+  ck_assert(m->t && m->tp && m->names);
+  for (size_t i = 0; i < n; i++) {
+    ps__tensor_spec__init(&m->t[i]);
+    snprintf(m->names[i], sizeof m->names[i], "t%u", (unsigned)i);
+    m->t[i].name = m->names[i];
+    m->t[i].n_shape = 1;
+    m->t[i].shape = one;
+    m->tp[i] = &m->t[i];
+  }
+  ps__optimizer_spec__init(&m->opt);
+  m->opt.kind = "sgd";
+  m->opt.lr = 0.1f;
+  ps__model_spec__init(&m->spec);
+  m->spec.n_tensors = n;
+  m->spec.tensors = m->tp;
+  m->spec.optimizer = &m->opt;
+}
+
+Ps__ModelSpec *ps_test_tiny_spec(ps_test_tiny *m, const char *name) {
+  m->spec.name = (char *)name;
+  return &m->spec;
+}
+
+void ps_test_tiny_free(ps_test_tiny *m) {
+  free(m->t);
+  free(m->tp);
+  free(m->names);
+}
+
+/* ps_test_leave_free: see ps_test.h. */
+void ps_test_leave_free(const char *path, uint64_t leave) {
+  struct statvfs sv;
+  struct stat st;
+  int fd = open(path, O_WRONLY | O_CREAT, 0644);
+  ck_assert_int_ge(fd, 0);
+  ck_assert_int_eq(fstatvfs(fd, &sv), 0);
+  ck_assert_int_eq(fstat(fd, &st), 0);
+  uint64_t room = (uint64_t)sv.f_bavail * sv.f_frsize + (uint64_t)st.st_size;
+  ck_assert_msg(room > leave, "%llu free, under %llu", (unsigned long long)room,
+                (unsigned long long)leave);
+  if ((uint64_t)st.st_size > room - leave)
+    ck_assert_int_eq(ftruncate(fd, (off_t)(room - leave)), 0);
+  else
+    ck_assert_int_eq(posix_fallocate(fd, 0, (off_t)(room - leave)), 0);
+  close(fd);
+}
+
 void ps_test_tmpfs_remove(ps_test_tmpfs *t) {
   if (t->mounted && umount(t->mnt) < 0) umount2(t->mnt, MNT_DETACH);
   t->mounted = 0;

@@ -278,6 +278,19 @@ int ps_test_submit_call(ps_rpc *r, const Ps__ModelSpec *spec, int replace, int t
  * shard's message when the call fails. */
 void ps_test_submit(ps_rpc *r, const Ps__ModelSpec *spec, int replace, int timeout_ms);
 
+/* A model of N one-element SGD tensors "t0", "t1", ...: ps_test_tiny_make
+ * allocates it (failing the test when it cannot), ps_test_tiny_spec
+ * names it NAME and returns its spec, ps_test_tiny_free frees it. */
+typedef struct ps_test_tiny {
+  Ps__ModelSpec spec;
+  Ps__OptimizerSpec opt;
+  Ps__TensorSpec *t, **tp;
+  char (*names)[16];
+} ps_test_tiny;
+void ps_test_tiny_make(ps_test_tiny *m, size_t n);
+Ps__ModelSpec *ps_test_tiny_spec(ps_test_tiny *m, const char *name);
+void ps_test_tiny_free(ps_test_tiny *m);
+
 /* A test fixture's small filesystem: ps_test_tmpfs_make makes a fresh
  * directory T->dir under $TMPDIR (or /tmp) named PREFIX.XXXXXX and
  * mounts a tmpfs with OPTS ("size=128m") on T->mnt = T->dir/shard0 (shard
@@ -294,6 +307,11 @@ typedef struct ps_test_tmpfs {
 } ps_test_tmpfs;
 void ps_test_tmpfs_make(ps_test_tmpfs *t, const char *prefix, const char *opts);
 void ps_test_tmpfs_remove(ps_test_tmpfs *t);
+
+/* ps_test_leave_free sizes the file PATH (made when missing) so that
+ * LEAVE bytes of its filesystem are free, in one step (a watcher never
+ * sees a state in between). */
+void ps_test_leave_free(const char *path, uint64_t leave);
 
 /* ps_test_now_ms: CLOCK_MONOTONIC milliseconds. */
 int64_t ps_test_now_ms(void);

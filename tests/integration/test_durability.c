@@ -872,6 +872,16 @@ static void du_open(du_shard *d, const char *flush_interval_ms) {
   for (uint32_t i = 0; i < CL_CHUNKS; i++) d->ids[i] = i;
 }
 
+/* du_wait_serving waits up to 15 s for D's shard to be SERVING. */
+static void du_wait_serving(const du_shard *d) {
+  char state[64], why[600];
+  int64_t end = ps_test_now_ms() + 15000;
+  do {
+    du_state(d->yaml, du.dir, state, sizeof state, why, sizeof why);
+  } while (strcmp(state, "SERVING") && ps_test_now_ms() < end && usleep(100000) == 0);
+  ck_assert_msg(!strcmp(state, "SERVING"), "state %s, want SERVING; see %s", state, d->log);
+}
+
 START_TEST(test_disk_full_sync) {
   if (!du.mounted) PS_SKIP("%s", du.why);
   du_shard d;
@@ -919,11 +929,7 @@ START_TEST(test_disk_full_sync) {
   ck_assert_int_eq(ps_test_count_files(redo, ".free", 0), 0);
   /* space again: the retry writes the log, SERVING */
   ck_assert_int_eq(unlink(filler), 0);
-  end = ps_test_now_ms() + 15000;
-  do {
-    du_state(d.yaml, du.dir, state, sizeof state, why, sizeof why);
-  } while (strcmp(state, "SERVING") && ps_test_now_ms() < end && usleep(100000) == 0);
-  ck_assert_msg(!strcmp(state, "SERVING"), "state %s, want SERVING; see %s", state, d.log);
+  du_wait_serving(&d);
   for (int i = 0; i < 3; i++, acked++)
     ck_assert_int_eq(ps_test_push(d.c, "cl", d.ids, CL_CHUNKS, d.g, CL_CHUNKS * CL_ELEMS, 0, 0,
                                   0, &v, &eb), 0);
@@ -994,6 +1000,59 @@ START_TEST(test_log_fills_disk_sync) {
   ck_assert_msg(d.g[0] == base + (float)acked, "value %g after the restart, %g before and %llu "
                 "pushes acknowledged; see %s", (double)d.g[0], (double)base,
                 (unsigned long long)acked, d.log);
+  int st = ps_test_stop(d.pid, SIGTERM, 15000);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd ended with status %d", st);
+  free(d.g);
+}
+END_TEST
+
+/* du_free_said returns the free space (MiB) that WHY, a DEGRADED reason,
+ * says the redo log's disk has; -1 when it says none. */
+static double du_free_said(const char *why) {
+  const char *p = strstr(why, "nearly full (");
+  return p ? atof(p + strlen("nearly full (")) : -1;
+}
+
+/* A sync shard short of log space while the disk stays low (another
+ * file holds it) says the free space of now in its DEGRADED reason: an
+ * operator who freed some, not enough, saw the figure of when it fell
+ * short.  Said in psd's log once, not at each look. */
+START_TEST(test_short_why_follows_free) {
+  if (!du.mounted) PS_SKIP("%s", du.why);
+  du_shard d;
+  du_open(&d, NULL);
+  char filler[700], state[64], why[600];
+  snprintf(filler, sizeof filler, "%s/filler_why", du.mnt);
+  ps_errbuf eb;
+  uint64_t v;
+  /* 24 MiB kept (a quarter of the disk): 10 MiB left, short at the next push */
+  ps_test_leave_free(filler, 10 << 20);
+  int64_t end = ps_test_now_ms() + 15000;
+  do {
+    ps_test_push(d.c, "cl", d.ids, 1, d.g, CL_ELEMS, 0, 0, 0, &v, &eb);
+    du_state(d.yaml, du.dir, state, sizeof state, why, sizeof why);
+  } while (strcmp(state, "DEGRADED") && ps_test_now_ms() < end && usleep(100000) == 0);
+  ck_assert_msg(!strcmp(state, "DEGRADED") && du_free_said(why) >= 0 && du_free_said(why) < 12,
+                "state %s '%s', want DEGRADED, about 10 MiB free; see %s", state, why, d.log);
+  /* 18 MiB free: still short, the reason says so */
+  ps_test_leave_free(filler, 18 << 20);
+  end = ps_test_now_ms() + 15000;
+  do {
+    du_state(d.yaml, du.dir, state, sizeof state, why, sizeof why);
+  } while (du_free_said(why) < 16 && ps_test_now_ms() < end && usleep(100000) == 0);
+  ck_assert_msg(!strcmp(state, "DEGRADED") && du_free_said(why) >= 16 && du_free_said(why) < 19,
+                "state %s '%s', want DEGRADED, about 18 MiB free; see %s", state, why, d.log);
+  char *text = ps_test_read_file(d.log, NULL), me[32]; /* (the earlier tests' lines too) */
+  snprintf(me, sizeof me, "psd[%d]", (int)d.pid);
+  int said = 0;
+  for (char *line = strtok(text, "\n"); line; line = strtok(NULL, "\n"))
+    said += strstr(line, me) && strstr(line, "degraded: the redo log's disk is nearly full");
+  free(text);
+  ck_assert_msg(said == 1, "psd's log says the disk nearly full %d times; see %s", said, d.log);
+  /* space again: SERVING */
+  ck_assert_int_eq(unlink(filler), 0);
+  du_wait_serving(&d);
+  ps_chan_close(d.c);
   int st = ps_test_stop(d.pid, SIGTERM, 15000);
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd ended with status %d", st);
   free(d.g);
@@ -1504,6 +1563,7 @@ Suite *psd_durability_suite(void) {
   tcase_set_timeout(tc, 120);
   tcase_add_test(tc, test_disk_full_sync);
   tcase_add_loop_test(tc, test_log_fills_disk_sync, 0, 2);
+  tcase_add_test(tc, test_short_why_follows_free);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -1018,31 +1018,6 @@ START_TEST(test_failed_reopens_bound_info_logs) {
 }
 END_TEST
 
-/* tiny_spec fills SPEC (and T, TP, NAMES: N entries) with model NAME of N
- * one-element SGD tensors "t0", "t1", ... */
-static Ps__ModelSpec *tiny_spec(Ps__ModelSpec *spec, Ps__OptimizerSpec *opt, Ps__TensorSpec *t,
-                                Ps__TensorSpec **tp, char (*names)[16], size_t n,
-                                const char *name) {
-  static uint32_t one[] = {1};
-  for (size_t i = 0; i < n; i++) {
-    ps__tensor_spec__init(&t[i]);
-    snprintf(names[i], sizeof names[i], "t%zu", i);
-    t[i].name = names[i];
-    t[i].n_shape = 1;
-    t[i].shape = one;
-    tp[i] = &t[i];
-  }
-  ps__optimizer_spec__init(opt);
-  opt->kind = "sgd";
-  opt->lr = 0.1f;
-  ps__model_spec__init(spec);
-  spec->name = (char *)name;
-  spec->n_tensors = n;
-  spec->tensors = tp;
-  spec->optimizer = opt;
-  return spec;
-}
-
 /* heap_used returns the bytes malloc has handed out, every arena. */
 static uint64_t heap_used(void) {
   struct mallinfo2 mi = mallinfo2();
@@ -1057,22 +1032,18 @@ static uint64_t heap_used(void) {
 START_TEST(test_submit_budget_tiny_tensors) {
   enum { N = 20000 };
   const char *tmp = ps_test_tmpdir();
-  Ps__TensorSpec *t = calloc(N, sizeof *t);
-  Ps__TensorSpec **tp = calloc(N, sizeof *tp);
-  char(*names)[16] = calloc(N, sizeof *names);
-  ck_assert(t && tp && names);
-  Ps__ModelSpec spec;
-  Ps__OptimizerSpec opt;
+  ps_test_tiny m;
+  ps_test_tiny_make(&m, N);
   ps_errbuf eb;
   int created;
   /* What the shard keeps for a model, measured (the second submit: the
    * first one also grows the heap's own arenas and RocksDB's buffers)
    * against what the budget counts for it. */
   psd_store *u = open_store(path_in(tmp, "u"), 0, 1);
-  submit(u, tiny_spec(&spec, &opt, t, tp, names, N, "a"));
+  submit(u, ps_test_tiny_spec(&m, "a"));
   uint64_t counted_a = psd_store_bytes(u);
   uint64_t h0 = heap_used();
-  submit(u, tiny_spec(&spec, &opt, t, tp, names, N, "b"));
+  submit(u, ps_test_tiny_spec(&m, "b"));
   uint64_t used = heap_used() - h0, counted = psd_store_bytes(u) - counted_a;
   psd_store_close(u);
 #ifdef __SANITIZE_ADDRESS__
@@ -1090,8 +1061,7 @@ START_TEST(test_submit_budget_tiny_tensors) {
   /* A budget of 150 bytes a tensor (twice the old count) refuses the
    * model, naming it; nothing is made. */
   psd_store *s = open_budget(path_in(tmp, "b"), (uint64_t)N * 150);
-  ck_assert_int_eq(psd_store_submit(s, tiny_spec(&spec, &opt, t, tp, names, N, "m"), 0, &created,
-                                    NULL, NULL, &eb),
+  ck_assert_int_eq(psd_store_submit(s, ps_test_tiny_spec(&m, "m"), 0, &created, NULL, NULL, &eb),
                    PS_ETOOBIG);
   ck_assert_msg(strstr(eb.msg, "model 'm' needs ") && strstr(eb.msg, "(limits.max_shard_bytes)"),
                 "%s", eb.msg);
@@ -1099,16 +1069,13 @@ START_TEST(test_submit_budget_tiny_tensors) {
   psd_store_close(s);
   /* With room for exactly one such model, the second is refused. */
   s = open_budget(path_in(tmp, "c"), counted_a + counted_a / 2);
-  submit(s, tiny_spec(&spec, &opt, t, tp, names, N, "a"));
-  ck_assert_int_eq(psd_store_submit(s, tiny_spec(&spec, &opt, t, tp, names, N, "b"), 0, &created,
-                                    NULL, NULL, &eb),
+  submit(s, ps_test_tiny_spec(&m, "a"));
+  ck_assert_int_eq(psd_store_submit(s, ps_test_tiny_spec(&m, "b"), 0, &created, NULL, NULL, &eb),
                    PS_ETOOBIG);
   ck_assert_uint_eq(psd_store_nmodels(s), 1);
   ck_assert_uint_eq(psd_store_bytes(s), counted_a);
   psd_store_close(s);
-  free(t);
-  free(tp);
-  free(names);
+  ps_test_tiny_free(&m);
 }
 END_TEST
 

@@ -2500,6 +2500,20 @@ static psd_wal *sp_wal(const char *dir, uv_loop_t *loop, seam *sm) {
   return wal_started(&o, loop);
 }
 
+/* sp_wait_said runs LOOP until on_state last said ERR with a message
+ * holding WANT (any when NULL), at most 10 s, and checks that. */
+static void sp_wait_said(uv_loop_t *loop, int err, const char *want) {
+  int64_t end = ps_test_now_ms() + 10000;
+  while (!(state_calls && state_last == err && (!want || strstr(state_msg, want))) &&
+         ps_test_now_ms() < end) {
+    uv_run(loop, UV_RUN_NOWAIT);
+    usleep(1000);
+  }
+  ck_assert_msg(state_calls && state_last == err && (!want || strstr(state_msg, want)),
+                "on_state said %d '%s' (%d calls), not %d '%s'", state_last, state_msg,
+                state_calls, err, want ? want : "");
+}
+
 /* A log on a small disk stops short of the reserve kept for the snapshot
  * that lets it shrink: it says so (PS_EDEGRADED through on_state: the
  * shard refuses new pushes) but still syncs the records it was given,
@@ -2531,33 +2545,13 @@ START_TEST(test_space_reserve) {
   ck_assert_int_eq(ps_test_count_files(dir, ".free", 0), 0);
   /* a snapshot holds them all: the cut frees the space */
   psd_wal_truncate(w, ws[n].wt.seq);
-  wait_works_again(&loop, 10000);
+  sp_wait_said(&loop, 0, NULL); /* (the last record's figure may be said before) */
   psd_wal_stop(w);
   uv_run(&loop, UV_RUN_DEFAULT);
   psd_wal_free(w);
   uv_loop_close(&loop);
 }
 END_TEST
-
-/* sp_leave sizes the file PATH (made when missing) so that LEAVE bytes
- * of sp_fs are free, in one step (a log's retry never sees a state in
- * between). */
-static void sp_leave(const char *path, uint64_t leave) {
-  struct statvfs sv;
-  struct stat st;
-  int fd = open(path, O_WRONLY | O_CREAT, 0644);
-  ck_assert_int_ge(fd, 0);
-  ck_assert_int_eq(fstatvfs(fd, &sv), 0);
-  ck_assert_int_eq(fstat(fd, &st), 0);
-  uint64_t room = (uint64_t)sv.f_bavail * sv.f_frsize + (uint64_t)st.st_size;
-  ck_assert_msg(room > leave, "%llu free, under %llu", (unsigned long long)room,
-                (unsigned long long)leave);
-  if ((uint64_t)st.st_size > room - leave)
-    ck_assert_int_eq(ftruncate(fd, (off_t)(room - leave)), 0);
-  else
-    ck_assert_int_eq(posix_fallocate(fd, 0, (off_t)(room - leave)), 0);
-  close(fd);
-}
 
 /* sp_wait_state runs LOOP until on_state has been called N times (bounded). */
 static void sp_wait_state(uv_loop_t *loop, int n) {
@@ -2584,20 +2578,64 @@ START_TEST(test_space_msg_after_failure) {
   static waiter ws[2];
   uint64_t off = 0;
   /* the disk full: the log falls short of its reserve, then its write fails */
-  sp_leave(filler, 16384);
+  ps_test_leave_free(filler, 16384);
   append_n(w, ws, 1, 65536, &sm, &off);
   run_until(&loop, ws, 1);
   ck_assert_int_eq(ws[0].status, PS_EDEGRADED);
   sp_wait_state(&loop, 1); /* (a wait made after the failure is refused before it is said) */
   ck_assert_int_ne(state_last, PS_EDEGRADED); /* the write's failure */
   /* 3 MiB free: still short (4 MiB kept), but the disk works again */
-  sp_leave(filler, 3 << 20);
+  ps_test_leave_free(filler, 3 << 20);
   sp_wait_state(&loop, 2);
   ck_assert_int_eq(state_last, PS_EDEGRADED);
   ck_assert_msg(strstr(state_msg, "disk is nearly full (2.") ||
                     strstr(state_msg, "disk is nearly full (3.0"),
                 "'%s' (3 MiB free)", state_msg);
   unlink(filler);
+  psd_wal_stop(w);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  psd_wal_free(w);
+  uv_loop_close(&loop);
+}
+END_TEST
+
+/* A log short of space says each new figure of the free space (once:
+ * not at each look): the shard's DEGRADED reason kept the figure of when
+ * it fell short, with space freed since (not enough), and said "under
+ * the 4.0 MiB kept" with more than that free, short until a quarter more. */
+START_TEST(test_space_msg_follows_free) {
+  if (!sp_fs.mounted) PS_SKIP("%s", sp_fs.why);
+  char dir[700], filler[720];
+  snprintf(dir, sizeof dir, "%s/redo_follow", sp_fs.mnt);
+  snprintf(filler, sizeof filler, "%s/filler_follow", sp_fs.mnt);
+  uv_loop_t loop;
+  seam sm = {0};
+  psd_wal *w = sp_wal(dir, &loop, &sm);
+  static waiter ws[1];
+  uint64_t off = 0;
+  ps_test_leave_free(filler, 2 << 20); /* short: 4 MiB kept */
+  append_n(w, ws, 1, 4096, &sm, &off);
+  run_until(&loop, ws, 1);
+  ck_assert_int_eq(ws[0].status, 0); /* written into the reserve */
+  sp_wait_said(&loop, PS_EDEGRADED, "nearly full (");
+  ck_assert_msg(!strstr(state_msg, "(3."), "'%s' (2 MiB free)", state_msg);
+  int calls = state_calls;
+  ps_test_leave_free(filler, (3 << 20) + (1 << 19)); /* 3.5 MiB: still short */
+  sp_wait_said(&loop, PS_EDEGRADED, "nearly full (3.");
+  /* the same figure is not said again: ten looks (retry_ms 20) */
+  calls = state_calls;
+  int64_t end = ps_test_now_ms() + 200;
+  while (ps_test_now_ms() < end) {
+    uv_run(&loop, UV_RUN_NOWAIT);
+    usleep(1000);
+  }
+  ck_assert_int_eq(state_calls, calls);
+  ps_test_leave_free(filler, (4 << 20) + (1 << 19)); /* 4.5 MiB: over the reserve, short until 5 */
+  sp_wait_said(&loop, PS_EDEGRADED, "(4.");
+  ck_assert_msg(strstr(state_msg, "under the 5.0 MiB it waits for: the 4.0 MiB kept"), "'%s'",
+                state_msg);
+  unlink(filler);
+  sp_wait_said(&loop, 0, NULL);
   psd_wal_stop(w);
   uv_run(&loop, UV_RUN_DEFAULT);
   psd_wal_free(w);
@@ -2680,6 +2718,7 @@ Suite *psd_wal_suite(void) {
   tcase_add_test(tc, test_space_reserve);
   tcase_add_test(tc, test_space_short_msg);
   tcase_add_test(tc, test_space_msg_after_failure);
+  tcase_add_test(tc, test_space_msg_follows_free);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -971,6 +971,48 @@ START_TEST(test_netlab_hosts_yaml) {
 }
 END_TEST
 
+/* `up` stopped by a signal half-way (a ^C, timeout(1), a closed terminal)
+ * removes what it made of its lab: once bash ended on INT, TERM or HUP
+ * without its EXIT trap, leaving the namespaces made so far and the state
+ * file, and the lab's owner (a live process) kept it from being stale.
+ * (A lone SIGINT, bash took for its foreground child's and went on: a
+ * ^C reaches both.)  The signal comes once the lab's second host exists,
+ * while up makes the other 38; up exits 128 + the signal's number, saying
+ * so. */
+START_TEST(test_netlab_up_signalled) {
+  const char *why = nl_permitted();
+  if (why) PS_SKIP("network namespaces are not permitted here: %s", why);
+  static const int sigs[] = {SIGTERM, SIGHUP, SIGINT};
+  static const char *const names[] = {"SIGTERM", "SIGHUP", "SIGINT"};
+  char dir[512], log[700], owner[16], lab[32], cmd[160];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  snprintf(log, sizeof log, "%s/up.out", dir);
+  snprintf(owner, sizeof owner, "%d", (int)getpid());
+  snprintf(lab, sizeof lab, "nl%d", (int)getpid());
+  snprintf(cmd, sizeof cmd, "ip netns list | grep -q '^%s-h1\\b'", lab);
+  for (int i = 0; i < 3; i++) {
+    unlink(log);
+    char *up[] = {NL_SCRIPT, "up", "--owner", owner, "--hosts", "40", "--check-secs", "0", NULL};
+    pid_t pid = ps_test_spawn(up, log, NULL);
+    int made = 0;
+    for (int t = 0; t < 300 && !(made = system(cmd) == 0); t++) usleep(100 * 1000);
+    ck_assert_msg(made, "netlab up made no host h1 within 30 s; see %s", log);
+    kill(pid, sigs[i]);
+    int st = ps_test_wait_pid(pid, 30000);
+    ck_assert_msg(st != -1, "netlab up did not end within 30 s of %s", names[i]);
+    char *text = ps_test_read_file(log, NULL);
+    ck_assert_msg(!nl_lab_exists(lab), "%s: namespaces of %s are left: %s", names[i], lab, text);
+    snprintf(log, sizeof log, "/run/netlab/%s", lab);
+    ck_assert_msg(access(log, F_OK) != 0, "%s: %s is left", names[i], log);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 128 + sigs[i],
+                  "up stopped by %s: status 0x%x, not exit %d", names[i], st, 128 + sigs[i]);
+    ck_assert_msg(strstr(text, "stopped by") && strstr(text, "removing lab"), "up said: %s", text);
+    snprintf(log, sizeof log, "%s/up.out", dir);
+    free(text);
+  }
+}
+END_TEST
+
 /* nl_teardown (unchecked, in the runner) removes labs whose test process
  * is gone: what a test that failed half-way left. */
 static void nl_teardown(void) {
@@ -987,6 +1029,7 @@ Suite *netlab_suite(void) {
   tcase_add_unchecked_fixture(args, ps_test_procs_setup, nl_teardown);
   tcase_add_test(args, test_netlab_usage);
   tcase_add_test(args, test_netlab_hosts_yaml);
+  tcase_add_test(args, test_netlab_up_signalled);
   suite_add_tcase(s, args);
   TCase *tc = tcase_create("lab");
   tcase_set_timeout(tc, 120);

@@ -45,6 +45,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -67,6 +68,9 @@ static const char *nl_permitted(void) {
     return "iproute2 (ip, tc) is not installed";
   if (system("unshare --net true 2>/dev/null") != 0)
     return "unshare --net is refused (no CAP_SYS_ADMIN in this container)";
+  /* root without CAP_NET_ADMIN makes namespaces, but no links in them */
+  if (system("unshare --net ip link add nl0 type veth peer name nl1 2>/dev/null") != 0)
+    return "no veth can be made in a network namespace (no CAP_NET_ADMIN)";
   return NULL;
 }
 
@@ -1013,6 +1017,42 @@ START_TEST(test_netlab_up_signalled) {
 }
 END_TEST
 
+/* An up that fails before its lab is up exits 1 with a message and leaves
+ * nothing of the lab: root without CAP_NET_ADMIN (once ip's "RTNETLINK
+ * answers: Operation not permitted" and exit 2, a usage error's status),
+ * and a tc that fails at the first host's shaper (once exit 2, tc's own). */
+START_TEST(test_netlab_up_fails) {
+  const char *why = nl_permitted();
+  if (why) PS_SKIP("network namespaces are not permitted here: %s", why);
+  if (access("/usr/bin/setpriv", X_OK) != 0) PS_SKIP("no /usr/bin/setpriv");
+  char dir[512], owner[16], lab[32], tc[600], state[64];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  snprintf(owner, sizeof owner, "%d", (int)getpid());
+  snprintf(lab, sizeof lab, "nl%d", (int)getpid());
+  snprintf(state, sizeof state, "/run/netlab/%s", lab);
+  /* a tc that always fails, first on PATH */
+  snprintf(tc, sizeof tc, "%s/tc", dir);
+  ps_test_write_file(tc, "#!/bin/sh\necho 'tc: made to fail' >&2\nexit 2\n");
+  ck_assert_int_eq(chmod(tc, 0755), 0);
+  static const char *const says[] = {"netlab needs root with CAP_NET_ADMIN", "tc: made to fail"};
+  for (int i = 0; i < 2; i++) {
+    char pre[700], cmd[1600];
+    if (i == 0) snprintf(pre, sizeof pre, "setpriv --bounding-set -net_admin");
+    else snprintf(pre, sizeof pre, "env PATH='%s':\"$PATH\"", dir);
+    snprintf(cmd, sizeof cmd, "%s %s up --owner %s --hosts 2 --check-secs 0", pre, NL_SCRIPT,
+             owner);
+    char *out, *err;
+    int rc = nl_sh(dir, cmd, &out, &err);
+    ck_assert_msg(!nl_lab_exists(lab), "%s: namespaces of %s are left: %s", pre, lab, err);
+    ck_assert_msg(access(state, F_OK) != 0, "%s: %s is left", pre, state);
+    ck_assert_msg(rc == 1 && strstr(err, says[i]) && !*out, "%s: exit %d, stdout '%s', stderr: %s",
+                  pre, rc, out, err);
+    free(out);
+    free(err);
+  }
+}
+END_TEST
+
 /* nl_teardown (unchecked, in the runner) removes labs whose test process
  * is gone: what a test that failed half-way left. */
 static void nl_teardown(void) {
@@ -1030,6 +1070,7 @@ Suite *netlab_suite(void) {
   tcase_add_test(args, test_netlab_usage);
   tcase_add_test(args, test_netlab_hosts_yaml);
   tcase_add_test(args, test_netlab_up_signalled);
+  tcase_add_test(args, test_netlab_up_fails);
   suite_add_tcase(s, args);
   TCase *tc = tcase_create("lab");
   tcase_set_timeout(tc, 120);

@@ -1053,6 +1053,43 @@ START_TEST(test_netlab_up_fails) {
 }
 END_TEST
 
+/* Two ups of one lab at once (one owner): one makes it, the other exits 1
+ * saying it exists, and the lab is whole.  Both once passed the "exists"
+ * check; the one whose `ip netns add` then failed removed the lab the
+ * other was making (2 of 5 runs here: no lab left, exit 1 and 255). */
+START_TEST(test_netlab_up_twice_at_once) {
+  const char *why = nl_permitted();
+  if (why) PS_SKIP("network namespaces are not permitted here: %s", why);
+  char dir[512], owner[16], lab[32], cmd[1024], state[64];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  snprintf(owner, sizeof owner, "%d", (int)getpid());
+  snprintf(lab, sizeof lab, "nl%d", (int)getpid());
+  snprintf(state, sizeof state, "/run/netlab/%s", lab);
+  /* each up's stderr and status, then how many of the lab's hosts there are */
+  snprintf(cmd, sizeof cmd,
+           "(u() { %s up --owner %s --hosts 6 --check-secs 0 >/dev/null 2>\"$1\"; echo $? >>\"$1\"; }; "
+           "d='%.400s'; u \"$d/a\" & u \"$d/b\" & wait; cat \"$d/a\" \"$d/b\"; ip netns list | grep -c '^%s-h[0-5]\\b'; true)",
+           NL_SCRIPT, owner, dir, lab);
+  char *down[] = {NL_SCRIPT, "down", "--lab", lab, NULL};
+  char log[700];
+  snprintf(log, sizeof log, "%s/down.out", dir);
+  for (int i = 0; i < 8; i++) {
+    char *out, *err;
+    ck_assert_int_eq(nl_sh(dir, cmd, &out, &err), 0);
+    int made = (strncmp(out, "0\n", 2) == 0) + (strstr(out, "\n0\n") != NULL);
+    ck_assert_msg(made == 1 && strstr(out, "exists (netlab down") && strstr(out, "\n1\n"),
+                  "run %d: not one up made the lab and one refused it: %s", i, out);
+    const char *last = out + strlen(out) - 1; /* the count, on the last line */
+    while (last > out && last[-1] != '\n') last--;
+    ck_assert_msg(atoi(last) == 6 && access(state, F_OK) == 0, "run %d: the lab is not whole: %s",
+                  i, out);
+    free(out);
+    free(err);
+    ck_assert_int_eq(nl_run(down, log, 30000), 0);
+  }
+}
+END_TEST
+
 /* nl_teardown (unchecked, in the runner) removes labs whose test process
  * is gone: what a test that failed half-way left. */
 static void nl_teardown(void) {
@@ -1071,6 +1108,7 @@ Suite *netlab_suite(void) {
   tcase_add_test(args, test_netlab_hosts_yaml);
   tcase_add_test(args, test_netlab_up_signalled);
   tcase_add_test(args, test_netlab_up_fails);
+  tcase_add_test(args, test_netlab_up_twice_at_once);
   suite_add_tcase(s, args);
   TCase *tc = tcase_create("lab");
   tcase_set_timeout(tc, 120);

@@ -39,7 +39,9 @@
  * missing.  Each test makes its own lab (named for the test process, so
  * labs of parallel runs never meet) and removes it; the fixture's teardown
  * removes any lab whose test process is gone (a test that failed
- * half-way). */
+ * half-way); a test stopped by SIGTERM (the runner passes it on) removes
+ * its own (runner_stopped, tcase stop). */
+#include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -1090,6 +1092,90 @@ START_TEST(test_netlab_up_twice_at_once) {
 }
 END_TEST
 
+/* When the runner is stopped (SIGTERM, a ^C), Check passes the signal on
+ * to the test's process group and ends without running the unchecked
+ * teardown: the lab of the test then stayed behind (stale, its owner gone)
+ * until some later `netlab up`.  The test process (a lab's owner) removes
+ * its lab on that signal instead, and any stale one (a lab owned by a
+ * sleeper of the test), in a process group of its own that a second signal
+ * to the test's group does not reach, then dies of the signal. */
+static char nl_on_signal_cmd[160];
+
+static void nl_on_signal(int sig) {
+  pid_t p = fork();
+  if (p == 0) {
+    setpgid(0, 0);
+    char *argv[] = {"/bin/sh", "-c", nl_on_signal_cmd, NULL};
+    execv(argv[0], argv);
+    _exit(127);
+  }
+  if (p > 0)
+    while (waitpid(p, NULL, 0) < 0 && errno == EINTR) continue;
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+/* nl_setup (checked, in each test's process): nl_on_signal on SIGTERM,
+ * SIGINT and SIGHUP */
+static void nl_setup(void) {
+  snprintf(nl_on_signal_cmd, sizeof nl_on_signal_cmd,
+           NL_SCRIPT " down --lab nl%d >/dev/null 2>&1; " NL_SCRIPT " down --stale >/dev/null 2>&1",
+           (int)getpid());
+  struct sigaction sa = {.sa_handler = nl_on_signal};
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGHUP, &sa, NULL);
+}
+
+/* ps_tests stopped by SIGTERM while a netlab test runs leaves no lab: the
+ * lab tcase run by a runner of its own, stopped once its first test's
+ * shards run in the lab. */
+START_TEST(test_netlab_runner_stopped) {
+  NL_NEED();
+  char dir[512], log[700], cmd[256];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  snprintf(log, sizeof log, "%s/runner.out", dir);
+  /* a session of its own: Check's runner passes the signal on to its own
+   * process group, which would otherwise be this test's */
+  char *argv[] = {"/usr/bin/setsid", "build/bin/ps_tests", NULL};
+  char *env[] = {"PS_TEST_FILTER=netlab", "CK_RUN_CASE=lab", NULL};
+  pid_t runner = ps_test_spawn(argv, log, env);
+  pid_t test = 0;
+  for (int t = 0; t < 600 && !test; t++) { /* the runner's child: the test */
+    snprintf(cmd, sizeof cmd, "pgrep -P %d -x ps_tests", (int)runner);
+    FILE *p = popen(cmd, "r");
+    int pid = 0;
+    if (p && fscanf(p, "%d", &pid) == 1) test = pid;
+    if (p) pclose(p);
+    if (!test) usleep(50 * 1000);
+  }
+  ck_assert_msg(test > 0, "the runner started no test within 30 s; see %s", log);
+  char lab[32];
+  snprintf(lab, sizeof lab, "nl%d", (int)test);
+  /* once the lab is up (an up stopped half-way removes its lab itself):
+   * shard 0 runs in h0 */
+  snprintf(cmd, sizeof cmd,
+           "for p in $(ip netns pids %s-h0 2>/dev/null); do grep -qx psd /proc/$p/comm && exit 0; "
+           "done; exit 1", lab);
+  int made = 0;
+  for (int t = 0; t < 600 && !(made = system(cmd) == 0); t++) usleep(100 * 1000);
+  ck_assert_msg(made, "the test ran no psd in lab %s's h0 within 60 s; see %s", lab, log);
+  kill(runner, SIGTERM);
+  ck_assert_msg(ps_test_wait_pid(runner, 30000) != -1, "the runner did not end; see %s", log);
+  /* the test process removes its lab before it dies: once it is gone, the
+   * lab must be (looked at once: a later `netlab up` anywhere, another
+   * run's, would remove it as stale) */
+  snprintf(cmd, sizeof cmd, "/proc/%d", (int)test);
+  for (int t = 0; t < 300 && access(cmd, F_OK) == 0; t++) usleep(100 * 1000);
+  ck_assert_msg(access(cmd, F_OK) != 0, "the test process %d lives on; see %s", (int)test, log);
+  ck_assert_msg(!nl_lab_exists(lab), "lab %s is left after the runner was stopped; see %s", lab,
+                log);
+  snprintf(cmd, sizeof cmd, "/run/netlab/%s", lab);
+  ck_assert_msg(access(cmd, F_OK) != 0, "%s is left", cmd);
+}
+END_TEST
+
 /* nl_teardown (unchecked, in the runner) removes labs whose test process
  * is gone: what a test that failed half-way left. */
 static void nl_teardown(void) {
@@ -1104,15 +1190,24 @@ Suite *netlab_suite(void) {
   TCase *args = tcase_create("args");
   tcase_set_timeout(args, 60);
   tcase_add_unchecked_fixture(args, ps_test_procs_setup, nl_teardown);
+  tcase_add_checked_fixture(args, nl_setup, NULL);
   tcase_add_test(args, test_netlab_usage);
   tcase_add_test(args, test_netlab_hosts_yaml);
   tcase_add_test(args, test_netlab_up_signalled);
   tcase_add_test(args, test_netlab_up_fails);
   tcase_add_test(args, test_netlab_up_twice_at_once);
   suite_add_tcase(s, args);
+  /* ps_tests itself stopped half-way through the lab tcase */
+  TCase *stop = tcase_create("stop");
+  tcase_set_timeout(stop, 120);
+  tcase_add_unchecked_fixture(stop, ps_test_procs_setup, nl_teardown);
+  tcase_add_checked_fixture(stop, nl_setup, NULL);
+  tcase_add_test(stop, test_netlab_runner_stopped);
+  suite_add_tcase(s, stop);
   TCase *tc = tcase_create("lab");
   tcase_set_timeout(tc, 120);
   tcase_add_unchecked_fixture(tc, ps_test_procs_setup, nl_teardown);
+  tcase_add_checked_fixture(tc, nl_setup, NULL);
   tcase_add_test(tc, test_netlab_train);
   tcase_add_test(tc, test_netlab_stale_lab);
   tcase_add_test(tc, test_netlab_cut_shard);
@@ -1122,6 +1217,7 @@ Suite *netlab_suite(void) {
   TCase *heal = tcase_create("heal");
   tcase_set_timeout(heal, 120);
   tcase_add_unchecked_fixture(heal, ps_test_procs_setup, nl_teardown);
+  tcase_add_checked_fixture(heal, nl_setup, NULL);
   tcase_add_test(heal, test_netlab_cut_worker_resumes);
   suite_add_tcase(s, heal);
   return s;

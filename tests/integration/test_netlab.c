@@ -1184,41 +1184,34 @@ static void nl_teardown(void) {
     fprintf(stderr, "netlab down --stale failed\n");
 }
 
+/* nl_tcase adds to S a tcase NAME of TIMEOUT seconds with netlab's
+ * fixtures: the process record and stale labs (runner), nl_setup (test). */
+static TCase *nl_tcase(Suite *s, const char *name, int timeout) {
+  TCase *tc = tcase_create(name);
+  tcase_set_timeout(tc, timeout);
+  tcase_add_unchecked_fixture(tc, ps_test_procs_setup, nl_teardown);
+  tcase_add_checked_fixture(tc, nl_setup, NULL);
+  suite_add_tcase(s, tc);
+  return tc;
+}
+
 Suite *netlab_suite(void) {
   Suite *s = suite_create("netlab");
   /* netlab's own arguments and commands: seconds, not training runs */
-  TCase *args = tcase_create("args");
-  tcase_set_timeout(args, 60);
-  tcase_add_unchecked_fixture(args, ps_test_procs_setup, nl_teardown);
-  tcase_add_checked_fixture(args, nl_setup, NULL);
+  TCase *args = nl_tcase(s, "args", 60);
   tcase_add_test(args, test_netlab_usage);
   tcase_add_test(args, test_netlab_hosts_yaml);
   tcase_add_test(args, test_netlab_up_signalled);
   tcase_add_test(args, test_netlab_up_fails);
   tcase_add_test(args, test_netlab_up_twice_at_once);
-  suite_add_tcase(s, args);
   /* ps_tests itself stopped half-way through the lab tcase */
-  TCase *stop = tcase_create("stop");
-  tcase_set_timeout(stop, 120);
-  tcase_add_unchecked_fixture(stop, ps_test_procs_setup, nl_teardown);
-  tcase_add_checked_fixture(stop, nl_setup, NULL);
-  tcase_add_test(stop, test_netlab_runner_stopped);
-  suite_add_tcase(s, stop);
-  TCase *tc = tcase_create("lab");
-  tcase_set_timeout(tc, 120);
-  tcase_add_unchecked_fixture(tc, ps_test_procs_setup, nl_teardown);
-  tcase_add_checked_fixture(tc, nl_setup, NULL);
+  tcase_add_test(nl_tcase(s, "stop", 120), test_netlab_runner_stopped);
+  TCase *tc = nl_tcase(s, "lab", 120);
   tcase_add_test(tc, test_netlab_train);
   tcase_add_test(tc, test_netlab_stale_lab);
   tcase_add_test(tc, test_netlab_cut_shard);
   tcase_add_test(tc, test_netlab_lease_outlived);
-  suite_add_tcase(s, tc);
   /* a worker's cable pulled within its lease: how soon the job resumes */
-  TCase *heal = tcase_create("heal");
-  tcase_set_timeout(heal, 120);
-  tcase_add_unchecked_fixture(heal, ps_test_procs_setup, nl_teardown);
-  tcase_add_checked_fixture(heal, nl_setup, NULL);
-  tcase_add_test(heal, test_netlab_cut_worker_resumes);
-  suite_add_tcase(s, heal);
+  tcase_add_test(nl_tcase(s, "heal", 120), test_netlab_cut_worker_resumes);
   return s;
 }

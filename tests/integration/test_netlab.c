@@ -39,12 +39,15 @@
  * missing.  Each test makes its own lab (named for the test process, so
  * labs of parallel runs never meet) and removes it; the fixture's teardown
  * removes any lab whose test process is gone (a test that failed
- * half-way). */
+ * half-way); a test stopped by SIGTERM (the runner passes it on) removes
+ * its own (runner_stopped, tcase stop). */
+#include <errno.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -67,6 +70,9 @@ static const char *nl_permitted(void) {
     return "iproute2 (ip, tc) is not installed";
   if (system("unshare --net true 2>/dev/null") != 0)
     return "unshare --net is refused (no CAP_SYS_ADMIN in this container)";
+  /* root without CAP_NET_ADMIN makes namespaces, but no links in them */
+  if (system("unshare --net ip link add nl0 type veth peer name nl1 2>/dev/null") != 0)
+    return "no veth can be made in a network namespace (no CAP_NET_ADMIN)";
   return NULL;
 }
 
@@ -971,6 +977,205 @@ START_TEST(test_netlab_hosts_yaml) {
 }
 END_TEST
 
+/* `up` stopped by a signal half-way (a ^C, timeout(1), a closed terminal)
+ * removes what it made of its lab: once bash ended on INT, TERM or HUP
+ * without its EXIT trap, leaving the namespaces made so far and the state
+ * file, and the lab's owner (a live process) kept it from being stale.
+ * (A lone SIGINT, bash took for its foreground child's and went on: a
+ * ^C reaches both.)  The signal comes once the lab's second host exists,
+ * while up makes the other 38; up exits 128 + the signal's number, saying
+ * so. */
+START_TEST(test_netlab_up_signalled) {
+  const char *why = nl_permitted();
+  if (why) PS_SKIP("network namespaces are not permitted here: %s", why);
+  static const int sigs[] = {SIGTERM, SIGHUP, SIGINT};
+  static const char *const names[] = {"SIGTERM", "SIGHUP", "SIGINT"};
+  char dir[512], log[700], owner[16], lab[32], cmd[160];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  snprintf(log, sizeof log, "%s/up.out", dir);
+  snprintf(owner, sizeof owner, "%d", (int)getpid());
+  snprintf(lab, sizeof lab, "nl%d", (int)getpid());
+  snprintf(cmd, sizeof cmd, "ip netns list | grep -q '^%s-h1\\b'", lab);
+  for (int i = 0; i < 3; i++) {
+    unlink(log);
+    char *up[] = {NL_SCRIPT, "up", "--owner", owner, "--hosts", "40", "--check-secs", "0", NULL};
+    pid_t pid = ps_test_spawn(up, log, NULL);
+    int made = 0;
+    for (int t = 0; t < 300 && !(made = system(cmd) == 0); t++) usleep(100 * 1000);
+    ck_assert_msg(made, "netlab up made no host h1 within 30 s; see %s", log);
+    kill(pid, sigs[i]);
+    int st = ps_test_wait_pid(pid, 30000);
+    ck_assert_msg(st != -1, "netlab up did not end within 30 s of %s", names[i]);
+    char *text = ps_test_read_file(log, NULL);
+    ck_assert_msg(!nl_lab_exists(lab), "%s: namespaces of %s are left: %s", names[i], lab, text);
+    snprintf(log, sizeof log, "/run/netlab/%s", lab);
+    ck_assert_msg(access(log, F_OK) != 0, "%s: %s is left", names[i], log);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 128 + sigs[i],
+                  "up stopped by %s: status 0x%x, not exit %d", names[i], st, 128 + sigs[i]);
+    ck_assert_msg(strstr(text, "stopped by") && strstr(text, "removing lab"), "up said: %s", text);
+    snprintf(log, sizeof log, "%s/up.out", dir);
+    free(text);
+  }
+}
+END_TEST
+
+/* An up that fails before its lab is up exits 1 with a message and leaves
+ * nothing of the lab: root without CAP_NET_ADMIN (once ip's "RTNETLINK
+ * answers: Operation not permitted" and exit 2, a usage error's status),
+ * and a tc that fails at the first host's shaper (once exit 2, tc's own). */
+START_TEST(test_netlab_up_fails) {
+  const char *why = nl_permitted();
+  if (why) PS_SKIP("network namespaces are not permitted here: %s", why);
+  if (access("/usr/bin/setpriv", X_OK) != 0) PS_SKIP("no /usr/bin/setpriv");
+  char dir[512], owner[16], lab[32], tc[600], state[64];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  snprintf(owner, sizeof owner, "%d", (int)getpid());
+  snprintf(lab, sizeof lab, "nl%d", (int)getpid());
+  snprintf(state, sizeof state, "/run/netlab/%s", lab);
+  /* a tc that always fails, first on PATH */
+  snprintf(tc, sizeof tc, "%s/tc", dir);
+  ps_test_write_file(tc, "#!/bin/sh\necho 'tc: made to fail' >&2\nexit 2\n");
+  ck_assert_int_eq(chmod(tc, 0755), 0);
+  static const char *const says[] = {"netlab needs root with CAP_NET_ADMIN", "tc: made to fail"};
+  for (int i = 0; i < 2; i++) {
+    char pre[700], cmd[1600];
+    if (i == 0) snprintf(pre, sizeof pre, "setpriv --bounding-set -net_admin");
+    else snprintf(pre, sizeof pre, "env PATH='%s':\"$PATH\"", dir);
+    snprintf(cmd, sizeof cmd, "%s %s up --owner %s --hosts 2 --check-secs 0", pre, NL_SCRIPT,
+             owner);
+    char *out, *err;
+    int rc = nl_sh(dir, cmd, &out, &err);
+    ck_assert_msg(!nl_lab_exists(lab), "%s: namespaces of %s are left: %s", pre, lab, err);
+    ck_assert_msg(access(state, F_OK) != 0, "%s: %s is left", pre, state);
+    ck_assert_msg(rc == 1 && strstr(err, says[i]) && !*out, "%s: exit %d, stdout '%s', stderr: %s",
+                  pre, rc, out, err);
+    free(out);
+    free(err);
+  }
+}
+END_TEST
+
+/* Two ups of one lab at once (one owner): one makes it, the other exits 1
+ * saying it exists, and the lab is whole.  Both once passed the "exists"
+ * check; the one whose `ip netns add` then failed removed the lab the
+ * other was making (2 of 5 runs here: no lab left, exit 1 and 255). */
+START_TEST(test_netlab_up_twice_at_once) {
+  const char *why = nl_permitted();
+  if (why) PS_SKIP("network namespaces are not permitted here: %s", why);
+  char dir[512], owner[16], lab[32], cmd[1024], state[64];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  snprintf(owner, sizeof owner, "%d", (int)getpid());
+  snprintf(lab, sizeof lab, "nl%d", (int)getpid());
+  snprintf(state, sizeof state, "/run/netlab/%s", lab);
+  /* each up's stderr and status, then how many of the lab's hosts there are */
+  snprintf(cmd, sizeof cmd,
+           "(u() { %s up --owner %s --hosts 6 --check-secs 0 >/dev/null 2>\"$1\"; echo $? >>\"$1\"; }; "
+           "d='%.400s'; u \"$d/a\" & u \"$d/b\" & wait; cat \"$d/a\" \"$d/b\"; ip netns list | grep -c '^%s-h[0-5]\\b'; true)",
+           NL_SCRIPT, owner, dir, lab);
+  char *down[] = {NL_SCRIPT, "down", "--lab", lab, NULL};
+  char log[700];
+  snprintf(log, sizeof log, "%s/down.out", dir);
+  for (int i = 0; i < 8; i++) {
+    char *out, *err;
+    ck_assert_int_eq(nl_sh(dir, cmd, &out, &err), 0);
+    int made = (strncmp(out, "0\n", 2) == 0) + (strstr(out, "\n0\n") != NULL);
+    ck_assert_msg(made == 1 && strstr(out, "exists (netlab down") && strstr(out, "\n1\n"),
+                  "run %d: not one up made the lab and one refused it: %s", i, out);
+    const char *last = out + strlen(out) - 1; /* the count, on the last line */
+    while (last > out && last[-1] != '\n') last--;
+    ck_assert_msg(atoi(last) == 6 && access(state, F_OK) == 0, "run %d: the lab is not whole: %s",
+                  i, out);
+    free(out);
+    free(err);
+    ck_assert_int_eq(nl_run(down, log, 30000), 0);
+  }
+}
+END_TEST
+
+/* When the runner is stopped (SIGTERM, a ^C), Check passes the signal on
+ * to the test's process group and ends without running the unchecked
+ * teardown: the lab of the test then stayed behind (stale, its owner gone)
+ * until some later `netlab up`.  The test process (a lab's owner) removes
+ * its lab on that signal instead, and any stale one (a lab owned by a
+ * sleeper of the test), in a process group of its own that a second signal
+ * to the test's group does not reach, then dies of the signal. */
+static char nl_on_signal_cmd[160];
+
+static void nl_on_signal(int sig) {
+  pid_t p = fork();
+  if (p == 0) {
+    setpgid(0, 0);
+    char *argv[] = {"/bin/sh", "-c", nl_on_signal_cmd, NULL};
+    execv(argv[0], argv);
+    _exit(127);
+  }
+  if (p > 0)
+    while (waitpid(p, NULL, 0) < 0 && errno == EINTR) continue;
+  signal(sig, SIG_DFL);
+  raise(sig);
+}
+
+/* nl_setup (checked, in each test's process): nl_on_signal on SIGTERM,
+ * SIGINT and SIGHUP */
+static void nl_setup(void) {
+  snprintf(nl_on_signal_cmd, sizeof nl_on_signal_cmd,
+           NL_SCRIPT " down --lab nl%d >/dev/null 2>&1; " NL_SCRIPT " down --stale >/dev/null 2>&1",
+           (int)getpid());
+  struct sigaction sa = {.sa_handler = nl_on_signal};
+  sigemptyset(&sa.sa_mask);
+  sigaction(SIGTERM, &sa, NULL);
+  sigaction(SIGINT, &sa, NULL);
+  sigaction(SIGHUP, &sa, NULL);
+}
+
+/* ps_tests stopped by SIGTERM while a netlab test runs leaves no lab: the
+ * lab tcase run by a runner of its own, stopped once its first test's
+ * shards run in the lab. */
+START_TEST(test_netlab_runner_stopped) {
+  NL_NEED();
+  char dir[512], log[700], cmd[256];
+  snprintf(dir, sizeof dir, "%s", ps_test_tmpdir());
+  snprintf(log, sizeof log, "%s/runner.out", dir);
+  /* a session of its own: Check's runner passes the signal on to its own
+   * process group, which would otherwise be this test's */
+  char *argv[] = {"/usr/bin/setsid", "build/bin/ps_tests", NULL};
+  char *env[] = {"PS_TEST_FILTER=netlab", "CK_RUN_CASE=lab", NULL};
+  pid_t runner = ps_test_spawn(argv, log, env);
+  pid_t test = 0;
+  for (int t = 0; t < 600 && !test; t++) { /* the runner's child: the test */
+    snprintf(cmd, sizeof cmd, "pgrep -P %d -x ps_tests", (int)runner);
+    FILE *p = popen(cmd, "r");
+    int pid = 0;
+    if (p && fscanf(p, "%d", &pid) == 1) test = pid;
+    if (p) pclose(p);
+    if (!test) usleep(50 * 1000);
+  }
+  ck_assert_msg(test > 0, "the runner started no test within 30 s; see %s", log);
+  char lab[32];
+  snprintf(lab, sizeof lab, "nl%d", (int)test);
+  /* once the lab is up (an up stopped half-way removes its lab itself):
+   * shard 0 runs in h0 */
+  snprintf(cmd, sizeof cmd,
+           "for p in $(ip netns pids %s-h0 2>/dev/null); do grep -qx psd /proc/$p/comm && exit 0; "
+           "done; exit 1", lab);
+  int made = 0;
+  for (int t = 0; t < 600 && !(made = system(cmd) == 0); t++) usleep(100 * 1000);
+  ck_assert_msg(made, "the test ran no psd in lab %s's h0 within 60 s; see %s", lab, log);
+  kill(runner, SIGTERM);
+  ck_assert_msg(ps_test_wait_pid(runner, 30000) != -1, "the runner did not end; see %s", log);
+  /* the test process removes its lab before it dies: once it is gone, the
+   * lab must be (looked at once: a later `netlab up` anywhere, another
+   * run's, would remove it as stale) */
+  snprintf(cmd, sizeof cmd, "/proc/%d", (int)test);
+  for (int t = 0; t < 300 && access(cmd, F_OK) == 0; t++) usleep(100 * 1000);
+  ck_assert_msg(access(cmd, F_OK) != 0, "the test process %d lives on; see %s", (int)test, log);
+  ck_assert_msg(!nl_lab_exists(lab), "lab %s is left after the runner was stopped; see %s", lab,
+                log);
+  snprintf(cmd, sizeof cmd, "/run/netlab/%s", lab);
+  ck_assert_msg(access(cmd, F_OK) != 0, "%s is left", cmd);
+}
+END_TEST
+
 /* nl_teardown (unchecked, in the runner) removes labs whose test process
  * is gone: what a test that failed half-way left. */
 static void nl_teardown(void) {
@@ -979,28 +1184,34 @@ static void nl_teardown(void) {
     fprintf(stderr, "netlab down --stale failed\n");
 }
 
+/* nl_tcase adds to S a tcase NAME of TIMEOUT seconds with netlab's
+ * fixtures: the process record and stale labs (runner), nl_setup (test). */
+static TCase *nl_tcase(Suite *s, const char *name, int timeout) {
+  TCase *tc = tcase_create(name);
+  tcase_set_timeout(tc, timeout);
+  tcase_add_unchecked_fixture(tc, ps_test_procs_setup, nl_teardown);
+  tcase_add_checked_fixture(tc, nl_setup, NULL);
+  suite_add_tcase(s, tc);
+  return tc;
+}
+
 Suite *netlab_suite(void) {
   Suite *s = suite_create("netlab");
   /* netlab's own arguments and commands: seconds, not training runs */
-  TCase *args = tcase_create("args");
-  tcase_set_timeout(args, 60);
-  tcase_add_unchecked_fixture(args, ps_test_procs_setup, nl_teardown);
+  TCase *args = nl_tcase(s, "args", 60);
   tcase_add_test(args, test_netlab_usage);
   tcase_add_test(args, test_netlab_hosts_yaml);
-  suite_add_tcase(s, args);
-  TCase *tc = tcase_create("lab");
-  tcase_set_timeout(tc, 120);
-  tcase_add_unchecked_fixture(tc, ps_test_procs_setup, nl_teardown);
+  tcase_add_test(args, test_netlab_up_signalled);
+  tcase_add_test(args, test_netlab_up_fails);
+  tcase_add_test(args, test_netlab_up_twice_at_once);
+  /* ps_tests itself stopped half-way through the lab tcase */
+  tcase_add_test(nl_tcase(s, "stop", 120), test_netlab_runner_stopped);
+  TCase *tc = nl_tcase(s, "lab", 120);
   tcase_add_test(tc, test_netlab_train);
   tcase_add_test(tc, test_netlab_stale_lab);
   tcase_add_test(tc, test_netlab_cut_shard);
   tcase_add_test(tc, test_netlab_lease_outlived);
-  suite_add_tcase(s, tc);
   /* a worker's cable pulled within its lease: how soon the job resumes */
-  TCase *heal = tcase_create("heal");
-  tcase_set_timeout(heal, 120);
-  tcase_add_unchecked_fixture(heal, ps_test_procs_setup, nl_teardown);
-  tcase_add_test(heal, test_netlab_cut_worker_resumes);
-  suite_add_tcase(s, heal);
+  tcase_add_test(nl_tcase(s, "heal", 120), test_netlab_cut_worker_resumes);
   return s;
 }

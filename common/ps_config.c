@@ -1260,10 +1260,14 @@ static int cfg_aggs_post(cfg_ctx *x, ps_config *c, yaml_node_t *n) {
           int rel = ps_addr_same(mine[a], theirs[b]);
           char as[300] = ""; /* the shard's text where it differs */
           if (strcmp(mine[a], theirs[b])) snprintf(as, sizeof as, " ('%s')", theirs[b]);
-          if (rel == PS_ADDR_SAME)
-            return cfg_err(x, e->start_mark, "aggregator '%s': address '%s' is shard %" PRIu32
-                           "'s%s", g->name, mine[a], c->shards[j].id, as);
           yaml_node_t *am = cfg_value_node(x, e, keys[a]), *bm = cfg_value_node(x, se, keys[b]);
+          /* at the aggregator's key, naming both keys (which of its two
+           * addresses, and which of the shard's, clash) */
+          if (rel == PS_ADDR_SAME)
+            return cfg_err(x, (am ? am : e)->start_mark,
+                           "aggregator '%s': '%s' address '%s' is shard %" PRIu32 "'s%s "
+                           "(its '%s', line %zu)", g->name, keys[a], mine[a], c->shards[j].id, as,
+                           keys[b], (size_t)(bm ? bm : se)->start_mark.line + 1);
           if (rel == PS_ADDR_MAYBE)
             cfg_addr_pair(x, c, mine[a], (am ? am : e)->start_mark, theirs[b],
                           (bm ? bm : se)->start_mark, 0);

@@ -710,7 +710,7 @@ static const struct bad_case {
      "  - {name: k, grpc: 'h:6', channel: 'h:8', workers: 2}\n",
      PS_ECONFIG, "9:21: duplicate address 'h:6' (first at line 8)"},
     {"cluster: a\n" SHARD0 "aggregators:\n  - {name: g, grpc: 'h:2', channel: 'h:6', workers: 2}\n" SEC0,
-     PS_ECONFIG, "8:5: aggregator 'g': address 'h:2' is shard 0's"},
+     PS_ECONFIG, "8:21: aggregator 'g': 'grpc' address 'h:2' is shard 0's (its 'channel', line 5)"},
     {"cluster: a\n" SHARD0 "aggregators:\n  - {name: g, grpc: 'h:5', channel: 'h:6', workers: 2,"
      " max_delay_ms: -1}\n", PS_ECONFIG, "8:70: 'max_delay_ms' is -1, outside 0..60000"},
     {"cluster: a\n" SHARD0 "aggregators:\n  - {name: g, grpc: 'h:5', channel: 'h:6', workers: 2,"
@@ -862,7 +862,7 @@ static const struct bad_case {
      PS_ECONFIG, "3:41: duplicate address '127.0.0.1:3', the same as '0.0.0.0:3' (line 3): "
      "one psd's two addresses share its host"},
     {"cluster: a\n" SHARD0 "aggregators:\n  - {name: g, grpc: 'H:2', channel: 'h:6', workers: 2}\n"
-     SEC0, PS_ECONFIG, "8:5: aggregator 'g': address 'H:2' is shard 0's ('h:2')"},
+     SEC0, PS_ECONFIG, "8:21: aggregator 'g': 'grpc' address 'H:2' is shard 0's ('h:2') (its 'channel', line 5)"},
     {"cluster: a\n" SHARD0 "aggregators:\n  - {name: g, grpc: '10.0.0.1:5', channel: 'h:6', "
      "workers: 2}\n  - {name: k, grpc: '[::ffff:10.0.0.1]:5', channel: 'h:8', workers: 2}\n" SEC0,
      PS_ECONFIG, "9:21: duplicate address '[::ffff:10.0.0.1]:5', the same as '10.0.0.1:5' (line 8)"},

@@ -1267,6 +1267,16 @@ static int cfg_aggs_post(cfg_ctx *x, ps_config *c, yaml_node_t *n) {
     const ps_agg_conf *g = &c->aggs[i];
     const char *mine[2] = {g->grpc_addr, g->channel_addr};
     yaml_node_t *e = cfg_item(x, list, i, n);
+    /* more than the job's workers: every sum waits max_delay_ms for
+     * pushes that never come (unless workers beyond the count join) */
+    if (g->workers > c->workers.count) {
+      yaml_node_t *v = cfg_value_node(x, e, "workers");
+      cfg_warn(x, c, (v ? v : e)->start_mark,
+               "aggregator '%s' expects %" PRIu32 " local workers per clock ('workers'), more "
+               "than workers' 'count' (%" PRIu32 "): unless more workers than that join, each "
+               "of its sums waits 'max_delay_ms' (%" PRIu32 " ms) for pushes that never come",
+               g->name, g->workers, c->workers.count, g->max_delay_ms);
+    }
     if (g->max_delay_ms >= c->training.pull_timeout_ms) {
       yaml_node_t *v = cfg_value_node(x, e, "max_delay_ms");
       return cfg_err(x, (v ? v : e)->start_mark,

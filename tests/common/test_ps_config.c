@@ -414,6 +414,19 @@ START_TEST(test_config_loads) {
        "aggregators:\n  - {name: g, grpc: 'b:7000', channel: 'b:2', workers: 1}\n",
        "c.yaml:6:21: warning: 'b:7000' and '[::]:7000' (line 4) share port 7000 and '::' is "
        "every address of its host"},
+      /* an aggregator that expects more local workers than the job has:
+       * each sum would wait max_delay_ms for the missing ones */
+      {"cluster: t\nsecurity: none\nshards:\n"
+       "  - {id: 0, grpc: 'a:1', channel: 'a:2', data_dir: /d}\n"
+       "aggregators:\n  - {name: g, grpc: 'b:1', channel: 'b:2', workers: 4}\n"
+       "workers: {count: 3}\n",
+       "c.yaml:6:53: warning: aggregator 'g' expects 4 local workers per clock ('workers'), more "
+       "than workers' 'count' (3): unless more workers than that join, each of its sums waits "
+       "'max_delay_ms' (20 ms) for pushes that never come"},
+      {"cluster: t\nsecurity: none\nshards:\n"
+       "  - {id: 0, grpc: 'a:1', channel: 'a:2', data_dir: /d}\n"
+       "aggregators:\n  - {name: g, grpc: 'b:1', channel: 'b:2', workers: 3}\n"
+       "workers: {count: 3}\n", NULL},
       {"cluster: t\nsecurity: none\nshards:\n"
        "  - {id: 0, grpc: '127.0.0.1:7000', channel: '127.0.0.2:7000', data_dir: /d}\n"
        "  - {id: 1, grpc: '[::1]:7001', channel: '[::2]:7001', data_dir: /e}\n"

@@ -1024,28 +1024,54 @@ static int cfg_dir_rel(const char *a, const char *b) {
   return la > lb ? CFG_DIR_IN : CFG_DIR_HOLDS;
 }
 
-/* cfg_addr_pair checks address A (its value at AM) against B, given
- * earlier in the file (at BM), as ps_addr_same compares them: one
- * address twice is an error; a wildcard host and another address on its
- * port are an error too when ONE_HOST (one psd's two addresses), else a
- * warning (the two may run on different hosts).  0 or PS_ECONFIG. */
-static int cfg_addr_pair(cfg_ctx *x, ps_config *c, const char *a, yaml_mark_t am,
-                         const char *b, yaml_mark_t bm, int one_host) {
-  int rel = ps_addr_same(a, b);
+/* The two address keys of a shard or aggregator, in their slots' order. */
+static const char *const cfg_addr_keys[2] = {"grpc", "channel"};
+
+/* One address of a shard or aggregator, for cfg_addr_pair: its value,
+ * where it is, and whose it is ("shard 1", "aggregator 'h0'") under which
+ * key, for the error. */
+typedef struct cfg_addr_at {
+  const char *addr, *key;
+  yaml_mark_t at;
+  char who[96];
+} cfg_addr_at;
+
+static cfg_addr_at cfg_addr_shard(const ps_shard_conf *s, int k, yaml_mark_t at) {
+  cfg_addr_at r = {k ? s->channel_addr : s->grpc_addr, cfg_addr_keys[k], at, ""};
+  snprintf(r.who, sizeof r.who, "shard %" PRIu32, s->id);
+  return r;
+}
+
+static cfg_addr_at cfg_addr_agg(const ps_agg_conf *g, int k, yaml_mark_t at) {
+  cfg_addr_at r = {k ? g->channel_addr : g->grpc_addr, cfg_addr_keys[k], at, ""};
+  snprintf(r.who, sizeof r.who, "aggregator '%s'", g->name);
+  return r;
+}
+
+/* cfg_addr_pair checks address A against B, given earlier in the file,
+ * as ps_addr_same compares them: one address twice is an error (at A,
+ * naming both, whose and under which key); a wildcard host and another
+ * address on its port are an error too when ONE_HOST (one psd's two
+ * addresses), else a warning (the two may run on different hosts).  0 or
+ * PS_ECONFIG. */
+static int cfg_addr_pair(cfg_ctx *x, ps_config *c, const cfg_addr_at *a, const cfg_addr_at *b,
+                         int one_host) {
+  int rel = ps_addr_same(a->addr, b->addr);
   if (rel == PS_ADDR_OTHER) return 0;
-  if (!strcmp(a, b))
-    return cfg_err(x, am, "duplicate address '%s' (first at line %zu)", a, bm.line + 1);
+  if (!strcmp(a->addr, b->addr))
+    return cfg_err(x, a->at, "duplicate address '%s' for '%s' of %s (first at line %zu, '%s' of "
+                   "%s)", a->addr, a->key, a->who, b->at.line + 1, b->key, b->who);
   if (rel == PS_ADDR_SAME || one_host)
-    return cfg_err(x, am, "duplicate address '%s', the same as '%s' (line %zu)%s", a, b,
-                   bm.line + 1, rel == PS_ADDR_SAME ? "" : ": one psd's two addresses share "
-                   "its host");
+    return cfg_err(x, a->at, "duplicate address '%s' for '%s' of %s, the same as '%s' (line %zu, "
+                   "'%s' of %s)%s", a->addr, a->key, a->who, b->addr, b->at.line + 1, b->key,
+                   b->who, rel == PS_ADDR_SAME ? "" : ": one psd's two addresses share its host");
   char host[256];
   int port;
   ps_errbuf eb;
-  ps_addr_split(ps_addr_wildcard(a) ? a : b, host, sizeof host, &port, &eb);
-  cfg_warn(x, c, am, "'%s' and '%s' (line %zu) share port %d and '%s' is every address of "
+  ps_addr_split(ps_addr_wildcard(a->addr) ? a->addr : b->addr, host, sizeof host, &port, &eb);
+  cfg_warn(x, c, a->at, "'%s' and '%s' (line %zu) share port %d and '%s' is every address of "
            "its host: on one host the second to start cannot bind (fine on different hosts)",
-           a, b, bm.line + 1, port, host);
+           a->addr, b->addr, b->at.line + 1, port, host);
   return 0;
 }
 
@@ -1060,16 +1086,14 @@ static int cfg_shard_dups(cfg_ctx *x, ps_config *c, size_t i,
     if (c->shards[j].id == s->id)
       return cfg_err(x, marks[i][CFG_SHARD_ID], "duplicate shard id %" PRIu32
                      " (first at line %zu)", s->id, marks[j][CFG_SHARD_ID].line + 1);
-  const char *mine[2] = {s->grpc_addr, s->channel_addr};
-  for (size_t j = 0; j <= i; j++) {
-    const char *other[2] = {c->shards[j].grpc_addr, c->shards[j].channel_addr};
+  for (size_t j = 0; j <= i; j++)
     for (int a = 0; a < 2; a++)
-      for (int b = 0; b < 2; b++)
-        if ((j < i || b < a) &&
-            cfg_addr_pair(x, c, mine[a], marks[i][CFG_SHARD_GRPC + a], other[b],
-                          marks[j][CFG_SHARD_GRPC + b], j == i) < 0)
-          return PS_ECONFIG;
-  }
+      for (int b = 0; b < 2; b++) {
+        if (j == i && b >= a) continue;
+        cfg_addr_at me = cfg_addr_shard(s, a, marks[i][CFG_SHARD_GRPC + a]),
+                    other = cfg_addr_shard(&c->shards[j], b, marks[j][CFG_SHARD_GRPC + b]);
+        if (cfg_addr_pair(x, c, &me, &other, j == i) < 0) return PS_ECONFIG;
+      }
   /* one psd per directory (psd_store_lock_dir refuses a second): the same
    * data_dir on one host name is most likely a mistake, but shards in
    * containers of one machine may each have their own /data: a warning.
@@ -1109,18 +1133,17 @@ static int cfg_shard_dups(cfg_ctx *x, ps_config *c, size_t i,
 static int cfg_agg_dups(cfg_ctx *x, ps_config *c, size_t i,
                         yaml_mark_t (*marks)[CFG_MAX_SLOTS]) {
   const ps_agg_conf *g = &c->aggs[i];
-  const char *mine[2] = {g->grpc_addr, g->channel_addr};
   for (size_t j = 0; j <= i; j++) {
     if (j < i && !strcmp(c->aggs[j].name, g->name))
       return cfg_err(x, marks[i][CFG_AGG_NAME], "duplicate aggregator name '%s' (first at line %zu)",
                      g->name, marks[j][CFG_AGG_NAME].line + 1);
-    const char *other[2] = {c->aggs[j].grpc_addr, c->aggs[j].channel_addr};
     for (int a = 0; a < 2; a++)
-      for (int b = 0; b < 2; b++)
-        if ((j < i || b < a) &&
-            cfg_addr_pair(x, c, mine[a], marks[i][CFG_AGG_GRPC + a], other[b],
-                          marks[j][CFG_AGG_GRPC + b], j == i) < 0)
-          return PS_ECONFIG;
+      for (int b = 0; b < 2; b++) {
+        if (j == i && b >= a) continue;
+        cfg_addr_at me = cfg_addr_agg(g, a, marks[i][CFG_AGG_GRPC + a]),
+                    other = cfg_addr_agg(&c->aggs[j], b, marks[j][CFG_AGG_GRPC + b]);
+        if (cfg_addr_pair(x, c, &me, &other, j == i) < 0) return PS_ECONFIG;
+      }
   }
   return 0;
 }
@@ -1239,11 +1262,21 @@ static yaml_node_t *cfg_item(cfg_ctx *x, yaml_node_t *list, size_t i, yaml_node_
 static int cfg_aggs_post(cfg_ctx *x, ps_config *c, yaml_node_t *n) {
   yaml_node_t *list = cfg_value_node(x, n, "aggregators");
   yaml_node_t *shards = cfg_value_node(x, n, "shards");
-  static const char *const keys[2] = {"grpc", "channel"};
+  const char *const *keys = cfg_addr_keys;
   for (size_t i = 0; i < c->naggs; i++) {
     const ps_agg_conf *g = &c->aggs[i];
     const char *mine[2] = {g->grpc_addr, g->channel_addr};
     yaml_node_t *e = cfg_item(x, list, i, n);
+    /* more than the job's workers: every sum waits max_delay_ms for
+     * pushes that never come (unless workers beyond the count join) */
+    if (g->workers > c->workers.count) {
+      yaml_node_t *v = cfg_value_node(x, e, "workers");
+      cfg_warn(x, c, (v ? v : e)->start_mark,
+               "aggregator '%s' expects %" PRIu32 " local workers per clock ('workers'), more "
+               "than workers' 'count' (%" PRIu32 "): unless more workers than that join, each "
+               "of its sums waits 'max_delay_ms' (%" PRIu32 " ms) for pushes that never come",
+               g->name, g->workers, c->workers.count, g->max_delay_ms);
+    }
     if (g->max_delay_ms >= c->training.pull_timeout_ms) {
       yaml_node_t *v = cfg_value_node(x, e, "max_delay_ms");
       return cfg_err(x, (v ? v : e)->start_mark,
@@ -1260,13 +1293,19 @@ static int cfg_aggs_post(cfg_ctx *x, ps_config *c, yaml_node_t *n) {
           int rel = ps_addr_same(mine[a], theirs[b]);
           char as[300] = ""; /* the shard's text where it differs */
           if (strcmp(mine[a], theirs[b])) snprintf(as, sizeof as, " ('%s')", theirs[b]);
-          if (rel == PS_ADDR_SAME)
-            return cfg_err(x, e->start_mark, "aggregator '%s': address '%s' is shard %" PRIu32
-                           "'s%s", g->name, mine[a], c->shards[j].id, as);
           yaml_node_t *am = cfg_value_node(x, e, keys[a]), *bm = cfg_value_node(x, se, keys[b]);
-          if (rel == PS_ADDR_MAYBE)
-            cfg_addr_pair(x, c, mine[a], (am ? am : e)->start_mark, theirs[b],
-                          (bm ? bm : se)->start_mark, 0);
+          /* at the aggregator's key, naming both keys (which of its two
+           * addresses, and which of the shard's, clash) */
+          if (rel == PS_ADDR_SAME)
+            return cfg_err(x, (am ? am : e)->start_mark,
+                           "aggregator '%s': '%s' address '%s' is shard %" PRIu32 "'s%s "
+                           "(its '%s', line %zu)", g->name, keys[a], mine[a], c->shards[j].id, as,
+                           keys[b], (size_t)(bm ? bm : se)->start_mark.line + 1);
+          if (rel == PS_ADDR_MAYBE) {
+            cfg_addr_at me = cfg_addr_agg(g, a, (am ? am : e)->start_mark),
+                        other = cfg_addr_shard(&c->shards[j], b, (bm ? bm : se)->start_mark);
+            cfg_addr_pair(x, c, &me, &other, 0);
+          }
         }
     }
   }

@@ -414,6 +414,19 @@ START_TEST(test_config_loads) {
        "aggregators:\n  - {name: g, grpc: 'b:7000', channel: 'b:2', workers: 1}\n",
        "c.yaml:6:21: warning: 'b:7000' and '[::]:7000' (line 4) share port 7000 and '::' is "
        "every address of its host"},
+      /* an aggregator that expects more local workers than the job has:
+       * each sum would wait max_delay_ms for the missing ones */
+      {"cluster: t\nsecurity: none\nshards:\n"
+       "  - {id: 0, grpc: 'a:1', channel: 'a:2', data_dir: /d}\n"
+       "aggregators:\n  - {name: g, grpc: 'b:1', channel: 'b:2', workers: 4}\n"
+       "workers: {count: 3}\n",
+       "c.yaml:6:53: warning: aggregator 'g' expects 4 local workers per clock ('workers'), more "
+       "than workers' 'count' (3): unless more workers than that join, each of its sums waits "
+       "'max_delay_ms' (20 ms) for pushes that never come"},
+      {"cluster: t\nsecurity: none\nshards:\n"
+       "  - {id: 0, grpc: 'a:1', channel: 'a:2', data_dir: /d}\n"
+       "aggregators:\n  - {name: g, grpc: 'b:1', channel: 'b:2', workers: 3}\n"
+       "workers: {count: 3}\n", NULL},
       {"cluster: t\nsecurity: none\nshards:\n"
        "  - {id: 0, grpc: '127.0.0.1:7000', channel: '127.0.0.2:7000', data_dir: /d}\n"
        "  - {id: 1, grpc: '[::1]:7001', channel: '[::2]:7001', data_dir: /e}\n"
@@ -624,9 +637,9 @@ static const struct bad_case {
     {"cluster: a\n" SHARD0 "  - id: 0\n    grpc: h:3\n    channel: h:4\n    data_dir: /e\n",
      PS_ECONFIG, "7:9: duplicate shard id 0 (first at line 3)"},
     {"cluster: a\n" SHARD0 "  - id: 1\n    grpc: h:3\n    channel: h:1\n    data_dir: /e\n",
-     PS_ECONFIG, "9:14: duplicate address 'h:1' (first at line 4)"},
+     PS_ECONFIG, "9:14: duplicate address 'h:1' for 'channel' of shard 1 (first at line 4, 'grpc' of shard 0)"},
     {"cluster: a\nshards:\n  - {id: 0, grpc: 'h:1', channel: 'h:1', data_dir: d}\n", PS_ECONFIG,
-     "3:35: duplicate address 'h:1' (first at line 3)"},
+     "3:35: duplicate address 'h:1' for 'channel' of shard 0 (first at line 3, 'grpc' of shard 0)"},
     {"cluster: a\nshards:\n  - {id: 0, grpc: localhost, channel: 'h:1', data_dir: d}\n",
      PS_ECONFIG,
      "3:19: bad address 'localhost' for 'grpc' (expected host:port, port 1..65535)"},
@@ -708,9 +721,10 @@ static const struct bad_case {
      PS_ECONFIG, "9:12: duplicate aggregator name 'g' (first at line 8)"},
     {"cluster: a\n" SHARD0 "aggregators:\n  - {name: g, grpc: 'h:5', channel: 'h:6', workers: 2}\n"
      "  - {name: k, grpc: 'h:6', channel: 'h:8', workers: 2}\n",
-     PS_ECONFIG, "9:21: duplicate address 'h:6' (first at line 8)"},
+     PS_ECONFIG, "9:21: duplicate address 'h:6' for 'grpc' of aggregator 'k' (first at line 8, 'channel' of "
+     "aggregator 'g')"},
     {"cluster: a\n" SHARD0 "aggregators:\n  - {name: g, grpc: 'h:2', channel: 'h:6', workers: 2}\n" SEC0,
-     PS_ECONFIG, "8:5: aggregator 'g': address 'h:2' is shard 0's"},
+     PS_ECONFIG, "8:21: aggregator 'g': 'grpc' address 'h:2' is shard 0's (its 'channel', line 5)"},
     {"cluster: a\n" SHARD0 "aggregators:\n  - {name: g, grpc: 'h:5', channel: 'h:6', workers: 2,"
      " max_delay_ms: -1}\n", PS_ECONFIG, "8:70: 'max_delay_ms' is -1, outside 0..60000"},
     {"cluster: a\n" SHARD0 "aggregators:\n  - {name: g, grpc: 'h:5', channel: 'h:6', workers: 2,"
@@ -851,21 +865,26 @@ static const struct bad_case {
      * passed psd -t as different strings, then failed to bind). */
     {"cluster: a\nshards:\n  - {id: 0, grpc: '[::1]:34010', channel: 'h:1', data_dir: d}\n"
      "  - {id: 1, grpc: '[0:0::1]:34010', channel: 'h:2', data_dir: e}\n" SEC0, PS_ECONFIG,
-     "4:19: duplicate address '[0:0::1]:34010', the same as '[::1]:34010' (line 3)"},
+     "4:19: duplicate address '[0:0::1]:34010' for 'grpc' of shard 1, the same as '[::1]:34010' "
+     "(line 3, 'grpc' of shard 0)"},
     {"cluster: a\nshards:\n  - {id: 0, grpc: 'localhost:34010', channel: 'h:1', data_dir: d}\n"
      "  - {id: 1, grpc: 'h:2', channel: '127.0.0.1:34010', data_dir: e}\n" SEC0, PS_ECONFIG,
-     "4:35: duplicate address '127.0.0.1:34010', the same as 'localhost:34010' (line 3)"},
+     "4:35: duplicate address '127.0.0.1:34010' for 'channel' of shard 1, the same as "
+     "'localhost:34010' (line 3, 'grpc' of shard 0)"},
     {"cluster: a\nshards:\n  - {id: 0, grpc: 'localhost:3', channel: '[::1]:3', data_dir: d}\n" SEC0,
-     PS_ECONFIG, "3:43: duplicate address '[::1]:3', the same as 'localhost:3' (line 3)"},
+     PS_ECONFIG, "3:43: duplicate address '[::1]:3' for 'channel' of shard 0, the same as 'localhost:3' "
+     "(line 3, 'grpc' of shard 0)"},
     /* one psd's own two addresses are on one host: a wildcard is an error there */
     {"cluster: a\nshards:\n  - {id: 0, grpc: '0.0.0.0:3', channel: '127.0.0.1:3', data_dir: d}\n" SEC0,
-     PS_ECONFIG, "3:41: duplicate address '127.0.0.1:3', the same as '0.0.0.0:3' (line 3): "
+     PS_ECONFIG, "3:41: duplicate address '127.0.0.1:3' for 'channel' of shard 0, the same as '0.0.0.0:3' "
+     "(line 3, 'grpc' of shard 0): "
      "one psd's two addresses share its host"},
     {"cluster: a\n" SHARD0 "aggregators:\n  - {name: g, grpc: 'H:2', channel: 'h:6', workers: 2}\n"
-     SEC0, PS_ECONFIG, "8:5: aggregator 'g': address 'H:2' is shard 0's ('h:2')"},
+     SEC0, PS_ECONFIG, "8:21: aggregator 'g': 'grpc' address 'H:2' is shard 0's ('h:2') (its 'channel', line 5)"},
     {"cluster: a\n" SHARD0 "aggregators:\n  - {name: g, grpc: '10.0.0.1:5', channel: 'h:6', "
      "workers: 2}\n  - {name: k, grpc: '[::ffff:10.0.0.1]:5', channel: 'h:8', workers: 2}\n" SEC0,
-     PS_ECONFIG, "9:21: duplicate address '[::ffff:10.0.0.1]:5', the same as '10.0.0.1:5' (line 8)"},
+     PS_ECONFIG, "9:21: duplicate address '[::ffff:10.0.0.1]:5' for 'grpc' of aggregator 'k', the same as "
+     "'10.0.0.1:5' (line 8, 'grpc' of aggregator 'g')"},
     /* No leading zeros: YAML 1.1 reads 010 as octal 8, psd read it as 10;
      * a port's too (07000 passed, 034010 was a "bad address"). */
     {"cluster: a\nshards:\n  - {id: 01, grpc: 'h:1', channel: 'h:2', data_dir: d}\n" SEC0, PS_ECONFIG,

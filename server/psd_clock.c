@@ -361,12 +361,36 @@ int psd_clock_check_live(const psd_clock *c, uint32_t worker, ps_errbuf *eb) {
   return clock_worker_expired(clock_worker_find(c, worker)) ? clock_expired_err(worker, eb) : 0;
 }
 
+static void clock_setstr(char **dst, const char *src);
+
+/* clock_other_process says whether a request from process PID on HOST
+ * is not from the process W's record names (invariant 12); a request or
+ * record without a pid is anyone's. */
+static int clock_other_process(const clock_worker *w, const char *host, uint32_t pid) {
+  if (!w->pid || !pid) return 0;
+  return w->pid != pid || (host && *host && w->host && strcmp(host, w->host) != 0);
+}
+
 /* psd_clock_rejoin: see psd_clock.h. */
-int psd_clock_rejoin(psd_clock *c, uint32_t worker, uint64_t now_ms, ps_errbuf *eb) {
-  clock_worker *w;
+int psd_clock_rejoin(psd_clock *c, uint32_t worker, const char *host, uint32_t pid,
+                     uint64_t now_ms, ps_errbuf *eb) {
+  clock_worker *w = clock_worker_find(c, worker);
+  /* a dead rank is anyone's (invariant 12): taken back by another
+   * process than the one that registered it (a fixed rank after a
+   * registered worker finished), it is no longer that registration's,
+   * else psd_clock_holder would refuse every later word of its new
+   * holder, its rejoins included */
+  int other = w && w->dead && w->registered && clock_other_process(w, host, pid);
   int err = clock_worker_get(c, worker, now_ms, 1, &w, eb);
-  if (err == 0) w->leased = 1;
-  return err;
+  if (err < 0) return err;
+  w->leased = 1;
+  if (other) {
+    w->registered = w->unseen = 0;
+    w->pid = pid;
+    clock_setstr(&w->host, host);
+    c->dirty = 1;
+  }
+  return 0;
 }
 
 /* psd_clock_touch: see psd_clock.h. */
@@ -615,16 +639,14 @@ int psd_clock_holder(const psd_clock *c, uint32_t worker, const char *host, uint
                      int *unseen, ps_errbuf *eb) {
   const clock_worker *w = clock_worker_find(c, worker);
   if (unseen) *unseen = 0;
-  if (!w || w->dead || !w->registered || !w->pid || !pid) return 0;
-  int other_host = host && *host && w->host && strcmp(host, w->host) != 0;
-  if (w->pid == pid && !other_host) return 0;
+  if (!w || w->dead || !w->registered || !clock_other_process(w, host, pid)) return 0;
   if (unseen) *unseen = w->unseen;
   if (w->unseen)
     return ps_errf(eb, PS_EEXPIRED,
                    "worker %" PRIu32 " is held by pid %" PRIu32 " on %s, which registered it "
                    "while this coordinator held no registration of this process (pid %" PRIu32
-                   " on %s; a restart lost it), which was not declared dead: it must stop or "
-                   "register again",
+                   " on %s; a restart lost it, or it never registered: a fixed rank), which was "
+                   "not declared dead: it must stop or register again",
                    worker, w->pid, w->host ? w->host : "?", pid, host && *host ? host : "?");
   return ps_errf(eb, PS_EEXPIRED,
                  "worker %" PRIu32 " is held by pid %" PRIu32 " on %s, which registered after "

@@ -119,7 +119,9 @@
  *     would move the new worker's partition).  Heartbeats never change a
  *     registered worker's pid.  Fixed ranks and bare clients (never
  *     registered), dead ranks and requests without a pid are not told
- *     apart.
+ *     apart; a dead rank that another process takes back by a rejoin (a
+ *     fixed rank after the registered worker finished) is that process's
+ *     (psd_clock_rejoin drops the old registration).
  * 13. A restarted coordinator may have lost a registration (it came
  *     after the last save: invariant 10): the worker's heartbeats then
  *     name a rank the table holds no registration of.  They are taken (a
@@ -227,8 +229,13 @@ int psd_clock_check_worker(const psd_clock *c, uint32_t worker, ps_errbuf *eb);
 int psd_clock_check_live(const psd_clock *c, uint32_t worker, ps_errbuf *eb);
 
 /* psd_clock_rejoin brings WORKER back (invariant 9): alive, lease
- * refreshed, clock tables entered again at its next pull or push. */
-int psd_clock_rejoin(psd_clock *c, uint32_t worker, uint64_t now_ms, ps_errbuf *eb);
+ * refreshed, clock tables entered again at its next pull or push.  A
+ * dead rank that process PID on HOST takes back while its record names
+ * another registered process (a fixed rank after the registered worker
+ * finished) is no longer registered: its new holder's words are not
+ * refused in the old one's name (invariant 12). */
+int psd_clock_rejoin(psd_clock *c, uint32_t worker, const char *host, uint32_t pid,
+                     uint64_t now_ms, ps_errbuf *eb);
 
 /* psd_clock_touch refreshes WORKER's lease (any request of it); PS_EEXPIRED
  * for a worker that expired (invariant 9). */

@@ -377,7 +377,7 @@ int psd_shard_heartbeat(psd_shard *sh, const Ps__HeartbeatRequest *req,
    * invariant 9); until then its beats change nothing. */
   if (req->rejoin && !req->leaving && psd_clock_expired(sh->clock, req->worker)) {
     int was_dead = psd_clock_check_live(sh->clock, req->worker, NULL) == PS_EEXPIRED;
-    if ((err = psd_clock_rejoin(sh->clock, req->worker, now, eb)) < 0)
+    if ((err = psd_clock_rejoin(sh->clock, req->worker, req->host, req->pid, now, eb)) < 0)
       return psd_shard_done(sh, err);
     if (was_dead) ps_info("worker %u rejoined after it was declared dead", req->worker);
   }

@@ -416,6 +416,22 @@ static int coord_heartbeat_all(psw_coord *c, uint32_t worker, int leaving, int d
  * requests are in flight): a plain beat first asks whether any shard
  * still holds the worker expired, or the coordinator unregistered, so
  * that one expiry makes one rejoin. */
+/* coord_taken says, into BUF, what a refusal for rank_taken means for
+ * this worker's rank RANK: a registered worker's registration was lost
+ * by a coordinator restart, and another process registered the rank
+ * meanwhile; a fixed rank never registered, so no restart is implied:
+ * another process registered the rank it runs as.  Neither was declared
+ * dead. */
+static const char *coord_taken(const psw_coord *c, uint32_t rank, char *buf, size_t cap) {
+  if (c->registered)
+    snprintf(buf, cap, "rank %u was taken by another worker after the coordinator restarted "
+             "without this worker's registration", rank);
+  else
+    snprintf(buf, cap, "rank %u, this worker's fixed rank (--rank), is held by another process, "
+             "which registered it with the coordinator", rank);
+  return buf;
+}
+
 static int coord_reregister(psw_coord *c, uint64_t seen, int why) {
   ps_errbuf eb = {""};
   uint32_t old = c->worker;
@@ -428,6 +444,8 @@ static int coord_reregister(psw_coord *c, uint64_t seen, int why) {
     pthread_mutex_unlock(&c->rejoin_mu);
     return lost ? PS_EEXIST : 1;
   }
+  char taken[200];
+  coord_taken(c, old, taken, sizeof taken);
   const char *cause = why & COORD_EXPIRED ? "lease expired"
                       : why & COORD_TAKEN ? "its rank was taken by another worker after the "
                                             "coordinator restarted without its registration"
@@ -436,8 +454,7 @@ static int coord_reregister(psw_coord *c, uint64_t seen, int why) {
     ps_warn("worker %u: a shard had declared this worker dead (lease expired); %s", old,
             c->registered ? "registering again" : "rejoining with its fixed rank");
   else if (why & COORD_TAKEN)
-    ps_warn("worker %u: rank %u was taken by another worker after the coordinator restarted "
-            "without this worker's registration (it was not declared dead); %s", old, old,
+    ps_warn("worker %u: %s (it was not declared dead); %s", old, taken,
             c->registered ? "registering again" : "rejoining with its fixed rank");
   else
     ps_warn("worker %u: the coordinator holds no registration of this worker (it restarted "
@@ -471,9 +488,8 @@ static int coord_reregister(psw_coord *c, uint64_t seen, int why) {
     ps_errf(&c->lost_eb, PS_EEXIST, "%s and rank %u went to another worker (the coordinator "
             "offered rank %u)", cause, old, c->reg->rank);
   else
-    ps_errf(&c->lost_eb, PS_EEXIST, "rank %u was taken by another worker after the coordinator "
-            "restarted without this worker's registration; it was not declared dead (the "
-            "coordinator offered rank %u)", old, c->reg->rank);
+    ps_errf(&c->lost_eb, PS_EEXIST, "%s; it was not declared dead (the coordinator offered "
+            "rank %u)", taken, c->reg->rank);
   pthread_mutex_unlock(&c->mu);
   pthread_mutex_unlock(&c->rejoin_mu);
   return PS_EEXIST;
@@ -725,10 +741,10 @@ static int coord_progress_call(psw_coord *c, const psw_coord_part *pos, int clai
  * again, psw_coord_rejoin) or PS_ENOENT (refused). */
 static int coord_progress_answer(const psw_coord *c, const Ps__HeartbeatReply *r,
                                  const psw_coord_part *pos, ps_errbuf *eb) {
+  char taken[200];
   if (r->expired && r->rank_taken)
-    return ps_errf(eb, PS_EEXPIRED, "the coordinator refused this worker: another worker "
-                   "registered its rank after the coordinator restarted without its "
-                   "registration");
+    return ps_errf(eb, PS_EEXPIRED, "the coordinator refused this worker: %s",
+                   coord_taken(c, c->worker, taken, sizeof taken));
   if (r->expired)
     return ps_errf(eb, PS_EEXPIRED, "the coordinator declared worker dead (lease expired)");
   if (r->unregistered && c->registered)

@@ -1260,6 +1260,78 @@ START_TEST(test_failover_fixed_rank_refused) {
 }
 END_TEST
 
+/* psw --rank 0 after the registered worker that held rank 0 finished
+ * (the auditor's case; issue 19's rejoin pairs): the fixed rank takes the
+ * dead rank back and trains its pass quietly.  The coordinator kept the
+ * finished process as the rank's registered holder and refused every
+ * beat of the new one, rejoins included: psw logged "rank 0 was taken by
+ * another worker after the coordinator restarted ... rejoining with its
+ * fixed rank" and "a shard missed the rejoin" at each beat, though the
+ * coordinator never restarted. */
+START_TEST(test_failover_fixed_rank_after_finished) {
+  TF_NEED_DATA();
+  tf_ctx x = {0};
+  tf_start_c(&x, 1, 1, 1, "logreg", "0.002", 2000, "asp", 0);
+  int a = tf_spawn(&x);
+  char log[700];
+  tf_log(&x, a, log, sizeof log);
+  int st = ps_test_wait_pid(x.w[a], 60000);
+  x.w[a] = 0;
+  ck_assert_msg(st >= 0 && WIFEXITED(st) && WEXITSTATUS(st) == 0,
+                "the registered worker did not finish (status %d); see %s", st, log);
+  tf_log(&x, x.nw, log, sizeof log);
+  char *argv[] = {(char *)ps_test_bin("psw"), "--config", x.yaml, "--quiet", "--rank", "0",
+                  "--workers", "1", NULL};
+  int rc = ps_test_run(argv, log, 60000);
+  char *text = ps_test_read_file(log, NULL);
+  ck_assert_msg(rc == 0, "psw --rank 0 exited %d; see %s", rc, log);
+  ck_assert_msg(!strstr(text, "coordinator restarted") && !strstr(text, "missed the rejoin") &&
+                    !strstr(text, "declared this worker dead") && !strstr(text, "is held by"),
+                "psw --rank 0 was refused as another process; see %s", log);
+  free(text);
+  tf_finish(&x);
+}
+END_TEST
+
+/* psw --rank 0 while a registered worker holds rank 0 (it registered
+ * first, on a coordinator that never restarted, and waits for the world
+ * of 2): the coordinator refuses the fixed rank's beats as another
+ * process's, and the fixed rank says so, without the claim it used to
+ * make ("rank 0 was taken by another worker after the coordinator
+ * restarted without this worker's registration"): a fixed rank never
+ * registered, and nothing restarted. */
+START_TEST(test_failover_fixed_rank_held_message) {
+  TF_NEED_DATA();
+  tf_ctx x = {0};
+  tf_start_c(&x, 2, 2, 400, "logreg", "0.002", TF_SAMPLES, "asp", 0);
+  int a = tf_spawn(&x);
+  for (int64_t end = ps_test_now_ms() + 15000; tf_rank_of(&x, x.w[a]) != 0; usleep(20000))
+    ck_assert_msg(ps_test_now_ms() < end, "the registered worker never took rank 0; see %s",
+                  x.dir);
+  char log[700];
+  tf_log(&x, x.nw, log, sizeof log);
+  char *argv[] = {(char *)ps_test_bin("psw"), "--config", x.yaml, "--quiet", "--rank", "0",
+                  "--workers", "2", NULL};
+  x.w[x.nw++] = ps_test_spawn(argv, log, NULL);
+  const char *want = "worker 0: rank 0, this worker's fixed rank (--rank), is held by another "
+                     "process, which registered it with the coordinator (it was not declared "
+                     "dead)";
+  char *text = NULL;
+  for (int64_t end = ps_test_now_ms() + 15000;; usleep(50000)) {
+    free(text);
+    text = access(log, R_OK) == 0 ? ps_test_read_file(log, NULL) : NULL;
+    if (text && strstr(text, want)) break;
+    ck_assert_msg(ps_test_now_ms() < end, "the fixed rank did not say its rank is held by "
+                  "another process; see %s", log);
+  }
+  ck_assert_msg(!strstr(text, "coordinator restarted"), "see %s", log);
+  free(text);
+  for (int i = 0; i < x.nw; i++)
+    if (x.w[i] > 0) ps_test_stop(x.w[i], SIGKILL, 5000), x.w[i] = 0;
+  tf_finish(&x);
+}
+END_TEST
+
 /* A shard whose loop stalls (here SIGSTOPped for twice the 1 s lease,
  * which is the same to its leases) does not declare its workers dead on
  * resuming: their heartbeats waited unread in its sockets and are read
@@ -1491,6 +1563,8 @@ Suite *psw_failover_suite(void) {
   tcase_add_test(tr, test_failover_coordinator_lost_registration_taken);
   tcase_add_test(tr, test_failover_stopped_rank_taken);
   tcase_add_test(tr, test_failover_fixed_rank_refused);
+  tcase_add_test(tr, test_failover_fixed_rank_after_finished);
+  tcase_add_test(tr, test_failover_fixed_rank_held_message);
   suite_add_tcase(s, tr);
   /* what a worker's lines say when it trained little or nothing */
   TCase *tp = tcase_create("failover_report");

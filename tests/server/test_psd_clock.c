@@ -857,7 +857,7 @@ START_TEST(test_expired_refused_until_rejoin) {
   /* bsp went on without it: rank 0's pull at clock 1 is served */
   ck_assert_int_eq(psd_clock_pull(c, "m", 0, 1, 1600, &a.p, &eb), 0);
   /* rejoin: alive, and its next pull enters it at its clock */
-  ck_assert_int_eq(psd_clock_rejoin(c, 1, 1700, &eb), 0);
+  ck_assert_int_eq(psd_clock_rejoin(c, 1, "h", 0, 1700, &eb), 0);
   ck_assert_int_eq(psd_clock_expired(c, 1), 0);
   ck_assert_int_eq(psd_clock_pull(c, "m", 1, 1, 1700, &a.p, &eb), 0);
   ck_assert_int_eq(psd_clock_model_clock(c, "m", 1), 1);
@@ -1033,7 +1033,8 @@ START_TEST(test_restart_lost_registration_taken) {
   ck_assert_int_eq(unseen, 1);
   ck_assert_msg(strstr(eb.msg, "held by pid 12 on h") &&
                     strstr(eb.msg, "held no registration of this process (pid 11 on h; a "
-                                   "restart lost it), which was not declared dead"),
+                                   "restart lost it, or it never registered: a fixed rank), "
+                                   "which was not declared dead"),
                 "%s", eb.msg);
   ck_assert_int_eq(psd_clock_holder(d, 1, "h", 12, &unseen, &eb), 0);
   ck_assert_int_eq(unseen, 0);
@@ -1238,6 +1239,44 @@ START_TEST(test_holder) {
 }
 END_TEST
 
+/* Finding (the auditor's `psw --rank 0` after a registered rank 0
+ * finished): the fixed rank's rejoin revived the rank, but its record
+ * still named the finished process as the registered holder, so the
+ * coordinator refused every later beat of the new process (rejoins
+ * included) as expired in the old one's name: psw logged a "declared
+ * dead ... rejoining" / "a shard missed the rejoin" pair at each beat,
+ * and the message said the coordinator had restarted.  A dead rank that
+ * another process takes back by a rejoin is that process's; a rejoin by
+ * the registered process itself keeps its registration. */
+START_TEST(test_rejoin_takes_dead_registered_rank) {
+  psd_clock *c = tclock(0);
+  ps_errbuf eb;
+  uint32_t r;
+  uint64_t sc;
+  for (int i = 0; i < 2; i++)
+    ck_assert_int_eq(psd_clock_register(c, "m", "h", 10 + i, "cpu", 0, &r, &sc, &eb), 0);
+  psd_clock_leave(c, 0, 100, 1); /* rank 0 finished */
+  ck_assert_int_eq(psd_clock_rejoin(c, 0, "h", 30, 200, &eb), 0); /* psw --rank 0 */
+  ck_assert_int_eq(psd_clock_heartbeat(c, 0, "m", 0, 0, 0, "h", "cpu", 200, &eb), 0);
+  psd_clock_set_pid(c, 0, 30);
+  int unseen = -1;
+  ck_assert_msg(psd_clock_holder(c, 0, "h", 30, &unseen, &eb) == 0, "%s", eb.msg);
+  ck_assert_int_eq(psd_clock_expired(c, 0), 0);
+  /* a fixed rank's now (unregistered): not told apart (invariant 12) */
+  ck_assert_int_eq(psd_clock_holder(c, 0, "h", 10, NULL, &eb), 0);
+  ck_assert_int_eq(psd_clock_unregistered(c, 0), 1);
+  /* rank 1 declared dead, rejoined by its own registered process: kept */
+  ck_assert_int_eq(psd_clock_heartbeat(c, 0, "m", 0, 0, 0, "h", "cpu", 1500, &eb), 0);
+  psd_clock_tick(c, 1500);
+  ck_assert_int_eq(psd_clock_expired(c, 1), 1);
+  ck_assert_int_eq(psd_clock_rejoin(c, 1, "h", 11, 1600, &eb), 0);
+  ck_assert_int_eq(psd_clock_holder(c, 1, "h", 11, NULL, &eb), 0);
+  ck_assert_int_eq(psd_clock_holder(c, 1, "h", 12, NULL, &eb), PS_EEXPIRED);
+  ck_assert_int_eq(psd_clock_unregistered(c, 1), 0);
+  psd_clock_free(c);
+}
+END_TEST
+
 /* A stalled loop (a long request, a stopped process) is no worker's
  * silence: the beats it could not read arrive right after, so the stall
  * extends the leases it overlapped; a worker silent past that still
@@ -1326,6 +1365,7 @@ Suite *psd_clock_suite(void) {
   tcase_add_test(tc, test_restart_lost_registration);
   tcase_add_test(tc, test_restart_lost_registration_taken);
   tcase_add_test(tc, test_holder);
+  tcase_add_test(tc, test_rejoin_takes_dead_registered_rank);
   tcase_add_test(tc, test_stall_extends_leases);
   tcase_add_test(tc, test_silent_ms_stall);
   tcase_add_test(tc, test_left_age_grows);

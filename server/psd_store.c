@@ -1003,13 +1003,15 @@ int psd_store_submit(psd_store *s, const Ps__ModelSpec *spec, int replace, int *
                      uint32_t *nchunks, uint64_t *nparams, ps_errbuf *eb) {
   if (created) *created = 0;
   if (!spec) return ps_errf(eb, PS_EINVAL, "no model spec");
-  /* a submitted graph only: one stored by an older psd still restores */
-  int rc = ps_modelspec_graph_check(spec, eb);
-  if (rc < 0) return rc;
   uint8_t *packed = NULL;
   size_t len = 0;
-  rc = psd_store_pack(s, spec, &packed, &len, eb);
+  int rc = psd_store_pack(s, spec, &packed, &len, eb); /* checks the name the next quotes */
   if (rc < 0) return rc;
+  /* a submitted graph only: one stored by an older psd still restores */
+  if ((rc = ps_modelspec_graph_check(spec, eb)) < 0) {
+    free(packed);
+    return rc;
+  }
   size_t idx = 0;
   psd_model *old = psd_store_find(s, spec->name, strlen(spec->name), &idx);
   if (old && old->packed_len == len && memcmp(old->packed, packed, len) == 0) {

@@ -630,7 +630,6 @@ void ps_test_tmpfs_make(ps_test_tmpfs *t, const char *prefix, const char *opts) 
   t->mounted = 1;
 }
 
-/* ps_test_tmpfs_remove: see ps_test.h. */
 /* ps_test_tiny_make, _spec, _free: see ps_test.h. */
 void ps_test_tiny_make(ps_test_tiny *m, size_t n) {
   static uint32_t one[] = {1};
@@ -684,6 +683,7 @@ void ps_test_leave_free(const char *path, uint64_t leave) {
   close(fd);
 }
 
+/* ps_test_tmpfs_remove: see ps_test.h. */
 void ps_test_tmpfs_remove(ps_test_tmpfs *t) {
   if (t->mounted && umount(t->mnt) < 0) umount2(t->mnt, MNT_DETACH);
   t->mounted = 0;

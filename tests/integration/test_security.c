@@ -106,18 +106,27 @@ static ps_rpc *sec_rpc_at(const char *addr, const ps_config *cfg, int role) {
 
 static ps_rpc *sec_rpc(const ps_config *cfg, int role) { return sec_rpc_at(sec_grpc, cfg, role); }
 
+/* sec_operator_call calls METHOD with REQ on the shard at ADDR as the
+ * operator and returns its reply (of descriptor D), failing the test
+ * when the call fails. */
+static ProtobufCMessage *sec_operator_call(const char *addr, const char *method,
+                                           const ProtobufCMessage *req,
+                                           const ProtobufCMessageDescriptor *d) {
+  ps_rpc *r = sec_rpc_at(addr, &sec_cfg, PS_ROLE_OPERATOR);
+  ProtobufCMessage *rep;
+  ps_errbuf eb;
+  int rc = ps_rpc_call(r, method, req, d, &rep, 5000, &eb);
+  ps_rpc_close(r);
+  ck_assert_msg(rc == 0, "%s: %s", method, eb.msg);
+  return rep;
+}
+
 /* sec_status_at: the status of the shard at ADDR, asked as the operator;
  * sec_status: of the suite's shard. */
 static Ps__StatusReply *sec_status_at(const char *addr) {
-  ps_rpc *r = sec_rpc_at(addr, &sec_cfg, PS_ROLE_OPERATOR);
   Ps__StatusRequest req = PS__STATUS_REQUEST__INIT;
-  Ps__StatusReply *rep;
-  ps_errbuf eb;
-  int rc = ps_rpc_call(r, "/ps.Ps/Status", &req.base, &ps__status_reply__descriptor,
-                       (ProtobufCMessage **)&rep, 5000, &eb);
-  ps_rpc_close(r);
-  ck_assert_msg(rc == 0, "status: %s", eb.msg);
-  return rep;
+  return (Ps__StatusReply *)sec_operator_call(addr, "/ps.Ps/Status", &req.base,
+                                              &ps__status_reply__descriptor);
 }
 
 static Ps__StatusReply *sec_status(void) { return sec_status_at(sec_grpc); }
@@ -1981,6 +1990,53 @@ static void sec_client_yaml(const char *path, const char *sec, const char *name)
   }
 }
 
+/* sec_worker_age returns worker W's heartbeat_age_ms on the suite's
+ * shard (asked as the operator; -1 when the shard does not list it). */
+static int64_t sec_worker_age(uint32_t w) {
+  Ps__ListWorkersRequest req = PS__LIST_WORKERS_REQUEST__INIT;
+  Ps__ListWorkersReply *rep = (Ps__ListWorkersReply *)sec_operator_call(
+      sec_grpc, "/ps.Ps/ListWorkers", &req.base, &ps__list_workers_reply__descriptor);
+  int64_t age = -1;
+  for (size_t i = 0; i < rep->n_workers; i++)
+    if (rep->workers[i]->worker == w) age = (int64_t)rep->workers[i]->heartbeat_age_ms;
+  protobuf_c_message_free_unpacked(&rep->base, NULL);
+  return age;
+}
+
+/* A channel hello naming a worker (hello_worker) counts as the worker
+ * speaking only when it proved a worker's key (psd_chan invariant 9a):
+ * an operator's or an aggregator's key naming it leaves its silence as
+ * it was, a worker's key ends it. */
+START_TEST(test_sec_hello_worker_needs_worker_key) {
+  enum { W = 1, QUIET_MS = 1500 };
+  ps_errbuf eb;
+  ps_rpc *r = sec_rpc(&sec_cfg, PS_ROLE_WORKER);
+  ck_assert_msg(ps_test_beat(r, W, 1, &eb) == 0, "beat: %s", eb.msg);
+  ps_rpc_close(r);
+  usleep(QUIET_MS * 1000);
+  int flags = sec_cfg.security.payload_mac ? PS_CHAN_AUTH_MAC : 0;
+  static const int roles[] = {PS_ROLE_OPERATOR, PS_ROLE_AGGREGATOR, PS_ROLE_WORKER};
+  for (size_t i = 0; i < 3; i++) {
+    ps_auth_keys keys = {0};
+    const ps_auth_key *key;
+    ck_assert_msg(ps_auth_client_key(sec_cfg.security.secret_file, roles[i], &keys, &key, &eb) ==
+                      0, "%s", eb.msg);
+    ps_chan_client *ch = NULL;
+    ck_assert_msg(ps_chan_connect_worker(&ch, sec_chan, sec_cfg.cluster, key, flags, 0, W, 5000,
+                                         &eb) == 0, "%s key: %s", ps_role_name(roles[i]), eb.msg);
+    ps_chan_close(ch);
+    int64_t age = sec_worker_age(W);
+    if (roles[i] != PS_ROLE_WORKER)
+      ck_assert_msg(age >= QUIET_MS, "a hello with %s key '%s' naming worker %d made its "
+                    "heartbeat age %lld ms", ps_role_name(roles[i]), key->id, W, (long long)age);
+    else /* (its age had passed QUIET_MS and grows) */
+      ck_assert_msg(age >= 0 && age < QUIET_MS, "a hello with a worker key naming worker %d left "
+                    "its heartbeat age at %lld ms", W, (long long)age);
+    ps_auth_release(&keys);
+  }
+}
+END_TEST
+
 /* A client whose certificate the shards would refuse in the handshake
  * (its extendedKeyUsage serverAuth only; the CA's own certificate) is
  * refused at its start, saying why: psctl showed the shard "DOWN ...
@@ -2610,6 +2666,7 @@ Suite *security_suite(void) {
   tcase_add_test(tc, test_sec_key_rotation);
   tcase_add_test(tc, test_sec_client_key_rotation);
   tcase_add_test(tc, test_sec_client_key_shared_file);
+  tcase_add_test(tc, test_sec_hello_worker_needs_worker_key);
   tcase_add_test(tc, test_sec_handshake_refused);
   tcase_add_test(tc, test_sec_role_spoofed_cn);
   suite_add_tcase(s, tc);

@@ -523,6 +523,11 @@ START_TEST(test_bad_input_changes_nothing) {
   snprintf(want, sizeof want, "model 'n': graph: two nodes are named '%s' (nodes[0] and nodes[2])",
            dup);
   ck_assert_msg(strstr(eb.msg, want), "no \"%s\" in \"%s\"", want, eb.msg);
+  /* ... and with a bad model name too, the name is refused first, never
+   * quoted raw (the graph's message quoted it, an escape sequence and all) */
+  bs->name = (char *)"n\x1b[2Jx";
+  ck_assert_int_eq(psd_store_submit(s, bs, 0, NULL, NULL, NULL, &eb), PS_EINVAL);
+  ck_assert_msg(strstr(eb.msg, "bad model name") && !strchr(eb.msg, '\x1b'), "%s", eb.msg);
   free(bs->graph.data);
   ck_assert_ptr_null(psd_store_spec(s, "n"));
   ck_assert_uint_eq(psd_store_nmodels(s), 1);

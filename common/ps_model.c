@@ -284,7 +284,7 @@ static int node_name_cmp(const void *a, const void *b) {
 int ps_graph_node_names_check(const Ps__Graph__Graph *g, ps_errbuf *eb) {
   if (g->n_nodes < 2) return 0;
   node_name *v = malloc(g->n_nodes * sizeof *v); /* sorted: linear after n log n */
-  if (!v) return ps_errf(eb, PS_ENOMEM, "graph: out of memory");
+  if (!v) return ps_errf(eb, PS_ENOMEM, "out of memory");
   size_t n = 0;
   for (size_t i = 0; i < g->n_nodes; i++)
     if (g->nodes[i]->name && *g->nodes[i]->name) v[n++] = (node_name){g->nodes[i]->name, i};

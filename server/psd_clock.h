@@ -121,7 +121,9 @@
  *     registered), dead ranks and requests without a pid are not told
  *     apart; a dead rank that another process takes back by a rejoin (a
  *     fixed rank after the registered worker finished) is that process's
- *     (psd_clock_rejoin drops the old registration).
+ *     (psd_clock_rejoin drops the old registration).  A fixed rank whose
+ *     rank a live registered process holds stops when refused so
+ *     (HeartbeatReply.held): the registration wins.
  * 13. A restarted coordinator may have lost a registration (it came
  *     after the last save: invariant 10): the worker's heartbeats then
  *     name a rank the table holds no registration of.  They are taken (a

@@ -349,7 +349,8 @@ int psd_shard_heartbeat(psd_shard *sh, const Ps__HeartbeatRequest *req,
    * rank's name (one stopped past its lease whose rank went to a new
    * worker, then resumed) changes nothing here; it learns it is out
    * (expired), registers again and stops when the rank is not given
-   * back.  Only the coordinator knows who registered. */
+   * back; a fixed rank (never registered) stops (HeartbeatReply.held).
+   * Only the coordinator knows who registered. */
   ps_errbuf why;
   int unseen;
   if (sh->coordinator &&
@@ -359,6 +360,7 @@ int psd_shard_heartbeat(psd_shard *sh, const Ps__HeartbeatRequest *req,
             req->claim ? " with a claim" : "", why.msg);
     reply->expired = !req->leaving;
     reply->rank_taken = unseen && !req->leaving;
+    reply->held = !req->leaving;
     reply->stayed = req->leaving;
     reply->lease_ms = sh->cfg->workers.lease_ms;
     return 0;
@@ -464,6 +466,7 @@ int psd_shard_list_workers(psd_shard *sh, Ps__ListWorkersReply *reply, ps_errbuf
     w->heartbeat_age_ms = in.age_ms;
     w->steps_per_s = in.steps_per_s;
     w->blocked_share = in.blocked_share;
+    w->registered = sh->coordinator && in.registered;
     reply->workers[reply->n_workers++] = w;
     int err = sh->coordinator ? shard_partitions(sh, in.id, &w->partitions, &w->n_partitions) : 0;
     if (err < 0 || !w->host || !w->device || !w->model) {

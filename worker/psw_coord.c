@@ -229,6 +229,13 @@ static int coord_finished(const Ps__ListWorkersReply *r, const char *model, uint
   return 1;
 }
 
+/* coord_live_of says whether W is a live worker (ALIVE or LATE) of MODEL
+ * (or of no model named: any). */
+static int coord_live_of(const Ps__WorkerInfo *w, const char *model) {
+  return w->state && strcmp(w->state, "DEAD") != 0 && strcmp(w->state, "DONE") != 0 &&
+         (!w->model || !*w->model || !strcmp(w->model, model));
+}
+
 /* coord_live_count counts the live workers of this worker's model that
  * the coordinator lists (any rank, its own included), or INT_MAX when
  * that model's job is under way, or finished for a worker of EPOCHS (its
@@ -250,7 +257,7 @@ static int coord_live_count(psw_coord *c, uint32_t epochs, ps_errbuf *eb) {
       coord_set_parts(c, w->partitions, w->n_partitions);
     /* any rank: past workers.count too (elastic); another model's
      * workers train another job */
-    n += live && (!w->model || !*w->model || !strcmp(w->model, c->model));
+    n += coord_live_of(w, c->model);
   }
   if (coord_under_way(r, c->model) || coord_finished(r, c->model, epochs)) n = INT_MAX;
   protobuf_c_message_free_unpacked(resp, NULL);
@@ -267,18 +274,35 @@ int psw_coord_check_fixed(psw_coord *c, uint32_t rank, uint32_t workers, ps_errb
     return 0; /* no coordinator to ask: a fixed rank needs none */
   const Ps__ListWorkersReply *r = (const Ps__ListWorkersReply *)resp;
   int err = 0;
-  if (coord_under_way(r, c->model)) {
-    uint32_t live = 0;
-    for (size_t i = 0; i < r->n_workers; i++)
-      live += r->workers[i]->state && (!strcmp(r->workers[i]->state, "ALIVE") ||
-                                       !strcmp(r->workers[i]->state, "LATE"));
+  /* registered workers of the model, begun or still waiting for their
+   * world: they train every partition between them (and may hold RANK) */
+  uint32_t live = 0, reg = 0;
+  int held = 0;
+  for (size_t i = 0; i < r->n_workers; i++) {
+    const Ps__WorkerInfo *w = r->workers[i];
+    if (!coord_live_of(w, c->model)) continue;
+    live++;
+    reg += w->registered;
+    held |= w->registered && w->rank == rank;
+  }
+  char who[120] = "";
+  if (held)
+    snprintf(who, sizeof who, "; rank %u is held by a registered worker", rank);
+  if (coord_under_way(r, c->model))
     err = ps_errf(eb, PS_EEXIST,
                   "--rank %u --workers %u: the coordinator has an elastic job of model '%s' "
-                  "under way (%u live workers; its partitions are claimed as it trains): a fixed "
-                  "rank would train partitions p %% %u == %u again on top of it; start psw "
-                  "without --rank to join it, or after it finished",
-                  rank, workers, c->model, live, workers, rank);
-  }
+                  "under way (%u live workers, %u of them registered%s; its partitions are "
+                  "claimed as it trains): a fixed rank would train partitions p %% %u == %u "
+                  "again on top of it; start psw without --rank to join it, or after it finished",
+                  rank, workers, c->model, live, reg, who, workers, rank);
+  else if (reg)
+    err = ps_errf(eb, PS_EEXIST,
+                  "--rank %u --workers %u: the coordinator has an elastic job of model '%s' "
+                  "whose registered workers (%u live) wait for their world%s: they will train "
+                  "every partition between them, and a fixed rank would train partitions "
+                  "p %% %u == %u again on top of it; start psw without --rank to join them, or "
+                  "after they finished",
+                  rank, workers, c->model, reg, who, workers, rank);
   protobuf_c_message_free_unpacked(resp, NULL);
   return err;
 }
@@ -347,7 +371,7 @@ static int coord_lease_stale(psw_coord *c) {
  * because another process registered its rank while it held no
  * registration of this one (HeartbeatReply.rank_taken: never declared
  * dead, unless a shard said so too). */
-enum { COORD_EXPIRED = 1, COORD_UNREGISTERED = 2, COORD_TAKEN = 4 };
+enum { COORD_EXPIRED = 1, COORD_UNREGISTERED = 2, COORD_TAKEN = 4, COORD_HELD = 8 };
 
 /* coord_heartbeat_all sends one heartbeat for worker WORKER to every
  * shard (LEAVING, DONE, REJOIN: see HeartbeatRequest; IDLE_AT, not NULL:
@@ -394,6 +418,10 @@ static int coord_heartbeat_all(psw_coord *c, uint32_t worker, int leaving, int d
     if (r->expired)
       expired |= r->rank_taken && i == c->coord && worker == c->worker ? COORD_TAKEN
                                                                        : COORD_EXPIRED;
+    /* a fixed rank whose rank a live registered process holds stops:
+     * both would train the rank's partitions (coord_reregister) */
+    if (r->expired && r->held && i == c->coord && worker == c->worker && !c->registered)
+      expired |= COORD_HELD;
     if (r->unregistered && i == c->coord && worker == c->worker && c->registered && !leaving)
       expired |= COORD_UNREGISTERED;
     if (r->assigned && i == c->coord && worker == c->worker)
@@ -446,6 +474,19 @@ static int coord_reregister(psw_coord *c, uint64_t seen, int why) {
   }
   char taken[200];
   coord_taken(c, old, taken, sizeof taken);
+  if (why & COORD_HELD) {
+    /* a fixed rank: the registration holds the rank, as a registered
+     * worker's newcomer holds a rank it took (that worker stops too) */
+    ps_warn("worker %u: %s (it was not declared dead); stopping: a fixed rank does not train a "
+            "rank that a registered worker holds", old, taken);
+    pthread_mutex_lock(&c->mu);
+    c->lost = 1;
+    ps_errf(&c->lost_eb, PS_EEXIST, "%s; a fixed rank stops rather than train the rank's "
+            "partitions alongside it", taken);
+    pthread_mutex_unlock(&c->mu);
+    pthread_mutex_unlock(&c->rejoin_mu);
+    return PS_EEXIST;
+  }
   const char *cause = why & COORD_EXPIRED ? "lease expired"
                       : why & COORD_TAKEN ? "its rank was taken by another worker after the "
                                             "coordinator restarted without its registration"

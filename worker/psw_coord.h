@@ -23,7 +23,9 @@
  *     psd_clock invariant 13; a fixed rank ignores it), or refuses a
  *     claim as expired; should the coordinator then hand out another rank
  *     (ours went to a newcomer), psw_coord_lost reports it and the worker
- *     must stop: two workers must never share a rank.
+ *     must stop: two workers must never share a rank.  A fixed rank
+ *     whose beat the coordinator refuses because a live registered
+ *     process holds its rank (HeartbeatReply.held) stops the same way.
  *  3. psw_coord_free with LEAVING sends one last heartbeat marked leaving
  *     to every shard, so a stopping worker never holds bsp/ssp back for a
  *     lease time; DONE says it finished its training (else the
@@ -130,9 +132,11 @@ int psw_coord_wait_world(psw_coord *c, uint32_t world, uint32_t epochs, uint32_t
 
 /* psw_coord_check_fixed: before a fixed rank (--rank RANK --workers
  * WORKERS, no registration) trains, PS_EEXIST (message in EB) when the
- * coordinator has an elastic job of this model under way: its partitions
+ * coordinator has an elastic job of this model under way, or live
+ * registered workers of it still waiting for their world: its partitions
  * go to the registered workers as they claim them, and the fixed rank
- * would train its own share again on top of theirs.  0 otherwise, and
+ * would train its own share again on top of theirs (the message says
+ * when one of them holds RANK).  0 otherwise, and
  * when the coordinator does not answer (a fixed rank needs none). */
 int psw_coord_check_fixed(psw_coord *c, uint32_t rank, uint32_t workers, ps_errbuf *eb);
 

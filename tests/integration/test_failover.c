@@ -1294,12 +1294,12 @@ START_TEST(test_failover_fixed_rank_after_finished) {
 END_TEST
 
 /* psw --rank 0 while a registered worker holds rank 0 (it registered
- * first, on a coordinator that never restarted, and waits for the world
- * of 2): the coordinator refuses the fixed rank's beats as another
- * process's, and the fixed rank says so, without the claim it used to
- * make ("rank 0 was taken by another worker after the coordinator
- * restarted without this worker's registration"): a fixed rank never
- * registered, and nothing restarted. */
+ * first, and waits for the world of 2: no job has begun) is refused at
+ * start, exit 2, naming the model and the rank's registered holder.  It
+ * used to train, its beats refused in the registered worker's name ("rank
+ * 0, this worker's fixed rank (--rank), is held by another process" and
+ * "a shard missed the rejoin" at each beat), and once the world formed
+ * both trained rank 0's partitions. */
 START_TEST(test_failover_fixed_rank_held_message) {
   TF_NEED_DATA();
   tf_ctx x = {0};
@@ -1312,20 +1312,58 @@ START_TEST(test_failover_fixed_rank_held_message) {
   tf_log(&x, x.nw, log, sizeof log);
   char *argv[] = {(char *)ps_test_bin("psw"), "--config", x.yaml, "--quiet", "--rank", "0",
                   "--workers", "2", NULL};
-  x.w[x.nw++] = ps_test_spawn(argv, log, NULL);
-  const char *want = "worker 0: rank 0, this worker's fixed rank (--rank), is held by another "
-                     "process, which registered it with the coordinator (it was not declared "
-                     "dead)";
-  char *text = NULL;
-  for (int64_t end = ps_test_now_ms() + 15000;; usleep(50000)) {
-    free(text);
-    text = access(log, R_OK) == 0 ? ps_test_read_file(log, NULL) : NULL;
-    if (text && strstr(text, want)) break;
-    ck_assert_msg(ps_test_now_ms() < end, "the fixed rank did not say its rank is held by "
-                  "another process; see %s", log);
-  }
-  ck_assert_msg(!strstr(text, "coordinator restarted"), "see %s", log);
+  int rc = ps_test_run(argv, log, 20000);
+  char *text = ps_test_read_file(log, NULL);
+  ck_assert_msg(rc == 2 && strstr(text, "elastic job of model 'm' whose registered workers (1 "
+                                        "live) wait for their world; rank 0 is held by a "
+                                        "registered worker"),
+                "a fixed rank beside a waiting registered worker exited %d; see %s", rc, log);
   free(text);
+  ck_assert_int_eq(tf_rank_of(&x, x.w[a]), 0);
+  ps_test_stop(x.w[a], SIGKILL, 5000);
+  x.w[a] = 0;
+  tf_finish(&x);
+}
+END_TEST
+
+/* A fixed rank SIGSTOPped past its lease (declared dead), whose rank a
+ * registered worker then takes (a died rank goes first), and SIGCONTed:
+ * the coordinator refuses its beats in the registered worker's name, and
+ * it stops (exit 1) saying so, as a registered worker whose rank another
+ * took does; the registered worker keeps the rank.  It used to rejoin at
+ * every beat and train on: both trained rank 0's partitions. */
+START_TEST(test_failover_fixed_rank_taken_stops) {
+  TF_NEED_DATA();
+  tf_ctx x = {0};
+  tf_start_c(&x, 2, 1, 400, "logreg", "0.002", TF_SAMPLES, "asp", 0);
+  char flog[700];
+  tf_log(&x, x.nw, flog, sizeof flog);
+  char *argv[] = {(char *)ps_test_bin("psw"), "--config", x.yaml, "--quiet", "--rank", "0",
+                  "--workers", "2", "--slowdown", "3", NULL};
+  int f = x.nw;
+  x.w[x.nw++] = ps_test_spawn(argv, flog, NULL);
+  for (int64_t end = ps_test_now_ms() + 15000; tf_rank_of(&x, x.w[f]) != 0; usleep(20000))
+    ck_assert_msg(ps_test_now_ms() < end, "the fixed rank never beat; see %s", flog);
+  ck_assert_int_eq(kill(x.w[f], SIGSTOP), 0);
+  tf_wait_state(&x, x.w[f], "DEAD");
+  int c = tf_spawn_slow(&x, "3");
+  for (int64_t end = ps_test_now_ms() + 15000; tf_rank_of(&x, x.w[c]) < 0; usleep(20000))
+    ck_assert_msg(ps_test_now_ms() < end, "the registered worker never registered; see %s",
+                  x.dir);
+  ck_assert_int_eq(tf_rank_of(&x, x.w[c]), 0);
+  ck_assert_int_eq(kill(x.w[f], SIGCONT), 0);
+  int st = ps_test_wait_pid(x.w[f], 20000);
+  ck_assert_msg(st >= 0, "the resumed fixed rank did not stop; see %s", flog);
+  x.w[f] = 0;
+  char *text = ps_test_read_file(flog, NULL);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 1 &&
+                    strstr(text, "rank 0, this worker's fixed rank (--rank), is held by another "
+                                 "process, which registered it with the coordinator") &&
+                    strstr(text, "a fixed rank stops"),
+                "the resumed fixed rank (status %d) did not stop for its rank held; see %s", st,
+                flog);
+  free(text);
+  ck_assert_msg(tf_rank_of(&x, x.w[c]) == 0, "the registered worker lost rank 0; see %s", x.dir);
   for (int i = 0; i < x.nw; i++)
     if (x.w[i] > 0) ps_test_stop(x.w[i], SIGKILL, 5000), x.w[i] = 0;
   tf_finish(&x);
@@ -1565,6 +1603,7 @@ Suite *psw_failover_suite(void) {
   tcase_add_test(tr, test_failover_fixed_rank_refused);
   tcase_add_test(tr, test_failover_fixed_rank_after_finished);
   tcase_add_test(tr, test_failover_fixed_rank_held_message);
+  tcase_add_test(tr, test_failover_fixed_rank_taken_stops);
   suite_add_tcase(s, tr);
   /* what a worker's lines say when it trained little or nothing */
   TCase *tp = tcase_create("failover_report");

@@ -115,6 +115,13 @@
  *     heartbeat while the worker stays away, up to a lease after its last
  *     word here); its sums stop waiting for it at once, not after
  *     lease_ms.
+ * 4a. Whatever the aggregator holds (a pull parked on a root, a sum
+ *     waiting for a straggler: each pauses only its own connection,
+ *     psd_chan invariant 7), its loop accepts a new channel connection
+ *     and answers its hello at once, never waiting on a root: a worker
+ *     whose request waited long probes it so (psw_client.h invariant
+ *     7a), and takes a hello unanswered for a lease as the aggregator's
+ *     death (hung: stopped, or its loop wedged).
  *  7. Model specs (GetModel, gRPC) are fetched on libuv's thread pool,
  *     never on the loop: a request whose model's layout is not here, or
  *     was fetched before its connection opened, waits (its connection

@@ -120,6 +120,8 @@ struct psw_client {
   const ps_agg_conf *agg;
   int agg_down;
   int agg_probe_failed;     /* psw_client_agg_return found it silent (said once) */
+  int agg_hung;             /* a liveness probe went unanswered (invariant 7a) */
+  int64_t agg_heard_ms;     /* ... the last one answered then (0: none yet) */
   void *rejoin_arg;
   int defer_acks;            /* invariant 8 */
   psw_job job;
@@ -679,13 +681,55 @@ static int psw_ack_wait(psw_shard *s, ps_errbuf *eb) {
   return err < 0 ? ps_errf(eb, err, "push failed: %s", reb.msg) : 0;
 }
 
+/* psw_agg_hung says whether S's connection, quiet for QUIET_MS, waits on
+ * an aggregator that no longer answers (invariant 7a): once a request on
+ * a connection through it has had no byte back for half a lease, and no
+ * probe was answered within that half lease, a new connection to the
+ * aggregator must finish its hello within a lease.  A live aggregator's
+ * loop answers a hello at once, whatever it holds (a pull parked on a
+ * root, a sum waiting for a straggler: those pause only their own
+ * connection, psd_chan invariant 7); a stopped or wedged one does not,
+ * though its kernel still acknowledges TCP.  One that did not is hung:
+ * every wait on a connection through it ends (said once), and they fail
+ * over as when it died. */
+static int psw_agg_hung(psw_client *c, const psw_shard *s, int64_t quiet_ms) {
+  if (!s->via_agg || !c->agg) return 0;
+  if (c->agg_hung) return 1;
+  int64_t lease = c->cfg->workers.lease_ms, now = ps_now_ms();
+  if (quiet_ms < lease / 2 || (c->agg_heard_ms && now - c->agg_heard_ms < lease / 2) ||
+      (c->stop && *c->stop))
+    return 0;
+  ps_chan_client *probe = NULL;
+  ps_errbuf eb = {""};
+  int err = ps_chan_connect_client(&probe, c->agg->channel_addr, c->cfg->cluster, &c->auth,
+                                   c->cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0, 0,
+                                   PS_CHAN_NO_WORKER, (int)lease, &eb);
+  ps_chan_close(probe);
+  /* a refusal of this worker's key is an answer too (its loop runs) */
+  if (err == 0 || err == PS_EPERM || err == PS_EPROTO) {
+    c->agg_heard_ms = ps_now_ms();
+    ps_debug("worker %u: aggregator %s answered a liveness probe in %lld ms, a request waiting "
+             "on it for %.1f s", c->worker, c->agg->name, (long long)(c->agg_heard_ms - now),
+             (double)(quiet_ms + c->agg_heard_ms - now) / 1e3);
+    return 0;
+  }
+  c->agg_hung = 1;
+  ps_warn("worker %u: aggregator %s (%s) did not answer a liveness probe within %lld ms (%s) "
+          "while a request waited on it for %.1f s: taken as dead", c->worker, c->agg->name,
+          c->agg->channel_addr, (long long)lease, eb.msg,
+          (double)(quiet_ms + ps_now_ms() - now) / 1e3);
+  return 1;
+}
+
 /* psw_chan_await_or is psw_chan_await that also returns 0 once request
- * OR's reply is in (OR 0: none), polling even without a stop flag. */
+ * OR's reply is in (OR 0: none), polling even without a stop flag; with
+ * PC, a wait on PS's connection through the aggregator also ends as
+ * after IO_TIMEOUT_MS once psw_agg_hung finds the aggregator hung. */
 static int psw_chan_await_or(ps_chan_client *ch, uint64_t id, uint64_t or,
                              volatile sig_atomic_t *stop, int64_t *stop_seen, int grace_ms,
-                             int io_timeout_ms) {
+                             int io_timeout_ms, psw_client *pc, const psw_shard *ps) {
   static volatile sig_atomic_t never;
-  if (!stop && !or) return 0;
+  if (!stop && !or && !(pc && ps->via_agg)) return 0;
   if (!stop) stop = &never;
   uint64_t tx, rx, seen;
   ps_chan_bytes(ch, &tx, &seen);
@@ -706,7 +750,8 @@ static int psw_chan_await_or(ps_chan_client *ch, uint64_t id, uint64_t or,
     if (rx != seen) {
       seen = rx;
       quiet_since = now;
-    } else if (now - quiet_since >= io_timeout_ms) {
+    } else if (now - quiet_since >= io_timeout_ms ||
+               (pc && psw_agg_hung(pc, ps, now - quiet_since))) {
       ps_chan_set_timeout(ch, 1); /* the caller sets it back */
       return 0;
     }
@@ -716,7 +761,7 @@ static int psw_chan_await_or(ps_chan_client *ch, uint64_t id, uint64_t or,
 /* psw_chan_await: see psw_client.h. */
 int psw_chan_await(ps_chan_client *ch, uint64_t id, volatile sig_atomic_t *stop,
                    int64_t *stop_seen, int grace_ms, int io_timeout_ms) {
-  return psw_chan_await_or(ch, id, 0, stop, stop_seen, grace_ms, io_timeout_ms);
+  return psw_chan_await_or(ch, id, 0, stop, stop_seen, grace_ms, io_timeout_ms, NULL, NULL);
 }
 
 /* psw_await waits for S's reply to request ID (its push when PUSH, else
@@ -729,7 +774,7 @@ int psw_chan_await(ps_chan_client *ch, uint64_t id, volatile sig_atomic_t *stop,
 static int psw_await(psw_client *c, psw_shard *s, uint64_t id, uint64_t or, int push,
                      uint64_t clock, ps_errbuf *eb) {
   if (psw_chan_await_or(s->ch, id, or, c->stop, &c->stop_seen_ms,
-                        push ? PSW_STOP_PUSH_GRACE_MS : 0, c->io_timeout_ms) == 0)
+                        push ? PSW_STOP_PUSH_GRACE_MS : 0, c->io_timeout_ms, c, s) == 0)
     return 0;
   return push ? ps_errf(eb, PS_ESHUTDOWN, "stopped while waiting for the answer to a push")
               : ps_errf(eb, PS_ESHUTDOWN, "stopped while waiting for the pull of clock %llu",
@@ -1357,6 +1402,8 @@ int psw_client_agg_return(psw_client *c) {
   free(ch);
   c->agg_down = 0;
   c->agg_probe_failed = 0;
+  c->agg_hung = 0;
+  c->agg_heard_ms = 0;
   ps_warn("worker %u: aggregator %s (%s) answers again; back to it", c->worker, c->agg->name,
           c->agg->channel_addr);
   return 1;

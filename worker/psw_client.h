@@ -56,6 +56,17 @@
  *     called by the trainer at an epoch boundary, probes the aggregator
  *     and, when it answers again, moves every connection back to it at
  *     once.
+ * 7a. A hung aggregator (stopped, or its loop wedged: its kernel still
+ *     acknowledges TCP, so no connection breaks) is found by a liveness
+ *     probe (psw_agg_hung): a request on a connection through it that has
+ *     had no byte back for half of workers.lease_ms, with no probe
+ *     answered within that half lease, opens a new connection to it whose
+ *     hello must be answered within a lease (a live aggregator's loop
+ *     answers it at once, whatever pulls it holds: psd_agg.h).  An
+ *     unanswered probe ends that wait as an I/O timeout would, and every
+ *     later one on a connection through it at once, until
+ *     psw_client_agg_return moves back: the connections fail over as in
+ *     invariant 7.  A stop shorter than a lease fails nothing over.
  *  8. Deferred acks (conf->defer_acks; for durability `sync`, where a
  *     shard acknowledges a push only once its redo log synced it): the
  *     connections ask for unordered acks (ps_chan.h), and a push/pull

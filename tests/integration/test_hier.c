@@ -45,6 +45,11 @@
  *  - root links: the aggregator's connections to its root give up a cut
  *    path as psw's do (TCP_USER_TIMEOUT half a lease, keepalive), read
  *    off the aggregator's own sockets (pidfd_getfd);
+ *  - a hung aggregator (SIGSTOPped; 2 s lease, 60 s pull_timeout_ms):
+ *    held for less than a lease, or holding pulls for a stopped worker,
+ *    it keeps its workers; hung for good, they reach the roots within 3
+ *    leases (its liveness probe goes unanswered), not after
+ *    pull_timeout_ms + 5 s, and finish with nothing acknowledged lost;
  *  - failover and return: kill -9 the aggregator mid-training under BSP:
  *    every worker goes to the roots directly (a sum lost with the
  *    aggregator must not hold the roots' BSP clocks); the aggregator is
@@ -91,6 +96,7 @@ typedef struct th_ctx {
   int beat_ms;   /* workers.heartbeat_ms with lease_ms in th_bare_delay (0: 200) */
   int nw;        /* workers (and h0's workers; 0: TH_N) */
   int sync;      /* durability sync */
+  int pull_timeout_ms; /* training.pull_timeout_ms in th_start (0: the default) */
   ps_test_shim_env *shim; /* the roots run under the fsync shim (NULL: not) */
 } th_ctx;
 
@@ -105,13 +111,14 @@ static void th_start(th_ctx *x, int agg, const char *consistency, const char *st
   x->agg_gp = ps_test_free_port();
   do x->agg_cp = ps_test_free_port();
   while (x->agg_cp == x->agg_gp);
-  char extra[2048];
+  char extra[2048], pt[64] = "";
+  if (x->pull_timeout_ms) snprintf(pt, sizeof pt, "  pull_timeout_ms: %d\n", x->pull_timeout_ms);
   snprintf(extra, sizeof extra,
            "aggregators:\n  - name: h0\n    grpc: 127.0.0.1:%d\n    channel: 127.0.0.1:%d\n"
            "    workers: %d\n    max_delay_ms: %d\n"
            "workers:\n  count: %d\n  device: cpu\n  retry_ms: 10000\n"
            "  heartbeat_ms: 200\n  lease_ms: %d\n"
-           "training:\n  model: m\n  epochs: %d\n  batch_size: 64\n  seed: 1\n"
+           "training:\n  model: m\n  epochs: %d\n  batch_size: 64\n  seed: 1\n%s"
            "data:\n  format: idx\n"
            "  train_images: " TH_DATA "/train-images-idx3-ubyte.gz\n"
            "  train_labels: " TH_DATA "/train-labels-idx1-ubyte.gz\n"
@@ -119,7 +126,7 @@ static void th_start(th_ctx *x, int agg, const char *consistency, const char *st
            "  test_labels: " TH_DATA "/t10k-labels-idx1-ubyte.gz\n"
            "  scale: 1/255\n  partitions: 6\n  limit: 3000\n",
            x->agg_gp, x->agg_cp, x->nw ? x->nw : TH_N, delay_ms, x->nw ? x->nw : TH_N,
-           x->lease_ms ? x->lease_ms : 3000, epochs);
+           x->lease_ms ? x->lease_ms : 3000, epochs, pt);
   snprintf(x->yaml, sizeof x->yaml, "%s",
            x->sync ? ps_test_sync_yaml(x->dir, 2, extra, x->gp, x->cp)
                    : ps_test_cluster_yaml(x->dir, 2, extra, x->gp, x->cp));
@@ -1342,6 +1349,30 @@ START_TEST(test_hier_ssp_bound) {
 }
 END_TEST
 
+/* th_failover_counts checks the finished workers of a run of EPOCHS (16
+ * steps each) that failed over from the aggregator mid-training: every
+ * batch was trained, and again those whose push to the failed aggregator
+ * may not have been applied (at most three a push: the deferred ones);
+ * and nothing acknowledged is lost: every push a worker saw acknowledged
+ * by shard 0 (directly or in a sum) is among the gradients it applied. */
+static void th_failover_counts(th_ctx *x, int epochs) {
+  long acked = 0;
+  for (int i = 0; i < TH_N; i++) {
+    int steps = (int)ps_test_json_num(x->json[i], "steps");
+    int again = 3 * (int)ps_test_json_sum(x->json[i], "pushes_unanswered");
+    ck_assert_msg(steps >= epochs * 16 && steps <= epochs * 16 + again, "worker %d: %d steps, "
+                  "%d retrained at most; see %s", i, steps, again, x->log[i]);
+    const char *p = strstr(x->json[i], "\"pushes_acked\":[");
+    ck_assert_ptr_nonnull(p);
+    acked += strtol(p + strlen("\"pushes_acked\":["), NULL, 10);
+  }
+  Ps__StatusReply *st = ps_test_status(x->gp[0]);
+  uint64_t applied = st->pushes - st->sum_pushes + st->sum_grads;
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  ck_assert_msg((uint64_t)acked <= applied, "workers saw %ld pushes acknowledged, shard 0 applied "
+                "%llu gradients", acked, (unsigned long long)applied);
+}
+
 START_TEST(test_hier_failover) {
   TH_NEED_DATA();
   th_ctx x = {0};
@@ -1380,34 +1411,81 @@ START_TEST(test_hier_failover) {
     ck_assert_msg(strstr(out, "aggregator h0 (127.0.0.1:") && strstr(out, "answers again; back "
                   "to it"), "worker %d did not return to the aggregator; see %s", i, x.log[i]);
     free(out);
-    /* every batch, and again those whose push to the dying aggregator
-     * may not have been applied (at most three a push: the deferred ones) */
-    int steps = (int)ps_test_json_num(x.json[i], "steps");
-    int again = 3 * (int)ps_test_json_sum(x.json[i], "pushes_unanswered");
-    ck_assert_msg(steps >= 10 * 16 && steps <= 10 * 16 + again, "worker %d: %d steps, %d "
-                  "retrained at most; see %s", i, steps, again, x.log[i]);
   }
+  th_failover_counts(&x, 10);
   /* the restarted aggregator summed the returned workers' pushes */
   Ps__StatusReply *ag = ps_test_status(x.agg_gp);
   ck_assert_msg(ag->agg_pushes_in > 0 && ag->agg_forwarded > 0, "the restarted aggregator "
                 "summed %llu pushes", (unsigned long long)ag->agg_pushes_in);
   protobuf_c_message_free_unpacked(&ag->base, NULL);
-  /* nothing acknowledged is lost: every push a worker saw acknowledged by
-   * shard 0 (directly or in a sum) is among the gradients it applied */
-  long acked = 0;
-  for (int i = 0; i < TH_N; i++) {
-    const char *p = strstr(x.json[i], "\"pushes_acked\":[");
-    ck_assert_ptr_nonnull(p);
-    acked += strtol(p + strlen("\"pushes_acked\":["), NULL, 10);
-  }
-  Ps__StatusReply *st = ps_test_status(x.gp[0]);
-  plain = st->pushes - st->sum_pushes;
-  uint64_t applied = plain + st->sum_grads;
-  protobuf_c_message_free_unpacked(&st->base, NULL);
-  ck_assert_msg((uint64_t)acked <= applied, "workers saw %ld pushes acknowledged, shard 0 applied "
-                "%llu gradients", acked, (unsigned long long)applied);
   double acc = ps_test_json_num(x.json[0], "test_accuracy");
   ck_assert_msg(acc > 0.6, "test accuracy %f after failover", acc);
+  th_finish(&x);
+}
+END_TEST
+
+/* th_log_count counts the workers whose log holds NEEDLE. */
+static int th_log_count(th_ctx *x, const char *needle) {
+  int n = 0;
+  for (int i = 0; i < TH_N; i++) {
+    char *out = ps_test_read_file(x->log[i], NULL);
+    n += out && strstr(out, needle) != NULL;
+    free(out);
+  }
+  return n;
+}
+
+/* A hung aggregator (SIGSTOPped: its kernel still acknowledges TCP, so
+ * no connection breaks) holding its workers' pulls, with a 2 s lease and
+ * a 60 s pull_timeout_ms.  Live and holding two workers' pulls for a
+ * stopped third past half a lease, it answers their probes and keeps
+ * them; stopped for less than a lease, it keeps them
+ * (the liveness probe waits a lease for its hello); stopped for good,
+ * every worker goes to the roots within a lease and a half of probing
+ * (asserted within 3 leases), not after pull_timeout_ms + 5 s (65 s: the
+ * old wait), and the job finishes with the same accounting as after a
+ * kill -9 (nothing acknowledged lost, steps retrained within the
+ * unanswered pushes). */
+START_TEST(test_hier_agg_hung_failover) {
+  TH_NEED_DATA();
+  th_ctx x = {.lease_ms = 2000, .pull_timeout_ms = 60000};
+  pid_t w[TH_N];
+  th_midway(&x, 20, 200, 10, w);
+  /* a live aggregator holding the others' pulls (under bsp, for worker 0,
+   * stopped 0.8 lease) past half a lease answers their probes: nobody
+   * leaves it */
+  ck_assert_int_eq(ps_test_sigstop(w[0], 5000), 0);
+  usleep(1600 * 1000);
+  ck_assert_int_eq(kill(w[0], SIGCONT), 0);
+  usleep(1000 * 1000);
+  ck_assert_msg(th_log_count(&x, "going to the root shards directly") == 0,
+                "a worker left a live aggregator that held its pull; see %s", x.log[1]);
+  /* a short stop of the aggregator: leases extended, nobody leaves */
+  ck_assert_int_eq(ps_test_sigstop(x.agg, 5000), 0);
+  usleep(1800 * 1000);
+  ck_assert_int_eq(kill(x.agg, SIGCONT), 0);
+  usleep(2500 * 1000);
+  ck_assert_msg(th_log_count(&x, "going to the root shards directly") == 0,
+                "a worker failed over for a stop shorter than a lease; see %s", x.log[0]);
+  /* hung for good: every worker reaches the roots */
+  th_wait_sums(&x, 12);
+  ck_assert_int_eq(ps_test_sigstop(x.agg, 5000), 0);
+  int64_t t0 = ps_test_now_ms(), bound = 3 * x.lease_ms, took = -1;
+  while (ps_test_now_ms() - t0 <= bound + 20000) {
+    if (th_log_count(&x, "going to the root shards directly") == TH_N) {
+      took = ps_test_now_ms() - t0;
+      break;
+    }
+    usleep(20000);
+  }
+  kill(x.agg, SIGCONT);
+  ck_assert_msg(took >= 0 && took <= bound, "the workers reached the roots %lld ms after the "
+                "aggregator hung (-1: not within %lld ms), not within 3 leases (%lld ms); see %s",
+                (long long)took, (long long)bound + 20000, (long long)bound, x.log[0]);
+  ck_assert_msg(th_log_count(&x, "did not answer a liveness probe") == TH_N,
+                "not every worker said why; see %s", x.log[0]);
+  th_wait(&x, w, TH_N);
+  th_failover_counts(&x, 200);
   th_finish(&x);
 }
 END_TEST
@@ -1699,8 +1777,9 @@ Suite *hier_suite(void) {
   /* an aggregator's own stall is no local worker's silence */
   TCase *ts = tcase_create("hier_stall");
   tcase_add_unchecked_fixture(ts, ps_test_procs_setup, ps_test_procs_teardown);
-  tcase_set_timeout(ts, 60);
+  tcase_set_timeout(ts, 180);
   tcase_add_test(ts, test_hier_agg_stalled);
+  tcase_add_test(ts, test_hier_agg_hung_failover);
   suite_add_tcase(s, ts);
   /* a failed sum's waiting pulls (quick, no dataset: CK_RUN_CASE=hier_lost) */
   TCase *tl = tcase_create("hier_lost");

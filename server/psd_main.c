@@ -1041,25 +1041,26 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
     switch (c) {
       case 'c':
         if (a->config || !*optarg) {
-          fprintf(stderr, "psd: %s\n", a->config ? "--config given twice" : "--config wants a file");
+          ps_log_plain(LOG_ERR, "psd: %s\n",
+                       a->config ? "--config given twice" : "--config wants a file");
           return 2;
         }
         a->config = optarg;
         break;
       case 's':
         if (a->shard >= 0) {
-          fprintf(stderr, "psd: --shard given twice\n");
+          ps_log_plain(LOG_ERR, "psd: --shard given twice\n");
           return 2;
         }
         if (ps_flag_uint("--shard", optarg, 0, UINT32_MAX, &id, &eb) < 0) {
-          fprintf(stderr, "psd: %s\n", eb.msg);
+          ps_log_plain(LOG_ERR, "psd: %s\n", eb.msg);
           return 2;
         }
         a->shard = (long)id;
         break;
       case 'a':
         if (a->aggregator) {
-          fprintf(stderr, "psd: --aggregator given twice\n");
+          ps_log_plain(LOG_ERR, "psd: --aggregator given twice\n");
           return 2;
         }
         a->aggregator = optarg;
@@ -1067,11 +1068,11 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
       case 't': a->test = 1; break;
       case 'h': fputs(usage, stdout); return -1;
       case 'V': version = 1; break;
-      default: fputs(usage, stderr); return 2;
+      default: ps_log_plain(LOG_ERR, "%s", usage); return 2;
     }
   }
   if (version && optind < argc) { /* a script's typo must not read as a build */
-    fprintf(stderr, "psd: --version takes no argument, got '%s'\nsee 'psd --help'\n",
+    ps_log_plain(LOG_ERR, "psd: --version takes no argument, got '%s'\nsee 'psd --help'\n",
             argv[optind]);
     return 2;
   }
@@ -1086,7 +1087,7 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
                         ? "--shard N or --aggregator NAME is required (or -t)"
                         : NULL;
   if (why) {
-    fprintf(stderr, "psd: %s%s%s\n%s", why, optind < argc ? ": " : "",
+    ps_log_plain(LOG_ERR, "psd: %s%s%s\n%s", why, optind < argc ? ": " : "",
             optind < argc ? argv[optind] : "", usage);
     return 2;
   }
@@ -1159,8 +1160,9 @@ static void psd_main_check_ends(const ps_config *cfg, const char *path, int agg)
   for (int i = 0; i < 3; i++) {
     ps_errbuf eb;
     if (files[i] && ps_tls_expiry(files[i], 30 * 86400, &eb) == 1)
-      fprintf(stderr, "%s: warning: security.tls.%s: %s: renew it before then and send psd "
-              "SIGHUP (README.md, \"Renewing certificates\")\n", path, keys[i], eb.msg);
+      ps_log_plain(LOG_WARNING, "%s: warning: security.tls.%s: %s: renew it before then and "
+                   "send psd SIGHUP (README.md, \"Renewing certificates\")\n", path, keys[i],
+                   eb.msg);
   }
 }
 
@@ -1182,7 +1184,7 @@ static void psd_main_check_names(const ps_config *cfg, const char *path, const p
   }
   ps_errbuf eb;
   if (ps_tls_check_hosts(cfg->security.tls.cert, addrs, n, &eb) < 0)
-    fprintf(stderr, "%s: warning: security.tls.cert: %s\n", path, eb.msg);
+    ps_log_plain(LOG_WARNING, "%s: warning: security.tls.cert: %s\n", path, eb.msg);
   free(addrs);
 }
 
@@ -1208,7 +1210,7 @@ static void psd_main_warn_plaintext(const ps_config *cfg, const char *path,
       /* loopback as an address, not as text: LOCALHOST and [0:0::1] are */
       if (!open[i] || ps_addr_loopback(addrs[i])) continue;
       if (path)
-        fprintf(stderr, "%s: warning: the %s would be served on the non-loopback address "
+        ps_log_plain(LOG_WARNING, "%s: warning: the %s would be served on the non-loopback address "
                 "'%s': anyone who reaches it may change the models\n", path, what[i], addrs[i]);
       else
         ps_warn("serving the %s on the non-loopback address '%s': anyone who reaches it may "
@@ -1319,13 +1321,13 @@ int main(int argc, char **argv) {
   ps_config cfg;
   ps_errbuf eb = {{0}};
   if (ps_config_load(&cfg, a.config, &eb) < 0) {
-    fprintf(stderr, "%s\n", eb.msg);
+    ps_log_plain(LOG_ERR, "%s\n", eb.msg);
     return 2;
   }
-  ps_config_print_warnings(&cfg, stderr);
+  if (cfg.warning[0]) ps_log_plain(LOG_WARNING, "%s\n", cfg.warning);
   const ps_shard_conf *me = a.shard >= 0 ? ps_config_shard(&cfg, (uint32_t)a.shard) : NULL;
   if (a.shard >= 0 && !me) {
-    fprintf(stderr, "%s: no shard with id %ld\n", a.config, a.shard);
+    ps_log_plain(LOG_ERR, "%s: no shard with id %ld\n", a.config, a.shard);
     ps_config_release(&cfg);
     return 2;
   }
@@ -1333,16 +1335,17 @@ int main(int argc, char **argv) {
    * --aggregator checks the whole file, and warns of what its aggregators
    * would lack (a shard's host may not hold the worker pair they use) */
   if (psd_main_check_security(&cfg, a.aggregator != NULL, &eb) < 0) {
-    fprintf(stderr, "%s: security: %s\n", a.config, eb.msg);
+    ps_log_plain(LOG_ERR, "%s: security: %s\n", a.config, eb.msg);
     ps_config_release(&cfg);
     return 2;
   }
   if (a.test && !a.aggregator && a.shard < 0 && cfg.naggs > 0 && psd_main_check_agg(&cfg, &eb) < 0)
-    fprintf(stderr, "%s: warning: security: %s; the aggregators started from this file on this "
-            "host would exit 2 (psd -t --aggregator NAME checks one)\n", a.config, eb.msg);
+    ps_log_plain(LOG_WARNING, "%s: warning: security: %s; the aggregators started from this file "
+                 "on this host would exit 2 (psd -t --aggregator NAME checks one)\n", a.config,
+                 eb.msg);
   const ps_agg_conf *agg = a.aggregator ? ps_config_agg(&cfg, a.aggregator) : NULL;
   if (a.aggregator && !agg) {
-    fprintf(stderr, "%s: no aggregator named '%s' in the 'aggregators' list\n", a.config,
+    ps_log_plain(LOG_ERR, "%s: no aggregator named '%s' in the 'aggregators' list\n", a.config,
             a.aggregator);
     ps_config_release(&cfg);
     return 2;

@@ -400,6 +400,41 @@ START_TEST(test_systemd_unit_prefix) {
 }
 END_TEST
 
+/* Under a unit (stderr is the stream JOURNAL_STREAM names) every line
+ * psd writes carries its priority, the start's own messages too: a bad
+ * cluster file or command line that ends psd with exit 2 is an error in
+ * the journal (`journalctl -p err` finds it).  They were written plain,
+ * which journald files at info; off the journal they stay plain. */
+START_TEST(test_systemd_journal_priority) {
+  char d[512], bad[600], log[600], cmd[8192];
+  snprintf(d, sizeof d, "%s", ps_test_tmpdir());
+  snprintf(bad, sizeof bad, "%s/bad.yaml", d);
+  snprintf(log, sizeof log, "%s/stderr.log", d);
+  ps_test_write_file(bad, "cluster: x\nbogus: 1\n");
+  ps_test_write_file(log, "");
+  const char *psd = ps_test_bin("psd");
+  /* the journal's stream: stderr is the file JOURNAL_STREAM names */
+  snprintf(cmd, sizeof cmd, "JOURNAL_STREAM=$(stat -c %%d:%%i '%s') '%s' --config '%s' --shard 0 "
+           "2>>'%s'; test $? = 2 && JOURNAL_STREAM=$(stat -c %%d:%%i '%s') '%s' --config '%s' "
+           "2>>'%s'; test $? = 2", log, psd, bad, log, log, psd, bad, log);
+  ck_assert_msg(system(cmd) == 0, "psd did not exit 2; see %s", log);
+  char *text = ps_test_read_file(log, NULL), want[800];
+  snprintf(want, sizeof want, "<3>%s:2:1: unknown key 'bogus' at the top level\n", bad);
+  ck_assert_msg(!strncmp(text, want, strlen(want)), "wanted '%s' first, got:\n%s", want, text);
+  ck_assert_msg(strstr(text, "\n<3>psd: --shard N or --aggregator NAME is required (or -t)\n"
+                             "<3>usage: psd --config FILE"), "a usage error without <3>:\n%s", text);
+  for (const char *p = text; *p; p = strchr(p, '\n') + 1)
+    ck_assert_msg(p[0] == '<' && p[2] == '>', "a line without its priority:\n%s", text);
+  free(text);
+  /* a terminal, a file: as it was, no prefix */
+  snprintf(cmd, sizeof cmd, "'%s' --config '%s' --shard 0 2>'%s'; test $? = 2", psd, bad, log);
+  ck_assert_int_eq(system(cmd), 0);
+  text = ps_test_read_file(log, NULL);
+  ck_assert_str_eq(text, want + 3);
+  free(text);
+}
+END_TEST
+
 Suite *psd_systemd_suite(void) {
   Suite *s = suite_create("psd_systemd");
   TCase *tc = tcase_create("notify");
@@ -412,6 +447,7 @@ Suite *psd_systemd_suite(void) {
   tcase_add_test(tc, test_systemd_replay_notify);
   tcase_add_test(tc, test_systemd_unit_verify);
   tcase_add_test(tc, test_systemd_unit_prefix);
+  tcase_add_test(tc, test_systemd_journal_priority);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -101,6 +101,7 @@ typedef struct psd_main {
   int wal_failed;            /* the redo log's writer is failing (sync) */
   int wal_err;               /* the code it last said (psd_main_wal_state) */
   char wal_fail_msg[sizeof(ps_errbuf)]; /* why */
+  char status_why[sizeof ((psd_shard *)0)->degraded_why]; /* the DEGRADED reason systemd has */
   int replay_stopped;        /* a SIGTERM/SIGINT ended the start's replay */
   ps_ticker start_ticker;    /* systemd's start timeout and stop (psd_main_start_tick) */
   atomic_int replaying;      /* the replay runs ... */
@@ -125,14 +126,23 @@ static int64_t psd_main_unix_ms(void) {
 /* psd_main_why says in the shard's degraded_why (psctl status, refused
  * pushes) what keeps it DEGRADED now: the redo log, the flush, or both
  * (either may fail while the other already did, and either may recover
- * first). */
+ * first); and systemd's STATUS= says the same whenever it changes (it
+ * kept the first cause: "degraded: cannot sync the redo log" while only
+ * the store failed, the log written again).  SERVING again: forgotten. */
 static void psd_main_why(psd_main *m) {
   psd_shard *sh = &m->sh;
-  if (sh->state != PSD_DEGRADED) return;
+  if (sh->state != PSD_DEGRADED) {
+    m->status_why[0] = '\0';
+    return;
+  }
   int log = m->wal_failed, flush = m->flush_failures > 0;
   snprintf(sh->degraded_why, sizeof sh->degraded_why, "%s%s%s%s", log ? m->wal_fail_msg : "",
            log && flush ? "; " : "", flush ? "its last flush failed: " : "",
            flush ? m->flush_fail_msg : "");
+  if (strcmp(sh->degraded_why, m->status_why)) {
+    snprintf(m->status_why, sizeof m->status_why, "%s", sh->degraded_why);
+    sd_notifyf(0, "STATUS=degraded: %s", m->status_why);
+  }
 }
 
 /* psd_main_flushed records the outcome of a flush of the state as of
@@ -161,7 +171,6 @@ static void psd_main_flushed(psd_main *m, int status, const ps_errbuf *eb, int64
       char why[sizeof eb->msg + 32];
       snprintf(why, sizeof why, "its last flush failed: %s", eb->msg);
       psd_shard_set_state(sh, PSD_DEGRADED, why);
-      sd_notifyf(0, "STATUS=degraded: flush failed: %s", eb->msg);
     }
     if (changed || m->flush_failures % 60 == 0)
       ps_err("flush failed (%u in a row), shard %u degraded: %s, retrying every %u ms: %s",
@@ -232,7 +241,6 @@ static void psd_main_wal_state(void *arg, int err, const char *msg) {
   m->wal_err = err;
   if (err < 0) snprintf(m->wal_fail_msg, sizeof m->wal_fail_msg, "%s", msg);
   if (again) { /* (short of space: the free space now; the snapshot was asked) */
-    if (sh->state == PSD_DEGRADED) sd_notifyf(0, "STATUS=degraded: %s", msg);
     psd_main_why(m);
     return;
   }
@@ -247,7 +255,6 @@ static void psd_main_wal_state(void *arg, int err, const char *msg) {
              "%u ms", sh->me->id, msg, psd_main_log_retry_ms(sh->cfg));
     if (sh->state == PSD_SERVING) {
       psd_shard_set_state(sh, PSD_DEGRADED, msg);
-      sd_notifyf(0, "STATUS=degraded: %s", msg);
     }
     psd_main_why(m);
     return;

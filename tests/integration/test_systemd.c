@@ -79,6 +79,21 @@ static ps_rpc *sd_rpc(int port) {
   return r;
 }
 
+/* sd_push pushes -1 gradients to model "sd"'s chunk 0: 0, or the error
+ * (in EB). */
+static int sd_push(ps_rpc *r, ps_errbuf *eb) {
+  ProtobufCMessage *rep;
+  float g[100];
+  for (int i = 0; i < 100; i++) g[i] = -1;
+  uint32_t id = 0;
+  Ps__PushRequest push = PS__PUSH_REQUEST__INIT;
+  push.model = "sd"; push.n_chunk_ids = 1; push.chunk_ids = &id;
+  push.grads.data = (uint8_t *)g; push.grads.len = sizeof g;
+  int rc = ps_rpc_call(r, "/ps.Ps/Push", &push.base, &ps__push_reply__descriptor, &rep, 5000, eb);
+  if (rc == 0) protobuf_c_message_free_unpacked(rep, NULL);
+  return rc;
+}
+
 /* sd_seed submits model "sd" (one zero-initialised tensor of 100 floats,
  * SGD lr 1) and pushes -1 gradients once, so the values are all 1.0 at
  * version 1. */
@@ -93,17 +108,8 @@ static void sd_seed(ps_rpc *r) {
   Ps__ModelSpec spec = PS__MODEL_SPEC__INIT;
   spec.name = "sd"; spec.seed = 1; spec.n_tensors = 1; spec.tensors = ts; spec.optimizer = &opt;
   ps_test_submit(r, &spec, 0, 5000);
-  ProtobufCMessage *rep;
   ps_errbuf eb;
-  float g[100];
-  for (int i = 0; i < 100; i++) g[i] = -1;
-  uint32_t id = 0;
-  Ps__PushRequest push = PS__PUSH_REQUEST__INIT;
-  push.model = "sd"; push.n_chunk_ids = 1; push.chunk_ids = &id;
-  push.grads.data = (uint8_t *)g; push.grads.len = sizeof g;
-  ck_assert_msg(ps_rpc_call(r, "/ps.Ps/Push", &push.base, &ps__push_reply__descriptor, &rep, 5000,
-                            &eb) == 0, "push: %s", eb.msg);
-  protobuf_c_message_free_unpacked(rep, NULL);
+  ck_assert_msg(sd_push(r, &eb) == 0, "push: %s", eb.msg);
 }
 
 /* sd_check_restored pulls model "sd" and checks it is all 1.0 at version 1. */
@@ -400,6 +406,57 @@ START_TEST(test_systemd_unit_prefix) {
 }
 END_TEST
 
+/* A DEGRADED shard's STATUS= says what keeps it DEGRADED now, as psctl
+ * status does: the redo log fails, then the store's syncs fail too, then
+ * the log works again: STATUS= says the flush (it kept saying "cannot
+ * sync the redo log" until the shard served again). */
+START_TEST(test_systemd_degraded_status) {
+  char d[512], env[700], sfail[700], sfail_env[800], all[65536] = "", msg[4096];
+  snprintf(d, sizeof d, "%s", ps_test_tmpdir());
+  ps_test_gated g;
+  ps_test_gated_init(&g, d, NULL, 0);
+  snprintf(sfail, sizeof sfail, "%s/store.fail", d);
+  snprintf(sfail_env, sizeof sfail_env, "PS_FSYNC_FAIL_STORE=%s", sfail);
+  int fd = sd_socket(d, env, sizeof env);
+  char *envp[16];
+  size_t n = 0;
+  for (; g.env.env[n]; n++) envp[n] = g.env.env[n];
+  envp[n++] = env;
+  envp[n++] = sfail_env;
+  envp[n] = NULL;
+  pid_t pid = ps_test_psd(g.yaml, 0, g.log, envp);
+  ck_assert_msg(sd_until(fd, all, sizeof all, "READY=1", 0, 15000), "no READY=1; got:\n%s", all);
+  ps_rpc *r = sd_rpc(g.gp);
+  sd_seed(r);
+  ps_errbuf eb;
+  ps_test_write_file(g.fail, ""); /* the log's syncs fail */
+  ck_assert_msg(sd_push(r, &eb) != 0, "a push acknowledged while the log fails");
+  ck_assert_msg(sd_until(fd, all, sizeof all, "STATUS=degraded: cannot sync the redo log", 1, 15000),
+                "no STATUS= naming the log; got:\n%s; see %s", all, g.log);
+  ps_test_write_file(sfail, ""); /* the store's too */
+  ck_assert_int_eq(unlink(g.fail), 0); /* the log works again, the store does not */
+  int flush_only = 0;
+  int64_t end = ps_test_now_ms() + 15000;
+  while (!flush_only && ps_test_now_ms() < end) {
+    if (sd_recv(fd, msg, sizeof msg, 200) < 0) continue;
+    size_t len = strlen(all);
+    snprintf(all + len, sizeof all - len, "%s\n", msg);
+    flush_only = !strncmp(msg, "STATUS=degraded: its last flush failed: ", 40) &&
+                 !strstr(msg, "redo log");
+  }
+  ck_assert_msg(flush_only, "no STATUS= naming the flush alone once the log works; got:\n%s; "
+                "see %s", all, g.log);
+  ck_assert_int_eq(unlink(sfail), 0);
+  ck_assert_msg(sd_until(fd, all, sizeof all, "STATUS=serving shard 0", 0, 15000),
+                "not serving again; got:\n%s", all);
+  ck_assert_msg(sd_push(r, &eb) == 0, "push once serving again: %s", eb.msg);
+  ps_rpc_close(r);
+  int st = ps_test_stop(pid, SIGTERM, 10000);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd: status %d", st);
+  close(fd);
+}
+END_TEST
+
 /* Under a unit (stderr is the stream JOURNAL_STREAM names) every line
  * psd writes carries its priority, the start's own messages too: a bad
  * cluster file or command line that ends psd with exit 2 is an error in
@@ -448,6 +505,7 @@ Suite *psd_systemd_suite(void) {
   tcase_add_test(tc, test_systemd_unit_verify);
   tcase_add_test(tc, test_systemd_unit_prefix);
   tcase_add_test(tc, test_systemd_journal_priority);
+  tcase_add_test(tc, test_systemd_degraded_status);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -790,7 +790,13 @@ static void psd_main_drain(psd_main *m, int signum) {
   if (sh->state == PSD_DRAINING) return;
   if (sh->agg_me) ps_info("%s: draining aggregator %s", strsignal(signum), sh->agg_me->name);
   else ps_info("%s: draining shard %u", strsignal(signum), sh->me->id);
-  sd_notify(0, "STOPPING=1\nSTATUS=draining");
+  /* the stop may take drain_timeout_ms (up to 10 minutes) and then the
+   * final flush: systemd's stop timeout (the unit's TimeoutStopSec, 60 s)
+   * is extended to cover both, or a long drain is SIGKILLed before its
+   * flush (the updates since the last one lost).  An extension shorter
+   * than the unit's timeout changes nothing. */
+  sd_notifyf(0, "STOPPING=1\nSTATUS=draining\nEXTEND_TIMEOUT_USEC=%llu",
+             (unsigned long long)sh->cfg->drain_timeout_ms * 1000 + PSD_MAIN_EXTEND_USEC);
   /* from here the loop may block on the disk (the coordinator's state is
    * saved at once; the final snapshot), where its own timers cannot say
    * so: a thread of its own does, once the drain's time is past */

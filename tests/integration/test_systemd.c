@@ -406,6 +406,34 @@ START_TEST(test_systemd_unit_prefix) {
 }
 END_TEST
 
+/* A stop tells systemd how long it may take: drain_timeout_ms and a
+ * margin for the final flush (EXTEND_TIMEOUT_USEC with STOPPING=1), so a
+ * drain_timeout_ms past the unit's TimeoutStopSec (60 s) is not
+ * SIGKILLed before its flush.  It said nothing: systemd killed it at 60 s. */
+START_TEST(test_systemd_stop_extends) {
+  char d[512], env[700], log[600], all[8192] = "";
+  snprintf(d, sizeof d, "%s", ps_test_tmpdir());
+  int gp;
+  const char *yaml = ps_test_cluster_yaml(d, 1, "limits:\n  drain_timeout_ms: 120000\n", &gp,
+                                          NULL);
+  snprintf(log, sizeof log, "%s/psd.log", d);
+  int fd = sd_socket(d, env, sizeof env);
+  char *envp[] = {env, NULL};
+  pid_t pid = ps_test_psd(yaml, 0, log, envp);
+  ck_assert_msg(sd_until(fd, all, sizeof all, "READY=1", 0, 15000), "no READY=1; got:\n%s", all);
+  ck_assert_int_eq(kill(pid, SIGTERM), 0);
+  ck_assert_msg(sd_until(fd, all, sizeof all, "STOPPING=1", 0, 10000), "no STOPPING=1:\n%s", all);
+  const char *e = strstr(all, "EXTEND_TIMEOUT_USEC=");
+  ck_assert_msg(e && strstr(all, "STOPPING=1") < e, "no EXTEND_TIMEOUT_USEC at the stop:\n%s",
+                all);
+  unsigned long long usec = strtoull(e + strlen("EXTEND_TIMEOUT_USEC="), NULL, 10);
+  ck_assert_msg(usec > 120000000ull, "EXTEND_TIMEOUT_USEC=%llu, not past drain_timeout_ms", usec);
+  int st = ps_test_wait_pid(pid, 10000);
+  ck_assert_msg(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd: status %d", st);
+  close(fd);
+}
+END_TEST
+
 /* A DEGRADED shard's STATUS= says what keeps it DEGRADED now, as psctl
  * status does: the redo log fails, then the store's syncs fail too, then
  * the log works again: STATUS= says the flush (it kept saying "cannot
@@ -506,6 +534,7 @@ Suite *psd_systemd_suite(void) {
   tcase_add_test(tc, test_systemd_unit_prefix);
   tcase_add_test(tc, test_systemd_journal_priority);
   tcase_add_test(tc, test_systemd_degraded_status);
+  tcase_add_test(tc, test_systemd_stop_extends);
   suite_add_tcase(s, tc);
   return s;
 }

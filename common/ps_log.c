@@ -114,6 +114,32 @@ void ps_log(int level, const char *fmt, ...) {
   log_write(line, len, level);
 }
 
+/* ps_log_plain: see ps_log.h. */
+void ps_log_plain(int level, const char *fmt, ...) {
+  if (level > log_max) return;
+  if (log_journal < 0) log_journal = log_to_journal();
+  va_list ap;
+  va_start(ap, fmt);
+  char *text = NULL;
+  int n = vasprintf(&text, fmt, ap);
+  va_end(ap);
+  if (n < 0) return;
+  pthread_mutex_lock(&log_mu);
+  if (!log_journal) {
+    fputs(text, stderr);
+  } else {
+    for (const char *p = text; *p;) {
+      const char *nl = strchr(p, '\n');
+      size_t len = nl ? (size_t)(nl - p) : strlen(p);
+      fprintf(stderr, "<%d>%.*s\n", level, (int)len, p);
+      p += len + (nl != NULL);
+    }
+  }
+  fflush(stderr);
+  pthread_mutex_unlock(&log_mu);
+  free(text);
+}
+
 /* ps_log_u32s: see ps_log.h. */
 const char *ps_log_u32s(char *buf, size_t cap, const uint32_t *v, size_t n) {
   size_t len = 0, i = 0;

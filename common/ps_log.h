@@ -27,6 +27,15 @@ void ps_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)
  * (and counted) when stderr cannot take it at once.  For progress lines. */
 void ps_log_raw(const char *text, size_t len);
 
+/* ps_log_plain writes the message FMT formats to stderr as it is, with no
+ * timestamp or program name: what a user reads on a terminal, such as
+ * "FILE:LINE:COL: message", a usage text or `psd -t`'s warnings.  With
+ * stderr connected to journald, each of its lines gets LEVEL's "<N>"
+ * prefix as ps_log's do, so that a start that a bad file or command line
+ * ended is logged as an error (`journalctl -p err`), not at journald's
+ * default priority, info.  FMT's text ends in a newline. */
+void ps_log_plain(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+
 #define ps_err(...) ps_log(LOG_ERR, __VA_ARGS__)
 #define ps_warn(...) ps_log(LOG_WARNING, __VA_ARGS__)
 #define ps_info(...) ps_log(LOG_INFO, __VA_ARGS__)

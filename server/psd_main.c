@@ -101,6 +101,7 @@ typedef struct psd_main {
   int wal_failed;            /* the redo log's writer is failing (sync) */
   int wal_err;               /* the code it last said (psd_main_wal_state) */
   char wal_fail_msg[sizeof(ps_errbuf)]; /* why */
+  char status_why[sizeof ((psd_shard *)0)->degraded_why]; /* the DEGRADED reason systemd has */
   int replay_stopped;        /* a SIGTERM/SIGINT ended the start's replay */
   ps_ticker start_ticker;    /* systemd's start timeout and stop (psd_main_start_tick) */
   atomic_int replaying;      /* the replay runs ... */
@@ -125,14 +126,23 @@ static int64_t psd_main_unix_ms(void) {
 /* psd_main_why says in the shard's degraded_why (psctl status, refused
  * pushes) what keeps it DEGRADED now: the redo log, the flush, or both
  * (either may fail while the other already did, and either may recover
- * first). */
+ * first); and systemd's STATUS= says the same whenever it changes (it
+ * kept the first cause: "degraded: cannot sync the redo log" while only
+ * the store failed, the log written again).  SERVING again: forgotten. */
 static void psd_main_why(psd_main *m) {
   psd_shard *sh = &m->sh;
-  if (sh->state != PSD_DEGRADED) return;
+  if (sh->state != PSD_DEGRADED) {
+    m->status_why[0] = '\0';
+    return;
+  }
   int log = m->wal_failed, flush = m->flush_failures > 0;
   snprintf(sh->degraded_why, sizeof sh->degraded_why, "%s%s%s%s", log ? m->wal_fail_msg : "",
            log && flush ? "; " : "", flush ? "its last flush failed: " : "",
            flush ? m->flush_fail_msg : "");
+  if (strcmp(sh->degraded_why, m->status_why)) {
+    snprintf(m->status_why, sizeof m->status_why, "%s", sh->degraded_why);
+    sd_notifyf(0, "STATUS=degraded: %s", m->status_why);
+  }
 }
 
 /* psd_main_flushed records the outcome of a flush of the state as of
@@ -161,7 +171,6 @@ static void psd_main_flushed(psd_main *m, int status, const ps_errbuf *eb, int64
       char why[sizeof eb->msg + 32];
       snprintf(why, sizeof why, "its last flush failed: %s", eb->msg);
       psd_shard_set_state(sh, PSD_DEGRADED, why);
-      sd_notifyf(0, "STATUS=degraded: flush failed: %s", eb->msg);
     }
     if (changed || m->flush_failures % 60 == 0)
       ps_err("flush failed (%u in a row), shard %u degraded: %s, retrying every %u ms: %s",
@@ -232,7 +241,6 @@ static void psd_main_wal_state(void *arg, int err, const char *msg) {
   m->wal_err = err;
   if (err < 0) snprintf(m->wal_fail_msg, sizeof m->wal_fail_msg, "%s", msg);
   if (again) { /* (short of space: the free space now; the snapshot was asked) */
-    if (sh->state == PSD_DEGRADED) sd_notifyf(0, "STATUS=degraded: %s", msg);
     psd_main_why(m);
     return;
   }
@@ -247,7 +255,6 @@ static void psd_main_wal_state(void *arg, int err, const char *msg) {
              "%u ms", sh->me->id, msg, psd_main_log_retry_ms(sh->cfg));
     if (sh->state == PSD_SERVING) {
       psd_shard_set_state(sh, PSD_DEGRADED, msg);
-      sd_notifyf(0, "STATUS=degraded: %s", msg);
     }
     psd_main_why(m);
     return;
@@ -783,7 +790,13 @@ static void psd_main_drain(psd_main *m, int signum) {
   if (sh->state == PSD_DRAINING) return;
   if (sh->agg_me) ps_info("%s: draining aggregator %s", strsignal(signum), sh->agg_me->name);
   else ps_info("%s: draining shard %u", strsignal(signum), sh->me->id);
-  sd_notify(0, "STOPPING=1\nSTATUS=draining");
+  /* the stop may take drain_timeout_ms (up to 10 minutes) and then the
+   * final flush: systemd's stop timeout (the unit's TimeoutStopSec, 60 s)
+   * is extended to cover both, or a long drain is SIGKILLed before its
+   * flush (the updates since the last one lost).  An extension shorter
+   * than the unit's timeout changes nothing. */
+  sd_notifyf(0, "STOPPING=1\nSTATUS=draining\nEXTEND_TIMEOUT_USEC=%llu",
+             (unsigned long long)sh->cfg->drain_timeout_ms * 1000 + PSD_MAIN_EXTEND_USEC);
   /* from here the loop may block on the disk (the coordinator's state is
    * saved at once; the final snapshot), where its own timers cannot say
    * so: a thread of its own does, once the drain's time is past */
@@ -1041,25 +1054,26 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
     switch (c) {
       case 'c':
         if (a->config || !*optarg) {
-          fprintf(stderr, "psd: %s\n", a->config ? "--config given twice" : "--config wants a file");
+          ps_log_plain(LOG_ERR, "psd: %s\n",
+                       a->config ? "--config given twice" : "--config wants a file");
           return 2;
         }
         a->config = optarg;
         break;
       case 's':
         if (a->shard >= 0) {
-          fprintf(stderr, "psd: --shard given twice\n");
+          ps_log_plain(LOG_ERR, "psd: --shard given twice\n");
           return 2;
         }
         if (ps_flag_uint("--shard", optarg, 0, UINT32_MAX, &id, &eb) < 0) {
-          fprintf(stderr, "psd: %s\n", eb.msg);
+          ps_log_plain(LOG_ERR, "psd: %s\n", eb.msg);
           return 2;
         }
         a->shard = (long)id;
         break;
       case 'a':
         if (a->aggregator) {
-          fprintf(stderr, "psd: --aggregator given twice\n");
+          ps_log_plain(LOG_ERR, "psd: --aggregator given twice\n");
           return 2;
         }
         a->aggregator = optarg;
@@ -1067,11 +1081,11 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
       case 't': a->test = 1; break;
       case 'h': fputs(usage, stdout); return -1;
       case 'V': version = 1; break;
-      default: fputs(usage, stderr); return 2;
+      default: ps_log_plain(LOG_ERR, "%s", usage); return 2;
     }
   }
   if (version && optind < argc) { /* a script's typo must not read as a build */
-    fprintf(stderr, "psd: --version takes no argument, got '%s'\nsee 'psd --help'\n",
+    ps_log_plain(LOG_ERR, "psd: --version takes no argument, got '%s'\nsee 'psd --help'\n",
             argv[optind]);
     return 2;
   }
@@ -1086,7 +1100,7 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
                         ? "--shard N or --aggregator NAME is required (or -t)"
                         : NULL;
   if (why) {
-    fprintf(stderr, "psd: %s%s%s\n%s", why, optind < argc ? ": " : "",
+    ps_log_plain(LOG_ERR, "psd: %s%s%s\n%s", why, optind < argc ? ": " : "",
             optind < argc ? argv[optind] : "", usage);
     return 2;
   }
@@ -1159,8 +1173,9 @@ static void psd_main_check_ends(const ps_config *cfg, const char *path, int agg)
   for (int i = 0; i < 3; i++) {
     ps_errbuf eb;
     if (files[i] && ps_tls_expiry(files[i], 30 * 86400, &eb) == 1)
-      fprintf(stderr, "%s: warning: security.tls.%s: %s: renew it before then and send psd "
-              "SIGHUP (README.md, \"Renewing certificates\")\n", path, keys[i], eb.msg);
+      ps_log_plain(LOG_WARNING, "%s: warning: security.tls.%s: %s: renew it before then and "
+                   "send psd SIGHUP (README.md, \"Renewing certificates\")\n", path, keys[i],
+                   eb.msg);
   }
 }
 
@@ -1182,7 +1197,7 @@ static void psd_main_check_names(const ps_config *cfg, const char *path, const p
   }
   ps_errbuf eb;
   if (ps_tls_check_hosts(cfg->security.tls.cert, addrs, n, &eb) < 0)
-    fprintf(stderr, "%s: warning: security.tls.cert: %s\n", path, eb.msg);
+    ps_log_plain(LOG_WARNING, "%s: warning: security.tls.cert: %s\n", path, eb.msg);
   free(addrs);
 }
 
@@ -1208,7 +1223,7 @@ static void psd_main_warn_plaintext(const ps_config *cfg, const char *path,
       /* loopback as an address, not as text: LOCALHOST and [0:0::1] are */
       if (!open[i] || ps_addr_loopback(addrs[i])) continue;
       if (path)
-        fprintf(stderr, "%s: warning: the %s would be served on the non-loopback address "
+        ps_log_plain(LOG_WARNING, "%s: warning: the %s would be served on the non-loopback address "
                 "'%s': anyone who reaches it may change the models\n", path, what[i], addrs[i]);
       else
         ps_warn("serving the %s on the non-loopback address '%s': anyone who reaches it may "
@@ -1319,13 +1334,13 @@ int main(int argc, char **argv) {
   ps_config cfg;
   ps_errbuf eb = {{0}};
   if (ps_config_load(&cfg, a.config, &eb) < 0) {
-    fprintf(stderr, "%s\n", eb.msg);
+    ps_log_plain(LOG_ERR, "%s\n", eb.msg);
     return 2;
   }
-  ps_config_print_warnings(&cfg, stderr);
+  if (cfg.warning[0]) ps_log_plain(LOG_WARNING, "%s\n", cfg.warning);
   const ps_shard_conf *me = a.shard >= 0 ? ps_config_shard(&cfg, (uint32_t)a.shard) : NULL;
   if (a.shard >= 0 && !me) {
-    fprintf(stderr, "%s: no shard with id %ld\n", a.config, a.shard);
+    ps_log_plain(LOG_ERR, "%s: no shard with id %ld\n", a.config, a.shard);
     ps_config_release(&cfg);
     return 2;
   }
@@ -1333,16 +1348,17 @@ int main(int argc, char **argv) {
    * --aggregator checks the whole file, and warns of what its aggregators
    * would lack (a shard's host may not hold the worker pair they use) */
   if (psd_main_check_security(&cfg, a.aggregator != NULL, &eb) < 0) {
-    fprintf(stderr, "%s: security: %s\n", a.config, eb.msg);
+    ps_log_plain(LOG_ERR, "%s: security: %s\n", a.config, eb.msg);
     ps_config_release(&cfg);
     return 2;
   }
   if (a.test && !a.aggregator && a.shard < 0 && cfg.naggs > 0 && psd_main_check_agg(&cfg, &eb) < 0)
-    fprintf(stderr, "%s: warning: security: %s; the aggregators started from this file on this "
-            "host would exit 2 (psd -t --aggregator NAME checks one)\n", a.config, eb.msg);
+    ps_log_plain(LOG_WARNING, "%s: warning: security: %s; the aggregators started from this file "
+                 "on this host would exit 2 (psd -t --aggregator NAME checks one)\n", a.config,
+                 eb.msg);
   const ps_agg_conf *agg = a.aggregator ? ps_config_agg(&cfg, a.aggregator) : NULL;
   if (a.aggregator && !agg) {
-    fprintf(stderr, "%s: no aggregator named '%s' in the 'aggregators' list\n", a.config,
+    ps_log_plain(LOG_ERR, "%s: no aggregator named '%s' in the 'aggregators' list\n", a.config,
             a.aggregator);
     ps_config_release(&cfg);
     return 2;

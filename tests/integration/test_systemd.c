@@ -79,6 +79,21 @@ static ps_rpc *sd_rpc(int port) {
   return r;
 }
 
+/* sd_push pushes -1 gradients to model "sd"'s chunk 0: 0, or the error
+ * (in EB). */
+static int sd_push(ps_rpc *r, ps_errbuf *eb) {
+  ProtobufCMessage *rep;
+  float g[100];
+  for (int i = 0; i < 100; i++) g[i] = -1;
+  uint32_t id = 0;
+  Ps__PushRequest push = PS__PUSH_REQUEST__INIT;
+  push.model = "sd"; push.n_chunk_ids = 1; push.chunk_ids = &id;
+  push.grads.data = (uint8_t *)g; push.grads.len = sizeof g;
+  int rc = ps_rpc_call(r, "/ps.Ps/Push", &push.base, &ps__push_reply__descriptor, &rep, 5000, eb);
+  if (rc == 0) protobuf_c_message_free_unpacked(rep, NULL);
+  return rc;
+}
+
 /* sd_seed submits model "sd" (one zero-initialised tensor of 100 floats,
  * SGD lr 1) and pushes -1 gradients once, so the values are all 1.0 at
  * version 1. */
@@ -93,17 +108,8 @@ static void sd_seed(ps_rpc *r) {
   Ps__ModelSpec spec = PS__MODEL_SPEC__INIT;
   spec.name = "sd"; spec.seed = 1; spec.n_tensors = 1; spec.tensors = ts; spec.optimizer = &opt;
   ps_test_submit(r, &spec, 0, 5000);
-  ProtobufCMessage *rep;
   ps_errbuf eb;
-  float g[100];
-  for (int i = 0; i < 100; i++) g[i] = -1;
-  uint32_t id = 0;
-  Ps__PushRequest push = PS__PUSH_REQUEST__INIT;
-  push.model = "sd"; push.n_chunk_ids = 1; push.chunk_ids = &id;
-  push.grads.data = (uint8_t *)g; push.grads.len = sizeof g;
-  ck_assert_msg(ps_rpc_call(r, "/ps.Ps/Push", &push.base, &ps__push_reply__descriptor, &rep, 5000,
-                            &eb) == 0, "push: %s", eb.msg);
-  protobuf_c_message_free_unpacked(rep, NULL);
+  ck_assert_msg(sd_push(r, &eb) == 0, "push: %s", eb.msg);
 }
 
 /* sd_check_restored pulls model "sd" and checks it is all 1.0 at version 1. */
@@ -400,6 +406,120 @@ START_TEST(test_systemd_unit_prefix) {
 }
 END_TEST
 
+/* A stop tells systemd how long it may take: drain_timeout_ms and a
+ * margin for the final flush (EXTEND_TIMEOUT_USEC with STOPPING=1), so a
+ * drain_timeout_ms past the unit's TimeoutStopSec (60 s) is not
+ * SIGKILLed before its flush.  It said nothing: systemd killed it at 60 s. */
+START_TEST(test_systemd_stop_extends) {
+  char d[512], env[700], log[600], all[8192] = "";
+  snprintf(d, sizeof d, "%s", ps_test_tmpdir());
+  int gp;
+  const char *yaml = ps_test_cluster_yaml(d, 1, "limits:\n  drain_timeout_ms: 120000\n", &gp,
+                                          NULL);
+  snprintf(log, sizeof log, "%s/psd.log", d);
+  int fd = sd_socket(d, env, sizeof env);
+  char *envp[] = {env, NULL};
+  pid_t pid = ps_test_psd(yaml, 0, log, envp);
+  ck_assert_msg(sd_until(fd, all, sizeof all, "READY=1", 0, 15000), "no READY=1; got:\n%s", all);
+  ck_assert_int_eq(kill(pid, SIGTERM), 0);
+  ck_assert_msg(sd_until(fd, all, sizeof all, "STOPPING=1", 0, 10000), "no STOPPING=1:\n%s", all);
+  const char *e = strstr(all, "EXTEND_TIMEOUT_USEC=");
+  ck_assert_msg(e && strstr(all, "STOPPING=1") < e, "no EXTEND_TIMEOUT_USEC at the stop:\n%s",
+                all);
+  unsigned long long usec = strtoull(e + strlen("EXTEND_TIMEOUT_USEC="), NULL, 10);
+  ck_assert_msg(usec > 120000000ull, "EXTEND_TIMEOUT_USEC=%llu, not past drain_timeout_ms", usec);
+  int st = ps_test_wait_pid(pid, 10000);
+  ck_assert_msg(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd: status %d", st);
+  close(fd);
+}
+END_TEST
+
+/* A DEGRADED shard's STATUS= says what keeps it DEGRADED now, as psctl
+ * status does: the redo log fails, then the store's syncs fail too, then
+ * the log works again: STATUS= says the flush (it kept saying "cannot
+ * sync the redo log" until the shard served again). */
+START_TEST(test_systemd_degraded_status) {
+  char d[512], env[700], sfail[700], sfail_env[800], all[65536] = "", msg[4096];
+  snprintf(d, sizeof d, "%s", ps_test_tmpdir());
+  ps_test_gated g;
+  ps_test_gated_init(&g, d, NULL, 0);
+  snprintf(sfail, sizeof sfail, "%s/store.fail", d);
+  snprintf(sfail_env, sizeof sfail_env, "PS_FSYNC_FAIL_STORE=%s", sfail);
+  int fd = sd_socket(d, env, sizeof env);
+  char *envp[16];
+  size_t n = 0;
+  for (; g.env.env[n]; n++) envp[n] = g.env.env[n];
+  envp[n++] = env;
+  envp[n++] = sfail_env;
+  envp[n] = NULL;
+  pid_t pid = ps_test_psd(g.yaml, 0, g.log, envp);
+  ck_assert_msg(sd_until(fd, all, sizeof all, "READY=1", 0, 15000), "no READY=1; got:\n%s", all);
+  ps_rpc *r = sd_rpc(g.gp);
+  sd_seed(r);
+  ps_errbuf eb;
+  ps_test_write_file(g.fail, ""); /* the log's syncs fail */
+  ck_assert_msg(sd_push(r, &eb) != 0, "a push acknowledged while the log fails");
+  ck_assert_msg(sd_until(fd, all, sizeof all, "STATUS=degraded: cannot sync the redo log", 1, 15000),
+                "no STATUS= naming the log; got:\n%s; see %s", all, g.log);
+  ps_test_write_file(sfail, ""); /* the store's too */
+  ck_assert_int_eq(unlink(g.fail), 0); /* the log works again, the store does not */
+  int flush_only = 0;
+  int64_t end = ps_test_now_ms() + 15000;
+  while (!flush_only && ps_test_now_ms() < end) {
+    if (sd_recv(fd, msg, sizeof msg, 200) < 0) continue;
+    size_t len = strlen(all);
+    snprintf(all + len, sizeof all - len, "%s\n", msg);
+    flush_only = !strncmp(msg, "STATUS=degraded: its last flush failed: ", 40) &&
+                 !strstr(msg, "redo log");
+  }
+  ck_assert_msg(flush_only, "no STATUS= naming the flush alone once the log works; got:\n%s; "
+                "see %s", all, g.log);
+  ck_assert_int_eq(unlink(sfail), 0);
+  ck_assert_msg(sd_until(fd, all, sizeof all, "STATUS=serving shard 0", 0, 15000),
+                "not serving again; got:\n%s", all);
+  ck_assert_msg(sd_push(r, &eb) == 0, "push once serving again: %s", eb.msg);
+  ps_rpc_close(r);
+  int st = ps_test_stop(pid, SIGTERM, 10000);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "psd: status %d", st);
+  close(fd);
+}
+END_TEST
+
+/* Under a unit (stderr is the stream JOURNAL_STREAM names) every line
+ * psd writes carries its priority, the start's own messages too: a bad
+ * cluster file or command line that ends psd with exit 2 is an error in
+ * the journal (`journalctl -p err` finds it).  They were written plain,
+ * which journald files at info; off the journal they stay plain. */
+START_TEST(test_systemd_journal_priority) {
+  char d[512], bad[600], log[600], cmd[8192];
+  snprintf(d, sizeof d, "%s", ps_test_tmpdir());
+  snprintf(bad, sizeof bad, "%s/bad.yaml", d);
+  snprintf(log, sizeof log, "%s/stderr.log", d);
+  ps_test_write_file(bad, "cluster: x\nbogus: 1\n");
+  ps_test_write_file(log, "");
+  const char *psd = ps_test_bin("psd");
+  /* the journal's stream: stderr is the file JOURNAL_STREAM names */
+  snprintf(cmd, sizeof cmd, "JOURNAL_STREAM=$(stat -c %%d:%%i '%s') '%s' --config '%s' --shard 0 "
+           "2>>'%s'; test $? = 2 && JOURNAL_STREAM=$(stat -c %%d:%%i '%s') '%s' --config '%s' "
+           "2>>'%s'; test $? = 2", log, psd, bad, log, log, psd, bad, log);
+  ck_assert_msg(system(cmd) == 0, "psd did not exit 2; see %s", log);
+  char *text = ps_test_read_file(log, NULL), want[800];
+  snprintf(want, sizeof want, "<3>%s:2:1: unknown key 'bogus' at the top level\n", bad);
+  ck_assert_msg(!strncmp(text, want, strlen(want)), "wanted '%s' first, got:\n%s", want, text);
+  ck_assert_msg(strstr(text, "\n<3>psd: --shard N or --aggregator NAME is required (or -t)\n"
+                             "<3>usage: psd --config FILE"), "a usage error without <3>:\n%s", text);
+  for (const char *p = text; *p; p = strchr(p, '\n') + 1)
+    ck_assert_msg(p[0] == '<' && p[2] == '>', "a line without its priority:\n%s", text);
+  free(text);
+  /* a terminal, a file: as it was, no prefix */
+  snprintf(cmd, sizeof cmd, "'%s' --config '%s' --shard 0 2>'%s'; test $? = 2", psd, bad, log);
+  ck_assert_int_eq(system(cmd), 0);
+  text = ps_test_read_file(log, NULL);
+  ck_assert_str_eq(text, want + 3);
+  free(text);
+}
+END_TEST
+
 Suite *psd_systemd_suite(void) {
   Suite *s = suite_create("psd_systemd");
   TCase *tc = tcase_create("notify");
@@ -412,6 +532,9 @@ Suite *psd_systemd_suite(void) {
   tcase_add_test(tc, test_systemd_replay_notify);
   tcase_add_test(tc, test_systemd_unit_verify);
   tcase_add_test(tc, test_systemd_unit_prefix);
+  tcase_add_test(tc, test_systemd_journal_priority);
+  tcase_add_test(tc, test_systemd_degraded_status);
+  tcase_add_test(tc, test_systemd_stop_extends);
   suite_add_tcase(s, tc);
   return s;
 }

@@ -21,6 +21,10 @@
  * PS_FSYNC_FAIL names a file: while it exists, an fdatasync of a redo log
  * file fails with EIO (a disk that fails its flushes), after the gate.
  *
+ * PS_FSYNC_FAIL_STORE names a file: while it exists, an fdatasync or
+ * fsync of any other file (RocksDB's: the store's snapshots) fails with
+ * EIO, so a test makes the shard's flushes fail while its log works.
+ *
  * PS_ODIRECT_EINVAL=1: an open with O_DIRECT fails with EINVAL, as on a
  * filesystem without O_DIRECT, so that the redo log writes buffered
  * (psd_wal invariant 7; the crash loop starts psd so every third time).
@@ -170,11 +174,29 @@ static int shim_failing(int fd) {
   return fail && *fail && access(fail, F_OK) == 0 && shim_redo(fd, path);
 }
 
+/* shim_store_failing: PS_FSYNC_FAIL_STORE exists and FD is not a redo
+ * log file. */
+static int shim_store_failing(int fd) {
+  const char *fail = getenv("PS_FSYNC_FAIL_STORE");
+  char path[4096];
+  return fail && *fail && access(fail, F_OK) == 0 && !shim_redo(fd, path);
+}
+
+int fsync(int fd) {
+  static int (*real)(int);
+  if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fsync");
+  if (shim_store_failing(fd)) {
+    errno = EIO;
+    return -1;
+  }
+  return real(fd);
+}
+
 int fdatasync(int fd) {
   static int (*real)(int);
   if (!real) real = (int (*)(int))dlsym(RTLD_NEXT, "fdatasync");
   shim_gate(fd);
-  if (shim_failing(fd)) {
+  if (shim_failing(fd) || shim_store_failing(fd)) {
     errno = EIO;
     return -1;
   }

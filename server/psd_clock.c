@@ -49,6 +49,8 @@ typedef struct clock_worker {
                                 + 1; 0: never (invariant 11) */
   int unseen;                /* registered into a rank with no record here (no earlier
                                 holder declared dead: invariant 13), not loaded from a save */
+  int fixed;                 /* its heartbeats say it is a fixed rank (invariant 14); not
+                                saved: a restored table learns it from the next one */
   float steps_per_s, blocked_share;
 } clock_worker;
 
@@ -444,11 +446,37 @@ static clock_rank clock_rank_of(const psd_clock *c, uint32_t rank) {
   return w ? clock_worker_rank(w) : RANK_NEVER;
 }
 
+/* clock_fixed_refuse: PS_EEXIST naming them when live fixed ranks of
+ * MODEL are in the table (invariant 14), else 0. */
+static int clock_fixed_refuse(const psd_clock *c, const char *model, ps_errbuf *eb) {
+  char ranks[160] = "";
+  size_t len = 0;
+  uint32_t n = 0;
+  for (size_t i = 0; i < c->nw && model && *model; i++) {
+    const clock_worker *w = &c->w[i];
+    if (w->dead || !w->fixed || !w->model || strcmp(w->model, model) != 0) continue;
+    if (len < sizeof ranks) {
+      int k = snprintf(ranks + len, sizeof ranks - len, "%s%" PRIu32, n ? ", " : "", w->id);
+      len += k > 0 ? (size_t)k : 0;
+    }
+    n++;
+  }
+  if (!n) return 0;
+  return ps_errf(eb, PS_EEXIST,
+                 "model '%s' is trained by %" PRIu32 " live fixed rank%s (psw --rank: %s %s): "
+                 "they train their partitions whatever registers, and a registered worker "
+                 "would train them again on top of theirs; start psw with --rank for a rank "
+                 "they lack, or without it after they finished",
+                 model, n, n == 1 ? "" : "s", n == 1 ? "rank" : "ranks", ranks);
+}
+
 /* psd_clock_register: see psd_clock.h. */
 int psd_clock_register(psd_clock *c, const char *model, const char *host, uint32_t pid,
                        const char *device, uint64_t now_ms, uint32_t *rank,
                        uint64_t *start_clock, ps_errbuf *eb) {
   psd_clock_tick(c, now_ms); /* expired leases free their ranks first */
+  int ferr = clock_fixed_refuse(c, model, eb); /* invariant 14 */
+  if (ferr < 0) return ferr;
   /* the same process (HOST and PID) asking again gets its rank back,
    * live (a retried registration) or declared dead meanwhile (cut off past
    * its lease: it registers again to rejoin), unless another took it or
@@ -475,6 +503,7 @@ int psd_clock_register(psd_clock *c, const char *model, const char *host, uint32
   if (err < 0) return err;
   if (!(w->registered && w->pid == pid)) w->unseen = unseen; /* not a retried registration */
   w->registered = w->leased = 1;
+  w->fixed = 0;
   w->pid = pid;
   w->steps_per_s = w->blocked_share = 0;
   if (!host || !*host) { /* not the rank's last holder's: invariant 12 compares it */
@@ -632,6 +661,12 @@ uint64_t psd_clock_slowest(const psd_clock *c, const char *model) {
 void psd_clock_set_pid(psd_clock *c, uint32_t worker, uint32_t pid) {
   clock_worker *w = clock_worker_find(c, worker);
   if (w && pid && !(w->registered && w->pid)) w->pid = pid;
+}
+
+/* psd_clock_set_fixed: see psd_clock.h (invariant 14). */
+void psd_clock_set_fixed(psd_clock *c, uint32_t worker, int fixed) {
+  clock_worker *w = clock_worker_find(c, worker);
+  if (w && !w->dead) w->fixed = fixed && !w->registered;
 }
 
 /* psd_clock_holder: see psd_clock.h (invariant 12). */
@@ -1166,6 +1201,7 @@ void psd_clock_worker(const psd_clock *c, size_t i, uint64_t now_ms, psd_worker_
   info->model = w->model ? w->model : "";
   info->pid = w->pid;
   info->registered = w->registered;
+  info->fixed = w->fixed && !w->dead;
   info->clock = w->clock;
   info->age_ms = now_ms > w->last_ms ? now_ms - w->last_ms : 0;
   info->steps_per_s = w->steps_per_s;

@@ -137,6 +137,14 @@
  *     the rank had no record here at that registration (the newcomer came
  *     before the lost process's beats), the refusal says so
  *     (HeartbeatReply.rank_taken): that process was never declared dead.
+ * 14. A fixed rank (psw --rank: it never registers) says so in its
+ *     heartbeats (psd_clock_set_fixed); it trains its share of the
+ *     partitions whatever registers, so while a live one of a model is
+ *     in the table, psd_clock_register refuses that model's registrations
+ *     (a registered worker would train every partition again on top of
+ *     it).  One that died or left blocks nothing.  Not saved: a restored
+ *     table knows its fixed ranks again from their next heartbeats, and
+ *     blocks nothing until then.
  *
  * Not thread-safe: one thread (the shard's loop) calls everything. */
 #ifndef PSD_CLOCK_H
@@ -196,6 +204,7 @@ typedef struct psd_worker_info {
   const char *host, *device, *model;
   uint32_t pid;
   int registered;
+  int fixed;                 /* live, and its heartbeats say it is a fixed rank (invariant 14) */
   psd_worker_state state;
   uint64_t clock;            /* the largest clock seen from it */
   uint64_t age_ms;           /* since its last word */
@@ -281,6 +290,11 @@ uint64_t psd_clock_slowest(const psd_clock *c, const char *model);
  * for status; an unknown worker, or a registered one (its registration's
  * pid stays: invariant 12), is left alone. */
 void psd_clock_set_pid(psd_clock *c, uint32_t worker, uint32_t pid);
+
+/* psd_clock_set_fixed records whether live WORKER's heartbeat says it is
+ * a fixed rank (FIXED; invariant 14); a registered worker never is, and an
+ * unknown or dead one is left alone. */
+void psd_clock_set_fixed(psd_clock *c, uint32_t worker, int fixed);
 
 /* psd_clock_holder: 0 when a request naming WORKER from process PID on
  * HOST may be the rank holder's (invariant 12), else PS_EEXPIRED naming
@@ -418,7 +432,8 @@ int psd_clock_dirty(const psd_clock *c);
  * host from its heartbeats (a registration a restart lost: invariant
  * 13), else a rank no live worker holds, by invariant 8's
  * order; the partitions are then balanced (invariant 7).  PS_EEXIST when
- * every rank below the cap is held by a live worker.
+ * every rank below the cap is held by a live worker, or when live fixed
+ * ranks of MODEL are in the table (invariant 14: the message names them).
  * *START_CLOCK: the slowest live clock of MODEL here (0 when none); the
  * worker enters MODEL's clock table (when the model is declared) at it,
  * provisionally: its first pull or push sets its clock, down too (a

@@ -406,7 +406,10 @@ int psd_shard_heartbeat(psd_shard *sh, const Ps__HeartbeatRequest *req,
     reply->stayed = req->leaving;
     return 0; /* answered: reply->expired says it (a leaving one is gone already) */
   }
-  if (err == 0) psd_clock_set_pid(sh->clock, req->worker, req->pid);
+  if (err == 0) {
+    psd_clock_set_pid(sh->clock, req->worker, req->pid);
+    psd_clock_set_fixed(sh->clock, req->worker, req->fixed_rank); /* psd_clock invariant 14 */
+  }
   if (err == 0 && req->leaving) {
     psd_clock_leave(sh->clock, req->worker, now, req->done);
     if (req->leave_if_silent_ms)
@@ -467,6 +470,7 @@ int psd_shard_list_workers(psd_shard *sh, Ps__ListWorkersReply *reply, ps_errbuf
     w->steps_per_s = in.steps_per_s;
     w->blocked_share = in.blocked_share;
     w->registered = sh->coordinator && in.registered;
+    w->fixed_rank = sh->coordinator && in.fixed;
     reply->workers[reply->n_workers++] = w;
     int err = sh->coordinator ? shard_partitions(sh, in.id, &w->partitions, &w->n_partitions) : 0;
     if (err < 0 || !w->host || !w->device || !w->model) {

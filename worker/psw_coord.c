@@ -236,6 +236,17 @@ static int coord_live_of(const Ps__WorkerInfo *w, const char *model) {
          (!w->model || !*w->model || !strcmp(w->model, model));
 }
 
+/* coord_list asks the coordinator for its ListWorkers reply (*OUT: free
+ * it with protobuf_c_message_free_unpacked). */
+static int coord_list(psw_coord *c, Ps__ListWorkersReply **out, ps_errbuf *eb) {
+  Ps__ListWorkersRequest req = PS__LIST_WORKERS_REQUEST__INIT;
+  ProtobufCMessage *resp = NULL;
+  int err = ps_rpc_call(c->rpc[c->coord], "/ps.Ps/ListWorkers", &req.base,
+                        &ps__list_workers_reply__descriptor, &resp, PSW_COORD_CALL_MS, eb);
+  *out = err < 0 ? NULL : (Ps__ListWorkersReply *)resp;
+  return err;
+}
+
 /* coord_live_count counts the live workers of this worker's model that
  * the coordinator lists (any rank, its own included), or INT_MAX when
  * that model's job is under way, or finished for a worker of EPOCHS (its
@@ -243,12 +254,9 @@ static int coord_live_of(const Ps__WorkerInfo *w, const char *model) {
  * it does not answer.  It also takes this worker's partitions from the
  * list (invariant 4). */
 static int coord_live_count(psw_coord *c, uint32_t epochs, ps_errbuf *eb) {
-  Ps__ListWorkersRequest req = PS__LIST_WORKERS_REQUEST__INIT;
-  ProtobufCMessage *resp = NULL;
-  int err = ps_rpc_call(c->rpc[c->coord], "/ps.Ps/ListWorkers", &req.base,
-                        &ps__list_workers_reply__descriptor, &resp, PSW_COORD_CALL_MS, eb);
+  Ps__ListWorkersReply *r;
+  int err = coord_list(c, &r, eb);
   if (err < 0) return err;
-  const Ps__ListWorkersReply *r = (const Ps__ListWorkersReply *)resp;
   int n = 0;
   for (size_t i = 0; i < r->n_workers; i++) {
     const Ps__WorkerInfo *w = r->workers[i];
@@ -260,19 +268,27 @@ static int coord_live_count(psw_coord *c, uint32_t epochs, ps_errbuf *eb) {
     n += coord_live_of(w, c->model);
   }
   if (coord_under_way(r, c->model) || coord_finished(r, c->model, epochs)) n = INT_MAX;
-  protobuf_c_message_free_unpacked(resp, NULL);
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  return n;
+}
+
+/* psw_coord_fixed_live: see psw_coord.h. */
+int psw_coord_fixed_live(psw_coord *c) {
+  Ps__ListWorkersReply *r;
+  ps_errbuf eb;
+  if (coord_list(c, &r, &eb) < 0) return 0;
+  int n = 0;
+  for (size_t i = 0; i < r->n_workers; i++)
+    n += r->workers[i]->fixed_rank && coord_live_of(r->workers[i], c->model);
+  protobuf_c_message_free_unpacked(&r->base, NULL);
   return n;
 }
 
 /* psw_coord_check_fixed: see psw_coord.h. */
 int psw_coord_check_fixed(psw_coord *c, uint32_t rank, uint32_t workers, ps_errbuf *eb) {
-  Ps__ListWorkersRequest req = PS__LIST_WORKERS_REQUEST__INIT;
-  ProtobufCMessage *resp = NULL;
+  Ps__ListWorkersReply *r;
   ps_errbuf ceb;
-  if (ps_rpc_call(c->rpc[c->coord], "/ps.Ps/ListWorkers", &req.base,
-                  &ps__list_workers_reply__descriptor, &resp, PSW_COORD_CALL_MS, &ceb) < 0)
-    return 0; /* no coordinator to ask: a fixed rank needs none */
-  const Ps__ListWorkersReply *r = (const Ps__ListWorkersReply *)resp;
+  if (coord_list(c, &r, &ceb) < 0) return 0; /* no coordinator to ask: a fixed rank needs none */
   int err = 0;
   /* registered workers of the model, begun or still waiting for their
    * world: they train every partition between them (and may hold RANK) */
@@ -303,7 +319,7 @@ int psw_coord_check_fixed(psw_coord *c, uint32_t rank, uint32_t workers, ps_errb
                   "p %% %u == %u again on top of it; start psw without --rank to join them, or "
                   "after they finished",
                   rank, workers, c->model, reg, who, workers, rank);
-  protobuf_c_message_free_unpacked(resp, NULL);
+  protobuf_c_message_free_unpacked(&r->base, NULL);
   return err;
 }
 
@@ -338,6 +354,7 @@ static void coord_beat_init(psw_coord *c, Ps__HeartbeatRequest *req, uint32_t wo
   req->device = c->device;
   req->host = c->host;
   req->pid = (uint32_t)getpid();
+  req->fixed_rank = !c->registered; /* psd_clock invariant 14 */
   pthread_mutex_lock(&c->mu);
   req->clock = c->clock;
   double now = ps_now_s(), wall = c->t0_s > 0 ? now - c->t0_s : 0;

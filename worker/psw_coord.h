@@ -117,7 +117,8 @@ int psw_coord_new(psw_coord **out, const psw_coord_conf *conf, ps_errbuf *eb);
 /* psw_coord_register registers with the coordinator (invariant 1) and
  * fills *REG (valid until psw_coord_free).  Errors: PS_EUNAVAIL /
  * PS_ETIMEDOUT (no coordinator within workers.retry_ms), PS_EEXIST (every
- * rank is held), PS_ESHUTDOWN (*stop), the server's answer otherwise. */
+ * rank is held, or live fixed ranks of the model train: psw_coord_fixed_live),
+ * PS_ESHUTDOWN (*stop), the server's answer otherwise. */
 int psw_coord_register(psw_coord *c, psw_coord_reg *reg, ps_errbuf *eb);
 
 /* psw_coord_wait_world waits until the coordinator lists WORLD live
@@ -129,6 +130,13 @@ int psw_coord_register(psw_coord *c, psw_coord_reg *reg, ps_errbuf *eb);
  * once, on the log, when it begins. */
 int psw_coord_wait_world(psw_coord *c, uint32_t world, uint32_t epochs, uint32_t timeout_ms,
                          ps_errbuf *eb);
+
+/* psw_coord_fixed_live returns how many live fixed ranks of this
+ * worker's model the coordinator lists (their heartbeats say they run
+ * with --rank: psd_clock invariant 14; 0 when it does not answer): a
+ * registration the coordinator refused with PS_EEXIST for them is a
+ * usage error, not a full rank table. */
+int psw_coord_fixed_live(psw_coord *c);
 
 /* psw_coord_check_fixed: before a fixed rank (--rank RANK --workers
  * WORKERS, no registration) trains, PS_EEXIST (message in EB) when the

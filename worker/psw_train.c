@@ -290,7 +290,11 @@ static int run_join(psw_run *x, ps_errbuf *eb) {
     if ((err = psw_client_check_model(o->cfg, o->model, o->stop, eb)) < 0)
       return err == PS_ENOENT || err == PS_EINVAL ? run_bad(x, err) : err;
     psw_coord_reg reg;
-    if ((err = psw_coord_register(x->coord, &reg, eb)) < 0) return err;
+    /* refused for fixed ranks of the model (they train their share
+     * whatever registers): started wrong, as a fixed rank beside
+     * registered workers is */
+    if ((err = psw_coord_register(x->coord, &reg, eb)) < 0)
+      return err == PS_EEXIST && psw_coord_fixed_live(x->coord) ? run_bad(x, err) : err;
     x->rank = reg.rank;
     x->r->ranked = 1;
     x->workers = reg.world_size;

@@ -1326,6 +1326,22 @@ START_TEST(test_failover_fixed_rank_held_message) {
 }
 END_TEST
 
+/* tf_start_fixed0 starts a cluster of 2 workers (1 to start, 400
+ * epochs: asp logreg), then fixed rank 0 of 2 (slowed 3 times; its log's
+ * path into FLOG), and waits until the coordinator lists it; returns its
+ * index in x->w. */
+static int tf_start_fixed0(tf_ctx *x, char *flog, size_t cap) {
+  tf_start_c(x, 2, 1, 400, "logreg", "0.002", TF_SAMPLES, "asp", 0);
+  tf_log(x, x->nw, flog, cap);
+  char *argv[] = {(char *)ps_test_bin("psw"), "--config", x->yaml, "--quiet", "--rank", "0",
+                  "--workers", "2", "--slowdown", "3", NULL};
+  int f = x->nw;
+  x->w[x->nw++] = ps_test_spawn(argv, flog, NULL);
+  for (int64_t end = ps_test_now_ms() + 15000; tf_rank_of(x, x->w[f]) != 0; usleep(20000))
+    ck_assert_msg(ps_test_now_ms() < end, "the fixed rank never beat; see %s", flog);
+  return f;
+}
+
 /* A fixed rank SIGSTOPped past its lease (declared dead), whose rank a
  * registered worker then takes (a died rank goes first), and SIGCONTed:
  * the coordinator refuses its beats in the registered worker's name, and
@@ -1335,15 +1351,8 @@ END_TEST
 START_TEST(test_failover_fixed_rank_taken_stops) {
   TF_NEED_DATA();
   tf_ctx x = {0};
-  tf_start_c(&x, 2, 1, 400, "logreg", "0.002", TF_SAMPLES, "asp", 0);
   char flog[700];
-  tf_log(&x, x.nw, flog, sizeof flog);
-  char *argv[] = {(char *)ps_test_bin("psw"), "--config", x.yaml, "--quiet", "--rank", "0",
-                  "--workers", "2", "--slowdown", "3", NULL};
-  int f = x.nw;
-  x.w[x.nw++] = ps_test_spawn(argv, flog, NULL);
-  for (int64_t end = ps_test_now_ms() + 15000; tf_rank_of(&x, x.w[f]) != 0; usleep(20000))
-    ck_assert_msg(ps_test_now_ms() < end, "the fixed rank never beat; see %s", flog);
+  int f = tf_start_fixed0(&x, flog, sizeof flog);
   ck_assert_int_eq(kill(x.w[f], SIGSTOP), 0);
   tf_wait_state(&x, x.w[f], "DEAD");
   int c = tf_spawn_slow(&x, "3");
@@ -1366,6 +1375,49 @@ START_TEST(test_failover_fixed_rank_taken_stops) {
   ck_assert_msg(tf_rank_of(&x, x.w[c]) == 0, "the registered worker lost rank 0; see %s", x.dir);
   for (int i = 0; i < x.nw; i++)
     if (x.w[i] > 0) ps_test_stop(x.w[i], SIGKILL, 5000), x.w[i] = 0;
+  tf_finish(&x);
+}
+END_TEST
+
+/* A registered psw started while fixed rank 0 of 2 of the same model
+ * trains is refused (exit 2), naming the model and the fixed rank: the
+ * fixed rank's beats say what it is (HeartbeatRequest.fixed_rank), and
+ * the coordinator lists it so.  Once the fixed rank is dead it blocks
+ * nothing: a registered worker then takes its rank.  The registered psw
+ * used to take a rank and train every partition on top of the fixed
+ * rank's share. */
+START_TEST(test_failover_register_beside_fixed_refused) {
+  TF_NEED_DATA();
+  tf_ctx x = {0};
+  char flog[700];
+  int f = tf_start_fixed0(&x, flog, sizeof flog);
+  Ps__ListWorkersReply *r = tf_list(&x);
+  int fixed = 0;
+  for (size_t i = 0; i < r->n_workers; i++)
+    fixed |= r->workers[i]->pid == (uint32_t)x.w[f] && r->workers[i]->fixed_rank;
+  protobuf_c_message_free_unpacked(&r->base, NULL);
+  ck_assert_msg(fixed, "the coordinator does not list the fixed rank as one; see %s", x.dir);
+  char log[700];
+  tf_log(&x, x.nw, log, sizeof log);
+  char *argv[] = {(char *)ps_test_bin("psw"), "--config", x.yaml, "--quiet", NULL};
+  int rc = ps_test_run(argv, log, 20000);
+  char *text = ps_test_read_file(log, NULL);
+  ck_assert_msg(rc == 2 && strstr(text, "model 'm' is trained by 1 live fixed rank (psw --rank: "
+                                        "rank 0)"),
+                "a registered worker beside a fixed rank exited %d; see %s", rc, log);
+  free(text);
+  ck_assert_int_eq(tf_rank_of(&x, x.w[f]), 0);
+  /* the fixed rank dies: its lease expires, and it blocks nothing */
+  pid_t dead = x.w[f];
+  ps_test_stop(x.w[f], SIGKILL, 5000);
+  x.w[f] = 0;
+  tf_wait_state(&x, dead, "DEAD");
+  int c = tf_spawn(&x);
+  for (int64_t end = ps_test_now_ms() + 15000; tf_rank_of(&x, x.w[c]) != 0; usleep(20000))
+    ck_assert_msg(ps_test_now_ms() < end, "no registered worker took the dead fixed rank's rank "
+                  "0; see %s", x.dir);
+  ps_test_stop(x.w[c], SIGKILL, 5000);
+  x.w[c] = 0;
   tf_finish(&x);
 }
 END_TEST
@@ -1604,6 +1656,7 @@ Suite *psw_failover_suite(void) {
   tcase_add_test(tr, test_failover_fixed_rank_after_finished);
   tcase_add_test(tr, test_failover_fixed_rank_held_message);
   tcase_add_test(tr, test_failover_fixed_rank_taken_stops);
+  tcase_add_test(tr, test_failover_register_beside_fixed_refused);
   suite_add_tcase(s, tr);
   /* what a worker's lines say when it trained little or nothing */
   TCase *tp = tcase_create("failover_report");

@@ -48,6 +48,76 @@ static psd_clock *tclock(uint32_t staleness) {
   return c;
 }
 
+/* fixed_of says whether the table lists worker ID as a live fixed rank. */
+static int fixed_of(const psd_clock *c, uint32_t id, uint64_t now_ms) {
+  for (size_t i = 0; i < psd_clock_nworkers(c); i++) {
+    psd_worker_info in;
+    psd_clock_worker(c, i, now_ms, &in);
+    if (in.id == id) return in.fixed;
+  }
+  return -1;
+}
+
+/* fixed_beat: fixed rank ID of model M beats at NOW_MS (invariant 14). */
+static void fixed_beat(psd_clock *c, uint32_t id, const char *m, uint64_t now_ms) {
+  ps_errbuf eb;
+  ck_assert_int_eq(psd_clock_heartbeat(c, id, m, 0, 0, 0, "h", "cpu", now_ms, &eb), 0);
+  psd_clock_set_pid(c, id, 100 + id);
+  psd_clock_set_fixed(c, id, 1);
+}
+
+/* Invariant 14: while live fixed ranks of a model beat, its registrations
+ * are refused, naming them; another model's are not; one that finished
+ * or whose lease expired blocks nothing, and neither does a restored
+ * table until their next heartbeats.  Registrations used to take a rank
+ * and train every partition on top of the fixed ranks' share. */
+START_TEST(test_register_refused_beside_fixed) {
+  psd_clock *c = tclock(PSD_CLOCK_ASP);
+  ps_errbuf eb;
+  uint32_t rank;
+  uint64_t start;
+  fixed_beat(c, 0, "m", 10);
+  fixed_beat(c, 2, "m", 10);
+  ck_assert_int_eq(fixed_of(c, 0, 10), 1);
+  ck_assert_int_eq(psd_clock_register(c, "m", "h2", 200, "cpu", 20, &rank, &start, &eb),
+                   PS_EEXIST);
+  ck_assert_msg(strstr(eb.msg, "model 'm' is trained by 2 live fixed ranks (psw --rank: ranks "
+                               "0, 2)"), "%s", eb.msg);
+  ck_assert_uint_eq(psd_clock_nworkers(c), 2); /* nothing recorded */
+  /* a coordinator restart: the restored table does not know them fixed
+   * (not saved) and blocks nothing until a fixed rank beats again */
+  char *text;
+  size_t len;
+  ck_assert_int_eq(psd_clock_save(c, &text, &len, &eb), 0);
+  psd_clock *d = tclock(PSD_CLOCK_ASP);
+  ck_assert_int_eq(psd_clock_load(d, text, 30, &eb), 0);
+  free(text);
+  ck_assert_int_eq(fixed_of(d, 2, 30), 0);
+  ck_assert_int_eq(psd_clock_register(d, "m", "h2", 200, "cpu", 30, &rank, &start, &eb), 0);
+  fixed_beat(d, 2, "m", 40);
+  ck_assert_int_eq(psd_clock_register(d, "m", "h2", 201, "cpu", 40, &rank, &start, &eb),
+                   PS_EEXIST);
+  ck_assert_msg(strstr(eb.msg, "1 live fixed rank (psw --rank: rank 2)"), "%s", eb.msg);
+  psd_clock_free(d);
+  /* another model's worker registers; a registered worker is never fixed */
+  ck_assert_int_eq(psd_clock_register(c, "n", "h3", 300, "cpu", 30, &rank, &start, &eb), 0);
+  ck_assert_uint_eq(rank, 1);
+  psd_clock_set_fixed(c, 1, 1);
+  ck_assert_int_eq(fixed_of(c, 1, 30), 0);
+  /* rank 0 finished: rank 2 still blocks */
+  psd_clock_leave(c, 0, 40, 1);
+  ck_assert_int_eq(fixed_of(c, 0, 40), 0);
+  ck_assert_int_eq(psd_clock_register(c, "m", "h2", 200, "cpu", 50, &rank, &start, &eb),
+                   PS_EEXIST);
+  ck_assert_msg(strstr(eb.msg, "1 live fixed rank (psw --rank: rank 2)"), "%s", eb.msg);
+  /* rank 2's lease expires (silent since 10): the model is free */
+  ck_assert_int_eq(psd_clock_heartbeat(c, 1, "n", 0, 0, 0, "h3", "cpu", 900, &eb), 0);
+  ck_assert_int_eq(psd_clock_register(c, "m", "h2", 200, "cpu", 1200, &rank, &start, &eb), 0);
+  ck_assert_uint_eq(rank, 2); /* a died rank goes first */
+  psd_clock_free(c);
+}
+END_TEST
+
 /* BSP: a worker one step ahead parks until the other pushes. */
 START_TEST(test_bsp_parks_until_push) {
   psd_clock *c = tclock(0);
@@ -1341,6 +1411,7 @@ Suite *psd_clock_suite(void) {
   Suite *s = suite_create("psd_clock");
   TCase *tc = tcase_create("core");
   tcase_add_test(tc, test_bsp_parks_until_push);
+  tcase_add_test(tc, test_register_refused_beside_fixed);
   tcase_add_test(tc, test_step_out);
   tcase_add_test(tc, test_moved_on_after_step_out);
   tcase_add_test(tc, test_moved_on_after_rejoin_provisional);

@@ -1277,6 +1277,44 @@ START_TEST(test_rejoin_takes_dead_registered_rank) {
 }
 END_TEST
 
+/* A registered worker declared dead whose rank a fixed rank took back
+ * (psd_clock_rejoin) comes back: its beats are refused as another's, so
+ * it registers again and is not given the rank (it stops, psw_coord).
+ * They were taken (the rank registered by nobody: not told apart), made
+ * its pid the record's, and its registration then took the rank back as
+ * if a restart had lost it: the fixed rank was refused and stopped. */
+START_TEST(test_taken_rank_refuses_old_holder) {
+  psd_clock *c = tclock(0);
+  ps_errbuf eb;
+  uint32_t r;
+  uint64_t sc;
+  for (int i = 0; i < 2; i++)
+    ck_assert_int_eq(psd_clock_register(c, "m", "h", 10 + i, "cpu", 0, &r, &sc, &eb), 0);
+  ck_assert_int_eq(psd_clock_heartbeat(c, 1, "m", 0, 0, 0, "h", "cpu", 1500, &eb), 0);
+  psd_clock_tick(c, 1500);
+  ck_assert_int_eq(psd_clock_expired(c, 0), 1); /* pid 10 declared dead */
+  ck_assert_int_eq(psd_clock_rejoin(c, 0, "h", 30, 1600, &eb), 0); /* psw --rank 0 */
+  ck_assert_int_eq(psd_clock_heartbeat(c, 0, "m", 0, 0, 0, "h", "cpu", 1600, &eb), 0);
+  psd_clock_set_pid(c, 0, 30);
+  /* pid 10 resumes: refused in the fixed rank's name */
+  ck_assert_int_eq(psd_clock_holder(c, 0, "h", 10, NULL, &eb), PS_EEXPIRED);
+  ck_assert_msg(strstr(eb.msg, "held by pid 30 on h, which took it back"), "%s", eb.msg);
+  ck_assert_int_eq(psd_clock_holder(c, 0, "h", 30, NULL, &eb), 0);
+  /* its registration gets another rank, not 0 */
+  ck_assert_int_eq(psd_clock_register(c, "m", "h", 10, "cpu", 1700, &r, &sc, &eb), 0);
+  ck_assert_uint_ne(r, 0);
+  ck_assert_int_eq(psd_clock_holder(c, 0, "h", 30, NULL, &eb), 0);
+  /* the rank dead again is anyone's: pid 10 takes it back by a rejoin */
+  ck_assert_int_eq(psd_clock_heartbeat(c, 1, "m", 0, 0, 0, "h", "cpu", 3000, &eb), 0);
+  ck_assert_int_eq(psd_clock_heartbeat(c, r, "m", 0, 0, 0, "h", "cpu", 3000, &eb), 0);
+  psd_clock_tick(c, 3000);
+  ck_assert_int_eq(psd_clock_expired(c, 0), 1);
+  ck_assert_int_eq(psd_clock_rejoin(c, 0, "h", 10, 3100, &eb), 0);
+  ck_assert_int_eq(psd_clock_holder(c, 0, "h", 10, NULL, &eb), 0);
+  psd_clock_free(c);
+}
+END_TEST
+
 /* A stalled loop (a long request, a stopped process) is no worker's
  * silence: the beats it could not read arrive right after, so the stall
  * extends the leases it overlapped; a worker silent past that still
@@ -1366,6 +1404,7 @@ Suite *psd_clock_suite(void) {
   tcase_add_test(tc, test_restart_lost_registration_taken);
   tcase_add_test(tc, test_holder);
   tcase_add_test(tc, test_rejoin_takes_dead_registered_rank);
+  tcase_add_test(tc, test_taken_rank_refuses_old_holder);
   tcase_add_test(tc, test_stall_extends_leases);
   tcase_add_test(tc, test_silent_ms_stall);
   tcase_add_test(tc, test_left_age_grows);

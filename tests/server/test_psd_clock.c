@@ -48,6 +48,17 @@ static psd_clock *tclock(uint32_t staleness) {
   return c;
 }
 
+/* treg2 registers pids 10 and 11 on host h as ranks 0 and 1 at time 0. */
+static void treg2(psd_clock *c) {
+  ps_errbuf eb;
+  uint32_t r;
+  uint64_t sc;
+  for (uint32_t i = 0; i < 2; i++) {
+    ck_assert_int_eq(psd_clock_register(c, "m", "h", 10 + i, "cpu", 0, &r, &sc, &eb), 0);
+    ck_assert_uint_eq(r, i);
+  }
+}
+
 /* BSP: a worker one step ahead parks until the other pushes. */
 START_TEST(test_bsp_parks_until_push) {
   psd_clock *c = tclock(0);
@@ -564,8 +575,7 @@ START_TEST(test_partitions_progress_and_failover) {
   int done;
   psd_part_pos pos, p1;
   ck_assert_str_eq(tparts(c, 0, b), ""); /* nobody registered yet */
-  for (int i = 0; i < 2; i++)
-    ck_assert_int_eq(psd_clock_register(c, "m", "h", 10 + i, "cpu", 0, &r, &sc, &eb), 0);
+  treg2(c);
   ck_assert_str_eq(tparts(c, 0, b), "0,1,2,3");
   ck_assert_str_eq(tparts(c, 1, b), "4,5,6,7");
   ck_assert_int_eq(tclaim(c, 0, 10, &pos, &done), 0);
@@ -733,12 +743,9 @@ END_TEST
 START_TEST(test_save_load) {
   psd_clock *c = tclock(0);
   ps_errbuf eb;
-  uint32_t r;
-  uint64_t sc;
   int done;
   psd_part_pos pos;
-  for (int i = 0; i < 2; i++)
-    ck_assert_int_eq(psd_clock_register(c, "m", "h", 10 + i, "cpu", 0, &r, &sc, &eb), 0);
+  treg2(c);
   ck_assert_int_eq(tclaim(c, 1, 10, &pos, &done), 4);
   ck_assert_int_eq(tprog(c, 1, pos, 3, 6, 20), 0);
   ck_assert_int_eq(psd_clock_pushed(c, "m", 1, 6, 20, &eb), 0);
@@ -1207,8 +1214,7 @@ START_TEST(test_holder) {
   ps_errbuf eb;
   uint32_t r;
   uint64_t sc;
-  for (int i = 0; i < 2; i++)
-    ck_assert_int_eq(psd_clock_register(c, "m", "h", 10 + i, "cpu", 0, &r, &sc, &eb), 0);
+  treg2(c);
   ck_assert_int_eq(psd_clock_heartbeat(c, 0, "m", 0, 0, 0, "h", "cpu", 1000, &eb), 0);
   psd_clock_tick(c, 1500); /* rank 1 stopped: dead */
   ck_assert_int_eq(psd_clock_register(c, "m", "h", 20, "cpu", 1500, &r, &sc, &eb), 0);
@@ -1251,10 +1257,7 @@ END_TEST
 START_TEST(test_rejoin_takes_dead_registered_rank) {
   psd_clock *c = tclock(0);
   ps_errbuf eb;
-  uint32_t r;
-  uint64_t sc;
-  for (int i = 0; i < 2; i++)
-    ck_assert_int_eq(psd_clock_register(c, "m", "h", 10 + i, "cpu", 0, &r, &sc, &eb), 0);
+  treg2(c);
   psd_clock_leave(c, 0, 100, 1); /* rank 0 finished */
   ck_assert_int_eq(psd_clock_rejoin(c, 0, "h", 30, 200, &eb), 0); /* psw --rank 0 */
   ck_assert_int_eq(psd_clock_heartbeat(c, 0, "m", 0, 0, 0, "h", "cpu", 200, &eb), 0);
@@ -1288,8 +1291,7 @@ START_TEST(test_taken_rank_refuses_old_holder) {
   ps_errbuf eb;
   uint32_t r;
   uint64_t sc;
-  for (int i = 0; i < 2; i++)
-    ck_assert_int_eq(psd_clock_register(c, "m", "h", 10 + i, "cpu", 0, &r, &sc, &eb), 0);
+  treg2(c);
   ck_assert_int_eq(psd_clock_heartbeat(c, 1, "m", 0, 0, 0, "h", "cpu", 1500, &eb), 0);
   psd_clock_tick(c, 1500);
   ck_assert_int_eq(psd_clock_expired(c, 0), 1); /* pid 10 declared dead */

@@ -51,6 +51,8 @@ typedef struct clock_worker {
                                 holder declared dead: invariant 13), not loaded from a save */
   int fixed;                 /* its heartbeats say it is a fixed rank (invariant 14); not
                                 saved: a restored table learns it from the next one */
+  uint32_t gone_pid;         /* the registered process whose dead rank a rejoin of another
+                                took (invariant 12; 0: none): its words are refused */
   float steps_per_s, blocked_share;
 } clock_worker;
 
@@ -383,9 +385,15 @@ int psd_clock_rejoin(psd_clock *c, uint32_t worker, const char *host, uint32_t p
    * else psd_clock_holder would refuse every later word of its new
    * holder, its rejoins included */
   int other = w && w->dead && w->registered && clock_other_process(w, host, pid);
+  uint32_t gone = other && !w->left ? w->pid : 0; /* a finished one does not come back */
   int err = clock_worker_get(c, worker, now_ms, 1, &w, eb);
   if (err < 0) return err;
   w->leased = 1;
+  /* the registered process it was taken from is refused (psd_clock_holder),
+   * else its comeback's beats would make it the holder again (a rank not
+   * registered is not told apart) and its registration take the rank back;
+   * a rejoin of the rank dead again makes it anyone's again */
+  w->gone_pid = gone;
   if (other) {
     w->registered = w->unseen = 0;
     w->pid = pid;
@@ -502,6 +510,7 @@ int psd_clock_register(psd_clock *c, const char *model, const char *host, uint32
   int err = clock_worker_get(c, r, now_ms, 1, &w, eb);
   if (err < 0) return err;
   if (!(w->registered && w->pid == pid)) w->unseen = unseen; /* not a retried registration */
+  w->gone_pid = 0;
   w->registered = w->leased = 1;
   w->fixed = 0;
   w->pid = pid;
@@ -674,7 +683,15 @@ int psd_clock_holder(const psd_clock *c, uint32_t worker, const char *host, uint
                      int *unseen, ps_errbuf *eb) {
   const clock_worker *w = clock_worker_find(c, worker);
   if (unseen) *unseen = 0;
-  if (!w || w->dead || !w->registered || !clock_other_process(w, host, pid)) return 0;
+  if (!w || w->dead || !clock_other_process(w, host, pid)) return 0;
+  if (!w->registered) {
+    if (!w->gone_pid || w->gone_pid != pid) return 0;
+    return ps_errf(eb, PS_EEXPIRED,
+                   "worker %" PRIu32 " is held by pid %" PRIu32 " on %s, which took it back "
+                   "(a fixed rank's rejoin) after this process (pid %" PRIu32 " on %s), which had "
+                   "registered it, was declared dead: it must stop or register again",
+                   worker, w->pid, w->host ? w->host : "?", pid, host && *host ? host : "?");
+  }
   if (unseen) *unseen = w->unseen;
   if (w->unseen)
     return ps_errf(eb, PS_EEXPIRED,

@@ -121,7 +121,10 @@
  *     registered), dead ranks and requests without a pid are not told
  *     apart; a dead rank that another process takes back by a rejoin (a
  *     fixed rank after the registered worker finished) is that process's
- *     (psd_clock_rejoin drops the old registration).  A fixed rank whose
+ *     (psd_clock_rejoin drops the old registration), and the registered
+ *     process it was taken from is refused as another's while the rank
+ *     lives (it must not become the holder again by its beats, then take
+ *     the rank back by registering as if a restart had lost it).  A fixed rank whose
  *     rank a live registered process holds stops when refused so
  *     (HeartbeatReply.held): the registration wins.
  * 13. A restarted coordinator may have lost a registration (it came

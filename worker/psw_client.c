@@ -705,11 +705,16 @@ static int psw_agg_hung(psw_client *c, const psw_shard *s, int64_t quiet_ms) {
                                    c->cfg->security.payload_mac ? PS_CHAN_AUTH_MAC : 0, 0,
                                    PS_CHAN_NO_WORKER, (int)lease, &eb);
   ps_chan_close(probe);
-  /* a refusal of this worker's key is an answer too (its loop runs) */
-  if (err == 0 || err == PS_EPERM || err == PS_EPROTO) {
+  /* only silence for the lease is a hung aggregator: any answer shows its
+   * loop runs (a refusal of this worker's key, an error frame at its
+   * limits.max_connections, a close at accept when short of descriptors),
+   * and a probe this worker could not make (no descriptor, no address)
+   * says nothing of it */
+  if (err != PS_ETIMEDOUT) {
     c->agg_heard_ms = ps_now_ms();
-    ps_debug("worker %u: aggregator %s answered a liveness probe in %lld ms, a request waiting "
-             "on it for %.1f s", c->worker, c->agg->name, (long long)(c->agg_heard_ms - now),
+    ps_debug("worker %u: aggregator %s answered a liveness probe in %lld ms (%s), a request "
+             "waiting on it for %.1f s", c->worker, c->agg->name,
+             (long long)(c->agg_heard_ms - now), err == 0 ? "hello" : eb.msg,
              (double)(quiet_ms + c->agg_heard_ms - now) / 1e3);
     return 0;
   }

@@ -62,7 +62,8 @@
  *     had no byte back for half of workers.lease_ms, with no probe
  *     answered within that half lease, opens a new connection to it whose
  *     hello must be answered within a lease (a live aggregator's loop
- *     answers it at once, whatever pulls it holds: psd_agg.h).  An
+ *     answers it at once, whatever pulls it holds: psd_agg.h; any answer
+ *     counts, a refusal at its connection limit too).  An
  *     unanswered probe ends that wait as an I/O timeout would, and every
  *     later one on a connection through it at once, until
  *     psw_client_agg_return moves back: the connections fail over as in

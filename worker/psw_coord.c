@@ -387,7 +387,9 @@ static int coord_lease_stale(psw_coord *c) {
  * restart lost it: psd_clock invariant 13), or the coordinator refused it
  * because another process registered its rank while it held no
  * registration of this one (HeartbeatReply.rank_taken: never declared
- * dead, unless a shard said so too). */
+ * dead, unless a shard said so too); and what stops a fixed rank: the
+ * coordinator refused it because a live registered process holds its
+ * rank (HeartbeatReply.held). */
 enum { COORD_EXPIRED = 1, COORD_UNREGISTERED = 2, COORD_TAKEN = 4, COORD_HELD = 8 };
 
 /* coord_heartbeat_all sends one heartbeat for worker WORKER to every
@@ -397,7 +399,8 @@ enum { COORD_EXPIRED = 1, COORD_UNREGISTERED = 2, COORD_TAKEN = 4, COORD_HELD = 
  * COORD_EXPIRED when a shard said the worker had expired, COORD_UNREGISTERED
  * when the coordinator said it holds no registration of this registered
  * worker, COORD_TAKEN when the coordinator refused it as expired for its
- * rank taken so (any of them; 0: none). */
+ * rank taken so, COORD_HELD (a fixed rank) when it refused it for a live
+ * registered holder of its rank (any of them; 0: none). */
 static int coord_heartbeat_all(psw_coord *c, uint32_t worker, int leaving, int done,
                                int rejoin, const uint64_t *idle_at) {
   Ps__HeartbeatRequest req;
@@ -449,18 +452,6 @@ static int coord_heartbeat_all(psw_coord *c, uint32_t worker, int leaving, int d
   return expired;
 }
 
-/* coord_reregister registers again after a shard declared the worker
- * DEAD, or the coordinator lost its registration (WHY: coord_heartbeat_all's
- * answer), then rejoins every shard (invariant 5); a different rank (or
- * none) marks the worker lost.  Returns 0, 1 when nothing was needed, or
- * PS_EEXIST (lost); a worker that did not register (a fixed rank) only
- * rejoins.  SEEN: the rejoin count (reregs) when the expiry was seen; a rejoin
- * done since (by the other thread) makes this one needless.  UINT64_MAX:
- * the data path's or a claim's refusal, whose request may have gone out
- * before the last rejoin (a push's answer comes a step later, several
- * requests are in flight): a plain beat first asks whether any shard
- * still holds the worker expired, or the coordinator unregistered, so
- * that one expiry makes one rejoin. */
 /* coord_taken says, into BUF, what a refusal for rank_taken means for
  * this worker's rank RANK: a registered worker's registration was lost
  * by a coordinator restart, and another process registered the rank
@@ -477,6 +468,19 @@ static const char *coord_taken(const psw_coord *c, uint32_t rank, char *buf, siz
   return buf;
 }
 
+/* coord_reregister registers again after a shard declared the worker
+ * DEAD, or the coordinator lost its registration (WHY: coord_heartbeat_all's
+ * answer), then rejoins every shard (invariant 5); a different rank (or
+ * none) marks the worker lost.  Returns 0, 1 when nothing was needed, or
+ * PS_EEXIST (lost); a worker that did not register (a fixed rank) only
+ * rejoins, or stops (lost) when a live registered process holds its rank
+ * (COORD_HELD).  SEEN: the rejoin count (reregs) when the expiry was seen; a rejoin
+ * done since (by the other thread) makes this one needless.  UINT64_MAX:
+ * the data path's or a claim's refusal, whose request may have gone out
+ * before the last rejoin (a push's answer comes a step later, several
+ * requests are in flight): a plain beat first asks whether any shard
+ * still holds the worker expired, or the coordinator unregistered, so
+ * that one expiry makes one rejoin. */
 static int coord_reregister(psw_coord *c, uint64_t seen, int why) {
   ps_errbuf eb = {""};
   uint32_t old = c->worker;

@@ -97,6 +97,7 @@ typedef struct th_ctx {
   int nw;        /* workers (and h0's workers; 0: TH_N) */
   int sync;      /* durability sync */
   int pull_timeout_ms; /* training.pull_timeout_ms in th_start (0: the default) */
+  int max_conns; /* the aggregator's limits.max_connections (0: the default) */
   ps_test_shim_env *shim; /* the roots run under the fsync shim (NULL: not) */
 } th_ctx;
 
@@ -134,7 +135,22 @@ static void th_start(th_ctx *x, int agg, const char *consistency, const char *st
                            x->shim ? x->shim->env : NULL);
   if (agg) {
     snprintf(x->agg_log, sizeof x->agg_log, "%s/agg.log", x->dir);
-    char *argv[] = {(char *)ps_test_bin("psd"), "--config", x->yaml, "--aggregator", "h0", NULL};
+    /* the aggregator's own limit, in a copy of the file that only it reads */
+    char ayaml[sizeof x->yaml + 16];
+    snprintf(ayaml, sizeof ayaml, "%s", x->yaml);
+    if (x->max_conns) {
+      snprintf(ayaml, sizeof ayaml, "%s/agg.yaml", x->dir);
+      char *text = ps_test_read_file(x->yaml, NULL), tail[64];
+      ck_assert_ptr_nonnull(text);
+      snprintf(tail, sizeof tail, "limits:\n  max_connections: %d\n", x->max_conns);
+      char *all = malloc(strlen(text) + strlen(tail) + 1);
+      ck_assert_ptr_nonnull(all);
+      strcat(strcpy(all, text), tail);
+      ps_test_write_file(ayaml, all);
+      free(all);
+      free(text);
+    }
+    char *argv[] = {(char *)ps_test_bin("psd"), "--config", ayaml, "--aggregator", "h0", NULL};
     x->agg = ps_test_spawn(argv, x->agg_log, NULL);
     ck_assert_msg(ps_test_wait_port(x->agg_cp, 10000) == 0, "aggregator not up; see %s",
                   x->agg_log);
@@ -1490,6 +1506,38 @@ START_TEST(test_hier_agg_hung_failover) {
 }
 END_TEST
 
+/* A live aggregator at its limits.max_connections (every connection its
+ * workers': past its hello) answers a liveness probe with an error frame
+ * (PS_EUNAVAIL), and that is an answer: its loop runs.  Its workers,
+ * whose pulls it holds for a stopped worker past half a lease, probe it
+ * and stay; they took the refusal as a hung aggregator and all went to
+ * the roots. */
+START_TEST(test_hier_agg_full_probe_answers) {
+  TH_NEED_DATA();
+  th_ctx x = {.lease_ms = 2000, .pull_timeout_ms = 60000, .max_conns = 2 * TH_N};
+  pid_t w[TH_N];
+  th_midway(&x, 20, 200, 10, w);
+  Ps__StatusReply *ag = ps_test_status(x.agg_gp);
+  uint32_t open = ag->chan_connections;
+  protobuf_c_message_free_unpacked(&ag->base, NULL);
+  ck_assert_msg(open == (uint32_t)x.max_conns, "the aggregator holds %u channel connections, "
+                "not its limit %d; see %s", open, x.max_conns, x.agg_log);
+  ck_assert_int_eq(ps_test_sigstop(w[0], 5000), 0);
+  usleep(1600 * 1000);
+  ck_assert_int_eq(kill(w[0], SIGCONT), 0);
+  usleep(1000 * 1000);
+  ag = ps_test_status(x.agg_gp);
+  uint64_t refused = ag->chan_refused;
+  protobuf_c_message_free_unpacked(&ag->base, NULL);
+  ck_assert_msg(refused > 0, "no probe met the aggregator's limit; see %s", x.agg_log);
+  ck_assert_msg(th_log_count(&x, "going to the root shards directly") == 0,
+                "a worker left a live aggregator that refused its probe at its connection "
+                "limit; see %s", x.log[1]);
+  for (int i = 0; i < TH_N; i++) ps_test_stop(w[i], SIGKILL, 5000);
+  th_finish(&x);
+}
+END_TEST
+
 /* A root killed mid-run under durability sync, behind the aggregator
  * (sums forwarded at once, one worker): the push the aggregator forwarded
  * to it fails, and the aggregator answers the worker with the root's
@@ -1780,6 +1828,7 @@ Suite *hier_suite(void) {
   tcase_set_timeout(ts, 180);
   tcase_add_test(ts, test_hier_agg_stalled);
   tcase_add_test(ts, test_hier_agg_hung_failover);
+  tcase_add_test(ts, test_hier_agg_full_probe_answers);
   suite_add_tcase(s, ts);
   /* a failed sum's waiting pulls (quick, no dataset: CK_RUN_CASE=hier_lost) */
   TCase *tl = tcase_create("hier_lost");

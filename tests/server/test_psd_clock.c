@@ -118,6 +118,17 @@ START_TEST(test_register_refused_beside_fixed) {
 }
 END_TEST
 
+/* treg2 registers pids 10 and 11 on host h as ranks 0 and 1 at time 0. */
+static void treg2(psd_clock *c) {
+  ps_errbuf eb;
+  uint32_t r;
+  uint64_t sc;
+  for (uint32_t i = 0; i < 2; i++) {
+    ck_assert_int_eq(psd_clock_register(c, "m", "h", 10 + i, "cpu", 0, &r, &sc, &eb), 0);
+    ck_assert_uint_eq(r, i);
+  }
+}
+
 /* BSP: a worker one step ahead parks until the other pushes. */
 START_TEST(test_bsp_parks_until_push) {
   psd_clock *c = tclock(0);
@@ -634,8 +645,7 @@ START_TEST(test_partitions_progress_and_failover) {
   int done;
   psd_part_pos pos, p1;
   ck_assert_str_eq(tparts(c, 0, b), ""); /* nobody registered yet */
-  for (int i = 0; i < 2; i++)
-    ck_assert_int_eq(psd_clock_register(c, "m", "h", 10 + i, "cpu", 0, &r, &sc, &eb), 0);
+  treg2(c);
   ck_assert_str_eq(tparts(c, 0, b), "0,1,2,3");
   ck_assert_str_eq(tparts(c, 1, b), "4,5,6,7");
   ck_assert_int_eq(tclaim(c, 0, 10, &pos, &done), 0);
@@ -803,12 +813,9 @@ END_TEST
 START_TEST(test_save_load) {
   psd_clock *c = tclock(0);
   ps_errbuf eb;
-  uint32_t r;
-  uint64_t sc;
   int done;
   psd_part_pos pos;
-  for (int i = 0; i < 2; i++)
-    ck_assert_int_eq(psd_clock_register(c, "m", "h", 10 + i, "cpu", 0, &r, &sc, &eb), 0);
+  treg2(c);
   ck_assert_int_eq(tclaim(c, 1, 10, &pos, &done), 4);
   ck_assert_int_eq(tprog(c, 1, pos, 3, 6, 20), 0);
   ck_assert_int_eq(psd_clock_pushed(c, "m", 1, 6, 20, &eb), 0);
@@ -1277,8 +1284,7 @@ START_TEST(test_holder) {
   ps_errbuf eb;
   uint32_t r;
   uint64_t sc;
-  for (int i = 0; i < 2; i++)
-    ck_assert_int_eq(psd_clock_register(c, "m", "h", 10 + i, "cpu", 0, &r, &sc, &eb), 0);
+  treg2(c);
   ck_assert_int_eq(psd_clock_heartbeat(c, 0, "m", 0, 0, 0, "h", "cpu", 1000, &eb), 0);
   psd_clock_tick(c, 1500); /* rank 1 stopped: dead */
   ck_assert_int_eq(psd_clock_register(c, "m", "h", 20, "cpu", 1500, &r, &sc, &eb), 0);
@@ -1321,10 +1327,7 @@ END_TEST
 START_TEST(test_rejoin_takes_dead_registered_rank) {
   psd_clock *c = tclock(0);
   ps_errbuf eb;
-  uint32_t r;
-  uint64_t sc;
-  for (int i = 0; i < 2; i++)
-    ck_assert_int_eq(psd_clock_register(c, "m", "h", 10 + i, "cpu", 0, &r, &sc, &eb), 0);
+  treg2(c);
   psd_clock_leave(c, 0, 100, 1); /* rank 0 finished */
   ck_assert_int_eq(psd_clock_rejoin(c, 0, "h", 30, 200, &eb), 0); /* psw --rank 0 */
   ck_assert_int_eq(psd_clock_heartbeat(c, 0, "m", 0, 0, 0, "h", "cpu", 200, &eb), 0);
@@ -1343,6 +1346,43 @@ START_TEST(test_rejoin_takes_dead_registered_rank) {
   ck_assert_int_eq(psd_clock_holder(c, 1, "h", 11, NULL, &eb), 0);
   ck_assert_int_eq(psd_clock_holder(c, 1, "h", 12, NULL, &eb), PS_EEXPIRED);
   ck_assert_int_eq(psd_clock_unregistered(c, 1), 0);
+  psd_clock_free(c);
+}
+END_TEST
+
+/* A registered worker declared dead whose rank a fixed rank took back
+ * (psd_clock_rejoin) comes back: its beats are refused as another's, so
+ * it registers again and is not given the rank (it stops, psw_coord).
+ * They were taken (the rank registered by nobody: not told apart), made
+ * its pid the record's, and its registration then took the rank back as
+ * if a restart had lost it: the fixed rank was refused and stopped. */
+START_TEST(test_taken_rank_refuses_old_holder) {
+  psd_clock *c = tclock(0);
+  ps_errbuf eb;
+  uint32_t r;
+  uint64_t sc;
+  treg2(c);
+  ck_assert_int_eq(psd_clock_heartbeat(c, 1, "m", 0, 0, 0, "h", "cpu", 1500, &eb), 0);
+  psd_clock_tick(c, 1500);
+  ck_assert_int_eq(psd_clock_expired(c, 0), 1); /* pid 10 declared dead */
+  ck_assert_int_eq(psd_clock_rejoin(c, 0, "h", 30, 1600, &eb), 0); /* psw --rank 0 */
+  ck_assert_int_eq(psd_clock_heartbeat(c, 0, "m", 0, 0, 0, "h", "cpu", 1600, &eb), 0);
+  psd_clock_set_pid(c, 0, 30);
+  /* pid 10 resumes: refused in the fixed rank's name */
+  ck_assert_int_eq(psd_clock_holder(c, 0, "h", 10, NULL, &eb), PS_EEXPIRED);
+  ck_assert_msg(strstr(eb.msg, "held by pid 30 on h, which took it back"), "%s", eb.msg);
+  ck_assert_int_eq(psd_clock_holder(c, 0, "h", 30, NULL, &eb), 0);
+  /* its registration gets another rank, not 0 */
+  ck_assert_int_eq(psd_clock_register(c, "m", "h", 10, "cpu", 1700, &r, &sc, &eb), 0);
+  ck_assert_uint_ne(r, 0);
+  ck_assert_int_eq(psd_clock_holder(c, 0, "h", 30, NULL, &eb), 0);
+  /* the rank dead again is anyone's: pid 10 takes it back by a rejoin */
+  ck_assert_int_eq(psd_clock_heartbeat(c, 1, "m", 0, 0, 0, "h", "cpu", 3000, &eb), 0);
+  ck_assert_int_eq(psd_clock_heartbeat(c, r, "m", 0, 0, 0, "h", "cpu", 3000, &eb), 0);
+  psd_clock_tick(c, 3000);
+  ck_assert_int_eq(psd_clock_expired(c, 0), 1);
+  ck_assert_int_eq(psd_clock_rejoin(c, 0, "h", 10, 3100, &eb), 0);
+  ck_assert_int_eq(psd_clock_holder(c, 0, "h", 10, NULL, &eb), 0);
   psd_clock_free(c);
 }
 END_TEST
@@ -1437,6 +1477,7 @@ Suite *psd_clock_suite(void) {
   tcase_add_test(tc, test_restart_lost_registration_taken);
   tcase_add_test(tc, test_holder);
   tcase_add_test(tc, test_rejoin_takes_dead_registered_rank);
+  tcase_add_test(tc, test_taken_rank_refuses_old_holder);
   tcase_add_test(tc, test_stall_extends_leases);
   tcase_add_test(tc, test_silent_ms_stall);
   tcase_add_test(tc, test_left_age_grows);

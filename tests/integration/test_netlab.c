@@ -1105,6 +1105,9 @@ static void nl_on_signal(int sig) {
   pid_t p = fork();
   if (p == 0) {
     setpgid(0, 0);
+    sigset_t none; /* the handler's mask is no business of netlab's */
+    sigemptyset(&none);
+    sigprocmask(SIG_SETMASK, &none, NULL);
     char *argv[] = {"/bin/sh", "-c", nl_on_signal_cmd, NULL};
     execv(argv[0], argv);
     _exit(127);
@@ -1122,7 +1125,10 @@ static void nl_setup(void) {
            NL_SCRIPT " down --lab nl%d >/dev/null 2>&1; " NL_SCRIPT " down --stale >/dev/null 2>&1",
            (int)getpid());
   struct sigaction sa = {.sa_handler = nl_on_signal};
-  sigemptyset(&sa.sa_mask);
+  sigemptyset(&sa.sa_mask); /* one clean-up at a time: the others wait behind it */
+  sigaddset(&sa.sa_mask, SIGTERM);
+  sigaddset(&sa.sa_mask, SIGINT);
+  sigaddset(&sa.sa_mask, SIGHUP);
   sigaction(SIGTERM, &sa, NULL);
   sigaction(SIGINT, &sa, NULL);
   sigaction(SIGHUP, &sa, NULL);

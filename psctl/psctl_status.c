@@ -348,6 +348,14 @@ static void psctl_status_sparse(const psctl_row *rows, size_t n) {
   }
 }
 
+/* psctl_worker_kind names how worker X holds its rank (KIND): it
+ * registered (elastic, no --rank), it runs as a fixed psw --rank, or "-"
+ * when the coordinator says neither (a fixed rank no longer live, a psd
+ * older than WorkerInfo.registered and fixed_rank). */
+static const char *psctl_worker_kind(const Ps__WorkerInfo *x) {
+  return x->registered ? "registered" : x->fixed_rank ? "fixed" : "-";
+}
+
 /* psctl_status_workers prints the coordinator's worker table W (NULL:
  * the coordinator did not answer, WHY says why). */
 static void psctl_status_workers(const Ps__ListWorkersReply *w, const char *why) {
@@ -357,15 +365,15 @@ static void psctl_status_workers(const Ps__ListWorkersReply *w, const char *why)
   }
   if (!w->n_workers) return;
   printf("\nworkers (coordinator shard %u, %u expected):\n", w->shard, w->world_size);
-  printf("%-4s %-20s %-7s %-5s %10s %10s %8s %8s %-12s %s\n", "RANK", "HOST", "PID", "STATE",
-         "CLOCK", "HEARTBEAT", "STEPS/S", "BLOCKED", "PARTITIONS", "DEVICE");
+  printf("%-4s %-20s %-7s %-5s %-10s %10s %10s %8s %8s %-12s %s\n", "RANK", "HOST", "PID",
+         "STATE", "KIND", "CLOCK", "HEARTBEAT", "STEPS/S", "BLOCKED", "PARTITIONS", "DEVICE");
   for (size_t i = 0; i < w->n_workers; i++) {
     const Ps__WorkerInfo *x = w->workers[i];
     char age[24], parts[64] = "-";
     snprintf(age, sizeof age, "%.1fs ago", (double)x->heartbeat_age_ms / 1e3);
     if (x->n_partitions) ps_log_u32s(parts, sizeof parts, x->partitions, x->n_partitions);
-    printf("%-4u %-20s %-7u %-5s %10llu %10s %8.2f %7.1f%% %-12s %s\n", x->rank, x->host, x->pid,
-           x->state, (unsigned long long)x->clock, age, x->steps_per_s,
+    printf("%-4u %-20s %-7u %-5s %-10s %10llu %10s %8.2f %7.1f%% %-12s %s\n", x->rank, x->host,
+           x->pid, x->state, psctl_worker_kind(x), (unsigned long long)x->clock, age, x->steps_per_s,
            100.0 * x->blocked_share, parts, x->device);
   }
 }
@@ -612,6 +620,8 @@ static void psctl_status_json_workers(const Ps__ListWorkersReply *w) {
     psctl_json_str(x->host);
     printf(",\"pid\":%u,\"state\":", x->pid);
     psctl_json_str(x->state);
+    printf(",\"registered\":%s,\"fixed_rank\":%s", x->registered ? "true" : "false",
+           x->fixed_rank ? "true" : "false");
     char sps[64], bs[64];
     printf(",\"clock\":%llu,\"heartbeat_age_ms\":%llu,\"steps_per_s\":%s,"
            "\"blocked_share\":%s,\"device\":",

@@ -1312,6 +1312,69 @@ START_TEST(test_psctl_status_json_readme) {
 }
 END_TEST
 
+/* pt_beat sends shard 0 (the coordinator) one heartbeat of worker W of
+ * model MODEL, as pid PID, FIXED saying whether it runs as a fixed --rank. */
+static void pt_beat(pt_ctx *x, uint32_t w, const char *model, uint32_t pid, int fixed) {
+  Ps__HeartbeatRequest hb = PS__HEARTBEAT_REQUEST__INIT;
+  hb.worker = w;
+  hb.model = (char *)model;
+  hb.host = "h";
+  hb.device = "cpu";
+  hb.pid = pid;
+  hb.fixed_rank = fixed;
+  ProtobufCMessage *rep = NULL;
+  ps_errbuf eb;
+  ck_assert_msg(ps_rpc_call(x->rpc[0], "/ps.Ps/Heartbeat", &hb.base,
+                            &ps__heartbeat_reply__descriptor, &rep, 5000, &eb) == 0,
+                "heartbeat of worker %u: %s", w, eb.msg);
+  protobuf_c_message_free_unpacked(rep, NULL);
+}
+
+/* psctl status says how each worker holds its rank: a worker that
+ * registered (elastic) and a fixed psw --rank, in the text's KIND column
+ * and as --json's "registered" and "fixed_rank" (before: neither, though
+ * the coordinator's ListWorkers said both); README names both members. */
+START_TEST(test_psctl_status_worker_kind) {
+  pt_ctx x;
+  pt_init(&x);
+  for (int s = 0; s < PT_NSHARDS; s++) pt_start(&x, s);
+  ck_assert_int_eq(pt_psctl(&x, "model logreg --inputs 4 --classes 2 -o lr.pb"), 0);
+  ck_assert_int_eq(pt_psctl(&x, "submit lr.pb --name m --config '%s'", x.yaml), 0);
+  Ps__RegisterWorkerRequest req = PS__REGISTER_WORKER_REQUEST__INIT;
+  req.model = "m";
+  req.host = "h";
+  req.pid = 4242;
+  req.device = "cpu";
+  Ps__RegisterWorkerReply *reg = NULL;
+  ps_errbuf eb;
+  ck_assert_msg(ps_rpc_call(x.rpc[0], "/ps.Ps/RegisterWorker", &req.base,
+                            &ps__register_worker_reply__descriptor, (ProtobufCMessage **)&reg,
+                            5000, &eb) == 0, "register: %s", eb.msg);
+  uint32_t r = reg->rank, f = r + 1; /* f: a fixed rank beside it */
+  protobuf_c_message_free_unpacked(&reg->base, NULL);
+  pt_beat(&x, r, "m", 4242, 0);
+  pt_beat(&x, f, "m", 4343, 1);
+  ck_assert_int_eq(pt_psctl(&x, "status --json --config '%s'", x.yaml), 0);
+  char *json = ps_test_read_file(x.out, NULL), want[2][160];
+  snprintf(want[0], sizeof want[0],
+           "{\"rank\":%u,\"host\":\"h\",\"pid\":4242,\"state\":\"ALIVE\",\"registered\":true,"
+           "\"fixed_rank\":false,", r);
+  snprintf(want[1], sizeof want[1],
+           "{\"rank\":%u,\"host\":\"h\",\"pid\":4343,\"state\":\"ALIVE\",\"registered\":false,"
+           "\"fixed_rank\":true,", f);
+  for (int i = 0; i < 2; i++) ck_assert_msg(strstr(json, want[i]), "no %s in %s", want[i], x.out);
+  char *readme = ps_test_read_file("README.md", NULL);
+  pt_readme_names_keys(readme, json, "psctl status --json");
+  free(readme);
+  free(json);
+  ck_assert_int_eq(pt_psctl(&x, "status --config '%s'", x.yaml), 0);
+  ck_assert_msg(pt_contains(x.out, " KIND ") && pt_contains(x.out, "4242    ALIVE registered ") &&
+                    pt_contains(x.out, "4343    ALIVE fixed "), "see %s", x.out);
+  pt_stop_all(&x);
+  pt_cleanup(&x);
+}
+END_TEST
+
 /* README.md names every member of psw's JSON lines (the training run's
  * and --evaluate's): 'model', 'workers' and 'batch' were written but
  * never explained. */
@@ -1670,6 +1733,7 @@ Suite *psctl_suite(void) {
                {"cluster_mismatch", test_psctl_cluster_mismatch},
                {"status_partial", test_psctl_status_partial},
                {"status_json_readme", test_psctl_status_json_readme},
+               {"status_worker_kind", test_psctl_status_worker_kind},
                {"export_replaced", test_psctl_export_replaced},
                {"export_output_dir", test_psctl_export_output_dir},
                {"bench_hung", test_psctl_bench_hung},

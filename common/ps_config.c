@@ -1253,6 +1253,39 @@ static yaml_node_t *cfg_item(cfg_ctx *x, yaml_node_t *list, size_t i, yaml_node_
   return cfg_node(x, list->data.sequence.items.start[i]);
 }
 
+/* cfg_aggs_sum_warn warns when the aggregators together expect more
+ * local workers per clock than workers.count, none of them alone (that
+ * one is warned about on its own): the job's workers cannot fill them
+ * all, so one at least waits its max_delay_ms on each sum for pushes that
+ * never come (unless workers beyond the count join).  At workers'
+ * 'count', or the 'aggregators' list when the file leaves it unset. */
+static void cfg_aggs_sum_warn(cfg_ctx *x, ps_config *c, yaml_node_t *n) {
+  uint64_t sum = 0;
+  char names[400] = "", parts[200] = "";
+  size_t nl = 0, pl = 0;
+  for (size_t i = 0; i < c->naggs; i++) {
+    if (c->aggs[i].workers > c->workers.count) return; /* warned about alone */
+    sum += c->aggs[i].workers;
+    /* the list cut with "..." when long: the sum says the rest */
+    if (nl < sizeof names)
+      nl += (size_t)snprintf(names + nl, sizeof names - nl, "%s'%s'", i ? ", " : "",
+                             c->aggs[i].name);
+    if (pl < sizeof parts)
+      pl += (size_t)snprintf(parts + pl, sizeof parts - pl, "%s%" PRIu32, i ? " + " : "",
+                             c->aggs[i].workers);
+  }
+  if (c->naggs < 2 || sum <= c->workers.count) return;
+  if (nl >= sizeof names) memcpy(names + sizeof names - 4, "...", 4);
+  if (pl >= sizeof parts) memcpy(parts + sizeof parts - 4, "...", 4);
+  yaml_node_t *v = cfg_value_node(x, cfg_value_node(x, n, "workers"), "count");
+  if (!v) v = cfg_value_node(x, n, "aggregators");
+  cfg_warn(x, c, (v ? v : n)->start_mark,
+           "aggregators %s expect %" PRIu64 " local workers per clock together ('workers': %s), "
+           "more than workers' 'count' (%" PRIu32 "): unless more workers than that join, one "
+           "of them at least waits its 'max_delay_ms' on each sum for pushes that never come",
+           names, sum, parts, c->workers.count);
+}
+
 /* cfg_aggs_post checks the aggregators against the shards (no address
  * twice as ps_addr_same compares them; a wildcard's port is warned
  * about), each one's max_delay_ms against the workers' wait for a reply
@@ -1309,6 +1342,7 @@ static int cfg_aggs_post(cfg_ctx *x, ps_config *c, yaml_node_t *n) {
         }
     }
   }
+  cfg_aggs_sum_warn(x, c, n);
   const char *want = c->workers.aggregator;
   if (!want || ps_config_agg(c, want)) return 0;
   yaml_node_t *v = cfg_value_node(x, cfg_value_node(x, n, "workers"), "aggregator");

@@ -427,6 +427,22 @@ START_TEST(test_config_loads) {
        "  - {id: 0, grpc: 'a:1', channel: 'a:2', data_dir: /d}\n"
        "aggregators:\n  - {name: g, grpc: 'b:1', channel: 'b:2', workers: 3}\n"
        "workers: {count: 3}\n", NULL},
+      /* aggregators that together expect more local workers than the job
+       * has, none alone: the job's workers cannot fill them all, so one at
+       * least waits max_delay_ms on each sum (said nothing before) */
+      {"cluster: t\nsecurity: none\nshards:\n"
+       "  - {id: 0, grpc: 'a:1', channel: 'a:2', data_dir: /d}\n"
+       "aggregators:\n  - {name: g, grpc: 'b:1', channel: 'b:2', workers: 2}\n"
+       "  - {name: h, grpc: 'c:1', channel: 'c:2', workers: 2}\n"
+       "workers: {count: 3}\n",
+       "c.yaml:8:18: warning: aggregators 'g', 'h' expect 4 local workers per clock together "
+       "('workers': 2 + 2), more than workers' 'count' (3): unless more workers than that join, "
+       "one of them at least waits its 'max_delay_ms' on each sum for pushes that never come"},
+      {"cluster: t\nsecurity: none\nshards:\n"
+       "  - {id: 0, grpc: 'a:1', channel: 'a:2', data_dir: /d}\n"
+       "aggregators:\n  - {name: g, grpc: 'b:1', channel: 'b:2', workers: 2}\n"
+       "  - {name: h, grpc: 'c:1', channel: 'c:2', workers: 1}\n"
+       "workers: {count: 3}\n", NULL},
       {"cluster: t\nsecurity: none\nshards:\n"
        "  - {id: 0, grpc: '127.0.0.1:7000', channel: '127.0.0.2:7000', data_dir: /d}\n"
        "  - {id: 1, grpc: '[::1]:7001', channel: '[::2]:7001', data_dir: /e}\n"

@@ -1144,7 +1144,11 @@ START_TEST(test_netlab_runner_stopped) {
   snprintf(log, sizeof log, "%s/runner.out", dir);
   /* a session of its own: Check's runner passes the signal on to its own
    * process group, which would otherwise be this test's */
-  char *argv[] = {"/usr/bin/setsid", "build/bin/ps_tests", NULL};
+  char self[512]; /* this very binary: a sanitizer build's lives elsewhere */
+  ssize_t n = readlink("/proc/self/exe", self, sizeof self - 1);
+  ck_assert_msg(n > 0 && n < (ssize_t)sizeof self - 1, "cannot read /proc/self/exe");
+  self[n] = 0;
+  char *argv[] = {"/usr/bin/setsid", self, NULL};
   char *env[] = {"PS_TEST_FILTER=netlab", "CK_RUN_CASE=lab", NULL};
   pid_t runner = ps_test_spawn(argv, log, env);
   pid_t test = 0;

@@ -457,10 +457,11 @@ static clock_rank clock_rank_of(const psd_clock *c, uint32_t rank) {
 /* clock_fixed_refuse: PS_EEXIST naming them when live fixed ranks of
  * MODEL are in the table (invariant 14), else 0. */
 static int clock_fixed_refuse(const psd_clock *c, const char *model, ps_errbuf *eb) {
+  if (!model || !*model) return 0;
   char ranks[160] = "";
   size_t len = 0;
   uint32_t n = 0;
-  for (size_t i = 0; i < c->nw && model && *model; i++) {
+  for (size_t i = 0; i < c->nw; i++) {
     const clock_worker *w = &c->w[i];
     if (w->dead || !w->fixed || !w->model || strcmp(w->model, model) != 0) continue;
     if (len < sizeof ranks) {

@@ -249,13 +249,11 @@ static void psd_main_wal_state(void *arg, int err, const char *msg) {
       ps_err("shard %u degraded: %s; pushes are refused until the next snapshot, taken now, "
              "shrinks the log, or space is freed", sh->me->id, msg);
       psd_main_flush_soon(m);
-    }
-    else
+    } else {
       ps_err("shard %u degraded: the redo log fails (%s), pushes are refused; retrying every "
              "%u ms", sh->me->id, msg, psd_main_log_retry_ms(sh->cfg));
-    if (sh->state == PSD_SERVING) {
-      psd_shard_set_state(sh, PSD_DEGRADED, msg);
     }
+    if (sh->state == PSD_SERVING) psd_shard_set_state(sh, PSD_DEGRADED, msg);
     psd_main_why(m);
     return;
   }

@@ -15,6 +15,7 @@
 #include <string.h>
 
 #include "ps_model.h"
+#include "ps_pb.h"
 #include "psd_stall.h"
 
 typedef struct clock_entry {
@@ -49,10 +50,10 @@ typedef struct clock_worker {
                                 + 1; 0: never (invariant 11) */
   int unseen;                /* registered into a rank with no record here (no earlier
                                 holder declared dead: invariant 13), not loaded from a save */
-  int fixed;                 /* its heartbeats say it is a fixed rank (invariant 14); not
-                                saved: a restored table learns it from the next one */
+  int fixed;                 /* its heartbeats say it is a fixed rank (invariant 14); saved
+                                with its model (invariant 10) */
   uint32_t gone_pid;         /* the registered process whose dead rank a rejoin of another
-                                took (invariant 12; 0: none): its words are refused */
+                                took (invariant 12; 0: none): its words are refused; saved */
   float steps_per_s, blocked_share;
 } clock_worker;
 
@@ -393,6 +394,7 @@ int psd_clock_rejoin(psd_clock *c, uint32_t worker, const char *host, uint32_t p
    * else its comeback's beats would make it the holder again (a rank not
    * registered is not told apart) and its registration take the rank back;
    * a rejoin of the rank dead again makes it anyone's again */
+  if (w->gone_pid != gone) c->dirty = 1; /* saved (invariant 10) */
   w->gone_pid = gone;
   if (other) {
     w->registered = w->unseen = 0;
@@ -435,6 +437,8 @@ int psd_clock_heartbeat(psd_clock *c, uint32_t worker, const char *model, uint64
   if (clock > w->clock && clock <= PS_CLOCK_MAX) w->clock = clock; /* beyond: a bogus beat's */
   clock_setstr(&w->host, host);
   clock_setstr(&w->device, device);
+  if (model && *model && (!w->model || strcmp(w->model, model) != 0))
+    c->dirty = 1; /* saved: a fixed rank's blocks its model's registrations (invariant 14) */
   clock_setstr(&w->model, model);
   return 0;
 }
@@ -676,7 +680,10 @@ void psd_clock_set_pid(psd_clock *c, uint32_t worker, uint32_t pid) {
 /* psd_clock_set_fixed: see psd_clock.h (invariant 14). */
 void psd_clock_set_fixed(psd_clock *c, uint32_t worker, int fixed) {
   clock_worker *w = clock_worker_find(c, worker);
-  if (w && !w->dead) w->fixed = fixed && !w->registered;
+  if (!w || w->dead) return;
+  int now = fixed && !w->registered;
+  if (now != w->fixed) c->dirty = 1; /* saved (invariant 10) */
+  w->fixed = now;
 }
 
 /* psd_clock_holder: see psd_clock.h (invariant 12). */
@@ -1237,7 +1244,13 @@ void psd_clock_worker(const psd_clock *c, size_t i, uint64_t now_ms, psd_worker_
 
 /* ---- persistence (invariant 10) ------------------------------------------- */
 
-#define CLOCK_SAVE_MAGIC "psd-clock 1"
+/* The first line of a save, its format's version: 2 writes each worker's
+ * fixed mark, the pid of the registered process its rank was taken from
+ * and its model (invariants 12, 14); 1 (an older psd's) did not, and
+ * loads as it did: no fixed ranks, no refused old holders. */
+#define CLOCK_SAVE_MAGIC "psd-clock 2"
+#define CLOCK_SAVE_MAGIC_V1 "psd-clock 1"
+#define CLOCK_NO_MODEL "*" /* a worker line's model when it named none (not a model name) */
 
 /* clock_appendf appends to the growing buffer *B (*LEN used, *CAP held);
  * -1 when out of memory (*B freed). */
@@ -1287,10 +1300,12 @@ int psd_clock_save(psd_clock *c, char **buf, size_t *len, ps_errbuf *eb) {
   for (size_t i = 0; !bad && i < c->nw; i++) {
     const clock_worker *w = &c->w[i];
     /* the host last: the rest of the line (a save of an older psd ends
-     * at the clock) */
+     * at the clock, or before the fixed mark: version 1) */
     bad = clock_appendf(&b, &n, &cap, "worker %" PRIu32 " %d %d %d %d %" PRIu32 " %" PRIu64
-                        "%s%s\n", w->id, w->registered, w->leased, w->dead, w->left, w->pid,
-                        w->clock, w->host ? " " : "", w->host ? w->host : "");
+                        " %d %" PRIu32 " %s%s%s\n", w->id, w->registered, w->leased, w->dead,
+                        w->left, w->pid, w->clock, w->fixed, w->gone_pid,
+                        w->model ? w->model : CLOCK_NO_MODEL, w->host ? " " : "",
+                        w->host ? w->host : "");
   }
   for (size_t i = 0; !bad && i < c->nm; i++)
     for (size_t k = 0; !bad && k < c->m[i]->nent; k++)
@@ -1304,12 +1319,52 @@ int psd_clock_save(psd_clock *c, char **buf, size_t *len, ps_errbuf *eb) {
   return 0;
 }
 
-/* clock_load_line restores one line L (NUL-terminated) of a save. */
-static int clock_load_line(psd_clock *c, const char *l, uint64_t now_ms, ps_errbuf *eb) {
+/* clock_load_worker restores a "worker" line L of a save of format
+ * VERSION (CLOCK_SAVE_MAGIC): 0, 1 when L is no worker line of that
+ * format, or a PS_E* code. */
+static int clock_load_worker(psd_clock *c, const char *l, int version, uint64_t now_ms,
+                             ps_errbuf *eb) {
+  uint32_t a, h, gone = 0;
+  uint64_t x;
+  int f1, f2, f3, f4, fixed = 0, k = 0;
+  char model[256] = CLOCK_NO_MODEL;
+  if (version == 1
+          ? sscanf(l, "worker %" SCNu32 " %d %d %d %d %" SCNu32 " %" SCNu64 "%n", &a, &f1, &f2,
+                   &f3, &f4, &h, &x, &k) != 7
+          : sscanf(l, "worker %" SCNu32 " %d %d %d %d %" SCNu32 " %" SCNu64 " %d %" SCNu32
+                   " %255s%n", &a, &f1, &f2, &f3, &f4, &h, &x, &fixed, &gone, model, &k) != 10)
+    return 1; /* not a worker line */
+  if (l[k] && (l[k] != ' ' || !l[k + 1])) return 1;
+  if (strcmp(model, CLOCK_NO_MODEL) != 0 && !ps_name_valid(model))
+    return ps_errf(eb, PS_EFORMAT, "worker %" PRIu32 ": bad model name", a);
+  clock_worker *w;
+  int err = clock_worker_get(c, a, now_ms, 1, &w, eb);
+  if (err < 0) return err;
+  w->registered = f1 != 0;
+  w->leased = f2 != 0;
+  w->dead = f3 != 0;
+  w->left = f4 != 0;
+  w->pid = h;
+  w->clock = x;
+  /* invariants 12 and 14 hold of the registered process alone: a
+   * registration clears both */
+  w->fixed = fixed != 0 && !w->registered;
+  w->gone_pid = w->registered ? 0 : gone;
+  if (strcmp(model, CLOCK_NO_MODEL) != 0) clock_setstr(&w->model, model);
+  /* its host with its pid: a worker registering again after the
+   * restart is known by both (psd_clock_register) */
+  if (l[k]) clock_setstr(&w->host, l + k + 1);
+  return 0;
+}
+
+/* clock_load_line restores one line L (NUL-terminated) of a save of
+ * format VERSION. */
+static int clock_load_line(psd_clock *c, const char *l, int version, uint64_t now_ms,
+                           ps_errbuf *eb) {
   uint32_t a, e, d, h;
   uint64_t x, y, z;
   int64_t o;
-  int f1, f2, f3, f4, k = 0;
+  int f1, k = 0;
   char name[256];
   if (sscanf(l, "job %" SCNu32 " data %" SCNu64 " parts %" SCNu32 "%n", &a, &x, &e, &k) == 3 &&
       !l[k]) {
@@ -1345,22 +1400,8 @@ static int clock_load_line(psd_clock *c, const char *l, uint64_t now_ms, ps_errb
                            .done_parts = d};
     return 0;
   }
-  if (sscanf(l, "worker %" SCNu32 " %d %d %d %d %" SCNu32 " %" SCNu64 "%n", &a, &f1, &f2, &f3,
-             &f4, &h, &x, &k) == 7 && (!l[k] || (l[k] == ' ' && l[k + 1]))) {
-    clock_worker *w;
-    int err = clock_worker_get(c, a, now_ms, 1, &w, eb);
-    if (err < 0) return err;
-    w->registered = f1 != 0;
-    w->leased = f2 != 0;
-    w->dead = f3 != 0;
-    w->left = f4 != 0;
-    w->pid = h;
-    w->clock = x;
-    /* its host with its pid: a worker registering again after the
-     * restart is known by both (psd_clock_register) */
-    if (l[k]) clock_setstr(&w->host, l + k + 1);
-    return 0;
-  }
+  int werr = clock_load_worker(c, l, version, now_ms, eb);
+  if (werr <= 0) return werr;
   if (sscanf(l, "clock %255s %" SCNu32 " %" SCNu64 "%n", name, &a, &x, &k) == 3 && !l[k]) {
     clock_worker *w = clock_worker_find(c, a);
     if (!w || w->dead) return 0; /* expired since: not in the table */
@@ -1399,7 +1440,7 @@ static int clock_load_order(const char *l, int *rank, ps_errbuf *eb) {
 /* psd_clock_load: see psd_clock.h. */
 int psd_clock_load(psd_clock *c, const char *text, uint64_t now_ms, ps_errbuf *eb) {
   size_t lineno = 0;
-  int ended = 0, rank = 0;
+  int ended = 0, rank = 0, version = 0;
   for (const char *p = text; *p && !ended;) {
     const char *nl = strchr(p, '\n');
     size_t n = nl ? (size_t)(nl - p) : strlen(p);
@@ -1411,12 +1452,14 @@ int psd_clock_load(psd_clock *c, const char *text, uint64_t now_ms, ps_errbuf *e
     p += n + (nl != NULL);
     int err = 0;
     if (lineno == 1) {
-      if (strcmp(line, CLOCK_SAVE_MAGIC))
-        return ps_errf(eb, PS_EFORMAT, "line 1: not a clock table ('" CLOCK_SAVE_MAGIC "')");
+      version = !strcmp(line, CLOCK_SAVE_MAGIC) ? 2 : !strcmp(line, CLOCK_SAVE_MAGIC_V1) ? 1 : 0;
+      if (!version)
+        return ps_errf(eb, PS_EFORMAT, "line 1: not a clock table ('" CLOCK_SAVE_MAGIC "', or '"
+                       CLOCK_SAVE_MAGIC_V1 "' of an older psd)");
     } else if (!strcmp(line, "end")) {
       ended = 1;
     } else if ((err = clock_load_order(line, &rank, eb)) < 0 ||
-               (err = clock_load_line(c, line, now_ms, eb)) < 0) {
+               (err = clock_load_line(c, line, version, now_ms, eb)) < 0) {
       ps_errbuf why = *eb;
       return ps_errf(eb, err == PS_ENOMEM || err == PS_ECONFIG ? err : PS_EFORMAT,
                      "line %zu: %s", lineno, why.msg);

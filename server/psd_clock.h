@@ -72,9 +72,13 @@
  *     heartbeats: it could not rejoin).
  * 10. Persistence: psd_clock_save writes the partition table, the epoch
  *     counts, the workers (with their host and pid: one that registers
- *     again after the restart keeps its rank) and every model's clock
- *     table as text; psd_clock_load restores them into a new table (a
- *     save whose worker lines have no host, an older psd's, too), the
+ *     again after the restart keeps its rank; their model, fixed mark and
+ *     the registered process their rank was taken from: invariants 12
+ *     and 14 hold across the restart) and every model's clock table as
+ *     text, its first line naming the format's version; psd_clock_load
+ *     restores them into a new table (a save whose worker lines have no
+ *     host, or no fixed mark (version 1), an older psd's, too: it knows
+ *     no fixed rank and refuses no old holder until told again), the
  *     workers alive with a fresh lease, which psd_clock_grace starts
  *     again when the coordinator serves: they have lease_ms from then to
  *     reach it (they could not while it was down) before they expire as
@@ -123,9 +127,10 @@
  *     fixed rank after the registered worker finished) is that process's
  *     (psd_clock_rejoin drops the old registration), and the registered
  *     process it was taken from is refused as another's while the rank
- *     lives (it must not become the holder again by its beats, then take
- *     the rank back by registering as if a restart had lost it).  A fixed rank whose
- *     rank a live registered process holds stops when refused so
+ *     lives, by a restarted coordinator too (saved: invariant 10): it
+ *     must not become the holder again by its beats, then take the rank
+ *     back by registering as if a restart had lost it.  A fixed rank
+ *     whose rank a live registered process holds stops when refused so
  *     (HeartbeatReply.held): the registration wins.
  * 13. A restarted coordinator may have lost a registration (it came
  *     after the last save: invariant 10): the worker's heartbeats then
@@ -145,9 +150,9 @@
  *     partitions whatever registers, so while a live one of a model is
  *     in the table, psd_clock_register refuses that model's registrations
  *     (a registered worker would train every partition again on top of
- *     it).  One that died or left blocks nothing.  Not saved: a restored
- *     table knows its fixed ranks again from their next heartbeats, and
- *     blocks nothing until then.
+ *     it).  One that died or left blocks nothing.  Saved (invariant 10):
+ *     a restored table refuses them at once, its fixed ranks alive with
+ *     the others' grace, not only after their next heartbeats.
  *
  * Not thread-safe: one thread (the shard's loop) calls everything. */
 #ifndef PSD_CLOCK_H

@@ -68,9 +68,10 @@ static void fixed_beat(psd_clock *c, uint32_t id, const char *m, uint64_t now_ms
 
 /* Invariant 14: while live fixed ranks of a model beat, its registrations
  * are refused, naming them; another model's are not; one that finished
- * or whose lease expired blocks nothing, and neither does a restored
- * table until their next heartbeats.  Registrations used to take a rank
- * and train every partition on top of the fixed ranks' share. */
+ * or whose lease expired blocks nothing.  A restored table refuses them
+ * at once (the marks are saved: invariant 10).  Registrations used to
+ * take a rank and train every partition on top of the fixed ranks'
+ * share, and after a restart until a fixed rank beat again. */
 START_TEST(test_register_refused_beside_fixed) {
   psd_clock *c = tclock(PSD_CLOCK_ASP);
   ps_errbuf eb;
@@ -84,20 +85,21 @@ START_TEST(test_register_refused_beside_fixed) {
   ck_assert_msg(strstr(eb.msg, "model 'm' is trained by 2 live fixed ranks (psw --rank: ranks "
                                "0, 2)"), "%s", eb.msg);
   ck_assert_uint_eq(psd_clock_nworkers(c), 2); /* nothing recorded */
-  /* a coordinator restart: the restored table does not know them fixed
-   * (not saved) and blocks nothing until a fixed rank beats again */
+  /* a coordinator restart (a kill -9 after the save): the restored table
+   * knows them fixed before any of their beats, and refuses at once */
   char *text;
   size_t len;
   ck_assert_int_eq(psd_clock_save(c, &text, &len, &eb), 0);
   psd_clock *d = tclock(PSD_CLOCK_ASP);
   ck_assert_int_eq(psd_clock_load(d, text, 30, &eb), 0);
   free(text);
-  ck_assert_int_eq(fixed_of(d, 2, 30), 0);
-  ck_assert_int_eq(psd_clock_register(d, "m", "h2", 200, "cpu", 30, &rank, &start, &eb), 0);
-  fixed_beat(d, 2, "m", 40);
-  ck_assert_int_eq(psd_clock_register(d, "m", "h2", 201, "cpu", 40, &rank, &start, &eb),
+  psd_clock_grace(d, 30);
+  ck_assert_int_eq(fixed_of(d, 2, 30), 1);
+  ck_assert_int_eq(psd_clock_register(d, "m", "h2", 200, "cpu", 30, &rank, &start, &eb),
                    PS_EEXIST);
-  ck_assert_msg(strstr(eb.msg, "1 live fixed rank (psw --rank: rank 2)"), "%s", eb.msg);
+  ck_assert_msg(strstr(eb.msg, "model 'm' is trained by 2 live fixed ranks (psw --rank: ranks "
+                               "0, 2)"), "%s", eb.msg);
+  ck_assert_uint_eq(psd_clock_nworkers(d), 2);
   psd_clock_free(d);
   /* another model's worker registers; a registered worker is never fixed */
   ck_assert_int_eq(psd_clock_register(c, "n", "h3", 300, "cpu", 30, &rank, &start, &eb), 0);
@@ -1387,6 +1389,89 @@ START_TEST(test_taken_rank_refuses_old_holder) {
 }
 END_TEST
 
+/* worker_host returns the host the table lists for worker ID ("" when
+ * none), NULL when it does not list it. */
+static const char *worker_host(const psd_clock *c, uint32_t id) {
+  for (size_t i = 0; i < psd_clock_nworkers(c); i++) {
+    psd_worker_info in;
+    psd_clock_worker(c, i, 0, &in);
+    if (in.id == id) return in.host ? in.host : "";
+  }
+  return NULL;
+}
+
+/* A coordinator restarted (kill -9) from a save made after a fixed rank
+ * took the dead rank of a registered worker: the save keeps the fixed
+ * mark with its model and the old holder's pid (invariants 10, 12, 14),
+ * so the restored table refuses at once both the old holder's beats in
+ * the fixed rank's name and the model's registrations, and its own save
+ * loads into the same save.  Neither was saved: the old holder's beats
+ * were taken (its pid became the record's, and its registration could
+ * take the rank back), and a newcomer registered beside the fixed rank
+ * until that one beat again.  A save of an older psd (version 1, none of
+ * these fields) loads as it did. */
+START_TEST(test_restart_keeps_fixed_and_taken) {
+  psd_clock *c = tclock(0);
+  ps_errbuf eb;
+  uint32_t r;
+  uint64_t sc;
+  char *text, *again;
+  size_t len, alen;
+  treg2(c);
+  ck_assert_int_eq(psd_clock_heartbeat(c, 1, "m", 0, 0, 0, "h", "cpu", 1500, &eb), 0);
+  psd_clock_tick(c, 1500);
+  ck_assert_int_eq(psd_clock_expired(c, 0), 1); /* pid 10 declared dead */
+  ck_assert_int_eq(psd_clock_rejoin(c, 0, "h", 100, 1600, &eb), 0); /* psw --rank 0 */
+  fixed_beat(c, 0, "m", 1600);                                        /* pid 100 */
+  ck_assert_int_eq(psd_clock_save(c, &text, &len, &eb), 0);
+  psd_clock *d = tclock(0);
+  ck_assert_msg(psd_clock_load(d, text, 5000, &eb) == 0, "%s", eb.msg);
+  psd_clock_grace(d, 5000);
+  ck_assert_int_eq(fixed_of(d, 0, 5000), 1);
+  ck_assert_int_eq(fixed_of(d, 1, 5000), 0);
+  ck_assert_int_eq(psd_clock_holder(d, 0, "h", 10, NULL, &eb), PS_EEXPIRED);
+  ck_assert_msg(strstr(eb.msg, "held by pid 100 on h, which took it back"), "%s", eb.msg);
+  ck_assert_int_eq(psd_clock_holder(d, 0, "h", 100, NULL, &eb), 0);
+  ck_assert_int_eq(psd_clock_register(d, "m", "h", 12, "cpu", 5100, &r, &sc, &eb), PS_EEXIST);
+  ck_assert_msg(strstr(eb.msg, "model 'm' is trained by 1 live fixed rank (psw --rank: rank 0)"),
+                "%s", eb.msg);
+  ck_assert_int_eq(psd_clock_save(d, &again, &alen, &eb), 0);
+  ck_assert_str_eq(again, text);
+  ck_assert_msg(!strncmp(text, "psd-clock 2\n", 12), "%s", text); /* the format's version */
+  free(again);
+  psd_clock_free(d);
+  free(text);
+  psd_clock_free(c);
+  /* a fixed mark that changes is saved (the table is dirty) */
+  c = tclock(0);
+  fixed_beat(c, 2, "m", 10);
+  ck_assert_int_eq(psd_clock_dirty(c), 1);
+  psd_clock_free(c);
+  /* version 1: no fixed rank, no old holder refused, the host as before */
+  d = tclock(0);
+  ck_assert_int_eq(psd_clock_load(d, "psd-clock 1\njob 0 data 0 parts 8\n"
+                                  "worker 0 0 1 0 0 100 0 h\nworker 1 1 1 0 0 11 0 h\nend\n",
+                                  5000, &eb), 0);
+  ck_assert_int_eq(fixed_of(d, 0, 5000), 0);
+  ck_assert_str_eq(worker_host(d, 0), "h");
+  ck_assert_int_eq(psd_clock_holder(d, 0, "h", 10, NULL, &eb), 0);
+  ck_assert_int_eq(psd_clock_register(d, "m", "h", 12, "cpu", 5100, &r, &sc, &eb), 0);
+  ck_assert_uint_eq(r, 2);
+  psd_clock_free(d);
+  /* version 2's worker lines hold the new fields, a model name among them */
+  static const char *const bad[] = {
+      "psd-clock 2\njob 0 data 0 parts 8\nworker 0 0 1 0 0 100 0 h\nend\n",
+      "psd-clock 2\njob 0 data 0 parts 8\nworker 0 0 1 0 0 100 0 1 10 m/x h\nend\n",
+      "psd-clock 3\njob 0 data 0 parts 8\nend\n"};
+  for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+    d = tclock(0);
+    ck_assert_int_eq(psd_clock_load(d, bad[i], 5000, &eb), PS_EFORMAT);
+    ck_assert_msg(strstr(eb.msg, "line "), "%s", eb.msg);
+    psd_clock_free(d);
+  }
+}
+END_TEST
+
 /* A stalled loop (a long request, a stopped process) is no worker's
  * silence: the beats it could not read arrive right after, so the stall
  * extends the leases it overlapped; a worker silent past that still
@@ -1478,6 +1563,7 @@ Suite *psd_clock_suite(void) {
   tcase_add_test(tc, test_holder);
   tcase_add_test(tc, test_rejoin_takes_dead_registered_rank);
   tcase_add_test(tc, test_taken_rank_refuses_old_holder);
+  tcase_add_test(tc, test_restart_keeps_fixed_and_taken);
   tcase_add_test(tc, test_stall_extends_leases);
   tcase_add_test(tc, test_silent_ms_stall);
   tcase_add_test(tc, test_left_age_grows);

@@ -35,6 +35,8 @@
  *  - a worker SIGSTOPped past its lease whose rank a new worker took,
  *    then continued: it stops, the new worker keeps the rank and trains.
  *  - a fixed --rank started into a running elastic job: refused, exit 2.
+ *  - a registered worker started right after a coordinator's SIGKILL and
+ *    restart while a fixed rank of its model lives: refused, exit 2.
  *  - end of job: a worker with nothing left to claim waits; the last
  *    one training (asp, slowed) is SIGKILLed, and the waiting worker
  *    takes its partition over and finishes the job.
@@ -1422,6 +1424,61 @@ START_TEST(test_failover_register_beside_fixed_refused) {
 }
 END_TEST
 
+/* tf_saved_pid says whether the coordinator's saved table in DIR lists a
+ * worker of process PID (0 while there is no such file). */
+static int tf_saved_pid(const char *dir, pid_t pid) {
+  char path[700], line[1024];
+  snprintf(path, sizeof path, "%s/shard0/coordinator.state", dir);
+  FILE *f = fopen(path, "r");
+  int found = 0;
+  while (f && !found && fgets(line, sizeof line, f)) {
+    unsigned id, p;
+    int a, b, c, d;
+    found = sscanf(line, "worker %u %d %d %d %d %u", &id, &a, &b, &c, &d, &p) == 6 &&
+            p == (unsigned)pid;
+  }
+  if (f) fclose(f);
+  return found;
+}
+
+/* The coordinator SIGKILLed and started again while fixed rank 0 of 2
+ * trains (SIGSTOPped across the restart, well within its 10 s lease, so
+ * that no beat of it reaches the new coordinator first): a registered
+ * psw started right after is refused (exit 2) naming the fixed rank, as
+ * before the restart, since the saved table says which ranks are fixed.
+ * The mark was not saved: the restarted coordinator took the
+ * registration, and the psw trained every partition on top of the fixed
+ * rank's share. */
+START_TEST(test_failover_register_beside_fixed_after_restart) {
+  TF_NEED_DATA();
+  tf_ctx x = {.lease_ms = 10000};
+  char flog[700];
+  int f = tf_start_fixed0(&x, flog, sizeof flog);
+  /* a save that holds the fixed rank (the beat that said its pid said it
+   * is fixed) */
+  for (int64_t end = ps_test_now_ms() + 10000; !tf_saved_pid(x.dir, x.w[f]); usleep(20000))
+    ck_assert_msg(ps_test_now_ms() < end, "no save lists the fixed rank; see %s", x.dir);
+  ck_assert_int_eq(kill(x.w[f], SIGSTOP), 0);
+  ck_assert_int_eq(kill(x.shard[0], SIGKILL), 0);
+  ps_test_wait_pid(x.shard[0], 5000);
+  char log[700], plog[700];
+  tf_restart_coordinator(&x, log, sizeof log);
+  tf_log(&x, x.nw, plog, sizeof plog);
+  char *argv[] = {(char *)ps_test_bin("psw"), "--config", x.yaml, "--quiet", NULL};
+  int rc = ps_test_run(argv, plog, 15000);
+  ck_assert_int_eq(kill(x.w[f], SIGCONT), 0);
+  char *text = ps_test_read_file(plog, NULL);
+  ck_assert_msg(rc == 2 && strstr(text, "model 'm' is trained by 1 live fixed rank (psw --rank: "
+                                        "rank 0)"),
+                "a registered worker right after the coordinator's restart beside a fixed rank "
+                "exited %d; see %s", rc, plog);
+  free(text);
+  ps_test_stop(x.w[f], SIGKILL, 5000);
+  x.w[f] = 0;
+  tf_finish(&x);
+}
+END_TEST
+
 /* A shard whose loop stalls (here SIGSTOPped for twice the 1 s lease,
  * which is the same to its leases) does not declare its workers dead on
  * resuming: their heartbeats waited unread in its sockets and are read
@@ -1657,6 +1714,7 @@ Suite *psw_failover_suite(void) {
   tcase_add_test(tr, test_failover_fixed_rank_held_message);
   tcase_add_test(tr, test_failover_fixed_rank_taken_stops);
   tcase_add_test(tr, test_failover_register_beside_fixed_refused);
+  tcase_add_test(tr, test_failover_register_beside_fixed_after_restart);
   suite_add_tcase(s, tr);
   /* what a worker's lines say when it trained little or nothing */
   TCase *tp = tcase_create("failover_report");

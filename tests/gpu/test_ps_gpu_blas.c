@@ -251,9 +251,12 @@ static char *cpuinfo_flags(void) {
   return out;
 }
 
-/* This machine's cpuid words, decoded by ps_gpu_blas_read_cpu, agree bit
- * for bit with the flags the kernel reports; and the level says what the
- * flags say. */
+/* This machine's cpuid words, decoded by ps_gpu_blas_read_cpu, have every
+ * flag the kernel reports; and the level says what the flags say. A flag
+ * cpuid has and the kernel does not list is printed, not failed: kernels
+ * hide features they distrust (a Zen 5 Firecracker guest on Linux 6.18
+ * lists no "abm" though CPUID 0x80000001 ECX bit 5, LZCNT, is set), and
+ * the instructions work all the same. */
 START_TEST(test_blas_read_this_cpu) {
 #if !defined(__x86_64__) && !defined(__i386__)
   PS_SKIP("not an x86 CPU");
@@ -276,10 +279,11 @@ START_TEST(test_blas_read_this_cpu) {
     uint32_t w = map[i].word == 0 ? c.l1_ecx : map[i].word == 1 ? c.l7_ebx : c.ext_ecx;
     char pat[32];
     snprintf(pat, sizeof pat, " %s ", map[i].flag);
-    int in_flags = strstr(flags, pat) != NULL;
-    ck_assert_msg(!!(w & map[i].bit) == in_flags, "cpuid says %s %s, /proc/cpuinfo says %s",
-                  map[i].flag, w & map[i].bit ? "yes" : "no", in_flags ? "yes" : "no");
-    all &= in_flags;
+    int in_flags = strstr(flags, pat) != NULL, in_cpuid = !!(w & map[i].bit);
+    ck_assert_msg(in_cpuid || !in_flags, "cpuid says %s no, /proc/cpuinfo says yes", map[i].flag);
+    if (in_cpuid && !in_flags)
+      printf("test_blas_read_this_cpu: cpuid has %s, the kernel does not list it\n", map[i].flag);
+    all &= in_cpuid;
   }
   ps_gpu_blas_isa isa = ps_gpu_blas_cpu_isa(&c);
   if (isa >= PS_GPU_BLAS_ISA_AVX) ck_assert((c.xcr0 & 0x6) == 0x6);

@@ -498,7 +498,10 @@ static int psd_grpc_health(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessa
 /* The methods and the roles (ps_auth.h) that may call them under TLS:
  * only an operator changes models; workers (and aggregators) push, pull,
  * register, heartbeat and read (Export serves psw --evaluate); anyone,
- * even without a certificate, may ask Health/Check. */
+ * even without a certificate, may ask Health/Check.  Every method of the
+ * service ps.Ps is here with a role set of its own choosing: a method not
+ * in the table is refused to everyone (UNIMPLEMENTED), and test_sec_method_
+ * table fails for an rpc of ps.proto missing here (psd_grpc_method_roles). */
 static const struct psd_grpc_method {
   const char *path;
   const ProtobufCMessageDescriptor *req_desc;
@@ -527,6 +530,16 @@ static const struct psd_grpc_method {
     {"/grpc.health.v1.Health/Check", &grpc__health__v1__health_check_request__descriptor,
      psd_grpc_health, PS_ROLES_ANY},
 };
+
+/* psd_grpc_method_roles: see psd_grpc.h. */
+int psd_grpc_method_roles(const char *path) {
+  for (size_t i = 0; i < sizeof psd_grpc_methods / sizeof psd_grpc_methods[0]; i++)
+    if (!strcmp(psd_grpc_methods[i].path, path)) return (int)psd_grpc_methods[i].roles;
+  return -1;
+}
+
+/* psd_grpc_method_count: see psd_grpc.h. */
+size_t psd_grpc_method_count(void) { return sizeof psd_grpc_methods / sizeof psd_grpc_methods[0]; }
 
 /* psd_grpc_role returns the caller's role: the OU attributes of its
  * verified client certificate's subject (the certificate itself, from

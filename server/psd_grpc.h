@@ -4,8 +4,8 @@
  * request to the shard's loop (a queue + uv_async_send, drained whole);
  * handlers run on the loop thread and their replies are sent with
  * grpc_call_start_batch.  Methods are dispatched through a table:
- * /ps.Ps/{SubmitModel,GetModel,Push,Pull,Status,Export} and
- * /grpc.health.v1.Health/Check (SERVING once the shard serves). */
+ * every rpc of ps.Ps (proto/ps.proto) and /grpc.health.v1.Health/Check
+ * (SERVING once the shard serves). */
 #ifndef PSD_GRPC_H
 #define PSD_GRPC_H
 
@@ -45,5 +45,13 @@ int psd_grpc_restart(psd_shard *sh, int drain_ms, ps_errbuf *eb);
  * file) the old ones stay.  PS_ENOTSUP when the shard serves no TLS.
  * Loop thread. */
 int psd_grpc_reload_tls(psd_shard *sh, ps_errbuf *eb);
+
+/* psd_grpc_method_roles returns the set of roles (PS_ROLE_BIT, ps_auth.h)
+ * that may call method PATH ("/ps.Ps/Push") under TLS, or -1 for a method
+ * the shard does not serve (refused to everyone).  psd_grpc_method_count:
+ * how many methods it serves (ps.Ps's and Health/Check).  For the test
+ * that every rpc of ps.proto has its roles (test_sec_method_table). */
+int psd_grpc_method_roles(const char *path);
+size_t psd_grpc_method_count(void);
 
 #endif

@@ -21,6 +21,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "health.pb-c.h"
 #include "ps.pb-c.h"
 #include "ps_auth.h"
 #include "psd_chan_client.h"
@@ -29,6 +30,7 @@
 #include "ps_rpc.h"
 #include "ps_test.h"
 #include "ps_tls.h"
+#include "psd_grpc.h"
 
 #define SEC_ELEMS 1000 /* model "m": one tensor of 1000 floats, chunks of 256 */
 #define SEC_CHUNKS 4
@@ -2647,6 +2649,50 @@ START_TEST(test_sec_t_plaintext) {
 }
 END_TEST
 
+/* Every rpc of ps.proto's services has the roles it was given on purpose
+ * in the shard's method table (psd_grpc_methods): a method left out of it
+ * is refused to everyone (and a table that let it through would let it
+ * to every role), so a new rpc fails here until it is classed both in
+ * the table and in the list below, which says the roles README
+ * ("Security") promises for each. */
+START_TEST(test_sec_method_table) {
+  static const struct {
+    const char *name;
+    unsigned roles;
+  } want[] = {
+      {"SubmitModel", PS_ROLES_OPERATOR},  {"GetModel", PS_ROLES_CLIENT},
+      {"Push", PS_ROLES_CLIENT},           {"Pull", PS_ROLES_CLIENT},
+      {"Status", PS_ROLES_CLIENT},         {"Export", PS_ROLES_CLIENT},
+      {"RegisterWorker", PS_ROLES_CLIENT}, {"Heartbeat", PS_ROLES_CLIENT},
+      {"ListWorkers", PS_ROLES_CLIENT},    {"SparsePull", PS_ROLES_CLIENT},
+      {"SparsePush", PS_ROLES_CLIENT},     {"ExportRows", PS_ROLES_CLIENT},
+      {"Check", PS_ROLES_ANY},
+  };
+  const ProtobufCServiceDescriptor *svc[] = {&ps__ps__descriptor,
+                                             &grpc__health__v1__health__descriptor};
+  size_t n = 0;
+  for (size_t s = 0; s < sizeof svc / sizeof svc[0]; s++)
+    for (unsigned i = 0; i < svc[s]->n_methods; i++, n++) {
+      const char *name = svc[s]->methods[i].name;
+      char path[200];
+      snprintf(path, sizeof path, "/%s/%s", svc[s]->name, name);
+      int roles = psd_grpc_method_roles(path);
+      ck_assert_msg(roles >= 0, "'%s' (proto) is not in psd_grpc_methods: every role is refused "
+                    "it; class it there", path);
+      size_t k = 0;
+      while (k < sizeof want / sizeof want[0] && strcmp(want[k].name, name)) k++;
+      ck_assert_msg(k < sizeof want / sizeof want[0], "'%s' has no roles in this test: say who "
+                    "may call it here and in README \"Security\"", path);
+      ck_assert_msg((unsigned)roles == want[k].roles, "'%s': psd_grpc_methods lets roles 0x%x "
+                    "call it, this test 0x%x", path, (unsigned)roles, want[k].roles);
+    }
+  ck_assert_uint_eq(psd_grpc_method_count(), n); /* no method the protos lack */
+  ck_assert_uint_eq(sizeof want / sizeof want[0], n);
+  ck_assert_int_eq(psd_grpc_method_roles("/ps.Ps/Nope"), -1);
+  ck_assert_int_eq(psd_grpc_method_roles("/ps.Ps/push"), -1);
+}
+END_TEST
+
 Suite *security_suite(void) {
   Suite *s = suite_create("security");
   TCase *tc = tcase_create("mtls");
@@ -2689,6 +2735,7 @@ Suite *security_suite(void) {
   suite_add_tcase(s, tc);
   tc = tcase_create("unit");
   tcase_add_test(tc, test_sec_role_subject);
+  tcase_add_test(tc, test_sec_method_table);
   tcase_add_test(tc, test_sec_role_cache);
   tcase_add_test(tc, test_sec_proof_cluster_whole);
   tcase_add_test(tc, test_sec_file_names_key);

@@ -1214,6 +1214,21 @@ static int conn_data_room(psd_conn *c, uint64_t len) {
   return 0;
 }
 
+/* conn_sum_refused: 0, or PS_EPERM (in c->req_eb) for push R summing
+ * workers (an aggregator's sum, ChanMeta.summed) on a root shard's
+ * connection that proved no aggregator key: only an aggregator forwards
+ * sums (README "Security").  Refused before its data is read (discarded,
+ * never buffered) and counted in auth_refused and errors, as a gRPC call
+ * refused for the caller's role is; it was in auth_refused only. */
+static int conn_sum_refused(psd_conn *c, const ps_req *r) {
+  psd_shard *sh = c->chan->sh;
+  if (!r->nsummed || sh->agg || !c->chan->keys.n || c->role == PS_ROLE_AGGREGATOR) return 0;
+  sh->ctr.auth_refused++;
+  psd_shard_count_error(sh);
+  return ps_errf(&c->req_eb, PS_EPERM, "a push that sums %zu workers needs an aggregator's "
+                 "key; this connection proved a %s key", r->nsummed, ps_role_name(c->role));
+}
+
 /* conn_push_begin validates a push whose meta is complete and sets up the
  * receipt of its data (invariant 2). */
 static void conn_push_begin(psd_conn *c) {
@@ -1223,7 +1238,8 @@ static void conn_push_begin(psd_conn *c) {
   ps_req r = conn_req(m);
   r.conn_stamp = c->agg_stamp;
   sh->inflight++;
-  c->req_err = conn_spec_err(c, &c->req_eb);
+  c->req_err = conn_sum_refused(c, &r);
+  if (c->req_err == 0) c->req_err = conn_spec_err(c, &c->req_eb);
   if (c->req_err == 0) c->req_err = psd_shard_payload(sh, &r, 1, &n, &nbytes, &c->req_eb);
   c->req_nbytes = nbytes;
   if (c->req_err == 0 && m->shm) { /* invariant 11 */
@@ -1361,12 +1377,8 @@ static void conn_push_end(psd_conn *c) {
       ps__chan_meta__free_unpacked(m, NULL);
       return;
     }
-    if (r.nsummed && c->chan->keys.n && c->role != PS_ROLE_AGGREGATOR) {
-      /* only an aggregator's key forwards sums (README "Security", roles) */
-      sh->ctr.auth_refused++;
-      rc = ps_errf(&c->req_eb, PS_EPERM, "a push that sums %zu workers needs an aggregator's "
-                   "key; this connection proved a %s key", r.nsummed, ps_role_name(c->role));
-    } else if (copy && conn_data_room(c, r.nbytes) < 0) {
+    /* (a sum without an aggregator's key was refused in conn_push_begin) */
+    if (copy && conn_data_room(c, r.nbytes) < 0) {
       rc = ps_errf(&c->req_eb, PS_ENOMEM, "push to model '%s': out of memory", m->model);
     } else {
       if (copy) {

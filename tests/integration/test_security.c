@@ -142,6 +142,15 @@ static uint64_t sec_counter(int chan) {
   return v;
 }
 
+/* sec_errors returns the shard's errors counter (requests answered with
+ * an error), asked as the operator. */
+static uint64_t sec_errors(void) {
+  Ps__StatusReply *st = sec_status();
+  uint64_t v = st->errors;
+  ps__status_reply__free_unpacked(st, NULL);
+  return v;
+}
+
 /* sec_worker_key loads the suite's secret file into *KEYS and returns its
  * worker key (the caller releases KEYS). */
 static const ps_auth_key *sec_worker_key(ps_auth_keys *keys) {
@@ -207,6 +216,16 @@ static uint64_t sec_model_params(const char *name) {
     if (!strcmp(st->models[i]->name, name)) n = st->models[i]->params;
   ps__status_reply__free_unpacked(st, NULL);
   return n;
+}
+
+/* sec_model_version: model NAME's version on the shard (0: none). */
+static uint64_t sec_model_version(const char *name) {
+  Ps__StatusReply *st = sec_status();
+  uint64_t v = 0;
+  for (size_t i = 0; i < st->n_models; i++)
+    if (!strcmp(st->models[i]->name, name)) v = st->models[i]->version;
+  ps__status_reply__free_unpacked(st, NULL);
+  return v;
 }
 
 /* sec_ensure_model submits model "m" (1000 floats) as the operator. */
@@ -315,7 +334,7 @@ END_TEST
  * refusals' log line counts only its own. */
 START_TEST(test_sec_roles) {
   sec_ensure_model();
-  uint64_t refused0 = sec_counter(0);
+  uint64_t refused0 = sec_counter(0), errors0 = sec_errors(), version0 = sec_model_version("m");
   ps_errbuf eb;
   ps_auth_keys keys;
   ps_chan_client *c;
@@ -327,10 +346,19 @@ START_TEST(test_sec_roles) {
                .summed = sum, .nsummed = 2};
   uint64_t ver;
   ck_assert_int_eq(ps_chan_push(c, &sq, &ver, &eb), PS_EPERM);
-  ck_assert_msg(strstr(eb.msg, "needs an aggregator's key"), "%s", eb.msg);
+  ck_assert_msg(strstr(eb.msg, "a push that sums 2 workers needs an aggregator's key; this "
+                           "connection proved a worker key"), "%s", eb.msg);
+  /* a request answered with an error: in errors too (it was not), and
+   * nothing applied; the connection goes on with its next push */
+  ck_assert_uint_eq(sec_counter(0), ++refused0);
+  ck_assert_uint_eq(sec_errors(), errors0 + 1);
+  ck_assert_uint_eq(sec_model_version("m"), version0);
+  ps_req wq = {.model = "m", .ids = ids, .nids = SEC_CHUNKS, .grads = g, .nbytes = sizeof g};
+  ck_assert_msg(ps_chan_push(c, &wq, &ver, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(sec_model_version("m"), version0 + 1);
   ps_chan_close(c);
   ps_auth_release(&keys);
-  ck_assert_uint_eq(sec_counter(0), ++refused0);
+  ck_assert_uint_eq(sec_counter(0), refused0);
   ck_assert_int_eq(sec_submit(PS_ROLE_WORKER, "m", 10, 1, &eb), PS_EPERM);
   ck_assert_msg(strstr(eb.msg, "not allowed for role 'worker'"), "%s", eb.msg);
   ck_assert_int_eq(sec_submit(PS_ROLE_WORKER, "w2", 10, 0, &eb), PS_EPERM);

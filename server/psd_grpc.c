@@ -496,7 +496,10 @@ static int psd_grpc_health(psd_grpc_call *c, psd_shard *sh, const ProtobufCMessa
 }
 
 /* The methods and the roles (ps_auth.h) that may call them under TLS:
- * only an operator changes models; workers (and aggregators) push, pull,
+ * only an operator changes models or pages through a sparse table
+ * (ExportRows: psctl export's; no worker calls it, it lists every key of
+ * a table, which SparsePull does not, and writes the rows changed in
+ * memory to RocksDB on each page); workers (and aggregators) push, pull,
  * register, heartbeat and read (Export serves psw --evaluate); anyone,
  * even without a certificate, may ask Health/Check.  Every method of the
  * service ps.Ps is here with a role set of its own choosing: a method not
@@ -526,7 +529,7 @@ static const struct psd_grpc_method {
     {"/ps.Ps/SparsePush", &ps__sparse_push_request__descriptor, psd_grpc_sparse_push,
      PS_ROLES_CLIENT},
     {"/ps.Ps/ExportRows", &ps__export_rows_request__descriptor, psd_grpc_export_rows,
-     PS_ROLES_CLIENT},
+     PS_ROLES_OPERATOR},
     {"/grpc.health.v1.Health/Check", &grpc__health__v1__health_check_request__descriptor,
      psd_grpc_health, PS_ROLES_ANY},
 };

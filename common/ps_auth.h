@@ -1,9 +1,11 @@
 /* ps_auth: identities and the tensor channel's authentication.
  *
  * Roles (README "security"): a worker may push, pull, register, heartbeat
- * and read (GetModel, Export, Status); an aggregator may also forward
- * sums; an operator may do everything, and only an operator may submit or
- * replace a model.  On the control plane the role is the OU of the client
+ * and read (GetModel, Export, Status, ListWorkers); an aggregator may also
+ * forward sums on the channel; an operator may do everything but forward
+ * sums, and only an operator may submit or replace a model or page
+ * through an embedding table (ExportRows).  psd_grpc's method table says
+ * who may call each gRPC method (test_sec_method_table pins it).  On the control plane the role is the OU of the client
  * certificate's subject (gRPC auth context, psd_grpc); on the channel it
  * is the role of the key the peer proved it holds.
  *

@@ -330,35 +330,45 @@ START_TEST(test_sec_wrong_certificate) {
 END_TEST
 
 /* Roles: a worker may read (GetModel, Export, Status) but not submit or
- * replace; the operator may.  A channel push of a sum with a worker key,
- * refused first (counted in auth_refused too), is no gRPC call: the gRPC
+ * replace; the operator may.  A channel push of a sum with a worker's or
+ * the operator's key (only an aggregator's forwards sums), refused first
+ * (counted in auth_refused and errors), is no gRPC call: the gRPC
  * refusals' log line counts only its own. */
 START_TEST(test_sec_roles) {
   sec_ensure_model();
   uint64_t refused0 = sec_counter(0), errors0 = sec_errors(), version0 = sec_model_version("m");
   ps_errbuf eb;
-  ps_auth_keys keys;
-  ps_chan_client *c;
-  ck_assert_msg(ps_chan_connect_auth(&c, sec_chan, "test", sec_worker_key(&keys), 0, 5000, &eb)
-                == 0, "%s", eb.msg);
-  static const uint32_t ids[SEC_CHUNKS] = {0, 1, 2, 3}, sum[] = {0, 1};
-  static float g[SEC_ELEMS];
-  ps_req sq = {.model = "m", .ids = ids, .nids = SEC_CHUNKS, .grads = g, .nbytes = sizeof g,
-               .summed = sum, .nsummed = 2};
-  uint64_t ver;
-  ck_assert_int_eq(ps_chan_push(c, &sq, &ver, &eb), PS_EPERM);
-  ck_assert_msg(strstr(eb.msg, "a push that sums 2 workers needs an aggregator's key; this "
-                           "connection proved a worker key"), "%s", eb.msg);
-  /* a request answered with an error: in errors too (it was not), and
-   * nothing applied; the connection goes on with its next push */
-  ck_assert_uint_eq(sec_counter(0), ++refused0);
-  ck_assert_uint_eq(sec_errors(), errors0 + 1);
-  ck_assert_uint_eq(sec_model_version("m"), version0);
-  ps_req wq = {.model = "m", .ids = ids, .nids = SEC_CHUNKS, .grads = g, .nbytes = sizeof g};
-  ck_assert_msg(ps_chan_push(c, &wq, &ver, &eb) == 0, "%s", eb.msg);
-  ck_assert_uint_eq(sec_model_version("m"), version0 + 1);
-  ps_chan_close(c);
-  ps_auth_release(&keys);
+  static const int sum_roles[] = {PS_ROLE_WORKER, PS_ROLE_OPERATOR};
+  for (size_t k = 0; k < sizeof sum_roles / sizeof sum_roles[0]; k++) {
+    ps_auth_keys keys = {0};
+    const ps_auth_key *key;
+    ck_assert_msg(ps_auth_client_key(sec_cfg.security.secret_file, sum_roles[k], &keys, &key,
+                                     &eb) == 0, "%s", eb.msg);
+    ps_chan_client *c;
+    ck_assert_msg(ps_chan_connect_auth(&c, sec_chan, "test", key, 0, 5000, &eb) == 0, "%s",
+                  eb.msg);
+    static const uint32_t ids[SEC_CHUNKS] = {0, 1, 2, 3}, sum[] = {0, 1};
+    static float g[SEC_ELEMS];
+    ps_req sq = {.model = "m", .ids = ids, .nids = SEC_CHUNKS, .grads = g, .nbytes = sizeof g,
+                 .summed = sum, .nsummed = 2};
+    uint64_t ver;
+    char want[200];
+    snprintf(want, sizeof want, "a push that sums 2 workers needs an aggregator's key; this "
+             "connection proved a %s key", ps_role_name(sum_roles[k]));
+    ck_assert_int_eq(ps_chan_push(c, &sq, &ver, &eb), PS_EPERM);
+    ck_assert_msg(strstr(eb.msg, want), "%s", eb.msg);
+    /* a request answered with an error: in errors too (it was not), and
+     * nothing applied; the connection goes on with its next push, which
+     * every role may send */
+    ck_assert_uint_eq(sec_counter(0), ++refused0);
+    ck_assert_uint_eq(sec_errors(), ++errors0);
+    ck_assert_uint_eq(sec_model_version("m"), version0);
+    ps_req wq = {.model = "m", .ids = ids, .nids = SEC_CHUNKS, .grads = g, .nbytes = sizeof g};
+    ck_assert_msg(ps_chan_push(c, &wq, &ver, &eb) == 0, "%s", eb.msg);
+    ck_assert_uint_eq(sec_model_version("m"), ++version0);
+    ps_chan_close(c);
+    ps_auth_release(&keys);
+  }
   ck_assert_uint_eq(sec_counter(0), refused0);
   ck_assert_int_eq(sec_submit(PS_ROLE_WORKER, "m", 10, 1, &eb), PS_EPERM);
   ck_assert_msg(strstr(eb.msg, "not allowed for role 'worker'"), "%s", eb.msg);

@@ -1219,9 +1219,19 @@ static int conn_data_room(psd_conn *c, uint64_t len) {
  * connection that proved no aggregator key: only an aggregator forwards
  * sums (README "Security").  Refused before its data is read (discarded,
  * never buffered) and counted in auth_refused and errors, as a gRPC call
- * refused for the caller's role is; it was in auth_refused only. */
+ * refused for the caller's role is; it was in auth_refused only.  An
+ * aggregator takes no sum at all (PS_EINVAL, in errors): it forwards to
+ * the roots, never to another aggregator, and summed a sum in as the push
+ * of its one `worker`, the others' clocks and the clip bound's count
+ * left out. */
 static int conn_sum_refused(psd_conn *c, const ps_req *r) {
   psd_shard *sh = c->chan->sh;
+  if (r->nsummed && sh->agg) {
+    psd_shard_count_error(sh);
+    return ps_errf(&c->req_eb, PS_EINVAL, "a push that sums %zu workers sent to aggregator "
+                   "'%s': an aggregator takes its workers' own pushes; sums go to the root "
+                   "shards", r->nsummed, sh->agg_me ? sh->agg_me->name : "?");
+  }
   if (!r->nsummed || sh->agg || !c->chan->keys.n || c->role == PS_ROLE_AGGREGATOR) return 0;
   sh->ctr.auth_refused++;
   psd_shard_count_error(sh);

@@ -1795,6 +1795,46 @@ START_TEST(test_hier_flags) {
 }
 END_TEST
 
+/* A push that sums workers (ChanMeta.summed, what an aggregator sends its
+ * roots) sent to an aggregator is refused with the reason: aggregators
+ * forward to the roots only, and h0 summed it in as the push of its one
+ * `worker`, its other workers' clocks and the clip bound's count left out.
+ * Nothing reaches the root; counted in the aggregator's errors. */
+START_TEST(test_hier_sum_refused) {
+  th_ctx x = {0};
+  ps_rpc *rpc;
+  ps_errbuf eb = {""};
+  th_bare(&x, &rpc);
+  th_submit(rpc, "hier", NULL);
+  ps_rpc_close(rpc);
+  static float g[TH_ELEMS];
+  const uint32_t ids[3] = {0, 1, 2}, sum[2] = {0, 1};
+  ps_chan_client *agg = th_chan(x.agg_cp);
+  Ps__StatusReply *st = ps_test_status(x.agg_gp);
+  uint64_t errors0 = st->errors;
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  ps_req r = {.model = "hier", .ids = ids, .nids = 3, .grads = g, .nbytes = sizeof g,
+              .summed = sum, .nsummed = 2};
+  uint64_t v;
+  ck_assert_int_eq(ps_chan_push(agg, &r, &v, &eb), PS_EINVAL);
+  ck_assert_msg(strstr(eb.msg, "a push that sums 2 workers sent to aggregator 'h0': an "
+                           "aggregator takes its workers' own pushes"), "%s", eb.msg);
+  st = ps_test_status(x.agg_gp);
+  ck_assert_uint_eq(st->errors, errors0 + 1);
+  ck_assert_uint_eq(st->agg_pushes_in, 0);
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  st = ps_test_status(x.gp[0]); /* th_bare's one root */
+  ck_assert_uint_eq(st->pushes, 0);
+  ck_assert_uint_eq(st->sum_pushes, 0);
+  protobuf_c_message_free_unpacked(&st->base, NULL);
+  /* the connection goes on: its pull is answered */
+  static float p[TH_ELEMS];
+  ck_assert_msg(ps_test_pull(agg, "hier", ids, 3, p, TH_ELEMS, 0, 0, &v, &eb) == 0, "%s", eb.msg);
+  ps_chan_close(agg);
+  th_finish(&x);
+}
+END_TEST
+
 Suite *hier_suite(void) {
   Suite *s = suite_create("hier");
   TCase *tc = tcase_create("hier");
@@ -1836,6 +1876,12 @@ Suite *hier_suite(void) {
   tcase_set_timeout(tl, 60);
   tcase_add_test(tl, test_hier_push_failed_pull_parked);
   tcase_add_test(tl, test_hier_push_failed_failover);
+  suite_add_tcase(s, tl);
+  /* a sum sent to an aggregator (quick, no dataset: CK_RUN_CASE=hier_sum) */
+  tl = tcase_create("hier_sum");
+  tcase_add_unchecked_fixture(tl, ps_test_procs_setup, ps_test_procs_teardown);
+  tcase_set_timeout(tl, 60);
+  tcase_add_test(tl, test_hier_sum_refused);
   suite_add_tcase(s, tl);
   return s;
 }

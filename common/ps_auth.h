@@ -5,9 +5,10 @@
  * forward sums on the channel; an operator may do everything but forward
  * sums, and only an operator may submit or replace a model or page
  * through an embedding table (ExportRows).  psd_grpc's method table says
- * who may call each gRPC method (test_sec_method_table pins it).  On the control plane the role is the OU of the client
- * certificate's subject (gRPC auth context, psd_grpc); on the channel it
- * is the role of the key the peer proved it holds.
+ * who may call each gRPC method (test_sec_method_table pins it).  On the
+ * control plane the role is the OU of the client certificate's subject
+ * (gRPC auth context, psd_grpc); on the channel it is the role of the key
+ * the peer proved it holds.
  *
  * The secret file holds the cluster's channel keys, one per line:
  *     KEY_ID ROLE HEX_SECRET       # comment

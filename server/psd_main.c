@@ -950,7 +950,8 @@ static int psd_main_open(psd_main *m) {
   uint32_t *ids = calloc(cfg->nshards, sizeof *ids);
   if (!ids) return 1;
   for (size_t i = 0; i < cfg->nshards; i++) ids[i] = cfg->shards[i].id;
-  psd_store_opts o = {.dir = sh->me->data_dir, .shard_index = sh->index, .shard_ids = ids,
+  psd_store_opts o = {.dir = sh->me->data_dir, .cluster = cfg->cluster,
+                      .shard_index = sh->index, .shard_ids = ids,
                       .nshards = cfg->nshards, .chunk_elems = cfg->chunk_elems,
                       .max_bytes = ps_config_shard_budget(cfg)};
   /* the log's spare files (psd_wal invariant 6) go first: on a full disk

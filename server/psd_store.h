@@ -32,6 +32,8 @@ typedef struct psd_flush psd_flush;
 
 typedef struct psd_store_opts {
   const char *dir;          /* RocksDB directory (created if missing) */
+  const char *cluster;      /* the cluster's name (copied), recorded in a new store
+                             * and checked in an existing one; NULL: neither */
   uint32_t shard_index;     /* this shard's index in shard_ids */
   const uint32_t *shard_ids;/* the cluster's shard ids, file order (copied) */
   size_t nshards;
@@ -51,9 +53,11 @@ int psd_store_lock_dir(const char *dir, int *fd, ps_errbuf *eb);
 
 /* psd_store_open opens (or creates, parents included) the RocksDB at
  * o->dir and restores every model flushed there, whatever their size (a
- * warning says when they exceed o->max_bytes).  Errors: PS_ELOCKED
+ * warning says when they exceed o->max_bytes).  A store records its
+ * cluster's name (o->cluster) when created, or at the first open that
+ * gives it one (a store from before the record).  Errors: PS_ELOCKED
  * (another process or store holds the directory), PS_ECONFIG (the
- * directory belongs to another shard id), PS_EIO (permission, corruption,
+ * directory belongs to another cluster, or another shard id), PS_EIO (permission, corruption,
  * ...), PS_ENOSPC, PS_EINVAL (bad options); EB carries RocksDB's message
  * and the directory.  The caller closes *OUT with psd_store_close. */
 int psd_store_open(psd_store **out, const psd_store_opts *o, ps_errbuf *eb);

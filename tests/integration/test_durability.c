@@ -1535,6 +1535,63 @@ START_TEST(test_stop_during_replay) {
 }
 END_TEST
 
+/* dd_start starts shard 0 of YAML logging to LOG and waits for its gRPC
+ * port GP. */
+static pid_t dd_start(const char *yaml, const char *log, int gp) {
+  pid_t pid = ps_test_psd(yaml, 0, log, NULL);
+  ck_assert_msg(ps_test_wait_port(gp, 30000) == 0, "psd did not listen; see %s", log);
+  return pid;
+}
+
+/* dd_refused starts shard 0 of YAML logging to LOG, expects it to stop
+ * at once with exit status 1 (a start-up error) and its log to hold
+ * WANT. */
+static void dd_refused(const char *yaml, const char *log, const char *want) {
+  pid_t pid = ps_test_psd(yaml, 0, log, NULL);
+  int st = ps_test_wait_pid(pid, 20000);
+  if (st == -1) ps_test_stop(pid, SIGKILL, 5000);
+  ck_assert_msg(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 1,
+                "psd ended with status %d; see %s", st, log);
+  size_t len;
+  char *text = ps_test_read_file(log, &len);
+  ck_assert_msg(strstr(text, want), "no \"%s\" in %s:\n%s", want, log, text);
+  free(text);
+}
+
+/* A shard whose data_dir holds another cluster's store (a data_dir copied
+ * from another cluster's file) is refused at start, naming both clusters
+ * and the directory; it used to load and serve that cluster's models.
+ * Its own cluster starts on it again. */
+START_TEST(test_other_cluster_refused) {
+  const char *dir = ps_test_tmpdir();
+  int gp;
+  char yaml[600], other[800], log[800], log2[800], want[1200];
+  snprintf(yaml, sizeof yaml, "%s", ps_test_cluster_yaml(dir, 1, NULL, &gp, NULL));
+  snprintf(other, sizeof other, "%s/other.yaml", dir);
+  ps_test_file_replace(yaml, other, "cluster: test\n", "cluster: other\n");
+  snprintf(log, sizeof log, "%s/psd.log", dir);
+  snprintf(log2, sizeof log2, "%s/psd-other.log", dir);
+  pid_t pid = dd_start(yaml, log, gp);
+  ps_rpc *r = NULL;
+  ps_errbuf eb;
+  char addr[64];
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", gp);
+  ck_assert_msg(ps_test_rpc_open(&r, addr, &eb) == 0, "%s", eb.msg);
+  ps_test_tiny m;
+  ps_test_tiny_make(&m, 2);
+  ps_test_submit(r, ps_test_tiny_spec(&m, "a"), 0, 10000);
+  ps_rpc_close(r);
+  ps_test_tiny_free(&m);
+  int st = ps_test_stop(pid, SIGTERM, 20000);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d; see %s", st, log);
+  snprintf(want, sizeof want, "shard 0: cannot open the store: directory '%s/shard0' holds a "
+           "store of cluster 'test', not of cluster 'other'", dir);
+  dd_refused(other, log2, want);
+  pid = dd_start(yaml, log, gp);
+  ck_assert_int_eq(ps_test_stop(pid, SIGTERM, 20000), 0);
+}
+END_TEST
+
 Suite *psd_durability_suite(void) {
   Suite *s = suite_create("psd_durability");
   TCase *tc = tcase_create("crash_loop");
@@ -1557,6 +1614,11 @@ Suite *psd_durability_suite(void) {
   tcase_add_test(tc, test_log_io_error_no_hint);
   tcase_add_test(tc, test_flushed_after_replay);
   tcase_add_test(tc, test_log_id_pending_finished);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("data_dir");
+  tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, test_other_cluster_refused);
   suite_add_tcase(s, tc);
   tc = tcase_create("disk_full");
   tcase_add_unchecked_fixture(tc, du_setup, du_teardown);

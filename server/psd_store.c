@@ -549,8 +549,34 @@ static int psd_store_budget(const psd_store *s, const Ps__ModelSpec *spec, uint6
 
 /* ---- open, restore, close ------------------------------------------------- */
 
+/* psd_store_dir_check: see psd_store.h.  mkdir and stat say only EEXIST
+ * and ENOENT for a symlink whose target is missing, which read as "not a
+ * directory" or "cannot create": the link is what the operator must see. */
+int psd_store_dir_check(const char *dir, ps_errbuf *eb) {
+  char path[4096];
+  size_t n = strlen(dir);
+  if (n == 0 || n >= sizeof path) return 0;
+  memcpy(path, dir, n + 1);
+  for (char *p = path + 1;; p++) {
+    if (*p != '/' && *p != '\0') continue;
+    char c = *p;
+    *p = '\0';
+    struct stat st;
+    if (lstat(path, &st) == 0 && S_ISLNK(st.st_mode) && stat(path, &st) < 0 && errno == ENOENT) {
+      char to[4096];
+      ssize_t k = readlink(path, to, sizeof to - 1);
+      to[k > 0 ? k : 0] = '\0';
+      return ps_errf(eb, PS_EIO, "'%s' is a symlink to '%s', which does not exist (make the "
+                     "target, or point data_dir elsewhere)", path, to);
+    }
+    *p = c;
+    if (c == '\0') break;
+  }
+  return 0;
+}
+
 /* psd_store_mkdirs creates DIR and its missing parents (mode 0755); 0 or
- * PS_EIO naming the directory. */
+ * PS_EIO naming the directory (or the dangling symlink on its way). */
 static int psd_store_mkdirs(const char *dir, ps_errbuf *eb) {
   char path[4096];
   size_t n = strlen(dir);
@@ -560,15 +586,20 @@ static int psd_store_mkdirs(const char *dir, ps_errbuf *eb) {
     if (*p != '/' && *p != '\0') continue;
     char c = *p;
     *p = '\0';
-    if (mkdir(path, 0755) < 0 && errno != EEXIST)
-      return ps_errf(eb, errno == ENOSPC ? PS_ENOSPC : PS_EIO, "cannot create '%s': %s", path,
-                     strerror(errno));
+    if (mkdir(path, 0755) < 0 && errno != EEXIST) {
+      int e = errno;
+      if (psd_store_dir_check(dir, eb) < 0) return PS_EIO;
+      return ps_errf(eb, e == ENOSPC ? PS_ENOSPC : PS_EIO, "cannot create '%s': %s", path,
+                     strerror(e));
+    }
     *p = c;
     if (c == '\0') break;
   }
   struct stat st;
-  if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
+  if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+    if (psd_store_dir_check(dir, eb) < 0) return PS_EIO;
     return ps_errf(eb, PS_EIO, "'%s' is not a directory", dir);
+  }
   return 0;
 }
 

@@ -51,6 +51,13 @@ typedef struct psd_store_opts {
 #define PSD_STORE_LOCK "psd.lock"
 int psd_store_lock_dir(const char *dir, int *fd, ps_errbuf *eb);
 
+/* psd_store_dir_check says, without changing anything, when DIR or one of
+ * its parents is a symlink whose target does not exist (which no mkdir
+ * can mend): PS_EIO naming the link and its target; else 0.
+ * psd_store_lock_dir and psd_store_open say the same; psd -t --shard N
+ * warns with it. */
+int psd_store_dir_check(const char *dir, ps_errbuf *eb);
+
 /* psd_store_open opens (or creates, parents included) the RocksDB at
  * o->dir and restores every model flushed there, whatever their size (a
  * warning says when they exceed o->max_bytes).  A store records its

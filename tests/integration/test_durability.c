@@ -1592,6 +1592,45 @@ START_TEST(test_other_cluster_refused) {
 }
 END_TEST
 
+/* A data_dir that is a symlink to a missing target: `psd -t --shard 0`
+ * warns that the start would fail, and the start exits 1, both naming the
+ * link and its target; the start used to say "'DIR' is not a directory"
+ * and psd -t nothing. */
+START_TEST(test_dangling_data_dir) {
+  const char *dir = ps_test_tmpdir();
+  char yaml[600], from[1000], to[1000], link[700], target[700], log[800], want[4000];
+  snprintf(yaml, sizeof yaml, "%s", ps_test_cluster_yaml(dir, 1, NULL, NULL, NULL));
+  snprintf(from, sizeof from, "data_dir: %s/shard0\n", dir);
+  snprintf(link, sizeof link, "%s/link", dir);
+  snprintf(target, sizeof target, "%s/gone/x", dir);
+  snprintf(to, sizeof to, "data_dir: %s\n", link);
+  ps_test_file_replace(yaml, yaml, from, to);
+  ck_assert_int_eq(symlink(target, link), 0);
+  snprintf(log, sizeof log, "%s/psd-t.log", dir);
+  char *t[] = {(char *)ps_test_bin("psd"), "-t", "--config", yaml, "--shard", "0", NULL};
+  ck_assert_int_eq(ps_test_run(t, log, 10000), 0);
+  size_t len;
+  char *text = ps_test_read_file(log, &len);
+  snprintf(want, sizeof want, "%s: warning: shard 0's data_dir: '%s' is a symlink to '%s', which "
+           "does not exist (make the target, or point data_dir elsewhere): its start would fail "
+           "(exit 1)\n", yaml, link, target);
+  ck_assert_msg(strstr(text, want), "no \"%s\" in %s:\n%s", want, log, text);
+  ck_assert_msg(strstr(text, "configuration ok"), "see %s", log);
+  free(text);
+  /* the whole file, from any host: its shards' directories are not looked at */
+  snprintf(log, sizeof log, "%s/psd-t-all.log", dir);
+  char *all[] = {(char *)ps_test_bin("psd"), "-t", "--config", yaml, NULL};
+  ck_assert_int_eq(ps_test_run(all, log, 10000), 0);
+  text = ps_test_read_file(log, &len);
+  ck_assert_msg(!strstr(text, "symlink"), "see %s", log);
+  free(text);
+  snprintf(log, sizeof log, "%s/psd.log", dir);
+  snprintf(want, sizeof want, "shard 0: cannot open the store: '%s' is a symlink to '%s', which "
+           "does not exist", link, target);
+  dd_refused(yaml, log, want);
+}
+END_TEST
+
 Suite *psd_durability_suite(void) {
   Suite *s = suite_create("psd_durability");
   TCase *tc = tcase_create("crash_loop");
@@ -1619,6 +1658,7 @@ Suite *psd_durability_suite(void) {
   tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, test_other_cluster_refused);
+  tcase_add_test(tc, test_dangling_data_dir);
   suite_add_tcase(s, tc);
   tc = tcase_create("disk_full");
   tcase_add_unchecked_fixture(tc, du_setup, du_teardown);

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -863,6 +864,44 @@ START_TEST(test_open_other_cluster) {
 }
 END_TEST
 
+/* A data_dir that is a symlink to a missing target, or under one, is
+ * refused naming the link and its target, and nothing is made: it used to
+ * say "'DIR' is not a directory" (or "cannot create ...: No such file or
+ * directory" below it), which sent the operator looking at the wrong
+ * thing.  A symlink to a directory is a good data_dir. */
+START_TEST(test_open_dangling_symlink) {
+  const char *tmp = ps_test_tmpdir();
+  char *link = strdup(path_in(tmp, "link")), *to = strdup(path_in(tmp, "gone/x"));
+  char *under = strdup(path_in(link, "shard0"));
+  ck_assert_int_eq(symlink(to, link), 0);
+  ps_errbuf eb;
+  char want[1200];
+  snprintf(want, sizeof want, "'%s' is a symlink to '%s', which does not exist (make the target, "
+           "or point data_dir elsewhere)", link, to);
+  ck_assert_int_eq(try_open(link, 0, 1, &eb), PS_EIO);
+  ck_assert_str_eq(eb.msg, want);
+  ck_assert_int_eq(try_open(under, 0, 1, &eb), PS_EIO);
+  ck_assert_str_eq(eb.msg, want);
+  int fd = 0;
+  ck_assert_int_eq(psd_store_lock_dir(link, &fd, &eb), PS_EIO);
+  ck_assert_int_eq(fd, -1);
+  ck_assert_str_eq(eb.msg, want);
+  ck_assert_int_eq(psd_store_dir_check(under, &eb), PS_EIO);
+  ck_assert_str_eq(eb.msg, want);
+  ck_assert_int_eq(access(path_in(tmp, "gone"), F_OK), -1);
+  /* its target made: a good data_dir */
+  char *gone = strdup(path_in(tmp, "gone"));
+  ck_assert_int_eq(mkdir(gone, 0755), 0);
+  ck_assert_int_eq(mkdir(to, 0755), 0);
+  ck_assert_int_eq(psd_store_dir_check(under, &eb), 0);
+  psd_store_close(open_store(under, 0, 1));
+  free(gone);
+  free(under);
+  free(to);
+  free(link);
+}
+END_TEST
+
 /* RocksDB files are not preallocated (a fresh store holds kilobytes, not
  * the 35 MiB RocksDB reserves for its log by default), and the empty
  * logs that failed opens leave are removed at the next open. */
@@ -1246,6 +1285,7 @@ Suite *psd_store_suite(void) {
   tcase_add_test(tc, test_two_shards_same_tensors);
   tcase_add_test(tc, test_open_failures);
   tcase_add_test(tc, test_open_other_cluster);
+  tcase_add_test(tc, test_open_dangling_symlink);
   tcase_add_test(tc, test_open_no_dead_space);
   tcase_add_test(tc, test_failed_flush_reopens);
   tcase_add_test(tc, test_failed_flush_close_said_rarely);

@@ -1371,8 +1371,10 @@ int main(int argc, char **argv) {
   if (a.test) {
     psd_main_warn_plaintext(&cfg, a.config, agg || a.shard >= 0 ? me : NULL);
     /* the shard's own data_dir, on the host that checks it: a dangling
-     * symlink there fails the start, whatever the file says */
-    if (!agg && a.shard >= 0 && psd_store_dir_check(me->data_dir, &eb) < 0)
+     * symlink there, or another cluster's or shard's store (a data_dir
+     * copied from another file), fails the start */
+    if (!agg && a.shard >= 0 && (psd_store_dir_check(me->data_dir, &eb) < 0 ||
+                                 psd_store_check_owner(me->data_dir, cfg.cluster, me->id, &eb) < 0))
       ps_log_plain(LOG_WARNING, "%s: warning: shard %ld's data_dir: %s: its start would fail "
                    "(exit 1)\n", a.config, a.shard, eb.msg);
     printf("%s: configuration ok (%zu shard%s, %zu aggregator%s)\n", a.config, cfg.nshards,

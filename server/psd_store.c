@@ -763,6 +763,45 @@ static int psd_store_meta(psd_store *s, ps_errbuf *eb) {
   return 0;
 }
 
+/* psd_store_check_owner: see psd_store.h. */
+int psd_store_check_owner(const char *dir, const char *cluster, uint32_t shard_id,
+                          ps_errbuf *eb) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/CURRENT", dir);
+  if (access(path, F_OK) < 0) return 0; /* no store (yet), or not ours to read */
+  /* RocksDB's info log goes to a directory of its own: in DIR, an open
+   * moves the file there aside, a running shard's too */
+  char logdir[] = "/tmp/psd-check.XXXXXX";
+  if (!mkdtemp(logdir)) return 0;
+  char *err = NULL;
+  rocksdb_options_t *o = psd_rdb_options(&err);
+  int rc = 0;
+  if (!err) {
+    rocksdb_options_set_db_log_dir(o, logdir);
+    rocksdb_options_set_info_log_level(o, 4 /* FATAL */);
+    rocksdb_t *db = psd_rdb_open(o, dir, 1, NULL, &err);
+    if (db) {
+      rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
+      int unnamed;
+      rc = psd_store_read_meta(db, ro, dir, shard_id, cluster, &unnamed, eb);
+      if (rc != PS_ECONFIG) rc = 0;
+      rocksdb_readoptions_destroy(ro);
+      rocksdb_close(db);
+    }
+  }
+  if (err) rocksdb_free(err);
+  rocksdb_options_destroy(o);
+  DIR *d = opendir(logdir);
+  if (d) {
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+      if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) unlinkat(dirfd(d), e->d_name, 0);
+    closedir(d);
+  }
+  rmdir(logdir);
+  return rc;
+}
+
 typedef int psd_store_visit_fn(psd_store *s, const char *key, size_t klen, const char *val,
                                size_t vlen, rocksdb_writebatch_t *junk, ps_errbuf *eb);
 

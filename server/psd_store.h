@@ -58,6 +58,14 @@ int psd_store_lock_dir(const char *dir, int *fd, ps_errbuf *eb);
  * warns with it. */
 int psd_store_dir_check(const char *dir, ps_errbuf *eb);
 
+/* psd_store_check_owner reads, without writing (a running shard's store
+ * too), the records of the store in DIR: PS_ECONFIG, with psd_store_open's
+ * message, when it belongs to another cluster than CLUSTER (NULL: not
+ * checked) or another shard id than SHARD_ID; else 0 (no store there, or
+ * one that cannot be read: the start says why).  psd -t --shard N. */
+int psd_store_check_owner(const char *dir, const char *cluster, uint32_t shard_id,
+                          ps_errbuf *eb);
+
 /* psd_store_open opens (or creates, parents included) the RocksDB at
  * o->dir and restores every model flushed there, whatever their size (a
  * warning says when they exceed o->max_bytes).  A store records its

@@ -1592,6 +1592,59 @@ START_TEST(test_other_cluster_refused) {
 }
 END_TEST
 
+/* dd_ls lists DIR's entries, sorted, into OUT (for a before/after check). */
+static void dd_ls(const char *dir, char *out, size_t cap) {
+  char cmd[900];
+  snprintf(cmd, sizeof cmd, "ls -a '%s'", dir);
+  FILE *p = popen(cmd, "r");
+  ck_assert_ptr_nonnull(p);
+  size_t n = fread(out, 1, cap - 1, p);
+  out[n] = '\0';
+  pclose(p);
+}
+
+/* psd -t --shard 0 with a file whose data_dir holds another cluster's
+ * store warns that the start would fail, naming both clusters, while
+ * that cluster's shard runs and after it stopped, and changes nothing in
+ * the directory (RocksDB's info log included); the store's own file gets
+ * no warning.  psd -t used to say "configuration ok" and nothing else. */
+START_TEST(test_psd_t_other_cluster) {
+  const char *dir = ps_test_tmpdir();
+  int gp;
+  char yaml[600], other[800], log[800], want[2400], data[800], before[4096], after[4096];
+  snprintf(yaml, sizeof yaml, "%s", ps_test_cluster_yaml(dir, 1, NULL, &gp, NULL));
+  snprintf(other, sizeof other, "%s/other.yaml", dir);
+  ps_test_file_replace(yaml, other, "cluster: test\n", "cluster: other\n");
+  snprintf(log, sizeof log, "%s/psd.log", dir);
+  snprintf(data, sizeof data, "%s/shard0", dir);
+  snprintf(want, sizeof want, "%s: warning: shard 0's data_dir: directory '%s' holds a store of "
+           "cluster 'test', not of cluster 'other' (is data_dir another cluster's?): its start "
+           "would fail (exit 1)\n", other, data);
+  char *t_other[] = {(char *)ps_test_bin("psd"), "-t", "--config", other, "--shard", "0", NULL};
+  char *t_own[] = {(char *)ps_test_bin("psd"), "-t", "--config", yaml, "--shard", "0", NULL};
+  pid_t pid = dd_start(yaml, log, gp);
+  for (int running = 1; running >= 0; running--) {
+    char tlog[900];
+    size_t len;
+    dd_ls(data, before, sizeof before);
+    snprintf(tlog, sizeof tlog, "%s/psd-t-other%d.log", dir, running);
+    ck_assert_int_eq(ps_test_run(t_other, tlog, 20000), 0);
+    char *text = ps_test_read_file(tlog, &len);
+    ck_assert_msg(strstr(text, want) && strstr(text, "configuration ok"), "no \"%s\" in %s:\n%s",
+                  want, tlog, text);
+    free(text);
+    snprintf(tlog, sizeof tlog, "%s/psd-t-own%d.log", dir, running);
+    ck_assert_int_eq(ps_test_run(t_own, tlog, 20000), 0);
+    text = ps_test_read_file(tlog, &len);
+    ck_assert_msg(!strstr(text, "warning"), "see %s", tlog);
+    free(text);
+    dd_ls(data, after, sizeof after);
+    ck_assert_str_eq(before, after);
+    if (running) ck_assert_int_eq(ps_test_stop(pid, SIGTERM, 20000), 0);
+  }
+}
+END_TEST
+
 /* A data_dir that is a symlink to a missing target: `psd -t --shard 0`
  * warns that the start would fail, and the start exits 1, both naming the
  * link and its target; the start used to say "'DIR' is not a directory"
@@ -1659,6 +1712,7 @@ Suite *psd_durability_suite(void) {
   tcase_set_timeout(tc, 60);
   tcase_add_test(tc, test_other_cluster_refused);
   tcase_add_test(tc, test_dangling_data_dir);
+  tcase_add_test(tc, test_psd_t_other_cluster);
   suite_add_tcase(s, tc);
   tc = tcase_create("disk_full");
   tcase_add_unchecked_fixture(tc, du_setup, du_teardown);

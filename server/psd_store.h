@@ -72,9 +72,9 @@ int psd_store_check_owner(const char *dir, const char *cluster, uint32_t shard_i
  * cluster's name (o->cluster) when created, or at the first open that
  * gives it one (a store from before the record).  Errors: PS_ELOCKED
  * (another process or store holds the directory), PS_ECONFIG (the
- * directory belongs to another cluster, or another shard id), PS_EIO (permission, corruption,
- * ...), PS_ENOSPC, PS_EINVAL (bad options); EB carries RocksDB's message
- * and the directory.  The caller closes *OUT with psd_store_close. */
+ * directory belongs to another cluster, or another shard id), PS_EIO
+ * (permission, corruption, ...), PS_ENOSPC, PS_EINVAL (bad options); EB
+ * carries RocksDB's message and the directory.  The caller closes *OUT with psd_store_close. */
 int psd_store_open(psd_store **out, const psd_store_opts *o, ps_errbuf *eb);
 
 /* psd_store_close frees the store and closes RocksDB (no flush: call

@@ -950,7 +950,8 @@ static int psd_main_open(psd_main *m) {
   uint32_t *ids = calloc(cfg->nshards, sizeof *ids);
   if (!ids) return 1;
   for (size_t i = 0; i < cfg->nshards; i++) ids[i] = cfg->shards[i].id;
-  psd_store_opts o = {.dir = sh->me->data_dir, .shard_index = sh->index, .shard_ids = ids,
+  psd_store_opts o = {.dir = sh->me->data_dir, .cluster = cfg->cluster,
+                      .shard_index = sh->index, .shard_ids = ids,
                       .nshards = cfg->nshards, .chunk_elems = cfg->chunk_elems,
                       .max_bytes = ps_config_shard_budget(cfg)};
   /* the log's spare files (psd_wal invariant 6) go first: on a full disk
@@ -1369,6 +1370,13 @@ int main(int argc, char **argv) {
   if (agg) me = &agg_addrs;
   if (a.test) {
     psd_main_warn_plaintext(&cfg, a.config, agg || a.shard >= 0 ? me : NULL);
+    /* the shard's own data_dir, on the host that checks it: a dangling
+     * symlink there, or another cluster's or shard's store (a data_dir
+     * copied from another file), fails the start */
+    if (!agg && a.shard >= 0 && (psd_store_dir_check(me->data_dir, &eb) < 0 ||
+                                 psd_store_check_owner(me->data_dir, cfg.cluster, me->id, &eb) < 0))
+      ps_log_plain(LOG_WARNING, "%s: warning: shard %ld's data_dir: %s: its start would fail "
+                   "(exit 1)\n", a.config, a.shard, eb.msg);
     printf("%s: configuration ok (%zu shard%s, %zu aggregator%s)\n", a.config, cfg.nshards,
            cfg.nshards == 1 ? "" : "s", cfg.naggs, cfg.naggs == 1 ? "" : "s");
     ps_config_release(&cfg);

@@ -7,6 +7,10 @@
  *
  * RocksDB keys (values little-endian, chunk ids big-endian so they sort):
  *   "m"                              "psd1" u32 shard id
+ *   "n"                              the cluster's name (the cluster file's
+ *                                    'cluster'), written with "m", or by the
+ *                                    first open of a store from before it
+ *                                    (older psd ignore the key)
  *   "r/" name                        u64 gen, packed ModelSpec (registry)
  *   "v/" name                        u64 gen, u64 version, u64 bytes_raw,
  *                                    u64 bytes_wire (records of 16 bytes,
@@ -151,6 +155,7 @@ struct psd_store {
   rocksdb_writeoptions_t *wsync;
   rocksdb_readoptions_t *ro;
   char *dir;
+  char *cluster;         /* psd_store_opts' (owned); NULL: not checked */
   uint32_t shard_index, shard_id;
   uint32_t *shard_ids;
   size_t nshards;
@@ -190,6 +195,7 @@ struct psd_flush {
   const rocksdb_options_t *opts;/* borrowed from the store, for the reopen */
   const rocksdb_readoptions_t *ro;
   uint32_t shard_id;
+  const char *cluster;          /* the store's (borrowed), may be NULL */
   rocksdb_writeoptions_t *wsync;
   const char *dir;
   rocksdb_writebatch_t *tail;   /* versions and the log position, written last */
@@ -543,8 +549,34 @@ static int psd_store_budget(const psd_store *s, const Ps__ModelSpec *spec, uint6
 
 /* ---- open, restore, close ------------------------------------------------- */
 
+/* psd_store_dir_check: see psd_store.h.  mkdir and stat say only EEXIST
+ * and ENOENT for a symlink whose target is missing, which read as "not a
+ * directory" or "cannot create": the link is what the operator must see. */
+int psd_store_dir_check(const char *dir, ps_errbuf *eb) {
+  char path[4096];
+  size_t n = strlen(dir);
+  if (n == 0 || n >= sizeof path) return 0;
+  memcpy(path, dir, n + 1);
+  for (char *p = path + 1;; p++) {
+    if (*p != '/' && *p != '\0') continue;
+    char c = *p;
+    *p = '\0';
+    struct stat st;
+    if (lstat(path, &st) == 0 && S_ISLNK(st.st_mode) && stat(path, &st) < 0 && errno == ENOENT) {
+      char to[4096];
+      ssize_t k = readlink(path, to, sizeof to - 1);
+      to[k > 0 ? k : 0] = '\0';
+      return ps_errf(eb, PS_EIO, "'%s' is a symlink to '%s', which does not exist (make the "
+                     "target, or point data_dir elsewhere)", path, to);
+    }
+    *p = c;
+    if (c == '\0') break;
+  }
+  return 0;
+}
+
 /* psd_store_mkdirs creates DIR and its missing parents (mode 0755); 0 or
- * PS_EIO naming the directory. */
+ * PS_EIO naming the directory (or the dangling symlink on its way). */
 static int psd_store_mkdirs(const char *dir, ps_errbuf *eb) {
   char path[4096];
   size_t n = strlen(dir);
@@ -554,15 +586,20 @@ static int psd_store_mkdirs(const char *dir, ps_errbuf *eb) {
     if (*p != '/' && *p != '\0') continue;
     char c = *p;
     *p = '\0';
-    if (mkdir(path, 0755) < 0 && errno != EEXIST)
-      return ps_errf(eb, errno == ENOSPC ? PS_ENOSPC : PS_EIO, "cannot create '%s': %s", path,
-                     strerror(errno));
+    if (mkdir(path, 0755) < 0 && errno != EEXIST) {
+      int e = errno;
+      if (psd_store_dir_check(dir, eb) < 0) return PS_EIO;
+      return ps_errf(eb, e == ENOSPC ? PS_ENOSPC : PS_EIO, "cannot create '%s': %s", path,
+                     strerror(e));
+    }
     *p = c;
     if (c == '\0') break;
   }
   struct stat st;
-  if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode))
+  if (stat(dir, &st) < 0 || !S_ISDIR(st.st_mode)) {
+    if (psd_store_dir_check(dir, eb) < 0) return PS_EIO;
     return ps_errf(eb, PS_EIO, "'%s' is not a directory", dir);
+  }
   return 0;
 }
 
@@ -658,14 +695,21 @@ static int psd_store_open_db(psd_store *s, ps_errbuf *eb) {
   return 0;
 }
 
-/* psd_store_read_meta reads the shard id record of DB (directory DIR):
- * 0 when it names SHARD_ID, 1 when there is none (a fresh directory),
- * PS_ECONFIG for another shard's directory, PS_EIO for a foreign or
- * unreadable one.  Thread-safe (RocksDB is). */
+/* psd_store_read_meta reads the shard id record of DB (directory DIR)
+ * and, when CLUSTER is not NULL, its cluster name: 0 when they name
+ * SHARD_ID and CLUSTER (*UNNAMED 1 when the store records no cluster: one
+ * from before "n"), 1 when there is no shard id (a fresh directory),
+ * PS_ECONFIG for another cluster's or shard's directory, PS_EIO for a
+ * foreign or unreadable one.  The cluster is checked first: a data_dir
+ * copied from another cluster's file most often holds a shard of another
+ * id too, and the cluster is what the operator must fix.  Thread-safe
+ * (RocksDB is). */
 static int psd_store_read_meta(rocksdb_t *db, const rocksdb_readoptions_t *ro, const char *dir,
-                               uint32_t shard_id, ps_errbuf *eb) {
+                               uint32_t shard_id, const char *cluster, int *unnamed,
+                               ps_errbuf *eb) {
   char *err = NULL;
   size_t len = 0;
+  *unnamed = 0;
   char *v = rocksdb_get(db, ro, "m", 1, &len, &err);
   if (err) return psd_store_rdb_err(eb, err, "cannot read store", dir);
   if (!v) return 1;
@@ -673,24 +717,89 @@ static int psd_store_read_meta(rocksdb_t *db, const rocksdb_readoptions_t *ro, c
   uint32_t id = ok ? psd_store_get32(v + 4) : 0;
   rocksdb_free(v);
   if (!ok) return ps_errf(eb, PS_EIO, "'%s' is not a psd store", dir);
+  if (cluster) {
+    v = rocksdb_get(db, ro, "n", 1, &len, &err);
+    if (err) return psd_store_rdb_err(eb, err, "cannot read store", dir);
+    char name[64] = "";
+    ok = v && len > 0 && len < sizeof name;
+    if (ok) {
+      memcpy(name, v, len);
+      name[len] = '\0';
+      ok = ps_name_valid(name);
+    }
+    if (v) rocksdb_free(v);
+    if (!v) *unnamed = 1;
+    else if (!ok) return ps_errf(eb, PS_EIO, "'%s' is not a psd store (bad cluster name record)",
+                                 dir);
+    else if (strcmp(name, cluster) != 0)
+      return ps_errf(eb, PS_ECONFIG, "directory '%s' holds a store of cluster '%s', not of "
+                     "cluster '%s' (is data_dir another cluster's?)", dir, name, cluster);
+  }
   if (id != shard_id)
     return ps_errf(eb, PS_ECONFIG, "directory '%s' holds shard %" PRIu32 ", not shard %" PRIu32,
                    dir, id, shard_id);
   return 0;
 }
 
-/* psd_store_meta checks that the directory belongs to this shard, or
- * claims a fresh one.  0, PS_ECONFIG for another shard's directory,
- * PS_EIO for a foreign or unreadable one. */
+/* psd_store_meta checks that the directory belongs to this cluster and
+ * shard, or claims a fresh one (and records the cluster in one from
+ * before "n").  0, PS_ECONFIG for another cluster's or shard's
+ * directory, PS_EIO for a foreign or unreadable one. */
 static int psd_store_meta(psd_store *s, ps_errbuf *eb) {
-  int rc = psd_store_read_meta(s->db, s->ro, s->dir, s->shard_id, eb);
-  if (rc <= 0) return rc;
+  int unnamed;
+  int rc = psd_store_read_meta(s->db, s->ro, s->dir, s->shard_id, s->cluster, &unnamed, eb);
+  if (rc < 0 || (rc == 0 && !unnamed)) return rc;
   char *err = NULL;
-  char meta[8] = {'p', 's', 'd', '1'};
-  memcpy(meta + 4, &s->shard_id, 4);
-  rocksdb_put(s->db, s->wsync, "m", 1, meta, sizeof meta, &err);
+  rocksdb_writebatch_t *b = rocksdb_writebatch_create();
+  if (rc > 0) {
+    char meta[8] = {'p', 's', 'd', '1'};
+    memcpy(meta + 4, &s->shard_id, 4);
+    rocksdb_writebatch_put(b, "m", 1, meta, sizeof meta);
+  }
+  if (s->cluster) rocksdb_writebatch_put(b, "n", 1, s->cluster, strlen(s->cluster));
+  rocksdb_write(s->db, s->wsync, b, &err);
+  rocksdb_writebatch_destroy(b);
   if (err) return psd_store_rdb_err(eb, err, "cannot write store", s->dir);
   return 0;
+}
+
+/* psd_store_check_owner: see psd_store.h. */
+int psd_store_check_owner(const char *dir, const char *cluster, uint32_t shard_id,
+                          ps_errbuf *eb) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/CURRENT", dir);
+  if (access(path, F_OK) < 0) return 0; /* no store (yet), or not ours to read */
+  /* RocksDB's info log goes to a directory of its own: in DIR, an open
+   * moves the file there aside, a running shard's too */
+  char logdir[] = "/tmp/psd-check.XXXXXX";
+  if (!mkdtemp(logdir)) return 0;
+  char *err = NULL;
+  rocksdb_options_t *o = psd_rdb_options(&err);
+  int rc = 0;
+  if (!err) {
+    rocksdb_options_set_db_log_dir(o, logdir);
+    rocksdb_options_set_info_log_level(o, 4 /* FATAL */);
+    rocksdb_t *db = psd_rdb_open(o, dir, 1, NULL, &err);
+    if (db) {
+      rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
+      int unnamed;
+      rc = psd_store_read_meta(db, ro, dir, shard_id, cluster, &unnamed, eb);
+      if (rc != PS_ECONFIG) rc = 0;
+      rocksdb_readoptions_destroy(ro);
+      rocksdb_close(db);
+    }
+  }
+  if (err) rocksdb_free(err);
+  rocksdb_options_destroy(o);
+  DIR *d = opendir(logdir);
+  if (d) {
+    struct dirent *e;
+    while ((e = readdir(d)) != NULL)
+      if (strcmp(e->d_name, ".") && strcmp(e->d_name, "..")) unlinkat(dirfd(d), e->d_name, 0);
+    closedir(d);
+  }
+  rmdir(logdir);
+  return rc;
 }
 
 typedef int psd_store_visit_fn(psd_store *s, const char *key, size_t klen, const char *val,
@@ -875,8 +984,9 @@ int psd_store_open(psd_store **out, const psd_store_opts *o, ps_errbuf *eb) {
   if (!s) return ps_errf(eb, PS_ENOMEM, "out of memory");
   pthread_mutex_init(&s->mu, NULL);
   s->dir = strdup(o->dir);
+  s->cluster = o->cluster ? strdup(o->cluster) : NULL;
   s->shard_ids = malloc(o->nshards * sizeof *s->shard_ids);
-  if (!s->dir || !s->shard_ids) {
+  if (!s->dir || !s->shard_ids || (o->cluster && !s->cluster)) {
     psd_store_close(s);
     return ps_errf(eb, PS_ENOMEM, "out of memory");
   }
@@ -925,6 +1035,7 @@ void psd_store_close(psd_store *s) {
   if (s->cache) rocksdb_cache_destroy(s->cache);
   if (s->env) rocksdb_env_destroy(s->env);
   free(s->shard_ids);
+  free(s->cluster);
   free(s->dir);
   free(s->scratch);
   free(s->decoded);
@@ -1646,6 +1757,7 @@ int psd_flush_prepare(psd_store *s, psd_flush **out, ps_errbuf *eb) {
   f->opts = s->opts;
   f->ro = s->ro;
   f->shard_id = s->shard_id;
+  f->cluster = s->cluster;
   f->wsync = s->wsync;
   f->dir = s->dir;
   f->tail = rocksdb_writebatch_create();
@@ -1686,7 +1798,8 @@ static int psd_flush_reopen(psd_flush *f, ps_errbuf *eb) {
   char *err = NULL;
   rocksdb_t *db = psd_rdb_open(f->opts, f->dir, 0, NULL, &err);
   if (err) return psd_store_rdb_err(eb, err, "cannot reopen store", f->dir);
-  int rc = psd_store_read_meta(db, f->ro, f->dir, f->shard_id, eb);
+  int unnamed;
+  int rc = psd_store_read_meta(db, f->ro, f->dir, f->shard_id, f->cluster, &unnamed, eb);
   if (rc > 0) rc = ps_errf(eb, PS_EIO, "'%s' no longer holds shard %" PRIu32 "'s store", f->dir,
                            f->shard_id);
   if (rc < 0) {

@@ -32,6 +32,8 @@ typedef struct psd_flush psd_flush;
 
 typedef struct psd_store_opts {
   const char *dir;          /* RocksDB directory (created if missing) */
+  const char *cluster;      /* the cluster's name (copied), recorded in a new store
+                             * and checked in an existing one; NULL: neither */
   uint32_t shard_index;     /* this shard's index in shard_ids */
   const uint32_t *shard_ids;/* the cluster's shard ids, file order (copied) */
   size_t nshards;
@@ -49,13 +51,30 @@ typedef struct psd_store_opts {
 #define PSD_STORE_LOCK "psd.lock"
 int psd_store_lock_dir(const char *dir, int *fd, ps_errbuf *eb);
 
+/* psd_store_dir_check says, without changing anything, when DIR or one of
+ * its parents is a symlink whose target does not exist (which no mkdir
+ * can mend): PS_EIO naming the link and its target; else 0.
+ * psd_store_lock_dir and psd_store_open say the same; psd -t --shard N
+ * warns with it. */
+int psd_store_dir_check(const char *dir, ps_errbuf *eb);
+
+/* psd_store_check_owner reads, without writing (a running shard's store
+ * too), the records of the store in DIR: PS_ECONFIG, with psd_store_open's
+ * message, when it belongs to another cluster than CLUSTER (NULL: not
+ * checked) or another shard id than SHARD_ID; else 0 (no store there, or
+ * one that cannot be read: the start says why).  psd -t --shard N. */
+int psd_store_check_owner(const char *dir, const char *cluster, uint32_t shard_id,
+                          ps_errbuf *eb);
+
 /* psd_store_open opens (or creates, parents included) the RocksDB at
  * o->dir and restores every model flushed there, whatever their size (a
- * warning says when they exceed o->max_bytes).  Errors: PS_ELOCKED
+ * warning says when they exceed o->max_bytes).  A store records its
+ * cluster's name (o->cluster) when created, or at the first open that
+ * gives it one (a store from before the record).  Errors: PS_ELOCKED
  * (another process or store holds the directory), PS_ECONFIG (the
- * directory belongs to another shard id), PS_EIO (permission, corruption,
- * ...), PS_ENOSPC, PS_EINVAL (bad options); EB carries RocksDB's message
- * and the directory.  The caller closes *OUT with psd_store_close. */
+ * directory belongs to another cluster, or another shard id), PS_EIO
+ * (permission, corruption, ...), PS_ENOSPC, PS_EINVAL (bad options); EB
+ * carries RocksDB's message and the directory.  The caller closes *OUT with psd_store_close. */
 int psd_store_open(psd_store **out, const psd_store_opts *o, ps_errbuf *eb);
 
 /* psd_store_close frees the store and closes RocksDB (no flush: call

@@ -1535,6 +1535,155 @@ START_TEST(test_stop_during_replay) {
 }
 END_TEST
 
+/* dd_start starts shard 0 of YAML logging to LOG and waits for its gRPC
+ * port GP. */
+static pid_t dd_start(const char *yaml, const char *log, int gp) {
+  pid_t pid = ps_test_psd(yaml, 0, log, NULL);
+  ck_assert_msg(ps_test_wait_port(gp, 30000) == 0, "psd did not listen; see %s", log);
+  return pid;
+}
+
+/* dd_refused starts shard 0 of YAML logging to LOG, expects it to stop
+ * at once with exit status 1 (a start-up error) and its log to hold
+ * WANT. */
+static void dd_refused(const char *yaml, const char *log, const char *want) {
+  pid_t pid = ps_test_psd(yaml, 0, log, NULL);
+  int st = ps_test_wait_pid(pid, 20000);
+  if (st == -1) ps_test_stop(pid, SIGKILL, 5000);
+  ck_assert_msg(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 1,
+                "psd ended with status %d; see %s", st, log);
+  size_t len;
+  char *text = ps_test_read_file(log, &len);
+  ck_assert_msg(strstr(text, want), "no \"%s\" in %s:\n%s", want, log, text);
+  free(text);
+}
+
+/* A shard whose data_dir holds another cluster's store (a data_dir copied
+ * from another cluster's file) is refused at start, naming both clusters
+ * and the directory; it used to load and serve that cluster's models.
+ * Its own cluster starts on it again. */
+START_TEST(test_other_cluster_refused) {
+  const char *dir = ps_test_tmpdir();
+  int gp;
+  char yaml[600], other[800], log[800], log2[800], want[1200];
+  snprintf(yaml, sizeof yaml, "%s", ps_test_cluster_yaml(dir, 1, NULL, &gp, NULL));
+  snprintf(other, sizeof other, "%s/other.yaml", dir);
+  ps_test_file_replace(yaml, other, "cluster: test\n", "cluster: other\n");
+  snprintf(log, sizeof log, "%s/psd.log", dir);
+  snprintf(log2, sizeof log2, "%s/psd-other.log", dir);
+  pid_t pid = dd_start(yaml, log, gp);
+  ps_rpc *r = NULL;
+  ps_errbuf eb;
+  char addr[64];
+  snprintf(addr, sizeof addr, "127.0.0.1:%d", gp);
+  ck_assert_msg(ps_test_rpc_open(&r, addr, &eb) == 0, "%s", eb.msg);
+  ps_test_tiny m;
+  ps_test_tiny_make(&m, 2);
+  ps_test_submit(r, ps_test_tiny_spec(&m, "a"), 0, 10000);
+  ps_rpc_close(r);
+  ps_test_tiny_free(&m);
+  int st = ps_test_stop(pid, SIGTERM, 20000);
+  ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d; see %s", st, log);
+  snprintf(want, sizeof want, "shard 0: cannot open the store: directory '%s/shard0' holds a "
+           "store of cluster 'test', not of cluster 'other'", dir);
+  dd_refused(other, log2, want);
+  pid = dd_start(yaml, log, gp);
+  ck_assert_int_eq(ps_test_stop(pid, SIGTERM, 20000), 0);
+}
+END_TEST
+
+/* dd_ls lists DIR's entries, sorted, into OUT (for a before/after check). */
+static void dd_ls(const char *dir, char *out, size_t cap) {
+  char cmd[900];
+  snprintf(cmd, sizeof cmd, "ls -a '%s'", dir);
+  FILE *p = popen(cmd, "r");
+  ck_assert_ptr_nonnull(p);
+  size_t n = fread(out, 1, cap - 1, p);
+  out[n] = '\0';
+  pclose(p);
+}
+
+/* psd -t --shard 0 with a file whose data_dir holds another cluster's
+ * store warns that the start would fail, naming both clusters, while
+ * that cluster's shard runs and after it stopped, and changes nothing in
+ * the directory (RocksDB's info log included); the store's own file gets
+ * no warning.  psd -t used to say "configuration ok" and nothing else. */
+START_TEST(test_psd_t_other_cluster) {
+  const char *dir = ps_test_tmpdir();
+  int gp;
+  char yaml[600], other[800], log[800], want[2400], data[800], before[4096], after[4096];
+  snprintf(yaml, sizeof yaml, "%s", ps_test_cluster_yaml(dir, 1, NULL, &gp, NULL));
+  snprintf(other, sizeof other, "%s/other.yaml", dir);
+  ps_test_file_replace(yaml, other, "cluster: test\n", "cluster: other\n");
+  snprintf(log, sizeof log, "%s/psd.log", dir);
+  snprintf(data, sizeof data, "%s/shard0", dir);
+  snprintf(want, sizeof want, "%s: warning: shard 0's data_dir: directory '%s' holds a store of "
+           "cluster 'test', not of cluster 'other' (is data_dir another cluster's?): its start "
+           "would fail (exit 1)\n", other, data);
+  char *t_other[] = {(char *)ps_test_bin("psd"), "-t", "--config", other, "--shard", "0", NULL};
+  char *t_own[] = {(char *)ps_test_bin("psd"), "-t", "--config", yaml, "--shard", "0", NULL};
+  pid_t pid = dd_start(yaml, log, gp);
+  for (int running = 1; running >= 0; running--) {
+    char tlog[900];
+    size_t len;
+    dd_ls(data, before, sizeof before);
+    snprintf(tlog, sizeof tlog, "%s/psd-t-other%d.log", dir, running);
+    ck_assert_int_eq(ps_test_run(t_other, tlog, 20000), 0);
+    char *text = ps_test_read_file(tlog, &len);
+    ck_assert_msg(strstr(text, want) && strstr(text, "configuration ok"), "no \"%s\" in %s:\n%s",
+                  want, tlog, text);
+    free(text);
+    snprintf(tlog, sizeof tlog, "%s/psd-t-own%d.log", dir, running);
+    ck_assert_int_eq(ps_test_run(t_own, tlog, 20000), 0);
+    text = ps_test_read_file(tlog, &len);
+    ck_assert_msg(!strstr(text, "warning"), "see %s", tlog);
+    free(text);
+    dd_ls(data, after, sizeof after);
+    ck_assert_str_eq(before, after);
+    if (running) ck_assert_int_eq(ps_test_stop(pid, SIGTERM, 20000), 0);
+  }
+}
+END_TEST
+
+/* A data_dir that is a symlink to a missing target: `psd -t --shard 0`
+ * warns that the start would fail, and the start exits 1, both naming the
+ * link and its target; the start used to say "'DIR' is not a directory"
+ * and psd -t nothing. */
+START_TEST(test_dangling_data_dir) {
+  const char *dir = ps_test_tmpdir();
+  char yaml[600], from[1000], to[1000], link[700], target[700], log[800], want[4000];
+  snprintf(yaml, sizeof yaml, "%s", ps_test_cluster_yaml(dir, 1, NULL, NULL, NULL));
+  snprintf(from, sizeof from, "data_dir: %s/shard0\n", dir);
+  snprintf(link, sizeof link, "%s/link", dir);
+  snprintf(target, sizeof target, "%s/gone/x", dir);
+  snprintf(to, sizeof to, "data_dir: %s\n", link);
+  ps_test_file_replace(yaml, yaml, from, to);
+  ck_assert_int_eq(symlink(target, link), 0);
+  snprintf(log, sizeof log, "%s/psd-t.log", dir);
+  char *t[] = {(char *)ps_test_bin("psd"), "-t", "--config", yaml, "--shard", "0", NULL};
+  ck_assert_int_eq(ps_test_run(t, log, 10000), 0);
+  size_t len;
+  char *text = ps_test_read_file(log, &len);
+  snprintf(want, sizeof want, "%s: warning: shard 0's data_dir: '%s' is a symlink to '%s', which "
+           "does not exist (make the target, or point data_dir elsewhere): its start would fail "
+           "(exit 1)\n", yaml, link, target);
+  ck_assert_msg(strstr(text, want), "no \"%s\" in %s:\n%s", want, log, text);
+  ck_assert_msg(strstr(text, "configuration ok"), "see %s", log);
+  free(text);
+  /* the whole file, from any host: its shards' directories are not looked at */
+  snprintf(log, sizeof log, "%s/psd-t-all.log", dir);
+  char *all[] = {(char *)ps_test_bin("psd"), "-t", "--config", yaml, NULL};
+  ck_assert_int_eq(ps_test_run(all, log, 10000), 0);
+  text = ps_test_read_file(log, &len);
+  ck_assert_msg(!strstr(text, "symlink"), "see %s", log);
+  free(text);
+  snprintf(log, sizeof log, "%s/psd.log", dir);
+  snprintf(want, sizeof want, "shard 0: cannot open the store: '%s' is a symlink to '%s', which "
+           "does not exist", link, target);
+  dd_refused(yaml, log, want);
+}
+END_TEST
+
 Suite *psd_durability_suite(void) {
   Suite *s = suite_create("psd_durability");
   TCase *tc = tcase_create("crash_loop");
@@ -1557,6 +1706,13 @@ Suite *psd_durability_suite(void) {
   tcase_add_test(tc, test_log_io_error_no_hint);
   tcase_add_test(tc, test_flushed_after_replay);
   tcase_add_test(tc, test_log_id_pending_finished);
+  suite_add_tcase(s, tc);
+  tc = tcase_create("data_dir");
+  tcase_add_unchecked_fixture(tc, ps_test_procs_setup, ps_test_procs_teardown);
+  tcase_set_timeout(tc, 60);
+  tcase_add_test(tc, test_other_cluster_refused);
+  tcase_add_test(tc, test_dangling_data_dir);
+  tcase_add_test(tc, test_psd_t_other_cluster);
   suite_add_tcase(s, tc);
   tc = tcase_create("disk_full");
   tcase_add_unchecked_fixture(tc, du_setup, du_teardown);

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -807,6 +808,100 @@ START_TEST(test_open_failures) {
 }
 END_TEST
 
+/* open_cluster opens DIR as shard INDEX of NSHARDS of cluster CLUSTER
+ * (NULL: none given); the store in *OUT (NULL on error). */
+static int open_cluster(psd_store **out, const char *dir, const char *cluster, uint32_t index,
+                        size_t nshards, ps_errbuf *eb) {
+  psd_store_opts o = {.dir = dir, .cluster = cluster, .shard_index = index, .shard_ids = ids2,
+                      .nshards = nshards, .chunk_elems = 1000};
+  return psd_store_open(out, &o, eb);
+}
+
+/* A store records its cluster's name: a data_dir copied from another
+ * cluster's file is refused with both names, before it serves that
+ * cluster's models; a store from before the record (opened without a
+ * name) still opens, and takes the name of the first cluster that opens
+ * it. */
+START_TEST(test_open_other_cluster) {
+  const char *tmp = ps_test_tmpdir();
+  char *d = strdup(path_in(tmp, "a")), *old = strdup(path_in(tmp, "old"));
+  spec_buf sb;
+  ps_errbuf eb;
+  char want[800];
+  psd_store *s;
+  ck_assert_msg(open_cluster(&s, d, "alpha", 0, 1, &eb) == 0, "%s", eb.msg);
+  submit(s, make_spec(&sb, "m", 42, "sgd"));
+  psd_store_close(s);
+  /* another cluster's: refused, its model not loaded */
+  s = (psd_store *)1;
+  ck_assert_int_eq(open_cluster(&s, d, "beta", 0, 1, &eb), PS_ECONFIG);
+  ck_assert_ptr_null(s);
+  snprintf(want, sizeof want, "directory '%s' holds a store of cluster 'alpha', not of cluster "
+           "'beta' (is data_dir another cluster's?)", d);
+  ck_assert_str_eq(eb.msg, want);
+  /* the cluster is named even where the shard id differs too */
+  ck_assert_int_eq(open_cluster(&s, d, "beta", 1, 2, &eb), PS_ECONFIG);
+  ck_assert_str_eq(eb.msg, want);
+  /* its own cluster opens it, with its model */
+  ck_assert_msg(open_cluster(&s, d, "alpha", 0, 1, &eb) == 0, "%s", eb.msg);
+  ck_assert_ptr_nonnull(psd_store_spec(s, "m"));
+  psd_store_close(s);
+  /* a store with no name recorded (written before the record) opens under
+   * any cluster, keeps its model, and records that cluster's name */
+  ck_assert_msg(open_cluster(&s, old, NULL, 0, 1, &eb) == 0, "%s", eb.msg);
+  submit(s, make_spec(&sb, "m", 42, "sgd"));
+  psd_store_close(s);
+  ck_assert_msg(open_cluster(&s, old, "gamma", 0, 1, &eb) == 0, "%s", eb.msg);
+  ck_assert_ptr_nonnull(psd_store_spec(s, "m"));
+  psd_store_close(s);
+  ck_assert_int_eq(open_cluster(&s, old, "alpha", 0, 1, &eb), PS_ECONFIG);
+  ck_assert_msg(strstr(eb.msg, "of cluster 'gamma', not of cluster 'alpha'") != NULL, "%s",
+                eb.msg);
+  ck_assert_msg(open_cluster(&s, old, "gamma", 0, 1, &eb) == 0, "%s", eb.msg);
+  psd_store_close(s);
+  free(old);
+  free(d);
+}
+END_TEST
+
+/* A data_dir that is a symlink to a missing target, or under one, is
+ * refused naming the link and its target, and nothing is made: it used to
+ * say "'DIR' is not a directory" (or "cannot create ...: No such file or
+ * directory" below it), which sent the operator looking at the wrong
+ * thing.  A symlink to a directory is a good data_dir. */
+START_TEST(test_open_dangling_symlink) {
+  const char *tmp = ps_test_tmpdir();
+  char *link = strdup(path_in(tmp, "link")), *to = strdup(path_in(tmp, "gone/x"));
+  char *under = strdup(path_in(link, "shard0"));
+  ck_assert_int_eq(symlink(to, link), 0);
+  ps_errbuf eb;
+  char want[1200];
+  snprintf(want, sizeof want, "'%s' is a symlink to '%s', which does not exist (make the target, "
+           "or point data_dir elsewhere)", link, to);
+  ck_assert_int_eq(try_open(link, 0, 1, &eb), PS_EIO);
+  ck_assert_str_eq(eb.msg, want);
+  ck_assert_int_eq(try_open(under, 0, 1, &eb), PS_EIO);
+  ck_assert_str_eq(eb.msg, want);
+  int fd = 0;
+  ck_assert_int_eq(psd_store_lock_dir(link, &fd, &eb), PS_EIO);
+  ck_assert_int_eq(fd, -1);
+  ck_assert_str_eq(eb.msg, want);
+  ck_assert_int_eq(psd_store_dir_check(under, &eb), PS_EIO);
+  ck_assert_str_eq(eb.msg, want);
+  ck_assert_int_eq(access(path_in(tmp, "gone"), F_OK), -1);
+  /* its target made: a good data_dir */
+  char *gone = strdup(path_in(tmp, "gone"));
+  ck_assert_int_eq(mkdir(gone, 0755), 0);
+  ck_assert_int_eq(mkdir(to, 0755), 0);
+  ck_assert_int_eq(psd_store_dir_check(under, &eb), 0);
+  psd_store_close(open_store(under, 0, 1));
+  free(gone);
+  free(under);
+  free(to);
+  free(link);
+}
+END_TEST
+
 /* RocksDB files are not preallocated (a fresh store holds kilobytes, not
  * the 35 MiB RocksDB reserves for its log by default), and the empty
  * logs that failed opens leave are removed at the next open. */
@@ -1189,6 +1284,8 @@ Suite *psd_store_suite(void) {
   tcase_add_test(tc, test_push_never_poisons);
   tcase_add_test(tc, test_two_shards_same_tensors);
   tcase_add_test(tc, test_open_failures);
+  tcase_add_test(tc, test_open_other_cluster);
+  tcase_add_test(tc, test_open_dangling_symlink);
   tcase_add_test(tc, test_open_no_dead_space);
   tcase_add_test(tc, test_failed_flush_reopens);
   tcase_add_test(tc, test_failed_flush_close_said_rarely);

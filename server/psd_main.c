@@ -43,6 +43,7 @@
 #include "ps_config.h"
 #include "ps_fpu.h"
 #include "ps_log.h"
+#include "ps_pb.h"
 #include "ps_proc.h"
 #include "ps_rpc.h"
 #include "ps_stop.h"
@@ -69,6 +70,7 @@ typedef struct psd_stop_watch {
 
 typedef struct psd_main {
   psd_shard sh;
+  const char *renamed_from;  /* psd --rename-cluster OLD, or NULL */
   uv_loop_t loop;
   uv_signal_t sig[3];
   uv_timer_t flush_timer, watchdog_timer, drain_timer, wal_timer;
@@ -951,7 +953,7 @@ static int psd_main_open(psd_main *m) {
   if (!ids) return 1;
   for (size_t i = 0; i < cfg->nshards; i++) ids[i] = cfg->shards[i].id;
   psd_store_opts o = {.dir = sh->me->data_dir, .cluster = cfg->cluster,
-                      .shard_index = sh->index, .shard_ids = ids,
+                      .renamed_from = m->renamed_from, .shard_index = sh->index, .shard_ids = ids,
                       .nshards = cfg->nshards, .chunk_elems = cfg->chunk_elems,
                       .max_bytes = ps_config_shard_budget(cfg)};
   /* the log's spare files (psd_wal invariant 6) go first: on a full disk
@@ -1012,6 +1014,7 @@ static int psd_main_open_agg(psd_main *m) {
 typedef struct psd_args {
   const char *config;
   const char *aggregator; /* NULL: a shard */
+  const char *renamed_from; /* --rename-cluster OLD, or NULL */
   long shard; /* -1: none given */
   int test;
 } psd_args;
@@ -1022,6 +1025,7 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
                                        {"shard", required_argument, 0, 's'},
                                        {"aggregator", required_argument, 0, 'a'},
                                        {"test", no_argument, 0, 't'},
+                                       {"rename-cluster", required_argument, 0, 'R'},
                                        {"help", no_argument, 0, 'h'},
                                        {"version", no_argument, 0, 'V'},
                                        {0, 0, 0, 0}};
@@ -1032,6 +1036,11 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
       "                                      sum local workers' pushes, serve their pulls\n"
       "       psd -t|--test --config FILE [--shard N | --aggregator NAME]\n"
       "                                      check the configuration and exit\n"
+      "       psd --config FILE --shard N --rename-cluster OLD\n"
+      "                                      serve shard N whose store records cluster OLD\n"
+      "                                      (the cluster was renamed in the file): the store\n"
+      "                                      then records the file's name (also with -t --shard N:\n"
+      "                                      check as if it did)\n"
       "       psd --version                   print the build (commit and its UTC date) and exit\n"
       "SIGTERM or SIGINT drains and stops the shard (a second one during its start ends it at\n"
       "once).  SIGHUP, once it serves (ignored while it starts), reloads security.secret_file\n"
@@ -1045,6 +1054,7 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
   a->config = NULL;
   a->shard = -1;
   a->aggregator = NULL;
+  a->renamed_from = NULL;
   a->test = 0;
   int c, version = 0;
   while ((c = getopt_long(argc, argv, "c:s:a:th", opts, NULL)) != -1) {
@@ -1078,6 +1088,15 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
         a->aggregator = optarg;
         break;
       case 't': a->test = 1; break;
+      case 'R':
+        if (a->renamed_from || !ps_name_valid(optarg)) {
+          ps_log_plain(LOG_ERR, "psd: %s\n", a->renamed_from ? "--rename-cluster given twice"
+                       : "--rename-cluster wants the old cluster name (1-63 letters, digits, "
+                         "'.', '_', '-')");
+          return 2;
+        }
+        a->renamed_from = optarg;
+        break;
       case 'h': fputs(usage, stdout); return -1;
       case 'V': version = 1; break;
       default: ps_log_plain(LOG_ERR, "%s", usage); return 2;
@@ -1095,6 +1114,7 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
   const char *why = optind < argc ? "an argument that is no option"
                     : !a->config ? "--config FILE is required"
                     : a->shard >= 0 && a->aggregator ? "--shard and --aggregator exclude each other"
+                    : a->renamed_from && a->shard < 0 ? "--rename-cluster needs --shard N"
                     : !a->test && a->shard < 0 && !a->aggregator
                         ? "--shard N or --aggregator NAME is required (or -t)"
                         : NULL;
@@ -1374,7 +1394,8 @@ int main(int argc, char **argv) {
      * symlink there, or another cluster's or shard's store (a data_dir
      * copied from another file), fails the start */
     if (!agg && a.shard >= 0 && (psd_store_dir_check(me->data_dir, &eb) < 0 ||
-                                 psd_store_check_owner(me->data_dir, cfg.cluster, me->id, &eb) < 0))
+                                 psd_store_check_owner(me->data_dir, cfg.cluster, a.renamed_from,
+                                                       me->id, &eb) < 0))
       ps_log_plain(LOG_WARNING, "%s: warning: shard %ld's data_dir: %s: its start would fail "
                    "(exit 1)\n", a.config, a.shard, eb.msg);
     printf("%s: configuration ok (%zu shard%s, %zu aggregator%s)\n", a.config, cfg.nshards,
@@ -1393,6 +1414,7 @@ int main(int argc, char **argv) {
             (unsigned long long)after);
   static psd_main m; /* static: zeroed, and large handles stay off the stack */
   m.dir_lock = -1;
+  m.renamed_from = a.renamed_from;
   code = psd_main_serve(&m, &cfg, me, agg);
   ps_config_release(&cfg);
   return code;

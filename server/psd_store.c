@@ -156,6 +156,7 @@ struct psd_store {
   rocksdb_readoptions_t *ro;
   char *dir;
   char *cluster;         /* psd_store_opts' (owned); NULL: not checked */
+  char *renamed_from;    /* psd_store_opts' (owned); NULL: none */
   uint32_t shard_index, shard_id;
   uint32_t *shard_ids;
   size_t nshards;
@@ -697,16 +698,17 @@ static int psd_store_open_db(psd_store *s, ps_errbuf *eb) {
 
 /* psd_store_read_meta reads the shard id record of DB (directory DIR)
  * and, when CLUSTER is not NULL, its cluster name: 0 when they name
- * SHARD_ID and CLUSTER (*UNNAMED 1 when the store records no cluster: one
- * from before "n"), 1 when there is no shard id (a fresh directory),
+ * SHARD_ID and CLUSTER (*UNNAMED 1 when the store records no cluster, one
+ * from before "n", or RENAMED_FROM, not NULL: the name must be written),
+ * 1 when there is no shard id (a fresh directory),
  * PS_ECONFIG for another cluster's or shard's directory, PS_EIO for a
  * foreign or unreadable one.  The cluster is checked first: a data_dir
  * copied from another cluster's file most often holds a shard of another
  * id too, and the cluster is what the operator must fix.  Thread-safe
  * (RocksDB is). */
 static int psd_store_read_meta(rocksdb_t *db, const rocksdb_readoptions_t *ro, const char *dir,
-                               uint32_t shard_id, const char *cluster, int *unnamed,
-                               ps_errbuf *eb) {
+                               uint32_t shard_id, const char *cluster,
+                               const char *renamed_from, int *unnamed, ps_errbuf *eb) {
   char *err = NULL;
   size_t len = 0;
   *unnamed = 0;
@@ -728,12 +730,13 @@ static int psd_store_read_meta(rocksdb_t *db, const rocksdb_readoptions_t *ro, c
       ok = ps_name_valid(name);
     }
     if (v) rocksdb_free(v);
-    if (!v) *unnamed = 1;
+    if (!v || (ok && renamed_from && !strcmp(name, renamed_from))) *unnamed = 1;
     else if (!ok) return ps_errf(eb, PS_EIO, "'%s' is not a psd store (bad cluster name record)",
                                  dir);
     else if (strcmp(name, cluster) != 0)
       return ps_errf(eb, PS_ECONFIG, "directory '%s' holds a store of cluster '%s', not of "
-                     "cluster '%s' (is data_dir another cluster's?)", dir, name, cluster);
+                     "cluster '%s' (is data_dir another cluster's? if the cluster was renamed, "
+                     "start the shard once with --rename-cluster %s)", dir, name, cluster, name);
   }
   if (id != shard_id)
     return ps_errf(eb, PS_ECONFIG, "directory '%s' holds shard %" PRIu32 ", not shard %" PRIu32,
@@ -747,7 +750,8 @@ static int psd_store_read_meta(rocksdb_t *db, const rocksdb_readoptions_t *ro, c
  * directory, PS_EIO for a foreign or unreadable one. */
 static int psd_store_meta(psd_store *s, ps_errbuf *eb) {
   int unnamed;
-  int rc = psd_store_read_meta(s->db, s->ro, s->dir, s->shard_id, s->cluster, &unnamed, eb);
+  int rc = psd_store_read_meta(s->db, s->ro, s->dir, s->shard_id, s->cluster, s->renamed_from,
+                               &unnamed, eb);
   if (rc < 0 || (rc == 0 && !unnamed)) return rc;
   char *err = NULL;
   rocksdb_writebatch_t *b = rocksdb_writebatch_create();
@@ -764,8 +768,8 @@ static int psd_store_meta(psd_store *s, ps_errbuf *eb) {
 }
 
 /* psd_store_check_owner: see psd_store.h. */
-int psd_store_check_owner(const char *dir, const char *cluster, uint32_t shard_id,
-                          ps_errbuf *eb) {
+int psd_store_check_owner(const char *dir, const char *cluster, const char *renamed_from,
+                          uint32_t shard_id, ps_errbuf *eb) {
   char path[4200];
   snprintf(path, sizeof path, "%s/CURRENT", dir);
   if (access(path, F_OK) < 0) return 0; /* no store (yet), or not ours to read */
@@ -783,7 +787,7 @@ int psd_store_check_owner(const char *dir, const char *cluster, uint32_t shard_i
     if (db) {
       rocksdb_readoptions_t *ro = rocksdb_readoptions_create();
       int unnamed;
-      rc = psd_store_read_meta(db, ro, dir, shard_id, cluster, &unnamed, eb);
+      rc = psd_store_read_meta(db, ro, dir, shard_id, cluster, renamed_from, &unnamed, eb);
       if (rc != PS_ECONFIG) rc = 0;
       rocksdb_readoptions_destroy(ro);
       rocksdb_close(db);
@@ -985,8 +989,10 @@ int psd_store_open(psd_store **out, const psd_store_opts *o, ps_errbuf *eb) {
   pthread_mutex_init(&s->mu, NULL);
   s->dir = strdup(o->dir);
   s->cluster = o->cluster ? strdup(o->cluster) : NULL;
+  s->renamed_from = o->renamed_from ? strdup(o->renamed_from) : NULL;
   s->shard_ids = malloc(o->nshards * sizeof *s->shard_ids);
-  if (!s->dir || !s->shard_ids || (o->cluster && !s->cluster)) {
+  if (!s->dir || !s->shard_ids || (o->cluster && !s->cluster) ||
+      (o->renamed_from && !s->renamed_from)) {
     psd_store_close(s);
     return ps_errf(eb, PS_ENOMEM, "out of memory");
   }
@@ -1036,6 +1042,7 @@ void psd_store_close(psd_store *s) {
   if (s->env) rocksdb_env_destroy(s->env);
   free(s->shard_ids);
   free(s->cluster);
+  free(s->renamed_from);
   free(s->dir);
   free(s->scratch);
   free(s->decoded);
@@ -1799,7 +1806,7 @@ static int psd_flush_reopen(psd_flush *f, ps_errbuf *eb) {
   rocksdb_t *db = psd_rdb_open(f->opts, f->dir, 0, NULL, &err);
   if (err) return psd_store_rdb_err(eb, err, "cannot reopen store", f->dir);
   int unnamed;
-  int rc = psd_store_read_meta(db, f->ro, f->dir, f->shard_id, f->cluster, &unnamed, eb);
+  int rc = psd_store_read_meta(db, f->ro, f->dir, f->shard_id, f->cluster, NULL, &unnamed, eb);
   if (rc > 0) rc = ps_errf(eb, PS_EIO, "'%s' no longer holds shard %" PRIu32 "'s store", f->dir,
                            f->shard_id);
   if (rc < 0) {

@@ -34,6 +34,9 @@ typedef struct psd_store_opts {
   const char *dir;          /* RocksDB directory (created if missing) */
   const char *cluster;      /* the cluster's name (copied), recorded in a new store
                              * and checked in an existing one; NULL: neither */
+  const char *renamed_from; /* a store recording this cluster name is taken as
+                             * CLUSTER's and records CLUSTER (psd --rename-cluster);
+                             * NULL: none */
   uint32_t shard_index;     /* this shard's index in shard_ids */
   const uint32_t *shard_ids;/* the cluster's shard ids, file order (copied) */
   size_t nshards;
@@ -61,10 +64,10 @@ int psd_store_dir_check(const char *dir, ps_errbuf *eb);
 /* psd_store_check_owner reads, without writing (a running shard's store
  * too), the records of the store in DIR: PS_ECONFIG, with psd_store_open's
  * message, when it belongs to another cluster than CLUSTER (NULL: not
- * checked) or another shard id than SHARD_ID; else 0 (no store there, or
+ * checked) or RENAMED_FROM (NULL: none), or another shard id than SHARD_ID; else 0 (no store there, or
  * one that cannot be read: the start says why).  psd -t --shard N. */
-int psd_store_check_owner(const char *dir, const char *cluster, uint32_t shard_id,
-                          ps_errbuf *eb);
+int psd_store_check_owner(const char *dir, const char *cluster, const char *renamed_from,
+                          uint32_t shard_id, ps_errbuf *eb);
 
 /* psd_store_open opens (or creates, parents included) the RocksDB at
  * o->dir and restores every model flushed there, whatever their size (a

@@ -1585,9 +1585,29 @@ START_TEST(test_other_cluster_refused) {
   int st = ps_test_stop(pid, SIGTERM, 20000);
   ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "status %d; see %s", st, log);
   snprintf(want, sizeof want, "shard 0: cannot open the store: directory '%s/shard0' holds a "
-           "store of cluster 'test', not of cluster 'other'", dir);
+           "store of cluster 'test', not of cluster 'other' (is data_dir another cluster's? if "
+           "the cluster was renamed, start the shard once with --rename-cluster test)", dir);
   dd_refused(other, log2, want);
   pid = dd_start(yaml, log, gp);
+  ck_assert_int_eq(ps_test_stop(pid, SIGTERM, 20000), 0);
+  /* the cluster renamed "other" in its file: one start with
+   * --rename-cluster test takes the store, with its model, and from then
+   * on the store is "other"'s */
+  char *renamed[] = {(char *)ps_test_bin("psd"), "--config", other, "--shard", "0",
+                     "--rename-cluster", "test", NULL};
+  pid = ps_test_spawn(renamed, log2, NULL);
+  ck_assert_msg(ps_test_wait_port(gp, 30000) == 0, "psd did not listen; see %s", log2);
+  ck_assert_msg(ps_test_rpc_open(&r, addr, &eb) == 0, "%s", eb.msg);
+  Ps__GetModelRequest q = PS__GET_MODEL_REQUEST__INIT;
+  q.name = "a";
+  Ps__GetModelReply *rep = NULL;
+  ck_assert_msg(ps_rpc_call(r, "/ps.Ps/GetModel", &q.base, &ps__get_model_reply__descriptor,
+                            (ProtobufCMessage **)&rep, 10000, &eb) == 0, "%s", eb.msg);
+  ps__get_model_reply__free_unpacked(rep, NULL);
+  ps_rpc_close(r);
+  ck_assert_int_eq(ps_test_stop(pid, SIGTERM, 20000), 0);
+  dd_refused(yaml, log, "holds a store of cluster 'other', not of cluster 'test'");
+  pid = dd_start(other, log2, gp);
   ck_assert_int_eq(ps_test_stop(pid, SIGTERM, 20000), 0);
 }
 END_TEST
@@ -1618,7 +1638,8 @@ START_TEST(test_psd_t_other_cluster) {
   snprintf(log, sizeof log, "%s/psd.log", dir);
   snprintf(data, sizeof data, "%s/shard0", dir);
   snprintf(want, sizeof want, "%s: warning: shard 0's data_dir: directory '%s' holds a store of "
-           "cluster 'test', not of cluster 'other' (is data_dir another cluster's?): its start "
+           "cluster 'test', not of cluster 'other' (is data_dir another cluster's? if the "
+           "cluster was renamed, start the shard once with --rename-cluster test): its start "
            "would fail (exit 1)\n", other, data);
   char *t_other[] = {(char *)ps_test_bin("psd"), "-t", "--config", other, "--shard", "0", NULL};
   char *t_own[] = {(char *)ps_test_bin("psd"), "-t", "--config", yaml, "--shard", "0", NULL};

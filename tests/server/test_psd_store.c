@@ -808,13 +808,21 @@ START_TEST(test_open_failures) {
 }
 END_TEST
 
-/* open_cluster opens DIR as shard INDEX of NSHARDS of cluster CLUSTER
- * (NULL: none given); the store in *OUT (NULL on error). */
+/* open_renamed opens DIR as shard INDEX of NSHARDS of cluster CLUSTER
+ * (NULL: none given), renamed from RENAMED_FROM (NULL: not); the store in
+ * *OUT (NULL on error).  open_cluster: not renamed. */
+static int open_renamed(psd_store **out, const char *dir, const char *cluster,
+                        const char *renamed_from, uint32_t index, size_t nshards,
+                        ps_errbuf *eb) {
+  psd_store_opts o = {.dir = dir, .cluster = cluster, .renamed_from = renamed_from,
+                      .shard_index = index, .shard_ids = ids2, .nshards = nshards,
+                      .chunk_elems = 1000};
+  return psd_store_open(out, &o, eb);
+}
+
 static int open_cluster(psd_store **out, const char *dir, const char *cluster, uint32_t index,
                         size_t nshards, ps_errbuf *eb) {
-  psd_store_opts o = {.dir = dir, .cluster = cluster, .shard_index = index, .shard_ids = ids2,
-                      .nshards = nshards, .chunk_elems = 1000};
-  return psd_store_open(out, &o, eb);
+  return open_renamed(out, dir, cluster, NULL, index, nshards, eb);
 }
 
 /* A store records its cluster's name: a data_dir copied from another
@@ -837,7 +845,8 @@ START_TEST(test_open_other_cluster) {
   ck_assert_int_eq(open_cluster(&s, d, "beta", 0, 1, &eb), PS_ECONFIG);
   ck_assert_ptr_null(s);
   snprintf(want, sizeof want, "directory '%s' holds a store of cluster 'alpha', not of cluster "
-           "'beta' (is data_dir another cluster's?)", d);
+           "'beta' (is data_dir another cluster's? if the cluster was renamed, start the shard "
+           "once with --rename-cluster alpha)", d);
   ck_assert_str_eq(eb.msg, want);
   /* the cluster is named even where the shard id differs too */
   ck_assert_int_eq(open_cluster(&s, d, "beta", 1, 2, &eb), PS_ECONFIG);
@@ -858,6 +867,19 @@ START_TEST(test_open_other_cluster) {
   ck_assert_msg(strstr(eb.msg, "of cluster 'gamma', not of cluster 'alpha'") != NULL, "%s",
                 eb.msg);
   ck_assert_msg(open_cluster(&s, old, "gamma", 0, 1, &eb) == 0, "%s", eb.msg);
+  psd_store_close(s);
+  /* a renamed cluster (psd --rename-cluster OLD): a store recording
+   * another name than OLD is still refused; one recording OLD opens with
+   * its model and records the new name, which later opens need */
+  ck_assert_int_eq(open_renamed(&s, d, "delta", "gamma", 0, 1, &eb), PS_ECONFIG);
+  ck_assert_msg(strstr(eb.msg, "of cluster 'alpha', not of cluster 'delta'") != NULL, "%s",
+                eb.msg);
+  ck_assert_msg(open_renamed(&s, d, "delta", "alpha", 0, 1, &eb) == 0, "%s", eb.msg);
+  ck_assert_ptr_nonnull(psd_store_spec(s, "m"));
+  psd_store_close(s);
+  ck_assert_int_eq(open_cluster(&s, d, "alpha", 0, 1, &eb), PS_ECONFIG);
+  ck_assert_msg(open_cluster(&s, d, "delta", 0, 1, &eb) == 0, "%s", eb.msg);
+  ck_assert_ptr_nonnull(psd_store_spec(s, "m"));
   psd_store_close(s);
   free(old);
   free(d);

@@ -12,8 +12,8 @@
  * the write buffer, compacts the slab and rebuilds the index, once per
  * batch of evictions.
  * Admission counts live in a second open-addressing map (key -> pulls
- * seen), which only grows: 16 bytes per key pulled and not yet admitted
- * or admitted (the cost of admission). */
+ * seen) of the keys pulled and not admitted yet: a key's count goes once
+ * it has a row (admit_forget), so the map holds the pending keys only. */
 #include "psd_sparse.h"
 #include "psd_store.h"
 
@@ -695,30 +695,36 @@ static int row_new(sp_table *t, uint64_t key, size_t *r) {
 
 /* ---- admission -------------------------------------------------------------- */
 
-/* admit_seen counts one pull of KEY and returns how many there were. */
-static int admit_seen(sp_table *t, uint64_t key, uint32_t *seen) {
-  if ((t->an + 1) * 2 > t->acap) {
-    size_t c = t->acap ? t->acap * 2 : 1024;
-    uint64_t *k = calloc(c, sizeof *k);
-    uint32_t *n = calloc(c, sizeof *n);
-    if (!k || !n) {
-      free(k);
-      free(n);
-      return PS_ENOMEM;
-    }
-    for (size_t i = 0; i < t->acap; i++) {
-      if (!t->aseen[i]) continue;
-      size_t h = ps_mix64(t->akeys[i]) & (c - 1);
-      while (n[h]) h = (h + 1) & (c - 1);
-      k[h] = t->akeys[i];
-      n[h] = t->aseen[i];
-    }
-    free(t->akeys);
-    free(t->aseen);
-    t->akeys = k;
-    t->aseen = n;
-    t->acap = c;
+/* admit_resize rehashes the admission map into C slots (a power of two
+ * at least twice its keys; 0 frees it); 0 or PS_ENOMEM with it unchanged. */
+static int admit_resize(sp_table *t, size_t c) {
+  uint64_t *k = c ? calloc(c, sizeof *k) : NULL;
+  uint32_t *n = c ? calloc(c, sizeof *n) : NULL;
+  if (c && (!k || !n)) {
+    free(k);
+    free(n);
+    return PS_ENOMEM;
   }
+  for (size_t i = 0; c && i < t->acap; i++) {
+    if (!t->aseen[i]) continue;
+    size_t h = ps_mix64(t->akeys[i]) & (c - 1);
+    while (n[h]) h = (h + 1) & (c - 1);
+    k[h] = t->akeys[i];
+    n[h] = t->aseen[i];
+  }
+  free(t->akeys);
+  free(t->aseen);
+  t->akeys = k;
+  t->aseen = n;
+  t->acap = c;
+  return 0;
+}
+
+/* admit_seen counts one pull of KEY and returns how many there were.
+ * A slot is taken while its count is not 0 (any key value, 0 included,
+ * is a key). */
+static int admit_seen(sp_table *t, uint64_t key, uint32_t *seen) {
+  if ((t->an + 1) * 2 > t->acap && admit_resize(t, t->acap ? t->acap * 2 : 1024)) return PS_ENOMEM;
   size_t mask = t->acap - 1, h = ps_mix64(key) & mask;
   while (t->aseen[h] && t->akeys[h] != key) h = (h + 1) & mask;
   if (!t->aseen[h]) {
@@ -729,6 +735,34 @@ static int admit_seen(sp_table *t, uint64_t key, uint32_t *seen) {
   if (t->aseen[h] < UINT32_MAX) t->aseen[h]++;
   *seen = t->aseen[h];
   return 0;
+}
+
+/* admit_forget drops the count of KEY (if any) once KEY has a row: the
+ * row is what admits it from then on (on disk too), and a count kept
+ * for every key ever admitted grew the map without bound.  Backward-shift
+ * deletion (linear probing, no tombstones): the entries after the freed
+ * slot whose home is not between it and them move up, so that every
+ * probe still finds its key.  The map shrinks by half once under 1/8
+ * full (amortized against the growth at 1/2), and is freed when empty. */
+static void admit_forget(sp_table *t, uint64_t key) {
+  if (!t->an) return;
+  size_t mask = t->acap - 1, i = ps_mix64(key) & mask;
+  while (t->aseen[i] && t->akeys[i] != key) i = (i + 1) & mask;
+  if (!t->aseen[i]) return;
+  for (size_t j = (i + 1) & mask; t->aseen[j]; j = (j + 1) & mask) {
+    size_t home = ps_mix64(t->akeys[j]) & mask;
+    if (((j - home) & mask) >= ((j - i) & mask)) { /* home at or before i: may move to i */
+      t->akeys[i] = t->akeys[j];
+      t->aseen[i] = t->aseen[j];
+      i = j;
+    }
+  }
+  t->akeys[i] = 0;
+  t->aseen[i] = 0;
+  t->an--;
+  t->st.pending--;
+  if (!t->an) admit_resize(t, 0);
+  else if (t->acap > 1024 && t->an * 8 < t->acap) admit_resize(t, t->acap / 2); /* (else kept) */
 }
 
 /* admitted says whether KEY has been pulled often enough for a row. */
@@ -1288,8 +1322,8 @@ int psd_sparse_pull(psd_sparse *s, const char *model, uint32_t table, const uint
     if (s->admit_after > 1 && (rc = admit_seen(t, keys[i], &seen)))
       return ps_errf(eb, rc, "sparse pull: out of memory");
     if (seen >= s->admit_after) {
-      if (s->admit_after > 1) t->st.pending--;
       rc = create_row(t, keys[i], &s->rowof[i], eb);
+      if (!rc && s->admit_after > 1) admit_forget(t, keys[i]);
     }
   }
   for (size_t i = 0; i < nkeys && !rc; i++) {
@@ -1398,6 +1432,14 @@ static int updates_create(psd_sparse *s, sp_table *t, const uint64_t *keys, size
   return rc;
 }
 
+/* admit_forget_new drops the admission counts of the N keys whose rows
+ * (ROWOF) a push created (from row NROWS0 on): the rows admit them now. */
+static void admit_forget_new(sp_table *t, const uint64_t *keys, size_t n, const int64_t *rowof,
+                             size_t nrows0) {
+  for (size_t i = 0; t->an && i < n; i++)
+    if (rowof[i] >= (int64_t)nrows0) admit_forget(t, keys[i]);
+}
+
 /* updates_commit writes the staged rows of the N keys (s->rowof >= 0)
  * as the push of log seq SEQ. */
 static void updates_commit(psd_sparse *s, sp_table *t, size_t n, uint64_t seq) {
@@ -1441,6 +1483,7 @@ int psd_sparse_push(psd_sparse *s, const char *model, uint32_t table, const uint
   }
   for (size_t i = 0; i < nkeys; i++) t->st.dropped_grads += s->rowof[i] < 0;
   updates_commit(s, t, nkeys, seq);
+  admit_forget_new(t, keys, nkeys, s->rowof, nrows0);
   return evict(s, t, eb);
 }
 
@@ -1516,8 +1559,10 @@ int psd_sparse_replay(psd_sparse *s, uint64_t seq, const uint8_t *rec, size_t le
     if (!rc) rc = updates_stage(s, t, keys, n, g, eb);
   }
   if (rc == PS_EINVAL) rc = replay_refuse(seq, "apply", eb);
+  size_t nrows0 = t->nrows;
   if (!rc) rc = updates_create(s, t, keys, n, eb);
   if (!rc) updates_commit(s, t, n, seq);
+  if (!rc) admit_forget_new(t, keys, n, s->rowof, nrows0);
   free(keys);
   free(g);
   return rc ? rc : evict(s, t, eb);
@@ -1742,6 +1787,7 @@ int psd_sparse_stats_get(psd_sparse *s, const char *model, uint32_t table, psd_s
   sp_table *t = table_find(s, model, table);
   if (!t) return PS_ENOENT;
   *st = t->st;
+  st->admit_bytes = t->acap * (sizeof *t->akeys + sizeof *t->aseen);
   uint64_t v = 0;
   if (s->db && rocksdb_property_int(s->db, "rocksdb.total-sst-files-size", &v) == 0)
     st->disk_bytes = v;

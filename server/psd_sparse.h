@@ -160,6 +160,7 @@ typedef struct psd_sparse_stats {
   uint64_t evictions;      /* rows dropped from memory */
   uint64_t disk_writes;    /* rows given to RocksDB (evictions of changed rows, snapshots) */
   uint64_t pending;        /* keys pulled but not admitted yet */
+  uint64_t admit_bytes;    /* memory of their admission counts (0 once none is pending) */
   uint64_t dropped_grads;  /* gradient rows pushed for keys not admitted */
   uint64_t disk_bytes;     /* RocksDB's SST files, the whole instance */
 } psd_sparse_stats;

@@ -553,6 +553,52 @@ START_TEST(test_admission) {
 }
 END_TEST
 
+/* A key's admission count goes once it has a row (the map held every
+ * key ever admitted, growing without bound): admit_bytes falls back to 0
+ * once every pending key is admitted.  Deleting from the map (linear
+ * probing) must leave every other count findable: half the keys admitted
+ * first, the other half still need only their second pull; keys 0 and
+ * UINT64_MAX among them. */
+START_TEST(test_admission_forgets_admitted) {
+  enum { N = 3000 };
+  psd_sparse *s = open_sparse(ps_test_tmpdir(), 0, 2);
+  add_table(s, "sgd", 0.5f);
+  uint64_t *keys = malloc(N * sizeof *keys);
+  float *rows = malloc(N * D * sizeof *rows);
+  for (int i = 0; i < N; i++) keys[i] = (uint64_t)i * 2654435761u;
+  keys[1] = UINT64_MAX; /* keys[0] is 0 */
+  keys[N - 1] = UINT64_MAX - 1;
+  pull(s, keys, N, rows);
+  psd_sparse_stats st;
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.pending, N);
+  ck_assert_uint_eq(st.created, 0);
+  ck_assert_uint_gt(st.admit_bytes, (uint64_t)N * 12);
+  uint64_t full = st.admit_bytes;
+  /* every other key's second pull admits it: its count goes */
+  for (int i = 0; i < N; i += 2) pull(s, &keys[i], 1, rows);
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.pending, N / 2);
+  ck_assert_uint_eq(st.created, N / 2);
+  ck_assert_uint_le(st.admit_bytes, full);
+  /* the others were pulled once: one more pull admits each */
+  for (int i = 1; i < N; i += 2) pull(s, &keys[i], 1, rows);
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.created, N);
+  ck_assert_uint_eq(st.pending, 0);
+  ck_assert_uint_eq(st.admit_bytes, 0);
+  /* a row admits its key from then on: no count is made again */
+  pull(s, keys, N, rows);
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.created, N);
+  ck_assert_uint_eq(st.admit_bytes, 0);
+  ck_assert_uint_eq(st.hits, N);
+  free(keys);
+  free(rows);
+  psd_sparse_close(s);
+}
+END_TEST
+
 /* Flush, close, reopen: every row reads back as it was, whether it was
  * in memory or evicted at the flush. */
 START_TEST(test_flush_and_reopen) {
@@ -1125,6 +1171,7 @@ Suite *psd_sparse_suite(void) {
   tcase_add_test(tc, test_evict_oldest_first);
   tcase_add_test(tc, test_bad_input_changes_nothing);
   tcase_add_test(tc, test_admission);
+  tcase_add_test(tc, test_admission_forgets_admitted);
   tcase_add_test(tc, test_flush_and_reopen);
   tcase_add_test(tc, test_log_and_replay);
   tcase_add_test(tc, test_refused_push_creates_no_row);

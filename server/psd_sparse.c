@@ -1278,7 +1278,8 @@ static int too_many_new(const psd_sparse *s, const sp_table *t, const char *what
 }
 
 /* evict_after_refusal keeps invariant 3 after a request refused once
- * it read rows back (they stay in memory: invariant 4) and returns RC. */
+ * it may have read rows back (they stay in memory, unchanged: invariant
+ * 4) and returns RC: every refusal after find_rows goes through it. */
 static int evict_after_refusal(psd_sparse *s, sp_table *t, int rc) {
   ps_errbuf eb;
   evict(s, t, &eb); /* (a failure leaves rows over budget until the next request) */
@@ -1313,14 +1314,15 @@ int psd_sparse_pull(psd_sparse *s, const char *model, uint32_t table, const uint
   /* (with admission, the keys admitted now are not known yet: no room
    * is made for keys that may get none) */
   if (nnew && s->admit_after <= 1 && rows_reserve(t, nnew))
-    return ps_errf(eb, PS_ENOMEM, "sparse pull: out of memory for %zu new rows", nnew);
+    return evict_after_refusal(
+        s, t, ps_errf(eb, PS_ENOMEM, "sparse pull: out of memory for %zu new rows", nnew));
   for (size_t i = 0, ahead = 0; i < nkeys && !rc; i++) {
     if (s->rowof[i] >= 0) continue;
     for (ahead = ahead > i ? ahead : i + 1; ahead < nkeys && ahead <= i + PREFETCH_AHEAD; ahead++)
       if (s->rowof[ahead] < 0) index_prefetch(t, keys[ahead]);
     uint32_t seen = 1;
     if (s->admit_after > 1 && (rc = admit_seen(t, keys[i], &seen)))
-      return ps_errf(eb, rc, "sparse pull: out of memory");
+      return evict_after_refusal(s, t, ps_errf(eb, rc, "sparse pull: out of memory"));
     if (seen >= s->admit_after) {
       rc = create_row(t, keys[i], &s->rowof[i], eb);
       if (!rc && s->admit_after > 1) admit_forget(t, keys[i]);
@@ -1335,7 +1337,7 @@ int psd_sparse_pull(psd_sparse *s, const char *model, uint32_t table, const uint
     memcpy(out, row_data(t, (size_t)s->rowof[i]), t->dim * sizeof(float));
     t->clock[s->rowof[i]] = t->tick;
   }
-  return rc ? rc : evict(s, t, eb);
+  return rc ? evict_after_refusal(s, t, rc) : evict(s, t, eb);
 }
 
 /* grads_finite checks the N floats of G; 0, or PS_EINVAL naming the key. */
@@ -1470,16 +1472,18 @@ int psd_sparse_push(psd_sparse *s, const char *model, uint32_t table, const uint
   size_t nnew = 0;
   for (size_t i = 0; i < nkeys; i++)
     if (s->rowof[i] < 0 && admitted(s, t, keys[i])) s->rowof[i] = -2, nnew++;
+  /* every refusal from here on may follow rows read back for it */
   if ((rc = too_many_new(s, t, "push", nnew, eb))) return evict_after_refusal(s, t, rc);
   if (nnew && rows_reserve(t, nnew))
-    return ps_errf(eb, PS_ENOMEM, "sparse push: out of memory for %zu new rows", nnew);
-  if ((rc = updates_stage(s, t, keys, nkeys, grads, eb))) return rc;
+    return evict_after_refusal(
+        s, t, ps_errf(eb, PS_ENOMEM, "sparse push: out of memory for %zu new rows", nnew));
+  if ((rc = updates_stage(s, t, keys, nkeys, grads, eb))) return evict_after_refusal(s, t, rc);
   size_t nrows0 = t->nrows;
-  if ((rc = updates_create(s, t, keys, nkeys, eb))) return rc;
+  if ((rc = updates_create(s, t, keys, nkeys, eb))) return evict_after_refusal(s, t, rc);
   uint64_t seq = 0;
   if (s->log_fn && (rc = log_push(s, t, keys, nkeys, grads, &seq, eb))) {
     rows_drop_new(t, nrows0);
-    return rc;
+    return evict_after_refusal(s, t, rc);
   }
   for (size_t i = 0; i < nkeys; i++) t->st.dropped_grads += s->rowof[i] < 0;
   updates_commit(s, t, nkeys, seq);

@@ -47,7 +47,8 @@
  *     changes no row and creates none (a push updates copies, from the
  *     initial row for a key without one, and creates rows only once every
  *     update checked out).  Rows it read back from disk stay in memory
- *     unchanged.
+ *     unchanged, as many as invariant 3 keeps (a refused request evicts
+ *     as a served one does).
  *  5. psd_sparse_flush writes every changed row in memory and waits
  *     until every write buffer is in RocksDB's files, so that after it
  *     returns a restart with the same directory reads every row back as

@@ -888,6 +888,49 @@ START_TEST(test_refused_push_creates_no_row) {
 }
 END_TEST
 
+/* A push refused after it read rows back from disk (an update that
+ * would turn non-finite, a log that fails) leaves the table at most
+ * memory_rows rows (invariant 3): the rows it read back stay unchanged
+ * (invariant 4) but are evicted again (they stayed in memory, over the
+ * budget, until the next request that succeeded). */
+START_TEST(test_refused_push_keeps_budget) {
+  psd_sparse *s = open_sparse(ps_test_tmpdir(), 4, 0);
+  add_table(s, "sgd", 10.0f);
+  uint64_t keys[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  float rows[8 * D], g[8 * D] = {0};
+  pull(s, keys, 8, rows); /* 8 rows over a budget of 4: keys 1-4 on disk */
+  psd_sparse_stats st;
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.rows_mem, 4);
+  row_state before[8];
+  for (int i = 0; i < 8; i++) before[i] = get_row(s, keys[i]);
+  ck_assert(!before[0].in_mem && !before[3].in_mem);
+  ps_errbuf eb;
+  g[3 * D] = 1e38f; /* key 4's update overflows */
+  ck_assert_int_eq(psd_sparse_push(s, "ctr", 2, keys, 4, g, 4 * D, &eb), PS_EINVAL);
+  ck_assert_str_eq(eb.msg, "sparse push 'ctr'/2: the update would make row 4 non-finite");
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.disk_reads + st.buffer_reads, 4);
+  ck_assert_uint_le(st.rows_mem, 4);
+  /* a log that fails: the same */
+  g[3 * D] = 0.5f;
+  mem_log *l = calloc(1, sizeof *l);
+  l->fail = 1;
+  psd_sparse_set_log(s, mem_append, l);
+  ck_assert_int_eq(psd_sparse_push(s, "ctr", 2, keys + 4, 4, g, 4 * D, &eb), PS_EIO);
+  ck_assert_str_eq(eb.msg, "test: the log fails");
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_le(st.rows_mem, 4);
+  for (int i = 0; i < 8; i++) {
+    row_state now = get_row(s, keys[i]);
+    ck_assert_msg(same_row(&now, &before[i]), "row %d changed by a refused push", i);
+  }
+  psd_sparse_set_log(s, NULL, NULL);
+  psd_sparse_close(s);
+  free(l);
+}
+END_TEST
+
 /* ---- a full disk (the shard DEGRADED) -------------------------------------- */
 
 /* The fixture's small filesystem (made in the runner, inherited by the
@@ -1175,6 +1218,7 @@ Suite *psd_sparse_suite(void) {
   tcase_add_test(tc, test_flush_and_reopen);
   tcase_add_test(tc, test_log_and_replay);
   tcase_add_test(tc, test_refused_push_creates_no_row);
+  tcase_add_test(tc, test_refused_push_keeps_budget);
   tcase_add_test(tc, test_max_new_rows);
   suite_add_tcase(s, tc);
   tc = tcase_create("full_disk");

@@ -155,11 +155,16 @@ struct psd_sparse {
 /* ---- small helpers -------------------------------------------------------- */
 
 /* rdb_err converts RocksDB's ERR (freed) into a PS_E* code with WHAT and
- * the directory in EB. */
+ * the directory in EB.  Locked only for the LOCK file's errors (as
+ * psd_store's): "block checksum mismatch" holds "lock" too, and a
+ * damaged block read back was reported as PS_ELOCKED. */
 static int rdb_err(const psd_sparse *s, char *err, const char *what, ps_errbuf *eb) {
-  int code = strstr(err, "No space left") ? PS_ENOSPC
-             : strstr(err, "lock")        ? PS_ELOCKED
-                                          : PS_EIO;
+  int code = PS_EIO;
+  if (strstr(err, "No space left"))
+    code = PS_ENOSPC;
+  else if (strstr(err, "lock") &&
+           (strstr(err, "temporarily unavailable") || strstr(err, "hold by current process")))
+    code = PS_ELOCKED;
   ps_errf(eb, code, "sparse rows '%s': %s: %s", s->dir, what, err);
   rocksdb_free(err);
   return code;
@@ -1094,8 +1099,11 @@ static int read_back(psd_sparse *s, sp_table *t, const uint64_t *keys, size_t n,
   for (size_t j = 0; !rc && j < m; j++) {
     size_t vn = 0;
     const char *v = vl[j] ? rocksdb_pinnableslice_value(vl[j], &vn) : NULL;
-    if (errs[j]) {
-      rc = rdb_err(s, errs[j], "read", eb);
+    if (errs[j]) { /* the request fails naming the row (a damaged file, an I/O error) */
+      char what[160];
+      snprintf(what, sizeof what, "reading row %llu of '%s'/%u back",
+               (unsigned long long)ka[j].key, t->model, t->id);
+      rc = rdb_err(s, errs[j], what, eb);
       errs[j] = NULL;
     } else if (v && !val_ok(t, vn)) {
       rc = ps_errf(eb, PS_EIO, "sparse rows '%s': row %llu of '%s'/%u has %zu bytes, expected %zu",
@@ -1307,7 +1315,7 @@ int psd_sparse_pull(psd_sparse *s, const char *model, uint32_t table, const uint
   int rc = request_check(s, model, table, keys, nkeys, nfloats, "pull", &t, eb);
   if (rc) return rc;
   t->tick++;
-  if ((rc = find_rows(s, t, keys, nkeys, eb))) return rc;
+  if ((rc = find_rows(s, t, keys, nkeys, eb))) return evict_after_refusal(s, t, rc);
   size_t nnew = 0;
   for (size_t i = 0; i < nkeys; i++) nnew += s->rowof[i] < 0;
   if ((rc = too_many_new(s, t, "pull", nnew, eb))) return evict_after_refusal(s, t, rc);
@@ -1465,7 +1473,7 @@ int psd_sparse_push(psd_sparse *s, const char *model, uint32_t table, const uint
     rc = ps_errf(eb, PS_ENOMEM, "sparse push: out of memory");
   if (rc) return rc;
   t->tick++;
-  if ((rc = find_rows(s, t, keys, nkeys, eb))) return rc;
+  if ((rc = find_rows(s, t, keys, nkeys, eb))) return evict_after_refusal(s, t, rc);
   /* a key admitted without a row is updated from its initial row; its
    * row is created only once every update checked out, so a refused
    * push materialises none */

@@ -188,7 +188,9 @@ int psd_sparse_add_table(psd_sparse *s, const psd_sparse_table_opts *t, ps_errbu
  * admitting or reading back rows as invariants 1 and 3 say.  PS_ENOENT
  * for an unknown table; PS_EINVAL for NFLOATS != nkeys x dim or a key
  * given twice; PS_ETOOBIG when more than max_new_rows of the keys have
- * no row (in memory or on disk), none created; PS_EIO from RocksDB. */
+ * no row (in memory or on disk), none created; PS_EIO from RocksDB (a
+ * row that cannot be read back: the message names the table and the
+ * key; the rows read back before it are kept as invariant 3 says). */
 int psd_sparse_pull(psd_sparse *s, const char *model, uint32_t table, const uint64_t *keys,
                     size_t nkeys, float *rows, size_t nfloats, ps_errbuf *eb);
 

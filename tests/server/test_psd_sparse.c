@@ -931,6 +931,80 @@ START_TEST(test_refused_push_keeps_budget) {
 }
 END_TEST
 
+/* ---- rows on disk that cannot be read --------------------------------------- */
+
+enum { BAD_N = 400 };
+
+/* bad_rows_dir writes rows 0..BAD_N-1 (keys in order: the SST file's
+ * data blocks hold them in order) to a new directory through a flush,
+ * closes it and damages its one SST file at FRAC of its length (a
+ * block's checksum no longer matches: RocksDB reads it as Corruption). */
+static const char *bad_rows_dir(double frac) {
+  static char dir[512];
+  snprintf(dir, sizeof dir, "%s/sparse", ps_test_tmpdir());
+  psd_sparse *s = open_sparse(dir, 0, 0);
+  add_table(s, "sgd", 0.5f);
+  uint64_t *keys = malloc(BAD_N * sizeof *keys);
+  float *rows = malloc(BAD_N * D * sizeof *rows);
+  for (int i = 0; i < BAD_N; i++) keys[i] = (uint64_t)i;
+  pull(s, keys, BAD_N, rows);
+  ps_errbuf eb;
+  ck_assert_msg(psd_sparse_flush(s, 0, &eb) == 0, "%s", eb.msg);
+  psd_sparse_close(s);
+  free(keys);
+  free(rows);
+  char cmd[1200];
+  snprintf(cmd, sizeof cmd, "ls %s/*.sst", dir);
+  FILE *f = popen(cmd, "r");
+  char path[1024] = "";
+  ck_assert(f && fgets(path, sizeof path, f));
+  pclose(f);
+  path[strcspn(path, "\n")] = '\0';
+  int fd = open(path, O_RDWR);
+  ck_assert_int_ge(fd, 0);
+  off_t len = lseek(fd, 0, SEEK_END);
+  ck_assert_int_gt(len, 16384);
+  char junk[64];
+  memset(junk, 0x5a, sizeof junk);
+  ck_assert_int_eq(pwrite(fd, junk, sizeof junk, (off_t)((double)len * frac)), (ssize_t)sizeof junk);
+  close(fd);
+  return dir;
+}
+
+/* A read-back that fails (RocksDB reports an I/O error or corruption)
+ * refuses the request with PS_EIO naming the table and the key, and the
+ * rows it did read back before the failure are evicted down to
+ * memory_rows (invariant 3), as after any refusal. */
+START_TEST(test_read_back_error) {
+  const char *dir = bad_rows_dir(0.45); /* a block in the middle: not the first row's */
+  psd_sparse *s = open_sparse(dir, 4, 0);
+  add_table(s, "sgd", 0.5f);
+  uint64_t keys[BAD_N];
+  float rows[BAD_N * D];
+  for (int i = 0; i < BAD_N; i++) keys[i] = (uint64_t)i;
+  pull(s, keys, 4, rows); /* rows 0..3 read back: the table at its budget */
+  ps_errbuf eb;
+  int rc = psd_sparse_pull(s, "ctr", 2, keys + 4, BAD_N - 4, rows, (BAD_N - 4) * D, &eb);
+  ck_assert_int_eq(rc, PS_EIO);
+  ck_assert_msg(strstr(eb.msg, "reading row ") && strstr(eb.msg, " of 'ctr'/2 back: Corruption"),
+                "%s", eb.msg);
+  psd_sparse_stats st;
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_gt(st.disk_reads, 8); /* rows before the damaged block came back */
+  ck_assert_uint_le(st.rows_mem, 4);
+  ck_assert_uint_eq(st.created, 0);
+  /* a push the same */
+  float g[(BAD_N - 4) * D];
+  memset(g, 0, sizeof g);
+  ck_assert_int_eq(psd_sparse_push(s, "ctr", 2, keys + 4, BAD_N - 4, g, (BAD_N - 4) * D, &eb), PS_EIO);
+  ck_assert_msg(strstr(eb.msg, " of 'ctr'/2 back: "), "%s", eb.msg);
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_le(st.rows_mem, 4);
+  ck_assert_uint_eq(st.created, 0);
+  psd_sparse_close(s);
+}
+END_TEST
+
 /* ---- a full disk (the shard DEGRADED) -------------------------------------- */
 
 /* The fixture's small filesystem (made in the runner, inherited by the
@@ -1219,6 +1293,7 @@ Suite *psd_sparse_suite(void) {
   tcase_add_test(tc, test_log_and_replay);
   tcase_add_test(tc, test_refused_push_creates_no_row);
   tcase_add_test(tc, test_refused_push_keeps_budget);
+  tcase_add_test(tc, test_read_back_error);
   tcase_add_test(tc, test_max_new_rows);
   suite_add_tcase(s, tc);
   tc = tcase_create("full_disk");

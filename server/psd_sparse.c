@@ -803,7 +803,10 @@ static sp_table *table_find(const psd_sparse *s, const char *model, uint32_t tab
   return NULL;
 }
 
-/* table_on_disk says whether RocksDB holds any row of T. */
+/* table_on_disk says whether RocksDB holds any row of T; 1 when the
+ * look fails (a damaged file, an I/O error): rows that cannot be read are
+ * still on disk, and misses must read them (and fail), not create fresh
+ * rows over them. */
 static int table_on_disk(const psd_sparse *s, const sp_table *t) {
   char k[KEY_MAX_LEN];
   size_t n = row_key(t, 0, k) - 8;
@@ -816,7 +819,15 @@ static int table_on_disk(const psd_sparse *s, const sp_table *t) {
     const char *ik = rocksdb_iter_key(it, &klen);
     found = klen == n + 8 && memcmp(ik, k, n) == 0;
   }
+  char *err = NULL;
+  rocksdb_iter_get_error(it, &err);
   rocksdb_iter_destroy(it);
+  if (err) {
+    ps_warn("sparse rows '%s': looking for rows of '%s'/%u: %s; counting them as on disk "
+            "(misses read them back)", s->dir, t->model, t->id, err);
+    rocksdb_free(err);
+    found = 1;
+  }
   return found;
 }
 

@@ -1005,6 +1005,36 @@ START_TEST(test_read_back_error) {
 }
 END_TEST
 
+/* A table added over rows on disk that cannot be read (its first block
+ * damaged: the look for any row of it fails) counts them as on disk: a
+ * pull reads them back, and fails, rather than handing out fresh rows
+ * from the initializer (that, once written, would replace the trained
+ * rows for good). */
+START_TEST(test_add_table_over_unreadable_rows) {
+  const char *dir = bad_rows_dir(0.002); /* the first data block: row 0's */
+  psd_sparse *s = open_sparse(dir, 4, 0);
+  add_table(s, "sgd", 0.5f);
+  uint64_t key = 0;
+  float row[D];
+  ps_errbuf eb;
+  ck_assert_int_eq(psd_sparse_pull(s, "ctr", 2, &key, 1, row, D, &eb), PS_EIO);
+  ck_assert_msg(strstr(eb.msg, "reading row 0 of 'ctr'/2 back: Corruption"), "%s", eb.msg);
+  float g[D] = {0};
+  ck_assert_int_eq(psd_sparse_push(s, "ctr", 2, &key, 1, g, D, &eb), PS_EIO);
+  psd_sparse_stats st;
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.created, 0);
+  ck_assert_uint_eq(st.rows_mem, 0);
+  /* rows in blocks that can be read come back as they were */
+  uint64_t last = BAD_N - 1;
+  ck_assert_int_eq(psd_sparse_pull(s, "ctr", 2, &last, 1, row, D, &eb), 0);
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.disk_reads, 1);
+  ck_assert_uint_eq(st.created, 0);
+  psd_sparse_close(s);
+}
+END_TEST
+
 /* ---- a full disk (the shard DEGRADED) -------------------------------------- */
 
 /* The fixture's small filesystem (made in the runner, inherited by the
@@ -1294,6 +1324,7 @@ Suite *psd_sparse_suite(void) {
   tcase_add_test(tc, test_refused_push_creates_no_row);
   tcase_add_test(tc, test_refused_push_keeps_budget);
   tcase_add_test(tc, test_read_back_error);
+  tcase_add_test(tc, test_add_table_over_unreadable_rows);
   tcase_add_test(tc, test_max_new_rows);
   suite_add_tcase(s, tc);
   tc = tcase_create("full_disk");

@@ -931,6 +931,123 @@ START_TEST(test_refused_push_keeps_budget) {
 }
 END_TEST
 
+/* Keys at the ends of the key space (0, 1, UINT64_MAX - 1, UINT64_MAX)
+ * are ordinary keys everywhere: admission counts, rows in memory,
+ * eviction through the write buffers and RocksDB's files, read-back,
+ * flush and reopen, export pages (resuming after UINT64_MAX - 1 and
+ * after UINT64_MAX), redo log replay.  No structure may take one of them
+ * for its "empty" mark. */
+START_TEST(test_edge_keys) {
+  char dir[512];
+  snprintf(dir, sizeof dir, "%s/sparse", ps_test_tmpdir());
+  psd_sparse *s = open_sparse(dir, 4, 2);
+  add_table(s, "adagrad", 0.1f);
+  mem_log *l = calloc(1, sizeof *l);
+  psd_sparse_set_log(s, mem_append, l);
+  enum { E = 4 };
+  uint64_t edge[E] = {0, 1, UINT64_MAX - 1, UINT64_MAX};
+  float rows[8 * D], g[8 * D], init[D];
+  for (int i = 0; i < 8 * D; i++) g[i] = 0.125f * (float)(i % 7 + 1);
+  /* the first pull counts them, a push is dropped, the second admits */
+  pull(s, edge, E, rows);
+  for (int i = 0; i < E; i++) {
+    ck_assert_int_eq(ps_init_row(init, "normal", 0.1f, 9, 2, edge[i], D), 0);
+    ck_assert_int_eq(memcmp(rows + i * D, init, sizeof init), 0);
+  }
+  push(s, edge, E, g);
+  psd_sparse_stats st;
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.pending, E);
+  ck_assert_uint_eq(st.dropped_grads, E);
+  ck_assert_uint_eq(st.created, 0);
+  pull(s, edge, E, rows);
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.created, E);
+  ck_assert_uint_eq(st.pending, 0);
+  ck_assert_uint_eq(st.admit_bytes, 0);
+  push(s, edge, E, g);
+  row_state before[E];
+  for (int i = 0; i < E; i++) {
+    before[i] = get_row(s, edge[i]);
+    ck_assert(before[i].in_mem);
+    ck_assert_uint_eq(before[i].count, 1);
+  }
+  /* other keys push them out of memory (budget 4), then they come back */
+  uint64_t other[8];
+  for (int i = 0; i < 8; i++) other[i] = 100 + (uint64_t)i;
+  for (int rep = 0; rep < 2; rep++) pull(s, other, 8, rows);
+  for (int i = 0; i < E; i++) {
+    row_state now = get_row(s, edge[i]);
+    ck_assert_msg(!now.in_mem, "key %d still in memory", i);
+    ck_assert_msg(same_row(&now, &before[i]), "key %d differs once evicted", i);
+  }
+  pull(s, edge, E, rows);
+  for (int i = 0; i < E; i++) ck_assert_int_eq(memcmp(rows + i * D, before[i].v, sizeof before[i].v), 0);
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.disk_reads + st.buffer_reads, E);
+  ck_assert_uint_eq(st.created, E + 8);
+  push(s, edge, E, g); /* logged: record 2 */
+  for (int i = 0; i < E; i++) before[i] = get_row(s, edge[i]);
+  ck_assert_uint_eq(before[3].count, 2);
+  ps_errbuf eb;
+  /* export: 0 first, UINT64_MAX last; pages resumed at the end */
+  uint64_t keys[16];
+  size_t got;
+  int done;
+  ck_assert_msg(psd_sparse_export(s, "ctr", 2, 0, 0, 16, keys, rows, &got, &done, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(got, E + 8);
+  ck_assert(done);
+  ck_assert_uint_eq(keys[0], 0);
+  ck_assert_uint_eq(keys[1], 1);
+  ck_assert_uint_eq(keys[got - 2], UINT64_MAX - 1);
+  ck_assert_uint_eq(keys[got - 1], UINT64_MAX);
+  ck_assert_msg(psd_sparse_export(s, "ctr", 2, 1, UINT64_MAX - 1, 16, keys, rows, &got, &done, &eb) == 0,
+                "%s", eb.msg);
+  ck_assert_uint_eq(got, 1);
+  ck_assert_uint_eq(keys[0], UINT64_MAX);
+  ck_assert_int_eq(memcmp(rows, before[3].v, sizeof before[3].v), 0);
+  ck_assert_msg(psd_sparse_export(s, "ctr", 2, 1, UINT64_MAX, 16, keys, rows, &got, &done, &eb) == 0,
+                "%s", eb.msg);
+  ck_assert_uint_eq(got, 0);
+  ck_assert(done);
+  ck_assert_msg(psd_sparse_export(s, "ctr", 2, 1, 0, 1, keys, rows, &got, &done, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(got, 1);
+  ck_assert_uint_eq(keys[0], 1);
+  ck_assert(!done);
+  /* flush, reopen: every edge row as it was, read back from the files */
+  ck_assert_msg(psd_sparse_flush(s, 0, &eb) == 0, "%s", eb.msg);
+  psd_sparse_close(s);
+  s = open_sparse(dir, 4, 2);
+  add_table(s, "adagrad", 0.1f);
+  for (int i = 0; i < E; i++) {
+    row_state now = get_row(s, edge[i]);
+    ck_assert(!now.in_mem);
+    ck_assert_msg(same_row(&now, &before[i]), "key %d differs after reopen", i);
+  }
+  pull(s, edge, E, rows);
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.disk_reads, E);
+  ck_assert_uint_eq(st.created, 0);
+  psd_sparse_close(s);
+  /* a fresh directory: the log's records (the two pushes of admitted
+   * rows) replay into the same rows, created as the pushes found them */
+  snprintf(dir, sizeof dir, "%s/sparse", ps_test_tmpdir());
+  s = open_sparse(dir, 4, 2);
+  add_table(s, "adagrad", 0.1f);
+  ck_assert_uint_eq(l->n, 2);
+  replay_all(s, l);
+  for (int i = 0; i < E; i++) {
+    row_state now = get_row(s, edge[i]);
+    ck_assert_uint_eq(now.count, 2);
+    ck_assert_int_eq(memcmp(now.v, before[i].v, sizeof now.v), 0);
+    ck_assert_int_eq(memcmp(now.sl, before[i].sl, sizeof now.sl), 0);
+  }
+  psd_sparse_close(s);
+  for (size_t i = 0; i < l->n; i++) free(l->rec[i]);
+  free(l);
+}
+END_TEST
+
 /* ---- rows on disk that cannot be read --------------------------------------- */
 
 enum { BAD_N = 400 };
@@ -1325,6 +1442,7 @@ Suite *psd_sparse_suite(void) {
   tcase_add_test(tc, test_refused_push_keeps_budget);
   tcase_add_test(tc, test_read_back_error);
   tcase_add_test(tc, test_add_table_over_unreadable_rows);
+  tcase_add_test(tc, test_edge_keys);
   tcase_add_test(tc, test_max_new_rows);
   suite_add_tcase(s, tc);
   tc = tcase_create("full_disk");

@@ -156,7 +156,7 @@ typedef struct psd_sparse_stats {
   uint64_t misses;         /* keys not in memory: read back, created, or not admitted */
   uint64_t disk_reads;     /* rows read back from RocksDB */
   uint64_t buffer_reads;   /* rows read back from the write buffers (their file not in yet) */
-  uint64_t disk_read_bytes;/* their value bytes */
+  uint64_t disk_read_bytes;/* their floats' bytes (values and slots; not buffer_reads') */
   uint64_t created;        /* rows materialised from the initializer */
   uint64_t evictions;      /* rows dropped from memory */
   uint64_t disk_writes;    /* rows given to RocksDB (evictions of changed rows, snapshots) */

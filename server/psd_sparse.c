@@ -1673,7 +1673,12 @@ int psd_sparse_row(psd_sparse *s, const char *model, uint32_t table, uint64_t ke
     size_t vlen = 0;
     if (!s->db) return ps_errf(eb, PS_EIO, "sparse rows '%s': closed after a failed reopen", s->dir);
     got = rocksdb_get(s->db, s->ro, k, row_key(t, key, k), &vlen, &err);
-    if (err) return rdb_err(s, err, "read", eb);
+    if (err) {
+      char what[160];
+      snprintf(what, sizeof what, "reading row %llu of '%s'/%u", (unsigned long long)key,
+               t->model, t->id);
+      return rdb_err(s, err, what, eb);
+    }
     if (!got) return ps_errf(eb, PS_ENOENT, "sparse table '%s'/%u has no row %llu", model, table,
                              (unsigned long long)key);
     if (!val_ok(t, vlen)) {
@@ -1794,7 +1799,11 @@ int psd_sparse_export(psd_sparse *s, const char *model, uint32_t table, int resu
   char *err = NULL;
   rocksdb_iter_get_error(it, &err);
   rocksdb_iter_destroy(it);
-  if (err && !rc) rc = rdb_err(s, err, "read", eb);
+  if (err && !rc) {
+    char what[160];
+    snprintf(what, sizeof what, "exporting the rows of '%s'/%u", t->model, t->id);
+    rc = rdb_err(s, err, what, eb);
+  }
   else if (err) rocksdb_free(err);
   return rc;
 }

@@ -1138,6 +1138,13 @@ START_TEST(test_add_table_over_unreadable_rows) {
   ck_assert_msg(strstr(eb.msg, "reading row 0 of 'ctr'/2 back: Corruption"), "%s", eb.msg);
   float g[D] = {0};
   ck_assert_int_eq(psd_sparse_push(s, "ctr", 2, &key, 1, g, D, &eb), PS_EIO);
+  /* a look at the row (export, tests) names it too */
+  ck_assert_int_eq(psd_sparse_row(s, "ctr", 2, key, row, NULL, NULL, NULL, NULL, &eb), PS_EIO);
+  ck_assert_msg(strstr(eb.msg, "reading row 0 of 'ctr'/2: Corruption"), "%s", eb.msg);
+  /* the LOCK file's error is still PS_ELOCKED ("lock" alone no longer is) */
+  psd_sparse_opts o = {.dir = dir};
+  psd_sparse *s2 = NULL;
+  ck_assert_int_eq(psd_sparse_open(&s2, &o, &eb), PS_ELOCKED);
   psd_sparse_stats st;
   ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
   ck_assert_uint_eq(st.created, 0);

@@ -14,7 +14,8 @@
  *     key has the same starting row on any shard count.  With admission
  *     (admit_after = k > 1) a key is materialised only on its k-th pull;
  *     until then a pull reads its initial value and a push of it is
- *     counted (dropped_grads) but not stored.
+ *     counted (dropped_grads) but not stored.  A key's count (in memory
+ *     only) is dropped once it has its row: the map holds pending keys.
  *  2. Optimizers work per row with per-row step counts: a row's t is its
  *     own update count.  Adam is "lazy": a row's moments decay only when
  *     the row is updated, and its bias correction uses the row's own t

@@ -594,13 +594,14 @@ static void psctl_status_json_row(const psctl_row *r) {
     printf(",\"table\":%u,\"dim\":%u,\"rows_mem\":%llu,\"hits\":%llu,\"misses\":%llu,"
            "\"disk_reads\":%llu,\"disk_read_bytes\":%llu,\"created\":%llu,\"evictions\":%llu,"
            "\"disk_writes\":%llu,\"pending\":%llu,\"dropped_grads\":%llu,\"disk_bytes\":%llu,"
-           "\"buffer_reads\":%llu}",
+           "\"buffer_reads\":%llu,\"admit_bytes\":%llu}",
            t->table, t->dim, (unsigned long long)t->rows_mem, (unsigned long long)t->hits,
            (unsigned long long)t->misses, (unsigned long long)t->disk_reads,
            (unsigned long long)t->disk_read_bytes, (unsigned long long)t->created,
            (unsigned long long)t->evictions, (unsigned long long)t->disk_writes,
            (unsigned long long)t->pending, (unsigned long long)t->dropped_grads,
-           (unsigned long long)t->disk_bytes, (unsigned long long)t->buffer_reads);
+           (unsigned long long)t->disk_bytes, (unsigned long long)t->buffer_reads,
+           (unsigned long long)t->admit_bytes);
   }
   printf("]}");
 }

@@ -196,6 +196,7 @@ void psd_shard_sparse_status(psd_shard *sh, Ps__StatusReply *reply) {
     t[i].created = st.created, t[i].evictions = st.evictions, t[i].disk_writes = st.disk_writes;
     t[i].pending = st.pending, t[i].dropped_grads = st.dropped_grads;
     t[i].disk_bytes = st.disk_bytes, t[i].buffer_reads = st.buffer_reads;
+    t[i].admit_bytes = st.admit_bytes;
     v[i] = &t[i];
   }
   reply->n_sparse_tables = n;

@@ -12,8 +12,8 @@
  * the write buffer, compacts the slab and rebuilds the index, once per
  * batch of evictions.
  * Admission counts live in a second open-addressing map (key -> pulls
- * seen), which only grows: 16 bytes per key pulled and not yet admitted
- * or admitted (the cost of admission). */
+ * seen) of the keys pulled and not admitted yet: a key's count goes once
+ * it has a row (admit_forget), so the map holds the pending keys only. */
 #include "psd_sparse.h"
 #include "psd_store.h"
 
@@ -155,11 +155,16 @@ struct psd_sparse {
 /* ---- small helpers -------------------------------------------------------- */
 
 /* rdb_err converts RocksDB's ERR (freed) into a PS_E* code with WHAT and
- * the directory in EB. */
+ * the directory in EB.  Locked only for the LOCK file's errors (as
+ * psd_store's): "block checksum mismatch" holds "lock" too, and a
+ * damaged block read back was reported as PS_ELOCKED. */
 static int rdb_err(const psd_sparse *s, char *err, const char *what, ps_errbuf *eb) {
-  int code = strstr(err, "No space left") ? PS_ENOSPC
-             : strstr(err, "lock")        ? PS_ELOCKED
-                                          : PS_EIO;
+  int code = PS_EIO;
+  if (strstr(err, "No space left"))
+    code = PS_ENOSPC;
+  else if (strstr(err, "lock") &&
+           (strstr(err, "temporarily unavailable") || strstr(err, "hold by current process")))
+    code = PS_ELOCKED;
   ps_errf(eb, code, "sparse rows '%s': %s: %s", s->dir, what, err);
   rocksdb_free(err);
   return code;
@@ -695,30 +700,36 @@ static int row_new(sp_table *t, uint64_t key, size_t *r) {
 
 /* ---- admission -------------------------------------------------------------- */
 
-/* admit_seen counts one pull of KEY and returns how many there were. */
-static int admit_seen(sp_table *t, uint64_t key, uint32_t *seen) {
-  if ((t->an + 1) * 2 > t->acap) {
-    size_t c = t->acap ? t->acap * 2 : 1024;
-    uint64_t *k = calloc(c, sizeof *k);
-    uint32_t *n = calloc(c, sizeof *n);
-    if (!k || !n) {
-      free(k);
-      free(n);
-      return PS_ENOMEM;
-    }
-    for (size_t i = 0; i < t->acap; i++) {
-      if (!t->aseen[i]) continue;
-      size_t h = ps_mix64(t->akeys[i]) & (c - 1);
-      while (n[h]) h = (h + 1) & (c - 1);
-      k[h] = t->akeys[i];
-      n[h] = t->aseen[i];
-    }
-    free(t->akeys);
-    free(t->aseen);
-    t->akeys = k;
-    t->aseen = n;
-    t->acap = c;
+/* admit_resize rehashes the admission map into C slots (a power of two
+ * at least twice its keys; 0 frees it); 0 or PS_ENOMEM with it unchanged. */
+static int admit_resize(sp_table *t, size_t c) {
+  uint64_t *k = c ? calloc(c, sizeof *k) : NULL;
+  uint32_t *n = c ? calloc(c, sizeof *n) : NULL;
+  if (c && (!k || !n)) {
+    free(k);
+    free(n);
+    return PS_ENOMEM;
   }
+  for (size_t i = 0; c && i < t->acap; i++) {
+    if (!t->aseen[i]) continue;
+    size_t h = ps_mix64(t->akeys[i]) & (c - 1);
+    while (n[h]) h = (h + 1) & (c - 1);
+    k[h] = t->akeys[i];
+    n[h] = t->aseen[i];
+  }
+  free(t->akeys);
+  free(t->aseen);
+  t->akeys = k;
+  t->aseen = n;
+  t->acap = c;
+  return 0;
+}
+
+/* admit_seen counts one pull of KEY and returns how many there were.
+ * A slot is taken while its count is not 0 (any key value, 0 included,
+ * is a key). */
+static int admit_seen(sp_table *t, uint64_t key, uint32_t *seen) {
+  if ((t->an + 1) * 2 > t->acap && admit_resize(t, t->acap ? t->acap * 2 : 1024)) return PS_ENOMEM;
   size_t mask = t->acap - 1, h = ps_mix64(key) & mask;
   while (t->aseen[h] && t->akeys[h] != key) h = (h + 1) & mask;
   if (!t->aseen[h]) {
@@ -729,6 +740,34 @@ static int admit_seen(sp_table *t, uint64_t key, uint32_t *seen) {
   if (t->aseen[h] < UINT32_MAX) t->aseen[h]++;
   *seen = t->aseen[h];
   return 0;
+}
+
+/* admit_forget drops the count of KEY (if any) once KEY has a row: the
+ * row is what admits it from then on (on disk too), and a count kept
+ * for every key ever admitted grew the map without bound.  Backward-shift
+ * deletion (linear probing, no tombstones): the entries after the freed
+ * slot whose home is not between it and them move up, so that every
+ * probe still finds its key.  The map shrinks by half once under 1/8
+ * full (amortized against the growth at 1/2), and is freed when empty. */
+static void admit_forget(sp_table *t, uint64_t key) {
+  if (!t->an) return;
+  size_t mask = t->acap - 1, i = ps_mix64(key) & mask;
+  while (t->aseen[i] && t->akeys[i] != key) i = (i + 1) & mask;
+  if (!t->aseen[i]) return;
+  for (size_t j = (i + 1) & mask; t->aseen[j]; j = (j + 1) & mask) {
+    size_t home = ps_mix64(t->akeys[j]) & mask;
+    if (((j - home) & mask) >= ((j - i) & mask)) { /* home at or before i: may move to i */
+      t->akeys[i] = t->akeys[j];
+      t->aseen[i] = t->aseen[j];
+      i = j;
+    }
+  }
+  t->akeys[i] = 0;
+  t->aseen[i] = 0;
+  t->an--;
+  t->st.pending--;
+  if (!t->an) admit_resize(t, 0);
+  else if (t->acap > 1024 && t->an * 8 < t->acap) admit_resize(t, t->acap / 2); /* (else kept) */
 }
 
 /* admitted says whether KEY has been pulled often enough for a row. */
@@ -764,7 +803,10 @@ static sp_table *table_find(const psd_sparse *s, const char *model, uint32_t tab
   return NULL;
 }
 
-/* table_on_disk says whether RocksDB holds any row of T. */
+/* table_on_disk says whether RocksDB holds any row of T; 1 when the
+ * look fails (a damaged file, an I/O error): rows that cannot be read are
+ * still on disk, and misses must read them (and fail), not create fresh
+ * rows over them. */
 static int table_on_disk(const psd_sparse *s, const sp_table *t) {
   char k[KEY_MAX_LEN];
   size_t n = row_key(t, 0, k) - 8;
@@ -777,7 +819,15 @@ static int table_on_disk(const psd_sparse *s, const sp_table *t) {
     const char *ik = rocksdb_iter_key(it, &klen);
     found = klen == n + 8 && memcmp(ik, k, n) == 0;
   }
+  char *err = NULL;
+  rocksdb_iter_get_error(it, &err);
   rocksdb_iter_destroy(it);
+  if (err) {
+    ps_warn("sparse rows '%s': looking for rows of '%s'/%u: %s; counting them as on disk "
+            "(misses read them back)", s->dir, t->model, t->id, err);
+    rocksdb_free(err);
+    found = 1;
+  }
   return found;
 }
 
@@ -1060,8 +1110,11 @@ static int read_back(psd_sparse *s, sp_table *t, const uint64_t *keys, size_t n,
   for (size_t j = 0; !rc && j < m; j++) {
     size_t vn = 0;
     const char *v = vl[j] ? rocksdb_pinnableslice_value(vl[j], &vn) : NULL;
-    if (errs[j]) {
-      rc = rdb_err(s, errs[j], "read", eb);
+    if (errs[j]) { /* the request fails naming the row (a damaged file, an I/O error) */
+      char what[160];
+      snprintf(what, sizeof what, "reading row %llu of '%s'/%u back",
+               (unsigned long long)ka[j].key, t->model, t->id);
+      rc = rdb_err(s, errs[j], what, eb);
       errs[j] = NULL;
     } else if (v && !val_ok(t, vn)) {
       rc = ps_errf(eb, PS_EIO, "sparse rows '%s': row %llu of '%s'/%u has %zu bytes, expected %zu",
@@ -1244,7 +1297,8 @@ static int too_many_new(const psd_sparse *s, const sp_table *t, const char *what
 }
 
 /* evict_after_refusal keeps invariant 3 after a request refused once
- * it read rows back (they stay in memory: invariant 4) and returns RC. */
+ * it may have read rows back (they stay in memory, unchanged: invariant
+ * 4) and returns RC: every refusal after find_rows goes through it. */
 static int evict_after_refusal(psd_sparse *s, sp_table *t, int rc) {
   ps_errbuf eb;
   evict(s, t, &eb); /* (a failure leaves rows over budget until the next request) */
@@ -1272,24 +1326,25 @@ int psd_sparse_pull(psd_sparse *s, const char *model, uint32_t table, const uint
   int rc = request_check(s, model, table, keys, nkeys, nfloats, "pull", &t, eb);
   if (rc) return rc;
   t->tick++;
-  if ((rc = find_rows(s, t, keys, nkeys, eb))) return rc;
+  if ((rc = find_rows(s, t, keys, nkeys, eb))) return evict_after_refusal(s, t, rc);
   size_t nnew = 0;
   for (size_t i = 0; i < nkeys; i++) nnew += s->rowof[i] < 0;
   if ((rc = too_many_new(s, t, "pull", nnew, eb))) return evict_after_refusal(s, t, rc);
   /* (with admission, the keys admitted now are not known yet: no room
    * is made for keys that may get none) */
   if (nnew && s->admit_after <= 1 && rows_reserve(t, nnew))
-    return ps_errf(eb, PS_ENOMEM, "sparse pull: out of memory for %zu new rows", nnew);
+    return evict_after_refusal(
+        s, t, ps_errf(eb, PS_ENOMEM, "sparse pull: out of memory for %zu new rows", nnew));
   for (size_t i = 0, ahead = 0; i < nkeys && !rc; i++) {
     if (s->rowof[i] >= 0) continue;
     for (ahead = ahead > i ? ahead : i + 1; ahead < nkeys && ahead <= i + PREFETCH_AHEAD; ahead++)
       if (s->rowof[ahead] < 0) index_prefetch(t, keys[ahead]);
     uint32_t seen = 1;
     if (s->admit_after > 1 && (rc = admit_seen(t, keys[i], &seen)))
-      return ps_errf(eb, rc, "sparse pull: out of memory");
+      return evict_after_refusal(s, t, ps_errf(eb, rc, "sparse pull: out of memory"));
     if (seen >= s->admit_after) {
-      if (s->admit_after > 1) t->st.pending--;
       rc = create_row(t, keys[i], &s->rowof[i], eb);
+      if (!rc && s->admit_after > 1) admit_forget(t, keys[i]);
     }
   }
   for (size_t i = 0; i < nkeys && !rc; i++) {
@@ -1301,7 +1356,7 @@ int psd_sparse_pull(psd_sparse *s, const char *model, uint32_t table, const uint
     memcpy(out, row_data(t, (size_t)s->rowof[i]), t->dim * sizeof(float));
     t->clock[s->rowof[i]] = t->tick;
   }
-  return rc ? rc : evict(s, t, eb);
+  return rc ? evict_after_refusal(s, t, rc) : evict(s, t, eb);
 }
 
 /* grads_finite checks the N floats of G; 0, or PS_EINVAL naming the key. */
@@ -1398,6 +1453,14 @@ static int updates_create(psd_sparse *s, sp_table *t, const uint64_t *keys, size
   return rc;
 }
 
+/* admit_forget_new drops the admission counts of the N keys whose rows
+ * (ROWOF) a push created (from row NROWS0 on): the rows admit them now. */
+static void admit_forget_new(sp_table *t, const uint64_t *keys, size_t n, const int64_t *rowof,
+                             size_t nrows0) {
+  for (size_t i = 0; t->an && i < n; i++)
+    if (rowof[i] >= (int64_t)nrows0) admit_forget(t, keys[i]);
+}
+
 /* updates_commit writes the staged rows of the N keys (s->rowof >= 0)
  * as the push of log seq SEQ. */
 static void updates_commit(psd_sparse *s, sp_table *t, size_t n, uint64_t seq) {
@@ -1421,26 +1484,29 @@ int psd_sparse_push(psd_sparse *s, const char *model, uint32_t table, const uint
     rc = ps_errf(eb, PS_ENOMEM, "sparse push: out of memory");
   if (rc) return rc;
   t->tick++;
-  if ((rc = find_rows(s, t, keys, nkeys, eb))) return rc;
+  if ((rc = find_rows(s, t, keys, nkeys, eb))) return evict_after_refusal(s, t, rc);
   /* a key admitted without a row is updated from its initial row; its
    * row is created only once every update checked out, so a refused
    * push materialises none */
   size_t nnew = 0;
   for (size_t i = 0; i < nkeys; i++)
     if (s->rowof[i] < 0 && admitted(s, t, keys[i])) s->rowof[i] = -2, nnew++;
+  /* every refusal from here on may follow rows read back for it */
   if ((rc = too_many_new(s, t, "push", nnew, eb))) return evict_after_refusal(s, t, rc);
   if (nnew && rows_reserve(t, nnew))
-    return ps_errf(eb, PS_ENOMEM, "sparse push: out of memory for %zu new rows", nnew);
-  if ((rc = updates_stage(s, t, keys, nkeys, grads, eb))) return rc;
+    return evict_after_refusal(
+        s, t, ps_errf(eb, PS_ENOMEM, "sparse push: out of memory for %zu new rows", nnew));
+  if ((rc = updates_stage(s, t, keys, nkeys, grads, eb))) return evict_after_refusal(s, t, rc);
   size_t nrows0 = t->nrows;
-  if ((rc = updates_create(s, t, keys, nkeys, eb))) return rc;
+  if ((rc = updates_create(s, t, keys, nkeys, eb))) return evict_after_refusal(s, t, rc);
   uint64_t seq = 0;
   if (s->log_fn && (rc = log_push(s, t, keys, nkeys, grads, &seq, eb))) {
     rows_drop_new(t, nrows0);
-    return rc;
+    return evict_after_refusal(s, t, rc);
   }
   for (size_t i = 0; i < nkeys; i++) t->st.dropped_grads += s->rowof[i] < 0;
   updates_commit(s, t, nkeys, seq);
+  admit_forget_new(t, keys, nkeys, s->rowof, nrows0);
   return evict(s, t, eb);
 }
 
@@ -1516,8 +1582,10 @@ int psd_sparse_replay(psd_sparse *s, uint64_t seq, const uint8_t *rec, size_t le
     if (!rc) rc = updates_stage(s, t, keys, n, g, eb);
   }
   if (rc == PS_EINVAL) rc = replay_refuse(seq, "apply", eb);
+  size_t nrows0 = t->nrows;
   if (!rc) rc = updates_create(s, t, keys, n, eb);
   if (!rc) updates_commit(s, t, n, seq);
+  if (!rc) admit_forget_new(t, keys, n, s->rowof, nrows0);
   free(keys);
   free(g);
   return rc ? rc : evict(s, t, eb);
@@ -1605,7 +1673,12 @@ int psd_sparse_row(psd_sparse *s, const char *model, uint32_t table, uint64_t ke
     size_t vlen = 0;
     if (!s->db) return ps_errf(eb, PS_EIO, "sparse rows '%s': closed after a failed reopen", s->dir);
     got = rocksdb_get(s->db, s->ro, k, row_key(t, key, k), &vlen, &err);
-    if (err) return rdb_err(s, err, "read", eb);
+    if (err) {
+      char what[160];
+      snprintf(what, sizeof what, "reading row %llu of '%s'/%u", (unsigned long long)key,
+               t->model, t->id);
+      return rdb_err(s, err, what, eb);
+    }
     if (!got) return ps_errf(eb, PS_ENOENT, "sparse table '%s'/%u has no row %llu", model, table,
                              (unsigned long long)key);
     if (!val_ok(t, vlen)) {
@@ -1726,7 +1799,11 @@ int psd_sparse_export(psd_sparse *s, const char *model, uint32_t table, int resu
   char *err = NULL;
   rocksdb_iter_get_error(it, &err);
   rocksdb_iter_destroy(it);
-  if (err && !rc) rc = rdb_err(s, err, "read", eb);
+  if (err && !rc) {
+    char what[160];
+    snprintf(what, sizeof what, "exporting the rows of '%s'/%u", t->model, t->id);
+    rc = rdb_err(s, err, what, eb);
+  }
   else if (err) rocksdb_free(err);
   return rc;
 }
@@ -1742,6 +1819,7 @@ int psd_sparse_stats_get(psd_sparse *s, const char *model, uint32_t table, psd_s
   sp_table *t = table_find(s, model, table);
   if (!t) return PS_ENOENT;
   *st = t->st;
+  st->admit_bytes = t->acap * (sizeof *t->akeys + sizeof *t->aseen);
   uint64_t v = 0;
   if (s->db && rocksdb_property_int(s->db, "rocksdb.total-sst-files-size", &v) == 0)
     st->disk_bytes = v;

@@ -14,7 +14,8 @@
  *     key has the same starting row on any shard count.  With admission
  *     (admit_after = k > 1) a key is materialised only on its k-th pull;
  *     until then a pull reads its initial value and a push of it is
- *     counted (dropped_grads) but not stored.
+ *     counted (dropped_grads) but not stored.  A key's count (in memory
+ *     only) is dropped once it has its row: the map holds pending keys.
  *  2. Optimizers work per row with per-row step counts: a row's t is its
  *     own update count.  Adam is "lazy": a row's moments decay only when
  *     the row is updated, and its bias correction uses the row's own t
@@ -47,7 +48,8 @@
  *     changes no row and creates none (a push updates copies, from the
  *     initial row for a key without one, and creates rows only once every
  *     update checked out).  Rows it read back from disk stay in memory
- *     unchanged.
+ *     unchanged, as many as invariant 3 keeps (a refused request evicts
+ *     as a served one does).
  *  5. psd_sparse_flush writes every changed row in memory and waits
  *     until every write buffer is in RocksDB's files, so that after it
  *     returns a restart with the same directory reads every row back as
@@ -155,11 +157,12 @@ typedef struct psd_sparse_stats {
   uint64_t misses;         /* keys not in memory: read back, created, or not admitted */
   uint64_t disk_reads;     /* rows read back from RocksDB */
   uint64_t buffer_reads;   /* rows read back from the write buffers (their file not in yet) */
-  uint64_t disk_read_bytes;/* their value bytes */
+  uint64_t disk_read_bytes;/* their floats' bytes (values and slots; not buffer_reads') */
   uint64_t created;        /* rows materialised from the initializer */
   uint64_t evictions;      /* rows dropped from memory */
   uint64_t disk_writes;    /* rows given to RocksDB (evictions of changed rows, snapshots) */
   uint64_t pending;        /* keys pulled but not admitted yet */
+  uint64_t admit_bytes;    /* memory of their admission counts (0 once none is pending) */
   uint64_t dropped_grads;  /* gradient rows pushed for keys not admitted */
   uint64_t disk_bytes;     /* RocksDB's SST files, the whole instance */
 } psd_sparse_stats;
@@ -176,7 +179,9 @@ int psd_sparse_open(psd_sparse **out, const psd_sparse_opts *o, ps_errbuf *eb);
 void psd_sparse_close(psd_sparse *s);
 
 /* psd_sparse_add_table registers table T (its rows already on disk are
- * read back as they are needed).  The same table again with the same dim
+ * read back as they are needed; when RocksDB fails the look for them, a
+ * damaged file, they count as on disk: misses read them back, and fail,
+ * rather than create fresh rows over them).  The same table again with the same dim
  * and optimizer: 0; different: PS_EEXIST.  PS_EINVAL for a bad dim,
  * initializer or optimizer. */
 int psd_sparse_add_table(psd_sparse *s, const psd_sparse_table_opts *t, ps_errbuf *eb);
@@ -186,7 +191,9 @@ int psd_sparse_add_table(psd_sparse *s, const psd_sparse_table_opts *t, ps_errbu
  * admitting or reading back rows as invariants 1 and 3 say.  PS_ENOENT
  * for an unknown table; PS_EINVAL for NFLOATS != nkeys x dim or a key
  * given twice; PS_ETOOBIG when more than max_new_rows of the keys have
- * no row (in memory or on disk), none created; PS_EIO from RocksDB. */
+ * no row (in memory or on disk), none created; PS_EIO from RocksDB (a
+ * row that cannot be read back: the message names the table and the
+ * key; the rows read back before it are kept as invariant 3 says). */
 int psd_sparse_pull(psd_sparse *s, const char *model, uint32_t table, const uint64_t *keys,
                     size_t nkeys, float *rows, size_t nfloats, ps_errbuf *eb);
 

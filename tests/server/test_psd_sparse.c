@@ -553,6 +553,52 @@ START_TEST(test_admission) {
 }
 END_TEST
 
+/* A key's admission count goes once it has a row (the map held every
+ * key ever admitted, growing without bound): admit_bytes falls back to 0
+ * once every pending key is admitted.  Deleting from the map (linear
+ * probing) must leave every other count findable: half the keys admitted
+ * first, the other half still need only their second pull; keys 0 and
+ * UINT64_MAX among them. */
+START_TEST(test_admission_forgets_admitted) {
+  enum { N = 3000 };
+  psd_sparse *s = open_sparse(ps_test_tmpdir(), 0, 2);
+  add_table(s, "sgd", 0.5f);
+  uint64_t *keys = malloc(N * sizeof *keys);
+  float *rows = malloc(N * D * sizeof *rows);
+  for (int i = 0; i < N; i++) keys[i] = (uint64_t)i * 2654435761u;
+  keys[1] = UINT64_MAX; /* keys[0] is 0 */
+  keys[N - 1] = UINT64_MAX - 1;
+  pull(s, keys, N, rows);
+  psd_sparse_stats st;
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.pending, N);
+  ck_assert_uint_eq(st.created, 0);
+  ck_assert_uint_gt(st.admit_bytes, (uint64_t)N * 12);
+  uint64_t full = st.admit_bytes;
+  /* every other key's second pull admits it: its count goes */
+  for (int i = 0; i < N; i += 2) pull(s, &keys[i], 1, rows);
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.pending, N / 2);
+  ck_assert_uint_eq(st.created, N / 2);
+  ck_assert_uint_le(st.admit_bytes, full);
+  /* the others were pulled once: one more pull admits each */
+  for (int i = 1; i < N; i += 2) pull(s, &keys[i], 1, rows);
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.created, N);
+  ck_assert_uint_eq(st.pending, 0);
+  ck_assert_uint_eq(st.admit_bytes, 0);
+  /* a row admits its key from then on: no count is made again */
+  pull(s, keys, N, rows);
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.created, N);
+  ck_assert_uint_eq(st.admit_bytes, 0);
+  ck_assert_uint_eq(st.hits, N);
+  free(keys);
+  free(rows);
+  psd_sparse_close(s);
+}
+END_TEST
+
 /* Flush, close, reopen: every row reads back as it was, whether it was
  * in memory or evicted at the flush. */
 START_TEST(test_flush_and_reopen) {
@@ -842,6 +888,277 @@ START_TEST(test_refused_push_creates_no_row) {
 }
 END_TEST
 
+/* A push refused after it read rows back from disk (an update that
+ * would turn non-finite, a log that fails) leaves the table at most
+ * memory_rows rows (invariant 3): the rows it read back stay unchanged
+ * (invariant 4) but are evicted again (they stayed in memory, over the
+ * budget, until the next request that succeeded). */
+START_TEST(test_refused_push_keeps_budget) {
+  psd_sparse *s = open_sparse(ps_test_tmpdir(), 4, 0);
+  add_table(s, "sgd", 10.0f);
+  uint64_t keys[8] = {1, 2, 3, 4, 5, 6, 7, 8};
+  float rows[8 * D], g[8 * D] = {0};
+  pull(s, keys, 8, rows); /* 8 rows over a budget of 4: keys 1-4 on disk */
+  psd_sparse_stats st;
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.rows_mem, 4);
+  row_state before[8];
+  for (int i = 0; i < 8; i++) before[i] = get_row(s, keys[i]);
+  ck_assert(!before[0].in_mem && !before[3].in_mem);
+  ps_errbuf eb;
+  g[3 * D] = 1e38f; /* key 4's update overflows */
+  ck_assert_int_eq(psd_sparse_push(s, "ctr", 2, keys, 4, g, 4 * D, &eb), PS_EINVAL);
+  ck_assert_str_eq(eb.msg, "sparse push 'ctr'/2: the update would make row 4 non-finite");
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.disk_reads + st.buffer_reads, 4);
+  ck_assert_uint_le(st.rows_mem, 4);
+  /* a log that fails: the same */
+  g[3 * D] = 0.5f;
+  mem_log *l = calloc(1, sizeof *l);
+  l->fail = 1;
+  psd_sparse_set_log(s, mem_append, l);
+  ck_assert_int_eq(psd_sparse_push(s, "ctr", 2, keys + 4, 4, g, 4 * D, &eb), PS_EIO);
+  ck_assert_str_eq(eb.msg, "test: the log fails");
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_le(st.rows_mem, 4);
+  for (int i = 0; i < 8; i++) {
+    row_state now = get_row(s, keys[i]);
+    ck_assert_msg(same_row(&now, &before[i]), "row %d changed by a refused push", i);
+  }
+  psd_sparse_set_log(s, NULL, NULL);
+  psd_sparse_close(s);
+  free(l);
+}
+END_TEST
+
+/* Keys at the ends of the key space (0, 1, UINT64_MAX - 1, UINT64_MAX)
+ * are ordinary keys everywhere: admission counts, rows in memory,
+ * eviction through the write buffers and RocksDB's files, read-back,
+ * flush and reopen, export pages (resuming after UINT64_MAX - 1 and
+ * after UINT64_MAX), redo log replay.  No structure may take one of them
+ * for its "empty" mark. */
+START_TEST(test_edge_keys) {
+  char dir[512];
+  snprintf(dir, sizeof dir, "%s/sparse", ps_test_tmpdir());
+  psd_sparse *s = open_sparse(dir, 4, 2);
+  add_table(s, "adagrad", 0.1f);
+  mem_log *l = calloc(1, sizeof *l);
+  psd_sparse_set_log(s, mem_append, l);
+  enum { E = 4 };
+  uint64_t edge[E] = {0, 1, UINT64_MAX - 1, UINT64_MAX};
+  float rows[8 * D], g[8 * D], init[D];
+  for (int i = 0; i < 8 * D; i++) g[i] = 0.125f * (float)(i % 7 + 1);
+  /* the first pull counts them, a push is dropped, the second admits */
+  pull(s, edge, E, rows);
+  for (int i = 0; i < E; i++) {
+    ck_assert_int_eq(ps_init_row(init, "normal", 0.1f, 9, 2, edge[i], D), 0);
+    ck_assert_int_eq(memcmp(rows + i * D, init, sizeof init), 0);
+  }
+  push(s, edge, E, g);
+  psd_sparse_stats st;
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.pending, E);
+  ck_assert_uint_eq(st.dropped_grads, E);
+  ck_assert_uint_eq(st.created, 0);
+  pull(s, edge, E, rows);
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.created, E);
+  ck_assert_uint_eq(st.pending, 0);
+  ck_assert_uint_eq(st.admit_bytes, 0);
+  push(s, edge, E, g);
+  row_state before[E];
+  for (int i = 0; i < E; i++) {
+    before[i] = get_row(s, edge[i]);
+    ck_assert(before[i].in_mem);
+    ck_assert_uint_eq(before[i].count, 1);
+  }
+  /* other keys push them out of memory (budget 4), then they come back */
+  uint64_t other[8];
+  for (int i = 0; i < 8; i++) other[i] = 100 + (uint64_t)i;
+  for (int rep = 0; rep < 2; rep++) pull(s, other, 8, rows);
+  for (int i = 0; i < E; i++) {
+    row_state now = get_row(s, edge[i]);
+    ck_assert_msg(!now.in_mem, "key %d still in memory", i);
+    ck_assert_msg(same_row(&now, &before[i]), "key %d differs once evicted", i);
+  }
+  pull(s, edge, E, rows);
+  for (int i = 0; i < E; i++) ck_assert_int_eq(memcmp(rows + i * D, before[i].v, sizeof before[i].v), 0);
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.disk_reads + st.buffer_reads, E);
+  ck_assert_uint_eq(st.created, E + 8);
+  push(s, edge, E, g); /* logged: record 2 */
+  for (int i = 0; i < E; i++) before[i] = get_row(s, edge[i]);
+  ck_assert_uint_eq(before[3].count, 2);
+  ps_errbuf eb;
+  /* export: 0 first, UINT64_MAX last; pages resumed at the end */
+  uint64_t keys[16];
+  size_t got;
+  int done;
+  ck_assert_msg(psd_sparse_export(s, "ctr", 2, 0, 0, 16, keys, rows, &got, &done, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(got, E + 8);
+  ck_assert(done);
+  ck_assert_uint_eq(keys[0], 0);
+  ck_assert_uint_eq(keys[1], 1);
+  ck_assert_uint_eq(keys[got - 2], UINT64_MAX - 1);
+  ck_assert_uint_eq(keys[got - 1], UINT64_MAX);
+  ck_assert_msg(psd_sparse_export(s, "ctr", 2, 1, UINT64_MAX - 1, 16, keys, rows, &got, &done, &eb) == 0,
+                "%s", eb.msg);
+  ck_assert_uint_eq(got, 1);
+  ck_assert_uint_eq(keys[0], UINT64_MAX);
+  ck_assert_int_eq(memcmp(rows, before[3].v, sizeof before[3].v), 0);
+  ck_assert_msg(psd_sparse_export(s, "ctr", 2, 1, UINT64_MAX, 16, keys, rows, &got, &done, &eb) == 0,
+                "%s", eb.msg);
+  ck_assert_uint_eq(got, 0);
+  ck_assert(done);
+  ck_assert_msg(psd_sparse_export(s, "ctr", 2, 1, 0, 1, keys, rows, &got, &done, &eb) == 0, "%s", eb.msg);
+  ck_assert_uint_eq(got, 1);
+  ck_assert_uint_eq(keys[0], 1);
+  ck_assert(!done);
+  /* flush, reopen: every edge row as it was, read back from the files */
+  ck_assert_msg(psd_sparse_flush(s, 0, &eb) == 0, "%s", eb.msg);
+  psd_sparse_close(s);
+  s = open_sparse(dir, 4, 2);
+  add_table(s, "adagrad", 0.1f);
+  for (int i = 0; i < E; i++) {
+    row_state now = get_row(s, edge[i]);
+    ck_assert(!now.in_mem);
+    ck_assert_msg(same_row(&now, &before[i]), "key %d differs after reopen", i);
+  }
+  pull(s, edge, E, rows);
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.disk_reads, E);
+  ck_assert_uint_eq(st.created, 0);
+  psd_sparse_close(s);
+  /* a fresh directory: the log's records (the two pushes of admitted
+   * rows) replay into the same rows, created as the pushes found them */
+  snprintf(dir, sizeof dir, "%s/sparse", ps_test_tmpdir());
+  s = open_sparse(dir, 4, 2);
+  add_table(s, "adagrad", 0.1f);
+  ck_assert_uint_eq(l->n, 2);
+  replay_all(s, l);
+  for (int i = 0; i < E; i++) {
+    row_state now = get_row(s, edge[i]);
+    ck_assert_uint_eq(now.count, 2);
+    ck_assert_int_eq(memcmp(now.v, before[i].v, sizeof now.v), 0);
+    ck_assert_int_eq(memcmp(now.sl, before[i].sl, sizeof now.sl), 0);
+  }
+  psd_sparse_close(s);
+  for (size_t i = 0; i < l->n; i++) free(l->rec[i]);
+  free(l);
+}
+END_TEST
+
+/* ---- rows on disk that cannot be read --------------------------------------- */
+
+enum { BAD_N = 400 };
+
+/* bad_rows_dir writes rows 0..BAD_N-1 (keys in order: the SST file's
+ * data blocks hold them in order) to a new directory through a flush,
+ * closes it and damages its one SST file at FRAC of its length (a
+ * block's checksum no longer matches: RocksDB reads it as Corruption). */
+static const char *bad_rows_dir(double frac) {
+  static char dir[512];
+  snprintf(dir, sizeof dir, "%s/sparse", ps_test_tmpdir());
+  psd_sparse *s = open_sparse(dir, 0, 0);
+  add_table(s, "sgd", 0.5f);
+  uint64_t *keys = malloc(BAD_N * sizeof *keys);
+  float *rows = malloc(BAD_N * D * sizeof *rows);
+  for (int i = 0; i < BAD_N; i++) keys[i] = (uint64_t)i;
+  pull(s, keys, BAD_N, rows);
+  ps_errbuf eb;
+  ck_assert_msg(psd_sparse_flush(s, 0, &eb) == 0, "%s", eb.msg);
+  psd_sparse_close(s);
+  free(keys);
+  free(rows);
+  char cmd[1200];
+  snprintf(cmd, sizeof cmd, "ls %s/*.sst", dir);
+  FILE *f = popen(cmd, "r");
+  char path[1024] = "";
+  ck_assert(f && fgets(path, sizeof path, f));
+  pclose(f);
+  path[strcspn(path, "\n")] = '\0';
+  int fd = open(path, O_RDWR);
+  ck_assert_int_ge(fd, 0);
+  off_t len = lseek(fd, 0, SEEK_END);
+  ck_assert_int_gt(len, 16384);
+  char junk[64];
+  memset(junk, 0x5a, sizeof junk);
+  ck_assert_int_eq(pwrite(fd, junk, sizeof junk, (off_t)((double)len * frac)), (ssize_t)sizeof junk);
+  close(fd);
+  return dir;
+}
+
+/* A read-back that fails (RocksDB reports an I/O error or corruption)
+ * refuses the request with PS_EIO naming the table and the key, and the
+ * rows it did read back before the failure are evicted down to
+ * memory_rows (invariant 3), as after any refusal. */
+START_TEST(test_read_back_error) {
+  const char *dir = bad_rows_dir(0.45); /* a block in the middle: not the first row's */
+  psd_sparse *s = open_sparse(dir, 4, 0);
+  add_table(s, "sgd", 0.5f);
+  uint64_t keys[BAD_N];
+  float rows[BAD_N * D];
+  for (int i = 0; i < BAD_N; i++) keys[i] = (uint64_t)i;
+  pull(s, keys, 4, rows); /* rows 0..3 read back: the table at its budget */
+  ps_errbuf eb;
+  int rc = psd_sparse_pull(s, "ctr", 2, keys + 4, BAD_N - 4, rows, (BAD_N - 4) * D, &eb);
+  ck_assert_int_eq(rc, PS_EIO);
+  ck_assert_msg(strstr(eb.msg, "reading row ") && strstr(eb.msg, " of 'ctr'/2 back: Corruption"),
+                "%s", eb.msg);
+  psd_sparse_stats st;
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_gt(st.disk_reads, 8); /* rows before the damaged block came back */
+  ck_assert_uint_le(st.rows_mem, 4);
+  ck_assert_uint_eq(st.created, 0);
+  /* a push the same */
+  float g[(BAD_N - 4) * D];
+  memset(g, 0, sizeof g);
+  ck_assert_int_eq(psd_sparse_push(s, "ctr", 2, keys + 4, BAD_N - 4, g, (BAD_N - 4) * D, &eb), PS_EIO);
+  ck_assert_msg(strstr(eb.msg, " of 'ctr'/2 back: "), "%s", eb.msg);
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_le(st.rows_mem, 4);
+  ck_assert_uint_eq(st.created, 0);
+  psd_sparse_close(s);
+}
+END_TEST
+
+/* A table added over rows on disk that cannot be read (its first block
+ * damaged: the look for any row of it fails) counts them as on disk: a
+ * pull reads them back, and fails, rather than handing out fresh rows
+ * from the initializer (that, once written, would replace the trained
+ * rows for good). */
+START_TEST(test_add_table_over_unreadable_rows) {
+  const char *dir = bad_rows_dir(0.002); /* the first data block: row 0's */
+  psd_sparse *s = open_sparse(dir, 4, 0);
+  add_table(s, "sgd", 0.5f);
+  uint64_t key = 0;
+  float row[D];
+  ps_errbuf eb;
+  ck_assert_int_eq(psd_sparse_pull(s, "ctr", 2, &key, 1, row, D, &eb), PS_EIO);
+  ck_assert_msg(strstr(eb.msg, "reading row 0 of 'ctr'/2 back: Corruption"), "%s", eb.msg);
+  float g[D] = {0};
+  ck_assert_int_eq(psd_sparse_push(s, "ctr", 2, &key, 1, g, D, &eb), PS_EIO);
+  /* a look at the row (export, tests) names it too */
+  ck_assert_int_eq(psd_sparse_row(s, "ctr", 2, key, row, NULL, NULL, NULL, NULL, &eb), PS_EIO);
+  ck_assert_msg(strstr(eb.msg, "reading row 0 of 'ctr'/2: Corruption"), "%s", eb.msg);
+  /* the LOCK file's error is still PS_ELOCKED ("lock" alone no longer is) */
+  psd_sparse_opts o = {.dir = dir};
+  psd_sparse *s2 = NULL;
+  ck_assert_int_eq(psd_sparse_open(&s2, &o, &eb), PS_ELOCKED);
+  psd_sparse_stats st;
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.created, 0);
+  ck_assert_uint_eq(st.rows_mem, 0);
+  /* rows in blocks that can be read come back as they were */
+  uint64_t last = BAD_N - 1;
+  ck_assert_int_eq(psd_sparse_pull(s, "ctr", 2, &last, 1, row, D, &eb), 0);
+  ck_assert_int_eq(psd_sparse_stats_get(s, "ctr", 2, &st), 0);
+  ck_assert_uint_eq(st.disk_reads, 1);
+  ck_assert_uint_eq(st.created, 0);
+  psd_sparse_close(s);
+}
+END_TEST
+
 /* ---- a full disk (the shard DEGRADED) -------------------------------------- */
 
 /* The fixture's small filesystem (made in the runner, inherited by the
@@ -1125,9 +1442,14 @@ Suite *psd_sparse_suite(void) {
   tcase_add_test(tc, test_evict_oldest_first);
   tcase_add_test(tc, test_bad_input_changes_nothing);
   tcase_add_test(tc, test_admission);
+  tcase_add_test(tc, test_admission_forgets_admitted);
   tcase_add_test(tc, test_flush_and_reopen);
   tcase_add_test(tc, test_log_and_replay);
   tcase_add_test(tc, test_refused_push_creates_no_row);
+  tcase_add_test(tc, test_refused_push_keeps_budget);
+  tcase_add_test(tc, test_read_back_error);
+  tcase_add_test(tc, test_add_table_over_unreadable_rows);
+  tcase_add_test(tc, test_edge_keys);
   tcase_add_test(tc, test_max_new_rows);
   suite_add_tcase(s, tc);
   tc = tcase_create("full_disk");

@@ -189,6 +189,7 @@ START_TEST(test_sparse_rpc) {
   ck_assert_uint_ge(ts->evictions, NKEYS / 2 - 8);
   ck_assert_uint_ge(ts->disk_reads + ts->buffer_reads, NKEYS / 2 - 8);
   ck_assert_uint_eq(ts->hits + ts->misses, 3 * NKEYS / 2); /* pull, push, pull */
+  ck_assert_uint_eq(ts->admit_bytes, 0);
   protobuf_c_message_free_unpacked(&st->base, NULL);
   char out[700], err[700];
   snprintf(out, sizeof out, "%s/status.out", c.dir);
@@ -198,6 +199,8 @@ START_TEST(test_sparse_rpc) {
   char *json = ps_test_read_file(out, NULL);
   ck_assert_msg(strstr(json, "\"sparse_tables\":[{\"model\":\"ctr\",\"table\":0,\"dim\":4,") != NULL,
                 "psctl status --json: %s", json);
+  /* no key pending (admit_after 0): their counts take no memory */
+  ck_assert_msg(strstr(json, ",\"admit_bytes\":0}") != NULL, "psctl status --json: %s", json);
   free(json);
   argv[4] = NULL;
   ck_assert_int_eq(ps_test_run(argv, err, 20000), 0);

@@ -1248,8 +1248,12 @@ static void conn_push_begin(psd_conn *c) {
   ps_req r = conn_req(m);
   r.conn_stamp = c->agg_stamp;
   sh->inflight++;
+  /* a refused sum's layout error, if the aggregator failed to fetch it
+   * (spec_err), goes with it: left set, it answered the connection's next
+   * request, whose own layout conn_spec_hold then did not wait for */
   c->req_err = conn_sum_refused(c, &r);
-  if (c->req_err == 0) c->req_err = conn_spec_err(c, &c->req_eb);
+  if (c->req_err) c->spec_err = 0;
+  else c->req_err = conn_spec_err(c, &c->req_eb);
   if (c->req_err == 0) c->req_err = psd_shard_payload(sh, &r, 1, &n, &nbytes, &c->req_eb);
   c->req_nbytes = nbytes;
   if (c->req_err == 0 && m->shm) { /* invariant 11 */

@@ -1827,6 +1827,17 @@ START_TEST(test_hier_sum_refused) {
   ck_assert_uint_eq(st->pushes, 0);
   ck_assert_uint_eq(st->sum_pushes, 0);
   protobuf_c_message_free_unpacked(&st->base, NULL);
+  /* a sum of a model the roots do not hold (the aggregator fails to
+   * fetch its layout) is refused the same, and the layout's error goes
+   * with it: it answered the connection's next request, this pull of a
+   * model that exists */
+  r.model = "nope";
+  ck_assert_int_eq(ps_chan_push(agg, &r, &v, &eb), PS_EINVAL);
+  ck_assert_msg(strstr(eb.msg, "a push that sums 2 workers sent to aggregator 'h0'"), "%s",
+                eb.msg);
+  st = ps_test_status(x.agg_gp);
+  ck_assert_uint_eq(st->errors, errors0 + 2);
+  protobuf_c_message_free_unpacked(&st->base, NULL);
   /* the connection goes on: its pull is answered */
   static float p[TH_ELEMS];
   ck_assert_msg(ps_test_pull(agg, "hier", ids, 3, p, TH_ELEMS, 0, 0, &v, &eb) == 0, "%s", eb.msg);

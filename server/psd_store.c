@@ -775,8 +775,14 @@ int psd_store_check_owner(const char *dir, const char *cluster, const char *rena
   if (access(path, F_OK) < 0) return 0; /* no store (yet), or not ours to read */
   /* RocksDB's info log goes to a directory of its own: in DIR, an open
    * moves the file there aside, a running shard's too */
-  char logdir[] = "/tmp/psd-check.XXXXXX";
-  if (!mkdtemp(logdir)) return 0;
+  const char *tmp = getenv("TMPDIR");
+  char logdir[4200];
+  snprintf(logdir, sizeof logdir, "%s/psd-check.XXXXXX", tmp && *tmp ? tmp : "/tmp");
+  if (!mkdtemp(logdir)) {
+    ps_warn("cannot check the store in '%s': no temporary directory '%s': %s", dir, logdir,
+            strerror(errno));
+    return 0;
+  }
   char *err = NULL;
   rocksdb_options_t *o = psd_rdb_options(&err);
   int rc = 0;

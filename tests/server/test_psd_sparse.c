@@ -946,7 +946,7 @@ START_TEST(test_edge_keys) {
   psd_sparse_set_log(s, mem_append, l);
   enum { E = 4 };
   uint64_t edge[E] = {0, 1, UINT64_MAX - 1, UINT64_MAX};
-  float rows[8 * D], g[8 * D], init[D];
+  float rows[16 * D], g[8 * D], init[D]; /* rows: an export page of up to 16 */
   for (int i = 0; i < 8 * D; i++) g[i] = 0.125f * (float)(i % 7 + 1);
   /* the first pull counts them, a push is dropped, the second admits */
   pull(s, edge, E, rows);

@@ -154,17 +154,11 @@ struct psd_sparse {
 
 /* ---- small helpers -------------------------------------------------------- */
 
-/* rdb_err converts RocksDB's ERR (freed) into a PS_E* code with WHAT and
- * the directory in EB.  Locked only for the LOCK file's errors (as
- * psd_store's): "block checksum mismatch" holds "lock" too, and a
- * damaged block read back was reported as PS_ELOCKED. */
+/* rdb_err converts RocksDB's ERR (freed) into a PS_E* code
+ * (psd_rdb_code: a damaged block is PS_EIO, not PS_ELOCKED) with WHAT and
+ * the directory in EB. */
 static int rdb_err(const psd_sparse *s, char *err, const char *what, ps_errbuf *eb) {
-  int code = PS_EIO;
-  if (strstr(err, "No space left"))
-    code = PS_ENOSPC;
-  else if (strstr(err, "lock") &&
-           (strstr(err, "temporarily unavailable") || strstr(err, "hold by current process")))
-    code = PS_ELOCKED;
+  int code = psd_rdb_code(err);
   ps_errf(eb, code, "sparse rows '%s': %s: %s", s->dir, what, err);
   rocksdb_free(err);
   return code;

@@ -181,8 +181,8 @@ void psd_sparse_close(psd_sparse *s);
 /* psd_sparse_add_table registers table T (its rows already on disk are
  * read back as they are needed; when RocksDB fails the look for them, a
  * damaged file, they count as on disk: misses read them back, and fail,
- * rather than create fresh rows over them).  The same table again with the same dim
- * and optimizer: 0; different: PS_EEXIST.  PS_EINVAL for a bad dim,
+ * rather than create fresh rows over them).  The same table again with
+ * the same dim and optimizer: 0; different: PS_EEXIST.  PS_EINVAL for a bad dim,
  * initializer or optimizer. */
 int psd_sparse_add_table(psd_sparse *s, const psd_sparse_table_opts *t, ps_errbuf *eb);
 

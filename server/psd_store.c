@@ -241,15 +241,19 @@ static size_t psd_store_chunk_key(char *k, const char *name, uint64_t gen, uint3
   return n;
 }
 
+/* psd_rdb_code: see psd_store.h. */
+int psd_rdb_code(const char *err) {
+  if (strstr(err, "No space left")) return PS_ENOSPC;
+  if (strstr(err, "lock") &&
+      (strstr(err, "temporarily unavailable") || strstr(err, "hold by current process")))
+    return PS_ELOCKED;
+  return PS_EIO;
+}
+
 /* psd_store_rdb_err converts a RocksDB error string (freed here) to a
- * PS_E* code once, quoting it and the directory in EB. */
+ * PS_E* code once (psd_rdb_code), quoting it and the directory in EB. */
 static int psd_store_rdb_err(ps_errbuf *eb, char *err, const char *what, const char *dir) {
-  int code = PS_EIO;
-  if (strstr(err, "No space left"))
-    code = PS_ENOSPC;
-  else if (strstr(err, "lock") &&
-           (strstr(err, "temporarily unavailable") || strstr(err, "hold by current process")))
-    code = PS_ELOCKED;
+  int code = psd_rdb_code(err);
   ps_errf(eb, code, "%s '%s': %s", what, dir, err);
   rocksdb_free(err);
   return code;

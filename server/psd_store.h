@@ -64,8 +64,9 @@ int psd_store_dir_check(const char *dir, ps_errbuf *eb);
 /* psd_store_check_owner reads, without writing (a running shard's store
  * too), the records of the store in DIR: PS_ECONFIG, with psd_store_open's
  * message, when it belongs to another cluster than CLUSTER (NULL: not
- * checked) or RENAMED_FROM (NULL: none), or another shard id than SHARD_ID; else 0 (no store there, or
- * one that cannot be read: the start says why).  psd -t --shard N. */
+ * checked) or RENAMED_FROM (NULL: none), or another shard id than
+ * SHARD_ID; else 0 (no store there, or one that cannot be read: the start
+ * says why).  psd -t --shard N. */
 int psd_store_check_owner(const char *dir, const char *cluster, const char *renamed_from,
                           uint32_t shard_id, ps_errbuf *eb);
 
@@ -274,6 +275,12 @@ int psd_store_set_log_id(psd_store *s, uint64_t id, int pending, ps_errbuf *eb);
  * tell from data).  *ERR set (rocksdb_free) when RocksDB refuses. */
 typedef struct rocksdb_options_t rocksdb_options_t;
 rocksdb_options_t *psd_rdb_options(char **err);
+
+/* psd_rdb_code maps a RocksDB error string to a PS_E* code, as both of
+ * a shard's databases report them: PS_ENOSPC for a full disk, PS_ELOCKED
+ * for the LOCK file's errors only (another process or handle holds it;
+ * "block checksum mismatch" holds "lock" too), else PS_EIO. */
+int psd_rdb_code(const char *err);
 
 /* psd_rdb_drop_empty_wals removes DIR's empty RocksDB write-ahead logs
  * (NNNNNN.log of 0 bytes) while its database is closed: every open that

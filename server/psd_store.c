@@ -156,7 +156,6 @@ struct psd_store {
   rocksdb_readoptions_t *ro;
   char *dir;
   char *cluster;         /* psd_store_opts' (owned); NULL: not checked */
-  char *renamed_from;    /* psd_store_opts' (owned); NULL: none */
   uint32_t shard_index, shard_id;
   uint32_t *shard_ids;
   size_t nshards;
@@ -749,12 +748,12 @@ static int psd_store_read_meta(rocksdb_t *db, const rocksdb_readoptions_t *ro, c
 }
 
 /* psd_store_meta checks that the directory belongs to this cluster and
- * shard, or claims a fresh one (and records the cluster in one from
- * before "n").  0, PS_ECONFIG for another cluster's or shard's
+ * shard (or to cluster RENAMED_FROM, not NULL), or claims a fresh one
+ * (and records the cluster in one from before "n" or of RENAMED_FROM).  0, PS_ECONFIG for another cluster's or shard's
  * directory, PS_EIO for a foreign or unreadable one. */
-static int psd_store_meta(psd_store *s, ps_errbuf *eb) {
+static int psd_store_meta(psd_store *s, const char *renamed_from, ps_errbuf *eb) {
   int unnamed;
-  int rc = psd_store_read_meta(s->db, s->ro, s->dir, s->shard_id, s->cluster, s->renamed_from,
+  int rc = psd_store_read_meta(s->db, s->ro, s->dir, s->shard_id, s->cluster, renamed_from,
                                &unnamed, eb);
   if (rc < 0 || (rc == 0 && !unnamed)) return rc;
   char *err = NULL;
@@ -999,10 +998,8 @@ int psd_store_open(psd_store **out, const psd_store_opts *o, ps_errbuf *eb) {
   pthread_mutex_init(&s->mu, NULL);
   s->dir = strdup(o->dir);
   s->cluster = o->cluster ? strdup(o->cluster) : NULL;
-  s->renamed_from = o->renamed_from ? strdup(o->renamed_from) : NULL;
   s->shard_ids = malloc(o->nshards * sizeof *s->shard_ids);
-  if (!s->dir || !s->shard_ids || (o->cluster && !s->cluster) ||
-      (o->renamed_from && !s->renamed_from)) {
+  if (!s->dir || !s->shard_ids || (o->cluster && !s->cluster)) {
     psd_store_close(s);
     return ps_errf(eb, PS_ENOMEM, "out of memory");
   }
@@ -1020,7 +1017,7 @@ int psd_store_open(psd_store **out, const psd_store_opts *o, ps_errbuf *eb) {
     snprintf(path, sizeof path, "%s/" PSD_SNAP_TMP, s->dir);
     unlink(path);
   }
-  if (rc == 0) rc = psd_store_meta(s, eb);
+  if (rc == 0) rc = psd_store_meta(s, o->renamed_from, eb);
   if (rc == 0) rc = psd_store_restore(s, eb);
   if (rc < 0) {
     psd_store_close(s);
@@ -1052,7 +1049,6 @@ void psd_store_close(psd_store *s) {
   if (s->env) rocksdb_env_destroy(s->env);
   free(s->shard_ids);
   free(s->cluster);
-  free(s->renamed_from);
   free(s->dir);
   free(s->scratch);
   free(s->decoded);

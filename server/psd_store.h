@@ -35,8 +35,8 @@ typedef struct psd_store_opts {
   const char *cluster;      /* the cluster's name (copied), recorded in a new store
                              * and checked in an existing one; NULL: neither */
   const char *renamed_from; /* a store recording this cluster name is taken as
-                             * CLUSTER's and records CLUSTER (psd --rename-cluster);
-                             * NULL: none */
+                             * CLUSTER's and records CLUSTER (psd --rename-cluster;
+                             * read at the open only); NULL: none */
   uint32_t shard_index;     /* this shard's index in shard_ids */
   const uint32_t *shard_ids;/* the cluster's shard ids, file order (copied) */
   size_t nshards;

@@ -326,24 +326,28 @@ static size_t psctl_status_partial(const psctl_row *rows, size_t n, int json) {
 
 /* psctl_status_sparse prints each shard's sparse tables: rows in memory,
  * the hit rate of the keys asked for, rows evicted and read back, bytes
- * on disk (the shard's sparse RocksDB). */
+ * on disk (the shard's sparse RocksDB), keys counted toward admit_after
+ * and the memory their counts take. */
 static void psctl_status_sparse(const psctl_row *rows, size_t n) {
   int any = 0;
-  char b[16];
+  char b[16], a[16];
   for (size_t i = 0; i < n; i++) {
     const Ps__StatusReply *s = rows[i].st;
     for (size_t j = 0; s && j < s->n_sparse_tables; j++) {
       const Ps__SparseTableStatus *t = s->sparse_tables[j];
       if (!any++)
-        printf("\n%-16s %-5s %-5s %4s %10s %7s %10s %10s %10s %8s\n", "SPARSE TABLE", "INDEX",
-               "SHARD", "DIM", "ROWS MEM", "HIT %", "EVICTED", "READ BACK", "CREATED", "DISK");
+        printf("\n%-16s %-5s %-5s %4s %10s %7s %10s %10s %10s %8s %10s %8s\n", "SPARSE TABLE",
+               "INDEX", "SHARD", "DIM", "ROWS MEM", "HIT %", "EVICTED", "READ BACK", "CREATED",
+               "DISK", "PENDING", "ADMIT");
       uint64_t asked = t->hits + t->misses;
       char hit[16] = "-";
       if (asked) snprintf(hit, sizeof hit, "%.1f", 100.0 * (double)t->hits / (double)asked);
-      printf("%-16s %-5u %-5u %4u %10llu %7s %10llu %10llu %10llu %8s\n", t->model, t->table,
-             s->shard, t->dim, (unsigned long long)t->rows_mem, hit,
+      printf("%-16s %-5u %-5u %4u %10llu %7s %10llu %10llu %10llu %8s %10llu %8s\n", t->model,
+             t->table, s->shard, t->dim, (unsigned long long)t->rows_mem, hit,
              (unsigned long long)t->evictions,
-             (unsigned long long)(t->disk_reads + t->buffer_reads), (unsigned long long)t->created, psctl_human(b, sizeof b, (double)t->disk_bytes));
+             (unsigned long long)(t->disk_reads + t->buffer_reads), (unsigned long long)t->created,
+             psctl_human(b, sizeof b, (double)t->disk_bytes), (unsigned long long)t->pending,
+             psctl_human(a, sizeof a, (double)t->admit_bytes));
     }
   }
 }

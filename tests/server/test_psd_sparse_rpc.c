@@ -206,6 +206,9 @@ START_TEST(test_sparse_rpc) {
   ck_assert_int_eq(ps_test_run(argv, err, 20000), 0);
   char *text = ps_test_read_file(err, NULL);
   ck_assert_msg(strstr(text, "SPARSE TABLE") != NULL, "psctl status: %s", text);
+  /* the admission counts' columns, none pending: 0 keys, 0 bytes */
+  ck_assert_msg(strstr(text, "   PENDING    ADMIT\n") != NULL, "psctl status: %s", text);
+  ck_assert_msg(strstr(text, "          0       0B\n") != NULL, "psctl status: %s", text);
   free(text);
   /* a restart (SIGTERM: drain, flush) keeps every row, evicted or not */
   ps_rpc_close(c.r[0]);

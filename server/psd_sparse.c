@@ -1099,7 +1099,9 @@ static int read_back(psd_sparse *s, sp_table *t, const uint64_t *keys, size_t n,
     kl[j] = kbuf + j * KEY_MAX_LEN;
     ks[j] = row_key(t, ka[j].key, kbuf + j * KEY_MAX_LEN);
   }
-  if (!rc && !s->db) rc = ps_errf(eb, PS_EIO, "sparse rows '%s': closed after a failed reopen", s->dir);
+  if (!rc && !s->db)
+    rc = ps_errf(eb, PS_EIO, "sparse rows '%s': closed after a failed reopen: %zu rows of '%s'/%u "
+                 "cannot be read back", s->dir, m, t->model, t->id);
   if (!rc) rocksdb_batched_multi_get_cf(s->db, s->ro, s->cf, m, kl, ks, vl, errs, 1);
   for (size_t j = 0; !rc && j < m; j++) {
     size_t vn = 0;

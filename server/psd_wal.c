@@ -623,6 +623,7 @@ typedef struct wal_found {
   size_t end;        /* where the last of them ends (0: none) */
   size_t first_at;   /* where the first of them starts */
   uint64_t first_seq;
+  uint64_t last_seq; /* the highest seq of them */
   int cut;           /* the search ended early (its budget) */
   size_t cut_at;     /* where (when cut) */
   int later;         /* a group after the bad record's was written (end marks) */
@@ -760,6 +761,7 @@ static void wal_count_after(const uint8_t *buf, size_t n, size_t off, uint64_t n
       uint64_t ms;
       if (!skip) {
         if (!f->n++) f->first_at = at - WAL_HDR - len, f->first_seq = seq;
+        if (seq > f->last_seq) f->last_seq = seq;
         f->end = at;
         expect = seq + 1;
       } else if (wal_mark(buf + at - WAL_HDR - len, (uint32_t)len, seg_first, &ms)) {
@@ -976,7 +978,11 @@ int psd_wal_replay(psd_wal *w, uint64_t from, psd_wal_replay_fn *fn, void *arg, 
         w->scan_cut = f.cut;
         uint64_t after = f.n;
         size_t end = f.end; /* where the dropped records end (past it: no record) */
-        dropped = (uint64_t)ours + after;
+        /* every seq from NEXT to the last intact record found is lost,
+         * also those whose header the damage took (a block of the group's
+         * write that never reached the disk): counting the bad record
+         * only when its header holds NEXT missed them */
+        dropped = after ? f.last_seq - next + 1 : (uint64_t)ours;
         if (!after && !ours)
           end = rend;
         else if (!after) /* the bad record alone, as far as its length reaches */

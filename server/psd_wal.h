@@ -44,8 +44,10 @@
  *     long.
  *  5. Replay: records of the last segment after the first one that is
  *     short or fails its checksum are a torn tail (never acknowledged):
- *     they are counted (the bad one when its header carries the next seq
- *     or was cut short, and the intact ones after it: records of the next
+ *     they are counted (every seq from the next one to the last intact
+ *     record of ours after the bad bytes, those whose headers the damage
+ *     took included; with none after, the bad one when its header carries
+ *     the next seq or was cut short; the intact ones are records of the next
  *     seq or later at any byte offset, since the bad header's length may
  *     be the damage; a candidate's checksum is computed when it follows
  *     a record found, or is followed by the file's end, zeros or a next

@@ -227,13 +227,18 @@ $(GEN)/suites.inc: $(TEST_SRCS) FORCE
 	@cmp -s $@.tmp $@ || mv $@.tmp $@; rm -f $@.tmp
 $(OBJ)/tests/ps_tests.o: $(GEN)/suites.inc
 
+# A sanitizer build runs 2-4 times slower: Check's per-test timeouts
+# (there to catch hangs) are tripled for it, unless CK_TIMEOUT_MULTIPLIER
+# is set.
+TEST_ENV := $(if $(SANITIZE),CK_TIMEOUT_MULTIPLIER=$${CK_TIMEOUT_MULTIPLIER:-3})
+
 # PS_TEST_FILTER=name runs the suites whose name contains it.  The fuzz
 # targets run a few seconds each (scripts/fuzz_smoke), skipped where clang
 # cannot build them.
 test: deps
 	$(MAKE) --no-print-directory all
 	@if FUZZ_CC=$(FUZZ_CC) scripts/fuzz probe 2>/dev/null; then $(MAKE) --no-print-directory fuzz-build; fi
-	PS_BIN=$(BIN) FUZZ_BIN=$(FUZZ_BIN) FUZZ_CC=$(FUZZ_CC) scripts/run_tests $(BIN)/ps_tests $(BIN)/ps_tests_cuda_emu \
+	$(TEST_ENV) PS_BIN=$(BIN) FUZZ_BIN=$(FUZZ_BIN) FUZZ_CC=$(FUZZ_CC) scripts/run_tests $(BIN)/ps_tests $(BIN)/ps_tests_cuda_emu \
 	  scripts/fuzz_smoke
 
 # Long runs: the durability crash loop (CRASH_ITERS kill-restart

@@ -1146,7 +1146,9 @@ static int cl_push_one(const char *addr) {
   uint64_t v;
   ps_errbuf eb;
   ps_chan_client *c;
-  int err = ps_test_chan_connect(&c, addr, "test", 10000, &eb);
+  /* 60 s: test_stalled_sync_shown holds the sync for 6 s and more (a
+   * sanitizer build's push timed out at 10 s) */
+  int err = ps_test_chan_connect(&c, addr, "test", 60000, &eb);
   if (err < 0) return err;
   err = ps_test_push(c, "cl", &id0, 1, one, CL_ELEMS, 0, 0, 0, &v, &eb);
   ps_chan_close(c);

@@ -254,8 +254,26 @@ static int seg_last_group(const char *seg) {
   return marks[0];
 }
 
+/* write_stop appends N records of LEN bytes to the started log W, runs
+ * LOOP until all are answered, puts W's stats in *ST (when not NULL),
+ * then stops and frees W and closes LOOP. */
+static void write_stop(psd_wal *w, uv_loop_t *loop, size_t n, size_t len, seam *sm,
+                       psd_wal_stats *st) {
+  waiter *ws = calloc(n, sizeof *ws);
+  uint64_t off = 0;
+  seam dummy = {0};
+  append_n(w, ws, n, len, sm ? sm : &dummy, &off);
+  run_until(loop, ws, n);
+  if (st) psd_wal_stats_get(w, st);
+  psd_wal_stop(w);
+  uv_run(loop, UV_RUN_DEFAULT);
+  psd_wal_free(w);
+  uv_loop_close(loop);
+  free(ws);
+}
+
 /* write_log writes N records of LEN bytes into a fresh log at DIR, all
- * synced; returns the stats. */
+ * synced. */
 static void write_log(const char *dir, size_t n, size_t len, uint64_t from, seam *sm) {
   uv_loop_t loop;
   uv_loop_init(&loop);
@@ -264,16 +282,7 @@ static void write_log(const char *dir, size_t n, size_t len, uint64_t from, seam
   replayed r = {0};
   ck_assert_int_eq(psd_wal_replay(w, from, count_rec, &r, &eb), 0);
   ck_assert_int_eq(psd_wal_start(w, &loop, &eb), 0);
-  waiter *ws = calloc(n, sizeof *ws);
-  uint64_t off = 0;
-  seam dummy = {0};
-  append_n(w, ws, n, len, sm ? sm : &dummy, &off);
-  run_until(&loop, ws, n);
-  psd_wal_stop(w);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  psd_wal_free(w);
-  uv_loop_close(&loop);
-  free(ws);
+  write_stop(w, &loop, n, len, sm, NULL);
 }
 
 /* wal_started opens the log O names, replays it (empty) and starts it on
@@ -680,19 +689,9 @@ static void write_log_one_group(const char *dir, size_t n, size_t len) {
   seam sm = {0};
   psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 20, .max_wait_us = 400000,
                     .sync = seam_sync, .sync_arg = &sm, .buffered = wal_buffered};
-  psd_wal *w = wal_started(&o, &loop);
-  waiter *ws = calloc(n, sizeof *ws);
-  uint64_t off = 0;
-  append_n(w, ws, n, len, &sm, &off);
-  run_until(&loop, ws, n);
   psd_wal_stats st;
-  psd_wal_stats_get(w, &st);
+  write_stop(wal_started(&o, &loop), &loop, n, len, &sm, &st);
   ck_assert_uint_eq(st.syncs, 1);
-  psd_wal_stop(w);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  psd_wal_free(w);
-  uv_loop_close(&loop);
-  free(ws);
 }
 
 /* A torn tail's count when a record of it lost its header (a block of

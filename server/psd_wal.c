@@ -113,6 +113,7 @@ struct psd_wal {
   char err_msg[300];
   uint64_t syncs, records, bytes;
   uint64_t write_ns, sync_ns;  /* time the writer spent in pwrite / fdatasync */
+  uint64_t wait_warned_ns;     /* psd_wal_wait_synced's last warning (0: none) */
   uint64_t busy_since_ns;      /* when the writer's disk work in flight (a write + sync,
                                 * spares dropped, a segment cut or made) began (0: none) */
   uint64_t bytes_written;      /* by groups that synced */
@@ -1721,12 +1722,17 @@ int psd_wal_wait_synced(psd_wal *w, uint64_t seq, ps_errbuf *eb) {
   while (w->synced_seq < seq && w->started && !w->writer_done && !w->failed) {
     struct timespec dl = ps_deadline_ns(1000000000u);
     if (pthread_cond_timedwait(&w->synced_cv, &w->mu, &dl) != ETIMEDOUT) continue;
-    double waited = (double)(wal_now_ns() - t0) / 1e9;
+    uint64_t now = wal_now_ns();
+    double waited = (double)(now - t0) / 1e9;
     if (waited < (double)warn_s) continue;
     /* a disk that does not answer: said here too, for the waits the loop's
-     * stall check cannot see (a stop's final snapshot waits on the loop) */
-    ps_warn("redo log '%s': waiting %.0f s for the sync of record %" PRIu64 " (the disk is not "
-            "answering?)", w->dir, waited, seq);
+     * stall check cannot see (a stop's final snapshot waits on the loop);
+     * once for waits that reach it together (a stop's dense snapshot and
+     * sparse rows) */
+    if (!w->wait_warned_ns || now - w->wait_warned_ns >= 1000000000u)
+      ps_warn("redo log '%s': waiting %.0f s for the sync of record %" PRIu64 " (the disk is not "
+              "answering?)", w->dir, waited, seq);
+    w->wait_warned_ns = now;
     warn_s *= 2;
   }
   uint64_t synced = w->synced_seq;

@@ -54,6 +54,7 @@ typedef struct seam {
   uint64_t max_group;     /* largest growth between two syncs */
   uint64_t syncs;
   int fail;               /* > 0: fail this many syncs with EIO */
+  int hold_ms;            /* > 0: the next sync first sleeps this long (a disk not answering) */
 } seam;
 
 static int seam_sync(int fd, void *arg) {
@@ -63,6 +64,10 @@ static int seam_sync(int fd, void *arg) {
     s->fail--;
     errno = EIO;
     return -1;
+  }
+  if (s->hold_ms > 0) {
+    usleep((useconds_t)s->hold_ms * 1000);
+    s->hold_ms = 0;
   }
   usleep(1000); /* a slow disk: appends pile up behind the sync */
   if (fdatasync(fd) < 0 || fstat(fd, &st) < 0) return -1;
@@ -481,6 +486,59 @@ START_TEST(test_wait_synced) {
   psd_wal_stop(w);
   ck_assert_int_eq(psd_wal_wait_synced(w, 3, &eb), PS_ESHUTDOWN);
   ck_assert_int_eq(psd_wal_wait_synced(w, 2, &eb), 0);
+  uv_run(&loop, UV_RUN_DEFAULT);
+  psd_wal_free(w);
+  uv_loop_close(&loop);
+}
+END_TEST
+
+/* wait_synced_thread: psd_wal_wait_synced(ARG, 1), as a snapshot's thread waits. */
+static void *wait_synced_thread(void *arg) {
+  ps_errbuf eb;
+  return (void *)(intptr_t)psd_wal_wait_synced(arg, 1, &eb);
+}
+
+/* Two waits for a sync the disk holds past 5 s (a stop's dense snapshot
+ * and its sparse rows) warn once between them, not each in the same
+ * millisecond; both end when the sync does. */
+START_TEST(test_wait_synced_warns_once) {
+  const char *dir = ps_test_tmpdir();
+  seam sm = {.hold_ms = 5600};
+  uv_loop_t loop;
+  uv_loop_init(&loop);
+  psd_wal *w = wal_open(dir, 1 << 20, &sm);
+  ps_errbuf eb;
+  replayed r;
+  ck_assert_int_eq(psd_wal_replay(w, 0, count_rec, &r, &eb), 0);
+  ck_assert_int_eq(psd_wal_start(w, &loop, &eb), 0);
+  char errlog[700]; /* beside DIR, not in it */
+  snprintf(errlog, sizeof errlog, "%s.stderr", dir);
+  fflush(stderr);
+  int saved = dup(2), lf = open(errlog, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  ck_assert(saved >= 0 && lf >= 0);
+  dup2(lf, 2);
+  waiter ws[1];
+  uint64_t off = 0;
+  append_n(w, ws, 1, 100, &sm, &off);
+  pthread_t th[2];
+  void *rc[2];
+  for (int i = 0; i < 2; i++)
+    ck_assert_int_eq(pthread_create(&th[i], NULL, wait_synced_thread, w), 0);
+  for (int i = 0; i < 2; i++) pthread_join(th[i], &rc[i]);
+  fflush(stderr);
+  dup2(saved, 2);
+  close(saved);
+  close(lf);
+  char *text = ps_test_read_file(errlog, NULL);
+  unlink(errlog);
+  ck_assert_int_eq((int)(intptr_t)rc[0], 0);
+  ck_assert_int_eq((int)(intptr_t)rc[1], 0);
+  int n = 0;
+  for (const char *p = text; (p = strstr(p, "for the sync of record 1 ")); p++) n++;
+  ck_assert_msg(n == 1, "%d warnings:\n%s", n, text);
+  free(text);
+  run_until(&loop, ws, 1);
+  psd_wal_stop(w);
   uv_run(&loop, UV_RUN_DEFAULT);
   psd_wal_free(w);
   uv_loop_close(&loop);
@@ -2736,6 +2794,7 @@ Suite *psd_wal_suite(void) {
   tcase_add_loop_test(tc, test_sync_failure_retried, 0, 2);
   tcase_add_test(tc, test_writer_waits);
   tcase_add_test(tc, test_wait_synced);
+  tcase_add_test(tc, test_wait_synced_warns_once);
   tcase_add_loop_test(tc, test_power_cut, 0, 2);
   tcase_add_loop_test(tc, test_torn_and_corrupt_tail, 0, 2);
   tcase_add_loop_test(tc, test_corrupt_synced_record_refused, 0, 4);

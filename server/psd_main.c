@@ -969,7 +969,9 @@ static int psd_main_open(psd_main *m) {
   if (err < 0) {
     psd_main_start_failed(m, err, "shard %u: cannot open the store: %s (%s)", sh->me->id, eb.msg,
                           ps_strerror(err));
-    return 1;
+    /* another cluster's or shard's store: the file is wrong, and a retry
+     * cannot mend it (the unit's RestartPreventExitStatus=2) */
+    return err == PS_ECONFIG ? 2 : 1;
   }
   /* the rows before the replay: the log may hold sparse pushes */
   if ((err = psd_shard_sparse_open(sh, &eb)) < 0) {
@@ -1050,7 +1052,8 @@ static int psd_main_args(int argc, char **argv, psd_args *a) {
       "-h (--help).\n"
       "Exit status: 0 stopped cleanly (or by a signal while starting; -t: the file is good),\n"
       "1 a runtime failure (the store, the redo log, a listener: the log says which; -t: its\n"
-      "result line could not be written to stdout), 2 bad usage or configuration.\n";
+      "result line could not be written to stdout), 2 bad usage or configuration (a data_dir\n"
+      "holding another cluster's or shard's store included).\n";
   a->config = NULL;
   a->shard = -1;
   a->aggregator = NULL;
@@ -1393,11 +1396,12 @@ int main(int argc, char **argv) {
     /* the shard's own data_dir, on the host that checks it: a dangling
      * symlink there, or another cluster's or shard's store (a data_dir
      * copied from another file), fails the start */
-    if (!agg && a.shard >= 0 && (psd_store_dir_check(me->data_dir, &eb) < 0 ||
-                                 psd_store_check_owner(me->data_dir, cfg.cluster, a.renamed_from,
-                                                       me->id, &eb) < 0))
+    int err = 0;
+    if (!agg && a.shard >= 0 && ((err = psd_store_dir_check(me->data_dir, &eb)) < 0 ||
+                                 (err = psd_store_check_owner(me->data_dir, cfg.cluster,
+                                                              a.renamed_from, me->id, &eb)) < 0))
       ps_log_plain(LOG_WARNING, "%s: warning: shard %ld's data_dir: %s: its start would fail "
-                   "(exit 1)\n", a.config, a.shard, eb.msg);
+                   "(exit %d)\n", a.config, a.shard, eb.msg, err == PS_ECONFIG ? 2 : 1);
     printf("%s: configuration ok (%zu shard%s, %zu aggregator%s)\n", a.config, cfg.nshards,
            cfg.nshards == 1 ? "" : "s", cfg.naggs, cfg.naggs == 1 ? "" : "s");
     ps_config_release(&cfg);

@@ -1546,14 +1546,14 @@ static pid_t dd_start(const char *yaml, const char *log, int gp) {
 }
 
 /* dd_refused starts shard 0 of YAML logging to LOG, expects it to stop
- * at once with exit status 1 (a start-up error) and its log to hold
- * WANT. */
-static void dd_refused(const char *yaml, const char *log, const char *want) {
+ * at once with exit status CODE (1: a start-up error; 2: the file is
+ * wrong, which systemd does not retry) and its log to hold WANT. */
+static void dd_refused(const char *yaml, const char *log, int code, const char *want) {
   pid_t pid = ps_test_psd(yaml, 0, log, NULL);
   int st = ps_test_wait_pid(pid, 20000);
   if (st == -1) ps_test_stop(pid, SIGKILL, 5000);
-  ck_assert_msg(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == 1,
-                "psd ended with status %d; see %s", st, log);
+  ck_assert_msg(st != -1 && WIFEXITED(st) && WEXITSTATUS(st) == code,
+                "psd ended with status %d, not exit %d; see %s", st, code, log);
   size_t len;
   char *text = ps_test_read_file(log, &len);
   ck_assert_msg(strstr(text, want), "no \"%s\" in %s:\n%s", want, log, text);
@@ -1562,7 +1562,9 @@ static void dd_refused(const char *yaml, const char *log, const char *want) {
 
 /* A shard whose data_dir holds another cluster's store (a data_dir copied
  * from another cluster's file) is refused at start, naming both clusters
- * and the directory; it used to load and serve that cluster's models.
+ * and the directory, with exit status 2 (a configuration error, which the
+ * unit's RestartPreventExitStatus keeps systemd from retrying every 2 s;
+ * it was 1); it used to load and serve that cluster's models.
  * Its own cluster starts on it again. */
 START_TEST(test_other_cluster_refused) {
   const char *dir = ps_test_tmpdir();
@@ -1589,7 +1591,7 @@ START_TEST(test_other_cluster_refused) {
   snprintf(want, sizeof want, "shard 0: cannot open the store: directory '%s/shard0' holds a "
            "store of cluster 'test', not of cluster 'other' (is data_dir another cluster's? if "
            "the cluster was renamed, start the shard once with --rename-cluster test)", dir);
-  dd_refused(other, log2, want);
+  dd_refused(other, log2, 2, want);
   pid = dd_start(yaml, log, gp);
   ck_assert_int_eq(ps_test_stop(pid, SIGTERM, 20000), 0);
   /* the cluster renamed "other" in its file: one start with
@@ -1608,7 +1610,7 @@ START_TEST(test_other_cluster_refused) {
   ps__get_model_reply__free_unpacked(rep, NULL);
   ps_rpc_close(r);
   ck_assert_int_eq(ps_test_stop(pid, SIGTERM, 20000), 0);
-  dd_refused(yaml, log, "holds a store of cluster 'other', not of cluster 'test'");
+  dd_refused(yaml, log, 2, "holds a store of cluster 'other', not of cluster 'test'");
   pid = dd_start(other, log2, gp);
   ck_assert_int_eq(ps_test_stop(pid, SIGTERM, 20000), 0);
 }
@@ -1642,7 +1644,7 @@ START_TEST(test_psd_t_other_cluster) {
   snprintf(want, sizeof want, "%s: warning: shard 0's data_dir: directory '%s' holds a store of "
            "cluster 'test', not of cluster 'other' (is data_dir another cluster's? if the "
            "cluster was renamed, start the shard once with --rename-cluster test): its start "
-           "would fail (exit 1)\n", other, data);
+           "would fail (exit 2)\n", other, data);
   char *t_other[] = {(char *)ps_test_bin("psd"), "-t", "--config", other, "--shard", "0", NULL};
   char *t_own[] = {(char *)ps_test_bin("psd"), "-t", "--config", yaml, "--shard", "0", NULL};
   pid_t pid = dd_start(yaml, log, gp);
@@ -1703,7 +1705,7 @@ START_TEST(test_dangling_data_dir) {
   snprintf(log, sizeof log, "%s/psd.log", dir);
   snprintf(want, sizeof want, "shard 0: cannot open the store: '%s' is a symlink to '%s', which "
            "does not exist", link, target);
-  dd_refused(yaml, log, want);
+  dd_refused(yaml, log, 1, want);
 }
 END_TEST
 

@@ -1,6 +1,7 @@
 /* Tests for ps_crc32c: the known CRC-32C vectors (RFC 3720 B.4 and the
- * usual "123456789"), the same value from the SSE4.2 and the portable
- * versions over every length and alignment the three-stream blocks cut
+ * usual "123456789"), the same value from every version this CPU runs
+ * (SSE4.2, AVX-512 folding) and the portable one over every length and
+ * alignment the three-stream blocks and the folding rounds cut
  * differently, chaining, and combining (ps_crc32c_combine). */
 #include <stdlib.h>
 #include <string.h>
@@ -24,9 +25,16 @@ static void check_vectors(crc_fn *f) {
   ck_assert_uint_eq(f(0, b, 32), 0x113fdb5cu);
 }
 
+static int crc_level; /* the version crc_at_level runs */
+
+static uint32_t crc_at_level(uint32_t crc, const void *p, size_t n) {
+  return ps_crc32c_level(crc_level, crc, p, n);
+}
+
 START_TEST(test_known_vectors) {
   check_vectors(ps_crc32c_sw);
-  check_vectors(ps_crc32c); /* the hardware version where the CPU has it */
+  check_vectors(ps_crc32c); /* the fastest version the CPU has */
+  for (crc_level = 0; crc_level <= ps_crc32c_hw(); crc_level++) check_vectors(crc_at_level);
 }
 END_TEST
 
@@ -38,16 +46,22 @@ START_TEST(test_hw_matches_sw) {
     x ^= x << 13, x ^= x >> 7, x ^= x << 17;
     b[i] = (uint8_t)x;
   }
-  /* lengths around the block sizes (3 x 8192, 3 x 256, 8), odd starts */
-  size_t lens[] = {0, 1, 7, 8, 9, 767, 768, 769, 3 * 256 + 8, 24575, 24576, 24577,
-                   2 * 24576 + 3 * 256 + 13, cap - 8};
-  for (size_t a = 0; a < 8; a++)
-    for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
-      size_t n = lens[i];
-      ck_assert_msg(ps_crc32c(0, b + a, n) == ps_crc32c_sw(0, b + a, n),
-                    "length %zu at offset %zu", n, a);
-      ck_assert_uint_eq(ps_crc32c(0x12345678u, b + a, n), ps_crc32c_sw(0x12345678u, b + a, n));
-    }
+  /* lengths around the block sizes (3 x 8192, 3 x 256, 8) and the
+   * folding rounds (256), odd starts; every version the CPU has */
+  size_t lens[] = {0, 1, 7, 8, 9, 255, 256, 257, 263, 264, 511, 512, 513, 767, 768, 769,
+                   3 * 256 + 8, 1000, 24575, 24576, 24577, 2 * 24576 + 3 * 256 + 13, cap - 8};
+  for (int lv = 0; lv <= ps_crc32c_hw(); lv++)
+    for (size_t a = 0; a < 8; a++)
+      for (size_t i = 0; i < sizeof lens / sizeof lens[0]; i++) {
+        size_t n = lens[i];
+        ck_assert_msg(ps_crc32c_level(lv, 0, b + a, n) == ps_crc32c_sw(0, b + a, n),
+                      "version %d, length %zu at offset %zu", lv, n, a);
+        ck_assert_uint_eq(ps_crc32c_level(lv, 0x12345678u, b + a, n),
+                          ps_crc32c_sw(0x12345678u, b + a, n));
+      }
+  for (size_t n = 0; n < 1300; n++) /* every length through the first rounds */
+    ck_assert_msg(ps_crc32c(0xffffffffu, b + 3, n) == ps_crc32c_sw(0xffffffffu, b + 3, n),
+                  "length %zu", n);
   /* chaining: the parts' checksum is the whole's */
   uint32_t whole = ps_crc32c(0, b, cap);
   ck_assert_uint_eq(ps_crc32c(ps_crc32c(ps_crc32c(0, b, 5), b + 5, 30000), b + 30005, cap - 30005),

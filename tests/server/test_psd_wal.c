@@ -290,6 +290,33 @@ static void write_log(const char *dir, size_t n, size_t len, uint64_t from, seam
   write_stop(w, &loop, n, len, sm, NULL);
 }
 
+/* stderr_to sends stderr (the log's messages) to a file beside DIR (not
+ * in it: a foreign file there is warned about); the saved descriptor
+ * for stderr_back. */
+static int stderr_to(const char *dir) {
+  char errlog[700];
+  snprintf(errlog, sizeof errlog, "%s.stderr", dir);
+  fflush(stderr);
+  int saved = dup(2), lf = open(errlog, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+  ck_assert(saved >= 0 && lf >= 0);
+  dup2(lf, 2);
+  close(lf);
+  return saved;
+}
+
+/* stderr_back puts stderr back (SAVED, from stderr_to) and returns what
+ * was written meanwhile (the caller frees). */
+static char *stderr_back(const char *dir, int saved) {
+  char errlog[700];
+  snprintf(errlog, sizeof errlog, "%s.stderr", dir);
+  fflush(stderr);
+  dup2(saved, 2);
+  close(saved);
+  char *text = ps_test_read_file(errlog, NULL);
+  unlink(errlog);
+  return text;
+}
+
 /* wal_started opens the log O names, replays it (empty) and starts it on
  * LOOP. */
 static psd_wal *wal_started(const psd_wal_opts *o, uv_loop_t *loop) {
@@ -506,17 +533,10 @@ START_TEST(test_wait_synced_warns_once) {
   seam sm = {.hold_ms = 5600};
   uv_loop_t loop;
   uv_loop_init(&loop);
-  psd_wal *w = wal_open(dir, 1 << 20, &sm);
-  ps_errbuf eb;
-  replayed r;
-  ck_assert_int_eq(psd_wal_replay(w, 0, count_rec, &r, &eb), 0);
-  ck_assert_int_eq(psd_wal_start(w, &loop, &eb), 0);
-  char errlog[700]; /* beside DIR, not in it */
-  snprintf(errlog, sizeof errlog, "%s.stderr", dir);
-  fflush(stderr);
-  int saved = dup(2), lf = open(errlog, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  ck_assert(saved >= 0 && lf >= 0);
-  dup2(lf, 2);
+  psd_wal_opts o = {.dir = dir, .max_batch_bytes = 1 << 20, .retry_ms = 20, .sync = seam_sync,
+                    .sync_arg = &sm};
+  psd_wal *w = wal_started(&o, &loop);
+  int saved = stderr_to(dir);
   waiter ws[1];
   uint64_t off = 0;
   append_n(w, ws, 1, 100, &sm, &off);
@@ -525,12 +545,7 @@ START_TEST(test_wait_synced_warns_once) {
   for (int i = 0; i < 2; i++)
     ck_assert_int_eq(pthread_create(&th[i], NULL, wait_synced_thread, w), 0);
   for (int i = 0; i < 2; i++) pthread_join(th[i], &rc[i]);
-  fflush(stderr);
-  dup2(saved, 2);
-  close(saved);
-  close(lf);
-  char *text = ps_test_read_file(errlog, NULL);
-  unlink(errlog);
+  char *text = stderr_back(dir, saved);
   ck_assert_int_eq((int)(intptr_t)rc[0], 0);
   ck_assert_int_eq((int)(intptr_t)rc[1], 0);
   int n = 0;
@@ -855,19 +870,9 @@ END_TEST
  * *TEXT (the caller frees). */
 static int replay_logged(const char *dir, uint64_t from, replayed *r, psd_wal_stats *st,
                          ps_errbuf *eb, char **text) {
-  char errlog[700]; /* beside DIR, not in it: a foreign file there is warned about */
-  snprintf(errlog, sizeof errlog, "%s.stderr", dir);
-  fflush(stderr);
-  int saved = dup(2), lf = open(errlog, O_WRONLY | O_CREAT | O_TRUNC, 0644);
-  ck_assert(saved >= 0 && lf >= 0);
-  dup2(lf, 2);
+  int saved = stderr_to(dir);
   int rc = replay_stats(dir, from, r, st, eb);
-  fflush(stderr);
-  dup2(saved, 2);
-  close(saved);
-  close(lf);
-  *text = ps_test_read_file(errlog, NULL);
-  unlink(errlog);
+  *text = stderr_back(dir, saved);
   return rc;
 }
 

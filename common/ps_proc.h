@@ -21,6 +21,13 @@
  * the main thread gets them, still may).  Not thread-safe. */
 void ps_proc_start(void);
 
+/* ps_proc_exec_env, before a program executes itself again (SET 1),
+ * puts into the environment that stdout was closed when it started,
+ * for the new image's ps_proc_start, which finds /dev/null there and
+ * takes the variable out; after a failed exec (SET 0) takes it out
+ * again.  Nothing when stdout was open; 0 or -1 with errno. */
+int ps_proc_exec_env(int set);
+
 /* ps_proc_flush_stdout flushes stdout, where PROG printed WHAT ("the
  * result line"): when it could not be written (a full disk, a closed
  * pipe whose SIGPIPE is ignored, or a stdout that was closed when the

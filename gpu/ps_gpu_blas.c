@@ -2,6 +2,7 @@
  * ps_gpu_blas.h for the invariants).  Core names are OpenBLAS's, as
  * OPENBLAS_CORETYPE accepts them (driver/others/dynamic.c). */
 #include "ps_gpu_blas.h"
+#include "ps_proc.h"
 
 #include <cblas.h>
 #include <dlfcn.h>
@@ -167,13 +168,15 @@ int ps_gpu_blas_choose(const ps_gpu_blas_in *in, ps_gpu_blas_choice *out) {
 int ps_gpu_blas_reexec(const char *exe, char *const argv[], const char *kernel,
                        const char *picked, ps_errbuf *eb) {
   int e = 0;
-  if (setenv(ENV_CORETYPE, kernel, 1) < 0 || setenv(PS_GPU_BLAS_GUARD, picked, 1) < 0)
+  if (setenv(ENV_CORETYPE, kernel, 1) < 0 || setenv(PS_GPU_BLAS_GUARD, picked, 1) < 0 ||
+      ps_proc_exec_env(1) < 0) /* a closed stdout stays one (psw --help >&-: exit 1) */
     e = errno;
   else if (execv(exe, argv) < 0)
     e = errno;
   if (!e) e = EINVAL;
   unsetenv(ENV_CORETYPE);
   unsetenv(PS_GPU_BLAS_GUARD);
+  ps_proc_exec_env(0);
   int err = ps_errf(eb, ps_err_from_errno(e),
                     "cannot execute '%s' again with " ENV_CORETYPE "=%s: %s", exe, kernel,
                     strerror(e));

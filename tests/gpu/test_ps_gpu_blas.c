@@ -17,6 +17,7 @@
 
 #include "ps_gpu_blas.h"
 #include "ps_gpu_blas_int.h"
+#include "ps_proc.h"
 #include "ps_test.h"
 
 /* CPUID.1:ECX (Intel SDM vol. 2A, CPUID, table "feature information"). */
@@ -353,6 +354,34 @@ START_TEST(test_blas_reexec_env) {
 }
 END_TEST
 
+/* A stdout closed when the first process started is handed to the
+ * second, which finds /dev/null there (ps_proc_start gave it): psw
+ * --help >&- exited 0 on a CPU where psw executes itself again. */
+START_TEST(test_blas_reexec_stdout_closed) {
+  char out[600], cmd[800];
+  snprintf(out, sizeof out, "%s/closed.txt", ps_test_tmpdir());
+  snprintf(cmd, sizeof cmd, "echo \"closed=$PS_PROC_STDOUT_CLOSED\" > '%s'", out);
+  for (int closed = 0; closed < 2; closed++) {
+    pid_t pid = fork();
+    ck_assert_int_ge(pid, 0);
+    if (pid == 0) {
+      if (closed) close(STDOUT_FILENO);
+      ps_proc_start();
+      char *argv[] = {"sh", "-c", cmd, NULL};
+      ps_errbuf eb;
+      ps_gpu_blas_reexec("/bin/sh", argv, "Haswell", "Core2", &eb);
+      _exit(127);
+    }
+    int st;
+    ck_assert_int_eq(waitpid(pid, &st, 0), pid);
+    ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0, "sh did not run: status %d", st);
+    char *text = ps_test_read_file(out, NULL);
+    ck_assert_str_eq(text, closed ? "closed=1\n" : "closed=\n");
+    free(text);
+  }
+}
+END_TEST
+
 /* In the second process ps_gpu_blas_select executes nothing, keeps psw's
  * kernel for --blas-kernel and the description, and clears both
  * variables for the programs it may start. */
@@ -419,6 +448,7 @@ Suite *ps_gpu_blas_suite(void) {
   tcase_add_test(tc, test_blas_core_names);
   tcase_add_test(tc, test_blas_reexec_fails);
   tcase_add_test(tc, test_blas_reexec_env);
+  tcase_add_test(tc, test_blas_reexec_stdout_closed);
   tcase_add_test(tc, test_blas_second_process);
   tcase_add_test(tc, test_blas_second_process_not_taken);
   tcase_add_test(tc, test_blas_describe_user);

@@ -933,8 +933,16 @@ static int psd_main_can_listen(const char *what, const char *addr, ps_errbuf *eb
                  strerror(why));
 }
 
-/* psd_main_open opens the store and both listeners; 0, or 1 after one
- * clear log line. */
+/* psd_main_store_exit: the exit status of a start that the store's ERR
+ * ends: 2 for another cluster's or shard's store (PS_ECONFIG: the file
+ * is wrong, and a retry cannot mend it: the unit's
+ * RestartPreventExitStatus=2), else 1. */
+static int psd_main_store_exit(int err) {
+  return err == PS_ECONFIG ? 2 : 1;
+}
+
+/* psd_main_open opens the store and both listeners; 0, or 1 (2: see
+ * psd_main_store_exit) after one clear log line. */
 static int psd_main_open(psd_main *m) {
   psd_shard *sh = &m->sh;
   const ps_config *cfg = sh->cfg;
@@ -969,9 +977,7 @@ static int psd_main_open(psd_main *m) {
   if (err < 0) {
     psd_main_start_failed(m, err, "shard %u: cannot open the store: %s (%s)", sh->me->id, eb.msg,
                           ps_strerror(err));
-    /* another cluster's or shard's store: the file is wrong, and a retry
-     * cannot mend it (the unit's RestartPreventExitStatus=2) */
-    return err == PS_ECONFIG ? 2 : 1;
+    return psd_main_store_exit(err);
   }
   /* the rows before the replay: the log may hold sparse pushes */
   if ((err = psd_shard_sparse_open(sh, &eb)) < 0) {
@@ -1401,7 +1407,7 @@ int main(int argc, char **argv) {
                                  (err = psd_store_check_owner(me->data_dir, cfg.cluster,
                                                               a.renamed_from, me->id, &eb)) < 0))
       ps_log_plain(LOG_WARNING, "%s: warning: shard %ld's data_dir: %s: its start would fail "
-                   "(exit %d)\n", a.config, a.shard, eb.msg, err == PS_ECONFIG ? 2 : 1);
+                   "(exit %d)\n", a.config, a.shard, eb.msg, psd_main_store_exit(err));
     printf("%s: configuration ok (%zu shard%s, %zu aggregator%s)\n", a.config, cfg.nshards,
            cfg.nshards == 1 ? "" : "s", cfg.naggs, cfg.naggs == 1 ? "" : "s");
     ps_config_release(&cfg);

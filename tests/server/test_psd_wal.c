@@ -259,6 +259,15 @@ static int seg_last_group(const char *seg) {
   return marks[0];
 }
 
+/* wal_close stops W, runs LOOP until its last answers ran, frees W and
+ * closes LOOP. */
+static void wal_close(psd_wal *w, uv_loop_t *loop) {
+  psd_wal_stop(w);
+  uv_run(loop, UV_RUN_DEFAULT);
+  psd_wal_free(w);
+  uv_loop_close(loop);
+}
+
 /* write_stop appends N records of LEN bytes to the started log W, runs
  * LOOP until all are answered, puts W's stats in *ST (when not NULL),
  * then stops and frees W and closes LOOP. */
@@ -270,10 +279,7 @@ static void write_stop(psd_wal *w, uv_loop_t *loop, size_t n, size_t len, seam *
   append_n(w, ws, n, len, sm ? sm : &dummy, &off);
   run_until(loop, ws, n);
   if (st) psd_wal_stats_get(w, st);
-  psd_wal_stop(w);
-  uv_run(loop, UV_RUN_DEFAULT);
-  psd_wal_free(w);
-  uv_loop_close(loop);
+  wal_close(w, loop);
   free(ws);
 }
 
@@ -369,10 +375,7 @@ START_TEST(test_ack_follows_sync) {
   ck_assert_uint_le(sm.max_group, 4096);
   ck_assert_uint_lt(st.syncs, N); /* groups shared syncs */
   ck_assert_uint_eq(st.syncs, sm.syncs);
-  psd_wal_stop(w);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  psd_wal_free(w);
-  uv_loop_close(&loop);
+  wal_close(w, &loop);
   replay_count(dir, 0, &r, 0, &eb);
   ck_assert_uint_eq(r.n, N);
   ck_assert_uint_eq(r.first, 1);
@@ -425,10 +428,7 @@ START_TEST(test_sync_failure_retried) {
   run_until(&loop, ws, 5);
   ck_assert_int_eq(ws[0].status, PS_EDEGRADED);
   wait_works_again(&loop, 10000); /* the retries succeed */
-  psd_wal_stop(w);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  psd_wal_free(w);
-  uv_loop_close(&loop);
+  wal_close(w, &loop);
   replay_count(dir, 0, &r, 0, &eb);
   ck_assert_uint_eq(r.n, 5); /* the failed group was written by the retry */
 }
@@ -474,10 +474,7 @@ START_TEST(test_writer_waits) {
   ck_assert_int_eq(ws[2].status, 0);
   ck_assert_uint_eq(st.records, 2);
   ck_assert_uint_eq(st.syncs, 1);
-  psd_wal_stop(w);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  psd_wal_free(w);
-  uv_loop_close(&loop);
+  wal_close(w, &loop);
 }
 END_TEST
 
@@ -553,10 +550,7 @@ START_TEST(test_wait_synced_warns_once) {
   ck_assert_msg(n == 1, "%d warnings:\n%s", n, text);
   free(text);
   run_until(&loop, ws, 1);
-  psd_wal_stop(w);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  psd_wal_free(w);
-  uv_loop_close(&loop);
+  wal_close(w, &loop);
 }
 END_TEST
 
@@ -1625,10 +1619,7 @@ START_TEST(test_failed_roll) {
     run_until(&loop, ws, 5);
   }
   ck_assert_int_gt(ps_test_count_files(dir, ".log", 0), segs);
-  psd_wal_stop(w);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  psd_wal_free(w);
-  uv_loop_close(&loop);
+  wal_close(w, &loop);
   ck_assert_uint_eq(replay_count(dir, 26, &r, 0, &eb), 0);
   ck_assert_uint_eq(r.first, 27);
   ck_assert_uint_eq(r.last, total);
@@ -1684,10 +1675,7 @@ START_TEST(test_spares_dropped) {
   ck_assert_int_eq(ps_test_count_files(dir, ".free", 0), 0);
   wait_synced(&loop, w, total); /* the retry */
   more_spares(w, &loop, dir, total - 2, &off, &total);
-  psd_wal_stop(w);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  psd_wal_free(w);
-  uv_loop_close(&loop);
+  wal_close(w, &loop);
   int n = ps_test_count_files(dir, ".free", 0);
   ck_assert_int_eq(psd_wal_remove_spares(dir), n);
   ck_assert_int_eq(ps_test_count_files(dir, ".free", 0), 0);
@@ -1818,10 +1806,7 @@ static void zc_write_log(const char *dir) {
   run_until(&loop, ws, ZC_N);
   for (int i = 0; i < ZC_N; i++) ck_assert_int_eq(ws[i].status, 0);
   ck_assert_int_gt(taken, ZC_N / 2);
-  psd_wal_stop(w);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  psd_wal_free(w);
-  uv_loop_close(&loop);
+  wal_close(w, &loop);
   free(blk);
 }
 
@@ -1983,10 +1968,7 @@ START_TEST(test_zero_copy_block_kept) {
   zc_append(w, 8, 3, &c, &cc, &ws[2], &dummy);
   ck_assert_ptr_nonnull(c); /* a synced block came back */
   run_until(&loop, ws + 2, 1);
-  psd_wal_stop(w);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  psd_wal_free(w);
-  uv_loop_close(&loop);
+  wal_close(w, &loop);
   free(c);
   ck_assert_uint_eq(replay_count(dir, 0, &r, 0, &eb), 0);
   ck_assert_uint_eq(r.n, 3); /* the retried record's bytes exact */
@@ -2042,10 +2024,7 @@ START_TEST(test_zero_copy_block_readable) {
   for (int k = 0; k < K; k++) mine += b == orig[k];
   ck_assert_int_eq(mine, 1);
   run_until(&loop, ws + K, 1);
-  psd_wal_stop(w);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  psd_wal_free(w);
-  uv_loop_close(&loop);
+  wal_close(w, &loop);
   free(b);
   ck_assert_uint_eq(replay_count(dir, 0, &r, 0, &eb), 0);
   ck_assert_uint_eq(r.n, K + 1);
@@ -2125,10 +2104,7 @@ START_TEST(test_zero_copy_lent) {
   run_until(&loop, ws + 2, 1);
   ck_assert_int_eq(ws[2].status, 0);
   ck_assert_int_eq(lender_get(&ld.releases), 2); /* before its answer */
-  psd_wal_stop(w);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  psd_wal_free(w);
-  uv_loop_close(&loop);
+  wal_close(w, &loop);
   free(region);
   ck_assert_int_eq(lender_get(&ld.holds), lender_get(&ld.releases));
   replayed r = {0};
@@ -2170,10 +2146,7 @@ START_TEST(test_zero_copy_lent_nomem) {
   memset(region, 0xab, cap); /* the client's next gradients */
   __atomic_store_n(&hs.hold, 0, __ATOMIC_SEQ_CST);
   wait_synced(&loop, w, 1);
-  psd_wal_stop(w);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  psd_wal_free(w);
-  uv_loop_close(&loop);
+  wal_close(w, &loop);
   free(region);
   ck_assert_int_eq(lender_get(&ld.holds), 1);
   ck_assert_int_eq(lender_get(&ld.releases), 1);
@@ -2669,10 +2642,7 @@ START_TEST(test_space_reserve) {
   /* a snapshot holds them all: the cut frees the space */
   psd_wal_truncate(w, ws[n].wt.seq);
   sp_wait_said(&loop, 0, NULL); /* (the last record's figure may be said before) */
-  psd_wal_stop(w);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  psd_wal_free(w);
-  uv_loop_close(&loop);
+  wal_close(w, &loop);
 }
 END_TEST
 
@@ -2715,10 +2685,7 @@ START_TEST(test_space_msg_after_failure) {
                     strstr(state_msg, "disk is nearly full (3.0"),
                 "'%s' (3 MiB free)", state_msg);
   unlink(filler);
-  psd_wal_stop(w);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  psd_wal_free(w);
-  uv_loop_close(&loop);
+  wal_close(w, &loop);
 }
 END_TEST
 
@@ -2759,10 +2726,7 @@ START_TEST(test_space_msg_follows_free) {
                 state_msg);
   unlink(filler);
   sp_wait_said(&loop, 0, NULL);
-  psd_wal_stop(w);
-  uv_run(&loop, UV_RUN_DEFAULT);
-  psd_wal_free(w);
-  uv_loop_close(&loop);
+  wal_close(w, &loop);
 }
 END_TEST
 

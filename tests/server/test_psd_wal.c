@@ -1460,6 +1460,27 @@ START_TEST(test_old_bytes_after_earlier_segment) {
 }
 END_TEST
 
+/* append_each appends N records of 300 bytes, one per group (each
+ * answered before the next); *TOTAL counts. */
+static void append_each(psd_wal *w, uv_loop_t *loop, int n, uint64_t *off, uint64_t *total) {
+  seam dummy = {0};
+  waiter ws[1];
+  for (int k = 0; k < n; k++, (*total)++) {
+    append_n(w, ws, 1, 300, &dummy, off);
+    run_until(loop, ws, 1);
+  }
+}
+
+/* more_spares appends records as append_each after a snapshot at UPTO
+ * until DIR holds a spare (invariant 6). */
+static void more_spares(psd_wal *w, uv_loop_t *loop, const char *dir, uint64_t upto,
+                        uint64_t *off, uint64_t *total) {
+  psd_wal_truncate(w, upto);
+  for (int k = 0; k < 100 && ps_test_count_files(dir, ".free", 0) == 0; k++)
+    append_each(w, loop, 1, off, total);
+  ck_assert_int_gt(ps_test_count_files(dir, ".free", 0), 0);
+}
+
 /* Segments a snapshot covered become spares and later rolls overwrite
  * them (invariant 6): the old records left after the new ones are not
  * replayed, nothing is dropped, and a spare renamed before any record
@@ -1484,13 +1505,7 @@ START_TEST(test_reused_segments) {
   }
   total = 40;
   /* a snapshot holds records 1..26: their segments become spares */
-  psd_wal_truncate(w, 26);
-  for (int k = 0; k < 100 && ps_test_count_files(dir, ".free", 0) == 0; k++) {
-    append_n(w, ws, 1, 300, &dummy, &off);
-    run_until(&loop, ws, 1);
-    total++;
-  }
-  ck_assert_int_gt(ps_test_count_files(dir, ".free", 0), 0);
+  more_spares(w, &loop, dir, 26, &off, &total);
   int spares = ps_test_count_files(dir, ".free", 0);
   /* a later roll takes a spare; then a group smaller than its old records */
   for (int k = 0; k < 100 && ps_test_count_files(dir, ".free", 0) == spares; k++) {
@@ -1581,12 +1596,7 @@ START_TEST(test_failed_roll) {
     append_n(w, ws, 5, 300, &dummy, &off);
     run_until(&loop, ws, 5);
   }
-  psd_wal_truncate(w, 26);
-  for (int k = 0; k < 100 && ps_test_count_files(dir, ".free", 0) == 0; k++, total++) {
-    append_n(w, ws, 1, 300, &dummy, &off);
-    run_until(&loop, ws, 1);
-  }
-  ck_assert_int_gt(ps_test_count_files(dir, ".free", 0), 0);
+  more_spares(w, &loop, dir, 26, &off, &total);
   /* the writer trims after it answers a group: the first spare can show
    * while it still renames the next; counted once that has settled */
   int segs = ps_test_count_files(dir, ".log", 0);
@@ -1627,20 +1637,6 @@ START_TEST(test_failed_roll) {
 }
 END_TEST
 
-/* more_spares appends records of 300 bytes (one per group) after a
- * snapshot at UPTO until DIR holds a spare (invariant 6); *TOTAL counts. */
-static void more_spares(psd_wal *w, uv_loop_t *loop, const char *dir, uint64_t upto,
-                        uint64_t *off, uint64_t *total) {
-  seam dummy = {0};
-  waiter ws[1];
-  psd_wal_truncate(w, upto);
-  for (int k = 0; k < 100 && ps_test_count_files(dir, ".free", 0) == 0; k++, (*total)++) {
-    append_n(w, ws, 1, 300, &dummy, off);
-    run_until(loop, ws, 1);
-  }
-  ck_assert_int_gt(ps_test_count_files(dir, ".free", 0), 0);
-}
-
 /* Spares are only kept for speed (invariant 6): a failed write of the
  * log removes them, so does psd_wal_drop_spares (a failed snapshot), and
  * psd_wal_remove_spares before a start; nothing is lost. */
@@ -1679,11 +1675,7 @@ START_TEST(test_spares_dropped) {
    * above stop at the first spare they see, after some appends or none
    * (the writer may trim before the first look), and with none the last
    * segment they closed can end past it (the cut would free nothing) */
-  seam none = {0};
-  for (int k = 0; k < 16; k++, total++) {
-    append_n(w, ws, 1, 300, &none, &off);
-    run_until(&loop, ws, 1);
-  }
+  append_each(w, &loop, 16, &off, &total);
   more_spares(w, &loop, dir, total - 2, &off, &total);
   wal_close(w, &loop);
   int n = ps_test_count_files(dir, ".free", 0);

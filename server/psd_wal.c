@@ -1,11 +1,13 @@
 /* psd_wal: the redo log of `durability: sync` (see psd_wal.h).
  *
- * Buffers: the loop appends records to `pend` under the mutex (a copy,
- * nothing more: no checksum); the writer takes a group out of it into
+ * Buffers: the loop checksums a record from the caller's bytes (which
+ * its own checks have just read: in its cache, where the writer thread
+ * would read them from memory) outside the mutex, then appends it to
+ * `pend` under the mutex; the writer takes a group out of it into
  * `wbuf` (swapping the two buffers when all of `pend` fits in one group,
- * so the usual case copies nothing more), fills in the records'
- * checksums outside the mutex, writes it at the synced end of the
- * current segment with pwrite, and fdatasyncs.  A record's piece in a
+ * so the usual case copies nothing more), adds the group's end mark,
+ * writes it at the synced end of the current segment with pwrite, and
+ * fdatasyncs.  A record's piece in a
  * block the caller handed over (psd_wal_append_own, invariant 8) is not
  * copied: `pend` and `wbuf` hold a hole of its size (never read; a split
  * group's copy leaves it out), and a list of wal_ext (pext, wext) says
@@ -130,7 +132,7 @@ struct psd_wal {
   const uint8_t *zend;     /* in memory: the end of the group's last bytes (invariant 7) */
   size_t wfile;            /* the group's bytes in the segment (skip records included) */
   uint64_t wlast, wnrec;
-  int wsealed;             /* wbuf's records carry their checksums */
+  int wsealed;             /* wbuf's group ends in its end mark (wal_seal) */
   int retrying;
   pthread_t thread;
   /* loop thread */
@@ -1262,9 +1264,8 @@ static int wal_take(psd_wal *w) {
   return 0;
 }
 
-/* wal_seal fills in the checksums of wbuf's records: the writer thread
- * computes them outside the mutex, so the loop thread only copies a
- * record in (psd_wal_append).  Writer thread. */
+/* wal_seal ends wbuf's group with its end mark; its records carry their
+ * checksums (psd_wal_append_own).  Writer thread, outside the mutex. */
 static void wal_seal(psd_wal *w) {
   /* the group's end mark (invariant 5) after its records: wbuf has room
    * (WAL_ALIGN past them, wal_take, psd_wal_append_own) */
@@ -1276,21 +1277,8 @@ static void wal_seal(psd_wal *w) {
   memcpy(m, &l32, 4);
   memcpy(m + 8, v, sizeof v);
   w->wlen += WAL_HDR + WAL_MARK_LEN;
-  const wal_ext *e = w->wext.v, *end = e + w->wext.n;
-  for (size_t off = 0; off < w->wlen;) {
-    uint8_t *h = w->wbuf + w->wbase + off;
-    uint32_t len = wal_len(h), crc;
-    if (e < end && e->off < off + WAL_HDR + len) { /* a piece of it is a taken block's */
-      size_t a = e->off - off - WAL_HDR, z = len - a - e->len;
-      crc = ps_crc32c(wal_crc(h, h + WAL_HDR, a), e->src, e->len); /* appended: CRC-32C */
-      crc = ps_crc32c(crc, h + WAL_HDR + a + e->len, z);
-      e++;
-    } else {
-      crc = wal_crc(h, h + WAL_HDR, len);
-    }
-    memcpy(h + 4, &crc, 4);
-    off += WAL_HDR + len;
-  }
+  uint32_t crc = wal_crc(m, m + WAL_HDR, WAL_MARK_LEN);
+  memcpy(m + 4, &crc, 4);
   w->wsealed = 1;
 }
 
@@ -1840,7 +1828,16 @@ int psd_wal_append_own(psd_wal *w, const struct iovec *iov, int niov, void **own
   for (int i = 0; i < niov; i++) len += iov[i].iov_len;
   if (len > WAL_MAX_RECORD)
     return ps_errf(eb, PS_ETOOBIG, "a redo log record of %zu bytes is too large", len);
-  uint64_t t0 = wal_loop_lock(w);
+  /* the checksum first, outside the mutex: the caller has just read these
+   * bytes (a push's checks), so they are in this thread's cache; the
+   * writer would read a zero-copy piece from memory.  The seq is the
+   * loop's to hand out. */
+  uint64_t t0 = wal_now_ns();
+  uint32_t l32 = (uint32_t)len | WAL_CRC32C;
+  uint64_t s = w->next_seq;
+  uint32_t crc = ps_crc32c(ps_crc32c(0, &l32, 4), &s, 8);
+  for (int i = 0; i < niov; i++) crc = ps_crc32c(crc, iov[i].iov_base, iov[i].iov_len);
+  wal_loop_lock(w);
   /* room for the block before the records and the padding (invariant 7) */
   size_t need = w->pend_base + w->pend_len + WAL_HDR + len + WAL_ALIGN;
   if (need > w->pend_cap &&
@@ -1860,8 +1857,7 @@ int psd_wal_append_own(psd_wal *w, const struct iovec *iov, int niov, void **own
   if (take && (wal_exts_room(&w->done, held) < 0 || wal_exts_room(&w->pext, w->pext.n + 1) < 0))
     take = 0;
   uint8_t *h = w->pend + w->pend_base + w->pend_len, *p = h + WAL_HDR;
-  uint32_t l32 = (uint32_t)len | WAL_CRC32C;
-  uint64_t s = w->next_seq++;
+  w->next_seq++;
   memcpy(h, &l32, 4);
   memcpy(h + 8, &s, 8);
   for (int i = 0; i < niov; i++) {
@@ -1887,7 +1883,7 @@ int psd_wal_append_own(psd_wal *w, const struct iovec *iov, int niov, void **own
   }
   /* (lent: the copies a failure made of lent pieces, wal_unlend) */
   while (take && w->done.n > WAL_POOL && nspare < 16) spare[nspare++] = w->done.v[--w->done.n].buf;
-  memset(h + 4, 0, 4); /* the checksum: the writer's (wal_seal) */
+  memcpy(h + 4, &crc, 4);
   w->pend_len += WAL_HDR + len;
   w->pend_nrec++;
   /* Wake the writer when it sleeps for work, or when a group is full. */

@@ -133,9 +133,10 @@
  *     buffered (the crash loop runs a third of its starts so).
  *  8. Zero copy (psd_wal_append_own): a record's last piece of at least
  *     WAL_ZC_MIN (64 KiB) bytes, WAL_ALIGN-aligned in a block the caller
- *     hands over, is never copied: the loop thread copies only the
- *     record's head, the writer checksums the piece where it lies and
- *     writes its whole blocks straight from it (pwritev), a skip record
+ *     hands over, is never copied: the loop thread checksums the
+ *     record, the piece where it lies, and copies only the record's head;
+ *     the writer writes the piece's whole blocks straight from it
+ *     (pwritev), a skip record
  *     placed before the record so that the piece starts on a block of
  *     the file; the piece's last partial block is copied with the
  *     records after it.  A segment's first record is copied whole, so no
@@ -257,7 +258,8 @@ typedef struct psd_wal_stats {
   uint64_t sync_us;        /* its time in fdatasync, all groups */
   uint64_t loop_us;        /* the loop thread's time inside psd_wal_append,
                             * _wait and the completion before the waiters'
-                            * callbacks (copying records in, the mutex) */
+                            * callbacks (checksumming and copying records
+                            * in, the mutex) */
   uint64_t loop_max_us;    /* the longest single one */
   uint64_t lock_us;        /* of loop_us: waiting for the writer's mutex
                             * (the loop's stall on the writer) */

@@ -1836,7 +1836,8 @@ int psd_wal_append_own(psd_wal *w, const struct iovec *iov, int niov, void **own
   uint32_t l32 = (uint32_t)len | WAL_CRC32C;
   uint64_t s = w->next_seq;
   uint32_t crc = ps_crc32c(ps_crc32c(0, &l32, 4), &s, 8);
-  for (int i = 0; i < niov; i++) crc = ps_crc32c(crc, iov[i].iov_base, iov[i].iov_len);
+  for (int i = 0; i < niov; i++)
+    if (iov[i].iov_len) crc = ps_crc32c(crc, iov[i].iov_base, iov[i].iov_len);
   wal_loop_lock(w);
   /* room for the block before the records and the padding (invariant 7) */
   size_t need = w->pend_base + w->pend_len + WAL_HDR + len + WAL_ALIGN;

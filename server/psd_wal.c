@@ -1833,11 +1833,15 @@ int psd_wal_append_own(psd_wal *w, const struct iovec *iov, int niov, void **own
    * writer would read a zero-copy piece from memory.  The seq is the
    * loop's to hand out. */
   uint64_t t0 = wal_now_ns();
+  uint8_t hd[WAL_HDR] = {0};
   uint32_t l32 = (uint32_t)len | WAL_CRC32C;
   uint64_t s = w->next_seq;
-  uint32_t crc = ps_crc32c(ps_crc32c(0, &l32, 4), &s, 8);
+  memcpy(hd, &l32, 4);
+  memcpy(hd + 8, &s, 8);
+  uint32_t crc = wal_crc(hd, hd + WAL_HDR, 0); /* its header's part */
   for (int i = 0; i < niov; i++)
     if (iov[i].iov_len) crc = ps_crc32c(crc, iov[i].iov_base, iov[i].iov_len);
+  memcpy(hd + 4, &crc, 4);
   wal_loop_lock(w);
   /* room for the block before the records and the padding (invariant 7) */
   size_t need = w->pend_base + w->pend_len + WAL_HDR + len + WAL_ALIGN;
@@ -1859,8 +1863,7 @@ int psd_wal_append_own(psd_wal *w, const struct iovec *iov, int niov, void **own
     take = 0;
   uint8_t *h = w->pend + w->pend_base + w->pend_len, *p = h + WAL_HDR;
   w->next_seq++;
-  memcpy(h, &l32, 4);
-  memcpy(h + 8, &s, 8);
+  memcpy(h, hd, WAL_HDR);
   for (int i = 0; i < niov; i++) {
     if (take && i == niov - 1)
       w->pext.v[w->pext.n++] = (wal_ext){.off = (size_t)(p - (w->pend + w->pend_base)),
@@ -1884,7 +1887,6 @@ int psd_wal_append_own(psd_wal *w, const struct iovec *iov, int niov, void **own
   }
   /* (lent: the copies a failure made of lent pieces, wal_unlend) */
   while (take && w->done.n > WAL_POOL && nspare < 16) spare[nspare++] = w->done.v[--w->done.n].buf;
-  memcpy(h + 4, &crc, 4);
   w->pend_len += WAL_HDR + len;
   w->pend_nrec++;
   /* Wake the writer when it sleeps for work, or when a group is full. */
